@@ -1,0 +1,70 @@
+"""`make bench`: run every benchmark module, print one table, write JSON.
+
+Each module has `run(quick: bool) -> list[dict]`; a row is
+{"name", "value", "unit", "reference", "ratio", "goal"}. Figures that matter are ratios
+against a reference measured in the same run, so they compare across machines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import platform
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+MODULES = ["stream_throughput", "opaque_server"]
+RESULTS = Path(__file__).parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    parser.add_argument("--only", action="append", choices=MODULES, help="run only these")
+    args = parser.parse_args()
+
+    console = Console()
+    rows: list[dict[str, Any]] = []
+    for name in args.only or MODULES:
+        console.print(f"[bold]bench[/]: {name} …")
+        module = importlib.import_module(f"bench.{name}")
+        started = time.perf_counter()
+        for row in module.run(args.quick):
+            rows.append({"module": name, **row})
+        console.print(f"  done in {time.perf_counter() - started:.1f} s")
+
+    table = Table(title="backupvault benchmarks")
+    for column in ("benchmark", "value", "unit", "reference", "ratio", "goal"):
+        table.add_column(column, justify="right" if column in ("value", "ratio") else "left")
+    for row in rows:
+        ratio = row.get("ratio")
+        table.add_row(
+            str(row["name"]),
+            f"{row['value']:.2f}",
+            str(row["unit"]),
+            str(row.get("reference") or ""),
+            "" if ratio is None else f"{ratio:.3f}",
+            str(row.get("goal") or ""),
+        )
+    console.print(table)
+
+    RESULTS.mkdir(exist_ok=True)
+    report = {
+        "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "quick": args.quick,
+        "machine": {"python": platform.python_version(), "cpu": platform.processor()},
+        "rows": rows,
+    }
+    stamp = report["time"].replace(":", "")
+    for path in (RESULTS / f"bench-{stamp}.json", RESULTS / "latest.json"):
+        path.write_text(json.dumps(report, indent=2) + "\n")
+    console.print(f"written: {RESULTS / 'latest.json'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,67 @@
+"""Recovery codes: the 32-byte root key written for a person.
+
+Format: the 64 hexadecimal digits of the root key followed by 4 check digits, shown in
+17 groups of 4 separated by dashes, e.g. ``1f0a-…-9c3e-4b7d``. The check digits are the
+CRC-16/XMODEM of the 32 key bytes. A CRC-16 detects every burst error of up to 16 bits,
+so every single mistyped digit (a 4-bit burst) and every swap of two neighbouring digits
+(an 8-bit burst) is caught before the code is used. Parsing ignores case, spaces and
+dashes, so a code read aloud or retyped on a phone still parses.
+"""
+
+from __future__ import annotations
+
+import binascii
+import os
+
+from backupvault.errors import InvalidInput
+
+ROOT_KEY_LEN = 32
+_KEY_DIGITS = 2 * ROOT_KEY_LEN
+_CHECK_DIGITS = 4
+_GROUP = 4
+_HEX = frozenset("0123456789abcdef")
+
+
+class RecoveryCodeError(InvalidInput):
+    """The recovery code was mistyped or is not a recovery code."""
+
+
+def new_root_key() -> bytes:
+    return os.urandom(ROOT_KEY_LEN)
+
+
+def _check_digits(root_key: bytes) -> str:
+    return f"{binascii.crc_hqx(root_key, 0):04x}"
+
+
+def encode(root_key: bytes) -> str:
+    """The recovery code for a root key, grouped for reading."""
+    if len(root_key) != ROOT_KEY_LEN:
+        raise InvalidInput(f"a root key is {ROOT_KEY_LEN} bytes, got {len(root_key)}")
+    digits = root_key.hex() + _check_digits(root_key)
+    return "-".join(digits[i : i + _GROUP] for i in range(0, len(digits), _GROUP))
+
+
+def decode(code: str) -> bytes:
+    """The root key a recovery code stands for; raises RecoveryCodeError on any typo."""
+    digits = "".join(ch for ch in code.lower() if ch not in " -\t\n")
+    wanted = _KEY_DIGITS + _CHECK_DIGITS
+    if len(digits) != wanted:
+        raise RecoveryCodeError(
+            f"a recovery code has {wanted} hexadecimal digits, this one has {len(digits)}",
+            hint="check for a missing or doubled group; dashes and spaces are optional",
+        )
+    bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]
+    if bad:
+        position, ch = bad[0]
+        raise RecoveryCodeError(
+            f"{ch!r} in group {position // _GROUP + 1} is not a hexadecimal digit (0-9, a-f)",
+            hint="a recovery code only uses the digits 0-9 and the letters a-f",
+        )
+    root_key = bytes.fromhex(digits[:_KEY_DIGITS])
+    if digits[_KEY_DIGITS:] != _check_digits(root_key):
+        raise RecoveryCodeError(
+            "the recovery code's checksum does not match: a digit is mistyped or two are swapped",
+            hint="compare each group with the written code; nothing was tried with this code",
+        )
+    return root_key

@@ -1,0 +1,207 @@
+"""Sealing for the client-to-fleet channel (HPKE, RFC 9180, from `cryptography`).
+
+A request is HPKE-sealed (base mode, single shot) to the fleet's public key. Its plaintext
+starts with a fresh 32-byte response key; the fleet answers with AES-256-GCM under that key,
+so only the client that made the request can read the answer, and the relay in between
+sees neither. The HPKE `info` (bound into the key schedule, so it acts as associated data)
+and the response's AAD both name the fleet id and the message kind: a request sealed for
+one fleet or one kind of operation cannot be passed off as another.
+
+Wire formats (all integers big-endian):
+  fleet public key   = kem_id (2) || public key bytes (X25519: 32; ML-KEM-768+X25519: 1184 + 32)
+  sealed request     = enc || ciphertext, as HPKE's single-shot Seal returns them
+  request plaintext  = response_key (32) || body
+  sealed response    = nonce (12) || AES-256-GCM(response_key, nonce, body, aad)
+  context            = "backupvault/v1 " || role || 0x00 || u16(len fleet_id) || fleet_id
+                       || u16(len kind) || kind          (role is "request" or "response")
+"""
+
+from __future__ import annotations
+
+import enum
+import os
+import struct
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+RESPONSE_KEY_LEN = 32
+_NONCE_LEN = 12
+_X25519_LEN = 32
+_MLKEM768_PUBLIC_LEN = 1184
+_MLKEM_SEED_LEN = 64
+
+
+class Kem(enum.IntEnum):
+    """HPKE KEM identifiers (IANA HPKE registry)."""
+
+    X25519 = 0x0020
+    MLKEM768_X25519 = 0x647A
+
+    @property
+    def _hpke(self) -> hpke.KEM:
+        return hpke.KEM.X25519 if self is Kem.X25519 else hpke.KEM.MLKEM768_X25519
+
+    def suite(self) -> hpke.Suite:
+        return hpke.Suite(self._hpke, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+
+
+DEFAULT_KEM = Kem.MLKEM768_X25519
+
+
+def _context(role: str, fleet_id: bytes, kind: str) -> bytes:
+    kind_bytes = kind.encode()
+    if len(fleet_id) > 0xFFFF or len(kind_bytes) > 0xFFFF:
+        raise InvalidInput("fleet id or message kind too long")
+    return (
+        b"backupvault/v1 "
+        + role.encode()
+        + b"\x00"
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + struct.pack(">H", len(kind_bytes))
+        + kind_bytes
+    )
+
+
+@dataclass(frozen=True)
+class FleetPublicKey:
+    kem: Kem
+    key_bytes: bytes
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">H", self.kem) + self.key_bytes
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FleetPublicKey:
+        if len(data) < 2:
+            raise InvalidInput("fleet public key too short")
+        (kem_id,) = struct.unpack(">H", data[:2])
+        try:
+            kem = Kem(kem_id)
+        except ValueError:
+            raise InvalidInput(f"unknown fleet key type 0x{kem_id:04x}") from None
+        key = cls(kem, bytes(data[2:]))
+        key._hpke_key()  # validates length and encoding
+        return key
+
+    def _hpke_key(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+        try:
+            if self.kem is Kem.X25519:
+                if len(self.key_bytes) != _X25519_LEN:
+                    raise InvalidInput("an X25519 fleet key is 32 bytes")
+                return x25519.X25519PublicKey.from_public_bytes(self.key_bytes)
+            if len(self.key_bytes) != _MLKEM768_PUBLIC_LEN + _X25519_LEN:
+                raise InvalidInput("an ML-KEM-768+X25519 fleet key is 1216 bytes")
+            return hpke.MLKEM768X25519PublicKey(
+                mlkem.MLKEM768PublicKey.from_public_bytes(self.key_bytes[:_MLKEM768_PUBLIC_LEN]),
+                x25519.X25519PublicKey.from_public_bytes(self.key_bytes[_MLKEM768_PUBLIC_LEN:]),
+            )
+        except ValueError as err:
+            raise InvalidInput(f"malformed fleet public key: {err}") from None
+
+
+@dataclass(frozen=True)
+class FleetPrivateKey:
+    """The fleet's HPKE private key. Serialized form: kem_id (2) || seed material."""
+
+    kem: Kem
+    secret: bytes = field(repr=False)
+
+    @classmethod
+    def generate(cls, kem: Kem = DEFAULT_KEM) -> FleetPrivateKey:
+        if kem is Kem.X25519:
+            return cls(kem, os.urandom(_X25519_LEN))
+        return cls(kem, os.urandom(_MLKEM_SEED_LEN + _X25519_LEN))
+
+    def to_bytes(self) -> bytes:
+        return struct.pack(">H", self.kem) + self.secret
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> FleetPrivateKey:
+        if len(data) < 2:
+            raise InvalidInput("fleet private key too short")
+        (kem_id,) = struct.unpack(">H", data[:2])
+        try:
+            kem = Kem(kem_id)
+        except ValueError:
+            raise InvalidInput(f"unknown fleet key type 0x{kem_id:04x}") from None
+        want = _X25519_LEN if kem is Kem.X25519 else _MLKEM_SEED_LEN + _X25519_LEN
+        if len(data) - 2 != want:
+            raise InvalidInput("fleet private key has the wrong length")
+        return cls(kem, bytes(data[2:]))
+
+    def _hpke_key(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+        if self.kem is Kem.X25519:
+            return x25519.X25519PrivateKey.from_private_bytes(self.secret)
+        return hpke.MLKEM768X25519PrivateKey(
+            mlkem.MLKEM768PrivateKey.from_seed_bytes(self.secret[:_MLKEM_SEED_LEN]),
+            x25519.X25519PrivateKey.from_private_bytes(self.secret[_MLKEM_SEED_LEN:]),
+        )
+
+    def public_key(self) -> FleetPublicKey:
+        if self.kem is Kem.X25519:
+            pub = x25519.X25519PrivateKey.from_private_bytes(self.secret).public_key()
+            return FleetPublicKey(self.kem, pub.public_bytes_raw())
+        ml = mlkem.MLKEM768PrivateKey.from_seed_bytes(self.secret[:_MLKEM_SEED_LEN])
+        x = x25519.X25519PrivateKey.from_private_bytes(self.secret[_MLKEM_SEED_LEN:])
+        return FleetPublicKey(
+            self.kem, ml.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
+        )
+
+
+@dataclass(frozen=True, eq=False)
+class ResponseKey:
+    """The one-time key a response is sealed under. Never logged."""
+
+    key: bytes = field(repr=False)
+    fleet_id: bytes
+    kind: str
+
+    def seal(self, body: bytes) -> bytes:
+        nonce = os.urandom(_NONCE_LEN)
+        aad = _context("response", self.fleet_id, self.kind)
+        return nonce + AESGCM(self.key).encrypt(nonce, body, aad)
+
+    def open(self, sealed: bytes) -> bytes:
+        if len(sealed) < _NONCE_LEN + 16:
+            raise InvalidInput("sealed response too short")
+        aad = _context("response", self.fleet_id, self.kind)
+        try:
+            return AESGCM(self.key).decrypt(sealed[:_NONCE_LEN], sealed[_NONCE_LEN:], aad)
+        except InvalidTag:
+            raise AuthenticationFailed(
+                "the fleet's response failed authentication: it was altered in transit"
+            ) from None
+
+
+def seal_request(
+    fleet_key: FleetPublicKey, fleet_id: bytes, kind: str, body: bytes
+) -> tuple[bytes, ResponseKey]:
+    """Seal `body` to the fleet; returns the sealed request and the key its answer comes under."""
+    response_key = ResponseKey(os.urandom(RESPONSE_KEY_LEN), fleet_id, kind)
+    info = _context("request", fleet_id, kind)
+    sealed = fleet_key.kem.suite().encrypt(response_key.key + body, fleet_key._hpke_key(), info)
+    return sealed, response_key
+
+
+def open_request(
+    fleet_key: FleetPrivateKey, fleet_id: bytes, kind: str, sealed: bytes
+) -> tuple[bytes, ResponseKey]:
+    """Open a sealed request; raises AuthenticationFailed if it was not sealed for this
+    fleet and kind, or was altered."""
+    info = _context("request", fleet_id, kind)
+    try:
+        plaintext = fleet_key.kem.suite().decrypt(sealed, fleet_key._hpke_key(), info)
+    except (InvalidTag, ValueError):
+        raise AuthenticationFailed(
+            "sealed request failed to open: altered, or sealed for another fleet or kind"
+        ) from None
+    if len(plaintext) < RESPONSE_KEY_LEN:
+        raise InvalidInput("sealed request carries no response key")
+    return plaintext[RESPONSE_KEY_LEN:], ResponseKey(plaintext[:RESPONSE_KEY_LEN], fleet_id, kind)

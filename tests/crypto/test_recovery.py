@@ -1,0 +1,69 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backupvault.crypto import recovery
+from backupvault.crypto.recovery import RecoveryCodeError
+
+KEY = bytes(range(32))
+
+
+def test_code_shape() -> None:
+    code = recovery.encode(KEY)
+    groups = code.split("-")
+    assert len(groups) == 17
+    assert all(len(g) == 4 for g in groups)
+    assert "".join(groups[:16]) == KEY.hex()
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_round_trip(key: bytes) -> None:
+    assert recovery.decode(recovery.encode(key)) == key
+
+
+def test_forgiving_about_case_spaces_and_dashes() -> None:
+    code = recovery.encode(KEY)
+    assert recovery.decode(code.upper().replace("-", " ")) == KEY
+    assert recovery.decode(code.replace("-", "")) == KEY
+
+
+def _digits(code: str) -> str:
+    return code.replace("-", "")
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_single_digit_typo_is_caught(key: bytes) -> None:
+    digits = _digits(recovery.encode(key))
+    for i in range(len(digits)):
+        for replacement in "0123456789abcdef":
+            if replacement == digits[i]:
+                continue
+            typo = digits[:i] + replacement + digits[i + 1 :]
+            with pytest.raises(RecoveryCodeError, match="checksum"):
+                recovery.decode(typo)
+
+
+@given(st.binary(min_size=32, max_size=32))
+def test_every_adjacent_swap_is_caught(key: bytes) -> None:
+    digits = _digits(recovery.encode(key))
+    for i in range(len(digits) - 1):
+        if digits[i] == digits[i + 1]:
+            continue
+        swapped = digits[:i] + digits[i + 1] + digits[i] + digits[i + 2 :]
+        with pytest.raises(RecoveryCodeError, match="checksum"):
+            recovery.decode(swapped)
+
+
+def test_wrong_length_and_bad_characters() -> None:
+    digits = _digits(recovery.encode(KEY))
+    with pytest.raises(RecoveryCodeError, match="has 64"):
+        recovery.decode(digits[:64])
+    with pytest.raises(RecoveryCodeError, match="group 3"):
+        recovery.decode(digits[:9] + "g" + digits[10:])
+    with pytest.raises(RecoveryCodeError):
+        recovery.decode("")
+
+
+def test_rejects_wrong_key_length() -> None:
+    with pytest.raises(recovery.InvalidInput):
+        recovery.encode(b"short")
