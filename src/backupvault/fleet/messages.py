@@ -1,0 +1,128 @@
+"""Node-to-node messages of the replication protocol (CASPaxos per entry, docs/fleet.md).
+
+Ballots are (round, node) pairs compared in that order, so two proposers never share one.
+A record's `value` is the encoded entry state; empty means "never written".
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from backupvault.codec import Message
+
+
+@dataclass(frozen=True, order=True)
+class Ballot:
+    round: int
+    node: int
+
+    def next_above(self, node: int) -> Ballot:
+        return Ballot(self.round + 1, node)
+
+
+ZERO_BALLOT = Ballot(0, 0)
+
+
+@dataclass(frozen=True)
+class AcceptorRecord(Message):
+    """What an acceptor durably keeps for one entry."""
+
+    TAG = 60
+    key: bytes
+    promised_round: int = 0
+    promised_node: int = 0
+    accepted_round: int = 0
+    accepted_node: int = 0
+    value: bytes = b""
+
+    @property
+    def promised(self) -> Ballot:
+        return Ballot(self.promised_round, self.promised_node)
+
+    @property
+    def accepted(self) -> Ballot:
+        return Ballot(self.accepted_round, self.accepted_node)
+
+
+@dataclass(frozen=True)
+class Prepare(Message):
+    TAG = 61
+    op_id: bytes
+    key: bytes
+    round: int
+    node: int
+
+
+@dataclass(frozen=True)
+class Promise(Message):
+    """ok=True: the acceptor promised `round/node` and reports what it accepted.
+    ok=False: it had promised something higher, reported in promised_*."""
+
+    TAG = 62
+    op_id: bytes
+    key: bytes
+    round: int
+    node: int
+    ok: bool
+    accepted_round: int
+    accepted_node: int
+    value: bytes
+    promised_round: int
+    promised_node: int
+
+
+@dataclass(frozen=True)
+class Accept(Message):
+    TAG = 63
+    op_id: bytes
+    key: bytes
+    round: int
+    node: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class Accepted(Message):
+    TAG = 64
+    op_id: bytes
+    key: bytes
+    round: int
+    node: int
+    ok: bool
+    promised_round: int
+    promised_node: int
+
+
+@dataclass(frozen=True)
+class SyncRequest(Message):
+    """Sent by a node catching up after a (re)start: "tell me everything you hold"."""
+
+    TAG = 65
+    sync_id: bytes
+
+
+@dataclass(frozen=True)
+class SyncResponse(Message):
+    TAG = 66
+    sync_id: bytes
+    ready: bool  # False if the sender is itself still catching up
+    records: list[AcceptorRecord]
+
+
+@dataclass(frozen=True)
+class NotReady(Message):
+    """An acceptor that is catching up answers Prepare/Accept with this."""
+
+    TAG = 67
+    op_id: bytes
+
+
+PEER_MESSAGES: tuple[type[Message], ...] = (
+    Prepare,
+    Promise,
+    Accept,
+    Accepted,
+    SyncRequest,
+    SyncResponse,
+    NotReady,
+)

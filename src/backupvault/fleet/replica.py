@@ -1,0 +1,375 @@
+"""One node's share of the fleet: a sans-IO CASPaxos replica (docs/fleet.md).
+
+Every entry is its own compare-and-set register. A change to an entry is a function from
+the current value to the next; the proposing node runs two phases against a majority:
+
+  1. Prepare(ballot) → Promise(accepted ballot, value) from a majority;
+  2. apply the change to the value with the highest ballot, Accept(ballot, new value)
+     → Accepted from a majority. Only then is the change committed and reported.
+
+The replica does no I/O. It takes messages, clock readings and random bytes, and returns
+effects the shell carries out *in order*: `Persist` must be durable before any later
+`Send` or `Committed` in the same list leaves the node. A restarted node trusts nothing
+it holds (its disk may have been rolled back) and takes no part until it has caught up
+from enough peers (see `_sync_complete`).
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from backupvault.codec import Message
+from backupvault.fleet.messages import (
+    Accept,
+    Accepted,
+    AcceptorRecord,
+    Ballot,
+    NotReady,
+    Prepare,
+    Promise,
+    SyncRequest,
+    SyncResponse,
+)
+
+ChangeFn = Callable[[bytes], tuple[bytes, Any]]
+
+
+@dataclass(frozen=True)
+class Send:
+    to: int
+    message: Message
+
+
+@dataclass(frozen=True)
+class Persist:
+    record: AcceptorRecord
+
+
+@dataclass(frozen=True)
+class Committed:
+    """The change proposed under `op_id` is durable on a majority; `outcome` is what the
+    change function returned alongside the committed value."""
+
+    op_id: bytes
+    outcome: Any
+
+
+@dataclass(frozen=True)
+class Failed:
+    """No majority answered before the deadline. The change may still take effect later
+    (another proposer may finish it), but its outcome was never acted on."""
+
+    op_id: bytes
+    reason: str
+
+
+Effect = Send | Persist | Committed | Failed
+
+
+@dataclass(frozen=True)
+class Timing:
+    round_timeout: float = 0.5  # re-prepare with a higher ballot after this long
+    deadline: float = 4.0  # give up (fleet unavailable) after this long
+    backoff_min: float = 0.002
+    backoff_max: float = 0.1
+    sync_retry: float = 0.5
+
+
+@dataclass
+class _Proposal:
+    op_id: bytes
+    key: bytes
+    change: ChangeFn
+    deadline: float
+    ballot: Ballot = field(default_factory=lambda: Ballot(0, 0))
+    phase: str = "queued"  # queued | prepare | accept | backoff
+    round_started: float = 0.0
+    retry_at: float = 0.0
+    conflicts: int = 0
+    promises: dict[int, Promise] = field(default_factory=dict)
+    accepts: set[int] = field(default_factory=set)
+    outcome: Any = None
+
+
+class Replica:
+    def __init__(
+        self,
+        node: int,
+        nodes: Iterable[int],
+        rng: Callable[[int], bytes],
+        records: Iterable[AcceptorRecord] = (),
+        timing: Timing = Timing(),
+    ) -> None:
+        self.node = node
+        self.nodes = sorted(set(nodes))
+        if node not in self.nodes or len(self.nodes) % 2 == 0:
+            raise ValueError("a fleet has an odd number of nodes, this one among them")
+        self.quorum = len(self.nodes) // 2 + 1
+        self.peers = [n for n in self.nodes if n != node]
+        self.timing = timing
+        self._rng = rng
+        self.records: dict[bytes, AcceptorRecord] = {r.key: r for r in records}
+        self.ready = False
+        self._sync_id = b""
+        self._sync_responses: dict[int, SyncResponse] = {}
+        self._sync_retry_at = 0.0
+        self._queues: dict[bytes, deque[_Proposal]] = {}
+        self._by_op: dict[bytes, _Proposal] = {}
+        self._max_round = max((r.promised.round for r in self.records.values()), default=0)
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    def start(self, now: float) -> list[Effect]:
+        """Begin catching up. Every start is treated as if the disk might be stale."""
+        self.ready = False
+        self._sync_id = self._rng(16)
+        self._sync_responses = {}
+        self._sync_retry_at = now + self.timing.sync_retry
+        if self._sync_complete():  # a fleet of one has nobody to ask
+            self.ready = True
+            return []
+        return [Send(peer, SyncRequest(self._sync_id)) for peer in self.peers]
+
+    # ---- client side: proposing ----------------------------------------------------
+
+    def propose(self, op_id: bytes, key: bytes, change: ChangeFn, now: float) -> list[Effect]:
+        proposal = _Proposal(op_id, key, change, deadline=now + self.timing.deadline)
+        queue = self._queues.setdefault(key, deque())
+        queue.append(proposal)
+        self._by_op[op_id] = proposal
+        # One proposal per entry at a time from this node: its own changes never race.
+        return self._start_round(proposal, now) if len(queue) == 1 else []
+
+    def pending(self) -> int:
+        return len(self._by_op)
+
+    # ---- messages --------------------------------------------------------------------
+
+    def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
+        if sender not in self.nodes:
+            return []
+        match message:
+            case Prepare() | Accept():
+                if not self.ready:
+                    return [Send(sender, NotReady(message.op_id))]
+                effects, reply = self._acceptor(message)
+                return [*effects, Send(sender, reply)]
+            case Promise():
+                return self._on_promise(sender, message, now)
+            case Accepted():
+                return self._on_accepted(sender, message, now)
+            case SyncRequest():
+                records = list(self.records.values())
+                return [Send(sender, SyncResponse(message.sync_id, self.ready, records))]
+            case SyncResponse():
+                return self._on_sync_response(sender, message)
+            case _:
+                return []  # NotReady and anything unknown: treated as no answer
+
+    def tick(self, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        if not self.ready and now >= self._sync_retry_at:
+            self._sync_retry_at = now + self.timing.sync_retry
+            effects += [
+                Send(peer, SyncRequest(self._sync_id))
+                for peer in self.peers
+                if peer not in self._sync_responses
+            ]
+        for proposal in list(self._by_op.values()):
+            if proposal.phase == "queued":
+                continue
+            if now >= proposal.deadline:
+                effects += self._finish(proposal, Failed(proposal.op_id, "no majority"), now)
+            elif (proposal.phase == "backoff" and now >= proposal.retry_at) or (
+                proposal.phase in ("prepare", "accept")
+                and now >= proposal.round_started + self.timing.round_timeout
+            ):
+                effects += self._start_round(proposal, now)
+        return effects
+
+    # ---- acceptor ---------------------------------------------------------------------
+
+    def _record(self, key: bytes) -> AcceptorRecord:
+        return self.records.get(key) or AcceptorRecord(key)
+
+    def _store(self, record: AcceptorRecord) -> Persist:
+        self.records[record.key] = record
+        self._max_round = max(self._max_round, record.promised.round)
+        return Persist(record)
+
+    def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
+        record = self._record(message.key)
+        ballot = Ballot(message.round, message.node)
+        if isinstance(message, Prepare):
+            ok = ballot >= record.promised
+            effects: list[Effect] = []
+            if ok and ballot != record.promised:
+                record = AcceptorRecord(
+                    record.key,
+                    ballot.round,
+                    ballot.node,
+                    record.accepted_round,
+                    record.accepted_node,
+                    record.value,
+                )
+                effects.append(self._store(record))
+            return effects, Promise(
+                message.op_id,
+                message.key,
+                message.round,
+                message.node,
+                ok,
+                record.accepted_round,
+                record.accepted_node,
+                record.value if ok else b"",
+                record.promised_round,
+                record.promised_node,
+            )
+        if ballot >= record.promised:
+            record = AcceptorRecord(
+                record.key, ballot.round, ballot.node, ballot.round, ballot.node, message.value
+            )
+            reply = Accepted(
+                message.op_id, message.key, message.round, message.node, True, *_ballot(ballot)
+            )
+            return [self._store(record)], reply
+        return [], Accepted(
+            message.op_id,
+            message.key,
+            message.round,
+            message.node,
+            False,
+            *_ballot(record.promised),
+        )
+
+    def _deliver_locally(self, message: Prepare | Accept, now: float) -> list[Effect]:
+        """The proposer's own acceptor answers without the network, persisting first."""
+        if not self.ready:
+            return []
+        effects, reply = self._acceptor(message)
+        return effects + self.receive(self.node, reply, now)
+
+    # ---- proposer ---------------------------------------------------------------------
+
+    def _start_round(self, proposal: _Proposal, now: float) -> list[Effect]:
+        if not self.ready:
+            # Not caught up: a proposal waits (and may time out) rather than act on stale state.
+            proposal.phase = "backoff"
+            proposal.retry_at = now + self.timing.sync_retry
+            return []
+        self._max_round += 1
+        proposal.ballot = Ballot(self._max_round, self.node)
+        proposal.phase = "prepare"
+        proposal.round_started = now
+        proposal.promises = {}
+        proposal.accepts = set()
+        prepare = Prepare(proposal.op_id, proposal.key, *_ballot(proposal.ballot))
+        effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
+        return self._deliver_locally(prepare, now) + effects
+
+    def _current(self, op_id: bytes, round_: int, node: int, phase: str) -> _Proposal | None:
+        proposal = self._by_op.get(op_id)
+        if proposal is None or proposal.phase != phase:
+            return None
+        if proposal.ballot != Ballot(round_, node):
+            return None
+        return proposal
+
+    def _on_promise(self, sender: int, message: Promise, now: float) -> list[Effect]:
+        self._max_round = max(self._max_round, message.promised_round)
+        proposal = self._current(message.op_id, message.round, message.node, "prepare")
+        if proposal is None:
+            return []
+        if not message.ok:
+            return self._back_off(proposal, now)
+        proposal.promises[sender] = message
+        if len(proposal.promises) < self.quorum:
+            return []
+        newest = max(
+            proposal.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
+        )
+        new_value, proposal.outcome = proposal.change(newest.value)
+        proposal.phase = "accept"
+        accept = Accept(proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value)
+        effects: list[Effect] = [Send(peer, accept) for peer in self.peers]
+        return self._deliver_locally(accept, now) + effects
+
+    def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
+        self._max_round = max(self._max_round, message.promised_round)
+        proposal = self._current(message.op_id, message.round, message.node, "accept")
+        if proposal is None:
+            return []
+        if not message.ok:
+            return self._back_off(proposal, now)
+        proposal.accepts.add(sender)
+        if len(proposal.accepts) < self.quorum:
+            return []
+        return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
+
+    def _back_off(self, proposal: _Proposal, now: float) -> list[Effect]:
+        """Another proposer holds a higher ballot: wait a random, growing while, then retry."""
+        proposal.conflicts += 1
+        ceiling = min(
+            self.timing.backoff_max, self.timing.backoff_min * (2 ** min(proposal.conflicts, 10))
+        )
+        jitter = int.from_bytes(self._rng(4), "big") / 2**32
+        proposal.phase = "backoff"
+        proposal.retry_at = now + self.timing.backoff_min + jitter * ceiling
+        return []
+
+    def _finish(self, proposal: _Proposal, result: Committed | Failed, now: float) -> list[Effect]:
+        del self._by_op[proposal.op_id]
+        queue = self._queues[proposal.key]
+        queue.remove(proposal)
+        effects: list[Effect] = [result]
+        if queue:
+            effects += self._start_round(queue[0], now)
+        else:
+            del self._queues[proposal.key]
+        return effects
+
+    # ---- catching up ------------------------------------------------------------------
+
+    def _on_sync_response(self, sender: int, message: SyncResponse) -> list[Effect]:
+        if self.ready or message.sync_id != self._sync_id:
+            return []
+        self._sync_responses[sender] = message
+        if not self._sync_complete():
+            return []
+        effects: list[Effect] = []
+        for response in self._sync_responses.values():
+            for theirs in response.records:
+                merged = _merge(self._record(theirs.key), theirs)
+                if merged != self.records.get(theirs.key):
+                    effects.append(self._store(merged))
+        self.ready = True
+        self._sync_responses = {}
+        return effects
+
+    def _sync_complete(self) -> bool:
+        """Enough peers answered that whatever a majority accepted or promised, at least
+        one of them knew it: `quorum` peers that are themselves caught up, or every peer
+        (a whole-fleet restart, where nobody is caught up yet)."""
+        ready = sum(1 for r in self._sync_responses.values() if r.ready)
+        return ready >= self.quorum or len(self._sync_responses) == len(self.peers)
+
+
+def _ballot(ballot: Ballot) -> tuple[int, int]:
+    return ballot.round, ballot.node
+
+
+def _merge(mine: AcceptorRecord, theirs: AcceptorRecord) -> AcceptorRecord:
+    """The newest accepted value and the highest promise of two copies of a record."""
+    accepted = theirs if theirs.accepted > mine.accepted else mine
+    promised = max(mine.promised, theirs.promised, accepted.accepted)
+    return AcceptorRecord(
+        mine.key,
+        promised.round,
+        promised.node,
+        accepted.accepted_round,
+        accepted.accepted_node,
+        accepted.value,
+    )

@@ -1,0 +1,195 @@
+"""The client ↔ fleet protocol: the messages inside the HPKE seal (docs/protocol.md).
+
+Clients and vault nodes both import this module, and nothing else of each other. Each
+operation has a request and a response message; any operation may instead be answered
+with `ErrorResponse`. The HPKE `kind` of a sealed request is the operation's name, so a
+request sealed for one operation cannot be replayed as another.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from dataclasses import dataclass
+
+from backupvault.codec import Message, decode_any
+from backupvault.errors import InvalidInput
+
+_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+
+
+def check_name(what: str, value: str) -> str:
+    """Accounts and entry ids: 1-64 characters of [A-Za-z0-9._-] (the relay checks the same)."""
+    if not _NAME.match(value):
+        raise InvalidInput(f"{what} must be 1-64 characters of letters, digits, '.', '_' or '-'")
+    return value
+
+
+class Op(enum.StrEnum):
+    REGISTER_START = "register-start"
+    REGISTER_FINISH = "register-finish"
+    RECOVER_START = "recover-start"
+    RECOVER_FINISH = "recover-finish"
+    CHANGE_PASSWORD = "change-password"
+    DELETE = "delete"
+    STATUS = "status"
+
+
+class EntryStatus(enum.IntEnum):
+    EMPTY = 0
+    LIVE = 1
+    DESTROYED = 2
+
+
+class ErrorCode(enum.StrEnum):
+    BAD_REQUEST = "bad_request"
+    MISMATCH = "mismatch"  # the sealed account/entry differ from what the relay asserted
+    NOT_REGISTERED = "not_registered"
+    ALREADY_REGISTERED = "already_registered"
+    WRONG_PASSWORD = "wrong_password"
+    DESTROYED = "destroyed"
+    STALE_ATTEMPT = "stale_attempt"  # a newer attempt started, or this one was already used
+    EXPIRED = "expired"
+    FLEET_UNAVAILABLE = "fleet_unavailable"
+
+
+@dataclass(frozen=True)
+class RegisterStartRequest(Message):
+    TAG = 1
+    account: str
+    entry: str
+    registration_request: bytes
+
+
+@dataclass(frozen=True)
+class RegisterStartResponse(Message):
+    TAG = 2
+    registration_response: bytes
+    registration_ticket: bytes  # opaque to the client; names the OPRF key used
+
+
+@dataclass(frozen=True)
+class RegisterFinishRequest(Message):
+    """Used by register-finish (a new entry) and change-password (with a grant)."""
+
+    TAG = 3
+    account: str
+    entry: str
+    registration_ticket: bytes
+    record: bytes  # OPAQUE RegistrationRecord
+    ksf_params: bytes
+    wrapped_root_key: bytes
+    guess_limit: int
+    grant: bytes  # empty for register-finish; from a recovery for change-password
+
+
+@dataclass(frozen=True)
+class RegisterFinishResponse(Message):
+    TAG = 4
+    version: int
+    guess_limit: int
+
+
+@dataclass(frozen=True)
+class RecoverStartRequest(Message):
+    TAG = 5
+    account: str
+    entry: str
+    ke1: bytes
+
+
+@dataclass(frozen=True)
+class RecoverStartResponse(Message):
+    TAG = 6
+    ke2: bytes
+    ksf_params: bytes
+    recovery_ticket: bytes  # opaque to the client; carries the attempt's server state
+    guesses_remaining: int
+
+
+@dataclass(frozen=True)
+class RecoverFinishRequest(Message):
+    TAG = 7
+    account: str
+    entry: str
+    recovery_ticket: bytes
+    ke3: bytes
+
+
+@dataclass(frozen=True)
+class RecoverFinishResponse(Message):
+    TAG = 8
+    sealed_wrapped_root_key: bytes  # AES-256-GCM under a key derived from the session key
+    grant: bytes  # lets this client change the password shortly after
+
+
+@dataclass(frozen=True)
+class DeleteRequest(Message):
+    TAG = 9
+    account: str
+    entry: str
+
+
+@dataclass(frozen=True)
+class DeleteResponse(Message):
+    TAG = 10
+    version: int
+
+
+@dataclass(frozen=True)
+class StatusRequest(Message):
+    TAG = 11
+    account: str
+    entry: str
+
+
+@dataclass(frozen=True)
+class StatusResponse(Message):
+    TAG = 12
+    status: int  # EntryStatus
+    guess_limit: int
+    guesses_remaining: int
+    version: int
+
+
+@dataclass(frozen=True)
+class ErrorResponse(Message):
+    TAG = 13
+    code: str  # ErrorCode
+    detail: str
+    guesses_remaining: int
+
+
+REQUEST_TYPES: dict[Op, type[Message]] = {
+    Op.REGISTER_START: RegisterStartRequest,
+    Op.REGISTER_FINISH: RegisterFinishRequest,
+    Op.RECOVER_START: RecoverStartRequest,
+    Op.RECOVER_FINISH: RecoverFinishRequest,
+    Op.CHANGE_PASSWORD: RegisterFinishRequest,
+    Op.DELETE: DeleteRequest,
+    Op.STATUS: StatusRequest,
+}
+
+RESPONSE_TYPES: dict[Op, type[Message]] = {
+    Op.REGISTER_START: RegisterStartResponse,
+    Op.REGISTER_FINISH: RegisterFinishResponse,
+    Op.RECOVER_START: RecoverStartResponse,
+    Op.RECOVER_FINISH: RecoverFinishResponse,
+    Op.CHANGE_PASSWORD: RegisterFinishResponse,
+    Op.DELETE: DeleteResponse,
+    Op.STATUS: StatusResponse,
+}
+
+
+def decode_response(op: Op, data: bytes) -> Message:
+    return decode_any(data, (RESPONSE_TYPES[op], ErrorResponse))
+
+
+def session_key_wrap_info(account: str, entry: str) -> bytes:
+    """HKDF info for the key that seals wrapped_RK under the OPAQUE session key."""
+    return b"backupvault/v1 release " + account.encode() + b"\x00" + entry.encode()
+
+
+def opaque_context(fleet_id: bytes) -> bytes:
+    """The OPAQUE context: binds every login transcript to one fleet."""
+    return b"backupvault/v1 fleet " + fleet_id
