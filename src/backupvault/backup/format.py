@@ -1,0 +1,190 @@
+"""The backup file header: parse, serialize, seal DK under RK, open it again.
+
+The byte layout is specified in docs/format.md; this module is its implementation.
+Parsing validates every field before anything is decrypted, and raises only `InvalidInput`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import os
+import struct
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from backupvault.crypto import stream
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+MAGIC: Final = b"BVBACKUP"
+VERSION: Final = 1
+PAYLOAD_TAR_ZSTD: Final = 1
+ROOT_KEY_LEN: Final = 32
+DATA_KEY_LEN: Final = 32
+BACKUP_ID_LEN: Final = 16
+KEY_CHECK_LEN: Final = 16
+WRAP_NONCE_LEN: Final = 12
+WRAPPED_DK_LEN: Final = DATA_KEY_LEN + 16
+
+# magic, version, payload, chunk_size, backup_id, created_at_us, stream_salt, key_check,
+# wrap_nonce: everything the DK wrap authenticates as associated data.
+_PREFIX = struct.Struct(
+    f">8sBBI{BACKUP_ID_LEN}sQ{stream.SALT_LEN}s{KEY_CHECK_LEN}s{WRAP_NONCE_LEN}s"
+)
+WRAP_AAD_LEN: Final = _PREFIX.size
+HEADER_LEN: Final = _PREFIX.size + WRAPPED_DK_LEN
+# Creation times from 2000-01-01 to 9999-12-31: anything else is not a header we wrote.
+_MIN_TIME_US: Final = 946_684_800 * 1_000_000
+_MAX_TIME_US: Final = 253_402_300_799 * 1_000_000
+
+_WRAP_INFO: Final = b"backupvault/v1 backup dk-wrap"
+_CHECK_INFO: Final = b"backupvault/v1 backup key-check"
+
+
+@dataclass(frozen=True)
+class BackupHeader:
+    """A parsed header. Fields are as on disk; nothing here is authenticated until `open_header`."""
+
+    chunk_size: int
+    backup_id: bytes
+    created_at_us: int
+    stream_salt: bytes
+    key_check: bytes
+    wrap_nonce: bytes
+    wrapped_dk: bytes
+    version: int = VERSION
+    payload: int = PAYLOAD_TAR_ZSTD
+
+    @property
+    def backup_id_hex(self) -> str:
+        return self.backup_id.hex()
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at_us / 1_000_000, tz=UTC)
+
+    def wrap_aad(self) -> bytes:
+        return _PREFIX.pack(
+            MAGIC,
+            self.version,
+            self.payload,
+            self.chunk_size,
+            self.backup_id,
+            self.created_at_us,
+            self.stream_salt,
+            self.key_check,
+            self.wrap_nonce,
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.wrap_aad() + self.wrapped_dk
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> BackupHeader:
+        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
+            raise InvalidInput("not a backupvault backup (the file does not start with BVBACKUP)")
+        if len(data) < HEADER_LEN:
+            raise InvalidInput(
+                f"backup is truncated: the header is {len(data)} bytes, expected {HEADER_LEN}"
+            )
+        if len(data) > HEADER_LEN:
+            raise InvalidInput(f"header must be exactly {HEADER_LEN} bytes, got {len(data)}")
+        (
+            _magic,
+            version,
+            payload,
+            chunk_size,
+            backup_id,
+            created_at_us,
+            stream_salt,
+            key_check,
+            wrap_nonce,
+        ) = _PREFIX.unpack_from(data)
+        if version != VERSION:
+            raise InvalidInput(
+                f"backup format version {version} is not supported (this build reads {VERSION})",
+                hint="upgrade backupvault",
+            )
+        if payload != PAYLOAD_TAR_ZSTD:
+            raise InvalidInput(f"unknown backup payload type {payload}")
+        if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
+            raise InvalidInput(f"backup header has an invalid chunk size {chunk_size}")
+        if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
+            raise InvalidInput("backup header has an invalid creation time")
+        return cls(
+            chunk_size=chunk_size,
+            backup_id=backup_id,
+            created_at_us=created_at_us,
+            stream_salt=stream_salt,
+            key_check=key_check,
+            wrap_nonce=wrap_nonce,
+            wrapped_dk=data[_PREFIX.size :],
+            version=version,
+            payload=payload,
+        )
+
+
+def _check_root_key(root_key: bytes) -> None:
+    if not isinstance(root_key, bytes | bytearray) or len(root_key) != ROOT_KEY_LEN:
+        raise InvalidInput(f"root key must be {ROOT_KEY_LEN} bytes")
+
+
+def _derive(root_key: bytes, info: bytes) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=None, info=info).derive(root_key)
+
+
+def _key_check(root_key: bytes, version: int, backup_id: bytes) -> bytes:
+    message = MAGIC + bytes([version]) + backup_id
+    mac = hmac.new(_derive(root_key, _CHECK_INFO), message, "sha256").digest()
+    return mac[:KEY_CHECK_LEN]
+
+
+def seal_header(
+    root_key: bytes,
+    *,
+    chunk_size: int = stream.CHUNK_SIZE,
+    created_at_us: int | None = None,
+) -> tuple[BackupHeader, bytes]:
+    """A header for a new backup with a fresh random DK; returns (header, DK)."""
+    _check_root_key(root_key)
+    if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
+        raise InvalidInput(f"chunk size {chunk_size} is out of range")
+    data_key = os.urandom(DATA_KEY_LEN)
+    backup_id = os.urandom(BACKUP_ID_LEN)
+    unsealed = BackupHeader(
+        chunk_size=chunk_size,
+        backup_id=backup_id,
+        created_at_us=time.time_ns() // 1000 if created_at_us is None else created_at_us,
+        stream_salt=os.urandom(stream.SALT_LEN),
+        key_check=_key_check(root_key, VERSION, backup_id),
+        wrap_nonce=os.urandom(WRAP_NONCE_LEN),
+        wrapped_dk=b"",
+    )
+    wrap_key = AESGCM(_derive(root_key, _WRAP_INFO))
+    wrapped = wrap_key.encrypt(unsealed.wrap_nonce, data_key, unsealed.wrap_aad())
+    header = dataclasses.replace(unsealed, wrapped_dk=wrapped)
+    return header, data_key
+
+
+def open_header(header: BackupHeader, root_key: bytes) -> bytes:
+    """Authenticate the whole header under RK and return DK."""
+    _check_root_key(root_key)
+    expected = _key_check(root_key, header.version, header.backup_id)
+    if not hmac.compare_digest(expected, header.key_check):
+        raise AuthenticationFailed(
+            "this backup was not made with this root key (wrong key, or the header was altered)"
+        )
+    wrap_key = AESGCM(_derive(root_key, _WRAP_INFO))
+    try:
+        return wrap_key.decrypt(header.wrap_nonce, header.wrapped_dk, header.wrap_aad())
+    except InvalidTag:
+        raise AuthenticationFailed(
+            "the backup header failed authentication: it was altered"
+        ) from None

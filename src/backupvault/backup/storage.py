@@ -1,0 +1,283 @@
+"""Where backups live: a folder named by a URL, reached through fsspec.
+
+URLs:
+  /path/to/folder, ./rel, file:///path        local folder (the default)
+  webdav+https://[user[:password]@]host[:port]/path   WebDAV (webdav4); webdav+http for
+                                              plain HTTP (loopback/testing only)
+  s3://bucket/prefix                          S3 or compatible (s3fs)
+  any other fsspec URL (sftp://, gcs://...)   passed to fsspec as is
+
+Credentials: WebDAV takes them from the URL's userinfo (percent-encoded) or, if the URL has
+none, from BACKUPVAULT_WEBDAV_USER and BACKUPVAULT_WEBDAV_PASSWORD. S3 uses the usual AWS
+sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_ENDPOINT_URL for a
+non-AWS endpoint...). `storage_options` are passed to the fsspec filesystem for anything else.
+Passwords never appear in messages: URLs are shown with the password replaced by "***".
+
+Layout: one object per backup, `backup-<UTC time>-<backup id hex>.bvb`, written first under a
+hidden temporary name `.<final name>.<random>.partial` and renamed only once complete.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import secrets
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, cast
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from backupvault.backup.errors import BackupNotFound, StorageError
+from backupvault.errors import UsageError
+
+OBJECT_SUFFIX = ".bvb"
+_NAME_RE = re.compile(r"^backup-(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})\.bvb$")
+_TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+ENV_WEBDAV_USER = "BACKUPVAULT_WEBDAV_USER"
+ENV_WEBDAV_PASSWORD = "BACKUPVAULT_WEBDAV_PASSWORD"
+
+
+@dataclass(frozen=True)
+class StoredBackup:
+    """One backup object as the listing shows it (its name is not authenticated)."""
+
+    name: str
+    backup_id: str
+    created_at: datetime
+    size: int | None
+
+
+def object_name(backup_id: bytes, created_at: datetime) -> str:
+    return f"backup-{created_at.astimezone(UTC).strftime(_TIME_FORMAT)}-{backup_id.hex()}.bvb"
+
+
+def parse_object_name(name: str) -> tuple[str, datetime] | None:
+    """(backup id hex, creation time) from a backup object's name, or None if it is not one."""
+    match = _NAME_RE.match(name)
+    if match is None:
+        return None
+    try:
+        created = datetime.strptime(match.group(1), _TIME_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        return None
+    return match.group(2), created
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for messages."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparsable URL>"
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)[1]
+    user = parts.username or ""
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
+
+
+class Storage:
+    """A folder of backups behind an fsspec filesystem."""
+
+    def __init__(self, url: str, storage_options: Mapping[str, Any] | None = None) -> None:
+        self.url = url
+        self.display_url = redact_url(url)
+        self._secret: str | None = None
+        options = dict(storage_options or {})
+        try:
+            self.fs, self.root = self._connect(url, options)
+        except (UsageError, StorageError):
+            raise
+        except Exception as exc:
+            raise self._error("cannot open storage", exc) from None
+        self.root = self.root.rstrip("/") or "/"
+        self.is_local = isinstance(self.fs, LocalFileSystem)
+
+    def _connect(self, url: str, options: dict[str, Any]) -> tuple[Any, str]:
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme in ("", "file"):
+            path = url[len("file://") :] if scheme == "file" else url
+            if not path:
+                raise UsageError("storage URL is empty")
+            return LocalFileSystem(), str(Path(unquote(path) if scheme else path).absolute())
+        if scheme in ("webdav", "webdav+http", "webdav+https"):
+            return self._connect_webdav(url, scheme, options)
+        fs, root = fsspec.core.url_to_fs(url, **options)
+        return fs, cast(str, root)
+
+    def _connect_webdav(self, url: str, scheme: str, options: dict[str, Any]) -> tuple[Any, str]:
+        from webdav4.fsspec import WebdavFileSystem
+
+        parts = urlsplit(url)
+        if not parts.hostname:
+            raise UsageError(f"WebDAV URL has no host: {self.display_url}")
+        http = "http" if scheme == "webdav+http" else "https"
+        host = parts.hostname if ":" not in parts.hostname else f"[{parts.hostname}]"
+        base_url = f"{http}://{host}" + (f":{parts.port}" if parts.port else "")
+        if parts.username is not None:
+            user, password = unquote(parts.username), unquote(parts.password or "")
+        else:
+            user = os.environ.get(ENV_WEBDAV_USER, "")
+            password = os.environ.get(ENV_WEBDAV_PASSWORD, "")
+        if user or password:
+            options.setdefault("auth", (user, password))
+            self._secret = password or None
+        root = unquote(parts.path) or "/"
+        return WebdavFileSystem(base_url, **options), root
+
+    def _error(self, what: str, exc: BaseException) -> StorageError:
+        detail = f"{type(exc).__name__}: {exc}"
+        if self._secret:
+            for secret in {self._secret, quote(self._secret, safe="")}:
+                detail = detail.replace(secret, "***")
+        return StorageError(f"{what} at {self.display_url}: {detail}")
+
+    def path(self, name: str) -> str:
+        return f"{self.root}/{name}" if self.root != "/" else f"/{name}"
+
+    def list(self) -> list[StoredBackup]:
+        """Every backup object under the root, oldest first. A missing root lists as empty."""
+        try:
+            entries = self.fs.ls(self.root, detail=True)
+        except FileNotFoundError:
+            return []
+        except Exception as exc:
+            raise self._error("cannot list backups", exc) from None
+        found: list[StoredBackup] = []
+        for entry in entries:
+            if entry.get("type") not in (None, "file"):
+                continue
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            parsed = parse_object_name(name)
+            if parsed is None:
+                continue
+            size = entry.get("size")
+            found.append(
+                StoredBackup(name, parsed[0], parsed[1], int(size) if size is not None else None)
+            )
+        found.sort(key=lambda b: (b.created_at, b.name))
+        return found
+
+    def find(self, backup_id: str | None) -> StoredBackup:
+        """The latest backup, or the one whose id is (or starts with) `backup_id`."""
+        backups = self.list()
+        if not backups:
+            raise BackupNotFound(f"no backups at {self.display_url}")
+        if backup_id is None:
+            return backups[-1]
+        wanted = backup_id.strip().lower()
+        if not re.fullmatch(r"[0-9a-f]{1,32}", wanted):
+            raise UsageError(f"backup id must be hexadecimal, got {backup_id!r}")
+        matches = [b for b in backups if b.backup_id.startswith(wanted)]
+        if not matches:
+            raise BackupNotFound(f"no backup with id {wanted} at {self.display_url}")
+        if len(matches) > 1:
+            raise UsageError(f"backup id prefix {wanted} matches {len(matches)} backups")
+        return matches[0]
+
+    def size(self, name: str) -> int | None:
+        try:
+            size = self.fs.size(self.path(name))
+        except FileNotFoundError:
+            raise BackupNotFound(f"backup {name} not found at {self.display_url}") from None
+        except Exception:
+            return None  # the size is only for progress
+        return int(size) if size is not None else None
+
+    @contextlib.contextmanager
+    def open_read(self, name: str) -> Iterator[ObjectReader]:
+        try:
+            handle = self.fs.open(self.path(name), "rb")
+        except FileNotFoundError:
+            raise BackupNotFound(f"backup {name} not found at {self.display_url}") from None
+        except Exception as exc:
+            raise self._error(f"cannot open {name}", exc) from None
+        try:
+            yield ObjectReader(handle, self, name)
+        finally:
+            with contextlib.suppress(Exception):
+                handle.close()
+
+    @contextlib.contextmanager
+    def upload(self, name: str) -> Iterator[ObjectWriter]:
+        """Write a new object: it appears under `name` only if the block completes."""
+        temp = self.path(f".{name}.{secrets.token_hex(8)}.partial")
+        try:
+            self.fs.makedirs(self.root, exist_ok=True)
+            handle = self.fs.open(temp, "wb")
+        except Exception as exc:
+            raise self._error("cannot write", exc) from None
+        committed = False
+        try:
+            yield ObjectWriter(handle, self, name)
+            try:
+                handle.flush()
+                if self.is_local:
+                    os.fsync(handle.fileno())
+                handle.close()  # uploads / completes the object on remote filesystems
+                self._rename(temp, self.path(name))
+            except Exception as exc:
+                raise self._error(f"cannot store {name}", exc) from None
+            committed = True
+        finally:
+            if not committed:
+                discard = getattr(handle, "discard", None)
+                with contextlib.suppress(Exception):
+                    discard() if discard is not None else handle.close()
+                with contextlib.suppress(Exception):
+                    self.fs.rm_file(temp)
+
+    def _rename(self, source: str, target: str) -> None:
+        if self.is_local:
+            os.replace(source, target)
+            directory = os.open(self.root, os.O_RDONLY)
+            try:
+                os.fsync(directory)
+            finally:
+                os.close(directory)
+            return
+        client = getattr(self.fs, "client", None)
+        if type(self.fs).__name__ == "WebdavFileSystem" and client is not None:
+            client.move(source, target)  # one WebDAV MOVE: the object appears whole
+            return
+        # Object stores: a server-side copy makes the final object appear whole, then delete.
+        self.fs.mv(source, target)
+
+
+class ObjectWriter:
+    """A write-only file whose failures become `StorageError` (without credentials)."""
+
+    def __init__(self, handle: Any, storage: Storage, name: str) -> None:
+        self._handle = handle
+        self._storage = storage
+        self._name = name
+
+    def write(self, data: bytes | memoryview) -> None:
+        try:
+            self._handle.write(data)
+        except Exception as exc:
+            raise self._storage._error(f"cannot write {self._name}", exc) from None
+
+
+class ObjectReader:
+    """A read-only file whose failures become `StorageError` (without credentials)."""
+
+    def __init__(self, handle: Any, storage: Storage, name: str) -> None:
+        self._handle = handle
+        self._storage = storage
+        self._name = name
+
+    def read(self, size: int = -1) -> bytes:
+        try:
+            return cast(bytes, self._handle.read(size))
+        except Exception as exc:
+            raise self._storage._error(f"cannot read {self._name}", exc) from None
+
+    def close(self) -> None:
+        self._handle.close()

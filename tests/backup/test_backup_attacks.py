@@ -1,0 +1,201 @@
+"""Attacks on stored backups: each one a clear error, with the destination untouched."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_CHUNK, make_tree, snapshot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backupvault.backup import BackupNotFound, create_backup, restore_backup
+from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
+from backupvault.crypto.stream import TAG_LEN
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+
+CT = SMALL_CHUNK + TAG_LEN
+
+
+class Case:
+    """A store with one multi-chunk backup, and a way to tamper with it and restore."""
+
+    def __init__(self, tmp_path: Path, root_key: bytes) -> None:
+        self.tmp = tmp_path
+        self.root_key = root_key
+        self.source = make_tree(tmp_path)
+        (self.source / "more.bin").write_bytes(os.urandom(6 * SMALL_CHUNK))
+        self.store = tmp_path / "store"
+        info = create_backup(self.source, str(self.store), root_key, chunk_size=SMALL_CHUNK)
+        self.object = self.store / info.name
+        self.original = self.object.read_bytes()
+        self.dest_parent = tmp_path / "restore-here"
+        self.dest_parent.mkdir()
+        (self.dest_parent / "bystander.txt").write_text("do not touch")
+
+    def chunks(self, data: bytes | None = None) -> tuple[bytes, list[bytes]]:
+        data = self.original if data is None else data
+        body = data[HEADER_LEN:]
+        return data[:HEADER_LEN], [body[i : i + CT] for i in range(0, len(body), CT)]
+
+    def restore_fails(
+        self,
+        tampered: bytes,
+        match: str,
+        error: type[BackupVaultError] = AuthenticationFailed,
+        root_key: bytes | None = None,
+    ) -> None:
+        self.object.write_bytes(tampered)
+        for existing in (False, True):
+            dest = self.dest_parent / "dest"
+            if existing:
+                dest.mkdir()
+            before = snapshot(self.dest_parent)
+            with pytest.raises(error, match=match):
+                restore_backup(str(self.store), root_key or self.root_key, dest)
+            after = snapshot(self.dest_parent)
+            # No temporary folder left, dest as it was; only the parent's mtime may move.
+            del before["."], after["."]
+            assert after == before
+            if existing:
+                dest.rmdir()
+
+
+@pytest.fixture
+def case(tmp_path: Path, root_key: bytes) -> Case:
+    return Case(tmp_path, root_key)
+
+
+def test_untampered_backup_restores(case: Case) -> None:
+    restore_backup(str(case.store), case.root_key, case.dest_parent / "dest")
+    assert snapshot(case.dest_parent / "dest") == snapshot(case.source)
+
+
+def test_the_case_has_many_chunks(case: Case) -> None:
+    _, chunks = case.chunks()
+    assert len(chunks) >= 7
+
+
+@pytest.mark.parametrize(
+    ("cut", "match"),
+    [
+        (lambda n: 0, "does not start with BVBACKUP"),
+        (lambda n: 5, "does not start with BVBACKUP"),
+        (lambda n: 8, "backup is truncated: the header is 8 bytes"),
+        (lambda n: HEADER_LEN - 1, "backup is truncated: the header"),
+        (lambda n: HEADER_LEN, "backup is truncated: the encrypted stream is empty"),
+        (lambda n: HEADER_LEN + 10, "backup is truncated: chunk 0 is 10 bytes"),
+        (lambda n: HEADER_LEN + CT, "backup is truncated: chunk 0 is intact"),
+        (lambda n: HEADER_LEN + 3 * CT, "backup is truncated: chunk 2 is intact"),
+        (lambda n: HEADER_LEN + 3 * CT + 100, "final chunk 3 failed authentication"),
+        (lambda n: n - 1, "failed authentication"),
+        (lambda n: n - TAG_LEN, "failed authentication"),
+    ],
+)
+def test_truncation(case: Case, cut: Callable[[int], int], match: str) -> None:
+    length = cut(len(case.original))
+    error: type[BackupVaultError] = InvalidInput if length < HEADER_LEN else AuthenticationFailed
+    case.restore_fails(case.original[:length], match, error)
+
+
+def test_truncation_at_every_chunk_boundary(case: Case) -> None:
+    header, chunks = case.chunks()
+    for keep in range(1, len(chunks)):
+        case.restore_fails(header + b"".join(chunks[:keep]), "backup is truncated")
+
+
+def test_dropped_swapped_reordered_duplicated_chunks(case: Case) -> None:
+    header, c = case.chunks()
+    attacks = [
+        [c[0], *c[2:]],  # drop
+        [c[1], c[0], *c[2:]],  # swap the first two
+        [*c[:2], c[3], c[2], *c[4:]],  # reorder in the middle
+        [c[0], *c],  # duplicate
+        list(reversed(c)),
+    ]
+    for attacked in attacks:
+        case.restore_fails(header + b"".join(attacked), "failed authentication|truncated")
+
+
+def test_chunks_swapped_in_from_another_backup_with_the_same_root_key(case: Case) -> None:
+    other_info = create_backup(
+        case.source, str(case.tmp / "other"), case.root_key, chunk_size=SMALL_CHUNK
+    )
+    other = (case.tmp / "other" / other_info.name).read_bytes()
+    header, chunks = case.chunks()
+    other_header, other_chunks = case.chunks(other)
+    mixed = [*chunks[:2], other_chunks[2], *chunks[3:]]
+    case.restore_fails(header + b"".join(mixed), "chunk 2 failed authentication")
+    # The whole body of the other backup under this header, and the other header on this body.
+    case.restore_fails(header + b"".join(other_chunks), "chunk 0 failed authentication")
+    case.restore_fails(other_header + b"".join(chunks), "renamed or replaced")
+
+
+def test_every_header_bit_position_is_authenticated(case: Case) -> None:
+    for position in range(HEADER_LEN):
+        tampered = bytearray(case.original)
+        tampered[position] ^= 0x01
+        error: type[BackupVaultError]
+        if position < 8:
+            match, error = "does not start with BVBACKUP", InvalidInput
+        elif position == 8:
+            match, error = "version 0 is not supported", InvalidInput
+        elif position == 9:
+            match, error = "unknown backup payload type", InvalidInput
+        elif 14 <= position < 30 or 70 <= position < 86:  # backup id, key check
+            match, error = "not made with this root key", AuthenticationFailed
+        elif position < WRAP_AAD_LEN:
+            match, error = "header failed authentication|chunk size", BackupVaultError
+        else:
+            match, error = "header failed authentication", AuthenticationFailed
+        case.restore_fails(bytes(tampered), match, error)
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(data=st.data())
+def test_body_bit_flips_anywhere(case: Case, data: st.DataObject) -> None:
+    position = data.draw(st.integers(min_value=HEADER_LEN, max_value=len(case.original) - 1))
+    tampered = bytearray(case.original)
+    tampered[position] ^= 1 << data.draw(st.integers(min_value=0, max_value=7))
+    case.restore_fails(bytes(tampered), "chunk \\d+ failed authentication")
+
+
+def test_wrong_root_key(case: Case) -> None:
+    case.restore_fails(case.original, "not made with this root key", root_key=os.urandom(32))
+
+
+def test_extension_after_the_final_chunk(case: Case) -> None:
+    _, chunks = case.chunks()
+    for extra in (b"\x00", os.urandom(40), os.urandom(CT), chunks[0]):
+        case.restore_fails(case.original + extra, "failed authentication|appended after")
+
+
+def test_garbage_files(case: Case) -> None:
+    case.restore_fails(os.urandom(5000), "does not start with BVBACKUP", InvalidInput)
+    case.restore_fails(b"", "does not start with BVBACKUP", InvalidInput)
+    case.restore_fails(
+        case.original[:HEADER_LEN] + os.urandom(3 * CT), "chunk 0 failed authentication"
+    )
+
+
+def test_object_renamed_to_another_id(case: Case) -> None:
+    forged = case.store / case.object.name.replace(case.object.name[-36:-4], "f" * 32)
+    case.object.rename(forged)
+    case.object = forged
+    case.restore_fails(case.original, "renamed or replaced")
+
+
+def test_missing_object(case: Case) -> None:
+    case.object.unlink()
+    with pytest.raises(BackupNotFound, match="no backups at"):
+        restore_backup(str(case.store), case.root_key, case.dest_parent / "dest")
+    assert not (case.dest_parent / "dest").exists()
+
+
+def test_header_parser_reports_fields() -> None:
+    with pytest.raises(InvalidInput, match="exactly"):
+        BackupHeader.from_bytes(b"BVBACKUP" + bytes(HEADER_LEN))

@@ -1,0 +1,219 @@
+"""Create, list and restore backups on local storage: what goes in comes out, exactly."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+import pytest
+from conftest import SMALL_CHUNK, make_tree, snapshot
+
+from backupvault.backup import (
+    BackupNotFound,
+    DestinationError,
+    SourceError,
+    create_backup,
+    list_backups,
+    restore_backup,
+)
+from backupvault.errors import InvalidInput, UsageError
+
+
+class RecordingProgress:
+    def __init__(self, fail_after: int | None = None) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.done = 0
+        self.fail_after = fail_after
+
+    def start(self, total_bytes: int | None, label: str) -> None:
+        self.events.append(("start", (total_bytes, label)))
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        if self.fail_after is not None and self.done > self.fail_after:
+            raise RuntimeError("simulated failure in the middle of a backup")
+
+    def finish(self) -> None:
+        self.events.append(("finish", self.done))
+
+
+def test_folder_round_trip_keeps_everything(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    store = tmp_path / "store"
+    progress = RecordingProgress()
+    info = create_backup(source, str(store), root_key, progress, chunk_size=SMALL_CHUNK)
+    assert info.size > 5 * SMALL_CHUNK  # a multi-chunk backup
+    assert info.files == 9 and info.links == 3 and info.folders == 4
+    assert info.skipped == []
+    assert progress.events[0] == ("start", (info.source_bytes, "backing up"))
+    assert progress.events[-1] == ("finish", info.source_bytes)
+
+    dest = tmp_path / "restored"
+    restore_progress = RecordingProgress()
+    restored = restore_backup(str(store), root_key, dest, progress=restore_progress)
+    assert snapshot(dest) == snapshot(source)
+    assert restored.backup_id == info.backup_id
+    assert (restored.files, restored.links, restored.folders) == (9, 3, 4)
+    assert restore_progress.events[0] == ("start", (info.size, "restoring"))
+    assert restore_progress.done == info.size
+    hard = (dest / "hardlink.txt").stat()
+    assert hard.st_nlink == 2 and hard.st_ino == (dest / "docs" / "notes.txt").stat().st_ino
+    assert os.readlink(dest / "link-to-notes") == "docs/notes.txt"
+
+
+def test_multi_chunk_file_with_default_and_small_chunks(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "data.bin"
+    source.write_bytes(os.urandom(3 * SMALL_CHUNK + 17))
+    store = str(tmp_path / "store")
+    create_backup(source, store, root_key, chunk_size=SMALL_CHUNK)
+    restore_backup(store, root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "data.bin").read_bytes() == source.read_bytes()
+
+
+def test_single_file_backup_restores_into_a_new_folder(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "photo.jpg"
+    source.write_bytes(b"\xff\xd8 not really a jpeg")
+    source.chmod(0o640)
+    os.utime(source, (1_500_000_000, 1_500_000_000))
+    store = str(tmp_path / "store")
+    create_backup(source, store, root_key)
+    dest = tmp_path / "out"
+    restore_backup(store, root_key, dest)
+    assert sorted(p.name for p in dest.iterdir()) == ["photo.jpg"]
+    assert snapshot(dest / "photo.jpg") == snapshot(source)
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(dest.stat().st_mode) == 0o777 & ~umask
+
+
+def test_empty_file_and_empty_folder(tmp_path: Path, root_key: bytes) -> None:
+    store = str(tmp_path / "store")
+    empty_file = tmp_path / "empty"
+    empty_file.write_bytes(b"")
+    create_backup(empty_file, store, root_key)
+    restore_backup(store, root_key, tmp_path / "out-file")
+    assert (tmp_path / "out-file" / "empty").read_bytes() == b""
+
+    empty_folder = tmp_path / "nothing"
+    empty_folder.mkdir(mode=0o705)
+    os.utime(empty_folder, (1_234_567_890, 1_234_567_890))
+    create_backup(empty_folder, store, root_key)
+    restore_backup(store, root_key, tmp_path / "out-folder")  # the latest
+    assert snapshot(tmp_path / "out-folder") == snapshot(empty_folder)
+
+
+def test_restore_into_an_existing_empty_folder(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    store = str(tmp_path / "store")
+    create_backup(source, store, root_key)
+    dest = tmp_path / "empty-dest"
+    dest.mkdir()
+    restore_backup(store, root_key, dest)
+    assert snapshot(dest) == snapshot(source)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty-dest", "source", "store"]
+
+
+def test_links_pointing_outside_are_skipped_and_reported(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "inside").write_text("x")
+    (source / "absolute").symlink_to("/etc/hostname")
+    (source / "escaping").symlink_to("../../outside")
+    (source / "fine").symlink_to("inside")
+    os.mkfifo(source / "fifo")
+    store = str(tmp_path / "store")
+    info = create_backup(source, store, root_key)
+    assert info.skipped == [("fifo", "not a regular file, folder or link")]
+    result = restore_backup(store, root_key, tmp_path / "out")
+    assert sorted(name for name, _ in result.skipped) == ["absolute", "escaping"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine", "inside"]
+    assert (tmp_path / "out" / "fine").read_text() == "x"
+
+
+def test_list_and_restore_by_id(tmp_path: Path, root_key: bytes) -> None:
+    store = str(tmp_path / "store")
+    assert list_backups(store) == []
+    versions = []
+    for text in ("first", "second", "third"):
+        source = tmp_path / "file.txt"
+        source.write_text(text)
+        versions.append(create_backup(source, store, root_key))
+    listed = list_backups(store)
+    assert [b.backup_id for b in listed] == [v.backup_id for v in versions]
+    assert [b.size for b in listed] == [v.size for v in versions]
+    assert [b.created_at for b in listed] == [v.created_at for v in versions]
+
+    restore_backup(store, root_key, tmp_path / "latest")
+    assert (tmp_path / "latest" / "file.txt").read_text() == "third"
+    restore_backup(store, root_key, tmp_path / "first", backup_id=versions[0].backup_id[:10])
+    assert (tmp_path / "first" / "file.txt").read_text() == "first"
+    restore_backup(
+        f"file://{store}", root_key, tmp_path / "second", backup_id=versions[1].backup_id.upper()
+    )
+    assert (tmp_path / "second" / "file.txt").read_text() == "second"
+    with pytest.raises(BackupNotFound, match="no backup with id"):
+        restore_backup(store, root_key, tmp_path / "x", backup_id="0" * 32)
+    with pytest.raises(UsageError, match="hexadecimal"):
+        restore_backup(store, root_key, tmp_path / "x", backup_id="not-hex")
+    assert not (tmp_path / "x").exists()
+
+
+def test_empty_or_missing_storage_has_no_backups(tmp_path: Path, root_key: bytes) -> None:
+    with pytest.raises(BackupNotFound, match="no backups at"):
+        restore_backup(str(tmp_path / "nowhere"), root_key, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_backup_leaves_earlier_backups_and_no_partial_object(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "big").write_bytes(os.urandom(100_000))
+    store = tmp_path / "store"
+    first = create_backup(source, str(store), root_key)
+    before = snapshot(store)
+    with pytest.raises(RuntimeError, match="simulated failure"):
+        create_backup(source, str(store), root_key, RecordingProgress(fail_after=50_000))
+    after = snapshot(store)
+    del before["."], after["."]  # the folder's mtime moved: a temporary object came and went
+    assert after == before
+    assert [b.backup_id for b in list_backups(str(store))] == [first.backup_id]
+
+
+@pytest.mark.parametrize("kind", ["non-empty", "file", "no parent", "symlink"])
+def test_unusable_destinations_are_refused_before_anything(
+    tmp_path: Path, root_key: bytes, kind: str
+) -> None:
+    source = tmp_path / "f"
+    source.write_text("x")
+    store = str(tmp_path / "store")
+    create_backup(source, store, root_key)
+    dest = tmp_path / "dest"
+    if kind == "non-empty":
+        dest.mkdir()
+        (dest / "keep").write_text("mine")
+    elif kind == "file":
+        dest.write_text("mine")
+    elif kind == "symlink":
+        (tmp_path / "elsewhere").mkdir()
+        dest.symlink_to(tmp_path / "elsewhere")
+    else:
+        dest = tmp_path / "missing" / "dest"
+    before = snapshot(tmp_path)
+    with pytest.raises(DestinationError):
+        restore_backup(store, root_key, dest)
+    assert snapshot(tmp_path) == before
+
+
+def test_bad_source_and_root_key(tmp_path: Path, root_key: bytes) -> None:
+    store = str(tmp_path / "store")
+    with pytest.raises(SourceError, match="does not exist"):
+        create_backup(tmp_path / "missing", store, root_key)
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(InvalidInput, match="root key must be 32 bytes"):
+        create_backup(tmp_path / "f", store, b"short")
+    with pytest.raises(InvalidInput, match="root key must be 32 bytes"):
+        restore_backup(store, b"short", tmp_path / "out")
+    assert not (tmp_path / "store").exists()
