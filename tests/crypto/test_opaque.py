@@ -387,6 +387,13 @@ def test_fake_record_is_stable_per_identifier(setup: ServerSetup) -> None:
     assert first != opaque.fake_registration_record(setup, b"somebody else")
     assert first != opaque.fake_registration_record(opaque.create_server_setup(), b"nobody")
     assert first.envelope == bytes(opaque.ENVELOPE_LEN)
+    # One fake client key per setup, a valid point, restored with the setup.
+    assert first.client_public_key == setup.fake_client_public_key
+    assert oprf.validate_element(first.client_public_key) == first.client_public_key
+    restored = ServerSetup.from_bytes(setup.to_bytes())
+    assert restored == setup
+    assert restored.fake_client_public_key == setup.fake_client_public_key
+    assert opaque.fake_registration_record(restored, b"nobody") == first
     # Distinct from what the OPRF key derivation gives for the same identifier.
     assert first.masking_key[:32] != opaque._derive_oprf_key(setup.oprf_seed, b"nobody")
 

@@ -29,7 +29,7 @@ from __future__ import annotations
 import hashlib
 import hmac as std_hmac
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar
 
 from cryptography.hazmat.primitives import hashes
@@ -58,7 +58,8 @@ _DERIVE_DH_KEY_INFO = b"OPAQUE-DeriveDiffieHellmanKeyPair"
 _PREAMBLE_LABEL = b"OPAQUEv1-"
 # Our own labels for deterministic fake records (not in the RFC; see fake_registration_record).
 _FAKE_MASKING_KEY_INFO = b"BackupVault-FakeRecord-MaskingKey"
-_FAKE_CLIENT_KEY_INFO = b"BackupVault-FakeRecord-ClientKeySeed"
+_FAKE_CLIENT_KEY_INFO = b"BackupVault-FakeRecord-ClientPublicKey"
+_FAKE_CLIENT_KEY_DST = b"BackupVault-FakeRecord-HashToGroup-ristretto255-SHA512"
 
 _SHA512 = hashes.SHA512()
 
@@ -113,8 +114,7 @@ def derive_diffie_hellman_key_pair(seed: bytes) -> tuple[bytes, bytes]:
 def _derive_oprf_key(oprf_seed: bytes, credential_identifier: bytes) -> bytes:
     """RFC 9807 §5.2.2: per-credential OPRF key from the server's oprf_seed."""
     seed = _hkdf_expand(oprf_seed, credential_identifier + b"OprfKey", NOK)
-    private_key, _ = oprf.derive_key_pair(seed, _DERIVE_OPRF_KEY_INFO)
-    return private_key
+    return oprf.derive_private_key(seed, _DERIVE_OPRF_KEY_INFO)
 
 
 def _check_identity(identity: bytes | None, what: str) -> None:
@@ -148,6 +148,10 @@ class ServerSetup:
     server_private_key: bytes
     server_public_key: bytes
 
+    # Derived, not encoded: the client public key of every fake record (see
+    # fake_registration_record), a hash to the group of a secret derived from oprf_seed.
+    fake_client_public_key: bytes = field(init=False, repr=False, compare=False)
+
     ENCODED_LEN: ClassVar[int] = NH + NSK + NPK
 
     def __post_init__(self) -> None:
@@ -156,6 +160,9 @@ class ServerSetup:
         oprf.validate_element(self.server_public_key, "server public key")
         if oprf.scalar_mult_base(self.server_private_key) != self.server_public_key:
             raise InvalidInput("server public key does not match the server private key")
+        key_input = _hkdf_expand(self.oprf_seed, _FAKE_CLIENT_KEY_INFO, NH)
+        fake_key = oprf.hash_to_group(key_input, _FAKE_CLIENT_KEY_DST)
+        object.__setattr__(self, "fake_client_public_key", fake_key)  # frozen: set once here
 
     def __repr__(self) -> str:
         return _hidden_repr(self, ("server_public_key",))
@@ -529,16 +536,18 @@ def make_fake_record(client_public_key: bytes, masking_key: bytes) -> Registrati
 def fake_registration_record(
     setup: ServerSetup, credential_identifier: bytes
 ) -> RegistrationRecord:
-    """The fake record for an unknown credential identifier, derived from oprf_seed so the
-    same unknown identifier always gets the same fake record, as a real one would (a fresh
-    random record per query would let an observer tell them apart across logins).
+    """The fake record for an unknown credential identifier (RFC 9807 §6.3.2.2, §10.9).
 
-    The labels end differently from "OprfKey", so neither derivation can collide with the
+    Its masking key is derived from oprf_seed and the identifier, so the same unknown
+    identifier always gets the same record, as a real one would. The fake client public
+    key is the setup's (one for all unknown identifiers, as in opaque-ke): it never appears
+    on the wire, only inside 3DH and the MACs. Both together cost about as much as loading
+    and decoding a real record, so the answer time does not tell known from unknown.
+
+    The label ends differently from "OprfKey", so this derivation cannot collide with the
     per-credential OPRF key derivation."""
     masking_key = _hkdf_expand(setup.oprf_seed, credential_identifier + _FAKE_MASKING_KEY_INFO, NH)
-    seed = _hkdf_expand(setup.oprf_seed, credential_identifier + _FAKE_CLIENT_KEY_INFO, NSEED)
-    _, client_public_key = derive_diffie_hellman_key_pair(seed)
-    return make_fake_record(client_public_key, masking_key)
+    return make_fake_record(setup.fake_client_public_key, masking_key)
 
 
 # --- 3DH key schedule (RFC 9807 §6.4.2) -------------------------------------------------

@@ -125,8 +125,9 @@ def hash_to_scalar(msg: bytes, dst: bytes | None = None) -> bytes:
     return bytes(pysodium.crypto_core_ristretto255_scalar_reduce(uniform))
 
 
-def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
-    """DeriveKeyPair (RFC 9497 §3.2.1): a deterministic (skS, pkS) from a 32-byte seed."""
+def derive_private_key(seed: bytes, info: bytes) -> bytes:
+    """The skS half of DeriveKeyPair, for callers that never need pkS (it costs a
+    base-point multiplication): the OPRF server evaluating with a per-user key."""
     if len(seed) != SEED_LEN:
         raise InvalidInput(f"DeriveKeyPair seed: expected {SEED_LEN} bytes")
     derive_input = seed + i2osp(len(info), 2) + info
@@ -134,9 +135,15 @@ def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
     for counter in range(256):
         sk = hash_to_scalar(derive_input + i2osp(counter, 1), dst)
         if any(sk):
-            return sk, scalar_mult_base(sk)
+            return sk
     # Probability about 2^-2000; the RFC names it DeriveKeyPairError.
     raise InvalidInput("DeriveKeyPair: no non-zero scalar after 256 tries")
+
+
+def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
+    """DeriveKeyPair (RFC 9497 §3.2.1): a deterministic (skS, pkS) from a 32-byte seed."""
+    sk = derive_private_key(seed, info)
+    return sk, scalar_mult_base(sk)
 
 
 def blind(password_input: bytes, blind_scalar: bytes | None = None) -> tuple[bytes, bytes]:
