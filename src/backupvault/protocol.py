@@ -12,6 +12,9 @@ import enum
 import re
 from dataclasses import dataclass
 
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
 from backupvault.codec import Message, decode_any
 from backupvault.errors import InvalidInput
 
@@ -185,9 +188,10 @@ def decode_response(op: Op, data: bytes) -> Message:
     return decode_any(data, (RESPONSE_TYPES[op], ErrorResponse))
 
 
-def session_key_wrap_info(account: str, entry: str) -> bytes:
-    """HKDF info for the key that seals wrapped_RK under the OPAQUE session key."""
-    return b"backupvault/v1 release " + account.encode() + b"\x00" + entry.encode()
+def release_key(session_key: bytes, account: str, entry: str) -> bytes:
+    """The key that seals wrapped_RK on its way out, derived from the OPAQUE session key."""
+    info = b"backupvault/v1 release " + account.encode() + b"\x00" + entry.encode()
+    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(session_key)
 
 
 def opaque_context(fleet_id: bytes) -> bytes:

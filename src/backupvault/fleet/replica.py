@@ -78,6 +78,9 @@ class Timing:
     sync_retry: float = 0.5
 
 
+DEFAULT_TIMING = Timing()
+
+
 @dataclass
 class _Proposal:
     op_id: bytes
@@ -101,7 +104,7 @@ class Replica:
         nodes: Iterable[int],
         rng: Callable[[int], bytes],
         records: Iterable[AcceptorRecord] = (),
-        timing: Timing = Timing(),
+        timing: Timing = DEFAULT_TIMING,
     ) -> None:
         self.node = node
         self.nodes = sorted(set(nodes))

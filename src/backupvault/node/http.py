@@ -1,0 +1,80 @@
+"""The node's HTTP face: parse, hand to the service, answer. Nothing is logged but the
+operation, the account and the outcome; bodies are sealed and never logged."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.node.service import NodeService
+from backupvault.protocol import Op, check_name
+
+log = logging.getLogger("backupvault.node")
+
+MAX_BODY = 64 * 1024
+MAX_PEER_BODY = 64 * 1024 * 1024  # a catch-up answer carries every record
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def create_app(service: NodeService) -> Starlette:
+    async def client(request: Request) -> Response:
+        try:
+            op = Op(request.path_params["op"])
+        except ValueError:
+            return _error(404, "unknown_operation", "no such vault operation")
+        account = request.headers.get("x-backupvault-account", "")
+        entry = request.headers.get("x-backupvault-entry", "")
+        try:
+            check_name("account", account)
+            check_name("entry", entry)
+        except InvalidInput as err:
+            return _error(400, "bad_request", err.message)
+        body = await request.body()
+        if len(body) > MAX_BODY:
+            return _error(413, "too_large", f"sealed requests are at most {MAX_BODY} bytes")
+        answer = await service.client_request(op, account, entry, body)
+        log.info("client %s account=%s status=%d", op, account, answer.status)
+        if answer.status == 200:
+            return Response(answer.body, media_type="application/octet-stream")
+        return _error(answer.status, answer.error, answer.detail)
+
+    async def peer(request: Request) -> Response:
+        body = await request.body()
+        if len(body) > MAX_PEER_BODY:
+            return _error(413, "too_large", "peer message too large")
+        try:
+            service.peer_message(body)
+        except (InvalidInput, AuthenticationFailed) as err:
+            log.warning("refused peer message: %s", err.message)
+            return _error(400, "bad_peer_message", err.message)
+        return Response(status_code=204)
+
+    async def health(request: Request) -> Response:
+        return JSONResponse({"node": service.node, "ready": service.replica.ready})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await service.start()
+        try:
+            yield
+        finally:
+            await service.stop()
+
+    return Starlette(
+        routes=[
+            Route("/v1/client/{op}", client, methods=["POST"]),
+            Route("/v1/peer", peer, methods=["POST"]),
+            Route("/v1/health", health, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
