@@ -104,6 +104,19 @@ def test_salt_must_be_bytes() -> None:
         Argon2idParams(memory_kib=8, iterations=1, parallelism=1, salt="saltsalt")  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize(
+    "changes", [{"iterations": "3"}, {"memory_kib": 8.0}, {"parallelism": True}]
+)
+def test_non_integer_parameters_rejected(changes: dict[str, object]) -> None:
+    with pytest.raises(InvalidInput, match="integer"):
+        dataclasses.replace(TINY, **changes)  # type: ignore[arg-type]
+
+
+def test_from_bytes_needs_bytes() -> None:
+    with pytest.raises(InvalidInput):
+        Argon2idParams.from_bytes(TINY.to_bytes().hex())  # type: ignore[arg-type]
+
+
 def test_encoding_rejects_bad_tag_reserved_and_length() -> None:
     good = TINY.to_bytes()
     assert Argon2idParams.from_bytes(good) == TINY

@@ -76,6 +76,10 @@ class Argon2idParams:
     def __post_init__(self) -> None:
         if not isinstance(self.salt, bytes):
             raise InvalidInput("Argon2id salt must be bytes")
+        for name in ("memory_kib", "iterations", "parallelism", "output_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool):
+                raise InvalidInput(f"Argon2id {name} must be an integer")
         if not 1 <= self.parallelism <= self.MAX_PARALLELISM:
             raise InvalidInput(f"Argon2id parallelism must be 1..{self.MAX_PARALLELISM}")
         if not 8 * self.parallelism <= self.memory_kib <= self.MAX_MEMORY_KIB:
@@ -108,6 +112,8 @@ class Argon2idParams:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Argon2idParams:
+        if not isinstance(data, bytes | bytearray):
+            raise InvalidInput("Argon2id parameters must be bytes")
         if len(data) < _HEADER.size:
             raise InvalidInput(f"Argon2id parameters: need at least {_HEADER.size} bytes")
         tag, memory_kib, iterations, parallelism, output_len, reserved, salt_len = (
