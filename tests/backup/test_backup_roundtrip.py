@@ -17,6 +17,7 @@ from backupvault.backup import (
     list_backups,
     restore_backup,
 )
+from backupvault.backup.storage import Storage, StoredBackup
 from backupvault.errors import InvalidInput, UsageError
 
 
@@ -217,3 +218,23 @@ def test_bad_source_and_root_key(tmp_path: Path, root_key: bytes) -> None:
     with pytest.raises(InvalidInput, match="root key must be 32 bytes"):
         restore_backup(store, b"short", tmp_path / "out")
     assert not (tmp_path / "store").exists()
+
+
+def test_object_deleted_between_listing_and_reading(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "f"
+    source.write_text("x")
+    store = tmp_path / "store"
+    info = create_backup(source, str(store), root_key)
+    real_find = Storage.find
+
+    def find_then_lose(self: Storage, backup_id: str | None) -> StoredBackup:
+        found = real_find(self, backup_id)
+        (store / info.name).unlink()  # another client deleted it just now
+        return found
+
+    monkeypatch.setattr(Storage, "find", find_then_lose)
+    with pytest.raises(BackupNotFound, match=f"backup {info.name} not found"):
+        restore_backup(str(store), root_key, tmp_path / "out")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "store"]

@@ -290,7 +290,9 @@ def restore_backup(
     _check_destination(dest_path)
     storage = Storage(storage_url, storage_options)
     chosen = storage.find(backup_id)
+    total = storage.size(chosen.name)  # also: a clear error if the object is gone
     reporter = progress or _NoProgress()
+    reporter.start(total, "restoring")
     try:
         with storage.open_read(chosen.name) as source:
             header_bytes = _read_exact(source, format.HEADER_LEN)
@@ -301,7 +303,6 @@ def restore_backup(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )
-            reporter.start(storage.size(chosen.name), "restoring")
             reporter.advance(len(header_bytes))
             with _staging_folder(dest_path) as (staging, default_mode):
                 reader = _DecryptingReader(
