@@ -178,15 +178,19 @@ def _load_module(config: TokenConfig) -> Any:
         _conf_at_init[path] = os.environ.get(SOFTHSM2_CONF_ENV)
         return lib
     lib = _call_module(path)
-    if wanted is not None and _conf_at_init[path] != wanted:
-        if _open_tokens.get(path):
-            raise TokenError(
-                f"PKCS#11 module {path} is already in use in this process with "
-                f"{SOFTHSM2_CONF_ENV}={_conf_at_init[path]}, not {wanted}",
-                hint="SoftHSM2 reads one configuration per process: run each node in its "
-                "own process, or create the tokens of one process in one directory",
-            )
-        os.environ[SOFTHSM2_CONF_ENV] = wanted
+    if wanted is None:
+        return lib
+    if _conf_at_init[path] != wanted and _open_tokens.get(path):
+        raise TokenError(
+            f"PKCS#11 module {path} is already in use in this process with "
+            f"{SOFTHSM2_CONF_ENV}={_conf_at_init[path]}, not {wanted}",
+            hint="SoftHSM2 reads one configuration per process: run each node in its "
+            "own process, or create the tokens of one process in one directory",
+        )
+    # Set it even when it is already in effect: a later C_Initialize (see _find_token)
+    # must read this configuration, whatever else changed the environment meanwhile.
+    os.environ[SOFTHSM2_CONF_ENV] = wanted
+    if _conf_at_init[path] != wanted:
         _reinitialize(lib, path)
     return lib
 
