@@ -1,0 +1,380 @@
+"""The relay's ASGI app: authenticate, rate-limit, forward sealed bytes, log metadata only.
+
+Routes live in one table (`_routes`) next to their OpenAPI entries (`openapi.py`); a new
+route, such as the fleet key bundle, is one `Route` and one `paths` entry.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import BaseRoute, Route
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from backupvault.relay.auth import TokenRejected, TokenVerifier
+from backupvault.relay.config import RelayConfig
+from backupvault.relay.forward import Forwarder
+from backupvault.relay.names import OPERATIONS, is_valid_name
+from backupvault.relay.openapi import build_openapi
+from backupvault.relay.ratelimit import RateLimiter, retry_after_header
+
+log = logging.getLogger("backupvault.relay")
+
+#: Per-request log fields, filled in by the endpoints, written by `_Guard`.
+_INFO = "backupvault.relay.info"
+_REALM = 'Bearer realm="backupvault"'
+_BUSY_RETRY_AFTER = "2"
+
+
+def error_response(
+    status: int, code: str, detail: str, headers: Mapping[str, str] | None = None
+) -> JSONResponse:
+    """Every error the relay makes: `{"error": code, "detail": sentence}`."""
+    return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _unauthorized(code: str, detail: str) -> JSONResponse:
+    challenge = _REALM if code == "missing_token" else f'{_REALM}, error="invalid_token"'
+    return error_response(401, code, detail, {"WWW-Authenticate": challenge})
+
+
+@dataclass
+class RelayState:
+    """What the endpoints share: config, verifier, limiter, the node client."""
+
+    config: RelayConfig
+    verifier: TokenVerifier
+    limiter: RateLimiter
+    transport: httpx.AsyncBaseTransport | None = None
+    in_flight: int = 0
+    _client: httpx.AsyncClient | None = None
+    _forwarder: Forwarder | None = None
+    _health: tuple[float, list[dict[str, Any]]] | None = None
+    _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def client(self) -> httpx.AsyncClient:
+        """One shared client for every node; made on startup (or on first use)."""
+        if self._client is None:
+            self._client = httpx.AsyncClient(
+                timeout=httpx.Timeout(
+                    self.config.request_timeout, connect=self.config.connect_timeout
+                ),
+                limits=httpx.Limits(max_connections=self.config.max_concurrent_forwards + 16),
+                follow_redirects=False,
+                trust_env=False,
+                transport=self.transport,
+            )
+        return self._client
+
+    @property
+    def forwarder(self) -> Forwarder:
+        if self._forwarder is None:
+            self._forwarder = Forwarder(
+                self.client, self.config.node_urls, self.config.max_response_bytes
+            )
+        return self._forwarder
+
+    async def close(self) -> None:
+        if self._client is not None:
+            await self._client.aclose()
+            self._client = None
+            self._forwarder = None
+
+    async def node_health(self) -> list[dict[str, Any]]:
+        """Probe every node's /v1/health at once; reuse a fresh result so that a flood of
+        health checks does not become a flood of probes."""
+        async with self._health_lock:
+            now = time.monotonic()
+            if (
+                self._health is not None
+                and now - self._health[0] < self.config.health_cache_seconds
+            ):
+                return self._health[1]
+            ups = await asyncio.gather(*(self._probe(url) for url in self.config.node_urls))
+            nodes = [
+                {"url": url, "up": up} for url, up in zip(self.config.node_urls, ups, strict=True)
+            ]
+            self._health = (time.monotonic(), nodes)
+            return nodes
+
+    async def _probe(self, url: str) -> bool:
+        try:
+            response = await self.client.get(f"{url}/v1/health", timeout=self.config.health_timeout)
+        except httpx.HTTPError:
+            return False
+        if response.status_code != 200:
+            return False
+        try:
+            body = response.json()
+        except ValueError:
+            return True
+        return not (isinstance(body, dict) and body.get("ready") is False)
+
+
+def _info(request: Request) -> dict[str, Any]:
+    info: dict[str, Any] = request.scope.setdefault(_INFO, {})
+    return info
+
+
+async def _read_body(request: Request, limit: int) -> bytes | None:
+    """The body, or None once it grows past `limit` (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
+    config = state.config
+
+    async def health(request: Request) -> Response:
+        nodes = await state.node_health()
+        return JSONResponse(
+            {
+                "status": "ok",
+                "nodes": nodes,
+                "nodes_up": sum(1 for n in nodes if n["up"]),
+                "nodes_total": len(nodes),
+            }
+        )
+
+    async def openapi_json(request: Request) -> Response:
+        return JSONResponse(openapi)
+
+    async def vault(request: Request) -> Response:
+        info = _info(request)
+        authorization = request.headers.get("authorization")
+        if authorization is None:
+            return _unauthorized("missing_token", "send 'Authorization: Bearer <token>'")
+        scheme, _, token = authorization.strip().partition(" ")
+        if scheme.lower() != "bearer" or not token.strip():
+            return _unauthorized(
+                "invalid_token", "the Authorization header must be 'Bearer <token>'"
+            )
+        try:
+            account = state.verifier.verify(token.strip())
+        except TokenRejected as err:
+            return _unauthorized(err.code, err.message)
+        info["account"] = account
+
+        op = request.path_params["op"]
+        if op not in OPERATIONS:
+            return error_response(
+                404,
+                "unknown_operation",
+                f"no such vault operation; use one of {', '.join(OPERATIONS)}",
+            )
+        info["op"] = op
+        entry = request.path_params["entry"]
+        if not is_valid_name(entry):
+            return error_response(
+                400,
+                "bad_entry",
+                "entry ids are 1-64 characters of letters, digits, '.', '_' or '-'",
+            )
+
+        wait = state.limiter.acquire(account)
+        if wait is not None:
+            return error_response(
+                429,
+                "rate_limited",
+                "too many requests for this account; wait and try again",
+                {"Retry-After": retry_after_header(wait)},
+            )
+
+        media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+        if media != "application/octet-stream":
+            return error_response(
+                415, "unsupported_media_type", "send the sealed request as application/octet-stream"
+            )
+        declared = request.headers.get("content-length")
+        if declared is not None:
+            if not declared.isdigit() or not declared.isascii():
+                return error_response(400, "bad_request", "Content-Length is not a number")
+            if int(declared) > config.max_body_bytes:
+                return _too_large(config.max_body_bytes)
+        body = await _read_body(request, config.max_body_bytes)
+        if body is None:
+            return _too_large(config.max_body_bytes)
+        if not body:
+            return error_response(400, "empty_body", "the sealed request is empty")
+
+        if state.in_flight >= config.max_concurrent_forwards:
+            return error_response(
+                503,
+                "relay_busy",
+                "the relay is handling too many requests; try again shortly",
+                {"Retry-After": _BUSY_RETRY_AFTER},
+            )
+        state.in_flight += 1
+        try:
+            answer = await state.forwarder.forward(op, account, entry, body)
+        finally:
+            state.in_flight -= 1
+        info["node"] = answer.node
+        info["skipped"] = answer.skipped
+        headers = {"Retry-After": _BUSY_RETRY_AFTER} if answer.node is None else None
+        return Response(
+            answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers
+        )
+
+    return [
+        Route("/v1/health", health, methods=["GET"]),
+        Route("/v1/vault/{entry}/{op}", vault, methods=["POST"]),
+        Route("/openapi.json", openapi_json, methods=["GET"]),
+    ]
+
+
+def _too_large(limit: int) -> JSONResponse:
+    return error_response(413, "too_large", f"sealed requests are at most {limit} bytes")
+
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed"}
+
+
+async def _http_exception(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "bad_request")
+    detail = {
+        404: "no such path; see /openapi.json",
+        405: "this path does not take that method; see the Allow header",
+    }.get(exc.status_code, "the request was refused")
+    return error_response(exc.status_code, code, detail, exc.headers)
+
+
+class _Guard:
+    """Outermost layer: one metadata-only log line per request, and no exception ever
+    reaches the server (it becomes a 502 whose log line names only the exception type)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        info: dict[str, Any] = {}
+        scope[_INFO] = info
+        status = 0
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        failure: str | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except Exception as exc:
+            failure = type(exc).__name__
+            if status == 0:
+                status = 502
+                response = error_response(
+                    502, "relay_error", "the relay failed to handle this request; try again"
+                )
+                with contextlib.suppress(Exception):
+                    await response(scope, receive, send)
+        route = scope.get("route")
+        fields = {
+            "method": scope.get("method", "-"),
+            "route": getattr(route, "path", "-"),
+            "op": info.get("op", "-"),
+            "account": info.get("account", "-"),
+            "status": status,
+            "latency_ms": round((time.perf_counter() - started) * 1000, 1),
+            "node": info.get("node") or "-",
+            "skipped": info.get("skipped", 0),
+        }
+        line = " ".join(f"{k}={v}" for k, v in fields.items())
+        if failure is not None:
+            log.error("relay request %s exception=%s", line, failure, extra={"relay": fields})
+        else:
+            log.info("relay request %s", line, extra={"relay": fields})
+
+
+def create_app(
+    config: RelayConfig,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    token_clock: Callable[[], float] = time.time,
+    transport: httpx.AsyncBaseTransport | None = None,
+    extra_routes: Sequence[BaseRoute] = (),
+    extra_openapi_paths: Mapping[str, Any] | None = None,
+) -> Starlette:
+    """The relay app. `clock` drives the rate limiter, `token_clock` the token expiry
+    checks; `transport` replaces the network to the nodes (simulations). `extra_routes`
+    and `extra_openapi_paths` add routes and describe them."""
+    state = RelayState(
+        config=config,
+        verifier=TokenVerifier(
+            config.public_key,
+            issuer=config.issuer,
+            audience=config.audience,
+            leeway_seconds=config.token_leeway_seconds,
+            clock=token_clock,
+        ),
+        limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
+        transport=transport,
+    )
+    openapi = build_openapi(max_body_bytes=config.max_body_bytes, extra_paths=extra_openapi_paths)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        _ = state.client
+        try:
+            yield
+        finally:
+            await state.close()
+
+    app = Starlette(
+        routes=[*_routes(state, openapi), *extra_routes],
+        middleware=[Middleware(_Guard)],
+        exception_handlers={HTTPException: _http_exception},
+        lifespan=lifespan,
+    )
+    app.state.relay = state
+    return app
+
+
+def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> None:
+    """Run the relay with uvicorn until interrupted. The server's own access log is off:
+    the relay writes its own metadata-only line per request."""
+    import uvicorn
+
+    if not logging.getLogger().handlers:
+        logging.basicConfig(
+            level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
+        )
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(config),
+            host=host,
+            port=port,
+            access_log=False,
+            server_header=False,
+            proxy_headers=False,
+            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+            log_config=None,
+        )
+    )
+    server.run()

@@ -1,0 +1,165 @@
+"""Forwarding a sealed request to a fleet node, retrying on another node when one is down.
+
+The node-facing contract:
+
+    POST {node}/v1/client/{op}
+    X-Backupvault-Account: <account from the token>
+    X-Backupvault-Entry: <entry from the path>
+    Content-Type: application/octet-stream
+    <the client's body, byte for byte>
+
+No other client header is passed on. The answer is handed back unchanged when it is a
+200 with an octet-stream body or a 4xx with a JSON `{"error", "detail"}` body. A node that
+cannot be reached (connect error, timeout) or answers 503 with any error other than
+`fleet_unavailable` is skipped and the next node is tried (each node once per request);
+a 503 `fleet_unavailable` (the node cannot reach a majority) is handed back as is, since
+every other node would say the same. Anything else from a node is a bad answer (502).
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import httpx
+
+ACCOUNT_HEADER = "X-Backupvault-Account"
+ENTRY_HEADER = "X-Backupvault-Entry"
+
+#: 4xx statuses with a meaning between client and relay only (token refused, rate limited);
+#: a node sending one is answering outside the contract.
+_RESERVED = frozenset({401, 407, 429})
+
+
+@dataclass(frozen=True)
+class NodeAnswer:
+    """What the relay sends back to the client, and which node (if any) produced it."""
+
+    status: int
+    body: bytes
+    media_type: str
+    node: str | None
+    #: Nodes tried and skipped before the answer (down, timed out, not ready).
+    skipped: int = 0
+
+
+class _BadAnswer(Exception):
+    """A node answered something outside the contract."""
+
+
+class _Skip(Exception):
+    """This node cannot answer now; try another."""
+
+
+def _error_body(code: str, detail: str) -> bytes:
+    return json.dumps({"error": code, "detail": detail}).encode()
+
+
+def _json_error_code(body: bytes) -> str | None:
+    """The `error` of a `{"error": str, "detail": str}` body, or None if it is not one."""
+    try:
+        value = json.loads(body)
+    except (ValueError, UnicodeDecodeError):
+        return None
+    if (
+        isinstance(value, dict)
+        and isinstance(value.get("error"), str)
+        and isinstance(value.get("detail"), str)
+    ):
+        return str(value["error"])
+    return None
+
+
+def _media_type(response: httpx.Response) -> str:
+    value: str = response.headers.get("content-type", "")
+    return value.split(";", 1)[0].strip().lower()
+
+
+class Forwarder:
+    """Sends sealed requests to the fleet, trying each node at most once per request."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, node_urls: Sequence[str], max_response_bytes: int
+    ) -> None:
+        self.client = client
+        self.node_urls = tuple(node_urls)
+        self.max_response_bytes = max_response_bytes
+        self._next = itertools.count()
+
+    def order(self) -> list[str]:
+        """Round-robin start, then the others in turn: spreads load, skips nobody."""
+        start = next(self._next) % len(self.node_urls)
+        return [*self.node_urls[start:], *self.node_urls[:start]]
+
+    async def forward(self, op: str, account: str, entry: str, body: bytes) -> NodeAnswer:
+        skipped = 0
+        for node in self.order():
+            try:
+                answer = await self._one(node, op, account, entry, body)
+            except _Skip:
+                skipped += 1
+                continue
+            except _BadAnswer as err:
+                return NodeAnswer(
+                    502,
+                    _error_body("bad_node_answer", f"a vault node answered wrongly: {err}"),
+                    "application/json",
+                    node,
+                    skipped,
+                )
+            return NodeAnswer(answer.status, answer.body, answer.media_type, node, skipped)
+        return NodeAnswer(
+            503,
+            _error_body(
+                "fleet_unavailable",
+                f"none of the {len(self.node_urls)} vault nodes could answer; try again later",
+            ),
+            "application/json",
+            None,
+            skipped,
+        )
+
+    async def _one(self, node: str, op: str, account: str, entry: str, body: bytes) -> NodeAnswer:
+        headers = {
+            ACCOUNT_HEADER: account,
+            ENTRY_HEADER: entry,
+            "Content-Type": "application/octet-stream",
+        }
+        try:
+            async with self.client.stream(
+                "POST", f"{node}/v1/client/{op}", content=body, headers=headers
+            ) as response:
+                data = await self._read_capped(response)
+        except httpx.TransportError:
+            # Connect errors, timeouts, resets, protocol errors: the node cannot answer.
+            raise _Skip from None
+        status = response.status_code
+        media = _media_type(response)
+        if status == 200:
+            if media != "application/octet-stream":
+                raise _BadAnswer("a 200 answer must be application/octet-stream")
+            return NodeAnswer(200, data, "application/octet-stream", node)
+        code = _json_error_code(data) if media == "application/json" else None
+        if status == 503:
+            if code == "fleet_unavailable":
+                return NodeAnswer(503, data, "application/json", node)
+            raise _Skip
+        if 400 <= status < 500 and status not in _RESERVED and code is not None:
+            return NodeAnswer(status, data, "application/json", node)
+        if 400 <= status < 500 and code is not None:
+            # These statuses mean something specific between client and relay (and carry
+            # headers the relay would have to invent); a node has no business sending them.
+            raise _BadAnswer(f"status {status} is not part of the node contract")
+        raise _BadAnswer(f"status {status} ({media or 'no content type'})")
+
+    async def _read_capped(self, response: httpx.Response) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        async for chunk in response.aiter_bytes():
+            size += len(chunk)
+            if size > self.max_response_bytes:
+                raise _BadAnswer(f"answer larger than {self.max_response_bytes} bytes")
+            chunks.append(chunk)
+        return b"".join(chunks)

@@ -1,0 +1,194 @@
+"""The relay's OpenAPI 3 description, served at GET /openapi.json.
+
+Written by hand so that it says exactly what the relay does; `tests/relay` fuzzes the
+running relay from it. A new route adds its entry to `paths` (see `build_openapi`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from backupvault.relay.names import NAME_PATTERN, OPERATIONS
+
+VERSION = "1.0.0"
+
+
+def _error(description: str, headers: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    response: dict[str, Any] = {
+        "description": description,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+    if headers:
+        response["headers"] = dict(headers)
+    return response
+
+
+_RETRY_AFTER = {
+    "description": "Seconds to wait before trying again.",
+    "schema": {"type": "string", "pattern": "^[0-9]+$"},
+}
+
+
+def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
+    return {
+        "operationId": "vaultRequest",
+        "summary": "Forward an HPKE-sealed request to a vault node",
+        "description": (
+            "The body is opaque to the relay and is forwarded unchanged to one node of the "
+            "fleet, together with the account (the token's `sub`) and the entry. The node's "
+            "200 or 4xx answer comes back unchanged."
+        ),
+        "security": [{"bearerAuth": []}],
+        "parameters": [
+            {
+                "name": "entry",
+                "in": "path",
+                "required": True,
+                "description": "The entry id within the account.",
+                "schema": {"type": "string", "pattern": f"^{NAME_PATTERN}$"},
+            },
+            {
+                "name": "op",
+                "in": "path",
+                "required": True,
+                "description": "The vault operation.",
+                "schema": {"type": "string", "enum": list(OPERATIONS)},
+            },
+        ],
+        "requestBody": {
+            "required": True,
+            "content": {
+                "application/octet-stream": {
+                    "schema": {
+                        "type": "string",
+                        "format": "binary",
+                        "minLength": 1,
+                        "maxLength": max_body_bytes,
+                    },
+                }
+            },
+            "description": f"The sealed request, 1 to {max_body_bytes} bytes.",
+        },
+        "responses": {
+            "200": {
+                "description": "The node's sealed answer.",
+                "content": {
+                    "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
+                },
+            },
+            "400": _error("Bad input: an invalid entry id, an empty body, a bad Content-Length."),
+            "401": _error(
+                "Missing, malformed, expired or otherwise invalid bearer token.",
+                {
+                    "WWW-Authenticate": {
+                        "description": "Always `Bearer ...`.",
+                        "required": True,
+                        "schema": {"type": "string", "pattern": "^Bearer"},
+                    }
+                },
+            ),
+            "404": _error("No such operation, or no such path."),
+            "413": _error(f"The body is larger than {max_body_bytes} bytes."),
+            "415": _error("The body is not application/octet-stream."),
+            "429": _error(
+                "This account is sending requests too fast.",
+                {"Retry-After": {**_RETRY_AFTER, "required": True}},
+            ),
+            "4XX": _error("The node refused the request (its own error code)."),
+            "502": _error("A node answered outside the contract, or the relay failed."),
+            "503": _error(
+                "No node could answer (`fleet_unavailable`), the fleet cannot reach a "
+                "majority (`fleet_unavailable`, from a node), or the relay is busy "
+                "(`relay_busy`).",
+                {"Retry-After": _RETRY_AFTER},
+            ),
+        },
+    }
+
+
+def _health_operation() -> dict[str, Any]:
+    return {
+        "operationId": "health",
+        "summary": "The relay is up; which nodes answer",
+        "responses": {
+            "200": {
+                "description": "The relay's state and a probe of each node.",
+                "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/Health"}}
+                },
+            }
+        },
+    }
+
+
+def _openapi_operation() -> dict[str, Any]:
+    return {
+        "operationId": "openapi",
+        "summary": "This description",
+        "responses": {
+            "200": {
+                "description": "The OpenAPI 3 description of the relay.",
+                "content": {"application/json": {"schema": {"type": "object"}}},
+            }
+        },
+    }
+
+
+def build_openapi(
+    *, max_body_bytes: int, extra_paths: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """The OpenAPI document; `extra_paths` adds the descriptions of added routes."""
+    paths: dict[str, Any] = {
+        "/v1/health": {"get": _health_operation()},
+        "/v1/vault/{entry}/{op}": {"post": _vault_operation(max_body_bytes)},
+        "/openapi.json": {"get": _openapi_operation()},
+    }
+    paths.update(extra_paths or {})
+    return {
+        "openapi": "3.0.3",
+        "info": {
+            "title": "backupvault relay",
+            "version": VERSION,
+            "description": (
+                "The front door of a backupvault fleet: authenticates accounts, rate-limits "
+                "them, and forwards HPKE-sealed requests it cannot read. See docs/relay.md."
+            ),
+        },
+        "paths": paths,
+        "components": {
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"}
+            },
+            "schemas": {
+                "Error": {
+                    "type": "object",
+                    "required": ["error", "detail"],
+                    "properties": {
+                        "error": {"type": "string", "description": "A machine-readable code."},
+                        "detail": {"type": "string", "description": "A sentence for a person."},
+                    },
+                },
+                "Health": {
+                    "type": "object",
+                    "required": ["status", "nodes", "nodes_up", "nodes_total"],
+                    "properties": {
+                        "status": {"type": "string", "enum": ["ok"]},
+                        "nodes": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "required": ["url", "up"],
+                                "properties": {
+                                    "url": {"type": "string"},
+                                    "up": {"type": "boolean"},
+                                },
+                            },
+                        },
+                        "nodes_up": {"type": "integer", "minimum": 0},
+                        "nodes_total": {"type": "integer", "minimum": 1},
+                    },
+                },
+            },
+        },
+    }

@@ -1,0 +1,75 @@
+"""Per-account token buckets, in memory, with an injectable clock."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass
+class _Bucket:
+    tokens: float
+    updated: float
+
+
+class RateLimiter:
+    """Each account may make `burst` requests at once, refilled at `rate_per_second`.
+
+    `acquire` answers None when the request may go ahead, or how many seconds to wait.
+    Buckets that have refilled completely carry no information and are dropped when the
+    table grows beyond `max_accounts`, so memory stays bounded by the active accounts.
+    """
+
+    def __init__(
+        self,
+        rate_per_second: float,
+        burst: int,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        max_accounts: int = 100_000,
+    ) -> None:
+        if not rate_per_second > 0 or not math.isfinite(rate_per_second):
+            raise ValueError("rate_per_second must be a positive number")
+        if burst < 1:
+            raise ValueError("burst must be at least 1")
+        self.rate = rate_per_second
+        self.burst = burst
+        self._clock = clock
+        self._max_accounts = max_accounts
+        self._buckets: dict[str, _Bucket] = {}
+
+    def acquire(self, account: str) -> float | None:
+        now = self._clock()
+        bucket = self._buckets.get(account)
+        if bucket is None:
+            if len(self._buckets) >= self._max_accounts:
+                self._prune(now)
+            bucket = _Bucket(tokens=float(self.burst), updated=now)
+            self._buckets[account] = bucket
+        else:
+            elapsed = max(0.0, now - bucket.updated)
+            bucket.tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+            bucket.updated = now
+        if bucket.tokens >= 1.0:
+            bucket.tokens -= 1.0
+            return None
+        return (1.0 - bucket.tokens) / self.rate
+
+    def _prune(self, now: float) -> None:
+        full = [
+            account
+            for account, bucket in self._buckets.items()
+            if bucket.tokens + max(0.0, now - bucket.updated) * self.rate >= self.burst
+        ]
+        for account in full:
+            del self._buckets[account]
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+
+def retry_after_header(seconds: float) -> str:
+    """Whole seconds for a Retry-After header, rounded up, at least 1."""
+    return str(max(1, math.ceil(seconds)))

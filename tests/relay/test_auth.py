@@ -1,0 +1,207 @@
+"""Only a valid operator-signed token for the right issuer and audience gets through."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.rsa import generate_private_key
+
+from backupvault.errors import InvalidInput
+from backupvault.relay import (
+    TokenRejected,
+    TokenVerifier,
+    generate_operator_key,
+    load_operator_private_key,
+    load_operator_public_key,
+    mint_token,
+    public_key_pem,
+    save_operator_key,
+)
+
+from .conftest import AUDIENCE, ISSUER, StubNode
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def _claims(**overrides: object) -> dict[str, object]:
+    now = int(time.time())
+    claims: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": AUDIENCE,
+        "sub": "alice",
+        "iat": now,
+        "exp": now + 300,
+    }
+    claims.update(overrides)
+    return {k: v for k, v in claims.items() if v is not None}
+
+
+def _bad_tokens(operator_key: Ed25519PrivateKey) -> dict[str, str]:
+    other_key = Ed25519PrivateKey.generate()
+    good = mint_token(operator_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=300)
+    header, payload, signature = good.split(".")
+    forged_payload = _b64(json.dumps(_claims(sub="bob")).encode())
+    rsa = generate_private_key(public_exponent=65537, key_size=2048)
+    none_header = _b64(b'{"alg":"none","typ":"JWT"}')
+    return {
+        "malformed": "not-a-jwt",
+        "garbage-segments": "a.b.c",
+        "wrong-signature": mint_token(
+            other_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=300
+        ),
+        "payload-swapped": f"{header}.{forged_payload}.{signature}",
+        "expired": mint_token(
+            operator_key,
+            "alice",
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            ttl_seconds=60,
+            now=time.time() - 3600,
+        ),
+        "not-yet-valid": jwt.encode(
+            _claims(nbf=int(time.time()) + 3600, exp=int(time.time()) + 7200),
+            operator_key,
+            algorithm="EdDSA",
+        ),
+        "wrong-issuer": mint_token(
+            operator_key, "alice", issuer="https://evil.test", audience=AUDIENCE, ttl_seconds=300
+        ),
+        "wrong-audience": mint_token(
+            operator_key, "alice", issuer=ISSUER, audience="another-service", ttl_seconds=300
+        ),
+        "alg-none": f"{none_header}.{payload}.",
+        "alg-none-signed": jwt.encode(_claims(), "", algorithm="none"),
+        "hs256-with-public-key-as-secret": _b64(b'{"alg":"HS256","typ":"JWT"}')
+        + "."
+        + payload
+        + "."
+        + _b64(b"\x00" * 32),
+        "rs256": jwt.encode(_claims(), rsa, algorithm="RS256"),
+        "no-exp": jwt.encode(_claims(exp=None), operator_key, algorithm="EdDSA"),
+        "no-sub": jwt.encode(_claims(sub=None), operator_key, algorithm="EdDSA"),
+        "bad-sub": jwt.encode(_claims(sub="alice\nbob"), operator_key, algorithm="EdDSA"),
+        "numeric-sub": jwt.encode(_claims(sub=42), operator_key, algorithm="EdDSA"),
+        "string-exp": jwt.encode(_claims(exp="never"), operator_key, algorithm="EdDSA"),
+        "too-long": "a" * 5000,
+    }
+
+
+def test_bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded(
+    stubs: list[StubNode], start_relay: Callable[..., str], operator_key: Ed25519PrivateKey
+) -> None:
+    relay = start_relay([stubs[0].url])
+    url = f"{relay}/v1/vault/laptop/status"
+    octet = {"Content-Type": "application/octet-stream"}
+    cases: dict[str, dict[str, str]] = {
+        "missing": octet,
+        "not-bearer": {**octet, "Authorization": "Basic YWxpY2U6cGFzcw=="},
+        "bare-scheme": {**octet, "Authorization": "Bearer"},
+    }
+    for name, token in _bad_tokens(operator_key).items():
+        cases[name] = {**octet, "Authorization": f"Bearer {token}"}
+    for name, headers in cases.items():
+        response = httpx.post(url, content=b"sealed", headers=headers)
+        assert response.status_code == 401, name
+        assert response.headers["WWW-Authenticate"].startswith("Bearer"), name
+        body = response.json()
+        assert body["error"] in {"missing_token", "invalid_token", "token_expired"}, name
+        assert body["detail"], name
+    assert stubs[0].seen == []
+
+
+def test_a_good_token_passes(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url])
+    response = httpx.post(
+        f"{relay}/v1/vault/laptop/status",
+        content=b"sealed",
+        headers={"Content-Type": "application/octet-stream", "Authorization": f"bearer {token()}"},
+    )
+    assert response.status_code == 200
+
+
+def test_verifier_uses_its_clock_with_leeway(operator_key: Ed25519PrivateKey) -> None:
+    token = mint_token(
+        operator_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60, now=1_000_000
+    )
+    now = [1_000_000.0]
+    verifier = TokenVerifier(
+        operator_key.public_key(), ISSUER, AUDIENCE, leeway_seconds=5, clock=lambda: now[0]
+    )
+    assert verifier.verify(token) == "alice"
+    now[0] = 1_000_064.0
+    assert verifier.verify(token) == "alice"
+    now[0] = 1_000_065.0
+    with pytest.raises(TokenRejected) as err:
+        verifier.verify(token)
+    assert err.value.code == "token_expired"
+    now[0] = 999_990.0  # before nbf/iat, beyond the leeway
+    with pytest.raises(TokenRejected):
+        verifier.verify(token)
+
+
+def test_mint_token_checks_its_arguments(operator_key: Ed25519PrivateKey) -> None:
+    with pytest.raises(InvalidInput):
+        mint_token(operator_key, "a/b", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60)
+    with pytest.raises(InvalidInput):
+        mint_token(operator_key, "a" * 65, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60)
+    with pytest.raises(InvalidInput):
+        mint_token(operator_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=0)
+    claims = jwt.decode(
+        mint_token(
+            operator_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60, now=100
+        ),
+        options={"verify_signature": False},
+    )
+    assert claims["sub"] == "alice" and claims["iat"] == 100 and claims["exp"] == 160
+
+
+def test_operator_key_files_round_trip(tmp_path: Path) -> None:
+    key = generate_operator_key()
+    private, public = tmp_path / "op.key", tmp_path / "op.pub"
+    save_operator_key(key, private, public)
+    assert private.stat().st_mode & 0o777 == 0o600
+    loaded = load_operator_private_key(private)
+    assert public_key_pem(loaded) == public_key_pem(key)
+    verify = load_operator_public_key(public)
+    token = mint_token(loaded, "bob", issuer="i", audience="a", ttl_seconds=60)
+    assert TokenVerifier(verify, "i", "a").verify(token) == "bob"
+    with pytest.raises(InvalidInput, match="refusing to overwrite"):
+        save_operator_key(generate_operator_key(), private, tmp_path / "other.pub")
+    assert load_operator_private_key(private.read_bytes()).public_key() == key.public_key()
+
+
+def test_encrypted_operator_key_needs_its_passphrase(tmp_path: Path) -> None:
+    key = generate_operator_key()
+    save_operator_key(key, tmp_path / "k", tmp_path / "p", passphrase=b"correct horse")
+    with pytest.raises(InvalidInput):
+        load_operator_private_key(tmp_path / "k")
+    with pytest.raises(InvalidInput):
+        load_operator_private_key(tmp_path / "k", passphrase=b"wrong")
+    loaded = load_operator_private_key(tmp_path / "k", passphrase=b"correct horse")
+    assert public_key_pem(loaded) == public_key_pem(key)
+
+
+def test_key_loaders_refuse_wrong_keys(tmp_path: Path) -> None:
+    rsa = generate_private_key(public_exponent=65537, key_size=2048)
+    rsa_public = rsa.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    with pytest.raises(InvalidInput, match="Ed25519"):
+        load_operator_public_key(rsa_public)
+    with pytest.raises(InvalidInput):
+        load_operator_public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
+    with pytest.raises(InvalidInput):
+        load_operator_public_key(tmp_path / "missing.pem")

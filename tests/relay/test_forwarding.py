@@ -1,0 +1,182 @@
+"""The relay forwards sealed bytes unchanged, to the right account, and survives node failures."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import httpx
+
+from .conftest import StubNode, unused_url
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def post(
+    relay: str,
+    token: str,
+    body: bytes,
+    entry: str = "laptop",
+    op: str = "recover-start",
+    **headers: str,
+) -> httpx.Response:
+    return httpx.post(
+        f"{relay}/v1/vault/{entry}/{op}",
+        content=body,
+        headers={**OCTET, "Authorization": f"Bearer {token}", **headers},
+        timeout=10,
+    )
+
+
+def test_forwards_body_and_names_unchanged(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    node = stubs[0]
+    relay = start_relay([node.url])
+    body = os.urandom(4096) + b"\x00\xff not json, not HPKE either"
+    response = post(relay, token("alice"), body, entry="phone.2_b-c", op="register-finish")
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/octet-stream"
+    assert response.content == b"node0|" + body
+    [seen] = node.seen
+    assert seen.op == "register-finish"
+    assert seen.body == body
+    assert seen.headers["x-backupvault-account"] == "alice"
+    assert seen.headers["x-backupvault-entry"] == "phone.2_b-c"
+    assert seen.headers["content-type"] == "application/octet-stream"
+    assert "authorization" not in seen.headers
+
+
+def test_every_operation_reaches_the_node_path_of_the_same_name(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url])
+    ops = [
+        "register-start",
+        "register-finish",
+        "recover-start",
+        "recover-finish",
+        "change-password",
+        "delete",
+        "status",
+    ]
+    for op in ops:
+        assert post(relay, token(), b"x", op=op).status_code == 200
+    assert [s.op for s in stubs[0].seen] == ops
+
+
+def test_client_headers_cannot_smuggle_another_account(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    node = stubs[0]
+    relay = start_relay([node.url])
+    smuggled = {
+        "X-Backupvault-Account": "mallory",
+        "X-Backupvault-Entry": "other",
+        "X-Forwarded-For": "10.0.0.1",
+        "Cookie": "session=abc",
+    }
+    response = post(relay, token("alice"), b"sealed", entry="laptop", **smuggled)
+    assert response.status_code == 200
+    # A path naming another account's entry still goes out as alice's.
+    response = post(relay, token("alice"), b"sealed", entry="mallory")
+    assert response.status_code == 200
+    assert [s.headers["x-backupvault-account"] for s in node.seen] == ["alice", "alice"]
+    assert [s.headers["x-backupvault-entry"] for s in node.seen] == ["laptop", "mallory"]
+    for seen in node.seen:
+        assert "cookie" not in seen.headers
+        assert "x-forwarded-for" not in seen.headers
+        # One account header, not a comma-joined pair.
+        assert "mallory" not in seen.headers["x-backupvault-account"]
+
+
+def test_node_errors_pass_through_unchanged(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    node = stubs[0]
+    node.mode = "refuse"
+    relay = start_relay([node.url, stubs[1].url])
+    response = post(relay, token(), b"guess")
+    assert response.status_code == 410
+    assert response.json() == {"error": "entry_destroyed", "detail": "too many guesses"}
+    # A node's 4xx is an answer, not a failure: no other node was asked.
+    assert len(node.seen) + len(stubs[1].seen) == 1
+
+
+def test_retries_on_another_node_when_one_is_down_or_not_ready(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    down = unused_url()
+    stubs[0].mode = "not_ready"
+    relay = start_relay([down, stubs[0].url, stubs[1].url])
+    for _ in range(6):  # round-robin: every start position is exercised
+        response = post(relay, token(), b"sealed")
+        assert response.status_code == 200
+        assert response.content == b"node1|sealed"
+    # node0 was asked at most once per request, node1 answered all of them.
+    assert len(stubs[0].seen) <= 6
+    assert len(stubs[1].seen) == 6
+
+
+def test_retries_when_a_node_times_out(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    stubs[0].mode = "hang"
+    relay = start_relay([stubs[0].url, stubs[1].url], request_timeout=0.3)
+    for _ in range(2):
+        response = post(relay, token(), b"sealed")
+        assert response.status_code == 200
+        assert response.content == b"node1|sealed"
+
+
+def test_all_nodes_down_is_503_fleet_unavailable(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    stubs[0].mode = "not_ready"
+    relay = start_relay([unused_url(), unused_url(), stubs[0].url])
+    response = post(relay, token(), b"sealed")
+    assert response.status_code == 503
+    assert response.json()["error"] == "fleet_unavailable"
+    assert "Retry-After" in response.headers
+    assert len(stubs[0].seen) == 1  # each node tried once
+
+
+def test_node_fleet_unavailable_passes_through_without_retry(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    for node in stubs:
+        node.mode = "fleet_unavailable"
+    relay = start_relay([n.url for n in stubs])
+    response = post(relay, token(), b"sealed")
+    assert response.status_code == 503
+    assert response.json() == {"error": "fleet_unavailable", "detail": "no majority"}
+    assert sum(len(n.seen) for n in stubs) == 1
+
+
+def test_node_answering_outside_the_contract_is_502(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    stubs[0].mode = "broken"
+    relay = start_relay([stubs[0].url])
+    response = post(relay, token(), b"sealed")
+    assert response.status_code == 502
+    assert response.json()["error"] == "bad_node_answer"
+    assert "Internal Server Error" not in response.text
+
+
+def test_health_reports_each_node(stubs: list[StubNode], start_relay: Callable[..., str]) -> None:
+    down = unused_url()
+    stubs[1].mode = "not_ready"
+    relay = start_relay([stubs[0].url, down, stubs[1].url])
+    response = httpx.get(f"{relay}/v1/health")
+    assert response.status_code == 200
+    assert response.json() == {
+        "status": "ok",
+        "nodes": [
+            {"url": stubs[0].url, "up": True},
+            {"url": down, "up": False},
+            {"url": stubs[1].url, "up": False},
+        ],
+        "nodes_up": 1,
+        "nodes_total": 3,
+    }

@@ -1,0 +1,160 @@
+"""Rate limits, size limits, bad input and unknown routes: 4xx with a reason, never a 500."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.relay import RateLimiter, create_app
+
+from .conftest import LiveServer, StubNode, make_config
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _post(
+    relay: str,
+    token: str,
+    body: bytes = b"sealed",
+    path: str = "/v1/vault/laptop/status",
+    content_type: str = "application/octet-stream",
+) -> httpx.Response:
+    return httpx.post(
+        f"{relay}{path}",
+        content=body,
+        headers={
+            "Content-Type": content_type,
+            "Authorization": f"Bearer {token}",
+        },
+        timeout=10,
+    )
+
+
+def _assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    body = response.json()
+    assert body["error"] == code
+    assert isinstance(body["detail"], str) and body["detail"]
+
+
+def test_429_with_retry_after_after_the_burst_then_refills(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    clock = FakeClock()
+    relay = start_relay([stubs[0].url], clock=clock, rate_per_minute=6, burst=3)
+    alice, bob = token("alice"), token("bob")
+    for _ in range(3):
+        assert _post(relay, alice).status_code == 200
+    limited = _post(relay, alice)
+    _assert_error(limited, 429, "rate_limited")
+    assert limited.headers["Retry-After"] == "10"  # 6 per minute: one every 10 s
+    assert _post(relay, bob).status_code == 200  # buckets are per account
+    clock.now += 10
+    assert _post(relay, alice).status_code == 200
+    _assert_error(_post(relay, alice), 429, "rate_limited")
+    assert len(stubs[0].seen) == 5
+
+
+def test_rate_limiter_bounds_memory_by_dropping_full_buckets() -> None:
+    clock = FakeClock()
+    limiter = RateLimiter(1.0, 2, clock=clock, max_accounts=10)
+    for i in range(10):
+        assert limiter.acquire(f"a{i}") is None
+    clock.now += 5  # every bucket has refilled
+    assert limiter.acquire("new") is None
+    assert len(limiter) == 1
+    assert limiter.acquire("new") is None
+    wait = limiter.acquire("new")
+    assert wait == pytest.approx(1.0)
+
+
+def test_too_large_is_413_declared_or_streamed(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url], max_body_bytes=1024)
+    assert _post(relay, token(), b"x" * 1024).status_code == 200
+    _assert_error(_post(relay, token(), b"x" * 1025), 413, "too_large")
+
+    def chunks() -> Iterator[bytes]:
+        for _ in range(4):
+            yield b"y" * 400
+
+    # No Content-Length: chunked transfer, cut off while streaming.
+    response = httpx.post(
+        f"{relay}/v1/vault/laptop/status",
+        content=chunks(),
+        headers={"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token()}"},
+    )
+    _assert_error(response, 413, "too_large")
+    assert len(stubs[0].seen) == 1
+
+
+def test_bad_input_gets_a_reason(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url])
+    t = token()
+    _assert_error(_post(relay, t, path="/v1/vault/laptop/steal-key"), 404, "unknown_operation")
+    _assert_error(_post(relay, t, path="/v1/vault/" + "e" * 65 + "/status"), 400, "bad_entry")
+    _assert_error(_post(relay, t, path="/v1/vault/a%20b/status"), 400, "bad_entry")
+    _assert_error(_post(relay, t, path="/v1/vault/a%0A/status"), 400, "bad_entry")
+    _assert_error(_post(relay, t, b""), 400, "empty_body")
+    _assert_error(_post(relay, t, content_type="application/json"), 415, "unsupported_media_type")
+    _assert_error(_post(relay, t, path="/v1/nothing"), 404, "not_found")
+    _assert_error(_post(relay, t, path="/v1/vault/laptop"), 404, "not_found")
+    wrong_method = httpx.get(f"{relay}/v1/vault/laptop/status")
+    _assert_error(wrong_method, 405, "method_not_allowed")
+    assert wrong_method.headers["Allow"] == "POST"
+    _assert_error(httpx.delete(f"{relay}/v1/health"), 405, "method_not_allowed")
+    assert stubs[0].seen == []
+
+
+def test_concurrency_cap_answers_503_relay_busy(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    stubs[0].mode = "hang"
+    relay = start_relay([stubs[0].url], max_concurrent_forwards=1, request_timeout=1.0)
+    first: list[httpx.Response] = []
+    worker = threading.Thread(target=lambda: first.append(_post(relay, token())))
+    worker.start()
+    deadline = time.monotonic() + 5
+    while not stubs[0].seen and time.monotonic() < deadline:
+        time.sleep(0.01)
+    busy = _post(relay, token("bob"))
+    _assert_error(busy, 503, "relay_busy")
+    assert busy.headers["Retry-After"].isdigit()
+    worker.join()
+    _assert_error(first[0], 503, "fleet_unavailable")  # the one node timed out
+
+
+class _Exploding(httpx.AsyncBaseTransport):
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        raise RuntimeError("internal failure mentioning SECRET-PAYLOAD")
+
+
+def test_an_unexpected_exception_is_a_logged_502_without_details(
+    operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture, token: Callable[..., str]
+) -> None:
+    config = make_config(operator_key, ["http://127.0.0.1:9"])
+    server = LiveServer(create_app(config, transport=_Exploding()))
+    try:
+        with caplog.at_level("DEBUG"):
+            response = _post(server.url, token(), b"payload")
+    finally:
+        server.stop()
+    _assert_error(response, 502, "relay_error")
+    assert "SECRET-PAYLOAD" not in response.text
+    assert "SECRET-PAYLOAD" not in caplog.text
+    assert "exception=RuntimeError" in caplog.text
