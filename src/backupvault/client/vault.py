@@ -220,6 +220,10 @@ class VaultClient:
             RecoverStartResponse,
         )
         params = ksf.Argon2idParams.from_bytes(started.ksf_params)
+        floor = self.ksf_params
+        if params.memory_kib < floor.memory_kib or params.iterations < floor.iterations:
+            # A fleet (or impostor) must not talk this client into weaker stretching.
+            raise VaultError("the vault asked for weaker password stretching than allowed")
         try:
             login = opaque.client_login_finish(
                 state,

@@ -1,0 +1,3 @@
+from backupvault.cli.main import main
+
+main()

@@ -1,0 +1,195 @@
+"""Operator commands: a local deployment, nodes, the relay, the key ceremony."""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from pathlib import Path
+
+import click
+
+from backupvault.cli.main import Context, cli, pass_context
+from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.deploy.local import LocalDeployment
+from backupvault.errors import InvalidInput
+from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
+from backupvault.node.config import FleetDescription, NodeConfig, write_toml
+from backupvault.relay.auth import load_operator_private_key, mint_token
+
+# ---- local ------------------------------------------------------------------------------
+
+
+@cli.group()
+def local() -> None:
+    """A whole deployment on this machine (nodes + relay on loopback), for trying it out."""
+
+
+@local.command("up")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
+@pass_context
+def local_up(ctx: Context, root: Path, nodes: int) -> None:
+    """Start (provisioning the first time) a local fleet and relay; writes DIR/client.toml."""
+    deployment = LocalDeployment(root)
+    if not deployment.provisioned():
+        ctx.output.note(f"provisioning {nodes} nodes: tokens, identity keys, key ceremony …")
+    deployment.up(nodes)
+    status = deployment.status()
+    ctx.output.result(
+        {"dir": str(root), "client_config": str(root / "client.toml"), "processes": status},
+        f"local deployment up: {len(status) - 1} nodes and the relay at "
+        f"{status['relay']['url']}\nclient config: {root / 'client.toml'}",
+    )
+
+
+@local.command("down")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@pass_context
+def local_down(ctx: Context, root: Path) -> None:
+    """Stop the local deployment's processes (its data stays for the next `up`)."""
+    LocalDeployment(root).down()
+    ctx.output.result({"dir": str(root), "stopped": True}, "local deployment stopped")
+
+
+@local.command("status")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@pass_context
+def local_status(ctx: Context, root: Path) -> None:
+    """Show each process of the local deployment."""
+    status = LocalDeployment(root).status()
+    lines = [
+        f"{name:8} pid {info['pid'] or '-':>7}  "
+        f"{'running' if info['running'] else 'stopped':8} "
+        f"{'healthy' if info['healthy'] else 'unhealthy':9}  {info['url']}"
+        for name, info in status.items()
+    ]
+    ctx.output.result({"processes": status}, "\n".join(lines))
+
+
+# ---- node -------------------------------------------------------------------------------
+
+
+@cli.group()
+def node() -> None:
+    """Run a vault node."""
+
+
+_NODE_CONFIG = click.option(
+    "--config",
+    "node_config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The node's TOML config.",
+)
+
+
+@node.command("init")
+@_NODE_CONFIG
+@pass_context
+def node_init(ctx: Context, node_config: Path) -> None:
+    """Create this node's identity and storage keys in its token (once)."""
+    from backupvault.node.main import init_node
+
+    public = init_node(NodeConfig.load(node_config))
+    ctx.output.result(
+        {"identity_public_key": public.hex()}, f"node identity public key: {public.hex()}"
+    )
+
+
+@node.command("serve")
+@_NODE_CONFIG
+def node_serve(node_config: Path) -> None:
+    """Serve the node until stopped."""
+    from backupvault.node.main import serve
+
+    serve(node_config)
+
+
+# ---- fleet ------------------------------------------------------------------------------
+
+
+@cli.group()
+def fleet() -> None:
+    """Fleet-wide operations."""
+
+
+@fleet.command("ceremony")
+@click.option(
+    "--fleet-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="fleet.toml listing every node's URL and identity public key.",
+)
+@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@pass_context
+def fleet_ceremony(ctx: Context, fleet_file: Path, out_dir: Path) -> None:
+    """Make the fleet's shared secrets; write one transfer file per node (encrypted to its
+    identity key) into OUT, and the fleet's public keys into the fleet file."""
+    data = tomllib.loads(fleet_file.read_text())
+    fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
+    description = FleetDescription.load(fleet_file) if "hpke_public_key" in data else None
+    if description is not None:
+        raise InvalidInput(
+            f"{fleet_file} already names fleet keys: the ceremony runs once per fleet"
+        )
+    data.update(fleet_id=fleet_id.hex(), hpke_public_key="", opaque_server_public_key="")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    secrets = make_fleet_secrets(fleet_id, os.urandom)
+    for node in data["nodes"]:
+        index = int(node["index"])
+        transfer = seal_for_node(secrets, index, bytes.fromhex(node["identity_public_key"]))
+        (out_dir / f"node{index}.transfer").write_bytes(transfer)
+    data["hpke_public_key"] = (
+        FleetPrivateKey.from_bytes(secrets.hpke_private_key).public_key().to_bytes().hex()
+    )
+    data["opaque_server_public_key"] = secrets.server_public_key.hex()
+    write_toml(fleet_file, data)
+    ctx.output.result(
+        {"fleet_id": fleet_id.hex(), "transfers": str(out_dir)},
+        f"fleet {fleet_id.hex()}: copy {out_dir}/node<i>.transfer to each node's data "
+        "directory as fleet-secrets.transfer",
+    )
+
+
+# ---- relay ------------------------------------------------------------------------------
+
+
+@cli.group()
+def relay() -> None:
+    """Run the relay; mint account tokens."""
+
+
+@relay.command("serve")
+@click.option(
+    "--config", "relay_config", required=True, type=click.Path(exists=True, path_type=Path)
+)
+@click.option("--listen", help="host:port (default: the config's `listen`, else 127.0.0.1:8600)")
+def relay_serve(relay_config: Path, listen: str | None) -> None:
+    """Serve the relay until stopped."""
+    from backupvault.relay.app import serve
+    from backupvault.relay.config import load_config
+
+    address = listen or tomllib.loads(relay_config.read_text()).get("listen", "127.0.0.1:8600")
+    host, _, port = address.rpartition(":")
+    serve(load_config(relay_config), host or "127.0.0.1", int(port))
+
+
+@relay.command("mint-token")
+@click.option("--key", "key_path", required=True, type=click.Path(exists=True, path_type=Path))
+@click.option("--account", required=True)
+@click.option("--issuer", required=True)
+@click.option("--audience", required=True)
+@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Seconds.")
+@pass_context
+def relay_mint_token(
+    ctx: Context, key_path: Path, account: str, issuer: str, audience: str, ttl: int
+) -> None:
+    """Sign an account token with the operator's key."""
+    token = mint_token(
+        load_operator_private_key(key_path),
+        account,
+        issuer=issuer,
+        audience=audience,
+        ttl_seconds=ttl,
+    )
+    ctx.output.result({"token": token, "account": account}, token)

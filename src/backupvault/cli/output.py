@@ -1,0 +1,94 @@
+"""How the CLI talks to people and scripts: messages, JSON, progress bars, exit codes."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+    TransferSpeedColumn,
+)
+
+from backupvault.errors import BackupVaultError
+
+
+@dataclass
+class Output:
+    """One per command run: `--json` switches every result to one JSON object on stdout."""
+
+    json_mode: bool = False
+    quiet: bool = False
+    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
+    err: Console = field(
+        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
+    )
+
+    def result(self, data: dict[str, Any], text: str) -> None:
+        """The command's answer: `text` for people, `data` for `--json`."""
+        if self.json_mode:
+            sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+        else:
+            self.out.print(text)
+
+    def note(self, text: str) -> None:
+        """Side information for people (stderr, so stdout stays the answer)."""
+        if not self.json_mode and not self.quiet:
+            self.err.print(text)
+
+    def error(self, err: BackupVaultError) -> None:
+        if self.json_mode:
+            payload = {"error": err.message, "hint": err.hint, "exit_code": err.exit_code}
+            sys.stderr.write(json.dumps(payload, sort_keys=True) + "\n")
+        else:
+            self.err.print(f"[bold red]error:[/] {err.message}", markup=True)
+            if err.hint:
+                self.err.print(f"  [dim]hint:[/] {err.hint}", markup=True)
+
+    def progress(self) -> ProgressBar:
+        enabled = not (self.quiet or self.json_mode) and self.err.is_terminal
+        return ProgressBar(self.err, enabled)
+
+
+class ProgressBar:
+    """Adapts the backup package's progress callbacks to a rich bar on stderr."""
+
+    def __init__(self, console: Console, enabled: bool) -> None:
+        self._progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            DownloadColumn(),
+            TransferSpeedColumn(),
+            TimeRemainingColumn(),
+            console=console,
+            disable=not enabled,
+            transient=True,
+        )
+        self._task: TaskID | None = None
+
+    def __enter__(self) -> ProgressBar:
+        self._progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.stop()
+
+    def start(self, total_bytes: int | None, label: str) -> None:
+        self._task = self._progress.add_task(label, total=total_bytes)
+
+    def advance(self, n: int) -> None:
+        if self._task is not None:
+            self._progress.advance(self._task, n)
+
+    def finish(self) -> None:
+        if self._task is not None:
+            self._progress.update(self._task, visible=False)
+            self._task = None

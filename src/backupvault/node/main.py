@@ -1,0 +1,121 @@
+"""Starting a node: provision its secrets in the token, take in the ceremony's transfer,
+then serve. Files in the node's data directory:
+
+    identity.sealed        X25519 identity private key     (sealed by the token)
+    storage-key.sealed     32-byte storage key             (sealed by the token)
+    fleet-secrets.sealed   FleetSecrets                    (sealed by the token)
+    fleet-secrets.transfer FleetSecrets for this node from the ceremony, HPKE to the
+                           identity key; consumed and deleted at the first start
+    store.sqlite           acceptor records, encrypted under the storage key
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from backupvault.errors import BackupVaultError
+from backupvault.fleet.channel import PeerChannel
+from backupvault.hsm.ceremony import open_for_node
+from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
+from backupvault.node.config import FleetDescription, NodeConfig
+from backupvault.node.service import NodeService
+from backupvault.node.store import NodeStore
+from backupvault.node.token import SealedFile, TokenSealer
+
+IDENTITY = "identity.sealed"
+STORAGE_KEY = "storage-key.sealed"
+FLEET_SECRETS = "fleet-secrets.sealed"
+TRANSFER = "fleet-secrets.transfer"
+
+
+class NodeNotProvisioned(BackupVaultError):
+    pass
+
+
+def _sealed(config: NodeConfig, sealer: TokenSealer, file: str, name: str) -> SealedFile:
+    return SealedFile(config.data_dir / file, name, sealer)
+
+
+def init_node(config: NodeConfig) -> bytes:
+    """Create the node's identity and storage keys (once); returns the identity public key."""
+    config.data_dir.mkdir(parents=True, exist_ok=True)
+    with TokenSealer(config.token) as sealer:
+        sealer.ensure_sealing_key()
+        identity = _sealed(config, sealer, IDENTITY, "identity")
+        if not identity.exists():
+            identity.write(X25519PrivateKey.generate().private_bytes_raw())
+        storage = _sealed(config, sealer, STORAGE_KEY, "storage-key")
+        if not storage.exists():
+            storage.write(os.urandom(32))
+        private = X25519PrivateKey.from_private_bytes(identity.read())
+        return private.public_key().public_bytes_raw()
+
+
+@dataclass(frozen=True)
+class NodeKeys:
+    identity: bytes
+    storage: bytes
+    fleet: FleetSecrets
+
+
+def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
+    """Unseal the node's secrets; the first time, take in the ceremony's transfer."""
+    with TokenSealer(config.token) as sealer:
+        identity_file = _sealed(config, sealer, IDENTITY, "identity")
+        if not identity_file.exists():
+            raise NodeNotProvisioned(
+                f"node {config.index} has no identity key", hint="run `backupvault node init`"
+            )
+        identity = identity_file.read()
+        storage = _sealed(config, sealer, STORAGE_KEY, "storage-key").read()
+        secrets_file = _sealed(config, sealer, FLEET_SECRETS, "fleet-secrets")
+        transfer = config.data_dir / TRANSFER
+        if not secrets_file.exists():
+            if not transfer.exists():
+                raise NodeNotProvisioned(
+                    f"node {config.index} has no fleet secrets",
+                    hint="run the key ceremony (`backupvault fleet ceremony`) for this fleet",
+                )
+            secrets = open_for_node(transfer.read_bytes(), fleet.fleet_id, config.index, identity)
+            secrets_file.write(secrets.to_bytes())
+            transfer.unlink()
+        secrets = FleetSecrets.from_bytes(secrets_file.read())
+    if secrets.fleet_id != fleet.fleet_id:
+        raise NodeNotProvisioned("this node's secrets belong to another fleet")
+    return NodeKeys(identity, storage, secrets)
+
+
+def build_service(config: NodeConfig) -> NodeService:
+    fleet = FleetDescription.load(config.fleet_file)
+    keys = load_keys(config, fleet)
+    channel = PeerChannel(
+        config.index,
+        keys.identity,
+        {n.index: n.identity_public_key for n in fleet.nodes},
+        fleet.fleet_id,
+        os.urandom,
+    )
+    store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    return NodeService(
+        config.index,
+        {n.index: n.url for n in fleet.nodes},
+        VaultFirmware(keys.fleet, os.urandom),
+        channel,
+        store,
+    )
+
+
+def serve(config_path: Path) -> None:
+    import uvicorn
+
+    from backupvault.node.http import create_app
+
+    config = NodeConfig.load(config_path)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    app = create_app(build_service(config))
+    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
