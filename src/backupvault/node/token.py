@@ -71,6 +71,7 @@ __all__ = [
     "TokenConfig",
     "TokenError",
     "TokenSealer",
+    "check_token_label",
 ]
 
 SOFTHSM2_CONF_ENV: Final = "SOFTHSM2_CONF"
