@@ -174,6 +174,15 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return _unauthorized(err.code, err.message)
         info["account"] = account
 
+        wait = state.limiter.acquire(account)
+        if wait is not None:
+            return error_response(
+                429,
+                "rate_limited",
+                "too many requests for this account; wait and try again",
+                {"Retry-After": retry_after_header(wait)},
+            )
+
         op = request.path_params["op"]
         if op not in OPERATIONS:
             return error_response(
@@ -188,15 +197,6 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 400,
                 "bad_entry",
                 "entry ids are 1-64 characters of letters, digits, '.', '_' or '-'",
-            )
-
-        wait = state.limiter.acquire(account)
-        if wait is not None:
-            return error_response(
-                429,
-                "rate_limited",
-                "too many requests for this account; wait and try again",
-                {"Retry-After": retry_after_header(wait)},
             )
 
         media = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
