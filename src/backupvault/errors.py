@@ -29,6 +29,12 @@ class AuthenticationFailed(BackupVaultError):
     """A MAC, AEAD tag or signature did not verify: wrong key, or the data was altered."""
 
 
+class WrongKey(AuthenticationFailed):
+    """The key (from a password or a recovery code) is not the one the data was made with."""
+
+    exit_code = 3
+
+
 class UsageError(BackupVaultError):
     """The command line asked for something impossible."""
 

@@ -80,7 +80,7 @@ def test_each_field_is_validated(offset: int, value: bytes, match: str) -> None:
 def test_wrong_root_key_and_altered_wrap() -> None:
     root_key = os.urandom(32)
     header, _ = seal_header(root_key)
-    with pytest.raises(AuthenticationFailed, match="not made with this root key"):
+    with pytest.raises(AuthenticationFailed, match="not made with this key"):
         open_header(header, os.urandom(32))
     raw = bytearray(header.to_bytes())
     raw[-1] ^= 0x80

@@ -21,7 +21,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.crypto import stream
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
 MAGIC: Final = b"BVBACKUP"
 VERSION: Final = 1
@@ -178,8 +178,10 @@ def open_header(header: BackupHeader, root_key: bytes) -> bytes:
     _check_root_key(root_key)
     expected = _key_check(root_key, header.version, header.backup_id)
     if not hmac.compare_digest(expected, header.key_check):
-        raise AuthenticationFailed(
-            "this backup was not made with this root key (wrong key, or the header was altered)"
+        raise WrongKey(
+            "this backup was not made with this key (wrong recovery code or vault entry, "
+            "or the header was altered)",
+            hint="backups made with --recovery-code each have their own code",
         )
     wrap_key = AESGCM(_derive(root_key, _WRAP_INFO))
     try:

@@ -25,6 +25,8 @@ _HEX = frozenset("0123456789abcdef")
 class RecoveryCodeError(InvalidInput):
     """The recovery code was mistyped or is not a recovery code."""
 
+    exit_code = 3  # like a wrong password: the secret the user gave is not right
+
 
 def new_root_key() -> bytes:
     return os.urandom(ROOT_KEY_LEN)
