@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from backupvault.cli.main import Context, cli, pass_context
+from backupvault.client.vault import DEFAULT_ENTRY
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import LocalDeployment
 from backupvault.errors import InvalidInput
@@ -94,6 +95,19 @@ def node_init(ctx: Context, node_config: Path) -> None:
     ctx.output.result(
         {"identity_public_key": public.hex()}, f"node identity public key: {public.hex()}"
     )
+
+
+@node.command("inspect")
+@_NODE_CONFIG
+@click.option("--account", required=True)
+@click.option("--entry", default=DEFAULT_ENTRY, show_default=True)
+@pass_context
+def node_inspect(ctx: Context, node_config: Path, account: str, entry: str) -> None:
+    """Show what this node's disk holds for one entry (counters, never secrets)."""
+    from backupvault.node.main import inspect_entry
+
+    state = inspect_entry(NodeConfig.load(node_config), account, entry)
+    ctx.output.result(state, "\n".join(f"{k}: {v}" for k, v in state.items()))
 
 
 @node.command("serve")

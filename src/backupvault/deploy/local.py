@@ -295,6 +295,23 @@ class LocalDeployment:
         }
         return report
 
+    def inspect(self, index: int, account: str, entry: str) -> dict[str, Any]:
+        """A node's on-disk view of one entry (runs `node inspect` with its token)."""
+        args = ["node", "inspect", "--config", str(self.node_config(index))]
+        out = self._backupvault([*args, "--account", account, "--entry", entry], index)
+        data: dict[str, Any] = json.loads(out)
+        return data
+
+    def metrics(self) -> dict[str, dict[str, Any]]:
+        """Each running node's counters (evaluations, commits, refusals)."""
+        report: dict[str, dict[str, Any]] = {}
+        for node in FleetDescription.load(self.root / "fleet.toml").nodes:
+            try:
+                report[f"node{node.index}"] = httpx.get(f"{node.url}/v1/metrics", timeout=2).json()
+            except httpx.HTTPError:
+                continue
+        return report
+
     def relay_url(self) -> str:
         import tomllib
 

@@ -62,6 +62,9 @@ def create_app(service: NodeService) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"node": service.node, "ready": service.replica.ready})
 
+    async def metrics(request: Request) -> Response:
+        return JSONResponse({"node": service.node, **service.metrics})
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await service.start()
@@ -75,6 +78,7 @@ def create_app(service: NodeService) -> Starlette:
             Route("/v1/client/{op}", client, methods=["POST"]),
             Route("/v1/peer", peer, methods=["POST"]),
             Route("/v1/health", health, methods=["GET"]),
+            Route("/v1/metrics", metrics, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

@@ -22,10 +22,12 @@ from backupvault.errors import BackupVaultError
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
+from backupvault.hsm.state import EntryId, EntryState
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.node.token import SealedFile, TokenSealer
+from backupvault.protocol import EntryStatus
 
 IDENTITY = "identity.sealed"
 STORAGE_KEY = "storage-key.sealed"
@@ -88,6 +90,31 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
     if secrets.fleet_id != fleet.fleet_id:
         raise NodeNotProvisioned("this node's secrets belong to another fleet")
     return NodeKeys(identity, storage, secrets)
+
+
+def inspect_entry(config: NodeConfig, account: str, entry: str) -> dict[str, object]:
+    """What this node's disk holds for one entry: counters and flags, never a secret."""
+    fleet = FleetDescription.load(config.fleet_file)
+    keys = load_keys(config, fleet)
+    store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    try:
+        key = EntryId.of(account, entry).to_bytes()
+        record = next((r for r in store.load() if r.key == key), None)
+    finally:
+        store.close()
+    state = EntryState.from_bytes(record.value) if record and record.value else EntryState()
+    return {
+        "node": config.index,
+        "status": EntryStatus(state.status).name.lower(),
+        "attempts_used": state.attempts_used,
+        "attempt_seq": state.attempt_seq,
+        "success_seq": state.success_seq,
+        "guess_limit": state.guess_limit,
+        "version": state.version,
+        "holds_record": bool(state.record),
+        "holds_wrapped_root_key": bool(state.wrapped_root_key),
+        "accepted_round": record.accepted_round if record else 0,
+    }
 
 
 def build_service(config: NodeConfig) -> NodeService:

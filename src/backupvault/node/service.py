@@ -31,7 +31,7 @@ from backupvault.fleet.replica import (
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryState
 from backupvault.node.store import NodeStore
-from backupvault.protocol import ErrorCode, ErrorResponse, Op
+from backupvault.protocol import ErrorCode, ErrorResponse, Op, RecoverStartResponse
 
 log = logging.getLogger("backupvault.node")
 
@@ -72,6 +72,8 @@ class NodeService:
         self._http: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
+        # Counters for operators and tests: OPRF evaluations made here, commits, failures.
+        self.metrics = {"evaluations": 0, "committed": 0, "fleet_unavailable": 0}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -109,14 +111,19 @@ class NodeService:
             return ClientAnswer(200, response_key.seal(action.response.to_bytes()))
         result = await self._commit(action)
         if isinstance(result, Failed):
+            self.metrics["fleet_unavailable"] += 1
             return ClientAnswer(
                 503,
                 error=str(ErrorCode.FLEET_UNAVAILABLE),
                 detail="fewer than a majority of vault nodes answered; nothing was changed "
                 "that you were told about; try again later",
             )
+        self.metrics["committed"] += 1
         build_reply: Callable[[], Message] = result.outcome
-        return ClientAnswer(200, response_key.seal(build_reply().to_bytes()))
+        reply = build_reply()
+        if isinstance(reply, RecoverStartResponse):
+            self.metrics["evaluations"] += 1
+        return ClientAnswer(200, response_key.seal(reply.to_bytes()))
 
     async def _commit(self, update: Update) -> Committed | Failed:
         op_id = os.urandom(16)
