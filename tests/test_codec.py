@@ -1,0 +1,103 @@
+"""The wire codec: exact round trips, and random bytes never raise anything but InvalidInput."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from backupvault.codec import Message, decode_any
+from backupvault.errors import InvalidInput
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse
+from backupvault.hsm.state import EntryState
+from backupvault.hsm.tickets import Grant, RecoveryTicket, RegistrationTicket
+from backupvault.protocol import REQUEST_TYPES, RESPONSE_TYPES, ErrorResponse
+
+ALL_MESSAGES: list[type[Message]] = sorted(
+    {
+        *REQUEST_TYPES.values(),
+        *RESPONSE_TYPES.values(),
+        ErrorResponse,
+        *PEER_MESSAGES,
+        EntryState,
+        RegistrationTicket,
+        RecoveryTicket,
+        Grant,
+    },
+    key=lambda cls: cls.TAG,
+)
+
+
+def test_tags_are_unique() -> None:
+    tags = [cls.TAG for cls in ALL_MESSAGES]
+    assert len(tags) == len(set(tags))
+
+
+@dataclass(frozen=True)
+class Sample(Message):
+    TAG = 200
+    number: int
+    flag: bool
+    blob: bytes
+    text: str
+
+
+def test_layout_is_as_documented() -> None:
+    encoded = Sample(258, True, b"\x01\x02", "é").to_bytes()
+    assert encoded == (
+        bytes([200])
+        + (258).to_bytes(8, "big")
+        + b"\x01"
+        + (2).to_bytes(4, "big")
+        + b"\x01\x02"
+        + (2).to_bytes(4, "big")
+        + "é".encode()
+    )
+
+
+def test_round_trip_with_nested_lists() -> None:
+    records = [AcceptorRecord(b"k1", 1, 2, 3, 4, b"v"), AcceptorRecord(b"k2")]
+    message = SyncResponse(b"id", True, records)
+    assert SyncResponse.from_bytes(message.to_bytes()) == message
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"",
+        bytes([200]),
+        Sample(1, True, b"", "").to_bytes() + b"\x00",  # trailing byte
+        Sample(1, True, b"", "").to_bytes()[:-1],  # truncated
+        bytes([200]) + bytes(8) + b"\x02" + bytes(8),  # boolean 2
+        bytes([200]) + bytes(8) + b"\x00" + b"\xff\xff\xff\xff",  # absurd length
+        bytes([200]) + bytes(8) + b"\x00" + bytes(4) + b"\x00\x00\x00\x01\xff",  # bad UTF-8
+        bytes([201]) + bytes(30),  # wrong tag
+    ],
+)
+def test_malformed_is_invalid_input(data: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        Sample.from_bytes(data)
+
+
+def test_integers_must_fit_u64() -> None:
+    with pytest.raises(InvalidInput):
+        Sample(1 << 64, False, b"", "").to_bytes()
+
+
+@given(st.binary(max_size=400))
+def test_random_bytes_only_raise_invalid_input(data: bytes) -> None:
+    for cls in ALL_MESSAGES:
+        try:
+            decoded = cls.from_bytes(data)
+        except InvalidInput:
+            continue
+        assert decoded.to_bytes() == data  # whatever decodes is canonical
+
+
+@given(st.sampled_from(ALL_MESSAGES), st.binary(max_size=300))
+def test_tagged_random_bodies_only_raise_invalid_input(cls: type[Message], body: bytes) -> None:
+    with contextlib.suppress(InvalidInput):
+        decode_any(bytes([cls.TAG]) + body, ALL_MESSAGES)
