@@ -106,3 +106,19 @@ def test_restarted_node_from_empty_disk_catches_up_before_serving() -> None:
     net.propose(1, b"b", b"k", add(1))
     net.settle()
     assert net.results[b"b"].outcome == 6
+
+
+def test_node_that_missed_a_commit_gets_it_when_reachable_again() -> None:
+    net = Net()
+    net.down = {4}
+    net.propose(0, b"a", b"k", add(3))
+    net.settle()
+    assert b"k" not in net.disk[4]
+    assert net.replicas[0].lagging() == 1
+    net.down = set()  # node 4 was cut off, not restarted: only the repair can reach it
+    for _ in range(200):
+        net.now += 0.01
+        net.run(0, net.replicas[0].tick(net.now))
+        net.settle()
+    assert int.from_bytes(net.disk[4][b"k"].value, "big") == 3
+    assert net.replicas[0].lagging() == 0

@@ -135,3 +135,22 @@ def test_mismatched_account_is_refused(fleet: InProcessFleet) -> None:
     client = fleet.client(account="mallory")  # seals "mallory", relay asserts "alice"
     with pytest.raises(VaultError):
         client.register("pw", ROOT_KEY)
+
+
+def test_destruction_reaches_a_node_that_was_cut_off(fleet: InProcessFleet) -> None:
+    client = fleet.client()
+    client.register("right", ROOT_KEY, guess_limit=2)
+    fleet.crash(4)  # cut off (its memory and disk stay as they are)
+    for _ in range(2):
+        with pytest.raises((WrongPassword, Destroyed)):
+            client.recover("wrong")
+    assert fleet.state(4, KEY).status == EntryStatus.LIVE  # it missed the tombstone
+    fleet.down.discard(4)  # reachable again, never restarted
+    for _ in range(300):
+        fleet.now += 0.01
+        for node, replica in fleet.replicas.items():
+            fleet._run(node, replica.tick(fleet.now))
+        fleet._settle()
+    state = fleet.state(4, KEY)
+    assert state.status == EntryStatus.DESTROYED
+    assert state.record == b"" and state.wrapped_root_key == b""

@@ -76,9 +76,22 @@ class Timing:
     backoff_min: float = 0.002
     backoff_max: float = 0.1
     sync_retry: float = 0.5
+    repair_interval: float = 1.0  # resend a committed value to nodes that missed it …
+    repair_window: float = 120.0  # … for this long (restarts catch up by themselves)
 
 
 DEFAULT_TIMING = Timing()
+
+
+@dataclass
+class _Repair:
+    """A committed value some peers have not acknowledged yet (down or cut off): it is
+    sent again until they do, so a destroyed entry is overwritten on every node."""
+
+    accept: Accept
+    pending: set[int]
+    until: float
+    next_at: float
 
 
 @dataclass
@@ -94,6 +107,7 @@ class _Proposal:
     conflicts: int = 0
     promises: dict[int, Promise] = field(default_factory=dict)
     accepts: set[int] = field(default_factory=set)
+    accepted_value: bytes = b""
     outcome: Any = None
 
 
@@ -121,6 +135,7 @@ class Replica:
         self._sync_retry_at = 0.0
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
+        self._repairs: dict[bytes, _Repair] = {}
         self._max_round = max((r.promised.round for r in self.records.values()), default=0)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -148,6 +163,10 @@ class Replica:
 
     def pending(self) -> int:
         return len(self._by_op)
+
+    def lagging(self) -> int:
+        """Committed values not yet acknowledged by every node."""
+        return len(self._repairs)
 
     # ---- messages --------------------------------------------------------------------
 
@@ -181,6 +200,12 @@ class Replica:
                 for peer in self.peers
                 if peer not in self._sync_responses
             ]
+        for op_id, repair in list(self._repairs.items()):
+            if now >= repair.until:
+                del self._repairs[op_id]
+            elif now >= repair.next_at:
+                repair.next_at = now + self.timing.repair_interval
+                effects += [Send(peer, repair.accept) for peer in sorted(repair.pending)]
         for proposal in list(self._by_op.values()):
             if proposal.phase == "queued":
                 continue
@@ -295,6 +320,7 @@ class Replica:
             proposal.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
         )
         new_value, proposal.outcome = proposal.change(newest.value)
+        proposal.accepted_value = new_value
         proposal.phase = "accept"
         accept = Accept(proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value)
         effects: list[Effect] = [Send(peer, accept) for peer in self.peers]
@@ -302,6 +328,17 @@ class Replica:
 
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         self._max_round = max(self._max_round, message.promised_round)
+        repair = self._repairs.get(message.op_id)
+        if repair is not None and (message.round, message.node) == (
+            repair.accept.round,
+            repair.accept.node,
+        ):
+            # Acknowledged, or refused because a newer ballot (which carries this value
+            # or a later one) reached that node first: either way it no longer lags.
+            repair.pending.discard(sender)
+            if not repair.pending:
+                del self._repairs[message.op_id]
+            return []
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
             return []
@@ -310,6 +347,14 @@ class Replica:
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
+        laggards = set(self.peers) - proposal.accepts
+        if laggards:
+            accept = Accept(
+                proposal.op_id, proposal.key, *_ballot(proposal.ballot), proposal.accepted_value
+            )
+            self._repairs[proposal.op_id] = _Repair(
+                accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
+            )
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
 
     def _back_off(self, proposal: _Proposal, now: float) -> list[Effect]:
