@@ -15,7 +15,12 @@ from backupvault.deploy.local import LocalDeployment
 from backupvault.errors import InvalidInput
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
-from backupvault.relay.auth import load_operator_private_key, mint_token
+from backupvault.relay.auth import (
+    generate_operator_key,
+    load_operator_private_key,
+    mint_token,
+    save_operator_key,
+)
 
 # ---- local ------------------------------------------------------------------------------
 
@@ -186,6 +191,20 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
     address = listen or tomllib.loads(relay_config.read_text()).get("listen", "127.0.0.1:8600")
     host, _, port = address.rpartition(":")
     serve(load_config(relay_config), host or "127.0.0.1", int(port))
+
+
+@relay.command("keygen")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@pass_context
+def relay_keygen(ctx: Context, out_dir: Path) -> None:
+    """Make the operator's token-signing key: OUT/operator.key (keep it off the relay) and
+    OUT/operator.pub (the relay's config names it)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    save_operator_key(generate_operator_key(), out_dir / "operator.key", out_dir / "operator.pub")
+    ctx.output.result(
+        {"private_key": str(out_dir / "operator.key"), "public_key": str(out_dir / "operator.pub")},
+        f"wrote {out_dir / 'operator.key'} (secret) and {out_dir / 'operator.pub'}",
+    )
 
 
 @relay.command("mint-token")
