@@ -6,6 +6,7 @@ Exit codes: 0 done; 1 anything else; 2 usage; 3 wrong password or recovery code;
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
@@ -205,7 +206,12 @@ def backup_list(ctx: Context, storage_url: str | None) -> None:
     """List the backups in storage, oldest first."""
     backups = list_backups(ctx.storage(storage_url))
     rows = [
-        {"backup_id": b.backup_id, "created_at": b.created_at, "size": b.size, "name": b.name}
+        {
+            "backup_id": b.backup_id,
+            "created_at": b.created_at.isoformat(),
+            "size": b.size,
+            "name": b.name,
+        }
         for b in backups
     ]
     text = "\n".join(f"{b.backup_id}  {b.created_at}  {b.size:>12}  {b.name}" for b in backups)
@@ -274,4 +280,14 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         click.echo("interrupted", err=True)
         sys.exit(130)
+    except Exception as err:  # a bug: say so plainly, without a wall of traceback
+        if os.environ.get("BACKUPVAULT_DEBUG"):
+            raise
+        Output(json_mode="--json" in args).error(
+            BackupVaultError(
+                f"unexpected {type(err).__name__}: {err}",
+                hint="this is a bug in backupvault; rerun with BACKUPVAULT_DEBUG=1 and report it",
+            )
+        )
+        sys.exit(1)
     sys.exit(0)
