@@ -144,5 +144,6 @@ def serve(config_path: Path) -> None:
 
     config = NodeConfig.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer message is noise
     app = create_app(build_service(config))
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

@@ -364,6 +364,8 @@ def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> Non
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
+    # httpx logs every request it makes at INFO; the relay's own line per request says more.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     server = uvicorn.Server(
         uvicorn.Config(
             create_app(config),
