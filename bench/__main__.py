@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--only", action="append", choices=MODULES, help="run only these")
     args = parser.parse_args()
 
-    console = Console()
+    console = Console(width=max(Console().width, 140))
     rows: list[dict[str, Any]] = []
     for name in args.only or MODULES:
         console.print(f"[bold]bench[/]: {name} …")
