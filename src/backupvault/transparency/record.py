@@ -1,0 +1,257 @@
+"""The fleet deployment record and the operator's signature over it.
+
+Encodings use `backupvault.codec` (u64 big-endian integers, u32-length-prefixed bytes and
+strings, nested messages as length-prefixed blobs); docs/transparency.md spells every byte
+out. Decoding is strict and validates every field, so a record that decodes is well-formed:
+
+    DeploymentRecord (tag 80)
+      fleet_id        bytes   1-64 bytes
+      epoch           u64     monotonic per fleet id (the witness enforces it)
+      quorum          u64     a majority: n//2 < quorum <= n
+      guess_limit     u64     1 .. MAX_GUESS_LIMIT (the default limit for new entries)
+      nodes           list    1 .. MAX_NODES NodeEntry, indices 0 .. n-1 in order
+      hpke_public_key bytes   FleetPublicKey.to_bytes(): kem id (u16) || key bytes
+      opaque_server_public_key bytes  32, a valid ristretto255 point
+      measurement     bytes   32 (see measure.py)
+      time            u64     unix seconds
+    NodeEntry (tag 81): index u64, identity_public_key bytes (32, X25519), url str
+
+    OperatorSignedRecord (tag 82): record bytes (a DeploymentRecord encoding),
+      operator_public_key bytes (32, Ed25519), signature bytes (64)
+      signature = Ed25519(operator key, OPERATOR_CONTEXT || record)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import ClassVar, Self
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from backupvault.codec import Message
+from backupvault.crypto.oprf import validate_element
+from backupvault.crypto.seal import FleetPublicKey
+from backupvault.errors import InvalidInput
+from backupvault.transparency.errors import (
+    Malformed,
+    OperatorSignatureInvalid,
+    UnknownOperatorKey,
+)
+
+MAX_FLEET_ID = 64
+MAX_NODES = 255
+MAX_URL = 2048
+#: Same bound as the vault firmware's (hsm.state.MAX_GUESS_LIMIT); repeated, not imported,
+#: because this package must not depend on hsm.
+MAX_GUESS_LIMIT = 100
+KEY_LEN = 32
+MEASUREMENT_LEN = 32
+ED25519_SIGNATURE_LEN = 64
+OPERATOR_CONTEXT = b"backupvault/v1 transparency operator-signed deployment record\x00"
+
+_URL = re.compile(r"https?://[\x21-\x7e]+")
+
+
+class StrictMessage(Message):
+    """Turns the codec's InvalidInput into Malformed (still an InvalidInput)."""
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise Malformed(f"a {cls.__name__} is bytes")
+        try:
+            return super().from_bytes(bytes(data))
+        except Malformed:
+            raise
+        except InvalidInput as err:
+            raise Malformed(f"malformed {cls.__name__}: {err.message}") from None
+
+
+def _bytes(value: object, what: str, lo: int, hi: int) -> bytes:
+    if not isinstance(value, bytes) or not lo <= len(value) <= hi:
+        size = str(lo) if lo == hi else f"{lo}-{hi}"
+        raise Malformed(f"{what} must be {size} bytes")
+    return value
+
+
+def _int(value: object, what: str, lo: int, hi: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
+        raise Malformed(f"{what} must be a whole number in {lo} .. {hi}")
+    return value
+
+
+U64_MAX = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class NodeEntry(StrictMessage):
+    TAG: ClassVar[int] = 81
+
+    index: int
+    identity_public_key: bytes
+    url: str
+
+    def __post_init__(self) -> None:
+        _int(self.index, "a node index", 0, MAX_NODES - 1)
+        # X25519 accepts any 32 bytes as a public key.
+        _bytes(self.identity_public_key, "a node identity public key (X25519)", KEY_LEN, KEY_LEN)
+        if not isinstance(self.url, str) or len(self.url) > MAX_URL or not _URL.fullmatch(self.url):
+            raise Malformed(
+                f"node {self.index}'s URL must be http(s)://… printable ASCII without spaces,"
+                f" at most {MAX_URL} characters"
+            )
+
+
+def majority(node_count: int) -> int:
+    return node_count // 2 + 1
+
+
+@dataclass(frozen=True)
+class DeploymentRecord(StrictMessage):
+    """What the operator claims a fleet is; see the module docstring for the fields."""
+
+    TAG: ClassVar[int] = 80
+
+    fleet_id: bytes
+    epoch: int
+    quorum: int
+    guess_limit: int
+    nodes: list[NodeEntry]
+    hpke_public_key: bytes
+    opaque_server_public_key: bytes
+    measurement: bytes
+    time: int
+
+    def __post_init__(self) -> None:
+        _bytes(self.fleet_id, "the fleet id", 1, MAX_FLEET_ID)
+        _int(self.epoch, "the epoch", 0, U64_MAX)
+        _int(self.time, "the time", 0, U64_MAX)
+        _int(self.guess_limit, "the guess limit", 1, MAX_GUESS_LIMIT)
+        if not isinstance(self.nodes, list) or not 1 <= len(self.nodes) <= MAX_NODES:
+            raise Malformed(f"a fleet has 1 .. {MAX_NODES} nodes")
+        n = len(self.nodes)
+        for position, node in enumerate(self.nodes):
+            if not isinstance(node, NodeEntry) or node.index != position:
+                raise Malformed("nodes must be listed by index, 0 .. n-1, each once")
+        if len({node.identity_public_key for node in self.nodes}) != n:
+            raise Malformed("two nodes share an identity key")
+        if len({node.url for node in self.nodes}) != n:
+            raise Malformed("two nodes share a URL")
+        _int(self.quorum, "the quorum (a majority of the nodes)", n // 2 + 1, n)
+        _bytes(self.hpke_public_key, "the fleet HPKE public key", 2, 1 << 16)
+        try:
+            FleetPublicKey.from_bytes(self.hpke_public_key)
+            validate_element(self.opaque_server_public_key, "the OPAQUE server public key")
+        except InvalidInput as err:
+            raise Malformed(err.message) from None
+        _bytes(self.measurement, "the firmware measurement", MEASUREMENT_LEN, MEASUREMENT_LEN)
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        fleet_id: bytes,
+        epoch: int,
+        guess_limit: int,
+        nodes: Iterable[tuple[int, bytes, str]],
+        hpke_public_key: bytes,
+        opaque_server_public_key: bytes,
+        measurement: bytes,
+        time: int,
+        quorum: int | None = None,
+    ) -> DeploymentRecord:
+        """A record from plain values; `nodes` are (index, identity key, url) in any order,
+        `quorum` defaults to a majority of the nodes."""
+        entries = sorted((NodeEntry(i, key, url) for i, key, url in nodes), key=lambda e: e.index)
+        return cls(
+            fleet_id=fleet_id,
+            epoch=epoch,
+            quorum=majority(len(entries)) if quorum is None else quorum,
+            guess_limit=guess_limit,
+            nodes=entries,
+            hpke_public_key=hpke_public_key,
+            opaque_server_public_key=opaque_server_public_key,
+            measurement=measurement,
+            time=time,
+        )
+
+    @property
+    def fleet_public_key(self) -> FleetPublicKey:
+        return FleetPublicKey.from_bytes(self.hpke_public_key)
+
+    def digest(self) -> bytes:
+        """SHA-256 of the canonical encoding: a short name for this exact record."""
+        return hashlib.sha256(self.to_bytes()).digest()
+
+
+def raw_public_key(key: Ed25519PublicKey | Ed25519PrivateKey | bytes) -> bytes:
+    """The 32-byte encoding of an Ed25519 public key (given as a key, a private key or bytes)."""
+    if isinstance(key, Ed25519PrivateKey):
+        key = key.public_key()
+    if isinstance(key, Ed25519PublicKey):
+        return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
+    return _bytes(key, "an Ed25519 public key", KEY_LEN, KEY_LEN)
+
+
+def operator_message(record: bytes) -> bytes:
+    return OPERATOR_CONTEXT + record
+
+
+@dataclass(frozen=True)
+class OperatorSignedRecord(StrictMessage):
+    """A deployment record, the operator key that claims it, and that key's signature.
+
+    `record` keeps the exact bytes that were signed. This encoding is what the witness
+    logs: one leaf of its Merkle tree per OperatorSignedRecord.
+    """
+
+    TAG: ClassVar[int] = 82
+
+    record: bytes
+    operator_public_key: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        _bytes(self.record, "the record", 1, 1 << 20)
+        _bytes(self.operator_public_key, "the operator public key", KEY_LEN, KEY_LEN)
+        _bytes(
+            self.signature, "the operator signature", ED25519_SIGNATURE_LEN, ED25519_SIGNATURE_LEN
+        )
+
+    def deployment(self) -> DeploymentRecord:
+        """The record, parsed and validated (its signature is NOT checked here)."""
+        return DeploymentRecord.from_bytes(self.record)
+
+    def verify(self, operator_key: Ed25519PublicKey | bytes) -> DeploymentRecord:
+        """The record, if `operator_key` is the key named here and its signature verifies."""
+        expected = raw_public_key(operator_key)
+        if self.operator_public_key != expected:
+            raise UnknownOperatorKey(
+                "the record is signed by another operator key than the one we accept",
+                hint=f"signed by {self.operator_public_key.hex()}, expected {expected.hex()}",
+            )
+        try:
+            Ed25519PublicKey.from_public_bytes(expected).verify(
+                self.signature, operator_message(self.record)
+            )
+        except InvalidSignature:
+            raise OperatorSignatureInvalid(
+                "the operator's signature over the deployment record does not verify",
+                hint="the record was altered after signing, or signed by another key",
+            ) from None
+        return self.deployment()
+
+
+def sign_record(record: DeploymentRecord, operator_key: Ed25519PrivateKey) -> OperatorSignedRecord:
+    """The operator's signature over `record` (Ed25519, domain-separated)."""
+    data = record.to_bytes()
+    return OperatorSignedRecord(
+        record=data,
+        operator_public_key=raw_public_key(operator_key),
+        signature=operator_key.sign(operator_message(data)),
+    )

@@ -1,0 +1,264 @@
+"""The witness: checks operator-signed deployment records, logs them, and vouches for them.
+
+`Witness.submit(bytes)` is the whole protocol: parse an OperatorSignedRecord, check it
+against the policy, append it to the log, and answer with a WitnessReceipt (cosignature,
+inclusion proof, signed checkpoint). The witness takes its store and keys as arguments and
+does no network I/O; `witness_http` is the HTTP shell around it.
+
+Policy, in order:
+1. the record parses and every field is valid (Malformed);
+2. the operator key: if `operators` names the fleet id, the record must carry that key
+   (UnknownOperatorKey). Otherwise, with `pin_first_seen`, the key of the first record
+   accepted for the fleet id is pinned in the store and every later record must carry it;
+   without it the fleet is refused (UnknownFleet);
+3. the operator signature verifies (OperatorSignatureInvalid);
+4. the measurement is in `allowed_measurements`, when that is set (MeasurementNotAllowed);
+5. the epoch is strictly greater than the last one logged for the fleet id
+   (EpochReplayed). Submitting the exact same signed record again is not an error: it
+   answers with a fresh receipt for the leaf already in the log.
+"""
+
+from __future__ import annotations
+
+import threading
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from backupvault.errors import InvalidInput
+from backupvault.transparency import merkle
+from backupvault.transparency.bundle import WitnessReceipt, cosign
+from backupvault.transparency.errors import (
+    EpochReplayed,
+    Malformed,
+    MeasurementNotAllowed,
+    UnknownFleet,
+)
+from backupvault.transparency.note import Checkpoint, Signer, Verifier, parse_note
+from backupvault.transparency.record import OperatorSignedRecord, raw_public_key
+from backupvault.transparency.witness_store import WitnessStore
+
+MAX_LEAVES_PAGE = 256
+
+
+@dataclass(frozen=True)
+class WitnessPolicy:
+    """Which operators a witness vouches for, and which firmware it accepts."""
+
+    #: fleet id -> the raw 32-byte Ed25519 operator key accepted for it
+    operators: Mapping[bytes, bytes] = field(default_factory=dict)
+    pin_first_seen: bool = False
+    #: None accepts any measurement
+    allowed_measurements: frozenset[bytes] | None = None
+
+
+class Witness:
+    """One witness log. Thread-safe: submissions are serialized."""
+
+    def __init__(self, signer: Signer, store: WitnessStore, policy: WitnessPolicy) -> None:
+        self.signer = signer
+        self.store = store
+        self.policy = policy
+        self._lock = threading.Lock()
+
+    @property
+    def name(self) -> str:
+        return self.signer.name
+
+    @property
+    def verifier(self) -> Verifier:
+        return self.signer.verifier
+
+    # --- submissions -----------------------------------------------------------------------
+
+    def submit(self, data: bytes) -> WitnessReceipt:
+        signed = OperatorSignedRecord.from_bytes(data)
+        leaf = signed.to_bytes()
+        if leaf != bytes(data):
+            raise Malformed("the signed record is not canonically encoded")
+        record = signed.deployment()
+        with self._lock:
+            configured = self.policy.operators.get(record.fleet_id)
+            state = self.store.fleet(record.fleet_id)
+            if configured is not None:
+                expected = configured
+            elif state is not None and self.policy.pin_first_seen:
+                expected = state.operator_key
+            elif self.policy.pin_first_seen:
+                expected = signed.operator_public_key
+            else:
+                raise UnknownFleet(
+                    f"this witness does not vouch for fleet {record.fleet_id.hex()}",
+                    hint="ask the witness to add the fleet id and its operator key",
+                )
+            signed.verify(expected)
+            allowed = self.policy.allowed_measurements
+            if allowed is not None and record.measurement not in allowed:
+                raise MeasurementNotAllowed(
+                    f"firmware measurement {record.measurement.hex()} is not on the allow-list"
+                )
+            existing = self.store.index_of(merkle.leaf_hash(leaf))
+            if existing is not None:
+                return self._receipt(existing, leaf)
+            if state is not None and record.epoch <= state.last_epoch:
+                raise EpochReplayed(
+                    f"fleet {record.fleet_id.hex()} is at epoch {state.last_epoch}; a new record"
+                    f" needs a larger epoch than that, not {record.epoch}"
+                )
+            index = self.store.append(leaf, record.fleet_id, expected, record.epoch)
+            return self._receipt(index, leaf)
+
+    def _receipt(self, index: int, leaf: bytes) -> WitnessReceipt:
+        note, checkpoint = self._current_checkpoint()
+        hashes = self.store.hashes(checkpoint.size)
+        return WitnessReceipt(
+            leaf_index=index,
+            tree_size=checkpoint.size,
+            proof=b"".join(merkle.inclusion_proof(hashes, index)),
+            checkpoint=note,
+            cosignature=cosign(self.signer.private_key, self.name, leaf),
+        )
+
+    # --- checkpoints and proofs --------------------------------------------------------------
+
+    def _current_checkpoint(self) -> tuple[str, Checkpoint]:
+        hashes = self.store.hashes()
+        latest = self.store.latest_checkpoint()
+        if latest is not None and latest[0] == len(hashes):
+            return latest[1], Checkpoint.from_text(parse_note(latest[1])[0])
+        checkpoint = Checkpoint(self.name, len(hashes), merkle.root_from_hashes(hashes))
+        note = checkpoint.sign(self.signer)
+        self.store.save_checkpoint(checkpoint.size, checkpoint.root_hash, note)
+        return note, checkpoint
+
+    def checkpoint(self) -> str:
+        """The signed checkpoint of the whole log (a C2SP signed note)."""
+        with self._lock:
+            return self._current_checkpoint()[0]
+
+    def _check_size(self, size: int) -> None:
+        if not 0 <= size <= self.store.size:
+            raise Malformed(f"the log has {self.store.size} entries; no tree of size {size}")
+
+    def consistency(self, old: int, new: int) -> list[bytes]:
+        self._check_size(new)
+        if not 0 <= old <= new:
+            raise Malformed("a consistency proof needs 0 <= old <= new")
+        return merkle.consistency_proof(self.store.hashes(new), old)
+
+    def inclusion(self, index: int, size: int) -> tuple[bytes, list[bytes]]:
+        """(leaf hash, proof) for leaf `index` in the tree of `size` leaves."""
+        self._check_size(size)
+        if not 0 <= index < size:
+            raise Malformed(f"no leaf {index} in a tree of {size}")
+        hashes = self.store.hashes(size)
+        return hashes[index], merkle.inclusion_proof(hashes, index)
+
+    def leaves(self, start: int, end: int) -> tuple[int, list[bytes]]:
+        """(end, leaves[start:end]); `end` is clamped to the log and to MAX_LEAVES_PAGE."""
+        if not 0 <= start <= end:
+            raise Malformed("leaves need 0 <= start <= end")
+        end = min(end, self.store.size, start + MAX_LEAVES_PAGE)
+        if start > end:
+            raise Malformed(f"the log has {self.store.size} entries")
+        return end, self.store.leaves(start, end)
+
+
+# --- configuration ---------------------------------------------------------------------------
+
+
+def generate_witness_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+def _load_private(path: Path) -> Ed25519PrivateKey:
+    try:
+        key = serialization.load_pem_private_key(path.read_bytes(), password=None)
+    except OSError as err:
+        raise InvalidInput(f"cannot read the witness key {path}: {err.strerror}") from None
+    except (ValueError, TypeError):
+        raise InvalidInput(f"{path} is not an unencrypted PEM private key") from None
+    if not isinstance(key, Ed25519PrivateKey):
+        raise InvalidInput(f"{path}: the witness key must be Ed25519")
+    return key
+
+
+def _operator_key(value: Any, base: Path) -> bytes:
+    """Hex of the raw 32-byte key, or the path of a PEM public key (as `relay keygen` writes)."""
+    text = str(value)
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    path = base / text
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as err:
+        raise InvalidInput(f"cannot read the operator key {path}: {err.strerror}") from None
+    except ValueError:
+        raise InvalidInput(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInput(f"{path}: operator keys are Ed25519")
+    return raw_public_key(key)
+
+
+@dataclass(frozen=True)
+class WitnessConfig:
+    """Everything a witness server needs. `witness.toml` (paths relative to the file):
+
+    name = "witness.example/backupvault"     # key name and checkpoint origin
+    key_file = "witness.key"                 # Ed25519 PEM (PKCS#8, unencrypted)
+    database = "witness.sqlite"
+    pin_first_seen = false
+    allowed_measurements = ["<hex>", …]      # optional
+    [[fleets]]
+    fleet_id = "<hex>"
+    operator_key = "<64 hex chars, or a PEM public key file>"
+    """
+
+    name: str
+    signing_key: Ed25519PrivateKey = field(repr=False)
+    database: Path
+    policy: WitnessPolicy = field(default_factory=WitnessPolicy)
+
+    @classmethod
+    def load(cls, path: str | Path) -> WitnessConfig:
+        path = Path(path)
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as err:
+            raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
+        except tomllib.TOMLDecodeError as err:
+            raise InvalidInput(f"{path} is not valid TOML: {err}") from None
+        base = path.parent
+        try:
+            operators = {}
+            for fleet in data.get("fleets", []):
+                fleet_id = bytes.fromhex(str(fleet["fleet_id"]))
+                operators[fleet_id] = _operator_key(fleet["operator_key"], base)
+            allowed = data.get("allowed_measurements")
+            measurements = (
+                None if allowed is None else frozenset(bytes.fromhex(str(m)) for m in allowed)
+            )
+            pin = data.get("pin_first_seen", False)
+            if not isinstance(pin, bool):
+                raise InvalidInput("pin_first_seen is true or false")
+            return cls(
+                name=str(data["name"]),
+                signing_key=_load_private(base / str(data["key_file"])),
+                database=base / str(data.get("database", "witness.sqlite")),
+                policy=WitnessPolicy(operators, pin, measurements),
+            )
+        except (KeyError, TypeError, ValueError) as err:
+            raise InvalidInput(f"witness config {path} is incomplete or invalid: {err}") from None
+
+    def open(self) -> Witness:
+        signer = Signer(self.name, self.signing_key)
+        store = WitnessStore(self.database, self.name, raw_public_key(self.signing_key))
+        return Witness(signer, store, self.policy)

@@ -1,0 +1,162 @@
+"""The witness's HTTP face (Starlette): parse, call `Witness`, answer.
+
+    POST /v1/submit                 body: OperatorSignedRecord bytes
+                                    200: WitnessReceipt bytes (application/octet-stream)
+    GET  /v1/checkpoint             200: the signed checkpoint (text/plain, a C2SP note)
+    GET  /v1/consistency?old=M&new=N  200: {"old", "new", "proof": [base64, …]}
+    GET  /v1/inclusion?index=I&size=N 200: {"index", "size", "leaf_hash", "proof": [base64]}
+    GET  /v1/leaves?start=S&end=E   200: {"start", "end", "leaves": [base64 leaf, …]}
+                                    (end exclusive, clamped to the log and 256 leaves)
+    GET  /v1/witness                200: {"name", "vkey"}
+
+Errors are JSON `{"error": code, "detail": message}`: 400 malformed input, 403 a record the
+policy refuses, 409 a stale epoch, 413 a body over 1 MiB, 404/405 for unknown routes.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import re
+from collections.abc import Mapping
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, PlainTextResponse, Response
+from starlette.routing import Route
+
+from backupvault.errors import InvalidInput
+from backupvault.transparency.errors import EpochReplayed, TransparencyError
+from backupvault.transparency.witness import Witness, WitnessConfig
+
+log = logging.getLogger("backupvault.witness")
+
+MAX_BODY = 1 << 20
+_UINT = re.compile(r"[0-9]{1,19}")
+
+
+def _error(status: int, code: str, detail: str) -> JSONResponse:
+    return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _status(err: InvalidInput | TransparencyError) -> int:
+    if isinstance(err, InvalidInput):
+        return 400
+    if isinstance(err, EpochReplayed):
+        return 409
+    return 403
+
+
+def _code(err: InvalidInput | TransparencyError) -> str:
+    return err.code if isinstance(err, TransparencyError) else "malformed"
+
+
+class _BadQuery(Exception):
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+
+
+def _uint(params: Mapping[str, str], name: str) -> int:
+    value = params.get(name)
+    if value is None:
+        raise _BadQuery(f"the query parameter '{name}' is required")
+    if not _UINT.fullmatch(value):
+        raise _BadQuery(f"'{name}' must be a decimal whole number below 10^19")
+    return int(value)
+
+
+def _b64(items: list[bytes]) -> list[str]:
+    return [base64.b64encode(item).decode() for item in items]
+
+
+async def _body(request: Request) -> bytes | None:
+    declared = request.headers.get("content-length")
+    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
+        return None
+    chunks = bytearray()
+    async for chunk in request.stream():
+        chunks += chunk
+        if len(chunks) > MAX_BODY:
+            return None
+    return bytes(chunks)
+
+
+def create_app(witness: Witness) -> Starlette:
+    async def submit(request: Request) -> Response:
+        body = await _body(request)
+        if body is None:
+            return _error(413, "too_large", f"a submission is at most {MAX_BODY} bytes")
+        try:
+            receipt = await run_in_threadpool(witness.submit, body)
+        except (InvalidInput, TransparencyError) as err:
+            log.info("refused submission: %s", err.message)
+            return _error(_status(err), _code(err), err.message)
+        log.info("logged record at index %d (tree size %d)", receipt.leaf_index, receipt.tree_size)
+        return Response(receipt.to_bytes(), media_type="application/octet-stream")
+
+    async def checkpoint(request: Request) -> Response:
+        note = await run_in_threadpool(witness.checkpoint)
+        return PlainTextResponse(note)
+
+    async def consistency(request: Request) -> Response:
+        try:
+            old, new = _uint(request.query_params, "old"), _uint(request.query_params, "new")
+            proof = await run_in_threadpool(witness.consistency, old, new)
+        except _BadQuery as err:
+            return _error(400, "bad_query", err.detail)
+        except (InvalidInput, TransparencyError) as err:
+            return _error(400, "bad_range", err.message)
+        return JSONResponse({"old": old, "new": new, "proof": _b64(proof)})
+
+    async def inclusion(request: Request) -> Response:
+        try:
+            index, size = _uint(request.query_params, "index"), _uint(request.query_params, "size")
+            leaf, proof = await run_in_threadpool(witness.inclusion, index, size)
+        except _BadQuery as err:
+            return _error(400, "bad_query", err.detail)
+        except (InvalidInput, TransparencyError) as err:
+            return _error(400, "bad_range", err.message)
+        return JSONResponse(
+            {"index": index, "size": size, "leaf_hash": _b64([leaf])[0], "proof": _b64(proof)}
+        )
+
+    async def leaves(request: Request) -> Response:
+        try:
+            start, end = _uint(request.query_params, "start"), _uint(request.query_params, "end")
+            end, found = await run_in_threadpool(witness.leaves, start, end)
+        except _BadQuery as err:
+            return _error(400, "bad_query", err.detail)
+        except (InvalidInput, TransparencyError) as err:
+            return _error(400, "bad_range", err.message)
+        return JSONResponse({"start": start, "end": end, "leaves": _b64(found)})
+
+    async def about(request: Request) -> Response:
+        return JSONResponse({"name": witness.name, "vkey": witness.verifier.vkey()})
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        assert isinstance(exc, HTTPException)
+        return _error(exc.status_code, "http_error", str(exc.detail))
+
+    return Starlette(
+        routes=[
+            Route("/v1/submit", submit, methods=["POST"]),
+            Route("/v1/checkpoint", checkpoint, methods=["GET"]),
+            Route("/v1/consistency", consistency, methods=["GET"]),
+            Route("/v1/inclusion", inclusion, methods=["GET"]),
+            Route("/v1/leaves", leaves, methods=["GET"]),
+            Route("/v1/witness", about, methods=["GET"]),
+        ],
+        exception_handlers={HTTPException: http_error},
+    )
+
+
+def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
+    """Run the witness until interrupted (uvicorn)."""
+    witness = config.open()
+    try:
+        uvicorn.run(create_app(witness), host=host, port=port, log_config=None)
+    finally:
+        witness.store.close()

@@ -1,0 +1,207 @@
+"""The witness's append-only log on SQLite.
+
+Tables (history is never rewritten; triggers refuse UPDATE and DELETE on leaves and
+checkpoints, an INSERT that is not the next index, and a fleet update that does not
+raise the epoch or that changes the pinned operator key):
+
+    meta(key, value)                  origin and witness public key this log belongs to
+    leaves(idx, data, hash)           idx = 0, 1, 2, … ; data = OperatorSignedRecord bytes
+    fleets(fleet_id, operator_key, last_epoch, last_index)
+                                      last_epoch is u64 big-endian (SQLite integers are i64)
+    checkpoints(size, root, note)     every checkpoint the witness signed
+
+On open the store recomputes every leaf hash and checks the tree against the largest
+checkpoint it signed; a database that lost or changed entries is refused
+(`WitnessStoreCorrupt`), so the witness can never sign a checkpoint inconsistent with an
+earlier one. Leaf hashes are kept in memory: fine for the number of deployments a witness
+sees (millions of records would want a tiled store).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from backupvault.transparency import merkle
+from backupvault.transparency.errors import EpochReplayed, WitnessStoreCorrupt
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
+CREATE TABLE IF NOT EXISTS leaves (
+    idx INTEGER PRIMARY KEY, data BLOB NOT NULL, hash BLOB NOT NULL UNIQUE);
+CREATE TABLE IF NOT EXISTS fleets (
+    fleet_id BLOB PRIMARY KEY, operator_key BLOB NOT NULL,
+    last_epoch BLOB NOT NULL, last_index INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS checkpoints (
+    size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL);
+CREATE TRIGGER IF NOT EXISTS leaves_append_only BEFORE INSERT ON leaves
+    WHEN NEW.idx IS NOT (SELECT COUNT(*) FROM leaves)
+    BEGIN SELECT RAISE(ABORT, 'leaves are appended at the next index'); END;
+CREATE TRIGGER IF NOT EXISTS leaves_no_update BEFORE UPDATE ON leaves
+    BEGIN SELECT RAISE(ABORT, 'leaves are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS leaves_no_delete BEFORE DELETE ON leaves
+    BEGIN SELECT RAISE(ABORT, 'leaves are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_update BEFORE UPDATE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS checkpoints_no_delete BEFORE DELETE ON checkpoints
+    BEGIN SELECT RAISE(ABORT, 'checkpoints are append-only'); END;
+CREATE TRIGGER IF NOT EXISTS fleets_no_delete BEFORE DELETE ON fleets
+    BEGIN SELECT RAISE(ABORT, 'fleets are never forgotten'); END;
+CREATE TRIGGER IF NOT EXISTS fleets_monotonic BEFORE UPDATE ON fleets
+    WHEN NEW.last_epoch <= OLD.last_epoch OR NEW.operator_key IS NOT OLD.operator_key
+      OR NEW.fleet_id IS NOT OLD.fleet_id
+    BEGIN SELECT RAISE(ABORT, 'a fleet epoch only grows and its operator key is pinned'); END;
+"""
+
+
+def _epoch(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+@dataclass(frozen=True)
+class FleetState:
+    operator_key: bytes
+    last_epoch: int
+    last_index: int
+
+
+class WitnessStore:
+    """One witness log in one SQLite file. Thread-safe (one lock around the connection)."""
+
+    def __init__(self, path: str | Path, origin: str, public_key: bytes) -> None:
+        self.path = Path(path)
+        self._lock = threading.RLock()
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        try:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(_SCHEMA)
+            self._bind(origin, public_key)
+            self._hashes = self._load()
+        except BaseException:
+            self._db.close()
+            raise
+
+    def _bind(self, origin: str, public_key: bytes) -> None:
+        expected = {"origin": origin.encode(), "public_key": public_key}
+        rows = dict(self._db.execute("SELECT key, value FROM meta").fetchall())
+        if not rows:
+            self._db.execute("BEGIN IMMEDIATE")
+            self._db.executemany("INSERT INTO meta VALUES (?, ?)", expected.items())
+            self._db.execute("COMMIT")
+            return
+        for key, value in expected.items():
+            if rows.get(key) != value:
+                raise WitnessStoreCorrupt(
+                    f"{self.path} is the log of another witness ({key} differs)",
+                    hint="each witness name and key has its own database",
+                )
+
+    def _load(self) -> list[bytes]:
+        hashes: list[bytes] = []
+        for idx, data, stored in self._db.execute(
+            "SELECT idx, data, hash FROM leaves ORDER BY idx"
+        ):
+            if idx != len(hashes) or merkle.leaf_hash(data) != stored:
+                raise WitnessStoreCorrupt(f"{self.path}: leaf {idx} is missing or altered")
+            hashes.append(stored)
+        row = self._db.execute(
+            "SELECT size, root FROM checkpoints ORDER BY size DESC LIMIT 1"
+        ).fetchone()
+        if row is not None:
+            size, root = row
+            if size > len(hashes) or merkle.root_from_hashes(hashes[:size]) != root:
+                raise WitnessStoreCorrupt(
+                    f"{self.path} no longer holds the tree of size {size} this witness signed",
+                    hint="restore the database from a copy at least as new as the last checkpoint",
+                )
+        return hashes
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # --- reads ------------------------------------------------------------------------------
+
+    @property
+    def size(self) -> int:
+        return len(self._hashes)
+
+    def hashes(self, size: int | None = None) -> list[bytes]:
+        """The leaf hashes of the tree of `size` leaves (default: the whole log)."""
+        with self._lock:
+            return self._hashes[: self.size if size is None else size]
+
+    def leaves(self, start: int, end: int) -> list[bytes]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT data FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
+            ).fetchall()
+        return [bytes(row[0]) for row in rows]
+
+    def index_of(self, leaf_hash: bytes) -> int | None:
+        with self._lock:
+            row = self._db.execute("SELECT idx FROM leaves WHERE hash = ?", (leaf_hash,)).fetchone()
+        return None if row is None else int(row[0])
+
+    def fleet(self, fleet_id: bytes) -> FleetState | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT operator_key, last_epoch, last_index FROM fleets WHERE fleet_id = ?",
+                (fleet_id,),
+            ).fetchone()
+        if row is None:
+            return None
+        return FleetState(bytes(row[0]), struct.unpack(">Q", row[1])[0], int(row[2]))
+
+    def latest_checkpoint(self) -> tuple[int, str] | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT size, note FROM checkpoints ORDER BY size DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else (int(row[0]), str(row[1]))
+
+    # --- writes -----------------------------------------------------------------------------
+
+    def append(self, data: bytes, fleet_id: bytes, operator_key: bytes, epoch: int) -> int:
+        """Append a leaf and advance its fleet's epoch, atomically; the new leaf's index."""
+        leaf = merkle.leaf_hash(data)
+        with self._lock:
+            index = len(self._hashes)
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                row = self._db.execute(
+                    "SELECT operator_key, last_epoch FROM fleets WHERE fleet_id = ?", (fleet_id,)
+                ).fetchone()
+                if row is None:
+                    self._db.execute(
+                        "INSERT INTO fleets VALUES (?, ?, ?, ?)",
+                        (fleet_id, operator_key, _epoch(epoch), index),
+                    )
+                else:
+                    if struct.unpack(">Q", row[1])[0] >= epoch:
+                        raise EpochReplayed(
+                            "the fleet already has a record of this or a later epoch"
+                        )
+                    self._db.execute(
+                        "UPDATE fleets SET last_epoch = ?, last_index = ? WHERE fleet_id = ?",
+                        (_epoch(epoch), index, fleet_id),
+                    )
+                self._db.execute("INSERT INTO leaves VALUES (?, ?, ?)", (index, data, leaf))
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._hashes.append(leaf)
+            return index
+
+    def save_checkpoint(self, size: int, root: bytes, note: str) -> None:
+        with self._lock:
+            if size > len(self._hashes) or merkle.root_from_hashes(self._hashes[:size]) != root:
+                raise WitnessStoreCorrupt("refusing to save a checkpoint that is not of this log")
+            self._db.execute(
+                "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (size, root, note)
+            )
