@@ -113,7 +113,7 @@ class Verifier:
     @classmethod
     def from_vkey(cls, vkey: str) -> Verifier:
         """Parse `<name>+<hex key ID>+<base64(0x01 || key)>`, checking the key ID."""
-        parts = vkey.split("+")
+        parts = vkey.split("+", 2)  # the base64 part may itself contain '+'
         if len(parts) != 3:
             raise MalformedNote("a verifier key has three '+'-separated parts")
         name, hex_id, b64_key = parts

@@ -1,0 +1,78 @@
+"""Shared material for the transparency tests: keys, a valid record, a witness."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.crypto import oprf
+from backupvault.crypto.seal import FleetPrivateKey, Kem
+from backupvault.transparency.note import Signer
+from backupvault.transparency.record import DeploymentRecord
+from backupvault.transparency.witness import Witness, WitnessPolicy
+from backupvault.transparency.witness_store import WitnessStore
+
+WITNESS_NAME = "witness.test/backupvault"
+FLEET_ID = bytes.fromhex("0123456789abcdef0123456789abcdef")
+MEASUREMENT = bytes(range(32))
+HPKE_KEY = FleetPrivateKey.generate(Kem.X25519).public_key().to_bytes()
+OPAQUE_KEY = oprf.scalar_mult_base(oprf.random_scalar())
+
+
+def make_record(**changes: Any) -> DeploymentRecord:
+    fields: dict[str, Any] = {
+        "fleet_id": FLEET_ID,
+        "epoch": 1,
+        "guess_limit": 10,
+        "nodes": [(i, bytes([i + 1]) * 32, f"https://node{i}.vault.test:7100") for i in range(5)],
+        "hpke_public_key": HPKE_KEY,
+        "opaque_server_public_key": OPAQUE_KEY,
+        "measurement": MEASUREMENT,
+        "time": 1_750_000_000,
+    }
+    fields.update(changes)
+    return DeploymentRecord.create(**fields)
+
+
+@pytest.fixture(scope="session")
+def operator_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+@pytest.fixture(scope="session")
+def witness_key() -> Ed25519PrivateKey:
+    return Ed25519PrivateKey.generate()
+
+
+WitnessFactory = Callable[..., Witness]
+
+
+@pytest.fixture
+def make_witness(
+    tmp_path: Path, witness_key: Ed25519PrivateKey, operator_key: Ed25519PrivateKey
+) -> Iterator[WitnessFactory]:
+    opened: list[WitnessStore] = []
+
+    def factory(
+        *, policy: WitnessPolicy | None = None, db: str = "witness.sqlite", **kw: Any
+    ) -> Witness:
+        from backupvault.transparency.record import raw_public_key
+
+        if policy is None:
+            policy = WitnessPolicy(operators={FLEET_ID: raw_public_key(operator_key)}, **kw)
+        store = WitnessStore(tmp_path / db, WITNESS_NAME, raw_public_key(witness_key))
+        opened.append(store)
+        return Witness(Signer(WITNESS_NAME, witness_key), store, policy)
+
+    yield factory
+    for store in opened:
+        store.close()
+
+
+def random_bytes(n: int) -> bytes:
+    return os.urandom(n)
