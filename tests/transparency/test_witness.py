@@ -1,0 +1,238 @@
+"""The witness core and its SQLite store: policy checks, persistence, append-only history."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.errors import InvalidInput
+from backupvault.transparency import merkle
+from backupvault.transparency.bundle import FleetBundle, split_hashes
+from backupvault.transparency.errors import (
+    EpochReplayed,
+    Malformed,
+    MeasurementNotAllowed,
+    OperatorSignatureInvalid,
+    UnknownFleet,
+    UnknownOperatorKey,
+    WitnessStoreCorrupt,
+)
+from backupvault.transparency.note import open_checkpoint
+from backupvault.transparency.record import OperatorSignedRecord, raw_public_key, sign_record
+from backupvault.transparency.witness import WitnessConfig, WitnessPolicy
+from backupvault.transparency.witness_store import WitnessStore
+
+from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record
+
+
+def test_submit_returns_a_receipt_that_checks(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    witness = make_witness()
+    for epoch in (1, 2, 5):
+        signed = sign_record(make_record(epoch=epoch), operator_key)
+        receipt = witness.submit(signed.to_bytes())
+        checkpoint = open_checkpoint(receipt.checkpoint, witness.verifier)
+        assert checkpoint.size == receipt.tree_size == receipt.leaf_index + 1
+        merkle.verify_inclusion(
+            merkle.leaf_hash(signed.to_bytes()),
+            receipt.leaf_index,
+            receipt.tree_size,
+            split_hashes(receipt.proof),
+            checkpoint.root_hash,
+        )
+        FleetBundle.from_receipt(signed, receipt)  # well-formed
+    assert witness.store.size == 3
+    # the same signed record again: same leaf, no new entry
+    again = witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    assert again.leaf_index == 1 and witness.store.size == 3
+
+
+def test_policy_refusals(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
+    witness = make_witness(allowed_measurements=frozenset({MEASUREMENT}))
+    witness.submit(sign_record(make_record(epoch=3), operator_key).to_bytes())
+    with pytest.raises(EpochReplayed):
+        witness.submit(sign_record(make_record(epoch=3, time=5), operator_key).to_bytes())
+    with pytest.raises(EpochReplayed):
+        witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    with pytest.raises(MeasurementNotAllowed):
+        witness.submit(
+            sign_record(make_record(epoch=4, measurement=b"\x07" * 32), operator_key).to_bytes()
+        )
+    mallory = Ed25519PrivateKey.generate()
+    with pytest.raises(UnknownOperatorKey):
+        witness.submit(sign_record(make_record(epoch=9), mallory).to_bytes())
+    with pytest.raises(UnknownFleet):
+        witness.submit(sign_record(make_record(fleet_id=b"other"), operator_key).to_bytes())
+    good = sign_record(make_record(epoch=10), operator_key)
+    forged = OperatorSignedRecord(
+        make_record(epoch=10, guess_limit=100).to_bytes(), good.operator_public_key, good.signature
+    )
+    with pytest.raises(OperatorSignatureInvalid):
+        witness.submit(forged.to_bytes())
+    for junk in (b"", b"\x52", good.to_bytes()[:-1], good.to_bytes() + b"\x00"):
+        with pytest.raises(Malformed):
+            witness.submit(junk)
+    assert witness.store.size == 1  # nothing refused was logged
+
+
+def test_first_seen_pinning(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
+    witness = make_witness(policy=WitnessPolicy(pin_first_seen=True))
+    witness.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    with pytest.raises(UnknownOperatorKey):
+        witness.submit(sign_record(make_record(epoch=2), Ed25519PrivateKey.generate()).to_bytes())
+    witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    state = witness.store.fleet(FLEET_ID)
+    assert state is not None and state.operator_key == raw_public_key(operator_key)
+    assert state.last_epoch == 2 and state.last_index == 1
+
+
+def test_large_epochs_compare_as_u64(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    witness = make_witness()
+    witness.submit(sign_record(make_record(epoch=(1 << 63) + 5), operator_key).to_bytes())
+    with pytest.raises(EpochReplayed):
+        witness.submit(sign_record(make_record(epoch=7), operator_key).to_bytes())
+    witness.submit(sign_record(make_record(epoch=(1 << 64) - 1), operator_key).to_bytes())
+
+
+def test_store_persists_across_reopen(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    first = make_witness()
+    for epoch in range(1, 6):
+        first.submit(sign_record(make_record(epoch=epoch), operator_key).to_bytes())
+    note = first.checkpoint()
+    first.store.close()
+    second = make_witness()
+    assert second.store.size == 5
+    assert second.checkpoint() == note
+    with pytest.raises(EpochReplayed):
+        second.submit(sign_record(make_record(epoch=5, time=1), operator_key).to_bytes())
+    receipt = second.submit(sign_record(make_record(epoch=6), operator_key).to_bytes())
+    assert receipt.leaf_index == 5
+    old = open_checkpoint(note, second.verifier)
+    new = open_checkpoint(receipt.checkpoint, second.verifier)
+    merkle.verify_consistency(5, 6, old.root_hash, new.root_hash, second.consistency(5, 6))
+
+
+def test_store_refuses_to_rewrite_history(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    witness = make_witness()
+    for epoch in (1, 2, 3):
+        witness.submit(sign_record(make_record(epoch=epoch), operator_key).to_bytes())
+    db = sqlite3.connect(tmp_path / "witness.sqlite")
+    statements = [
+        "UPDATE leaves SET data = x'00' WHERE idx = 1",
+        "DELETE FROM leaves WHERE idx = 2",
+        "INSERT INTO leaves VALUES (7, x'00', x'11')",
+        "DELETE FROM checkpoints",
+        "UPDATE checkpoints SET root = x'00'",
+        "UPDATE fleets SET last_epoch = x'0000000000000001'",
+        "UPDATE fleets SET operator_key = x'00'",
+        "DELETE FROM fleets",
+    ]
+    for statement in statements:
+        with pytest.raises(sqlite3.DatabaseError):
+            db.execute(statement)
+    db.close()
+    assert witness.store.size == 3
+    # A store that really lost entries (triggers dropped by hand) is refused on open.
+    witness.store.close()
+    db = sqlite3.connect(tmp_path / "witness.sqlite")
+    db.execute("DROP TRIGGER leaves_no_delete")
+    db.execute("DELETE FROM leaves WHERE idx = 2")
+    db.commit()
+    db.close()
+    with pytest.raises(WitnessStoreCorrupt):
+        WitnessStore(tmp_path / "witness.sqlite", WITNESS_NAME, b"\x00" * 32)  # wrong key too
+    with pytest.raises(WitnessStoreCorrupt):
+        make_witness()
+
+
+def test_altered_leaf_refused_on_open(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    witness = make_witness()
+    witness.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    witness.store.close()
+    db = sqlite3.connect(tmp_path / "witness.sqlite")
+    db.execute("DROP TRIGGER leaves_no_update")
+    db.execute("UPDATE leaves SET data = x'00'")
+    db.commit()
+    db.close()
+    with pytest.raises(WitnessStoreCorrupt):
+        make_witness()
+
+
+def test_store_bound_to_its_witness(
+    make_witness: WitnessFactory, tmp_path: Path, witness_key: Ed25519PrivateKey
+) -> None:
+    make_witness().store.close()
+    with pytest.raises(WitnessStoreCorrupt):
+        WitnessStore(tmp_path / "witness.sqlite", "another.test/w", raw_public_key(witness_key))
+    with pytest.raises(WitnessStoreCorrupt):
+        WitnessStore(tmp_path / "witness.sqlite", WITNESS_NAME, b"\x01" * 32)
+
+
+def test_proof_queries(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
+    witness = make_witness()
+    for epoch in range(1, 8):
+        witness.submit(sign_record(make_record(epoch=epoch), operator_key).to_bytes())
+    end, leaves = witness.leaves(2, 100)
+    assert end == 7 and len(leaves) == 5
+    assert OperatorSignedRecord.from_bytes(leaves[0]).deployment().epoch == 3
+    leaf, proof = witness.inclusion(3, 6)
+    merkle.verify_inclusion(leaf, 3, 6, proof, merkle.root_from_hashes(witness.store.hashes(6)))
+    for bad in ((0, 8), (5, 4)):
+        with pytest.raises(Malformed):
+            witness.consistency(*bad)
+    for bad in ((6, 6), (0, 8)):
+        with pytest.raises(Malformed):
+            witness.inclusion(*bad)
+    with pytest.raises(Malformed):
+        witness.leaves(9, 10)
+
+
+def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "w.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "op.pub").write_bytes(
+        operator_key.public_key().public_bytes(
+            serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+    )
+    (tmp_path / "witness.toml").write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\ndatabase = "w.sqlite"\n'
+        f'allowed_measurements = ["{MEASUREMENT.hex()}"]\n'
+        f'[[fleets]]\nfleet_id = "{FLEET_ID.hex()}"\noperator_key = "op.pub"\n'
+        f'[[fleets]]\nfleet_id = "00"\noperator_key = "{"ab" * 32}"\n'
+    )
+    config = WitnessConfig.load(tmp_path / "witness.toml")
+    assert config.policy.operators == {
+        FLEET_ID: raw_public_key(operator_key),
+        b"\x00": b"\xab" * 32,
+    }
+    assert config.policy.allowed_measurements == frozenset({MEASUREMENT})
+    witness = config.open()
+    try:
+        witness.submit(sign_record(make_record(), operator_key).to_bytes())
+    finally:
+        witness.store.close()
+    assert (tmp_path / "w.sqlite").exists()
+    (tmp_path / "bad.toml").write_text('name = "x"\n')
+    with pytest.raises(InvalidInput, match="incomplete"):
+        WitnessConfig.load(tmp_path / "bad.toml")

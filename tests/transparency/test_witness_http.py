@@ -1,0 +1,222 @@
+"""The witness over HTTP: the happy path, an auditor's walk, and bad input never a 500."""
+
+from __future__ import annotations
+
+import base64
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from starlette.testclient import TestClient
+
+from backupvault.transparency import merkle
+from backupvault.transparency.bundle import FleetBundle, WitnessReceipt, verify_bundle
+from backupvault.transparency.note import Verifier, open_checkpoint
+from backupvault.transparency.record import OperatorSignedRecord, sign_record
+from backupvault.transparency.witness_http import create_app
+
+from .conftest import FLEET_ID, WITNESS_NAME, WitnessFactory, make_record
+
+
+@pytest.fixture
+def client(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> Iterator[TestClient]:
+    witness = make_witness()
+    for epoch in (1, 2, 3):
+        witness.submit(sign_record(make_record(epoch=epoch), operator_key).to_bytes())
+    with TestClient(create_app(witness), raise_server_exceptions=False) as test_client:
+        yield test_client
+
+
+def _b64(items: list[str]) -> list[bytes]:
+    return [base64.b64decode(item) for item in items]
+
+
+def test_submit_and_audit(client: TestClient, operator_key: Ed25519PrivateKey) -> None:
+    about = client.get("/v1/witness").json()
+    verifier = Verifier.from_vkey(about["vkey"])
+    assert about["name"] == WITNESS_NAME
+    before = open_checkpoint(client.get("/v1/checkpoint").text, verifier)
+    assert before.size == 3
+
+    signed = sign_record(make_record(epoch=4), operator_key)
+    answer = client.post("/v1/submit", content=signed.to_bytes())
+    assert answer.status_code == 200, answer.text
+    receipt = WitnessReceipt.from_bytes(answer.content)
+    bundle = FleetBundle.from_receipt(signed, receipt)
+
+    def fetch(old: int, new: int) -> list[bytes]:
+        got = client.get("/v1/consistency", params={"old": old, "new": new})
+        return _b64(got.json()["proof"])
+
+    verified = verify_bundle(
+        bundle, operator_key.public_key(), verifier.public_key, WITNESS_NAME, before, fetch
+    )
+    assert verified.record.epoch == 4
+
+    # an auditor: every leaf, recomputed root, inclusion of each
+    after = open_checkpoint(client.get("/v1/checkpoint").text, verifier)
+    page = client.get("/v1/leaves", params={"start": 0, "end": after.size}).json()
+    leaves = _b64(page["leaves"])
+    assert page["end"] == 4 and merkle.root(leaves) == after.root_hash
+    epochs = [OperatorSignedRecord.from_bytes(leaf).deployment().epoch for leaf in leaves]
+    assert epochs == [1, 2, 3, 4]
+    incl = client.get("/v1/inclusion", params={"index": 2, "size": 4}).json()
+    merkle.verify_inclusion(
+        base64.b64decode(incl["leaf_hash"]), 2, 4, _b64(incl["proof"]), after.root_hash
+    )
+
+
+REFUSALS = [
+    ("stale", 409, "stale_epoch"),
+    ("mallory", 403, "unknown_operator_key"),
+    ("unknown_fleet", 403, "unknown_fleet"),
+    ("forged", 403, "bad_operator_signature"),
+    ("junk", 400, "malformed"),
+]
+
+
+@pytest.mark.parametrize(("case", "status", "code"), REFUSALS)
+def test_submit_refusals(
+    client: TestClient, operator_key: Ed25519PrivateKey, case: str, status: int, code: str
+) -> None:
+    good = sign_record(make_record(epoch=9), operator_key)
+    body = {
+        "stale": sign_record(make_record(epoch=2, time=1), operator_key).to_bytes(),
+        "mallory": sign_record(make_record(epoch=9), Ed25519PrivateKey.generate()).to_bytes(),
+        "unknown_fleet": sign_record(make_record(fleet_id=b"zz"), operator_key).to_bytes(),
+        "forged": OperatorSignedRecord(
+            make_record(epoch=9, guess_limit=99).to_bytes(),
+            good.operator_public_key,
+            good.signature,
+        ).to_bytes(),
+        "junk": b"\x52\x00\x00",
+    }[case]
+    answer = client.post("/v1/submit", content=body)
+    assert answer.status_code == status
+    assert answer.json()["error"] == code and answer.json()["detail"]
+
+
+def test_too_large(client: TestClient) -> None:
+    answer = client.post("/v1/submit", content=b"\x00" * ((1 << 20) + 1))
+    assert answer.status_code == 413 and answer.json()["error"] == "too_large"
+
+
+BAD_QUERIES = [
+    "/v1/consistency",
+    "/v1/consistency?old=1",
+    "/v1/consistency?old=-1&new=2",
+    "/v1/consistency?old=1&new=9",
+    "/v1/consistency?old=3&new=2",
+    "/v1/consistency?old=%2B1&new=2",
+    "/v1/consistency?old=1.0&new=2",
+    "/v1/consistency?old=99999999999999999999&new=2",
+    "/v1/inclusion?index=3&size=3",
+    "/v1/inclusion?index=0&size=0",
+    "/v1/inclusion?index=0&size=4",
+    "/v1/inclusion?index=x&size=1",
+    "/v1/leaves?start=5&end=9",
+    "/v1/leaves?start=2&end=1",
+    "/v1/leaves?start=&end=",
+    "/v1/leaves?start=1",
+]
+
+
+@pytest.mark.parametrize("url", BAD_QUERIES)
+def test_bad_queries_are_4xx_json(client: TestClient, url: str) -> None:
+    answer = client.get(url)
+    assert answer.status_code == 400, (url, answer.text)
+    assert answer.json()["error"] in ("bad_query", "bad_range")
+
+
+@pytest.mark.parametrize(
+    ("method", "url"),
+    [("GET", "/v1/submit"), ("POST", "/v1/checkpoint"), ("GET", "/nope"), ("DELETE", "/v1/leaves")],
+)
+def test_unknown_routes_are_json(client: TestClient, method: str, url: str) -> None:
+    answer = client.request(method, url)
+    assert answer.status_code in (404, 405) and "error" in answer.json()
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    body=st.one_of(
+        st.binary(max_size=600),
+        st.binary(max_size=300).map(lambda b: b"\x52" + b),
+    ),
+    path=st.sampled_from(["/v1/consistency", "/v1/inclusion", "/v1/leaves"]),
+    params=st.dictionaries(
+        st.sampled_from(["old", "new", "index", "size", "start", "end"]),
+        st.one_of(st.integers(-5, 10).map(str), st.text(max_size=25)),
+        max_size=4,
+    ),
+)
+def test_random_input_never_500(
+    client: TestClient, body: bytes, path: str, params: dict[str, str]
+) -> None:
+    answer = client.post("/v1/submit", content=body)
+    assert answer.status_code < 500 and answer.status_code != 200
+    assert answer.json()["error"]
+    answer = client.get(path, params=params)
+    assert answer.status_code < 500, (path, params, answer.text)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
+    key = Ed25519PrivateKey.generate()
+    (tmp_path / "w.key").write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    public_hex = operator_key.public_key().public_bytes_raw().hex()
+    (tmp_path / "witness.toml").write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n'
+        f'[[fleets]]\nfleet_id = "{FLEET_ID.hex()}"\noperator_key = "{public_hex}"\n'
+    )
+    port = _free_port()
+    code = (
+        "from backupvault.transparency.witness import WitnessConfig\n"
+        "from backupvault.transparency.witness_http import serve\n"
+        f"serve(WitnessConfig.load({str(tmp_path / 'witness.toml')!r}), '127.0.0.1', {port})\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                about = httpx.get(f"{url}/v1/witness", timeout=1).json()
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                assert time.monotonic() < deadline, "the witness did not start"
+                time.sleep(0.05)
+        verifier = Verifier.from_vkey(about["vkey"])
+        signed = sign_record(make_record(), operator_key)
+        answer = httpx.post(f"{url}/v1/submit", content=signed.to_bytes(), timeout=5)
+        assert answer.status_code == 200
+        bundle = FleetBundle.from_receipt(signed, WitnessReceipt.from_bytes(answer.content))
+        verify_bundle(bundle, operator_key.public_key(), key.public_key(), WITNESS_NAME, None)
+        assert open_checkpoint(httpx.get(f"{url}/v1/checkpoint").text, verifier).size == 1
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    assert (tmp_path / "witness.sqlite").exists()
