@@ -1,0 +1,330 @@
+"""The vault end to end: a local 5-node fleet (node processes with SoftHSM2 tokens and SQLite
+stores, WAL + full sync) behind the relay, on loopback, brought up in a temporary folder.
+
+- Recovery latency, server side: the two HTTP round trips of one recovery (recover-start
+  and recover-finish: relay, node, a majority commit each, OPRF/3DH, sealing), timed inside
+  the client's HTTP transport, so the client's Argon2id and OPAQUE math are not counted.
+  Reference: the same two requests answered by the firmware in this process (open the
+  sealed request, decide, evaluate, seal the answer) with no network and no replication.
+- Guess throughput: 16 client threads, each on its own entry (distinct CAS registers, as
+  real users are), sending wrong-password recover-starts only; every answer with a KE2 is a
+  committed `attempts_used += 1`; a `fleet_unavailable` answer is counted apart (refused).
+  An entry near its limit is reset by one correct recovery, whose requests are not counted.
+- Bytes per stored entry: the key and encrypted row of each entry in a node's store (read
+  with sqlite3 read-only), and the growth of store.sqlite + WAL per registered entry.
+
+The relay's per-account rate limits are raised for this deployment: they would otherwise
+be what is measured. The client threads share the machine's cores with the 6 servers.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import statistics
+import tempfile
+import threading
+import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+
+from backupvault.client.config import ClientConfig
+from backupvault.client.errors import FleetUnavailable
+from backupvault.client.vault import VaultClient
+from backupvault.crypto import ksf, opaque
+from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.deploy.local import AUDIENCE, ISSUER, LocalDeployment
+from backupvault.hsm.ceremony import make_fleet_secrets
+from backupvault.hsm.firmware import Reply, VaultFirmware
+from backupvault.hsm.state import EntryState
+from backupvault.node.config import write_toml
+from backupvault.protocol import ErrorResponse, Op, RecoverStartRequest, RecoverStartResponse
+from backupvault.relay.auth import load_operator_private_key, mint_token
+
+NODES = 5
+CLIENTS = 16
+PASSWORD = "benchmark password"
+FAST_KSF = ksf.Argon2idParams(
+    memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
+)
+RECOVERY_OPS = ("recover-start", "recover-finish")
+
+
+class TimingTransport(httpx.BaseTransport):
+    """Times each request from the first byte sent to the last byte received."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.seconds: list[tuple[str, float]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        started = time.perf_counter()
+        response = self.inner.handle_request(request)
+        response.read()
+        self.seconds.append((request.url.path.rsplit("/", 1)[1], time.perf_counter() - started))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+def _recovery_times(transport: TimingTransport) -> list[float]:
+    """Per recovery: the recover-start and recover-finish times added."""
+    times = [s for op, s in transport.seconds if op in RECOVERY_OPS]
+    return [times[i] + times[i + 1] for i in range(0, len(times) - 1, 2)]
+
+
+def _percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1)))]
+
+
+class Fleet:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.deployment = LocalDeployment(root)
+        self.config: ClientConfig | None = None
+
+    def up(self) -> None:
+        self.deployment.provision(NODES)
+        relay = tomllib.loads((self.root / "relay.toml").read_text())
+        relay["relay"].update(burst=1_000_000, rate_per_minute=1e9)
+        write_toml(self.root / "relay.toml", relay)
+        self.deployment.up(NODES, timeout=90)
+        self.config = ClientConfig.load(self.root / "client.toml")
+
+    def client(
+        self, account: str, entry: str, transport: httpx.BaseTransport | None = None
+    ) -> VaultClient:
+        config = self.config
+        assert config is not None
+        token = mint_token(
+            load_operator_private_key(self.root / "operator.key"),
+            account,
+            issuer=ISSUER,
+            audience=AUDIENCE,
+            ttl_seconds=3600,
+        )
+        return VaultClient(
+            config.relay_url,
+            token,
+            account,
+            config.fleet_id,
+            config.fleet_public_key,
+            config.opaque_server_public_key,
+            entry=entry,
+            ksf_params=FAST_KSF,
+            http=httpx.Client(transport=transport or httpx.HTTPTransport(), timeout=30.0),
+        )
+
+    def evaluations(self) -> int:
+        return sum(int(m["evaluations"]) for m in self.deployment.metrics().values())
+
+
+# ---- (a) recovery latency -------------------------------------------------------------
+
+
+def _e2e_latency(fleet: Fleet, recoveries: int) -> list[float]:
+    transport = TimingTransport(httpx.HTTPTransport())
+    client = fleet.client("bench-latency", "latency", transport)
+    root_key = os.urandom(32)
+    client.register(PASSWORD, root_key)
+    for _ in range(5):  # warm up connections and caches
+        client.recover(PASSWORD)
+    transport.seconds.clear()
+    for _ in range(recoveries):
+        assert client.recover(PASSWORD)[0] == root_key
+    return _recovery_times(transport)
+
+
+def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
+    """The firmware alone answering the same requests (no HTTP, no replication): per
+    recovery times, and the median recover-start (KE1) time."""
+    fleet_id = os.urandom(16)
+    secrets = make_fleet_secrets(fleet_id, os.urandom)
+    firmware = VaultFirmware(secrets, os.urandom)
+    states: dict[bytes, EntryState] = {}
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        _, _, _, entry, op_name = request.url.path.split("/")
+        op = Op(op_name)
+        opened = firmware.open(op, "bench", entry, request.read())
+        assert not isinstance(opened, ErrorResponse)
+        message, response_key = opened
+        action = firmware.handle(op, message, time.time())
+        if isinstance(action, Reply):
+            reply = action.response
+        else:
+            state, build_reply = action.apply(states.get(action.key, EntryState()))
+            states[action.key] = state
+            reply = build_reply()
+        return httpx.Response(200, content=response_key.seal(reply.to_bytes()))
+
+    transport = TimingTransport(httpx.MockTransport(answer))
+    client = VaultClient(
+        "http://in-process",
+        "no-token",
+        "bench",
+        fleet_id,
+        FleetPrivateKey.from_bytes(secrets.hpke_private_key).public_key(),
+        secrets.server_public_key,
+        entry="latency",
+        ksf_params=FAST_KSF,
+        http=httpx.Client(transport=transport),
+    )
+    client.register(PASSWORD, os.urandom(32))
+    for _ in range(5):
+        client.recover(PASSWORD)
+    transport.seconds.clear()
+    for _ in range(recoveries):
+        client.recover(PASSWORD)
+    ke1 = statistics.median(s for op, s in transport.seconds if op == "recover-start")
+    return _recovery_times(transport), ke1
+
+
+# ---- (b) committed guesses per second -------------------------------------------------
+
+
+def _guess_rate(fleet: Fleet, seconds: float) -> tuple[float, int, int, int]:
+    """(committed wrong guesses per second, guesses counted, evaluations delta, requests
+    refused as fleet_unavailable)."""
+    clients = [fleet.client("bench-guess", f"guess-{i}") for i in range(CLIENTS)]
+    for client in clients:
+        client.register(PASSWORD, os.urandom(32), guess_limit=100)
+    counts = [0] * CLIENTS
+    refused = [0] * CLIENTS
+    start = threading.Barrier(CLIENTS + 1)
+    stop = threading.Event()
+
+    def guess(index: int) -> None:
+        client = clients[index]
+        start.wait()
+        while not stop.is_set():
+            _, ke1 = opaque.client_login_start(b"wrong password")
+            request = RecoverStartRequest(client.account, client.entry, ke1.to_bytes())
+            try:
+                answer = client._call(Op.RECOVER_START, request, RecoverStartResponse)
+            except FleetUnavailable:
+                refused[index] += 1
+                continue
+            if stop.is_set():
+                break  # finished after the window closed: not counted
+            counts[index] += 1
+            if answer.guesses_remaining <= 1:
+                client.recover(PASSWORD)  # reset the counter; not counted
+
+    before = fleet.evaluations()
+    with ThreadPoolExecutor(CLIENTS) as pool:
+        futures = [pool.submit(guess, i) for i in range(CLIENTS)]
+        start.wait()
+        time.sleep(seconds)
+        stop.set()
+        for future in futures:
+            future.result()
+    evaluations = fleet.evaluations() - before
+    return sum(counts) / seconds, sum(counts), evaluations, sum(refused)
+
+
+# ---- (c) bytes per entry --------------------------------------------------------------
+
+
+def _store_bytes(root: Path) -> tuple[int, int]:
+    """(bytes, rows) of node0's store as a reader sees it (WAL included): page count times
+    page size, and the record count. File sizes would not do: the WAL file is reused."""
+    db = root / "node0" / "store.sqlite"
+    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+        (pages,) = conn.execute("PRAGMA page_count").fetchone()
+        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
+        (rows,) = conn.execute("SELECT count(*) FROM record").fetchone()
+    return int(pages) * int(page_size), int(rows)
+
+
+def _row_bytes(root: Path, prefix: bytes) -> float:
+    """Mean bytes of key + encrypted row for the bench entries, over every node."""
+    sizes: list[int] = []
+    for index in range(NODES):
+        db = root / f"node{index}" / "store.sqlite"
+        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
+            sizes += [
+                int(n)
+                for (n,) in conn.execute(
+                    "SELECT length(key) + length(row) FROM record WHERE instr(key, ?) > 0",
+                    (prefix,),
+                )
+            ]
+    return statistics.mean(sizes)
+
+
+def _entry_bytes(fleet: Fleet, entries: int) -> tuple[float, float]:
+    bytes_before, rows_before = _store_bytes(fleet.root)
+
+    def register(index: int) -> None:
+        fleet.client("bench-size", f"size-{index:04d}").register(PASSWORD, os.urandom(32))
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(register, range(entries)))
+    time.sleep(0.5)  # the last accepts reach every node
+    bytes_after, rows_after = _store_bytes(fleet.root)
+    growth = (bytes_after - bytes_before) / max(1, rows_after - rows_before)
+    return _row_bytes(fleet.root, b"bench-size"), growth
+
+
+def run(quick: bool) -> list[dict[str, object]]:
+    recoveries = 50 if quick else 300
+    seconds = 3.0 if quick else 15.0
+    entries = 50 if quick else 200
+    with tempfile.TemporaryDirectory(prefix="bench-vault-") as tmp:
+        fleet = Fleet(Path(tmp) / "deployment")
+        try:
+            fleet.up()
+            e2e = _e2e_latency(fleet, recoveries)
+            rate, guesses, evaluations, refused = _guess_rate(fleet, seconds)
+            row_bytes, file_growth = _entry_bytes(fleet, entries)
+        finally:
+            fleet.deployment.down()
+    local, local_ke1 = _in_process_latency(recoveries)
+
+    p50, p99 = _percentile(e2e, 50) * 1000, _percentile(e2e, 99) * 1000
+    local_p50, local_p99 = _percentile(local, 50) * 1000, _percentile(local, 99) * 1000
+    local_rate = 1 / local_ke1  # one thread, firmware alone: KE1s per second
+    return [
+        {
+            "name": f"recovery through relay + 5 nodes, p50 (2 round trips, n={len(e2e)})",
+            "value": p50,
+            "unit": "ms",
+            "reference": f"firmware in-process p50 {local_p50:.2f} ms",
+            "ratio": p50 / local_p50,
+            "goal": "p50 ≤ 50 ms on loopback (2 majority commits with fsync)",
+        },
+        {
+            "name": f"recovery through relay + 5 nodes, p99 (n={len(e2e)})",
+            "value": p99,
+            "unit": "ms",
+            "reference": f"firmware in-process p99 {local_p99:.2f} ms",
+            "ratio": p99 / local_p99,
+            "goal": "p99 ≤ 200 ms on loopback",
+        },
+        {
+            "name": f"committed wrong guesses/s, {CLIENTS} clients on distinct entries "
+            f"({seconds:.0f} s)",
+            "value": rate,
+            "unit": "/s",
+            "reference": f"{guesses} answered, {refused} refused (fleet_unavailable), "
+            f"{evaluations} evaluations; firmware "
+            f"in-process, 1 thread: {local_rate:.0f}/s",
+            "ratio": rate / local_rate,
+            "goal": "≥ 50/s on a 2-core machine (a person makes a few guesses a minute)",
+        },
+        {
+            "name": "bytes per stored entry (key + encrypted row, mean over nodes)",
+            "value": row_bytes,
+            "unit": "B",
+            "reference": f"database growth {file_growth:.0f} B/entry in pages (n={entries})",
+            "ratio": None,
+            "goal": "≤ 1 KiB: a million entries in about 1 GB per node",
+        },
+    ]
