@@ -328,3 +328,36 @@ def test_signature_errors_are_distinct() -> None:
         UnknownNoteKey,
     }
     assert len({e.code for e in errors}) == len(errors)
+
+
+def test_bundle_and_cosignature_layout(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    """The byte layouts docs/transparency.md gives, rebuilt by hand."""
+    import struct
+
+    def blob(data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + data
+
+    witness = make_witness()
+    bundle = _bundle(witness, operator_key, 1)
+    assert bundle.to_bytes() == (
+        b"\x54"
+        + blob(bundle.signed_record)
+        + blob(bundle.cosignature)
+        + struct.pack(">QQ", bundle.leaf_index, bundle.tree_size)
+        + blob(bundle.proof)
+        + blob(bundle.checkpoint.encode())
+    )
+    name = WITNESS_NAME.encode()
+    message = (
+        b"backupvault/v1 transparency witness cosignature\x00"
+        + struct.pack(">H", len(name))
+        + name
+        + bundle.signed_record
+    )
+    witness.verifier.public_key.verify(bundle.cosignature, message)
+    signed = bundle.operator_signed
+    assert bundle.signed_record == (
+        b"\x52" + blob(signed.record) + blob(signed.operator_public_key) + blob(signed.signature)
+    )
