@@ -1,0 +1,74 @@
+"""`python -m backupvault.sim`: run many seeds, or one seed with its trace.
+
+python -m backupvault.sim --seeds 10000 --start 0 --workers 2
+python -m backupvault.sim --seed 1481            # reproduce one run, print its trace
+python -m backupvault.sim --seed 1481 --shrink   # and shrink it to a short trace
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+
+from backupvault.sim.shrink import report, shrink
+from backupvault.sim.world import SimConfig, run_seed
+
+
+def _run_range(args: tuple[int, int, SimConfig]) -> list[tuple[int, str]]:
+    start, stop, config = args
+    failures = []
+    for seed in range(start, stop):
+        result = run_seed(seed, config, keep_trace=False)
+        if result.violation is not None:
+            failures.append((seed, str(result.violation)))
+    return failures
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m backupvault.sim", description=__doc__)
+    parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
+    parser.add_argument("--start", type=int, default=0, help="first seed")
+    parser.add_argument("--seed", type=int, help="run this one seed and print its trace")
+    parser.add_argument("--shrink", action="store_true", help="shrink a failing seed")
+    parser.add_argument("--workers", type=int, default=1, help="processes to run seeds in")
+    parser.add_argument("--nodes", type=int, default=0, help="fleet size (default: 3 or 5)")
+    parser.add_argument(
+        "--max-faulty", type=int, default=-1, help="nodes faulty at once (default: a minority)"
+    )
+    args = parser.parse_args(argv)
+    config = SimConfig(nodes=args.nodes, max_faulty=args.max_faulty)
+    if args.seed is not None:
+        result = run_seed(args.seed, config)
+        if result.violation is not None and args.shrink:
+            result = shrink(result, config)
+        print(report(result, f"seed {args.seed}: {result.violation or 'all invariants held'}"))
+        print(f"  stats: {result.stats}")
+        return 1 if result.violation is not None else 0
+    started = time.monotonic()
+    chunk = 50
+    ranges = [
+        (s, min(s + chunk, args.start + args.seeds), config)
+        for s in range(args.start, args.start + args.seeds, chunk)
+    ]
+    failures: list[tuple[int, str]] = []
+    done = 0
+    with ProcessPoolExecutor(max_workers=max(1, args.workers)) as pool:
+        for found in pool.map(_run_range, ranges):
+            done += chunk
+            failures += found
+            for seed, violation in found:
+                print(f"seed {seed}: {violation}", flush=True)
+            if done % 1000 == 0:
+                print(f"... {done} seeds, {time.monotonic() - started:.0f}s", flush=True)
+    elapsed = time.monotonic() - started
+    print(
+        f"{args.seeds} seeds from {args.start}: {len(failures)} failing, {elapsed:.1f}s "
+        f"({args.workers} workers)"
+    )
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
