@@ -198,6 +198,9 @@ class VaultFirmware:
                 wrapped_root_key=request.wrapped_root_key,
                 guess_limit=request.guess_limit,
                 attempts_used=0,
+                # Retire every attempt made before this registration: a KE2 evaluated for
+                # the previous record must not let its KE3 reset (or unlock) the new one.
+                success_seq=state.attempt_seq,
             )
             return new, lambda: RegisterFinishResponse(new.version, new.guess_limit)
 
