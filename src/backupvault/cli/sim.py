@@ -1,0 +1,41 @@
+"""`backupvault sim`: the deterministic fleet simulation (docs/simulation.md).
+
+Not imported by the rest of the CLI; register it with `main.add_command(sim)`.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+@click.command("sim")
+@click.option("--seeds", type=int, default=1000, show_default=True, help="How many seeds to run.")
+@click.option("--start", type=int, default=0, show_default=True, help="First seed.")
+@click.option("--seed", type=int, default=None, help="Run one seed and print its trace.")
+@click.option("--shrink", is_flag=True, help="Shrink a failing --seed to a short trace.")
+@click.option("--workers", type=int, default=1, show_default=True, help="Processes.")
+@click.option("--nodes", type=int, default=0, help="Fleet size (default: 3 or 5 by seed).")
+@click.option(
+    "--max-faulty", type=int, default=-1, help="Nodes faulty at once (default: minority)."
+)
+def sim(
+    seeds: int,
+    start: int,
+    seed: int | None,
+    shrink: bool,
+    workers: int,
+    nodes: int,
+    max_faulty: int,
+) -> None:
+    """Run the real node code under a seeded scheduler with faults; check the invariants."""
+    from backupvault.sim.__main__ import main
+
+    argv = ["--seeds", str(seeds), "--start", str(start), "--workers", str(workers)]
+    argv += ["--nodes", str(nodes), "--max-faulty", str(max_faulty)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if shrink:
+        argv.append("--shrink")
+    sys.exit(main(argv))
