@@ -16,3 +16,14 @@ from backupvault.sim.shrink import report
 def test_regression_ke3_from_an_earlier_registration(seed: int) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)
+
+
+# Found by the simulation: a node cut off while an entry was destroyed raised its promise
+# with its own (failing) proposal; the committed tombstone's repair Accept was then refused
+# and the refusal was taken as "no longer lags", so the node kept the live record (secrets
+# included) on disk after the partition healed. Fixed in fleet/replica.py (a refused
+# repair rewrites the value above the promise with a no-op round).
+@pytest.mark.parametrize("seed", [3459, 5452])
+def test_regression_tombstone_reaches_a_node_that_promised_higher(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)

@@ -333,12 +333,16 @@ class Replica:
             repair.accept.round,
             repair.accept.node,
         ):
-            # Acknowledged, or refused because a newer ballot (which carries this value
-            # or a later one) reached that node first: either way it no longer lags.
+            # Acknowledged: that node no longer lags. Refused: it promised a higher ballot,
+            # which need not carry this value (a cut-off node's own failed proposal raises
+            # its promise), so rewrite the current value above that promise with a no-op
+            # round; that round repairs whoever still lags in turn.
             repair.pending.discard(sender)
             if not repair.pending:
                 del self._repairs[message.op_id]
-            return []
+            if message.ok:
+                return []
+            return self.propose(self._rng(16), repair.accept.key, _unchanged, now)
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
             return []
@@ -403,6 +407,10 @@ class Replica:
         (a whole-fleet restart, where nobody is caught up yet)."""
         ready = sum(1 for r in self._sync_responses.values() if r.ready)
         return ready >= self.quorum or len(self._sync_responses) == len(self.peers)
+
+
+def _unchanged(value: bytes) -> tuple[bytes, Any]:
+    return value, None
 
 
 def _ballot(ballot: Ballot) -> tuple[int, int]:
