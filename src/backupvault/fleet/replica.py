@@ -92,6 +92,7 @@ class _Repair:
     pending: set[int]
     until: float
     next_at: float
+    refused: bool = False  # a pending node promised a higher ballot: resending cannot help
 
 
 @dataclass
@@ -205,7 +206,13 @@ class Replica:
                 del self._repairs[op_id]
             elif now >= repair.next_at:
                 repair.next_at = now + self.timing.repair_interval
-                effects += [Send(peer, repair.accept) for peer in sorted(repair.pending)]
+                if not repair.refused:
+                    effects += [Send(peer, repair.accept) for peer in sorted(repair.pending)]
+                elif repair.accept.key not in self._queues:
+                    # A laggard promised higher: one no-op round (value unchanged) writes the
+                    # value above its promise and repairs whoever still lags in turn.
+                    del self._repairs[op_id]
+                    effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
         for proposal in list(self._by_op.values()):
             if proposal.phase == "queued":
                 continue
@@ -335,14 +342,14 @@ class Replica:
         ):
             # Acknowledged: that node no longer lags. Refused: it promised a higher ballot,
             # which need not carry this value (a cut-off node's own failed proposal raises
-            # its promise), so rewrite the current value above that promise with a no-op
-            # round; that round repairs whoever still lags in turn.
-            repair.pending.discard(sender)
+            # its promise); `tick` then rewrites the value above that promise.
+            if message.ok:
+                repair.pending.discard(sender)
+            else:
+                repair.refused = True
             if not repair.pending:
                 del self._repairs[message.op_id]
-            if message.ok:
-                return []
-            return self.propose(self._rng(16), repair.accept.key, _unchanged, now)
+            return []
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
             return []
