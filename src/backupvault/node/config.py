@@ -5,7 +5,9 @@
     index = 0                                guess_limit = 10
     listen = "127.0.0.1:7101"                hpke_public_key = "<hex>"
     data_dir = "node0"                       opaque_server_public_key = "<hex>"
-    fleet_file = "fleet.toml"                [[nodes]]
+    fleet_file = "fleet.toml"                epoch = 1               # `fleet deploy`
+                                             measurement = "<hex>"   # `fleet deploy`
+                                             [[nodes]]
     [token]                                  index = 0
     module = "/usr/lib/softhsm/..."          url = "http://127.0.0.1:7101"
     label = "backupvault-node-0"             identity_public_key = "<hex>"
@@ -25,8 +27,10 @@ from typing import Any
 
 import tomli_w
 
+from backupvault.crypto.seal import FleetPublicKey
 from backupvault.errors import InvalidInput
 from backupvault.node.token import TokenConfig
+from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 
 
 def _load(path: Path) -> dict[str, Any]:
@@ -65,6 +69,24 @@ class FleetDescription:
     hpke_public_key: bytes
     opaque_server_public_key: bytes
     nodes: tuple[FleetNode, ...]
+    #: Set by `backupvault fleet deploy`: the deployment record's epoch and firmware
+    #: measurement, which every node checks against its own at start.
+    epoch: int | None = None
+    measurement: bytes | None = None
+
+    @property
+    def quorum(self) -> int:
+        return len(self.nodes) // 2 + 1
+
+    def firmware_config(self) -> FirmwareConfig:
+        """The security-relevant configuration that the firmware measurement covers."""
+        kem = FleetPublicKey.from_bytes(self.hpke_public_key).kem
+        return FirmwareConfig(self.guess_limit, self.quorum, len(self.nodes), kem)
+
+    def measure(self, package_dir: Path | None = None) -> bytes:
+        """The firmware measurement of the package at `package_dir` (default: the code
+        running now) with this fleet's configuration (docs/transparency.md)."""
+        return combine(measure_package(package_dir), self.firmware_config())
 
     @classmethod
     def load(cls, path: Path) -> FleetDescription:
@@ -80,15 +102,23 @@ class FleetDescription:
                 _hex(data["hpke_public_key"], "hpke_public_key"),
                 _hex(data["opaque_server_public_key"], "opaque_server_public_key"),
                 nodes,
+                None if "epoch" not in data else int(data["epoch"]),
+                None if "measurement" not in data else _hex(data["measurement"], "measurement"),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"fleet file {path} is incomplete: {err}") from None
 
     def save(self, path: Path) -> None:
+        deployed: dict[str, Any] = {}
+        if self.epoch is not None:
+            deployed["epoch"] = self.epoch
+        if self.measurement is not None:
+            deployed["measurement"] = self.measurement.hex()
         write_toml(
             path,
             {
                 "fleet_id": self.fleet_id.hex(),
+                **deployed,
                 "guess_limit": self.guess_limit,
                 "hpke_public_key": self.hpke_public_key.hex(),
                 "opaque_server_public_key": self.opaque_server_public_key.hex(),

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
@@ -26,7 +27,10 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-def create_app(service: NodeService) -> Starlette:
+def create_app(service: NodeService, measurement: Mapping[str, Any] | None = None) -> Starlette:
+    """`measurement`: what `GET /v1/measurement` answers (the node's own firmware
+    measurement, fleet id and epoch; see node.main.check_measurement)."""
+
     async def client(request: Request) -> Response:
         try:
             op = Op(request.path_params["op"])
@@ -62,6 +66,11 @@ def create_app(service: NodeService) -> Starlette:
     async def health(request: Request) -> Response:
         return JSONResponse({"node": service.node, "ready": service.replica.ready})
 
+    async def own_measurement(request: Request) -> Response:
+        if measurement is None:
+            return _error(404, "no_measurement", "this node was started without measuring")
+        return JSONResponse(dict(measurement))
+
     async def metrics(request: Request) -> Response:
         return JSONResponse({"node": service.node, **service.metrics})
 
@@ -79,6 +88,7 @@ def create_app(service: NodeService) -> Starlette:
             Route("/v1/peer", peer, methods=["POST"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/v1/metrics", metrics, methods=["GET"]),
+            Route("/v1/measurement", own_measurement, methods=["GET"]),
         ],
         lifespan=lifespan,
     )

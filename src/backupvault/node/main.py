@@ -28,6 +28,9 @@ from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.node.token import SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
+from backupvault.transparency.measure import combine, default_package_dir, measure_package
+
+log = logging.getLogger("backupvault.node")
 
 IDENTITY = "identity.sealed"
 STORAGE_KEY = "storage-key.sealed"
@@ -37,6 +40,45 @@ TRANSFER = "fleet-secrets.transfer"
 
 class NodeNotProvisioned(BackupVaultError):
     pass
+
+
+class MeasurementMismatch(BackupVaultError):
+    """This node's code or configuration is not what the fleet's deployment record names."""
+
+
+def check_measurement(config: NodeConfig, fleet: FleetDescription) -> dict[str, object]:
+    """Measure the code running now with the fleet's configuration; refuse to join a fleet
+    whose deployment record (its `measurement` in fleet.toml) names another measurement.
+    Returns what `GET /v1/measurement` serves."""
+    package = measure_package()
+    own = combine(package, fleet.firmware_config())
+    if fleet.measurement is not None and own != fleet.measurement:
+        message = (
+            f"node {config.index} refuses to join fleet {fleet.fleet_id.hex()} epoch"
+            f" {fleet.epoch}: it measures {own.hex()}, the deployment record names"
+            f" {fleet.measurement.hex()}"
+        )
+        log.error("%s", message)
+        raise MeasurementMismatch(
+            message,
+            hint=f"this node's code ({default_package_dir()}) or fleet.toml differs from the"
+            " deployed release; reinstall the release the record was made from (compare with"
+            " `backupvault fleet measure`), or deploy a new record for this code",
+        )
+    if fleet.measurement is None:
+        log.warning(
+            "fleet.toml names no measurement (never deployed with `backupvault fleet deploy`);"
+            " node %d cannot check its code against a deployment record",
+            config.index,
+        )
+    return {
+        "node": config.index,
+        "fleet_id": fleet.fleet_id.hex(),
+        "epoch": fleet.epoch,
+        "measurement": own.hex(),
+        "package_digest": package.hex(),
+        "expected_measurement": None if fleet.measurement is None else fleet.measurement.hex(),
+    }
 
 
 def _sealed(config: NodeConfig, sealer: TokenSealer, file: str, name: str) -> SealedFile:
@@ -145,5 +187,7 @@ def serve(config_path: Path) -> None:
     config = NodeConfig.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer message is noise
-    app = create_app(build_service(config))
+    # Before any secret is unsealed: a node with other code does not join the fleet.
+    measurement = check_measurement(config, FleetDescription.load(config.fleet_file))
+    app = create_app(build_service(config), measurement=measurement)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
