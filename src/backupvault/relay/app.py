@@ -61,6 +61,7 @@ class RelayState:
     in_flight: int = 0
     _client: httpx.AsyncClient | None = None
     _forwarder: Forwarder | None = None
+    _previous: dict[int, Forwarder] = field(default_factory=dict)
     _health: tuple[float, list[dict[str, Any]]] | None = None
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
@@ -87,11 +88,25 @@ class RelayState:
             )
         return self._forwarder
 
+    def forwarder_for(self, epoch: int | None) -> Forwarder | None:
+        """The forwarder to the current fleet (epoch None or the current one) or to a
+        previous epoch's nodes; None for an epoch this relay does not route."""
+        if epoch is None or epoch == self.config.epoch:
+            return self.forwarder
+        if epoch not in self._previous:
+            for fleet in self.config.previous_fleets:
+                if fleet.epoch == epoch:
+                    self._previous[epoch] = Forwarder(
+                        self.client, fleet.node_urls, self.config.max_response_bytes
+                    )
+        return self._previous.get(epoch)
+
     async def close(self) -> None:
         if self._client is not None:
             await self._client.aclose()
             self._client = None
             self._forwarder = None
+            self._previous.clear()
 
     async def node_health(self) -> list[dict[str, Any]]:
         """Probe every node's /v1/health at once; reuse a fresh result so that a flood of
@@ -183,6 +198,20 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 {"Retry-After": retry_after_header(wait)},
             )
 
+        epoch: int | None = None
+        if "epoch" in request.path_params:
+            raw_epoch = request.path_params["epoch"]
+            if not (raw_epoch.isascii() and raw_epoch.isdigit() and len(raw_epoch) <= 19):
+                return error_response(404, "unknown_epoch", "the epoch is a decimal number")
+            epoch = int(raw_epoch)
+        forwarder = state.forwarder_for(epoch)
+        if forwarder is None:
+            return error_response(
+                404,
+                "unknown_epoch",
+                f"this relay routes no fleet of epoch {epoch}; see GET /v1/fleet/epochs",
+            )
+
         op = request.path_params["op"]
         if op not in OPERATIONS:
             return error_response(
@@ -225,7 +254,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             )
         state.in_flight += 1
         try:
-            answer = await state.forwarder.forward(op, account, entry, body)
+            answer = await forwarder.forward(op, account, entry, body)
         finally:
             state.in_flight -= 1
         info["node"] = answer.node
@@ -235,11 +264,69 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers
         )
 
-    return [
+    async def fleet_bundle(request: Request) -> Response:
+        raw = request.query_params.get("epoch")
+        if raw is None:
+            bundle = config.bundle
+        else:
+            if not (raw.isascii() and raw.isdigit() and len(raw) <= 19):
+                return error_response(400, "bad_query", "'epoch' must be a decimal number")
+            epoch = int(raw)
+            found = [p.bundle for p in config.previous_fleets if p.epoch == epoch]
+            bundle = config.bundle if epoch == config.epoch else (found[0] if found else None)
+        if bundle is None:
+            return error_response(
+                404, "no_bundle", "this relay serves no fleet bundle for that epoch"
+            )
+        return Response(bundle, media_type="application/octet-stream")
+
+    async def fleet_epochs(request: Request) -> Response:
+        return JSONResponse(
+            {
+                "current": config.epoch,
+                "previous": sorted((p.epoch for p in config.previous_fleets), reverse=True),
+            }
+        )
+
+    async def fleet_consistency(request: Request) -> Response:
+        params = request.query_params
+        old, new = params.get("old", ""), params.get("new", "")
+        if not all(v.isascii() and v.isdigit() and len(v) <= 19 for v in (old, new)):
+            return error_response(400, "bad_query", "'old' and 'new' are required decimal numbers")
+        if config.witness_url is None:
+            return error_response(404, "no_witness", "this relay names no witness")
+        try:
+            answer = await state.client.get(
+                f"{config.witness_url}/v1/consistency",
+                params={"old": old, "new": new},
+                timeout=config.request_timeout,
+            )
+        except httpx.HTTPError:
+            return error_response(
+                503,
+                "witness_unavailable",
+                "the witness does not answer; try again later",
+                {"Retry-After": _BUSY_RETRY_AFTER},
+            )
+        if answer.status_code not in (200, 400) or len(answer.content) > 64 * 1024:
+            return error_response(502, "bad_witness_answer", "the witness answered oddly")
+        return Response(
+            answer.content, status_code=answer.status_code, media_type="application/json"
+        )
+
+    routes: list[BaseRoute] = [
         Route("/v1/health", health, methods=["GET"]),
         Route("/v1/vault/{entry}/{op}", vault, methods=["POST"]),
         Route("/openapi.json", openapi_json, methods=["GET"]),
     ]
+    if config.bundle is not None:
+        routes += [
+            Route("/v1/epochs/{epoch}/vault/{entry}/{op}", vault, methods=["POST"]),
+            Route("/v1/fleet/bundle", fleet_bundle, methods=["GET"]),
+            Route("/v1/fleet/epochs", fleet_epochs, methods=["GET"]),
+            Route("/v1/fleet/consistency", fleet_consistency, methods=["GET"]),
+        ]
+    return routes
 
 
 def _too_large(limit: int) -> JSONResponse:
@@ -335,7 +422,11 @@ def create_app(
         limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
         transport=transport,
     )
-    openapi = build_openapi(max_body_bytes=config.max_body_bytes, extra_paths=extra_openapi_paths)
+    openapi = build_openapi(
+        max_body_bytes=config.max_body_bytes,
+        extra_paths=extra_openapi_paths,
+        transparency=config.bundle is not None,
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:

@@ -14,6 +14,55 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.errors import InvalidInput
 from backupvault.relay.auth import load_operator_public_key
+from backupvault.transparency.bundle import FleetBundle
+from backupvault.transparency.errors import TransparencyError
+
+
+def _check_node_urls(urls: tuple[str, ...], what: str) -> None:
+    if not urls:
+        raise InvalidInput(f"{what} needs at least one node URL")
+    for url in urls:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise InvalidInput(f"node URL {url!r} must be http:// or https:// with a host")
+        if parts.query or parts.fragment:
+            raise InvalidInput(f"node URL {url!r} must not have a query or fragment")
+    if len(set(urls)) != len(urls):
+        raise InvalidInput(f"the node URLs of {what} must be distinct")
+
+
+def _load_bundle(path: Path) -> tuple[bytes, FleetBundle]:
+    """The bundle file's bytes and its parsed form (the relay checks only that it parses:
+    clients verify it)."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise InvalidInput(
+            f"cannot read the fleet bundle {path}: {err.strerror}",
+            hint="`backupvault fleet deploy --witness URL` writes bundle.bin next to fleet.toml",
+        ) from None
+    try:
+        return data, FleetBundle.from_bytes(data)
+    except (TransparencyError, InvalidInput) as err:
+        raise InvalidInput(f"{path} is not a fleet bundle: {err.message}") from None
+
+
+@dataclass(frozen=True)
+class PreviousFleet:
+    """An older epoch of the fleet, still routed so that clients can migrate their entries
+    from it: its nodes and its bundle (the epoch is the bundle record's)."""
+
+    node_urls: tuple[str, ...]
+    bundle_file: Path
+    bundle: bytes = field(default=b"", init=False, repr=False, compare=False)
+    epoch: int = field(default=0, init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "node_urls", tuple(u.rstrip("/") for u in self.node_urls))
+        _check_node_urls(self.node_urls, f"the previous fleet of {self.bundle_file}")
+        data, parsed = _load_bundle(self.bundle_file)
+        object.__setattr__(self, "bundle", data)
+        object.__setattr__(self, "epoch", parsed.operator_signed.deployment().epoch)
 
 
 @dataclass(frozen=True)
@@ -47,6 +96,14 @@ class RelayConfig:
     #: Optional TLS for `serve` (PEM certificate chain and key).
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    #: Fleet transparency (docs/transparency.md): the current fleet's bundle, served at
+    #: GET /v1/fleet/bundle; the witness whose consistency proofs /v1/fleet/consistency
+    #: passes on; older epochs still routed at /v1/epochs/{epoch}/vault/{entry}/{op}.
+    bundle_file: Path | None = None
+    witness_url: str | None = None
+    previous_fleets: tuple[PreviousFleet, ...] = ()
+    _bundle: bytes | None = field(default=None, init=False, repr=False, compare=False)
+    _epoch: int | None = field(default=None, init=False, repr=False, compare=False)
     _public_key: Ed25519PublicKey | None = field(
         default=None, init=False, repr=False, compare=False
     )
@@ -54,16 +111,8 @@ class RelayConfig:
     def __post_init__(self) -> None:
         urls = tuple(self.node_urls)
         object.__setattr__(self, "node_urls", tuple(u.rstrip("/") for u in urls))
-        if not urls:
-            raise InvalidInput("the relay needs at least one node URL")
-        for url in self.node_urls:
-            parts = urlsplit(url)
-            if parts.scheme not in ("http", "https") or not parts.netloc:
-                raise InvalidInput(f"node URL {url!r} must be http:// or https:// with a host")
-            if parts.query or parts.fragment:
-                raise InvalidInput(f"node URL {url!r} must not have a query or fragment")
-        if len(set(self.node_urls)) != len(self.node_urls):
-            raise InvalidInput("node URLs must be distinct")
+        _check_node_urls(self.node_urls, "the relay")
+        self._check_transparency()
         if not self.issuer or not self.audience:
             raise InvalidInput("issuer and audience must not be empty")
         positive = {
@@ -93,6 +142,44 @@ class RelayConfig:
             raise InvalidInput("tls_cert and tls_key go together: give both or neither")
         object.__setattr__(self, "_public_key", load_operator_public_key(self.operator_public_key))
 
+    def _check_transparency(self) -> None:
+        if self.witness_url is not None:
+            parts = urlsplit(self.witness_url)
+            if parts.scheme not in ("http", "https") or not parts.netloc or parts.query:
+                raise InvalidInput(
+                    f"witness_url {self.witness_url!r} must be http(s)://host[:port]"
+                )
+            object.__setattr__(self, "witness_url", self.witness_url.rstrip("/"))
+        if self.bundle_file is None:
+            if self.previous_fleets:
+                raise InvalidInput("previous_fleets need the current fleet's bundle_file too")
+            return
+        data, bundle = _load_bundle(self.bundle_file)
+        record = bundle.operator_signed.deployment()
+        object.__setattr__(self, "_bundle", data)
+        object.__setattr__(self, "_epoch", record.epoch)
+        object.__setattr__(self, "previous_fleets", tuple(self.previous_fleets))
+        epochs = [p.epoch for p in self.previous_fleets]
+        if len(set(epochs)) != len(epochs) or any(e >= record.epoch for e in epochs):
+            raise InvalidInput(
+                f"previous fleets must have distinct epochs older than the current {record.epoch}"
+                f" (their bundles say {sorted(epochs)})"
+            )
+        for previous in self.previous_fleets:
+            fleet_id = FleetBundle.from_bytes(previous.bundle).operator_signed.deployment()
+            if fleet_id.fleet_id != record.fleet_id:
+                raise InvalidInput(f"{previous.bundle_file} is for another fleet id")
+
+    @property
+    def bundle(self) -> bytes | None:
+        """The current fleet's bundle (bytes, as clients receive them), if configured."""
+        return self._bundle
+
+    @property
+    def epoch(self) -> int | None:
+        """The current fleet's epoch, from its bundle."""
+        return self._epoch
+
     @property
     def public_key(self) -> Ed25519PublicKey:
         """The operator's verification key, parsed (and checked) when the config was made."""
@@ -108,7 +195,35 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_PATH_KEYS = {"operator_public_key", "tls_cert", "tls_key"}
+_PATH_KEYS = {"operator_public_key", "tls_cert", "tls_key", "bundle_file"}
+
+
+def _path(raw: object, key: str, base_dir: Path | None) -> Path:
+    if not isinstance(raw, str):
+        raise InvalidInput(f"{key} must be a string")
+    path = Path(raw).expanduser()
+    if base_dir is not None and not path.is_absolute():
+        path = base_dir / path
+    return path
+
+
+def _previous_fleets(raw: object, base_dir: Path | None) -> tuple[PreviousFleet, ...]:
+    if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+        raise InvalidInput("previous_fleets is a list of tables ([[relay.previous_fleets]])")
+    fleets = []
+    for table in raw:
+        unknown = sorted(set(table) - {"nodes", "bundle_file"})
+        if unknown or "nodes" not in table or "bundle_file" not in table:
+            raise InvalidInput(
+                "each [[relay.previous_fleets]] has exactly 'nodes' and 'bundle_file'"
+            )
+        nodes = table["nodes"]
+        if not isinstance(nodes, list) or not all(isinstance(u, str) for u in nodes):
+            raise InvalidInput("previous_fleets nodes must be a list of URL strings")
+        fleets.append(
+            PreviousFleet(tuple(nodes), _path(table["bundle_file"], "bundle_file", base_dir))
+        )
+    return tuple(fleets)
 
 
 def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) -> RelayConfig:
@@ -136,17 +251,17 @@ def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) 
     for key in ("issuer", "audience"):
         if not isinstance(values[key], str):
             raise InvalidInput(f"{key} must be a string")
+    if "witness_url" in values and not isinstance(values["witness_url"], str):
+        raise InvalidInput("witness_url must be a string")
+    if "previous_fleets" in values:
+        values["previous_fleets"] = _previous_fleets(values["previous_fleets"], base_dir)
     for key in _PATH_KEYS & set(values):
         raw = values[key]
-        if not isinstance(raw, str):
-            raise InvalidInput(f"{key} must be a string")
-        if key == "operator_public_key" and raw.lstrip().startswith("-----BEGIN"):
+        pem = isinstance(raw, str) and raw.lstrip().startswith("-----BEGIN")
+        if key == "operator_public_key" and pem:
             values[key] = raw.encode()
             continue
-        path = Path(raw).expanduser()
-        if base_dir is not None and not path.is_absolute():
-            path = base_dir / path
-        values[key] = path
+        values[key] = _path(raw, key, base_dir)
     return RelayConfig(**values)
 
 

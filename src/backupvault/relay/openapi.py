@@ -135,15 +135,131 @@ def _openapi_operation() -> dict[str, Any]:
     }
 
 
+_BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
+_DECIMAL = {"type": "string", "pattern": "^[0-9]{1,19}$"}
+
+
+def _epoch_vault_operation(max_body_bytes: int) -> dict[str, Any]:
+    operation = _vault_operation(max_body_bytes)
+    operation["operationId"] = "vaultRequestForEpoch"
+    operation["summary"] = "Forward an HPKE-sealed request to the nodes of one fleet epoch"
+    operation["description"] = (
+        "As POST /v1/vault/{entry}/{op}, but to the nodes of the given epoch (the current "
+        "one, or an older one the relay still routes so that clients can migrate their "
+        "entries; GET /v1/fleet/epochs lists them). 404 `unknown_epoch` otherwise."
+    )
+    operation["parameters"] = [
+        {
+            "name": "epoch",
+            "in": "path",
+            "required": True,
+            "description": "The fleet epoch (decimal).",
+            "schema": {"type": "string", "pattern": "^[0-9]+$"},
+        },
+        *operation["parameters"],
+    ]
+    return operation
+
+
+def _transparency_paths(max_body_bytes: int) -> dict[str, Any]:
+    return {
+        "/v1/fleet/bundle": {
+            "get": {
+                "operationId": "fleetBundle",
+                "summary": "The fleet's key bundle (docs/transparency.md, FleetBundle)",
+                "description": (
+                    "The current fleet's deployment record with the operator signature, the "
+                    "witness cosignature, the inclusion proof and the witness checkpoint; "
+                    "with `epoch`, an older epoch's bundle. Clients verify it themselves."
+                ),
+                "parameters": [
+                    {"name": "epoch", "in": "query", "required": False, "schema": _DECIMAL}
+                ],
+                "responses": {
+                    "200": {"description": "The bundle.", "content": _BINARY},
+                    "400": _error("`epoch` is not a decimal number."),
+                    "404": _error("No bundle for that epoch."),
+                },
+            }
+        },
+        "/v1/fleet/epochs": {
+            "get": {
+                "operationId": "fleetEpochs",
+                "summary": "The current epoch and the older ones still routed",
+                "responses": {
+                    "200": {
+                        "description": "Epochs.",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["current", "previous"],
+                                    "properties": {
+                                        "current": {"type": "integer", "minimum": 0},
+                                        "previous": {
+                                            "type": "array",
+                                            "items": {"type": "integer", "minimum": 0},
+                                        },
+                                    },
+                                }
+                            }
+                        },
+                    }
+                },
+            }
+        },
+        "/v1/fleet/consistency": {
+            "get": {
+                "operationId": "fleetConsistency",
+                "summary": "The witness's consistency proof between two tree sizes",
+                "description": "Passed on from the witness's GET /v1/consistency.",
+                "parameters": [
+                    {"name": "old", "in": "query", "required": True, "schema": _DECIMAL},
+                    {"name": "new", "in": "query", "required": True, "schema": _DECIMAL},
+                ],
+                "responses": {
+                    "200": {
+                        "description": "`{old, new, proof: [base64 hash, ...]}`",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "type": "object",
+                                    "required": ["old", "new", "proof"],
+                                    "properties": {
+                                        "old": {"type": "integer"},
+                                        "new": {"type": "integer"},
+                                        "proof": {"type": "array", "items": {"type": "string"}},
+                                    },
+                                }
+                            }
+                        },
+                    },
+                    "400": _error("Bad or out-of-range sizes."),
+                    "404": _error("The relay names no witness."),
+                    "502": _error("The witness answered outside its contract."),
+                    "503": _error("The witness does not answer.", {"Retry-After": _RETRY_AFTER}),
+                },
+            }
+        },
+        "/v1/epochs/{epoch}/vault/{entry}/{op}": {"post": _epoch_vault_operation(max_body_bytes)},
+    }
+
+
 def build_openapi(
-    *, max_body_bytes: int, extra_paths: Mapping[str, Any] | None = None
+    *,
+    max_body_bytes: int,
+    extra_paths: Mapping[str, Any] | None = None,
+    transparency: bool = False,
 ) -> dict[str, Any]:
-    """The OpenAPI document; `extra_paths` adds the descriptions of added routes."""
+    """The OpenAPI document; `extra_paths` adds the descriptions of added routes;
+    `transparency` the fleet bundle routes (when the relay serves a bundle)."""
     paths: dict[str, Any] = {
         "/v1/health": {"get": _health_operation()},
         "/v1/vault/{entry}/{op}": {"post": _vault_operation(max_body_bytes)},
         "/openapi.json": {"get": _openapi_operation()},
     }
+    if transparency:
+        paths.update(_transparency_paths(max_body_bytes))
     paths.update(extra_paths or {})
     return {
         "openapi": "3.0.3",
