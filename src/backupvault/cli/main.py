@@ -1,7 +1,9 @@
 """`backupvault`: the command line. Thin: parse, call the SDK, print, exit with a meaning.
 
 Exit codes: 0 done; 1 anything else; 2 usage; 3 wrong password or recovery code;
-4 key destroyed; 5 fleet unavailable; 6 authentication. `--json` prints one JSON object.
+4 key destroyed; 5 fleet unavailable; 6 authentication; 7 the fleet is not trusted (its
+bundle failed the transparency checks) or a deployment check failed. `--json` prints one
+JSON object.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from backupvault import __version__
 from backupvault.backup import create_backup, list_backups, restore_backup
 from backupvault.cli.output import Output
 from backupvault.client.config import ClientConfig
-from backupvault.client.errors import Destroyed
-from backupvault.client.vault import VaultClient
+from backupvault.client.errors import NotRegistered
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 from backupvault.protocol import EntryStatus
@@ -90,16 +91,21 @@ def _recovery_code(value: str) -> bytes:
 def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
     `register` is set. Returns (root key, whether it was just registered)."""
-    vault: VaultClient = ctx.config().vault()
-    status = vault.status()
-    if status.status == EntryStatus.LIVE:
-        return vault.recover(password)[0], False
-    if status.status == EntryStatus.DESTROYED:
-        raise Destroyed()
-    if not register:
-        vault.recover(password)  # raises NotRegistered with its hint
+    session = ctx.config().session()
+    try:
+        recovered = session.recover_or_migrate(password)
+    except NotRegistered:
+        if not register:
+            raise
+    else:
+        if recovered.migrated_from is not None:
+            ctx.output.note(
+                f"your key moved from fleet epoch {recovered.migrated_from} to epoch "
+                f"{session.epoch} (recovered there, registered here, deleted there)"
+            )
+        return recovered.root_key, False
     root_key = recovery.new_root_key()
-    vault.register(password, root_key)
+    session.vault.register(password, root_key)
     return root_key, True
 
 
@@ -245,7 +251,10 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are)."""
     old = _password(password_stdin, prompt="Current password")
     new = _password(password_stdin, confirm=True, prompt="New password")
-    version = ctx.config().vault().change_password(old, new)
+    session = ctx.config().session()
+    if session.vault.status().status == EntryStatus.EMPTY:
+        session.migrate(old)  # a key still on an older fleet epoch moves here first
+    version = session.vault.change_password(old, new)
     ctx.output.result({"changed": True, "version": version}, "password changed")
 
 
@@ -261,7 +270,7 @@ def vault_delete(ctx: Context, yes: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from backupvault.cli import operator  # noqa: F401 - registers the operator commands
+    from backupvault.cli import operator, transparency  # noqa: F401 - registers commands
 
     args = sys.argv[1:] if argv is None else argv
     try:

@@ -1,13 +1,28 @@
 """The client's config file (`client.toml`): where the relay is and which fleet to trust.
 
-relay_url = "http://127.0.0.1:7100"
-account = "local-user"
-token = "<account JWT from the operator>"
-fleet_id = "<hex>"
-fleet_public_key = "<hex: kem id || HPKE public key>"     # pinned
-opaque_server_public_key = "<hex>"                       # pinned
-entry = "backup-root-key"                                 # optional
-storage = "file:///backups"                               # optional default --storage
+Pinned fleet keys (the default, `trust = "pinned"`):
+
+    relay_url = "http://127.0.0.1:7100"
+    account = "local-user"
+    token = "<account JWT from the operator>"
+    fleet_id = "<hex>"
+    fleet_public_key = "<hex: kem id || HPKE public key>"     # pinned
+    opaque_server_public_key = "<hex>"                       # pinned
+    entry = "backup-root-key"                                 # optional
+    storage = "file:///backups"                               # optional default --storage
+
+Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transparency.md):
+
+    trust = "ota"
+    relay_url, account, token, entry, storage                 # as above
+    operator_public_key = "<64 hex, or a PEM file>"           # signs deployment records
+    witness_public_key = "<name+id+base64 note verifier key>" # the witness's vkey
+    witness_name = "<the witness's name>"                     # optional with a vkey
+    fleet_id = "<hex>"                    # optional: else the first fleet accepted is kept
+    state_file = "client-state.json"      # default: <config name>-state.json next to it
+    allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
+
+Relative paths are relative to the config file.
 """
 
 from __future__ import annotations
@@ -17,9 +32,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
+
+from backupvault.client.trust import (
+    FleetSession,
+    OtaTrust,
+    load_operator_key,
+    load_witness_verifier,
+    ota_session,
+)
 from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.crypto import ksf
 from backupvault.crypto.seal import FleetPublicKey
 from backupvault.errors import InvalidInput
+
+TRUST_MODES = ("pinned", "ota")
 
 
 @dataclass(frozen=True)
@@ -27,11 +54,15 @@ class ClientConfig:
     relay_url: str
     account: str
     token: str
-    fleet_id: bytes
-    fleet_public_key: FleetPublicKey
-    opaque_server_public_key: bytes
+    #: Pinned mode: the fleet's keys. OTA mode: `fleet_id` optionally names the expected
+    #: fleet; the keys come from the verified bundle.
+    fleet_id: bytes | None
+    fleet_public_key: FleetPublicKey | None
+    opaque_server_public_key: bytes | None
     entry: str = DEFAULT_ENTRY
     storage: str | None = None
+    trust: str = "pinned"
+    ota: OtaTrust | None = None
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
@@ -44,29 +75,90 @@ class ClientConfig:
             ) from None
         except tomllib.TOMLDecodeError as err:
             raise InvalidInput(f"config file {path} is not valid TOML: {err}") from None
+        trust = str(data.get("trust", "pinned"))
+        if trust not in TRUST_MODES:
+            raise InvalidInput(f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}")
         try:
+            common: dict[str, Any] = {
+                "relay_url": str(data["relay_url"]),
+                "account": str(data["account"]),
+                "token": str(data["token"]),
+                "entry": str(data.get("entry", DEFAULT_ENTRY)),
+                "storage": data.get("storage"),
+                "trust": trust,
+            }
+            if trust == "pinned":
+                return cls(
+                    fleet_id=bytes.fromhex(data["fleet_id"]),
+                    fleet_public_key=FleetPublicKey.from_bytes(
+                        bytes.fromhex(data["fleet_public_key"])
+                    ),
+                    opaque_server_public_key=bytes.fromhex(data["opaque_server_public_key"]),
+                    **common,
+                )
+            base = path.parent
+            fleet_id = bytes.fromhex(data["fleet_id"]) if "fleet_id" in data else None
+            allowed = data.get("allowed_measurements")
+            ota = OtaTrust(
+                operator_key=load_operator_key(str(data["operator_public_key"]), base),
+                witness=load_witness_verifier(
+                    str(data["witness_public_key"]),
+                    None if "witness_name" not in data else str(data["witness_name"]),
+                ),
+                state_file=base / str(data.get("state_file", f"{path.stem}-state.json")),
+                fleet_id=fleet_id,
+                allowed_measurements=(
+                    None if allowed is None else frozenset(bytes.fromhex(m) for m in allowed)
+                ),
+            )
             return cls(
-                relay_url=str(data["relay_url"]),
-                account=str(data["account"]),
-                token=str(data["token"]),
-                fleet_id=bytes.fromhex(data["fleet_id"]),
-                fleet_public_key=FleetPublicKey.from_bytes(bytes.fromhex(data["fleet_public_key"])),
-                opaque_server_public_key=bytes.fromhex(data["opaque_server_public_key"]),
-                entry=str(data.get("entry", DEFAULT_ENTRY)),
-                storage=data.get("storage"),
+                fleet_id=fleet_id,
+                fleet_public_key=None,
+                opaque_server_public_key=None,
+                ota=ota,
+                **common,
             )
         except KeyError as err:
-            raise InvalidInput(f"config file {path} lacks {err.args[0]!r}") from None
+            raise InvalidInput(
+                f"config file {path} lacks {err.args[0]!r}",
+                hint=f"a {trust} client config needs it (see docs/transparency.md)",
+            ) from None
         except (TypeError, ValueError) as err:
             raise InvalidInput(f"config file {path} has a malformed value: {err}") from None
 
-    def vault(self) -> VaultClient:
-        return VaultClient(
-            self.relay_url,
-            self.token,
-            self.account,
-            self.fleet_id,
-            self.fleet_public_key,
-            self.opaque_server_public_key,
-            entry=self.entry,
+    def session(
+        self,
+        *,
+        ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
+        http: httpx.Client | None = None,
+    ) -> FleetSession:
+        """The vault: the pinned fleet, or (OTA) the fleet of the relay's bundle once it is
+        verified; the verification happens here, before anything else is sent."""
+        if self.ota is not None:
+            return ota_session(
+                self.ota,
+                self.relay_url,
+                self.token,
+                self.account,
+                entry=self.entry,
+                ksf_params=ksf_params,
+                http=http,
+            )
+        assert self.fleet_id is not None and self.fleet_public_key is not None
+        assert self.opaque_server_public_key is not None
+        return FleetSession(
+            VaultClient(
+                self.relay_url,
+                self.token,
+                self.account,
+                self.fleet_id,
+                self.fleet_public_key,
+                self.opaque_server_public_key,
+                entry=self.entry,
+                ksf_params=ksf_params,
+                http=http,
+            )
         )
+
+    def vault(self) -> VaultClient:
+        return self.session().vault

@@ -68,3 +68,28 @@ class RateLimited(VaultError):
         super().__init__(
             f"too many requests; the relay asks to wait {retry_after} s", hint="retry later"
         )
+
+
+class FleetNotTrusted(VaultError):
+    """The fleet bundle the relay served did not pass the transparency checks (or could not
+    be checked); nothing was sent to that fleet."""
+
+    exit_code = 7
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(
+            message,
+            hint=hint
+            or "the relay may be serving a fleet nobody published; nothing derived from your "
+            "password was sent. Keep the state file and report this to the operator",
+        )
+        self.reason: BackupVaultError | None = None
+
+    @classmethod
+    def because(cls, reason: BackupVaultError) -> FleetNotTrusted:
+        error = cls(
+            f"refused the relay's fleet bundle: {reason.message}",
+            hint=reason.hint,
+        )
+        error.reason = reason
+        return error

@@ -103,8 +103,18 @@ class VaultClient:
         entry: str = DEFAULT_ENTRY,
         ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
         http: httpx.Client | None = None,
+        epoch: int | None = None,
     ) -> None:
+        """`epoch`: send to that epoch of the fleet (the relay's
+        /v1/epochs/{epoch}/vault/... route, as OTA clients do); None: the relay's current
+        fleet (/v1/vault/..., for pinned keys)."""
         self.relay_url = relay_url.rstrip("/")
+        self.epoch = epoch
+        self._vault_url = (
+            f"{self.relay_url}/v1/vault"
+            if epoch is None
+            else f"{self.relay_url}/v1/epochs/{epoch}/vault"
+        )
         self.account = check_name("account", account)
         self.entry = check_name("entry", entry)
         self.fleet_id = fleet_id
@@ -122,7 +132,7 @@ class VaultClient:
         )
         try:
             answer = self._http.post(
-                f"{self.relay_url}/v1/vault/{self.entry}/{op}",
+                f"{self._vault_url}/{self.entry}/{op}",
                 content=sealed,
                 headers={
                     "Authorization": f"Bearer {self._token}",

@@ -1,0 +1,406 @@
+"""Which fleet a client talks to: pinned keys, or over-the-air fleet bundles (invariant 7).
+
+**Pinned**: the fleet id, HPKE key and OPAQUE server key are in `client.toml`; the client
+talks to that fleet and no other.
+
+**OTA** (`trust = "ota"`): the client ships with the operator's Ed25519 key and the
+witness's note verifier key, and learns the fleet from the relay's `GET /v1/fleet/bundle`.
+It accepts the fleet only if `transparency.verify_bundle` passes (operator signature,
+witness cosignature, witness checkpoint, inclusion proof, a checkpoint consistent with the
+last one it saw, an epoch not older than the last one it accepted, and an allowed
+measurement when it has an allow-list), and only then builds the VaultClient, so no
+password-derived message ever goes to a fleet it has not accepted. What it accepted is
+kept in a state file (JSON, written atomically) only after acceptance:
+
+    {"version": 1,
+     "checkpoint": "<the last witness checkpoint seen, a signed note>",
+     "fleets": {"<fleet id hex>": {"epoch": 2,
+                                   "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}}}
+
+Rotation: a new epoch is accepted like any bundle. When the account's entry is empty on
+the current fleet, `FleetSession.recover_or_migrate` looks for it on older epochs (the
+records it accepted before, and the older epochs the relay lists at `/v1/fleet/epochs`,
+each verified the same way), reached through the relay's
+`/v1/epochs/{epoch}/vault/{entry}/{op}`; it recovers there, registers the same root key
+behind the same password on the current fleet, and then deletes the old entry.
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from backupvault.client.errors import (
+    AlreadyRegistered,
+    Destroyed,
+    FleetNotTrusted,
+    FleetUnavailable,
+    NotRegistered,
+    VaultError,
+)
+from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.crypto import ksf
+from backupvault.errors import InvalidInput
+from backupvault.protocol import EntryStatus
+from backupvault.transparency import (
+    Checkpoint,
+    FleetBundle,
+    OperatorSignedRecord,
+    TransparencyError,
+    VerifiedFleet,
+    Verifier,
+    open_checkpoint,
+    verify_bundle,
+)
+from backupvault.transparency.record import DeploymentRecord, raw_public_key
+
+STATE_VERSION = 1
+
+
+def load_operator_key(value: str, base: Path) -> bytes:
+    """The operator's raw Ed25519 public key: 64 hex characters, or a PEM file."""
+    text = value.strip()
+    if len(text) == 64:
+        try:
+            return bytes.fromhex(text)
+        except ValueError:
+            pass
+    path = base / text
+    try:
+        key = serialization.load_pem_public_key(path.read_bytes())
+    except OSError as err:
+        raise InvalidInput(
+            f"operator_public_key is neither 64 hex characters nor a readable file ({path}:"
+            f" {err.strerror})"
+        ) from None
+    except ValueError:
+        raise InvalidInput(f"{path} is not a PEM public key") from None
+    if not isinstance(key, Ed25519PublicKey):
+        raise InvalidInput(f"{path}: the operator key must be Ed25519")
+    return raw_public_key(key)
+
+
+def load_witness_verifier(value: str, name: str | None) -> Verifier:
+    """The witness's key: a note verifier key (`name+id+base64`, as `GET /v1/witness` and
+    `backupvault witness keygen` show it), or 64 hex characters with `witness_name`."""
+    text = value.strip()
+    try:
+        if "+" in text:
+            verifier = Verifier.from_vkey(text)
+        else:
+            if name is None:
+                raise InvalidInput("a raw witness_public_key needs witness_name")
+            verifier = Verifier(name, Ed25519PublicKey.from_public_bytes(bytes.fromhex(text)))
+    except (TransparencyError, ValueError) as err:
+        raise InvalidInput(f"witness_public_key is not a witness key: {err}") from None
+    if name is not None and verifier.name != name:
+        raise InvalidInput(
+            f"witness_name {name!r} differs from the name in witness_public_key ({verifier.name!r})"
+        )
+    return verifier
+
+
+# ---- the state file -----------------------------------------------------------------------
+
+
+@dataclass
+class TrustState:
+    """What an OTA client accepted so far; see the module docstring."""
+
+    path: Path
+    checkpoint: str | None = None
+    fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, path: Path) -> TrustState:
+        try:
+            data = json.loads(path.read_text())
+        except FileNotFoundError:
+            return cls(path)
+        except (OSError, ValueError) as err:
+            raise InvalidInput(
+                f"the trust state file {path} is unreadable: {err}",
+                hint="it holds the last witness checkpoint this client saw; restore it from a"
+                " backup (deleting it makes the client trust the next bundle it sees)",
+            ) from None
+        if not isinstance(data, dict) or data.get("version") != STATE_VERSION:
+            raise InvalidInput(f"the trust state file {path} is not a version 1 state file")
+        checkpoint = data.get("checkpoint")
+        fleets = data.get("fleets", {})
+        if not (checkpoint is None or isinstance(checkpoint, str)) or not isinstance(fleets, dict):
+            raise InvalidInput(f"the trust state file {path} is malformed")
+        return cls(path, checkpoint, fleets)
+
+    def save(self) -> None:
+        data = {"version": STATE_VERSION, "checkpoint": self.checkpoint, "fleets": self.fleets}
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, self.path)
+
+    def last_checkpoint(self, verifier: Verifier) -> Checkpoint | None:
+        if self.checkpoint is None:
+            return None
+        try:
+            return open_checkpoint(self.checkpoint, verifier)
+        except TransparencyError as err:
+            raise InvalidInput(
+                f"the checkpoint in {self.path} does not verify with the witness key: "
+                f"{err.message}",
+                hint="the witness key in the config changed, or the state file was altered",
+            ) from None
+
+    def accepted_epochs(self) -> dict[bytes, int]:
+        return {bytes.fromhex(fid): int(fleet["epoch"]) for fid, fleet in self.fleets.items()}
+
+    def records(self, fleet_id: bytes) -> dict[int, bytes]:
+        fleet = self.fleets.get(fleet_id.hex(), {})
+        return {int(e): bytes.fromhex(r) for e, r in fleet.get("records", {}).items()}
+
+    def accept(self, verified: VerifiedFleet, note: str, *, current: bool) -> None:
+        """Remember a verified fleet (after acceptance only): its checkpoint when newer, its
+        record, and (for the current fleet) its epoch."""
+        last = self.checkpoint
+        if last is None or verified.checkpoint.size >= Checkpoint.from_text(note_text(last)).size:
+            self.checkpoint = note
+        record = verified.record
+        fleet = self.fleets.setdefault(record.fleet_id.hex(), {"epoch": record.epoch})
+        if current:
+            fleet["epoch"] = max(int(fleet["epoch"]), record.epoch)
+        fleet.setdefault("records", {})[str(record.epoch)] = verified.signed_record.to_bytes().hex()
+        self.save()
+
+
+def note_text(note: str) -> str:
+    """The text of a signed note (above the blank line before the signatures)."""
+    return note[: note.rindex("\n\n") + 1] if "\n\n" in note else note
+
+
+# ---- OTA ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class OtaTrust:
+    """The keys an OTA client ships with, and where it keeps what it accepted."""
+
+    operator_key: bytes
+    witness: Verifier
+    state_file: Path
+    fleet_id: bytes | None = None
+    allowed_measurements: frozenset[bytes] | None = None
+
+    def _get(self, http: httpx.Client, url: str, what: str) -> httpx.Response:
+        try:
+            answer = http.get(url)
+        except httpx.HTTPError as err:
+            raise FleetUnavailable(f"cannot fetch {what} from the relay ({err})") from None
+        if answer.status_code != 200:
+            raise FleetNotTrusted(
+                f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})",
+                hint="the relay must serve the fleet bundle (bundle_file in relay.toml)",
+            )
+        return answer
+
+    def _consistency(self, http: httpx.Client, relay_url: str) -> Any:
+        def fetch(old: int, new: int) -> Sequence[bytes]:
+            answer = self._get(
+                http,
+                f"{relay_url}/v1/fleet/consistency?old={old}&new={new}",
+                f"a consistency proof between log sizes {old} and {new}",
+            )
+            try:
+                return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
+            except (ValueError, KeyError, TypeError):
+                raise FleetNotTrusted("the relay's consistency proof is malformed") from None
+
+        return fetch
+
+    def _verify(
+        self,
+        http: httpx.Client,
+        relay_url: str,
+        state: TrustState,
+        bundle: bytes,
+        *,
+        current: bool,
+    ) -> VerifiedFleet:
+        expected = self.fleet_id
+        if expected is None and len(state.fleets) == 1:
+            expected = bytes.fromhex(next(iter(state.fleets)))  # pinned on first use
+        try:
+            return verify_bundle(
+                bundle,
+                self.operator_key,
+                self.witness.public_key,
+                self.witness.name,
+                state.last_checkpoint(self.witness),
+                self._consistency(http, relay_url),
+                accepted_epochs=state.accepted_epochs() if current else None,
+                allowed_measurements=self.allowed_measurements,
+                expected_fleet_id=expected,
+            )
+        except TransparencyError as err:
+            raise FleetNotTrusted.because(err) from None
+
+    def current(self, http: httpx.Client, relay_url: str) -> VerifiedFleet:
+        """Fetch and verify the relay's current fleet bundle; remember it once accepted."""
+        state = TrustState.load(self.state_file)
+        bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
+        verified = self._verify(http, relay_url, state, bundle, current=True)
+        state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=True)
+        return verified
+
+    def older(
+        self, http: httpx.Client, relay_url: str, current: DeploymentRecord
+    ) -> Iterator[DeploymentRecord]:
+        """Older epochs of the current fleet, newest first: those this client accepted
+        before (from its state) and those the relay lists, each verified like a bundle."""
+        state = TrustState.load(self.state_file)
+        known = {
+            epoch: OperatorSignedRecord.from_bytes(raw)
+            for epoch, raw in state.records(current.fleet_id).items()
+            if epoch < current.epoch
+        }
+        answer = self._get(http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs")
+        try:
+            listed = {int(e) for e in answer.json().get("previous", [])}
+        except (ValueError, TypeError, AttributeError):
+            raise FleetNotTrusted("the relay's list of fleet epochs is malformed") from None
+        for epoch in sorted(set(known) | {e for e in listed if e < current.epoch}, reverse=True):
+            if epoch in known:
+                try:
+                    yield known[epoch].verify(self.operator_key)
+                except TransparencyError as err:
+                    raise FleetNotTrusted.because(err) from None
+                continue
+            bundle = self._get(
+                http, f"{relay_url}/v1/fleet/bundle?epoch={epoch}", f"the bundle of epoch {epoch}"
+            ).content
+            verified = self._verify(http, relay_url, state, bundle, current=False)
+            if verified.record.fleet_id != current.fleet_id or verified.record.epoch != epoch:
+                raise FleetNotTrusted(
+                    f"the relay's bundle for epoch {epoch} is for epoch"
+                    f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
+                )
+            state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=False)
+            yield verified.record
+
+
+# ---- sessions -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Recovered:
+    root_key: bytes
+    #: For a password change on the fleet it was recovered from (empty after a migration).
+    grant: bytes
+    #: The epoch the entry was migrated from, or None.
+    migrated_from: int | None = None
+
+
+class FleetSession:
+    """The vault as a client sees it: the current (verified or pinned) fleet, and for OTA
+    clients the older epochs their entry may still be on."""
+
+    def __init__(
+        self,
+        vault: VaultClient,
+        epoch: int | None = None,
+        older: Iterator[tuple[int, VaultClient]] | None = None,
+    ) -> None:
+        self.vault = vault
+        self.epoch = epoch
+        self._older = older
+
+    def older(self) -> Iterator[tuple[int, VaultClient]]:
+        return self._older if self._older is not None else iter(())
+
+    def migrate(self, password: str) -> Recovered | None:
+        """If the entry is on an older epoch, recover it there, register the same root key
+        behind the same password here, and delete the old entry. None if there is none."""
+        for epoch, old in self.older():
+            try:
+                status = old.status()
+            except VaultError as err:
+                raise VaultError(
+                    f"cannot check epoch {epoch} for this entry: {err.message}",
+                    hint="the key may still be on that epoch; ask the operator to keep routing"
+                    " it until clients have migrated (no new key was registered)",
+                ) from None
+            if status.status == EntryStatus.DESTROYED:
+                raise Destroyed()
+            if status.status != EntryStatus.LIVE:
+                continue
+            root_key, _ = old.recover(password)
+            try:
+                self.vault.register(password, root_key, status.guess_limit)
+            except AlreadyRegistered:
+                # Another device migrated it meanwhile: it is the same key, behind the same
+                # password, on the current fleet.
+                return Recovered(*self.vault.recover(password), epoch)
+            # The old entry is deleted so the old fleet can be retired; if that fails it
+            # goes away with that fleet.
+            with contextlib.suppress(VaultError):
+                old.delete()
+            return Recovered(root_key, b"", epoch)
+        return None
+
+    def recover_or_migrate(self, password: str) -> Recovered:
+        """The root key behind `password`, from the current fleet, or migrated to it."""
+        status = self.vault.status()
+        if status.status == EntryStatus.LIVE:
+            root_key, grant = self.vault.recover(password)
+            return Recovered(root_key, grant)
+        if status.status == EntryStatus.DESTROYED:
+            raise Destroyed()
+        migrated = self.migrate(password)
+        if migrated is None:
+            raise NotRegistered()
+        return migrated
+
+
+def ota_session(
+    trust: OtaTrust,
+    relay_url: str,
+    token: str,
+    account: str,
+    *,
+    entry: str = DEFAULT_ENTRY,
+    ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
+    http: httpx.Client | None = None,
+) -> FleetSession:
+    """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
+    return a session on that fleet."""
+    relay_url = relay_url.rstrip("/")
+    client = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+    verified = trust.current(client, relay_url)
+
+    def vault_for(record: DeploymentRecord) -> VaultClient:
+        return VaultClient(
+            relay_url,
+            token,
+            account,
+            record.fleet_id,
+            record.fleet_public_key,
+            record.opaque_server_public_key,
+            entry=entry,
+            ksf_params=ksf_params,
+            http=client,
+            epoch=record.epoch,
+        )
+
+    def older() -> Iterator[tuple[int, VaultClient]]:
+        for record in trust.older(client, relay_url, verified.record):
+            yield record.epoch, vault_for(record)
+
+    return FleetSession(vault_for(verified.record), verified.record.epoch, older())
