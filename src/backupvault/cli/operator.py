@@ -35,16 +35,23 @@ def local() -> None:
 @click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
 @pass_context
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
-    """Start (provisioning the first time) a local fleet and relay; writes DIR/client.toml."""
+    """Start (provisioning the first time) a local fleet, witness and relay; writes
+    DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys)."""
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         ctx.output.note(f"provisioning {nodes} nodes: tokens, identity keys, key ceremony …")
     deployment.up(nodes)
     status = deployment.status()
     ctx.output.result(
-        {"dir": str(root), "client_config": str(root / "client.toml"), "processes": status},
-        f"local deployment up: {len(status) - 1} nodes and the relay at "
-        f"{status['relay']['url']}\nclient config: {root / 'client.toml'}",
+        {
+            "dir": str(root),
+            "client_config": str(root / "client.toml"),
+            "ota_client_config": str(root / "client-ota.toml"),
+            "processes": status,
+        },
+        f"local deployment up: {len(status) - 2} nodes, the witness and the relay at "
+        f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
+        f" {root / 'client-ota.toml'} (fleet keys over the air)",
     )
 
 

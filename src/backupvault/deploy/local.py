@@ -1,13 +1,23 @@
 """A whole deployment on this machine, for development and the demo: N vault nodes (each
-with its own SoftHSM2 token and database) and the relay, all on loopback, started as
-background processes. `DIR` holds everything:
+with its own SoftHSM2 token and database), a witness and the relay, all on loopback,
+started as background processes. `DIR` holds everything:
 
-    DIR/fleet.toml            public description of the fleet (keys, node URLs)
+    DIR/fleet.toml            public description of the fleet (keys, node URLs, epoch,
+                              measurement)
+    DIR/deployment.bin        its deployment record, signed with operator.key
+    DIR/bundle.bin            the record + the witness's cosignature and inclusion proof
     DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed secrets, db
-    DIR/relay.toml            relay config; DIR/operator.key, operator.pub: token signing
-    DIR/client.toml           what a client needs: relay URL, pinned fleet keys, a token
+    DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
+    DIR/witness/              the witness: witness.toml, its own key, its SQLite log
+    DIR/relay.toml            relay config; DIR/operator.key, operator.pub: the operator's
+                              key (signs account tokens and, here, deployment records)
+    DIR/client.toml           a client with pinned fleet keys (relay URL, keys, a token)
+    DIR/client-ota.toml       a client that takes fleet keys over the air (operator and
+                              witness keys; state in client-ota-state.json)
     DIR/processes.json        pids and ports of the running processes
     DIR/logs/                 one log per process
+
+Process names: `node<i>` (epoch 1), `e<E>-node<i>` (later epochs), `witness`, `relay`.
 """
 
 from __future__ import annotations
@@ -21,13 +31,23 @@ import socket
 import subprocess
 import sys
 import time
+import tomllib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.deploy.records import (
+    RECORD_FILE,
+    deploy,
+    save_bundle,
+    submit,
+)
 from backupvault.errors import BackupVaultError
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
@@ -39,12 +59,14 @@ from backupvault.relay.auth import (
     mint_token,
     save_operator_key,
 )
+from backupvault.transparency import OperatorSignedRecord, Signer
 
 HOST = "127.0.0.1"
 ISSUER = "backupvault-local"
 AUDIENCE = "backupvault-relay"
 ACCOUNT = "local-user"
 TOKEN_TTL = 30 * 24 * 3600
+WITNESS_NAME = "witness.local/backupvault"
 
 
 class DeploymentError(BackupVaultError):
@@ -65,11 +87,44 @@ class LocalDeployment:
     def processes_file(self) -> Path:
         return self.root / "processes.json"
 
-    def node_config(self, index: int) -> Path:
-        return self.root / f"node{index}.toml"
+    # ---- epochs: epoch 1 lives in DIR, epoch E >= 2 in DIR/epoch<E> ----------------------
 
-    def node_count(self) -> int:
-        return len(FleetDescription.load(self.root / "fleet.toml").nodes)
+    def fleet_dir(self, epoch: int | None = None) -> Path:
+        epoch = self.current_epoch() if epoch is None else epoch
+        return self.root if epoch == 1 else self.root / f"epoch{epoch}"
+
+    def epochs(self) -> list[int]:
+        """Every epoch this deployment has (oldest first)."""
+        later = [
+            int(p.name.removeprefix("epoch"))
+            for p in self.root.glob("epoch*")
+            if p.name.removeprefix("epoch").isdigit() and (p / "fleet.toml").exists()
+        ]
+        return [1, *sorted(later)]
+
+    def current_epoch(self) -> int:
+        return self.epochs()[-1]
+
+    def fleet(self, epoch: int | None = None) -> FleetDescription:
+        return FleetDescription.load(self.fleet_dir(epoch) / "fleet.toml")
+
+    @staticmethod
+    def node_name(index: int, epoch: int) -> str:
+        return f"node{index}" if epoch == 1 else f"e{epoch}-node{index}"
+
+    def node_config(self, index: int, epoch: int | None = None) -> Path:
+        return self.fleet_dir(epoch) / f"node{index}.toml"
+
+    def node_count(self, epoch: int | None = None) -> int:
+        return len(self.fleet(epoch).nodes)
+
+    @property
+    def witness_dir(self) -> Path:
+        return self.root / "witness"
+
+    def witness_url(self) -> str:
+        data = tomllib.loads((self.witness_dir / "witness.toml").read_text())
+        return f"http://{data['listen']}"
 
     # ---- provisioning (once) -----------------------------------------------------------
 
@@ -81,19 +136,42 @@ class LocalDeployment:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
-        ports = [_free_port() for _ in range(nodes + 1)]
-        relay_port, node_ports = ports[0], ports[1:]
-        identities: list[bytes] = []
-        for index in range(nodes):
-            identities.append(self._provision_node(index, node_ports[index]))
+        relay_port, witness_port = _free_port(), _free_port()
 
+        operator = generate_operator_key()
+        save_operator_key(operator, self.root / "operator.key", self.root / "operator.pub")
+        fleet_id = os.urandom(16)
+        self._provision_witness(witness_port, fleet_id)
+        self.start_witness()  # starts while the nodes are provisioned
+
+        fleet = self._provision_fleet(self.root, 1, fleet_id, nodes)
+        bundle_file = self._deploy_and_log(self.root / "fleet.toml", 1)
+        self._write_relay_config(relay_port, fleet, bundle_file, [])
+        relay_url = f"http://{HOST}:{relay_port}"
+        self.write_client_config(fleet, relay_url, ACCOUNT)
+        self.write_ota_client_config(fleet, relay_url, ACCOUNT)
+
+    def _provision_fleet(
+        self, fleet_dir: Path, epoch: int, fleet_id: bytes, nodes: int
+    ) -> FleetDescription:
+        """Tokens and identity keys for `nodes` new nodes in `fleet_dir`, the key ceremony
+        for `fleet_id`, and its fleet.toml."""
+        fleet_dir.mkdir(parents=True, exist_ok=True)
+        node_ports = [_free_port() for _ in range(nodes)]
+        # Each node's token and `node init` (a process of its own) run side by side.
+        with ThreadPoolExecutor(max_workers=nodes) as pool:
+            identities = list(
+                pool.map(
+                    lambda index: self._provision_node(fleet_dir, epoch, index, node_ports[index]),
+                    range(nodes),
+                )
+            )
         # Key ceremony: shared secrets exist in this process only, and leave it only
         # encrypted to each node's identity key.
-        fleet_id = os.urandom(16)
         fleet_secrets = make_fleet_secrets(fleet_id, os.urandom)
         for index, identity in enumerate(identities):
             transfer = seal_for_node(fleet_secrets, index, identity)
-            (self.root / f"node{index}" / TRANSFER).write_bytes(transfer)
+            (fleet_dir / f"node{index}" / TRANSFER).write_bytes(transfer)
         fleet = FleetDescription(
             fleet_id=fleet_id,
             guess_limit=10,
@@ -106,36 +184,90 @@ class LocalDeployment:
             ),
         )
         del fleet_secrets
-        fleet.save(self.root / "fleet.toml")
+        fleet.save(fleet_dir / "fleet.toml")
+        return fleet
 
-        operator = generate_operator_key()
-        save_operator_key(operator, self.root / "operator.key", self.root / "operator.pub")
+    def _operator_key(self) -> Ed25519PrivateKey:
+        return load_operator_private_key(self.root / "operator.key")
+
+    def _deploy_and_log(self, fleet_file: Path, epoch: int) -> Path:
+        """`fleet deploy` for this fleet file: measure, sign (the local operator key also
+        signs deployment records), have the local witness log it, save the bundle."""
+        signed = deploy(fleet_file, self._operator_key(), epoch=epoch)
+        self._wait_witness()
+        return save_bundle(fleet_file, submit(self.witness_url(), signed))
+
+    def _refresh_bundle(self, epoch: int) -> Path:
+        """A fresh receipt (against the witness's latest checkpoint) for an epoch's record."""
+        fleet_file = self.fleet_dir(epoch) / "fleet.toml"
+        signed = OperatorSignedRecord.from_bytes((fleet_file.parent / RECORD_FILE).read_bytes())
+        return save_bundle(fleet_file, submit(self.witness_url(), signed))
+
+    def _provision_witness(self, port: int, fleet_id: bytes) -> None:
+        """The witness's own key and config; it vouches for this fleet id signed by the
+        local operator key (a real witness is run by someone else)."""
+        self.witness_dir.mkdir(exist_ok=True)
+        key = Ed25519PrivateKey.generate()
+        key_file = self.witness_dir / "witness.key"
+        key_file.write_bytes(
+            key.private_bytes(
+                serialization.Encoding.PEM,
+                serialization.PrivateFormat.PKCS8,
+                serialization.NoEncryption(),
+            )
+        )
+        key_file.chmod(0o600)
         write_toml(
-            self.root / "relay.toml",
+            self.witness_dir / "witness.toml",
             {
-                "listen": f"{HOST}:{relay_port}",
-                "relay": {
-                    "nodes": [n.url for n in fleet.nodes],
-                    "issuer": ISSUER,
-                    "audience": AUDIENCE,
-                    "operator_public_key": "operator.pub",
-                },
+                "name": WITNESS_NAME,
+                "listen": f"{HOST}:{port}",
+                "key_file": "witness.key",
+                "database": "witness.sqlite",
+                "pin_first_seen": False,
+                "fleets": [{"fleet_id": fleet_id.hex(), "operator_key": "../operator.pub"}],
             },
         )
-        self.write_client_config(fleet, f"http://{HOST}:{relay_port}", ACCOUNT)
+
+    def witness_vkey(self) -> str:
+        key = serialization.load_pem_private_key(
+            (self.witness_dir / "witness.key").read_bytes(), password=None
+        )
+        assert isinstance(key, Ed25519PrivateKey)
+        return Signer(WITNESS_NAME, key).verifier.vkey()
+
+    def _write_relay_config(
+        self,
+        port: int,
+        fleet: FleetDescription,
+        bundle_file: Path,
+        previous: list[tuple[FleetDescription, Path]],
+        extra: dict[str, Any] | None = None,
+    ) -> None:
+        relay: dict[str, Any] = {
+            "nodes": [n.url for n in fleet.nodes],
+            "issuer": ISSUER,
+            "audience": AUDIENCE,
+            "operator_public_key": "operator.pub",
+            "bundle_file": str(bundle_file.relative_to(self.root)),
+            "witness_url": self.witness_url(),
+            **(extra or {}),
+        }
+        if previous:
+            relay["previous_fleets"] = [
+                {"nodes": [n.url for n in f.nodes], "bundle_file": str(b.relative_to(self.root))}
+                for f, b in previous
+            ]
+        write_toml(self.root / "relay.toml", {"listen": f"{HOST}:{port}", "relay": relay})
 
     def write_client_config(self, fleet: FleetDescription, relay_url: str, account: str) -> None:
-        operator = load_operator_private_key(self.root / "operator.key")
-        token = mint_token(
-            operator, account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
-        )
         path = self.root / "client.toml"
         write_toml(
             path,
             {
                 "relay_url": relay_url,
                 "account": account,
-                "token": token,
+                "token": self._token(account),
                 "fleet_id": fleet.fleet_id.hex(),
                 "fleet_public_key": fleet.hpke_public_key.hex(),
                 "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
@@ -143,17 +275,46 @@ class LocalDeployment:
         )
         path.chmod(0o600)
 
-    def _provision_node(self, index: int, port: int) -> bytes:
-        node_dir = self.root / f"node{index}"
+    def write_ota_client_config(
+        self, fleet: FleetDescription, relay_url: str, account: str
+    ) -> None:
+        """A client that ships with the operator and witness keys only (no fleet keys)."""
+        path = self.root / "client-ota.toml"
+        operator = self._operator_key().public_key()
+        write_toml(
+            path,
+            {
+                "trust": "ota",
+                "relay_url": relay_url,
+                "account": account,
+                "token": self._token(account),
+                "fleet_id": fleet.fleet_id.hex(),
+                "operator_public_key": operator.public_bytes_raw().hex(),
+                "witness_public_key": self.witness_vkey(),
+                "witness_name": WITNESS_NAME,
+                "state_file": "client-ota-state.json",
+            },
+        )
+        path.chmod(0o600)
+
+    def _token(self, account: str) -> str:
+        return mint_token(
+            self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
+        )
+
+    def _provision_node(self, fleet_dir: Path, epoch: int, index: int, port: int) -> bytes:
+        node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin_file = node_dir / "token.pin"
         pin = secrets.token_hex(8)
         pin_file.write_text(pin)
         pin_file.chmod(0o600)
-        token = init_softhsm_token(node_dir / "hsm", f"backupvault-node-{index}", pin, pin + "so")
+        label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
+        token = init_softhsm_token(node_dir / "hsm", label, pin, pin + "so")
         assert token.softhsm2_conf is not None
+        config = fleet_dir / f"node{index}.toml"
         write_toml(
-            self.node_config(index),
+            config,
             {
                 "node": {
                     "index": index,
@@ -165,20 +326,20 @@ class LocalDeployment:
                     "module": str(token.module_path),
                     "label": token.token_label,
                     "pin_file": f"node{index}/token.pin",
-                    "softhsm2_conf": str(token.softhsm2_conf.relative_to(self.root.resolve())),
+                    "softhsm2_conf": str(token.softhsm2_conf.relative_to(fleet_dir.resolve())),
                 },
             },
         )
-        out = self._backupvault(["node", "init", "--config", str(self.node_config(index))], index)
+        out = self._backupvault(["node", "init", "--config", str(config)], index, epoch)
         return bytes.fromhex(json.loads(out)["identity_public_key"])
 
-    def _node_env(self, index: int) -> dict[str, str]:
-        return softhsm_env(self.root / f"node{index}" / "hsm" / "softhsm2.conf")
+    def _node_env(self, index: int, epoch: int | None = None) -> dict[str, str]:
+        return softhsm_env(self.fleet_dir(epoch) / f"node{index}" / "hsm" / "softhsm2.conf")
 
-    def _backupvault(self, args: list[str], node: int) -> str:
+    def _backupvault(self, args: list[str], node: int, epoch: int | None = None) -> str:
         done = subprocess.run(
             [sys.executable, "-m", "backupvault", "--json", *args],
-            env=self._node_env(node),
+            env=self._node_env(node, epoch),
             capture_output=True,
             text=True,
             check=False,
@@ -186,6 +347,45 @@ class LocalDeployment:
         if done.returncode != 0:
             raise DeploymentError(f"`backupvault {' '.join(args)}` failed: {done.stderr.strip()}")
         return done.stdout
+
+    # ---- rotation ------------------------------------------------------------------------
+
+    def rotate(self, nodes: int | None = None, timeout: float = 60.0) -> int:
+        """A new epoch of the same fleet id: new nodes (new tokens, identity keys, ports), a
+        new key ceremony, a new deployment record logged by the witness. The relay then
+        serves the new bundle and routes the new epoch by default, and keeps routing the
+        older epochs at /v1/epochs/<E>/... so that OTA clients can migrate their entries.
+        Returns the new epoch."""
+        old = self.fleet()
+        if old.epoch is None:
+            raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
+        epoch = old.epoch + 1
+        fleet_dir = self.root / f"epoch{epoch}"
+        if fleet_dir.exists():
+            raise DeploymentError(
+                f"{fleet_dir} exists: a rotation to epoch {epoch} was started before",
+                hint=f"remove {fleet_dir} and run `local rotate` again",
+            )
+        self.start_witness()
+        fleet = self._provision_fleet(fleet_dir, epoch, old.fleet_id, nodes or len(old.nodes))
+        bundle = self._deploy_and_log(fleet_dir / "fleet.toml", epoch)
+        # Older bundles get a receipt against the new checkpoint, so that a client that has
+        # seen the new one can still verify them (a smaller checkpoint would be a rollback).
+        previous = [(self.fleet(e), self._refresh_bundle(e)) for e in reversed(self.epochs()[:-1])]
+        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
+        relay = relay_toml["relay"]
+        managed = {"nodes", "bundle_file", "witness_url", "previous_fleets", "issuer", "audience"}
+        kept = {k: v for k, v in relay.items() if k not in managed | {"operator_public_key"}}
+        port = int(str(relay_toml["listen"]).rpartition(":")[2])
+        self._write_relay_config(port, fleet, bundle, previous, kept)
+        # Pinned clients need new keys (that is what pinning means); OTA ones do not.
+        self.write_client_config(fleet, self.relay_url(), ACCOUNT)
+        for index in range(len(fleet.nodes)):
+            self.start_node(index, epoch)
+        self.stop_process("relay")
+        self.start_relay()
+        self.wait_ready(timeout)
+        return epoch
 
     # ---- processes ---------------------------------------------------------------------
 
@@ -199,6 +399,7 @@ class LocalDeployment:
         self.processes_file.write_text(json.dumps(processes, indent=2))
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> int:
+        (self.root / "logs").mkdir(exist_ok=True)
         log = (self.root / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
             [sys.executable, "-m", "backupvault", *args],
@@ -211,17 +412,41 @@ class LocalDeployment:
         log.close()
         return process.pid
 
-    def start_node(self, index: int) -> None:
+    def start_node(self, index: int, epoch: int | None = None) -> None:
+        epoch = self.current_epoch() if epoch is None else epoch
+        name = self.node_name(index, epoch)
         processes = self._processes()
-        if _alive(processes.get(f"node{index}", {}).get("pid")):
+        if _alive(processes.get(name, {}).get("pid")):
             return
         pid = self._spawn(
-            f"node{index}",
-            ["node", "serve", "--config", str(self.node_config(index))],
-            self._node_env(index),
+            name,
+            ["node", "serve", "--config", str(self.node_config(index, epoch))],
+            self._node_env(index, epoch),
         )
-        processes[f"node{index}"] = {"pid": pid}
+        processes[name] = {"pid": pid}
         self._save_processes(processes)
+
+    def start_witness(self) -> None:
+        processes = self._processes()
+        if _alive(processes.get("witness", {}).get("pid")):
+            return
+        config = self.witness_dir / "witness.toml"
+        pid = self._spawn(
+            "witness", ["witness", "serve", "--config", str(config)], dict(os.environ)
+        )
+        processes["witness"] = {"pid": pid}
+        self._save_processes(processes)
+
+    def _wait_witness(self, timeout: float = 30.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if _healthy(f"{self.witness_url()}/v1/witness", ready=False):
+                return
+            time.sleep(0.05)
+        raise DeploymentError(
+            f"the witness did not start in {timeout:.0f} s",
+            hint=f"see {self.root / 'logs' / 'witness.log'}",
+        )
 
     def start_relay(self) -> None:
         processes = self._processes()
@@ -245,8 +470,11 @@ class LocalDeployment:
     def up(self, nodes: int = 5, timeout: float = 60.0) -> None:
         if not self.provisioned():
             self.provision(nodes)
-        for index in range(self.node_count()):
-            self.start_node(index)
+        if (self.witness_dir / "witness.toml").exists():
+            self.start_witness()
+        for epoch in self.epochs():
+            for index in range(self.node_count(epoch)):
+                self.start_node(index, epoch)
         self.start_relay()
         self.wait_ready(timeout)
 
@@ -256,34 +484,49 @@ class LocalDeployment:
         self.processes_file.unlink(missing_ok=True)
 
     def wait_ready(self, timeout: float = 60.0, nodes: list[int] | None = None) -> None:
+        """Until the relay, the witness and the nodes (of every epoch; or `nodes` of the
+        current one) answer."""
         deadline = time.monotonic() + timeout
-        wanted = range(self.node_count()) if nodes is None else nodes
-        fleet = FleetDescription.load(self.root / "fleet.toml")
+        current = self.current_epoch()
+        wanted = None if nodes is None else {self.node_name(i, current) for i in nodes}
         while time.monotonic() < deadline:
             status = self.status()
-            relay_up = status["relay"]["healthy"]
-            nodes_ready = all(status[f"node{i}"]["healthy"] for i in wanted)
-            if relay_up and nodes_ready:
+            ready = all(
+                info["healthy"]
+                for name, info in status.items()
+                if wanted is None or name in wanted or name in ("relay", "witness")
+            )
+            if ready:
                 return
             time.sleep(0.2)
         logs = self.root / "logs"
         raise DeploymentError(
             f"the local deployment did not become ready in {timeout:.0f} s",
-            hint=f"see the logs in {logs} ({len(fleet.nodes)} nodes + relay)",
+            hint=f"see the logs in {logs} (one per node, the witness and the relay)",
         )
 
     def status(self) -> dict[str, dict[str, Any]]:
         processes = self._processes()
-        fleet = FleetDescription.load(self.root / "fleet.toml")
         report: dict[str, dict[str, Any]] = {}
-        for node in fleet.nodes:
-            name = f"node{node.index}"
-            pid = processes.get(name, {}).get("pid")
-            report[name] = {
+        for epoch in self.epochs():
+            for node in self.fleet(epoch).nodes:
+                name = self.node_name(node.index, epoch)
+                pid = processes.get(name, {}).get("pid")
+                report[name] = {
+                    "pid": pid,
+                    "running": _alive(pid),
+                    "url": node.url,
+                    "epoch": epoch,
+                    "healthy": _healthy(f"{node.url}/v1/health", ready=True),
+                }
+        if (self.witness_dir / "witness.toml").exists():
+            url = self.witness_url()
+            pid = processes.get("witness", {}).get("pid")
+            report["witness"] = {
                 "pid": pid,
                 "running": _alive(pid),
-                "url": node.url,
-                "healthy": _healthy(f"{node.url}/v1/health", ready=True),
+                "url": url,
+                "healthy": _healthy(f"{url}/v1/witness", ready=False),
             }
         relay_url = self.relay_url()
         pid = processes.get("relay", {}).get("pid")
@@ -295,17 +538,19 @@ class LocalDeployment:
         }
         return report
 
-    def inspect(self, index: int, account: str, entry: str) -> dict[str, Any]:
+    def inspect(
+        self, index: int, account: str, entry: str, epoch: int | None = None
+    ) -> dict[str, Any]:
         """A node's on-disk view of one entry (runs `node inspect` with its token)."""
-        args = ["node", "inspect", "--config", str(self.node_config(index))]
-        out = self._backupvault([*args, "--account", account, "--entry", entry], index)
+        args = ["node", "inspect", "--config", str(self.node_config(index, epoch))]
+        out = self._backupvault([*args, "--account", account, "--entry", entry], index, epoch)
         data: dict[str, Any] = json.loads(out)
         return data
 
-    def metrics(self) -> dict[str, dict[str, Any]]:
+    def metrics(self, epoch: int | None = None) -> dict[str, dict[str, Any]]:
         """Each running node's counters (evaluations, commits, refusals)."""
         report: dict[str, dict[str, Any]] = {}
-        for node in FleetDescription.load(self.root / "fleet.toml").nodes:
+        for node in self.fleet(epoch).nodes:
             try:
                 report[f"node{node.index}"] = httpx.get(f"{node.url}/v1/metrics", timeout=2).json()
             except httpx.HTTPError:
@@ -313,8 +558,6 @@ class LocalDeployment:
         return report
 
     def relay_url(self) -> str:
-        import tomllib
-
         data = tomllib.loads((self.root / "client.toml").read_text())
         return str(data["relay_url"])
 

@@ -1,0 +1,402 @@
+"""Transparency commands: deployment records (`fleet deploy`, `fleet measure`), the witness
+(`witness keygen|serve|verify-log`), checking a deployment (`verify-deployment`), and a
+local fleet rotation (`local rotate`)."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import click
+import httpx
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.cli.main import Context, cli, pass_context
+from backupvault.cli.operator import fleet, local
+from backupvault.client.config import ClientConfig
+from backupvault.client.trust import load_operator_key, load_witness_verifier
+from backupvault.crypto.seal import Kem
+from backupvault.deploy.local import LocalDeployment
+from backupvault.deploy.records import deploy, next_epoch, save_bundle, submit
+from backupvault.deploy.verify import (
+    DeploymentCheckFailed,
+    TrustInputs,
+    local_measurement,
+    verify_deployment,
+    verify_log,
+)
+from backupvault.errors import InvalidInput, UsageError
+from backupvault.node.config import FleetDescription
+from backupvault.relay.auth import load_operator_private_key
+from backupvault.transparency import Signer, Verifier
+from backupvault.transparency.measure import (
+    FirmwareConfig,
+    combine,
+    default_package_dir,
+    measure_package,
+)
+
+_FLEET_FILE = click.option(
+    "--fleet-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The fleet's fleet.toml (after the key ceremony).",
+)
+
+
+# ---- fleet deploy / measure ------------------------------------------------------------------
+
+
+@fleet.command("deploy")
+@_FLEET_FILE
+@click.option(
+    "--operator-key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The operator's Ed25519 private key (PEM) that signs deployment records.",
+)
+@click.option("--epoch", type=int, help="The record's epoch (default: see --previous).")
+@click.option(
+    "--previous",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The fleet.toml of the epoch this one replaces (a rotation): epoch = its epoch + 1. "
+    "Without it: 1 for a new fleet, or fleet.toml's epoch + 1 (an upgrade).",
+)
+@click.option("--witness", "witness_url", help="Submit to this witness and write bundle.bin.")
+@click.option(
+    "--package-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="Measure this backupvault package directory (default: the installed one).",
+)
+@pass_context
+def fleet_deploy(
+    ctx: Context,
+    fleet_file: Path,
+    key_path: Path,
+    epoch: int | None,
+    previous: Path | None,
+    witness_url: str | None,
+    package_dir: Path | None,
+) -> None:
+    """Make, measure and sign the fleet's deployment record: writes deployment.bin next to
+    the fleet file and its epoch and measurement into it; with --witness, has the witness
+    log it and writes bundle.bin (what the relay serves to clients)."""
+    description = FleetDescription.load(fleet_file)
+    if epoch is None:
+        epoch = next_epoch(
+            description, None if previous is None else FleetDescription.load(previous)
+        )
+    if epoch < 0:
+        raise UsageError("the epoch is a whole number >= 0")
+    signed = deploy(
+        fleet_file, load_operator_private_key(key_path), epoch=epoch, package_dir=package_dir
+    )
+    record = signed.deployment()
+    data: dict[str, object] = {
+        "fleet_id": record.fleet_id.hex(),
+        "epoch": record.epoch,
+        "measurement": record.measurement.hex(),
+        "record": str(fleet_file.parent / "deployment.bin"),
+    }
+    text = (
+        f"deployment record for fleet {record.fleet_id.hex()} epoch {record.epoch},"
+        f" measurement {record.measurement.hex()}: {data['record']}"
+    )
+    if witness_url is not None:
+        bundle = submit(witness_url, signed)
+        data["bundle"] = str(save_bundle(fleet_file, bundle))
+        data["leaf_index"] = bundle.leaf_index
+        text += f"\nlogged by the witness at index {bundle.leaf_index}: {data['bundle']}"
+    ctx.output.result(data, text)
+
+
+@fleet.command("measure")
+@click.option(
+    "--fleet-file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Take the configuration from this fleet.toml.",
+)
+@click.option("--guess-limit", type=int, help="Without --fleet-file: the default guess limit.")
+@click.option("--nodes", "node_count", type=int, help="Without --fleet-file: the node count.")
+@click.option("--quorum", type=int, help="Default: a majority of the nodes.")
+@click.option(
+    "--kem",
+    type=click.Choice([k.name for k in Kem]),
+    default=Kem.MLKEM768_X25519.name,
+    show_default=True,
+    help="Without --fleet-file: the fleet key type.",
+)
+@click.option(
+    "--package-dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    help="The backupvault package directory to measure (default: the installed one).",
+)
+@pass_context
+def fleet_measure(
+    ctx: Context,
+    fleet_file: Path | None,
+    guess_limit: int | None,
+    node_count: int | None,
+    quorum: int | None,
+    kem: str,
+    package_dir: Path | None,
+) -> None:
+    """Print the firmware measurement (and what went into it) for anyone to recompute."""
+    if fleet_file is not None:
+        config = FleetDescription.load(fleet_file).firmware_config()
+    elif guess_limit is None or node_count is None:
+        raise UsageError("give --fleet-file, or --guess-limit and --nodes (and --kem)")
+    else:
+        config = FirmwareConfig(guess_limit, quorum or node_count // 2 + 1, node_count, Kem[kem])
+    root = default_package_dir() if package_dir is None else package_dir.resolve()
+    package = measure_package(root)
+    measurement = combine(package, config)
+    data = {
+        "package_dir": str(root),
+        "files": sum(
+            1
+            for p in root.rglob("*")
+            if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
+        ),
+        "package_digest": package.hex(),
+        "guess_limit": config.guess_limit,
+        "quorum": config.quorum,
+        "node_count": config.node_count,
+        "kem": config.kem.name,
+        "measurement": measurement.hex(),
+    }
+    text = "\n".join(f"{k}: {v}" for k, v in data.items())
+    ctx.output.result(data, text)
+
+
+# ---- witness --------------------------------------------------------------------------------
+
+
+@cli.group()
+def witness() -> None:
+    """The witness: logs and co-signs deployment records (run by an independent party)."""
+
+
+@witness.command("keygen")
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--name", required=True, help="The witness name, e.g. witness.example/backupvault.")
+@pass_context
+def witness_keygen(ctx: Context, out_dir: Path, name: str) -> None:
+    """Make the witness's signing key (OUT/witness.key) and print its verifier key, which
+    clients and auditors are configured with."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / "witness.key"
+    if path.exists():
+        raise InvalidInput(f"{path} exists; a witness keeps its key for the life of its log")
+    key = Ed25519PrivateKey.generate()
+    vkey = Signer(name, key).verifier.vkey()
+    path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    path.chmod(0o600)
+    ctx.output.result({"key_file": str(path), "vkey": vkey}, f"wrote {path}\nvkey: {vkey}")
+
+
+@witness.command("serve")
+@click.option(
+    "--config",
+    "witness_config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="witness.toml (see docs/transparency.md).",
+)
+@click.option("--listen", help="host:port (default: the config's `listen`, else 127.0.0.1:8700)")
+def witness_serve(witness_config: Path, listen: str | None) -> None:
+    """Serve the witness until stopped."""
+    import logging
+
+    from backupvault.transparency.witness import WitnessConfig
+    from backupvault.transparency.witness_http import serve
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    address = listen or tomllib.loads(witness_config.read_text()).get("listen", "127.0.0.1:8700")
+    host, _, port = str(address).rpartition(":")
+    serve(WitnessConfig.load(witness_config), host or "127.0.0.1", int(port))
+
+
+def _client_ota(ctx: Context) -> ClientConfig | None:
+    if ctx.config_path is None:
+        return None
+    config = ctx.config()
+    return config if config.ota is not None else None
+
+
+def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | None:
+    if vkey is not None:
+        return load_witness_verifier(vkey, name)
+    config = _client_ota(ctx)
+    return None if config is None or config.ota is None else config.ota.witness
+
+
+@witness.command("verify-log")
+@click.option("--url", required=True, help="The witness's base URL.")
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Remembers the last checkpoint (JSON; an OTA client's state file works too).",
+)
+@click.option("--vkey", help="The witness's verifier key (default: the client config's).")
+@pass_context
+def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: str | None) -> None:
+    """Fetch the witness's checkpoint and check that it extends the last one seen (a
+    consistency proof); refuses a forked or rolled-back log."""
+    verifier = _verifier(ctx, vkey, None)
+    if verifier is None and state_file is not None and state_file.exists():
+        import json
+
+        remembered = json.loads(state_file.read_text()).get("vkey")
+        verifier = None if remembered is None else Verifier.from_vkey(str(remembered))
+    if verifier is None:
+        raise UsageError(
+            "which witness key? give --vkey (GET /v1/witness shows it; get it from the "
+            "witness out of band), or --config with an OTA client config"
+        )
+    check = verify_log(url, verifier, state_file)
+    previous = check.previous
+    growth = (
+        "no earlier checkpoint remembered"
+        if previous is None
+        else f"consistent with the one of size {previous.size}"
+    )
+    ctx.output.result(
+        {
+            "origin": check.checkpoint.origin,
+            "size": check.checkpoint.size,
+            "root_hash": check.checkpoint.root_hash.hex(),
+            "previous_size": None if previous is None else previous.size,
+            "consistent": True,
+        },
+        f"witness log {check.checkpoint.origin}: {check.checkpoint.size} entries, root"
+        f" {check.checkpoint.root_hash.hex()}; {growth}",
+    )
+
+
+# ---- verify-deployment ----------------------------------------------------------------------
+
+
+@cli.command("verify-deployment")
+@click.option("--relay", "relay_url", help="The relay's URL (default: the client config's).")
+@click.option(
+    "--bundle",
+    "bundle_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Check this bundle file instead of the relay's.",
+)
+@click.option("--operator-key", help="The operator's Ed25519 public key: 64 hex, or a PEM file.")
+@click.option("--witness-key", help="The witness's verifier key (name+id+base64), or 64 hex.")
+@click.option("--witness-name", help="The witness's name (with a 64-hex --witness-key).")
+@click.option("--witness-url", help="With --bundle: where to fetch consistency proofs.")
+@click.option(
+    "--state",
+    "state_file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="The last checkpoint seen (JSON, as `witness verify-log` or an OTA client keeps it).",
+)
+@click.option(
+    "--expect-measurement",
+    "expected",
+    multiple=True,
+    help="Allowed firmware measurement (hex); repeat for several.",
+)
+@click.option("--skip-nodes", is_flag=True, help="Do not ask the nodes for their measurement.")
+@pass_context
+def verify_deployment_command(
+    ctx: Context,
+    relay_url: str | None,
+    bundle_file: Path | None,
+    operator_key: str | None,
+    witness_key: str | None,
+    witness_name: str | None,
+    witness_url: str | None,
+    state_file: Path | None,
+    expected: tuple[str, ...],
+    skip_nodes: bool,
+) -> None:
+    """Check each fleet the relay serves (or one bundle) against the operator and witness
+    keys and the log, and each running node's measurement against the record."""
+    config = _client_ota(ctx)
+    ota = None if config is None else config.ota
+    if operator_key is not None:
+        operator = load_operator_key(operator_key, Path.cwd())
+    elif ota is not None:
+        operator = ota.operator_key
+    else:
+        raise UsageError("give --operator-key, or --config with an OTA client config")
+    verifier = _verifier(ctx, witness_key, witness_name)
+    if verifier is None:
+        raise UsageError("give --witness-key, or --config with an OTA client config")
+    if relay_url is None and bundle_file is None:
+        if config is None:
+            raise UsageError("give --relay URL or --bundle FILE")
+        relay_url = config.relay_url
+    try:
+        allowed = frozenset(bytes.fromhex(m) for m in expected) if expected else None
+    except ValueError:
+        raise UsageError("--expect-measurement takes 64 hex characters") from None
+    trust = TrustInputs(operator, verifier, allowed, None if ota is None else ota.fleet_id)
+    with httpx.Client(timeout=10.0, trust_env=False) as http:
+        reports = verify_deployment(
+            trust,
+            relay_url=relay_url if bundle_file is None else None,
+            bundle_file=bundle_file,
+            state_file=state_file,
+            witness_url=witness_url,
+            check_node_measurements=not skip_nodes,
+            http=http,
+        )
+    texts = []
+    for report in reports:
+        text = report.text()
+        if report.record is not None:
+            mine = local_measurement(report.record)
+            same = "the same" if mine == report.record.measurement else "another release"
+            text += f"\n  (this installation measures {mine.hex()} for that fleet: {same})"
+        texts.append(text)
+    ok = bool(reports) and all(r.ok for r in reports)
+    ctx.output.result(
+        {"ok": ok, "fleets": [r.as_dict() for r in reports]},
+        "\n\n".join(texts) + f"\n\nverdict: {'every check passed' if ok else 'FAILED'}",
+    )
+    if not ok:
+        failed = [f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if not c.ok]
+        raise DeploymentCheckFailed(
+            "the deployment does not match its public record: " + "; ".join(failed),
+            hint="do not trust this fleet; keep the output and the state file as evidence",
+        )
+
+
+# ---- local rotate ---------------------------------------------------------------------------
+
+
+@local.command("rotate")
+@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option("--nodes", type=int, help="Nodes of the new epoch (default: as many as now).")
+@pass_context
+def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
+    """Rotate the local fleet to a new epoch: new nodes and keys, a new record logged by the
+    witness; the relay serves it and keeps routing the old epoch for migration."""
+    deployment = LocalDeployment(root)
+    if not deployment.provisioned():
+        raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")
+    if nodes is not None and (nodes < 1 or nodes % 2 == 0):
+        raise UsageError("a fleet has an odd number of nodes (1, 3, 5, ...)")
+    ctx.output.note("provisioning the new epoch: tokens, identity keys, key ceremony …")
+    deployment.up(deployment.node_count())
+    epoch = deployment.rotate(nodes)
+    ctx.output.result(
+        {"dir": str(root), "epoch": epoch, "previous_epochs": deployment.epochs()[:-1]},
+        f"fleet rotated to epoch {epoch}; the relay still routes epochs"
+        f" {', '.join(map(str, deployment.epochs()[:-1]))} for clients to migrate",
+    )

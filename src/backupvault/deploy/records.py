@@ -1,0 +1,131 @@
+"""Deployment records for a fleet: make one from `fleet.toml`, sign it with the operator's
+key, have the witness log it, and keep the bundle clients receive.
+
+Files next to `fleet.toml`:
+
+    deployment.bin   the OperatorSignedRecord (docs/transparency.md, tag 0x52)
+    bundle.bin       the FleetBundle (record + operator signature + witness cosignature +
+                     inclusion proof + checkpoint), which the relay serves to clients
+
+`fleet.toml` gets the record's `epoch` and `measurement` (hex), which each node checks
+against its own measurement when it starts.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.node.config import FleetDescription
+from backupvault.transparency import (
+    DeploymentRecord,
+    FleetBundle,
+    OperatorSignedRecord,
+    WitnessReceipt,
+    sign_record,
+)
+
+RECORD_FILE = "deployment.bin"
+BUNDLE_FILE = "bundle.bin"
+
+
+class WitnessRefused(BackupVaultError):
+    """The witness did not log the record (or could not be reached)."""
+
+
+def deployment_record(
+    fleet: FleetDescription, epoch: int, measurement: bytes, now: int
+) -> DeploymentRecord:
+    return DeploymentRecord.create(
+        fleet_id=fleet.fleet_id,
+        epoch=epoch,
+        guess_limit=fleet.guess_limit,
+        quorum=fleet.quorum,
+        nodes=[(n.index, n.identity_public_key, n.url) for n in fleet.nodes],
+        hpke_public_key=fleet.hpke_public_key,
+        opaque_server_public_key=fleet.opaque_server_public_key,
+        measurement=measurement,
+        time=now,
+    )
+
+
+def next_epoch(fleet: FleetDescription, previous: FleetDescription | None) -> int:
+    """1 for a fleet never deployed; the previous deployment's epoch + 1 otherwise (a
+    rotation to new keys names the old fleet file; an upgrade re-deploys the same one)."""
+    if previous is not None:
+        if previous.fleet_id != fleet.fleet_id:
+            raise InvalidInput(
+                "the previous fleet file is for another fleet id",
+                hint="a rotation keeps the fleet id: copy fleet_id into the new fleet.toml "
+                "before the ceremony",
+            )
+        if previous.epoch is None:
+            raise InvalidInput(
+                "the previous fleet file has no epoch: it was never deployed",
+                hint="run `backupvault fleet deploy` on it first, or give --epoch",
+            )
+        return previous.epoch + 1
+    return 1 if fleet.epoch is None else fleet.epoch + 1
+
+
+def deploy(
+    fleet_file: Path,
+    operator_key: Ed25519PrivateKey,
+    *,
+    epoch: int,
+    package_dir: Path | None = None,
+    now: int | None = None,
+) -> OperatorSignedRecord:
+    """Measure, make and sign the deployment record; write `deployment.bin` next to
+    `fleet_file` and the epoch and measurement into it."""
+    fleet = FleetDescription.load(fleet_file)
+    measurement = fleet.measure(package_dir)
+    record = deployment_record(fleet, epoch, measurement, int(time.time()) if now is None else now)
+    signed = sign_record(record, operator_key)
+    (fleet_file.parent / RECORD_FILE).write_bytes(signed.to_bytes())
+    replace(fleet, epoch=epoch, measurement=measurement).save(fleet_file)
+    return signed
+
+
+def submit(
+    witness_url: str, signed: OperatorSignedRecord, http: httpx.Client | None = None
+) -> FleetBundle:
+    """Have the witness check and log `signed`; the bundle for clients."""
+    client = http or httpx.Client(timeout=10.0, trust_env=False)
+    url = f"{witness_url.rstrip('/')}/v1/submit"
+    try:
+        answer = client.post(
+            url, content=signed.to_bytes(), headers={"Content-Type": "application/octet-stream"}
+        )
+    except httpx.HTTPError as err:
+        raise WitnessRefused(
+            f"cannot reach the witness at {witness_url}: {err}",
+            hint="check that `backupvault witness serve` runs there",
+        ) from None
+    finally:
+        if http is None:
+            client.close()
+    if answer.status_code != 200:
+        try:
+            detail = str(answer.json().get("detail"))
+        except ValueError:
+            detail = answer.text[:200]
+        raise WitnessRefused(
+            f"the witness refused the deployment record ({answer.status_code}): {detail}",
+            hint="the witness must know this fleet id and operator key (its witness.toml), "
+            "and the epoch must be larger than the last one it logged",
+        )
+    return FleetBundle.from_receipt(signed, WitnessReceipt.from_bytes(answer.content))
+
+
+def save_bundle(fleet_file: Path, bundle: FleetBundle) -> Path:
+    path = fleet_file.parent / BUNDLE_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(bundle.to_bytes())
+    tmp.replace(path)
+    return path
