@@ -1,0 +1,151 @@
+"""Fleet rotation with over-the-air keys on a real local deployment: an OTA client that
+registered and backed up on epoch 1 recovers after `local rotate` with the same config (no
+client update): it accepts epoch 2, finds its entry empty there, recovers on epoch 1
+through the relay's /v1/epochs/1/... route, registers the same root key on epoch 2,
+deletes the old entry, and restores its backup. Then an epoch-1 bundle is a replay."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backupvault.backup import create_backup, restore_backup
+from backupvault.client.config import ClientConfig
+from backupvault.client.errors import FleetNotTrusted
+from backupvault.crypto import recovery
+from backupvault.deploy.local import LocalDeployment
+from backupvault.node.config import write_toml
+from backupvault.protocol import EntryStatus
+from backupvault.transparency.errors import EpochReplayed, LogRolledBack
+
+from .conftest import FAST_KSF
+
+NODES = 3
+PASSWORD = "rotate me gently"
+
+
+class Recorder(httpx.BaseTransport):
+    def __init__(self, replace_bundle: bytes | None = None) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.paths: list[str] = []
+        self.replace_bundle = replace_bundle
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path == "/v1/fleet/bundle" and self.replace_bundle is not None:
+            return httpx.Response(200, content=self.replace_bundle)
+        return self.inner.handle_request(request)
+
+
+@pytest.fixture(scope="module")
+def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]:
+    deployment = LocalDeployment(tmp_path_factory.mktemp("rotation"))
+    try:
+        deployment.up(NODES, timeout=90)
+        yield deployment
+    finally:
+        deployment.down()
+
+
+def test_ota_client_migrates_its_entry_across_a_rotation(
+    local: LocalDeployment, tmp_path: Path
+) -> None:
+    config_path = tmp_path / "client-ota.toml"
+    data = tomllib.loads((local.root / "client-ota.toml").read_text())
+    data.update(state_file="state.json", entry="rotating")
+    write_toml(config_path, data)
+    config = ClientConfig.load(config_path)
+
+    # Epoch 1: register and back up.
+    first = config.session(ksf_params=FAST_KSF)
+    assert first.epoch == 1
+    root_key = recovery.new_root_key()
+    first.vault.register(PASSWORD, root_key)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "chat.txt").write_text("before the rotation\n")
+    storage = str(tmp_path / "cloud")
+    info = create_backup(tmp_path / "data", storage, root_key)
+    old_bundle = (local.root / "bundle.bin").read_bytes()
+
+    # The operator rotates: new nodes, new keys, epoch 2, logged by the witness.
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault",
+            "--json",
+            "local",
+            "rotate",
+            "--dir",
+            str(local.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["epoch"] == 2
+    relay = local.relay_url()
+    assert httpx.get(f"{relay}/v1/fleet/epochs").json() == {"current": 2, "previous": [1]}
+
+    # Same config, no update: the client accepts epoch 2 and migrates.
+    transport = Recorder()
+    second = config.session(ksf_params=FAST_KSF, http=httpx.Client(transport=transport))
+    assert second.epoch == 2
+    assert second.vault.status().status == EntryStatus.EMPTY
+    recovered = second.recover_or_migrate(PASSWORD)
+    assert recovered.root_key == root_key and recovered.migrated_from == 1
+    vault_paths = [p for p in transport.paths if "/vault/" in p]
+    assert any(p.startswith("/v1/epochs/1/vault/rotating/recover-start") for p in vault_paths)
+    assert any(p.startswith("/v1/epochs/2/vault/rotating/register-finish") for p in vault_paths)
+    assert vault_paths[-1].startswith("/v1/epochs/1/vault/rotating/delete")
+
+    # Now it lives on epoch 2 (and the old entry is gone), and the backup restores.
+    third = config.session(ksf_params=FAST_KSF)
+    assert third.vault.status().status == EntryStatus.LIVE
+    again = third.recover_or_migrate(PASSWORD)
+    assert again.root_key == root_key and again.migrated_from is None
+    old = next(third.older())[1]
+    assert old.epoch == 1 and old.status().status == EntryStatus.EMPTY
+    restore_backup(storage, again.root_key, tmp_path / "restored", info.backup_id)
+    assert (tmp_path / "restored" / "chat.txt").read_text() == "before the rotation\n"
+    state = json.loads((tmp_path / "state.json").read_text())
+    fleet = state["fleets"][data["fleet_id"]]
+    assert fleet["epoch"] == 2 and set(fleet["records"]) == {"1", "2"}
+
+    # The epoch-1 bundle, served as the current one, is now a replay (with the receipt the
+    # rotation refreshed), or a rollback of the log (with the receipt from before).
+    refreshed = (local.root / "bundle.bin").read_bytes()
+    for bundle, error in ((refreshed, EpochReplayed), (old_bundle, LogRolledBack)):
+        with pytest.raises(FleetNotTrusted) as refused:
+            config.session(http=httpx.Client(transport=Recorder(replace_bundle=bundle)))
+        assert isinstance(refused.value.reason, error)
+
+    # verify-deployment checks both epochs and every node of each.
+    check = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault",
+            "--json",
+            "--config",
+            str(config_path),
+            "verify-deployment",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+    report = json.loads(check.stdout)
+    assert [f["epoch"] for f in report["fleets"]] == [2, 1]
+    assert all(f["ok"] for f in report["fleets"])

@@ -1,0 +1,466 @@
+"""Fleet transparency on a real local deployment (3 node processes, the witness process and
+the relay process): OTA clients refuse every kind of bad bundle before sending anything
+derived from a password, a node with modified code is refused by its fleet record and by
+`verify-deployment`, and `witness verify-log` refuses a forked or rolled-back log."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+import backupvault
+from backupvault.client.config import ClientConfig
+from backupvault.client.errors import FleetNotTrusted
+from backupvault.crypto import recovery
+from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.deploy.local import WITNESS_NAME, LocalDeployment
+from backupvault.node.config import FleetDescription, write_toml
+from backupvault.relay.auth import load_operator_private_key
+from backupvault.transparency import (
+    FleetBundle,
+    OperatorSignedRecord,
+    Signer,
+    Witness,
+    WitnessPolicy,
+    sign_record,
+)
+from backupvault.transparency.errors import (
+    EpochReplayed,
+    LogForked,
+    LogRolledBack,
+    MeasurementNotAllowed,
+    OperatorSignatureInvalid,
+    TransparencyError,
+    WitnessSignatureInvalid,
+    WitnessSignatureMissing,
+)
+from backupvault.transparency.record import DeploymentRecord
+from backupvault.transparency.witness_store import WitnessStore
+
+from .conftest import FAST_KSF, wait_for
+
+NODES = 3
+PASSWORD = "correct horse battery staple"
+
+
+@dataclass
+class Deployment:
+    local: LocalDeployment
+    root: Path
+    operator: Ed25519PrivateKey
+    witness_key: Ed25519PrivateKey
+    bundle: bytes
+
+    @property
+    def signed(self) -> OperatorSignedRecord:
+        return FleetBundle.from_bytes(self.bundle).operator_signed
+
+    @property
+    def record(self) -> DeploymentRecord:
+        return self.signed.deployment()
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "backupvault", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
+    root = tmp_path_factory.mktemp("transparency")
+    local = LocalDeployment(root)
+    try:
+        local.up(NODES, timeout=90)
+        key = serialization.load_pem_private_key(
+            (root / "witness" / "witness.key").read_bytes(), password=None
+        )
+        assert isinstance(key, Ed25519PrivateKey)
+        yield Deployment(
+            local,
+            root,
+            load_operator_private_key(root / "operator.key"),
+            key,
+            (root / "bundle.bin").read_bytes(),
+        )
+    finally:
+        local.down()
+
+
+class Intercept(httpx.BaseTransport):
+    """The real relay, except that the fleet bundle (and, when set, consistency proofs)
+    come from the test: what a relay (or a network attacker in front of it) could serve.
+    Every request path is recorded."""
+
+    def __init__(self) -> None:
+        self.inner = httpx.HTTPTransport()
+        self.bundle: bytes | None = None
+        self.paths: list[str] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        self.paths.append(request.url.path)
+        if request.url.path == "/v1/fleet/bundle" and self.bundle is not None:
+            return httpx.Response(200, content=self.bundle)
+        return self.inner.handle_request(request)
+
+    def vault_requests(self) -> list[str]:
+        return [p for p in self.paths if "/vault/" in p]
+
+
+def ota_config(dep: Deployment, tmp_path: Path, **extra: Any) -> Path:
+    data = tomllib.loads((dep.root / "client-ota.toml").read_text())
+    data.update(state_file=str(tmp_path / "state.json"), entry=f"e{os.urandom(4).hex()}", **extra)
+    path = tmp_path / "client-ota.toml"
+    write_toml(path, data)
+    return path
+
+
+def session_with(config: Path, transport: Intercept) -> Any:
+    return ClientConfig.load(config).session(
+        ksf_params=FAST_KSF, http=httpx.Client(transport=transport, timeout=30)
+    )
+
+
+def rogue_witness(dep: Deployment, tmp_path: Path, key: Ed25519PrivateKey, name: str) -> Witness:
+    """A witness with `key` (the real witness's key: a witness showing a second history)
+    and its own log; it vouches for this fleet's operator key."""
+    raw = key.public_key().public_bytes_raw()
+    store = WitnessStore(tmp_path / f"rogue-{os.urandom(4).hex()}.sqlite", name, raw)
+    operator = dep.operator.public_key().public_bytes_raw()
+    return Witness(Signer(name, key), store, WitnessPolicy({dep.record.fleet_id: operator}))
+
+
+def logged(witness: Witness, signed: OperatorSignedRecord) -> bytes:
+    return FleetBundle.from_receipt(signed, witness.submit(signed.to_bytes())).to_bytes()
+
+
+def resigned(dep: Deployment, **changes: Any) -> OperatorSignedRecord:
+    return sign_record(replace(dep.record, **changes), dep.operator)
+
+
+# ---- the honest path ---------------------------------------------------------------------------
+
+
+def test_ota_client_accepts_the_relays_bundle_and_uses_the_fleet(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    transport = Intercept()
+    session = session_with(ota_config(deployment, tmp_path), transport)
+    assert transport.paths == ["/v1/fleet/bundle"]  # verified before anything else
+    root_key = recovery.new_root_key()
+    session.vault.register(PASSWORD, root_key)
+    assert session.recover_or_migrate(PASSWORD).root_key == root_key
+    assert all(p.startswith("/v1/epochs/1/vault/") for p in transport.vault_requests())
+    state = json.loads((tmp_path / "state.json").read_text())
+    assert state["fleets"][deployment.record.fleet_id.hex()]["epoch"] == 1
+    assert state["checkpoint"] == FleetBundle.from_bytes(deployment.bundle).checkpoint
+
+
+# ---- refusals: nothing is sent to the fleet ----------------------------------------------------
+
+Attack = Callable[[Deployment, Path], tuple[list[bytes], bytes, dict[str, Any]]]
+
+
+def only_operator(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    bundle = replace(FleetBundle.from_bytes(dep.bundle), cosignature=b"")
+    return [], bundle.to_bytes(), {}
+
+
+def wrong_witness(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    other = rogue_witness(dep, tmp, Ed25519PrivateKey.generate(), WITNESS_NAME)
+    return [], logged(other, dep.signed), {}
+
+
+def other_measurement(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    # Signed by the operator and logged by the witness: only the client's allow-list of
+    # firmware builds stops it.
+    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
+    signed = resigned(dep, measurement=bytes(32))
+    allowed = {"allowed_measurements": [dep.record.measurement.hex()]}
+    return [], logged(witness, signed), allowed
+
+
+def replayed_epoch(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
+    logged(witness, dep.signed)
+    newer = logged(witness, resigned(dep, epoch=2))
+    older = logged(witness, dep.signed)  # a fresh receipt: same checkpoint, older epoch
+    return [newer], older, {}
+
+
+def forked_log(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    # The same witness key shows a second history of the same size.
+    fork = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
+    other = logged(fork, resigned(dep, time=dep.record.time + 1))
+    return [dep.bundle], other, {}
+
+
+def rolled_back_log(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
+    logged(witness, dep.signed)
+    bigger = logged(witness, resigned(dep, epoch=2))
+    return [bigger], dep.bundle, {}
+
+
+def swapped_hpke_key(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+    kem = dep.record.fleet_public_key.kem
+    record = replace(
+        dep.record, hpke_public_key=FleetPrivateKey.generate(kem).public_key().to_bytes()
+    )
+    signed = replace(dep.signed, record=record.to_bytes())
+    bundle = replace(FleetBundle.from_bytes(dep.bundle), signed_record=signed.to_bytes())
+    return [], bundle.to_bytes(), {}
+
+
+@pytest.mark.parametrize(
+    ("attack", "error", "words"),
+    [
+        (only_operator, WitnessSignatureMissing, "no witness cosignature"),
+        (wrong_witness, WitnessSignatureInvalid, "cosignature does not verify"),
+        (other_measurement, MeasurementNotAllowed, "not an allowed one"),
+        (replayed_epoch, EpochReplayed, "older than the epoch 2 already accepted"),
+        (forked_log, LogForked, "two checkpoints of size 1 with different roots"),
+        (rolled_back_log, LogRolledBack, "the log shrank from 2 to 1"),
+        (swapped_hpke_key, OperatorSignatureInvalid, "does not verify"),
+    ],
+)
+def test_client_refuses_bad_bundles_before_sending_anything(
+    deployment: Deployment,
+    tmp_path: Path,
+    attack: Attack,
+    error: type[TransparencyError],
+    words: str,
+) -> None:
+    accepted_first, bad, extra = attack(deployment, tmp_path)
+    config = ota_config(deployment, tmp_path, **extra)
+    transport = Intercept()
+    for bundle in accepted_first:  # what the client saw (and accepted) before
+        transport.bundle = bundle
+        session_with(config, transport)
+    state = tmp_path / "state.json"
+    before = state.read_bytes() if state.exists() else None
+
+    transport.bundle = bad
+    transport.paths.clear()
+    with pytest.raises(FleetNotTrusted) as refused:
+        session_with(config, transport)
+    assert isinstance(refused.value.reason, error)
+    assert words in str(refused.value)
+    assert "refused the relay's fleet bundle" in str(refused.value)
+    assert transport.vault_requests() == []
+    assert (state.read_bytes() if state.exists() else None) == before  # nothing remembered
+
+
+def test_cli_in_ota_mode_exits_7_on_a_bad_bundle(deployment: Deployment, tmp_path: Path) -> None:
+    config = ota_config(deployment, tmp_path, allowed_measurements=["00" * 32])
+    done = deployment.cli("--config", str(config), "vault", "status")
+    assert done.returncode == 7, done.stderr
+    assert "not an allowed one" in done.stderr and "hint" in done.stderr
+    ok = deployment.cli("--config", str(ota_config(deployment, tmp_path)), "vault", "status")
+    assert ok.returncode == 0 and "key: empty" in ok.stdout, ok.stderr
+
+
+# ---- relay routes --------------------------------------------------------------------------------
+
+
+def test_relay_serves_bundle_epochs_and_consistency(deployment: Deployment) -> None:
+    relay = deployment.local.relay_url()
+    bundle = httpx.get(f"{relay}/v1/fleet/bundle")
+    assert bundle.status_code == 200
+    assert bundle.headers["content-type"] == "application/octet-stream"
+    assert bundle.content == deployment.bundle
+    assert httpx.get(f"{relay}/v1/fleet/epochs").json() == {"current": 1, "previous": []}
+    assert httpx.get(f"{relay}/v1/fleet/bundle?epoch=7").status_code == 404
+    proof = httpx.get(f"{relay}/v1/fleet/consistency?old=0&new=1")
+    assert proof.status_code == 200 and proof.json()["proof"] == []
+    assert httpx.get(f"{relay}/v1/fleet/consistency?old=1&new=9").status_code == 400
+    assert httpx.get(f"{relay}/v1/fleet/consistency?old=x&new=1").status_code == 400
+    unknown = httpx.post(f"{relay}/v1/epochs/9/vault/e/status", content=b"x")
+    assert unknown.status_code == 401  # authentication comes first
+    paths = httpx.get(f"{relay}/openapi.json").json()["paths"]
+    for path in ("/v1/fleet/bundle", "/v1/fleet/epochs", "/v1/fleet/consistency"):
+        assert path in paths
+    assert "/v1/epochs/{epoch}/vault/{entry}/{op}" in paths
+
+
+# ---- verify-deployment and a modified node -------------------------------------------------------
+
+
+def _modified_package(tmp_path: Path) -> Path:
+    """A copy of the installed package with one byte changed in one .py file."""
+    source = Path(backupvault.__file__).resolve().parent
+    target = tmp_path / "modified" / "backupvault"
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    errors = target / "errors.py"
+    data = bytearray(errors.read_bytes())
+    first = data.index(b'"""') + 3
+    data[first] ^= 0x20  # "The" -> "the"
+    errors.write_bytes(bytes(data))
+    return target
+
+
+def test_verify_deployment_passes_on_the_real_fleet(deployment: Deployment, tmp_path: Path) -> None:
+    config = ota_config(deployment, tmp_path)
+    done = deployment.cli(
+        "--config", str(config), "verify-deployment", "--state", str(tmp_path / "a")
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    for check in ("operator signature", "witness cosignature", "inclusion proof", "epoch 1"):
+        assert check in done.stdout
+    assert done.stdout.count("measurement (http") == NODES
+    assert "every check passed" in done.stdout
+    again = deployment.cli(
+        "--json", "--config", str(config), "verify-deployment", "--state", str(tmp_path / "a")
+    )
+    report = json.loads(again.stdout)
+    assert report["ok"] and report["fleets"][0]["epoch"] == 1
+    consistency = [c for c in report["fleets"][0]["checks"] if c["check"].startswith("log")]
+    assert "extends the one of size 1" in consistency[0]["detail"]
+    operator_pub = deployment.operator.public_key().public_bytes_raw().hex()
+    flags = deployment.cli(
+        "verify-deployment",
+        "--bundle",
+        str(deployment.root / "bundle.bin"),
+        "--operator-key",
+        operator_pub,
+        "--witness-key",
+        deployment.local.witness_vkey(),
+        "--skip-nodes",
+    )
+    assert flags.returncode == 0, flags.stdout + flags.stderr
+    wrong = deployment.cli(
+        "verify-deployment",
+        "--bundle",
+        str(deployment.root / "bundle.bin"),
+        "--operator-key",
+        Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex(),
+        "--witness-key",
+        deployment.local.witness_vkey(),
+    )
+    assert wrong.returncode == 7
+    assert "FAIL operator signature" in wrong.stdout and "REFUSED" in wrong.stdout
+
+
+def test_modified_node_is_refused_by_its_record_and_by_verify_deployment(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    local, root = deployment.local, deployment.root
+    package = _modified_package(tmp_path)
+    fleet = FleetDescription.load(root / "fleet.toml")
+    modified = fleet.measure(package)
+    assert modified != fleet.measurement
+    env = {**local._node_env(0), "PYTHONPATH": str(package.parent)}
+    command = [sys.executable, "-m", "backupvault", "node", "serve"]
+    local.stop_process("node0")
+    try:
+        # 1. Against the fleet's record it refuses to start.
+        refused = subprocess.run(
+            [*command, "--config", str(root / "node0.toml")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert refused.returncode != 0
+        output = refused.stdout + refused.stderr
+        assert "refuses to join fleet" in output and modified.hex() in output
+        assert str(package) in output  # it ran the modified copy
+
+        # 2. An operator who also edits that node's fleet file gets it running, but the
+        # node reports what it runs, and verify-deployment compares with the public record.
+        replace(fleet, measurement=modified).save(root / "fleet-modified.toml")
+        config = tomllib.loads((root / "node0.toml").read_text())
+        config["node"]["fleet_file"] = "fleet-modified.toml"
+        write_toml(root / "node0-modified.toml", config)
+        log = (tmp_path / "modified-node.log").open("wb")
+        process = subprocess.Popen(
+            [*command, "--config", str(root / "node0-modified.toml")],
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+        try:
+            url = f"{fleet.nodes[0].url}/v1/measurement"
+
+            def reports_modified() -> bool:
+                try:
+                    return bool(httpx.get(url, timeout=1).json()["measurement"] == modified.hex())
+                except (httpx.HTTPError, ValueError, KeyError):
+                    return False
+
+            wait_for(reports_modified, 60, "the modified node to serve its measurement")
+            check = deployment.cli(
+                "--config", str(ota_config(deployment, tmp_path)), "verify-deployment"
+            )
+            assert check.returncode == 7, check.stdout + check.stderr
+            assert f"FAIL node 0 measurement ({fleet.nodes[0].url})" in check.stdout
+            assert f"runs {modified.hex()}, the record names" in check.stdout
+            assert "ok   node 1 measurement" in check.stdout
+            assert "node 0 measurement" in check.stderr  # the error names what failed
+        finally:
+            process.terminate()
+            process.wait(timeout=10)
+            log.close()
+    finally:
+        local.start_node(0)
+        local.wait_ready(60)
+
+
+# ---- witness verify-log ------------------------------------------------------------------------
+
+
+def test_witness_verify_log_remembers_and_refuses_fork_and_rollback(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    url, vkey = deployment.local.witness_url(), deployment.local.witness_vkey()
+    state = tmp_path / "log.json"
+    args = ["witness", "verify-log", "--url", url, "--state", str(state), "--vkey", vkey]
+    first = deployment.cli(*args)
+    assert first.returncode == 0, first.stderr
+    assert "no earlier checkpoint" in first.stdout
+    second = deployment.cli(*args)
+    assert second.returncode == 0 and "consistent with the one of size 1" in second.stdout
+
+    fork = rogue_witness(deployment, tmp_path, deployment.witness_key, WITNESS_NAME)
+    logged(fork, resigned(deployment, time=deployment.record.time + 5))
+    state.write_text(json.dumps({"checkpoint": fork.checkpoint()}))
+    forked = deployment.cli(*args)
+    assert forked.returncode == 7
+    assert "not consistent with what we saw before" in forked.stderr
+    assert "different roots" in forked.stderr
+    assert json.loads(state.read_text())["checkpoint"] == fork.checkpoint()  # evidence kept
+
+    logged(fork, resigned(deployment, epoch=2))
+    logged(fork, resigned(deployment, epoch=3))
+    state.write_text(json.dumps({"checkpoint": fork.checkpoint()}))
+    rolled = deployment.cli(*args)
+    assert rolled.returncode == 7 and "shrank from 3 to 1" in rolled.stderr
+
+    no_key = deployment.cli("witness", "verify-log", "--url", url)
+    assert no_key.returncode == 2 and "--vkey" in no_key.stderr
+
+
+def test_fleet_measure_prints_what_went_in(deployment: Deployment) -> None:
+    done = deployment.cli(
+        "--json", "fleet", "measure", "--fleet-file", str(deployment.root / "fleet.toml")
+    )
+    data = json.loads(done.stdout)
+    assert data["measurement"] == deployment.record.measurement.hex()
+    assert data["node_count"] == NODES and data["quorum"] == 2 and data["guess_limit"] == 10
