@@ -464,3 +464,54 @@ def test_fleet_measure_prints_what_went_in(deployment: Deployment) -> None:
     data = json.loads(done.stdout)
     assert data["measurement"] == deployment.record.measurement.hex()
     assert data["node_count"] == NODES and data["quorum"] == 2 and data["guess_limit"] == 10
+
+
+def test_fleet_deploy_cli_signs_and_the_witness_refuses_a_stale_epoch(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    fleet_file = tmp_path / "fleet.toml"
+    shutil.copy(deployment.root / "fleet.toml", fleet_file)
+    key = str(deployment.root / "operator.key")
+    witness = deployment.local.witness_url()
+    # fleet.toml says epoch 1, so an upgrade re-deploy is epoch 2 (signed, not submitted).
+    done = deployment.cli(
+        "--json", "fleet", "deploy", "--fleet-file", str(fleet_file), "--operator-key", key
+    )
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["epoch"] == 2
+    signed = OperatorSignedRecord.from_bytes((tmp_path / "deployment.bin").read_bytes())
+    assert signed.verify(deployment.operator.public_key()).epoch == 2
+    assert FleetDescription.load(fleet_file).epoch == 2
+    # Epoch 1 again, as a different record: the witness refuses it, the CLI says why.
+    stale = deployment.cli(
+        "fleet",
+        "deploy",
+        "--fleet-file",
+        str(fleet_file),
+        "--operator-key",
+        key,
+        "--epoch",
+        "1",
+        "--witness",
+        witness,
+    )
+    assert stale.returncode == 1
+    assert "the witness refused the deployment record (409)" in stale.stderr
+    assert not (tmp_path / "bundle.bin").exists()
+    # The logged record resubmitted: a fresh receipt for the same leaf.
+    fresh = deployment.cli(
+        "--json",
+        "fleet",
+        "deploy",
+        "--fleet-file",
+        str(deployment.root / "fleet.toml"),
+        "--operator-key",
+        key,
+        "--witness",
+        witness,
+        "--resubmit",
+    )
+    assert fresh.returncode == 0, fresh.stderr
+    assert json.loads(fresh.stdout)["leaf_index"] == 0
+    bundle = FleetBundle.from_bytes((deployment.root / "bundle.bin").read_bytes())
+    assert bundle.signed_record == deployment.signed.to_bytes()

@@ -29,7 +29,7 @@ from backupvault.deploy.verify import (
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.node.config import FleetDescription
 from backupvault.relay.auth import load_operator_private_key
-from backupvault.transparency import Signer, Verifier
+from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
 from backupvault.transparency.measure import (
     FirmwareConfig,
     combine,
@@ -66,6 +66,13 @@ _FLEET_FILE = click.option(
 )
 @click.option("--witness", "witness_url", help="Submit to this witness and write bundle.bin.")
 @click.option(
+    "--resubmit",
+    is_flag=True,
+    help="Make no new record: submit the existing deployment.bin to --witness again for a "
+    "receipt against its newest checkpoint, and rewrite bundle.bin (after a rotation, for "
+    "the older epochs the relay still serves).",
+)
+@click.option(
     "--package-dir",
     type=click.Path(exists=True, file_okay=False, path_type=Path),
     help="Measure this backupvault package directory (default: the installed one).",
@@ -78,11 +85,27 @@ def fleet_deploy(
     epoch: int | None,
     previous: Path | None,
     witness_url: str | None,
+    resubmit: bool,
     package_dir: Path | None,
 ) -> None:
     """Make, measure and sign the fleet's deployment record: writes deployment.bin next to
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
+    if resubmit:
+        if witness_url is None:
+            raise UsageError("--resubmit needs --witness URL")
+        record_file = fleet_file.parent / "deployment.bin"
+        try:
+            existing = OperatorSignedRecord.from_bytes(record_file.read_bytes())
+        except OSError as err:
+            raise InvalidInput(f"cannot read {record_file}: {err.strerror}") from None
+        bundle = submit(witness_url, existing)
+        path = save_bundle(fleet_file, bundle)
+        ctx.output.result(
+            {"bundle": str(path), "leaf_index": bundle.leaf_index, "tree_size": bundle.tree_size},
+            f"fresh receipt (leaf {bundle.leaf_index} of {bundle.tree_size}): {path}",
+        )
+        return
     description = FleetDescription.load(fleet_file)
     if epoch is None:
         epoch = next_epoch(
