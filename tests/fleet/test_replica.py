@@ -6,7 +6,7 @@ import random
 from collections import deque
 
 from backupvault.codec import Message, decode_any
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.replica import Committed, Failed, Persist, Replica, Send
 
 
@@ -88,7 +88,9 @@ def test_minority_down_still_commits_majority_down_fails() -> None:
     assert isinstance(net.results[b"b"], Failed)
     # Nothing was accepted anywhere by the failed proposal: prepare never got a majority.
     assert all(
-        int.from_bytes(net.disk[i][b"k"].value, "big") == 1 for i in (0, 1) if b"k" in net.disk[i]
+        int.from_bytes(payload_of(net.disk[i][b"k"].value), "big") == 1
+        for i in (0, 1)
+        if b"k" in net.disk[i]
     )
 
 
@@ -102,7 +104,7 @@ def test_restarted_node_from_empty_disk_catches_up_before_serving() -> None:
     assert not net.replicas[1].ready
     net.settle()
     assert net.replicas[1].ready
-    assert int.from_bytes(net.replicas[1].records[b"k"].value, "big") == 5
+    assert int.from_bytes(payload_of(net.replicas[1].records[b"k"].value), "big") == 5
     net.propose(1, b"b", b"k", add(1))
     net.settle()
     assert net.results[b"b"].outcome == 6
@@ -120,5 +122,29 @@ def test_node_that_missed_a_commit_gets_it_when_reachable_again() -> None:
         net.now += 0.01
         net.run(0, net.replicas[0].tick(net.now))
         net.settle()
-    assert int.from_bytes(net.disk[4][b"k"].value, "big") == 3
+    assert int.from_bytes(payload_of(net.disk[4][b"k"].value), "big") == 3
     assert net.replicas[0].lagging() == 0
+
+
+def test_a_retried_change_is_applied_once() -> None:
+    """Node 0's Accept reaches only node 1, so its round stalls; node 2 carries that
+    half-accepted value forward with its own change; when node 0 retries, it must find its
+    change already in the value and not apply it a second time (one guess, one count)."""
+    from backupvault.fleet.messages import Accept
+
+    net = Net()
+    net.propose(0, b"a", b"k", add(1))
+    while net.queue:
+        sender, to, raw = net.queue.popleft()
+        message = decode_any(raw, PEER_MESSAGES)
+        if isinstance(message, Accept) and sender == 0 and to != 1:
+            continue  # lost
+        net.run(to, net.replicas[to].receive(sender, message, net.now))
+    assert b"a" not in net.results  # only nodes 0 and 1 accepted: not committed
+    net.propose(2, b"b", b"k", add(10))
+    net.settle()
+    assert net.results[b"b"].outcome == 11  # built on node 0's half-accepted +1
+    assert isinstance(net.results[b"a"], Committed)
+    assert net.results[b"a"].outcome == 1  # the outcome of the round that counted
+    values = {int.from_bytes(payload_of(net.disk[i][b"k"].value), "big") for i in range(5)}
+    assert values == {11}

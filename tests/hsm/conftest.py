@@ -16,7 +16,7 @@ from backupvault.client.vault import VaultClient
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import Kem
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
@@ -89,7 +89,8 @@ class InProcessFleet:
 
     def state(self, node: int, key: bytes) -> EntryState:
         record = self.disk[node].get(key)
-        return EntryState.from_bytes(record.value) if record and record.value else EntryState()
+        payload = payload_of(record.value) if record else b""
+        return EntryState.from_bytes(payload) if payload else EntryState()
 
     # -- the node's client endpoint, as the relay would call it ----------------------------
     def handle(self, request: httpx.Request) -> httpx.Response:

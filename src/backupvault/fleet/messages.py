@@ -117,6 +117,34 @@ class NotReady(Message):
     op_id: bytes
 
 
+@dataclass(frozen=True)
+class AppliedOp(Message):
+    """A change already folded into a value: its op id and the round it was applied in."""
+
+    TAG = 68
+    op_id: bytes
+    round: int
+
+
+@dataclass(frozen=True)
+class ReplicatedValue(Message):
+    """What acceptors store as a record's value: the application's bytes plus the ids of
+    the most recent changes applied to them, so a proposer retrying after a round it
+    lost track of never applies the same change twice."""
+
+    TAG = 69
+    applied: list[AppliedOp]
+    payload: bytes
+
+
+RECENT_OPS = 32  # changes remembered per entry; a retry comes within seconds
+
+
+def payload_of(value: bytes) -> bytes:
+    """The application's bytes in a record's value (empty if never written)."""
+    return ReplicatedValue.from_bytes(value).payload if value else b""
+
+
 PEER_MESSAGES: tuple[type[Message], ...] = (
     Prepare,
     Promise,

@@ -23,13 +23,16 @@ from typing import Any
 
 from backupvault.codec import Message
 from backupvault.fleet.messages import (
+    RECENT_OPS,
     Accept,
     Accepted,
     AcceptorRecord,
+    AppliedOp,
     Ballot,
     NotReady,
     Prepare,
     Promise,
+    ReplicatedValue,
     SyncRequest,
     SyncResponse,
 )
@@ -71,8 +74,8 @@ Effect = Send | Persist | Committed | Failed
 
 @dataclass(frozen=True)
 class Timing:
-    round_timeout: float = 0.5  # re-prepare with a higher ballot after this long
-    deadline: float = 4.0  # give up (fleet unavailable) after this long
+    round_timeout: float = 0.5  # re-prepare with a higher ballot after this long, doubling
+    deadline: float = 6.0  # give up (fleet unavailable) after this long
     backoff_min: float = 0.002
     backoff_max: float = 0.1
     sync_retry: float = 0.5
@@ -106,10 +109,12 @@ class _Proposal:
     round_started: float = 0.0
     retry_at: float = 0.0
     conflicts: int = 0
+    timeouts: int = 0
     promises: dict[int, Promise] = field(default_factory=dict)
     accepts: set[int] = field(default_factory=set)
     accepted_value: bytes = b""
     outcome: Any = None
+    outcomes: dict[int, Any] = field(default_factory=dict)  # by the round it was computed in
 
 
 class Replica:
@@ -218,10 +223,14 @@ class Replica:
                 continue
             if now >= proposal.deadline:
                 effects += self._finish(proposal, Failed(proposal.op_id, "no majority"), now)
-            elif (proposal.phase == "backoff" and now >= proposal.retry_at) or (
-                proposal.phase in ("prepare", "accept")
-                and now >= proposal.round_started + self.timing.round_timeout
+            elif proposal.phase == "backoff" and now >= proposal.retry_at:
+                effects += self._start_round(proposal, now)
+            elif proposal.phase in ("prepare", "accept") and now >= proposal.round_started + (
+                self.timing.round_timeout * 2 ** min(proposal.timeouts, 3)
             ):
+                # A slow fleet (load, fsync) gets more time each round rather than a storm
+                # of new ballots that would only slow it down further.
+                proposal.timeouts += 1
                 effects += self._start_round(proposal, now)
         return effects
 
@@ -326,12 +335,27 @@ class Replica:
         newest = max(
             proposal.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
         )
-        new_value, proposal.outcome = proposal.change(newest.value)
+        new_value = self._apply(proposal, newest.value)
         proposal.accepted_value = new_value
         proposal.phase = "accept"
         accept = Accept(proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value)
         effects: list[Effect] = [Send(peer, accept) for peer in self.peers]
         return self._deliver_locally(accept, now) + effects
+
+    def _apply(self, proposal: _Proposal, value: bytes) -> bytes:
+        """The next value: the change applied once. If an earlier round of this proposal
+        already got its change into the value (accepted somewhere, then carried forward by
+        another proposer), the value is kept as it is and that round's outcome stands."""
+        current = ReplicatedValue.from_bytes(value) if value else ReplicatedValue([], b"")
+        for applied in current.applied:
+            if applied.op_id == proposal.op_id and applied.round in proposal.outcomes:
+                proposal.outcome = proposal.outcomes[applied.round]
+                return value
+        payload, outcome = proposal.change(current.payload)
+        round_ = proposal.ballot.round
+        proposal.outcomes[round_] = proposal.outcome = outcome
+        recent = [*current.applied, AppliedOp(proposal.op_id, round_)][-RECENT_OPS:]
+        return ReplicatedValue(recent, payload).to_bytes()
 
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         self._max_round = max(self._max_round, message.promised_round)

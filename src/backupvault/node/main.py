@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import BackupVaultError
 from backupvault.fleet.channel import PeerChannel
+from backupvault.fleet.messages import payload_of
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
@@ -144,7 +145,8 @@ def inspect_entry(config: NodeConfig, account: str, entry: str) -> dict[str, obj
         record = next((r for r in store.load() if r.key == key), None)
     finally:
         store.close()
-    state = EntryState.from_bytes(record.value) if record and record.value else EntryState()
+    payload = payload_of(record.value) if record else b""
+    state = EntryState.from_bytes(payload) if payload else EntryState()
     return {
         "node": config.index,
         "status": EntryStatus(state.status).name.lower(),

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from backupvault.errors import InvalidInput
-from backupvault.fleet.messages import AcceptorRecord, Ballot
+from backupvault.fleet.messages import AcceptorRecord, Ballot, payload_of
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.protocol import EntryStatus
 
@@ -109,12 +109,15 @@ class Observer:
         if ballot == ZERO:
             return
         k = self.key(record.key)
-        value, nodes = k.accepted.setdefault(ballot, (record.value, set()))
-        if value != record.value:
+        # Lineage is tracked on what the change functions see: the entry state itself,
+        # without the replica's record of recently applied op ids around it.
+        mine = payload_of(record.value)
+        value, nodes = k.accepted.setdefault(ballot, (mine, set()))
+        if value != mine:
             raise InvariantViolation(
                 "one-value-per-ballot",
                 f"ballot {ballot.round}.{ballot.node} carries two values: "
-                f"{describe(value)} and {describe(record.value)}",
+                f"{describe(value)} and {describe(mine)}",
             )
         self._check_above_chosen(record.key, ballot, value, f"node{node} accepted")
         if node in nodes:
@@ -183,6 +186,16 @@ class Observer:
                 return ballot
         return None
 
+    def committed_in(self, key: bytes, value: bytes) -> Ballot | None:
+        """The first ballot whose chosen value is `value` or builds on it: a change is
+        committed once a value carrying it is chosen, even if a later change was folded in
+        before the majority formed (a retried proposal finds its change already applied)."""
+        k = self.key(key)
+        for ballot in k.chosen:
+            if self.descends(key, k.chosen_value[ballot], value):
+                return ballot
+        return None
+
     def latest(self, key: bytes) -> bytes:
         k = self.key(key)
         return k.chosen_value[k.chosen[-1]] if k.chosen else b""
@@ -198,7 +211,7 @@ class Observer:
         what = f"KE2 #{k.evaluations} at node{node} for [{describe(value)}]"
         if state.status != EntryStatus.LIVE or state.attempts_used > state.guess_limit:
             raise InvariantViolation("at-most-L-evaluations", f"{what}: not a live, counted state")
-        ballot = self.is_chosen(key, value)
+        ballot = self.committed_in(key, value)
         if ballot is None:
             raise InvariantViolation(
                 "evaluate-only-after-commit", f"{what}: the guess paying for it is not committed"
@@ -256,7 +269,7 @@ class Observer:
                 "replays-change-nothing", f"node{node} released the key twice for one KE3"
             )
         self.released.add(ticket)
-        if self.is_chosen(key, value) is None:
+        if self.committed_in(key, value) is None:
             raise InvariantViolation(
                 "evaluate-only-after-commit",
                 f"node{node} released a key before the reset committed",

@@ -22,7 +22,7 @@ from typing import Any
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
 from backupvault.crypto.seal import Kem
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse, payload_of
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
@@ -675,7 +675,7 @@ class Simulation:
                 continue
             for n in self.nodes:
                 record = n.disk.get(key)
-                held = record.value if record else b""
+                held = payload_of(record.value) if record else b""
                 if not held or EntryState.from_bytes(held).status != EntryStatus.DESTROYED:
                     raise InvariantViolation(
                         "tombstone-everywhere",
