@@ -100,7 +100,7 @@ def test_round_trip(sealer: TokenSealer, plaintext: bytes, aad: bytes) -> None:
     blob = sealer.seal(plaintext, aad)
     assert len(blob) == len(plaintext) + BLOB_OVERHEAD == len(plaintext) + 1 + IV_LEN + TAG_LEN
     assert blob[0] == BLOB_VERSION
-    if plaintext:
+    if len(plaintext) >= 8:  # a short plaintext may appear in random bytes by chance
         assert plaintext not in blob
     assert sealer.unseal(blob, aad) == plaintext
 
