@@ -1,0 +1,231 @@
+"""A fault-injecting TCP proxy on loopback, one listening port per directed link.
+
+A `LinkProxy` forwards one link (for instance "relay -> node 2" or "node 0 -> node 3")
+to the real port of the destination and, on command, misbehaves:
+
+    PASS    forward bytes both ways
+    DROP    refuse: abort every open connection, and abort new ones as soon as they arrive
+            (the caller sees a reset; nothing reaches the node)
+    DELAY   forward, but hold every chunk for `delay` seconds, both ways
+    STALL   forward requests, withhold the answers until the mode changes (the caller
+            times out although the node did the work: a lost answer, the case that makes
+            the relay retry a KE1 on another node)
+
+All proxies of a soak run live in one asyncio loop on a background thread (`ProxyPool`);
+the chaos driver, which is synchronous, changes their modes through thread-safe calls.
+Because every link has its own port, a proxy knows the source of what it carries: cutting
+a node off drops the links into it *and* the links out of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import socket
+import threading
+from collections.abc import Iterable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+HOST = "127.0.0.1"
+CHUNK = 64 * 1024
+
+
+class Mode(enum.StrEnum):
+    PASS = "pass"
+    DROP = "drop"
+    DELAY = "delay"
+    STALL = "stall"
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class LinkStats:
+    connections: int = 0
+    refused: int = 0
+    aborted: int = 0
+    bytes_up: int = 0
+    bytes_down: int = 0
+
+
+@dataclass(eq=False)
+class _Connection:
+    downstream: asyncio.StreamWriter
+    upstream: asyncio.StreamWriter | None = None
+
+    def abort(self) -> None:
+        for writer in (self.downstream, self.upstream):
+            if writer is not None:
+                writer.transport.abort()
+
+
+@dataclass(eq=False)
+class LinkProxy:
+    """One directed link: listens on `listen_port`, forwards to `target_port`."""
+
+    name: str
+    listen_port: int
+    target_port: int
+    mode: Mode = Mode.PASS
+    delay: float = 0.0
+    stats: LinkStats = field(default_factory=LinkStats)
+    _server: asyncio.Server | None = None
+    _connections: set[_Connection] = field(default_factory=set)
+    _changed: asyncio.Event | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{HOST}:{self.listen_port}"
+
+    async def start(self) -> None:
+        self._changed = asyncio.Event()
+        self._server = await asyncio.start_server(self._handle, HOST, self.listen_port)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for connection in list(self._connections):
+            connection.abort()
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 2)
+
+    def set_mode(self, mode: Mode, delay: float = 0.0) -> None:
+        """Runs in the proxy loop."""
+        self.mode, self.delay = mode, delay
+        if mode is Mode.DROP:
+            for connection in list(self._connections):
+                connection.abort()
+                self.stats.aborted += 1
+        assert self._changed is not None
+        self._changed.set()
+        self._changed = asyncio.Event()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.stats.connections += 1
+        if self.mode is Mode.DROP:
+            self.stats.refused += 1
+            writer.transport.abort()
+            return
+        connection = _Connection(writer)
+        self._connections.add(connection)
+        try:
+            try:
+                up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
+            except OSError:
+                # The node is down: the caller sees the connection reset, as it would
+                # without the proxy (connection refused).
+                self.stats.refused += 1
+                writer.transport.abort()
+                return
+            connection.upstream = up_writer
+            await asyncio.gather(
+                self._pipe(reader, up_writer, upward=True),
+                self._pipe(up_reader, writer, upward=False),
+            )
+        finally:
+            self._connections.discard(connection)
+            connection.abort()
+
+    async def _pipe(
+        self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, upward: bool
+    ) -> None:
+        try:
+            while True:
+                data = await source.read(CHUNK)
+                if not data:
+                    if sink.can_write_eof():
+                        sink.write_eof()
+                    return
+                await self._hold(upward)
+                if self.mode is Mode.DROP:
+                    return
+                sink.write(data)
+                await sink.drain()
+                if upward:
+                    self.stats.bytes_up += len(data)
+                else:
+                    self.stats.bytes_down += len(data)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            return
+
+    async def _hold(self, upward: bool) -> None:
+        """Wait as the current mode says before passing a chunk on."""
+        if self.mode is Mode.DELAY and self.delay > 0:
+            await asyncio.sleep(self.delay)
+        while self.mode is Mode.STALL and not upward:
+            assert self._changed is not None
+            changed = self._changed
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(changed.wait(), 1.0)
+
+
+class ProxyPool:
+    """Every link proxy of a run, served by one event loop on a daemon thread."""
+
+    def __init__(self) -> None:
+        self.links: dict[tuple[str, str], LinkProxy] = {}
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._run, name="chaos-proxies", daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._loop.run_forever()
+
+    def _call(self, coroutine: Any) -> Any:
+        future: Future[Any] = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+        return future.result(timeout=30)
+
+    def add(self, source: str, target: str, target_port: int) -> LinkProxy:
+        """A proxy for the link source -> target (names like "relay", "node2")."""
+        link = LinkProxy(f"{source}->{target}", free_port(), target_port)
+        self.links[(source, target)] = link
+        return link
+
+    def start(self) -> None:
+        self._thread.start()
+
+        async def start_all() -> None:
+            for link in self.links.values():
+                await link.start()
+
+        self._call(start_all())
+
+    def stop(self) -> None:
+        if not self._thread.is_alive():
+            return
+
+        async def stop_all() -> None:
+            for link in self.links.values():
+                await link.stop()
+
+        with contextlib.suppress(Exception):
+            self._call(stop_all())
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def touching(self, node: str) -> list[LinkProxy]:
+        """Every link into or out of `node`."""
+        return [link for (s, t), link in self.links.items() if node in (s, t)]
+
+    def into(self, node: str) -> list[LinkProxy]:
+        return [link for (_, t), link in self.links.items() if t == node]
+
+    def set_mode(self, links: Iterable[LinkProxy], mode: Mode, delay: float = 0.0) -> None:
+        chosen = list(links)
+
+        async def apply() -> None:
+            for link in chosen:
+                link.set_mode(mode, delay)
+
+        self._call(apply())
+
+    def stats(self) -> dict[str, dict[str, int]]:
+        return {link.name: vars(link.stats).copy() for link in self.links.values()}

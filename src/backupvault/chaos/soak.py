@@ -1,0 +1,1378 @@
+"""The chaos soak: a real local fleet (5 node processes + relay) behind fault-injecting
+proxies, many concurrent SDK clients for a set time, a chaos driver that kills, restarts,
+cuts off, slows and stalls a random minority of nodes, and checks at the end.
+
+Layout of a run (see docs/soak.md):
+
+    clients --HTTP--> relay --proxy relay->node<i>--> node<i>
+                      node<i> --proxy node<i>->node<j>--> node<j>   (one proxy per link)
+
+`LocalDeployment` provisions the deployment; before any process starts, the driver points
+the relay (`relay.toml [relay] nodes`) and every node (`node<i>.toml [node] fleet_file`, a
+copy of fleet.toml whose peer URLs are the proxies of node i's outgoing links) at the
+proxies. Nodes still listen on the ports of their own node<i>.toml. The top-level
+fleet.toml keeps the direct URLs: the driver uses it (through `LocalDeployment.status`) to
+watch each node's own health and counters, whatever the proxies do.
+
+Checks after healing every fault and waiting for every node to be ready:
+
+1. no lost registration: every entry whose registration was confirmed is LIVE through the
+   fleet, and every node's disk holds its record (after repair/catch-up);
+2. no guess beyond the limit: per entry, the KE2s a client received between two successes
+   never exceeded L and their `guesses_remaining` strictly decreased (no increment paid for
+   two evaluations); on every node's disk `attempt_seq - success_seq <= L`; the KE2s
+   received for an entry never exceed its `attempt_seq`; OPRF evaluations counted by the
+   nodes (summed over processes and restarts) never exceed the sum of `attempt_seq`;
+3. every success is real: every recovered root key equals the registered one; a wrong
+   password never recovers; a right one is never refused with wrong_password.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import enum
+import json
+import os
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import tomllib
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from backupvault.chaos.proxy import LinkProxy, Mode, ProxyPool
+from backupvault.client.config import ClientConfig
+from backupvault.client.errors import (
+    AlreadyRegistered,
+    Destroyed,
+    FleetUnavailable,
+    NotRegistered,
+    RateLimited,
+    VaultError,
+    WrongPassword,
+)
+from backupvault.client.vault import VaultClient
+from backupvault.codec import Message
+from backupvault.crypto import ksf
+from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDeployment
+from backupvault.node.config import FleetDescription, FleetNode, NodeConfig, write_toml
+from backupvault.node.softhsm import softhsm_env
+from backupvault.protocol import EntryStatus, Op, RecoverStartResponse
+from backupvault.relay.auth import load_operator_private_key, mint_token
+
+T = TypeVar("T", bound=Message)
+
+NODES = 5
+GUESS_LIMIT = 10
+
+#: A cheap KSF: a recovery costs milliseconds on the client; the fleet's work is the same.
+FAST_KSF = ksf.Argon2idParams(
+    memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
+)
+
+#: Relay settings for the soak: every client has its own account, but runs flat out; the
+#: default per-account limit would make most requests 429s. A node gives up on a proposal
+#: after 4 s, so the relay waits a little longer than that before trying another node.
+RELAY_SETTINGS: dict[str, Any] = {
+    "burst": 100_000,
+    "rate_per_minute": 6_000_000.0,
+    "request_timeout": 6.0,
+    "connect_timeout": 1.0,
+}
+
+
+class FaultKind(enum.StrEnum):
+    KILL = "kill"  # SIGKILL, restarted after a while (catches up before it answers)
+    CUT = "cut"  # every link into and out of the node drops everything
+    SLOW = "slow"  # every link into and out of the node delays every chunk
+    STALL = "stall"  # relay->node: requests arrive, answers are withheld (lost answers)
+
+
+@dataclass(frozen=True)
+class SoakConfig:
+    seconds: float = 60.0
+    clients: int = 16
+    #: Clients that attack their own entry with wrong guesses until it is destroyed.
+    attackers: int | None = None  # default: a quarter of the clients, at least one
+    seed: int | None = None
+    nodes: int = NODES
+    max_faulty: int = 2
+    #: Mean pause between two faults, and how long a fault lasts (uniform range).
+    fault_every: float = 1.5
+    fault_seconds: tuple[float, float] = (1.0, 6.0)
+    #: Keep the deployment folder (logs, stores) here instead of a temporary one.
+    directory: Path | None = None
+    keep: bool = False
+    log: Callable[[str], None] = field(default=lambda _: None)
+
+    @property
+    def attacker_count(self) -> int:
+        if self.attackers is not None:
+            return min(self.attackers, self.clients)
+        return max(1, self.clients // 4)
+
+
+# ---- results -------------------------------------------------------------------------------
+
+
+@dataclass
+class Check:
+    name: str
+    passed: bool
+    detail: str
+
+
+@dataclass
+class Tally:
+    """What happened, thread-safe: operations by type and outcome, errors, violations."""
+
+    operations: Counter[str] = field(default_factory=Counter)
+    outcomes: Counter[str] = field(default_factory=Counter)
+    errors: Counter[str] = field(default_factory=Counter)
+    violations: list[str] = field(default_factory=list)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    #: Liveness: when a client last got a definite answer, and the longest wait for one.
+    last_answer: float = field(default_factory=time.monotonic)
+    longest_without_answer: float = 0.0
+
+    def op(self, kind: str, outcome: str) -> None:
+        with self.lock:
+            self.operations[kind] += 1
+            self.outcomes[f"{kind}:{outcome}"] += 1
+            if "@" not in outcome:  # not a failure (those are named "error@request")
+                now = time.monotonic()
+                self.longest_without_answer = max(
+                    self.longest_without_answer, now - self.last_answer
+                )
+                self.last_answer = now
+
+    def answered(self) -> int:
+        with self.lock:
+            return sum(v for k, v in self.outcomes.items() if "@" not in k)
+
+    def error(self, name: str) -> None:
+        with self.lock:
+            self.errors[name] += 1
+
+    def violation(self, text: str) -> None:
+        with self.lock:
+            self.violations.append(text)
+
+
+def error_name(err: Exception) -> str:
+    """A short, stable name for an error seen by a client."""
+    if type(err) is VaultError:
+        message = err.message
+        if "no longer the latest" in message or "changed since your recovery" in message:
+            return "StaleAttempt"
+        if "relay answered 502" in message:
+            return "BadNodeAnswer"
+        return f"VaultError({message[:60]})"
+    return type(err).__name__
+
+
+#: Errors a client may see from a healthy fleet under chaos: the request may or may not
+#: have taken effect, and nothing it was told was wrong.
+TRANSIENT = (FleetUnavailable, RateLimited)
+
+
+def transient(err: Exception) -> bool:
+    return isinstance(err, TRANSIENT) or error_name(err) in ("StaleAttempt",)
+
+
+def _failed(err: Exception, client: TracingVaultClient) -> str:
+    """An outcome name for a failed operation: the error, and the request it failed at."""
+    return f"{error_name(err)}@{client.current_op}"
+
+
+# ---- the client side's ghost state -----------------------------------------------------------
+
+
+@dataclass
+class EntryGhost:
+    """What the client knows about its entry: keys, passwords, and every KE2 it received."""
+
+    account: str
+    entry: str
+    attacker: bool
+    root_key: bytes
+    password: str
+    #: After a password change whose answer was lost: the passwords it may have now.
+    candidates: list[str] = field(default_factory=list)
+    told_done: bool = False  # the fleet answered the registration with "done"
+    registered: bool = False  # confirmed registered (told done, or already-registered)
+    destroyed: bool = False  # the fleet said destroyed
+    #: guesses_remaining of each KE2 received since the last known success.
+    interval: list[int] = field(default_factory=list)
+    #: A success may have happened whose answer was lost (a KE3 or password change).
+    possible_reset: bool = False
+    ke2_total: int = 0
+    successes: int = 0
+    wrong_answers: int = 0  # WrongPassword answers since the last success
+    charged: int = 0  # guesses the client believes used since the last success
+    max_interval: int = 0
+    #: Guesses the fleet charged that no KE2 the client received paid for (gaps in the
+    #: falling guesses_remaining): lost answers, the relay's retries, double charges.
+    hidden_guesses: int = 0
+    #: Of those, gaps that appeared while the client had seen no error since its last KE2.
+    hidden_without_error: int = 0
+    errors_since_ke2: int = 0
+
+    @property
+    def key(self) -> tuple[str, str]:
+        return (self.account, self.entry)
+
+    def on_ke2(self, remaining: int, tally: Tally) -> None:
+        self.ke2_total += 1
+        where = f"{self.account}/{self.entry}"
+        if not 0 <= remaining < GUESS_LIMIT:
+            tally.violation(
+                f"{where}: KE2 with guesses_remaining={remaining} (limit {GUESS_LIMIT})"
+            )
+        if self.interval and self.possible_reset and remaining >= self.interval[-1]:
+            self.interval = []  # the lost success did happen
+        elif self.interval and remaining >= self.interval[-1]:
+            tally.violation(
+                f"{where}: KE2 guesses_remaining {remaining} after {self.interval[-1]} with no "
+                "success between (an evaluation not paid for by its own guess)"
+            )
+        expected = self.interval[-1] - 1 if self.interval else GUESS_LIMIT - 1
+        gap = expected - remaining
+        if gap > 0 and not self.possible_reset:
+            self.hidden_guesses += gap
+            if self.errors_since_ke2 == 0:
+                self.hidden_without_error += gap
+        self.errors_since_ke2 = 0
+        self.possible_reset = False
+        self.interval.append(remaining)
+        self.charged = GUESS_LIMIT - remaining
+        self.max_interval = max(self.max_interval, len(self.interval))
+        if len(self.interval) > GUESS_LIMIT:
+            tally.violation(f"{where}: {len(self.interval)} KE2s between two successes")
+
+    def on_success(self) -> None:
+        self.interval = []
+        self.possible_reset = False
+        self.successes += 1
+        self.wrong_answers = 0
+        self.charged = 0
+
+
+class TracingVaultClient(VaultClient):
+    """The SDK client, reporting every KE2 it receives (and which operation is in flight)
+    to the entry's ghost state. Only observes: requests and answers are unchanged."""
+
+    def __init__(self, *args: Any, ghost: EntryGhost, tally: Tally, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.ghost = ghost
+        self.tally = tally
+        self.current_op: Op | None = None
+
+    def _call(self, op: Op, request: Message, kind: type[T]) -> T:
+        self.current_op = op
+        response = super()._call(op, request, kind)
+        if isinstance(response, RecoverStartResponse):
+            self.ghost.on_ke2(response.guesses_remaining, self.tally)
+        return response
+
+
+# ---- the deployment behind proxies -------------------------------------------------------------
+
+
+class Counters:
+    """Node counters (/v1/metrics) summed over every process a node had: polled often, and
+    once more right before a kill; a restarted node's counters start again at 0."""
+
+    def __init__(self, urls: dict[int, str]) -> None:
+        self.urls = urls
+        self.done: dict[int, Counter[str]] = {i: Counter() for i in urls}
+        self.last: dict[int, dict[str, int]] = {i: {} for i in urls}
+        self.lock = threading.Lock()
+        self._http = httpx.Client(timeout=httpx.Timeout(1.0))
+
+    def poll(self, node: int) -> bool:
+        try:
+            data = self._http.get(f"{self.urls[node]}/v1/metrics").json()
+        except (httpx.HTTPError, ValueError):
+            return False
+        values = {k: int(v) for k, v in data.items() if k != "node" and isinstance(v, int)}
+        with self.lock:
+            last = self.last[node]
+            if any(values.get(k, 0) < v for k, v in last.items()):
+                # A restart we did not see coming: what the old process had is in `last`.
+                self.done[node].update(last)
+            self.last[node] = values
+        return True
+
+    def poll_all(self) -> None:
+        for node in self.urls:
+            self.poll(node)
+
+    def process_ended(self, node: int) -> None:
+        with self.lock:
+            self.done[node].update(self.last[node])
+            self.last[node] = {}
+
+    def total(self, name: str) -> int:
+        with self.lock:
+            return sum(self.done[i][name] + self.last[i].get(name, 0) for i in self.urls)
+
+    def close(self) -> None:
+        self._http.close()
+
+
+class ProxiedFleet:
+    """A LocalDeployment whose relay and nodes reach each node through a `LinkProxy`."""
+
+    def __init__(self, root: Path, nodes: int, log: Callable[[str], None]) -> None:
+        self.root = root
+        self.nodes = nodes
+        self.log = log
+        self.deployment = LocalDeployment(root)
+        self.pool = ProxyPool()
+        self.node_urls: dict[int, str] = {}
+        self.counters: Counters | None = None
+        self._tokens: dict[str, str] = {}
+        self.client_config: ClientConfig | None = None
+
+    def provision(self) -> None:
+        self.deployment.provision(self.nodes)
+        fleet = FleetDescription.load(self.root / "fleet.toml")
+        ports = {i: NodeConfig.load(self.deployment.node_config(i)).port for i in range(self.nodes)}
+        for node in fleet.nodes:
+            # The node listens where its own config says; fleet.toml's URL is the same port.
+            assert node.url.endswith(f":{ports[node.index]}"), (node.url, ports)
+            self.node_urls[node.index] = node.url
+        for target in range(self.nodes):
+            self.pool.add("relay", f"node{target}", ports[target])
+            for source in range(self.nodes):
+                if source != target:
+                    self.pool.add(f"node{source}", f"node{target}", ports[target])
+        for source in range(self.nodes):
+            own = FleetDescription(
+                fleet.fleet_id,
+                fleet.guess_limit,
+                fleet.hpke_public_key,
+                fleet.opaque_server_public_key,
+                tuple(
+                    FleetNode(
+                        n.index,
+                        n.url
+                        if n.index == source
+                        else self.pool.links[(f"node{source}", f"node{n.index}")].url,
+                        n.identity_public_key,
+                    )
+                    for n in fleet.nodes
+                ),
+            )
+            own.save(self.root / f"fleet-node{source}.toml")
+            path = self.deployment.node_config(source)
+            config = tomllib.loads(path.read_text())
+            config["node"]["fleet_file"] = f"fleet-node{source}.toml"
+            write_toml(path, config)
+        relay_path = self.root / "relay.toml"
+        relay = tomllib.loads(relay_path.read_text())
+        relay["relay"]["nodes"] = [
+            self.pool.links[("relay", f"node{i}")].url for i in range(self.nodes)
+        ]
+        relay["relay"].update(RELAY_SETTINGS)
+        write_toml(relay_path, relay)
+        self.client_config = ClientConfig.load(self.root / "client.toml")
+        self.counters = Counters(self.node_urls)
+
+    def start(self, timeout: float = 90.0) -> None:
+        self.pool.start()
+        for index in range(self.nodes):
+            self.deployment.start_node(index)
+        self.deployment.start_relay()
+        self.deployment.wait_ready(timeout)
+
+    def stop(self) -> None:
+        with contextlib.suppress(Exception):
+            self.deployment.down()
+        self.pool.stop()
+        if self.counters is not None:
+            self.counters.close()
+
+    def token(self, account: str) -> str:
+        if account not in self._tokens:
+            operator = load_operator_private_key(self.root / "operator.key")
+            self._tokens[account] = mint_token(
+                operator, account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=24 * 3600
+            )
+        return self._tokens[account]
+
+    def client(self, ghost: EntryGhost, tally: Tally, http: httpx.Client) -> TracingVaultClient:
+        config = self.client_config
+        assert config is not None
+        return TracingVaultClient(
+            config.relay_url,
+            self.token(ghost.account),
+            ghost.account,
+            config.fleet_id,
+            config.fleet_public_key,
+            config.opaque_server_public_key,
+            entry=ghost.entry,
+            ksf_params=FAST_KSF,
+            http=http,
+            ghost=ghost,
+            tally=tally,
+        )
+
+    def node_ready(self, index: int) -> bool:
+        try:
+            answer = httpx.get(f"{self.node_urls[index]}/v1/health", timeout=1.0)
+            return answer.status_code == 200 and bool(answer.json().get("ready"))
+        except (httpx.HTTPError, ValueError):
+            return False
+
+    def kill(self, index: int) -> None:
+        assert self.counters is not None
+        self.counters.poll(index)
+        self.deployment.stop_process(f"node{index}", signal.SIGKILL)
+        self.counters.process_ended(index)
+
+    def restart(self, index: int) -> None:
+        self.deployment.start_node(index)
+
+    def links_of(self, index: int) -> list[LinkProxy]:
+        return self.pool.touching(f"node{index}")
+
+    def relay_links_into(self, index: int) -> list[LinkProxy]:
+        return [self.pool.links[("relay", f"node{index}")]]
+
+    def dump(self, index: int) -> list[dict[str, Any]]:
+        """Every entry on node `index`'s disk (see `nodedump`)."""
+        env = softhsm_env(self.root / f"node{index}" / "hsm" / "softhsm2.conf")
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "backupvault.chaos.nodedump",
+                "--config",
+                str(self.deployment.node_config(index)),
+            ],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        if done.returncode != 0:
+            raise RuntimeError(f"dumping node {index} failed: {done.stderr.strip()[-500:]}")
+        data: list[dict[str, Any]] = json.loads(done.stdout)
+        return data
+
+
+# ---- the chaos driver ----------------------------------------------------------------------------
+
+
+@dataclass
+class ActiveFault:
+    node: int
+    kind: FaultKind
+    until: float
+    restarted: bool = False  # KILL: the process runs again, catching up
+    slow: bool = False  # KILL: still not ready 30 s after the restart (reported once)
+
+
+class ChaosDriver:
+    """Injects faults on a random minority of nodes; never more than `max_faulty` at once
+    (a killed node counts as faulty until it has caught up and is ready again)."""
+
+    def __init__(self, fleet: ProxiedFleet, config: SoakConfig, rng: random.Random) -> None:
+        self.fleet = fleet
+        self.config = config
+        self.rng = rng
+        self.active: dict[int, ActiveFault] = {}
+        self.injected: Counter[str] = Counter()
+        self.max_concurrent = 0
+        self.restart_seconds: list[float] = []
+        self.slow_catch_up = 0
+        self._kinds: list[FaultKind] = []
+        self._restarted_at: dict[int, float] = {}
+        self.events: list[dict[str, Any]] = []
+        self._started = time.monotonic()
+
+    def _next_kind(self) -> FaultKind:
+        """Each kind once per round, in a random order: every kind shows up in a short run."""
+        if not self._kinds:
+            self._kinds = list(FaultKind)
+            self.rng.shuffle(self._kinds)
+        return self._kinds.pop()
+
+    def _event(self, what: str, node: int, **extra: Any) -> None:
+        at = round(time.monotonic() - self._started, 2)
+        self.events.append({"t": at, "event": what, "node": node, **extra})
+        self.config.log(f"[{at:7.2f}s] {what} node{node} {extra if extra else ''}".rstrip())
+
+    def run(self, stop: threading.Event) -> None:
+        assert self.fleet.counters is not None
+        next_fault = time.monotonic() + self.rng.uniform(0.3, 1.0)
+        while not stop.is_set():
+            now = time.monotonic()
+            self.fleet.counters.poll_all()
+            self._end_expired(now)
+            if now >= next_fault and len(self.active) < self.config.max_faulty:
+                self._inject(now)
+                next_fault = now + self.rng.expovariate(1.0 / self.config.fault_every)
+            self.max_concurrent = max(self.max_concurrent, len(self.active))
+            stop.wait(0.2)
+
+    def _inject(self, now: float) -> None:
+        healthy = [i for i in range(self.fleet.nodes) if i not in self.active]
+        node = self.rng.choice(healthy)
+        kind = self._next_kind()
+        low, high = self.config.fault_seconds
+        fault = ActiveFault(node, kind, now + self.rng.uniform(low, high))
+        pool = self.fleet.pool
+        match kind:
+            case FaultKind.KILL:
+                self.fleet.kill(node)
+            case FaultKind.CUT:
+                pool.set_mode(self.fleet.links_of(node), Mode.DROP)
+            case FaultKind.SLOW:
+                delay = round(self.rng.uniform(0.05, 0.6), 3)
+                pool.set_mode(self.fleet.links_of(node), Mode.DELAY, delay)
+            case FaultKind.STALL:
+                pool.set_mode(self.fleet.relay_links_into(node), Mode.STALL)
+        self.active[node] = fault
+        self.injected[kind] += 1
+        self._event(str(kind), node, seconds=round(fault.until - now, 2))
+
+    def _end_expired(self, now: float) -> None:
+        for node, fault in list(self.active.items()):
+            if fault.kind is FaultKind.KILL:
+                if not fault.restarted and now >= fault.until:
+                    self.fleet.restart(node)
+                    fault.restarted = True
+                    self._restarted_at[node] = now
+                    self._event("restart", node)
+                elif fault.restarted and now - self._restarted_at[node] > 30 and not fault.slow:
+                    fault.slow = True
+                    self.slow_catch_up += 1
+                    self._event("still catching up 30 s after restart", node)
+                elif fault.restarted and self.fleet.node_ready(node):
+                    took = now - self._restarted_at.pop(node)
+                    self.restart_seconds.append(took)
+                    del self.active[node]
+                    self._event("ready", node, catch_up_seconds=round(took, 2))
+            elif now >= fault.until:
+                self._heal(node)
+
+    def _heal(self, node: int) -> None:
+        self.fleet.pool.set_mode(self.fleet.links_of(node), Mode.PASS)
+        del self.active[node]
+        self._event("heal", node)
+
+    def heal_all(self, timeout: float = 60.0) -> None:
+        """End every fault: all links pass, every node runs and is ready."""
+        self.fleet.pool.set_mode(self.fleet.pool.links.values(), Mode.PASS)
+        for node, fault in list(self.active.items()):
+            if fault.kind is FaultKind.KILL and not fault.restarted:
+                self.fleet.restart(node)
+                self._event("restart", node)
+        self.active.clear()
+        for index in range(self.fleet.nodes):
+            self.fleet.deployment.start_node(index)  # no-op for a running node
+        self.fleet.deployment.wait_ready(timeout)
+        self.config.log("healed every fault; every node is ready")
+
+
+# ---- the workload ----------------------------------------------------------------------------
+
+
+def _password(rng: random.Random) -> str:
+    return "pw-" + "".join(rng.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(16))
+
+
+class Worker:
+    """One client thread: its own account; a normal client owns one entry and mixes right
+    and wrong recoveries, status and password changes; an attacker registers an entry and
+    guesses wrong until the fleet destroys it, then starts on a new entry."""
+
+    def __init__(
+        self,
+        index: int,
+        attacker: bool,
+        fleet: ProxiedFleet,
+        tally: Tally,
+        rng: random.Random,
+        ghosts: list[EntryGhost],
+        ghosts_lock: threading.Lock,
+    ) -> None:
+        self.index = index
+        self.attacker = attacker
+        self.fleet = fleet
+        self.tally = tally
+        self.rng = rng
+        self.ghosts = ghosts
+        self.ghosts_lock = ghosts_lock
+        self.account = f"soak-{'attacker' if attacker else 'user'}-{index}"
+        self.http = httpx.Client(timeout=httpx.Timeout(45.0, connect=5.0))
+
+    def _new_ghost(self, entry: str) -> tuple[EntryGhost, TracingVaultClient]:
+        ghost = EntryGhost(self.account, entry, self.attacker, os.urandom(32), _password(self.rng))
+        with self.ghosts_lock:
+            self.ghosts.append(ghost)
+        return ghost, self.fleet.client(ghost, self.tally, self.http)
+
+    def run(self, stop: threading.Event) -> None:
+        try:
+            if self.attacker:
+                self._attack(stop)
+            else:
+                self._use(stop)
+        except Exception as err:  # a bug in the soak itself, or an unexpected client error
+            self.tally.violation(f"{self.account}: worker crashed: {error_name(err)}: {err!r}")
+        finally:
+            self.http.close()
+
+    def _pause_after(self, err: Exception, stop: threading.Event, ghost: EntryGhost) -> None:
+        ghost.errors_since_ke2 += 1
+        self.tally.error(error_name(err))
+        stop.wait(self.rng.uniform(0.05, 0.3))
+
+    def _register(
+        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+    ) -> bool:
+        tried = False
+        while not stop.is_set():
+            try:
+                client.register(ghost.password, ghost.root_key)
+            except AlreadyRegistered:
+                # An earlier try (ours, or the relay's retry on another node after a lost
+                # answer) committed: same password, same root key, so it is the registration
+                # we wanted. Not "told done": the final checks recover it like any other.
+                self.tally.op("register", "already_registered" if tried else "already_first")
+                ghost.registered = True
+                return True
+            except (WrongPassword, Destroyed, NotRegistered) as err:
+                self.tally.violation(f"{ghost.account}/{ghost.entry}: register got {err!r}")
+                return False
+            except VaultError as err:
+                self.tally.op("register", _failed(err, client))
+                if not transient(err):
+                    self.tally.violation(f"{ghost.account}/{ghost.entry}: register: {err!r}")
+                    return False
+                tried = tried or client.current_op is Op.REGISTER_FINISH
+                self._pause_after(err, stop, ghost)
+                continue
+            self.tally.op("register", "ok")
+            ghost.told_done = ghost.registered = True
+            return True
+        return False
+
+    # ---- attackers ----
+
+    def _attack(self, stop: threading.Event) -> None:
+        generation = 0
+        while not stop.is_set():
+            ghost, client = self._new_ghost(f"attack-{generation}")
+            generation += 1
+            if not self._register(ghost, client, stop):
+                return
+            while not stop.is_set() and not ghost.destroyed:
+                self._wrong_recovery(ghost, client, stop)
+
+    # ---- normal users ----
+
+    def _use(self, stop: threading.Event) -> None:
+        ghost, client = self._new_ghost("main")
+        if not self._register(ghost, client, stop):
+            return
+        while not stop.is_set() and not ghost.destroyed:
+            roll = self.rng.random()
+            if roll < 0.40:
+                self._right_recovery(ghost, client, stop)
+            elif roll < 0.65:
+                # Leave room for the guesses a lost answer may have cost: never risk the
+                # entry of a user who knows the password.
+                if ghost.charged <= GUESS_LIMIT - 4 and not ghost.candidates:
+                    self._wrong_recovery(ghost, client, stop)
+                else:
+                    self._right_recovery(ghost, client, stop)
+            elif roll < 0.90:
+                self._status(ghost, client, stop)
+            else:
+                self._change_password(ghost, client, stop)
+
+    def _right_recovery(
+        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+    ) -> None:
+        password = ghost.candidates[0] if ghost.candidates else ghost.password
+        where = f"{ghost.account}/{ghost.entry}"
+        seen = ghost.ke2_total
+        try:
+            root_key, _grant = client.recover(password)
+        except WrongPassword as err:
+            if ghost.candidates:
+                # The password change whose answer was lost did not happen after all.
+                ghost.candidates.pop(0)
+                ghost.password = ghost.candidates[0]
+                ghost.candidates = []
+                ghost.wrong_answers += 1
+                self.tally.op("recover_right", "resolved_lost_password_change")
+                return
+            self.tally.op("recover_right", "WrongPassword")
+            self.tally.violation(f"{where}: the right password was refused: {err!r}")
+            return
+        except Destroyed as err:
+            self.tally.op("recover_right", "Destroyed")
+            self.tally.violation(f"{where}: a registered entry was destroyed: {err!r}")
+            ghost.destroyed = True
+            return
+        except NotRegistered as err:
+            self.tally.op("recover_right", "NotRegistered")
+            self.tally.violation(f"{where}: registration lost: {err!r}")
+            ghost.destroyed = True
+            return
+        except VaultError as err:
+            self.tally.op("recover_right", _failed(err, client))
+            if not transient(err):
+                self.tally.violation(f"{where}: right-password recovery: {err!r}")
+            if ghost.ke2_total > seen and client.current_op is Op.RECOVER_FINISH:
+                ghost.possible_reset = True  # the KE3 may have committed
+            else:
+                ghost.charged += 1  # the KE1 may have been counted
+            self._pause_after(err, stop, ghost)
+            return
+        if root_key != ghost.root_key:
+            self.tally.op("recover_right", "WRONG_ROOT_KEY")
+            self.tally.violation(f"{where}: recovered a root key that was never registered")
+            return
+        self.tally.op("recover_right", "ok")
+        if ghost.candidates:
+            ghost.password, ghost.candidates = password, []
+        ghost.on_success()
+
+    def _wrong_recovery(
+        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+    ) -> None:
+        where = f"{ghost.account}/{ghost.entry}"
+        kind = "attack_guess" if ghost.attacker else "recover_wrong"
+        try:
+            root_key, _grant = client.recover(_password(self.rng) + "-wrong")
+        except WrongPassword as err:
+            self.tally.op(kind, "WrongPassword")
+            ghost.wrong_answers += 1
+            ghost.charged = GUESS_LIMIT - err.guesses_remaining
+            if ghost.wrong_answers > GUESS_LIMIT:
+                self.tally.violation(f"{where}: {ghost.wrong_answers} wrong answers since success")
+            return
+        except Destroyed:
+            self.tally.op(kind, "Destroyed")
+            if not ghost.attacker:
+                self.tally.violation(f"{where}: destroyed while the user had guesses left")
+            ghost.destroyed = True
+            return
+        except NotRegistered as err:
+            self.tally.op(kind, "NotRegistered")
+            self.tally.violation(f"{where}: registration lost: {err!r}")
+            ghost.destroyed = True
+            return
+        except VaultError as err:
+            self.tally.op(kind, _failed(err, client))
+            if not transient(err):
+                self.tally.violation(f"{where}: wrong-password recovery: {err!r}")
+            ghost.charged += 1
+            self._pause_after(err, stop, ghost)
+            return
+        self.tally.op(kind, "RECOVERED_WITH_WRONG_PASSWORD")
+        self.tally.violation(
+            f"{where}: a wrong password recovered a key (ours: {root_key == ghost.root_key})"
+        )
+
+    def _status(self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event) -> None:
+        where = f"{ghost.account}/{ghost.entry}"
+        try:
+            status = client.status()
+        except VaultError as err:
+            self.tally.op("status", _failed(err, client))
+            if not transient(err):
+                self.tally.violation(f"{where}: status: {err!r}")
+            self._pause_after(err, stop, ghost)
+            return
+        self.tally.op("status", "ok")
+        if status.status is not EntryStatus.LIVE:
+            self.tally.violation(f"{where}: status {status.status.name} for a registered entry")
+        elif (
+            ghost.interval
+            and not ghost.possible_reset
+            and not ghost.candidates
+            and status.guesses_remaining > ghost.interval[-1]
+        ):
+            self.tally.violation(
+                f"{where}: status shows {status.guesses_remaining} guesses left after a KE2 "
+                f"with {ghost.interval[-1]} and no success"
+            )
+
+    def _change_password(
+        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+    ) -> None:
+        if ghost.candidates:
+            self._right_recovery(ghost, client, stop)
+            return
+        where = f"{ghost.account}/{ghost.entry}"
+        new = _password(self.rng)
+        seen = ghost.ke2_total
+        try:
+            root_key, grant = client.recover(ghost.password)
+            if root_key != ghost.root_key:
+                self.tally.violation(f"{where}: recovered a root key that was never registered")
+                return
+            ghost.on_success()
+            client.register(new, root_key, GUESS_LIMIT, grant=grant)
+        except WrongPassword as err:
+            self.tally.op("change_password", "WrongPassword")
+            self.tally.violation(f"{where}: the right password was refused: {err!r}")
+            return
+        except (Destroyed, NotRegistered) as err:
+            self.tally.op("change_password", type(err).__name__)
+            self.tally.violation(f"{where}: registration lost: {err!r}")
+            ghost.destroyed = True
+            return
+        except VaultError as err:
+            self.tally.op("change_password", _failed(err, client))
+            if not transient(err):
+                self.tally.violation(f"{where}: password change: {err!r}")
+            if client.current_op is Op.CHANGE_PASSWORD:
+                ghost.candidates = [new, ghost.password]  # it may have committed
+                ghost.possible_reset = True
+            elif client.current_op is Op.RECOVER_FINISH and ghost.ke2_total > seen:
+                ghost.possible_reset = True
+            self._pause_after(err, stop, ghost)
+            return
+        self.tally.op("change_password", "ok")
+        ghost.password = new
+        ghost.on_success()
+
+
+# ---- final checks -----------------------------------------------------------------------------
+
+R = TypeVar("R")
+
+
+def _retry(call: Callable[[], R], until: float) -> R:
+    """Retries `call` on transient errors (the fleet may still be settling) until `until`."""
+    while True:
+        try:
+            return call()
+        except VaultError as err:
+            if not transient(err) or time.monotonic() > until:
+                raise
+            time.sleep(0.3)
+
+
+def final_checks(
+    fleet: ProxiedFleet,
+    ghosts: list[EntryGhost],
+    tally: Tally,
+    log: Callable[[str], None],
+    fleet_live: bool = True,
+) -> tuple[list[Check], dict[str, Any]]:
+    """The end-of-run checks. With `fleet_live` False (the fleet did not get ready again
+    after the heal) only what needs no fleet answer: the disks, read directly, and what
+    the clients saw."""
+    checks: list[Check] = []
+    figures: dict[str, Any] = {}
+    assert fleet.counters is not None
+    fleet.counters.poll_all()
+    http = httpx.Client(timeout=httpx.Timeout(45.0, connect=5.0))
+    local = Tally()
+    deadline = time.monotonic() + 60
+
+    # Through the fleet: every confirmed registration is live, every destroyed entry is
+    # destroyed. Each status also commits the entry's value anew, which the proposer then
+    # repairs onto every node.
+    known = [g for g in ghosts if g.registered]
+    lost: list[str] = []
+    for ghost in known if fleet_live else []:
+        client = fleet.client(ghost, local, http)
+        try:
+            status = _retry(client.status, deadline).status
+        except VaultError as err:
+            lost.append(f"{ghost.account}/{ghost.entry}: status failed: {err!r}")
+            continue
+        expected = {EntryStatus.DESTROYED} if ghost.destroyed else {EntryStatus.LIVE}
+        if ghost.attacker and not ghost.destroyed:
+            expected = {EntryStatus.LIVE, EntryStatus.DESTROYED}  # stopped mid-attack
+        if status not in expected:
+            lost.append(f"{ghost.account}/{ghost.entry}: {status.name}, expected {expected}")
+        if status is EntryStatus.DESTROYED:
+            ghost.destroyed = True
+    live_expected = [g for g in known if not g.destroyed]
+    if fleet_live:
+        checks.append(
+            Check(
+                "registrations live through the fleet",
+                not lost,
+                f"{len(live_expected)} live, {len(known) - len(live_expected)} destroyed as "
+                f"attacked, {len(lost)} lost" + (f": {lost[:5]}" if lost else ""),
+            )
+        )
+
+    # On every node's disk, after repair and catch-up.
+    by_key = {g.key: g for g in known}
+    disk_problems: list[str] = []
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+    while True:
+        with ThreadPoolExecutor(fleet.nodes) as pool:
+            raw = list(pool.map(fleet.dump, range(fleet.nodes)))
+        dumps = {i: {(r["account"], r["entry"]): r for r in raw[i]} for i in range(fleet.nodes)}
+        if not fleet_live:
+            disk_problems = _majority_problems(dumps, by_key)
+            break
+        disk_problems = _disk_problems(dumps, by_key)
+        if not disk_problems or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    checks.append(
+        Check(
+            "every node's disk holds every live record, destroyed ones as tombstones"
+            if fleet_live
+            else "a majority of disks holds every confirmed registration (fleet not ready)",
+            not disk_problems,
+            f"{len(known)} entries x {fleet.nodes} nodes"
+            + (f"; {len(disk_problems)} problems: {disk_problems[:5]}" if disk_problems else ""),
+        )
+    )
+
+    # Guess counting.
+    over: list[str] = []
+    for ghost in known:
+        for index in range(fleet.nodes):
+            record = dumps[index].get(ghost.key)
+            if record is None:
+                continue
+            gap = record["attempt_seq"] - record["success_seq"]
+            if gap > GUESS_LIMIT or record["attempts_used"] > GUESS_LIMIT:
+                over.append(f"node{index} {ghost.account}/{ghost.entry}: {record}")
+    checks.append(
+        Check(
+            "on disk: attempt_seq - success_seq <= L on every node",
+            not over,
+            f"L={GUESS_LIMIT}" + (f"; over: {over[:5]}" if over else ""),
+        )
+    )
+    attempt_seq: dict[tuple[str, str], int] = {}
+    for per_node in dumps.values():
+        for key, record in per_node.items():
+            attempt_seq[key] = max(attempt_seq.get(key, 0), int(record["attempt_seq"]))
+    unpaid = [
+        f"{g.account}/{g.entry}: {g.ke2_total} KE2s, attempt_seq {attempt_seq.get(g.key, 0)}"
+        for g in ghosts
+        if g.ke2_total > attempt_seq.get(g.key, 0)
+    ]
+    checks.append(
+        Check(
+            "per entry: KE2s received <= attempt_seq (each evaluation paid by its own guess)",
+            not unpaid,
+            f"{sum(g.ke2_total for g in ghosts)} KE2s received over {len(ghosts)} entries"
+            + (f"; {unpaid[:5]}" if unpaid else ""),
+        )
+    )
+    evaluations = fleet.counters.total("evaluations")
+    total_seq = sum(attempt_seq.values())
+    checks.append(
+        Check(
+            "fleet: OPRF evaluations (summed over nodes and restarts) <= sum of attempt_seq",
+            evaluations <= total_seq,
+            f"{evaluations} evaluations counted, {total_seq} guesses committed",
+        )
+    )
+    attacked = [g for g in ghosts if g.attacker and g.destroyed]
+    worst = max((g.max_interval for g in ghosts), default=0)
+    checks.append(
+        Check(
+            "per entry: KE2s between two successes <= L, guesses_remaining strictly falling",
+            not any("KE2" in v for v in tally.violations),
+            f"most KE2s in one interval: {worst}; {len(attacked)} entries attacked to destruction",
+        )
+    )
+
+    figures.update(
+        entries=len(ghosts),
+        entries_registered=len(known),
+        entries_destroyed_by_attack=len(attacked),
+        ke2_received=sum(g.ke2_total for g in ghosts),
+        evaluations_counted=evaluations,
+        committed_counted=fleet.counters.total("committed"),
+        fleet_unavailable_counted=fleet.counters.total("fleet_unavailable"),
+        attempt_seq_total=total_seq,
+        successes=sum(g.successes for g in ghosts),
+        hidden_guesses=sum(g.hidden_guesses for g in ghosts),
+        hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
+    )
+
+    # Every success a real success: one last recovery of every live entry of a user.
+    wrong_keys: list[str] = []
+    recovered = 0
+    for ghost in live_expected if fleet_live else []:
+        if ghost.attacker:
+            continue
+        client = fleet.client(ghost, local, http)
+        passwords = list(ghost.candidates) or [ghost.password]  # candidates: new, then old
+        for password in passwords:
+
+            def recover(client: VaultClient = client, password: str = password) -> bytes:
+                return client.recover(password)[0]
+
+            try:
+                root_key = _retry(recover, deadline)
+            except WrongPassword:
+                if password == passwords[-1]:
+                    wrong_keys.append(f"{ghost.account}/{ghost.entry}: password refused")
+                continue
+            except VaultError as err:
+                wrong_keys.append(f"{ghost.account}/{ghost.entry}: {err!r}")
+                break
+            recovered += 1
+            if root_key != ghost.root_key:
+                wrong_keys.append(f"{ghost.account}/{ghost.entry}: different root key")
+            break
+    checks.append(
+        Check(
+            "final recovery of every user entry returns its registered root key"
+            + ("" if fleet_live else " (not run: fleet not ready)"),
+            not wrong_keys,
+            f"{recovered} recovered" + (f"; {wrong_keys[:5]}" if wrong_keys else ""),
+        )
+    )
+    checks.append(
+        Check(
+            "no violation seen by any client during the run",
+            not tally.violations,
+            f"{len(tally.violations)} violations"
+            + (f": {tally.violations[:5]}" if tally.violations else ""),
+        )
+    )
+    http.close()
+    log(f"final checks done: {sum(c.passed for c in checks)}/{len(checks)} passed")
+    return checks, figures
+
+
+def _majority_problems(
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]],
+    ghosts: dict[tuple[str, str], EntryGhost],
+) -> list[str]:
+    """Without a live fleet: every confirmed registration must be on a majority of disks
+    (live, or destroyed for an attacked entry), or a committed value would be lost."""
+    problems: list[str] = []
+    majority = len(dumps) // 2 + 1
+    for key, ghost in ghosts.items():
+        allowed = {"live", "destroyed"} if ghost.attacker else {"live"}
+        holding = sum(
+            1
+            for records in dumps.values()
+            if (r := records.get(key)) is not None and r["status"] in allowed
+        )
+        if holding < majority:
+            problems.append(f"{key[0]}/{key[1]}: on {holding} disks, below a majority")
+    return problems
+
+
+def _disk_problems(
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]],
+    ghosts: dict[tuple[str, str], EntryGhost],
+) -> list[str]:
+    problems: list[str] = []
+    for key, ghost in ghosts.items():
+        seen: set[tuple[int, int, str]] = set()
+        for index, records in dumps.items():
+            record = records.get(key)
+            where = f"node{index} {key[0]}/{key[1]}"
+            if record is None:
+                problems.append(f"{where}: missing")
+                continue
+            seen.add((record["attempt_seq"], record["success_seq"], record["status"]))
+            if ghost.destroyed:
+                if record["status"] != "destroyed" or record["holds_record"]:
+                    problems.append(f"{where}: not a tombstone ({record['status']})")
+            elif record["status"] != "live" or not record["holds_wrapped_root_key"]:
+                problems.append(f"{where}: {record['status']}, record={record['holds_record']}")
+        if len(seen) > 1:
+            problems.append(f"{key[0]}/{key[1]}: nodes disagree: {sorted(seen)}")
+    return problems
+
+
+# ---- the whole run ---------------------------------------------------------------------------
+
+
+@dataclass
+class SoakResult:
+    config: dict[str, Any]
+    seconds: dict[str, float]
+    operations: dict[str, int]
+    outcomes: dict[str, int]
+    errors: dict[str, int]
+    faults: dict[str, Any]
+    checks: list[Check]
+    figures: dict[str, Any]
+    violations: list[str]
+    directory: str | None
+
+    @property
+    def passed(self) -> bool:
+        return all(c.passed for c in self.checks)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "passed": self.passed,
+            "config": self.config,
+            "seconds": self.seconds,
+            "operations": self.operations,
+            "outcomes": self.outcomes,
+            "errors": self.errors,
+            "faults": self.faults,
+            "checks": [vars(c) for c in self.checks],
+            "figures": self.figures,
+            "violations": self.violations,
+            "directory": self.directory,
+        }
+
+
+@contextlib.contextmanager
+def _workdir(config: SoakConfig) -> Iterator[Path]:
+    if config.directory is not None:
+        if config.directory.exists() and any(config.directory.iterdir()):
+            raise ValueError(f"{config.directory} is not empty")
+        config.directory.mkdir(parents=True, exist_ok=True)
+        yield config.directory
+        return
+    path = Path(tempfile.mkdtemp(prefix="backupvault-soak-"))
+    try:
+        yield path
+    finally:
+        if not config.keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+#: A fleet with a majority up and connected must answer; a stretch this long with no answer
+#: to any client is a liveness failure (a wedged fleet), not bad luck.
+LIVENESS_SECONDS = 30.0
+
+
+def _progress(
+    config: SoakConfig,
+    tally: Tally,
+    driver: ChaosDriver,
+    started: float,
+    log: Callable[[str], None],
+) -> None:
+    """Wait out the chaos time, logging progress every 30 s."""
+    end = started + config.seconds
+    while (now := time.monotonic()) < end:
+        time.sleep(min(30.0, end - now))
+        elapsed = time.monotonic() - started
+        faulty = ", ".join(f"node{n}:{f.kind}" for n, f in sorted(driver.active.items()))
+        log(
+            f"progress {elapsed:.0f}/{config.seconds:.0f} s: {sum(tally.operations.values())} "
+            f"operations, {tally.answered()} answered, faults {_kinds(driver.injected)}, "
+            f"faulty now: {faulty or 'none'}, violations {len(tally.violations)}"
+        )
+
+
+def _kinds(counts: Counter[str]) -> str:
+    return ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) or "none"
+
+
+def run_soak(config: SoakConfig) -> SoakResult:
+    seed = config.seed if config.seed is not None else random.SystemRandom().randrange(2**32)
+    rng = random.Random(seed)
+    log = config.log
+    seconds: dict[str, float] = {}
+    with _workdir(config) as root:
+        fleet = ProxiedFleet(root, config.nodes, log)
+        try:
+            started = time.monotonic()
+            fleet.provision()
+            fleet.start()
+            seconds["setup"] = time.monotonic() - started
+            log(f"fleet up in {seconds['setup']:.1f} s at {root} (seed {seed})")
+
+            tally = Tally()
+            ghosts: list[EntryGhost] = []
+            ghosts_lock = threading.Lock()
+            driver = ChaosDriver(fleet, config, random.Random(rng.randrange(2**32)))
+            workers = [
+                Worker(
+                    i,
+                    i < config.attacker_count,
+                    fleet,
+                    tally,
+                    random.Random(rng.randrange(2**32)),
+                    ghosts,
+                    ghosts_lock,
+                )
+                for i in range(config.clients)
+            ]
+            stop_clients, stop_chaos = threading.Event(), threading.Event()
+            threads = [
+                threading.Thread(target=w.run, args=(stop_clients,), name=w.account, daemon=True)
+                for w in workers
+            ]
+            chaos = threading.Thread(
+                target=driver.run, args=(stop_chaos,), name="chaos", daemon=True
+            )
+            started = time.monotonic()
+            tally.last_answer = started
+            try:
+                for thread in threads:
+                    thread.start()
+                chaos.start()
+                _progress(config, tally, driver, started, log)
+            finally:
+                stop_chaos.set()
+                stop_clients.set()
+            chaos.join(60)
+            tally.longest_without_answer = max(
+                tally.longest_without_answer, time.monotonic() - tally.last_answer
+            )
+            heal_error = ""
+            try:
+                driver.heal_all(90)
+            except DeploymentError as err:
+                heal_error = str(err)
+            deadline = time.monotonic() + 120
+            for thread in threads:
+                thread.join(max(0.0, deadline - time.monotonic()))
+            seconds["workload"] = time.monotonic() - started
+            stuck = [t.name for t in threads if t.is_alive()]
+            if stuck:
+                tally.violation(f"clients still running 120 s after the end: {stuck}")
+            log(f"workload stopped after {seconds['workload']:.1f} s; checking")
+
+            started = time.monotonic()
+            liveness = Check(
+                f"liveness: with at most {config.max_faulty} nodes faulty, some client got an "
+                f"answer within every {LIVENESS_SECONDS:.0f} s",
+                tally.longest_without_answer <= LIVENESS_SECONDS,
+                f"longest wait {tally.longest_without_answer:.1f} s",
+            )
+            checks, figures = final_checks(fleet, ghosts, tally, log, fleet_live=not heal_error)
+            if heal_error:
+                checks.insert(
+                    0, Check("fleet ready again after healing every fault", False, heal_error)
+                )
+            checks.insert(0, liveness)
+            seconds["checks"] = time.monotonic() - started
+            restart = driver.restart_seconds
+            result = SoakResult(
+                config={
+                    "seconds": config.seconds,
+                    "clients": config.clients,
+                    "attackers": config.attacker_count,
+                    "nodes": config.nodes,
+                    "max_faulty": config.max_faulty,
+                    "fault_every": config.fault_every,
+                    "fault_seconds": list(config.fault_seconds),
+                    "seed": seed,
+                    "guess_limit": GUESS_LIMIT,
+                },
+                seconds={k: round(v, 1) for k, v in seconds.items()},
+                operations=dict(sorted(tally.operations.items())),
+                outcomes=dict(sorted(tally.outcomes.items())),
+                errors=dict(sorted(tally.errors.items())),
+                faults={
+                    "injected": {str(k): v for k, v in sorted(driver.injected.items())},
+                    "max_concurrent": driver.max_concurrent,
+                    "catch_up_over_30_seconds": driver.slow_catch_up,
+                    "catch_up_seconds_max": round(max(restart), 2) if restart else None,
+                    "catch_up_seconds_mean": round(sum(restart) / len(restart), 2)
+                    if restart
+                    else None,
+                    "proxy": _proxy_totals(fleet.pool.stats()),
+                    "events": driver.events,
+                },
+                checks=checks,
+                figures=figures,
+                violations=tally.violations,
+                directory=str(root) if (config.keep or config.directory) else None,
+            )
+        finally:
+            fleet.stop()
+    return result
+
+
+def _proxy_totals(stats: dict[str, dict[str, int]]) -> dict[str, int]:
+    total: Counter[str] = Counter()
+    for link in stats.values():
+        total.update(link)
+    return dict(total)
+
+
+# ---- report --------------------------------------------------------------------------------
+
+
+def summary(result: SoakResult) -> str:
+    lines: list[str] = []
+    cfg = result.config
+    lines.append(
+        f"chaos soak: {cfg['nodes']} nodes, {cfg['clients']} clients ({cfg['attackers']} "
+        f"attackers), {cfg['seconds']:.0f} s of chaos, seed {cfg['seed']}"
+    )
+    lines.append(
+        "time: " + ", ".join(f"{name} {value:.1f} s" for name, value in result.seconds.items())
+    )
+    lines.append("")
+    lines.append(f"{'operation':<18}{'total':>8}  outcomes")
+    for op, count in result.operations.items():
+        outcomes = {
+            k.split(":", 1)[1]: v for k, v in result.outcomes.items() if k.split(":", 1)[0] == op
+        }
+        text = ", ".join(f"{k} {v}" for k, v in sorted(outcomes.items(), key=lambda x: -x[1]))
+        lines.append(f"{op:<18}{count:>8}  {text}")
+    lines.append(f"{'all':<18}{sum(result.operations.values()):>8}")
+    lines.append("")
+    injected = result.faults["injected"]
+    lines.append(
+        "faults injected: "
+        + ", ".join(f"{k} {v}" for k, v in injected.items())
+        + f" (total {sum(injected.values())}, at most {result.faults['max_concurrent']} at once"
+        + (
+            f"; catch-up after restart mean {result.faults['catch_up_seconds_mean']} s, "
+            f"max {result.faults['catch_up_seconds_max']} s)"
+            if result.faults["catch_up_seconds_max"] is not None
+            else ")"
+        )
+    )
+    proxy = result.faults["proxy"]
+    lines.append(
+        f"proxies: {proxy.get('connections', 0)} connections, {proxy.get('refused', 0)} "
+        f"refused, {proxy.get('aborted', 0)} aborted"
+    )
+    lines.append(
+        "errors seen by clients: "
+        + (", ".join(f"{k} {v}" for k, v in result.errors.items()) or "none")
+    )
+    figures = result.figures
+    lines.append(
+        f"entries {figures.get('entries')}, destroyed by attack "
+        f"{figures.get('entries_destroyed_by_attack')}, successes {figures.get('successes')}, "
+        f"KE2s received {figures.get('ke2_received')}, evaluations counted "
+        f"{figures.get('evaluations_counted')}, guesses committed "
+        f"{figures.get('attempt_seq_total')}"
+    )
+    lines.append(
+        f"guesses charged with no KE2 received for them: {figures.get('hidden_guesses')} "
+        f"(of which {figures.get('hidden_guesses_without_error')} while the client saw no error)"
+    )
+    lines.append("")
+    for check in result.checks:
+        lines.append(f"[{'PASS' if check.passed else 'FAIL'}] {check.name}: {check.detail}")
+    lines.append("")
+    lines.append("RESULT: " + ("PASS" if result.passed else "FAIL"))
+    return "\n".join(lines)

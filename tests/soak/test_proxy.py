@@ -1,0 +1,87 @@
+"""The fault-injecting proxy on its own: each mode does what the soak relies on."""
+
+from __future__ import annotations
+
+import socket
+import socketserver
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from backupvault.chaos.proxy import HOST, LinkProxy, Mode, ProxyPool
+
+
+class _Echo(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        while data := self.request.recv(4096):
+            self.request.sendall(data.upper())
+
+
+@pytest.fixture
+def link() -> Iterator[tuple[ProxyPool, LinkProxy]]:
+    server = socketserver.ThreadingTCPServer((HOST, 0), _Echo)
+    server.daemon_threads = True
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    pool = ProxyPool()
+    proxy = pool.add("a", "b", server.server_address[1])
+    pool.start()
+    try:
+        yield pool, proxy
+    finally:
+        pool.stop()
+        server.shutdown()
+        server.server_close()
+
+
+def _exchange(port: int, payload: bytes, timeout: float = 3.0) -> bytes:
+    with socket.create_connection((HOST, port), timeout=timeout) as sock:
+        sock.sendall(payload)
+        return sock.recv(4096)
+
+
+def test_pass_forwards_both_ways(link: tuple[ProxyPool, LinkProxy]) -> None:
+    _, proxy = link
+    assert _exchange(proxy.listen_port, b"hello") == b"HELLO"
+    assert proxy.stats.bytes_up == 5 and proxy.stats.bytes_down == 5
+
+
+def test_drop_refuses_new_and_aborts_open_connections(link: tuple[ProxyPool, LinkProxy]) -> None:
+    pool, proxy = link
+    held = socket.create_connection((HOST, proxy.listen_port), timeout=3)
+    held.sendall(b"x")
+    assert held.recv(10) == b"X"
+    pool.set_mode([proxy], Mode.DROP)
+    with pytest.raises(OSError):  # reset; or an empty read, turned into an error here
+        if held.recv(10) == b"":
+            raise ConnectionResetError
+    held.close()
+    with pytest.raises(OSError):
+        if _exchange(proxy.listen_port, b"y") == b"":
+            raise ConnectionResetError
+    pool.set_mode([proxy], Mode.PASS)
+    assert _exchange(proxy.listen_port, b"z") == b"Z"
+
+
+def test_delay_holds_each_chunk(link: tuple[ProxyPool, LinkProxy]) -> None:
+    pool, proxy = link
+    pool.set_mode([proxy], Mode.DELAY, 0.3)
+    started = time.monotonic()
+    assert _exchange(proxy.listen_port, b"slow") == b"SLOW"
+    assert time.monotonic() - started >= 0.6  # held going up and coming back
+
+
+def test_stall_delivers_the_request_but_withholds_the_answer(
+    link: tuple[ProxyPool, LinkProxy],
+) -> None:
+    pool, proxy = link
+    pool.set_mode([proxy], Mode.STALL)
+    with socket.create_connection((HOST, proxy.listen_port), timeout=0.5) as sock:
+        sock.sendall(b"lost")
+        with pytest.raises(TimeoutError):
+            sock.recv(10)
+        assert proxy.stats.bytes_up == 4  # the request did arrive
+        sock.settimeout(3)
+        pool.set_mode([proxy], Mode.PASS)
+        assert sock.recv(10) == b"LOST"  # the answer, late

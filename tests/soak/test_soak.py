@@ -1,0 +1,93 @@
+"""The chaos soak against real processes (docs/soak.md): a 5-node fleet and the relay
+behind fault-injecting proxies, concurrent clients, random minority faults for
+BACKUPVAULT_SOAK_SECONDS (default 60), then the invariant checks. Plus the client-side
+checks on their own, fed a planted double evaluation, so we know they can fail."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from backupvault.chaos.soak import GUESS_LIMIT, EntryGhost, FaultKind, Tally
+
+SECONDS = float(os.environ.get("BACKUPVAULT_SOAK_SECONDS", "60"))
+CLIENTS = int(os.environ.get("BACKUPVAULT_SOAK_CLIENTS", "8"))
+
+
+def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
+    report = tmp_path / "soak.json"
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault.chaos",
+            "--seconds",
+            str(SECONDS),
+            "--clients",
+            str(CLIENTS),
+            "--json-out",
+            str(report),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=SECONDS + 240,
+        check=False,
+    )
+    print(done.stdout)
+    print(done.stderr[-5000:], file=sys.stderr)
+    assert report.exists(), done.stderr[-2000:]
+    result = json.loads(report.read_text())
+    failed = [c for c in result["checks"] if not c["passed"]]
+    assert not failed, failed
+    assert result["violations"] == []
+    assert done.returncode == 0
+    assert result["passed"] is True
+
+    # The run did what it claims: every fault kind happened, never more than a minority
+    # at once, and the clients got through real work, including destructions.
+    injected = result["faults"]["injected"]
+    assert set(injected) == {str(k) for k in FaultKind}, injected
+    assert 1 <= result["faults"]["max_concurrent"] <= 2
+    operations = result["operations"]
+    assert {"register", "recover_right", "recover_wrong", "status", "attack_guess"} <= set(
+        operations
+    ), operations
+    assert result["outcomes"].get("recover_right:ok", 0) >= 5
+    assert result["figures"]["entries_destroyed_by_attack"] >= 1
+    assert result["figures"]["ke2_received"] >= 30
+
+
+def test_ghost_flags_an_evaluation_not_paid_by_its_own_guess() -> None:
+    tally = Tally()
+    ghost = EntryGhost("a", "e", False, bytes(32), "pw")
+    for remaining in (9, 8, 6):  # a gap: a KE2 the client never saw (a lost answer)
+        ghost.on_ke2(remaining, tally)
+    assert tally.violations == []
+    ghost.on_ke2(6, tally)  # the same counter value twice: one guess paid for two KE2s
+    assert len(tally.violations) == 1 and "no success between" in tally.violations[0]
+
+
+def test_ghost_accepts_a_reset_only_after_a_possible_success() -> None:
+    tally = Tally()
+    ghost = EntryGhost("a", "e", False, bytes(32), "pw")
+    ghost.on_ke2(9, tally)
+    ghost.possible_reset = True  # a KE3 whose answer was lost
+    ghost.on_ke2(9, tally)
+    ghost.on_success()
+    ghost.on_ke2(GUESS_LIMIT - 1, tally)
+    assert tally.violations == []
+    ghost.on_ke2(GUESS_LIMIT, tally)  # more guesses left than the limit allows
+    assert any("guesses_remaining=10" in v for v in tally.violations)
+
+
+def test_ghost_flags_more_than_limit_evaluations_between_successes() -> None:
+    tally = Tally()
+    ghost = EntryGhost("a", "e", True, bytes(32), "pw")
+    for remaining in range(GUESS_LIMIT - 1, -1, -1):
+        ghost.on_ke2(remaining, tally)
+    assert tally.violations == []
+    ghost.on_ke2(0, tally)
+    assert any(f"{GUESS_LIMIT + 1} KE2s" in v for v in tally.violations)
