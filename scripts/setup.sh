@@ -7,6 +7,7 @@ need=()
 # libsodium: ristretto255 for the OPRF. SoftHSM2 + OpenSC tools: the vault nodes' PKCS#11 tokens.
 dpkg -s libsodium23 >/dev/null 2>&1 || need+=(libsodium23)
 dpkg -s softhsm2 >/dev/null 2>&1 || need+=(softhsm2)
+dpkg -s spin >/dev/null 2>&1 || need+=(spin)  # model check of the fleet protocol (spec/)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -1,0 +1,403 @@
+/*
+ * backupvault: CASPaxos replication of ONE vault entry plus guess counting, for spin.
+ * What it covers, how it maps to the code and how to run it: docs/fleet-model.md.
+ *
+ *   3 nodes (acceptors 0, 1, 2); clients at nodes 0 and 1 (their proposers), node 2 only
+ *   accepts; guess limit L; at most OPS client requests in all; rounds 1..MAXR.
+ *   Network: Prepare and Accept are broadcast and stay in the network for ever (any of
+ *   them may be delivered to any peer at any time, any number of times, or never).
+ *   Replies are handled in the same step as the message that causes them, or lost.
+ *   One crash-restart of one node, at any moment, from a copy of its disk taken at any
+ *   earlier moment (the current disk, the oldest copy, or anything between), then it
+ *   must catch up before it answers anything.
+ *
+ * Switches (spin -D...):
+ *   BUG_EVAL_BEFORE_COMMIT  mutant: the OPRF is evaluated when the change is computed
+ *                           (promise majority), before the increment is committed.
+ *   BUG_NO_CATCHUP          mutant: a restarted node acts as acceptor at once, with its
+ *                           rolled-back state, without catching up from its peers.
+ *   NO_DUP_CHECK            drop check 1a, so that a mutant's counterexample shows the
+ *                           guess counter itself going above L.
+ *   ROLLBACK_SIMPLE         restart only from the current disk or the oldest copy
+ *                           (a smaller state space).
+ *   NO_CRASH                no crash at all.
+ *   L, MAXR, OPS            the bound: guess limit (1..3), rounds, client requests.
+ */
+
+#ifndef L
+#define L 2
+#endif
+#ifndef MAXR
+#define MAXR 2
+#endif
+#ifndef OPS
+#define OPS 3
+#endif
+#define MAXSEQ 7
+#if L < 1 || L > 3
+#error "L is 1..3 (attempts_used has two bits here)"
+#endif
+
+/* ---- ballots: (round, node) as one index 2*round + node; only nodes 0, 1 propose, so
+ *      index order is (round, node) order. Index 0 = (0, 0) = "nothing". ---- */
+#define NB (2 * MAXR + 2)
+#define BNODE(b) ((b) & 1)
+#define BROUND(b) ((b) >> 1)
+#define BIT(i) (1 << (i))
+
+/* ---- the entry's value (EntryState reduced to what guess counting reads):
+ *      dead (status destroyed), attempts_used, attempt_seq, success_seq ---- */
+#define DEAD(v) ((v) & 1)
+#define USED(v) (((v) >> 1) & 3)
+#define ASEQ(v) (((v) >> 3) & 15)
+#define SSEQ(v) (((v) >> 7) & 15)
+#define MKV(d, u, a, s) ((d) | ((u) << 1) | ((a) << 3) | ((s) << 7))
+#define LIVE0 MKV(0, 0, 0, 0) /* registered, committed everywhere before the run */
+
+/* client operations and change outcomes */
+#define OP_START 1 /* recover-start (KE1) */
+#define OP_FOK 2   /* recover-finish, KE3 verifies (correct password) */
+#define OP_FBAD 3  /* recover-finish, KE3 does not verify (wrong password) */
+#define O_NONE 0
+#define O_EVAL 1    /* evaluate the OPRF, answer KE2 */
+#define O_RELEASE 2 /* release the wrapped root key */
+#define O_DESTROYED 3
+#define O_STALE 4
+#define O_WRONG 5
+
+/* proposer phases */
+#define IDLE 0
+#define PREPARE 1
+#define ACCEPT 2
+#define WAITING 3 /* queued, or backing off: the next step is a new round or giving up */
+
+/* ---- acceptors (durable AcceptorRecord: promised, accepted ballot, value) ---- */
+byte prom[3];
+byte accb[3];
+short val[3];
+bool ready[3];
+
+/* ---- network: sent Prepares and Accepts, by ballot ---- */
+short prep_sent;
+short acc_sent;
+short accval[NB];
+
+/* ---- proposers at nodes 0 and 1, one request at a time each ---- */
+byte ph[2];
+byte pb[2];    /* current ballot */
+byte op[2];
+byte tk[2];    /* ticket's attempt_seq for recover-finish */
+byte bestb[2]; /* own acceptor's promise: accepted ballot and value */
+short bestv[2];
+byte outc[2];  /* the outcome computed with the new value */
+byte ops_left = OPS;
+
+/* ---- the crash: 0 none yet, 1 backup copy taken, 2 restarted (catching up), 3 done ---- */
+byte cp;
+byte cn;
+byte snap_prom;
+byte snap_accb;
+short snap_val;
+byte synced; /* peers whose SyncResponse has arrived */
+
+/* ---- ghosts ---- */
+short learned;  /* ballots whose proposer saw a majority accept them: committed values */
+byte g_cb;      /* the highest of them ... */
+short g_cv = LIVE0; /* ... and its value: the committed state */
+short issued;   /* attempt_seqs that were evaluated (tickets handed out) */
+short released; /* attempt_seqs whose KE3 released the key */
+byte g_since;   /* evaluations paid after the last committed success */
+
+#define POP3(x) (((x) & 1) + (((x) >> 1) & 1) + (((x) >> 2) & 1))
+
+/* An evaluation (KE2) paid for by attempt s. */
+inline evaluate(s) {
+#ifndef NO_DUP_CHECK
+	assert(!(issued & BIT(s)));            /* 1a: one increment pays for one evaluation */
+#endif
+	assert(!DEAD(g_cv) || s <= ASEQ(g_cv)); /* 2: nothing after the tombstone's commit */
+	printf("EVAL attempt %d\n", s);
+	issued = issued | BIT(s);
+	if
+	:: s > SSEQ(g_cv) ->
+		g_since++;
+		assert(g_since <= L)               /* 1: at most L evaluations after a success */
+	:: else -> skip /* paid before the last reset, learned late */
+	fi
+}
+
+/* x -> y is a step forward (or no step) along one chain of committed values. */
+#define FORWARD(x, y) (ASEQ(y) >= ASEQ(x) && SSEQ(y) >= SSEQ(x) && DEAD(y) >= DEAD(x) \
+	&& (y == x || ASEQ(y) > ASEQ(x) || SSEQ(y) > SSEQ(x) || DEAD(y) > DEAD(x)))
+
+byte gi; /* loop index, kept 0 between steps */
+
+/* The proposer of ballot b has seen a majority accept it: value v is committed (the
+ * commits that are acted on; a value a majority accepted but nobody learned has no
+ * effect of its own, and is checked through the commits that adopted it). A proposer
+ * can learn a lower ballot's commit after a higher one's (its value is then the higher
+ * one's ancestor), so commits are ordered by ballot, not by the time they are learned. */
+inline committed(b, v) {
+	printf("node %d learns: COMMITTED ballot (%d,%d) value [dead %d used %d aseq %d sseq %d]\n",
+		BNODE(b), BROUND(b), BNODE(b), DEAD(v), USED(v), ASEQ(v), SSEQ(v));
+	assert(FORWARD(LIVE0, v));
+	gi = 2;
+	do
+	:: gi < NB ->
+		if
+		:: gi != b && (learned & BIT(gi)) ->
+			if
+			:: gi < b -> assert(FORWARD(accval[gi], v))  /* 4: never backwards */
+			:: else -> assert(FORWARD(v, accval[gi]))
+			fi
+		:: else -> skip
+		fi;
+		gi++
+	:: else -> break
+	od;
+	gi = 0;
+	learned = learned | BIT(b);
+	if
+	:: b > g_cb ->
+		assert(!DEAD(g_cv) || DEAD(v));                 /* 2: never live again */
+		if
+		:: SSEQ(v) > SSEQ(g_cv) ->
+			/* 3: a success resets only for the latest attempt, which was evaluated */
+			assert(ASEQ(g_cv) <= SSEQ(v));
+			assert(issued & BIT(SSEQ(v)));
+			assert((issued >> (SSEQ(v) + 1)) == 0);
+			g_since = 0
+		:: else -> skip
+		fi;
+		g_cb = b;
+		g_cv = v
+	:: else -> skip
+	fi
+}
+
+/* The change functions of hsm/firmware.py, applied to the adopted value cur. */
+inline change(p, cur, nv, out) {
+	if
+	:: DEAD(cur) -> nv = cur; out = O_DESTROYED
+	:: else ->
+		if
+		:: op[p] == OP_START ->
+			if
+			:: USED(cur) >= L -> nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
+			:: else ->
+				assert(ASEQ(cur) < MAXSEQ);
+				nv = MKV(0, USED(cur) + 1, ASEQ(cur) + 1, SSEQ(cur)); out = O_EVAL
+			fi
+		:: op[p] != OP_START && (ASEQ(cur) != tk[p] || SSEQ(cur) >= tk[p]) ->
+			nv = cur; out = O_STALE
+		:: op[p] == OP_FOK && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
+			nv = MKV(0, 0, ASEQ(cur), tk[p]); out = O_RELEASE
+		:: op[p] == OP_FBAD && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
+			if
+			:: USED(cur) >= L -> nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
+			:: else -> nv = cur; out = O_WRONG
+			fi
+		fi
+	fi
+}
+
+/* Acceptor a accepts ballot b (persisted), with the ghost bookkeeping. */
+inline accept_at(a, b) {
+	printf("node %d accepts ballot (%d,%d)\n", a, BROUND(b), BNODE(b));
+	prom[a] = b;
+	accb[a] = b;
+	val[a] = accval[b]
+}
+
+short nv_;
+byte out_;
+
+/* Proposer p (ballot b) has a majority of promises, the last from acceptor a: adopt the
+ * value with the highest accepted ballot, apply the change, send Accept, accept locally. */
+inline on_promise_majority(p, a, b) {
+	if
+	:: accb[a] > bestb[p] -> nv_ = val[a]
+	:: else -> nv_ = bestv[p]
+	fi;
+	change(p, nv_, nv_, out_);
+	outc[p] = out_;
+	printf("node %d ballot (%d,%d): promise majority (last from %d), new value [dead %d used %d aseq %d sseq %d], outcome %d\n",
+		p, BROUND(b), p, a, DEAD(nv_), USED(nv_), ASEQ(nv_), SSEQ(nv_), out_);
+#ifdef BUG_EVAL_BEFORE_COMMIT
+	if
+	:: out_ == O_EVAL -> evaluate(ASEQ(nv_))
+	:: else -> skip
+	fi;
+#endif
+	assert(!(acc_sent & BIT(b)) || accval[b] == nv_); /* a ballot carries one value */
+	acc_sent = acc_sent | BIT(b);
+	accval[b] = nv_;
+	if
+	:: b >= prom[p] -> accept_at(p, b); ph[p] = ACCEPT
+	:: else -> ph[p] = WAITING /* own acceptor refused: back off */
+	fi;
+	nv_ = 0;
+	out_ = 0
+}
+
+/* Proposer p learns that its ballot is committed and acts on the outcome. */
+inline on_commit(p, b) {
+	committed(b, accval[b]);
+#ifndef BUG_EVAL_BEFORE_COMMIT
+	if
+	:: outc[p] == O_EVAL -> evaluate(ASEQ(accval[b]))
+	:: else -> skip
+	fi;
+#endif
+	if
+	:: outc[p] == O_RELEASE ->
+		assert(!(released & BIT(tk[p]))); /* 3: a replayed KE3 never releases again */
+		released = released | BIT(tk[p])
+	:: else -> skip
+	fi;
+	ph[p] = IDLE;
+	pb[p] = 0;
+	op[p] = 0;
+	tk[p] = 0;
+	outc[p] = 0;
+	bestb[p] = 0;
+	bestv[p] = 0
+}
+
+/* ---- the transitions, one d_step each ---- */
+
+/* Prepare(b) reaches acceptor a; its Promise reaches the proposer (D) or is lost (L).
+ * A refusal changes nothing but the proposer's backoff, which a timeout also gives. */
+#define PROMISE(a, b) \
+	:: d_step { (prep_sent & BIT(b)) && a != BNODE(b) && ready[a] && b >= prom[a] \
+	            && ph[BNODE(b)] == PREPARE && pb[BNODE(b)] == b -> \
+		printf("node %d promises (%d,%d)\n", a, BROUND(b), BNODE(b)); \
+		prom[a] = b; on_promise_majority(BNODE(b), a, b) } \
+	:: d_step { (prep_sent & BIT(b)) && a != BNODE(b) && ready[a] && b > prom[a] -> \
+		printf("node %d promises (%d,%d), reply lost\n", a, BROUND(b), BNODE(b)); \
+		prom[a] = b }
+
+/* Accept(b) reaches acceptor a; its Accepted reaches the proposer (D) or is lost (L). */
+#define ACCEPTED(a, b) \
+	:: d_step { (acc_sent & BIT(b)) && a != BNODE(b) && ready[a] && b >= prom[a] \
+	            && ph[BNODE(b)] == ACCEPT && pb[BNODE(b)] == b -> \
+		accept_at(a, b); on_commit(BNODE(b), b) } \
+	:: d_step { (acc_sent & BIT(b)) && a != BNODE(b) && ready[a] && b >= prom[a] \
+	            && accb[a] != b -> \
+		accept_at(a, b) }
+
+#define DELIVER(b) PROMISE(0, b) PROMISE(1, b) PROMISE(2, b) \
+	ACCEPTED(0, b) ACCEPTED(1, b) ACCEPTED(2, b)
+
+/* Proposer p starts a round r (after queueing, a refusal or a timeout): a round above
+ * every one it has used and its own acceptor's promise; its own acceptor promises. */
+#define ROUND(p, r) \
+	:: d_step { ph[p] != IDLE && ready[p] && r > BROUND(prom[p]) -> \
+		printf("node %d prepares (%d,%d)\n", p, r, p); \
+		pb[p] = 2 * r + p; prep_sent = prep_sent | BIT(2 * r + p); \
+		prom[p] = 2 * r + p; bestb[p] = accb[p]; bestv[p] = val[p]; ph[p] = PREPARE }
+
+/* A client sends a request to node p: KE1, or KE3 (correct or wrong) with ticket t. */
+#define FINISH(p, t) \
+	:: d_step { ph[p] == IDLE && ops_left > 0 && (issued & BIT(t)) -> \
+		printf("client at node %d: KE3 correct, ticket %d\n", p, t); \
+		ops_left--; op[p] = OP_FOK; tk[p] = t; ph[p] = WAITING } \
+	:: d_step { ph[p] == IDLE && ops_left > 0 && (issued & BIT(t)) -> \
+		printf("client at node %d: KE3 wrong, ticket %d\n", p, t); \
+		ops_left--; op[p] = OP_FBAD; tk[p] = t; ph[p] = WAITING }
+
+#define CLIENT(p) \
+	:: d_step { ph[p] == IDLE && ops_left > 0 -> printf("client at node %d: KE1\n", p); \
+		ops_left--; op[p] = OP_START; ph[p] = WAITING } \
+	FINISH(p, 1) FINISH(p, 2) FINISH(p, 3) FINISH(p, 4) FINISH(p, 5) FINISH(p, 6) \
+	:: d_step { ph[p] != IDLE -> /* deadline: the request fails, nothing acted on */ \
+		printf("node %d gives up its request\n", p); \
+		ph[p] = IDLE; pb[p] = 0; op[p] = 0; tk[p] = 0; outc[p] = 0; bestb[p] = 0; bestv[p] = 0 }
+
+/* Node cn crashes and restarts from the copy: its proposer's memory is gone (and its
+ * request, if any); it answers nobody until it has caught up. */
+inline restart() {
+	printf("node %d crashes, restarts from a copy: promised (%d,%d) accepted (%d,%d)\n",
+		cn, BROUND(snap_prom), BNODE(snap_prom), BROUND(snap_accb), BNODE(snap_accb));
+	prom[cn] = snap_prom; accb[cn] = snap_accb; val[cn] = snap_val;
+	snap_prom = 0; snap_accb = 0; snap_val = 0;
+	if
+	:: cn < 2 -> ph[cn] = IDLE; op[cn] = 0; tk[cn] = 0; outc[cn] = 0;
+		bestb[cn] = 0; bestv[cn] = 0; pb[cn] = 0
+	:: else -> skip
+	fi;
+#ifdef BUG_NO_CATCHUP
+	cp = 3
+#else
+	ready[cn] = false;
+	cp = 2
+#endif
+}
+
+#ifndef ROLLBACK_SIMPLE
+/* A backup copy of node n's disk is taken now; the crash comes at any later moment. */
+#define CRASH(n) \
+	:: d_step { cp == 0 -> printf("backup copy of node %d's disk\n", n); cp = 1; cn = n; \
+		snap_prom = prom[n]; snap_accb = accb[n]; snap_val = val[n] }
+#define CRASH_LATER :: d_step { cp == 1 -> restart() }
+#else
+/* Node n restarts from its current disk, or from the oldest copy (the registration). */
+#define CRASH(n) \
+	:: d_step { cp == 0 -> cn = n; snap_prom = prom[n]; snap_accb = accb[n]; \
+		snap_val = val[n]; restart() } \
+	:: d_step { cp == 0 -> cn = n; snap_prom = 0; snap_accb = 0; snap_val = LIVE0; \
+		restart() }
+#define CRASH_LATER
+#endif
+
+/* Catch-up: peer j answers the SyncRequest with its record; the restarted node merges
+ * (replica._merge) and is ready once _sync_complete holds: a quorum (2) of ready peers,
+ * or every peer. With 3 nodes both mean "both peers answered". */
+#define SYNC(j) \
+	:: d_step { cp == 2 && j != cn && !(synced & BIT(j)) -> \
+		printf("node %d catches up from node %d\n", cn, j); \
+		synced = synced | BIT(j); \
+		if \
+		:: accb[j] > accb[cn] -> accb[cn] = accb[j]; val[cn] = val[j] \
+		:: else -> skip \
+		fi; \
+		if \
+		:: prom[j] > prom[cn] -> prom[cn] = prom[j] \
+		:: else -> skip \
+		fi; \
+		if \
+		:: accb[cn] > prom[cn] -> prom[cn] = accb[cn] \
+		:: else -> skip \
+		fi; \
+		if \
+		:: synced == (7 & ~BIT(cn)) -> ready[cn] = true; cp = 3; synced = 0 \
+		:: else -> skip \
+		fi }
+
+init {
+	d_step {
+		ready[0] = true; ready[1] = true; ready[2] = true;
+		val[0] = LIVE0; val[1] = LIVE0; val[2] = LIVE0
+	}
+end:
+	do
+	CLIENT(0)
+	CLIENT(1)
+	ROUND(0, 1) ROUND(1, 1) DELIVER(2) DELIVER(3)
+	ROUND(0, 2) ROUND(1, 2) DELIVER(4) DELIVER(5)
+#if MAXR >= 3
+	ROUND(0, 3) ROUND(1, 3) DELIVER(6) DELIVER(7)
+#endif
+#if MAXR >= 4
+	ROUND(0, 4) ROUND(1, 4) DELIVER(8) DELIVER(9)
+#endif
+#if MAXR >= 5
+#error "MAXR is at most 4"
+#endif
+#ifndef NO_CRASH
+	CRASH(0) CRASH(1) CRASH(2)
+	CRASH_LATER
+#endif
+	SYNC(0) SYNC(1) SYNC(2)
+	od
+}
