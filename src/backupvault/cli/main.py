@@ -270,7 +270,7 @@ def vault_delete(ctx: Context, yes: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from backupvault.cli import operator, transparency  # noqa: F401 - registers commands
+    from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
 
     args = sys.argv[1:] if argv is None else argv
     try:

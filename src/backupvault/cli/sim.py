@@ -1,6 +1,6 @@
 """`backupvault sim`: the deterministic fleet simulation (docs/simulation.md).
 
-Not imported by the rest of the CLI; register it with `main.add_command(sim)`.
+Registered on the `backupvault` group when the CLI starts.
 """
 
 from __future__ import annotations
@@ -9,8 +9,10 @@ import sys
 
 import click
 
+from backupvault.cli.main import cli
 
-@click.command("sim")
+
+@cli.command("sim")
 @click.option("--seeds", type=int, default=1000, show_default=True, help="How many seeds to run.")
 @click.option("--start", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--seed", type=int, default=None, help="Run one seed and print its trace.")
