@@ -79,6 +79,10 @@ class Timing:
     backoff_min: float = 0.002
     backoff_max: float = 0.1
     sync_retry: float = 0.5
+    # A node that restarts while a peer is unreachable waits this long before it trusts
+    # a majority of caught-up peers alone: longer than any round that could still hold a
+    # promise it gave before the restart (see _sync_complete).
+    quarantine: float = 20.0
     repair_interval: float = 1.0  # resend a committed value to nodes that missed it …
     repair_window: float = 120.0  # … for this long (restarts catch up by themselves)
 
@@ -139,6 +143,7 @@ class Replica:
         self._sync_id = b""
         self._sync_responses: dict[int, SyncResponse] = {}
         self._sync_retry_at = 0.0
+        self._started_at = 0.0
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
@@ -152,7 +157,8 @@ class Replica:
         self._sync_id = self._rng(16)
         self._sync_responses = {}
         self._sync_retry_at = now + self.timing.sync_retry
-        if self._sync_complete():  # a fleet of one has nobody to ask
+        self._started_at = now
+        if self._sync_complete(now):  # a fleet of one has nobody to ask
             self.ready = True
             return []
         return [Send(peer, SyncRequest(self._sync_id)) for peer in self.peers]
@@ -193,12 +199,14 @@ class Replica:
                 records = list(self.records.values())
                 return [Send(sender, SyncResponse(message.sync_id, self.ready, records))]
             case SyncResponse():
-                return self._on_sync_response(sender, message)
+                return self._on_sync_response(sender, message, now)
             case _:
                 return []  # NotReady and anything unknown: treated as no answer
 
     def tick(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
+        if not self.ready and self._sync_responses and self._sync_complete(now):
+            effects += self._finish_sync()
         if not self.ready and now >= self._sync_retry_at:
             self._sync_retry_at = now + self.timing.sync_retry
             effects += [
@@ -416,12 +424,13 @@ class Replica:
 
     # ---- catching up ------------------------------------------------------------------
 
-    def _on_sync_response(self, sender: int, message: SyncResponse) -> list[Effect]:
+    def _on_sync_response(self, sender: int, message: SyncResponse, now: float) -> list[Effect]:
         if self.ready or message.sync_id != self._sync_id:
             return []
         self._sync_responses[sender] = message
-        if not self._sync_complete():
-            return []
+        return self._finish_sync() if self._sync_complete(now) else []
+
+    def _finish_sync(self) -> list[Effect]:
         effects: list[Effect] = []
         for response in self._sync_responses.values():
             for theirs in response.records:
@@ -432,12 +441,23 @@ class Replica:
         self._sync_responses = {}
         return effects
 
-    def _sync_complete(self) -> bool:
-        """Enough peers answered that whatever a majority accepted or promised, at least
-        one of them knew it: `quorum` peers that are themselves caught up, or every peer
-        (a whole-fleet restart, where nobody is caught up yet)."""
+    def _sync_complete(self, now: float) -> bool:
+        """Whether this node may trust what it merged from the answers so far.
+
+        Every peer answered: then every promise or acceptance this node gave before the
+        restart and has forgotten is known to the proposer that asked for it (a proposer's
+        own acceptor records its ballot before the messages leave), so the merge restores
+        it. No timing assumption.
+
+        Otherwise, a majority of caught-up peers covers every value a majority *accepted*,
+        but not a promise this node gave to a proposer that is not among them, which that
+        proposer could still combine with new promises into a majority. So this path also
+        waits out the quarantine: longer than a proposer's deadline plus message transit,
+        after which no round that used such a promise can still act."""
+        if len(self._sync_responses) == len(self.peers):
+            return True
         ready = sum(1 for r in self._sync_responses.values() if r.ready)
-        return ready >= self.quorum or len(self._sync_responses) == len(self.peers)
+        return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:
