@@ -20,7 +20,7 @@ from backupvault import __version__
 from backupvault.backup import create_backup, list_backups, restore_backup
 from backupvault.cli.output import Output
 from backupvault.client.config import ClientConfig
-from backupvault.client.errors import NotRegistered
+from backupvault.client.errors import AlreadyRegistered, NotRegistered
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 from backupvault.protocol import EntryStatus
@@ -105,7 +105,12 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
             )
         return recovered.root_key, False
     root_key = recovery.new_root_key()
-    session.vault.register(password, root_key)
+    try:
+        session.vault.register(password, root_key)
+    except AlreadyRegistered:
+        # Our own earlier attempt committed but its answer was lost, or another device
+        # registered first: either way the key to use is the one the vault now holds.
+        return session.vault.recover(password)[0], False
     return root_key, True
 
 
