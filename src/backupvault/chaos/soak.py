@@ -142,6 +142,7 @@ class Tally:
     errors: Counter[str] = field(default_factory=Counter)
     violations: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
+    log: Callable[[str], None] = field(default=lambda _: None)
 
     #: Liveness: when a client last got a definite answer, and the longest wait for one.
     last_answer: float = field(default_factory=time.monotonic)
@@ -169,6 +170,7 @@ class Tally:
     def violation(self, text: str) -> None:
         with self.lock:
             self.violations.append(text)
+        self.log(f"VIOLATION: {text}")
 
 
 def error_name(err: Exception) -> str:
@@ -1203,7 +1205,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
             seconds["setup"] = time.monotonic() - started
             log(f"fleet up in {seconds['setup']:.1f} s at {root} (seed {seed})")
 
-            tally = Tally()
+            tally = Tally(log=log)
             ghosts: list[EntryGhost] = []
             ghosts_lock = threading.Lock()
             driver = ChaosDriver(fleet, config, random.Random(rng.randrange(2**32)))
@@ -1295,6 +1297,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                     if restart
                     else None,
                     "proxy": _proxy_totals(fleet.pool.stats()),
+                    "proxy_links": fleet.pool.stats(),
                     "events": driver.events,
                 },
                 checks=checks,
