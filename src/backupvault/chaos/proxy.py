@@ -205,6 +205,12 @@ class ProxyPool:
         async def stop_all() -> None:
             for link in self.links.values():
                 await link.stop()
+            # Connection handlers still running (a stalled answer, a delayed chunk) end here
+            # rather than being destroyed pending when the loop stops.
+            handlers = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in handlers:
+                task.cancel()
+            await asyncio.gather(*handlers, return_exceptions=True)
 
         with contextlib.suppress(Exception):
             self._call(stop_all())
