@@ -49,6 +49,10 @@ class _BadAnswer(Exception):
     """A node answered something outside the contract."""
 
 
+class _Unknown(Exception):
+    """The node may or may not have acted on the request."""
+
+
 class _Skip(Exception):
     """This node cannot answer now; try another."""
 
@@ -101,6 +105,18 @@ class Forwarder:
             except _Skip:
                 skipped += 1
                 continue
+            except _Unknown:
+                return NodeAnswer(
+                    503,
+                    _error_body(
+                        "node_timeout",
+                        "a vault node took too long to answer; it may have counted the "
+                        "request; try again",
+                    ),
+                    "application/json",
+                    node,
+                    skipped,
+                )
             except _BadAnswer as err:
                 return NodeAnswer(
                     502,
@@ -132,9 +148,14 @@ class Forwarder:
                 "POST", f"{node}/v1/client/{op}", content=body, headers=headers
             ) as response:
                 data = await self._read_capped(response)
-        except httpx.TransportError:
-            # Connect errors, timeouts, resets, protocol errors: the node cannot answer.
+        except (httpx.ConnectError, httpx.ConnectTimeout):
+            # The request never reached the node: another node may take it.
             raise _Skip from None
+        except httpx.TransportError:
+            # The node got the request and did not answer in time (or the connection broke
+            # mid-way): it may still act on it. Sending it to another node could charge a
+            # guess twice and leave the client's KE3 stale, so the client decides instead.
+            raise _Unknown from None
         status = response.status_code
         media = _media_type(response)
         if status == 200:

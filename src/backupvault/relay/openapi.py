@@ -99,8 +99,9 @@ def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
             "502": _error("A node answered outside the contract, or the relay failed."),
             "503": _error(
                 "No node could answer (`fleet_unavailable`), the fleet cannot reach a "
-                "majority (`fleet_unavailable`, from a node), or the relay is busy "
-                "(`relay_busy`).",
+                "majority (`fleet_unavailable`, from a node), a node took the request but "
+                "did not answer in time and may have acted on it (`node_timeout`, not "
+                "retried elsewhere), or the relay is busy (`relay_busy`).",
                 {"Retry-After": _RETRY_AFTER},
             ),
         },
