@@ -78,7 +78,8 @@ class Timing:
     deadline: float = 6.0  # give up (fleet unavailable) after this long
     backoff_min: float = 0.002
     backoff_max: float = 0.1
-    sync_retry: float = 0.5
+    sync_retry: float = 0.5  # ask silent peers again after this long, doubling …
+    sync_retry_max: float = 8.0  # … up to this: each answer is a full dump, not free
     # A node that restarts while a peer is unreachable waits this long before it trusts
     # a majority of caught-up peers alone: longer than any round that could still hold a
     # promise it gave before the restart (see _sync_complete).
@@ -143,6 +144,7 @@ class Replica:
         self._sync_id = b""
         self._sync_responses: dict[int, SyncResponse] = {}
         self._sync_retry_at = 0.0
+        self._sync_interval = timing.sync_retry
         self._started_at = 0.0
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
@@ -156,7 +158,8 @@ class Replica:
         self.ready = False
         self._sync_id = self._rng(16)
         self._sync_responses = {}
-        self._sync_retry_at = now + self.timing.sync_retry
+        self._sync_interval = self.timing.sync_retry
+        self._sync_retry_at = now + self._sync_interval
         self._started_at = now
         if self._sync_complete(now):  # a fleet of one has nobody to ask
             self.ready = True
@@ -208,7 +211,8 @@ class Replica:
         if not self.ready and self._sync_responses and self._sync_complete(now):
             effects += self._finish_sync()
         if not self.ready and now >= self._sync_retry_at:
-            self._sync_retry_at = now + self.timing.sync_retry
+            self._sync_interval = min(self._sync_interval * 2, self.timing.sync_retry_max)
+            self._sync_retry_at = now + self._sync_interval
             effects += [
                 Send(peer, SyncRequest(self._sync_id))
                 for peer in self.peers

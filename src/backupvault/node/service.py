@@ -36,6 +36,7 @@ from backupvault.protocol import ErrorCode, ErrorResponse, Op, RecoverStartRespo
 log = logging.getLogger("backupvault.node")
 
 TICK_SECONDS = 0.01
+MAX_IN_FLIGHT_PER_PEER = 32
 
 
 @dataclass(frozen=True)
@@ -73,7 +74,13 @@ class NodeService:
         self._ticker: asyncio.Task[None] | None = None
         self._sends: set[asyncio.Task[None]] = set()
         # Counters for operators and tests: OPRF evaluations made here, commits, failures.
-        self.metrics = {"evaluations": 0, "committed": 0, "fleet_unavailable": 0}
+        self.metrics = {
+            "evaluations": 0,
+            "committed": 0,
+            "fleet_unavailable": 0,
+            "peer_messages_dropped": 0,
+        }
+        self._in_flight: dict[int, int] = {}
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -169,10 +176,22 @@ class NodeService:
             self._store.save(pending)
 
     def _send(self, to: int, message: Message) -> None:
+        # A slow peer must not pile up unbounded requests (each one costs it work even
+        # after we gave up): beyond a few in flight, drop the message. The protocol
+        # treats it as lost and retries with backoff.
+        if self._in_flight.get(to, 0) >= MAX_IN_FLIGHT_PER_PEER:
+            self.metrics["peer_messages_dropped"] += 1
+            return
+        self._in_flight[to] = self._in_flight.get(to, 0) + 1
         envelope = self._channel.seal(to, message)
         task = asyncio.create_task(self._post(self._peer_urls[to], envelope))
         self._sends.add(task)
-        task.add_done_callback(self._sends.discard)
+
+        def done(task: asyncio.Task[None]) -> None:
+            self._sends.discard(task)
+            self._in_flight[to] -= 1
+
+        task.add_done_callback(done)
 
     async def _post(self, url: str, envelope: bytes) -> None:
         assert self._http is not None
