@@ -28,6 +28,7 @@ truncated, so consumers must treat what they got so far as provisional.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from typing import Final
 
@@ -72,7 +73,7 @@ def _check_chunk_size(chunk_size: int) -> None:
         )
 
 
-class _StreamState:
+class _StreamState(abc.ABC):
     """What encryptor and decryptor share: the derived key, nonces, hold-back buffering."""
 
     def __init__(
@@ -108,8 +109,9 @@ class _StreamState:
             + (_FLAG_FINAL if final else _FLAG_MORE)
         )
 
+    @abc.abstractmethod
     def _process(self, unit: memoryview, final: bool) -> None:
-        raise NotImplementedError
+        """Encrypt or decrypt one chunk and hand it to the sink."""
 
     def update(self, data: bytes | bytearray | memoryview) -> None:
         """Take more input; emit every chunk now known not to be the last one."""
