@@ -11,6 +11,7 @@ from __future__ import annotations
 import enum
 import re
 from dataclasses import dataclass
+from typing import TypeGuard
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
@@ -18,12 +19,18 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.codec import Message, decode_any
 from backupvault.errors import InvalidInput
 
-_NAME = re.compile(r"[A-Za-z0-9._-]{1,64}\Z")
+NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+_NAME = re.compile(NAME_PATTERN)
+
+
+def is_valid_name(value: object) -> TypeGuard[str]:
+    """Accounts and entry ids: 1-64 characters of letters, digits, '.', '_' or '-'."""
+    return isinstance(value, str) and _NAME.fullmatch(value) is not None
 
 
 def check_name(what: str, value: str) -> str:
-    """Accounts and entry ids: 1-64 characters of [A-Za-z0-9._-] (the relay checks the same)."""
-    if not _NAME.match(value):
+    """`value` if it is a valid account or entry id; the relay and the nodes both check."""
+    if not is_valid_name(value):
         raise InvalidInput(f"{what} must be 1-64 characters of letters, digits, '.', '_' or '-'")
     return value
 
@@ -36,6 +43,9 @@ class Op(enum.StrEnum):
     CHANGE_PASSWORD = "change-password"
     DELETE = "delete"
     STATUS = "status"
+
+
+OPERATIONS: tuple[str, ...] = tuple(str(op) for op in Op)
 
 
 class EntryStatus(enum.IntEnum):

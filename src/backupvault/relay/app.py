@@ -23,10 +23,10 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from backupvault.protocol import OPERATIONS, is_valid_name
 from backupvault.relay.auth import TokenRejected, TokenVerifier
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.forward import Forwarder
-from backupvault.relay.names import OPERATIONS, is_valid_name
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
 

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.relay.names import is_valid_name
+from backupvault.protocol import is_valid_name
 
 ALGORITHM = "EdDSA"
 #: Longer Authorization values are refused before any parsing.

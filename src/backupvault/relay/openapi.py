@@ -9,7 +9,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from backupvault.relay.names import NAME_PATTERN, OPERATIONS
+from backupvault.protocol import NAME_PATTERN, OPERATIONS
 
 VERSION = "1.0.0"
 
