@@ -133,6 +133,21 @@ def test_no_retry_when_a_node_may_have_acted(
     assert len(stubs[1].seen) == 1
 
 
+def test_a_node_that_timed_out_gets_no_new_requests_while_others_answer(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """After a node took a request and never answered, the relay sends new requests to
+    the healthy nodes first, so a stalled node stops costing users guesses."""
+    stubs[0].mode = "hang"
+    relay = start_relay([stubs[0].url, stubs[1].url], request_timeout=0.3)
+    first = post(relay, token(), b"sealed")
+    assert first.json()["error"] == "node_timeout"
+    later = [post(relay, token(), b"sealed") for _ in range(4)]
+    assert [a.status_code for a in later] == [200] * 4
+    assert len(stubs[0].seen) == 1
+    assert len(stubs[1].seen) == 4
+
+
 def test_all_nodes_down_is_503_fleet_unavailable(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:

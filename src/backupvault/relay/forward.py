@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import itertools
 import json
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
@@ -47,6 +48,9 @@ class NodeAnswer:
 
 class _BadAnswer(Exception):
     """A node answered something outside the contract."""
+
+
+SUSPECT_SECONDS = 10.0
 
 
 class _Unknown(Exception):
@@ -85,17 +89,32 @@ class Forwarder:
     """Sends sealed requests to the fleet, trying each node at most once per request."""
 
     def __init__(
-        self, client: httpx.AsyncClient, node_urls: Sequence[str], max_response_bytes: int
+        self,
+        client: httpx.AsyncClient,
+        node_urls: Sequence[str],
+        max_response_bytes: int,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.node_urls = tuple(node_urls)
         self.max_response_bytes = max_response_bytes
         self._next = itertools.count()
+        self._clock = clock
+        # Nodes that recently could not be reached or did not answer in time, until when.
+        self._suspect_until: dict[str, float] = {}
 
     def order(self) -> list[str]:
-        """Round-robin start, then the others in turn: spreads load, skips nobody."""
+        """Round-robin start, then the others in turn: spreads load, skips nobody. Nodes
+        that recently failed go last, so a stalled node (which may act on a request and
+        never answer, costing the user a guess) gets new requests only when no healthy
+        node is left."""
         start = next(self._next) % len(self.node_urls)
-        return [*self.node_urls[start:], *self.node_urls[:start]]
+        rotated = [*self.node_urls[start:], *self.node_urls[:start]]
+        now = self._clock()
+        return sorted(rotated, key=lambda node: self._suspect_until.get(node, 0.0) > now)
+
+    def _suspect(self, node: str) -> None:
+        self._suspect_until[node] = self._clock() + SUSPECT_SECONDS
 
     async def forward(self, op: str, account: str, entry: str, body: bytes) -> NodeAnswer:
         skipped = 0
@@ -103,9 +122,11 @@ class Forwarder:
             try:
                 answer = await self._one(node, op, account, entry, body)
             except _Skip:
+                self._suspect(node)
                 skipped += 1
                 continue
             except _Unknown:
+                self._suspect(node)
                 return NodeAnswer(
                     503,
                     _error_body(
