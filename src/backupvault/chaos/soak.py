@@ -456,13 +456,16 @@ class ProxiedFleet:
         return [self.pool.links[("relay", f"node{index}")]]
 
     def dump(self, index: int) -> list[dict[str, Any]]:
-        """Every entry on node `index`'s disk (see `nodedump`)."""
+        """Every entry on node `index`'s disk (`backupvault node inspect`)."""
         env = softhsm_env(self.root / f"node{index}" / "hsm" / "softhsm2.conf")
         done = subprocess.run(
             [
                 sys.executable,
                 "-m",
-                "backupvault.chaos.nodedump",
+                "backupvault",
+                "--json",
+                "node",
+                "inspect",
                 "--config",
                 str(self.deployment.node_config(index)),
             ],
@@ -474,7 +477,7 @@ class ProxiedFleet:
         )
         if done.returncode != 0:
             raise RuntimeError(f"dumping node {index} failed: {done.stderr.strip()[-500:]}")
-        data: list[dict[str, Any]] = json.loads(done.stdout)
+        data: list[dict[str, Any]] = json.loads(done.stdout)["entries"]
         return data
 
 

@@ -111,15 +111,25 @@ def node_init(ctx: Context, node_config: Path) -> None:
 
 @node.command("inspect")
 @_NODE_CONFIG
-@click.option("--account", required=True)
+@click.option("--account", help="Only this account's entry (default: every entry).")
 @click.option("--entry", default=DEFAULT_ENTRY, show_default=True)
 @pass_context
-def node_inspect(ctx: Context, node_config: Path, account: str, entry: str) -> None:
-    """Show what this node's disk holds for one entry (counters, never secrets)."""
-    from backupvault.node.main import inspect_entry
+def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: str) -> None:
+    """Show what this node's disk holds (counters and flags, never secrets)."""
+    from backupvault.hsm.state import EntryId
+    from backupvault.node.main import inspect_store
 
-    state = inspect_entry(NodeConfig.load(node_config), account, entry)
-    ctx.output.result(state, "\n".join(f"{k}: {v}" for k, v in state.items()))
+    only = None if account is None else EntryId.of(account, entry)
+    entries = inspect_store(NodeConfig.load(node_config), only)
+    if only is not None:
+        ctx.output.result(entries[0], "\n".join(f"{k}: {v}" for k, v in entries[0].items()))
+        return
+    text = "\n".join(
+        f"{e['account']}/{e['entry']}: {e['status']}, {e['attempts_used']} of "
+        f"{e['guess_limit']} guesses used, version {e['version']}"
+        for e in entries
+    )
+    ctx.output.result({"entries": entries}, text or "no entries")
 
 
 @node.command("serve")

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import BackupVaultError
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import payload_of
+from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
@@ -135,29 +135,39 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
     return NodeKeys(identity, storage, secrets)
 
 
-def inspect_entry(config: NodeConfig, account: str, entry: str) -> dict[str, object]:
-    """What this node's disk holds for one entry: counters and flags, never a secret."""
-    fleet = FleetDescription.load(config.fleet_file)
-    keys = load_keys(config, fleet)
+def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[str, object]]:
+    """What this node's disk holds: counters and flags per entry, never a secret. With
+    `only`, just that entry (shown as empty if the disk has nothing for it)."""
+    keys = load_keys(config, FleetDescription.load(config.fleet_file))
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
     try:
-        key = EntryId.of(account, entry).to_bytes()
-        record = next((r for r in store.load() if r.key == key), None)
+        records = store.load()
     finally:
         store.close()
-    payload = payload_of(record.value) if record else b""
+    if only is not None:
+        wanted = only.to_bytes()
+        records = [r for r in records if r.key == wanted] or [AcceptorRecord(wanted)]
+    return [_describe(config.index, record) for record in records]
+
+
+def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
+    entry_id = EntryId.from_bytes(record.key)
+    payload = payload_of(record.value)
     state = EntryState.from_bytes(payload) if payload else EntryState()
     return {
-        "node": config.index,
+        "node": node,
+        "account": entry_id.account,
+        "entry": entry_id.entry,
         "status": EntryStatus(state.status).name.lower(),
         "attempts_used": state.attempts_used,
         "attempt_seq": state.attempt_seq,
         "success_seq": state.success_seq,
         "guess_limit": state.guess_limit,
+        "generation": state.generation,
         "version": state.version,
         "holds_record": bool(state.record),
         "holds_wrapped_root_key": bool(state.wrapped_root_key),
-        "accepted_round": record.accepted_round if record else 0,
+        "accepted_round": record.accepted_round,
     }
 
 
