@@ -18,8 +18,8 @@ def root_key() -> bytes:
 
 
 def _microseconds(st: os.stat_result) -> int:
-    # tar keeps mtimes as decimal seconds from a float: exact to the microsecond.
-    return round(st.st_mtime_ns / 1000)
+    # Backups keep mtimes to the whole microsecond (finer digits are dropped).
+    return st.st_mtime_ns // 1000
 
 
 def snapshot(path: Path) -> dict[str, tuple[object, ...]]:

@@ -154,6 +154,8 @@ def write_archive(
     for path, arcname in _walk(source):
         try:
             info = tar.gettarinfo(name=path, arcname=arcname)
+            # Whole microseconds, so the decimal tar keeps round-trips exactly (see _utime).
+            info.mtime = os.lstat(path).st_mtime_ns // 1000 / 1_000_000
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror}") from None
         if info is None or not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
@@ -241,6 +243,7 @@ def extract_archive(compressed: Readable, dest: Path) -> ArchiveStats:
                     if member.issym():
                         stats.links += 1
                     else:
+                        _utime(dest / os.path.normpath(member.name), member.mtime)
                         stats.files += 1
                         stats.bytes += member.size
             # Stream mode keeps every member it read; drop them so memory stays flat.
@@ -255,6 +258,13 @@ def extract_archive(compressed: Readable, dest: Path) -> ArchiveStats:
         raise InvalidInput(f"backup archive is corrupt (tar: {exc})") from None
     for target, member in sorted(folders, key=lambda f: len(f[0].parts), reverse=True):
         os.chmod(target, member.mode & 0o777)
-        os.utime(target, (member.mtime, member.mtime))
+        _utime(target, member.mtime)
     stats.skipped = restore_filter.skipped
     return stats
+
+
+def _utime(target: Path, mtime: float) -> None:
+    """Set the archived mtime exactly: tar's float seconds, read back as the whole
+    microseconds they were written from (tarfile's own float utime can be 1 µs off)."""
+    ns = round(mtime * 1_000_000) * 1000
+    os.utime(target, ns=(ns, ns))
