@@ -1,9 +1,10 @@
 """`backupvault`: the command line. Thin: parse, call the SDK, print, exit with a meaning.
 
 Exit codes: 0 done; 1 anything else; 2 usage; 3 wrong password or recovery code;
-4 key destroyed; 5 fleet unavailable; 6 authentication; 7 the fleet is not trusted (its
-bundle failed the transparency checks) or a deployment check failed. `--json` prints one
-JSON object.
+4 key destroyed; 5 fleet (or relay) unavailable; 6 authentication; 7 the fleet is not
+trusted (its bundle failed the transparency checks) or a deployment check failed.
+`--json` (before or after the subcommand) prints one JSON object on stdout, or one error
+object on stderr. docs/cli.md describes every command, option and object.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import sys
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -19,23 +21,34 @@ import click
 from backupvault import __version__
 from backupvault.backup import create_backup, list_backups, restore_backup
 from backupvault.cli.output import Output
+from backupvault.cli.passwords import check_password, weakness
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import AlreadyRegistered, NotRegistered
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 from backupvault.protocol import EntryStatus
 
+CONFIG_ENV = "BACKUPVAULT_CONFIG"
+
 
 class Context:
-    def __init__(self, output: Output, config_path: Path | None) -> None:
+    def __init__(self, output: Output, config_path: Path | None, config_from_env: bool) -> None:
         self.output = output
         self.config_path = config_path
+        self.config_from_env = config_from_env
 
     def config(self) -> ClientConfig:
         if self.config_path is None:
             raise UsageError(
-                "this needs the vault: give --config FILE",
+                f"this needs the vault: give --config FILE, or set ${CONFIG_ENV}",
                 hint="`backupvault local up --dir DIR` writes DIR/client.toml",
+            )
+        if not self.config_path.is_file():
+            source = f"${CONFIG_ENV}" if self.config_from_env else "--config"
+            raise UsageError(
+                f"config file {self.config_path} (from {source}) does not exist",
+                hint=f"give --config FILE or set ${CONFIG_ENV} to an existing client.toml;"
+                " `backupvault local up --dir DIR` writes DIR/client.toml",
             )
         return ClientConfig.load(self.config_path)
 
@@ -49,22 +62,52 @@ class Context:
 
 pass_context = click.make_pass_decorator(Context)
 
+_JSON_HELP = "Print the result as one JSON object, for scripts (docs/cli.md)."
+_QUIET_HELP = "No progress bars or notes."
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+
+class Command(click.Command):
+    """A command that also takes `--json` and `-q` after its name, as restic does."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.params.append(click.Option(["--json", "json_mode"], is_flag=True, help=_JSON_HELP))
+        self.params.append(click.Option(["-q", "--quiet"], is_flag=True, help=_QUIET_HELP))
+
+    def invoke(self, ctx: click.Context) -> Any:
+        json_mode = bool(ctx.params.pop("json_mode", False))
+        quiet = bool(ctx.params.pop("quiet", False))
+        obj = ctx.find_object(Context)
+        if obj is not None:
+            obj.output.json_mode = obj.output.json_mode or json_mode
+            obj.output.quiet = obj.output.quiet or quiet
+        return super().invoke(ctx)
+
+
+class Group(click.Group):
+    command_class = Command
+    group_class = type  # subgroups are Groups too
+
+
+@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
-    envvar="BACKUPVAULT_CONFIG",
-    help="Client config (relay, pinned fleet keys, account token).",
+    envvar=CONFIG_ENV,
+    show_envvar=True,
+    help="Client config (relay, fleet keys, account token): client.toml.",
 )
-@click.option("--json", "json_mode", is_flag=True, help="Print results as JSON, for scripts.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bars or notes.")
-@click.version_option(__version__, prog_name="backupvault")
+@click.option("--json", "json_mode", is_flag=True, help=_JSON_HELP)
+@click.option("-q", "--quiet", is_flag=True, help=_QUIET_HELP)
+@click.version_option(__version__, prog_name="backupvault", help="Show the version and exit.")
 @click.pass_context
 def cli(ctx: click.Context, config_path: Path | None, json_mode: bool, quiet: bool) -> None:
-    """End-to-end encrypted backups whose key only you can bring back."""
-    ctx.obj = Context(Output(json_mode=json_mode, quiet=quiet), config_path)
+    """End-to-end encrypted backups whose key only you can bring back.
+
+    The client config comes from --config or $BACKUPVAULT_CONFIG."""
+    from_env = ctx.get_parameter_source("config_path") == click.core.ParameterSource.ENVIRONMENT
+    ctx.obj = Context(Output(json_mode=json_mode, quiet=quiet), config_path, from_env)
 
 
 # ---- secrets --------------------------------------------------------------------------
@@ -72,14 +115,36 @@ def cli(ctx: click.Context, config_path: Path | None, json_mode: bool, quiet: bo
 
 def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password") -> str:
     if from_stdin:
-        password = sys.stdin.readline().rstrip("\n")
+        line = sys.stdin.readline()
+        if not line:
+            raise UsageError("--password-stdin: stdin ended before a password line")
+        password = line
     elif sys.stdin.isatty():
         password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
     else:
         raise UsageError("no password: use --password-stdin, or run in a terminal to be asked")
-    if not password:
-        raise UsageError("the password is empty")
-    return password
+    return check_password(password)
+
+
+def _warn_if_weak(ctx: Context, password: str) -> None:
+    """At registration only: a weak password is the vault's one way in for a thief who
+    takes the storage, limited only by the guess count."""
+    reason = weakness(password)
+    if reason is not None:
+        ctx.output.note(
+            f"warning: this password is weak ({reason}); anyone holding your account's "
+            "token gets the vault's guesses at it. Prefer a long passphrase."
+        )
+
+
+def _confirm(question: str, yes: bool) -> None:
+    """Ask a person; without a terminal, refuse instead of reading an answer from a pipe."""
+    if yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(f"{question} needs a yes: pass --yes (stdin is not a terminal)")
+    if not click.confirm(question, default=False):
+        raise click.exceptions.Abort()
 
 
 def _recovery_code(value: str) -> bytes:
@@ -104,6 +169,7 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
                 f"{session.epoch} (recovered there, registered here, deleted there)"
             )
         return recovered.root_key, False
+    _warn_if_weak(ctx, password)
     root_key = recovery.new_root_key()
     try:
         session.vault.register(password, root_key)
@@ -115,6 +181,32 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
 
 
 # ---- backup -----------------------------------------------------------------------------
+
+
+def _backup_json(
+    backup_id: str,
+    created_at: datetime,
+    name: str | None,
+    storage: str,
+    files: int,
+    content_bytes: int,
+    skipped: list[tuple[str, str]],
+    stored_bytes: int | None = None,
+) -> dict[str, Any]:
+    """The backup object that create, restore and list share (docs/cli.md)."""
+    data: dict[str, Any] = {
+        "backup_id": backup_id,
+        "created_at": created_at.isoformat(),
+        "storage": storage,
+        "files": files,
+        "bytes": content_bytes,
+        "skipped": [{"path": path, "reason": reason} for path, reason in skipped],
+    }
+    if name is not None:
+        data["name"] = name
+    if stored_bytes is not None:
+        data["stored_bytes"] = stored_bytes
+    return data
 
 
 @cli.group()
@@ -145,17 +237,19 @@ def backup_create(
         root_key, registered = _root_key_from_vault(ctx, password, register=True)
     with ctx.output.progress() as bar:
         info = create_backup(source, url, root_key, bar)
-    data: dict[str, Any] = {
-        "backup_id": info.backup_id,
-        "url": info.url,
-        "size": info.size,
-        "files": info.files,
-        "source_bytes": info.source_bytes,
-        "skipped": list(info.skipped),
-    }
+    data = _backup_json(
+        info.backup_id,
+        info.created_at,
+        info.name,
+        url,
+        info.files,
+        info.source_bytes,
+        info.skipped,
+        stored_bytes=info.size,
+    )
+    data.update(source=str(source), registered=registered)
     text = f"backup {info.backup_id} saved ({info.files} files, {info.size} bytes stored)"
     if registered:
-        data["registered"] = True
         ctx.output.note("a new key was registered in the vault behind your password")
     if use_code:
         code = recovery.encode(root_key)
@@ -197,14 +291,12 @@ def backup_restore(
         info = restore_backup(url, root_key, dest, backup_id, bar)
     for skipped in info.skipped:
         ctx.output.note(f"skipped: {skipped}")
+    data = _backup_json(
+        info.backup_id, info.created_at, None, url, info.files, info.bytes, info.skipped
+    )
+    data["dest"] = str(info.dest)
     ctx.output.result(
-        {
-            "backup_id": info.backup_id,
-            "dest": str(info.dest),
-            "files": info.files,
-            "bytes": info.bytes,
-            "skipped": list(info.skipped),
-        },
+        data,
         f"restored backup {info.backup_id} into {info.dest} ({info.files} files, "
         f"{info.bytes} bytes)",
     )
@@ -220,7 +312,7 @@ def backup_list(ctx: Context, storage_url: str | None) -> None:
         {
             "backup_id": b.backup_id,
             "created_at": b.created_at.isoformat(),
-            "size": b.size,
+            "stored_bytes": b.size,
             "name": b.name,
         }
         for b in backups
@@ -250,16 +342,39 @@ def vault_status(ctx: Context) -> None:
 
 
 @vault.command("change-password")
-@click.option("--password-stdin", is_flag=True, help="Read old and new password from stdin.")
+@click.option(
+    "--password-stdin",
+    is_flag=True,
+    help="Read two lines from stdin: the current password, then the new one.",
+)
 @pass_context
 def vault_change_password(ctx: Context, password_stdin: bool) -> None:
-    """Change the password that protects your key (backups stay as they are)."""
-    old = _password(password_stdin, prompt="Current password")
-    new = _password(password_stdin, confirm=True, prompt="New password")
+    """Change the password that protects your key (backups stay as they are).
+
+    The current password is checked first; only then is the new one asked for (twice)."""
+    if password_stdin:
+        lines = [sys.stdin.readline(), sys.stdin.readline()]
+        if not lines[1]:
+            raise UsageError(
+                "--password-stdin expects two lines: the current password, then the new one",
+                hint='printf \'%s\\n%s\\n\' "$OLD" "$NEW" | backupvault vault '
+                "change-password --password-stdin",
+            )
+        old, new = check_password(lines[0]), check_password(lines[1])
+    else:
+        old = _password(False, prompt="Current password")
     session = ctx.config().session()
-    if session.vault.status().status == EntryStatus.EMPTY:
-        session.migrate(old)  # a key still on an older fleet epoch moves here first
-    version = session.vault.change_password(old, new)
+    recovered = session.recover_or_migrate(old)  # a wrong one fails here, costing a guess
+    if recovered.migrated_from is not None:
+        ctx.output.note(f"your key moved from fleet epoch {recovered.migrated_from} first")
+    root_key, grant = recovered.root_key, recovered.grant
+    if not grant:  # just migrated: the grant must come from the current fleet
+        root_key, grant = session.vault.recover(old)
+    if not password_stdin:
+        new = _password(False, confirm=True, prompt="New password")
+    _warn_if_weak(ctx, new)
+    guess_limit = session.vault.status().guess_limit
+    version = session.vault.register(new, root_key, guess_limit, grant=grant)
     ctx.output.result({"changed": True, "version": version}, "password changed")
 
 
@@ -268,40 +383,57 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
 @pass_context
 def vault_delete(ctx: Context, yes: bool) -> None:
     """Delete your key from the vault. Backups then open only with a recovery code."""
-    if not yes and not click.confirm("Delete the key from the vault?", default=False):
-        raise click.exceptions.Abort()
+    _confirm("Delete the key from the vault?", yes)
     version = ctx.config().vault().delete()
     ctx.output.result({"deleted": True, "version": version}, "key deleted from the vault")
+
+
+def _json_requested(args: list[str]) -> bool:
+    """Whether --json was given anywhere (before a `--`): errors then come as JSON too."""
+    return "--json" in (args[: args.index("--")] if "--" in args else args)
+
+
+def _fail(json_mode: bool, err: BackupVaultError) -> None:
+    Output(json_mode=json_mode).error(err)
+    sys.exit(err.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
     from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
 
     args = sys.argv[1:] if argv is None else argv
+    json_mode = _json_requested(args)
     try:
         cli.main(args=args, prog_name="backupvault", standalone_mode=False)
     except click.exceptions.Abort:
-        click.echo("aborted", err=True)
-        sys.exit(130)
+        _fail(json_mode, Interrupted("aborted"))
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
+    except click.UsageError as err:
+        hint = None
+        if err.ctx is not None:
+            hint = f"`{err.ctx.command_path} --help` lists the options"
+        _fail(json_mode, UsageError(err.format_message(), hint=hint))
     except click.ClickException as err:
-        err.show()
-        sys.exit(2 if isinstance(err, click.UsageError) else 1)
+        _fail(json_mode, BackupVaultError(err.format_message()))
     except BackupVaultError as err:
-        Output(json_mode="--json" in args).error(err)
-        sys.exit(err.exit_code)
+        _fail(json_mode, err)
     except KeyboardInterrupt:
-        click.echo("interrupted", err=True)
-        sys.exit(130)
+        _fail(json_mode, Interrupted("interrupted"))
     except Exception as err:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("BACKUPVAULT_DEBUG"):
             raise
-        Output(json_mode="--json" in args).error(
+        _fail(
+            json_mode,
             BackupVaultError(
                 f"unexpected {type(err).__name__}: {err}",
                 hint="this is a bug in backupvault; rerun with BACKUPVAULT_DEBUG=1 and report it",
-            )
+            ),
         )
-        sys.exit(1)
     sys.exit(0)
+
+
+class Interrupted(BackupVaultError):
+    """Ctrl-C, or a prompt answered with end of input."""
+
+    exit_code = 130

@@ -12,7 +12,7 @@ from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import LocalDeployment
-from backupvault.errors import InvalidInput
+from backupvault.errors import InvalidInput, UsageError
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.relay.auth import (
@@ -30,8 +30,17 @@ def local() -> None:
     """A whole deployment on this machine (nodes + relay on loopback), for trying it out."""
 
 
+_LOCAL_DIR = click.option(
+    "--dir",
+    "root",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="The folder that holds the local deployment (made by `local up`).",
+)
+
+
 @local.command("up")
-@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_LOCAL_DIR
 @click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
 @pass_context
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
@@ -40,32 +49,42 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         ctx.output.note(f"provisioning {nodes} nodes: tokens, identity keys, key ceremony …")
+    already = deployment.provisioned() and deployment.all_running()
     deployment.up(nodes)
     status = deployment.status()
+    state = "already running" if already else "up"
     ctx.output.result(
         {
             "dir": str(root),
+            "already_running": already,
             "client_config": str(root / "client.toml"),
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,
         },
-        f"local deployment up: {len(status) - 2} nodes, the witness and the relay at "
+        f"local deployment {state}: {len(status) - 2} nodes, the witness and the relay at "
         f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
         f" {root / 'client-ota.toml'} (fleet keys over the air)",
     )
 
 
 @local.command("down")
-@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_LOCAL_DIR
 @pass_context
 def local_down(ctx: Context, root: Path) -> None:
     """Stop the local deployment's processes (its data stays for the next `up`)."""
-    LocalDeployment(root).down()
-    ctx.output.result({"dir": str(root), "stopped": True}, "local deployment stopped")
+    deployment = LocalDeployment(root)
+    stopped = deployment.down()
+    if stopped:
+        text = f"local deployment stopped ({', '.join(stopped)})"
+    elif deployment.provisioned():
+        text = f"nothing is running in {root}: the local deployment there is already down"
+    else:
+        text = f"nothing is running in {root}: it holds no local deployment"
+    ctx.output.result({"dir": str(root), "stopped": stopped}, text)
 
 
 @local.command("status")
-@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@_LOCAL_DIR
 @pass_context
 def local_status(ctx: Context, root: Path) -> None:
     """Show each process of the local deployment."""
@@ -112,7 +131,9 @@ def node_init(ctx: Context, node_config: Path) -> None:
 @node.command("inspect")
 @_NODE_CONFIG
 @click.option("--account", help="Only this account's entry (default: every entry).")
-@click.option("--entry", default=DEFAULT_ENTRY, show_default=True)
+@click.option(
+    "--entry", default=DEFAULT_ENTRY, show_default=True, help="With --account: the entry."
+)
 @pass_context
 def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: str) -> None:
     """Show what this node's disk holds (counters and flags, never secrets)."""
@@ -132,7 +153,7 @@ def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: st
     ctx.output.result({"entries": entries}, text or "no entries")
 
 
-@node.command("serve")
+@node.command("serve", cls=click.Command)
 @_NODE_CONFIG
 def node_serve(node_config: Path) -> None:
     """Serve the node until stopped."""
@@ -156,7 +177,13 @@ def fleet() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="fleet.toml listing every node's URL and identity public key.",
 )
-@click.option("--out", "out_dir", required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(path_type=Path),
+    help="Folder for the per-node transfer files (node<i>.transfer).",
+)
 @pass_context
 def fleet_ceremony(ctx: Context, fleet_file: Path, out_dir: Path) -> None:
     """Make the fleet's shared secrets; write one transfer file per node (encrypted to its
@@ -181,9 +208,117 @@ def fleet_ceremony(ctx: Context, fleet_file: Path, out_dir: Path) -> None:
     data["opaque_server_public_key"] = secrets.server_public_key.hex()
     write_toml(fleet_file, data)
     ctx.output.result(
-        {"fleet_id": fleet_id.hex(), "transfers": str(out_dir)},
+        {
+            "fleet_id": fleet_id.hex(),
+            "transfers": str(out_dir),
+            "hpke_public_key": data["hpke_public_key"],
+            "opaque_server_public_key": data["opaque_server_public_key"],
+        },
         f"fleet {fleet_id.hex()}: copy {out_dir}/node<i>.transfer to each node's data "
         "directory as fleet-secrets.transfer",
+    )
+
+
+@fleet.command("keygen")
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for deploy.key (keep it offline) and deploy.pub.",
+)
+@pass_context
+def fleet_keygen(ctx: Context, out_dir: Path) -> None:
+    """Make the operator's deployment-signing key: OUT/deploy.key signs deployment records
+    (`fleet deploy --operator-key`); its public key (deploy.pub, and the hex printed) goes
+    to the witness and into over-the-air client configs."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    key = generate_operator_key()
+    save_operator_key(key, out_dir / "deploy.key", out_dir / "deploy.pub")
+    public = key.public_key().public_bytes_raw().hex()
+    ctx.output.result(
+        {
+            "private_key": str(out_dir / "deploy.key"),
+            "public_key_file": str(out_dir / "deploy.pub"),
+            "public_key": public,
+        },
+        f"wrote {out_dir / 'deploy.key'} (secret; keep it offline) and "
+        f"{out_dir / 'deploy.pub'}\npublic key (hex): {public}",
+    )
+
+
+@fleet.command("client-config")
+@click.option(
+    "--fleet-file",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The fleet's fleet.toml (after the key ceremony).",
+)
+@click.option("--relay-url", required=True, help="The relay's URL as clients reach it.")
+@click.option("--account", required=True, help="The user's account name.")
+@click.option("--token", required=True, help="The user's account token ('-': read from stdin).")
+@click.option(
+    "--ota",
+    "ota_operator_key",
+    metavar="OPERATOR_KEY",
+    help="Write an over-the-air config trusting this deployment-signing key (64 hex or a "
+    "PEM file such as deploy.pub) instead of pinning the fleet's keys.",
+)
+@click.option("--witness-key", help="With --ota: the witness's vkey (`witness keygen` prints it).")
+@click.option("--storage", help="The client's default --storage URL.")
+@click.option(
+    "--out",
+    "out_file",
+    required=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Where to write client.toml (mode 0600: it holds the token).",
+)
+@pass_context
+def fleet_client_config(
+    ctx: Context,
+    fleet_file: Path,
+    relay_url: str,
+    account: str,
+    token: str,
+    ota_operator_key: str | None,
+    witness_key: str | None,
+    storage: str | None,
+    out_file: Path,
+) -> None:
+    """Write a client.toml for ACCOUNT: pinned to this fleet's keys, or with --ota trusting
+    the operator's and the witness's keys (docs/operations.md §5)."""
+    import sys
+
+    from backupvault.client.config import ClientConfig
+    from backupvault.client.trust import load_operator_key
+
+    fleet = FleetDescription.load(fleet_file)
+    if token == "-":
+        token = sys.stdin.readline().strip()
+    data: dict[str, object] = {
+        "relay_url": relay_url,
+        "account": account,
+        "token": token,
+        "fleet_id": fleet.fleet_id.hex(),
+    }
+    if ota_operator_key is None:
+        data["fleet_public_key"] = fleet.hpke_public_key.hex()
+        data["opaque_server_public_key"] = fleet.opaque_server_public_key.hex()
+    else:
+        if witness_key is None:
+            raise UsageError("--ota needs --witness-key (the witness's vkey)")
+        data = {"trust": "ota", **data}
+        data["operator_public_key"] = load_operator_key(ota_operator_key, Path.cwd()).hex()
+        data["witness_public_key"] = witness_key
+    if storage is not None:
+        data["storage"] = storage
+    out_file.parent.mkdir(parents=True, exist_ok=True)
+    write_toml(out_file, data)
+    out_file.chmod(0o600)
+    ClientConfig.load(out_file)  # refuse to leave a config the client cannot read
+    ctx.output.result(
+        {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
+        f"wrote {out_file}",
     )
 
 
@@ -195,9 +330,13 @@ def relay() -> None:
     """Run the relay; mint account tokens."""
 
 
-@relay.command("serve")
+@relay.command("serve", cls=click.Command)
 @click.option(
-    "--config", "relay_config", required=True, type=click.Path(exists=True, path_type=Path)
+    "--config",
+    "relay_config",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="relay.toml (docs/relay.md).",
 )
 @click.option("--listen", help="host:port (default: the config's `listen`, else 127.0.0.1:8600)")
 def relay_serve(relay_config: Path, listen: str | None) -> None:
@@ -211,7 +350,13 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
 
 
 @relay.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for operator.key and operator.pub.",
+)
 @pass_context
 def relay_keygen(ctx: Context, out_dir: Path) -> None:
     """Make the operator's token-signing key: OUT/operator.key (keep it off the relay) and
@@ -225,11 +370,17 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
 
 
 @relay.command("mint-token")
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--account", required=True)
-@click.option("--issuer", required=True)
-@click.option("--audience", required=True)
-@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Seconds.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="The operator's token-signing key (operator.key from `relay keygen`).",
+)
+@click.option("--account", required=True, help="The account the token is for.")
+@click.option("--issuer", required=True, help="The token's issuer (`issuer` in relay.toml).")
+@click.option("--audience", required=True, help="The token's audience (`audience` in relay.toml).")
+@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
 @pass_context
 def relay_mint_token(
     ctx: Context, key_path: Path, account: str, issuer: str, audience: str, ttl: int

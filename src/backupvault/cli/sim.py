@@ -12,7 +12,7 @@ import click
 from backupvault.cli.main import cli
 
 
-@cli.command("sim")
+@cli.command("sim", cls=click.Command)
 @click.option("--seeds", type=int, default=1000, show_default=True, help="How many seeds to run.")
 @click.option("--start", type=int, default=0, show_default=True, help="First seed.")
 @click.option("--seed", type=int, default=None, help="Run one seed and print its trace.")

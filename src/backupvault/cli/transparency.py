@@ -18,7 +18,13 @@ from backupvault.client.config import ClientConfig
 from backupvault.client.trust import load_operator_key, load_witness_verifier
 from backupvault.crypto.seal import Kem
 from backupvault.deploy.local import LocalDeployment
-from backupvault.deploy.records import deploy, next_epoch, save_bundle, submit
+from backupvault.deploy.records import (
+    next_epoch,
+    save_bundle,
+    sign_deployment,
+    submit,
+    write_deployment,
+)
 from backupvault.deploy.verify import (
     DeploymentCheckFailed,
     TrustInputs,
@@ -27,7 +33,7 @@ from backupvault.deploy.verify import (
     verify_log,
 )
 from backupvault.errors import InvalidInput, UsageError
-from backupvault.node.config import FleetDescription
+from backupvault.node.config import FleetDescription, write_toml
 from backupvault.relay.auth import load_operator_private_key
 from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
 from backupvault.transparency.measure import (
@@ -64,7 +70,12 @@ _FLEET_FILE = click.option(
     help="The fleet.toml of the epoch this one replaces (a rotation): epoch = its epoch + 1. "
     "Without it: 1 for a new fleet, or fleet.toml's epoch + 1 (an upgrade).",
 )
-@click.option("--witness", "witness_url", help="Submit to this witness and write bundle.bin.")
+@click.option(
+    "--witness",
+    "witness_url",
+    help="Have this witness log the record first, then write bundle.bin; if it cannot, "
+    "nothing is written.",
+)
 @click.option(
     "--resubmit",
     is_flag=True,
@@ -113,9 +124,13 @@ def fleet_deploy(
         )
     if epoch < 0:
         raise UsageError("the epoch is a whole number >= 0")
-    signed = deploy(
+    signed, deployed = sign_deployment(
         fleet_file, load_operator_private_key(key_path), epoch=epoch, package_dir=package_dir
     )
+    # The witness logs the record before any file changes: if it cannot be reached or
+    # refuses, fleet.toml keeps its epoch and no deployment.bin is written.
+    logged = None if witness_url is None else submit(witness_url, signed)
+    write_deployment(fleet_file, signed, deployed)
     record = signed.deployment()
     data: dict[str, object] = {
         "fleet_id": record.fleet_id.hex(),
@@ -127,11 +142,10 @@ def fleet_deploy(
         f"deployment record for fleet {record.fleet_id.hex()} epoch {record.epoch},"
         f" measurement {record.measurement.hex()}: {data['record']}"
     )
-    if witness_url is not None:
-        bundle = submit(witness_url, signed)
-        data["bundle"] = str(save_bundle(fleet_file, bundle))
-        data["leaf_index"] = bundle.leaf_index
-        text += f"\nlogged by the witness at index {bundle.leaf_index}: {data['bundle']}"
+    if logged is not None:
+        data["bundle"] = str(save_bundle(fleet_file, logged))
+        data["leaf_index"] = logged.leaf_index
+        text += f"\nlogged by the witness at index {logged.leaf_index}: {data['bundle']}"
     ctx.output.result(data, text)
 
 
@@ -203,16 +217,33 @@ def witness() -> None:
 
 
 @witness.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for witness.key, witness.toml and (later) the log database.",
+)
 @click.option("--name", required=True, help="The witness name, e.g. witness.example/backupvault.")
+@click.option(
+    "--listen",
+    default="127.0.0.1:8700",
+    show_default=True,
+    help="host:port that `witness serve` listens on (written into witness.toml).",
+)
 @pass_context
-def witness_keygen(ctx: Context, out_dir: Path, name: str) -> None:
-    """Make the witness's signing key (OUT/witness.key) and print its verifier key, which
+def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
+    """Make the witness's signing key (OUT/witness.key) and its config (OUT/witness.toml,
+    with no fleets yet: `witness add-fleet` adds them), and print its verifier key, which
     clients and auditors are configured with."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "witness.key"
-    if path.exists():
-        raise InvalidInput(f"{path} exists; a witness keeps its key for the life of its log")
+    config = out_dir / "witness.toml"
+    for existing in (path, config):
+        if existing.exists():
+            raise InvalidInput(
+                f"{existing} exists; a witness keeps its key for the life of its log"
+            )
     key = Ed25519PrivateKey.generate()
     vkey = Signer(name, key).verifier.vkey()
     path.write_bytes(
@@ -223,10 +254,59 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str) -> None:
         )
     )
     path.chmod(0o600)
-    ctx.output.result({"key_file": str(path), "vkey": vkey}, f"wrote {path}\nvkey: {vkey}")
+    write_toml(
+        config,
+        {
+            "name": name,
+            "listen": listen,
+            "key_file": "witness.key",
+            "database": "witness.sqlite",
+            "pin_first_seen": False,
+            "fleets": [],
+        },
+    )
+    ctx.output.result(
+        {"key_file": str(path), "config": str(config), "vkey": vkey},
+        f"wrote {path} and {config}\nvkey: {vkey}",
+    )
 
 
-@witness.command("serve")
+@witness.command("add-fleet")
+@click.option(
+    "--config",
+    "witness_config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The witness's witness.toml.",
+)
+@click.option("--fleet-id", required=True, help="The fleet id (hex, from fleet.toml).")
+@click.option(
+    "--operator-key",
+    required=True,
+    help="The operator's deployment-signing public key: 64 hex, or a PEM file "
+    "(deploy.pub from `fleet keygen`).",
+)
+@pass_context
+def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operator_key: str) -> None:
+    """Let the witness log deployment records of FLEET_ID signed by OPERATOR_KEY (restart
+    `witness serve` afterwards)."""
+    try:
+        fleet = bytes.fromhex(fleet_id)
+    except ValueError:
+        raise UsageError("--fleet-id takes the fleet id in hex (fleet.toml's fleet_id)") from None
+    key_hex = load_operator_key(operator_key, Path.cwd()).hex()
+    data = tomllib.loads(witness_config.read_text())
+    fleets = [f for f in data.get("fleets", []) if str(f.get("fleet_id")) != fleet.hex()]
+    fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})
+    data["fleets"] = fleets
+    write_toml(witness_config, data)
+    ctx.output.result(
+        {"config": str(witness_config), "fleet_id": fleet.hex(), "operator_key": key_hex},
+        f"{witness_config}: fleet {fleet.hex()} signed by {key_hex}; restart the witness",
+    )
+
+
+@witness.command("serve", cls=click.Command)
 @click.option(
     "--config",
     "witness_config",

@@ -28,9 +28,10 @@ Relative paths are relative to the config file.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
@@ -47,6 +48,31 @@ from backupvault.crypto.seal import FleetPublicKey
 from backupvault.errors import InvalidInput
 
 TRUST_MODES = ("pinned", "ota")
+
+T = TypeVar("T")
+
+
+def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
+    """Parse one field; a malformed value names the file and the field."""
+    try:
+        return parse()
+    except InvalidInput as err:
+        if err.message.startswith(f"config file {path}"):
+            raise
+        raise InvalidInput(
+            f"config file {path}: field {name!r} is malformed: {err.message}",
+            hint=f"copy {name} again from the operator's fleet.toml (or the config they sent)",
+        ) from None
+
+
+def _hex_field(path: Path, data: dict[str, Any], name: str) -> bytes:
+    def parse() -> bytes:
+        try:
+            return bytes.fromhex(str(data[name]))
+        except ValueError:
+            raise InvalidInput("not hexadecimal") from None
+
+    return _field(path, name, parse)
 
 
 @dataclass(frozen=True)
@@ -89,11 +115,15 @@ class ClientConfig:
             }
             if trust == "pinned":
                 return cls(
-                    fleet_id=bytes.fromhex(data["fleet_id"]),
-                    fleet_public_key=FleetPublicKey.from_bytes(
-                        bytes.fromhex(data["fleet_public_key"])
+                    fleet_id=_hex_field(path, data, "fleet_id"),
+                    fleet_public_key=_field(
+                        path,
+                        "fleet_public_key",
+                        lambda: FleetPublicKey.from_bytes(
+                            _hex_field(path, data, "fleet_public_key")
+                        ),
                     ),
-                    opaque_server_public_key=bytes.fromhex(data["opaque_server_public_key"]),
+                    opaque_server_public_key=_hex_field(path, data, "opaque_server_public_key"),
                     **common,
                 )
             base = path.parent

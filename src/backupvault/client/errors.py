@@ -53,6 +53,18 @@ class FleetUnavailable(VaultError):
         )
 
 
+class RelayUnreachable(FleetUnavailable):
+    """No connection to the relay at all: the fleet behind it was never asked."""
+
+    def __init__(self, relay_url: str, detail: str) -> None:
+        VaultError.__init__(
+            self,
+            f"cannot reach the relay at {relay_url}: {detail}",
+            hint="the relay is down or unreachable from here (check relay_url in the client"
+            " config and your network); no guess was used; try later",
+        )
+
+
 class Unauthorized(VaultError):
     exit_code = 6
 

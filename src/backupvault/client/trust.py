@@ -46,6 +46,7 @@ from backupvault.client.errors import (
     FleetNotTrusted,
     FleetUnavailable,
     NotRegistered,
+    RelayUnreachable,
     VaultError,
 )
 from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
@@ -202,6 +203,8 @@ class OtaTrust:
     def _get(self, http: httpx.Client, url: str, what: str) -> httpx.Response:
         try:
             answer = http.get(url)
+        except httpx.ConnectError as err:
+            raise RelayUnreachable(str(httpx.URL(url).copy_with(path="/")), str(err)) from None
         except httpx.HTTPError as err:
             raise FleetUnavailable(f"cannot fetch {what} from the relay ({err})") from None
         if answer.status_code != 200:

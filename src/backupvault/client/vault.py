@@ -23,6 +23,7 @@ from backupvault.client.errors import (
     FleetUnavailable,
     NotRegistered,
     RateLimited,
+    RelayUnreachable,
     Unauthorized,
     VaultError,
     WrongPassword,
@@ -139,8 +140,12 @@ class VaultClient:
                     "Content-Type": "application/octet-stream",
                 },
             )
+        except httpx.ConnectError as err:
+            raise RelayUnreachable(self.relay_url, str(err)) from None
         except httpx.HTTPError as err:
-            raise FleetUnavailable(f"cannot reach the relay at {self.relay_url} ({err})") from None
+            raise FleetUnavailable(
+                f"no answer from the relay at {self.relay_url} ({err})"
+            ) from None
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:

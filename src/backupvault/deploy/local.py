@@ -478,10 +478,26 @@ class LocalDeployment:
         self.start_relay()
         self.wait_ready(timeout)
 
-    def down(self) -> None:
+    def running(self) -> list[str]:
+        """The names of this deployment's processes that are alive."""
+        return [name for name, info in self._processes().items() if _alive(info.get("pid"))]
+
+    def all_running(self) -> bool:
+        """Whether every process of every epoch (nodes, witness, relay) is alive."""
+        wanted = {"relay"} | {
+            self.node_name(i, e) for e in self.epochs() for i in range(self.node_count(e))
+        }
+        if (self.witness_dir / "witness.toml").exists():
+            wanted.add("witness")
+        return wanted <= set(self.running())
+
+    def down(self) -> list[str]:
+        """Stops every process; returns the names of those that were running."""
+        stopped = self.running()
         for name in list(self._processes()):
             self.stop_process(name)
         self.processes_file.unlink(missing_ok=True)
+        return stopped
 
     def wait_ready(self, timeout: float = 60.0, nodes: list[int] | None = None) -> None:
         """Until the relay, the witness and the nodes (of every epoch; or `nodes` of the

@@ -83,13 +83,35 @@ def deploy(
 ) -> OperatorSignedRecord:
     """Measure, make and sign the deployment record; write `deployment.bin` next to
     `fleet_file` and the epoch and measurement into it."""
+    signed, fleet = sign_deployment(
+        fleet_file, operator_key, epoch=epoch, package_dir=package_dir, now=now
+    )
+    write_deployment(fleet_file, signed, fleet)
+    return signed
+
+
+def sign_deployment(
+    fleet_file: Path,
+    operator_key: Ed25519PrivateKey,
+    *,
+    epoch: int,
+    package_dir: Path | None = None,
+    now: int | None = None,
+) -> tuple[OperatorSignedRecord, FleetDescription]:
+    """The signed record and the fleet description with its epoch and measurement, both in
+    memory only (`write_deployment` saves them): a deploy whose witness submission fails
+    changes no file."""
     fleet = FleetDescription.load(fleet_file)
     measurement = fleet.measure(package_dir)
     record = deployment_record(fleet, epoch, measurement, int(time.time()) if now is None else now)
-    signed = sign_record(record, operator_key)
+    return sign_record(record, operator_key), replace(fleet, epoch=epoch, measurement=measurement)
+
+
+def write_deployment(
+    fleet_file: Path, signed: OperatorSignedRecord, fleet: FleetDescription
+) -> None:
     (fleet_file.parent / RECORD_FILE).write_bytes(signed.to_bytes())
-    replace(fleet, epoch=epoch, measurement=measurement).save(fleet_file)
-    return signed
+    fleet.save(fleet_file)
 
 
 def submit(

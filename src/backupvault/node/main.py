@@ -202,4 +202,12 @@ def serve(config_path: Path) -> None:
     # Before any secret is unsealed: a node with other code does not join the fleet.
     measurement = check_measurement(config, FleetDescription.load(config.fleet_file))
     app = create_app(build_service(config), measurement=measurement)
+    log.info(
+        "node %d listening on %s:%d (fleet %s, epoch %s); catching up before it answers",
+        config.index,
+        config.host,
+        config.port,
+        measurement["fleet_id"],
+        measurement["epoch"],
+    )
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

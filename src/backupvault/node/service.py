@@ -97,9 +97,13 @@ class NodeService:
         self._store.close()
 
     async def _tick_forever(self) -> None:
+        announced = False
         while True:
             await asyncio.sleep(TICK_SECONDS)
             self._execute(self.replica.tick(self._clock()))
+            if not announced and self.replica.ready:
+                announced = True  # operators (and `local up`) wait for this line
+                log.info("node %d ready: caught up with its peers, serving requests", self.node)
 
     # ---- client requests ---------------------------------------------------------------
 

@@ -1,0 +1,50 @@
+"""What the CLI accepts as a password, and which ones it calls weak.
+
+Every password the vault sees costs a guess when it is wrong, so the CLI refuses input
+that cannot be meant (empty, only whitespace) and strips the line ending a Windows file
+or a `\\r\\n` pipe leaves behind, instead of sending it as a real guess.
+
+The weak list (`common-passwords.txt`, shipped in the package) is a small set of the
+passwords most often found in public breach corpora; a password on it, or shorter than
+MIN_LENGTH, gets a warning at registration. It is a warning, not a refusal: the vault's
+guess limit is what protects a password, and the user may know better.
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from importlib import resources
+
+from backupvault.errors import UsageError
+
+MIN_LENGTH = 10
+
+
+def check_password(raw: str) -> str:
+    """`raw` without its line ending; refuses an empty or whitespace-only password."""
+    password = raw.removesuffix("\n").removesuffix("\r")
+    if not password:
+        raise UsageError("the password is empty")
+    if not password.strip():
+        raise UsageError(
+            "the password is only whitespace",
+            hint="type the password itself; nothing was sent to the vault",
+        )
+    return password
+
+
+@cache
+def common_passwords() -> frozenset[str]:
+    text = resources.files("backupvault.cli").joinpath("common-passwords.txt").read_text()
+    return frozenset(
+        line.strip().lower() for line in text.splitlines() if line.strip() and line[0] != "#"
+    )
+
+
+def weakness(password: str) -> str | None:
+    """Why `password` is weak, or None."""
+    if len(password) < MIN_LENGTH:
+        return f"shorter than {MIN_LENGTH} characters"
+    if password.lower() in common_passwords():
+        return "one of the most common passwords"
+    return None
