@@ -219,7 +219,10 @@ def backup() -> None:
 @click.option("--storage", "storage_url", help="Where backups go: a folder or an fsspec URL.")
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
-    "--recovery-code", "use_code", is_flag=True, help="Use a new key shown as a recovery code."
+    "--recovery-code",
+    "use_code",
+    is_flag=True,
+    help=f"No vault: use a new key, printed once as a recovery code ({recovery.FORMAT}).",
 )
 @pass_context
 def backup_create(
@@ -268,7 +271,10 @@ def backup_create(
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="New folder.")
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
-    "--recovery-code", "code", metavar="CODE", help="The backup's recovery code ('-': stdin)."
+    "--recovery-code",
+    "code",
+    metavar="CODE",
+    help=f"The backup's recovery code ({recovery.FORMAT}); '-' reads it from stdin.",
 )
 @pass_context
 def backup_restore(

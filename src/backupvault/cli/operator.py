@@ -30,7 +30,7 @@ def local() -> None:
     """A whole deployment on this machine (nodes + relay on loopback), for trying it out."""
 
 
-_LOCAL_DIR = click.option(
+LOCAL_DIR = click.option(
     "--dir",
     "root",
     required=True,
@@ -40,7 +40,7 @@ _LOCAL_DIR = click.option(
 
 
 @local.command("up")
-@_LOCAL_DIR
+@LOCAL_DIR
 @click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
 @pass_context
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
@@ -68,7 +68,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
 
 
 @local.command("down")
-@_LOCAL_DIR
+@LOCAL_DIR
 @pass_context
 def local_down(ctx: Context, root: Path) -> None:
     """Stop the local deployment's processes (its data stays for the next `up`)."""
@@ -84,7 +84,7 @@ def local_down(ctx: Context, root: Path) -> None:
 
 
 @local.command("status")
-@_LOCAL_DIR
+@LOCAL_DIR
 @pass_context
 def local_status(ctx: Context, root: Path) -> None:
     """Show each process of the local deployment."""

@@ -13,7 +13,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import Context, cli, pass_context
-from backupvault.cli.operator import fleet, local
+from backupvault.cli.operator import LOCAL_DIR, fleet, local
 from backupvault.client.config import ClientConfig
 from backupvault.client.trust import load_operator_key, load_witness_verifier
 from backupvault.crypto.seal import Kem
@@ -484,7 +484,7 @@ def verify_deployment_command(
 
 
 @local.command("rotate")
-@click.option("--dir", "root", required=True, type=click.Path(file_okay=False, path_type=Path))
+@LOCAL_DIR
 @click.option("--nodes", type=int, help="Nodes of the new epoch (default: as many as now).")
 @pass_context
 def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:

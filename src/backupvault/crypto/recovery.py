@@ -1,11 +1,11 @@
 """Recovery codes: the 32-byte root key written for a person.
 
-Format: the 64 hexadecimal digits of the root key followed by 4 check digits, shown in
-17 groups of 4 separated by dashes, e.g. ``1f0a-…-9c3e-4b7d``. The check digits are the
-CRC-16/XMODEM of the 32 key bytes. A CRC-16 detects every burst error of up to 16 bits,
-so every single mistyped digit (a 4-bit burst) and every swap of two neighbouring digits
-(an 8-bit burst) is caught before the code is used. Parsing ignores case, spaces and
-dashes, so a code read aloud or retyped on a phone still parses.
+Format (FORMAT): the root key's 64 hex digits + 4 check digits, shown in 17 groups of 4
+separated by dashes, e.g. ``1f0a-…-9c3e-4b7d``. The check digits are the CRC-16/XMODEM
+of the 32 key bytes. A CRC-16 detects every burst error of up to 16 bits, so every
+single mistyped digit (a 4-bit burst) and every swap of two neighbouring digits (an
+8-bit burst) is caught before the code is used. Parsing ignores case, spaces and dashes,
+so a code read aloud or retyped on a phone still parses.
 """
 
 from __future__ import annotations
@@ -20,6 +20,9 @@ _KEY_DIGITS = 2 * ROOT_KEY_LEN
 _CHECK_DIGITS = 4
 _GROUP = 4
 _HEX = frozenset("0123456789abcdef")
+
+#: How every message, help text and document describes a recovery code.
+FORMAT = "64 hex digits + 4 check digits"
 
 
 class RecoveryCodeError(InvalidInput):
@@ -50,7 +53,7 @@ def decode(code: str) -> bytes:
     wanted = _KEY_DIGITS + _CHECK_DIGITS
     if len(digits) != wanted:
         raise RecoveryCodeError(
-            f"a recovery code has {wanted} hexadecimal digits, this one has {len(digits)}",
+            f"a recovery code is {FORMAT} ({wanted} in all), this one has {len(digits)}",
             hint="check for a missing or doubled group; dashes and spaces are optional",
         )
     bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]

@@ -1,0 +1,270 @@
+"""A newcomer's mistakes, each answered clearly by the real console script (no vault
+needed here; tests/integration/test_cli_newcomer_processes.py covers those that do)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import click
+import pytest
+import tomli_w
+from console import backupvault  # tests/cli/console.py
+
+from backupvault.cli.passwords import MIN_LENGTH, check_password, weakness
+from backupvault.crypto import recovery
+from backupvault.errors import UsageError
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    root = tmp_path / "source"
+    (root / "sub").mkdir(parents=True)
+    (root / "a.txt").write_text("alpha\n")
+    (root / "sub" / "b.bin").write_bytes(bytes(range(256)) * 8)
+    return root
+
+
+def last_json(stream: str) -> dict[str, object]:
+    lines = stream.strip().splitlines()
+    assert len(lines) == 1, stream  # exactly one object
+    data: dict[str, object] = json.loads(lines[0])
+    return data
+
+
+# ---- help ---------------------------------------------------------------------------------
+
+
+def _commands(group: click.Group, path: str) -> list[tuple[str, click.Command]]:
+    found: list[tuple[str, click.Command]] = [(path, group)]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += _commands(command, f"{path} {name}")
+        else:
+            found.append((f"{path} {name}", command))
+    return found
+
+
+def test_every_option_of_every_command_has_a_help_line() -> None:
+    from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
+    from backupvault.cli.main import cli
+
+    commands = _commands(cli, "backupvault")
+    assert len(commands) > 25  # the walk reached the subcommands
+    missing = [
+        f"{path} {'/'.join(param.opts)}"
+        for path, command in commands
+        for param in command.params
+        if isinstance(param, click.Option) and not (param.help or "").strip()
+    ]
+    assert missing == []
+    undocumented = [path for path, command in commands if not (command.help or "").strip()]
+    assert undocumented == []
+
+
+def test_help_shows_the_config_variable_and_the_options_after_the_command() -> None:
+    top = backupvault("--help")
+    assert top.returncode == 0
+    assert "BACKUPVAULT_CONFIG" in top.stdout
+    create = backupvault("backup", "create", "--help")
+    assert "--json" in create.stdout and "--quiet" in create.stdout
+    assert recovery.FORMAT in " ".join(create.stdout.split())
+
+
+# ---- config -------------------------------------------------------------------------------
+
+
+def test_no_config_and_a_missing_config_exit_alike_and_name_the_variable(tmp_path: Path) -> None:
+    none = backupvault("vault", "status")
+    flag = backupvault("--config", str(tmp_path / "nope.toml"), "vault", "status")
+    env = backupvault("vault", "status", env={"BACKUPVAULT_CONFIG": str(tmp_path / "gone.toml")})
+    assert none.returncode == flag.returncode == env.returncode == 2
+    assert "BACKUPVAULT_CONFIG" in none.stderr
+    assert "nope.toml (from --config) does not exist" in flag.stderr
+    assert "gone.toml (from $BACKUPVAULT_CONFIG) does not exist" in env.stderr
+    assert "Traceback" not in none.stderr + flag.stderr + env.stderr
+
+
+def _client_toml(path: Path, **fields: str) -> Path:
+    data = {
+        "relay_url": "http://127.0.0.1:9",
+        "account": "alice",
+        "token": "t",
+        "fleet_id": "00" * 16,
+        "fleet_public_key": "0010" + "11" * 32,
+        "opaque_server_public_key": "22" * 32,
+        **fields,
+    }
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [("007a" + "00" * 32, "unknown fleet key type 0x007a"), ("zz" * 34, "not hexadecimal")],
+)
+def test_a_corrupted_fleet_key_names_the_file_and_the_field(
+    tmp_path: Path, value: str, why: str
+) -> None:
+    config = _client_toml(tmp_path / "client.toml", fleet_public_key=value)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert f"config file {config}: field 'fleet_public_key' is malformed" in done.stderr
+    assert why in done.stderr
+
+
+# ---- --json -------------------------------------------------------------------------------
+
+
+def test_json_and_quiet_work_after_the_subcommand(tmp_path: Path, source: Path) -> None:
+    done = backupvault(
+        "backup", "create", str(source), "--storage", str(tmp_path / "s"), "--recovery-code",
+        "--json", "-q",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert last_json(done.stdout)["files"] == 2
+    assert done.stderr == ""
+
+
+def test_create_restore_and_list_share_one_json_schema(tmp_path: Path, source: Path) -> None:
+    storage = str(tmp_path / "s")
+    created = last_json(
+        backupvault("--json", "backup", "create", str(source), "--storage", storage,
+                    "--recovery-code").stdout
+    )  # fmt: skip
+    restored_run = backupvault(
+        "backup", "restore", "--storage", storage, "--to", str(tmp_path / "r"),
+        "--recovery-code", "-", "--json", stdin=str(created["recovery_code"]) + "\n",
+    )  # fmt: skip
+    restored = last_json(restored_run.stdout)
+    listed = last_json(backupvault("backup", "list", "--storage", storage, "--json").stdout)
+
+    shared = {"backup_id", "created_at", "storage", "files", "bytes", "skipped"}
+    assert shared <= created.keys() and shared <= restored.keys()
+    for key in shared:
+        assert created[key] == restored[key], key
+    assert created["bytes"] == 6 + 2048  # the content, on both sides
+    assert created["source"] == str(source) and restored["dest"] == str(tmp_path / "r")
+    assert created["registered"] is False
+    assert isinstance(created["stored_bytes"], int) and created["stored_bytes"] > 0
+    assert not {"size", "source_bytes", "url"} & created.keys()
+    backups = listed["backups"]
+    assert isinstance(backups, list)
+    row = backups[0]
+    assert {k: row[k] for k in ("backup_id", "created_at", "name", "stored_bytes")} == {
+        k: created[k] for k in ("backup_id", "created_at", "name", "stored_bytes")
+    }
+
+
+@pytest.mark.parametrize(
+    ("args", "code"),
+    [
+        (["--json", "backup", "frobnicate"], 2),  # click: no such command
+        (["backup", "restore", "--storage", "{tmp}/s", "--json"], 2),  # click: missing --to
+        (["backup", "create", "{tmp}/missing", "--json"], 2),  # click: bad argument
+        (["--json", "vault", "status"], 2),  # ours: no config
+        (["backup", "restore", "--storage", "{tmp}", "--to", "{tmp}/d", "--recovery-code",
+          "12", "--json"], 3),  # ours: mistyped code
+    ],
+)  # fmt: skip
+def test_json_errors_are_one_object_on_stderr(tmp_path: Path, args: list[str], code: int) -> None:
+    done = backupvault(*[a.format(tmp=tmp_path) for a in args])
+    assert done.returncode == code
+    assert done.stdout == ""
+    error = last_json(done.stderr)
+    assert error["exit_code"] == code and error["error"]
+    assert set(error) == {"error", "hint", "exit_code"}
+
+
+def test_a_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) -> None:
+    config = _client_toml(tmp_path / "client.toml")
+    done = backupvault("--config", str(config), "--json", "vault", "delete")
+    assert done.returncode == 2
+    error = last_json(done.stderr)
+    assert "--yes" in str(error["error"]) and "aborted" not in done.stderr
+    no_password = backupvault("--json", "backup", "create", str(tmp_path), "--storage", "x")
+    assert no_password.returncode == 2
+    assert "--password-stdin" in str(last_json(no_password.stderr)["error"])
+
+
+# ---- passwords ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("typed", ["   \n", "\t\r\n", " "])
+def test_a_whitespace_password_is_refused_before_anything_is_sent(
+    tmp_path: Path, source: Path, typed: str
+) -> None:
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist: never reached
+    done = backupvault(
+        "--config", str(config), "backup", "create", str(source), "--storage",
+        str(tmp_path / "s"), "--password-stdin", stdin=typed,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "only whitespace" in done.stderr
+    assert "relay" not in done.stderr
+
+
+def test_check_password_strips_only_the_line_ending() -> None:
+    assert check_password("correct horse\r\n") == "correct horse"
+    assert check_password("correct horse\r") == "correct horse"
+    assert check_password(" spaced out \n") == " spaced out "
+    for empty in ("", "\n", "\r\n"):
+        with pytest.raises(UsageError, match="empty"):
+            check_password(empty)
+
+
+def test_weak_passwords_are_named() -> None:
+    assert weakness("a" * (MIN_LENGTH - 1)) == f"shorter than {MIN_LENGTH} characters"
+    assert weakness("Password123") == "one of the most common passwords"
+    assert weakness("1234567890") == "one of the most common passwords"
+    assert weakness("violet kettle marching uphill") is None
+
+
+def test_change_password_with_stdin_says_two_lines_are_expected(tmp_path: Path) -> None:
+    config = _client_toml(tmp_path / "client.toml")
+    done = backupvault(
+        "--config", str(config), "vault", "change-password", "--password-stdin",
+        stdin="only the old one\n",
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "expects two lines: the current password, then the new one" in done.stderr
+    assert "relay" not in done.stderr  # refused before any guess
+
+
+# ---- local --------------------------------------------------------------------------------
+
+
+def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:
+    done = backupvault("local", "down", "--dir", str(tmp_path))
+    assert done.returncode == 0
+    assert f"nothing is running in {tmp_path}" in done.stdout
+    assert "stopped" not in done.stdout
+    assert (
+        last_json(backupvault("--json", "local", "down", "--dir", str(tmp_path)).stdout)["stopped"]
+        == []
+    )
+
+
+# ---- wording ------------------------------------------------------------------------------
+
+_DIGIT_COUNT = re.compile(r"\b\d+[- ](?:hex(?:adecimal)? )?(?:digit|character|hex)", re.I)
+
+
+def test_the_recovery_code_is_described_the_same_way_everywhere() -> None:
+    texts = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    texts += sorted((ROOT / "src" / "backupvault").rglob("*.py"))
+    described = 0
+    for path in texts:
+        text = " ".join(path.read_text().split())
+        for match in _DIGIT_COUNT.finditer(text):
+            before = text[max(0, match.start() - 160) : match.start()].lower()
+            if "recovery code" in before or "root key" in before:
+                where = f"{path}: ...{text[match.start() - 60 : match.end() + 40]}..."
+                assert text.startswith(recovery.FORMAT, match.start()), where
+                described += 1
+    assert described >= 4  # README, crypto.md, recovery.py, cli.md
+    with pytest.raises(recovery.RecoveryCodeError, match=re.escape(recovery.FORMAT)):
+        recovery.decode("1234")

@@ -1,0 +1,205 @@
+"""A newcomer's first day against a real local deployment (1 node, the witness and the
+relay, started by the console script itself): each common mistake gets a clear answer."""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+import select
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backupvault.node.config import write_toml
+
+CONSOLE_SCRIPT = Path(sys.executable).parent / "backupvault"
+
+
+def bv(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if k != "BACKUPVAULT_CONFIG"}
+    return subprocess.run(
+        [str(CONSOLE_SCRIPT), *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+
+
+def in_terminal(args: list[str], answers: list[tuple[str, str]]) -> tuple[int, str]:
+    """Run the console script on a pseudo-terminal, typing each answer when its prompt
+    shows; returns the exit code and everything the terminal showed."""
+    primary, secondary = pty.openpty()
+    process = subprocess.Popen(
+        [str(CONSOLE_SCRIPT), *args], stdin=secondary, stdout=secondary, stderr=secondary
+    )
+    os.close(secondary)
+    shown, cursor, pending = b"", 0, list(answers)
+    deadline = time.monotonic() + 120
+    try:
+        while time.monotonic() < deadline:
+            ready, _, _ = select.select([primary], [], [], 0.2)
+            if ready:
+                try:
+                    chunk = os.read(primary, 4096)
+                except OSError:  # the child closed the terminal
+                    break
+                if not chunk:
+                    break
+                shown += chunk
+            if pending and pending[0][0].encode() in shown[cursor:]:
+                cursor = len(shown)
+                os.write(primary, pending.pop(0)[1].encode() + b"\n")
+            if not ready and process.poll() is not None:
+                break
+        return process.wait(timeout=30), shown.decode(errors="replace")
+    finally:
+        os.close(primary)
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    root = tmp_path_factory.mktemp("newcomer") / "bv"
+    try:
+        first = bv("local", "up", "--dir", str(root), "--nodes", "1")
+        assert first.returncode == 0, first.stderr
+        assert "local deployment up" in first.stdout
+        yield root
+    finally:
+        bv("local", "down", "--dir", str(root))
+
+
+@pytest.fixture
+def source(tmp_path: Path) -> Path:
+    folder = tmp_path / "source"
+    folder.mkdir()
+    (folder / "chat.txt").write_text("see you at 7\n")
+    return folder
+
+
+def test_a_second_local_up_says_already_running(deployment: Path) -> None:
+    again = bv("local", "up", "--dir", str(deployment), "--nodes", "1")
+    assert again.returncode == 0
+    assert "local deployment already running" in again.stdout
+    as_json = json.loads(bv("local", "up", "--dir", str(deployment), "--json").stdout)
+    assert as_json["already_running"] is True
+
+
+def test_node_serve_logs_when_it_is_ready(deployment: Path) -> None:
+    log = (deployment / "logs" / "node0.log").read_text()
+    assert "node 0 listening on 127.0.0.1:" in log
+    assert "node 0 ready: caught up with its peers, serving requests" in log
+
+
+def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
+    deployment: Path, source: Path, tmp_path: Path
+) -> None:
+    config = str(deployment / "client.toml")
+    storage = str(tmp_path / "storage")
+    created = bv(
+        "--config", config, "backup", "create", str(source), "--storage", storage,
+        "--password-stdin", stdin="hunter2\r\n",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert "warning: this password is weak (shorter than 10 characters)" in created.stderr
+    assert "a new key was registered" in created.stderr
+    restored = bv(
+        "--config", config, "backup", "restore", "--storage", storage, "--to",
+        str(tmp_path / "r"), "--password-stdin", stdin="hunter2\n",
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp_path / "r" / "chat.txt").read_text() == "see you at 7\n"
+
+    # change-password in a terminal: a wrong current password fails before the new one
+    # is asked for
+    code, shown = in_terminal(
+        ["--config", config, "vault", "change-password"], [("Current password", "hunter3")]
+    )
+    assert code == 3, shown
+    assert "wrong password" in shown and "New password" not in shown
+
+    code, shown = in_terminal(
+        ["--config", config, "vault", "change-password"],
+        [
+            ("Current password", "hunter2"),
+            ("New password", "password123"),
+            ("Repeat for confirmation", "password123"),
+        ],
+    )
+    assert code == 0, shown
+    assert "one of the most common passwords" in shown and "password changed" in shown
+
+    changed = bv(
+        "--config", config, "vault", "change-password", "--password-stdin",
+        stdin="password123\nviolet kettle marching uphill\n",
+    )  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert "weak" not in changed.stderr
+    status = json.loads(bv("--config", config, "--json", "vault", "status").stdout)
+    assert status["guesses_remaining"] == status["guess_limit"]  # the right one reset it
+    again = bv(
+        "--config", config, "backup", "restore", "--storage", storage, "--to",
+        str(tmp_path / "r2"), "--password-stdin", stdin="violet kettle marching uphill\n",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+
+
+@pytest.mark.parametrize("name", ["client.toml", "client-ota.toml"])
+def test_relay_down_names_the_relay_and_its_url(
+    deployment: Path, tmp_path: Path, name: str
+) -> None:
+    data = tomllib.loads((deployment / name).read_text())
+    url = f"http://127.0.0.1:{closed_port()}"
+    data["relay_url"] = url
+    write_toml(tmp_path / name, data)
+    done = bv("--config", str(tmp_path / name), "vault", "status")
+    assert done.returncode == 5, done.stderr
+    assert f"cannot reach the relay at {url}" in done.stderr
+    assert "relay is down or unreachable" in done.stderr
+    assert "majority" not in done.stderr
+
+
+def test_fleet_deploy_with_the_witness_unreachable_changes_nothing(
+    deployment: Path, tmp_path: Path
+) -> None:
+    fleet_file = tmp_path / "fleet.toml"
+    fleet_file.write_bytes((deployment / "fleet.toml").read_bytes())
+    before = fleet_file.read_bytes()
+    args = ["fleet", "deploy", "--fleet-file", str(fleet_file)]
+    args += ["--operator-key", str(deployment / "operator.key")]
+    done = bv(*args, "--witness", f"http://127.0.0.1:{closed_port()}")
+    assert done.returncode == 1
+    assert "cannot reach the witness" in done.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.toml"]  # no deployment.bin
+    assert fleet_file.read_bytes() == before  # the epoch was not bumped
+    assert tomllib.loads(before.decode())["epoch"] == 1
+
+
+def test_local_down_twice(deployment: Path) -> None:
+    # Runs last in this module: stops the deployment (the fixture's own `down` then finds
+    # nothing to stop).
+    first = bv("local", "down", "--dir", str(deployment))
+    assert first.returncode == 0
+    assert first.stdout.startswith("local deployment stopped (")
+    assert "relay" in first.stdout and "node0" in first.stdout
+    second = bv("local", "down", "--dir", str(deployment))
+    assert second.returncode == 0
+    assert "nothing is running in" in second.stdout and "already down" in second.stdout
