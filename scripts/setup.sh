@@ -25,3 +25,6 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
 fi
+
+echo "setup: done. To put backupvault on PATH in this shell: . .venv/bin/activate"
+echo "       (or run .venv/bin/backupvault directly)"
