@@ -1,0 +1,93 @@
+"""docs/cli.md and the README's command lines match the CLI they describe."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import click
+import pytest
+
+from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
+from backupvault.cli.main import cli
+
+ROOT = Path(__file__).resolve().parents[2]
+CLI_MD = (ROOT / "docs" / "cli.md").read_text()
+GLOBAL = {"--config", "--json", "-q", "--quiet", "--version", "-h", "--help"}
+
+
+def leaves(group: click.Group, path: tuple[str, ...] = ()) -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += leaves(command, (*path, name))
+        else:
+            found.append((" ".join(("backupvault", *path, name)), command))
+    return found
+
+
+def section(path: str) -> str:
+    match = re.search(rf"^### `{re.escape(path)}( [^`]*)?`\n(.*?)(?=^##)", CLI_MD, re.S | re.M)
+    assert match, f"docs/cli.md has no section for `{path}`"
+    return match.group(2)
+
+
+@pytest.mark.parametrize(("path", "command"), leaves(cli), ids=lambda v: str(v))
+def test_cli_md_describes_every_command_and_option(path: str, command: click.Command) -> None:
+    text = section(path)
+    for param in command.params:
+        if isinstance(param, click.Option):
+            names = [o for o in param.opts if o not in GLOBAL]
+            if names:
+                assert any(f"`{n}" in text for n in names), f"{path}: {names} undocumented"
+        elif isinstance(param, click.Argument):
+            assert param.human_readable_name in CLI_MD
+
+
+def test_cli_md_lists_every_exit_code() -> None:
+    from backupvault.cli.main import Interrupted
+    from backupvault.client import errors
+
+    codes = {err.exit_code for err in vars(errors).values() if isinstance(err, type) and
+             issubclass(err, errors.BackupVaultError)} | {0, 2, Interrupted.exit_code}  # fmt: skip
+    table = re.search(r"## Exit codes\n(.*?)\n## ", CLI_MD, re.S)
+    assert table
+    documented = {int(c) for c in re.findall(r"^\| (\d+) \|", table.group(1), re.M)}
+    assert codes <= documented
+
+
+def resolve(tokens: list[str]) -> None:
+    """Walk `backupvault ...` tokens through the command tree; every option must exist
+    where it is given (globals anywhere, as the CLI accepts them)."""
+    command: click.Command = cli
+    allowed = {o for p in cli.params if isinstance(p, click.Option) for o in p.opts}
+    for token in tokens[1:]:
+        if token.startswith("-") and token != "-":
+            name = token.split("=", 1)[0]
+            assert name in allowed | GLOBAL, f"{' '.join(tokens)}: no option {name}"
+        elif isinstance(command, click.Group) and token in command.commands:
+            command = command.commands[token]
+            allowed = {o for p in command.params if isinstance(p, click.Option) for o in p.opts}
+    assert not isinstance(command, click.Group), f"{' '.join(tokens)}: no subcommand"
+
+
+def command_lines(markdown: str) -> list[list[str]]:
+    lines = []
+    for block in re.findall(r"^```[a-z]*\n(.*?)^```", markdown, re.S | re.M):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = line.split(" #", 1)[0].strip()
+            if line.startswith("echo ") and "| backupvault" in line:
+                line = line.split("| ", 1)[1]
+            if line.startswith(("backupvault ", ".venv/bin/backupvault ")):
+                tokens = shlex.split(line.replace(".venv/bin/", ""))
+                lines.append([t for t in tokens if t != "\\"])
+    return lines
+
+
+@pytest.mark.parametrize("doc", ["README.md", "docs/operations.md", "CONTRIBUTING.md"])
+def test_documented_command_lines_are_real_commands(doc: str) -> None:
+    lines = command_lines((ROOT / doc).read_text())
+    assert lines, doc
+    for tokens in lines:
+        resolve(tokens)
