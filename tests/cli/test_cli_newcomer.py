@@ -74,6 +74,13 @@ def test_help_shows_the_config_variable_and_the_options_after_the_command() -> N
     assert recovery.FORMAT in " ".join(create.stdout.split())
 
 
+def test_a_command_without_its_subcommand_shows_its_help() -> None:
+    done = backupvault("backup")
+    assert done.returncode == 2
+    assert "Usage: backupvault backup" in done.stderr and "restore" in done.stderr
+    assert "error:" not in done.stderr
+
+
 # ---- config -------------------------------------------------------------------------------
 
 

@@ -416,9 +416,12 @@ def main(argv: list[str] | None = None) -> None:
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     except click.UsageError as err:
+        if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
+            err.show()
+            sys.exit(err.exit_code)
         hint = None
         if err.ctx is not None:
-            hint = f"`{err.ctx.command_path} --help` lists the options"
+            hint = f"`{err.ctx.command_path} --help` lists its commands and options"
         _fail(json_mode, UsageError(err.format_message(), hint=hint))
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(err.format_message()))
