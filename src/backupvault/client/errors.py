@@ -54,14 +54,14 @@ class FleetUnavailable(VaultError):
 
 
 class RelayUnreachable(FleetUnavailable):
-    """No connection to the relay at all: the fleet behind it was never asked."""
+    """The relay itself did not answer (nothing reached the vault)."""
 
-    def __init__(self, relay_url: str, detail: str) -> None:
+    def __init__(self, url: str, detail: str) -> None:
         VaultError.__init__(
             self,
-            f"cannot reach the relay at {relay_url}: {detail}",
-            hint="the relay is down or unreachable from here (check relay_url in the client"
-            " config and your network); no guess was used; try later",
+            f"cannot reach the relay at {url} ({detail})",
+            hint="check that the relay runs and that relay_url in your config is right; "
+            "no guess was used",
         )
 
 
