@@ -28,7 +28,7 @@ from backupvault.crypto import recovery
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import WITNESS_NAME, LocalDeployment
 from backupvault.node.config import FleetDescription, write_toml
-from backupvault.relay.auth import load_operator_private_key
+from backupvault.tokens import load_operator_private_key
 from backupvault.transparency import (
     FleetBundle,
     OperatorSignedRecord,

@@ -7,6 +7,7 @@ import os
 import shutil
 import struct
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -76,29 +77,61 @@ def test_installed_package_is_measured() -> None:
     assert len(digest) == 32 and digest == measure_package(default_package_dir())
 
 
+RELAY = bytes([1]) * 32
+ISSUER_KEY = bytes([2]) * 32
+
+
+def _config(**changes: Any) -> FirmwareConfig:
+    fields: dict[str, Any] = {
+        "guess_limit": 10,
+        "quorum": 3,
+        "node_count": 5,
+        "kem": Kem.X25519,
+        "relay_public_keys": (RELAY,),
+        "account_issuer": "iss",
+        "account_issuer_public_key": ISSUER_KEY,
+    }
+    fields.update(changes)
+    return FirmwareConfig(**fields)
+
+
 def test_configuration_is_bound(tree: Path) -> None:
-    base = measure(guess_limit=10, quorum=3, node_count=5, kem=Kem.X25519, package_dir=tree)
+    base = measure(_config(), package_dir=tree)
     expected = hashlib.sha256(
         b"backupvault-firmware-v1\n"
         + measure_package(tree)
-        + b"backupvault-config-v1\n"
+        + b"backupvault-config-v2\n"
         + struct.pack(">QQQH", 10, 3, 5, 0x0020)
+        + struct.pack(">H", 1)
+        + RELAY
+        + struct.pack(">H", 3)
+        + b"iss"
+        + ISSUER_KEY
     ).digest()
     assert base == expected
     variants = [
-        dict(guess_limit=11, quorum=3, node_count=5, kem=Kem.X25519),
-        dict(guess_limit=10, quorum=4, node_count=5, kem=Kem.X25519),
-        dict(guess_limit=10, quorum=3, node_count=7, kem=Kem.X25519),
-        dict(guess_limit=10, quorum=3, node_count=5, kem=Kem.MLKEM768_X25519),
+        _config(guess_limit=11),
+        _config(quorum=4),
+        _config(node_count=7),
+        _config(kem=Kem.MLKEM768_X25519),
+        # Who the nodes answer, and whose tokens they take, are part of the firmware.
+        _config(relay_public_keys=(RELAY, bytes([3]) * 32)),
+        _config(relay_public_keys=(bytes([3]) * 32,)),
+        _config(account_issuer="other"),
+        _config(account_issuer_public_key=bytes([4]) * 32),
     ]
-    results = {measure(package_dir=tree, **v) for v in variants}  # type: ignore[arg-type]
-    assert base not in results and len(results) == 4
+    results = {measure(v, package_dir=tree) for v in variants}
+    assert base not in results and len(results) == len(variants)
 
 
 def test_bad_inputs(tmp_path: Path) -> None:
     with pytest.raises(Malformed):
         measure_package(tmp_path / "missing")
     with pytest.raises(Malformed):
-        FirmwareConfig(0, 1, 1, Kem.X25519)
+        _config(guess_limit=0)
     with pytest.raises(Malformed):
-        combine(b"short", FirmwareConfig(1, 1, 1, Kem.X25519))
+        _config(relay_public_keys=())
+    with pytest.raises(Malformed):
+        _config(account_issuer_public_key=b"short")
+    with pytest.raises(Malformed):
+        combine(b"short", _config())

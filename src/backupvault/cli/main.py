@@ -21,6 +21,7 @@ from backupvault.backup import create_backup, list_backups, restore_backup
 from backupvault.cli.output import Output
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import AlreadyRegistered, NotRegistered
+from backupvault.client.vault import Recovery
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 from backupvault.protocol import EntryStatus
@@ -91,7 +92,7 @@ def _recovery_code(value: str) -> bytes:
 def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
     `register` is set. Returns (root key, whether it was just registered)."""
-    session = ctx.config().session()
+    session = ctx.config().session(notify=ctx.output.note)
     try:
         recovered = session.recover_or_migrate(password)
     except NotRegistered:
@@ -103,6 +104,7 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
                 f"your key moved from fleet epoch {recovered.migrated_from} to epoch "
                 f"{session.epoch} (recovered there, registered here, deleted there)"
             )
+        _warn_wrong_guesses(ctx, recovered)
         return recovered.root_key, False
     root_key = recovery.new_root_key()
     try:
@@ -110,8 +112,19 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        return session.vault.recover(password)[0], False
+        return session.vault.recover(password).root_key, False
     return root_key, True
+
+
+def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
+    """Someone who is not this user may be guessing: say so after every success."""
+    wrong = recovered.wrong_guesses_before
+    if wrong:
+        times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
+        ctx.output.note(
+            f"warning: {times} tried since your last successful recovery; if that was not"
+            " you, someone may be guessing (the count is now reset)"
+        )
 
 
 # ---- backup -----------------------------------------------------------------------------
@@ -255,23 +268,52 @@ def vault_status(ctx: Context) -> None:
 def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are)."""
     old = _password(password_stdin, prompt="Current password")
-    new = _password(password_stdin, confirm=True, prompt="New password")
-    session = ctx.config().session()
+    session = ctx.config().session(notify=ctx.output.note)
     if session.vault.status().status == EntryStatus.EMPTY:
         session.migrate(old)  # a key still on an older fleet epoch moves here first
-    version = session.vault.change_password(old, new)
+    # The old password is checked (one recovery) before the new one is asked for.
+    recovered = session.vault.recover(old)
+    _warn_wrong_guesses(ctx, recovered)
+    new = _password(password_stdin, confirm=True, prompt="New password")
+    version = session.vault.change_password_with(recovered, new)
     ctx.output.result({"changed": True, "version": version}, "password changed")
 
 
 @vault.command("delete")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
 @pass_context
-def vault_delete(ctx: Context, yes: bool) -> None:
-    """Delete your key from the vault. Backups then open only with a recovery code."""
+def vault_delete(ctx: Context, yes: bool, password_stdin: bool) -> None:
+    """Delete your key from the vault (proving the password first). Backups made with it
+    then open only with a recovery code. A key already destroyed by wrong guesses is
+    cleared without a password, so that a new one can be registered."""
+    session = ctx.config().session(notify=ctx.output.note)
+    status = session.vault.status()
+    if status.status == EntryStatus.EMPTY:
+        raise NotRegistered()
+    if status.status == EntryStatus.DESTROYED:
+        if not yes and not click.confirm(
+            "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
+            default=False,
+        ):
+            raise click.exceptions.Abort()
+        version = session.vault.delete()
+        ctx.output.result(
+            {"deleted": True, "version": version, "was": "destroyed"},
+            "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
+        )
+        return
+    ctx.output.note(
+        "warning: after this, backups made with your password can no longer be opened"
+        " (backups made with --recovery-code still open with their code)"
+    )
     if not yes and not click.confirm("Delete the key from the vault?", default=False):
         raise click.exceptions.Abort()
-    version = ctx.config().vault().delete()
-    ctx.output.result({"deleted": True, "version": version}, "key deleted from the vault")
+    recovered = session.vault.recover(_password(password_stdin))
+    version = session.vault.delete(recovered.grant)
+    ctx.output.result(
+        {"deleted": True, "version": version, "was": "live"}, "key deleted from the vault"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -16,7 +16,6 @@ from backupvault.cli.main import Context, cli, pass_context
 from backupvault.cli.operator import fleet, local
 from backupvault.client.config import ClientConfig
 from backupvault.client.trust import load_operator_key, load_witness_verifier
-from backupvault.crypto.seal import Kem
 from backupvault.deploy.local import LocalDeployment
 from backupvault.deploy.records import deploy, next_epoch, save_bundle, submit
 from backupvault.deploy.verify import (
@@ -28,7 +27,7 @@ from backupvault.deploy.verify import (
 )
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.node.config import FleetDescription
-from backupvault.relay.auth import load_operator_private_key
+from backupvault.tokens import load_operator_private_key
 from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
 from backupvault.transparency.measure import (
     FirmwareConfig,
@@ -141,15 +140,11 @@ def fleet_deploy(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Take the configuration from this fleet.toml.",
 )
-@click.option("--guess-limit", type=int, help="Without --fleet-file: the default guess limit.")
-@click.option("--nodes", "node_count", type=int, help="Without --fleet-file: the node count.")
-@click.option("--quorum", type=int, help="Default: a majority of the nodes.")
 @click.option(
-    "--kem",
-    type=click.Choice([k.name for k in Kem]),
-    default=Kem.MLKEM768_X25519.name,
-    show_default=True,
-    help="Without --fleet-file: the fleet key type.",
+    "--record",
+    "record_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Or from this deployment record (deployment.bin, or an operator-signed record).",
 )
 @click.option(
     "--package-dir",
@@ -158,21 +153,17 @@ def fleet_deploy(
 )
 @pass_context
 def fleet_measure(
-    ctx: Context,
-    fleet_file: Path | None,
-    guess_limit: int | None,
-    node_count: int | None,
-    quorum: int | None,
-    kem: str,
-    package_dir: Path | None,
+    ctx: Context, fleet_file: Path | None, record_file: Path | None, package_dir: Path | None
 ) -> None:
     """Print the firmware measurement (and what went into it) for anyone to recompute."""
+    if (fleet_file is None) == (record_file is None):
+        raise UsageError("give --fleet-file or --record (one of them)")
     if fleet_file is not None:
         config = FleetDescription.load(fleet_file).firmware_config()
-    elif guess_limit is None or node_count is None:
-        raise UsageError("give --fleet-file, or --guess-limit and --nodes (and --kem)")
     else:
-        config = FirmwareConfig(guess_limit, quorum or node_count // 2 + 1, node_count, Kem[kem])
+        assert record_file is not None
+        signed = OperatorSignedRecord.from_bytes(record_file.read_bytes())
+        config = FirmwareConfig.of_record(signed.deployment())
     root = default_package_dir() if package_dir is None else package_dir.resolve()
     package = measure_package(root)
     measurement = combine(package, config)
@@ -188,6 +179,9 @@ def fleet_measure(
         "quorum": config.quorum,
         "node_count": config.node_count,
         "kem": config.kem.name,
+        "relay_public_keys": [k.hex() for k in config.relay_public_keys],
+        "account_issuer": config.account_issuer,
+        "account_issuer_public_key": config.account_issuer_public_key.hex(),
         "measurement": measurement.hex(),
     }
     text = "\n".join(f"{k}: {v}" for k, v in data.items())

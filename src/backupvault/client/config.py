@@ -4,7 +4,8 @@ Pinned fleet keys (the default, `trust = "pinned"`):
 
     relay_url = "http://127.0.0.1:7100"
     account = "local-user"
-    token = "<account JWT from the operator>"
+    token = "<account JWT for the relay, from the account issuer>"
+    fleet_token = "<account JWT for the fleet: only ever sent inside the seal>"
     fleet_id = "<hex>"
     fleet_public_key = "<hex: kem id || HPKE public key>"     # pinned
     opaque_server_public_key = "<hex>"                       # pinned
@@ -14,7 +15,7 @@ Pinned fleet keys (the default, `trust = "pinned"`):
 Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transparency.md):
 
     trust = "ota"
-    relay_url, account, token, entry, storage                 # as above
+    relay_url, account, token, fleet_token, entry, storage    # as above
     operator_public_key = "<64 hex, or a PEM file>"           # signs deployment records
     witness_public_key = "<name+id+base64 note verifier key>" # the witness's vkey
     witness_name = "<the witness's name>"                     # optional with a vkey
@@ -28,6 +29,7 @@ Relative paths are relative to the config file.
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +56,9 @@ class ClientConfig:
     relay_url: str
     account: str
     token: str
+    #: The account's token for the vault nodes (audience: the fleet), sealed with every
+    #: request so that the relay never sees it.
+    fleet_token: str
     #: Pinned mode: the fleet's keys. OTA mode: `fleet_id` optionally names the expected
     #: fleet; the keys come from the verified bundle.
     fleet_id: bytes | None
@@ -83,6 +88,7 @@ class ClientConfig:
                 "relay_url": str(data["relay_url"]),
                 "account": str(data["account"]),
                 "token": str(data["token"]),
+                "fleet_token": str(data["fleet_token"]),
                 "entry": str(data.get("entry", DEFAULT_ENTRY)),
                 "storage": data.get("storage"),
                 "trust": trust,
@@ -131,6 +137,7 @@ class ClientConfig:
         *,
         ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
         http: httpx.Client | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> FleetSession:
         """The vault: the pinned fleet, or (OTA) the fleet of the relay's bundle once it is
         verified; the verification happens here, before anything else is sent."""
@@ -143,6 +150,8 @@ class ClientConfig:
                 entry=self.entry,
                 ksf_params=ksf_params,
                 http=http,
+                fleet_token=self.fleet_token,
+                notify=notify,
             )
         assert self.fleet_id is not None and self.fleet_public_key is not None
         assert self.opaque_server_public_key is not None
@@ -157,6 +166,8 @@ class ClientConfig:
                 entry=self.entry,
                 ksf_params=ksf_params,
                 http=http,
+                fleet_token=self.fleet_token,
+                notify=notify,
             )
         )
 

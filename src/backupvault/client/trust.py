@@ -31,8 +31,8 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +48,7 @@ from backupvault.client.errors import (
     NotRegistered,
     VaultError,
 )
-from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus
@@ -299,15 +299,6 @@ class OtaTrust:
 # ---- sessions -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Recovered:
-    root_key: bytes
-    #: For a password change on the fleet it was recovered from (empty after a migration).
-    grant: bytes
-    #: The epoch the entry was migrated from, or None.
-    migrated_from: int | None = None
-
-
 class FleetSession:
     """The vault as a client sees it: the current (verified or pinned) fleet, and for OTA
     clients the older epochs their entry may still be on."""
@@ -325,7 +316,7 @@ class FleetSession:
     def older(self) -> Iterator[tuple[int, VaultClient]]:
         return self._older if self._older is not None else iter(())
 
-    def migrate(self, password: str) -> Recovered | None:
+    def migrate(self, password: str) -> Recovery | None:
         """If the entry is on an older epoch, recover it there, register the same root key
         behind the same password here, and delete the old entry. None if there is none."""
         for epoch, old in self.older():
@@ -341,26 +332,26 @@ class FleetSession:
                 raise Destroyed()
             if status.status != EntryStatus.LIVE:
                 continue
-            root_key, _ = old.recover(password)
+            recovered = old.recover(password)
             try:
-                self.vault.register(password, root_key, status.guess_limit)
+                self.vault.register(password, recovered.root_key, status.guess_limit)
             except AlreadyRegistered:
                 # Another device migrated it meanwhile: it is the same key, behind the same
                 # password, on the current fleet.
-                return Recovered(*self.vault.recover(password), epoch)
-            # The old entry is deleted so the old fleet can be retired; if that fails it
-            # goes away with that fleet.
+                return replace(self.vault.recover(password), migrated_from=epoch)
+            # The old entry is deleted (with the old recovery's grant) so the old fleet can
+            # be retired; if that fails it goes away with that fleet.
             with contextlib.suppress(VaultError):
-                old.delete()
-            return Recovered(root_key, b"", epoch)
+                old.delete(recovered.grant)
+            # The grant was for the old fleet: a password change here needs a new recovery.
+            return replace(recovered, grant=b"", migrated_from=epoch)
         return None
 
-    def recover_or_migrate(self, password: str) -> Recovered:
+    def recover_or_migrate(self, password: str) -> Recovery:
         """The root key behind `password`, from the current fleet, or migrated to it."""
         status = self.vault.status()
         if status.status == EntryStatus.LIVE:
-            root_key, grant = self.vault.recover(password)
-            return Recovered(root_key, grant)
+            return self.vault.recover(password)
         if status.status == EntryStatus.DESTROYED:
             raise Destroyed()
         migrated = self.migrate(password)
@@ -378,6 +369,8 @@ def ota_session(
     entry: str = DEFAULT_ENTRY,
     ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
     http: httpx.Client | None = None,
+    fleet_token: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> FleetSession:
     """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
     return a session on that fleet."""
@@ -397,6 +390,8 @@ def ota_session(
             ksf_params=ksf_params,
             http=client,
             epoch=record.epoch,
+            fleet_token=fleet_token,
+            notify=notify,
         )
 
     def older() -> Iterator[tuple[int, VaultClient]]:

@@ -67,7 +67,11 @@ def validate_element(element: bytes, what: str = "group element") -> bytes:
     if not isinstance(element, bytes | bytearray) or len(element) != ELEMENT_LEN:
         raise InvalidInput(f"{what}: expected {ELEMENT_LEN} bytes")
     element = bytes(element)
-    # libsodium rejects non-canonical encodings and the identity (RFC 9497 §4.1: the
+    # RFC 9496 §4.3.1: a canonical encoding is a field element below p, so bit 255 is
+    # clear; libsodium's check ignores that bit, so it is refused here first.
+    if element[31] & 0x80:
+        raise InvalidInput(f"{what}: not a canonical ristretto255 encoding (bit 255 set)")
+    # libsodium rejects other non-canonical encodings and the identity (RFC 9497 §4.1: the
     # identity is never a valid input or output element).
     if element == _IDENTITY or not pysodium.crypto_core_ristretto255_is_valid_point(element):
         raise InvalidInput(f"{what}: not a valid ristretto255 point (or the identity)")

@@ -11,7 +11,9 @@ started as background processes. `DIR` holds everything:
     DIR/witness/              the witness: witness.toml, its own key, its SQLite log
     DIR/relay.toml            relay config; DIR/operator.key, operator.pub: the operator's
                               key (signs account tokens and, here, deployment records)
-    DIR/client.toml           a client with pinned fleet keys (relay URL, keys, a token)
+    DIR/relay-signing.key     the relay's key: signs every request it forwards to a node
+                              (fleet.toml lists its public half)
+    DIR/client.toml           a client with pinned fleet keys (relay URL, keys, tokens)
     DIR/client-ota.toml       a client that takes fleet keys over the air (operator and
                               witness keys; state in client-ota-state.json)
     DIR/processes.json        pids and ports of the running processes
@@ -38,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
@@ -49,17 +52,21 @@ from backupvault.deploy.records import (
     submit,
 )
 from backupvault.errors import BackupVaultError
+from backupvault.files import replace_secret_file, write_new_file
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.main import TRANSFER
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
-from backupvault.relay.auth import (
+from backupvault.tokens import (
+    fleet_audience,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
+    private_key_pem,
     save_operator_key,
 )
 from backupvault.transparency import OperatorSignedRecord, Signer
+from backupvault.transparency.record import raw_public_key
 
 HOST = "127.0.0.1"
 ISSUER = "backupvault-local"
@@ -67,6 +74,7 @@ AUDIENCE = "backupvault-relay"
 ACCOUNT = "local-user"
 TOKEN_TTL = 30 * 24 * 3600
 WITNESS_NAME = "witness.local/backupvault"
+RELAY_KEY = "relay-signing.key"
 
 
 class DeploymentError(BackupVaultError):
@@ -140,6 +148,7 @@ class LocalDeployment:
 
         operator = generate_operator_key()
         save_operator_key(operator, self.root / "operator.key", self.root / "operator.pub")
+        write_new_file(self.root / RELAY_KEY, private_key_pem(generate_operator_key()))
         fleet_id = os.urandom(16)
         self._provision_witness(witness_port, fleet_id)
         self.start_witness()  # starts while the nodes are provisioned
@@ -182,6 +191,9 @@ class LocalDeployment:
             nodes=tuple(
                 FleetNode(i, f"http://{HOST}:{node_ports[i]}", identities[i]) for i in range(nodes)
             ),
+            relay_public_keys=(raw_public_key(self._relay_key()),),
+            account_issuer=ISSUER,
+            account_issuer_public_key=raw_public_key(self._operator_key()),
         )
         del fleet_secrets
         fleet.save(fleet_dir / "fleet.toml")
@@ -189,6 +201,9 @@ class LocalDeployment:
 
     def _operator_key(self) -> Ed25519PrivateKey:
         return load_operator_private_key(self.root / "operator.key")
+
+    def _relay_key(self) -> Ed25519PrivateKey:
+        return load_operator_private_key(self.root / RELAY_KEY)
 
     def _deploy_and_log(self, fleet_file: Path, epoch: int) -> Path:
         """`fleet deploy` for this fleet file: measure, sign (the local operator key also
@@ -208,15 +223,7 @@ class LocalDeployment:
         local operator key (a real witness is run by someone else)."""
         self.witness_dir.mkdir(exist_ok=True)
         key = Ed25519PrivateKey.generate()
-        key_file = self.witness_dir / "witness.key"
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
+        write_new_file(self.witness_dir / "witness.key", private_key_pem(key))
         write_toml(
             self.witness_dir / "witness.toml",
             {
@@ -249,6 +256,7 @@ class LocalDeployment:
             "issuer": ISSUER,
             "audience": AUDIENCE,
             "operator_public_key": "operator.pub",
+            "signing_key": RELAY_KEY,
             "bundle_file": str(bundle_file.relative_to(self.root)),
             "witness_url": self.witness_url(),
             **(extra or {}),
@@ -261,54 +269,56 @@ class LocalDeployment:
         write_toml(self.root / "relay.toml", {"listen": f"{HOST}:{port}", "relay": relay})
 
     def write_client_config(self, fleet: FleetDescription, relay_url: str, account: str) -> None:
-        path = self.root / "client.toml"
-        write_toml(
-            path,
-            {
-                "relay_url": relay_url,
-                "account": account,
-                "token": self._token(account),
-                "fleet_id": fleet.fleet_id.hex(),
-                "fleet_public_key": fleet.hpke_public_key.hex(),
-                "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
-            },
-        )
-        path.chmod(0o600)
+        config = {
+            "relay_url": relay_url,
+            "account": account,
+            "token": self._token(account),
+            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            "fleet_id": fleet.fleet_id.hex(),
+            "fleet_public_key": fleet.hpke_public_key.hex(),
+            "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
+        }
+        replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
 
     def write_ota_client_config(
         self, fleet: FleetDescription, relay_url: str, account: str
     ) -> None:
         """A client that ships with the operator and witness keys only (no fleet keys)."""
-        path = self.root / "client-ota.toml"
         operator = self._operator_key().public_key()
-        write_toml(
-            path,
-            {
-                "trust": "ota",
-                "relay_url": relay_url,
-                "account": account,
-                "token": self._token(account),
-                "fleet_id": fleet.fleet_id.hex(),
-                "operator_public_key": operator.public_bytes_raw().hex(),
-                "witness_public_key": self.witness_vkey(),
-                "witness_name": WITNESS_NAME,
-                "state_file": "client-ota-state.json",
-            },
-        )
-        path.chmod(0o600)
+        config = {
+            "trust": "ota",
+            "relay_url": relay_url,
+            "account": account,
+            "token": self._token(account),
+            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            "fleet_id": fleet.fleet_id.hex(),
+            "operator_public_key": operator.public_bytes_raw().hex(),
+            "witness_public_key": self.witness_vkey(),
+            "witness_name": WITNESS_NAME,
+            "state_file": "client-ota-state.json",
+        }
+        replace_secret_file(self.root / "client-ota.toml", tomli_w.dumps(config).encode())
 
     def _token(self, account: str) -> str:
         return mint_token(
             self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
         )
 
+    def _fleet_token(self, account: str, fleet_id: bytes) -> str:
+        """The account's token for the nodes (only ever sent inside the seal)."""
+        return mint_token(
+            self._operator_key(),
+            account,
+            issuer=ISSUER,
+            audience=fleet_audience(fleet_id),
+            ttl_seconds=TOKEN_TTL,
+        )
+
     def _provision_node(self, fleet_dir: Path, epoch: int, index: int, port: int) -> bytes:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
-        pin_file = node_dir / "token.pin"
         pin = secrets.token_hex(8)
-        pin_file.write_text(pin)
-        pin_file.chmod(0o600)
+        write_new_file(node_dir / "token.pin", pin.encode())
         label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
         token = init_softhsm_token(node_dir / "hsm", label, pin, pin + "so")
         assert token.softhsm2_conf is not None
@@ -374,7 +384,15 @@ class LocalDeployment:
         previous = [(self.fleet(e), self._refresh_bundle(e)) for e in reversed(self.epochs()[:-1])]
         relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
         relay = relay_toml["relay"]
-        managed = {"nodes", "bundle_file", "witness_url", "previous_fleets", "issuer", "audience"}
+        managed = {
+            "nodes",
+            "bundle_file",
+            "witness_url",
+            "previous_fleets",
+            "issuer",
+            "audience",
+            "signing_key",
+        }
         kept = {k: v for k, v in relay.items() if k not in managed | {"operator_public_key"}}
         port = int(str(relay_toml["listen"]).rpartition(":")[2])
         self._write_relay_config(port, fleet, bundle, previous, kept)

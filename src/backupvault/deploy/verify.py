@@ -263,10 +263,7 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
 
 def local_measurement(record: DeploymentRecord, package_dir: Path | None = None) -> bytes:
     """This machine's package measured with the record's configuration."""
-    config = FirmwareConfig(
-        record.guess_limit, record.quorum, len(record.nodes), record.fleet_public_key.kem
-    )
-    return combine(measure_package(package_dir), config)
+    return combine(measure_package(package_dir), FirmwareConfig.of_record(record))
 
 
 def verify_deployment(

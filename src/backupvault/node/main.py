@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import BackupVaultError
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
+from backupvault.hop import HopVerifier
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
@@ -29,6 +31,7 @@ from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.node.token import SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
+from backupvault.tokens import TokenVerifier, fleet_audience
 from backupvault.transparency.measure import combine, default_package_dir, measure_package
 
 log = logging.getLogger("backupvault.node")
@@ -182,10 +185,15 @@ def build_service(config: NodeConfig) -> NodeService:
         os.urandom,
     )
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    accounts = TokenVerifier(
+        Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),
+        issuer=fleet.account_issuer,
+        audience=fleet_audience(fleet.fleet_id),
+    )
     return NodeService(
         config.index,
         {n.index: n.url for n in fleet.nodes},
-        VaultFirmware(keys.fleet, os.urandom),
+        VaultFirmware(keys.fleet, os.urandom, accounts),
         channel,
         store,
     )
@@ -200,6 +208,8 @@ def serve(config_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer message is noise
     # Before any secret is unsealed: a node with other code does not join the fleet.
-    measurement = check_measurement(config, FleetDescription.load(config.fleet_file))
-    app = create_app(build_service(config), measurement=measurement)
+    fleet = FleetDescription.load(config.fleet_file)
+    measurement = check_measurement(config, fleet)
+    hop = HopVerifier(config.index, fleet.relay_public_keys)
+    app = create_app(build_service(config), hop, measurement=measurement)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

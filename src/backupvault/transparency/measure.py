@@ -8,8 +8,11 @@ over every regular file under the installed `backupvault` package directory, ski
 `__pycache__` directories and `*.pyc`/`*.pyo` files. Only paths and contents count: not
 the directory the package sits in, not mtimes, owners or permissions.
 
-    config encoding = "backupvault-config-v1\\n" || u64 guess_limit || u64 quorum
+    config encoding = "backupvault-config-v2\\n" || u64 guess_limit || u64 quorum
                       || u64 node_count || u16 kem id
+                      || u16 relay key count || each relay's Ed25519 public key (32)
+                      || u16 len(account issuer) || account issuer (UTF-8)
+                      || account issuer's Ed25519 public key (32)
     measurement     = SHA-256( "backupvault-firmware-v1\\n" || package digest (32)
                                || config encoding )
 
@@ -23,12 +26,16 @@ import hashlib
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from backupvault.crypto.seal import Kem
 from backupvault.transparency.errors import Malformed
 
+if TYPE_CHECKING:
+    from backupvault.transparency.record import DeploymentRecord
+
 PACKAGE_DOMAIN = b"backupvault-measurement-v1\n"
-CONFIG_DOMAIN = b"backupvault-config-v1\n"
+CONFIG_DOMAIN = b"backupvault-config-v2\n"
 FIRMWARE_DOMAIN = b"backupvault-firmware-v1\n"
 _SKIP_SUFFIXES = (".pyc", ".pyo")
 _CHUNK = 1 << 20
@@ -81,6 +88,10 @@ class FirmwareConfig:
     quorum: int
     node_count: int
     kem: Kem
+    #: Who the nodes answer (relay keys) and whose fleet tokens they accept.
+    relay_public_keys: tuple[bytes, ...]
+    account_issuer: str
+    account_issuer_public_key: bytes
 
     def __post_init__(self) -> None:
         for name in ("guess_limit", "quorum", "node_count"):
@@ -89,10 +100,35 @@ class FirmwareConfig:
                 raise Malformed(f"{name} must be a positive u64")
         if not isinstance(self.kem, Kem):
             raise Malformed("kem must be a backupvault.crypto.seal.Kem")
+        keys = (*self.relay_public_keys, self.account_issuer_public_key)
+        if not 1 <= len(self.relay_public_keys) < 1 << 16 or any(len(k) != 32 for k in keys):
+            raise Malformed("relay and issuer keys are 32-byte Ed25519 keys, at least one relay")
+        if not 0 < len(self.account_issuer.encode()) < 1 << 16:
+            raise Malformed("the account issuer must be named")
+
+    @classmethod
+    def of_record(cls, record: DeploymentRecord) -> FirmwareConfig:
+        """The configuration a deployment record names."""
+        return cls(
+            record.guess_limit,
+            record.quorum,
+            len(record.nodes),
+            record.fleet_public_key.kem,
+            tuple(record.relay_public_keys),
+            record.account_issuer,
+            record.account_issuer_public_key,
+        )
 
     def to_bytes(self) -> bytes:
-        return CONFIG_DOMAIN + struct.pack(
-            ">QQQH", self.guess_limit, self.quorum, self.node_count, int(self.kem)
+        issuer = self.account_issuer.encode()
+        return (
+            CONFIG_DOMAIN
+            + struct.pack(">QQQH", self.guess_limit, self.quorum, self.node_count, int(self.kem))
+            + struct.pack(">H", len(self.relay_public_keys))
+            + b"".join(self.relay_public_keys)
+            + struct.pack(">H", len(issuer))
+            + issuer
+            + self.account_issuer_public_key
         )
 
 
@@ -103,15 +139,7 @@ def combine(package_digest: bytes, config: FirmwareConfig) -> bytes:
     return hashlib.sha256(FIRMWARE_DOMAIN + package_digest + config.to_bytes()).digest()
 
 
-def measure(
-    *,
-    guess_limit: int,
-    quorum: int,
-    node_count: int,
-    kem: Kem,
-    package_dir: Path | None = None,
-) -> bytes:
+def measure(config: FirmwareConfig, package_dir: Path | None = None) -> bytes:
     """The firmware measurement of the package at `package_dir` (default: the installed one)
     running with this configuration; this is what a DeploymentRecord's `measurement` holds."""
-    config = FirmwareConfig(guess_limit, quorum, node_count, kem)
     return combine(measure_package(package_dir), config)
