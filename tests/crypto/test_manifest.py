@@ -4,12 +4,13 @@ opening through a threshold evaluation, the t-identical rule, and tampering."""
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import struct
 
 import pytest
 
 from backupvault.crypto import manifest, oprf, owner, threshold
-from backupvault.crypto.ksf import Argon2idParams
+from backupvault.crypto.ksf import DEFAULT_ARGON2ID, Argon2idParams
 from backupvault.crypto.manifest import Manifest
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
@@ -64,21 +65,47 @@ def test_manifest_bytes_are_exact() -> None:
     m = reg.manifest
     encoded = m.to_bytes()
     ksf = TINY_ARGON2.to_bytes()
-    header = (
+    bound = (
         b"BVM1"
-        + struct.pack(">QQH", 1, 4, 32)
+        + struct.pack(">QH", 1, 32)
         + FLEET
         + b"\x05alice"
         + b"\x0fbackup-root-key"
         + b"\x05\x03"
-        + b"".join(m.commitments.elements)
         + struct.pack(">H", len(ksf))
         + ksf
+        + m.commitments.elements[0]
     )
-    assert m.header() == header
-    assert encoded == header + m.record.to_bytes() + m.pk_auth + b"\x00\x3c" + m.wrapped_root_key
-    assert len(encoded) == len(header) + 192 + 32 + 2 + 60
+    assert m.bound_part() == bound
+    assert m.binding() == hashlib.sha512(b"backupvault/manifest/v1" + bound).digest()
+    rest = (
+        struct.pack(">Q", 4)
+        + m.commitments.elements[1]
+        + m.commitments.elements[2]
+        + m.record.to_bytes()
+        + m.pk_auth
+        + b"\x00\x3c"
+        + m.wrapped_root_key
+    )
+    assert encoded == bound + rest
+    assert len(encoded) == len(bound) + 8 + 64 + 192 + 32 + 2 + 60
     assert Manifest.from_bytes(encoded) == m
+
+
+def test_default_manifest_size() -> None:
+    # docs/threshold.md quotes this size for the default KSF and t = 3.
+    reg = manifest.register(
+        PASSWORD,
+        ROOT_KEY,
+        fleet_id=FLEET,
+        account="alice",
+        entry="backup-root-key",
+        epoch=1,
+        nodes=5,
+        threshold_count=3,
+        ksf=DEFAULT_ARGON2ID,
+    )
+    assert len(reg.manifest.to_bytes()) == 493
 
 
 @pytest.mark.parametrize(
@@ -94,7 +121,7 @@ def test_malformed_manifest_bytes_are_refused(mangle: object) -> None:
 
 def test_threshold_above_nodes_is_refused() -> None:
     encoded = bytearray(_register().manifest.to_bytes())
-    position = 4 + 18 + 32 + 6 + 16  # the nodes byte
+    position = 4 + 10 + 32 + 6 + 16  # the nodes byte
     assert encoded[position : position + 2] == b"\x05\x03"
     encoded[position] = 2
     with pytest.raises(InvalidInput, match="threshold"):
@@ -103,17 +130,32 @@ def test_threshold_above_nodes_is_refused() -> None:
 
 @pytest.mark.parametrize(
     "changes",
-    [{"epoch": 5}, {"version": 2}, {"account": "mallory"}, {"entry": "other"}, {"nodes": 7}],
-    ids=["epoch", "version", "account", "entry", "nodes"],
+    [{"version": 2}, {"account": "mallory"}, {"entry": "other"}, {"nodes": 7}],
+    ids=["version", "account", "entry", "nodes"],
 )
-def test_an_altered_header_does_not_open(changes: dict[str, object]) -> None:
-    # The envelope's server_identity is H(header): a manifest with any header field
+def test_an_altered_bound_field_does_not_open(changes: dict[str, object]) -> None:
+    # The envelope's server_identity is H(bound part): a manifest with any bound field
     # changed fails like a wrong password, even with the right OPRF output.
     reg = _register()
     output = _recover_output(reg, [1, 2, 3], PASSWORD)
     altered = dataclasses.replace(reg.manifest, **changes)
     with pytest.raises(WrongKey):
         manifest.open_entry(altered, output)
+
+
+def test_epoch_and_higher_commitments_are_guarded_by_the_share_check() -> None:
+    # Not password-bound (a proactive refresh changes them), so a manifest with another
+    # epoch still opens; but a substituted C_1 makes every honest node refuse its share,
+    # and the t-identical rule keeps a minority's version from the client.
+    reg = _register()
+    output = _recover_output(reg, [1, 2, 3], PASSWORD)
+    assert manifest.open_entry(dataclasses.replace(reg.manifest, epoch=9), output)[1] == ROOT_KEY
+    elements = list(reg.manifest.commitments.elements)
+    elements[1] = oprf.scalar_mult_base(oprf.random_scalar())
+    forged = threshold.Commitments(tuple(elements))
+    for share in reg.shares:
+        with pytest.raises(AuthenticationFailed):
+            threshold.verify_share(share, forged)
 
 
 def test_altered_ksf_pk_auth_or_wrapped_root_key_is_refused() -> None:

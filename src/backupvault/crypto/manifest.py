@@ -10,7 +10,6 @@ Encoding (integers big-endian), in this order:
 
     magic           4   "BVM1"
     version         8   u64, 1 for a new entry, +1 per password change
-    epoch           8   u64, the node-set epoch of the deployment record
     fleet_id_len    2   u16, 1..65535
     fleet_id
     account_len     1   u8, 1..255
@@ -19,20 +18,25 @@ Encoding (integers big-endian), in this order:
     entry               UTF-8
     nodes           1   u8, N (share indices are 1..N)
     threshold       1   u8, t (1 ≤ t ≤ N)
-    commitments    32·t C_0 … C_{t−1}
     ksf_len         2   u16
     ksf                 Argon2idParams encoding (crypto/ksf.py)
-    ---- end of the header: binding = SHA-512("backupvault/manifest/v1" ‖ header) ----
+    C_0            32   k·G
+    ---- end of the bound part: binding = SHA-512("backupvault/manifest/v1" ‖ bound part)
+    epoch           8   u64, the node-set epoch of the deployment record
+    C_1 … C_{t−1} 32·(t−1)
     record        192   client_public_key (32) ‖ masking_key (64) ‖ envelope (96)
     pk_auth        32   Ed25519 public key (crypto/owner.py)
     wrapped_len     2   u16
     wrapped_root_key    nonce (12) ‖ AES-256-GCM(wrap key, nonce, root key, aad = binding)
 
 The envelope is made with server_public_key = C_0 and server_identity = binding, so the
-password authenticates the header. The header cannot include pk_auth and the wrapped root
-key (both come from export_key, which Store makes together with the envelope); the client
-authenticates them after opening the envelope instead: pk_auth must equal the key it
-derives from export_key, and the wrapped root key is AEAD under a key from export_key.
+password authenticates the bound part. The epoch and C_1 … C_{t−1} stay outside it, so a
+proactive refresh (new shares of the same k for a new node set) can change them without
+the password; they are guarded by each node's share check and the t-identical rule. The
+bound part cannot include pk_auth and the wrapped root key (both come from export_key,
+which Store makes together with the envelope); the client authenticates them after
+opening the envelope: pk_auth must equal the key it derives from export_key, and the
+wrapped root key is AEAD under a key from export_key with the binding as associated data.
 """
 
 from __future__ import annotations
@@ -84,7 +88,13 @@ class Manifest:
     wrapped_root_key: bytes
 
     def __post_init__(self) -> None:
-        self.header()  # validates every header field
+        self.bound_part()  # validates the bound fields
+        if (
+            not isinstance(self.epoch, int)
+            or isinstance(self.epoch, bool)
+            or not (0 <= self.epoch <= _U64_MAX)
+        ):
+            raise InvalidInput("manifest epoch: an integer 0..2^64-1")
         if not isinstance(self.pk_auth, bytes) or len(self.pk_auth) != owner.PUBLIC_KEY_LEN:
             raise InvalidInput(f"manifest pk_auth: expected {owner.PUBLIC_KEY_LEN} bytes")
         if not isinstance(self.wrapped_root_key, bytes) or len(self.wrapped_root_key) != (
@@ -96,10 +106,9 @@ class Manifest:
     def threshold(self) -> int:
         return self.commitments.threshold
 
-    def header(self) -> bytes:
-        return encode_header(
+    def bound_part(self) -> bytes:
+        return encode_bound_part(
             self.version,
-            self.epoch,
             self.fleet_id,
             self.account,
             self.entry,
@@ -109,12 +118,14 @@ class Manifest:
         )
 
     def binding(self) -> bytes:
-        """H(header): the envelope's server_identity."""
-        return binding_of(self.header())
+        """H(bound part): the envelope's server_identity."""
+        return binding_of(self.bound_part())
 
     def to_bytes(self) -> bytes:
         return (
-            self.header()
+            self.bound_part()
+            + struct.pack(">Q", self.epoch)
+            + b"".join(self.commitments.elements[1:])
             + self.record.to_bytes()
             + self.pk_auth
             + struct.pack(">H", len(self.wrapped_root_key))
@@ -126,14 +137,17 @@ class Manifest:
         reader = _Reader(data)
         if reader.take(4) != MAGIC:
             raise InvalidInput("manifest: wrong magic (not a BVM1 manifest)")
-        version, epoch, fleet_len = struct.unpack(">QQH", reader.take(18))
+        version, fleet_len = struct.unpack(">QH", reader.take(10))
         fleet_id = reader.take(fleet_len)
         account = reader.text(reader.take(1)[0])
         entry = reader.text(reader.take(1)[0])
         nodes, t = reader.take(2)
         threshold.check_threshold(t, nodes)
-        commitments = threshold.Commitments.from_bytes(reader.take(oprf.ELEMENT_LEN * t))
         ksf = Argon2idParams.from_bytes(reader.take(struct.unpack(">H", reader.take(2))[0]))
+        public_key = reader.take(oprf.ELEMENT_LEN)
+        (epoch,) = struct.unpack(">Q", reader.take(8))
+        higher = reader.take(oprf.ELEMENT_LEN * (t - 1))
+        commitments = threshold.Commitments.from_bytes(public_key + higher)
         record = RegistrationRecord.from_bytes(reader.take(RegistrationRecord.ENCODED_LEN))
         pk_auth = reader.take(owner.PUBLIC_KEY_LEN)
         wrapped = reader.take(struct.unpack(">H", reader.take(2))[0])
@@ -178,9 +192,8 @@ class _Reader:
             raise InvalidInput("manifest: trailing bytes")
 
 
-def encode_header(
+def encode_bound_part(
     version: int,
-    epoch: int,
     fleet_id: bytes,
     account: str,
     entry: str,
@@ -188,10 +201,9 @@ def encode_header(
     commitments: threshold.Commitments,
     ksf: Argon2idParams,
 ) -> bytes:
-    """The header bytes (module docstring); InvalidInput for any field out of range."""
-    for name, value in (("version", version), ("epoch", epoch)):
-        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= _U64_MAX:
-            raise InvalidInput(f"manifest {name}: an integer 0..2^64-1")
+    """The bound part's bytes (module docstring); InvalidInput for any field out of range."""
+    if not isinstance(version, int) or isinstance(version, bool) or not 0 <= version <= _U64_MAX:
+        raise InvalidInput("manifest version: an integer 0..2^64-1")
     if not isinstance(fleet_id, bytes) or not 1 <= len(fleet_id) <= 0xFFFF:
         raise InvalidInput("manifest fleet id: 1..65535 bytes")
     threshold.check_threshold(commitments.threshold, nodes)
@@ -203,22 +215,22 @@ def encode_header(
     return b"".join(
         (
             MAGIC,
-            struct.pack(">QQH", version, epoch, len(fleet_id)),
+            struct.pack(">QH", version, len(fleet_id)),
             fleet_id,
             bytes([len(account_bytes)]),
             account_bytes,
             bytes([len(entry_bytes)]),
             entry_bytes,
             bytes([nodes, commitments.threshold]),
-            commitments.to_bytes(),
             struct.pack(">H", len(ksf_bytes)),
             ksf_bytes,
+            commitments.public_key,
         )
     )
 
 
-def binding_of(header: bytes) -> bytes:
-    return hashlib.sha512(BINDING_LABEL + header).digest()
+def binding_of(bound_part: bytes) -> bytes:
+    return hashlib.sha512(BINDING_LABEL + bound_part).digest()
 
 
 def _wrap_key(export_key: bytes) -> bytes:
@@ -277,7 +289,7 @@ def register(
 ) -> Registration:
     """The client's whole registration computation: deal a fresh OPRF key, compute the OPRF
     output itself (no node evaluates at registration), make the envelope bound to the
-    manifest header, derive pk_auth, wrap the root key. k and the polynomial are dropped."""
+    manifest's bound part, derive pk_auth, wrap the root key. k and the polynomial are dropped."""
     if not isinstance(password, bytes):
         raise InvalidInput("password must be bytes (encode text as UTF-8)")
     if len(root_key) != ROOT_KEY_LEN:
@@ -285,7 +297,7 @@ def register(
     dealing = threshold.deal(threshold_count, nodes)
     oprf_output = oprf.evaluate(dealing.key, password)
     binding = binding_of(
-        encode_header(version, epoch, fleet_id, account, entry, nodes, dealing.commitments, ksf)
+        encode_bound_part(version, fleet_id, account, entry, nodes, dealing.commitments, ksf)
     )
     stored = opaque.store_envelope(
         oprf_output,
