@@ -1,7 +1,7 @@
 """OPRF (RFC 9497), suite ristretto255-SHA512, OPRF mode (0x00), on libsodium's ristretto255.
 
-Only the base mode is implemented: OPAQUE (RFC 9807) needs nothing else, and verifiability
-(VOPRF/POPRF) would only add a proof the vault nodes never need to send.
+This module is the base mode, which OPAQUE (RFC 9807) needs. The VOPRF proofs of the
+threshold OPRF (one per node's partial evaluation) are in `crypto/threshold.py`.
 
 Elements and scalars travel as bytes: a group element is its 32-byte ristretto255 encoding,
 a scalar its 32-byte little-endian encoding (RFC 9497 §4.1). Every element and scalar that
