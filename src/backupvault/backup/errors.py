@@ -35,3 +35,7 @@ class UnsafeArchive(InvalidInput):
 
 class StorageNotFound(StorageError):
     """The storage folder does not exist."""
+
+
+class NoSpace(BackupVaultError):
+    """The restore destination's disk is (or would be) full."""

@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import TypeVar
 
-from backupvault.backup.errors import DestinationError, UnsafeArchive
+from backupvault.backup.errors import DestinationError, NoSpace, UnsafeArchive
 
 _T = TypeVar("_T")
 
@@ -94,8 +94,8 @@ def human_size(n: int) -> str:
     raise AssertionError("unreachable")
 
 
-def no_space(needs: int, has: int) -> DestinationError:
-    return DestinationError(
+def no_space(needs: int, has: int) -> NoSpace:
+    return NoSpace(
         f"no space left on the destination's disk (needs {human_size(needs)}, "
         f"has {human_size(has)})",
         hint="free some space, or restore onto another disk",
@@ -303,7 +303,7 @@ class SafeDestination:
                 raise UnsafeArchive(f"the archive's root '.' is a {kind.value}")
             return parts
         if parts in self._kinds:
-            raise UnsafeArchive(f"the archive holds {name!r} twice")
+            raise UnsafeArchive(f"the archive holds {'/'.join(parts)!r} twice")
         self._count(parts)
         return parts
 
@@ -317,9 +317,15 @@ class SafeDestination:
         """An open descriptor of the folder that holds `parts` (cached: do not close)."""
         folder = parts[:-1]
         if folder:
-            kind = self._kinds.get(folder)
-            if kind is not Kind.FOLDER:
-                where = "/".join(folder)
+            if self._kinds.get(folder) is not Kind.FOLDER:
+                # Name the outermost part that is not one of the archive's folders.
+                depth = next(
+                    i
+                    for i in range(1, len(folder) + 1)
+                    if self._kinds.get(folder[:i]) is not Kind.FOLDER
+                )
+                kind = self._kinds.get(folder[:depth])
+                where = "/".join(folder[:depth])
                 raise UnsafeArchive(
                     f"{'/'.join(parts)!r} is under {where!r}, which is "
                     + (
@@ -363,7 +369,9 @@ class SafeDestination:
             inner = self._link_targets.get(tuple(stack))
             if inner is not None:
                 hops += 1
-                if hops > MAX_LINK_HOPS or inner.startswith("/"):
+                if hops > MAX_LINK_HOPS:
+                    return f"symbolic link to {target} goes through over {MAX_LINK_HOPS} links"
+                if inner.startswith("/"):
                     return f"symbolic link to {target} leads outside through other links"
                 stack.pop()
                 pending = inner.split("/") + pending
