@@ -170,3 +170,81 @@ def test_missing_backup_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def _rename(storage: Path, backup_id: str, when: str) -> None:
+    """What an attacker with storage access can do: give an object another time in its name."""
+    (old,) = storage.glob(f"backup-*-{backup_id}.bvb")
+    old.rename(storage / f"backup-{when}-{backup_id}.bvb")
+
+
+def test_latest_comes_from_the_authenticated_header_not_the_name(tmp_path: Path) -> None:
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+    from backupvault.crypto import recovery
+
+    root_key = recovery.new_root_key()
+    storage = tmp_path / "storage"
+    made = []
+    for text in ("first", "second", "third"):
+        (tmp_path / "note.txt").write_text(text)
+        made.append(
+            create_backup(tmp_path / "note.txt", str(storage), root_key, key_kind=KEY_RECOVERY_CODE)
+        )
+    code = recovery.encode(root_key)
+
+    def restore_latest(dest: str) -> dict[str, str]:
+        done = run(
+            "--json", "backup", "restore", "--storage", str(storage), "--to",
+            str(tmp_path / dest), "--recovery-code", "-", stdin=code + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    # The newest is renamed to look oldest, the oldest to look newest.
+    _rename(storage, made[2].backup_id, "20010101T000000.000000Z")
+    _rename(storage, made[0].backup_id, "20990101T000000.000000Z")
+    listed = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
+    assert listed["backups"][-1]["backup_id"] == made[0].backup_id  # the names say so...
+    result = restore_latest("a")  # ...but the headers say otherwise
+    assert result["backup_id"] == made[2].backup_id
+    assert result["created_at"] == made[2].created_at.isoformat()
+    assert (tmp_path / "a" / "note.txt").read_text() == "third"
+
+    # Objects swapped under each other's names entirely (ids included).
+    names = {b.backup_id: next(storage.glob(f"*{b.backup_id}.bvb")) for b in made}
+    newest, oldest = names[made[2].backup_id], names[made[0].backup_id]
+    newest.rename(tmp_path / "swap")
+    oldest.rename(newest)
+    (tmp_path / "swap").rename(oldest)
+    result = restore_latest("b")
+    assert result["backup_id"] == made[2].backup_id
+    assert (tmp_path / "b" / "note.txt").read_text() == "third"
+
+
+def test_latest_is_the_latest_this_credential_opens(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    codes = []
+    for marker in ("mine", "someone else's"):
+        (source / "notes.txt").write_text(marker)
+        created = run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        )
+        assert created.returncode == 0, created.stderr
+        codes.append(json.loads(created.stdout)["recovery_code"])
+    listed = run("backup", "list", "--storage", str(storage))
+    assert "recovery code" in listed.stdout and "2 backups" in listed.stdout
+    done = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "d"),
+        "--recovery-code", "-", stdin=codes[0] + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+    # A code that opens none of them: exit 3 and a clear message.
+    from backupvault.crypto import recovery
+
+    wrong = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "e"),
+        "--recovery-code", recovery.encode(bytes(32)),
+    )  # fmt: skip
+    assert wrong.returncode == 3
+    assert "none of the 2 backups" in wrong.stderr and not (tmp_path / "e").exists()

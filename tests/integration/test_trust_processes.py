@@ -193,10 +193,33 @@ def test_ten_wrong_guesses_in_a_tight_loop_each_say_what_is_left(
 def test_vault_delete_needs_the_password(vault: Vault, tmp_path: Path) -> None:
     config = vault.client_config(tmp_path / "client.toml", "deleting-user", "deleting-entry")
     client = vault.client("deleting-user", "deleting-entry")
-    client.register(PASSWORD, os.urandom(32))
-    wrong = vault.cli("vault", "delete", "--yes", "--password-stdin", config=config, stdin="nope\n")
+    source, storage = tmp_path / "source", tmp_path / "storage"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    made = vault.cli(
+        "backup",
+        "create",
+        str(source),
+        "--storage",
+        str(storage),
+        "--password-stdin",
+        config=config,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+    wrong = vault.cli(
+        "vault",
+        "delete",
+        "--yes",
+        "--password-stdin",
+        "--storage",
+        str(storage),
+        config=config,
+        stdin="nope\n",
+    )
     assert wrong.returncode == 3, wrong.stderr
-    assert "can no longer be opened" in wrong.stderr  # the warning comes first
+    # The warning comes first, with what would be lost.
+    assert "can no longer be opened: 1 password backup in" in wrong.stderr, wrong.stderr
     assert client.status().status == EntryStatus.LIVE
     right = vault.cli(
         "vault", "delete", "--yes", "--password-stdin", config=config, stdin=PASSWORD + "\n"
