@@ -9,7 +9,6 @@ from pathlib import Path
 
 import click
 import httpx
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import Context, cli, pass_context
@@ -26,8 +25,9 @@ from backupvault.deploy.verify import (
     verify_log,
 )
 from backupvault.errors import InvalidInput, UsageError
+from backupvault.files import write_new_file
 from backupvault.node.config import FleetDescription
-from backupvault.tokens import load_operator_private_key
+from backupvault.tokens import load_operator_private_key, private_key_pem
 from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
 from backupvault.transparency.measure import (
     FirmwareConfig,
@@ -205,18 +205,11 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str) -> None:
     clients and auditors are configured with."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "witness.key"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise InvalidInput(f"{path} exists; a witness keeps its key for the life of its log")
     key = Ed25519PrivateKey.generate()
     vkey = Signer(name, key).verifier.vkey()
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    write_new_file(path, private_key_pem(key))
     ctx.output.result({"key_file": str(path), "vkey": vkey}, f"wrote {path}\nvkey: {vkey}")
 
 

@@ -73,11 +73,18 @@ class RelayUnreachable(FleetUnavailable):
 class Unauthorized(VaultError):
     exit_code = 6
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"the relay refused the account token: {detail}",
-            hint="check the token in your config; ask the operator for a new one",
-        )
+    def __init__(self, detail: str, *, by_vault: bool = False) -> None:
+        if by_vault:
+            super().__init__(
+                f"the vault refused this account's fleet token: {detail}",
+                hint="check fleet_token (and account) in your config; ask the operator for a"
+                " new one",
+            )
+        else:
+            super().__init__(
+                f"the relay refused the account token: {detail}",
+                hint="check the token in your config; ask the operator for a new one",
+            )
 
 
 class RateLimited(VaultError):

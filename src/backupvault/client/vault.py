@@ -224,7 +224,7 @@ class VaultClient:
         if answer.status_code == 401:
             raise Unauthorized(detail)
         if answer.status_code == 403:
-            raise Unauthorized(f"the vault refused: {detail}")
+            raise Unauthorized(detail, by_vault=True)
         if answer.status_code == 429:
             raise RateLimited(answer.headers.get("retry-after", "a few"))
         if answer.status_code == 503:
