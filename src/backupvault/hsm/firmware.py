@@ -95,9 +95,18 @@ def credential_identifier(account: str, entry: str, nonce: bytes) -> bytes:
 
 
 class VaultFirmware:
-    def __init__(self, secrets: FleetSecrets, rng: Callable[[int], bytes]) -> None:
+    def __init__(
+        self,
+        secrets: FleetSecrets,
+        rng: Callable[[int], bytes],
+        *,
+        guess_limit: int = MAX_GUESS_LIMIT,
+    ) -> None:
         self.fleet_id = secrets.fleet_id
         self._rng = rng
+        #: The fleet's measured guess limit (its deployment record): an entry may ask for
+        #: fewer guesses, never more.
+        self.guess_limit = guess_limit
         self._hpke_key = FleetPrivateKey.from_bytes(secrets.hpke_private_key)
         self._setup = opaque.ServerSetup(
             oprf_seed=secrets.oprf_seed,
@@ -166,8 +175,11 @@ class VaultFirmware:
         ksf.Argon2idParams.from_bytes(request.ksf_params)
         if len(request.wrapped_root_key) != WRAPPED_ROOT_KEY_LEN:
             raise InvalidInput("wrapped root key has the wrong length")
-        if not 1 <= request.guess_limit <= MAX_GUESS_LIMIT:
-            raise InvalidInput(f"guess limit must be between 1 and {MAX_GUESS_LIMIT}")
+        if not 1 <= request.guess_limit <= min(self.guess_limit, MAX_GUESS_LIMIT):
+            raise InvalidInput(
+                f"guess limit must be between 1 and {min(self.guess_limit, MAX_GUESS_LIMIT)}"
+                " (this fleet's measured limit)"
+            )
         grant = None
         if op is Op.CHANGE_PASSWORD:
             grant = self._tickets.open(Grant, request.grant, now)
