@@ -41,6 +41,7 @@ class InProcessFleet:
         accounts = TokenVerifier(
             self.issuer.public_key(), ISSUER, fleet_audience(self.secrets.fleet_id)
         )
+        self.accounts = accounts
         self.firmware = {i: VaultFirmware(self.secrets, os.urandom, accounts) for i in range(n)}
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
         self.replicas = {i: Replica(i, range(n), self.rand.randbytes) for i in range(n)}

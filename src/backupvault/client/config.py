@@ -20,6 +20,11 @@ Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transpare
     witness_public_key = "<name+id+base64 note verifier key>" # the witness's vkey
     witness_name = "<the witness's name>"                     # optional with a vkey
     fleet_id = "<hex>"                    # optional: else the first fleet accepted is kept
+    witness_url = "https://witness.example"  # where that witness answers (fleet heads)
+    max_bundle_age = 86400                # refuse a fleet whose witness heads are older
+    [[witnesses]]                         # optional: more witnesses that must agree
+    public_key = "<vkey>"
+    url = "https://witness2.example"
     state_file = "client-state.json"      # default: <config name>-state.json next to it
     allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
 
@@ -39,6 +44,7 @@ import httpx
 from backupvault.client.trust import (
     FleetSession,
     OtaTrust,
+    WitnessEndpoint,
     load_operator_key,
     load_witness_verifier,
     ota_session,
@@ -47,6 +53,7 @@ from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import FleetPublicKey
 from backupvault.errors import InvalidInput
+from backupvault.transparency.head import DEFAULT_MAX_AGE
 
 TRUST_MODES = ("pinned", "ota")
 
@@ -112,6 +119,14 @@ class ClientConfig:
                     None if "witness_name" not in data else str(data["witness_name"]),
                 ),
                 state_file=base / str(data.get("state_file", f"{path.stem}-state.json")),
+                witness_url=str(data["witness_url"]),
+                others=tuple(
+                    WitnessEndpoint(
+                        load_witness_verifier(str(w["public_key"]), None), str(w["url"])
+                    )
+                    for w in data.get("witnesses", [])
+                ),
+                max_age=int(data.get("max_bundle_age", DEFAULT_MAX_AGE)),
                 fleet_id=fleet_id,
                 allowed_measurements=(
                     None if allowed is None else frozenset(bytes.fromhex(m) for m in allowed)

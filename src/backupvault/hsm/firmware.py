@@ -101,16 +101,25 @@ def credential_identifier(account: str, entry: str, nonce: bytes) -> bytes:
 
 class VaultFirmware:
     """`accounts` checks fleet tokens: the account issuer's key, and the audience
-    `fleet_audience(fleet_id)`."""
+    `fleet_audience(fleet_id)`. `guess_limit`: the fleet's measured limit, the most an
+    entry may ask for."""
 
     def __init__(
-        self, secrets: FleetSecrets, rng: Callable[[int], bytes], accounts: TokenVerifier
+        self,
+        secrets: FleetSecrets,
+        rng: Callable[[int], bytes],
+        accounts: TokenVerifier,
+        *,
+        guess_limit: int = MAX_GUESS_LIMIT,
     ) -> None:
         if accounts.audience != fleet_audience(secrets.fleet_id):
             raise InvalidInput("the fleet token verifier must expect this fleet's audience")
         self.fleet_id = secrets.fleet_id
         self._accounts = accounts
         self._rng = rng
+        #: The fleet's measured guess limit (its deployment record): an entry may ask for
+        #: fewer guesses, never more.
+        self.guess_limit = guess_limit
         self._hpke_key = FleetPrivateKey.from_bytes(secrets.hpke_private_key)
         self._setup = opaque.ServerSetup(
             oprf_seed=secrets.oprf_seed,
@@ -198,8 +207,11 @@ class VaultFirmware:
         ksf.Argon2idParams.from_bytes(request.ksf_params)
         if len(request.wrapped_root_key) != WRAPPED_ROOT_KEY_LEN:
             raise InvalidInput("wrapped root key has the wrong length")
-        if not 1 <= request.guess_limit <= MAX_GUESS_LIMIT:
-            raise InvalidInput(f"guess limit must be between 1 and {MAX_GUESS_LIMIT}")
+        if not 1 <= request.guess_limit <= min(self.guess_limit, MAX_GUESS_LIMIT):
+            raise InvalidInput(
+                f"guess limit must be between 1 and {min(self.guess_limit, MAX_GUESS_LIMIT)}"
+                " (this fleet's measured limit)"
+            )
         grant = None
         if op is Op.CHANGE_PASSWORD:
             grant = self._tickets.open(Grant, request.grant, now)
