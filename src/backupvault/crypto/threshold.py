@@ -467,8 +467,9 @@ def combine(commitments: Commitments, blinded: bytes, partials: Sequence[Partial
     """Check every partial against the commitments, drop and name the bad ones, and
     combine the first t good ones (by index) into k·B with Lagrange coefficients at 0.
 
-    Raises InvalidInput for duplicate node indices, NotEnoughPartials if fewer than t
-    partials verify."""
+    The caller sets each partial's index from the node it came from (its sealed channel),
+    so that a rejection names the node that sent it. Raises InvalidInput for duplicate
+    node indices, NotEnoughPartials if fewer than t partials verify."""
     oprf.validate_element(blinded, "blinded element")
     indices = [p.index for p in partials]
     duplicates = sorted({i for i in indices if indices.count(i) > 1})
