@@ -30,7 +30,7 @@ from backupvault.backup.errors import (
     SourceError,
     StorageError,
 )
-from backupvault.backup.safe import Limits, SafeDestination, Skipped, free_bytes, no_space
+from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
 from backupvault.backup.storage import (
     PartialUpload,
     Storage,
@@ -462,9 +462,8 @@ def restore_backup(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )
-            free = free_bytes(dest_path.parent)
-            if header.content_bytes > free:
-                raise no_space(header.content_bytes, free)
+            limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
+            check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
             with _staging_folder(dest_path) as (staging, default_mode):
                 reader = _DecryptingReader(
@@ -475,7 +474,6 @@ def restore_backup(
                     header.chunk_size,
                     reporter.advance,
                 )
-                limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
                 try:
                     with SafeDestination(staging, limits) as writer:
                         stats = archive.extract_archive(reader, writer)
