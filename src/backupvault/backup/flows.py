@@ -2,7 +2,9 @@
 
 Restore writes into a hidden temporary folder next to `dest` and renames it into place only
 after the final chunk of the stream authenticated; on any failure the temporary folder is
-removed and `dest` is as it was.
+removed and `dest` is as it was. It writes only through `SafeDestination` (backup/safe.py),
+within the caps of the authenticated header, after checking free space. Without an id it
+restores the newest backup its key opens, by the header's authenticated `created_at`.
 
 `dest` on restore must not exist (its parent must) or be an empty folder. Afterwards it is a
 copy of the backed-up folder (its contents, mode and mtime), or, for a backup of a single

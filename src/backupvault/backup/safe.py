@@ -146,7 +146,7 @@ class SafeDestination:
     Use: create members in archive order (`folder`, `file`, `symlink`, `hardlink`,
     `root_attributes`), then `finish()`, which creates the symbolic links and applies folder
     modes and times; `close()` (or `with`) releases the descriptors. Any refusal raises
-    `UnsafeArchive`; a full disk raises `DestinationError`. What was written so far stays:
+    `UnsafeArchive`; a full disk raises `NoSpace`. What was written so far stays:
     the caller writes into a staging folder and removes it on failure.
     """
 
