@@ -293,6 +293,8 @@ class TarReader:
             return self._member(block, _KINDS[kind], size, pax)
 
     def _check_block(self, block: bytes) -> bytes:
+        if block[257:265] == b"ustar  \x00":
+            raise UnsafeArchive(f"{_name(block)!r} has a GNU tar header, never written here")
         if block[257:265] != _USTAR_MAGIC:
             raise InvalidInput("backup archive is corrupt (not a POSIX tar header)")
         stored = _octal(block[148:156], "checksum")
