@@ -310,6 +310,8 @@ class TarReader:
         mtime_ns = _octal(block[136:148], "mtime") * 1_000_000_000
         if "mtime" in pax:
             mtime_ns = _pax_time_ns(pax["mtime"])
+        if mtime_ns >= 1 << 62:
+            raise InvalidInput("backup archive has an out-of-range time")
         if kind != "file" and size:
             raise UnsafeArchive(f"{name!r} is a {kind} with {size} bytes of data")
         self._unread = size
