@@ -327,3 +327,27 @@ def test_symlinks_that_lead_out_through_chains_are_skipped(world: World) -> None
             resolved = link.resolve()
             assert resolved == root or root in resolved.parents, link
     assert (world.home / ".bashrc").read_bytes() == BASHRC
+
+
+def test_tar_headers_the_writer_never_makes_are_refused(world: World) -> None:
+    def huge_pax(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"comment": "x" * (2 << 20)}  # 2 MiB read into memory by tarfile
+        tar.addfile(info, io.BytesIO(b""))
+
+    world.refused(huge_pax, "a pax header of 20971")
+
+    def unknown_pax(tar: tarfile.TarFile) -> None:
+        info = tarfile.TarInfo("f")
+        info.pax_headers = {"GNU.sparse.map": "0,10"}
+        tar.addfile(info, io.BytesIO(b""))
+
+    world.refused(unknown_pax, "an unsupported pax record 'GNU.sparse.map'")
+
+    def gnu_long_name(tar: tarfile.TarFile) -> None:
+        tar.format = tarfile.GNU_FORMAT
+        file(tar, "n" * 150)
+
+    world.refused(gnu_long_name, "'././@LongLink' has a GNU tar header")
+
+    world.refused(lambda tar: special(tar, "pax_global_header", tarfile.XGLTYPE), "type b'g'")

@@ -6,11 +6,13 @@ latest backup that password can open (issue 13, item 2)."""
 from __future__ import annotations
 
 import json
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from backupvault.node.config import write_toml
 from backupvault.protocol import EntryStatus
 
 from .conftest import Vault
@@ -90,3 +92,23 @@ def test_missing_entry_over_password_backups_needs_new_key(vault: Vault, tmp_pat
         assert restored.returncode == 0, restored.stderr
         assert json.loads(restored.stdout)["key"] == "password"
         assert (dest / "chat.txt").read_text() == expected
+
+
+def test_tilde_in_client_toml_is_the_home_folder(
+    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    monkeypatch.setenv("HOME", str(home))  # the CLI processes inherit it
+    config = vault.client_config(tmp_path / "client.toml", "tilde-user", "tilde-entry")
+    data = tomllib.loads(config.read_text())
+    write_toml(config, {**data, "storage": "~/cloud"})
+    source = tmp_path / "notes.txt"
+    source.write_text("hello")
+
+    created = vault.cli("backup", "create", str(source), "--recovery-code", config=config)
+    assert created.returncode == 0, created.stderr
+    assert len(list((home / "cloud").glob("backup-*.bvb"))) == 1
+    assert not (tmp_path / "~").exists() and not Path("~").exists()
+    listed = vault.cli("backup", "list", config=config)
+    assert listed.returncode == 0 and f"1 backup at {home / 'cloud'}" in listed.stdout

@@ -293,6 +293,8 @@ class TarReader:
             return self._member(block, _KINDS[kind], size, pax)
 
     def _check_block(self, block: bytes) -> bytes:
+        if block[257:265] == b"ustar  \x00":
+            raise UnsafeArchive(f"{_name(block)!r} has a GNU tar header, never written here")
         if block[257:265] != _USTAR_MAGIC:
             raise InvalidInput("backup archive is corrupt (not a POSIX tar header)")
         stored = _octal(block[148:156], "checksum")
@@ -308,6 +310,8 @@ class TarReader:
         mtime_ns = _octal(block[136:148], "mtime") * 1_000_000_000
         if "mtime" in pax:
             mtime_ns = _pax_time_ns(pax["mtime"])
+        if mtime_ns >= 1 << 62:
+            raise InvalidInput("backup archive has an out-of-range time")
         if kind != "file" and size:
             raise UnsafeArchive(f"{name!r} is a {kind} with {size} bytes of data")
         self._unread = size

@@ -2,7 +2,9 @@
 
 Restore writes into a hidden temporary folder next to `dest` and renames it into place only
 after the final chunk of the stream authenticated; on any failure the temporary folder is
-removed and `dest` is as it was.
+removed and `dest` is as it was. It writes only through `SafeDestination` (backup/safe.py),
+within the caps of the authenticated header, after checking free space. Without an id it
+restores the newest backup its key opens, by the header's authenticated `created_at`.
 
 `dest` on restore must not exist (its parent must) or be an empty folder. Afterwards it is a
 copy of the backed-up folder (its contents, mode and mtime), or, for a backup of a single
@@ -30,7 +32,7 @@ from backupvault.backup.errors import (
     SourceError,
     StorageError,
 )
-from backupvault.backup.safe import Limits, SafeDestination, Skipped, free_bytes, no_space
+from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
 from backupvault.backup.storage import (
     PartialUpload,
     Storage,
@@ -462,9 +464,8 @@ def restore_backup(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )
-            free = free_bytes(dest_path.parent)
-            if header.content_bytes > free:
-                raise no_space(header.content_bytes, free)
+            limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
+            check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
             with _staging_folder(dest_path) as (staging, default_mode):
                 reader = _DecryptingReader(
@@ -475,7 +476,6 @@ def restore_backup(
                     header.chunk_size,
                     reporter.advance,
                 )
-                limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
                 try:
                     with SafeDestination(staging, limits) as writer:
                         stats = archive.extract_archive(reader, writer)

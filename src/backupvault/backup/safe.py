@@ -102,9 +102,18 @@ def no_space(needs: int, has: int) -> NoSpace:
     )
 
 
-def free_bytes(folder: str | os.PathLike[str] | int) -> int:
+def space(folder: str | os.PathLike[str] | int, limits: Limits) -> tuple[int, int]:
+    """(bytes a restore within `limits` may need, bytes free) on `folder`'s disk. The need
+    counts a block per entry besides the file data: small files take a block each."""
     st = os.statvfs(folder)
-    return st.f_bavail * st.f_frsize
+    return limits.max_bytes + limits.max_entries * st.f_bsize, st.f_bavail * st.f_frsize
+
+
+def check_space(folder: str | os.PathLike[str], limits: Limits) -> None:
+    """Refuse before anything is written if a restore within `limits` may not fit."""
+    needs, has = space(folder, limits)
+    if needs > has:
+        raise no_space(needs, has)
 
 
 def split_name(name: str) -> tuple[str, ...]:
@@ -137,7 +146,7 @@ class SafeDestination:
     Use: create members in archive order (`folder`, `file`, `symlink`, `hardlink`,
     `root_attributes`), then `finish()`, which creates the symbolic links and applies folder
     modes and times; `close()` (or `with`) releases the descriptors. Any refusal raises
-    `UnsafeArchive`; a full disk raises `DestinationError`. What was written so far stays:
+    `UnsafeArchive`; a full disk raises `NoSpace`. What was written so far stays:
     the caller writes into a staging folder and removes it on failure.
     """
 
@@ -145,7 +154,7 @@ class SafeDestination:
         self.limits = limits
         self.written = Written()
         self._root_fd = os.open(root, _DIR_FLAGS)
-        self._free_at_start = free_bytes(self._root_fd)
+        self._needs, self._has = space(self._root_fd, limits)
         self._kinds: dict[tuple[str, ...], Kind] = {}
         self._link_targets: dict[tuple[str, ...], str] = {}
         self._folders: list[tuple[tuple[str, ...], int, int]] = []  # (name, mode, mtime_ns)
@@ -219,7 +228,7 @@ class SafeDestination:
                 done = os.write(fd, view)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise no_space(self.limits.max_bytes, self._free_at_start) from None
+                    raise no_space(self._needs, self._has) from None
                 raise DestinationError(f"cannot write {name!r}: {exc.strerror}") from None
             view = view[done:]
 
@@ -397,7 +406,7 @@ class SafeDestination:
             return call()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise no_space(self.limits.max_bytes, self._free_at_start) from None
+                raise no_space(self._needs, self._has) from None
             if exc.errno == errno.EEXIST:
                 raise UnsafeArchive(f"{name!r} already exists in the restored folder") from None
             raise DestinationError(f"cannot restore {name!r}: {exc.strerror}") from None

@@ -50,6 +50,10 @@ _TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
 STALE_PARTIAL_AGE = timedelta(days=1)
 #: Schemes a storage URL may have ("" is a plain local path).
 SCHEMES = ("file", "s3", "webdav+https", "webdav+http", "sftp", "gs", "gcs", "az", "abfs")
+SUPPORTED_FORMS = (
+    "supported: a folder path, file:///path, s3://bucket/prefix, "
+    "webdav+https://host/path, webdav+http://, sftp://, gs://, az://"
+)
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 ENV_WEBDAV_USER = "BACKUPVAULT_WEBDAV_USER"
 ENV_WEBDAV_PASSWORD = "BACKUPVAULT_WEBDAV_PASSWORD"
@@ -83,10 +87,7 @@ def check_url(url: str) -> tuple[str, str]:
     if match is None or len(match.group(1)) == 1:  # no scheme (or a drive letter)
         return "", url
     scheme, rest = match.group(1).lower(), match.group(2)
-    supported = (
-        "supported: a folder path, file:///path, s3://bucket/prefix, "
-        "webdav+https://host/path, webdav+http://, sftp://, gs://, az://"
-    )
+    supported = SUPPORTED_FORMS
     if scheme == "file" and rest.startswith("/") and not rest.startswith("//"):
         return "file", "//" + rest  # file:/abs is the file URL file:///abs
     if scheme not in SCHEMES:
@@ -156,13 +157,16 @@ class Storage:
             parts = urlsplit("file:" + rest)
             if parts.netloc not in ("", "localhost") or not parts.path:
                 raise UsageError(
-                    f"file URL {url} must name an absolute path: file:///path or file:/path"
+                    f"file URL {url} must name an absolute path: file:///path or file:/path",
+                    hint=SUPPORTED_FORMS,
                 )
             return LocalFileSystem(), str(Path(unquote(parts.path)).absolute())
         if scheme in ("webdav+http", "webdav+https"):
             return self._connect_webdav(url, scheme, options)
         if not urlsplit(url).netloc:
-            raise UsageError(f"storage URL {redact_url(url)} names no bucket or host")
+            raise UsageError(
+                f"storage URL {redact_url(url)} names no bucket or host", hint=SUPPORTED_FORMS
+            )
         fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
         return fs, cast(str, root)
 

@@ -25,6 +25,7 @@ from backupvault.backup import (
     human_size,
     list_backups,
     list_partials,
+    redact_url,
     restore_backup,
 )
 from backupvault.cli.output import Output
@@ -159,7 +160,8 @@ def _refuse_to_orphan_password_backups(storage_url: str) -> None:
     if password_backups:
         count = _plural(len(password_backups), "password backup")
         raise BackupVaultError(
-            f"the vault holds no key for this account, but {storage_url} holds {count}: "
+            f"the vault holds no key for this account, but {redact_url(storage_url)} holds "
+            f"{count}: "
             "a new key would leave them unopenable by password, so none was made",
             hint="check --config (account and entry) first; if the old key is gone for "
             "good, run again with --new-key to make a new one",
@@ -320,7 +322,10 @@ def backup_list(ctx: Context, storage_url: str | None) -> None:
         f"{'?' if b.size is None else human_size(b.size):>10}  {b.key or 'unreadable header'}"
         for b in backups
     ]
-    lines += [f"{_plural(len(backups), 'backup')} at {url}" if backups else f"no backups at {url}"]
+    shown = redact_url(url)
+    lines += [
+        f"{_plural(len(backups), 'backup')} at {shown}" if backups else f"no backups at {shown}"
+    ]
     for partial in partials:
         started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
         lines.append(

@@ -28,11 +28,13 @@ Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transpare
     state_file = "client-state.json"      # default: <config name>-state.json next to it
     allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
 
-Relative paths are relative to the config file.
+Relative paths are relative to the config file; a leading `~` is the user's home folder
+(in `storage` too).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -97,7 +99,7 @@ class ClientConfig:
                 "token": str(data["token"]),
                 "fleet_token": str(data["fleet_token"]),
                 "entry": str(data.get("entry", DEFAULT_ENTRY)),
-                "storage": data.get("storage"),
+                "storage": None if "storage" not in data else _home(str(data["storage"])),
                 "trust": trust,
             }
             if trust == "pinned":
@@ -113,12 +115,12 @@ class ClientConfig:
             fleet_id = bytes.fromhex(data["fleet_id"]) if "fleet_id" in data else None
             allowed = data.get("allowed_measurements")
             ota = OtaTrust(
-                operator_key=load_operator_key(str(data["operator_public_key"]), base),
+                operator_key=load_operator_key(_home(str(data["operator_public_key"])), base),
                 witness=load_witness_verifier(
                     str(data["witness_public_key"]),
                     None if "witness_name" not in data else str(data["witness_name"]),
                 ),
-                state_file=base / str(data.get("state_file", f"{path.stem}-state.json")),
+                state_file=base / _home(str(data.get("state_file", f"{path.stem}-state.json"))),
                 witness_url=str(data["witness_url"]),
                 others=tuple(
                     WitnessEndpoint(
@@ -188,3 +190,8 @@ class ClientConfig:
 
     def vault(self) -> VaultClient:
         return self.session().vault
+
+
+def _home(value: str) -> str:
+    """`~` or `~/...` at the start of a path is the user's home folder."""
+    return os.path.expanduser(value) if value.startswith("~") else value
