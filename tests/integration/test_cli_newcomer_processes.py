@@ -162,6 +162,17 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
     assert again.returncode == 0, again.stderr
 
 
+def test_a_confirmation_without_a_terminal_says_pass_yes(deployment: Path) -> None:
+    config = str(deployment / "client.toml")
+    done = bv("--config", config, "--json", "vault", "delete", stdin="y\n")
+    assert done.returncode == 2
+    error = json.loads(done.stderr.strip().splitlines()[-1])
+    assert "pass --yes (stdin is not a terminal)" in error["error"]
+    assert "aborted" not in done.stderr
+    status = json.loads(bv("--config", config, "--json", "vault", "status").stdout)
+    assert status["status"] == "live"  # nothing was deleted
+
+
 @pytest.mark.parametrize("name", ["client.toml", "client-ota.toml"])
 def test_relay_down_names_the_relay_and_its_url(
     deployment: Path, tmp_path: Path, name: str

@@ -7,18 +7,22 @@ import tomllib
 from pathlib import Path
 
 import click
+import tomli_w
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import LocalDeployment
 from backupvault.errors import InvalidInput, UsageError
+from backupvault.files import replace_secret_file, write_new_file
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
-from backupvault.relay.auth import (
+from backupvault.tokens import (
+    fleet_audience,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
+    private_key_pem,
     save_operator_key,
 )
 
@@ -256,7 +260,14 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
 )
 @click.option("--relay-url", required=True, help="The relay's URL as clients reach it.")
 @click.option("--account", required=True, help="The user's account name.")
-@click.option("--token", required=True, help="The user's account token ('-': read from stdin).")
+@click.option(
+    "--token", required=True, help="The user's relay token (`relay mint-token --audience`)."
+)
+@click.option(
+    "--fleet-token",
+    required=True,
+    help="The user's fleet token (`relay mint-token --fleet-id`), sent only inside the seal.",
+)
 @click.option(
     "--ota",
     "ota_operator_key",
@@ -265,6 +276,7 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     "PEM file such as deploy.pub) instead of pinning the fleet's keys.",
 )
 @click.option("--witness-key", help="With --ota: the witness's vkey (`witness keygen` prints it).")
+@click.option("--witness-url", help="With --ota: where that witness answers (its fleet heads).")
 @click.option("--storage", help="The client's default --storage URL.")
 @click.option(
     "--out",
@@ -280,41 +292,40 @@ def fleet_client_config(
     relay_url: str,
     account: str,
     token: str,
+    fleet_token: str,
     ota_operator_key: str | None,
     witness_key: str | None,
+    witness_url: str | None,
     storage: str | None,
     out_file: Path,
 ) -> None:
     """Write a client.toml for ACCOUNT: pinned to this fleet's keys, or with --ota trusting
     the operator's and the witness's keys (docs/operations.md §5)."""
-    import sys
-
     from backupvault.client.config import ClientConfig
     from backupvault.client.trust import load_operator_key
 
     fleet = FleetDescription.load(fleet_file)
-    if token == "-":
-        token = sys.stdin.readline().strip()
     data: dict[str, object] = {
         "relay_url": relay_url,
         "account": account,
         "token": token,
+        "fleet_token": fleet_token,
         "fleet_id": fleet.fleet_id.hex(),
     }
     if ota_operator_key is None:
         data["fleet_public_key"] = fleet.hpke_public_key.hex()
         data["opaque_server_public_key"] = fleet.opaque_server_public_key.hex()
     else:
-        if witness_key is None:
-            raise UsageError("--ota needs --witness-key (the witness's vkey)")
+        if witness_key is None or witness_url is None:
+            raise UsageError("--ota needs --witness-key and --witness-url (the witness's)")
         data = {"trust": "ota", **data}
         data["operator_public_key"] = load_operator_key(ota_operator_key, Path.cwd()).hex()
         data["witness_public_key"] = witness_key
+        data["witness_url"] = witness_url
     if storage is not None:
         data["storage"] = storage
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    write_toml(out_file, data)
-    out_file.chmod(0o600)
+    replace_secret_file(out_file, tomli_w.dumps(data).encode())  # it holds the tokens
     ClientConfig.load(out_file)  # refuse to leave a config the client cannot read
     ctx.output.result(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
@@ -355,17 +366,34 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
     "out_dir",
     required=True,
     type=click.Path(file_okay=False, path_type=Path),
-    help="Folder for operator.key and operator.pub.",
+    help="Folder for the key files (created if missing; existing files are never overwritten).",
 )
 @pass_context
 def relay_keygen(ctx: Context, out_dir: Path) -> None:
-    """Make the operator's token-signing key: OUT/operator.key (keep it off the relay) and
-    OUT/operator.pub (the relay's config names it)."""
+    """Make the account issuer's token-signing key (OUT/operator.key: keep it off the
+    relay; OUT/operator.pub: the relay's config names it) and the relay's own key for
+    signing what it forwards (OUT/relay-signing.key: the relay's config names it).
+    Prints the raw public keys in hex for fleet.toml (account_issuer_public_key,
+    relay_public_keys)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_operator_key(generate_operator_key(), out_dir / "operator.key", out_dir / "operator.pub")
+    issuer = generate_operator_key()
+    relay_key = generate_operator_key()
+    save_operator_key(issuer, out_dir / "operator.key", out_dir / "operator.pub")
+    write_new_file(out_dir / "relay-signing.key", private_key_pem(relay_key))
+    issuer_hex = issuer.public_key().public_bytes_raw().hex()
+    relay_hex = relay_key.public_key().public_bytes_raw().hex()
     ctx.output.result(
-        {"private_key": str(out_dir / "operator.key"), "public_key": str(out_dir / "operator.pub")},
-        f"wrote {out_dir / 'operator.key'} (secret) and {out_dir / 'operator.pub'}",
+        {
+            "private_key": str(out_dir / "operator.key"),
+            "public_key": str(out_dir / "operator.pub"),
+            "relay_signing_key": str(out_dir / "relay-signing.key"),
+            "account_issuer_public_key": issuer_hex,
+            "relay_public_key": relay_hex,
+        },
+        f"wrote {out_dir / 'operator.key'} (secret), {out_dir / 'operator.pub'} and"
+        f" {out_dir / 'relay-signing.key'} (secret, for the relay)\n"
+        f'fleet.toml: account_issuer_public_key = "{issuer_hex}"\n'
+        f'fleet.toml: relay_public_keys = ["{relay_hex}"]',
     )
 
 
@@ -375,17 +403,36 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
     "key_path",
     required=True,
     type=click.Path(exists=True, path_type=Path),
-    help="The operator's token-signing key (operator.key from `relay keygen`).",
+    help="The account issuer's private key (operator.key).",
 )
-@click.option("--account", required=True, help="The account the token is for.")
-@click.option("--issuer", required=True, help="The token's issuer (`issuer` in relay.toml).")
-@click.option("--audience", required=True, help="The token's audience (`audience` in relay.toml).")
+@click.option("--account", required=True, help="The account the token speaks for (its sub).")
+@click.option("--issuer", required=True, help="The token's iss (the relay and fleet expect it).")
+@click.option("--audience", help="The relay's audience (a relay token).")
+@click.option(
+    "--fleet-id",
+    help="Instead of --audience: a fleet token for this fleet id (hex), sent only inside the seal.",
+)
 @click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
 @pass_context
 def relay_mint_token(
-    ctx: Context, key_path: Path, account: str, issuer: str, audience: str, ttl: int
+    ctx: Context,
+    key_path: Path,
+    account: str,
+    issuer: str,
+    audience: str | None,
+    fleet_id: str | None,
+    ttl: int,
 ) -> None:
-    """Sign an account token with the operator's key."""
+    """Sign an account token with the account issuer's key: a relay token (--audience)
+    or a fleet token (--fleet-id)."""
+    if (audience is None) == (fleet_id is None):
+        raise UsageError("give --audience (a relay token) or --fleet-id (a fleet token)")
+    if fleet_id is not None:
+        try:
+            audience = fleet_audience(bytes.fromhex(fleet_id))
+        except ValueError:
+            raise UsageError("--fleet-id is the fleet id in hex (fleet_id in fleet.toml)") from None
+    assert audience is not None
     token = mint_token(
         load_operator_private_key(key_path),
         account,
@@ -393,4 +440,4 @@ def relay_mint_token(
         audience=audience,
         ttl_seconds=ttl,
     )
-    ctx.output.result({"token": token, "account": account}, token)
+    ctx.output.result({"token": token, "account": account, "audience": audience}, token)
