@@ -70,7 +70,7 @@ def test_v1_is_listed_as_unknown_key(store: Path) -> None:
     listed = run("--json", "backup", "list", "--storage", str(store))
     assert listed.returncode == 0, listed.stderr
     [row] = json.loads(listed.stdout)["backups"]
-    assert (row["backup_id"], row["key"], row["size"]) == (v1.BACKUP_ID, "unknown", 954)
+    assert (row["backup_id"], row["key"], row["stored_bytes"]) == (v1.BACKUP_ID, "unknown", 954)
     text = run("backup", "list", "--storage", str(store))
     assert text.returncode == 0, text.stderr
     [line] = [x for x in text.stdout.splitlines() if x.startswith(v1.BACKUP_ID)]
