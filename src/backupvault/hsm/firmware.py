@@ -229,6 +229,9 @@ class VaultFirmware:
         self, account: str, entry: str, ke1: opaque.KE1, state: EntryState, now: float
     ) -> RecoverStartResponse:
         """Runs only after the guess that pays for it is committed."""
+        # Only a live state with this very attempt counted (and not yet answered) evaluates.
+        assert state.status == EntryStatus.LIVE and state.success_seq < state.attempt_seq
+        assert 0 < state.attempts_used <= state.guess_limit, "an evaluation without its guess"
         server_state, ke2 = opaque.server_login_start(
             self._setup,
             opaque.RegistrationRecord.from_bytes(state.record),
@@ -272,6 +275,8 @@ class VaultFirmware:
                 return state, lambda: _error(
                     ErrorCode.WRONG_PASSWORD, "wrong password", state.guesses_remaining
                 )
+            # A success resets only the attempt it answers: the latest, not yet answered.
+            assert state.attempt_seq == seq > state.success_seq
             released = state.changed(attempts_used=0, success_seq=seq)
             return released, lambda: self._release(request, ticket, released, now)
 

@@ -14,15 +14,17 @@ import heapq
 import itertools
 import os
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
 from backupvault.crypto.seal import Kem
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse, payload_of
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
@@ -323,6 +325,11 @@ class Simulation:
             violation = err
         except ClientViolation as err:
             violation = InvariantViolation("released-key-is-the-registered-one", str(err))
+        except AssertionError as err:
+            # An invariant asserted inside the replica or the firmware stopped the step.
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
+            violation = InvariantViolation("core-assertion", f"{where} {err}".strip())
         if violation is not None:
             self.log(f"VIOLATION {violation.invariant}: {violation.detail}")
         stats = dict(
@@ -491,17 +498,14 @@ class Simulation:
         if n.replica is None or ((sender in self.isolated) != (to in self.isolated)):
             return
         message = decode_any(raw, PEER_MESSAGES)
-        self._execute(n, n.replica.receive(sender, message, self.now), message)
+        self._execute(n, n.replica.receive(sender, message, self.now))
 
-    def _execute(self, n: _Node, effects: list[Effect], cause: Message | None = None) -> None:
-        copying = isinstance(cause, SyncResponse)
+    def _execute(self, n: _Node, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
-                case Persist(record):
-                    before = n.disk.get(record.key)
+                case Persist(record, kind):
                     n.disk[record.key] = record
-                    if not copying and (before is None or before.accepted != record.accepted):
-                        self.observer.on_accept(n.index, record)
+                    self.observer.on_persist(n.index, record, kind)
                 case Send(to, message):
                     self._transmit("deliver", (n.index, to, message.to_bytes()))
                 case Committed(op_id, outcome):
