@@ -156,6 +156,7 @@ class Replica:
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
+        self._round_seconds = 0.0  # moving average of a committed round's duration
         self._max_round = max((r.promised.round for r in self.records.values()), default=0)
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -425,6 +426,9 @@ class Replica:
             return []
         # Committed only on a majority of Accepted for this very ballot and value.
         assert len(proposal.promises) >= self.quorum and proposal.phase == "accept"
+        # Both phases of the round that committed, averaged over recent commits.
+        took = now - proposal.round_started
+        self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
         laggards = set(self.peers) - proposal.accepts
         if laggards:
             accept = Accept(
@@ -438,9 +442,10 @@ class Replica:
     def _back_off(self, proposal: _Proposal, now: float) -> list[Effect]:
         """Another proposer holds a higher ballot: wait a random, growing while, then retry."""
         proposal.conflicts += 1
-        ceiling = min(
-            self.timing.backoff_max, self.timing.backoff_min * (2 ** min(proposal.conflicts, 10))
-        )
+        # A backoff shorter than a round cannot separate duelling proposers: on a slow
+        # fleet (load, fsync) the cap follows the rounds this node has seen commit.
+        cap = max(self.timing.backoff_max, 2 * self._round_seconds)
+        ceiling = min(cap, self.timing.backoff_min * (2 ** min(proposal.conflicts, 10)))
         jitter = int.from_bytes(self._rng(4), "big") / 2**32
         proposal.phase = "backoff"
         proposal.retry_at = now + self.timing.backoff_min + jitter * ceiling

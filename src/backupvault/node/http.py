@@ -13,14 +13,14 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import InvalidInput
 from backupvault.node.service import NodeService
 from backupvault.protocol import Op, check_name
 
 log = logging.getLogger("backupvault.node")
 
 MAX_BODY = 64 * 1024
-MAX_PEER_BODY = 64 * 1024 * 1024  # a catch-up answer carries every record
+MAX_PEER_BODY = 64 * 1024 * 1024  # a frame; a catch-up answer carries every record
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -57,10 +57,12 @@ def create_app(service: NodeService, measurement: Mapping[str, Any] | None = Non
         if len(body) > MAX_PEER_BODY:
             return _error(413, "too_large", "peer message too large")
         try:
-            service.peer_message(body)
-        except (InvalidInput, AuthenticationFailed) as err:
-            log.warning("refused peer message: %s", err.message)
-            return _error(400, "bad_peer_message", err.message)
+            refused = service.peer_frame(body)
+        except InvalidInput as err:
+            log.warning("refused peer frame: %s", err.message)
+            return _error(400, "bad_peer_frame", err.message)
+        if refused:
+            return _error(400, "bad_peer_message", f"{refused} message(s) refused")
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
