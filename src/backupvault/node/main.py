@@ -6,7 +6,7 @@ then serve. Files in the node's data directory:
     fleet-secrets.sealed   FleetSecrets                    (sealed by the token)
     fleet-secrets.transfer FleetSecrets for this node from the ceremony, HPKE to the
                            identity key; consumed and deleted at the first start
-    store.sqlite           acceptor records, encrypted under the storage key
+    store.sqlite           acceptor records, encrypted under the storage key (node/store.py)
 """
 
 from __future__ import annotations
