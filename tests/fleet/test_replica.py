@@ -266,3 +266,16 @@ def test_persists_say_why_they_were_made() -> None:
     net.run(1, net.replicas[1].start(net.now))
     net.settle()
     assert kinds == ["copy"]
+
+
+def test_an_intact_restart_takes_part_at_once_without_asking_anyone() -> None:
+    """The shell vouches (token counter) that the store holds every persisted record: the
+    node is an acceptor with stable storage and answers Prepare at once, peers down."""
+    replica = Replica(0, range(5), random.Random(3).randbytes, [AcceptorRecord(b"k", 4, 2)])
+    assert replica.start(0.0, intact=True) == []
+    assert replica.ready
+    from backupvault.fleet.messages import Prepare, Promise
+
+    effects = replica.receive(1, Prepare(b"op", b"k", 3, 1), 0.0)
+    (reply,) = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(reply, Promise) and not reply.ok  # it remembers promising 4.2

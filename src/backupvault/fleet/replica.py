@@ -161,8 +161,16 @@ class Replica:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self, now: float) -> list[Effect]:
-        """Begin catching up. Every start is treated as if the disk might be stale."""
+    def start(self, now: float, intact: bool = False) -> list[Effect]:
+        """Begin catching up: a start is treated as if the disk might be stale, unless the
+        shell vouches that it holds every record this node ever persisted (`intact`: its
+        store matches the token's monotonic counter, which covers every persist before
+        anything depending on it left the node). Such a node forgot nothing it promised
+        or accepted, so it takes part at once, like an acceptor with stable storage."""
+        if intact:
+            self.ready = True
+            self._started_at = now
+            return []
         self.ready = False
         self._sync_ids = {}
         self._sync_responses = {}

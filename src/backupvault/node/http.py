@@ -66,7 +66,9 @@ def create_app(service: NodeService, measurement: Mapping[str, Any] | None = Non
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"node": service.node, "ready": service.replica.ready})
+        return JSONResponse(
+            {"node": service.node, "ready": service.replica.ready, "intact_start": service.intact}
+        )
 
     async def own_measurement(request: Request) -> Response:
         if measurement is None:

@@ -182,13 +182,43 @@ def build_service(config: NodeConfig) -> NodeService:
         os.urandom,
     )
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    # Kept open for the node's life: the store counter is advanced after every write.
+    sealer = TokenSealer(config.token)
+    intact = store_is_intact(store, sealer)
     return NodeService(
         config.index,
         {n.index: n.url for n in fleet.nodes},
         VaultFirmware(keys.fleet, os.urandom),
         channel,
         store,
+        record_counter=sealer.advance_store_counter,
+        intact=intact,
     )
+
+
+def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
+    """Whether the store holds everything this node ever persisted, judged by the token's
+    counter, which is advanced after every write and before anything depending on it
+    leaves. The store may be one write ahead (a crash between the two). Behind it (rolled
+    back, wiped) or with no counter recorded yet: not intact, the node catches up; the
+    store's counter is first raised to the token's so the two agree from here on."""
+    recorded = sealer.store_counter()
+    if recorded is None:
+        sealer.advance_store_counter(store.counter)
+        log.info("node store counter recorded in the token for the first time; catching up")
+        return False
+    if recorded <= store.counter <= recorded + 1:
+        sealer.advance_store_counter(store.counter)
+        return True
+    log.warning(
+        "node store counter %d does not match the token's %d (rolled back or wiped); "
+        "catching up from the fleet",
+        store.counter,
+        recorded,
+    )
+    store.raise_counter(recorded)
+    sealer.advance_store_counter(store.counter)
+    return False
 
 
 def serve(config_path: Path) -> None:

@@ -18,7 +18,7 @@ import httpx
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     Committed,
@@ -62,7 +62,12 @@ class NodeService:
         timing: Timing = DEFAULT_TIMING,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        record_counter: Callable[[int], None] | None = None,
+        intact: bool = False,
     ) -> None:
+        """`record_counter(n)`: record the store's counter in the token after every write,
+        before anything depending on it leaves. `intact`: the store matched the token's
+        counter at start, so the replica takes part at once (Replica.start)."""
         self.node = node
         self._peer_urls = peer_urls
         self._firmware = firmware
@@ -70,6 +75,8 @@ class NodeService:
         self._store = store
         self._clock = clock
         self._wall_clock = wall_clock
+        self._record_counter = record_counter
+        self._intact = intact
         self.replica = Replica(node, peer_urls, os.urandom, store.load(), timing)
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._http: httpx.AsyncClient | None = None
@@ -91,11 +98,16 @@ class NodeService:
         }
         self._in_flight: dict[int, int] = {}
 
+    @property
+    def intact(self) -> bool:
+        """Whether this start found the store matching the token's counter."""
+        return self._intact
+
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=0.5))
-        self._execute(self.replica.start(self._clock()))
+        self._execute(self.replica.start(self._clock(), self._intact))
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
@@ -207,7 +219,7 @@ class NodeService:
                 records = {e.record.key: e.record for e in batch if isinstance(e, Persist)}
                 if records:
                     try:
-                        await asyncio.to_thread(self._store.save, list(records.values()))
+                        await asyncio.to_thread(self._write, list(records.values()))
                     except Exception as err:
                         # Fail-stop: what the replica told itself is durable is not, so
                         # nothing that depends on it may leave. The operator restarts the
@@ -221,6 +233,11 @@ class NodeService:
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
         finally:
             self._committing = False
+
+    def _write(self, records: list[AcceptorRecord]) -> None:
+        self._store.save(records)
+        if self._record_counter is not None:
+            self._record_counter(self._store.counter)
 
     def _fail_waiting(self) -> None:
         for op_id, future in list(self._waiting.items()):

@@ -201,6 +201,17 @@ class NodeStore:
             # secure_delete zeroes what the checkpoint frees in the database file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def raise_counter(self, floor: int) -> None:
+        """Move the counter up to `floor` (the token's count, when the store is behind it:
+        rolled back or wiped), so the token's counter and the store's agree again."""
+        if floor <= self.counter:
+            return
+        nonce = os.urandom(12)
+        meta = _u64(floor) + self._digest.to_bytes(32, "big")
+        sealed = nonce + self._aead.encrypt(nonce, meta, self._meta_aad())
+        self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
+        self.counter = floor
+
     def close(self) -> None:
         self._db.close()
 

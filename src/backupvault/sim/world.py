@@ -418,7 +418,8 @@ class Simulation:
                     return
                 self.log(step.describe())
                 self._disk_fault(n, step.arg, step.n)
-                self._start(n)
+                # A kept disk matches the token's counter: the node takes part at once.
+                self._start(n, intact=step.arg == "keep")
             case "backup":
                 assert n is not None
                 self.log(step.describe())
@@ -456,14 +457,14 @@ class Simulation:
             n.refusing = True
             self.log(f"node{n.index} a bit flips in a stored row: the store refuses to open")
 
-    def _start(self, n: _Node) -> None:
+    def _start(self, n: _Node, intact: bool = False) -> None:
         if n.refusing:
             self.at(self.now + 2.0, "operator_fix", n.index)
             return
         n.incarnation += 1
         rng = random.Random(n.rng.getrandbits(64))
         n.replica = Replica(n.index, range(self.plan.nodes), rng.randbytes, n.disk.values())
-        self._execute(n, n.replica.start(self.now))
+        self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
 
     def _heal_all(self) -> None:
@@ -471,11 +472,12 @@ class Simulation:
         self.isolated = frozenset()
         self.drop = self.dup = self.long_delay = 0.0
         for n in self.nodes:
+            fixed = n.refusing
             if n.refusing:
                 n.disk.pop(n.corrupt, None)
                 n.refusing = False
             if not n.up:
-                self._start(n)
+                self._start(n, intact=not fixed)  # crashed, disk untouched unless fixed
 
     # ---- network ------------------------------------------------------------------------
 
