@@ -160,3 +160,59 @@ def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
         assert (answer.status, answer.error) == (503, "node_not_ready")
 
     asyncio.run(scenario())
+
+
+def test_the_token_counts_each_write_and_sends_wait_for_both(tmp_path: Path) -> None:
+    counted: list[int] = []
+    release = threading.Event()
+
+    def record(count: int) -> None:
+        release.wait(10)
+        counted.append(count)
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        service._record_counter = record
+        store.release.set()  # the store is quick; the token is slow
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0)), Send(1, NotReady(b"x"))])
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert store.saved == [[b"a"]] and posted == []  # stored, but not yet counted
+        release.set()
+        for _ in range(200):
+            if posted:
+                break
+            await asyncio.sleep(0.01)
+        assert counted == [store.counter] == [1]
+        assert len(posted) == 1
+
+    asyncio.run(scenario())
+
+
+class FakeSealer:
+    def __init__(self, recorded: int | None) -> None:
+        self.recorded = recorded
+
+    def store_counter(self) -> int | None:
+        return self.recorded
+
+    def advance_store_counter(self, value: int) -> None:
+        assert self.recorded is None or value >= self.recorded
+        self.recorded = value
+
+
+@pytest.mark.parametrize(
+    ("writes", "recorded", "intact"),
+    [(3, 3, True), (3, 2, True), (3, 4, False), (3, 9, False), (0, 5, False), (3, None, False)],
+)
+def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
+    tmp_path: Path, writes: int, recorded: int | None, intact: bool
+) -> None:
+    from backupvault.node.main import store_is_intact
+
+    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    for i in range(writes):
+        store.save([AcceptorRecord(b"a", i + 1, 0)])
+    sealer = FakeSealer(recorded)
+    assert store_is_intact(store, sealer) is intact  # type: ignore[arg-type]
+    assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again

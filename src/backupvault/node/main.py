@@ -198,10 +198,12 @@ def build_service(config: NodeConfig) -> NodeService:
 
 def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
     """Whether the store holds everything this node ever persisted, judged by the token's
-    counter, which is advanced after every write and before anything depending on it
-    leaves. The store may be one write ahead (a crash between the two). Behind it (rolled
-    back, wiped) or with no counter recorded yet: not intact, the node catches up; the
-    store's counter is first raised to the token's so the two agree from here on."""
+    counter, which counts every write alongside it, both done before anything depending
+    on the write leaves. Equal: intact. The store one ahead (its write landed, the
+    token's not): intact too, nothing depending on that write left. Behind the token
+    (rolled back, wiped, or a crash between the two writes: indistinguishable from a
+    rollback by one write) or no counter recorded yet: not intact, the node catches up;
+    the store's counter is first raised to the token's so the two agree from here on."""
     recorded = sealer.store_counter()
     if recorded is None:
         sealer.advance_store_counter(store.counter)

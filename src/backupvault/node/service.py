@@ -18,7 +18,7 @@ import httpx
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
+from backupvault.fleet.messages import PEER_MESSAGES
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     Committed,
@@ -65,9 +65,9 @@ class NodeService:
         record_counter: Callable[[int], None] | None = None,
         intact: bool = False,
     ) -> None:
-        """`record_counter(n)`: record the store's counter in the token after every write,
-        before anything depending on it leaves. `intact`: the store matched the token's
-        counter at start, so the replica takes part at once (Replica.start)."""
+        """`record_counter(n)`: record in the token that the store is making its n-th
+        write, alongside the write, before anything depending on it leaves. `intact`: the
+        store matched the token's counter at start, so the replica takes part at once."""
         self.node = node
         self._peer_urls = peer_urls
         self._firmware = firmware
@@ -218,8 +218,16 @@ class NodeService:
                 # The last write of a key in a batch is what it holds after the batch.
                 records = {e.record.key: e.record for e in batch if isinstance(e, Persist)}
                 if records:
+                    # The store and the token's counter are written at once (the token
+                    # first counting the write the store is making); both are done before
+                    # anything in the batch leaves. A crash in between leaves the token one
+                    # ahead, which the next start treats like a rollback (catches up).
+                    writes = [asyncio.to_thread(self._store.save, list(records.values()))]
+                    if self._record_counter is not None:
+                        count = self._store.counter + 1
+                        writes.append(asyncio.to_thread(self._record_counter, count))
                     try:
-                        await asyncio.to_thread(self._write, list(records.values()))
+                        await asyncio.gather(*writes)
                     except Exception as err:
                         # Fail-stop: what the replica told itself is durable is not, so
                         # nothing that depends on it may leave. The operator restarts the
@@ -233,11 +241,6 @@ class NodeService:
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
         finally:
             self._committing = False
-
-    def _write(self, records: list[AcceptorRecord]) -> None:
-        self._store.save(records)
-        if self._record_counter is not None:
-            self._record_counter(self._store.counter)
 
     def _fail_waiting(self) -> None:
         for op_id, future in list(self._waiting.items()):
