@@ -98,14 +98,14 @@ class Fleet:
         self.deployment = LocalDeployment(root)
         self.config: ClientConfig | None = None
 
-    def up(self, before_start: Callable[[], None] | None = None) -> None:
+    def up(self, before_start: Callable[[], None] | None = None, timeout: float = 90) -> None:
         self.deployment.provision(NODES)
         relay = tomllib.loads((self.root / "relay.toml").read_text())
         relay["relay"].update(burst=1_000_000, rate_per_minute=1e9)
         write_toml(self.root / "relay.toml", relay)
         if before_start is not None:
             before_start()
-        self.deployment.up(NODES, timeout=90)
+        self.deployment.up(NODES, timeout=timeout)
         self.config = ClientConfig.load(self.root / "client.toml")
 
     def client(
