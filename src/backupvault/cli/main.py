@@ -17,10 +17,21 @@ from typing import Any
 import click
 
 from backupvault import __version__
-from backupvault.backup import create_backup, list_backups, restore_backup
+from backupvault.backup import (
+    KEY_PASSWORD,
+    KEY_RECOVERY_CODE,
+    Skipped,
+    create_backup,
+    human_size,
+    list_backups,
+    list_partials,
+    redact_url,
+    restore_backup,
+)
 from backupvault.cli.output import Output
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import AlreadyRegistered, NotRegistered
+from backupvault.client.vault import Recovery
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 from backupvault.protocol import EntryStatus
@@ -88,21 +99,38 @@ def _recovery_code(value: str) -> bytes:
     return recovery.decode(code)
 
 
-def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[bytes, bool]:
+def _root_key_from_vault(
+    ctx: Context,
+    password: str,
+    register: bool,
+    storage_url: str | None = None,
+    new_key: bool = False,
+) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
-    `register` is set. Returns (root key, whether it was just registered)."""
-    session = ctx.config().session()
+    `register` is set, but only with `new_key` when `storage_url` already holds password
+    backups (a new key would leave them unopenable by password). Returns (root key,
+    whether it was just registered)."""
+    session = ctx.config().session(notify=ctx.output.note)
     try:
         recovered = session.recover_or_migrate(password)
     except NotRegistered:
         if not register:
             raise
+        if not new_key and storage_url is not None:
+            _refuse_to_orphan_password_backups(storage_url)
     else:
+        if new_key:
+            raise UsageError(
+                "--new-key: the vault already holds a key behind this password",
+                hint="--new-key only applies when the vault holds none; drop it to use "
+                "the existing key",
+            )
         if recovered.migrated_from is not None:
             ctx.output.note(
                 f"your key moved from fleet epoch {recovered.migrated_from} to epoch "
                 f"{session.epoch} (recovered there, registered here, deleted there)"
             )
+        _warn_wrong_guesses(ctx, recovered)
         return recovered.root_key, False
     root_key = recovery.new_root_key()
     try:
@@ -110,8 +138,43 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        return session.vault.recover(password)[0], False
+        return session.vault.recover(password).root_key, False
     return root_key, True
+
+
+def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
+    """Someone who is not this user may be guessing: say so after every success."""
+    wrong = recovered.wrong_guesses_before
+    if wrong:
+        times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
+        ctx.output.note(
+            f"warning: {times} tried since your last successful recovery; if that was not"
+            " you, someone may be guessing (the count is now reset)"
+        )
+
+
+def _refuse_to_orphan_password_backups(storage_url: str) -> None:
+    password_backups = [
+        b for b in list_backups(storage_url, missing_ok=True) if b.key == "password"
+    ]
+    if password_backups:
+        count = _plural(len(password_backups), "password backup")
+        raise BackupVaultError(
+            f"the vault holds no key for this account, but {redact_url(storage_url)} holds "
+            f"{count}: "
+            "a new key would leave them unopenable by password, so none was made",
+            hint="check --config (account and entry) first; if the old key is gone for "
+            "good, run again with --new-key to make a new one",
+        )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _note_skipped(ctx: Context, skipped: list[Skipped]) -> None:
+    for item in skipped:
+        ctx.output.note(f"skipped {item.name}: {item.reason}")
 
 
 # ---- backup -----------------------------------------------------------------------------
@@ -129,31 +192,54 @@ def backup() -> None:
 @click.option(
     "--recovery-code", "use_code", is_flag=True, help="Use a new key shown as a recovery code."
 )
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Register a new vault key even though the storage holds password backups "
+    "(they stay unopenable by password).",
+)
 @pass_context
 def backup_create(
-    ctx: Context, source: Path, storage_url: str | None, password_stdin: bool, use_code: bool
+    ctx: Context,
+    source: Path,
+    storage_url: str | None,
+    password_stdin: bool,
+    use_code: bool,
+    new_key: bool,
 ) -> None:
     """Back up SOURCE (a file or folder), encrypted on this device."""
     if password_stdin and use_code:
         raise UsageError("choose one of --password-stdin and --recovery-code")
+    if new_key and use_code:
+        raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
     url = ctx.storage(storage_url)
     registered = False
     if use_code:
         root_key = recovery.new_root_key()
     else:
         password = _password(password_stdin, confirm=True)
-        root_key, registered = _root_key_from_vault(ctx, password, register=True)
+        root_key, registered = _root_key_from_vault(
+            ctx, password, register=True, storage_url=url, new_key=new_key
+        )
+    key_kind = KEY_RECOVERY_CODE if use_code else KEY_PASSWORD
     with ctx.output.progress() as bar:
-        info = create_backup(source, url, root_key, bar)
+        info = create_backup(source, url, root_key, bar, key_kind=key_kind)
     data: dict[str, Any] = {
         "backup_id": info.backup_id,
         "url": info.url,
         "size": info.size,
         "files": info.files,
         "source_bytes": info.source_bytes,
-        "skipped": list(info.skipped),
+        "key": info.key,
+        "skipped": [[s.name, s.reason] for s in info.skipped],
+        "removed_partials": info.removed_partials,
     }
-    text = f"backup {info.backup_id} saved ({info.files} files, {info.size} bytes stored)"
+    text = (
+        f"backup {info.backup_id} saved ({_plural(info.files, 'file')}, "
+        f"{human_size(info.size)} stored)"
+    )
+    for name in info.removed_partials:
+        ctx.output.note(f"removed {name}, left over by a backup that never finished")
     if registered:
         data["registered"] = True
         ctx.output.note("a new key was registered in the vault behind your password")
@@ -163,8 +249,7 @@ def backup_create(
         text += (
             f"\nrecovery code (write it down; without it this backup cannot be opened):\n  {code}"
         )
-    for skipped in info.skipped:
-        ctx.output.note(f"skipped: {skipped}")
+    _note_skipped(ctx, info.skipped)
     ctx.output.result(data, text)
 
 
@@ -195,18 +280,21 @@ def backup_restore(
         root_key, _ = _root_key_from_vault(ctx, _password(password_stdin), register=False)
     with ctx.output.progress() as bar:
         info = restore_backup(url, root_key, dest, backup_id, bar)
-    for skipped in info.skipped:
-        ctx.output.note(f"skipped: {skipped}")
+    for name in info.passed_over:
+        ctx.output.note(f"passed over {name}: its header is damaged or altered")
+    _note_skipped(ctx, info.skipped)
     ctx.output.result(
         {
             "backup_id": info.backup_id,
             "dest": str(info.dest),
             "files": info.files,
             "bytes": info.bytes,
-            "skipped": list(info.skipped),
+            "key": info.key,
+            "created_at": info.created_at.isoformat(),
+            "skipped": [[s.name, s.reason] for s in info.skipped],
         },
-        f"restored backup {info.backup_id} into {info.dest} ({info.files} files, "
-        f"{info.bytes} bytes)",
+        f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
+        f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
     )
 
 
@@ -214,19 +302,48 @@ def backup_restore(
 @click.option("--storage", "storage_url", help="Where the backups are.")
 @pass_context
 def backup_list(ctx: Context, storage_url: str | None) -> None:
-    """List the backups in storage, oldest first."""
-    backups = list_backups(ctx.storage(storage_url))
+    """List the backups in storage, oldest first, with the kind of key that opens each."""
+    url = ctx.storage(storage_url)
+    backups = list_backups(url)
+    partials = list_partials(url)
     rows = [
         {
             "backup_id": b.backup_id,
             "created_at": b.created_at.isoformat(),
             "size": b.size,
             "name": b.name,
+            "key": b.key,
         }
         for b in backups
     ]
-    text = "\n".join(f"{b.backup_id}  {b.created_at}  {b.size:>12}  {b.name}" for b in backups)
-    ctx.output.result({"backups": rows}, text or "no backups")
+    lines = [f"{'ID':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  KEY"] if backups else []
+    lines += [
+        f"{b.backup_id}  {b.created_at:%Y-%m-%d %H:%M:%S}  "
+        f"{'?' if b.size is None else human_size(b.size):>10}  {b.key or 'unreadable header'}"
+        for b in backups
+    ]
+    shown = redact_url(url)
+    lines += [
+        f"{_plural(len(backups), 'backup')} at {shown}" if backups else f"no backups at {shown}"
+    ]
+    for partial in partials:
+        started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
+        lines.append(
+            f"unfinished backup started {started} UTC: {partial.name} (the next backup "
+            "removes it once a day old)"
+        )
+    data = {
+        "backups": rows,
+        "partials": [
+            {
+                "name": p.name,
+                "started_at": None if p.started_at is None else p.started_at.isoformat(),
+                "size": p.size,
+            }
+            for p in partials
+        ],
+    }
+    ctx.output.result(data, "\n".join(lines))
 
 
 # ---- vault ------------------------------------------------------------------------------
@@ -255,23 +372,62 @@ def vault_status(ctx: Context) -> None:
 def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are)."""
     old = _password(password_stdin, prompt="Current password")
-    new = _password(password_stdin, confirm=True, prompt="New password")
-    session = ctx.config().session()
+    session = ctx.config().session(notify=ctx.output.note)
     if session.vault.status().status == EntryStatus.EMPTY:
         session.migrate(old)  # a key still on an older fleet epoch moves here first
-    version = session.vault.change_password(old, new)
+    # The old password is checked (one recovery) before the new one is asked for.
+    recovered = session.vault.recover(old)
+    _warn_wrong_guesses(ctx, recovered)
+    new = _password(password_stdin, confirm=True, prompt="New password")
+    version = session.vault.change_password_with(recovered, new)
     ctx.output.result({"changed": True, "version": version}, "password changed")
 
 
 @vault.command("delete")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option(
+    "--storage",
+    "storage_url",
+    help="Count the password backups there that deleting the key makes unopenable.",
+)
 @pass_context
-def vault_delete(ctx: Context, yes: bool) -> None:
-    """Delete your key from the vault. Backups then open only with a recovery code."""
+def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str | None) -> None:
+    """Delete your key from the vault (proving the password first). Backups made with it
+    then open only with a recovery code. A key already destroyed by wrong guesses is
+    cleared without a password, so that a new one can be registered."""
+    session = ctx.config().session(notify=ctx.output.note)
+    status = session.vault.status()
+    if status.status == EntryStatus.EMPTY:
+        raise NotRegistered()
+    if status.status == EntryStatus.DESTROYED:
+        if not yes and not click.confirm(
+            "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
+            default=False,
+        ):
+            raise click.exceptions.Abort()
+        version = session.vault.delete()
+        ctx.output.result(
+            {"deleted": True, "version": version, "was": "destroyed"},
+            "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
+        )
+        return
+    lost = ""
+    if storage_url is not None or (ctx.config().storage is not None):
+        url = ctx.storage(storage_url)
+        count = sum(1 for b in list_backups(url, missing_ok=True) if b.key == "password")
+        lost = f": {_plural(count, 'password backup')} in {url} would be lost"
+    ctx.output.note(
+        "warning: after this, backups made with your password can no longer be opened"
+        f"{lost} (backups made with --recovery-code still open with their code)"
+    )
     if not yes and not click.confirm("Delete the key from the vault?", default=False):
         raise click.exceptions.Abort()
-    version = ctx.config().vault().delete()
-    ctx.output.result({"deleted": True, "version": version}, "key deleted from the vault")
+    recovered = session.vault.recover(_password(password_stdin))
+    version = session.vault.delete(recovered.grant)
+    ctx.output.result(
+        {"deleted": True, "version": version, "was": "live"}, "key deleted from the vault"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:
