@@ -53,7 +53,7 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         # Ready without waiting for node4 or the 20 s quarantine: the stores are intact.
         deployment.wait_ready(15, nodes=[0, 1, 2])
         assert all(_health(vault, i)["intact_start"] is True for i in (0, 1, 2))
-        assert client.recover(PASSWORD)[0] == root_key
+        assert client.recover(PASSWORD).root_key == root_key
         for remaining in (9, 8, 7):
             with pytest.raises(WrongPassword) as wrong:
                 client.recover("wrong password")

@@ -11,6 +11,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import InvalidInput
@@ -22,8 +23,12 @@ from backupvault.hsm.firmware import VaultFirmware
 from backupvault.node.service import NodeService, join_frame, split_frame
 from backupvault.node.store import NodeStore
 from backupvault.protocol import Op
+from backupvault.tokens import TokenVerifier, fleet_audience
 
 SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+ACCOUNTS = TokenVerifier(
+    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
+)
 IDENTITIES = {i: X25519PrivateKey.generate() for i in range(3)}
 PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
 
@@ -51,7 +56,7 @@ class SlowStore(NodeStore):
 def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[str, bytes]]]:
     store = SlowStore(tmp_path / "store.sqlite")
     urls = {i: f"http://node{i}" for i in range(3)}
-    service = NodeService(0, urls, VaultFirmware(SECRETS, os.urandom), _channel(0), store)
+    service = NodeService(0, urls, VaultFirmware(SECRETS, os.urandom, ACCOUNTS), _channel(0), store)
     posted: list[tuple[str, bytes]] = []
 
     async def post(url: str, frame: bytes) -> None:
