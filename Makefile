@@ -20,6 +20,7 @@ test: lint
 	$(PY) -m pytest
 
 bench: setup
+	command -v etcd >/dev/null || (apt-get update && apt-get install -y etcd-server)
 	$(PY) -m bench
 
 clean:

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections import deque
 
 from backupvault.codec import Message, decode_any
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse, payload_of
 from backupvault.fleet.replica import Committed, Failed, Persist, Replica, Send
 
 
@@ -169,3 +170,112 @@ def test_restart_with_a_peer_unreachable_waits_out_the_quarantine() -> None:
         net.settle()
     assert net.replicas[1].ready
     assert net.now >= started + net.replicas[1].timing.quarantine - 0.5
+
+
+# ---- catching up: asks, answers and retries, message by message ----------------------
+
+
+def _asks(effects: list) -> dict[int, bytes]:
+    """The SyncRequests among `effects`: peer -> the ask's id."""
+    return {e.to: e.message.sync_id for e in effects if isinstance(e, Send)}
+
+
+def _restarting(node: int = 0) -> tuple[Replica, dict[int, bytes]]:
+    replica = Replica(node, range(5), random.Random(7).randbytes)
+    return replica, _asks(replica.start(0.0))
+
+
+def test_a_late_not_ready_answer_never_replaces_a_newer_ready_one() -> None:
+    """Peer 3 was catching up at the first ask and caught up by the second; its first
+    answer ("not ready") arrives after its second ("ready"). Counting peer 3 as not ready
+    would leave the node one ready peer short of a majority while peer 4 stays down."""
+    replica, first = _restarting()
+    for peer in (1, 2):
+        replica.receive(peer, SyncResponse(first[peer], True, []), 0.1)
+    second = _asks(replica.tick(replica.timing.sync_retry))
+    assert 3 in second and second[3] != first[3]
+    replica.receive(3, SyncResponse(second[3], True, []), 0.6)
+    replica.receive(3, SyncResponse(first[3], False, []), 0.7)  # the late, older answer
+    replica.tick(replica.timing.quarantine + 0.1)
+    assert replica.ready
+
+
+def test_peers_that_said_not_ready_are_asked_again() -> None:
+    """Peers 1 and 2 are ready, peer 3 is still catching up when asked, peer 4 is down.
+    Without asking peer 3 again, the node never sees a majority of ready peers."""
+    replica, first = _restarting()
+    for peer in (1, 2):
+        replica.receive(peer, SyncResponse(first[peer], True, []), 0.1)
+    replica.receive(3, SyncResponse(first[3], False, []), 0.1)
+    second = _asks(replica.tick(replica.timing.sync_retry))
+    assert set(second) == {3, 4}
+    replica.receive(3, SyncResponse(second[3], True, []), 0.6)
+    replica.tick(replica.timing.quarantine - 1.0)
+    assert not replica.ready  # a majority alone is trusted only after the quarantine
+    replica.tick(replica.timing.quarantine + 0.1)
+    assert replica.ready
+
+
+def test_sync_retries_stay_within_the_settle_window() -> None:
+    """A silent peer is asked again at growing intervals that stop at sync_retry_max,
+    so a node restarted into a healed fleet catches up within the simulator's settle
+    window rather than after a long backoff."""
+    from backupvault.sim.world import SETTLE
+
+    replica, _ = _restarting()
+    asked_at = [0.0]
+    now = 0.0
+    while now < 30.0:
+        now = round(now + 0.01, 2)
+        if 4 in _asks(replica.tick(now)):
+            asked_at.append(now)
+    gaps = [b - a for a, b in itertools.pairwise(asked_at)]
+    assert max(gaps) <= replica.timing.sync_retry_max + 0.011
+    assert max(gaps) < SETTLE / 2
+    assert len(asked_at) > 10
+
+
+def test_an_answer_to_an_unknown_ask_is_ignored() -> None:
+    replica, first = _restarting()
+    for peer in (1, 2, 3):
+        replica.receive(peer, SyncResponse(first[peer], True, []), 0.1)
+    replica.receive(4, SyncResponse(b"\x00" * 16, True, []), 0.1)  # not an id it sent
+    assert not replica.ready
+    replica.receive(4, SyncResponse(first[4], True, []), 0.1)
+    assert replica.ready  # every peer answered: no quarantine needed
+
+
+def test_persists_say_why_they_were_made() -> None:
+    """Catch-up copies are marked as copies; only an answer to an Accept is an
+    acceptance (the simulation's observer counts only those)."""
+    net = Net()
+    net.propose(0, b"a", b"k", add(1))
+    kinds: list[str] = []
+    original = net.run
+
+    def run(node: int, effects: list) -> None:
+        kinds.extend(e.kind for e in effects if isinstance(e, Persist))
+        original(node, effects)
+
+    net.run = run  # type: ignore[method-assign]
+    net.settle()
+    assert sorted(set(kinds)) == ["accept", "promise"]
+    assert kinds.count("accept") == 5  # one per acceptor
+    kinds.clear()
+    net.replicas[1] = Replica(1, range(5), net.rand.randbytes)
+    net.run(1, net.replicas[1].start(net.now))
+    net.settle()
+    assert kinds == ["copy"]
+
+
+def test_an_intact_restart_takes_part_at_once_without_asking_anyone() -> None:
+    """The shell vouches (token counter) that the store holds every persisted record: the
+    node is an acceptor with stable storage and answers Prepare at once, peers down."""
+    replica = Replica(0, range(5), random.Random(3).randbytes, [AcceptorRecord(b"k", 4, 2)])
+    assert replica.start(0.0, intact=True) == []
+    assert replica.ready
+    from backupvault.fleet.messages import Prepare, Promise
+
+    effects = replica.receive(1, Prepare(b"op", b"k", 3, 1), 0.0)
+    (reply,) = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(reply, Promise) and not reply.ok  # it remembers promising 4.2

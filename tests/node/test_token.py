@@ -495,3 +495,33 @@ def test_softhsm_conf_helpers(hsm_dir: Path) -> None:
     assert os.environ[SOFTHSM2_CONF_ENV] == str(config.softhsm2_conf)
     with pytest.raises(InvalidInput, match="does not exist"):
         activate_softhsm_conf(hsm_dir / "absent.conf")
+
+
+# ---- the store counter -------------------------------------------------------------------
+
+
+def test_store_counter_is_kept_in_the_token_and_never_goes_back(
+    config: TokenConfig, sealer: TokenSealer
+) -> None:
+    assert sealer.store_counter() is None
+    sealer.advance_store_counter(0)
+    assert sealer.store_counter() == 0
+    for value in (1, 2, 2, 7):
+        sealer.advance_store_counter(value)
+    assert sealer.store_counter() == 7
+    with pytest.raises(TokenError, match="cannot go back"):
+        sealer.advance_store_counter(6)
+    sealer.close()
+    session = raw_session(config)
+    try:  # not logged in: the counter is a private object, invisible
+        assert list(session.get_objects({Attribute.CLASS: ObjectClass.DATA})) == []
+    finally:
+        session.close()
+    with TokenSealer(config) as again:  # a new process's view: kept in the token
+        assert again.store_counter() == 7
+        session = raw_session(config)
+        try:  # one object: each advance removes the older ones
+            (counter,) = session.get_objects({Attribute.CLASS: ObjectClass.DATA})
+            assert counter[Attribute.PRIVATE] is True and counter[Attribute.TOKEN] is True
+        finally:
+            session.close()

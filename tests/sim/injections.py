@@ -93,7 +93,7 @@ def accept_lower_ballot(monkeypatch: pytest.MonkeyPatch) -> None:
             True,
             *promised.__dict__.values(),
         )
-        return [self._store(new)], reply
+        return [self._store(new, "accept")], reply
 
     monkeypatch.setattr(Replica, "_acceptor", acceptor)
 

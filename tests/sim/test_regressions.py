@@ -27,3 +27,25 @@ def test_regression_ke3_from_an_earlier_registration(seed: int) -> None:
 def test_regression_tombstone_reaches_a_node_that_promised_higher(seed: int) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds: the observer counted an acceptance only when the persisted record's
+# accepted ballot changed, so a node that had copied (b, v) while catching up and then
+# accepted the same (b, v) was never counted, and an evaluation paid by a committed guess
+# was reported as uncommitted. The fleet was right. Fixed in the observer (replica.Persist
+# says why a record was written; only answers to an Accept count, once per node).
+@pytest.mark.parametrize("seed", [777273, 900502])
+def test_regression_catch_up_copy_then_identical_accept(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
+
+
+# Found on fresh seeds: a restarting node re-asked only peers that never answered, a late
+# "not ready" answer could replace a newer "ready" one, and its asks backed off to 8 s,
+# past the settle window; it could stay not ready with a majority of ready peers up.
+# Fixed in fleet/replica.py (every ask has its own id, not-ready peers are asked again,
+# retries capped at 2 s).
+@pytest.mark.parametrize("seed", [777536, 901144, 901217])
+def test_regression_restarting_node_asks_again_until_a_majority_is_ready(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)

@@ -38,6 +38,7 @@ from backupvault.fleet.messages import (
 )
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
+SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 
 
 @dataclass(frozen=True)
@@ -48,7 +49,12 @@ class Send:
 
 @dataclass(frozen=True)
 class Persist:
+    """Write `record` durably. `kind` says why: "promise" (answering a Prepare), "accept"
+    (answering an Accept: the only write that makes this node one of a value's acceptors)
+    or "copy" (merged from peers while catching up)."""
+
     record: AcceptorRecord
+    kind: str = "promise"
 
 
 @dataclass(frozen=True)
@@ -78,8 +84,8 @@ class Timing:
     deadline: float = 6.0  # give up (fleet unavailable) after this long
     backoff_min: float = 0.002
     backoff_max: float = 0.1
-    sync_retry: float = 0.5  # ask silent peers again after this long, doubling …
-    sync_retry_max: float = 8.0  # … up to this: each answer is a full dump, not free
+    sync_retry: float = 0.5  # ask silent or not-ready peers again after this long, doubling …
+    sync_retry_max: float = 2.0  # … up to this: well inside the time a healed fleet gets
     # A node that restarts while a peer is unreachable waits this long before it trusts
     # a majority of caught-up peers alone: longer than any round that could still hold a
     # promise it gave before the restart (see _sync_complete).
@@ -141,22 +147,32 @@ class Replica:
         self._rng = rng
         self.records: dict[bytes, AcceptorRecord] = {r.key: r for r in records}
         self.ready = False
-        self._sync_id = b""
-        self._sync_responses: dict[int, SyncResponse] = {}
+        self._sync_ids: dict[bytes, int] = {}  # id of each recent ask -> its number
+        self._sync_asks = 0
+        self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # newest per peer
         self._sync_retry_at = 0.0
         self._sync_interval = timing.sync_retry
         self._started_at = 0.0
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
+        self._round_seconds = 0.0  # moving average of a committed round's duration
         self._max_round = max((r.promised.round for r in self.records.values()), default=0)
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    def start(self, now: float) -> list[Effect]:
-        """Begin catching up. Every start is treated as if the disk might be stale."""
+    def start(self, now: float, intact: bool = False) -> list[Effect]:
+        """Begin catching up: a start is treated as if the disk might be stale, unless the
+        shell vouches that it holds every record this node ever persisted (`intact`: its
+        store matches the token's monotonic counter, which covers every persist before
+        anything depending on it left the node). Such a node forgot nothing it promised
+        or accepted, so it takes part at once, like an acceptor with stable storage."""
+        if intact:
+            self.ready = True
+            self._started_at = now
+            return []
         self.ready = False
-        self._sync_id = self._rng(16)
+        self._sync_ids = {}
         self._sync_responses = {}
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
@@ -164,7 +180,17 @@ class Replica:
         if self._sync_complete(now):  # a fleet of one has nobody to ask
             self.ready = True
             return []
-        return [Send(peer, SyncRequest(self._sync_id)) for peer in self.peers]
+        return self._ask_sync(self.peers)
+
+    def _ask_sync(self, peers: Iterable[int]) -> list[Effect]:
+        """Ask `peers` for their records. Every ask gets a fresh id, so an answer is
+        matched to the ask it answers and a late answer never replaces a newer one."""
+        self._sync_asks += 1
+        sync_id = self._rng(16)
+        self._sync_ids[sync_id] = self._sync_asks
+        for old in [i for i, n in self._sync_ids.items() if n <= self._sync_asks - SYNC_ASKS_KEPT]:
+            del self._sync_ids[old]
+        return [Send(peer, SyncRequest(sync_id)) for peer in peers]
 
     # ---- client side: proposing ----------------------------------------------------
 
@@ -213,11 +239,14 @@ class Replica:
         if not self.ready and now >= self._sync_retry_at:
             self._sync_interval = min(self._sync_interval * 2, self.timing.sync_retry_max)
             self._sync_retry_at = now + self._sync_interval
-            effects += [
-                Send(peer, SyncRequest(self._sync_id))
+            # Peers that never answered, and peers that answered "not ready" (they may be
+            # caught up by now): without the latter, a node can wait forever on a majority.
+            again = [
+                peer
                 for peer in self.peers
-                if peer not in self._sync_responses
+                if peer not in self._sync_responses or not self._sync_responses[peer][1].ready
             ]
+            effects += self._ask_sync(again)
         for op_id, repair in list(self._repairs.items()):
             if now >= repair.until:
                 del self._repairs[op_id]
@@ -251,10 +280,15 @@ class Replica:
     def _record(self, key: bytes) -> AcceptorRecord:
         return self.records.get(key) or AcceptorRecord(key)
 
-    def _store(self, record: AcceptorRecord) -> Persist:
+    def _store(self, record: AcceptorRecord, kind: str = "promise") -> Persist:
+        before = self._record(record.key)
+        # Ballots only grow: an acceptor never forgets a promise or an acceptance it holds.
+        assert record.promised >= before.promised, "promise went backwards"
+        assert record.accepted >= before.accepted, "accepted ballot went backwards"
+        assert record.promised >= record.accepted, "accepted above the promise"
         self.records[record.key] = record
         self._max_round = max(self._max_round, record.promised.round)
-        return Persist(record)
+        return Persist(record, kind)
 
     def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)
@@ -272,6 +306,8 @@ class Replica:
                     record.value,
                 )
                 effects.append(self._store(record))
+            # A Promise leaves only once the promise it makes is persisted.
+            assert not ok or self._record(message.key).promised == ballot
             return effects, Promise(
                 message.op_id,
                 message.key,
@@ -291,7 +327,7 @@ class Replica:
             reply = Accepted(
                 message.op_id, message.key, message.round, message.node, True, *_ballot(ballot)
             )
-            return [self._store(record)], reply
+            return [self._store(record, "accept")], reply
         return [], Accepted(
             message.op_id,
             message.key,
@@ -317,7 +353,9 @@ class Replica:
             proposal.retry_at = now + self.timing.sync_retry
             return []
         self._max_round += 1
-        proposal.ballot = Ballot(self._max_round, self.node)
+        ballot = Ballot(self._max_round, self.node)
+        assert ballot > proposal.ballot, "a proposal's ballots only grow"
+        proposal.ballot = ballot
         proposal.phase = "prepare"
         proposal.round_started = now
         proposal.promises = {}
@@ -394,6 +432,11 @@ class Replica:
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
+        # Committed only on a majority of Accepted for this very ballot and value.
+        assert len(proposal.promises) >= self.quorum and proposal.phase == "accept"
+        # Both phases of the round that committed, averaged over recent commits.
+        took = now - proposal.round_started
+        self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
         laggards = set(self.peers) - proposal.accepts
         if laggards:
             accept = Accept(
@@ -407,9 +450,10 @@ class Replica:
     def _back_off(self, proposal: _Proposal, now: float) -> list[Effect]:
         """Another proposer holds a higher ballot: wait a random, growing while, then retry."""
         proposal.conflicts += 1
-        ceiling = min(
-            self.timing.backoff_max, self.timing.backoff_min * (2 ** min(proposal.conflicts, 10))
-        )
+        # A backoff shorter than a round cannot separate duelling proposers: on a slow
+        # fleet (load, fsync) the cap follows the rounds this node has seen commit.
+        cap = max(self.timing.backoff_max, 2 * self._round_seconds)
+        ceiling = min(cap, self.timing.backoff_min * (2 ** min(proposal.conflicts, 10)))
         jitter = int.from_bytes(self._rng(4), "big") / 2**32
         proposal.phase = "backoff"
         proposal.retry_at = now + self.timing.backoff_min + jitter * ceiling
@@ -429,18 +473,22 @@ class Replica:
     # ---- catching up ------------------------------------------------------------------
 
     def _on_sync_response(self, sender: int, message: SyncResponse, now: float) -> list[Effect]:
-        if self.ready or message.sync_id != self._sync_id:
+        asked = self._sync_ids.get(message.sync_id)
+        if self.ready or asked is None:
             return []
-        self._sync_responses[sender] = message
+        held = self._sync_responses.get(sender)
+        if held is not None and held[0] > asked:
+            return []  # an answer to an older ask, overtaken by a newer one
+        self._sync_responses[sender] = (asked, message)
         return self._finish_sync() if self._sync_complete(now) else []
 
     def _finish_sync(self) -> list[Effect]:
         effects: list[Effect] = []
-        for response in self._sync_responses.values():
+        for _, response in self._sync_responses.values():
             for theirs in response.records:
                 merged = _merge(self._record(theirs.key), theirs)
                 if merged != self.records.get(theirs.key):
-                    effects.append(self._store(merged))
+                    effects.append(self._store(merged, "copy"))
         self.ready = True
         self._sync_responses = {}
         return effects
@@ -460,7 +508,7 @@ class Replica:
         after which no round that used such a promise can still act."""
         if len(self._sync_responses) == len(self.peers):
             return True
-        ready = sum(1 for r in self._sync_responses.values() if r.ready)
+        ready = sum(1 for _, r in self._sync_responses.values() if r.ready)
         return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
 
 

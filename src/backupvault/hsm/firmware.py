@@ -345,6 +345,8 @@ class VaultFirmware:
                 return state, lambda: _error(
                     ErrorCode.WRONG_PASSWORD, "wrong password", state.guesses_remaining
                 )
+            # A success resets only the attempt it answers: the latest, not yet answered.
+            assert state.attempt_seq == seq > state.success_seq
             released = state.changed(attempts_used=0, success_seq=seq)
             return released, lambda: self._release(request, ticket, released, now)
 

@@ -13,7 +13,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import InvalidInput
 from backupvault.hop import HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import Op, check_name
@@ -21,7 +21,7 @@ from backupvault.protocol import Op, check_name
 log = logging.getLogger("backupvault.node")
 
 MAX_BODY = 64 * 1024
-MAX_PEER_BODY = 64 * 1024 * 1024  # a catch-up answer carries every record
+MAX_PEER_BODY = 64 * 1024 * 1024  # a frame; a catch-up answer carries every record
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -81,14 +81,18 @@ def create_app(
         if body is None:
             return _error(413, "too_large", "peer message too large")
         try:
-            service.peer_message(body)
-        except (InvalidInput, AuthenticationFailed) as err:
-            log.warning("refused peer message: %s", err.message)
-            return _error(400, "bad_peer_message", err.message)
+            refused = service.peer_frame(body)
+        except InvalidInput as err:
+            log.warning("refused peer frame: %s", err.message)
+            return _error(400, "bad_peer_frame", err.message)
+        if refused:
+            return _error(400, "bad_peer_message", f"{refused} message(s) refused")
         return Response(status_code=204)
 
     async def health(request: Request) -> Response:
-        return JSONResponse({"node": service.node, "ready": service.replica.ready})
+        return JSONResponse(
+            {"node": service.node, "ready": service.replica.ready, "intact_start": service.intact}
+        )
 
     async def own_measurement(request: Request) -> Response:
         if measurement is None:

@@ -6,7 +6,7 @@ then serve. Files in the node's data directory:
     fleet-secrets.sealed   FleetSecrets                    (sealed by the token)
     fleet-secrets.transfer FleetSecrets for this node from the ceremony, HPKE to the
                            identity key; consumed and deleted at the first start
-    store.sqlite           acceptor records, encrypted under the storage key
+    store.sqlite           acceptor records, encrypted under the storage key (node/store.py)
 """
 
 from __future__ import annotations
@@ -196,6 +196,9 @@ def build_service(config: NodeConfig) -> NodeService:
         epoch=fleet.epoch or 0,
     )
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    # Kept open for the node's life: the store counter is advanced after every write.
+    sealer = TokenSealer(config.token)
+    intact = store_is_intact(store, sealer)
     accounts = TokenVerifier(
         Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),
         issuer=fleet.account_issuer,
@@ -207,7 +210,36 @@ def build_service(config: NodeConfig) -> NodeService:
         VaultFirmware(keys.fleet, os.urandom, accounts, guess_limit=fleet.guess_limit),
         channel,
         store,
+        record_counter=sealer.advance_store_counter,
+        intact=intact,
     )
+
+
+def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
+    """Whether the store holds everything this node ever persisted, judged by the token's
+    counter, which counts every write alongside it, both done before anything depending
+    on the write leaves. Equal: intact. The store one ahead (its write landed, the
+    token's not): intact too, nothing depending on that write left. Behind the token
+    (rolled back, wiped, or a crash between the two writes: indistinguishable from a
+    rollback by one write) or no counter recorded yet: not intact, the node catches up;
+    the store's counter is first raised to the token's so the two agree from here on."""
+    recorded = sealer.store_counter()
+    if recorded is None:
+        sealer.advance_store_counter(store.counter)
+        log.info("node store counter recorded in the token for the first time; catching up")
+        return False
+    if recorded <= store.counter <= recorded + 1:
+        sealer.advance_store_counter(store.counter)
+        return True
+    log.warning(
+        "node store counter %d does not match the token's %d (rolled back or wiped); "
+        "catching up from the fleet",
+        store.counter,
+        recorded,
+    )
+    store.raise_counter(recorded)
+    sealer.advance_store_counter(store.counter)
+    return False
 
 
 def serve(config_path: Path) -> None:

@@ -11,13 +11,14 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 
 import httpx
 
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
+from backupvault.fleet.messages import PEER_MESSAGES
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     Committed,
@@ -42,7 +43,8 @@ from backupvault.protocol import (
 log = logging.getLogger("backupvault.node")
 
 TICK_SECONDS = 0.01
-MAX_IN_FLIGHT_PER_PEER = 32
+MAX_FRAMES_IN_FLIGHT = 4  # requests to one peer at once; more messages wait for a frame
+MAX_QUEUED_PER_PEER = 4096  # messages waiting for a frame beyond this are dropped (lost)
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,12 @@ class NodeService:
         timing: Timing = DEFAULT_TIMING,
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
+        record_counter: Callable[[int], None] | None = None,
+        intact: bool = False,
     ) -> None:
+        """`record_counter(n)`: record in the token that the store is making its n-th
+        write, alongside the write, before anything depending on it leaves. `intact`: the
+        store matched the token's counter at start, so the replica takes part at once."""
         self.node = node
         self._peer_urls = peer_urls
         self._firmware = firmware
@@ -74,11 +81,18 @@ class NodeService:
         self._store = store
         self._clock = clock
         self._wall_clock = wall_clock
+        self._record_counter = record_counter
+        self._intact = intact
         self.replica = Replica(node, peer_urls, os.urandom, store.load(), timing)
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._http: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._sends: set[asyncio.Task[None]] = set()
+        self._tasks: set[asyncio.Task[None]] = set()  # frames being posted, group commits
+        self._backlog: list[Effect] = []  # effects behind a group commit, in order
+        self._committing = False
+        self._fatal: Exception | None = None  # the store failed: the node serves nothing
+        self._outbox: dict[int, list[bytes]] = {}
+        self._flush_scheduled = False
         # Counters for operators and tests: OPRF evaluations made here, commits, failures.
         self.metrics = {
             "evaluations": 0,
@@ -86,19 +100,28 @@ class NodeService:
             "committed": 0,
             "fleet_unavailable": 0,
             "peer_messages_dropped": 0,
+            "group_commits": 0,
+            "records_persisted": 0,
         }
         self._in_flight: dict[int, int] = {}
+
+    @property
+    def intact(self) -> bool:
+        """Whether this start found the store matching the token's counter."""
+        return self._intact
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=0.5))
-        self._execute(self.replica.start(self._clock()))
+        self._execute(self.replica.start(self._clock(), self._intact))
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
         if self._ticker:
             self._ticker.cancel()
+        while self._committing:  # let the write under way finish before closing the store
+            await asyncio.sleep(TICK_SECONDS)
         if self._http:
             await self._http.aclose()
         self._store.close()
@@ -115,6 +138,8 @@ class NodeService:
     # ---- client requests ---------------------------------------------------------------
 
     async def client_request(self, op: Op, account: str, entry: str, sealed: bytes) -> ClientAnswer:
+        if self._fatal is not None:
+            return ClientAnswer(503, error="node_not_ready", detail="node store failed")
         if not self.replica.ready:
             return ClientAnswer(503, error="node_not_ready", detail="node is catching up")
         try:
@@ -163,23 +188,82 @@ class NodeService:
         finally:
             self._waiting.pop(op_id, None)
 
-    # ---- peers -------------------------------------------------------------------------
+    # ---- peers ----------------------------------------------------------------------
 
-    def peer_message(self, envelope: bytes) -> None:
-        sender, message = self._channel.open(envelope, PEER_MESSAGES)
-        self._execute(self.replica.receive(sender, message, self._clock()))
+    def peer_frame(self, frame: bytes) -> int:
+        """Take a frame of sealed peer messages (docs/fleet.md, "Peer frames"). Returns how
+        many were refused (bad seal, unknown sender, malformed); the rest are processed."""
+        refused = 0
+        for envelope in split_frame(frame):
+            try:
+                sender, message = self._channel.open(envelope, PEER_MESSAGES)
+            except (InvalidInput, AuthenticationFailed) as err:
+                log.warning("refused peer message: %s", err.message)
+                refused += 1
+                continue
+            self._execute(self.replica.receive(sender, message, self._clock()))
+        return refused
 
     def _execute(self, effects: list[Effect]) -> None:
-        """Carry out effects in order; all persists of a batch are made durable together
-        before anything after them leaves the node."""
-        pending: list[AcceptorRecord] = []
+        """Carry out effects in order. A `Persist` must be durable before anything after it
+        leaves the node, so from the first persist on, effects queue behind a group
+        commit: every record persisted while a write is under way goes into the next one
+        transaction and fsync, made in a thread so the event loop keeps serving. Effects
+        stay in FIFO order across calls: nothing overtakes a persist made before it."""
+        if self._fatal is not None:
+            return
+        if not self._backlog and not self._committing:
+            first = next((i for i, e in enumerate(effects) if isinstance(e, Persist)), None)
+            if first is None:
+                self._deliver(effects)
+                return
+            self._deliver(effects[:first])
+            effects = effects[first:]
+        self._backlog.extend(effects)
+        if not self._committing:
+            self._committing = True
+            task = asyncio.get_running_loop().create_task(self._group_commit())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _group_commit(self) -> None:
+        try:
+            while self._backlog and self._fatal is None:
+                batch, self._backlog = self._backlog, []
+                # The last write of a key in a batch is what it holds after the batch.
+                records = {e.record.key: e.record for e in batch if isinstance(e, Persist)}
+                if records:
+                    # The store and the token's counter are written at once (the token
+                    # first counting the write the store is making); both are done before
+                    # anything in the batch leaves. A crash in between leaves the token one
+                    # ahead, which the next start treats like a rollback (catches up).
+                    writes = [asyncio.to_thread(self._store.save, list(records.values()))]
+                    if self._record_counter is not None:
+                        count = self._store.counter + 1
+                        writes.append(asyncio.to_thread(self._record_counter, count))
+                    try:
+                        await asyncio.gather(*writes)
+                    except Exception as err:
+                        # Fail-stop: what the replica told itself is durable is not, so
+                        # nothing that depends on it may leave. The operator restarts the
+                        # node, which then catches up like any restart.
+                        log.critical("node store write failed, node stops serving: %r", err)
+                        self._fatal = err
+                        self._fail_waiting()
+                        return
+                    self.metrics["group_commits"] += 1
+                    self.metrics["records_persisted"] += len(records)
+                self._deliver([e for e in batch if not isinstance(e, Persist)])
+        finally:
+            self._committing = False
+
+    def _fail_waiting(self) -> None:
+        for op_id, future in list(self._waiting.items()):
+            if not future.done():
+                future.set_result(Failed(op_id, "node store failed"))
+
+    def _deliver(self, effects: list[Effect]) -> None:
         for effect in effects:
-            if isinstance(effect, Persist):
-                pending.append(effect.record)
-                continue
-            if pending:
-                self._store.save(pending)
-                pending = []
             match effect:
                 case Send(to, message):
                     self._send(to, message)
@@ -187,31 +271,63 @@ class NodeService:
                     future = self._waiting.get(effect.op_id)
                     if future is not None and not future.done():
                         future.set_result(effect)
-        if pending:
-            self._store.save(pending)
 
     def _send(self, to: int, message: Message) -> None:
-        # A slow peer must not pile up unbounded requests (each one costs it work even
-        # after we gave up): beyond a few in flight, drop the message. The protocol
-        # treats it as lost and retries with backoff.
-        if self._in_flight.get(to, 0) >= MAX_IN_FLIGHT_PER_PEER:
+        """Queue a message for `to`; everything queued for a peer in one turn of the
+        event loop leaves as one frame in one request."""
+        outbox = self._outbox.setdefault(to, [])
+        if len(outbox) >= MAX_QUEUED_PER_PEER:
+            # A slow or absent peer must not pile up unbounded work: the protocol treats
+            # a dropped message as lost and retries with backoff.
             self.metrics["peer_messages_dropped"] += 1
             return
-        self._in_flight[to] = self._in_flight.get(to, 0) + 1
-        envelope = self._channel.seal(to, message)
-        task = asyncio.create_task(self._post(self._peer_urls[to], envelope))
-        self._sends.add(task)
+        outbox.append(self._channel.seal(to, message))
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
 
-        def done(task: asyncio.Task[None]) -> None:
-            self._sends.discard(task)
-            self._in_flight[to] -= 1
+    def _flush_outbox(self) -> None:
+        self._flush_scheduled = False
+        for to, outbox in self._outbox.items():
+            if not outbox or self._in_flight.get(to, 0) >= MAX_FRAMES_IN_FLIGHT:
+                continue  # sent when a frame in flight to that peer completes
+            self._outbox[to] = []
+            self._in_flight[to] = self._in_flight.get(to, 0) + 1
+            task = asyncio.create_task(self._post(self._peer_urls[to], join_frame(outbox)))
+            self._tasks.add(task)
+            task.add_done_callback(partial(self._frame_done, to))
 
-        task.add_done_callback(done)
+    def _frame_done(self, to: int, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        self._in_flight[to] -= 1
+        if self._outbox.get(to) and not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_outbox)
 
-    async def _post(self, url: str, envelope: bytes) -> None:
+    async def _post(self, url: str, frame: bytes) -> None:
         assert self._http is not None
         try:
-            await self._http.post(f"{url}/v1/peer", content=envelope)
+            await self._http.post(f"{url}/v1/peer", content=frame)
         except httpx.HTTPError as err:
             # A lost message is part of the fault model: the proposer retries.
             log.debug("peer %s unreachable: %s", url, type(err).__name__)
+
+
+def join_frame(envelopes: list[bytes]) -> bytes:
+    """A frame: for each sealed message, u32 big-endian length || the sealed message."""
+    return b"".join(len(e).to_bytes(4, "big") + e for e in envelopes)
+
+
+def split_frame(frame: bytes) -> list[bytes]:
+    envelopes = []
+    at = 0
+    while at < len(frame):
+        if at + 4 > len(frame):
+            raise InvalidInput("peer frame ends inside a length")
+        length = int.from_bytes(frame[at : at + 4], "big")
+        at += 4
+        if length == 0 or at + length > len(frame):
+            raise InvalidInput("peer frame holds a message of a wrong length")
+        envelopes.append(frame[at : at + length])
+        at += length
+    return envelopes

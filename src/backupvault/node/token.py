@@ -78,6 +78,7 @@ SOFTHSM2_CONF_ENV: Final = "SOFTHSM2_CONF"
 """SoftHSM2 reads this environment variable when the module is initialized (C_Initialize)."""
 
 SEALING_KEY_LABEL: Final = "backupvault node sealing key v1"
+STORE_COUNTER_LABEL: Final = "backupvault node store counter v1"
 """CKA_LABEL of the token's sealing key. Fixed: a node finds its key again by this label."""
 
 SEALING_KEY_ID: Final = b"backupvault-seal-v1"
@@ -366,6 +367,62 @@ class TokenSealer:
             _open_tokens.get(self._path, set()).discard(self._serial)
             with contextlib.suppress(p11.PKCS11Error):
                 session.close()
+
+    # ---- the store counter ---------------------------------------------------------------
+
+    def store_counter(self) -> int | None:
+        """The node store's counter as the token last recorded it (None: never recorded).
+
+        Private data objects in the token (u64, big-endian value); the highest one counts.
+        The node advances it after every group commit, before anything that depends on
+        that commit leaves, and compares it with the store's own counter at start
+        (docs/fleet.md, "Restarts")."""
+        with self._lock:
+            values = [v for v, _ in self._counters(self._open_session())]
+            return max(values) if values else None
+
+    def advance_store_counter(self, value: int) -> None:
+        """Record `value`; it never goes backwards (TokenError if asked to).
+
+        SoftHSM2 keeps a data object's value read-only, so each advance creates the new
+        value's object first and then destroys the older ones: a crash in between
+        leaves both, and the highest still counts."""
+        if not 0 <= value < 2**64:
+            raise InvalidInput("store counter out of range")
+        with self._lock:
+            session = self._open_session()
+            held = self._counters(session)
+            current = max((v for v, _ in held), default=None)
+            if current is not None and value < current:
+                raise TokenError(
+                    f"the store counter cannot go back from {current} to {value}",
+                    hint="the node store is older than the token: it was rolled back",
+                )
+            if value == current:
+                return
+            try:
+                session.create_object(
+                    {
+                        Attribute.CLASS: ObjectClass.DATA,
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: True,
+                        Attribute.LABEL: STORE_COUNTER_LABEL,
+                        Attribute.VALUE: value.to_bytes(8, "big"),
+                    }
+                )
+                for _, old in held:
+                    old.destroy()
+            except p11.PKCS11Error as err:
+                raise self._device_error("record the store counter", err) from err
+
+    def _counters(self, session: Any) -> list[tuple[int, Any]]:
+        try:
+            found = session.get_objects(
+                {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: STORE_COUNTER_LABEL}
+            )
+            return [(int.from_bytes(bytes(o[Attribute.VALUE]), "big"), o) for o in found]
+        except p11.PKCS11Error as err:
+            raise self._device_error("read the store counter", err) from err
 
     # ---- the sealing key -----------------------------------------------------------------
 

@@ -105,6 +105,15 @@ class Observer:
 
     # ---- acceptor writes -----------------------------------------------------------------
 
+    def on_persist(self, node: int, record: AcceptorRecord, kind: str) -> None:
+        """`node` made `record` durable; `kind` is the replica's reason (replica.Persist).
+        Only a write answering an Accept makes the node one of the value's acceptors: a
+        copy made while catching up does not, and neither does a promise that carries an
+        earlier acceptance along. Each (node, ballot) counts once, however often the same
+        Accept arrives, and whether or not a copy of the same ballot came first."""
+        if kind == "accept":
+            self.on_accept(node, record)
+
     def on_accept(self, node: int, record: AcceptorRecord) -> None:
         """`node` durably accepted (ballot, value) in answer to an Accept."""
         ballot = record.accepted

@@ -14,9 +14,11 @@ import heapq
 import itertools
 import os
 import random
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -24,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
 from backupvault.crypto.seal import Kem
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse, payload_of
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
@@ -335,6 +337,11 @@ class Simulation:
             violation = err
         except ClientViolation as err:
             violation = InvariantViolation("released-key-is-the-registered-one", str(err))
+        except AssertionError as err:
+            # An invariant asserted inside the replica or the firmware stopped the step.
+            frame = traceback.extract_tb(err.__traceback__)[-1]
+            where = f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
+            violation = InvariantViolation("core-assertion", f"{where} {err}".strip())
         if violation is not None:
             self.log(f"VIOLATION {violation.invariant}: {violation.detail}")
         stats = dict(
@@ -423,7 +430,8 @@ class Simulation:
                     return
                 self.log(step.describe())
                 self._disk_fault(n, step.arg, step.n)
-                self._start(n)
+                # A kept disk matches the token's counter: the node takes part at once.
+                self._start(n, intact=step.arg == "keep")
             case "backup":
                 assert n is not None
                 self.log(step.describe())
@@ -461,14 +469,14 @@ class Simulation:
             n.refusing = True
             self.log(f"node{n.index} a bit flips in a stored row: the store refuses to open")
 
-    def _start(self, n: _Node) -> None:
+    def _start(self, n: _Node, intact: bool = False) -> None:
         if n.refusing:
             self.at(self.now + 2.0, "operator_fix", n.index)
             return
         n.incarnation += 1
         rng = random.Random(n.rng.getrandbits(64))
         n.replica = Replica(n.index, range(self.plan.nodes), rng.randbytes, n.disk.values())
-        self._execute(n, n.replica.start(self.now))
+        self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
 
     def _heal_all(self) -> None:
@@ -476,11 +484,12 @@ class Simulation:
         self.isolated = frozenset()
         self.drop = self.dup = self.long_delay = 0.0
         for n in self.nodes:
+            fixed = n.refusing
             if n.refusing:
                 n.disk.pop(n.corrupt, None)
                 n.refusing = False
             if not n.up:
-                self._start(n)
+                self._start(n, intact=not fixed)  # crashed, disk untouched unless fixed
 
     # ---- network ------------------------------------------------------------------------
 
@@ -503,17 +512,14 @@ class Simulation:
         if n.replica is None or ((sender in self.isolated) != (to in self.isolated)):
             return
         message = decode_any(raw, PEER_MESSAGES)
-        self._execute(n, n.replica.receive(sender, message, self.now), message)
+        self._execute(n, n.replica.receive(sender, message, self.now))
 
-    def _execute(self, n: _Node, effects: list[Effect], cause: Message | None = None) -> None:
-        copying = isinstance(cause, SyncResponse)
+    def _execute(self, n: _Node, effects: list[Effect]) -> None:
         for effect in effects:
             match effect:
-                case Persist(record):
-                    before = n.disk.get(record.key)
+                case Persist(record, kind):
                     n.disk[record.key] = record
-                    if not copying and (before is None or before.accepted != record.accepted):
-                        self.observer.on_accept(n.index, record)
+                    self.observer.on_persist(n.index, record, kind)
                 case Send(to, message):
                     self._transmit("deliver", (n.index, to, message.to_bytes()))
                 case Committed(op_id, outcome):

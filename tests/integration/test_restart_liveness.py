@@ -1,0 +1,93 @@
+"""Restarts with real processes: a node whose store matches its token's counter serves at
+once, so a majority that has just restarted serves with the fifth node still down; a
+node whose store was rolled back catches up first, and the guess count never goes back."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
+from backupvault.node.config import FleetDescription
+
+from .conftest import Vault
+
+PASSWORD = "correct horse battery staple"
+
+
+def _health(vault: Vault, index: int) -> dict[str, object]:
+    url = FleetDescription.load(vault.root / "fleet.toml").nodes[index].url
+    answer: dict[str, object] = httpx.get(f"{url}/v1/health", timeout=5).json()
+    return answer
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    target.mkdir(exist_ok=True)
+    for path in source.glob("store.sqlite*"):
+        shutil.copy2(path, target / path.name)
+
+
+def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count(
+    vault: Vault, tmp_path: Path
+) -> None:
+    deployment = vault.deployment
+    client = vault.client("restart-user", "restart-entry")
+    root_key = os.urandom(32)
+    client.register(PASSWORD, root_key)
+    try:
+        deployment.stop_process("node4", signal.SIGKILL)
+        # Copies of node0's and node1's stores, taken while they are stopped. Only the
+        # stores: the SoftHSM2 token lives in the node's folder here, and a real HSM's
+        # counter cannot be rolled back with the disk (docs/fleet.md).
+        for index in (0, 1, 2):
+            deployment.stop_process(f"node{index}")
+        for index in (0, 1):
+            _copy_store(vault.root / f"node{index}", tmp_path / f"node{index}-old")
+        for index in (0, 1, 2):
+            deployment.start_node(index)
+        # Ready without waiting for node4 or the 20 s quarantine: the stores are intact.
+        deployment.wait_ready(15, nodes=[0, 1, 2])
+        assert all(_health(vault, i)["intact_start"] is True for i in (0, 1, 2))
+        assert client.recover(PASSWORD).root_key == root_key
+        for remaining in (9, 8, 7):
+            with pytest.raises(WrongPassword) as wrong:
+                client.recover("wrong password")
+            assert wrong.value.guesses_remaining == remaining
+
+        # Roll node0 and node1 back to before those guesses, node4 still down.
+        for index in (0, 1):
+            deployment.stop_process(f"node{index}")
+            for old in (vault.root / f"node{index}").glob("store.sqlite*"):
+                old.unlink()
+            _copy_store(tmp_path / f"node{index}-old", vault.root / f"node{index}")
+            assert deployment.inspect(index, "restart-user", "restart-entry")["attempts_used"] == 0
+        for index in (0, 1):
+            deployment.start_node(index)
+        # Only node2 and node3 are intact and up: fewer than a majority of caught-up
+        # peers, so the rolled-back nodes wait (refusing) until node4 is back.
+        with pytest.raises(FleetUnavailable):
+            client.status()
+        assert all(_health(vault, i)["ready"] is False for i in (0, 1))
+        deployment.start_node(4)
+        deployment.wait_ready(90, nodes=[0, 1, 4])
+        assert all(_health(vault, i)["intact_start"] is False for i in (0, 1))
+        assert _health(vault, 4)["intact_start"] is True
+        assert client.status().guesses_remaining == 7
+        seen = []
+        for _ in range(10):
+            try:
+                client.recover("wrong password")
+            except WrongPassword as err:
+                seen.append(err.guesses_remaining)
+            except Destroyed:
+                break
+        assert seen == [6, 5, 4, 3, 2, 1]  # the 10th wrong guess destroyed the entry
+        with pytest.raises(Destroyed):
+            client.recover(PASSWORD)
+    finally:
+        vault.ensure_all_running()

@@ -1,0 +1,223 @@
+"""The node's group commit and peer frames: nothing that follows a persist leaves the node
+before the persist is durable, not even an effect from a later batch, and everything
+queued for a peer in one turn of the event loop leaves as one frame."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import threading
+from collections.abc import Iterable
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from backupvault.errors import InvalidInput
+from backupvault.fleet.channel import PeerChannel
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady
+from backupvault.fleet.replica import Persist, Send
+from backupvault.hsm.ceremony import make_fleet_secrets
+from backupvault.hsm.firmware import VaultFirmware
+from backupvault.node.service import NodeService, join_frame, split_frame
+from backupvault.node.store import NodeStore
+from backupvault.protocol import Op
+from backupvault.tokens import TokenVerifier, fleet_audience
+
+SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+ACCOUNTS = TokenVerifier(
+    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
+)
+IDENTITIES = {i: X25519PrivateKey.generate() for i in range(3)}
+PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
+
+
+def _channel(node: int) -> PeerChannel:
+    private = IDENTITIES[node].private_bytes_raw()
+    return PeerChannel(node, private, PUBLIC, SECRETS.fleet_id, os.urandom)
+
+
+class SlowStore(NodeStore):
+    """A store whose writes block until the test lets them through."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(path, 0, b"k" * 32)
+        self.release = threading.Event()
+        self.saved: list[list[bytes]] = []
+
+    def save(self, records: Iterable[AcceptorRecord]) -> None:
+        self.release.wait(10)
+        records = list(records)
+        super().save(records)
+        self.saved.append([r.key for r in records])
+
+
+def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[str, bytes]]]:
+    store = SlowStore(tmp_path / "store.sqlite")
+    urls = {i: f"http://node{i}" for i in range(3)}
+    service = NodeService(0, urls, VaultFirmware(SECRETS, os.urandom, ACCOUNTS), _channel(0), store)
+    posted: list[tuple[str, bytes]] = []
+
+    async def post(url: str, frame: bytes) -> None:
+        posted.append((url, frame))
+
+    service._post = post  # type: ignore[method-assign]
+    return service, store, posted
+
+
+def _opened(frame: bytes, at: int) -> list[bytes]:
+    channel = _channel(at)
+    return [channel.open(e, PEER_MESSAGES)[1].op_id for e in split_frame(frame)]  # type: ignore[attr-defined]
+
+
+async def _turns(n: int = 5) -> None:
+    for _ in range(n):
+        await asyncio.sleep(0)
+
+
+def test_sends_wait_for_the_persist_before_them_even_from_a_later_batch(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        record = AcceptorRecord(b"entry", 1, 0)
+        service._execute([Send(1, NotReady(b"before"))])  # nothing to wait for: goes at once
+        service._execute([Persist(record), Send(1, NotReady(b"after-persist"))])
+        service._execute([Send(2, NotReady(b"later-batch"))])  # no persist of its own
+        await _turns()
+        assert [_opened(f, 1) for u, f in posted] == [[b"before"]]
+        store.release.set()
+        for _ in range(200):
+            if len(posted) == 3:
+                break
+            await asyncio.sleep(0.01)
+        assert store.saved == [[b"entry"]]
+        assert _opened(posted[1][1], 1) == [b"after-persist"]
+        assert _opened(posted[2][1], 2) == [b"later-batch"]
+        assert service.metrics["group_commits"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_persists_queued_during_a_write_share_the_next_transaction(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0))])
+        await _turns()  # the first write is under way (blocked)
+        for key in (b"b", b"c", b"b"):
+            service._execute([Persist(AcceptorRecord(key, 2, 0))])
+        store.release.set()
+        for _ in range(200):
+            if not service._committing:
+                break
+            await asyncio.sleep(0.01)
+        assert store.saved == [[b"a"], [b"b", b"c"]]  # two transactions, b written once
+
+    asyncio.run(scenario())
+
+
+def test_messages_for_a_peer_in_one_turn_leave_as_one_frame(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, _, posted = _service(tmp_path)
+        for i in range(5):
+            service._execute([Send(1, NotReady(bytes([i]))), Send(2, NotReady(bytes([i])))])
+        await _turns()
+        frames = {url: _opened(frame, int(url[-1])) for url, frame in posted}
+        assert len(posted) == 2
+        assert frames == {f"http://node{n}": [bytes([i]) for i in range(5)] for n in (1, 2)}
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    "frame",
+    [b"\x00\x00\x00", b"\x00\x00\x00\x05abc", b"\x00\x00\x00\x00", b"\x00\x00\x00\x01a\x00"],
+)
+def test_a_malformed_frame_is_refused(frame: bytes) -> None:
+    with pytest.raises(InvalidInput):
+        split_frame(frame)
+
+
+def test_frames_round_trip() -> None:
+    envelopes = [b"a", b"bc" * 300, os.urandom(70000)]
+    assert split_frame(join_frame(envelopes)) == envelopes
+    assert split_frame(b"") == []
+
+
+def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
+    tmp_path: Path,
+) -> None:
+    class BrokenStore(SlowStore):
+        def save(self, records: Iterable[AcceptorRecord]) -> None:
+            raise OSError("disk full")
+
+    async def scenario() -> None:
+        service, _, posted = _service(tmp_path)
+        service._store = BrokenStore(tmp_path / "broken.sqlite")
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0)), Send(1, NotReady(b"x"))])
+        for _ in range(200):
+            if not service._committing:
+                break
+            await asyncio.sleep(0.01)
+        service._execute([Send(1, NotReady(b"y"))])
+        await _turns()
+        assert posted == []
+        answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
+        assert (answer.status, answer.error) == (503, "node_not_ready")
+
+    asyncio.run(scenario())
+
+
+def test_the_token_counts_each_write_and_sends_wait_for_both(tmp_path: Path) -> None:
+    counted: list[int] = []
+    release = threading.Event()
+
+    def record(count: int) -> None:
+        release.wait(10)
+        counted.append(count)
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        service._record_counter = record
+        store.release.set()  # the store is quick; the token is slow
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0)), Send(1, NotReady(b"x"))])
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert store.saved == [[b"a"]] and posted == []  # stored, but not yet counted
+        release.set()
+        for _ in range(200):
+            if posted:
+                break
+            await asyncio.sleep(0.01)
+        assert counted == [store.counter] == [1]
+        assert len(posted) == 1
+
+    asyncio.run(scenario())
+
+
+class FakeSealer:
+    def __init__(self, recorded: int | None) -> None:
+        self.recorded = recorded
+
+    def store_counter(self) -> int | None:
+        return self.recorded
+
+    def advance_store_counter(self, value: int) -> None:
+        assert self.recorded is None or value >= self.recorded
+        self.recorded = value
+
+
+@pytest.mark.parametrize(
+    ("writes", "recorded", "intact"),
+    [(3, 3, True), (3, 2, True), (3, 4, False), (3, 9, False), (0, 5, False), (3, None, False)],
+)
+def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
+    tmp_path: Path, writes: int, recorded: int | None, intact: bool
+) -> None:
+    from backupvault.node.main import store_is_intact
+
+    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    for i in range(writes):
+        store.save([AcceptorRecord(b"a", i + 1, 0)])
+    sealer = FakeSealer(recorded)
+    assert store_is_intact(store, sealer) is intact  # type: ignore[arg-type]
+    assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again
