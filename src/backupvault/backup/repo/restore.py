@@ -258,4 +258,3 @@ def _fill(
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
         os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
         os.utime(entry.path, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd)
-
