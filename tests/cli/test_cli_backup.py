@@ -49,8 +49,14 @@ def test_recovery_code_round_trip_with_json(tmp_path: Path, source: Path) -> Non
     assert len(result["recovery_code"].split("-")) == 17
     assert "\x1b" not in created.stderr  # no progress bar when not a terminal
 
-    listed = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
-    assert [b["backup_id"] for b in listed["backups"]] == [result["backup_id"]]
+    listed = json.loads(
+        run(
+            "--json", "backup", "list", "--storage", str(storage), "--recovery-code", "-",
+            stdin=result["recovery_code"] + "\n",
+        ).stdout
+    )  # fmt: skip
+    assert [b["backup_id"] for b in listed["snapshots"]] == [result["backup_id"]]
+    assert listed["snapshots"][0]["added"] == 25 + 25600
 
     dest = tmp_path / "restored"
     restored = run(
@@ -170,3 +176,63 @@ def test_missing_backup_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_second_backup_asks_for_the_code_and_stores_only_changes(
+    tmp_path: Path, source: Path
+) -> None:
+    storage = tmp_path / "storage"
+    first = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )
+    code = first["recovery_code"]
+    (source / "notes.txt").write_text("meet at the station at 8\n")
+    second = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=code + "\n",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    info = json.loads(second.stdout)
+    assert "recovery_code" not in info
+    assert (info["parent_id"], info["files_read"], info["added"]) == (first["backup_id"], 1, 25)
+    dest = tmp_path / "notes"
+    restored = run(
+        "backup", "restore", first["backup_id"][:8], "--storage", str(storage), "--to", str(dest),
+        "--include", "notes.txt", "--recovery-code", code,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert [p.name for p in dest.iterdir()] == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "meet at the station at 7\n"
+    diff = run(
+        "--json", "backup", "diff", first["backup_id"], info["backup_id"], "--storage",
+        str(storage), "--recovery-code", code,
+    )  # fmt: skip
+    assert json.loads(diff.stdout)["changes"] == [
+        {"change": "M", "path": "notes.txt", "size_before": 25, "size_after": 25}
+    ]
+    checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert checked.returncode == 0 and json.loads(checked.stdout)["errors"] == []
+    forgot = run("--json", "backup", "forget", "--keep-last", "1", "--storage", str(storage),
+                 "--recovery-code", code)  # fmt: skip
+    assert json.loads(forgot.stdout)["removed"] == [first["backup_id"]]
+    pruned = run("--json", "backup", "prune", "--storage", str(storage), "--recovery-code", code)
+    assert pruned.returncode == 0 and json.loads(pruned.stdout)["bytes_freed"] >= 0
+
+
+def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    code = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )["recovery_code"]
+    pack = next((storage / "data").iterdir())
+    data = bytearray(pack.read_bytes())
+    data[3] ^= 1
+    pack.write_bytes(bytes(data))
+    done = run("backup", "check", "--read-data", "--storage", str(storage), "--recovery-code", code)
+    assert done.returncode == 1
+    assert "damaged" in done.stderr and pack.name in done.stderr

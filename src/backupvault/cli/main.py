@@ -17,7 +17,7 @@ from typing import Any
 import click
 
 from backupvault import __version__
-from backupvault.backup import create_backup, list_backups, restore_backup
+from backupvault.backup import list_backups, restore_backup
 from backupvault.cli.output import Output
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import AlreadyRegistered, NotRegistered
@@ -127,41 +127,64 @@ def backup() -> None:
 @click.option("--storage", "storage_url", help="Where backups go: a folder or an fsspec URL.")
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
-    "--recovery-code", "use_code", is_flag=True, help="Use a new key shown as a recovery code."
+    "--recovery-code",
+    "use_code",
+    is_flag=True,
+    help="No vault: the first backup makes a key shown as a recovery code; later ones ask "
+    "for it (stdin).",
 )
+@click.option("--force-read", is_flag=True, help="Read every file, even those unchanged.")
 @pass_context
 def backup_create(
-    ctx: Context, source: Path, storage_url: str | None, password_stdin: bool, use_code: bool
+    ctx: Context,
+    source: Path,
+    storage_url: str | None,
+    password_stdin: bool,
+    use_code: bool,
+    force_read: bool,
 ) -> None:
-    """Back up SOURCE (a file or folder), encrypted on this device."""
+    """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
+    the last backup of SOURCE is read and stored."""
+    from backupvault.backup.repo import create_snapshot
+    from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
+
     if password_stdin and use_code:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     url = ctx.storage(storage_url)
-    registered = False
+    registered = new_code = False
     if use_code:
-        root_key = recovery.new_root_key()
+        if repository_exists(url):
+            root_key = code_for_existing_repository()
+        else:
+            root_key, new_code = recovery.new_root_key(), True
     else:
         password = _password(password_stdin, confirm=True)
         root_key, registered = _root_key_from_vault(ctx, password, register=True)
     with ctx.output.progress() as bar:
-        info = create_backup(source, url, root_key, bar)
+        info = create_snapshot(source, url, root_key, bar, force_read=force_read)
     data: dict[str, Any] = {
-        "backup_id": info.backup_id,
+        "backup_id": info.snapshot_id,
+        "parent_id": info.parent_id,
         "url": info.url,
-        "size": info.size,
         "files": info.files,
-        "source_bytes": info.source_bytes,
+        "files_read": info.files_read,
+        "size": info.size,
+        "added": info.added,
+        "stored": info.stored,
         "skipped": list(info.skipped),
     }
-    text = f"backup {info.backup_id} saved ({info.files} files, {info.size} bytes stored)"
+    text = (
+        f"snapshot {info.snapshot_id} saved: {info.files} files, {info.size} bytes "
+        f"({info.files_read} files read, {info.added} bytes new, {info.stored} bytes stored)"
+    )
     if registered:
         data["registered"] = True
         ctx.output.note("a new key was registered in the vault behind your password")
-    if use_code:
+    if new_code:
         code = recovery.encode(root_key)
         data["recovery_code"] = code
         text += (
-            f"\nrecovery code (write it down; without it this backup cannot be opened):\n  {code}"
+            f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
         )
     for skipped in info.skipped:
         ctx.output.note(f"skipped: {skipped}")
@@ -172,6 +195,7 @@ def backup_create(
 @click.argument("backup_id", required=False)
 @click.option("--storage", "storage_url", help="Where the backups are.")
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="New folder.")
+@click.option("--include", metavar="PATH", help="Restore only this file or folder.")
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
     "--recovery-code", "code", metavar="CODE", help="The backup's recovery code ('-': stdin)."
@@ -182,19 +206,33 @@ def backup_restore(
     backup_id: str | None,
     storage_url: str | None,
     dest: Path,
+    include: str | None,
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Restore BACKUP_ID (default: the latest) into a new folder DEST."""
+    """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest) into a
+    new folder DEST."""
+    from backupvault.backup.repo import restore_snapshot
+    from backupvault.cli.backup_repo import repository_exists
+
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     url = ctx.storage(storage_url)
+    single_blob = [b.backup_id for b in list_backups(url)]
+    use_repository = repository_exists(url) and not (
+        backup_id is not None and any(i.startswith(backup_id.lower()) for i in single_blob)
+    )
+    if include is not None and not use_repository:
+        raise UsageError("--include works on snapshots, not on single-blob backups")
     if code is not None:
         root_key = _recovery_code(code)
     else:
         root_key, _ = _root_key_from_vault(ctx, _password(password_stdin), register=False)
     with ctx.output.progress() as bar:
-        info = restore_backup(url, root_key, dest, backup_id, bar)
+        if use_repository:
+            info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include)
+        else:
+            info = restore_backup(url, root_key, dest, backup_id, bar)
     for skipped in info.skipped:
         ctx.output.note(f"skipped: {skipped}")
     ctx.output.result(
@@ -205,17 +243,24 @@ def backup_restore(
             "bytes": info.bytes,
             "skipped": list(info.skipped),
         },
-        f"restored backup {info.backup_id} into {info.dest} ({info.files} files, "
-        f"{info.bytes} bytes)",
+        f"restored {info.backup_id} into {info.dest} ({info.files} files, {info.bytes} bytes)",
     )
 
 
 @backup.command("list")
 @click.option("--storage", "storage_url", help="Where the backups are.")
+@click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
+@click.option("--recovery-code", "code", metavar="CODE", help="Recovery code ('-': stdin).")
 @pass_context
-def backup_list(ctx: Context, storage_url: str | None) -> None:
-    """List the backups in storage, oldest first."""
-    backups = list_backups(ctx.storage(storage_url))
+def backup_list(
+    ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
+) -> None:
+    """List snapshots (sizes need the key) and single-blob backups, oldest first."""
+    from backupvault.backup.repo import maintenance
+    from backupvault.cli.backup_repo import existing_key, repository_exists, summary_row
+
+    url = ctx.storage(storage_url)
+    backups = list_backups(url)
     rows = [
         {
             "backup_id": b.backup_id,
@@ -225,8 +270,25 @@ def backup_list(ctx: Context, storage_url: str | None) -> None:
         }
         for b in backups
     ]
-    text = "\n".join(f"{b.backup_id}  {b.created_at}  {b.size:>12}  {b.name}" for b in backups)
-    ctx.output.result({"backups": rows}, text or "no backups")
+    lines = [f"{b.backup_id}  {b.created_at}  {b.size:>12}  {b.name}" for b in backups]
+    snapshot_rows: list[dict[str, Any]] = []
+    if repository_exists(url):
+        repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
+        found = maintenance.list_snapshots(repo)
+        snapshot_rows = [summary_row(s) for s in found]
+        if found:
+            lines.append(
+                f"{'snapshot':32}  {'time (UTC)':19}  {'size':>12}  {'added':>12}  "
+                f"{'stored':>12}  source"
+            )
+        lines += [
+            f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.size:>12}  {s.added:>12}  "
+            f"{s.stored:>12}  {s.source}"
+            for s in found
+        ]
+    ctx.output.result(
+        {"backups": rows, "snapshots": snapshot_rows}, "\n".join(lines) or "no backups"
+    )
 
 
 # ---- vault ------------------------------------------------------------------------------
@@ -275,7 +337,12 @@ def vault_delete(ctx: Context, yes: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
+    from backupvault.cli import (  # noqa: F401 - registers commands
+        backup_repo,
+        operator,
+        sim,
+        transparency,
+    )
 
     args = sys.argv[1:] if argv is None else argv
     try:
