@@ -12,18 +12,21 @@ import os
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from backupvault import __version__
-from backupvault.backup import list_backups, restore_backup
 from backupvault.cli.output import Output
-from backupvault.client.config import ClientConfig
-from backupvault.client.errors import AlreadyRegistered, NotRegistered
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
-from backupvault.protocol import EntryStatus
+
+if TYPE_CHECKING:
+    from backupvault.client.config import ClientConfig
+
+# Modules that add commands to `cli`. They are imported only when a command not defined
+# here is asked for (or for --help), so `backupvault backup ...` starts fast.
+PLUGIN_MODULES = ("operator", "sim", "transparency", "backup_repo")
 
 
 class Context:
@@ -32,6 +35,8 @@ class Context:
         self.config_path = config_path
 
     def config(self) -> ClientConfig:
+        from backupvault.client.config import ClientConfig
+
         if self.config_path is None:
             raise UsageError(
                 "this needs the vault: give --config FILE",
@@ -50,7 +55,29 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def load_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        importlib.import_module(f"backupvault.cli.{name}")
+
+
+class LazyGroup(click.Group):
+    """Loads the plugin modules before answering for a command it does not have yet."""
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            load_plugins()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_plugins()
+        return super().list_commands(ctx)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -91,6 +118,8 @@ def _recovery_code(value: str) -> bytes:
 def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
     `register` is set. Returns (root key, whether it was just registered)."""
+    from backupvault.client.errors import AlreadyRegistered, NotRegistered
+
     session = ctx.config().session()
     try:
         recovered = session.recover_or_migrate(password)
@@ -117,7 +146,7 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
 # ---- backup -----------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(cls=LazyGroup)
 def backup() -> None:
     """Create, list and restore backups."""
 
@@ -212,6 +241,7 @@ def backup_restore(
 ) -> None:
     """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest) into a
     new folder DEST."""
+    from backupvault.backup import list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
     from backupvault.cli.backup_repo import repository_exists
 
@@ -256,6 +286,7 @@ def backup_list(
     ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
     """List snapshots (sizes need the key) and single-blob backups, oldest first."""
+    from backupvault.backup import list_backups
     from backupvault.backup.repo import maintenance
     from backupvault.cli.backup_repo import existing_key, repository_exists, summary_row
 
@@ -303,6 +334,8 @@ def vault() -> None:
 @pass_context
 def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
+    from backupvault.protocol import EntryStatus
+
     status = ctx.config().vault().status()
     data = {**asdict(status), "status": status.status.name.lower()}
     text = f"key: {status.status.name.lower()}"
@@ -316,6 +349,8 @@ def vault_status(ctx: Context) -> None:
 @pass_context
 def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are)."""
+    from backupvault.protocol import EntryStatus
+
     old = _password(password_stdin, prompt="Current password")
     new = _password(password_stdin, confirm=True, prompt="New password")
     session = ctx.config().session()
@@ -337,13 +372,6 @@ def vault_delete(ctx: Context, yes: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from backupvault.cli import (  # noqa: F401 - registers commands
-        backup_repo,
-        operator,
-        sim,
-        transparency,
-    )
-
     args = sys.argv[1:] if argv is None else argv
     try:
         cli.main(args=args, prog_name="backupvault", standalone_mode=False)
