@@ -42,7 +42,7 @@ _TASK_BYTES = 8 << 20  # plaintext per worker task
 _SMALL_BATCH = 256  # small files per worker task
 
 # (entry number, chunk id, plaintext length, sealed blob or None if already stored)
-Piece = tuple[int, bytes, int, bytes | None]
+Piece = tuple[int, bytes, int, bytearray | None]
 
 
 @dataclass(frozen=True)

@@ -180,8 +180,9 @@ class Repository:
     ) -> tuple[Index, dict[str, int], list[str]]:
         """(index, {pack name: size} of every pack in storage, unindexed packs adopted).
 
-        Packs that no index names (left by an interrupted backup) are read back from their
-        own headers, so their chunks are reused; damaged ones are ignored."""
+        Packs that no index names (left by an interrupted backup) are read whole and every
+        blob in them verified (a crash may have left them torn), so their chunks are
+        reused; damaged ones are ignored (prune removes them)."""
         index = Index()
         for index_file in self.index_files().values():
             for pack_id, entries in index_file.packs.items():
@@ -194,12 +195,22 @@ class Repository:
                 if pack_id in index.packs:
                     continue
                 try:
-                    entries = self.read_pack_header(name, packs[name])
+                    entries = self.verify_pack(pack_id)
                 except BackupVaultError:
                     continue
                 index.add_pack(pack_id, entries)
                 adopted.append(name)
         return index, packs, adopted
+
+    def verify_pack(self, pack_id: bytes) -> list[PackEntry]:
+        """Read a whole pack, open its header and every blob; its entries if all are good."""
+        data = self.backend.get(f"data/{pack_id.hex()}")
+        entries = open_pack_header(self.keys.index, pack_id, data)
+        view = memoryview(data)
+        for entry in entries:
+            blob = view[entry.offset : entry.offset + entry.length]
+            self.sealer.open(entry.chunk_id, blob, entry.raw_length)
+        return entries
 
     def write_index(
         self, packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()
@@ -299,7 +310,7 @@ class PackWriter:
     def __init__(self, repo: Repository, index: Index) -> None:
         self.repo = repo
         self.index = index
-        self.pending: dict[bytes, tuple[bytes, int]] = {}
+        self.pending: dict[bytes, tuple[bytes | bytearray, int]] = {}
         self._pending_size = 0
         self.written: dict[bytes, list[PackEntry]] = {}
         self.stored = 0
@@ -310,7 +321,7 @@ class PackWriter:
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self.pending or chunk_id in self.index.chunks
 
-    def add(self, chunk_id: bytes, blob: bytes, raw_length: int) -> None:
+    def add(self, chunk_id: bytes, blob: bytes | bytearray, raw_length: int) -> None:
         if chunk_id in self:
             return
         self.pending[chunk_id] = (blob, raw_length)
@@ -325,7 +336,7 @@ class PackWriter:
         self._rng.shuffle(items)
         pack_id = new_id()
         entries: list[PackEntry] = []
-        parts: list[bytes] = []
+        parts: list[bytes | bytearray | memoryview] = []
         offset = 0
         for chunk_id, (blob, raw_length) in items:
             entries.append(PackEntry(chunk_id, offset, len(blob), raw_length))
@@ -336,24 +347,27 @@ class PackWriter:
         self.written[pack_id] = entries
         self.pending = {}
         self._pending_size = 0
-        data = b"".join(parts)
-        self.stored += len(data)
+        self.stored += offset + len(parts[-1])
         # At most one upload waiting behind the running one: bounded memory.
         while len([u for u in self._uploads if not u.done()]) >= 2:
             self._uploads[0].result()
             self._uploads = [u for u in self._uploads if not u.done()]
         self._uploads.append(
-            self._uploader.submit(self.repo.backend.put, f"data/{pack_id.hex()}", data)
+            self._uploader.submit(
+                self.repo.backend.put, f"data/{pack_id.hex()}", parts, durable=False
+            )
         )
 
     def finish(self) -> None:
-        """Flush and wait for every upload; raises the first upload error."""
+        """Flush, wait for every upload (raising the first error), and make them durable."""
         try:
             self.flush()
             for upload in self._uploads:
                 upload.result()
         finally:
             self._uploader.shutdown(wait=True, cancel_futures=True)
+        if self.written:
+            self.repo.backend.barrier()
 
     def abort(self) -> None:
         self._uploader.shutdown(wait=True, cancel_futures=True)

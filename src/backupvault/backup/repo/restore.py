@@ -98,7 +98,7 @@ class _Writer:
         self.dir_fd = dir_fd
         self.reporter = reporter
 
-    def write(self, number: int, offset: int, data: bytes) -> None:
+    def write(self, number: int, offset: int, data: bytes | bytearray) -> None:
         entry = self.entries[number]
         single = len(entry.chunks) == 1
         fd = os.open(entry.path, _CREATE if single else _WRITE, 0o600, dir_fd=self.dir_fd)
