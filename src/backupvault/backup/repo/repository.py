@@ -46,7 +46,7 @@ SHARED: Final = 1
 EXCLUSIVE: Final = 2
 LOCK_EXPIRY_S: Final = 30 * 60
 LOCK_REFRESH_S: Final = 5 * 60
-_LOCK = struct.Struct(">BQQ")
+_LOCK = struct.Struct(">BQQI")
 _SUMMARY_READ: Final = 8192
 
 
@@ -64,7 +64,22 @@ class LockInfo:
     kind: int
     created_us: int
     refreshed_us: int
+    pid: int
     host: str
+
+    def stale(self, now: float) -> bool:
+        """Expired, or held by a process of this host that no longer runs."""
+        if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
+            return True
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
 
 
 class Lock:
@@ -81,7 +96,7 @@ class Lock:
     def _write(self) -> None:
         now = time.time_ns() // 1000
         host = socket.gethostname().encode()[:255]
-        plain = _LOCK.pack(self.kind, self.created_us, now) + host
+        plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + host
         name = f"locks/{self.lock_id}"
         self.repo.backend.put(
             name, seal_object(self.repo.keys.index, LOCK_AAD + bytes.fromhex(self.lock_id), plain)
@@ -97,8 +112,8 @@ class Lock:
                 raise RepositoryLocked(
                     f"the repository is in use by {what} on {other.host} (lock {other.lock_id}, "
                     f"refreshed {int(time.time() - other.refreshed_us / 1e6)} s ago)",
-                    hint="wait for it to finish; a lock left by a crash expires after "
-                    f"{LOCK_EXPIRY_S // 60} minutes",
+                    hint="wait for it to finish; a lock left by a crash on this host is "
+                    f"ignored at once, from another host after {LOCK_EXPIRY_S // 60} minutes",
                 )
         except BaseException:
             self.release()
@@ -284,6 +299,7 @@ class Repository:
         return Lock(self, kind)
 
     def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
+        """Live locks (and stale ones too with `include_expired`)."""
         found = []
         now = time.time()
         for name in self.backend.list("locks"):
@@ -294,11 +310,10 @@ class Repository:
             plain = open_object(
                 self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
             )
-            kind, created, refreshed = _LOCK.unpack_from(plain)
-            info = LockInfo(
-                name, kind, created, refreshed, plain[_LOCK.size :].decode(errors="replace")
-            )
-            if include_expired or now - refreshed / 1e6 < LOCK_EXPIRY_S:
+            kind, created, refreshed, pid = _LOCK.unpack_from(plain)
+            host = plain[_LOCK.size :].decode(errors="replace")
+            info = LockInfo(name, kind, created, refreshed, pid, host)
+            if include_expired or not info.stale(now):
                 found.append(info)
         return found
 
