@@ -139,6 +139,7 @@ class Backend:
                         if _is_id(entry.name) and entry.is_file(follow_symlinks=False):
                             result[entry.name] = entry.stat(follow_symlinks=False).st_size
                 return result
+            self.fs.invalidate_cache(path)  # s3fs and others cache listings
             listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return result
