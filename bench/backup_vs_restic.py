@@ -236,12 +236,14 @@ class Restic:
 class Backupvault:
     name = "backupvault"
 
-    def __init__(self) -> None:
+    def __init__(self, work: Path) -> None:
         self.codes: dict[Path, str] = {}
+        self.env = {**os.environ, "BACKUPVAULT_STATE_DIR": str(work / "backupvault-state")}
 
     def _run(self, *args: str, stdin: str = "") -> dict[str, Any]:
         done = subprocess.run(
             [sys.executable, "-m", "backupvault", "--json", *args],
+            env=self.env,
             input=stdin,
             capture_output=True,
             text=True,
@@ -303,7 +305,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
     random_size = (32 if quick else 512) << 20
     days = 10
     work = Path(tempfile.mkdtemp(prefix="bench-backup-", dir=os.environ.get("BENCH_TMP")))
-    tools: list[Any] = [Backupvault(), Restic(work)]
+    tools: list[Any] = [Backupvault(work), Restic(work)]
     rows: list[dict[str, Any]] = []
     try:
         data = ChatData(work / "chat", size)
@@ -421,7 +423,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         )
         copy.unlink()
         settle()
-        ours_time = timed(lambda: Backupvault().backup(work / "random-repo", source))
+        ours_time = timed(lambda: Backupvault(work).backup(work / "random-repo", source))
         disk_rate, our_rate = random_size / disk / MB, random_size / ours_time / MB
         rows.append(
             {

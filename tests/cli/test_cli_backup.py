@@ -23,6 +23,12 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     )
 
 
+@pytest.fixture(autouse=True)
+def device_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI remembers per device goes to the test's folder, not the home folder."""
+    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "device-state"))
+
+
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     root = tmp_path / "source"
@@ -108,7 +114,8 @@ def test_mistyped_and_wrong_codes_exit_3_and_write_nothing(tmp_path: Path, sourc
     error = json.loads(wrong.stderr.strip().splitlines()[-1])
     assert error["exit_code"] == 3 and "not made with this key" in error["error"]
     assert not dest.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "storage"]  # no leftovers
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["device-state", "source", "storage"]  # nothing else
 
 
 @pytest.mark.parametrize(

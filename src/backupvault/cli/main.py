@@ -175,6 +175,7 @@ def backup_create(
     """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
     the last backup of SOURCE is read and stored."""
     from backupvault.backup.repo import create_snapshot
+    from backupvault.backup.repo.state import default_dir
     from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
 
     if password_stdin and use_code:
@@ -190,7 +191,9 @@ def backup_create(
         password = _password(password_stdin, confirm=True)
         root_key, registered = _root_key_from_vault(ctx, password, register=True)
     with ctx.output.progress() as bar:
-        info = create_snapshot(source, url, root_key, bar, force_read=force_read)
+        info = create_snapshot(
+            source, url, root_key, bar, force_read=force_read, state_dir=default_dir()
+        )
     data: dict[str, Any] = {
         "backup_id": info.snapshot_id,
         "parent_id": info.parent_id,
@@ -201,7 +204,10 @@ def backup_create(
         "added": info.added,
         "stored": info.stored,
         "skipped": list(info.skipped),
+        "warnings": info.warnings,
     }
+    for warning in info.warnings:
+        ctx.output.note(f"warning: {warning}")
     text = (
         f"snapshot {info.snapshot_id} saved: {info.files} files, {info.size} bytes "
         f"({info.files_read} files read, {info.added} bytes new, {info.stored} bytes stored)"

@@ -175,3 +175,19 @@ def test_locks_exclude_prune_and_backup(
     with repo.lock(EXCLUSIVE), pytest.raises(RepositoryLocked):
         create_snapshot(source, repo_url, root_key)
     assert repo.locks() == []
+
+
+def test_storage_hiding_the_newest_snapshot_is_noticed(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("one")
+    repo_url, state = str(tmp_path / "repo"), tmp_path / "state"
+    first = create_snapshot(source, repo_url, root_key, repo_params=SMALL, state_dir=state)
+    (source / "a").write_text("two")
+    second = create_snapshot(source, repo_url, root_key, state_dir=state)
+    assert first.warnings == second.warnings == []
+    (tmp_path / "repo" / "snapshots" / second.snapshot_id).unlink()  # storage rolls back
+    third = create_snapshot(source, repo_url, root_key, state_dir=state)
+    assert len(third.warnings) == 1 and second.snapshot_id in third.warnings[0]
+    assert third.parent_id == first.snapshot_id  # the listing is all it can go by
+    assert create_snapshot(source, repo_url, root_key, state_dir=state).warnings == []

@@ -35,6 +35,7 @@ from backupvault.backup.repo.repository import (
     cpu_workers,
     host_name,
 )
+from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 
@@ -60,6 +61,7 @@ class SnapshotInfo:
     stored: int  # bytes written: packs, index, snapshot
     url: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class _NoProgress:
@@ -209,22 +211,44 @@ def create_snapshot(
     storage_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
     repo_params: Mapping[str, int] | None = None,
+    state_dir: Path | None = None,
 ) -> SnapshotInfo:
-    """Back up `source` into the repository at `storage_url` (created on first use)."""
+    """Back up `source` into the repository at `storage_url` (created on first use).
+
+    With `state_dir`, the device remembers the snapshot it made, and the next backup warns
+    if storage no longer shows it (deleted, or hidden: a rollback)."""
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
     reporter = progress or _NoProgress()
     storage = Storage(storage_url, storage_options)
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
+    state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED):
-        return _create_locked(repo, source_path, reporter, force_read, workers or cpu_workers())
+        info = _create_locked(
+            repo, source_path, reporter, force_read, workers or cpu_workers(), state
+        )
+    if state is not None:
+        state.made(info.source, info.snapshot_id)
+    return info
 
 
 def _create_locked(
-    repo: Repository, source: Path, reporter: Progress, force_read: bool, workers: int
+    repo: Repository,
+    source: Path,
+    reporter: Progress,
+    force_read: bool,
+    workers: int,
+    state: DeviceState | None,
 ) -> SnapshotInfo:
     index, _packs, adopted = repo.load_index()
+    warnings: list[str] = []
+    last = state.last_made(str(source)) if state is not None else None
+    if last is not None and last not in repo.snapshot_names():
+        warnings.append(
+            f"snapshot {last}, the last one this device made of {source}, is gone from "
+            "storage: deleted by another device, or storage is hiding it (a rollback)"
+        )
     host = host_name()
     parent: snapshots.Snapshot | None = None
     for candidate in reversed(repo.list_snapshots()):
@@ -343,6 +367,7 @@ def _create_locked(
         stored=stored,
         url=repo.backend.display_url,
         skipped=skipped,
+        warnings=warnings,
     )
 
 

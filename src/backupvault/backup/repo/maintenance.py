@@ -155,6 +155,8 @@ def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str
 
 
 def forget(repo: Repository, policy: Policy, *, dry_run: bool) -> tuple[list[str], list[str]]:
+    """Delete the snapshots `policy` does not keep. (Every policy keeps the newest of each
+    source, so the device state's "last made" snapshot is never forgotten.)"""
     with repo.lock(EXCLUSIVE):
         kept, removed = apply_policy(list_snapshots(repo), policy)
         if not dry_run:
