@@ -26,6 +26,7 @@ from typing import Any
 
 from backupvault.backup.archive import Progress
 from backupvault.backup.errors import SourceError
+from backupvault.backup.flows import _NoProgress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.chunks import Chunker, Sealer
 from backupvault.backup.repo.repository import (
@@ -62,17 +63,6 @@ class SnapshotInfo:
     url: str
     skipped: list[tuple[str, str]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
-
-
-class _NoProgress:
-    def start(self, total_bytes: int | None, label: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
 
 
 def _entry(path: bytes, st: os.stat_result) -> Entry | None:

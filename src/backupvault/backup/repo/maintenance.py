@@ -288,7 +288,6 @@ def check(
     opened and matched against its id and the index."""
     advance = progress or (lambda _n: None)
     result = CheckResult()
-    index_names = list(repo.backend.list("index"))
     try:
         index, sizes, _ = repo.load_index(adopt_unindexed=False)
     except BackupVaultError as exc:
@@ -323,8 +322,6 @@ def check(
         } - index.chunks.keys()
         if missing:
             result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
-    if len(index_names) and not index.packs and sizes:
-        result.errors.append("no index object could be used")
     if read_data:
         for pack_id, entries in index.packs.items():
             if pack_id.hex() in sizes:

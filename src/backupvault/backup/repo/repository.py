@@ -21,7 +21,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Final
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import BackupNotFound, StorageError
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import Backend, MissingObject
 from backupvault.backup.repo.chunks import Chunker, Sealer
@@ -38,7 +38,7 @@ from backupvault.backup.repo.index import (
 )
 from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
 from backupvault.backup.storage import Storage
-from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 
 CONFIG_NAME: Final = "config"
 LOCK_AAD: Final = b"BVLOCK02"
@@ -276,9 +276,7 @@ class Repository:
         return found
 
     def find_snapshot(self, prefix: str | None) -> snapshots.Snapshot:
-        from backupvault.backup.errors import BackupNotFound
-        from backupvault.errors import UsageError
-
+        """The latest snapshot, or the one whose id starts with `prefix`, with its tree."""
         names = sorted(self.snapshot_names())
         if prefix is None:
             listed = self.list_snapshots()

@@ -20,8 +20,12 @@ from typing import Any
 
 from backupvault.backup.archive import Progress
 from backupvault.backup.errors import BackupNotFound, DestinationError
-from backupvault.backup.flows import RestoreInfo, _check_destination, _staging_folder
-from backupvault.backup.repo.create import _NoProgress
+from backupvault.backup.flows import (
+    RestoreInfo,
+    _check_destination,
+    _NoProgress,
+    _staging_folder,
+)
 from backupvault.backup.repo.index import Index, Location
 from backupvault.backup.repo.repository import Repository, cpu_workers
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
