@@ -9,7 +9,13 @@ from pathlib import Path
 import pytest
 
 from backupvault.backup.errors import StorageError
-from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, snapshots
+from backupvault.backup.repo import (
+    Repository,
+    create_snapshot,
+    maintenance,
+    restore_snapshot,
+    snapshots,
+)
 from backupvault.backup.repo.index import PackEntry
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
@@ -42,14 +48,22 @@ def pack_entries(repo: Path, root_key: bytes, pack: Path) -> list[PackEntry]:
 
 
 def assert_restore_fails(
-    repo: Path, root_key: bytes, error: type[BaseException] = BackupVaultError
+    repo: Path,
+    root_key: bytes,
+    error: type[BaseException] = BackupVaultError,
+    *,
+    check_finds_it: bool = True,
 ) -> BaseException:
+    """Restore fails with `error` and leaves nothing; `check --read-data` reports it."""
     dest = repo.parent / "restored"
     before = set(os.listdir(repo.parent))
     with pytest.raises(error) as caught:
         restore_snapshot(str(repo), root_key, dest)
     assert not dest.exists()
     assert set(os.listdir(repo.parent)) == before  # no staging folder left behind
+    if check_finds_it:
+        opened = Repository.open(Storage(str(repo)), root_key)
+        assert maintenance.check(opened, read_data=True).errors != []
     return caught.value
 
 
@@ -199,7 +213,7 @@ def test_tree_writing_through_a_link_fails_cleanly(
         Entry(FILE, b"a/f", 0o644, 0),
     ]
     _plant(repo, root_key, entries)
-    assert_restore_fails(repo, root_key)
+    assert_restore_fails(repo, root_key, check_finds_it=False)  # a tree its maker chose
     assert os.listdir(outside) == []
 
 
