@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import os
 import posixpath
-from collections import defaultdict
-from collections.abc import Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +24,14 @@ from backupvault.backup.flows import (
     _NoProgress,
     _staging_folder,
 )
-from backupvault.backup.repo.index import Index, Location
+from backupvault.backup.repo.chunksource import ChunkSource
+from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_WRITE = os.O_WRONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 def select(entries: list[Entry], include: str | None) -> list[Entry]:
@@ -60,16 +58,12 @@ def select(entries: list[Entry], include: str | None) -> list[Entry]:
     return chosen
 
 
-def plan(
-    entries: list[Entry], index: Index
-) -> tuple[dict[bytes, list[tuple[int, int]]], dict[bytes, list[bytes]]]:
-    """(chunk id -> [(entry number, offset in file)], pack id -> chunk ids). Fails before
-    anything is written if a chunk is in no index or sizes disagree."""
-    targets: dict[bytes, list[tuple[int, int]]] = defaultdict(list)
-    for number, entry in enumerate(entries):
+def plan(entries: list[Entry], index: Index) -> None:
+    """Fail before anything is written if a chunk is in no index or sizes disagree."""
+    for entry in entries:
         if entry.kind != FILE:
             continue
-        offset = 0
+        size = 0
         for chunk_id in entry.chunks:
             location = index.chunks.get(chunk_id)
             if location is None:
@@ -78,14 +72,9 @@ def plan(
                     "the repository is missing data",
                     hint="run `backupvault backup check` to see what is damaged",
                 )
-            targets[chunk_id].append((number, offset))
-            offset += location.raw_length
-        if offset != entry.size:
+            size += location.raw_length
+        if size != entry.size:
             raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
-    by_pack: dict[bytes, list[bytes]] = defaultdict(list)
-    for chunk_id in targets:
-        by_pack[index.chunks[chunk_id].pack_id].append(chunk_id)
-    return targets, by_pack
 
 
 def _link_escapes(path: bytes, target: bytes) -> bool:
@@ -93,50 +82,6 @@ def _link_escapes(path: bytes, target: bytes) -> bool:
         return True
     joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
     return joined == b".." or joined.startswith(b"../")
-
-
-class _Writer:
-    def __init__(self, repo: Repository, entries: list[Entry], dir_fd: int, reporter: Progress):
-        self.repo = repo
-        self.entries = entries
-        self.dir_fd = dir_fd
-        self.reporter = reporter
-
-    def write(self, number: int, offset: int, data: bytes | bytearray) -> None:
-        entry = self.entries[number]
-        single = len(entry.chunks) == 1
-        fd = os.open(entry.path, _CREATE if single else _WRITE, 0o600, dir_fd=self.dir_fd)
-        try:
-            view = memoryview(data)
-            while view:
-                written = os.pwrite(fd, view, offset)
-                view, offset = view[written:], offset + written
-            if single:  # complete: its attributes now, while it is open
-                os.fchmod(fd, entry.mode & 0o777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-        finally:
-            os.close(fd)
-
-    def restore_pack(
-        self,
-        pack_id: bytes,
-        chunk_ids: list[bytes],
-        locations: Mapping[bytes, Location],
-        targets: Mapping[bytes, list[tuple[int, int]]],
-    ) -> None:
-        start = min(locations[c].offset for c in chunk_ids)
-        end = max(locations[c].offset + locations[c].length for c in chunk_ids)
-        data = self.repo.backend.get(f"data/{pack_id.hex()}", start, end)
-        if len(data) != end - start:
-            raise AuthenticationFailed(f"pack {pack_id.hex()} is truncated")
-        view = memoryview(data)
-        for chunk_id in chunk_ids:
-            loc = locations[chunk_id]
-            blob = view[loc.offset - start : loc.offset - start + loc.length]
-            plain = self.repo.sealer.open(chunk_id, blob, loc.raw_length)
-            for number, offset in targets[chunk_id]:
-                self.write(number, offset, plain)
-                self.reporter.advance(len(plain))
 
 
 def restore_snapshot(
@@ -159,7 +104,7 @@ def restore_snapshot(
     assert snapshot.entries is not None
     entries = select(snapshot.entries, include)
     index, _, _ = repo.load_index(adopt_unindexed=False)
-    targets, by_pack = plan(entries, index)
+    plan(entries, index)
     reporter = progress or _NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
     skipped: list[tuple[str, str]] = []
@@ -168,7 +113,7 @@ def restore_snapshot(
         with _staging_folder(dest_path) as (staging, default_mode):
             dir_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                _fill(repo, entries, dir_fd, reporter, targets, by_pack, index, workers, skipped)
+                _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
             except OSError as exc:
                 # Disk full, or a tree whose entries contradict each other (a file under
                 # a name that is not a folder): nothing of it stays.
@@ -203,62 +148,56 @@ def restore_snapshot(
     )
 
 
+def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:
+    fd = os.open(entry.path, _CREATE, 0o600, dir_fd=dir_fd)
+    try:
+        for piece in data:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchmod(fd, entry.mode & 0o777)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
+
+
 def _fill(
     repo: Repository,
     entries: list[Entry],
     dir_fd: int,
     reporter: Progress,
-    targets: Mapping[bytes, list[tuple[int, int]]],
-    by_pack: Mapping[bytes, list[bytes]],
     index: Index,
-    workers: int | None,
+    workers: int,
     skipped: list[tuple[str, str]],
 ) -> None:
     for entry in entries:
         if entry.kind == DIR and entry.path != ROOT:
             os.mkdir(entry.path, 0o700, dir_fd=dir_fd)
-    for entry in entries:
-        if entry.kind == FILE and len(entry.chunks) != 1:
-            os.close(os.open(entry.path, _CREATE, 0o600, dir_fd=dir_fd))
-    writer = _Writer(repo, entries, dir_fd, reporter)
-    with ThreadPoolExecutor(workers or cpu_workers(), thread_name_prefix="restore") as pool:
-        futures = [
-            pool.submit(writer.restore_pack, pack_id, chunk_ids, index.chunks, targets)
-            for pack_id, chunk_ids in by_pack.items()
-        ]
-        try:
-            for future in futures:
-                future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    for entry in entries:
-        if entry.kind == FILE and len(entry.chunks) != 1:
-            fd = os.open(entry.path, _WRITE, dir_fd=dir_fd)
-            try:
-                os.fchmod(fd, entry.mode & 0o777)
-                os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
-            finally:
-                os.close(fd)
+    files = [e for e in entries if e.kind == FILE]
+    source = ChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
+    try:
+        for entry in files:
+            _write_file(dir_fd, entry, _counted(source.chunks(entry.chunks), reporter))
+    finally:
+        source.close()
     for entry in entries:
         if entry.kind == SYMLINK:
             if _link_escapes(entry.path, entry.target):
-                skipped.append(
-                    (
-                        os.fsdecode(entry.path),
-                        f"symbolic link to {os.fsdecode(entry.target)} is outside",
-                    )
-                )
+                target = os.fsdecode(entry.target)
+                skipped.append((os.fsdecode(entry.path), f"symbolic link to {target} is outside"))
                 continue
             os.symlink(entry.target, entry.path, dir_fd=dir_fd)
-            os.utime(
-                entry.path,
-                ns=(entry.mtime_ns, entry.mtime_ns),
-                dir_fd=dir_fd,
-                follow_symlinks=False,
-            )
+            ns = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(entry.path, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
     folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
         os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
         os.utime(entry.path, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd)
+
+
+def _counted(
+    pieces: Iterator[bytes | bytearray], reporter: Progress
+) -> Iterator[bytes | bytearray]:
+    for piece in pieces:
+        yield piece
+        reporter.advance(len(piece))
