@@ -140,17 +140,24 @@ def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:
     assert os.listdir(tmp_path / "full") == ["x"]
 
 
-def test_symlink_out_of_the_tree_is_skipped(tmp_path: Path, root_key: bytes) -> None:
+def test_symlinks_out_of_the_tree_are_skipped(tmp_path: Path, root_key: bytes) -> None:
+    """Lexically or through other links of the tree: none of them is created."""
     source = tmp_path / "src"
-    source.mkdir()
+    (source / "sub").mkdir(parents=True)
     (source / "out").symlink_to("../../etc/passwd")
     (source / "abs").symlink_to("/etc/passwd")
-    (source / "fine").symlink_to("abs")
+    (source / "via-abs").symlink_to("abs")  # only a link to a skipped link
+    (source / "here").symlink_to(".")
+    (source / "sub" / "up").symlink_to("..")
+    (source / "chain").symlink_to("here/here/sub/up/..")  # looks inside, resolves outside
+    (source / "loop").symlink_to("loop/x")
+    (source / "fine").symlink_to("sub/up/here/sub")
     repo = str(tmp_path / "repo")
     create_snapshot(source, repo, root_key, repo_params=SMALL)
     info = restore_snapshot(repo, root_key, tmp_path / "r")
-    assert sorted(name for name, _ in info.skipped) == ["abs", "out"]
-    assert os.listdir(tmp_path / "r") == ["fine"]
+    assert sorted(name for name, _ in info.skipped) == ["abs", "chain", "loop", "out", "via-abs"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["fine", "here", "sub"]
+    assert os.readlink(tmp_path / "r" / "fine") == "sub/up/here/sub"
 
 
 _edit = st.tuples(

@@ -11,7 +11,6 @@ O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are creat
 from __future__ import annotations
 
 import os
-import posixpath
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -77,11 +76,35 @@ def plan(entries: list[Entry], index: Index) -> None:
             raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
 
 
-def _link_escapes(path: bytes, target: bytes) -> bool:
+_MAX_LINK_HOPS = 40  # the kernel's limit on links followed in one lookup
+
+
+def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
+    """Whether the link `path` -> `target` leads out of the tree, following the other
+    links of the same tree (`links`: path -> target) as the kernel would."""
     if target.startswith(b"/"):
         return True
-    joined = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-    return joined == b".." or joined.startswith(b"../")
+    where = path.split(b"/")[:-1]
+    pending = target.split(b"/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        where.append(part)
+        followed = links.get(b"/".join(where))
+        if followed is not None:
+            hops += 1
+            if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
+                return True
+            where.pop()
+            pending = followed.split(b"/") + pending
+    return False
 
 
 def restore_snapshot(
@@ -180,9 +203,10 @@ def _fill(
             _write_file(dir_fd, entry, _counted(source.chunks(entry.chunks), reporter))
     finally:
         source.close()
+    links = {e.path: e.target for e in entries if e.kind == SYMLINK}
     for entry in entries:
         if entry.kind == SYMLINK:
-            if _link_escapes(entry.path, entry.target):
+            if _link_escapes(entry.path, entry.target, links):
                 target = os.fsdecode(entry.target)
                 skipped.append((os.fsdecode(entry.path), f"symbolic link to {target} is outside"))
                 continue
