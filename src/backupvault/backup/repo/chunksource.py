@@ -30,17 +30,12 @@ class ChunkSource:
         self.repo = repo
         self.locations = locations
         self.uses: Counter[bytes] = Counter(c for chunks in files for c in chunks)
-        self.packs: list[tuple[bytes, list[bytes]]] = []  # in order of first use
-        seen_pack: dict[bytes, list[bytes]] = {}
+        # pack id -> the chunks needed from it (a dict as an ordered set), in order of first use
+        needed: dict[bytes, dict[bytes, None]] = {}
         for chunks in files:
             for chunk_id in chunks:
-                pack_id = locations[chunk_id].pack_id
-                needed = seen_pack.get(pack_id)
-                if needed is None:
-                    needed = seen_pack[pack_id] = []
-                    self.packs.append((pack_id, needed))
-                if chunk_id not in needed:
-                    needed.append(chunk_id)
+                needed.setdefault(locations[chunk_id].pack_id, {})[chunk_id] = None
+        self.packs = [(pack_id, list(chunk_ids)) for pack_id, chunk_ids in needed.items()]
         self.ready: dict[bytes, Plain] = {}
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
         self._ahead = workers * 2

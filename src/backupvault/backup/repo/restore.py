@@ -11,7 +11,9 @@ O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are creat
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +78,9 @@ def plan(entries: list[Entry], index: Index) -> None:
             raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
 
 
+_SMALL_FILE = 1 << 20
+_WRITES_AHEAD = 256
+_WRITERS = 8  # file creation waits on the file system more than on the CPU
 _MAX_LINK_HOPS = 40  # the kernel's limit on links followed in one lookup
 
 
@@ -198,10 +203,25 @@ def _fill(
             os.mkdir(entry.path, 0o700, dir_fd=dir_fd)
     files = [e for e in entries if e.kind == FILE]
     source = ChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
+    # Small files are written on writer threads (their syscalls overlap); large ones here,
+    # streamed chunk by chunk.
+    writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="restore-write")
+    pending: deque[Future[None]] = deque()
     try:
         for entry in files:
-            _write_file(dir_fd, entry, _counted(source.chunks(entry.chunks), reporter))
+            pieces = _counted(source.chunks(entry.chunks), reporter)
+            if entry.size > _SMALL_FILE:
+                _write_file(dir_fd, entry, pieces)
+                continue
+            pending.append(writers.submit(_write_file, dir_fd, entry, iter(list(pieces))))
+            while pending and (pending[0].done() or len(pending) > _WRITES_AHEAD):
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
     finally:
+        for future in pending:
+            future.cancel()
+        writers.shutdown(wait=True, cancel_futures=True)
         source.close()
     links = {e.path: e.target for e in entries if e.kind == SYMLINK}
     for entry in entries:
