@@ -243,3 +243,41 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     done = run("backup", "check", "--read-data", "--storage", str(storage), "--recovery-code", code)
     assert done.returncode == 1
     assert "damaged" in done.stderr and pack.name in done.stderr
+
+
+def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:
+    """Backups made before the repository format, beside a repository in the same storage."""
+    from backupvault.backup import create_backup
+    from backupvault.crypto import recovery
+
+    storage = tmp_path / "storage"
+    key = recovery.new_root_key()
+    old = create_backup(source, str(storage), key)
+    code = recovery.encode(key)
+    (source / "notes.txt").write_text("changed after the old backup\n")
+    storage2 = tmp_path / "storage2"
+    old2 = create_backup(source, str(storage2), key)
+    created = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )
+    listed = json.loads(
+        run("--json", "backup", "list", "--storage", str(storage), "--recovery-code",
+            created["recovery_code"]).stdout
+    )  # fmt: skip
+    assert [b["backup_id"] for b in listed["backups"]] == [old.backup_id]
+    assert [s["backup_id"] for s in listed["snapshots"]] == [created["backup_id"]]
+    dest = tmp_path / "old"
+    restored = run(
+        "backup", "restore", old.backup_id[:10], "--storage", str(storage), "--to", str(dest),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (dest / "notes.txt").read_text() == "meet at the station at 7\n"
+    only_old = run(
+        "backup", "restore", "--storage", str(storage2), "--to", str(tmp_path / "latest-old"),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert only_old.returncode == 0, only_old.stderr
+    assert old2.backup_id in only_old.stdout
