@@ -267,7 +267,9 @@ def _create_locked(
                 continue
             if length == 0 and not chunk_id:
                 continue
-            entries[number].chunks.append(chunk_id)
+            entry = entries[number]
+            entry.chunks.append(chunk_id)
+            entry.size += length  # what was read, not what stat said before
             if blob is not None and chunk_id not in packer:
                 packer.add(chunk_id, blob, length)
                 added += length
@@ -290,7 +292,9 @@ def _create_locked(
                 reporter.advance(entry.size)
                 continue
             files_read += 1
-            if entry.size <= chunker.min_size:
+            small_file = entry.size <= chunker.min_size
+            entry.size = 0  # counted again from the chunks read
+            if small_file:
                 small.append((number, path))
                 if len(small) >= _SMALL_BATCH:
                     pool.submit(pool.read_small, small)
@@ -315,9 +319,6 @@ def _create_locked(
     for number in vanished:
         skipped.append((os.fsdecode(entries[number].path), "vanished during the backup"))
     kept = [e for n, e in enumerate(entries) if n not in vanished]
-    for e in kept:
-        if e.kind == FILE:
-            e.size = sum(index.chunks[c].raw_length for c in e.chunks)
 
     new_packs = dict(packer.written)
     for name in adopted:
