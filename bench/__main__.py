@@ -18,7 +18,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-MODULES = ["stream_throughput", "opaque_server", "vault_e2e", "backup_vs_restic"]
+MODULES = [
+    "stream_throughput",
+    "opaque_server",
+    "vault_e2e",
+    "threshold_oprf",
+    "backup_vs_restic",
+]
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -30,6 +30,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import FleetUnavailable
@@ -41,8 +42,14 @@ from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import Reply, VaultFirmware
 from backupvault.hsm.state import EntryState
 from backupvault.node.config import write_toml
-from backupvault.protocol import ErrorResponse, Op, RecoverStartRequest, RecoverStartResponse
-from backupvault.relay.auth import load_operator_private_key, mint_token
+from backupvault.protocol import (
+    ErrorResponse,
+    Op,
+    RecoverStartRequest,
+    RecoverStartResponse,
+    pad_response,
+)
+from backupvault.tokens import TokenVerifier, fleet_audience, load_operator_private_key, mint_token
 
 NODES = 5
 CLIENTS = 16
@@ -102,11 +109,14 @@ class Fleet:
     ) -> VaultClient:
         config = self.config
         assert config is not None
-        token = mint_token(
-            load_operator_private_key(self.root / "operator.key"),
+        operator = load_operator_private_key(self.root / "operator.key")
+        token = mint_token(operator, account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=3600)
+        assert config.fleet_id is not None
+        fleet_token = mint_token(
+            operator,
             account,
             issuer=ISSUER,
-            audience=AUDIENCE,
+            audience=fleet_audience(config.fleet_id),
             ttl_seconds=3600,
         )
         return VaultClient(
@@ -119,6 +129,7 @@ class Fleet:
             entry=entry,
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=transport or httpx.HTTPTransport(), timeout=30.0),
+            fleet_token=fleet_token,
         )
 
     def evaluations(self) -> int:
@@ -137,7 +148,7 @@ def _e2e_latency(fleet: Fleet, recoveries: int) -> list[float]:
         client.recover(PASSWORD)
     transport.seconds.clear()
     for _ in range(recoveries):
-        assert client.recover(PASSWORD)[0] == root_key
+        assert client.recover(PASSWORD).root_key == root_key
     return _recovery_times(transport)
 
 
@@ -146,13 +157,15 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
     recovery times, and the median recover-start (KE1) time."""
     fleet_id = os.urandom(16)
     secrets = make_fleet_secrets(fleet_id, os.urandom)
-    firmware = VaultFirmware(secrets, os.urandom)
+    issuer = Ed25519PrivateKey.generate()
+    accounts = TokenVerifier(issuer.public_key(), "bench", fleet_audience(fleet_id))
+    firmware = VaultFirmware(secrets, os.urandom, accounts)
     states: dict[bytes, EntryState] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
         _, _, _, entry, op_name = request.url.path.split("/")
         op = Op(op_name)
-        opened = firmware.open(op, "bench", entry, request.read())
+        opened = firmware.open(op, "bench", entry, request.read(), time.time())
         assert not isinstance(opened, ErrorResponse)
         message, response_key = opened
         action = firmware.handle(op, message, time.time())
@@ -162,7 +175,7 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
             state, build_reply = action.apply(states.get(action.key, EntryState()))
             states[action.key] = state
             reply = build_reply()
-        return httpx.Response(200, content=response_key.seal(reply.to_bytes()))
+        return httpx.Response(200, content=response_key.seal(pad_response(op, reply.to_bytes())))
 
     transport = TimingTransport(httpx.MockTransport(answer))
     client = VaultClient(
@@ -175,6 +188,9 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
         entry="latency",
         ksf_params=FAST_KSF,
         http=httpx.Client(transport=transport),
+        fleet_token=mint_token(
+            issuer, "bench", issuer="bench", audience=fleet_audience(fleet_id), ttl_seconds=3600
+        ),
     )
     client.register(PASSWORD, os.urandom(32))
     for _ in range(5):
@@ -205,7 +221,8 @@ def _guess_rate(fleet: Fleet, seconds: float) -> tuple[float, int, int, int]:
         start.wait()
         while not stop.is_set():
             _, ke1 = opaque.client_login_start(b"wrong password")
-            request = RecoverStartRequest(client.account, client.entry, ke1.to_bytes())
+            now_ms = time.time_ns() // 1_000_000
+            request = RecoverStartRequest(client.account, client.entry, ke1.to_bytes(), now_ms)
             try:
                 answer = client._call(Op.RECOVER_START, request, RecoverStartResponse)
             except FleetUnavailable:

@@ -16,6 +16,8 @@
  *                           (promise majority), before the increment is committed.
  *   BUG_NO_CATCHUP          mutant: a restarted node acts as acceptor at once, with its
  *                           rolled-back state, without catching up from its peers.
+ *   BUG_FREE_KE1            mutant: a new KE1 that arrives while an attempt is open is
+ *                           answered like a resend of that attempt's KE1, uncharged.
  *   NO_DUP_CHECK            drop check 1a, so that a mutant's counterexample shows the
  *                           guess counter itself going above L.
  *   ROLLBACK_SIMPLE         restart only from the current disk or the oldest copy
@@ -58,12 +60,16 @@
 #define OP_START 1 /* recover-start (KE1) */
 #define OP_FOK 2   /* recover-finish, KE3 verifies (correct password) */
 #define OP_FBAD 3  /* recover-finish, KE3 does not verify (wrong password) */
+#define OP_RESEND 4 /* recover-start again with attempt tk's own KE1 (a lost answer, or a
+                       relay's replay): answered again without a charge while it is the
+                       latest open attempt, refused otherwise */
 #define O_NONE 0
 #define O_EVAL 1    /* evaluate the OPRF, answer KE2 */
 #define O_RELEASE 2 /* release the wrapped root key */
 #define O_DESTROYED 3
 #define O_STALE 4
 #define O_WRONG 5
+#define O_AGAIN 6   /* evaluate the OPRF again for the same attempt and KE1 */
 
 /* proposer phases */
 #define IDLE 0
@@ -126,6 +132,15 @@ inline evaluate(s) {
 	fi
 }
 
+/* The same KE1 answered again for attempt s: a new evaluation only if attempt s was never
+ * evaluated before (its first answer may have been lost before it was built). */
+inline evaluate_again(s) {
+	if
+	:: issued & BIT(s) -> printf("EVAL attempt %d again (not a new evaluation)\n", s)
+	:: else -> evaluate(s)
+	fi
+}
+
 /* x -> y is a step forward (or no step) along one chain of committed values. */
 #define FORWARD(x, y) (ASEQ(y) >= ASEQ(x) && SSEQ(y) >= SSEQ(x) && DEAD(y) >= DEAD(x) \
 	&& (y == x || ASEQ(y) > ASEQ(x) || SSEQ(y) > SSEQ(x) || DEAD(y) > DEAD(x)))
@@ -183,11 +198,20 @@ inline change(p, cur, nv, out) {
 		if
 		:: op[p] == OP_START ->
 			if
+#ifdef BUG_FREE_KE1
+			:: ASEQ(cur) > SSEQ(cur) -> nv = cur; out = O_EVAL
+			:: ASEQ(cur) <= SSEQ(cur) && USED(cur) >= L ->
+				nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
+			:: ASEQ(cur) <= SSEQ(cur) && USED(cur) < L ->
+#else
 			:: USED(cur) >= L -> nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
 			:: else ->
+#endif
 				assert(ASEQ(cur) < MAXSEQ);
 				nv = MKV(0, USED(cur) + 1, ASEQ(cur) + 1, SSEQ(cur)); out = O_EVAL
 			fi
+		:: op[p] == OP_RESEND && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
+			nv = cur; out = O_AGAIN
 		:: op[p] != OP_START && (ASEQ(cur) != tk[p] || SSEQ(cur) >= tk[p]) ->
 			nv = cur; out = O_STALE
 		:: op[p] == OP_FOK && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
@@ -250,6 +274,10 @@ inline on_commit(p, b) {
 	fi;
 #endif
 	if
+	:: outc[p] == O_AGAIN -> evaluate_again(ASEQ(accval[b]))
+	:: else -> skip
+	fi;
+	if
 	:: outc[p] == O_RELEASE ->
 		assert(!(released & BIT(tk[p]))); /* 3: a replayed KE3 never releases again */
 		released = released | BIT(tk[p])
@@ -306,10 +334,17 @@ inline on_commit(p, b) {
 		printf("client at node %d: KE3 wrong, ticket %d\n", p, t); \
 		ops_left--; op[p] = OP_FBAD; tk[p] = t; ph[p] = WAITING }
 
+/* ... or sends attempt t's KE1 again (t was charged: a committed value names it). */
+#define RESEND(p, t) \
+	:: d_step { ph[p] == IDLE && ops_left > 0 && ASEQ(g_cv) >= t -> \
+		printf("client at node %d: KE1 of attempt %d again\n", p, t); \
+		ops_left--; op[p] = OP_RESEND; tk[p] = t; ph[p] = WAITING }
+
 #define CLIENT(p) \
 	:: d_step { ph[p] == IDLE && ops_left > 0 -> printf("client at node %d: KE1\n", p); \
 		ops_left--; op[p] = OP_START; ph[p] = WAITING } \
 	FINISH(p, 1) FINISH(p, 2) FINISH(p, 3) FINISH(p, 4) FINISH(p, 5) FINISH(p, 6) \
+	RESEND(p, 1) RESEND(p, 2) RESEND(p, 3) \
 	:: d_step { ph[p] != IDLE -> /* deadline: the request fails, nothing acted on */ \
 		printf("node %d gives up its request\n", p); \
 		ph[p] = IDLE; pb[p] = 0; op[p] = 0; tk[p] = 0; outc[p] = 0; bestb[p] = 0; bestv[p] = 0 }

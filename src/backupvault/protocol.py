@@ -56,6 +56,7 @@ class EntryStatus(enum.IntEnum):
 
 class ErrorCode(enum.StrEnum):
     BAD_REQUEST = "bad_request"
+    UNAUTHORIZED = "unauthorized"  # the fleet token inside the seal was refused
     MISMATCH = "mismatch"  # the sealed account/entry differ from what the relay asserted
     NOT_REGISTERED = "not_registered"
     ALREADY_REGISTERED = "already_registered"
@@ -105,10 +106,15 @@ class RegisterFinishResponse(Message):
 
 @dataclass(frozen=True)
 class RecoverStartRequest(Message):
+    """`client_time_ms`: the client's clock. A new attempt must be later than the entry's
+    latest, so a recover-start replayed by the relay is refused without costing a guess;
+    a resend of the latest attempt's own KE1 is answered again, also without a charge."""
+
     TAG = 5
     account: str
     entry: str
     ke1: bytes
+    client_time_ms: int
 
 
 @dataclass(frozen=True)
@@ -117,7 +123,8 @@ class RecoverStartResponse(Message):
     ke2: bytes
     ksf_params: bytes
     recovery_ticket: bytes  # opaque to the client; carries the attempt's server state
-    guesses_remaining: int
+    guesses_remaining: int  # after this attempt
+    guess_limit: int
 
 
 @dataclass(frozen=True)
@@ -138,9 +145,13 @@ class RecoverFinishResponse(Message):
 
 @dataclass(frozen=True)
 class DeleteRequest(Message):
+    """`grant`: from a successful recovery; needed to delete a live key. A destroyed entry
+    (nothing left to protect) is cleared with the fleet token alone."""
+
     TAG = 9
     account: str
     entry: str
+    grant: bytes
 
 
 @dataclass(frozen=True)
@@ -173,6 +184,51 @@ class ErrorResponse(Message):
     guesses_remaining: int
 
 
+@dataclass(frozen=True, repr=False)
+class AuthorizedRequest(Message):
+    """What is sealed (after the response key): the account's fleet token, which the relay
+    never sees and the firmware checks, and the operation's request."""
+
+    TAG = 14
+    fleet_token: str
+    request: bytes
+
+    def __repr__(self) -> str:
+        return "AuthorizedRequest(...)"
+
+
+#: Every sealed response of an operation has the same size, so the relay cannot tell a
+#: success, a wrong password and an unknown entry apart by length (docs/protocol.md).
+RESPONSE_PADDED_SIZE: dict[Op, int] = {
+    Op.REGISTER_START: 384,
+    Op.REGISTER_FINISH: 384,
+    Op.RECOVER_START: 768,
+    Op.RECOVER_FINISH: 384,
+    Op.CHANGE_PASSWORD: 384,
+    Op.DELETE: 384,
+    Op.STATUS: 384,
+}
+#: Error details are cut to this many characters, so every error fits the padded size.
+MAX_ERROR_DETAIL = 160
+
+
+def pad_response(op: Op, body: bytes) -> bytes:
+    """`body || 0x80 || 0x00...` to the operation's size (ISO/IEC 7816-4 padding)."""
+    size = RESPONSE_PADDED_SIZE[op]
+    if len(body) + 1 > size:
+        raise ValueError(f"a {op} response of {len(body)} bytes does not fit {size}")
+    return body + b"\x80" + bytes(size - len(body) - 1)
+
+
+def unpad_response(op: Op, data: bytes) -> bytes:
+    if len(data) != RESPONSE_PADDED_SIZE[op]:
+        raise InvalidInput("the vault's answer has the wrong size")
+    body = data.rstrip(b"\x00")
+    if not body.endswith(b"\x80"):
+        raise InvalidInput("the vault's answer is not padded correctly")
+    return body[:-1]
+
+
 REQUEST_TYPES: dict[Op, type[Message]] = {
     Op.REGISTER_START: RegisterStartRequest,
     Op.REGISTER_FINISH: RegisterFinishRequest,
@@ -195,7 +251,8 @@ RESPONSE_TYPES: dict[Op, type[Message]] = {
 
 
 def decode_response(op: Op, data: bytes) -> Message:
-    return decode_any(data, (RESPONSE_TYPES[op], ErrorResponse))
+    """A padded response body (`pad_response`), decoded."""
+    return decode_any(unpad_response(op, data), (RESPONSE_TYPES[op], ErrorResponse))
 
 
 def release_key(session_key: bytes, account: str, entry: str) -> bytes:

@@ -30,6 +30,7 @@ class Case:
         self.store = tmp_path / "store"
         info = create_backup(self.source, str(self.store), root_key, chunk_size=SMALL_CHUNK)
         self.object = self.store / info.name
+        self.original_id = info.backup_id
         self.original = self.object.read_bytes()
         self.dest_parent = tmp_path / "restore-here"
         self.dest_parent.mkdir()
@@ -46,6 +47,7 @@ class Case:
         match: str,
         error: type[BackupVaultError] = AuthenticationFailed,
         root_key: bytes | None = None,
+        backup_id: str | None = None,
     ) -> None:
         self.object.write_bytes(tampered)
         for existing in (False, True):
@@ -54,7 +56,7 @@ class Case:
                 dest.mkdir()
             before = snapshot(self.dest_parent)
             with pytest.raises(error, match=match):
-                restore_backup(str(self.store), root_key or self.root_key, dest)
+                restore_backup(str(self.store), root_key or self.root_key, dest, backup_id)
             after = snapshot(self.dest_parent)
             # No temporary folder left, dest as it was; only the parent's mtime may move.
             del before["."], after["."]
@@ -130,7 +132,7 @@ def test_chunks_swapped_in_from_another_backup_with_the_same_root_key(case: Case
     case.restore_fails(header + b"".join(mixed), "chunk 2 failed authentication")
     # The whole body of the other backup under this header, and the other header on this body.
     case.restore_fails(header + b"".join(other_chunks), "chunk 0 failed authentication")
-    case.restore_fails(other_header + b"".join(chunks), "renamed or replaced")
+    case.restore_fails(other_header + b"".join(chunks), "chunk 0 failed authentication")
 
 
 def test_every_header_bit_position_is_authenticated(case: Case) -> None:
@@ -141,13 +143,16 @@ def test_every_header_bit_position_is_authenticated(case: Case) -> None:
         if position < 8:
             match, error = "does not start with BVBACKUP", InvalidInput
         elif position == 8:
-            match, error = "version 0 is not supported", InvalidInput
+            match, error = "version 3 is not supported", InvalidInput
         elif position == 9:
             match, error = "unknown backup payload type", InvalidInput
-        elif 14 <= position < 30 or 70 <= position < 86:  # backup id, key check
+        elif position == 10:
+            match, error = "unknown backup key kind", InvalidInput
+        elif 15 <= position < 31 or 83 <= position < 99:  # backup id, key check
             match, error = "not made with this key", AuthenticationFailed
         elif position < WRAP_AAD_LEN:
-            match, error = "header failed authentication|chunk size", BackupVaultError
+            match = "header failed authentication|chunk size|creation time|ceiling|entries"
+            error = BackupVaultError
         else:
             match, error = "header failed authentication", AuthenticationFailed
         case.restore_fails(bytes(tampered), match, error)
@@ -186,7 +191,10 @@ def test_object_renamed_to_another_id(case: Case) -> None:
     forged = case.store / case.object.name.replace(case.object.name[-36:-4], "f" * 32)
     case.object.rename(forged)
     case.object = forged
-    case.restore_fails(case.original, "renamed or replaced")
+    # Asked for by the forged id: refused. As the latest: it is that (authentic) backup.
+    case.restore_fails(case.original, "renamed or replaced", backup_id="f" * 32)
+    info = restore_backup(str(case.store), case.root_key, case.dest_parent / "dest")
+    assert info.backup_id == case.original_id != "f" * 32
 
 
 def test_missing_object(case: Case) -> None:

@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 
 from backupvault.backup.format import (
     HEADER_LEN,
+    KEY_PASSWORD,
+    KEY_RECOVERY_CODE,
     MAGIC,
     WRAP_AAD_LEN,
     BackupHeader,
@@ -23,36 +25,45 @@ from backupvault.backup.format import (
 )
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
+FIELDS = {"key_kind": KEY_PASSWORD, "content_bytes": 1000, "entries": 3}
+
 
 def test_layout_matches_docs_format_md() -> None:
     root_key = os.urandom(32)
     header, data_key = seal_header(
-        root_key, chunk_size=1 << 20, created_at_us=1_700_000_000_000_000
+        root_key,
+        key_kind=KEY_RECOVERY_CODE,
+        content_bytes=123_456_789,
+        entries=4321,
+        chunk_size=1 << 20,
+        created_at_us=1_700_000_000_000_000,
     )
     raw = header.to_bytes()
-    assert (HEADER_LEN, WRAP_AAD_LEN) == (146, 98)
+    assert (HEADER_LEN, WRAP_AAD_LEN) == (159, 111)
     assert len(raw) == HEADER_LEN
-    assert raw[0:8] == b"BVBACKUP" and raw[8] == 1 and raw[9] == 1
-    assert struct.unpack(">I", raw[10:14])[0] == 1 << 20
-    assert raw[14:30] == header.backup_id
-    assert struct.unpack(">Q", raw[30:38])[0] == 1_700_000_000_000_000
-    assert raw[38:70] == header.stream_salt
+    assert raw[0:8] == b"BVBACKUP" and raw[8] == 2 and raw[9] == 1 and raw[10] == 2
+    assert struct.unpack(">I", raw[11:15])[0] == 1 << 20
+    assert raw[15:31] == header.backup_id
+    assert struct.unpack(">Q", raw[31:39])[0] == 1_700_000_000_000_000
+    assert struct.unpack(">Q", raw[39:47])[0] == 123_456_789
+    assert struct.unpack(">I", raw[47:51])[0] == 4321
+    assert raw[51:83] == header.stream_salt
 
     def derive(info: bytes) -> bytes:
         return HKDF(hashes.SHA256(), 32, None, info).derive(root_key)
 
-    check = hmac.new(derive(b"backupvault/v1 backup key-check"), raw[0:9] + raw[14:30], "sha256")
-    assert raw[70:86] == check.digest()[:16]
+    check = hmac.new(derive(b"backupvault/v1 backup key-check"), raw[0:9] + raw[15:31], "sha256")
+    assert raw[83:99] == check.digest()[:16]
     wrap = AESGCM(derive(b"backupvault/v1 backup dk-wrap"))
-    assert wrap.decrypt(raw[86:98], raw[98:146], raw[0:98]) == data_key
+    assert wrap.decrypt(raw[99:111], raw[111:159], raw[0:111]) == data_key
     assert BackupHeader.from_bytes(raw) == header
     assert open_header(header, root_key) == data_key
 
 
 def test_every_backup_gets_fresh_keys_ids_and_salts() -> None:
     root_key = os.urandom(32)
-    first, first_key = seal_header(root_key)
-    second, second_key = seal_header(root_key)
+    first, first_key = seal_header(root_key, **FIELDS)
+    second, second_key = seal_header(root_key, **FIELDS)
     assert first_key != second_key
     assert first.backup_id != second.backup_id
     assert first.stream_salt != second.stream_salt
@@ -62,16 +73,21 @@ def test_every_backup_gets_fresh_keys_ids_and_salts() -> None:
 @pytest.mark.parametrize(
     ("offset", "value", "match"),
     [
-        (8, b"\x02", "version 2 is not supported"),
+        (8, b"\x01", "version 1 is not supported"),
+        (8, b"\x03", "version 3 is not supported"),
         (9, b"\x07", "unknown backup payload type 7"),
-        (10, struct.pack(">I", 63), "invalid chunk size 63"),
-        (10, struct.pack(">I", (16 << 20) + 1), "invalid chunk size"),
-        (30, struct.pack(">Q", 0), "invalid creation time"),
-        (30, struct.pack(">Q", 2**64 - 1), "invalid creation time"),
+        (10, b"\x03", "unknown backup key kind 3"),
+        (11, struct.pack(">I", 63), "invalid chunk size 63"),
+        (11, struct.pack(">I", (16 << 20) + 1), "invalid chunk size"),
+        (31, struct.pack(">Q", 0), "invalid creation time"),
+        (31, struct.pack(">Q", 2**64 - 1), "invalid creation time"),
+        (39, struct.pack(">Q", (1 << 50) + 1), "over the ceiling"),
+        (47, struct.pack(">I", 0), "entries, outside"),
+        (47, struct.pack(">I", (1 << 24) + 1), "entries, outside"),
     ],
 )
 def test_each_field_is_validated(offset: int, value: bytes, match: str) -> None:
-    raw = bytearray(seal_header(os.urandom(32))[0].to_bytes())
+    raw = bytearray(seal_header(os.urandom(32), **FIELDS)[0].to_bytes())
     raw[offset : offset + len(value)] = value
     with pytest.raises(InvalidInput, match=match):
         BackupHeader.from_bytes(bytes(raw))
@@ -79,7 +95,7 @@ def test_each_field_is_validated(offset: int, value: bytes, match: str) -> None:
 
 def test_wrong_root_key_and_altered_wrap() -> None:
     root_key = os.urandom(32)
-    header, _ = seal_header(root_key)
+    header, _ = seal_header(root_key, **FIELDS)
     with pytest.raises(AuthenticationFailed, match="not made with this key"):
         open_header(header, os.urandom(32))
     raw = bytearray(header.to_bytes())

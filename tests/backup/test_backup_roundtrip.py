@@ -12,7 +12,9 @@ from conftest import SMALL_CHUNK, make_tree, snapshot
 from backupvault.backup import (
     BackupNotFound,
     DestinationError,
+    Skipped,
     SourceError,
+    StorageNotFound,
     create_backup,
     list_backups,
     restore_backup,
@@ -125,16 +127,17 @@ def test_links_pointing_outside_are_skipped_and_reported(tmp_path: Path, root_ke
     os.mkfifo(source / "fifo")
     store = str(tmp_path / "store")
     info = create_backup(source, store, root_key)
-    assert info.skipped == [("fifo", "not a regular file, folder or link")]
+    assert info.skipped == [Skipped("fifo", "not a regular file, folder or link")]
+    assert str(info.skipped[0]) == "fifo: not a regular file, folder or link"
     result = restore_backup(store, root_key, tmp_path / "out")
-    assert sorted(name for name, _ in result.skipped) == ["absolute", "escaping"]
+    assert sorted(s.name for s in result.skipped) == ["absolute", "escaping"]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fine", "inside"]
     assert (tmp_path / "out" / "fine").read_text() == "x"
 
 
 def test_list_and_restore_by_id(tmp_path: Path, root_key: bytes) -> None:
     store = str(tmp_path / "store")
-    assert list_backups(store) == []
+    assert list_backups(store, missing_ok=True) == []
     versions = []
     for text in ("first", "second", "third"):
         source = tmp_path / "file.txt"
@@ -161,8 +164,11 @@ def test_list_and_restore_by_id(tmp_path: Path, root_key: bytes) -> None:
 
 
 def test_empty_or_missing_storage_has_no_backups(tmp_path: Path, root_key: bytes) -> None:
-    with pytest.raises(BackupNotFound, match="no backups at"):
+    with pytest.raises(StorageNotFound, match="storage not found"):
         restore_backup(str(tmp_path / "nowhere"), root_key, tmp_path / "out")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BackupNotFound, match="no backups at"):
+        restore_backup(str(tmp_path / "empty"), root_key, tmp_path / "out")
     assert not (tmp_path / "out").exists()
 
 
@@ -229,12 +235,12 @@ def test_object_deleted_between_listing_and_reading(
     info = create_backup(source, str(store), root_key)
     real_find = Storage.find
 
-    def find_then_lose(self: Storage, backup_id: str | None) -> StoredBackup:
+    def find_then_lose(self: Storage, backup_id: str) -> StoredBackup:
         found = real_find(self, backup_id)
         (store / info.name).unlink()  # another client deleted it just now
         return found
 
     monkeypatch.setattr(Storage, "find", find_then_lose)
     with pytest.raises(BackupNotFound, match=f"backup {info.name} not found"):
-        restore_backup(str(store), root_key, tmp_path / "out")
+        restore_backup(str(store), root_key, tmp_path / "out", backup_id=info.backup_id)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["f", "store"]

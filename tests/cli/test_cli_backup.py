@@ -5,14 +5,18 @@ from __future__ import annotations
 
 import filecmp
 import json
+import os
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 
-def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
+def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "backupvault", *args],
         input=stdin,
@@ -20,6 +24,7 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
         text=True,
         timeout=120,
         check=False,
+        cwd=cwd,
     )
 
 
@@ -27,6 +32,16 @@ def run(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
 def device_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """What the CLI remembers per device goes to the test's folder, not the home folder."""
     monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "device-state"))
+
+
+def single_blob_backup(source: Path, storage: Path) -> tuple[str, str]:
+    """A backup in the format `backup create` wrote before repositories: (id, its code)."""
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+    from backupvault.crypto import recovery
+
+    key = recovery.new_root_key()
+    info = create_backup(source, str(storage), key, key_kind=KEY_RECOVERY_CODE)
+    return info.backup_id, recovery.encode(key)
 
 
 @pytest.fixture
@@ -183,6 +198,279 @@ def test_missing_backup_is_a_clear_error(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "error:" in done.stderr and "Traceback" not in done.stderr
+
+
+def _rename(storage: Path, backup_id: str, when: str) -> None:
+    """What an attacker with storage access can do: give an object another time in its name."""
+    (old,) = storage.glob(f"backup-*-{backup_id}.bvb")
+    old.rename(storage / f"backup-{when}-{backup_id}.bvb")
+
+
+def test_latest_comes_from_the_authenticated_header_not_the_name(tmp_path: Path) -> None:
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+    from backupvault.crypto import recovery
+
+    root_key = recovery.new_root_key()
+    storage = tmp_path / "storage"
+    made = []
+    for text in ("first", "second", "third"):
+        (tmp_path / "note.txt").write_text(text)
+        made.append(
+            create_backup(tmp_path / "note.txt", str(storage), root_key, key_kind=KEY_RECOVERY_CODE)
+        )
+    code = recovery.encode(root_key)
+
+    def restore_latest(dest: str) -> dict[str, str]:
+        done = run(
+            "--json", "backup", "restore", "--storage", str(storage), "--to",
+            str(tmp_path / dest), "--recovery-code", "-", stdin=code + "\n",
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        return dict(json.loads(done.stdout))
+
+    # The newest is renamed to look oldest, the oldest to look newest.
+    _rename(storage, made[2].backup_id, "20010101T000000.000000Z")
+    _rename(storage, made[0].backup_id, "20990101T000000.000000Z")
+    listed = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
+    assert listed["backups"][-1]["backup_id"] == made[0].backup_id  # the names say so...
+    result = restore_latest("a")  # ...but the headers say otherwise
+    assert result["backup_id"] == made[2].backup_id
+    assert result["created_at"] == made[2].created_at.isoformat()
+    assert (tmp_path / "a" / "note.txt").read_text() == "third"
+
+    # Objects swapped under each other's names entirely (ids included).
+    names = {b.backup_id: next(storage.glob(f"*{b.backup_id}.bvb")) for b in made}
+    newest, oldest = names[made[2].backup_id], names[made[0].backup_id]
+    newest.rename(tmp_path / "swap")
+    oldest.rename(newest)
+    (tmp_path / "swap").rename(oldest)
+    result = restore_latest("b")
+    assert result["backup_id"] == made[2].backup_id
+    assert (tmp_path / "b" / "note.txt").read_text() == "third"
+
+
+def test_latest_is_the_latest_this_credential_opens(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    codes = []
+    for marker in ("mine", "someone else's"):
+        (source / "notes.txt").write_text(marker)
+        codes.append(single_blob_backup(source, storage)[1])
+    listed = run("backup", "list", "--storage", str(storage))
+    assert "recovery code" in listed.stdout and "2 backups" in listed.stdout
+    done = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "d"),
+        "--recovery-code", "-", stdin=codes[0] + "\n",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (tmp_path / "d" / "notes.txt").read_text() == "mine"
+    # A code that opens none of them: exit 3 and a clear message.
+    from backupvault.crypto import recovery
+
+    wrong = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "e"),
+        "--recovery-code", recovery.encode(bytes(32)),
+    )  # fmt: skip
+    assert wrong.returncode == 3
+    assert "none of the 2 backups" in wrong.stderr and not (tmp_path / "e").exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "match"),
+    [
+        ("s3:/bucket/x", "malformed storage URL s3:/bucket/x: write s3://"),
+        ("s4://bucket/x", "unknown storage URL scheme 's4'"),
+        ("fiel:///backups", "unknown storage URL scheme 'fiel'"),
+        ("webdav+htps://host/dav", "unknown storage URL scheme 'webdav+htps'"),
+        ("file://otherhost/x", "must name an absolute path"),
+    ],
+)
+def test_malformed_and_unknown_storage_urls_are_refused(
+    tmp_path: Path, source: Path, url: str, match: str
+) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    for args in (
+        ["backup", "create", str(source), "--storage", url, "--recovery-code"],
+        ["backup", "list", "--storage", url],
+    ):
+        done = run(*args, cwd=work)
+        assert done.returncode == 2, (done.stdout, done.stderr)
+        assert match in done.stderr
+        assert "supported: a folder path, file:///path, s3://bucket/prefix" in done.stderr
+    assert list(work.iterdir()) == []  # no folder named "s3:" or "fiel:"
+
+
+def test_file_url_with_one_slash_is_a_file_url(tmp_path: Path, source: Path) -> None:
+    work = tmp_path / "cwd"
+    work.mkdir()
+    created = run(
+        "backup", "create", str(source), "--storage", f"file:{tmp_path}/store", "--recovery-code",
+        cwd=work,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert (tmp_path / "store" / "config").is_file()  # the repository
+    assert list(work.iterdir()) == []
+
+
+def test_list_on_a_missing_storage_says_not_found(tmp_path: Path) -> None:
+    done = run("backup", "list", "--storage", str(tmp_path / "nowhere"))
+    assert done.returncode == 1
+    assert f"storage not found: {tmp_path / 'nowhere'} does not exist" in done.stderr
+    assert not (tmp_path / "nowhere").exists()
+
+
+def test_list_has_a_header_human_sizes_and_key_kinds(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    (source / "big.bin").write_bytes(os.urandom(300_000))
+    created = run("backup", "create", str(source), "--storage", str(tmp_path / "repo"),
+                  "--recovery-code")  # fmt: skip
+    assert "saved: 3 files, 318.0 KiB (3 files read, 318.0 KiB new, " in created.stdout
+    assert "KiB stored)" in created.stdout
+    single_blob_backup(source, storage)
+    single_blob_backup(source / "notes.txt", storage)
+    lines = run("backup", "list", "--storage", str(storage)).stdout.splitlines()
+    assert lines[0].split() == ["ID", "CREATED", "(UTC)", "SIZE", "KEY"]
+    assert lines[1].endswith("KiB  recovery code") and lines[2].endswith("B  recovery code")
+    assert lines[3] == f"2 backups at {storage}"
+
+
+def test_skipped_items_are_readable_text(tmp_path: Path, source: Path) -> None:
+    os.mkfifo(source / "pipe")
+    (source / "away").symlink_to("/etc/hostname")
+    storage = tmp_path / "storage"
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert created.returncode == 0, created.stderr
+    result = json.loads(created.stdout)
+    assert result["skipped"] == [["pipe", "not a regular file, folder or link"]]
+    text = run(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=result["recovery_code"] + "\n",
+    )  # fmt: skip
+    assert "skipped pipe: not a regular file, folder or link" in text.stderr
+    assert "('" not in text.stderr
+    restored = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "d"),
+        "--recovery-code", "-", stdin=result["recovery_code"] + "\n",
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (
+        "skipped away: symbolic link to /etc/hostname is outside the restored folder"
+        in restored.stderr
+    )
+
+
+def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_removes(
+    tmp_path: Path,
+) -> None:
+    source = tmp_path / "big"
+    source.mkdir()
+    with open(source / "sparse.img", "wb") as sparse:
+        sparse.truncate(40 << 30)  # 40 GiB of holes: reading it takes long, storing it little
+    storage = tmp_path / "storage"
+    storage.mkdir()
+    # Single-blob backups (the format before repositories) through the API.
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+
+    make = (
+        "import sys\nfrom backupvault.backup import KEY_RECOVERY_CODE, create_backup\n"
+        "create_backup(sys.argv[1], sys.argv[2], bytes(32), key_kind=KEY_RECOVERY_CODE)\n"
+    )
+    victim = subprocess.Popen(
+        [sys.executable, "-c", make, str(source), str(storage)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not list(storage.glob(".*.partial")):
+            assert victim.poll() is None, "the backup ended before it could be killed"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        victim.send_signal(signal.SIGKILL)
+        victim.wait()
+    (partial,) = storage.glob(".*.partial")
+    shutil.rmtree(source)
+    source.mkdir()
+    (source / "small.txt").write_text("small")
+
+    listed = run("backup", "list", "--storage", str(storage))
+    assert "no backups at" in listed.stdout
+    assert "unfinished backup started " in listed.stdout and partial.name in listed.stdout
+    data = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
+    assert [p["name"] for p in data["partials"]] == [partial.name]
+
+    # A fresh partial may be another device's backup in progress: kept.
+    fresh = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
+    assert fresh.removed_partials == [] and partial.exists()
+
+    # The same leftover, two days later (its name carries its backup's start time).
+    stamp = partial.name[len(".backup-") : len(".backup-") + 23]
+    aged = partial.with_name(partial.name.replace(stamp, "20000101T000000.000000Z"))
+    partial.rename(aged)
+    later = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
+    assert later.removed_partials == [aged.name]
+    assert not aged.exists()
+    data = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
+    assert data["partials"] == [] and len(data["backups"]) == 2
+
+
+def _on_small_disk(tmp_path: Path, size: str, command: list[str], stdin: str = "") -> str:
+    """Run `command` with a fresh tmpfs of `size` at tmp_path/disk, in a private user and
+    mount namespace (no privileges needed); returns stderr plus what the disk held after."""
+    disk = tmp_path / "disk"
+    disk.mkdir(exist_ok=True)
+    script = (
+        'mount -t tmpfs -o size="$1" tmpfs "$2" || exit 99; shift 2; "$@"; rc=$?; '
+        'echo "disk holds: [$(ls -A "$DISK")]" >&2; exit $rc'
+    )
+    done = subprocess.run(
+        ["unshare", "--user", "--map-root-user", "--mount", "sh", "-c", script, "sh", size,
+         str(disk), *command],
+        input=stdin, capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "DISK": str(disk)},
+    )  # fmt: skip
+    assert done.returncode != 99, done.stderr
+    return f"exit {done.returncode}\n{done.stderr}"
+
+
+def test_restore_onto_a_disk_too_small_says_so_before_starting(
+    tmp_path: Path, source: Path
+) -> None:
+    (source / "big.bin").write_bytes(os.urandom(3 << 20))
+    storage = tmp_path / "storage"
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    code = json.loads(created.stdout)["recovery_code"]
+    result = _on_small_disk(
+        tmp_path, "1m",
+        [sys.executable, "-m", "backupvault", "backup", "restore", "--storage", str(storage),
+         "--to", str(tmp_path / "disk" / "dest"), "--recovery-code", "-"],
+        stdin=code + "\n",
+    )  # fmt: skip
+    assert result.startswith("exit 1\n"), result
+    assert "no space left on the destination's disk (needs 3.0 MiB, has 1.0 MiB)" in result
+    assert "disk holds: []" in result and "bug" not in result
+
+
+def test_a_disk_that_fills_during_the_restore_is_a_clear_error(tmp_path: Path) -> None:
+    """Another program fills the disk after the check: the write's ENOSPC is reported in
+    the same words, through the same SafeDestination every restore uses."""
+    program = (
+        "import sys\n"
+        "from backupvault.backup import Limits, SafeDestination\n"
+        "with SafeDestination(sys.argv[1], Limits(10, 1 << 30)) as dest:\n"
+        "    dest.file('big', 0o644, 0, 1 << 20, [bytes(1 << 16)] * 16)\n"
+    )
+    result = _on_small_disk(
+        tmp_path, "256k", [sys.executable, "-c", program, str(tmp_path / "disk")]
+    )
+    assert result.startswith("exit 1\n"), result
+    assert "NoSpace: no space left on the destination's disk (needs 1.0 GiB, has 256.0 KiB)" in (
+        result
+    )
 
 
 def test_second_backup_asks_for_the_code_and_stores_only_changes(

@@ -87,6 +87,21 @@ def test_bad_elements_rejected(element: bytes) -> None:
         oprf.finalize(b"x", bytes.fromhex(VECTORS["vectors"][0]["blind"]), element)
 
 
+@settings(max_examples=50, deadline=None)
+@given(st.binary(min_size=64, max_size=64))
+def test_a_set_bit_255_is_refused_although_libsodium_accepts_it(seed: bytes) -> None:
+    """RFC 9496 §4.3.1: the top bit of a canonical encoding is 0. libsodium's validity
+    check ignores it, so without our check the same point would have two encodings."""
+    element = oprf.hash_to_group(seed)
+    flipped = element[:31] + bytes([element[31] | 0x80])
+    assert pysodium.crypto_core_ristretto255_is_valid_point(flipped)  # libsodium says yes
+    with pytest.raises(InvalidInput, match="bit 255"):
+        oprf.validate_element(flipped)
+    with pytest.raises(InvalidInput):
+        oprf.blind_evaluate(SK, flipped)
+    assert oprf.validate_element(element) == element
+
+
 @pytest.mark.parametrize("scalar", BAD_SCALARS, ids=lambda s: s.hex()[:16] or "empty")
 def test_bad_scalars_rejected(scalar: bytes) -> None:
     good_element = bytes.fromhex(VECTORS["vectors"][0]["blinded_element"])

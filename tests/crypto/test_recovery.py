@@ -1,5 +1,5 @@
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupvault.crypto import recovery
@@ -31,6 +31,7 @@ def _digits(code: str) -> str:
     return code.replace("-", "")
 
 
+@settings(deadline=None)  # 1,000+ decodes per example: slow on a loaded machine, not wrong
 @given(st.binary(min_size=32, max_size=32))
 def test_every_single_digit_typo_is_caught(key: bytes) -> None:
     digits = _digits(recovery.encode(key))
@@ -43,6 +44,7 @@ def test_every_single_digit_typo_is_caught(key: bytes) -> None:
                 recovery.decode(typo)
 
 
+@settings(deadline=None)
 @given(st.binary(min_size=32, max_size=32))
 def test_every_adjacent_swap_is_caught(key: bytes) -> None:
     digits = _digits(recovery.encode(key))

@@ -1,5 +1,6 @@
 """The node-to-node channel: only the named receiver opens a message, and only from its
-real sender; forgeries, reflections and garbage are refused."""
+real sender and epoch, once; forgeries, reflections, replays, other epochs and garbage are
+refused, and store syncs are rate-limited per peer."""
 
 from __future__ import annotations
 
@@ -11,15 +12,33 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES, Prepare
+from backupvault.fleet.channel import WINDOW, PeerChannel, PeerRateLimit, PeerRateLimited
+from backupvault.fleet.messages import PEER_MESSAGES, Prepare, SyncRequest
 
 KEYS = [X25519PrivateKey.generate() for _ in range(3)]
 PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in enumerate(KEYS)}
 
 
-def channel(node: int, fleet_id: bytes = b"fleet") -> PeerChannel:
-    return PeerChannel(node, KEYS[node].private_bytes_raw(), PUBLIC, fleet_id, os.urandom)
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_750_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def channel(
+    node: int, fleet_id: bytes = b"fleet", epoch: int = 1, clock: Clock | None = None
+) -> PeerChannel:
+    return PeerChannel(
+        node,
+        KEYS[node].private_bytes_raw(),
+        PUBLIC,
+        fleet_id,
+        os.urandom,
+        epoch=epoch,
+        clock=clock or Clock(),
+    )
 
 
 MESSAGE = Prepare(b"op", b"key", 7, 0)
@@ -67,3 +86,75 @@ def test_bit_flip_is_refused() -> None:
 def test_garbage_only_raises_our_errors(data: bytes) -> None:
     with pytest.raises((AuthenticationFailed, InvalidInput)):
         channel(1).open(data, PEER_MESSAGES)
+
+
+def test_replayed_message_is_refused() -> None:
+    receiver = channel(1)
+    envelope = channel(0).seal(1, MESSAGE)
+    assert receiver.open(envelope, PEER_MESSAGES) == (0, MESSAGE)
+    with pytest.raises(AuthenticationFailed, match="replay"):
+        receiver.open(envelope, PEER_MESSAGES)
+    # A fresh seal of the same message is a new message.
+    assert receiver.open(channel(0).seal(1, MESSAGE), PEER_MESSAGES) == (0, MESSAGE)
+
+
+def test_message_outside_the_window_is_refused() -> None:
+    clock = Clock()
+    receiver, sender = channel(1, clock=clock), channel(0, clock=clock)
+    old = sender.seal(1, MESSAGE)
+    clock.now += WINDOW + 1
+    with pytest.raises(AuthenticationFailed, match="outside"):
+        receiver.open(old, PEER_MESSAGES)  # e.g. replayed after the receiver restarted
+    future = channel(0, clock=Clock()).seal(1, MESSAGE)  # its clock is behind ours now
+    with pytest.raises(AuthenticationFailed, match="outside"):
+        receiver.open(future, PEER_MESSAGES)
+    # The window's memory is pruned as time passes, and new messages still open.
+    for _ in range(3):
+        receiver.open(sender.seal(1, MESSAGE), PEER_MESSAGES)
+        clock.now += WINDOW
+    assert len(receiver._windows[0].seen) <= 2
+
+
+def test_redated_message_is_refused() -> None:
+    clock = Clock()
+    receiver = channel(1, clock=clock)
+    envelope = bytearray(channel(0, clock=clock).seal(1, MESSAGE))
+    clock.now += WINDOW + 1
+    envelope[12:20] = int(clock.now * 1000).to_bytes(8, "big")  # claim it was sent now
+    with pytest.raises(AuthenticationFailed, match="forged"):
+        receiver.open(bytes(envelope), PEER_MESSAGES)
+
+
+def test_previous_epoch_message_is_refused() -> None:
+    old = channel(0, epoch=1).seal(1, MESSAGE)
+    with pytest.raises(AuthenticationFailed, match="epoch 1"):
+        channel(1, epoch=2).open(old, PEER_MESSAGES)
+    # Relabelled as epoch 2, it does not authenticate: the epoch is in the key.
+    relabelled = bytearray(old)
+    relabelled[4:12] = (2).to_bytes(8, "big")
+    with pytest.raises(AuthenticationFailed, match="forged"):
+        channel(1, epoch=2).open(bytes(relabelled), PEER_MESSAGES)
+
+
+def test_sync_requests_are_rate_limited_per_peer() -> None:
+    clock = Clock()
+    receiver = PeerChannel(
+        1,
+        KEYS[1].private_bytes_raw(),
+        PUBLIC,
+        b"fleet",
+        os.urandom,
+        epoch=1,
+        clock=clock,
+        sync_limit=PeerRateLimit(per_second=0.5, burst=2),
+    )
+    sync = SyncRequest(b"sync")
+    from_0, from_2 = channel(0, clock=clock), channel(2, clock=clock)
+    for _ in range(2):
+        receiver.open(from_0.seal(1, sync), PEER_MESSAGES)
+    with pytest.raises(PeerRateLimited):
+        receiver.open(from_0.seal(1, sync), PEER_MESSAGES)
+    receiver.open(from_2.seal(1, sync), PEER_MESSAGES)  # another peer has its own bucket
+    receiver.open(from_0.seal(1, MESSAGE), PEER_MESSAGES)  # other messages are not limited
+    clock.now += 2.0  # one token back
+    receiver.open(from_0.seal(1, sync), PEER_MESSAGES)

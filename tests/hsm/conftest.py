@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.client.vault import VaultClient
 from backupvault.codec import Message, decode_any
@@ -21,7 +22,10 @@ from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replic
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
 from backupvault.hsm.state import EntryState
-from backupvault.protocol import ErrorResponse, Op
+from backupvault.protocol import ErrorResponse, Op, pad_response
+from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
+
+ISSUER = "test-issuer"
 
 FAST_KSF = ksf.Argon2idParams(
     memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
@@ -33,7 +37,12 @@ class InProcessFleet:
         self.rand = random.Random(seed)
         self.now = 1_000.0
         self.secrets: FleetSecrets = make_fleet_secrets(b"test-fleet", os.urandom, Kem.X25519)
-        self.firmware = {i: VaultFirmware(self.secrets, os.urandom) for i in range(n)}
+        self.issuer = Ed25519PrivateKey.generate()
+        accounts = TokenVerifier(
+            self.issuer.public_key(), ISSUER, fleet_audience(self.secrets.fleet_id)
+        )
+        self.accounts = accounts
+        self.firmware = {i: VaultFirmware(self.secrets, os.urandom, accounts) for i in range(n)}
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
         self.replicas = {i: Replica(i, range(n), self.rand.randbytes) for i in range(n)}
         self.down: set[int] = set()
@@ -41,6 +50,7 @@ class InProcessFleet:
         self.results: dict[bytes, Committed | Failed] = {}
         self.evaluations = 0  # KE2s produced, counted where they are built
         self.sent: list[bytes] = []  # every byte that crossed the relay, for secrecy checks
+        self.requests: list[tuple[str, bytes]] = []  # (op, sealed body), as the relay saw
         for i in range(n):
             self._run(i, self.replicas[i].start(self.now))
         self._settle()
@@ -98,14 +108,15 @@ class InProcessFleet:
         account = "alice"
         body = request.read()
         self.sent.append(body)
+        self.requests.append((op_name, body))
         live = [i for i in self.replicas if i not in self.down]
         if not live:
             return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "none"})
         node = self.rand.choice(live)
         op = Op(op_name)
-        opened = self.firmware[node].open(op, account, entry, body)
+        opened = self.firmware[node].open(op, account, entry, body, self.now)
         if isinstance(opened, ErrorResponse):
-            return httpx.Response(403, json={"error": "mismatch", "detail": opened.detail})
+            return httpx.Response(403, json={"error": opened.code, "detail": opened.detail})
         message, response_key = opened
         action = self.firmware[node].handle(op, message, self.now)
         if isinstance(action, Reply):
@@ -126,11 +137,18 @@ class InProcessFleet:
             response = result.outcome()
             if op is Op.RECOVER_START and type(response).__name__ == "RecoverStartResponse":
                 self.evaluations += 1
-        sealed = response_key.seal(response.to_bytes())
+        sealed = response_key.seal(pad_response(op, response.to_bytes()))
         self.sent.append(sealed)
         return httpx.Response(200, content=sealed)
 
-    def client(self, account: str = "alice") -> VaultClient:
+    def fleet_token(self, account: str) -> str:
+        audience = fleet_audience(self.secrets.fleet_id)
+        return mint_token(
+            self.issuer, account, issuer=ISSUER, audience=audience, ttl_seconds=3600, now=self.now
+        )
+
+    def client(self, account: str = "alice", token_for: str | None = None) -> VaultClient:
+        """The SDK as `account`, holding the fleet token of `token_for` (default: its own)."""
         return VaultClient(
             "http://relay.test",
             "token",
@@ -140,6 +158,7 @@ class InProcessFleet:
             self.secrets.server_public_key,
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
+            fleet_token=self.fleet_token(token_for or account),
         )
 
 

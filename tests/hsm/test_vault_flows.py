@@ -23,9 +23,10 @@ KEY = EntryId("alice", "backup-root-key").to_bytes()
 def test_register_then_recover(fleet: InProcessFleet) -> None:
     client = fleet.client()
     client.register("correct horse", ROOT_KEY)
-    root_key, grant = client.recover("correct horse")
-    assert root_key == ROOT_KEY
-    assert grant
+    recovered = client.recover("correct horse")
+    assert recovered.root_key == ROOT_KEY
+    assert recovered.grant
+    assert recovered.wrong_guesses_before == 0
     assert client.status().guesses_remaining == 10
 
 
@@ -36,7 +37,7 @@ def test_wrong_password_counts_down_and_success_resets(fleet: InProcessFleet) ->
         with pytest.raises(WrongPassword) as caught:
             client.recover("wrong")
         assert caught.value.guesses_remaining == remaining
-    assert client.recover("right")[0] == ROOT_KEY
+    assert client.recover("right").root_key == ROOT_KEY
     assert client.status().guesses_remaining == 5
 
 
@@ -62,7 +63,7 @@ def test_cannot_register_over_a_live_entry(fleet: InProcessFleet) -> None:
     client.register("one", ROOT_KEY)
     with pytest.raises(AlreadyRegistered):
         client.register("two", bytes(32))
-    assert client.recover("one")[0] == ROOT_KEY
+    assert client.recover("one").root_key == ROOT_KEY
 
 
 def test_change_password(fleet: InProcessFleet) -> None:
@@ -71,7 +72,7 @@ def test_change_password(fleet: InProcessFleet) -> None:
     client.change_password("old", "new")
     with pytest.raises(WrongPassword):
         client.recover("old")
-    assert client.recover("new")[0] == ROOT_KEY
+    assert client.recover("new").root_key == ROOT_KEY
 
 
 def test_delete_and_unknown_entry(fleet: InProcessFleet) -> None:
@@ -79,7 +80,7 @@ def test_delete_and_unknown_entry(fleet: InProcessFleet) -> None:
     with pytest.raises(NotRegistered):
         client.recover("anything")
     client.register("pw", ROOT_KEY)
-    client.delete()
+    client.delete(client.recover("pw").grant)
     with pytest.raises(NotRegistered):
         client.recover("pw")
     assert all(fleet.state(n, KEY).wrapped_root_key == b"" for n in fleet.replicas)
@@ -90,7 +91,7 @@ def test_minority_down_works_majority_down_fails_closed(fleet: InProcessFleet) -
     client.register("pw", ROOT_KEY)
     fleet.crash(3)
     fleet.crash(4)
-    assert client.recover("pw")[0] == ROOT_KEY
+    assert client.recover("pw").root_key == ROOT_KEY
     fleet.crash(2)
     before = fleet.evaluations
     with pytest.raises(FleetUnavailable):

@@ -23,7 +23,7 @@ from backupvault.client.vault import VaultClient
 from backupvault.crypto import ksf
 from backupvault.deploy.local import AUDIENCE, ISSUER, LocalDeployment
 from backupvault.node.config import write_toml
-from backupvault.relay.auth import load_operator_private_key, mint_token
+from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
 
 NODES = 5
 
@@ -99,12 +99,20 @@ class Vault:
             )
         return self._tokens[account]
 
+    def fleet_token(self, account: str) -> str:
+        """The account's token for the nodes (inside the seal)."""
+        assert self.config.fleet_id is not None
+        operator = load_operator_private_key(self.root / "operator.key")
+        audience = fleet_audience(self.config.fleet_id)
+        return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=3600)
+
     def client(
         self,
         account: str,
         entry: str,
         *,
         token: str | None = None,
+        fleet_token: str | None = None,
         http: httpx.Client | None = None,
         ksf_params: ksf.Argon2idParams = FAST_KSF,
     ) -> VaultClient:
@@ -118,12 +126,18 @@ class Vault:
             entry=entry,
             ksf_params=ksf_params,
             http=http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)),
+            fleet_token=self.fleet_token(account) if fleet_token is None else fleet_token,
         )
 
     def client_config(self, path: Path, account: str, entry: str, token: str | None = None) -> Path:
         """A client.toml for `account`/`entry` (the CLI reads its entry from the config)."""
         data: dict[str, Any] = tomllib.loads((self.root / "client.toml").read_text())
-        data.update(account=account, entry=entry, token=token or self.token(account))
+        data.update(
+            account=account,
+            entry=entry,
+            token=token or self.token(account),
+            fleet_token=self.fleet_token(account),
+        )
         write_toml(path, data)
         return path
 

@@ -23,7 +23,7 @@ from backupvault.crypto import recovery
 from backupvault.deploy.local import LocalDeployment
 from backupvault.node.config import write_toml
 from backupvault.protocol import EntryStatus
-from backupvault.transparency.errors import EpochReplayed, LogRolledBack
+from backupvault.transparency.errors import EpochReplayed, EpochRetired
 
 from .conftest import FAST_KSF
 
@@ -121,13 +121,21 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     fleet = state["fleets"][data["fleet_id"]]
     assert fleet["epoch"] == 2 and set(fleet["records"]) == {"1", "2"}
 
-    # The epoch-1 bundle, served as the current one, is now a replay (with the receipt the
-    # rotation refreshed), or a rollback of the log (with the receipt from before).
-    refreshed = (local.root / "bundle.bin").read_bytes()
-    for bundle, error in ((refreshed, EpochReplayed), (old_bundle, LogRolledBack)):
-        with pytest.raises(FleetNotTrusted) as refused:
-            config.session(http=httpx.Client(transport=Recorder(replace_bundle=bundle)))
-        assert isinstance(refused.value.reason, error)
+    # The epoch-1 bundle, served as the current one, is a replay for this client; the
+    # rotation left it as it was (a witness gives one receipt per record).
+    assert (local.root / "bundle.bin").read_bytes() == old_bundle
+    with pytest.raises(FleetNotTrusted) as refused:
+        config.session(http=httpx.Client(transport=Recorder(replace_bundle=old_bundle)))
+    assert isinstance(refused.value.reason, EpochReplayed)
+    # A client with no state (a new device) refuses it too: both witnesses' heads name
+    # epoch 2, so epoch 1 is retired.
+    data.update(state_file="new-device-state.json")
+    write_toml(tmp_path / "new-device.toml", data)
+    new_device = ClientConfig.load(tmp_path / "new-device.toml")
+    with pytest.raises(FleetNotTrusted) as retired:
+        new_device.session(http=httpx.Client(transport=Recorder(replace_bundle=old_bundle)))
+    assert isinstance(retired.value.reason, EpochRetired)
+    assert not (tmp_path / "new-device-state.json").exists()
 
     # verify-deployment checks both epochs and every node of each.
     check = subprocess.run(

@@ -5,14 +5,16 @@ derived from a password, a node with modified code is refused by its fleet recor
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
+import time
 import tomllib
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,23 +28,31 @@ from backupvault.client.config import ClientConfig
 from backupvault.client.errors import FleetNotTrusted
 from backupvault.crypto import recovery
 from backupvault.crypto.seal import FleetPrivateKey
-from backupvault.deploy.local import WITNESS_NAME, LocalDeployment
+from backupvault.deploy.local import WITNESS_NAME, WITNESSES, LocalDeployment
+from backupvault.deploy.verify import FleetReport, TrustInputs, verify_deployment
 from backupvault.node.config import FleetDescription, write_toml
-from backupvault.relay.auth import load_operator_private_key
+from backupvault.tokens import load_operator_private_key
 from backupvault.transparency import (
     FleetBundle,
     OperatorSignedRecord,
     Signer,
+    Verifier,
     Witness,
     WitnessPolicy,
+    merkle,
+    open_checkpoint,
     sign_record,
 )
+from backupvault.transparency.bundle import cosign
 from backupvault.transparency.errors import (
     EpochReplayed,
+    EpochRetired,
+    HeadMismatch,
     LogForked,
     LogRolledBack,
     MeasurementNotAllowed,
     OperatorSignatureInvalid,
+    StaleHead,
     TransparencyError,
     WitnessSignatureInvalid,
     WitnessSignatureMissing,
@@ -61,8 +71,12 @@ class Deployment:
     local: LocalDeployment
     root: Path
     operator: Ed25519PrivateKey
-    witness_key: Ed25519PrivateKey
+    witness_keys: dict[str, Ed25519PrivateKey]
     bundle: bytes
+
+    @property
+    def witness_key(self) -> Ed25519PrivateKey:
+        return self.witness_keys["witness"]
 
     @property
     def signed(self) -> OperatorSignedRecord:
@@ -88,15 +102,18 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
     local = LocalDeployment(root)
     try:
         local.up(NODES, timeout=90)
-        key = serialization.load_pem_private_key(
-            (root / "witness" / "witness.key").read_bytes(), password=None
-        )
-        assert isinstance(key, Ed25519PrivateKey)
+        keys = {}
+        for which in WITNESSES:
+            key = serialization.load_pem_private_key(
+                (root / which / "witness.key").read_bytes(), password=None
+            )
+            assert isinstance(key, Ed25519PrivateKey)
+            keys[which] = key
         yield Deployment(
             local,
             root,
             load_operator_private_key(root / "operator.key"),
-            key,
+            keys,
             (root / "bundle.bin").read_bytes(),
         )
     finally:
@@ -104,19 +121,40 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]
 
 
 class Intercept(httpx.BaseTransport):
-    """The real relay, except that the fleet bundle (and, when set, consistency proofs)
-    come from the test: what a relay (or a network attacker in front of it) could serve.
-    Every request path is recorded."""
+    """The real relay and witnesses, except that the fleet bundle, and the heads and
+    consistency proofs of the witnesses in `witnesses` (by host:port), come from the test:
+    what a relay, a lying witness or a network attacker could serve. `head_time` dates the
+    heads served. Every request path is recorded."""
 
     def __init__(self) -> None:
         self.inner = httpx.HTTPTransport()
         self.bundle: bytes | None = None
+        self.witnesses: dict[str, Witness] = {}
+        self.relay_log: Witness | None = None
+        self.head_time: int | None = None
         self.paths: list[str] = []
 
+    def _witness_answer(self, witness: Witness, request: httpx.Request) -> httpx.Response:
+        params = request.url.params
+        if request.url.path == "/v1/head":
+            now = int(time.time()) if self.head_time is None else self.head_time
+            return httpx.Response(200, text=witness.head(bytes.fromhex(params["fleet"]), now))
+        try:
+            proof = witness.consistency(int(params["old"]), int(params["new"]))
+        except TransparencyError:
+            return httpx.Response(400, json={"error": "bad_range"})
+        return httpx.Response(200, json={"proof": [base64.b64encode(h).decode() for h in proof]})
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
-        self.paths.append(request.url.path)
-        if request.url.path == "/v1/fleet/bundle" and self.bundle is not None:
+        path = request.url.path
+        self.paths.append(path)
+        if path == "/v1/fleet/bundle" and self.bundle is not None:
             return httpx.Response(200, content=self.bundle)
+        if path == "/v1/fleet/consistency" and self.relay_log is not None:
+            return self._witness_answer(self.relay_log, request)
+        witness = self.witnesses.get(f"{request.url.host}:{request.url.port}")
+        if witness is not None and path in ("/v1/head", "/v1/consistency"):
+            return self._witness_answer(witness, request)
         return self.inner.handle_request(request)
 
     def vault_requests(self) -> list[str]:
@@ -139,11 +177,28 @@ def session_with(config: Path, transport: Intercept) -> Any:
 
 def rogue_witness(dep: Deployment, tmp_path: Path, key: Ed25519PrivateKey, name: str) -> Witness:
     """A witness with `key` (the real witness's key: a witness showing a second history)
-    and its own log; it vouches for this fleet's operator key."""
+    and its own log; it vouches for this fleet's operator key (and logs any other fleet)."""
     raw = key.public_key().public_bytes_raw()
     store = WitnessStore(tmp_path / f"rogue-{os.urandom(4).hex()}.sqlite", name, raw)
     operator = dep.operator.public_key().public_bytes_raw()
-    return Witness(Signer(name, key), store, WitnessPolicy({dep.record.fleet_id: operator}))
+    policy = WitnessPolicy({dep.record.fleet_id: operator}, pin_first_seen=True)
+    return Witness(Signer(name, key), store, policy)
+
+
+def bundle_at(witness: Witness, signed: OperatorSignedRecord) -> bytes:
+    """A bundle for a record already in `witness`'s log, proven in its current tree."""
+    index = witness.store.index_of(merkle.leaf_hash(signed.to_bytes()))
+    assert index is not None
+    note = witness.checkpoint()
+    size = witness.store.size
+    return FleetBundle(
+        signed.to_bytes(),
+        cosign(witness.signer.private_key, witness.name, signed.to_bytes()),
+        index,
+        size,
+        b"".join(witness.inclusion(index, size)[1]),
+        note,
+    ).to_bytes()
 
 
 def logged(witness: Witness, signed: OperatorSignedRecord) -> bytes:
@@ -162,70 +217,137 @@ def test_ota_client_accepts_the_relays_bundle_and_uses_the_fleet(
 ) -> None:
     transport = Intercept()
     session = session_with(ota_config(deployment, tmp_path), transport)
-    assert transport.paths == ["/v1/fleet/bundle"]  # verified before anything else
+    # verified before anything else: the bundle, then each witness's head for the fleet
+    assert transport.paths == ["/v1/fleet/bundle", "/v1/head", "/v1/head"]
     root_key = recovery.new_root_key()
     session.vault.register(PASSWORD, root_key)
     assert session.recover_or_migrate(PASSWORD).root_key == root_key
     assert all(p.startswith("/v1/epochs/1/vault/") for p in transport.vault_requests())
     state = json.loads((tmp_path / "state.json").read_text())
     assert state["fleets"][deployment.record.fleet_id.hex()]["epoch"] == 1
-    assert state["checkpoint"] == FleetBundle.from_bytes(deployment.bundle).checkpoint
+    bundle = FleetBundle.from_bytes(deployment.bundle)
+    witness = Verifier.from_vkey(deployment.local.witness_vkey())
+    seen = open_checkpoint(state["checkpoint"], witness)  # the newest: the witness's head
+    assert seen == open_checkpoint(bundle.checkpoint, witness)
+    assert set(state["heads"]) == set(WITNESSES.values())
 
 
 # ---- refusals: nothing is sent to the fleet ----------------------------------------------------
 
-Attack = Callable[[Deployment, Path], tuple[list[bytes], bytes, dict[str, Any]]]
+
+@dataclass
+class Scenario:
+    """What a client accepted before (`before`, with heads and proofs from
+    `before_witnesses` and `before_log`), then the bad bundle and who answers for it."""
+
+    bad: bytes
+    extra: dict[str, Any] = field(default_factory=dict)
+    before: list[bytes] = field(default_factory=list)
+    before_witnesses: dict[str, Witness] = field(default_factory=dict)
+    before_log: Witness | None = None
+    witnesses: dict[str, Witness] = field(default_factory=dict)
+    log: Witness | None = None
+    head_time: int | None = None
 
 
-def only_operator(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+Attack = Callable[[Deployment, Path], Scenario]
+
+
+def at(dep: Deployment, which: str) -> str:
+    """host:port of a local witness (how Intercept names it)."""
+    return dep.local.witness_url(which).removeprefix("http://")
+
+
+def liar(dep: Deployment, tmp: Path, which: str = "witness") -> Witness:
+    """A second log under the real key of witness `which`."""
+    return rogue_witness(dep, tmp, dep.witness_keys[which], WITNESSES[which])
+
+
+def only_operator(dep: Deployment, tmp: Path) -> Scenario:
     bundle = replace(FleetBundle.from_bytes(dep.bundle), cosignature=b"")
-    return [], bundle.to_bytes(), {}
+    return Scenario(bundle.to_bytes())
 
 
-def wrong_witness(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+def wrong_witness(dep: Deployment, tmp: Path) -> Scenario:
     other = rogue_witness(dep, tmp, Ed25519PrivateKey.generate(), WITNESS_NAME)
-    return [], logged(other, dep.signed), {}
+    return Scenario(logged(other, dep.signed))
 
 
-def other_measurement(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+def other_measurement(dep: Deployment, tmp: Path) -> Scenario:
     # Signed by the operator and logged by the witness: only the client's allow-list of
     # firmware builds stops it.
-    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
     signed = resigned(dep, measurement=bytes(32))
     allowed = {"allowed_measurements": [dep.record.measurement.hex()]}
-    return [], logged(witness, signed), allowed
+    return Scenario(logged(liar(dep, tmp), signed), allowed)
 
 
-def replayed_epoch(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
-    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
+def replayed_epoch(dep: Deployment, tmp: Path) -> Scenario:
+    # Both witnesses logged epoch 2; the client saw it; an epoch-1 bundle is then replayed.
+    first, second = liar(dep, tmp), liar(dep, tmp, "witness2")
+    older = logged(first, dep.signed)  # the first receipt: what a resubmission returns
+    logged(second, dep.signed)
+    newer = logged(first, resigned(dep, epoch=2))
+    logged(second, resigned(dep, epoch=2))
+    both = {at(dep, "witness"): first, at(dep, "witness2"): second}
+    return Scenario(older, before=[newer], before_witnesses=both, before_log=first, log=first)
+
+
+def retired_epoch(dep: Deployment, tmp: Path) -> Scenario:
+    # A client with no state (a new device) is offered epoch 1 after epoch 2 was logged.
+    first, second = liar(dep, tmp), liar(dep, tmp, "witness2")
+    older = logged(first, dep.signed)
+    logged(second, dep.signed)
+    logged(first, resigned(dep, epoch=2))
+    logged(second, resigned(dep, epoch=2))
+    both = {at(dep, "witness"): first, at(dep, "witness2"): second}
+    return Scenario(older, witnesses=both, log=first)
+
+
+def stale_head(dep: Deployment, tmp: Path) -> Scenario:
+    # The witness's head is replayed from two days ago (a relay freezing its clients).
+    witness = liar(dep, tmp)
     logged(witness, dep.signed)
-    newer = logged(witness, resigned(dep, epoch=2))
-    older = logged(witness, dep.signed)  # a fresh receipt: same checkpoint, older epoch
-    return [newer], older, {}
+    return Scenario(
+        dep.bundle, witnesses={at(dep, "witness"): witness}, head_time=int(time.time()) - 172_800
+    )
 
 
-def forked_log(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+def second_witness_disagrees(dep: Deployment, tmp: Path) -> Scenario:
+    # The operator showed the second witness another epoch-1 record (a split view).
+    second = liar(dep, tmp, "witness2")
+    logged(second, resigned(dep, time=dep.record.time + 7))
+    return Scenario(dep.bundle, witnesses={at(dep, "witness2"): second})
+
+
+def forked_log(dep: Deployment, tmp: Path) -> Scenario:
     # The same witness key shows a second history of the same size.
-    fork = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
-    other = logged(fork, resigned(dep, time=dep.record.time + 1))
-    return [dep.bundle], other, {}
+    other = logged(liar(dep, tmp), resigned(dep, time=dep.record.time + 1))
+    return Scenario(other, before=[dep.bundle])
 
 
-def rolled_back_log(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
-    witness = rogue_witness(dep, tmp, dep.witness_key, WITNESS_NAME)
-    logged(witness, dep.signed)
-    bigger = logged(witness, resigned(dep, epoch=2))
-    return [bigger], dep.bundle, {}
+def rolled_back_log(dep: Deployment, tmp: Path) -> Scenario:
+    # The client saw the witness's log at 2 leaves; the witness then answers from 1.
+    grown, rolled = liar(dep, tmp), liar(dep, tmp)
+    logged(grown, dep.signed)
+    logged(grown, resigned(dep, fleet_id=b"another fleet id"))
+    logged(rolled, dep.signed)
+    bundle = bundle_at(grown, dep.signed)
+    return Scenario(
+        bundle,
+        before=[bundle],
+        before_witnesses={at(dep, "witness"): grown},
+        witnesses={at(dep, "witness"): rolled},
+    )
 
 
-def swapped_hpke_key(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, dict[str, Any]]:
+def swapped_hpke_key(dep: Deployment, tmp: Path) -> Scenario:
     kem = dep.record.fleet_public_key.kem
     record = replace(
         dep.record, hpke_public_key=FleetPrivateKey.generate(kem).public_key().to_bytes()
     )
     signed = replace(dep.signed, record=record.to_bytes())
     bundle = replace(FleetBundle.from_bytes(dep.bundle), signed_record=signed.to_bytes())
-    return [], bundle.to_bytes(), {}
+    return Scenario(bundle.to_bytes())
 
 
 @pytest.mark.parametrize(
@@ -235,6 +357,9 @@ def swapped_hpke_key(dep: Deployment, tmp: Path) -> tuple[list[bytes], bytes, di
         (wrong_witness, WitnessSignatureInvalid, "cosignature does not verify"),
         (other_measurement, MeasurementNotAllowed, "not an allowed one"),
         (replayed_epoch, EpochReplayed, "older than the epoch 2 already accepted"),
+        (retired_epoch, EpochRetired, "epoch 1 of fleet"),
+        (stale_head, StaleHead, "more than the 86400 s this client accepts"),
+        (second_witness_disagrees, HeadMismatch, "witness2.local/backupvault names another"),
         (forked_log, LogForked, "two checkpoints of size 1 with different roots"),
         (rolled_back_log, LogRolledBack, "the log shrank from 2 to 1"),
         (swapped_hpke_key, OperatorSignatureInvalid, "does not verify"),
@@ -247,16 +372,19 @@ def test_client_refuses_bad_bundles_before_sending_anything(
     error: type[TransparencyError],
     words: str,
 ) -> None:
-    accepted_first, bad, extra = attack(deployment, tmp_path)
-    config = ota_config(deployment, tmp_path, **extra)
+    scenario = attack(deployment, tmp_path)
+    config = ota_config(deployment, tmp_path, **scenario.extra)
     transport = Intercept()
-    for bundle in accepted_first:  # what the client saw (and accepted) before
+    transport.witnesses, transport.relay_log = scenario.before_witnesses, scenario.before_log
+    for bundle in scenario.before:  # what the client saw (and accepted) before
         transport.bundle = bundle
         session_with(config, transport)
     state = tmp_path / "state.json"
     before = state.read_bytes() if state.exists() else None
 
-    transport.bundle = bad
+    transport.bundle = scenario.bad
+    transport.witnesses, transport.relay_log = scenario.witnesses, scenario.log
+    transport.head_time = scenario.head_time
     transport.paths.clear()
     with pytest.raises(FleetNotTrusted) as refused:
         session_with(config, transport)
@@ -365,10 +493,28 @@ def test_modified_node_is_refused_by_its_record_and_by_verify_deployment(
     fleet = FleetDescription.load(root / "fleet.toml")
     modified = fleet.measure(package)
     assert modified != fleet.measurement
-    env = {**local._node_env(0), "PYTHONPATH": str(package.parent)}
-    command = [sys.executable, "-m", "backupvault", "node", "serve"]
+    env = local._node_env(0)
+    # Isolated mode ignores PYTHONPATH, so the modified copy is put first on the path by
+    # hand; the node measures the package it actually imported.
+    run_modified = (
+        f"import sys; sys.path.insert(0, {str(package.parent)!r}); sys.argv[0] = 'backupvault';"
+        " from backupvault.cli.main import main; main()"
+    )
+    command = [sys.executable, "-I", "-c", run_modified, "node", "serve"]
     local.stop_process("node0")
     try:
+        node0 = root / "node0.toml"
+        # 0. Not in isolated mode (PYTHONPATH, user site and the current folder would count),
+        # a node refuses to start at all.
+        loose = subprocess.run(
+            [sys.executable, "-m", "backupvault", "node", "serve", "--config", str(node0)],
+            env={**env, "PYTHONPATH": str(package.parent)},
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert loose.returncode != 0 and "python -I" in loose.stderr, loose.stderr
         # 1. Against the fleet's record it refuses to start.
         refused = subprocess.run(
             [*command, "--config", str(root / "node0.toml")],
@@ -498,7 +644,7 @@ def test_fleet_deploy_cli_signs_and_the_witness_refuses_a_stale_epoch(
     assert stale.returncode == 1
     assert "the witness refused the deployment record (409)" in stale.stderr
     assert not (tmp_path / "bundle.bin").exists()
-    # The logged record resubmitted: a fresh receipt for the same leaf.
+    # The logged record resubmitted: the receipt first given, byte for byte.
     fresh = deployment.cli(
         "--json",
         "fleet",
@@ -513,5 +659,41 @@ def test_fleet_deploy_cli_signs_and_the_witness_refuses_a_stale_epoch(
     )
     assert fresh.returncode == 0, fresh.stderr
     assert json.loads(fresh.stdout)["leaf_index"] == 0
-    bundle = FleetBundle.from_bytes((deployment.root / "bundle.bin").read_bytes())
-    assert bundle.signed_record == deployment.signed.to_bytes()
+    assert (deployment.root / "bundle.bin").read_bytes() == deployment.bundle
+
+
+def test_verify_deployment_compares_the_two_witnesses(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    local = deployment.local
+    witnesses = tuple(
+        (Verifier.from_vkey(local.witness_vkey(w)), local.witness_url(w)) for w in WITNESSES
+    )
+    trust = TrustInputs(
+        deployment.operator.public_key().public_bytes_raw(),
+        witnesses[0][0],
+        witnesses=witnesses,
+    )
+
+    def run(transport: Intercept) -> list[FleetReport]:
+        with httpx.Client(transport=transport, timeout=30) as http:
+            return verify_deployment(
+                trust, relay_url=local.relay_url(), check_node_measurements=False, http=http
+            )
+
+    honest = run(Intercept())
+    assert [r.ok for r in honest] == [True]
+    details = {c.name: c.detail for c in honest[0].checks}
+    for name in WITNESSES.values():
+        assert details[f"witness {name} head"].startswith("names this record (epoch 1, leaf 0)")
+
+    # The operator showed the second witness another epoch-1 record: the two logs disagree.
+    split = Intercept()
+    second = liar(deployment, tmp_path, "witness2")
+    logged(second, resigned(deployment, time=deployment.record.time + 9))
+    split.witnesses = {at(deployment, "witness2"): second}
+    [report] = run(split)
+    assert not report.ok
+    failed = [c for c in report.checks if not c.ok]
+    assert [c.name for c in failed] == ["witness witness2.local/backupvault head"]
+    assert "names another record" in failed[0].detail

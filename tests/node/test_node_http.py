@@ -4,26 +4,45 @@ request sealed for one account cannot be replayed under another."""
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
-from backupvault.crypto.seal import FleetPrivateKey, Kem, seal_request
+from backupvault.codec import Message
+from backupvault.crypto.seal import FleetPrivateKey, Kem, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
+from backupvault.hop import HopVerifier, sign_headers
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import VaultFirmware
 from backupvault.node.http import create_app
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
-from backupvault.protocol import ErrorResponse, Op, StatusRequest, StatusResponse, decode_response
+from backupvault.protocol import (
+    RESPONSE_PADDED_SIZE,
+    AuthorizedRequest,
+    DeleteRequest,
+    ErrorResponse,
+    Op,
+    StatusRequest,
+    StatusResponse,
+    decode_response,
+    is_valid_name,
+)
+from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
 SECRETS = make_fleet_secrets(b"fleet", os.urandom, Kem.X25519)
 FLEET_KEY = FleetPrivateKey.from_bytes(SECRETS.hpke_private_key).public_key()
+ISSUER_KEY = Ed25519PrivateKey.generate()
+RELAY_KEY = Ed25519PrivateKey.generate()
+ACCOUNTS = TokenVerifier(ISSUER_KEY.public_key(), "issuer", fleet_audience(SECRETS.fleet_id))
 
 
 @pytest.fixture
@@ -32,39 +51,125 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
     service = NodeService(
         0,
         {0: "http://127.0.0.1:1"},  # a fleet of one: ready at once
-        VaultFirmware(SECRETS, os.urandom),
+        VaultFirmware(SECRETS, os.urandom, ACCOUNTS),
         PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, SECRETS.fleet_id, os.urandom),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
     )
-    with TestClient(create_app(service)) as client:
+    hop = HopVerifier(0, [RELAY_KEY.public_key().public_bytes_raw()])
+    with TestClient(create_app(service, hop)) as client:
         yield client
 
 
 HEADERS = {"x-backupvault-account": "alice", "x-backupvault-entry": "main"}
 
 
+def fleet_token(account: str = "alice") -> str:
+    audience = fleet_audience(SECRETS.fleet_id)
+    return mint_token(ISSUER_KEY, account, issuer="issuer", audience=audience, ttl_seconds=60)
+
+
+def seal(op: str, request: Message, token: str | None = None) -> tuple[bytes, ResponseKey]:
+    """A client's sealed request: the fleet token and the request, sealed to the fleet."""
+    body = AuthorizedRequest(token or fleet_token(), request.to_bytes()).to_bytes()
+    return seal_request(FLEET_KEY, SECRETS.fleet_id, op, body)
+
+
+def post(
+    node: TestClient, op: str, body: bytes, headers: dict[str, str] = HEADERS, *, sign: bool = True
+) -> Any:
+    """POST as the relay does: with its signature over this request, for node 0."""
+    account = headers.get("x-backupvault-account", "")
+    entry = headers.get("x-backupvault-entry", "")
+    signed = dict(headers)
+    if sign and is_valid_name(account) and is_valid_name(entry):
+        signed.update(sign_headers(RELAY_KEY, 0, op, account, entry, body))
+    return node.post(f"/v1/client/{op}", content=body, headers=signed)
+
+
 def test_status_through_the_seal(node: TestClient) -> None:
-    sealed, key = seal_request(
-        FLEET_KEY, SECRETS.fleet_id, "status", StatusRequest("alice", "main").to_bytes()
-    )
-    answer = node.post("/v1/client/status", content=sealed, headers=HEADERS)
+    sealed, key = seal("status", StatusRequest("alice", "main"))
+    answer = post(node, "status", sealed)
     assert answer.status_code == 200
     assert isinstance(decode_response(Op.STATUS, key.open(answer.content)), StatusResponse)
 
 
 def test_request_sealed_for_another_account_is_refused(node: TestClient) -> None:
-    body = StatusRequest("mallory", "main").to_bytes()
-    sealed, _ = seal_request(FLEET_KEY, SECRETS.fleet_id, "status", body)
-    answer = node.post("/v1/client/status", content=sealed, headers=HEADERS)
+    sealed, _ = seal("status", StatusRequest("mallory", "main"))
+    answer = post(node, "status", sealed)
     assert answer.status_code == 403
     assert answer.json()["error"] == "mismatch"
 
 
 def test_request_sealed_for_another_op_is_refused(node: TestClient) -> None:
-    body = StatusRequest("alice", "main").to_bytes()
-    sealed, _ = seal_request(FLEET_KEY, SECRETS.fleet_id, "delete", body)
-    answer = node.post("/v1/client/delete", content=sealed, headers=HEADERS)
+    sealed, _ = seal("delete", StatusRequest("alice", "main"))
+    answer = post(node, "delete", sealed)
     assert answer.status_code == 400  # a status body is not a delete request
+
+
+def test_non_ascii_sealed_account_is_a_400_not_a_500(node: TestClient) -> None:
+    sealed, _ = seal("status", StatusRequest("alicé", "main"))
+    answer = post(node, "status", sealed)
+    assert answer.status_code == 400
+    assert "valid names" in answer.json()["detail"]
+
+
+# ---- only a listed relay is heard (the relay → node hop) -----------------------------------
+
+
+def _status_request() -> bytes:
+    return seal("status", StatusRequest("alice", "main"))[0]
+
+
+def test_unsigned_request_is_refused(node: TestClient) -> None:
+    answer = post(node, "status", _status_request(), sign=False)
+    assert answer.status_code == 401
+    assert answer.json()["error"] == "relay_signature"
+
+
+@pytest.mark.parametrize(
+    "forgery",
+    ["other key", "other node", "other body", "other account", "old", "future", "bad hex"],
+)
+def test_forged_or_stale_signatures_are_refused(node: TestClient, forgery: str) -> None:
+    body = _status_request()
+    key, index, signed_body, account, at = RELAY_KEY, 0, body, "alice", time.time()
+    if forgery == "other key":
+        key = Ed25519PrivateKey.generate()
+    if forgery == "other node":
+        index = 1
+    if forgery == "other body":
+        signed_body = body + b"x"
+    if forgery == "other account":
+        account = "mallory"
+    if forgery == "old":
+        at -= 120
+    if forgery == "future":
+        at += 120
+    headers = {**HEADERS, **sign_headers(key, index, "status", account, "main", signed_body, at)}
+    if forgery == "bad hex":
+        headers["X-Backupvault-Signature"] = "zz" * 64
+    answer = node.post("/v1/client/status", content=body, headers=headers)
+    assert answer.status_code == 401, forgery
+    assert answer.json()["detail"]
+
+
+def test_a_replayed_signed_request_is_refused(node: TestClient) -> None:
+    body = _status_request()
+    headers = {**HEADERS, **sign_headers(RELAY_KEY, 0, "status", "alice", "main", body)}
+    assert node.post("/v1/client/status", content=body, headers=headers).status_code == 200
+    again = node.post("/v1/client/status", content=body, headers=headers)
+    assert again.status_code == 401
+    assert "replay" in again.json()["detail"]
+
+
+def test_a_relay_without_the_fleet_token_cannot_act(node: TestClient) -> None:
+    """A relay (or anyone) that signs correctly but holds only the relay token: the seal
+    must carry the account's fleet token, which the relay never sees."""
+    relay_token = mint_token(ISSUER_KEY, "alice", issuer="issuer", audience="relay", ttl_seconds=60)
+    sealed, _ = seal("status", StatusRequest("alice", "main"), token=relay_token)
+    answer = post(node, "status", sealed)
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "unauthorized"
 
 
 @pytest.mark.parametrize(
@@ -82,7 +187,10 @@ def test_request_sealed_for_another_op_is_refused(node: TestClient) -> None:
 def test_bad_input_gets_a_reason(
     node: TestClient, path: str, headers: dict[str, str], body: bytes, status: int
 ) -> None:
-    answer = node.post(path, content=body, headers=headers)
+    if path.startswith("/v1/client/"):
+        answer = post(node, path.rsplit("/", 1)[1], body, headers)
+    else:
+        answer = node.post(path, content=body, headers=headers)
     assert answer.status_code == status
     assert answer.json()["detail"]
 
@@ -90,20 +198,26 @@ def test_bad_input_gets_a_reason(
 @settings(max_examples=60, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(op=st.sampled_from([str(op) for op in Op]), body=st.binary(max_size=2000))
 def test_random_sealed_bodies_never_500(node: TestClient, op: str, body: bytes) -> None:
-    answer = node.post(f"/v1/client/{op}", content=body, headers=HEADERS)
+    answer = post(node, op, body)
     assert 400 <= answer.status_code < 500
 
 
-def test_error_response_is_sealed_not_plain(node: TestClient) -> None:
-    # Recovering an entry that does not exist: the reason travels inside the seal.
-    from backupvault.crypto import opaque
-    from backupvault.protocol import RecoverStartRequest
-
-    _, ke1 = opaque.client_login_start(b"pw")
-    body = RecoverStartRequest("alice", "main", ke1.to_bytes()).to_bytes()
-    sealed, key = seal_request(FLEET_KEY, SECRETS.fleet_id, "recover-start", body)
-    answer = node.post("/v1/client/recover-start", content=sealed, headers=HEADERS)
+def test_error_response_is_sealed_and_padded(node: TestClient) -> None:
+    # Deleting an entry that does not exist: the reason travels inside the seal, in an
+    # answer as long as a success would be.
+    sealed, key = seal("delete", DeleteRequest("alice", "main", b""))
+    answer = post(node, "delete", sealed)
     assert answer.status_code == 200
     assert b"not_registered" not in answer.content
-    error = decode_response(Op.RECOVER_START, key.open(answer.content))
+    assert len(key.open(answer.content)) == RESPONSE_PADDED_SIZE[Op.DELETE]
+    error = decode_response(Op.DELETE, key.open(answer.content))
     assert isinstance(error, ErrorResponse) and error.code == "not_registered"
+
+
+def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
+    def endless() -> Iterator[bytes]:
+        for _ in range(10_000):  # 640 MB if it were all read
+            yield b"\0" * 65536
+
+    answer = node.post("/v1/client/status", content=endless(), headers=HEADERS)
+    assert answer.status_code == 413

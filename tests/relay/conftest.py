@@ -20,10 +20,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from backupvault.relay import RelayConfig, create_app, mint_token, public_key_pem
+from backupvault.relay import RelayConfig, create_app, mint_token, private_key_pem, public_key_pem
 
 ISSUER = "https://accounts.test"
 AUDIENCE = "backupvault-relay-test"
+#: The relay's key for the relay → node hop (stub nodes can check it with HopVerifier).
+RELAY_KEY = Ed25519PrivateKey.generate()
 
 
 class LiveServer:
@@ -165,6 +167,7 @@ def make_config(
         issuer=ISSUER,
         audience=AUDIENCE,
         operator_public_key=public_key_pem(operator_key),
+        signing_key=private_key_pem(RELAY_KEY),
         connect_timeout=1.0,
         request_timeout=2.0,
         health_timeout=0.5,

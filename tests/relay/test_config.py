@@ -17,6 +17,7 @@ from backupvault.relay import (
     load_config,
     load_operator_private_key,
     mint_token,
+    private_key_pem,
     public_key_pem,
     save_operator_key,
 )
@@ -33,6 +34,7 @@ def _write(tmp_path: Path, body: str) -> Path:
 @pytest.fixture
 def key_dir(tmp_path: Path) -> Path:
     save_operator_key(generate_operator_key(), tmp_path / "operator.key", tmp_path / "operator.pub")
+    (tmp_path / "relay.key").write_bytes(private_key_pem(generate_operator_key()))
     return tmp_path
 
 
@@ -45,6 +47,7 @@ nodes = ["http://10.0.0.1:8700/", "https://node2.example:8700"]
 issuer = "https://accounts.example"
 audience = "backupvault"
 operator_public_key = "operator.pub"
+signing_key = "relay.key"
 rate_per_minute = 30
 burst = 5
 max_body_bytes = 32768
@@ -59,6 +62,7 @@ token_leeway_seconds = 10
     config = load_config(path)
     assert config.node_urls == ("http://10.0.0.1:8700", "https://node2.example:8700")
     assert config.operator_public_key == key_dir / "operator.pub"
+    assert config.signing_key == key_dir / "relay.key"
     assert config.rate_per_second == pytest.approx(0.5)
     assert (config.burst, config.max_body_bytes, config.max_concurrent_forwards) == (5, 32768, 64)
     assert config.public_key.public_bytes_raw() == (load_config(path).public_key.public_bytes_raw())
@@ -66,10 +70,11 @@ token_leeway_seconds = 10
 
 def test_accepts_an_inline_pem_and_defaults(tmp_path: Path) -> None:
     pem = public_key_pem(generate_operator_key()).decode()
+    signing = private_key_pem(generate_operator_key()).decode()
     path = _write(
         tmp_path,
         f'[relay]\nnodes = ["http://n1:1"]\nissuer = "i"\naudience = "a"\n'
-        f'operator_public_key = """{pem}"""\n',
+        f'operator_public_key = """{pem}"""\nsigning_key = """{signing}"""\n',
     )
     config = load_config(path)
     assert config.operator_public_key == pem.encode()
@@ -98,13 +103,19 @@ def test_accepts_an_inline_pem_and_defaults(tmp_path: Path) -> None:
         ),
         (
             'nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\n'
-            'operator_public_key = "nope.pem"',
+            'operator_public_key = "nope.pem"\nsigning_key = "relay.key"',
             "cannot read",
+        ),
+        (
+            'nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\n'
+            'operator_public_key = "operator.pub"\nsigning_key = "operator.pub"',
+            "signing_key",
         ),
     ],
 )
 def test_bad_configs_say_what_is_wrong(key_dir: Path, table: str, message: str) -> None:
-    body = "[relay]\n" + table.replace("KEY", 'operator_public_key = "operator.pub"') + "\n"
+    key = 'operator_public_key = "operator.pub"\nsigning_key = "relay.key"'
+    body = "[relay]\n" + table.replace("KEY", key) + "\n"
     with pytest.raises(InvalidInput, match=message):
         load_config(_write(key_dir, body))
 
@@ -121,7 +132,11 @@ def test_file_level_errors(tmp_path: Path) -> None:
 def test_config_checks_the_key_type(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput):
         RelayConfig(
-            node_urls=("http://n:1",), issuer="i", audience="a", operator_public_key=b"junk"
+            node_urls=("http://n:1",),
+            issuer="i",
+            audience="a",
+            operator_public_key=b"junk",
+            signing_key=b"junk",
         )
 
 
@@ -129,7 +144,7 @@ def test_serve_runs_a_real_relay_from_a_config_file(key_dir: Path, stubs: list[S
     path = _write(
         key_dir,
         f'[relay]\nnodes = ["{stubs[0].url}"]\nissuer = "i"\naudience = "a"\n'
-        'operator_public_key = "operator.pub"\n',
+        'operator_public_key = "operator.pub"\nsigning_key = "relay.key"\n',
     )
     relay = unused_url()
     port = int(relay.rsplit(":", 1)[1])

@@ -6,8 +6,11 @@ import os
 from collections.abc import Callable
 
 import httpx
+import pytest
 
-from .conftest import StubNode, unused_url
+from backupvault.hop import HopRefused, HopVerifier
+
+from .conftest import RELAY_KEY, StubNode, unused_url
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -45,6 +48,30 @@ def test_forwards_body_and_names_unchanged(
     assert seen.headers["x-backupvault-entry"] == "phone.2_b-c"
     assert seen.headers["content-type"] == "application/octet-stream"
     assert "authorization" not in seen.headers
+
+
+def test_every_forwarded_request_is_signed_for_its_node(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Each node can check that the relay sent this very request to it, now; the same
+    signature fails at any other node, for any other body, and a second time."""
+    relay = start_relay([s.url for s in stubs])
+    for _ in range(3):  # round-robin: each node gets one
+        assert post(relay, token("alice"), b"sealed body", entry="e1").status_code == 200
+    relay_key = RELAY_KEY.public_key().public_bytes_raw()
+    for index, stub in enumerate(stubs):
+        [seen] = stub.seen
+        verifier = HopVerifier(index, [relay_key])
+        verifier.verify(seen.headers, seen.op, "alice", "e1", seen.body)
+        with pytest.raises(HopRefused, match="replay"):
+            verifier.verify(seen.headers, seen.op, "alice", "e1", seen.body)
+        other = HopVerifier((index + 1) % 3, [relay_key])
+        with pytest.raises(HopRefused, match="signed for node"):
+            other.verify(seen.headers, seen.op, "alice", "e1", seen.body)
+        with pytest.raises(HopRefused, match="not signed"):
+            HopVerifier(index, [relay_key]).verify(
+                seen.headers, seen.op, "alice", "e1", seen.body + b"!"
+            )
 
 
 def test_every_operation_reaches_the_node_path_of_the_same_name(

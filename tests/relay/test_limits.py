@@ -67,6 +67,24 @@ def test_429_with_retry_after_after_the_burst_then_refills(
     assert len(stubs[0].seen) == 5
 
 
+def test_recover_finish_is_never_refused_for_rate(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A recover-finish answers a guess already charged at recover-start: refusing it
+    would cost the user that guess without an answer."""
+    clock = FakeClock()
+    relay = start_relay([stubs[0].url], clock=clock, rate_per_minute=6, burst=2)
+    alice = token("alice")
+    start = "/v1/vault/laptop/recover-start"
+    finish = "/v1/vault/laptop/recover-finish"
+    assert _post(relay, alice, path=start).status_code == 200
+    assert _post(relay, alice, path=start).status_code == 200
+    _assert_error(_post(relay, alice, path=start), 429, "rate_limited")
+    for _ in range(10):
+        assert _post(relay, alice, path=finish).status_code == 200
+    _assert_error(_post(relay, alice, path=start), 429, "rate_limited")
+
+
 def test_rate_limiter_bounds_memory_by_dropping_full_buckets() -> None:
     clock = FakeClock()
     limiter = RateLimiter(1.0, 2, clock=clock, max_accounts=10)

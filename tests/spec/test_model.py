@@ -82,8 +82,16 @@ def test_model_verifies_exhaustively(tmp_path: Path) -> None:
         ("BUG_EVAL_BEFORE_COMMIT",),
         ("BUG_EVAL_BEFORE_COMMIT", "NO_DUP_CHECK"),  # the counter itself goes above L
         ("BUG_NO_CATCHUP",),
+        ("BUG_FREE_KE1",),  # a new KE1 answered as if it were a resend: uncharged
+        ("BUG_FREE_KE1", "NO_DUP_CHECK"),  # ... then more than L evaluations
     ],
-    ids=["eval-before-commit", "eval-before-commit-counter", "no-catch-up"],
+    ids=[
+        "eval-before-commit",
+        "eval-before-commit-counter",
+        "no-catch-up",
+        "free-ke1",
+        "free-ke1-counter",
+    ],
 )
 def test_mutant_has_a_counterexample(tmp_path: Path, defines: tuple[str, ...]) -> None:
     result = run_pan(tmp_path, *defines)

@@ -34,6 +34,9 @@ def make_record(**changes: Any) -> DeploymentRecord:
         "opaque_server_public_key": OPAQUE_KEY,
         "measurement": MEASUREMENT,
         "time": 1_750_000_000,
+        "relay_public_keys": [bytes([0xA0]) * 32],
+        "account_issuer": "accounts.test",
+        "account_issuer_public_key": bytes([0xB0]) * 32,
     }
     fields.update(changes)
     return DeploymentRecord.create(**fields)

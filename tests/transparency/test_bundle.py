@@ -185,9 +185,9 @@ def test_replayed_older_epoch(
     _bundle(witness, operator_key, 1)
     client = Client(witness, operator_key)
     client.accept(_bundle(witness, operator_key, 2))
-    # the epoch-1 record, with a fresh (valid) proof in the current checkpoint
+    # the epoch-1 record resubmitted: the witness answers with its first receipt
     replayed = _bundle(witness, operator_key, 1)
-    assert replayed.tree_size == 2 and replayed.leaf_index == 0
+    assert replayed.tree_size == 1 and replayed.leaf_index == 0
     with pytest.raises(EpochReplayed):
         client.accept(replayed)
 
@@ -267,14 +267,23 @@ def test_forked_log_inconsistent_larger(
         client.accept(forked)  # the real log's consistency proof does not fit this root
 
 
-def test_rolled_back_log(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
+def test_older_checkpoint_must_be_a_prefix(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    # A bundle keeps its first receipt, so its checkpoint may be older than the newest one
+    # the client saw: accepted when it is a prefix of it, refused as a fork otherwise.
     witness = make_witness()
     early = _bundle(witness, operator_key, 1)
     client = Client(witness, operator_key)
     client.accept(_bundle(witness, operator_key, 2))
     assert client.last is not None and client.last.size == 2
-    with pytest.raises(LogRolledBack):
-        client.accept(early)  # its checkpoint is of size 1
+    with pytest.raises(EpochReplayed):
+        client.accept(early)  # consistent (size 1 is a prefix), but an older epoch
+    assert client.fetched[-1] == (1, 2)
+    client.epochs.clear()
+    client.last = Checkpoint(WITNESS_NAME, 2, bytes(32))  # a tree early's is not a prefix of
+    with pytest.raises(LogForked):
+        client.accept(early)
 
 
 def test_checkpoint_problems(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:

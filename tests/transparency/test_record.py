@@ -47,6 +47,10 @@ def test_layout_byte_by_byte() -> None:
         + _blob(OPAQUE_KEY)
         + _blob(MEASUREMENT)
         + struct.pack(">Q", 1_750_000_000)
+        + struct.pack(">I", 1)  # relay keys: count, then each
+        + _blob(b"\xa0" * 32)
+        + _blob(b"accounts.test")  # account issuer
+        + _blob(b"\xb0" * 32)  # its key
     )
     assert record.to_bytes() == expected
     assert DeploymentRecord.from_bytes(expected) == record

@@ -18,6 +18,7 @@ from backupvault.transparency.errors import (
     OperatorSignatureInvalid,
     UnknownFleet,
     UnknownOperatorKey,
+    WitnessRolledBack,
     WitnessStoreCorrupt,
 )
 from backupvault.transparency.note import open_checkpoint
@@ -46,9 +47,14 @@ def test_submit_returns_a_receipt_that_checks(
         )
         FleetBundle.from_receipt(signed, receipt)  # well-formed
     assert witness.store.size == 3
-    # the same signed record again: same leaf, no new entry
-    again = witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
-    assert again.leaf_index == 1 and witness.store.size == 3
+    # the same signed record again: no new entry, and the receipt first given, byte for
+    # byte (a resubmission refreshes nothing)
+    first = witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    assert first.leaf_index == 1 and first.tree_size == 2 and witness.store.size == 3
+    witness.store.close()
+    reopened = make_witness()
+    again = reopened.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    assert again.to_bytes() == first.to_bytes()
 
 
 def test_policy_refusals(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
@@ -236,3 +242,51 @@ def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
     (tmp_path / "bad.toml").write_text('name = "x"\n')
     with pytest.raises(InvalidInput, match="incomplete"):
         WitnessConfig.load(tmp_path / "bad.toml")
+
+
+def _copy_database(source: Path, target: Path) -> None:
+    """A consistent copy of a live SQLite database (as a backup tool would take)."""
+    src, dst = sqlite3.connect(source), sqlite3.connect(target)
+    src.backup(dst)
+    src.close()
+    dst.close()
+
+
+def test_restored_database_refuses_to_start_and_signs_nothing(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    witness = make_witness()
+    witness.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    _copy_database(tmp_path / "witness.sqlite", tmp_path / "backup.sqlite")
+    witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    signed = witness.checkpoint()
+    witness.store.close()
+    # The operator restores the older copy: consistent with itself (its own checkpoints
+    # stop at size 1), but behind the tree of size 2 the witness already signed.
+    for suffix in ("", "-wal", "-shm"):
+        (tmp_path / f"witness.sqlite{suffix}").unlink(missing_ok=True)
+    (tmp_path / "backup.sqlite").rename(tmp_path / "witness.sqlite")
+    head_before = (tmp_path / "witness.sqlite.head").read_bytes()
+    with pytest.raises(WitnessRolledBack) as refused:
+        make_witness()
+    assert "older than the tree of size 2" in refused.value.message
+    # Nothing was signed: the head is unchanged and the database holds no new checkpoint.
+    assert (tmp_path / "witness.sqlite.head").read_bytes() == head_before
+    db = sqlite3.connect(tmp_path / "witness.sqlite")
+    assert db.execute("SELECT MAX(size) FROM checkpoints").fetchone() == (1,)
+    db.close()
+    assert open_checkpoint(signed, witness.verifier).size == 2
+
+
+def test_missing_head_file_refuses_a_log_with_leaves(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    witness = make_witness()
+    witness.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    witness.store.close()
+    (tmp_path / "witness.sqlite.head").unlink()
+    with pytest.raises(WitnessRolledBack):
+        make_witness()
+    (tmp_path / "witness.sqlite.head").write_text("backupvault witness head v1\n1\nnot-b64\n")
+    with pytest.raises(WitnessRolledBack):
+        make_witness()

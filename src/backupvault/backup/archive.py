@@ -5,25 +5,29 @@ contents under relative names, depth-first in sorted order; a single file as one
 named after the file. Symbolic links are stored as links (never followed); hard links
 within the source as tar hard links; FIFOs, sockets and device files are skipped and reported.
 
-Extraction is stricter than tarfile's "data" filter: only regular files, folders, and links
-whose targets stay inside the destination; absolute or escaping names abort; setuid, setgid
-and sticky bits and ownership are dropped; other permission bits and mtimes are kept.
-Symbolic links that point outside the restored tree are skipped and reported.
+Reading does not use `tarfile`: `TarReader` parses the headers itself (ustar + pax, only
+what `write_archive` produces, every field checked, pax headers capped), and
+`extract_archive` hands each member to a `SafeDestination`, which alone touches the disk
+(see backup/safe.py for its rules). Symbolic links that lead outside the restored tree are
+skipped and reported.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
 import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path
 from typing import IO, Any, Protocol, cast
 
 import zstandard
 
-from backupvault.backup.errors import SourceError
+from backupvault.backup.errors import SourceError, UnsafeArchive
+from backupvault.backup.safe import SafeDestination, Skipped
 from backupvault.errors import InvalidInput
 
 DEFAULT_LEVEL = 3
@@ -55,7 +59,22 @@ class ArchiveStats:
     links: int = 0
     bytes: int = 0
     has_root: bool = False  # the archive holds "." (a folder backup)
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class SourceTotals:
+    """What a scan of the source found: members to archive and bytes of file data."""
+
+    entries: int
+    bytes: int
+
+    def with_headroom(self) -> SourceTotals:
+        """Bounds to declare in the header: room for a source that grows a little while it
+        is read (a backup that outgrows them fails and asks to run again)."""
+        return SourceTotals(
+            self.entries + self.entries // 64 + 64, self.bytes + self.bytes // 64 + (1 << 20)
+        )
 
 
 def _walk(source: Path) -> Iterator[tuple[str, str]]:
@@ -81,22 +100,25 @@ def _walk(source: Path) -> Iterator[tuple[str, str]]:
         stack.extend(reversed(subfolders))
 
 
-def source_size(source: Path) -> int:
-    """Total bytes of the regular files to archive (for progress)."""
-    total = 0
+def scan_source(source: Path) -> SourceTotals:
+    """Members and bytes of file data `write_archive` would write now."""
+    total = entries = 0
     seen: set[tuple[int, int]] = set()
     for path, _ in _walk(source):
         try:
             st = os.lstat(path)
         except OSError:
             continue
+        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            continue
+        entries += 1
         if stat.S_ISREG(st.st_mode):
             if st.st_nlink > 1:  # hard links are archived once
                 if (st.st_dev, st.st_ino) in seen:
                     continue
                 seen.add((st.st_dev, st.st_ino))
             total += st.st_size
-    return total
+    return SourceTotals(entries, total)
 
 
 class _SourceReader:
@@ -136,11 +158,13 @@ class _TarSink:
 def write_archive(
     source: Path,
     out: Writable,
+    bounds: SourceTotals,
     progress: Progress | None = None,
     level: int = DEFAULT_LEVEL,
 ) -> ArchiveStats:
-    """Stream a zstd-compressed tar of `source` to `out`."""
+    """Stream a zstd-compressed tar of `source` to `out`, holding at most `bounds`."""
     stats = ArchiveStats()
+    entries = 0
     compressor = zstandard.ZstdCompressor(level=level).stream_writer(
         cast(IO[bytes], out), closefd=False, write_return_read=True
     )
@@ -154,13 +178,24 @@ def write_archive(
     for path, arcname in _walk(source):
         try:
             info = tar.gettarinfo(name=path, arcname=arcname)
-            # Whole microseconds, so the decimal tar keeps round-trips exactly (see _utime).
-            info.mtime = os.lstat(path).st_mtime_ns // 1000 / 1_000_000
+            # Whole microseconds, written as an exact decimal (str(float) may not be).
+            micros = os.lstat(path).st_mtime_ns // 1000
+            info.mtime = micros / 1_000_000
+            sign = "-" if micros < 0 else ""
+            whole, fraction = divmod(abs(micros), 1_000_000)
+            info.pax_headers = {"mtime": f"{sign}{whole}.{fraction:06d}"}
         except OSError as exc:
             raise SourceError(f"cannot read {path}: {exc.strerror}") from None
         if info is None or not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
-            stats.skipped.append((arcname, "not a regular file, folder or link"))
+            stats.skipped.append(Skipped(arcname, "not a regular file, folder or link"))
             continue
+        entries += 1
+        if entries > bounds.entries or stats.bytes + info.size > bounds.bytes:
+            raise SourceError(
+                f"{source} grew while it was being backed up (past {bounds.entries} entries "
+                f"or {bounds.bytes} bytes)",
+                hint="run the backup again",
+            )
         if info.isreg():
             try:
                 handle = open(path, "rb")  # noqa: SIM115
@@ -187,84 +222,204 @@ def write_archive(
     return stats
 
 
-class _RestoreFilter:
-    """The extraction filter; records what it skips."""
-
-    def __init__(self) -> None:
-        self.skipped: list[tuple[str, str]] = []
-
-    def __call__(self, member: tarfile.TarInfo, dest_path: str) -> tarfile.TarInfo | None:
-        if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            raise InvalidInput(f"backup archive holds a special file {member.name!r}")
-        try:
-            filtered = tarfile.data_filter(member, dest_path)
-        except (tarfile.AbsoluteLinkError, tarfile.LinkOutsideDestinationError):
-            if member.issym():
-                self.skipped.append((member.name, f"symbolic link to {member.linkname} is outside"))
-                return None
-            raise InvalidInput(
-                f"backup archive holds a hard link out of the tree: {member.name!r}"
-            ) from None
-        except tarfile.FilterError as exc:
-            raise InvalidInput(f"backup archive holds an unsafe entry: {exc}") from None
-        if member.isreg() or member.islnk():
-            # The data filter also clears group/other write; those we keep.
-            return filtered.replace(mode=member.mode & 0o777, deep=False)
-        return filtered
+_BLOCK = 512
+_MAX_PAX = 1 << 20  # our pax headers hold a few names and numbers
+_USTAR_MAGIC = b"ustar\x0000"
+_KINDS = {b"0": "file", b"\x00": "file", b"1": "hardlink", b"2": "symlink", b"5": "folder"}
+_SPECIAL = {b"3": "a character device", b"4": "a block device", b"6": "a FIFO"}
+_PAX_KEYS = {"path", "linkpath", "size", "mtime", "atime", "ctime", "uid", "gid", "uname"}
+_PAX_KEYS |= {"gname", "hdrcharset"}
+_DECIMAL = re.compile(r"-?[0-9]{1,20}(\.[0-9]{1,9})?")
 
 
-def extract_archive(compressed: Readable, dest: Path) -> ArchiveStats:
-    """Extract a stream made by `write_archive` into the existing empty folder `dest`.
+@dataclass(frozen=True)
+class Member:
+    """One archive member as `TarReader` parsed it."""
 
-    Returns the stats; the mode/mtime of "." (the backed-up folder itself) is applied to
-    `dest` too. Folder attributes are applied last, deepest first, so read-only folders work.
+    name: str
+    kind: str  # "file", "folder", "symlink" or "hardlink"
+    mode: int
+    mtime_ns: int
+    size: int
+    linkname: str
+
+
+class TarReader:
+    """Reads the pax tar `write_archive` writes, member by member, without `tarfile`.
+
+    Accepts ustar headers with valid checksums, pax extended headers ("x", at most 1 MiB)
+    for names, link names, sizes and times, and the member types above. Anything else (GNU
+    or global headers, sparse files, base-256 numbers, devices, FIFOs) is refused.
     """
-    stats = ArchiveStats()
-    restore_filter = _RestoreFilter()
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._unread = 0  # data bytes of the current member not yet consumed
+
+    def _read(self, size: int) -> bytes:
+        data = bytearray()
+        while len(data) < size:
+            piece = self._source.read(size - len(data))
+            if not piece:
+                raise InvalidInput("backup archive is truncated")
+            data += piece
+        return bytes(data)
+
+    def next(self) -> Member | None:
+        """The next member (its data must be consumed with `data` first), or None at the end."""
+        if self._unread:
+            raise AssertionError("the previous member's data was not read")
+        pax: dict[str, str] = {}
+        while True:
+            block = self._read(_BLOCK)
+            if block.count(0) == _BLOCK:
+                self._check_end()
+                if pax:
+                    raise InvalidInput("backup archive ends after a pax header")
+                return None
+            kind = self._check_block(block)
+            size = _octal(block[124:136], "size")
+            if kind == b"x":
+                if pax:
+                    raise UnsafeArchive("two pax headers for one member")
+                if size > _MAX_PAX:
+                    raise UnsafeArchive(f"a pax header of {size} bytes")
+                pax = _parse_pax(self._read(_padded(size))[:size])
+                continue
+            if kind in _SPECIAL:
+                raise UnsafeArchive(f"{_name(block)!r} is {_SPECIAL[kind]}")
+            if kind not in _KINDS:
+                raise UnsafeArchive(f"{_name(block)!r} has unsupported tar type {kind!r}")
+            return self._member(block, _KINDS[kind], size, pax)
+
+    def _check_block(self, block: bytes) -> bytes:
+        if block[257:265] == b"ustar  \x00":
+            raise UnsafeArchive(f"{_name(block)!r} has a GNU tar header, never written here")
+        if block[257:265] != _USTAR_MAGIC:
+            raise InvalidInput("backup archive is corrupt (not a POSIX tar header)")
+        stored = _octal(block[148:156], "checksum")
+        if sum(block[:148]) + 8 * 32 + sum(block[156:]) != stored:
+            raise InvalidInput("backup archive is corrupt (tar header checksum)")
+        return block[156:157]
+
+    def _member(self, block: bytes, kind: str, size: int, pax: dict[str, str]) -> Member:
+        name = pax.get("path", _name(block))
+        linkname = pax.get("linkpath", _text(block[157:257]))
+        if "size" in pax:
+            size = _pax_int(pax["size"], "size")
+        mtime_ns = _octal(block[136:148], "mtime") * 1_000_000_000
+        if "mtime" in pax:
+            mtime_ns = _pax_time_ns(pax["mtime"])
+        if mtime_ns >= 1 << 62:
+            raise InvalidInput("backup archive has an out-of-range time")
+        if kind != "file" and size:
+            raise UnsafeArchive(f"{name!r} is a {kind} with {size} bytes of data")
+        self._unread = size
+        return Member(name, kind, _octal(block[100:108], "mode"), mtime_ns, size, linkname)
+
+    def data(self) -> Iterator[bytes]:
+        """The current member's data, in pieces (then the block padding is skipped)."""
+        padding = _padded(self._unread) - self._unread
+        while self._unread:
+            piece = self._read(min(self._unread, _COPY_SIZE))
+            self._unread -= len(piece)
+            yield piece
+        self._read(padding)
+
+    def _check_end(self) -> None:
+        # After the first zero block, only zeros (tar's second block and record padding).
+        while chunk := self._source.read(1 << 16):
+            if chunk.count(0) != len(chunk):
+                raise InvalidInput("backup archive has unexpected data after its end")
+
+
+def _padded(size: int) -> int:
+    return -(-size // _BLOCK) * _BLOCK
+
+
+def _text(field: bytes) -> str:
+    return field.split(b"\x00", 1)[0].decode("utf-8", "surrogateescape")
+
+
+def _name(block: bytes) -> str:
+    prefix, name = _text(block[345:500]), _text(block[0:100])
+    return f"{prefix}/{name}" if prefix else name
+
+
+def _octal(field: bytes, what: str) -> int:
+    if field[:1] and field[0] & 0x80:
+        raise UnsafeArchive(f"a base-256 tar {what} field")
+    digits = field.split(b"\x00", 1)[0].strip(b" ")
+    if not digits:
+        return 0
+    if not re.fullmatch(rb"[0-7]{1,12}", digits):
+        raise InvalidInput(f"backup archive is corrupt (tar {what} field)")
+    return int(digits, 8)
+
+
+def _pax_int(value: str, what: str) -> int:
+    if not re.fullmatch(r"[0-9]{1,20}", value):
+        raise InvalidInput(f"backup archive is corrupt (pax {what} {value[:30]!r})")
+    return int(value)
+
+
+def _pax_time_ns(value: str) -> int:
+    """A pax time to whole microseconds, exactly (the writer's precision), in ns."""
+    if not _DECIMAL.fullmatch(value):
+        raise InvalidInput(f"backup archive is corrupt (pax mtime {value[:30]!r})")
+    ns = round(Decimal(value) * 1_000_000) * 1000
+    if abs(ns) >= 1 << 62:
+        raise InvalidInput("backup archive has an out-of-range time")
+    return ns
+
+
+def _parse_pax(data: bytes) -> dict[str, str]:
+    """pax records: "<length> <key>=<value>\n", the length counting the whole record."""
+    records: dict[str, str] = {}
+    pos = 0
+    while pos < len(data):
+        match = re.match(rb"([0-9]{1,7}) ", data[pos:])
+        if match is None:
+            raise InvalidInput("backup archive is corrupt (pax record)")
+        length = int(match.group(1))
+        record = data[pos + match.end() : pos + length]
+        if length <= match.end() or pos + length > len(data) or not record.endswith(b"\n"):
+            raise InvalidInput("backup archive is corrupt (pax record length)")
+        key, sep, value = record[:-1].partition(b"=")
+        name = key.decode("ascii", "replace")
+        if not sep or name in records:
+            raise InvalidInput("backup archive is corrupt (pax record)")
+        if name.startswith("GNU.sparse") or name not in _PAX_KEYS:
+            raise UnsafeArchive(f"an unsupported pax record {name[:40]!r}")
+        records[name] = value.decode("utf-8", "surrogateescape")
+        pos += length
+    return records
+
+
+def extract_archive(compressed: Readable, dest: SafeDestination) -> ArchiveStats:
+    """Extract a stream made by `write_archive` through `dest` (see backup/safe.py)."""
     decompressor = zstandard.ZstdDecompressor().stream_reader(
         cast(IO[bytes], compressed), read_across_frames=False, closefd=False
     )
-    folders: list[tuple[Path, tarfile.TarInfo]] = []
+    reader = TarReader(decompressor)
     try:
-        # Not a `with`: closing a stream-mode TarFile would read on to the end.
-        tar = tarfile.open(fileobj=decompressor, mode="r|", encoding="utf-8")  # noqa: SIM115
-        while (member := tar.next()) is not None:
-            if member.isdir():
-                # Folder attributes wait until everything inside them is written.
-                tar.extract(member, str(dest), set_attrs=False, filter=restore_filter)
-                folders.append((dest / os.path.normpath(member.name), member))
-                is_root = os.path.normpath(member.name) == "."
-                stats.has_root |= is_root
-                stats.folders += not is_root
+        while (member := reader.next()) is not None:
+            if member.kind == "folder":
+                dest.folder(member.name, member.mode, member.mtime_ns)
+            elif member.kind == "file":
+                dest.file(member.name, member.mode, member.mtime_ns, member.size, reader.data())
+            elif member.kind == "symlink":
+                dest.symlink(member.name, member.linkname)
             else:
-                skipped_before = len(restore_filter.skipped)
-                tar.extract(member, str(dest), filter=restore_filter)
-                if len(restore_filter.skipped) == skipped_before:
-                    if member.issym():
-                        stats.links += 1
-                    else:
-                        _utime(dest / os.path.normpath(member.name), member.mtime)
-                        stats.files += 1
-                        stats.bytes += member.size
-            # Stream mode keeps every member it read; drop them so memory stays flat.
-            cast(Any, tar).members.clear()
-        # What follows the tar end marker must be zero padding: anything else is not ours.
-        while chunk := decompressor.read(1 << 16):
-            if chunk.count(0) != len(chunk):
-                raise InvalidInput("backup archive has unexpected data after its end")
+                dest.hardlink(member.name, member.linkname)
     except zstandard.ZstdError as exc:
         raise InvalidInput(f"backup archive is corrupt (zstd: {exc})") from None
-    except tarfile.TarError as exc:
-        raise InvalidInput(f"backup archive is corrupt (tar: {exc})") from None
-    for target, member in sorted(folders, key=lambda f: len(f[0].parts), reverse=True):
-        os.chmod(target, member.mode & 0o777)
-        _utime(target, member.mtime)
-    stats.skipped = restore_filter.skipped
-    return stats
-
-
-def _utime(target: Path, mtime: float) -> None:
-    """Set the archived mtime exactly: tar's float seconds, read back as the whole
-    microseconds they were written from (tarfile's own float utime can be 1 µs off)."""
-    ns = round(mtime * 1_000_000) * 1000
-    os.utime(target, ns=(ns, ns))
+    written = dest.finish()
+    return ArchiveStats(
+        files=written.files,
+        folders=written.folders,
+        links=written.links,
+        bytes=written.bytes,
+        has_root=written.has_root,
+        skipped=written.skipped,
+    )

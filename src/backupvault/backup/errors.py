@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backupvault.errors import BackupVaultError, UsageError
+from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 
 
 class StorageError(BackupVaultError):
@@ -19,3 +19,23 @@ class DestinationError(UsageError):
 
 class SourceError(UsageError):
     """The backup source does not exist or cannot be read."""
+
+
+class UnsafeArchive(InvalidInput):
+    """A backup's archive asks for something a restore never does (write outside the
+    destination, link out of it, replace what it wrote, a special file, more than declared)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"refused to restore: the backup's archive is unsafe ({detail})",
+            hint="nothing was written to the destination; this backup was not made by an "
+            "unmodified backupvault, so treat the device that made it as compromised",
+        )
+
+
+class StorageNotFound(StorageError):
+    """The storage folder does not exist."""
+
+
+class NoSpace(BackupVaultError):
+    """The restore destination's disk is (or would be) full."""

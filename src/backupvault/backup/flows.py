@@ -2,7 +2,9 @@
 
 Restore writes into a hidden temporary folder next to `dest` and renames it into place only
 after the final chunk of the stream authenticated; on any failure the temporary folder is
-removed and `dest` is as it was.
+removed and `dest` is as it was. It writes only through `SafeDestination` (backup/safe.py),
+within the caps of the authenticated header, after checking free space. Without an id it
+restores the newest backup its key opens, by the header's authenticated `created_at`.
 
 `dest` on restore must not exist (its parent must) or be an empty folder. Afterwards it is a
 copy of the backed-up folder (its contents, mode and mtime), or, for a backup of a single
@@ -24,20 +26,35 @@ from typing import Any
 
 from backupvault.backup import archive, format
 from backupvault.backup.archive import Progress
-from backupvault.backup.errors import DestinationError, SourceError
-from backupvault.backup.storage import Storage, object_name
+from backupvault.backup.errors import (
+    BackupNotFound,
+    DestinationError,
+    SourceError,
+    StorageError,
+)
+from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
+from backupvault.backup.storage import (
+    PartialUpload,
+    Storage,
+    StoredBackup,
+    object_name,
+    redact_url,
+)
 from backupvault.crypto import stream
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, WrongKey
 
 
 @dataclass(frozen=True)
 class BackupSummary:
-    """A backup as listed from storage. Not authenticated: the listing shows object names."""
+    """A backup as listed from storage. Not authenticated: the listing shows object names
+    and each header's key kind ("password", "recovery code"; None if the header is
+    unreadable), which only a restore authenticates."""
 
     backup_id: str
     created_at: datetime
     size: int | None
     name: str
+    key: str | None
 
 
 @dataclass(frozen=True)
@@ -51,7 +68,9 @@ class BackupInfo:
     folders: int
     links: int
     source_bytes: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    key: str
+    skipped: list[Skipped] = field(default_factory=list)
+    removed_partials: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -63,7 +82,20 @@ class RestoreInfo:
     folders: int
     links: int
     bytes: int
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    key: str
+    skipped: list[Skipped] = field(default_factory=list)
+    passed_over: list[str] = field(default_factory=list)  # backups whose header is damaged
+
+
+@dataclass(frozen=True)
+class Sealed:
+    """A backup object just stored by `seal_backup`."""
+
+    name: str
+    size: int
+    header: format.BackupHeader
+    stats: archive.ArchiveStats
+    removed_partials: list[str]
 
 
 class _EncryptingWriter:
@@ -161,12 +193,51 @@ def _root_key(root_key: bytes) -> bytes:
     return bytes(root_key)
 
 
+def seal_backup(
+    storage_url: str,
+    root_key: bytes,
+    write_payload: Callable[[archive.Writable], archive.ArchiveStats],
+    *,
+    key_kind: int,
+    bounds: archive.SourceTotals,
+    storage_options: Mapping[str, Any] | None = None,
+    chunk_size: int = stream.CHUNK_SIZE,
+    created_at_us: int | None = None,
+) -> Sealed:
+    """Store a new backup object whose payload `write_payload` writes (zstd-compressed tar
+    bytes), declaring `bounds` in its header.
+
+    The object appears in storage only when complete. Hidden partial objects older than a
+    day (left by a killed backup) are removed first.
+    """
+    key = _root_key(root_key)
+    storage = Storage(storage_url, storage_options)
+    removed = storage.remove_stale_partials()
+    header, data_key = format.seal_header(
+        key,
+        key_kind=key_kind,
+        content_bytes=bounds.bytes,
+        entries=bounds.entries,
+        chunk_size=chunk_size,
+        created_at_us=created_at_us,
+    )
+    header_bytes = header.to_bytes()
+    name = object_name(header.backup_id, header.created_at)
+    with storage.upload(name) as out:
+        out.write(header_bytes)
+        writer = _EncryptingWriter(out, data_key, header.stream_salt, header_bytes, chunk_size)
+        stats = write_payload(writer)
+        writer.finalize()
+    return Sealed(name, len(header_bytes) + writer.written, header, stats, removed)
+
+
 def create_backup(
     source: str | os.PathLike[str],
     storage_url: str,
     root_key: bytes,
     progress: Progress | None = None,
     *,
+    key_kind: int = format.KEY_PASSWORD,
     storage_options: Mapping[str, Any] | None = None,
     chunk_size: int = stream.CHUNK_SIZE,
     compression_level: int = archive.DEFAULT_LEVEL,
@@ -174,52 +245,85 @@ def create_backup(
     """Archive, compress and encrypt `source` (a file or folder) into a new backup object.
 
     The object appears in storage only when complete; a failure leaves earlier backups and
-    no partial object behind.
+    no partial object behind. `key_kind` records how RK is kept (vault or recovery code).
     """
-    key = _root_key(root_key)
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
     if not (source_path.is_dir() or source_path.is_file()):
         raise SourceError(f"backup source {source_path} is not a file or folder")
+    totals = archive.scan_source(source_path)
+    if totals.entries > format.MAX_ENTRIES:
+        raise SourceError(
+            f"{source_path} holds {totals.entries} files, folders and links; one backup "
+            f"holds at most {format.MAX_ENTRIES}",
+            hint="back up its subfolders separately",
+        )
+    bounds = totals.with_headroom()
+    bounds = archive.SourceTotals(
+        min(bounds.entries, format.MAX_ENTRIES), min(bounds.bytes, format.MAX_CONTENT_BYTES)
+    )
     reporter = progress or _NoProgress()
-    storage = Storage(storage_url, storage_options)
-    header, data_key = format.seal_header(key, chunk_size=chunk_size)
-    header_bytes = header.to_bytes()
-    name = object_name(header.backup_id, header.created_at)
-    reporter.start(archive.source_size(source_path), "backing up")
+    reporter.start(totals.bytes, "backing up")
     try:
-        with storage.upload(name) as out:
-            out.write(header_bytes)
-            writer = _EncryptingWriter(
-                out, data_key, header.stream_salt, header_bytes, header.chunk_size
-            )
-            stats = archive.write_archive(source_path, writer, reporter, compression_level)
-            writer.finalize()
+        sealed = seal_backup(
+            storage_url,
+            root_key,
+            lambda out: archive.write_archive(
+                source_path, out, bounds, reporter, compression_level
+            ),
+            key_kind=key_kind,
+            bounds=bounds,
+            storage_options=storage_options,
+            chunk_size=chunk_size,
+        )
     finally:
         reporter.finish()
+    header, stats = sealed.header, sealed.stats
     return BackupInfo(
         backup_id=header.backup_id_hex,
         created_at=header.created_at,
-        name=name,
-        url=f"{storage.display_url.rstrip('/')}/{name}",
-        size=len(header_bytes) + writer.written,
+        name=sealed.name,
+        url=f"{redact_url(storage_url).rstrip('/')}/{sealed.name}",
+        size=sealed.size,
         files=stats.files,
         folders=stats.folders,
         links=stats.links,
         source_bytes=stats.bytes,
+        key=header.key_name,
         skipped=stats.skipped,
+        removed_partials=sealed.removed_partials,
     )
 
 
 def list_backups(
-    storage_url: str, *, storage_options: Mapping[str, Any] | None = None
+    storage_url: str,
+    *,
+    missing_ok: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> list[BackupSummary]:
-    """Backups at `storage_url`, oldest first (from object names: not authenticated)."""
+    """Backups at `storage_url`, oldest first, from object names and each header's key kind
+    (not authenticated). A storage folder that does not exist is `StorageNotFound`, or no
+    backups if `missing_ok`."""
+    storage = Storage(storage_url, storage_options)
     return [
-        BackupSummary(b.backup_id, b.created_at, b.size, b.name)
-        for b in Storage(storage_url, storage_options).list()
+        BackupSummary(b.backup_id, b.created_at, b.size, b.name, _key_kind(storage, b.name))
+        for b in storage.list(missing_ok=missing_ok)
     ]
+
+
+def list_partials(
+    storage_url: str, *, storage_options: Mapping[str, Any] | None = None
+) -> list[PartialUpload]:
+    """Hidden objects of backups that never completed (a killed `backup create`)."""
+    return Storage(storage_url, storage_options).partials()
+
+
+def _key_kind(storage: Storage, name: str) -> str | None:
+    try:
+        return format.BackupHeader.from_bytes(storage.read_start(name, format.HEADER_LEN)).key_name
+    except (InvalidInput, StorageError):
+        return None
 
 
 def _check_destination(dest: Path) -> None:
@@ -272,6 +376,62 @@ def _staging_folder(dest: Path) -> Iterator[tuple[Path, int]]:
             _remove_tree(staging)
 
 
+def _choose(storage: Storage, key: bytes, backup_id: str | None) -> tuple[StoredBackup, list[str]]:
+    """The backup to restore, and the names of backups passed over as damaged.
+
+    With an id (or a prefix), the object of that name. Without one, the latest backup this
+    key opens, by the `created_at` in its authenticated header: object names, their order
+    and their times are storage's to forge, and a backup made with another key (a recovery
+    code, an older vault key) is not a candidate.
+    """
+    if backup_id is not None:
+        return storage.find(backup_id), []
+    backups = storage.list(missing_ok=False)
+    if not backups:
+        raise BackupNotFound(f"no backups at {storage.display_url}")
+    best: tuple[int, StoredBackup] | None = None
+    damaged: list[str] = []
+    last_error: BackupVaultError | None = None
+    for candidate in backups:
+        try:
+            header = format.BackupHeader.from_bytes(
+                storage.read_start(candidate.name, format.HEADER_LEN)
+            )
+            format.open_header(header, key)
+        except WrongKey as exc:
+            last_error = exc
+            continue
+        except (InvalidInput, AuthenticationFailed, BackupNotFound) as exc:
+            damaged.append(candidate.name)
+            last_error = exc
+            continue
+        # The header's id, not the name's: a renamed object is still that backup.
+        chosen = StoredBackup(
+            candidate.name, header.backup_id_hex, header.created_at, candidate.size
+        )
+        if best is None or header.created_at_us > best[0]:
+            best = (header.created_at_us, chosen)
+    if best is None and len(backups) == 1 and last_error is not None:
+        raise last_error  # the one backup there is: say exactly what is wrong with it
+    if best is None and damaged:
+        raise AuthenticationFailed(
+            f"no backup at {storage.display_url} opens with this key, and "
+            f"{_plural(len(damaged), 'backup header')} failed to parse or authenticate "
+            f"(the latest: {damaged[-1]})"
+        )
+    if best is None:
+        raise WrongKey(
+            f"none of the {len(backups)} backups at {storage.display_url} opens with this key",
+            hint="a backup made with --recovery-code opens only with its own code; "
+            "one made with a password opens with that vault password",
+        )
+    return best[1], damaged
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
 def restore_backup(
     storage_url: str,
     root_key: bytes,
@@ -281,7 +441,8 @@ def restore_backup(
     *,
     storage_options: Mapping[str, Any] | None = None,
 ) -> RestoreInfo:
-    """Restore a backup (the latest if `backup_id` is None; an id prefix is enough) to `dest`.
+    """Restore a backup (the latest this key opens if `backup_id` is None; an id prefix is
+    enough) to `dest`.
 
     Everything is authenticated before `dest` changes; see the module docstring for `dest`.
     """
@@ -289,7 +450,7 @@ def restore_backup(
     dest_path = Path(dest).absolute()
     _check_destination(dest_path)
     storage = Storage(storage_url, storage_options)
-    chosen = storage.find(backup_id)
+    chosen, damaged = _choose(storage, key, backup_id)
     total = storage.size(chosen.name)  # also: a clear error if the object is gone
     reporter = progress or _NoProgress()
     reporter.start(total, "restoring")
@@ -303,6 +464,8 @@ def restore_backup(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )
+            limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
+            check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
             with _staging_folder(dest_path) as (staging, default_mode):
                 reader = _DecryptingReader(
@@ -314,7 +477,8 @@ def restore_backup(
                     reporter.advance,
                 )
                 try:
-                    stats = archive.extract_archive(reader, staging)
+                    with SafeDestination(staging, limits) as writer:
+                        stats = archive.extract_archive(reader, writer)
                     reader.read_to_end()
                 except BaseException as exc:
                     # A failed chunk may surface through zstd or tar as another error.
@@ -339,7 +503,9 @@ def restore_backup(
         folders=stats.folders,
         links=stats.links,
         bytes=stats.bytes,
+        key=header.key_name,
         skipped=stats.skipped,
+        passed_over=damaged,
     )
 
 

@@ -24,8 +24,15 @@ from backupvault.crypto import stream
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
 MAGIC: Final = b"BVBACKUP"
-VERSION: Final = 1
+VERSION: Final = 2
 PAYLOAD_TAR_ZSTD: Final = 1
+KEY_PASSWORD: Final = 1  # RK comes from the vault, behind a password
+KEY_RECOVERY_CODE: Final = 2  # RK is shown once as the backup's own recovery code
+KEY_KINDS: Final = {KEY_PASSWORD: "password", KEY_RECOVERY_CODE: "recovery code"}
+#: Ceilings on what one backup may hold, whatever its header declares: a restore never
+#: writes more than the header's own (authenticated) figures, and those are at most these.
+MAX_ENTRIES: Final = 1 << 24
+MAX_CONTENT_BYTES: Final = 1 << 50
 ROOT_KEY_LEN: Final = 32
 DATA_KEY_LEN: Final = 32
 BACKUP_ID_LEN: Final = 16
@@ -33,10 +40,10 @@ KEY_CHECK_LEN: Final = 16
 WRAP_NONCE_LEN: Final = 12
 WRAPPED_DK_LEN: Final = DATA_KEY_LEN + 16
 
-# magic, version, payload, chunk_size, backup_id, created_at_us, stream_salt, key_check,
-# wrap_nonce: everything the DK wrap authenticates as associated data.
+# magic, version, payload, key_kind, chunk_size, backup_id, created_at_us, content_bytes,
+# entries, stream_salt, key_check, wrap_nonce: everything the DK wrap authenticates.
 _PREFIX = struct.Struct(
-    f">8sBBI{BACKUP_ID_LEN}sQ{stream.SALT_LEN}s{KEY_CHECK_LEN}s{WRAP_NONCE_LEN}s"
+    f">8sBBBI{BACKUP_ID_LEN}sQQI{stream.SALT_LEN}s{KEY_CHECK_LEN}s{WRAP_NONCE_LEN}s"
 )
 WRAP_AAD_LEN: Final = _PREFIX.size
 HEADER_LEN: Final = _PREFIX.size + WRAPPED_DK_LEN
@@ -52,9 +59,12 @@ _CHECK_INFO: Final = b"backupvault/v1 backup key-check"
 class BackupHeader:
     """A parsed header. Fields are as on disk; nothing here is authenticated until `open_header`."""
 
+    key_kind: int
     chunk_size: int
     backup_id: bytes
     created_at_us: int
+    content_bytes: int  # an upper bound on the file data in the archive
+    entries: int  # an upper bound on the archive's members
     stream_salt: bytes
     key_check: bytes
     wrap_nonce: bytes
@@ -67,6 +77,10 @@ class BackupHeader:
         return self.backup_id.hex()
 
     @property
+    def key_name(self) -> str:
+        return KEY_KINDS[self.key_kind]
+
+    @property
     def created_at(self) -> datetime:
         return datetime.fromtimestamp(self.created_at_us / 1_000_000, tz=UTC)
 
@@ -75,9 +89,12 @@ class BackupHeader:
             MAGIC,
             self.version,
             self.payload,
+            self.key_kind,
             self.chunk_size,
             self.backup_id,
             self.created_at_us,
+            self.content_bytes,
+            self.entries,
             self.stream_salt,
             self.key_check,
             self.wrap_nonce,
@@ -100,9 +117,12 @@ class BackupHeader:
             _magic,
             version,
             payload,
+            key_kind,
             chunk_size,
             backup_id,
             created_at_us,
+            content_bytes,
+            entries,
             stream_salt,
             key_check,
             wrap_nonce,
@@ -118,10 +138,19 @@ class BackupHeader:
             raise InvalidInput(f"backup header has an invalid chunk size {chunk_size}")
         if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
             raise InvalidInput("backup header has an invalid creation time")
+        if key_kind not in KEY_KINDS:
+            raise InvalidInput(f"unknown backup key kind {key_kind}")
+        if content_bytes > MAX_CONTENT_BYTES:
+            raise InvalidInput(f"backup header declares {content_bytes} bytes, over the ceiling")
+        if not 1 <= entries <= MAX_ENTRIES:
+            raise InvalidInput(f"backup header declares {entries} entries, outside 1 ... 2^24")
         return cls(
+            key_kind=key_kind,
             chunk_size=chunk_size,
             backup_id=backup_id,
             created_at_us=created_at_us,
+            content_bytes=content_bytes,
+            entries=entries,
             stream_salt=stream_salt,
             key_check=key_check,
             wrap_nonce=wrap_nonce,
@@ -149,19 +178,35 @@ def _key_check(root_key: bytes, version: int, backup_id: bytes) -> bytes:
 def seal_header(
     root_key: bytes,
     *,
+    key_kind: int,
+    content_bytes: int,
+    entries: int,
     chunk_size: int = stream.CHUNK_SIZE,
     created_at_us: int | None = None,
 ) -> tuple[BackupHeader, bytes]:
-    """A header for a new backup with a fresh random DK; returns (header, DK)."""
+    """A header for a new backup with a fresh random DK; returns (header, DK).
+
+    `content_bytes` and `entries` are upper bounds on what the archive will hold: a restore
+    refuses an archive that goes past them, and checks free space against `content_bytes`.
+    """
     _check_root_key(root_key)
     if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
         raise InvalidInput(f"chunk size {chunk_size} is out of range")
+    if key_kind not in KEY_KINDS:
+        raise InvalidInput(f"unknown key kind {key_kind}")
+    if not 0 <= content_bytes <= MAX_CONTENT_BYTES:
+        raise InvalidInput(f"a backup holds at most {MAX_CONTENT_BYTES} bytes")
+    if not 1 <= entries <= MAX_ENTRIES:
+        raise InvalidInput(f"a backup holds 1 to {MAX_ENTRIES} files, folders and links")
     data_key = os.urandom(DATA_KEY_LEN)
     backup_id = os.urandom(BACKUP_ID_LEN)
     unsealed = BackupHeader(
+        key_kind=key_kind,
         chunk_size=chunk_size,
         backup_id=backup_id,
         created_at_us=time.time_ns() // 1000 if created_at_us is None else created_at_us,
+        content_bytes=content_bytes,
+        entries=entries,
         stream_salt=os.urandom(stream.SALT_LEN),
         key_check=_key_check(root_key, VERSION, backup_id),
         wrap_nonce=os.urandom(WRAP_NONCE_LEN),

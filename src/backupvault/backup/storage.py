@@ -1,11 +1,15 @@
 """Where backups live: a folder named by a URL, reached through fsspec.
 
 URLs:
-  /path/to/folder, ./rel, file:///path        local folder (the default)
+  /path/to/folder, ./rel, ~/folder,           local folder (the default)
+  file:///path, file:/path
   webdav+https://[user[:password]@]host[:port]/path   WebDAV (webdav4); webdav+http for
                                               plain HTTP (loopback/testing only)
   s3://bucket/prefix                          S3 or compatible (s3fs)
-  any other fsspec URL (sftp://, gcs://...)   passed to fsspec as is
+  sftp://, gs://, gcs://, az://, abfs://      passed to fsspec as is (its package needed)
+Anything else with a scheme (`s4://`, `fiel:///`, `webdav+htps://`) and a known scheme
+without its `//` (`s3:/bucket`) is refused with this list, rather than read as a local
+folder named `s3:`.
 
 Credentials: WebDAV takes them from the URL's userinfo (percent-encoded) or, if the URL has
 none, from BACKUPVAULT_WEBDAV_USER and BACKUPVAULT_WEBDAV_PASSWORD. S3 uses the usual AWS
@@ -14,18 +18,21 @@ non-AWS endpoint...). `storage_options` are passed to the fsspec filesystem for 
 Passwords never appear in messages: URLs are shown with the password replaced by "***".
 
 Layout: one object per backup, `backup-<UTC time>-<backup id hex>.bvb`, written first under a
-hidden temporary name `.<final name>.<random>.partial` and renamed only once complete.
+hidden temporary name `.<final name>.<random>.partial` and renamed only once complete. A
+partial object left by a killed backup is listed by `partials()` and removed by the next
+backup once it is a day old.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import os
 import re
 import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
@@ -33,12 +40,21 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from backupvault.backup.errors import BackupNotFound, StorageError
+from backupvault.backup.errors import BackupNotFound, StorageError, StorageNotFound
 from backupvault.errors import UsageError
 
 OBJECT_SUFFIX = ".bvb"
 _NAME_RE = re.compile(r"^backup-(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})\.bvb$")
+_PARTIAL_RE = re.compile(r"^\.(backup-.+\.bvb)\.[0-9a-f]{16}\.partial$")
 _TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
+STALE_PARTIAL_AGE = timedelta(days=1)
+#: Schemes a storage URL may have ("" is a plain local path).
+SCHEMES = ("file", "s3", "webdav+https", "webdav+http", "sftp", "gs", "gcs", "az", "abfs")
+SUPPORTED_FORMS = (
+    "supported: a folder path, file:///path, s3://bucket/prefix, "
+    "webdav+https://host/path, webdav+http://, sftp://, gs://, az://"
+)
+_SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 ENV_WEBDAV_USER = "BACKUPVAULT_WEBDAV_USER"
 ENV_WEBDAV_PASSWORD = "BACKUPVAULT_WEBDAV_PASSWORD"
 
@@ -51,6 +67,40 @@ class StoredBackup:
     backup_id: str
     created_at: datetime
     size: int | None
+
+
+@dataclass(frozen=True)
+class PartialUpload:
+    """A hidden object of a backup that never completed, and when that backup started."""
+
+    name: str
+    started_at: datetime | None
+    size: int | None
+
+
+def check_url(url: str) -> tuple[str, str]:
+    """(scheme, rest) of a storage URL; scheme "" for a local path. Refuses unknown schemes
+    and known ones without their "//", naming the supported forms."""
+    if not url:
+        raise UsageError("the storage URL is empty")
+    match = _SCHEME_RE.match(url)
+    if match is None or len(match.group(1)) == 1:  # no scheme (or a drive letter)
+        return "", url
+    scheme, rest = match.group(1).lower(), match.group(2)
+    supported = SUPPORTED_FORMS
+    if scheme == "file" and rest.startswith("/") and not rest.startswith("//"):
+        return "file", "//" + rest  # file:/abs is the file URL file:///abs
+    if scheme not in SCHEMES:
+        if not rest.startswith("//"):
+            return "", url  # a local name with a colon, such as "backups:2026"
+        raise UsageError(
+            f"unknown storage URL scheme {scheme!r} in {redact_url(url)}", hint=supported
+        )
+    if not rest.startswith("//"):
+        raise UsageError(
+            f"malformed storage URL {redact_url(url)}: write {scheme}://...", hint=supported
+        )
+    return scheme, rest
 
 
 def object_name(backup_id: bytes, created_at: datetime) -> str:
@@ -100,15 +150,24 @@ class Storage:
         self.is_local = isinstance(self.fs, LocalFileSystem)
 
     def _connect(self, url: str, options: dict[str, Any]) -> tuple[Any, str]:
-        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
-        if scheme in ("", "file"):
-            path = url[len("file://") :] if scheme == "file" else url
-            if not path:
-                raise UsageError("storage URL is empty")
-            return LocalFileSystem(), str(Path(unquote(path) if scheme else path).absolute())
-        if scheme in ("webdav", "webdav+http", "webdav+https"):
+        scheme, rest = check_url(url)
+        if scheme == "":
+            return LocalFileSystem(), str(Path(url).expanduser().absolute())
+        if scheme == "file":
+            parts = urlsplit("file:" + rest)
+            if parts.netloc not in ("", "localhost") or not parts.path:
+                raise UsageError(
+                    f"file URL {url} must name an absolute path: file:///path or file:/path",
+                    hint=SUPPORTED_FORMS,
+                )
+            return LocalFileSystem(), str(Path(unquote(parts.path)).absolute())
+        if scheme in ("webdav+http", "webdav+https"):
             return self._connect_webdav(url, scheme, options)
-        fs, root = fsspec.core.url_to_fs(url, **options)
+        if not urlsplit(url).netloc:
+            raise UsageError(
+                f"storage URL {redact_url(url)} names no bucket or host", hint=SUPPORTED_FORMS
+            )
+        fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
         return fs, cast(str, root)
 
     def _connect_webdav(self, url: str, scheme: str, options: dict[str, Any]) -> tuple[Any, str]:
@@ -141,16 +200,26 @@ class Storage:
     def path(self, name: str) -> str:
         return f"{self.root}/{name}" if self.root != "/" else f"/{name}"
 
-    def list(self) -> list[StoredBackup]:
-        """Every backup object under the root, oldest first. A missing root lists as empty."""
+    def _entries(self, missing_ok: bool) -> list[dict[str, Any]]:
         try:
-            entries = self.fs.ls(self.root, detail=True)
+            return cast(list[dict[str, Any]], self.fs.ls(self.root, detail=True))
         except FileNotFoundError:
-            return []
+            if missing_ok:
+                return []
+            raise StorageNotFound(
+                f"storage not found: {self.display_url} does not exist",
+                hint="check the --storage URL (a backup creates the folder)",
+            ) from None
+        except NotADirectoryError:
+            raise StorageNotFound(f"storage {self.display_url} is a file, not a folder") from None
         except Exception as exc:
             raise self._error("cannot list backups", exc) from None
+
+    def list(self, missing_ok: bool = True) -> list[StoredBackup]:
+        """Every backup object under the root, oldest first. A missing root lists as empty
+        if `missing_ok`, else raises `StorageNotFound`."""
         found: list[StoredBackup] = []
-        for entry in entries:
+        for entry in self._entries(missing_ok):
             if entry.get("type") not in (None, "file"):
                 continue
             name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
@@ -164,13 +233,53 @@ class Storage:
         found.sort(key=lambda b: (b.created_at, b.name))
         return found
 
-    def find(self, backup_id: str | None) -> StoredBackup:
-        """The latest backup, or the one whose id is (or starts with) `backup_id`."""
-        backups = self.list()
+    def partials(self) -> builtins.list[PartialUpload]:
+        """Hidden objects of backups that never completed, oldest first."""
+        found: builtins.list[PartialUpload] = []
+        for entry in self._entries(missing_ok=True):
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            match = _PARTIAL_RE.match(name)
+            if match is None or entry.get("type") not in (None, "file"):
+                continue
+            parsed = parse_object_name(match.group(1))
+            size = entry.get("size")
+            found.append(
+                PartialUpload(
+                    name, parsed[1] if parsed else None, int(size) if size is not None else None
+                )
+            )
+        found.sort(key=lambda p: (p.started_at or datetime.min.replace(tzinfo=UTC), p.name))
+        return found
+
+    def remove_stale_partials(self, now: datetime | None = None) -> builtins.list[str]:
+        """Remove partial objects whose backup started over a day ago; their names."""
+        cutoff = (now or datetime.now(UTC)) - STALE_PARTIAL_AGE
+        removed: builtins.list[str] = []
+        for partial in self.partials():
+            if partial.started_at is not None and partial.started_at < cutoff:
+                try:
+                    self.fs.rm_file(self.path(partial.name))
+                except FileNotFoundError:
+                    continue  # another client removed it first
+                except Exception as exc:
+                    raise self._error(f"cannot remove {partial.name}", exc) from None
+                removed.append(partial.name)
+        return removed
+
+    def read_start(self, name: str, size: int) -> bytes:
+        """The first `size` bytes of an object (fewer if it is shorter)."""
+        try:
+            return cast(bytes, self.fs.cat_file(self.path(name), start=0, end=size))
+        except FileNotFoundError:
+            raise BackupNotFound(f"backup {name} not found at {self.display_url}") from None
+        except Exception as exc:
+            raise self._error(f"cannot read {name}", exc) from None
+
+    def find(self, backup_id: str) -> StoredBackup:
+        """The backup whose id is (or starts with) `backup_id`, by object name."""
+        backups = self.list(missing_ok=False)
         if not backups:
             raise BackupNotFound(f"no backups at {self.display_url}")
-        if backup_id is None:
-            return backups[-1]
         wanted = backup_id.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{1,32}", wanted):
             raise UsageError(f"backup id must be hexadecimal, got {backup_id!r}")

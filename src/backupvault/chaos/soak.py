@@ -45,7 +45,7 @@ import tomllib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -69,7 +69,7 @@ from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDep
 from backupvault.node.config import FleetDescription, FleetNode, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
 from backupvault.protocol import EntryStatus, Op, RecoverStartResponse
-from backupvault.relay.auth import load_operator_private_key, mint_token
+from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
 
 T = TypeVar("T", bound=Message)
 
@@ -282,9 +282,9 @@ class TracingVaultClient(VaultClient):
         self.tally = tally
         self.current_op: Op | None = None
 
-    def _call(self, op: Op, request: Message, kind: type[T]) -> T:
+    def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
         self.current_op = op
-        response = super()._call(op, request, kind)
+        response = super()._call(op, request, kind, resends)
         if isinstance(response, RecoverStartResponse):
             self.ghost.on_ke2(response.guesses_remaining, self.tally)
         return response
@@ -363,12 +363,9 @@ class ProxiedFleet:
                 if source != target:
                     self.pool.add(f"node{source}", f"node{target}", ports[target])
         for source in range(self.nodes):
-            own = FleetDescription(
-                fleet.fleet_id,
-                fleet.guess_limit,
-                fleet.hpke_public_key,
-                fleet.opaque_server_public_key,
-                tuple(
+            own = replace(
+                fleet,
+                nodes=tuple(
                     FleetNode(
                         n.index,
                         n.url
@@ -416,6 +413,13 @@ class ProxiedFleet:
             )
         return self._tokens[account]
 
+    def fleet_token(self, account: str) -> str:
+        """The account's token for the nodes, carried inside the seal."""
+        assert self.client_config is not None and self.client_config.fleet_id is not None
+        operator = load_operator_private_key(self.root / "operator.key")
+        audience = fleet_audience(self.client_config.fleet_id)
+        return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=86400)
+
     def client(self, ghost: EntryGhost, tally: Tally, http: httpx.Client) -> TracingVaultClient:
         config = self.client_config
         assert config is not None
@@ -429,6 +433,7 @@ class ProxiedFleet:
             entry=ghost.entry,
             ksf_params=FAST_KSF,
             http=http,
+            fleet_token=self.fleet_token(ghost.account),
             ghost=ghost,
             tally=tally,
         )
@@ -721,7 +726,7 @@ class Worker:
         where = f"{ghost.account}/{ghost.entry}"
         seen = ghost.ke2_total
         try:
-            root_key, _grant = client.recover(password)
+            root_key = client.recover(password).root_key
         except WrongPassword as err:
             if ghost.candidates:
                 # The password change whose answer was lost did not happen after all.
@@ -769,7 +774,7 @@ class Worker:
         where = f"{ghost.account}/{ghost.entry}"
         kind = "attack_guess" if ghost.attacker else "recover_wrong"
         try:
-            root_key, _grant = client.recover(_password(self.rng) + "-wrong")
+            root_key = client.recover(_password(self.rng) + "-wrong").root_key
         except WrongPassword as err:
             self.tally.op(kind, "WrongPassword")
             ghost.wrong_answers += 1
@@ -834,7 +839,8 @@ class Worker:
         new = _password(self.rng)
         seen = ghost.ke2_total
         try:
-            root_key, grant = client.recover(ghost.password)
+            recovered = client.recover(ghost.password)
+            root_key, grant = recovered.root_key, recovered.grant
             if root_key != ghost.root_key:
                 self.tally.violation(f"{where}: recovered a root key that was never registered")
                 return
@@ -1033,7 +1039,7 @@ def final_checks(
         for password in passwords:
 
             def recover(client: VaultClient = client, password: str = password) -> bytes:
-                return client.recover(password)[0]
+                return client.recover(password).root_key
 
             try:
                 root_key = _retry(recover, deadline)

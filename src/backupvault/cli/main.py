@@ -22,7 +22,9 @@ from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 
 if TYPE_CHECKING:
+    from backupvault.backup import Skipped
     from backupvault.client.config import ClientConfig
+    from backupvault.client.vault import Recovery
 
 # Modules that add commands to `cli`. They are imported only when a command not defined
 # here is asked for (or for --help), so `backupvault backup ...` starts fast.
@@ -115,23 +117,40 @@ def _recovery_code(value: str) -> bytes:
     return recovery.decode(code)
 
 
-def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[bytes, bool]:
+def _root_key_from_vault(
+    ctx: Context,
+    password: str,
+    register: bool,
+    storage_url: str | None = None,
+    new_key: bool = False,
+) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
-    `register` is set. Returns (root key, whether it was just registered)."""
+    `register` is set, but only with `new_key` when `storage_url` already holds password
+    backups (a new key would leave them unopenable by password). Returns (root key,
+    whether it was just registered)."""
     from backupvault.client.errors import AlreadyRegistered, NotRegistered
 
-    session = ctx.config().session()
+    session = ctx.config().session(notify=ctx.output.note)
     try:
         recovered = session.recover_or_migrate(password)
     except NotRegistered:
         if not register:
             raise
+        if not new_key and storage_url is not None:
+            _refuse_to_orphan_password_backups(storage_url)
     else:
+        if new_key:
+            raise UsageError(
+                "--new-key: the vault already holds a key behind this password",
+                hint="--new-key only applies when the vault holds none; drop it to use "
+                "the existing key",
+            )
         if recovered.migrated_from is not None:
             ctx.output.note(
                 f"your key moved from fleet epoch {recovered.migrated_from} to epoch "
                 f"{session.epoch} (recovered there, registered here, deleted there)"
             )
+        _warn_wrong_guesses(ctx, recovered)
         return recovered.root_key, False
     root_key = recovery.new_root_key()
     try:
@@ -139,8 +158,53 @@ def _root_key_from_vault(ctx: Context, password: str, register: bool) -> tuple[b
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        return session.vault.recover(password)[0], False
+        return session.vault.recover(password).root_key, False
     return root_key, True
+
+
+def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
+    """Someone who is not this user may be guessing: say so after every success."""
+    wrong = recovered.wrong_guesses_before
+    if wrong:
+        times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
+        ctx.output.note(
+            f"warning: {times} tried since your last successful recovery; if that was not"
+            " you, someone may be guessing (the count is now reset)"
+        )
+
+
+def _refuse_to_orphan_password_backups(storage_url: str) -> None:
+    from backupvault.backup import list_backups, redact_url
+    from backupvault.cli.backup_repo import repository_exists
+
+    if repository_exists(storage_url):
+        raise BackupVaultError(
+            f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
+            "repository: a new key could not open it, so none was made",
+            hint="check --config (account and entry) first; use --recovery-code if the "
+            "repository was made with one",
+        )
+    password_backups = [
+        b for b in list_backups(storage_url, missing_ok=True) if b.key == "password"
+    ]
+    if password_backups:
+        count = _plural(len(password_backups), "password backup")
+        raise BackupVaultError(
+            f"the vault holds no key for this account, but {redact_url(storage_url)} holds "
+            f"{count}: "
+            "a new key would leave them unopenable by password, so none was made",
+            hint="check --config (account and entry) first; if the old key is gone for "
+            "good, run again with --new-key to make a new one",
+        )
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}" + ("" if n == 1 else "s")
+
+
+def _note_skipped(ctx: Context, skipped: list[Skipped]) -> None:
+    for item in skipped:
+        ctx.output.note(f"skipped {item.name}: {item.reason}")
 
 
 # ---- backup -----------------------------------------------------------------------------
@@ -162,6 +226,12 @@ def backup() -> None:
     help="No vault: the first backup makes a key shown as a recovery code; later ones ask "
     "for it (stdin).",
 )
+@click.option(
+    "--new-key",
+    is_flag=True,
+    help="Register a new vault key even though the storage holds password backups "
+    "(they stay unopenable by password).",
+)
 @click.option("--force-read", is_flag=True, help="Read every file, even those unchanged.")
 @pass_context
 def backup_create(
@@ -170,16 +240,20 @@ def backup_create(
     storage_url: str | None,
     password_stdin: bool,
     use_code: bool,
+    new_key: bool,
     force_read: bool,
 ) -> None:
     """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
     the last backup of SOURCE is read and stored."""
+    from backupvault.backup import human_size
     from backupvault.backup.repo import create_snapshot
     from backupvault.backup.repo.state import default_dir
     from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
 
     if password_stdin and use_code:
         raise UsageError("choose one of --password-stdin and --recovery-code")
+    if new_key and use_code:
+        raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
     url = ctx.storage(storage_url)
     registered = new_code = False
     if use_code:
@@ -189,7 +263,9 @@ def backup_create(
             root_key, new_code = recovery.new_root_key(), True
     else:
         password = _password(password_stdin, confirm=True)
-        root_key, registered = _root_key_from_vault(ctx, password, register=True)
+        root_key, registered = _root_key_from_vault(
+            ctx, password, register=True, storage_url=url, new_key=new_key
+        )
     with ctx.output.progress() as bar:
         info = create_snapshot(
             source, url, root_key, bar, force_read=force_read, state_dir=default_dir()
@@ -203,14 +279,16 @@ def backup_create(
         "size": info.size,
         "added": info.added,
         "stored": info.stored,
-        "skipped": list(info.skipped),
+        "key": "recovery code" if use_code else "password",
+        "skipped": [[s.name, s.reason] for s in info.skipped],
         "warnings": info.warnings,
     }
     for warning in info.warnings:
         ctx.output.note(f"warning: {warning}")
     text = (
-        f"snapshot {info.snapshot_id} saved: {info.files} files, {info.size} bytes "
-        f"({info.files_read} files read, {info.added} bytes new, {info.stored} bytes stored)"
+        f"snapshot {info.snapshot_id} saved: {_plural(info.files, 'file')}, "
+        f"{human_size(info.size)} ({_plural(info.files_read, 'file')} read, "
+        f"{human_size(info.added)} new, {human_size(info.stored)} stored)"
     )
     if registered:
         data["registered"] = True
@@ -221,8 +299,7 @@ def backup_create(
         text += (
             f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
         )
-    for skipped in info.skipped:
-        ctx.output.note(f"skipped: {skipped}")
+    _note_skipped(ctx, info.skipped)
     ctx.output.result(data, text)
 
 
@@ -245,19 +322,19 @@ def backup_restore(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest) into a
-    new folder DEST."""
-    from backupvault.backup import list_backups, restore_backup
+    """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest snapshot,
+    or the latest single-blob backup where there is no repository) into a new folder DEST."""
+    from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
     from backupvault.cli.backup_repo import repository_exists
 
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     url = ctx.storage(storage_url)
-    single_blob = [b.backup_id for b in list_backups(url)]
-    use_repository = repository_exists(url) and not (
-        backup_id is not None and any(i.startswith(backup_id.lower()) for i in single_blob)
-    )
+    use_repository = repository_exists(url)
+    if use_repository and backup_id is not None:
+        single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
+        use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
     if include is not None and not use_repository:
         raise UsageError("--include works on snapshots, not on single-blob backups")
     if code is not None:
@@ -266,20 +343,25 @@ def backup_restore(
         root_key, _ = _root_key_from_vault(ctx, _password(password_stdin), register=False)
     with ctx.output.progress() as bar:
         if use_repository:
-            info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include)
+            key = "password" if code is None else "recovery code"
+            info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include, key=key)
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
-    for skipped in info.skipped:
-        ctx.output.note(f"skipped: {skipped}")
+    for name in info.passed_over:
+        ctx.output.note(f"passed over {name}: its header is damaged or altered")
+    _note_skipped(ctx, info.skipped)
     ctx.output.result(
         {
             "backup_id": info.backup_id,
             "dest": str(info.dest),
             "files": info.files,
             "bytes": info.bytes,
-            "skipped": list(info.skipped),
+            "key": info.key,
+            "created_at": info.created_at.isoformat(),
+            "skipped": [[s.name, s.reason] for s in info.skipped],
         },
-        f"restored {info.backup_id} into {info.dest} ({info.files} files, {info.bytes} bytes)",
+        f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
+        f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
     )
 
 
@@ -291,41 +373,69 @@ def backup_restore(
 def backup_list(
     ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
-    """List snapshots (sizes need the key) and single-blob backups, oldest first."""
-    from backupvault.backup import list_backups
+    """List snapshots (with sizes added and stored: this needs the key) and single-blob
+    backups (with the kind of key that opens each), oldest first."""
+    from backupvault.backup import human_size, list_backups, list_partials, redact_url
     from backupvault.backup.repo import maintenance
     from backupvault.cli.backup_repo import existing_key, repository_exists, summary_row
 
     url = ctx.storage(storage_url)
     backups = list_backups(url)
+    partials = list_partials(url)
     rows = [
         {
             "backup_id": b.backup_id,
             "created_at": b.created_at.isoformat(),
             "size": b.size,
             "name": b.name,
+            "key": b.key,
         }
         for b in backups
     ]
-    lines = [f"{b.backup_id}  {b.created_at}  {b.size:>12}  {b.name}" for b in backups]
+    lines = [f"{'ID':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  KEY"] if backups else []
+    lines += [
+        f"{b.backup_id}  {b.created_at:%Y-%m-%d %H:%M:%S}  "
+        f"{'?' if b.size is None else human_size(b.size):>10}  {b.key or 'unreadable header'}"
+        for b in backups
+    ]
+    shown = redact_url(url)
+    lines += [
+        f"{_plural(len(backups), 'backup')} at {shown}" if backups else f"no backups at {shown}"
+    ]
+    for partial in partials:
+        started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
+        lines.append(
+            f"unfinished backup started {started} UTC: {partial.name} (the next backup "
+            "removes it once a day old)"
+        )
     snapshot_rows: list[dict[str, Any]] = []
     if repository_exists(url):
         repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
         found = maintenance.list_snapshots(repo)
         snapshot_rows = [summary_row(s) for s in found]
-        if found:
-            lines.append(
-                f"{'snapshot':32}  {'time (UTC)':19}  {'size':>12}  {'added':>12}  "
-                f"{'stored':>12}  source"
-            )
+        lines.append(
+            f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "
+            f"{'STORED':>10}  SOURCE"
+        )
         lines += [
-            f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {s.size:>12}  {s.added:>12}  "
-            f"{s.stored:>12}  {s.source}"
+            f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {human_size(s.size):>10}  "
+            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.source}"
             for s in found
         ]
-    ctx.output.result(
-        {"backups": rows, "snapshots": snapshot_rows}, "\n".join(lines) or "no backups"
-    )
+        lines.append(f"{_plural(len(found), 'snapshot')} in the repository at {redact_url(url)}")
+    data = {
+        "backups": rows,
+        "snapshots": snapshot_rows,
+        "partials": [
+            {
+                "name": p.name,
+                "started_at": None if p.started_at is None else p.started_at.isoformat(),
+                "size": p.size,
+            }
+            for p in partials
+        ],
+    }
+    ctx.output.result(data, "\n".join(lines))
 
 
 # ---- vault ------------------------------------------------------------------------------
@@ -358,23 +468,66 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     from backupvault.protocol import EntryStatus
 
     old = _password(password_stdin, prompt="Current password")
-    new = _password(password_stdin, confirm=True, prompt="New password")
-    session = ctx.config().session()
+    session = ctx.config().session(notify=ctx.output.note)
     if session.vault.status().status == EntryStatus.EMPTY:
         session.migrate(old)  # a key still on an older fleet epoch moves here first
-    version = session.vault.change_password(old, new)
+    # The old password is checked (one recovery) before the new one is asked for.
+    recovered = session.vault.recover(old)
+    _warn_wrong_guesses(ctx, recovered)
+    new = _password(password_stdin, confirm=True, prompt="New password")
+    version = session.vault.change_password_with(recovered, new)
     ctx.output.result({"changed": True, "version": version}, "password changed")
 
 
 @vault.command("delete")
 @click.option("--yes", is_flag=True, help="Do not ask for confirmation.")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@click.option(
+    "--storage",
+    "storage_url",
+    help="Count the password backups there that deleting the key makes unopenable.",
+)
 @pass_context
-def vault_delete(ctx: Context, yes: bool) -> None:
-    """Delete your key from the vault. Backups then open only with a recovery code."""
+def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str | None) -> None:
+    """Delete your key from the vault (proving the password first). Backups made with it
+    then open only with a recovery code. A key already destroyed by wrong guesses is
+    cleared without a password, so that a new one can be registered."""
+    from backupvault.backup import list_backups
+    from backupvault.client.errors import NotRegistered
+    from backupvault.protocol import EntryStatus
+
+    session = ctx.config().session(notify=ctx.output.note)
+    status = session.vault.status()
+    if status.status == EntryStatus.EMPTY:
+        raise NotRegistered()
+    if status.status == EntryStatus.DESTROYED:
+        if not yes and not click.confirm(
+            "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
+            default=False,
+        ):
+            raise click.exceptions.Abort()
+        version = session.vault.delete()
+        ctx.output.result(
+            {"deleted": True, "version": version, "was": "destroyed"},
+            "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
+        )
+        return
+    lost = ""
+    if storage_url is not None or (ctx.config().storage is not None):
+        url = ctx.storage(storage_url)
+        count = sum(1 for b in list_backups(url, missing_ok=True) if b.key == "password")
+        lost = f": {_plural(count, 'password backup')} in {url} would be lost"
+    ctx.output.note(
+        "warning: after this, backups made with your password can no longer be opened"
+        f"{lost} (backups made with --recovery-code still open with their code)"
+    )
     if not yes and not click.confirm("Delete the key from the vault?", default=False):
         raise click.exceptions.Abort()
-    version = ctx.config().vault().delete()
-    ctx.output.result({"deleted": True, "version": version}, "key deleted from the vault")
+    recovered = session.vault.recover(_password(password_stdin))
+    version = session.vault.delete(recovered.grant)
+    ctx.output.result(
+        {"deleted": True, "version": version, "was": "live"}, "key deleted from the vault"
+    )
 
 
 def main(argv: list[str] | None = None) -> None:

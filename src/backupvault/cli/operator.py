@@ -12,13 +12,16 @@ from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import LocalDeployment
-from backupvault.errors import InvalidInput
+from backupvault.errors import InvalidInput, UsageError
+from backupvault.files import write_new_file
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
-from backupvault.relay.auth import (
+from backupvault.tokens import (
+    fleet_audience,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
+    private_key_pem,
     save_operator_key,
 )
 
@@ -211,30 +214,78 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
 
 
 @relay.command("keygen")
-@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder for the key files (created if missing; existing files are never overwritten).",
+)
 @pass_context
 def relay_keygen(ctx: Context, out_dir: Path) -> None:
-    """Make the operator's token-signing key: OUT/operator.key (keep it off the relay) and
-    OUT/operator.pub (the relay's config names it)."""
+    """Make the account issuer's token-signing key (OUT/operator.key: keep it off the
+    relay; OUT/operator.pub: the relay's config names it) and the relay's own key for
+    signing what it forwards (OUT/relay-signing.key: the relay's config names it).
+    Prints the raw public keys in hex for fleet.toml (account_issuer_public_key,
+    relay_public_keys)."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    save_operator_key(generate_operator_key(), out_dir / "operator.key", out_dir / "operator.pub")
+    issuer = generate_operator_key()
+    relay_key = generate_operator_key()
+    save_operator_key(issuer, out_dir / "operator.key", out_dir / "operator.pub")
+    write_new_file(out_dir / "relay-signing.key", private_key_pem(relay_key))
+    issuer_hex = issuer.public_key().public_bytes_raw().hex()
+    relay_hex = relay_key.public_key().public_bytes_raw().hex()
     ctx.output.result(
-        {"private_key": str(out_dir / "operator.key"), "public_key": str(out_dir / "operator.pub")},
-        f"wrote {out_dir / 'operator.key'} (secret) and {out_dir / 'operator.pub'}",
+        {
+            "private_key": str(out_dir / "operator.key"),
+            "public_key": str(out_dir / "operator.pub"),
+            "relay_signing_key": str(out_dir / "relay-signing.key"),
+            "account_issuer_public_key": issuer_hex,
+            "relay_public_key": relay_hex,
+        },
+        f"wrote {out_dir / 'operator.key'} (secret), {out_dir / 'operator.pub'} and"
+        f" {out_dir / 'relay-signing.key'} (secret, for the relay)\n"
+        f'fleet.toml: account_issuer_public_key = "{issuer_hex}"\n'
+        f'fleet.toml: relay_public_keys = ["{relay_hex}"]',
     )
 
 
 @relay.command("mint-token")
-@click.option("--key", "key_path", required=True, type=click.Path(exists=True, path_type=Path))
-@click.option("--account", required=True)
-@click.option("--issuer", required=True)
-@click.option("--audience", required=True)
-@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Seconds.")
+@click.option(
+    "--key",
+    "key_path",
+    required=True,
+    type=click.Path(exists=True, path_type=Path),
+    help="The account issuer's private key (operator.key).",
+)
+@click.option("--account", required=True, help="The account the token speaks for (its sub).")
+@click.option("--issuer", required=True, help="The token's iss (the relay and fleet expect it).")
+@click.option("--audience", help="The relay's audience (a relay token).")
+@click.option(
+    "--fleet-id",
+    help="Instead of --audience: a fleet token for this fleet id (hex), sent only inside the seal.",
+)
+@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
 @pass_context
 def relay_mint_token(
-    ctx: Context, key_path: Path, account: str, issuer: str, audience: str, ttl: int
+    ctx: Context,
+    key_path: Path,
+    account: str,
+    issuer: str,
+    audience: str | None,
+    fleet_id: str | None,
+    ttl: int,
 ) -> None:
-    """Sign an account token with the operator's key."""
+    """Sign an account token with the account issuer's key: a relay token (--audience)
+    or a fleet token (--fleet-id)."""
+    if (audience is None) == (fleet_id is None):
+        raise UsageError("give --audience (a relay token) or --fleet-id (a fleet token)")
+    if fleet_id is not None:
+        try:
+            audience = fleet_audience(bytes.fromhex(fleet_id))
+        except ValueError:
+            raise UsageError("--fleet-id is the fleet id in hex (fleet_id in fleet.toml)") from None
+    assert audience is not None
     token = mint_token(
         load_operator_private_key(key_path),
         account,
@@ -242,4 +293,4 @@ def relay_mint_token(
         audience=audience,
         ttl_seconds=ttl,
     )
-    ctx.output.result({"token": token, "account": account}, token)
+    ctx.output.result({"token": token, "account": account, "audience": audience}, token)

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import click
 import httpx
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.cli.operator import fleet, local
 from backupvault.client.config import ClientConfig
 from backupvault.client.trust import load_operator_key, load_witness_verifier
-from backupvault.crypto.seal import Kem
 from backupvault.deploy.local import LocalDeployment
 from backupvault.deploy.records import deploy, next_epoch, save_bundle, submit
 from backupvault.deploy.verify import (
@@ -27,13 +25,16 @@ from backupvault.deploy.verify import (
     verify_log,
 )
 from backupvault.errors import InvalidInput, UsageError
+from backupvault.files import write_new_file
 from backupvault.node.config import FleetDescription
-from backupvault.relay.auth import load_operator_private_key
+from backupvault.tokens import load_operator_private_key, private_key_pem
 from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
+from backupvault.transparency.head import DEFAULT_MAX_AGE
 from backupvault.transparency.measure import (
     FirmwareConfig,
     combine,
     default_package_dir,
+    measure_environment,
     measure_package,
 )
 
@@ -64,13 +65,18 @@ _FLEET_FILE = click.option(
     help="The fleet.toml of the epoch this one replaces (a rotation): epoch = its epoch + 1. "
     "Without it: 1 for a new fleet, or fleet.toml's epoch + 1 (an upgrade).",
 )
-@click.option("--witness", "witness_url", help="Submit to this witness and write bundle.bin.")
+@click.option(
+    "--witness",
+    "witness_urls",
+    multiple=True,
+    help="Submit to this witness (repeat for each witness; the bundle carries the first's"
+    " receipt) and write bundle.bin.",
+)
 @click.option(
     "--resubmit",
     is_flag=True,
-    help="Make no new record: submit the existing deployment.bin to --witness again for a "
-    "receipt against its newest checkpoint, and rewrite bundle.bin (after a rotation, for "
-    "the older epochs the relay still serves).",
+    help="Make no new record: submit the existing deployment.bin to each --witness (one "
+    "that logged it answers with the receipt it first gave) and rewrite bundle.bin.",
 )
 @click.option(
     "--package-dir",
@@ -84,7 +90,7 @@ def fleet_deploy(
     key_path: Path,
     epoch: int | None,
     previous: Path | None,
-    witness_url: str | None,
+    witness_urls: tuple[str, ...],
     resubmit: bool,
     package_dir: Path | None,
 ) -> None:
@@ -92,14 +98,15 @@ def fleet_deploy(
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
     if resubmit:
-        if witness_url is None:
+        if not witness_urls:
             raise UsageError("--resubmit needs --witness URL")
         record_file = fleet_file.parent / "deployment.bin"
         try:
             existing = OperatorSignedRecord.from_bytes(record_file.read_bytes())
         except OSError as err:
             raise InvalidInput(f"cannot read {record_file}: {err.strerror}") from None
-        bundle = submit(witness_url, existing)
+        bundles = [submit(url, existing) for url in witness_urls]  # every witness logs it
+        bundle = bundles[0]
         path = save_bundle(fleet_file, bundle)
         ctx.output.result(
             {"bundle": str(path), "leaf_index": bundle.leaf_index, "tree_size": bundle.tree_size},
@@ -127,8 +134,9 @@ def fleet_deploy(
         f"deployment record for fleet {record.fleet_id.hex()} epoch {record.epoch},"
         f" measurement {record.measurement.hex()}: {data['record']}"
     )
-    if witness_url is not None:
-        bundle = submit(witness_url, signed)
+    if witness_urls:
+        bundles = [submit(url, signed) for url in witness_urls]  # every witness logs it
+        bundle = bundles[0]
         data["bundle"] = str(save_bundle(fleet_file, bundle))
         data["leaf_index"] = bundle.leaf_index
         text += f"\nlogged by the witness at index {bundle.leaf_index}: {data['bundle']}"
@@ -141,15 +149,11 @@ def fleet_deploy(
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Take the configuration from this fleet.toml.",
 )
-@click.option("--guess-limit", type=int, help="Without --fleet-file: the default guess limit.")
-@click.option("--nodes", "node_count", type=int, help="Without --fleet-file: the node count.")
-@click.option("--quorum", type=int, help="Default: a majority of the nodes.")
 @click.option(
-    "--kem",
-    type=click.Choice([k.name for k in Kem]),
-    default=Kem.MLKEM768_X25519.name,
-    show_default=True,
-    help="Without --fleet-file: the fleet key type.",
+    "--record",
+    "record_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Or from this deployment record (deployment.bin, or an operator-signed record).",
 )
 @click.option(
     "--package-dir",
@@ -158,24 +162,21 @@ def fleet_deploy(
 )
 @pass_context
 def fleet_measure(
-    ctx: Context,
-    fleet_file: Path | None,
-    guess_limit: int | None,
-    node_count: int | None,
-    quorum: int | None,
-    kem: str,
-    package_dir: Path | None,
+    ctx: Context, fleet_file: Path | None, record_file: Path | None, package_dir: Path | None
 ) -> None:
     """Print the firmware measurement (and what went into it) for anyone to recompute."""
+    if (fleet_file is None) == (record_file is None):
+        raise UsageError("give --fleet-file or --record (one of them)")
     if fleet_file is not None:
         config = FleetDescription.load(fleet_file).firmware_config()
-    elif guess_limit is None or node_count is None:
-        raise UsageError("give --fleet-file, or --guess-limit and --nodes (and --kem)")
     else:
-        config = FirmwareConfig(guess_limit, quorum or node_count // 2 + 1, node_count, Kem[kem])
+        assert record_file is not None
+        signed = OperatorSignedRecord.from_bytes(record_file.read_bytes())
+        config = FirmwareConfig.of_record(signed.deployment())
     root = default_package_dir() if package_dir is None else package_dir.resolve()
     package = measure_package(root)
-    measurement = combine(package, config)
+    environment = measure_environment()
+    measurement = combine(package, config, environment.digest)
     data = {
         "package_dir": str(root),
         "files": sum(
@@ -184,13 +185,19 @@ def fleet_measure(
             if p.is_file() and "__pycache__" not in p.parts and p.suffix not in (".pyc", ".pyo")
         ),
         "package_digest": package.hex(),
+        **environment.describe(),
         "guess_limit": config.guess_limit,
         "quorum": config.quorum,
         "node_count": config.node_count,
         "kem": config.kem.name,
+        "relay_public_keys": [k.hex() for k in config.relay_public_keys],
+        "account_issuer": config.account_issuer,
+        "account_issuer_public_key": config.account_issuer_public_key.hex(),
         "measurement": measurement.hex(),
     }
-    text = "\n".join(f"{k}: {v}" for k, v in data.items())
+    text = "\n".join(
+        f"{k}: {', '.join(map(str, v)) if isinstance(v, list) else v}" for k, v in data.items()
+    )
     ctx.output.result(data, text)
 
 
@@ -211,18 +218,11 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str) -> None:
     clients and auditors are configured with."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "witness.key"
-    if path.exists():
+    if path.exists() or path.is_symlink():
         raise InvalidInput(f"{path} exists; a witness keeps its key for the life of its log")
     key = Ed25519PrivateKey.generate()
     vkey = Signer(name, key).verifier.vkey()
-    path.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    path.chmod(0o600)
+    write_new_file(path, private_key_pem(key))
     ctx.output.result({"key_file": str(path), "vkey": vkey}, f"wrote {path}\nvkey: {vkey}")
 
 
@@ -320,7 +320,16 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
 @click.option("--operator-key", help="The operator's Ed25519 public key: 64 hex, or a PEM file.")
 @click.option("--witness-key", help="The witness's verifier key (name+id+base64), or 64 hex.")
 @click.option("--witness-name", help="The witness's name (with a 64-hex --witness-key).")
-@click.option("--witness-url", help="With --bundle: where to fetch consistency proofs.")
+@click.option(
+    "--witness-url",
+    help="The witness's base URL: its consistency proofs (with --bundle) and its fleet head.",
+)
+@click.option(
+    "--also-witness",
+    "others",
+    multiple=True,
+    help="Another witness that must name the same record: VKEY@URL (repeatable).",
+)
 @click.option(
     "--state",
     "state_file",
@@ -343,6 +352,7 @@ def verify_deployment_command(
     witness_key: str | None,
     witness_name: str | None,
     witness_url: str | None,
+    others: tuple[str, ...],
     state_file: Path | None,
     expected: tuple[str, ...],
     skip_nodes: bool,
@@ -368,7 +378,26 @@ def verify_deployment_command(
         allowed = frozenset(bytes.fromhex(m) for m in expected) if expected else None
     except ValueError:
         raise UsageError("--expect-measurement takes 64 hex characters") from None
-    trust = TrustInputs(operator, verifier, allowed, None if ota is None else ota.fleet_id)
+    witnesses: list[tuple[Verifier, str]] = []
+    if witness_url is not None:
+        witnesses.append((verifier, witness_url))
+    elif ota is not None and witness_key is None:
+        witnesses.append((ota.witness, ota.witness_url))
+    if ota is not None and not others:
+        witnesses.extend((w.verifier, w.url) for w in ota.others)
+    for other in others:
+        vkey, at, url = other.partition("@")
+        if not at or not url:
+            raise UsageError("--also-witness takes VKEY@URL")
+        witnesses.append((load_witness_verifier(vkey, None), url))
+    trust = TrustInputs(
+        operator,
+        verifier,
+        allowed,
+        None if ota is None else ota.fleet_id,
+        tuple(witnesses),
+        DEFAULT_MAX_AGE if ota is None else ota.max_age,
+    )
     with httpx.Client(timeout=10.0, trust_env=False) as http:
         reports = verify_deployment(
             trust,

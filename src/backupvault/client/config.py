@@ -4,7 +4,8 @@ Pinned fleet keys (the default, `trust = "pinned"`):
 
     relay_url = "http://127.0.0.1:7100"
     account = "local-user"
-    token = "<account JWT from the operator>"
+    token = "<account JWT for the relay, from the account issuer>"
+    fleet_token = "<account JWT for the fleet: only ever sent inside the seal>"
     fleet_id = "<hex>"
     fleet_public_key = "<hex: kem id || HPKE public key>"     # pinned
     opaque_server_public_key = "<hex>"                       # pinned
@@ -14,20 +15,28 @@ Pinned fleet keys (the default, `trust = "pinned"`):
 Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transparency.md):
 
     trust = "ota"
-    relay_url, account, token, entry, storage                 # as above
+    relay_url, account, token, fleet_token, entry, storage    # as above
     operator_public_key = "<64 hex, or a PEM file>"           # signs deployment records
     witness_public_key = "<name+id+base64 note verifier key>" # the witness's vkey
     witness_name = "<the witness's name>"                     # optional with a vkey
     fleet_id = "<hex>"                    # optional: else the first fleet accepted is kept
+    witness_url = "https://witness.example"  # where that witness answers (fleet heads)
+    max_bundle_age = 86400                # refuse a fleet whose witness heads are older
+    [[witnesses]]                         # optional: more witnesses that must agree
+    public_key = "<vkey>"
+    url = "https://witness2.example"
     state_file = "client-state.json"      # default: <config name>-state.json next to it
     allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
 
-Relative paths are relative to the config file.
+Relative paths are relative to the config file; a leading `~` is the user's home folder
+(in `storage` too).
 """
 
 from __future__ import annotations
 
+import os
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -37,6 +46,7 @@ import httpx
 from backupvault.client.trust import (
     FleetSession,
     OtaTrust,
+    WitnessEndpoint,
     load_operator_key,
     load_witness_verifier,
     ota_session,
@@ -45,6 +55,7 @@ from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import FleetPublicKey
 from backupvault.errors import InvalidInput
+from backupvault.transparency.head import DEFAULT_MAX_AGE
 
 TRUST_MODES = ("pinned", "ota")
 
@@ -54,6 +65,9 @@ class ClientConfig:
     relay_url: str
     account: str
     token: str
+    #: The account's token for the vault nodes (audience: the fleet), sealed with every
+    #: request so that the relay never sees it.
+    fleet_token: str
     #: Pinned mode: the fleet's keys. OTA mode: `fleet_id` optionally names the expected
     #: fleet; the keys come from the verified bundle.
     fleet_id: bytes | None
@@ -83,8 +97,9 @@ class ClientConfig:
                 "relay_url": str(data["relay_url"]),
                 "account": str(data["account"]),
                 "token": str(data["token"]),
+                "fleet_token": str(data["fleet_token"]),
                 "entry": str(data.get("entry", DEFAULT_ENTRY)),
-                "storage": data.get("storage"),
+                "storage": None if "storage" not in data else _home(str(data["storage"])),
                 "trust": trust,
             }
             if trust == "pinned":
@@ -100,12 +115,20 @@ class ClientConfig:
             fleet_id = bytes.fromhex(data["fleet_id"]) if "fleet_id" in data else None
             allowed = data.get("allowed_measurements")
             ota = OtaTrust(
-                operator_key=load_operator_key(str(data["operator_public_key"]), base),
+                operator_key=load_operator_key(_home(str(data["operator_public_key"])), base),
                 witness=load_witness_verifier(
                     str(data["witness_public_key"]),
                     None if "witness_name" not in data else str(data["witness_name"]),
                 ),
-                state_file=base / str(data.get("state_file", f"{path.stem}-state.json")),
+                state_file=base / _home(str(data.get("state_file", f"{path.stem}-state.json"))),
+                witness_url=str(data["witness_url"]),
+                others=tuple(
+                    WitnessEndpoint(
+                        load_witness_verifier(str(w["public_key"]), None), str(w["url"])
+                    )
+                    for w in data.get("witnesses", [])
+                ),
+                max_age=int(data.get("max_bundle_age", DEFAULT_MAX_AGE)),
                 fleet_id=fleet_id,
                 allowed_measurements=(
                     None if allowed is None else frozenset(bytes.fromhex(m) for m in allowed)
@@ -131,6 +154,7 @@ class ClientConfig:
         *,
         ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
         http: httpx.Client | None = None,
+        notify: Callable[[str], None] | None = None,
     ) -> FleetSession:
         """The vault: the pinned fleet, or (OTA) the fleet of the relay's bundle once it is
         verified; the verification happens here, before anything else is sent."""
@@ -143,6 +167,8 @@ class ClientConfig:
                 entry=self.entry,
                 ksf_params=ksf_params,
                 http=http,
+                fleet_token=self.fleet_token,
+                notify=notify,
             )
         assert self.fleet_id is not None and self.fleet_public_key is not None
         assert self.opaque_server_public_key is not None
@@ -157,8 +183,15 @@ class ClientConfig:
                 entry=self.entry,
                 ksf_params=ksf_params,
                 http=http,
+                fleet_token=self.fleet_token,
+                notify=notify,
             )
         )
 
     def vault(self) -> VaultClient:
         return self.session().vault
+
+
+def _home(value: str) -> str:
+    """`~` or `~/...` at the start of a path is the user's home folder."""
+    return os.path.expanduser(value) if value.startswith("~") else value

@@ -13,9 +13,12 @@ class WrongPassword(VaultError):
     exit_code = 3
 
     def __init__(self, guesses_remaining: int) -> None:
-        plural = "guess" if guesses_remaining == 1 else "guesses"
+        if guesses_remaining == 1:
+            left = "1 guess left: the next wrong password destroys the key"
+        else:
+            left = f"{guesses_remaining} guesses left before the key is destroyed"
         super().__init__(
-            f"wrong password: {guesses_remaining} {plural} left before the key is destroyed",
+            f"wrong password: {left}",
             hint="check the password; use your recovery code if you have it",
         )
         self.guesses_remaining = guesses_remaining
@@ -27,7 +30,9 @@ class Destroyed(VaultError):
     def __init__(self) -> None:
         super().__init__(
             "the vault destroyed this key after too many wrong passwords",
-            hint="only a recovery code can open backups made under it now",
+            hint="backups made with it now open only with a recovery code; to start over"
+            " with a new key, `backupvault vault delete` clears the destroyed one, then"
+            " `backupvault backup create --new-key` registers a new one",
         )
 
 
@@ -53,14 +58,33 @@ class FleetUnavailable(VaultError):
         )
 
 
+class RelayUnreachable(FleetUnavailable):
+    """The relay itself did not answer (nothing reached the vault)."""
+
+    def __init__(self, url: str, detail: str) -> None:
+        VaultError.__init__(
+            self,
+            f"cannot reach the relay at {url} ({detail})",
+            hint="check that the relay runs and that relay_url in your config is right; "
+            "no guess was used",
+        )
+
+
 class Unauthorized(VaultError):
     exit_code = 6
 
-    def __init__(self, detail: str) -> None:
-        super().__init__(
-            f"the relay refused the account token: {detail}",
-            hint="check the token in your config; ask the operator for a new one",
-        )
+    def __init__(self, detail: str, *, by_vault: bool = False) -> None:
+        if by_vault:
+            super().__init__(
+                f"the vault refused this account's fleet token: {detail}",
+                hint="check fleet_token (and account) in your config; ask the operator for a"
+                " new one",
+            )
+        else:
+            super().__init__(
+                f"the relay refused the account token: {detail}",
+                hint="check the token in your config; ask the operator for a new one",
+            )
 
 
 class RateLimited(VaultError):

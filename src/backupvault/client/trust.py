@@ -8,12 +8,22 @@ witness's note verifier key, and learns the fleet from the relay's `GET /v1/flee
 It accepts the fleet only if `transparency.verify_bundle` passes (operator signature,
 witness cosignature, witness checkpoint, inclusion proof, a checkpoint consistent with the
 last one it saw, an epoch not older than the last one it accepted, and an allowed
-measurement when it has an allow-list), and only then builds the VaultClient, so no
-password-derived message ever goes to a fleet it has not accepted. What it accepted is
-kept in a state file (JSON, written atomically) only after acceptance:
+measurement when it has an allow-list) and if every witness it is configured with (the
+bundle's witness at `witness_url`, and any `[[witnesses]]`) answers with a fleet head
+(transparency/head.py) that names exactly this record as the fleet's latest, signed at
+most `max_bundle_age` seconds ago, on a log that extends the last one seen from that
+witness. So a client with no state still refuses a retired epoch, a relay cannot freeze it
+on an old bundle, and one witness with the operator cannot show it a fork the other
+witnesses did not log. When a witness cannot be reached, the last head it gave (kept in the
+state) stands in for it while it is younger than `max_bundle_age`.
+
+Only then does it build the VaultClient, so no password-derived message ever goes to a
+fleet it has not accepted. What it accepted is kept in a state file (JSON, written
+atomically) only after acceptance:
 
     {"version": 1,
-     "checkpoint": "<the last witness checkpoint seen, a signed note>",
+     "checkpoint": "<the newest checkpoint seen from the bundle's witness, a signed note>",
+     "heads": {"<witness name>": "<the last fleet head from that witness>"},
      "fleets": {"<fleet id hex>": {"epoch": 2,
                                    "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}}}
 
@@ -31,8 +41,9 @@ import base64
 import contextlib
 import json
 import os
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -48,7 +59,7 @@ from backupvault.client.errors import (
     NotRegistered,
     VaultError,
 )
-from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus
@@ -62,6 +73,8 @@ from backupvault.transparency import (
     open_checkpoint,
     verify_bundle,
 )
+from backupvault.transparency.bundle import check_log_growth
+from backupvault.transparency.head import DEFAULT_MAX_AGE, FleetHead, check_head, open_head
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
 STATE_VERSION = 1
@@ -120,6 +133,7 @@ class TrustState:
     path: Path
     checkpoint: str | None = None
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
+    heads: dict[str, str] = field(default_factory=dict)
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -137,12 +151,23 @@ class TrustState:
             raise InvalidInput(f"the trust state file {path} is not a version 1 state file")
         checkpoint = data.get("checkpoint")
         fleets = data.get("fleets", {})
-        if not (checkpoint is None or isinstance(checkpoint, str)) or not isinstance(fleets, dict):
+        heads = data.get("heads", {})
+        if (
+            not (checkpoint is None or isinstance(checkpoint, str))
+            or not isinstance(fleets, dict)
+            or not isinstance(heads, dict)
+            or not all(isinstance(v, str) for v in heads.values())
+        ):
             raise InvalidInput(f"the trust state file {path} is malformed")
-        return cls(path, checkpoint, fleets)
+        return cls(path, checkpoint, fleets, heads)
 
     def save(self) -> None:
-        data = {"version": STATE_VERSION, "checkpoint": self.checkpoint, "fleets": self.fleets}
+        data = {
+            "version": STATE_VERSION,
+            "checkpoint": self.checkpoint,
+            "fleets": self.fleets,
+            "heads": self.heads,
+        }
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
         tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -167,12 +192,26 @@ class TrustState:
         fleet = self.fleets.get(fleet_id.hex(), {})
         return {int(e): bytes.fromhex(r) for e, r in fleet.get("records", {}).items()}
 
-    def accept(self, verified: VerifiedFleet, note: str, *, current: bool) -> None:
-        """Remember a verified fleet (after acceptance only): its checkpoint when newer, its
-        record, and (for the current fleet) its epoch."""
+    def remember_checkpoint(self, note: str) -> None:
+        """Keep `note` as the bundle witness's newest checkpoint if it is at least as large."""
         last = self.checkpoint
-        if last is None or verified.checkpoint.size >= Checkpoint.from_text(note_text(last)).size:
+        size = Checkpoint.from_text(note_text(note)).size
+        if last is None or size >= Checkpoint.from_text(note_text(last)).size:
             self.checkpoint = note
+
+    def accept(
+        self,
+        verified: VerifiedFleet,
+        note: str,
+        *,
+        current: bool,
+        heads: Sequence[tuple[str, str]] = (),
+    ) -> None:
+        """Remember a verified fleet (after acceptance only): its checkpoint when newer, its
+        record, (for the current fleet) its epoch, and the heads that vouched for it."""
+        self.remember_checkpoint(note)
+        for name, head in heads:
+            self.heads[name] = head
         record = verified.record
         fleet = self.fleets.setdefault(record.fleet_id.hex(), {"epoch": record.epoch})
         if current:
@@ -190,14 +229,95 @@ def note_text(note: str) -> str:
 
 
 @dataclass(frozen=True)
+class WitnessEndpoint:
+    """A witness the client asks for fleet heads: its key and where it answers."""
+
+    verifier: Verifier
+    url: str
+
+
+@dataclass(frozen=True)
 class OtaTrust:
-    """The keys an OTA client ships with, and where it keeps what it accepted."""
+    """The keys an OTA client ships with, and where it keeps what it accepted. `witness` is
+    the one whose cosignature and log the bundle carries; `others` must agree with it."""
 
     operator_key: bytes
     witness: Verifier
     state_file: Path
+    witness_url: str
+    others: tuple[WitnessEndpoint, ...] = ()
     fleet_id: bytes | None = None
     allowed_measurements: frozenset[bytes] | None = None
+    max_age: int = DEFAULT_MAX_AGE
+    clock: Callable[[], float] = time.time
+
+    @property
+    def witnesses(self) -> tuple[WitnessEndpoint, ...]:
+        return (WitnessEndpoint(self.witness, self.witness_url.rstrip("/")), *self.others)
+
+    def _fetch_head(
+        self, http: httpx.Client, endpoint: WitnessEndpoint, fleet_id: bytes
+    ) -> str | None:
+        try:
+            answer = http.get(f"{endpoint.url}/v1/head", params={"fleet": fleet_id.hex()})
+        except httpx.HTTPError:
+            return None
+        if answer.status_code == 404:
+            raise FleetNotTrusted(
+                f"the witness {endpoint.verifier.name} has logged no record of fleet"
+                f" {fleet_id.hex()}",
+                hint="every witness this client trusts must log the fleet's records",
+            )
+        return answer.text if answer.status_code == 200 else None
+
+    def _check_heads(
+        self, http: httpx.Client, state: TrustState, verified: VerifiedFleet
+    ) -> list[tuple[str, str]]:
+        """Every witness's head for the fleet, checked; (witness name, head note) each."""
+        record = verified.record
+        leaf = verified.signed_record.to_bytes()
+        now = int(self.clock())
+        checked = []
+        for endpoint in self.witnesses:
+            name = endpoint.verifier.name
+            note = self._fetch_head(http, endpoint, record.fleet_id)
+            if note is None:  # unreachable: its last head stands in while young enough
+                note = state.heads.get(name)
+                if note is None:
+                    raise FleetUnavailable(
+                        f"the witness {name} ({endpoint.url}) cannot be reached to confirm"
+                        " that this fleet is current"
+                    )
+            try:
+                head = open_head(note, endpoint.verifier)
+                check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
+                self._check_growth(http, state, endpoint, head)
+            except TransparencyError as err:
+                raise FleetNotTrusted.because(err) from None
+            checked.append((name, note))
+        return checked
+
+    def _check_growth(
+        self, http: httpx.Client, state: TrustState, endpoint: WitnessEndpoint, head: FleetHead
+    ) -> None:
+        """The head's tree must extend the newest one seen from that witness."""
+        if endpoint.verifier.name == self.witness.name:
+            last = state.last_checkpoint(self.witness)
+        else:
+            seen = state.heads.get(endpoint.verifier.name)
+            last = None if seen is None else open_head(seen, endpoint.verifier).checkpoint
+
+        def fetch(old: int, new: int) -> Sequence[bytes]:
+            try:
+                answer = http.get(f"{endpoint.url}/v1/consistency?old={old}&new={new}")
+                answer.raise_for_status()
+                return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
+            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+                raise FleetNotTrusted(
+                    f"no consistency proof from the witness {endpoint.verifier.name}"
+                ) from None
+
+        check_log_growth(head.checkpoint, last, fetch)
 
     def _get(self, http: httpx.Client, url: str, what: str) -> httpx.Response:
         try:
@@ -257,7 +377,9 @@ class OtaTrust:
         state = TrustState.load(self.state_file)
         bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
         verified = self._verify(http, relay_url, state, bundle, current=True)
-        state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=True)
+        heads = self._check_heads(http, state, verified)
+        state.remember_checkpoint(heads[0][1])  # the bundle witness's head: its newest tree
+        state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=True, heads=heads)
         return verified
 
     def older(
@@ -299,15 +421,6 @@ class OtaTrust:
 # ---- sessions -----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Recovered:
-    root_key: bytes
-    #: For a password change on the fleet it was recovered from (empty after a migration).
-    grant: bytes
-    #: The epoch the entry was migrated from, or None.
-    migrated_from: int | None = None
-
-
 class FleetSession:
     """The vault as a client sees it: the current (verified or pinned) fleet, and for OTA
     clients the older epochs their entry may still be on."""
@@ -325,7 +438,7 @@ class FleetSession:
     def older(self) -> Iterator[tuple[int, VaultClient]]:
         return self._older if self._older is not None else iter(())
 
-    def migrate(self, password: str) -> Recovered | None:
+    def migrate(self, password: str) -> Recovery | None:
         """If the entry is on an older epoch, recover it there, register the same root key
         behind the same password here, and delete the old entry. None if there is none."""
         for epoch, old in self.older():
@@ -341,26 +454,26 @@ class FleetSession:
                 raise Destroyed()
             if status.status != EntryStatus.LIVE:
                 continue
-            root_key, _ = old.recover(password)
+            recovered = old.recover(password)
             try:
-                self.vault.register(password, root_key, status.guess_limit)
+                self.vault.register(password, recovered.root_key, status.guess_limit)
             except AlreadyRegistered:
                 # Another device migrated it meanwhile: it is the same key, behind the same
                 # password, on the current fleet.
-                return Recovered(*self.vault.recover(password), epoch)
-            # The old entry is deleted so the old fleet can be retired; if that fails it
-            # goes away with that fleet.
+                return replace(self.vault.recover(password), migrated_from=epoch)
+            # The old entry is deleted (with the old recovery's grant) so the old fleet can
+            # be retired; if that fails it goes away with that fleet.
             with contextlib.suppress(VaultError):
-                old.delete()
-            return Recovered(root_key, b"", epoch)
+                old.delete(recovered.grant)
+            # The grant was for the old fleet: a password change here needs a new recovery.
+            return replace(recovered, grant=b"", migrated_from=epoch)
         return None
 
-    def recover_or_migrate(self, password: str) -> Recovered:
+    def recover_or_migrate(self, password: str) -> Recovery:
         """The root key behind `password`, from the current fleet, or migrated to it."""
         status = self.vault.status()
         if status.status == EntryStatus.LIVE:
-            root_key, grant = self.vault.recover(password)
-            return Recovered(root_key, grant)
+            return self.vault.recover(password)
         if status.status == EntryStatus.DESTROYED:
             raise Destroyed()
         migrated = self.migrate(password)
@@ -378,6 +491,8 @@ def ota_session(
     entry: str = DEFAULT_ENTRY,
     ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
     http: httpx.Client | None = None,
+    fleet_token: str = "",
+    notify: Callable[[str], None] | None = None,
 ) -> FleetSession:
     """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
     return a session on that fleet."""
@@ -397,6 +512,8 @@ def ota_session(
             ksf_params=ksf_params,
             http=client,
             epoch=record.epoch,
+            fleet_token=fleet_token,
+            notify=notify,
         )
 
     def older() -> Iterator[tuple[int, VaultClient]]:

@@ -8,7 +8,9 @@ root key wrapped under a key derived from export_key.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import TypeVar
 
 import httpx
@@ -23,6 +25,7 @@ from backupvault.client.errors import (
     FleetUnavailable,
     NotRegistered,
     RateLimited,
+    RelayUnreachable,
     Unauthorized,
     VaultError,
     WrongPassword,
@@ -32,6 +35,7 @@ from backupvault.crypto import ksf, opaque
 from backupvault.crypto.seal import FleetPublicKey, seal_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.protocol import (
+    AuthorizedRequest,
     DeleteRequest,
     DeleteResponse,
     EntryStatus,
@@ -58,6 +62,22 @@ T = TypeVar("T", bound=Message)
 
 DEFAULT_ENTRY = "backup-root-key"
 DEFAULT_GUESS_LIMIT = 10
+#: How long the SDK waits, in all, on a relay's Retry-After before giving up.
+MAX_RATE_LIMIT_WAIT_SECONDS = 30.0
+#: Resends of a recover-start whose answer was lost (the same KE1: never charged twice).
+RECOVER_START_RESENDS = 2
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """A successful recovery: the root key, a grant for a password change or a delete in
+    the next minutes, and how many wrong passwords were tried since the last success."""
+
+    root_key: bytes = field(repr=False)
+    grant: bytes = field(repr=False)
+    wrong_guesses_before: int
+    #: The fleet epoch the entry was migrated from (OTA clients after a rotation), or None.
+    migrated_from: int | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +111,19 @@ def unwrap_root_key(export_key: bytes, account: str, entry: str, wrapped: bytes)
         raise VaultError("the root key the vault returned does not open") from None
 
 
+def _retry_after(answer: httpx.Response) -> float:
+    value = answer.headers.get("retry-after", "1")
+    return float(value) if value.isascii() and value.isdigit() else 1.0
+
+
+def _error_code(answer: httpx.Response) -> str | None:
+    try:
+        body = answer.json()
+    except ValueError:
+        return None
+    return str(body.get("error")) if isinstance(body, dict) else None
+
+
 class VaultClient:
     def __init__(
         self,
@@ -104,10 +137,13 @@ class VaultClient:
         ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
         http: httpx.Client | None = None,
         epoch: int | None = None,
+        fleet_token: str = "",
+        notify: Callable[[str], None] | None = None,
     ) -> None:
         """`epoch`: send to that epoch of the fleet (the relay's
         /v1/epochs/{epoch}/vault/... route, as OTA clients do); None: the relay's current
-        fleet (/v1/vault/..., for pinned keys)."""
+        fleet (/v1/vault/..., for pinned keys). `token` goes to the relay; `fleet_token`
+        only inside the seal, for the nodes. `notify` hears about automatic waits."""
         self.relay_url = relay_url.rstrip("/")
         self.epoch = epoch
         self._vault_url = (
@@ -122,25 +158,50 @@ class VaultClient:
         self.opaque_server_key = opaque_server_key
         self.ksf_params = ksf_params
         self._token = token
+        self._fleet_token = fleet_token
+        self._notify = notify or (lambda _message: None)
         self._http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
 
     # ---- transport ---------------------------------------------------------------------
 
-    def _call(self, op: Op, request: Message, kind: type[T]) -> T:
-        sealed, response_key = seal_request(
-            self.fleet_key, self.fleet_id, str(op), request.to_bytes()
-        )
-        try:
-            answer = self._http.post(
-                f"{self._vault_url}/{self.entry}/{op}",
-                content=sealed,
-                headers={
-                    "Authorization": f"Bearer {self._token}",
-                    "Content-Type": "application/octet-stream",
-                },
-            )
-        except httpx.HTTPError as err:
-            raise FleetUnavailable(f"cannot reach the relay at {self.relay_url} ({err})") from None
+    def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
+        """Seal and send `request`. A 429 is waited out (up to MAX_RATE_LIMIT_WAIT_SECONDS
+        in all); an answer lost on the way (timeout, node_timeout) is sent again up to
+        `resends` times, for requests where that cannot cost anything twice."""
+        body = AuthorizedRequest(self._fleet_token, request.to_bytes()).to_bytes()
+        waited = 0.0
+        while True:
+            sealed, response_key = seal_request(self.fleet_key, self.fleet_id, str(op), body)
+            try:
+                answer = self._http.post(
+                    f"{self._vault_url}/{self.entry}/{op}",
+                    content=sealed,
+                    headers={
+                        "Authorization": f"Bearer {self._token}",
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+            except httpx.ConnectError as err:
+                raise RelayUnreachable(self.relay_url, str(err)) from None
+            except httpx.HTTPError as err:
+                if resends > 0:
+                    resends -= 1
+                    continue
+                raise FleetUnavailable(
+                    f"the relay at {self.relay_url} did not answer ({type(err).__name__});"
+                    " the request may have been counted"
+                ) from None
+            if answer.status_code == 429:
+                wait = _retry_after(answer)
+                if waited + wait <= MAX_RATE_LIMIT_WAIT_SECONDS:
+                    self._notify(f"the relay asks to slow down: waiting {wait:g} s")
+                    time.sleep(wait)
+                    waited += wait
+                    continue
+            if answer.status_code == 503 and resends > 0 and _error_code(answer) == "node_timeout":
+                resends -= 1
+                continue
+            break
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:
@@ -160,8 +221,10 @@ class VaultClient:
             detail = str(body.get("detail") or body.get("error"))
         except ValueError:
             detail = answer.reason_phrase
-        if answer.status_code == 401 or answer.status_code == 403:
+        if answer.status_code == 401:
             raise Unauthorized(detail)
+        if answer.status_code == 403:
+            raise Unauthorized(detail, by_vault=True)
         if answer.status_code == 429:
             raise RateLimited(answer.headers.get("retry-after", "a few"))
         if answer.status_code == 503:
@@ -221,13 +284,16 @@ class VaultClient:
         done = self._call(op, finish, RegisterFinishResponse)
         return done.version
 
-    def recover(self, password: str) -> tuple[bytes, bytes]:
-        """The root key and a grant (for a password change in the next minutes)."""
+    def recover(self, password: str) -> Recovery:
+        """The root key, a grant (for a password change or a delete in the next minutes),
+        and how many wrong passwords were tried since the last success."""
         state, ke1 = opaque.client_login_start(password.encode())
+        client_time_ms = time.time_ns() // 1_000_000
         started = self._call(
             Op.RECOVER_START,
-            RecoverStartRequest(self.account, self.entry, ke1.to_bytes()),
+            RecoverStartRequest(self.account, self.entry, ke1.to_bytes(), client_time_ms),
             RecoverStartResponse,
+            resends=RECOVER_START_RESENDS,
         )
         params = ksf.Argon2idParams.from_bytes(started.ksf_params)
         floor = self.ksf_params
@@ -255,7 +321,9 @@ class VaultClient:
         except InvalidTag:
             raise VaultError("the vault's key release did not verify") from None
         root_key = unwrap_root_key(login.export_key, self.account, self.entry, wrapped)
-        return root_key, finished.grant
+        # This attempt used one guess; any other used since the last success was wrong.
+        wrong = max(0, started.guess_limit - started.guesses_remaining - 1)
+        return Recovery(root_key, finished.grant, wrong)
 
     def _finish(self, started: RecoverStartResponse, ke3: opaque.KE3) -> RecoverFinishResponse:
         finished = self._call(
@@ -266,16 +334,23 @@ class VaultClient:
         return finished
 
     def change_password(self, old_password: str, new_password: str) -> int:
-        root_key, grant = self.recover(old_password)
-        status = self.status()
-        return self.register(new_password, root_key, status.guess_limit, grant=grant)
+        return self.change_password_with(self.recover(old_password), new_password)
 
-    def delete(self) -> int:
-        done = self._call(Op.DELETE, DeleteRequest(self.account, self.entry), DeleteResponse)
+    def change_password_with(self, recovery: Recovery, new_password: str) -> int:
+        """Replace the password, using a recovery made moments ago with the old one."""
+        status = self.status()
+        return self.register(new_password, recovery.root_key, status.guess_limit, recovery.grant)
+
+    def delete(self, grant: bytes = b"") -> int:
+        """Delete the entry's key: a live key needs the grant of a recovery made moments
+        ago; a destroyed entry is cleared without one (so the account may register anew)."""
+        done = self._call(Op.DELETE, DeleteRequest(self.account, self.entry, grant), DeleteResponse)
         return done.version
 
     def status(self) -> VaultStatus:
-        answer = self._call(Op.STATUS, StatusRequest(self.account, self.entry), StatusResponse)
+        answer = self._call(
+            Op.STATUS, StatusRequest(self.account, self.entry), StatusResponse, resends=1
+        )
         return VaultStatus(
             EntryStatus(answer.status), answer.guess_limit, answer.guesses_remaining, answer.version
         )

@@ -459,11 +459,58 @@ def _envelope_keys(randomized_password: bytes, envelope_nonce: bytes) -> tuple[b
     return auth_key, export_key, seed
 
 
-def _randomized_password(password: bytes, blind: bytes, evaluated: bytes, ksf: KSF) -> bytes:
-    """§5.2.3 / §6.3.2.2: Extract("", oprf_output || Stretch(oprf_output))."""
-    oprf_output = oprf.finalize(password, blind, evaluated)
+def _harden(oprf_output: bytes, ksf: KSF) -> bytes:
+    """§5.2.3 / §6.3.2.2: randomized_password = Extract("", oprf_output || Stretch(oprf_output))."""
     stretched = ksf.stretch(oprf_output)
     return _hkdf_extract(b"", oprf_output + stretched)
+
+
+def _randomized_password(password: bytes, blind: bytes, evaluated: bytes, ksf: KSF) -> bytes:
+    return _harden(oprf.finalize(password, blind, evaluated), ksf)
+
+
+def _store(
+    randomized_password: bytes,
+    server_public_key: bytes,
+    server_identity: bytes | None,
+    client_identity: bytes | None,
+    envelope_nonce: bytes | None,
+) -> RegistrationResult:
+    """Store (§4.1.2) plus the masking key (§5.2.3): the record and export_key."""
+    nonce = _random(NN, envelope_nonce, "envelope nonce")
+    masking_key = _hkdf_expand(randomized_password, b"MaskingKey", NH)
+    auth_key, export_key, seed = _envelope_keys(randomized_password, nonce)
+    _, client_public_key = derive_diffie_hellman_key_pair(seed)
+    cleartext = _cleartext_credentials(
+        server_public_key, client_public_key, server_identity, client_identity
+    )
+    auth_tag = _mac(auth_key, nonce + cleartext)
+    record = RegistrationRecord(client_public_key, masking_key, nonce + auth_tag)
+    return RegistrationResult(record, export_key, server_public_key)
+
+
+def _recover(
+    randomized_password: bytes,
+    server_public_key: bytes,
+    envelope: bytes,
+    server_identity: bytes | None,
+    client_identity: bytes | None,
+) -> tuple[bytes, bytes, bytes]:
+    """Recover (§4.1.3): (client_private_key, client_public_key, export_key), or
+    AuthenticationFailed if the envelope's MAC does not verify. The MAC also authenticates
+    `server_public_key`."""
+    envelope_nonce, auth_tag = envelope[:NN], envelope[NN:]
+    auth_key, export_key, seed = _envelope_keys(randomized_password, envelope_nonce)
+    client_private_key, client_public_key = derive_diffie_hellman_key_pair(seed)
+    cleartext = _cleartext_credentials(
+        server_public_key, client_public_key, server_identity, client_identity
+    )
+    expected_tag = _mac(auth_key, envelope_nonce + cleartext)
+    if not std_hmac.compare_digest(expected_tag, auth_tag):
+        raise AuthenticationFailed(
+            "login failed: wrong password, or the server's response was altered"
+        )
+    return client_private_key, client_public_key, export_key
 
 
 # --- registration (RFC 9807 §5.2) -------------------------------------------------------
@@ -509,19 +556,78 @@ def client_registration_finish(
         expected_server_public_key, response.server_public_key
     ):
         raise AuthenticationFailed("registration response carries an unexpected server key")
-    nonce = _random(NN, envelope_nonce, "envelope nonce")
     randomized_password = _randomized_password(
         state.password, state.blind, response.evaluated_message, ksf
     )
-    masking_key = _hkdf_expand(randomized_password, b"MaskingKey", NH)
-    auth_key, export_key, seed = _envelope_keys(randomized_password, nonce)
-    _, client_public_key = derive_diffie_hellman_key_pair(seed)
-    cleartext = _cleartext_credentials(
-        response.server_public_key, client_public_key, server_identity, client_identity
+    return _store(
+        randomized_password,
+        response.server_public_key,
+        server_identity,
+        client_identity,
+        envelope_nonce,
     )
-    auth_tag = _mac(auth_key, nonce + cleartext)
-    record = RegistrationRecord(client_public_key, masking_key, nonce + auth_tag)
-    return RegistrationResult(record, export_key, response.server_public_key)
+
+
+# --- the envelope from a given OPRF output (threshold vault, docs/threshold.md) ----------
+
+
+def _check_oprf_output(oprf_output: bytes) -> bytes:
+    return _check_bytes(oprf_output, oprf.OUTPUT_LEN, "OPRF output")
+
+
+def store_envelope(
+    oprf_output: bytes,
+    *,
+    ksf: KSF,
+    server_public_key: bytes,
+    server_identity: bytes | None = None,
+    client_identity: bytes | None = None,
+    envelope_nonce: bytes | None = None,
+) -> RegistrationResult:
+    """The client side of registration (§5.2.3: hardening, masking key, Store §4.1.2) for
+    an OPRF output the client computed itself, with no server response and no 3DH key
+    exchange. The threshold vault deals its own OPRF key (crypto/threshold.py), so there
+    is no server evaluation at registration. `envelope_nonce` only for test vectors."""
+    _check_identity(client_identity, "client identity")
+    _check_identity(server_identity, "server identity")
+    oprf.validate_element(server_public_key, "server public key")
+    return _store(
+        _harden(_check_oprf_output(oprf_output), ksf),
+        server_public_key,
+        server_identity,
+        client_identity,
+        envelope_nonce,
+    )
+
+
+def recover_envelope(
+    oprf_output: bytes,
+    record: RegistrationRecord,
+    *,
+    ksf: KSF,
+    server_public_key: bytes,
+    server_identity: bytes | None = None,
+    client_identity: bytes | None = None,
+) -> bytes:
+    """The client side of login without 3DH: harden the (combined) OPRF output, open the
+    record's envelope (Recover §4.1.3) and return export_key. The record must be exactly
+    what `store_envelope` made for this output: its client public key and masking key are
+    checked too, so no field of it goes unauthenticated. Raises AuthenticationFailed for a
+    wrong password (a wrong OPRF output) or any altered field, identities included."""
+    _check_identity(client_identity, "client identity")
+    _check_identity(server_identity, "server identity")
+    oprf.validate_element(server_public_key, "server public key")
+    randomized_password = _harden(_check_oprf_output(oprf_output), ksf)
+    _, client_public_key, export_key = _recover(
+        randomized_password, server_public_key, record.envelope, server_identity, client_identity
+    )
+    masking_key = _hkdf_expand(randomized_password, b"MaskingKey", NH)
+    if not (
+        std_hmac.compare_digest(client_public_key, record.client_public_key)
+        and std_hmac.compare_digest(masking_key, record.masking_key)
+    ):
+        raise AuthenticationFailed("the record's client key or masking key was altered")
+    return export_key
 
 
 # --- fake records (RFC 9807 §6.3.2.2, §10.9) --------------------------------------------
@@ -702,20 +808,11 @@ def client_login_finish(
     )
     unmasked = _xor(pad, ke2.masked_response)
     server_public_key = unmasked[:NPK]
-    envelope_nonce = unmasked[NPK : NPK + NN]
-    auth_tag = unmasked[NPK + NN :]
 
     # Recover (§4.1.3): the envelope MAC also authenticates the unmasked server key.
-    auth_key, export_key, seed = _envelope_keys(randomized_password, envelope_nonce)
-    client_private_key, client_public_key = derive_diffie_hellman_key_pair(seed)
-    cleartext = _cleartext_credentials(
-        server_public_key, client_public_key, server_identity, client_identity
+    client_private_key, client_public_key, export_key = _recover(
+        randomized_password, server_public_key, unmasked[NPK:], server_identity, client_identity
     )
-    expected_tag = _mac(auth_key, envelope_nonce + cleartext)
-    if not std_hmac.compare_digest(expected_tag, auth_tag):
-        raise AuthenticationFailed(
-            "login failed: wrong password, or the server's response was altered"
-        )
     if expected_server_public_key is not None and not std_hmac.compare_digest(
         expected_server_public_key, server_public_key
     ):

@@ -1,7 +1,7 @@
 """OPRF (RFC 9497), suite ristretto255-SHA512, OPRF mode (0x00), on libsodium's ristretto255.
 
-Only the base mode is implemented: OPAQUE (RFC 9807) needs nothing else, and verifiability
-(VOPRF/POPRF) would only add a proof the vault nodes never need to send.
+This module is the base mode, which OPAQUE (RFC 9807) needs. The VOPRF proofs of the
+threshold OPRF (one per node's partial evaluation) are in `crypto/threshold.py`.
 
 Elements and scalars travel as bytes: a group element is its 32-byte ristretto255 encoding,
 a scalar its 32-byte little-endian encoding (RFC 9497 §4.1). Every element and scalar that
@@ -67,7 +67,11 @@ def validate_element(element: bytes, what: str = "group element") -> bytes:
     if not isinstance(element, bytes | bytearray) or len(element) != ELEMENT_LEN:
         raise InvalidInput(f"{what}: expected {ELEMENT_LEN} bytes")
     element = bytes(element)
-    # libsodium rejects non-canonical encodings and the identity (RFC 9497 §4.1: the
+    # RFC 9496 §4.3.1: a canonical encoding is a field element below p, so bit 255 is
+    # clear; libsodium's check ignores that bit, so it is refused here first.
+    if element[31] & 0x80:
+        raise InvalidInput(f"{what}: not a canonical ristretto255 encoding (bit 255 set)")
+    # libsodium rejects other non-canonical encodings and the identity (RFC 9497 §4.1: the
     # identity is never a valid input or output element).
     if element == _IDENTITY or not pysodium.crypto_core_ristretto255_is_valid_point(element):
         raise InvalidInput(f"{what}: not a valid ristretto255 point (or the identity)")

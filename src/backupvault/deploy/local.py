@@ -1,23 +1,29 @@
 """A whole deployment on this machine, for development and the demo: N vault nodes (each
-with its own SoftHSM2 token and database), a witness and the relay, all on loopback,
-started as background processes. `DIR` holds everything:
+with its own SoftHSM2 token and database), two witnesses and the relay, all on loopback,
+started as background processes (Python in isolated mode, `-I`, as node measurements
+require). `DIR` holds everything:
 
     DIR/fleet.toml            public description of the fleet (keys, node URLs, epoch,
                               measurement)
     DIR/deployment.bin        its deployment record, signed with operator.key
-    DIR/bundle.bin            the record + the witness's cosignature and inclusion proof
+    DIR/bundle.bin            the record + the first witness's cosignature and inclusion
+                              proof (the second witness logs the same record)
     DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed secrets, db
     DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
-    DIR/witness/              the witness: witness.toml, its own key, its SQLite log
+    DIR/witness/, DIR/witness2/  each witness: witness.toml, its own key, its SQLite log
+                              and the log's head file
     DIR/relay.toml            relay config; DIR/operator.key, operator.pub: the operator's
                               key (signs account tokens and, here, deployment records)
-    DIR/client.toml           a client with pinned fleet keys (relay URL, keys, a token)
+    DIR/relay-signing.key     the relay's key: signs every request it forwards to a node
+                              (fleet.toml lists its public half)
+    DIR/client.toml           a client with pinned fleet keys (relay URL, keys, tokens)
     DIR/client-ota.toml       a client that takes fleet keys over the air (operator and
-                              witness keys; state in client-ota-state.json)
+                              both witnesses' keys; state in client-ota-state.json)
     DIR/processes.json        pids and ports of the running processes
     DIR/logs/                 one log per process
 
-Process names: `node<i>` (epoch 1), `e<E>-node<i>` (later epochs), `witness`, `relay`.
+Process names: `node<i>` (epoch 1), `e<E>-node<i>` (later epochs), `witness`,
+`witness2`, `relay`.
 """
 
 from __future__ import annotations
@@ -38,35 +44,43 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.records import (
-    RECORD_FILE,
+    BUNDLE_FILE,
     deploy,
     save_bundle,
     submit,
 )
 from backupvault.errors import BackupVaultError
+from backupvault.files import replace_secret_file, write_new_file
 from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.main import TRANSFER
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
-from backupvault.relay.auth import (
+from backupvault.tokens import (
+    fleet_audience,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
+    private_key_pem,
     save_operator_key,
 )
-from backupvault.transparency import OperatorSignedRecord, Signer
+from backupvault.transparency import Signer
+from backupvault.transparency.record import raw_public_key
 
 HOST = "127.0.0.1"
 ISSUER = "backupvault-local"
 AUDIENCE = "backupvault-relay"
 ACCOUNT = "local-user"
 TOKEN_TTL = 30 * 24 * 3600
-WITNESS_NAME = "witness.local/backupvault"
+#: process (and folder) name -> witness name; the first one's cosignature is in bundles
+WITNESSES = {"witness": "witness.local/backupvault", "witness2": "witness2.local/backupvault"}
+WITNESS_NAME = WITNESSES["witness"]
+RELAY_KEY = "relay-signing.key"
 
 
 class DeploymentError(BackupVaultError):
@@ -118,13 +132,16 @@ class LocalDeployment:
     def node_count(self, epoch: int | None = None) -> int:
         return len(self.fleet(epoch).nodes)
 
-    @property
-    def witness_dir(self) -> Path:
-        return self.root / "witness"
+    def witness_dir(self, which: str = "witness") -> Path:
+        return self.root / which
 
-    def witness_url(self) -> str:
-        data = tomllib.loads((self.witness_dir / "witness.toml").read_text())
+    def witness_url(self, which: str = "witness") -> str:
+        data = tomllib.loads((self.witness_dir(which) / "witness.toml").read_text())
         return f"http://{data['listen']}"
+
+    def witnesses(self) -> list[str]:
+        """The witnesses provisioned here (a deployment made before the second one has one)."""
+        return [w for w in WITNESSES if (self.witness_dir(w) / "witness.toml").exists()]
 
     # ---- provisioning (once) -----------------------------------------------------------
 
@@ -136,13 +153,15 @@ class LocalDeployment:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
-        relay_port, witness_port = _free_port(), _free_port()
+        relay_port = _free_port()
 
         operator = generate_operator_key()
         save_operator_key(operator, self.root / "operator.key", self.root / "operator.pub")
+        write_new_file(self.root / RELAY_KEY, private_key_pem(generate_operator_key()))
         fleet_id = os.urandom(16)
-        self._provision_witness(witness_port, fleet_id)
-        self.start_witness()  # starts while the nodes are provisioned
+        for which in WITNESSES:
+            self._provision_witness(which, _free_port(), fleet_id)
+            self.start_witness(which)  # starts while the nodes are provisioned
 
         fleet = self._provision_fleet(self.root, 1, fleet_id, nodes)
         bundle_file = self._deploy_and_log(self.root / "fleet.toml", 1)
@@ -182,6 +201,9 @@ class LocalDeployment:
             nodes=tuple(
                 FleetNode(i, f"http://{HOST}:{node_ports[i]}", identities[i]) for i in range(nodes)
             ),
+            relay_public_keys=(raw_public_key(self._relay_key()),),
+            account_issuer=ISSUER,
+            account_issuer_public_key=raw_public_key(self._operator_key()),
         )
         del fleet_secrets
         fleet.save(fleet_dir / "fleet.toml")
@@ -190,37 +212,31 @@ class LocalDeployment:
     def _operator_key(self) -> Ed25519PrivateKey:
         return load_operator_private_key(self.root / "operator.key")
 
+    def _relay_key(self) -> Ed25519PrivateKey:
+        return load_operator_private_key(self.root / RELAY_KEY)
+
     def _deploy_and_log(self, fleet_file: Path, epoch: int) -> Path:
         """`fleet deploy` for this fleet file: measure, sign (the local operator key also
-        signs deployment records), have the local witness log it, save the bundle."""
+        signs deployment records), have every local witness log it, save the bundle (with
+        the first witness's receipt)."""
         signed = deploy(fleet_file, self._operator_key(), epoch=epoch)
-        self._wait_witness()
-        return save_bundle(fleet_file, submit(self.witness_url(), signed))
+        bundles = []
+        for which in self.witnesses():
+            self._wait_witness(which)
+            bundles.append(submit(self.witness_url(which), signed))
+        return save_bundle(fleet_file, bundles[0])
 
-    def _refresh_bundle(self, epoch: int) -> Path:
-        """A fresh receipt (against the witness's latest checkpoint) for an epoch's record."""
-        fleet_file = self.fleet_dir(epoch) / "fleet.toml"
-        signed = OperatorSignedRecord.from_bytes((fleet_file.parent / RECORD_FILE).read_bytes())
-        return save_bundle(fleet_file, submit(self.witness_url(), signed))
-
-    def _provision_witness(self, port: int, fleet_id: bytes) -> None:
+    def _provision_witness(self, which: str, port: int, fleet_id: bytes) -> None:
         """The witness's own key and config; it vouches for this fleet id signed by the
         local operator key (a real witness is run by someone else)."""
-        self.witness_dir.mkdir(exist_ok=True)
+        folder = self.witness_dir(which)
+        folder.mkdir(exist_ok=True)
         key = Ed25519PrivateKey.generate()
-        key_file = self.witness_dir / "witness.key"
-        key_file.write_bytes(
-            key.private_bytes(
-                serialization.Encoding.PEM,
-                serialization.PrivateFormat.PKCS8,
-                serialization.NoEncryption(),
-            )
-        )
-        key_file.chmod(0o600)
+        write_new_file(folder / "witness.key", private_key_pem(key))
         write_toml(
-            self.witness_dir / "witness.toml",
+            folder / "witness.toml",
             {
-                "name": WITNESS_NAME,
+                "name": WITNESSES[which],
                 "listen": f"{HOST}:{port}",
                 "key_file": "witness.key",
                 "database": "witness.sqlite",
@@ -229,12 +245,12 @@ class LocalDeployment:
             },
         )
 
-    def witness_vkey(self) -> str:
+    def witness_vkey(self, which: str = "witness") -> str:
         key = serialization.load_pem_private_key(
-            (self.witness_dir / "witness.key").read_bytes(), password=None
+            (self.witness_dir(which) / "witness.key").read_bytes(), password=None
         )
         assert isinstance(key, Ed25519PrivateKey)
-        return Signer(WITNESS_NAME, key).verifier.vkey()
+        return Signer(WITNESSES[which], key).verifier.vkey()
 
     def _write_relay_config(
         self,
@@ -249,6 +265,7 @@ class LocalDeployment:
             "issuer": ISSUER,
             "audience": AUDIENCE,
             "operator_public_key": "operator.pub",
+            "signing_key": RELAY_KEY,
             "bundle_file": str(bundle_file.relative_to(self.root)),
             "witness_url": self.witness_url(),
             **(extra or {}),
@@ -261,56 +278,65 @@ class LocalDeployment:
         write_toml(self.root / "relay.toml", {"listen": f"{HOST}:{port}", "relay": relay})
 
     def write_client_config(self, fleet: FleetDescription, relay_url: str, account: str) -> None:
-        path = self.root / "client.toml"
-        write_toml(
-            path,
-            {
-                "relay_url": relay_url,
-                "account": account,
-                "token": self._token(account),
-                "fleet_id": fleet.fleet_id.hex(),
-                "fleet_public_key": fleet.hpke_public_key.hex(),
-                "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
-            },
-        )
-        path.chmod(0o600)
+        config = {
+            "relay_url": relay_url,
+            "account": account,
+            "token": self._token(account),
+            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            "fleet_id": fleet.fleet_id.hex(),
+            "fleet_public_key": fleet.hpke_public_key.hex(),
+            "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
+        }
+        replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
 
     def write_ota_client_config(
         self, fleet: FleetDescription, relay_url: str, account: str
     ) -> None:
         """A client that ships with the operator and witness keys only (no fleet keys)."""
-        path = self.root / "client-ota.toml"
         operator = self._operator_key().public_key()
-        write_toml(
-            path,
-            {
-                "trust": "ota",
-                "relay_url": relay_url,
-                "account": account,
-                "token": self._token(account),
-                "fleet_id": fleet.fleet_id.hex(),
-                "operator_public_key": operator.public_bytes_raw().hex(),
-                "witness_public_key": self.witness_vkey(),
-                "witness_name": WITNESS_NAME,
-                "state_file": "client-ota-state.json",
-            },
-        )
-        path.chmod(0o600)
+        config = {
+            "trust": "ota",
+            "relay_url": relay_url,
+            "account": account,
+            "token": self._token(account),
+            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            "fleet_id": fleet.fleet_id.hex(),
+            "operator_public_key": operator.public_bytes_raw().hex(),
+            "witness_public_key": self.witness_vkey(),
+            "witness_name": WITNESS_NAME,
+            "witness_url": self.witness_url(),
+            "witnesses": [
+                {"public_key": self.witness_vkey(w), "url": self.witness_url(w)}
+                for w in self.witnesses()[1:]
+            ],
+            "state_file": "client-ota-state.json",
+        }
+        replace_secret_file(self.root / "client-ota.toml", tomli_w.dumps(config).encode())
 
     def _token(self, account: str) -> str:
         return mint_token(
             self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
         )
 
+    def _fleet_token(self, account: str, fleet_id: bytes) -> str:
+        """The account's token for the nodes (only ever sent inside the seal)."""
+        return mint_token(
+            self._operator_key(),
+            account,
+            issuer=ISSUER,
+            audience=fleet_audience(fleet_id),
+            ttl_seconds=TOKEN_TTL,
+        )
+
     def _provision_node(self, fleet_dir: Path, epoch: int, index: int, port: int) -> bytes:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
-        pin_file = node_dir / "token.pin"
         pin = secrets.token_hex(8)
-        pin_file.write_text(pin)
-        pin_file.chmod(0o600)
+        write_new_file(node_dir / "token.pin", pin.encode())
         label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
-        token = init_softhsm_token(node_dir / "hsm", label, pin, pin + "so")
+        # The SO PIN is random and kept nowhere: a local token is never re-initialised
+        # (a rotation makes new ones), and no PIN here can be derived from another.
+        token = init_softhsm_token(node_dir / "hsm", label, pin, secrets.token_hex(16))
         assert token.softhsm2_conf is not None
         config = fleet_dir / f"node{index}.toml"
         write_toml(
@@ -338,7 +364,7 @@ class LocalDeployment:
 
     def _backupvault(self, args: list[str], node: int, epoch: int | None = None) -> str:
         done = subprocess.run(
-            [sys.executable, "-m", "backupvault", "--json", *args],
+            [sys.executable, "-I", "-m", "backupvault", "--json", *args],
             env=self._node_env(node, epoch),
             capture_output=True,
             text=True,
@@ -366,15 +392,26 @@ class LocalDeployment:
                 f"{fleet_dir} exists: a rotation to epoch {epoch} was started before",
                 hint=f"remove {fleet_dir} and run `local rotate` again",
             )
-        self.start_witness()
+        for which in self.witnesses():
+            self.start_witness(which)
         fleet = self._provision_fleet(fleet_dir, epoch, old.fleet_id, nodes or len(old.nodes))
         bundle = self._deploy_and_log(fleet_dir / "fleet.toml", epoch)
-        # Older bundles get a receipt against the new checkpoint, so that a client that has
-        # seen the new one can still verify them (a smaller checkpoint would be a rollback).
-        previous = [(self.fleet(e), self._refresh_bundle(e)) for e in reversed(self.epochs()[:-1])]
+        # Older bundles keep their first receipt: a client checks that their checkpoint is
+        # a prefix of the newest one it saw.
+        previous = [
+            (self.fleet(e), self.fleet_dir(e) / BUNDLE_FILE) for e in reversed(self.epochs()[:-1])
+        ]
         relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
         relay = relay_toml["relay"]
-        managed = {"nodes", "bundle_file", "witness_url", "previous_fleets", "issuer", "audience"}
+        managed = {
+            "nodes",
+            "bundle_file",
+            "witness_url",
+            "previous_fleets",
+            "issuer",
+            "audience",
+            "signing_key",
+        }
         kept = {k: v for k, v in relay.items() if k not in managed | {"operator_public_key"}}
         port = int(str(relay_toml["listen"]).rpartition(":")[2])
         self._write_relay_config(port, fleet, bundle, previous, kept)
@@ -402,7 +439,7 @@ class LocalDeployment:
         (self.root / "logs").mkdir(exist_ok=True)
         log = (self.root / "logs" / f"{name}.log").open("ab")
         process = subprocess.Popen(
-            [sys.executable, "-m", "backupvault", *args],
+            [sys.executable, "-I", "-m", "backupvault", *args],
             env=env,
             stdout=log,
             stderr=subprocess.STDOUT,
@@ -426,26 +463,24 @@ class LocalDeployment:
         processes[name] = {"pid": pid}
         self._save_processes(processes)
 
-    def start_witness(self) -> None:
+    def start_witness(self, which: str = "witness") -> None:
         processes = self._processes()
-        if _alive(processes.get("witness", {}).get("pid")):
+        if _alive(processes.get(which, {}).get("pid")):
             return
-        config = self.witness_dir / "witness.toml"
-        pid = self._spawn(
-            "witness", ["witness", "serve", "--config", str(config)], dict(os.environ)
-        )
-        processes["witness"] = {"pid": pid}
+        config = self.witness_dir(which) / "witness.toml"
+        pid = self._spawn(which, ["witness", "serve", "--config", str(config)], dict(os.environ))
+        processes[which] = {"pid": pid}
         self._save_processes(processes)
 
-    def _wait_witness(self, timeout: float = 30.0) -> None:
+    def _wait_witness(self, which: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if _healthy(f"{self.witness_url()}/v1/witness", ready=False):
+            if _healthy(f"{self.witness_url(which)}/v1/witness", ready=False):
                 return
             time.sleep(0.05)
         raise DeploymentError(
-            f"the witness did not start in {timeout:.0f} s",
-            hint=f"see {self.root / 'logs' / 'witness.log'}",
+            f"the witness {which} did not start in {timeout:.0f} s",
+            hint=f"see {self.root / 'logs' / f'{which}.log'}",
         )
 
     def start_relay(self) -> None:
@@ -470,8 +505,8 @@ class LocalDeployment:
     def up(self, nodes: int = 5, timeout: float = 60.0) -> None:
         if not self.provisioned():
             self.provision(nodes)
-        if (self.witness_dir / "witness.toml").exists():
-            self.start_witness()
+        for which in self.witnesses():
+            self.start_witness(which)
         for epoch in self.epochs():
             for index in range(self.node_count(epoch)):
                 self.start_node(index, epoch)
@@ -494,7 +529,7 @@ class LocalDeployment:
             ready = all(
                 info["healthy"]
                 for name, info in status.items()
-                if wanted is None or name in wanted or name in ("relay", "witness")
+                if wanted is None or name in wanted or name == "relay" or name in WITNESSES
             )
             if ready:
                 return
@@ -519,10 +554,10 @@ class LocalDeployment:
                     "epoch": epoch,
                     "healthy": _healthy(f"{node.url}/v1/health", ready=True),
                 }
-        if (self.witness_dir / "witness.toml").exists():
-            url = self.witness_url()
-            pid = processes.get("witness", {}).get("pid")
-            report["witness"] = {
+        for which in self.witnesses():
+            url = self.witness_url(which)
+            pid = processes.get(which, {}).get("pid")
+            report[which] = {
                 "pid": pid,
                 "running": _alive(pid),
                 "url": url,

@@ -51,6 +51,9 @@ def deployment_record(
         opaque_server_public_key=fleet.opaque_server_public_key,
         measurement=measurement,
         time=now,
+        relay_public_keys=fleet.relay_public_keys,
+        account_issuer=fleet.account_issuer,
+        account_issuer_public_key=fleet.account_issuer_public_key,
     )
 
 

@@ -4,9 +4,12 @@
 verify-deployment, for each fleet epoch the relay serves (or one bundle file): runs every
 check a client runs (`verify_bundle`), reporting each one, then asks each node of the
 record for `GET /v1/measurement` and compares the node's own measurement, fleet id and
-epoch with the record. The checkpoint is checked against the last one remembered in a
-state file (the same JSON as a client's OTA state: its "checkpoint" key), which is
-updated only when everything passed.
+epoch with the record. For the current fleet it also asks every witness given (the
+bundle's witness and any others) for the fleet's head (transparency/head.py) and checks
+that each names exactly this record as the latest, recently: two witnesses that were shown
+different records, or a record retired since, fail here. The checkpoint is checked
+against the last one remembered in a state file (the same JSON as a client's OTA state:
+its "checkpoint" key), which is updated only when everything passed.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +38,7 @@ from backupvault.transparency.errors import (
     BadNoteSignature,
     EpochReplayed,
     FleetMismatch,
+    HeadMismatch,
     InclusionProofInvalid,
     LogForked,
     LogRolledBack,
@@ -47,6 +52,7 @@ from backupvault.transparency.errors import (
     WitnessSignatureMissing,
     WrongOrigin,
 )
+from backupvault.transparency.head import DEFAULT_MAX_AGE, check_head, open_head
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 from backupvault.transparency.record import DeploymentRecord
 
@@ -174,6 +180,45 @@ class TrustInputs:
     witness: Verifier
     allowed_measurements: frozenset[bytes] | None = None
     fleet_id: bytes | None = None
+    #: (key, base URL) of each witness asked for the current fleet's head; the first
+    #: should be the bundle's witness.
+    witnesses: tuple[tuple[Verifier, str], ...] = ()
+    max_age: int = DEFAULT_MAX_AGE
+
+
+def check_heads(
+    report: FleetReport,
+    leaf: bytes,
+    trust: TrustInputs,
+    http: httpx.Client,
+    now: int,
+) -> None:
+    """One check per witness: its head for the fleet names this record, recently."""
+    record = report.record
+    assert record is not None
+    for verifier, url in trust.witnesses:
+        name = f"witness {verifier.name} head"
+        try:
+            answer = http.get(f"{url.rstrip('/')}/v1/head", params={"fleet": record.fleet_id.hex()})
+            if answer.status_code == 404:
+                raise HeadMismatch(f"{verifier.name} has logged no record of this fleet")
+            answer.raise_for_status()
+            head = open_head(answer.text, verifier)
+            check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=trust.max_age)
+        except httpx.HTTPError as err:
+            report.checks.append(Check(name, False, f"cannot ask the witness ({err})"))
+            continue
+        except TransparencyError as err:
+            report.checks.append(Check(name, False, err.message))
+            continue
+        report.checks.append(
+            Check(
+                name,
+                True,
+                f"names this record (epoch {head.epoch}, leaf {head.leaf_index}) in its tree of"
+                f" {head.checkpoint.size}, {now - head.time} s ago",
+            )
+        )
 
 
 def check_bundle(
@@ -263,10 +308,7 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
 
 def local_measurement(record: DeploymentRecord, package_dir: Path | None = None) -> bytes:
     """This machine's package measured with the record's configuration."""
-    config = FirmwareConfig(
-        record.guess_limit, record.quorum, len(record.nodes), record.fleet_public_key.kem
-    )
-    return combine(measure_package(package_dir), config)
+    return combine(measure_package(package_dir), FirmwareConfig.of_record(record))
 
 
 def verify_deployment(
@@ -325,6 +367,9 @@ def verify_deployment(
         report, checkpoint = check_bundle(
             bundle, source, trust, last, fetcher, accepted if is_current else None
         )
+        if report.ok and report.record is not None and is_current and trust.witnesses:
+            signed = FleetBundle.from_bytes(bundle).signed_record
+            check_heads(report, signed, trust, client, int(time.time()))
         if report.ok and report.record is not None and check_node_measurements:
             check_nodes(report, client)
         if checkpoint is not None and (newest is None or checkpoint.size > newest.size):

@@ -1,20 +1,35 @@
 """The authenticated, encrypted channel between the nodes of one fleet.
 
 Each node has an X25519 identity key, listed in the deployment record. Two nodes share a
-pairwise key derived from their static Diffie-Hellman secret, so a message opens only at
-its receiver and proves its sender. Paxos tolerates delayed and duplicated messages, so
-the channel needs no replay window; the AAD names sender and receiver so a message cannot
-be reflected back or redirected.
+pairwise key per fleet epoch, derived from their static Diffie-Hellman secret, so a
+message opens only at its receiver, proves its sender, and is refused by the nodes of any
+other epoch (a rotation makes every older message useless):
 
-    envelope = sender (u16) || receiver (u16) || nonce (12) || AES-256-GCM(k, nonce, msg, aad)
+    envelope = sender (u16) || receiver (u16) || epoch (u64) || sent (u64, unix ms)
+               || nonce (12, random) || AES-256-GCM(k, nonce, msg, aad)
     k        = HKDF-SHA256(ikm = X25519(mine, theirs), salt = fleet_id,
-                           info = "backupvault/v1 peer " || u16(min id) || u16(max id))
-    aad      = "backupvault/v1 peer message" || fleet_id || sender (u16) || receiver (u16)
+                           info = "backupvault/v2 peer " || u16(min id) || u16(max id)
+                                  || u64(epoch))
+    aad      = "backupvault/v2 peer message" || fleet_id || the 20 header bytes
+
+The header (sender, receiver, epoch, send time) is authenticated, so a message cannot be
+reflected, redirected, moved to another epoch or re-dated. Replays are refused with a
+window: a message sent more than `WINDOW` seconds before (or after) the receiver's clock
+is refused, and within the window each (sender, nonce) opens once (a seen-nonce cache of
+authenticated messages only, pruned as they leave the window). Nodes need clocks within
+a few seconds of each other (NTP).
+
+Paxos itself tolerates duplicates; the window is here because some messages cost work: a
+replayed `SyncRequest` would make a node send its store again. Beyond the replay window,
+`SyncRequest`s are limited per peer (`PeerRateLimit`: a token bucket), so even a
+compromised peer cannot make another node dump its store in a loop.
 """
 
 from __future__ import annotations
 
 import struct
+import time
+from collections import deque
 from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -25,9 +40,51 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.codec import Message, decode_any
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.fleet.messages import SyncRequest
 
-_HEADER = struct.Struct(">HH")
+_HEADER = struct.Struct(">HHQQ")
+_PAIR = struct.Struct(">HH")
 _NONCE = 12
+_TAG = 16
+#: How far a message's send time may be from the receiver's clock (seconds).
+WINDOW = 30.0
+#: Authenticated nonces remembered per sender inside the window; beyond it the sender is
+#: refused until older ones expire (a flood from a peer must not exhaust memory).
+MAX_SEEN_PER_PEER = 1_000_000
+
+
+class PeerRateLimited(InvalidInput):
+    """A peer asked for costly work (a store sync) too often."""
+
+
+class PeerRateLimit:
+    """A token bucket per peer: `burst` requests at once, then `per_second`."""
+
+    def __init__(self, per_second: float = 0.5, burst: int = 5) -> None:
+        self.per_second = per_second
+        self.burst = burst
+        self._buckets: dict[int, tuple[float, float]] = {}  # peer -> (tokens, at)
+
+    def allow(self, peer: int, now: float) -> bool:
+        tokens, at = self._buckets.get(peer, (float(self.burst), now))
+        tokens = min(float(self.burst), tokens + max(0.0, now - at) * self.per_second)
+        if tokens < 1.0:
+            self._buckets[peer] = (tokens, now)
+            return False
+        self._buckets[peer] = (tokens - 1.0, now)
+        return True
+
+
+class _ReplayWindow:
+    """The (nonce, sent) pairs of one sender's authenticated messages inside the window."""
+
+    def __init__(self) -> None:
+        self.seen: set[bytes] = set()
+        self.order: deque[tuple[float, bytes]] = deque()
+
+    def prune(self, oldest: float) -> None:
+        while self.order and self.order[0][0] < oldest:
+            self.seen.discard(self.order.popleft()[1])
 
 
 class PeerChannel:
@@ -38,10 +95,18 @@ class PeerChannel:
         peer_keys: dict[int, bytes],
         fleet_id: bytes,
         rng: Callable[[int], bytes],
+        *,
+        epoch: int = 0,
+        clock: Callable[[], float] = time.time,
+        sync_limit: PeerRateLimit | None = None,
     ) -> None:
         self.node = node
+        self.epoch = epoch
         self._fleet_id = fleet_id
         self._rng = rng
+        self._clock = clock
+        self._sync_limit = PeerRateLimit() if sync_limit is None else sync_limit
+        self._windows: dict[int, _ReplayWindow] = {}
         private = X25519PrivateKey.from_private_bytes(identity_key)
         self._keys: dict[int, AESGCM] = {}
         for peer, public in peer_keys.items():
@@ -55,35 +120,57 @@ class PeerChannel:
                 hashes.SHA256(),
                 32,
                 salt=fleet_id,
-                info=b"backupvault/v1 peer " + _HEADER.pack(low, high),
+                info=b"backupvault/v2 peer " + _PAIR.pack(low, high) + struct.pack(">Q", epoch),
             ).derive(shared)
             self._keys[peer] = AESGCM(key)
+            self._windows[peer] = _ReplayWindow()
 
-    def _aad(self, sender: int, receiver: int) -> bytes:
-        return b"backupvault/v1 peer message" + self._fleet_id + _HEADER.pack(sender, receiver)
+    def _aad(self, header: bytes) -> bytes:
+        return b"backupvault/v2 peer message" + self._fleet_id + header
 
     def seal(self, to: int, message: Message) -> bytes:
         nonce = self._rng(_NONCE)
-        header = _HEADER.pack(self.node, to)
-        return (
-            header
-            + nonce
-            + self._keys[to].encrypt(nonce, message.to_bytes(), self._aad(self.node, to))
-        )
+        sent = int(self._clock() * 1000)
+        header = _HEADER.pack(self.node, to, self.epoch, sent)
+        return header + nonce + self._keys[to].encrypt(nonce, message.to_bytes(), self._aad(header))
 
     def open(self, envelope: bytes, choices: Iterable[type[Message]]) -> tuple[int, Message]:
-        if len(envelope) < _HEADER.size + _NONCE + 16:
+        if len(envelope) < _HEADER.size + _NONCE + _TAG:
             raise InvalidInput("peer message too short")
-        sender, receiver = _HEADER.unpack_from(envelope)
+        sender, receiver, epoch, sent_ms = _HEADER.unpack_from(envelope)
         if receiver != self.node or sender not in self._keys:
             raise AuthenticationFailed(f"peer message from {sender} to {receiver} is not for us")
+        if epoch != self.epoch:
+            raise AuthenticationFailed(
+                f"peer message from node {sender} is for epoch {epoch}; this node is at epoch"
+                f" {self.epoch}"
+            )
+        header = envelope[: _HEADER.size]
         nonce = envelope[_HEADER.size : _HEADER.size + _NONCE]
         try:
             plaintext = self._keys[sender].decrypt(
-                nonce, envelope[_HEADER.size + _NONCE :], self._aad(sender, receiver)
+                nonce, envelope[_HEADER.size + _NONCE :], self._aad(header)
             )
         except InvalidTag:
             raise AuthenticationFailed(
                 f"peer message claiming to be from {sender} is forged"
             ) from None
-        return sender, decode_any(plaintext, choices)
+        now = self._clock()
+        sent = sent_ms / 1000
+        if abs(now - sent) > WINDOW:
+            raise AuthenticationFailed(
+                f"peer message from node {sender} was sent {now - sent:.0f} s from now, outside"
+                f" the {WINDOW:.0f} s window (a replay, or the clocks differ: check NTP)"
+            )
+        window = self._windows[sender]
+        window.prune(now - WINDOW)
+        if nonce in window.seen:
+            raise AuthenticationFailed(f"peer message from node {sender} is a replay")
+        if len(window.seen) >= MAX_SEEN_PER_PEER:
+            raise PeerRateLimited(f"node {sender} sends more messages than the window holds")
+        message = decode_any(plaintext, choices)
+        if isinstance(message, SyncRequest) and not self._sync_limit.allow(sender, now):
+            raise PeerRateLimited(f"node {sender} asks for store syncs too often")
+        window.seen.add(nonce)
+        window.order.append((max(sent, now), nonce))
+        return sender, message

@@ -1,6 +1,9 @@
 """The key ceremony: the fleet's shared secrets are made once and reach each node only
-encrypted to that node's identity key (HPKE, X25519), so they never sit anywhere in the
-clear. The node then seals them under its PKCS#11 token and deletes the transfer copy.
+encrypted to that node's identity key (HPKE, X25519), so they are never written anywhere
+in the clear. They are in the clear in the memory of the process that makes them (the
+ceremony machine must be trusted while it runs) and of each node that uses them. The node
+seals them under its PKCS#11 token and deletes its transfer copy; the copies the ceremony
+wrote (`fleet ceremony --out`) stay until the operator deletes them (docs/operations.md).
 
     transfer = HPKE-Seal(pk = node identity key, info = "backupvault/v1 ceremony" || fleet_id
                          || u16(node), plaintext = codec(FleetSecrets))

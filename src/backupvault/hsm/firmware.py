@@ -9,6 +9,7 @@ that pays for it (the guess) is durable on a majority.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
 from backupvault.crypto.seal import FleetPrivateKey, ResponseKey, open_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.hsm.state import MAX_GUESS_LIMIT, EntryId, EntryState
+from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, MAX_GUESS_LIMIT, EntryId, EntryState
 from backupvault.hsm.tickets import (
     GRANT_LIFETIME_SECONDS,
     TICKET_LIFETIME_SECONDS,
@@ -30,7 +31,9 @@ from backupvault.hsm.tickets import (
     TicketSealer,
 )
 from backupvault.protocol import (
+    MAX_ERROR_DETAIL,
     REQUEST_TYPES,
+    AuthorizedRequest,
     DeleteRequest,
     DeleteResponse,
     EntryStatus,
@@ -47,9 +50,11 @@ from backupvault.protocol import (
     RegisterStartResponse,
     StatusRequest,
     StatusResponse,
+    is_valid_name,
     opaque_context,
     release_key,
 )
+from backupvault.tokens import TokenRejected, TokenVerifier, fleet_audience
 
 WRAPPED_ROOT_KEY_LEN = 12 + 32 + 16  # nonce || AES-256-GCM(root key)
 
@@ -84,7 +89,7 @@ class Update:
 
 
 def _error(code: ErrorCode, detail: str, remaining: int = 0) -> ErrorResponse:
-    return ErrorResponse(str(code), detail, remaining)
+    return ErrorResponse(str(code), detail[:MAX_ERROR_DETAIL], remaining)
 
 
 def credential_identifier(account: str, entry: str, nonce: bytes) -> bytes:
@@ -95,9 +100,26 @@ def credential_identifier(account: str, entry: str, nonce: bytes) -> bytes:
 
 
 class VaultFirmware:
-    def __init__(self, secrets: FleetSecrets, rng: Callable[[int], bytes]) -> None:
+    """`accounts` checks fleet tokens: the account issuer's key, and the audience
+    `fleet_audience(fleet_id)`. `guess_limit`: the fleet's measured limit, the most an
+    entry may ask for."""
+
+    def __init__(
+        self,
+        secrets: FleetSecrets,
+        rng: Callable[[int], bytes],
+        accounts: TokenVerifier,
+        *,
+        guess_limit: int = MAX_GUESS_LIMIT,
+    ) -> None:
+        if accounts.audience != fleet_audience(secrets.fleet_id):
+            raise InvalidInput("the fleet token verifier must expect this fleet's audience")
         self.fleet_id = secrets.fleet_id
+        self._accounts = accounts
         self._rng = rng
+        #: The fleet's measured guess limit (its deployment record): an entry may ask for
+        #: fewer guesses, never more.
+        self.guess_limit = guess_limit
         self._hpke_key = FleetPrivateKey.from_bytes(secrets.hpke_private_key)
         self._setup = opaque.ServerSetup(
             oprf_seed=secrets.oprf_seed,
@@ -106,20 +128,39 @@ class VaultFirmware:
         )
         self._tickets = TicketSealer(secrets.ticket_key, rng)
         self._context = opaque_context(secrets.fleet_id)
+        # What a fake record's KE2 names: the parameters new registrations use by default.
+        self._fake_ksf_params = ksf.DEFAULT_ARGON2ID.to_bytes()
 
     # ---- the sealed channel ------------------------------------------------------------
 
     def open(
-        self, op: Op, account: str, entry: str, sealed: bytes
+        self, op: Op, account: str, entry: str, sealed: bytes, now: float
     ) -> tuple[Message, ResponseKey] | ErrorResponse:
-        """Open a sealed request. The relay asserts (account, entry); a request whose
-        sealed names differ is refused, so a relay cannot point one account's request
-        at another's entry."""
+        """Open a sealed request and check who asked. The relay asserts (account, entry);
+        the seal carries the account's fleet token, which the relay never sees: the
+        request goes ahead only if that token verifies, names `account`, and the sealed
+        names match the relay's (so a relay can neither act for an account on its own
+        nor point one account's request at another's entry)."""
+        if not (is_valid_name(account) and is_valid_name(entry)):
+            raise InvalidInput("account and entry must be valid names")
         body, response_key = open_request(self._hpke_key, self.fleet_id, str(op), sealed)
-        request = REQUEST_TYPES[op].from_bytes(body)
+        authorized = AuthorizedRequest.from_bytes(body)
+        try:
+            token_account = self._accounts.verify(authorized.fleet_token, now=now)
+        except TokenRejected as err:
+            return _error(ErrorCode.UNAUTHORIZED, f"fleet token refused: {err.message}")
+        request = REQUEST_TYPES[op].from_bytes(authorized.request)
         inner = (getattr(request, "account"), getattr(request, "entry"))  # noqa: B009
-        if not (hmac.compare_digest(inner[0], account) and hmac.compare_digest(inner[1], entry)):
-            return _error(ErrorCode.MISMATCH, "sealed account/entry differ from the relay's")
+        if not (is_valid_name(inner[0]) and is_valid_name(inner[1])):
+            raise InvalidInput("sealed account and entry must be valid names")
+        same = hmac.compare_digest(inner[0].encode(), account.encode())
+        same &= hmac.compare_digest(inner[1].encode(), entry.encode())
+        same &= hmac.compare_digest(token_account.encode(), account.encode())
+        if not same:
+            return _error(
+                ErrorCode.MISMATCH,
+                "the sealed account/entry or the fleet token differ from the relay's",
+            )
         return request, response_key
 
     # ---- operations ------------------------------------------------------------------
@@ -136,7 +177,7 @@ class VaultFirmware:
                 case Op.RECOVER_FINISH, RecoverFinishRequest():
                     return self._recover_finish(request, now)
                 case Op.DELETE, DeleteRequest():
-                    return self._delete(request)
+                    return self._delete(request, now)
                 case Op.STATUS, StatusRequest():
                     return self._status(request)
         except TicketExpired as err:
@@ -166,8 +207,11 @@ class VaultFirmware:
         ksf.Argon2idParams.from_bytes(request.ksf_params)
         if len(request.wrapped_root_key) != WRAPPED_ROOT_KEY_LEN:
             raise InvalidInput("wrapped root key has the wrong length")
-        if not 1 <= request.guess_limit <= MAX_GUESS_LIMIT:
-            raise InvalidInput(f"guess limit must be between 1 and {MAX_GUESS_LIMIT}")
+        if not 1 <= request.guess_limit <= min(self.guess_limit, MAX_GUESS_LIMIT):
+            raise InvalidInput(
+                f"guess limit must be between 1 and {min(self.guess_limit, MAX_GUESS_LIMIT)}"
+                " (this fleet's measured limit)"
+            )
         grant = None
         if op is Op.CHANGE_PASSWORD:
             grant = self._tickets.open(Grant, request.grant, now)
@@ -180,11 +224,7 @@ class VaultFirmware:
                     ErrorCode.ALREADY_REGISTERED,
                     "this entry already holds a key; recover it to change the password",
                 )
-            if grant is not None and not (
-                state.status == EntryStatus.LIVE
-                and state.generation == grant.generation
-                and state.success_seq == grant.success_seq == state.attempt_seq
-            ):
+            if grant is not None and not _grant_is_current(grant, state):
                 return state, lambda: _error(
                     ErrorCode.STALE_ATTEMPT,
                     "the entry changed since your recovery; recover again, then retry",
@@ -208,18 +248,40 @@ class VaultFirmware:
 
     def _recover_start(self, request: RecoverStartRequest, now: float) -> Update:
         ke1 = opaque.KE1.from_bytes(request.ke1)
-        account, entry = request.account, request.entry
+        ke1_hash = hashlib.sha256(request.ke1).digest()
+        account, entry, client_time = request.account, request.entry, request.client_time_ms
+        if not 0 <= client_time < 1 << 63:
+            raise InvalidInput("client time out of range")
 
         def apply(state: EntryState) -> tuple[EntryState, Callable[[], Message]]:
             if state.status == EntryStatus.EMPTY:
-                return state, lambda: _error(ErrorCode.NOT_REGISTERED, "no key is stored here")
+                # Answer as for a registered entry (RFC 9807 §10.9): a fake record's KE2,
+                # the same size, so the relay cannot tell; recover-finish says not found.
+                return state, lambda: self._evaluate(account, entry, ke1, state, now)
             if state.status == EntryStatus.DESTROYED:
                 return state, _destroyed
+            if state.attempt_seq > state.success_seq and hmac.compare_digest(
+                state.attempt_ke1_hash, ke1_hash
+            ):
+                # A resend of the latest open attempt's KE1 (its answer was lost): the same
+                # evaluation again reveals nothing new, so it is not charged again.
+                return state, lambda: self._evaluate(account, entry, ke1, state, now)
+            if client_time <= state.attempt_client_time_ms:
+                # Older than the latest attempt: a replay (the relay may resend any sealed
+                # request it saw), or a device whose clock is behind. Never charged.
+                return state, lambda: _error(
+                    ErrorCode.STALE_ATTEMPT,
+                    "a later attempt was already made; check this device's clock, then retry",
+                    state.guesses_remaining,
+                )
             if state.attempts_used >= state.guess_limit:
                 # Every guess was spent without a success: destroy instead of evaluating.
                 return state.destroyed(), _destroyed
             counted = state.changed(
-                attempts_used=state.attempts_used + 1, attempt_seq=state.attempt_seq + 1
+                attempts_used=state.attempts_used + 1,
+                attempt_seq=state.attempt_seq + 1,
+                attempt_ke1_hash=ke1_hash,
+                attempt_client_time_ms=client_time,
             )
             return counted, lambda: self._evaluate(account, entry, ke1, counted, now)
 
@@ -228,24 +290,32 @@ class VaultFirmware:
     def _evaluate(
         self, account: str, entry: str, ke1: opaque.KE1, state: EntryState, now: float
     ) -> RecoverStartResponse:
-        """Runs only after the guess that pays for it is committed."""
+        """Runs only after the guess that pays for it is committed (or, for a resend of the
+        latest attempt's KE1, after the state that already paid for it is read back)."""
+        live = state.status == EntryStatus.LIVE
+        assert not live or state.attempt_seq > state.success_seq, "evaluating an unpaid attempt"
         server_state, ke2 = opaque.server_login_start(
             self._setup,
-            opaque.RegistrationRecord.from_bytes(state.record),
+            opaque.RegistrationRecord.from_bytes(state.record) if live else None,
             ke1,
-            credential_identifier(account, entry, state.registration_nonce),
+            credential_identifier(account, entry, state.registration_nonce if live else b""),
             context=self._context,
         )
         ticket = RecoveryTicket(
             account,
             entry,
-            state.attempt_seq,
+            state.attempt_seq if live else 0,
             server_state.expected_client_mac,
             server_state.session_key,
             int(now) + TICKET_LIFETIME_SECONDS,
         )
+        ksf_params = state.ksf_params if live else self._fake_ksf_params
         return RecoverStartResponse(
-            ke2.to_bytes(), state.ksf_params, self._tickets.seal(ticket), state.guesses_remaining
+            ke2.to_bytes(),
+            ksf_params,
+            self._tickets.seal(ticket),
+            state.guesses_remaining if live else DEFAULT_GUESS_LIMIT - 1,
+            state.guess_limit if live else DEFAULT_GUESS_LIMIT,
         )
 
     def _recover_finish(self, request: RecoverFinishRequest, now: float) -> Update:
@@ -259,6 +329,9 @@ class VaultFirmware:
         def apply(state: EntryState) -> tuple[EntryState, Callable[[], Message]]:
             if state.status == EntryStatus.DESTROYED:
                 return state, _destroyed
+            if state.status == EntryStatus.EMPTY or seq == 0:
+                # The KE2 came from a fake record (seq 0 is never a real attempt).
+                return state, _not_registered
             current = state.status == EntryStatus.LIVE and state.attempt_seq == seq
             if not current or state.success_seq >= seq:
                 return state, lambda: _error(
@@ -296,12 +369,26 @@ class VaultFirmware:
         )
         return RecoverFinishResponse(sealed, self._tickets.seal(grant))
 
-    def _delete(self, request: DeleteRequest) -> Update:
+    def _delete(self, request: DeleteRequest, now: float) -> Update:
+        grant = self._tickets.open(Grant, request.grant, now) if request.grant else None
+        if grant is not None and (grant.account, grant.entry) != (request.account, request.entry):
+            raise InvalidInput("grant is for another entry")
+
         def apply(state: EntryState) -> tuple[EntryState, Callable[[], Message]]:
-            # Secrets overwritten as for a destroyed entry, but the owner may register anew.
-            new = state
-            if state.status == EntryStatus.LIVE:
-                new = state.destroyed().changed(status=EntryStatus.EMPTY, attempts_used=0)
+            if state.status == EntryStatus.EMPTY:
+                return state, _not_registered
+            if state.status == EntryStatus.LIVE and not _grant_is_current(grant, state):
+                # A live key is deleted only by whoever just proved the password: neither
+                # the relay nor anyone holding only the account's tokens can.
+                return state, lambda: _error(
+                    ErrorCode.STALE_ATTEMPT if grant is not None else ErrorCode.UNAUTHORIZED,
+                    "deleting a live key needs a recent successful recovery; recover, then retry",
+                    state.guesses_remaining,
+                )
+            # Secrets overwritten as for a destroyed entry, counters kept, so no stale
+            # replica brings the old key back; the owner may register anew. A destroyed
+            # entry has nothing left to protect: the fleet token alone clears it.
+            new = state.destroyed().changed(status=EntryStatus.EMPTY, attempts_used=0)
             return new, lambda: DeleteResponse(new.version)
 
         return Update(EntryId.of(request.account, request.entry).to_bytes(), apply)
@@ -313,6 +400,20 @@ class VaultFirmware:
             )
 
         return Update(EntryId.of(request.account, request.entry).to_bytes(), apply)
+
+
+def _grant_is_current(grant: Grant | None, state: EntryState) -> bool:
+    """The grant answers this registration's latest attempt, and nothing happened since."""
+    return (
+        grant is not None
+        and state.status == EntryStatus.LIVE
+        and state.generation == grant.generation
+        and state.success_seq == grant.success_seq == state.attempt_seq
+    )
+
+
+def _not_registered() -> ErrorResponse:
+    return _error(ErrorCode.NOT_REGISTERED, "no key is stored here")
 
 
 def _destroyed() -> ErrorResponse:

@@ -43,6 +43,10 @@ class EntryState(Message):
     attempt_seq: int = 0
     success_seq: int = 0
     version: int = 0
+    #: SHA-256 of the latest attempt's KE1: a resend of it is answered without a new charge.
+    attempt_ke1_hash: bytes = b""
+    #: The client's clock at the latest attempt: an older recover-start (a replay) is refused.
+    attempt_client_time_ms: int = 0
 
     @property
     def guesses_remaining(self) -> int:
@@ -63,4 +67,5 @@ class EntryState(Message):
             ksf_params=b"",
             wrapped_root_key=b"",
             attempts_used=self.guess_limit,
+            attempt_ke1_hash=b"",
         )

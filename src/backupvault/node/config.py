@@ -5,7 +5,10 @@
     index = 0                                guess_limit = 10
     listen = "127.0.0.1:7101"                hpke_public_key = "<hex>"
     data_dir = "node0"                       opaque_server_public_key = "<hex>"
-    fleet_file = "fleet.toml"                epoch = 1               # `fleet deploy`
+    fleet_file = "fleet.toml"                relay_public_keys = ["<hex>"]  # Ed25519
+                                             account_issuer = "<iss of tokens>"
+                                             account_issuer_public_key = "<hex>"
+                                             epoch = 1               # `fleet deploy`
                                              measurement = "<hex>"   # `fleet deploy`
                                              [[nodes]]
     [token]                                  index = 0
@@ -49,6 +52,13 @@ def _hex(value: Any, what: str) -> bytes:
         raise InvalidInput(f"{what} must be hexadecimal") from None
 
 
+def _key(value: Any, what: str) -> bytes:
+    key = _hex(value, what)
+    if len(key) != 32:
+        raise InvalidInput(f"{what}: an Ed25519 public key is 64 hex digits")
+    return key
+
+
 def write_toml(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(tomli_w.dumps(data))
@@ -69,6 +79,12 @@ class FleetDescription:
     hpke_public_key: bytes
     opaque_server_public_key: bytes
     nodes: tuple[FleetNode, ...]
+    #: Ed25519 keys of the relays whose signed requests the nodes answer (docs/relay.md).
+    relay_public_keys: tuple[bytes, ...]
+    #: Who issues account tokens, and its Ed25519 key: the firmware checks the fleet token
+    #: inside every sealed request against it.
+    account_issuer: str
+    account_issuer_public_key: bytes
     #: Set by `backupvault fleet deploy`: the deployment record's epoch and firmware
     #: measurement, which every node checks against its own at start.
     epoch: int | None = None
@@ -81,7 +97,15 @@ class FleetDescription:
     def firmware_config(self) -> FirmwareConfig:
         """The security-relevant configuration that the firmware measurement covers."""
         kem = FleetPublicKey.from_bytes(self.hpke_public_key).kem
-        return FirmwareConfig(self.guess_limit, self.quorum, len(self.nodes), kem)
+        return FirmwareConfig(
+            self.guess_limit,
+            self.quorum,
+            len(self.nodes),
+            kem,
+            self.relay_public_keys,
+            self.account_issuer,
+            self.account_issuer_public_key,
+        )
 
     def measure(self, package_dir: Path | None = None) -> bytes:
         """The firmware measurement of the package at `package_dir` (default: the code
@@ -102,6 +126,9 @@ class FleetDescription:
                 _hex(data["hpke_public_key"], "hpke_public_key"),
                 _hex(data["opaque_server_public_key"], "opaque_server_public_key"),
                 nodes,
+                tuple(_key(k, "relay_public_keys") for k in data["relay_public_keys"]),
+                str(data["account_issuer"]),
+                _key(data["account_issuer_public_key"], "account_issuer_public_key"),
                 None if "epoch" not in data else int(data["epoch"]),
                 None if "measurement" not in data else _hex(data["measurement"], "measurement"),
             )
@@ -122,6 +149,9 @@ class FleetDescription:
                 "guess_limit": self.guess_limit,
                 "hpke_public_key": self.hpke_public_key.hex(),
                 "opaque_server_public_key": self.opaque_server_public_key.hex(),
+                "relay_public_keys": [k.hex() for k in self.relay_public_keys],
+                "account_issuer": self.account_issuer,
+                "account_issuer_public_key": self.account_issuer_public_key.hex(),
                 "nodes": [
                     {
                         "index": n.index,

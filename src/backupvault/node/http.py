@@ -14,6 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.hop import HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import Op, check_name
 
@@ -27,8 +28,26 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
 
 
-def create_app(service: NodeService, measurement: Mapping[str, Any] | None = None) -> Starlette:
-    """`measurement`: what `GET /v1/measurement` answers (the node's own firmware
+async def _read_capped(request: Request, limit: int) -> bytes | None:
+    """The body, or None as soon as it grows past `limit` (the rest is never read)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+        return None
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(
+    service: NodeService, hop: HopVerifier, measurement: Mapping[str, Any] | None = None
+) -> Starlette:
+    """`hop` checks that a client request comes from a relay the fleet lists;
+    `measurement`: what `GET /v1/measurement` answers (the node's own firmware
     measurement, fleet id and epoch; see node.main.check_measurement)."""
 
     async def client(request: Request) -> Response:
@@ -43,9 +62,14 @@ def create_app(service: NodeService, measurement: Mapping[str, Any] | None = Non
             check_name("entry", entry)
         except InvalidInput as err:
             return _error(400, "bad_request", err.message)
-        body = await request.body()
-        if len(body) > MAX_BODY:
+        body = await _read_capped(request, MAX_BODY)
+        if body is None:
             return _error(413, "too_large", f"sealed requests are at most {MAX_BODY} bytes")
+        try:
+            hop.verify(request.headers, str(op), account, entry, body)
+        except HopRefused as err:
+            log.warning("client %s refused: %s", op, err.message)
+            return _error(401, "relay_signature", err.message)
         answer = await service.client_request(op, account, entry, body)
         log.info("client %s account=%s status=%d", op, account, answer.status)
         if answer.status == 200:
@@ -53,8 +77,8 @@ def create_app(service: NodeService, measurement: Mapping[str, Any] | None = Non
         return _error(answer.status, answer.error, answer.detail)
 
     async def peer(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_PEER_BODY:
+        body = await _read_capped(request, MAX_PEER_BODY)
+        if body is None:
             return _error(413, "too_large", "peer message too large")
         try:
             service.peer_message(body)

@@ -16,11 +16,13 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import BackupVaultError
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
+from backupvault.hop import HopVerifier
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
@@ -29,7 +31,14 @@ from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.node.token import SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
-from backupvault.transparency.measure import combine, default_package_dir, measure_package
+from backupvault.tokens import TokenVerifier, fleet_audience
+from backupvault.transparency.measure import (
+    check_isolated,
+    combine,
+    default_package_dir,
+    measure_environment,
+    measure_package,
+)
 
 log = logging.getLogger("backupvault.node")
 
@@ -48,11 +57,14 @@ class MeasurementMismatch(BackupVaultError):
 
 
 def check_measurement(config: NodeConfig, fleet: FleetDescription) -> dict[str, object]:
-    """Measure the code running now with the fleet's configuration; refuse to join a fleet
-    whose deployment record (its `measurement` in fleet.toml) names another measurement.
+    """Measure the code running now (the package, the interpreter, the dependencies and
+    .pth files: transparency/measure.py) with the fleet's configuration; refuse to start
+    when code no measurement covers could run (UnmeasuredCode), or when the fleet's
+    deployment record (its `measurement` in fleet.toml) names another measurement.
     Returns what `GET /v1/measurement` serves."""
     package = measure_package()
-    own = combine(package, fleet.firmware_config())
+    environment = measure_environment()
+    own = combine(package, fleet.firmware_config(), environment.digest)
     if fleet.measurement is not None and own != fleet.measurement:
         message = (
             f"node {config.index} refuses to join fleet {fleet.fleet_id.hex()} epoch"
@@ -78,6 +90,7 @@ def check_measurement(config: NodeConfig, fleet: FleetDescription) -> dict[str, 
         "epoch": fleet.epoch,
         "measurement": own.hex(),
         "package_digest": package.hex(),
+        **environment.describe(),
         "expected_measurement": None if fleet.measurement is None else fleet.measurement.hex(),
     }
 
@@ -180,12 +193,18 @@ def build_service(config: NodeConfig) -> NodeService:
         {n.index: n.identity_public_key for n in fleet.nodes},
         fleet.fleet_id,
         os.urandom,
+        epoch=fleet.epoch or 0,
     )
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    accounts = TokenVerifier(
+        Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),
+        issuer=fleet.account_issuer,
+        audience=fleet_audience(fleet.fleet_id),
+    )
     return NodeService(
         config.index,
         {n.index: n.url for n in fleet.nodes},
-        VaultFirmware(keys.fleet, os.urandom),
+        VaultFirmware(keys.fleet, os.urandom, accounts, guess_limit=fleet.guess_limit),
         channel,
         store,
     )
@@ -200,6 +219,9 @@ def serve(config_path: Path) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer message is noise
     # Before any secret is unsealed: a node with other code does not join the fleet.
-    measurement = check_measurement(config, FleetDescription.load(config.fleet_file))
-    app = create_app(build_service(config), measurement=measurement)
+    check_isolated()
+    fleet = FleetDescription.load(config.fleet_file)
+    measurement = check_measurement(config, fleet)
+    hop = HopVerifier(config.index, fleet.relay_public_keys)
+    app = create_app(build_service(config), hop, measurement=measurement)
     uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)

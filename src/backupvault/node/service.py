@@ -31,7 +31,13 @@ from backupvault.fleet.replica import (
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryState
 from backupvault.node.store import NodeStore
-from backupvault.protocol import ErrorCode, ErrorResponse, Op, RecoverStartResponse
+from backupvault.protocol import (
+    ErrorCode,
+    ErrorResponse,
+    Op,
+    RecoverStartResponse,
+    pad_response,
+)
 
 log = logging.getLogger("backupvault.node")
 
@@ -107,15 +113,16 @@ class NodeService:
         if not self.replica.ready:
             return ClientAnswer(503, error="node_not_ready", detail="node is catching up")
         try:
-            opened = self._firmware.open(op, account, entry, sealed)
+            opened = self._firmware.open(op, account, entry, sealed, self._wall_clock())
         except (InvalidInput, AuthenticationFailed) as err:
             return ClientAnswer(400, error="bad_sealed_request", detail=err.message)
         if isinstance(opened, ErrorResponse):
-            return ClientAnswer(403, error="mismatch", detail=opened.detail)
+            return ClientAnswer(403, error=opened.code, detail=opened.detail)
         request, response_key = opened
         action = self._firmware.handle(op, request, self._wall_clock())
         if isinstance(action, Reply):
-            return ClientAnswer(200, response_key.seal(action.response.to_bytes()))
+            sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
+            return ClientAnswer(200, sealed)
         result = await self._commit(action)
         if isinstance(result, Failed):
             self.metrics["fleet_unavailable"] += 1
@@ -130,7 +137,7 @@ class NodeService:
         reply = build_reply()
         if isinstance(reply, RecoverStartResponse):
             self.metrics["evaluations"] += 1
-        return ClientAnswer(200, response_key.seal(reply.to_bytes()))
+        return ClientAnswer(200, response_key.seal(pad_response(op, reply.to_bytes())))
 
     async def _commit(self, update: Update) -> Committed | Failed:
         op_id = os.urandom(16)

@@ -8,7 +8,9 @@ never imports the node, `hsm` or any node secret. See docs/relay.md.
 from __future__ import annotations
 
 from backupvault.relay.app import create_app, serve
-from backupvault.relay.auth import (
+from backupvault.relay.config import RelayConfig, config_from_mapping, load_config
+from backupvault.relay.ratelimit import RateLimiter
+from backupvault.tokens import (
     TokenRejected,
     TokenVerifier,
     generate_operator_key,
@@ -19,8 +21,6 @@ from backupvault.relay.auth import (
     public_key_pem,
     save_operator_key,
 )
-from backupvault.relay.config import RelayConfig, config_from_mapping, load_config
-from backupvault.relay.ratelimit import RateLimiter
 
 __all__ = [
     "RateLimiter",

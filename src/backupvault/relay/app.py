@@ -24,11 +24,11 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backupvault.protocol import OPERATIONS, is_valid_name
-from backupvault.relay.auth import TokenRejected, TokenVerifier
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.forward import Forwarder
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
+from backupvault.tokens import TokenRejected, TokenVerifier
 
 log = logging.getLogger("backupvault.relay")
 
@@ -84,7 +84,10 @@ class RelayState:
     def forwarder(self) -> Forwarder:
         if self._forwarder is None:
             self._forwarder = Forwarder(
-                self.client, self.config.node_urls, self.config.max_response_bytes
+                self.client,
+                self.config.node_urls,
+                self.config.max_response_bytes,
+                self.config.node_signing_key,
             )
         return self._forwarder
 
@@ -97,7 +100,10 @@ class RelayState:
             for fleet in self.config.previous_fleets:
                 if fleet.epoch == epoch:
                     self._previous[epoch] = Forwarder(
-                        self.client, fleet.node_urls, self.config.max_response_bytes
+                        self.client,
+                        fleet.node_urls,
+                        self.config.max_response_bytes,
+                        self.config.node_signing_key,
                     )
         return self._previous.get(epoch)
 
@@ -189,15 +195,6 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return _unauthorized(err.code, err.message)
         info["account"] = account
 
-        wait = state.limiter.acquire(account)
-        if wait is not None:
-            return error_response(
-                429,
-                "rate_limited",
-                "too many requests for this account; wait and try again",
-                {"Retry-After": retry_after_header(wait)},
-            )
-
         epoch: int | None = None
         if "epoch" in request.path_params:
             raw_epoch = request.path_params["epoch"]
@@ -220,6 +217,18 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 f"no such vault operation; use one of {', '.join(OPERATIONS)}",
             )
         info["op"] = op
+        # A recover-finish carries a ticket for a guess already charged: refusing it would
+        # cost the user that guess without an answer, so only other operations are
+        # limited (a guess is paid for at recover-start).
+        if op != "recover-finish":
+            wait = state.limiter.acquire(account)
+            if wait is not None:
+                return error_response(
+                    429,
+                    "rate_limited",
+                    "too many requests for this account; wait and try again",
+                    {"Retry-After": retry_after_header(wait)},
+                )
         entry = request.path_params["entry"]
         if not is_valid_name(entry):
             return error_response(

@@ -10,12 +10,20 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.errors import InvalidInput
-from backupvault.relay.auth import load_operator_public_key
+from backupvault.tokens import load_operator_private_key, load_operator_public_key
 from backupvault.transparency.bundle import FleetBundle
 from backupvault.transparency.errors import TransparencyError
+
+
+def load_relay_signing_key(source: bytes | Path) -> Ed25519PrivateKey:
+    """The relay's hop key from PEM bytes or a PEM file (an Ed25519 private key)."""
+    try:
+        return load_operator_private_key(source)
+    except InvalidInput as err:
+        raise InvalidInput(f"signing_key: {err.message}") from None
 
 
 def _check_node_urls(urls: tuple[str, ...], what: str) -> None:
@@ -76,6 +84,9 @@ class RelayConfig:
     audience: str
     #: The operator's Ed25519 public key: PEM bytes, or the path of a PEM file.
     operator_public_key: bytes | Path
+    #: The relay's own Ed25519 key (PEM bytes, or the path of a PEM file): it signs every
+    #: request it forwards; the nodes answer only relays whose public key fleet.toml lists.
+    signing_key: bytes | Path
     #: Per-account token bucket: sustained rate and burst size.
     rate_per_minute: float = 60.0
     burst: int = 20
@@ -105,6 +116,9 @@ class RelayConfig:
     _bundle: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _epoch: int | None = field(default=None, init=False, repr=False, compare=False)
     _public_key: Ed25519PublicKey | None = field(
+        default=None, init=False, repr=False, compare=False
+    )
+    _signing_key: Ed25519PrivateKey | None = field(
         default=None, init=False, repr=False, compare=False
     )
 
@@ -141,6 +155,7 @@ class RelayConfig:
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("tls_cert and tls_key go together: give both or neither")
         object.__setattr__(self, "_public_key", load_operator_public_key(self.operator_public_key))
+        object.__setattr__(self, "_signing_key", load_relay_signing_key(self.signing_key))
 
     def _check_transparency(self) -> None:
         if self.witness_url is not None:
@@ -187,6 +202,12 @@ class RelayConfig:
         return self._public_key
 
     @property
+    def node_signing_key(self) -> Ed25519PrivateKey:
+        """The relay's key for the relay → node hop, parsed when the config was made."""
+        assert self._signing_key is not None
+        return self._signing_key
+
+    @property
     def rate_per_second(self) -> float:
         return self.rate_per_minute / 60.0
 
@@ -195,7 +216,7 @@ def _is_number(value: object) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
-_PATH_KEYS = {"operator_public_key", "tls_cert", "tls_key", "bundle_file"}
+_PATH_KEYS = {"operator_public_key", "signing_key", "tls_cert", "tls_key", "bundle_file"}
 
 
 def _path(raw: object, key: str, base_dir: Path | None) -> Path:
@@ -240,7 +261,9 @@ def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) 
             raise InvalidInput("give 'nodes' or 'node_urls', not both")
         values["node_urls"] = values.pop("nodes")
     missing = [
-        k for k in ("node_urls", "issuer", "audience", "operator_public_key") if k not in values
+        k
+        for k in ("node_urls", "issuer", "audience", "operator_public_key", "signing_key")
+        if k not in values
     ]
     if missing:
         raise InvalidInput(f"missing relay setting(s): {', '.join(missing)}")
@@ -258,7 +281,7 @@ def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) 
     for key in _PATH_KEYS & set(values):
         raw = values[key]
         pem = isinstance(raw, str) and raw.lstrip().startswith("-----BEGIN")
-        if key == "operator_public_key" and pem:
+        if key in ("operator_public_key", "signing_key") and pem:
             values[key] = raw.encode()
             continue
         values[key] = _path(raw, key, base_dir)

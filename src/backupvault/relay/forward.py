@@ -5,10 +5,12 @@ The node-facing contract:
     POST {node}/v1/client/{op}
     X-Backupvault-Account: <account from the token>
     X-Backupvault-Entry: <entry from the path>
+    X-Backupvault-Node, -Time, -Nonce, -Signature: the relay's signature (backupvault.hop)
     Content-Type: application/octet-stream
     <the client's body, byte for byte>
 
-No other client header is passed on. The answer is handed back unchanged when it is a
+Node URLs are listed by node index (the signature names the index). No other client
+header is passed on. The answer is handed back unchanged when it is a
 200 with an octet-stream body or a 4xx with a JSON `{"error", "detail"}` body. A node that
 cannot be reached (connect error, timeout) or answers 503 with any error other than
 `fleet_unavailable` is skipped and the next node is tried (each node once per request);
@@ -25,6 +27,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.hop import sign_headers
 
 ACCOUNT_HEADER = "X-Backupvault-Account"
 ENTRY_HEADER = "X-Backupvault-Entry"
@@ -93,10 +98,13 @@ class Forwarder:
         client: httpx.AsyncClient,
         node_urls: Sequence[str],
         max_response_bytes: int,
+        signing_key: Ed25519PrivateKey,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.client = client
         self.node_urls = tuple(node_urls)
+        self._index = {url: i for i, url in enumerate(self.node_urls)}
+        self._signing_key = signing_key
         self.max_response_bytes = max_response_bytes
         self._next = itertools.count()
         self._clock = clock
@@ -163,6 +171,7 @@ class Forwarder:
             ACCOUNT_HEADER: account,
             ENTRY_HEADER: entry,
             "Content-Type": "application/octet-stream",
+            **sign_headers(self._signing_key, self._index[node], op, account, entry, body),
         }
         try:
             async with self.client.stream(

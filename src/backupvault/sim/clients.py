@@ -74,6 +74,7 @@ class FlowContext:
     credentials: Credentials
     rng: random.Random
     current_password: Callable[[], str | None]  # from the committed record, if live
+    now_ms: Callable[[], int]  # the client's clock (recover-start carries it)
     guess_limit: int = 3
 
     def fresh_password(self) -> str:
@@ -125,7 +126,8 @@ def recover(ctx: FlowContext, password: str, result: list[bytes] | None = None) 
     """Full OPAQUE login. On success appends (root key, grant) to `result`."""
     state, ke1 = opaque.client_login_start(password.encode())
     started = yield Call(
-        Op.RECOVER_START, RecoverStartRequest(ctx.account, ctx.entry, ke1.to_bytes())
+        Op.RECOVER_START,
+        RecoverStartRequest(ctx.account, ctx.entry, ke1.to_bytes(), ctx.now_ms()),
     )
     if not isinstance(started, RecoverStartResponse):
         return _outcome(started)
@@ -186,5 +188,14 @@ def run_op(ctx: FlowContext, name: str) -> Flow:
     if name == "recover_wrong":
         return (yield from recover(ctx, f"wrong-{ctx.rng.getrandbits(32):08x}"))
     if name == "delete":
-        return _outcome((yield Call(Op.DELETE, DeleteRequest(ctx.account, ctx.entry))))
+        # A live key is deleted with the grant of a recovery just made; without one (the
+        # password is not known, or the recovery failed) a live key refuses, a destroyed
+        # one is cleared.
+        grant = b""
+        password = ctx.current_password()
+        if password is not None:
+            got = []
+            yield from recover(ctx, password, got)
+            grant = got[1] if got else b""
+        return _outcome((yield Call(Op.DELETE, DeleteRequest(ctx.account, ctx.entry, grant))))
     return _outcome((yield Call(Op.STATUS, StatusRequest(ctx.account, ctx.entry))))

@@ -12,6 +12,7 @@ count, and a node losing the record later (rollback, wipe) does not un-choose it
 from __future__ import annotations
 
 import bisect
+import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -51,7 +52,8 @@ class _Key:
     chosen_value: dict[Ballot, bytes] = field(default_factory=dict)
     parents: dict[bytes, list[bytes]] = field(default_factory=dict)
     bad: dict[bytes, str] = field(default_factory=dict)  # values made by an invalid change
-    evaluated_seqs: set[int] = field(default_factory=set)
+    #: attempt_seq -> the hash of the KE1 evaluated for it (one KE1 per attempt).
+    evaluated_ke1: dict[int, bytes] = field(default_factory=dict)
     epoch_evals: dict[tuple[int, int], int] = field(default_factory=dict)
     evaluations: int = 0
 
@@ -172,10 +174,14 @@ class Observer:
             raise InvariantViolation("committed-state-never-goes-back", where)
         if cur.generation < prev.generation or cur.attempt_seq < prev.attempt_seq:
             raise InvariantViolation("committed-state-never-goes-back", where)
+        # A destroyed key never comes back: the entry stays destroyed, or its owner clears
+        # it (delete: empty, secrets still gone) so a new key may be registered later.
+        cleared = cur.status == EntryStatus.EMPTY and not (cur.record or cur.wrapped_root_key)
         if (
             prev.status == EntryStatus.DESTROYED
             and cur.generation == prev.generation
             and cur.status != EntryStatus.DESTROYED
+            and not cleared
         ):
             raise InvariantViolation("destroyed-stays-destroyed", where)
 
@@ -202,12 +208,31 @@ class Observer:
 
     # ---- outcomes ------------------------------------------------------------------------
 
-    def on_evaluate(self, node: int, key: bytes, state: EntryState, ticket: bytes) -> int:
-        """An OPRF evaluation (a KE2) was made for `state`. Returns its number."""
+    def on_evaluate(
+        self, node: int, key: bytes, state: EntryState, ticket: bytes, ke1: bytes
+    ) -> int:
+        """An OPRF evaluation (a KE2) was made for `state` and `ke1`. Returns its number, or
+        0 for one that is not new: a fake record's (no entry), or the same KE1 answered
+        again for the same attempt (a resend reveals nothing new, invariant 1)."""
         k = self.key(key)
+        value = state.to_bytes()
+        if state.status == EntryStatus.EMPTY:
+            return 0
+        if hashlib.sha256(ke1).digest() != state.attempt_ke1_hash:
+            raise InvariantViolation(
+                "at-most-L-evaluations", f"a KE1 other than the one paid for, [{describe(value)}]"
+            )
+        seen = k.evaluated_ke1.get(state.attempt_seq)
+        if seen is not None:
+            if seen != state.attempt_ke1_hash:
+                raise InvariantViolation(
+                    "at-most-L-evaluations",
+                    f"attempt {state.attempt_seq} evaluated for two KE1s [{describe(value)}]",
+                )
+            self.ticket_seq[ticket] = (key, state.generation, state.attempt_seq)
+            return 0
         self.evaluations += 1
         k.evaluations += 1
-        value = state.to_bytes()
         what = f"KE2 #{k.evaluations} at node{node} for [{describe(value)}]"
         if state.status != EntryStatus.LIVE or state.attempts_used > state.guess_limit:
             raise InvariantViolation("at-most-L-evaluations", f"{what}: not a live, counted state")
@@ -224,11 +249,7 @@ class Observer:
                 and before.generation == state.generation
             ):
                 raise InvariantViolation("destroyed-gets-no-evaluation", what)
-        if state.attempt_seq in k.evaluated_seqs:
-            raise InvariantViolation(
-                "at-most-L-evaluations", f"{what}: attempt {state.attempt_seq} evaluated twice"
-            )
-        k.evaluated_seqs.add(state.attempt_seq)
+        k.evaluated_ke1[state.attempt_seq] = state.attempt_ke1_hash
         epoch = (state.generation, state.success_seq)
         k.epoch_evals[epoch] = k.epoch_evals.get(epoch, 0) + 1
         if k.epoch_evals[epoch] > state.guess_limit:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from typing import Any
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
 from backupvault.crypto.seal import Kem
@@ -36,10 +38,12 @@ from backupvault.protocol import (
     RecoverFinishResponse,
     RecoverStartResponse,
     decode_response,
+    pad_response,
 )
 from backupvault.sim.clients import OPS, Call, ClientViolation, Credentials, Flow, FlowContext
 from backupvault.sim.clients import run_op as client_op
 from backupvault.sim.observer import InvariantViolation, Observer, describe
+from backupvault.tokens import TokenVerifier, fleet_audience
 
 EPOCH = 1_700_000_000.0  # sim time 0 as the firmware's wall clock
 TICK = 0.02
@@ -241,6 +245,13 @@ class Simulation:
         self.keep_trace = keep_trace
         self.trace: list[str] = []
         self.secrets = fleet_secrets()
+        # Requests reach the firmware here already opened (no seal, no tokens): the
+        # simulation is about replication and counting; sealing has its own tests.
+        self.accounts = TokenVerifier(
+            Ed25519PrivateKey.generate().public_key(),
+            issuer="sim",
+            audience=fleet_audience(self.secrets.fleet_id),
+        )
         self.observer = Observer(plan.nodes // 2 + 1, self.log)
         self.max_faulty = plan.nodes // 2 if config.max_faulty < 0 else config.max_faulty
         self._events: list[tuple[float, int, str, Any]] = []
@@ -266,7 +277,7 @@ class Simulation:
         fw_rng = random.Random(self.rng.getrandbits(64))
         node = _Node(
             i,
-            VaultFirmware(self.secrets, fw_rng.randbytes),
+            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts),
             random.Random(self.rng.getrandbits(64)),
         )
         original = node.firmware._evaluate
@@ -276,11 +287,11 @@ class Simulation:
         ) -> RecoverStartResponse:
             response = original(account, entry, ke1, state, now)
             key = EntryId(account, entry).to_bytes()
-            number = self.observer.on_evaluate(i, key, state, response.recovery_ticket)
-            self.log(
-                f"node{i} evaluates OPRF → KE2 #{number} for {account} "
-                f"(attempt {state.attempt_seq})"
+            number = self.observer.on_evaluate(
+                i, key, state, response.recovery_ticket, ke1.to_bytes()
             )
+            what = f"KE2 #{number}" if number else "a KE2 that is not a new evaluation"
+            self.log(f"node{i} evaluates OPRF → {what} for {account} (attempt {state.attempt_seq})")
             return response
 
         node.firmware._evaluate = evaluate  # type: ignore[method-assign]
@@ -306,6 +317,7 @@ class Simulation:
             self.credentials,
             random.Random(self.rng.getrandbits(64)),
             current_password,
+            lambda: int((EPOCH + self.now) * 1000),
             self.plan.guess_limit,
         )
         return _Client(c, ctx)
@@ -558,7 +570,8 @@ class Simulation:
 
     def _answer(self, n: _Node, pending: _Pending, reply: Message) -> None:
         if pending.client >= 0:
-            self._transmit("client_answer", (pending.client, pending.req_id, reply.to_bytes()))
+            padded = pad_response(pending.op, reply.to_bytes())
+            self._transmit("client_answer", (pending.client, pending.req_id, padded))
 
     # ---- clients ------------------------------------------------------------------------
 

@@ -194,6 +194,20 @@ def check_log_growth(
         ) from None
 
 
+def check_consistent(
+    checkpoint: Checkpoint,
+    last_checkpoint: Checkpoint | None,
+    consistency_proof_fetcher: ConsistencyProofFetcher | None,
+) -> None:
+    """Refuse `checkpoint` unless one of it and `last_checkpoint` extends the other. A
+    bundle keeps the receipt the witness first gave, so its checkpoint may be older than
+    the newest one seen; whether the log went backwards is the fleet head's check."""
+    if last_checkpoint is not None and checkpoint.size < last_checkpoint.size:
+        check_log_growth(last_checkpoint, checkpoint, consistency_proof_fetcher)
+    else:
+        check_log_growth(checkpoint, last_checkpoint, consistency_proof_fetcher)
+
+
 def verify_bundle(
     bundle: FleetBundle | bytes,
     operator_key: Ed25519PublicKey | bytes,
@@ -214,8 +228,9 @@ def verify_bundle(
     (WitnessSignatureMissing, WitnessSignatureInvalid); the checkpoint is signed by the
     witness for its own origin (UnknownNoteKey, BadNoteSignature, MalformedNote,
     WrongOrigin); the inclusion proof puts the record in that checkpoint's tree
-    (InclusionProofInvalid); the checkpoint extends `last_checkpoint` (LogRolledBack,
-    LogForked; a consistency proof is fetched when it grew); the measurement is allowed
+    (InclusionProofInvalid); the checkpoint and `last_checkpoint` are one a prefix of the
+    other (WrongOrigin, LogForked; a consistency proof is fetched when they differ in
+    size); the measurement is allowed
     (MeasurementNotAllowed); and the epoch is not older than `accepted_epochs[fleet_id]`
     (EpochReplayed). Malformed bytes raise Malformed.
     """
@@ -260,7 +275,7 @@ def verify_bundle(
         bundle.proof_hashes,
         checkpoint.root_hash,
     )
-    check_log_growth(checkpoint, last_checkpoint, consistency_proof_fetcher)
+    check_consistent(checkpoint, last_checkpoint, consistency_proof_fetcher)
 
     if allowed_measurements is not None and record.measurement not in allowed_measurements:
         raise MeasurementNotAllowed(

@@ -134,3 +134,27 @@ class WitnessStoreCorrupt(TransparencyError):
     """The witness's database does not match what the witness signed before."""
 
     code = "store_corrupt"
+
+
+class WitnessRolledBack(WitnessStoreCorrupt):
+    """The witness's database is older than the last tree it signed (restored from a copy)."""
+
+    code = "store_rolled_back"
+
+
+class EpochRetired(TransparencyError):
+    """A witness has logged a newer epoch of the fleet than the one offered."""
+
+    code = "epoch_retired"
+
+
+class HeadMismatch(TransparencyError):
+    """A witness's fleet head names another record than the one offered."""
+
+    code = "head_mismatch"
+
+
+class StaleHead(TransparencyError):
+    """The witness's statement that a record is current is too old (or from the future)."""
+
+    code = "stale_head"

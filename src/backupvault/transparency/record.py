@@ -14,6 +14,9 @@ out. Decoding is strict and validates every field, so a record that decodes is w
       opaque_server_public_key bytes  32, a valid ristretto255 point
       measurement     bytes   32 (see measure.py)
       time            u64     unix seconds
+      relay_public_keys list  1 .. MAX_RELAYS bytes (32 each, Ed25519): relays the nodes answer
+      account_issuer  str     1-256 bytes: the `iss` of account tokens
+      account_issuer_public_key bytes 32 (Ed25519): checks fleet tokens inside the seal
     NodeEntry (tag 81): index u64, identity_public_key bytes (32, X25519), url str
 
     OperatorSignedRecord (tag 82): record bytes (a DeploymentRecord encoding),
@@ -46,6 +49,8 @@ from backupvault.transparency.errors import (
 MAX_FLEET_ID = 64
 MAX_NODES = 255
 MAX_URL = 2048
+MAX_RELAYS = 64
+MAX_ISSUER = 256
 #: Same bound as the vault firmware's (hsm.state.MAX_GUESS_LIMIT); repeated, not imported,
 #: because this package must not depend on hsm.
 MAX_GUESS_LIMIT = 100
@@ -126,9 +131,23 @@ class DeploymentRecord(StrictMessage):
     opaque_server_public_key: bytes
     measurement: bytes
     time: int
+    relay_public_keys: list[bytes]
+    account_issuer: str
+    account_issuer_public_key: bytes
 
     def __post_init__(self) -> None:
         _bytes(self.fleet_id, "the fleet id", 1, MAX_FLEET_ID)
+        if not isinstance(self.relay_public_keys, list) or not (
+            1 <= len(self.relay_public_keys) <= MAX_RELAYS
+        ):
+            raise Malformed(f"a fleet lists 1 .. {MAX_RELAYS} relay keys")
+        for key in self.relay_public_keys:
+            _bytes(key, "a relay public key (Ed25519)", KEY_LEN, KEY_LEN)
+        if not isinstance(self.account_issuer, str) or not (
+            1 <= len(self.account_issuer.encode()) <= MAX_ISSUER
+        ):
+            raise Malformed(f"the account issuer is 1 .. {MAX_ISSUER} bytes")
+        _bytes(self.account_issuer_public_key, "the account issuer's public key", KEY_LEN, KEY_LEN)
         _int(self.epoch, "the epoch", 0, U64_MAX)
         _int(self.time, "the time", 0, U64_MAX)
         _int(self.guess_limit, "the guess limit", 1, MAX_GUESS_LIMIT)
@@ -163,6 +182,9 @@ class DeploymentRecord(StrictMessage):
         opaque_server_public_key: bytes,
         measurement: bytes,
         time: int,
+        relay_public_keys: Iterable[bytes],
+        account_issuer: str,
+        account_issuer_public_key: bytes,
         quorum: int | None = None,
     ) -> DeploymentRecord:
         """A record from plain values; `nodes` are (index, identity key, url) in any order,
@@ -178,6 +200,9 @@ class DeploymentRecord(StrictMessage):
             opaque_server_public_key=opaque_server_public_key,
             measurement=measurement,
             time=time,
+            relay_public_keys=list(relay_public_keys),
+            account_issuer=account_issuer,
+            account_issuer_public_key=account_issuer_public_key,
         )
 
     @property

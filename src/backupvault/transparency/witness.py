@@ -15,7 +15,9 @@ Policy, in order:
 4. the measurement is in `allowed_measurements`, when that is set (MeasurementNotAllowed);
 5. the epoch is strictly greater than the last one logged for the fleet id
    (EpochReplayed). Submitting the exact same signed record again is not an error: it
-   answers with a fresh receipt for the leaf already in the log.
+   answers with the receipt first given for that leaf, byte for byte (a resubmission
+   never refreshes anything: whether a record is still a fleet's current one, and how
+   recently, is what the witness's signed fleet heads say; see `head`).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from backupvault.transparency.errors import (
     MeasurementNotAllowed,
     UnknownFleet,
 )
+from backupvault.transparency.head import sign_head
 from backupvault.transparency.note import Checkpoint, Signer, Verifier, parse_note
 from backupvault.transparency.record import OperatorSignedRecord, raw_public_key
 from backupvault.transparency.witness_store import WitnessStore
@@ -104,6 +107,9 @@ class Witness:
                 )
             existing = self.store.index_of(merkle.leaf_hash(leaf))
             if existing is not None:
+                first = self.store.receipt(existing)
+                if first is not None:
+                    return WitnessReceipt.from_bytes(first)
                 return self._receipt(existing, leaf)
             if state is not None and record.epoch <= state.last_epoch:
                 raise EpochReplayed(
@@ -116,13 +122,15 @@ class Witness:
     def _receipt(self, index: int, leaf: bytes) -> WitnessReceipt:
         note, checkpoint = self._current_checkpoint()
         hashes = self.store.hashes(checkpoint.size)
-        return WitnessReceipt(
+        receipt = WitnessReceipt(
             leaf_index=index,
             tree_size=checkpoint.size,
             proof=b"".join(merkle.inclusion_proof(hashes, index)),
             checkpoint=note,
             cosignature=cosign(self.signer.private_key, self.name, leaf),
         )
+        self.store.save_receipt(index, receipt.to_bytes())
+        return receipt
 
     # --- checkpoints and proofs --------------------------------------------------------------
 
@@ -130,16 +138,40 @@ class Witness:
         hashes = self.store.hashes()
         latest = self.store.latest_checkpoint()
         if latest is not None and latest[0] == len(hashes):
-            return latest[1], Checkpoint.from_text(parse_note(latest[1])[0])
-        checkpoint = Checkpoint(self.name, len(hashes), merkle.root_from_hashes(hashes))
-        note = checkpoint.sign(self.signer)
-        self.store.save_checkpoint(checkpoint.size, checkpoint.root_hash, note)
+            note = latest[1]
+            checkpoint = Checkpoint.from_text(parse_note(note)[0])
+        else:
+            checkpoint = Checkpoint(self.name, len(hashes), merkle.root_from_hashes(hashes))
+            note = checkpoint.sign(self.signer)
+            self.store.save_checkpoint(checkpoint.size, checkpoint.root_hash, note)
+        # Durably, before the checkpoint leaves: a restored database is then refused.
+        self.store.advance_head(checkpoint.size)
         return note, checkpoint
 
     def checkpoint(self) -> str:
         """The signed checkpoint of the whole log (a C2SP signed note)."""
         with self._lock:
             return self._current_checkpoint()[0]
+
+    def head(self, fleet_id: bytes, now: int) -> str:
+        """The fleet's head (transparency/head.py), signed now: its latest record in the
+        current tree. UnknownFleet when the log holds no record of the fleet."""
+        with self._lock:
+            state = self.store.fleet(fleet_id)
+            if state is None:
+                raise UnknownFleet(f"this witness has logged no record of fleet {fleet_id.hex()}")
+            _, checkpoint = self._current_checkpoint()
+            leaf_hash = self.store.hashes(checkpoint.size)[state.last_index]
+            return sign_head(
+                self.signer,
+                checkpoint.size,
+                checkpoint.root_hash,
+                fleet_id,
+                state.last_epoch,
+                state.last_index,
+                leaf_hash,
+                now,
+            )
 
     def _check_size(self, size: int) -> None:
         if not 0 <= size <= self.store.size:
@@ -215,6 +247,8 @@ class WitnessConfig:
     name = "witness.example/backupvault"     # key name and checkpoint origin
     key_file = "witness.key"                 # Ed25519 PEM (PKCS#8, unencrypted)
     database = "witness.sqlite"
+    head_file = "witness.sqlite.head"         # default <database>.head; keep it off the
+                                             # database's backups (witness_store.py)
     pin_first_seen = false
     allowed_measurements = ["<hex>", …]      # optional
     [[fleets]]
@@ -226,6 +260,7 @@ class WitnessConfig:
     signing_key: Ed25519PrivateKey = field(repr=False)
     database: Path
     policy: WitnessPolicy = field(default_factory=WitnessPolicy)
+    head_file: Path | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> WitnessConfig:
@@ -254,11 +289,14 @@ class WitnessConfig:
                 signing_key=_load_private(base / str(data["key_file"])),
                 database=base / str(data.get("database", "witness.sqlite")),
                 policy=WitnessPolicy(operators, pin, measurements),
+                head_file=None if "head_file" not in data else base / str(data["head_file"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"witness config {path} is incomplete or invalid: {err}") from None
 
     def open(self) -> Witness:
         signer = Signer(self.name, self.signing_key)
-        store = WitnessStore(self.database, self.name, raw_public_key(self.signing_key))
+        store = WitnessStore(
+            self.database, self.name, raw_public_key(self.signing_key), self.head_file
+        )
         return Witness(signer, store, self.policy)

@@ -7,6 +7,8 @@
     GET  /v1/inclusion?index=I&size=N 200: {"index", "size", "leaf_hash", "proof": [base64]}
     GET  /v1/leaves?start=S&end=E   200: {"start", "end", "leaves": [base64 leaf, …]}
                                     (end exclusive, clamped to the log and 256 leaves)
+    GET  /v1/head?fleet=HEX         200: the fleet's head, signed now (text/plain, a signed
+                                    note; transparency/head.py); 404 for a fleet never logged
     GET  /v1/witness                200: {"name", "vkey"}
 
 Errors are JSON `{"error": code, "detail": message}`: 400 malformed input, 403 a record the
@@ -18,6 +20,7 @@ from __future__ import annotations
 import base64
 import logging
 import re
+import time
 from collections.abc import Mapping
 
 import uvicorn
@@ -29,13 +32,14 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.transparency.errors import EpochReplayed, TransparencyError
+from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
 from backupvault.transparency.witness import Witness, WitnessConfig
 
 log = logging.getLogger("backupvault.witness")
 
 MAX_BODY = 1 << 20
 _UINT = re.compile(r"[0-9]{1,19}")
+_FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -133,6 +137,16 @@ def create_app(witness: Witness) -> Starlette:
             return _error(400, "bad_range", err.message)
         return JSONResponse({"start": start, "end": end, "leaves": _b64(found)})
 
+    async def head(request: Request) -> Response:
+        fleet = request.query_params.get("fleet", "")
+        if not _FLEET_HEX.fullmatch(fleet):
+            return _error(400, "bad_query", "'fleet' is the fleet id in lowercase hex")
+        try:
+            note = await run_in_threadpool(witness.head, bytes.fromhex(fleet), int(time.time()))
+        except UnknownFleet as err:
+            return _error(404, err.code, err.message)
+        return PlainTextResponse(note)
+
     async def about(request: Request) -> Response:
         return JSONResponse({"name": witness.name, "vkey": witness.verifier.vkey()})
 
@@ -147,6 +161,7 @@ def create_app(witness: Witness) -> Starlette:
             Route("/v1/consistency", consistency, methods=["GET"]),
             Route("/v1/inclusion", inclusion, methods=["GET"]),
             Route("/v1/leaves", leaves, methods=["GET"]),
+            Route("/v1/head", head, methods=["GET"]),
             Route("/v1/witness", about, methods=["GET"]),
         ],
         exception_handlers={HTTPException: http_error},

@@ -9,16 +9,33 @@ raise the epoch or that changes the pinned operator key):
     fleets(fleet_id, operator_key, last_epoch, last_index)
                                       last_epoch is u64 big-endian (SQLite integers are i64)
     checkpoints(size, root, note)     every checkpoint the witness signed
+    receipts(idx, receipt)            the WitnessReceipt first given for leaf idx; a
+                                      resubmission gets exactly this one back
 
 On open the store recomputes every leaf hash and checks the tree against the largest
 checkpoint it signed; a database that lost or changed entries is refused
-(`WitnessStoreCorrupt`), so the witness can never sign a checkpoint inconsistent with an
-earlier one. Leaf hashes are kept in memory: fine for the number of deployments a witness
-sees (millions of records would want a tiled store).
+(`WitnessStoreCorrupt`). Leaf hashes are kept in memory: fine for the number of
+deployments a witness sees (millions of records would want a tiled store).
+
+A database restored from an older copy is consistent with itself, so it is also checked
+against the **head file**, kept outside the database (by default `<database>.head`; put it
+on another volume than the database's backups):
+
+    "backupvault witness head v1\n" <tree size, decimal> "\n" base64(root hash) "\n"
+
+The head names the largest tree the witness has signed a checkpoint for. It is written
+(temporary file, fsync, rename, fsync of the folder) after the leaves are committed and
+before a checkpoint of that size leaves the witness. On open, the database must hold that
+tree (its first `size` leaves hash to `root`); otherwise the witness refuses to start
+(`WitnessRolledBack`) and signs nothing. A database without a head file is accepted only
+while it is empty (a new log).
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
+import os
 import sqlite3
 import struct
 import threading
@@ -26,7 +43,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupvault.transparency import merkle
-from backupvault.transparency.errors import EpochReplayed, WitnessStoreCorrupt
+from backupvault.transparency.errors import EpochReplayed, WitnessRolledBack, WitnessStoreCorrupt
+
+HEAD_MAGIC = "backupvault witness head v1\n"
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value BLOB NOT NULL);
@@ -37,6 +56,9 @@ CREATE TABLE IF NOT EXISTS fleets (
     last_epoch BLOB NOT NULL, last_index INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoints (
     size INTEGER PRIMARY KEY, root BLOB NOT NULL, note TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS receipts (idx INTEGER PRIMARY KEY, receipt BLOB NOT NULL);
+CREATE TRIGGER IF NOT EXISTS receipts_no_update BEFORE UPDATE ON receipts
+    BEGIN SELECT RAISE(ABORT, 'receipts are kept as first given'); END;
 CREATE TRIGGER IF NOT EXISTS leaves_append_only BEFORE INSERT ON leaves
     WHEN NEW.idx IS NOT (SELECT COUNT(*) FROM leaves)
     BEGIN SELECT RAISE(ABORT, 'leaves are appended at the next index'); END;
@@ -71,8 +93,13 @@ class FleetState:
 class WitnessStore:
     """One witness log in one SQLite file. Thread-safe (one lock around the connection)."""
 
-    def __init__(self, path: str | Path, origin: str, public_key: bytes) -> None:
+    def __init__(
+        self, path: str | Path, origin: str, public_key: bytes, head_file: str | Path | None = None
+    ) -> None:
         self.path = Path(path)
+        self.head_file = (
+            self.path.with_name(self.path.name + ".head") if head_file is None else Path(head_file)
+        )
         self._lock = threading.RLock()
         self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
         try:
@@ -81,6 +108,7 @@ class WitnessStore:
             self._db.executescript(_SCHEMA)
             self._bind(origin, public_key)
             self._hashes = self._load()
+            self._head = self._check_head()
         except BaseException:
             self._db.close()
             raise
@@ -119,6 +147,69 @@ class WitnessStore:
                     hint="restore the database from a copy at least as new as the last checkpoint",
                 )
         return hashes
+
+    def _read_head(self) -> tuple[int, bytes] | None:
+        try:
+            text = self.head_file.read_text()
+        except FileNotFoundError:
+            return None
+        except (OSError, UnicodeDecodeError) as err:
+            raise WitnessRolledBack(f"cannot read the head file {self.head_file}: {err}") from None
+        lines = text[len(HEAD_MAGIC) :].split("\n")
+        try:
+            if not text.startswith(HEAD_MAGIC) or len(lines) != 3 or lines[2]:
+                raise ValueError("layout")
+            size, root = int(lines[0]), base64.b64decode(lines[1], validate=True)
+            if size < 0 or len(root) != merkle.HASH_LEN:
+                raise ValueError("values")
+        except (ValueError, binascii.Error):
+            raise WitnessRolledBack(f"the head file {self.head_file} is malformed") from None
+        return size, root
+
+    def _check_head(self) -> int:
+        """The size of the largest tree signed for (from the head file), after checking that
+        the database holds it."""
+        head = self._read_head()
+        if head is None:
+            if self._hashes:
+                raise WitnessRolledBack(
+                    f"{self.path} holds {len(self._hashes)} leaves but the head file"
+                    f" {self.head_file} is missing, so a restored copy cannot be told apart",
+                    hint="put the head file back (it is never restored with the database)",
+                )
+            self._write_head(0, merkle.root_from_hashes([]))
+            return 0
+        size, root = head
+        if size > len(self._hashes) or merkle.root_from_hashes(self._hashes[:size]) != root:
+            raise WitnessRolledBack(
+                f"{self.path} holds {len(self._hashes)} leaves, older than the tree of size"
+                f" {size} this witness already signed (head file {self.head_file})",
+                hint="the database was restored from an older copy; signing now could fork the"
+                " log. Restore a copy at least as new as the head, or retire this log",
+            )
+        return size
+
+    def _write_head(self, size: int, root: bytes) -> None:
+        text = f"{HEAD_MAGIC}{size}\n{base64.b64encode(root).decode()}\n"
+        tmp = self.head_file.with_name(self.head_file.name + ".tmp")
+        with tmp.open("w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, self.head_file)
+        folder = os.open(self.head_file.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def advance_head(self, size: int) -> None:
+        """Record (durably) that a checkpoint of `size` is about to be handed out."""
+        with self._lock:
+            if size <= self._head:
+                return
+            self._write_head(size, merkle.root_from_hashes(self._hashes[:size]))
+            self._head = size
 
     def close(self) -> None:
         with self._lock:
@@ -164,6 +255,13 @@ class WitnessStore:
             ).fetchone()
         return None if row is None else (int(row[0]), str(row[1]))
 
+    def receipt(self, index: int) -> bytes | None:
+        with self._lock:
+            row = self._db.execute(
+                "SELECT receipt FROM receipts WHERE idx = ?", (index,)
+            ).fetchone()
+        return None if row is None else bytes(row[0])
+
     # --- writes -----------------------------------------------------------------------------
 
     def append(self, data: bytes, fleet_id: bytes, operator_key: bytes, epoch: int) -> int:
@@ -197,6 +295,10 @@ class WitnessStore:
                 raise
             self._hashes.append(leaf)
             return index
+
+    def save_receipt(self, index: int, receipt: bytes) -> None:
+        with self._lock:
+            self._db.execute("INSERT OR IGNORE INTO receipts VALUES (?, ?)", (index, receipt))
 
     def save_checkpoint(self, size: int, root: bytes, note: str) -> None:
         with self._lock:

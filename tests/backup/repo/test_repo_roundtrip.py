@@ -155,7 +155,7 @@ def test_symlinks_out_of_the_tree_are_skipped(tmp_path: Path, root_key: bytes) -
     repo = str(tmp_path / "repo")
     create_snapshot(source, repo, root_key, repo_params=SMALL)
     info = restore_snapshot(repo, root_key, tmp_path / "r")
-    assert sorted(name for name, _ in info.skipped) == ["abs", "chain", "loop", "out", "via-abs"]
+    assert sorted(s.name for s in info.skipped) == ["abs", "chain", "loop", "out", "via-abs"]
     assert sorted(os.listdir(tmp_path / "r")) == ["fine", "here", "sub"]
     assert os.readlink(tmp_path / "r" / "fine") == "sub/up/here/sub"
 

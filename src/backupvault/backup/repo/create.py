@@ -38,6 +38,7 @@ from backupvault.backup.repo.repository import (
 )
 from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
@@ -61,7 +62,7 @@ class SnapshotInfo:
     added: int
     stored: int  # bytes written: packs, index, snapshot
     url: str
-    skipped: list[tuple[str, str]] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
 
@@ -76,9 +77,9 @@ def _entry(path: bytes, st: os.stat_result) -> Entry | None:
     return None
 
 
-def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[tuple[str, str]]]:
+def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
     """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`."""
-    skipped: list[tuple[str, str]] = []
+    skipped: list[Skipped] = []
     try:
         st = os.lstat(source)
     except OSError as exc:
@@ -111,7 +112,7 @@ def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[tuple[str, st
                 raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
             entry = _entry(name, child_stat)
             if entry is None:
-                skipped.append((os.fsdecode(name), "not a regular file, folder or link"))
+                skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
                 continue
             if entry.kind == SYMLINK:
                 try:
@@ -317,7 +318,7 @@ def _create_locked(
     pool.shutdown()
 
     for number in vanished:
-        skipped.append((os.fsdecode(entries[number].path), "vanished during the backup"))
+        skipped.append(Skipped(os.fsdecode(entries[number].path), "vanished during the backup"))
     kept = [e for n, e in enumerate(entries) if n not in vanished]
 
     new_packs = dict(packer.written)

@@ -10,6 +10,7 @@ O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are creat
 
 from __future__ import annotations
 
+import errno
 import os
 from collections import deque
 from collections.abc import Iterator, Mapping
@@ -29,6 +30,7 @@ from backupvault.backup.repo.chunksource import ChunkSource
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.safe import Limits, Skipped, check_space, no_space, space
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
@@ -122,6 +124,7 @@ def restore_snapshot(
     include: str | None = None,
     storage_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
+    key: str = "password",
 ) -> RestoreInfo:
     """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
     the file or folder `include` inside it, into the new or empty folder `dest`."""
@@ -135,7 +138,9 @@ def restore_snapshot(
     plan(entries, index)
     reporter = progress or _NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
-    skipped: list[tuple[str, str]] = []
+    limits = Limits(max_entries=len(entries), max_bytes=total)
+    check_space(dest_path.parent, limits)
+    skipped: list[Skipped] = []
     reporter.start(total, "restoring")
     try:
         with _staging_folder(dest_path) as (staging, default_mode):
@@ -143,8 +148,10 @@ def restore_snapshot(
             try:
                 _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
             except OSError as exc:
-                # Disk full, or a tree whose entries contradict each other (a file under
-                # a name that is not a folder): nothing of it stays.
+                if exc.errno == errno.ENOSPC:
+                    raise no_space(*space(dest_path.parent, limits)) from None
+                # A tree whose entries contradict each other (a file under a name that is
+                # not a folder): nothing of it stays.
                 name = os.fsdecode(exc.filename) if exc.filename else "the restored files"
                 raise DestinationError(f"cannot restore {name}: {exc.strerror}") from None
             finally:
@@ -172,6 +179,7 @@ def restore_snapshot(
         folders=sum(e.kind == DIR and e.path != ROOT for e in entries),
         links=sum(e.kind == SYMLINK for e in entries) - len(skipped),
         bytes=sum(e.size for e in files),
+        key=key,
         skipped=skipped,
     )
 
@@ -196,7 +204,7 @@ def _fill(
     reporter: Progress,
     index: Index,
     workers: int,
-    skipped: list[tuple[str, str]],
+    skipped: list[Skipped],
 ) -> None:
     for entry in entries:
         if entry.kind == DIR and entry.path != ROOT:
@@ -228,7 +236,12 @@ def _fill(
         if entry.kind == SYMLINK:
             if _link_escapes(entry.path, entry.target, links):
                 target = os.fsdecode(entry.target)
-                skipped.append((os.fsdecode(entry.path), f"symbolic link to {target} is outside"))
+                skipped.append(
+                    Skipped(
+                        os.fsdecode(entry.path),
+                        f"symbolic link to {target} is outside the restored folder",
+                    )
+                )
                 continue
             os.symlink(entry.target, entry.path, dir_fd=dir_fd)
             ns = (entry.mtime_ns, entry.mtime_ns)

@@ -1,13 +1,17 @@
-"""Account tokens: EdDSA (Ed25519) JWTs signed by the operator, checked by the relay.
+"""Account tokens: EdDSA (Ed25519) JWTs signed by the account issuer.
 
-The operator (or the app that owns the accounts) holds the private key and mints a
-short-lived token per account; the relay holds only the public key. A token names the
-account in `sub`; the relay forwards a request for that account and no other.
+The operator (or the app that owns the accounts) holds the issuer's private key and mints
+short-lived tokens per account. Each account holds two, with different audiences:
+
+- the relay token (audience: the relay's), sent in the Authorization header; the relay
+  forwards a request for that account and no other;
+- the fleet token (audience: `fleet_audience(fleet_id)`), carried only inside the sealed
+  request, so the relay never sees it; the vault firmware checks it, so a relay alone
+  cannot act for an account (docs/relay.md, "What a compromised relay can do").
 """
 
 from __future__ import annotations
 
-import os
 import secrets
 import time
 from collections.abc import Callable
@@ -20,6 +24,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.files import write_new_file
 from backupvault.protocol import is_valid_name
 
 ALGORITHM = "EdDSA"
@@ -55,22 +60,6 @@ def public_key_pem(key: Ed25519PrivateKey | Ed25519PublicKey) -> bytes:
     )
 
 
-def _write_new(path: Path, data: bytes, mode: int) -> None:
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    except FileExistsError:
-        raise InvalidInput(
-            f"{path} already exists; refusing to overwrite a key file",
-            hint="move the old key away first, or choose another path",
-        ) from None
-    except OSError as err:
-        raise InvalidInput(f"cannot create {path}: {err.strerror}") from None
-    with os.fdopen(fd, "wb") as out:
-        out.write(data)
-        out.flush()
-        os.fsync(out.fileno())
-
-
 def save_operator_key(
     key: Ed25519PrivateKey,
     private_path: str | Path,
@@ -79,8 +68,8 @@ def save_operator_key(
     passphrase: bytes | None = None,
 ) -> None:
     """Write the private key (mode 0600) and the public key (0644) as PEM; never overwrites."""
-    _write_new(Path(private_path), private_key_pem(key, passphrase), 0o600)
-    _write_new(Path(public_path), public_key_pem(key), 0o644)
+    write_new_file(private_path, private_key_pem(key, passphrase), 0o600)
+    write_new_file(public_path, public_key_pem(key), 0o644)
 
 
 def _read(path: str | Path, what: str) -> bytes:
@@ -123,6 +112,12 @@ def load_operator_public_key(source: str | Path | bytes) -> Ed25519PublicKey:
 
 
 # --- tokens ----------------------------------------------------------------------------
+
+
+def fleet_audience(fleet_id: bytes) -> str:
+    """The audience of fleet tokens: names one fleet, so a token for one fleet is refused by
+    every other."""
+    return "backupvault-fleet:" + fleet_id.hex()
 
 
 def mint_token(
@@ -181,8 +176,9 @@ class TokenVerifier:
     leeway_seconds: float = 30.0
     clock: Callable[[], float] = time.time
 
-    def verify(self, token: str) -> str:
-        """The account the token was issued to; raises TokenRejected otherwise."""
+    def verify(self, token: str, now: float | None = None) -> str:
+        """The account the token was issued to; raises TokenRejected otherwise. `now`
+        replaces the clock (the firmware is given the time rather than reading it)."""
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenRejected("invalid_token", "the bearer token is empty or too long")
         try:
@@ -212,7 +208,8 @@ class TokenVerifier:
             raise TokenRejected("invalid_token", "tokens must be signed with EdDSA") from None
         except jwt.PyJWTError:
             raise TokenRejected("invalid_token", "the bearer token is malformed") from None
-        now = self.clock()
+        if now is None:
+            now = self.clock()
         exp = _number(claims, "exp")
         nbf = _number(claims, "nbf")
         iat = _number(claims, "iat")

@@ -1,0 +1,412 @@
+"""Writing a restored tree strictly inside one folder, whatever the archive asks for.
+
+`SafeDestination` is the only way a restore touches the disk. It trusts nothing about the
+names, links and sizes it is given (they come from an archive that may have been written by
+a compromised device), and it does not rely on `tarfile`'s extraction or its filters, so the
+tarfile path-escape fixes (CVE-2025-4517, -4138, -4330; Python 3.11.13+, 3.12.11+, 3.13.4+)
+are not needed for safety. Rules:
+
+- Names are relative, `/`-separated, without empty, `.` or `..` components (the root
+  folder itself is the name "."), at most 4096 bytes, 255 per component, 1024 deep.
+- Every name is created once (a duplicate aborts); a member's folder must be a folder the
+  archive created earlier (so nothing goes under a symbolic link or a file it created).
+- Everything is created relative to an open folder descriptor: folders with
+  `mkdir(dir_fd=)`, reached again only with `open(O_DIRECTORY | O_NOFOLLOW, dir_fd=)`;
+  files with `open(O_CREAT | O_EXCL | O_NOFOLLOW, dir_fd=)`; hard links with
+  `link(src_dir_fd=, dst_dir_fd=, follow_symlinks=False)`. No path is ever resolved
+  through a symbolic link while restoring.
+- A hard link may only name a regular file created earlier by the same restore.
+- Symbolic links are created last, and only if their target, resolved through the links of
+  the same archive, stays inside the tree (others are skipped and reported); so after the
+  restore no link in the tree leads out of it.
+- Totals are capped: at most `Limits.max_entries` members and `Limits.max_bytes` bytes of
+  file data (the backup header's declared figures); a member that would pass them aborts
+  before any of its data is written.
+- Permission bits are kept except setuid, setgid and sticky; ownership is not applied.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from enum import Enum
+from typing import TypeVar
+
+from backupvault.backup.errors import DestinationError, NoSpace, UnsafeArchive
+
+_T = TypeVar("_T")
+
+MAX_NAME_BYTES = 4096
+MAX_COMPONENT_BYTES = 255
+MAX_DEPTH = 1024
+MAX_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
+
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+_FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+class Kind(Enum):
+    FOLDER = "folder"
+    FILE = "file"
+    SYMLINK = "symbolic link"
+    HARDLINK = "hard link"
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one restore may write: members (of any kind) and bytes of file data."""
+
+    max_entries: int
+    max_bytes: int
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """Something the restore left out on purpose, and why (for people: `str()`)."""
+
+    name: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.name}: {self.reason}"
+
+
+@dataclass
+class Written:
+    files: int = 0  # regular files and hard links
+    folders: int = 0  # not counting the root
+    links: int = 0  # symbolic links created
+    bytes: int = 0
+    entries: int = 0
+    has_root: bool = False
+    skipped: list[Skipped] = field(default_factory=list)
+
+
+def human_size(n: int) -> str:
+    """1536 -> '1.5 KiB'."""
+    size = float(n)
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if size < 1024 or unit == "TiB":
+            return f"{n} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def no_space(needs: int, has: int) -> NoSpace:
+    return NoSpace(
+        f"no space left on the destination's disk (needs {human_size(needs)}, "
+        f"has {human_size(has)})",
+        hint="free some space, or restore onto another disk",
+    )
+
+
+def space(folder: str | os.PathLike[str] | int, limits: Limits) -> tuple[int, int]:
+    """(bytes a restore within `limits` may need, bytes free) on `folder`'s disk. The need
+    counts a block per entry besides the file data: small files take a block each."""
+    st = os.statvfs(folder)
+    return limits.max_bytes + limits.max_entries * st.f_bsize, st.f_bavail * st.f_frsize
+
+
+def check_space(folder: str | os.PathLike[str], limits: Limits) -> None:
+    """Refuse before anything is written if a restore within `limits` may not fit."""
+    needs, has = space(folder, limits)
+    if needs > has:
+        raise no_space(needs, has)
+
+
+def split_name(name: str) -> tuple[str, ...]:
+    """The components of an archive name; () for the root ("."). Refuses anything unsafe."""
+    if "\x00" in name:
+        raise UnsafeArchive(f"a name holds a NUL byte: {name!r}")
+    if name.startswith("/"):
+        raise UnsafeArchive(f"an absolute name: {name!r}")
+    trimmed = name[:-1] if name.endswith("/") else name  # folders may end with one "/"
+    if trimmed in (".", "./"):
+        return ()
+    if len(os.fsencode(trimmed)) > MAX_NAME_BYTES:
+        raise UnsafeArchive(f"a name longer than {MAX_NAME_BYTES} bytes: {name[:80]!r}...")
+    parts = tuple(trimmed.split("/"))
+    for part in parts:
+        if part == "..":
+            raise UnsafeArchive(f"a name that climbs out with '..': {name!r}")
+        if part in ("", "."):
+            raise UnsafeArchive(f"a name with an empty or '.' component: {name!r}")
+        if len(os.fsencode(part)) > MAX_COMPONENT_BYTES:
+            raise UnsafeArchive(f"a name component longer than 255 bytes in {name[:80]!r}")
+    if len(parts) > MAX_DEPTH:
+        raise UnsafeArchive(f"a name more than {MAX_DEPTH} folders deep")
+    return parts
+
+
+class SafeDestination:
+    """Creates a tree inside the existing folder `root` (see the module docstring).
+
+    Use: create members in archive order (`folder`, `file`, `symlink`, `hardlink`,
+    `root_attributes`), then `finish()`, which creates the symbolic links and applies folder
+    modes and times; `close()` (or `with`) releases the descriptors. Any refusal raises
+    `UnsafeArchive`; a full disk raises `NoSpace`. What was written so far stays:
+    the caller writes into a staging folder and removes it on failure.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], limits: Limits) -> None:
+        self.limits = limits
+        self.written = Written()
+        self._root_fd = os.open(root, _DIR_FLAGS)
+        self._needs, self._has = space(self._root_fd, limits)
+        self._kinds: dict[tuple[str, ...], Kind] = {}
+        self._link_targets: dict[tuple[str, ...], str] = {}
+        self._folders: list[tuple[tuple[str, ...], int, int]] = []  # (name, mode, mtime_ns)
+        self._root_attrs: tuple[int, int] | None = None
+        self._cached: tuple[tuple[str, ...], int] | None = None  # last folder opened
+
+    def __enter__(self) -> SafeDestination:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._forget_cached()
+        if self._root_fd >= 0:
+            os.close(self._root_fd)
+            self._root_fd = -1
+
+    # ---- members ------------------------------------------------------------------------
+
+    def root_attributes(self, mode: int, mtime_ns: int) -> None:
+        """The archive's "." member: the restored folder's own mode and time (set last)."""
+        if self._root_attrs is not None:
+            raise UnsafeArchive("the archive holds its root folder '.' twice")
+        self._count(())
+        self._root_attrs = (mode & 0o777, mtime_ns)
+        self.written.has_root = True
+
+    def folder(self, name: str, mode: int, mtime_ns: int) -> None:
+        parts = self._new(name, Kind.FOLDER)
+        if not parts:
+            self.root_attributes(mode, mtime_ns)
+            return
+        parent = self._parent_fd(parts)
+        self._kinds[parts] = Kind.FOLDER
+        self._os(lambda: os.mkdir(parts[-1], 0o700, dir_fd=parent), name)
+        self._folders.append((parts, mode & 0o777, mtime_ns))
+        self.written.folders += 1
+
+    def file(self, name: str, mode: int, mtime_ns: int, size: int, data: Iterable[bytes]) -> None:
+        """A regular file of exactly `size` bytes from `data`."""
+        parts = self._leaf(self._new(name, Kind.FILE), name)
+        if size < 0 or size > self.limits.max_bytes - self.written.bytes:
+            raise UnsafeArchive(
+                f"{name!r} declares {size} bytes, past the {self.limits.max_bytes} bytes "
+                "the backup header allows"
+            )
+        parent = self._parent_fd(parts)
+        self._kinds[parts] = Kind.FILE
+        fd = self._os(lambda: os.open(parts[-1], _FILE_FLAGS, 0o600, dir_fd=parent), name)
+        try:
+            written = 0
+            for piece in data:
+                written += len(piece)
+                if written > size:
+                    raise UnsafeArchive(f"{name!r} holds more data than it declares")
+                self._write_all(fd, piece, name)
+            if written != size:
+                raise UnsafeArchive(f"{name!r} holds less data than it declares")
+            os.fchmod(fd, mode & 0o777)
+            os.utime(fd, ns=(mtime_ns, mtime_ns))
+        finally:
+            os.close(fd)
+        self.written.files += 1
+        self.written.bytes += size
+
+    def _write_all(self, fd: int, data: bytes, name: str) -> None:
+        view = memoryview(data)
+        while view:
+            try:
+                done = os.write(fd, view)
+            except OSError as exc:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                    raise no_space(self._needs, self._has) from None
+                raise DestinationError(f"cannot write {name!r}: {exc.strerror}") from None
+            view = view[done:]
+
+    def hardlink(self, name: str, target: str) -> None:
+        """A second name for `target`, a regular file this restore already created."""
+        parts = self._leaf(self._new(name, Kind.HARDLINK), name)
+        target_parts = split_name(target)
+        if self._kinds.get(target_parts) is not Kind.FILE:
+            what = self._kinds.get(target_parts)
+            raise UnsafeArchive(
+                f"hard link {name!r} points to {target!r}, which is "
+                + ("not in the archive before it" if what is None else f"a {what.value}")
+                + " (only regular files extracted earlier may be linked)"
+            )
+        source_fd = self._open_folder(target_parts[:-1])
+        try:
+            parent = self._parent_fd(parts)
+            self._os(
+                lambda: os.link(
+                    target_parts[-1],
+                    parts[-1],
+                    src_dir_fd=source_fd,
+                    dst_dir_fd=parent,
+                    follow_symlinks=False,
+                ),
+                name,
+            )
+        finally:
+            os.close(source_fd)
+        self._kinds[parts] = Kind.HARDLINK
+        self.written.files += 1
+
+    def symlink(self, name: str, target: str) -> None:
+        """A symbolic link, created in `finish` if its target stays inside the tree."""
+        parts = self._leaf(self._new(name, Kind.SYMLINK), name)
+        if not target or "\x00" in target or len(os.fsencode(target)) > MAX_NAME_BYTES:
+            raise UnsafeArchive(f"symbolic link {name!r} has an invalid target")
+        self._parent_fd(parts)  # its folder must be one of ours
+        self._kinds[parts] = Kind.SYMLINK
+        self._link_targets[parts] = target
+
+    def finish(self) -> Written:
+        """Create the symbolic links that stay inside; apply folder modes and times."""
+        for parts, target in self._link_targets.items():
+            name = "/".join(parts)
+            reason = self._link_escapes(parts, target)
+            if reason is not None:
+                self.written.skipped.append(Skipped(name, reason))
+                continue
+            parent = self._parent_fd(parts)
+            self._os(lambda: os.symlink(target, parts[-1], dir_fd=parent), name)  # noqa: B023
+            self.written.links += 1
+        self._forget_cached()
+        # Deepest first, so a read-only folder is closed only after everything inside it.
+        for parts, mode, mtime_ns in sorted(self._folders, key=lambda f: -len(f[0])):
+            fd = self._open_folder(parts)
+            try:
+                os.fchmod(fd, mode)
+                os.utime(fd, ns=(mtime_ns, mtime_ns))
+            finally:
+                os.close(fd)
+        if self._root_attrs is not None:
+            os.fchmod(self._root_fd, self._root_attrs[0])
+            os.utime(self._root_fd, ns=(self._root_attrs[1], self._root_attrs[1]))
+        return self.written
+
+    # ---- checks -------------------------------------------------------------------------
+
+    def _count(self, parts: tuple[str, ...]) -> None:
+        if self.written.entries >= self.limits.max_entries:
+            raise UnsafeArchive(
+                f"the archive holds more than the {self.limits.max_entries} entries its "
+                "backup header declares"
+            )
+        self.written.entries += 1
+
+    def _new(self, name: str, kind: Kind) -> tuple[str, ...]:
+        parts = split_name(name)
+        if not parts:
+            if kind is not Kind.FOLDER:
+                raise UnsafeArchive(f"the archive's root '.' is a {kind.value}")
+            return parts
+        if parts in self._kinds:
+            raise UnsafeArchive(f"the archive holds {'/'.join(parts)!r} twice")
+        self._count(parts)
+        return parts
+
+    @staticmethod
+    def _leaf(parts: tuple[str, ...], name: str) -> tuple[str, ...]:
+        if not parts:
+            raise UnsafeArchive(f"{name!r} names the root folder")
+        return parts
+
+    def _parent_fd(self, parts: tuple[str, ...]) -> int:
+        """An open descriptor of the folder that holds `parts` (cached: do not close)."""
+        folder = parts[:-1]
+        if folder:
+            if self._kinds.get(folder) is not Kind.FOLDER:
+                # Name the outermost part that is not one of the archive's folders.
+                depth = next(
+                    i
+                    for i in range(1, len(folder) + 1)
+                    if self._kinds.get(folder[:i]) is not Kind.FOLDER
+                )
+                kind = self._kinds.get(folder[:depth])
+                where = "/".join(folder[:depth])
+                raise UnsafeArchive(
+                    f"{'/'.join(parts)!r} is under {where!r}, which is "
+                    + (
+                        "not a folder the archive created before it"
+                        if kind is None
+                        else f"a {kind.value} the archive created"
+                    )
+                )
+        else:
+            return self._root_fd
+        if self._cached is not None and self._cached[0] == folder:
+            return self._cached[1]
+        fd = self._open_folder(folder)
+        self._forget_cached()
+        self._cached = (folder, fd)
+        return fd
+
+    def _forget_cached(self) -> None:
+        if self._cached is not None:
+            os.close(self._cached[1])
+            self._cached = None
+
+    def _link_escapes(self, parts: tuple[str, ...], target: str) -> str | None:
+        """Why the link `parts` -> `target` leads out of the tree (None if it does not),
+        resolving through the archive's own links as the kernel would after the restore."""
+        if target.startswith("/"):
+            return f"symbolic link to {target} is outside the restored folder"
+        stack = list(parts[:-1])
+        pending = target.split("/")
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not stack:
+                    return f"symbolic link to {target} is outside the restored folder"
+                stack.pop()
+                continue
+            stack.append(part)
+            inner = self._link_targets.get(tuple(stack))
+            if inner is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS:
+                    return f"symbolic link to {target} goes through over {MAX_LINK_HOPS} links"
+                if inner.startswith("/"):
+                    return f"symbolic link to {target} leads outside through other links"
+                stack.pop()
+                pending = inner.split("/") + pending
+        return None
+
+    def _open_folder(self, folder: tuple[str, ...]) -> int:
+        """A new descriptor of an archive folder, one component at a time, never following
+        a link; the caller closes it."""
+        fd = os.dup(self._root_fd)
+        try:
+            for part in folder:
+                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                os.close(fd)
+                fd = step
+        except OSError as exc:
+            os.close(fd)
+            raise UnsafeArchive(f"cannot open the folder {'/'.join(folder)!r}: {exc}") from None
+        return fd
+
+    def _os(self, call: Callable[[], _T], name: str) -> _T:
+        """Run one system call for `name`, turning its failure into a clear error."""
+        try:
+            return call()
+        except OSError as exc:
+            if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+                raise no_space(self._needs, self._has) from None
+            if exc.errno == errno.EEXIST:
+                raise UnsafeArchive(f"{name!r} already exists in the restored folder") from None
+            raise DestinationError(f"cannot restore {name!r}: {exc.strerror}") from None

@@ -1,0 +1,167 @@
+"""The relay → node hop: every forwarded request carries the relay's Ed25519 signature.
+
+A node answers client operations only when they come from a relay whose public key its
+fleet file lists (and the deployment record names, through the firmware measurement).
+Whoever else reaches a node's port gets 401 and changes nothing.
+
+    signed message = "backupvault/v1 relay-to-node" || 0x00
+                     || u8 node index || u16 len(op) || op
+                     || u16 len(account) || account || u16 len(entry) || entry
+                     || SHA-256(body) (32) || u64 unix time || nonce (16)
+
+    headers        X-Backupvault-Node       the node index, decimal
+                   X-Backupvault-Time       unix seconds, decimal
+                   X-Backupvault-Nonce      32 hex digits
+                   X-Backupvault-Signature  128 hex digits (Ed25519)
+
+The node index binds a signature to one node, so a request sent to node 1 cannot be
+replayed to node 2; the time and a per-node record of recent nonces refuse a replay to
+the same node. Integers are big-endian; strings are ASCII (names are checked first).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+
+from backupvault.errors import AuthenticationFailed
+from backupvault.protocol import is_valid_name
+
+CONTEXT = b"backupvault/v1 relay-to-node\x00"
+NODE_HEADER = "X-Backupvault-Node"
+TIME_HEADER = "X-Backupvault-Time"
+NONCE_HEADER = "X-Backupvault-Nonce"
+SIGNATURE_HEADER = "X-Backupvault-Signature"
+NONCE_LEN = 16
+#: How far a request's time may be from the node's clock.
+WINDOW_SECONDS = 60
+#: Nonces remembered per node; beyond it the node refuses rather than forgets (see below).
+MAX_REMEMBERED = 200_000
+
+
+class HopRefused(AuthenticationFailed):
+    """The request did not come, verifiably and freshly, from a listed relay."""
+
+
+def _field(value: str) -> bytes:
+    data = value.encode("ascii")
+    return struct.pack(">H", len(data)) + data
+
+
+def signed_message(
+    node: int, op: str, account: str, entry: str, body: bytes, at: int, nonce: bytes
+) -> bytes:
+    if not (0 <= node < 256 and len(nonce) == NONCE_LEN and 0 <= at < 1 << 64):
+        raise ValueError("node index, time or nonce out of range")
+    return (
+        CONTEXT
+        + bytes([node])
+        + _field(op)
+        + _field(account)
+        + _field(entry)
+        + hashlib.sha256(body).digest()
+        + struct.pack(">Q", at)
+        + nonce
+    )
+
+
+def sign_headers(
+    key: Ed25519PrivateKey,
+    node: int,
+    op: str,
+    account: str,
+    entry: str,
+    body: bytes,
+    now: float | None = None,
+) -> dict[str, str]:
+    """The headers that prove to node `node` that this relay sends this request now."""
+    at = int(time.time() if now is None else now)
+    nonce = os.urandom(NONCE_LEN)
+    signature = key.sign(signed_message(node, op, account, entry, body, at, nonce))
+    return {
+        NODE_HEADER: str(node),
+        TIME_HEADER: str(at),
+        NONCE_HEADER: nonce.hex(),
+        SIGNATURE_HEADER: signature.hex(),
+    }
+
+
+def _decimal(value: str | None, what: str) -> int:
+    if value is None or not (value.isascii() and value.isdigit()) or len(value) > 19:
+        raise HopRefused(f"missing or malformed {what} header")
+    return int(value)
+
+
+def _hex(value: str | None, length: int, what: str) -> bytes:
+    if value is None or len(value) != 2 * length:
+        raise HopRefused(f"missing or malformed {what} header")
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise HopRefused(f"missing or malformed {what} header") from None
+
+
+@dataclass
+class HopVerifier:
+    """One node's check of the relay hop: signature by a listed relay key, addressed to
+    this node, within the time window, nonce never seen before."""
+
+    node: int
+    relay_keys: Iterable[bytes]
+    clock: Callable[[], float] = time.time
+    _keys: list[Ed25519PublicKey] = field(init=False)
+    #: nonce -> time it was signed, oldest first; entries leave once outside the window.
+    _seen: OrderedDict[bytes, int] = field(default_factory=OrderedDict, init=False)
+
+    def __post_init__(self) -> None:
+        self._keys = [Ed25519PublicKey.from_public_bytes(bytes(k)) for k in self.relay_keys]
+        if not self._keys:
+            raise ValueError("a node needs at least one relay public key")
+
+    def verify(
+        self, headers: Mapping[str, str], op: str, account: str, entry: str, body: bytes
+    ) -> None:
+        """Raises HopRefused unless the request is fresh, for this node, and signed."""
+        if not (is_valid_name(account) and is_valid_name(entry)):
+            raise HopRefused("account and entry must be valid names")
+        named = {k.lower(): v for k, v in headers.items()}  # header names ignore case
+        node = _decimal(named.get(NODE_HEADER.lower()), NODE_HEADER)
+        at = _decimal(named.get(TIME_HEADER.lower()), TIME_HEADER)
+        nonce = _hex(named.get(NONCE_HEADER.lower()), NONCE_LEN, NONCE_HEADER)
+        signature = _hex(named.get(SIGNATURE_HEADER.lower()), 64, SIGNATURE_HEADER)
+        if node != self.node:
+            raise HopRefused(f"the request is signed for node {node}, not this node")
+        now = self.clock()
+        if abs(now - at) > WINDOW_SECONDS:
+            raise HopRefused("the relay's signature is too old or from the future; check clocks")
+        message = signed_message(node, op, account, entry, body, at, nonce)
+        for key in self._keys:
+            try:
+                key.verify(signature, message)
+                break
+            except InvalidSignature:
+                continue
+        else:
+            raise HopRefused("the request is not signed by a relay this fleet lists")
+        self._remember(nonce, at, now)
+
+    def _remember(self, nonce: bytes, at: int, now: float) -> None:
+        while self._seen:
+            oldest, signed_at = next(iter(self._seen.items()))
+            if now - signed_at <= WINDOW_SECONDS:
+                break
+            del self._seen[oldest]
+        if nonce in self._seen:
+            raise HopRefused("this signed request was already used (a replay)")
+        if len(self._seen) >= MAX_REMEMBERED:
+            # Forgetting a nonce still inside the window would let its request be replayed.
+            raise HopRefused("too many requests in the replay window; try again shortly")
+        self._seen[nonce] = at

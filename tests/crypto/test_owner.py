@@ -1,0 +1,166 @@
+"""The entry owner's key and signed statements (crypto/owner.py): exact bytes, and the
+forgeries, field swaps and replays a node must refuse."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import struct
+
+import pytest
+
+from backupvault.crypto import owner
+from backupvault.crypto.owner import OwnerStatement, StatementKind, sign_statement
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+EXPORT_KEY = bytes(range(64))
+FLEET = bytes.fromhex("f1" * 32)
+B_A = bytes.fromhex("e2" * 32)
+
+
+def _reset(**changes: object) -> OwnerStatement:
+    base = OwnerStatement(
+        kind=StatementKind.RESET,
+        fleet_id=FLEET,
+        account="alice",
+        entry="backup-root-key",
+        version=3,
+        counter=7,
+        payload_hash=owner.payload_hash(B_A),
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def _verify(statement: OwnerStatement, signature: bytes, last: int | None = None) -> None:
+    owner.verify_statement(
+        owner.owner_public_key(EXPORT_KEY), statement, signature, last_counter=last
+    )
+
+
+def test_owner_key_is_derived_from_export_key() -> None:
+    first = owner.owner_public_key(EXPORT_KEY)
+    assert first == owner.owner_public_key(EXPORT_KEY)
+    assert len(first) == 32
+    assert first != owner.owner_public_key(bytes(64))
+    for bad in (bytes(32), bytes(65), b""):
+        with pytest.raises(InvalidInput):
+            owner.derive_owner_key(bad)
+
+
+def test_statement_bytes_are_exact() -> None:
+    statement = _reset()
+    expected = (
+        b"backupvault/owner-statement/v1"
+        + b"\x01"
+        + b"\x00\x20"
+        + FLEET
+        + b"\x05alice"
+        + b"\x0fbackup-root-key"
+        + struct.pack(">Q", 3)
+        + struct.pack(">Q", 7)
+        + owner.payload_hash(B_A)
+    )
+    assert statement.to_bytes() == expected
+    assert OwnerStatement.from_bytes(expected) == statement
+
+
+def test_a_signed_statement_verifies_and_round_trips() -> None:
+    statement = _reset()
+    signature = sign_statement(EXPORT_KEY, statement)
+    assert len(signature) == 64
+    _verify(OwnerStatement.from_bytes(statement.to_bytes()), signature)
+    _verify(statement, signature, last=6)
+
+
+def test_forgeries_are_refused() -> None:
+    statement = _reset()
+    genuine = sign_statement(EXPORT_KEY, statement)
+    other_owner = sign_statement(os.urandom(64), statement)
+    flipped = bytes([genuine[0] ^ 1]) + genuine[1:]
+    for signature in (other_owner, flipped, os.urandom(64), bytes(64)):
+        with pytest.raises(AuthenticationFailed, match="does not verify"):
+            _verify(statement, signature)
+    with pytest.raises(AuthenticationFailed, match="64 bytes"):
+        _verify(statement, genuine[:63])
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"version": 7, "counter": 3},  # version and attempt swapped
+        {"account": "backup-root-key", "entry": "alice"},  # account and entry swapped
+        {"account": "alicebackup-root-ke", "entry": "y"},  # same bytes, other split
+        {"kind": StatementKind.DELETE},  # a reset used as a delete
+        {"kind": StatementKind.CHANGE_PASSWORD},
+    ],
+    ids=["version-attempt", "account-entry", "split", "as-delete", "as-change"],
+)
+def test_field_swaps_are_refused(changes: dict[str, object]) -> None:
+    signature = sign_statement(EXPORT_KEY, _reset())
+    with pytest.raises(AuthenticationFailed, match="does not verify"):
+        _verify(_reset(**changes), signature)
+
+
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"entry": "other-entry"},
+        {"account": "bob"},
+        {"version": 4},
+        {"version": 2},
+        {"fleet_id": bytes(32)},
+        {"payload_hash": owner.payload_hash(bytes.fromhex("e3" * 32))},  # another B
+    ],
+    ids=["entry", "account", "next-version", "old-version", "fleet", "blinded-element"],
+)
+def test_replay_across_entries_versions_and_blinded_elements_is_refused(
+    changes: dict[str, object],
+) -> None:
+    # The node rebuilds the statement from its own state, so a signature made for another
+    # entry, version, fleet or B never verifies there.
+    signature = sign_statement(EXPORT_KEY, _reset())
+    with pytest.raises(AuthenticationFailed, match="does not verify"):
+        _verify(_reset(**changes), signature)
+
+
+def test_a_used_counter_is_refused() -> None:
+    statement = _reset(counter=7)
+    signature = sign_statement(EXPORT_KEY, statement)
+    _verify(statement, signature, last=None)
+    for last in (7, 8, 100):
+        with pytest.raises(AuthenticationFailed, match="already used"):
+            _verify(statement, signature, last=last)
+
+
+@pytest.mark.parametrize(
+    "mangle",
+    [
+        lambda b: b[:-1],
+        lambda b: b + b"\x00",
+        lambda b: b"x" + b[1:],
+        lambda b: b[:30] + b"\x09" + b[31:],  # unknown kind
+        lambda b: b[:30] + b"\x01\x00\x00" + b[33:],  # empty fleet id
+        lambda b: b"",
+    ],
+    ids=["short", "long", "label", "kind", "empty-fleet", "empty"],
+)
+def test_malformed_statement_bytes_are_refused(mangle: object) -> None:
+    encoded = _reset().to_bytes()
+    assert callable(mangle)
+    with pytest.raises(InvalidInput):
+        OwnerStatement.from_bytes(mangle(encoded))
+
+
+def test_invalid_fields_are_refused() -> None:
+    for changes in (
+        {"version": -1},
+        {"counter": 2**64},
+        {"payload_hash": bytes(31)},
+        {"account": ""},
+        {"entry": "x" * 256},
+        {"fleet_id": b""},
+    ):
+        with pytest.raises(InvalidInput):
+            _reset(**changes)
+    with pytest.raises(InvalidInput):
+        owner.verify_statement(bytes(31), _reset(), bytes(64), last_counter=None)

@@ -1,0 +1,265 @@
+"""Who the nodes listen to, attacked with real processes (5 nodes and the relay on
+loopback, with the relay's default rate limits): a direct caller, a relay without the
+account's fleet token, a relay replaying what it saw; and guesses typed as fast as a
+script can, through the `backupvault` CLI."""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backupvault.client.errors import WrongPassword
+from backupvault.crypto.seal import seal_request
+from backupvault.hop import sign_headers
+from backupvault.node.config import FleetDescription, write_toml
+from backupvault.protocol import AuthorizedRequest, EntryStatus, Op, StatusRequest
+from backupvault.tokens import load_operator_private_key
+
+from .conftest import RecordingTransport, Vault
+
+PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def default_relay_limits(vault: Vault) -> None:
+    """This module's relay runs with the default limits (burst 20, 60 per minute)."""
+    relay_toml = vault.root / "relay.toml"
+    relay = tomllib.loads(relay_toml.read_text())
+    for name in ("burst", "rate_per_minute"):
+        relay["relay"].pop(name, None)
+    write_toml(relay_toml, relay)
+    vault.deployment.stop_process("relay")
+    vault.deployment.start_relay()
+    vault.deployment.wait_ready(60)
+
+
+@pytest.fixture(autouse=True)
+def full_fleet(vault: Vault) -> Iterator[None]:
+    vault.ensure_all_running()
+    yield
+
+
+def _nodes(vault: Vault) -> list[str]:
+    return [n.url for n in FleetDescription.load(vault.root / "fleet.toml").nodes]
+
+
+def _sealed_status(vault: Vault, account: str, entry: str, fleet_token: str) -> bytes:
+    assert vault.config.fleet_id is not None and vault.config.fleet_public_key is not None
+    body = AuthorizedRequest(fleet_token, StatusRequest(account, entry).to_bytes()).to_bytes()
+    sealed, _ = seal_request(vault.config.fleet_public_key, vault.config.fleet_id, "status", body)
+    return sealed
+
+
+def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
+    """Whoever reaches a node's port, with a perfectly sealed request and the account's
+    own fleet token, gets 401 unless a listed relay signed it for that node, now."""
+    account, entry = "direct-user", "direct-entry"
+    owner = vault.client(account, entry)
+    owner.register(PASSWORD, os.urandom(32))
+    sealed = _sealed_status(vault, account, entry, vault.fleet_token(account))
+    names = {
+        "X-Backupvault-Account": account,
+        "X-Backupvault-Entry": entry,
+        "Content-Type": "application/octet-stream",
+    }
+    forger = load_operator_private_key(vault.root / "operator.key")  # not a relay key
+    relay_key = load_operator_private_key(vault.root / "relay-signing.key")
+    with httpx.Client(timeout=10) as http:
+        for index, url in enumerate(_nodes(vault)):
+            for op in ("status", "recover-start", "delete"):
+                unsigned = http.post(f"{url}/v1/client/{op}", content=sealed, headers=names)
+                assert unsigned.status_code == 401, unsigned.text
+                assert unsigned.json()["error"] == "relay_signature"
+            forged = sign_headers(forger, index, "status", account, entry, sealed)
+            answer = http.post(
+                f"{url}/v1/client/status", content=sealed, headers={**names, **forged}
+            )
+            assert answer.status_code == 401
+            # Signed by the relay's key, but for another node: refused too.
+            other = sign_headers(relay_key, (index + 1) % 5, "status", account, entry, sealed)
+            answer = http.post(
+                f"{url}/v1/client/status", content=sealed, headers={**names, **other}
+            )
+            assert answer.status_code == 401
+            # The relay's real signature, once: answered; the same request again: a replay.
+            good = sign_headers(relay_key, index, "status", account, entry, sealed)
+            answer = http.post(f"{url}/v1/client/status", content=sealed, headers={**names, **good})
+            assert answer.status_code == 200, answer.text
+            again = http.post(f"{url}/v1/client/status", content=sealed, headers={**names, **good})
+            assert again.status_code == 401 and "replay" in again.json()["detail"]
+    status = owner.status()
+    assert (status.status, status.guesses_remaining) == (EntryStatus.LIVE, 10)
+
+
+def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
+    """A relay with its own signing key and every relay token, but not the fleet token
+    (sealed by the client): a request it makes up is refused; the sealed requests it saw,
+    replayed to any node, cost the user nothing."""
+    account, entry = "relayed-user", "relayed-entry"
+    recording = RecordingTransport()
+    owner = vault.client(account, entry, http=httpx.Client(transport=recording, timeout=30))
+    owner.register(PASSWORD, os.urandom(32))
+    with pytest.raises(WrongPassword):
+        owner.recover("wrong password")
+    owner.recover(PASSWORD)
+    assert owner.status().guesses_remaining == 10
+
+    relay_key = load_operator_private_key(vault.root / "relay-signing.key")
+    names = {"X-Backupvault-Account": account, "X-Backupvault-Entry": entry}
+    with httpx.Client(timeout=10) as http:
+        # Made up: sealed to the (public) fleet key, with the relay token inside.
+        made_up = _sealed_status(vault, account, entry, vault.token(account))
+        headers = {**names, **sign_headers(relay_key, 0, "status", account, entry, made_up)}
+        answer = http.post(f"{_nodes(vault)[0]}/v1/client/status", content=made_up, headers=headers)
+        assert answer.status_code == 403 and answer.json()["error"] == "unauthorized"
+        # Replayed: every sealed recover-start and recover-finish it forwarded, to every node.
+        for op in ("recover-start", "recover-finish"):
+            for body in recording.bodies(op):
+                for index, url in enumerate(_nodes(vault)):
+                    signed = sign_headers(relay_key, index, op, account, entry, body)
+                    answer = http.post(
+                        f"{url}/v1/client/{op}", content=body, headers={**names, **signed}
+                    )
+                    assert answer.status_code == 200, answer.text  # sealed: stale or expired
+    status = owner.status()
+    assert (status.status, status.guesses_remaining) == (EntryStatus.LIVE, 10)
+    assert owner.recover(PASSWORD).wrong_guesses_before == 0
+
+
+def _cli_guess(
+    vault: Vault, config: Path, storage: Path, to: Path, password: str
+) -> tuple[int, str]:
+    done = vault.cli(
+        "backup",
+        "restore",
+        "--storage",
+        str(storage),
+        "--to",
+        str(to),
+        "--password-stdin",
+        config=config,
+        stdin=password + "\n",
+    )
+    return done.returncode, done.stderr
+
+
+def test_ten_wrong_guesses_in_a_tight_loop_each_say_what_is_left(
+    vault: Vault, tmp_path: Path
+) -> None:
+    """With the relay's default limits, a script typing wrong passwords as fast as it can
+    is told the exact count after every guess, never loses one to a rate limit, and the
+    10th destroys the key."""
+    config = vault.client_config(tmp_path / "client.toml", "script-user", "script-entry")
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "note.txt").write_text("hello\n")
+    storage = tmp_path / "storage"
+    made = vault.cli(
+        "backup",
+        "create",
+        str(source),
+        "--storage",
+        str(storage),
+        "--password-stdin",
+        config=config,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+    told = []
+    for guess in range(1, 11):
+        code, stderr = _cli_guess(vault, config, storage, tmp_path / f"to{guess}", f"wrong {guess}")
+        told.append((code, stderr))
+        if guess < 10:
+            assert code == 3, stderr
+            left = 10 - guess
+            expected = "1 guess left" if left == 1 else f"{left} guesses left"
+            assert expected in stderr, stderr
+            assert re.search(r"\b(429|rate|too many requests)\b", stderr) is None, stderr
+        else:
+            assert code == 4, stderr
+            assert "destroyed" in stderr
+        assert not (tmp_path / f"to{guess}").exists()
+    code, stderr = _cli_guess(vault, config, storage, tmp_path / "right", PASSWORD)
+    assert code == 4, stderr
+    assert not (tmp_path / "right").exists()
+
+
+def test_vault_delete_needs_the_password(vault: Vault, tmp_path: Path) -> None:
+    config = vault.client_config(tmp_path / "client.toml", "deleting-user", "deleting-entry")
+    client = vault.client("deleting-user", "deleting-entry")
+    source, storage = tmp_path / "source", tmp_path / "storage"
+    source.mkdir()
+    (source / "a.txt").write_text("a\n")
+    made = vault.cli(
+        "backup",
+        "create",
+        str(source),
+        "--storage",
+        str(storage),
+        "--password-stdin",
+        config=config,
+        stdin=PASSWORD + "\n",
+    )
+    assert made.returncode == 0, made.stderr
+    wrong = vault.cli(
+        "vault",
+        "delete",
+        "--yes",
+        "--password-stdin",
+        "--storage",
+        str(storage),
+        config=config,
+        stdin="nope\n",
+    )
+    assert wrong.returncode == 3, wrong.stderr
+    # The warning comes first, with what would be lost.
+    assert "can no longer be opened: 1 password backup in" in wrong.stderr, wrong.stderr
+    assert client.status().status == EntryStatus.LIVE
+    right = vault.cli(
+        "vault", "delete", "--yes", "--password-stdin", config=config, stdin=PASSWORD + "\n"
+    )
+    assert right.returncode == 0, right.stderr
+    assert client.status().status == EntryStatus.EMPTY
+
+
+def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
+    vault: Vault, tmp_path: Path
+) -> None:
+    config = vault.client_config(tmp_path / "client.toml", "burnt-user", "burnt-entry")
+    client = vault.client("burnt-user", "burnt-entry")
+    client.register(PASSWORD, os.urandom(32), guess_limit=1)
+    with pytest.raises(Exception, match="destroyed"):
+        client.recover("wrong")
+    assert client.status().status == EntryStatus.DESTROYED
+    cleared = vault.cli("vault", "delete", "--yes", config=config)
+    assert cleared.returncode == 0, cleared.stderr
+    assert "--new-key" in cleared.stdout
+    assert client.status().status == EntryStatus.EMPTY
+    client.register("a new password", os.urandom(32))
+    assert client.status().status == EntryStatus.LIVE
+
+
+def test_status_is_the_same_size_whatever_the_answer(vault: Vault) -> None:
+    """The relay sees one size per operation: an unknown entry, a live one, a wrong
+    password and a right one look alike on the wire."""
+    recording = RecordingTransport()
+    http = httpx.Client(transport=recording, timeout=30)
+    known = vault.client("sized-user", "sized-entry", http=http)
+    unknown = vault.client("sized-user", "no-such-entry", http=http)
+    known.register(PASSWORD, os.urandom(32))
+    unknown.status()
+    known.status()
+    with pytest.raises(WrongPassword):
+        known.recover("wrong")
+    known.recover(PASSWORD)
+    with pytest.raises(Exception, match="no key"):
+        unknown.recover(PASSWORD)
+    for op in (Op.STATUS, Op.RECOVER_START, Op.RECOVER_FINISH):
+        sizes = {len(e.response) for e in recording.exchanges if e.path.endswith(f"/{op}")}
+        assert len(sizes) == 1, (op, sizes)

@@ -1,0 +1,108 @@
+"""The Promela model of the threshold vault's per-node counter rules (spec/threshold.pml),
+checked by spin.
+
+The correct rules must verify over the whole state space for every configuration; the
+bound must be reached (asserting one output less finds a counterexample, so the check is
+not vacuous); each mutant must yield a counterexample. See docs/threshold.md.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+MODEL = Path(__file__).resolve().parents[2] / "spec" / "threshold.pml"
+
+
+@dataclass(frozen=True)
+class PanResult:
+    output: str
+    errors: int
+    states: int
+    trail: bool
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} is not installed: the model check needs spin and gcc "
+            "(scripts/setup.sh installs them; by hand: apt-get install -y spin gcc)"
+        )
+    return path
+
+
+def run_pan(tmp_path: Path, *defines: str) -> PanResult:
+    spin, gcc = _tool("spin"), _tool("gcc")
+    model = tmp_path / "threshold.pml"
+    shutil.copy(MODEL, model)
+    flags = [f"-D{d}" for d in defines]
+    subprocess.run([spin, *flags, "-a", model.name], cwd=tmp_path, check=True, timeout=60)
+    # The state spaces are small (thousands of states): an unoptimized build is quicker.
+    subprocess.run(
+        [gcc, "-O0", "-w", "-DSAFETY", "-DNOREDUCE", "-DMEMLIM=1000", "-o", "pan", "pan.c"],
+        cwd=tmp_path,
+        check=True,
+        timeout=120,
+    )
+    done = subprocess.run(
+        ["./pan", "-m100000", "-w20"], cwd=tmp_path, capture_output=True, text=True, timeout=170
+    )
+    output = done.stdout + done.stderr
+    errors = re.search(r"errors: (\d+)", output)
+    states = re.search(r"(\d+) states, stored", output)
+    assert errors is not None and states is not None, output
+    return PanResult(
+        output, int(errors.group(1)), int(states.group(1)), model.with_suffix(".pml.trail").exists()
+    )
+
+
+@pytest.mark.parametrize(
+    "defines",
+    [("N=3", "C=0"), ("N=3", "C=1"), ("N=5", "C=0")],
+    ids=["n3-honest", "n3-one-hostile", "n5-honest"],
+)
+def test_rules_keep_the_bound_exhaustively(tmp_path: Path, defines: tuple[str, ...]) -> None:
+    result = run_pan(tmp_path, *defines)
+    assert result.errors == 0, result.output
+    assert not result.trail
+    assert "Full statespace search" in result.output, result.output
+    assert "Search not completed" not in result.output, result.output
+    assert "max search depth too small" not in result.output, result.output
+    assert "bit-state" not in result.output.lower(), result.output
+    assert result.states > 500, result.output  # the search explored something real
+
+
+@pytest.mark.parametrize(
+    "defines",
+    [("N=3", "C=0", "TIGHT"), ("N=3", "C=1", "TIGHT"), ("N=5", "C=0", "TIGHT")],
+    ids=["n3-honest-L", "n3-one-hostile-4", "n5-honest-L"],
+)
+def test_the_bound_is_reached(tmp_path: Path, defines: tuple[str, ...]) -> None:
+    # L outputs with every node honest, floor((N-c)L/(t-c)) = 4 with one hostile of 3.
+    result = run_pan(tmp_path, *defines)
+    assert result.errors >= 1, result.output
+    assert result.trail, result.output
+    assert "assertion violated" in result.output, result.output
+
+
+@pytest.mark.parametrize(
+    "defines",
+    [
+        ("N=3", "C=0", "BUG_NO_OWN_CHECK"),
+        ("N=5", "C=0", "BUG_NO_OWN_CHECK"),
+        ("N=3", "C=1", "BUG_TWO_B"),
+        ("N=3", "C=1", "BUG_PEER_RESET"),
+    ],
+    ids=["no-own-check-n3", "no-own-check-n5", "two-b-per-attempt", "reset-on-peer-word"],
+)
+def test_mutant_has_a_counterexample(tmp_path: Path, defines: tuple[str, ...]) -> None:
+    result = run_pan(tmp_path, *defines)
+    assert result.errors >= 1, result.output
+    assert result.trail, result.output
+    assert "assertion violated (outputs<=" in result.output, result.output

@@ -1,0 +1,90 @@
+"""Secret files are created 0600 from the first byte and never written through a
+symlink someone planted where the file is to go."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from backupvault.errors import InvalidInput
+from backupvault.files import replace_secret_file, write_new_file
+
+
+def _victim(tmp_path: Path) -> Path:
+    victim = tmp_path / "victim"
+    victim.write_text("the attacker wants this overwritten or read\n")
+    return victim
+
+
+def test_a_new_secret_file_is_0600(tmp_path: Path) -> None:
+    path = tmp_path / "key"
+    write_new_file(path, b"secret")
+    assert path.read_bytes() == b"secret"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    before = victim.read_text()
+    planted = tmp_path / "token.pin"
+    planted.symlink_to(victim)
+    with pytest.raises(InvalidInput, match="already exists"):
+        write_new_file(planted, b"1234")
+    assert victim.read_text() == before
+    # Replacing (client.toml is rewritten at a rotation) swaps the link for a file.
+    replace_secret_file(planted, b"token = 'x'\n")
+    assert not planted.is_symlink()
+    assert planted.read_bytes() == b"token = 'x'\n"
+    assert stat.S_IMODE(planted.stat().st_mode) == 0o600
+    assert victim.read_text() == before
+
+
+def test_witness_keygen_refuses_a_planted_symlink(tmp_path: Path) -> None:
+    victim = _victim(tmp_path)
+    before = victim.read_text()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / "witness.key").symlink_to(victim)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault",
+            "witness",
+            "keygen",
+            "--out",
+            str(tmp_path / "w"),
+            "--name",
+            "w.test/x",
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode != 0
+    assert victim.read_text() == before
+
+
+def test_relay_keygen_writes_secret_keys_0600(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault",
+            "--json",
+            "relay",
+            "keygen",
+            "--out",
+            str(tmp_path / "keys"),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    for name in ("operator.key", "relay-signing.key"):
+        assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
+    assert '"relay_public_key"' in done.stdout
