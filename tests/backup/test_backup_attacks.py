@@ -205,5 +205,9 @@ def test_missing_object(case: Case) -> None:
 
 
 def test_header_parser_reports_fields() -> None:
-    with pytest.raises(InvalidInput, match="exactly"):
+    # The version byte says how long the header is (version 1: 146 bytes, 2: 159).
+    for version in (b"\x01", b"\x02"):
+        with pytest.raises(InvalidInput, match="exactly"):
+            BackupHeader.from_bytes(b"BVBACKUP" + version + bytes(HEADER_LEN))
+    with pytest.raises(InvalidInput, match="version 0 is not supported"):
         BackupHeader.from_bytes(b"BVBACKUP" + bytes(HEADER_LEN))

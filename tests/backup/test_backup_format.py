@@ -73,7 +73,7 @@ def test_every_backup_gets_fresh_keys_ids_and_salts() -> None:
 @pytest.mark.parametrize(
     ("offset", "value", "match"),
     [
-        (8, b"\x01", "version 1 is not supported"),
+        (8, b"\x00", "version 0 is not supported"),
         (8, b"\x03", "version 3 is not supported"),
         (9, b"\x07", "unknown backup payload type 7"),
         (10, b"\x03", "unknown backup key kind 3"),

@@ -26,14 +26,19 @@ ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()
 
 
-def _flaky(fleet: InProcessFleet, op: str, times: int) -> Callable[[httpx.Request], httpx.Response]:
-    """A transport whose first `times` answers to `op` are lost after the fleet acted."""
+def _flaky(
+    fleet: InProcessFleet, op: str, times: int, as_503: bool = False
+) -> Callable[[httpx.Request], httpx.Response]:
+    """A transport whose first `times` answers to `op` are lost after the fleet acted: a
+    timeout, or (`as_503`) the relay's `503 node_timeout`."""
     lost = {"left": times}
 
     def handle(request: httpx.Request) -> httpx.Response:
         response = fleet.handle(request)
         if request.url.path.endswith("/" + op) and lost["left"] > 0:
             lost["left"] -= 1
+            if as_503:
+                return httpx.Response(503, json={"error": "node_timeout", "detail": "slow"})
             raise httpx.ReadTimeout("answer lost", request=request)
         return response
 
@@ -128,15 +133,17 @@ def test_a_destroyed_entry_is_cleared_without_a_password_then_registers_anew(
 # ---- a guess is paid once, and only by the owner ------------------------------------------
 
 
+@pytest.mark.parametrize("as_503", [False, True], ids=["timeout", "503"])
 def test_a_recover_start_whose_answer_was_lost_is_resent_and_charged_once(
-    fleet: InProcessFleet,
+    fleet: InProcessFleet, as_503: bool
 ) -> None:
     fleet.client().register("pw", ROOT_KEY)
     client = fleet.client()
-    client._http = httpx.Client(transport=httpx.MockTransport(_flaky(fleet, "recover-start", 2)))
+    flaky = _flaky(fleet, "recover-start", 3, as_503)
+    client._http = httpx.Client(transport=httpx.MockTransport(flaky))
     with pytest.raises(WrongPassword) as caught:
         client.recover("wrong")
-    # Three copies of the same KE1 reached the fleet; one guess was charged.
+    # Four copies of the same KE1 reached the fleet; one guess was charged.
     assert caught.value.guesses_remaining == 9
     assert fleet.client().status().guesses_remaining == 9
 

@@ -3,8 +3,10 @@
 Restore writes into a hidden temporary folder next to `dest` and renames it into place only
 after the final chunk of the stream authenticated; on any failure the temporary folder is
 removed and `dest` is as it was. It writes only through `SafeDestination` (backup/safe.py),
-within the caps of the authenticated header, after checking free space. Without an id it
-restores the newest backup its key opens, by the header's authenticated `created_at`.
+within the caps of the authenticated header, after checking free space (a version-1 header
+declares no totals: its caps are the ceilings, and the space check asks for the object's
+size). Without an id it restores the newest backup its key opens, by the header's
+authenticated `created_at`.
 
 `dest` on restore must not exist (its parent must) or be an empty folder. Afterwards it is a
 copy of the backed-up folder (its contents, mode and mtime), or, for a backup of a single
@@ -47,8 +49,8 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 @dataclass(frozen=True)
 class BackupSummary:
     """A backup as listed from storage. Not authenticated: the listing shows object names
-    and each header's key kind ("password", "recovery code"; None if the header is
-    unreadable), which only a restore authenticates."""
+    and each header's key kind ("password", "recovery code", "unknown" for a version-1
+    header; None if the header is unreadable), which only a restore authenticates."""
 
     backup_id: str
     created_at: datetime
@@ -321,7 +323,7 @@ def list_partials(
 
 def _key_kind(storage: Storage, name: str) -> str | None:
     try:
-        return format.BackupHeader.from_bytes(storage.read_start(name, format.HEADER_LEN)).key_name
+        return format.BackupHeader.from_start(storage.read_start(name, format.HEADER_LEN)).key_name
     except (InvalidInput, StorageError):
         return None
 
@@ -394,7 +396,7 @@ def _choose(storage: Storage, key: bytes, backup_id: str | None) -> tuple[Stored
     last_error: BackupVaultError | None = None
     for candidate in backups:
         try:
-            header = format.BackupHeader.from_bytes(
+            header = format.BackupHeader.from_start(
                 storage.read_start(candidate.name, format.HEADER_LEN)
             )
             format.open_header(header, key)
@@ -456,7 +458,8 @@ def restore_backup(
     reporter.start(total, "restoring")
     try:
         with storage.open_read(chosen.name) as source:
-            header_bytes = _read_exact(source, format.HEADER_LEN)
+            start = _read_exact(source, format.VERSION_PREFIX_LEN)
+            header_bytes = start + _read_exact(source, format.header_length(start) - len(start))
             header = format.BackupHeader.from_bytes(header_bytes)
             data_key = format.open_header(header, key)
             if header.backup_id_hex != chosen.backup_id:
@@ -464,7 +467,11 @@ def restore_backup(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )
-            limits = Limits(max_entries=header.entries, max_bytes=header.content_bytes)
+            limits = Limits(
+                max_entries=header.entries,
+                max_bytes=header.content_bytes,
+                space_estimate=None if header.declares_totals else total,
+            )
             check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
             with _staging_folder(dest_path) as (staging, default_mode):

@@ -24,11 +24,13 @@ from backupvault.crypto import stream
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
 MAGIC: Final = b"BVBACKUP"
-VERSION: Final = 2
+VERSION: Final = 2  # what new backups are written as
+VERSION_1: Final = 1  # read only: no key kind, no declared totals
 PAYLOAD_TAR_ZSTD: Final = 1
 KEY_PASSWORD: Final = 1  # RK comes from the vault, behind a password
 KEY_RECOVERY_CODE: Final = 2  # RK is shown once as the backup's own recovery code
 KEY_KINDS: Final = {KEY_PASSWORD: "password", KEY_RECOVERY_CODE: "recovery code"}
+KEY_UNKNOWN: Final = 0  # a version-1 header does not say; never written on disk
 #: Ceilings on what one backup may hold, whatever its header declares: a restore never
 #: writes more than the header's own (authenticated) figures, and those are at most these.
 MAX_ENTRIES: Final = 1 << 24
@@ -45,8 +47,15 @@ WRAPPED_DK_LEN: Final = DATA_KEY_LEN + 16
 _PREFIX = struct.Struct(
     f">8sBBBI{BACKUP_ID_LEN}sQQI{stream.SALT_LEN}s{KEY_CHECK_LEN}s{WRAP_NONCE_LEN}s"
 )
+# Version 1: the same without key_kind, content_bytes and entries.
+_PREFIX_V1 = struct.Struct(
+    f">8sBBI{BACKUP_ID_LEN}sQ{stream.SALT_LEN}s{KEY_CHECK_LEN}s{WRAP_NONCE_LEN}s"
+)
 WRAP_AAD_LEN: Final = _PREFIX.size
-HEADER_LEN: Final = _PREFIX.size + WRAPPED_DK_LEN
+HEADER_LEN: Final = _PREFIX.size + WRAPPED_DK_LEN  # also the longest header of any version
+HEADER_LEN_V1: Final = _PREFIX_V1.size + WRAPPED_DK_LEN
+#: Bytes that say which version (and so how long) a header is: magic and version.
+VERSION_PREFIX_LEN: Final = len(MAGIC) + 1
 # Creation times from 2000-01-01 to 9999-12-31: anything else is not a header we wrote.
 _MIN_TIME_US: Final = 946_684_800 * 1_000_000
 _MAX_TIME_US: Final = 253_402_300_799 * 1_000_000
@@ -59,12 +68,12 @@ _CHECK_INFO: Final = b"backupvault/v1 backup key-check"
 class BackupHeader:
     """A parsed header. Fields are as on disk; nothing here is authenticated until `open_header`."""
 
-    key_kind: int
+    key_kind: int  # KEY_UNKNOWN for version 1
     chunk_size: int
     backup_id: bytes
     created_at_us: int
-    content_bytes: int  # an upper bound on the file data in the archive
-    entries: int  # an upper bound on the archive's members
+    content_bytes: int  # an upper bound on the file data (version 1: MAX_CONTENT_BYTES)
+    entries: int  # an upper bound on the archive's members (version 1: MAX_ENTRIES)
     stream_salt: bytes
     key_check: bytes
     wrap_nonce: bytes
@@ -78,13 +87,31 @@ class BackupHeader:
 
     @property
     def key_name(self) -> str:
-        return KEY_KINDS[self.key_kind]
+        return KEY_KINDS.get(self.key_kind, "unknown")
+
+    @property
+    def declares_totals(self) -> bool:
+        """Whether `content_bytes` and `entries` are the backup's own figures (version 2)
+        rather than the ceilings (version 1)."""
+        return self.version != VERSION_1
 
     @property
     def created_at(self) -> datetime:
         return datetime.fromtimestamp(self.created_at_us / 1_000_000, tz=UTC)
 
     def wrap_aad(self) -> bytes:
+        if self.version == VERSION_1:
+            return _PREFIX_V1.pack(
+                MAGIC,
+                self.version,
+                self.payload,
+                self.chunk_size,
+                self.backup_id,
+                self.created_at_us,
+                self.stream_salt,
+                self.key_check,
+                self.wrap_nonce,
+            )
         return _PREFIX.pack(
             MAGIC,
             self.version,
@@ -104,15 +131,22 @@ class BackupHeader:
         return self.wrap_aad() + self.wrapped_dk
 
     @classmethod
+    def from_start(cls, data: bytes) -> BackupHeader:
+        """The header at the start of `data`, which may go on past it (the first
+        `HEADER_LEN` bytes of a backup object hold any version's whole header)."""
+        return cls.from_bytes(data[: header_length(data)])
+
+    @classmethod
     def from_bytes(cls, data: bytes) -> BackupHeader:
-        if len(data) < len(MAGIC) or data[: len(MAGIC)] != MAGIC:
-            raise InvalidInput("not a backupvault backup (the file does not start with BVBACKUP)")
-        if len(data) < HEADER_LEN:
+        expected = header_length(data)
+        if len(data) < expected:
             raise InvalidInput(
-                f"backup is truncated: the header is {len(data)} bytes, expected {HEADER_LEN}"
+                f"backup is truncated: the header is {len(data)} bytes, expected {expected}"
             )
-        if len(data) > HEADER_LEN:
-            raise InvalidInput(f"header must be exactly {HEADER_LEN} bytes, got {len(data)}")
+        if len(data) > expected:
+            raise InvalidInput(f"header must be exactly {expected} bytes, got {len(data)}")
+        if data[len(MAGIC)] == VERSION_1:
+            return cls._from_v1(data)
         (
             _magic,
             version,
@@ -127,17 +161,7 @@ class BackupHeader:
             key_check,
             wrap_nonce,
         ) = _PREFIX.unpack_from(data)
-        if version != VERSION:
-            raise InvalidInput(
-                f"backup format version {version} is not supported (this build reads {VERSION})",
-                hint="upgrade backupvault",
-            )
-        if payload != PAYLOAD_TAR_ZSTD:
-            raise InvalidInput(f"unknown backup payload type {payload}")
-        if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
-            raise InvalidInput(f"backup header has an invalid chunk size {chunk_size}")
-        if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
-            raise InvalidInput("backup header has an invalid creation time")
+        _check_common(payload, chunk_size, created_at_us)
         if key_kind not in KEY_KINDS:
             raise InvalidInput(f"unknown backup key kind {key_kind}")
         if content_bytes > MAX_CONTENT_BYTES:
@@ -158,6 +182,63 @@ class BackupHeader:
             version=version,
             payload=payload,
         )
+
+    @classmethod
+    def _from_v1(cls, data: bytes) -> BackupHeader:
+        (
+            _magic,
+            version,
+            payload,
+            chunk_size,
+            backup_id,
+            created_at_us,
+            stream_salt,
+            key_check,
+            wrap_nonce,
+        ) = _PREFIX_V1.unpack_from(data)
+        _check_common(payload, chunk_size, created_at_us)
+        return cls(
+            key_kind=KEY_UNKNOWN,
+            chunk_size=chunk_size,
+            backup_id=backup_id,
+            created_at_us=created_at_us,
+            content_bytes=MAX_CONTENT_BYTES,
+            entries=MAX_ENTRIES,
+            stream_salt=stream_salt,
+            key_check=key_check,
+            wrap_nonce=wrap_nonce,
+            wrapped_dk=data[_PREFIX_V1.size :],
+            version=version,
+            payload=payload,
+        )
+
+
+def header_length(start: bytes) -> int:
+    """The length of the header that `start` (at least its first `VERSION_PREFIX_LEN`
+    bytes) begins, by its version; refuses what is not a header this build reads."""
+    if len(start) < len(MAGIC) or start[: len(MAGIC)] != MAGIC:
+        raise InvalidInput("not a backupvault backup (the file does not start with BVBACKUP)")
+    if len(start) < VERSION_PREFIX_LEN:
+        raise InvalidInput(f"backup is truncated: the header is {len(start)} bytes")
+    version = start[len(MAGIC)]
+    if version == VERSION:
+        return HEADER_LEN
+    if version == VERSION_1:
+        return HEADER_LEN_V1
+    raise InvalidInput(
+        f"backup format version {version} is not supported (this build reads "
+        f"{VERSION_1} and {VERSION})",
+        hint="upgrade backupvault",
+    )
+
+
+def _check_common(payload: int, chunk_size: int, created_at_us: int) -> None:
+    if payload != PAYLOAD_TAR_ZSTD:
+        raise InvalidInput(f"unknown backup payload type {payload}")
+    if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
+        raise InvalidInput(f"backup header has an invalid chunk size {chunk_size}")
+    if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
+        raise InvalidInput("backup header has an invalid creation time")
 
 
 def _check_root_key(root_key: bytes) -> None:

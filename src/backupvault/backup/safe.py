@@ -60,6 +60,10 @@ class Limits:
 
     max_entries: int
     max_bytes: int
+    #: The free space a restore is refused without. None: all the caps allow (their blocks
+    #: included). A version-1 backup declares no totals, so its caps are the ceilings and
+    #: the check asks for less: the size of the stored object.
+    space_estimate: int | None = None
 
 
 @dataclass(frozen=True)
@@ -106,7 +110,11 @@ def space(folder: str | os.PathLike[str] | int, limits: Limits) -> tuple[int, in
     """(bytes a restore within `limits` may need, bytes free) on `folder`'s disk. The need
     counts a block per entry besides the file data: small files take a block each."""
     st = os.statvfs(folder)
-    return limits.max_bytes + limits.max_entries * st.f_bsize, st.f_bavail * st.f_frsize
+    if limits.space_estimate is None:
+        needs = limits.max_bytes + limits.max_entries * st.f_bsize
+    else:
+        needs = limits.space_estimate
+    return needs, st.f_bavail * st.f_frsize
 
 
 def check_space(folder: str | os.PathLike[str], limits: Limits) -> None:
@@ -228,7 +236,7 @@ class SafeDestination:
                 done = os.write(fd, view)
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise no_space(self._needs, self._has) from None
+                    raise self._no_space() from None
                 raise DestinationError(f"cannot write {name!r}: {exc.strerror}") from None
             view = view[done:]
 
@@ -296,6 +304,15 @@ class SafeDestination:
         return self.written
 
     # ---- checks -------------------------------------------------------------------------
+
+    def _no_space(self) -> NoSpace:
+        if self.limits.space_estimate is None:
+            return no_space(self._needs, self._has)
+        return NoSpace(
+            f"no space left on the destination's disk (it had {human_size(self._has)} free; "
+            "this backup's format, version 1, does not record how much it holds)",
+            hint="free some space, or restore onto another disk",
+        )
 
     def _count(self, parts: tuple[str, ...]) -> None:
         if self.written.entries >= self.limits.max_entries:
@@ -406,7 +423,7 @@ class SafeDestination:
             return call()
         except OSError as exc:
             if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                raise no_space(self._needs, self._has) from None
+                raise self._no_space() from None
             if exc.errno == errno.EEXIST:
                 raise UnsafeArchive(f"{name!r} already exists in the restored folder") from None
             raise DestinationError(f"cannot restore {name!r}: {exc.strerror}") from None

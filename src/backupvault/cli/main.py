@@ -173,6 +173,12 @@ def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
         )
 
 
+def _may_be_password(key: str | None) -> bool:
+    """Whether a listed backup may open only with the vault key: version-1 headers do not
+    say which key they were made with ("unknown")."""
+    return key in ("password", "unknown")
+
+
 def _refuse_to_orphan_password_backups(storage_url: str) -> None:
     from backupvault.backup import list_backups, redact_url
     from backupvault.cli.backup_repo import repository_exists
@@ -185,7 +191,7 @@ def _refuse_to_orphan_password_backups(storage_url: str) -> None:
             "repository was made with one",
         )
     password_backups = [
-        b for b in list_backups(storage_url, missing_ok=True) if b.key == "password"
+        b for b in list_backups(storage_url, missing_ok=True) if _may_be_password(b.key)
     ]
     if password_backups:
         count = _plural(len(password_backups), "password backup")
@@ -515,7 +521,7 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     lost = ""
     if storage_url is not None or (ctx.config().storage is not None):
         url = ctx.storage(storage_url)
-        count = sum(1 for b in list_backups(url, missing_ok=True) if b.key == "password")
+        count = sum(1 for b in list_backups(url, missing_ok=True) if _may_be_password(b.key))
         lost = f": {_plural(count, 'password backup')} in {url} would be lost"
     ctx.output.note(
         "warning: after this, backups made with your password can no longer be opened"

@@ -64,8 +64,10 @@ DEFAULT_ENTRY = "backup-root-key"
 DEFAULT_GUESS_LIMIT = 10
 #: How long the SDK waits, in all, on a relay's Retry-After before giving up.
 MAX_RATE_LIMIT_WAIT_SECONDS = 30.0
-#: Resends of a recover-start whose answer was lost (the same KE1: never charged twice).
-RECOVER_START_RESENDS = 2
+#: Resends of a recover-start whose answer was lost, or that the fleet could not finish in
+#: time (the same KE1: never charged twice), after RESEND_BACKOFF_SECONDS, doubling.
+RECOVER_START_RESENDS = 3
+RESEND_BACKOFF_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -116,14 +118,6 @@ def _retry_after(answer: httpx.Response) -> float:
     return float(value) if value.isascii() and value.isdigit() else 1.0
 
 
-def _error_code(answer: httpx.Response) -> str | None:
-    try:
-        body = answer.json()
-    except ValueError:
-        return None
-    return str(body.get("error")) if isinstance(body, dict) else None
-
-
 class VaultClient:
     def __init__(
         self,
@@ -166,10 +160,12 @@ class VaultClient:
 
     def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
         """Seal and send `request`. A 429 is waited out (up to MAX_RATE_LIMIT_WAIT_SECONDS
-        in all); an answer lost on the way (timeout, node_timeout) is sent again up to
+        in all). An answer lost on the way (a timeout) or a 503 (a node timed out, the fleet
+        could not commit in time; the request may still take effect) is sent again up to
         `resends` times, for requests where that cannot cost anything twice."""
         body = AuthorizedRequest(self._fleet_token, request.to_bytes()).to_bytes()
         waited = 0.0
+        backoff = RESEND_BACKOFF_SECONDS
         while True:
             sealed, response_key = seal_request(self.fleet_key, self.fleet_id, str(op), body)
             try:
@@ -186,6 +182,8 @@ class VaultClient:
             except httpx.HTTPError as err:
                 if resends > 0:
                     resends -= 1
+                    time.sleep(backoff)
+                    backoff *= 2
                     continue
                 raise FleetUnavailable(
                     f"the relay at {self.relay_url} did not answer ({type(err).__name__});"
@@ -198,8 +196,10 @@ class VaultClient:
                     time.sleep(wait)
                     waited += wait
                     continue
-            if answer.status_code == 503 and resends > 0 and _error_code(answer) == "node_timeout":
+            if answer.status_code == 503 and resends > 0:
                 resends -= 1
+                time.sleep(backoff)
+                backoff *= 2
                 continue
             break
         if answer.status_code != 200:

@@ -82,6 +82,7 @@ class NodeService:
         # Counters for operators and tests: OPRF evaluations made here, commits, failures.
         self.metrics = {
             "evaluations": 0,
+            "evaluations_repeated": 0,
             "committed": 0,
             "fleet_unavailable": 0,
             "peer_messages_dropped": 0,
@@ -133,10 +134,12 @@ class NodeService:
                 "that you were told about; try again later",
             )
         self.metrics["committed"] += 1
-        build_reply: Callable[[], Message] = result.outcome
+        build_reply, charged = result.outcome
         reply = build_reply()
         if isinstance(reply, RecoverStartResponse):
-            self.metrics["evaluations"] += 1
+            # A KE2 for a newly charged attempt is a new evaluation; a resent KE1 answered
+            # again (or an unknown entry's fake-record KE2) is not.
+            self.metrics["evaluations" if charged else "evaluations_repeated"] += 1
         return ClientAnswer(200, response_key.seal(pad_response(op, reply.to_bytes())))
 
     async def _commit(self, update: Update) -> Committed | Failed:
@@ -144,10 +147,11 @@ class NodeService:
         future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
 
-        def change(value: bytes) -> tuple[bytes, Callable[[], Message]]:
+        def change(value: bytes) -> tuple[bytes, tuple[Callable[[], Message], bool]]:
             state = EntryState.from_bytes(value) if value else EntryState()
             new_state, build_reply = update.apply(state)
-            return new_state.to_bytes(), build_reply
+            charged = new_state.attempt_seq > state.attempt_seq
+            return new_state.to_bytes(), (build_reply, charged)
 
         self._execute(self.replica.propose(op_id, update.key, change, self._clock()))
         try:
