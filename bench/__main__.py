@@ -18,7 +18,14 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-MODULES = ["stream_throughput", "opaque_server", "vault_e2e", "threshold_oprf", "fill"]
+MODULES = [
+    "stream_throughput",
+    "opaque_server",
+    "vault_e2e",
+    "threshold_oprf",
+    "fill",
+    "backup_vs_restic",
+]
 RESULTS = Path(__file__).parent / "results"
 
 

@@ -28,6 +28,22 @@ def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.Comp
     )
 
 
+@pytest.fixture(autouse=True)
+def device_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """What the CLI remembers per device goes to the test's folder, not the home folder."""
+    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "device-state"))
+
+
+def single_blob_backup(source: Path, storage: Path) -> tuple[str, str]:
+    """A backup in the format `backup create` wrote before repositories: (id, its code)."""
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+    from backupvault.crypto import recovery
+
+    key = recovery.new_root_key()
+    info = create_backup(source, str(storage), key, key_kind=KEY_RECOVERY_CODE)
+    return info.backup_id, recovery.encode(key)
+
+
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     root = tmp_path / "source"
@@ -54,8 +70,14 @@ def test_recovery_code_round_trip_with_json(tmp_path: Path, source: Path) -> Non
     assert len(result["recovery_code"].split("-")) == 17
     assert "\x1b" not in created.stderr  # no progress bar when not a terminal
 
-    listed = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
-    assert [b["backup_id"] for b in listed["backups"]] == [result["backup_id"]]
+    listed = json.loads(
+        run(
+            "--json", "backup", "list", "--storage", str(storage), "--recovery-code", "-",
+            stdin=result["recovery_code"] + "\n",
+        ).stdout
+    )  # fmt: skip
+    assert [b["backup_id"] for b in listed["snapshots"]] == [result["backup_id"]]
+    assert listed["snapshots"][0]["added"] == 25 + 25600
 
     dest = tmp_path / "restored"
     restored = run(
@@ -107,7 +129,8 @@ def test_mistyped_and_wrong_codes_exit_3_and_write_nothing(tmp_path: Path, sourc
     error = json.loads(wrong.stderr.strip().splitlines()[-1])
     assert error["exit_code"] == 3 and "not made with this key" in error["error"]
     assert not dest.exists()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["source", "storage"]  # no leftovers
+    leftovers = sorted(p.name for p in tmp_path.iterdir())
+    assert leftovers == ["device-state", "source", "storage"]  # nothing else
 
 
 @pytest.mark.parametrize(
@@ -231,11 +254,7 @@ def test_latest_is_the_latest_this_credential_opens(tmp_path: Path, source: Path
     codes = []
     for marker in ("mine", "someone else's"):
         (source / "notes.txt").write_text(marker)
-        created = run(
-            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
-        )
-        assert created.returncode == 0, created.stderr
-        codes.append(json.loads(created.stdout)["recovery_code"])
+        codes.append(single_blob_backup(source, storage)[1])
     listed = run("backup", "list", "--storage", str(storage))
     assert "recovery code" in listed.stdout and "2 backups" in listed.stdout
     done = run(
@@ -289,7 +308,7 @@ def test_file_url_with_one_slash_is_a_file_url(tmp_path: Path, source: Path) -> 
         cwd=work,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    assert len(list((tmp_path / "store").glob("backup-*.bvb"))) == 1
+    assert (tmp_path / "store" / "config").is_file()  # the repository
     assert list(work.iterdir()) == []
 
 
@@ -303,13 +322,12 @@ def test_list_on_a_missing_storage_says_not_found(tmp_path: Path) -> None:
 def test_list_has_a_header_human_sizes_and_key_kinds(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     (source / "big.bin").write_bytes(os.urandom(300_000))
-    created = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
-    assert "(3 files, 293." in created.stdout and "KiB stored)" in created.stdout
-    single = run(
-        "backup", "create", str(source / "notes.txt"), "--storage", str(storage),
-        "--recovery-code",
-    )  # fmt: skip
-    assert "(1 file, " in single.stdout
+    created = run("backup", "create", str(source), "--storage", str(tmp_path / "repo"),
+                  "--recovery-code")  # fmt: skip
+    assert "saved: 3 files, 318.0 KiB (3 files read, 318.0 KiB new, " in created.stdout
+    assert "KiB stored)" in created.stdout
+    single_blob_backup(source, storage)
+    single_blob_backup(source / "notes.txt", storage)
     lines = run("backup", "list", "--storage", str(storage)).stdout.splitlines()
     assert lines[0].split() == ["ID", "CREATED", "(UTC)", "SIZE", "KEY"]
     assert lines[1].endswith("KiB  recovery code") and lines[2].endswith("B  recovery code")
@@ -326,7 +344,10 @@ def test_skipped_items_are_readable_text(tmp_path: Path, source: Path) -> None:
     assert created.returncode == 0, created.stderr
     result = json.loads(created.stdout)
     assert result["skipped"] == [{"path": "pipe", "reason": "not a regular file, folder or link"}]
-    text = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    text = run(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=result["recovery_code"] + "\n",
+    )  # fmt: skip
     assert "skipped pipe: not a regular file, folder or link" in text.stderr
     assert "('" not in text.stderr
     restored = run(
@@ -349,9 +370,15 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_r
         sparse.truncate(40 << 30)  # 40 GiB of holes: reading it takes long, storing it little
     storage = tmp_path / "storage"
     storage.mkdir()
+    # Single-blob backups (the format before repositories) through the API.
+    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
+
+    make = (
+        "import sys\nfrom backupvault.backup import KEY_RECOVERY_CODE, create_backup\n"
+        "create_backup(sys.argv[1], sys.argv[2], bytes(32), key_kind=KEY_RECOVERY_CODE)\n"
+    )
     victim = subprocess.Popen(
-        [sys.executable, "-m", "backupvault", "backup", "create", str(source),
-         "--storage", str(storage), "--recovery-code"],
+        [sys.executable, "-c", make, str(source), str(storage)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -375,19 +402,15 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_r
     assert [p["name"] for p in data["partials"]] == [partial.name]
 
     # A fresh partial may be another device's backup in progress: kept.
-    fresh = run(
-        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
-    )
-    assert fresh.returncode == 0, fresh.stderr
-    assert json.loads(fresh.stdout)["removed_partials"] == [] and partial.exists()
+    fresh = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
+    assert fresh.removed_partials == [] and partial.exists()
 
     # The same leftover, two days later (its name carries its backup's start time).
     stamp = partial.name[len(".backup-") : len(".backup-") + 23]
     aged = partial.with_name(partial.name.replace(stamp, "20000101T000000.000000Z"))
     partial.rename(aged)
-    later = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
-    assert later.returncode == 0, later.stderr
-    assert f"removed {aged.name}, left over by a backup that never finished" in later.stderr
+    later = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
+    assert later.removed_partials == [aged.name]
     assert not aged.exists()
     data = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
     assert data["partials"] == [] and len(data["backups"]) == 2
@@ -428,7 +451,7 @@ def test_restore_onto_a_disk_too_small_says_so_before_starting(
         stdin=code + "\n",
     )  # fmt: skip
     assert result.startswith("exit 1\n"), result
-    assert "no space left on the destination's disk (needs 4.3 MiB, has 1.0 MiB)" in result
+    assert "no space left on the destination's disk (needs 3.0 MiB, has 1.0 MiB)" in result
     assert "disk holds: []" in result and "bug" not in result
 
 
@@ -448,3 +471,101 @@ def test_a_disk_that_fills_during_the_restore_is_a_clear_error(tmp_path: Path) -
     assert "NoSpace: no space left on the destination's disk (needs 1.0 GiB, has 256.0 KiB)" in (
         result
     )
+
+
+def test_second_backup_asks_for_the_code_and_stores_only_changes(
+    tmp_path: Path, source: Path
+) -> None:
+    storage = tmp_path / "storage"
+    first = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )
+    code = first["recovery_code"]
+    (source / "notes.txt").write_text("meet at the station at 8\n")
+    second = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=code + "\n",
+    )  # fmt: skip
+    assert second.returncode == 0, second.stderr
+    info = json.loads(second.stdout)
+    assert "recovery_code" not in info
+    assert (info["parent_id"], info["files_read"], info["added"]) == (first["backup_id"], 1, 25)
+    dest = tmp_path / "notes"
+    restored = run(
+        "backup", "restore", first["backup_id"][:8], "--storage", str(storage), "--to", str(dest),
+        "--include", "notes.txt", "--recovery-code", code,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert [p.name for p in dest.iterdir()] == ["notes.txt"]
+    assert (dest / "notes.txt").read_text() == "meet at the station at 7\n"
+    diff = run(
+        "--json", "backup", "diff", first["backup_id"], info["backup_id"], "--storage",
+        str(storage), "--recovery-code", code,
+    )  # fmt: skip
+    assert json.loads(diff.stdout)["changes"] == [
+        {"change": "M", "path": "notes.txt", "size_before": 25, "size_after": 25}
+    ]
+    checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert checked.returncode == 0 and json.loads(checked.stdout)["errors"] == []
+    forgot = run("--json", "backup", "forget", "--keep-last", "1", "--storage", str(storage),
+                 "--recovery-code", code)  # fmt: skip
+    assert json.loads(forgot.stdout)["removed"] == [first["backup_id"]]
+    pruned = run("--json", "backup", "prune", "--storage", str(storage), "--recovery-code", code)
+    assert pruned.returncode == 0 and json.loads(pruned.stdout)["bytes_freed"] >= 0
+
+
+def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    code = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )["recovery_code"]
+    pack = next((storage / "data").iterdir())
+    data = bytearray(pack.read_bytes())
+    data[3] ^= 1
+    pack.write_bytes(bytes(data))
+    done = run("backup", "check", "--read-data", "--storage", str(storage), "--recovery-code", code)
+    assert done.returncode == 1
+    assert "damaged" in done.stderr and pack.name in done.stderr
+
+
+def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:
+    """Backups made before the repository format, beside a repository in the same storage."""
+    from backupvault.backup import create_backup
+    from backupvault.crypto import recovery
+
+    storage = tmp_path / "storage"
+    key = recovery.new_root_key()
+    old = create_backup(source, str(storage), key)
+    code = recovery.encode(key)
+    (source / "notes.txt").write_text("changed after the old backup\n")
+    storage2 = tmp_path / "storage2"
+    old2 = create_backup(source, str(storage2), key)
+    created = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )
+    listed = json.loads(
+        run("--json", "backup", "list", "--storage", str(storage), "--recovery-code",
+            created["recovery_code"]).stdout
+    )  # fmt: skip
+    assert [b["backup_id"] for b in listed["backups"]] == [old.backup_id]
+    assert [s["backup_id"] for s in listed["snapshots"]] == [created["backup_id"]]
+    dest = tmp_path / "old"
+    restored = run(
+        "backup", "restore", old.backup_id[:10], "--storage", str(storage), "--to", str(dest),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (dest / "notes.txt").read_text() == "meet at the station at 7\n"
+    only_old = run(
+        "backup", "restore", "--storage", str(storage2), "--to", str(tmp_path / "latest-old"),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert only_old.returncode == 0, only_old.stderr
+    assert old2.backup_id in only_old.stdout

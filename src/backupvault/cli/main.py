@@ -14,30 +14,24 @@ import sys
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from backupvault import __version__
-from backupvault.backup import (
-    KEY_PASSWORD,
-    KEY_RECOVERY_CODE,
-    Skipped,
-    create_backup,
-    human_size,
-    list_backups,
-    list_partials,
-    redact_url,
-    restore_backup,
-)
 from backupvault.cli.output import Output
 from backupvault.cli.passwords import check_password, weakness
-from backupvault.client.config import ClientConfig
-from backupvault.client.errors import AlreadyRegistered, NotRegistered
-from backupvault.client.vault import Recovery
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
-from backupvault.protocol import EntryStatus
+
+if TYPE_CHECKING:
+    from backupvault.backup import Skipped
+    from backupvault.client.config import ClientConfig
+    from backupvault.client.vault import Recovery
+
+# Modules that add commands to `cli`. They are imported only when a command not defined
+# here is asked for (or for --help), so `backupvault backup ...` starts fast.
+PLUGIN_MODULES = ("operator", "sim", "transparency", "backup_repo")
 
 CONFIG_ENV = "BACKUPVAULT_CONFIG"
 
@@ -49,6 +43,8 @@ class Context:
         self.config_from_env = config_from_env
 
     def config(self) -> ClientConfig:
+        from backupvault.client.config import ClientConfig
+
         if self.config_path is None:
             raise UsageError(
                 f"this needs the vault: give --config FILE, or set ${CONFIG_ENV}",
@@ -95,9 +91,31 @@ class Command(click.Command):
         return super().invoke(ctx)
 
 
+def load_plugins() -> None:
+    import importlib
+
+    for name in PLUGIN_MODULES:
+        importlib.import_module(f"backupvault.cli.{name}")
+
+
 class Group(click.Group):
+    """Its commands take `--json`/`-q` after their name too; subgroups are Groups. The
+    plugin modules are loaded only when a command not defined yet is asked for (or for
+    --help), so `backupvault backup ...` starts fast."""
+
     command_class = Command
-    group_class = type  # subgroups are Groups too
+    group_class = type
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        command = super().get_command(ctx, cmd_name)
+        if command is None:
+            load_plugins()
+            command = super().get_command(ctx, cmd_name)
+        return command
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        load_plugins()
+        return super().list_commands(ctx)
 
 
 @click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -175,6 +193,8 @@ def _root_key_from_vault(
     `register` is set, but only with `new_key` when `storage_url` already holds password
     backups (a new key would leave them unopenable by password). Returns (root key,
     whether it was just registered)."""
+    from backupvault.client.errors import AlreadyRegistered, NotRegistered
+
     session = ctx.config().session(notify=ctx.output.note)
     try:
         recovered = session.recover_or_migrate(password)
@@ -226,6 +246,16 @@ def _may_be_password(key: str | None) -> bool:
 
 
 def _refuse_to_orphan_password_backups(storage_url: str) -> None:
+    from backupvault.backup import list_backups, redact_url
+    from backupvault.cli.backup_repo import repository_exists
+
+    if repository_exists(storage_url):
+        raise BackupVaultError(
+            f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
+            "repository: a new key could not open it, so none was made",
+            hint="check --config (account and entry) first; use --recovery-code if the "
+            "repository was made with one",
+        )
     password_backups = [
         b for b in list_backups(storage_url, missing_ok=True) if _may_be_password(b.key)
     ]
@@ -264,6 +294,8 @@ def _backup_json(
     stored_bytes: int | None = None,
 ) -> dict[str, Any]:
     """The backup object that create, restore and list share (docs/cli.md)."""
+    from backupvault.backup import redact_url
+
     data: dict[str, Any] = {
         "backup_id": backup_id,
         "created_at": created_at.isoformat(),
@@ -293,7 +325,8 @@ def backup() -> None:
     "--recovery-code",
     "use_code",
     is_flag=True,
-    help=f"No vault: use a new key, printed once as a recovery code ({recovery.FORMAT}).",
+    help=f"No vault: the first backup makes a key, printed once as a recovery code "
+    f"({recovery.FORMAT}); later backups ask for it (stdin).",
 )
 @click.option(
     "--new-key",
@@ -301,6 +334,7 @@ def backup() -> None:
     help="Register a new vault key even though the storage holds password backups "
     "(they stay unopenable by password).",
 )
+@click.option("--force-read", is_flag=True, help="Read every file, even those unchanged.")
 @pass_context
 def backup_create(
     ctx: Context,
@@ -309,49 +343,68 @@ def backup_create(
     password_stdin: bool,
     use_code: bool,
     new_key: bool,
+    force_read: bool,
 ) -> None:
-    """Back up SOURCE (a file or folder), encrypted on this device."""
+    """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
+    the last backup of SOURCE is read and stored."""
+    from backupvault.backup import human_size
+    from backupvault.backup.repo import create_snapshot
+    from backupvault.backup.repo.state import default_dir
+    from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
+
     if password_stdin and use_code:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     if new_key and use_code:
         raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
     url = ctx.storage(storage_url)
-    registered = False
+    registered = new_code = False
     if use_code:
-        root_key = recovery.new_root_key()
+        if repository_exists(url):
+            root_key = code_for_existing_repository()
+        else:
+            root_key, new_code = recovery.new_root_key(), True
     else:
         password = _password(password_stdin, confirm=True)
         root_key, registered = _root_key_from_vault(
             ctx, password, register=True, storage_url=url, new_key=new_key
         )
-    key_kind = KEY_RECOVERY_CODE if use_code else KEY_PASSWORD
     with ctx.output.progress() as bar:
-        info = create_backup(source, url, root_key, bar, key_kind=key_kind)
+        info = create_snapshot(
+            source, url, root_key, bar, force_read=force_read, state_dir=default_dir()
+        )
     data = _backup_json(
-        info.backup_id,
+        info.snapshot_id,
         info.created_at,
-        info.name,
+        None,
         url,
-        info.key,
+        "recovery code" if use_code else "password",
         info.files,
-        info.source_bytes,
+        info.size,
         info.skipped,
-        stored_bytes=info.size,
+        stored_bytes=info.stored,
     )
-    data.update(source=str(source), registered=registered, removed_partials=info.removed_partials)
+    data.update(
+        source=str(source),
+        registered=registered,
+        parent_id=info.parent_id,
+        files_read=info.files_read,
+        added_bytes=info.added,
+        warnings=info.warnings,
+    )
+    for warning in info.warnings:
+        ctx.output.note(f"warning: {warning}")
     text = (
-        f"backup {info.backup_id} saved ({_plural(info.files, 'file')}, "
-        f"{human_size(info.size)} stored)"
+        f"snapshot {info.snapshot_id} saved: {_plural(info.files, 'file')}, "
+        f"{human_size(info.size)} ({_plural(info.files_read, 'file')} read, "
+        f"{human_size(info.added)} new, {human_size(info.stored)} stored)"
     )
-    for name in info.removed_partials:
-        ctx.output.note(f"removed {name}, left over by a backup that never finished")
     if registered:
         ctx.output.note("a new key was registered in the vault behind your password")
-    if use_code:
+    if new_code:
         code = recovery.encode(root_key)
         data["recovery_code"] = code
         text += (
-            f"\nrecovery code (write it down; without it this backup cannot be opened):\n  {code}"
+            f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
         )
     _note_skipped(ctx, info.skipped)
     ctx.output.result(data, text)
@@ -361,6 +414,7 @@ def backup_create(
 @click.argument("backup_id", required=False)
 @click.option("--storage", "storage_url", help="Where the backups are.")
 @click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="New folder.")
+@click.option("--include", metavar="PATH", help="Restore only this file or folder.")
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
     "--recovery-code",
@@ -374,19 +428,35 @@ def backup_restore(
     backup_id: str | None,
     storage_url: str | None,
     dest: Path,
+    include: str | None,
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Restore BACKUP_ID (default: the latest) into a new folder DEST."""
+    """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest snapshot,
+    or the latest single-blob backup where there is no repository) into a new folder DEST."""
+    from backupvault.backup import human_size, list_backups, restore_backup
+    from backupvault.backup.repo import restore_snapshot
+    from backupvault.cli.backup_repo import repository_exists
+
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     url = ctx.storage(storage_url)
+    use_repository = repository_exists(url)
+    if use_repository and backup_id is not None:
+        single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
+        use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
+    if include is not None and not use_repository:
+        raise UsageError("--include works on snapshots, not on single-blob backups")
     if code is not None:
         root_key = _recovery_code(code)
     else:
         root_key, _ = _root_key_from_vault(ctx, _password(password_stdin), register=False)
     with ctx.output.progress() as bar:
-        info = restore_backup(url, root_key, dest, backup_id, bar)
+        if use_repository:
+            key = "password" if code is None else "recovery code"
+            info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include, key=key)
+        else:
+            info = restore_backup(url, root_key, dest, backup_id, bar)
     for name in info.passed_over:
         ctx.output.note(f"passed over {name}: its header is damaged or altered")
     _note_skipped(ctx, info.skipped)
@@ -410,9 +480,18 @@ def backup_restore(
 
 @backup.command("list")
 @click.option("--storage", "storage_url", help="Where the backups are.")
+@click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
+@click.option("--recovery-code", "code", metavar="CODE", help="Recovery code ('-': stdin).")
 @pass_context
-def backup_list(ctx: Context, storage_url: str | None) -> None:
-    """List the backups in storage, oldest first, with the kind of key that opens each."""
+def backup_list(
+    ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
+) -> None:
+    """List snapshots (with sizes added and stored: this needs the key) and single-blob
+    backups (with the kind of key that opens each), oldest first."""
+    from backupvault.backup import human_size, list_backups, list_partials, redact_url
+    from backupvault.backup.repo import maintenance
+    from backupvault.cli.backup_repo import existing_key, repository_exists, summary_row
+
     url = ctx.storage(storage_url)
     backups = list_backups(url)
     partials = list_partials(url)
@@ -442,8 +521,24 @@ def backup_list(ctx: Context, storage_url: str | None) -> None:
             f"unfinished backup started {started} UTC: {partial.name} (the next backup "
             "removes it once a day old)"
         )
+    snapshot_rows: list[dict[str, Any]] = []
+    if repository_exists(url):
+        repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
+        found = maintenance.list_snapshots(repo)
+        snapshot_rows = [summary_row(s) for s in found]
+        lines.append(
+            f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "
+            f"{'STORED':>10}  SOURCE"
+        )
+        lines += [
+            f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {human_size(s.size):>10}  "
+            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.source}"
+            for s in found
+        ]
+        lines.append(f"{_plural(len(found), 'snapshot')} in the repository at {redact_url(url)}")
     data = {
         "backups": rows,
+        "snapshots": snapshot_rows,
         "partials": [
             {
                 "name": p.name,
@@ -468,6 +563,8 @@ def vault() -> None:
 @pass_context
 def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
+    from backupvault.protocol import EntryStatus
+
     status = ctx.config().vault().status()
     data = {**asdict(status), "status": status.status.name.lower()}
     text = f"key: {status.status.name.lower()}"
@@ -487,6 +584,8 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are).
 
     The current password is checked first; only then is the new one asked for (twice)."""
+    from backupvault.protocol import EntryStatus
+
     if password_stdin:
         lines = [sys.stdin.readline(), sys.stdin.readline()]
         if not lines[1]:
@@ -524,6 +623,10 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     """Delete your key from the vault (proving the password first). Backups made with it
     then open only with a recovery code. A key already destroyed by wrong guesses is
     cleared without a password, so that a new one can be registered."""
+    from backupvault.backup import list_backups
+    from backupvault.client.errors import NotRegistered
+    from backupvault.protocol import EntryStatus
+
     session = ctx.config().session(notify=ctx.output.note)
     status = session.vault.status()
     if status.status == EntryStatus.EMPTY:
@@ -567,8 +670,6 @@ def _fail(json_mode: bool, err: BackupVaultError) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
-
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
     try:

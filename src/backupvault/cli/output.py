@@ -5,18 +5,12 @@ from __future__ import annotations
 import json
 import sys
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    DownloadColumn,
-    Progress,
-    TaskID,
-    TextColumn,
-    TimeRemainingColumn,
-    TransferSpeedColumn,
-)
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
 
 from backupvault.errors import BackupVaultError
 
@@ -59,36 +53,50 @@ class Output:
 
 
 class ProgressBar:
-    """Adapts the backup package's progress callbacks to a rich bar on stderr."""
+    """Adapts the backup package's progress callbacks to a rich bar on stderr. Disabled, it
+    does nothing (and rich.progress is not even imported: it costs start-up time)."""
 
     def __init__(self, console: Console, enabled: bool) -> None:
-        self._progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            DownloadColumn(),
-            TransferSpeedColumn(),
-            TimeRemainingColumn(),
-            console=console,
-            disable=not enabled,
-            transient=True,
-        )
+        self._progress: Progress | None = None
         self._task: TaskID | None = None
+        if enabled:
+            from rich.progress import (
+                BarColumn,
+                DownloadColumn,
+                Progress,
+                TextColumn,
+                TimeRemainingColumn,
+                TransferSpeedColumn,
+            )
+
+            self._progress = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                DownloadColumn(),
+                TransferSpeedColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+            )
 
     def __enter__(self) -> ProgressBar:
-        self._progress.start()
+        if self._progress is not None:
+            self._progress.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.stop()
+        if self._progress is not None:
+            self._progress.stop()
 
     def start(self, total_bytes: int | None, label: str) -> None:
-        self._task = self._progress.add_task(label, total=total_bytes)
+        if self._progress is not None:
+            self._task = self._progress.add_task(label, total=total_bytes)
 
     def advance(self, n: int) -> None:
-        if self._task is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.advance(self._task, n)
 
     def finish(self) -> None:
-        if self._task is not None:
+        if self._progress is not None and self._task is not None:
             self._progress.update(self._task, visible=False)
             self._task = None

@@ -1,0 +1,133 @@
+"""Chunks: content-defined cutting (keyed FastCDC), naming (HMAC-SHA256 under the chunk-id
+key), and sealing (zstd if it helps, then AES-256-GCM under the chunk key).
+
+Blob layout (docs/format.md, "Chunk blob"): u8 compression || nonce (12) ||
+AES-GCM(chunk key, nonce, data, aad = chunk id || u8 compression). The id is checked again
+after opening, so a blob is accepted only as the chunk it claims to be.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import threading
+from collections.abc import Iterator
+from typing import Final
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from pyfastcdc import FastCDC
+
+from backupvault.backup.repo.keys import NONCE_LEN, TAG_LEN, RepoConfig, RepoKeys
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+CHUNK_ID_LEN: Final = 32
+BLOB_OVERHEAD: Final = NONCE_LEN + 1 + TAG_LEN
+RAW: Final = 0
+ZSTD: Final = 1
+ZSTD_LEVEL: Final = 1
+_MAX_CHUNK: Final = 16 * 1024 * 1024
+_SAMPLE: Final = 32 * 1024
+
+
+class Chunker:
+    """Cuts files into chunks with FastCDC, its gear table keyed from the repository key."""
+
+    def __init__(self, config: RepoConfig, keys: RepoKeys) -> None:
+        self.min_size = config.chunk_min
+        self._cdc = FastCDC(
+            config.chunk_avg,
+            min_size=config.chunk_min,
+            max_size=config.chunk_max,
+            seed=keys.chunker_seed,
+        )
+
+    def cut(self, data: bytes | memoryview) -> Iterator[memoryview]:
+        if len(data) <= self.min_size:
+            yield memoryview(data)
+            return
+        for chunk in self._cdc.cut_buf(data):
+            yield chunk.data
+
+
+class Sealer:
+    """Names, compresses and encrypts chunks; thread-safe (one compressor per thread)."""
+
+    def __init__(self, keys: RepoKeys) -> None:
+        self._id_key = keys.chunk_id
+        self._aead = AESGCM(keys.chunk)
+        self._local = threading.local()
+
+    def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
+        # An HMAC object's update releases the GIL on large inputs; hmac.digest does not.
+        mac = hmac.new(self._id_key, digestmod=hashlib.sha256)
+        mac.update(data)
+        return mac.digest()
+
+    def _compressor(self) -> zstandard.ZstdCompressor:
+        compressor: zstandard.ZstdCompressor | None = getattr(self._local, "zstd", None)
+        if compressor is None:
+            compressor = zstandard.ZstdCompressor(level=ZSTD_LEVEL)
+            self._local.zstd = compressor
+        return compressor
+
+    def _worth_compressing(self, data: bytes | memoryview) -> bool:
+        """Whether zstd is likely to shrink `data`: a 32 KiB sample from its middle must
+        shrink by 3% (media and other compressed data fail fast and cheaply)."""
+        if len(data) <= 4 * _SAMPLE:
+            return True
+        middle = len(data) // 2
+        sample = memoryview(data)[middle : middle + _SAMPLE]
+        return len(self._compressor().compress(sample)) < 0.97 * _SAMPLE
+
+    def seal(self, chunk_id: bytes, data: bytes | memoryview) -> bytearray:
+        payload: bytes | memoryview = data
+        compression = RAW
+        if self._worth_compressing(data):
+            compressed = self._compressor().compress(data)
+            if len(compressed) < len(data):
+                payload, compression = compressed, ZSTD
+        blob = bytearray(BLOB_OVERHEAD + len(payload))
+        blob[0] = compression
+        nonce = os.urandom(NONCE_LEN)
+        blob[1 : 1 + NONCE_LEN] = nonce
+        aad = chunk_id + bytes([compression])
+        self._aead.encrypt_into(nonce, payload, aad, memoryview(blob)[1 + NONCE_LEN :])
+        return blob
+
+    def open(
+        self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int
+    ) -> bytes | bytearray:
+        """The chunk's plaintext, only if the blob authenticates as `chunk_id`."""
+        name = chunk_id.hex()[:16]
+        if len(blob) < BLOB_OVERHEAD or not 0 <= raw_length <= _MAX_CHUNK:
+            raise AuthenticationFailed(f"chunk {name} is damaged (bad length)")
+        view = memoryview(blob)
+        compression = view[0]
+        payload = bytearray(len(view) - BLOB_OVERHEAD)
+        try:
+            self._aead.decrypt_into(
+                bytes(view[1 : 1 + NONCE_LEN]),
+                view[1 + NONCE_LEN :],
+                chunk_id + bytes([compression]),
+                payload,
+            )
+        except InvalidTag:
+            raise AuthenticationFailed(
+                f"chunk {name} failed authentication: it was altered or swapped"
+            ) from None
+        data: bytes | bytearray
+        if compression == ZSTD:
+            try:
+                data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_length)
+            except zstandard.ZstdError as exc:
+                raise InvalidInput(f"chunk {name} is corrupt: {exc}") from None
+        elif compression == RAW:
+            data = payload
+        else:
+            raise InvalidInput(f"chunk {name} has unknown compression {compression}")
+        if len(data) != raw_length or not hmac.compare_digest(self.chunk_id(data), chunk_id):
+            raise AuthenticationFailed(f"chunk {name} does not match its id")
+        return data

@@ -1,0 +1,83 @@
+"""Chunks of a restore in file order, decrypted ahead on worker threads, pack by pack.
+
+Packs are read in the order their first chunk is needed (each pack once, only the byte
+range holding needed chunks); workers authenticate and decompress them a few packs
+ahead of the writer; a chunk is kept until its last use. So files are written
+sequentially, one after the other, while reading and decryption run in parallel.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+
+from backupvault.backup.repo.index import Location
+from backupvault.backup.repo.repository import Repository
+from backupvault.errors import AuthenticationFailed
+
+Plain = bytes | bytearray
+
+
+class ChunkSource:
+    def __init__(
+        self,
+        repo: Repository,
+        locations: Mapping[bytes, Location],
+        files: list[list[bytes]],
+        workers: int,
+    ) -> None:
+        self.repo = repo
+        self.locations = locations
+        self.uses: Counter[bytes] = Counter(c for chunks in files for c in chunks)
+        # pack id -> the chunks needed from it (a dict as an ordered set), in order of first use
+        needed: dict[bytes, dict[bytes, None]] = {}
+        for chunks in files:
+            for chunk_id in chunks:
+                needed.setdefault(locations[chunk_id].pack_id, {})[chunk_id] = None
+        self.packs = [(pack_id, list(chunk_ids)) for pack_id, chunk_ids in needed.items()]
+        self.ready: dict[bytes, Plain] = {}
+        self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
+        self._ahead = workers * 2
+        self._next = 0
+        self._inflight: deque[Future[dict[bytes, Plain]]] = deque()
+
+    def _read_pack(self, pack_id: bytes, chunk_ids: list[bytes]) -> dict[bytes, Plain]:
+        locs = [self.locations[c] for c in chunk_ids]
+        start = min(loc.offset for loc in locs)
+        end = max(loc.offset + loc.length for loc in locs)
+        data = self.repo.backend.get(f"data/{pack_id.hex()}", start, end)
+        if len(data) != end - start:
+            raise AuthenticationFailed(f"pack {pack_id.hex()} is truncated")
+        view = memoryview(data)
+        opened: dict[bytes, Plain] = {}
+        for chunk_id, loc in zip(chunk_ids, locs, strict=True):
+            blob = view[loc.offset - start : loc.offset - start + loc.length]
+            opened[chunk_id] = self.repo.sealer.open(chunk_id, blob, loc.raw_length)
+        return opened
+
+    def _fill(self) -> None:
+        while self._next < len(self.packs) and len(self._inflight) < self._ahead:
+            pack_id, chunk_ids = self.packs[self._next]
+            self._inflight.append(self._pool.submit(self._read_pack, pack_id, chunk_ids))
+            self._next += 1
+
+    def chunks(self, chunk_ids: list[bytes]) -> Iterator[Plain]:
+        """The plaintext of `chunk_ids`, in order (call for files in the order given)."""
+        for chunk_id in chunk_ids:
+            while chunk_id not in self.ready:
+                self._fill()
+                if not self._inflight:
+                    raise AssertionError(f"chunk {chunk_id.hex()} was not planned")
+                self.ready.update(self._inflight.popleft().result())
+                self._fill()
+            data = self.ready[chunk_id]
+            self.uses[chunk_id] -= 1
+            if not self.uses[chunk_id]:
+                del self.ready[chunk_id]
+            yield data
+
+    def close(self) -> None:
+        for future in self._inflight:
+            future.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)

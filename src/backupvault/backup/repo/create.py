@@ -1,0 +1,402 @@
+"""`backup create` for the repository format: walk, cut, name, deduplicate, seal, pack.
+
+Order of writes, so that a crash at any point leaves no visible snapshot and loses
+nothing: packs first (each complete before it is visible), then one index object naming
+them, then the snapshot object. Packs of an interrupted run are found by the next run
+(see `Repository.load_index`) and their chunks reused.
+
+Files unchanged since the parent snapshot (same path, size, mtime, ctime and inode, and
+every chunk still indexed) are not read again, unless `force_read` is set.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import stat
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from backupvault.backup.archive import Progress
+from backupvault.backup.errors import SourceError
+from backupvault.backup.flows import _NoProgress
+from backupvault.backup.repo import snapshots
+from backupvault.backup.repo.chunks import Chunker, Sealer
+from backupvault.backup.repo.repository import (
+    SHARED,
+    PackWriter,
+    Repository,
+    cpu_workers,
+    host_name,
+)
+from backupvault.backup.repo.state import DeviceState
+from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.safe import Skipped
+from backupvault.backup.storage import Storage
+
+_TASK_BYTES = 8 << 20  # plaintext per worker task
+_SMALL_BATCH = 256  # small files per worker task
+
+# (entry number, chunk id, plaintext length, sealed blob or None if already stored)
+Piece = tuple[int, bytes, int, bytearray | None]
+
+
+@dataclass(frozen=True)
+class SnapshotInfo:
+    snapshot_id: str
+    parent_id: str | None
+    created_at: datetime
+    source: str
+    files: int
+    folders: int
+    links: int
+    size: int
+    files_read: int
+    added: int
+    stored: int  # bytes written: packs, index, snapshot
+    url: str
+    skipped: list[Skipped] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _entry(path: bytes, st: os.stat_result) -> Entry | None:
+    mode = stat.S_IMODE(st.st_mode)
+    if stat.S_ISREG(st.st_mode):
+        return Entry(FILE, path, mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+    if stat.S_ISDIR(st.st_mode):
+        return Entry(DIR, path, mode, st.st_mtime_ns)
+    if stat.S_ISLNK(st.st_mode):
+        return Entry(SYMLINK, path, mode, st.st_mtime_ns)
+    return None
+
+
+def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
+    """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`."""
+    skipped: list[Skipped] = []
+    try:
+        st = os.lstat(source)
+    except OSError as exc:
+        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
+    if not stat.S_ISDIR(st.st_mode):
+        if not stat.S_ISREG(st.st_mode):
+            raise SourceError(f"backup source {source} is not a file or folder")
+        entry = _entry(os.fsencode(source.name), st)
+        assert entry is not None
+        return snapshots.KIND_FILE, [(str(source), entry)], skipped
+    root = _entry(ROOT, st)
+    assert root is not None
+    items: list[tuple[str, Entry]] = [(str(source), root)]
+    stack: list[tuple[str, bytes]] = [(str(source), b"")]
+    while stack:
+        directory, prefix = stack.pop()
+        try:
+            with os.scandir(directory) as listing:
+                children = sorted(listing, key=lambda e: e.name)
+        except OSError as exc:
+            raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
+        subfolders: list[tuple[str, bytes]] = []
+        for child in children:
+            name = prefix + os.fsencode(child.name)
+            try:
+                child_stat = child.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                continue  # deleted while we looked
+            except OSError as exc:
+                raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
+            entry = _entry(name, child_stat)
+            if entry is None:
+                skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
+                continue
+            if entry.kind == SYMLINK:
+                try:
+                    entry.target = os.fsencode(os.readlink(child.path))
+                except OSError as exc:
+                    raise SourceError(f"cannot read link {child.path}: {exc.strerror}") from None
+            items.append((child.path, entry))
+            if entry.kind == DIR:
+                subfolders.append((child.path, name + b"/"))
+        stack.extend(reversed(subfolders))
+    return snapshots.KIND_FOLDER, items, skipped
+
+
+class _Workers:
+    """Cutting, naming and sealing on a thread pool (hashing, zstd, AES-GCM and file reads
+    release the GIL); results are consumed in submission order."""
+
+    def __init__(self, repo: Repository, known: PackWriter, workers: int) -> None:
+        self._sealer: Sealer = repo.sealer
+        self._known = known
+        self._config = repo.config
+        self._keys = repo.keys
+        self._local = threading.local()
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup")
+        self.inflight: deque[Future[list[Piece]]] = deque()
+        self.limit = workers * 3
+
+    def _chunker(self) -> Chunker:
+        chunker: Chunker | None = getattr(self._local, "chunker", None)
+        if chunker is None:
+            chunker = self._local.chunker = Chunker(self._config, self._keys)
+        return chunker
+
+    def _piece(self, number: int, data: bytes | memoryview) -> Piece:
+        chunk_id = self._sealer.chunk_id(data)
+        if chunk_id in self._known:
+            return number, chunk_id, len(data), None
+        return number, chunk_id, len(data), self._sealer.seal(chunk_id, data)
+
+    def seal_views(self, number: int, views: list[memoryview]) -> list[Piece]:
+        return [self._piece(number, view) for view in views]
+
+    def read_small(self, batch: list[tuple[int, str]]) -> list[Piece]:
+        pieces: list[Piece] = []
+        for number, path in batch:
+            try:
+                with open(path, "rb") as handle:
+                    data = handle.read()
+            except FileNotFoundError:
+                pieces.append((number, b"", -1, None))  # vanished: the caller drops it
+                continue
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+            if not data:
+                pieces.append((number, b"", 0, None))
+            for view in self._chunker().cut(data):
+                pieces.append(self._piece(number, view))
+        return pieces
+
+    def submit(self, task: Callable[..., list[Piece]], *args: Any) -> None:
+        self.inflight.append(self.pool.submit(task, *args))
+
+    def ready(self, block: bool) -> Iterator[list[Piece]]:
+        """Finished results in order; with `block`, wait until few enough are in flight."""
+        while self.inflight and (
+            self.inflight[0].done() or (block and len(self.inflight) > self.limit)
+        ):
+            yield self.inflight.popleft().result()
+
+    def drain(self) -> Iterator[list[Piece]]:
+        while self.inflight:
+            yield self.inflight.popleft().result()
+
+    def shutdown(self) -> None:
+        for future in self.inflight:
+            future.cancel()
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def create_snapshot(
+    source: str | os.PathLike[str],
+    storage_url: str,
+    root_key: bytes,
+    progress: Progress | None = None,
+    *,
+    force_read: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    repo_params: Mapping[str, int] | None = None,
+    state_dir: Path | None = None,
+) -> SnapshotInfo:
+    """Back up `source` into the repository at `storage_url` (created on first use).
+
+    With `state_dir`, the device remembers the snapshot it made, and the next backup warns
+    if storage no longer shows it (deleted, or hidden: a rollback)."""
+    source_path = Path(source).absolute()
+    if not source_path.exists():
+        raise SourceError(f"backup source {source_path} does not exist")
+    reporter = progress or _NoProgress()
+    storage = Storage(storage_url, storage_options)
+    repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
+    state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
+    with repo.lock(SHARED):
+        info = _create_locked(
+            repo, source_path, reporter, force_read, workers or cpu_workers(), state
+        )
+    if state is not None:
+        state.made(info.source, info.snapshot_id)
+    return info
+
+
+def _create_locked(
+    repo: Repository,
+    source: Path,
+    reporter: Progress,
+    force_read: bool,
+    workers: int,
+    state: DeviceState | None,
+) -> SnapshotInfo:
+    index, _packs, adopted = repo.load_index()
+    warnings: list[str] = []
+    last = state.last_made(str(source)) if state is not None else None
+    if last is not None and last not in repo.snapshot_names():
+        warnings.append(
+            f"snapshot {last}, the last one this device made of {source}, is gone from "
+            "storage: deleted by another device, or storage is hiding it (a rollback)"
+        )
+    host = host_name()
+    parent: snapshots.Snapshot | None = None
+    for candidate in reversed(repo.list_snapshots()):
+        if candidate.summary.source == str(source) and candidate.summary.host == host:
+            parent = repo.read_snapshot(candidate.id_hex)
+            break
+    previous: dict[bytes, Entry] = {}
+    if parent is not None and parent.entries is not None and not force_read:
+        previous = {e.path: e for e in parent.entries if e.kind == FILE}
+
+    kind, items, skipped = walk(source)
+    entries = [entry for _, entry in items]
+    total = sum(e.size for e in entries if e.kind == FILE)
+    packer = PackWriter(repo, index)
+    pool = _Workers(repo, packer, workers)
+    chunker = repo.chunker()
+    added = 0
+    files_read = 0
+    vanished: set[int] = set()
+
+    def consume(pieces: list[Piece]) -> None:
+        nonlocal added
+        for number, chunk_id, length, blob in pieces:
+            if length < 0:
+                vanished.add(number)
+                continue
+            if length == 0 and not chunk_id:
+                continue
+            entry = entries[number]
+            entry.chunks.append(chunk_id)
+            entry.size += length  # what was read, not what stat said before
+            if blob is not None and chunk_id not in packer:
+                packer.add(chunk_id, blob, length)
+                added += length
+            reporter.advance(length)
+
+    reporter.start(total, "backing up")
+    small: list[tuple[int, str]] = []
+    try:
+        for number, (path, entry) in enumerate(items):
+            if entry.kind != FILE:
+                continue
+            old = previous.get(entry.path)
+            if (
+                old is not None
+                and (old.size, old.mtime_ns, old.ctime_ns, old.inode)
+                == (entry.size, entry.mtime_ns, entry.ctime_ns, entry.inode)
+                and all(c in index.chunks for c in old.chunks)
+            ):
+                entry.chunks = list(old.chunks)
+                reporter.advance(entry.size)
+                continue
+            files_read += 1
+            small_file = entry.size <= chunker.min_size
+            entry.size = 0  # counted again from the chunks read
+            if small_file:
+                small.append((number, path))
+                if len(small) >= _SMALL_BATCH:
+                    pool.submit(pool.read_small, small)
+                    small = []
+            else:
+                _submit_large(pool, chunker, number, path, consume)
+            for pieces in pool.ready(block=True):
+                consume(pieces)
+        if small:
+            pool.submit(pool.read_small, small)
+        for pieces in pool.drain():
+            consume(pieces)
+        packer.finish()
+    except BaseException:
+        pool.shutdown()
+        packer.abort()
+        raise
+    finally:
+        reporter.finish()
+    pool.shutdown()
+
+    for number in vanished:
+        skipped.append(Skipped(os.fsdecode(entries[number].path), "vanished during the backup"))
+    kept = [e for n, e in enumerate(entries) if n not in vanished]
+
+    new_packs = dict(packer.written)
+    for name in adopted:
+        new_packs[bytes.fromhex(name)] = index.packs[bytes.fromhex(name)]
+    stored = packer.stored
+    if new_packs:
+        stored += repo.write_index(new_packs)[1]
+    summary = snapshots.Summary(
+        kind=kind,
+        files=sum(e.kind == FILE for e in kept),
+        folders=sum(e.kind == DIR and e.path != ROOT for e in kept),
+        links=sum(e.kind == SYMLINK for e in kept),
+        size=sum(e.size for e in kept if e.kind == FILE),
+        added=added,
+        stored=stored,
+        source=str(source),
+        host=host,
+    )
+    parent_id = parent.header.snapshot_id if parent is not None else None
+    created_us = time.time_ns() // 1000
+    snapshot_id, data = snapshots.seal(
+        repo.root_key, repo.keys.repo_id, parent_id, summary, kept, created_us
+    )
+    repo.backend.put(f"snapshots/{snapshot_id.hex()}", data)
+    stored += len(data)
+    return SnapshotInfo(
+        snapshot_id=snapshot_id.hex(),
+        parent_id=parent_id.hex() if parent_id else None,
+        created_at=snapshots.SnapshotHeader.from_bytes(data).created_at,
+        source=str(source),
+        files=summary.files,
+        folders=summary.folders,
+        links=summary.links,
+        size=summary.size,
+        files_read=files_read,
+        added=added,
+        stored=stored,
+        url=repo.backend.display_url,
+        skipped=skipped,
+        warnings=warnings,
+    )
+
+
+def _submit_large(
+    pool: _Workers,
+    chunker: Chunker,
+    number: int,
+    path: str,
+    consume: Callable[[list[Piece]], None],
+) -> None:
+    """Map the file and hand its chunks to the workers in batches of about 8 MiB."""
+    try:
+        with open(path, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            if size == 0:
+                return
+            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+    except FileNotFoundError:
+        pool.inflight.append(_done([(number, b"", -1, None)]))
+        return
+    except OSError as exc:
+        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    batch: list[memoryview] = []
+    batch_bytes = 0
+    for view in chunker.cut(memoryview(mapped)):
+        batch.append(view)
+        batch_bytes += len(view)
+        if batch_bytes >= _TASK_BYTES:
+            pool.submit(pool.seal_views, number, batch)
+            batch, batch_bytes = [], 0
+            for pieces in pool.ready(block=True):
+                consume(pieces)
+    if batch:
+        pool.submit(pool.seal_views, number, batch)
+
+
+def _done(pieces: list[Piece]) -> Future[list[Piece]]:
+    future: Future[list[Piece]] = Future()
+    future.set_result(pieces)
+    return future

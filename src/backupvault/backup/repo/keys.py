@@ -1,0 +1,178 @@
+"""The repository config object and the keys it holds: RMK wrapped under RK, and the
+subkeys derived from RMK. Byte layout: docs/format.md, "Repository format (version 2)"."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+from dataclasses import dataclass
+from typing import Final
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+
+CONFIG_MAGIC: Final = b"BVREPCFG"
+VERSION: Final = 2
+ROOT_KEY_LEN: Final = 32
+REPO_KEY_LEN: Final = 32
+REPO_ID_LEN: Final = 16
+KEY_CHECK_LEN: Final = 16
+NONCE_LEN: Final = 12
+TAG_LEN: Final = 16
+
+# Chunker and pack parameters (bytes). pyfastcdc's real average is avg + min.
+DEFAULT_CHUNK_MIN: Final = 256 * 1024
+DEFAULT_CHUNK_AVG: Final = 512 * 1024
+DEFAULT_CHUNK_MAX: Final = 4 * 1024 * 1024
+DEFAULT_PACK_SIZE: Final = 16 * 1024 * 1024
+
+_PREFIX = struct.Struct(f">8sB{REPO_ID_LEN}sIIII{KEY_CHECK_LEN}s{NONCE_LEN}s")
+CONFIG_LEN: Final = _PREFIX.size + REPO_KEY_LEN + TAG_LEN
+
+
+def hkdf(ikm: bytes, salt: bytes | None, info: bytes, length: int = 32) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=length, salt=salt, info=info).derive(ikm)
+
+
+def _check_root_key(root_key: bytes) -> bytes:
+    if not isinstance(root_key, bytes | bytearray) or len(root_key) != ROOT_KEY_LEN:
+        raise InvalidInput(f"root key must be {ROOT_KEY_LEN} bytes")
+    return bytes(root_key)
+
+
+def key_check(root_key: bytes, info: bytes, message: bytes) -> bytes:
+    """A MAC of public values under a key derived from RK: tells "wrong key" apart from
+    "altered object" in messages."""
+    return hmac.digest(hkdf(root_key, None, info), message, "sha256")[:KEY_CHECK_LEN]
+
+
+@dataclass(frozen=True)
+class RepoKeys:
+    """The subkeys of one repository, derived from RMK (never stored)."""
+
+    repo_id: bytes
+    chunk_id: bytes  # HMAC-SHA256 key naming chunks
+    chunk: bytes  # AES-256-GCM key sealing chunk blobs
+    index: bytes  # AES-256-GCM key sealing pack headers, index and lock objects
+    chunker_seed: int  # pyfastcdc gear-table seed (63 bits)
+
+    @classmethod
+    def derive(cls, repo_key: bytes, repo_id: bytes) -> RepoKeys:
+        seed = int.from_bytes(hkdf(repo_key, repo_id, b"backupvault/v2 chunker-seed", 8), "big")
+        seed &= (1 << 63) - 1  # pyfastcdc shifts it left by one inside a u64
+        return cls(
+            repo_id=repo_id,
+            chunk_id=hkdf(repo_key, repo_id, b"backupvault/v2 chunk-id"),
+            chunk=hkdf(repo_key, repo_id, b"backupvault/v2 chunk-seal"),
+            index=hkdf(repo_key, repo_id, b"backupvault/v2 index-seal"),
+            chunker_seed=seed or 1,  # pyfastcdc treats 0 as "unkeyed"
+        )
+
+
+@dataclass(frozen=True)
+class RepoConfig:
+    repo_id: bytes
+    chunk_min: int
+    chunk_avg: int
+    chunk_max: int
+    pack_size: int
+    key_check: bytes
+    wrap_nonce: bytes
+    wrapped_key: bytes
+
+    def prefix(self) -> bytes:
+        return _PREFIX.pack(
+            CONFIG_MAGIC,
+            VERSION,
+            self.repo_id,
+            self.chunk_min,
+            self.chunk_avg,
+            self.chunk_max,
+            self.pack_size,
+            self.key_check,
+            self.wrap_nonce,
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.prefix() + self.wrapped_key
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> RepoConfig:
+        if data[: len(CONFIG_MAGIC)] != CONFIG_MAGIC:
+            raise InvalidInput("not a backupvault repository config (bad magic)")
+        if len(data) != CONFIG_LEN:
+            raise InvalidInput(f"repository config must be {CONFIG_LEN} bytes, got {len(data)}")
+        _m, version, repo_id, cmin, cavg, cmax, pack, check, nonce = _PREFIX.unpack_from(data)
+        if version != VERSION:
+            raise InvalidInput(
+                f"repository format version {version} is not supported (this build reads 2)",
+                hint="upgrade backupvault",
+            )
+        # pyfastcdc's bounds
+        if not (64 <= cmin <= 1 << 20 and 256 <= cavg <= 4 << 20 and 1024 <= cmax <= 16 << 20):
+            raise InvalidInput("repository config has invalid chunk sizes")
+        if not cmin <= cavg <= cmax:
+            raise InvalidInput("repository config has invalid chunk sizes")
+        if not 1024 <= pack <= 1024 * 1024 * 1024:
+            raise InvalidInput("repository config has an invalid pack size")
+        return cls(repo_id, cmin, cavg, cmax, pack, check, nonce, data[_PREFIX.size :])
+
+
+_WRAP_INFO: Final = b"backupvault/v2 repo rmk-wrap"
+_CHECK_INFO: Final = b"backupvault/v2 repo key-check"
+
+
+def new_config(
+    root_key: bytes,
+    *,
+    chunk_min: int = DEFAULT_CHUNK_MIN,
+    chunk_avg: int = DEFAULT_CHUNK_AVG,
+    chunk_max: int = DEFAULT_CHUNK_MAX,
+    pack_size: int = DEFAULT_PACK_SIZE,
+) -> tuple[RepoConfig, RepoKeys]:
+    """A new repository: fresh RMK and repo id; RMK wrapped under RK."""
+    rk = _check_root_key(root_key)
+    repo_key = os.urandom(REPO_KEY_LEN)
+    repo_id = os.urandom(REPO_ID_LEN)
+    unsealed = RepoConfig(
+        repo_id,
+        chunk_min,
+        chunk_avg,
+        chunk_max,
+        pack_size,
+        key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([VERSION]) + repo_id),
+        os.urandom(NONCE_LEN),
+        b"",
+    )
+    wrapped = AESGCM(hkdf(rk, None, _WRAP_INFO)).encrypt(
+        unsealed.wrap_nonce, repo_key, unsealed.prefix()
+    )
+    config = RepoConfig(**{**unsealed.__dict__, "wrapped_key": wrapped})
+    RepoConfig.from_bytes(config.to_bytes())  # parameters in range
+    return config, RepoKeys.derive(repo_key, repo_id)
+
+
+def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
+    """Authenticate the config under RK and derive the repository's keys."""
+    rk = _check_root_key(root_key)
+    expected = key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([VERSION]) + config.repo_id)
+    if not hmac.compare_digest(expected, config.key_check):
+        raise WrongKey(
+            "this repository was not made with this key (wrong password's vault entry or "
+            "recovery code, or the config was altered)",
+            hint="a repository opens with the key of the backup that created it",
+        )
+    try:
+        repo_key = AESGCM(hkdf(rk, None, _WRAP_INFO)).decrypt(
+            config.wrap_nonce, config.wrapped_key, config.prefix()
+        )
+    except InvalidTag:
+        raise AuthenticationFailed(
+            "the repository config failed authentication: it was altered"
+        ) from None
+    return RepoKeys.derive(repo_key, config.repo_id)

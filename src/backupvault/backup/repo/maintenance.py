@@ -1,0 +1,360 @@
+"""List, diff, forget, prune and check a repository.
+
+prune, crash-safe in this order: (1) copy the chunks still used out of packs that are
+mostly unused into new packs; (2) write one index object that lists every pack kept and
+supersedes all earlier ones; (3) delete the superseded index objects; (4) delete the packs
+no longer listed. An interruption anywhere loses nothing: before (2) the new packs are
+unindexed extras (adopted by the next backup or removed by the next prune); after it,
+superseded index objects are ignored and unlisted packs are garbage.
+
+forget and prune take the exclusive lock, so neither runs beside a backup: a new
+snapshot's chunks are never deleted from under it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from backupvault.backup.errors import StorageError
+from backupvault.backup.repo import snapshots
+from backupvault.backup.repo.index import PackEntry, open_pack_header
+from backupvault.backup.repo.repository import (
+    EXCLUSIVE,
+    PackWriter,
+    Repository,
+)
+from backupvault.backup.repo.tree import FILE
+from backupvault.backup.storage import Storage
+from backupvault.errors import BackupVaultError, UsageError
+
+REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
+
+
+def open_repository(
+    storage_url: str, root_key: bytes, storage_options: Mapping[str, Any] | None = None
+) -> Repository:
+    return Repository.open(Storage(storage_url, storage_options), root_key)
+
+
+# ---- list, diff -----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SnapshotSummary:
+    snapshot_id: str
+    parent_id: str | None
+    created_at: datetime
+    source: str
+    host: str
+    files: int
+    size: int
+    added: int
+    stored: int
+
+
+def summarize(snapshot: snapshots.Snapshot) -> SnapshotSummary:
+    parent = snapshot.header.parent
+    s = snapshot.summary
+    return SnapshotSummary(
+        snapshot.id_hex,
+        parent.hex() if parent else None,
+        snapshot.header.created_at,
+        s.source,
+        s.host,
+        s.files,
+        s.size,
+        s.added,
+        s.stored,
+    )
+
+
+def list_snapshots(repo: Repository) -> list[SnapshotSummary]:
+    return [summarize(s) for s in repo.list_snapshots()]
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # "+" added, "-" removed, "M" content changed, "T" type changed, "U" metadata
+    path: str
+    size_before: int
+    size_after: int
+
+
+def diff(repo: Repository, first: str, second: str) -> list[Change]:
+    old = repo.find_snapshot(first).entries or []
+    new = repo.find_snapshot(second).entries or []
+    before = {e.path: e for e in old}
+    after = {e.path: e for e in new}
+    changes: list[Change] = []
+    for path in sorted(before.keys() | after.keys()):
+        a, b = before.get(path), after.get(path)
+        name = os.fsdecode(path)
+        if a is None and b is not None:
+            changes.append(Change("+", name, 0, b.size))
+        elif b is None and a is not None:
+            changes.append(Change("-", name, a.size, 0))
+        elif a is not None and b is not None:
+            if a.kind != b.kind:
+                changes.append(Change("T", name, a.size, b.size))
+            elif a.chunks != b.chunks or a.target != b.target:
+                changes.append(Change("M", name, a.size, b.size))
+            elif (a.mode, a.mtime_ns) != (b.mode, b.mtime_ns):
+                changes.append(Change("U", name, a.size, b.size))
+    return changes
+
+
+# ---- forget -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Policy:
+    last: int = 0
+    daily: int = 0
+    weekly: int = 0
+    monthly: int = 0
+
+    def empty(self) -> bool:
+        return not (self.last or self.daily or self.weekly or self.monthly)
+
+
+def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str], list[str]]:
+    """(kept ids, removed ids). Per (host, source), newest first: the `last` newest, and
+    the newest of each of the `daily` latest days (weeks, months) that have a snapshot."""
+    if policy.empty():
+        raise UsageError(
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly"
+        )
+    groups: dict[tuple[str, str], list[SnapshotSummary]] = {}
+    for s in found:
+        groups.setdefault((s.host, s.source), []).append(s)
+    kept: set[str] = set()
+    buckets: list[tuple[int, Callable[[datetime], object]]] = [
+        (policy.daily, lambda t: t.date()),
+        (policy.weekly, lambda t: t.isocalendar()[:2]),
+        (policy.monthly, lambda t: (t.year, t.month)),
+    ]
+    for members in groups.values():
+        members.sort(key=lambda s: s.created_at, reverse=True)
+        kept.update(s.snapshot_id for s in members[: policy.last])
+        for count, bucket in buckets:
+            seen: list[object] = []
+            for s in members:
+                key = bucket(s.created_at.astimezone())
+                if key not in seen:
+                    if len(seen) >= count:
+                        break
+                    seen.append(key)
+                    kept.add(s.snapshot_id)
+    ordered = [s.snapshot_id for s in found]
+    return [i for i in ordered if i in kept], [i for i in ordered if i not in kept]
+
+
+def forget(repo: Repository, policy: Policy, *, dry_run: bool) -> tuple[list[str], list[str]]:
+    """Delete the snapshots `policy` does not keep. (Every policy keeps the newest of each
+    source, so the device state's "last made" snapshot is never forgotten.)"""
+    with repo.lock(EXCLUSIVE):
+        kept, removed = apply_policy(list_snapshots(repo), policy)
+        if not dry_run:
+            for snapshot_id in removed:
+                repo.backend.delete(f"snapshots/{snapshot_id}")
+    return kept, removed
+
+
+# ---- prune ------------------------------------------------------------------------------
+
+
+@dataclass
+class PruneResult:
+    packs: int = 0
+    packs_deleted: int = 0
+    packs_repacked: int = 0
+    packs_written: int = 0
+    bytes_before: int = 0
+    bytes_freed: int = 0
+    bytes_written: int = 0
+    unused_chunks: int = 0
+    dry_run: bool = False
+
+
+def used_chunks(repo: Repository) -> set[bytes]:
+    names = list(repo.snapshot_names())
+    with ThreadPoolExecutor(8) as pool:
+        trees = list(pool.map(repo.read_snapshot, names))
+    used: set[bytes] = set()
+    for snap in trees:
+        for entry in snap.entries or []:
+            if entry.kind == FILE:
+                used.update(entry.chunks)
+    return used
+
+
+def prune(
+    repo: Repository,
+    *,
+    dry_run: bool,
+    progress: Callable[[int], None] | None = None,
+) -> PruneResult:
+    with repo.lock(EXCLUSIVE):
+        return _prune_locked(repo, dry_run, progress or (lambda _n: None))
+
+
+def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], None]) -> PruneResult:
+    index_names = list(repo.backend.list("index"))
+    index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
+    used = used_chunks(repo)
+    result = PruneResult(packs=len(sizes), dry_run=dry_run)
+    result.bytes_before = sum(sizes.values())
+    delete: list[str] = [name for name in sizes if bytes.fromhex(name) not in index.packs]
+    repack: list[bytes] = []
+    keep: dict[bytes, list[PackEntry]] = {}
+    for pack_id, entries in index.packs.items():
+        if pack_id.hex() not in sizes:
+            continue  # listed but missing: check reports it; nothing to keep or free
+        unused = [e for e in entries if e.chunk_id not in used]
+        result.unused_chunks += len(unused)
+        unused_bytes = sum(e.length for e in unused)
+        total = sum(e.length for e in entries) or 1
+        if len(unused) == len(entries):
+            delete.append(pack_id.hex())
+        elif unused_bytes / total > REPACK_UNUSED_FRACTION:
+            repack.append(pack_id)
+            delete.append(pack_id.hex())
+        else:
+            keep[pack_id] = entries
+    result.packs_deleted = len(delete) - len(repack)
+    result.packs_repacked = len(repack)
+    result.bytes_freed = sum(sizes[name] for name in delete)
+    if dry_run:
+        return result
+    # (1) copy the used chunks of the packs to repack
+    fresh_index = type(index)()
+    for pack_id, entries in keep.items():
+        fresh_index.add_pack(pack_id, entries)
+    writer = PackWriter(repo, fresh_index)
+    try:
+        for pack_id in repack:
+            data = repo.backend.get(f"data/{pack_id.hex()}")
+            view = memoryview(data)
+            for entry in index.packs[pack_id]:
+                if entry.chunk_id in used and entry.chunk_id not in writer:
+                    blob = bytes(view[entry.offset : entry.offset + entry.length])
+                    repo.sealer.open(entry.chunk_id, blob, entry.raw_length)  # copy only good data
+                    writer.add(entry.chunk_id, blob, entry.raw_length)
+            progress(len(data))
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
+    result.packs_written = len(writer.written)
+    result.bytes_written = writer.stored
+    result.bytes_freed -= writer.stored
+    # (2) one index for everything kept, superseding every index object read above
+    repo.write_index({**keep, **writer.written}, [bytes.fromhex(n) for n in index_names])
+    # (3), (4)
+    for name in index_names:
+        repo.backend.delete(f"index/{name}")
+    for name in delete:
+        repo.backend.delete(f"data/{name}")
+    live = {lock.lock_id for lock in repo.locks()}
+    for lock in repo.locks(include_expired=True):
+        if lock.lock_id not in live:
+            repo.backend.delete(f"locks/{lock.lock_id}")  # stale: its process is gone
+    return result
+
+
+# ---- check ------------------------------------------------------------------------------
+
+
+@dataclass
+class CheckResult:
+    snapshots: int = 0
+    packs: int = 0
+    chunks: int = 0
+    read_bytes: int = 0
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def check(
+    repo: Repository, *, read_data: bool, progress: Callable[[int], None] | None = None
+) -> CheckResult:
+    """Everything that can be checked: objects authenticate, every chunk a snapshot uses is
+    indexed in a pack that exists; with `read_data`, every pack is read and every blob
+    opened and matched against its id and the index."""
+    advance = progress or (lambda _n: None)
+    result = CheckResult()
+    try:
+        index, sizes, _ = repo.load_index(adopt_unindexed=False)
+    except BackupVaultError as exc:
+        result.errors.append(str(exc))
+        return result
+    result.packs = len(sizes)
+    result.chunks = len(index.chunks)
+    for name in sizes:
+        if bytes.fromhex(name) not in index.packs:
+            result.warnings.append(f"pack {name} is in no index (left by an interrupted run)")
+    for pack_id, entries in index.packs.items():
+        name = pack_id.hex()
+        if name not in sizes:
+            result.errors.append(f"pack {name} is missing")
+        elif entries and max(e.offset + e.length for e in entries) > sizes[name]:
+            result.errors.append(f"pack {name} is shorter than its index says")
+    names = list(repo.snapshot_names())
+    result.snapshots = len(names)
+    for name in names:
+        try:
+            snap = repo.read_snapshot(name)
+        except BackupVaultError as exc:
+            result.errors.append(f"snapshot {name}: {exc.message}")
+            continue
+        parent = snap.header.parent
+        if parent is not None and parent.hex() not in names:
+            result.warnings.append(
+                f"snapshot {name}'s parent {parent.hex()} is gone (forgotten, or hidden)"
+            )
+        missing = {
+            c for e in snap.entries or [] if e.kind == FILE for c in e.chunks
+        } - index.chunks.keys()
+        if missing:
+            result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
+    if read_data:
+        for pack_id, entries in index.packs.items():
+            if pack_id.hex() in sizes:
+                result.errors.extend(_check_pack(repo, pack_id, entries, advance, result))
+    return result
+
+
+def _check_pack(
+    repo: Repository,
+    pack_id: bytes,
+    indexed: list[PackEntry],
+    advance: Callable[[int], None],
+    result: CheckResult,
+) -> list[str]:
+    name = pack_id.hex()
+    try:
+        data = repo.backend.get(f"data/{name}")
+    except StorageError as exc:
+        return [f"pack {name}: {exc.message}"]
+    advance(len(data))
+    result.read_bytes += len(data)
+    try:
+        header = open_pack_header(repo.keys.index, pack_id, data)
+    except BackupVaultError as exc:
+        return [f"pack {name}: {exc.message}"]
+    if sorted(header) != sorted(indexed):
+        return [f"pack {name}: its header and the index disagree"]
+    errors = []
+    view = memoryview(data)
+    for entry in header:
+        try:
+            blob = view[entry.offset : entry.offset + entry.length]
+            repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
+        except BackupVaultError as exc:
+            errors.append(f"pack {name}: {exc.message}")
+    return errors

@@ -1,0 +1,394 @@
+"""A repository in storage: its config and keys, the chunk index, snapshots, packs, locks.
+
+Objects (docs/format.md, "Repository layout"):
+  config                 the repository key RMK wrapped under RK, chunker/pack parameters
+  data/<pack id>         chunk blobs in random order, then the sealed pack header
+  index/<index id>       where chunks are: pack, offset, length (sealed under the index key)
+  snapshots/<snap id>    one backup: header (DK wrapped under RK), summary, tree
+  locks/<lock id>        who is using the repository (shared: backup; exclusive: prune)
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import socket
+import struct
+import threading
+import time
+from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Final
+
+from backupvault.backup.errors import BackupNotFound, StorageError
+from backupvault.backup.repo import snapshots
+from backupvault.backup.repo.backend import Backend, MissingObject
+from backupvault.backup.repo.chunks import Chunker, Sealer
+from backupvault.backup.repo.index import (
+    OBJECT_ID_LEN,
+    PACK_TRAILER_LEN,
+    Index,
+    IndexFile,
+    PackEntry,
+    open_object,
+    open_pack_header,
+    seal_object,
+    seal_pack_header,
+)
+from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
+from backupvault.backup.storage import Storage
+from backupvault.errors import BackupVaultError, InvalidInput, UsageError
+
+CONFIG_NAME: Final = "config"
+LOCK_AAD: Final = b"BVLOCK02"
+SHARED: Final = 1
+EXCLUSIVE: Final = 2
+LOCK_EXPIRY_S: Final = 30 * 60
+LOCK_REFRESH_S: Final = 5 * 60
+_LOCK = struct.Struct(">BQQI")
+_SUMMARY_READ: Final = 8192
+
+
+class RepositoryLocked(BackupVaultError):
+    """Another backup or prune holds a lock that conflicts with ours."""
+
+
+def new_id() -> bytes:
+    return secrets.token_bytes(OBJECT_ID_LEN)
+
+
+@dataclass(frozen=True)
+class LockInfo:
+    lock_id: str
+    kind: int
+    created_us: int
+    refreshed_us: int
+    pid: int
+    host: str
+
+    def stale(self, now: float) -> bool:
+        """Expired, or held by a process of this host that no longer runs."""
+        if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
+            return True
+        if self.host != socket.gethostname():
+            return False
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:
+            return False
+        return False
+
+
+class Lock:
+    """A lock object, refreshed in the background while held."""
+
+    def __init__(self, repo: Repository, kind: int) -> None:
+        self.repo = repo
+        self.kind = kind
+        self.lock_id = new_id().hex()
+        self.created_us = time.time_ns() // 1000
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        now = time.time_ns() // 1000
+        host = socket.gethostname().encode()[:255]
+        plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + host
+        name = f"locks/{self.lock_id}"
+        self.repo.backend.put(
+            name, seal_object(self.repo.keys.index, LOCK_AAD + bytes.fromhex(self.lock_id), plain)
+        )
+
+    def acquire(self) -> None:
+        self._write()
+        try:
+            for other in self.repo.locks():
+                if other.lock_id == self.lock_id or other.kind == SHARED == self.kind:
+                    continue
+                what = "a prune" if other.kind == EXCLUSIVE else "a backup"
+                raise RepositoryLocked(
+                    f"the repository is in use by {what} on {other.host} (lock {other.lock_id}, "
+                    f"refreshed {int(time.time() - other.refreshed_us / 1e6)} s ago)",
+                    hint="wait for it to finish; a lock left by a crash on this host is "
+                    f"ignored at once, from another host after {LOCK_EXPIRY_S // 60} minutes",
+                )
+        except BaseException:
+            self.release()
+            raise
+        self._thread = threading.Thread(target=self._refresh, daemon=True)
+        self._thread.start()
+
+    def _refresh(self) -> None:
+        while not self._stop.wait(LOCK_REFRESH_S):
+            try:
+                self._write()
+            except StorageError:
+                continue
+
+    def release(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        self.repo.backend.delete(f"locks/{self.lock_id}")
+
+    def __enter__(self) -> Lock:
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+class Repository:
+    def __init__(self, backend: Backend, config: RepoConfig, keys: RepoKeys, root_key: bytes):
+        self.backend = backend
+        self.config = config
+        self.keys = keys
+        self.root_key = root_key
+        self.sealer = Sealer(keys)
+
+    # ---- opening --------------------------------------------------------------------
+
+    @staticmethod
+    def exists(storage: Storage) -> bool:
+        return Backend(storage).exists(CONFIG_NAME)
+
+    @classmethod
+    def open(
+        cls, storage: Storage, root_key: bytes, *, create: bool = False, **params: int
+    ) -> Repository:
+        backend = Backend(storage)
+        try:
+            raw = backend.get(CONFIG_NAME)
+        except MissingObject:
+            if not create:
+                raise
+            config, keys = new_config(root_key, **params)
+            backend.put(CONFIG_NAME, config.to_bytes())
+            return cls(backend, config, keys, root_key)
+        config = RepoConfig.from_bytes(raw)
+        return cls(backend, config, keys=open_config(config, root_key), root_key=root_key)
+
+    def chunker(self) -> Chunker:
+        return Chunker(self.config, self.keys)
+
+    # ---- index ------------------------------------------------------------------------
+
+    def index_files(self) -> dict[str, IndexFile]:
+        """Every live index object (those superseded by another are left out)."""
+        names = self.backend.list("index")
+        with ThreadPoolExecutor(8) as pool:
+            files = dict(zip(names, pool.map(self._read_index, names), strict=True))
+        superseded = {s.hex() for f in files.values() for s in f.supersedes}
+        return {name: f for name, f in files.items() if name not in superseded}
+
+    def _read_index(self, name: str) -> IndexFile:
+        return IndexFile.open(
+            self.keys.index, bytes.fromhex(name), self.backend.get(f"index/{name}")
+        )
+
+    def load_index(
+        self, *, adopt_unindexed: bool = True
+    ) -> tuple[Index, dict[str, int], list[str]]:
+        """(index, {pack name: size} of every pack in storage, unindexed packs adopted).
+
+        Packs that no index names (left by an interrupted backup) are read whole and every
+        blob in them verified (a crash may have left them torn), so their chunks are
+        reused; damaged ones are ignored (prune removes them)."""
+        index = Index()
+        for index_file in self.index_files().values():
+            for pack_id, entries in index_file.packs.items():
+                index.add_pack(pack_id, entries)
+        packs = self.backend.list("data")
+        adopted: list[str] = []
+        if adopt_unindexed:
+            for name in packs:
+                pack_id = bytes.fromhex(name)
+                if pack_id in index.packs:
+                    continue
+                try:
+                    entries = self.verify_pack(pack_id)
+                except BackupVaultError:
+                    continue
+                index.add_pack(pack_id, entries)
+                adopted.append(name)
+        return index, packs, adopted
+
+    def verify_pack(self, pack_id: bytes) -> list[PackEntry]:
+        """Read a whole pack, open its header and every blob; its entries if all are good."""
+        data = self.backend.get(f"data/{pack_id.hex()}")
+        entries = open_pack_header(self.keys.index, pack_id, data)
+        view = memoryview(data)
+        for entry in entries:
+            blob = view[entry.offset : entry.offset + entry.length]
+            self.sealer.open(entry.chunk_id, blob, entry.raw_length)
+        return entries
+
+    def write_index(
+        self, packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()
+    ) -> tuple[str, int]:
+        """(name, size) of a new index object for `packs`."""
+        index_id = new_id()
+        sealed = IndexFile(dict(packs), list(supersedes)).seal(self.keys.index, index_id)
+        self.backend.put(f"index/{index_id.hex()}", sealed)
+        return index_id.hex(), len(sealed)
+
+    def read_pack_header(self, name: str, size: int) -> list[PackEntry]:
+        """A pack's entries from its trailer alone (two ranged reads)."""
+        pack_id = bytes.fromhex(name)
+        trailer = self.backend.get(f"data/{name}", size - PACK_TRAILER_LEN, size)
+        (sealed_len,) = struct.unpack(">I", trailer)
+        start = size - PACK_TRAILER_LEN - sealed_len
+        if start < 0:
+            raise InvalidInput(f"pack {name} is truncated")
+        tail = self.backend.get(f"data/{name}", start, size)
+        fake = bytes(start) + tail  # offsets are checked against the header's position
+        return open_pack_header(self.keys.index, pack_id, fake)
+
+    # ---- snapshots --------------------------------------------------------------------
+
+    def snapshot_names(self) -> dict[str, int]:
+        return self.backend.list("snapshots")
+
+    def read_snapshot(self, name: str, *, with_tree: bool = True) -> snapshots.Snapshot:
+        path = f"snapshots/{name}"
+        if with_tree:
+            data = self.backend.get(path)
+        else:
+            data = self.backend.get(path, 0, _SUMMARY_READ)
+            if len(data) >= snapshots.HEADER_LEN + 4:
+                (n,) = struct.unpack_from(">I", data, snapshots.HEADER_LEN)
+                if snapshots.HEADER_LEN + 4 + n > len(data):
+                    data = self.backend.get(path, 0, snapshots.HEADER_LEN + 4 + n)
+        return snapshots.open_snapshot(
+            data, self.root_key, self.keys.repo_id, bytes.fromhex(name), with_tree=with_tree
+        )
+
+    def list_snapshots(self) -> list[snapshots.Snapshot]:
+        """Every snapshot (summaries only), oldest first, each authenticated."""
+        names = list(self.snapshot_names())
+        with ThreadPoolExecutor(8) as pool:
+            found = list(pool.map(lambda n: self.read_snapshot(n, with_tree=False), names))
+        found.sort(key=lambda s: (s.header.created_at_us, s.id_hex))
+        return found
+
+    def find_snapshot(self, prefix: str | None) -> snapshots.Snapshot:
+        """The latest snapshot, or the one whose id starts with `prefix`, with its tree."""
+        names = sorted(self.snapshot_names())
+        if prefix is None:
+            listed = self.list_snapshots()
+            if not listed:
+                raise BackupNotFound(f"no snapshots at {self.backend.display_url}")
+            return self.read_snapshot(listed[-1].id_hex)
+        wanted = prefix.strip().lower()
+        matches = [n for n in names if n.startswith(wanted)]
+        if not matches:
+            raise BackupNotFound(f"no snapshot with id {wanted} at {self.backend.display_url}")
+        if len(matches) > 1:
+            raise UsageError(f"snapshot id prefix {wanted} matches {len(matches)} snapshots")
+        return self.read_snapshot(matches[0])
+
+    # ---- locks ------------------------------------------------------------------------
+
+    def lock(self, kind: int) -> Lock:
+        return Lock(self, kind)
+
+    def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
+        """Live locks (and stale ones too with `include_expired`)."""
+        found = []
+        now = time.time()
+        for name in self.backend.list("locks"):
+            try:
+                sealed = self.backend.get(f"locks/{name}")
+            except MissingObject:
+                continue
+            plain = open_object(
+                self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
+            )
+            kind, created, refreshed, pid = _LOCK.unpack_from(plain)
+            host = plain[_LOCK.size :].decode(errors="replace")
+            info = LockInfo(name, kind, created, refreshed, pid, host)
+            if include_expired or not info.stale(now):
+                found.append(info)
+        return found
+
+
+class PackWriter:
+    """Collects sealed chunk blobs into packs of about the configured size; each pack's
+    blobs go out in random order, its header last. Uploads run on a background thread."""
+
+    def __init__(self, repo: Repository, index: Index) -> None:
+        self.repo = repo
+        self.index = index
+        self.pending: dict[bytes, tuple[bytes | bytearray, int]] = {}
+        self._pending_size = 0
+        self.written: dict[bytes, list[PackEntry]] = {}
+        self.stored = 0
+        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="pack-upload")
+        self._uploads: list[Future[None]] = []
+        self._rng = secrets.SystemRandom()
+
+    def __contains__(self, chunk_id: bytes) -> bool:
+        return chunk_id in self.pending or chunk_id in self.index.chunks
+
+    def add(self, chunk_id: bytes, blob: bytes | bytearray, raw_length: int) -> None:
+        if chunk_id in self:
+            return
+        self.pending[chunk_id] = (blob, raw_length)
+        self._pending_size += len(blob)
+        if self._pending_size >= self.repo.config.pack_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.pending:
+            return
+        items = list(self.pending.items())
+        self._rng.shuffle(items)
+        pack_id = new_id()
+        entries: list[PackEntry] = []
+        parts: list[bytes | bytearray | memoryview] = []
+        offset = 0
+        for chunk_id, (blob, raw_length) in items:
+            entries.append(PackEntry(chunk_id, offset, len(blob), raw_length))
+            parts.append(blob)
+            offset += len(blob)
+        parts.append(seal_pack_header(self.repo.keys.index, pack_id, entries))
+        self.index.add_pack(pack_id, entries)
+        self.written[pack_id] = entries
+        self.pending = {}
+        self._pending_size = 0
+        self.stored += offset + len(parts[-1])
+        # At most one upload waiting behind the running one: bounded memory.
+        while len([u for u in self._uploads if not u.done()]) >= 2:
+            self._uploads[0].result()
+            self._uploads = [u for u in self._uploads if not u.done()]
+        self._uploads.append(
+            self._uploader.submit(
+                self.repo.backend.put, f"data/{pack_id.hex()}", parts, durable=False
+            )
+        )
+
+    def finish(self) -> None:
+        """Flush, wait for every upload (raising the first error), and make them durable."""
+        try:
+            self.flush()
+            for upload in self._uploads:
+                upload.result()
+        finally:
+            self._uploader.shutdown(wait=True, cancel_futures=True)
+        if self.written:
+            self.repo.backend.barrier()
+
+    def abort(self) -> None:
+        self._uploader.shutdown(wait=True, cancel_futures=True)
+
+
+def host_name() -> str:
+    return socket.gethostname()
+
+
+def cpu_workers() -> int:
+    return max(2, min(4, os.cpu_count() or 2))

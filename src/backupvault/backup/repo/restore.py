@@ -1,0 +1,260 @@
+"""`backup restore` for the repository format.
+
+Nothing becomes visible in `dest` before every chunk written was authenticated: the copy
+is built in a private hidden folder next to `dest` (as for single-blob backups) and
+renamed onto `dest` at the end. Every name comes from an authenticated tree whose names
+were validated (relative, no "..", no empty parts); files are created with O_EXCL and
+O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are created last
+(those leaving the tree are skipped and reported), so no write ever goes through one.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+from collections import deque
+from collections.abc import Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+from backupvault.backup.archive import Progress
+from backupvault.backup.errors import BackupNotFound, DestinationError
+from backupvault.backup.flows import (
+    RestoreInfo,
+    _check_destination,
+    _NoProgress,
+    _staging_folder,
+)
+from backupvault.backup.repo.chunksource import ChunkSource
+from backupvault.backup.repo.index import Index
+from backupvault.backup.repo.repository import Repository, cpu_workers
+from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.safe import Limits, Skipped, check_space, no_space, space
+from backupvault.backup.storage import Storage
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+def select(entries: list[Entry], include: str | None) -> list[Entry]:
+    """The entries under `include` (a path inside the snapshot), with their parent folders."""
+    if include is None:
+        return entries
+    wanted = os.fsencode(include.strip("/"))
+    if wanted in (b"", b"."):
+        return entries
+    parents = set()
+    parts = wanted.split(b"/")
+    for i in range(1, len(parts)):
+        parents.add(b"/".join(parts[:i]))
+    chosen = [
+        e
+        for e in entries
+        if e.path == wanted
+        or e.path.startswith(wanted + b"/")
+        or e.path == ROOT
+        or (e.kind == DIR and e.path in parents)
+    ]
+    if not any(e.path == wanted for e in chosen):
+        raise BackupNotFound(f"{include} is not in this snapshot")
+    return chosen
+
+
+def plan(entries: list[Entry], index: Index) -> None:
+    """Fail before anything is written if a chunk is in no index or sizes disagree."""
+    for entry in entries:
+        if entry.kind != FILE:
+            continue
+        size = 0
+        for chunk_id in entry.chunks:
+            location = index.chunks.get(chunk_id)
+            if location is None:
+                raise AuthenticationFailed(
+                    f"chunk {chunk_id.hex()[:16]} of {os.fsdecode(entry.path)} is in no index: "
+                    "the repository is missing data",
+                    hint="run `backupvault backup check` to see what is damaged",
+                )
+            size += location.raw_length
+        if size != entry.size:
+            raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
+
+
+_SMALL_FILE = 1 << 20
+_WRITES_AHEAD = 256
+_WRITERS = 8  # file creation waits on the file system more than on the CPU
+_MAX_LINK_HOPS = 40  # the kernel's limit on links followed in one lookup
+
+
+def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
+    """Whether the link `path` -> `target` leads out of the tree, following the other
+    links of the same tree (`links`: path -> target) as the kernel would."""
+    if target.startswith(b"/"):
+        return True
+    where = path.split(b"/")[:-1]
+    pending = target.split(b"/")
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        where.append(part)
+        followed = links.get(b"/".join(where))
+        if followed is not None:
+            hops += 1
+            if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
+                return True
+            where.pop()
+            pending = followed.split(b"/") + pending
+    return False
+
+
+def restore_snapshot(
+    storage_url: str,
+    root_key: bytes,
+    dest: str | os.PathLike[str],
+    snapshot_id: str | None = None,
+    progress: Progress | None = None,
+    *,
+    include: str | None = None,
+    storage_options: Mapping[str, Any] | None = None,
+    workers: int | None = None,
+    key: str = "password",
+) -> RestoreInfo:
+    """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
+    the file or folder `include` inside it, into the new or empty folder `dest`."""
+    dest_path = Path(dest).absolute()
+    _check_destination(dest_path)
+    repo = Repository.open(Storage(storage_url, storage_options), root_key)
+    snapshot = repo.find_snapshot(snapshot_id)
+    assert snapshot.entries is not None
+    entries = select(snapshot.entries, include)
+    index, _, _ = repo.load_index(adopt_unindexed=False)
+    plan(entries, index)
+    reporter = progress or _NoProgress()
+    total = sum(e.size for e in entries if e.kind == FILE)
+    limits = Limits(max_entries=len(entries), max_bytes=total)
+    check_space(dest_path.parent, limits)
+    skipped: list[Skipped] = []
+    reporter.start(total, "restoring")
+    try:
+        with _staging_folder(dest_path) as (staging, default_mode):
+            dir_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
+            except OSError as exc:
+                if exc.errno == errno.ENOSPC:
+                    raise no_space(*space(dest_path.parent, limits)) from None
+                # A tree whose entries contradict each other (a file under a name that is
+                # not a folder): nothing of it stays.
+                name = os.fsdecode(exc.filename) if exc.filename else "the restored files"
+                raise DestinationError(f"cannot restore {name}: {exc.strerror}") from None
+            finally:
+                os.close(dir_fd)
+            root = next((e for e in entries if e.path == ROOT), None)
+            if root is not None:
+                os.utime(staging, ns=(root.mtime_ns, root.mtime_ns))
+                staging.chmod(root.mode & 0o777)
+            else:
+                staging.chmod(default_mode)  # a single-file snapshot: a plain new folder
+            try:
+                os.replace(staging, dest_path)
+            except OSError as exc:
+                raise DestinationError(
+                    f"cannot move the restored data into {dest_path}: {exc.strerror}"
+                ) from None
+    finally:
+        reporter.finish()
+    files = [e for e in entries if e.kind == FILE]
+    return RestoreInfo(
+        backup_id=snapshot.id_hex,
+        created_at=snapshot.header.created_at,
+        dest=dest_path,
+        files=len(files),
+        folders=sum(e.kind == DIR and e.path != ROOT for e in entries),
+        links=sum(e.kind == SYMLINK for e in entries) - len(skipped),
+        bytes=sum(e.size for e in files),
+        key=key,
+        skipped=skipped,
+    )
+
+
+def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:
+    fd = os.open(entry.path, _CREATE, 0o600, dir_fd=dir_fd)
+    try:
+        for piece in data:
+            view = memoryview(piece)
+            while view:
+                view = view[os.write(fd, view) :]
+        os.fchmod(fd, entry.mode & 0o777)
+        os.utime(fd, ns=(entry.mtime_ns, entry.mtime_ns))
+    finally:
+        os.close(fd)
+
+
+def _fill(
+    repo: Repository,
+    entries: list[Entry],
+    dir_fd: int,
+    reporter: Progress,
+    index: Index,
+    workers: int,
+    skipped: list[Skipped],
+) -> None:
+    for entry in entries:
+        if entry.kind == DIR and entry.path != ROOT:
+            os.mkdir(entry.path, 0o700, dir_fd=dir_fd)
+    files = [e for e in entries if e.kind == FILE]
+    source = ChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
+    # Small files are written on writer threads (their syscalls overlap); large ones here,
+    # streamed chunk by chunk.
+    writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="restore-write")
+    pending: deque[Future[None]] = deque()
+    try:
+        for entry in files:
+            pieces = _counted(source.chunks(entry.chunks), reporter)
+            if entry.size > _SMALL_FILE:
+                _write_file(dir_fd, entry, pieces)
+                continue
+            pending.append(writers.submit(_write_file, dir_fd, entry, iter(list(pieces))))
+            while pending and (pending[0].done() or len(pending) > _WRITES_AHEAD):
+                pending.popleft().result()
+        while pending:
+            pending.popleft().result()
+    finally:
+        for future in pending:
+            future.cancel()
+        writers.shutdown(wait=True, cancel_futures=True)
+        source.close()
+    links = {e.path: e.target for e in entries if e.kind == SYMLINK}
+    for entry in entries:
+        if entry.kind == SYMLINK:
+            if _link_escapes(entry.path, entry.target, links):
+                target = os.fsdecode(entry.target)
+                skipped.append(
+                    Skipped(
+                        os.fsdecode(entry.path),
+                        f"symbolic link to {target} is outside the restored folder",
+                    )
+                )
+                continue
+            os.symlink(entry.target, entry.path, dir_fd=dir_fd)
+            ns = (entry.mtime_ns, entry.mtime_ns)
+            os.utime(entry.path, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
+    folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
+    for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
+        os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
+        os.utime(entry.path, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd)
+
+
+def _counted(
+    pieces: Iterator[bytes | bytearray], reporter: Progress
+) -> Iterator[bytes | bytearray]:
+    for piece in pieces:
+        yield piece
+        reporter.advance(len(piece))

@@ -1,0 +1,240 @@
+"""Snapshot objects: a header (ids, parent, time, DK wrapped under RK), then a sealed
+summary and a sealed tree, both under the snapshot's own DK. Layout: docs/format.md."""
+
+from __future__ import annotations
+
+import hmac
+import os
+import struct
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+import zstandard
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from backupvault.backup.repo import tree
+from backupvault.backup.repo.index import OBJECT_ID_LEN
+from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
+from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+
+MAGIC: Final = b"BVSNAPSH"
+VERSION: Final = 2
+DATA_KEY_LEN: Final = 32
+NO_PARENT: Final = bytes(OBJECT_ID_LEN)
+KIND_FOLDER: Final = 1
+KIND_FILE: Final = 2
+_PREFIX = struct.Struct(f">8sB16s16s16sQ{KEY_CHECK_LEN}s{NONCE_LEN}s")
+HEADER_LEN: Final = _PREFIX.size + DATA_KEY_LEN + TAG_LEN
+_U32 = struct.Struct(">I")
+_SUMMARY = struct.Struct(">BQQQQQQ")
+_WRAP_INFO: Final = b"backupvault/v2 snapshot dk-wrap"
+_CHECK_INFO: Final = b"backupvault/v2 snapshot key-check"
+_MIN_TIME_US: Final = 946_684_800 * 1_000_000
+_MAX_TIME_US: Final = 253_402_300_799 * 1_000_000
+_MAX_TREE: Final = 1 << 31
+
+
+@dataclass(frozen=True)
+class Summary:
+    kind: int  # KIND_FOLDER or KIND_FILE
+    files: int
+    folders: int
+    links: int
+    size: int  # bytes of all files
+    added: int  # plaintext bytes of chunks this snapshot added
+    stored: int  # bytes of the pack objects this snapshot uploaded
+    source: str
+    host: str
+
+    def encode(self) -> bytes:
+        source, host = os.fsencode(self.source), self.host.encode()
+        return (
+            _SUMMARY.pack(
+                self.kind, self.files, self.folders, self.links, self.size, self.added, self.stored
+            )
+            + struct.pack(">H", len(source))
+            + source
+            + struct.pack(">H", len(host))
+            + host
+        )
+
+    @classmethod
+    def decode(cls, data: bytes) -> Summary:
+        try:
+            kind, files, folders, links, size, added, stored = _SUMMARY.unpack_from(data, 0)
+            pos = _SUMMARY.size
+            (n,) = struct.unpack_from(">H", data, pos)
+            source = data[pos + 2 : pos + 2 + n]
+            pos += 2 + n
+            (n,) = struct.unpack_from(">H", data, pos)
+            host = data[pos + 2 : pos + 2 + n]
+            pos += 2 + n
+        except struct.error:
+            raise InvalidInput("snapshot summary is truncated") from None
+        if pos != len(data) or kind not in (KIND_FOLDER, KIND_FILE):
+            raise InvalidInput("snapshot summary is malformed")
+        return cls(
+            kind,
+            files,
+            folders,
+            links,
+            size,
+            added,
+            stored,
+            os.fsdecode(source),
+            host.decode(errors="replace"),
+        )
+
+
+@dataclass(frozen=True)
+class SnapshotHeader:
+    snapshot_id: bytes
+    repo_id: bytes
+    parent_id: bytes
+    created_at_us: int
+    key_check: bytes
+    wrap_nonce: bytes
+    wrapped_dk: bytes
+
+    @property
+    def created_at(self) -> datetime:
+        return datetime.fromtimestamp(self.created_at_us / 1_000_000, tz=UTC)
+
+    @property
+    def parent(self) -> bytes | None:
+        return None if self.parent_id == NO_PARENT else self.parent_id
+
+    def prefix(self) -> bytes:
+        return _PREFIX.pack(
+            MAGIC,
+            VERSION,
+            self.snapshot_id,
+            self.repo_id,
+            self.parent_id,
+            self.created_at_us,
+            self.key_check,
+            self.wrap_nonce,
+        )
+
+    def to_bytes(self) -> bytes:
+        return self.prefix() + self.wrapped_dk
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> SnapshotHeader:
+        if data[: len(MAGIC)] != MAGIC:
+            raise InvalidInput("not a backupvault snapshot (bad magic)")
+        if len(data) < HEADER_LEN:
+            raise InvalidInput("snapshot is truncated")
+        _m, version, sid, rid, parent, created, check, nonce = _PREFIX.unpack_from(data)
+        if version != VERSION:
+            raise InvalidInput(f"snapshot format version {version} is not supported")
+        if not _MIN_TIME_US <= created <= _MAX_TIME_US:
+            raise InvalidInput("snapshot has an invalid creation time")
+        return cls(sid, rid, parent, created, check, nonce, data[_PREFIX.size : HEADER_LEN])
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    header: SnapshotHeader
+    summary: Summary
+    entries: list[tree.Entry] | None  # None when only the summary was read
+
+    @property
+    def id_hex(self) -> str:
+        return self.header.snapshot_id.hex()
+
+
+def _seal(dk: bytes, aad: bytes, plaintext: bytes) -> bytes:
+    nonce = os.urandom(NONCE_LEN)
+    return nonce + AESGCM(dk).encrypt(nonce, plaintext, aad)
+
+
+def seal(
+    root_key: bytes,
+    repo_id: bytes,
+    parent_id: bytes | None,
+    summary: Summary,
+    entries: list[tree.Entry],
+    created_at_us: int | None = None,
+) -> tuple[bytes, bytes]:
+    """(snapshot id, object bytes) for a new snapshot under a fresh random DK."""
+    snapshot_id = os.urandom(OBJECT_ID_LEN)
+    dk = os.urandom(DATA_KEY_LEN)
+    unsealed = SnapshotHeader(
+        snapshot_id,
+        repo_id,
+        parent_id or NO_PARENT,
+        time.time_ns() // 1000 if created_at_us is None else created_at_us,
+        key_check(root_key, _CHECK_INFO, MAGIC + bytes([VERSION]) + snapshot_id),
+        os.urandom(NONCE_LEN),
+        b"",
+    )
+    wrapped = AESGCM(hkdf(root_key, None, _WRAP_INFO)).encrypt(
+        unsealed.wrap_nonce, dk, unsealed.prefix()
+    )
+    header = SnapshotHeader(**{**unsealed.__dict__, "wrapped_dk": wrapped}).to_bytes()
+    summary_ct = _seal(dk, header + b"summary", summary.encode())
+    tree_ct = _seal(
+        dk, header + b"tree", zstandard.ZstdCompressor(level=3).compress(tree.encode(entries))
+    )
+    return snapshot_id, header + _U32.pack(len(summary_ct)) + summary_ct + tree_ct
+
+
+def _open_dk(header: SnapshotHeader, root_key: bytes) -> bytes:
+    expected = key_check(root_key, _CHECK_INFO, MAGIC + bytes([VERSION]) + header.snapshot_id)
+    if not hmac.compare_digest(expected, header.key_check):
+        raise WrongKey(
+            f"snapshot {header.snapshot_id.hex()} was not made with this key "
+            "(wrong key, or the header was altered)"
+        )
+    try:
+        return AESGCM(hkdf(root_key, None, _WRAP_INFO)).decrypt(
+            header.wrap_nonce, header.wrapped_dk, header.prefix()
+        )
+    except InvalidTag:
+        raise AuthenticationFailed(
+            f"snapshot {header.snapshot_id.hex()} header failed authentication: it was altered"
+        ) from None
+
+
+def _open(dk: bytes, aad: bytes, sealed: bytes, what: str) -> bytes:
+    if len(sealed) < NONCE_LEN + TAG_LEN:
+        raise InvalidInput(f"{what} is truncated")
+    try:
+        return AESGCM(dk).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
+    except InvalidTag:
+        raise AuthenticationFailed(f"{what} failed authentication: it was altered") from None
+
+
+def open_snapshot(
+    data: bytes, root_key: bytes, repo_id: bytes, expected_id: bytes, *, with_tree: bool = True
+) -> Snapshot:
+    """Authenticate a snapshot object (or just its header and summary, given a prefix of
+    it with `with_tree=False`) and check it is the one its name says, in this repository."""
+    header = SnapshotHeader.from_bytes(data)
+    what = f"snapshot {expected_id.hex()}"
+    if header.snapshot_id != expected_id:
+        raise AuthenticationFailed(f"{what} holds snapshot {header.snapshot_id.hex()}: swapped")
+    dk = _open_dk(header, root_key)
+    if header.repo_id != repo_id:
+        raise AuthenticationFailed(f"{what} belongs to another repository")
+    if len(data) < HEADER_LEN + 4:
+        raise InvalidInput(f"{what} is truncated")
+    (summary_len,) = _U32.unpack_from(data, HEADER_LEN)
+    start = HEADER_LEN + 4
+    if start + summary_len > len(data):
+        raise InvalidInput(f"{what} is truncated")
+    head = data[:HEADER_LEN]
+    summary = Summary.decode(_open(dk, head + b"summary", data[start : start + summary_len], what))
+    entries = None
+    if with_tree:
+        packed = _open(dk, head + b"tree", data[start + summary_len :], what)
+        try:
+            plain = zstandard.ZstdDecompressor().decompress(packed, max_output_size=_MAX_TREE)
+        except zstandard.ZstdError as exc:
+            raise InvalidInput(f"{what} tree is corrupt: {exc}") from None
+        entries = tree.decode(plain)
+    return Snapshot(header, summary, entries)

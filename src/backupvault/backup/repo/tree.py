@@ -1,0 +1,108 @@
+"""A snapshot's tree: every file, folder and link with its metadata and chunk ids.
+
+Encoding in docs/format.md ("Tree"). Decoding validates every length and every name, so a
+tree can only name paths inside the restore folder.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Final
+
+from backupvault.backup.repo.chunks import CHUNK_ID_LEN
+from backupvault.errors import InvalidInput
+
+FILE: Final = 1
+DIR: Final = 2
+SYMLINK: Final = 3
+ROOT: Final = b"."
+_HEAD = struct.Struct(">BH")
+_META = struct.Struct(">Hq")
+_FILE = struct.Struct(">QQqI")
+_U16 = struct.Struct(">H")
+_U32 = struct.Struct(">I")
+_MAX_NAME: Final = 65535
+
+
+@dataclass(slots=True)
+class Entry:
+    kind: int
+    path: bytes  # relative, "/"-separated; b"." is the backed-up folder itself
+    mode: int  # permission bits
+    mtime_ns: int
+    size: int = 0
+    inode: int = 0
+    ctime_ns: int = 0
+    chunks: list[bytes] = field(default_factory=list)
+    target: bytes = b""  # symbolic links
+
+
+def check_path(path: bytes) -> None:
+    """Refuse any name that is not a plain relative path (or the root, b".")."""
+    if path == ROOT:
+        return
+    if not path or len(path) > _MAX_NAME or b"\0" in path:
+        raise InvalidInput("snapshot tree holds an invalid name")
+    for part in path.split(b"/"):
+        if part in (b"", b".", b".."):
+            raise InvalidInput(f"snapshot tree holds an unsafe name {path!r}")
+
+
+def encode(entries: list[Entry]) -> bytes:
+    parts = [_U32.pack(len(entries))]
+    for e in entries:
+        parts.append(_HEAD.pack(e.kind, len(e.path)) + e.path + _META.pack(e.mode, e.mtime_ns))
+        if e.kind == FILE:
+            parts.append(_FILE.pack(e.size, e.inode, e.ctime_ns, len(e.chunks)))
+            parts.extend(e.chunks)
+        elif e.kind == SYMLINK:
+            parts.append(_U16.pack(len(e.target)) + e.target)
+    return b"".join(parts)
+
+
+def decode(data: bytes) -> list[Entry]:
+    try:
+        (count,) = _U32.unpack_from(data, 0)
+        pos = 4
+        entries: list[Entry] = []
+        seen: set[bytes] = set()
+        for _ in range(count):
+            kind, name_len = _HEAD.unpack_from(data, pos)
+            pos += _HEAD.size
+            path = data[pos : pos + name_len]
+            pos += name_len
+            mode, mtime_ns = _META.unpack_from(data, pos)
+            pos += _META.size
+            entry = Entry(kind, path, mode & 0o7777, mtime_ns)
+            if kind == FILE:
+                entry.size, entry.inode, entry.ctime_ns, n = _FILE.unpack_from(data, pos)
+                pos += _FILE.size
+                end = pos + n * CHUNK_ID_LEN
+                if end > len(data):
+                    raise InvalidInput("snapshot tree is truncated")
+                entry.chunks = [data[p : p + CHUNK_ID_LEN] for p in range(pos, end, CHUNK_ID_LEN)]
+                pos = end
+            elif kind == SYMLINK:
+                (target_len,) = _U16.unpack_from(data, pos)
+                pos += _U16.size
+                entry.target = data[pos : pos + target_len]
+                pos += target_len
+                if not entry.target or b"\0" in entry.target:
+                    raise InvalidInput("snapshot tree holds an invalid link target")
+            elif kind != DIR:
+                raise InvalidInput(f"snapshot tree holds an unknown entry type {kind}")
+            if pos > len(data):
+                raise InvalidInput("snapshot tree is truncated")
+            check_path(path)
+            if path == ROOT and kind != DIR:
+                raise InvalidInput("snapshot tree's root is not a folder")
+            if path in seen:
+                raise InvalidInput(f"snapshot tree names {path!r} twice")
+            seen.add(path)
+            entries.append(entry)
+    except struct.error:
+        raise InvalidInput("snapshot tree is truncated") from None
+    if pos != len(data):
+        raise InvalidInput("snapshot tree has trailing bytes")
+    return entries

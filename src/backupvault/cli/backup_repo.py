@@ -1,0 +1,192 @@
+"""`backup diff`, `backup forget`, `backup prune`, `backup check`, and the helpers the
+`backup create/restore/list` commands use for the repository format."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from backupvault.backup.repo import maintenance
+from backupvault.backup.repo.repository import Repository
+from backupvault.backup.storage import Storage
+from backupvault.cli.main import Context, _password, _recovery_code, _root_key_from_vault, backup
+from backupvault.cli.main import pass_context as pass_ctx
+from backupvault.errors import BackupVaultError, UsageError
+
+
+class CheckFailed(BackupVaultError):
+    """`backup check` found damage."""
+
+
+def repository_exists(url: str) -> bool:
+    return Repository.exists(Storage(url))
+
+
+def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
+    """RK for an existing repository: from a recovery code, or recovered from the vault."""
+    if password_stdin and code is not None:
+        raise UsageError("choose one of --password-stdin and --recovery-code")
+    if code is not None:
+        return _recovery_code(code)
+    return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+
+
+def code_for_existing_repository() -> bytes:
+    """`create --recovery-code` on a storage that already holds a repository: its code."""
+    if sys.stdin.isatty():
+        code = click.prompt("Recovery code of this repository", hide_input=True)
+        return _recovery_code(code)
+    return _recovery_code("-")
+
+
+def summary_row(s: maintenance.SnapshotSummary) -> dict[str, Any]:
+    return {
+        "backup_id": s.snapshot_id,
+        "parent_id": s.parent_id,
+        "created_at": s.created_at.isoformat(),
+        "source": s.source,
+        "host": s.host,
+        "files": s.files,
+        "size": s.size,
+        "added": s.added,
+        "stored": s.stored,
+    }
+
+
+def key_options(function: Any) -> Any:
+    function = click.option(
+        "--recovery-code",
+        "code",
+        metavar="CODE",
+        help="The repository's recovery code ('-': stdin).",
+    )(function)
+    function = click.option(
+        "--password-stdin", is_flag=True, help="Read the vault password from stdin."
+    )(function)
+    return click.option("--storage", "storage_url", help="Where the backups are.")(function)
+
+
+def _open(
+    ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
+) -> Repository:
+    url = ctx.storage(storage_url)
+    return maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
+
+
+@backup.command("diff")
+@click.argument("first")
+@click.argument("second")
+@key_options
+@pass_ctx
+def backup_diff(
+    ctx: Context,
+    first: str,
+    second: str,
+    storage_url: str | None,
+    password_stdin: bool,
+    code: str | None,
+) -> None:
+    """What changed from snapshot FIRST to SECOND (+ added, - removed, M modified,
+    T type changed, U metadata only)."""
+    changes = maintenance.diff(_open(ctx, storage_url, password_stdin, code), first, second)
+    rows = [
+        {"change": c.kind, "path": c.path, "size_before": c.size_before, "size_after": c.size_after}
+        for c in changes
+    ]
+    text = "\n".join(f"{c.kind}  {c.path}" for c in changes) or "no changes"
+    ctx.output.result({"changes": rows}, text)
+
+
+@backup.command("forget")
+@click.option("--keep-last", default=0, type=click.IntRange(0), help="Keep the N newest.")
+@click.option("--keep-daily", default=0, type=click.IntRange(0), help="Newest of each of N days.")
+@click.option("--keep-weekly", default=0, type=click.IntRange(0), help="Newest of each of N weeks.")
+@click.option(
+    "--keep-monthly", default=0, type=click.IntRange(0), help="Newest of each of N months."
+)
+@click.option("--dry-run", is_flag=True, help="Only say what would be forgotten.")
+@key_options
+@pass_ctx
+def backup_forget(
+    ctx: Context,
+    keep_last: int,
+    keep_daily: int,
+    keep_weekly: int,
+    keep_monthly: int,
+    dry_run: bool,
+    storage_url: str | None,
+    password_stdin: bool,
+    code: str | None,
+) -> None:
+    """Remove snapshots the policy does not keep (per source and host). Their data stays
+    until `backup prune`."""
+    policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    if policy.empty():
+        raise UsageError(
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly"
+        )
+    repo = _open(ctx, storage_url, password_stdin, code)
+    kept, removed = maintenance.forget(repo, policy, dry_run=dry_run)
+    verb = "would forget" if dry_run else "forgot"
+    text = "\n".join([f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed])
+    text += f"\n{verb} {len(removed)} snapshots, kept {len(kept)}"
+    ctx.output.result({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
+
+
+@backup.command("prune")
+@click.option("--dry-run", is_flag=True, help="Only say what would be deleted.")
+@key_options
+@pass_ctx
+def backup_prune(
+    ctx: Context, dry_run: bool, storage_url: str | None, password_stdin: bool, code: str | None
+) -> None:
+    """Delete the data no snapshot uses any more (repacking packs that are mostly unused)."""
+    repo = _open(ctx, storage_url, password_stdin, code)
+    with ctx.output.progress() as bar:
+        bar.start(None, "pruning")
+        try:
+            result = maintenance.prune(repo, dry_run=dry_run, progress=bar.advance)
+        finally:
+            bar.finish()
+    verb = "would free" if dry_run else "freed"
+    ctx.output.result(
+        dict(result.__dict__),
+        f"{result.packs} packs: {result.packs_deleted} deleted, {result.packs_repacked} "
+        f"repacked into {result.packs_written}; {verb} {result.bytes_freed} bytes",
+    )
+
+
+@backup.command("check")
+@click.option("--read-data", is_flag=True, help="Also download and verify every pack.")
+@key_options
+@pass_ctx
+def backup_check(
+    ctx: Context, read_data: bool, storage_url: str | None, password_stdin: bool, code: str | None
+) -> None:
+    """Check the repository: every object authenticates and every chunk in use is there."""
+    repo = _open(ctx, storage_url, password_stdin, code)
+    with ctx.output.progress() as bar:
+        bar.start(None, "checking")
+        try:
+            result = maintenance.check(repo, read_data=read_data, progress=bar.advance)
+        finally:
+            bar.finish()
+    for warning in result.warnings:
+        ctx.output.note(f"warning: {warning}")
+    data = dict(result.__dict__)
+    if result.errors:
+        if ctx.output.json_mode:
+            ctx.output.result(data, "")
+        raise CheckFailed(
+            f"the repository is damaged: {len(result.errors)} problems:\n  "
+            + "\n  ".join(result.errors),
+            hint="restore what still restores; `backup create` re-uploads missing chunks "
+            "of files it reads again (use --force-read)",
+        )
+    ctx.output.result(
+        data,
+        f"no errors: {result.snapshots} snapshots, {result.packs} packs, {result.chunks} chunks"
+        + (f", {result.read_bytes} bytes read" if read_data else ""),
+    )

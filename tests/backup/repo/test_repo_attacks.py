@@ -1,0 +1,229 @@
+"""Storage attacks on the repository format: every altered, missing, swapped, duplicated
+or truncated object is detected by restore, and nothing is written into --to."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from backupvault.backup.errors import StorageError
+from backupvault.backup.repo import (
+    Repository,
+    create_snapshot,
+    maintenance,
+    restore_snapshot,
+    snapshots,
+)
+from backupvault.backup.repo.index import PackEntry
+from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.storage import Storage
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
+
+
+@pytest.fixture
+def made(tmp_path: Path, root_key: bytes) -> tuple[Path, Path]:
+    """A repository with one snapshot of small, equal-sized incompressible files (so
+    many packs, and blobs of one length) and one larger file."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(40):
+        (source / f"f{i:02}").write_bytes(os.urandom(50))
+    (source / "big").write_bytes(os.urandom(20_000))
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    return source, repo
+
+
+def packs(repo: Path) -> list[Path]:
+    return sorted((repo / "data").iterdir())
+
+
+def pack_entries(repo: Path, root_key: bytes, pack: Path) -> list[PackEntry]:
+    opened = Repository.open(Storage(str(repo)), root_key)
+    return opened.read_pack_header(pack.name, pack.stat().st_size)
+
+
+def assert_restore_fails(
+    repo: Path,
+    root_key: bytes,
+    error: type[BaseException] = BackupVaultError,
+    *,
+    check_finds_it: bool = True,
+) -> BaseException:
+    """Restore fails with `error` and leaves nothing; `check --read-data` reports it."""
+    dest = repo.parent / "restored"
+    before = set(os.listdir(repo.parent))
+    with pytest.raises(error) as caught:
+        restore_snapshot(str(repo), root_key, dest)
+    assert not dest.exists()
+    assert set(os.listdir(repo.parent)) == before  # no staging folder left behind
+    if check_finds_it:
+        opened = Repository.open(Storage(str(repo)), root_key)
+        assert maintenance.check(opened, read_data=True).errors != []
+    return caught.value
+
+
+def flip(path: Path, offset: int) -> None:
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0x01
+    path.write_bytes(bytes(data))
+
+
+def test_untouched_repository_restores(made: tuple[Path, Path], root_key: bytes) -> None:
+    source, repo = made
+    restore_snapshot(str(repo), root_key, repo.parent / "ok")
+    assert (repo.parent / "ok" / "big").read_bytes() == (source / "big").read_bytes()
+
+
+@pytest.mark.parametrize("where", ["nonce", "body", "tag"])
+def test_altered_chunk_blob(made: tuple[Path, Path], root_key: bytes, where: str) -> None:
+    _, repo = made
+    pack = packs(repo)[0]
+    entry = pack_entries(repo, root_key, pack)[0]
+    offset = {"nonce": 0, "body": 13, "tag": entry.length - 1}[where]
+    flip(pack, entry.offset + offset)
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+def test_missing_pack(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    packs(repo)[1].unlink()
+    assert "missing" in str(assert_restore_fails(repo, root_key, StorageError))
+
+
+def test_swapped_packs(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    first, second = packs(repo)[:2]
+    a, b = first.read_bytes(), second.read_bytes()
+    first.write_bytes(b)
+    second.write_bytes(a)
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+def test_pack_duplicated_over_another(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    first, second = packs(repo)[:2]
+    second.write_bytes(first.read_bytes())
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+def test_chunk_duplicated_over_another(made: tuple[Path, Path], root_key: bytes) -> None:
+    """Blob A copied over blob B of the same length, in place: B's id does not match."""
+    _, repo = made
+    for pack in packs(repo):
+        entries = pack_entries(repo, root_key, pack)
+        by_length: dict[int, list[PackEntry]] = {}
+        for entry in entries:
+            by_length.setdefault(entry.length, []).append(entry)
+        pair = next((v for v in by_length.values() if len(v) >= 2), None)
+        if pair is not None:
+            break
+    assert pair is not None
+    data = bytearray(pack.read_bytes())
+    a, b = pair[0], pair[1]
+    data[b.offset : b.offset + b.length] = data[a.offset : a.offset + a.length]
+    pack.write_bytes(bytes(data))
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+def test_truncated_pack(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    pack = max(packs(repo), key=lambda p: p.stat().st_size)
+    entries = pack_entries(repo, root_key, pack)
+    last = max(entries, key=lambda e: e.offset)
+    os.truncate(pack, last.offset + last.length - 1)
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+def test_missing_index(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    for index in (repo / "index").iterdir():
+        index.unlink()
+    assert "no index" in str(assert_restore_fails(repo, root_key, AuthenticationFailed))
+
+
+def test_altered_index(made: tuple[Path, Path], root_key: bytes) -> None:
+    _, repo = made
+    index = next((repo / "index").iterdir())
+    flip(index, 40)
+    assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+@pytest.mark.parametrize("offset", [0, 9, 30, 60, 100, 150, -1])
+def test_altered_snapshot(made: tuple[Path, Path], root_key: bytes, offset: int) -> None:
+    _, repo = made
+    snap = next((repo / "snapshots").iterdir())
+    flip(snap, offset % snap.stat().st_size)
+    assert_restore_fails(repo, root_key, BackupVaultError)
+
+
+def test_snapshot_renamed_or_from_another_repository(
+    made: tuple[Path, Path], root_key: bytes, tmp_path: Path
+) -> None:
+    source, repo = made
+    snap = next((repo / "snapshots").iterdir())
+    renamed = snap.with_name("0" * 32)
+    snap.rename(renamed)
+    assert "swapped" in str(assert_restore_fails(repo, root_key, AuthenticationFailed))
+    renamed.unlink()
+    # A snapshot sealed under the same RK, but in another repository.
+    other = tmp_path / "other"
+    create_snapshot(source, str(other), root_key, repo_params=SMALL)
+    foreign = next((other / "snapshots").iterdir())
+    (repo / "snapshots" / foreign.name).write_bytes(foreign.read_bytes())
+    assert "another repository" in str(assert_restore_fails(repo, root_key))
+
+
+def _plant(repo: Path, root_key: bytes, entries: list[Entry]) -> None:
+    """A snapshot with a chosen tree, sealed properly (as a holder of RK could)."""
+    opened = Repository.open(Storage(str(repo)), root_key)
+    summary = snapshots.Summary(snapshots.KIND_FOLDER, 1, 0, 0, 0, 0, 0, "/x", "h")
+    for old in (repo / "snapshots").iterdir():
+        old.unlink()
+    snapshot_id, data = snapshots.seal(root_key, opened.keys.repo_id, None, summary, entries)
+    (repo / "snapshots" / snapshot_id.hex()).write_bytes(data)
+
+
+@pytest.mark.parametrize(
+    "name", [b"../evil", b"/abs/evil", b"a/../../evil", b"a//b", b"./x", b"a/.", b""]
+)
+def test_tree_with_escaping_names_is_refused(
+    made: tuple[Path, Path], root_key: bytes, name: bytes
+) -> None:
+    _, repo = made
+    root = Entry(DIR, ROOT, 0o755, 0)
+    _plant(repo, root_key, [root, Entry(FILE, name, 0o644, 0)])
+    assert_restore_fails(repo, root_key, InvalidInput)
+    assert not (repo.parent.parent / "evil").exists()
+
+
+def test_tree_writing_through_a_link_fails_cleanly(
+    made: tuple[Path, Path], root_key: bytes, tmp_path: Path
+) -> None:
+    _, repo = made
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    entries = [
+        Entry(DIR, ROOT, 0o755, 0),
+        Entry(SYMLINK, b"a", 0o777, 0, target=os.fsencode(outside)),
+        Entry(FILE, b"a/f", 0o644, 0),
+    ]
+    _plant(repo, root_key, entries)
+    assert_restore_fails(repo, root_key, check_finds_it=False)  # a tree its maker chose
+    assert os.listdir(outside) == []
+
+
+def test_damage_after_partial_write_leaves_nothing(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """The last pack restore reads is bad: earlier files were already written to the
+    staging folder, and all of it is removed."""
+    _, repo = made
+    for pack in packs(repo)[-2:]:
+        entry = pack_entries(repo, root_key, pack)[-1]
+        flip(pack, entry.offset + 20)
+    assert_restore_fails(repo, root_key, AuthenticationFailed)

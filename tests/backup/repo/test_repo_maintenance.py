@@ -1,0 +1,193 @@
+"""list, diff, forget (the policy keeps exactly what it says), prune (keeps every chunk in
+use, frees the rest, dry run changes nothing), check (finds damage), and locks."""
+
+from __future__ import annotations
+
+import os
+import random
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from backupvault.backup.repo import (
+    RepositoryLocked,
+    create_snapshot,
+    maintenance,
+    restore_snapshot,
+)
+from backupvault.backup.repo.maintenance import Policy, SnapshotSummary, apply_policy
+from backupvault.backup.repo.repository import EXCLUSIVE, SHARED
+from backupvault.errors import UsageError
+
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
+
+
+def tree_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def summary(snapshot_id: str, when: datetime) -> SnapshotSummary:
+    return SnapshotSummary(snapshot_id, None, when, "/src", "host", 1, 1, 1, 1)
+
+
+def test_policy_keeps_exactly_what_it_says() -> None:
+    start = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    # Two snapshots a day (noon, 18:00) for 70 days.
+    found = [
+        summary(f"{day:03}{half}", start + timedelta(days=day, hours=6 * half))
+        for day in range(70)
+        for half in (0, 1)
+    ]
+
+    def kept(policy: Policy) -> list[str]:
+        return apply_policy(found, policy)[0]
+
+    assert kept(Policy(last=3)) == ["068" + "1", "069" + "0", "069" + "1"]
+    assert kept(Policy(daily=3)) == ["0671", "0681", "0691"]  # the newest of each day
+    weekly = kept(Policy(weekly=2))
+    assert len(weekly) == 2 and weekly[-1] == "0691"
+    # 2026-03-11 is day 69 (a Wednesday); the week before ends on Sunday 2026-03-08 (day 66).
+    assert weekly[0] == "0661"
+    monthly = kept(Policy(monthly=3))
+    # Newest of March (day 69), February (day 58 = Feb 28), January (day 30 = Jan 31).
+    assert monthly == ["0301", "0581", "0691"]
+    union = kept(Policy(last=1, daily=2, monthly=2))
+    assert union == ["0581", "0681", "0691"]
+    kept_ids, removed = apply_policy(found, Policy(last=5))
+    assert sorted(kept_ids + removed) == sorted(s.snapshot_id for s in found)
+    with pytest.raises(UsageError):
+        apply_policy(found, Policy())
+
+
+def test_policy_is_per_source_and_host() -> None:
+    when = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    found = [
+        SnapshotSummary("a1", None, when, "/a", "h", 0, 0, 0, 0),
+        SnapshotSummary("a2", None, when + timedelta(hours=1), "/a", "h", 0, 0, 0, 0),
+        SnapshotSummary("b1", None, when, "/b", "h", 0, 0, 0, 0),
+        SnapshotSummary("c1", None, when, "/a", "other", 0, 0, 0, 0),
+    ]
+    assert apply_policy(found, Policy(last=1)) == (["a2", "b1", "c1"], ["a1"])
+
+
+@pytest.fixture
+def history(tmp_path: Path, root_key: bytes) -> tuple[Path, str, list[str]]:
+    """Five snapshots of a changing folder; returns (source, repo, snapshot ids)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    rng = random.Random(7)
+    repo = str(tmp_path / "repo")
+    ids = []
+    for day in range(5):
+        (source / f"day{day}.bin").write_bytes(rng.randbytes(30_000))
+        (source / "log.txt").write_bytes(rng.randbytes(5_000 * (day + 1)))
+        if day == 3:
+            (source / "day1.bin").unlink()
+        ids.append(create_snapshot(source, repo, root_key, repo_params=SMALL).snapshot_id)
+    return source, repo, ids
+
+
+def test_list_and_diff(history: tuple[Path, str, list[str]], root_key: bytes) -> None:
+    _, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    listed = maintenance.list_snapshots(repo)
+    assert [s.snapshot_id for s in listed] == ids
+    assert [s.parent_id for s in listed] == [None, *ids[:-1]]
+    assert listed[0].added >= 35_000 and all(s.stored > 0 for s in listed)
+    changes = {(c.kind, c.path) for c in maintenance.diff(repo, ids[2], ids[3])}
+    assert changes == {("+", "day3.bin"), ("-", "day1.bin"), ("M", "log.txt"), ("U", ".")}
+
+
+def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    source, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    packs_before = tree_size(tmp_path / "repo" / "data")
+    kept, removed = maintenance.forget(repo, Policy(last=2), dry_run=True)
+    assert (kept, removed) == (ids[3:], ids[:3])
+    assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # dry run
+    maintenance.forget(repo, Policy(last=2), dry_run=False)
+    assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
+    dry = maintenance.prune(repo, dry_run=True)
+    assert dry.bytes_freed > 0 and tree_size(tmp_path / "repo" / "data") == packs_before
+    done = maintenance.prune(repo, dry_run=False)
+    assert done.bytes_freed > 0
+    assert tree_size(tmp_path / "repo" / "data") == packs_before - done.bytes_freed
+    assert len(os.listdir(tmp_path / "repo" / "index")) == 1
+    for snapshot_id in ids[3:]:
+        out = tmp_path / f"out-{snapshot_id}"
+        restore_snapshot(repo_url, root_key, out, snapshot_id)
+    assert (tmp_path / f"out-{ids[4]}" / "log.txt").read_bytes() == (
+        source / "log.txt"
+    ).read_bytes()
+    result = maintenance.check(repo, read_data=True)
+    assert result.errors == [] and result.snapshots == 2
+    # Everything still used is there; a second prune finds nothing more to do.
+    again = maintenance.prune(repo, dry_run=False)
+    assert again.packs_deleted == 0 and again.packs_repacked == 0
+
+
+def test_check_finds_damage(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    _, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    assert maintenance.check(repo, read_data=True).errors == []
+    packs = sorted((tmp_path / "repo" / "data").iterdir())
+    data = bytearray(packs[0].read_bytes())
+    data[5] ^= 1
+    packs[0].write_bytes(bytes(data))
+    assert maintenance.check(repo, read_data=False).errors == []  # only reading finds it
+    errors = maintenance.check(repo, read_data=True).errors
+    assert len(errors) == 1 and packs[0].name in errors[0]
+    packs[1].unlink()
+    errors = maintenance.check(repo, read_data=False).errors
+    assert any(packs[1].name in e and "missing" in e for e in errors)
+    snapshot = next((tmp_path / "repo" / "snapshots").iterdir())
+    snapshot.write_bytes(snapshot.read_bytes()[:-1])
+    errors = maintenance.check(repo, read_data=False).errors
+    assert any(snapshot.name in e for e in errors)
+
+
+def test_check_reports_a_hidden_parent(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    _, repo_url, ids = history
+    (tmp_path / "repo" / "snapshots" / ids[2]).unlink()
+    repo = maintenance.open_repository(repo_url, root_key)
+    warnings = maintenance.check(repo, read_data=False).warnings
+    assert any(ids[2] in w and ids[3] in w for w in warnings)
+
+
+def test_locks_exclude_prune_and_backup(
+    history: tuple[Path, str, list[str]], root_key: bytes
+) -> None:
+    source, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    with repo.lock(SHARED):
+        with pytest.raises(RepositoryLocked):
+            maintenance.prune(repo, dry_run=False)
+        with pytest.raises(RepositoryLocked):
+            maintenance.forget(repo, Policy(last=1), dry_run=False)
+        create_snapshot(source, repo_url, root_key)  # shared beside shared is fine
+    with repo.lock(EXCLUSIVE), pytest.raises(RepositoryLocked):
+        create_snapshot(source, repo_url, root_key)
+    assert repo.locks() == []
+
+
+def test_storage_hiding_the_newest_snapshot_is_noticed(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("one")
+    repo_url, state = str(tmp_path / "repo"), tmp_path / "state"
+    first = create_snapshot(source, repo_url, root_key, repo_params=SMALL, state_dir=state)
+    (source / "a").write_text("two")
+    second = create_snapshot(source, repo_url, root_key, state_dir=state)
+    assert first.warnings == second.warnings == []
+    (tmp_path / "repo" / "snapshots" / second.snapshot_id).unlink()  # storage rolls back
+    third = create_snapshot(source, repo_url, root_key, state_dir=state)
+    assert len(third.warnings) == 1 and second.snapshot_id in third.warnings[0]
+    assert third.parent_id == first.snapshot_id  # the listing is all it can go by
+    assert create_snapshot(source, repo_url, root_key, state_dir=state).warnings == []

@@ -1,0 +1,224 @@
+"""The repository format end to end on local storage: round trips over many snapshots,
+deduplication, the file cache, --include."""
+
+from __future__ import annotations
+
+import os
+import random
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import make_tree, snapshot
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backupvault.backup import BackupNotFound, DestinationError
+from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.storage import Storage
+from backupvault.errors import WrongKey
+
+# Small chunks and packs, so little data makes many of both.
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
+
+
+def objects(repo: Path, folder: str) -> set[str]:
+    path = repo / folder
+    return set(os.listdir(path)) if path.exists() else set()
+
+
+def test_round_trip_of_a_tree(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    assert info.parent_id is None and info.files_read == info.files
+    restored = restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    expected = snapshot(source)
+    # A skipped link (its target leaves the tree) is the only difference.
+    assert restored.skipped == []
+    assert snapshot(tmp_path / "out") == expected
+
+
+def test_single_file_snapshot(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "one.db"
+    source.write_bytes(os.urandom(50_000))
+    create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "one.db").read_bytes() == source.read_bytes()
+
+
+def test_unchanged_second_snapshot_adds_nothing(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    repo = tmp_path / "repo"
+    first = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    packs = objects(repo, "data")
+    second = create_snapshot(source, str(repo), root_key)
+    assert second.parent_id == first.snapshot_id
+    assert second.files_read == 0  # the file cache: nothing read again
+    assert second.added == 0
+    assert objects(repo, "data") == packs
+
+
+def test_dedup_across_snapshots_and_files(tmp_path: Path, root_key: bytes) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    blob = random.Random(1).randbytes(200_000)
+    (source / "a.bin").write_bytes(blob)
+    repo = str(tmp_path / "repo")
+    first = create_snapshot(source, repo, root_key, repo_params=SMALL)
+    assert first.added == len(blob)
+    # The same content under other names, and the file with a few bytes appended.
+    (source / "copy.bin").write_bytes(blob)
+    (source / "sub").mkdir()
+    (source / "sub" / "again.bin").write_bytes(blob)
+    with open(source / "a.bin", "ab") as handle:
+        handle.write(b"appended")
+    second = create_snapshot(source, repo, root_key)
+    assert second.files_read == 3
+    assert 0 < second.added < 3 * 1024  # only the last chunk or two of a.bin changed
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(source)
+    restore_snapshot(repo, root_key, tmp_path / "out1", first.snapshot_id)
+    assert (tmp_path / "out1" / "a.bin").read_bytes() == blob
+    assert sorted(os.listdir(tmp_path / "out1")) == ["a.bin"]
+
+
+def test_changed_file_with_restored_mtime_is_read_again(tmp_path: Path, root_key: bytes) -> None:
+    """mtime lies (reset with utime), size equal: ctime still changes, so it is read."""
+    source = tmp_path / "src"
+    source.mkdir()
+    target = source / "f.txt"
+    target.write_bytes(b"A" * 1000)
+    st = target.stat()
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    target.write_bytes(b"B" * 1000)
+    os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+    info = create_snapshot(source, repo, root_key)
+    assert info.files_read == 1
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "f.txt").read_bytes() == b"B" * 1000
+
+
+def test_force_read_reads_everything(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    repo = str(tmp_path / "repo")
+    first = create_snapshot(source, repo, root_key, repo_params=SMALL)
+    again = create_snapshot(source, repo, root_key, force_read=True)
+    assert again.files_read == first.files and again.added == 0
+
+
+def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    restore_snapshot(repo, root_key, tmp_path / "one", include="docs/notes.txt")
+    assert snapshot(tmp_path / "one") == {
+        k: v for k, v in snapshot(source).items() if k in (".", "docs", "docs/notes.txt")
+    } | {"docs": snapshot(tmp_path / "one")["docs"]}
+    assert (tmp_path / "one" / "docs" / "notes.txt").read_text() == "hello\n" * 100
+    restore_snapshot(repo, root_key, tmp_path / "deep", include="/docs/deep/")
+    expected = {k: v for k, v in snapshot(source).items() if k.startswith("docs/deep") or k == "."}
+    got = snapshot(tmp_path / "deep")
+    assert {k: v for k, v in got.items() if k != "docs"} == expected
+    with pytest.raises(BackupNotFound):
+        restore_snapshot(repo, root_key, tmp_path / "none", include="docs/nothing")
+    assert not (tmp_path / "none").exists()
+
+
+def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    with pytest.raises(WrongKey):
+        restore_snapshot(repo, os.urandom(32), tmp_path / "out")
+    with pytest.raises(WrongKey):
+        create_snapshot(source, repo, os.urandom(32))
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("x")
+    with pytest.raises(DestinationError):
+        restore_snapshot(repo, root_key, tmp_path / "full")
+    assert os.listdir(tmp_path / "full") == ["x"]
+
+
+def test_symlinks_out_of_the_tree_are_skipped(tmp_path: Path, root_key: bytes) -> None:
+    """Lexically or through other links of the tree: none of them is created."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "out").symlink_to("../../etc/passwd")
+    (source / "abs").symlink_to("/etc/passwd")
+    (source / "via-abs").symlink_to("abs")  # only a link to a skipped link
+    (source / "here").symlink_to(".")
+    (source / "sub" / "up").symlink_to("..")
+    (source / "chain").symlink_to("here/here/sub/up/..")  # looks inside, resolves outside
+    (source / "loop").symlink_to("loop/x")
+    (source / "fine").symlink_to("sub/up/here/sub")
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    info = restore_snapshot(repo, root_key, tmp_path / "r")
+    assert sorted(s.name for s in info.skipped) == ["abs", "chain", "loop", "out", "via-abs"]
+    assert sorted(os.listdir(tmp_path / "r")) == ["fine", "here", "sub"]
+    assert os.readlink(tmp_path / "r" / "fine") == "sub/up/here/sub"
+
+
+_edit = st.tuples(
+    st.sampled_from(["write", "append", "delete", "mkdir", "truncate", "same"]),
+    st.integers(0, 7),
+    st.binary(min_size=0, max_size=3000),
+)
+
+
+@settings(
+    max_examples=15,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture],
+)
+@given(rounds=st.lists(st.lists(_edit, min_size=1, max_size=6), min_size=2, max_size=6))
+def test_many_snapshots_with_random_edits_all_restore(
+    tmp_path_factory: pytest.TempPathFactory, rounds: list[list[tuple[str, int, bytes]]]
+) -> None:
+    base = tmp_path_factory.mktemp("rounds")
+    source = base / "src"
+    source.mkdir()
+    repo = str(base / "repo")
+    key = os.urandom(32)
+    made: list[tuple[str, dict[str, tuple[object, ...]]]] = []
+    for edits in rounds:
+        for action, slot, data in edits:
+            folder = source / f"d{slot % 3}"
+            path = folder / f"f{slot}"
+            if action == "mkdir":
+                folder.mkdir(exist_ok=True)
+            elif action in ("write", "append") and folder.exists():
+                with open(path, "ab" if action == "append" else "wb") as handle:
+                    handle.write(data * 7)
+            elif action == "truncate" and path.exists():
+                os.truncate(path, len(data) % (path.stat().st_size + 1))
+            elif action == "delete" and path.exists():
+                path.unlink()
+            elif action == "same" and path.exists():
+                # New content, same size and mtime: only ctime gives it away.
+                st_before = path.stat()
+                path.write_bytes(bytes(b ^ 1 for b in path.read_bytes()))
+                os.utime(path, ns=(st_before.st_atime_ns, st_before.st_mtime_ns))
+        info = create_snapshot(source, repo, key, repo_params=SMALL)
+        made.append((info.snapshot_id, snapshot(source)))
+    for number, (snapshot_id, expected) in enumerate(made):
+        out = base / f"out{number}"
+        restore_snapshot(repo, key, out, snapshot_id)
+        got = snapshot(out)
+        assert {k: v for k, v in got.items() if k != "."} == {
+            k: v for k, v in expected.items() if k != "."
+        }
+    shutil.rmtree(base)
+
+
+def test_repository_object_names(tmp_path: Path, root_key: bytes) -> None:
+    source = make_tree(tmp_path)
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert sorted(os.listdir(repo)) == ["config", "data", "index", "locks", "snapshots"]
+    assert objects(repo, "locks") == set()  # released
+    assert Repository.exists(Storage(str(repo)))
+    for folder in ("data", "index", "snapshots"):
+        for name in objects(repo, folder):
+            assert len(name) == 32 and int(name, 16) >= 0
