@@ -77,7 +77,7 @@ def test_recovery_code_round_trip_with_json(tmp_path: Path, source: Path) -> Non
         ).stdout
     )  # fmt: skip
     assert [b["backup_id"] for b in listed["snapshots"]] == [result["backup_id"]]
-    assert listed["snapshots"][0]["added"] == 25 + 25600
+    assert listed["snapshots"][0]["added_bytes"] == 25 + 25600
 
     dest = tmp_path / "restored"
     restored = run(
@@ -491,7 +491,11 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     assert second.returncode == 0, second.stderr
     info = json.loads(second.stdout)
     assert "recovery_code" not in info
-    assert (info["parent_id"], info["files_read"], info["added"]) == (first["backup_id"], 1, 25)
+    assert (info["parent_id"], info["files_read"], info["added_bytes"]) == (
+        first["backup_id"],
+        1,
+        25,
+    )
     dest = tmp_path / "notes"
     restored = run(
         "backup", "restore", first["backup_id"][:8], "--storage", str(storage), "--to", str(dest),

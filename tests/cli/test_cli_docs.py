@@ -9,8 +9,9 @@ from pathlib import Path
 import click
 import pytest
 
-from backupvault.cli import operator, sim, transparency  # noqa: F401 - registers commands
-from backupvault.cli.main import cli
+from backupvault.cli.main import cli, load_plugins
+
+load_plugins()  # every command, the lazily loaded ones too
 
 ROOT = Path(__file__).resolve().parents[2]
 CLI_MD = (ROOT / "docs" / "cli.md").read_text()

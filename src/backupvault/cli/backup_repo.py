@@ -49,9 +49,9 @@ def summary_row(s: maintenance.SnapshotSummary) -> dict[str, Any]:
         "source": s.source,
         "host": s.host,
         "files": s.files,
-        "size": s.size,
-        "added": s.added,
-        "stored": s.stored,
+        "bytes": s.size,
+        "added_bytes": s.added,
+        "stored_bytes": s.stored,
     }
 
 
