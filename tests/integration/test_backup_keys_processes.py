@@ -27,14 +27,15 @@ def full_fleet(vault: Vault) -> Iterator[None]:
     vault.ensure_all_running()
 
 
-def test_missing_entry_over_password_backups_needs_new_key(vault: Vault, tmp_path: Path) -> None:
+def test_missing_entry_over_a_repository_makes_no_key(vault: Vault, tmp_path: Path) -> None:
+    """A repository opens only with the key that made it: a vault entry that does not
+    exist (lost, deleted, or a typo in the config) is never silently given a new key over
+    it, not even with --new-key, and nothing is registered."""
     source = tmp_path / "phone"
     source.mkdir()
     (source / "chat.txt").write_text("first device")
     storage = str(tmp_path / "cloud")
     first = vault.client_config(tmp_path / "first.toml", "nk-user", "nk-entry")
-    # The same account with an entry the vault does not hold (lost, deleted, or a typo in
-    # the config): its password backups would become unreadable under a new key.
     second = vault.client_config(tmp_path / "second.toml", "nk-user", "nk-other-entry")
 
     created = vault.cli(
@@ -45,24 +46,15 @@ def test_missing_entry_over_password_backups_needs_new_key(vault: Vault, tmp_pat
     original = json.loads(created.stdout)
     assert original["registered"] is True and original["key"] == "password"
 
-    refused = vault.cli(
-        "backup", "create", str(source), "--storage", storage, "--password-stdin",
-        config=second, stdin=PASSWORD + "\n",
-    )  # fmt: skip
-    assert refused.returncode == 1, refused.stderr
-    assert "holds 1 password backup: a new key would leave them unopenable" in refused.stderr
-    assert "--new-key" in refused.stderr
-    assert len(list((tmp_path / "cloud").glob("backup-*.bvb"))) == 1
-    status = vault.client("nk-user", "nk-other-entry").status()
-    assert status.status == EntryStatus.EMPTY  # no key was made
-
-    (source / "chat.txt").write_text("second key")
-    renewed = vault.cli(
-        "--json", "backup", "create", str(source), "--storage", storage, "--password-stdin",
-        "--new-key", config=second, stdin=PASSWORD + "\n",
-    )  # fmt: skip
-    assert renewed.returncode == 0, renewed.stderr
-    assert json.loads(renewed.stdout)["registered"] is True
+    for extra in ([], ["--new-key"]):
+        refused = vault.cli(
+            "backup", "create", str(source), "--storage", storage, "--password-stdin", *extra,
+            config=second, stdin=PASSWORD + "\n",
+        )  # fmt: skip
+        assert refused.returncode == 1, refused.stderr
+        assert "holds a repository: a new key could not open it" in refused.stderr
+        status = vault.client("nk-user", "nk-other-entry").status()
+        assert status.status == EntryStatus.EMPTY  # no key was made
 
     again = vault.cli(
         "backup", "create", str(source), "--storage", storage, "--password-stdin", "--new-key",
@@ -70,28 +62,20 @@ def test_missing_entry_over_password_backups_needs_new_key(vault: Vault, tmp_pat
     )  # fmt: skip
     assert again.returncode == 2 and "already holds a key" in again.stderr
 
-    # Newest of all: a recovery-code backup. A password restore passes over it, and over
-    # the other entry's password backup, to the latest backup this password opens.
-    (source / "chat.txt").write_text("recovery code")
-    coded = vault.cli(
-        "backup", "create", str(source), "--storage", storage, "--recovery-code", config=first
-    )
-    assert coded.returncode == 0, coded.stderr
-    listed = vault.cli("--json", "backup", "list", "--storage", storage, config=first)
-    kinds = [b["key"] for b in json.loads(listed.stdout)["backups"]]
-    assert kinds == ["password", "password", "recovery code"]
-    text = vault.cli("backup", "list", "--storage", storage, config=first).stdout
-    assert "KEY" in text.splitlines()[0] and text.count("password") == 2
-
-    for config, expected in ((first, "first device"), (second, "second key")):
-        dest = tmp_path / f"restored-{config.stem}"
-        restored = vault.cli(
-            "--json", "backup", "restore", "--storage", storage, "--to", str(dest),
-            "--password-stdin", config=config, stdin=PASSWORD + "\n",
-        )  # fmt: skip
-        assert restored.returncode == 0, restored.stderr
-        assert json.loads(restored.stdout)["key"] == "password"
-        assert (dest / "chat.txt").read_text() == expected
+    # The right entry and password restore the latest snapshot.
+    (source / "chat.txt").write_text("second snapshot")
+    made = vault.cli(
+        "backup", "create", str(source), "--storage", storage, "--password-stdin",
+        config=first, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    dest = tmp_path / "restored"
+    restored = vault.cli(
+        "--json", "backup", "restore", "--storage", storage, "--to", str(dest),
+        "--password-stdin", config=first, stdin=PASSWORD + "\n",
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (dest / "chat.txt").read_text() == "second snapshot"
 
 
 def test_tilde_in_client_toml_is_the_home_folder(
@@ -106,9 +90,11 @@ def test_tilde_in_client_toml_is_the_home_folder(
     source = tmp_path / "notes.txt"
     source.write_text("hello")
 
-    created = vault.cli("backup", "create", str(source), "--recovery-code", config=config)
+    created = vault.cli("--json", "backup", "create", str(source), "--recovery-code", config=config)
     assert created.returncode == 0, created.stderr
-    assert len(list((home / "cloud").glob("backup-*.bvb"))) == 1
+    code = json.loads(created.stdout)["recovery_code"]
+    assert (home / "cloud" / "config").is_file()  # the repository is in ~/cloud
     assert not (tmp_path / "~").exists() and not Path("~").exists()
-    listed = vault.cli("backup", "list", config=config)
-    assert listed.returncode == 0 and f"1 backup at {home / 'cloud'}" in listed.stdout
+    listed = vault.cli("backup", "list", "--recovery-code", "-", config=config, stdin=code + "\n")
+    assert listed.returncode == 0, listed.stderr
+    assert f"1 snapshot in the repository at {home / 'cloud'}" in listed.stdout

@@ -219,7 +219,8 @@ def test_vault_delete_needs_the_password(vault: Vault, tmp_path: Path) -> None:
     )
     assert wrong.returncode == 3, wrong.stderr
     # The warning comes first, with what would be lost.
-    assert "can no longer be opened: 1 password backup in" in wrong.stderr, wrong.stderr
+    assert "can no longer be opened: 0 password backups in" in wrong.stderr, wrong.stderr
+    assert "and the repository there with every snapshot in it" in wrong.stderr
     assert client.status().status == EntryStatus.LIVE
     right = vault.cli(
         "vault", "delete", "--yes", "--password-stdin", config=config, stdin=PASSWORD + "\n"

@@ -201,8 +201,8 @@ def _root_key_from_vault(
     except NotRegistered:
         if not register:
             raise
-        if not new_key and storage_url is not None:
-            _refuse_to_orphan_password_backups(storage_url)
+        if storage_url is not None:
+            _refuse_to_orphan_password_backups(storage_url, new_key)
     else:
         if new_key:
             raise UsageError(
@@ -245,7 +245,10 @@ def _may_be_password(key: str | None) -> bool:
     return key in ("password", "unknown")
 
 
-def _refuse_to_orphan_password_backups(storage_url: str) -> None:
+def _refuse_to_orphan_password_backups(storage_url: str, new_key: bool) -> None:
+    """Before a new key is registered: a repository at `storage_url` could never be opened
+    with it (even with --new-key: that needs another storage); single-blob password
+    backups would stay unopenable by password unless --new-key says so."""
     from backupvault.backup import list_backups, redact_url
     from backupvault.cli.backup_repo import repository_exists
 
@@ -254,8 +257,10 @@ def _refuse_to_orphan_password_backups(storage_url: str) -> None:
             f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
             "repository: a new key could not open it, so none was made",
             hint="check --config (account and entry) first; use --recovery-code if the "
-            "repository was made with one",
+            "repository was made with one; a new key needs another --storage",
         )
+    if new_key:
+        return
     password_backups = [
         b for b in list_backups(storage_url, missing_ok=True) if _may_be_password(b.key)
     ]
@@ -623,7 +628,7 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     """Delete your key from the vault (proving the password first). Backups made with it
     then open only with a recovery code. A key already destroyed by wrong guesses is
     cleared without a password, so that a new one can be registered."""
-    from backupvault.backup import list_backups
+    from backupvault.backup import list_backups, redact_url
     from backupvault.client.errors import NotRegistered
     from backupvault.protocol import EntryStatus
 
@@ -644,9 +649,13 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
         return
     lost = ""
     if storage_url is not None or (ctx.config().storage is not None):
+        from backupvault.cli.backup_repo import repository_exists
+
         url = ctx.storage(storage_url)
         count = sum(1 for b in list_backups(url, missing_ok=True) if _may_be_password(b.key))
-        lost = f": {_plural(count, 'password backup')} in {url} would be lost"
+        lost = f": {_plural(count, 'password backup')} in {redact_url(url)} would be lost"
+        if repository_exists(url):
+            lost += ", and the repository there with every snapshot in it"
     ctx.output.note(
         "warning: after this, backups made with your password can no longer be opened"
         f"{lost} (backups made with --recovery-code still open with their code)"
