@@ -6,61 +6,15 @@ mutant must yield a counterexample. See docs/fleet-model.md.
 
 from __future__ import annotations
 
-import re
-import shutil
-import subprocess
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-MODEL = Path(__file__).resolve().parents[2] / "spec" / "fleet.pml"
-
-
-@dataclass(frozen=True)
-class PanResult:
-    output: str
-    errors: int
-    states: int
-    trail: bool
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} is not installed: the model check needs spin and gcc "
-            "(scripts/setup.sh installs them; by hand: apt-get install -y spin gcc)"
-        )
-    return path
+import spin_runner
+from spin_runner import PanResult
 
 
 def run_pan(tmp_path: Path, *defines: str) -> PanResult:
-    spin, gcc = _tool("spin"), _tool("gcc")
-    model = tmp_path / "fleet.pml"
-    shutil.copy(MODEL, model)
-    flags = [f"-D{d}" for d in defines]
-    subprocess.run([spin, *flags, "-a", model.name], cwd=tmp_path, check=True, timeout=60)
-    subprocess.run(
-        [gcc, "-O2", "-w", "-DSAFETY", "-DNOREDUCE", "-DMEMLIM=4000", "-o", "pan", "pan.c"],
-        cwd=tmp_path,
-        check=True,
-        timeout=120,
-    )
-    done = subprocess.run(
-        ["./pan", "-m100000", "-w24"],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=170,
-    )
-    output = done.stdout + done.stderr
-    errors = re.search(r"errors: (\d+)", output)
-    states = re.search(r"(\d+) states, stored", output)
-    assert errors is not None and states is not None, output
-    return PanResult(
-        output, int(errors.group(1)), int(states.group(1)), model.with_suffix(".pml.trail").exists()
-    )
+    return spin_runner.run_pan("fleet.pml", tmp_path, *defines)
 
 
 def test_model_verifies_exhaustively(tmp_path: Path) -> None:
