@@ -18,6 +18,7 @@ from backupvault.codec import Message, decode_any
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import Kem
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
+from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
@@ -92,7 +93,10 @@ class InProcessFleet:
         if wipe:
             self.disk[node] = {}
         self.replicas[node] = Replica(
-            node, self.replicas.keys(), self.rand.randbytes, self.disk[node].values()
+            node,
+            self.replicas.keys(),
+            self.rand.randbytes,
+            MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode()),
         )
         self._run(node, self.replicas[node].start(self.now))
         self._settle()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -16,7 +17,8 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
+from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import VaultFirmware
@@ -46,10 +48,10 @@ class SlowStore(NodeStore):
         self.release = threading.Event()
         self.saved: list[list[bytes]] = []
 
-    def save(self, records: Iterable[AcceptorRecord]) -> None:
+    def save(self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None) -> None:
         self.release.wait(10)
         records = list(records)
-        super().save(records)
+        super().save(records, marks)
         self.saved.append([r.key for r in records])
 
 
@@ -147,7 +149,9 @@ def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
     tmp_path: Path,
 ) -> None:
     class BrokenStore(SlowStore):
-        def save(self, records: Iterable[AcceptorRecord]) -> None:
+        def save(
+            self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None
+        ) -> None:
             raise OSError("disk full")
 
     async def scenario() -> None:
@@ -221,3 +225,26 @@ def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
     sealer = FakeSealer(recorded)
     assert store_is_intact(store, sealer) is intact  # type: ignore[arg-type]
     assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again
+
+
+def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> None:
+    """Records are read when a message needs them, not at start; one that fails its check
+    stops the node: no answer leaves, clients get 503."""
+    filled = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    filled.save([AcceptorRecord(b"entry", 1, 0), AcceptorRecord(b"other", 1, 0)])
+    filled.close()
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:
+        db.execute("UPDATE record SET row = zeroblob(length(row))")
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)  # opens: reads no record row
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+        assert service.replica.ready and service._fatal is None
+        service._step(lambda: service.replica.receive(1, Prepare(b"op", b"entry", 5, 1), 0.0))
+        await _turns()
+        assert posted == [] and service._fatal is not None
+        answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
+        assert (answer.status, answer.error) == (503, "node_not_ready")
+
+    asyncio.run(scenario())

@@ -31,7 +31,7 @@ from backupvault.fleet.replica import (
 )
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryState
-from backupvault.node.store import NodeStore
+from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
@@ -45,6 +45,7 @@ log = logging.getLogger("backupvault.node")
 TICK_SECONDS = 0.01
 MAX_FRAMES_IN_FLIGHT = 4  # requests to one peer at once; more messages wait for a frame
 MAX_QUEUED_PER_PEER = 4096  # messages waiting for a frame beyond this are dropped (lost)
+STORE_CHECK_PAUSE = 0.001  # between buckets of the background check: it yields the CPU
 
 
 @dataclass(frozen=True)
@@ -83,7 +84,9 @@ class NodeService:
         self._wall_clock = wall_clock
         self._record_counter = record_counter
         self._intact = intact
-        self.replica = Replica(node, peer_urls, os.urandom, store.load(), timing)
+        # Records are read from the store as needed, never all loaded (docs/fleet.md).
+        self.records = StoreRecords(store)
+        self.replica = Replica(node, peer_urls, os.urandom, self.records, timing)
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._http: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -102,6 +105,7 @@ class NodeService:
             "peer_messages_dropped": 0,
             "group_commits": 0,
             "records_persisted": 0,
+            "store_checked": 0,  # 1 once every bucket of the store passed its check
         }
         self._in_flight: dict[int, int] = {}
 
@@ -114,8 +118,36 @@ class NodeService:
 
     async def start(self) -> None:
         self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=0.5))
-        self._execute(self.replica.start(self._clock(), self._intact))
+        self._step(lambda: self.replica.start(self._clock(), self._intact))
         self._ticker = asyncio.create_task(self._tick_forever())
+        verifying = asyncio.create_task(self._verify_store())
+        self._tasks.add(verifying)
+        verifying.add_done_callback(self._tasks.discard)
+
+    async def _verify_store(self) -> None:
+        """Check every bucket of the store in the background: each is checked before its
+        first use anyway, this finds damage in entries nobody asks for."""
+        try:
+            await asyncio.to_thread(self._store.verify_all, STORE_CHECK_PAUSE)
+        except StoreCorrupted as err:
+            self._stop_serving(err)
+            return
+        self.metrics["store_checked"] = 1
+
+    def _step(self, step: Callable[[], list[Effect]]) -> None:
+        """Run one replica step and carry out its effects. A store row that fails its
+        check stops the node (fail-stop): it must not answer from a damaged store."""
+        try:
+            effects = step()
+        except StoreCorrupted as err:
+            self._stop_serving(err)
+            return
+        self._execute(effects)
+
+    def _stop_serving(self, err: StoreCorrupted) -> None:
+        log.critical("node store failed its check, node stops serving: %s", err.message)
+        self._fatal = err
+        self._fail_waiting()
 
     async def stop(self) -> None:
         if self._ticker:
@@ -130,7 +162,7 @@ class NodeService:
         announced = False
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self._execute(self.replica.tick(self._clock()))
+            self._step(lambda: self.replica.tick(self._clock()))
             if not announced and self.replica.ready:
                 announced = True  # operators (and `local up`) wait for this line
                 log.info("node %d ready: caught up with its peers, serving requests", self.node)
@@ -182,7 +214,7 @@ class NodeService:
             charged = new_state.attempt_seq > state.attempt_seq
             return new_state.to_bytes(), (build_reply, charged)
 
-        self._execute(self.replica.propose(op_id, update.key, change, self._clock()))
+        self._step(lambda: self.replica.propose(op_id, update.key, change, self._clock()))
         try:
             return await future
         finally:
@@ -201,7 +233,7 @@ class NodeService:
                 log.warning("refused peer message: %s", err.message)
                 refused += 1
                 continue
-            self._execute(self.replica.receive(sender, message, self._clock()))
+            self._step(partial(self.replica.receive, sender, message, self._clock()))
         return refused
 
     def _execute(self, effects: list[Effect]) -> None:
@@ -237,7 +269,11 @@ class NodeService:
                     # first counting the write the store is making); both are done before
                     # anything in the batch leaves. A crash in between leaves the token one
                     # ahead, which the next start treats like a rollback (catches up).
-                    writes = [asyncio.to_thread(self._store.save, list(records.values()))]
+                    # Marks set so far claim records put before them: in this batch
+                    # or an earlier one, so they are saved with these or after them.
+                    marks = self.records.take_marks()
+                    saving = list(records.values())
+                    writes = [asyncio.to_thread(self._store.save, saving, marks)]
                     if self._record_counter is not None:
                         count = self._store.counter + 1
                         writes.append(asyncio.to_thread(self._record_counter, count))
@@ -251,6 +287,7 @@ class NodeService:
                         self._fatal = err
                         self._fail_waiting()
                         return
+                    self.records.saved(saving)
                     self.metrics["group_commits"] += 1
                     self.metrics["records_persisted"] += len(records)
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
