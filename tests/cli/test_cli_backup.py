@@ -28,12 +28,6 @@ def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.Comp
     )
 
 
-@pytest.fixture(autouse=True)
-def device_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the CLI remembers per device goes to the test's folder, not the home folder."""
-    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "device-state"))
-
-
 def single_blob_backup(source: Path, storage: Path) -> tuple[str, str]:
     """A backup in the format `backup create` wrote before repositories: (id, its code)."""
     from backupvault.backup import KEY_RECOVERY_CODE, create_backup
@@ -573,3 +567,40 @@ def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path
     )  # fmt: skip
     assert only_old.returncode == 0, only_old.stderr
     assert old2.backup_id in only_old.stdout
+
+
+def test_cli_runs_keep_device_state_out_of_the_home_folder(
+    tmp_path: Path, source: Path, device_state: Path
+) -> None:
+    """The suite's autouse fixture points $BACKUPVAULT_STATE_DIR at the test's folder, so a
+    test's backups write nothing under $HOME; without it they would (the second run)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"}
+    env["HOME"] = str(home)
+    storage = tmp_path / "storage"
+
+    def cli(*args: str, stdin: str = "", environment: dict[str, str] = env) -> dict[str, object]:
+        done = subprocess.run(
+            [sys.executable, "-m", "backupvault", "--json", *args],
+            input=stdin, capture_output=True, text=True, timeout=120, check=True, env=environment,
+        )  # fmt: skip
+        result: dict[str, object] = json.loads(done.stdout)
+        return result
+
+    code = str(
+        cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code")[
+            "recovery_code"
+        ]
+    )
+    cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code", stdin=code)
+    cli("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    cli("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+        "--recovery-code", "-", stdin=code)  # fmt: skip
+    assert list(home.iterdir()) == []
+    assert [p.name.startswith("repo-") for p in device_state.iterdir()] == [True]
+
+    unset = {k: v for k, v in env.items() if k != "BACKUPVAULT_STATE_DIR"}
+    cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=code, environment=unset)  # fmt: skip
+    assert len(list((home / ".local" / "state" / "backupvault").iterdir())) == 1

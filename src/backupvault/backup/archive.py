@@ -27,21 +27,12 @@ from typing import IO, Any, Protocol, cast
 import zstandard
 
 from backupvault.backup.errors import SourceError, UnsafeArchive
+from backupvault.backup.progress import Progress
 from backupvault.backup.safe import SafeDestination, Skipped
 from backupvault.errors import InvalidInput
 
 DEFAULT_LEVEL = 3
 _COPY_SIZE = 1 << 20
-
-
-class Progress(Protocol):
-    """What create/restore report progress to (the CLI adapts it to a progress bar)."""
-
-    def start(self, total_bytes: int | None, label: str) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
 
 
 class Writable(Protocol):

@@ -27,13 +27,13 @@ from pathlib import Path
 from typing import Any
 
 from backupvault.backup import archive, format
-from backupvault.backup.archive import Progress
 from backupvault.backup.errors import (
     BackupNotFound,
     DestinationError,
     SourceError,
     StorageError,
 )
+from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
 from backupvault.backup.storage import (
     PartialUpload,
@@ -178,17 +178,6 @@ class _DecryptingReader:
             raise InvalidInput("backup has unexpected data after its archive")
 
 
-class _NoProgress:
-    def start(self, total_bytes: int | None, label: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
 def _root_key(root_key: bytes) -> bytes:
     if not isinstance(root_key, bytes | bytearray) or len(root_key) != format.ROOT_KEY_LEN:
         raise InvalidInput(f"root key must be {format.ROOT_KEY_LEN} bytes")
@@ -265,7 +254,7 @@ def create_backup(
     bounds = archive.SourceTotals(
         min(bounds.entries, format.MAX_ENTRIES), min(bounds.bytes, format.MAX_CONTENT_BYTES)
     )
-    reporter = progress or _NoProgress()
+    reporter = progress or NoProgress()
     reporter.start(totals.bytes, "backing up")
     try:
         sealed = seal_backup(
@@ -454,7 +443,7 @@ def restore_backup(
     storage = Storage(storage_url, storage_options)
     chosen, damaged = _choose(storage, key, backup_id)
     total = storage.size(chosen.name)  # also: a clear error if the object is gone
-    reporter = progress or _NoProgress()
+    reporter = progress or NoProgress()
     reporter.start(total, "restoring")
     try:
         with storage.open_read(chosen.name) as source:

@@ -37,9 +37,6 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
-
 from backupvault.backup.errors import BackupNotFound, StorageError, StorageNotFound
 from backupvault.errors import UsageError
 
@@ -141,18 +138,30 @@ class Storage:
         self._secret: str | None = None
         options = dict(storage_options or {})
         try:
-            self.fs, self.root = self._connect(url, options)
+            self._fs, self.root = self._connect(url, options)
         except (UsageError, StorageError):
             raise
         except Exception as exc:
             raise self._error("cannot open storage", exc) from None
         self.root = self.root.rstrip("/") or "/"
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_local = self._fs is None
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem; for a local folder made on first use (importing fsspec
+        takes longer than a small backup, and the repository format reads local folders
+        with os calls)."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem()
+        return self._fs
 
     def _connect(self, url: str, options: dict[str, Any]) -> tuple[Any, str]:
+        """(filesystem, root); the filesystem is None for a local folder."""
         scheme, rest = check_url(url)
         if scheme == "":
-            return LocalFileSystem(), str(Path(url).expanduser().absolute())
+            return None, str(Path(url).expanduser().absolute())
         if scheme == "file":
             parts = urlsplit("file:" + rest)
             if parts.netloc not in ("", "localhost") or not parts.path:
@@ -160,13 +169,15 @@ class Storage:
                     f"file URL {url} must name an absolute path: file:///path or file:/path",
                     hint=SUPPORTED_FORMS,
                 )
-            return LocalFileSystem(), str(Path(unquote(parts.path)).absolute())
+            return None, str(Path(unquote(parts.path)).absolute())
         if scheme in ("webdav+http", "webdav+https"):
             return self._connect_webdav(url, scheme, options)
         if not urlsplit(url).netloc:
             raise UsageError(
                 f"storage URL {redact_url(url)} names no bucket or host", hint=SUPPORTED_FORMS
             )
+        import fsspec
+
         fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
         return fs, cast(str, root)
 

@@ -27,10 +27,13 @@ class MissingObject(StorageError):
 class Backend:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.fs: Any = storage.fs
         self.is_local = storage.is_local
-        self._is_webdav = type(self.fs).__name__ == "WebdavFileSystem"
+        self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
         self._made: set[str] = set()
+
+    @property
+    def fs(self) -> Any:
+        return self.storage.fs
 
     @property
     def display_url(self) -> str:
@@ -52,19 +55,17 @@ class Backend:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
 
-    def put(self, name: str, data: Buffer | list[Buffer], *, durable: bool = True) -> None:
-        """Store an object made of `data` (one buffer, or several written in order).
-
-        Local folders: with `durable`, the object is on disk when this returns; without,
-        only `barrier()` makes it so (one sync for many objects: far faster than an fsync
-        per object on most disks)."""
+    def put(self, name: str, data: Buffer | list[Buffer]) -> None:
+        """Store an object made of `data` (one buffer, or several written in order); it is
+        durable when this returns (local folders: fsync of the file and its folder;
+        remote stores acknowledge a PUT only once it is stored)."""
         parts = data if isinstance(data, list) else [data]
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         final = self.path(name)
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, parts, durable)
+                self._put_local(final, parts)
             elif self._is_webdav:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
@@ -76,14 +77,13 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
-    def _put_local(self, final: str, parts: list[Buffer], durable: bool) -> None:
+    def _put_local(self, final: str, parts: list[Buffer]) -> None:
         directory, base = os.path.split(final)
         temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.partial")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, parts)
-            if durable:
-                os.fsync(fd)
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -91,19 +91,11 @@ class Backend:
             raise
         os.close(fd)
         os.replace(temp, final)
-        if not durable:
-            return
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-    def barrier(self) -> None:
-        """Everything stored so far is durable. Local: sync(2) (as `sync` does); remote
-        stores acknowledge a PUT only once it is stored."""
-        if self.is_local:
-            os.sync()
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it."""
@@ -124,6 +116,8 @@ class Backend:
 
     def exists(self, name: str) -> bool:
         try:
+            if self.is_local:
+                return os.path.exists(self.path(name))
             return bool(self.fs.exists(self.path(name)))
         except Exception as exc:
             raise self._error(f"cannot read {name}", exc) from None
