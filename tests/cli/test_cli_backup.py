@@ -604,3 +604,29 @@ def test_cli_runs_keep_device_state_out_of_the_home_folder(
     cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
         stdin=code, environment=unset)  # fmt: skip
     assert len(list((home / ".local" / "state" / "backupvault").iterdir())) == 1
+
+
+def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> None:
+    """Text and JSON say which kind of key made each snapshot; one made before snapshots
+    recorded it (its summary ends after the host name) lists as "unknown"."""
+    from backupvault.backup.repo import create_snapshot, snapshots
+    from backupvault.crypto import recovery
+
+    storage = tmp_path / "storage"
+    made = run("--json", "backup", "create", str(source), "--storage", str(storage),
+               "--recovery-code")  # fmt: skip
+    code = json.loads(made.stdout)["recovery_code"]
+    new_encode = snapshots.Summary.encode
+    old_encode = lambda summary: new_encode(summary)[:-1]  # noqa: E731 (the old writer)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshots.Summary, "encode", old_encode)
+        create_snapshot(source, str(storage), recovery.decode(code), force_read=True)
+    listed = run("--json", "backup", "list", "--storage", str(storage), "--recovery-code", "-",
+                 stdin=code)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    keys = [s["key"] for s in json.loads(listed.stdout)["snapshots"]]
+    assert keys == ["recovery code", "unknown"]
+    text = run("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    header, first, second = text.stdout.splitlines()[1:4]
+    assert header.split()[-2:] == ["KEY", "SOURCE"]
+    assert f"  recovery code  {source}" in first and f"  unknown        {source}" in second

@@ -34,7 +34,7 @@ if TYPE_CHECKING:
         restore_backup,
         seal_backup,
     )
-    from backupvault.backup.format import KEY_PASSWORD, KEY_RECOVERY_CODE
+    from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
     from backupvault.backup.progress import Progress
     from backupvault.backup.safe import Limits, SafeDestination, Skipped, human_size
     from backupvault.backup.storage import (
@@ -59,8 +59,8 @@ _WHERE = {
     "list_partials": "flows",
     "restore_backup": "flows",
     "seal_backup": "flows",
-    "KEY_PASSWORD": "format",
-    "KEY_RECOVERY_CODE": "format",
+    "KEY_PASSWORD": "keykinds",
+    "KEY_RECOVERY_CODE": "keykinds",
     "Progress": "progress",
     "Limits": "safe",
     "SafeDestination": "safe",

@@ -33,6 +33,7 @@ from backupvault.backup.errors import (
     SourceError,
     StorageError,
 )
+from backupvault.backup.keykinds import KEY_PASSWORD
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
 from backupvault.backup.storage import (
@@ -228,7 +229,7 @@ def create_backup(
     root_key: bytes,
     progress: Progress | None = None,
     *,
-    key_kind: int = format.KEY_PASSWORD,
+    key_kind: int = KEY_PASSWORD,
     storage_options: Mapping[str, Any] | None = None,
     chunk_size: int = stream.CHUNK_SIZE,
     compression_level: int = archive.DEFAULT_LEVEL,

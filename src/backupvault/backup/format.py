@@ -20,6 +20,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from backupvault.backup.keykinds import KEY_NAMES, KEY_PASSWORD, KEY_RECOVERY_CODE, KEY_UNKNOWN
 from backupvault.crypto import stream
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
@@ -27,10 +28,8 @@ MAGIC: Final = b"BVBACKUP"
 VERSION: Final = 2  # what new backups are written as
 VERSION_1: Final = 1  # read only: no key kind, no declared totals
 PAYLOAD_TAR_ZSTD: Final = 1
-KEY_PASSWORD: Final = 1  # RK comes from the vault, behind a password
-KEY_RECOVERY_CODE: Final = 2  # RK is shown once as the backup's own recovery code
-KEY_KINDS: Final = {KEY_PASSWORD: "password", KEY_RECOVERY_CODE: "recovery code"}
-KEY_UNKNOWN: Final = 0  # a version-1 header does not say; never written on disk
+# Written: KEY_PASSWORD or KEY_RECOVERY_CODE; a version-1 header says nothing (KEY_UNKNOWN).
+KEY_KINDS: Final = {k: KEY_NAMES[k] for k in (KEY_PASSWORD, KEY_RECOVERY_CODE)}
 #: Ceilings on what one backup may hold, whatever its header declares: a restore never
 #: writes more than the header's own (authenticated) figures, and those are at most these.
 MAX_ENTRIES: Final = 1 << 24
@@ -87,7 +86,7 @@ class BackupHeader:
 
     @property
     def key_name(self) -> str:
-        return KEY_KINDS.get(self.key_kind, "unknown")
+        return KEY_NAMES[self.key_kind]
 
     @property
     def declares_totals(self) -> bool:

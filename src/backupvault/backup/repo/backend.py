@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks")
+_TEMPORARY: Final = re.compile(r"^\.?(config|[0-9a-f]{32})\.[0-9a-f]{16}\.partial$")
 _IOV_MAX: Final = 1024
 Buffer = bytes | bytearray | memoryview
 
@@ -145,6 +149,33 @@ class Backend:
                 result[name] = int(entry.get("size") or 0)
         return result
 
+    def temporaries(self, folder: str) -> dict[str, float | None]:
+        """{name: seconds since last written, or None if storage does not say} of the
+        temporary objects in `folder` (`.<id>.<random>.partial`, WebDAV `<id>.<random>.partial`)
+        that a put interrupted before its rename left behind."""
+        path = self.path(folder) if folder else self.storage.root
+        found: dict[str, float | None] = {}
+        now = time.time()
+        try:
+            if self.is_local:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+                            found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
+                return found
+            self.fs.invalidate_cache(path)
+            listed = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return found
+        except Exception as exc:
+            raise self._error(f"cannot list {folder or 'the repository'}", exc) from None
+        for entry in listed:
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if _TEMPORARY.match(name) and entry.get("type") in (None, "file"):
+                written = _modified(entry)
+                found[name] = None if written is None else now - written
+        return found
+
     def delete(self, name: str) -> None:
         try:
             if self.is_local:
@@ -169,6 +200,17 @@ def _write_all(fd: int, parts: list[Buffer]) -> None:
             else:
                 pending[0] = pending[0][written:]
                 written = 0
+
+
+def _modified(entry: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time (POSIX seconds), if it has one."""
+    for key in ("mtime", "modified", "LastModified", "last_modified", "created"):
+        value = entry.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 def _is_id(name: str) -> bool:

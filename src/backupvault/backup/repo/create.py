@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from backupvault.backup.errors import SourceError
+from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.chunks import Chunker, Sealer
@@ -40,6 +41,7 @@ from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
+from backupvault.errors import InvalidInput
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
@@ -241,11 +243,15 @@ def create_snapshot(
     workers: int | None = None,
     repo_params: Mapping[str, int] | None = None,
     state_dir: Path | None = None,
+    key_kind: int = KEY_UNKNOWN,
 ) -> SnapshotInfo:
     """Back up `source` into the repository at `storage_url` (created on first use).
+    `key_kind` (backup/keykinds.py) records how RK is kept: the vault, or a recovery code.
 
     With `state_dir`, the device remembers the snapshot it made, and the next backup warns
     if storage no longer shows it (deleted, or hidden: a rollback)."""
+    if key_kind not in KEY_NAMES:
+        raise InvalidInput(f"unknown key kind {key_kind}")
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
@@ -255,7 +261,7 @@ def create_snapshot(
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED):
         info = _create_locked(
-            repo, source_path, reporter, force_read, workers or cpu_workers(), state
+            repo, source_path, reporter, force_read, workers or cpu_workers(), state, key_kind
         )
     if state is not None:
         state.made(info.source, info.snapshot_id)
@@ -269,6 +275,7 @@ def _create_locked(
     force_read: bool,
     workers: int,
     state: DeviceState | None,
+    key_kind: int,
 ) -> SnapshotInfo:
     index, _packs, adopted = repo.load_index()
     warnings: list[str] = []
@@ -375,6 +382,7 @@ def _create_locked(
         stored=stored,
         source=str(source),
         host=host,
+        key_kind=key_kind,
     )
     parent_id = parent.header.snapshot_id if parent is not None else None
     created_us = time.time_ns() // 1000
