@@ -9,9 +9,12 @@ home folder of whoever runs it (tests/cli/test_cli_backup.py checks this).
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
@@ -40,3 +43,17 @@ def device_state(
     folder = tmp_path / "device-state"
     monkeypatch.setenv(STATE_ENV, str(folder))
     return folder
+
+
+@pytest.fixture(scope="session")
+def single_blob() -> ModuleType:
+    """The test-only single-blob writer (tests/backup/single_blob.py): backupvault only reads
+    that format now, and tests outside tests/backup make such backups with it."""
+    if "single_blob" not in sys.modules:
+        path = Path(__file__).parent / "tests" / "backup" / "single_blob.py"
+        spec = importlib.util.spec_from_file_location("single_blob", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["single_blob"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["single_blob"]

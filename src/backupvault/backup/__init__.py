@@ -25,14 +25,11 @@ if TYPE_CHECKING:
         UnsafeArchive,
     )
     from backupvault.backup.flows import (
-        BackupInfo,
         BackupSummary,
         RestoreInfo,
-        create_backup,
         list_backups,
         list_partials,
         restore_backup,
-        seal_backup,
     )
     from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
     from backupvault.backup.progress import Progress
@@ -51,14 +48,11 @@ _WHERE = {
     "StorageError": "errors",
     "StorageNotFound": "errors",
     "UnsafeArchive": "errors",
-    "BackupInfo": "flows",
     "BackupSummary": "flows",
     "RestoreInfo": "flows",
-    "create_backup": "flows",
     "list_backups": "flows",
     "list_partials": "flows",
     "restore_backup": "flows",
-    "seal_backup": "flows",
     "KEY_PASSWORD": "keykinds",
     "KEY_RECOVERY_CODE": "keykinds",
     "Progress": "progress",
@@ -77,7 +71,6 @@ __all__ = [
     "ENV_WEBDAV_USER",
     "KEY_PASSWORD",
     "KEY_RECOVERY_CODE",
-    "BackupInfo",
     "BackupNotFound",
     "BackupSummary",
     "DestinationError",
@@ -91,13 +84,11 @@ __all__ = [
     "StorageError",
     "StorageNotFound",
     "UnsafeArchive",
-    "create_backup",
     "human_size",
     "list_backups",
     "list_partials",
     "redact_url",
     "restore_backup",
-    "seal_backup",
 ]
 
 

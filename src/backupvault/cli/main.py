@@ -530,7 +530,7 @@ def backup_list(
     for partial in partials:
         started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
         lines.append(
-            f"unfinished backup started {started} UTC: {partial.name} (the next backup "
+            f"unfinished backup started {started} UTC: {partial.name} (backup prune "
             "removes it once a day old)"
         )
     snapshot_rows: list[dict[str, Any]] = []

@@ -19,7 +19,10 @@ from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks")
-_TEMPORARY: Final = re.compile(r"^\.?(config|[0-9a-f]{32})\.[0-9a-f]{16}\.partial$")
+# Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
+_TEMPORARY: Final = re.compile(
+    r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"
+)
 _IOV_MAX: Final = 1024
 Buffer = bytes | bytearray | memoryview
 
