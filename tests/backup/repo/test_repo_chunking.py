@@ -99,3 +99,25 @@ def test_a_file_a_few_windows_long_dedups_against_its_copy(tmp_path: Path, root_
     by_name = {e.path: e.chunks for e in entries if e.kind == FILE}
     assert by_name[b"a.bin"] == whole_file_ids(repo, data)
     assert by_name[b"b.bin"] == whole_file_ids(repo, b"x" + data)
+
+
+def test_objects_are_written_whole_in_small_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs go out in writes of at most 128 KiB (cheaper for the kernel), short writes
+    are finished, and empty parts are skipped."""
+    from backupvault.backup.repo import backend as backend_module
+
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_writev(fd, [bytes(b"".join(buffers)[:100_000])])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    parts = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20)] + [b"x"] * 3000
+    store = backend_module.Backend(Storage(str(tmp_path / "repo")))
+    store.put("data/" + "ab" * 16, parts)
+    assert store.get("data/" + "ab" * 16) == b"".join(parts)
+    assert max(sizes) <= 128 * 1024 and len(sizes) > 10

@@ -12,6 +12,7 @@ import os
 import re
 import secrets
 import time
+from collections import deque
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -24,6 +25,10 @@ _TEMPORARY: Final = re.compile(
     r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"
 )
 _IOV_MAX: Final = 1024
+# Writes of up to 128 KiB: measured on the 2-core VM this was tuned on, the kernel spent
+# 0.2-0.4 s copying 512 MiB into the page cache in 128 KiB writes, 1.1 s in 1 MiB or
+# larger ones (the largest single cost of a first backup).
+_WRITE_BYTES: Final = 128 * 1024
 Buffer = bytes | bytearray | memoryview
 
 
@@ -192,14 +197,24 @@ class Backend:
 
 
 def _write_all(fd: int, parts: list[Buffer]) -> None:
-    """writev in batches (no joined copy of a 16 MiB pack), finishing short writes."""
-    pending = [memoryview(p) for p in parts if len(p)]
+    """writev of at most _WRITE_BYTES at a time (no joined copy of a 16 MiB pack),
+    finishing short writes."""
+    pending: deque[memoryview] = deque()
+    for part in parts:
+        view = memoryview(part).cast("B")
+        pending.extend(view[i : i + _WRITE_BYTES] for i in range(0, len(view), _WRITE_BYTES))
     while pending:
-        batch = pending[:_IOV_MAX]
+        batch: list[memoryview] = []
+        size = 0
+        for piece in pending:
+            if batch and (size + len(piece) > _WRITE_BYTES or len(batch) == _IOV_MAX):
+                break
+            batch.append(piece)
+            size += len(piece)
         written = os.writev(fd, batch)
         while written:
             if written >= len(pending[0]):
-                written -= len(pending.pop(0))
+                written -= len(pending.popleft())
             else:
                 pending[0] = pending[0][written:]
                 written = 0
