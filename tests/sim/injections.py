@@ -3,6 +3,7 @@ simulation catches each one."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -92,6 +93,7 @@ def accept_lower_ballot(monkeypatch: pytest.MonkeyPatch) -> None:
             message.node,
             True,
             *promised.__dict__.values(),
+            hashlib.sha256(message.value).digest(),
         )
         return [self._store(new, "accept")], reply
 
