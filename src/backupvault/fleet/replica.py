@@ -780,7 +780,8 @@ class Replica:
             return []
         if not message.ok:
             return self._drop_lead(lead, now)  # someone holds a higher ballot for this entry
-        assert message.digest == _digest(lead.accept.value)
+        if message.digest != _digest(lead.accept.value):
+            return []  # not an answer to what this node sent
         lead.accepts.add(sender)
         if len(lead.accepts) < self.quorum:
             return []
