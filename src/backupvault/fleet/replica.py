@@ -404,6 +404,19 @@ class Replica:
                 record.promised_round,
                 record.promised_node,
             )
+        if ballot == record.accepted and ballot < record.promised and message.value == record.value:
+            # The same Accept again (a duplicate or a repair), after the pipelined promise
+            # moved past it: what it asked is done, so answer as before and write nothing.
+            reply = Accepted(
+                message.op_id,
+                message.key,
+                message.round,
+                message.node,
+                True,
+                *_ballot(record.promised),
+                _digest(message.value),
+            )
+            return [], reply
         if ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
