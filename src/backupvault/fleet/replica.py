@@ -404,8 +404,13 @@ class Replica:
                 record.promised_round,
                 record.promised_node,
             )
-        if ballot == record.accepted and ballot < record.promised and message.value == record.value:
-            # The same Accept again (a duplicate or a repair), after the pipelined promise
+        if (
+            message.pipeline
+            and ballot == record.accepted
+            and ballot < record.promised
+            and message.value == record.value
+        ):
+            # The same Accept again (a duplicate or a repair), after its pipelined promise
             # moved past it: what it asked is done, so answer as before and write nothing.
             reply = Accepted(
                 message.op_id,
