@@ -86,10 +86,10 @@ def test_the_leader_path_is_exercised() -> None:
     assert passed_over > 0
 
 
-@pytest.mark.parametrize("first", range(0, max(CHUNK, SEEDS // 4), CHUNK))
+@pytest.mark.parametrize("first", range(0, max(10, SEEDS // 4), 10))
 def test_leaderless_seeds_keep_every_invariant(first: int) -> None:
     """The fallback alone (every change a CASPaxos round), on a quarter of the seeds."""
-    _check(range(first, first + CHUNK), SimConfig(leader=False))
+    _check(range(first, first + 10), SimConfig(leader=False))
 
 
 def test_majority_down_is_unavailable_but_safe() -> None:
