@@ -67,6 +67,7 @@ FAST_KSF = ksf.Argon2idParams(
     memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
 )
 RECOVERY_OPS = ("recover-start", "recover-finish")
+GUESS_LIMIT = 10  # the local deployment's measured limit (deploy/local.py)
 
 
 class TimingTransport(httpx.BaseTransport):
@@ -228,12 +229,13 @@ def _commit_latency(fleet: Fleet, commits: int) -> list[float]:
     (plus the OPRF evaluation). Seconds per request, timed in the client's transport."""
     transport = TimingTransport(httpx.HTTPTransport())
     client = fleet.client("bench-commit", "commit", transport)
-    client.register(PASSWORD, os.urandom(32), guess_limit=100)
+    client.register(PASSWORD, os.urandom(32), guess_limit=GUESS_LIMIT)
     for i in range(10 + commits):
-        if i % 90 == 89:
+        if i % (GUESS_LIMIT - 1) == GUESS_LIMIT - 2:
             client.recover(PASSWORD)  # reset the counter
         _, ke1 = opaque.client_login_start(b"wrong password")
-        request = RecoverStartRequest(client.account, client.entry, ke1.to_bytes())
+        now_ms = time.time_ns() // 1_000_000
+        request = RecoverStartRequest(client.account, client.entry, ke1.to_bytes(), now_ms)
         client._call(Op.RECOVER_START, request, RecoverStartResponse)
         if i == 9:
             transport.seconds.clear()
@@ -279,7 +281,7 @@ def _guess_rate(fleet: Fleet, seconds: float) -> tuple[float, int, int, int, flo
     process)."""
     clients = [fleet.client("bench-guess", f"guess-{i}") for i in range(CLIENTS)]
     for client in clients:
-        client.register(PASSWORD, os.urandom(32), guess_limit=100)
+        client.register(PASSWORD, os.urandom(32), guess_limit=GUESS_LIMIT)
     counts = [0] * CLIENTS
     refused = [0] * CLIENTS
     start = threading.Barrier(CLIENTS + 1)
