@@ -170,12 +170,12 @@ class LinkProxy:
                 await self._hold(upward)
                 if self.mode is Mode.DROP:
                     return
-                sink.write(data)
-                await sink.drain()
-                if upward:
+                if upward:  # counted before the write, so a reader never sees it first
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
+                sink.write(data)
+                await sink.drain()
             if sink.can_write_eof():
                 sink.write_eof()
         except (ConnectionError, OSError):
