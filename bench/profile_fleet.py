@@ -1,6 +1,7 @@
 """Where a node's time goes under load: py-spy samples node0 (and the relay) while 16
-clients send wrong-guess recover-starts, then prints the top functions by inclusive and
-own share of the samples (docs/performance.md).
+clients send wrong-guess recover-starts, then prints the top functions by their own
+samples and the backupvault functions by the samples inside them (docs/performance.md).
+py-spy leaves out samples of idle threads (blocked in a system call).
 
     .venv/bin/python -m bench.profile_fleet [--seconds 12] [--top 15]
 """
@@ -29,14 +30,16 @@ def _collapsed(path: Path) -> Counter[str]:
 
 
 def _function(frame: str) -> str:
-    """`name (path/to/module.py:12)` -> `name (module.py)`."""
+    """`name (path/to/module.py:12)` -> `name (path/to/module.py)`."""
     name, _, where = frame.partition(" (")
-    module = where.rsplit("/", 1)[-1].split(":", 1)[0].rstrip(")")
-    return f"{name} ({module})" if module else name
+    path = where.rsplit(":", 1)[0].rstrip(")")
+    return f"{name} ({path})" if path else name
 
 
-def top(path: Path, n: int) -> list[tuple[str, float, float]]:
-    """(function, inclusive share, own share) of the n functions with the most samples."""
+def top(path: Path, n: int) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """The n functions with the most samples of their own (the code running), and the n
+    functions of backupvault with the most samples inside them (their callees included),
+    each with its share of all samples."""
     stacks = _collapsed(path)
     total = sum(stacks.values()) or 1
     inclusive: Counter[str] = Counter()
@@ -44,10 +47,14 @@ def top(path: Path, n: int) -> list[tuple[str, float, float]]:
     for stack, count in stacks.items():
         frames = [_function(f) for f in stack.split(";") if f]
         for function in set(frames):
-            inclusive[function] += count
+            if "backupvault/" in function:
+                inclusive[function] += count
         if frames:
             own[frames[-1]] += count
-    return [(f, c / total, own[f] / total) for f, c in inclusive.most_common(n)]
+    return (
+        [(f, c / total) for f, c in own.most_common(n)],
+        [(f, c / total) for f, c in inclusive.most_common(n)],
+    )
 
 
 def main() -> None:
@@ -93,9 +100,13 @@ def main() -> None:
                 process.wait()
             load.join()
             for name, (_, out) in records.items():
-                print(f"\n{name}: inclusive / own share of samples")
-                for function, share, self_share in top(out, args.top):
-                    print(f"{share:6.1%} {self_share:6.1%}  {function}")
+                own, inside = top(out, args.top)
+                print(f"\n{name}: share of samples running the function itself")
+                for function, share in own:
+                    print(f"{share:6.1%}  {function}")
+                print(f"\n{name}: share of samples inside backupvault functions")
+                for function, share in inside:
+                    print(f"{share:6.1%}  {function}")
         finally:
             fleet.down()
 
