@@ -115,10 +115,6 @@ class NodeService:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self.listener = PeerListener(
-            self._peer_listen, self._channel.open_hello, self._peer_stream_frame, HELLO_SIZE
-        )
-        await self.listener.start()
         for peer in self.replica.peers:
             link = PeerLink(
                 peer, self._peer_addresses[peer], partial(self._channel.hello, peer), self._dropped
@@ -126,6 +122,11 @@ class NodeService:
             link.start()
             self._links[peer] = link
         self._execute(self.replica.start(self._clock(), self._intact))
+        # Peers are heard only once the replica has started.
+        self.listener = PeerListener(
+            self._peer_listen, self._channel.open_hello, self._peer_stream_frame, HELLO_SIZE
+        )
+        await self.listener.start()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
