@@ -317,3 +317,28 @@ def test_addresses_are_checked() -> None:
     for bad in ("7201", "host:", "host:0", "host:70000", ":7201", "host:x"):
         with pytest.raises(InvalidInput):
             parse_address(bad, "x")
+
+
+def test_a_link_backs_off_when_its_streams_are_dropped_at_once() -> None:
+    """Something in between (a proxy whose peer is down) accepts every connection and
+    closes it: the link must not redial in a tight loop."""
+    accepted: list[int] = []
+
+    async def drop(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        accepted.append(1)
+        writer.transport.abort()
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(drop, HOST, 0)
+        port = server.sockets[0].getsockname()[1]
+        sender = _channel(0)
+        link = PeerLink(1, (HOST, port), lambda: sender.hello(1), lambda _: None)
+        link.start()
+        try:
+            await asyncio.sleep(1.5)  # 50 ms doubling: at most 6 dials, at most 1 s apart
+        finally:
+            await link.stop()
+            server.close()
+        assert 1 <= len(accepted) <= 8
+
+    _run(scenario)

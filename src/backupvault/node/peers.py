@@ -51,6 +51,8 @@ WRITE_SECONDS = 2.0
 HIGH_WATER = 1024 * 1024
 BACKOFF_FIRST = 0.05
 BACKOFF_MAX = 1.0
+#: A stream that lasted this long was a success: the next redial starts from BACKOFF_FIRST.
+STABLE_SECONDS = 1.0
 
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
@@ -178,21 +180,26 @@ class PeerLink:
                 )
             except (OSError, TimeoutError) as err:
                 log.debug("peer %d at %s unreachable: %r", self.peer, self.address, err)
-                self._drop_expired()
-                # Jitter keeps the nodes of a restarted fleet from redialling in step.
-                await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
-                backoff = min(BACKOFF_MAX, backoff * 2)
-                continue
-            backoff = BACKOFF_FIRST
-            self.connects += 1
-            writer.write(record(self._hello()))
-            self._reader, self._writer = reader, writer
-            try:
-                await self._serve(reader, writer)
-            except (OSError, TimeoutError) as err:
-                log.debug("stream to peer %d broke: %r", self.peer, err)
-            finally:
-                self._close()
+            else:
+                self.connects += 1
+                opened = self._clock()
+                writer.write(record(self._hello()))
+                self._reader, self._writer = reader, writer
+                try:
+                    await self._serve(reader, writer)
+                except (OSError, TimeoutError) as err:
+                    log.debug("stream to peer %d broke: %r", self.peer, err)
+                finally:
+                    self._close()
+                # Something between may accept a connection and drop it at once (a proxy
+                # or load balancer whose peer is down): only a stream that lasted counts
+                # as a success that restarts the backoff.
+                if self._clock() - opened >= STABLE_SECONDS:
+                    backoff = BACKOFF_FIRST
+            self._drop_expired()
+            # Jitter keeps the nodes of a restarted fleet from redialling in step.
+            await asyncio.sleep(backoff * random.uniform(0.5, 1.0))
+            backoff = min(BACKOFF_MAX, backoff * 2)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """Empty the queue whenever woken, until the stream ends."""
