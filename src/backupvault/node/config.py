@@ -13,8 +13,8 @@
                                              [[nodes]]
     [token]                                  index = 0
     module = "/usr/lib/softhsm/..."          url = "http://127.0.0.1:7101"
-    label = "backupvault-node-0"             identity_public_key = "<hex>"
-                                             peer = "127.0.0.1:7201"  # peer listener
+    label = "backupvault-node-0"             peer = "127.0.0.1:7201"  # peer listener
+                                             identity_public_key = "<hex>"
     pin_file = "node0/token.pin"   # or pin_env = "BACKUPVAULT_TOKEN_PIN"
     softhsm2_conf = "node0/hsm/softhsm2.conf"   # SoftHSM2 only
 
