@@ -207,6 +207,8 @@ class Replica:
         self._round_seconds = 0.0  # moving average of a committed round's duration
         self._max_round = max((r.promised.round for r in self.records.values()), default=0)
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
+        # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
+        self._leading: dict[bytes, None] = {}
         self._heard: dict[int, float] = {}  # when each peer last sent anything
         self._suspected: dict[int, float] = {}  # leader candidates passed over, until
 
@@ -331,10 +333,9 @@ class Replica:
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
                     effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
-        for lead in list(self._leads.values()):
-            if lead.phase in ("prepare", "accept") and now >= lead.started + (
-                self.timing.round_timeout
-            ):
+        for key in list(self._leading):
+            lead = self._leads[key]
+            if now >= lead.started + self.timing.round_timeout:
                 effects += self._drop_lead(lead, now)
         for proposal in list(self._by_op.values()):
             if proposal.phase == "queued":
@@ -740,6 +741,7 @@ class Replica:
                 forward.op_id, lead.key, *_ballot(lead.held), forward.value, origin, True
             )
             lead.phase = "accept"
+            self._leading[lead.key] = None
             lead.accept = accept
             lead.origin = origin
             lead.accepts = set()
@@ -757,6 +759,7 @@ class Replica:
         self._max_round += 1
         lead.held = Ballot(self._max_round, self.node)
         lead.phase = "prepare"
+        self._leading[lead.key] = None
         lead.prepare_id = self._rng(16)
         lead.promised = set()
         lead.promises = {}
@@ -784,6 +787,7 @@ class Replica:
         lead.promises = {}
         lead.since = now
         lead.phase = "ready"
+        self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
 
     def _lead_on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
@@ -812,6 +816,7 @@ class Replica:
         lead.since = now
         lead.accept = None
         lead.phase = "ready"
+        self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
 
     def _drop_lead(self, lead: _Lead, now: float) -> list[Effect]:
@@ -821,6 +826,7 @@ class Replica:
         waiting = [(lead.origin, lead.accept.op_id)] if lead.accept is not None else []
         waiting += [(origin, forward.op_id) for origin, forward in lead.queue]
         del self._leads[lead.key]
+        self._leading.pop(lead.key, None)
         effects: list[Effect] = []
         for origin, op_id in waiting:
             answer = ForwardAnswer(op_id, lead.key, False, 0, 0, b"")
