@@ -737,6 +737,7 @@ class Replica:
             # The one round: a majority promised `held`, and the value builds on the newest
             # value among them, so this Accept is phase 2 of a complete Paxos round.
             assert len(lead.promised) >= self.quorum, "leader Accept without a majority's promise"
+            assert lead.base < lead.held, "a value built on a ballot at or above its own"
             accept = Accept(
                 forward.op_id, lead.key, *_ballot(lead.held), forward.value, origin, True
             )
