@@ -209,7 +209,7 @@ class Replica:
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
         # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
         self._leading: dict[bytes, None] = {}
-        self._heard: dict[int, float] = {}  # when each peer last sent anything
+        self._heard: dict[int, float] = {}  # when each peer last answered as an acceptor
         self._suspected: dict[int, float] = {}  # leader candidates passed over, until
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -281,7 +281,6 @@ class Replica:
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
         if sender not in self.nodes:
             return []
-        self._heard[sender] = now
         match message:
             case Prepare() | Accept() | Forward():
                 if not self.ready:
@@ -291,8 +290,10 @@ class Replica:
                 effects, reply = self._acceptor(message)
                 return effects + self._reply(sender, message, reply, now)
             case Promise():
+                self._heard[sender] = now  # only a caught-up acceptor answers these
                 return self._on_promise(sender, message, now)
             case Accepted():
+                self._heard[sender] = now
                 return self._on_accepted(sender, message, now)
             case ForwardAnswer():
                 return self._on_forward_answer(sender, message, now)
@@ -711,7 +712,8 @@ class Replica:
         majority promised it, recently enough that no acceptor can have forgotten the
         promise in a rollback and caught up around it (the quarantine in `_sync_complete`
         outlasts `deadline`, as for a proposer's round), and a majority answered this node
-        lately, so a change with no majority up is refused before anything is written."""
+        lately (as an acceptor: a node catching up does not count), so a change with no
+        majority up is refused before anything is written."""
         fresh = sum(
             1 for p in self.peers if now - self._heard.get(p, -1e9) <= self.timing.leader_lease
         )
