@@ -177,11 +177,14 @@ class LocalDeployment:
         for `fleet_id`, and its fleet.toml."""
         fleet_dir.mkdir(parents=True, exist_ok=True)
         node_ports = [_free_port() for _ in range(nodes)]
+        peer_ports = [_free_port() for _ in range(nodes)]
         # Each node's token and `node init` (a process of its own) run side by side.
         with ThreadPoolExecutor(max_workers=nodes) as pool:
             identities = list(
                 pool.map(
-                    lambda index: self._provision_node(fleet_dir, epoch, index, node_ports[index]),
+                    lambda index: self._provision_node(
+                        fleet_dir, epoch, index, node_ports[index], peer_ports[index]
+                    ),
                     range(nodes),
                 )
             )
@@ -199,7 +202,10 @@ class LocalDeployment:
             .to_bytes(),
             opaque_server_public_key=fleet_secrets.server_public_key,
             nodes=tuple(
-                FleetNode(i, f"http://{HOST}:{node_ports[i]}", identities[i]) for i in range(nodes)
+                FleetNode(
+                    i, f"http://{HOST}:{node_ports[i]}", identities[i], f"{HOST}:{peer_ports[i]}"
+                )
+                for i in range(nodes)
             ),
             relay_public_keys=(raw_public_key(self._relay_key()),),
             account_issuer=ISSUER,
@@ -328,7 +334,9 @@ class LocalDeployment:
             ttl_seconds=TOKEN_TTL,
         )
 
-    def _provision_node(self, fleet_dir: Path, epoch: int, index: int, port: int) -> bytes:
+    def _provision_node(
+        self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
+    ) -> bytes:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin = secrets.token_hex(8)
@@ -345,6 +353,7 @@ class LocalDeployment:
                 "node": {
                     "index": index,
                     "listen": f"{HOST}:{port}",
+                    "peer_listen": f"{HOST}:{peer_port}",
                     "data_dir": f"node{index}",
                     "fleet_file": "fleet.toml",
                 },

@@ -6,18 +6,21 @@
     listen = "127.0.0.1:7101"                hpke_public_key = "<hex>"
     data_dir = "node0"                       opaque_server_public_key = "<hex>"
     fleet_file = "fleet.toml"                relay_public_keys = ["<hex>"]  # Ed25519
-                                             account_issuer = "<iss of tokens>"
+    peer_listen = "0.0.0.0:7201"  # optional  account_issuer = "<iss of tokens>"
                                              account_issuer_public_key = "<hex>"
                                              epoch = 1               # `fleet deploy`
                                              measurement = "<hex>"   # `fleet deploy`
                                              [[nodes]]
     [token]                                  index = 0
     module = "/usr/lib/softhsm/..."          url = "http://127.0.0.1:7101"
-    label = "backupvault-node-0"             identity_public_key = "<hex>"
+    label = "backupvault-node-0"             peer = "127.0.0.1:7201"  # peer listener
+                                             identity_public_key = "<hex>"
     pin_file = "node0/token.pin"   # or pin_env = "BACKUPVAULT_TOKEN_PIN"
     softhsm2_conf = "node0/hsm/softhsm2.conf"   # SoftHSM2 only
 
-Relative paths are relative to the file that names them.
+Relative paths are relative to the file that names them. A node's peer listener (the
+streams the other nodes send consensus messages on) binds to `peer_listen`, by default to
+its own `peer` address in the fleet file.
 """
 
 from __future__ import annotations
@@ -70,6 +73,8 @@ class FleetNode:
     index: int
     url: str
     identity_public_key: bytes
+    #: host:port of the node's peer listener, where the other nodes open their streams.
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -117,7 +122,12 @@ class FleetDescription:
         data = _load(path)
         try:
             nodes = tuple(
-                FleetNode(int(n["index"]), str(n["url"]), _hex(n["identity_public_key"], "key"))
+                FleetNode(
+                    int(n["index"]),
+                    str(n["url"]),
+                    _hex(n["identity_public_key"], "key"),
+                    str(n.get("peer", "")),
+                )
                 for n in data["nodes"]
             )
             return cls(
@@ -157,6 +167,7 @@ class FleetDescription:
                         "index": n.index,
                         "url": n.url,
                         "identity_public_key": n.identity_public_key.hex(),
+                        **({"peer": n.peer} if n.peer else {}),
                     }
                     for n in self.nodes
                 ],
@@ -172,6 +183,8 @@ class NodeConfig:
     data_dir: Path
     fleet_file: Path
     token: TokenConfig
+    #: host:port the peer listener binds to; None: the node's `peer` in the fleet file.
+    peer_listen: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -200,6 +213,7 @@ class NodeConfig:
                     pin,
                     None if conf is None else base / conf,
                 ),
+                None if "peer_listen" not in node else str(node["peer_listen"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"node config {path} is incomplete: {err}") from None
