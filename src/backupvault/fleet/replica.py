@@ -217,7 +217,9 @@ class Replica:
         self._round_seconds = 0.0  # moving average of a committed round's duration
         self._max_round = self.source.max_round()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
-        self._heard: dict[int, float] = {}  # when each peer last sent anything
+        # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
+        self._leading: dict[bytes, None] = {}
+        self._heard: dict[int, float] = {}  # when each peer last answered as an acceptor
         self._suspected: dict[int, float] = {}  # leader candidates passed over, until
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -299,7 +301,6 @@ class Replica:
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
         if sender not in self.nodes:
             return []
-        self._heard[sender] = now
         match message:
             case Prepare() | Accept() | Forward():
                 if not self.ready:
@@ -309,8 +310,10 @@ class Replica:
                 effects, reply = self._acceptor(message)
                 return effects + self._reply(sender, message, reply, now)
             case Promise():
+                self._heard[sender] = now  # only a caught-up acceptor answers these
                 return self._on_promise(sender, message, now)
             case Accepted():
+                self._heard[sender] = now
                 return self._on_accepted(sender, message, now)
             case ForwardAnswer():
                 return self._on_forward_answer(sender, message, now)
@@ -360,10 +363,9 @@ class Replica:
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
                     effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
-        for lead in list(self._leads.values()):
-            if lead.phase in ("prepare", "accept") and now >= lead.started + (
-                self.timing.round_timeout
-            ):
+        for key in list(self._leading):
+            lead = self._leads[key]
+            if now >= lead.started + self.timing.round_timeout:
                 effects += self._drop_lead(lead, now)
         for proposal in list(self._by_op.values()):
             if proposal.phase == "queued":
@@ -739,7 +741,8 @@ class Replica:
         majority promised it, recently enough that no acceptor can have forgotten the
         promise in a rollback and caught up around it (the quarantine in `_sync_complete`
         outlasts `deadline`, as for a proposer's round), and a majority answered this node
-        lately, so a change with no majority up is refused before anything is written."""
+        lately (as an acceptor: a node catching up does not count), so a change with no
+        majority up is refused before anything is written."""
         fresh = sum(
             1 for p in self.peers if now - self._heard.get(p, -1e9) <= self.timing.leader_lease
         )
@@ -765,10 +768,12 @@ class Replica:
             # The one round: a majority promised `held`, and the value builds on the newest
             # value among them, so this Accept is phase 2 of a complete Paxos round.
             assert len(lead.promised) >= self.quorum, "leader Accept without a majority's promise"
+            assert lead.base < lead.held, "a value built on a ballot at or above its own"
             accept = Accept(
                 forward.op_id, lead.key, *_ballot(lead.held), forward.value, origin, True
             )
             lead.phase = "accept"
+            self._leading[lead.key] = None
             lead.accept = accept
             lead.origin = origin
             lead.accepts = set()
@@ -786,6 +791,7 @@ class Replica:
         self._max_round += 1
         lead.held = Ballot(self._max_round, self.node)
         lead.phase = "prepare"
+        self._leading[lead.key] = None
         lead.prepare_id = self._rng(16)
         lead.promised = set()
         lead.promises = {}
@@ -813,6 +819,7 @@ class Replica:
         lead.promises = {}
         lead.since = now
         lead.phase = "ready"
+        self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
 
     def _lead_on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
@@ -841,6 +848,7 @@ class Replica:
         lead.since = now
         lead.accept = None
         lead.phase = "ready"
+        self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
 
     def _drop_lead(self, lead: _Lead, now: float) -> list[Effect]:
@@ -850,6 +858,7 @@ class Replica:
         waiting = [(lead.origin, lead.accept.op_id)] if lead.accept is not None else []
         waiting += [(origin, forward.op_id) for origin, forward in lead.queue]
         del self._leads[lead.key]
+        self._leading.pop(lead.key, None)
         effects: list[Effect] = []
         for origin, op_id in waiting:
             answer = ForwardAnswer(op_id, lead.key, False, 0, 0, b"")

@@ -50,7 +50,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  stats: {result.stats}")
         return 1 if result.violation is not None else 0
     started = time.monotonic()
-    chunk = 50
+    chunk = 50  # a progress line every 100 seeds
     ranges = [
         (s, min(s + chunk, args.start + args.seeds), config)
         for s in range(args.start, args.start + args.seeds, chunk)
@@ -63,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             failures += found
             for seed, violation in found:
                 print(f"seed {seed}: {violation}", flush=True)
-            if done % 1000 == 0:
+            if done % 100 == 0:
                 print(f"... {done} seeds, {time.monotonic() - started:.0f}s", flush=True)
     elapsed = time.monotonic() - started
     print(
