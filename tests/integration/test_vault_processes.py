@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,6 +35,7 @@ from backupvault.client.errors import (
 )
 from backupvault.crypto import opaque, recovery
 from backupvault.crypto.seal import ResponseKey
+from backupvault.fleet.replica import Timing
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription
 from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, Op, decode_response
@@ -148,7 +150,11 @@ def test_two_nodes_down_still_works_three_down_fails_closed(vault: Vault, tmp_pa
     assert before.guesses_remaining == 9
 
     deployment.stop_process("node2", signal.SIGKILL)
-    # A wrong guess now must neither be evaluated nor counted: the fleet refuses.
+    # Once the majority has been gone longer than the leader's lease, a wrong guess must
+    # be neither evaluated nor counted: the fleet refuses before writing anything
+    # (docs/fleet.md, "Fail closed"). Within the lease a change may be accepted on a
+    # minority and carried forward later: counted, never evaluated.
+    time.sleep(2 * Timing().leader_lease)
     with pytest.raises(FleetUnavailable):
         client.recover("another wrong password")
     config = vault.client_config(tmp_path / "client.toml", "outage-user", "outage-entry")
