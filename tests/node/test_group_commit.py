@@ -14,18 +14,20 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.node.service import NodeService, join_frame, split_frame
 from backupvault.node.store import NodeStore
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+NODE_KEY = NodeKey(0, NodePrivateKey.generate(Kem.X25519))
 ACCOUNTS = TokenVerifier(
     Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
 )
@@ -56,7 +58,9 @@ class SlowStore(NodeStore):
 def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[str, bytes]]]:
     store = SlowStore(tmp_path / "store.sqlite")
     urls = {i: f"http://node{i}" for i in range(3)}
-    service = NodeService(0, urls, VaultFirmware(SECRETS, os.urandom, ACCOUNTS), _channel(0), store)
+    service = NodeService(
+        0, urls, VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS), _channel(0), store
+    )
     posted: list[tuple[str, bytes]] = []
 
     async def post(url: str, frame: bytes) -> None:

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
-from backupvault.crypto.seal import FleetPrivateKey, ResponseKey, open_request
+from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, MAX_GUESS_LIMIT, EntryId, EntryState
 from backupvault.hsm.tickets import (
@@ -61,18 +61,28 @@ WRAPPED_ROOT_KEY_LEN = 12 + 32 + 16  # nonce || AES-256-GCM(root key)
 
 @dataclass(frozen=True, repr=False)
 class FleetSecrets(Message):
-    """What every node of a fleet shares, made once at the key ceremony."""
+    """What every node of a fleet still shares, made once at the key ceremony: the
+    single-seed OPAQUE flow's keys (docs/threshold.md replaces them with per-entry
+    shares). There is no fleet-wide HPKE key: each node has its own (`NodeKey`)."""
 
-    TAG = 70
+    TAG = 71
     fleet_id: bytes
     oprf_seed: bytes = field(repr=False)
     server_private_key: bytes = field(repr=False)
     server_public_key: bytes
-    hpke_private_key: bytes = field(repr=False)
     ticket_key: bytes = field(repr=False)
 
     def __repr__(self) -> str:
         return f"FleetSecrets(fleet_id={self.fleet_id!r})"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """This node's own slot and HPKE private key (made by the node, sealed by its token):
+    only requests sealed to this node open here."""
+
+    index: int
+    hpke: NodePrivateKey
 
 
 @dataclass(frozen=True)
@@ -107,6 +117,7 @@ class VaultFirmware:
     def __init__(
         self,
         secrets: FleetSecrets,
+        node_key: NodeKey,
         rng: Callable[[int], bytes],
         accounts: TokenVerifier,
         *,
@@ -120,7 +131,7 @@ class VaultFirmware:
         #: The fleet's measured guess limit (its deployment record): an entry may ask for
         #: fewer guesses, never more.
         self.guess_limit = guess_limit
-        self._hpke_key = FleetPrivateKey.from_bytes(secrets.hpke_private_key)
+        self._node_key = node_key
         self._setup = opaque.ServerSetup(
             oprf_seed=secrets.oprf_seed,
             server_private_key=secrets.server_private_key,
@@ -140,10 +151,13 @@ class VaultFirmware:
         the seal carries the account's fleet token, which the relay never sees: the
         request goes ahead only if that token verifies, names `account`, and the sealed
         names match the relay's (so a relay can neither act for an account on its own
-        nor point one account's request at another's entry)."""
+        nor point one account's request at another's entry). Only a request sealed to this
+        node's own key, for this node's index, opens."""
         if not (is_valid_name(account) and is_valid_name(entry)):
             raise InvalidInput("account and entry must be valid names")
-        body, response_key = open_request(self._hpke_key, self.fleet_id, str(op), sealed)
+        body, response_key = open_request(
+            self._node_key.hpke, self.fleet_id, self._node_key.index, str(op), sealed
+        )
         authorized = AuthorizedRequest.from_bytes(body)
         try:
             token_account = self._accounts.verify(authorized.fleet_token, now=now)

@@ -25,11 +25,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
-from backupvault.crypto.seal import Kem
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.protocol import (
     REQUEST_TYPES,
@@ -173,7 +173,14 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
 @lru_cache(maxsize=1)
 def fleet_secrets() -> FleetSecrets:
     """Made once per process: nothing in a run's control flow depends on their bytes."""
-    return make_fleet_secrets(b"sim-fleet", os.urandom, Kem.X25519)
+    return make_fleet_secrets(b"sim-fleet", os.urandom)
+
+
+@lru_cache(maxsize=16)
+def node_key(index: int) -> NodeKey:
+    """Each node's own HPKE key; requests reach the sim's firmware already opened, so only
+    that every node has its own matters."""
+    return NodeKey(index, NodePrivateKey.generate(Kem.X25519))
 
 
 @dataclass
@@ -279,7 +286,7 @@ class Simulation:
         fw_rng = random.Random(self.rng.getrandbits(64))
         node = _Node(
             i,
-            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts),
+            VaultFirmware(self.secrets, node_key(i), fw_rng.randbytes, self.accounts),
             random.Random(self.rng.getrandbits(64)),
         )
         original = node.firmware._evaluate
