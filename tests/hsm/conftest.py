@@ -48,7 +48,10 @@ class InProcessFleet:
             for i in range(n)
         }
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
-        self.replicas = {i: Replica(i, range(n), self.rand.randbytes) for i in range(n)}
+        self.replicas = {
+            i: Replica(i, range(n), self.rand.randbytes, check_value=self.firmware[i].check_value)
+            for i in range(n)
+        }
         self.down: set[int] = set()
         self.queue: deque[tuple[int, int, bytes]] = deque()
         self.results: dict[bytes, Committed | Failed] = {}
@@ -96,7 +99,11 @@ class InProcessFleet:
         if wipe:
             self.disk[node] = {}
         self.replicas[node] = Replica(
-            node, self.replicas.keys(), self.rand.randbytes, self.disk[node].values()
+            node,
+            self.replicas.keys(),
+            self.rand.randbytes,
+            self.disk[node].values(),
+            check_value=self.firmware[node].check_value,
         )
         self._run(node, self.replicas[node].start(self.now))
         self._settle()

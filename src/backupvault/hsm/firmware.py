@@ -57,6 +57,7 @@ from backupvault.protocol import (
 from backupvault.tokens import TokenRejected, TokenVerifier, fleet_audience
 
 WRAPPED_ROOT_KEY_LEN = 12 + 32 + 16  # nonce || AES-256-GCM(root key)
+RECORD_LEN = 192  # RFC 9807 RegistrationRecord
 
 
 @dataclass(frozen=True, repr=False)
@@ -176,6 +177,42 @@ class VaultFirmware:
                 "the sealed account/entry or the fleet token differ from the relay's",
             )
         return request, response_key
+
+    # ---- what an acceptor checks itself -----------------------------------------------
+
+    def check_value(self, key: bytes, payload: bytes) -> str | None:
+        """Why this node, as an acceptor, refuses a proposed entry state, or None. Only what
+        one value shows on its own: every honest proposer's value passes, a hostile node's
+        forged one (a guess limit above the fleet's, more guesses used than allowed, a
+        tombstone still holding a key, a malformed record) is not accepted here, so it
+        cannot reach a majority of honest nodes. What needs the previous value or the
+        owner's signature comes with the threshold protocol (docs/threshold.md)."""
+        try:
+            EntryId.from_bytes(key)
+            state = EntryState.from_bytes(payload)
+            status = EntryStatus(state.status)
+        except (InvalidInput, ValueError):
+            return "not an entry state"
+        if not 1 <= state.guess_limit <= MAX_GUESS_LIMIT:
+            return "guess limit out of range"
+        if state.attempts_used > state.guess_limit:
+            return "more guesses used than the limit"
+        if state.success_seq > state.attempt_seq:
+            return "a success for an attempt never made"
+        if status is EntryStatus.LIVE:
+            if state.guess_limit > self.guess_limit:
+                return "guess limit above the fleet's"
+            if len(state.record) != RECORD_LEN or len(state.wrapped_root_key) != (
+                WRAPPED_ROOT_KEY_LEN
+            ):
+                return "a live entry without a well-formed record and wrapped key"
+            try:
+                ksf.Argon2idParams.from_bytes(state.ksf_params)
+            except InvalidInput:
+                return "a live entry with malformed KSF parameters"
+        elif state.record or state.wrapped_root_key or state.registration_nonce:
+            return "an empty or destroyed entry still holding a key"
+        return None
 
     # ---- operations ------------------------------------------------------------------
 

@@ -83,7 +83,9 @@ class NodeService:
         self._wall_clock = wall_clock
         self._record_counter = record_counter
         self._intact = intact
-        self.replica = Replica(node, peer_urls, os.urandom, store.load(), timing)
+        self.replica = Replica(
+            node, peer_urls, os.urandom, store.load(), timing, check_value=firmware.check_value
+        )
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._http: httpx.AsyncClient | None = None
         self._ticker: asyncio.Task[None] | None = None

@@ -482,7 +482,13 @@ class Simulation:
             return
         n.incarnation += 1
         rng = random.Random(n.rng.getrandbits(64))
-        n.replica = Replica(n.index, range(self.plan.nodes), rng.randbytes, n.disk.values())
+        n.replica = Replica(
+            n.index,
+            range(self.plan.nodes),
+            rng.randbytes,
+            n.disk.values(),
+            check_value=n.firmware.check_value,
+        )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
 
