@@ -22,6 +22,7 @@ MODULES = [
     "stream_throughput",
     "opaque_server",
     "vault_e2e",
+    "fleet_rounds",
     "threshold_oprf",
     "fill",
     "backup_vs_restic",

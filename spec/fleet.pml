@@ -23,6 +23,14 @@
  *   ROLLBACK_SIMPLE         restart only from the current disk or the oldest copy
  *                           (a smaller state space).
  *   NO_CRASH                no crash at all.
+ *   LEADER                  the stable-leader path: every Accept also promises the
+ *                           proposer's next ballot (round + 1) in the same write, and a
+ *                           proposer that saw a majority accept keeps that promise and
+ *                           sends its next change as an Accept at once (one round trip);
+ *                           both proposers may lead at the same time.
+ *   BUG_LEADER_NO_PROMISE   mutant (with LEADER): a leader sends its one-round Accept at
+ *                           a fresh ballot on its own acceptor's value, without holding a
+ *                           majority's promise (the promise check skipped).
  *   L, MAXR, OPS            the bound: guess limit (1..3), rounds, client requests.
  */
 
@@ -90,6 +98,8 @@ short accval[NB];
 
 /* ---- proposers at nodes 0 and 1, one request at a time each ---- */
 byte ph[2];
+byte held[2];  /* LEADER: a ballot a majority promised this proposer (0: none) ... */
+short heldv[2]; /* ... and the newest value among those acceptors */
 byte pb[2];    /* current ballot */
 byte op[2];
 byte tk[2];    /* ticket's attempt_seq for recover-finish */
@@ -228,7 +238,15 @@ inline change(p, cur, nv, out) {
 /* Acceptor a accepts ballot b (persisted), with the ghost bookkeeping. */
 inline accept_at(a, b) {
 	printf("node %d accepts ballot (%d,%d)\n", a, BROUND(b), BNODE(b));
+#ifdef LEADER
+	/* pipelined: the same write promises (round + 1, node), within the bound */
+	if
+	:: BROUND(b) < MAXR -> prom[a] = b + 2
+	:: else -> prom[a] = b
+	fi;
+#else
 	prom[a] = b;
+#endif
 	accb[a] = b;
 	val[a] = accval[b]
 }
@@ -267,6 +285,14 @@ inline on_promise_majority(p, a, b) {
 /* Proposer p learns that its ballot is committed and acts on the outcome. */
 inline on_commit(p, b) {
 	committed(b, accval[b]);
+#ifdef LEADER
+	/* Its own acceptor and the other one accepted b, and so promised b + 2 with accval[b]
+	 * as their newest value: phase 1 of ballot b + 2, done. */
+	if
+	:: BROUND(b) < MAXR -> held[p] = b + 2; heldv[p] = accval[b]
+	:: else -> held[p] = 0; heldv[p] = 0
+	fi;
+#endif
 #ifndef BUG_EVAL_BEFORE_COMMIT
 	if
 	:: outc[p] == O_EVAL -> evaluate(ASEQ(accval[b]))
@@ -322,8 +348,52 @@ inline on_commit(p, b) {
 #define ROUND(p, r) \
 	:: d_step { ph[p] != IDLE && ready[p] && r > BROUND(prom[p]) -> \
 		printf("node %d prepares (%d,%d)\n", p, r, p); \
+		held[p] = 0; heldv[p] = 0; \
 		pb[p] = 2 * r + p; prep_sent = prep_sent | BIT(2 * r + p); \
 		prom[p] = 2 * r + p; bestb[p] = accb[p]; bestv[p] = val[p]; ph[p] = PREPARE }
+
+byte lb_;
+short lv_;
+
+/* LEADER: proposer p holds a majority's promise of ballot held[p] (from its last commit)
+ * and sends its waiting change as an Accept at once, built on heldv[p]: one round trip.
+ * (A change taken at another node and forwarded is the same step: the leader accepts it
+ * only if it was built on heldv[p], else the asking node applies it again to heldv[p].) */
+inline lead_accept(p, b, base) {
+	change(p, base, nv_, out_);
+	outc[p] = out_;
+	printf("node %d leads: Accept (%d,%d) at once, new value [dead %d used %d aseq %d sseq %d], outcome %d\n",
+		p, BROUND(b), p, DEAD(nv_), USED(nv_), ASEQ(nv_), SSEQ(nv_), out_);
+	assert(!(acc_sent & BIT(b)) || accval[b] == nv_); /* a ballot carries one value */
+	acc_sent = acc_sent | BIT(b);
+	accval[b] = nv_;
+	pb[p] = b;
+	held[p] = 0;
+	heldv[p] = 0;
+	if
+	:: b >= prom[p] -> accept_at(p, b); ph[p] = ACCEPT
+	:: else -> ph[p] = WAITING /* own acceptor promised higher: back off */
+	fi;
+	nv_ = 0;
+	out_ = 0
+}
+
+#ifdef LEADER
+#define LEAD(p) \
+	:: d_step { ph[p] == WAITING && ready[p] && held[p] != 0 -> \
+		lb_ = held[p]; lv_ = heldv[p]; lead_accept(p, lb_, lv_); lb_ = 0; lv_ = 0 }
+#else
+#define LEAD(p)
+#endif
+
+#ifdef BUG_LEADER_NO_PROMISE
+/* The mutant: a fresh ballot above its own promise, its own acceptor's value, no phase 1. */
+#define LEAD_BAD(p, r) \
+	:: d_step { ph[p] == WAITING && ready[p] && r > BROUND(prom[p]) -> \
+		lead_accept(p, 2 * r + p, val[p]) }
+#else
+#define LEAD_BAD(p, r)
+#endif
 
 /* A client sends a request to node p: KE1, or KE3 (correct or wrong) with ticket t. */
 #define FINISH(p, t) \
@@ -358,7 +428,7 @@ inline restart() {
 	snap_prom = 0; snap_accb = 0; snap_val = 0;
 	if
 	:: cn < 2 -> ph[cn] = IDLE; op[cn] = 0; tk[cn] = 0; outc[cn] = 0;
-		bestb[cn] = 0; bestv[cn] = 0; pb[cn] = 0
+		bestb[cn] = 0; bestv[cn] = 0; pb[cn] = 0; held[cn] = 0; heldv[cn] = 0
 	:: else -> skip
 	fi;
 #ifdef BUG_NO_CATCHUP
@@ -418,6 +488,8 @@ end:
 	do
 	CLIENT(0)
 	CLIENT(1)
+	LEAD(0) LEAD(1)
+	LEAD_BAD(0, 1) LEAD_BAD(1, 1) LEAD_BAD(0, 2) LEAD_BAD(1, 2)
 	ROUND(0, 1) ROUND(1, 1) DELIVER(2) DELIVER(3)
 	ROUND(0, 2) ROUND(1, 2) DELIVER(4) DELIVER(5)
 #if MAXR >= 3

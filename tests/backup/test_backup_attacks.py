@@ -10,8 +10,9 @@ import pytest
 from conftest import SMALL_CHUNK, make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from single_blob import create_backup
 
-from backupvault.backup import BackupNotFound, create_backup, restore_backup
+from backupvault.backup import BackupNotFound, restore_backup
 from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
 from backupvault.crypto.stream import TAG_LEN
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput

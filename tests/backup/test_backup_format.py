@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given
 from hypothesis import strategies as st
+from single_blob import seal_header
 
 from backupvault.backup.format import (
     HEADER_LEN,
@@ -21,7 +22,6 @@ from backupvault.backup.format import (
     WRAP_AAD_LEN,
     BackupHeader,
     open_header,
-    seal_header,
 )
 from backupvault.errors import AuthenticationFailed, InvalidInput
 

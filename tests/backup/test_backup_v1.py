@@ -8,10 +8,11 @@ import shutil
 from pathlib import Path
 
 import pytest
+from single_blob import create_backup
 from v1_fixture import BACKUP_ID, OBJECT, ROOT_KEY, check_restored
 
-from backupvault.backup import create_backup, list_backups, restore_backup
 from backupvault.backup import format as fmt
+from backupvault.backup import list_backups, restore_backup
 from backupvault.backup.errors import NoSpace
 from backupvault.backup.safe import Limits, check_space
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey

@@ -7,8 +7,9 @@ import os
 from pathlib import Path
 
 import pytest
+from single_blob import create_backup
 
-from backupvault.backup import create_backup, restore_backup
+from backupvault.backup import restore_backup
 
 AWKWARD_NS = [
     1_795_450_180_729_570_500,  # the case that once restored as ...571

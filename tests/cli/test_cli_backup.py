@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import filecmp
+import importlib.util
 import json
 import os
 import shutil
@@ -12,8 +13,27 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import ModuleType
 
 import pytest
+
+SINGLE_BLOB = Path(__file__).parents[1] / "backup" / "single_blob.py"
+
+
+def _single_blob() -> ModuleType:
+    """The test-only single-blob writer (tests/backup/single_blob.py), loaded by path."""
+    if "single_blob" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("single_blob", SINGLE_BLOB)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["single_blob"] = module
+        spec.loader.exec_module(module)
+    return sys.modules["single_blob"]
+
+
+single_blob = _single_blob()
+create_backup = single_blob.create_backup
+KEY_RECOVERY_CODE = single_blob.KEY_RECOVERY_CODE
 
 
 def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -28,15 +48,8 @@ def run(*args: str, stdin: str = "", cwd: Path | None = None) -> subprocess.Comp
     )
 
 
-@pytest.fixture(autouse=True)
-def device_state(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """What the CLI remembers per device goes to the test's folder, not the home folder."""
-    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "device-state"))
-
-
 def single_blob_backup(source: Path, storage: Path) -> tuple[str, str]:
     """A backup in the format `backup create` wrote before repositories: (id, its code)."""
-    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
     from backupvault.crypto import recovery
 
     key = recovery.new_root_key()
@@ -207,7 +220,6 @@ def _rename(storage: Path, backup_id: str, when: str) -> None:
 
 
 def test_latest_comes_from_the_authenticated_header_not_the_name(tmp_path: Path) -> None:
-    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
     from backupvault.crypto import recovery
 
     root_key = recovery.new_root_key()
@@ -361,7 +373,7 @@ def test_skipped_items_are_readable_text(tmp_path: Path, source: Path) -> None:
     )
 
 
-def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_removes(
+def test_a_killed_backup_leaves_a_partial_that_list_reports_and_prune_removes(
     tmp_path: Path,
 ) -> None:
     source = tmp_path / "big"
@@ -370,15 +382,14 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_r
         sparse.truncate(40 << 30)  # 40 GiB of holes: reading it takes long, storing it little
     storage = tmp_path / "storage"
     storage.mkdir()
-    # Single-blob backups (the format before repositories) through the API.
-    from backupvault.backup import KEY_RECOVERY_CODE, create_backup
-
+    # A single-blob backup (the format before repositories), as older versions wrote it.
     make = (
-        "import sys\nfrom backupvault.backup import KEY_RECOVERY_CODE, create_backup\n"
+        "import sys\nsys.path.insert(0, sys.argv[3])\n"
+        "from single_blob import KEY_RECOVERY_CODE, create_backup\n"
         "create_backup(sys.argv[1], sys.argv[2], bytes(32), key_kind=KEY_RECOVERY_CODE)\n"
     )
     victim = subprocess.Popen(
-        [sys.executable, "-c", make, str(source), str(storage)],
+        [sys.executable, "-c", make, str(source), str(storage), str(SINGLE_BLOB.parent)],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
@@ -401,19 +412,22 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_a_later_backup_r
     data = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
     assert [p["name"] for p in data["partials"]] == [partial.name]
 
-    # A fresh partial may be another device's backup in progress: kept.
-    fresh = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
-    assert fresh.removed_partials == [] and partial.exists()
-
-    # The same leftover, two days later (its name carries its backup's start time).
-    stamp = partial.name[len(".backup-") : len(".backup-") + 23]
-    aged = partial.with_name(partial.name.replace(stamp, "20000101T000000.000000Z"))
-    partial.rename(aged)
-    later = create_backup(source, str(storage), bytes(32), key_kind=KEY_RECOVERY_CODE)
-    assert later.removed_partials == [aged.name]
-    assert not aged.exists()
-    data = json.loads(run("--json", "backup", "list", "--storage", str(storage)).stdout)
-    assert data["partials"] == [] and len(data["backups"]) == 2
+    # prune removes it, but not while it may be another device's backup in progress.
+    made = run("--json", "backup", "create", str(source), "--storage", str(storage),
+               "--recovery-code")  # fmt: skip
+    code = json.loads(made.stdout)["recovery_code"]
+    prune = ("--json", "backup", "prune", "--storage", str(storage), "--recovery-code", "-")
+    fresh = json.loads(run(*prune, stdin=code).stdout)
+    assert fresh["temporaries_removed"] == 0 and partial.exists()
+    two_days_ago = time.time() - 2 * 86400
+    os.utime(partial, (two_days_ago, two_days_ago))
+    later = json.loads(run(*prune, stdin=code).stdout)
+    assert later["temporaries_removed"] == 1 and not partial.exists()
+    data = json.loads(
+        run("--json", "backup", "list", "--storage", str(storage), "--recovery-code", "-",
+            stdin=code).stdout
+    )  # fmt: skip
+    assert data["partials"] == [] and data["backups"] == [] and len(data["snapshots"]) == 1
 
 
 def _on_small_disk(tmp_path: Path, size: str, command: list[str], stdin: str = "") -> str:
@@ -539,7 +553,6 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
 
 def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:
     """Backups made before the repository format, beside a repository in the same storage."""
-    from backupvault.backup import create_backup
     from backupvault.crypto import recovery
 
     storage = tmp_path / "storage"
@@ -573,3 +586,66 @@ def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path
     )  # fmt: skip
     assert only_old.returncode == 0, only_old.stderr
     assert old2.backup_id in only_old.stdout
+
+
+def test_cli_runs_keep_device_state_out_of_the_home_folder(
+    tmp_path: Path, source: Path, device_state: Path
+) -> None:
+    """The suite's autouse fixture points $BACKUPVAULT_STATE_DIR at the test's folder, so a
+    test's backups write nothing under $HOME; without it they would (the second run)."""
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {k: v for k, v in os.environ.items() if k != "XDG_STATE_HOME"}
+    env["HOME"] = str(home)
+    storage = tmp_path / "storage"
+
+    def cli(*args: str, stdin: str = "", environment: dict[str, str] = env) -> dict[str, object]:
+        done = subprocess.run(
+            [sys.executable, "-m", "backupvault", "--json", *args],
+            input=stdin, capture_output=True, text=True, timeout=120, check=True, env=environment,
+        )  # fmt: skip
+        result: dict[str, object] = json.loads(done.stdout)
+        return result
+
+    code = str(
+        cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code")[
+            "recovery_code"
+        ]
+    )
+    cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code", stdin=code)
+    cli("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    cli("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+        "--recovery-code", "-", stdin=code)  # fmt: skip
+    assert list(home.iterdir()) == []
+    assert [p.name.startswith("repo-") for p in device_state.iterdir()] == [True]
+
+    unset = {k: v for k, v in env.items() if k != "BACKUPVAULT_STATE_DIR"}
+    cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=code, environment=unset)  # fmt: skip
+    assert len(list((home / ".local" / "state" / "backupvault").iterdir())) == 1
+
+
+def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> None:
+    """Text and JSON say which kind of key made each snapshot; one made before snapshots
+    recorded it (its summary ends after the host name) lists as "unknown"."""
+    from backupvault.backup.repo import create_snapshot, snapshots
+    from backupvault.crypto import recovery
+
+    storage = tmp_path / "storage"
+    made = run("--json", "backup", "create", str(source), "--storage", str(storage),
+               "--recovery-code")  # fmt: skip
+    code = json.loads(made.stdout)["recovery_code"]
+    new_encode = snapshots.Summary.encode
+    old_encode = lambda summary: new_encode(summary)[:-1]  # noqa: E731 (the old writer)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(snapshots.Summary, "encode", old_encode)
+        create_snapshot(source, str(storage), recovery.decode(code), force_read=True)
+    listed = run("--json", "backup", "list", "--storage", str(storage), "--recovery-code", "-",
+                 stdin=code)  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
+    keys = [s["key"] for s in json.loads(listed.stdout)["snapshots"]]
+    assert keys == ["recovery code", "unknown"]
+    text = run("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    header, first, second = text.stdout.splitlines()[1:4]
+    assert header.split()[-2:] == ["KEY", "SOURCE"]
+    assert f"  recovery code  {source}" in first and f"  unknown        {source}" in second

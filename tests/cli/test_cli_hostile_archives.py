@@ -1,7 +1,8 @@
 """Hostile archives inside authentic backups (issue 8, item 3).
 
 Each archive is built here with `tarfile` (which writes whatever it is told), sealed as a
-real backup under a real root key with the project's own writer (`seal_backup`), and
+real backup under a real root key with the single-blob writer (`seal_backup` in
+tests/backup/single_blob.py, byte for byte what older versions wrote), and
 restored with the real console script. The restore must refuse it (or, for links that lead
 out, skip them), write nothing outside `--to` (a fake ~/.bashrc in a temporary HOME is the
 sentinel), leave `--to` untouched, and say what was wrong.
@@ -20,9 +21,9 @@ from pathlib import Path
 
 import pytest
 import zstandard
+from test_cli_backup import single_blob
 
-from backupvault.backup import KEY_RECOVERY_CODE, seal_backup
-from backupvault.backup.archive import ArchiveStats, SourceTotals, Writable
+from backupvault.backup.archive import ArchiveStats
 from backupvault.crypto import recovery
 
 BASHRC = b"# the user's real shell settings\n"
@@ -90,7 +91,7 @@ class World:
         """A real backup holding the archive `build` writes; returns its recovery code."""
         root_key = recovery.new_root_key()
 
-        def write(out: Writable) -> ArchiveStats:
+        def write(out: single_blob.Writable) -> ArchiveStats:
             compressor = zstandard.ZstdCompressor().stream_writer(
                 out,  # type: ignore[arg-type]
                 closefd=False,
@@ -100,12 +101,12 @@ class World:
             compressor.flush(zstandard.FLUSH_FRAME)
             return ArchiveStats()
 
-        seal_backup(
+        single_blob.seal_backup(
             str(self.storage),
             root_key,
             write,
-            key_kind=KEY_RECOVERY_CODE,
-            bounds=SourceTotals(entries, content_bytes),
+            key_kind=single_blob.KEY_RECOVERY_CODE,
+            bounds=single_blob.SourceTotals(entries, content_bytes),
         )
         return recovery.encode(root_key)
 

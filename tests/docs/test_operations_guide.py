@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
-PORTS = 5  # 3 nodes, the witness, the relay
+PORTS = 8  # 3 nodes, the witness, the relay, 3 node peer listeners
 
 
 def sh_blocks(markdown: str) -> list[str]:

@@ -158,3 +158,27 @@ def test_sync_requests_are_rate_limited_per_peer() -> None:
     receiver.open(from_0.seal(1, MESSAGE), PEER_MESSAGES)  # other messages are not limited
     clock.now += 2.0  # one token back
     receiver.open(from_0.seal(1, sync), PEER_MESSAGES)
+
+
+def test_a_stream_hello_proves_its_sender_once_and_never_passes_for_a_message() -> None:
+    clock = Clock()
+    sender, receiver = channel(0, clock=clock), channel(1, clock=clock)
+    hello = sender.hello(1)
+    assert receiver.open_hello(hello) == 0
+    with pytest.raises(AuthenticationFailed, match="replay"):
+        receiver.open_hello(hello)
+    with pytest.raises(AuthenticationFailed):  # the same key, another label: no message
+        receiver.open(sender.hello(1), PEER_MESSAGES)
+    empty = bytearray(sender.seal(1, MESSAGE))
+    with pytest.raises(InvalidInput):  # a message is never a hello's size
+        receiver.open_hello(bytes(empty))
+    with pytest.raises(AuthenticationFailed):  # nor opens as one when cut to that size
+        receiver.open_hello(bytes(empty[: len(hello)]))
+    with pytest.raises(AuthenticationFailed):  # for another node
+        channel(2, clock=clock).open_hello(sender.hello(1))
+    with pytest.raises(AuthenticationFailed):  # another epoch
+        channel(1, epoch=2, clock=clock).open_hello(sender.hello(1))
+    old = sender.hello(1)
+    clock.now += WINDOW + 1
+    with pytest.raises(AuthenticationFailed, match="window"):
+        receiver.open_hello(old)

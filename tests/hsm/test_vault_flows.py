@@ -13,6 +13,7 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
+from backupvault.fleet.replica import DEFAULT_TIMING
 from backupvault.hsm.state import EntryId
 from backupvault.protocol import EntryStatus
 
@@ -93,6 +94,9 @@ def test_minority_down_works_majority_down_fails_closed(fleet: InProcessFleet) -
     fleet.crash(4)
     assert client.recover("pw").root_key == ROOT_KEY
     fleet.crash(2)
+    # Down for longer than the leader's lease: the leader then runs a Prepare first, which
+    # gets no majority, so nothing is written (docs/fleet.md, "Fail closed").
+    fleet.now += 2 * DEFAULT_TIMING.leader_lease
     before = fleet.evaluations
     with pytest.raises(FleetUnavailable):
         client.recover("pw")

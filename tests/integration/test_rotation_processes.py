@@ -12,11 +12,12 @@ import sys
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
+from types import ModuleType
 
 import httpx
 import pytest
 
-from backupvault.backup import create_backup, restore_backup
+from backupvault.backup import restore_backup
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import FleetNotTrusted
 from backupvault.crypto import recovery
@@ -55,7 +56,7 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]
 
 
 def test_ota_client_migrates_its_entry_across_a_rotation(
-    local: LocalDeployment, tmp_path: Path
+    local: LocalDeployment, tmp_path: Path, single_blob: ModuleType
 ) -> None:
     config_path = tmp_path / "client-ota.toml"
     data = tomllib.loads((local.root / "client-ota.toml").read_text())
@@ -71,7 +72,7 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "chat.txt").write_text("before the rotation\n")
     storage = str(tmp_path / "cloud")
-    info = create_backup(tmp_path / "data", storage, root_key)
+    info = single_blob.create_backup(tmp_path / "data", storage, root_key)
     old_bundle = (local.root / "bundle.bin").read_bytes()
 
     # The operator rotates: new nodes, new keys, epoch 2, logged by the witness.

@@ -16,13 +16,13 @@ import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import httpx
 import pytest
 
-from backupvault.backup import create_backup, restore_backup
-from backupvault.backup import format as backup_format
+from backupvault.backup import restore_backup
 from backupvault.client import vault as vault_module
 from backupvault.client.errors import (
     Destroyed,
@@ -99,12 +99,14 @@ class Evaluations:
 # ---- 1. round trips, node failures ------------------------------------------------------
 
 
-def test_round_trip_through_relay_is_byte_identical(vault: Vault, tmp_path: Path) -> None:
+def test_round_trip_through_relay_is_byte_identical(
+    vault: Vault, tmp_path: Path, single_blob: ModuleType
+) -> None:
     source = make_tree(tmp_path / "phone")
     storage = str(tmp_path / "cloud")
     root_key = recovery.new_root_key()
     assert vault.client("rt-user", "rt-entry").register(PASSWORD, root_key) >= 1
-    create_backup(source, storage, root_key)
+    single_blob.create_backup(source, storage, root_key)
 
     # A new device: a fresh client with nothing but the password.
     recovered = vault.client("rt-user", "rt-entry").recover(PASSWORD)
@@ -318,7 +320,7 @@ def _forms(secret: bytes) -> list[bytes]:
 
 
 def test_no_secret_reaches_relay_logs_or_node_disks(
-    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vault: Vault, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, single_blob: ModuleType
 ) -> None:
     account, entry = "secrecy-user", "secrecy-entry"
     password = "Secrecy-Password-" + os.urandom(6).hex()
@@ -329,7 +331,7 @@ def test_no_secret_reaches_relay_logs_or_node_disks(
 
     real_reg_finish = opaque.client_registration_finish
     real_login_finish = opaque.client_login_finish
-    real_seal_header = backup_format.seal_header
+    real_seal_header = single_blob.seal_header
 
     def reg_finish(*args: Any, **kwargs: Any) -> Any:
         result = real_reg_finish(*args, **kwargs)
@@ -348,7 +350,7 @@ def test_no_secret_reaches_relay_logs_or_node_disks(
 
     monkeypatch.setattr(opaque, "client_registration_finish", reg_finish)
     monkeypatch.setattr(opaque, "client_login_finish", login_finish)
-    monkeypatch.setattr(backup_format, "seal_header", seal_header)
+    monkeypatch.setattr(single_blob, "seal_header", seal_header)
 
     wire = RecordingTransport()
     http = httpx.Client(transport=wire)
@@ -356,7 +358,7 @@ def test_no_secret_reaches_relay_logs_or_node_disks(
     storage = tmp_path / "cloud"
     root_key = recovery.new_root_key()
     vault.client(account, entry, http=http).register(password, root_key)
-    create_backup(source, str(storage), root_key)
+    single_blob.create_backup(source, str(storage), root_key)
     with pytest.raises(WrongPassword):
         vault.client(account, entry, http=http).recover(wrong_password)
     recovered = vault.client(account, entry, http=http).recover(password).root_key

@@ -21,7 +21,8 @@ from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.node.service import NodeService, join_frame, split_frame
+from backupvault.node.peers import join_frame, split_frame
+from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
@@ -55,24 +56,23 @@ class SlowStore(NodeStore):
         self.saved.append([r.key for r in records])
 
 
-def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[str, bytes]]]:
+def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[int, list[bytes]]]]:
     store = SlowStore(tmp_path / "store.sqlite")
-    urls = {i: f"http://node{i}" for i in range(3)}
-    service = NodeService(
-        0, urls, VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS), _channel(0), store
-    )
-    posted: list[tuple[str, bytes]] = []
+    addresses = {i: ("127.0.0.1", 1) for i in range(3)}
+    firmware = VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS)
+    service = NodeService(0, addresses, firmware, _channel(0), store)
+    posted: list[tuple[int, list[bytes]]] = []
 
-    async def post(url: str, frame: bytes) -> None:
-        posted.append((url, frame))
+    def send_frame(to: int, envelopes: list[bytes]) -> None:
+        posted.append((to, envelopes))
 
-    service._post = post  # type: ignore[method-assign]
+    service._send_frame = send_frame  # type: ignore[method-assign]
     return service, store, posted
 
 
-def _opened(frame: bytes, at: int) -> list[bytes]:
+def _opened(envelopes: list[bytes], at: int) -> list[bytes]:
     channel = _channel(at)
-    return [channel.open(e, PEER_MESSAGES)[1].op_id for e in split_frame(frame)]  # type: ignore[attr-defined]
+    return [channel.open(e, PEER_MESSAGES)[1].op_id for e in envelopes]  # type: ignore[attr-defined]
 
 
 async def _turns(n: int = 5) -> None:
@@ -125,9 +125,9 @@ def test_messages_for_a_peer_in_one_turn_leave_as_one_frame(tmp_path: Path) -> N
         for i in range(5):
             service._execute([Send(1, NotReady(bytes([i]))), Send(2, NotReady(bytes([i])))])
         await _turns()
-        frames = {url: _opened(frame, int(url[-1])) for url, frame in posted}
+        frames = {to: _opened(envelopes, to) for to, envelopes in posted}
         assert len(posted) == 2
-        assert frames == {f"http://node{n}": [bytes([i]) for i in range(5)] for n in (1, 2)}
+        assert frames == {n: [bytes([i]) for i in range(5)] for n in (1, 2)}
 
     asyncio.run(scenario())
 

@@ -3,7 +3,9 @@ simulation catches each one."""
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -92,10 +94,27 @@ def accept_lower_ballot(monkeypatch: pytest.MonkeyPatch) -> None:
             message.node,
             True,
             *promised.__dict__.values(),
+            hashlib.sha256(message.value).digest(),
         )
         return [self._store(new, "accept")], reply
 
     monkeypatch.setattr(Replica, "_acceptor", acceptor)
+
+
+def leader_skips_base_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(e) The leader sends a forwarded value at its held ballot without checking that it
+    was built on the newest value its promises reported."""
+    original = Replica._lead_next
+
+    def lead_next(self: Replica, lead: Any, now: float) -> list[Effect]:
+        for i, (origin, forward) in enumerate(lead.queue):
+            lead.queue[i] = (
+                origin,
+                replace(forward, base_round=lead.base.round, base_node=lead.base.node),
+            )
+        return original(self, lead, now)
+
+    monkeypatch.setattr(Replica, "_lead_next", lead_next)
 
 
 BUGS = {
@@ -103,4 +122,5 @@ BUGS = {
     "accept-stale-ke3": accept_stale_ke3,
     "skip-catch-up": skip_catch_up,
     "accept-lower-ballot": accept_lower_ballot,
+    "leader-skips-base-check": leader_skips_base_check,
 }

@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from backupvault.sim import run_seed
+from backupvault.sim import SimConfig, run_seed
 from backupvault.sim.shrink import report
+
+# Each seed runs twice: leaderless, which replays exactly the run that found the bug (the
+# plan and every random draw are as they were before the leader path), and with the
+# leader path and its faults, the fleet as it runs now.
+CONFIGS = pytest.mark.parametrize(
+    "config", [SimConfig(leader=False), SimConfig()], ids=["leaderless", "leader"]
+)
 
 
 # Found by the simulation: a KE3 answering an attempt made against an earlier registration
@@ -13,8 +20,9 @@ from backupvault.sim.shrink import report
 # the attempt number survived the registration. Fixed in hsm/firmware.py (register-finish
 # retires outstanding attempts).
 @pytest.mark.parametrize("seed", [127, 1119, 1392, 1481])
-def test_regression_ke3_from_an_earlier_registration(seed: int) -> None:
-    result = run_seed(seed)
+@CONFIGS
+def test_regression_ke3_from_an_earlier_registration(seed: int, config: SimConfig) -> None:
+    result = run_seed(seed, config)
     assert result.violation is None, report(result)
 
 
@@ -24,8 +32,11 @@ def test_regression_ke3_from_an_earlier_registration(seed: int) -> None:
 # included) on disk after the partition healed. Fixed in fleet/replica.py (a refused
 # repair rewrites the value above the promise with a no-op round).
 @pytest.mark.parametrize("seed", [3459, 5452])
-def test_regression_tombstone_reaches_a_node_that_promised_higher(seed: int) -> None:
-    result = run_seed(seed)
+@CONFIGS
+def test_regression_tombstone_reaches_a_node_that_promised_higher(
+    seed: int, config: SimConfig
+) -> None:
+    result = run_seed(seed, config)
     assert result.violation is None, report(result)
 
 
@@ -35,8 +46,9 @@ def test_regression_tombstone_reaches_a_node_that_promised_higher(seed: int) -> 
 # was reported as uncommitted. The fleet was right. Fixed in the observer (replica.Persist
 # says why a record was written; only answers to an Accept count, once per node).
 @pytest.mark.parametrize("seed", [777273, 900502])
-def test_regression_catch_up_copy_then_identical_accept(seed: int) -> None:
-    result = run_seed(seed)
+@CONFIGS
+def test_regression_catch_up_copy_then_identical_accept(seed: int, config: SimConfig) -> None:
+    result = run_seed(seed, config)
     assert result.violation is None, report(result)
 
 
@@ -46,6 +58,9 @@ def test_regression_catch_up_copy_then_identical_accept(seed: int) -> None:
 # Fixed in fleet/replica.py (every ask has its own id, not-ready peers are asked again,
 # retries capped at 2 s).
 @pytest.mark.parametrize("seed", [777536, 901144, 901217])
-def test_regression_restarting_node_asks_again_until_a_majority_is_ready(seed: int) -> None:
-    result = run_seed(seed)
+@CONFIGS
+def test_regression_restarting_node_asks_again_until_a_majority_is_ready(
+    seed: int, config: SimConfig
+) -> None:
+    result = run_seed(seed, config)
     assert result.violation is None, report(result)

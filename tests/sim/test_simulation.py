@@ -65,8 +65,31 @@ def test_the_faults_happen() -> None:
         "destroyed",
         "password changed: registered",
         "delete → ok",
+        "as leader (a false timeout)",
+        "node0 crash",
     ):
         assert what in text, what
+
+
+def test_the_leader_path_is_exercised() -> None:
+    """Changes go through the leader (forwards, one-round Accepts) and, with leader
+    crashes and passed-over leaders, leaderless rounds too; each run keeps every invariant."""
+    totals = {"forwarded": 0, "one_round": 0}
+    passed_over = 0
+    for seed in range(10):
+        result = run_seed(seed)
+        assert result.violation is None, report(result)
+        for name in totals:
+            totals[name] += result.stats[name]
+        passed_over += "passes over node0" in "\n".join(result.trace)
+    assert totals["forwarded"] > 100 and totals["one_round"] > 400, totals
+    assert passed_over > 0
+
+
+@pytest.mark.parametrize("first", range(0, max(10, SEEDS // 4), 10))
+def test_leaderless_seeds_keep_every_invariant(first: int) -> None:
+    """The fallback alone (every change a CASPaxos round), on a quarter of the seeds."""
+    _check(range(first, first + 10), SimConfig(leader=False))
 
 
 def test_majority_down_is_unavailable_but_safe() -> None:
@@ -95,6 +118,7 @@ def test_majority_rolled_back_is_caught() -> None:
         ("accept-stale-ke3", 40),
         ("skip-catch-up", 200),
         ("accept-lower-ballot", 40),
+        ("leader-skips-base-check", 20),
     ],
 )
 def test_planted_bug_is_caught(

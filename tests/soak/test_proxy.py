@@ -85,3 +85,32 @@ def test_stall_delivers_the_request_but_withholds_the_answer(
         sock.settimeout(3)
         pool.set_mode([proxy], Mode.PASS)
         assert sock.recv(10) == b"LOST"  # the answer, late
+
+
+def test_delay_is_a_line_that_does_not_hold_later_chunks_longer(
+    link: tuple[ProxyPool, LinkProxy],
+) -> None:
+    """Chunks sent 0.1 s apart through 0.5 s each way each come back about 1 s after they
+    left. A proxy that held one read at a time would make a chunk that arrives during a
+    hold wait for it to end first, up to 0.5 s more each way."""
+    pool, proxy = link
+    pool.set_mode([proxy], Mode.DELAY, 0.5)
+    sent: dict[int, float] = {}
+    back: dict[int, float] = {}
+    with socket.create_connection((HOST, proxy.listen_port), timeout=10) as sock:
+
+        def receive() -> None:
+            while len(back) < 12:
+                for byte in sock.recv(64):
+                    back[byte - ord("A")] = time.monotonic()
+
+        reader = threading.Thread(target=receive)
+        reader.start()
+        for i in range(12):
+            sent[i] = time.monotonic()
+            sock.sendall(bytes([ord("a") + i]))
+            time.sleep(0.1)
+        reader.join(10)
+    round_trips = [back[i] - sent[i] for i in range(12)]
+    assert min(round_trips) >= 1.0
+    assert max(round_trips) < 1.35

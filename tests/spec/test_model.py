@@ -30,9 +30,22 @@ def test_model_verifies_exhaustively(tmp_path: Path) -> None:
     assert result.states > 100_000, result.output  # the bound is not trivially small
 
 
+def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
+    """The one-round-trip path: pipelined promises, a proposer that holds one sends its next
+    change as an Accept at once, both proposers may lead at once; crashes and rollbacks."""
+    result = run_pan(tmp_path, "LEADER")
+    assert result.errors == 0, result.output
+    assert not result.trail
+    assert "max search depth too small" not in result.output, result.output
+    assert "Full statespace search" in result.output, result.output
+    assert "bit-state" not in result.output.lower(), result.output
+    assert result.states > 100_000, result.output
+
+
 @pytest.mark.parametrize(
     "defines",
     [
+        ("LEADER", "BUG_LEADER_NO_PROMISE"),  # the leader's promise check skipped
         ("BUG_EVAL_BEFORE_COMMIT",),
         ("BUG_EVAL_BEFORE_COMMIT", "NO_DUP_CHECK"),  # the counter itself goes above L
         ("BUG_NO_CATCHUP",),
@@ -40,6 +53,7 @@ def test_model_verifies_exhaustively(tmp_path: Path) -> None:
         ("BUG_FREE_KE1", "NO_DUP_CHECK"),  # ... then more than L evaluations
     ],
     ids=[
+        "leader-without-promise",
         "eval-before-commit",
         "eval-before-commit-counter",
         "no-catch-up",

@@ -1,12 +1,13 @@
-"""The plaintext inside a backup: a POSIX (pax) tar of a file or folder, zstd-compressed.
+"""The plaintext inside a single-blob backup (read only: older versions wrote them; new
+backups are repository snapshots): a POSIX (pax) tar of a file or folder, zstd-compressed.
 
-A folder is archived as "." (the folder itself, for its mode and mtime) followed by its
+A folder was archived as "." (the folder itself, for its mode and mtime) followed by its
 contents under relative names, depth-first in sorted order; a single file as one member
 named after the file. Symbolic links are stored as links (never followed); hard links
 within the source as tar hard links; FIFOs, sockets and device files are skipped and reported.
 
 Reading does not use `tarfile`: `TarReader` parses the headers itself (ustar + pax, only
-what `write_archive` produces, every field checked, pax headers capped), and
+what the writer produced, every field checked, pax headers capped), and
 `extract_archive` hands each member to a `SafeDestination`, which alone touches the disk
 (see backup/safe.py for its rules). Symbolic links that lead outside the restored tree are
 skipped and reported.
@@ -14,38 +15,19 @@ skipped and reported.
 
 from __future__ import annotations
 
-import os
 import re
-import stat
-import tarfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
-from pathlib import Path
-from typing import IO, Any, Protocol, cast
+from typing import IO, Protocol, cast
 
 import zstandard
 
-from backupvault.backup.errors import SourceError, UnsafeArchive
+from backupvault.backup.errors import UnsafeArchive
 from backupvault.backup.safe import SafeDestination, Skipped
 from backupvault.errors import InvalidInput
 
-DEFAULT_LEVEL = 3
 _COPY_SIZE = 1 << 20
-
-
-class Progress(Protocol):
-    """What create/restore report progress to (the CLI adapts it to a progress bar)."""
-
-    def start(self, total_bytes: int | None, label: str) -> None: ...
-
-    def advance(self, n: int) -> None: ...
-
-    def finish(self) -> None: ...
-
-
-class Writable(Protocol):
-    def write(self, data: bytes) -> object: ...
 
 
 class Readable(Protocol):
@@ -60,166 +42,6 @@ class ArchiveStats:
     bytes: int = 0
     has_root: bool = False  # the archive holds "." (a folder backup)
     skipped: list[Skipped] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class SourceTotals:
-    """What a scan of the source found: members to archive and bytes of file data."""
-
-    entries: int
-    bytes: int
-
-    def with_headroom(self) -> SourceTotals:
-        """Bounds to declare in the header: room for a source that grows a little while it
-        is read (a backup that outgrows them fails and asks to run again)."""
-        return SourceTotals(
-            self.entries + self.entries // 64 + 64, self.bytes + self.bytes // 64 + (1 << 20)
-        )
-
-
-def _walk(source: Path) -> Iterator[tuple[str, str]]:
-    """(path on disk, name in the archive) for the source and everything under it."""
-    if not source.is_dir():
-        yield str(source), source.name
-        return
-    yield str(source), "."
-    stack: list[tuple[str, str]] = [(str(source), "")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            with os.scandir(directory) as entries:
-                children = sorted(entries, key=lambda e: e.name)
-        except OSError as exc:
-            raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
-        subfolders: list[tuple[str, str]] = []
-        for entry in children:
-            arcname = prefix + entry.name
-            yield entry.path, arcname
-            if entry.is_dir(follow_symlinks=False):
-                subfolders.append((entry.path, arcname + "/"))
-        stack.extend(reversed(subfolders))
-
-
-def scan_source(source: Path) -> SourceTotals:
-    """Members and bytes of file data `write_archive` would write now."""
-    total = entries = 0
-    seen: set[tuple[int, int]] = set()
-    for path, _ in _walk(source):
-        try:
-            st = os.lstat(path)
-        except OSError:
-            continue
-        if not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode) or stat.S_ISLNK(st.st_mode)):
-            continue
-        entries += 1
-        if stat.S_ISREG(st.st_mode):
-            if st.st_nlink > 1:  # hard links are archived once
-                if (st.st_dev, st.st_ino) in seen:
-                    continue
-                seen.add((st.st_dev, st.st_ino))
-            total += st.st_size
-    return SourceTotals(entries, total)
-
-
-class _SourceReader:
-    """Reads a source file for tar: counts progress, reports read errors as `SourceError`."""
-
-    def __init__(self, handle: Any, path: str, progress: Progress | None) -> None:
-        self._handle = handle
-        self._path = path
-        self._progress = progress
-
-    def read(self, size: int = -1) -> bytes:
-        try:
-            data: bytes = self._handle.read(size)
-        except OSError as exc:
-            raise SourceError(f"cannot read {self._path}: {exc.strerror or exc}") from None
-        if self._progress is not None and data:
-            self._progress.advance(len(data))
-        return data
-
-
-class _TarSink:
-    """What tarfile writes to in plain "w" mode (no stream buffering): write and tell."""
-
-    def __init__(self, compressor: Any) -> None:
-        self._compressor = compressor
-        self._offset = 0
-
-    def write(self, data: bytes) -> int:
-        self._compressor.write(data)
-        self._offset += len(data)
-        return len(data)
-
-    def tell(self) -> int:
-        return self._offset
-
-
-def write_archive(
-    source: Path,
-    out: Writable,
-    bounds: SourceTotals,
-    progress: Progress | None = None,
-    level: int = DEFAULT_LEVEL,
-) -> ArchiveStats:
-    """Stream a zstd-compressed tar of `source` to `out`, holding at most `bounds`."""
-    stats = ArchiveStats()
-    entries = 0
-    compressor = zstandard.ZstdCompressor(level=level).stream_writer(
-        cast(IO[bytes], out), closefd=False, write_return_read=True
-    )
-    tar = tarfile.TarFile(
-        fileobj=cast(IO[bytes], _TarSink(compressor)),
-        mode="w",
-        format=tarfile.PAX_FORMAT,
-        copybufsize=_COPY_SIZE,
-        encoding="utf-8",
-    )
-    for path, arcname in _walk(source):
-        try:
-            info = tar.gettarinfo(name=path, arcname=arcname)
-            # Whole microseconds, written as an exact decimal (str(float) may not be).
-            micros = os.lstat(path).st_mtime_ns // 1000
-            info.mtime = micros / 1_000_000
-            sign = "-" if micros < 0 else ""
-            whole, fraction = divmod(abs(micros), 1_000_000)
-            info.pax_headers = {"mtime": f"{sign}{whole}.{fraction:06d}"}
-        except OSError as exc:
-            raise SourceError(f"cannot read {path}: {exc.strerror}") from None
-        if info is None or not (info.isreg() or info.isdir() or info.issym() or info.islnk()):
-            stats.skipped.append(Skipped(arcname, "not a regular file, folder or link"))
-            continue
-        entries += 1
-        if entries > bounds.entries or stats.bytes + info.size > bounds.bytes:
-            raise SourceError(
-                f"{source} grew while it was being backed up (past {bounds.entries} entries "
-                f"or {bounds.bytes} bytes)",
-                hint="run the backup again",
-            )
-        if info.isreg():
-            try:
-                handle = open(path, "rb")  # noqa: SIM115
-            except OSError as exc:
-                raise SourceError(f"cannot read {path}: {exc.strerror or exc}") from None
-            with handle:
-                try:
-                    tar.addfile(info, _SourceReader(handle, path, progress))
-                except OSError as exc:  # tar's "unexpected end of data"; storage errors are not
-                    raise SourceError(f"cannot back up {path} (did it shrink?): {exc}") from None
-            stats.files += 1
-            stats.bytes += info.size
-        else:
-            tar.addfile(info)
-            if info.isdir():
-                stats.has_root |= arcname == "."
-                stats.folders += arcname != "."
-            elif info.issym():
-                stats.links += 1
-            else:
-                stats.files += 1
-    tar.close()
-    compressor.flush(zstandard.FLUSH_FRAME)
-    return stats
 
 
 _BLOCK = 512
@@ -245,7 +67,7 @@ class Member:
 
 
 class TarReader:
-    """Reads the pax tar `write_archive` writes, member by member, without `tarfile`.
+    """Reads the pax tar single-blob backups hold, member by member, without `tarfile`.
 
     Accepts ustar headers with valid checksums, pax extended headers ("x", at most 1 MiB)
     for names, link names, sizes and times, and the member types above. Anything else (GNU
@@ -397,7 +219,7 @@ def _parse_pax(data: bytes) -> dict[str, str]:
 
 
 def extract_archive(compressed: Readable, dest: SafeDestination) -> ArchiveStats:
-    """Extract a stream made by `write_archive` through `dest` (see backup/safe.py)."""
+    """Extract a single-blob backup's archive through `dest` (see backup/safe.py)."""
     decompressor = zstandard.ZstdDecompressor().stream_reader(
         cast(IO[bytes], compressed), read_across_frames=False, closefd=False
     )

@@ -27,20 +27,17 @@ from pathlib import Path
 from typing import Any
 
 from backupvault.backup import archive, format
-from backupvault.backup.archive import Progress
 from backupvault.backup.errors import (
     BackupNotFound,
     DestinationError,
-    SourceError,
     StorageError,
 )
+from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
 from backupvault.backup.storage import (
     PartialUpload,
     Storage,
     StoredBackup,
-    object_name,
-    redact_url,
 )
 from backupvault.crypto import stream
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, WrongKey
@@ -60,22 +57,6 @@ class BackupSummary:
 
 
 @dataclass(frozen=True)
-class BackupInfo:
-    backup_id: str
-    created_at: datetime
-    name: str
-    url: str
-    size: int
-    files: int
-    folders: int
-    links: int
-    source_bytes: int
-    key: str
-    skipped: list[Skipped] = field(default_factory=list)
-    removed_partials: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
 class RestoreInfo:
     backup_id: str
     created_at: datetime
@@ -87,37 +68,6 @@ class RestoreInfo:
     key: str
     skipped: list[Skipped] = field(default_factory=list)
     passed_over: list[str] = field(default_factory=list)  # backups whose header is damaged
-
-
-@dataclass(frozen=True)
-class Sealed:
-    """A backup object just stored by `seal_backup`."""
-
-    name: str
-    size: int
-    header: format.BackupHeader
-    stats: archive.ArchiveStats
-    removed_partials: list[str]
-
-
-class _EncryptingWriter:
-    """Plaintext in (from the compressor), ciphertext out to storage, counting bytes."""
-
-    def __init__(self, out: Any, key: bytes, salt: bytes, header: bytes, chunk_size: int) -> None:
-        self._out = out
-        self.written = 0
-        self._encryptor = stream.StreamEncryptor(key, salt, header, self._emit, chunk_size)
-
-    def _emit(self, chunk: memoryview) -> None:
-        self._out.write(chunk)
-        self.written += len(chunk)
-
-    def write(self, data: bytes) -> int:
-        self._encryptor.update(data)
-        return len(data)
-
-    def finalize(self) -> None:
-        self._encryptor.finalize()
 
 
 class _DecryptingReader:
@@ -178,124 +128,10 @@ class _DecryptingReader:
             raise InvalidInput("backup has unexpected data after its archive")
 
 
-class _NoProgress:
-    def start(self, total_bytes: int | None, label: str) -> None:
-        pass
-
-    def advance(self, n: int) -> None:
-        pass
-
-    def finish(self) -> None:
-        pass
-
-
 def _root_key(root_key: bytes) -> bytes:
     if not isinstance(root_key, bytes | bytearray) or len(root_key) != format.ROOT_KEY_LEN:
         raise InvalidInput(f"root key must be {format.ROOT_KEY_LEN} bytes")
     return bytes(root_key)
-
-
-def seal_backup(
-    storage_url: str,
-    root_key: bytes,
-    write_payload: Callable[[archive.Writable], archive.ArchiveStats],
-    *,
-    key_kind: int,
-    bounds: archive.SourceTotals,
-    storage_options: Mapping[str, Any] | None = None,
-    chunk_size: int = stream.CHUNK_SIZE,
-    created_at_us: int | None = None,
-) -> Sealed:
-    """Store a new backup object whose payload `write_payload` writes (zstd-compressed tar
-    bytes), declaring `bounds` in its header.
-
-    The object appears in storage only when complete. Hidden partial objects older than a
-    day (left by a killed backup) are removed first.
-    """
-    key = _root_key(root_key)
-    storage = Storage(storage_url, storage_options)
-    removed = storage.remove_stale_partials()
-    header, data_key = format.seal_header(
-        key,
-        key_kind=key_kind,
-        content_bytes=bounds.bytes,
-        entries=bounds.entries,
-        chunk_size=chunk_size,
-        created_at_us=created_at_us,
-    )
-    header_bytes = header.to_bytes()
-    name = object_name(header.backup_id, header.created_at)
-    with storage.upload(name) as out:
-        out.write(header_bytes)
-        writer = _EncryptingWriter(out, data_key, header.stream_salt, header_bytes, chunk_size)
-        stats = write_payload(writer)
-        writer.finalize()
-    return Sealed(name, len(header_bytes) + writer.written, header, stats, removed)
-
-
-def create_backup(
-    source: str | os.PathLike[str],
-    storage_url: str,
-    root_key: bytes,
-    progress: Progress | None = None,
-    *,
-    key_kind: int = format.KEY_PASSWORD,
-    storage_options: Mapping[str, Any] | None = None,
-    chunk_size: int = stream.CHUNK_SIZE,
-    compression_level: int = archive.DEFAULT_LEVEL,
-) -> BackupInfo:
-    """Archive, compress and encrypt `source` (a file or folder) into a new backup object.
-
-    The object appears in storage only when complete; a failure leaves earlier backups and
-    no partial object behind. `key_kind` records how RK is kept (vault or recovery code).
-    """
-    source_path = Path(source).absolute()
-    if not source_path.exists():
-        raise SourceError(f"backup source {source_path} does not exist")
-    if not (source_path.is_dir() or source_path.is_file()):
-        raise SourceError(f"backup source {source_path} is not a file or folder")
-    totals = archive.scan_source(source_path)
-    if totals.entries > format.MAX_ENTRIES:
-        raise SourceError(
-            f"{source_path} holds {totals.entries} files, folders and links; one backup "
-            f"holds at most {format.MAX_ENTRIES}",
-            hint="back up its subfolders separately",
-        )
-    bounds = totals.with_headroom()
-    bounds = archive.SourceTotals(
-        min(bounds.entries, format.MAX_ENTRIES), min(bounds.bytes, format.MAX_CONTENT_BYTES)
-    )
-    reporter = progress or _NoProgress()
-    reporter.start(totals.bytes, "backing up")
-    try:
-        sealed = seal_backup(
-            storage_url,
-            root_key,
-            lambda out: archive.write_archive(
-                source_path, out, bounds, reporter, compression_level
-            ),
-            key_kind=key_kind,
-            bounds=bounds,
-            storage_options=storage_options,
-            chunk_size=chunk_size,
-        )
-    finally:
-        reporter.finish()
-    header, stats = sealed.header, sealed.stats
-    return BackupInfo(
-        backup_id=header.backup_id_hex,
-        created_at=header.created_at,
-        name=sealed.name,
-        url=f"{redact_url(storage_url).rstrip('/')}/{sealed.name}",
-        size=sealed.size,
-        files=stats.files,
-        folders=stats.folders,
-        links=stats.links,
-        source_bytes=stats.bytes,
-        key=header.key_name,
-        skipped=stats.skipped,
-        removed_partials=sealed.removed_partials,
-    )
 
 
 def list_backups(
@@ -454,7 +290,7 @@ def restore_backup(
     storage = Storage(storage_url, storage_options)
     chosen, damaged = _choose(storage, key, backup_id)
     total = storage.size(chosen.name)  # also: a clear error if the object is gone
-    reporter = progress or _NoProgress()
+    reporter = progress or NoProgress()
     reporter.start(total, "restoring")
     try:
         with storage.open_read(chosen.name) as source:

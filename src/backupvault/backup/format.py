@@ -6,11 +6,8 @@ Parsing validates every field before anything is decrypted, and raises only `Inv
 
 from __future__ import annotations
 
-import dataclasses
 import hmac
-import os
 import struct
-import time
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Final
@@ -20,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from backupvault.backup.keykinds import KEY_NAMES, KEY_PASSWORD, KEY_RECOVERY_CODE, KEY_UNKNOWN
 from backupvault.crypto import stream
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
@@ -27,10 +25,8 @@ MAGIC: Final = b"BVBACKUP"
 VERSION: Final = 2  # what new backups are written as
 VERSION_1: Final = 1  # read only: no key kind, no declared totals
 PAYLOAD_TAR_ZSTD: Final = 1
-KEY_PASSWORD: Final = 1  # RK comes from the vault, behind a password
-KEY_RECOVERY_CODE: Final = 2  # RK is shown once as the backup's own recovery code
-KEY_KINDS: Final = {KEY_PASSWORD: "password", KEY_RECOVERY_CODE: "recovery code"}
-KEY_UNKNOWN: Final = 0  # a version-1 header does not say; never written on disk
+# Written: KEY_PASSWORD or KEY_RECOVERY_CODE; a version-1 header says nothing (KEY_UNKNOWN).
+KEY_KINDS: Final = {k: KEY_NAMES[k] for k in (KEY_PASSWORD, KEY_RECOVERY_CODE)}
 #: Ceilings on what one backup may hold, whatever its header declares: a restore never
 #: writes more than the header's own (authenticated) figures, and those are at most these.
 MAX_ENTRIES: Final = 1 << 24
@@ -87,7 +83,7 @@ class BackupHeader:
 
     @property
     def key_name(self) -> str:
-        return KEY_KINDS.get(self.key_kind, "unknown")
+        return KEY_NAMES[self.key_kind]
 
     @property
     def declares_totals(self) -> bool:
@@ -254,49 +250,6 @@ def _key_check(root_key: bytes, version: int, backup_id: bytes) -> bytes:
     message = MAGIC + bytes([version]) + backup_id
     mac = hmac.new(_derive(root_key, _CHECK_INFO), message, "sha256").digest()
     return mac[:KEY_CHECK_LEN]
-
-
-def seal_header(
-    root_key: bytes,
-    *,
-    key_kind: int,
-    content_bytes: int,
-    entries: int,
-    chunk_size: int = stream.CHUNK_SIZE,
-    created_at_us: int | None = None,
-) -> tuple[BackupHeader, bytes]:
-    """A header for a new backup with a fresh random DK; returns (header, DK).
-
-    `content_bytes` and `entries` are upper bounds on what the archive will hold: a restore
-    refuses an archive that goes past them, and checks free space against `content_bytes`.
-    """
-    _check_root_key(root_key)
-    if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
-        raise InvalidInput(f"chunk size {chunk_size} is out of range")
-    if key_kind not in KEY_KINDS:
-        raise InvalidInput(f"unknown key kind {key_kind}")
-    if not 0 <= content_bytes <= MAX_CONTENT_BYTES:
-        raise InvalidInput(f"a backup holds at most {MAX_CONTENT_BYTES} bytes")
-    if not 1 <= entries <= MAX_ENTRIES:
-        raise InvalidInput(f"a backup holds 1 to {MAX_ENTRIES} files, folders and links")
-    data_key = os.urandom(DATA_KEY_LEN)
-    backup_id = os.urandom(BACKUP_ID_LEN)
-    unsealed = BackupHeader(
-        key_kind=key_kind,
-        chunk_size=chunk_size,
-        backup_id=backup_id,
-        created_at_us=time.time_ns() // 1000 if created_at_us is None else created_at_us,
-        content_bytes=content_bytes,
-        entries=entries,
-        stream_salt=os.urandom(stream.SALT_LEN),
-        key_check=_key_check(root_key, VERSION, backup_id),
-        wrap_nonce=os.urandom(WRAP_NONCE_LEN),
-        wrapped_dk=b"",
-    )
-    wrap_key = AESGCM(_derive(root_key, _WRAP_INFO))
-    wrapped = wrap_key.encrypt(unsealed.wrap_nonce, data_key, unsealed.wrap_aad())
-    header = dataclasses.replace(unsealed, wrapped_dk=wrapped)
-    return header, data_key
 
 
 def open_header(header: BackupHeader, root_key: bytes) -> bytes:

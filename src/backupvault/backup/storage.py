@@ -17,10 +17,10 @@ sources (AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_PROFILE, AWS_ENDPOINT_URL
 non-AWS endpoint...). `storage_options` are passed to the fsspec filesystem for anything else.
 Passwords never appear in messages: URLs are shown with the password replaced by "***".
 
-Layout: one object per backup, `backup-<UTC time>-<backup id hex>.bvb`, written first under a
-hidden temporary name `.<final name>.<random>.partial` and renamed only once complete. A
-partial object left by a killed backup is listed by `partials()` and removed by the next
-backup once it is a day old.
+Single-blob backups (read only; new backups are repository snapshots, backup/repo): one object
+per backup, `backup-<UTC time>-<backup id hex>.bvb`, written by older versions under a hidden
+temporary name `.<final name>.<random>.partial` and renamed once complete. A partial object
+left by a killed backup is listed by `partials()`; `backup prune` removes it once a day old.
 """
 
 from __future__ import annotations
@@ -29,16 +29,12 @@ import builtins
 import contextlib
 import os
 import re
-import secrets
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
-
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 
 from backupvault.backup.errors import BackupNotFound, StorageError, StorageNotFound
 from backupvault.errors import UsageError
@@ -47,7 +43,6 @@ OBJECT_SUFFIX = ".bvb"
 _NAME_RE = re.compile(r"^backup-(\d{8}T\d{6}\.\d{6}Z)-([0-9a-f]{32})\.bvb$")
 _PARTIAL_RE = re.compile(r"^\.(backup-.+\.bvb)\.[0-9a-f]{16}\.partial$")
 _TIME_FORMAT = "%Y%m%dT%H%M%S.%fZ"
-STALE_PARTIAL_AGE = timedelta(days=1)
 #: Schemes a storage URL may have ("" is a plain local path).
 SCHEMES = ("file", "s3", "webdav+https", "webdav+http", "sftp", "gs", "gcs", "az", "abfs")
 SUPPORTED_FORMS = (
@@ -141,18 +136,30 @@ class Storage:
         self._secret: str | None = None
         options = dict(storage_options or {})
         try:
-            self.fs, self.root = self._connect(url, options)
+            self._fs, self.root = self._connect(url, options)
         except (UsageError, StorageError):
             raise
         except Exception as exc:
             raise self._error("cannot open storage", exc) from None
         self.root = self.root.rstrip("/") or "/"
-        self.is_local = isinstance(self.fs, LocalFileSystem)
+        self.is_local = self._fs is None
+
+    @property
+    def fs(self) -> Any:
+        """The fsspec filesystem; for a local folder made on first use (importing fsspec
+        takes longer than a small backup, and the repository format reads local folders
+        with os calls)."""
+        if self._fs is None:
+            from fsspec.implementations.local import LocalFileSystem
+
+            self._fs = LocalFileSystem()
+        return self._fs
 
     def _connect(self, url: str, options: dict[str, Any]) -> tuple[Any, str]:
+        """(filesystem, root); the filesystem is None for a local folder."""
         scheme, rest = check_url(url)
         if scheme == "":
-            return LocalFileSystem(), str(Path(url).expanduser().absolute())
+            return None, str(Path(url).expanduser().absolute())
         if scheme == "file":
             parts = urlsplit("file:" + rest)
             if parts.netloc not in ("", "localhost") or not parts.path:
@@ -160,13 +167,15 @@ class Storage:
                     f"file URL {url} must name an absolute path: file:///path or file:/path",
                     hint=SUPPORTED_FORMS,
                 )
-            return LocalFileSystem(), str(Path(unquote(parts.path)).absolute())
+            return None, str(Path(unquote(parts.path)).absolute())
         if scheme in ("webdav+http", "webdav+https"):
             return self._connect_webdav(url, scheme, options)
         if not urlsplit(url).netloc:
             raise UsageError(
                 f"storage URL {redact_url(url)} names no bucket or host", hint=SUPPORTED_FORMS
             )
+        import fsspec
+
         fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
         return fs, cast(str, root)
 
@@ -251,21 +260,6 @@ class Storage:
         found.sort(key=lambda p: (p.started_at or datetime.min.replace(tzinfo=UTC), p.name))
         return found
 
-    def remove_stale_partials(self, now: datetime | None = None) -> builtins.list[str]:
-        """Remove partial objects whose backup started over a day ago; their names."""
-        cutoff = (now or datetime.now(UTC)) - STALE_PARTIAL_AGE
-        removed: builtins.list[str] = []
-        for partial in self.partials():
-            if partial.started_at is not None and partial.started_at < cutoff:
-                try:
-                    self.fs.rm_file(self.path(partial.name))
-                except FileNotFoundError:
-                    continue  # another client removed it first
-                except Exception as exc:
-                    raise self._error(f"cannot remove {partial.name}", exc) from None
-                removed.append(partial.name)
-        return removed
-
     def read_start(self, name: str, size: int) -> bytes:
         """The first `size` bytes of an object (fewer if it is shorter)."""
         try:
@@ -312,66 +306,6 @@ class Storage:
         finally:
             with contextlib.suppress(Exception):
                 handle.close()
-
-    @contextlib.contextmanager
-    def upload(self, name: str) -> Iterator[ObjectWriter]:
-        """Write a new object: it appears under `name` only if the block completes."""
-        temp = self.path(f".{name}.{secrets.token_hex(8)}.partial")
-        try:
-            self.fs.makedirs(self.root, exist_ok=True)
-            handle = self.fs.open(temp, "wb")
-        except Exception as exc:
-            raise self._error("cannot write", exc) from None
-        committed = False
-        try:
-            yield ObjectWriter(handle, self, name)
-            try:
-                handle.flush()
-                if self.is_local:
-                    os.fsync(handle.fileno())
-                handle.close()  # uploads / completes the object on remote filesystems
-                self._rename(temp, self.path(name))
-            except Exception as exc:
-                raise self._error(f"cannot store {name}", exc) from None
-            committed = True
-        finally:
-            if not committed:
-                discard = getattr(handle, "discard", None)
-                with contextlib.suppress(Exception):
-                    discard() if discard is not None else handle.close()
-                with contextlib.suppress(Exception):
-                    self.fs.rm_file(temp)
-
-    def _rename(self, source: str, target: str) -> None:
-        if self.is_local:
-            os.replace(source, target)
-            directory = os.open(self.root, os.O_RDONLY)
-            try:
-                os.fsync(directory)
-            finally:
-                os.close(directory)
-            return
-        client = getattr(self.fs, "client", None)
-        if type(self.fs).__name__ == "WebdavFileSystem" and client is not None:
-            client.move(source, target)  # one WebDAV MOVE: the object appears whole
-            return
-        # Object stores: a server-side copy makes the final object appear whole, then delete.
-        self.fs.mv(source, target)
-
-
-class ObjectWriter:
-    """A write-only file whose failures become `StorageError` (without credentials)."""
-
-    def __init__(self, handle: Any, storage: Storage, name: str) -> None:
-        self._handle = handle
-        self._storage = storage
-        self._name = name
-
-    def write(self, data: bytes | memoryview) -> None:
-        try:
-            self._handle.write(data)
-        except Exception as exc:
-            raise self._storage._error(f"cannot write {self._name}", exc) from None
 
 
 class ObjectReader:

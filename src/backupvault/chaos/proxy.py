@@ -1,12 +1,14 @@
 """A fault-injecting TCP proxy on loopback, one listening port per directed link.
 
-A `LinkProxy` forwards one link (for instance "relay -> node 2" or "node 0 -> node 3")
-to the real port of the destination and, on command, misbehaves:
+A `LinkProxy` forwards one link (for instance "relay -> node 2", HTTP, or "node 0 ->
+node 3", the node's peer stream: it forwards bytes, whatever the protocol) to the real
+port of the destination and, on command, misbehaves:
 
     PASS    forward bytes both ways
     DROP    refuse: abort every open connection, and abort new ones as soon as they arrive
             (the caller sees a reset; nothing reaches the node)
-    DELAY   forward, but hold every chunk for `delay` seconds, both ways
+    DELAY   forward, but hold every chunk for `delay` seconds, both ways (a delay line:
+            chunks behind it are not held up longer, as on a long link)
     STALL   forward requests, withhold the answers until the mode changes (the caller
             times out although the node did the work: a lost answer, the case that makes
             the relay retry a KE1 on another node)
@@ -31,6 +33,8 @@ from typing import Any
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
+#: Chunks a link holds in its delay line before it stops reading (back pressure).
+LINE_CHUNKS = 1024
 
 
 class Mode(enum.StrEnum):
@@ -81,8 +85,12 @@ class LinkProxy:
     _changed: asyncio.Event | None = None
 
     @property
+    def address(self) -> str:
+        return f"{HOST}:{self.listen_port}"
+
+    @property
     def url(self) -> str:
-        return f"http://{HOST}:{self.listen_port}"
+        return f"http://{self.address}"
 
     async def start(self) -> None:
         self._changed = asyncio.Event()
@@ -137,29 +145,46 @@ class LinkProxy:
     async def _pipe(
         self, source: asyncio.StreamReader, sink: asyncio.StreamWriter, *, upward: bool
     ) -> None:
+        """Forward one direction. In DELAY mode a chunk leaves `delay` seconds after it
+        arrived, while the chunks behind it keep arriving: a delay line that adds latency
+        without limiting throughput, as a long link does."""
+        loop = asyncio.get_running_loop()
+        line: asyncio.Queue[tuple[float, bytes] | None] = asyncio.Queue(LINE_CHUNKS)
+
+        async def read() -> None:
+            try:
+                while data := await source.read(CHUNK):
+                    delay = self.delay if self.mode is Mode.DELAY else 0.0
+                    await line.put((loop.time() + delay, data))
+            except (ConnectionError, OSError):
+                pass
+            finally:
+                await line.put(None)
+
+        reading = asyncio.ensure_future(read())
         try:
-            while True:
-                data = await source.read(CHUNK)
-                if not data:
-                    if sink.can_write_eof():
-                        sink.write_eof()
-                    return
+            while (item := await line.get()) is not None:
+                due, data = item
+                if due > loop.time():
+                    await asyncio.sleep(due - loop.time())
                 await self._hold(upward)
                 if self.mode is Mode.DROP:
                     return
-                sink.write(data)
-                await sink.drain()
-                if upward:
+                if upward:  # counted before the write, so a reader never sees it first
                     self.stats.bytes_up += len(data)
                 else:
                     self.stats.bytes_down += len(data)
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+                sink.write(data)
+                await sink.drain()
+            if sink.can_write_eof():
+                sink.write_eof()
+        except (ConnectionError, OSError):
             return
+        finally:
+            reading.cancel()
 
     async def _hold(self, upward: bool) -> None:
-        """Wait as the current mode says before passing a chunk on."""
-        if self.mode is Mode.DELAY and self.delay > 0:
-            await asyncio.sleep(self.delay)
+        """Withhold answers while the link stalls."""
         while self.mode is Mode.STALL and not upward:
             assert self._changed is not None
             changed = self._changed

@@ -9,7 +9,7 @@ Layout of a run (see docs/soak.md):
 
 `LocalDeployment` provisions the deployment; before any process starts, the driver points
 the relay (`relay.toml [relay] nodes`) and every node (`node<i>.toml [node] fleet_file`, a
-copy of fleet.toml whose peer URLs are the proxies of node i's outgoing links) at the
+copy of fleet.toml whose peer addresses are the proxies of node i's outgoing links) at the
 proxies. Nodes still listen on the ports of their own node<i>.toml. The top-level
 fleet.toml keeps the direct URLs: the driver uses it (through `LocalDeployment.status`) to
 watch each node's own health and counters, whatever the proxies do.
@@ -352,23 +352,28 @@ class ProxiedFleet:
     def provision(self) -> None:
         self.deployment.provision(self.nodes)
         fleet = FleetDescription.load(self.root / "fleet.toml")
-        ports = {i: NodeConfig.load(self.deployment.node_config(i)).port for i in range(self.nodes)}
+        configs = {i: NodeConfig.load(self.deployment.node_config(i)) for i in range(self.nodes)}
+        ports = {i: c.port for i, c in configs.items()}
         for node in fleet.nodes:
             # The node listens where its own config says; fleet.toml's URL is the same port.
             assert node.url.endswith(f":{ports[node.index]}"), (node.url, ports)
+            assert configs[node.index].peer_listen == node.peer, (node, configs[node.index])
             self.node_urls[node.index] = node.url
         for target in range(self.nodes):
             self.pool.add("relay", f"node{target}", ports[target])
+            peer_port = int(fleet.nodes[target].peer.rpartition(":")[2])
             for source in range(self.nodes):
                 if source != target:
-                    self.pool.add(f"node{source}", f"node{target}", ports[target])
+                    self.pool.add(f"node{source}", f"node{target}", peer_port)
         for source in range(self.nodes):
             own = replace(
                 fleet,
                 nodes=tuple(
                     n
                     if n.index == source
-                    else replace(n, url=self.pool.links[(f"node{source}", f"node{n.index}")].url)
+                    else replace(
+                        n, peer=self.pool.links[(f"node{source}", f"node{n.index}")].address
+                    )
                     for n in fleet.nodes
                 ),
             )

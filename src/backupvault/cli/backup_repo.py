@@ -52,6 +52,7 @@ def summary_row(s: maintenance.SnapshotSummary) -> dict[str, Any]:
         "bytes": s.size,
         "added_bytes": s.added,
         "stored_bytes": s.stored,
+        "key": s.key,
     }
 
 
@@ -154,7 +155,13 @@ def backup_prune(
     ctx.output.result(
         dict(result.__dict__),
         f"{result.packs} packs: {result.packs_deleted} deleted, {result.packs_repacked} "
-        f"repacked into {result.packs_written}; {verb} {result.bytes_freed} bytes",
+        f"repacked into {result.packs_written}; {verb} {result.bytes_freed} bytes"
+        + (
+            f"; {result.temporaries_removed} unfinished uploads "
+            + ("to remove" if dry_run else "removed")
+            if result.temporaries_removed
+            else ""
+        ),
     )
 
 

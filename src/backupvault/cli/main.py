@@ -353,6 +353,7 @@ def backup_create(
     """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
     the last backup of SOURCE is read and stored."""
     from backupvault.backup import human_size
+    from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
     from backupvault.backup.repo import create_snapshot
     from backupvault.backup.repo.state import default_dir
     from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
@@ -375,7 +376,13 @@ def backup_create(
         )
     with ctx.output.progress() as bar:
         info = create_snapshot(
-            source, url, root_key, bar, force_read=force_read, state_dir=default_dir()
+            source,
+            url,
+            root_key,
+            bar,
+            force_read=force_read,
+            state_dir=default_dir(),
+            key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
         )
     data = _backup_json(
         info.snapshot_id,
@@ -523,7 +530,7 @@ def backup_list(
     for partial in partials:
         started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
         lines.append(
-            f"unfinished backup started {started} UTC: {partial.name} (the next backup "
+            f"unfinished backup started {started} UTC: {partial.name} (backup prune "
             "removes it once a day old)"
         )
     snapshot_rows: list[dict[str, Any]] = []
@@ -533,11 +540,11 @@ def backup_list(
         snapshot_rows = [summary_row(s) for s in found]
         lines.append(
             f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "
-            f"{'STORED':>10}  SOURCE"
+            f"{'STORED':>10}  {'KEY':<13}  SOURCE"
         )
         lines += [
             f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {human_size(s.size):>10}  "
-            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.source}"
+            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.key:<13}  {s.source}"
             for s in found
         ]
         lines.append(f"{_plural(len(found), 'snapshot')} in the repository at {redact_url(url)}")

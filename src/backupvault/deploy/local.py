@@ -177,11 +177,14 @@ class LocalDeployment:
         fleet.toml."""
         fleet_dir.mkdir(parents=True, exist_ok=True)
         node_ports = [_free_port() for _ in range(nodes)]
+        peer_ports = [_free_port() for _ in range(nodes)]
         # Each node's token and `node init` (a process of its own) run side by side.
         with ThreadPoolExecutor(max_workers=nodes) as pool:
             public_keys = list(
                 pool.map(
-                    lambda index: self._provision_node(fleet_dir, epoch, index, node_ports[index]),
+                    lambda index: self._provision_node(
+                        fleet_dir, epoch, index, node_ports[index], peer_ports[index]
+                    ),
                     range(nodes),
                 )
             )
@@ -192,6 +195,7 @@ class LocalDeployment:
                 bytes.fromhex(keys["identity_public_key"]),
                 bytes.fromhex(keys["hpke_public_key"]),
                 bytes.fromhex(keys["signing_public_key"]),
+                f"{HOST}:{peer_ports[i]}",
             )
             for i, keys in enumerate(public_keys)
         )
@@ -333,7 +337,9 @@ class LocalDeployment:
             ttl_seconds=TOKEN_TTL,
         )
 
-    def _provision_node(self, fleet_dir: Path, epoch: int, index: int, port: int) -> dict[str, str]:
+    def _provision_node(
+        self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
+    ) -> dict[str, str]:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin = secrets.token_hex(8)
@@ -350,6 +356,7 @@ class LocalDeployment:
                 "node": {
                     "index": index,
                     "listen": f"{HOST}:{port}",
+                    "peer_listen": f"{HOST}:{peer_port}",
                     "data_dir": f"node{index}",
                     "fleet_file": "fleet.toml",
                 },

@@ -12,6 +12,10 @@ other epoch (a rotation makes every older message useless):
                                   || u64(epoch))
     aad      = "backupvault/v2 peer message" || fleet_id || the 20 header bytes
 
+A stream between two nodes opens with a hello: the same envelope around an empty message,
+with "backupvault/v2 peer hello" in place of "backupvault/v2 peer message" in its aad, so a
+hello never opens as a message nor a message as a hello.
+
 The header (sender, receiver, epoch, send time) is authenticated, so a message cannot be
 reflected, redirected, moved to another epoch or re-dated. Replays are refused with a
 window: a message sent more than `WINDOW` seconds before (or after) the receiver's clock
@@ -46,6 +50,10 @@ _HEADER = struct.Struct(">HHQQ")
 _PAIR = struct.Struct(">HH")
 _NONCE = 12
 _TAG = 16
+_MESSAGE = b"backupvault/v2 peer message"
+_HELLO = b"backupvault/v2 peer hello"
+#: A stream's hello: the 20 header bytes, the nonce and the tag of an empty message.
+HELLO_SIZE = _HEADER.size + _NONCE + _TAG
 #: How far a message's send time may be from the receiver's clock (seconds).
 WINDOW = 30.0
 #: Authenticated nonces remembered per sender inside the window; beyond it the sender is
@@ -125,16 +133,45 @@ class PeerChannel:
             self._keys[peer] = AESGCM(key)
             self._windows[peer] = _ReplayWindow()
 
-    def _aad(self, header: bytes) -> bytes:
-        return b"backupvault/v2 peer message" + self._fleet_id + header
+    def _aad(self, label: bytes, header: bytes) -> bytes:
+        return label + self._fleet_id + header
 
-    def seal(self, to: int, message: Message) -> bytes:
+    def _seal(self, to: int, label: bytes, plaintext: bytes) -> bytes:
         nonce = self._rng(_NONCE)
         sent = int(self._clock() * 1000)
         header = _HEADER.pack(self.node, to, self.epoch, sent)
-        return header + nonce + self._keys[to].encrypt(nonce, message.to_bytes(), self._aad(header))
+        return header + nonce + self._keys[to].encrypt(nonce, plaintext, self._aad(label, header))
+
+    def seal(self, to: int, message: Message) -> bytes:
+        return self._seal(to, _MESSAGE, message.to_bytes())
+
+    def hello(self, to: int) -> bytes:
+        """The first thing a node sends on a new stream to `to` (docs/fleet.md, "Peer
+        streams"): an envelope with an empty message under its own label, so it can never
+        be taken for a message, nor a message for it. `open_hello` tells the receiver who
+        is at the other end before it reads anything larger."""
+        return self._seal(to, _HELLO, b"")
+
+    def open_hello(self, envelope: bytes) -> int:
+        """The authenticated sender of a stream's hello; refused like a message when
+        forged, replayed, re-dated, misdirected or from another epoch."""
+        if len(envelope) != HELLO_SIZE:
+            raise InvalidInput(f"a peer hello is {HELLO_SIZE} bytes, not {len(envelope)}")
+        sender, nonce, sent, now, _ = self._open(envelope, _HELLO)
+        self._remember(sender, nonce, sent, now)
+        return sender
 
     def open(self, envelope: bytes, choices: Iterable[type[Message]]) -> tuple[int, Message]:
+        sender, nonce, sent, now, plaintext = self._open(envelope, _MESSAGE)
+        message = decode_any(plaintext, choices)
+        if isinstance(message, SyncRequest) and not self._sync_limit.allow(sender, now):
+            raise PeerRateLimited(f"node {sender} asks for store syncs too often")
+        self._remember(sender, nonce, sent, now)
+        return sender, message
+
+    def _open(self, envelope: bytes, label: bytes) -> tuple[int, bytes, float, float, bytes]:
+        """(sender, nonce, sent, now, plaintext) of an authentic envelope that is inside
+        the window and not seen before; not yet remembered as seen."""
         if len(envelope) < _HEADER.size + _NONCE + _TAG:
             raise InvalidInput("peer message too short")
         sender, receiver, epoch, sent_ms = _HEADER.unpack_from(envelope)
@@ -149,7 +186,7 @@ class PeerChannel:
         nonce = envelope[_HEADER.size : _HEADER.size + _NONCE]
         try:
             plaintext = self._keys[sender].decrypt(
-                nonce, envelope[_HEADER.size + _NONCE :], self._aad(header)
+                nonce, envelope[_HEADER.size + _NONCE :], self._aad(label, header)
             )
         except InvalidTag:
             raise AuthenticationFailed(
@@ -168,9 +205,9 @@ class PeerChannel:
             raise AuthenticationFailed(f"peer message from node {sender} is a replay")
         if len(window.seen) >= MAX_SEEN_PER_PEER:
             raise PeerRateLimited(f"node {sender} sends more messages than the window holds")
-        message = decode_any(plaintext, choices)
-        if isinstance(message, SyncRequest) and not self._sync_limit.allow(sender, now):
-            raise PeerRateLimited(f"node {sender} asks for store syncs too often")
+        return sender, nonce, sent, now, plaintext
+
+    def _remember(self, sender: int, nonce: bytes, sent: float, now: float) -> None:
+        window = self._windows[sender]
         window.seen.add(nonce)
         window.order.append((max(sent, now), nonce))
-        return sender, message

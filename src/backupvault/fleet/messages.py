@@ -1,4 +1,5 @@
-"""Node-to-node messages of the replication protocol (CASPaxos per entry, docs/fleet.md).
+"""Node-to-node messages of the replication protocol (CASPaxos per entry, with a stable
+leader's one-round path; docs/fleet.md).
 
 Ballots are (round, node) pairs compared in that order, so two proposers never share one.
 A record's `value` is the encoded entry state; empty means "never written".
@@ -73,12 +74,20 @@ class Promise(Message):
 
 @dataclass(frozen=True)
 class Accept(Message):
+    """Accept `value` at ballot round/node. The answer goes to the sender and to `origin`
+    (the node whose client asked; the sender itself on the leaderless path). `pipeline`:
+    in the same write, promise the ballot's successor (round + 1, node) — a Prepare of
+    that ballot delivered right after this Accept — so the leader's next change to the
+    entry needs no phase 1."""
+
     TAG = 63
     op_id: bytes
     key: bytes
     round: int
     node: int
     value: bytes
+    origin: int
+    pipeline: bool
 
 
 @dataclass(frozen=True)
@@ -91,6 +100,7 @@ class Accepted(Message):
     ok: bool
     promised_round: int
     promised_node: int
+    digest: bytes  # SHA-256 of the value accepted (empty on a refusal)
 
 
 @dataclass(frozen=True)
@@ -118,8 +128,37 @@ class NotReady(Message):
 
 
 @dataclass(frozen=True)
+class Forward(Message):
+    """To the leader: "accept `value`, my change applied to the entry's value at ballot
+    base_round/base_node, if that is still the newest"."""
+
+    TAG = 76
+    op_id: bytes
+    key: bytes
+    base_round: int
+    base_node: int
+    value: bytes
+
+
+@dataclass(frozen=True)
+class ForwardAnswer(Message):
+    """The leader's answer when it does not send the Accept. retry=True: the base is
+    stale, the newest value is (round/node, value): apply the change again and forward.
+    retry=False: the leader cannot serve the entry now: propose leaderless."""
+
+    TAG = 77
+    op_id: bytes
+    key: bytes
+    retry: bool
+    round: int
+    node: int
+    value: bytes
+
+
+@dataclass(frozen=True)
 class AppliedOp(Message):
-    """A change already folded into a value: its op id and the round it was applied in."""
+    """A change already folded into a value: its op id and which computation of the
+    change made it (a count kept by the proposing node, one per application)."""
 
     TAG = 68
     op_id: bytes
@@ -153,4 +192,6 @@ PEER_MESSAGES: tuple[type[Message], ...] = (
     SyncRequest,
     SyncResponse,
     NotReady,
+    Forward,
+    ForwardAnswer,
 )

@@ -7,6 +7,15 @@ the current value to the next; the proposing node runs two phases against a majo
   2. apply the change to the value with the highest ballot, Accept(ballot, new value)
      → Accepted from a majority. Only then is the change committed and reported.
 
+The stable-leader path makes a change one Accept round: the node that took the request
+applies its change to the newest value it knows and forwards the result to the leader
+(`Forward`); the leader, holding a majority's promise for the entry (from its last Accept,
+which promised the next ballot in the same write, or from one Prepare), sends the Accept
+at once if the value was built on the newest one, and hands back the newest one if not.
+The acceptors answer the leader and the asking node, which commits on a majority of
+answers naming its own value, as on the leaderless path. Leaderless rounds remain the
+fallback when the leader is slow, gone or refuses.
+
 The replica does no I/O. It takes messages, clock readings and random bytes, and returns
 effects the shell carries out *in order*: `Persist` must be durable before any later
 `Send` or `Committed` in the same list leaves the node. A restarted node trusts nothing
@@ -16,7 +25,8 @@ from enough peers (see `_sync_complete`).
 
 from __future__ import annotations
 
-from collections import deque
+import hashlib
+from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,6 +40,8 @@ from backupvault.fleet.messages import (
     AcceptorRecord,
     AppliedOp,
     Ballot,
+    Forward,
+    ForwardAnswer,
     NotReady,
     Prepare,
     Promise,
@@ -49,6 +61,8 @@ ValueCheck = Callable[[bytes, bytes], str | None]
 #: leave no higher round for anyone (ballot inflation stalls every honest proposer).
 MAX_ROUND_STEP = 1 << 32
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
+FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
+LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 
 
 @dataclass(frozen=True)
@@ -102,6 +116,11 @@ class Timing:
     quarantine: float = 20.0
     repair_interval: float = 1.0  # resend a committed value to nodes that missed it …
     repair_window: float = 120.0  # … for this long (restarts catch up by themselves)
+    leader: bool = True  # False: every change is a leaderless CASPaxos round
+    # The leader sends a one-round Accept only if a majority answered it within this
+    # long; otherwise it runs a Prepare first, which changes nothing if no majority is up.
+    leader_lease: float = 1.0
+    suspect_for: float = 5.0  # a leader that did not answer is passed over this long
 
 
 DEFAULT_TIMING = Timing()
@@ -135,7 +154,36 @@ class _Proposal:
     accepts: set[int] = field(default_factory=set)
     accepted_value: bytes = b""
     outcome: Any = None
-    outcomes: dict[int, Any] = field(default_factory=dict)  # by the round it was computed in
+    outcomes: dict[int, Any] = field(default_factory=dict)  # by the computation that made it
+    computations: int = 0
+    # The leader path: values forwarded (by digest: the value and its outcome), the
+    # acceptors that answered each (ballot, digest), and where it was forwarded.
+    leaderless: bool = False
+    forwards: int = 0
+    leader: int = -1
+    forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
+    votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Lead:
+    """The leader's hold on one entry: the acceptors in `promised` promised ballot `held`
+    (gathered at `since`), and the newest value among them is `value` at `base`."""
+
+    key: bytes
+    phase: str = "idle"  # idle | prepare | ready | accept
+    held: Ballot = field(default_factory=lambda: Ballot(0, 0))
+    base: Ballot = field(default_factory=lambda: Ballot(0, 0))
+    value: bytes = b""
+    since: float = 0.0
+    started: float = 0.0
+    prepare_id: bytes = b""
+    promised: set[int] = field(default_factory=set)
+    promises: dict[int, Promise] = field(default_factory=dict)
+    accept: Accept | None = None
+    origin: int = -1
+    accepts: set[int] = field(default_factory=set)
+    queue: deque[tuple[int, Forward]] = field(default_factory=deque)
 
 
 class Replica:
@@ -170,6 +218,9 @@ class Replica:
         self._repairs: dict[bytes, _Repair] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
         self._max_round = max((r.promised.round for r in self.records.values()), default=0)
+        self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
+        self._heard: dict[int, float] = {}  # when each peer last sent anything
+        self._suspected: dict[int, float] = {}  # leader candidates passed over, until
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -212,10 +263,24 @@ class Replica:
         queue.append(proposal)
         self._by_op[op_id] = proposal
         # One proposal per entry at a time from this node: its own changes never race.
-        return self._start_round(proposal, now) if len(queue) == 1 else []
+        return self._begin(proposal, now) if len(queue) == 1 else []
 
     def pending(self) -> int:
         return len(self._by_op)
+
+    def leader(self, now: float) -> int:
+        """The node this one forwards changes to: the lowest-numbered one it has not
+        passed over lately. Only liveness rests on every node picking the same one: two
+        leaders at once are two proposers, which Paxos keeps safe."""
+        for node in self.nodes:
+            if self._suspected.get(node, 0.0) <= now or node == self.node:
+                return node
+        return self.node  # unreachable: this node is among self.nodes
+
+    def suspect(self, node: int, now: float) -> None:
+        """Pass `node` over as leader for a while (it did not answer in time)."""
+        if node != self.node:
+            self._suspected[node] = now + self.timing.suspect_for
 
     def lagging(self) -> int:
         """Committed values not yet acknowledged by every node."""
@@ -226,23 +291,30 @@ class Replica:
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
         if sender not in self.nodes:
             return []
+        self._heard[sender] = now
         match message:
-            case Prepare() | Accept():
+            case Prepare() | Accept() | Forward():
                 if not self.ready:
                     return [Send(sender, NotReady(message.op_id))]
+                if isinstance(message, Forward):
+                    return self._lead(sender, message, now)
                 effects, reply = self._acceptor(message)
-                return [*effects, Send(sender, reply)]
+                return effects + self._reply(sender, message, reply, now)
             case Promise():
                 return self._on_promise(sender, message, now)
             case Accepted():
                 return self._on_accepted(sender, message, now)
+            case ForwardAnswer():
+                return self._on_forward_answer(sender, message, now)
+            case NotReady():
+                return self._on_not_ready(sender, message, now)
             case SyncRequest():
                 records = list(self.records.values())
                 return [Send(sender, SyncResponse(message.sync_id, self.ready, records))]
             case SyncResponse():
                 return self._on_sync_response(sender, message, now)
             case _:
-                return []  # NotReady and anything unknown: treated as no answer
+                return []  # anything unknown: treated as no answer
 
     def tick(self, now: float) -> list[Effect]:
         effects: list[Effect] = []
@@ -271,19 +343,31 @@ class Replica:
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
                     effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
+        for lead in list(self._leads.values()):
+            if lead.phase in ("prepare", "accept") and now >= lead.started + (
+                self.timing.round_timeout
+            ):
+                effects += self._drop_lead(lead, now)
         for proposal in list(self._by_op.values()):
             if proposal.phase == "queued":
                 continue
             if now >= proposal.deadline:
                 effects += self._finish(proposal, Failed(proposal.op_id, "no majority"), now)
             elif proposal.phase == "backoff" and now >= proposal.retry_at:
-                effects += self._start_round(proposal, now)
-            elif proposal.phase in ("prepare", "accept") and now >= proposal.round_started + (
-                self.timing.round_timeout * 2 ** min(proposal.timeouts, 3)
+                effects += self._begin(proposal, now)
+            elif proposal.phase in ("prepare", "accept", "forward") and (
+                now
+                >= proposal.round_started
+                + (self.timing.round_timeout * 2 ** min(proposal.timeouts, 3))
             ):
                 # A slow fleet (load, fsync) gets more time each round rather than a storm
                 # of new ballots that would only slow it down further.
                 proposal.timeouts += 1
+                if proposal.phase == "forward":
+                    # The leader did not get the change through in time: pass it over,
+                    # and finish this change leaderless.
+                    self.suspect(proposal.leader, now)
+                    proposal.leaderless = True
                 effects += self._start_round(proposal, now)
         return effects
 
@@ -346,12 +430,39 @@ class Replica:
                 record.promised_round,
                 record.promised_node,
             )
+        if (
+            message.pipeline
+            and ballot == record.accepted
+            and ballot < record.promised
+            and message.value == record.value
+        ):
+            # The same Accept again (a duplicate or a repair), after its pipelined promise
+            # moved past it: what it asked is done, so answer as before and write nothing.
+            reply = Accepted(
+                message.op_id,
+                message.key,
+                message.round,
+                message.node,
+                True,
+                *_ballot(record.promised),
+                _digest(message.value),
+            )
+            return [], reply
         if not refused and ballot >= record.promised:
+            # A pipelined Accept also promises the ballot's successor, in the same write:
+            # exactly a Prepare of it delivered right after, answered "accepted: this".
+            promised = Ballot(ballot.round + 1, ballot.node) if message.pipeline else ballot
             record = AcceptorRecord(
-                record.key, ballot.round, ballot.node, ballot.round, ballot.node, message.value
+                record.key, *_ballot(promised), ballot.round, ballot.node, message.value
             )
             reply = Accepted(
-                message.op_id, message.key, message.round, message.node, True, *_ballot(ballot)
+                message.op_id,
+                message.key,
+                message.round,
+                message.node,
+                True,
+                *_ballot(promised),
+                _digest(message.value),
             )
             return [self._store(record, "accept")], reply
         return [], Accepted(
@@ -361,16 +472,75 @@ class Replica:
             message.node,
             False,
             *_ballot(record.promised),
+            b"",
         )
+
+    def _reply(
+        self, sender: int, message: Prepare | Accept, reply: Message, now: float
+    ) -> list[Effect]:
+        """Send an acceptor's answer to whoever asked, and an Accepted also to the node
+        whose client asked for the change (the leader path); to itself without the network."""
+        to = [sender]
+        if isinstance(message, Accept) and message.origin != sender:
+            to.append(message.origin)
+        effects: list[Effect] = []
+        for node in to:
+            if node == self.node:
+                effects += self.receive(self.node, reply, now)
+            elif node in self.nodes:
+                effects.append(Send(node, reply))
+        return effects
 
     def _deliver_locally(self, message: Prepare | Accept, now: float) -> list[Effect]:
         """The proposer's own acceptor answers without the network, persisting first."""
         if not self.ready:
             return []
         effects, reply = self._acceptor(message)
-        return effects + self.receive(self.node, reply, now)
+        return effects + self._reply(self.node, message, reply, now)
 
     # ---- proposer ---------------------------------------------------------------------
+
+    def _begin(self, proposal: _Proposal, now: float) -> list[Effect]:
+        """Start (or restart) a proposal: through the leader unless it went leaderless."""
+        if not self.ready or proposal.leaderless or not self.timing.leader:
+            return self._start_round(proposal, now)
+        record = self._record(proposal.key)
+        return self._forward(proposal, record.accepted, record.value, now)
+
+    def _forward(self, proposal: _Proposal, base: Ballot, value: bytes, now: float) -> list[Effect]:
+        """Apply the change to `value` (the newest this node knows, accepted at `base`) and
+        send the result to the leader, or lead it here if this node is the leader."""
+        proposal.forwards += 1
+        if proposal.forwards > FORWARDS_PER_PROPOSAL:
+            proposal.leaderless = True  # the entry is busy: a leaderless round settles it
+            return self._start_round(proposal, now)
+        new_value = self._apply(proposal, value)
+        proposal.forwarded[_digest(new_value)] = (new_value, proposal.outcome)
+        proposal.phase = "forward"
+        proposal.round_started = now
+        proposal.leader = self.leader(now)
+        forward = Forward(proposal.op_id, proposal.key, *_ballot(base), new_value)
+        if proposal.leader == self.node:
+            return self._lead(self.node, forward, now)
+        return [Send(proposal.leader, forward)]
+
+    def _on_forward_answer(self, sender: int, message: ForwardAnswer, now: float) -> list[Effect]:
+        proposal = self._by_op.get(message.op_id)
+        if proposal is None or proposal.phase != "forward" or proposal.leader != sender:
+            return []
+        if message.retry:
+            base = Ballot(message.round, message.node)
+            return self._forward(proposal, base, message.value, now)
+        proposal.leaderless = True
+        return self._start_round(proposal, now)
+
+    def _on_not_ready(self, sender: int, message: NotReady, now: float) -> list[Effect]:
+        """A leader that is catching up cannot lead: pass it over and try the next one."""
+        proposal = self._by_op.get(message.op_id)
+        if proposal is None or proposal.phase != "forward" or proposal.leader != sender:
+            return []  # otherwise treated as no answer
+        self.suspect(sender, now)
+        return self._begin(proposal, now)
 
     def _start_round(self, proposal: _Proposal, now: float) -> list[Effect]:
         if not self.ready:
@@ -400,6 +570,9 @@ class Replica:
 
     def _on_promise(self, sender: int, message: Promise, now: float) -> list[Effect]:
         self._max_round = max(self._max_round, message.promised_round)
+        lead = self._leads.get(message.key)
+        if lead is not None and lead.phase == "prepare" and lead.prepare_id == message.op_id:
+            return self._lead_on_promise(lead, sender, message, now)
         proposal = self._current(message.op_id, message.round, message.node, "prepare")
         if proposal is None:
             return []
@@ -414,27 +587,62 @@ class Replica:
         new_value = self._apply(proposal, newest.value)
         proposal.accepted_value = new_value
         proposal.phase = "accept"
-        accept = Accept(proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value)
+        accept = Accept(
+            proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value, self.node, False
+        )
         effects: list[Effect] = [Send(peer, accept) for peer in self.peers]
         return self._deliver_locally(accept, now) + effects
 
     def _apply(self, proposal: _Proposal, value: bytes) -> bytes:
-        """The next value: the change applied once. If an earlier round of this proposal
+        """The next value: the change applied once. If an earlier attempt of this proposal
         already got its change into the value (accepted somewhere, then carried forward by
-        another proposer), the value is kept as it is and that round's outcome stands."""
+        another proposer), the value is kept as it is and that attempt's outcome stands."""
         current = ReplicatedValue.from_bytes(value) if value else ReplicatedValue([], b"")
         for applied in current.applied:
             if applied.op_id == proposal.op_id and applied.round in proposal.outcomes:
                 proposal.outcome = proposal.outcomes[applied.round]
                 return value
         payload, outcome = proposal.change(current.payload)
-        round_ = proposal.ballot.round
-        proposal.outcomes[round_] = proposal.outcome = outcome
-        recent = [*current.applied, AppliedOp(proposal.op_id, round_)][-RECENT_OPS:]
+        proposal.computations += 1
+        tag = proposal.computations
+        proposal.outcomes[tag] = proposal.outcome = outcome
+        recent = [*current.applied, AppliedOp(proposal.op_id, tag)][-RECENT_OPS:]
         return ReplicatedValue(recent, payload).to_bytes()
 
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         self._max_round = max(self._max_round, message.promised_round)
+        effects = self._lead_on_accepted(sender, message, now)
+        proposal = self._by_op.get(message.op_id)
+        if proposal is not None and message.ok and message.digest in proposal.forwarded:
+            effects += self._forward_on_accepted(proposal, sender, message, now)
+        return effects + self._accepted_leaderless(sender, message, now)
+
+    def _forward_on_accepted(
+        self, proposal: _Proposal, sender: int, message: Accepted, now: float
+    ) -> list[Effect]:
+        """An acceptor took a value this node forwarded. Committed once a majority took the
+        same value at the same ballot: counted here from the acceptors' own answers, so a
+        leader that lies about a commit, or swaps the value, cannot make this node act."""
+        ballot = Ballot(message.round, message.node)
+        voters = proposal.votes.setdefault((ballot, message.digest), set())
+        voters.add(sender)
+        if len(voters) < self.quorum:
+            return []
+        value, outcome = proposal.forwarded[message.digest]
+        assert _digest(value) == message.digest and len(voters) >= self.quorum
+        proposal.outcome = outcome
+        took = now - proposal.round_started
+        self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
+        laggards = set(self.peers) - voters
+        if laggards:
+            # Resent as the leader sent it, so a laggard's write is the same as theirs.
+            accept = Accept(proposal.op_id, proposal.key, *_ballot(ballot), value, self.node, True)
+            self._repairs[proposal.op_id] = _Repair(
+                accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
+            )
+        return self._finish(proposal, Committed(proposal.op_id, outcome), now)
+
+    def _accepted_leaderless(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         repair = self._repairs.get(message.op_id)
         if repair is not None and (message.round, message.node) == (
             repair.accept.round,
@@ -466,7 +674,12 @@ class Replica:
         laggards = set(self.peers) - proposal.accepts
         if laggards:
             accept = Accept(
-                proposal.op_id, proposal.key, *_ballot(proposal.ballot), proposal.accepted_value
+                proposal.op_id,
+                proposal.key,
+                *_ballot(proposal.ballot),
+                proposal.accepted_value,
+                self.node,
+                False,
             )
             self._repairs[proposal.op_id] = _Repair(
                 accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
@@ -491,10 +704,159 @@ class Replica:
         queue.remove(proposal)
         effects: list[Effect] = [result]
         if queue:
-            effects += self._start_round(queue[0], now)
+            effects += self._begin(queue[0], now)
         else:
             del self._queues[proposal.key]
         return effects
+
+    # ---- leader -----------------------------------------------------------------------
+
+    def _lead(self, origin: int, forward: Forward, now: float) -> list[Effect]:
+        """Take a forwarded change. Changes to one entry are served one at a time, in the
+        order they arrive; different entries proceed independently."""
+        lead = self._leads.get(forward.key)
+        if lead is None:
+            lead = self._leads[forward.key] = _Lead(forward.key)
+            self._evict_leads()
+        self._leads.move_to_end(forward.key)
+        lead.queue.append((origin, forward))
+        return self._lead_next(lead, now)
+
+    def _evict_leads(self) -> None:
+        if len(self._leads) <= LEADER_ENTRIES:
+            return
+        for key, lead in list(self._leads.items()):
+            if lead.phase in ("idle", "ready") and not lead.queue:
+                del self._leads[key]  # forgetting a promise is always safe
+                if len(self._leads) <= LEADER_ENTRIES:
+                    return
+
+    def _holds(self, lead: _Lead, now: float) -> bool:
+        """Whether the leader may send an Accept at `lead.held` without a Prepare: a
+        majority promised it, recently enough that no acceptor can have forgotten the
+        promise in a rollback and caught up around it (the quarantine in `_sync_complete`
+        outlasts `deadline`, as for a proposer's round), and a majority answered this node
+        lately, so a change with no majority up is refused before anything is written."""
+        fresh = sum(
+            1 for p in self.peers if now - self._heard.get(p, -1e9) <= self.timing.leader_lease
+        )
+        return (
+            lead.phase == "ready"
+            and len(lead.promised) >= self.quorum
+            and now < lead.since + self.timing.deadline
+            and fresh + 1 >= self.quorum
+        )
+
+    def _lead_next(self, lead: _Lead, now: float) -> list[Effect]:
+        effects: list[Effect] = []
+        while lead.queue and lead.phase in ("idle", "ready"):
+            if not self._holds(lead, now):
+                return effects + self._lead_prepare(lead, now)
+            origin, forward = lead.queue.popleft()
+            if Ballot(forward.base_round, forward.base_node) != lead.base:
+                answer = ForwardAnswer(
+                    forward.op_id, lead.key, True, *_ballot(lead.base), lead.value
+                )
+                effects += self._to(origin, answer, now)
+                continue
+            # The one round: a majority promised `held`, and the value builds on the newest
+            # value among them, so this Accept is phase 2 of a complete Paxos round.
+            assert len(lead.promised) >= self.quorum, "leader Accept without a majority's promise"
+            accept = Accept(
+                forward.op_id, lead.key, *_ballot(lead.held), forward.value, origin, True
+            )
+            lead.phase = "accept"
+            lead.accept = accept
+            lead.origin = origin
+            lead.accepts = set()
+            lead.started = now
+            # The acceptors promise the successor of `held`; no later ballot of this node
+            # may reuse it for another value.
+            self._max_round = max(self._max_round, lead.held.round + 1)
+            # Own acceptor first: its write is durable before the Accept leaves.
+            effects += self._deliver_locally(accept, now)
+            effects += [Send(peer, accept) for peer in self.peers]
+        return effects
+
+    def _lead_prepare(self, lead: _Lead, now: float) -> list[Effect]:
+        """Phase 1 for one entry: a fresh ballot, promised by a majority before use."""
+        self._max_round += 1
+        lead.held = Ballot(self._max_round, self.node)
+        lead.phase = "prepare"
+        lead.prepare_id = self._rng(16)
+        lead.promised = set()
+        lead.promises = {}
+        lead.started = now
+        prepare = Prepare(lead.prepare_id, lead.key, *_ballot(lead.held))
+        effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
+        return self._deliver_locally(prepare, now) + effects
+
+    def _lead_on_promise(
+        self, lead: _Lead, sender: int, message: Promise, now: float
+    ) -> list[Effect]:
+        if Ballot(message.round, message.node) != lead.held:
+            return []
+        if not message.ok:
+            return self._drop_lead(lead, now)
+        lead.promises[sender] = message
+        if len(lead.promises) < self.quorum:
+            return []
+        newest = max(
+            lead.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
+        )
+        lead.base = Ballot(newest.accepted_round, newest.accepted_node)
+        lead.value = newest.value
+        lead.promised = set(lead.promises)
+        lead.promises = {}
+        lead.since = now
+        lead.phase = "ready"
+        return self._lead_next(lead, now)
+
+    def _lead_on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
+        lead = self._leads.get(message.key)
+        if (
+            lead is None
+            or lead.phase != "accept"
+            or lead.accept is None
+            or lead.accept.op_id != message.op_id
+            or Ballot(message.round, message.node) != lead.held
+        ):
+            return []
+        if not message.ok:
+            return self._drop_lead(lead, now)  # someone holds a higher ballot for this entry
+        if message.digest != _digest(lead.accept.value):
+            return []  # not an answer to what this node sent
+        lead.accepts.add(sender)
+        if len(lead.accepts) < self.quorum:
+            return []
+        # Chosen; and each of these acceptors promised held + 1 in the same write, with
+        # this value as its newest: phase 1 of the next ballot is already done.
+        lead.base = lead.held
+        lead.value = lead.accept.value
+        lead.held = Ballot(lead.held.round + 1, self.node)
+        lead.promised = set(lead.accepts)
+        lead.since = now
+        lead.accept = None
+        lead.phase = "ready"
+        return self._lead_next(lead, now)
+
+    def _drop_lead(self, lead: _Lead, now: float) -> list[Effect]:
+        """Give the entry up (refused, or too slow): every change waiting here, and the one
+        in flight, goes leaderless at the node that asked. The in-flight Accept may still
+        be taken by a majority; the asking node counts that itself."""
+        waiting = [(lead.origin, lead.accept.op_id)] if lead.accept is not None else []
+        waiting += [(origin, forward.op_id) for origin, forward in lead.queue]
+        del self._leads[lead.key]
+        effects: list[Effect] = []
+        for origin, op_id in waiting:
+            answer = ForwardAnswer(op_id, lead.key, False, 0, 0, b"")
+            effects += self._to(origin, answer, now)
+        return effects
+
+    def _to(self, node: int, message: ForwardAnswer, now: float) -> list[Effect]:
+        if node == self.node:
+            return self._on_forward_answer(self.node, message, now)
+        return [Send(node, message)]
 
     # ---- catching up ------------------------------------------------------------------
 
@@ -544,6 +906,10 @@ def _unchanged(value: bytes) -> tuple[bytes, Any]:
 
 def _ballot(ballot: Ballot) -> tuple[int, int]:
     return ballot.round, ballot.node
+
+
+def _digest(value: bytes) -> bytes:
+    return hashlib.sha256(value).digest()
 
 
 def _merge(mine: AcceptorRecord, theirs: AcceptorRecord) -> AcceptorRecord:

@@ -6,18 +6,22 @@
     listen = "127.0.0.1:7101"                opaque_server_public_key = "<hex>"
     data_dir = "node0"                       relay_public_keys = ["<hex>"]  # Ed25519
     fleet_file = "fleet.toml"                account_issuer = "<iss of tokens>"
+    peer_listen = "0.0.0.0:7201"  # optional
                                              account_issuer_public_key = "<hex>"
                                              epoch = 1               # `fleet deploy`
                                              measurement = "<hex>"   # `fleet deploy`
                                              [[nodes]]           # `node init` prints these
     [token]                                  index = 0
     module = "/usr/lib/softhsm/..."          url = "http://127.0.0.1:7101"
-    label = "backupvault-node-0"             identity_public_key = "<hex>"  # X25519
-    pin_file = "node0/token.pin"             hpke_public_key = "<hex>"      # kem id || key
-    # or pin_env = "BACKUPVAULT_TOKEN_PIN"   signing_public_key = "<hex>"   # Ed25519
+    label = "backupvault-node-0"             peer = "127.0.0.1:7201"  # peer listener
+    pin_file = "node0/token.pin"             identity_public_key = "<hex>"  # X25519
+    # or pin_env = "BACKUPVAULT_TOKEN_PIN"   hpke_public_key = "<hex>"      # kem id || key
+                                             signing_public_key = "<hex>"   # Ed25519
     softhsm2_conf = "node0/hsm/softhsm2.conf"   # SoftHSM2 only
 
-Relative paths are relative to the file that names them.
+Relative paths are relative to the file that names them. A node's peer listener (the
+streams the other nodes send consensus messages on) binds to `peer_listen`, by default to
+its own `peer` address in the fleet file.
 """
 
 from __future__ import annotations
@@ -76,6 +80,8 @@ class FleetNode:
     hpke_public_key: bytes
     #: Ed25519: the node's own signatures.
     signing_public_key: bytes
+    #: host:port of the node's peer listener, where the other nodes open their streams.
+    peer: str = ""
 
 
 @dataclass(frozen=True)
@@ -137,6 +143,7 @@ class FleetDescription:
                     _hex(n["identity_public_key"], "identity_public_key"),
                     _hex(n["hpke_public_key"], "hpke_public_key"),
                     _key(n["signing_public_key"], "signing_public_key"),
+                    str(n.get("peer", "")),
                 )
                 for n in data["nodes"]
             )
@@ -177,6 +184,7 @@ class FleetDescription:
                         "identity_public_key": n.identity_public_key.hex(),
                         "hpke_public_key": n.hpke_public_key.hex(),
                         "signing_public_key": n.signing_public_key.hex(),
+                        **({"peer": n.peer} if n.peer else {}),
                     }
                     for n in self.nodes
                 ],
@@ -192,6 +200,8 @@ class NodeConfig:
     data_dir: Path
     fleet_file: Path
     token: TokenConfig
+    #: host:port the peer listener binds to; None: the node's `peer` in the fleet file.
+    peer_listen: str | None = None
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -220,6 +230,7 @@ class NodeConfig:
                     pin,
                     None if conf is None else base / conf,
                 ),
+                None if "peer_listen" not in node else str(node["peer_listen"]),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"node config {path} is incomplete: {err}") from None

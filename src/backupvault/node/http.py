@@ -1,4 +1,5 @@
-"""The node's HTTP face: parse, hand to the service, answer. Nothing is logged but the
+"""The node's HTTP face for the relay and operators (peers use streams: node/peers.py):
+parse, hand to the service, answer. Nothing is logged but the
 operation, the account and the outcome; bodies are sealed and never logged."""
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from backupvault.protocol import Op, check_name
 log = logging.getLogger("backupvault.node")
 
 MAX_BODY = 64 * 1024
-MAX_PEER_BODY = 64 * 1024 * 1024  # a frame; a catch-up answer carries every record
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -76,19 +76,6 @@ def create_app(
             return Response(answer.body, media_type="application/octet-stream")
         return _error(answer.status, answer.error, answer.detail)
 
-    async def peer(request: Request) -> Response:
-        body = await _read_capped(request, MAX_PEER_BODY)
-        if body is None:
-            return _error(413, "too_large", "peer message too large")
-        try:
-            refused = service.peer_frame(body)
-        except InvalidInput as err:
-            log.warning("refused peer frame: %s", err.message)
-            return _error(400, "bad_peer_frame", err.message)
-        if refused:
-            return _error(400, "bad_peer_message", f"{refused} message(s) refused")
-        return Response(status_code=204)
-
     async def health(request: Request) -> Response:
         return JSONResponse(
             {"node": service.node, "ready": service.replica.ready, "intact_start": service.intact}
@@ -113,7 +100,6 @@ def create_app(
     return Starlette(
         routes=[
             Route("/v1/client/{op}", client, methods=["POST"]),
-            Route("/v1/peer", peer, methods=["POST"]),
             Route("/v1/health", health, methods=["GET"]),
             Route("/v1/metrics", metrics, methods=["GET"]),
             Route("/v1/measurement", own_measurement, methods=["GET"]),

@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.crypto.seal import DEFAULT_KEM, Kem, NodePrivateKey
-from backupvault.errors import BackupVaultError
+from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
@@ -31,6 +31,7 @@ from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, NodeKey, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.node.config import FleetDescription, NodeConfig
+from backupvault.node.peers import parse_address
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.node.token import SealedFile, TokenSealer
@@ -257,7 +258,7 @@ def build_service(config: NodeConfig) -> NodeService:
     )
     return NodeService(
         config.index,
-        {n.index: n.url for n in fleet.nodes},
+        peer_addresses(fleet),
         VaultFirmware(
             keys.fleet,
             NodeKey(config.index, keys.hpke),
@@ -269,7 +270,24 @@ def build_service(config: NodeConfig) -> NodeService:
         store,
         record_counter=sealer.advance_store_counter,
         intact=intact,
+        peer_listen=None
+        if config.peer_listen is None
+        else parse_address(config.peer_listen, "[node] peer_listen"),
     )
+
+
+def peer_addresses(fleet: FleetDescription) -> dict[int, tuple[str, int]]:
+    """Every node's peer listener, from the fleet file."""
+    addresses = {}
+    for node in fleet.nodes:
+        if not node.peer:
+            raise InvalidInput(
+                f"the fleet file gives node {node.index} no `peer` address",
+                hint='add peer = "host:port" (where its peer listener is reached) to each'
+                " [[nodes]] entry of fleet.toml",
+            )
+        addresses[node.index] = parse_address(node.peer, f"node {node.index}'s peer address")
+    return addresses
 
 
 def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
@@ -306,7 +324,6 @@ def serve(config_path: Path) -> None:
 
     config = NodeConfig.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per peer message is noise
     # Before any secret is unsealed: a node with other code does not join the fleet.
     check_isolated()
     fleet = FleetDescription.load(config.fleet_file)
@@ -314,10 +331,12 @@ def serve(config_path: Path) -> None:
     hop = HopVerifier(config.index, fleet.relay_public_keys)
     app = create_app(build_service(config), hop, measurement=measurement)
     log.info(
-        "node %d listening on %s:%d (fleet %s, epoch %s); catching up before it answers",
+        "node %d listening on %s:%d, peers on %s (fleet %s, epoch %s); catching up before"
+        " it answers",
         config.index,
         config.host,
         config.port,
+        config.peer_listen or {n.index: n.peer for n in fleet.nodes}.get(config.index),
         measurement["fleet_id"],
         measurement["epoch"],
     )

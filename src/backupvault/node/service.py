@@ -13,11 +13,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 
-import httpx
-
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.fleet.channel import PeerChannel
+from backupvault.fleet.channel import HELLO_SIZE, PeerChannel, PeerRateLimited
 from backupvault.fleet.messages import PEER_MESSAGES
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
@@ -31,6 +29,7 @@ from backupvault.fleet.replica import (
 )
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryState
+from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore
 from backupvault.protocol import (
     ErrorCode,
@@ -43,8 +42,6 @@ from backupvault.protocol import (
 log = logging.getLogger("backupvault.node")
 
 TICK_SECONDS = 0.01
-MAX_FRAMES_IN_FLIGHT = 4  # requests to one peer at once; more messages wait for a frame
-MAX_QUEUED_PER_PEER = 4096  # messages waiting for a frame beyond this are dropped (lost)
 
 
 @dataclass(frozen=True)
@@ -61,7 +58,7 @@ class NodeService:
     def __init__(
         self,
         node: int,
-        peer_urls: dict[int, str],
+        peer_addresses: dict[int, tuple[str, int]],
         firmware: VaultFirmware,
         channel: PeerChannel,
         store: NodeStore,
@@ -70,12 +67,16 @@ class NodeService:
         wall_clock: Callable[[], float] = time.time,
         record_counter: Callable[[int], None] | None = None,
         intact: bool = False,
+        peer_listen: tuple[str, int] | None = None,
     ) -> None:
-        """`record_counter(n)`: record in the token that the store is making its n-th
+        """`peer_addresses`: every node's peer listener (this node's own included);
+        `peer_listen`: where this node's listener binds (default: its own address there).
+        `record_counter(n)`: record in the token that the store is making its n-th
         write, alongside the write, before anything depending on it leaves. `intact`: the
         store matched the token's counter at start, so the replica takes part at once."""
         self.node = node
-        self._peer_urls = peer_urls
+        self._peer_addresses = peer_addresses
+        self._peer_listen = peer_addresses[node] if peer_listen is None else peer_listen
         self._firmware = firmware
         self._channel = channel
         self._store = store
@@ -84,12 +85,13 @@ class NodeService:
         self._record_counter = record_counter
         self._intact = intact
         self.replica = Replica(
-            node, peer_urls, os.urandom, store.load(), timing, check_value=firmware.check_value
+            node, peer_addresses, os.urandom, store.load(), timing, check_value=firmware.check_value
         )
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
-        self._http: httpx.AsyncClient | None = None
+        self._links: dict[int, PeerLink] = {}
+        self.listener: PeerListener | None = None
         self._ticker: asyncio.Task[None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()  # frames being posted, group commits
+        self._tasks: set[asyncio.Task[None]] = set()  # group commits
         self._backlog: list[Effect] = []  # effects behind a group commit, in order
         self._committing = False
         self._fatal: Exception | None = None  # the store failed: the node serves nothing
@@ -104,8 +106,8 @@ class NodeService:
             "peer_messages_dropped": 0,
             "group_commits": 0,
             "records_persisted": 0,
+            "peer_streams_refused": 0,
         }
-        self._in_flight: dict[int, int] = {}
 
     @property
     def intact(self) -> bool:
@@ -115,8 +117,18 @@ class NodeService:
     # ---- lifecycle -------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(2.0, connect=0.5))
+        for peer in self.replica.peers:
+            link = PeerLink(
+                peer, self._peer_addresses[peer], partial(self._channel.hello, peer), self._dropped
+            )
+            link.start()
+            self._links[peer] = link
         self._execute(self.replica.start(self._clock(), self._intact))
+        # Peers are heard only once the replica has started.
+        self.listener = PeerListener(
+            self._peer_listen, self._channel.open_hello, self._peer_stream_frame, HELLO_SIZE
+        )
+        await self.listener.start()
         self._ticker = asyncio.create_task(self._tick_forever())
 
     async def stop(self) -> None:
@@ -124,8 +136,10 @@ class NodeService:
             self._ticker.cancel()
         while self._committing:  # let the write under way finish before closing the store
             await asyncio.sleep(TICK_SECONDS)
-        if self._http:
-            await self._http.aclose()
+        for link in self._links.values():
+            await link.stop()
+        if self.listener is not None:
+            await self.listener.stop()
         self._store.close()
 
     async def _tick_forever(self) -> None:
@@ -192,19 +206,44 @@ class NodeService:
 
     # ---- peers ----------------------------------------------------------------------
 
-    def peer_frame(self, frame: bytes) -> int:
-        """Take a frame of sealed peer messages (docs/fleet.md, "Peer frames"). Returns how
-        many were refused (bad seal, unknown sender, malformed); the rest are processed."""
+    def peer_frame(self, sender: int, frame: bytes) -> int:
+        """Take a frame of sealed peer messages that came on a stream `sender` opened
+        (docs/fleet.md, "Peer streams"). Returns how many were refused (bad seal, replay,
+        another sender, malformed); the rest are processed, but for rate-limited ones,
+        which are dropped. A frame that does not split
+        into messages raises InvalidInput."""
         refused = 0
         for envelope in split_frame(frame):
             try:
-                sender, message = self._channel.open(envelope, PEER_MESSAGES)
+                source, message = self._channel.open(envelope, PEER_MESSAGES)
+                if source != sender:
+                    raise AuthenticationFailed(
+                        f"a message from node {source} on node {sender}'s stream"
+                    )
+            except PeerRateLimited as err:
+                # Authentic, but asking for costly work too often: dropped, not refused.
+                log.warning("dropped peer message: %s", err.message)
+                continue
             except (InvalidInput, AuthenticationFailed) as err:
                 log.warning("refused peer message: %s", err.message)
                 refused += 1
                 continue
             self._execute(self.replica.receive(sender, message, self._clock()))
         return refused
+
+    def _peer_stream_frame(self, sender: int, frame: bytes) -> bool:
+        """A frame from a stream: False (close the stream) if anything in it was refused."""
+        try:
+            refused = self.peer_frame(sender, frame)
+        except InvalidInput as err:
+            log.warning("refused peer frame from node %d: %s", sender, err.message)
+            refused = 1
+        if refused:
+            self.metrics["peer_streams_refused"] += 1
+        return not refused
+
+    def _dropped(self, count: int) -> None:
+        self.metrics["peer_messages_dropped"] += count
 
     def _execute(self, effects: list[Effect]) -> None:
         """Carry out effects in order. A `Persist` must be durable before anything after it
@@ -276,14 +315,8 @@ class NodeService:
 
     def _send(self, to: int, message: Message) -> None:
         """Queue a message for `to`; everything queued for a peer in one turn of the
-        event loop leaves as one frame in one request."""
-        outbox = self._outbox.setdefault(to, [])
-        if len(outbox) >= MAX_QUEUED_PER_PEER:
-            # A slow or absent peer must not pile up unbounded work: the protocol treats
-            # a dropped message as lost and retries with backoff.
-            self.metrics["peer_messages_dropped"] += 1
-            return
-        outbox.append(self._channel.seal(to, message))
+        event loop leaves as one frame on its stream."""
+        self._outbox.setdefault(to, []).append(self._channel.seal(to, message))
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_outbox)
@@ -291,45 +324,9 @@ class NodeService:
     def _flush_outbox(self) -> None:
         self._flush_scheduled = False
         for to, outbox in self._outbox.items():
-            if not outbox or self._in_flight.get(to, 0) >= MAX_FRAMES_IN_FLIGHT:
-                continue  # sent when a frame in flight to that peer completes
-            self._outbox[to] = []
-            self._in_flight[to] = self._in_flight.get(to, 0) + 1
-            task = asyncio.create_task(self._post(self._peer_urls[to], join_frame(outbox)))
-            self._tasks.add(task)
-            task.add_done_callback(partial(self._frame_done, to))
+            if outbox:
+                self._outbox[to] = []
+                self._send_frame(to, outbox)
 
-    def _frame_done(self, to: int, task: asyncio.Task[None]) -> None:
-        self._tasks.discard(task)
-        self._in_flight[to] -= 1
-        if self._outbox.get(to) and not self._flush_scheduled:
-            self._flush_scheduled = True
-            asyncio.get_running_loop().call_soon(self._flush_outbox)
-
-    async def _post(self, url: str, frame: bytes) -> None:
-        assert self._http is not None
-        try:
-            await self._http.post(f"{url}/v1/peer", content=frame)
-        except httpx.HTTPError as err:
-            # A lost message is part of the fault model: the proposer retries.
-            log.debug("peer %s unreachable: %s", url, type(err).__name__)
-
-
-def join_frame(envelopes: list[bytes]) -> bytes:
-    """A frame: for each sealed message, u32 big-endian length || the sealed message."""
-    return b"".join(len(e).to_bytes(4, "big") + e for e in envelopes)
-
-
-def split_frame(frame: bytes) -> list[bytes]:
-    envelopes = []
-    at = 0
-    while at < len(frame):
-        if at + 4 > len(frame):
-            raise InvalidInput("peer frame ends inside a length")
-        length = int.from_bytes(frame[at : at + 4], "big")
-        at += 4
-        if length == 0 or at + length > len(frame):
-            raise InvalidInput("peer frame holds a message of a wrong length")
-        envelopes.append(frame[at : at + length])
-        at += length
-    return envelopes
+    def _send_frame(self, to: int, envelopes: list[bytes]) -> None:
+        self._links[to].send(envelopes)

@@ -37,8 +37,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--max-faulty", type=int, default=-1, help="nodes faulty at once (default: a minority)"
     )
+    parser.add_argument(
+        "--leaderless", action="store_true", help="no leader path: every change is CASPaxos"
+    )
     args = parser.parse_args(argv)
-    config = SimConfig(nodes=args.nodes, max_faulty=args.max_faulty)
+    config = SimConfig(nodes=args.nodes, max_faulty=args.max_faulty, leader=not args.leaderless)
     if args.seed is not None:
         result = run_seed(args.seed, config)
         if result.violation is not None and args.shrink:

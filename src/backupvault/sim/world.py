@@ -26,8 +26,16 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
 from backupvault.crypto.seal import Kem, NodePrivateKey
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
-from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
+from backupvault.fleet.messages import PEER_MESSAGES, Accept, AcceptorRecord, Forward, payload_of
+from backupvault.fleet.replica import (
+    DEFAULT_TIMING,
+    Committed,
+    Effect,
+    Failed,
+    Persist,
+    Replica,
+    Send,
+)
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
@@ -63,6 +71,8 @@ class SimConfig:
     disk_faults: bool = True
     network_faults: bool = True
     replays: bool = True
+    leader: bool = True  # False: every change is a leaderless CASPaxos round
+    leader_faults: bool = True  # leader crashes and nodes that pass the leader over
 
 
 DEFAULT_CONFIG = SimConfig()
@@ -71,7 +81,7 @@ DEFAULT_CONFIG = SimConfig()
 @dataclass(frozen=True)
 class Step:
     t: float
-    kind: str  # crash | restart | backup | partition | heal | op | replay
+    kind: str  # crash | restart | backup | partition | heal | op | replay | suspect
     node: int = -1
     client: int = -1
     arg: str = ""
@@ -88,6 +98,8 @@ class Step:
                 return f"partition: {{{','.join(f'node{n}' for n in self.nodes)}}} cut off"
             case "heal":
                 return "partition healed"
+            case "suspect":
+                return f"node{self.node} passes over node{self.n} as leader (a false timeout)"
             case "op":
                 return f"client c{self.client} starts {self.arg}"
             case _:
@@ -155,6 +167,8 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
                     arg=what,
                 )
             )
+    if config.leader and config.leader_faults:
+        steps += _leader_faults(seed, n, config)
     net = config.network_faults
     steps.sort(key=lambda s: s.t)
     return Plan(
@@ -168,6 +182,25 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
         long_delay=rng.choice((0.0, 0.05, 0.2)) if net else 0.0,
         steps=tuple(steps),
     )
+
+
+def _leader_faults(seed: int, n: int, config: SimConfig) -> list[Step]:
+    """Faults aimed at the leader path, drawn from their own generator so that adding them
+    left every older seed's plan as it was: the leader (node 0, unless passed over)
+    crashes, with any disk fault, and nodes pass over a live leader, so that two nodes
+    lead at once."""
+    rng = random.Random(seed * 7907 + 3)
+    steps: list[Step] = []
+    for _ in range(rng.randint(0, 2)):
+        t = rng.uniform(0.5, config.chaos_seconds)
+        modes = ["keep", "wipe", "rollback"] if config.disk_faults else ["keep"]
+        steps.append(Step(t, "crash", node=0))
+        restart_at = t + rng.choice((0.3, 1.0, 3.0))
+        steps.append(Step(restart_at, "restart", node=0, arg=rng.choice(modes), n=rng.randrange(4)))
+    for _ in range(rng.randint(0, 4)):
+        t = rng.uniform(0.5, config.chaos_seconds)
+        steps.append(Step(t, "suspect", node=rng.randrange(1, n), n=rng.randrange(2)))
+    return steps
 
 
 @lru_cache(maxsize=1)
@@ -270,7 +303,15 @@ class Simulation:
         self.drop, self.dup, self.long_delay = plan.drop, plan.dup, plan.long_delay
         self.heal_at = config.chaos_seconds
         self.captured: list[tuple[Op, Message]] = []
-        self.stats = {"messages": 0, "dropped": 0, "unavailable": 0, "gave_up": 0, "skipped": 0}
+        self.stats = {
+            "messages": 0,
+            "dropped": 0,
+            "unavailable": 0,
+            "gave_up": 0,
+            "skipped": 0,
+            "forwarded": 0,  # changes sent to a leader (Forward)
+            "one_round": 0,  # Accepts a leader sent on a held promise
+        }
         self.credentials = Credentials()
         self.nodes = [self._make_node(i) for i in range(plan.nodes)]
         self.entry_keys = [EntryId(f"acct{e}", "root-key").to_bytes() for e in range(plan.entries)]
@@ -454,6 +495,10 @@ class Simulation:
                 if self.isolated:
                     self.log(step.describe())
                 self.isolated = frozenset()
+            case "suspect":
+                if n is not None and n.replica is not None:
+                    self.log(step.describe())
+                    n.replica.suspect(step.n, self.now)
             case "replay":
                 self._replay(step)
 
@@ -482,11 +527,13 @@ class Simulation:
             return
         n.incarnation += 1
         rng = random.Random(n.rng.getrandbits(64))
+        timing = replace(DEFAULT_TIMING, leader=self.config.leader)
         n.replica = Replica(
             n.index,
             range(self.plan.nodes),
             rng.randbytes,
             n.disk.values(),
+            timing,
             check_value=n.firmware.check_value,
         )
         self._execute(n, n.replica.start(self.now, intact))
@@ -534,6 +581,12 @@ class Simulation:
                     n.disk[record.key] = record
                     self.observer.on_persist(n.index, record, kind)
                 case Send(to, message):
+                    if isinstance(message, Forward):
+                        self.stats["forwarded"] += 1
+                    elif (
+                        isinstance(message, Accept) and message.pipeline and message.node == n.index
+                    ):
+                        self.stats["one_round"] += 1
                     self._transmit("deliver", (n.index, to, message.to_bytes()))
                 case Committed(op_id, outcome):
                     self._committed(n, op_id, outcome)

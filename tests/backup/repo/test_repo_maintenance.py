@@ -28,7 +28,7 @@ def tree_size(path: Path) -> int:
 
 
 def summary(snapshot_id: str, when: datetime) -> SnapshotSummary:
-    return SnapshotSummary(snapshot_id, None, when, "/src", "host", 1, 1, 1, 1)
+    return SnapshotSummary(snapshot_id, None, when, "/src", "host", 1, 1, 1, 1, "password")
 
 
 def test_policy_keeps_exactly_what_it_says() -> None:
@@ -63,10 +63,10 @@ def test_policy_keeps_exactly_what_it_says() -> None:
 def test_policy_is_per_source_and_host() -> None:
     when = datetime(2026, 1, 1, 12, tzinfo=UTC)
     found = [
-        SnapshotSummary("a1", None, when, "/a", "h", 0, 0, 0, 0),
-        SnapshotSummary("a2", None, when + timedelta(hours=1), "/a", "h", 0, 0, 0, 0),
-        SnapshotSummary("b1", None, when, "/b", "h", 0, 0, 0, 0),
-        SnapshotSummary("c1", None, when, "/a", "other", 0, 0, 0, 0),
+        SnapshotSummary("a1", None, when, "/a", "h", 0, 0, 0, 0, "password"),
+        SnapshotSummary("a2", None, when + timedelta(hours=1), "/a", "h", 0, 0, 0, 0, "password"),
+        SnapshotSummary("b1", None, when, "/b", "h", 0, 0, 0, 0, "password"),
+        SnapshotSummary("c1", None, when, "/a", "other", 0, 0, 0, 0, "password"),
     ]
     assert apply_policy(found, Policy(last=1)) == (["a2", "b1", "c1"], ["a1"])
 
@@ -191,3 +191,36 @@ def test_storage_hiding_the_newest_snapshot_is_noticed(tmp_path: Path, root_key:
     assert len(third.warnings) == 1 and second.snapshot_id in third.warnings[0]
     assert third.parent_id == first.snapshot_id  # the listing is all it can go by
     assert create_snapshot(source, repo_url, root_key, state_dir=state).warnings == []
+
+
+def test_prune_sweeps_day_old_temporaries_of_interrupted_uploads(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    """A put killed before its rename leaves `.<name>.<random>.partial`; prune removes
+    those not written to for a day, and keeps younger ones (a put still at work) and
+    anything that is not a temporary of ours."""
+    _, repo_url, _ids = history
+    root = tmp_path / "repo"
+    pack = next(iter(os.listdir(root / "data")))
+    stale = [
+        root / "data" / f".{pack}.{'a' * 16}.partial",
+        root / "snapshots" / f".{'b' * 32}.{'c' * 16}.partial",
+        root / "index" / f"{'d' * 32}.{'e' * 16}.partial",  # as WebDAV names them
+        root / f".config.{'f' * 16}.partial",
+    ]
+    fresh = root / "data" / f".{'1' * 32}.{'2' * 16}.partial"
+    foreign = [root / "data" / ".notes.partial", root / "data" / f".{pack}.partial"]
+    day_ago = (datetime.now(UTC) - timedelta(hours=24, minutes=5)).timestamp()
+    for path in [*stale, fresh, *foreign]:
+        path.write_bytes(os.urandom(100))
+        if path != fresh:
+            os.utime(path, (day_ago, day_ago))
+    repo = maintenance.open_repository(repo_url, root_key)
+    dry = maintenance.prune(repo, dry_run=True)
+    assert dry.temporaries_removed == len(stale)
+    assert all(path.exists() for path in stale)
+    done = maintenance.prune(repo, dry_run=False)
+    assert done.temporaries_removed == len(stale)
+    assert not any(path.exists() for path in stale)
+    assert fresh.exists() and all(path.exists() for path in foreign)
+    assert maintenance.check(repo, read_data=True).errors == []

@@ -222,3 +222,27 @@ def test_repository_object_names(tmp_path: Path, root_key: bytes) -> None:
     for folder in ("data", "index", "snapshots"):
         for name in objects(repo, folder):
             assert len(name) == 32 and int(name, 16) >= 0
+
+
+def test_snapshots_record_the_key_kind_inside_the_sealed_summary(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
+    from backupvault.backup.repo import snapshots
+    from backupvault.errors import InvalidInput
+
+    source = make_tree(tmp_path)
+    url = str(tmp_path / "repo")
+    made = create_snapshot(source, url, root_key, repo_params=SMALL, key_kind=KEY_PASSWORD)
+    other = create_snapshot(source, url, root_key, key_kind=KEY_RECOVERY_CODE, force_read=True)
+    repo = Repository.open(Storage(url), root_key)
+    kinds = {s.id_hex: s.summary.key_name for s in repo.list_snapshots()}
+    assert kinds == {made.snapshot_id: "password", other.snapshot_id: "recovery code"}
+    with pytest.raises(InvalidInput, match="unknown key kind"):
+        create_snapshot(source, url, root_key, key_kind=7)
+    # A kind no version writes is refused even when it authenticates.
+    summary = repo.read_snapshot(made.snapshot_id).summary
+    encoded = bytearray(summary.encode())
+    encoded[-1] = 7
+    with pytest.raises(InvalidInput, match="malformed"):
+        snapshots.Summary.decode(bytes(encoded))

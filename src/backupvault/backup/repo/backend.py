@@ -9,14 +9,26 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import secrets
+import time
+from collections import deque
+from datetime import UTC, datetime
 from typing import Any, Final
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks")
+# Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
+_TEMPORARY: Final = re.compile(
+    r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"
+)
 _IOV_MAX: Final = 1024
+# Writes of up to 128 KiB: measured on the 2-core VM this was tuned on, the kernel spent
+# 0.2-0.4 s copying 512 MiB into the page cache in 128 KiB writes, 1.1 s in 1 MiB or
+# larger ones (the largest single cost of a first backup).
+_WRITE_BYTES: Final = 128 * 1024
 Buffer = bytes | bytearray | memoryview
 
 
@@ -27,10 +39,13 @@ class MissingObject(StorageError):
 class Backend:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
-        self.fs: Any = storage.fs
         self.is_local = storage.is_local
-        self._is_webdav = type(self.fs).__name__ == "WebdavFileSystem"
+        self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
         self._made: set[str] = set()
+
+    @property
+    def fs(self) -> Any:
+        return self.storage.fs
 
     @property
     def display_url(self) -> str:
@@ -52,19 +67,17 @@ class Backend:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
 
-    def put(self, name: str, data: Buffer | list[Buffer], *, durable: bool = True) -> None:
-        """Store an object made of `data` (one buffer, or several written in order).
-
-        Local folders: with `durable`, the object is on disk when this returns; without,
-        only `barrier()` makes it so (one sync for many objects: far faster than an fsync
-        per object on most disks)."""
+    def put(self, name: str, data: Buffer | list[Buffer]) -> None:
+        """Store an object made of `data` (one buffer, or several written in order); it is
+        durable when this returns (local folders: fsync of the file and its folder;
+        remote stores acknowledge a PUT only once it is stored)."""
         parts = data if isinstance(data, list) else [data]
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         final = self.path(name)
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, parts, durable)
+                self._put_local(final, parts)
             elif self._is_webdav:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
@@ -76,14 +89,13 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
-    def _put_local(self, final: str, parts: list[Buffer], durable: bool) -> None:
+    def _put_local(self, final: str, parts: list[Buffer]) -> None:
         directory, base = os.path.split(final)
         temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.partial")
         fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         try:
             _write_all(fd, parts)
-            if durable:
-                os.fsync(fd)
+            os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -91,19 +103,11 @@ class Backend:
             raise
         os.close(fd)
         os.replace(temp, final)
-        if not durable:
-            return
         dir_fd = os.open(directory, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-
-    def barrier(self) -> None:
-        """Everything stored so far is durable. Local: sync(2) (as `sync` does); remote
-        stores acknowledge a PUT only once it is stored."""
-        if self.is_local:
-            os.sync()
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it."""
@@ -124,6 +128,8 @@ class Backend:
 
     def exists(self, name: str) -> bool:
         try:
+            if self.is_local:
+                return os.path.exists(self.path(name))
             return bool(self.fs.exists(self.path(name)))
         except Exception as exc:
             raise self._error(f"cannot read {name}", exc) from None
@@ -151,6 +157,33 @@ class Backend:
                 result[name] = int(entry.get("size") or 0)
         return result
 
+    def temporaries(self, folder: str) -> dict[str, float | None]:
+        """{name: seconds since last written, or None if storage does not say} of the
+        temporary objects in `folder` (`.<id>.<random>.partial`, WebDAV `<id>.<random>.partial`)
+        that a put interrupted before its rename left behind."""
+        path = self.path(folder) if folder else self.storage.root
+        found: dict[str, float | None] = {}
+        now = time.time()
+        try:
+            if self.is_local:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+                            found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
+                return found
+            self.fs.invalidate_cache(path)
+            listed = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return found
+        except Exception as exc:
+            raise self._error(f"cannot list {folder or 'the repository'}", exc) from None
+        for entry in listed:
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if _TEMPORARY.match(name) and entry.get("type") in (None, "file"):
+                written = _modified(entry)
+                found[name] = None if written is None else now - written
+        return found
+
     def delete(self, name: str) -> None:
         try:
             if self.is_local:
@@ -164,17 +197,38 @@ class Backend:
 
 
 def _write_all(fd: int, parts: list[Buffer]) -> None:
-    """writev in batches (no joined copy of a 16 MiB pack), finishing short writes."""
-    pending = [memoryview(p) for p in parts if len(p)]
+    """writev of at most _WRITE_BYTES at a time (no joined copy of a 16 MiB pack),
+    finishing short writes."""
+    pending: deque[memoryview] = deque()
+    for part in parts:
+        view = memoryview(part).cast("B")
+        pending.extend(view[i : i + _WRITE_BYTES] for i in range(0, len(view), _WRITE_BYTES))
     while pending:
-        batch = pending[:_IOV_MAX]
+        batch: list[memoryview] = []
+        size = 0
+        for piece in pending:
+            if batch and (size + len(piece) > _WRITE_BYTES or len(batch) == _IOV_MAX):
+                break
+            batch.append(piece)
+            size += len(piece)
         written = os.writev(fd, batch)
         while written:
             if written >= len(pending[0]):
-                written -= len(pending.pop(0))
+                written -= len(pending.popleft())
             else:
                 pending[0] = pending[0][written:]
                 written = 0
+
+
+def _modified(entry: dict[str, Any]) -> float | None:
+    """An fsspec listing entry's modification time (POSIX seconds), if it has one."""
+    for key in ("mtime", "modified", "LastModified", "last_modified", "created"):
+        value = entry.get(key)
+        if isinstance(value, datetime):
+            return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
+        if isinstance(value, int | float):
+            return float(value)
+    return None
 
 
 def _is_id(name: str) -> bool:

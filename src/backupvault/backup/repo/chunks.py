@@ -37,6 +37,7 @@ class Chunker:
 
     def __init__(self, config: RepoConfig, keys: RepoKeys) -> None:
         self.min_size = config.chunk_min
+        self.max_size = config.chunk_max
         self._cdc = FastCDC(
             config.chunk_avg,
             min_size=config.chunk_min,
@@ -50,6 +51,24 @@ class Chunker:
             return
         for chunk in self._cdc.cut_buf(data):
             yield chunk.data
+
+    def cut_window(self, window: memoryview, final: bool) -> tuple[list[memoryview], int]:
+        """(chunks, bytes they cover) of a window of a stream read in pieces: every chunk
+        if `final` (the stream ends with the window); else only those starting at least
+        `max_size` bytes before the window's end. FastCDC decides a cut from at most
+        `max_size` bytes after the chunk's start (fewer only when the data ends sooner), so
+        those chunks are exactly the ones `cut` makes of the whole stream; the rest starts
+        the next window."""
+        if final:
+            return (list(self.cut(window)) if window else []), len(window)
+        chunks: list[memoryview] = []
+        end = 0
+        pieces = self._cdc.cut_buf(window)
+        while len(window) - end >= self.max_size:
+            chunk = next(pieces).data
+            chunks.append(chunk)
+            end += len(chunk)
+        return chunks, end
 
 
 class Sealer:

@@ -11,7 +11,8 @@ every chunk still indexed) are not read again, unless `force_read` is set.
 
 from __future__ import annotations
 
-import mmap
+import contextlib
+import io
 import os
 import stat
 import threading
@@ -24,9 +25,9 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backupvault.backup.archive import Progress
 from backupvault.backup.errors import SourceError
-from backupvault.backup.flows import _NoProgress
+from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
+from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.chunks import Chunker, Sealer
 from backupvault.backup.repo.repository import (
@@ -40,8 +41,10 @@ from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
+from backupvault.errors import InvalidInput
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
+_WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
 _SMALL_BATCH = 256  # small files per worker task
 
 # (entry number, chunk id, plaintext length, sealed blob or None if already stored)
@@ -126,9 +129,18 @@ def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
     return snapshots.KIND_FOLDER, items, skipped
 
 
+class _Window:
+    """A read buffer; back in the free list once the reader and every task using it are
+    done with it."""
+
+    def __init__(self, size: int) -> None:
+        self.data = bytearray(size)
+        self.users = 1  # the reader
+
+
 class _Workers:
-    """Cutting, naming and sealing on a thread pool (hashing, zstd, AES-GCM and file reads
-    release the GIL); results are consumed in submission order."""
+    """Naming and sealing on a thread pool (HMAC, zstd and AES-GCM release the GIL), as
+    are small files' reads and cuts; results are consumed in submission order."""
 
     def __init__(self, repo: Repository, known: PackWriter, workers: int) -> None:
         self._sealer: Sealer = repo.sealer
@@ -137,8 +149,11 @@ class _Workers:
         self._keys = repo.keys
         self._local = threading.local()
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup")
-        self.inflight: deque[Future[list[Piece]]] = deque()
+        self.inflight: deque[tuple[Future[list[Piece]], _Window | None]] = deque()
         self.limit = workers * 3
+        # Large enough that a window's fresh bytes outnumber the uncut tail it carries.
+        self.window_size = max(_WINDOW_BYTES, 4 * repo.config.chunk_max)
+        self._free: list[_Window] = []
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
@@ -172,22 +187,47 @@ class _Workers:
                 pieces.append(self._piece(number, view))
         return pieces
 
-    def submit(self, task: Callable[..., list[Piece]], *args: Any) -> None:
-        self.inflight.append(self.pool.submit(task, *args))
+    def submit(
+        self, task: Callable[..., list[Piece]], *args: Any, window: _Window | None = None
+    ) -> None:
+        if window is not None:
+            window.users += 1
+        self.inflight.append((self.pool.submit(task, *args), window))
+
+    def done_with(self, window: _Window | None) -> None:
+        if window is not None:
+            window.users -= 1
+            if not window.users:
+                self._free.append(window)
+
+    def window(self) -> _Window:
+        """A free read buffer (their number is bounded by the tasks in flight)."""
+        if self._free:
+            window = self._free.pop()
+            window.users = 1
+            return window
+        return _Window(self.window_size)
+
+    def _result(self) -> list[Piece]:
+        future, window = self.inflight.popleft()
+        try:
+            return future.result()
+        finally:
+            self.done_with(window)
 
     def ready(self, block: bool) -> Iterator[list[Piece]]:
         """Finished results in order; with `block`, wait until few enough are in flight."""
         while self.inflight and (
-            self.inflight[0].done() or (block and len(self.inflight) > self.limit)
+            self.inflight[0][0].done() or (block and len(self.inflight) > self.limit)
         ):
-            yield self.inflight.popleft().result()
+            yield self._result()
 
     def drain(self) -> Iterator[list[Piece]]:
         while self.inflight:
-            yield self.inflight.popleft().result()
+            yield self._result()
 
     def shutdown(self) -> None:
-        for future in self.inflight:
+        for future, _window in self.inflight:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
 
@@ -203,21 +243,25 @@ def create_snapshot(
     workers: int | None = None,
     repo_params: Mapping[str, int] | None = None,
     state_dir: Path | None = None,
+    key_kind: int = KEY_UNKNOWN,
 ) -> SnapshotInfo:
     """Back up `source` into the repository at `storage_url` (created on first use).
+    `key_kind` (backup/keykinds.py) records how RK is kept: the vault, or a recovery code.
 
     With `state_dir`, the device remembers the snapshot it made, and the next backup warns
     if storage no longer shows it (deleted, or hidden: a rollback)."""
+    if key_kind not in KEY_NAMES:
+        raise InvalidInput(f"unknown key kind {key_kind}")
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
-    reporter = progress or _NoProgress()
+    reporter = progress or NoProgress()
     storage = Storage(storage_url, storage_options)
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED):
         info = _create_locked(
-            repo, source_path, reporter, force_read, workers or cpu_workers(), state
+            repo, source_path, reporter, force_read, workers or cpu_workers(), state, key_kind
         )
     if state is not None:
         state.made(info.source, info.snapshot_id)
@@ -231,6 +275,7 @@ def _create_locked(
     force_read: bool,
     workers: int,
     state: DeviceState | None,
+    key_kind: int,
 ) -> SnapshotInfo:
     index, _packs, adopted = repo.load_index()
     warnings: list[str] = []
@@ -337,6 +382,7 @@ def _create_locked(
         stored=stored,
         source=str(source),
         host=host,
+        key_kind=key_kind,
     )
     parent_id = parent.header.snapshot_id if parent is not None else None
     created_us = time.time_ns() // 1000
@@ -370,30 +416,66 @@ def _submit_large(
     path: str,
     consume: Callable[[list[Piece]], None],
 ) -> None:
-    """Map the file and hand its chunks to the workers in batches of about 8 MiB."""
+    """Read the file in windows (readinto: no page faults of a mapping, and no GIL held
+    while the kernel copies), cut each on this thread (pyfastcdc releases the GIL too),
+    and hand its chunks to the workers in batches of about 8 MiB. The tail of a window
+    that is not surely cut yet is carried into the next, so the chunks are the same as a
+    cut of the whole file."""
     try:
-        with open(path, "rb") as handle:
-            size = os.fstat(handle.fileno()).st_size
-            if size == 0:
-                return
-            mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
+        handle = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except FileNotFoundError:
-        pool.inflight.append(_done([(number, b"", -1, None)]))
+        pool.inflight.append((_done([(number, b"", -1, None)]), None))
         return
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
-    batch: list[memoryview] = []
-    batch_bytes = 0
-    for view in chunker.cut(memoryview(mapped)):
-        batch.append(view)
-        batch_bytes += len(view)
-        if batch_bytes >= _TASK_BYTES:
-            pool.submit(pool.seal_views, number, batch)
-            batch, batch_bytes = [], 0
+    with handle:
+        with contextlib.suppress(OSError):
+            os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
+        previous: _Window | None = None
+        tail = memoryview(b"")  # the previous window's uncut end
+        final = False
+        while not final:
+            window = pool.window()
+            buffer = memoryview(window.data)
+            carry = len(tail)
+            buffer[:carry] = tail
+            tail.release()
+            pool.done_with(previous)
+            try:
+                filled = carry + _read_into(handle, buffer[carry:])
+            except OSError as exc:
+                pool.done_with(window)
+                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+            final = filled < len(buffer)
+            views, cut = chunker.cut_window(buffer[:filled], final)
+            tail = buffer[cut:filled]
+            batch: list[memoryview] = []
+            batch_bytes = 0
+            for view in views:
+                batch.append(view)
+                batch_bytes += len(view)
+                if batch_bytes >= _TASK_BYTES:
+                    pool.submit(pool.seal_views, number, batch, window=window)
+                    batch, batch_bytes = [], 0
+                    for pieces in pool.ready(block=True):
+                        consume(pieces)
+            if batch:
+                pool.submit(pool.seal_views, number, batch, window=window)
+            previous = window
             for pieces in pool.ready(block=True):
                 consume(pieces)
-    if batch:
-        pool.submit(pool.seal_views, number, batch)
+        pool.done_with(previous)
+
+
+def _read_into(handle: io.FileIO, buffer: memoryview) -> int:
+    """Fill `buffer` from the file; fewer bytes only at its end."""
+    filled = 0
+    while filled < len(buffer):
+        got = handle.readinto(buffer[filled:])
+        if not got:
+            break
+        filled += got
+    return filled
 
 
 def _done(pieces: list[Piece]) -> Future[list[Piece]]:

@@ -3,7 +3,8 @@
 prune, crash-safe in this order: (1) copy the chunks still used out of packs that are
 mostly unused into new packs; (2) write one index object that lists every pack kept and
 supersedes all earlier ones; (3) delete the superseded index objects; (4) delete the packs
-no longer listed. An interruption anywhere loses nothing: before (2) the new packs are
+no longer listed; (5) remove stale locks and the day-old temporary objects of interrupted
+uploads (`.partial`). An interruption anywhere loses nothing: before (2) the new packs are
 unindexed extras (adopted by the next backup or removed by the next prune); after it,
 superseded index objects are ignored and unlisted packs are garbage.
 
@@ -22,6 +23,7 @@ from typing import Any
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import snapshots
+from backupvault.backup.repo.backend import FOLDERS
 from backupvault.backup.repo.index import PackEntry, open_pack_header
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
@@ -33,6 +35,7 @@ from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError, UsageError
 
 REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
+STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
 
 
 def open_repository(
@@ -55,6 +58,7 @@ class SnapshotSummary:
     size: int
     added: int
     stored: int
+    key: str  # how RK is kept: "password", "recovery code", "unknown" (older snapshots)
 
 
 def summarize(snapshot: snapshots.Snapshot) -> SnapshotSummary:
@@ -70,6 +74,7 @@ def summarize(snapshot: snapshots.Snapshot) -> SnapshotSummary:
         s.size,
         s.added,
         s.stored,
+        s.key_name,
     )
 
 
@@ -178,6 +183,7 @@ class PruneResult:
     bytes_freed: int = 0
     bytes_written: int = 0
     unused_chunks: int = 0
+    temporaries_removed: int = 0  # left by interrupted uploads (would be, with dry_run)
     dry_run: bool = False
 
 
@@ -229,6 +235,8 @@ def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], Non
     result.packs_deleted = len(delete) - len(repack)
     result.packs_repacked = len(repack)
     result.bytes_freed = sum(sizes[name] for name in delete)
+    stale = stale_temporaries(repo)
+    result.temporaries_removed = len(stale)
     if dry_run:
         return result
     # (1) copy the used chunks of the packs to repack
@@ -255,7 +263,7 @@ def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], Non
     result.bytes_freed -= writer.stored
     # (2) one index for everything kept, superseding every index object read above
     repo.write_index({**keep, **writer.written}, [bytes.fromhex(n) for n in index_names])
-    # (3), (4)
+    # (3), (4), (5)
     for name in index_names:
         repo.backend.delete(f"index/{name}")
     for name in delete:
@@ -264,7 +272,24 @@ def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], Non
     for lock in repo.locks(include_expired=True):
         if lock.lock_id not in live:
             repo.backend.delete(f"locks/{lock.lock_id}")  # stale: its process is gone
+    for name in stale:
+        repo.backend.delete(name)
     return result
+
+
+def stale_temporaries(repo: Repository) -> list[str]:
+    """Temporary objects of interrupted uploads, not written to for STALE_TEMPORARY_S.
+
+    A put writes its temporary in seconds and renames it at once; and prune holds the
+    exclusive lock, so no backup that keeps its lock fresh is writing. One a day old was
+    left by a process that died (or by one whose lock expired long ago: its snapshot could
+    not be trusted to find its packs anyway). Without a time from storage, kept."""
+    stale: list[str] = []
+    for folder in ("", *FOLDERS):
+        for name, age in repo.backend.temporaries(folder).items():
+            if age is not None and age >= STALE_TEMPORARY_S:
+                stale.append(f"{folder}/{name}" if folder else name)
+    return stale
 
 
 # ---- check ------------------------------------------------------------------------------

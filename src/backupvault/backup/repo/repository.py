@@ -366,21 +366,19 @@ class PackWriter:
             self._uploads[0].result()
             self._uploads = [u for u in self._uploads if not u.done()]
         self._uploads.append(
-            self._uploader.submit(
-                self.repo.backend.put, f"data/{pack_id.hex()}", parts, durable=False
-            )
+            # Each pack is synced on the upload thread, so the disk writes while the next
+            # packs are made, rather than in one sync at the end.
+            self._uploader.submit(self.repo.backend.put, f"data/{pack_id.hex()}", parts)
         )
 
     def finish(self) -> None:
-        """Flush, wait for every upload (raising the first error), and make them durable."""
+        """Flush and wait for every upload (each durable), raising the first error."""
         try:
             self.flush()
             for upload in self._uploads:
                 upload.result()
         finally:
             self._uploader.shutdown(wait=True, cancel_futures=True)
-        if self.written:
-            self.repo.backend.barrier()
 
     def abort(self) -> None:
         self._uploader.shutdown(wait=True, cancel_futures=True)

@@ -18,14 +18,13 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from backupvault.backup.archive import Progress
 from backupvault.backup.errors import BackupNotFound, DestinationError
 from backupvault.backup.flows import (
     RestoreInfo,
     _check_destination,
-    _NoProgress,
     _staging_folder,
 )
+from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo.chunksource import ChunkSource
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers
@@ -136,7 +135,7 @@ def restore_snapshot(
     entries = select(snapshot.entries, include)
     index, _, _ = repo.load_index(adopt_unindexed=False)
     plan(entries, index)
-    reporter = progress or _NoProgress()
+    reporter = progress or NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
     limits = Limits(max_entries=len(entries), max_bytes=total)
     check_space(dest_path.parent, limits)

@@ -15,6 +15,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.repo import tree
 from backupvault.backup.repo.index import OBJECT_ID_LEN
 from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
@@ -30,6 +31,7 @@ _PREFIX = struct.Struct(f">8sB16s16s16sQ{KEY_CHECK_LEN}s{NONCE_LEN}s")
 HEADER_LEN: Final = _PREFIX.size + DATA_KEY_LEN + TAG_LEN
 _U32 = struct.Struct(">I")
 _SUMMARY = struct.Struct(">BQQQQQQ")
+
 _WRAP_INFO: Final = b"backupvault/v2 snapshot dk-wrap"
 _CHECK_INFO: Final = b"backupvault/v2 snapshot key-check"
 _MIN_TIME_US: Final = 946_684_800 * 1_000_000
@@ -48,6 +50,11 @@ class Summary:
     stored: int  # bytes of the pack objects this snapshot uploaded
     source: str
     host: str
+    key_kind: int = KEY_UNKNOWN  # how RK is kept: KEY_PASSWORD or KEY_RECOVERY_CODE
+
+    @property
+    def key_name(self) -> str:
+        return KEY_NAMES[self.key_kind]
 
     def encode(self) -> bytes:
         source, host = os.fsencode(self.source), self.host.encode()
@@ -59,6 +66,7 @@ class Summary:
             + source
             + struct.pack(">H", len(host))
             + host
+            + bytes([self.key_kind])
         )
 
     @classmethod
@@ -74,7 +82,11 @@ class Summary:
             pos += 2 + n
         except struct.error:
             raise InvalidInput("snapshot summary is truncated") from None
-        if pos != len(data) or kind not in (KIND_FOLDER, KIND_FILE):
+        key_kind = KEY_UNKNOWN
+        if pos < len(data):  # absent from snapshots made before it existed: unknown
+            key_kind = data[pos]
+            pos += 1
+        if pos != len(data) or kind not in (KIND_FOLDER, KIND_FILE) or key_kind not in KEY_NAMES:
             raise InvalidInput("snapshot summary is malformed")
         return cls(
             kind,
@@ -86,6 +98,7 @@ class Summary:
             stored,
             os.fsdecode(source),
             host.decode(errors="replace"),
+            key_kind,
         )
 
 

@@ -1,0 +1,123 @@
+"""A large file is read in windows; its chunks must be exactly those of a cut of the whole
+file (as `backup create` made them when it mapped the file), or repositories made before
+would no longer deduplicate against new snapshots."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo.tree import FILE
+from backupvault.backup.storage import Storage
+
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
+
+
+def whole_file_ids(repo: Repository, data: bytes) -> list[bytes]:
+    return [repo.sealer.chunk_id(view) for view in repo.chunker().cut(data)]
+
+
+def snapshot_ids(repo: Repository, snapshot_id: str) -> list[bytes]:
+    entries = repo.read_snapshot(snapshot_id).entries
+    assert entries is not None
+    (entry,) = [e for e in entries if e.kind == FILE]
+    return entry.chunks
+
+
+@pytest.mark.parametrize("window", [1, 4096, 4097, 1 << 20])
+def test_windowed_reads_cut_like_the_whole_file(
+    tmp_path: Path, root_key: bytes, window: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows of 4 KiB (the smallest: 4 × chunk_max), odd sizes, and one window for all."""
+    monkeypatch.setattr(create_module, "_WINDOW_BYTES", window)
+    rng = random.Random(window)
+    # Random bytes, long runs (no cut point inside: chunks of exactly chunk_max), and a
+    # size that is no multiple of the window.
+    data = rng.randbytes(50_000) + bytes(9000) + rng.randbytes(30_001)
+    source = tmp_path / "big.bin"
+    source.write_bytes(data)
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
+    ids = snapshot_ids(repo, info.snapshot_id)
+    assert len(ids) > 50
+    assert ids == whole_file_ids(repo, data)
+    assert info.size == len(data)
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "big.bin").read_bytes() == data
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(size=st.integers(65, 40_000), seed=st.integers(0, 2**32), zeros=st.booleans())
+def test_windowed_cut_matches_for_any_size(
+    tmp_path_factory: pytest.TempPathFactory, size: int, seed: int, zeros: bool
+) -> None:
+    """Sizes around window and chunk bounds, with and without cut-free runs."""
+    root_key = bytes(32)
+    folder = tmp_path_factory.mktemp("cut")
+    rng = random.Random(seed)
+    data = bytearray(rng.randbytes(size))
+    if zeros:
+        start = rng.randrange(size)
+        data[start : start + rng.randrange(1, 6000)] = bytes(min(6000, size - start))
+    data = data[:size]
+    source = folder / "f"
+    source.write_bytes(data)
+    old = create_module._WINDOW_BYTES
+    create_module._WINDOW_BYTES = 1
+    try:
+        info = create_snapshot(source, str(folder / "repo"), root_key, repo_params=SMALL)
+    finally:
+        create_module._WINDOW_BYTES = old
+    repo = Repository.open(Storage(str(folder / "repo")), root_key)
+    assert snapshot_ids(repo, info.snapshot_id) == whole_file_ids(repo, bytes(data))
+
+
+def test_a_file_a_few_windows_long_dedups_against_its_copy(tmp_path: Path, root_key: bytes) -> None:
+    """Default parameters: windows of 16 MiB, a 40 MiB file; a copy shifted by one byte
+    stores little new (content-defined cuts across window ends)."""
+    data = os.urandom(40 << 20)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(data)
+    first = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    (source / "b.bin").write_bytes(b"x" + data)
+    second = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    assert first.added == len(data)
+    assert second.added < 12 << 20  # the first chunk and the one at each edit (max 4 MiB)
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
+    entries = repo.read_snapshot(second.snapshot_id).entries
+    assert entries is not None
+    by_name = {e.path: e.chunks for e in entries if e.kind == FILE}
+    assert by_name[b"a.bin"] == whole_file_ids(repo, data)
+    assert by_name[b"b.bin"] == whole_file_ids(repo, b"x" + data)
+
+
+def test_objects_are_written_whole_in_small_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs go out in writes of at most 128 KiB (cheaper for the kernel), short writes
+    are finished, and empty parts are skipped."""
+    from backupvault.backup.repo import backend as backend_module
+
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_writev(fd, [bytes(b"".join(buffers)[:100_000])])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    parts = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20)] + [b"x"] * 3000
+    store = backend_module.Backend(Storage(str(tmp_path / "repo")))
+    store.put("data/" + "ab" * 16, parts)
+    assert store.get("data/" + "ab" * 16) == b"".join(parts)
+    assert max(sizes) <= 128 * 1024 and len(sizes) > 10
