@@ -38,7 +38,15 @@ from backupvault.crypto.seal import ResponseKey
 from backupvault.fleet.replica import Timing
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription
-from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, Op, decode_response
+from backupvault.protocol import (
+    NODE_HEADER,
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    Op,
+    SealedCopies,
+    decode_response,
+)
 from backupvault.tokens import generate_operator_key, load_operator_private_key, mint_token
 
 from .conftest import NODES, RELAY_BURST, RecordingTransport, Vault, wait_for
@@ -269,7 +277,7 @@ def test_replayed_ke3_does_not_reset_the_counter(
 
     def recording_seal(*args: Any) -> tuple[bytes, ResponseKey]:
         sealed, key = real_seal(*args)
-        response_keys.append((args[2], key))
+        response_keys.append((args[3], key))  # (node key, fleet id, node, kind, body)
         return sealed, key
 
     monkeypatch.setattr(vault_module, "seal_request", recording_seal)
@@ -279,7 +287,8 @@ def test_replayed_ke3_does_not_reset_the_counter(
     client.register(PASSWORD, root_key)
     assert client.recover(PASSWORD).root_key == root_key
     captured = wire.bodies("recover-finish")[-1]
-    captured_key = [key for op, key in response_keys if op == "recover-finish"][-1]
+    # One copy per node, each with its own response key.
+    captured_keys = {k.node: k for op, k in response_keys if op == "recover-finish"}
 
     for remaining in (9, 8, 7):
         with pytest.raises(WrongPassword) as wrong:
@@ -295,6 +304,7 @@ def test_replayed_ke3_does_not_reset_the_counter(
         },
     )
     assert replay.status_code == 200
+    captured_key = captured_keys[int(replay.headers[NODE_HEADER])]
     answer = decode_response(Op.RECOVER_FINISH, captured_key.open(replay.content))
     assert isinstance(answer, ErrorResponse)
     assert answer.code == ErrorCode.STALE_ATTEMPT
@@ -517,7 +527,7 @@ class ToNode(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _, _, _, entry, op = request.url.path.split("/")
-        body = request.read()
+        body = SealedCopies.from_bytes(request.read()).copies[self.index]  # its own copy
         forwarded = httpx.Request(
             "POST",
             f"{self.node_url}/v1/client/{op}",
@@ -529,7 +539,9 @@ class ToNode(httpx.BaseTransport):
                 **sign_headers(self.key, self.index, op, self.account, entry, body),
             },
         )
-        return self.inner.handle_request(forwarded)
+        answer = self.inner.handle_request(forwarded)
+        answer.headers[NODE_HEADER] = str(self.index)
+        return answer
 
 
 def test_node_with_rolled_back_disk_does_not_restore_guesses(vault: Vault, tmp_path: Path) -> None:

@@ -15,13 +15,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
 from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
@@ -29,6 +30,7 @@ from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+NODE_KEY = NodeKey(0, NodePrivateKey.generate(Kem.X25519))
 ACCOUNTS = TokenVerifier(
     Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
 )
@@ -59,7 +61,7 @@ class SlowStore(NodeStore):
 def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[int, list[bytes]]]]:
     store = SlowStore(tmp_path / "store.sqlite")
     addresses = {i: ("127.0.0.1", 1) for i in range(3)}
-    firmware = VaultFirmware(SECRETS, os.urandom, ACCOUNTS)
+    firmware = VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS)
     service = NodeService(0, addresses, firmware, _channel(0), store)
     posted: list[tuple[int, list[bytes]]] = []
 

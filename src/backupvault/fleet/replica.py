@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupvault.codec import Message
+from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     RECENT_OPS,
     Accept,
@@ -52,10 +53,19 @@ from backupvault.fleet.messages import (
     ReplicatedValue,
     SyncRequest,
     SyncResponse,
+    payload_of,
 )
 from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
+#: The application's own check of a value an acceptor is asked to accept: (key, payload)
+#: -> why it is refused, or None. Acceptors refuse what they can tell is wrong without
+#: trusting the proposer (docs/threshold.md, "Recovery").
+ValueCheck = Callable[[bytes, bytes], str | None]
+#: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
+#: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
+#: leave no higher round for anyone (ballot inflation stalls every honest proposer).
+MAX_ROUND_STEP = 1 << 32
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
@@ -193,8 +203,10 @@ class Replica:
         rng: Callable[[int], bytes],
         source: RecordSource | None = None,
         timing: Timing = DEFAULT_TIMING,
+        check_value: ValueCheck | None = None,
     ) -> None:
         self.node = node
+        self._check_value = check_value
         self.nodes = sorted(set(nodes))
         if node not in self.nodes or len(self.nodes) % 2 == 0:
             raise ValueError("a fleet has an odd number of nodes, this one among them")
@@ -405,11 +417,25 @@ class Replica:
         self._max_round = max(self._max_round, record.promised.round)
         return Persist(record, kind)
 
+    def _refused(self, message: Prepare | Accept) -> bool:
+        """Whether this acceptor refuses the message whatever its ballot: a round far above
+        any it has seen, or a value the application's check refuses."""
+        if message.round > self._max_round + MAX_ROUND_STEP:
+            return True
+        if not isinstance(message, Accept) or self._check_value is None or not message.value:
+            return False
+        try:
+            payload = payload_of(message.value)
+        except InvalidInput:
+            return True
+        return self._check_value(message.key, payload) is not None
+
     def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)
         ballot = Ballot(message.round, message.node)
+        refused = self._refused(message)
         if isinstance(message, Prepare):
-            ok = ballot >= record.promised
+            ok = not refused and ballot >= record.promised
             effects: list[Effect] = []
             if ok and ballot != record.promised:
                 record = AcceptorRecord(
@@ -453,7 +479,7 @@ class Replica:
                 _digest(message.value),
             )
             return [], reply
-        if ballot >= record.promised:
+        if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
             promised = Ballot(ballot.round + 1, ballot.node) if message.pipeline else ballot

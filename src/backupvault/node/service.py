@@ -87,7 +87,9 @@ class NodeService:
         self._intact = intact
         # Records are read from the store as needed, never all loaded (docs/fleet.md).
         self.records = StoreRecords(store)
-        self.replica = Replica(node, peer_addresses, os.urandom, self.records, timing)
+        self.replica = Replica(
+            node, peer_addresses, os.urandom, self.records, timing, check_value=firmware.check_value
+        )
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._links: dict[int, PeerLink] = {}
         self.listener: PeerListener | None = None

@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
-from backupvault.crypto.seal import Kem
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.fleet.messages import PEER_MESSAGES, Accept, Forward, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import (
@@ -38,7 +38,7 @@ from backupvault.fleet.replica import (
     Send,
 )
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.protocol import (
     REQUEST_TYPES,
@@ -215,7 +215,14 @@ def _leader_faults(seed: int, n: int, config: SimConfig) -> list[Step]:
 @lru_cache(maxsize=1)
 def fleet_secrets() -> FleetSecrets:
     """Made once per process: nothing in a run's control flow depends on their bytes."""
-    return make_fleet_secrets(b"sim-fleet", os.urandom, Kem.X25519)
+    return make_fleet_secrets(b"sim-fleet", os.urandom)
+
+
+@lru_cache(maxsize=16)
+def node_key(index: int) -> NodeKey:
+    """Each node's own HPKE key; requests reach the sim's firmware already opened, so only
+    that every node has its own matters."""
+    return NodeKey(index, NodePrivateKey.generate(Kem.X25519))
 
 
 @dataclass
@@ -333,7 +340,13 @@ class Simulation:
             i,
             # A fake record's KE2 names the parameters this world's clients register with,
             # as the production default matches the SDK's: a client cannot tell it apart.
-            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts, fake_ksf_params=SIM_KSF),
+            VaultFirmware(
+                self.secrets,
+                node_key(i),
+                fw_rng.randbytes,
+                self.accounts,
+                fake_ksf_params=SIM_KSF,
+            ),
             random.Random(self.rng.getrandbits(64)),
         )
         original = node.firmware._evaluate
@@ -538,7 +551,14 @@ class Simulation:
             n.disk.renew(f"node{n.index}/{n.incarnation}".encode())
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
-        n.replica = Replica(n.index, range(self.plan.nodes), rng.randbytes, n.disk, timing)
+        n.replica = Replica(
+            n.index,
+            range(self.plan.nodes),
+            rng.randbytes,
+            n.disk,
+            timing,
+            check_value=n.firmware.check_value,
+        )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
 
