@@ -26,7 +26,8 @@ say "Back up with a password (the first backup registers a new key in the vault)
 echo "correct horse battery staple" |
     $BV --config "$DEPLOY/client.toml" backup create "$RUN/phone/chats" \
         --storage "$RUN/cloud" --password-stdin
-$BV backup list --storage "$RUN/cloud"
+echo "correct horse battery staple" |
+    $BV --config "$DEPLOY/client.toml" backup list --storage "$RUN/cloud" --password-stdin
 
 say "New device: nothing but the client config and the password"
 mkdir -p "$RUN/new-phone"

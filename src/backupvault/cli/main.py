@@ -524,9 +524,11 @@ def backup_list(
         for b in backups
     ]
     shown = redact_url(url)
-    lines += [
-        f"{_plural(len(backups), 'backup')} at {shown}" if backups else f"no backups at {shown}"
-    ]
+    has_repository = repository_exists(url)
+    if backups:
+        lines.append(f"{_plural(len(backups), 'backup')} at {shown}")
+    elif not has_repository:
+        lines.append(f"no backups at {shown}")
     for partial in partials:
         started = "?" if partial.started_at is None else f"{partial.started_at:%Y-%m-%d %H:%M}"
         lines.append(
@@ -534,7 +536,7 @@ def backup_list(
             "removes it once a day old)"
         )
     snapshot_rows: list[dict[str, Any]] = []
-    if repository_exists(url):
+    if has_repository:
         repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
         found = maintenance.list_snapshots(repo)
         snapshot_rows = [summary_row(s) for s in found]
