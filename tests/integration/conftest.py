@@ -1,6 +1,8 @@
 """One real local deployment for the integration tests: 5 vault node processes (each with
 its own SoftHSM2 token and SQLite store) and the relay process, all on loopback, brought up
-once per module in a temporary folder and always torn down, even when a test fails."""
+once for the whole package in a temporary folder (each module uses its own accounts, and
+leaves every process running with the relay's limits as it found them) and always torn
+down, even when a test fails."""
 
 from __future__ import annotations
 
@@ -183,7 +185,7 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float 
         time.sleep(every)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="package")
 def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
     root = tmp_path_factory.mktemp("deployment")
     deployment = LocalDeployment(root)

@@ -27,13 +27,22 @@ PASSWORD = "correct horse battery staple"
 
 
 @pytest.fixture(scope="module", autouse=True)
-def default_relay_limits(vault: Vault) -> None:
-    """This module's relay runs with the default limits (burst 20, 60 per minute)."""
+def default_relay_limits(vault: Vault) -> Iterator[None]:
+    """This module's relay runs with the default limits (burst 20, 60 per minute); the
+    deployment is shared with the other modules, so the limits are put back afterwards."""
     relay_toml = vault.root / "relay.toml"
-    relay = tomllib.loads(relay_toml.read_text())
+    shared = relay_toml.read_text()
+    relay = tomllib.loads(shared)
     for name in ("burst", "rate_per_minute"):
         relay["relay"].pop(name, None)
     write_toml(relay_toml, relay)
+    _restart_relay(vault)
+    yield
+    relay_toml.write_text(shared)
+    _restart_relay(vault)
+
+
+def _restart_relay(vault: Vault) -> None:
     vault.deployment.stop_process("relay")
     vault.deployment.start_relay()
     vault.deployment.wait_ready(60)

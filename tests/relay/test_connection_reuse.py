@@ -27,7 +27,9 @@ def test_forwarded_requests_reuse_the_relays_connections_to_a_node(
 
     node = LiveServer(Starlette(routes=[Route("/v1/client/{op}", client, methods=["POST"])]))
     try:
-        relay = start_relay([node.url], burst=1000, rate_per_minute=1e6)
+        relay = start_relay(
+            [node.url], burst=1000, rate_per_minute=1e6, request_timeout=30.0, connect_timeout=10.0
+        )
         headers = {"Content-Type": "application/octet-stream"}
 
         def forward(_: int) -> int:

@@ -17,7 +17,7 @@ from backupvault.sim.world import DEFAULT_CONFIG
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS
 
-SEEDS = int(os.environ.get("BACKUPVAULT_SIM_SEEDS", "200"))
+SEEDS = int(os.environ.get("BACKUPVAULT_SIM_SEEDS", "100"))
 CHUNK = 25
 
 

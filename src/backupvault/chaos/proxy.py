@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
-import socket
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
+
+from backupvault.deploy.local import free_port
 
 HOST = "127.0.0.1"
 CHUNK = 64 * 1024
@@ -42,12 +43,6 @@ class Mode(enum.StrEnum):
     DROP = "drop"
     DELAY = "delay"
     STALL = "stall"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass

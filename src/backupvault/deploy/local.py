@@ -31,6 +31,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import secrets
 import signal
 import socket
@@ -87,10 +88,24 @@ class DeploymentError(BackupVaultError):
     pass
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
+#: Where local services listen: below Linux's ephemeral range (32768-60999), so that no
+#: outgoing connection (the nodes' peer streams dial often while peers start) takes a
+#: chosen port as its source port before the service binds it.
+LOCAL_PORTS = range(20000, 32768)
+
+
+def free_port() -> int:
+    for _ in range(1000):
+        port = random.choice(LOCAL_PORTS)
+        with socket.socket() as sock:
+            try:
+                sock.bind((HOST, port))
+            except OSError:
+                continue
+        return port
+    raise DeploymentError(
+        f"no free loopback port between {LOCAL_PORTS.start} and {LOCAL_PORTS.stop - 1}"
+    )
 
 
 @dataclass
@@ -153,14 +168,14 @@ class LocalDeployment:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "logs").mkdir(exist_ok=True)
-        relay_port = _free_port()
+        relay_port = free_port()
 
         operator = generate_operator_key()
         save_operator_key(operator, self.root / "operator.key", self.root / "operator.pub")
         write_new_file(self.root / RELAY_KEY, private_key_pem(generate_operator_key()))
         fleet_id = os.urandom(16)
         for which in WITNESSES:
-            self._provision_witness(which, _free_port(), fleet_id)
+            self._provision_witness(which, free_port(), fleet_id)
             self.start_witness(which)  # starts while the nodes are provisioned
 
         fleet = self._provision_fleet(self.root, 1, fleet_id, nodes)
@@ -176,8 +191,8 @@ class LocalDeployment:
         """Tokens and identity keys for `nodes` new nodes in `fleet_dir`, the key ceremony
         for `fleet_id`, and its fleet.toml."""
         fleet_dir.mkdir(parents=True, exist_ok=True)
-        node_ports = [_free_port() for _ in range(nodes)]
-        peer_ports = [_free_port() for _ in range(nodes)]
+        node_ports = [free_port() for _ in range(nodes)]
+        peer_ports = [free_port() for _ in range(nodes)]
         # Each node's token and `node init` (a process of its own) run side by side.
         with ThreadPoolExecutor(max_workers=nodes) as pool:
             identities = list(

@@ -111,6 +111,7 @@ class VaultFirmware:
         accounts: TokenVerifier,
         *,
         guess_limit: int = MAX_GUESS_LIMIT,
+        fake_ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
     ) -> None:
         if accounts.audience != fleet_audience(secrets.fleet_id):
             raise InvalidInput("the fleet token verifier must expect this fleet's audience")
@@ -128,8 +129,9 @@ class VaultFirmware:
         )
         self._tickets = TicketSealer(secrets.ticket_key, rng)
         self._context = opaque_context(secrets.fleet_id)
-        # What a fake record's KE2 names: the parameters new registrations use by default.
-        self._fake_ksf_params = ksf.DEFAULT_ARGON2ID.to_bytes()
+        # What a fake record's KE2 names: the parameters new registrations use by default
+        # (a simulation whose clients register with cheaper ones passes those).
+        self._fake_ksf_params = fake_ksf_params.to_bytes()
 
     # ---- the sealed channel ------------------------------------------------------------
 

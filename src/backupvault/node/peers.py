@@ -242,6 +242,7 @@ class PeerListener:
         self._server: asyncio.Server | None = None
         self._unauthenticated = 0
         self._streams: dict[int, asyncio.StreamWriter] = {}  # the newest stream per sender
+        self._open: set[asyncio.StreamWriter] = set()  # every accepted stream still open
         self._handlers: set[asyncio.Task[None]] = set()
         self.refused = 0  # streams closed for something refused
 
@@ -256,11 +257,14 @@ class PeerListener:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-        for writer in list(self._streams.values()):
+        # Closing the streams ends their handlers (their reads see the end); a handler is
+        # cancelled only if that takes too long.
+        for writer in list(self._open):
             writer.transport.abort()
+        if self._handlers:
+            await asyncio.wait(set(self._handlers), timeout=2)
         for task in list(self._handlers):
             task.cancel()
-        await asyncio.gather(*self._handlers, return_exceptions=True)
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
         self.refused += 1
@@ -271,6 +275,7 @@ class PeerListener:
         task = asyncio.current_task()
         assert task is not None
         self._handlers.add(task)
+        self._open.add(writer)
         try:
             sender = await self._hello(reader, writer)
             if sender is not None:
@@ -278,6 +283,7 @@ class PeerListener:
         except (OSError, asyncio.IncompleteReadError):
             writer.transport.abort()  # the dialler went away, or cut a record short
         finally:
+            self._open.discard(writer)
             self._handlers.discard(task)
 
     async def _hello(

@@ -50,7 +50,15 @@ from backupvault.protocol import (
     decode_response,
     pad_response,
 )
-from backupvault.sim.clients import OPS, Call, ClientViolation, Credentials, Flow, FlowContext
+from backupvault.sim.clients import (
+    OPS,
+    SIM_KSF,
+    Call,
+    ClientViolation,
+    Credentials,
+    Flow,
+    FlowContext,
+)
 from backupvault.sim.clients import run_op as client_op
 from backupvault.sim.observer import InvariantViolation, Observer, describe
 from backupvault.tokens import TokenVerifier, fleet_audience
@@ -320,7 +328,9 @@ class Simulation:
         fw_rng = random.Random(self.rng.getrandbits(64))
         node = _Node(
             i,
-            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts),
+            # A fake record's KE2 names the parameters this world's clients register with,
+            # as the production default matches the SDK's: a client cannot tell it apart.
+            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts, fake_ksf_params=SIM_KSF),
             random.Random(self.rng.getrandbits(64)),
         )
         original = node.firmware._evaluate
