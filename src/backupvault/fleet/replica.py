@@ -413,7 +413,8 @@ class Replica:
             and message.value == record.value
         ):
             # The same Accept again (a duplicate or a repair), after its pipelined promise
-            # moved past it: what it asked is done, so answer as before and write nothing.
+            # moved past it: answer as before. The record is written again as this node's
+            # own acceptance (it may hold the value only as a catch-up copy so far).
             reply = Accepted(
                 message.op_id,
                 message.key,
@@ -423,7 +424,7 @@ class Replica:
                 *_ballot(record.promised),
                 _digest(message.value),
             )
-            return [], reply
+            return [self._store(record, "accept")], reply
         if ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
