@@ -50,7 +50,7 @@ class _Run:
         rand = random.Random(1)
         timing = replace(DEFAULT_TIMING, leader=self.leader)
         for i in range(NODES):
-            self.replicas[i] = Replica(i, range(NODES), rand.randbytes, (), timing)
+            self.replicas[i] = Replica(i, range(NODES), rand.randbytes, None, timing)
             self.run(i, self.replicas[i].start(0.0, intact=True))
 
     def run(self, node: int, effects: list[Effect]) -> None:

@@ -46,19 +46,21 @@ from backupvault.client.config import ClientConfig
 from backupvault.client.errors import FleetUnavailable, VaultError
 from backupvault.client.vault import VaultClient
 from backupvault.crypto import ksf, opaque
-from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.crypto.seal import NodePrivateKey
 from backupvault.deploy.local import AUDIENCE, ISSUER, LocalDeployment
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import Reply, VaultFirmware
+from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryState
 from backupvault.node.config import write_toml
 from backupvault.protocol import (
+    NODE_HEADER,
     ErrorResponse,
     Op,
     RecoverFinishRequest,
     RecoverFinishResponse,
     RecoverStartRequest,
     RecoverStartResponse,
+    SealedCopies,
     pad_response,
 )
 from backupvault.tokens import TokenVerifier, fleet_audience, load_operator_private_key, mint_token
@@ -169,7 +171,7 @@ class Fleet:
             token,
             account,
             config.fleet_id,
-            config.fleet_public_key,
+            config.node_public_keys,
             config.opaque_server_public_key,
             entry=entry,
             ksf_params=FAST_KSF,
@@ -234,13 +236,15 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
     secrets = make_fleet_secrets(fleet_id, os.urandom)
     issuer = Ed25519PrivateKey.generate()
     accounts = TokenVerifier(issuer.public_key(), "bench", fleet_audience(fleet_id))
-    firmware = VaultFirmware(secrets, os.urandom, accounts)
+    node_key = NodePrivateKey.generate()
+    firmware = VaultFirmware(secrets, NodeKey(0, node_key), os.urandom, accounts)
     states: dict[bytes, EntryState] = {}
 
     def answer(request: httpx.Request) -> httpx.Response:
         _, _, _, entry, op_name = request.url.path.split("/")
         op = Op(op_name)
-        opened = firmware.open(op, "bench", entry, request.read(), time.time())
+        copy = SealedCopies.for_nodes(request.read(), 1).copies[0]
+        opened = firmware.open(op, "bench", entry, copy, time.time())
         assert not isinstance(opened, ErrorResponse)
         message, response_key = opened
         action = firmware.handle(op, message, time.time())
@@ -250,7 +254,8 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
             state, build_reply = action.apply(states.get(action.key, EntryState()))
             states[action.key] = state
             reply = build_reply()
-        return httpx.Response(200, content=response_key.seal(pad_response(op, reply.to_bytes())))
+        sealed = response_key.seal(pad_response(op, reply.to_bytes()))
+        return httpx.Response(200, content=sealed, headers={NODE_HEADER: "0"})
 
     transport = TimingTransport(httpx.MockTransport(answer))
     client = VaultClient(
@@ -258,7 +263,7 @@ def _in_process_latency(recoveries: int) -> tuple[list[float], float]:
         "no-token",
         "bench",
         fleet_id,
-        FleetPrivateKey.from_bytes(secrets.hpke_private_key).public_key(),
+        [node_key.public_key()],
         secrets.server_public_key,
         entry="latency",
         ksf_params=FAST_KSF,

@@ -3,7 +3,9 @@
 Clients and vault nodes both import this module, and nothing else of each other. Each
 operation has a request and a response message; any operation may instead be answered
 with `ErrorResponse`. The HPKE `kind` of a sealed request is the operation's name, so a
-request sealed for one operation cannot be replayed as another.
+request sealed for one operation cannot be replayed as another. The client seals each
+request once to every node's own key (`SealedCopies`); the relay hands node i only its
+copy, and names the node that answered in `NODE_HEADER`.
 """
 
 from __future__ import annotations
@@ -196,6 +198,34 @@ class AuthorizedRequest(Message):
     def __repr__(self) -> str:
         return "AuthorizedRequest(...)"
 
+
+@dataclass(frozen=True)
+class SealedCopies(Message):
+    """The body a client posts to the relay: the same request sealed to each node's own
+    HPKE key, by node index (`copies[i]` opens only at node i). Each copy carries its own
+    response key, so no node can read another's copy or forge another's answer."""
+
+    TAG = 15
+    copies: list[bytes]
+
+    @classmethod
+    def for_nodes(cls, data: bytes, nodes: int) -> SealedCopies:
+        """Decode the relay's view of a body: one non-empty copy per node."""
+        copies = cls.from_bytes(data)
+        if len(copies.copies) != nodes:
+            raise InvalidInput(
+                f"the request holds {len(copies.copies)} sealed copies; this fleet has"
+                f" {nodes} nodes (is the client's fleet configuration current?)"
+            )
+        if not all(copies.copies):
+            raise InvalidInput("a sealed copy is empty")
+        return copies
+
+
+#: The relay names the node whose answer it returns (its index), so the client opens the
+#: answer with that copy's response key. A relay that lies only makes the answer fail to
+#: open.
+NODE_HEADER = "X-Backupvault-Answered-By"
 
 #: Every sealed response of an operation has the same size, so the relay cannot tell a
 #: success, a wrong password and an unknown entry apart by length (docs/protocol.md).

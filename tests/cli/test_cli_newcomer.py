@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import tomllib
 from pathlib import Path
 
 import click
@@ -95,14 +96,14 @@ def test_no_config_and_a_missing_config_exit_alike_and_name_the_variable(tmp_pat
     assert "Traceback" not in none.stderr + flag.stderr + env.stderr
 
 
-def _client_toml(path: Path, **fields: str) -> Path:
+def _client_toml(path: Path, **fields: object) -> Path:
     data = {
         "relay_url": "http://127.0.0.1:9",
         "account": "alice",
         "token": "t",
         "fleet_token": "t",
         "fleet_id": "00" * 16,
-        "fleet_public_key": "0010" + "11" * 32,
+        "node_public_keys": ["0020" + "11" * 32],
         "opaque_server_public_key": "22" * 32,
         **fields,
     }
@@ -112,16 +113,34 @@ def _client_toml(path: Path, **fields: str) -> Path:
 
 @pytest.mark.parametrize(
     ("value", "why"),
-    [("007a" + "00" * 32, "unknown fleet key type 0x007a"), ("zz" * 34, "not hexadecimal")],
+    [
+        ("007a" + "00" * 32, "unknown node key type 0x007a"),
+        ("zz" * 34, "not hexadecimal"),
+        ("0020" + "00" * 31, "an X25519 node key is 32 bytes"),
+    ],
 )
-def test_a_corrupted_fleet_key_names_the_file_and_the_field(
+def test_a_corrupted_node_key_names_the_file_and_the_field(
     tmp_path: Path, value: str, why: str
 ) -> None:
-    config = _client_toml(tmp_path / "client.toml", fleet_public_key=value)
+    config = _client_toml(tmp_path / "client.toml", node_public_keys=["0020" + "11" * 32, value])
     done = backupvault("--config", str(config), "vault", "status")
     assert done.returncode == 1
-    assert f"config file {config}: field 'fleet_public_key' is malformed" in done.stderr
+    assert f"config file {config}: field 'node_public_keys' is malformed" in done.stderr
     assert why in done.stderr
+
+
+def test_a_config_pinning_one_fleet_key_says_it_is_from_an_older_version(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "client.toml"
+    data = tomllib.loads(_client_toml(config).read_text())
+    del data["node_public_keys"]
+    data["fleet_public_key"] = "0020" + "11" * 32
+    config.write_text(tomli_w.dumps(data))
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "one key for the whole fleet (an older version)" in done.stderr
+    assert "Traceback" not in done.stderr
 
 
 # ---- --json -------------------------------------------------------------------------------

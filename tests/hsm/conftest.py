@@ -16,13 +16,14 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.client.vault import VaultClient
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import ksf
-from backupvault.crypto.seal import Kem
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
+from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryState
-from backupvault.protocol import ErrorResponse, Op, pad_response
+from backupvault.protocol import NODE_HEADER, ErrorResponse, Op, SealedCopies, pad_response
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
 ISSUER = "test-issuer"
@@ -36,15 +37,22 @@ class InProcessFleet:
     def __init__(self, n: int = 5, seed: int = 0) -> None:
         self.rand = random.Random(seed)
         self.now = 1_000.0
-        self.secrets: FleetSecrets = make_fleet_secrets(b"test-fleet", os.urandom, Kem.X25519)
+        self.secrets: FleetSecrets = make_fleet_secrets(b"test-fleet", os.urandom)
+        self.node_keys = [NodePrivateKey.generate(Kem.X25519) for _ in range(n)]
         self.issuer = Ed25519PrivateKey.generate()
         accounts = TokenVerifier(
             self.issuer.public_key(), ISSUER, fleet_audience(self.secrets.fleet_id)
         )
         self.accounts = accounts
-        self.firmware = {i: VaultFirmware(self.secrets, os.urandom, accounts) for i in range(n)}
+        self.firmware = {
+            i: VaultFirmware(self.secrets, NodeKey(i, self.node_keys[i]), os.urandom, accounts)
+            for i in range(n)
+        }
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
-        self.replicas = {i: Replica(i, range(n), self.rand.randbytes) for i in range(n)}
+        self.replicas = {
+            i: Replica(i, range(n), self.rand.randbytes, check_value=self.firmware[i].check_value)
+            for i in range(n)
+        }
         self.down: set[int] = set()
         self.queue: deque[tuple[int, int, bytes]] = deque()
         self.results: dict[bytes, Committed | Failed] = {}
@@ -92,7 +100,11 @@ class InProcessFleet:
         if wipe:
             self.disk[node] = {}
         self.replicas[node] = Replica(
-            node, self.replicas.keys(), self.rand.randbytes, self.disk[node].values()
+            node,
+            self.replicas.keys(),
+            self.rand.randbytes,
+            MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode()),
+            check_value=self.firmware[node].check_value,
         )
         self._run(node, self.replicas[node].start(self.now))
         self._settle()
@@ -114,7 +126,8 @@ class InProcessFleet:
             return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "none"})
         node = self.rand.choice(live)
         op = Op(op_name)
-        opened = self.firmware[node].open(op, account, entry, body, self.now)
+        copy = SealedCopies.for_nodes(body, len(self.replicas)).copies[node]
+        opened = self.firmware[node].open(op, account, entry, copy, self.now)
         if isinstance(opened, ErrorResponse):
             return httpx.Response(403, json={"error": opened.code, "detail": opened.detail})
         message, response_key = opened
@@ -139,7 +152,7 @@ class InProcessFleet:
                 self.evaluations += 1
         sealed = response_key.seal(pad_response(op, response.to_bytes()))
         self.sent.append(sealed)
-        return httpx.Response(200, content=sealed)
+        return httpx.Response(200, content=sealed, headers={NODE_HEADER: str(node)})
 
     def fleet_token(self, account: str) -> str:
         audience = fleet_audience(self.secrets.fleet_id)
@@ -154,18 +167,12 @@ class InProcessFleet:
             "token",
             account,
             self.secrets.fleet_id,
-            _public(self.secrets),
+            [key.public_key() for key in self.node_keys],
             self.secrets.server_public_key,
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
             fleet_token=self.fleet_token(token_for or account),
         )
-
-
-def _public(secrets: FleetSecrets):  # type: ignore[no-untyped-def]
-    from backupvault.crypto.seal import FleetPrivateKey
-
-    return FleetPrivateKey.from_bytes(secrets.hpke_private_key).public_key()
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from conftest import InProcessFleet
 
 from backupvault.client.errors import VaultError
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 
 ROOT_KEY = bytes(range(32))
 
@@ -18,7 +18,13 @@ ROOT_KEY = bytes(range(32))
 def capped() -> InProcessFleet:
     fleet = InProcessFleet(3)
     fleet.firmware = {
-        i: VaultFirmware(fleet.secrets, os.urandom, fleet.accounts, guess_limit=5)
+        i: VaultFirmware(
+            fleet.secrets,
+            NodeKey(i, fleet.node_keys[i]),
+            os.urandom,
+            fleet.accounts,
+            guess_limit=5,
+        )
         for i in fleet.firmware
     }
     return fleet

@@ -18,8 +18,9 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
+from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.state import EntryId
-from backupvault.protocol import EntryStatus
+from backupvault.protocol import NODE_HEADER, EntryStatus, Op, SealedCopies
 from backupvault.tokens import fleet_audience, mint_token
 
 ROOT_KEY = bytes(range(32))
@@ -210,3 +211,45 @@ class _nothing:
 
     def __exit__(self, *exc: object) -> bool:
         return False
+
+
+# ---- per-node keys -------------------------------------------------------------------------
+
+
+def test_each_node_opens_only_its_own_copy(fleet: InProcessFleet) -> None:
+    """The client seals every request once per node, each to that node's own key with its
+    own response key: a node handed another node's copy (a hostile relay, or a node
+    forwarding traffic) cannot open it, whatever index it claims."""
+    client = fleet.client()
+    client.register("pw", ROOT_KEY)
+    sealed = [body for op, body in fleet.requests if op == "register-finish"][-1]
+    copies = SealedCopies.for_nodes(sealed, 5).copies
+    assert len(set(copies)) == 5
+    for reader in range(5):
+        for owner in range(5):
+            if reader == owner:
+                continue
+            with pytest.raises(AuthenticationFailed):
+                fleet.firmware[reader].open(
+                    Op.REGISTER_FINISH, "alice", "backup-root-key", copies[owner], fleet.now
+                )
+
+
+def test_an_answer_labelled_as_another_node_does_not_open(fleet: InProcessFleet) -> None:
+    """The relay names the node that answered; naming another one makes the client use
+    the wrong response key, and the answer is refused instead of misread."""
+    client = fleet.client()
+    client.register("pw", ROOT_KEY)
+
+    def relabel(request: httpx.Request) -> httpx.Response:
+        answer = fleet.handle(request)
+        if answer.status_code != 200:
+            return answer
+        other = (int(answer.headers[NODE_HEADER]) + 1) % 5
+        return httpx.Response(200, content=answer.content, headers={NODE_HEADER: str(other)})
+
+    client._http = httpx.Client(transport=httpx.MockTransport(relabel))
+    with pytest.raises(VaultError, match="did not verify"):
+        client.status()
+    client._http = httpx.Client(transport=httpx.MockTransport(fleet.handle))
+    assert client.status().guesses_remaining == 10

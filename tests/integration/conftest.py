@@ -123,7 +123,7 @@ class Vault:
             self.token(account) if token is None else token,
             account,
             self.config.fleet_id,
-            self.config.fleet_public_key,
+            self.config.node_public_keys,
             self.config.opaque_server_public_key,
             entry=entry,
             ksf_params=ksf_params,

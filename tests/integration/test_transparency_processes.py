@@ -27,7 +27,7 @@ import backupvault
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import FleetNotTrusted
 from backupvault.crypto import recovery
-from backupvault.crypto.seal import FleetPrivateKey
+from backupvault.crypto.seal import NodePrivateKey
 from backupvault.deploy.local import WITNESS_NAME, WITNESSES, LocalDeployment
 from backupvault.deploy.verify import FleetReport, TrustInputs, verify_deployment
 from backupvault.node.config import FleetDescription, write_toml
@@ -341,10 +341,11 @@ def rolled_back_log(dep: Deployment, tmp: Path) -> Scenario:
 
 
 def swapped_hpke_key(dep: Deployment, tmp: Path) -> Scenario:
-    kem = dep.record.fleet_public_key.kem
-    record = replace(
-        dep.record, hpke_public_key=FleetPrivateKey.generate(kem).public_key().to_bytes()
+    kem = dep.record.kem
+    forged = replace(
+        dep.record.nodes[0], hpke_public_key=NodePrivateKey.generate(kem).public_key().to_bytes()
     )
+    record = replace(dep.record, nodes=[forged, *dep.record.nodes[1:]])
     signed = replace(dep.signed, record=record.to_bytes())
     bundle = replace(FleetBundle.from_bytes(dep.bundle), signed_record=signed.to_bytes())
     return Scenario(bundle.to_bytes())

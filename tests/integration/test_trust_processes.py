@@ -18,7 +18,7 @@ from backupvault.client.errors import WrongPassword
 from backupvault.crypto.seal import seal_request
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription, write_toml
-from backupvault.protocol import AuthorizedRequest, EntryStatus, Op, StatusRequest
+from backupvault.protocol import AuthorizedRequest, EntryStatus, Op, SealedCopies, StatusRequest
 from backupvault.tokens import load_operator_private_key
 
 from .conftest import RecordingTransport, Vault
@@ -58,10 +58,15 @@ def _nodes(vault: Vault) -> list[str]:
     return [n.url for n in FleetDescription.load(vault.root / "fleet.toml").nodes]
 
 
-def _sealed_status(vault: Vault, account: str, entry: str, fleet_token: str) -> bytes:
-    assert vault.config.fleet_id is not None and vault.config.fleet_public_key is not None
+def _sealed_status(
+    vault: Vault, account: str, entry: str, fleet_token: str, node: int = 0
+) -> bytes:
+    """A status request sealed to node `node`'s own key (what that node gets from the
+    relay)."""
+    assert vault.config.fleet_id is not None and vault.config.node_public_keys is not None
     body = AuthorizedRequest(fleet_token, StatusRequest(account, entry).to_bytes()).to_bytes()
-    sealed, _ = seal_request(vault.config.fleet_public_key, vault.config.fleet_id, "status", body)
+    key = vault.config.node_public_keys[node]
+    sealed, _ = seal_request(key, vault.config.fleet_id, node, "status", body)
     return sealed
 
 
@@ -71,7 +76,6 @@ def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
     account, entry = "direct-user", "direct-entry"
     owner = vault.client(account, entry)
     owner.register(PASSWORD, os.urandom(32))
-    sealed = _sealed_status(vault, account, entry, vault.fleet_token(account))
     names = {
         "X-Backupvault-Account": account,
         "X-Backupvault-Entry": entry,
@@ -81,6 +85,7 @@ def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
     relay_key = load_operator_private_key(vault.root / "relay-signing.key")
     with httpx.Client(timeout=10) as http:
         for index, url in enumerate(_nodes(vault)):
+            sealed = _sealed_status(vault, account, entry, vault.fleet_token(account), index)
             for op in ("status", "recover-start", "delete"):
                 unsigned = http.post(f"{url}/v1/client/{op}", content=sealed, headers=names)
                 assert unsigned.status_code == 401, unsigned.text
@@ -129,8 +134,9 @@ def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
         assert answer.status_code == 403 and answer.json()["error"] == "unauthorized"
         # Replayed: every sealed recover-start and recover-finish it forwarded, to every node.
         for op in ("recover-start", "recover-finish"):
-            for body in recording.bodies(op):
+            for copies in recording.bodies(op):
                 for index, url in enumerate(_nodes(vault)):
+                    body = SealedCopies.from_bytes(copies).copies[index]
                     signed = sign_headers(relay_key, index, op, account, entry, body)
                     answer = http.post(
                         f"{url}/v1/client/{op}", content=body, headers={**names, **signed}

@@ -13,6 +13,7 @@ import os
 import shutil
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -34,9 +35,18 @@ from backupvault.client.errors import (
 )
 from backupvault.crypto import opaque, recovery
 from backupvault.crypto.seal import ResponseKey
+from backupvault.fleet.replica import Timing
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription
-from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, Op, decode_response
+from backupvault.protocol import (
+    NODE_HEADER,
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    Op,
+    SealedCopies,
+    decode_response,
+)
 from backupvault.tokens import generate_operator_key, load_operator_private_key, mint_token
 
 from .conftest import NODES, RELAY_BURST, RecordingTransport, Vault, wait_for
@@ -148,7 +158,11 @@ def test_two_nodes_down_still_works_three_down_fails_closed(vault: Vault, tmp_pa
     assert before.guesses_remaining == 9
 
     deployment.stop_process("node2", signal.SIGKILL)
-    # A wrong guess now must neither be evaluated nor counted: the fleet refuses.
+    # Once the majority has been gone longer than the leader's lease, a wrong guess must
+    # be neither evaluated nor counted: the fleet refuses before writing anything
+    # (docs/fleet.md, "Fail closed"). Within the lease a change may be accepted on a
+    # minority and carried forward later: counted, never evaluated.
+    time.sleep(2 * Timing().leader_lease)
     with pytest.raises(FleetUnavailable):
         client.recover("another wrong password")
     config = vault.client_config(tmp_path / "client.toml", "outage-user", "outage-entry")
@@ -263,7 +277,7 @@ def test_replayed_ke3_does_not_reset_the_counter(
 
     def recording_seal(*args: Any) -> tuple[bytes, ResponseKey]:
         sealed, key = real_seal(*args)
-        response_keys.append((args[2], key))
+        response_keys.append((args[3], key))  # (node key, fleet id, node, kind, body)
         return sealed, key
 
     monkeypatch.setattr(vault_module, "seal_request", recording_seal)
@@ -273,7 +287,8 @@ def test_replayed_ke3_does_not_reset_the_counter(
     client.register(PASSWORD, root_key)
     assert client.recover(PASSWORD).root_key == root_key
     captured = wire.bodies("recover-finish")[-1]
-    captured_key = [key for op, key in response_keys if op == "recover-finish"][-1]
+    # One copy per node, each with its own response key.
+    captured_keys = {k.node: k for op, k in response_keys if op == "recover-finish"}
 
     for remaining in (9, 8, 7):
         with pytest.raises(WrongPassword) as wrong:
@@ -289,6 +304,7 @@ def test_replayed_ke3_does_not_reset_the_counter(
         },
     )
     assert replay.status_code == 200
+    captured_key = captured_keys[int(replay.headers[NODE_HEADER])]
     answer = decode_response(Op.RECOVER_FINISH, captured_key.open(replay.content))
     assert isinstance(answer, ErrorResponse)
     assert answer.code == ErrorCode.STALE_ATTEMPT
@@ -511,7 +527,7 @@ class ToNode(httpx.BaseTransport):
 
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         _, _, _, entry, op = request.url.path.split("/")
-        body = request.read()
+        body = SealedCopies.from_bytes(request.read()).copies[self.index]  # its own copy
         forwarded = httpx.Request(
             "POST",
             f"{self.node_url}/v1/client/{op}",
@@ -523,7 +539,9 @@ class ToNode(httpx.BaseTransport):
                 **sign_headers(self.key, self.index, op, self.account, entry, body),
             },
         )
-        return self.inner.handle_request(forwarded)
+        answer = self.inner.handle_request(forwarded)
+        answer.headers[NODE_HEADER] = str(self.index)
+        return answer
 
 
 def test_node_with_rolled_back_disk_does_not_restore_guesses(vault: Vault, tmp_path: Path) -> None:

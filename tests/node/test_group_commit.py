@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import sqlite3
 import threading
 from collections.abc import Iterable
 from pathlib import Path
@@ -14,12 +15,14 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
-from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
+from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
@@ -27,6 +30,7 @@ from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+NODE_KEY = NodeKey(0, NodePrivateKey.generate(Kem.X25519))
 ACCOUNTS = TokenVerifier(
     Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
 )
@@ -47,17 +51,17 @@ class SlowStore(NodeStore):
         self.release = threading.Event()
         self.saved: list[list[bytes]] = []
 
-    def save(self, records: Iterable[AcceptorRecord]) -> None:
+    def save(self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None) -> None:
         self.release.wait(10)
         records = list(records)
-        super().save(records)
+        super().save(records, marks)
         self.saved.append([r.key for r in records])
 
 
 def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[int, list[bytes]]]]:
     store = SlowStore(tmp_path / "store.sqlite")
     addresses = {i: ("127.0.0.1", 1) for i in range(3)}
-    firmware = VaultFirmware(SECRETS, os.urandom, ACCOUNTS)
+    firmware = VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS)
     service = NodeService(0, addresses, firmware, _channel(0), store)
     posted: list[tuple[int, list[bytes]]] = []
 
@@ -149,7 +153,9 @@ def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
     tmp_path: Path,
 ) -> None:
     class BrokenStore(SlowStore):
-        def save(self, records: Iterable[AcceptorRecord]) -> None:
+        def save(
+            self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None
+        ) -> None:
             raise OSError("disk full")
 
     async def scenario() -> None:
@@ -223,3 +229,26 @@ def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
     sealer = FakeSealer(recorded)
     assert store_is_intact(store, sealer) is intact  # type: ignore[arg-type]
     assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again
+
+
+def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> None:
+    """Records are read when a message needs them, not at start; one that fails its check
+    stops the node: no answer leaves, clients get 503."""
+    filled = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    filled.save([AcceptorRecord(b"entry", 1, 0), AcceptorRecord(b"other", 1, 0)])
+    filled.close()
+    with sqlite3.connect(tmp_path / "store.sqlite") as db:
+        db.execute("UPDATE record SET row = zeroblob(length(row))")
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)  # opens: reads no record row
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+        assert service.replica.ready and service._fatal is None
+        service._step(lambda: service.replica.receive(1, Prepare(b"op", b"entry", 5, 1), 0.0))
+        await _turns()
+        assert posted == [] and service._fatal is not None
+        answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
+        assert (answer.status, answer.error) == (503, "node_not_ready")
+
+    asyncio.run(scenario())

@@ -17,11 +17,11 @@ from hypothesis import strategies as st
 from starlette.testclient import TestClient
 
 from backupvault.codec import Message
-from backupvault.crypto.seal import FleetPrivateKey, Kem, ResponseKey, seal_request
+from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hop import HopVerifier, sign_headers
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.node.http import create_app
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
@@ -38,8 +38,8 @@ from backupvault.protocol import (
 )
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
-SECRETS = make_fleet_secrets(b"fleet", os.urandom, Kem.X25519)
-FLEET_KEY = FleetPrivateKey.from_bytes(SECRETS.hpke_private_key).public_key()
+SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+NODE_KEY = NodePrivateKey.generate(Kem.X25519)
 ISSUER_KEY = Ed25519PrivateKey.generate()
 RELAY_KEY = Ed25519PrivateKey.generate()
 ACCOUNTS = TokenVerifier(ISSUER_KEY.public_key(), "issuer", fleet_audience(SECRETS.fleet_id))
@@ -51,7 +51,7 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
     service = NodeService(
         0,
         {0: ("127.0.0.1", 0)},  # a fleet of one: ready at once; any free peer port
-        VaultFirmware(SECRETS, os.urandom, ACCOUNTS),
+        VaultFirmware(SECRETS, NodeKey(0, NODE_KEY), os.urandom, ACCOUNTS),
         PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, SECRETS.fleet_id, os.urandom),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
     )
@@ -69,9 +69,9 @@ def fleet_token(account: str = "alice") -> str:
 
 
 def seal(op: str, request: Message, token: str | None = None) -> tuple[bytes, ResponseKey]:
-    """A client's sealed request: the fleet token and the request, sealed to the fleet."""
+    """A client's sealed request: the fleet token and the request, sealed to node 0."""
     body = AuthorizedRequest(token or fleet_token(), request.to_bytes()).to_bytes()
-    return seal_request(FLEET_KEY, SECRETS.fleet_id, op, body)
+    return seal_request(NODE_KEY.public_key(), SECRETS.fleet_id, 0, op, body)
 
 
 def post(

@@ -17,11 +17,12 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import HELLO_SIZE, PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, NotReady, SyncRequest, SyncResponse
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.node import peers
 from backupvault.node.peers import (
     MAX_FRAME,
@@ -85,7 +86,9 @@ async def _node(tmp_path: Path) -> AsyncIterator[tuple[NodeService, Peer]]:
     service = NodeService(
         0,
         addresses,
-        VaultFirmware(SECRETS, os.urandom, ACCOUNTS),
+        VaultFirmware(
+            SECRETS, NodeKey(0, NodePrivateKey.generate(Kem.X25519)), os.urandom, ACCOUNTS
+        ),
         _channel(0),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
         intact=True,

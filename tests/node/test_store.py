@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
+from backupvault.fleet.records import Mark
 from backupvault.hsm.state import EntryId, EntryState
-from backupvault.node.store import NodeStore, StoreCorrupted
+from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, bucket_of
 from backupvault.protocol import EntryStatus
 
 KEY = os.urandom(32)
@@ -32,14 +33,16 @@ def records() -> list[AcceptorRecord]:
 
 def rows(path: Path) -> dict[bytes, tuple[int, bytes]]:
     with sqlite3.connect(path) as db:
-        found = db.execute("SELECT name, seq, row FROM record")
-        return {bytes(n): (int(s), bytes(r)) for n, s, r in found}
+        found = db.execute("SELECT name, ver, row FROM record")
+        return {bytes(n): (int(v), bytes(r)) for n, v, r in found}
 
 
-def put(path: Path, name: bytes, seq: int, row: bytes) -> None:
+def put(path: Path, name: bytes, ver: int, row: bytes) -> None:
+    """Write a row behind the store's back (the name's current row goes, as the store's
+    own writes do)."""
     with sqlite3.connect(path) as db:
-        sql = "INSERT OR REPLACE INTO record (name, seq, row) VALUES (?, ?, ?)"
-        db.execute(sql, (name, seq, row))
+        sql = "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)"
+        db.execute(sql, (ver, name, row))
 
 
 def files(folder: Path) -> bytes:
@@ -80,10 +83,10 @@ def test_flipped_bit_is_refused(tmp_path: Path, position: int) -> None:
     path = tmp_path / "store.sqlite"
     make(path).save(records())
     a = name(path, ENTRY_A)
-    seq, row = rows(path)[a]
+    ver, row = rows(path)[a]
     flipped = bytearray(row)
     flipped[position] ^= 0x04
-    put(path, a, seq, bytes(flipped))
+    put(path, a, ver, bytes(flipped))
     with pytest.raises(StoreCorrupted):
         make(path).load()
 
@@ -132,7 +135,7 @@ def test_a_single_row_rolled_back_to_an_older_copy_is_refused(tmp_path: Path) ->
         make(path).load()
 
 
-def test_an_older_row_under_a_newer_seq_is_refused(tmp_path: Path) -> None:
+def test_an_older_row_under_a_newer_version_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     store = make(path)
     store.save([AcceptorRecord(ENTRY_A, 1, 1, 1, 1, b"old")])
@@ -140,7 +143,7 @@ def test_an_older_row_under_a_newer_seq_is_refused(tmp_path: Path) -> None:
     _, old_row = rows(path)[a]
     store.save([AcceptorRecord(ENTRY_A, 2, 1, 2, 1, b"new")])
     store.close()
-    put(path, a, rows(path)[a][0], old_row)  # the seq is authenticated with the row
+    put(path, a, rows(path)[a][0], old_row)  # the version is authenticated with the row
     with pytest.raises(StoreCorrupted):
         make(path).load()
 
@@ -194,3 +197,132 @@ def test_a_store_of_the_older_format_is_refused_with_a_way_out(tmp_path: Path) -
     with pytest.raises(StoreCorrupted, match="older version") as refused:
         make(path)
     assert "catches up" in (refused.value.hint or "")
+
+
+# ---- reading one record at a time: nothing is loaded at open ----------------------------
+
+
+def _many(count: int, round_: int = 1) -> list[AcceptorRecord]:
+    return [
+        AcceptorRecord(EntryId(f"user{i}", "root-key").to_bytes(), round_, 1, round_, 1, b"v")
+        for i in range(count)
+    ]
+
+
+def test_records_are_read_one_at_a_time_and_checked_before_use(tmp_path: Path) -> None:
+    """Opening reads no record row; a rolled-back row is refused when its entry is read,
+    and by the background check, while entries in other buckets are still served."""
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(_many(50))
+    victim = EntryId("user7", "root-key").to_bytes()
+    old = rows(path)[store.name_of(victim)]
+    store.save([AcceptorRecord(victim, 2, 1, 2, 1, b"newer")])
+    store.close()
+    put(path, name(path, victim), *old)
+    reopened = make(path)  # no row is read: opening does not notice
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        reopened.get(victim)
+    bucket = bucket_of(reopened.name_of(victim))
+    other = next(r for r in _many(50) if bucket_of(reopened.name_of(r.key)) != bucket)
+    assert reopened.get(other.key) == other
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        make(path).verify_all()
+
+
+def test_a_removed_row_is_refused_when_its_entry_is_asked_for(tmp_path: Path) -> None:
+    """An absent row is not taken for an entry that never existed: its bucket says it was."""
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(records())
+    b = store.name_of(ENTRY_B)
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM record WHERE name = ?", (b,))
+    with pytest.raises(StoreCorrupted, match="removed"):
+        make(path).get(ENTRY_B)
+
+
+def test_a_bucket_rolled_back_with_its_rows_is_refused_at_open(tmp_path: Path) -> None:
+    """A record row and its bucket row both put back as they were (consistent with each
+    other): the bucket rows no longer match the store's counter, checked at every open."""
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save([AcceptorRecord(ENTRY_A, 1, 1, 1, 1, b"old")])
+    a = store.name_of(ENTRY_A)
+    old_row = rows(path)[a]
+    with sqlite3.connect(path) as db:
+        old_bucket = db.execute("SELECT id, ver, row FROM bucket").fetchone()
+    store.save([AcceptorRecord(ENTRY_A, 2, 1, 2, 1, b"new")])
+    store.close()
+    put(path, a, *old_row)
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", old_bucket)
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        make(path)
+
+
+def test_changes_since_a_version_come_in_pages(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(_many(5))
+    first = store.changed_since(b"", 0, 100)
+    assert (len(first.records), first.more, first.since) == (5, False, 0)
+    store.save([AcceptorRecord(ENTRY_A, 7, 1)])
+    later = store.changed_since(first.store_id, first.upto, 100)
+    assert later.records == [AcceptorRecord(ENTRY_A, 7, 1)]  # only what changed
+    assert later.since == first.upto and later.upto > first.upto
+    pages = [store.changed_since(store.store_id, 0, 2)]
+    while pages[-1].more:
+        pages.append(store.changed_since(store.store_id, pages[-1].upto, 2))
+    assert [len(p.records) for p in pages] == [2, 2, 2]
+    assert {r.key for p in pages for r in p.records} == {*(r.key for r in _many(5)), ENTRY_A}
+    # A mark of another store (or ahead of this one) starts from the beginning.
+    assert store.changed_since(os.urandom(16), first.upto, 100).since == 0
+    assert store.changed_since(store.store_id, 10**6, 100).since == 0
+
+
+def test_a_raised_counter_gives_the_store_a_new_id(tmp_path: Path) -> None:
+    """After a rollback the versions may repeat: peers' marks of the old id must not hold."""
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(records())
+    before = store.store_id
+    store.raise_counter(store.counter + 5)
+    store.close()
+    reopened = make(path)
+    assert reopened.store_id != before
+    assert reopened.changed_since(before, 1, 100).since == 0
+
+
+def test_marks_are_saved_with_the_records(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(records(), {1: Mark(b"peer-one-store-i", 41), 3: Mark(b"x", 7)})
+    store.save([AcceptorRecord(ENTRY_A, 9, 1)], {3: Mark(b"x", 9)})
+    store.close()
+    assert make(path).marks() == {1: Mark(b"peer-one-store-i", 41), 3: Mark(b"x", 9)}
+
+
+def test_the_cache_in_front_of_the_store_stays_bounded(tmp_path: Path) -> None:
+    store = make(tmp_path / "store.sqlite")
+    store.save(_many(30))
+    source = StoreRecords(store, capacity=10)
+    for record in _many(30):
+        assert source.get(record.key) == record
+    assert len(source._cache) == 10
+    newer = AcceptorRecord(EntryId("user3", "root-key").to_bytes(), 5, 1)
+    source.put(newer)
+    assert source.get(newer.key) == newer  # put and not yet saved: the replica sees it
+    assert store.get(newer.key) != newer
+    store.save([newer])
+    source.saved([newer])
+    assert source.get(newer.key) == newer == store.get(newer.key)
+
+
+def test_rows_keep_large_ballots_and_empty_values(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    kept = [AcceptorRecord(ENTRY_A, 2**40, 65535, 2**33, 7, b""), AcceptorRecord(ENTRY_B)]
+    make(path).save(kept)
+    reopened = make(path)
+    assert [reopened.get(ENTRY_A), reopened.get(ENTRY_B)] == kept

@@ -20,12 +20,21 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
+from backupvault.protocol import SealedCopies
 from backupvault.relay import RelayConfig, create_app, mint_token, private_key_pem, public_key_pem
 
 ISSUER = "https://accounts.test"
 AUDIENCE = "backupvault-relay-test"
 #: The relay's key for the relay → node hop (stub nodes can check it with HopVerifier).
 RELAY_KEY = Ed25519PrivateKey.generate()
+#: How many nodes each relay started by a test forwards to, by its URL.
+RELAY_NODES: dict[str, int] = {}
+
+
+def copies(relay: str, body: bytes) -> bytes:
+    """`body` as a client posts it: one sealed copy per node (identical here, so a stub
+    node's echo shows which copy it got)."""
+    return SealedCopies([body] * RELAY_NODES[relay]).to_bytes()
 
 
 class LiveServer:
@@ -188,6 +197,7 @@ def start_relay(operator_key: Ed25519PrivateKey) -> Iterator[Callable[..., str]]
         app = create_app(config) if clock is None else create_app(config, clock=clock)
         server = LiveServer(app)
         servers.append(server)
+        RELAY_NODES[server.url] = len(node_urls)
         return server.url
 
     yield start

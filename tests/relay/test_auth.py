@@ -27,7 +27,7 @@ from backupvault.relay import (
     save_operator_key,
 )
 
-from .conftest import AUDIENCE, ISSUER, StubNode
+from .conftest import AUDIENCE, ISSUER, StubNode, copies
 
 
 def _b64(data: bytes) -> str:
@@ -111,7 +111,7 @@ def test_bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded(
     for name, token in _bad_tokens(operator_key).items():
         cases[name] = {**octet, "Authorization": f"Bearer {token}"}
     for name, headers in cases.items():
-        response = httpx.post(url, content=b"sealed", headers=headers)
+        response = httpx.post(url, content=copies(relay, b"sealed"), headers=headers)
         assert response.status_code == 401, name
         assert response.headers["WWW-Authenticate"].startswith("Bearer"), name
         body = response.json()
@@ -126,7 +126,7 @@ def test_a_good_token_passes(
     relay = start_relay([stubs[0].url])
     response = httpx.post(
         f"{relay}/v1/vault/laptop/status",
-        content=b"sealed",
+        content=copies(relay, b"sealed"),
         headers={"Content-Type": "application/octet-stream", "Authorization": f"bearer {token()}"},
     )
     assert response.status_code == 200

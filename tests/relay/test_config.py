@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from backupvault.errors import InvalidInput
+from backupvault.protocol import SealedCopies
 from backupvault.relay import (
     RelayConfig,
     generate_operator_key,
@@ -175,7 +176,7 @@ def test_serve_runs_a_real_relay_from_a_config_file(key_dir: Path, stubs: list[S
         )
         response = httpx.post(
             f"{relay}/v1/vault/e1/status",
-            content=b"\x01\x02",
+            content=SealedCopies([b"\x01\x02"]).to_bytes(),
             headers={
                 "Content-Type": "application/octet-stream",
                 "Authorization": f"Bearer {token}",

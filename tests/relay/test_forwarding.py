@@ -9,8 +9,9 @@ import httpx
 import pytest
 
 from backupvault.hop import HopRefused, HopVerifier
+from backupvault.protocol import SealedCopies
 
-from .conftest import RELAY_KEY, StubNode, unused_url
+from .conftest import RELAY_KEY, StubNode, copies, unused_url
 
 OCTET = {"Content-Type": "application/octet-stream"}
 
@@ -25,7 +26,7 @@ def post(
 ) -> httpx.Response:
     return httpx.post(
         f"{relay}/v1/vault/{entry}/{op}",
-        content=body,
+        content=copies(relay, body),
         headers={**OCTET, "Authorization": f"Bearer {token}", **headers},
         timeout=10,
     )
@@ -226,3 +227,50 @@ def test_health_reports_each_node(stubs: list[StubNode], start_relay: Callable[.
         "nodes_up": 1,
         "nodes_total": 3,
     }
+
+
+def test_each_node_gets_only_its_own_copy_and_the_answer_names_it(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """The client seals the request once per node; node i is sent copy i and nothing
+    else, and the relay says which node answered (the client opens it with that copy's
+    response key)."""
+    relay = start_relay([s.url for s in stubs])
+    for _ in range(3):  # round-robin: each node once
+        sealed = [f"copy for node{i}".encode() for i in range(3)]
+        response = httpx.post(
+            f"{relay}/v1/vault/laptop/status",
+            content=SealedCopies(sealed).to_bytes(),
+            headers={**OCTET, "Authorization": f"Bearer {token()}"},
+            timeout=10,
+        )
+        assert response.status_code == 200
+        index = int(response.headers["x-backupvault-answered-by"])
+        assert response.content == f"node{index}|copy for node{index}".encode()
+    for index, stub in enumerate(stubs):
+        assert [seen.body for seen in stub.seen] == [f"copy for node{index}".encode()]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"not a list of copies",
+        SealedCopies([b"a", b"b"]).to_bytes(),
+        SealedCopies([b"a", b"", b"c"]).to_bytes(),
+    ],
+    ids=["garbage", "too few copies", "an empty copy"],
+)
+def test_a_body_without_one_copy_per_node_is_a_400_never_forwarded(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str], body: bytes
+) -> None:
+    relay = start_relay([s.url for s in stubs])
+    response = httpx.post(
+        f"{relay}/v1/vault/laptop/status",
+        content=body,
+        headers={**OCTET, "Authorization": f"Bearer {token()}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_sealed_copies"
+    assert response.json()["detail"]
+    assert all(stub.seen == [] for stub in stubs)

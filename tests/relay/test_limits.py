@@ -10,6 +10,7 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.protocol import SealedCopies
 from backupvault.relay import RateLimiter, create_app
 
 from .conftest import LiveServer, StubNode, make_config
@@ -30,9 +31,10 @@ def _post(
     path: str = "/v1/vault/laptop/status",
     content_type: str = "application/octet-stream",
 ) -> httpx.Response:
+    """POST `body` as the one sealed copy for a one-node relay (empty: nothing at all)."""
     return httpx.post(
         f"{relay}{path}",
-        content=body,
+        content=SealedCopies([body]).to_bytes() if body else b"",
         headers={
             "Content-Type": content_type,
             "Authorization": f"Bearer {token}",
@@ -102,8 +104,9 @@ def test_too_large_is_413_declared_or_streamed(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
     relay = start_relay([stubs[0].url], max_body_bytes=1024)
-    assert _post(relay, token(), b"x" * 1024).status_code == 200
-    _assert_error(_post(relay, token(), b"x" * 1025), 413, "too_large")
+    overhead = len(SealedCopies([b""]).to_bytes())  # the client's copies list, one node
+    assert _post(relay, token(), b"x" * (1024 - overhead)).status_code == 200
+    _assert_error(_post(relay, token(), b"x" * (1025 - overhead)), 413, "too_large")
 
     def chunks() -> Iterator[bytes]:
         for _ in range(4):

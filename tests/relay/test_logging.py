@@ -11,7 +11,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from .conftest import StubNode, unused_url
+from .conftest import StubNode, copies, unused_url
 
 
 def _request(base: str, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> int:
@@ -51,11 +51,14 @@ def test_logs_carry_metadata_but_no_payload_token_or_headers(
     with caplog.at_level(logging.DEBUG):
         for base in (relay, relay_refusing):
             for op in ("register-start", "recover-finish"):
-                status = _request(base, "POST", f"/v1/vault/laptop/{op}", payload, headers)
+                body = copies(base, payload)
+                status = _request(base, "POST", f"/v1/vault/laptop/{op}", body, headers)
                 assert status in (200, 410)
         # Refused requests are logged too, and must not echo what was refused.
         bad = dict(headers, Authorization=f"Bearer {secret_token[:-4]}AAAA")
-        assert _request(relay, "POST", "/v1/vault/laptop/status", payload, bad) == 401
+        assert (
+            _request(relay, "POST", "/v1/vault/laptop/status", copies(relay, payload), bad) == 401
+        )
         assert _request(relay, "GET", f"/v1/{header_secret}", None, headers) == 404
         # The relay writes its line after the answer is sent, from the server's thread.
         deadline = time.monotonic() + 5

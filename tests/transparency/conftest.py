@@ -11,7 +11,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto import oprf
-from backupvault.crypto.seal import FleetPrivateKey, Kem
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.transparency.note import Signer
 from backupvault.transparency.record import DeploymentRecord
 from backupvault.transparency.witness import Witness, WitnessPolicy
@@ -20,8 +20,38 @@ from backupvault.transparency.witness_store import WitnessStore
 WITNESS_NAME = "witness.test/backupvault"
 FLEET_ID = bytes.fromhex("0123456789abcdef0123456789abcdef")
 MEASUREMENT = bytes(range(32))
-HPKE_KEY = FleetPrivateKey.generate(Kem.X25519).public_key().to_bytes()
 OPAQUE_KEY = oprf.scalar_mult_base(oprf.random_scalar())
+
+
+def hpke_key(i: int, kem: Kem = Kem.X25519) -> bytes:
+    """Node i's HPKE public key (fixed, so records are reproducible)."""
+    seed = bytes([i + 1]) * (32 if kem is Kem.X25519 else 96)
+    return NodePrivateKey(kem, seed).public_key().to_bytes()
+
+
+def signing_key(i: int) -> bytes:
+    """Node i's Ed25519 public key (fixed)."""
+    return (
+        Ed25519PrivateKey.from_private_bytes(bytes([0x40 + i]) * 32).public_key().public_bytes_raw()
+    )
+
+
+def node(
+    i: int,
+    url: str | None = None,
+    *,
+    identity: bytes | None = None,
+    hpke: bytes | None = None,
+    signing: bytes | None = None,
+) -> tuple[int, bytes, bytes, bytes, str]:
+    """A node entry for `make_record`: (index, identity, HPKE, signing key, url)."""
+    return (
+        i,
+        bytes([i + 1]) * 32 if identity is None else identity,
+        hpke_key(i) if hpke is None else hpke,
+        signing_key(i) if signing is None else signing,
+        f"https://node{i}.vault.test:7100" if url is None else url,
+    )
 
 
 def make_record(**changes: Any) -> DeploymentRecord:
@@ -29,8 +59,7 @@ def make_record(**changes: Any) -> DeploymentRecord:
         "fleet_id": FLEET_ID,
         "epoch": 1,
         "guess_limit": 10,
-        "nodes": [(i, bytes([i + 1]) * 32, f"https://node{i}.vault.test:7100") for i in range(5)],
-        "hpke_public_key": HPKE_KEY,
+        "nodes": [node(i) for i in range(5)],
         "opaque_server_public_key": OPAQUE_KEY,
         "measurement": MEASUREMENT,
         "time": 1_750_000_000,

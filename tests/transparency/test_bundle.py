@@ -8,7 +8,6 @@ from dataclasses import replace
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backupvault.crypto.seal import FleetPrivateKey, Kem
 from backupvault.transparency import merkle
 from backupvault.transparency.bundle import FleetBundle, verify_bundle
 from backupvault.transparency.errors import (
@@ -31,7 +30,15 @@ from backupvault.transparency.note import Checkpoint, Signer, open_checkpoint
 from backupvault.transparency.record import OperatorSignedRecord, sign_record
 from backupvault.transparency.witness import Witness
 
-from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record
+from .conftest import (
+    FLEET_ID,
+    MEASUREMENT,
+    WITNESS_NAME,
+    WitnessFactory,
+    hpke_key,
+    make_record,
+    node,
+)
 
 
 def _bundle(
@@ -158,12 +165,12 @@ def test_other_operator_key_or_fleet(
 
 
 def test_swapped_hpke_key(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
-    """The record's HPKE key replaced after the operator signed (and the witness logged) it."""
+    """A node's HPKE key replaced after the operator signed (and the witness logged) it."""
     witness = make_witness()
     bundle = _bundle(witness, operator_key, 1)
     signed = bundle.operator_signed
-    attacker_key = FleetPrivateKey.generate(Kem.X25519).public_key().to_bytes()
-    record = make_record(epoch=1, hpke_public_key=attacker_key)
+    nodes = [node(0, hpke=hpke_key(7)), *(node(i) for i in range(1, 5))]
+    record = make_record(epoch=1, nodes=nodes)
     altered = OperatorSignedRecord(record.to_bytes(), signed.operator_public_key, signed.signature)
     with pytest.raises(OperatorSignatureInvalid):
         Client(witness, operator_key).accept(replace(bundle, signed_record=altered.to_bytes()))

@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from backupvault.crypto.seal import FleetPrivateKey, Kem
+from backupvault.crypto.seal import Kem
 from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
     Malformed,
@@ -26,7 +26,7 @@ from backupvault.transparency.record import (
     sign_record,
 )
 
-from .conftest import FLEET_ID, HPKE_KEY, MEASUREMENT, OPAQUE_KEY, make_record
+from .conftest import FLEET_ID, MEASUREMENT, OPAQUE_KEY, hpke_key, make_record, node, signing_key
 
 
 def _blob(data: bytes) -> bytes:
@@ -35,15 +35,21 @@ def _blob(data: bytes) -> bytes:
 
 def test_layout_byte_by_byte() -> None:
     """The encoding docs/transparency.md specifies, rebuilt by hand."""
-    record = make_record(nodes=[(0, b"\x01" * 32, "https://n0.test")], epoch=7)
-    node = b"\x51" + struct.pack(">Q", 0) + _blob(b"\x01" * 32) + _blob(b"https://n0.test")
+    record = make_record(nodes=[node(0, "https://n0.test")], epoch=7)
+    entry = (
+        b"\x55"
+        + struct.pack(">QQ", 0, 1)  # index, share index
+        + _blob(b"\x01" * 32)  # identity key
+        + _blob(hpke_key(0))  # kem id || HPKE key
+        + _blob(signing_key(0))
+        + _blob(b"https://n0.test")
+    )
     expected = (
-        b"\x50"
+        b"\x56"
         + _blob(FLEET_ID)
-        + struct.pack(">QQQ", 7, 1, 10)  # epoch, quorum (majority of 1), guess limit
+        + struct.pack(">QQQQ", 7, 1, 1, 10)  # epoch, quorum, threshold, guess limit
         + struct.pack(">I", 1)
-        + _blob(node)
-        + _blob(HPKE_KEY)
+        + _blob(entry)
         + _blob(OPAQUE_KEY)
         + _blob(MEASUREMENT)
         + struct.pack(">Q", 1_750_000_000)
@@ -61,9 +67,27 @@ def test_roundtrip_and_quorum_default() -> None:
     assert record.quorum == 3
     assert [n.index for n in record.nodes] == list(range(5))
     assert DeploymentRecord.from_bytes(record.to_bytes()) == record
-    assert record.fleet_public_key.kem is Kem.X25519
-    mlkem = FleetPrivateKey.generate(Kem.MLKEM768_X25519).public_key().to_bytes()
-    assert make_record(hpke_public_key=mlkem).fleet_public_key.kem is Kem.MLKEM768_X25519
+    assert record.threshold == 3
+    assert [n.share_index for n in record.nodes] == [1, 2, 3, 4, 5]
+    assert record.kem is Kem.X25519
+    assert [k.to_bytes() for k in record.node_public_keys] == [hpke_key(i) for i in range(5)]
+    mlkem = [node(i, hpke=hpke_key(i, Kem.MLKEM768_X25519)) for i in range(3)]
+    assert make_record(nodes=mlkem).kem is Kem.MLKEM768_X25519
+
+
+def test_a_version_1_record_is_refused_with_a_clear_message() -> None:
+    """Records with one fleet-wide HPKE key (tag 0x50) are from an older fleet version."""
+    old = b"\x50" + make_record().to_bytes()[1:]
+    with pytest.raises(Malformed, match="older fleet version"):
+        DeploymentRecord.from_bytes(old)
+
+
+def test_a_share_index_other_than_slot_plus_one_is_refused() -> None:
+    good = make_record(nodes=[node(0, "https://n0.test")]).to_bytes()
+    bad = good.replace(struct.pack(">QQ", 0, 1), struct.pack(">QQ", 0, 2), 1)
+    assert bad != good
+    with pytest.raises(Malformed, match="share index"):
+        DeploymentRecord.from_bytes(bad)
 
 
 BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
@@ -74,28 +98,23 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("minority quorum", {"quorum": 2}),
     ("quorum above n", {"quorum": 6}),
     ("no nodes", {"nodes": []}),
-    ("short identity key", {"nodes": [(0, b"\x01" * 31, "https://a.test")]}),
+    ("short identity key", {"nodes": [node(0, identity=b"\x01" * 31)]}),
+    ("gap in indices", {"nodes": [node(0), node(2)]}),
+    ("duplicate index", {"nodes": [node(0), node(0, "https://b.test", identity=b"\x09" * 32)]}),
+    ("shared identity key", {"nodes": [node(0), node(1, identity=b"\x01" * 32)]}),
+    ("shared HPKE key", {"nodes": [node(0), node(1, hpke=hpke_key(0))]}),
+    ("shared signing key", {"nodes": [node(0), node(1, signing=signing_key(0))]}),
+    ("shared url", {"nodes": [node(0, "https://a.test"), node(1, "https://a.test")]}),
+    ("url scheme", {"nodes": [node(0, "ftp://a.test")]}),
+    ("url with space", {"nodes": [node(0, "https://a.test/ x")]}),
+    ("hpke unknown kem", {"nodes": [node(0, hpke=b"\x00\x99" + hpke_key(0)[2:])]}),
+    ("hpke short key", {"nodes": [node(0, hpke=hpke_key(0)[:-1])]}),
+    ("hpke empty", {"nodes": [node(0, hpke=b"")]}),
     (
-        "gap in indices",
-        {"nodes": [(0, b"\x01" * 32, "https://a.test"), (2, b"\x02" * 32, "https://b.test")]},
+        "mixed KEMs",
+        {"nodes": [node(0), node(1, hpke=hpke_key(1, Kem.MLKEM768_X25519)), node(2)]},
     ),
-    (
-        "duplicate index",
-        {"nodes": [(0, b"\x01" * 32, "https://a.test"), (0, b"\x02" * 32, "https://b.test")]},
-    ),
-    (
-        "shared identity key",
-        {"nodes": [(0, b"\x01" * 32, "https://a.test"), (1, b"\x01" * 32, "https://b.test")]},
-    ),
-    (
-        "shared url",
-        {"nodes": [(0, b"\x01" * 32, "https://a.test"), (1, b"\x02" * 32, "https://a.test")]},
-    ),
-    ("url scheme", {"nodes": [(0, b"\x01" * 32, "ftp://a.test")]}),
-    ("url with space", {"nodes": [(0, b"\x01" * 32, "https://a.test/ x")]}),
-    ("hpke unknown kem", {"hpke_public_key": b"\x00\x99" + HPKE_KEY[2:]}),
-    ("hpke short key", {"hpke_public_key": HPKE_KEY[:-1]}),
-    ("hpke empty", {"hpke_public_key": b""}),
+    ("signing key short", {"nodes": [node(0, signing=signing_key(0)[:31])]}),
     ("opaque not a point", {"opaque_server_public_key": b"\xff" * 32}),
     ("opaque identity", {"opaque_server_public_key": bytes(32)}),
     ("opaque short", {"opaque_server_public_key": OPAQUE_KEY[:31]}),
@@ -159,9 +178,10 @@ def test_operator_signature_refusals(operator_key: Ed25519PrivateKey) -> None:
     signed = sign_record(make_record(), operator_key)
     with pytest.raises(UnknownOperatorKey):
         signed.verify(Ed25519PrivateKey.generate().public_key())
-    swapped_key = FleetPrivateKey.generate(Kem.X25519).public_key().to_bytes()
+    # A relay or storage swapping in its own key for node 0 breaks the signature.
+    swapped = [node(0, hpke=hpke_key(9)), *(node(i) for i in range(1, 5))]
     altered = OperatorSignedRecord(
-        make_record(hpke_public_key=swapped_key).to_bytes(),
+        make_record(nodes=swapped).to_bytes(),
         signed.operator_public_key,
         signed.signature,
     )

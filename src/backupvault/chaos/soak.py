@@ -66,7 +66,7 @@ from backupvault.client.vault import VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import ksf
 from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDeployment
-from backupvault.node.config import FleetDescription, FleetNode, NodeConfig, write_toml
+from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
 from backupvault.protocol import EntryStatus, Op, RecoverStartResponse
 from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
@@ -369,13 +369,10 @@ class ProxiedFleet:
             own = replace(
                 fleet,
                 nodes=tuple(
-                    FleetNode(
-                        n.index,
-                        n.url,
-                        n.identity_public_key,
-                        n.peer
-                        if n.index == source
-                        else self.pool.links[(f"node{source}", f"node{n.index}")].address,
+                    n
+                    if n.index == source
+                    else replace(
+                        n, peer=self.pool.links[(f"node{source}", f"node{n.index}")].address
                     )
                     for n in fleet.nodes
                 ),
@@ -432,7 +429,7 @@ class ProxiedFleet:
             self.token(ghost.account),
             ghost.account,
             config.fleet_id,
-            config.fleet_public_key,
+            config.node_public_keys,
             config.opaque_server_public_key,
             entry=ghost.entry,
             ksf_params=FAST_KSF,

@@ -11,7 +11,6 @@ import tomli_w
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
-from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.local import LocalDeployment
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import replace_secret_file, write_new_file
@@ -123,13 +122,13 @@ _NODE_CONFIG = click.option(
 @_NODE_CONFIG
 @pass_context
 def node_init(ctx: Context, node_config: Path) -> None:
-    """Create this node's identity and storage keys in its token (once)."""
+    """Create this node's own keys (identity, HPKE, signing, storage), sealed by its token
+    (once); print the public keys to list under this node in fleet.toml."""
     from backupvault.node.main import init_node
 
-    public = init_node(NodeConfig.load(node_config))
-    ctx.output.result(
-        {"identity_public_key": public.hex()}, f"node identity public key: {public.hex()}"
-    )
+    public = init_node(NodeConfig.load(node_config)).describe()
+    # Text output: TOML lines to paste under this node's [[nodes]] entry in fleet.toml.
+    ctx.output.result(public, "\n".join(f'{name} = "{value}"' for name, value in public.items()))
 
 
 @node.command("inspect")
@@ -179,7 +178,7 @@ def fleet() -> None:
     "--fleet-file",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="fleet.toml listing every node's URL and identity public key.",
+    help="fleet.toml listing every node's URL and public keys (from `node init`).",
 )
 @click.option(
     "--out",
@@ -190,32 +189,31 @@ def fleet() -> None:
 )
 @pass_context
 def fleet_ceremony(ctx: Context, fleet_file: Path, out_dir: Path) -> None:
-    """Make the fleet's shared secrets; write one transfer file per node (encrypted to its
-    identity key) into OUT, and the fleet's public keys into the fleet file."""
+    """Make the single-seed OPAQUE flow's shared secrets; write one transfer file per node
+    (encrypted to its identity key) into OUT, and the OPAQUE server public key into the
+    fleet file. Every other key is the node's own (`node init`): only public keys are
+    collected."""
     data = tomllib.loads(fleet_file.read_text())
     fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
-    description = FleetDescription.load(fleet_file) if "hpke_public_key" in data else None
-    if description is not None:
+    if data.get("opaque_server_public_key"):
         raise InvalidInput(
             f"{fleet_file} already names fleet keys: the ceremony runs once per fleet"
         )
-    data.update(fleet_id=fleet_id.hex(), hpke_public_key="", opaque_server_public_key="")
+    data.update(fleet_id=fleet_id.hex(), opaque_server_public_key="")
+    write_toml(fleet_file, data)
+    FleetDescription.load(fleet_file)  # every node's own public keys are listed and valid
     out_dir.mkdir(parents=True, exist_ok=True)
     secrets = make_fleet_secrets(fleet_id, os.urandom)
     for node in data["nodes"]:
         index = int(node["index"])
         transfer = seal_for_node(secrets, index, bytes.fromhex(node["identity_public_key"]))
         (out_dir / f"node{index}.transfer").write_bytes(transfer)
-    data["hpke_public_key"] = (
-        FleetPrivateKey.from_bytes(secrets.hpke_private_key).public_key().to_bytes().hex()
-    )
     data["opaque_server_public_key"] = secrets.server_public_key.hex()
     write_toml(fleet_file, data)
     ctx.output.result(
         {
             "fleet_id": fleet_id.hex(),
             "transfers": str(out_dir),
-            "hpke_public_key": data["hpke_public_key"],
             "opaque_server_public_key": data["opaque_server_public_key"],
         },
         f"fleet {fleet_id.hex()}: copy {out_dir}/node<i>.transfer to each node's data "
@@ -313,7 +311,7 @@ def fleet_client_config(
         "fleet_id": fleet.fleet_id.hex(),
     }
     if ota_operator_key is None:
-        data["fleet_public_key"] = fleet.hpke_public_key.hex()
+        data["node_public_keys"] = [n.hpke_public_key.hex() for n in fleet.nodes]
         data["opaque_server_public_key"] = fleet.opaque_server_public_key.hex()
     else:
         if witness_key is None or witness_url is None:

@@ -7,7 +7,7 @@ Pinned fleet keys (the default, `trust = "pinned"`):
     token = "<account JWT for the relay, from the account issuer>"
     fleet_token = "<account JWT for the fleet: only ever sent inside the seal>"
     fleet_id = "<hex>"
-    fleet_public_key = "<hex: kem id || HPKE public key>"     # pinned
+    node_public_keys = ["<hex: kem id || HPKE public key>"]  # pinned, one per node by index
     opaque_server_public_key = "<hex>"                       # pinned
     entry = "backup-root-key"                                 # optional
     storage = "file:///backups"                               # optional default --storage
@@ -53,7 +53,7 @@ from backupvault.client.trust import (
 )
 from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
 from backupvault.crypto import ksf
-from backupvault.crypto.seal import FleetPublicKey
+from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.transparency.head import DEFAULT_MAX_AGE
 
@@ -96,7 +96,9 @@ class ClientConfig:
     #: Pinned mode: the fleet's keys. OTA mode: `fleet_id` optionally names the expected
     #: fleet; the keys come from the verified bundle.
     fleet_id: bytes | None
-    fleet_public_key: FleetPublicKey | None
+    #: Pinned mode: each node's HPKE key, by node index (a request for node i is sealed
+    #: to the i-th).
+    node_public_keys: tuple[NodePublicKey, ...] | None
     opaque_server_public_key: bytes | None
     entry: str = DEFAULT_ENTRY
     storage: str | None = None
@@ -130,12 +132,8 @@ class ClientConfig:
             if trust == "pinned":
                 return cls(
                     fleet_id=_hex_field(path, data, "fleet_id"),
-                    fleet_public_key=_field(
-                        path,
-                        "fleet_public_key",
-                        lambda: FleetPublicKey.from_bytes(
-                            _hex_field(path, data, "fleet_public_key")
-                        ),
+                    node_public_keys=_field(
+                        path, "node_public_keys", lambda: _node_keys(path, data)
                     ),
                     opaque_server_public_key=_hex_field(path, data, "opaque_server_public_key"),
                     **common,
@@ -165,7 +163,7 @@ class ClientConfig:
             )
             return cls(
                 fleet_id=fleet_id,
-                fleet_public_key=None,
+                node_public_keys=None,
                 opaque_server_public_key=None,
                 ota=ota,
                 **common,
@@ -199,7 +197,7 @@ class ClientConfig:
                 fleet_token=self.fleet_token,
                 notify=notify,
             )
-        assert self.fleet_id is not None and self.fleet_public_key is not None
+        assert self.fleet_id is not None and self.node_public_keys is not None
         assert self.opaque_server_public_key is not None
         return FleetSession(
             VaultClient(
@@ -207,7 +205,7 @@ class ClientConfig:
                 self.token,
                 self.account,
                 self.fleet_id,
-                self.fleet_public_key,
+                self.node_public_keys,
                 self.opaque_server_public_key,
                 entry=self.entry,
                 ksf_params=ksf_params,
@@ -219,6 +217,21 @@ class ClientConfig:
 
     def vault(self) -> VaultClient:
         return self.session().vault
+
+
+def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:
+    if "fleet_public_key" in data and "node_public_keys" not in data:
+        raise InvalidInput(
+            "this config pins one key for the whole fleet (an older version); the fleet now"
+            " has one key per node: write a new config (`backupvault fleet client-config`)"
+        )
+    keys = data["node_public_keys"]
+    if not isinstance(keys, list) or not keys:
+        raise InvalidInput("a list of hex keys, one per node")
+    try:
+        return tuple(NodePublicKey.from_bytes(bytes.fromhex(str(key))) for key in keys)
+    except ValueError:
+        raise InvalidInput("not hexadecimal") from None
 
 
 def _home(value: str) -> str:

@@ -509,7 +509,7 @@ def ota_session(
             token,
             account,
             record.fleet_id,
-            record.fleet_public_key,
+            record.node_public_keys,
             record.opaque_server_public_key,
             entry=entry,
             ksf_params=ksf_params,

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
@@ -32,9 +32,10 @@ from backupvault.client.errors import (
 )
 from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
-from backupvault.crypto.seal import FleetPublicKey, seal_request
+from backupvault.crypto.seal import NodePublicKey, ResponseKey, seal_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.protocol import (
+    NODE_HEADER,
     AuthorizedRequest,
     DeleteRequest,
     DeleteResponse,
@@ -50,6 +51,7 @@ from backupvault.protocol import (
     RegisterFinishResponse,
     RegisterStartRequest,
     RegisterStartResponse,
+    SealedCopies,
     StatusRequest,
     StatusResponse,
     check_name,
@@ -125,7 +127,7 @@ class VaultClient:
         token: str,
         account: str,
         fleet_id: bytes,
-        fleet_key: FleetPublicKey,
+        node_keys: Sequence[NodePublicKey],
         opaque_server_key: bytes,
         entry: str = DEFAULT_ENTRY,
         ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
@@ -137,7 +139,9 @@ class VaultClient:
         """`epoch`: send to that epoch of the fleet (the relay's
         /v1/epochs/{epoch}/vault/... route, as OTA clients do); None: the relay's current
         fleet (/v1/vault/..., for pinned keys). `token` goes to the relay; `fleet_token`
-        only inside the seal, for the nodes. `notify` hears about automatic waits."""
+        only inside the seal, for the nodes. `node_keys`: each node's HPKE key by index,
+        from the pinned config or the verified deployment record (never from the relay).
+        `notify` hears about automatic waits."""
         self.relay_url = relay_url.rstrip("/")
         self.epoch = epoch
         self._vault_url = (
@@ -148,7 +152,9 @@ class VaultClient:
         self.account = check_name("account", account)
         self.entry = check_name("entry", entry)
         self.fleet_id = fleet_id
-        self.fleet_key = fleet_key
+        if not node_keys:
+            raise InvalidInput("a fleet has at least one node key")
+        self.node_keys = tuple(node_keys)
         self.opaque_server_key = opaque_server_key
         self.ksf_params = ksf_params
         self._token = token
@@ -167,7 +173,7 @@ class VaultClient:
         waited = 0.0
         backoff = RESEND_BACKOFF_SECONDS
         while True:
-            sealed, response_key = seal_request(self.fleet_key, self.fleet_id, str(op), body)
+            sealed, response_keys = self._seal(op, body)
             try:
                 answer = self._http.post(
                     f"{self._vault_url}/{self.entry}/{op}",
@@ -205,6 +211,7 @@ class VaultClient:
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:
+            response_key = self._response_key(answer, response_keys)
             response = decode_response(op, response_key.open(answer.content))
         except (InvalidInput, AuthenticationFailed) as err:
             raise VaultError(f"the vault's answer did not verify: {err.message}") from None
@@ -213,6 +220,23 @@ class VaultClient:
         if not isinstance(response, kind):
             raise VaultError(f"unexpected answer from the vault: {type(response).__name__}")
         return response
+
+    def _seal(self, op: Op, body: bytes) -> tuple[bytes, list[ResponseKey]]:
+        """`body` sealed to every node's own key (the relay picks the node and gives it only
+        its copy); the response key of each copy, by node index."""
+        sealed = [
+            seal_request(key, self.fleet_id, index, str(op), body)
+            for index, key in enumerate(self.node_keys)
+        ]
+        return SealedCopies([copy for copy, _ in sealed]).to_bytes(), [key for _, key in sealed]
+
+    @staticmethod
+    def _response_key(answer: httpx.Response, keys: list[ResponseKey]) -> ResponseKey:
+        """The response key of the copy the answering node opened (the relay names it)."""
+        named = answer.headers.get(NODE_HEADER, "")
+        if not (named.isascii() and named.isdigit() and int(named) < len(keys)):
+            raise InvalidInput("the relay's answer names no node of this fleet")
+        return keys[int(named)]
 
     @staticmethod
     def _raise_http_error(answer: httpx.Response) -> None:

@@ -1,19 +1,23 @@
-"""Sealing for the client-to-fleet channel (HPKE, RFC 9180, from `cryptography`).
+"""Sealing for the client-to-node channel (HPKE, RFC 9180, from `cryptography`).
 
-A request is HPKE-sealed (base mode, single shot) to the fleet's public key. Its plaintext
-starts with a fresh 32-byte response key; the fleet answers with AES-256-GCM under that key,
-so only the client that made the request can read the answer, and the relay in between
-sees neither. The HPKE `info` (bound into the key schedule, so it acts as associated data)
-and the response's AAD both name the fleet id and the message kind: a request sealed for
-one fleet or one kind of operation cannot be passed off as another.
+Every node has its own HPKE key pair (made by the node, sealed by its token; the public
+half is in the signed deployment record). A request is HPKE-sealed (base mode, single
+shot) to the public key of the one node it is for. Its plaintext starts with a fresh
+32-byte response key; that node answers with AES-256-GCM under that key, so only the
+client that made the request can read the answer, and neither the relay nor any other
+node can read the request or forge the answer. The HPKE `info` (bound into the key
+schedule, so it acts as associated data) and the response's AAD both name the fleet id,
+the node index and the message kind: a request sealed for one fleet, node or kind of
+operation cannot be passed off as another.
 
 Wire formats (all integers big-endian):
-  fleet public key   = kem_id (2) || public key bytes (X25519: 32; ML-KEM-768+X25519: 1184 + 32)
+  node public key    = kem_id (2) || public key bytes (X25519: 32; ML-KEM-768+X25519: 1184 + 32)
   sealed request     = enc || ciphertext, as HPKE's single-shot Seal returns them
   request plaintext  = response_key (32) || body
   sealed response    = nonce (12) || AES-256-GCM(response_key, nonce, body, aad)
-  context            = "backupvault/v1 " || role || 0x00 || u16(len fleet_id) || fleet_id
-                       || u16(len kind) || kind          (role is "request" or "response")
+  context            = "backupvault/v2 " || role || 0x00 || u16(len fleet_id) || fleet_id
+                       || u16(node index) || u16(len kind) || kind
+                                                         (role is "request" or "response")
 """
 
 from __future__ import annotations
@@ -54,23 +58,26 @@ class Kem(enum.IntEnum):
 DEFAULT_KEM = Kem.MLKEM768_X25519
 
 
-def _context(role: str, fleet_id: bytes, kind: str) -> bytes:
+def _context(role: str, fleet_id: bytes, node: int, kind: str) -> bytes:
     kind_bytes = kind.encode()
     if len(fleet_id) > 0xFFFF or len(kind_bytes) > 0xFFFF:
         raise InvalidInput("fleet id or message kind too long")
+    if not 0 <= node <= 0xFFFF:
+        raise InvalidInput("node index out of range")
     return (
-        b"backupvault/v1 "
+        b"backupvault/v2 "
         + role.encode()
         + b"\x00"
         + struct.pack(">H", len(fleet_id))
         + fleet_id
+        + struct.pack(">H", node)
         + struct.pack(">H", len(kind_bytes))
         + kind_bytes
     )
 
 
 @dataclass(frozen=True)
-class FleetPublicKey:
+class NodePublicKey:
     kem: Kem
     key_bytes: bytes
 
@@ -78,14 +85,14 @@ class FleetPublicKey:
         return struct.pack(">H", self.kem) + self.key_bytes
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> FleetPublicKey:
+    def from_bytes(cls, data: bytes) -> NodePublicKey:
         if len(data) < 2:
-            raise InvalidInput("fleet public key too short")
+            raise InvalidInput("node public key too short")
         (kem_id,) = struct.unpack(">H", data[:2])
         try:
             kem = Kem(kem_id)
         except ValueError:
-            raise InvalidInput(f"unknown fleet key type 0x{kem_id:04x}") from None
+            raise InvalidInput(f"unknown node key type 0x{kem_id:04x}") from None
         key = cls(kem, bytes(data[2:]))
         key._hpke_key()  # validates length and encoding
         return key
@@ -94,27 +101,27 @@ class FleetPublicKey:
         try:
             if self.kem is Kem.X25519:
                 if len(self.key_bytes) != _X25519_LEN:
-                    raise InvalidInput("an X25519 fleet key is 32 bytes")
+                    raise InvalidInput("an X25519 node key is 32 bytes")
                 return x25519.X25519PublicKey.from_public_bytes(self.key_bytes)
             if len(self.key_bytes) != _MLKEM768_PUBLIC_LEN + _X25519_LEN:
-                raise InvalidInput("an ML-KEM-768+X25519 fleet key is 1216 bytes")
+                raise InvalidInput("an ML-KEM-768+X25519 node key is 1216 bytes")
             return hpke.MLKEM768X25519PublicKey(
                 mlkem.MLKEM768PublicKey.from_public_bytes(self.key_bytes[:_MLKEM768_PUBLIC_LEN]),
                 x25519.X25519PublicKey.from_public_bytes(self.key_bytes[_MLKEM768_PUBLIC_LEN:]),
             )
         except ValueError as err:
-            raise InvalidInput(f"malformed fleet public key: {err}") from None
+            raise InvalidInput(f"malformed node public key: {err}") from None
 
 
 @dataclass(frozen=True)
-class FleetPrivateKey:
-    """The fleet's HPKE private key. Serialized form: kem_id (2) || seed material."""
+class NodePrivateKey:
+    """One node's HPKE private key. Serialized form: kem_id (2) || seed material."""
 
     kem: Kem
     secret: bytes = field(repr=False)
 
     @classmethod
-    def generate(cls, kem: Kem = DEFAULT_KEM) -> FleetPrivateKey:
+    def generate(cls, kem: Kem = DEFAULT_KEM) -> NodePrivateKey:
         if kem is Kem.X25519:
             return cls(kem, os.urandom(_X25519_LEN))
         return cls(kem, os.urandom(_MLKEM_SEED_LEN + _X25519_LEN))
@@ -123,17 +130,17 @@ class FleetPrivateKey:
         return struct.pack(">H", self.kem) + self.secret
 
     @classmethod
-    def from_bytes(cls, data: bytes) -> FleetPrivateKey:
+    def from_bytes(cls, data: bytes) -> NodePrivateKey:
         if len(data) < 2:
-            raise InvalidInput("fleet private key too short")
+            raise InvalidInput("node private key too short")
         (kem_id,) = struct.unpack(">H", data[:2])
         try:
             kem = Kem(kem_id)
         except ValueError:
-            raise InvalidInput(f"unknown fleet key type 0x{kem_id:04x}") from None
+            raise InvalidInput(f"unknown node key type 0x{kem_id:04x}") from None
         want = _X25519_LEN if kem is Kem.X25519 else _MLKEM_SEED_LEN + _X25519_LEN
         if len(data) - 2 != want:
-            raise InvalidInput("fleet private key has the wrong length")
+            raise InvalidInput("node private key has the wrong length")
         return cls(kem, bytes(data[2:]))
 
     def _hpke_key(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
@@ -144,13 +151,13 @@ class FleetPrivateKey:
             x25519.X25519PrivateKey.from_private_bytes(self.secret[_MLKEM_SEED_LEN:]),
         )
 
-    def public_key(self) -> FleetPublicKey:
+    def public_key(self) -> NodePublicKey:
         if self.kem is Kem.X25519:
             pub = x25519.X25519PrivateKey.from_private_bytes(self.secret).public_key()
-            return FleetPublicKey(self.kem, pub.public_bytes_raw())
+            return NodePublicKey(self.kem, pub.public_bytes_raw())
         ml = mlkem.MLKEM768PrivateKey.from_seed_bytes(self.secret[:_MLKEM_SEED_LEN])
         x = x25519.X25519PrivateKey.from_private_bytes(self.secret[_MLKEM_SEED_LEN:])
-        return FleetPublicKey(
+        return NodePublicKey(
             self.kem, ml.public_key().public_bytes_raw() + x.public_key().public_bytes_raw()
         )
 
@@ -161,47 +168,51 @@ class ResponseKey:
 
     key: bytes = field(repr=False)
     fleet_id: bytes
+    node: int
     kind: str
 
     def seal(self, body: bytes) -> bytes:
         nonce = os.urandom(_NONCE_LEN)
-        aad = _context("response", self.fleet_id, self.kind)
+        aad = _context("response", self.fleet_id, self.node, self.kind)
         return nonce + AESGCM(self.key).encrypt(nonce, body, aad)
 
     def open(self, sealed: bytes) -> bytes:
         if len(sealed) < _NONCE_LEN + 16:
             raise InvalidInput("sealed response too short")
-        aad = _context("response", self.fleet_id, self.kind)
+        aad = _context("response", self.fleet_id, self.node, self.kind)
         try:
             return AESGCM(self.key).decrypt(sealed[:_NONCE_LEN], sealed[_NONCE_LEN:], aad)
         except InvalidTag:
             raise AuthenticationFailed(
-                "the fleet's response failed authentication: it was altered in transit"
+                f"vault node {self.node}'s response failed authentication: it was altered"
+                " in transit, or came from another node"
             ) from None
 
 
 def seal_request(
-    fleet_key: FleetPublicKey, fleet_id: bytes, kind: str, body: bytes
+    node_key: NodePublicKey, fleet_id: bytes, node: int, kind: str, body: bytes
 ) -> tuple[bytes, ResponseKey]:
-    """Seal `body` to the fleet; returns the sealed request and the key its answer comes under."""
-    response_key = ResponseKey(os.urandom(RESPONSE_KEY_LEN), fleet_id, kind)
-    info = _context("request", fleet_id, kind)
-    sealed = fleet_key.kem.suite().encrypt(response_key.key + body, fleet_key._hpke_key(), info)
+    """Seal `body` to node `node` (whose public key is `node_key`); returns the sealed
+    request and the key its answer comes under."""
+    response_key = ResponseKey(os.urandom(RESPONSE_KEY_LEN), fleet_id, node, kind)
+    info = _context("request", fleet_id, node, kind)
+    sealed = node_key.kem.suite().encrypt(response_key.key + body, node_key._hpke_key(), info)
     return sealed, response_key
 
 
 def open_request(
-    fleet_key: FleetPrivateKey, fleet_id: bytes, kind: str, sealed: bytes
+    node_key: NodePrivateKey, fleet_id: bytes, node: int, kind: str, sealed: bytes
 ) -> tuple[bytes, ResponseKey]:
-    """Open a sealed request; raises AuthenticationFailed if it was not sealed for this
-    fleet and kind, or was altered."""
-    info = _context("request", fleet_id, kind)
+    """Open a request sealed to node `node`; raises AuthenticationFailed if it was not
+    sealed for this fleet, node and kind, or was altered."""
+    info = _context("request", fleet_id, node, kind)
     try:
-        plaintext = fleet_key.kem.suite().decrypt(sealed, fleet_key._hpke_key(), info)
+        plaintext = node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
     except (InvalidTag, ValueError):
         raise AuthenticationFailed(
-            "sealed request failed to open: altered, or sealed for another fleet or kind"
+            "sealed request failed to open: altered, or sealed for another fleet, node or kind"
         ) from None
     if len(plaintext) < RESPONSE_KEY_LEN:
         raise InvalidInput("sealed request carries no response key")
-    return plaintext[RESPONSE_KEY_LEN:], ResponseKey(plaintext[:RESPONSE_KEY_LEN], fleet_id, kind)
+    key = ResponseKey(plaintext[:RESPONSE_KEY_LEN], fleet_id, node, kind)
+    return plaintext[RESPONSE_KEY_LEN:], key

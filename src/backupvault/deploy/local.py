@@ -49,7 +49,6 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backupvault.crypto.seal import FleetPrivateKey
 from backupvault.deploy.records import (
     BUNDLE_FILE,
     deploy,
@@ -188,14 +187,15 @@ class LocalDeployment:
     def _provision_fleet(
         self, fleet_dir: Path, epoch: int, fleet_id: bytes, nodes: int
     ) -> FleetDescription:
-        """Tokens and identity keys for `nodes` new nodes in `fleet_dir`, the key ceremony
-        for `fleet_id`, and its fleet.toml."""
+        """Tokens and keys for `nodes` new nodes in `fleet_dir` (each node makes its own
+        and prints only their public halves), the key ceremony for `fleet_id`, and its
+        fleet.toml."""
         fleet_dir.mkdir(parents=True, exist_ok=True)
         node_ports = [free_port() for _ in range(nodes)]
         peer_ports = [free_port() for _ in range(nodes)]
         # Each node's token and `node init` (a process of its own) run side by side.
         with ThreadPoolExecutor(max_workers=nodes) as pool:
-            identities = list(
+            public_keys = list(
                 pool.map(
                     lambda index: self._provision_node(
                         fleet_dir, epoch, index, node_ports[index], peer_ports[index]
@@ -203,25 +203,28 @@ class LocalDeployment:
                     range(nodes),
                 )
             )
-        # Key ceremony: shared secrets exist in this process only, and leave it only
-        # encrypted to each node's identity key.
+        nodes_described = tuple(
+            FleetNode(
+                i,
+                f"http://{HOST}:{node_ports[i]}",
+                bytes.fromhex(keys["identity_public_key"]),
+                bytes.fromhex(keys["hpke_public_key"]),
+                bytes.fromhex(keys["signing_public_key"]),
+                f"{HOST}:{peer_ports[i]}",
+            )
+            for i, keys in enumerate(public_keys)
+        )
+        # Key ceremony for the single-seed OPAQUE flow's shared secrets: they exist in this
+        # process only, and leave it only encrypted to each node's identity key.
         fleet_secrets = make_fleet_secrets(fleet_id, os.urandom)
-        for index, identity in enumerate(identities):
-            transfer = seal_for_node(fleet_secrets, index, identity)
-            (fleet_dir / f"node{index}" / TRANSFER).write_bytes(transfer)
+        for node in nodes_described:
+            transfer = seal_for_node(fleet_secrets, node.index, node.identity_public_key)
+            (fleet_dir / f"node{node.index}" / TRANSFER).write_bytes(transfer)
         fleet = FleetDescription(
             fleet_id=fleet_id,
             guess_limit=10,
-            hpke_public_key=FleetPrivateKey.from_bytes(fleet_secrets.hpke_private_key)
-            .public_key()
-            .to_bytes(),
             opaque_server_public_key=fleet_secrets.server_public_key,
-            nodes=tuple(
-                FleetNode(
-                    i, f"http://{HOST}:{node_ports[i]}", identities[i], f"{HOST}:{peer_ports[i]}"
-                )
-                for i in range(nodes)
-            ),
+            nodes=nodes_described,
             relay_public_keys=(raw_public_key(self._relay_key()),),
             account_issuer=ISSUER,
             account_issuer_public_key=raw_public_key(self._operator_key()),
@@ -305,7 +308,7 @@ class LocalDeployment:
             "token": self._token(account),
             "fleet_token": self._fleet_token(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
-            "fleet_public_key": fleet.hpke_public_key.hex(),
+            "node_public_keys": [n.hpke_public_key.hex() for n in fleet.nodes],
             "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
         }
         replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
@@ -351,7 +354,7 @@ class LocalDeployment:
 
     def _provision_node(
         self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
-    ) -> bytes:
+    ) -> dict[str, str]:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin = secrets.token_hex(8)
@@ -381,7 +384,8 @@ class LocalDeployment:
             },
         )
         out = self._backupvault(["node", "init", "--config", str(config)], index, epoch)
-        return bytes.fromhex(json.loads(out)["identity_public_key"])
+        keys: dict[str, str] = json.loads(out)
+        return keys
 
     def _node_env(self, index: int, epoch: int | None = None) -> dict[str, str]:
         return softhsm_env(self.fleet_dir(epoch) / f"node{index}" / "hsm" / "softhsm2.conf")

@@ -46,8 +46,10 @@ def deployment_record(
         epoch=epoch,
         guess_limit=fleet.guess_limit,
         quorum=fleet.quorum,
-        nodes=[(n.index, n.identity_public_key, n.url) for n in fleet.nodes],
-        hpke_public_key=fleet.hpke_public_key,
+        nodes=[
+            (n.index, n.identity_public_key, n.hpke_public_key, n.signing_public_key, n.url)
+            for n in fleet.nodes
+        ],
         opaque_server_public_key=fleet.opaque_server_public_key,
         measurement=measurement,
         time=now,

@@ -25,8 +25,9 @@ a few seconds of each other (NTP).
 
 Paxos itself tolerates duplicates; the window is here because some messages cost work: a
 replayed `SyncRequest` would make a node send its store again. Beyond the replay window,
-`SyncRequest`s are limited per peer (`PeerRateLimit`: a token bucket), so even a
-compromised peer cannot make another node dump its store in a loop.
+`SyncRequest`s are limited per peer (`PeerRateLimit`: a token bucket; each answers one
+page of records), so even a compromised peer cannot make another node dump its store in a
+loop.
 """
 
 from __future__ import annotations
@@ -66,9 +67,12 @@ class PeerRateLimited(InvalidInput):
 
 
 class PeerRateLimit:
-    """A token bucket per peer: `burst` requests at once, then `per_second`."""
+    """A token bucket per peer: `burst` requests at once, then `per_second`. A request
+    costs at most one page of records (fleet/replica.py, SYNC_PAGE), so the defaults bound
+    the work one peer can ask for to about 8,000 rows a second while letting a node that
+    catches up page through a peer's store (docs/fleet.md, "Records and catch-up")."""
 
-    def __init__(self, per_second: float = 0.5, burst: int = 5) -> None:
+    def __init__(self, per_second: float = 4.0, burst: int = 8) -> None:
         self.per_second = per_second
         self.burst = burst
         self._buckets: dict[int, tuple[float, float]] = {}  # peer -> (tokens, at)

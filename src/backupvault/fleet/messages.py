@@ -105,18 +105,30 @@ class Accepted(Message):
 
 @dataclass(frozen=True)
 class SyncRequest(Message):
-    """Sent by a node catching up after a (re)start: "tell me everything you hold"."""
+    """Sent by a node catching up after a (re)start: "send me the records you wrote after
+    version `since` of your store `store_id`" (what the asker merged from you last time;
+    empty and 0 when it holds nothing of yours). One page of them comes back."""
 
     TAG = 65
     sync_id: bytes
+    store_id: bytes = b""
+    since: int = 0
 
 
 @dataclass(frozen=True)
 class SyncResponse(Message):
+    """A page of the sender's records written after version `since` (0: from the start,
+    when the asked-for store or version is not the sender's), up to version `upto`.
+    `more`: the page is full, ask again from `upto`."""
+
     TAG = 66
     sync_id: bytes
     ready: bool  # False if the sender is itself still catching up
     records: list[AcceptorRecord]
+    store_id: bytes = b""
+    since: int = 0
+    upto: int = 0
+    more: bool = False
 
 
 @dataclass(frozen=True)

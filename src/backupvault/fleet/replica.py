@@ -21,6 +21,11 @@ effects the shell carries out *in order*: `Persist` must be durable before any l
 `Send` or `Committed` in the same list leaves the node. A restarted node trusts nothing
 it holds (its disk may have been rolled back) and takes no part until it has caught up
 from enough peers (see `_sync_complete`).
+
+Records live in a `RecordSource` (fleet/records.py): the replica reads one entry's record
+when it needs it and never holds all of them, so a node with millions of entries starts
+without loading them. Catching up asks each peer only for what it wrote since this node
+last merged from it, a page at a time.
 """
 
 from __future__ import annotations
@@ -32,6 +37,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from backupvault.codec import Message
+from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     RECENT_OPS,
     Accept,
@@ -47,10 +53,23 @@ from backupvault.fleet.messages import (
     ReplicatedValue,
     SyncRequest,
     SyncResponse,
+    payload_of,
 )
+from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
+#: The application's own check of a value an acceptor is asked to accept: (key, payload)
+#: -> why it is refused, or None. Acceptors refuse what they can tell is wrong without
+#: trusting the proposer (docs/threshold.md, "Recovery").
+ValueCheck = Callable[[bytes, bytes], str | None]
+#: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
+#: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
+#: leave no higher round for anyone (ballot inflation stalls every honest proposer).
+MAX_ROUND_STEP = 1 << 32
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
+# Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
+# short pause of the answering node's event loop (decrypting ~2,000 rows).
+SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 
@@ -182,10 +201,12 @@ class Replica:
         node: int,
         nodes: Iterable[int],
         rng: Callable[[int], bytes],
-        records: Iterable[AcceptorRecord] = (),
+        source: RecordSource | None = None,
         timing: Timing = DEFAULT_TIMING,
+        check_value: ValueCheck | None = None,
     ) -> None:
         self.node = node
+        self._check_value = check_value
         self.nodes = sorted(set(nodes))
         if node not in self.nodes or len(self.nodes) % 2 == 0:
             raise ValueError("a fleet has an odd number of nodes, this one among them")
@@ -193,11 +214,12 @@ class Replica:
         self.peers = [n for n in self.nodes if n != node]
         self.timing = timing
         self._rng = rng
-        self.records: dict[bytes, AcceptorRecord] = {r.key: r for r in records}
+        self.source: RecordSource = MemoryRecords() if source is None else source
         self.ready = False
         self._sync_ids: dict[bytes, int] = {}  # id of each recent ask -> its number
         self._sync_asks = 0
-        self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # newest per peer
+        self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # last page, per peer
+        self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
         self._sync_retry_at = 0.0
         self._sync_interval = timing.sync_retry
         self._started_at = 0.0
@@ -205,7 +227,7 @@ class Replica:
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
-        self._max_round = max((r.promised.round for r in self.records.values()), default=0)
+        self._max_round = self.source.max_round()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
         # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
         self._leading: dict[bytes, None] = {}
@@ -227,6 +249,7 @@ class Replica:
         self.ready = False
         self._sync_ids = {}
         self._sync_responses = {}
+        self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now
@@ -236,14 +259,23 @@ class Replica:
         return self._ask_sync(self.peers)
 
     def _ask_sync(self, peers: Iterable[int]) -> list[Effect]:
-        """Ask `peers` for their records. Every ask gets a fresh id, so an answer is
-        matched to the ask it answers and a late answer never replaces a newer one."""
+        """Ask `peers` for what they wrote since this node last merged from them. Every
+        ask gets a fresh id, so an answer is matched to the ask it answers and a late
+        answer never replaces a newer one."""
         self._sync_asks += 1
-        sync_id = self._rng(16)
-        self._sync_ids[sync_id] = self._sync_asks
         for old in [i for i, n in self._sync_ids.items() if n <= self._sync_asks - SYNC_ASKS_KEPT]:
             del self._sync_ids[old]
-        return [Send(peer, SyncRequest(sync_id)) for peer in peers]
+        return self._ask_pages(peers)
+
+    def _ask_pages(self, peers: Iterable[int]) -> list[Effect]:
+        """Ask for the next page, as part of the current round of asks."""
+        sync_id = self._rng(16)
+        self._sync_ids[sync_id] = self._sync_asks
+        effects: list[Effect] = []
+        for peer in peers:
+            mark = self._sync_progress.get(peer, Mark())
+            effects.append(Send(peer, SyncRequest(sync_id, mark.store_id, mark.upto)))
+        return effects
 
     # ---- client side: proposing ----------------------------------------------------
 
@@ -300,8 +332,17 @@ class Replica:
             case NotReady():
                 return self._on_not_ready(sender, message, now)
             case SyncRequest():
-                records = list(self.records.values())
-                return [Send(sender, SyncResponse(message.sync_id, self.ready, records))]
+                page = self.source.changed_since(message.store_id, message.since, SYNC_PAGE)
+                answer = SyncResponse(
+                    message.sync_id,
+                    self.ready,
+                    page.records,
+                    page.store_id,
+                    page.since,
+                    page.upto,
+                    page.more,
+                )
+                return [Send(sender, answer)]
             case SyncResponse():
                 return self._on_sync_response(sender, message, now)
             case _:
@@ -364,7 +405,7 @@ class Replica:
     # ---- acceptor ---------------------------------------------------------------------
 
     def _record(self, key: bytes) -> AcceptorRecord:
-        return self.records.get(key) or AcceptorRecord(key)
+        return self.source.get(key) or AcceptorRecord(key)
 
     def _store(self, record: AcceptorRecord, kind: str = "promise") -> Persist:
         before = self._record(record.key)
@@ -372,15 +413,29 @@ class Replica:
         assert record.promised >= before.promised, "promise went backwards"
         assert record.accepted >= before.accepted, "accepted ballot went backwards"
         assert record.promised >= record.accepted, "accepted above the promise"
-        self.records[record.key] = record
+        self.source.put(record)
         self._max_round = max(self._max_round, record.promised.round)
         return Persist(record, kind)
+
+    def _refused(self, message: Prepare | Accept) -> bool:
+        """Whether this acceptor refuses the message whatever its ballot: a round far above
+        any it has seen, or a value the application's check refuses."""
+        if message.round > self._max_round + MAX_ROUND_STEP:
+            return True
+        if not isinstance(message, Accept) or self._check_value is None or not message.value:
+            return False
+        try:
+            payload = payload_of(message.value)
+        except InvalidInput:
+            return True
+        return self._check_value(message.key, payload) is not None
 
     def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)
         ballot = Ballot(message.round, message.node)
+        refused = self._refused(message)
         if isinstance(message, Prepare):
-            ok = ballot >= record.promised
+            ok = not refused and ballot >= record.promised
             effects: list[Effect] = []
             if ok and ballot != record.promised:
                 record = AcceptorRecord(
@@ -407,7 +462,8 @@ class Replica:
                 record.promised_node,
             )
         if (
-            message.pipeline
+            not refused
+            and message.pipeline
             and ballot == record.accepted
             and ballot < record.promised
             and message.value == record.value
@@ -425,7 +481,7 @@ class Replica:
                 _digest(message.value),
             )
             return [self._store(record, "accept")], reply
-        if ballot >= record.promised:
+        if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
             promised = Ballot(ballot.round + 1, ballot.node) if message.pipeline else ballot
@@ -851,19 +907,33 @@ class Replica:
         held = self._sync_responses.get(sender)
         if held is not None and held[0] > asked:
             return []  # an answer to an older ask, overtaken by a newer one
+        progress = self._sync_progress.get(sender, Mark())
+        if message.since and (message.store_id, message.since) != (
+            progress.store_id,
+            progress.upto,
+        ):
+            return []  # a page that does not continue what was merged (a duplicate)
+        # Merged as pages arrive: a merge only raises promises and takes newer accepted
+        # values, and this node answers no Prepare or Accept before it is ready.
+        effects: list[Effect] = []
+        for theirs in message.records:
+            merged = _merge(self._record(theirs.key), theirs)
+            if merged != self.source.get(theirs.key):
+                effects.append(self._store(merged, "copy"))
+        mark = Mark(message.store_id, message.upto)
+        self._sync_progress[sender] = mark
+        self.source.set_mark(sender, mark)  # durable with the copies, never ahead of them
+        if message.more:
+            return effects + self._ask_pages([sender])
         self._sync_responses[sender] = (asked, message)
-        return self._finish_sync() if self._sync_complete(now) else []
+        if self._sync_complete(now):
+            effects += self._finish_sync()
+        return effects
 
     def _finish_sync(self) -> list[Effect]:
-        effects: list[Effect] = []
-        for _, response in self._sync_responses.values():
-            for theirs in response.records:
-                merged = _merge(self._record(theirs.key), theirs)
-                if merged != self.records.get(theirs.key):
-                    effects.append(self._store(merged, "copy"))
         self.ready = True
         self._sync_responses = {}
-        return effects
+        return []
 
     def _sync_complete(self, now: float) -> bool:
         """Whether this node may trust what it merged from the answers so far.

@@ -1,7 +1,10 @@
-"""The key ceremony: the fleet's shared secrets are made once and reach each node only
-encrypted to that node's identity key (HPKE, X25519), so they are never written anywhere
-in the clear. They are in the clear in the memory of the process that makes them (the
-ceremony machine must be trusted while it runs) and of each node that uses them. The node
+"""The key ceremony: the single-seed OPAQUE flow's shared secrets (OPRF seed, OPAQUE
+server key, ticket key; docs/threshold.md removes them) are made once and reach each node
+only encrypted to that node's identity key (HPKE, X25519), so they are never written
+anywhere in the clear. Every other node key (HPKE, signing, storage) is made by the node
+itself, and the ceremony only collects its public half. The shared secrets are in the
+clear in the memory of the process that makes them (the ceremony machine must be trusted
+while it runs) and of each node that uses them. The node
 seals them under its PKCS#11 token and deletes its transfer copy; the copies the ceremony
 wrote (`fleet ceremony --out`) stay until the operator deletes them (docs/operations.md).
 
@@ -19,23 +22,19 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 
 from backupvault.crypto import opaque
-from backupvault.crypto.seal import DEFAULT_KEM, FleetPrivateKey, Kem
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.firmware import FleetSecrets
 
 _SUITE = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
 
 
-def make_fleet_secrets(
-    fleet_id: bytes, rng: Callable[[int], bytes], kem: Kem = DEFAULT_KEM
-) -> FleetSecrets:
+def make_fleet_secrets(fleet_id: bytes, rng: Callable[[int], bytes]) -> FleetSecrets:
     setup = opaque.create_server_setup(oprf_seed=rng(64))
     return FleetSecrets(
         fleet_id=fleet_id,
         oprf_seed=setup.oprf_seed,
         server_private_key=setup.server_private_key,
         server_public_key=setup.server_public_key,
-        hpke_private_key=FleetPrivateKey.generate(kem).to_bytes(),
         ticket_key=rng(32),
     )
 

@@ -18,7 +18,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
-from backupvault.crypto.seal import FleetPrivateKey, ResponseKey, open_request
+from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, MAX_GUESS_LIMIT, EntryId, EntryState
 from backupvault.hsm.tickets import (
@@ -57,22 +57,33 @@ from backupvault.protocol import (
 from backupvault.tokens import TokenRejected, TokenVerifier, fleet_audience
 
 WRAPPED_ROOT_KEY_LEN = 12 + 32 + 16  # nonce || AES-256-GCM(root key)
+RECORD_LEN = 192  # RFC 9807 RegistrationRecord
 
 
 @dataclass(frozen=True, repr=False)
 class FleetSecrets(Message):
-    """What every node of a fleet shares, made once at the key ceremony."""
+    """What every node of a fleet still shares, made once at the key ceremony: the
+    single-seed OPAQUE flow's keys (docs/threshold.md replaces them with per-entry
+    shares). There is no fleet-wide HPKE key: each node has its own (`NodeKey`)."""
 
-    TAG = 70
+    TAG = 71
     fleet_id: bytes
     oprf_seed: bytes = field(repr=False)
     server_private_key: bytes = field(repr=False)
     server_public_key: bytes
-    hpke_private_key: bytes = field(repr=False)
     ticket_key: bytes = field(repr=False)
 
     def __repr__(self) -> str:
         return f"FleetSecrets(fleet_id={self.fleet_id!r})"
+
+
+@dataclass(frozen=True)
+class NodeKey:
+    """This node's own slot and HPKE private key (made by the node, sealed by its token):
+    only requests sealed to this node open here."""
+
+    index: int
+    hpke: NodePrivateKey
 
 
 @dataclass(frozen=True)
@@ -107,6 +118,7 @@ class VaultFirmware:
     def __init__(
         self,
         secrets: FleetSecrets,
+        node_key: NodeKey,
         rng: Callable[[int], bytes],
         accounts: TokenVerifier,
         *,
@@ -121,7 +133,7 @@ class VaultFirmware:
         #: The fleet's measured guess limit (its deployment record): an entry may ask for
         #: fewer guesses, never more.
         self.guess_limit = guess_limit
-        self._hpke_key = FleetPrivateKey.from_bytes(secrets.hpke_private_key)
+        self._node_key = node_key
         self._setup = opaque.ServerSetup(
             oprf_seed=secrets.oprf_seed,
             server_private_key=secrets.server_private_key,
@@ -142,10 +154,13 @@ class VaultFirmware:
         the seal carries the account's fleet token, which the relay never sees: the
         request goes ahead only if that token verifies, names `account`, and the sealed
         names match the relay's (so a relay can neither act for an account on its own
-        nor point one account's request at another's entry)."""
+        nor point one account's request at another's entry). Only a request sealed to this
+        node's own key, for this node's index, opens."""
         if not (is_valid_name(account) and is_valid_name(entry)):
             raise InvalidInput("account and entry must be valid names")
-        body, response_key = open_request(self._hpke_key, self.fleet_id, str(op), sealed)
+        body, response_key = open_request(
+            self._node_key.hpke, self.fleet_id, self._node_key.index, str(op), sealed
+        )
         authorized = AuthorizedRequest.from_bytes(body)
         try:
             token_account = self._accounts.verify(authorized.fleet_token, now=now)
@@ -164,6 +179,42 @@ class VaultFirmware:
                 "the sealed account/entry or the fleet token differ from the relay's",
             )
         return request, response_key
+
+    # ---- what an acceptor checks itself -----------------------------------------------
+
+    def check_value(self, key: bytes, payload: bytes) -> str | None:
+        """Why this node, as an acceptor, refuses a proposed entry state, or None. Only what
+        one value shows on its own: every honest proposer's value passes, a hostile node's
+        forged one (a guess limit above the fleet's, more guesses used than allowed, a
+        tombstone still holding a key, a malformed record) is not accepted here, so it
+        cannot reach a majority of honest nodes. What needs the previous value or the
+        owner's signature comes with the threshold protocol (docs/threshold.md)."""
+        try:
+            EntryId.from_bytes(key)
+            state = EntryState.from_bytes(payload)
+            status = EntryStatus(state.status)
+        except (InvalidInput, ValueError):
+            return "not an entry state"
+        if not 1 <= state.guess_limit <= MAX_GUESS_LIMIT:
+            return "guess limit out of range"
+        if state.attempts_used > state.guess_limit:
+            return "more guesses used than the limit"
+        if state.success_seq > state.attempt_seq:
+            return "a success for an attempt never made"
+        if status is EntryStatus.LIVE:
+            if state.guess_limit > self.guess_limit:
+                return "guess limit above the fleet's"
+            if len(state.record) != RECORD_LEN or len(state.wrapped_root_key) != (
+                WRAPPED_ROOT_KEY_LEN
+            ):
+                return "a live entry without a well-formed record and wrapped key"
+            try:
+                ksf.Argon2idParams.from_bytes(state.ksf_params)
+            except InvalidInput:
+                return "a live entry with malformed KSF parameters"
+        elif state.record or state.wrapped_root_key or state.registration_nonce:
+            return "an empty or destroyed entry still holding a key"
+        return None
 
     # ---- operations ------------------------------------------------------------------
 

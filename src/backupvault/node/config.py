@@ -3,19 +3,20 @@
     # node.toml                              # fleet.toml (public)
     [node]                                   fleet_id = "<hex>"
     index = 0                                guess_limit = 10
-    listen = "127.0.0.1:7101"                hpke_public_key = "<hex>"
-    data_dir = "node0"                       opaque_server_public_key = "<hex>"
-    fleet_file = "fleet.toml"                relay_public_keys = ["<hex>"]  # Ed25519
-    peer_listen = "0.0.0.0:7201"  # optional  account_issuer = "<iss of tokens>"
+    listen = "127.0.0.1:7101"                opaque_server_public_key = "<hex>"
+    data_dir = "node0"                       relay_public_keys = ["<hex>"]  # Ed25519
+    fleet_file = "fleet.toml"                account_issuer = "<iss of tokens>"
+    peer_listen = "0.0.0.0:7201"  # optional
                                              account_issuer_public_key = "<hex>"
                                              epoch = 1               # `fleet deploy`
                                              measurement = "<hex>"   # `fleet deploy`
-                                             [[nodes]]
+                                             [[nodes]]           # `node init` prints these
     [token]                                  index = 0
     module = "/usr/lib/softhsm/..."          url = "http://127.0.0.1:7101"
     label = "backupvault-node-0"             peer = "127.0.0.1:7201"  # peer listener
-                                             identity_public_key = "<hex>"
-    pin_file = "node0/token.pin"   # or pin_env = "BACKUPVAULT_TOKEN_PIN"
+    pin_file = "node0/token.pin"             identity_public_key = "<hex>"  # X25519
+    # or pin_env = "BACKUPVAULT_TOKEN_PIN"   hpke_public_key = "<hex>"      # kem id || key
+                                             signing_public_key = "<hex>"   # Ed25519
     softhsm2_conf = "node0/hsm/softhsm2.conf"   # SoftHSM2 only
 
 Relative paths are relative to the file that names them. A node's peer listener (the
@@ -33,7 +34,7 @@ from typing import Any
 
 import tomli_w
 
-from backupvault.crypto.seal import FleetPublicKey
+from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.node.token import TokenConfig
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
@@ -70,9 +71,15 @@ def write_toml(path: Path, data: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class FleetNode:
+    """One node's public keys, all made by the node itself (`backupvault node init`)."""
+
     index: int
     url: str
     identity_public_key: bytes
+    #: NodePublicKey.to_bytes(): clients seal this node's requests to it.
+    hpke_public_key: bytes
+    #: Ed25519: the node's own signatures.
+    signing_public_key: bytes
     #: host:port of the node's peer listener, where the other nodes open their streams.
     peer: str = ""
 
@@ -81,7 +88,6 @@ class FleetNode:
 class FleetDescription:
     fleet_id: bytes
     guess_limit: int
-    hpke_public_key: bytes
     opaque_server_public_key: bytes
     nodes: tuple[FleetNode, ...]
     #: Ed25519 keys of the relays whose signed requests the nodes answer (docs/relay.md).
@@ -101,7 +107,10 @@ class FleetDescription:
 
     def firmware_config(self) -> FirmwareConfig:
         """The security-relevant configuration that the firmware measurement covers."""
-        kem = FleetPublicKey.from_bytes(self.hpke_public_key).kem
+        kems = {NodePublicKey.from_bytes(n.hpke_public_key).kem for n in self.nodes}
+        if len(kems) != 1:
+            raise InvalidInput("every node's HPKE key must use the same KEM")
+        kem = kems.pop()
         return FirmwareConfig(
             self.guess_limit,
             self.quorum,
@@ -121,11 +130,19 @@ class FleetDescription:
     def load(cls, path: Path) -> FleetDescription:
         data = _load(path)
         try:
+            if "hpke_public_key" in data:
+                raise InvalidInput(
+                    f"fleet file {path} names one HPKE key for the whole fleet: it was made by"
+                    " an older version; every node now has its own keys (run `backupvault node"
+                    " init` on each node and list the keys it prints under [[nodes]])"
+                )
             nodes = tuple(
                 FleetNode(
                     int(n["index"]),
                     str(n["url"]),
-                    _hex(n["identity_public_key"], "key"),
+                    _hex(n["identity_public_key"], "identity_public_key"),
+                    _hex(n["hpke_public_key"], "hpke_public_key"),
+                    _key(n["signing_public_key"], "signing_public_key"),
                     str(n.get("peer", "")),
                 )
                 for n in data["nodes"]
@@ -133,7 +150,6 @@ class FleetDescription:
             return cls(
                 _hex(data["fleet_id"], "fleet_id"),
                 int(data.get("guess_limit", 10)),
-                _hex(data["hpke_public_key"], "hpke_public_key"),
                 _hex(data["opaque_server_public_key"], "opaque_server_public_key"),
                 nodes,
                 tuple(_key(k, "relay_public_keys") for k in data["relay_public_keys"]),
@@ -157,7 +173,6 @@ class FleetDescription:
                 "fleet_id": self.fleet_id.hex(),
                 **deployed,
                 "guess_limit": self.guess_limit,
-                "hpke_public_key": self.hpke_public_key.hex(),
                 "opaque_server_public_key": self.opaque_server_public_key.hex(),
                 "relay_public_keys": [k.hex() for k in self.relay_public_keys],
                 "account_issuer": self.account_issuer,
@@ -167,6 +182,8 @@ class FleetDescription:
                         "index": n.index,
                         "url": n.url,
                         "identity_public_key": n.identity_public_key.hex(),
+                        "hpke_public_key": n.hpke_public_key.hex(),
+                        "signing_public_key": n.signing_public_key.hex(),
                         **({"peer": n.peer} if n.peer else {}),
                     }
                     for n in self.nodes

@@ -2,6 +2,9 @@
 then serve. Files in the node's data directory:
 
     identity.sealed        X25519 identity private key     (sealed by the token)
+    hpke.sealed            this node's HPKE private key: clients seal its requests to it
+                           (NodePrivateKey.to_bytes(); sealed by the token)
+    signing.sealed         this node's Ed25519 signing key (32-byte seed; sealed by the token)
     storage-key.sealed     32-byte storage key             (sealed by the token)
     fleet-secrets.sealed   FleetSecrets                    (sealed by the token)
     fleet-secrets.transfer FleetSecrets for this node from the ceremony, HPKE to the
@@ -16,15 +19,16 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
+from backupvault.crypto.seal import DEFAULT_KEM, Kem, NodePrivateKey
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
 from backupvault.hsm.ceremony import open_for_node
-from backupvault.hsm.firmware import FleetSecrets, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
@@ -44,6 +48,8 @@ from backupvault.transparency.measure import (
 log = logging.getLogger("backupvault.node")
 
 IDENTITY = "identity.sealed"
+HPKE_KEY = "hpke.sealed"
+SIGNING_KEY = "signing.sealed"
 STORAGE_KEY = "storage-key.sealed"
 FLEET_SECRETS = "fleet-secrets.sealed"
 TRANSFER = "fleet-secrets.transfer"
@@ -100,24 +106,54 @@ def _sealed(config: NodeConfig, sealer: TokenSealer, file: str, name: str) -> Se
     return SealedFile(config.data_dir / file, name, sealer)
 
 
-def init_node(config: NodeConfig) -> bytes:
-    """Create the node's identity and storage keys (once); returns the identity public key."""
+@dataclass(frozen=True)
+class NodePublicKeys:
+    """What `node init` prints and the operator lists for this node in fleet.toml (and so
+    in the deployment record)."""
+
+    identity: bytes  # X25519
+    hpke: bytes  # NodePublicKey.to_bytes()
+    signing: bytes  # Ed25519
+
+    def describe(self) -> dict[str, str]:
+        return {
+            "identity_public_key": self.identity.hex(),
+            "hpke_public_key": self.hpke.hex(),
+            "signing_public_key": self.signing.hex(),
+        }
+
+
+def init_node(config: NodeConfig, kem: Kem = DEFAULT_KEM) -> NodePublicKeys:
+    """Create the node's own keys (once), each sealed by its token: identity, HPKE,
+    signing and storage. Returns their public halves; no secret ever leaves the node.
+    `kem` applies only when the HPKE key is made (every node of a fleet must use one)."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
     with TokenSealer(config.token) as sealer:
         sealer.ensure_sealing_key()
         identity = _sealed(config, sealer, IDENTITY, "identity")
         if not identity.exists():
             identity.write(X25519PrivateKey.generate().private_bytes_raw())
+        hpke = _sealed(config, sealer, HPKE_KEY, "hpke")
+        if not hpke.exists():
+            hpke.write(NodePrivateKey.generate(kem).to_bytes())
+        signing = _sealed(config, sealer, SIGNING_KEY, "signing")
+        if not signing.exists():
+            signing.write(Ed25519PrivateKey.generate().private_bytes_raw())
         storage = _sealed(config, sealer, STORAGE_KEY, "storage-key")
         if not storage.exists():
             storage.write(os.urandom(32))
-        private = X25519PrivateKey.from_private_bytes(identity.read())
-        return private.public_key().public_bytes_raw()
+        return NodePublicKeys(
+            X25519PrivateKey.from_private_bytes(identity.read()).public_key().public_bytes_raw(),
+            NodePrivateKey.from_bytes(hpke.read()).public_key().to_bytes(),
+            Ed25519PrivateKey.from_private_bytes(signing.read()).public_key().public_bytes_raw(),
+        )
 
 
 @dataclass(frozen=True)
 class NodeKeys:
     identity: bytes
+    hpke: NodePrivateKey
+    signing: bytes
     storage: bytes
     fleet: FleetSecrets
 
@@ -131,6 +167,15 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
                 f"node {config.index} has no identity key", hint="run `backupvault node init`"
             )
         identity = identity_file.read()
+        hpke_file = _sealed(config, sealer, HPKE_KEY, "hpke")
+        if not hpke_file.exists():
+            raise NodeNotProvisioned(
+                f"node {config.index} has no HPKE key of its own (made by an older version)",
+                hint="run `backupvault node init` again (it keeps the existing keys) and put"
+                " the public keys it prints into fleet.toml, then redeploy",
+            )
+        hpke = NodePrivateKey.from_bytes(hpke_file.read())
+        signing = _sealed(config, sealer, SIGNING_KEY, "signing").read()
         storage = _sealed(config, sealer, STORAGE_KEY, "storage-key").read()
         secrets_file = _sealed(config, sealer, FLEET_SECRETS, "fleet-secrets")
         transfer = config.data_dir / TRANSFER
@@ -146,7 +191,13 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
         secrets = FleetSecrets.from_bytes(secrets_file.read())
     if secrets.fleet_id != fleet.fleet_id:
         raise NodeNotProvisioned("this node's secrets belong to another fleet")
-    return NodeKeys(identity, storage, secrets)
+    own = next((n for n in fleet.nodes if n.index == config.index), None)
+    if own is None or own.hpke_public_key != hpke.public_key().to_bytes():
+        raise NodeNotProvisioned(
+            f"fleet.toml does not list node {config.index}'s own HPKE key",
+            hint="copy the keys `backupvault node init` prints into this node's [[nodes]] entry",
+        )
+    return NodeKeys(identity, hpke, signing, storage, secrets)
 
 
 def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[str, object]]:
@@ -208,7 +259,13 @@ def build_service(config: NodeConfig) -> NodeService:
     return NodeService(
         config.index,
         peer_addresses(fleet),
-        VaultFirmware(keys.fleet, os.urandom, accounts, guess_limit=fleet.guess_limit),
+        VaultFirmware(
+            keys.fleet,
+            NodeKey(config.index, keys.hpke),
+            os.urandom,
+            accounts,
+            guess_limit=fleet.guess_limit,
+        ),
         channel,
         store,
         record_counter=sealer.advance_store_counter,

@@ -30,7 +30,7 @@ from backupvault.fleet.replica import (
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryState
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
-from backupvault.node.store import NodeStore
+from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
@@ -42,6 +42,7 @@ from backupvault.protocol import (
 log = logging.getLogger("backupvault.node")
 
 TICK_SECONDS = 0.01
+STORE_CHECK_PAUSE = 0.001  # between buckets of the background check: it yields the CPU
 
 
 @dataclass(frozen=True)
@@ -84,7 +85,11 @@ class NodeService:
         self._wall_clock = wall_clock
         self._record_counter = record_counter
         self._intact = intact
-        self.replica = Replica(node, peer_addresses, os.urandom, store.load(), timing)
+        # Records are read from the store as needed, never all loaded (docs/fleet.md).
+        self.records = StoreRecords(store)
+        self.replica = Replica(
+            node, peer_addresses, os.urandom, self.records, timing, check_value=firmware.check_value
+        )
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._links: dict[int, PeerLink] = {}
         self.listener: PeerListener | None = None
@@ -105,6 +110,7 @@ class NodeService:
             "group_commits": 0,
             "records_persisted": 0,
             "peer_streams_refused": 0,
+            "store_checked": 0,  # 1 once every bucket of the store passed its check
         }
 
     @property
@@ -121,13 +127,41 @@ class NodeService:
             )
             link.start()
             self._links[peer] = link
-        self._execute(self.replica.start(self._clock(), self._intact))
+        self._step(lambda: self.replica.start(self._clock(), self._intact))
         # Peers are heard only once the replica has started.
         self.listener = PeerListener(
             self._peer_listen, self._channel.open_hello, self._peer_stream_frame, HELLO_SIZE
         )
         await self.listener.start()
         self._ticker = asyncio.create_task(self._tick_forever())
+        verifying = asyncio.create_task(self._verify_store())
+        self._tasks.add(verifying)
+        verifying.add_done_callback(self._tasks.discard)
+
+    async def _verify_store(self) -> None:
+        """Check every bucket of the store in the background: each is checked before its
+        first use anyway, this finds damage in entries nobody asks for."""
+        try:
+            await asyncio.to_thread(self._store.verify_all, STORE_CHECK_PAUSE)
+        except StoreCorrupted as err:
+            self._stop_serving(err)
+            return
+        self.metrics["store_checked"] = 1
+
+    def _step(self, step: Callable[[], list[Effect]]) -> None:
+        """Run one replica step and carry out its effects. A store row that fails its
+        check stops the node (fail-stop): it must not answer from a damaged store."""
+        try:
+            effects = step()
+        except StoreCorrupted as err:
+            self._stop_serving(err)
+            return
+        self._execute(effects)
+
+    def _stop_serving(self, err: StoreCorrupted) -> None:
+        log.critical("node store failed its check, node stops serving: %s", err.message)
+        self._fatal = err
+        self._fail_waiting()
 
     async def stop(self) -> None:
         if self._ticker:
@@ -144,7 +178,7 @@ class NodeService:
         announced = False
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self._execute(self.replica.tick(self._clock()))
+            self._step(lambda: self.replica.tick(self._clock()))
             if not announced and self.replica.ready:
                 announced = True  # operators (and `local up`) wait for this line
                 log.info("node %d ready: caught up with its peers, serving requests", self.node)
@@ -196,7 +230,7 @@ class NodeService:
             charged = new_state.attempt_seq > state.attempt_seq
             return new_state.to_bytes(), (build_reply, charged)
 
-        self._execute(self.replica.propose(op_id, update.key, change, self._clock()))
+        self._step(lambda: self.replica.propose(op_id, update.key, change, self._clock()))
         try:
             return await future
         finally:
@@ -226,7 +260,7 @@ class NodeService:
                 log.warning("refused peer message: %s", err.message)
                 refused += 1
                 continue
-            self._execute(self.replica.receive(sender, message, self._clock()))
+            self._step(partial(self.replica.receive, sender, message, self._clock()))
         return refused
 
     def _peer_stream_frame(self, sender: int, frame: bytes) -> bool:
@@ -276,7 +310,11 @@ class NodeService:
                     # first counting the write the store is making); both are done before
                     # anything in the batch leaves. A crash in between leaves the token one
                     # ahead, which the next start treats like a rollback (catches up).
-                    writes = [asyncio.to_thread(self._store.save, list(records.values()))]
+                    # Marks set so far claim records put before them: in this batch
+                    # or an earlier one, so they are saved with these or after them.
+                    marks = self.records.take_marks()
+                    saving = list(records.values())
+                    writes = [asyncio.to_thread(self._store.save, saving, marks)]
                     if self._record_counter is not None:
                         count = self._store.counter + 1
                         writes.append(asyncio.to_thread(self._record_counter, count))
@@ -290,6 +328,7 @@ class NodeService:
                         self._fatal = err
                         self._fail_waiting()
                         return
+                    self.records.saved(saving)
                     self.metrics["group_commits"] += 1
                     self.metrics["records_persisted"] += len(records)
                 self._deliver([e for e in batch if not isinstance(e, Persist)])

@@ -1,6 +1,7 @@
 """A node's durable acceptor state: one SQLite database (WAL, full sync, secure_delete),
-mode 0600 in a 0700 folder. Keys derived from the node's storage key (HKDF-SHA256, no
-salt, info as named):
+mode 0600 in a 0700 folder. Nothing is loaded at start: records are read one at a time,
+when the replica needs them (`StoreRecords` puts a bounded cache in front). Keys derived
+from the node's storage key (HKDF-SHA256, no salt, info as named):
 
     name_key   = HKDF(storage_key, "backupvault/v1 node store names")
     row_key    = HKDF(storage_key, "backupvault/v1 node store rows")
@@ -8,22 +9,44 @@ salt, info as named):
 
 Tables:
 
-    record(name, seq, row)   one per entry
-      name = HMAC-SHA256(name_key, entry key)      the entry's name never sits in the clear
-      seq  = the store counter of the transaction that last wrote the row
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, codec(AcceptorRecord), aad)
-      aad  = "backupvault/v1 node store" || u16(node) || name || u64(seq)
+    record(ver, name, row)   one per entry; ver is the SQLite rowid
+      name = HMAC-SHA256(name_key, entry key)[:16]   the entry's name never sits in the clear
+             (16 bytes: a collision among 10^7 names has odds below 2^-80, and would be
+             refused, not served: every row is checked to hold the entry it is named for)
+      ver  = the store's version when the row was last written: every written row takes
+             the next one, so "what changed since version v" is a range of rowids
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
+      plain = uvarint(promised round) || uvarint(promised node) || uvarint(accepted round)
+              || uvarint(accepted node) || uvarint(len(key)) || key || value (the rest)
+              (uvarint: LEB128, 7 bits a byte, low first: the ballots are small numbers)
+      aad  = "backupvault/v1 node store" || u16(node) || name || u64(ver)
+    bucket(id, ver, row)     one per bucket of names that holds a record
+      id   = the first 12 bits of the names it holds (4,096 buckets)
+      ver  = the store counter of the transaction that last wrote it
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, digest (32), aad)
+      aad  = "backupvault/v1 node store bucket" || u16(node) || u16(id) || u64(ver)
+      digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
     meta(id = 0, row)        one row
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, u64(counter) || digest (32), aad)
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
-      digest = Σ HMAC-SHA256(digest_key, name || u64(seq)) over every record, mod 2^256
+      plain = u64(counter) || u64(last ver) || u64(max promised round) || top (32)
+              || store id (16) || u16(n) || n × (u16(peer) || u8(len) || store id || u64(upto))
+      top  = Σ HMAC-SHA256(digest_key, "bucket" || u16(id) || u64(ver)) over every bucket, mod 2^256
 
-Every save is one transaction that advances the counter by one and updates the digest
-incrementally. At load, a flipped bit, a row moved to another entry, a row from another
-node's store, **and a single row replaced by an older copy of itself** (its seq no longer
-matches the digest) are refused (`StoreCorrupted`): the node does not start from them.
-A whole database restored from an older copy is consistent in itself; the fleet catches
-it (every start catches up from peers, docs/fleet.md).
+`counter` counts transactions and is what the token's monotonic counter follows
+(docs/fleet.md). The marks (peer, store id, upto) say how far this node merged each peer's
+store when it last caught up; the store id is fresh whenever the version sequence might
+repeat numbers it already gave out (new store, or `raise_counter` after a rollback).
+
+Rollback protection without reading every row: at open, the bucket rows (a few thousand)
+are checked against `top`, so a rolled-back, removed or added bucket row is refused at
+once. A bucket's records are checked against its digest the first time any of its
+records is read or written (and by `verify_all`, which the node runs in the background
+after start): nothing is answered from a bucket before it is checked, so a single row
+replaced by an older copy of itself, or removed or added, is refused (`StoreCorrupted`)
+before the node acts on it. A flipped bit, a row moved to another entry or a row from
+another node's store fails authentication when it is read. A whole database restored
+from an older copy is consistent in itself: the token's counter catches it.
 
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that writes a record no longer live (destroyed or deleted)
@@ -38,8 +61,10 @@ import hmac
 import os
 import sqlite3
 import struct
-from collections.abc import Iterable, Iterator
-from hashlib import sha256
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -49,14 +74,19 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
+from backupvault.fleet.records import Changes, Mark
 from backupvault.hsm.state import EntryState
 from backupvault.protocol import EntryStatus
 
 _MOD = 2**256
+BUCKET_BITS = 12
+BUCKETS = 1 << BUCKET_BITS
+CACHED_RECORDS = 20_000  # records kept decrypted in memory (about 1 KB each)
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
 )
+_ROLLED_BACK = "node store rows do not match its counter: a row was rolled back, removed or added"
 
 
 class StoreCorrupted(BackupVaultError):
@@ -68,11 +98,24 @@ def _derive(storage_key: bytes, what: str) -> bytes:
     return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(storage_key)
 
 
+def bucket_of(name: bytes) -> int:
+    return int.from_bytes(name[:2], "big") >> (16 - BUCKET_BITS)
+
+
+def _bucket_range(bucket: int) -> tuple[bytes, bytes]:
+    """Names in the bucket are >= low and < high (high empty: no upper bound)."""
+    shift = 16 - BUCKET_BITS
+    low = (bucket << shift).to_bytes(2, "big")
+    high = ((bucket + 1) << shift).to_bytes(2, "big") if bucket + 1 < BUCKETS else b""
+    return low, high
+
+
 class NodeStore:
     def __init__(self, path: Path, node: int, storage_key: bytes) -> None:
         if len(storage_key) != 32:
             raise InvalidInput("storage key must be 32 bytes")
         self._node = node
+        self._path = path
         self._name_key = _derive(storage_key, "names")
         self._aead = AESGCM(_derive(storage_key, "rows"))
         self._digest_key = _derive(storage_key, "digest")
@@ -82,148 +125,424 @@ class NodeStore:
         os.close(os.open(path, os.O_RDWR | os.O_CREAT, 0o600))
         path.chmod(0o600)
         self._db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        # 8 KiB pages: a row (about 530 bytes) leaves a smaller unused tail in a page
+        # than with 4 KiB (measured: 575 against 630 bytes per entry, docs/performance.md).
+        # Takes effect when the file is created.
+        self._db.execute("PRAGMA page_size=8192")
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
         columns = [c[1] for c in self._db.execute("PRAGMA table_info(record)")]
-        if columns and columns != ["name", "seq", "row"]:
+        if columns and columns != ["ver", "name", "row"]:
             self._db.close()
             raise StoreCorrupted(
-                "node store was written by an older version (entry names in the clear)",
+                "node store was written by an older version of backupvault",
                 hint="move store.sqlite* aside and restart: the node catches up from the fleet",
             )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS record "
-            "(name BLOB PRIMARY KEY, seq INTEGER NOT NULL, row BLOB NOT NULL)"
+            "(ver INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, row BLOB NOT NULL)"
+        )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS bucket "
+            "(id INTEGER PRIMARY KEY, ver INTEGER NOT NULL, row BLOB NOT NULL)"
         )
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), row BLOB)"
         )
-        self.counter, self._digest = self._read_meta()
+        # Reads on the caller's thread see committed state only, while a write is under
+        # way on the writer connection in another thread.
+        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+        self._reader.execute("PRAGMA query_only=ON")
+        # Held while a transaction is written and the in-memory digests follow it, and
+        # while a bucket is checked, so a check never sees one without the other.
+        self._lock = threading.RLock()
+        self.counter = 0
+        self._last_ver = 0
+        self._max_round = 0
+        self._top = 0
+        self.store_id = os.urandom(16)
+        self._marks: dict[int, Mark] = {}
+        self._read_meta()
+        self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
+        self._verified: set[int] = set()
+        self._closing = False
 
-    # ---- names, rows, digest ------------------------------------------------------------
+    # ---- names, rows, digests -----------------------------------------------------------
 
     def name_of(self, key: bytes) -> bytes:
-        return hmac.new(self._name_key, key, sha256).digest()
+        return hmac.digest(self._name_key, key, "sha256")[:16]
 
-    def _aad(self, name: bytes, seq: int) -> bytes:
-        return b"backupvault/v1 node store" + struct.pack(">H", self._node) + name + _u64(seq)
+    def _aad(self, name: bytes, ver: int) -> bytes:
+        return b"backupvault/v1 node store" + struct.pack(">H", self._node) + name + _u64(ver)
+
+    def _bucket_aad(self, bucket: int, ver: int) -> bytes:
+        prefix = b"backupvault/v1 node store bucket"
+        return prefix + struct.pack(">HH", self._node, bucket) + _u64(ver)
 
     def _meta_aad(self) -> bytes:
         return b"backupvault/v1 node store meta" + struct.pack(">H", self._node)
 
-    def _term(self, name: bytes, seq: int) -> int:
-        mac = hmac.new(self._digest_key, name + _u64(seq), sha256).digest()
-        return int.from_bytes(mac, "big")
+    def _term(self, name: bytes, ver: int) -> int:
+        return int.from_bytes(hmac.digest(self._digest_key, name + _u64(ver), "sha256"), "big")
 
-    def _read_meta(self) -> tuple[int, int]:
+    def _bucket_term(self, bucket: int, ver: int) -> int:
+        message = b"bucket" + struct.pack(">H", bucket) + _u64(ver)
+        return int.from_bytes(hmac.digest(self._digest_key, message, "sha256"), "big")
+
+    def _open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
+        try:
+            return self._aead.decrypt(sealed[:12], sealed[12:], aad)
+        except InvalidTag:
+            raise StoreCorrupted(
+                f"node store {what} failed authentication", hint=_CORRUPT_HINT
+            ) from None
+
+    def _seal(self, plain: bytes, aad: bytes) -> bytes:
+        nonce = os.urandom(12)
+        return nonce + self._aead.encrypt(nonce, plain, aad)
+
+    # ---- opening --------------------------------------------------------------------------
+
+    def _read_meta(self) -> None:
         found = self._db.execute("SELECT row FROM meta WHERE id = 0").fetchone()
         if found is None:
             if self._db.execute("SELECT 1 FROM record LIMIT 1").fetchone() is not None:
                 raise StoreCorrupted("node store has records but no counter", hint=_CORRUPT_HINT)
-            return 0, 0
-        row = bytes(found[0])
+            return
+        plain = self._open(bytes(found[0]), self._meta_aad(), "counter")
         try:
-            plain = self._aead.decrypt(row[:12], row[12:], self._meta_aad())
-        except InvalidTag:
-            raise StoreCorrupted(
-                "node store counter failed authentication", hint=_CORRUPT_HINT
-            ) from None
-        return int.from_bytes(plain[:8], "big"), int.from_bytes(plain[8:], "big")
+            self.counter, self._last_ver, self._max_round = struct.unpack(">QQQ", plain[:24])
+            self._top = int.from_bytes(plain[24:56], "big")
+            self.store_id = plain[56:72]
+            (count,) = struct.unpack(">H", plain[72:74])
+            at = 74
+            for _ in range(count):
+                peer, length = struct.unpack(">HB", plain[at : at + 3])
+                store_id = plain[at + 3 : at + 3 + length]
+                (upto,) = struct.unpack(">Q", plain[at + 3 + length : at + 11 + length])
+                self._marks[peer] = Mark(store_id, upto)
+                at += 11 + length
+        except struct.error:
+            raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
+
+    def _read_buckets(self) -> dict[int, tuple[int, int]]:
+        buckets: dict[int, tuple[int, int]] = {}
+        top = 0
+        for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket"):
+            if not 0 <= bucket < BUCKETS or ver > self.counter:
+                raise StoreCorrupted("node store bucket is newer than its counter")
+            plain = self._open(bytes(row), self._bucket_aad(bucket, ver), "bucket")
+            buckets[bucket] = (ver, int.from_bytes(plain, "big"))
+            top = (top + self._bucket_term(bucket, ver)) % _MOD
+        if top != self._top:
+            raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+        return buckets
+
+    # ---- checking buckets ---------------------------------------------------------------
+
+    def _verify(self, bucket: int, db: sqlite3.Connection) -> None:
+        """Check the bucket's records (names and versions) against its digest, once."""
+        if bucket in self._verified:
+            return  # without the lock: a commit under way must not stall a read
+        with self._lock:
+            if bucket in self._verified:
+                return
+            low, high = _bucket_range(bucket)
+            if high:
+                sql = "SELECT name, ver FROM record WHERE name >= ? AND name < ?"
+                found = db.execute(sql, (low, high)).fetchall()
+            else:
+                found = db.execute(
+                    "SELECT name, ver FROM record WHERE name >= ?", (low,)
+                ).fetchall()
+            digest = 0
+            for name, ver in found:
+                if ver > self._last_ver:
+                    raise StoreCorrupted("node store row is newer than its counter")
+                digest = (digest + self._term(bytes(name), ver)) % _MOD
+            if digest != self._buckets.get(bucket, (0, 0))[1]:
+                raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+            self._verified.add(bucket)
+
+    def verify_all(self, pause: float = 0.0) -> None:
+        """Check every bucket not checked yet (the node runs this in a thread after start,
+        so a damaged row is found even if nobody asks for its entry), sleeping `pause`
+        seconds between buckets so that serving goes first."""
+        # A connection of its own: the reader belongs to the event loop's thread.
+        db = sqlite3.connect(self._path, isolation_level=None)
+        try:
+            db.execute("PRAGMA query_only=ON")
+            for bucket in range(BUCKETS):
+                if self._closing:
+                    return
+                if bucket not in self._verified:
+                    self._verify(bucket, db)
+                    time.sleep(pause)
+        finally:
+            db.close()
 
     # ---- reading -------------------------------------------------------------------------
 
-    def load(self) -> list[AcceptorRecord]:
-        """Every record, checked row by row and all together against the counter."""
-        return list(self._iterate())
+    def _decode(self, name: bytes, ver: int, sealed: bytes) -> AcceptorRecord:
+        plain = self._open(sealed, self._aad(name, ver), f"row {name.hex()[:16]}…")
+        try:
+            record = _unpack_record(plain)
+        except ValueError:
+            raise StoreCorrupted("node store row is malformed", hint=_CORRUPT_HINT) from None
+        if not hmac.compare_digest(self.name_of(record.key), name):
+            raise StoreCorrupted("node store row holds another entry's record")
+        return record
 
-    def _iterate(self) -> Iterator[AcceptorRecord]:
-        digest = 0
-        for name, seq, row in self._db.execute("SELECT name, seq, row FROM record"):
-            name, row = bytes(name), bytes(row)
-            if seq > self.counter:
-                raise StoreCorrupted("node store row is newer than its counter", hint=_CORRUPT_HINT)
-            try:
-                plaintext = self._aead.decrypt(row[:12], row[12:], self._aad(name, seq))
-                record = AcceptorRecord.from_bytes(plaintext)
-            except (InvalidTag, InvalidInput):
-                raise StoreCorrupted(
-                    f"node store row {name.hex()[:16]}… failed authentication",
-                    hint=_CORRUPT_HINT,
-                ) from None
-            if not hmac.compare_digest(self.name_of(record.key), name):
-                raise StoreCorrupted("node store row holds another entry's record")
-            digest = (digest + self._term(name, seq)) % _MOD
-            yield record
-        if digest != self._digest:
-            raise StoreCorrupted(
-                "node store rows do not match its counter: a row was rolled back, removed or added",
-                hint=_CORRUPT_HINT,
-            )
+    def get(self, key: bytes) -> AcceptorRecord | None:
+        """The entry's record, after its bucket is checked (a missing row may have been
+        removed: the check says whether it ever was there)."""
+        name = self.name_of(key)
+        self._verify(bucket_of(name), self._reader)
+        found = self._reader.execute("SELECT ver, row FROM record WHERE name = ?", (name,))
+        row = found.fetchone()
+        return None if row is None else self._decode(name, row[0], bytes(row[1]))
+
+    def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
+        """Records written after version `since` (see `RecordSource.changed_since`)."""
+        with self._lock:  # no commit between the rows read and the version reported
+            if store_id != self.store_id or since > self._last_ver:
+                since = 0
+            sql = "SELECT ver, name, row FROM record WHERE ver > ? ORDER BY ver LIMIT ?"
+            rows = self._reader.execute(sql, (since, limit + 1)).fetchall()
+            last = self._last_ver
+            more = len(rows) > limit
+            records = []
+            for ver, name, row in rows[:limit]:
+                self._verify(bucket_of(bytes(name)), self._reader)
+                records.append(self._decode(bytes(name), ver, bytes(row)))
+        upto = int(rows[limit - 1][0]) if more else last
+        return Changes(self.store_id, since, upto, records, more)
+
+    def load(self) -> list[AcceptorRecord]:
+        """Every record, every bucket checked (for `node inspect` and tests)."""
+        self.verify_all()
+        rows = self._reader.execute("SELECT ver, name, row FROM record").fetchall()
+        return [self._decode(bytes(name), ver, bytes(row)) for ver, name, row in rows]
+
+    def max_round(self) -> int:
+        return self._max_round
+
+    def marks(self) -> dict[int, Mark]:
+        return dict(self._marks)
 
     # ---- writing -------------------------------------------------------------------------
 
-    def save(self, records: Iterable[AcceptorRecord]) -> None:
-        """Write records durably, all or none, as one step of the counter."""
-        latest = {r.key: r for r in records}
+    def save(self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None) -> None:
+        """Write records (and new marks) durably, all or none, as one step of the counter."""
+        latest = {r.key: (r, self.name_of(r.key)) for r in records}
         if not latest:
             return
-        seq = self.counter + 1
-        digest = self._digest
-        rows = []
-        erased = False
-        self._db.execute("BEGIN IMMEDIATE")
-        try:
-            for record in latest.values():
-                name = self.name_of(record.key)
-                old = self._db.execute("SELECT seq FROM record WHERE name = ?", (name,)).fetchone()
-                if old is not None:
-                    digest -= self._term(name, int(old[0]))
-                digest = (digest + self._term(name, seq)) % _MOD
-                nonce = os.urandom(12)
-                sealed = self._aead.encrypt(nonce, record.to_bytes(), self._aad(name, seq))
-                rows.append((name, seq, nonce + sealed))
-                erased = erased or _not_live(record)
-            self._db.executemany(
-                "INSERT OR REPLACE INTO record (name, seq, row) VALUES (?, ?, ?)", rows
-            )
-            nonce = os.urandom(12)
-            meta = _u64(seq) + digest.to_bytes(32, "big")
-            sealed = nonce + self._aead.encrypt(nonce, meta, self._meta_aad())
-            self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
-            self._db.execute("COMMIT")
-        except BaseException:
-            self._db.execute("ROLLBACK")
-            raise
-        self.counter, self._digest = seq, digest
+        with self._lock:
+            touched = {bucket_of(name) for _, name in latest.values()}
+            for bucket in sorted(touched):
+                self._verify(bucket, self._db)  # never build on a bucket not checked
+            seq = self.counter + 1
+            ver = self._last_ver
+            max_round = self._max_round
+            digests = {b: self._buckets.get(b, (0, 0))[1] for b in touched}
+            rows = []
+            erased = False
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for record, name in latest.values():
+                    bucket = bucket_of(name)
+                    old = self._db.execute(
+                        "SELECT ver FROM record WHERE name = ?", (name,)
+                    ).fetchone()
+                    if old is not None:
+                        digests[bucket] -= self._term(name, int(old[0]))
+                    ver += 1
+                    digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
+                    sealed = self._seal(_pack_record(record), self._aad(name, ver))
+                    rows.append((ver, name, sealed))
+                    max_round = max(max_round, record.promised_round)
+                    erased = erased or _not_live(record)
+                # The old row of a name goes (UNIQUE name), the new one takes the next rowid.
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
+                )
+                top = self._top
+                buckets = []
+                for bucket, digest in digests.items():
+                    if bucket in self._buckets:
+                        top -= self._bucket_term(bucket, self._buckets[bucket][0])
+                    top = (top + self._bucket_term(bucket, seq)) % _MOD
+                    sealed = self._seal(digest.to_bytes(32, "big"), self._bucket_aad(bucket, seq))
+                    buckets.append((bucket, seq, sealed))
+                self._db.executemany(
+                    "INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", buckets
+                )
+                new_marks = {**self._marks, **(marks or {})}
+                self._write_meta(seq, ver, max_round, top, self.store_id, new_marks)
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
+            self._marks = new_marks
+            for bucket, digest in digests.items():
+                self._buckets[bucket] = (seq, digest)
         if erased:
             # Older page images of the entry stay in the WAL until it is checkpointed;
             # secure_delete zeroes what the checkpoint frees in the database file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
+    def _write_meta(
+        self,
+        counter: int,
+        last_ver: int,
+        max_round: int,
+        top: int,
+        store_id: bytes,
+        marks: dict[int, Mark],
+    ) -> None:
+        plain = bytearray(struct.pack(">QQQ", counter, last_ver, max_round))
+        plain += top.to_bytes(32, "big") + store_id + struct.pack(">H", len(marks))
+        for peer, mark in sorted(marks.items()):
+            plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
+            plain += _u64(mark.upto)
+        sealed = self._seal(bytes(plain), self._meta_aad())
+        self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
+
     def raise_counter(self, floor: int) -> None:
         """Move the counter up to `floor` (the token's count, when the store is behind it:
-        rolled back or wiped), so the token's counter and the store's agree again."""
+        rolled back or wiped), so the token's counter and the store's agree again. The
+        store takes a new id: its versions may now repeat numbers peers have seen."""
         if floor <= self.counter:
             return
-        nonce = os.urandom(12)
-        meta = _u64(floor) + self._digest.to_bytes(32, "big")
-        sealed = nonce + self._aead.encrypt(nonce, meta, self._meta_aad())
-        self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
-        self.counter = floor
+        with self._lock:
+            store_id = os.urandom(16)
+            self._write_meta(
+                floor, self._last_ver, self._max_round, self._top, store_id, self._marks
+            )
+            self.counter, self.store_id = floor, store_id
 
     def close(self) -> None:
+        self._closing = True  # a background verify_all stops at its next bucket
+        self._reader.close()
         self._db.close()
+
+
+class StoreRecords:
+    """The replica's `RecordSource` in the node: records put and not yet saved, then a
+    bounded cache of recently used records (least recently used goes first), then the
+    store. The node's memory stays flat however many entries the store holds."""
+
+    def __init__(self, store: NodeStore, capacity: int = CACHED_RECORDS) -> None:
+        self._store = store
+        self._capacity = capacity
+        self._unsaved: dict[bytes, AcceptorRecord] = {}
+        self._cache: OrderedDict[bytes, AcceptorRecord | None] = OrderedDict()
+        self._marks: dict[int, Mark] = {}
+
+    def get(self, key: bytes) -> AcceptorRecord | None:
+        if key in self._unsaved:
+            return self._unsaved[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        record = self._store.get(key)
+        self._remember(key, record)
+        return record
+
+    def put(self, record: AcceptorRecord) -> None:
+        self._unsaved[record.key] = record
+
+    def saved(self, records: Iterable[AcceptorRecord]) -> None:
+        """These records are durable: from now on the store (and the cache) answer."""
+        for record in records:
+            if self._unsaved.get(record.key) is record:
+                del self._unsaved[record.key]
+            self._remember(record.key, record)
+
+    def _remember(self, key: bytes, record: AcceptorRecord | None) -> None:
+        self._cache[key] = record
+        self._cache.move_to_end(key)
+        while len(self._cache) > self._capacity:
+            self._cache.popitem(last=False)
+
+    def max_round(self) -> int:
+        return max([self._store.max_round(), *(r.promised_round for r in self._unsaved.values())])
+
+    def mark(self, peer: int) -> Mark:
+        return self._marks.get(peer) or self._store.marks().get(peer, Mark())
+
+    def set_mark(self, peer: int, mark: Mark) -> None:
+        self._marks[peer] = mark
+
+    def take_marks(self) -> dict[int, Mark]:
+        """The marks set since the last call, to be saved with the records put before
+        them (the shell calls this as it starts writing a batch)."""
+        marks, self._marks = self._marks, {}
+        return marks
+
+    def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
+        return self._store.changed_since(store_id, since, limit)
 
 
 def _u64(n: int) -> bytes:
     return n.to_bytes(8, "big")
 
 
+def _uvarint(n: int) -> bytes:
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _pack_record(record: AcceptorRecord) -> bytes:
+    """A row's plaintext (module docstring): about 35 bytes less than the wire codec's
+    fixed-width integers, on every entry."""
+    numbers = (
+        record.promised_round,
+        record.promised_node,
+        record.accepted_round,
+        record.accepted_node,
+        len(record.key),
+    )
+    return b"".join(map(_uvarint, numbers)) + record.key + record.value
+
+
+def _unpack_record(plain: bytes) -> AcceptorRecord:
+    numbers = []
+    at = 0
+    for _ in range(5):
+        n = shift = 0
+        while True:
+            if at >= len(plain) or shift > 63:
+                raise ValueError("truncated number")
+            byte = plain[at]
+            at += 1
+            n |= (byte & 0x7F) << shift
+            shift += 7
+            if byte < 0x80:
+                break
+        numbers.append(n)
+    promised_round, promised_node, accepted_round, accepted_node, key_length = numbers
+    if at + key_length > len(plain):
+        raise ValueError("truncated key")
+    key = plain[at : at + key_length]
+    value = plain[at + key_length :]
+    return AcceptorRecord(key, promised_round, promised_node, accepted_round, accepted_node, value)
+
+
 def _not_live(record: AcceptorRecord) -> bool:
     """Whether the record holds an entry that was destroyed or deleted."""
     try:
         payload = payload_of(record.value)
-        return bool(payload) and EntryState.from_bytes(payload).status != EntryStatus.LIVE
     except InvalidInput:
         return False
+    # An EntryState's encoding starts with its tag and its status (u64): only those are
+    # read, a full decode would cost more than the rest of a save.
+    if len(payload) < 9 or payload[0] != EntryState.TAG:
+        return False
+    return int.from_bytes(payload[1:9], "big") != EntryStatus.LIVE

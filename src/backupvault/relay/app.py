@@ -23,7 +23,8 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from backupvault.protocol import OPERATIONS, is_valid_name
+from backupvault.errors import InvalidInput
+from backupvault.protocol import NODE_HEADER, OPERATIONS, SealedCopies, is_valid_name
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.forward import Forwarder
 from backupvault.relay.openapi import build_openapi
@@ -253,6 +254,10 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return _too_large(config.max_body_bytes)
         if not body:
             return error_response(400, "empty_body", "the sealed request is empty")
+        try:
+            copies = SealedCopies.for_nodes(body, len(forwarder.node_urls)).copies
+        except InvalidInput as err:
+            return error_response(400, "bad_sealed_copies", err.message)
 
         if state.in_flight >= config.max_concurrent_forwards:
             return error_response(
@@ -263,12 +268,14 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             )
         state.in_flight += 1
         try:
-            answer = await forwarder.forward(op, account, entry, body)
+            answer = await forwarder.forward(op, account, entry, copies)
         finally:
             state.in_flight -= 1
         info["node"] = answer.node
         info["skipped"] = answer.skipped
         headers = {"Retry-After": _BUSY_RETRY_AFTER} if answer.node is None else None
+        if answer.index is not None and answer.status == 200:
+            headers = {NODE_HEADER: str(answer.index)}
         return Response(
             answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers
         )

@@ -7,12 +7,14 @@ The node-facing contract:
     X-Backupvault-Entry: <entry from the path>
     X-Backupvault-Node, -Time, -Nonce, -Signature: the relay's signature (backupvault.hop)
     Content-Type: application/octet-stream
-    <the client's body, byte for byte>
+    <the client's copy for this node, byte for byte>
 
-Node URLs are listed by node index (the signature names the index). No other client
-header is passed on. The answer is handed back unchanged when it is a
-200 with an octet-stream body or a 4xx with a JSON `{"error", "detail"}` body. A node that
-cannot be reached (connect error, timeout) or answers 503 with any error other than
+Node URLs are listed by node index (the signature names the index). The client's body
+holds the request sealed once to each node (`protocol.SealedCopies`); node i gets only
+copy i, which only it can open. No other client header is passed on. The answer is
+handed back unchanged when it is a 200 with an octet-stream body or a 4xx with a JSON
+`{"error", "detail"}` body, with the index of the node that gave it. A node that cannot be
+reached (connect error, timeout) or answers 503 with any error other than
 `fleet_unavailable` is skipped and the next node is tried (each node once per request);
 a 503 `fleet_unavailable` (the node cannot reach a majority) is handed back as is, since
 every other node would say the same. Anything else from a node is a bad answer (502).
@@ -49,6 +51,8 @@ class NodeAnswer:
     node: str | None
     #: Nodes tried and skipped before the answer (down, timed out, not ready).
     skipped: int = 0
+    #: The index of the node that answered (None: no node did).
+    index: int | None = None
 
 
 class _BadAnswer(Exception):
@@ -124,11 +128,17 @@ class Forwarder:
     def _suspect(self, node: str) -> None:
         self._suspect_until[node] = self._clock() + SUSPECT_SECONDS
 
-    async def forward(self, op: str, account: str, entry: str, body: bytes) -> NodeAnswer:
+    async def forward(
+        self, op: str, account: str, entry: str, copies: Sequence[bytes]
+    ) -> NodeAnswer:
+        """`copies[i]`: the request sealed to node i (one per node, by index)."""
+        if len(copies) != len(self.node_urls):
+            raise ValueError("one sealed copy per node")
         skipped = 0
         for node in self.order():
+            index = self._index[node]
             try:
-                answer = await self._one(node, op, account, entry, body)
+                answer = await self._one(node, op, account, entry, copies[index])
             except _Skip:
                 self._suspect(node)
                 skipped += 1
@@ -145,6 +155,7 @@ class Forwarder:
                     "application/json",
                     node,
                     skipped,
+                    index,
                 )
             except _BadAnswer as err:
                 return NodeAnswer(
@@ -153,8 +164,9 @@ class Forwarder:
                     "application/json",
                     node,
                     skipped,
+                    index,
                 )
-            return NodeAnswer(answer.status, answer.body, answer.media_type, node, skipped)
+            return NodeAnswer(answer.status, answer.body, answer.media_type, node, skipped, index)
         return NodeAnswer(
             503,
             _error_body(

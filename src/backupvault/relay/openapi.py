@@ -68,16 +68,21 @@ def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
                     },
                 }
             },
-            "description": f"The sealed request, 1 to {max_body_bytes} bytes.",
+            "description": f"The request sealed once to each node's own key, 1 to"
+            f" {max_body_bytes} bytes: `SealedCopies` (docs/protocol.md), copy i for node i.",
         },
         "responses": {
             "200": {
-                "description": "The node's sealed answer.",
+                "description": "The node's sealed answer; `X-Backupvault-Answered-By` names"
+                " the node (its index), whose copy's response key opens it.",
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
             },
-            "400": _error("Bad input: an invalid entry id, an empty body, a bad Content-Length."),
+            "400": _error(
+                "Bad input: an invalid entry id, an empty body, a bad Content-Length, a body"
+                " that is not one sealed copy per node (`bad_sealed_copies`)."
+            ),
             "401": _error(
                 "Missing, malformed, expired or otherwise invalid bearer token.",
                 {

@@ -25,8 +25,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import opaque
-from backupvault.crypto.seal import Kem
-from backupvault.fleet.messages import PEER_MESSAGES, Accept, AcceptorRecord, Forward, payload_of
+from backupvault.crypto.seal import Kem, NodePrivateKey
+from backupvault.fleet.messages import PEER_MESSAGES, Accept, Forward, payload_of
+from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     Committed,
@@ -37,7 +38,7 @@ from backupvault.fleet.replica import (
     Send,
 )
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, Reply, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.protocol import (
     REQUEST_TYPES,
@@ -214,7 +215,14 @@ def _leader_faults(seed: int, n: int, config: SimConfig) -> list[Step]:
 @lru_cache(maxsize=1)
 def fleet_secrets() -> FleetSecrets:
     """Made once per process: nothing in a run's control flow depends on their bytes."""
-    return make_fleet_secrets(b"sim-fleet", os.urandom, Kem.X25519)
+    return make_fleet_secrets(b"sim-fleet", os.urandom)
+
+
+@lru_cache(maxsize=16)
+def node_key(index: int) -> NodeKey:
+    """Each node's own HPKE key; requests reach the sim's firmware already opened, so only
+    that every node has its own matters."""
+    return NodeKey(index, NodePrivateKey.generate(Kem.X25519))
 
 
 @dataclass
@@ -233,8 +241,10 @@ class _Node:
     index: int
     firmware: VaultFirmware
     rng: random.Random
-    disk: dict[bytes, AcceptorRecord] = field(default_factory=dict)
-    backups: list[dict[bytes, AcceptorRecord]] = field(default_factory=list)
+    # The node's store: the replica reads and writes it directly (a write is durable
+    # the moment it is made); `backups` are older images a rollback restores.
+    disk: MemoryRecords = field(default_factory=MemoryRecords)
+    backups: list[MemoryRecords] = field(default_factory=list)
     replica: Replica | None = None
     refusing: bool = False  # bit-flipped store: refuses to start until the row is removed
     corrupt: bytes = b""
@@ -330,7 +340,13 @@ class Simulation:
             i,
             # A fake record's KE2 names the parameters this world's clients register with,
             # as the production default matches the SDK's: a client cannot tell it apart.
-            VaultFirmware(self.secrets, fw_rng.randbytes, self.accounts, fake_ksf_params=SIM_KSF),
+            VaultFirmware(
+                self.secrets,
+                node_key(i),
+                fw_rng.randbytes,
+                self.accounts,
+                fake_ksf_params=SIM_KSF,
+            ),
             random.Random(self.rng.getrandbits(64)),
         )
         original = node.firmware._evaluate
@@ -348,7 +364,7 @@ class Simulation:
             return response
 
         node.firmware._evaluate = evaluate  # type: ignore[method-assign]
-        node.backups.append({})
+        node.backups.append(MemoryRecords())
         return node
 
     def _make_client(self, c: int) -> _Client:
@@ -445,7 +461,7 @@ class Simulation:
             case "operator_fix":
                 n = self.nodes[data]
                 if n.refusing:
-                    n.disk.pop(n.corrupt, None)
+                    n.disk.remove(n.corrupt)
                     n.refusing = False
                     self.log(f"node{data} operator removes the corrupted row; restart")
                     self._start(n)
@@ -486,7 +502,7 @@ class Simulation:
             case "backup":
                 assert n is not None
                 self.log(step.describe())
-                n.backups.append(dict(n.disk))
+                n.backups.append(n.disk.copy())
             case "partition":
                 group = frozenset(step.nodes)
                 if len((self.faulty() - set(self.isolated)) | group) > self.max_faulty:
@@ -508,18 +524,18 @@ class Simulation:
     def _crash(self, n: _Node) -> None:
         n.replica = None
         n.pending.clear()
-        n.backups.append(dict(n.disk))
+        n.backups.append(n.disk.copy())
 
     def _disk_fault(self, n: _Node, mode: str, which: int) -> None:
         if mode == "wipe":
-            n.disk = {}
+            n.disk = MemoryRecords()
             self.log(f"node{n.index} disk wiped")
         elif mode == "rollback":
             old = n.backups[max(0, len(n.backups) - 1 - which)]
-            n.disk = dict(old)
+            n.disk = old.copy()
             self.log(f"node{n.index} disk rolled back to an older copy ({len(old)} records)")
         elif mode == "bitflip" and n.disk:
-            keys = sorted(n.disk)
+            keys = n.disk.keys()
             n.corrupt = keys[which % len(keys)]
             n.refusing = True
             self.log(f"node{n.index} a bit flips in a stored row: the store refuses to open")
@@ -529,9 +545,20 @@ class Simulation:
             self.at(self.now + 2.0, "operator_fix", n.index)
             return
         n.incarnation += 1
+        if not intact:
+            # As the node's store does when it finds itself behind the token's counter:
+            # versions it hands out from here may repeat older ones, so a new store id.
+            n.disk.renew(f"node{n.index}/{n.incarnation}".encode())
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
-        n.replica = Replica(n.index, range(self.plan.nodes), rng.randbytes, n.disk.values(), timing)
+        n.replica = Replica(
+            n.index,
+            range(self.plan.nodes),
+            rng.randbytes,
+            n.disk,
+            timing,
+            check_value=n.firmware.check_value,
+        )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
 
@@ -542,7 +569,7 @@ class Simulation:
         for n in self.nodes:
             fixed = n.refusing
             if n.refusing:
-                n.disk.pop(n.corrupt, None)
+                n.disk.remove(n.corrupt)
                 n.refusing = False
             if not n.up:
                 self._start(n, intact=not fixed)  # crashed, disk untouched unless fixed
@@ -574,7 +601,7 @@ class Simulation:
         for effect in effects:
             match effect:
                 case Persist(record, kind):
-                    n.disk[record.key] = record
+                    # Already in n.disk: the replica wrote it there (durable at once).
                     self.observer.on_persist(n.index, record, kind)
                 case Send(to, message):
                     if isinstance(message, Forward):

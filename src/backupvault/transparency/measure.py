@@ -341,7 +341,7 @@ class FirmwareConfig:
             record.guess_limit,
             record.quorum,
             len(record.nodes),
-            record.fleet_public_key.kem,
+            record.kem,
             tuple(record.relay_public_keys),
             record.account_issuer,
             record.account_issuer_public_key,

@@ -4,20 +4,30 @@ Encodings use `backupvault.codec` (u64 big-endian integers, u32-length-prefixed 
 strings, nested messages as length-prefixed blobs); docs/transparency.md spells every byte
 out. Decoding is strict and validates every field, so a record that decodes is well-formed:
 
-    DeploymentRecord (tag 80)
+    DeploymentRecord (tag 86; version 2: per-node keys, no fleet-wide HPKE key)
       fleet_id        bytes   1-64 bytes
       epoch           u64     monotonic per fleet id (the witness enforces it)
       quorum          u64     a majority: n//2 < quorum <= n
+      threshold       u64     t, the shares needed to evaluate: n//2 < t <= n
       guess_limit     u64     1 .. MAX_GUESS_LIMIT (the default limit for new entries)
       nodes           list    1 .. MAX_NODES NodeEntry, indices 0 .. n-1 in order
-      hpke_public_key bytes   FleetPublicKey.to_bytes(): kem id (u16) || key bytes
       opaque_server_public_key bytes  32, a valid ristretto255 point
       measurement     bytes   32 (see measure.py)
       time            u64     unix seconds
       relay_public_keys list  1 .. MAX_RELAYS bytes (32 each, Ed25519): relays the nodes answer
       account_issuer  str     1-256 bytes: the `iss` of account tokens
       account_issuer_public_key bytes 32 (Ed25519): checks fleet tokens inside the seal
-    NodeEntry (tag 81): index u64, identity_public_key bytes (32, X25519), url str
+    NodeEntry (tag 85)
+      index           u64     the node's slot, 0 .. n-1
+      share_index     u64     x_i = index + 1: the node's fixed Shamir share index
+      identity_public_key bytes 32 (X25519): node-to-node channel, ceremony transfers
+      hpke_public_key bytes   NodePublicKey.to_bytes(): kem id (u16) || key bytes; clients
+                              seal requests for this node to it (every node the same KEM)
+      signing_public_key bytes 32 (Ed25519): the node's signatures (share acknowledgements)
+      url             str
+
+The version-1 record (tags 80, 81: one fleet HPKE key for every node) is refused with a
+message saying so.
 
     OperatorSignedRecord (tag 82): record bytes (a DeploymentRecord encoding),
       operator_public_key bytes (32, Ed25519), signature bytes (64)
@@ -38,7 +48,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from backupvault.codec import Message
 from backupvault.crypto.oprf import validate_element
-from backupvault.crypto.seal import FleetPublicKey
+from backupvault.crypto.seal import Kem, NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
     Malformed,
@@ -93,18 +103,38 @@ def _int(value: object, what: str, lo: int, hi: int) -> int:
 U64_MAX = (1 << 64) - 1
 
 
+#: Tags of the version-1 record (one fleet-wide HPKE key), refused with a clear message.
+_OLD_RECORD_TAGS = frozenset({80, 81})
+
+
 @dataclass(frozen=True)
 class NodeEntry(StrictMessage):
-    TAG: ClassVar[int] = 81
+    TAG: ClassVar[int] = 85
 
     index: int
+    share_index: int
     identity_public_key: bytes
+    hpke_public_key: bytes
+    signing_public_key: bytes
     url: str
 
     def __post_init__(self) -> None:
         _int(self.index, "a node index", 0, MAX_NODES - 1)
+        if self.share_index != self.index + 1:
+            raise Malformed(f"node {self.index}'s share index must be {self.index + 1}")
         # X25519 accepts any 32 bytes as a public key.
         _bytes(self.identity_public_key, "a node identity public key (X25519)", KEY_LEN, KEY_LEN)
+        _bytes(self.hpke_public_key, "a node HPKE public key", 2, 1 << 16)
+        try:
+            NodePublicKey.from_bytes(self.hpke_public_key)
+        except InvalidInput as err:
+            raise Malformed(f"node {self.index}: {err.message}") from None
+        try:
+            Ed25519PublicKey.from_public_bytes(
+                _bytes(self.signing_public_key, "a node signing key (Ed25519)", KEY_LEN, KEY_LEN)
+            )
+        except ValueError:
+            raise Malformed(f"node {self.index}'s signing key is not an Ed25519 key") from None
         if not isinstance(self.url, str) or len(self.url) > MAX_URL or not _URL.fullmatch(self.url):
             raise Malformed(
                 f"node {self.index}'s URL must be http(s)://… printable ASCII without spaces,"
@@ -120,14 +150,14 @@ def majority(node_count: int) -> int:
 class DeploymentRecord(StrictMessage):
     """What the operator claims a fleet is; see the module docstring for the fields."""
 
-    TAG: ClassVar[int] = 80
+    TAG: ClassVar[int] = 86
 
     fleet_id: bytes
     epoch: int
     quorum: int
+    threshold: int
     guess_limit: int
     nodes: list[NodeEntry]
-    hpke_public_key: bytes
     opaque_server_public_key: bytes
     measurement: bytes
     time: int
@@ -159,12 +189,17 @@ class DeploymentRecord(StrictMessage):
                 raise Malformed("nodes must be listed by index, 0 .. n-1, each once")
         if len({node.identity_public_key for node in self.nodes}) != n:
             raise Malformed("two nodes share an identity key")
+        if len({node.hpke_public_key for node in self.nodes}) != n:
+            raise Malformed("two nodes share an HPKE key")
+        if len({node.signing_public_key for node in self.nodes}) != n:
+            raise Malformed("two nodes share a signing key")
+        if len({NodePublicKey.from_bytes(node.hpke_public_key).kem for node in self.nodes}) != 1:
+            raise Malformed("every node's HPKE key must use the same KEM")
         if len({node.url for node in self.nodes}) != n:
             raise Malformed("two nodes share a URL")
         _int(self.quorum, "the quorum (a majority of the nodes)", n // 2 + 1, n)
-        _bytes(self.hpke_public_key, "the fleet HPKE public key", 2, 1 << 16)
+        _int(self.threshold, "the threshold (a majority of the nodes)", n // 2 + 1, n)
         try:
-            FleetPublicKey.from_bytes(self.hpke_public_key)
             validate_element(self.opaque_server_public_key, "the OPAQUE server public key")
         except InvalidInput as err:
             raise Malformed(err.message) from None
@@ -177,8 +212,7 @@ class DeploymentRecord(StrictMessage):
         fleet_id: bytes,
         epoch: int,
         guess_limit: int,
-        nodes: Iterable[tuple[int, bytes, str]],
-        hpke_public_key: bytes,
+        nodes: Iterable[tuple[int, bytes, bytes, bytes, str]],
         opaque_server_public_key: bytes,
         measurement: bytes,
         time: int,
@@ -187,16 +221,20 @@ class DeploymentRecord(StrictMessage):
         account_issuer_public_key: bytes,
         quorum: int | None = None,
     ) -> DeploymentRecord:
-        """A record from plain values; `nodes` are (index, identity key, url) in any order,
-        `quorum` defaults to a majority of the nodes."""
-        entries = sorted((NodeEntry(i, key, url) for i, key, url in nodes), key=lambda e: e.index)
+        """A record from plain values; `nodes` are (index, identity key, HPKE key, signing
+        key, url) in any order; `quorum` defaults to a majority of the nodes, the threshold
+        is always a majority."""
+        entries = sorted(
+            (NodeEntry(i, i + 1, ident, hpke, sign, url) for i, ident, hpke, sign, url in nodes),
+            key=lambda e: e.index,
+        )
         return cls(
             fleet_id=fleet_id,
             epoch=epoch,
             quorum=majority(len(entries)) if quorum is None else quorum,
+            threshold=majority(len(entries)),
             guess_limit=guess_limit,
             nodes=entries,
-            hpke_public_key=hpke_public_key,
             opaque_server_public_key=opaque_server_public_key,
             measurement=measurement,
             time=time,
@@ -205,9 +243,29 @@ class DeploymentRecord(StrictMessage):
             account_issuer_public_key=account_issuer_public_key,
         )
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> Self:
+        if (
+            isinstance(data, bytes | bytearray | memoryview)
+            and data
+            and data[0] in _OLD_RECORD_TAGS
+        ):
+            raise Malformed(
+                "this deployment record is from an older fleet version (one HPKE key for the"
+                " whole fleet); clients of this version need per-node keys: redeploy the fleet"
+                " (`backupvault fleet deploy`) after `backupvault node init` on every node"
+            )
+        return super().from_bytes(data)
+
     @property
-    def fleet_public_key(self) -> FleetPublicKey:
-        return FleetPublicKey.from_bytes(self.hpke_public_key)
+    def node_public_keys(self) -> list[NodePublicKey]:
+        """Each node's HPKE key, by index: a request for node i is sealed to the i-th."""
+        return [NodePublicKey.from_bytes(node.hpke_public_key) for node in self.nodes]
+
+    @property
+    def kem(self) -> Kem:
+        """The KEM every node's HPKE key uses (the record refuses a mix)."""
+        return self.node_public_keys[0].kem
 
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: a short name for this exact record."""
