@@ -64,3 +64,17 @@ def test_regression_restarting_node_asks_again_until_a_majority_is_ready(
 ) -> None:
     result = run_seed(seed, config)
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds with the leader path: a wiped node copied (b, v) while catching up,
+# then a duplicate of the leader's pipelined Accept(b) arrived after its promise had moved
+# to b + 1; it answered "accepted" without writing, so the asking node counted a vote the
+# node had not given as an acceptance of its own. Fixed in fleet/replica.py (the repeated
+# answer writes the record again as this node's acceptance).
+@pytest.mark.parametrize("seed", [3000947])
+@CONFIGS
+def test_regression_repeated_pipelined_accept_after_a_catch_up_copy(
+    seed: int, config: SimConfig
+) -> None:
+    result = run_seed(seed, config)
+    assert result.violation is None, report(result)

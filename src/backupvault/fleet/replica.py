@@ -462,13 +462,15 @@ class Replica:
                 record.promised_node,
             )
         if (
-            message.pipeline
+            not refused
+            and message.pipeline
             and ballot == record.accepted
             and ballot < record.promised
             and message.value == record.value
         ):
             # The same Accept again (a duplicate or a repair), after its pipelined promise
-            # moved past it: what it asked is done, so answer as before and write nothing.
+            # moved past it: answer as before. The record is written again as this node's
+            # own acceptance (it may hold the value only as a catch-up copy so far).
             reply = Accepted(
                 message.op_id,
                 message.key,
@@ -478,7 +480,7 @@ class Replica:
                 *_ballot(record.promised),
                 _digest(message.value),
             )
-            return [], reply
+            return [self._store(record, "accept")], reply
         if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
