@@ -64,7 +64,8 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,
         },
-        f"local deployment {state}: {len(status) - 2} nodes, the witness and the relay at "
+        f"local deployment {state}: {sum(name.startswith('node') for name in status)} nodes, "
+        f"{sum(name.startswith('witness') for name in status)} witnesses and the relay at "
         f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
         f" {root / 'client-ota.toml'} (fleet keys over the air)",
     )
