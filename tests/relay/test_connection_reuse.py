@@ -12,7 +12,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from .conftest import LiveServer
+from .conftest import LiveServer, copies
 
 
 def test_forwarded_requests_reuse_the_relays_connections_to_a_node(
@@ -36,7 +36,7 @@ def test_forwarded_requests_reuse_the_relays_connections_to_a_node(
             with httpx.Client(timeout=10) as http:  # a new client connection every time
                 answer = http.post(
                     f"{relay}/v1/vault/laptop/status",
-                    content=b"sealed",
+                    content=copies(relay, b"sealed"),
                     headers={**headers, "Authorization": f"Bearer {token('alice')}"},
                 )
             return answer.status_code

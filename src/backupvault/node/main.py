@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import logging
 import os
+import sqlite3
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -204,15 +206,33 @@ def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[
     """What this node's disk holds: counters and flags per entry, never a secret. With
     `only`, just that entry (shown as empty if the disk has nothing for it)."""
     keys = load_keys(config, FleetDescription.load(config.fleet_file))
-    store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
-    try:
-        records = store.load()
-    finally:
-        store.close()
+    with tempfile.TemporaryDirectory() as folder:
+        # A running node may commit while we read: read a consistent copy (SQLite's
+        # backup runs in one read transaction), never the live file row by row.
+        copy = Path(folder) / "store.sqlite"
+        _snapshot(config.data_dir / "store.sqlite", copy)
+        store = NodeStore(copy, config.index, keys.storage)
+        try:
+            records = store.load()
+        finally:
+            store.close()
     if only is not None:
         wanted = only.to_bytes()
         records = [r for r in records if r.key == wanted] or [AcceptorRecord(wanted)]
     return [_describe(config.index, record) for record in records]
+
+
+def _snapshot(source: Path, copy: Path) -> None:
+    if not source.exists():
+        return  # an empty store, as NodeStore would make
+    os.close(os.open(copy, os.O_RDWR | os.O_CREAT, 0o600))
+    live = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+    target = sqlite3.connect(copy)
+    try:
+        live.backup(target)
+    finally:
+        target.close()
+        live.close()
 
 
 def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
