@@ -471,16 +471,7 @@ class Replica:
             # The same Accept again (a duplicate or a repair), after its pipelined promise
             # moved past it: answer as before. The record is written again as this node's
             # own acceptance (it may hold the value only as a catch-up copy so far).
-            reply = Accepted(
-                message.op_id,
-                message.key,
-                message.round,
-                message.node,
-                True,
-                *_ballot(record.promised),
-                _digest(message.value),
-            )
-            return [self._store(record, "accept")], reply
+            return [self._store(record, "accept")], _answer(message, record.promised, True)
         if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
@@ -488,25 +479,8 @@ class Replica:
             record = AcceptorRecord(
                 record.key, *_ballot(promised), ballot.round, ballot.node, message.value
             )
-            reply = Accepted(
-                message.op_id,
-                message.key,
-                message.round,
-                message.node,
-                True,
-                *_ballot(promised),
-                _digest(message.value),
-            )
-            return [self._store(record, "accept")], reply
-        return [], Accepted(
-            message.op_id,
-            message.key,
-            message.round,
-            message.node,
-            False,
-            *_ballot(record.promised),
-            b"",
-        )
+            return [self._store(record, "accept")], _answer(message, promised, True)
+        return [], _answer(message, record.promised, False)
 
     def _reply(
         self, sender: int, message: Prepare | Accept, reply: Message, now: float
@@ -952,6 +926,15 @@ class Replica:
             return True
         ready = sum(1 for _, r in self._sync_responses.values() if r.ready)
         return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
+
+
+def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
+    """An acceptor's answer to `message`, naming its promise and, if taken, the value's
+    digest (the asking node counts only answers for its own value)."""
+    digest = _digest(message.value) if ok else b""
+    return Accepted(
+        message.op_id, message.key, message.round, message.node, ok, *_ballot(promised), digest
+    )
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:
