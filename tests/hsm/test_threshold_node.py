@@ -5,13 +5,19 @@ password changes, and the attacks on each rule (docs/threshold.md)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto import manifest, oprf, owner, threshold
-from backupvault.hsm.shares import ShareKeeper
+from backupvault.crypto.seal import Kem, NodePrivateKey, seal_request
+from backupvault.hsm.ceremony import make_fleet_secrets
+from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
+from backupvault.hsm.shares import FleetShape, ShareKeeper, ThresholdUpdate
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
+    AuthorizedRequest,
     EntryStatus,
     ErrorCode,
     ErrorResponse,
@@ -23,6 +29,7 @@ from backupvault.protocol import (
     RegisterShareRequest,
     ResetRequest,
     ResetResponse,
+    pad_response,
 )
 from backupvault.sim.threshold import (
     EPOCH,
@@ -31,6 +38,7 @@ from backupvault.sim.threshold import (
     ThresholdClient,
     ThresholdWorld,
 )
+from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
 RK = bytes(range(32))
 
@@ -412,3 +420,54 @@ def test_the_core_asserts_its_invariants() -> None:
     many = NodeShare(1, b"", b"", [Evaluation(a, bytes(32)) for a in (1, 2, 3)])
     with pytest.raises(AssertionError, match="above L"):
         keeper._write(b"k", many)
+
+
+def test_the_firmware_opens_and_routes_threshold_requests() -> None:
+    """The real firmware: a sealed register-share opens only at its node, is routed to
+    the node's ShareKeeper, and its answer fits the padded size; a firmware without a
+    signing key refuses the threshold operations with a clear message."""
+    secrets = make_fleet_secrets(FLEET_ID, os.urandom)
+    issuer = Ed25519PrivateKey.generate()
+    audience = fleet_audience(FLEET_ID)
+    accounts = TokenVerifier(issuer.public_key(), "issuer", audience)
+    hpke = NodePrivateKey.generate(Kem.X25519)
+    shape = FleetShape(EPOCH, 5, 3, 10)
+    firmware = VaultFirmware(
+        secrets,
+        NodeKey(0, hpke, Ed25519PrivateKey.generate()),
+        os.urandom,
+        accounts,
+        shape=shape,
+        load_share=lambda key: None,
+    )
+    registration = manifest.register(
+        b"pw",
+        RK,
+        fleet_id=FLEET_ID,
+        account="alice",
+        entry="chat",
+        epoch=EPOCH,
+        nodes=5,
+        threshold_count=3,
+        ksf=SIM_KSF,
+    )
+    request = RegisterShareRequest(
+        "alice", "chat", registration.manifest.to_bytes(), registration.shares[0].to_bytes(), b"", 0
+    )
+    token = mint_token(
+        issuer, "alice", issuer="issuer", audience=audience, ttl_seconds=60, now=1000
+    )
+    body = AuthorizedRequest(token, request.to_bytes()).to_bytes()
+    sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(Op.REGISTER_SHARE), body)
+    opened = firmware.open(Op.REGISTER_SHARE, "alice", "chat", sealed, 1000)
+    assert not isinstance(opened, ErrorResponse)
+    update = firmware.handle(Op.REGISTER_SHARE, opened[0], 1000)
+    assert isinstance(update, ThresholdUpdate)
+    payload, build = update.change(b"")
+    answer = build()
+    assert answer.writes and answer.writes[0].row.share == registration.shares[0].to_bytes()
+    pad_response(Op.REGISTER_SHARE, answer.response.to_bytes())
+    assert firmware.check_value(update.key, payload) is None  # its own value passes
+    without_signing = VaultFirmware(secrets, NodeKey(0, hpke), os.urandom, accounts)
+    refused = without_signing.handle(Op.REGISTER_SHARE, opened[0], 1000)
+    assert isinstance(refused, Reply) and "threshold" in refused.response.detail  # type: ignore[attr-defined]
