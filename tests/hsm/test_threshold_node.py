@@ -471,3 +471,52 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     without_signing = VaultFirmware(secrets, NodeKey(0, hpke), os.urandom, accounts)
     refused = without_signing.handle(Op.REGISTER_SHARE, opened[0], 1000)
     assert isinstance(refused, Reply) and "threshold" in refused.response.detail  # type: ignore[attr-defined]
+
+
+def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
+    world: ThresholdWorld, client: ThresholdClient
+) -> None:
+    """Node 0 commits a genuine password change; node 1 is then sent the same new
+    manifest with a forged authorization: the replicated value already holds M', but
+    node 1 checks the owner's signature against its own old manifest and keeps its
+    share."""
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    registration = manifest.register(
+        b"new",
+        RK,
+        fleet_id=FLEET_ID,
+        account="alice",
+        entry="chat",
+        epoch=EPOCH,
+        nodes=5,
+        threshold_count=3,
+        ksf=SIM_KSF,
+        version=2,
+    )
+    encoded = registration.manifest.to_bytes()
+    statement = owner.OwnerStatement(
+        owner.StatementKind.CHANGE_PASSWORD,
+        FLEET_ID,
+        "alice",
+        "chat",
+        1,
+        1,
+        owner.payload_hash(encoded),
+    )
+    genuine = owner.sign_statement(recovered[0], statement)
+    share = registration.shares
+
+    def change(slot: int, signature: bytes) -> object:
+        request = RegisterShareRequest(
+            "alice", "chat", encoded, share[slot].to_bytes(), signature, 1
+        )
+        return world.request(slot, Op.CHANGE_SHARE, request)
+
+    old = world.honest[1].rows[client.key]
+    assert not isinstance(change(0, genuine), ErrorResponse)
+    assert world.replicated(1, client.key).manifest == encoded
+    assert _code(change(1, bytes(64))) == ErrorCode.REFUSED
+    assert world.honest[1].rows[client.key] == old
+    assert not isinstance(change(1, genuine), ErrorResponse)
+    assert world.honest[1].rows[client.key].version == 2

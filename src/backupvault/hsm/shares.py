@@ -287,19 +287,26 @@ class ShareKeeper:
             raise InvalidInput("a new entry's manifest has a version above 0 and counter 0")
         account, entry = request.account, request.entry
 
-        def check_change(state: ThresholdState) -> ErrorResponse | None:
-            """The owner's CHANGE_PASSWORD statement, rebuilt from this node's own state:
-            the version it holds, and pk_auth from the M it checked its share against
-            (the replicated M only if it holds none)."""
+        def check_change(replicated_old: bytes) -> ErrorResponse | None:
+            """The owner's CHANGE_PASSWORD statement about the previous version, rebuilt
+            from this node's own state: pk_auth from the M it checked its old share
+            against (the replicated one only if it holds none). A node that holds no
+            share of the entry erases nothing, so it needs no statement to store one."""
+            old_version = manifest.version - 1
             row = self.row(key)
-            held = row.manifest if row is not None and row.version == state.version else b""
-            held = held or state.manifest
-            last = row.change_counter if row is not None and row.version == state.version else 0
+            if row is not None and row.version >= manifest.version:
+                return None  # already moved: `store` answers from the row
+            mine = row if row is not None and row.version == old_version else None
+            held = mine.manifest if mine is not None and mine.manifest else replicated_old
+            if not held:
+                if row is None or not row.share:
+                    return None
+                return error(ErrorCode.REFUSED, "cannot check the change against this node's share")
             statement = self._statement(
                 owner.StatementKind.CHANGE_PASSWORD,
                 account,
                 entry,
-                state.version,
+                old_version,
                 request.counter,
                 owner.payload_hash(request.manifest),
             )
@@ -308,7 +315,7 @@ class ShareKeeper:
                     Manifest.from_bytes(held).pk_auth,
                     statement,
                     request.authorization,
-                    last_counter=last or None,
+                    last_counter=None,  # acting on it moves the version: single use
                 )
             except AuthenticationFailed as err:
                 return error(ErrorCode.REFUSED, err.message)
@@ -316,7 +323,11 @@ class ShareKeeper:
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
             if state.manifest == request.manifest:
-                # Another node's copy of the same request got there first: one registration.
+                # Another node's copy of the same request got there first: one registration
+                # (a change is still checked against this node's own old manifest).
+                refused = check_change(b"") if changing else None
+                if refused is not None:
+                    return state, lambda: Answer(refused)
                 return state, lambda: store(state)
             if not changing:
                 if state.status == EntryStatus.LIVE:
@@ -346,7 +357,7 @@ class ShareKeeper:
                     ErrorCode.STALE_MANIFEST,
                     f"a password change here takes version {state.version + 1} of a live entry",
                 )
-            refused = check_change(state)
+            refused = check_change(state.manifest)
             if refused is not None:
                 return state, lambda: Answer(refused)
             new = state.with_(
