@@ -88,11 +88,18 @@ class Attacker:
         self.last: Message | None = None
         self.tricks: list[str] = []  # how each second-B trick was answered
 
-    def ask(self, slot: int, blinded: bytes) -> EvaluateResponse | None:
-        self.world.reachable = {slot, *self.world.hostile}
-        self.clock += 1
+    def ask(
+        self, slot: int, blinded: bytes, group: tuple[int, ...] = (), clock: int = 0
+    ) -> EvaluateResponse | None:
+        self.world.reachable = {slot, *group, *self.world.hostile}
+        if not clock:
+            self.clock += 1
         request = EvaluateRequest(
-            self.client.account, self.client.entry, self.loot.manifest.version, blinded, self.clock
+            self.client.account,
+            self.client.entry,
+            self.loot.manifest.version,
+            blinded,
+            clock or self.clock,
         )
         answer = self.world.request(slot, Op.EVALUATE, request)
         self.last = answer
@@ -108,16 +115,20 @@ class Attacker:
         return True
 
     def round_robin(self) -> None:
-        """One fresh B per guess, each to the next honest node: spends every honest
-        node's L evenly (the strategy that reaches the bound)."""
+        """One fresh B per guess, to the next t − c honest nodes in turn (cut off from the
+        rest): spends every honest node's L evenly, the strategy that reaches the bound."""
+        honest = sorted(self.world.honest)
+        need = self.world.shape.threshold - len(self.world.hostile)
         idle = 0
         turn = 0
-        while idle < len(HONEST):
-            slot = HONEST[turn % len(HONEST)]
+        while idle < len(honest):
+            group = tuple(honest[(turn * need + j) % len(honest)] for j in range(need))
             turn += 1
             _, blinded = oprf.blind(self.rand.randbytes(16))
-            answer = self.ask(slot, blinded)
-            if answer is not None and self.combine(blinded, [answer.partial()]):
+            self.clock += 1
+            answers = [self.ask(slot, blinded, group, self.clock) for slot in group]
+            partials = [a.partial() for a in answers if a is not None]
+            if self.combine(blinded, partials):
                 idle = 0
             else:
                 idle += 1
@@ -160,6 +171,13 @@ def test_two_hostile_nodes_get_exactly_the_bound_of_30_outputs() -> None:
     for slot in HONEST:
         row = world.honest[slot].rows[client.key]
         assert row.count == L and row.share == b""  # spent, then erased on its own count
+
+
+def test_one_hostile_node_gets_exactly_the_bound_of_20_outputs() -> None:
+    world, client, loot = _setup(hostile=frozenset({4}))
+    attacker = Attacker(world, client, loot)
+    attacker.round_robin()
+    assert len(attacker.outputs) == (N - 1) * L // (3 - 1) == 20
 
 
 def test_the_mutant_that_evaluates_any_b_is_caught() -> None:
