@@ -11,7 +11,9 @@ copy, and names the node that answered in `NODE_HEADER`.
 from __future__ import annotations
 
 import enum
+import hashlib
 import re
+import struct
 from dataclasses import dataclass
 from typing import TypeGuard
 
@@ -19,6 +21,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.codec import Message, decode_any
+from backupvault.crypto import oprf, threshold
+from backupvault.crypto.manifest import Manifest
 from backupvault.errors import InvalidInput
 
 NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
@@ -45,6 +49,14 @@ class Op(enum.StrEnum):
     CHANGE_PASSWORD = "change-password"
     DELETE = "delete"
     STATUS = "status"
+    # The threshold flow (docs/threshold.md). The single-seed operations above remain only
+    # for entries registered before it, until they are migrated.
+    REGISTER_SHARE = "register-share"
+    CHANGE_SHARE = "change-share"
+    MANIFEST = "manifest"
+    EVALUATE = "evaluate"
+    RESET = "reset"
+    DELETE_SHARE = "delete-share"
 
 
 OPERATIONS: tuple[str, ...] = tuple(str(op) for op in Op)
@@ -67,6 +79,8 @@ class ErrorCode(enum.StrEnum):
     STALE_ATTEMPT = "stale_attempt"  # a newer attempt started, or this one was already used
     EXPIRED = "expired"
     FLEET_UNAVAILABLE = "fleet_unavailable"
+    STALE_MANIFEST = "stale_manifest"  # the request names another version than this node holds
+    REFUSED = "refused"  # an owner signature or a share did not verify against this node's state
 
 
 @dataclass(frozen=True)
@@ -222,6 +236,246 @@ class SealedCopies(Message):
         return copies
 
 
+# ---- the threshold flow (docs/threshold.md, docs/protocol.md "Threshold messages") ------
+
+#: The largest manifest a node stores: it must fit, sealed and padded, in a `manifest`
+#: answer (RESPONSE_PADDED_SIZE).
+MAX_MANIFEST_LEN = 896
+SIGNATURE_LEN = 64  # Ed25519: owner statements and node acknowledgements
+
+
+def _check_u64(what: str, value: int) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value < 1 << 64:
+        raise InvalidInput(f"{what}: an integer 0..2^64-1")
+
+
+def _check_signature(what: str, value: bytes, *, optional: bool = False) -> None:
+    if optional and value == b"":
+        return
+    if not isinstance(value, bytes) or len(value) != SIGNATURE_LEN:
+        raise InvalidInput(f"{what}: expected {SIGNATURE_LEN} bytes")
+
+
+def check_manifest_bytes(data: bytes) -> Manifest:
+    """A manifest as a request or an answer carries it: it decodes (every point canonical
+    and non-identity) and fits a `manifest` answer."""
+    if not isinstance(data, bytes) or len(data) > MAX_MANIFEST_LEN:
+        raise InvalidInput(f"manifest: at most {MAX_MANIFEST_LEN} bytes")
+    return Manifest.from_bytes(data)
+
+
+@dataclass(frozen=True)
+class RegisterShareRequest(Message):
+    """Deliver node i's share of a new entry (`register-share`, `authorization` and
+    `counter` empty/0) or of a password change (`change-share`: the old owner's
+    CHANGE_PASSWORD signature over SHA-256(manifest), for the old version and `counter`)."""
+
+    TAG = 17
+    account: str
+    entry: str
+    manifest: bytes
+    share: bytes  # index u8 || k_i (32, little-endian scalar)
+    authorization: bytes  # 64-byte owner signature, or empty for a new entry
+    counter: int  # the change statement's sequence number; 0 for a new entry
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        check_manifest_bytes(self.manifest)
+        threshold.KeyShare.from_bytes(self.share)
+        _check_signature("authorization", self.authorization, optional=True)
+        _check_u64("counter", self.counter)
+
+
+class AckKind(enum.IntEnum):
+    HELD = 1  # "I hold the share for K_i of this version"
+    ERASED = 2  # "I erased the share for K_i of this version"
+
+
+@dataclass(frozen=True)
+class ShareAck(Message):
+    """A node's signed acknowledgement (`share_ack_message`), checked by the client against
+    the node's signing key from the deployment record and K_i from the agreed manifest."""
+
+    TAG = 18
+    kind: int  # AckKind
+    version: int
+    index: int  # the node's share index
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        if self.kind not in tuple(AckKind):
+            raise InvalidInput(f"acknowledgement kind: unknown {self.kind!r}")
+        _check_u64("version", self.version)
+        if not 1 <= self.index <= threshold.MAX_NODES:
+            raise InvalidInput(f"share index: 1..{threshold.MAX_NODES}")
+        _check_signature("acknowledgement signature", self.signature)
+
+
+def share_ack_message(
+    kind: AckKind,
+    fleet_id: bytes,
+    account: str,
+    entry: str,
+    version: int,
+    node_public_key: bytes,
+    manifest: bytes,
+) -> bytes:
+    """The bytes a node signs with its Ed25519 key (docs/protocol.md): K_i is the share's
+    public key k_i·G, `manifest` the M it belongs to."""
+    names = [
+        check_name(what, value).encode() for what, value in (("account", account), ("entry", entry))
+    ]
+    if not 1 <= len(fleet_id) <= 0xFFFF:
+        raise InvalidInput("fleet id: 1..65535 bytes")
+    oprf.validate_element(node_public_key, "share public key")
+    return (
+        b"backupvault/v1 share-ack"
+        + bytes([kind])
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + b"".join(bytes([len(name)]) + name for name in names)
+        + struct.pack(">Q", version)
+        + node_public_key
+        + hashlib.sha256(manifest).digest()
+    )
+
+
+@dataclass(frozen=True)
+class ManifestRequest(Message):
+    TAG = 19
+    account: str
+    entry: str
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+
+
+@dataclass(frozen=True)
+class ManifestResponse(Message):
+    """The entry as this node holds it. `manifest` is empty unless the entry is live;
+    `version` is the entry's latest version even when it is empty (a new registration
+    takes version + 1, so no statement about a deleted version can be replayed)."""
+
+    TAG = 20
+    status: int  # EntryStatus
+    version: int
+    manifest: bytes
+    guess_limit: int
+    guesses_remaining: int  # this node's own count: L - count
+
+    def __post_init__(self) -> None:
+        if self.status not in tuple(EntryStatus):
+            raise InvalidInput(f"entry status: unknown {self.status!r}")
+        for name in ("version", "guess_limit", "guesses_remaining"):
+            _check_u64(name, getattr(self, name))
+        if self.manifest:
+            check_manifest_bytes(self.manifest)
+        elif self.status == EntryStatus.LIVE:
+            raise InvalidInput("a live entry's answer without its manifest")
+
+
+@dataclass(frozen=True)
+class EvaluateRequest(Message):
+    """Recovery step 1: ask for k_i·B for one attempt. `client_time_ms` as for
+    `RecoverStartRequest`: a new attempt must be later than the entry's latest, so a
+    replayed request is refused without costing a guess."""
+
+    TAG = 21
+    account: str
+    entry: str
+    version: int
+    blinded: bytes  # B, canonical non-identity ristretto255
+    client_time_ms: int
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        _check_u64("version", self.version)
+        oprf.validate_element(self.blinded, "blinded element")
+        if not isinstance(self.client_time_ms, int) or not 0 <= self.client_time_ms < 1 << 63:
+            raise InvalidInput("client time out of range")
+
+
+@dataclass(frozen=True)
+class EvaluateResponse(Message):
+    """Node `index`'s partial evaluation for attempt `attempt`, with its proof, and the
+    guesses this node has left for the entry's version."""
+
+    TAG = 22
+    attempt: int
+    index: int
+    evaluated: bytes  # Z_i = k_i·B
+    proof: bytes  # c || s, 64 bytes
+    guesses_remaining: int
+
+    def __post_init__(self) -> None:
+        _check_u64("attempt", self.attempt)
+        _check_u64("guesses remaining", self.guesses_remaining)
+        self.partial()  # validates the index, the point and the proof's length
+        for half, name in ((self.proof[:32], "c"), (self.proof[32:], "s")):
+            if int.from_bytes(half, "little") >= oprf.GROUP_ORDER:
+                raise InvalidInput(f"proof scalar {name}: not canonical")
+
+    def partial(self) -> threshold.Partial:
+        if not 1 <= self.index <= threshold.MAX_NODES:
+            raise InvalidInput(f"share index: 1..{threshold.MAX_NODES}")
+        return threshold.Partial(self.index, self.evaluated, self.proof)
+
+
+@dataclass(frozen=True)
+class ResetRequest(Message):
+    """The owner's proof of the password: a RESET statement signed with sk_auth over
+    (fleet, account, entry, version, attempt, SHA-256(B of that attempt))."""
+
+    TAG = 23
+    account: str
+    entry: str
+    version: int
+    attempt: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        _check_u64("version", self.version)
+        _check_u64("attempt", self.attempt)
+        _check_signature("owner signature", self.signature)
+
+
+@dataclass(frozen=True)
+class ResetResponse(Message):
+    TAG = 24
+    version: int
+    attempt: int  # the reset this node now holds (its reset_at)
+    guesses_remaining: int
+
+    def __post_init__(self) -> None:
+        for name in ("version", "attempt", "guesses_remaining"):
+            _check_u64(name, getattr(self, name))
+
+
+@dataclass(frozen=True)
+class DeleteShareRequest(Message):
+    """Delete a live entry: the owner's DELETE statement over (version, counter,
+    SHA-256(M)). Answered with an ERASED `ShareAck`."""
+
+    TAG = 25
+    account: str
+    entry: str
+    version: int
+    counter: int
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        _check_u64("version", self.version)
+        _check_u64("counter", self.counter)
+        _check_signature("owner signature", self.signature)
+
+
 #: The relay names the node whose answer it returns (its index), so the client opens the
 #: answer with that copy's response key. A relay that lies only makes the answer fail to
 #: open.
@@ -237,6 +491,12 @@ RESPONSE_PADDED_SIZE: dict[Op, int] = {
     Op.CHANGE_PASSWORD: 384,
     Op.DELETE: 384,
     Op.STATUS: 384,
+    Op.REGISTER_SHARE: 384,
+    Op.CHANGE_SHARE: 384,
+    Op.MANIFEST: 1024,
+    Op.EVALUATE: 384,
+    Op.RESET: 384,
+    Op.DELETE_SHARE: 384,
 }
 #: Error details are cut to this many characters, so every error fits the padded size.
 MAX_ERROR_DETAIL = 160
@@ -267,6 +527,12 @@ REQUEST_TYPES: dict[Op, type[Message]] = {
     Op.CHANGE_PASSWORD: RegisterFinishRequest,
     Op.DELETE: DeleteRequest,
     Op.STATUS: StatusRequest,
+    Op.REGISTER_SHARE: RegisterShareRequest,
+    Op.CHANGE_SHARE: RegisterShareRequest,
+    Op.MANIFEST: ManifestRequest,
+    Op.EVALUATE: EvaluateRequest,
+    Op.RESET: ResetRequest,
+    Op.DELETE_SHARE: DeleteShareRequest,
 }
 
 RESPONSE_TYPES: dict[Op, type[Message]] = {
@@ -277,6 +543,12 @@ RESPONSE_TYPES: dict[Op, type[Message]] = {
     Op.CHANGE_PASSWORD: RegisterFinishResponse,
     Op.DELETE: DeleteResponse,
     Op.STATUS: StatusResponse,
+    Op.REGISTER_SHARE: ShareAck,
+    Op.CHANGE_SHARE: ShareAck,
+    Op.MANIFEST: ManifestResponse,
+    Op.EVALUATE: EvaluateResponse,
+    Op.RESET: ResetResponse,
+    Op.DELETE_SHARE: ShareAck,
 }
 
 

@@ -1,0 +1,211 @@
+"""The threshold flow's messages (protocol.py, docs/protocol.md "Threshold messages"):
+round trips, every length and point checked at decode, and every answer fits its padding."""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import struct
+
+import pytest
+
+from backupvault.codec import Message
+from backupvault.crypto import ksf, oprf, threshold
+from backupvault.crypto.manifest import register
+from backupvault.errors import InvalidInput
+from backupvault.protocol import (
+    MAX_ERROR_DETAIL,
+    MAX_MANIFEST_LEN,
+    REQUEST_TYPES,
+    RESPONSE_PADDED_SIZE,
+    RESPONSE_TYPES,
+    AckKind,
+    DeleteShareRequest,
+    EntryStatus,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Op,
+    RegisterShareRequest,
+    ResetRequest,
+    ResetResponse,
+    ShareAck,
+    decode_response,
+    pad_response,
+    share_ack_message,
+)
+
+FAST_KSF = ksf.Argon2idParams(
+    memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
+)
+IDENTITY = bytes(32)
+BIT_255 = bytes(31) + b"\x80"
+NOT_A_POINT = b"\xff" * 31 + b"\x7f"  # bit 255 clear, but not a canonical field element
+
+
+@pytest.fixture(scope="module")
+def registration():  # type: ignore[no-untyped-def]
+    return register(
+        b"correct horse",
+        bytes(32),
+        fleet_id=b"f" * 32,
+        account="alice",
+        entry="chat-history-01",
+        epoch=1,
+        nodes=5,
+        threshold_count=3,
+        ksf=FAST_KSF,
+    )
+
+
+def _examples(registration) -> list[Message]:  # type: ignore[no-untyped-def]
+    manifest = registration.manifest.to_bytes()
+    share = registration.shares[0]
+    blinded = oprf.hash_to_group(b"password")
+    partial = threshold.evaluate_partial(share, blinded)
+    return [
+        RegisterShareRequest("alice", "chat-history-01", manifest, share.to_bytes(), b"", 0),
+        RegisterShareRequest("alice", "chat", manifest, share.to_bytes(), b"s" * 64, 7),
+        ShareAck(AckKind.HELD, 1, 1, b"a" * 64),
+        ShareAck(AckKind.ERASED, 2, 5, b"a" * 64),
+        ManifestRequest("alice", "chat"),
+        ManifestResponse(EntryStatus.LIVE, 1, manifest, 10, 9),
+        ManifestResponse(EntryStatus.EMPTY, 3, b"", 10, 10),
+        EvaluateRequest("alice", "chat", 1, blinded, 1_700_000_000_000),
+        EvaluateResponse(4, partial.index, partial.evaluated, partial.proof, 9),
+        ResetRequest("alice", "chat", 1, 4, b"r" * 64),
+        ResetResponse(1, 4, 10),
+        DeleteShareRequest("alice", "chat", 1, 1, b"d" * 64),
+    ]
+
+
+def test_every_threshold_message_round_trips(registration) -> None:  # type: ignore[no-untyped-def]
+    for message in _examples(registration):
+        assert type(message).from_bytes(message.to_bytes()) == message
+
+
+def test_every_threshold_operation_has_a_request_and_a_response_type() -> None:
+    for op in (Op.REGISTER_SHARE, Op.CHANGE_SHARE, Op.MANIFEST, Op.EVALUATE, Op.RESET):
+        assert op in REQUEST_TYPES and op in RESPONSE_TYPES
+    assert RESPONSE_TYPES[Op.DELETE_SHARE] is ShareAck
+
+
+def test_every_answer_and_the_longest_error_fit_their_padding(registration) -> None:  # type: ignore[no-untyped-def]
+    longest_error = ErrorResponse("stale_manifest", "x" * MAX_ERROR_DETAIL, 10)
+    # The largest manifest a node stores fits a manifest answer.
+    largest = ManifestResponse(EntryStatus.EMPTY, 2**64 - 1, b"", 100, 100)
+    assert len(largest.to_bytes()) + MAX_MANIFEST_LEN + 1 <= RESPONSE_PADDED_SIZE[Op.MANIFEST]
+    answers = [m for m in _examples(registration) if type(m) in RESPONSE_TYPES.values()]
+    assert len(answers) == 6
+    for op, kind in RESPONSE_TYPES.items():
+        for answer in [m for m in answers if isinstance(m, kind)] + [longest_error]:
+            assert decode_response(op, pad_response(op, answer.to_bytes())) == answer
+
+
+def _reencode(message: Message, **changes: object) -> bytes:
+    """The message's encoding with fields replaced, bypassing the constructor's checks
+    (as a hostile sender would)."""
+    fields = {f.name: getattr(message, f.name) for f in dataclasses.fields(message)}  # type: ignore[arg-type]
+    fields.update(changes)
+    fake = object.__new__(type(message))
+    for name, value in fields.items():
+        object.__setattr__(fake, name, value)
+    return fake.to_bytes()
+
+
+@pytest.mark.parametrize("bad", [IDENTITY, BIT_255, NOT_A_POINT, b"\x01" * 31, b"\x01" * 33])
+def test_a_blinded_element_that_is_not_a_canonical_point_is_refused(bad: bytes) -> None:
+    good = EvaluateRequest("alice", "chat", 1, oprf.hash_to_group(b"x"), 1)
+    with pytest.raises(InvalidInput):
+        EvaluateRequest.from_bytes(_reencode(good, blinded=bad))
+
+
+@pytest.mark.parametrize("bad", [IDENTITY, BIT_255, NOT_A_POINT, b"\x02" * 33])
+def test_a_partial_that_is_not_a_canonical_point_is_refused(registration, bad: bytes) -> None:  # type: ignore[no-untyped-def]
+    blinded = oprf.hash_to_group(b"x")
+    partial = threshold.evaluate_partial(registration.shares[1], blinded)
+    good = EvaluateResponse(1, partial.index, partial.evaluated, partial.proof, 9)
+    with pytest.raises(InvalidInput):
+        EvaluateResponse.from_bytes(_reencode(good, evaluated=bad))
+
+
+def test_partial_proof_index_and_scalar_checks(registration) -> None:  # type: ignore[no-untyped-def]
+    blinded = oprf.hash_to_group(b"x")
+    partial = threshold.evaluate_partial(registration.shares[1], blinded)
+    good = EvaluateResponse(1, partial.index, partial.evaluated, partial.proof, 9)
+    non_canonical = b"\xff" * 32 + partial.proof[32:]  # c >= q
+    for changes in (
+        {"proof": partial.proof[:63]},
+        {"proof": non_canonical},
+        {"index": 0},
+        {"index": 256},
+    ):
+        with pytest.raises(InvalidInput):
+            EvaluateResponse.from_bytes(_reencode(good, **changes))
+
+
+def test_register_share_checks_share_manifest_and_signature(registration) -> None:  # type: ignore[no-untyped-def]
+    manifest = registration.manifest.to_bytes()
+    share = registration.shares[0].to_bytes()
+    good = RegisterShareRequest("alice", "chat", manifest, share, b"", 0)
+    zero_share = bytes([1]) + bytes(32)
+    large_scalar = bytes([1]) + b"\xff" * 32
+    for changes in (
+        {"share": share[:32]},
+        {"share": zero_share},
+        {"share": large_scalar},
+        {"share": bytes([0]) + share[1:]},
+        {"manifest": manifest[:-1]},
+        {"manifest": manifest + b"\x00"},
+        {"manifest": b"BVM1" + bytes(MAX_MANIFEST_LEN)},
+        {"authorization": b"s" * 63},
+        {"account": "al ice"},
+        {"entry": ""},
+    ):
+        with pytest.raises(InvalidInput):
+            RegisterShareRequest.from_bytes(_reencode(good, **changes))
+
+
+def test_a_manifest_with_an_identity_commitment_is_refused(registration) -> None:  # type: ignore[no-untyped-def]
+    manifest = registration.manifest.to_bytes()
+    c0 = registration.manifest.commitments.public_key
+    at = manifest.index(c0)
+    forged = manifest[:at] + IDENTITY + manifest[at + 32 :]
+    with pytest.raises(InvalidInput):
+        ManifestResponse(EntryStatus.LIVE, 1, forged, 10, 10)
+
+
+def test_short_signatures_and_unknown_kinds_are_refused() -> None:
+    for message, changes in (
+        (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"signature": b"a" * 65}),
+        (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"kind": 3}),
+        (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"index": 0}),
+        (ResetRequest("a", "b", 1, 1, b"r" * 64), {"signature": b""}),
+        (DeleteShareRequest("a", "b", 1, 1, b"d" * 64), {"signature": b"d" * 32}),
+        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10), {"status": 7}),
+        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10), {"status": EntryStatus.LIVE}),
+    ):
+        with pytest.raises(InvalidInput):
+            type(message).from_bytes(_reencode(message, **changes))
+
+
+def test_share_ack_bytes_are_exactly_as_documented(registration) -> None:  # type: ignore[no-untyped-def]
+    manifest = registration.manifest.to_bytes()
+    key = registration.shares[2].public_key()
+    signed = share_ack_message(AckKind.HELD, b"F" * 3, "alice", "chat", 1, key, manifest)
+    assert signed == (
+        b"backupvault/v1 share-ack"
+        + b"\x01"
+        + b"\x00\x03FFF"
+        + b"\x05alice"
+        + b"\x04chat"
+        + struct.pack(">Q", 1)
+        + key
+        + hashlib.sha256(manifest).digest()
+    )
+    erased = share_ack_message(AckKind.ERASED, b"F" * 3, "alice", "chat", 1, key, manifest)
+    assert erased != signed and erased[24] == 2
+    with pytest.raises(InvalidInput):
+        share_ack_message(AckKind.HELD, b"F", "alice", "chat", 1, IDENTITY, manifest)
