@@ -12,7 +12,7 @@ import pytest
 
 from backupvault.hop import HopRefused, HopVerifier
 from backupvault.protocol import SealedCopies
-from backupvault.relay.forward import PROBE_EVERY, UNREACHABLE_SECONDS
+from backupvault.relay.forward import PROBE_EVERY, STALLED_AFTER, UNREACHABLE_SECONDS
 
 from .conftest import RELAY_KEY, StubNode, copies, unused_url
 
@@ -360,3 +360,19 @@ def test_a_passed_over_node_is_asked_again_only_once_its_health_says_ready(
     time.sleep(3 * PROBE_EVERY)
     answers = [post(relay, token(), b"sealed").content for _ in range(4)]
     assert b"node0|sealed" in answers
+
+
+def test_a_node_with_a_request_waiting_too_long_gets_new_requests_after_the_others(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A stall shows as a request waiting at a node; new requests go elsewhere long before
+    that request times out (and nothing is failed or resent because of it)."""
+    stubs[0].mode = "hang"  # answers after 5 s
+    relay = start_relay([stubs[0].url, stubs[1].url], request_timeout=8.0)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post, relay, token(), b"sealed")  # round-robin: node0
+        time.sleep(STALLED_AFTER + 0.5)
+        answers = [post(relay, token(), b"sealed").content for _ in range(4)]
+        assert answers == [b"node1|sealed"] * 4  # round-robin would send 2 to node0
+        assert waiting.result().content == b"late"  # the waiting one is not given up
+    assert len(stubs[0].seen) == 1

@@ -23,11 +23,11 @@ Which node first: the leader, as the nodes name it in `X-Backupvault-Leader` on 
 answers (a node that takes a change forwards it to the leader, one more hop; the leader
 takes it at once), while it has fewer than LEADER_MAX_IN_FLIGHT requests from this relay
 in flight; otherwise the round-robin start, which spreads the firmware's work. Then the
-others in turn, nodes that recently failed last. The header only orders the nodes;
-nothing a node accepts depends on who asked it. A node that failed is passed over for a
-while (10 s after a request it may have acted on, 1 s after a refusal) and then until
-its `/v1/health` says ready: a killed node that is restarting, or one whose answers are
-withheld, gets no new requests.
+others in turn; nodes with a request waiting over 2 s after them, nodes that recently
+failed last. The header only orders the nodes; nothing a node accepts depends on who
+asked it. A node that failed is passed over for a while (10 s after a request it may
+have acted on, 1 s after a refusal) and then until its `/v1/health` says ready: a killed
+node that is restarting, or one whose answers are withheld, gets no new requests.
 """
 
 from __future__ import annotations
@@ -75,6 +75,9 @@ class _BadAnswer(Exception):
 #: firmware's work (opening, OPRF, OPAQUE); sending them all to one node makes that node
 #: the fleet's bottleneck (measured: 16 clients, 35.5 -> 23.3 guesses/s; docs/performance.md).
 LEADER_MAX_IN_FLIGHT = 2
+#: A node with a request waiting longer than this gets new requests after the others
+#: (a stall shows here seconds before the request's timeout does).
+STALLED_AFTER = 2.0
 #: A node that took a request and gave no answer (timed out, or the connection broke) is
 #: passed over at least this long: it may act on requests and never answer them.
 SUSPECT_SECONDS = 10.0
@@ -139,7 +142,9 @@ class Forwarder:
         # Nodes passed over: at least until when (then until a health probe says ready).
         self._suspect_until: dict[str, float] = {}
         self._probes: dict[str, asyncio.Task[None]] = {}
-        self._in_flight: dict[str, int] = {}
+        # Requests in flight per node: an id for each, and when it was sent.
+        self._in_flight: dict[str, dict[int, float]] = {}
+        self._request_ids = itertools.count()
         # The leader as the last answering node named it (None: not known yet).
         self._leader: str | None = None
 
@@ -151,10 +156,20 @@ class Forwarder:
         start = next(self._next) % len(self.node_urls)
         rotated = [*self.node_urls[start:], *self.node_urls[:start]]
         leader = self._leader
-        if leader is not None and self._in_flight.get(leader, 0) < LEADER_MAX_IN_FLIGHT:
+        if leader is not None and len(self._in_flight.get(leader, ())) < LEADER_MAX_IN_FLIGHT:
             rotated.remove(leader)
             rotated.insert(0, leader)
-        return sorted(rotated, key=lambda node: node in self._suspect_until)
+        now = self._clock()
+        return sorted(rotated, key=lambda node: self._standing(node, now))
+
+    def _standing(self, node: str, now: float) -> int:
+        """0: healthy; 1: a request has waited at it longer than STALLED_AFTER (a stalled
+        or overloaded node gets new requests after the others, but is not failed); 2:
+        passed over (it failed)."""
+        if node in self._suspect_until:
+            return 2
+        started = self._in_flight.get(node)
+        return 1 if started and now - min(started.values()) > STALLED_AFTER else 0
 
     def _learn_leader(self, response: httpx.Response) -> None:
         """Remember the leader a node's answer names; ignore anything not a node index."""
@@ -252,7 +267,8 @@ class Forwarder:
             "Content-Type": "application/octet-stream",
             **sign_headers(self._signing_key, self._index[node], op, account, entry, body),
         }
-        self._in_flight[node] = self._in_flight.get(node, 0) + 1
+        request = next(self._request_ids)
+        self._in_flight.setdefault(node, {})[request] = self._clock()
         try:
             async with self.client.stream(
                 "POST", f"{node}/v1/client/{op}", content=body, headers=headers
@@ -268,7 +284,7 @@ class Forwarder:
             # guess twice and leave the client's KE3 stale, so the client decides instead.
             raise _Unknown from None
         finally:
-            self._in_flight[node] -= 1
+            del self._in_flight[node][request]
         status = response.status_code
         media = _media_type(response)
         if status == 200:
