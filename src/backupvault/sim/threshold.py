@@ -260,6 +260,7 @@ class ThresholdWorld:
         answer: Answer = result.outcome()
         for write in answer.writes:  # durable before the answer leaves
             node.rows[write.key] = write.row
+        node.keeper.durable(answer.writes)
         return answer.response
 
     def replicated(self, slot: int, key: bytes) -> ThresholdState:
