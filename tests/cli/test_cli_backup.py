@@ -108,6 +108,24 @@ def test_recovery_code_round_trip_with_json(tmp_path: Path, source: Path) -> Non
     assert same_tree(source, dest)
 
 
+def test_a_json_backup_loads_only_what_it_runs(tmp_path: Path, source: Path) -> None:
+    """Start-up time counts in every backup: a `--json` backup (scripts, cron) imports no
+    terminal, storage-URL or vault client code."""
+    created = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "backupvault", "--json", "backup", "create",
+         str(source), "--storage", str(tmp_path / "storage"), "--recovery-code"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    imported = {
+        line.rsplit("|", 1)[1].strip().split(".")[0]
+        for line in created.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "backupvault" in imported and "blake3" in imported  # the check sees imports
+    assert not imported & {"rich", "fsspec", "httpx", "pygments"}
+
+
 def test_mistyped_and_wrong_codes_exit_3_and_write_nothing(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     created = run(

@@ -23,9 +23,11 @@ from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Persist, Send
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
+from backupvault.hsm.shares import ShareWrite
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
-from backupvault.node.store import NodeStore
+from backupvault.node.store import SHARE_PREFIX, NodeStore
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
@@ -250,5 +252,25 @@ def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> Non
         assert posted == [] and service._fatal is not None
         answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
         assert (answer.status, answer.error) == (503, "node_not_ready")
+
+    asyncio.run(scenario())
+
+
+def test_share_rows_are_durable_before_the_answer_that_depends_on_them(tmp_path: Path) -> None:
+    """A node's own share row (its count) goes through the same group commit, after any
+    persist before it, and `_persist_rows` returns only once it is written."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        entry = EntryId("alice", "chat").to_bytes()
+        row = NodeShare(1, b"\x01" + b"k" * 32, b"m", [Evaluation(1, bytes(32))])
+        service._execute([Persist(AcceptorRecord(entry, 1, 0))])
+        waiting = asyncio.create_task(service._persist_rows((ShareWrite(entry, row),)))
+        await _turns()
+        assert not waiting.done() and store.get_share(entry) is None
+        store.release.set()
+        assert await asyncio.wait_for(waiting, 5)
+        assert store.get_share(entry) == row
+        assert store.saved == [[entry], [SHARE_PREFIX + entry]]
 
     asyncio.run(scenario())

@@ -14,8 +14,15 @@ import pytest
 
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
 from backupvault.fleet.records import Mark
-from backupvault.hsm.state import EntryId, EntryState
-from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, bucket_of
+from backupvault.hsm.state import EntryId, EntryState, Evaluation, NodeShare
+from backupvault.node.store import (
+    SHARE_PREFIX,
+    NodeStore,
+    StoreCorrupted,
+    StoreRecords,
+    bucket_of,
+    share_record,
+)
 from backupvault.protocol import EntryStatus
 
 KEY = os.urandom(32)
@@ -326,3 +333,60 @@ def test_rows_keep_large_ballots_and_empty_values(tmp_path: Path) -> None:
     make(path).save(kept)
     reopened = make(path)
     assert [reopened.get(ENTRY_A), reopened.get(ENTRY_B)] == kept
+
+
+# ---- share rows (the threshold flow) -------------------------------------------------
+
+
+def _share_row(version: int, share: bytes, count: int) -> NodeShare:
+    evaluated = [Evaluation(a, bytes([a]) * 32) for a in range(1, count + 1)]
+    return NodeShare(version, share, b"manifest" if share else b"", evaluated)
+
+
+def test_share_rows_never_leave_the_node(tmp_path: Path) -> None:
+    """Catching up hands peers records, never this node's key shares; `load` (node
+    inspect) does not list them either."""
+    store = make(tmp_path / "store.sqlite")
+    share = b"\x01" + b"k" * 32
+    store.save([AcceptorRecord(ENTRY_A, 1, 1, 1, 1, b"value a")])
+    store.save([share_record(ENTRY_A, _share_row(1, share, 2))])
+    assert store.get_share(ENTRY_A) == _share_row(1, share, 2)
+    assert store.get_share(ENTRY_B) is None
+    changes = store.changed_since(b"", 0, 100)
+    assert [r.key for r in changes.records] == [ENTRY_A]
+    assert [r.key for r in store.load()] == [ENTRY_A]
+    assert share not in files(tmp_path)  # sealed like every row
+    store.close()
+
+
+def test_a_share_row_rolled_back_to_a_lower_count_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    share = b"\x01" + b"k" * 32
+    store.save([share_record(ENTRY_A, _share_row(1, share, 1))])
+    name_a = store.name_of(SHARE_PREFIX + ENTRY_A)
+    old = rows(path)[name_a]
+    store.save([share_record(ENTRY_A, _share_row(1, share, 2))])
+    store.close()
+    put(path, name_a, *old)
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        make(path).get_share(ENTRY_A)
+
+
+def test_an_erased_share_cannot_be_read_back_from_any_file(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    share = b"\x01" + b"s" * 32
+    name_a = store.name_of(SHARE_PREFIX + ENTRY_A)
+    held = []
+    for count in range(1, 4):
+        store.save([share_record(ENTRY_A, _share_row(1, share, count))])
+        store.save([AcceptorRecord(ENTRY_B, count, 1)])
+        held.append(rows(path)[name_a][1])
+    assert any(row in files(tmp_path) for row in held)
+    store.save([share_record(ENTRY_A, _share_row(1, b"", 3))])
+    raw = files(tmp_path)
+    for row in held:
+        assert row[12:28] not in raw
+    found = make(path).get_share(ENTRY_A)
+    assert found is not None and found.share == b""

@@ -15,12 +15,8 @@ file, a folder holding that file.
 
 from __future__ import annotations
 
-import contextlib
 import os
-import secrets
-import shutil
-import stat
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -29,11 +25,17 @@ from typing import Any
 from backupvault.backup import archive, format
 from backupvault.backup.errors import (
     BackupNotFound,
-    DestinationError,
     StorageError,
 )
 from backupvault.backup.progress import NoProgress, Progress
-from backupvault.backup.safe import Limits, SafeDestination, Skipped, check_space
+from backupvault.backup.safe import (
+    Limits,
+    SafeDestination,
+    Skipped,
+    Staging,
+    check_destination,
+    check_space,
+)
 from backupvault.backup.storage import (
     PartialUpload,
     Storage,
@@ -164,56 +166,6 @@ def _key_kind(storage: Storage, name: str) -> str | None:
         return None
 
 
-def _check_destination(dest: Path) -> None:
-    if dest.is_symlink():
-        raise DestinationError(f"restore destination {dest} is a symbolic link")
-    if dest.exists():
-        if not dest.is_dir():
-            raise DestinationError(f"restore destination {dest} exists and is not a folder")
-        if any(dest.iterdir()):
-            raise DestinationError(
-                f"restore destination {dest} is not empty",
-                hint="restore into a new or empty folder",
-            )
-    elif not dest.parent.is_dir():
-        raise DestinationError(f"the folder {dest.parent} to restore into does not exist")
-
-
-def _remove_tree(path: Path) -> None:
-    def make_writable_and_retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            if not os.path.islink(failed) and os.path.isdir(failed):
-                os.chmod(failed, 0o700)
-        with contextlib.suppress(OSError):
-            func(failed)
-
-    if path.exists() or path.is_symlink():
-        os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=make_writable_and_retry)
-
-
-@contextlib.contextmanager
-def _staging_folder(dest: Path) -> Iterator[tuple[Path, int]]:
-    """A new folder next to `dest` (same filesystem); removed unless moved away."""
-    while True:
-        staging = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
-        try:
-            staging.mkdir(mode=0o777)  # the umask applies: that is the default mode
-            break
-        except FileExistsError:
-            continue
-        except OSError as exc:
-            raise DestinationError(f"cannot create a folder in {dest.parent}: {exc}") from None
-    default_mode = stat.S_IMODE(staging.stat().st_mode)
-    staging.chmod(0o700)  # private while the content is unauthenticated
-    try:
-        yield staging, default_mode
-    finally:
-        if staging.exists() or staging.is_symlink():
-            _remove_tree(staging)
-
-
 def _choose(storage: Storage, key: bytes, backup_id: str | None) -> tuple[StoredBackup, list[str]]:
     """The backup to restore, and the names of backups passed over as damaged.
 
@@ -286,7 +238,7 @@ def restore_backup(
     """
     key = _root_key(root_key)
     dest_path = Path(dest).absolute()
-    _check_destination(dest_path)
+    check_destination(dest_path)
     storage = Storage(storage_url, storage_options)
     chosen, damaged = _choose(storage, key, backup_id)
     total = storage.size(chosen.name)  # also: a clear error if the object is gone
@@ -310,7 +262,7 @@ def restore_backup(
             )
             check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
-            with _staging_folder(dest_path) as (staging, default_mode):
+            with Staging(dest_path) as staging:
                 reader = _DecryptingReader(
                     source,
                     data_key,
@@ -320,7 +272,7 @@ def restore_backup(
                     reporter.advance,
                 )
                 try:
-                    with SafeDestination(staging, limits) as writer:
+                    with SafeDestination(staging.path, limits) as writer:
                         stats = archive.extract_archive(reader, writer)
                     reader.read_to_end()
                 except BaseException as exc:
@@ -328,14 +280,8 @@ def restore_backup(
                     if reader.error is not None and reader.error is not exc:
                         raise reader.error from None
                     raise
-                if not stats.has_root:
-                    staging.chmod(default_mode)  # a single-file backup: a plain new folder
-                try:
-                    os.replace(staging, dest_path)
-                except OSError as exc:
-                    raise DestinationError(
-                        f"cannot move the restored data into {dest_path}: {exc.strerror}"
-                    ) from None
+                # A single-file backup has no root entry: a plain new folder.
+                staging.finish(None if stats.has_root else staging.default_mode)
     finally:
         reporter.finish()
     return RestoreInfo(

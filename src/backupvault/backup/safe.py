@@ -27,12 +27,17 @@ are not needed for safety. Rules:
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+import secrets
+import shutil
+import stat
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import TypeVar
+from pathlib import Path
+from typing import Any, TypeVar
 
 from backupvault.backup.errors import DestinationError, NoSpace, UnsafeArchive
 
@@ -45,6 +50,77 @@ MAX_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+
+
+def check_destination(dest: Path) -> None:
+    """A restore goes into a new or empty folder whose parent exists, never through a link."""
+    if dest.is_symlink():
+        raise DestinationError(f"restore destination {dest} is a symbolic link")
+    if dest.exists():
+        if not dest.is_dir():
+            raise DestinationError(f"restore destination {dest} exists and is not a folder")
+        if any(dest.iterdir()):
+            raise DestinationError(
+                f"restore destination {dest} is not empty",
+                hint="restore into a new or empty folder",
+            )
+    elif not dest.parent.is_dir():
+        raise DestinationError(f"the folder {dest.parent} to restore into does not exist")
+
+
+class Staging:
+    """A new private folder next to the destination (same filesystem) that a restore
+    writes into; `finish` moves it into place in one rename, so the destination gets all
+    of a restore or nothing. Removed on leaving unless finished."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        while True:
+            self.path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
+            try:
+                self.path.mkdir(mode=0o777)  # the umask applies: that is the default mode
+                break
+            except FileExistsError:
+                continue
+            except OSError as exc:
+                raise DestinationError(f"cannot create a folder in {dest.parent}: {exc}") from None
+        self.default_mode = stat.S_IMODE(self.path.stat().st_mode)
+        self.path.chmod(0o700)  # private while the content is unauthenticated
+
+    def __enter__(self) -> Staging:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.path.exists() or self.path.is_symlink():
+            _remove_tree(self.path)
+
+    def finish(self, mode: int | None, mtime_ns: int | None = None) -> None:
+        """Give the folder `mode` and `mtime_ns` (None: leave as the restore set them) and
+        move it to the destination."""
+        if mtime_ns is not None:
+            os.utime(self.path, ns=(mtime_ns, mtime_ns))
+        if mode is not None:
+            self.path.chmod(mode)
+        try:
+            os.replace(self.path, self.dest)
+        except OSError as exc:
+            raise DestinationError(
+                f"cannot move the restored data into {self.dest}: {exc.strerror}"
+            ) from None
+
+
+def _remove_tree(path: Path) -> None:
+    def make_writable_and_retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
+        with contextlib.suppress(OSError):
+            os.chmod(os.path.dirname(failed), 0o700)
+            if not os.path.islink(failed) and os.path.isdir(failed):
+                os.chmod(failed, 0o700)
+        with contextlib.suppress(OSError):
+            func(failed)
+
+    if path.exists() or path.is_symlink():
+        os.chmod(path, 0o700)
+        shutil.rmtree(path, onerror=make_writable_and_retry)
 
 
 class Kind(Enum):

@@ -2,17 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
-
 if TYPE_CHECKING:
+    from rich.console import Console
     from rich.progress import Progress, TaskID
 
 from backupvault.errors import BackupVaultError
+
+
+def _console(stderr: bool) -> Console:
+    # rich is imported only when something is printed for people: it is a third of the
+    # CLI's start-up time, which `--json` runs (scripts, `backup create` in cron) skip.
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False, soft_wrap=True)
 
 
 @dataclass
@@ -21,10 +29,14 @@ class Output:
 
     json_mode: bool = False
     quiet: bool = False
-    out: Console = field(default_factory=lambda: Console(highlight=False, soft_wrap=True))
-    err: Console = field(
-        default_factory=lambda: Console(stderr=True, highlight=False, soft_wrap=True)
-    )
+
+    @functools.cached_property
+    def out(self) -> Console:
+        return _console(stderr=False)
+
+    @functools.cached_property
+    def err(self) -> Console:
+        return _console(stderr=True)
 
     def result(self, data: dict[str, Any], text: str) -> None:
         """The command's answer: `text` for people, `data` for `--json`."""
@@ -48,18 +60,20 @@ class Output:
                 self.err.print(f"  [dim]hint:[/] {err.hint}", markup=True)
 
     def progress(self) -> ProgressBar:
-        enabled = not (self.quiet or self.json_mode) and self.err.is_terminal
-        return ProgressBar(self.err, enabled)
+        if self.quiet or self.json_mode or not self.err.is_terminal:
+            return ProgressBar(None)
+        return ProgressBar(self.err)
 
 
 class ProgressBar:
     """Adapts the backup package's progress callbacks to a rich bar on stderr. Disabled, it
     does nothing (and rich.progress is not even imported: it costs start-up time)."""
 
-    def __init__(self, console: Console, enabled: bool) -> None:
+    def __init__(self, console: Console | None) -> None:
+        """A bar on `console`, or nothing at all if it is None."""
         self._progress: Progress | None = None
         self._task: TaskID | None = None
-        if enabled:
+        if console is not None:
             from rich.progress import (
                 BarColumn,
                 DownloadColumn,

@@ -58,10 +58,16 @@ from backupvault.fleet.messages import (
 from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
-#: The application's own check of a value an acceptor is asked to accept: (key, payload)
-#: -> why it is refused, or None. Acceptors refuse what they can tell is wrong without
-#: trusting the proposer (docs/threshold.md, "Recovery").
-ValueCheck = Callable[[bytes, bytes], str | None]
+#: The application's own check of a value an acceptor is asked to accept: (key, payload,
+#: the payload this acceptor holds for the key) -> why it is refused, or None. Acceptors
+#: refuse what they can tell is wrong without trusting the proposer (docs/threshold.md,
+#: "Recovery"): a malformed value, a counter going down, a field changing unsigned.
+ValueCheck = Callable[[bytes, bytes, bytes], str | None]
+#: Told (key, payload) as this node writes a value it accepts (an "accept" persist), so
+#: the application knows what this node itself durably accepted (docs/threshold.md: a node
+#: evaluates an attempt only for the B of the value it accepted itself). Called before the
+#: write's `Persist` is returned; the shell makes it durable before anything later leaves.
+AcceptHook = Callable[[bytes, bytes], None]
 #: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
 #: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
 #: leave no higher round for anyone (ballot inflation stalls every honest proposer).
@@ -204,9 +210,11 @@ class Replica:
         source: RecordSource | None = None,
         timing: Timing = DEFAULT_TIMING,
         check_value: ValueCheck | None = None,
+        on_accept: AcceptHook | None = None,
     ) -> None:
         self.node = node
         self._check_value = check_value
+        self._on_accept = on_accept
         self.nodes = sorted(set(nodes))
         if node not in self.nodes or len(self.nodes) % 2 == 0:
             raise ValueError("a fleet has an odd number of nodes, this one among them")
@@ -415,6 +423,8 @@ class Replica:
         assert record.promised >= record.accepted, "accepted above the promise"
         self.source.put(record)
         self._max_round = max(self._max_round, record.promised.round)
+        if kind == "accept" and self._on_accept is not None and record.value:
+            self._on_accept(record.key, payload_of(record.value))
         return Persist(record, kind)
 
     def _refused(self, message: Prepare | Accept) -> bool:
@@ -426,9 +436,10 @@ class Replica:
             return False
         try:
             payload = payload_of(message.value)
+            held = payload_of(self._record(message.key).value)
         except InvalidInput:
             return True
-        return self._check_value(message.key, payload) is not None
+        return self._check_value(message.key, payload, held) is not None
 
     def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)

@@ -14,13 +14,28 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
 from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, MAX_GUESS_LIMIT, EntryId, EntryState
+from backupvault.hsm.shares import (
+    FleetShape,
+    ShareKeeper,
+    ThresholdUpdate,
+    check_threshold_value,
+    decode_threshold,
+)
+from backupvault.hsm.state import (
+    DEFAULT_GUESS_LIMIT,
+    MAX_GUESS_LIMIT,
+    EntryId,
+    EntryState,
+    NodeShare,
+    ThresholdState,
+)
 from backupvault.hsm.tickets import (
     GRANT_LIFETIME_SECONDS,
     TICKET_LIFETIME_SECONDS,
@@ -84,6 +99,8 @@ class NodeKey:
 
     index: int
     hpke: NodePrivateKey
+    #: Signs share acknowledgements (the threshold flow); listed in the deployment record.
+    signing: Ed25519PrivateKey | None = None
 
 
 @dataclass(frozen=True)
@@ -97,6 +114,16 @@ class Update:
 
     key: bytes
     apply: Callable[[EntryState], tuple[EntryState, Callable[[], Message]]]
+
+    def change(self, payload: bytes) -> tuple[bytes, Callable[[], Message], bool]:
+        """The replica's change function on a record's payload, and whether it charged a
+        new attempt. An entry already on the threshold flow is left as it is: there is no
+        way back to the single-seed flow."""
+        if payload[:1] == bytes([ThresholdState.TAG]):
+            return payload, _threshold_entry, False
+        state = EntryState.from_bytes(payload) if payload else EntryState()
+        new, build = self.apply(state)
+        return new.to_bytes(), build, new.attempt_seq > state.attempt_seq
 
 
 def _error(code: ErrorCode, detail: str, remaining: int = 0) -> ErrorResponse:
@@ -124,7 +151,11 @@ class VaultFirmware:
         *,
         guess_limit: int = MAX_GUESS_LIMIT,
         fake_ksf_params: ksf.Argon2idParams = ksf.DEFAULT_ARGON2ID,
+        shape: FleetShape | None = None,
+        load_share: Callable[[bytes], NodeShare | None] | None = None,
     ) -> None:
+        """`shape` and `load_share` (this node's persisted share rows) enable the
+        threshold flow; it also needs `node_key.signing`."""
         if accounts.audience != fleet_audience(secrets.fleet_id):
             raise InvalidInput("the fleet token verifier must expect this fleet's audience")
         self.fleet_id = secrets.fleet_id
@@ -144,6 +175,17 @@ class VaultFirmware:
         # What a fake record's KE2 names: the parameters new registrations use by default
         # (a simulation whose clients register with cheaper ones passes those).
         self._fake_ksf_params = fake_ksf_params.to_bytes()
+        self.shape = shape
+        self.shares: ShareKeeper | None = None
+        if shape is not None and load_share is not None and node_key.signing is not None:
+            self.shares = ShareKeeper(
+                secrets.fleet_id, node_key.index, shape, node_key.signing, load_share
+            )
+
+    def on_accept(self, key: bytes, payload: bytes) -> None:
+        """The replica's hook: this node is durably accepting `payload` for `key`."""
+        if self.shares is not None:
+            self.shares.on_accept(key, payload)
 
     # ---- the sealed channel ------------------------------------------------------------
 
@@ -182,13 +224,29 @@ class VaultFirmware:
 
     # ---- what an acceptor checks itself -----------------------------------------------
 
-    def check_value(self, key: bytes, payload: bytes) -> str | None:
+    def check_value(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
         """Why this node, as an acceptor, refuses a proposed entry state, or None. Only what
         one value shows on its own: every honest proposer's value passes, a hostile node's
         forged one (a guess limit above the fleet's, more guesses used than allowed, a
         tombstone still holding a key, a malformed record) is not accepted here, so it
         cannot reach a majority of honest nodes. What needs the previous value or the
-        owner's signature comes with the threshold protocol (docs/threshold.md)."""
+        owner's signature comes with the threshold protocol (docs/threshold.md).
+        `held`: the payload this acceptor holds for the key (a threshold entry's value is
+        also checked against it: `shares.check_threshold_value`)."""
+        if payload[:1] == bytes([ThresholdState.TAG]):
+            try:
+                EntryId.from_bytes(key)
+                proposed = ThresholdState.from_bytes(payload)
+            except (InvalidInput, ValueError):
+                return "not an entry state"
+            return check_threshold_value(self.fleet_id, key, self.shape, proposed, held)
+        try:
+            if held[:1] == bytes([ThresholdState.TAG]) and decode_threshold(held) != (
+                ThresholdState()
+            ):
+                return "a threshold entry cannot go back to the single-seed flow"
+        except (InvalidInput, ValueError):
+            pass
         try:
             EntryId.from_bytes(key)
             state = EntryState.from_bytes(payload)
@@ -218,7 +276,16 @@ class VaultFirmware:
 
     # ---- operations ------------------------------------------------------------------
 
-    def handle(self, op: Op, request: Message, now: float) -> Reply | Update:
+    def handle(self, op: Op, request: Message, now: float) -> Reply | Update | ThresholdUpdate:
+        if op in THRESHOLD_OPS:
+            if self.shares is None:
+                return Reply(
+                    _error(ErrorCode.BAD_REQUEST, "this node is not set up for the threshold flow")
+                )
+            try:
+                return self.shares.handle(op, request)
+            except (InvalidInput, AuthenticationFailed) as err:
+                return Reply(_error(ErrorCode.BAD_REQUEST, err.message))
         try:
             match op, request:
                 case Op.REGISTER_START, RegisterStartRequest():
@@ -457,6 +524,11 @@ class VaultFirmware:
         return Update(EntryId.of(request.account, request.entry).to_bytes(), apply)
 
 
+THRESHOLD_OPS = frozenset(
+    {Op.REGISTER_SHARE, Op.CHANGE_SHARE, Op.MANIFEST, Op.EVALUATE, Op.RESET, Op.DELETE_SHARE}
+)
+
+
 def _grant_is_current(grant: Grant | None, state: EntryState) -> bool:
     """The grant answers this registration's latest attempt, and nothing happened since."""
     return (
@@ -464,6 +536,13 @@ def _grant_is_current(grant: Grant | None, state: EntryState) -> bool:
         and state.status == EntryStatus.LIVE
         and state.generation == grant.generation
         and state.success_seq == grant.success_seq == state.attempt_seq
+    )
+
+
+def _threshold_entry() -> ErrorResponse:
+    return _error(
+        ErrorCode.BAD_REQUEST,
+        "this entry uses the threshold flow; update the client (docs/threshold.md)",
     )
 
 

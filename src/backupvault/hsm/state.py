@@ -69,3 +69,83 @@ class EntryState(Message):
             attempts_used=self.guess_limit,
             attempt_ke1_hash=b"",
         )
+
+
+# ---- the threshold flow (docs/threshold.md) ----------------------------------------------
+
+
+@dataclass(frozen=True)
+class ThresholdState(Message):
+    """One threshold entry, replicated by the fleet. Consensus only numbers attempts: no
+    node evaluates, resets or erases on this value's word alone (docs/threshold.md).
+
+    `attempt` is the latest attempt number (never goes down, never reset); the attempts
+    used in the current window are `attempt - reset_attempt`. `attempt_hash` is SHA-256 of
+    the latest attempt's blinded element B: every node that receives its copy of one
+    client request proposes "new attempt with H(B)", and when H(B) is already the latest
+    attempt's that proposal changes nothing, so the N copies are one attempt. `reset_*`
+    is the latest owner reset (a public signature that anyone can check), so nodes that
+    missed the client's `reset` verify and apply it from here. `change_*` is the owner's
+    signature that moved the entry to this version (none for version 1)."""
+
+    TAG = 42
+    status: int = EntryStatus.EMPTY
+    version: int = 0  # the manifest version; kept when the entry is deleted
+    manifest: bytes = b""  # M; empty unless live
+    attempt: int = 0
+    attempt_hash: bytes = b""
+    attempt_client_time_ms: int = 0
+    reset_attempt: int = 0
+    reset_hash: bytes = b""
+    reset_signature: bytes = b""
+    change_counter: int = 0
+    change_signature: bytes = b""
+
+    @property
+    def attempts_used(self) -> int:
+        return self.attempt - self.reset_attempt
+
+    def with_(self, **fields: object) -> ThresholdState:
+        return dataclasses.replace(self, **fields)  # type: ignore[arg-type]
+
+
+@dataclass(frozen=True)
+class Evaluation(Message):
+    """One attempt this node answered: attempt a and SHA-256 of the B it evaluated."""
+
+    TAG = 43
+    attempt: int
+    blinded_hash: bytes
+
+
+@dataclass(frozen=True, repr=False)
+class NodeShare(Message):
+    """What one node keeps for itself about one threshold entry: never replicated, sealed
+    under the node's storage key, persisted before any answer that depends on it leaves.
+
+    `share` is this node's k_i (index u8 || scalar), empty once erased; `manifest` the M it
+    checked the share against. `evaluated` holds the attempts answered since the last
+    owner reset (`reset_at`), one B per attempt; its length is the count, never above L.
+    `change_counter`/`delete_counter`: the highest owner statement counters acted on."""
+
+    TAG = 44
+    version: int
+    share: bytes
+    manifest: bytes
+    evaluated: list[Evaluation]
+    reset_at: int = 0
+    change_counter: int = 0
+    delete_counter: int = 0
+
+    @property
+    def count(self) -> int:
+        return len(self.evaluated)
+
+    def evaluated_hash(self, attempt: int) -> bytes | None:
+        return next((e.blinded_hash for e in self.evaluated if e.attempt == attempt), None)
+
+    def with_(self, **fields: object) -> NodeShare:
+        return dataclasses.replace(self, **fields)  # type: ignore[arg-type]
+
+    def __repr__(self) -> str:
+        return f"NodeShare(version={self.version}, count={self.count}, reset_at={self.reset_at})"

@@ -31,7 +31,8 @@ from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
 from backupvault.hsm.ceremony import open_for_node
 from backupvault.hsm.firmware import FleetSecrets, NodeKey, VaultFirmware
-from backupvault.hsm.state import EntryId, EntryState
+from backupvault.hsm.shares import FleetShape
+from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, EntryId, EntryState, ThresholdState
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
 from backupvault.node.service import NodeService
@@ -238,6 +239,19 @@ def _snapshot(source: Path, copy: Path) -> None:
 def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
     entry_id = EntryId.from_bytes(record.key)
     payload = payload_of(record.value)
+    if payload[:1] == bytes([ThresholdState.TAG]):
+        threshold_state = ThresholdState.from_bytes(payload)
+        return {
+            "node": node,
+            "account": entry_id.account,
+            "entry": entry_id.entry,
+            "flow": "threshold",
+            "status": EntryStatus(threshold_state.status).name.lower(),
+            "attempts_used": threshold_state.attempts_used,
+            "attempt": threshold_state.attempt,
+            "version": threshold_state.version,
+            "accepted_round": record.accepted_round,
+        }
     state = EntryState.from_bytes(payload) if payload else EntryState()
     return {
         "node": node,
@@ -276,15 +290,22 @@ def build_service(config: NodeConfig) -> NodeService:
         issuer=fleet.account_issuer,
         audience=fleet_audience(fleet.fleet_id),
     )
+    nodes = len(fleet.nodes)
+    # The threshold flow's per-node limit L: the fleet's, at most the default 10.
+    shape = FleetShape(
+        fleet.epoch or 0, nodes, nodes // 2 + 1, min(fleet.guess_limit, DEFAULT_GUESS_LIMIT)
+    )
     return NodeService(
         config.index,
         peer_addresses(fleet),
         VaultFirmware(
             keys.fleet,
-            NodeKey(config.index, keys.hpke),
+            NodeKey(config.index, keys.hpke, Ed25519PrivateKey.from_private_bytes(keys.signing)),
             os.urandom,
             accounts,
             guess_limit=fleet.guess_limit,
+            shape=shape,
+            load_share=store.get_share,
         ),
         channel,
         store,

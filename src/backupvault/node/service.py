@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
+from typing import Any
 
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
@@ -28,12 +29,13 @@ from backupvault.fleet.replica import (
     Timing,
 )
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
-from backupvault.hsm.state import EntryState
+from backupvault.hsm.shares import Answer, ShareWrite, ThresholdUpdate
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
-from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords
+from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
+    EvaluateResponse,
     Op,
     RecoverStartResponse,
     pad_response,
@@ -88,8 +90,18 @@ class NodeService:
         # Records are read from the store as needed, never all loaded (docs/fleet.md).
         self.records = StoreRecords(store)
         self.replica = Replica(
-            node, peer_addresses, os.urandom, self.records, timing, check_value=firmware.check_value
+            node,
+            peer_addresses,
+            os.urandom,
+            self.records,
+            timing,
+            check_value=firmware.check_value,
+            on_accept=firmware.on_accept,
         )
+        if firmware.shares is not None and not intact:
+            # The store may have been rolled back: its counts are not trusted until the
+            # owner's next verified reset (docs/threshold.md, "Counters and erasure").
+            firmware.shares.distrust_stored_counts()
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._links: dict[int, PeerLink] = {}
         self.listener: PeerListener | None = None
@@ -201,15 +213,27 @@ class NodeService:
         if isinstance(action, Reply):
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
-        result = await self._commit(action)
-        if isinstance(result, Failed):
-            self.metrics["fleet_unavailable"] += 1
+        if isinstance(action, ThresholdUpdate):
+            done = await self._commit(action.key, action.change)
+            if isinstance(done, Failed):
+                return self._unavailable()
+            self.metrics["committed"] += 1
+            answer: Answer = done.outcome()
+            # This node's own rows (its count above all) are durable before the answer
+            # that depends on them leaves.
+            if answer.writes:
+                if not await self._persist_rows(answer.writes):
+                    return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+                if self._firmware.shares is not None:
+                    self._firmware.shares.durable(answer.writes)
+            if answer.writes and isinstance(answer.response, EvaluateResponse):
+                self.metrics["evaluations"] += 1  # a newly counted partial evaluation
             return ClientAnswer(
-                503,
-                error=str(ErrorCode.FLEET_UNAVAILABLE),
-                detail="fewer than a majority of vault nodes answered; nothing was changed "
-                "that you were told about; try again later",
+                200, response_key.seal(pad_response(op, answer.response.to_bytes()))
             )
+        result = await self._commit_update(action)
+        if isinstance(result, Failed):
+            return self._unavailable()
         self.metrics["committed"] += 1
         build_reply, charged = result.outcome
         reply = build_reply()
@@ -219,20 +243,44 @@ class NodeService:
             self.metrics["evaluations" if charged else "evaluations_repeated"] += 1
         return ClientAnswer(200, response_key.seal(pad_response(op, reply.to_bytes())))
 
-    async def _commit(self, update: Update) -> Committed | Failed:
+    def _unavailable(self) -> ClientAnswer:
+        self.metrics["fleet_unavailable"] += 1
+        return ClientAnswer(
+            503,
+            error=str(ErrorCode.FLEET_UNAVAILABLE),
+            detail="fewer than a majority of vault nodes answered; nothing was changed "
+            "that you were told about; try again later",
+        )
+
+    async def _commit_update(self, update: Update) -> Committed | Failed:
+        def change(value: bytes) -> tuple[bytes, tuple[Callable[[], Message], bool]]:
+            new_value, build_reply, charged = update.change(value)
+            return new_value, (build_reply, charged)
+
+        return await self._commit(update.key, change)
+
+    async def _commit(
+        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]]
+    ) -> Committed | Failed:
         op_id = os.urandom(16)
         future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
-
-        def change(value: bytes) -> tuple[bytes, tuple[Callable[[], Message], bool]]:
-            state = EntryState.from_bytes(value) if value else EntryState()
-            new_state, build_reply = update.apply(state)
-            charged = new_state.attempt_seq > state.attempt_seq
-            return new_state.to_bytes(), (build_reply, charged)
-
-        self._step(lambda: self.replica.propose(op_id, update.key, change, self._clock()))
+        self._step(lambda: self.replica.propose(op_id, key, change, self._clock()))
         try:
             return await future
+        finally:
+            self._waiting.pop(op_id, None)
+
+    async def _persist_rows(self, writes: tuple[ShareWrite, ...]) -> bool:
+        """Write this node's own rows through the group commit (the same transaction, the
+        same counter and token count as records); True once durable."""
+        op_id = os.urandom(16)
+        future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
+        self._waiting[op_id] = future
+        effects: list[Effect] = [Persist(share_record(w.key, w.row), "share") for w in writes]
+        self._execute([*effects, Committed(op_id, None)])
+        try:
+            return isinstance(await future, Committed)
         finally:
             self._waiting.pop(op_id, None)
 

@@ -48,6 +48,14 @@ before the node acts on it. A flipped bit, a row moved to another entry or a row
 another node's store fails authentication when it is read. A whole database restored
 from an older copy is consistent in itself: the token's counter catches it.
 
+Share rows (the threshold flow, docs/threshold.md): this node's own `NodeShare` for an
+entry (its key share k_i, its count, its last reset) is a row of the same table, under
+the key `SHARE_PREFIX || entry key`, with the NodeShare encoding as its value. So it is
+sealed, named and covered by the bucket digests and the counter (and the token's
+counter) exactly like a record, and a rolled-back share row is caught the same way. It
+never leaves the node: catching up (`changed_since`) and `load` skip it. A share row
+whose share was erased counts as not live: its save truncates the WAL.
+
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that writes a record no longer live (destroyed or deleted)
 is followed by a checkpoint that truncates the WAL, where older page images would
@@ -75,7 +83,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.fleet.records import Changes, Mark
-from backupvault.hsm.state import EntryState
+from backupvault.hsm.state import EntryState, NodeShare
 from backupvault.protocol import EntryStatus
 
 _MOD = 2**256
@@ -89,8 +97,22 @@ _CORRUPT_HINT = (
 _ROLLED_BACK = "node store rows do not match its counter: a row was rolled back, removed or added"
 
 
+#: Share rows are kept under this prefix; entry keys (EntryId encodings) start with
+#: their tag, never 0xff.
+SHARE_PREFIX = b"\xffshare/"
+
+
 class StoreCorrupted(BackupVaultError):
     pass
+
+
+def share_record(key: bytes, row: NodeShare) -> AcceptorRecord:
+    """This node's own row for entry `key`, as the store keeps it."""
+    return AcceptorRecord(SHARE_PREFIX + key, value=row.to_bytes())
+
+
+def is_share_record(record: AcceptorRecord) -> bool:
+    return record.key.startswith(SHARE_PREFIX)
 
 
 def _derive(storage_key: bytes, what: str) -> bytes:
@@ -303,6 +325,16 @@ class NodeStore:
         row = found.fetchone()
         return None if row is None else self._decode(name, row[0], bytes(row[1]))
 
+    def get_share(self, key: bytes) -> NodeShare | None:
+        """This node's own row for entry `key` (bucket checked first, like a record)."""
+        record = self.get(SHARE_PREFIX + key)
+        if record is None:
+            return None
+        try:
+            return NodeShare.from_bytes(record.value)
+        except InvalidInput:
+            raise StoreCorrupted("node store share row is malformed", hint=_CORRUPT_HINT) from None
+
     def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
         """Records written after version `since` (see `RecordSource.changed_since`)."""
         with self._lock:  # no commit between the rows read and the version reported
@@ -315,7 +347,9 @@ class NodeStore:
             records = []
             for ver, name, row in rows[:limit]:
                 self._verify(bucket_of(bytes(name)), self._reader)
-                records.append(self._decode(bytes(name), ver, bytes(row)))
+                record = self._decode(bytes(name), ver, bytes(row))
+                if not is_share_record(record):  # a share row never leaves the node
+                    records.append(record)
         upto = int(rows[limit - 1][0]) if more else last
         return Changes(self.store_id, since, upto, records, more)
 
@@ -323,7 +357,8 @@ class NodeStore:
         """Every record, every bucket checked (for `node inspect` and tests)."""
         self.verify_all()
         rows = self._reader.execute("SELECT ver, name, row FROM record").fetchall()
-        return [self._decode(bytes(name), ver, bytes(row)) for ver, name, row in rows]
+        records = [self._decode(bytes(name), ver, bytes(row)) for ver, name, row in rows]
+        return [r for r in records if not is_share_record(r)]
 
     def max_round(self) -> int:
         return self._max_round
@@ -536,7 +571,13 @@ def _unpack_record(plain: bytes) -> AcceptorRecord:
 
 
 def _not_live(record: AcceptorRecord) -> bool:
-    """Whether the record holds an entry that was destroyed or deleted."""
+    """Whether the record holds an entry that was destroyed or deleted, or a share row
+    whose share was erased."""
+    if is_share_record(record):
+        try:
+            return not NodeShare.from_bytes(record.value).share
+        except InvalidInput:
+            return False
     try:
         payload = payload_of(record.value)
     except InvalidInput:

@@ -38,7 +38,7 @@ from backupvault.fleet.replica import (
     Send,
 )
 from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
+from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, Update, VaultFirmware
 from backupvault.hsm.state import EntryId, EntryState
 from backupvault.protocol import (
     REQUEST_TYPES,
@@ -633,6 +633,9 @@ class Simulation:
         if isinstance(action, Reply):
             self._answer(n, pending, action.response)
             return
+        # The simulated clients use the single-seed flow (tests/sim/test_hostile_threshold
+        # runs the threshold flow against hostile nodes).
+        assert isinstance(action, Update), "threshold requests are not simulated here"
         op_id = n.rng.randbytes(16)
         pending.key = action.key
         n.pending[op_id] = pending

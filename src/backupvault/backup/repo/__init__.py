@@ -1,8 +1,9 @@
-"""The repository format (version 2): incremental, deduplicated, encrypted backups.
+"""The repository format (version 3): incremental, deduplicated, encrypted backups.
 
-A storage folder holds one repository: chunks cut by a keyed FastCDC, named by HMAC
-under the repository key, compressed and sealed, grouped into packs; snapshots each with
-their own data key. Format and guarantees: docs/format.md, "Repository format".
+A storage folder holds one repository: chunks cut by a keyed FastCDC, named by keyed
+BLAKE3 (HMAC-SHA256 in version 2 repositories) under the repository key, compressed and
+sealed, grouped into packs; snapshots each with their own data key. Format and guarantees:
+docs/format.md, "Repository format".
 
 Public API (what the CLI calls):
   create_snapshot(source, storage_url, root_key, progress=None, force_read=False)

@@ -1,5 +1,6 @@
-"""Chunks: content-defined cutting (keyed FastCDC), naming (HMAC-SHA256 under the chunk-id
-key), and sealing (zstd if it helps, then AES-256-GCM under the chunk key).
+"""Chunks: content-defined cutting (keyed FastCDC), naming (keyed BLAKE3 under the chunk-id
+key; HMAC-SHA256 in version 2 repositories), and sealing (zstd if it helps, then
+AES-256-GCM under the chunk key).
 
 Blob layout (docs/format.md, "Chunk blob"): u8 compression || nonce (12) ||
 AES-GCM(chunk key, nonce, data, aad = chunk id || u8 compression). The id is checked again
@@ -15,12 +16,19 @@ import threading
 from collections.abc import Iterator
 from typing import Final
 
+import blake3
 import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyfastcdc import FastCDC
 
-from backupvault.backup.repo.keys import NONCE_LEN, TAG_LEN, RepoConfig, RepoKeys
+from backupvault.backup.repo.keys import (
+    HMAC_SHA256_IDS,
+    NONCE_LEN,
+    TAG_LEN,
+    RepoConfig,
+    RepoKeys,
+)
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 CHUNK_ID_LEN: Final = 32
@@ -74,16 +82,21 @@ class Chunker:
 class Sealer:
     """Names, compresses and encrypts chunks; thread-safe (one compressor per thread)."""
 
-    def __init__(self, keys: RepoKeys) -> None:
+    def __init__(self, config: RepoConfig, keys: RepoKeys) -> None:
         self._id_key = keys.chunk_id
+        self._hmac_ids = config.version == HMAC_SHA256_IDS
         self._aead = AESGCM(keys.chunk)
         self._local = threading.local()
 
     def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
-        # An HMAC object's update releases the GIL on large inputs; hmac.digest does not.
-        mac = hmac.new(self._id_key, digestmod=hashlib.sha256)
-        mac.update(data)
-        return mac.digest()
+        if self._hmac_ids:
+            # An HMAC object's update releases the GIL on large inputs; hmac.digest does not.
+            mac = hmac.new(self._id_key, digestmod=hashlib.sha256)
+            mac.update(data)
+            return mac.digest()
+        # Keyed BLAKE3 (a PRF, as HMAC is) is about twice as fast as SHA-256 with SHA-NI
+        # on one core, and releases the GIL on large inputs.
+        return blake3.blake3(data, key=self._id_key).digest()
 
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor: zstandard.ZstdCompressor | None = getattr(self._local, "zstd", None)

@@ -1,5 +1,5 @@
 """The repository config object and the keys it holds: RMK wrapped under RK, and the
-subkeys derived from RMK. Byte layout: docs/format.md, "Repository format (version 2)"."""
+subkeys derived from RMK. Byte layout: docs/format.md, "Repository format (version 3)"."""
 
 from __future__ import annotations
 
@@ -17,7 +17,11 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 
 CONFIG_MAGIC: Final = b"BVREPCFG"
-VERSION: Final = 2
+#: New repositories name chunks with keyed BLAKE3 (version 3); version 2 repositories
+#: keep HMAC-SHA256, so their chunk ids, and deduplication against them, stay valid.
+VERSION: Final = 3
+HMAC_SHA256_IDS: Final = 2
+READABLE_VERSIONS: Final = (HMAC_SHA256_IDS, VERSION)
 ROOT_KEY_LEN: Final = 32
 REPO_KEY_LEN: Final = 32
 REPO_ID_LEN: Final = 16
@@ -56,7 +60,7 @@ class RepoKeys:
     """The subkeys of one repository, derived from RMK (never stored)."""
 
     repo_id: bytes
-    chunk_id: bytes  # HMAC-SHA256 key naming chunks
+    chunk_id: bytes  # key naming chunks (keyed BLAKE3, or HMAC-SHA256 in version 2)
     chunk: bytes  # AES-256-GCM key sealing chunk blobs
     index: bytes  # AES-256-GCM key sealing pack headers, index and lock objects
     chunker_seed: int  # pyfastcdc gear-table seed (63 bits)
@@ -76,6 +80,7 @@ class RepoKeys:
 
 @dataclass(frozen=True)
 class RepoConfig:
+    version: int
     repo_id: bytes
     chunk_min: int
     chunk_avg: int
@@ -88,7 +93,7 @@ class RepoConfig:
     def prefix(self) -> bytes:
         return _PREFIX.pack(
             CONFIG_MAGIC,
-            VERSION,
+            self.version,
             self.repo_id,
             self.chunk_min,
             self.chunk_avg,
@@ -108,9 +113,10 @@ class RepoConfig:
         if len(data) != CONFIG_LEN:
             raise InvalidInput(f"repository config must be {CONFIG_LEN} bytes, got {len(data)}")
         _m, version, repo_id, cmin, cavg, cmax, pack, check, nonce = _PREFIX.unpack_from(data)
-        if version != VERSION:
+        if version not in READABLE_VERSIONS:
             raise InvalidInput(
-                f"repository format version {version} is not supported (this build reads 2)",
+                f"repository format version {version} is not supported "
+                f"(this build reads {' and '.join(map(str, READABLE_VERSIONS))})",
                 hint="upgrade backupvault",
             )
         # pyfastcdc's bounds
@@ -120,7 +126,7 @@ class RepoConfig:
             raise InvalidInput("repository config has invalid chunk sizes")
         if not 1024 <= pack <= 1024 * 1024 * 1024:
             raise InvalidInput("repository config has an invalid pack size")
-        return cls(repo_id, cmin, cavg, cmax, pack, check, nonce, data[_PREFIX.size :])
+        return cls(version, repo_id, cmin, cavg, cmax, pack, check, nonce, data[_PREFIX.size :])
 
 
 _WRAP_INFO: Final = b"backupvault/v2 repo rmk-wrap"
@@ -140,6 +146,7 @@ def new_config(
     repo_key = os.urandom(REPO_KEY_LEN)
     repo_id = os.urandom(REPO_ID_LEN)
     unsealed = RepoConfig(
+        VERSION,
         repo_id,
         chunk_min,
         chunk_avg,
@@ -160,7 +167,7 @@ def new_config(
 def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
     """Authenticate the config under RK and derive the repository's keys."""
     rk = _check_root_key(root_key)
-    expected = key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([VERSION]) + config.repo_id)
+    expected = key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([config.version]) + config.repo_id)
     if not hmac.compare_digest(expected, config.key_check):
         raise WrongKey(
             "this repository was not made with this key (wrong password's vault entry or "

@@ -148,7 +148,7 @@ class Repository:
         self.config = config
         self.keys = keys
         self.root_key = root_key
-        self.sealer = Sealer(keys)
+        self.sealer = Sealer(config, keys)
 
     # ---- opening --------------------------------------------------------------------
 

@@ -19,17 +19,21 @@ from pathlib import Path
 from typing import Any
 
 from backupvault.backup.errors import BackupNotFound, DestinationError
-from backupvault.backup.flows import (
-    RestoreInfo,
-    _check_destination,
-    _staging_folder,
-)
+from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo.chunksource import ChunkSource
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
-from backupvault.backup.safe import Limits, Skipped, check_space, no_space, space
+from backupvault.backup.safe import (
+    Limits,
+    Skipped,
+    Staging,
+    check_destination,
+    check_space,
+    no_space,
+    space,
+)
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
@@ -128,7 +132,7 @@ def restore_snapshot(
     """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
     the file or folder `include` inside it, into the new or empty folder `dest`."""
     dest_path = Path(dest).absolute()
-    _check_destination(dest_path)
+    check_destination(dest_path)
     repo = Repository.open(Storage(storage_url, storage_options), root_key)
     snapshot = repo.find_snapshot(snapshot_id)
     assert snapshot.entries is not None
@@ -142,8 +146,8 @@ def restore_snapshot(
     skipped: list[Skipped] = []
     reporter.start(total, "restoring")
     try:
-        with _staging_folder(dest_path) as (staging, default_mode):
-            dir_fd = os.open(staging, os.O_RDONLY | os.O_DIRECTORY)
+        with Staging(dest_path) as staging:
+            dir_fd = os.open(staging.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
             except OSError as exc:
@@ -157,16 +161,9 @@ def restore_snapshot(
                 os.close(dir_fd)
             root = next((e for e in entries if e.path == ROOT), None)
             if root is not None:
-                os.utime(staging, ns=(root.mtime_ns, root.mtime_ns))
-                staging.chmod(root.mode & 0o777)
+                staging.finish(root.mode & 0o777, root.mtime_ns)
             else:
-                staging.chmod(default_mode)  # a single-file snapshot: a plain new folder
-            try:
-                os.replace(staging, dest_path)
-            except OSError as exc:
-                raise DestinationError(
-                    f"cannot move the restored data into {dest_path}: {exc.strerror}"
-                ) from None
+                staging.finish(staging.default_mode)  # a single-file snapshot: a new folder
     finally:
         reporter.finish()
     files = [e for e in entries if e.kind == FILE]
