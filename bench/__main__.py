@@ -24,6 +24,7 @@ MODULES = [
     "vault_e2e",
     "fleet_rounds",
     "threshold_oprf",
+    "threshold_e2e",
     "fill",
     "backup_vs_restic",
 ]
