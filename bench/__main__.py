@@ -23,6 +23,7 @@ MODULES = [
     "opaque_server",
     "vault_e2e",
     "fleet_rounds",
+    "token_counter",
     "threshold_oprf",
     "fill",
     "backup_vs_restic",

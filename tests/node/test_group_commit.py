@@ -204,6 +204,29 @@ def test_the_token_counts_each_write_and_sends_wait_for_both(tmp_path: Path) -> 
     asyncio.run(scenario())
 
 
+def test_the_token_counts_a_write_only_after_the_store_has_made_it(tmp_path: Path) -> None:
+    """Store first, then token: a crash in between leaves the store one ahead (intact at
+    the next start), never the token ahead (which would look like a rollback)."""
+    counted: list[tuple[int, int]] = []
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        service._record_counter = lambda count: counted.append((count, store.counter))
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0)), Send(1, NotReady(b"x"))])
+        for _ in range(50):
+            await asyncio.sleep(0.01)
+        assert counted == [] and posted == []  # the store's write is held: nothing counted
+        store.release.set()
+        for _ in range(200):
+            if posted:
+                break
+            await asyncio.sleep(0.01)
+        assert counted == [(1, 1)]  # counted the write the store had made, once it had
+        assert len(posted) == 1
+
+    asyncio.run(scenario())
+
+
 class FakeSealer:
     def __init__(self, recorded: int | None) -> None:
         self.recorded = recorded

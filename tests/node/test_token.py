@@ -39,6 +39,7 @@ from backupvault.node.token import (
     SEALING_KEY_LABEL,
     SECRET_AAD_PREFIX,
     SOFTHSM2_CONF_ENV,
+    STORE_COUNTER_APPLICATION,
     TAG_LEN,
     SealedFile,
     TokenConfig,
@@ -520,8 +521,51 @@ def test_store_counter_is_kept_in_the_token_and_never_goes_back(
     with TokenSealer(config) as again:  # a new process's view: kept in the token
         assert again.store_counter() == 7
         session = raw_session(config)
-        try:  # one object: each advance removes the older ones
-            (counter,) = session.get_objects({Attribute.CLASS: ObjectClass.DATA})
-            assert counter[Attribute.PRIVATE] is True and counter[Attribute.TOKEN] is True
+        try:  # two slots, rewritten in turn: the newest value and the one before it
+            slots = list(session.get_objects({Attribute.CLASS: ObjectClass.DATA}))
+            assert sorted(int(o[Attribute.LABEL]) for o in slots) == [2, 7]
+            assert all(o[Attribute.PRIVATE] is True and o[Attribute.TOKEN] is True for o in slots)
         finally:
             session.close()
+
+
+def test_a_torn_counter_rewrite_loses_one_step_and_a_lost_counter_reads_as_none(
+    hsm_dir: Path, config: TokenConfig
+) -> None:
+    with TokenSealer(config) as sealer:
+        before = set(hsm_dir.glob(f"{TOKENS_DIR_NAME}/*/*.object"))
+        sealer.advance_store_counter(5)
+        (first,) = set(hsm_dir.glob(f"{TOKENS_DIR_NAME}/*/*.object")) - before
+        sealer.advance_store_counter(6)
+        sealer.advance_store_counter(7)  # rewrites the slot that held 5: the first file
+    # A crash between SoftHSM2's truncate and write of that rewrite leaves the file empty.
+    first.write_bytes(b"")
+    with TokenSealer(config) as sealer:
+        assert sealer.store_counter() == 6  # the other slot: one step behind
+        sealer.advance_store_counter(8)  # a new slot replaces the lost one
+        assert sealer.store_counter() == 8
+    for path in hsm_dir.glob(f"{TOKENS_DIR_NAME}/*/*.object"):
+        if path not in before:
+            path.write_bytes(b"")
+    with TokenSealer(config) as sealer:  # both lost: never recorded, so the node catches up
+        assert sealer.store_counter() is None
+
+
+def test_a_counter_slot_not_written_by_the_node_is_refused(
+    config: TokenConfig, sealer: TokenSealer
+) -> None:
+    session = raw_session(config)
+    try:
+        session.create_object(
+            {
+                Attribute.CLASS: ObjectClass.DATA,
+                Attribute.TOKEN: True,
+                Attribute.PRIVATE: True,
+                Attribute.APPLICATION: STORE_COUNTER_APPLICATION,
+                Attribute.LABEL: "12 ",
+            }
+        )
+    finally:
+        session.close()
+    with pytest.raises(TokenError, match="no valid counter"):
+        sealer.store_counter()

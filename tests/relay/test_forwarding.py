@@ -274,3 +274,50 @@ def test_a_body_without_one_copy_per_node_is_a_400_never_forwarded(
     assert response.json()["error"] == "bad_sealed_copies"
     assert response.json()["detail"]
     assert all(stub.seen == [] for stub in stubs)
+
+
+def test_requests_go_first_to_the_node_the_answers_name_as_leader(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A node forwards a change it takes to the leader: the relay saves that hop by asking
+    the node the answers name first; with no name it goes round-robin."""
+    relay = start_relay([s.url for s in stubs])
+    for _ in range(3):
+        assert post(relay, token(), b"sealed").status_code == 200
+    assert [len(s.seen) for s in stubs] == [1, 1, 1]  # no leader named: round-robin
+    for stub in stubs:
+        stub.leader = "2"
+    assert post(relay, token(), b"sealed").content == b"node0|sealed"  # names node2
+    for _ in range(6):
+        assert post(relay, token(), b"sealed").content == b"node2|sealed"
+    assert [len(s.seen) for s in stubs] == [2, 1, 7]
+
+
+def test_a_down_leader_is_passed_over_and_the_next_named_one_taken(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([s.url for s in stubs])
+    stubs[0].leader = stubs[1].leader = stubs[2].leader = "0"
+    for _ in range(3):
+        post(relay, token(), b"sealed")
+    assert len(stubs[0].seen) >= 2
+    # node0 falls behind (not ready); the others name node1 from now on.
+    stubs[0].mode = "not_ready"
+    stubs[1].leader = stubs[2].leader = "1"
+    post(relay, token(), b"sealed")  # node0 refuses; whoever answers names node1
+    seen = [len(s.seen) for s in stubs]
+    answers = [post(relay, token(), b"sealed").content for _ in range(5)]
+    assert answers == [b"node1|sealed"] * 5
+    assert [len(s.seen) - n for s, n in zip(stubs, seen, strict=True)] == [0, 5, 0]
+
+
+@pytest.mark.parametrize("named", ["3", "-1", "x", "01a", "1" * 40, ""])
+def test_a_leader_name_that_is_no_node_of_the_fleet_changes_nothing(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str], named: str
+) -> None:
+    relay = start_relay([s.url for s in stubs])
+    for stub in stubs:
+        stub.leader = named
+    for _ in range(6):
+        assert post(relay, token(), b"sealed").status_code == 200
+    assert [len(s.seen) for s in stubs] == [2, 2, 2]  # still round-robin

@@ -22,6 +22,7 @@ from backupvault.cli.main import cli
 @click.option(
     "--max-faulty", type=int, default=-1, help="Nodes faulty at once (default: minority)."
 )
+@click.option("--leaderless", is_flag=True, help="No leader path: every change is CASPaxos.")
 def sim(
     seeds: int,
     start: int,
@@ -30,6 +31,7 @@ def sim(
     workers: int,
     nodes: int,
     max_faulty: int,
+    leaderless: bool,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -40,4 +42,6 @@ def sim(
         argv += ["--seed", str(seed)]
     if shrink:
         argv.append("--shrink")
+    if leaderless:
+        argv.append("--leaderless")
     sys.exit(main(argv))

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Generic, TypeVar
 
 import httpx
 from cryptography.exceptions import InvalidTag
@@ -34,6 +34,7 @@ from backupvault.codec import Message
 from backupvault.crypto import ksf, opaque
 from backupvault.crypto.seal import NodePublicKey, ResponseKey, seal_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.fanout import FanoutAnswers, FanoutReply
 from backupvault.protocol import (
     NODE_HEADER,
     AuthorizedRequest,
@@ -82,6 +83,21 @@ class Recovery:
     wrong_guesses_before: int
     #: The fleet epoch the entry was migrated from (OTA clients after a rotation), or None.
     migrated_from: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeOutcome(Generic[T]):
+    """One node's part of a fan-out: its answer, its refusal, or why there is none."""
+
+    index: int
+    response: T | None = None
+    error: ErrorResponse | None = None
+    failure: str | None = None
+
+    def describe(self) -> str:
+        if self.error is not None:
+            return f"node {self.index}: {self.error.detail or self.error.code}"
+        return f"node {self.index}: {self.failure or 'answered'}"
 
 
 @dataclass(frozen=True)
@@ -220,6 +236,93 @@ class VaultClient:
         if not isinstance(response, kind):
             raise VaultError(f"unexpected answer from the vault: {type(response).__name__}")
         return response
+
+    def call_each(
+        self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0
+    ) -> list[NodeOutcome[T]]:
+        """Send `requests[i]` to node i, all at once through the relay's fan-out
+        (docs/relay.md), and return every node's outcome by index. A 429 is waited out as
+        in `_call`; a lost answer or a 503 (no node answered) is sent again up to
+        `resends` times (for requests that cannot cost anything twice)."""
+        if len(requests) != len(self.node_keys):
+            raise ValueError("one request per node")
+        waited = 0.0
+        backoff = RESEND_BACKOFF_SECONDS
+        while True:
+            sealed, response_keys = self._seal_each(
+                op,
+                [AuthorizedRequest(self._fleet_token, r.to_bytes()).to_bytes() for r in requests],
+            )
+            try:
+                answer = self._http.post(
+                    f"{self._vault_url}/{self.entry}/{op}",
+                    content=sealed,
+                    headers={
+                        "Authorization": f"Bearer {self._token}",
+                        "Content-Type": "application/octet-stream",
+                    },
+                )
+            except httpx.ConnectError as err:
+                raise RelayUnreachable(self.relay_url, str(err)) from None
+            except httpx.HTTPError as err:
+                if resends > 0:
+                    resends -= 1
+                    time.sleep(backoff)
+                    backoff *= 2
+                    continue
+                raise FleetUnavailable(
+                    f"the relay at {self.relay_url} did not answer ({type(err).__name__});"
+                    " the request may have been counted"
+                ) from None
+            if answer.status_code == 429:
+                wait = _retry_after(answer)
+                if waited + wait <= MAX_RATE_LIMIT_WAIT_SECONDS:
+                    self._notify(f"the relay asks to slow down: waiting {wait:g} s")
+                    time.sleep(wait)
+                    waited += wait
+                    continue
+            if answer.status_code == 503 and resends > 0:
+                resends -= 1
+                time.sleep(backoff)
+                backoff *= 2
+                continue
+            break
+        if answer.status_code != 200:
+            self._raise_http_error(answer)
+        try:
+            replies = FanoutAnswers.for_nodes(answer.content, len(self.node_keys)).replies
+        except InvalidInput as err:
+            raise VaultError(f"the relay's answer is malformed: {err.message}") from None
+        return [self._outcome(op, reply, response_keys[reply.index], kind) for reply in replies]
+
+    @staticmethod
+    def _outcome(
+        op: Op, reply: FanoutReply, response_key: ResponseKey, kind: type[T]
+    ) -> NodeOutcome[T]:
+        """One node's reply, opened with its own copy's response key."""
+        index = reply.index
+        if reply.status != 200:
+            code, detail = reply.error()
+            if not reply.answered:
+                return NodeOutcome(index, failure=detail or "no answer")
+            return NodeOutcome(index, failure=f"HTTP {reply.status} {code}: {detail}".strip())
+        try:
+            response = decode_response(op, response_key.open(reply.body))
+        except (InvalidInput, AuthenticationFailed) as err:
+            return NodeOutcome(index, failure=f"its answer did not verify: {err.message}")
+        if isinstance(response, ErrorResponse):
+            return NodeOutcome(index, error=response)
+        if not isinstance(response, kind):
+            return NodeOutcome(index, failure=f"unexpected answer {type(response).__name__}")
+        return NodeOutcome(index, response=response)
+
+    def _seal_each(self, op: Op, bodies: Sequence[bytes]) -> tuple[bytes, list[ResponseKey]]:
+        """`bodies[i]` sealed to node i's own key; the response key of each copy."""
+        sealed = [
+            seal_request(key, self.fleet_id, index, str(op), body)
+            for index, (key, body) in enumerate(zip(self.node_keys, bodies, strict=True))
+        ]
+        return SealedCopies([copy for copy, _ in sealed]).to_bytes(), [key for _, key in sealed]
 
     def _seal(self, op: Op, body: bytes) -> tuple[bytes, list[ResponseKey]]:
         """`body` sealed to every node's own key (the relay picks the node and gives it only

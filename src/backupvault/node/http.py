@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.hop import HopRefused, HopVerifier
+from backupvault.hop import LEADER_HEADER, HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import Op, check_name
 
@@ -73,8 +73,11 @@ def create_app(
         answer = await service.client_request(op, account, entry, body)
         log.info("client %s account=%s status=%d", op, account, answer.status)
         if answer.status == 200:
-            return Response(answer.body, media_type="application/octet-stream")
-        return _error(answer.status, answer.error, answer.detail)
+            response: Response = Response(answer.body, media_type="application/octet-stream")
+        else:
+            response = _error(answer.status, answer.error, answer.detail)
+        response.headers[LEADER_HEADER] = str(service.leader())
+        return response
 
     async def health(request: Request) -> Response:
         return JSONResponse(

@@ -17,7 +17,8 @@ from typing import Any
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.channel import HELLO_SIZE, PeerChannel, PeerRateLimited
-from backupvault.fleet.messages import PEER_MESSAGES
+from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
+from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     Committed,
@@ -325,6 +326,10 @@ class NodeService:
     def _dropped(self, count: int) -> None:
         self.metrics["peer_messages_dropped"] += count
 
+    def leader(self) -> int:
+        """The node this one forwards changes to now (a routing hint for the relay)."""
+        return self.replica.leader(self._clock())
+
     def _execute(self, effects: list[Effect]) -> None:
         """Carry out effects in order. A `Persist` must be durable before anything after it
         leaves the node, so from the first persist on, effects queue behind a group
@@ -354,20 +359,12 @@ class NodeService:
                 # The last write of a key in a batch is what it holds after the batch.
                 records = {e.record.key: e.record for e in batch if isinstance(e, Persist)}
                 if records:
-                    # The store and the token's counter are written at once (the token
-                    # first counting the write the store is making); both are done before
-                    # anything in the batch leaves. A crash in between leaves the token one
-                    # ahead, which the next start treats like a rollback (catches up).
                     # Marks set so far claim records put before them: in this batch
                     # or an earlier one, so they are saved with these or after them.
                     marks = self.records.take_marks()
                     saving = list(records.values())
-                    writes = [asyncio.to_thread(self._store.save, saving, marks)]
-                    if self._record_counter is not None:
-                        count = self._store.counter + 1
-                        writes.append(asyncio.to_thread(self._record_counter, count))
                     try:
-                        await asyncio.gather(*writes)
+                        await asyncio.to_thread(self._write, saving, marks)
                     except Exception as err:
                         # Fail-stop: what the replica told itself is durable is not, so
                         # nothing that depends on it may leave. The operator restarts the
@@ -382,6 +379,17 @@ class NodeService:
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
         finally:
             self._committing = False
+
+    def _write(self, records: list[AcceptorRecord], marks: dict[int, Mark]) -> None:
+        """One group commit, in the writer thread: the store's transaction (+ fsync), then
+        the token counting it; both are done before anything in the batch leaves. In this
+        order a crash in between leaves the store one ahead of the token, which the next
+        start takes as intact (nothing depending on the write left); the other order would
+        leave the token ahead, which looks like a rollback and costs a catch-up. The
+        token's advance is a fraction of the fsync (docs/fleet.md, "Restarts")."""
+        self._store.save(records, marks)
+        if self._record_counter is not None:
+            self._record_counter(self._store.counter)
 
     def _fail_waiting(self) -> None:
         for op_id, future in list(self._waiting.items()):

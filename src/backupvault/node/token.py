@@ -61,11 +61,13 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 __all__ = [
     "BLOB_OVERHEAD",
     "BLOB_VERSION",
+    "COUNTER_SLOTS",
     "IV_LEN",
     "MAX_PLAINTEXT_LEN",
     "SEALING_KEY_LABEL",
     "SECRET_AAD_PREFIX",
     "SOFTHSM2_CONF_ENV",
+    "STORE_COUNTER_APPLICATION",
     "TAG_LEN",
     "SealedFile",
     "TokenConfig",
@@ -78,8 +80,15 @@ SOFTHSM2_CONF_ENV: Final = "SOFTHSM2_CONF"
 """SoftHSM2 reads this environment variable when the module is initialized (C_Initialize)."""
 
 SEALING_KEY_LABEL: Final = "backupvault node sealing key v1"
-STORE_COUNTER_LABEL: Final = "backupvault node store counter v1"
 """CKA_LABEL of the token's sealing key. Fixed: a node finds its key again by this label."""
+
+STORE_COUNTER_APPLICATION: Final = "backupvault node store counter v2"
+"""CKA_APPLICATION of the store counter's data objects (their CKA_LABEL holds the value)."""
+
+COUNTER_SLOTS: Final = 2
+"""Data objects the store counter alternates between, so a torn rewrite loses one step."""
+
+_MAX_COUNTER_DIGITS: Final = 20  # 2**64 - 1 has 20 decimal digits
 
 SEALING_KEY_ID: Final = b"backupvault-seal-v1"
 """CKA_ID set on a newly generated sealing key (informational; lookups use the label)."""
@@ -320,6 +329,7 @@ class TokenSealer:
         self._lock = threading.Lock()
         self._key: Any = None
         self._session: Any = None
+        self._slots: list[tuple[int, Any]] | None = None
         with _loader_lock:
             lib = _load_module(config)
             token = _find_token(lib, config)
@@ -362,6 +372,7 @@ class TokenSealer:
         """Close the session (logging out when it is the process's last one). Idempotent."""
         with _loader_lock, self._lock:
             session, self._session, self._key = self._session, None, None
+            self._slots = None
             if session is None:
                 return
             _open_tokens.get(self._path, set()).discard(self._serial)
@@ -373,26 +384,29 @@ class TokenSealer:
     def store_counter(self) -> int | None:
         """The node store's counter as the token last recorded it (None: never recorded).
 
-        Private data objects in the token (u64, big-endian value); the highest one counts.
-        The node advances it after every group commit, before anything that depends on
-        that commit leaves, and compares it with the store's own counter at start
-        (docs/fleet.md, "Restarts")."""
+        Kept in `COUNTER_SLOTS` private data objects (CKA_APPLICATION
+        `STORE_COUNTER_APPLICATION`, the value in CKA_LABEL as decimal digits); the highest
+        one counts. The node advances it with every group commit, before anything that
+        depends on that commit leaves, and compares it with the store's own counter at
+        start (docs/fleet.md, "Restarts")."""
         with self._lock:
-            values = [v for v, _ in self._counters(self._open_session())]
+            values = [v for v, _ in self._counter_slots()]
             return max(values) if values else None
 
     def advance_store_counter(self, value: int) -> None:
         """Record `value`; it never goes backwards (TokenError if asked to).
 
-        SoftHSM2 keeps a data object's value read-only, so each advance creates the new
-        value's object first and then destroys the older ones: a crash in between
-        leaves both, and the highest still counts."""
+        The value goes into the slot holding the lower one, rewritten in place
+        (C_SetAttributeValue on CKA_LABEL: SoftHSM2 rewrites that object's file, where
+        creating an object makes a new file and destroying one unlinks it, several times
+        slower). A crash in the middle of a rewrite loses at most the slot being written:
+        the other still holds the previous value, one behind, which the start check
+        allows for (docs/fleet.md, "Restarts")."""
         if not 0 <= value < 2**64:
             raise InvalidInput("store counter out of range")
         with self._lock:
-            session = self._open_session()
-            held = self._counters(session)
-            current = max((v for v, _ in held), default=None)
+            slots = self._counter_slots()
+            current = max((v for v, _ in slots), default=None)
             if current is not None and value < current:
                 raise TokenError(
                     f"the store counter cannot go back from {current} to {value}",
@@ -400,29 +414,48 @@ class TokenSealer:
                 )
             if value == current:
                 return
+            label = str(value)
             try:
-                session.create_object(
-                    {
-                        Attribute.CLASS: ObjectClass.DATA,
-                        Attribute.TOKEN: True,
-                        Attribute.PRIVATE: True,
-                        Attribute.LABEL: STORE_COUNTER_LABEL,
-                        Attribute.VALUE: value.to_bytes(8, "big"),
-                    }
-                )
-                for _, old in held:
-                    old.destroy()
+                if len(slots) < COUNTER_SLOTS:
+                    created = self._open_session().create_object(
+                        {
+                            Attribute.CLASS: ObjectClass.DATA,
+                            Attribute.TOKEN: True,
+                            Attribute.PRIVATE: True,
+                            Attribute.MODIFIABLE: True,
+                            Attribute.APPLICATION: STORE_COUNTER_APPLICATION,
+                            Attribute.LABEL: label,
+                        }
+                    )
+                    slots.append((value, created))
+                else:
+                    lowest = min(range(len(slots)), key=lambda i: slots[i][0])
+                    slots[lowest][1][Attribute.LABEL] = label
+                    slots[lowest] = (value, slots[lowest][1])
             except p11.PKCS11Error as err:
+                self._slots = None  # read the token again next time
                 raise self._device_error("record the store counter", err) from err
 
-    def _counters(self, session: Any) -> list[tuple[int, Any]]:
+    def _counter_slots(self) -> list[tuple[int, Any]]:
+        """The counter's slots (value, object), read from the token once per session: this
+        process is the only writer (one sealer per token per process)."""
+        if self._slots is not None:
+            return self._slots
+        session = self._open_session()
         try:
-            found = session.get_objects(
-                {Attribute.CLASS: ObjectClass.DATA, Attribute.LABEL: STORE_COUNTER_LABEL}
+            found = list(
+                session.get_objects(
+                    {
+                        Attribute.CLASS: ObjectClass.DATA,
+                        Attribute.APPLICATION: STORE_COUNTER_APPLICATION,
+                    }
+                )
             )
-            return [(int.from_bytes(bytes(o[Attribute.VALUE]), "big"), o) for o in found]
+            slots = [(_counter_value(o[Attribute.LABEL]), o) for o in found]
         except p11.PKCS11Error as err:
             raise self._device_error("read the store counter", err) from err
+        self._slots = slots
+        return slots
 
     # ---- the sealing key -----------------------------------------------------------------
 
@@ -617,6 +650,25 @@ class TokenSealer:
             f"PKCS#11 token {self.token_label!r} failed to {action}: {err!r}",
             hint="check that the token is present and healthy, then restart the node",
         )
+
+
+def _counter_value(label: object) -> int:
+    """A counter slot's value from its CKA_LABEL: decimal digits of an unsigned 64-bit
+    integer. Anything else was not written by this module: refused, never guessed at."""
+    text = label if isinstance(label, str) else ""
+    if not (
+        0 < len(text) <= _MAX_COUNTER_DIGITS
+        and text.isascii()
+        and text.isdigit()
+        and int(text) < 2**64
+        and str(int(text)) == text
+    ):
+        raise TokenError(
+            "the token's store counter object holds no valid counter",
+            hint="the counter objects were changed outside backupvault; the node cannot "
+            "tell whether its store was rolled back: restore the token or re-provision the node",
+        )
+    return int(text)
 
 
 def _as_bytes(value: object, what: str) -> bytes:

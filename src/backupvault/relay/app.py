@@ -24,8 +24,10 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backupvault.errors import InvalidInput
+from backupvault.fanout import FANOUT_OPERATIONS, FanoutAnswers
 from backupvault.protocol import NODE_HEADER, OPERATIONS, SealedCopies, is_valid_name
 from backupvault.relay.config import RelayConfig
+from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
@@ -37,6 +39,7 @@ log = logging.getLogger("backupvault.relay")
 _INFO = "backupvault.relay.info"
 _REALM = 'Bearer realm="backupvault"'
 _BUSY_RETRY_AFTER = "2"
+_NOT_RATE_LIMITED = frozenset({"recover-finish", "reset"})
 
 
 def error_response(
@@ -218,10 +221,10 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 f"no such vault operation; use one of {', '.join(OPERATIONS)}",
             )
         info["op"] = op
-        # A recover-finish carries a ticket for a guess already charged: refusing it would
-        # cost the user that guess without an answer, so only other operations are
-        # limited (a guess is paid for at recover-start).
-        if op != "recover-finish":
+        # A recover-finish or a reset follows a guess already charged: refusing it would
+        # cost the user that guess without an answer (or leave the count unreset), so only
+        # other operations are limited (a guess is paid for at recover-start or evaluate).
+        if op not in _NOT_RATE_LIMITED:
             wait = state.limiter.acquire(account)
             if wait is not None:
                 return error_response(
@@ -266,6 +269,8 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 "the relay is handling too many requests; try again shortly",
                 {"Retry-After": _BUSY_RETRY_AFTER},
             )
+        if op in FANOUT_OPERATIONS:
+            return await _fan_out(state, forwarder, op, account, entry, copies, info)
         state.in_flight += 1
         try:
             answer = await forwarder.forward(op, account, entry, copies)
@@ -343,6 +348,35 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             Route("/v1/fleet/consistency", fleet_consistency, methods=["GET"]),
         ]
     return routes
+
+
+async def _fan_out(
+    state: RelayState,
+    forwarder: Forwarder,
+    op: str,
+    account: str,
+    entry: str,
+    copies: Sequence[bytes],
+    info: dict[str, Any],
+) -> Response:
+    """Every node's answer in one `FanoutAnswers` (backupvault.fanout); a 503 only when no
+    node answered at all."""
+    state.in_flight += 1
+    try:
+        replies = await fan_out(forwarder, op, account, entry, copies)
+    finally:
+        state.in_flight -= 1
+    answered = [reply.index for reply in replies if reply.answered]
+    info["node"] = ",".join(map(str, answered)) or None
+    info["skipped"] = len(replies) - len(answered)
+    if not answered:
+        return error_response(
+            503,
+            "fleet_unavailable",
+            f"none of the {len(replies)} vault nodes could answer; try again later",
+            {"Retry-After": _BUSY_RETRY_AFTER},
+        )
+    return Response(FanoutAnswers(replies).to_bytes(), media_type="application/octet-stream")
 
 
 def _too_large(limit: int) -> JSONResponse:

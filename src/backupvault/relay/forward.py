@@ -18,6 +18,11 @@ reached (connect error, timeout) or answers 503 with any error other than
 `fleet_unavailable` is skipped and the next node is tried (each node once per request);
 a 503 `fleet_unavailable` (the node cannot reach a majority) is handed back as is, since
 every other node would say the same. Anything else from a node is a bad answer (502).
+
+Which node first: the leader, as the nodes name it in `X-Backupvault-Leader` on their
+answers (a node that takes a change forwards it to the leader, one more hop; the leader
+takes it at once). Then the others from a round-robin start, nodes that recently failed
+last. The header only orders the nodes; nothing a node accepts depends on who asked it.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ from dataclasses import dataclass
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backupvault.hop import sign_headers
+from backupvault.hop import LEADER_HEADER, sign_headers
 
 ACCOUNT_HEADER = "X-Backupvault-Account"
 ENTRY_HEADER = "X-Backupvault-Entry"
@@ -114,16 +119,29 @@ class Forwarder:
         self._clock = clock
         # Nodes that recently could not be reached or did not answer in time, until when.
         self._suspect_until: dict[str, float] = {}
+        # The leader as the last answering node named it (None: not known yet).
+        self._leader: str | None = None
 
     def order(self) -> list[str]:
-        """Round-robin start, then the others in turn: spreads load, skips nobody. Nodes
+        """The leader first, then the others from a round-robin start: skips nobody. Nodes
         that recently failed go last, so a stalled node (which may act on a request and
         never answer, costing the user a guess) gets new requests only when no healthy
         node is left."""
         start = next(self._next) % len(self.node_urls)
         rotated = [*self.node_urls[start:], *self.node_urls[:start]]
+        if self._leader is not None:
+            rotated.remove(self._leader)
+            rotated.insert(0, self._leader)
         now = self._clock()
         return sorted(rotated, key=lambda node: self._suspect_until.get(node, 0.0) > now)
+
+    def _learn_leader(self, response: httpx.Response) -> None:
+        """Remember the leader a node's answer names; ignore anything not a node index."""
+        named = response.headers.get(LEADER_HEADER, "")
+        if named.isascii() and named.isdigit() and len(named) <= 3:
+            index = int(named)
+            if index < len(self.node_urls):
+                self._leader = self.node_urls[index]
 
     def _suspect(self, node: str) -> None:
         self._suspect_until[node] = self._clock() + SUSPECT_SECONDS
@@ -190,6 +208,7 @@ class Forwarder:
                 "POST", f"{node}/v1/client/{op}", content=body, headers=headers
             ) as response:
                 data = await self._read_capped(response)
+                self._learn_leader(response)
         except (httpx.ConnectError, httpx.ConnectTimeout):
             # The request never reached the node: another node may take it.
             raise _Skip from None

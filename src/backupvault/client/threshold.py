@@ -1,0 +1,502 @@
+"""The client side of the threshold vault (docs/threshold.md): register, recover, change
+the password, delete, status.
+
+No node ever holds the entry's whole OPRF key. At registration the client deals a fresh key
+k into N shares (`manifest.register`), seals share i to node i's key from the pinned config
+or the verified deployment record (never a key the relay serves), and checks each node's
+signed acknowledgement against that node's signing key and K_i from the manifest's
+commitments. At recovery it takes the manifest that t nodes return byte for byte, asks every
+node for its partial evaluation of the blinded password, checks each against K_i from that
+manifest, drops and names bad ones, combines t good ones, opens the entry, and proves the
+password to every node with a signed reset statement.
+
+Every request goes to all nodes at once through the relay's fan-out (`VaultClient.call_each`);
+each node's answer is sealed to the client with its own copy's response key.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+from backupvault.client.errors import (
+    AlreadyRegistered,
+    Destroyed,
+    FleetUnavailable,
+    NotRegistered,
+    VaultError,
+    WrongPassword,
+)
+from backupvault.client.vault import NodeOutcome, VaultClient
+from backupvault.codec import Message
+from backupvault.crypto import manifest as manifests
+from backupvault.crypto import oprf, owner, threshold
+from backupvault.crypto.ksf import Argon2idParams
+from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+from backupvault.protocol import (
+    AckKind,
+    DeleteShareRequest,
+    EntryStatus,
+    ErrorCode,
+    EvaluateRequest,
+    EvaluateResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Op,
+    RegisterShareRequest,
+    ResetRequest,
+    ResetResponse,
+    ShareAck,
+    share_ack_message,
+)
+
+#: Resends of an evaluate fan-out when fewer than t nodes answered (the same B and client
+#: time: a node answers a resent (attempt, B) again without a second charge).
+EVALUATE_RESENDS = 2
+
+
+def _nodes(indices: Sequence[int]) -> str:
+    return ", ".join(str(i) for i in indices) or "none"
+
+
+@dataclass(frozen=True)
+class FleetKeys:
+    """What the client trusts about the fleet, from the pinned config or the verified
+    deployment record: each node's signing key (for acknowledgements), the threshold t and
+    the node-set epoch its shares are dealt for. Node i's share index is i + 1."""
+
+    signing_keys: tuple[bytes, ...]
+    threshold: int
+    epoch: int
+
+    def __post_init__(self) -> None:
+        threshold.check_threshold(self.threshold, len(self.signing_keys))
+        for key in self.signing_keys:
+            if len(key) != 32:
+                raise InvalidInput("a node signing key is 32 bytes (Ed25519)")
+
+
+@dataclass(frozen=True)
+class Registered:
+    """A registration: done when every node acknowledged its share, degraded with t..N-1
+    (`missing` names the nodes without a share, and why)."""
+
+    version: int
+    acknowledged: tuple[int, ...]
+    missing: tuple[str, ...]
+
+    @property
+    def degraded(self) -> bool:
+        return bool(self.missing)
+
+
+@dataclass(frozen=True)
+class ThresholdRecovery:
+    root_key: bytes = field(repr=False)
+    export_key: bytes = field(repr=False)
+    manifest: manifests.Manifest = field(repr=False)
+    attempt: int
+    wrong_guesses_before: int
+    #: Nodes whose partial evaluation did not verify (named to the user).
+    rejected: tuple[int, ...] = ()
+    #: Nodes that did not take the reset (they count this attempt until they see the
+    #: replicated reset).
+    reset_missing: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class ThresholdStatus:
+    status: EntryStatus
+    version: int
+    guess_limit: int
+    guesses_remaining: int
+    #: Nodes that answered with the agreed manifest; the others, and why.
+    agreeing: tuple[int, ...]
+    other: tuple[str, ...]
+
+
+@dataclass
+class _Manifests:
+    answers: list[NodeOutcome[ManifestResponse]]
+    agreed: manifests.Manifest | None
+
+
+class ThresholdVault:
+    """The threshold flows for one entry, over a `VaultClient`'s fan-out transport."""
+
+    def __init__(
+        self,
+        vault: VaultClient,
+        keys: FleetKeys,
+        *,
+        notify: Callable[[str], None] | None = None,
+        clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+    ) -> None:
+        if len(keys.signing_keys) != len(vault.node_keys):
+            raise InvalidInput("one signing key per node")
+        self.vault = vault
+        self.keys = keys
+        self.nodes = len(vault.node_keys)
+        self.t = keys.threshold
+        self._notify = notify or (lambda _message: None)
+        self._clock_ms = clock_ms
+
+    @property
+    def account(self) -> str:
+        return self.vault.account
+
+    @property
+    def entry(self) -> str:
+        return self.vault.entry
+
+    def _statement(
+        self, kind: owner.StatementKind, version: int, counter: int, payload: bytes
+    ) -> owner.OwnerStatement:
+        return owner.OwnerStatement(
+            kind,
+            self.vault.fleet_id,
+            self.account,
+            self.entry,
+            version,
+            counter,
+            owner.payload_hash(payload),
+        )
+
+    # ---- manifest and status -------------------------------------------------------------
+
+    def _manifests(self) -> _Manifests:
+        request = ManifestRequest(self.account, self.entry)
+        answers = self.vault.call_each(
+            Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
+        )
+        live = {
+            a.index: a.response.manifest
+            for a in answers
+            if a.response is not None and a.response.manifest
+        }
+        try:
+            agreed = manifests.agreed_manifest(live, self.t) if len(live) >= self.t else None
+        except AuthenticationFailed:
+            agreed = None
+        if agreed is not None and (
+            agreed.fleet_id != self.vault.fleet_id
+            or agreed.account != self.account
+            or agreed.entry != self.entry
+            or agreed.nodes != self.nodes
+        ):
+            raise VaultError(
+                "the manifest the nodes agree on is for another fleet, account or entry",
+                hint="report this to the operator; nothing was sent",
+            )
+        return _Manifests(answers, agreed)
+
+    def _no_manifest(self, found: _Manifests) -> VaultError:
+        """Why there is no agreed manifest: no entry, destroyed, or not enough nodes."""
+        statuses = [a.response.status for a in found.answers if a.response is not None]
+        if statuses.count(EntryStatus.DESTROYED) >= self.t:
+            return Destroyed()
+        if statuses.count(EntryStatus.EMPTY) >= self.t:
+            return NotRegistered()
+        silent = [a.describe() for a in found.answers if a.response is None]
+        return FleetUnavailable(
+            f"need {self.t} of {self.nodes} vault nodes to agree on this entry, "
+            f"{len(statuses)} answered" + (f" ({'; '.join(silent)})" if silent else "")
+        )
+
+    def status(self) -> ThresholdStatus:
+        found = self._manifests()
+        responses = [a.response for a in found.answers if a.response is not None]
+        if found.agreed is None:
+            error = self._no_manifest(found)
+            if isinstance(error, FleetUnavailable):
+                raise error
+            kind = EntryStatus.DESTROYED if isinstance(error, Destroyed) else EntryStatus.EMPTY
+            version = max((r.version for r in responses), default=0)
+            limit = max((r.guess_limit for r in responses), default=0)
+            return ThresholdStatus(kind, version, limit, 0, (), ())
+        encoded = found.agreed.to_bytes()
+        agreeing = [
+            a for a in found.answers if a.response is not None and a.response.manifest == encoded
+        ]
+        # The client needs t nodes with guesses left: the t-th largest count is what is left.
+        remaining = sorted(
+            (a.response.guesses_remaining for a in agreeing if a.response), reverse=True
+        )
+        limit = max(a.response.guess_limit for a in agreeing if a.response)
+        other = tuple(
+            a.describe() if a.response is None else f"node {a.index}: holds another manifest"
+            for a in found.answers
+            if a not in agreeing
+        )
+        return ThresholdStatus(
+            EntryStatus.LIVE,
+            found.agreed.version,
+            limit,
+            remaining[self.t - 1],
+            tuple(a.index for a in agreeing),
+            other,
+        )
+
+    # ---- registration ----------------------------------------------------------------------
+
+    def register(
+        self, password: str, root_key: bytes, *, ksf: Argon2idParams, version: int = 1
+    ) -> Registered:
+        """A new entry (version 1, or the version after a deleted one's)."""
+        made = manifests.register(
+            password.encode(),
+            root_key,
+            fleet_id=self.vault.fleet_id,
+            account=self.account,
+            entry=self.entry,
+            epoch=self.keys.epoch,
+            nodes=self.nodes,
+            threshold_count=self.t,
+            ksf=ksf,
+            version=version,
+        )
+        return self._deliver(Op.REGISTER_SHARE, made, b"", 0)
+
+    def _deliver(
+        self, op: Op, made: manifests.Registration, authorization: bytes, counter: int
+    ) -> Registered:
+        """Send share i to node i with M, check every acknowledgement; done, degraded (t..N-1
+        acknowledgements), or failed (fewer than t: VaultError naming the nodes)."""
+        encoded = made.manifest.to_bytes()
+        requests: list[Message] = [
+            RegisterShareRequest(
+                self.account, self.entry, encoded, share.to_bytes(), authorization, counter
+            )
+            for share in made.shares
+        ]
+        outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+        acknowledged: list[int] = []
+        missing: list[str] = []
+        for outcome in outcomes:
+            problem = self._check_ack(outcome, AckKind.HELD, made.manifest, encoded)
+            if problem is None:
+                acknowledged.append(outcome.index)
+            else:
+                missing.append(problem)
+        if len(acknowledged) < self.t:
+            if any(
+                o.error is not None and o.error.code == ErrorCode.ALREADY_REGISTERED
+                for o in outcomes
+            ):
+                raise AlreadyRegistered("the vault already holds a key for this entry")
+            raise FleetUnavailable(
+                f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
+                f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
+            )
+        return Registered(made.manifest.version, tuple(acknowledged), tuple(missing))
+
+    def _check_ack(
+        self,
+        outcome: NodeOutcome[ShareAck],
+        kind: AckKind,
+        manifest: manifests.Manifest,
+        encoded: bytes,
+    ) -> str | None:
+        """None if node `outcome.index` signed exactly this acknowledgement; else why not."""
+        ack = outcome.response
+        if ack is None:
+            return outcome.describe()
+        index = outcome.index
+        if ack.kind != kind or ack.version != manifest.version or ack.index != index + 1:
+            return f"node {index}: its acknowledgement is for something else"
+        message = share_ack_message(
+            kind,
+            self.vault.fleet_id,
+            self.account,
+            self.entry,
+            manifest.version,
+            manifest.commitments.node_public_key(index + 1),
+            encoded,
+        )
+        try:
+            Ed25519PublicKey.from_public_bytes(self.keys.signing_keys[index]).verify(
+                ack.signature, message
+            )
+        except InvalidSignature:
+            return f"node {index}: its acknowledgement's signature does not verify"
+        return None
+
+    # ---- recovery --------------------------------------------------------------------------
+
+    def live_manifest(self) -> tuple[manifests.Manifest, int]:
+        """The agreed manifest and the entry's guess limit (from the nodes that agree)."""
+        found = self._manifests()
+        if found.agreed is None:
+            raise self._no_manifest(found)
+        encoded = found.agreed.to_bytes()
+        limit = max(
+            a.response.guess_limit
+            for a in found.answers
+            if a.response is not None and a.response.manifest == encoded
+        )
+        return found.agreed, limit
+
+    def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
+        """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
+        FleetUnavailable naming the nodes that did not answer)."""
+        manifest, guess_limit = self.live_manifest()
+        if (
+            manifest.ksf.memory_kib < ksf_floor.memory_kib
+            or manifest.ksf.iterations < ksf_floor.iterations
+        ):
+            raise VaultError("the vault's entry asks for weaker password stretching than allowed")
+        secret = password.encode()
+        blind, blinded = oprf.blind(secret)
+        request = EvaluateRequest(
+            self.account, self.entry, manifest.version, blinded, self._clock_ms()
+        )
+        good: dict[int, EvaluateResponse] = {}
+        problems: dict[int, str] = {}
+        errors: list[ErrorCode | str] = []
+        for attempt in range(EVALUATE_RESENDS + 1):
+            outcomes = self.vault.call_each(Op.EVALUATE, [request] * self.nodes, EvaluateResponse)
+            for outcome in outcomes:
+                if outcome.index in good:
+                    continue
+                if outcome.response is not None:
+                    if outcome.response.index != outcome.index + 1:
+                        problems[outcome.index] = (
+                            f"node {outcome.index}: answered for another node's share"
+                        )
+                        continue
+                    good[outcome.index] = outcome.response
+                    problems.pop(outcome.index, None)
+                else:
+                    problems[outcome.index] = outcome.describe()
+                    if outcome.error is not None:
+                        errors.append(outcome.error.code)
+            if len(good) >= self.t or attempt == EVALUATE_RESENDS:
+                break
+            if errors:
+                break  # refusals (destroyed, stale) do not change on a resend
+        if len(good) < self.t:
+            if errors.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
+                not good and ErrorCode.DESTROYED in errors
+            ):
+                raise Destroyed()
+            raise FleetUnavailable(
+                f"need {self.t} partial evaluations, {len(good)} nodes gave one "
+                f"({'; '.join(problems.values())})"
+            )
+        # Each partial's index is that of the node whose sealed channel it came back on
+        # (checked above), so a rejection names the node that sent it.
+        partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
+        try:
+            combination = threshold.combine(manifest.commitments, blinded, partials)
+        except threshold.NotEnoughPartials as err:
+            bad = [i - 1 for i in err.rejected]
+            raise VaultError(
+                f"need {self.t} partial evaluations that verify, have "
+                f"{len(partials) - len(bad)}; node(s) {_nodes(bad)} sent a partial that does "
+                "not verify against the entry's commitments",
+                hint="report the named nodes to the operator; try again later",
+            ) from None
+        rejected = tuple(i - 1 for i in combination.rejected)
+        if rejected:
+            self._notify(
+                f"vault node(s) {_nodes(rejected)} sent a partial evaluation that does not "
+                "verify; it was ignored (report this to the operator)"
+            )
+        used = [good[i - 1] for i in combination.used]
+        remaining = sorted((r.guesses_remaining for r in used), reverse=True)[self.t - 1]
+        output = oprf.finalize(secret, blind, combination.evaluated)
+        try:
+            export_key, root_key = manifests.open_entry(manifest, output)
+        except WrongKey:
+            if remaining == 0:
+                # No node will evaluate again: each erases its share at the next request.
+                raise Destroyed() from None
+            raise WrongPassword(remaining) from None
+        attempt = sorted(r.attempt for r in used)[len(used) // 2]
+        reset_missing = self._reset(export_key, manifest, blinded, good)
+        # This attempt used one guess; any other counted since the last reset was wrong.
+        wrong = max(0, guess_limit - remaining - 1)
+        return ThresholdRecovery(
+            root_key, export_key, manifest, attempt, wrong, rejected, reset_missing
+        )
+
+    def _reset(
+        self,
+        export_key: bytes,
+        manifest: manifests.Manifest,
+        blinded: bytes,
+        good: dict[int, EvaluateResponse],
+    ) -> tuple[str, ...]:
+        """Prove the password to every node: a RESET statement over (version, attempt,
+        SHA-256(B)), with each node's own attempt number (a node rebuilds the statement
+        from its own state, so a wrong number only fails at that node)."""
+        default = sorted(r.attempt for r in good.values())[len(good) // 2]
+        requests: list[Message] = []
+        for index in range(self.nodes):
+            attempt = good[index].attempt if index in good else default
+            statement = self._statement(
+                owner.StatementKind.RESET, manifest.version, attempt, blinded
+            )
+            signature = owner.sign_statement(export_key, statement)
+            requests.append(
+                ResetRequest(self.account, self.entry, manifest.version, attempt, signature)
+            )
+        outcomes = self.vault.call_each(Op.RESET, requests, ResetResponse, resends=1)
+        missing = tuple(o.describe() for o in outcomes if o.response is None)
+        return missing
+
+    # ---- password change and delete --------------------------------------------------------
+
+    def change_password(
+        self, recovery: ThresholdRecovery, new_password: str, *, ksf: Argon2idParams
+    ) -> Registered:
+        """A fresh k and a new manifest (version + 1), authorized by the old owner's
+        CHANGE_PASSWORD statement over the new manifest."""
+        old = recovery.manifest
+        made = manifests.register(
+            new_password.encode(),
+            recovery.root_key,
+            fleet_id=self.vault.fleet_id,
+            account=self.account,
+            entry=self.entry,
+            epoch=self.keys.epoch,
+            nodes=self.nodes,
+            threshold_count=self.t,
+            ksf=ksf,
+            version=old.version + 1,
+        )
+        counter = self._clock_ms()
+        statement = self._statement(
+            owner.StatementKind.CHANGE_PASSWORD, old.version, counter, made.manifest.to_bytes()
+        )
+        signature = owner.sign_statement(recovery.export_key, statement)
+        return self._deliver(Op.CHANGE_SHARE, made, signature, counter)
+
+    def delete(self, recovery: ThresholdRecovery) -> tuple[int, tuple[str, ...]]:
+        """Erase the entry on every node: the owner's DELETE statement over M. Returns the
+        deleted version and the nodes that did not acknowledge the erasure (and why)."""
+        manifest = recovery.manifest
+        encoded = manifest.to_bytes()
+        counter = self._clock_ms()
+        statement = self._statement(owner.StatementKind.DELETE, manifest.version, counter, encoded)
+        signature = owner.sign_statement(recovery.export_key, statement)
+        request = DeleteShareRequest(self.account, self.entry, manifest.version, counter, signature)
+        outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
+        pending: list[str] = []
+        erased = 0
+        for outcome in outcomes:
+            problem = self._check_ack(outcome, AckKind.ERASED, manifest, encoded)
+            if problem is None:
+                erased += 1
+            else:
+                pending.append(problem)
+        if erased < self.t:
+            raise FleetUnavailable(
+                f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
+                f"{self.t} are needed ({'; '.join(pending)})"
+            )
+        return manifest.version, tuple(pending)

@@ -1,0 +1,45 @@
+"""`backupvault sim` passes the simulation's options on, `--leaderless` included."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+
+
+def sim(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backupvault", "sim", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def stats(output: str) -> dict[str, int]:
+    line = next(line for line in output.splitlines() if line.strip().startswith("stats:"))
+    found: dict[str, int] = ast.literal_eval(line.split("stats:", 1)[1].strip())
+    return found
+
+
+def test_help_lists_the_simulation_options() -> None:
+    done = sim("--help")
+    assert done.returncode == 0
+    for option in ("--seeds", "--seed", "--shrink", "--workers", "--leaderless"):
+        assert option in done.stdout
+
+
+def test_leaderless_runs_without_the_leader_path() -> None:
+    with_leader = sim("--seed", "5")
+    leaderless = sim("--seed", "5", "--leaderless")
+    assert with_leader.returncode == 0 and leaderless.returncode == 0, leaderless.stderr
+    assert stats(with_leader.stdout)["one_round"] > 0
+    assert stats(leaderless.stdout)["one_round"] == 0
+    assert stats(leaderless.stdout)["forwarded"] == 0
+
+
+def test_an_unknown_option_is_a_usage_error() -> None:
+    done = sim("--no-such-option")
+    assert done.returncode == 2
+    assert "no such option" in done.stderr.lower()

@@ -1,0 +1,233 @@
+"""A stand-in for N threshold vault nodes behind the relay's fan-out, for client tests.
+
+It follows the node rules of docs/threshold.md closely enough to test the client (share
+check, per-node count, one attempt number per B, resets and changes only on owner
+signatures rebuilt from the node's own state), and can make single nodes go down or lie.
+It is a test double, not the firmware: the process tests run the real nodes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.client.threshold import FleetKeys, ThresholdVault
+from backupvault.client.vault import VaultClient
+from backupvault.codec import Message
+from backupvault.crypto import ksf, owner, threshold
+from backupvault.crypto.manifest import Manifest
+from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
+from backupvault.errors import BackupVaultError
+from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
+from backupvault.protocol import (
+    REQUEST_TYPES,
+    AckKind,
+    AuthorizedRequest,
+    DeleteShareRequest,
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Op,
+    RegisterShareRequest,
+    ResetRequest,
+    ResetResponse,
+    SealedCopies,
+    ShareAck,
+    pad_response,
+    share_ack_message,
+)
+
+FAST_KSF = ksf.Argon2idParams(
+    memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
+)
+FLEET_ID = b"fake-threshold-fleet"
+LIMIT = 10
+
+
+@dataclass
+class FakeNode:
+    index: int
+    hpke: NodePrivateKey
+    signing: Ed25519PrivateKey
+    #: "ok", "down", "bad_partial", "bad_ack", "wrong_index"
+    mode: str = "ok"
+    manifest: bytes = b""
+    share: threshold.KeyShare | None = None
+    version: int = 0
+    destroyed: bool = False
+    count: int = 0
+    last_blinded: bytes = b""
+    resets: int = 0
+    seen: list[str] = field(default_factory=list)
+
+    def ack(self, kind: AckKind, manifest: bytes) -> ShareAck:
+        m = Manifest.from_bytes(manifest)
+        key = m.commitments.node_public_key(self.index + 1)
+        message = share_ack_message(kind, FLEET_ID, m.account, m.entry, m.version, key, manifest)
+        signer = Ed25519PrivateKey.generate() if self.mode == "bad_ack" else self.signing
+        return ShareAck(kind, m.version, self.index + 1, signer.sign(message))
+
+
+def _error(code: ErrorCode, detail: str, remaining: int = 0) -> ErrorResponse:
+    return ErrorResponse(code, detail, remaining)
+
+
+class FakeFleet:
+    def __init__(self, n: int = 5) -> None:
+        self.nodes = [
+            FakeNode(i, NodePrivateKey.generate(Kem.X25519), Ed25519PrivateKey.generate())
+            for i in range(n)
+        ]
+        #: Consensus stand-in: attempt numbers by H(B), shared by all nodes.
+        self.attempts: dict[bytes, int] = {}
+        self.evaluations = 0  # partials produced, all nodes
+
+    @property
+    def t(self) -> int:
+        return len(self.nodes) // 2 + 1
+
+    def vault(self, notes: list[str] | None = None) -> ThresholdVault:
+        client = VaultClient(
+            "http://relay.test",
+            "token",
+            "alice",
+            FLEET_ID,
+            [node.hpke.public_key() for node in self.nodes],
+            b"",
+            ksf_params=FAST_KSF,
+            http=httpx.Client(transport=httpx.MockTransport(self.handle)),
+            fleet_token="fleet-token",
+        )
+        keys = FleetKeys(
+            tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes), self.t, 0
+        )
+        return ThresholdVault(client, keys, notify=None if notes is None else notes.append)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        op_name = request.url.path.rsplit("/", 1)[1]
+        op = Op(op_name)
+        copies = SealedCopies.for_nodes(request.read(), len(self.nodes)).copies
+        replies = []
+        for node, copy in zip(self.nodes, copies, strict=True):
+            if node.mode == "down":
+                replies.append(
+                    FanoutReply(
+                        node.index, NO_ANSWER, b'{"error":"node_unreachable","detail":"down"}'
+                    )
+                )
+                continue
+            body, key = open_request(node.hpke, FLEET_ID, node.index, str(op), copy)
+            inner = REQUEST_TYPES[op].from_bytes(AuthorizedRequest.from_bytes(body).request)
+            node.seen.append(op_name)
+            response = self._answer(node, op, inner)
+            replies.append(
+                FanoutReply(node.index, 200, key.seal(pad_response(op, response.to_bytes())))
+            )
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    def _answer(self, node: FakeNode, op: Op, request: Message) -> Message:
+        try:
+            return self._answer_or_raise(node, op, request)
+        except BackupVaultError as err:
+            return _error(ErrorCode.REFUSED, err.message)
+
+    def _answer_or_raise(self, node: FakeNode, op: Op, request: Message) -> Message:
+        if isinstance(request, RegisterShareRequest):
+            m = Manifest.from_bytes(request.manifest)
+            share = threshold.KeyShare.from_bytes(request.share)
+            threshold.verify_share(share, m.commitments)
+            if op is Op.REGISTER_SHARE:
+                if node.share is not None:
+                    return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
+            else:
+                old = Manifest.from_bytes(node.manifest)
+                statement = owner.OwnerStatement(
+                    owner.StatementKind.CHANGE_PASSWORD,
+                    FLEET_ID,
+                    m.account,
+                    m.entry,
+                    old.version,
+                    request.counter,
+                    owner.payload_hash(request.manifest),
+                )
+                owner.verify_statement(
+                    old.pk_auth, statement, request.authorization, last_counter=None
+                )
+            node.manifest, node.share, node.version = request.manifest, share, m.version
+            node.count, node.destroyed = 0, False
+            return node.ack(AckKind.HELD, request.manifest)
+        if isinstance(request, ManifestRequest):
+            status = (
+                EntryStatus.DESTROYED
+                if node.destroyed
+                else EntryStatus.LIVE
+                if node.share is not None
+                else EntryStatus.EMPTY
+            )
+            return ManifestResponse(
+                status,
+                node.version,
+                node.manifest if node.share else b"",
+                LIMIT,
+                LIMIT - node.count,
+            )
+        if isinstance(request, EvaluateRequest):
+            if node.destroyed:
+                return _error(ErrorCode.DESTROYED, "destroyed")
+            if node.share is None:
+                return _error(ErrorCode.NOT_REGISTERED, "no entry")
+            if request.blinded != node.last_blinded:
+                if node.count >= LIMIT:
+                    node.share, node.manifest, node.destroyed = None, b"", True
+                    return _error(ErrorCode.DESTROYED, "destroyed")
+                node.count += 1
+                node.last_blinded = request.blinded
+            digest = hashlib.sha256(request.blinded).digest()
+            attempt = self.attempts.setdefault(digest, len(self.attempts) + 1)
+            partial = threshold.evaluate_partial(node.share, request.blinded)
+            self.evaluations += 1
+            if node.mode == "bad_partial":
+                other = threshold.KeyShare(node.index + 1, os.urandom(31) + b"\x00")
+                partial = threshold.evaluate_partial(other, request.blinded)
+            index = partial.index + 1 if node.mode == "wrong_index" else partial.index
+            return EvaluateResponse(
+                attempt, index, partial.evaluated, partial.proof, LIMIT - node.count
+            )
+        if isinstance(request, ResetRequest):
+            m = Manifest.from_bytes(node.manifest)
+            statement = owner.OwnerStatement(
+                owner.StatementKind.RESET,
+                FLEET_ID,
+                m.account,
+                m.entry,
+                m.version,
+                request.attempt,
+                owner.payload_hash(node.last_blinded),
+            )
+            owner.verify_statement(m.pk_auth, statement, request.signature, last_counter=None)
+            node.count, node.resets = 0, node.resets + 1
+            return ResetResponse(m.version, request.attempt, LIMIT)
+        if isinstance(request, DeleteShareRequest):
+            m = Manifest.from_bytes(node.manifest)
+            statement = owner.OwnerStatement(
+                owner.StatementKind.DELETE,
+                FLEET_ID,
+                m.account,
+                m.entry,
+                m.version,
+                request.counter,
+                owner.payload_hash(node.manifest),
+            )
+            owner.verify_statement(m.pk_auth, statement, request.signature, last_counter=None)
+            ack = node.ack(AckKind.ERASED, node.manifest)
+            node.share, node.manifest = None, b""
+            return ack
+        raise AssertionError(f"unexpected {op}")

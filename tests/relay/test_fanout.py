@@ -1,0 +1,148 @@
+"""Fan-out: the threshold operations go to every node at once; every answer comes back,
+labelled with its node, and one slow or dead node does not stall the answer."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from backupvault.fanout import FANOUT_OPERATIONS, NO_ANSWER, FanoutAnswers
+from backupvault.hop import HopVerifier
+from backupvault.protocol import OPERATIONS, SealedCopies
+
+from .conftest import RELAY_KEY, StubNode, unused_url
+
+OCTET = {"Content-Type": "application/octet-stream"}
+
+
+def post_each(
+    relay: str, token: str, bodies: list[bytes], op: str = "evaluate", entry: str = "laptop"
+) -> httpx.Response:
+    return httpx.post(
+        f"{relay}/v1/vault/{entry}/{op}",
+        content=SealedCopies(bodies).to_bytes(),
+        headers={**OCTET, "Authorization": f"Bearer {token}"},
+        timeout=20,
+    )
+
+
+def answers(response: httpx.Response, nodes: int) -> FanoutAnswers:
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"] == "application/octet-stream"
+    return FanoutAnswers.for_nodes(response.content, nodes)
+
+
+def test_the_threshold_operations_are_fanned_out() -> None:
+    assert set(OPERATIONS) >= FANOUT_OPERATIONS
+    # The single-seed operations still go to one node.
+    assert not {"register-start", "recover-start", "recover-finish", "status"} & FANOUT_OPERATIONS
+
+
+@pytest.mark.parametrize("op", sorted(FANOUT_OPERATIONS))
+def test_each_node_gets_its_own_copy_and_every_answer_comes_back_labelled(
+    op: str, stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([s.url for s in stubs])
+    bodies = [f"copy for node {i}".encode() for i in range(3)]
+    replies = answers(post_each(relay, token("alice"), bodies, op=op), 3).replies
+    relay_key = RELAY_KEY.public_key().public_bytes_raw()
+    for index, (stub, reply) in enumerate(zip(stubs, replies, strict=True)):
+        assert reply.index == index
+        assert reply.status == 200
+        assert reply.body == stub.name.encode() + b"|" + bodies[index]
+        [seen] = stub.seen
+        assert (seen.op, seen.body) == (op, bodies[index])
+        HopVerifier(index, [relay_key]).verify(seen.headers, op, "alice", "laptop", seen.body)
+
+
+def test_a_dead_node_is_named_and_the_others_answer(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url, unused_url(), stubs[2].url])
+    replies = answers(post_each(relay, token(), [b"a", b"b", b"c"]), 3).replies
+    assert [r.status for r in replies] == [200, NO_ANSWER, 200]
+    assert replies[1].error()[0] == "node_unreachable"
+    assert "node 1" in replies[1].error()[1]
+
+
+def test_a_hanging_node_does_not_stall_the_answer_once_a_majority_answered(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """The stub hangs 5 s and the per-node deadline is 10 s: the relay answers with the
+    two others once it has waited the grace (as long again as the majority took)."""
+    stubs[2].mode = "hang"
+    relay = start_relay([s.url for s in stubs], request_timeout=10.0)
+    started = time.monotonic()
+    replies = answers(post_each(relay, token(), [b"a", b"b", b"c"]), 3).replies
+    assert time.monotonic() - started < 4.5  # well before the hanging node's 5 s
+    assert [r.status for r in replies] == [200, 200, NO_ANSWER]
+    assert replies[2].error()[0] == "node_slow"
+    assert len(stubs[2].seen) == 1  # it did get its copy
+
+
+def test_node_refusals_and_bad_answers_are_passed_back_per_node(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    stubs[0].mode = "refuse"
+    stubs[1].mode = "broken"
+    stubs[2].mode = "not_ready"
+    relay = start_relay([s.url for s in stubs])
+    replies = answers(post_each(relay, token(), [b"a", b"b", b"c"]), 3).replies
+    assert replies[0].status == 410
+    assert json.loads(replies[0].body)["error"] == "entry_destroyed"
+    assert (replies[1].status, replies[1].error()[0]) == (NO_ANSWER, "bad_node_answer")
+    assert (replies[2].status, replies[2].error()[0]) == (NO_ANSWER, "node_unreachable")
+
+
+def test_no_node_answering_is_a_503_with_retry_after(
+    start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([unused_url(), unused_url(), unused_url()])
+    response = post_each(relay, token(), [b"a", b"b", b"c"])
+    assert response.status_code == 503
+    assert response.json()["error"] == "fleet_unavailable"
+    assert response.headers["retry-after"]
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        SealedCopies([b"a", b"b"]).to_bytes(),  # one copy short
+        SealedCopies([b"a", b"", b"c"]).to_bytes(),  # an empty copy
+        b"\x0f not a SealedCopies message",
+    ],
+    ids=["one-short", "empty-copy", "garbage"],
+)
+def test_bad_input_is_a_400_and_reaches_no_node(
+    body: bytes,
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+) -> None:
+    relay = start_relay([s.url for s in stubs])
+    response = httpx.post(
+        f"{relay}/v1/vault/laptop/evaluate",
+        content=body,
+        headers={**OCTET, "Authorization": f"Bearer {token()}"},
+        timeout=10,
+    )
+    assert response.status_code == 400
+    assert response.json()["error"] == "bad_sealed_copies"
+    assert all(not stub.seen for stub in stubs)
+
+
+def test_a_reset_is_never_rate_limited_but_an_evaluation_is(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A reset follows a guess already charged; refusing it would leave the count unreset."""
+    relay = start_relay([s.url for s in stubs], rate_per_minute=0.001, burst=1)
+    alice = token()
+    assert post_each(relay, alice, [b"a", b"b", b"c"]).status_code == 200
+    limited = post_each(relay, alice, [b"a", b"b", b"c"])
+    assert limited.status_code == 429
+    for _ in range(3):
+        assert post_each(relay, alice, [b"a", b"b", b"c"], op="reset").status_code == 200
