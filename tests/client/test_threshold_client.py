@@ -202,3 +202,13 @@ def test_a_node_that_missed_a_delivery_gets_it_on_the_resend(fleet: FakeFleet) -
     done = fleet.vault().register("pw", RK, ksf=FAST_KSF)
     assert (done.acknowledged, done.missing) == ((0, 1, 2, 3, 4), ())
     assert fleet.nodes[0].seen.count("register-share") == 2
+
+
+def test_a_lying_node_cannot_push_the_next_version_out_of_reach(fleet: FakeFleet) -> None:
+    """A deleted entry's next registration takes the version t nodes report, not the
+    highest any node claims."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
+    fleet.nodes[0].version = 999
+    assert vault.status().version == 1

@@ -251,7 +251,10 @@ class ThresholdVault:
             if isinstance(error, FleetUnavailable | SingleSeedEntry):
                 raise error
             kind = EntryStatus.DESTROYED if isinstance(error, Destroyed) else EntryStatus.EMPTY
-            version = max((r.version for r in responses), default=0)
+            # The t-th highest: fewer than t hostile nodes cannot raise it (a version too
+            # high would make the next registration fail at every honest node).
+            versions = sorted((r.version for r in responses), reverse=True)
+            version = versions[self.t - 1] if len(versions) >= self.t else 0
             limit = max((r.guess_limit for r in responses), default=0)
             return ThresholdStatus(kind, version, limit, 0, (), ())
         encoded = found.agreed.to_bytes()
