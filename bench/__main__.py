@@ -25,6 +25,7 @@ MODULES = [
     "fleet_rounds",
     "token_counter",
     "threshold_oprf",
+    "threshold_e2e",
     "fill",
     "backup_vs_restic",
 ]

@@ -32,6 +32,16 @@
  * Property (assert): the number of outputs (B with >= T - C honest partials) never
  * exceeds BOUND: L when C = 0, floor((N - C) * L / (T - C)) otherwise.
  *
+ * With OWNER, the run also holds one success of the owner, which ends the first window:
+ * the owner's blinded element is B = 1; once honest nodes have given T - C partials on it
+ * for an attempt a, the owner signs reset(a) and the second window begins. The signed
+ * reset is public (it also travels in the replicated value), so the attacker delivers it
+ * to any node at any later time, again and again:
+ *   R5 a node applies a signed reset only for an attempt above its last one (rst), and
+ *      forgets its answers for attempts up to it, keeping those above.
+ * With C = 0 consensus then gives out attempts up to a + L. Property: the outputs of the
+ * whole run never exceed 2 * BOUND (one bound per window).
+ *
  * Switches (spin -D...):
  *   N=3 | N=5           nodes (default 3; N=5 with C >= 1 is too large to check in minutes)
  *   C=0 .. T-1          hostile nodes (default 0)
@@ -39,6 +49,9 @@
  *   BUG_TWO_B           mutant: the node answers a second B for an attempt it answered
  *   BUG_PEER_RESET      mutant: the node resets on a peer's (unsigned) word
  *   TIGHT               assert one output less than BOUND, to show BOUND is reached
+ *   OWNER               one owner success and its signed reset (R5), see above
+ *   BUG_RESET_REPLAY    mutant (with OWNER): the node applies a delivered reset again,
+ *                       forgetting every answer (no "above the last" check)
  */
 
 #ifndef C
@@ -48,28 +61,40 @@
 #define N 3
 #endif
 #define T (N / 2 + 1)
+#ifndef L
 #define L 2
+#endif
 #define H (N - C)
+#ifdef OWNER
+#define MAXA (2 * L + 1)
+#define WINDOWS 2
+#else
 #define MAXA (L + 1)
+#define WINDOWS 1
+#endif
 #if C < 0 || C >= T
 #error "C is 0 .. T-1"
 #endif
 
 #if C == 0
 #define BOUND L
+#ifdef OWNER
+#define AMAX (2 * L)
+#else
 #define AMAX L
+#endif
 #define COMMITTED(a, b) (chosen[a] == (b))
 #else
 #define BOUND (((N - C) * L) / (T - C))
 #define AMAX MAXA
 #define COMMITTED(a, b) true
 #endif
-#define NBV (BOUND + 1)  /* enough blinded elements to exceed the bound */
+#define NBV (WINDOWS * BOUND + 1)  /* enough blinded elements to exceed the bound */
 
 #ifdef TIGHT
-#define LIMIT (BOUND - 1)
+#define LIMIT (WINDOWS * BOUND - 1)
 #else
-#define LIMIT BOUND
+#define LIMIT (WINDOWS * BOUND)
 #endif
 
 #define IDX(i, a) ((i) * (MAXA + 1) + (a))
@@ -82,6 +107,9 @@ byte rst[H];               /* attempt of the last reset */
 byte chosen[MAXA + 1];     /* the committed B of each attempt */
 #endif
 bool gave[H * (NBV + 1)];  /* node i has given a partial on B */
+#ifdef OWNER
+byte ra;                   /* the attempt of the owner's success; 0: first window */
+#endif
 byte hp[NBV + 1];          /* honest partials on B */
 byte outputs;              /* B the attacker can finalize */
 
@@ -151,6 +179,52 @@ inline unsigned_reset(i, a) {
 #endif
 }
 
+#ifdef OWNER
+/* The owner's signed reset for attempt ra, delivered to node i (directly or through the
+ * replicated value): R5, or in the mutant, applied again on every delivery. */
+inline signed_reset(i) {
+#ifdef BUG_RESET_REPLAY
+    rst[i] = ra;
+    cnt[i] = 0
+#else
+    if
+    :: ra > rst[i] ->
+        rst[i] = ra;
+        cnt[i] = 0;
+        j = ra + 1;
+        do
+        :: j <= MAXA ->
+            if
+            :: evb[IDX(i, j)] != 0 -> cnt[i]++
+            :: else -> skip
+            fi;
+            j++
+        :: else -> break
+        od
+    :: else -> skip
+    fi
+#endif
+}
+
+/* Some honest node answered the owner's B (1) for attempt a, and the owner has T - C
+ * honest partials on it: the owner succeeds, signs reset(a). */
+inline owner_success(a) {
+    if
+    :: ra == 0 && hp[1] >= T - C ->
+        j = 0;
+        do
+        :: j < H ->
+            if
+            :: evb[IDX(j, a)] == 1 -> ra = a; break
+            :: else -> j++
+            fi
+        :: else -> break
+        od
+    :: else -> skip
+    fi
+}
+#endif
+
 active proctype attacker() {
     byte i, a, b, j;
     do
@@ -160,10 +234,19 @@ active proctype attacker() {
         select(b : 1 .. NBV);
         if
 #if C == 0
+#ifdef OWNER
+        /* consensus numbers at most L attempts per window */
+        :: chosen[a] == 0 && (a <= L || (ra > 0 && a <= ra + L)) -> chosen[a] = b
+#else
         :: chosen[a] == 0 -> chosen[a] = b
+#endif
 #endif
         :: true -> evaluate(i, a, b)
         :: true -> unsigned_reset(i, a)
+#ifdef OWNER
+        :: ra == 0 -> owner_success(a)
+        :: ra > 0 -> signed_reset(i)
+#endif
         fi;
         i = 0; a = 0; b = 0; j = 0  /* no stale locals in the state vector */
     }

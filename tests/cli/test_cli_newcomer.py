@@ -104,6 +104,7 @@ def _client_toml(path: Path, **fields: object) -> Path:
         "fleet_token": "t",
         "fleet_id": "00" * 16,
         "node_public_keys": ["0020" + "11" * 32],
+        "node_signing_keys": ["33" * 32],
         "opaque_server_public_key": "22" * 32,
         **fields,
     }
@@ -122,7 +123,11 @@ def _client_toml(path: Path, **fields: object) -> Path:
 def test_a_corrupted_node_key_names_the_file_and_the_field(
     tmp_path: Path, value: str, why: str
 ) -> None:
-    config = _client_toml(tmp_path / "client.toml", node_public_keys=["0020" + "11" * 32, value])
+    config = _client_toml(
+        tmp_path / "client.toml",
+        node_public_keys=["0020" + "11" * 32, value],
+        node_signing_keys=["33" * 32] * 2,
+    )
     done = backupvault("--config", str(config), "vault", "status")
     assert done.returncode == 1
     assert f"config file {config}: field 'node_public_keys' is malformed" in done.stderr
@@ -141,6 +146,36 @@ def test_a_config_pinning_one_fleet_key_says_it_is_from_an_older_version(
     assert done.returncode == 1
     assert "one key for the whole fleet (an older version)" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_a_config_without_node_signing_keys_says_it_is_from_an_older_version(
+    tmp_path: Path,
+) -> None:
+    """The threshold flow checks every node's signed acknowledgement with its key."""
+    config = tmp_path / "client.toml"
+    data = tomllib.loads(_client_toml(config).read_text())
+    del data["node_signing_keys"]
+    config.write_text(tomli_w.dumps(data))
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'node_signing_keys' is malformed" in done.stderr
+    assert "lists no node signing keys (it comes from an older version)" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("keys", "why"),
+    [
+        (["33" * 32, "33" * 32], "one per node, as many as node_public_keys"),
+        (["33" * 31], "each is 32 bytes"),
+        (["zz" * 32], "not hexadecimal"),
+    ],
+)
+def test_malformed_node_signing_keys_are_named(tmp_path: Path, keys: list[str], why: str) -> None:
+    config = _client_toml(tmp_path / "client.toml", node_signing_keys=keys)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'node_signing_keys' is malformed" in done.stderr and why in done.stderr
 
 
 # ---- --json -------------------------------------------------------------------------------

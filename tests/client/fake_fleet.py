@@ -57,7 +57,8 @@ class FakeNode:
     index: int
     hpke: NodePrivateKey
     signing: Ed25519PrivateKey
-    #: "ok", "down", "bad_partial", "bad_ack", "wrong_index"
+    #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
+    #: "wrong_index"
     mode: str = "ok"
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
@@ -117,6 +118,12 @@ class FakeFleet:
         copies = SealedCopies.for_nodes(request.read(), len(self.nodes)).copies
         replies = []
         for node, copy in zip(self.nodes, copies, strict=True):
+            if node.mode == "down_once":
+                node.mode = "ok"
+                replies.append(
+                    FanoutReply(node.index, NO_ANSWER, b'{"error":"node_slow","detail":"cut off"}')
+                )
+                continue
             if node.mode == "down":
                 replies.append(
                     FanoutReply(
@@ -144,6 +151,8 @@ class FakeFleet:
             m = Manifest.from_bytes(request.manifest)
             share = threshold.KeyShare.from_bytes(request.share)
             threshold.verify_share(share, m.commitments)
+            if request.manifest == node.manifest:  # the same delivery again
+                return node.ack(AckKind.HELD, request.manifest)
             if op is Op.REGISTER_SHARE:
                 if node.share is not None:
                     return _error(ErrorCode.ALREADY_REGISTERED, "already registered")

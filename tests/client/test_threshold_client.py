@@ -193,3 +193,22 @@ def test_a_weaker_stretching_than_the_client_allows_is_refused(fleet: FakeFleet)
     with pytest.raises(VaultError, match="weaker password stretching"):
         vault.recover("pw", ksf_floor=stronger)
     assert fleet.evaluations == evaluations  # refused before anything was evaluated
+
+
+def test_a_node_that_missed_a_delivery_gets_it_on_the_resend(fleet: FakeFleet) -> None:
+    """A node cut off by the relay (too slow) is sent the same shares again, and the nodes
+    that already hold theirs acknowledge the same delivery a second time."""
+    fleet.nodes[1].mode = "down_once"
+    done = fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    assert (done.acknowledged, done.missing) == ((0, 1, 2, 3, 4), ())
+    assert fleet.nodes[0].seen.count("register-share") == 2
+
+
+def test_a_lying_node_cannot_push_the_next_version_out_of_reach(fleet: FakeFleet) -> None:
+    """A deleted entry's next registration takes the version t nodes report, not the
+    highest any node claims."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
+    fleet.nodes[0].version = 999
+    assert vault.status().version == 1

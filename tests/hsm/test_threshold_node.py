@@ -14,7 +14,7 @@ from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.crypto.seal import Kem, NodePrivateKey, seal_request
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
-from backupvault.hsm.shares import FleetShape, ShareKeeper, ThresholdUpdate
+from backupvault.hsm.shares import ROWS_CACHED, FleetShape, ShareKeeper, ThresholdUpdate
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     AuthorizedRequest,
@@ -520,3 +520,22 @@ def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
     assert world.honest[1].rows[client.key] == old
     assert not isinstance(change(1, genuine), ErrorResponse)
     assert world.honest[1].rows[client.key].version == 2
+
+
+def test_rows_not_yet_durable_are_never_dropped_from_memory() -> None:
+    """A row handed out for writing is what the next request reads, however many other
+    rows pass through the bounded cache, until the shell reports it durable; then the
+    store answers for it."""
+    store: dict[bytes, NodeShare] = {}
+    world = ThresholdWorld(limit=4)
+    keeper = ShareKeeper(FLEET_ID, 0, world.shape, world.signing[0], store.get)
+    written = keeper._write(b"first", NodeShare(1, b"", b"", [Evaluation(1, bytes(32))]))
+    for i in range(ROWS_CACHED + 10):
+        keeper.row(b"other %d" % i)
+    assert keeper.row(b"first") == written.row  # not yet durable: kept
+    store[b"first"] = written.row
+    keeper.durable((written,))
+    for i in range(ROWS_CACHED + 10):
+        keeper.row(b"more %d" % i)
+    store[b"first"] = NodeShare(1, b"", b"", [])  # now only the store answers
+    assert keeper.row(b"first") == store[b"first"]

@@ -21,6 +21,7 @@ import httpx
 import pytest
 
 from backupvault.client.config import ClientConfig
+from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.vault import VaultClient
 from backupvault.crypto import ksf
 from backupvault.deploy.local import AUDIENCE, ISSUER, LocalDeployment
@@ -130,6 +131,20 @@ class Vault:
             http=http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)),
             fleet_token=self.fleet_token(account) if fleet_token is None else fleet_token,
         )
+
+    def threshold(
+        self,
+        account: str,
+        entry: str,
+        *,
+        client: VaultClient | None = None,
+        notify: Callable[[str], None] | None = None,
+    ) -> ThresholdVault:
+        """The threshold flows for `account`/`entry`, with the pinned config's node keys."""
+        assert self.config.node_signing_keys is not None
+        nodes = len(self.config.node_signing_keys)
+        keys = FleetKeys(self.config.node_signing_keys, nodes // 2 + 1, self.config.epoch)
+        return ThresholdVault(client or self.client(account, entry), keys, notify=notify)
 
     def client_config(self, path: Path, account: str, entry: str, token: str | None = None) -> Path:
         """A client.toml for `account`/`entry` (the CLI reads its entry from the config)."""

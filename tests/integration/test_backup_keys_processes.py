@@ -53,7 +53,7 @@ def test_missing_entry_over_a_repository_makes_no_key(vault: Vault, tmp_path: Pa
         )  # fmt: skip
         assert refused.returncode == 1, refused.stderr
         assert "holds a repository: a new key could not open it" in refused.stderr
-        status = vault.client("nk-user", "nk-other-entry").status()
+        status = vault.threshold("nk-user", "nk-other-entry").status()
         assert status.status == EntryStatus.EMPTY  # no key was made
 
     again = vault.cli(

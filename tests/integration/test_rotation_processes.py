@@ -105,13 +105,16 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     recovered = second.recover_or_migrate(PASSWORD)
     assert recovered.root_key == root_key and recovered.migrated_from == 1
     vault_paths = [p for p in transport.paths if "/vault/" in p]
+    # Recovered the single-seed way on epoch 1, registered with the threshold flow on
+    # epoch 2, deleted on epoch 1, then recovered on epoch 2.
     assert any(p.startswith("/v1/epochs/1/vault/rotating/recover-start") for p in vault_paths)
-    assert any(p.startswith("/v1/epochs/2/vault/rotating/register-finish") for p in vault_paths)
-    assert vault_paths[-1].startswith("/v1/epochs/1/vault/rotating/delete")
+    assert any(p.startswith("/v1/epochs/2/vault/rotating/register-share") for p in vault_paths)
+    assert any(p == "/v1/epochs/1/vault/rotating/delete" for p in vault_paths)
+    assert vault_paths[-1].startswith("/v1/epochs/2/vault/rotating/reset")
 
     # Now it lives on epoch 2 (and the old entry is gone), and the backup restores.
     third = config.session(ksf_params=FAST_KSF)
-    assert third.vault.status().status == EntryStatus.LIVE
+    assert third.status().status == EntryStatus.LIVE
     again = third.recover_or_migrate(PASSWORD)
     assert again.root_key == root_key and again.migrated_from is None
     old = next(third.older())[1]

@@ -220,7 +220,7 @@ def test_ota_client_accepts_the_relays_bundle_and_uses_the_fleet(
     # verified before anything else: the bundle, then each witness's head for the fleet
     assert transport.paths == ["/v1/fleet/bundle", "/v1/head", "/v1/head"]
     root_key = recovery.new_root_key()
-    session.vault.register(PASSWORD, root_key)
+    session.register(PASSWORD, root_key)
     assert session.recover_or_migrate(PASSWORD).root_key == root_key
     assert all(p.startswith("/v1/epochs/1/vault/") for p in transport.vault_requests())
     state = json.loads((tmp_path / "state.json").read_text())

@@ -207,7 +207,7 @@ def test_ten_wrong_guesses_in_a_tight_loop_each_say_what_is_left(
 
 def test_vault_delete_needs_the_password(vault: Vault, tmp_path: Path) -> None:
     config = vault.client_config(tmp_path / "client.toml", "deleting-user", "deleting-entry")
-    client = vault.client("deleting-user", "deleting-entry")
+    client = vault.threshold("deleting-user", "deleting-entry")  # the CLI registers this way
     source, storage = tmp_path / "source", tmp_path / "storage"
     source.mkdir()
     (source / "a.txt").write_text("a\n")

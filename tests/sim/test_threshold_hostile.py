@@ -52,8 +52,7 @@ class EvaluatesAnyB(ShareKeeper):
                 return Answer(error(ErrorCode.DESTROYED, "count at L"))
             blinded_hash = hashlib.sha256(request.blinded).digest()
             row = row.with_(evaluated=[*row.evaluated, Evaluation(state.attempt, blinded_hash)])
-            writes = (ShareWrite(key, row),)
-            self._rows[key] = row
+            writes = (self._write(key, row),)
         partial = threshold.evaluate_partial(
             threshold.KeyShare.from_bytes(row.share), request.blinded
         )

@@ -66,3 +66,40 @@ def test_mutant_has_a_counterexample(tmp_path: Path, defines: tuple[str, ...]) -
     assert result.errors >= 1, result.output
     assert result.trail, result.output
     assert "assertion violated (outputs<=" in result.output, result.output
+
+
+# With the owner's success (OWNER): two windows, the signed reset delivered to any node
+# any number of times. L = 1 keeps the state space within seconds.
+@pytest.mark.parametrize(
+    "defines",
+    [("N=3", "C=0", "OWNER", "L=1"), ("N=3", "C=1", "OWNER", "L=1")],
+    ids=["owner-n3-honest", "owner-n3-one-hostile"],
+)
+def test_with_the_owners_success_the_bound_holds_per_window(
+    tmp_path: Path, defines: tuple[str, ...]
+) -> None:
+    result = run_pan(tmp_path, *defines)
+    assert result.errors == 0, result.output
+    assert "Full statespace search" in result.output, result.output
+    assert result.states > 400, result.output
+
+
+@pytest.mark.parametrize(
+    "defines",
+    [("N=3", "C=0", "OWNER", "L=1", "TIGHT"), ("N=3", "C=1", "OWNER", "L=1", "TIGHT")],
+    ids=["owner-n3-honest-2L", "owner-n3-one-hostile-2bound"],
+)
+def test_with_the_owners_success_both_windows_reach_the_bound(
+    tmp_path: Path, defines: tuple[str, ...]
+) -> None:
+    result = run_pan(tmp_path, *defines)
+    assert result.errors >= 1 and result.trail, result.output
+    assert "assertion violated" in result.output, result.output
+
+
+def test_a_replayed_reset_that_forgets_everything_is_caught(tmp_path: Path) -> None:
+    """The mutant applies the owner's (public) reset again on every delivery: the count
+    never holds, and two hostile-assisted windows' worth of outputs is exceeded."""
+    result = run_pan(tmp_path, "N=3", "C=1", "OWNER", "L=1", "BUG_RESET_REPLAY")
+    assert result.errors >= 1 and result.trail, result.output
+    assert "assertion violated (outputs<=" in result.output, result.output

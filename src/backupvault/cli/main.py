@@ -220,12 +220,25 @@ def _root_key_from_vault(
     _warn_if_weak(ctx, password)
     root_key = recovery.new_root_key()
     try:
-        session.vault.register(password, root_key)
+        registered = session.register(password, root_key)
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        return session.vault.recover(password).root_key, False
+        return session.recover(password).root_key, False
+    _warn_degraded(ctx, registered.missing)
     return root_key, True
+
+
+def _warn_degraded(ctx: Context, missing: tuple[str, ...]) -> None:
+    """A registration that not every node acknowledged still works (t of N hold shares),
+    but fewer node failures are tolerated: say which nodes lack their share."""
+    if missing:
+        ctx.output.note(
+            f"warning: {len(missing)} vault node(s) did not take their share ("
+            + "; ".join(missing)
+            + "); the key works, but fewer nodes may fail before it cannot be recovered."
+            " Changing the password later deals new shares to every node"
+        )
 
 
 def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
@@ -579,11 +592,15 @@ def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
     from backupvault.protocol import EntryStatus
 
-    status = ctx.config().vault().status()
+    status = ctx.config().session(notify=ctx.output.note).status()
     data = {**asdict(status), "status": status.status.name.lower()}
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
+        if status.single_seed:
+            text += " (single-seed entry: moved to the threshold vault at its next recovery)"
+        for node in status.nodes_without:
+            text += f"\nnot holding this key's share: {node}"
     ctx.output.result(data, text)
 
 
@@ -598,7 +615,6 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are).
 
     The current password is checked first; only then is the new one asked for (twice)."""
-    from backupvault.protocol import EntryStatus
 
     if password_stdin:
         lines = [sys.stdin.readline(), sys.stdin.readline()]
@@ -612,16 +628,19 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     else:
         old = _password(False, prompt="Current password")
     session = ctx.config().session(notify=ctx.output.note)
-    if session.vault.status().status == EntryStatus.EMPTY:
-        session.migrate(old)  # a key still on an older fleet epoch moves here first
-    # The old password is checked (one recovery) before the new one is asked for.
-    recovered = session.vault.recover(old)
+    # The old password is checked (one recovery; a key still on an older fleet epoch or on
+    # the single seed moves to the threshold vault first) before the new one is asked for.
+    recovered = session.recover_or_migrate(old)
     _warn_wrong_guesses(ctx, recovered)
     if not password_stdin:
         new = _password(False, confirm=True, prompt="New password")
     _warn_if_weak(ctx, new)
-    version = session.vault.change_password_with(recovered, new)
-    ctx.output.result({"changed": True, "version": version}, "password changed")
+    changed = session.change_password(recovered, new)
+    _warn_degraded(ctx, changed.missing)
+    ctx.output.result(
+        {"changed": True, "version": changed.version, "nodes_pending": list(changed.missing)},
+        "password changed",
+    )
 
 
 @vault.command("delete")
@@ -642,7 +661,7 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     from backupvault.protocol import EntryStatus
 
     session = ctx.config().session(notify=ctx.output.note)
-    status = session.vault.status()
+    status = session.status()
     if status.status == EntryStatus.EMPTY:
         raise NotRegistered()
     if status.status == EntryStatus.DESTROYED:
@@ -650,7 +669,9 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
             "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
             yes,
         )
-        version = session.vault.delete()
+        # A single-seed entry keeps a tombstone until cleared; a threshold entry's nodes
+        # erased their shares already, and a new key takes the next version.
+        version = session.vault.delete() if status.single_seed else status.version
         ctx.output.result(
             {"deleted": True, "version": version, "was": "destroyed"},
             "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
@@ -670,10 +691,14 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
         f"{lost} (backups made with --recovery-code still open with their code)"
     )
     _confirm("Delete the key from the vault?", yes)
-    recovered = session.vault.recover(_password(password_stdin))
-    version = session.vault.delete(recovered.grant)
+    recovered = session.recover(_password(password_stdin))
+    version, pending = session.delete(recovered)
+    text = "key deleted from the vault"
+    if pending:
+        text += "; not yet confirmed erased by: " + "; ".join(pending)
     ctx.output.result(
-        {"deleted": True, "version": version, "was": "live"}, "key deleted from the vault"
+        {"deleted": True, "version": version, "was": "live", "nodes_pending": list(pending)},
+        text,
     )
 
 

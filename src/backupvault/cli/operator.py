@@ -313,6 +313,8 @@ def fleet_client_config(
     }
     if ota_operator_key is None:
         data["node_public_keys"] = [n.hpke_public_key.hex() for n in fleet.nodes]
+        data["node_signing_keys"] = [n.signing_public_key.hex() for n in fleet.nodes]
+        data["epoch"] = fleet.epoch or 0
         data["opaque_server_public_key"] = fleet.opaque_server_public_key.hex()
     else:
         if witness_key is None or witness_url is None:

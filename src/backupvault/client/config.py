@@ -8,6 +8,8 @@ Pinned fleet keys (the default, `trust = "pinned"`):
     fleet_token = "<account JWT for the fleet: only ever sent inside the seal>"
     fleet_id = "<hex>"
     node_public_keys = ["<hex: kem id || HPKE public key>"]  # pinned, one per node by index
+    node_signing_keys = ["<hex: Ed25519 public key>"]         # pinned, one per node by index
+    epoch = 0                                                 # the fleet's node-set epoch
     opaque_server_public_key = "<hex>"                       # pinned
     entry = "backup-root-key"                                 # optional
     storage = "file:///backups"                               # optional default --storage
@@ -43,6 +45,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.trust import (
     FleetSession,
     OtaTrust,
@@ -100,6 +103,10 @@ class ClientConfig:
     #: to the i-th).
     node_public_keys: tuple[NodePublicKey, ...] | None
     opaque_server_public_key: bytes | None
+    #: Pinned mode: each node's Ed25519 signing key, by node index (share
+    #: acknowledgements), and the node-set epoch; t is N//2+1.
+    node_signing_keys: tuple[bytes, ...] | None = None
+    epoch: int = 0
     entry: str = DEFAULT_ENTRY
     storage: str | None = None
     trust: str = "pinned"
@@ -136,6 +143,10 @@ class ClientConfig:
                         path, "node_public_keys", lambda: _node_keys(path, data)
                     ),
                     opaque_server_public_key=_hex_field(path, data, "opaque_server_public_key"),
+                    node_signing_keys=_field(
+                        path, "node_signing_keys", lambda: _signing_keys(path, data)
+                    ),
+                    epoch=int(data.get("epoch", 0)),
                     **common,
                 )
             base = path.parent
@@ -198,22 +209,23 @@ class ClientConfig:
                 notify=notify,
             )
         assert self.fleet_id is not None and self.node_public_keys is not None
-        assert self.opaque_server_public_key is not None
-        return FleetSession(
-            VaultClient(
-                self.relay_url,
-                self.token,
-                self.account,
-                self.fleet_id,
-                self.node_public_keys,
-                self.opaque_server_public_key,
-                entry=self.entry,
-                ksf_params=ksf_params,
-                http=http,
-                fleet_token=self.fleet_token,
-                notify=notify,
-            )
+        assert self.opaque_server_public_key is not None and self.node_signing_keys is not None
+        vault = VaultClient(
+            self.relay_url,
+            self.token,
+            self.account,
+            self.fleet_id,
+            self.node_public_keys,
+            self.opaque_server_public_key,
+            entry=self.entry,
+            ksf_params=ksf_params,
+            http=http,
+            fleet_token=self.fleet_token,
+            notify=notify,
         )
+        nodes = len(self.node_signing_keys)
+        keys = FleetKeys(self.node_signing_keys, nodes // 2 + 1, self.epoch)
+        return FleetSession(vault, ThresholdVault(vault, keys, notify=notify))
 
     def vault(self) -> VaultClient:
         return self.session().vault
@@ -232,6 +244,24 @@ def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:
         return tuple(NodePublicKey.from_bytes(bytes.fromhex(str(key))) for key in keys)
     except ValueError:
         raise InvalidInput("not hexadecimal") from None
+
+
+def _signing_keys(path: Path, data: dict[str, Any]) -> tuple[bytes, ...]:
+    if "node_signing_keys" not in data:
+        raise InvalidInput(
+            "this config lists no node signing keys (it comes from an older version): write"
+            " a new config (`backupvault fleet client-config`)"
+        )
+    keys = data["node_signing_keys"]
+    if not isinstance(keys, list) or len(keys) != len(data.get("node_public_keys", [])):
+        raise InvalidInput("a list of hex keys, one per node, as many as node_public_keys")
+    try:
+        decoded = tuple(bytes.fromhex(str(key)) for key in keys)
+    except ValueError:
+        raise InvalidInput("not hexadecimal") from None
+    if any(len(key) != 32 for key in decoded):
+        raise InvalidInput("each is 32 bytes (64 hex digits)")
+    return decoded
 
 
 def _home(value: str) -> str:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
@@ -57,6 +58,27 @@ from backupvault.protocol import (
 #: Resends of an evaluate fan-out when fewer than t nodes answered (the same B and client
 #: time: a node answers a resent (attempt, B) again without a second charge).
 EVALUATE_RESENDS = 2
+#: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
+#: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
+RESET_TRIES = 3
+DELIVERY_TRIES = 3
+FETCH_TRIES = 3
+RETRY_BACKOFF_SECONDS = 0.2
+
+
+class SingleSeedEntry(VaultError):
+    """The entry was registered with the single-seed flow, before the threshold vault; it
+    is recovered that way once and then moved (`FleetSession.recover`)."""
+
+    def __init__(self) -> None:
+        super().__init__("this entry is still on the single-seed flow")
+
+
+def _transient(outcome: NodeOutcome[Any]) -> bool:
+    """No answer, or the node could not reach a majority in time: worth asking again."""
+    if outcome.error is not None:
+        return outcome.error.code == ErrorCode.FLEET_UNAVAILABLE
+    return outcome.response is None
 
 
 def _nodes(indices: Sequence[int]) -> str:
@@ -170,9 +192,16 @@ class ThresholdVault:
 
     def _manifests(self) -> _Manifests:
         request = ManifestRequest(self.account, self.entry)
-        answers = self.vault.call_each(
-            Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
-        )
+        answers: list[NodeOutcome[ManifestResponse]] = []
+        for attempt in range(FETCH_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            answers = self.vault.call_each(
+                Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
+            )
+            answered = sum(1 for a in answers if not _transient(a))
+            if answered >= self.t:
+                break
         live = {
             a.index: a.response.manifest
             for a in answers
@@ -197,6 +226,13 @@ class ThresholdVault:
     def _no_manifest(self, found: _Manifests) -> VaultError:
         """Why there is no agreed manifest: no entry, destroyed, or not enough nodes."""
         statuses = [a.response.status for a in found.answers if a.response is not None]
+        single_seed = [
+            a
+            for a in found.answers
+            if a.error is not None and a.error.code == ErrorCode.ALREADY_REGISTERED
+        ]
+        if len(single_seed) >= self.t:
+            return SingleSeedEntry()
         if statuses.count(EntryStatus.DESTROYED) >= self.t:
             return Destroyed()
         if statuses.count(EntryStatus.EMPTY) >= self.t:
@@ -212,10 +248,13 @@ class ThresholdVault:
         responses = [a.response for a in found.answers if a.response is not None]
         if found.agreed is None:
             error = self._no_manifest(found)
-            if isinstance(error, FleetUnavailable):
+            if isinstance(error, FleetUnavailable | SingleSeedEntry):
                 raise error
             kind = EntryStatus.DESTROYED if isinstance(error, Destroyed) else EntryStatus.EMPTY
-            version = max((r.version for r in responses), default=0)
+            # The t-th highest: fewer than t hostile nodes cannot raise it (a version too
+            # high would make the next registration fail at every honest node).
+            versions = sorted((r.version for r in responses), reverse=True)
+            version = versions[self.t - 1] if len(versions) >= self.t else 0
             limit = max((r.guess_limit for r in responses), default=0)
             return ThresholdStatus(kind, version, limit, 0, (), ())
         encoded = found.agreed.to_bytes()
@@ -273,15 +312,27 @@ class ThresholdVault:
             )
             for share in made.shares
         ]
-        outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
-        acknowledged: list[int] = []
-        missing: list[str] = []
-        for outcome in outcomes:
-            problem = self._check_ack(outcome, AckKind.HELD, made.manifest, encoded)
-            if problem is None:
-                acknowledged.append(outcome.index)
-            else:
-                missing.append(problem)
+        acked: set[int] = set()
+        problems: dict[int, str] = {}
+        outcomes: list[NodeOutcome[ShareAck]] = []
+        for attempt in range(DELIVERY_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            # Nodes that hold the share already acknowledge the same delivery again.
+            outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+            for outcome in outcomes:
+                if outcome.index in acked:
+                    continue
+                problem = self._check_ack(outcome, AckKind.HELD, made.manifest, encoded)
+                if problem is None:
+                    acked.add(outcome.index)
+                    problems.pop(outcome.index, None)
+                else:
+                    problems[outcome.index] = problem
+            if not any(_transient(o) for o in outcomes if o.index not in acked):
+                break
+        acknowledged = sorted(acked)
+        missing = [problems[i] for i in sorted(problems)]
         if len(acknowledged) < self.t:
             if any(
                 o.error is not None and o.error.code == ErrorCode.ALREADY_REGISTERED
@@ -354,58 +405,61 @@ class ThresholdVault:
         request = EvaluateRequest(
             self.account, self.entry, manifest.version, blinded, self._clock_ms()
         )
-        good: dict[int, EvaluateResponse] = {}
+        good: dict[int, EvaluateResponse] = {}  # partials that verify, by node
+        rejected: list[int] = []  # nodes whose partial does not verify
         problems: dict[int, str] = {}
-        errors: list[ErrorCode | str] = []
-        for attempt in range(EVALUATE_RESENDS + 1):
+        errors: list[str] = []
+        for _round in range(EVALUATE_RESENDS + 1):
             outcomes = self.vault.call_each(Op.EVALUATE, [request] * self.nodes, EvaluateResponse)
             for outcome in outcomes:
-                if outcome.index in good:
+                index = outcome.index
+                if index in good or index in rejected:
                     continue
-                if outcome.response is not None:
-                    if outcome.response.index != outcome.index + 1:
-                        problems[outcome.index] = (
-                            f"node {outcome.index}: answered for another node's share"
-                        )
-                        continue
-                    good[outcome.index] = outcome.response
-                    problems.pop(outcome.index, None)
-                else:
-                    problems[outcome.index] = outcome.describe()
+                if outcome.response is None:
+                    problems[index] = outcome.describe()
                     if outcome.error is not None:
                         errors.append(outcome.error.code)
-            if len(good) >= self.t or attempt == EVALUATE_RESENDS:
+                    continue
+                if outcome.response.index != index + 1:
+                    # Named as the node whose sealed channel it came back on.
+                    problems[index] = f"node {index}: answered for another node's share"
+                    continue
+                problems.pop(index, None)
+                if self._verifies(manifest, blinded, index, outcome.response):
+                    good[index] = outcome.response
+                else:
+                    rejected.append(index)
+                    problems[index] = f"node {index}: its partial evaluation does not verify"
+            # A resend of the same B is answered again without a second charge, so nodes
+            # that were too slow or could not commit in time, or a partial too few after
+            # a bad one, are worth one more round; refusals (destroyed, stale) are final.
+            if len(good) >= self.t or any(e != ErrorCode.FLEET_UNAVAILABLE for e in errors):
                 break
-            if errors:
-                break  # refusals (destroyed, stale) do not change on a resend
+            errors.clear()
+            time.sleep(RETRY_BACKOFF_SECONDS * 2**_round)
+        if rejected:
+            self._notify(
+                f"vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation that does"
+                " not verify; it was ignored (report this to the operator)"
+            )
         if len(good) < self.t:
             if errors.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
                 not good and ErrorCode.DESTROYED in errors
             ):
                 raise Destroyed()
+            if rejected:
+                raise VaultError(
+                    f"need {self.t} partial evaluations that verify, have {len(good)};"
+                    f" node(s) {_nodes(sorted(rejected))} sent a partial that does not verify"
+                    " against the entry's commitments",
+                    hint="report the named nodes to the operator; try again later",
+                )
             raise FleetUnavailable(
                 f"need {self.t} partial evaluations, {len(good)} nodes gave one "
-                f"({'; '.join(problems.values())})"
+                f"({'; '.join(problems[i] for i in sorted(problems))})"
             )
-        # Each partial's index is that of the node whose sealed channel it came back on
-        # (checked above), so a rejection names the node that sent it.
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
-        try:
-            combination = threshold.combine(manifest.commitments, blinded, partials)
-        except threshold.NotEnoughPartials as err:
-            bad = [i - 1 for i in err.rejected]
-            raise VaultError(
-                f"need {self.t} partial evaluations that verify, have "
-                f"{len(partials) - len(bad)}; node(s) {_nodes(bad)} sent a partial that does "
-                "not verify against the entry's commitments",
-                hint="report the named nodes to the operator; try again later",
-            ) from None
-        rejected = tuple(i - 1 for i in combination.rejected)
-        if rejected:
-            self._notify(
-                f"vault node(s) {_nodes(rejected)} sent a partial evaluation that does not "
-                "verify; it was ignored (report this to the operator)"
-            )
+        combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]
         remaining = sorted((r.guesses_remaining for r in used), reverse=True)[self.t - 1]
         output = oprf.finalize(secret, blind, combination.evaluated)
@@ -421,8 +475,20 @@ class ThresholdVault:
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
         return ThresholdRecovery(
-            root_key, export_key, manifest, attempt, wrong, rejected, reset_missing
+            root_key, export_key, manifest, attempt, wrong, tuple(sorted(rejected)), reset_missing
         )
+
+    @staticmethod
+    def _verifies(
+        manifest: manifests.Manifest, blinded: bytes, index: int, answer: EvaluateResponse
+    ) -> bool:
+        """The node's partial verifies against K_i from the agreed manifest (never a key
+        the node sends)."""
+        partial = threshold.Partial(index + 1, answer.evaluated, answer.proof)
+        try:
+            return threshold.verify_partial(manifest.commitments, blinded, partial)
+        except InvalidInput:
+            return False
 
     def _reset(
         self,
@@ -445,9 +511,31 @@ class ThresholdVault:
             requests.append(
                 ResetRequest(self.account, self.entry, manifest.version, attempt, signature)
             )
-        outcomes = self.vault.call_each(Op.RESET, requests, ResetResponse, resends=1)
-        missing = tuple(o.describe() for o in outcomes if o.response is None)
-        return missing
+        done: set[int] = set()
+        missing: dict[int, str] = {}
+        for attempt in range(RESET_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            outcomes = self.vault.call_each(Op.RESET, requests, ResetResponse, resends=1)
+            for outcome in outcomes:
+                if outcome.index in done:
+                    continue  # a node that took the reset refuses it a second time
+                if outcome.response is not None:
+                    done.add(outcome.index)
+                    missing.pop(outcome.index, None)
+                else:
+                    missing[outcome.index] = outcome.describe()
+            # A node that refused the statement will refuse it again; one that could not
+            # commit in time (several nodes commit resets of one entry at once) may not.
+            if not any(_transient(o) for o in outcomes if o.index not in done):
+                break
+        return tuple(missing[i] for i in sorted(missing))
+
+    def _deleted(self) -> bool:
+        try:
+            return self.status().status == EntryStatus.EMPTY
+        except VaultError:
+            return False
 
     # ---- password change and delete --------------------------------------------------------
 
@@ -494,6 +582,10 @@ class ThresholdVault:
                 erased += 1
             else:
                 pending.append(problem)
+        if erased < self.t and self._deleted():
+            # The delete committed (the entry is empty) though fewer than t nodes
+            # confirmed erasing their own share: say which are pending.
+            return manifest.version, tuple(pending)
         if erased < self.t:
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "

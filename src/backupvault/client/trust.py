@@ -60,7 +60,8 @@ from backupvault.client.errors import (
     RelayUnreachable,
     VaultError,
 )
-from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient
+from backupvault.client.threshold import FleetKeys, Registered, SingleSeedEntry, ThresholdVault
+from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient, VaultStatus
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus
@@ -424,22 +425,120 @@ class OtaTrust:
 # ---- sessions -----------------------------------------------------------------------------
 
 
+#: Registrations tried when migrating a single-seed entry, a little apart.
+MIGRATION_TRIES = 3
+
+
 class FleetSession:
     """The vault as a client sees it: the current (verified or pinned) fleet, and for OTA
-    clients the older epochs their entry may still be on."""
+    clients the older epochs their entry may still be on.
+
+    New entries are registered and recovered with the threshold flow (`threshold`,
+    docs/threshold.md). The single-seed flow (`vault`) is only the migration path for
+    entries registered before it: such an entry is recovered once the old way, registered
+    anew with the threshold flow (same root key, same password) and deleted the old way."""
 
     def __init__(
         self,
         vault: VaultClient,
+        threshold: ThresholdVault,
         epoch: int | None = None,
-        older: Iterator[tuple[int, VaultClient]] | None = None,
+        older: Iterator[tuple[int, FleetSession]] | None = None,
     ) -> None:
         self.vault = vault
+        self.threshold = threshold
         self.epoch = epoch
         self._older = older
 
-    def older(self) -> Iterator[tuple[int, VaultClient]]:
+    def older(self) -> Iterator[tuple[int, FleetSession]]:
         return self._older if self._older is not None else iter(())
+
+    @property
+    def _ksf(self) -> ksf.Argon2idParams:
+        return self.vault.ksf_params
+
+    def status(self) -> VaultStatus:
+        """The threshold entry's status; for an entry still on the single seed, that one's."""
+        try:
+            current = self.threshold.status()
+        except SingleSeedEntry:
+            return replace(self.vault.status(), single_seed=True)
+        return VaultStatus(
+            current.status,
+            current.guess_limit,
+            current.guesses_remaining,
+            current.version,
+            nodes_without=current.other,
+        )
+
+    def register(self, password: str, root_key: bytes) -> Registered:
+        """A new threshold entry (the version after any deleted one's). AlreadyRegistered if
+        the vault holds one."""
+        try:
+            current = self.threshold.status()
+        except SingleSeedEntry:
+            raise AlreadyRegistered("the vault already holds a key for this entry") from None
+        if current.status == EntryStatus.LIVE:
+            raise AlreadyRegistered("the vault already holds a key for this entry")
+        return self.threshold.register(
+            password, root_key, ksf=self._ksf, version=current.version + 1
+        )
+
+    def recover(self, password: str) -> Recovery:
+        """The root key behind `password`: from the threshold entry, or from an entry still
+        on the single seed (then migrated to the threshold flow)."""
+        try:
+            found = self.threshold.recover(password, ksf_floor=self._ksf)
+        except SingleSeedEntry:
+            pass
+        else:
+            return Recovery(found.root_key, b"", found.wrong_guesses_before, threshold=found)
+        legacy = self.vault.status()
+        if legacy.status == EntryStatus.DESTROYED:
+            raise Destroyed()
+        if legacy.status != EntryStatus.LIVE:
+            raise NotRegistered()
+        recovered = self.vault.recover(password)
+        self._move_to_threshold(password, recovered)
+        found = self.threshold.recover(password, ksf_floor=self._ksf)
+        return Recovery(
+            found.root_key,
+            b"",
+            recovered.wrong_guesses_before,
+            threshold=found,
+            single_seed_migrated=True,
+        )
+
+    def _move_to_threshold(self, password: str, recovered: Recovery) -> None:
+        """Migrate a single-seed entry just recovered: both flows keep an entry under the
+        same name, so the old one is deleted (with the fresh grant) and the same root key
+        registered behind the same password with the threshold flow, with no path back."""
+        self.vault.delete(recovered.grant)
+        for resend in range(MIGRATION_TRIES):
+            try:
+                self.register(password, recovered.root_key)
+                return
+            except FleetUnavailable as err:
+                if resend < MIGRATION_TRIES - 1:
+                    time.sleep(1.0 + resend)
+                    continue
+                # Put the key back where it was rather than lose it.
+                self.vault.register(password, recovered.root_key)
+                raise VaultError(
+                    "could not move the key to the threshold vault; it stays on the"
+                    f" single-seed flow: {err.message}",
+                    hint="nothing was lost; the next recovery tries again",
+                ) from None
+
+    def change_password(self, recovered: Recovery, new_password: str) -> Registered:
+        if recovered.threshold is None:
+            raise VaultError("a password change needs a recovery with the threshold flow")
+        return self.threshold.change_password(recovered.threshold, new_password, ksf=self._ksf)
+
+    def delete(self, recovered: Recovery) -> tuple[int, tuple[str, ...]]:
+        if recovered.threshold is None:
+            raise VaultError("deleting needs a recovery with the threshold flow")
+        return self.threshold.delete(recovered.threshold)
 
     def migrate(self, password: str) -> Recovery | None:
         """If the entry is on an older epoch, recover it there, register the same root key
@@ -457,32 +556,44 @@ class FleetSession:
                 raise Destroyed()
             if status.status != EntryStatus.LIVE:
                 continue
-            recovered = old.recover(password)
+            # An entry still on the old fleet's single seed is recovered that way (no
+            # point moving it to the threshold flow on a fleet being retired).
+            recovered = old.vault.recover(password) if status.single_seed else old.recover(password)
             try:
-                self.vault.register(password, recovered.root_key, status.guess_limit)
+                self.register(password, recovered.root_key)
             except AlreadyRegistered:
                 # Another device migrated it meanwhile: it is the same key, behind the same
                 # password, on the current fleet.
-                return replace(self.vault.recover(password), migrated_from=epoch)
-            # The old entry is deleted (with the old recovery's grant) so the old fleet can
-            # be retired; if that fails it goes away with that fleet.
+                return replace(self.recover(password), migrated_from=epoch)
+            # The old entry is deleted so the old fleet can be retired; if that fails it
+            # goes away with that fleet.
             with contextlib.suppress(VaultError):
-                old.delete(recovered.grant)
-            # The grant was for the old fleet: a password change here needs a new recovery.
-            return replace(recovered, grant=b"", migrated_from=epoch)
+                if status.single_seed:
+                    old.vault.delete(recovered.grant)
+                else:
+                    old.delete(recovered)
+            return replace(self.recover(password), migrated_from=epoch)
         return None
 
     def recover_or_migrate(self, password: str) -> Recovery:
         """The root key behind `password`, from the current fleet, or migrated to it."""
-        status = self.vault.status()
-        if status.status == EntryStatus.LIVE:
-            return self.vault.recover(password)
-        if status.status == EntryStatus.DESTROYED:
-            raise Destroyed()
-        migrated = self.migrate(password)
-        if migrated is None:
-            raise NotRegistered()
-        return migrated
+        try:
+            return self.recover(password)
+        except NotRegistered:
+            migrated = self.migrate(password)
+            if migrated is None:
+                raise
+            return migrated
+
+
+def threshold_vault(
+    vault: VaultClient, record: DeploymentRecord, notify: Callable[[str], None] | None = None
+) -> ThresholdVault:
+    """The threshold flows on the fleet of a verified deployment record."""
+    keys = FleetKeys(
+        tuple(node.signing_public_key for node in record.nodes), record.threshold, record.epoch
+    )
+    return ThresholdVault(vault, keys, notify=notify)
 
 
 def ota_session(
@@ -519,8 +630,18 @@ def ota_session(
             notify=notify,
         )
 
-    def older() -> Iterator[tuple[int, VaultClient]]:
-        for record in trust.older(client, relay_url, verified.record):
-            yield record.epoch, vault_for(record)
+    def session_for(record: DeploymentRecord) -> FleetSession:
+        vault = vault_for(record)
+        return FleetSession(vault, threshold_vault(vault, record, notify), record.epoch)
 
-    return FleetSession(vault_for(verified.record), verified.record.epoch, older())
+    def older() -> Iterator[tuple[int, FleetSession]]:
+        for record in trust.older(client, relay_url, verified.record):
+            yield record.epoch, session_for(record)
+
+    current = vault_for(verified.record)
+    return FleetSession(
+        current,
+        threshold_vault(current, verified.record, notify),
+        verified.record.epoch,
+        older(),
+    )

@@ -11,7 +11,7 @@ import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 import httpx
 from cryptography.exceptions import InvalidTag
@@ -61,6 +61,9 @@ from backupvault.protocol import (
     release_key,
 )
 
+if TYPE_CHECKING:
+    from backupvault.client.threshold import ThresholdRecovery
+
 T = TypeVar("T", bound=Message)
 
 DEFAULT_ENTRY = "backup-root-key"
@@ -83,6 +86,11 @@ class Recovery:
     wrong_guesses_before: int
     #: The fleet epoch the entry was migrated from (OTA clients after a rotation), or None.
     migrated_from: int | None = None
+    #: The threshold flow's recovery (manifest, export_key, attempt), needed to change the
+    #: password or delete; None for a single-seed recovery.
+    threshold: ThresholdRecovery | None = field(default=None, repr=False)
+    #: The entry was on the single seed and has just been registered with the threshold flow.
+    single_seed_migrated: bool = False
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,10 @@ class VaultStatus:
     guess_limit: int
     guesses_remaining: int
     version: int
+    #: Threshold entries: the nodes that do not hold the agreed manifest, and why.
+    nodes_without: tuple[str, ...] = ()
+    #: The entry is still on the single-seed flow (migrated at its next recovery).
+    single_seed: bool = False
 
 
 def _wrap_key(export_key: bytes, account: str, entry: str) -> bytes:

@@ -181,7 +181,7 @@ class LocalDeployment:
         bundle_file = self._deploy_and_log(self.root / "fleet.toml", 1)
         self._write_relay_config(relay_port, fleet, bundle_file, [])
         relay_url = f"http://{HOST}:{relay_port}"
-        self.write_client_config(fleet, relay_url, ACCOUNT)
+        self.write_client_config(self.fleet(1), relay_url, ACCOUNT)  # as deployed: its epoch
         self.write_ota_client_config(fleet, relay_url, ACCOUNT)
 
     def _provision_fleet(
@@ -309,6 +309,8 @@ class LocalDeployment:
             "fleet_token": self._fleet_token(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
             "node_public_keys": [n.hpke_public_key.hex() for n in fleet.nodes],
+            "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
+            "epoch": fleet.epoch or 0,
             "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
         }
         replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
@@ -444,7 +446,7 @@ class LocalDeployment:
         port = int(str(relay_toml["listen"]).rpartition(":")[2])
         self._write_relay_config(port, fleet, bundle, previous, kept)
         # Pinned clients need new keys (that is what pinning means); OTA ones do not.
-        self.write_client_config(fleet, self.relay_url(), ACCOUNT)
+        self.write_client_config(self.fleet(epoch), self.relay_url(), ACCOUNT)
         for index in range(len(fleet.nodes)):
             self.start_node(index, epoch)
         self.stop_process("relay")

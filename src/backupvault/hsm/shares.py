@@ -50,6 +50,8 @@ from backupvault.protocol import (
     share_ack_message,
 )
 
+#: Rows kept in memory besides those not yet durable (least recently used go first).
+ROWS_CACHED = 4096
 #: Attempts whose accepted H(B) a node remembers per entry: the client asks for the
 #: latest one within seconds, older ones only matter to a reset that already travels in
 #: the replicated value.
@@ -150,7 +152,11 @@ class ShareKeeper:
         self.shape = shape
         self._signing_key = signing_key
         self._load_row = load_row
-        self._rows: dict[bytes, NodeShare | None] = {}
+        # Rows handed out in ShareWrites and not yet reported durable (`durable`): never
+        # dropped, so no request reads an older count from the store meanwhile. Then a
+        # bounded cache of rows read or made durable.
+        self._pending: dict[bytes, NodeShare] = {}
+        self._cache: OrderedDict[bytes, NodeShare | None] = OrderedDict()
         # After a detected rollback of this node's store, rows read from it are not
         # trusted to hold the latest count: keys in `_trusted` were written since.
         self._distrusted = False
@@ -165,9 +171,27 @@ class ShareKeeper:
     # ---- this node's own state --------------------------------------------------------
 
     def row(self, key: bytes) -> NodeShare | None:
-        if key not in self._rows:
-            self._rows[key] = self._load_row(key)
-        return self._rows[key]
+        if key in self._pending:
+            return self._pending[key]
+        if key in self._cache:
+            self._cache.move_to_end(key)
+            return self._cache[key]
+        row = self._load_row(key)
+        self._remember(key, row)
+        return row
+
+    def _remember(self, key: bytes, row: NodeShare | None) -> None:
+        self._cache[key] = row
+        self._cache.move_to_end(key)
+        while len(self._cache) > ROWS_CACHED:
+            self._cache.popitem(last=False)
+
+    def durable(self, writes: tuple[ShareWrite, ...]) -> None:
+        """The shell made these writes durable: the store answers for them from now on."""
+        for write in writes:
+            if self._pending.get(write.key) is write.row:
+                del self._pending[write.key]
+            self._remember(write.key, write.row)
 
     def distrust_stored_counts(self) -> None:
         """The store may have been rolled back (it did not match the token's counter): a
@@ -193,7 +217,8 @@ class ShareKeeper:
         assert len(set(attempts)) == len(attempts), "two B for one attempt"
         assert all(a > row.reset_at for a in attempts), "an evaluation from before the reset"
         assert not row.share or row.manifest, "a share without its manifest"
-        self._rows[key] = row
+        self._pending[key] = row
+        self._cache.pop(key, None)
         if trusted:
             self._trusted.add(key)
         return ShareWrite(key, row)

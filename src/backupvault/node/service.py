@@ -36,6 +36,7 @@ from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, shar
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
+    EvaluateResponse,
     Op,
     RecoverStartResponse,
     pad_response,
@@ -221,10 +222,13 @@ class NodeService:
             answer: Answer = done.outcome()
             # This node's own rows (its count above all) are durable before the answer
             # that depends on them leaves.
-            if answer.writes and not await self._persist_rows(answer.writes):
-                return ClientAnswer(503, error="node_not_ready", detail="node store failed")
-            if answer.writes and type(answer.response).__name__ == "EvaluateResponse":
-                self.metrics["evaluations"] += 1
+            if answer.writes:
+                if not await self._persist_rows(answer.writes):
+                    return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+                if self._firmware.shares is not None:
+                    self._firmware.shares.durable(answer.writes)
+            if answer.writes and isinstance(answer.response, EvaluateResponse):
+                self.metrics["evaluations"] += 1  # a newly counted partial evaluation
             return ClientAnswer(
                 200, response_key.seal(pad_response(op, answer.response.to_bytes()))
             )

@@ -26,7 +26,7 @@ from collections.abc import Callable, Sequence
 from backupvault.fanout import NO_ANSWER, FanoutReply
 from backupvault.relay.forward import Forwarder, NodeAnswer, _BadAnswer, _Skip, _Unknown
 
-MIN_GRACE_SECONDS = 0.2
+MIN_GRACE_SECONDS = 0.5
 
 
 def majority(nodes: int) -> int:

@@ -49,6 +49,7 @@ from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import (
     AckKind,
     DeleteShareRequest,
+    EntryStatus,
     ErrorCode,
     ErrorResponse,
     EvaluateRequest,
@@ -149,6 +150,7 @@ class ThresholdWorld:
         #: attacker's partition of the network).
         self.reachable: set[int] | None = None
         self.down: set[int] = set()  # crashed honest nodes: no messages, no answers
+        self.drop = 0.0  # the chance that a message between nodes is lost
         self.refusals: list[tuple[int, int, Message]] = []  # (acceptor, sender, message)
 
     @property
@@ -194,6 +196,16 @@ class ThresholdWorld:
         old = self.honest[slot]
         self.honest[slot] = self._boot(slot, dict(rows), old.records, intact=False)
 
+    def crash(self, slot: int) -> None:
+        self.down.add(slot)
+
+    def restart(self, slot: int) -> None:
+        """Restart a crashed node from its disk (records and rows intact; what it kept
+        only in memory, such as the attempts it accepted, is gone)."""
+        self.down.discard(slot)
+        old = self.honest[slot]
+        self.honest[slot] = self._boot(slot, old.rows, old.records, intact=True)
+
     # ---- network ---------------------------------------------------------------------
 
     def _connected(self, a: int, b: int) -> bool:
@@ -205,7 +217,8 @@ class ThresholdWorld:
         for effect in effects:
             match effect:
                 case Send(to, message):
-                    if self._connected(slot, to):
+                    lost = self.drop and self.rand.random() < self.drop
+                    if self._connected(slot, to) and not lost:
                         self.queue.append((slot, to, message.to_bytes()))
                 case Committed() | Failed():
                     self.results[effect.op_id] = effect
@@ -260,6 +273,7 @@ class ThresholdWorld:
         answer: Answer = result.outcome()
         for write in answer.writes:  # durable before the answer leaves
             node.rows[write.key] = write.row
+        node.keeper.durable(answer.writes)
         return answer.response
 
     def replicated(self, slot: int, key: bytes) -> ThresholdState:
@@ -483,6 +497,91 @@ class ThresholdClient:
             for slot, answer in answers.items()
             if self._ack_verifies(slot, answer, AckKind.ERASED, agreed)
         )
+
+
+@dataclass
+class ChaosResult:
+    steps: int
+    windows: int  # owner successes
+    max_outputs: int  # the most combined outputs in one window
+    destroyed: bool
+
+
+def run_chaos(seed: int, steps: int, limit: int = 4) -> ChaosResult:
+    """A seeded run with every node honest (c = 0): wrong and right recoveries, crashes
+    and restarts (at most two nodes down), lost messages, and a relay replaying old
+    requests to any node. Raises AssertionError if a window between two owner successes
+    ever yields more than `limit` combined outputs, or if the owner cannot recover once
+    the faults end (unless every guess was spent)."""
+    rand = random.Random(seed)
+    world = ThresholdWorld(5, limit, frozenset(), seed=seed, leader=rand.random() < 0.5)
+    partials: dict[bytes, set[int]] = {}
+    seen: list[EvaluateRequest] = []
+
+    class Observed(ThresholdClient):
+        def _ask(self, slot: int, op: Op, request: Message) -> Message | None:
+            answer = super()._ask(slot, op, request)
+            if isinstance(request, EvaluateRequest):
+                seen.append(request)
+                if isinstance(answer, EvaluateResponse):
+                    partials.setdefault(request.blinded, set()).add(slot)
+            return answer
+
+    client = Observed(world)
+    _, acks = client.register(b"right", bytes(32))
+    assert acks == 5
+    world.drop = 0.05
+    windows = max_outputs = 0
+    destroyed = False
+
+    def outputs() -> int:
+        return sum(1 for nodes in partials.values() if len(nodes) >= world.shape.threshold)
+
+    def recover(password: bytes) -> tuple[bytes, bytes] | str | None:
+        try:
+            return client.recover(password)
+        except AuthenticationFailed as err:
+            return err.message
+
+    for _ in range(steps):
+        roll = rand.random()
+        if roll < 0.35:
+            recover(b"wrong")
+        elif roll < 0.55:
+            if isinstance(recover(b"right"), tuple):
+                windows += 1
+                max_outputs = max(max_outputs, outputs())
+                assert outputs() <= limit, f"seed {seed}: {outputs()} outputs in one window"
+                partials.clear()
+        elif roll < 0.7 and len(world.down) < 2:
+            world.crash(rand.choice([s for s in range(5) if s not in world.down]))
+        elif roll < 0.85 and world.down:
+            world.restart(rand.choice(sorted(world.down)))
+        elif seen:
+            replayed = rand.choice(seen)  # the relay resends a request it saw
+            slot = rand.randrange(5)
+            if slot not in world.down:
+                answer = world.request(slot, Op.EVALUATE, replayed)
+                if isinstance(answer, EvaluateResponse):
+                    partials.setdefault(replayed.blinded, set()).add(slot)
+        max_outputs = max(max_outputs, outputs())
+        assert outputs() <= limit, f"seed {seed}: {outputs()} outputs in one window"
+        if any(
+            world.replicated(s, client.key).status == EntryStatus.DESTROYED for s in world.honest
+        ):
+            destroyed = True
+            break
+    # The faults end: the owner recovers, unless its guesses were all spent.
+    for slot in sorted(world.down):
+        world.restart(slot)
+    world.drop = 0.0
+    if not destroyed:
+        result = recover(b"right")
+        destroyed = any(
+            world.replicated(s, client.key).status == EntryStatus.DESTROYED for s in world.honest
+        )
+        assert isinstance(result, tuple) or destroyed, f"seed {seed}: after healing: {result}"
+    return ChaosResult(steps, windows, max_outputs, destroyed)
 
 
 def wrong_partial(rand: random.Random, slot: int, attempt: int = 1) -> EvaluateResponse:

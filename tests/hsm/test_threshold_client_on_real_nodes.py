@@ -1,0 +1,127 @@
+"""The threshold client (client/threshold.py) against the real node side: each request is
+sealed by the client, opened with the node's own HPKE key and answered by that node's
+`ShareKeeper` on a real replica (sim/threshold.py), with the relay's fan-out in between.
+This checks that the two halves of the flow, built separately, agree byte for byte."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+
+from backupvault.client.errors import Destroyed, WrongPassword
+from backupvault.client.threshold import FleetKeys, ThresholdVault
+from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
+from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
+from backupvault.hsm.state import EntryId
+from backupvault.protocol import (
+    REQUEST_TYPES,
+    AuthorizedRequest,
+    EntryStatus,
+    Op,
+    SealedCopies,
+    pad_response,
+)
+from backupvault.sim.threshold import EPOCH, FLEET_ID, SIM_KSF, ThresholdWorld
+
+RK = bytes(range(32))
+LIMIT = 4
+KEY = EntryId("alice", DEFAULT_ENTRY).to_bytes()
+
+
+class Bridge:
+    """The relay's fan-out in front of the world's nodes."""
+
+    def __init__(self, world: ThresholdWorld) -> None:
+        self.world = world
+        self.hpke = [NodePrivateKey.generate(Kem.X25519) for _ in range(world.nodes)]
+
+    def vault(self) -> ThresholdVault:
+        client = VaultClient(
+            "http://relay.test",
+            "token",
+            "alice",
+            FLEET_ID,
+            [key.public_key() for key in self.hpke],
+            b"",
+            ksf_params=SIM_KSF,
+            http=httpx.Client(transport=httpx.MockTransport(self.handle)),
+            fleet_token="fleet-token",
+        )
+        signing = tuple(
+            self.world.signing[i].public_key().public_bytes_raw() for i in range(self.world.nodes)
+        )
+        return ThresholdVault(client, FleetKeys(signing, self.world.shape.threshold, EPOCH))
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        op = Op(request.url.path.rsplit("/", 1)[1])
+        copies = SealedCopies.for_nodes(request.read(), self.world.nodes).copies
+        replies = []
+        for slot, copy in enumerate(copies):
+            if slot in self.world.down:
+                down = b'{"error":"node_unreachable","detail":"down"}'
+                replies.append(FanoutReply(slot, NO_ANSWER, down))
+                continue
+            body, key = open_request(self.hpke[slot], FLEET_ID, slot, str(op), copy)
+            inner = REQUEST_TYPES[op].from_bytes(AuthorizedRequest.from_bytes(body).request)
+            answer = self.world.request(slot, op, inner)
+            replies.append(FanoutReply(slot, 200, key.seal(pad_response(op, answer.to_bytes()))))
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+
+@pytest.fixture
+def bridge() -> Bridge:
+    return Bridge(ThresholdWorld(5, LIMIT, seed=1))
+
+
+def test_register_recover_wrong_guesses_and_reset(bridge: Bridge) -> None:
+    vault = bridge.vault()
+    done = vault.register("correct horse", RK, ksf=SIM_KSF)
+    assert done.acknowledged == (0, 1, 2, 3, 4) and not done.degraded
+    with pytest.raises(WrongPassword) as caught:
+        vault.recover("wrong", ksf_floor=SIM_KSF)
+    assert caught.value.guesses_remaining == LIMIT - 1
+    recovered = vault.recover("correct horse", ksf_floor=SIM_KSF)
+    assert recovered.root_key == RK and recovered.wrong_guesses_before == 1
+    assert recovered.reset_missing == ()
+    # Every node verified the owner's reset itself and forgot its evaluations.
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(5)] == [0] * 5
+    assert vault.status().guesses_remaining == LIMIT
+
+
+def test_two_nodes_down_still_recovers(bridge: Bridge) -> None:
+    vault = bridge.vault()
+    vault.register("pw", RK, ksf=SIM_KSF)
+    bridge.world.down.update({1, 3})
+    assert vault.recover("pw", ksf_floor=SIM_KSF).root_key == RK
+
+
+def test_the_limit_destroys_and_the_nodes_erase_their_shares(bridge: Bridge) -> None:
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    for _ in range(LIMIT - 1):
+        with pytest.raises(WrongPassword):
+            vault.recover("wrong", ksf_floor=SIM_KSF)
+    # The last guess was used: the client says so at once. The nodes erase their shares
+    # when the next request comes (their own count is at L), whatever it carries.
+    with pytest.raises(Destroyed):
+        vault.recover("wrong", ksf_floor=SIM_KSF)
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(5)] == [LIMIT] * 5
+    with pytest.raises(Destroyed):
+        vault.recover("right", ksf_floor=SIM_KSF)
+    assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
+    assert vault.status().status == EntryStatus.DESTROYED
+
+
+def test_change_password_and_delete(bridge: Bridge) -> None:
+    vault = bridge.vault()
+    vault.register("old", RK, ksf=SIM_KSF)
+    recovered = vault.recover("old", ksf_floor=SIM_KSF)
+    changed = vault.change_password(recovered, "new", ksf=SIM_KSF)
+    assert changed.version == 2 and changed.acknowledged == (0, 1, 2, 3, 4)
+    with pytest.raises(WrongPassword):
+        vault.recover("old", ksf_floor=SIM_KSF)
+    again = vault.recover("new", ksf_floor=SIM_KSF)
+    deleted, missing = vault.delete(again)
+    assert deleted == 2 and missing == ()  # every node acknowledged its erasure
+    assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
