@@ -78,3 +78,18 @@ def test_regression_repeated_pipelined_accept_after_a_catch_up_copy(
 ) -> None:
     result = run_seed(seed, config)
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds (10,000 from 5,000,000): a node forwarded a change to the leader,
+# fell back to its own leaderless round when the leader's answer came late, and raised
+# every promise with it; the forwarded change then committed. Its own acceptor had refused
+# the committed Accept (its promise was higher), and only peers were repaired, so after
+# the leader crashed it kept the live record of an entry destroyed everywhere else. Fixed
+# in fleet/replica.py (the committing node repairs its own acceptor too).
+@pytest.mark.parametrize("seed", [5003786])
+@CONFIGS
+def test_regression_the_committing_node_repairs_its_own_acceptor(
+    seed: int, config: SimConfig
+) -> None:
+    result = run_seed(seed, config)
+    assert result.violation is None, report(result)

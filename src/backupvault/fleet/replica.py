@@ -651,7 +651,9 @@ class Replica:
         proposal.outcome = outcome
         took = now - proposal.round_started
         self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
-        laggards = set(self.peers) - voters
+        # Every node that did not vote, this one included: its own acceptor may have refused
+        # (its abandoned leaderless round raised its promise), and nothing else repairs it.
+        laggards = set(self.nodes) - voters
         if laggards:
             # Resent as the leader sent it, so a laggard's write is the same as theirs.
             accept = Accept(proposal.op_id, proposal.key, *_ballot(ballot), value, self.node, True)
@@ -689,7 +691,7 @@ class Replica:
         # Both phases of the round that committed, averaged over recent commits.
         took = now - proposal.round_started
         self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
-        laggards = set(self.peers) - proposal.accepts
+        laggards = set(self.nodes) - proposal.accepts  # this node too, as above
         if laggards:
             accept = Accept(
                 proposal.op_id,
