@@ -312,6 +312,13 @@ class Replica:
         if node != self.node:
             self._suspected[node] = now + self.timing.suspect_for
 
+    def held_payload(self, key: bytes) -> bytes:
+        """The payload of the newest value this node holds for `key` (accepted here or
+        copied while catching up; b"" if none). Not necessarily committed: only for reads
+        whose answer the client trusts when enough nodes agree (docs/threshold.md)."""
+        record = self.source.get(key)
+        return payload_of(record.value) if record is not None and record.value else b""
+
     def lagging(self) -> int:
         """Committed values not yet acknowledged by every node."""
         return len(self._repairs)

@@ -24,6 +24,7 @@ from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.shares import (
     FleetShape,
     ShareKeeper,
+    ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
     decode_threshold,
@@ -276,7 +277,9 @@ class VaultFirmware:
 
     # ---- operations ------------------------------------------------------------------
 
-    def handle(self, op: Op, request: Message, now: float) -> Reply | Update | ThresholdUpdate:
+    def handle(
+        self, op: Op, request: Message, now: float
+    ) -> Reply | Update | ThresholdUpdate | ThresholdRead:
         if op in THRESHOLD_OPS:
             if self.shares is None:
                 return Reply(

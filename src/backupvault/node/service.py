@@ -30,7 +30,7 @@ from backupvault.fleet.replica import (
     Timing,
 )
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
-from backupvault.hsm.shares import Answer, ShareWrite, ThresholdUpdate
+from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead, ThresholdUpdate
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
 from backupvault.protocol import (
@@ -214,6 +214,14 @@ class NodeService:
         if isinstance(action, Reply):
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
+        if isinstance(action, ThresholdRead):
+            try:
+                read = action.answer(self.replica.held_payload(action.key))
+            except StoreCorrupted as err:
+                self._stop_serving(err)
+                return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+            assert not read.writes, "a read writes nothing"
+            return ClientAnswer(200, response_key.seal(pad_response(op, read.response.to_bytes())))
         if isinstance(action, ThresholdUpdate):
             done = await self._commit(action.key, action.change)
             if isinstance(done, Failed):

@@ -42,6 +42,7 @@ from backupvault.hsm.shares import (
     Answer,
     FleetShape,
     ShareKeeper,
+    ThresholdRead,
     check_threshold_value,
     error,
 )
@@ -264,6 +265,8 @@ class ThresholdWorld:
             update = node.keeper.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             return error(ErrorCode.BAD_REQUEST, err.message)
+        if isinstance(update, ThresholdRead):
+            return update.answer(node.replica.held_payload(update.key)).response
         op_id = self.rand.randbytes(16)
         self._run(slot, node.replica.propose(op_id, update.key, update.change, self.now))
         self.settle(until=op_id)
