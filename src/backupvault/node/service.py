@@ -223,7 +223,8 @@ class NodeService:
             assert not read.writes, "a read writes nothing"
             return ClientAnswer(200, response_key.seal(pad_response(op, read.response.to_bytes())))
         if isinstance(action, ThresholdUpdate):
-            done = await self._commit(action.key, action.change)
+            # Joinable: the N copies of one request, one per node, make one round.
+            done = await self._commit(action.key, action.change, joinable=True)
             if isinstance(done, Failed):
                 return self._unavailable()
             self.metrics["committed"] += 1
@@ -269,12 +270,14 @@ class NodeService:
         return await self._commit(update.key, change)
 
     async def _commit(
-        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]]
+        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
     ) -> Committed | Failed:
         op_id = os.urandom(16)
         future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
-        self._step(lambda: self.replica.propose(op_id, key, change, self._clock()))
+        self._step(
+            lambda: self.replica.propose(op_id, key, change, self._clock(), joinable=joinable)
+        )
         try:
             return await future
         finally:

@@ -268,7 +268,8 @@ class ThresholdWorld:
         if isinstance(update, ThresholdRead):
             return update.answer(node.replica.held_payload(update.key)).response
         op_id = self.rand.randbytes(16)
-        self._run(slot, node.replica.propose(op_id, update.key, update.change, self.now))
+        effects = node.replica.propose(op_id, update.key, update.change, self.now, joinable=True)
+        self._run(slot, effects)
         self.settle(until=op_id)
         result = self.results.pop(op_id, None)
         if not isinstance(result, Committed):
