@@ -16,7 +16,7 @@ from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
 from backupvault.hsm.shares import ROWS_CACHED, FleetShape, ShareKeeper, ThresholdUpdate
-from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
+from backupvault.hsm.state import EntryId, EntryState, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     AuthorizedRequest,
     EntryStatus,
@@ -505,6 +505,10 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     assert answer.writes and answer.writes[0].row.share == registration.shares[0].to_bytes()
     pad_response(Op.REGISTER_SHARE, answer.response.to_bytes())
     assert firmware.check_value(update.key, payload) is None  # its own value passes
+    # Threshold values are announced to every node (copies of one request join them);
+    # single-seed ones are not.
+    assert firmware.announce(update.key, payload)
+    assert not firmware.announce(update.key, EntryState().to_bytes())
     without_signing = VaultFirmware(secrets, NodeKey(0, hpke), os.urandom, accounts)
     refused = without_signing.handle(Op.REGISTER_SHARE, opened[0], 1000)
     assert isinstance(refused, Reply) and "threshold" in refused.response.detail  # type: ignore[attr-defined]

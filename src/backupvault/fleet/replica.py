@@ -68,6 +68,10 @@ ValueCheck = Callable[[bytes, bytes, bytes], str | None]
 #: evaluates an attempt only for the B of the value it accepted itself). Called before the
 #: write's `Persist` is returned; the shell makes it durable before anything later leaves.
 AcceptHook = Callable[[bytes, bytes], None]
+#: (key, payload) -> whether an acceptor that took this value tells every node, not only
+#: the proposer and the origin: for entries whose changes arrive as N copies at once (the
+#: threshold flow), so the other copies can join the chosen value (`Replica._joined`).
+AnnounceHook = Callable[[bytes, bytes], bool]
 #: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
 #: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
 #: leave no higher round for anyone (ballot inflation stalls every honest proposer).
@@ -223,8 +227,10 @@ class Replica:
         timing: Timing = DEFAULT_TIMING,
         check_value: ValueCheck | None = None,
         on_accept: AcceptHook | None = None,
+        announce: AnnounceHook | None = None,
     ) -> None:
         self.node = node
+        self._announce = announce
         self._check_value = check_value
         self._on_accept = on_accept
         self.nodes = sorted(set(nodes))
@@ -534,7 +540,7 @@ class Replica:
         to = [sender]
         if isinstance(message, Accept) and message.origin != sender:
             to.append(message.origin)
-        if isinstance(reply, Accepted) and reply.ok:
+        if self._announced(message, reply):
             # Every node learns which value a majority took, so one whose own copy of the
             # same change is pending (or arrives next) joins it (`_joined`).
             to += [node for node in self.nodes if node not in to]
@@ -545,6 +551,15 @@ class Replica:
             elif node in self.nodes:
                 effects.append(Send(node, reply))
         return effects
+
+    def _announced(self, message: Prepare | Accept, reply: Message) -> bool:
+        return (
+            isinstance(message, Accept)
+            and isinstance(reply, Accepted)
+            and reply.ok
+            and self._announce is not None
+            and self._announce(message.key, payload_of(message.value))
+        )
 
     def _deliver_locally(self, message: Prepare | Accept, now: float) -> list[Effect]:
         """The proposer's own acceptor answers without the network, persisting first."""

@@ -183,6 +183,12 @@ class VaultFirmware:
                 secrets.fleet_id, node_key.index, shape, node_key.signing, load_share
             )
 
+    def announce(self, key: bytes, payload: bytes) -> bool:
+        """The replica's hook: a threshold entry's value is told to every node as it is
+        taken, since the N copies of one threshold request join it (docs/fleet.md,
+        "Joining"); single-seed entries take one request at one node and need not."""
+        return payload[:1] == bytes([ThresholdState.TAG])
+
     def on_accept(self, key: bytes, payload: bytes) -> None:
         """The replica's hook: this node is durably accepting `payload` for `key`."""
         if self.shares is not None:

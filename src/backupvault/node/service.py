@@ -98,6 +98,7 @@ class NodeService:
             timing,
             check_value=firmware.check_value,
             on_accept=firmware.on_accept,
+            announce=firmware.announce,
         )
         if firmware.shares is not None and not intact:
             # The store may have been rolled back: its counts are not trusted until the

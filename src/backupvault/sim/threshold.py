@@ -179,6 +179,7 @@ class ThresholdWorld:
             self.timing,
             check_value=check,
             on_accept=keeper.on_accept,
+            announce=lambda key, payload: True,  # every entry here is a threshold entry
         )
         node = HonestNode(slot, keeper, replica, records, rows)
         if not intact:
