@@ -114,6 +114,11 @@ class StubNode:
                 return JSONResponse(
                     {"error": "entry_destroyed", "detail": "too many guesses"}, status_code=410
                 )
+            if self.mode == "slow":
+                await asyncio.sleep(0.5)
+                return Response(
+                    self.name.encode() + b"|" + body, media_type="application/octet-stream"
+                )
             if self.mode == "hang":
                 await asyncio.sleep(5)
                 return Response(b"late", media_type="application/octet-stream")

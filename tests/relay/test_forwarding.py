@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 
 from backupvault.hop import HopRefused, HopVerifier
 from backupvault.protocol import SealedCopies
+from backupvault.relay.forward import PROBE_EVERY, STALLED_AFTER, UNREACHABLE_SECONDS
 
 from .conftest import RELAY_KEY, StubNode, copies, unused_url
 
@@ -321,3 +324,55 @@ def test_a_leader_name_that_is_no_node_of_the_fleet_changes_nothing(
     for _ in range(6):
         assert post(relay, token(), b"sealed").status_code == 200
     assert [len(s.seen) for s in stubs] == [2, 2, 2]  # still round-robin
+
+
+def test_a_busy_leader_gets_only_its_share_and_the_rest_spreads(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Every request costs the node that takes it the firmware's work: beyond
+    LEADER_MAX_IN_FLIGHT at the leader, requests go round-robin."""
+    relay = start_relay([s.url for s in stubs])
+    for stub in stubs:
+        stub.leader = "0"
+    post(relay, token(), b"sealed")  # learn the leader
+    stubs[0].mode = "slow"
+    before = [len(s.seen) for s in stubs]
+    with ThreadPoolExecutor(9) as pool:
+        answers = list(pool.map(lambda _: post(relay, token(), b"sealed"), range(9)))
+    assert all(a.status_code == 200 for a in answers)
+    got = [len(s.seen) - n for s, n in zip(stubs, before, strict=True)]
+    assert got[0] >= 1 and got[1] + got[2] >= 3, got
+
+
+def test_a_passed_over_node_is_asked_again_only_once_its_health_says_ready(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    relay = start_relay([stubs[0].url, stubs[1].url])
+    stubs[0].mode = "not_ready"  # a restarted node, catching up
+    for _ in range(2):
+        assert post(relay, token(), b"sealed").content == b"node1|sealed"
+    assert len(stubs[0].seen) == 1  # refused once, then passed over
+    time.sleep(UNREACHABLE_SECONDS + 3 * PROBE_EVERY)
+    for _ in range(4):  # past the minimum, but its health still says not ready
+        assert post(relay, token(), b"sealed").content == b"node1|sealed"
+    assert len(stubs[0].seen) == 1
+    stubs[0].mode = "echo"  # caught up
+    time.sleep(3 * PROBE_EVERY)
+    answers = [post(relay, token(), b"sealed").content for _ in range(4)]
+    assert b"node0|sealed" in answers
+
+
+def test_a_node_with_a_request_waiting_too_long_gets_new_requests_after_the_others(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A stall shows as a request waiting at a node; new requests go elsewhere long before
+    that request times out (and nothing is failed or resent because of it)."""
+    stubs[0].mode = "hang"  # answers after 5 s
+    relay = start_relay([stubs[0].url, stubs[1].url], request_timeout=8.0)
+    with ThreadPoolExecutor(1) as pool:
+        waiting = pool.submit(post, relay, token(), b"sealed")  # round-robin: node0
+        time.sleep(STALLED_AFTER + 0.5)
+        answers = [post(relay, token(), b"sealed").content for _ in range(4)]
+        assert answers == [b"node1|sealed"] * 4  # round-robin would send 2 to node0
+        assert waiting.result().content == b"late"  # the waiting one is not given up
+    assert len(stubs[0].seen) == 1

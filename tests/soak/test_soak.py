@@ -11,8 +11,15 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
-from backupvault.chaos.soak import GUESS_LIMIT, EntryGhost, FaultKind, Tally
+from backupvault.chaos.soak import (
+    AVAILABILITY_DEADLINE,
+    GUESS_LIMIT,
+    EntryGhost,
+    FaultKind,
+    Tally,
+)
 
 SECONDS = float(os.environ.get("BACKUPVAULT_SOAK_SECONDS", "30"))
 CLIENTS = int(os.environ.get("BACKUPVAULT_SOAK_CLIENTS", "8"))
@@ -59,6 +66,22 @@ def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     assert result["outcomes"].get("recover_right:ok", 0) >= 5
     assert result["figures"]["entries_destroyed_by_attack"] >= 1
     assert result["figures"]["ke2_received"] >= 30
+    available = result["figures"]["availability"]
+    assert available["operations"] == sum(operations.values())
+    assert 0 < available["answered_in_time"] <= available["operations"]
+
+
+def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) -> None:
+    clock = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.0 + AVAILABILITY_DEADLINE + 0.1])
+    monkeypatch.setattr("backupvault.chaos.soak.time.monotonic", lambda: next(clock))
+    tally = Tally()
+    for outcome in ("ok", "FleetUnavailable@recover-finish", "WrongPassword"):
+        tally.begin()
+        tally.op("recover_right", outcome)
+    figure = tally.availability()
+    # answered in 0.5 s: counts; failed: never counts; answered after the deadline: no.
+    assert (figure["operations"], figure["answered_in_time"]) == (3, 1)
+    assert figure["p99_seconds"] == round(AVAILABILITY_DEADLINE + 0.1, 3)
 
 
 def test_ghost_flags_an_evaluation_not_paid_by_its_own_guess() -> None:

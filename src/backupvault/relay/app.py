@@ -112,6 +112,9 @@ class RelayState:
         return self._previous.get(epoch)
 
     async def close(self) -> None:
+        for forwarder in (self._forwarder, *self._previous.values()):
+            if forwarder is not None:
+                await forwarder.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None

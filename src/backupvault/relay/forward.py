@@ -21,12 +21,18 @@ every other node would say the same. Anything else from a node is a bad answer (
 
 Which node first: the leader, as the nodes name it in `X-Backupvault-Leader` on their
 answers (a node that takes a change forwards it to the leader, one more hop; the leader
-takes it at once). Then the others from a round-robin start, nodes that recently failed
-last. The header only orders the nodes; nothing a node accepts depends on who asked it.
+takes it at once), while it has fewer than LEADER_MAX_IN_FLIGHT requests from this relay
+in flight; otherwise the round-robin start, which spreads the firmware's work. Then the
+others in turn; nodes with a request waiting over 2 s after them, nodes that recently
+failed last. The header only orders the nodes; nothing a node accepts depends on who
+asked it. A node that failed is passed over for a while (10 s after a request it may
+have acted on, 1 s after a refusal) and then until its `/v1/health` says ready: a killed
+node that is restarting, or one whose answers are withheld, gets no new requests.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import json
 import time
@@ -64,7 +70,23 @@ class _BadAnswer(Exception):
     """A node answered something outside the contract."""
 
 
+#: The leader is asked first while it has fewer requests than this in flight from this
+#: relay; beyond, requests spread round-robin. Every request a node takes costs it the
+#: firmware's work (opening, OPRF, OPAQUE); sending them all to one node makes that node
+#: the fleet's bottleneck (measured: 16 clients, 35.5 -> 23.3 guesses/s; docs/performance.md).
+LEADER_MAX_IN_FLIGHT = 2
+#: A node with a request waiting longer than this gets new requests after the others
+#: (a stall shows here seconds before the request's timeout does).
+STALLED_AFTER = 2.0
+#: A node that took a request and gave no answer (timed out, or the connection broke) is
+#: passed over at least this long: it may act on requests and never answer them.
 SUSPECT_SECONDS = 10.0
+#: A node that could not be reached or said it is not ready: at least this long.
+UNREACHABLE_SECONDS = 1.0
+#: After that, its `/v1/health` is asked this often, and it gets requests again only once
+#: it answers ready (a killed node, restarted and catching up, would fail them all).
+PROBE_EVERY = 0.5
+PROBE_TIMEOUT = 1.0
 
 
 class _Unknown(Exception):
@@ -117,8 +139,12 @@ class Forwarder:
         self.max_response_bytes = max_response_bytes
         self._next = itertools.count()
         self._clock = clock
-        # Nodes that recently could not be reached or did not answer in time, until when.
+        # Nodes passed over: at least until when (then until a health probe says ready).
         self._suspect_until: dict[str, float] = {}
+        self._probes: dict[str, asyncio.Task[None]] = {}
+        # Requests in flight per node: an id for each, and when it was sent.
+        self._in_flight: dict[str, dict[int, float]] = {}
+        self._request_ids = itertools.count()
         # The leader as the last answering node named it (None: not known yet).
         self._leader: str | None = None
 
@@ -129,11 +155,21 @@ class Forwarder:
         node is left."""
         start = next(self._next) % len(self.node_urls)
         rotated = [*self.node_urls[start:], *self.node_urls[:start]]
-        if self._leader is not None:
-            rotated.remove(self._leader)
-            rotated.insert(0, self._leader)
+        leader = self._leader
+        if leader is not None and len(self._in_flight.get(leader, ())) < LEADER_MAX_IN_FLIGHT:
+            rotated.remove(leader)
+            rotated.insert(0, leader)
         now = self._clock()
-        return sorted(rotated, key=lambda node: self._suspect_until.get(node, 0.0) > now)
+        return sorted(rotated, key=lambda node: self._standing(node, now))
+
+    def _standing(self, node: str, now: float) -> int:
+        """0: healthy; 1: a request has waited at it longer than STALLED_AFTER (a stalled
+        or overloaded node gets new requests after the others, but is not failed); 2:
+        passed over (it failed)."""
+        if node in self._suspect_until:
+            return 2
+        started = self._in_flight.get(node)
+        return 1 if started and now - min(started.values()) > STALLED_AFTER else 0
 
     def _learn_leader(self, response: httpx.Response) -> None:
         """Remember the leader a node's answer names; ignore anything not a node index."""
@@ -143,8 +179,36 @@ class Forwarder:
             if index < len(self.node_urls):
                 self._leader = self.node_urls[index]
 
-    def _suspect(self, node: str) -> None:
-        self._suspect_until[node] = self._clock() + SUSPECT_SECONDS
+    def _suspect(self, node: str, seconds: float) -> None:
+        """Pass `node` over for at least `seconds`, then until its health says ready."""
+        until = self._clock() + seconds
+        self._suspect_until[node] = max(until, self._suspect_until.get(node, until))
+        if node not in self._probes:
+            probe = asyncio.get_running_loop().create_task(self._probe_until_ready(node))
+            self._probes[node] = probe
+            probe.add_done_callback(lambda _: self._probes.pop(node, None))
+
+    async def _probe_until_ready(self, node: str) -> None:
+        while True:
+            wait = self._suspect_until.get(node, 0.0) - self._clock()
+            await asyncio.sleep(max(PROBE_EVERY, wait))
+            if self._clock() >= self._suspect_until.get(node, 0.0) and await self._ready(node):
+                self._suspect_until.pop(node, None)
+                return
+
+    async def _ready(self, node: str) -> bool:
+        try:
+            response = await self.client.get(f"{node}/v1/health", timeout=PROBE_TIMEOUT)
+            return response.status_code == 200 and response.json().get("ready") is True
+        except (httpx.HTTPError, ValueError, AttributeError):
+            return False
+
+    async def aclose(self) -> None:
+        """Stop the health probes (the relay is shutting down)."""
+        probes = list(self._probes.values())
+        for probe in probes:
+            probe.cancel()
+        await asyncio.gather(*probes, return_exceptions=True)
 
     async def forward(
         self, op: str, account: str, entry: str, copies: Sequence[bytes]
@@ -158,11 +222,11 @@ class Forwarder:
             try:
                 answer = await self._one(node, op, account, entry, copies[index])
             except _Skip:
-                self._suspect(node)
+                self._suspect(node, UNREACHABLE_SECONDS)
                 skipped += 1
                 continue
             except _Unknown:
-                self._suspect(node)
+                self._suspect(node, SUSPECT_SECONDS)
                 return NodeAnswer(
                     503,
                     _error_body(
@@ -203,6 +267,8 @@ class Forwarder:
             "Content-Type": "application/octet-stream",
             **sign_headers(self._signing_key, self._index[node], op, account, entry, body),
         }
+        request = next(self._request_ids)
+        self._in_flight.setdefault(node, {})[request] = self._clock()
         try:
             async with self.client.stream(
                 "POST", f"{node}/v1/client/{op}", content=body, headers=headers
@@ -217,6 +283,8 @@ class Forwarder:
             # mid-way): it may still act on it. Sending it to another node could charge a
             # guess twice and leave the client's KE3 stale, so the client decides instead.
             raise _Unknown from None
+        finally:
+            del self._in_flight[node][request]
         status = response.status_code
         media = _media_type(response)
         if status == 200:

@@ -23,6 +23,7 @@ a fleet claims to run (see docs/transparency.md, "Auditing a deployment").
 from __future__ import annotations
 
 import base64
+import csv
 import hashlib
 import importlib.metadata
 import os
@@ -33,7 +34,7 @@ import sys
 import sysconfig
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING
 
 from backupvault.crypto.seal import Kem
@@ -175,13 +176,13 @@ def _measure_distribution(
 ) -> MeasuredDistribution:
     name = _normalise(dist.metadata["Name"] or "")
     files = []
-    for entry in dist.files or []:
-        if entry.hash is None:
+    for entry, hashed in _listed_files(dist):
+        if not hashed:
             continue  # RECORD itself, and compiled caches
-        path = Path(str(dist.locate_file(entry))).resolve()
+        path = Path(os.path.realpath(str(dist.locate_file(entry))))
         if not path.is_relative_to(site_dir):
             continue  # console scripts and data outside the site folder
-        expected = _record_hash(f"{entry.hash.mode}={entry.hash.value}")
+        expected = _record_hash(hashed)
         if expected is None:
             raise UnmeasuredCode(f"{name} lists {entry} with an unsupported hash")
         try:
@@ -197,6 +198,20 @@ def _measure_distribution(
     return MeasuredDistribution(name, dist.version, tuple(sorted(files)))
 
 
+def _listed_files(dist: importlib.metadata.Distribution) -> list[tuple[str, str]]:
+    """(path, "algorithm=value" or "") for each file a distribution lists: a dist-info
+    RECORD read as CSV text directly (as importlib.metadata reads it, without making a
+    path object per row), otherwise what importlib.metadata lists."""
+    record = dist.read_text("RECORD")
+    if record is None:
+        return [
+            (str(e), f"{e.hash.mode}={e.hash.value}" if e.hash else "") for e in dist.files or []
+        ]
+    return [
+        (row[0], row[1] if len(row) > 1 else "") for row in csv.reader(record.splitlines()) if row
+    ]
+
+
 def _interpreter_digest(stdlib: Path) -> bytes:
     executable = Path(os.path.realpath(sys.executable))
     parts = [_file_digest(executable)[1]]
@@ -208,6 +223,27 @@ def _interpreter_digest(stdlib: Path) -> bytes:
         parts.append(hashlib.sha256(b"").digest())
     parts.append(_tree_digest(stdlib, _STDLIB_SKIP))
     return b"".join(parts)
+
+
+def _pth_owners(
+    dists: dict[str, tuple[importlib.metadata.Distribution, Path]],
+) -> dict[str, str]:
+    """Which distribution installed each top-level .pth file, by the file lists the
+    distributions keep. A dist-info RECORD is read as CSV text and only its .pth rows are
+    made paths: building a path object for each of the ~27,000 files every installed
+    distribution lists took most of a node's start (docs/performance.md)."""
+    owners: dict[str, str] = {}
+    for name, (dist, _) in dists.items():
+        record = dist.read_text("RECORD")
+        if record is None:  # egg-info: the file lists importlib.metadata knows
+            listed = [str(entry) for entry in dist.files or []]
+        else:
+            rows = csv.reader(record.splitlines())
+            listed = [str(PurePosixPath(row[0])) for row in rows if row and ".pth" in row[0]]
+        for path in listed:
+            if path.endswith(".pth") and "/" not in path:
+                owners[path] = name
+    return owners
 
 
 def _customize_modules(search_path: Iterable[str], stdlib: Path) -> list[Path]:
@@ -249,11 +285,7 @@ def measure_environment(
     for folder in sites:
         for dist in importlib.metadata.distributions(path=[str(folder)]):
             dists.setdefault(_normalise(dist.metadata["Name"] or ""), (dist, folder))
-    owners: dict[str, str] = {}
-    for name, (dist, _) in dists.items():
-        for entry in dist.files or []:
-            if str(entry).endswith(".pth") and "/" not in str(entry):
-                owners[str(entry)] = name
+    owners = _pth_owners(dists)
     wanted: set[str] = set()
     pending: list[tuple[str, set[str]]] = [(_normalise(root), set())]
     pth_items = []
