@@ -58,8 +58,9 @@ class FakeNode:
     hpke: NodePrivateKey
     signing: Ed25519PrivateKey
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
-    #: "wrong_index"
+    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`)
     mode: str = "ok"
+    stale_manifest: bytes = b""
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
     version: int = 0
@@ -174,6 +175,12 @@ class FakeFleet:
             node.count, node.destroyed = 0, False
             return node.ack(AckKind.HELD, request.manifest)
         if isinstance(request, ManifestRequest):
+            if node.mode == "stale_once":
+                node.mode = "ok"
+                old = Manifest.from_bytes(node.stale_manifest)
+                return ManifestResponse(
+                    EntryStatus.LIVE, old.version, node.stale_manifest, LIMIT, LIMIT
+                )
             status = (
                 EntryStatus.DESTROYED
                 if node.destroyed

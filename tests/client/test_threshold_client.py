@@ -212,3 +212,21 @@ def test_a_lying_node_cannot_push_the_next_version_out_of_reach(fleet: FakeFleet
     vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
     fleet.nodes[0].version = 999
     assert vault.status().version == 1
+
+
+def test_manifests_that_do_not_reach_t_are_fetched_again(fleet: FakeFleet) -> None:
+    """Nodes answer `manifest` from the value they hold, so during a change some may still
+    hold the old one: two stale answers, two current ones and a silent node reach no t,
+    and the client asks again rather than failing (or using either)."""
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    old = fleet.nodes[0].manifest
+    vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    assert fleet.nodes[0].manifest != old
+    for node in fleet.nodes[:2]:
+        node.mode, node.stale_manifest = "stale_once", old
+    fleet.nodes[2].mode = "down_once"
+    before = fleet.nodes[3].seen.count("manifest")
+    recovered = vault.recover("new", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK
+    assert fleet.nodes[3].seen.count("manifest") == before + 2  # the fan-out was resent

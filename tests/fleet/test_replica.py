@@ -31,10 +31,13 @@ from backupvault.fleet.replica import (
 
 
 class Net:
-    def __init__(self, n: int = 5, seed: int = 1) -> None:
+    def __init__(self, n: int = 5, seed: int = 1, *, announce: bool = False) -> None:
         self.rand = random.Random(seed)
         self.now = 0.0
-        self.replicas = {i: Replica(i, range(n), self.rand.randbytes) for i in range(n)}
+        told = (lambda key, payload: True) if announce else None
+        self.replicas = {
+            i: Replica(i, range(n), self.rand.randbytes, announce=told) for i in range(n)
+        }
         self.down: set[int] = set()
         self.queue: deque[tuple[int, int, bytes]] = deque()
         self.results: dict[bytes, Committed | Failed] = {}
@@ -555,3 +558,96 @@ def test_the_leader_path_can_be_turned_off() -> None:
         net, lambda: [net.propose(3, f"{i}".encode(), b"k", add(1)) for i in range(2)]
     )
     assert "Forward" not in sent and "Prepare" in sent
+
+
+def put(value: bytes):
+    """Set the value; the outcome is the value it was applied to."""
+
+    def change(old: bytes) -> tuple[bytes, bytes]:
+        return value, old
+
+    return change
+
+
+def _propose_everywhere(net: Net, op: bytes, change, *, joinable: bool) -> None:
+    """The same change proposed at every node at once (one client request's N copies)."""
+    for node, replica in net.replicas.items():
+        effects = replica.propose(op + bytes([node]), b"k", change, net.now, joinable=joinable)
+        net.run(node, effects)
+
+
+def test_copies_of_one_change_at_every_node_are_one_round() -> None:
+    """Five nodes propose the same change at once: the first copy changes the value, the
+    other four leave it as it is and join it once a majority took it (counted from the
+    acceptors' own answers), so the fleet writes one round, not five duelling ones."""
+    net = Net(announce=True)
+    net.propose(0, b"warm", b"k", add(1))
+    net.settle()
+    sent = _kinds_sent(net, lambda: _propose_everywhere(net, b"x", put(b"X"), joinable=True))
+    assert sent.count("Accept") == 4 and "Prepare" not in sent
+    results = [net.results[b"x" + bytes([n])] for n in range(5)]
+    assert all(isinstance(r, Committed) for r in results)
+    assert all(payload_of(net.disk[n][b"k"].value) == b"X" for n in range(5))
+    # Not joinable: every copy is its own round.
+    net.propose(0, b"warm2", b"k", add(1))
+    net.settle()
+    sent = _kinds_sent(net, lambda: _propose_everywhere(net, b"y", put(b"Y"), joinable=False))
+    assert sent.count("Accept") >= 4 * 5
+
+
+def test_values_not_announced_are_told_only_to_the_asker_and_never_joined() -> None:
+    """Without the application's `announce` (the single-seed flow), acceptors answer only
+    the leader and the origin, as before, so joinable copies each make their round."""
+    net = Net()
+    net.propose(0, b"warm", b"k", add(1))
+    net.settle()
+    sent = _kinds_sent(net, lambda: net.propose(3, b"a", b"k", add(1)))
+    # Nodes 1, 2, 4 answer leader and origin; the leader answers node 3, node 3 the leader
+    # (each answers itself without the network). Announced, it would be 5 × 4.
+    assert sent.count("Accepted") == 3 * 2 + 2
+    sent = _kinds_sent(net, lambda: _propose_everywhere(net, b"x", put(b"X"), joinable=True))
+    assert sent.count("Accept") >= 4 * 5
+
+
+def test_joinable_changes_that_change_the_value_are_each_counted() -> None:
+    net = Net(announce=True)
+    _propose_everywhere(net, b"x", add(1), joinable=True)
+    net.settle()
+    outcomes = sorted(r.outcome for r in net.results.values() if isinstance(r, Committed))
+    assert outcomes == [1, 2, 3, 4, 5]
+
+
+def test_a_value_only_a_minority_took_is_never_joined() -> None:
+    """Nodes 0 and 4 accept a value the others never see: not chosen, so node 4's copy of
+    the same change does not join it (it fails with no majority, as it should)."""
+    net = Net(announce=True)
+    net.propose(0, b"warm", b"k", add(1))  # the leader holds the next ballot's promise
+    net.settle()
+    net.down = {1, 2, 3}
+    net.propose(0, b"a", b"k", put(b"X"))
+    net.settle()
+    assert payload_of(net.disk[4][b"k"].value) == b"X"
+    net.run(4, net.replicas[4].propose(b"b", b"k", put(b"X"), net.now, joinable=True))
+    net.settle()
+    assert isinstance(net.results[b"a"], Failed) and isinstance(net.results[b"b"], Failed)
+
+
+def test_a_value_chosen_long_ago_is_not_joined() -> None:
+    """A node answers from a chosen value only right after it was chosen: later, its copy
+    runs its own round (a node cut off meanwhile would otherwise answer from an old one)."""
+    net = Net(announce=True)
+    net.propose(0, b"a", b"k", put(b"X"))
+    net.settle()
+    net.now += 2 * DEFAULT_TIMING.round_timeout
+    sent = _kinds_sent(
+        net,
+        lambda: net.run(3, net.replicas[3].propose(b"b", b"k", put(b"X"), net.now, joinable=True)),
+    )
+    assert "Forward" in sent and "Accept" in sent
+    assert isinstance(net.results[b"b"], Committed)
+    # Right after that round, another node's copy joins it without a message.
+    sent = _kinds_sent(
+        net,
+        lambda: net.run(2, net.replicas[2].propose(b"c", b"k", put(b"X"), net.now, joinable=True)),
+    )
+    assert sent == [] and net.results[b"c"].outcome == b"X"

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.crypto.seal import Kem, NodePrivateKey, seal_request
+from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
 from backupvault.hsm.shares import ROWS_CACHED, FleetShape, ShareKeeper, ThresholdUpdate
-from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
+from backupvault.hsm.state import EntryId, EntryState, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     AuthorizedRequest,
     EntryStatus,
@@ -394,6 +395,42 @@ def test_delete_needs_the_owner_and_erases_every_share(
     assert acks == 5
 
 
+def test_manifest_is_read_without_a_round_and_a_stale_minority_is_outvoted(
+    world: ThresholdWorld, client: ThresholdClient
+) -> None:
+    """`manifest` answers from the value each node holds (no consensus round). A password
+    change commits on nodes 0-2 while 3 and 4 are cut off from their peers: those two
+    still answer, with the old manifest, and the t-identical rule outvotes them."""
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    old = client.agreed().to_bytes()
+    world.reachable = {0, 1, 2}
+    _, acks = client.change_password(recovered[0], b"new password", RK)
+    assert acks == 3
+    answers: dict[int, bytes] = {}
+    for slot in range(5):
+        answer = world.request(slot, Op.MANIFEST, ManifestRequest("alice", "chat"))
+        assert isinstance(answer, ManifestResponse)  # cut off, and still answered
+        answers[slot] = answer.manifest
+    assert answers[3] == answers[4] == old  # stale: they never saw the change
+    new = answers[0]
+    assert new != old and answers[1] == answers[2] == new
+    assert manifest.agreed_manifest(answers, 3).version == 2
+    # A stale answer alone, or with fewer than t others like it, is never used.
+    with pytest.raises(AuthenticationFailed):
+        manifest.agreed_manifest({2: new, 3: old, 4: old}, 3)
+    with pytest.raises(AuthenticationFailed):
+        manifest.agreed_manifest({0: new, 1: new, 3: old, 4: old}, 3)
+    # The stale pair plus one node holding the same old value would be t identical; that
+    # takes a majority of acceptors holding it, so it is the committed value: healed, the
+    # next recovery's rounds carry the new value to 3 and 4, which then answer it too.
+    world.reachable = None
+    assert client.recover(b"new password") is not None
+    for slot in (3, 4):
+        answer = world.request(slot, Op.MANIFEST, ManifestRequest("alice", "chat"))
+        assert isinstance(answer, ManifestResponse) and answer.manifest == new
+
+
 def test_change_password_erases_old_shares(world: ThresholdWorld, client: ThresholdClient) -> None:
     recovered = client.recover(b"right")
     assert recovered is not None
@@ -468,6 +505,10 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     assert answer.writes and answer.writes[0].row.share == registration.shares[0].to_bytes()
     pad_response(Op.REGISTER_SHARE, answer.response.to_bytes())
     assert firmware.check_value(update.key, payload) is None  # its own value passes
+    # Threshold values are announced to every node (copies of one request join them);
+    # single-seed ones are not.
+    assert firmware.announce(update.key, payload)
+    assert not firmware.announce(update.key, EntryState().to_bytes())
     without_signing = VaultFirmware(secrets, NodeKey(0, hpke), os.urandom, accounts)
     refused = without_signing.handle(Op.REGISTER_SHARE, opened[0], 1000)
     assert isinstance(refused, Reply) and "threshold" in refused.response.detail  # type: ignore[attr-defined]

@@ -193,6 +193,7 @@ class ThresholdVault:
     def _manifests(self) -> _Manifests:
         request = ManifestRequest(self.account, self.entry)
         answers: list[NodeOutcome[ManifestResponse]] = []
+        agreed: manifests.Manifest | None = None
         for attempt in range(FETCH_TRIES):
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
@@ -200,17 +201,19 @@ class ThresholdVault:
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
             answered = sum(1 for a in answers if not _transient(a))
-            if answered >= self.t:
+            live = {
+                a.index: a.response.manifest
+                for a in answers
+                if a.response is not None and a.response.manifest
+            }
+            try:
+                agreed = manifests.agreed_manifest(live, self.t) if len(live) >= self.t else None
+            except AuthenticationFailed:
+                agreed = None
+            # Nodes answer from the value they hold (no consensus round), so t of them
+            # that hold a manifest but disagree are caught mid-change: ask again.
+            if answered >= self.t and (agreed is not None or len(live) < self.t):
                 break
-        live = {
-            a.index: a.response.manifest
-            for a in answers
-            if a.response is not None and a.response.manifest
-        }
-        try:
-            agreed = manifests.agreed_manifest(live, self.t) if len(live) >= self.t else None
-        except AuthenticationFailed:
-            agreed = None
         if agreed is not None and (
             agreed.fleet_id != self.vault.fleet_id
             or agreed.account != self.account

@@ -68,6 +68,10 @@ ValueCheck = Callable[[bytes, bytes, bytes], str | None]
 #: evaluates an attempt only for the B of the value it accepted itself). Called before the
 #: write's `Persist` is returned; the shell makes it durable before anything later leaves.
 AcceptHook = Callable[[bytes, bytes], None]
+#: (key, payload) -> whether an acceptor that took this value tells every node, not only
+#: the proposer and the origin: for entries whose changes arrive as N copies at once (the
+#: threshold flow), so the other copies can join the chosen value (`Replica._joined`).
+AnnounceHook = Callable[[bytes, bytes], bool]
 #: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
 #: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
 #: leave no higher round for anyone (ballot inflation stalls every honest proposer).
@@ -78,6 +82,8 @@ SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
+CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
+CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
 
 
 @dataclass(frozen=True)
@@ -171,6 +177,8 @@ class _Proposal:
     outcome: Any = None
     outcomes: dict[int, Any] = field(default_factory=dict)  # by the computation that made it
     computations: int = 0
+    # A change that may be answered from a chosen value it leaves unchanged (`_joined`).
+    joinable: bool = False
     # The leader path: values forwarded (by digest: the value and its outcome), the
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
@@ -178,6 +186,14 @@ class _Proposal:
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
+
+
+@dataclass
+class _Votes:
+    """The acceptors that took one value at one ballot, and when they became a majority."""
+
+    acceptors: set[int] = field(default_factory=set)
+    chosen_at: float | None = None
 
 
 @dataclass
@@ -211,8 +227,10 @@ class Replica:
         timing: Timing = DEFAULT_TIMING,
         check_value: ValueCheck | None = None,
         on_accept: AcceptHook | None = None,
+        announce: AnnounceHook | None = None,
     ) -> None:
         self.node = node
+        self._announce = announce
         self._check_value = check_value
         self._on_accept = on_accept
         self.nodes = sorted(set(nodes))
@@ -241,6 +259,9 @@ class Replica:
         self._leading: dict[bytes, None] = {}
         self._heard: dict[int, float] = {}  # when each peer last answered as an acceptor
         self._suspected: dict[int, float] = {}  # leader candidates passed over, until
+        # Per entry: the acceptors that answered Accepted for each (ballot, value digest),
+        # so this node knows when the value it accepted itself is chosen (`_joined`).
+        self._chosen: OrderedDict[bytes, dict[tuple[Ballot, bytes], _Votes]] = OrderedDict()
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -287,8 +308,19 @@ class Replica:
 
     # ---- client side: proposing ----------------------------------------------------
 
-    def propose(self, op_id: bytes, key: bytes, change: ChangeFn, now: float) -> list[Effect]:
-        proposal = _Proposal(op_id, key, change, deadline=now + self.timing.deadline)
+    def propose(
+        self, op_id: bytes, key: bytes, change: ChangeFn, now: float, *, joinable: bool = False
+    ) -> list[Effect]:
+        """Commit `change` to `key`. A `joinable` change (one the application is content to
+        see linearized right after any chosen value, as the threshold flow's N copies of
+        one request are) that leaves the chosen value this node accepted unchanged is
+        answered from that value with no round: the N copies make one round, not N."""
+        proposal = _Proposal(
+            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
+        )
+        joined = self._joined(proposal, now)
+        if joined is not None:
+            return [joined]
         queue = self._queues.setdefault(key, deque())
         queue.append(proposal)
         self._by_op[op_id] = proposal
@@ -311,6 +343,13 @@ class Replica:
         """Pass `node` over as leader for a while (it did not answer in time)."""
         if node != self.node:
             self._suspected[node] = now + self.timing.suspect_for
+
+    def held_payload(self, key: bytes) -> bytes:
+        """The payload of the newest value this node holds for `key` (accepted here or
+        copied while catching up; b"" if none). Not necessarily committed: only for reads
+        whose answer the client trusts when enough nodes agree (docs/threshold.md)."""
+        record = self.source.get(key)
+        return payload_of(record.value) if record is not None and record.value else b""
 
     def lagging(self) -> int:
         """Committed values not yet acknowledged by every node."""
@@ -501,6 +540,10 @@ class Replica:
         to = [sender]
         if isinstance(message, Accept) and message.origin != sender:
             to.append(message.origin)
+        if self._announced(message, reply):
+            # Every node learns which value a majority took, so one whose own copy of the
+            # same change is pending (or arrives next) joins it (`_joined`).
+            to += [node for node in self.nodes if node not in to]
         effects: list[Effect] = []
         for node in to:
             if node == self.node:
@@ -508,6 +551,15 @@ class Replica:
             elif node in self.nodes:
                 effects.append(Send(node, reply))
         return effects
+
+    def _announced(self, message: Prepare | Accept, reply: Message) -> bool:
+        return (
+            isinstance(message, Accept)
+            and isinstance(reply, Accepted)
+            and reply.ok
+            and self._announce is not None
+            and self._announce(message.key, payload_of(message.value))
+        )
 
     def _deliver_locally(self, message: Prepare | Accept, now: float) -> list[Effect]:
         """The proposer's own acceptor answers without the network, persisting first."""
@@ -547,6 +599,9 @@ class Replica:
         if proposal is None or proposal.phase != "forward" or proposal.leader != sender:
             return []
         if message.retry:
+            joined = self._joined(proposal, now)  # the value it missed may be chosen by now
+            if joined is not None:
+                return self._finish(proposal, joined, now)
             base = Ballot(message.round, message.node)
             return self._forward(proposal, base, message.value, now)
         proposal.leaderless = True
@@ -633,7 +688,72 @@ class Replica:
         proposal = self._by_op.get(message.op_id)
         if proposal is not None and message.ok and message.digest in proposal.forwarded:
             effects += self._forward_on_accepted(proposal, sender, message, now)
-        return effects + self._accepted_leaderless(sender, message, now)
+        effects += self._accepted_leaderless(sender, message, now)
+        if message.ok:
+            effects += self._count_chosen(sender, message, now)
+        return effects
+
+    # ---- joining: a change that a chosen value already answers ------------------------
+
+    def _count_chosen(self, sender: int, message: Accepted, now: float) -> list[Effect]:
+        """Count an acceptor's own answer towards its (ballot, value); once a majority took
+        the value this node holds, pending joinable changes that leave it as it is are
+        answered from it."""
+        votes = self._chosen.get(message.key)
+        if votes is None:
+            votes = self._chosen[message.key] = {}
+            if len(self._chosen) > CHOSEN_ENTRIES:
+                self._chosen.popitem(last=False)
+        self._chosen.move_to_end(message.key)
+        value = votes.setdefault((Ballot(message.round, message.node), message.digest), _Votes())
+        value.acceptors.add(sender)
+        if value.chosen_at is None and len(value.acceptors) >= self.quorum:
+            value.chosen_at = now
+        while len(votes) > CHOSEN_BALLOTS:
+            del votes[min(votes)]
+        queue = self._queues.get(message.key)
+        if not queue:
+            return []
+        effects: list[Effect] = []
+        # The head last: finishing it starts the next one in the queue.
+        for proposal in [*list(queue)[1:], queue[0]]:
+            joined = self._joined(proposal, now)
+            if joined is None:
+                continue
+            if proposal is queue[0]:
+                effects += self._finish(proposal, joined, now)
+            else:
+                queue.remove(proposal)
+                del self._by_op[proposal.op_id]
+                effects.append(joined)
+        return effects
+
+    def _joined(self, proposal: _Proposal, now: float) -> Committed | None:
+        """The proposal answered from the value this node itself accepted for its entry, if
+        a majority of acceptors answered that they took the same value at the same ballot
+        (so it is chosen), lately, and the change leaves it as it is: the change is then
+        linearized right after that value, and writing it again would only make N rounds
+        of one. Lately (within a round's timeout): the copies of one request arrive
+        together, and a node cut off from later values does not answer from an old one
+        for long (its own round brings it the newest)."""
+        if not proposal.joinable or not self.ready:
+            return None
+        record = self.source.get(proposal.key)
+        if record is None or not record.value:
+            return None
+        votes = self._chosen.get(proposal.key, {}).get((record.accepted, _digest(record.value)))
+        if votes is None or votes.chosen_at is None:
+            return None
+        if now > votes.chosen_at + self.timing.round_timeout:
+            return None
+        current = ReplicatedValue.from_bytes(record.value)
+        if any(applied.op_id == proposal.op_id for applied in current.applied):
+            return None  # its own round got it in: that round reports it
+        payload, outcome = proposal.change(current.payload)
+        if payload != current.payload:
+            return None
+        proposal.outcome = outcome
+        return Committed(proposal.op_id, outcome)
 
     def _forward_on_accepted(
         self, proposal: _Proposal, sender: int, message: Accepted, now: float

@@ -24,6 +24,7 @@ from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.shares import (
     FleetShape,
     ShareKeeper,
+    ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
     decode_threshold,
@@ -182,6 +183,12 @@ class VaultFirmware:
                 secrets.fleet_id, node_key.index, shape, node_key.signing, load_share
             )
 
+    def announce(self, key: bytes, payload: bytes) -> bool:
+        """The replica's hook: a threshold entry's value is told to every node as it is
+        taken, since the N copies of one threshold request join it (docs/fleet.md,
+        "Joining"); single-seed entries take one request at one node and need not."""
+        return payload[:1] == bytes([ThresholdState.TAG])
+
     def on_accept(self, key: bytes, payload: bytes) -> None:
         """The replica's hook: this node is durably accepting `payload` for `key`."""
         if self.shares is not None:
@@ -276,7 +283,9 @@ class VaultFirmware:
 
     # ---- operations ------------------------------------------------------------------
 
-    def handle(self, op: Op, request: Message, now: float) -> Reply | Update | ThresholdUpdate:
+    def handle(
+        self, op: Op, request: Message, now: float
+    ) -> Reply | Update | ThresholdUpdate | ThresholdRead:
         if op in THRESHOLD_OPS:
             if self.shares is None:
                 return Reply(

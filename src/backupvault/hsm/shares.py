@@ -113,6 +113,28 @@ class ThresholdUpdate:
         return new.to_bytes(), build
 
 
+@dataclass(frozen=True)
+class ThresholdRead:
+    """Answer from the value this node holds for `key` (its latest accepted or caught-up
+    copy), without a consensus round: `answer(payload)` on that record's payload. Only
+    for answers the client trusts when t nodes agree byte for byte (docs/threshold.md,
+    "Reading the manifest without a round")."""
+
+    key: bytes
+    read: Callable[[ThresholdState], Answer]
+
+    def answer(self, payload: bytes) -> Answer:
+        state = decode_threshold(payload)
+        if state is None:
+            return Answer(
+                error(
+                    ErrorCode.ALREADY_REGISTERED,
+                    "this entry is on the single-seed flow; recover it with that flow",
+                )
+            )
+        return self.read(state)
+
+
 def decode_threshold(payload: bytes) -> ThresholdState | None:
     """A record's payload as a threshold entry; an empty payload is an empty entry, and an
     old-flow entry is None unless it is empty (then the threshold flow may take the key)."""
@@ -267,7 +289,7 @@ class ShareKeeper:
 
     # ---- operations -------------------------------------------------------------------
 
-    def handle(self, op: Op, request: Message) -> ThresholdUpdate:
+    def handle(self, op: Op, request: Message) -> ThresholdUpdate | ThresholdRead:
         match op, request:
             case ((Op.REGISTER_SHARE | Op.CHANGE_SHARE), RegisterShareRequest()):
                 return self._register(op, request)
@@ -422,29 +444,28 @@ class ShareKeeper:
 
         return ThresholdUpdate(key, apply)
 
-    def _manifest(self, request: ManifestRequest) -> ThresholdUpdate:
+    def _manifest(self, request: ManifestRequest) -> ThresholdRead:
+        """A read: answered from the value this node holds, with no write round (the
+        client uses a manifest only when t > N/2 nodes return it byte for byte)."""
         key = EntryId.of(request.account, request.entry).to_bytes()
         limit = self.shape.guess_limit
 
-        def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
-            def build() -> Answer:
-                row = self.row(key)
-                mine = row if row is not None and row.version == state.version else None
-                if state.status != EntryStatus.LIVE:
-                    used = limit if state.status == EntryStatus.DESTROYED else 0
-                    return Answer(
-                        ManifestResponse(state.status, state.version, b"", limit, limit - used)
-                    )
-                # This node's answer is the M it checked its share against.
-                manifest = mine.manifest if mine is not None and mine.share else state.manifest
-                count = mine.count if mine is not None else 0
+        def read(state: ThresholdState) -> Answer:
+            row = self.row(key)
+            mine = row if row is not None and row.version == state.version else None
+            if state.status != EntryStatus.LIVE:
+                used = limit if state.status == EntryStatus.DESTROYED else 0
                 return Answer(
-                    ManifestResponse(state.status, state.version, manifest, limit, limit - count)
+                    ManifestResponse(state.status, state.version, b"", limit, limit - used)
                 )
+            # This node's answer is the M it checked its share against.
+            manifest = mine.manifest if mine is not None and mine.share else state.manifest
+            count = mine.count if mine is not None else 0
+            return Answer(
+                ManifestResponse(state.status, state.version, manifest, limit, limit - count)
+            )
 
-            return state, build
-
-        return ThresholdUpdate(key, apply)
+        return ThresholdRead(key, read)
 
     def _evaluate(self, request: EvaluateRequest) -> ThresholdUpdate:
         """docs/threshold.md "Recovery" steps 1 and 2."""

@@ -30,7 +30,7 @@ from backupvault.fleet.replica import (
     Timing,
 )
 from backupvault.hsm.firmware import Reply, Update, VaultFirmware
-from backupvault.hsm.shares import Answer, ShareWrite, ThresholdUpdate
+from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead, ThresholdUpdate
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
 from backupvault.protocol import (
@@ -98,6 +98,7 @@ class NodeService:
             timing,
             check_value=firmware.check_value,
             on_accept=firmware.on_accept,
+            announce=firmware.announce,
         )
         if firmware.shares is not None and not intact:
             # The store may have been rolled back: its counts are not trusted until the
@@ -214,8 +215,17 @@ class NodeService:
         if isinstance(action, Reply):
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
+        if isinstance(action, ThresholdRead):
+            try:
+                read = action.answer(self.replica.held_payload(action.key))
+            except StoreCorrupted as err:
+                self._stop_serving(err)
+                return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+            assert not read.writes, "a read writes nothing"
+            return ClientAnswer(200, response_key.seal(pad_response(op, read.response.to_bytes())))
         if isinstance(action, ThresholdUpdate):
-            done = await self._commit(action.key, action.change)
+            # Joinable: the N copies of one request, one per node, make one round.
+            done = await self._commit(action.key, action.change, joinable=True)
             if isinstance(done, Failed):
                 return self._unavailable()
             self.metrics["committed"] += 1
@@ -261,12 +271,14 @@ class NodeService:
         return await self._commit(update.key, change)
 
     async def _commit(
-        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]]
+        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
     ) -> Committed | Failed:
         op_id = os.urandom(16)
         future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
-        self._step(lambda: self.replica.propose(op_id, key, change, self._clock()))
+        self._step(
+            lambda: self.replica.propose(op_id, key, change, self._clock(), joinable=joinable)
+        )
         try:
             return await future
         finally:

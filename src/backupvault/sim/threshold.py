@@ -42,6 +42,7 @@ from backupvault.hsm.shares import (
     Answer,
     FleetShape,
     ShareKeeper,
+    ThresholdRead,
     check_threshold_value,
     error,
 )
@@ -178,6 +179,7 @@ class ThresholdWorld:
             self.timing,
             check_value=check,
             on_accept=keeper.on_accept,
+            announce=lambda key, payload: True,  # every entry here is a threshold entry
         )
         node = HonestNode(slot, keeper, replica, records, rows)
         if not intact:
@@ -264,8 +266,11 @@ class ThresholdWorld:
             update = node.keeper.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             return error(ErrorCode.BAD_REQUEST, err.message)
+        if isinstance(update, ThresholdRead):
+            return update.answer(node.replica.held_payload(update.key)).response
         op_id = self.rand.randbytes(16)
-        self._run(slot, node.replica.propose(op_id, update.key, update.change, self.now))
+        effects = node.replica.propose(op_id, update.key, update.change, self.now, joinable=True)
+        self._run(slot, effects)
         self.settle(until=op_id)
         result = self.results.pop(op_id, None)
         if not isinstance(result, Committed):
