@@ -192,16 +192,21 @@ class VaultClient:
 
     # ---- transport ---------------------------------------------------------------------
 
-    def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
-        """Seal and send `request`. A 429 is waited out (up to MAX_RATE_LIMIT_WAIT_SECONDS
-        in all). An answer lost on the way (a timeout) or a 503 (a node timed out, the fleet
-        could not commit in time; the request may still take effect) is sent again up to
-        `resends` times, for requests where that cannot cost anything twice."""
-        body = AuthorizedRequest(self._fleet_token, request.to_bytes()).to_bytes()
+    def _post(
+        self,
+        op: Op,
+        seal: Callable[[], tuple[bytes, list[ResponseKey]]],
+        resends: int,
+    ) -> tuple[httpx.Response, list[ResponseKey]]:
+        """Post a freshly sealed body (`seal` again for every try: a seal is used once). A
+        429 is waited out (up to MAX_RATE_LIMIT_WAIT_SECONDS in all). An answer lost on the
+        way (a timeout) or a 503 (a node timed out, the fleet could not commit in time; the
+        request may still take effect) is sent again up to `resends` times, for requests
+        where that cannot cost anything twice."""
         waited = 0.0
         backoff = RESEND_BACKOFF_SECONDS
         while True:
-            sealed, response_keys = self._seal(op, body)
+            sealed, response_keys = seal()
             try:
                 answer = self._http.post(
                     f"{self._vault_url}/{self.entry}/{op}",
@@ -235,7 +240,12 @@ class VaultClient:
                 time.sleep(backoff)
                 backoff *= 2
                 continue
-            break
+            return answer, response_keys
+
+    def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
+        """Seal and send `request` to one node through the relay (retries: `_post`)."""
+        body = AuthorizedRequest(self._fleet_token, request.to_bytes()).to_bytes()
+        answer, response_keys = self._post(op, lambda: self._seal(op, body), resends)
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:
@@ -258,47 +268,8 @@ class VaultClient:
         `resends` times (for requests that cannot cost anything twice)."""
         if len(requests) != len(self.node_keys):
             raise ValueError("one request per node")
-        waited = 0.0
-        backoff = RESEND_BACKOFF_SECONDS
-        while True:
-            sealed, response_keys = self._seal_each(
-                op,
-                [AuthorizedRequest(self._fleet_token, r.to_bytes()).to_bytes() for r in requests],
-            )
-            try:
-                answer = self._http.post(
-                    f"{self._vault_url}/{self.entry}/{op}",
-                    content=sealed,
-                    headers={
-                        "Authorization": f"Bearer {self._token}",
-                        "Content-Type": "application/octet-stream",
-                    },
-                )
-            except httpx.ConnectError as err:
-                raise RelayUnreachable(self.relay_url, str(err)) from None
-            except httpx.HTTPError as err:
-                if resends > 0:
-                    resends -= 1
-                    time.sleep(backoff)
-                    backoff *= 2
-                    continue
-                raise FleetUnavailable(
-                    f"the relay at {self.relay_url} did not answer ({type(err).__name__});"
-                    " the request may have been counted"
-                ) from None
-            if answer.status_code == 429:
-                wait = _retry_after(answer)
-                if waited + wait <= MAX_RATE_LIMIT_WAIT_SECONDS:
-                    self._notify(f"the relay asks to slow down: waiting {wait:g} s")
-                    time.sleep(wait)
-                    waited += wait
-                    continue
-            if answer.status_code == 503 and resends > 0:
-                resends -= 1
-                time.sleep(backoff)
-                backoff *= 2
-                continue
-            break
+        bodies = [AuthorizedRequest(self._fleet_token, r.to_bytes()).to_bytes() for r in requests]
+        answer, response_keys = self._post(op, lambda: self._seal_each(op, bodies), resends)
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:
