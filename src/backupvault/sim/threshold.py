@@ -331,11 +331,10 @@ class ThresholdClient:
                 answers[slot] = answer
         return answers
 
-    def register(self, password: bytes, root_key: bytes, version: int = 1) -> tuple[Loot, int]:
-        """Register; returns the attacker's loot (hostile nodes' shares) and the number of
-        verified acknowledgements."""
+    def _deal(self, password: bytes, root_key: bytes, version: int) -> manifest.Registration:
+        """A fresh k dealt to this fleet's shape: the manifest and every node's share."""
         shape = self.world.shape
-        registration = manifest.register(
+        return manifest.register(
             password,
             root_key,
             fleet_id=FLEET_ID,
@@ -347,6 +346,11 @@ class ThresholdClient:
             ksf=SIM_KSF,
             version=version,
         )
+
+    def register(self, password: bytes, root_key: bytes, version: int = 1) -> tuple[Loot, int]:
+        """Register; returns the attacker's loot (hostile nodes' shares) and the number of
+        verified acknowledgements."""
+        registration = self._deal(password, root_key, version)
         encoded = registration.manifest.to_bytes()
         answers = self._ask_all(
             Op.REGISTER_SHARE,
@@ -435,19 +439,7 @@ class ThresholdClient:
         """A fresh k for version + 1, authorized by the old owner's CHANGE_PASSWORD
         statement over SHA-256(M'); returns the new loot and the verified acks."""
         agreed = self.agreed()
-        shape = self.world.shape
-        registration = manifest.register(
-            new_password,
-            root_key,
-            fleet_id=FLEET_ID,
-            account=self.account,
-            entry=self.entry,
-            epoch=EPOCH,
-            nodes=shape.nodes,
-            threshold_count=shape.threshold,
-            ksf=SIM_KSF,
-            version=agreed.version + 1,
-        )
+        registration = self._deal(new_password, root_key, agreed.version + 1)
         encoded = registration.manifest.to_bytes()
         statement = owner.OwnerStatement(
             owner.StatementKind.CHANGE_PASSWORD,
