@@ -82,7 +82,6 @@ class ErrorCode(enum.StrEnum):
     MISMATCH = "mismatch"  # the sealed account/entry differ from what the relay asserted
     NOT_REGISTERED = "not_registered"
     ALREADY_REGISTERED = "already_registered"
-    WRONG_PASSWORD = "wrong_password"
     DESTROYED = "destroyed"
     STALE_ATTEMPT = "stale_attempt"  # a newer attempt started, or this one was already used
     FLEET_UNAVAILABLE = "fleet_unavailable"

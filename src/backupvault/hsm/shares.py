@@ -25,6 +25,7 @@ from backupvault.crypto.manifest import Manifest
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
+    MAX_GUESS_LIMIT,
     EntryId,
     Evaluation,
     NodeShare,
@@ -70,8 +71,8 @@ class FleetShape:
 
     def __post_init__(self) -> None:
         threshold.check_threshold(self.threshold, self.nodes)
-        if not 1 <= self.guess_limit <= 100:
-            raise InvalidInput("per-node guess limit: 1..100")
+        if not 1 <= self.guess_limit <= MAX_GUESS_LIMIT:
+            raise InvalidInput(f"per-node guess limit: 1..{MAX_GUESS_LIMIT}")
 
 
 @dataclass(frozen=True)
