@@ -47,11 +47,11 @@ def _error(code: str, detail: str) -> bytes:
 
 
 class InProcessFleet:
-    def __init__(self, n: int = 5, seed: int = 0) -> None:
+    def __init__(self, n: int = 5, seed: int = 0, epoch: int = EPOCH) -> None:
         self.rand = random.Random(seed)
         self.now = 1_000.0
         self.fleet_id = FLEET_ID
-        self.shape = FleetShape(EPOCH, n, n // 2 + 1, LIMIT)
+        self.shape = FleetShape(epoch, n, n // 2 + 1, LIMIT)
         self.node_keys = [NodePrivateKey.generate(Kem.X25519) for _ in range(n)]
         self.signing = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.issuer = Ed25519PrivateKey.generate()
@@ -206,7 +206,7 @@ class InProcessFleet:
             fleet_token=self.fleet_token(token_for),
         )
         signing = tuple(key.public_key().public_bytes_raw() for key in self.signing)
-        return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, EPOCH))
+        return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, self.shape.epoch))
 
 
 @pytest.fixture
