@@ -162,6 +162,8 @@ class Tally:
     durations: list[float] = field(default_factory=list)
     #: Operations not answered in time, by "kind:outcome" (where availability is lost).
     late: Counter[str] = field(default_factory=Counter)
+    #: The first errors' messages (which nodes did not answer, and why).
+    samples: list[str] = field(default_factory=list)
     #: Their time, by the fan-out it was spent in (the rest: the client's pauses, crypto).
     late_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     _began: threading.local = field(default_factory=threading.local)
@@ -222,9 +224,11 @@ class Tally:
         with self.lock:
             return sum(v for k, v in self.outcomes.items() if "@" not in k)
 
-    def error(self, name: str) -> None:
+    def error(self, name: str, message: str = "") -> None:
         with self.lock:
             self.errors[name] += 1
+            if message and len(self.samples) < 40:
+                self.samples.append(message)
 
     def violation(self, text: str) -> None:
         with self.lock:
@@ -767,7 +771,7 @@ class Worker:
 
     def _pause_after(self, err: Exception, stop: threading.Event, ghost: EntryGhost) -> None:
         ghost.errors_since_output += 1
-        self.tally.error(error_name(err))
+        self.tally.error(error_name(err), f"{ghost.account}/{ghost.entry}: {err}")
         stop.wait(self.rng.uniform(0.05, 0.3))
 
     def _register(self, ghost: EntryGhost, client: GhostClient, stop: threading.Event) -> bool:
@@ -859,7 +863,11 @@ class Worker:
             return
         except Destroyed as err:
             self.tally.op("recover_right", "Destroyed", client.trace.seconds)
-            self.tally.violation(f"{where}: a registered entry was destroyed: {err!r}")
+            self.tally.violation(
+                f"{where}: a registered entry was destroyed (last attempt {ghost.last_attempt},"
+                f" last success at {ghost.base}, {ghost.hidden_guesses} attempts without an"
+                f" output so far): {err!r}"
+            )
             ghost.destroyed = True
             return
         except NotRegistered as err:
@@ -902,7 +910,10 @@ class Worker:
         except Destroyed:
             self.tally.op(kind, "Destroyed", client.trace.seconds)
             if not ghost.attacker:
-                self.tally.violation(f"{where}: destroyed while the user had guesses left")
+                self.tally.violation(
+                    f"{where}: destroyed while the user had guesses left (last attempt "
+                    f"{ghost.last_attempt}, last success at {ghost.base})"
+                )
             ghost.destroyed = True
             ghost.exhausted = ghost.outputs > outputs
             return
@@ -1206,6 +1217,7 @@ def final_checks(
         successes=sum(g.successes for g in ghosts),
         hidden_guesses=sum(g.hidden_guesses for g in ghosts),
         hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
+        error_samples=tally.samples,
     )
 
     checks.append(
