@@ -55,13 +55,9 @@ from backupvault.protocol import (
     share_ack_message,
 )
 
-#: An evaluate fan-out that brought fewer than t partials is sent again (the same B and
-#: client time: a node answers a resent (attempt, B) again without a second charge) while
-#: t nodes may still give one, for up to this long: an attempt that commits but reaches
-#: the client with fewer than t partials is a guess spent for nothing.
-EVALUATE_RESEND_SECONDS = 6.0
-#: The longest pause between two evaluate fan-outs.
-EVALUATE_BACKOFF_CAP_SECONDS = 1.0
+#: Resends of an evaluate fan-out when fewer than t nodes answered (the same B and client
+#: time: a node answers a resent (attempt, B) again without a second charge).
+EVALUATE_RESENDS = 2
 #: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
@@ -415,29 +411,21 @@ class ThresholdVault:
         good: dict[int, EvaluateResponse] = {}  # partials that verify, by node
         rejected: list[int] = []  # nodes whose partial does not verify
         problems: dict[int, str] = {}
-        refused: dict[int, str] = {}  # nodes that answered no partial and will not: why
-        started = time.monotonic()
-        backoff = RETRY_BACKOFF_SECONDS
-        while True:
+        errors: list[str] = []
+        for _round in range(EVALUATE_RESENDS + 1):
             outcomes = self.vault.call_each(Op.EVALUATE, [request] * self.nodes, EvaluateResponse)
-            unreachable = 0
             for outcome in outcomes:
                 index = outcome.index
                 if index in good or index in rejected:
                     continue
-                refused.pop(index, None)
                 if outcome.response is None:
                     problems[index] = outcome.describe()
                     if outcome.error is not None:
-                        if outcome.error.code != ErrorCode.FLEET_UNAVAILABLE:
-                            refused[index] = outcome.error.code  # destroyed, stale, ...
-                    elif outcome.failure_code == "node_unreachable":
-                        unreachable += 1  # down or cut off: no connection to it
+                        errors.append(outcome.error.code)
                     continue
                 if outcome.response.index != index + 1:
                     # Named as the node whose sealed channel it came back on.
                     problems[index] = f"node {index}: answered for another node's share"
-                    refused[index] = "wrong_index"
                     continue
                 problems.pop(index, None)
                 if self._verifies(manifest, blinded, index, outcome.response):
@@ -446,27 +434,20 @@ class ThresholdVault:
                     rejected.append(index)
                     problems[index] = f"node {index}: its partial evaluation does not verify"
             # A resend of the same B is answered again without a second charge, so nodes
-            # that were too slow or could not commit in time are worth another round, as
-            # long as t partials are still possible from nodes that answered or timed out;
-            # refusals (destroyed, stale) and bad partials are final.
-            possible = self.nodes - len(rejected) - len(refused) - unreachable
-            if (
-                len(good) >= self.t
-                or possible < self.t
-                or time.monotonic() - started > EVALUATE_RESEND_SECONDS
-            ):
+            # that were too slow or could not commit in time, or a partial too few after
+            # a bad one, are worth one more round; refusals (destroyed, stale) are final.
+            if len(good) >= self.t or any(e != ErrorCode.FLEET_UNAVAILABLE for e in errors):
                 break
-            time.sleep(backoff)
-            backoff = min(2 * backoff, EVALUATE_BACKOFF_CAP_SECONDS)
+            errors.clear()
+            time.sleep(RETRY_BACKOFF_SECONDS * 2**_round)
         if rejected:
             self._notify(
                 f"vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation that does"
                 " not verify; it was ignored (report this to the operator)"
             )
         if len(good) < self.t:
-            codes = list(refused.values())
-            if codes.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
-                not good and ErrorCode.DESTROYED in codes
+            if errors.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
+                not good and ErrorCode.DESTROYED in errors
             ):
                 raise Destroyed()
             if rejected:

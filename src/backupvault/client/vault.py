@@ -101,8 +101,6 @@ class NodeOutcome(Generic[T]):
     response: T | None = None
     error: ErrorResponse | None = None
     failure: str | None = None
-    #: The relay's code for a node it got no answer from (`node_unreachable`, `node_slow`…).
-    failure_code: str | None = None
 
     def describe(self) -> str:
         if self.error is not None:
@@ -289,7 +287,7 @@ class VaultClient:
         if reply.status != 200:
             code, detail = reply.error()
             if not reply.answered:
-                return NodeOutcome(index, failure=detail or "no answer", failure_code=code)
+                return NodeOutcome(index, failure=detail or "no answer")
             return NodeOutcome(index, failure=f"HTTP {reply.status} {code}: {detail}".strip())
         try:
             response = decode_response(op, response_key.open(reply.body))
