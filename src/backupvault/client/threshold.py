@@ -530,11 +530,7 @@ class ThresholdVault:
                     missing[outcome.index] = outcome.describe()
             # A node that refused the statement will refuse it again; one that could not
             # commit in time (several nodes commit resets of one entry at once) may not.
-            # Once t nodes took it the reset is in the replicated value, which the others
-            # verify and apply themselves: the user need not wait on a node that is down.
-            if len(done) >= self.t or not any(
-                _transient(o) for o in outcomes if o.index not in done
-            ):
+            if not any(_transient(o) for o in outcomes if o.index not in done):
                 break
         return tuple(missing[i] for i in sorted(missing))
 
