@@ -1,6 +1,6 @@
 """The relay's answer to a fan-out operation: every node's answer, labelled with its index.
 
-The threshold operations (register a share, fetch the manifest, recover-start, the owner's
+The threshold operations (register a share, fetch the manifest, evaluate, the owner's
 statements) need answers from several nodes: t partial evaluations, t identical manifests,
 N share acknowledgements. The client posts one body holding a sealed copy per node
 (`protocol.SealedCopies`, each copy may differ); the relay sends copy i to node i, all at
@@ -24,24 +24,13 @@ from dataclasses import dataclass
 
 from backupvault.codec import Message
 from backupvault.errors import InvalidInput
-from backupvault.protocol import Op
+from backupvault.protocol import OPERATIONS
 
 #: `FanoutReply.status` when the node gave no answer the relay could pass on.
 NO_ANSWER = 0
 
-#: The operations the relay fans out: the threshold flow's (protocol.Op). The single-seed
-#: operations go to one node, as before.
-FANOUT_OPERATIONS = frozenset(
-    str(op)
-    for op in (
-        Op.REGISTER_SHARE,
-        Op.CHANGE_SHARE,
-        Op.MANIFEST,
-        Op.EVALUATE,
-        Op.RESET,
-        Op.DELETE_SHARE,
-    )
-)
+#: The operations the relay fans out: every vault operation (protocol.Op).
+FANOUT_OPERATIONS = frozenset(OPERATIONS)
 
 
 @dataclass(frozen=True)

@@ -17,9 +17,6 @@ import struct
 from dataclasses import dataclass
 from typing import TypeGuard
 
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import oprf, threshold
 from backupvault.crypto.manifest import Manifest
@@ -42,15 +39,8 @@ def check_name(what: str, value: str) -> str:
 
 
 class Op(enum.StrEnum):
-    REGISTER_START = "register-start"
-    REGISTER_FINISH = "register-finish"
-    RECOVER_START = "recover-start"
-    RECOVER_FINISH = "recover-finish"
-    CHANGE_PASSWORD = "change-password"
-    DELETE = "delete"
-    STATUS = "status"
-    # The threshold flow (docs/threshold.md). The single-seed operations above remain only
-    # for entries registered before it, until they are migrated.
+    """The threshold flow's operations (docs/threshold.md)."""
+
     REGISTER_SHARE = "register-share"
     CHANGE_SHARE = "change-share"
     MANIFEST = "manifest"
@@ -60,6 +50,24 @@ class Op(enum.StrEnum):
 
 
 OPERATIONS: tuple[str, ...] = tuple(str(op) for op in Op)
+
+#: The single-seed flow's operations, removed with it: the relay and the nodes answer them
+#: 410 `removed_operation` with this detail, so an old client says what to do.
+REMOVED_OPERATIONS = frozenset(
+    {
+        "register-start",
+        "register-finish",
+        "recover-start",
+        "recover-finish",
+        "change-password",
+        "delete",
+        "status",
+    }
+)
+REMOVED_OPERATION_DETAIL = (
+    "this vault no longer has the single-seed flow (removed: every entry uses the threshold"
+    " vault, docs/threshold.md); update the client"
+)
 
 
 class EntryStatus(enum.IntEnum):
@@ -77,119 +85,14 @@ class ErrorCode(enum.StrEnum):
     WRONG_PASSWORD = "wrong_password"
     DESTROYED = "destroyed"
     STALE_ATTEMPT = "stale_attempt"  # a newer attempt started, or this one was already used
-    EXPIRED = "expired"
     FLEET_UNAVAILABLE = "fleet_unavailable"
     STALE_MANIFEST = "stale_manifest"  # the request names another version than this node holds
     REFUSED = "refused"  # an owner signature or a share did not verify against this node's state
 
 
-@dataclass(frozen=True)
-class RegisterStartRequest(Message):
-    TAG = 1
-    account: str
-    entry: str
-    registration_request: bytes
-
-
-@dataclass(frozen=True)
-class RegisterStartResponse(Message):
-    TAG = 2
-    registration_response: bytes
-    registration_ticket: bytes  # opaque to the client; names the OPRF key used
-
-
-@dataclass(frozen=True)
-class RegisterFinishRequest(Message):
-    """Used by register-finish (a new entry) and change-password (with a grant)."""
-
-    TAG = 3
-    account: str
-    entry: str
-    registration_ticket: bytes
-    record: bytes  # OPAQUE RegistrationRecord
-    ksf_params: bytes
-    wrapped_root_key: bytes
-    guess_limit: int
-    grant: bytes  # empty for register-finish; from a recovery for change-password
-
-
-@dataclass(frozen=True)
-class RegisterFinishResponse(Message):
-    TAG = 4
-    version: int
-    guess_limit: int
-
-
-@dataclass(frozen=True)
-class RecoverStartRequest(Message):
-    """`client_time_ms`: the client's clock. A new attempt must be later than the entry's
-    latest, so a recover-start replayed by the relay is refused without costing a guess;
-    a resend of the latest attempt's own KE1 is answered again, also without a charge."""
-
-    TAG = 5
-    account: str
-    entry: str
-    ke1: bytes
-    client_time_ms: int
-
-
-@dataclass(frozen=True)
-class RecoverStartResponse(Message):
-    TAG = 6
-    ke2: bytes
-    ksf_params: bytes
-    recovery_ticket: bytes  # opaque to the client; carries the attempt's server state
-    guesses_remaining: int  # after this attempt
-    guess_limit: int
-
-
-@dataclass(frozen=True)
-class RecoverFinishRequest(Message):
-    TAG = 7
-    account: str
-    entry: str
-    recovery_ticket: bytes
-    ke3: bytes
-
-
-@dataclass(frozen=True)
-class RecoverFinishResponse(Message):
-    TAG = 8
-    sealed_wrapped_root_key: bytes  # AES-256-GCM under a key derived from the session key
-    grant: bytes  # lets this client change the password shortly after
-
-
-@dataclass(frozen=True)
-class DeleteRequest(Message):
-    """`grant`: from a successful recovery; needed to delete a live key. A destroyed entry
-    (nothing left to protect) is cleared with the fleet token alone."""
-
-    TAG = 9
-    account: str
-    entry: str
-    grant: bytes
-
-
-@dataclass(frozen=True)
-class DeleteResponse(Message):
-    TAG = 10
-    version: int
-
-
-@dataclass(frozen=True)
-class StatusRequest(Message):
-    TAG = 11
-    account: str
-    entry: str
-
-
-@dataclass(frozen=True)
-class StatusResponse(Message):
-    TAG = 12
-    status: int  # EntryStatus
-    guess_limit: int
-    guesses_remaining: int
-    version: int
+# Tags 1-12 were the single-seed flow's messages (register-start/finish, recover-start/
+# finish, change-password, delete, status), removed with it: they stay reserved, and a
+# body carrying one is refused as an unknown message (docs/protocol.md).
 
 
 @dataclass(frozen=True)
@@ -378,9 +281,10 @@ class ManifestResponse(Message):
 
 @dataclass(frozen=True)
 class EvaluateRequest(Message):
-    """Recovery step 1: ask for k_i·B for one attempt. `client_time_ms` as for
-    `RecoverStartRequest`: a new attempt must be later than the entry's latest, so a
-    replayed request is refused without costing a guess."""
+    """Recovery step 1: ask for k_i·B for one attempt. `client_time_ms`: the client's
+    clock; a new attempt must be later than the entry's latest, so a request replayed by
+    the relay is refused without costing a guess (a resend of the latest attempt's own B
+    is answered again, also without a charge)."""
 
     TAG = 21
     account: str
@@ -484,13 +388,6 @@ NODE_HEADER = "X-Backupvault-Answered-By"
 #: Every sealed response of an operation has the same size, so the relay cannot tell a
 #: success, a wrong password and an unknown entry apart by length (docs/protocol.md).
 RESPONSE_PADDED_SIZE: dict[Op, int] = {
-    Op.REGISTER_START: 384,
-    Op.REGISTER_FINISH: 384,
-    Op.RECOVER_START: 768,
-    Op.RECOVER_FINISH: 384,
-    Op.CHANGE_PASSWORD: 384,
-    Op.DELETE: 384,
-    Op.STATUS: 384,
     Op.REGISTER_SHARE: 384,
     Op.CHANGE_SHARE: 384,
     Op.MANIFEST: 1024,
@@ -520,13 +417,6 @@ def unpad_response(op: Op, data: bytes) -> bytes:
 
 
 REQUEST_TYPES: dict[Op, type[Message]] = {
-    Op.REGISTER_START: RegisterStartRequest,
-    Op.REGISTER_FINISH: RegisterFinishRequest,
-    Op.RECOVER_START: RecoverStartRequest,
-    Op.RECOVER_FINISH: RecoverFinishRequest,
-    Op.CHANGE_PASSWORD: RegisterFinishRequest,
-    Op.DELETE: DeleteRequest,
-    Op.STATUS: StatusRequest,
     Op.REGISTER_SHARE: RegisterShareRequest,
     Op.CHANGE_SHARE: RegisterShareRequest,
     Op.MANIFEST: ManifestRequest,
@@ -536,13 +426,6 @@ REQUEST_TYPES: dict[Op, type[Message]] = {
 }
 
 RESPONSE_TYPES: dict[Op, type[Message]] = {
-    Op.REGISTER_START: RegisterStartResponse,
-    Op.REGISTER_FINISH: RegisterFinishResponse,
-    Op.RECOVER_START: RecoverStartResponse,
-    Op.RECOVER_FINISH: RecoverFinishResponse,
-    Op.CHANGE_PASSWORD: RegisterFinishResponse,
-    Op.DELETE: DeleteResponse,
-    Op.STATUS: StatusResponse,
     Op.REGISTER_SHARE: ShareAck,
     Op.CHANGE_SHARE: ShareAck,
     Op.MANIFEST: ManifestResponse,
@@ -555,14 +438,3 @@ RESPONSE_TYPES: dict[Op, type[Message]] = {
 def decode_response(op: Op, data: bytes) -> Message:
     """A padded response body (`pad_response`), decoded."""
     return decode_any(unpad_response(op, data), (RESPONSE_TYPES[op], ErrorResponse))
-
-
-def release_key(session_key: bytes, account: str, entry: str) -> bytes:
-    """The key that seals wrapped_RK on its way out, derived from the OPAQUE session key."""
-    info = b"backupvault/v1 release " + account.encode() + b"\x00" + entry.encode()
-    return HKDF(hashes.SHA256(), 32, salt=None, info=info).derive(session_key)
-
-
-def opaque_context(fleet_id: bytes) -> bytes:
-    """The OPAQUE context: binds every login transcript to one fleet."""
-    return b"backupvault/v1 fleet " + fleet_id

@@ -105,7 +105,6 @@ def _client_toml(path: Path, **fields: object) -> Path:
         "fleet_id": "00" * 16,
         "node_public_keys": ["0020" + "11" * 32],
         "node_signing_keys": ["33" * 32],
-        "opaque_server_public_key": "22" * 32,
         **fields,
     }
     path.write_text(tomli_w.dumps(data))

@@ -103,7 +103,6 @@ class FakeFleet:
             "alice",
             FLEET_ID,
             [node.hpke.public_key() for node in self.nodes],
-            b"",
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
             fleet_token="fleet-token",

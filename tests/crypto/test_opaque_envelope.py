@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from backupvault.crypto import opaque, oprf
 from backupvault.crypto.ksf import IDENTITY_KSF, Argon2idParams
@@ -137,3 +139,33 @@ def test_bad_inputs_are_refused() -> None:
         opaque.recover_envelope(
             output + b"\x00", result.record, ksf=TINY_ARGON2, server_public_key=SERVER_KEY
         )
+
+
+def test_record_bytes_are_checked() -> None:
+    """A record decodes only at its exact length and with a valid client public key; any
+    record that decodes encodes back to the same bytes; its secrets stay out of repr."""
+    output = oprf.evaluate(oprf.random_scalar(), b"pw")
+    result = opaque.store_envelope(output, ksf=IDENTITY_KSF, server_public_key=SERVER_KEY)
+    data = result.record.to_bytes()
+    for bad in (bytes(32), b"\xff" * 32, (1).to_bytes(32, "little")):
+        with pytest.raises(InvalidInput):
+            RegistrationRecord.from_bytes(bad + data[32:])
+    for length in (0, len(data) - 1, len(data) + 1):
+        with pytest.raises(InvalidInput):
+            RegistrationRecord.from_bytes(bytes(length))
+    assert RegistrationRecord.from_bytes(data).to_bytes() == data
+    for obj in (result, result.record):
+        text = repr(obj) + str(obj)
+        assert "hidden" in text
+        for secret in (result.export_key, result.record.masking_key):
+            assert secret.hex() not in text and repr(secret) not in text
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.one_of(st.binary(max_size=400), st.binary(min_size=192, max_size=192)))
+def test_record_from_bytes_fuzz_only_invalid_input(data: bytes) -> None:
+    try:
+        parsed = RegistrationRecord.from_bytes(data)
+    except InvalidInput:
+        return
+    assert parsed.to_bytes() == data

@@ -94,6 +94,6 @@ def test_the_operations_guide_runs_as_written(tmp_path: Path) -> None:
     assert "verdict: every check passed" in output
     assert (tmp_path / "alice" / "restored" / "notes.txt").read_text() == "first day\n"
     # what the guide promised about the files it made
-    assert not list(tmp_path.glob("node*/data/fleet-secrets.transfer"))  # consumed
+    assert not list(tmp_path.glob("node*/data/fleet-secrets.*"))  # no fleet-wide secret
     assert (tmp_path / "deployment.bin").is_file() and (tmp_path / "bundle.bin").is_file()
     assert oct((tmp_path / "alice" / "client.toml").stat().st_mode & 0o777) == "0o600"

@@ -1,9 +1,12 @@
-"""An in-process fleet: the real firmware and replicas on an in-memory network, reached by
-the real client SDK through an httpx transport. No sockets, no processes, deterministic
-message order; nodes can be taken down and brought back."""
+"""An in-process fleet: the real firmware (`VaultFirmware`, its `ShareKeeper`) and real
+replicas on an in-memory network, reached by the real client SDK (`ThresholdVault` over
+`VaultClient`) through an httpx transport that does what the relay's fan-out does. No
+sockets, no processes, deterministic message order; nodes can be taken down and brought
+back."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 from collections import deque
@@ -13,55 +16,75 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.vault import VaultClient
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import Kem, NodePrivateKey
+from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
-from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, VaultFirmware
-from backupvault.hsm.state import EntryState
-from backupvault.protocol import NODE_HEADER, ErrorResponse, Op, SealedCopies, pad_response
+from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
+from backupvault.hsm.shares import Answer, FleetShape, ThresholdRead
+from backupvault.hsm.state import NodeShare, ThresholdState
+from backupvault.protocol import ErrorResponse, Op, SealedCopies, pad_response
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
 ISSUER = "test-issuer"
+FLEET_ID = b"test-fleet"
+EPOCH = 1
+LIMIT = 10
 
 FAST_KSF = ksf.Argon2idParams(
     memory_kib=256, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
 )
 
 
+def _error(code: str, detail: str) -> bytes:
+    return json.dumps({"error": code, "detail": detail}).encode()
+
+
 class InProcessFleet:
     def __init__(self, n: int = 5, seed: int = 0) -> None:
         self.rand = random.Random(seed)
         self.now = 1_000.0
-        self.secrets: FleetSecrets = make_fleet_secrets(b"test-fleet", os.urandom)
+        self.fleet_id = FLEET_ID
+        self.shape = FleetShape(EPOCH, n, n // 2 + 1, LIMIT)
         self.node_keys = [NodePrivateKey.generate(Kem.X25519) for _ in range(n)]
+        self.signing = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.issuer = Ed25519PrivateKey.generate()
-        accounts = TokenVerifier(
-            self.issuer.public_key(), ISSUER, fleet_audience(self.secrets.fleet_id)
-        )
-        self.accounts = accounts
-        self.firmware = {
-            i: VaultFirmware(self.secrets, NodeKey(i, self.node_keys[i]), os.urandom, accounts)
-            for i in range(n)
-        }
+        self.accounts = TokenVerifier(self.issuer.public_key(), ISSUER, fleet_audience(FLEET_ID))
+        #: Each node's own share rows, as its store keeps them.
+        self.shares: dict[int, dict[bytes, NodeShare]] = {i: {} for i in range(n)}
+        self.firmware = {i: self._firmware(i) for i in range(n)}
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
-        self.replicas = {
-            i: Replica(i, range(n), self.rand.randbytes, check_value=self.firmware[i].check_value)
-            for i in range(n)
-        }
+        self.replicas = {i: self._replica(i, None) for i in range(n)}
         self.down: set[int] = set()
         self.queue: deque[tuple[int, int, bytes]] = deque()
         self.results: dict[bytes, Committed | Failed] = {}
-        self.evaluations = 0  # KE2s produced, counted where they are built
-        self.sent: list[bytes] = []  # every byte that crossed the relay, for secrecy checks
-        self.requests: list[tuple[str, bytes]] = []  # (op, sealed body), as the relay saw
+        self.requests: list[tuple[str, bytes]] = []  # (op, body), as the relay saw them
+        self._entry = ""
         for i in range(n):
             self._run(i, self.replicas[i].start(self.now))
         self._settle()
+
+    def _firmware(self, i: int) -> VaultFirmware:
+        key = NodeKey(i, self.node_keys[i], self.signing[i])
+        return VaultFirmware(FLEET_ID, key, self.accounts, self.shape, self.shares[i].get)
+
+    def _replica(self, i: int, records: MemoryRecords | None) -> Replica:
+        firmware = self.firmware[i]
+        return Replica(
+            i,
+            range(len(self.node_keys)),
+            self.rand.randbytes,
+            records,
+            check_value=firmware.check_value,
+            on_accept=firmware.on_accept,
+            announce=firmware.announce,
+        )
 
     # -- network ---------------------------------------------------------------------------
     def _run(self, node: int, effects: list[Effect]) -> None:
@@ -96,83 +119,94 @@ class InProcessFleet:
         self.down.add(node)
 
     def restart(self, node: int, wipe: bool = False) -> None:
+        """Bring `node` back from its disk (`wipe`: an empty one, its share rows too)."""
         self.down.discard(node)
         if wipe:
             self.disk[node] = {}
-        self.replicas[node] = Replica(
-            node,
-            self.replicas.keys(),
-            self.rand.randbytes,
-            MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode()),
-            check_value=self.firmware[node].check_value,
-        )
+            self.shares[node].clear()
+        self.firmware[node] = self._firmware(node)
+        records = MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode())
+        self.replicas[node] = self._replica(node, records)
         self._run(node, self.replicas[node].start(self.now))
         self._settle()
 
-    def state(self, node: int, key: bytes) -> EntryState:
+    def state(self, node: int, key: bytes) -> ThresholdState:
         record = self.disk[node].get(key)
         payload = payload_of(record.value) if record else b""
-        return EntryState.from_bytes(payload) if payload else EntryState()
+        return ThresholdState.from_bytes(payload) if payload else ThresholdState()
 
-    # -- the node's client endpoint, as the relay would call it ----------------------------
-    def handle(self, request: httpx.Request) -> httpx.Response:
-        _, _, _, entry, op_name = request.url.path.split("/")
-        account = "alice"
-        body = request.read()
-        self.sent.append(body)
-        self.requests.append((op_name, body))
-        live = [i for i in self.replicas if i not in self.down]
-        if not live:
-            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "none"})
-        node = self.rand.choice(live)
-        op = Op(op_name)
-        copy = SealedCopies.for_nodes(body, len(self.replicas)).copies[node]
-        opened = self.firmware[node].open(op, account, entry, copy, self.now)
+    # -- the nodes' client endpoint behind the relay's fan-out -----------------------------
+    def _answer(self, node: int, op: Op, copy: bytes) -> FanoutReply:
+        try:
+            opened = self.firmware[node].open(op, "alice", self._entry, copy, self.now)
+        except (InvalidInput, AuthenticationFailed) as err:
+            return FanoutReply(node, 400, _error("bad_sealed_request", err.message))
         if isinstance(opened, ErrorResponse):
-            return httpx.Response(403, json={"error": opened.code, "detail": opened.detail})
+            return FanoutReply(node, 403, _error(opened.code, opened.detail))
         message, response_key = opened
-        action = self.firmware[node].handle(op, message, self.now)
+        action = self.firmware[node].handle(op, message)
         if isinstance(action, Reply):
             response = action.response
+        elif isinstance(action, ThresholdRead):
+            response = action.answer(self.replicas[node].held_payload(action.key)).response
         else:
             op_id = os.urandom(8)
-
-            def change(value: bytes, action=action):  # type: ignore[no-untyped-def]
-                state = EntryState.from_bytes(value) if value else EntryState()
-                new, build = action.apply(state)
-                return new.to_bytes(), build
-
-            self._run(node, self.replicas[node].propose(op_id, action.key, change, self.now))
+            effects = self.replicas[node].propose(
+                op_id, action.key, action.change, self.now, joinable=True
+            )
+            self._run(node, effects)
             self._settle(until=op_id)
             result = self.results.get(op_id)
             if not isinstance(result, Committed):
-                return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "x"})
-            response = result.outcome()
-            if op is Op.RECOVER_START and type(response).__name__ == "RecoverStartResponse":
-                self.evaluations += 1
+                return FanoutReply(node, 503, _error("fleet_unavailable", "no majority"))
+            answer: Answer = result.outcome()
+            for write in answer.writes:  # this node's rows, durable before the answer leaves
+                self.shares[node][write.key] = write.row
+            self.firmware[node].shares.durable(answer.writes)
+            response = answer.response
         sealed = response_key.seal(pad_response(op, response.to_bytes()))
-        self.sent.append(sealed)
-        return httpx.Response(200, content=sealed, headers={NODE_HEADER: str(node)})
+        return FanoutReply(node, 200, sealed)
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        _, _, _, entry, op_name = request.url.path.split("/")
+        self._entry = entry
+        body = request.read()
+        self.requests.append((op_name, body))
+        op = Op(op_name)
+        copies = SealedCopies.for_nodes(body, len(self.replicas)).copies
+        replies = []
+        for node, copy in enumerate(copies):
+            if node in self.down:
+                replies.append(FanoutReply(node, NO_ANSWER, _error("node_unreachable", "down")))
+            else:
+                replies.append(self._answer(node, op, copy))
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
 
     def fleet_token(self, account: str) -> str:
-        audience = fleet_audience(self.secrets.fleet_id)
         return mint_token(
-            self.issuer, account, issuer=ISSUER, audience=audience, ttl_seconds=3600, now=self.now
+            self.issuer,
+            account,
+            issuer=ISSUER,
+            audience=fleet_audience(FLEET_ID),
+            ttl_seconds=3600,
+            now=self.now,
         )
 
-    def client(self, account: str = "alice", token_for: str | None = None) -> VaultClient:
-        """The SDK as `account`, holding the fleet token of `token_for` (default: its own)."""
-        return VaultClient(
+    def client(self, token_for: str = "alice", entry: str = "backup-root-key") -> ThresholdVault:
+        """The SDK as alice, holding the fleet token of `token_for` (default: her own)."""
+        vault = VaultClient(
             "http://relay.test",
             "token",
-            account,
-            self.secrets.fleet_id,
+            "alice",
+            FLEET_ID,
             [key.public_key() for key in self.node_keys],
-            self.secrets.server_public_key,
+            entry=entry,
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
-            fleet_token=self.fleet_token(token_for or account),
+            fleet_token=self.fleet_token(token_for),
         )
+        signing = tuple(key.public_key().public_bytes_raw() for key in self.signing)
+        return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, EPOCH))
 
 
 @pytest.fixture

@@ -43,7 +43,6 @@ class Bridge:
             "alice",
             FLEET_ID,
             [key.public_key() for key in self.hpke],
-            b"",
             ksf_params=SIM_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
             fleet_token="fleet-token",

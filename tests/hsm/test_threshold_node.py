@@ -5,7 +5,6 @@ password changes, and the attacks on each rule (docs/threshold.md)."""
 from __future__ import annotations
 
 import dataclasses
-import os
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -13,10 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.crypto.seal import Kem, NodePrivateKey, seal_request
 from backupvault.errors import AuthenticationFailed
-from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
 from backupvault.hsm.shares import ROWS_CACHED, FleetShape, ShareKeeper, ThresholdUpdate
-from backupvault.hsm.state import EntryId, EntryState, Evaluation, NodeShare, ThresholdState
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     AuthorizedRequest,
     EntryStatus,
@@ -461,21 +459,15 @@ def test_the_core_asserts_its_invariants() -> None:
 
 def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     """The real firmware: a sealed register-share opens only at its node, is routed to
-    the node's ShareKeeper, and its answer fits the padded size; a firmware without a
-    signing key refuses the threshold operations with a clear message."""
-    secrets = make_fleet_secrets(FLEET_ID, os.urandom)
+    the node's ShareKeeper, and its answer fits the padded size; a request that does not
+    match its operation is refused with a clear message."""
     issuer = Ed25519PrivateKey.generate()
     audience = fleet_audience(FLEET_ID)
     accounts = TokenVerifier(issuer.public_key(), "issuer", audience)
     hpke = NodePrivateKey.generate(Kem.X25519)
     shape = FleetShape(EPOCH, 5, 3, 10)
     firmware = VaultFirmware(
-        secrets,
-        NodeKey(0, hpke, Ed25519PrivateKey.generate()),
-        os.urandom,
-        accounts,
-        shape=shape,
-        load_share=lambda key: None,
+        FLEET_ID, NodeKey(0, hpke, Ed25519PrivateKey.generate()), accounts, shape, lambda key: None
     )
     registration = manifest.register(
         b"pw",
@@ -498,20 +490,17 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(Op.REGISTER_SHARE), body)
     opened = firmware.open(Op.REGISTER_SHARE, "alice", "chat", sealed, 1000)
     assert not isinstance(opened, ErrorResponse)
-    update = firmware.handle(Op.REGISTER_SHARE, opened[0], 1000)
+    update = firmware.handle(Op.REGISTER_SHARE, opened[0])
     assert isinstance(update, ThresholdUpdate)
     payload, build = update.change(b"")
     answer = build()
     assert answer.writes and answer.writes[0].row.share == registration.shares[0].to_bytes()
     pad_response(Op.REGISTER_SHARE, answer.response.to_bytes())
     assert firmware.check_value(update.key, payload) is None  # its own value passes
-    # Threshold values are announced to every node (copies of one request join them);
-    # single-seed ones are not.
+    # Values are announced to every node (the copies of one request join them).
     assert firmware.announce(update.key, payload)
-    assert not firmware.announce(update.key, EntryState().to_bytes())
-    without_signing = VaultFirmware(secrets, NodeKey(0, hpke), os.urandom, accounts)
-    refused = without_signing.handle(Op.REGISTER_SHARE, opened[0], 1000)
-    assert isinstance(refused, Reply) and "threshold" in refused.response.detail  # type: ignore[attr-defined]
+    refused = firmware.handle(Op.EVALUATE, opened[0])
+    assert isinstance(refused, Reply) and "does not match" in refused.response.detail  # type: ignore[attr-defined]
 
 
 def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(

@@ -12,7 +12,6 @@ import threading
 import time
 import tomllib
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,6 @@ class Vault:
             account,
             self.config.fleet_id,
             self.config.node_public_keys,
-            self.config.opaque_server_public_key,
             entry=entry,
             ksf_params=ksf_params,
             http=http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)),
@@ -157,20 +155,6 @@ class Vault:
         )
         write_toml(path, data)
         return path
-
-    def evaluations(self) -> dict[int, int]:
-        """OPRF evaluations (KE2s) made by each running node since it started."""
-        return {
-            int(name.removeprefix("node")): int(m["evaluations"])
-            for name, m in self.deployment.metrics().items()
-        }
-
-    def inspect_all(self, account: str, entry: str) -> list[dict[str, Any]]:
-        """Every node's on-disk view of one entry (one `node inspect` process per node)."""
-        with ThreadPoolExecutor(NODES) as pool:
-            return list(
-                pool.map(lambda i: self.deployment.inspect(i, account, entry), range(NODES))
-            )
 
     def ensure_all_running(self) -> None:
         for index in range(NODES):

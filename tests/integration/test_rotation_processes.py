@@ -68,7 +68,7 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     first = config.session(ksf_params=FAST_KSF)
     assert first.epoch == 1
     root_key = recovery.new_root_key()
-    first.vault.register(PASSWORD, root_key)
+    first.register(PASSWORD, root_key)
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "chat.txt").write_text("before the rotation\n")
     storage = str(tmp_path / "cloud")
@@ -101,15 +101,15 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     transport = Recorder()
     second = config.session(ksf_params=FAST_KSF, http=httpx.Client(transport=transport))
     assert second.epoch == 2
-    assert second.vault.status().status == EntryStatus.EMPTY
+    assert second.status().status == EntryStatus.EMPTY
     recovered = second.recover_or_migrate(PASSWORD)
     assert recovered.root_key == root_key and recovered.migrated_from == 1
     vault_paths = [p for p in transport.paths if "/vault/" in p]
-    # Recovered the single-seed way on epoch 1, registered with the threshold flow on
-    # epoch 2, deleted on epoch 1, then recovered on epoch 2.
-    assert any(p.startswith("/v1/epochs/1/vault/rotating/recover-start") for p in vault_paths)
+    # Recovered on epoch 1, registered on epoch 2, deleted on epoch 1, then recovered on
+    # epoch 2.
+    assert any(p.startswith("/v1/epochs/1/vault/rotating/evaluate") for p in vault_paths)
     assert any(p.startswith("/v1/epochs/2/vault/rotating/register-share") for p in vault_paths)
-    assert any(p == "/v1/epochs/1/vault/rotating/delete" for p in vault_paths)
+    assert any(p == "/v1/epochs/1/vault/rotating/delete-share" for p in vault_paths)
     assert vault_paths[-1].startswith("/v1/epochs/2/vault/rotating/reset")
 
     # Now it lives on epoch 2 (and the old entry is gone), and the backup restores.

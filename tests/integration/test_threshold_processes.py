@@ -1,6 +1,6 @@
 """The threshold vault through real processes (5 nodes, the relay's fan-out, the client):
 registration, recovery, counted wrong guesses, destruction at the limit, nodes down, a
-wrong partial named, the CLI on the threshold flow, and migration of a single-seed entry.
+wrong partial named, and the CLI on the threshold flow.
 
 Each test uses its own account and entry; nodes a test stops are started again after it.
 """
@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from backupvault.client.errors import Destroyed, VaultError, WrongPassword
-from backupvault.client.trust import FleetSession
+from backupvault.client.errors import Destroyed, WrongPassword
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import oprf, threshold
@@ -132,7 +131,6 @@ def test_a_node_with_a_wrong_partial_is_named_and_recovery_succeeds(vault: Vault
         account,
         honest.fleet_id,
         honest.node_keys,
-        honest.opaque_server_key,
         entry=entry,
         ksf_params=FAST_KSF,
         fleet_token=vault.fleet_token(account),
@@ -145,26 +143,6 @@ def test_a_node_with_a_wrong_partial_is_named_and_recovery_succeeds(vault: Vault
     liar = lying.liar
     assert liar is not None and recovered.rejected == (liar,)
     assert any(f"node(s) {liar} sent a partial evaluation that does not verify" in n for n in notes)
-
-
-def test_a_single_seed_entry_moves_to_the_threshold_flow_at_its_next_recovery(
-    vault: Vault,
-) -> None:
-    account, entry = "th-migrant", "th-entry"
-    legacy = vault.client(account, entry)
-    root_key = os.urandom(32)
-    legacy.register(PASSWORD, root_key)
-    session = FleetSession(legacy, vault.threshold(account, entry, client=legacy))
-    before = session.status()
-    assert (before.status, before.single_seed) == (EntryStatus.LIVE, True)
-    recovered = session.recover(PASSWORD)
-    assert (recovered.root_key, recovered.single_seed_migrated) == (root_key, True)
-    after = session.status()
-    assert (after.status, after.single_seed) == (EntryStatus.LIVE, False)
-    with pytest.raises(VaultError):  # no path back to the single seed
-        legacy.recover(PASSWORD)
-    again = session.recover(PASSWORD)
-    assert (again.root_key, again.single_seed_migrated) == (root_key, False)
 
 
 def test_the_cli_backs_up_restores_changes_and_deletes_on_the_threshold_flow(

@@ -14,14 +14,14 @@ from pathlib import Path
 import httpx
 import pytest
 
-from backupvault.client.errors import WrongPassword
+from backupvault.client.errors import Destroyed, WrongPassword
 from backupvault.crypto.seal import seal_request
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription, write_toml
-from backupvault.protocol import AuthorizedRequest, EntryStatus, Op, SealedCopies, StatusRequest
+from backupvault.protocol import AuthorizedRequest, EntryStatus, ManifestRequest, SealedCopies
 from backupvault.tokens import load_operator_private_key
 
-from .conftest import RecordingTransport, Vault
+from .conftest import FAST_KSF, RecordingTransport, Vault
 
 PASSWORD = "correct horse battery staple"
 
@@ -58,15 +58,15 @@ def _nodes(vault: Vault) -> list[str]:
     return [n.url for n in FleetDescription.load(vault.root / "fleet.toml").nodes]
 
 
-def _sealed_status(
+def _sealed_manifest(
     vault: Vault, account: str, entry: str, fleet_token: str, node: int = 0
 ) -> bytes:
-    """A status request sealed to node `node`'s own key (what that node gets from the
+    """A manifest request sealed to node `node`'s own key (what that node gets from the
     relay)."""
     assert vault.config.fleet_id is not None and vault.config.node_public_keys is not None
-    body = AuthorizedRequest(fleet_token, StatusRequest(account, entry).to_bytes()).to_bytes()
+    body = AuthorizedRequest(fleet_token, ManifestRequest(account, entry).to_bytes()).to_bytes()
     key = vault.config.node_public_keys[node]
-    sealed, _ = seal_request(key, vault.config.fleet_id, node, "status", body)
+    sealed, _ = seal_request(key, vault.config.fleet_id, node, "manifest", body)
     return sealed
 
 
@@ -74,8 +74,8 @@ def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
     """Whoever reaches a node's port, with a perfectly sealed request and the account's
     own fleet token, gets 401 unless a listed relay signed it for that node, now."""
     account, entry = "direct-user", "direct-entry"
-    owner = vault.client(account, entry)
-    owner.register(PASSWORD, os.urandom(32))
+    owner = vault.threshold(account, entry)
+    owner.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
     names = {
         "X-Backupvault-Account": account,
         "X-Backupvault-Entry": entry,
@@ -85,27 +85,28 @@ def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
     relay_key = load_operator_private_key(vault.root / "relay-signing.key")
     with httpx.Client(timeout=10) as http:
         for index, url in enumerate(_nodes(vault)):
-            sealed = _sealed_status(vault, account, entry, vault.fleet_token(account), index)
-            for op in ("status", "recover-start", "delete"):
+            sealed = _sealed_manifest(vault, account, entry, vault.fleet_token(account), index)
+            for op in ("manifest", "evaluate", "delete-share"):
                 unsigned = http.post(f"{url}/v1/client/{op}", content=sealed, headers=names)
                 assert unsigned.status_code == 401, unsigned.text
                 assert unsigned.json()["error"] == "relay_signature"
-            forged = sign_headers(forger, index, "status", account, entry, sealed)
+            forged = sign_headers(forger, index, "manifest", account, entry, sealed)
             answer = http.post(
-                f"{url}/v1/client/status", content=sealed, headers={**names, **forged}
+                f"{url}/v1/client/manifest", content=sealed, headers={**names, **forged}
             )
             assert answer.status_code == 401
             # Signed by the relay's key, but for another node: refused too.
-            other = sign_headers(relay_key, (index + 1) % 5, "status", account, entry, sealed)
+            other = sign_headers(relay_key, (index + 1) % 5, "manifest", account, entry, sealed)
             answer = http.post(
-                f"{url}/v1/client/status", content=sealed, headers={**names, **other}
+                f"{url}/v1/client/manifest", content=sealed, headers={**names, **other}
             )
             assert answer.status_code == 401
             # The relay's real signature, once: answered; the same request again: a replay.
-            good = sign_headers(relay_key, index, "status", account, entry, sealed)
-            answer = http.post(f"{url}/v1/client/status", content=sealed, headers={**names, **good})
+            good = sign_headers(relay_key, index, "manifest", account, entry, sealed)
+            target = f"{url}/v1/client/manifest"
+            answer = http.post(target, content=sealed, headers={**names, **good})
             assert answer.status_code == 200, answer.text
-            again = http.post(f"{url}/v1/client/status", content=sealed, headers={**names, **good})
+            again = http.post(target, content=sealed, headers={**names, **good})
             assert again.status_code == 401 and "replay" in again.json()["detail"]
     status = owner.status()
     assert (status.status, status.guesses_remaining) == (EntryStatus.LIVE, 10)
@@ -117,23 +118,25 @@ def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
     replayed to any node, cost the user nothing."""
     account, entry = "relayed-user", "relayed-entry"
     recording = RecordingTransport()
-    owner = vault.client(account, entry, http=httpx.Client(transport=recording, timeout=30))
-    owner.register(PASSWORD, os.urandom(32))
+    client = vault.client(account, entry, http=httpx.Client(transport=recording, timeout=30))
+    owner = vault.threshold(account, entry, client=client)
+    owner.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
     with pytest.raises(WrongPassword):
-        owner.recover("wrong password")
-    owner.recover(PASSWORD)
+        owner.recover("wrong password", ksf_floor=FAST_KSF)
+    owner.recover(PASSWORD, ksf_floor=FAST_KSF)
     assert owner.status().guesses_remaining == 10
 
     relay_key = load_operator_private_key(vault.root / "relay-signing.key")
     names = {"X-Backupvault-Account": account, "X-Backupvault-Entry": entry}
     with httpx.Client(timeout=10) as http:
         # Made up: sealed to the (public) fleet key, with the relay token inside.
-        made_up = _sealed_status(vault, account, entry, vault.token(account))
-        headers = {**names, **sign_headers(relay_key, 0, "status", account, entry, made_up)}
-        answer = http.post(f"{_nodes(vault)[0]}/v1/client/status", content=made_up, headers=headers)
+        made_up = _sealed_manifest(vault, account, entry, vault.token(account))
+        headers = {**names, **sign_headers(relay_key, 0, "manifest", account, entry, made_up)}
+        url = f"{_nodes(vault)[0]}/v1/client/manifest"
+        answer = http.post(url, content=made_up, headers=headers)
         assert answer.status_code == 403 and answer.json()["error"] == "unauthorized"
-        # Replayed: every sealed recover-start and recover-finish it forwarded, to every node.
-        for op in ("recover-start", "recover-finish"):
+        # Replayed: every sealed evaluate and reset it forwarded, to every node.
+        for op in ("evaluate", "reset"):
             for copies in recording.bodies(op):
                 for index, url in enumerate(_nodes(vault)):
                     body = SealedCopies.from_bytes(copies).copies[index]
@@ -141,10 +144,10 @@ def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
                     answer = http.post(
                         f"{url}/v1/client/{op}", content=body, headers={**names, **signed}
                     )
-                    assert answer.status_code == 200, answer.text  # sealed: stale or expired
+                    assert answer.status_code == 200, answer.text  # sealed: stale or answered
     status = owner.status()
     assert (status.status, status.guesses_remaining) == (EntryStatus.LIVE, 10)
-    assert owner.recover(PASSWORD).wrong_guesses_before == 0
+    assert owner.recover(PASSWORD, ksf_floor=FAST_KSF).wrong_guesses_before == 0
 
 
 def _cli_guess(
@@ -248,34 +251,17 @@ def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
     vault: Vault, tmp_path: Path
 ) -> None:
     config = vault.client_config(tmp_path / "client.toml", "burnt-user", "burnt-entry")
-    client = vault.client("burnt-user", "burnt-entry")
-    client.register(PASSWORD, os.urandom(32), guess_limit=1)
-    with pytest.raises(Exception, match="destroyed"):
-        client.recover("wrong")
+    client = vault.threshold("burnt-user", "burnt-entry")
+    client.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
+    for _ in range(10):
+        with pytest.raises((WrongPassword, Destroyed)):
+            client.recover("wrong", ksf_floor=FAST_KSF)
+    with pytest.raises(Destroyed):  # at this request each node erases its share
+        client.recover(PASSWORD, ksf_floor=FAST_KSF)
     assert client.status().status == EntryStatus.DESTROYED
     cleared = vault.cli("vault", "delete", "--yes", config=config)
     assert cleared.returncode == 0, cleared.stderr
     assert "--new-key" in cleared.stdout
-    assert client.status().status == EntryStatus.EMPTY
-    client.register("a new password", os.urandom(32))
+    version = client.status().version
+    client.register("a new password", os.urandom(32), ksf=FAST_KSF, version=version + 1)
     assert client.status().status == EntryStatus.LIVE
-
-
-def test_status_is_the_same_size_whatever_the_answer(vault: Vault) -> None:
-    """The relay sees one size per operation: an unknown entry, a live one, a wrong
-    password and a right one look alike on the wire."""
-    recording = RecordingTransport()
-    http = httpx.Client(transport=recording, timeout=30)
-    known = vault.client("sized-user", "sized-entry", http=http)
-    unknown = vault.client("sized-user", "no-such-entry", http=http)
-    known.register(PASSWORD, os.urandom(32))
-    unknown.status()
-    known.status()
-    with pytest.raises(WrongPassword):
-        known.recover("wrong")
-    known.recover(PASSWORD)
-    with pytest.raises(Exception, match="no key"):
-        unknown.recover(PASSWORD)
-    for op in (Op.STATUS, Op.RECOVER_START, Op.RECOVER_FINISH):
-        sizes = {len(e.response) for e in recording.exchanges if e.path.endswith(f"/{op}")}
-        assert len(sizes) == 1, (op, sizes)

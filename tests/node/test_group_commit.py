@@ -21,9 +21,8 @@ from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
 from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Persist, Send
-from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.hsm.shares import ShareWrite
+from backupvault.hsm.shares import FleetShape, ShareWrite
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
@@ -31,10 +30,10 @@ from backupvault.node.store import SHARE_PREFIX, NodeStore
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
-SECRETS = make_fleet_secrets(b"fleet", os.urandom)
-NODE_KEY = NodeKey(0, NodePrivateKey.generate(Kem.X25519))
+FLEET_ID = b"fleet"
+NODE_KEY = NodeKey(0, NodePrivateKey.generate(Kem.X25519), Ed25519PrivateKey.generate())
 ACCOUNTS = TokenVerifier(
-    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
+    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(FLEET_ID)
 )
 IDENTITIES = {i: X25519PrivateKey.generate() for i in range(3)}
 PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
@@ -42,7 +41,7 @@ PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
 
 def _channel(node: int) -> PeerChannel:
     private = IDENTITIES[node].private_bytes_raw()
-    return PeerChannel(node, private, PUBLIC, SECRETS.fleet_id, os.urandom)
+    return PeerChannel(node, private, PUBLIC, FLEET_ID, os.urandom)
 
 
 class SlowStore(NodeStore):
@@ -63,7 +62,7 @@ class SlowStore(NodeStore):
 def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[int, list[bytes]]]]:
     store = SlowStore(tmp_path / "store.sqlite")
     addresses = {i: ("127.0.0.1", 1) for i in range(3)}
-    firmware = VaultFirmware(SECRETS, NODE_KEY, os.urandom, ACCOUNTS)
+    firmware = VaultFirmware(FLEET_ID, NODE_KEY, ACCOUNTS, FleetShape(0, 3, 2), store.get_share)
     service = NodeService(0, addresses, firmware, _channel(0), store)
     posted: list[tuple[int, list[bytes]]] = []
 
@@ -171,7 +170,7 @@ def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
         service._execute([Send(1, NotReady(b"y"))])
         await _turns()
         assert posted == []
-        answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
+        answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")
         assert (answer.status, answer.error) == (503, "node_not_ready")
 
     asyncio.run(scenario())
@@ -273,7 +272,7 @@ def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> Non
         service._step(lambda: service.replica.receive(1, Prepare(b"op", b"entry", 5, 1), 0.0))
         await _turns()
         assert posted == [] and service._fatal is not None
-        answer = await service.client_request(Op.STATUS, "acct", "entry", b"")
+        answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")
         assert (answer.status, answer.error) == (503, "node_not_ready")
 
     asyncio.run(scenario())

@@ -20,29 +20,30 @@ from backupvault.codec import Message
 from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hop import LEADER_HEADER, HopVerifier, sign_headers
-from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
+from backupvault.hsm.shares import FleetShape
 from backupvault.node.http import create_app
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.protocol import (
+    REMOVED_OPERATIONS,
     RESPONSE_PADDED_SIZE,
     AuthorizedRequest,
-    DeleteRequest,
+    DeleteShareRequest,
     ErrorResponse,
+    ManifestRequest,
+    ManifestResponse,
     Op,
-    StatusRequest,
-    StatusResponse,
     decode_response,
     is_valid_name,
 )
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
-SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+FLEET_ID = b"fleet"
 NODE_KEY = NodePrivateKey.generate(Kem.X25519)
 ISSUER_KEY = Ed25519PrivateKey.generate()
 RELAY_KEY = Ed25519PrivateKey.generate()
-ACCOUNTS = TokenVerifier(ISSUER_KEY.public_key(), "issuer", fleet_audience(SECRETS.fleet_id))
+ACCOUNTS = TokenVerifier(ISSUER_KEY.public_key(), "issuer", fleet_audience(FLEET_ID))
 
 
 @pytest.fixture
@@ -51,8 +52,14 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
     service = NodeService(
         0,
         {0: ("127.0.0.1", 0)},  # a fleet of one: ready at once; any free peer port
-        VaultFirmware(SECRETS, NodeKey(0, NODE_KEY), os.urandom, ACCOUNTS),
-        PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, SECRETS.fleet_id, os.urandom),
+        VaultFirmware(
+            FLEET_ID,
+            NodeKey(0, NODE_KEY, Ed25519PrivateKey.generate()),
+            ACCOUNTS,
+            FleetShape(0, 1, 1),
+            lambda key: None,
+        ),
+        PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, FLEET_ID, os.urandom),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
     )
     hop = HopVerifier(0, [RELAY_KEY.public_key().public_bytes_raw()])
@@ -64,14 +71,14 @@ HEADERS = {"x-backupvault-account": "alice", "x-backupvault-entry": "main"}
 
 
 def fleet_token(account: str = "alice") -> str:
-    audience = fleet_audience(SECRETS.fleet_id)
+    audience = fleet_audience(FLEET_ID)
     return mint_token(ISSUER_KEY, account, issuer="issuer", audience=audience, ttl_seconds=60)
 
 
 def seal(op: str, request: Message, token: str | None = None) -> tuple[bytes, ResponseKey]:
     """A client's sealed request: the fleet token and the request, sealed to node 0."""
     body = AuthorizedRequest(token or fleet_token(), request.to_bytes()).to_bytes()
-    return seal_request(NODE_KEY.public_key(), SECRETS.fleet_id, 0, op, body)
+    return seal_request(NODE_KEY.public_key(), FLEET_ID, 0, op, body)
 
 
 def post(
@@ -86,48 +93,63 @@ def post(
     return node.post(f"/v1/client/{op}", content=body, headers=signed)
 
 
-def test_status_through_the_seal(node: TestClient) -> None:
-    sealed, key = seal("status", StatusRequest("alice", "main"))
-    answer = post(node, "status", sealed)
+def test_manifest_through_the_seal(node: TestClient) -> None:
+    sealed, key = seal("manifest", ManifestRequest("alice", "main"))
+    answer = post(node, "manifest", sealed)
     assert answer.status_code == 200
-    assert isinstance(decode_response(Op.STATUS, key.open(answer.content)), StatusResponse)
+    assert isinstance(decode_response(Op.MANIFEST, key.open(answer.content)), ManifestResponse)
     assert answer.headers[LEADER_HEADER] == "0"  # the relay's routing hint: its leader
 
 
 def test_a_refusal_names_the_leader_too(node: TestClient) -> None:
-    sealed, _ = seal("status", StatusRequest("mallory", "main"))
-    assert post(node, "status", sealed).headers[LEADER_HEADER] == "0"
+    sealed, _ = seal("manifest", ManifestRequest("mallory", "main"))
+    assert post(node, "manifest", sealed).headers[LEADER_HEADER] == "0"
 
 
 def test_request_sealed_for_another_account_is_refused(node: TestClient) -> None:
-    sealed, _ = seal("status", StatusRequest("mallory", "main"))
-    answer = post(node, "status", sealed)
+    sealed, _ = seal("manifest", ManifestRequest("mallory", "main"))
+    answer = post(node, "manifest", sealed)
     assert answer.status_code == 403
     assert answer.json()["error"] == "mismatch"
 
 
 def test_request_sealed_for_another_op_is_refused(node: TestClient) -> None:
-    sealed, _ = seal("delete", StatusRequest("alice", "main"))
-    answer = post(node, "delete", sealed)
-    assert answer.status_code == 400  # a status body is not a delete request
+    sealed, _ = seal("evaluate", ManifestRequest("alice", "main"))
+    answer = post(node, "evaluate", sealed)
+    assert answer.status_code == 400  # a manifest body is not an evaluate request
+
+
+@pytest.mark.parametrize("op", sorted(REMOVED_OPERATIONS))
+def test_the_removed_single_seed_operations_say_so(node: TestClient, op: str) -> None:
+    answer = post(node, op, b"x")
+    assert answer.status_code == 410
+    assert answer.json()["error"] == "removed_operation"
+    assert "single-seed" in answer.json()["detail"]
+
+
+class _UncheckedManifestRequest(ManifestRequest):
+    """What a hostile client could seal: a manifest request its own checks would refuse."""
+
+    def __post_init__(self) -> None:
+        pass
 
 
 def test_non_ascii_sealed_account_is_a_400_not_a_500(node: TestClient) -> None:
-    sealed, _ = seal("status", StatusRequest("alicé", "main"))
-    answer = post(node, "status", sealed)
+    sealed, _ = seal("manifest", _UncheckedManifestRequest("alicé", "main"))
+    answer = post(node, "manifest", sealed)
     assert answer.status_code == 400
-    assert "valid names" in answer.json()["detail"]
+    assert "1-64 characters" in answer.json()["detail"]
 
 
 # ---- only a listed relay is heard (the relay → node hop) -----------------------------------
 
 
-def _status_request() -> bytes:
-    return seal("status", StatusRequest("alice", "main"))[0]
+def _manifest_request() -> bytes:
+    return seal("manifest", ManifestRequest("alice", "main"))[0]
 
 
 def test_unsigned_request_is_refused(node: TestClient) -> None:
-    answer = post(node, "status", _status_request(), sign=False)
+    answer = post(node, "manifest", _manifest_request(), sign=False)
     assert answer.status_code == 401
     assert answer.json()["error"] == "relay_signature"
 
@@ -137,7 +159,7 @@ def test_unsigned_request_is_refused(node: TestClient) -> None:
     ["other key", "other node", "other body", "other account", "old", "future", "bad hex"],
 )
 def test_forged_or_stale_signatures_are_refused(node: TestClient, forgery: str) -> None:
-    body = _status_request()
+    body = _manifest_request()
     key, index, signed_body, account, at = RELAY_KEY, 0, body, "alice", time.time()
     if forgery == "other key":
         key = Ed25519PrivateKey.generate()
@@ -151,19 +173,19 @@ def test_forged_or_stale_signatures_are_refused(node: TestClient, forgery: str) 
         at -= 120
     if forgery == "future":
         at += 120
-    headers = {**HEADERS, **sign_headers(key, index, "status", account, "main", signed_body, at)}
+    headers = {**HEADERS, **sign_headers(key, index, "manifest", account, "main", signed_body, at)}
     if forgery == "bad hex":
         headers["X-Backupvault-Signature"] = "zz" * 64
-    answer = node.post("/v1/client/status", content=body, headers=headers)
+    answer = node.post("/v1/client/manifest", content=body, headers=headers)
     assert answer.status_code == 401, forgery
     assert answer.json()["detail"]
 
 
 def test_a_replayed_signed_request_is_refused(node: TestClient) -> None:
-    body = _status_request()
-    headers = {**HEADERS, **sign_headers(RELAY_KEY, 0, "status", "alice", "main", body)}
-    assert node.post("/v1/client/status", content=body, headers=headers).status_code == 200
-    again = node.post("/v1/client/status", content=body, headers=headers)
+    body = _manifest_request()
+    headers = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", body)}
+    assert node.post("/v1/client/manifest", content=body, headers=headers).status_code == 200
+    again = node.post("/v1/client/manifest", content=body, headers=headers)
     assert again.status_code == 401
     assert "replay" in again.json()["detail"]
 
@@ -172,8 +194,8 @@ def test_a_relay_without_the_fleet_token_cannot_act(node: TestClient) -> None:
     """A relay (or anyone) that signs correctly but holds only the relay token: the seal
     must carry the account's fleet token, which the relay never sees."""
     relay_token = mint_token(ISSUER_KEY, "alice", issuer="issuer", audience="relay", ttl_seconds=60)
-    sealed, _ = seal("status", StatusRequest("alice", "main"), token=relay_token)
-    answer = post(node, "status", sealed)
+    sealed, _ = seal("manifest", ManifestRequest("alice", "main"), token=relay_token)
+    answer = post(node, "manifest", sealed)
     assert answer.status_code == 403
     assert answer.json()["error"] == "unauthorized"
 
@@ -182,11 +204,11 @@ def test_a_relay_without_the_fleet_token_cannot_act(node: TestClient) -> None:
     ("path", "headers", "body", "status"),
     [
         ("/v1/client/nope", HEADERS, b"x", 404),
-        ("/v1/client/status", {}, b"x", 400),
-        ("/v1/client/status", {**HEADERS, "x-backupvault-account": "a/b"}, b"x", 400),
-        ("/v1/client/status", HEADERS, b"", 400),
-        ("/v1/client/status", HEADERS, b"\0" * 100, 400),
-        ("/v1/client/status", HEADERS, b"\0" * (65 * 1024), 413),
+        ("/v1/client/manifest", {}, b"x", 400),
+        ("/v1/client/manifest", {**HEADERS, "x-backupvault-account": "a/b"}, b"x", 400),
+        ("/v1/client/manifest", HEADERS, b"", 400),
+        ("/v1/client/manifest", HEADERS, b"\0" * 100, 400),
+        ("/v1/client/manifest", HEADERS, b"\0" * (65 * 1024), 413),
     ],
 )
 def test_bad_input_gets_a_reason(
@@ -207,13 +229,13 @@ def test_random_sealed_bodies_never_500(node: TestClient, op: str, body: bytes) 
 def test_error_response_is_sealed_and_padded(node: TestClient) -> None:
     # Deleting an entry that does not exist: the reason travels inside the seal, in an
     # answer as long as a success would be.
-    sealed, key = seal("delete", DeleteRequest("alice", "main", b""))
-    answer = post(node, "delete", sealed)
+    sealed, key = seal("delete-share", DeleteShareRequest("alice", "main", 1, 1, bytes(64)))
+    answer = post(node, "delete-share", sealed)
     assert answer.status_code == 200
-    assert b"not_registered" not in answer.content
-    assert len(key.open(answer.content)) == RESPONSE_PADDED_SIZE[Op.DELETE]
-    error = decode_response(Op.DELETE, key.open(answer.content))
-    assert isinstance(error, ErrorResponse) and error.code == "not_registered"
+    assert b"stale_manifest" not in answer.content
+    assert len(key.open(answer.content)) == RESPONSE_PADDED_SIZE[Op.DELETE_SHARE]
+    error = decode_response(Op.DELETE_SHARE, key.open(answer.content))
+    assert isinstance(error, ErrorResponse) and error.code == "stale_manifest"
 
 
 def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
@@ -221,5 +243,5 @@ def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
         for _ in range(10_000):  # 640 MB if it were all read
             yield b"\0" * 65536
 
-    answer = node.post("/v1/client/status", content=endless(), headers=HEADERS)
+    answer = node.post("/v1/client/manifest", content=endless(), headers=HEADERS)
     assert answer.status_code == 413

@@ -21,8 +21,8 @@ from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import HELLO_SIZE, PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, NotReady, SyncRequest, SyncResponse
-from backupvault.hsm.ceremony import make_fleet_secrets
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
+from backupvault.hsm.shares import FleetShape
 from backupvault.node import peers
 from backupvault.node.peers import (
     MAX_FRAME,
@@ -38,9 +38,9 @@ from backupvault.node.store import NodeStore
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 HOST = "127.0.0.1"
-SECRETS = make_fleet_secrets(b"fleet", os.urandom)
+FLEET_ID = b"fleet"
 ACCOUNTS = TokenVerifier(
-    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(SECRETS.fleet_id)
+    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(FLEET_ID)
 )
 IDENTITIES = {i: X25519PrivateKey.generate() for i in range(3)}
 PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
@@ -48,7 +48,7 @@ PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
 
 def _channel(node: int) -> PeerChannel:
     private = IDENTITIES[node].private_bytes_raw()
-    return PeerChannel(node, private, PUBLIC, SECRETS.fleet_id, os.urandom)
+    return PeerChannel(node, private, PUBLIC, FLEET_ID, os.urandom)
 
 
 async def _until(check: Callable[[], bool], seconds: float = 10.0) -> None:
@@ -87,7 +87,11 @@ async def _node(tmp_path: Path) -> AsyncIterator[tuple[NodeService, Peer]]:
         0,
         addresses,
         VaultFirmware(
-            SECRETS, NodeKey(0, NodePrivateKey.generate(Kem.X25519)), os.urandom, ACCOUNTS
+            FLEET_ID,
+            NodeKey(0, NodePrivateKey.generate(Kem.X25519), Ed25519PrivateKey.generate()),
+            ACCOUNTS,
+            FleetShape(0, 3, 2),
+            lambda key: None,
         ),
         _channel(0),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),

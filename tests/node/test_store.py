@@ -14,7 +14,7 @@ import pytest
 
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
 from backupvault.fleet.records import Mark
-from backupvault.hsm.state import EntryId, EntryState, Evaluation, NodeShare
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.node.store import (
     SHARE_PREFIX,
     NodeStore,
@@ -171,20 +171,20 @@ def test_a_removed_or_added_row_is_refused(tmp_path: Path) -> None:
 
 
 def _entry(status: int, secret: bytes, version: int) -> bytes:
-    state = EntryState(status=status, wrapped_root_key=secret, record=secret, version=version)
+    state = ThresholdState(status=status, manifest=secret, version=version)
     return ReplicatedValue([AppliedOp(b"op", version)], state.to_bytes()).to_bytes()
 
 
 def test_a_destroyed_entry_cannot_be_read_back_from_any_file(tmp_path: Path) -> None:
     """Every copy the store ever wrote of the live entry (each a row that decrypts to a
-    LIVE state with its wrapped root key) is gone from the database, WAL and shm files
+    LIVE state with its manifest) is gone from the database, WAL and shm files
     once the tombstone is saved."""
     path = tmp_path / "store.sqlite"
     store = make(path)
     a = store.name_of(ENTRY_A)
     live_rows = []
     for version in range(1, 6):
-        value = _entry(EntryStatus.LIVE, b"wrapped-root-key-%d" % version, version)
+        value = _entry(EntryStatus.LIVE, b"manifest-%d" % version, version)
         store.save([AcceptorRecord(ENTRY_A, version, 1, version, 1, value)])
         store.save([AcceptorRecord(ENTRY_B, version, 1)])  # other traffic in between
         live_rows.append(rows(path)[a][1])

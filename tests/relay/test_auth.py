@@ -101,7 +101,7 @@ def test_bad_tokens_are_401_with_a_bearer_challenge_and_never_forwarded(
     stubs: list[StubNode], start_relay: Callable[..., str], operator_key: Ed25519PrivateKey
 ) -> None:
     relay = start_relay([stubs[0].url])
-    url = f"{relay}/v1/vault/laptop/status"
+    url = f"{relay}/v1/vault/laptop/manifest"
     octet = {"Content-Type": "application/octet-stream"}
     cases: dict[str, dict[str, str]] = {
         "missing": octet,
@@ -125,7 +125,7 @@ def test_a_good_token_passes(
 ) -> None:
     relay = start_relay([stubs[0].url])
     response = httpx.post(
-        f"{relay}/v1/vault/laptop/status",
+        f"{relay}/v1/vault/laptop/manifest",
         content=copies(relay, b"sealed"),
         headers={"Content-Type": "application/octet-stream", "Authorization": f"bearer {token()}"},
     )

@@ -175,7 +175,7 @@ def test_serve_runs_a_real_relay_from_a_config_file(key_dir: Path, stubs: list[S
             ttl_seconds=60,
         )
         response = httpx.post(
-            f"{relay}/v1/vault/e1/status",
+            f"{relay}/v1/vault/e1/manifest",
             content=SealedCopies([b"\x01\x02"]).to_bytes(),
             headers={
                 "Content-Type": "application/octet-stream",

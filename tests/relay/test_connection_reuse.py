@@ -35,7 +35,7 @@ def test_forwarded_requests_reuse_the_relays_connections_to_a_node(
         def forward(_: int) -> int:
             with httpx.Client(timeout=10) as http:  # a new client connection every time
                 answer = http.post(
-                    f"{relay}/v1/vault/laptop/status",
+                    f"{relay}/v1/vault/laptop/manifest",
                     content=copies(relay, b"sealed"),
                     headers={**headers, "Authorization": f"Bearer {token('alice')}"},
                 )

@@ -36,10 +36,8 @@ def answers(response: httpx.Response, nodes: int) -> FanoutAnswers:
     return FanoutAnswers.for_nodes(response.content, nodes)
 
 
-def test_the_threshold_operations_are_fanned_out() -> None:
-    assert set(OPERATIONS) >= FANOUT_OPERATIONS
-    # The single-seed operations still go to one node.
-    assert not {"register-start", "recover-start", "recover-finish", "status"} & FANOUT_OPERATIONS
+def test_every_operation_is_fanned_out() -> None:
+    assert set(OPERATIONS) == FANOUT_OPERATIONS
 
 
 @pytest.mark.parametrize("op", sorted(FANOUT_OPERATIONS))

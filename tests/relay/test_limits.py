@@ -28,7 +28,7 @@ def _post(
     relay: str,
     token: str,
     body: bytes = b"sealed",
-    path: str = "/v1/vault/laptop/status",
+    path: str = "/v1/vault/laptop/manifest",
     content_type: str = "application/octet-stream",
 ) -> httpx.Response:
     """POST `body` as the one sealed copy for a one-node relay (empty: nothing at all)."""
@@ -69,24 +69,6 @@ def test_429_with_retry_after_after_the_burst_then_refills(
     assert len(stubs[0].seen) == 5
 
 
-def test_recover_finish_is_never_refused_for_rate(
-    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
-) -> None:
-    """A recover-finish answers a guess already charged at recover-start: refusing it
-    would cost the user that guess without an answer."""
-    clock = FakeClock()
-    relay = start_relay([stubs[0].url], clock=clock, rate_per_minute=6, burst=2)
-    alice = token("alice")
-    start = "/v1/vault/laptop/recover-start"
-    finish = "/v1/vault/laptop/recover-finish"
-    assert _post(relay, alice, path=start).status_code == 200
-    assert _post(relay, alice, path=start).status_code == 200
-    _assert_error(_post(relay, alice, path=start), 429, "rate_limited")
-    for _ in range(10):
-        assert _post(relay, alice, path=finish).status_code == 200
-    _assert_error(_post(relay, alice, path=start), 429, "rate_limited")
-
-
 def test_rate_limiter_bounds_memory_by_dropping_full_buckets() -> None:
     clock = FakeClock()
     limiter = RateLimiter(1.0, 2, clock=clock, max_accounts=10)
@@ -114,7 +96,7 @@ def test_too_large_is_413_declared_or_streamed(
 
     # No Content-Length: chunked transfer, cut off while streaming.
     response = httpx.post(
-        f"{relay}/v1/vault/laptop/status",
+        f"{relay}/v1/vault/laptop/manifest",
         content=chunks(),
         headers={"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token()}"},
     )
@@ -128,14 +110,14 @@ def test_bad_input_gets_a_reason(
     relay = start_relay([stubs[0].url])
     t = token()
     _assert_error(_post(relay, t, path="/v1/vault/laptop/steal-key"), 404, "unknown_operation")
-    _assert_error(_post(relay, t, path="/v1/vault/" + "e" * 65 + "/status"), 400, "bad_entry")
-    _assert_error(_post(relay, t, path="/v1/vault/a%20b/status"), 400, "bad_entry")
-    _assert_error(_post(relay, t, path="/v1/vault/a%0A/status"), 400, "bad_entry")
+    _assert_error(_post(relay, t, path="/v1/vault/" + "e" * 65 + "/manifest"), 400, "bad_entry")
+    _assert_error(_post(relay, t, path="/v1/vault/a%20b/manifest"), 400, "bad_entry")
+    _assert_error(_post(relay, t, path="/v1/vault/a%0A/manifest"), 400, "bad_entry")
     _assert_error(_post(relay, t, b""), 400, "empty_body")
     _assert_error(_post(relay, t, content_type="application/json"), 415, "unsupported_media_type")
     _assert_error(_post(relay, t, path="/v1/nothing"), 404, "not_found")
     _assert_error(_post(relay, t, path="/v1/vault/laptop"), 404, "not_found")
-    wrong_method = httpx.get(f"{relay}/v1/vault/laptop/status")
+    wrong_method = httpx.get(f"{relay}/v1/vault/laptop/manifest")
     _assert_error(wrong_method, 405, "method_not_allowed")
     assert wrong_method.headers["Allow"] == "POST"
     _assert_error(httpx.delete(f"{relay}/v1/health"), 405, "method_not_allowed")

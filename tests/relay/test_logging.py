@@ -50,14 +50,14 @@ def test_logs_carry_metadata_but_no_payload_token_or_headers(
     }
     with caplog.at_level(logging.DEBUG):
         for base in (relay, relay_refusing):
-            for op in ("register-start", "recover-finish"):
+            for op in ("register-share", "reset"):
                 body = copies(base, payload)
                 status = _request(base, "POST", f"/v1/vault/laptop/{op}", body, headers)
                 assert status in (200, 410)
         # Refused requests are logged too, and must not echo what was refused.
         bad = dict(headers, Authorization=f"Bearer {secret_token[:-4]}AAAA")
         assert (
-            _request(relay, "POST", "/v1/vault/laptop/status", copies(relay, payload), bad) == 401
+            _request(relay, "POST", "/v1/vault/laptop/manifest", copies(relay, payload), bad) == 401
         )
         assert _request(relay, "GET", f"/v1/{header_secret}", None, headers) == 404
         # The relay writes its line after the answer is sent, from the server's thread.
@@ -81,10 +81,10 @@ def test_logs_carry_metadata_but_no_payload_token_or_headers(
     assert any(
         "method=POST" in line
         and "route=/v1/vault/{entry}/{op}" in line
-        and "op=recover-finish" in line
+        and "op=reset" in line
         and "account=carol" in line
         and "status=200" in line
-        and f"node={stubs[0].url}" in line
+        and "node=0" in line
         and "latency_ms=" in line
         for line in lines
     ), lines

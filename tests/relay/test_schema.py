@@ -93,7 +93,7 @@ def test_relay_conforms_to_its_openapi(
     # at the relay (400); a well-formed body, checked against the same schema, reaches a node.
     [vault] = [op for op in operations if op.path.startswith("/v1/vault/")]
     response = httpx.post(
-        f"{relay}/v1/vault/laptop/status",
+        f"{relay}/v1/vault/laptop/manifest",
         content=copies(relay, b"sealed"),
         headers={"Content-Type": "application/octet-stream", "Authorization": f"Bearer {token()}"},
     )

@@ -10,7 +10,6 @@ from typing import Any
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backupvault.crypto import oprf
 from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.transparency.note import Signer
 from backupvault.transparency.record import DeploymentRecord
@@ -20,7 +19,6 @@ from backupvault.transparency.witness_store import WitnessStore
 WITNESS_NAME = "witness.test/backupvault"
 FLEET_ID = bytes.fromhex("0123456789abcdef0123456789abcdef")
 MEASUREMENT = bytes(range(32))
-OPAQUE_KEY = oprf.scalar_mult_base(oprf.random_scalar())
 
 
 def hpke_key(i: int, kem: Kem = Kem.X25519) -> bytes:
@@ -60,7 +58,6 @@ def make_record(**changes: Any) -> DeploymentRecord:
         "epoch": 1,
         "guess_limit": 10,
         "nodes": [node(i) for i in range(5)],
-        "opaque_server_public_key": OPAQUE_KEY,
         "measurement": MEASUREMENT,
         "time": 1_750_000_000,
         "relay_public_keys": [bytes([0xA0]) * 32],

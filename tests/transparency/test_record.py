@@ -26,7 +26,7 @@ from backupvault.transparency.record import (
     sign_record,
 )
 
-from .conftest import FLEET_ID, MEASUREMENT, OPAQUE_KEY, hpke_key, make_record, node, signing_key
+from .conftest import FLEET_ID, MEASUREMENT, hpke_key, make_record, node, signing_key
 
 
 def _blob(data: bytes) -> bytes:
@@ -45,12 +45,11 @@ def test_layout_byte_by_byte() -> None:
         + _blob(b"https://n0.test")
     )
     expected = (
-        b"\x56"
+        b"\x57"
         + _blob(FLEET_ID)
         + struct.pack(">QQQQ", 7, 1, 1, 10)  # epoch, quorum, threshold, guess limit
         + struct.pack(">I", 1)
         + _blob(entry)
-        + _blob(OPAQUE_KEY)
         + _blob(MEASUREMENT)
         + struct.pack(">Q", 1_750_000_000)
         + struct.pack(">I", 1)  # relay keys: count, then each
@@ -75,11 +74,14 @@ def test_roundtrip_and_quorum_default() -> None:
     assert make_record(nodes=mlkem).kem is Kem.MLKEM768_X25519
 
 
-def test_a_version_1_record_is_refused_with_a_clear_message() -> None:
-    """Records with one fleet-wide HPKE key (tag 0x50) are from an older fleet version."""
-    old = b"\x50" + make_record().to_bytes()[1:]
-    with pytest.raises(Malformed, match="older fleet version"):
-        DeploymentRecord.from_bytes(old)
+def test_older_records_are_refused_with_a_clear_message() -> None:
+    """Records with one fleet-wide HPKE key (version 1, tag 0x50) or with the single-seed
+    flow's OPAQUE server key (version 2, tag 0x56) are from an older fleet version."""
+    rest = make_record().to_bytes()[1:]
+    with pytest.raises(Malformed, match=r"older fleet version \(one HPKE key"):
+        DeploymentRecord.from_bytes(b"\x50" + rest)
+    with pytest.raises(Malformed, match=r"older fleet version \(it names the removed single-seed"):
+        DeploymentRecord.from_bytes(b"\x56" + rest)
 
 
 def test_a_share_index_other_than_slot_plus_one_is_refused() -> None:
@@ -115,9 +117,6 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
         {"nodes": [node(0), node(1, hpke=hpke_key(1, Kem.MLKEM768_X25519)), node(2)]},
     ),
     ("signing key short", {"nodes": [node(0, signing=signing_key(0)[:31])]}),
-    ("opaque not a point", {"opaque_server_public_key": b"\xff" * 32}),
-    ("opaque identity", {"opaque_server_public_key": bytes(32)}),
-    ("opaque short", {"opaque_server_public_key": OPAQUE_KEY[:31]}),
     ("measurement short", {"measurement": b"\x00" * 31}),
     ("epoch negative", {"epoch": -1}),
     ("epoch too large", {"epoch": 1 << 64}),
@@ -134,8 +133,9 @@ def test_invalid_fields_refused(why: str, changes: dict[str, Any]) -> None:
 def test_invalid_field_refused_when_decoding() -> None:
     """A record built around the constructor's checks (bytes edited) fails to decode."""
     good = make_record().to_bytes()
-    bad = good.replace(OPAQUE_KEY, b"\xff" * 32)
-    with pytest.raises(Malformed, match="ristretto255"):
+    bad = good.replace(hpke_key(0), b"\x00\x99" + hpke_key(0)[2:], 1)  # an unknown KEM
+    assert len(bad) == len(good)
+    with pytest.raises(Malformed):
         DeploymentRecord.from_bytes(bad)
     with pytest.raises(Malformed):
         DeploymentRecord.from_bytes(good + b"\x00")

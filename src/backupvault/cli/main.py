@@ -597,8 +597,6 @@ def vault_status(ctx: Context) -> None:
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
-        if status.single_seed:
-            text += " (single-seed entry: moved to the threshold vault at its next recovery)"
         for node in status.nodes_without:
             text += f"\nnot holding this key's share: {node}"
     ctx.output.result(data, text)
@@ -628,8 +626,8 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     else:
         old = _password(False, prompt="Current password")
     session = ctx.config().session(notify=ctx.output.note)
-    # The old password is checked (one recovery; a key still on an older fleet epoch or on
-    # the single seed moves to the threshold vault first) before the new one is asked for.
+    # The old password is checked (one recovery; a key still on an older fleet epoch moves
+    # to the current one first) before the new one is asked for.
     recovered = session.recover_or_migrate(old)
     _warn_wrong_guesses(ctx, recovered)
     if not password_stdin:
@@ -669,11 +667,9 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
             "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
             yes,
         )
-        # A single-seed entry keeps a tombstone until cleared; a threshold entry's nodes
-        # erased their shares already, and a new key takes the next version.
-        version = session.vault.delete() if status.single_seed else status.version
+        # The nodes erased their shares already, and a new key takes the next version.
         ctx.output.result(
-            {"deleted": True, "version": version, "was": "destroyed"},
+            {"deleted": True, "version": status.version, "was": "destroyed"},
             "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
         )
         return

@@ -1,4 +1,4 @@
-"""Operator commands: a local deployment, nodes, the relay, the key ceremony."""
+"""Operator commands: a local deployment, nodes, the fleet, the relay."""
 
 from __future__ import annotations
 
@@ -12,9 +12,8 @@ import tomli_w
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
 from backupvault.deploy.local import LocalDeployment
-from backupvault.errors import InvalidInput, UsageError
+from backupvault.errors import UsageError
 from backupvault.files import replace_secret_file, write_new_file
-from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.tokens import (
     fleet_audience,
@@ -51,7 +50,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys)."""
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
-        ctx.output.note(f"provisioning {nodes} nodes: tokens, identity keys, key ceremony …")
+        ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
     already = deployment.provisioned() and deployment.all_running()
     deployment.up(nodes)
     status = deployment.status()
@@ -150,8 +149,12 @@ def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: st
         ctx.output.result(entries[0], "\n".join(f"{k}: {v}" for k, v in entries[0].items()))
         return
     text = "\n".join(
-        f"{e['account']}/{e['entry']}: {e['status']}, {e['attempts_used']} of "
-        f"{e['guess_limit']} guesses used, version {e['version']}"
+        f"{e['account']}/{e['entry']}: {e['flow']}, {e['status']}"
+        + (
+            f", {e['attempts_used']} attempts used, version {e['version']}"
+            if "version" in e
+            else ""
+        )
         for e in entries
     )
     ctx.output.result({"entries": entries}, text or "no entries")
@@ -181,44 +184,21 @@ def fleet() -> None:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="fleet.toml listing every node's URL and public keys (from `node init`).",
 )
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(path_type=Path),
-    help="Folder for the per-node transfer files (node<i>.transfer).",
-)
 @pass_context
-def fleet_ceremony(ctx: Context, fleet_file: Path, out_dir: Path) -> None:
-    """Make the single-seed OPAQUE flow's shared secrets; write one transfer file per node
-    (encrypted to its identity key) into OUT, and the OPAQUE server public key into the
-    fleet file. Every other key is the node's own (`node init`): only public keys are
-    collected."""
+def fleet_ceremony(ctx: Context, fleet_file: Path) -> None:
+    """Collect the fleet: give it a fleet id (once) and check every node's public keys in
+    the fleet file. Every key is the node's own (`node init`); there is no fleet-wide
+    secret to make or transfer."""
     data = tomllib.loads(fleet_file.read_text())
     fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
-    if data.get("opaque_server_public_key"):
-        raise InvalidInput(
-            f"{fleet_file} already names fleet keys: the ceremony runs once per fleet"
-        )
-    data.update(fleet_id=fleet_id.hex(), opaque_server_public_key="")
+    data.pop("opaque_server_public_key", None)  # the removed single-seed flow's key
+    data["fleet_id"] = fleet_id.hex()
     write_toml(fleet_file, data)
-    FleetDescription.load(fleet_file)  # every node's own public keys are listed and valid
-    out_dir.mkdir(parents=True, exist_ok=True)
-    secrets = make_fleet_secrets(fleet_id, os.urandom)
-    for node in data["nodes"]:
-        index = int(node["index"])
-        transfer = seal_for_node(secrets, index, bytes.fromhex(node["identity_public_key"]))
-        (out_dir / f"node{index}.transfer").write_bytes(transfer)
-    data["opaque_server_public_key"] = secrets.server_public_key.hex()
-    write_toml(fleet_file, data)
+    fleet = FleetDescription.load(fleet_file)  # every node's own public keys, valid
     ctx.output.result(
-        {
-            "fleet_id": fleet_id.hex(),
-            "transfers": str(out_dir),
-            "opaque_server_public_key": data["opaque_server_public_key"],
-        },
-        f"fleet {fleet_id.hex()}: copy {out_dir}/node<i>.transfer to each node's data "
-        "directory as fleet-secrets.transfer",
+        {"fleet_id": fleet_id.hex(), "nodes": len(fleet.nodes)},
+        f"fleet {fleet_id.hex()}: {len(fleet.nodes)} nodes, each with its own keys;"
+        " deploy it with `backupvault fleet deploy`",
     )
 
 
@@ -255,7 +235,7 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     "--fleet-file",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The fleet's fleet.toml (after the key ceremony).",
+    help="The fleet's fleet.toml (after `fleet ceremony`).",
 )
 @click.option("--relay-url", required=True, help="The relay's URL as clients reach it.")
 @click.option("--account", required=True, help="The user's account name.")
@@ -315,7 +295,6 @@ def fleet_client_config(
         data["node_public_keys"] = [n.hpke_public_key.hex() for n in fleet.nodes]
         data["node_signing_keys"] = [n.signing_public_key.hex() for n in fleet.nodes]
         data["epoch"] = fleet.epoch or 0
-        data["opaque_server_public_key"] = fleet.opaque_server_public_key.hex()
     else:
         if witness_key is None or witness_url is None:
             raise UsageError("--ota needs --witness-key and --witness-url (the witness's)")

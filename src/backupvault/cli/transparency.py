@@ -48,7 +48,7 @@ _FLEET_FILE = click.option(
     "--fleet-file",
     required=True,
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    help="The fleet's fleet.toml (after the key ceremony).",
+    help="The fleet's fleet.toml (after `fleet ceremony`).",
 )
 
 
@@ -518,7 +518,7 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
         raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")
     if nodes is not None and (nodes < 1 or nodes % 2 == 0):
         raise UsageError("a fleet has an odd number of nodes (1, 3, 5, ...)")
-    ctx.output.note("provisioning the new epoch: tokens, identity keys, key ceremony …")
+    ctx.output.note("provisioning the new epoch: tokens and each node's own keys …")
     deployment.up(deployment.node_count())
     epoch = deployment.rotate(nodes)
     ctx.output.result(

@@ -10,7 +10,6 @@ Pinned fleet keys (the default, `trust = "pinned"`):
     node_public_keys = ["<hex: kem id || HPKE public key>"]  # pinned, one per node by index
     node_signing_keys = ["<hex: Ed25519 public key>"]         # pinned, one per node by index
     epoch = 0                                                 # the fleet's node-set epoch
-    opaque_server_public_key = "<hex>"                       # pinned
     entry = "backup-root-key"                                 # optional
     storage = "file:///backups"                               # optional default --storage
 
@@ -102,7 +101,6 @@ class ClientConfig:
     #: Pinned mode: each node's HPKE key, by node index (a request for node i is sealed
     #: to the i-th).
     node_public_keys: tuple[NodePublicKey, ...] | None
-    opaque_server_public_key: bytes | None
     #: Pinned mode: each node's Ed25519 signing key, by node index (share
     #: acknowledgements), and the node-set epoch; t is N//2+1.
     node_signing_keys: tuple[bytes, ...] | None = None
@@ -142,7 +140,6 @@ class ClientConfig:
                     node_public_keys=_field(
                         path, "node_public_keys", lambda: _node_keys(path, data)
                     ),
-                    opaque_server_public_key=_hex_field(path, data, "opaque_server_public_key"),
                     node_signing_keys=_field(
                         path, "node_signing_keys", lambda: _signing_keys(path, data)
                     ),
@@ -175,7 +172,6 @@ class ClientConfig:
             return cls(
                 fleet_id=fleet_id,
                 node_public_keys=None,
-                opaque_server_public_key=None,
                 ota=ota,
                 **common,
             )
@@ -209,14 +205,13 @@ class ClientConfig:
                 notify=notify,
             )
         assert self.fleet_id is not None and self.node_public_keys is not None
-        assert self.opaque_server_public_key is not None and self.node_signing_keys is not None
+        assert self.node_signing_keys is not None
         vault = VaultClient(
             self.relay_url,
             self.token,
             self.account,
             self.fleet_id,
             self.node_public_keys,
-            self.opaque_server_public_key,
             entry=self.entry,
             ksf_params=ksf_params,
             http=http,
@@ -225,10 +220,7 @@ class ClientConfig:
         )
         nodes = len(self.node_signing_keys)
         keys = FleetKeys(self.node_signing_keys, nodes // 2 + 1, self.epoch)
-        return FleetSession(vault, ThresholdVault(vault, keys, notify=notify))
-
-    def vault(self) -> VaultClient:
-        return self.session().vault
+        return FleetSession(ThresholdVault(vault, keys, notify=notify))
 
 
 def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:

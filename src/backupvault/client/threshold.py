@@ -66,14 +66,6 @@ FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
 
 
-class SingleSeedEntry(VaultError):
-    """The entry was registered with the single-seed flow, before the threshold vault; it
-    is recovered that way once and then moved (`FleetSession.recover`)."""
-
-    def __init__(self) -> None:
-        super().__init__("this entry is still on the single-seed flow")
-
-
 def _transient(outcome: NodeOutcome[Any]) -> bool:
     """No answer, or the node could not reach a majority in time: worth asking again."""
     if outcome.error is not None:
@@ -229,13 +221,6 @@ class ThresholdVault:
     def _no_manifest(self, found: _Manifests) -> VaultError:
         """Why there is no agreed manifest: no entry, destroyed, or not enough nodes."""
         statuses = [a.response.status for a in found.answers if a.response is not None]
-        single_seed = [
-            a
-            for a in found.answers
-            if a.error is not None and a.error.code == ErrorCode.ALREADY_REGISTERED
-        ]
-        if len(single_seed) >= self.t:
-            return SingleSeedEntry()
         if statuses.count(EntryStatus.DESTROYED) >= self.t:
             return Destroyed()
         if statuses.count(EntryStatus.EMPTY) >= self.t:
@@ -251,7 +236,7 @@ class ThresholdVault:
         responses = [a.response for a in found.answers if a.response is not None]
         if found.agreed is None:
             error = self._no_manifest(found)
-            if isinstance(error, FleetUnavailable | SingleSeedEntry):
+            if isinstance(error, FleetUnavailable):
                 raise error
             kind = EntryStatus.DESTROYED if isinstance(error, Destroyed) else EntryStatus.EMPTY
             # The t-th highest: fewer than t hostile nodes cannot raise it (a version too

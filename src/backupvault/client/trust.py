@@ -1,7 +1,7 @@
 """Which fleet a client talks to: pinned keys, or over-the-air fleet bundles (invariant 7).
 
-**Pinned**: the fleet id, HPKE key and OPAQUE server key are in `client.toml`; the client
-talks to that fleet and no other.
+**Pinned**: the fleet id, each node's HPKE and signing key and the node-set epoch are in
+`client.toml`; the client talks to that fleet and no other.
 
 **OTA** (`trust = "ota"`): the client ships with the operator's Ed25519 key and the
 witness's note verifier key, and learns the fleet from the relay's `GET /v1/fleet/bundle`.
@@ -60,7 +60,7 @@ from backupvault.client.errors import (
     RelayUnreachable,
     VaultError,
 )
-from backupvault.client.threshold import FleetKeys, Registered, SingleSeedEntry, ThresholdVault
+from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
 from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient, VaultStatus
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
@@ -425,27 +425,17 @@ class OtaTrust:
 # ---- sessions -----------------------------------------------------------------------------
 
 
-#: Registrations tried when migrating a single-seed entry, a little apart.
-MIGRATION_TRIES = 3
-
-
 class FleetSession:
-    """The vault as a client sees it: the current (verified or pinned) fleet, and for OTA
-    clients the older epochs their entry may still be on.
-
-    New entries are registered and recovered with the threshold flow (`threshold`,
-    docs/threshold.md). The single-seed flow (`vault`) is only the migration path for
-    entries registered before it: such an entry is recovered once the old way, registered
-    anew with the threshold flow (same root key, same password) and deleted the old way."""
+    """The vault as a client sees it: the threshold vault (docs/threshold.md) on the
+    current (verified or pinned) fleet, and for OTA clients the older epochs their entry
+    may still be on."""
 
     def __init__(
         self,
-        vault: VaultClient,
         threshold: ThresholdVault,
         epoch: int | None = None,
         older: Iterator[tuple[int, FleetSession]] | None = None,
     ) -> None:
-        self.vault = vault
         self.threshold = threshold
         self.epoch = epoch
         self._older = older
@@ -455,14 +445,10 @@ class FleetSession:
 
     @property
     def _ksf(self) -> ksf.Argon2idParams:
-        return self.vault.ksf_params
+        return self.threshold.vault.ksf_params
 
     def status(self) -> VaultStatus:
-        """The threshold entry's status; for an entry still on the single seed, that one's."""
-        try:
-            current = self.threshold.status()
-        except SingleSeedEntry:
-            return replace(self.vault.status(), single_seed=True)
+        current = self.threshold.status()
         return VaultStatus(
             current.status,
             current.guess_limit,
@@ -472,12 +458,9 @@ class FleetSession:
         )
 
     def register(self, password: str, root_key: bytes) -> Registered:
-        """A new threshold entry (the version after any deleted one's). AlreadyRegistered if
-        the vault holds one."""
-        try:
-            current = self.threshold.status()
-        except SingleSeedEntry:
-            raise AlreadyRegistered("the vault already holds a key for this entry") from None
+        """A new entry (the version after any deleted one's). AlreadyRegistered if the
+        vault holds one."""
+        current = self.threshold.status()
         if current.status == EntryStatus.LIVE:
             raise AlreadyRegistered("the vault already holds a key for this entry")
         return self.threshold.register(
@@ -485,59 +468,14 @@ class FleetSession:
         )
 
     def recover(self, password: str) -> Recovery:
-        """The root key behind `password`: from the threshold entry, or from an entry still
-        on the single seed (then migrated to the threshold flow)."""
-        try:
-            found = self.threshold.recover(password, ksf_floor=self._ksf)
-        except SingleSeedEntry:
-            pass
-        else:
-            return Recovery(found.root_key, b"", found.wrong_guesses_before, threshold=found)
-        legacy = self.vault.status()
-        if legacy.status == EntryStatus.DESTROYED:
-            raise Destroyed()
-        if legacy.status != EntryStatus.LIVE:
-            raise NotRegistered()
-        recovered = self.vault.recover(password)
-        self._move_to_threshold(password, recovered)
+        """The root key behind `password`."""
         found = self.threshold.recover(password, ksf_floor=self._ksf)
-        return Recovery(
-            found.root_key,
-            b"",
-            recovered.wrong_guesses_before,
-            threshold=found,
-            single_seed_migrated=True,
-        )
-
-    def _move_to_threshold(self, password: str, recovered: Recovery) -> None:
-        """Migrate a single-seed entry just recovered: both flows keep an entry under the
-        same name, so the old one is deleted (with the fresh grant) and the same root key
-        registered behind the same password with the threshold flow, with no path back."""
-        self.vault.delete(recovered.grant)
-        for resend in range(MIGRATION_TRIES):
-            try:
-                self.register(password, recovered.root_key)
-                return
-            except FleetUnavailable as err:
-                if resend < MIGRATION_TRIES - 1:
-                    time.sleep(1.0 + resend)
-                    continue
-                # Put the key back where it was rather than lose it.
-                self.vault.register(password, recovered.root_key)
-                raise VaultError(
-                    "could not move the key to the threshold vault; it stays on the"
-                    f" single-seed flow: {err.message}",
-                    hint="nothing was lost; the next recovery tries again",
-                ) from None
+        return Recovery(found.root_key, found.wrong_guesses_before, found)
 
     def change_password(self, recovered: Recovery, new_password: str) -> Registered:
-        if recovered.threshold is None:
-            raise VaultError("a password change needs a recovery with the threshold flow")
         return self.threshold.change_password(recovered.threshold, new_password, ksf=self._ksf)
 
     def delete(self, recovered: Recovery) -> tuple[int, tuple[str, ...]]:
-        if recovered.threshold is None:
-            raise VaultError("deleting needs a recovery with the threshold flow")
         return self.threshold.delete(recovered.threshold)
 
     def migrate(self, password: str) -> Recovery | None:
@@ -556,9 +494,7 @@ class FleetSession:
                 raise Destroyed()
             if status.status != EntryStatus.LIVE:
                 continue
-            # An entry still on the old fleet's single seed is recovered that way (no
-            # point moving it to the threshold flow on a fleet being retired).
-            recovered = old.vault.recover(password) if status.single_seed else old.recover(password)
+            recovered = old.recover(password)
             try:
                 self.register(password, recovered.root_key)
             except AlreadyRegistered:
@@ -568,10 +504,7 @@ class FleetSession:
             # The old entry is deleted so the old fleet can be retired; if that fails it
             # goes away with that fleet.
             with contextlib.suppress(VaultError):
-                if status.single_seed:
-                    old.vault.delete(recovered.grant)
-                else:
-                    old.delete(recovered)
+                old.delete(recovered)
             return replace(self.recover(password), migrated_from=epoch)
         return None
 
@@ -621,7 +554,6 @@ def ota_session(
             account,
             record.fleet_id,
             record.node_public_keys,
-            record.opaque_server_public_key,
             entry=entry,
             ksf_params=ksf_params,
             http=client,
@@ -631,8 +563,7 @@ def ota_session(
         )
 
     def session_for(record: DeploymentRecord) -> FleetSession:
-        vault = vault_for(record)
-        return FleetSession(vault, threshold_vault(vault, record, notify), record.epoch)
+        return FleetSession(threshold_vault(vault_for(record), record, notify), record.epoch)
 
     def older() -> Iterator[tuple[int, FleetSession]]:
         for record in trust.older(client, relay_url, verified.record):
@@ -640,8 +571,5 @@ def ota_session(
 
     current = vault_for(verified.record)
     return FleetSession(
-        current,
-        threshold_vault(current, verified.record, notify),
-        verified.record.epoch,
-        older(),
+        threshold_vault(current, verified.record, notify), verified.record.epoch, older()
     )

@@ -8,7 +8,7 @@ require). `DIR` holds everything:
     DIR/deployment.bin        its deployment record, signed with operator.key
     DIR/bundle.bin            the record + the first witness's cosignature and inclusion
                               proof (the second witness logs the same record)
-    DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed secrets, db
+    DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed keys, db
     DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
     DIR/witness/, DIR/witness2/  each witness: witness.toml, its own key, its SQLite log
                               and the log's head file
@@ -57,9 +57,7 @@ from backupvault.deploy.records import (
 )
 from backupvault.errors import BackupVaultError
 from backupvault.files import replace_secret_file, write_new_file
-from backupvault.hsm.ceremony import make_fleet_secrets, seal_for_node
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
-from backupvault.node.main import TRANSFER
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
     fleet_audience,
@@ -188,8 +186,8 @@ class LocalDeployment:
         self, fleet_dir: Path, epoch: int, fleet_id: bytes, nodes: int
     ) -> FleetDescription:
         """Tokens and keys for `nodes` new nodes in `fleet_dir` (each node makes its own
-        and prints only their public halves), the key ceremony for `fleet_id`, and its
-        fleet.toml."""
+        and prints only their public halves), and the fleet.toml listing them for
+        `fleet_id`: no secret is made outside a node."""
         fleet_dir.mkdir(parents=True, exist_ok=True)
         node_ports = [free_port() for _ in range(nodes)]
         peer_ports = [free_port() for _ in range(nodes)]
@@ -214,22 +212,14 @@ class LocalDeployment:
             )
             for i, keys in enumerate(public_keys)
         )
-        # Key ceremony for the single-seed OPAQUE flow's shared secrets: they exist in this
-        # process only, and leave it only encrypted to each node's identity key.
-        fleet_secrets = make_fleet_secrets(fleet_id, os.urandom)
-        for node in nodes_described:
-            transfer = seal_for_node(fleet_secrets, node.index, node.identity_public_key)
-            (fleet_dir / f"node{node.index}" / TRANSFER).write_bytes(transfer)
         fleet = FleetDescription(
             fleet_id=fleet_id,
             guess_limit=10,
-            opaque_server_public_key=fleet_secrets.server_public_key,
             nodes=nodes_described,
             relay_public_keys=(raw_public_key(self._relay_key()),),
             account_issuer=ISSUER,
             account_issuer_public_key=raw_public_key(self._operator_key()),
         )
-        del fleet_secrets
         fleet.save(fleet_dir / "fleet.toml")
         return fleet
 
@@ -311,7 +301,6 @@ class LocalDeployment:
             "node_public_keys": [n.hpke_public_key.hex() for n in fleet.nodes],
             "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
             "epoch": fleet.epoch or 0,
-            "opaque_server_public_key": fleet.opaque_server_public_key.hex(),
         }
         replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
 
@@ -407,8 +396,8 @@ class LocalDeployment:
     # ---- rotation ------------------------------------------------------------------------
 
     def rotate(self, nodes: int | None = None, timeout: float = 60.0) -> int:
-        """A new epoch of the same fleet id: new nodes (new tokens, identity keys, ports), a
-        new key ceremony, a new deployment record logged by the witness. The relay then
+        """A new epoch of the same fleet id: new nodes (new tokens, their own keys, ports), a
+        new deployment record logged by the witness. The relay then
         serves the new bundle and routes the new epoch by default, and keeps routing the
         older epochs at /v1/epochs/<E>/... so that OTA clients can migrate their entries.
         Returns the new epoch."""

@@ -50,7 +50,6 @@ def deployment_record(
             (n.index, n.identity_public_key, n.hpke_public_key, n.signing_public_key, n.url)
             for n in fleet.nodes
         ],
-        opaque_server_public_key=fleet.opaque_server_public_key,
         measurement=measurement,
         time=now,
         relay_public_keys=fleet.relay_public_keys,
@@ -66,8 +65,7 @@ def next_epoch(fleet: FleetDescription, previous: FleetDescription | None) -> in
         if previous.fleet_id != fleet.fleet_id:
             raise InvalidInput(
                 "the previous fleet file is for another fleet id",
-                hint="a rotation keeps the fleet id: copy fleet_id into the new fleet.toml "
-                "before the ceremony",
+                hint="a rotation keeps the fleet id: copy fleet_id into the new fleet.toml",
             )
         if previous.epoch is None:
             raise InvalidInput(

@@ -26,10 +26,10 @@ from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
     EntryId,
-    EntryState,
     Evaluation,
     NodeShare,
     ThresholdState,
+    single_seed_status,
 )
 from backupvault.protocol import (
     MAX_ERROR_DETAIL,
@@ -98,17 +98,11 @@ class ThresholdUpdate:
     apply: Callable[[ThresholdState], tuple[ThresholdState, Callable[[], Answer]]]
 
     def change(self, payload: bytes) -> tuple[bytes, Callable[[], Answer]]:
-        """The replica's change function on a record's payload. An entry still on the
-        single-seed flow is left as it is and answered so (it is migrated at its next
-        success, docs/threshold.md "Migration")."""
+        """The replica's change function on a record's payload. A single-seed value (see
+        `decode_threshold`) is left as it is and answered so."""
         state = decode_threshold(payload)
         if state is None:
-            return payload, lambda: Answer(
-                error(
-                    ErrorCode.ALREADY_REGISTERED,
-                    "this entry is on the single-seed flow; recover it with that flow",
-                )
-            )
+            return payload, lambda: Answer(error(ErrorCode.BAD_REQUEST, SINGLE_SEED_DETAIL))
         new, build = self.apply(state)
         return new.to_bytes(), build
 
@@ -126,24 +120,27 @@ class ThresholdRead:
     def answer(self, payload: bytes) -> Answer:
         state = decode_threshold(payload)
         if state is None:
-            return Answer(
-                error(
-                    ErrorCode.ALREADY_REGISTERED,
-                    "this entry is on the single-seed flow; recover it with that flow",
-                )
-            )
+            return Answer(error(ErrorCode.BAD_REQUEST, SINGLE_SEED_DETAIL))
         return self.read(state)
 
 
 def decode_threshold(payload: bytes) -> ThresholdState | None:
-    """A record's payload as a threshold entry; an empty payload is an empty entry, and an
-    old-flow entry is None unless it is empty (then the threshold flow may take the key)."""
+    """A record's payload as an entry (an empty payload is an empty entry). A value of the
+    removed single-seed flow that holds no key reads as an empty entry; None for one that
+    does, which no node of this version keeps (it refuses to start on a store holding
+    one, and its acceptor refuses one) but a catch-up copy from an older node could carry."""
     if not payload:
         return ThresholdState()
-    if payload[0] == EntryState.TAG:
-        old = EntryState.from_bytes(payload)
-        return ThresholdState() if old.status == EntryStatus.EMPTY else None
+    single_seed = single_seed_status(payload)
+    if single_seed is not None:
+        return None if single_seed == EntryStatus.LIVE else ThresholdState()
     return ThresholdState.from_bytes(payload)
+
+
+SINGLE_SEED_DETAIL = (
+    "this entry is on the removed single-seed flow; re-register it (recover it with the"
+    " previous version, then register again)"
+)
 
 
 def error(code: ErrorCode, detail: str, remaining: int = 0) -> ErrorResponse:
@@ -773,16 +770,16 @@ def check_threshold_value(
         ):
             return "the manifest is for another node set"
         if state.reset_signature:
-            statement = owner.OwnerStatement(
-                owner.StatementKind.RESET,
-                fleet_id,
-                entry_id.account,
-                entry_id.entry,
-                state.version,
-                state.reset_attempt,
-                state.reset_hash,
-            )
-            try:
+            try:  # a forged value's fields may not even make a statement (a short hash)
+                statement = owner.OwnerStatement(
+                    owner.StatementKind.RESET,
+                    fleet_id,
+                    entry_id.account,
+                    entry_id.entry,
+                    state.version,
+                    state.reset_attempt,
+                    state.reset_hash,
+                )
                 owner.verify_statement(
                     manifest.pk_auth, statement, state.reset_signature, last_counter=None
                 )
@@ -794,7 +791,7 @@ def check_threshold_value(
         return "a tombstone with guesses left"
     previous = _held_threshold(held)
     if previous is None:
-        return None  # nothing held (or an old-flow entry): only the value's own checks
+        return None  # nothing held: only the value's own checks
     return _check_transition(fleet_id, entry_id, previous, state, manifest)
 
 

@@ -1,4 +1,5 @@
-"""What the vault keeps for one entry, replicated by the fleet as one value."""
+"""What the vault keeps for one entry: the replicated value (`ThresholdState`) and this
+node's own row (`NodeShare`)."""
 
 from __future__ import annotations
 
@@ -25,50 +26,20 @@ class EntryId(Message):
         return cls(check_name("account", account), check_name("entry", entry))
 
 
-@dataclass(frozen=True)
-class EntryState(Message):
-    """One entry. `attempt_seq` counts every OPRF evaluation ever made (never reset), so a
-    KE3 names exactly the attempt it answers; `attempts_used` counts those since the last
-    success. A destroyed entry keeps only counters: its secrets are overwritten."""
+#: Tag 41 was the single-seed flow's entry state (`EntryState`), removed with it. A live
+#: one (a key behind the single seed) makes the node refuse to start (node/main.py); an
+#: acceptor refuses any as a proposed value; one that holds no key any more (deleted or
+#: destroyed) reads as an empty entry.
+SINGLE_SEED_ENTRY_TAG = 41
 
-    TAG = 41
-    status: int = EntryStatus.EMPTY
-    generation: int = 0  # registrations so far; part of the OPRF key name
-    registration_nonce: bytes = b""  # chosen by the fleet at register-start
-    record: bytes = b""  # OPAQUE RegistrationRecord
-    ksf_params: bytes = b""
-    wrapped_root_key: bytes = b""
-    guess_limit: int = DEFAULT_GUESS_LIMIT
-    attempts_used: int = 0
-    attempt_seq: int = 0
-    success_seq: int = 0
-    version: int = 0
-    #: SHA-256 of the latest attempt's KE1: a resend of it is answered without a new charge.
-    attempt_ke1_hash: bytes = b""
-    #: The client's clock at the latest attempt: an older recover-start (a replay) is refused.
-    attempt_client_time_ms: int = 0
 
-    @property
-    def guesses_remaining(self) -> int:
-        if self.status != EntryStatus.LIVE:
-            return 0
-        return max(0, self.guess_limit - self.attempts_used)
-
-    def changed(self, **fields: object) -> EntryState:
-        """A new state with `fields` replaced and the version bumped."""
-        return dataclasses.replace(self, version=self.version + 1, **fields)  # type: ignore[arg-type]
-
-    def destroyed(self) -> EntryState:
-        """The tombstone: every secret overwritten, counters kept so nothing can resurrect it."""
-        return self.changed(
-            status=EntryStatus.DESTROYED,
-            registration_nonce=b"",
-            record=b"",
-            ksf_params=b"",
-            wrapped_root_key=b"",
-            attempts_used=self.guess_limit,
-            attempt_ke1_hash=b"",
-        )
+def single_seed_status(payload: bytes) -> EntryStatus | None:
+    """The status of a single-seed value (its encoding starts with its tag and its status,
+    a u64), or None if `payload` is not one. Nothing else of it is read."""
+    if len(payload) < 9 or payload[0] != SINGLE_SEED_ENTRY_TAG:
+        return None
+    status = int.from_bytes(payload[1:9], "big")
+    return EntryStatus(status) if status in tuple(EntryStatus) else EntryStatus.LIVE
 
 
 # ---- the threshold flow (docs/threshold.md) ----------------------------------------------

@@ -3,11 +3,10 @@
     # node.toml                              # fleet.toml (public)
     [node]                                   fleet_id = "<hex>"
     index = 0                                guess_limit = 10
-    listen = "127.0.0.1:7101"                opaque_server_public_key = "<hex>"
-    data_dir = "node0"                       relay_public_keys = ["<hex>"]  # Ed25519
-    fleet_file = "fleet.toml"                account_issuer = "<iss of tokens>"
+    listen = "127.0.0.1:7101"                relay_public_keys = ["<hex>"]  # Ed25519
+    data_dir = "node0"                       account_issuer = "<iss of tokens>"
+    fleet_file = "fleet.toml"                account_issuer_public_key = "<hex>"
     peer_listen = "0.0.0.0:7201"  # optional
-                                             account_issuer_public_key = "<hex>"
                                              epoch = 1               # `fleet deploy`
                                              measurement = "<hex>"   # `fleet deploy`
                                              [[nodes]]           # `node init` prints these
@@ -88,7 +87,6 @@ class FleetNode:
 class FleetDescription:
     fleet_id: bytes
     guess_limit: int
-    opaque_server_public_key: bytes
     nodes: tuple[FleetNode, ...]
     #: Ed25519 keys of the relays whose signed requests the nodes answer (docs/relay.md).
     relay_public_keys: tuple[bytes, ...]
@@ -150,7 +148,6 @@ class FleetDescription:
             return cls(
                 _hex(data["fleet_id"], "fleet_id"),
                 int(data.get("guess_limit", 10)),
-                _hex(data["opaque_server_public_key"], "opaque_server_public_key"),
                 nodes,
                 tuple(_key(k, "relay_public_keys") for k in data["relay_public_keys"]),
                 str(data["account_issuer"]),
@@ -173,7 +170,6 @@ class FleetDescription:
                 "fleet_id": self.fleet_id.hex(),
                 **deployed,
                 "guess_limit": self.guess_limit,
-                "opaque_server_public_key": self.opaque_server_public_key.hex(),
                 "relay_public_keys": [k.hex() for k in self.relay_public_keys],
                 "account_issuer": self.account_issuer,
                 "account_issuer_public_key": self.account_issuer_public_key.hex(),

@@ -17,7 +17,7 @@ from starlette.routing import Route
 from backupvault.errors import InvalidInput
 from backupvault.hop import LEADER_HEADER, HopRefused, HopVerifier
 from backupvault.node.service import NodeService
-from backupvault.protocol import Op, check_name
+from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
 
 log = logging.getLogger("backupvault.node")
 
@@ -51,8 +51,11 @@ def create_app(
     measurement, fleet id and epoch; see node.main.check_measurement)."""
 
     async def client(request: Request) -> Response:
+        name = request.path_params["op"]
+        if name in REMOVED_OPERATIONS:
+            return _error(410, "removed_operation", REMOVED_OPERATION_DETAIL)
         try:
-            op = Op(request.path_params["op"])
+            op = Op(name)
         except ValueError:
             return _error(404, "unknown_operation", "no such vault operation")
         account = request.headers.get("x-backupvault-account", "")

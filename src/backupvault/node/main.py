@@ -1,15 +1,18 @@
-"""Starting a node: provision its secrets in the token, take in the ceremony's transfer,
-then serve. Files in the node's data directory:
+"""Starting a node: make its own keys in the token (`node init`), then serve. Every key
+is the node's own; no fleet-wide secret exists. Files in the node's data directory:
 
     identity.sealed        X25519 identity private key     (sealed by the token)
     hpke.sealed            this node's HPKE private key: clients seal its requests to it
                            (NodePrivateKey.to_bytes(); sealed by the token)
     signing.sealed         this node's Ed25519 signing key (32-byte seed; sealed by the token)
     storage-key.sealed     32-byte storage key             (sealed by the token)
-    fleet-secrets.sealed   FleetSecrets                    (sealed by the token)
-    fleet-secrets.transfer FleetSecrets for this node from the ceremony, HPKE to the
-                           identity key; consumed and deleted at the first start
-    store.sqlite           acceptor records, encrypted under the storage key (node/store.py)
+    store.sqlite           acceptor records and this node's share rows, encrypted under the
+                           storage key (node/store.py)
+
+A data folder of an earlier version may also hold `fleet-secrets.sealed` or
+`fleet-secrets.transfer`: the removed single-seed flow's OPRF seed, OPAQUE server key and
+ticket key. A node refuses to start while its store holds a key on that flow
+(`SingleSeedEntries`); otherwise it deletes both files at start.
 """
 
 from __future__ import annotations
@@ -29,10 +32,14 @@ from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
-from backupvault.hsm.ceremony import open_for_node
-from backupvault.hsm.firmware import FleetSecrets, NodeKey, VaultFirmware
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
-from backupvault.hsm.state import DEFAULT_GUESS_LIMIT, EntryId, EntryState, ThresholdState
+from backupvault.hsm.state import (
+    DEFAULT_GUESS_LIMIT,
+    EntryId,
+    ThresholdState,
+    single_seed_status,
+)
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
 from backupvault.node.service import NodeService
@@ -54,12 +61,16 @@ IDENTITY = "identity.sealed"
 HPKE_KEY = "hpke.sealed"
 SIGNING_KEY = "signing.sealed"
 STORAGE_KEY = "storage-key.sealed"
-FLEET_SECRETS = "fleet-secrets.sealed"
-TRANSFER = "fleet-secrets.transfer"
+#: The removed single-seed flow's secrets, as earlier versions kept them.
+SINGLE_SEED_SECRETS = ("fleet-secrets.sealed", "fleet-secrets.transfer")
 
 
 class NodeNotProvisioned(BackupVaultError):
     pass
+
+
+class SingleSeedEntries(BackupVaultError):
+    """The store holds keys on the removed single-seed flow: the node does not start."""
 
 
 class MeasurementMismatch(BackupVaultError):
@@ -158,11 +169,10 @@ class NodeKeys:
     hpke: NodePrivateKey
     signing: bytes
     storage: bytes
-    fleet: FleetSecrets
 
 
 def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
-    """Unseal the node's secrets; the first time, take in the ceremony's transfer."""
+    """Unseal the node's own keys."""
     with TokenSealer(config.token) as sealer:
         identity_file = _sealed(config, sealer, IDENTITY, "identity")
         if not identity_file.exists():
@@ -180,27 +190,38 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
         hpke = NodePrivateKey.from_bytes(hpke_file.read())
         signing = _sealed(config, sealer, SIGNING_KEY, "signing").read()
         storage = _sealed(config, sealer, STORAGE_KEY, "storage-key").read()
-        secrets_file = _sealed(config, sealer, FLEET_SECRETS, "fleet-secrets")
-        transfer = config.data_dir / TRANSFER
-        if not secrets_file.exists():
-            if not transfer.exists():
-                raise NodeNotProvisioned(
-                    f"node {config.index} has no fleet secrets",
-                    hint="run the key ceremony (`backupvault fleet ceremony`) for this fleet",
-                )
-            secrets = open_for_node(transfer.read_bytes(), fleet.fleet_id, config.index, identity)
-            secrets_file.write(secrets.to_bytes())
-            transfer.unlink()
-        secrets = FleetSecrets.from_bytes(secrets_file.read())
-    if secrets.fleet_id != fleet.fleet_id:
-        raise NodeNotProvisioned("this node's secrets belong to another fleet")
+
     own = next((n for n in fleet.nodes if n.index == config.index), None)
     if own is None or own.hpke_public_key != hpke.public_key().to_bytes():
         raise NodeNotProvisioned(
             f"fleet.toml does not list node {config.index}'s own HPKE key",
             hint="copy the keys `backupvault node init` prints into this node's [[nodes]] entry",
         )
-    return NodeKeys(identity, hpke, signing, storage, secrets)
+    return NodeKeys(identity, hpke, signing, storage)
+
+
+def refuse_single_seed_entries(store: NodeStore, node: int, data_dir: Path) -> None:
+    """Refuse to start while the store holds a key on the removed single-seed flow (it
+    could only be recovered with the single seed, which whoever holds one node host could
+    use to test its password offline); with none, delete the single seed's files. Reads
+    every row once (and so checks every bucket, which the node would do in the background
+    anyway)."""
+    keys = sum(
+        single_seed_status(payload_of(record.value)) == EntryStatus.LIVE for record in store.load()
+    )
+    if keys:
+        raise SingleSeedEntries(
+            f"node {node} holds {keys} key(s) on the single-seed flow, which this"
+            " version removed (docs/threshold.md): it does not start",
+            hint="run the previous version until each of these keys was recovered once (a"
+            " recovery there moves the key to the threshold vault) or deleted, or have their"
+            " owners register them again; the node store is left as it is",
+        )
+    for name in SINGLE_SEED_SECRETS:
+        path = data_dir / name
+        if path.exists():
+            path.unlink()
+            log.info("node %d deleted %s (the removed single-seed flow's secrets)", node, name)
 
 
 def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[str, object]]:
@@ -252,20 +273,14 @@ def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
             "version": threshold_state.version,
             "accepted_round": record.accepted_round,
         }
-    state = EntryState.from_bytes(payload) if payload else EntryState()
+    single_seed = single_seed_status(payload)
+    status = EntryStatus.EMPTY if single_seed is None else single_seed
     return {
         "node": node,
         "account": entry_id.account,
         "entry": entry_id.entry,
-        "status": EntryStatus(state.status).name.lower(),
-        "attempts_used": state.attempts_used,
-        "attempt_seq": state.attempt_seq,
-        "success_seq": state.success_seq,
-        "guess_limit": state.guess_limit,
-        "generation": state.generation,
-        "version": state.version,
-        "holds_record": bool(state.record),
-        "holds_wrapped_root_key": bool(state.wrapped_root_key),
+        "flow": "none" if single_seed is None else "single-seed (removed)",
+        "status": status.name.lower(),
         "accepted_round": record.accepted_round,
     }
 
@@ -282,6 +297,11 @@ def build_service(config: NodeConfig) -> NodeService:
         epoch=fleet.epoch or 0,
     )
     store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    try:
+        refuse_single_seed_entries(store, config.index, config.data_dir)
+    except SingleSeedEntries:
+        store.close()
+        raise
     # Kept open for the node's life: the store counter is advanced after every write.
     sealer = TokenSealer(config.token)
     intact = store_is_intact(store, sealer)
@@ -299,13 +319,11 @@ def build_service(config: NodeConfig) -> NodeService:
         config.index,
         peer_addresses(fleet),
         VaultFirmware(
-            keys.fleet,
+            fleet.fleet_id,
             NodeKey(config.index, keys.hpke, Ed25519PrivateKey.from_private_bytes(keys.signing)),
-            os.urandom,
             accounts,
-            guess_limit=fleet.guess_limit,
-            shape=shape,
-            load_share=store.get_share,
+            shape,
+            store.get_share,
         ),
         channel,
         store,

@@ -29,18 +29,11 @@ from backupvault.fleet.replica import (
     Send,
     Timing,
 )
-from backupvault.hsm.firmware import Reply, Update, VaultFirmware
-from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead, ThresholdUpdate
+from backupvault.hsm.firmware import Reply, VaultFirmware
+from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
-from backupvault.protocol import (
-    ErrorCode,
-    ErrorResponse,
-    EvaluateResponse,
-    Op,
-    RecoverStartResponse,
-    pad_response,
-)
+from backupvault.protocol import ErrorCode, ErrorResponse, EvaluateResponse, Op, pad_response
 
 log = logging.getLogger("backupvault.node")
 
@@ -100,7 +93,7 @@ class NodeService:
             on_accept=firmware.on_accept,
             announce=firmware.announce,
         )
-        if firmware.shares is not None and not intact:
+        if not intact:
             # The store may have been rolled back: its counts are not trusted until the
             # owner's next verified reset (docs/threshold.md, "Counters and erasure").
             firmware.shares.distrust_stored_counts()
@@ -117,7 +110,6 @@ class NodeService:
         # Counters for operators and tests: OPRF evaluations made here, commits, failures.
         self.metrics = {
             "evaluations": 0,
-            "evaluations_repeated": 0,
             "committed": 0,
             "fleet_unavailable": 0,
             "peer_messages_dropped": 0,
@@ -211,7 +203,7 @@ class NodeService:
         if isinstance(opened, ErrorResponse):
             return ClientAnswer(403, error=opened.code, detail=opened.detail)
         request, response_key = opened
-        action = self._firmware.handle(op, request, self._wall_clock())
+        action = self._firmware.handle(op, request)
         if isinstance(action, Reply):
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
@@ -223,36 +215,21 @@ class NodeService:
                 return ClientAnswer(503, error="node_not_ready", detail="node store failed")
             assert not read.writes, "a read writes nothing"
             return ClientAnswer(200, response_key.seal(pad_response(op, read.response.to_bytes())))
-        if isinstance(action, ThresholdUpdate):
-            # Joinable: the N copies of one request, one per node, make one round.
-            done = await self._commit(action.key, action.change, joinable=True)
-            if isinstance(done, Failed):
-                return self._unavailable()
-            self.metrics["committed"] += 1
-            answer: Answer = done.outcome()
-            # This node's own rows (its count above all) are durable before the answer
-            # that depends on them leaves.
-            if answer.writes:
-                if not await self._persist_rows(answer.writes):
-                    return ClientAnswer(503, error="node_not_ready", detail="node store failed")
-                if self._firmware.shares is not None:
-                    self._firmware.shares.durable(answer.writes)
-            if answer.writes and isinstance(answer.response, EvaluateResponse):
-                self.metrics["evaluations"] += 1  # a newly counted partial evaluation
-            return ClientAnswer(
-                200, response_key.seal(pad_response(op, answer.response.to_bytes()))
-            )
-        result = await self._commit_update(action)
-        if isinstance(result, Failed):
+        # Joinable: the N copies of one request, one per node, make one round.
+        done = await self._commit(action.key, action.change, joinable=True)
+        if isinstance(done, Failed):
             return self._unavailable()
         self.metrics["committed"] += 1
-        build_reply, charged = result.outcome
-        reply = build_reply()
-        if isinstance(reply, RecoverStartResponse):
-            # A KE2 for a newly charged attempt is a new evaluation; a resent KE1 answered
-            # again (or an unknown entry's fake-record KE2) is not.
-            self.metrics["evaluations" if charged else "evaluations_repeated"] += 1
-        return ClientAnswer(200, response_key.seal(pad_response(op, reply.to_bytes())))
+        answer: Answer = done.outcome()
+        # This node's own rows (its count above all) are durable before the answer
+        # that depends on them leaves.
+        if answer.writes:
+            if not await self._persist_rows(answer.writes):
+                return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+            self._firmware.shares.durable(answer.writes)
+        if answer.writes and isinstance(answer.response, EvaluateResponse):
+            self.metrics["evaluations"] += 1  # a newly counted partial evaluation
+        return ClientAnswer(200, response_key.seal(pad_response(op, answer.response.to_bytes())))
 
     def _unavailable(self) -> ClientAnswer:
         self.metrics["fleet_unavailable"] += 1
@@ -262,13 +239,6 @@ class NodeService:
             detail="fewer than a majority of vault nodes answered; nothing was changed "
             "that you were told about; try again later",
         )
-
-    async def _commit_update(self, update: Update) -> Committed | Failed:
-        def change(value: bytes) -> tuple[bytes, tuple[Callable[[], Message], bool]]:
-            new_value, build_reply, charged = update.change(value)
-            return new_value, (build_reply, charged)
-
-        return await self._commit(update.key, change)
 
     async def _commit(
         self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False

@@ -83,7 +83,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.fleet.records import Changes, Mark
-from backupvault.hsm.state import EntryState, NodeShare
+from backupvault.hsm.state import NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus
 
 _MOD = 2**256
@@ -582,8 +582,8 @@ def _not_live(record: AcceptorRecord) -> bool:
         payload = payload_of(record.value)
     except InvalidInput:
         return False
-    # An EntryState's encoding starts with its tag and its status (u64): only those are
+    # A ThresholdState's encoding starts with its tag and its status (u64): only those are
     # read, a full decode would cost more than the rest of a save.
-    if len(payload) < 9 or payload[0] != EntryState.TAG:
+    if len(payload) < 9 or payload[0] != ThresholdState.TAG:
         return False
     return int.from_bytes(payload[1:9], "big") != EntryStatus.LIVE

@@ -25,7 +25,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backupvault.errors import InvalidInput
 from backupvault.fanout import FANOUT_OPERATIONS, FanoutAnswers
-from backupvault.protocol import NODE_HEADER, OPERATIONS, SealedCopies, is_valid_name
+from backupvault.protocol import (
+    NODE_HEADER,
+    OPERATIONS,
+    REMOVED_OPERATION_DETAIL,
+    REMOVED_OPERATIONS,
+    SealedCopies,
+    is_valid_name,
+)
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder
@@ -39,7 +46,7 @@ log = logging.getLogger("backupvault.relay")
 _INFO = "backupvault.relay.info"
 _REALM = 'Bearer realm="backupvault"'
 _BUSY_RETRY_AFTER = "2"
-_NOT_RATE_LIMITED = frozenset({"recover-finish", "reset"})
+_NOT_RATE_LIMITED = frozenset({"reset"})
 
 
 def error_response(
@@ -217,6 +224,8 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             )
 
         op = request.path_params["op"]
+        if op in REMOVED_OPERATIONS:
+            return error_response(410, "removed_operation", REMOVED_OPERATION_DETAIL)
         if op not in OPERATIONS:
             return error_response(
                 404,
@@ -224,9 +233,8 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 f"no such vault operation; use one of {', '.join(OPERATIONS)}",
             )
         info["op"] = op
-        # A recover-finish or a reset follows a guess already charged: refusing it would
-        # cost the user that guess without an answer (or leave the count unreset), so only
-        # other operations are limited (a guess is paid for at recover-start or evaluate).
+        # A reset follows a guess already charged: refusing it would leave the count
+        # unreset, so only other operations are limited (a guess is paid for at evaluate).
         if op not in _NOT_RATE_LIMITED:
             wait = state.limiter.acquire(account)
             if wait is not None:

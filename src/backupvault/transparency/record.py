@@ -4,14 +4,13 @@ Encodings use `backupvault.codec` (u64 big-endian integers, u32-length-prefixed 
 strings, nested messages as length-prefixed blobs); docs/transparency.md spells every byte
 out. Decoding is strict and validates every field, so a record that decodes is well-formed:
 
-    DeploymentRecord (tag 86; version 2: per-node keys, no fleet-wide HPKE key)
+    DeploymentRecord (tag 87; version 3: per-node keys and no fleet-wide secret at all)
       fleet_id        bytes   1-64 bytes
       epoch           u64     monotonic per fleet id (the witness enforces it)
       quorum          u64     a majority: n//2 < quorum <= n
       threshold       u64     t, the shares needed to evaluate: n//2 < t <= n
       guess_limit     u64     1 .. MAX_GUESS_LIMIT (the default limit for new entries)
       nodes           list    1 .. MAX_NODES NodeEntry, indices 0 .. n-1 in order
-      opaque_server_public_key bytes  32, a valid ristretto255 point
       measurement     bytes   32 (see measure.py)
       time            u64     unix seconds
       relay_public_keys list  1 .. MAX_RELAYS bytes (32 each, Ed25519): relays the nodes answer
@@ -20,14 +19,15 @@ out. Decoding is strict and validates every field, so a record that decodes is w
     NodeEntry (tag 85)
       index           u64     the node's slot, 0 .. n-1
       share_index     u64     x_i = index + 1: the node's fixed Shamir share index
-      identity_public_key bytes 32 (X25519): node-to-node channel, ceremony transfers
+      identity_public_key bytes 32 (X25519): node-to-node channel
       hpke_public_key bytes   NodePublicKey.to_bytes(): kem id (u16) || key bytes; clients
                               seal requests for this node to it (every node the same KEM)
       signing_public_key bytes 32 (Ed25519): the node's signatures (share acknowledgements)
       url             str
 
-The version-1 record (tags 80, 81: one fleet HPKE key for every node) is refused with a
-message saying so.
+Older records are refused with a message saying so: version 1 (tags 80, 81: one fleet
+HPKE key for every node) and version 2 (tag 86: the same fields plus the removed
+single-seed flow's `opaque_server_public_key` after `nodes`).
 
     OperatorSignedRecord (tag 82): record bytes (a DeploymentRecord encoding),
       operator_public_key bytes (32, Ed25519), signature bytes (64)
@@ -47,7 +47,6 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message
-from backupvault.crypto.oprf import validate_element
 from backupvault.crypto.seal import Kem, NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
@@ -103,8 +102,10 @@ def _int(value: object, what: str, lo: int, hi: int) -> int:
 U64_MAX = (1 << 64) - 1
 
 
-#: Tags of the version-1 record (one fleet-wide HPKE key), refused with a clear message.
-_OLD_RECORD_TAGS = frozenset({80, 81})
+#: Tags of older records, refused with a clear message: version 1 (one fleet-wide HPKE
+#: key) and version 2 (the single-seed flow's OPAQUE server key).
+_V1_RECORD_TAGS = frozenset({80, 81})
+_V2_RECORD_TAG = 86
 
 
 @dataclass(frozen=True)
@@ -150,7 +151,7 @@ def majority(node_count: int) -> int:
 class DeploymentRecord(StrictMessage):
     """What the operator claims a fleet is; see the module docstring for the fields."""
 
-    TAG: ClassVar[int] = 86
+    TAG: ClassVar[int] = 87
 
     fleet_id: bytes
     epoch: int
@@ -158,7 +159,6 @@ class DeploymentRecord(StrictMessage):
     threshold: int
     guess_limit: int
     nodes: list[NodeEntry]
-    opaque_server_public_key: bytes
     measurement: bytes
     time: int
     relay_public_keys: list[bytes]
@@ -199,10 +199,6 @@ class DeploymentRecord(StrictMessage):
             raise Malformed("two nodes share a URL")
         _int(self.quorum, "the quorum (a majority of the nodes)", n // 2 + 1, n)
         _int(self.threshold, "the threshold (a majority of the nodes)", n // 2 + 1, n)
-        try:
-            validate_element(self.opaque_server_public_key, "the OPAQUE server public key")
-        except InvalidInput as err:
-            raise Malformed(err.message) from None
         _bytes(self.measurement, "the firmware measurement", MEASUREMENT_LEN, MEASUREMENT_LEN)
 
     @classmethod
@@ -213,7 +209,6 @@ class DeploymentRecord(StrictMessage):
         epoch: int,
         guess_limit: int,
         nodes: Iterable[tuple[int, bytes, bytes, bytes, str]],
-        opaque_server_public_key: bytes,
         measurement: bytes,
         time: int,
         relay_public_keys: Iterable[bytes],
@@ -235,7 +230,6 @@ class DeploymentRecord(StrictMessage):
             threshold=majority(len(entries)),
             guess_limit=guess_limit,
             nodes=entries,
-            opaque_server_public_key=opaque_server_public_key,
             measurement=measurement,
             time=time,
             relay_public_keys=list(relay_public_keys),
@@ -245,11 +239,14 @@ class DeploymentRecord(StrictMessage):
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        if (
-            isinstance(data, bytes | bytearray | memoryview)
-            and data
-            and data[0] in _OLD_RECORD_TAGS
-        ):
+        first = data[0] if isinstance(data, bytes | bytearray | memoryview) and data else None
+        if first == _V2_RECORD_TAG:
+            raise Malformed(
+                "this deployment record is from an older fleet version (it names the removed"
+                " single-seed flow's OPAQUE server key); clients of this version need a"
+                " version-3 record: redeploy the fleet (`backupvault fleet deploy`)"
+            )
+        if first in _V1_RECORD_TAGS:
             raise Malformed(
                 "this deployment record is from an older fleet version (one HPKE key for the"
                 " whole fleet); clients of this version need per-node keys: redeploy the fleet"
