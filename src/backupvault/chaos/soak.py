@@ -456,7 +456,16 @@ class ProxiedFleet:
         assert self.client_config is not None and self.client_config.fleet_id is not None
         operator = load_operator_private_key(self.root / "operator.key")
         audience = fleet_audience(self.client_config.fleet_id)
-        return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=86400)
+        assert self.client_config.device_key is not None
+        device = self.client_config.device_key.public_key()
+        return mint_token(
+            operator,
+            account,
+            issuer=ISSUER,
+            audience=audience,
+            ttl_seconds=86400,
+            device_key=device,
+        )
 
     def client(self, ghost: EntryGhost, tally: Tally, http: httpx.Client) -> TracingVaultClient:
         config = self.client_config
@@ -472,6 +481,7 @@ class ProxiedFleet:
             ksf_params=FAST_KSF,
             http=http,
             fleet_token=self.fleet_token(ghost.account),
+            device_key=config.device_key,
             ghost=ghost,
             tally=tally,
         )

@@ -60,7 +60,9 @@ from backupvault.files import replace_secret_file, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
+    device_key_hex,
     fleet_audience,
+    generate_device_key,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
@@ -296,7 +298,7 @@ class LocalDeployment:
             "relay_url": relay_url,
             "account": account,
             "token": self._token(account),
-            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            **self._fleet_credentials(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
             "node_public_keys": [n.hpke_public_key.hex() for n in fleet.nodes],
             "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
@@ -314,7 +316,7 @@ class LocalDeployment:
             "relay_url": relay_url,
             "account": account,
             "token": self._token(account),
-            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            **self._fleet_credentials(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
             "operator_public_key": operator.public_bytes_raw().hex(),
             "witness_public_key": self.witness_vkey(),
@@ -333,15 +335,19 @@ class LocalDeployment:
             self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
         )
 
-    def _fleet_token(self, account: str, fleet_id: bytes) -> str:
-        """The account's token for the nodes (only ever sent inside the seal)."""
-        return mint_token(
+    def _fleet_credentials(self, account: str, fleet_id: bytes) -> dict[str, str]:
+        """A new device key for this client config, and the account's token for the nodes
+        (only ever sent inside the seal) bound to it."""
+        device = generate_device_key()
+        token = mint_token(
             self._operator_key(),
             account,
             issuer=ISSUER,
             audience=fleet_audience(fleet_id),
             ttl_seconds=TOKEN_TTL,
+            device_key=device.public_key(),
         )
+        return {"fleet_token": token, "device_key": device_key_hex(device)}
 
     def _provision_node(
         self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
