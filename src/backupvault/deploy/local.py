@@ -9,6 +9,7 @@ require). `DIR` holds everything:
     DIR/bundle.bin            the record + the first witness's cosignature and inclusion
                               proof (the second witness logs the same record)
     DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed keys, db
+    DIR/node<i>.pin           each node's token PIN (mode 0600), outside its data folder
     DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
     DIR/witness/, DIR/witness2/  each witness: witness.toml, its own key, its SQLite log
                               and the log's head file
@@ -355,7 +356,9 @@ class LocalDeployment:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin = secrets.token_hex(8)
-        write_new_file(node_dir / "token.pin", pin.encode())
+        # The PIN stays out of the node's data folder, so that copying or backing up that
+        # folder (which holds the token store) does not hand it out (node/config.py).
+        write_new_file(fleet_dir / f"node{index}.pin", pin.encode(), 0o600)
         label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
         # The SO PIN is random and kept nowhere: a local token is never re-initialised
         # (a rotation makes new ones), and no PIN here can be derived from another.
@@ -375,7 +378,7 @@ class LocalDeployment:
                 "token": {
                     "module": str(token.module_path),
                     "label": token.token_label,
-                    "pin_file": f"node{index}/token.pin",
+                    "pin_file": f"node{index}.pin",
                     "softhsm2_conf": str(token.softhsm2_conf.relative_to(fleet_dir.resolve())),
                 },
             },
