@@ -1,7 +1,7 @@
-"""The relay's answer to a fan-out operation: every node's answer, labelled with its index.
+"""The relay's answer to a vault request: every node's answer, labelled with its index.
 
-The threshold operations (register a share, fetch the manifest, evaluate, the owner's
-statements) need answers from several nodes: t partial evaluations, t identical manifests,
+Every vault operation (register a share, fetch the manifest, evaluate, the owner's
+statements) needs answers from several nodes: t partial evaluations, t identical manifests,
 N share acknowledgements. The client posts one body holding a sealed copy per node
 (`protocol.SealedCopies`, each copy may differ); the relay sends copy i to node i, all at
 once, and answers `FanoutAnswers` (docs/relay.md, "Fan-out"):
@@ -24,13 +24,9 @@ from dataclasses import dataclass
 
 from backupvault.codec import Message
 from backupvault.errors import InvalidInput
-from backupvault.protocol import OPERATIONS
 
 #: `FanoutReply.status` when the node gave no answer the relay could pass on.
 NO_ANSWER = 0
-
-#: The operations the relay fans out: every vault operation (protocol.Op).
-FANOUT_OPERATIONS = frozenset(OPERATIONS)
 
 
 @dataclass(frozen=True)

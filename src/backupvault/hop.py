@@ -40,10 +40,6 @@ NODE_HEADER = "X-Backupvault-Node"
 TIME_HEADER = "X-Backupvault-Time"
 NONCE_HEADER = "X-Backupvault-Nonce"
 SIGNATURE_HEADER = "X-Backupvault-Signature"
-#: On a node's answer to the relay: the node it forwards changes to (its view of the
-#: leader), decimal. Unsigned, a routing hint only: it decides which node the relay asks
-#: first, never what any node accepts (docs/fleet.md, "The relay's routing").
-LEADER_HEADER = "X-Backupvault-Leader"
 NONCE_LEN = 16
 #: How far a request's time may be from the node's clock.
 WINDOW_SECONDS = 60

@@ -5,7 +5,7 @@ operation has a request and a response message; any operation may instead be ans
 with `ErrorResponse`. The HPKE `kind` of a sealed request is the operation's name, so a
 request sealed for one operation cannot be replayed as another. The client seals each
 request once to every node's own key (`SealedCopies`); the relay hands node i only its
-copy, and names the node that answered in `NODE_HEADER`.
+copy, and returns every node's answer labelled with its index (`fanout.FanoutAnswers`).
 """
 
 from __future__ import annotations
@@ -82,7 +82,6 @@ class ErrorCode(enum.StrEnum):
     MISMATCH = "mismatch"  # the sealed account/entry differ from what the relay asserted
     NOT_REGISTERED = "not_registered"
     ALREADY_REGISTERED = "already_registered"
-    WRONG_PASSWORD = "wrong_password"
     DESTROYED = "destroyed"
     STALE_ATTEMPT = "stale_attempt"  # a newer attempt started, or this one was already used
     FLEET_UNAVAILABLE = "fleet_unavailable"
@@ -381,11 +380,6 @@ class DeleteShareRequest(Message):
         _check_u64("counter", self.counter)
         _check_signature("owner signature", self.signature)
 
-
-#: The relay names the node whose answer it returns (its index), so the client opens the
-#: answer with that copy's response key. A relay that lies only makes the answer fail to
-#: open.
-NODE_HEADER = "X-Backupvault-Answered-By"
 
 #: Every sealed response of an operation has the same size, so the relay cannot tell a
 #: success, a wrong password and an unknown entry apart by length (docs/protocol.md).

@@ -47,13 +47,13 @@ def _error(code: str, detail: str) -> bytes:
 
 
 class InProcessFleet:
-    def __init__(self, n: int = 5, seed: int = 0) -> None:
+    def __init__(self, n: int = 5, seed: int = 0, epoch: int = EPOCH) -> None:
         self.rand = random.Random(seed)
         self.now = 1_000.0
         #: alice's device key: her fleet tokens are bound to it
         self.device = Ed25519PrivateKey.generate()
         self.fleet_id = FLEET_ID
-        self.shape = FleetShape(EPOCH, n, n // 2 + 1, LIMIT)
+        self.shape = FleetShape(epoch, n, n // 2 + 1, LIMIT)
         self.node_keys = [NodePrivateKey.generate(Kem.X25519) for _ in range(n)]
         self.signing = [Ed25519PrivateKey.generate() for _ in range(n)]
         self.issuer = Ed25519PrivateKey.generate()
@@ -211,7 +211,7 @@ class InProcessFleet:
             clock=lambda: self.now,
         )
         signing = tuple(key.public_key().public_bytes_raw() for key in self.signing)
-        return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, EPOCH))
+        return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, self.shape.epoch))
 
 
 @pytest.fixture

@@ -1,14 +1,16 @@
 """The threshold flows through the real SDK, firmware and replicas (tests/hsm/conftest.py):
-crashes and a wiped node (the flows' rules are tested in test_threshold_node.py, the client
-in tests/client)."""
+crashes, a wiped node and a move to a newer fleet epoch (the flows' rules are tested in
+test_threshold_node.py, the client in tests/client)."""
 
 from __future__ import annotations
 
 import pytest
 from conftest import FAST_KSF, InProcessFleet
 
-from backupvault.client.errors import FleetUnavailable, WrongPassword
+from backupvault.client.errors import FleetUnavailable, NotRegistered, WrongPassword
+from backupvault.client.trust import FleetSession
 from backupvault.hsm.state import EntryId
+from backupvault.protocol import EntryStatus
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()
@@ -44,3 +46,20 @@ def test_a_node_restarted_with_a_wiped_disk_catches_up(fleet: InProcessFleet) ->
     recovered = client.recover("pw", ksf_floor=FAST_KSF)
     assert recovered.root_key == ROOT_KEY
     assert client.status().agreeing == (0, 1, 2, 3, 4)
+
+
+def test_a_key_moves_from_an_older_fleet_epoch_at_its_next_recovery() -> None:
+    """Fleet-to-fleet migration after a rotation (`FleetSession.migrate`): the key is
+    recovered on the old epoch, registered behind the same password on the new one, and
+    deleted on the old one; the next recovery finds it on the new epoch."""
+    old, new = InProcessFleet(epoch=1), InProcessFleet(epoch=2, seed=1)
+    old.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    previous = FleetSession(old.client(), epoch=1)
+    session = FleetSession(new.client(), epoch=2, older=iter([(1, previous)]))
+    with pytest.raises(NotRegistered):
+        session.recover("pw")
+    moved = session.recover_or_migrate("pw")
+    assert (moved.root_key, moved.migrated_from) == (ROOT_KEY, 1)
+    assert previous.status().status == EntryStatus.EMPTY
+    again = FleetSession(new.client(), epoch=2).recover_or_migrate("pw")
+    assert (again.root_key, again.migrated_from) == (ROOT_KEY, None)

@@ -12,7 +12,12 @@ import pytest
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
 from backupvault.hsm.shares import Answer, ThresholdUpdate, decode_threshold
 from backupvault.hsm.state import SINGLE_SEED_ENTRY_TAG, EntryId, ThresholdState
-from backupvault.node.main import SINGLE_SEED_SECRETS, SingleSeedEntries, refuse_single_seed_entries
+from backupvault.node.main import (
+    SINGLE_SEED_CHECKED,
+    SINGLE_SEED_SECRETS,
+    SingleSeedEntries,
+    refuse_single_seed_entries,
+)
 from backupvault.node.store import NodeStore
 from backupvault.protocol import EntryStatus, ErrorResponse
 
@@ -51,6 +56,7 @@ def test_a_store_with_single_seed_keys_is_refused_and_keeps_everything(tmp_path:
     # The seed stays: the previous version needs it to move those keys.
     assert all((tmp_path / name).exists() for name in SINGLE_SEED_SECRETS)
     assert len(store.load()) == 4
+    assert not (tmp_path / SINGLE_SEED_CHECKED).exists()  # checked again at the next start
 
 
 def test_without_single_seed_keys_the_seed_files_are_deleted(tmp_path: Path) -> None:
@@ -62,6 +68,15 @@ def test_without_single_seed_keys_the_seed_files_are_deleted(tmp_path: Path) -> 
     )
     refuse_single_seed_entries(store, 0, tmp_path)
     assert not any((tmp_path / name).exists() for name in SINGLE_SEED_SECRETS)
+    # Checked once per data folder: the next start reads no row for it.
+    assert (tmp_path / SINGLE_SEED_CHECKED).exists()
+    store.close()
+    refuse_single_seed_entries(_Unreadable(tmp_path / "store.sqlite", 0, b"k" * 32), 0, tmp_path)
+
+
+class _Unreadable(NodeStore):
+    def load(self) -> list[AcceptorRecord]:
+        raise AssertionError("the check ran again")
 
 
 def test_the_threshold_flow_reads_a_keyless_single_seed_value_as_empty() -> None:

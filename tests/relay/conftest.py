@@ -20,7 +20,6 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
-from backupvault.hop import LEADER_HEADER
 from backupvault.protocol import SealedCopies
 from backupvault.relay import RelayConfig, create_app, mint_token, private_key_pem, public_key_pem
 
@@ -85,17 +84,9 @@ class StubNode:
     mode: str = "echo"
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
-    #: What it names in X-Backupvault-Leader on its answers (None: no such header).
-    leader: str | None = None
 
     def app(self) -> Starlette:
         async def client(request: Request) -> Response:
-            response = await answer(request)
-            if self.leader is not None:
-                response.headers[LEADER_HEADER] = self.leader
-            return response
-
-        async def answer(request: Request) -> Response:
             body = await request.body()
             self.seen.append(Seen(request.path_params["op"], dict(request.headers.items()), body))
             if self.mode == "echo":
@@ -168,7 +159,6 @@ def stubs(_stub_servers: list[StubNode]) -> list[StubNode]:
     """Three running stub nodes, reset to echo with nothing seen."""
     for node in _stub_servers:
         node.mode = "echo"
-        node.leader = None
         node.seen.clear()
     return _stub_servers
 

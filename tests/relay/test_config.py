@@ -11,6 +11,7 @@ import httpx
 import pytest
 
 from backupvault.errors import InvalidInput
+from backupvault.fanout import FanoutAnswers
 from backupvault.protocol import SealedCopies
 from backupvault.relay import (
     RelayConfig,
@@ -183,7 +184,8 @@ def test_serve_runs_a_real_relay_from_a_config_file(key_dir: Path, stubs: list[S
             },
         )
         assert response.status_code == 200
-        assert response.content == b"node0|\x01\x02"
+        [reply] = FanoutAnswers.for_nodes(response.content, 1).replies
+        assert reply.body == b"node0|\x01\x02"
     finally:
         process.terminate()
         output = process.communicate(timeout=10)[0].decode()

@@ -139,7 +139,7 @@ def test_concurrency_cap_answers_503_relay_busy(
     _assert_error(busy, 503, "relay_busy")
     assert busy.headers["Retry-After"].isdigit()
     worker.join()
-    _assert_error(first[0], 503, "node_timeout")  # the one node took the request, timed out
+    _assert_error(first[0], 503, "fleet_unavailable")  # the one node took it, timed out
 
 
 class _Exploding(httpx.AsyncBaseTransport):

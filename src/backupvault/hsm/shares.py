@@ -25,6 +25,7 @@ from backupvault.crypto.manifest import Manifest
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
+    MAX_GUESS_LIMIT,
     EntryId,
     Evaluation,
     NodeShare,
@@ -70,8 +71,8 @@ class FleetShape:
 
     def __post_init__(self) -> None:
         threshold.check_threshold(self.threshold, self.nodes)
-        if not 1 <= self.guess_limit <= 100:
-            raise InvalidInput("per-node guess limit: 1..100")
+        if not 1 <= self.guess_limit <= MAX_GUESS_LIMIT:
+            raise InvalidInput(f"per-node guess limit: 1..{MAX_GUESS_LIMIT}")
 
 
 @dataclass(frozen=True)
@@ -733,7 +734,7 @@ def _destroyed_error() -> ErrorResponse:
 
 
 def check_threshold_value(
-    fleet_id: bytes, key: bytes, shape: FleetShape | None, state: ThresholdState, held: bytes
+    fleet_id: bytes, key: bytes, shape: FleetShape, state: ThresholdState, held: bytes
 ) -> str | None:
     """Why an acceptor refuses a proposed threshold value, or None (docs/threshold.md
     "Recovery" step 1). `held` is the payload this acceptor holds for the key. What one
@@ -744,7 +745,7 @@ def check_threshold_value(
         status = EntryStatus(state.status)
     except ValueError:
         return "unknown status"
-    limit = shape.guess_limit if shape is not None else DEFAULT_GUESS_LIMIT
+    limit = shape.guess_limit
     if state.reset_attempt > state.attempt:
         return "a reset for an attempt never made"
     if state.attempt_hash and len(state.attempt_hash) != 32:
@@ -764,10 +765,7 @@ def check_threshold_value(
             state.version,
         ):
             return "the manifest is for another fleet, entry or version"
-        if shape is not None and (manifest.nodes, manifest.threshold) != (
-            shape.nodes,
-            shape.threshold,
-        ):
+        if (manifest.nodes, manifest.threshold) != (shape.nodes, shape.threshold):
             return "the manifest is for another node set"
         if state.reset_signature:
             try:  # a forged value's fields may not even make a statement (a short hash)

@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.hop import LEADER_HEADER, HopRefused, HopVerifier
+from backupvault.hop import HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
 
@@ -76,11 +76,8 @@ def create_app(
         answer = await service.client_request(op, account, entry, body)
         log.info("client %s account=%s status=%d", op, account, answer.status)
         if answer.status == 200:
-            response: Response = Response(answer.body, media_type="application/octet-stream")
-        else:
-            response = _error(answer.status, answer.error, answer.detail)
-        response.headers[LEADER_HEADER] = str(service.leader())
-        return response
+            return Response(answer.body, media_type="application/octet-stream")
+        return _error(answer.status, answer.error, answer.detail)
 
     async def health(request: Request) -> Response:
         return JSONResponse(

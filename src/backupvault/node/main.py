@@ -10,6 +10,7 @@ is the node's own; no fleet-wide secret exists. Files in the node's data directo
                            own generation, replaced and the old token key destroyed when a
                            share is erased (node/token.py, RowKeyRing)
     store.sqlite           acceptor records and this node's share rows (node/store.py)
+    single-seed-checked    the store was checked once for single-seed keys (none found)
 
 A data folder of an earlier version may also hold `fleet-secrets.sealed` or
 `fleet-secrets.transfer`: the removed single-seed flow's OPRF seed, OPAQUE server key and
@@ -31,6 +32,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.crypto.seal import DEFAULT_KEM, Kem, NodePrivateKey
 from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.files import write_new_file
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
@@ -65,6 +67,8 @@ SIGNING_KEY = "signing.sealed"
 STORAGE_KEY = "storage-key.sealed"
 #: The removed single-seed flow's secrets, as earlier versions kept them.
 SINGLE_SEED_SECRETS = ("fleet-secrets.sealed", "fleet-secrets.transfer")
+#: Left in the data folder once its store was found to hold no single-seed key.
+SINGLE_SEED_CHECKED = "single-seed-checked"
 
 
 class NodeNotProvisioned(BackupVaultError):
@@ -219,20 +223,27 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
 def refuse_single_seed_entries(store: NodeStore, node: int, data_dir: Path) -> None:
     """Refuse to start while the store holds a key on the removed single-seed flow (it
     could only be recovered with the single seed, which whoever holds one node host could
-    use to test its password offline); with none, delete the single seed's files. Reads
-    every row once (and so checks every bucket, which the node would do in the background
-    anyway)."""
-    keys = sum(
-        single_seed_status(payload_of(record.value)) == EntryStatus.LIVE for record in store.load()
-    )
-    if keys:
-        raise SingleSeedEntries(
-            f"node {node} holds {keys} key(s) on the single-seed flow, which this"
-            " version removed (docs/threshold.md): it does not start",
-            hint="run the previous version until each of these keys was recovered once (a"
-            " recovery there moves the key to the threshold vault) or deleted, or have their"
-            " owners register them again; the node store is left as it is",
+    use to test its password offline); with none, delete the single seed's files.
+
+    The check reads every row once (and so checks every bucket, which the node would do in
+    the background anyway): about 150 µs a row on the 2-core development machine. It runs
+    once per data folder: a clean result leaves `SINGLE_SEED_CHECKED` there, since this
+    version never stores a single-seed value (its acceptor refuses them)."""
+    checked = data_dir / SINGLE_SEED_CHECKED
+    if not checked.exists():
+        keys = sum(
+            single_seed_status(payload_of(record.value)) == EntryStatus.LIVE
+            for record in store.load()
         )
+        if keys:
+            raise SingleSeedEntries(
+                f"node {node} holds {keys} key(s) on the single-seed flow, which this"
+                " version removed (docs/threshold.md): it does not start",
+                hint="run the previous version until each of these keys was recovered once"
+                " (a recovery there moves the key to the threshold vault) or deleted, or have"
+                " their owners register them again; the node store is left as it is",
+            )
+        write_new_file(checked, b"no key on the single-seed flow\n")
     for name in SINGLE_SEED_SECRETS:
         path = data_dir / name
         if path.exists():

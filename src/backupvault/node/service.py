@@ -308,10 +308,6 @@ class NodeService:
     def _dropped(self, count: int) -> None:
         self.metrics["peer_messages_dropped"] += count
 
-    def leader(self) -> int:
-        """The node this one forwards changes to now (a routing hint for the relay)."""
-        return self.replica.leader(self._clock())
-
     def _execute(self, effects: list[Effect]) -> None:
         """Carry out effects in order. A `Persist` must be durable before anything after it
         leaves the node, so from the first persist on, effects queue behind a group

@@ -24,9 +24,8 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from backupvault.errors import InvalidInput
-from backupvault.fanout import FANOUT_OPERATIONS, FanoutAnswers
+from backupvault.fanout import FanoutAnswers
 from backupvault.protocol import (
-    NODE_HEADER,
     OPERATIONS,
     REMOVED_OPERATION_DETAIL,
     REMOVED_OPERATIONS,
@@ -119,9 +118,6 @@ class RelayState:
         return self._previous.get(epoch)
 
     async def close(self) -> None:
-        for forwarder in (self._forwarder, *self._previous.values()):
-            if forwarder is not None:
-                await forwarder.aclose()
         if self._client is not None:
             await self._client.aclose()
             self._client = None
@@ -280,21 +276,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 "the relay is handling too many requests; try again shortly",
                 {"Retry-After": _BUSY_RETRY_AFTER},
             )
-        if op in FANOUT_OPERATIONS:
-            return await _fan_out(state, forwarder, op, account, entry, copies, info)
-        state.in_flight += 1
-        try:
-            answer = await forwarder.forward(op, account, entry, copies)
-        finally:
-            state.in_flight -= 1
-        info["node"] = answer.node
-        info["skipped"] = answer.skipped
-        headers = {"Retry-After": _BUSY_RETRY_AFTER} if answer.node is None else None
-        if answer.index is not None and answer.status == 200:
-            headers = {NODE_HEADER: str(answer.index)}
-        return Response(
-            answer.body, status_code=answer.status, media_type=answer.media_type, headers=headers
-        )
+        return await _fan_out(state, forwarder, op, account, entry, copies, info)
 
     async def fleet_bundle(request: Request) -> Response:
         raw = request.query_params.get("epoch")

@@ -33,11 +33,11 @@ _RETRY_AFTER = {
 def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
     return {
         "operationId": "vaultRequest",
-        "summary": "Forward an HPKE-sealed request to a vault node",
+        "summary": "Send every vault node its HPKE-sealed copy of a request",
         "description": (
-            "The body is opaque to the relay and is forwarded unchanged to one node of the "
-            "fleet, together with the account (the token's `sub`) and the entry. The node's "
-            "200 or 4xx answer comes back unchanged."
+            "The body's copies are opaque to the relay; copy i is forwarded unchanged to node "
+            "i, every node at once, together with the account (the token's `sub`) and the "
+            "entry. Every node's answer comes back, labelled with its index."
         ),
         "security": [{"bearerAuth": []}],
         "parameters": [
@@ -73,8 +73,8 @@ def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
         },
         "responses": {
             "200": {
-                "description": "The node's sealed answer; `X-Backupvault-Answered-By` names"
-                " the node (its index), whose copy's response key opens it.",
+                "description": "`FanoutAnswers` (docs/relay.md): each node's sealed answer"
+                " (opened with its copy's response key), its refusal, or why it gave none.",
                 "content": {
                     "application/octet-stream": {"schema": {"type": "string", "format": "binary"}}
                 },
@@ -94,19 +94,20 @@ def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
                 },
             ),
             "404": _error("No such operation, or no such path."),
+            "410": _error(
+                "An operation of the deleted single-seed flow (`removed_operation`): update"
+                " the client."
+            ),
             "413": _error(f"The body is larger than {max_body_bytes} bytes."),
             "415": _error("The body is not application/octet-stream."),
             "429": _error(
                 "This account is sending requests too fast.",
                 {"Retry-After": {**_RETRY_AFTER, "required": True}},
             ),
-            "4XX": _error("The node refused the request (its own error code)."),
-            "502": _error("A node answered outside the contract, or the relay failed."),
+            "502": _error("The relay failed (`relay_error`)."),
             "503": _error(
-                "No node could answer (`fleet_unavailable`), the fleet cannot reach a "
-                "majority (`fleet_unavailable`, from a node), a node took the request but "
-                "did not answer in time and may have acted on it (`node_timeout`, not "
-                "retried elsewhere), or the relay is busy (`relay_busy`).",
+                "No node answered at all (`fleet_unavailable`), or the relay is busy "
+                "(`relay_busy`).",
                 {"Retry-After": _RETRY_AFTER},
             ),
         },
