@@ -105,11 +105,13 @@ class ErrorResponse(Message):
 @dataclass(frozen=True, repr=False)
 class AuthorizedRequest(Message):
     """What is sealed (after the response key): the account's fleet token, which the relay
-    never sees and the firmware checks, and the operation's request."""
+    never sees and the firmware checks, the operation's request, and the device's proof
+    binding the token to this request and this node (`tokens.sign_request_proof`)."""
 
     TAG = 14
     fleet_token: str
     request: bytes
+    proof: bytes
 
     def __repr__(self) -> str:
         return "AuthorizedRequest(...)"

@@ -8,11 +8,22 @@ short-lived tokens per account. Each account holds two, with different audiences
 - the fleet token (audience: `fleet_audience(fleet_id)`), carried only inside the sealed
   request, so the relay never sees it; the vault firmware checks it, so a relay alone
   cannot act for an account (docs/relay.md, "What a compromised relay can do").
+
+A fleet token is bound to the device that asked for it (proof of possession, in the style
+of DPoP, RFC 9449): its `cnf` claim (RFC 7800) holds the device's Ed25519 public key, and
+every sealed copy carries a request proof, signed by the device for that copy alone: over
+the fleet, the node's index, H(token), H(request), a random `jti` and the time. A node
+that opens its copy therefore holds nothing it can replay to another node (docs/relay.md,
+"Fleet tokens bound to the request"). Nodes refuse a fleet token without `cnf`.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import heapq
 import secrets
+import struct
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -20,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import jwt
+from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
@@ -128,8 +140,10 @@ def mint_token(
     audience: str,
     ttl_seconds: int,
     now: float | None = None,
+    device_key: Ed25519PublicKey | None = None,
 ) -> str:
-    """A signed token that lets `account` use the vault through the relay for `ttl_seconds`."""
+    """A signed token that lets `account` use the vault through the relay for `ttl_seconds`.
+    `device_key`: bind the token to that device (the `cnf` claim); fleet tokens need it."""
     if not is_valid_name(account):
         raise InvalidInput("account must be 1-64 characters of letters, digits, '.', '_' or '-'")
     if isinstance(ttl_seconds, bool) or not isinstance(ttl_seconds, int) or ttl_seconds <= 0:
@@ -146,7 +160,18 @@ def mint_token(
         "exp": issued + ttl_seconds,
         "jti": secrets.token_urlsafe(12),
     }
+    if device_key is not None:
+        claims["cnf"] = {"jwk": {"kty": "OKP", "crv": "Ed25519", "x": _b64(raw(device_key))}}
     return jwt.encode(claims, private_key, algorithm=ALGORITHM)
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+
+
+def raw(key: Ed25519PublicKey) -> bytes:
+    """The 32 raw bytes of an Ed25519 public key."""
+    return key.public_bytes(serialization.Encoding.Raw, serialization.PublicFormat.Raw)
 
 
 class TokenRejected(AuthenticationFailed):
@@ -179,6 +204,45 @@ class TokenVerifier:
     def verify(self, token: str, now: float | None = None) -> str:
         """The account the token was issued to; raises TokenRejected otherwise. `now`
         replaces the clock (the firmware is given the time rather than reading it)."""
+        account, _claims = self._check(token, now)
+        return account
+
+    def verify_bound(
+        self,
+        token: str,
+        proof: bytes,
+        *,
+        request: bytes,
+        fleet_id: bytes,
+        node_index: int,
+        seen: SeenProofs,
+        now: float,
+    ) -> str:
+        """A fleet token and the request proof of one sealed copy: the account, once the
+        token verifies, names a device key (`cnf`), and the proof is that device's
+        signature for this fleet, this node index, this token and this request, fresh
+        (PROOF_LIFETIME_SECONDS, with the leeway) and with a `jti` not seen before."""
+        account, claims = self._check(token, now)
+        device = _confirmation_key(claims)
+        if len(proof) != PROOF_LEN:
+            raise TokenRejected("invalid_proof", "the request carries no request proof")
+        jti, issued = proof[:JTI_LEN], struct.unpack(">Q", proof[JTI_LEN : JTI_LEN + 8])[0]
+        signed = proof_message(fleet_id, node_index, token, request, jti, issued)
+        try:
+            device.verify(proof[JTI_LEN + 8 :], signed)
+        except InvalidSignature:
+            raise TokenRejected(
+                "invalid_proof",
+                "the request proof does not verify for this node, request and device key",
+            ) from None
+        if not now - PROOF_LIFETIME_SECONDS - self.leeway_seconds <= issued:
+            raise TokenRejected("invalid_proof", "the request proof has expired; send again")
+        if issued > now + self.leeway_seconds:
+            raise TokenRejected("invalid_proof", "the request proof was made in the future")
+        seen.add(jti, issued + PROOF_LIFETIME_SECONDS + self.leeway_seconds, now)
+        return account
+
+    def _check(self, token: str, now: float | None) -> tuple[str, dict[str, Any]]:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenRejected("invalid_token", "the bearer token is empty or too long")
         try:
@@ -225,4 +289,126 @@ class TokenVerifier:
                 "invalid_token",
                 "the token's subject is not an account name (1-64 of [A-Za-z0-9._-])",
             )
-        return account
+        return account, claims
+
+
+# --- request proofs (proof of possession of the token's device key) --------------------
+
+#: How long a request proof is good for after it was made (plus the verifier's leeway):
+#: long enough for a relay's fan-out and a node's queue, short enough that the set of
+#: proofs a node has seen stays small.
+PROOF_LIFETIME_SECONDS = 60
+JTI_LEN = 16
+#: jti (16) ‖ iat (u64, seconds) ‖ Ed25519 signature (64).
+PROOF_LEN = JTI_LEN + 8 + 64
+PROOF_CONTEXT = b"backupvault/request-proof/v1"
+#: The most unexpired proofs a node remembers; past it new requests are refused (fail
+#: closed, "busy") rather than forgetting a proof that could then be replayed.
+MAX_SEEN_PROOFS = 1 << 18
+
+
+def generate_device_key() -> Ed25519PrivateKey:
+    """A fresh device key: the client keeps it; the issuer binds fleet tokens to its public
+    half."""
+    return Ed25519PrivateKey.generate()
+
+
+def device_key_from_hex(value: str) -> Ed25519PrivateKey:
+    """A device key as client.toml stores it: 64 hex digits (the Ed25519 seed)."""
+    try:
+        seed = bytes.fromhex(value)
+    except ValueError:
+        seed = b""
+    if len(seed) != 32:
+        raise InvalidInput("device_key must be 64 hexadecimal digits (an Ed25519 seed)")
+    return Ed25519PrivateKey.from_private_bytes(seed)
+
+
+def device_key_hex(key: Ed25519PrivateKey) -> str:
+    """The form `device_key_from_hex` reads."""
+    return key.private_bytes(
+        serialization.Encoding.Raw, serialization.PrivateFormat.Raw, serialization.NoEncryption()
+    ).hex()
+
+
+def proof_message(
+    fleet_id: bytes, node_index: int, token: str, request: bytes, jti: bytes, issued: int
+) -> bytes:
+    """What a request proof signs (docs/relay.md, "Fleet tokens bound to the request")."""
+    return (
+        PROOF_CONTEXT
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + struct.pack(">I", node_index)
+        + hashlib.sha256(token.encode()).digest()
+        + hashlib.sha256(request).digest()
+        + jti
+        + struct.pack(">Q", issued)
+    )
+
+
+def sign_request_proof(
+    device_key: Ed25519PrivateKey,
+    *,
+    fleet_id: bytes,
+    node_index: int,
+    token: str,
+    request: bytes,
+    now: float | None = None,
+) -> bytes:
+    """A fresh proof for one sealed copy: only node `node_index` accepts it, for this
+    request and token, once."""
+    jti = secrets.token_bytes(JTI_LEN)
+    issued = int(time.time() if now is None else now)
+    signed = proof_message(fleet_id, node_index, token, request, jti, issued)
+    return jti + struct.pack(">Q", issued) + device_key.sign(signed)
+
+
+def _confirmation_key(claims: dict[str, Any]) -> Ed25519PublicKey:
+    """The device key a fleet token is bound to (`cnf.jwk`, an OKP Ed25519 key)."""
+    cnf = claims.get("cnf")
+    jwk = cnf.get("jwk") if isinstance(cnf, dict) else None
+    if not isinstance(jwk, dict):
+        raise TokenRejected(
+            "invalid_token",
+            "the fleet token is not bound to a device key (no 'cnf' claim); ask the"
+            " operator for a token minted for this device's key",
+        )
+    x = jwk.get("x")
+    if jwk.get("kty") != "OKP" or jwk.get("crv") != "Ed25519" or not isinstance(x, str):
+        raise TokenRejected("invalid_token", "the token's 'cnf' key is not an Ed25519 key")
+    try:
+        key_bytes = base64.urlsafe_b64decode(x + "=" * (-len(x) % 4))
+    except ValueError:
+        key_bytes = b""
+    if len(key_bytes) != 32:
+        raise TokenRejected("invalid_token", "the token's 'cnf' key is not 32 bytes")
+    return Ed25519PublicKey.from_public_bytes(key_bytes)
+
+
+class SeenProofs:
+    """The `jti`s of the unexpired request proofs a node has accepted, so each is accepted
+    once. Held in memory: a restarted node starts empty, so a sealed copy it answered
+    before the restart could be answered once more within its proof's lifetime; that is
+    what a replaying relay could get anyway, and the threshold flow refuses it on its own
+    (attempt clock, single-use owner statements: docs/relay.md)."""
+
+    def __init__(self, capacity: int = MAX_SEEN_PROOFS) -> None:
+        self.capacity = capacity
+        self._expiries: list[tuple[float, bytes]] = []
+        self._seen: set[bytes] = set()
+
+    def __len__(self) -> int:
+        return len(self._seen)
+
+    def add(self, jti: bytes, expires: float, now: float) -> None:
+        """Remember `jti` until `expires`; TokenRejected if it is already remembered, or
+        if the set is full of unexpired proofs."""
+        while self._expiries and self._expiries[0][0] < now:
+            self._seen.discard(heapq.heappop(self._expiries)[1])
+        if jti in self._seen:
+            raise TokenRejected("replayed_proof", "this request proof was used before")
+        if len(self._seen) >= self.capacity:
+            raise TokenRejected("busy", "the node is busy; send again in a minute")
+        self._seen.add(jti)
+        heapq.heappush(self._expiries, (expires, jti))

@@ -102,6 +102,7 @@ def _client_toml(path: Path, **fields: object) -> Path:
         "account": "alice",
         "token": "t",
         "fleet_token": "t",
+        "device_key": "44" * 32,
         "fleet_id": "00" * 16,
         "node_public_keys": ["0020" + "11" * 32],
         "node_signing_keys": ["33" * 32],

@@ -50,6 +50,8 @@ class InProcessFleet:
     def __init__(self, n: int = 5, seed: int = 0, epoch: int = EPOCH) -> None:
         self.rand = random.Random(seed)
         self.now = 1_000.0
+        #: alice's device key: her fleet tokens are bound to it
+        self.device = Ed25519PrivateKey.generate()
         self.fleet_id = FLEET_ID
         self.shape = FleetShape(epoch, n, n // 2 + 1, LIMIT)
         self.node_keys = [NodePrivateKey.generate(Kem.X25519) for _ in range(n)]
@@ -190,6 +192,7 @@ class InProcessFleet:
             audience=fleet_audience(FLEET_ID),
             ttl_seconds=3600,
             now=self.now,
+            device_key=self.device.public_key(),
         )
 
     def client(self, token_for: str = "alice", entry: str = "backup-root-key") -> ThresholdVault:
@@ -204,6 +207,8 @@ class InProcessFleet:
             ksf_params=FAST_KSF,
             http=httpx.Client(transport=httpx.MockTransport(self.handle)),
             fleet_token=self.fleet_token(token_for),
+            device_key=self.device,
+            clock=lambda: self.now,
         )
         signing = tuple(key.public_key().public_bytes_raw() for key in self.signing)
         return ThresholdVault(vault, FleetKeys(signing, self.shape.threshold, self.shape.epoch))

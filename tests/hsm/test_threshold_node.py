@@ -32,7 +32,7 @@ from backupvault.protocol import (
 )
 from backupvault.sim.clients import SIM_KSF
 from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, threshold_world
-from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
+from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
 RK = bytes(range(32))
 
@@ -478,10 +478,20 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     request = RegisterShareRequest(
         "alice", "chat", registration.manifest.to_bytes(), registration.shares[0].to_bytes(), b"", 0
     )
+    device = Ed25519PrivateKey.generate()
     token = mint_token(
-        issuer, "alice", issuer="issuer", audience=audience, ttl_seconds=60, now=1000
+        issuer,
+        "alice",
+        issuer="issuer",
+        audience=audience,
+        ttl_seconds=60,
+        now=1000,
+        device_key=device.public_key(),
     )
-    body = AuthorizedRequest(token, request.to_bytes()).to_bytes()
+    proof = sign_request_proof(
+        device, fleet_id=FLEET_ID, node_index=0, token=token, request=request.to_bytes(), now=1000
+    )
+    body = AuthorizedRequest(token, request.to_bytes(), proof).to_bytes()
     sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(Op.REGISTER_SHARE), body)
     opened = firmware.open(Op.REGISTER_SHARE, "alice", "chat", sealed, 1000)
     assert not isinstance(opened, ErrorResponse)

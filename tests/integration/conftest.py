@@ -106,7 +106,15 @@ class Vault:
         assert self.config.fleet_id is not None
         operator = load_operator_private_key(self.root / "operator.key")
         audience = fleet_audience(self.config.fleet_id)
-        return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=3600)
+        assert self.config.device_key is not None
+        return mint_token(
+            operator,
+            account,
+            issuer=ISSUER,
+            audience=audience,
+            ttl_seconds=3600,
+            device_key=self.config.device_key.public_key(),
+        )
 
     def client(
         self,
@@ -128,6 +136,7 @@ class Vault:
             ksf_params=ksf_params,
             http=http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0)),
             fleet_token=self.fleet_token(account) if fleet_token is None else fleet_token,
+            device_key=self.config.device_key,
         )
 
     def threshold(

@@ -134,6 +134,7 @@ def test_a_node_with_a_wrong_partial_is_named_and_recovery_succeeds(vault: Vault
         entry=entry,
         ksf_params=FAST_KSF,
         fleet_token=vault.fleet_token(account),
+        device_key=vault.config.device_key,
     )
     notes: list[str] = []
     recovered = vault.threshold(account, entry, client=lying, notify=notes.append).recover(

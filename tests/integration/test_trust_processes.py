@@ -19,7 +19,7 @@ from backupvault.crypto.seal import seal_request
 from backupvault.hop import sign_headers
 from backupvault.node.config import FleetDescription, write_toml
 from backupvault.protocol import AuthorizedRequest, EntryStatus, ManifestRequest, SealedCopies
-from backupvault.tokens import load_operator_private_key
+from backupvault.tokens import load_operator_private_key, sign_request_proof
 
 from .conftest import FAST_KSF, RecordingTransport, Vault
 
@@ -64,7 +64,16 @@ def _sealed_manifest(
     """A manifest request sealed to node `node`'s own key (what that node gets from the
     relay)."""
     assert vault.config.fleet_id is not None and vault.config.node_public_keys is not None
-    body = AuthorizedRequest(fleet_token, ManifestRequest(account, entry).to_bytes()).to_bytes()
+    request = ManifestRequest(account, entry).to_bytes()
+    assert vault.config.device_key is not None
+    proof = sign_request_proof(
+        vault.config.device_key,
+        fleet_id=vault.config.fleet_id,
+        node_index=node,
+        token=fleet_token,
+        request=request,
+    )
+    body = AuthorizedRequest(fleet_token, request, proof).to_bytes()
     key = vault.config.node_public_keys[node]
     sealed, _ = seal_request(key, vault.config.fleet_id, node, "manifest", body)
     return sealed
@@ -115,7 +124,8 @@ def test_a_node_answers_nobody_but_a_listed_relay(vault: Vault) -> None:
 def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
     """A relay with its own signing key and every relay token, but not the fleet token
     (sealed by the client): a request it makes up is refused; the sealed requests it saw,
-    replayed to any node, cost the user nothing."""
+    replayed to any node, are refused (each request proof is taken once) and cost the user
+    nothing."""
     account, entry = "relayed-user", "relayed-entry"
     recording = RecordingTransport()
     client = vault.client(account, entry, http=httpx.Client(transport=recording, timeout=30))
@@ -144,7 +154,9 @@ def test_a_compromised_relay_cannot_spend_guesses(vault: Vault) -> None:
                     answer = http.post(
                         f"{url}/v1/client/{op}", content=body, headers={**names, **signed}
                     )
-                    assert answer.status_code == 200, answer.text  # sealed: stale or answered
+                    # Each proof is taken once: refused before anything counts.
+                    assert answer.status_code == 403, answer.text
+                    assert "used before" in answer.json()["detail"]
     status = owner.status()
     assert (status.status, status.guesses_remaining) == (EntryStatus.LIVE, 10)
     assert owner.recover(PASSWORD, ksf_floor=FAST_KSF).wrong_guesses_before == 0

@@ -37,7 +37,7 @@ from backupvault.protocol import (
     decode_response,
     is_valid_name,
 )
-from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
+from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
 FLEET_ID = b"fleet"
 NODE_KEY = NodePrivateKey.generate(Kem.X25519)
@@ -70,14 +70,30 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
 HEADERS = {"x-backupvault-account": "alice", "x-backupvault-entry": "main"}
 
 
+DEVICE_KEY = Ed25519PrivateKey.generate()
+
+
 def fleet_token(account: str = "alice") -> str:
     audience = fleet_audience(FLEET_ID)
-    return mint_token(ISSUER_KEY, account, issuer="issuer", audience=audience, ttl_seconds=60)
+    return mint_token(
+        ISSUER_KEY,
+        account,
+        issuer="issuer",
+        audience=audience,
+        ttl_seconds=60,
+        device_key=DEVICE_KEY.public_key(),
+    )
 
 
 def seal(op: str, request: Message, token: str | None = None) -> tuple[bytes, ResponseKey]:
-    """A client's sealed request: the fleet token and the request, sealed to node 0."""
-    body = AuthorizedRequest(token or fleet_token(), request.to_bytes()).to_bytes()
+    """A client's sealed request: the fleet token, the request and the device's proof,
+    sealed to node 0."""
+    token = token or fleet_token()
+    payload = request.to_bytes()
+    proof = sign_request_proof(
+        DEVICE_KEY, fleet_id=FLEET_ID, node_index=0, token=token, request=payload
+    )
+    body = AuthorizedRequest(token, payload, proof).to_bytes()
     return seal_request(NODE_KEY.public_key(), FLEET_ID, 0, op, body)
 
 

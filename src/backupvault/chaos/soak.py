@@ -527,7 +527,16 @@ class ProxiedFleet:
         assert self.client_config is not None and self.client_config.fleet_id is not None
         operator = load_operator_private_key(self.root / "operator.key")
         audience = fleet_audience(self.client_config.fleet_id)
-        return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=86400)
+        assert self.client_config.device_key is not None
+        device = self.client_config.device_key.public_key()
+        return mint_token(
+            operator,
+            account,
+            issuer=ISSUER,
+            audience=audience,
+            ttl_seconds=86400,
+            device_key=device,
+        )
 
     def client(self, ghost: EntryGhost, http: httpx.Client) -> GhostClient:
         """The entry's threshold vault through the SDK (`ClientConfig.session`, pinned

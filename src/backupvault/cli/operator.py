@@ -8,6 +8,7 @@ from pathlib import Path
 
 import click
 import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client.vault import DEFAULT_ENTRY
@@ -16,11 +17,14 @@ from backupvault.errors import UsageError
 from backupvault.files import replace_secret_file, write_new_file
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.tokens import (
+    device_key_hex,
     fleet_audience,
+    generate_device_key,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
     private_key_pem,
+    raw,
     save_operator_key,
 )
 
@@ -248,6 +252,11 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     help="The user's fleet token (`relay mint-token --fleet-id`), sent only inside the seal.",
 )
 @click.option(
+    "--device-key",
+    required=True,
+    help="The device key the fleet token is bound to (`relay device-key`: its private hex).",
+)
+@click.option(
     "--ota",
     "ota_operator_key",
     metavar="OPERATOR_KEY",
@@ -272,6 +281,7 @@ def fleet_client_config(
     account: str,
     token: str,
     fleet_token: str,
+    device_key: str,
     ota_operator_key: str | None,
     witness_key: str | None,
     witness_url: str | None,
@@ -289,6 +299,7 @@ def fleet_client_config(
         "account": account,
         "token": token,
         "fleet_token": fleet_token,
+        "device_key": device_key,
         "fleet_id": fleet.fleet_id.hex(),
     }
     if ota_operator_key is None:
@@ -377,6 +388,21 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
     )
 
 
+@relay.command("device-key")
+@pass_context
+def relay_device_key(ctx: Context) -> None:
+    """Make a device key for a client: its private hex goes into that client's client.toml
+    (`device_key`, `fleet client-config --device-key`), its public hex to `relay mint-token
+    --device-key`, which binds the fleet token to it (docs/relay.md)."""
+    key = generate_device_key()
+    private, public = device_key_hex(key), raw(key.public_key()).hex()
+    ctx.output.result(
+        {"device_key": private, "device_public_key": public},
+        f'client.toml: device_key = "{private}"  (secret: keep it on the device)\n'
+        f"relay mint-token --device-key {public}",
+    )
+
+
 @relay.command("mint-token")
 @click.option(
     "--key",
@@ -392,6 +418,12 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
     "--fleet-id",
     help="Instead of --audience: a fleet token for this fleet id (hex), sent only inside the seal.",
 )
+@click.option(
+    "--device-key",
+    "device_public_key",
+    help="With --fleet-id: the device's public key (hex, `relay device-key`) the token is"
+    " bound to; nodes refuse a fleet token bound to none.",
+)
 @click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
 @pass_context
 def relay_mint_token(
@@ -401,6 +433,7 @@ def relay_mint_token(
     issuer: str,
     audience: str | None,
     fleet_id: str | None,
+    device_public_key: str | None,
     ttl: int,
 ) -> None:
     """Sign an account token with the account issuer's key: a relay token (--audience)
@@ -412,6 +445,16 @@ def relay_mint_token(
             audience = fleet_audience(bytes.fromhex(fleet_id))
         except ValueError:
             raise UsageError("--fleet-id is the fleet id in hex (fleet_id in fleet.toml)") from None
+    device = None
+    if fleet_id is not None:
+        if device_public_key is None:
+            raise UsageError("a fleet token is bound to a device: give --device-key")
+        try:
+            device = Ed25519PublicKey.from_public_bytes(bytes.fromhex(device_public_key))
+        except ValueError:
+            raise UsageError("--device-key is 64 hex digits (`relay device-key`)") from None
+    elif device_public_key is not None:
+        raise UsageError("--device-key goes with --fleet-id (relay tokens are not bound)")
     assert audience is not None
     token = mint_token(
         load_operator_private_key(key_path),
@@ -419,5 +462,6 @@ def relay_mint_token(
         issuer=issuer,
         audience=audience,
         ttl_seconds=ttl,
+        device_key=device,
     )
     ctx.output.result({"token": token, "account": account, "audience": audience}, token)

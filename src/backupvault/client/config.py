@@ -6,6 +6,7 @@ Pinned fleet keys (the default, `trust = "pinned"`):
     account = "local-user"
     token = "<account JWT for the relay, from the account issuer>"
     fleet_token = "<account JWT for the fleet: only ever sent inside the seal>"
+    device_key = "<64 hex: this device's Ed25519 seed; the fleet token is bound to it>"
     fleet_id = "<hex>"
     node_public_keys = ["<hex: kem id || HPKE public key>"]  # pinned, one per node by index
     node_signing_keys = ["<hex: Ed25519 public key>"]         # pinned, one per node by index
@@ -16,7 +17,7 @@ Pinned fleet keys (the default, `trust = "pinned"`):
 Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transparency.md):
 
     trust = "ota"
-    relay_url, account, token, fleet_token, entry, storage    # as above
+    relay_url, account, token, fleet_token, device_key, entry, storage  # as above
     operator_public_key = "<64 hex, or a PEM file>"           # signs deployment records
     witness_public_key = "<name+id+base64 note verifier key>" # the witness's vkey
     witness_name = "<the witness's name>"                     # optional with a vkey
@@ -43,6 +44,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.trust import (
@@ -57,6 +59,7 @@ from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
+from backupvault.tokens import device_key_from_hex
 from backupvault.transparency.head import DEFAULT_MAX_AGE
 
 TRUST_MODES = ("pinned", "ota")
@@ -109,6 +112,9 @@ class ClientConfig:
     storage: str | None = None
     trust: str = "pinned"
     ota: OtaTrust | None = None
+    #: The device key the fleet token is bound to (its `cnf` claim): it signs a proof per
+    #: sealed copy, so a node cannot replay the token to another (docs/relay.md).
+    device_key: Ed25519PrivateKey | None = None
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
@@ -130,6 +136,7 @@ class ClientConfig:
                 "account": str(data["account"]),
                 "token": str(data["token"]),
                 "fleet_token": str(data["fleet_token"]),
+                "device_key": _device_key(path, data),
                 "entry": str(data.get("entry", DEFAULT_ENTRY)),
                 "storage": None if "storage" not in data else _home(str(data["storage"])),
                 "trust": trust,
@@ -202,6 +209,7 @@ class ClientConfig:
                 ksf_params=ksf_params,
                 http=http,
                 fleet_token=self.fleet_token,
+                device_key=self.device_key,
                 notify=notify,
             )
         assert self.fleet_id is not None and self.node_public_keys is not None
@@ -216,11 +224,23 @@ class ClientConfig:
             ksf_params=ksf_params,
             http=http,
             fleet_token=self.fleet_token,
+            device_key=self.device_key,
             notify=notify,
         )
         nodes = len(self.node_signing_keys)
         keys = FleetKeys(self.node_signing_keys, nodes // 2 + 1, self.epoch)
         return FleetSession(ThresholdVault(vault, keys, notify=notify))
+
+
+def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:
+    if "device_key" not in data:
+        raise InvalidInput(
+            f"config file {path} has no device_key: fleet tokens are now bound to a device key",
+            hint="`backupvault local up` writes a new client.toml; otherwise make a key"
+            " (`backupvault relay device-key`) and ask the operator for a fleet token"
+            " minted for its public half (`backupvault relay mint-token --device-key`)",
+        )
+    return _field(path, "device_key", lambda: device_key_from_hex(str(data["device_key"])))
 
 
 def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:

@@ -49,7 +49,7 @@ from typing import Any
 
 import httpx
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.client.errors import (
     AlreadyRegistered,
@@ -540,6 +540,7 @@ def ota_session(
     http: httpx.Client | None = None,
     fleet_token: str = "",
     notify: Callable[[str], None] | None = None,
+    device_key: Ed25519PrivateKey | None = None,
 ) -> FleetSession:
     """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
     return a session on that fleet."""
@@ -559,6 +560,7 @@ def ota_session(
             http=client,
             epoch=record.epoch,
             fleet_token=fleet_token,
+            device_key=device_key,
             notify=notify,
         )
 

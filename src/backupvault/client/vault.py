@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Generic, TypeVar
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.client.errors import (
     FleetUnavailable,
@@ -37,6 +38,7 @@ from backupvault.protocol import (
     check_name,
     decode_response,
 )
+from backupvault.tokens import sign_request_proof
 
 if TYPE_CHECKING:
     from backupvault.client.threshold import ThresholdRecovery
@@ -107,13 +109,17 @@ class VaultClient:
         epoch: int | None = None,
         fleet_token: str = "",
         notify: Callable[[str], None] | None = None,
+        device_key: Ed25519PrivateKey | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         """`epoch`: send to that epoch of the fleet (the relay's
         /v1/epochs/{epoch}/vault/... route, as OTA clients do); None: the relay's current
         fleet (/v1/vault/..., for pinned keys). `token` goes to the relay; `fleet_token`
-        only inside the seal, for the nodes. `node_keys`: each node's HPKE key by index,
+        only inside the seal, for the nodes, with a proof per copy signed by `device_key`
+        (the key the fleet token is bound to; with None the copies carry no proof, which
+        nodes refuse). `node_keys`: each node's HPKE key by index,
         from the pinned config or the verified deployment record (never from the relay).
-        `notify` hears about automatic waits."""
+        `notify` hears about automatic waits; `clock` dates the proofs."""
         self.relay_url = relay_url.rstrip("/")
         self.epoch = epoch
         self._vault_url = (
@@ -130,6 +136,8 @@ class VaultClient:
         self.ksf_params = ksf_params
         self._token = token
         self._fleet_token = fleet_token
+        self._device_key = device_key
+        self._clock = clock
         self._notify = notify or (lambda _message: None)
         self._http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
 
@@ -194,8 +202,10 @@ class VaultClient:
         requests that cannot cost anything twice)."""
         if len(requests) != len(self.node_keys):
             raise ValueError("one request per node")
-        bodies = [AuthorizedRequest(self._fleet_token, r.to_bytes()).to_bytes() for r in requests]
-        answer, response_keys = self._post(op, lambda: self._seal_each(op, bodies), resends)
+        payloads = [r.to_bytes() for r in requests]
+        answer, response_keys = self._post(
+            op, lambda: self._seal_each(op, self._authorize(payloads)), resends
+        )
         if answer.status_code != 200:
             self._raise_http_error(answer)
         try:
@@ -224,6 +234,26 @@ class VaultClient:
         if not isinstance(response, kind):
             return NodeOutcome(index, failure=f"unexpected answer {type(response).__name__}")
         return NodeOutcome(index, response=response)
+
+    def _authorize(self, payloads: Sequence[bytes]) -> list[bytes]:
+        """Each node's request with the fleet token and a fresh proof for that node alone
+        (made again for every try: a node accepts each proof once)."""
+        return [
+            AuthorizedRequest(self._fleet_token, payload, self._proof(index, payload)).to_bytes()
+            for index, payload in enumerate(payloads)
+        ]
+
+    def _proof(self, index: int, payload: bytes) -> bytes:
+        if self._device_key is None:
+            return b""
+        return sign_request_proof(
+            self._device_key,
+            fleet_id=self.fleet_id,
+            node_index=index,
+            token=self._fleet_token,
+            request=payload,
+            now=self._clock(),
+        )
 
     def _seal_each(self, op: Op, bodies: Sequence[bytes]) -> tuple[bytes, list[ResponseKey]]:
         """`bodies[i]` sealed to node i's own key; the response key of each copy."""

@@ -9,6 +9,7 @@ require). `DIR` holds everything:
     DIR/bundle.bin            the record + the first witness's cosignature and inclusion
                               proof (the second witness logs the same record)
     DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed keys, db
+    DIR/node<i>.pin           each node's token PIN (mode 0600), outside its data folder
     DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
     DIR/witness/, DIR/witness2/  each witness: witness.toml, its own key, its SQLite log
                               and the log's head file
@@ -60,7 +61,9 @@ from backupvault.files import replace_secret_file, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
+    device_key_hex,
     fleet_audience,
+    generate_device_key,
     generate_operator_key,
     load_operator_private_key,
     mint_token,
@@ -296,7 +299,7 @@ class LocalDeployment:
             "relay_url": relay_url,
             "account": account,
             "token": self._token(account),
-            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            **self._fleet_credentials(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
             "node_public_keys": [n.hpke_public_key.hex() for n in fleet.nodes],
             "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
@@ -314,7 +317,7 @@ class LocalDeployment:
             "relay_url": relay_url,
             "account": account,
             "token": self._token(account),
-            "fleet_token": self._fleet_token(account, fleet.fleet_id),
+            **self._fleet_credentials(account, fleet.fleet_id),
             "fleet_id": fleet.fleet_id.hex(),
             "operator_public_key": operator.public_bytes_raw().hex(),
             "witness_public_key": self.witness_vkey(),
@@ -333,15 +336,19 @@ class LocalDeployment:
             self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
         )
 
-    def _fleet_token(self, account: str, fleet_id: bytes) -> str:
-        """The account's token for the nodes (only ever sent inside the seal)."""
-        return mint_token(
+    def _fleet_credentials(self, account: str, fleet_id: bytes) -> dict[str, str]:
+        """A new device key for this client config, and the account's token for the nodes
+        (only ever sent inside the seal) bound to it."""
+        device = generate_device_key()
+        token = mint_token(
             self._operator_key(),
             account,
             issuer=ISSUER,
             audience=fleet_audience(fleet_id),
             ttl_seconds=TOKEN_TTL,
+            device_key=device.public_key(),
         )
+        return {"fleet_token": token, "device_key": device_key_hex(device)}
 
     def _provision_node(
         self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
@@ -349,7 +356,9 @@ class LocalDeployment:
         node_dir = fleet_dir / f"node{index}"
         node_dir.mkdir(exist_ok=True)
         pin = secrets.token_hex(8)
-        write_new_file(node_dir / "token.pin", pin.encode())
+        # The PIN stays out of the node's data folder, so that copying or backing up that
+        # folder (which holds the token store) does not hand it out (node/config.py).
+        write_new_file(fleet_dir / f"node{index}.pin", pin.encode(), 0o600)
         label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
         # The SO PIN is random and kept nowhere: a local token is never re-initialised
         # (a rotation makes new ones), and no PIN here can be derived from another.
@@ -369,7 +378,7 @@ class LocalDeployment:
                 "token": {
                     "module": str(token.module_path),
                     "label": token.token_label,
-                    "pin_file": f"node{index}/token.pin",
+                    "pin_file": f"node{index}.pin",
                     "softhsm2_conf": str(token.softhsm2_conf.relative_to(fleet_dir.resolve())),
                 },
             },

@@ -42,7 +42,7 @@ from backupvault.protocol import (
     Op,
     is_valid_name,
 )
-from backupvault.tokens import TokenRejected, TokenVerifier, fleet_audience
+from backupvault.tokens import SeenProofs, TokenRejected, TokenVerifier, fleet_audience
 
 
 @dataclass(frozen=True)
@@ -82,6 +82,9 @@ class VaultFirmware:
             raise InvalidInput("the fleet token verifier must expect this fleet's audience")
         self.fleet_id = fleet_id
         self._accounts = accounts
+        #: The request proofs this node accepted and that have not expired (each is good
+        #: once, so a replayed copy is refused before anything counts).
+        self._seen_proofs = SeenProofs()
         self._node_key = node_key
         self.shape = shape
         self.shares = ShareKeeper(fleet_id, node_key.index, shape, node_key.signing, load_share)
@@ -105,7 +108,9 @@ class VaultFirmware:
         request goes ahead only if that token verifies, names `account`, and the sealed
         names match the relay's (so a relay can neither act for an account on its own
         nor point one account's request at another's entry). Only a request sealed to this
-        node's own key, for this node's index, opens."""
+        node's own key, for this node's index, opens. The token must be bound to a device
+        key and come with that device's proof for this node and this request, not seen
+        before, so a node cannot replay a token it opened to the others."""
         if not (is_valid_name(account) and is_valid_name(entry)):
             raise InvalidInput("account and entry must be valid names")
         body, response_key = open_request(
@@ -113,7 +118,15 @@ class VaultFirmware:
         )
         authorized = AuthorizedRequest.from_bytes(body)
         try:
-            token_account = self._accounts.verify(authorized.fleet_token, now=now)
+            token_account = self._accounts.verify_bound(
+                authorized.fleet_token,
+                authorized.proof,
+                request=authorized.request,
+                fleet_id=self.fleet_id,
+                node_index=self._node_key.index,
+                seen=self._seen_proofs,
+                now=now,
+            )
         except TokenRejected as err:
             return _error(ErrorCode.UNAUTHORIZED, f"fleet token refused: {err.message}")
         request = REQUEST_TYPES[op].from_bytes(authorized.request)

@@ -206,8 +206,9 @@ class NodeConfig:
         try:
             node, token = data["node"], data["token"]
             host, _, port = str(node["listen"]).rpartition(":")
+            data_dir = base / node["data_dir"]
             if "pin_file" in token:
-                pin = (base / token["pin_file"]).read_text().strip()
+                pin = read_pin_file(base / token["pin_file"], data_dir)
             else:
                 env = token.get("pin_env", "BACKUPVAULT_TOKEN_PIN")
                 pin = os.environ.get(env, "")
@@ -218,7 +219,7 @@ class NodeConfig:
                 int(node["index"]),
                 host or "127.0.0.1",
                 int(port),
-                base / node["data_dir"],
+                data_dir,
                 base / node.get("fleet_file", "fleet.toml"),
                 TokenConfig(
                     Path(token["module"]),
@@ -230,3 +231,34 @@ class NodeConfig:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"node config {path} is incomplete: {err}") from None
+
+
+def read_pin_file(pin_file: Path, data_dir: Path) -> str:
+    """The token PIN from `pin_file`, refused when it sits where it would leak: inside the
+    node's data folder (whoever copies or backs up that folder, which holds the token store
+    under SoftHSM2, would get the PIN with it), or in a file another host user can read or
+    replace (group or other permission bits, or owned by another user). docs/operations.md,
+    "The token PIN"."""
+    try:
+        resolved = pin_file.resolve(strict=True)
+        info = resolved.stat()
+    except OSError as err:
+        raise InvalidInput(f"cannot read the token PIN file {pin_file}: {err.strerror}") from None
+    if resolved.is_relative_to(data_dir.resolve()):
+        raise InvalidInput(
+            f"the token PIN file {pin_file} is inside the node's data folder {data_dir}:"
+            " a copy or backup of that folder would hold the PIN with the data it protects",
+            hint="move it outside data_dir (for example next to node.toml, mode 0600) and"
+            " point pin_file at it, or give the PIN in $BACKUPVAULT_TOKEN_PIN (pin_env)",
+        )
+    if info.st_mode & 0o077 or info.st_uid != os.getuid():
+        raise InvalidInput(
+            f"the token PIN file {pin_file} can be read or changed by other host users"
+            f" (mode {info.st_mode & 0o777:04o}, owner uid {info.st_uid})",
+            hint=f"make it the node user's own, readable by it alone: chmod 600 {pin_file}",
+        )
+    try:
+        pin = resolved.read_text().strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise InvalidInput(f"cannot read the token PIN file {pin_file}: {err}") from None
+    return pin

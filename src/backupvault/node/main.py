@@ -5,9 +5,11 @@ is the node's own; no fleet-wide secret exists. Files in the node's data directo
     hpke.sealed            this node's HPKE private key: clients seal its requests to it
                            (NodePrivateKey.to_bytes(); sealed by the token)
     signing.sealed         this node's Ed25519 signing key (32-byte seed; sealed by the token)
-    storage-key.sealed     32-byte storage key             (sealed by the token)
-    store.sqlite           acceptor records and this node's share rows, encrypted under the
-                           storage key (node/store.py)
+    storage-key.sealed     32-byte storage key: names and digests rows (sealed by the token)
+    row-key.sealed         the key rows are encrypted under, sealed by a token key of its
+                           own generation, replaced and the old token key destroyed when a
+                           share is erased (node/token.py, RowKeyRing)
+    store.sqlite           acceptor records and this node's share rows (node/store.py)
     single-seed-checked    the store was checked once for single-seed keys (none found)
 
 A data folder of an earlier version may also hold `fleet-secrets.sealed` or
@@ -45,8 +47,8 @@ from backupvault.hsm.state import (
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
 from backupvault.node.service import NodeService
-from backupvault.node.store import NodeStore
-from backupvault.node.token import SealedFile, TokenSealer
+from backupvault.node.store import NodeStore, store_generation
+from backupvault.node.token import RowKeyRing, SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
 from backupvault.tokens import TokenVerifier, fleet_audience
 from backupvault.transparency.measure import (
@@ -160,6 +162,9 @@ def init_node(config: NodeConfig, kem: Kem = DEFAULT_KEM) -> NodePublicKeys:
         storage = _sealed(config, sealer, STORAGE_KEY, "storage-key")
         if not storage.exists():
             storage.write(os.urandom(32))
+        rows = RowKeyRing(sealer, config.data_dir)
+        if not rows.exists():
+            rows.create()
         return NodePublicKeys(
             X25519PrivateKey.from_private_bytes(identity.read()).public_key().public_bytes_raw(),
             NodePrivateKey.from_bytes(hpke.read()).public_key().to_bytes(),
@@ -173,6 +178,9 @@ class NodeKeys:
     hpke: NodePrivateKey
     signing: bytes
     storage: bytes
+    #: The store's row key and its generation (node/token.py, RowKeyRing).
+    row_key: bytes
+    generation: int
 
 
 def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
@@ -194,6 +202,14 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
         hpke = NodePrivateKey.from_bytes(hpke_file.read())
         signing = _sealed(config, sealer, SIGNING_KEY, "signing").read()
         storage = _sealed(config, sealer, STORAGE_KEY, "storage-key").read()
+        ring = RowKeyRing(sealer, config.data_dir)
+        if not ring.exists():
+            raise NodeNotProvisioned(
+                f"node {config.index} has no row key (made by an older version)",
+                hint="run `backupvault node init` again (it keeps the existing keys)",
+            )
+        row_key = ring.load(store_generation(config.data_dir / "store.sqlite"))
+        generation = ring.generation()
 
     own = next((n for n in fleet.nodes if n.index == config.index), None)
     if own is None or own.hpke_public_key != hpke.public_key().to_bytes():
@@ -201,7 +217,7 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
             f"fleet.toml does not list node {config.index}'s own HPKE key",
             hint="copy the keys `backupvault node init` prints into this node's [[nodes]] entry",
         )
-    return NodeKeys(identity, hpke, signing, storage)
+    return NodeKeys(identity, hpke, signing, storage, row_key, generation)
 
 
 def refuse_single_seed_entries(store: NodeStore, node: int, data_dir: Path) -> None:
@@ -244,7 +260,7 @@ def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[
         # backup runs in one read transaction), never the live file row by row.
         copy = Path(folder) / "store.sqlite"
         _snapshot(config.data_dir / "store.sqlite", copy)
-        store = NodeStore(copy, config.index, keys.storage)
+        store = NodeStore(copy, config.index, keys.storage, keys.row_key, keys.generation)
         try:
             records = store.load()
         finally:
@@ -307,7 +323,9 @@ def build_service(config: NodeConfig) -> NodeService:
         os.urandom,
         epoch=fleet.epoch or 0,
     )
-    store = NodeStore(config.data_dir / "store.sqlite", config.index, keys.storage)
+    store = NodeStore(
+        config.data_dir / "store.sqlite", config.index, keys.storage, keys.row_key, keys.generation
+    )
     try:
         refuse_single_seed_entries(store, config.index, config.data_dir)
     except SingleSeedEntries:
@@ -315,6 +333,8 @@ def build_service(config: NodeConfig) -> NodeService:
         raise
     # Kept open for the node's life: the store counter is advanced after every write.
     sealer = TokenSealer(config.token)
+    # An erased share re-seals the store under a new row key, the old one destroyed.
+    store.key_rotation = RowKeyRing(sealer, config.data_dir)
     intact = store_is_intact(store, sealer)
     accounts = TokenVerifier(
         Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),

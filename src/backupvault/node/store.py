@@ -74,6 +74,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -132,14 +133,52 @@ def _bucket_range(bucket: int) -> tuple[bytes, bytes]:
     return low, high
 
 
+class KeyRotation(Protocol):
+    """Where a new row key comes from and where the old one is destroyed (the node's
+    token: `node.token.RowKeyRing`)."""
+
+    def begin_rotation(self) -> tuple[int, bytes]: ...
+
+    def finish_rotation(self, generation: int) -> None: ...
+
+
+def store_generation(path: Path) -> int:
+    """The row key generation a store file records (0: none, or no store yet). Read in
+    the clear: it only says which key to try, the rows authenticate under it."""
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    try:
+        found = db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
+    except sqlite3.OperationalError:
+        return 0
+    finally:
+        db.close()
+    return 0 if found is None else int(found[0])
+
+
 class NodeStore:
-    def __init__(self, path: Path, node: int, storage_key: bytes) -> None:
-        if len(storage_key) != 32:
-            raise InvalidInput("storage key must be 32 bytes")
+    def __init__(
+        self,
+        path: Path,
+        node: int,
+        storage_key: bytes,
+        row_key: bytes | None = None,
+        generation: int = 0,
+    ) -> None:
+        """`storage_key` names and digests rows; `row_key` (of `generation`, from the
+        token's `RowKeyRing`) seals them, and is replaced by `rotate` when a share is
+        erased. Without a row key the rows are sealed under one derived from the storage
+        key, which is never rotated (tests and tools only)."""
+        if len(storage_key) != 32 or (row_key is not None and len(row_key) != 32):
+            raise InvalidInput("storage and row keys must be 32 bytes")
         self._node = node
         self._path = path
         self._name_key = _derive(storage_key, "names")
-        self._aead = AESGCM(_derive(storage_key, "rows"))
+        self._aeads = [AESGCM(row_key or _derive(storage_key, "rows"))]
+        self.generation = generation
+        #: Set by the node: an erased share then re-seals the store under a new row key.
+        self.key_rotation: KeyRotation | None = None
         self._digest_key = _derive(storage_key, "digest")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.chmod(0o700)
@@ -172,6 +211,10 @@ class NodeStore:
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS meta (id INTEGER PRIMARY KEY CHECK (id = 0), row BLOB)"
         )
+        self._db.execute(
+            "CREATE TABLE IF NOT EXISTS row_key "
+            "(id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL)"
+        )
         # Reads on the caller's thread see committed state only, while a write is under
         # way on the writer connection in another thread.
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -185,10 +228,38 @@ class NodeStore:
         self._top = 0
         self.store_id = os.urandom(16)
         self._marks: dict[int, Mark] = {}
+        self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
         self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
         self._verified: set[int] = set()
         self._closing = False
+        self._rotations = 0
+        self._record_generation()
+
+    def _check_generation(self) -> None:
+        """An existing store must have been sealed under the generation it is opened with."""
+        found = self._db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
+        if found is not None and int(found[0]) != self.generation:
+            self._reader.close()
+            self._db.close()
+            raise StoreCorrupted(
+                f"node store is sealed under row key generation {found[0]}, not {self.generation}",
+                hint=_CORRUPT_HINT,
+            )
+
+    def _record_generation(self) -> None:
+        """A new store records the generation of its row key."""
+        found = self._db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
+        if found is None:
+            if self.counter == 0:
+                self._db.execute(
+                    "INSERT INTO row_key (id, generation) VALUES (0, ?)", (self.generation,)
+                )
+            elif self.generation:
+                raise StoreCorrupted(
+                    "node store was written before row keys rotated",
+                    hint="move store.sqlite* aside and restart: the node catches up from the fleet",
+                )
 
     # ---- names, rows, digests -----------------------------------------------------------
 
@@ -213,16 +284,17 @@ class NodeStore:
         return int.from_bytes(hmac.digest(self._digest_key, message, "sha256"), "big")
 
     def _open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
-        try:
-            return self._aead.decrypt(sealed[:12], sealed[12:], aad)
-        except InvalidTag:
-            raise StoreCorrupted(
-                f"node store {what} failed authentication", hint=_CORRUPT_HINT
-            ) from None
+        # Two keys only while a rotation commits (a read may see either side of it).
+        for aead in list(self._aeads):
+            try:
+                return aead.decrypt(sealed[:12], sealed[12:], aad)
+            except InvalidTag:
+                continue
+        raise StoreCorrupted(f"node store {what} failed authentication", hint=_CORRUPT_HINT)
 
     def _seal(self, plain: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aead.encrypt(nonce, plain, aad)
+        return nonce + self._aeads[0].encrypt(nonce, plain, aad)
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -321,9 +393,15 @@ class NodeStore:
         removed: the check says whether it ever was there)."""
         name = self.name_of(key)
         self._verify(bucket_of(name), self._reader)
-        found = self._reader.execute("SELECT ver, row FROM record WHERE name = ?", (name,))
-        row = found.fetchone()
-        return None if row is None else self._decode(name, row[0], bytes(row[1]))
+        while True:
+            rotations = self._rotations
+            found = self._reader.execute("SELECT ver, row FROM record WHERE name = ?", (name,))
+            row = found.fetchone()
+            try:
+                return None if row is None else self._decode(name, row[0], bytes(row[1]))
+            except StoreCorrupted:
+                if rotations == self._rotations:
+                    raise  # else: read before a rotation, opened after it: read again
 
     def get_share(self, key: bytes) -> NodeShare | None:
         """This node's own row for entry `key` (bucket checked first, like a record)."""
@@ -427,6 +505,68 @@ class NodeStore:
             # Older page images of the entry stay in the WAL until it is checkpointed;
             # secure_delete zeroes what the checkpoint frees in the database file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            if self.key_rotation is not None:
+                # Copies of the data folder (backups, older disk images) still hold the
+                # erased row under the old key: re-seal, then have the token destroy it.
+                generation, row_key = self.key_rotation.begin_rotation()
+                self.rotate(row_key, generation)
+                self.key_rotation.finish_rotation(generation)
+
+    def rotate(self, row_key: bytes, generation: int) -> None:
+        """Re-seal every row (records, share rows, buckets, the counter) under `row_key`,
+        recording `generation`, in one transaction, then truncate the WAL (secure_delete
+        zeroes the freed pages). Names, versions, digests and the counter are unchanged:
+        only what the old row key opens is gone from the file. Every bucket is checked
+        first, so a rolled-back row is refused rather than sealed anew."""
+        if len(row_key) != 32:
+            raise InvalidInput("row key must be 32 bytes")
+        new = AESGCM(row_key)
+        with self._lock:
+            for bucket in range(BUCKETS):
+                self._verify(bucket, self._db)
+            old_rows = self._db.execute("SELECT ver, name, row FROM record").fetchall()
+            old_buckets = self._db.execute("SELECT id, ver, row FROM bucket").fetchall()
+            records = [
+                (ver, bytes(name), self._open(bytes(row), self._aad(bytes(name), ver), "row"))
+                for ver, name, row in old_rows
+            ]
+            digests = [
+                (bucket, ver, self._open(bytes(row), self._bucket_aad(bucket, ver), "bucket"))
+                for bucket, ver, row in old_buckets
+            ]
+            self._aeads = [new, *self._aeads]  # seal under the new key from here on
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany(
+                    "UPDATE record SET row = ? WHERE ver = ?",
+                    [
+                        (self._seal(plain, self._aad(name, ver)), ver)
+                        for ver, name, plain in records
+                    ],
+                )
+                self._db.executemany(
+                    "UPDATE bucket SET row = ? WHERE id = ?",
+                    [
+                        (self._seal(plain, self._bucket_aad(bucket, ver)), bucket)
+                        for bucket, ver, plain in digests
+                    ],
+                )
+                self._write_meta(
+                    self.counter, self._last_ver, self._max_round, self._top,
+                    self.store_id, self._marks,
+                )  # fmt: skip
+                self._db.execute(
+                    "INSERT OR REPLACE INTO row_key (id, generation) VALUES (0, ?)", (generation,)
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                self._aeads = self._aeads[1:]
+                raise
+            self._aeads = [new]
+            self._rotations += 1
+            self.generation = generation
+        self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
     def _write_meta(
         self,

@@ -69,6 +69,7 @@ __all__ = [
     "SOFTHSM2_CONF_ENV",
     "STORE_COUNTER_APPLICATION",
     "TAG_LEN",
+    "RowKeyRing",
     "SealedFile",
     "TokenConfig",
     "TokenError",
@@ -500,7 +501,7 @@ class TokenSealer:
             )
         return found[0] if found else None
 
-    def _generate_key(self, session: Any) -> Any:
+    def _generate_key(self, session: Any, label: str = SEALING_KEY_LABEL) -> Any:
         template: dict[Attribute, Any] = {
             Attribute.TOKEN: True,
             Attribute.PRIVATE: True,
@@ -522,7 +523,7 @@ class TokenSealer:
                     KeyType.AES,
                     256,
                     id=SEALING_KEY_ID,
-                    label=SEALING_KEY_LABEL,
+                    label=label,
                     store=True,
                     capabilities=MechanismFlag.ENCRYPT | MechanismFlag.DECRYPT,
                     template={**template, **extra},
@@ -563,10 +564,67 @@ class TokenSealer:
             self._key = key
         return self._key
 
+    # ---- keys that can be destroyed (the storage key's generations) -----------------------
+
+    def generate_key(self, label: str) -> None:
+        """Generate a sealing key under `label` inside the token (as the sealing key:
+        sensitive, non-extractable, encrypt/decrypt only); TokenError if one exists."""
+        with self._lock:
+            session = self._open_session()
+            if self._objects(session, label):
+                raise TokenError(f"token {self.token_label!r} already holds a key {label!r}")
+            self._check_key(self._generate_key(session, label))
+
+    def key_labels(self, prefix: str) -> list[str]:
+        """The labels of the token's secret keys that start with `prefix`."""
+        with self._lock:
+            session = self._open_session()
+            try:
+                found = session.get_objects({Attribute.CLASS: ObjectClass.SECRET_KEY})
+                labels = [str(o[Attribute.LABEL]) for o in found]
+            except p11.PKCS11Error as err:
+                raise self._device_error("list its keys", err) from err
+        return sorted(label for label in labels if label.startswith(prefix))
+
+    def destroy_key(self, label: str) -> None:
+        """Destroy every key labelled `label` in the token (C_DestroyObject): what it
+        sealed can no longer be opened by anyone. Never the sealing key."""
+        if label == SEALING_KEY_LABEL:
+            raise InvalidInput("the sealing key is never destroyed")
+        with self._lock:
+            session = self._open_session()
+            try:
+                for key in self._objects(session, label):
+                    key.destroy()
+            except p11.PKCS11Error as err:
+                raise self._device_error(f"destroy key {label!r}", err) from err
+
+    def _objects(self, session: Any, label: str) -> list[Any]:
+        try:
+            return list(
+                session.get_objects(
+                    {Attribute.CLASS: ObjectClass.SECRET_KEY, Attribute.LABEL: label}
+                )
+            )
+        except p11.PKCS11Error as err:
+            raise self._device_error(f"search for key {label!r}", err) from err
+
+    def _labelled_key(self, label: str) -> Any:
+        found = self._objects(self._open_session(), label)
+        if len(found) != 1:
+            raise TokenError(
+                f"token {self.token_label!r} holds no key {label!r} (it was destroyed, or"
+                " this is another token)",
+                hint="what that key sealed cannot be opened any more",
+            )
+        self._check_key(found[0])
+        return found[0]
+
     # ---- seal / unseal -------------------------------------------------------------------
 
-    def seal(self, plaintext: bytes, aad: bytes) -> bytes:
+    def seal(self, plaintext: bytes, aad: bytes, *, key_label: str | None = None) -> bytes:
         """Encrypt and authenticate `plaintext` under the token's key, binding `aad`.
+        `key_label`: under that key (`generate_key`) instead of the sealing key.
 
         Returns version (1 byte) || IV (12) || ciphertext (len(plaintext)) || tag (16).
         """
@@ -579,7 +637,7 @@ class TokenSealer:
         header = bytes([BLOB_VERSION]) + secrets.token_bytes(IV_LEN)
         params = GCMParams(header[1:], header[:1] + ad, TAG_LEN * 8)
         with self._lock:
-            key = self._sealing_key()
+            key = self._sealing_key() if key_label is None else self._labelled_key(key_label)
             try:
                 body = key.encrypt(data, mechanism=Mechanism.AES_GCM, mechanism_param=params)
             except p11.PKCS11Error as err:
@@ -591,8 +649,9 @@ class TokenSealer:
             )
         return header + body
 
-    def unseal(self, blob: bytes, aad: bytes) -> bytes:
-        """Check and decrypt a blob made by `seal` on this token with the same `aad`.
+    def unseal(self, blob: bytes, aad: bytes, *, key_label: str | None = None) -> bytes:
+        """Check and decrypt a blob made by `seal` on this token with the same `aad` (and
+        `key_label`).
 
         Raises AuthenticationFailed when the blob is malformed, altered, sealed for another
         AAD or sealed by another token's key; TokenError when the token itself fails.
@@ -615,7 +674,7 @@ class TokenSealer:
             )
         params = GCMParams(data[1:_HEADER_LEN], data[:1] + ad, TAG_LEN * 8)
         with self._lock:
-            key = self._sealing_key()
+            key = self._sealing_key() if key_label is None else self._labelled_key(key_label)
             try:
                 plain = key.decrypt(
                     data[_HEADER_LEN:], mechanism=Mechanism.AES_GCM, mechanism_param=params
@@ -774,3 +833,123 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+# ---- the row key, destroyed by rotation -----------------------------------------------------
+
+ROW_KEY_PREFIX: Final = "backupvault row key "
+"""CKA_LABEL prefix of the token keys that seal the store's row key, one per generation."""
+ROW_KEY_FILE: Final = "row-key.sealed"
+ROW_KEY_NEXT: Final = "row-key.next.sealed"
+_GENERATION_MAGIC: Final = b"G"
+
+
+class RowKeyRing:
+    """The key that seals the node store's rows (node/store.py), sealed by a token key of
+    its own generation, so that destroying that token key makes every copy of the old row
+    key useless: a backup or an older image of the data folder no longer opens
+    (docs/pkcs11.md, "Erasure by key rotation"). The sealing key, which seals the other
+    node secrets, is never destroyed, so it never seals the row key.
+
+    `DATA/row-key.sealed` = "G" || u32 generation || blob (TokenSealer.seal under the
+    token key `ROW_KEY_PREFIX + str(generation)`, AAD "backupvault node secret: row-key").
+    A rotation writes `row-key.next.sealed` first, re-seals the store (which records the
+    new generation in the same transaction), then renames the file and destroys the older
+    token keys; `load` finishes or undoes one that a crash interrupted, by the generation
+    the store records."""
+
+    def __init__(self, sealer: TokenSealer, data_dir: Path) -> None:
+        self._sealer = sealer
+        self._current = data_dir / ROW_KEY_FILE
+        self._next = data_dir / ROW_KEY_NEXT
+
+    def exists(self) -> bool:
+        return self._current.is_file()
+
+    def create(self) -> None:
+        """The first row key (generation 1)."""
+        self._write(self._current, 1, os.urandom(32))
+
+    def load(self, store_generation: int) -> bytes:
+        """The row key of the generation the store was last sealed under (0: a new store:
+        the current file's)."""
+        current, key = self._read(self._current)
+        if self._next.is_file():
+            pending, next_key = self._read(self._next)
+            if store_generation == pending:  # the store was re-sealed: finish
+                os.replace(self._next, self._current)
+                _fsync_directory(self._current.parent)
+                self._destroy_all_but(pending)
+                return next_key
+            os.unlink(self._next)  # the store never took it: undo
+            self._destroy_all_but(current)
+        if store_generation not in (0, current):
+            raise TokenError(
+                f"the node store was sealed under row key generation {store_generation},"
+                f" the data folder holds generation {current}",
+                hint="restore the store and row-key.sealed from one backup, or wipe the"
+                " store so the node catches up from the fleet",
+            )
+        return key
+
+    def generation(self) -> int:
+        """The generation of the current row key."""
+        data = self._current.read_bytes()[:5]
+        return int.from_bytes(data[1:5], "big")
+
+    def begin_rotation(self) -> tuple[int, bytes]:
+        """A new token key and row key, sealed into the next file; (generation, key)."""
+        current, _ = self._read(self._current)
+        generation = current + 1
+        self._sealer.destroy_key(ROW_KEY_PREFIX + str(generation))  # a crashed attempt
+        key = os.urandom(32)
+        self._write(self._next, generation, key)
+        return generation, key
+
+    def finish_rotation(self, generation: int) -> None:
+        """The store is sealed under `generation`: make it current and destroy the older
+        token keys (after this, nothing the node has opens an older copy)."""
+        os.replace(self._next, self._current)
+        _fsync_directory(self._current.parent)
+        self._destroy_all_but(generation)
+
+    def _destroy_all_but(self, generation: int) -> None:
+        keep = ROW_KEY_PREFIX + str(generation)
+        for label in self._sealer.key_labels(ROW_KEY_PREFIX):
+            if label != keep:
+                self._sealer.destroy_key(label)
+
+    def _write(self, path: Path, generation: int, key: bytes) -> None:
+        label = ROW_KEY_PREFIX + str(generation)
+        if label not in self._sealer.key_labels(ROW_KEY_PREFIX):
+            self._sealer.generate_key(label)
+        blob = self._sealer.seal(key, SECRET_AAD_PREFIX + b"row-key", key_label=label)
+        data = _GENERATION_MAGIC + generation.to_bytes(4, "big") + blob
+        tmp = path.with_name(f".{path.name}.tmp")
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_directory(path.parent)
+
+    def _read(self, path: Path) -> tuple[int, bytes]:
+        try:
+            data = path.read_bytes()
+        except OSError as err:
+            raise InvalidInput(
+                f"cannot read the node's row key {path}: {err.strerror}",
+                hint="run `backupvault node init`",
+            ) from None
+        if data[:1] != _GENERATION_MAGIC or len(data) < 5 + BLOB_OVERHEAD:
+            raise TokenError(
+                f"{path} is not a row key of this version",
+                hint="re-provision the node: move its data folder aside, `node init`, and let"
+                " it catch up from the fleet",
+            )
+        generation = int.from_bytes(data[1:5], "big")
+        label = ROW_KEY_PREFIX + str(generation)
+        return generation, self._sealer.unseal(
+            data[5:], SECRET_AAD_PREFIX + b"row-key", key_label=label
+        )

@@ -1,0 +1,214 @@
+"""Fleet tokens bound to the request (issue 9 §2): a hostile node opens its own sealed copy
+and gets the fleet token, the request and a proof; it tries to replay them to the other
+nodes, with a request of its own, or again later. Every node refuses what its own check
+cannot tie to the device, this node and this request, once."""
+
+from __future__ import annotations
+
+import httpx
+import pytest
+from conftest import FAST_KSF, FLEET_ID, ISSUER, InProcessFleet
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from backupvault.crypto.seal import open_request, seal_request
+from backupvault.protocol import (
+    AuthorizedRequest,
+    ErrorResponse,
+    ManifestRequest,
+    Op,
+    SealedCopies,
+)
+from backupvault.tokens import (
+    PROOF_LIFETIME_SECONDS,
+    SeenProofs,
+    TokenRejected,
+    TokenVerifier,
+    fleet_audience,
+    mint_token,
+    sign_request_proof,
+)
+
+ROOT_KEY = bytes(range(32))
+
+
+def _copy_seen_by(fleet: InProcessFleet, node: int) -> tuple[Op, AuthorizedRequest]:
+    """What a hostile node `node` reads in its copy of the client's last request."""
+    op_name, body = fleet.requests[-1]
+    copy = SealedCopies.from_bytes(body).copies[node]
+    opened, _ = open_request(fleet.node_keys[node], FLEET_ID, node, op_name, copy)
+    return Op(op_name), AuthorizedRequest.from_bytes(opened)
+
+
+def _send(fleet: InProcessFleet, node: int, op: Op, authorized: AuthorizedRequest) -> str:
+    """Seal `authorized` to node `node` and have it open it: "" if it was taken, else why
+    it was refused."""
+    public = fleet.node_keys[node].public_key()
+    sealed, _ = seal_request(public, FLEET_ID, node, str(op), authorized.to_bytes())
+    opened = fleet.firmware[node].open(op, "alice", "backup-root-key", sealed, fleet.now)
+    return opened.detail if isinstance(opened, ErrorResponse) else ""
+
+
+@pytest.fixture
+def seen_by_node_0(fleet: InProcessFleet) -> tuple[Op, AuthorizedRequest]:
+    client = fleet.client()
+    client.register("pw", ROOT_KEY, ksf=FAST_KSF)
+    client.recover("pw", ksf_floor=FAST_KSF)
+    return _copy_seen_by(fleet, 0)
+
+
+def test_a_node_cannot_replay_the_token_and_proof_it_opened_to_another_node(
+    fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
+) -> None:
+    op, authorized = seen_by_node_0
+    for other in range(1, 5):
+        assert "request proof does not verify" in _send(fleet, other, op, authorized)
+
+
+def test_a_node_cannot_use_the_token_for_a_request_of_its_own(
+    fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
+) -> None:
+    _, authorized = seen_by_node_0
+    forged = ManifestRequest("alice", "backup-root-key").to_bytes()
+    mine = AuthorizedRequest(authorized.fleet_token, forged, authorized.proof)
+    for node in range(5):
+        assert "request proof does not verify" in _send(fleet, node, Op.MANIFEST, mine)
+
+
+def test_a_proof_is_taken_once(
+    fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
+) -> None:
+    """The client's copy already reached node 0: the same copy again is refused, while a
+    fresh proof from the device (what a client's resend carries) is taken."""
+    op, authorized = seen_by_node_0
+    assert "used before" in _send(fleet, 0, op, authorized)
+    fresh = sign_request_proof(
+        fleet.device,
+        fleet_id=FLEET_ID,
+        node_index=0,
+        token=authorized.fleet_token,
+        request=authorized.request,
+        now=fleet.now,
+    )
+    assert (
+        _send(fleet, 0, op, AuthorizedRequest(authorized.fleet_token, authorized.request, fresh))
+        == ""
+    )
+
+
+def test_an_expired_proof_is_refused(
+    fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
+) -> None:
+    op, authorized = seen_by_node_0
+    old = sign_request_proof(
+        fleet.device,
+        fleet_id=FLEET_ID,
+        node_index=1,
+        token=authorized.fleet_token,
+        request=authorized.request,
+        now=fleet.now - PROOF_LIFETIME_SECONDS - 31,
+    )
+    stale = AuthorizedRequest(authorized.fleet_token, authorized.request, old)
+    assert "expired" in _send(fleet, 1, op, stale)
+
+
+@pytest.mark.parametrize("problem", ["another device", "no cnf", "no proof"])
+def test_a_token_not_bound_to_the_signing_device_is_refused(
+    fleet: InProcessFleet, problem: str
+) -> None:
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    thief = Ed25519PrivateKey.generate()
+    token = mint_token(
+        fleet.issuer,
+        "alice",
+        issuer=ISSUER,
+        audience=fleet_audience(FLEET_ID),
+        ttl_seconds=3600,
+        now=fleet.now,
+        device_key=None if problem == "no cnf" else fleet.device.public_key(),
+    )
+    request = ManifestRequest("alice", "backup-root-key").to_bytes()
+    signer = thief if problem == "another device" else fleet.device
+    proof = sign_request_proof(
+        signer, fleet_id=FLEET_ID, node_index=2, token=token, request=request, now=fleet.now
+    )
+    if problem == "no proof":
+        proof = b""
+    why = _send(fleet, 2, Op.MANIFEST, AuthorizedRequest(token, request, proof))
+    assert why.startswith("fleet token refused")
+    assert {
+        "another device": "does not verify",
+        "no cnf": "not bound to a device key",
+        "no proof": "no request proof",
+    }[problem] in why
+
+
+def test_a_client_resend_signs_afresh_and_is_answered(fleet: InProcessFleet) -> None:
+    """An answer lost on the way: the SDK sends again, with new proofs, and the nodes that
+    took the first copies take the second (a resend costs nothing twice)."""
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    lost = [True]
+
+    def lose_first_answer(request: httpx.Request) -> httpx.Response:
+        answer = fleet.handle(request)
+        if lost[0]:
+            lost[0] = False
+            raise httpx.ReadTimeout("answer lost", request=request)
+        return answer
+
+    client = fleet.client()
+    client.vault._http = httpx.Client(transport=httpx.MockTransport(lose_first_answer))
+    start = len(fleet.requests)
+    assert client.recover("pw", ksf_floor=FAST_KSF).root_key == ROOT_KEY
+    (op, sent), (op_again, resent) = fleet.requests[start : start + 2]
+    assert op == op_again
+    first, second = (
+        AuthorizedRequest.from_bytes(
+            open_request(fleet.node_keys[0], FLEET_ID, 0, op, SealedCopies.from_bytes(b).copies[0])[
+                0
+            ]
+        )
+        for b in (sent, resent)
+    )
+    assert first.request == second.request and first.proof != second.proof
+
+
+# ---- the seen-set ---------------------------------------------------------------------------
+
+
+def test_the_seen_set_forgets_expired_proofs_and_fails_closed_when_full() -> None:
+    seen = SeenProofs(capacity=2)
+    seen.add(b"a" * 16, expires=100.0, now=0.0)
+    seen.add(b"b" * 16, expires=200.0, now=0.0)
+    with pytest.raises(TokenRejected, match="busy"):
+        seen.add(b"c" * 16, expires=300.0, now=50.0)  # full of unexpired proofs
+    with pytest.raises(TokenRejected, match="used before"):
+        seen.add(b"b" * 16, expires=300.0, now=150.0)
+    seen.add(b"c" * 16, expires=300.0, now=150.0)  # "a" expired and was forgotten
+    assert len(seen) == 2
+
+
+def test_a_proof_from_the_future_is_refused() -> None:
+    issuer, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verifier = TokenVerifier(issuer.public_key(), "iss", fleet_audience(FLEET_ID))
+    token = mint_token(
+        issuer,
+        "alice",
+        issuer="iss",
+        audience=fleet_audience(FLEET_ID),
+        ttl_seconds=3600,
+        now=1000,
+        device_key=device.public_key(),
+    )
+    proof = sign_request_proof(
+        device, fleet_id=FLEET_ID, node_index=0, token=token, request=b"r", now=1100
+    )
+    with pytest.raises(TokenRejected, match="future"):
+        verifier.verify_bound(
+            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=SeenProofs(), now=1000
+        )
+    assert (
+        verifier.verify_bound(
+            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=SeenProofs(), now=1100
+        )
+        == "alice"
+    )
