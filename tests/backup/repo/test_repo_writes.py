@@ -1,0 +1,135 @@
+"""How repository objects reach a local disk: large ones (packs) with O_DIRECT from an
+aligned copy, small ones (and all of them where O_DIRECT is refused) in buffered writes
+of at most 128 KiB; every object fsynced, and its folder after the rename, either way."""
+
+from __future__ import annotations
+
+import errno
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupvault.backup.errors import StorageError
+from backupvault.backup.repo import backend as backend_module
+from backupvault.backup.repo.backend import Backend
+from backupvault.backup.storage import Storage
+
+NAME = "data/" + "ab" * 16
+# Sizes around the alignment: the object must come back exactly, not padded.
+PARTS = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)] + [b"x"] * 3000
+
+
+class Recorder:
+    """os.open / os.fsync / os.write spies that call the real functions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse_direct: bool = False) -> None:
+        self.direct_opens = 0
+        self.fsynced: list[str] = []
+        self.writes: list[int] = []
+        self._fds: dict[int, str] = {}
+        real_open, real_fsync, real_write = os.open, os.fsync, os.write
+
+        def spy_open(path: str, flags: int, *args: Any, **kw: Any) -> int:
+            if flags & getattr(os, "O_DIRECT", 0):
+                self.direct_opens += 1
+                if refuse_direct:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+            fd = real_open(path, flags, *args, **kw)
+            self._fds[fd] = os.fsdecode(path)
+            return fd
+
+        def spy_fsync(fd: int) -> None:
+            self.fsynced.append(self._fds.get(fd, "?"))
+            real_fsync(fd)
+
+        def spy_write(fd: int, data: Any) -> int:
+            self.writes.append(len(data))
+            return real_write(fd, data)
+
+        monkeypatch.setattr(backend_module.os, "open", spy_open)
+        monkeypatch.setattr(backend_module.os, "fsync", spy_fsync)
+        monkeypatch.setattr(backend_module.os, "write", spy_write)
+
+
+needs_direct = pytest.mark.skipif(not hasattr(os, "O_DIRECT"), reason="no O_DIRECT here")
+
+
+@needs_direct
+def test_a_pack_is_written_direct_and_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = Backend(Storage(str(tmp_path / "repo")))
+    spy = Recorder(monkeypatch)
+    store.put(NAME, PARTS)
+    if not store._direct:
+        pytest.fail("the test folder's file system refused O_DIRECT; run on a disk that takes it")
+    assert spy.direct_opens == 1
+    assert store.get(NAME) == b"".join(PARTS)
+    assert all(w % 4096 == 0 for w in spy.writes)  # aligned, then truncated back
+    folder = str(tmp_path / "repo" / "data")
+    # The temporary file, then the folder holding the renamed object.
+    assert len(spy.fsynced) == 2
+    assert os.path.dirname(spy.fsynced[0]) == folder and spy.fsynced[0].endswith(".partial")
+    assert spy.fsynced[1] == folder
+    assert os.listdir(folder) == [NAME.split("/")[1]]
+    # The aligned buffer is reused, and a smaller object goes buffered.
+    store.put(NAME, [os.urandom(3 << 20)])
+    store.put("index/" + "cd" * 16, [b"small"])
+    assert spy.direct_opens == 2
+    assert store.get("index/" + "cd" * 16) == b"small"
+
+
+def test_refused_direct_writes_fall_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without O_DIRECT (tmpfs, some network ones) gets buffered writes,
+    asked only once; nothing half-written is left."""
+    store = Backend(Storage(str(tmp_path / "repo")))
+    store._direct = True  # as on Linux
+    monkeypatch.setattr(backend_module.os, "O_DIRECT", 0o40000, raising=False)
+    spy = Recorder(monkeypatch, refuse_direct=True)
+    store.put(NAME, PARTS)
+    store.put("data/" + "cd" * 16, PARTS)
+    assert spy.direct_opens == 1
+    assert store.get(NAME) == b"".join(PARTS) == store.get("data/" + "cd" * 16)
+    assert len(spy.fsynced) == 4  # each object, then its folder
+    assert sorted(os.listdir(tmp_path / "repo" / "data")) == ["ab" * 16, "cd" * 16]
+
+
+@needs_direct
+def test_a_failed_direct_write_leaves_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk during a direct write: a clear storage error, no object, no temporary."""
+    store = Backend(Storage(str(tmp_path / "repo")))
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backend_module.os, "write", full)
+    with pytest.raises(StorageError, match="cannot store"):
+        store.put(NAME, PARTS)
+    assert os.listdir(tmp_path / "repo" / "data") == []
+    assert store._direct  # a full disk is no reason to stop writing direct
+
+
+def test_buffered_objects_go_out_whole_in_small_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buffered writes of at most 128 KiB (cheaper for the kernel), short writes
+    finished, empty parts skipped."""
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_writev(fd, [bytes(b"".join(buffers)[:100_000])])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    store = Backend(Storage(str(tmp_path / "repo")))
+    store._direct = False
+    store.put(NAME, PARTS)
+    assert store.get(NAME) == b"".join(PARTS)
+    assert max(sizes) <= 128 * 1024 and len(sizes) > 10
