@@ -13,10 +13,12 @@ import pytest
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import backend as backend_module
+from backupvault.backup.repo import create_snapshot
 from backupvault.backup.repo.backend import Backend
 from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
+SMALL = {"chunk_min": 4096, "chunk_avg": 16384, "chunk_max": 65536, "pack_size": 100_000}
 # Sizes around the alignment: the object must come back exactly, not padded.
 PARTS = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)] + [b"x"] * 3000
 
@@ -133,3 +135,23 @@ def test_buffered_objects_go_out_whole_in_small_writes(
     store.put(NAME, PARTS)
     assert store.get(NAME) == b"".join(PARTS)
     assert max(sizes) <= 128 * 1024 and len(sizes) > 10
+
+
+def test_a_backup_syncs_its_packs_folder_once_before_the_index(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pack's file is fsynced as it is written; the data folder (their names) once,
+    after the last pack and before the index that names them is written."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(6):
+        (source / f"f{i}").write_bytes(os.urandom(300_000))
+    spy = Recorder(monkeypatch)
+    create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    data = str(tmp_path / "repo" / "data")
+    packs = [i for i, p in enumerate(spy.fsynced) if os.path.dirname(p) == data]
+    index = [i for i, p in enumerate(spy.fsynced) if "/repo/index/" in p]
+    assert len(packs) == len(os.listdir(data)) > 10
+    assert spy.fsynced.count(data) == 1
+    assert max(packs) < spy.fsynced.index(data) < index[0]
+    assert spy.fsynced[index[0] + 1] == str(tmp_path / "repo" / "index")

@@ -83,17 +83,19 @@ class Backend:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
 
-    def put(self, name: str, data: Buffer | list[Buffer]) -> None:
+    def put(self, name: str, data: Buffer | list[Buffer], *, sync_folder: bool = True) -> None:
         """Store an object made of `data` (one buffer, or several written in order); it is
         durable when this returns (local folders: fsync of the file and its folder;
-        remote stores acknowledge a PUT only once it is stored)."""
+        remote stores acknowledge a PUT only once it is stored). Without `sync_folder`,
+        a local object's name is durable only after `sync_folder(folder)`: for many
+        objects of one folder that must all be durable before the next step."""
         parts = data if isinstance(data, list) else [data]
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         final = self.path(name)
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, parts)
+                self._put_local(final, parts, sync_folder)
             elif self._is_webdav:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
@@ -105,17 +107,23 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
-    def _put_local(self, final: str, parts: list[Buffer]) -> None:
+    def _put_local(self, final: str, parts: list[Buffer], sync_folder: bool) -> None:
         size = sum(memoryview(part).nbytes for part in parts)
         if not (self._direct and size >= _DIRECT_MIN and self._put_direct(final, parts, size)):
             temp = _temp_name(final)
             self._fill_temp(temp, lambda fd: _write_all(fd, parts))
             os.replace(temp, final)
-        dir_fd = os.open(os.path.dirname(final), os.O_RDONLY)
+        if sync_folder:
+            _fsync_folder(os.path.dirname(final))
+
+    def sync_folder(self, folder: str) -> None:
+        """Make the names of objects put into `folder` without `sync_folder` durable."""
+        if not self.is_local:
+            return
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
+            _fsync_folder(self.path(folder))
+        except OSError as exc:
+            raise self._error(f"cannot store {folder}", exc) from None
 
     @staticmethod
     def _fill_temp(temp: str, write: Callable[[int], None], flags: int = 0) -> None:
@@ -266,6 +274,14 @@ class Backend:
             return
         except Exception as exc:
             raise self._error(f"cannot delete {name}", exc) from None
+
+
+def _fsync_folder(path: str) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
 
 
 def _temp_name(final: str) -> str:

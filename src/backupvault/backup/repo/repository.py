@@ -367,18 +367,24 @@ class PackWriter:
             self._uploads = [u for u in self._uploads if not u.done()]
         self._uploads.append(
             # Each pack is synced on the upload thread, so the disk writes while the next
-            # packs are made, rather than in one sync at the end.
-            self._uploader.submit(self.repo.backend.put, f"data/{pack_id.hex()}", parts)
+            # packs are made, rather than in one sync at the end; their folder once, in
+            # finish.
+            self._uploader.submit(
+                self.repo.backend.put, f"data/{pack_id.hex()}", parts, sync_folder=False
+            )
         )
 
     def finish(self) -> None:
-        """Flush and wait for every upload (each durable), raising the first error."""
+        """Flush and wait for every upload, raising the first error; then every pack
+        written is durable, name included."""
         try:
             self.flush()
             for upload in self._uploads:
                 upload.result()
         finally:
             self._uploader.shutdown(wait=True, cancel_futures=True)
+        if self.written:
+            self.repo.backend.sync_folder("data")
 
     def abort(self) -> None:
         self._uploader.shutdown(wait=True, cancel_futures=True)
