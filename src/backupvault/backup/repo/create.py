@@ -47,7 +47,7 @@ from backupvault.errors import InvalidInput
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
 _SMALL_BATCH = 256  # small files per worker task
-_READ_AHEAD = 2  # windows a large file's reader may be ahead of its cutter
+_READ_AHEAD = 1  # windows a large file's reader may be ahead of its cutter
 
 # (entry number, chunk id, plaintext length, sealed blob or None if already stored)
 Piece = tuple[int, bytes, int, bytearray | None]
