@@ -6,15 +6,18 @@ from __future__ import annotations
 
 import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from backupvault.backup.errors import StorageError
+from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo import backend as backend_module
-from backupvault.backup.repo import create_snapshot
+from backupvault.backup.repo import chunks as chunks_module
 from backupvault.backup.repo.backend import Backend
+from backupvault.backup.repo.chunks import BlobBuffers
 from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
@@ -155,3 +158,50 @@ def test_a_backup_syncs_its_packs_folder_once_before_the_index(
     assert spy.fsynced.count(data) == 1
     assert max(packs) < spy.fsynced.index(data) < index[0]
     assert spy.fsynced[index[0] + 1] == str(tmp_path / "repo" / "index")
+
+
+def test_blob_buffers_are_taken_back_only_from_their_own() -> None:
+    buffers = BlobBuffers()
+    first = buffers.take(1000)
+    assert len(first) == 1000 and len(first.obj) == 256 * 1024
+    buffers.give_back([first, b"bytes from an old pack", memoryview(bytearray(4096))])
+    again = buffers.take(2000)
+    assert again.obj is first.obj  # the same memory, not a new allocation
+    assert buffers.take(2000).obj is not first.obj  # taken: not handed out twice
+
+
+def test_blob_buffers_are_used_again_only_after_their_pack_is_written(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many packs from few buffers, and every blob intact: a buffer handed out again while
+    its pack was still being written would show as a damaged chunk."""
+    made = 0
+    FILES = 24  # more than the backup keeps in flight
+
+    class Counted(chunks_module._BlobBuffer):
+        def __init__(self, size: int) -> None:
+            nonlocal made
+            made += 1
+            super().__init__(size)
+
+    monkeypatch.setattr(chunks_module, "_BlobBuffer", Counted)
+    real_put = Backend.put
+
+    def slow_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        time.sleep(0.01)  # the next packs are sealed meanwhile
+        real_put(self, name, data, **kw)
+
+    monkeypatch.setattr(Backend, "put", slow_put)
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(FILES):
+        (source / f"f{i}").write_bytes(os.urandom(1 << 20))
+    params = {**SMALL, "pack_size": 256 * 1024}
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
+    blobs = sum(len(entries) for entries in repo.load_index()[0].packs.values())
+    assert blobs > 600 and made < blobs / 2
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
+    for i in range(FILES):
+        assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()

@@ -50,7 +50,7 @@ _SMALL_BATCH = 256  # small files per worker task
 _READ_AHEAD = 1  # windows a large file's reader may be ahead of its cutter
 
 # (entry number, chunk id, plaintext length, sealed blob or None if already stored)
-Piece = tuple[int, bytes, int, bytearray | None]
+Piece = tuple[int, bytes, int, memoryview | None]
 
 
 @dataclass(frozen=True)

@@ -323,7 +323,7 @@ class PackWriter:
     def __init__(self, repo: Repository, index: Index) -> None:
         self.repo = repo
         self.index = index
-        self.pending: dict[bytes, tuple[bytes | bytearray, int]] = {}
+        self.pending: dict[bytes, tuple[bytes | bytearray | memoryview, int]] = {}
         self._pending_size = 0
         self.written: dict[bytes, list[PackEntry]] = {}
         self.stored = 0
@@ -334,7 +334,7 @@ class PackWriter:
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self.pending or chunk_id in self.index.chunks
 
-    def add(self, chunk_id: bytes, blob: bytes | bytearray, raw_length: int) -> None:
+    def add(self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int) -> None:
         if chunk_id in self:
             return
         self.pending[chunk_id] = (blob, raw_length)
@@ -373,6 +373,12 @@ class PackWriter:
                 self.repo.backend.put, f"data/{pack_id.hex()}", parts, sync_folder=False
             )
         )
+        buffers = self.repo.sealer.buffers
+
+        def written(_upload: Future[None]) -> None:
+            buffers.give_back(parts)  # written, or failed: nobody reads them again
+
+        self._uploads[-1].add_done_callback(written)
 
     def finish(self) -> None:
         """Flush and wait for every upload, raising the first error; then every pack
