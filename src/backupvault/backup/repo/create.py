@@ -483,7 +483,7 @@ class _Reader:
         self._handle = handle
         self._pool = pool
         self._stop = threading.Event()
-        self._ready: queue.Queue[tuple[_Window, int] | OSError] = queue.Queue(_READ_AHEAD)
+        self._ready: queue.Queue[tuple[_Window, int] | BaseException] = queue.Queue(_READ_AHEAD)
         self._thread: threading.Thread | None = None
         if os.fstat(handle.fileno()).st_size > pool.read_size:
             self._thread = threading.Thread(target=self._run, name="backup-read", daemon=True)
@@ -502,14 +502,14 @@ class _Reader:
         while not self._stop.is_set():
             try:
                 item = self._read()
-            except OSError as exc:
+            except BaseException as exc:  # handed over: the cutter raises it
                 self._put(exc)
                 return
             self._put(item)
             if item[1] < self._pool.read_size:
                 return
 
-    def _put(self, item: tuple[_Window, int] | OSError) -> None:
+    def _put(self, item: tuple[_Window, int] | BaseException) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(queue.Full):
                 self._ready.put(item, timeout=0.05)
@@ -519,7 +519,7 @@ class _Reader:
         if self._thread is None:
             return self._read()
         item = self._ready.get()
-        if isinstance(item, OSError):
+        if isinstance(item, BaseException):
             raise item
         return item
 
