@@ -175,12 +175,17 @@ def test_a_backup_syncs_its_packs_folder_once_before_the_index(
 
 def test_blob_buffers_are_taken_back_only_from_their_own() -> None:
     buffers = BlobBuffers()
-    first = buffers.take(1000)
-    assert len(first) == 1000 and len(first.obj) == 256 * 1024
+    first = buffers.take(200_000)
+    assert len(first) == 200_000 and len(first.obj) == 256 * 1024
     buffers.give_back([first, b"bytes from an old pack", memoryview(bytearray(4096))])
-    again = buffers.take(2000)
+    again = buffers.take(140_000)
     assert again.obj is first.obj  # the same memory, not a new allocation
-    assert buffers.take(2000).obj is not first.obj  # taken: not handed out twice
+    assert buffers.take(200_000).obj is not first.obj  # taken: not handed out twice
+    # A small blob (a small file's) gets its own buffer of its own size, not 256 KiB.
+    small = buffers.take(1000)
+    assert len(small) == 1000 and len(small.obj) == 1000
+    buffers.give_back([small])
+    assert buffers.take(1000).obj is not small.obj
 
 
 def test_blob_buffers_are_used_again_only_after_their_pack_is_written(

@@ -39,6 +39,7 @@ ZSTD_LEVEL: Final = 1
 _MAX_CHUNK: Final = 16 * 1024 * 1024
 _SAMPLE: Final = 32 * 1024
 _BLOB_ROUND: Final = 256 * 1024  # blob buffers come in multiples of this
+_BLOB_POOLED: Final = 128 * 1024  # smaller blobs: plain bytearrays (below glibc's mmap threshold)
 _BLOB_SPARE: Final = 96 * 1024 * 1024  # free blob buffers kept, in bytes
 
 
@@ -50,8 +51,9 @@ class BlobBuffers:
     """Buffers for sealed blobs, used again once their pack is written. A fresh page costs
     a fault: measured on the 2-core VM, a first backup of 512 MiB spent about 0.3 s of
     its 1.9 s of CPU faulting in and zeroing new blob memory (the allocator gives large
-    blocks back to the kernel when they are freed). Sizes are rounded up to multiples of
-    256 KiB; a blob takes a free buffer of its size or up to 3 steps larger."""
+    blocks back to the kernel when they are freed). Blobs of 128 KiB or more only, their
+    sizes rounded up to multiples of 256 KiB; a blob takes a free buffer of its size or up
+    to 3 steps larger."""
 
     def __init__(self) -> None:
         self._free: dict[int, list[_BlobBuffer]] = {}  # capacity in steps -> buffers
@@ -59,7 +61,10 @@ class BlobBuffers:
         self._lock = threading.Lock()
 
     def take(self, size: int) -> memoryview:
-        """`size` bytes of a free buffer, or of a new one."""
+        """`size` bytes of a free buffer, or of a new one; a small blob gets a buffer of
+        its own (the allocator keeps small blocks for reuse itself)."""
+        if size < _BLOB_POOLED:
+            return memoryview(bytearray(size))
         steps = -(-size // _BLOB_ROUND)
         with self._lock:
             for fits in range(steps, steps + 4):

@@ -377,6 +377,7 @@ class PackWriter:
 
         def written(_upload: Future[None]) -> None:
             buffers.give_back(parts)  # written, or failed: nobody reads them again
+            parts.clear()  # (the future keeps this callback)
 
         self._uploads[-1].add_done_callback(written)
 
