@@ -27,48 +27,58 @@ from pathlib import Path
 
 import httpx
 
+from backupvault.crypto import manifest
 from backupvault.deploy.local import LocalDeployment
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
-from backupvault.hsm.state import EntryId, EntryState
+from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.main import load_keys
-from backupvault.node.store import NodeStore
+from backupvault.node.store import NodeStore, share_record
 from backupvault.node.token import TokenSealer
 from backupvault.protocol import EntryStatus
-from bench.vault_e2e import NODES, PASSWORD, Fleet, TimingTransport, _recovery_times
+from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, TimingTransport, timed_recoveries
 
 BATCH = 5_000
 
 
-def _entry_value(i: int) -> bytes:
-    """A live entry of realistic size (OPAQUE record, wrapped key, KSF parameters)."""
-    state = EntryState(
-        status=EntryStatus.LIVE,
-        generation=1,
-        registration_nonce=os.urandom(32),
-        record=os.urandom(192),
-        ksf_params=os.urandom(24),
-        wrapped_root_key=os.urandom(60),
-        guess_limit=10,
-        version=2,
-    )
-    return ReplicatedValue([AppliedOp(i.to_bytes(16, "big"), 1)], state.to_bytes()).to_bytes()
+def _records(
+    index: int, entry: int, registration: manifest.Registration
+) -> tuple[AcceptorRecord, AcceptorRecord]:
+    """A live threshold entry of realistic size, as node `index` keeps it: the replicated
+    value (state with its manifest) and the node's own share row. Every filled entry
+    carries the same dealing (names differ); only the sizes matter here."""
+    encoded = registration.manifest.to_bytes()
+    state = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=encoded)
+    key = EntryId(f"fill{entry:08d}", "root-key").to_bytes()
+    value = ReplicatedValue([AppliedOp(entry.to_bytes(16, "big"), 1)], state.to_bytes())
+    row = NodeShare(1, registration.shares[index].to_bytes(), encoded, [])
+    return AcceptorRecord(key, 1, 0, 1, 0, value.to_bytes()), share_record(key, row)
 
 
 def _fill_node(root: Path, index: int, entries: int) -> None:
-    """Write `entries` records into one node's store, through `NodeStore.save` as the
+    """Write `entries` entries into one node's store, through `NodeStore.save` as the
     node's group commit does, and record its counter in the node's token."""
     description = FleetDescription.load(root / "fleet.toml")
     config = NodeConfig.load(LocalDeployment(root).node_config(index))
     keys = load_keys(config, description)
-    values = [_entry_value(i) for i in range(min(entries, 1000))]
+    registration = manifest.register(
+        PASSWORD.encode(),
+        os.urandom(32),
+        fleet_id=description.fleet_id,
+        account="fill",
+        entry="root-key",
+        epoch=0,
+        nodes=NODES,
+        threshold_count=NODES // 2 + 1,
+        ksf=FAST_KSF,
+        version=1,
+    )
     store = NodeStore(config.data_dir / "store.sqlite", index, keys.storage)
     for start in range(0, entries, BATCH):
         store.save(
-            AcceptorRecord(
-                EntryId(f"fill{i:08d}", "root-key").to_bytes(), 1, 0, 1, 0, values[i % 1000]
-            )
+            record
             for i in range(start, min(entries, start + BATCH))
+            for record in _records(index, i, registration)
         )
         if index == 0 and start % (20 * BATCH) == 0:
             print(f"  node0 filled {start:,} / {entries:,}", flush=True)
@@ -103,7 +113,7 @@ def _disk(root: Path, entries: int) -> dict[str, float]:
         (pages,) = conn.execute("PRAGMA page_count").fetchone()
         (page_size,) = conn.execute("PRAGMA page_size").fetchone()
         parts = conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name").fetchall()
-        (row,) = conn.execute("SELECT avg(length(row)) FROM record").fetchone()
+        (row,) = conn.execute("SELECT avg(length(row)) FROM record").fetchone()  # 2 per entry
     per = max(1, entries)
     found = {"total": int(pages) * int(page_size) / per, "sealed row": float(row or 0)}
     found.update({str(name): int(size) / per for name, size in parts})
@@ -112,15 +122,10 @@ def _disk(root: Path, entries: int) -> dict[str, float]:
 
 def _recovery_p50(fleet: Fleet, recoveries: int, register: bool = True) -> float:
     transport = TimingTransport(httpx.HTTPTransport())
-    client = fleet.client("bench-fill", "latency", transport)
+    vault = fleet.client("bench-fill", "latency", transport)
     if register:
-        client.register(PASSWORD, os.urandom(32))
-    for _ in range(3):
-        client.recover(PASSWORD)
-    transport.seconds.clear()
-    for _ in range(recoveries):
-        client.recover(PASSWORD)
-    return statistics.median(_recovery_times(transport)) * 1000
+        vault.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
+    return statistics.median(timed_recoveries(vault, transport, recoveries, warm_up=3)) * 1000
 
 
 def _wait_checked(fleet: Fleet, since: float) -> float:

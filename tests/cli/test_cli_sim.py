@@ -1,4 +1,5 @@
-"""`backupvault sim` passes the simulation's options on, `--leaderless` included."""
+"""`backupvault sim` passes the simulation's options on, `--leaderless` and `--hostile`
+included."""
 
 from __future__ import annotations
 
@@ -26,7 +27,7 @@ def stats(output: str) -> dict[str, int]:
 def test_help_lists_the_simulation_options() -> None:
     done = sim("--help")
     assert done.returncode == 0
-    for option in ("--seeds", "--seed", "--shrink", "--workers", "--leaderless"):
+    for option in ("--seeds", "--seed", "--shrink", "--workers", "--leaderless", "--hostile"):
         assert option in done.stdout
 
 
@@ -43,3 +44,12 @@ def test_an_unknown_option_is_a_usage_error() -> None:
     done = sim("--no-such-option")
     assert done.returncode == 2
     assert "no such option" in done.stderr.lower()
+
+
+def test_hostile_nodes_run_in_the_same_world() -> None:
+    done = sim("--seed", "2", "--nodes", "5", "--hostile", "2")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stats(done.stdout)["partials"] > 0
+    refused = sim("--seed", "2", "--hostile", "2")  # 2 of a 3-node fleet is a majority
+    assert refused.returncode == 2
+    assert "fewer than a majority" in refused.stderr

@@ -58,7 +58,8 @@ class FakeNode:
     hpke: NodePrivateKey
     signing: Ed25519PrivateKey
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
-    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`)
+    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
+    #: "unavailable_once" (the next evaluate answer is `fleet_unavailable`)
     mode: str = "ok"
     stale_manifest: bytes = b""
     manifest: bytes = b""
@@ -200,6 +201,9 @@ class FakeFleet:
                 return _error(ErrorCode.DESTROYED, "destroyed")
             if node.share is None:
                 return _error(ErrorCode.NOT_REGISTERED, "no entry")
+            if node.mode == "unavailable_once":
+                node.mode = "ok"
+                return _error(ErrorCode.FLEET_UNAVAILABLE, "not accepted itself yet; resend")
             if request.blinded != node.last_blinded:
                 if node.count >= LIMIT:
                     node.share, node.manifest, node.destroyed = None, b"", True

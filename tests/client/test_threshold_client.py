@@ -230,3 +230,16 @@ def test_manifests_that_do_not_reach_t_are_fetched_again(fleet: FakeFleet) -> No
     recovered = vault.recover("new", ksf_floor=FAST_KSF)
     assert recovered.root_key == RK
     assert fleet.nodes[3].seen.count("manifest") == before + 2  # the fan-out was resent
+
+
+def test_one_node_without_a_share_does_not_stop_the_resend_to_a_slow_one() -> None:
+    """Found by the simulation (seed 6000097): of three nodes, one had lost its share (a
+    wiped disk) and one had not accepted the attempt itself yet ("resend"); the refusal of
+    the first ended the evaluate fan-outs, so the right password failed with two nodes
+    able to answer. The resend goes on while t good partials can still come."""
+    fleet = FakeFleet(3)
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[0].share = None  # its share is gone
+    fleet.nodes[2].mode = "unavailable_once"
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK

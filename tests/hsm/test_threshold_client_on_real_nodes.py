@@ -1,6 +1,6 @@
 """The threshold client (client/threshold.py) against the real node side: each request is
 sealed by the client, opened with the node's own HPKE key and answered by that node's
-`ShareKeeper` on a real replica (sim/threshold.py), with the relay's fan-out in between.
+`ShareKeeper` on a real replica (sim/world.py), with the relay's fan-out in between.
 This checks that the two halves of the flow, built separately, agree byte for byte."""
 
 from __future__ import annotations
@@ -22,7 +22,8 @@ from backupvault.protocol import (
     SealedCopies,
     pad_response,
 )
-from backupvault.sim.threshold import EPOCH, FLEET_ID, SIM_KSF, ThresholdWorld
+from backupvault.sim.clients import SIM_KSF
+from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, threshold_world
 
 RK = bytes(range(32))
 LIMIT = 4
@@ -32,7 +33,7 @@ KEY = EntryId("alice", DEFAULT_ENTRY).to_bytes()
 class Bridge:
     """The relay's fan-out in front of the world's nodes."""
 
-    def __init__(self, world: ThresholdWorld) -> None:
+    def __init__(self, world: Simulation) -> None:
         self.world = world
         self.hpke = [NodePrivateKey.generate(Kem.X25519) for _ in range(world.nodes)]
 
@@ -71,7 +72,7 @@ class Bridge:
 
 @pytest.fixture
 def bridge() -> Bridge:
-    return Bridge(ThresholdWorld(5, LIMIT, seed=1))
+    return Bridge(threshold_world(5, LIMIT, seed=1))
 
 
 def test_register_recover_wrong_guesses_and_reset(bridge: Bridge) -> None:

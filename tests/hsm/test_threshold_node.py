@@ -32,13 +32,8 @@ from backupvault.protocol import (
     ResetResponse,
     pad_response,
 )
-from backupvault.sim.threshold import (
-    EPOCH,
-    FLEET_ID,
-    SIM_KSF,
-    ThresholdClient,
-    ThresholdWorld,
-)
+from backupvault.sim.clients import SIM_KSF
+from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, threshold_world
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
 
 RK = bytes(range(32))
@@ -50,23 +45,23 @@ def _code(answer: object) -> str:
 
 
 @pytest.fixture
-def world() -> ThresholdWorld:
-    return ThresholdWorld(limit=4)
+def world() -> Simulation:
+    return threshold_world(limit=4)
 
 
 @pytest.fixture
-def client(world: ThresholdWorld) -> ThresholdClient:
+def client(world: Simulation) -> ThresholdClient:
     client = ThresholdClient(world)
     _, acks = client.register(b"right", RK)
     assert acks == 5
     return client
 
 
-def _counts(world: ThresholdWorld, key: bytes) -> list[int]:
+def _counts(world: Simulation, key: bytes) -> list[int]:
     return [world.honest[i].rows[key].count for i in sorted(world.honest)]
 
 
-def test_register_recover_and_reset(world: ThresholdWorld, client: ThresholdClient) -> None:
+def test_register_recover_and_reset(world: Simulation, client: ThresholdClient) -> None:
     assert client.recover(b"wrong") is None
     assert _counts(world, client.key) == [1] * 5
     recovered = client.recover(b"right")
@@ -77,7 +72,7 @@ def test_register_recover_and_reset(world: ThresholdWorld, client: ThresholdClie
 
 
 def test_one_client_request_to_five_nodes_is_one_attempt(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     assert client.recover(b"wrong") is None
     for slot in range(5):
@@ -86,7 +81,7 @@ def test_one_client_request_to_five_nodes_is_one_attempt(
 
 
 def test_a_resend_is_answered_again_without_a_second_charge(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     _, blinded = oprf.blind(b"guess")
     request = EvaluateRequest("alice", "chat", 1, blinded, 5_000)
@@ -99,7 +94,7 @@ def test_a_resend_is_answered_again_without_a_second_charge(
 
 
 def test_a_replayed_request_with_an_older_clock_costs_nothing(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     _, old = oprf.blind(b"first")
     _, new = oprf.blind(b"second")
@@ -118,7 +113,7 @@ def test_a_replayed_request_with_an_older_clock_costs_nothing(
 
 
 def test_a_request_for_another_version_is_refused(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     _, blinded = oprf.blind(b"guess")
     answer = world.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 2, blinded, 5_000))
@@ -127,7 +122,7 @@ def test_a_request_for_another_version_is_refused(
 
 
 def test_count_at_limit_then_another_request_destroys_and_erases(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     for _ in range(4):
         assert client.recover(b"wrong") is None
@@ -140,7 +135,7 @@ def test_count_at_limit_then_another_request_destroys_and_erases(
 
 
 def test_a_share_with_a_wrong_index_or_failing_the_feldman_check_is_refused(
-    world: ThresholdWorld,
+    world: Simulation,
 ) -> None:
     registration = manifest.register(
         b"pw",
@@ -188,7 +183,7 @@ def test_a_share_with_a_wrong_index_or_failing_the_feldman_check_is_refused(
     ],
 )
 def test_a_manifest_for_another_epoch_fleet_or_entry_is_refused(
-    world: ThresholdWorld, field: str, value: object, message: str
+    world: Simulation, field: str, value: object, message: str
 ) -> None:
     registration = manifest.register(
         b"pw",
@@ -210,7 +205,7 @@ def test_a_manifest_for_another_epoch_fleet_or_entry_is_refused(
 
 
 def test_a_second_registration_does_not_replace_a_live_entry(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     before = world.honest[0].rows[client.key]
     intruder = ThresholdClient(world)
@@ -243,7 +238,7 @@ def _reset_request(
     )
 
 
-def test_reset_attacks_are_refused(world: ThresholdWorld, client: ThresholdClient) -> None:
+def test_reset_attacks_are_refused(world: Simulation, client: ThresholdClient) -> None:
     recovered = client.recover(b"right")
     assert recovered is not None
     export_key = recovered[0]
@@ -284,7 +279,7 @@ def test_reset_attacks_are_refused(world: ThresholdWorld, client: ThresholdClien
 
 
 def test_nodes_that_missed_the_reset_apply_it_from_the_replicated_value(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     recovered = client.recover(b"right")
     assert recovered is not None
@@ -308,14 +303,14 @@ def test_nodes_that_missed_the_reset_apply_it_from_the_replicated_value(
 
 
 def _accepted_state(
-    world: ThresholdWorld, client: ThresholdClient, blinded: bytes, attempt: int
+    world: Simulation, client: ThresholdClient, blinded: bytes, attempt: int
 ) -> ThresholdState:
     state = world.replicated(0, client.key)
     return state.with_(attempt=attempt, attempt_hash=owner.payload_hash(blinded))
 
 
 def test_a_second_b_for_an_answered_attempt_is_refused(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     _, first = oprf.blind(b"first")
     _, second = oprf.blind(b"second")
@@ -333,7 +328,7 @@ def test_a_second_b_for_an_answered_attempt_is_refused(
 
 
 def test_no_partial_for_a_value_this_node_did_not_accept_itself(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     _, blinded = oprf.blind(b"guess")
     keeper = world.honest[0].keeper
@@ -344,7 +339,7 @@ def test_no_partial_for_a_value_this_node_did_not_accept_itself(
     assert _code(answer.response) == ErrorCode.FLEET_UNAVAILABLE and answer.writes == ()
 
 
-def test_no_partial_before_commit(world: ThresholdWorld, client: ThresholdClient) -> None:
+def test_no_partial_before_commit(world: Simulation, client: ThresholdClient) -> None:
     """Node 0 is cut off from every peer: its own acceptor takes the attempt, no
     majority does, and no partial leaves (nor is anything counted)."""
     world.reachable = {0}
@@ -356,7 +351,7 @@ def test_no_partial_before_commit(world: ThresholdWorld, client: ThresholdClient
 
 
 def test_a_rolled_back_share_row_is_not_trusted_until_the_next_reset(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     old_disk = world.snapshot(0)
     for _ in range(2):
@@ -378,7 +373,7 @@ def test_a_rolled_back_share_row_is_not_trusted_until_the_next_reset(
 
 
 def test_delete_needs_the_owner_and_erases_every_share(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     recovered = client.recover(b"right")
     assert recovered is not None
@@ -396,7 +391,7 @@ def test_delete_needs_the_owner_and_erases_every_share(
 
 
 def test_manifest_is_read_without_a_round_and_a_stale_minority_is_outvoted(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     """`manifest` answers from the value each node holds (no consensus round). A password
     change commits on nodes 0-2 while 3 and 4 are cut off from their peers: those two
@@ -431,7 +426,7 @@ def test_manifest_is_read_without_a_round_and_a_stale_minority_is_outvoted(
         assert isinstance(answer, ManifestResponse) and answer.manifest == new
 
 
-def test_change_password_erases_old_shares(world: ThresholdWorld, client: ThresholdClient) -> None:
+def test_change_password_erases_old_shares(world: Simulation, client: ThresholdClient) -> None:
     recovered = client.recover(b"right")
     assert recovered is not None
     old_rows = {s: world.honest[s].rows[client.key] for s in range(5)}
@@ -449,7 +444,7 @@ def test_change_password_erases_old_shares(world: ThresholdWorld, client: Thresh
 
 def test_the_core_asserts_its_invariants() -> None:
     """A row with two B for one attempt, or a count above L, never reaches the disk."""
-    world = ThresholdWorld(limit=2)
+    world = threshold_world(limit=2)
     keeper: ShareKeeper = world.honest[0].keeper
     two = NodeShare(1, b"", b"", [Evaluation(1, bytes(32)), Evaluation(1, b"\x01" * 32)])
     with pytest.raises(AssertionError, match="two B"):
@@ -515,7 +510,7 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
 
 
 def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
-    world: ThresholdWorld, client: ThresholdClient
+    world: Simulation, client: ThresholdClient
 ) -> None:
     """Node 0 commits a genuine password change; node 1 is then sent the same new
     manifest with a forged authorization: the replicated value already holds M', but
@@ -568,7 +563,7 @@ def test_rows_not_yet_durable_are_never_dropped_from_memory() -> None:
     rows pass through the bounded cache, until the shell reports it durable; then the
     store answers for it."""
     store: dict[bytes, NodeShare] = {}
-    world = ThresholdWorld(limit=4)
+    world = threshold_world(limit=4)
     keeper = ShareKeeper(FLEET_ID, 0, world.shape, world.signing[0], store.get)
     written = keeper._write(b"first", NodeShare(1, b"", b"", [Evaluation(1, bytes(32))]))
     for i in range(ROWS_CACHED + 10):

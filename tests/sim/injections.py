@@ -3,6 +3,7 @@ simulation catches each one."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 from collections.abc import Callable
 from dataclasses import replace
@@ -10,63 +11,47 @@ from typing import Any
 
 import pytest
 
-from backupvault.codec import Message
-from backupvault.crypto import opaque
 from backupvault.fleet.messages import Accept, Accepted, AcceptorRecord, Ballot, Prepare
 from backupvault.fleet.replica import Effect, Replica
-from backupvault.hsm.firmware import Update, VaultFirmware, _destroyed
-from backupvault.hsm.state import EntryId, EntryState
-from backupvault.protocol import (
-    EntryStatus,
-    ErrorResponse,
-    RecoverFinishRequest,
-    RecoverStartRequest,
-)
-
-Reply = Callable[[], Message]
+from backupvault.hsm.shares import Answer, ShareKeeper, ThresholdUpdate
+from backupvault.hsm.state import ThresholdState
+from backupvault.protocol import EvaluateRequest
 
 
 def evaluate_before_commit(monkeypatch: pytest.MonkeyPatch) -> None:
-    """(a) The OPRF is evaluated while the increment is only proposed, not committed."""
+    """(a) The partial is evaluated while the attempt is only proposed, not committed, and
+    on the proposer's word alone (no acceptance of its own)."""
+    original = ShareKeeper._evaluate
 
-    def recover_start(self: VaultFirmware, request: RecoverStartRequest, now: float) -> Update:
-        ke1 = opaque.KE1.from_bytes(request.ke1)
+    def evaluate(self: ShareKeeper, request: EvaluateRequest) -> ThresholdUpdate:
+        update = original(self, request)
 
-        def apply(state: EntryState) -> tuple[EntryState, Reply]:
-            if state.status != EntryStatus.LIVE or state.attempts_used >= state.guess_limit:
-                return state, lambda: ErrorResponse("not_registered", "", 0)
-            counted = state.changed(
-                attempts_used=state.attempts_used + 1, attempt_seq=state.attempt_seq + 1
-            )
-            response = self._evaluate(request.account, request.entry, ke1, counted, now)
-            return counted, lambda: response
+        def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            new, build = update.apply(state)
+            if new.attempt != state.attempt:
+                self.on_accept(update.key, new.to_bytes())  # as if accepted already
+                answer = build()
+                return new, lambda: answer
+            return new, build
 
-        return Update(EntryId.of(request.account, request.entry).to_bytes(), apply)
+        return ThresholdUpdate(update.key, apply)
 
-    monkeypatch.setattr(VaultFirmware, "_recover_start", recover_start)
+    monkeypatch.setattr(ShareKeeper, "_evaluate", evaluate)
 
 
-def accept_stale_ke3(monkeypatch: pytest.MonkeyPatch) -> None:
-    """(b) recover-finish without the attempt_seq / success_seq check."""
+def replayed_evaluate_charged(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(b) The client's clock is not checked: a replayed evaluate (an older request the
+    relay kept) is charged as a new attempt for a B already paid for."""
+    original = ShareKeeper._evaluate
 
-    def recover_finish(self: VaultFirmware, request: RecoverFinishRequest, now: float) -> Update:
-        from backupvault.hsm.tickets import RecoveryTicket
+    def evaluate(self: ShareKeeper, request: EvaluateRequest) -> ThresholdUpdate:
+        def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            later = max(request.client_time_ms, state.attempt_client_time_ms + 1)
+            return original(self, dataclasses.replace(request, client_time_ms=later)).apply(state)
 
-        ticket = self._tickets.open(RecoveryTicket, request.recovery_ticket, now)
-        ke3 = opaque.KE3.from_bytes(request.ke3)
-        verified = ke3.client_mac == ticket.expected_client_mac
+        return ThresholdUpdate(original(self, request).key, apply)
 
-        def apply(state: EntryState) -> tuple[EntryState, Reply]:
-            if state.status != EntryStatus.LIVE:
-                return state, _destroyed
-            if not verified:
-                return state, lambda: ErrorResponse("wrong_password", "", 0)
-            released = state.changed(attempts_used=0, success_seq=ticket.attempt_seq)
-            return released, lambda: self._release(request, ticket, released, now)
-
-        return Update(EntryId.of(request.account, request.entry).to_bytes(), apply)
-
-    monkeypatch.setattr(VaultFirmware, "_recover_finish", recover_finish)
+    monkeypatch.setattr(ShareKeeper, "_evaluate", evaluate)
 
 
 def skip_catch_up(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,7 +104,7 @@ def leader_skips_base_check(monkeypatch: pytest.MonkeyPatch) -> None:
 
 BUGS = {
     "evaluate-before-commit": evaluate_before_commit,
-    "accept-stale-ke3": accept_stale_ke3,
+    "replayed-evaluate-charged": replayed_evaluate_charged,
     "skip-catch-up": skip_catch_up,
     "accept-lower-ballot": accept_lower_ballot,
     "leader-skips-base-check": leader_skips_base_check,

@@ -18,7 +18,7 @@ from backupvault.crypto import oprf, threshold
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import Answer, ShareKeeper, ShareWrite, error
-from backupvault.hsm.state import EntryState, Evaluation, ThresholdState
+from backupvault.hsm.state import Evaluation, ThresholdState
 from backupvault.protocol import (
     EntryStatus,
     ErrorCode,
@@ -27,12 +27,19 @@ from backupvault.protocol import (
     ManifestResponse,
     Op,
 )
-from backupvault.sim.threshold import Loot, ThresholdClient, ThresholdWorld, wrong_partial
+from backupvault.sim.world import (
+    Loot,
+    Simulation,
+    ThresholdClient,
+    threshold_world,
+    wrong_partial,
+)
 
 N, L = 5, 10
-HOSTILE = frozenset({3, 4})
+HOSTILE = 2  # the last two slots: 3 and 4
 HONEST = (0, 1, 2)
 RK = bytes(32)
+SILENT = lambda slot, op, request: None  # noqa: E731 - hostile nodes answer no client
 
 
 class EvaluatesAnyB(ShareKeeper):
@@ -63,12 +70,21 @@ class EvaluatesAnyB(ShareKeeper):
 
 
 def _setup(
-    keeper_class: type[ShareKeeper] = ShareKeeper, hostile: frozenset[int] = HOSTILE
-) -> tuple[ThresholdWorld, ThresholdClient, Loot]:
-    world = ThresholdWorld(N, L, hostile, seed=7, leader=False, keeper_class=keeper_class)
+    keeper_class: type[ShareKeeper] = ShareKeeper, hostile: int = HOSTILE, collect: bool = False
+) -> tuple[Simulation, ThresholdClient, Loot]:
+    world = threshold_world(
+        N,
+        L,
+        hostile,
+        seed=7,
+        leader=False,
+        keeper_class=keeper_class,
+        attacker=SILENT,
+        collect=collect,
+    )
     client = ThresholdClient(world)
     loot, acks = client.register(b"the right password", RK)
-    assert acks == N - len(hostile)
+    assert acks == N - hostile
     return world, client, loot
 
 
@@ -77,7 +93,7 @@ class Attacker:
     the account's tokens: it asks honest nodes for anything, one at a time, cut off from
     the other honest nodes, and combines each honest partial with its own."""
 
-    def __init__(self, world: ThresholdWorld, client: ThresholdClient, loot: Loot) -> None:
+    def __init__(self, world: Simulation, client: ThresholdClient, loot: Loot) -> None:
         self.world = world
         self.client = client
         self.loot = loot
@@ -173,27 +189,42 @@ def test_two_hostile_nodes_get_exactly_the_bound_of_30_outputs() -> None:
 
 
 def test_one_hostile_node_gets_exactly_the_bound_of_20_outputs() -> None:
-    world, client, loot = _setup(hostile=frozenset({4}))
+    world, client, loot = _setup(hostile=1)
     attacker = Attacker(world, client, loot)
     attacker.round_robin()
     assert len(attacker.outputs) == (N - 1) * L // (3 - 1) == 20
 
 
 def test_the_mutant_that_evaluates_any_b_is_caught() -> None:
-    world, client, loot = _setup(EvaluatesAnyB)
+    world, client, loot = _setup(EvaluatesAnyB, collect=True)
     attacker = Attacker(world, client, loot)
     for slot in HONEST:
         attacker.second_b_for_an_answered_attempt(slot)
     assert attacker.tricks == ["evaluated"] * 3
     attacker.round_robin()
     assert len(attacker.outputs) > 30
+    # The world's observer saw it too: a second B for an answered attempt at one node,
+    # and more combined outputs than the bound.
+    seen = {v.invariant for v in world.observer.violations}
+    assert {"one-b-per-attempt", "at-most-L-evaluations"} <= seen
+
+
+def test_the_honest_nodes_keep_the_observer_quiet() -> None:
+    """The same attack on honest nodes: the observer, collecting, records nothing."""
+    world, client, loot = _setup(collect=True)
+    attacker = Attacker(world, client, loot)
+    for slot in HONEST:
+        attacker.second_b_for_an_answered_attempt(slot)
+    attacker.round_robin()
+    assert world.observer.violations == []
+    assert world.observer.max_window == 30
 
 
 def test_with_no_hostile_node_a_hostile_relay_gets_exactly_l() -> None:
     """c = 0: the relay sends each guess's copies to chosen subsets, different B to
     different nodes for the same moment; it never gets more than L outputs (each needs
     t = 3 partials on one B), and the honest fan-out gets exactly L."""
-    world = ThresholdWorld(N, L, frozenset(), seed=11, leader=True)
+    world = threshold_world(N, L, 0, seed=11, leader=True)
     client = ThresholdClient(world)
     manifest_loot, acks = client.register(b"pw", RK)
     assert acks == N
@@ -209,7 +240,7 @@ def test_with_no_hostile_node_a_hostile_relay_gets_exactly_l() -> None:
         for position, slot in enumerate(split):
             blinded = b1 if position < 3 else b2
             answer = world.request(
-                slot, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, blinded, clock)
+                slot, Op.EVALUATE, EvaluateRequest("alice", client.entry, 1, blinded, clock)
             )
             if isinstance(answer, EvaluateResponse):
                 partials.setdefault(blinded, []).append(answer.partial())
@@ -222,7 +253,7 @@ def test_with_no_hostile_node_a_hostile_relay_gets_exactly_l() -> None:
             pass
     assert outputs <= L
     # The honest fan-out on a fresh entry: exactly L outputs, then destroyed.
-    honest = ThresholdClient(world, entry="other")
+    honest = ThresholdClient(world, account="other")
     honest.register(b"pw", RK)
     count = 0
     for _ in range(L + 2):
@@ -235,15 +266,15 @@ def test_with_no_hostile_node_a_hostile_relay_gets_exactly_l() -> None:
 
 
 def _forge(
-    world: ThresholdWorld, slot: int, key: bytes, value: bytes, round_step: int = 1
+    world: Simulation, slot: int, key: bytes, value: bytes, round_step: int = 1
 ) -> Message | None:
-    record = world.honest[slot].records.get(key)
+    record = world.honest[slot].disk.get(key)
     assert record is not None
     accept = Accept(b"forged", key, record.promised_round + round_step, 3, value, 3, False)
     return world.inject(3, slot, accept)
 
 
-def _value(state: ThresholdState | EntryState) -> bytes:
+def _value(state: ThresholdState) -> bytes:
     return ReplicatedValue([], state.to_bytes()).to_bytes()
 
 
@@ -253,7 +284,7 @@ def test_honest_acceptors_refuse_forged_values() -> None:
     assert recovered is not None
     assert client.recover(b"wrong") is None
     held = world.replicated(0, client.key)
-    other = ThresholdClient(world, entry="other")
+    other = ThresholdClient(world, account="other")
     other_loot, _ = other.register(b"x", RK)
     forged = {
         "lowered counter": held.with_(attempt=held.attempt - 1),
@@ -273,8 +304,9 @@ def test_honest_acceptors_refuse_forged_values() -> None:
     for name, state in forged.items():
         answer = _forge(world, 0, client.key, _value(state))
         assert isinstance(answer, Accepted) and not answer.ok, name
-    back_to_old_flow = EntryState(status=EntryStatus.EMPTY)
-    answer = _forge(world, 0, client.key, _value(back_to_old_flow))
+    # A value of the removed single-seed flow (tag 41: status EMPTY) over a live entry.
+    single_seed = ReplicatedValue([], bytes([41]) + bytes(8)).to_bytes()
+    answer = _forge(world, 0, client.key, single_seed)
     assert isinstance(answer, Accepted) and not answer.ok
     inflated = _forge(world, 0, client.key, _value(held), round_step=1 << 33)
     assert isinstance(inflated, Accepted) and not inflated.ok
@@ -286,7 +318,6 @@ def test_honest_acceptors_refuse_forged_values() -> None:
 
 
 def test_honest_users_recover_past_wrong_partials_and_forged_manifests() -> None:
-    world = ThresholdWorld(N, L, HOSTILE, seed=2, leader=False)
     rand = random.Random(9)
     forged_manifest: dict[str, bytes] = {}
 
@@ -297,10 +328,11 @@ def test_honest_users_recover_past_wrong_partials_and_forged_manifests() -> None
             return ManifestResponse(EntryStatus.LIVE, 1, forged_manifest["m"], L, L)
         return None
 
-    client = ThresholdClient(world, hostile_answer=hostile)
+    world = threshold_world(N, L, HOSTILE, seed=2, leader=False, attacker=hostile)
+    client = ThresholdClient(world)
     _, acks = client.register(b"pw", RK)
     assert acks == 3
-    decoy = ThresholdClient(ThresholdWorld(N, L, frozenset(), seed=4))
+    decoy = ThresholdClient(threshold_world(N, L, 0, seed=4))
     decoy_loot, _ = decoy.register(b"attacker knows this", RK)
     forged_manifest["m"] = decoy_loot.manifest.to_bytes()
     recovered = client.recover(b"pw")
@@ -308,6 +340,6 @@ def test_honest_users_recover_past_wrong_partials_and_forged_manifests() -> None
     assert client.last_rejected == (4, 5)  # the share indices of hostile nodes 3 and 4
     # With one honest node down as well, two hostile nodes cannot pass off their
     # manifest (2 < t identical answers): the client refuses, nothing is opened.
-    world.down.add(2)
+    world.crash(2)
     with pytest.raises(AuthenticationFailed, match="no manifest is returned identically"):
         client.recover(b"pw")

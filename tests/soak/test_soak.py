@@ -2,7 +2,8 @@
 behind fault-injecting proxies, concurrent clients, random minority faults for
 BACKUPVAULT_SOAK_SECONDS (default 30 in `make test`; the long run is
 `BACKUPVAULT_SOAK_SECONDS=600 pytest tests/soak`), then the invariant checks. Plus the
-client-side checks on their own, fed a planted double evaluation, so we know they can fail."""
+client-side checks on their own, fed a planted double output and a window over the limit,
+so we know they can fail."""
 
 from __future__ import annotations
 
@@ -65,7 +66,7 @@ def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     ), operations
     assert result["outcomes"].get("recover_right:ok", 0) >= 5
     assert result["figures"]["entries_destroyed_by_attack"] >= 1
-    assert result["figures"]["ke2_received"] >= 30
+    assert result["figures"]["outputs_received"] >= 30
     available = result["figures"]["availability"]
     assert available["operations"] == sum(operations.values())
     assert 0 < available["answered_in_time"] <= available["operations"]
@@ -75,7 +76,7 @@ def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) 
     clock = iter([0.0, 0.5, 1.0, 1.2, 2.0, 2.0 + AVAILABILITY_DEADLINE + 0.1])
     monkeypatch.setattr("backupvault.chaos.soak.time.monotonic", lambda: next(clock))
     tally = Tally()
-    for outcome in ("ok", "FleetUnavailable@recover-finish", "WrongPassword"):
+    for outcome in ("ok", "FleetUnavailable@evaluate", "WrongPassword"):
         tally.begin()
         tally.op("recover_right", outcome)
     figure = tally.availability()
@@ -84,34 +85,35 @@ def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) 
     assert figure["p99_seconds"] == round(AVAILABILITY_DEADLINE + 0.1, 3)
 
 
-def test_ghost_flags_an_evaluation_not_paid_by_its_own_guess() -> None:
+def test_ghost_flags_an_output_not_paid_by_its_own_attempt() -> None:
     tally = Tally()
     ghost = EntryGhost("a", "e", False, bytes(32), "pw")
-    for remaining in (9, 8, 6):  # a gap: a KE2 the client never saw (a lost answer)
-        ghost.on_ke2(remaining, tally)
+    for attempt in (1, 2, 4):  # a gap: an attempt the client got no output for (lost)
+        ghost.on_output(attempt, tally)
     assert tally.violations == []
-    ghost.on_ke2(6, tally)  # the same counter value twice: one guess paid for two KE2s
-    assert len(tally.violations) == 1 and "no success between" in tally.violations[0]
+    assert (ghost.hidden_guesses, ghost.outputs) == (1, 3)
+    ghost.on_output(4, tally)  # the same attempt answered twice: one guess, two outputs
+    assert len(tally.violations) == 1 and "after one for attempt 4" in tally.violations[0]
 
 
-def test_ghost_accepts_a_reset_only_after_a_possible_success() -> None:
+def test_ghost_starts_the_window_again_at_a_success() -> None:
     tally = Tally()
     ghost = EntryGhost("a", "e", False, bytes(32), "pw")
-    ghost.on_ke2(9, tally)
-    ghost.possible_reset = True  # a KE3 whose answer was lost
-    ghost.on_ke2(9, tally)
-    ghost.on_success()
-    ghost.on_ke2(GUESS_LIMIT - 1, tally)
-    assert tally.violations == []
-    ghost.on_ke2(GUESS_LIMIT, tally)  # more guesses left than the limit allows
-    assert any("guesses_remaining=10" in v for v in tally.violations)
+    for attempt in range(1, GUESS_LIMIT + 1):
+        ghost.on_output(attempt, tally)
+    ghost.on_success(GUESS_LIMIT)
+    ghost.on_output(2 * GUESS_LIMIT, tally)  # L attempts after the success: allowed
+    assert tally.violations == [] and ghost.max_window == GUESS_LIMIT
+    ghost.on_success(2 * GUESS_LIMIT)
+    ghost.on_output(3 * GUESS_LIMIT + 1, tally)  # L + 1 after it: one guess too many
+    assert any(f"{GUESS_LIMIT + 1} attempts after the success" in v for v in tally.violations)
 
 
-def test_ghost_flags_more_than_limit_evaluations_between_successes() -> None:
+def test_ghost_flags_more_than_limit_attempts_in_a_window() -> None:
     tally = Tally()
     ghost = EntryGhost("a", "e", True, bytes(32), "pw")
-    for remaining in range(GUESS_LIMIT - 1, -1, -1):
-        ghost.on_ke2(remaining, tally)
+    for attempt in range(1, GUESS_LIMIT + 1):
+        ghost.on_output(attempt, tally)
     assert tally.violations == []
-    ghost.on_ke2(0, tally)
-    assert any(f"{GUESS_LIMIT + 1} KE2s" in v for v in tally.violations)
+    ghost.on_output(GUESS_LIMIT + 1, tally)
+    assert any(f"limit {GUESS_LIMIT}" in v for v in tally.violations)

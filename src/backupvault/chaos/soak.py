@@ -1,6 +1,7 @@
 """The chaos soak: a real local fleet (5 node processes + relay) behind fault-injecting
-proxies, many concurrent SDK clients for a set time, a chaos driver that kills, restarts,
-cuts off, slows and stalls a random minority of nodes, and checks at the end.
+proxies, many concurrent SDK clients on the threshold vault (client/threshold.py) for a set
+time, a chaos driver that kills, restarts, cuts off, slows and stalls a random minority of
+nodes, and checks at the end.
 
 Layout of a run (see docs/soak.md):
 
@@ -14,17 +15,20 @@ proxies. Nodes still listen on the ports of their own node<i>.toml. The top-leve
 fleet.toml keeps the direct URLs: the driver uses it (through `LocalDeployment.status`) to
 watch each node's own health and counters, whatever the proxies do.
 
-Checks after healing every fault and waiting for every node to be ready:
+No node is hostile here, so consensus numbers every attempt and the bound is exactly L
+per window (docs/threshold.md). Checks after healing every fault and waiting for every
+node to be ready:
 
 1. no lost registration: every entry whose registration was confirmed is LIVE through the
-   fleet, and every node's disk holds its record (after repair/catch-up);
-2. no guess beyond the limit: per entry, the KE2s a client received between two successes
-   never exceeded L and their `guesses_remaining` strictly decreased (no increment paid for
-   two evaluations); on every node's disk `attempt_seq - success_seq <= L`; the KE2s
-   received for an entry never exceed its `attempt_seq`; OPRF evaluations counted by the
-   nodes (summed over processes and restarts) never exceed the sum of `attempt_seq`;
+   fleet (attacked ones DESTROYED), and every node's disk holds it, all agreeing;
+2. no guess beyond the limit: each combined OPRF output a client gets answers its own
+   attempt number (one output per attempt, numbers rising), at most L attempts after the
+   last success; on every node's disk `attempts_used <= L`, and a destroyed entry used
+   exactly L; the outputs a client got never exceed the entry's attempts; each node's
+   evaluations (summed over restarts) never exceed the attempts of all entries;
 3. every success is real: every recovered root key equals the registered one; a wrong
-   password never recovers; a right one is never refused with wrong_password.
+   password never recovers; a right one is never refused; a destroyed entry stays
+   destroyed.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ import tempfile
 import threading
 import time
 import tomllib
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections import Counter, defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -62,18 +66,20 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
-from backupvault.client.vault import VaultClient
+from backupvault.client.threshold import ThresholdRecovery, ThresholdVault
+from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import ksf
 from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDeployment
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
-from backupvault.protocol import EntryStatus, Op, RecoverStartResponse
+from backupvault.protocol import EntryStatus, EvaluateResponse, Op
 from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
 
 T = TypeVar("T", bound=Message)
 
 NODES = 5
+#: The per-node limit L (the fleet's default); with no hostile node, the bound per window.
 GUESS_LIMIT = 10
 #: An operation counts as available when it is answered within this long of its start
 #: (the issue's goal: 99 % of operations, with at most a minority of nodes faulty).
@@ -86,7 +92,7 @@ FAST_KSF = ksf.Argon2idParams(
 
 #: Relay settings for the soak: every client has its own account, but runs flat out; the
 #: default per-account limit would make most requests 429s. A node gives up on a proposal
-#: after 4 s, so the relay waits a little longer than that before trying another node.
+#: after 4 s, so the relay waits a little longer than that.
 RELAY_SETTINGS: dict[str, Any] = {
     "burst": 100_000,
     "rate_per_minute": 6_000_000.0,
@@ -154,28 +160,42 @@ class Tally:
     #: start, and every operation's duration in seconds.
     answered_in_time: int = 0
     durations: list[float] = field(default_factory=list)
+    #: Operations not answered in time, by "kind:outcome" (where availability is lost).
+    late: Counter[str] = field(default_factory=Counter)
+    #: The first errors' messages (which nodes did not answer, and why).
+    samples: list[str] = field(default_factory=list)
+    #: Their time, by the fan-out it was spent in (the rest: the client's pauses, crypto).
+    late_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     _began: threading.local = field(default_factory=threading.local)
 
     def begin(self) -> None:
         """This thread starts an operation now (its `op` call ends it)."""
         self._began.at = time.monotonic()
 
-    def op(self, kind: str, outcome: str) -> None:
+    def op(self, kind: str, outcome: str, spent: dict[str, float] | None = None) -> None:
+        """End this thread's operation; `spent`: its seconds by fan-out (then cleared)."""
         now = time.monotonic()
         took = now - getattr(self._began, "at", now)
+        by_fanout = dict(spent or {})
+        if spent is not None:
+            spent.clear()
         with self.lock:
             self.operations[kind] += 1
             self.outcomes[f"{kind}:{outcome}"] += 1
             self.durations.append(took)
             if "@" not in outcome and took <= AVAILABILITY_DEADLINE:
                 self.answered_in_time += 1
+            else:
+                self.late[f"{kind}:{outcome}"] += 1
+                for fanout, seconds in by_fanout.items():
+                    self.late_seconds[fanout] += seconds
             if "@" not in outcome:  # not a failure (those are named "error@request")
                 self.longest_without_answer = max(
                     self.longest_without_answer, now - self.last_answer
                 )
                 self.last_answer = now
 
-    def availability(self) -> dict[str, float | int]:
+    def availability(self) -> dict[str, Any]:
         """The share of operations answered within the deadline (the issue's goal: 99 %
         with at most a minority of nodes faulty), with the durations' p50 and p99."""
         with self.lock:
@@ -194,15 +214,21 @@ class Tally:
             "share": round(self.answered_in_time / total, 4) if total else 0.0,
             "p50_seconds": at(0.5),
             "p99_seconds": at(0.99),
+            "not_in_time": dict(self.late.most_common()),
+            "not_in_time_seconds_by_fanout": {
+                k: round(v, 1) for k, v in sorted(self.late_seconds.items(), key=lambda x: -x[1])
+            },
         }
 
     def answered(self) -> int:
         with self.lock:
             return sum(v for k, v in self.outcomes.items() if "@" not in k)
 
-    def error(self, name: str) -> None:
+    def error(self, name: str, message: str = "") -> None:
         with self.lock:
             self.errors[name] += 1
+            if message and len(self.samples) < 40:
+                self.samples.append(message)
 
     def violation(self, text: str) -> None:
         with self.lock:
@@ -214,8 +240,6 @@ def error_name(err: Exception) -> str:
     """A short, stable name for an error seen by a client."""
     if type(err) is VaultError:
         message = err.message
-        if "no longer the latest" in message or "changed since your recovery" in message:
-            return "StaleAttempt"
         if "relay answered 502" in message:
             return "BadNodeAnswer"
         return f"VaultError({message[:60]})"
@@ -228,11 +252,11 @@ TRANSIENT = (FleetUnavailable, RateLimited)
 
 
 def transient(err: Exception) -> bool:
-    return isinstance(err, TRANSIENT) or error_name(err) in ("StaleAttempt",)
+    return isinstance(err, TRANSIENT)
 
 
 def _failed(err: Exception, client: TracingVaultClient) -> str:
-    """An outcome name for a failed operation: the error, and the request it failed at."""
+    """An outcome name for a failed operation: the error, and the fan-out it failed at."""
     return f"{error_name(err)}@{client.current_op}"
 
 
@@ -241,7 +265,8 @@ def _failed(err: Exception, client: TracingVaultClient) -> str:
 
 @dataclass
 class EntryGhost:
-    """What the client knows about its entry: keys, passwords, and every KE2 it received."""
+    """What the client knows about its entry: keys, passwords, and the attempt number of
+    every combined OPRF output it got (each node's partial names the attempt it counted)."""
 
     account: str
     entry: str
@@ -250,81 +275,114 @@ class EntryGhost:
     password: str
     #: After a password change whose answer was lost: the passwords it may have now.
     candidates: list[str] = field(default_factory=list)
-    told_done: bool = False  # the fleet answered the registration with "done"
-    registered: bool = False  # confirmed registered (told done, or already-registered)
+    told_done: bool = False  # the fleet answered the registration with every share held
+    registered: bool = False  # confirmed registered (t acknowledgements, or already-registered)
     destroyed: bool = False  # the fleet said destroyed
-    #: guesses_remaining of each KE2 received since the last known success.
-    interval: list[int] = field(default_factory=list)
-    #: A success may have happened whose answer was lost (a KE3 or password change).
-    possible_reset: bool = False
-    ke2_total: int = 0
+    #: Told "destroyed" with an output (its L-th attempt): the replicated state turns
+    #: DESTROYED only at the next request, so the fleet may still call it LIVE until then.
+    exhausted: bool = False
+    #: The attempt of the last known success (the window's start). A reset that reached no
+    #: node leaves the fleet's window starting earlier, so `attempt - base <= L` still
+    #: holds; a password change restarts it at the same attempt.
+    base: int = 0
+    #: The attempt of the latest output or success: a new output must answer a later one.
+    last_attempt: int = 0
+    outputs: int = 0  # combined outputs (right or wrong password) received
     successes: int = 0
     wrong_answers: int = 0  # WrongPassword answers since the last success
     charged: int = 0  # guesses the client believes used since the last success
-    max_interval: int = 0
-    #: Guesses the fleet charged that no KE2 the client received paid for (gaps in the
-    #: falling guesses_remaining): lost answers, the relay's retries, double charges.
+    max_window: int = 0  # the most attempts after a success at which it got an output
+    #: Attempts the fleet counted that no output the client received answered (gaps in the
+    #: attempt numbers): answers lost to faults, fan-outs that got fewer than t partials.
     hidden_guesses: int = 0
-    #: Of those, gaps that appeared while the client had seen no error since its last KE2.
+    #: Of those, gaps that appeared while the client had seen no error since its last output.
     hidden_without_error: int = 0
-    errors_since_ke2: int = 0
+    errors_since_output: int = 0
 
     @property
     def key(self) -> tuple[str, str]:
         return (self.account, self.entry)
 
-    def on_ke2(self, remaining: int, tally: Tally) -> None:
-        self.ke2_total += 1
+    def on_output(self, attempt: int, tally: Tally) -> None:
+        """The client combined t partials, all for `attempt`."""
+        self.outputs += 1
         where = f"{self.account}/{self.entry}"
-        if not 0 <= remaining < GUESS_LIMIT:
+        if attempt <= self.last_attempt:
             tally.violation(
-                f"{where}: KE2 with guesses_remaining={remaining} (limit {GUESS_LIMIT})"
+                f"{where}: an output for attempt {attempt} after one for attempt "
+                f"{self.last_attempt} (an evaluation not paid for by its own attempt)"
             )
-        if self.interval and self.possible_reset and remaining >= self.interval[-1]:
-            self.interval = []  # the lost success did happen
-        elif self.interval and remaining >= self.interval[-1]:
-            tally.violation(
-                f"{where}: KE2 guesses_remaining {remaining} after {self.interval[-1]} with no "
-                "success between (an evaluation not paid for by its own guess)"
-            )
-        expected = self.interval[-1] - 1 if self.interval else GUESS_LIMIT - 1
-        gap = expected - remaining
-        if gap > 0 and not self.possible_reset:
+        gap = attempt - self.last_attempt - 1
+        if gap > 0:
             self.hidden_guesses += gap
-            if self.errors_since_ke2 == 0:
+            if self.errors_since_output == 0:
                 self.hidden_without_error += gap
-        self.errors_since_ke2 = 0
-        self.possible_reset = False
-        self.interval.append(remaining)
-        self.charged = GUESS_LIMIT - remaining
-        self.max_interval = max(self.max_interval, len(self.interval))
-        if len(self.interval) > GUESS_LIMIT:
-            tally.violation(f"{where}: {len(self.interval)} KE2s between two successes")
+        self.errors_since_output = 0
+        self.last_attempt = max(self.last_attempt, attempt)
+        window = attempt - self.base
+        self.max_window = max(self.max_window, window)
+        self.charged = max(self.charged, window)
+        if window > GUESS_LIMIT:
+            tally.violation(
+                f"{where}: an output for attempt {attempt}, {window} attempts after the "
+                f"success at attempt {self.base} (limit {GUESS_LIMIT})"
+            )
 
-    def on_success(self) -> None:
-        self.interval = []
-        self.possible_reset = False
+    def on_success(self, attempt: int) -> None:
+        """The owner proved the password at `attempt`: the window starts again there."""
+        self.base = attempt
+        self.last_attempt = max(self.last_attempt, attempt)
         self.successes += 1
         self.wrong_answers = 0
         self.charged = 0
 
 
 class TracingVaultClient(VaultClient):
-    """The SDK client, reporting every KE2 it receives (and which operation is in flight)
-    to the entry's ghost state. Only observes: requests and answers are unchanged."""
+    """The SDK's transport, reporting which fan-out is in flight and every node's partial
+    evaluation (the attempt it counted) for the recovery under way. Only observes: requests
+    and answers are unchanged. Built from the client a `FleetSession` made, so the soak
+    sets up its clients exactly as the SDK does."""
 
-    def __init__(self, *args: Any, ghost: EntryGhost, tally: Tally, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.ghost = ghost
-        self.tally = tally
+    def __init__(self, base: VaultClient) -> None:
+        vars(self).update(vars(base))
         self.current_op: Op | None = None
+        #: Node index -> attempt of its partial, since `begin_recovery`.
+        self.partials: dict[int, int] = {}
+        #: Seconds spent in each kind of fan-out, since the client's last operation ended.
+        self.seconds: dict[str, float] = defaultdict(float)
 
-    def _call(self, op: Op, request: Message, kind: type[T], resends: int = 0) -> T:
+    def begin_recovery(self) -> None:
+        self.partials = {}
+
+    def call_each(
+        self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0
+    ) -> list[NodeOutcome[T]]:
         self.current_op = op
-        response = super()._call(op, request, kind, resends)
-        if isinstance(response, RecoverStartResponse):
-            self.ghost.on_ke2(response.guesses_remaining, self.tally)
-        return response
+        started = time.monotonic()
+        outcomes = super().call_each(op, requests, kind, resends)
+        self.seconds[str(op)] += time.monotonic() - started
+        for outcome in outcomes:
+            if isinstance(outcome.response, EvaluateResponse):
+                self.partials.setdefault(outcome.index, outcome.response.attempt)
+        return outcomes
+
+    def output_attempt(self, threshold: int, tally: Tally, where: str) -> int | None:
+        """The attempt the recovery under way combined an output for (None: fewer than t
+        partials, so no output). Every partial for one blinded element names one attempt."""
+        if len(self.partials) < threshold:
+            return None
+        attempts = set(self.partials.values())
+        if len(attempts) > 1:
+            tally.violation(f"{where}: one blinded element counted as attempts {sorted(attempts)}")
+        return max(attempts)
+
+
+@dataclass
+class GhostClient:
+    """An entry's threshold vault and the transport that traces it."""
+
+    vault: ThresholdVault
+    trace: TracingVaultClient
 
 
 # ---- the deployment behind proxies -------------------------------------------------------------
@@ -365,11 +423,24 @@ class Counters:
             self.last[node] = {}
 
     def total(self, name: str) -> int:
+        return sum(self.of(i, name) for i in self.urls)
+
+    def of(self, node: int, name: str) -> int:
+        """Node `node`'s counter `name`, summed over its processes."""
         with self.lock:
-            return sum(self.done[i][name] + self.last[i].get(name, 0) for i in self.urls)
+            return self.done[node][name] + self.last[node].get(name, 0)
 
     def close(self) -> None:
         self._http.close()
+
+
+#: Prints a node's `inspect_store` as JSON (argument: the node's config file).
+DUMP_SCRIPT = (
+    "import json, sys; from pathlib import Path; "
+    "from backupvault.node.config import NodeConfig; "
+    "from backupvault.node.main import inspect_store; "
+    "print(json.dumps(inspect_store(NodeConfig.load(Path(sys.argv[1])))))"
+)
 
 
 class ProxiedFleet:
@@ -458,23 +529,22 @@ class ProxiedFleet:
         audience = fleet_audience(self.client_config.fleet_id)
         return mint_token(operator, account, issuer=ISSUER, audience=audience, ttl_seconds=86400)
 
-    def client(self, ghost: EntryGhost, tally: Tally, http: httpx.Client) -> TracingVaultClient:
+    def client(self, ghost: EntryGhost, http: httpx.Client) -> GhostClient:
+        """The entry's threshold vault through the SDK (`ClientConfig.session`, pinned
+        keys), its transport traced."""
         config = self.client_config
         assert config is not None
-        return TracingVaultClient(
-            config.relay_url,
-            self.token(ghost.account),
-            ghost.account,
-            config.fleet_id,
-            config.node_public_keys,
-            config.opaque_server_public_key,
-            entry=ghost.entry,
-            ksf_params=FAST_KSF,
-            http=http,
+        own = replace(
+            config,
+            account=ghost.account,
+            token=self.token(ghost.account),
             fleet_token=self.fleet_token(ghost.account),
-            ghost=ghost,
-            tally=tally,
+            entry=ghost.entry,
         )
+        vault = own.session(ksf_params=FAST_KSF, http=http).threshold
+        trace = TracingVaultClient(vault.vault)
+        vault.vault = trace
+        return GhostClient(vault, trace)
 
     def node_ready(self, index: int) -> bool:
         try:
@@ -499,19 +569,12 @@ class ProxiedFleet:
         return [self.pool.links[("relay", f"node{index}")]]
 
     def dump(self, index: int) -> list[dict[str, Any]]:
-        """Every entry on node `index`'s disk (`backupvault node inspect`)."""
+        """Every entry on node `index`'s disk, as `backupvault node inspect` reads it (its
+        `inspect_store`, in a process of its own: the node's token needs its SoftHSM2
+        configuration in the environment)."""
         env = softhsm_env(self.root / f"node{index}" / "hsm" / "softhsm2.conf")
         done = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "backupvault",
-                "--json",
-                "node",
-                "inspect",
-                "--config",
-                str(self.deployment.node_config(index)),
-            ],
+            [sys.executable, "-c", DUMP_SCRIPT, str(self.deployment.node_config(index))],
             env=env,
             capture_output=True,
             text=True,
@@ -520,7 +583,7 @@ class ProxiedFleet:
         )
         if done.returncode != 0:
             raise RuntimeError(f"dumping node {index} failed: {done.stderr.strip()[-500:]}")
-        data: list[dict[str, Any]] = json.loads(done.stdout)["entries"]
+        data: list[dict[str, Any]] = json.loads(done.stdout)
         return data
 
 
@@ -646,6 +709,24 @@ def _password(rng: random.Random) -> str:
     return "pw-" + "".join(rng.choice("abcdefghijkmnpqrstuvwxyz23456789") for _ in range(16))
 
 
+def recover_traced(
+    ghost: EntryGhost, client: GhostClient, password: str, tally: Tally
+) -> ThresholdRecovery:
+    """One threshold recovery; the output it combined (if any) goes to the ghost, whatever
+    the recovery ends with (a wrong password and a destruction at 0 are outputs too)."""
+    client.trace.begin_recovery()
+    try:
+        found = client.vault.recover(password, ksf_floor=FAST_KSF)
+    finally:
+        where = f"{ghost.account}/{ghost.entry}"
+        attempt = client.trace.output_attempt(client.vault.t, tally, where)
+        if attempt is not None:
+            ghost.on_output(attempt, tally)
+    if found.attempt != attempt:
+        tally.violation(f"{where}: recovered at attempt {found.attempt}, partials for {attempt}")
+    return found
+
+
 class Worker:
     """One client thread: its own account; a normal client owns one entry and mixes right
     and wrong recoveries, status and password changes; an attacker registers an entry and
@@ -671,11 +752,11 @@ class Worker:
         self.account = f"soak-{'attacker' if attacker else 'user'}-{index}"
         self.http = httpx.Client(timeout=httpx.Timeout(45.0, connect=5.0))
 
-    def _new_ghost(self, entry: str) -> tuple[EntryGhost, TracingVaultClient]:
+    def _new_ghost(self, entry: str) -> tuple[EntryGhost, GhostClient]:
         ghost = EntryGhost(self.account, entry, self.attacker, os.urandom(32), _password(self.rng))
         with self.ghosts_lock:
             self.ghosts.append(ghost)
-        return ghost, self.fleet.client(ghost, self.tally, self.http)
+        return ghost, self.fleet.client(ghost, self.http)
 
     def run(self, stop: threading.Event) -> None:
         try:
@@ -689,37 +770,38 @@ class Worker:
             self.http.close()
 
     def _pause_after(self, err: Exception, stop: threading.Event, ghost: EntryGhost) -> None:
-        ghost.errors_since_ke2 += 1
-        self.tally.error(error_name(err))
+        ghost.errors_since_output += 1
+        self.tally.error(error_name(err), f"{ghost.account}/{ghost.entry}: {err}")
         stop.wait(self.rng.uniform(0.05, 0.3))
 
-    def _register(
-        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
-    ) -> bool:
+    def _register(self, ghost: EntryGhost, client: GhostClient, stop: threading.Event) -> bool:
         tried = False
         while not stop.is_set():
             self.tally.begin()
             try:
-                client.register(ghost.password, ghost.root_key)
+                client.vault.register(ghost.password, ghost.root_key, ksf=FAST_KSF)
             except AlreadyRegistered:
-                # An earlier try (ours, or the relay's retry on another node after a lost
-                # answer) committed: same password, same root key, so it is the registration
-                # we wanted. Not "told done": the final checks recover it like any other.
-                self.tally.op("register", "already_registered" if tried else "already_first")
+                # An earlier try of ours committed its manifest: same password, same root
+                # key. Not "told done": the final checks recover it like any other.
+                self.tally.op(
+                    "register",
+                    "already_registered" if tried else "already_first",
+                    client.trace.seconds,
+                )
                 ghost.registered = True
                 return True
             except (WrongPassword, Destroyed, NotRegistered) as err:
                 self.tally.violation(f"{ghost.account}/{ghost.entry}: register got {err!r}")
                 return False
             except VaultError as err:
-                self.tally.op("register", _failed(err, client))
+                self.tally.op("register", _failed(err, client.trace), client.trace.seconds)
                 if not transient(err):
                     self.tally.violation(f"{ghost.account}/{ghost.entry}: register: {err!r}")
                     return False
-                tried = tried or client.current_op is Op.REGISTER_FINISH
+                tried = True
                 self._pause_after(err, stop, ghost)
                 continue
-            self.tally.op("register", "ok")
+            self.tally.op("register", "ok", client.trace.seconds)
             ghost.told_done = ghost.registered = True
             return True
         return False
@@ -759,120 +841,118 @@ class Worker:
                 self._change_password(ghost, client, stop)
 
     def _right_recovery(
-        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+        self, ghost: EntryGhost, client: GhostClient, stop: threading.Event
     ) -> None:
         self.tally.begin()
         password = ghost.candidates[0] if ghost.candidates else ghost.password
         where = f"{ghost.account}/{ghost.entry}"
-        seen = ghost.ke2_total
         try:
-            root_key = client.recover(password).root_key
+            found = recover_traced(ghost, client, password, self.tally)
         except WrongPassword as err:
             if ghost.candidates:
                 # The password change whose answer was lost did not happen after all.
-                ghost.candidates.pop(0)
-                ghost.password = ghost.candidates[0]
+                ghost.password = ghost.candidates[1]
                 ghost.candidates = []
                 ghost.wrong_answers += 1
-                self.tally.op("recover_right", "resolved_lost_password_change")
+                self.tally.op(
+                    "recover_right", "resolved_lost_password_change", client.trace.seconds
+                )
                 return
-            self.tally.op("recover_right", "WrongPassword")
+            self.tally.op("recover_right", "WrongPassword", client.trace.seconds)
             self.tally.violation(f"{where}: the right password was refused: {err!r}")
             return
         except Destroyed as err:
-            self.tally.op("recover_right", "Destroyed")
-            self.tally.violation(f"{where}: a registered entry was destroyed: {err!r}")
+            self.tally.op("recover_right", "Destroyed", client.trace.seconds)
+            self.tally.violation(
+                f"{where}: a registered entry was destroyed (last attempt {ghost.last_attempt},"
+                f" last success at {ghost.base}, {ghost.hidden_guesses} attempts without an"
+                f" output so far): {err!r}"
+            )
             ghost.destroyed = True
             return
         except NotRegistered as err:
-            self.tally.op("recover_right", "NotRegistered")
+            self.tally.op("recover_right", "NotRegistered", client.trace.seconds)
             self.tally.violation(f"{where}: registration lost: {err!r}")
             ghost.destroyed = True
             return
         except VaultError as err:
-            self.tally.op("recover_right", _failed(err, client))
+            self.tally.op("recover_right", _failed(err, client.trace), client.trace.seconds)
             if not transient(err):
                 self.tally.violation(f"{where}: right-password recovery: {err!r}")
-            if ghost.ke2_total > seen and client.current_op is Op.RECOVER_FINISH:
-                ghost.possible_reset = True  # the KE3 may have committed
-            else:
-                ghost.charged += 1  # the KE1 may have been counted
+            ghost.charged += 1  # the attempt may have been counted
             self._pause_after(err, stop, ghost)
             return
-        if root_key != ghost.root_key:
-            self.tally.op("recover_right", "WRONG_ROOT_KEY")
+        if found.root_key != ghost.root_key:
+            self.tally.op("recover_right", "WRONG_ROOT_KEY", client.trace.seconds)
             self.tally.violation(f"{where}: recovered a root key that was never registered")
             return
-        self.tally.op("recover_right", "ok")
+        self.tally.op("recover_right", "ok", client.trace.seconds)
         if ghost.candidates:
             ghost.password, ghost.candidates = password, []
-        ghost.on_success()
+        ghost.on_success(found.attempt)
 
     def _wrong_recovery(
-        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+        self, ghost: EntryGhost, client: GhostClient, stop: threading.Event
     ) -> None:
         self.tally.begin()
         where = f"{ghost.account}/{ghost.entry}"
         kind = "attack_guess" if ghost.attacker else "recover_wrong"
+        outputs = ghost.outputs
         try:
-            root_key = client.recover(_password(self.rng) + "-wrong").root_key
+            found = recover_traced(ghost, client, _password(self.rng) + "-wrong", self.tally)
         except WrongPassword as err:
-            self.tally.op(kind, "WrongPassword")
+            self.tally.op(kind, "WrongPassword", client.trace.seconds)
             ghost.wrong_answers += 1
-            ghost.charged = GUESS_LIMIT - err.guesses_remaining
+            ghost.charged = max(ghost.charged, GUESS_LIMIT - err.guesses_remaining)
             if ghost.wrong_answers > GUESS_LIMIT:
                 self.tally.violation(f"{where}: {ghost.wrong_answers} wrong answers since success")
             return
         except Destroyed:
-            self.tally.op(kind, "Destroyed")
+            self.tally.op(kind, "Destroyed", client.trace.seconds)
             if not ghost.attacker:
-                self.tally.violation(f"{where}: destroyed while the user had guesses left")
+                self.tally.violation(
+                    f"{where}: destroyed while the user had guesses left (last attempt "
+                    f"{ghost.last_attempt}, last success at {ghost.base})"
+                )
             ghost.destroyed = True
+            ghost.exhausted = ghost.outputs > outputs
             return
         except NotRegistered as err:
-            self.tally.op(kind, "NotRegistered")
+            self.tally.op(kind, "NotRegistered", client.trace.seconds)
             self.tally.violation(f"{where}: registration lost: {err!r}")
             ghost.destroyed = True
             return
         except VaultError as err:
-            self.tally.op(kind, _failed(err, client))
+            self.tally.op(kind, _failed(err, client.trace), client.trace.seconds)
             if not transient(err):
                 self.tally.violation(f"{where}: wrong-password recovery: {err!r}")
             ghost.charged += 1
             self._pause_after(err, stop, ghost)
             return
-        self.tally.op(kind, "RECOVERED_WITH_WRONG_PASSWORD")
+        self.tally.op(kind, "RECOVERED_WITH_WRONG_PASSWORD", client.trace.seconds)
         self.tally.violation(
-            f"{where}: a wrong password recovered a key (ours: {root_key == ghost.root_key})"
+            f"{where}: a wrong password recovered a key (ours: {found.root_key == ghost.root_key})"
         )
 
-    def _status(self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event) -> None:
+    def _status(self, ghost: EntryGhost, client: GhostClient, stop: threading.Event) -> None:
         self.tally.begin()
         where = f"{ghost.account}/{ghost.entry}"
         try:
-            status = client.status()
+            status = client.vault.status()
         except VaultError as err:
-            self.tally.op("status", _failed(err, client))
+            self.tally.op("status", _failed(err, client.trace), client.trace.seconds)
             if not transient(err):
                 self.tally.violation(f"{where}: status: {err!r}")
             self._pause_after(err, stop, ghost)
             return
-        self.tally.op("status", "ok")
+        self.tally.op("status", "ok", client.trace.seconds)
         if status.status is not EntryStatus.LIVE:
             self.tally.violation(f"{where}: status {status.status.name} for a registered entry")
-        elif (
-            ghost.interval
-            and not ghost.possible_reset
-            and not ghost.candidates
-            and status.guesses_remaining > ghost.interval[-1]
-        ):
-            self.tally.violation(
-                f"{where}: status shows {status.guesses_remaining} guesses left after a KE2 "
-                f"with {ghost.interval[-1]} and no success"
-            )
+        elif not 0 <= status.guesses_remaining <= GUESS_LIMIT:
+            self.tally.violation(f"{where}: status shows {status.guesses_remaining} guesses left")
 
     def _change_password(
-        self, ghost: EntryGhost, client: TracingVaultClient, stop: threading.Event
+        self, ghost: EntryGhost, client: GhostClient, stop: threading.Event
     ) -> None:
         if ghost.candidates:
             self._right_recovery(ghost, client, stop)
@@ -880,38 +960,34 @@ class Worker:
         self.tally.begin()
         where = f"{ghost.account}/{ghost.entry}"
         new = _password(self.rng)
-        seen = ghost.ke2_total
         try:
-            recovered = client.recover(ghost.password)
-            root_key, grant = recovered.root_key, recovered.grant
-            if root_key != ghost.root_key:
+            found = recover_traced(ghost, client, ghost.password, self.tally)
+            if found.root_key != ghost.root_key:
+                self.tally.op("change_password", "WRONG_ROOT_KEY", client.trace.seconds)
                 self.tally.violation(f"{where}: recovered a root key that was never registered")
                 return
-            ghost.on_success()
-            client.register(new, root_key, GUESS_LIMIT, grant=grant)
+            # A committed change starts the window at this same attempt.
+            ghost.on_success(found.attempt)
+            client.vault.change_password(found, new, ksf=FAST_KSF)
         except WrongPassword as err:
-            self.tally.op("change_password", "WrongPassword")
+            self.tally.op("change_password", "WrongPassword", client.trace.seconds)
             self.tally.violation(f"{where}: the right password was refused: {err!r}")
             return
         except (Destroyed, NotRegistered) as err:
-            self.tally.op("change_password", type(err).__name__)
+            self.tally.op("change_password", type(err).__name__, client.trace.seconds)
             self.tally.violation(f"{where}: registration lost: {err!r}")
             ghost.destroyed = True
             return
         except VaultError as err:
-            self.tally.op("change_password", _failed(err, client))
+            self.tally.op("change_password", _failed(err, client.trace), client.trace.seconds)
             if not transient(err):
                 self.tally.violation(f"{where}: password change: {err!r}")
-            if client.current_op is Op.CHANGE_PASSWORD:
+            if client.trace.current_op is Op.CHANGE_SHARE:
                 ghost.candidates = [new, ghost.password]  # it may have committed
-                ghost.possible_reset = True
-            elif client.current_op is Op.RECOVER_FINISH and ghost.ke2_total > seen:
-                ghost.possible_reset = True
             self._pause_after(err, stop, ghost)
             return
-        self.tally.op("change_password", "ok")
+        self.tally.op("change_password", "ok", client.trace.seconds)
         ghost.password = new
-        ghost.on_success()
 
 
 # ---- final checks -----------------------------------------------------------------------------
@@ -949,20 +1025,24 @@ def final_checks(
     deadline = time.monotonic() + 60
 
     # Through the fleet: every confirmed registration is live, every destroyed entry is
-    # destroyed. Each status also commits the entry's value anew, which the proposer then
-    # repairs onto every node.
+    # destroyed (t nodes agreeing on the manifest, or on the tombstone).
     known = [g for g in ghosts if g.registered]
     lost: list[str] = []
     for ghost in known if fleet_live else []:
-        client = fleet.client(ghost, local, http)
+        client = fleet.client(ghost, http)
         try:
-            status = _retry(client.status, deadline).status
+            found = _retry(client.vault.status, deadline)
+            status = found.status
         except VaultError as err:
             lost.append(f"{ghost.account}/{ghost.entry}: status failed: {err!r}")
             continue
         expected = {EntryStatus.DESTROYED} if ghost.destroyed else {EntryStatus.LIVE}
         if ghost.attacker and not ghost.destroyed:
             expected = {EntryStatus.LIVE, EntryStatus.DESTROYED}  # stopped mid-attack
+        if ghost.exhausted:
+            # Told "destroyed" with its L-th output: the entry turns DESTROYED at the next
+            # request (checked below: it stays destroyed, with exactly L attempts).
+            expected = {EntryStatus.LIVE, EntryStatus.DESTROYED}
         if status not in expected:
             lost.append(f"{ghost.account}/{ghost.entry}: {status.name}, expected {expected}")
         if status is EntryStatus.DESTROYED:
@@ -978,111 +1058,23 @@ def final_checks(
             )
         )
 
-    # On every node's disk, after repair and catch-up.
-    by_key = {g.key: g for g in known}
-    disk_problems: list[str] = []
-    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
-    while True:
-        with ThreadPoolExecutor(fleet.nodes) as pool:
-            raw = list(pool.map(fleet.dump, range(fleet.nodes)))
-        dumps = {i: {(r["account"], r["entry"]): r for r in raw[i]} for i in range(fleet.nodes)}
-        if not fleet_live:
-            disk_problems = _majority_problems(dumps, by_key)
-            break
-        disk_problems = _disk_problems(dumps, by_key)
-        if not disk_problems or time.monotonic() > deadline:
-            break
-        time.sleep(1.0)
-    checks.append(
-        Check(
-            "every node's disk holds every live record, destroyed ones as tombstones"
-            if fleet_live
-            else "a majority of disks holds every confirmed registration (fleet not ready)",
-            not disk_problems,
-            f"{len(known)} entries x {fleet.nodes} nodes"
-            + (f"; {len(disk_problems)} problems: {disk_problems[:5]}" if disk_problems else ""),
-        )
-    )
-
-    # Guess counting.
-    over: list[str] = []
-    for ghost in known:
-        for index in range(fleet.nodes):
-            record = dumps[index].get(ghost.key)
-            if record is None:
-                continue
-            gap = record["attempt_seq"] - record["success_seq"]
-            if gap > GUESS_LIMIT or record["attempts_used"] > GUESS_LIMIT:
-                over.append(f"node{index} {ghost.account}/{ghost.entry}: {record}")
-    checks.append(
-        Check(
-            "on disk: attempt_seq - success_seq <= L on every node",
-            not over,
-            f"L={GUESS_LIMIT}" + (f"; over: {over[:5]}" if over else ""),
-        )
-    )
-    attempt_seq: dict[tuple[str, str], int] = {}
-    for per_node in dumps.values():
-        for key, record in per_node.items():
-            attempt_seq[key] = max(attempt_seq.get(key, 0), int(record["attempt_seq"]))
-    unpaid = [
-        f"{g.account}/{g.entry}: {g.ke2_total} KE2s, attempt_seq {attempt_seq.get(g.key, 0)}"
-        for g in ghosts
-        if g.ke2_total > attempt_seq.get(g.key, 0)
-    ]
-    checks.append(
-        Check(
-            "per entry: KE2s received <= attempt_seq (each evaluation paid by its own guess)",
-            not unpaid,
-            f"{sum(g.ke2_total for g in ghosts)} KE2s received over {len(ghosts)} entries"
-            + (f"; {unpaid[:5]}" if unpaid else ""),
-        )
-    )
-    evaluations = fleet.counters.total("evaluations")
-    total_seq = sum(attempt_seq.values())
-    checks.append(
-        Check(
-            "fleet: OPRF evaluations (summed over nodes and restarts) <= sum of attempt_seq",
-            evaluations <= total_seq,
-            f"{evaluations} evaluations counted, {total_seq} guesses committed",
-        )
-    )
-    attacked = [g for g in ghosts if g.attacker and g.destroyed]
-    worst = max((g.max_interval for g in ghosts), default=0)
-    checks.append(
-        Check(
-            "per entry: KE2s between two successes <= L, guesses_remaining strictly falling",
-            not any("KE2" in v for v in tally.violations),
-            f"most KE2s in one interval: {worst}; {len(attacked)} entries attacked to destruction",
-        )
-    )
-
-    figures.update(
-        entries=len(ghosts),
-        entries_registered=len(known),
-        entries_destroyed_by_attack=len(attacked),
-        ke2_received=sum(g.ke2_total for g in ghosts),
-        evaluations_counted=evaluations,
-        committed_counted=fleet.counters.total("committed"),
-        fleet_unavailable_counted=fleet.counters.total("fleet_unavailable"),
-        attempt_seq_total=total_seq,
-        successes=sum(g.successes for g in ghosts),
-        hidden_guesses=sum(g.hidden_guesses for g in ghosts),
-        hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
-    )
-
-    # Every success a real success: one last recovery of every live entry of a user.
+    # Every success a real success: one last recovery of every live entry of a user; and a
+    # destroyed entry stays destroyed, with no output, even for the right password. (Both
+    # commit a round on the entry, which the committing node repairs onto every node.)
+    destroyed = [g for g in known if g.destroyed]
     wrong_keys: list[str] = []
     recovered = 0
     for ghost in live_expected if fleet_live else []:
         if ghost.attacker:
             continue
-        client = fleet.client(ghost, local, http)
+        client = fleet.client(ghost, http)
         passwords = list(ghost.candidates) or [ghost.password]  # candidates: new, then old
         for password in passwords:
 
-            def recover(client: VaultClient = client, password: str = password) -> bytes:
-                return client.recover(password).root_key
+            def recover(
+                client: GhostClient = client, password: str = password, ghost: EntryGhost = ghost
+            ) -> bytes:
+                return recover_traced(ghost, client, password, local).root_key
 
             try:
                 root_key = _retry(recover, deadline)
@@ -1105,6 +1097,129 @@ def final_checks(
             f"{recovered} recovered" + (f"; {wrong_keys[:5]}" if wrong_keys else ""),
         )
     )
+    reopened: list[str] = []
+    for ghost in destroyed if fleet_live else []:
+        client = fleet.client(ghost, http)
+        outputs = ghost.outputs
+
+        def attempt(client: GhostClient = client, ghost: EntryGhost = ghost) -> bytes:
+            return recover_traced(ghost, client, ghost.password, local).root_key
+
+        try:
+            _retry(attempt, deadline)
+            reopened.append(f"{ghost.account}/{ghost.entry}: recovered")
+        except Destroyed:
+            pass
+        except VaultError as err:
+            reopened.append(f"{ghost.account}/{ghost.entry}: {err!r}")
+        if ghost.outputs != outputs:
+            reopened.append(f"{ghost.account}/{ghost.entry}: an evaluation after destruction")
+    checks.append(
+        Check(
+            "a destroyed entry stays destroyed, even for the right password"
+            + ("" if fleet_live else " (not run: fleet not ready)"),
+            not reopened,
+            f"{len(destroyed)} tried" + (f"; {reopened[:5]}" if reopened else ""),
+        )
+    )
+    # On every node's disk, after catch-up.
+    by_key = {g.key: g for g in known}
+    disk_problems: list[str] = []
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]] = {}
+    deadline = time.monotonic() + 30  # for nodes still catching up
+    while True:
+        with ThreadPoolExecutor(fleet.nodes) as pool:
+            raw = list(pool.map(fleet.dump, range(fleet.nodes)))
+        dumps = {i: {(r["account"], r["entry"]): r for r in raw[i]} for i in range(fleet.nodes)}
+        if not fleet_live:
+            disk_problems = _majority_problems(dumps, by_key)
+            break
+        disk_problems = _disk_problems(dumps, by_key)
+        if not disk_problems or time.monotonic() > deadline:
+            break
+        time.sleep(1.0)
+    checks.append(
+        Check(
+            "every node's disk holds every live entry, destroyed ones as destroyed, all agreeing"
+            if fleet_live
+            else "a majority of disks holds every confirmed registration (fleet not ready)",
+            not disk_problems,
+            f"{len(known)} entries x {fleet.nodes} nodes"
+            + (f"; {len(disk_problems)} problems: {disk_problems[:5]}" if disk_problems else ""),
+        )
+    )
+
+    # Guess counting: exactly L per window (no hostile node).
+    over: list[str] = []
+    for ghost in known:
+        for index in range(fleet.nodes):
+            record = dumps[index].get(ghost.key)
+            if record is None:
+                continue
+            used = record["attempts_used"]
+            if used > GUESS_LIMIT or (record["status"] == "destroyed" and used != GUESS_LIMIT):
+                over.append(f"node{index} {ghost.account}/{ghost.entry}: {record}")
+    checks.append(
+        Check(
+            "on disk: attempts_used <= L on every node, and exactly L in every destroyed entry",
+            not over,
+            f"L={GUESS_LIMIT}, {len(destroyed)} destroyed"
+            + (f"; over: {over[:5]}" if over else ""),
+        )
+    )
+    attempts: dict[tuple[str, str], int] = {}
+    for records in dumps.values():
+        for key, record in records.items():
+            attempts[key] = max(attempts.get(key, 0), int(record.get("attempt", 0)))
+    unpaid = [
+        f"{g.account}/{g.entry}: {g.outputs} outputs, attempt {attempts.get(g.key, 0)}"
+        for g in ghosts
+        if g.outputs > attempts.get(g.key, 0)
+    ]
+    checks.append(
+        Check(
+            "per entry: outputs received <= attempts counted (each paid by its own attempt)",
+            not unpaid,
+            f"{sum(g.outputs for g in ghosts)} outputs received over {len(ghosts)} entries"
+            + (f"; {unpaid[:5]}" if unpaid else ""),
+        )
+    )
+    total_attempts = sum(attempts.values())
+    by_node = {i: fleet.counters.of(i, "evaluations") for i in range(fleet.nodes)}
+    checks.append(
+        Check(
+            "per node: partial evaluations (summed over restarts) <= attempts of all entries",
+            all(n <= total_attempts for n in by_node.values()),
+            f"evaluations by node {by_node}, {total_attempts} attempts counted",
+        )
+    )
+    attacked = [g for g in ghosts if g.attacker and g.destroyed]
+    worst = max((g.max_window for g in ghosts), default=0)
+    checks.append(
+        Check(
+            "per entry: one output per attempt, rising, at most L attempts after a success",
+            not any("an output for attempt" in v or "one blinded" in v for v in tally.violations),
+            f"most attempts after a success at an output: {worst}; "
+            f"{len(attacked)} entries attacked to destruction",
+        )
+    )
+
+    figures.update(
+        entries=len(ghosts),
+        entries_registered=len(known),
+        entries_destroyed_by_attack=len(attacked),
+        outputs_received=sum(g.outputs for g in ghosts),
+        evaluations_counted=fleet.counters.total("evaluations"),
+        evaluations_by_node=by_node,
+        committed_counted=fleet.counters.total("committed"),
+        fleet_unavailable_counted=fleet.counters.total("fleet_unavailable"),
+        attempts_total=total_attempts,
+        successes=sum(g.successes for g in ghosts),
+        hidden_guesses=sum(g.hidden_guesses for g in ghosts),
+        hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
+        error_samples=tally.samples,
+    )
+
     checks.append(
         Check(
             "no violation seen by any client during the run",
@@ -1144,19 +1259,22 @@ def _disk_problems(
 ) -> list[str]:
     problems: list[str] = []
     for key, ghost in ghosts.items():
-        seen: set[tuple[int, int, str]] = set()
+        seen: set[tuple[int, int, int, str]] = set()
         for index, records in dumps.items():
             record = records.get(key)
             where = f"node{index} {key[0]}/{key[1]}"
             if record is None:
                 problems.append(f"{where}: missing")
                 continue
-            seen.add((record["attempt_seq"], record["success_seq"], record["status"]))
-            if ghost.destroyed:
-                if record["status"] != "destroyed" or record["holds_record"]:
-                    problems.append(f"{where}: not a tombstone ({record['status']})")
-            elif record["status"] != "live" or not record["holds_wrapped_root_key"]:
-                problems.append(f"{where}: {record['status']}, record={record['holds_record']}")
+            if record.get("flow") != "threshold":
+                problems.append(f"{where}: not a threshold entry ({record.get('flow')})")
+                continue
+            seen.add(
+                (record["version"], record["attempt"], record["attempts_used"], record["status"])
+            )
+            expected = "destroyed" if ghost.destroyed else "live"
+            if record["status"] != expected:
+                problems.append(f"{where}: {record['status']}, expected {expected}")
         if len(seen) > 1:
             problems.append(f"{key[0]}/{key[1]}: nodes disagree: {sorted(seen)}")
     return problems
@@ -1418,12 +1536,12 @@ def summary(result: SoakResult) -> str:
     lines.append(
         f"entries {figures.get('entries')}, destroyed by attack "
         f"{figures.get('entries_destroyed_by_attack')}, successes {figures.get('successes')}, "
-        f"KE2s received {figures.get('ke2_received')}, evaluations counted "
-        f"{figures.get('evaluations_counted')}, guesses committed "
-        f"{figures.get('attempt_seq_total')}"
+        f"outputs received {figures.get('outputs_received')}, partial evaluations "
+        f"{figures.get('evaluations_counted')} (by node {figures.get('evaluations_by_node')}), "
+        f"attempts counted {figures.get('attempts_total')}"
     )
     lines.append(
-        f"guesses charged with no KE2 received for them: {figures.get('hidden_guesses')} "
+        f"attempts counted with no output received for them: {figures.get('hidden_guesses')} "
         f"(of which {figures.get('hidden_guesses_without_error')} while the client saw no error)"
     )
     available = figures.get("availability")
@@ -1434,6 +1552,17 @@ def summary(result: SoakResult) -> str:
             f"{available['deadline_seconds']:.0f} s of their start (goal: 99 % with a minority"
             f" faulty); duration p50 {available['p50_seconds']} s, p99 "
             f"{available['p99_seconds']} s"
+        )
+        late = available.get("not_in_time") or {}
+        spent = available.get("not_in_time_seconds_by_fanout") or {}
+        lines.append(
+            "not answered in time: "
+            + (", ".join(f"{k} {v}" for k, v in late.items()) if late else "none")
+            + (
+                "; their seconds by fan-out: " + ", ".join(f"{k} {v}" for k, v in spent.items())
+                if spent
+                else ""
+            )
         )
     lines.append("")
     for check in result.checks:

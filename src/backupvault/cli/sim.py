@@ -23,6 +23,7 @@ from backupvault.cli.main import cli
     "--max-faulty", type=int, default=-1, help="Nodes faulty at once (default: minority)."
 )
 @click.option("--leaderless", is_flag=True, help="No leader path: every change is CASPaxos.")
+@click.option("--hostile", type=int, default=0, help="The last N nodes are the attacker's.")
 def sim(
     seeds: int,
     start: int,
@@ -32,6 +33,7 @@ def sim(
     nodes: int,
     max_faulty: int,
     leaderless: bool,
+    hostile: int,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -44,4 +46,6 @@ def sim(
         argv.append("--shrink")
     if leaderless:
         argv.append("--leaderless")
+    if hostile:
+        argv += ["--hostile", str(hostile)]
     sys.exit(main(argv))

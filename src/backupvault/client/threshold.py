@@ -435,8 +435,14 @@ class ThresholdVault:
                     problems[index] = f"node {index}: its partial evaluation does not verify"
             # A resend of the same B is answered again without a second charge, so nodes
             # that were too slow or could not commit in time, or a partial too few after
-            # a bad one, are worth one more round; refusals (destroyed, stale) are final.
-            if len(good) >= self.t or any(e != ErrorCode.FLEET_UNAVAILABLE for e in errors):
+            # a bad one, are worth one more round; refusals (destroyed, stale, no share)
+            # are final, but one node's refusal does not stop the others' resend.
+            waiting = sum(
+                1
+                for o in outcomes
+                if o.index not in good and o.index not in rejected and _transient(o)
+            )
+            if len(good) >= self.t or len(good) + waiting < self.t:
                 break
             errors.clear()
             time.sleep(RETRY_BACKOFF_SECONDS * 2**_round)

@@ -40,8 +40,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--leaderless", action="store_true", help="no leader path: every change is CASPaxos"
     )
+    parser.add_argument(
+        "--hostile", type=int, default=0, help="the last HOSTILE nodes are the attacker's"
+    )
     args = parser.parse_args(argv)
-    config = SimConfig(nodes=args.nodes, max_faulty=args.max_faulty, leader=not args.leaderless)
+    if not 0 <= args.hostile < (args.nodes or 3) // 2 + 1:
+        parser.error("--hostile: fewer than a majority of --nodes (give --nodes 5 for 2)")
+    config = SimConfig(
+        nodes=args.nodes,
+        max_faulty=args.max_faulty,
+        leader=not args.leaderless,
+        hostile=args.hostile,
+    )
     if args.seed is not None:
         result = run_seed(args.seed, config)
         if result.violation is not None and args.shrink:

@@ -1,6 +1,14 @@
-"""Simulated vault clients: each flow is the real client-side OPAQUE (backupvault.crypto)
-speaking protocol messages, written as a generator that yields `Call`s and receives the
-answer (or None when the request gave up after its retries)."""
+"""Simulated vault clients on the threshold flow (docs/threshold.md): the real client-side
+crypto (`crypto.manifest`, `crypto.threshold`, `crypto.oprf`, `crypto.owner`) speaking the
+threshold messages (`protocol.py`) to every node at once.
+
+Each flow is a generator that yields a `Call` (one request per node, as the relay's
+fan-out delivers them) and receives the answers that came back, by node (a node that did
+not answer in time is missing). The seeded world (`world.py`) runs flows as events; the
+same flows run synchronously for the hostile-node tests (`world.SyncClient`). Retries
+follow the SDK (`client/threshold.py`): a fan-out with too few answers is resent with the
+same bytes (a resent (attempt, B) is answered again without a second charge).
+"""
 
 from __future__ import annotations
 
@@ -8,61 +16,79 @@ import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 
-from cryptography.exceptions import InvalidTag
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from backupvault.client.vault import unwrap_root_key, wrap_root_key
 from backupvault.codec import Message
-from backupvault.crypto import ksf, opaque
-from backupvault.errors import AuthenticationFailed
+from backupvault.crypto import ksf, manifest, oprf, owner, threshold
+from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.protocol import (
-    DeleteRequest,
+    AckKind,
+    DeleteShareRequest,
+    EntryStatus,
+    ErrorCode,
     ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    ManifestRequest,
+    ManifestResponse,
     Op,
-    RecoverFinishRequest,
-    RecoverFinishResponse,
-    RecoverStartRequest,
-    RecoverStartResponse,
-    RegisterFinishRequest,
-    RegisterFinishResponse,
-    RegisterStartRequest,
-    RegisterStartResponse,
-    StatusRequest,
-    opaque_context,
-    release_key,
+    RegisterShareRequest,
+    ResetRequest,
+    ResetResponse,
+    ShareAck,
+    share_ack_message,
 )
 
-# Argon2id at its cheapest: the fleet stores and hands back real KSF parameters.
+# Argon2id at its cheapest: the manifest carries real KSF parameters.
 SIM_KSF = ksf.Argon2idParams(
     memory_kib=8, iterations=1, parallelism=1, salt=ksf.ZERO_SALT, output_len=64
 )
 
 OPS = ("register", "recover_right", "recover_wrong", "change_password", "delete", "status")
 
+#: Fan-outs of one call while too few nodes gave a usable answer (the SDK's resends).
+TRIES = 3
+
 
 @dataclass(frozen=True)
 class Call:
     op: Op
-    request: Message
+    requests: tuple[Message, ...]  # request i goes to node i
+    resend: bool = False  # the same call again (the world waits a little first)
 
 
-Flow = Generator[Call, Message | None, str]
+Answers = dict[int, Message]
+Flow = Generator[Call, Answers, "Outcome"]
 
 
 class ClientViolation(Exception):
-    """A client saw something the vault must never do (a wrong key released)."""
+    """A client saw something the vault must never do (a wrong password opened the entry,
+    or the entry opened to a root key other than the registered one)."""
+
+
+@dataclass
+class Outcome:
+    text: str
+    acks: int = 0
+    registration: manifest.Registration | None = None
+    export_key: bytes = b""
+    root_key: bytes = b""
+    agreed: manifest.Manifest | None = None
+    #: Share indices whose partial did not verify (the client names those nodes).
+    rejected: tuple[int, ...] = ()
+    #: Why the flow could not go on (re-raised by the synchronous client).
+    error: AuthenticationFailed | None = None
 
 
 @dataclass
 class Credentials:
-    """Ghost knowledge: which password and root key each registration record holds."""
+    """Ghost knowledge: which password and root key each manifest was registered with."""
 
-    by_record: dict[bytes, tuple[str, bytes]] = field(default_factory=dict)
-    by_password: dict[str, bytes] = field(default_factory=dict)
+    by_manifest: dict[bytes, tuple[bytes, bytes]] = field(default_factory=dict)
 
-    def add(self, record: bytes, password: str, root_key: bytes) -> None:
-        self.by_record[record] = (password, root_key)
-        self.by_password[password] = root_key
+    def add(self, encoded: bytes, password: bytes, root_key: bytes) -> None:
+        self.by_manifest[encoded] = (password, root_key)
 
 
 @dataclass
@@ -70,132 +96,324 @@ class FlowContext:
     account: str
     entry: str
     fleet_id: bytes
-    server_public_key: bytes
+    epoch: int
+    nodes: int
+    threshold: int
+    signing_keys: tuple[Ed25519PublicKey, ...]  # each node's, from the deployment record
     credentials: Credentials
     rng: random.Random
-    current_password: Callable[[], str | None]  # from the committed record, if live
-    now_ms: Callable[[], int]  # the client's clock (recover-start carries it)
-    guess_limit: int = 3
+    current_password: Callable[[], bytes | None]  # of the committed manifest, if live
+    now_ms: Callable[[], int]  # the client's clock (evaluate carries it)
+    #: The observer's hook: the owner opened the entry (version, SHA-256(B)).
+    on_success: Callable[[int, bytes], None] = lambda version, blinded: None
 
-    def fresh_password(self) -> str:
-        return f"pw-{self.rng.getrandbits(40):010x}"
-
-
-def _outcome(answer: Message | None) -> str:
-    if answer is None:
-        return "gave up"
-    if isinstance(answer, ErrorResponse):
-        return answer.code
-    return "ok"
+    def fresh_password(self) -> bytes:
+        return f"pw-{self.rng.getrandbits(40):010x}".encode()
 
 
-def register(ctx: FlowContext, grant: bytes = b"", root_key: bytes | None = None) -> Flow:
-    password = ctx.fresh_password()
-    root_key = root_key if root_key is not None else ctx.rng.randbytes(32)
-    state, request = opaque.client_registration_start(password.encode())
-    started = yield Call(
-        Op.REGISTER_START, RegisterStartRequest(ctx.account, ctx.entry, request.to_bytes())
+def _transient(answer: Message | None) -> bool:
+    return answer is None or (
+        isinstance(answer, ErrorResponse) and answer.code == ErrorCode.FLEET_UNAVAILABLE
     )
-    if not isinstance(started, RegisterStartResponse):
-        return _outcome(started)
-    result = opaque.client_registration_finish(
-        state,
-        opaque.RegistrationResponse.from_bytes(started.registration_response),
-        ksf=SIM_KSF,
-        expected_server_public_key=ctx.server_public_key,
+
+
+def _codes(answers: Answers) -> list[str]:
+    return [a.code for a in answers.values() if isinstance(a, ErrorResponse)]
+
+
+def fetch_manifest(ctx: FlowContext) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
+    """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
+    the reason there is none (no entry, destroyed, or not enough agreeing nodes)."""
+    request = ManifestRequest(ctx.account, ctx.entry)
+    answers: Answers = {}
+    failure = AuthenticationFailed("no manifest fetched")
+    for attempt in range(TRIES):
+        answers = yield Call(Op.MANIFEST, (request,) * ctx.nodes, resend=attempt > 0)
+        live = {
+            slot: a.manifest
+            for slot, a in answers.items()
+            if isinstance(a, ManifestResponse) and a.manifest
+        }
+        try:
+            agreed = manifest.agreed_manifest(live, ctx.threshold)
+        except AuthenticationFailed as err:
+            failure = err
+            if _status_of(ctx, answers) != "unavailable":
+                break  # enough nodes say there is no live entry
+            continue
+        return answers, Outcome("manifest", agreed=agreed)
+    return answers, Outcome(_status_of(ctx, answers), error=failure)
+
+
+def _status_of(ctx: FlowContext, answers: Answers) -> str:
+    statuses = [a.status for a in answers.values() if isinstance(a, ManifestResponse)]
+    for status, name in ((EntryStatus.DESTROYED, "destroyed"), (EntryStatus.EMPTY, "empty")):
+        if statuses.count(status) >= ctx.threshold:
+            return name
+    return "unavailable"
+
+
+def _version_after(ctx: FlowContext, answers: Answers) -> int:
+    """The version a new registration takes: above the t-th highest version answered
+    (fewer than t hostile nodes cannot raise it)."""
+    versions = sorted(
+        (a.version for a in answers.values() if isinstance(a, ManifestResponse)), reverse=True
     )
-    record = result.record.to_bytes()
-    ctx.credentials.add(record, password, root_key)
-    finish = RegisterFinishRequest(
+    return (versions[ctx.threshold - 1] if len(versions) >= ctx.threshold else 0) + 1
+
+
+def _ack_verifies(
+    ctx: FlowContext, slot: int, answer: Message | None, kind: AckKind, held: manifest.Manifest
+) -> bool:
+    if not isinstance(answer, ShareAck) or answer.index != slot + 1 or answer.kind != kind:
+        return False
+    if answer.version != held.version:
+        return False
+    signed = share_ack_message(
+        kind,
+        ctx.fleet_id,
         ctx.account,
         ctx.entry,
-        started.registration_ticket,
-        record,
-        SIM_KSF.to_bytes(),
-        wrap_root_key(result.export_key, ctx.account, ctx.entry, root_key),
-        ctx.guess_limit,
-        grant,
+        held.version,
+        held.commitments.node_public_key(slot + 1),
+        held.to_bytes(),
     )
-    done = yield Call(Op.CHANGE_PASSWORD if grant else Op.REGISTER_FINISH, finish)
-    if isinstance(done, RegisterFinishResponse):
-        return "registered"
-    return _outcome(done)
-
-
-def recover(ctx: FlowContext, password: str, result: list[bytes] | None = None) -> Flow:
-    """Full OPAQUE login. On success appends (root key, grant) to `result`."""
-    state, ke1 = opaque.client_login_start(password.encode())
-    started = yield Call(
-        Op.RECOVER_START,
-        RecoverStartRequest(ctx.account, ctx.entry, ke1.to_bytes(), ctx.now_ms()),
-    )
-    if not isinstance(started, RecoverStartResponse):
-        return _outcome(started)
     try:
-        login: opaque.ClientLoginResult | None = opaque.client_login_finish(
-            state,
-            opaque.KE2.from_bytes(started.ke2),
-            ksf=ksf.Argon2idParams.from_bytes(started.ksf_params),
-            context=opaque_context(ctx.fleet_id),
-            expected_server_public_key=ctx.server_public_key,
+        ctx.signing_keys[slot].verify(answer.signature, signed)
+    except InvalidSignature:
+        return False
+    return True
+
+
+def deal(ctx: FlowContext, password: bytes, root_key: bytes, version: int) -> manifest.Registration:
+    """A fresh k dealt to this fleet's shape: the manifest and every node's share."""
+    made = manifest.register(
+        password,
+        root_key,
+        fleet_id=ctx.fleet_id,
+        account=ctx.account,
+        entry=ctx.entry,
+        epoch=ctx.epoch,
+        nodes=ctx.nodes,
+        threshold_count=ctx.threshold,
+        ksf=SIM_KSF,
+        version=version,
+    )
+    ctx.credentials.add(made.manifest.to_bytes(), password, root_key)
+    return made
+
+
+def deliver(
+    ctx: FlowContext,
+    op: Op,
+    made: manifest.Registration,
+    authorization: bytes = b"",
+    counter: int = 0,
+) -> Flow:
+    """Share i with M to node i; counts the acknowledgements that verify."""
+    encoded = made.manifest.to_bytes()
+    requests = tuple(
+        RegisterShareRequest(
+            ctx.account, ctx.entry, encoded, share.to_bytes(), authorization, counter
         )
+        for share in made.shares
+    )
+    acked: set[int] = set()
+    codes: list[str] = []
+    for attempt in range(TRIES):
+        answers = yield Call(op, requests, resend=attempt > 0)
+        acked |= {
+            slot
+            for slot, answer in answers.items()
+            if _ack_verifies(ctx, slot, answer, AckKind.HELD, made.manifest)
+        }
+        codes = _codes(answers)
+        if all(slot in acked or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
+            break
+    if len(acked) >= ctx.threshold:
+        text = "registered" if len(acked) == ctx.nodes else "registered (degraded)"
+        return Outcome(text, acks=len(acked), registration=made)
+    if ErrorCode.ALREADY_REGISTERED in codes:
+        return Outcome("already registered", acks=len(acked), registration=made)
+    return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
+
+
+def register(ctx: FlowContext, password: bytes, root_key: bytes, version: int = 0) -> Flow:
+    """A new entry; `version` 0: the one after what the nodes report."""
+    if not version:
+        answers, found = yield from fetch_manifest(ctx)
+        if found.agreed is not None:
+            return Outcome("already registered")
+        version = _version_after(ctx, answers)
+    made = deal(ctx, password, root_key, version)
+    return (yield from deliver(ctx, Op.REGISTER_SHARE, made))
+
+
+def recover(ctx: FlowContext, password: bytes) -> Flow:
+    """The root key behind `password`: agreed manifest, every node's partial checked
+    against K_i from it, combined, opened, and a signed reset to every node."""
+    _, found = yield from fetch_manifest(ctx)
+    if found.agreed is None:
+        return found
+    agreed = found.agreed
+    blind, blinded = oprf.blind(password)
+    request = EvaluateRequest(ctx.account, ctx.entry, agreed.version, blinded, ctx.now_ms())
+    good: dict[int, EvaluateResponse] = {}
+    rejected: set[int] = set()
+    codes: list[str] = []
+    for attempt in range(TRIES):
+        answers = yield Call(Op.EVALUATE, (request,) * ctx.nodes, resend=attempt > 0)
+        codes = _codes(answers)
+        for slot, answer in answers.items():
+            if not isinstance(answer, EvaluateResponse) or answer.index != slot + 1:
+                continue
+            try:
+                verifies = threshold.verify_partial(agreed.commitments, blinded, answer.partial())
+            except InvalidInput:
+                verifies = False
+            if verifies:
+                good[slot] = answer
+                rejected.discard(slot + 1)
+            elif slot not in good:
+                rejected.add(slot + 1)
+        # Resend while t good partials can still come (as the SDK does): one node's
+        # refusal (no share, destroyed) does not stop the others' resend.
+        waiting = sum(
+            1
+            for slot in range(ctx.nodes)
+            if slot not in good and slot + 1 not in rejected and _transient(answers.get(slot))
+        )
+        if len(good) >= ctx.threshold or len(good) + waiting < ctx.threshold:
+            break
+    try:
+        combination = threshold.combine(
+            agreed.commitments, blinded, [a.partial() for a in good.values()]
+        )
+    except threshold.NotEnoughPartials as err:
+        text = "destroyed" if ErrorCode.DESTROYED in codes else "unavailable"
+        failure = threshold.NotEnoughPartials(err.message, rejected=tuple(sorted(rejected)))
+        return Outcome(f"{text} ({len(good)} partials)", rejected=failure.rejected, error=failure)
+    output = oprf.finalize(password, blind, combination.evaluated)
+    registered = ctx.credentials.by_manifest.get(agreed.to_bytes())
+    try:
+        export_key, root_key = manifest.open_entry(agreed, output)
     except AuthenticationFailed:
-        login = None
-    if login is None:
-        # Wrong password: tell the fleet with a KE3 of zeros, as the SDK does.
-        zeros = RecoverFinishRequest(
-            ctx.account, ctx.entry, started.recovery_ticket, opaque.KE3(bytes(64)).to_bytes()
+        if registered is not None and registered[0] == password:
+            raise ClientViolation("the registered password did not open its entry") from None
+        left = sorted((a.guesses_remaining for a in good.values()), reverse=True)
+        return Outcome(
+            f"wrong password ({left[ctx.threshold - 1]} left)",
+            agreed=agreed,
+            rejected=tuple(sorted(rejected)),
         )
-        answer = yield Call(Op.RECOVER_FINISH, zeros)
-        if isinstance(answer, RecoverFinishResponse):
-            raise ClientViolation("the vault released a key for a failed login")
-        return f"wrong: {_outcome(answer)}"
-    finish = RecoverFinishRequest(
-        ctx.account, ctx.entry, started.recovery_ticket, login.ke3.to_bytes()
+    if registered is None or registered[0] != password:
+        raise ClientViolation("a password that was never registered opened the entry")
+    if root_key != registered[1]:
+        raise ClientViolation("the entry opened to a root key other than the registered one")
+    ctx.on_success(agreed.version, owner.payload_hash(blinded))
+    # Prove the password to every node, each with its own attempt number.
+    default = sorted(a.attempt for a in good.values())[len(good) // 2]
+    resets = []
+    for slot in range(ctx.nodes):
+        attempt = good[slot].attempt if slot in good else default
+        statement = owner.OwnerStatement(
+            owner.StatementKind.RESET,
+            ctx.fleet_id,
+            ctx.account,
+            ctx.entry,
+            agreed.version,
+            attempt,
+            owner.payload_hash(blinded),
+        )
+        signature = owner.sign_statement(export_key, statement)
+        resets.append(ResetRequest(ctx.account, ctx.entry, agreed.version, attempt, signature))
+    done: set[int] = set()
+    for attempt in range(TRIES):
+        answers = yield Call(Op.RESET, tuple(resets), resend=attempt > 0)
+        done |= {slot for slot, a in answers.items() if isinstance(a, ResetResponse)}
+        if all(slot in done or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
+            break
+    return Outcome(
+        "recovered",
+        export_key=export_key,
+        root_key=root_key,
+        agreed=agreed,
+        rejected=tuple(sorted(rejected)),
     )
-    answer = yield Call(Op.RECOVER_FINISH, finish)
-    if not isinstance(answer, RecoverFinishResponse):
-        return _outcome(answer)
-    sealed = answer.sealed_wrapped_root_key
-    try:
-        wrapped = AESGCM(release_key(login.session_key, ctx.account, ctx.entry)).decrypt(
-            sealed[:12], sealed[12:], None
-        )
-        root_key = unwrap_root_key(login.export_key, ctx.account, ctx.entry, wrapped)
-    except (InvalidTag, Exception) as err:
-        raise ClientViolation(f"the released key does not open: {err}") from None
-    if root_key != ctx.credentials.by_password.get(password):
-        raise ClientViolation("the vault released a root key other than the one registered")
-    if result is not None:
-        result += [root_key, answer.grant]
-    return "recovered"
+
+
+def change_password(
+    ctx: FlowContext, recovered: Outcome, new_password: bytes, counter: int = 0
+) -> Flow:
+    """A fresh k for version + 1, authorized by the old owner's CHANGE_PASSWORD statement
+    over the new manifest."""
+    assert recovered.agreed is not None
+    made = deal(ctx, new_password, recovered.root_key, recovered.agreed.version + 1)
+    counter = counter or ctx.now_ms()
+    statement = owner.OwnerStatement(
+        owner.StatementKind.CHANGE_PASSWORD,
+        ctx.fleet_id,
+        ctx.account,
+        ctx.entry,
+        recovered.agreed.version,
+        counter,
+        owner.payload_hash(made.manifest.to_bytes()),
+    )
+    signature = owner.sign_statement(recovered.export_key, statement)
+    return (yield from deliver(ctx, Op.CHANGE_SHARE, made, signature, counter))
+
+
+def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
+    """The owner's DELETE statement over M to every node; counts verified erasures."""
+    agreed = recovered.agreed
+    assert agreed is not None
+    counter = counter or ctx.now_ms()
+    statement = owner.OwnerStatement(
+        owner.StatementKind.DELETE,
+        ctx.fleet_id,
+        ctx.account,
+        ctx.entry,
+        agreed.version,
+        counter,
+        owner.payload_hash(agreed.to_bytes()),
+    )
+    signature = owner.sign_statement(recovered.export_key, statement)
+    request = DeleteShareRequest(ctx.account, ctx.entry, agreed.version, counter, signature)
+    erased: set[int] = set()
+    for attempt in range(TRIES):
+        answers = yield Call(Op.DELETE_SHARE, (request,) * ctx.nodes, resend=attempt > 0)
+        erased |= {
+            slot
+            for slot, answer in answers.items()
+            if _ack_verifies(ctx, slot, answer, AckKind.ERASED, agreed)
+        }
+        if all(slot in erased or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
+            break
+    if len(erased) >= ctx.threshold:
+        return Outcome("deleted", acks=len(erased))
+    return Outcome(f"unavailable ({len(erased)} erasures)", acks=len(erased))
+
+
+def status(ctx: FlowContext) -> Flow:
+    _, found = yield from fetch_manifest(ctx)
+    return Outcome(f"status: {'live' if found.agreed else found.text}", agreed=found.agreed)
 
 
 def run_op(ctx: FlowContext, name: str) -> Flow:
+    """One operation of the seeded workload, with passwords from the ghost."""
     if name == "register":
-        return (yield from register(ctx))
-    if name in ("recover_right", "change_password"):
-        password = ctx.current_password()
-        if password is None:
-            name = "recover_wrong"
-        else:
-            got: list[bytes] = []
-            outcome = yield from recover(ctx, password, got)
-            if name == "recover_right" or not got:
-                return outcome
-            changed = yield from register(ctx, grant=got[1], root_key=got[0])
-            return f"password changed: {changed}"
-    if name == "recover_wrong":
-        return (yield from recover(ctx, f"wrong-{ctx.rng.getrandbits(32):08x}"))
-    if name == "delete":
-        # A live key is deleted with the grant of a recovery just made; without one (the
-        # password is not known, or the recovery failed) a live key refuses, a destroyed
-        # one is cleared.
-        grant = b""
-        password = ctx.current_password()
-        if password is not None:
-            got = []
-            yield from recover(ctx, password, got)
-            grant = got[1] if got else b""
-        return _outcome((yield Call(Op.DELETE, DeleteRequest(ctx.account, ctx.entry, grant))))
-    return _outcome((yield Call(Op.STATUS, StatusRequest(ctx.account, ctx.entry))))
+        return (yield from register(ctx, ctx.fresh_password(), ctx.rng.randbytes(32)))
+    if name == "status":
+        return (yield from status(ctx))
+    password = ctx.current_password()
+    if name == "recover_wrong" or password is None:
+        wrong = f"wrong-{ctx.rng.getrandbits(32):08x}".encode()
+        return (yield from recover(ctx, wrong))
+    got = yield from recover(ctx, password)
+    if name == "recover_right" or got.text != "recovered":
+        return got
+    if name == "change_password":
+        changed = yield from change_password(ctx, got, ctx.fresh_password())
+        return Outcome(f"password changed: {changed.text}")
+    deleted = yield from delete(ctx, got)
+    return Outcome(f"delete: {deleted.text}")

@@ -1,8 +1,9 @@
 """The global observer: ghost state the nodes cannot see, and the invariants over it.
 
-The simulation reports every durable write, every change-function application, every OPRF
-evaluation and every key release as it happens; each report is checked at once, so a
-violation stops the run at the step that caused it (docs/simulation.md lists the checks).
+The simulation reports every durable write, every change-function application, every
+partial OPRF evaluation and every owner success as it happens; each report is checked at
+once, so a violation stops the run at the step that caused it (docs/simulation.md lists
+the checks).
 
 "Chosen" is the Paxos notion: a value is chosen at ballot b once a majority of acceptors
 has *accepted* (b, value) in answer to an Accept: copies made while catching up do not
@@ -15,10 +16,12 @@ import bisect
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 
 from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, Ballot, payload_of
-from backupvault.hsm.state import EntryId, EntryState
+from backupvault.hsm.shares import decode_threshold
+from backupvault.hsm.state import EntryId, ThresholdState
 from backupvault.protocol import EntryStatus
 
 ZERO = Ballot(0, 0)
@@ -31,17 +34,42 @@ class InvariantViolation(Exception):
         self.detail = detail
 
 
-def _state(value: bytes) -> EntryState:
-    return EntryState.from_bytes(value) if value else EntryState()
+@lru_cache(maxsize=4096)
+def _state(value: bytes) -> ThresholdState:
+    """The entry state a payload holds (decoded once: the same values come back often)."""
+    try:
+        state = decode_threshold(value)
+    except InvalidInput:
+        state = None
+    return state if state is not None else ThresholdState()
 
 
 def describe(value: bytes) -> str:
     s = _state(value)
     status = {0: "empty", 1: "live", 2: "destroyed"}.get(s.status, str(s.status))
-    return (
-        f"{status} gen={s.generation} used={s.attempts_used}/{s.guess_limit} "
-        f"seq={s.attempt_seq} ok_seq={s.success_seq} v={s.version}"
-    )
+    return f"{status} v={s.version} attempt={s.attempt} reset={s.reset_attempt}"
+
+
+@dataclass
+class _Version:
+    """What the observer saw of one manifest version (one OPRF key k) of an entry."""
+
+    #: attempt -> SHA-256(B) evaluated for it by any honest node (one B per attempt).
+    attempt_b: dict[int, bytes] = field(default_factory=dict)
+    #: (node, attempt) -> SHA-256(B) that node evaluated for it.
+    node_b: dict[tuple[int, int], bytes] = field(default_factory=dict)
+    #: SHA-256(B) -> (attempt, honest nodes that gave a partial on it).
+    partials: dict[bytes, tuple[int, set[int]]] = field(default_factory=dict)
+    #: attempts whose B reached a combined output (enough partials).
+    outputs: list[int] = field(default_factory=list)
+    #: attempt numbers of committed owner resets and registrations: window boundaries.
+    boundaries: set[int] = field(default_factory=set)
+    #: SHA-256(B) of every blinded password the owner opened the entry with.
+    successes: set[bytes] = field(default_factory=set)
+    #: SHA-256(B) -> the attempt number committed for it (a B is charged once).
+    charged: dict[bytes, int] = field(default_factory=dict)
+    #: The attempt number the tombstone of this version carries, once committed.
+    destroyed_at: int | None = None
 
 
 @dataclass
@@ -51,23 +79,55 @@ class _Key:
     chosen: list[Ballot] = field(default_factory=list)  # sorted
     chosen_value: dict[Ballot, bytes] = field(default_factory=dict)
     parents: dict[bytes, list[bytes]] = field(default_factory=dict)
-    bad: dict[bytes, str] = field(default_factory=dict)  # values made by an invalid change
-    #: attempt_seq -> the hash of the KE1 evaluated for it (one KE1 per attempt).
-    evaluated_ke1: dict[int, bytes] = field(default_factory=dict)
-    epoch_evals: dict[tuple[int, int], int] = field(default_factory=dict)
-    evaluations: int = 0
+    versions: dict[int, _Version] = field(default_factory=dict)
+    #: node -> (version, attempt, SHA-256(B)) of every value it durably accepted itself.
+    own: dict[int, set[tuple[int, int, bytes]]] = field(default_factory=dict)
+
+    def version(self, number: int) -> _Version:
+        return self.versions.setdefault(number, _Version())
 
 
 class Observer:
-    def __init__(self, quorum: int, log: Callable[[str], None]) -> None:
-        self.quorum = quorum
+    """`threshold` t, `guess_limit` L (per node), `hostile` c: with c = 0 every window
+    between two owner successes has at most L combined outputs; with c hostile nodes (who
+    give their partials for free) at most floor((N - c) * L / (t - c)) per window.
+    Consensus is checked only with c = 0. `collect`: record violations in `violations`
+    instead of raising (for a test that plants a mutant and looks at all it saw)."""
+
+    def __init__(
+        self,
+        nodes: int,
+        guess_limit: int,
+        log: Callable[[str], None],
+        hostile: int = 0,
+        collect: bool = False,
+    ) -> None:
+        self.nodes = nodes
+        self.quorum = nodes // 2 + 1
+        self.threshold = nodes // 2 + 1
+        self.guess_limit = guess_limit
+        self.hostile = hostile
+        self.bound = (
+            guess_limit
+            if hostile == 0
+            else (nodes - hostile) * guess_limit // (self.threshold - hostile)
+        )
         self._log = log
         self._keys: dict[bytes, _Key] = {}
-        # recovery ticket -> (key, generation, attempt) of the evaluation that made it
-        self.ticket_seq: dict[bytes, tuple[bytes, int, int]] = {}
-        self.released: set[bytes] = set()
-        self.evaluations = 0
-        self.releases = 0
+        self.collect = collect
+        #: Whether every owner signature comes from a client flow (a seeded run) rather
+        #: than from a test that signs statements of its own.
+        self.owner_ghost = True
+        self.violations: list[InvariantViolation] = []
+        self.partials = 0
+        self.outputs = 0
+        self.max_window = 0  # the most combined outputs seen in one window
+
+    def violate(self, invariant: str, detail: str) -> None:
+        violation = InvariantViolation(invariant, detail)
+        if not self.collect:
+            raise violation
+        self.violations.append(violation)
 
     def key(self, key: bytes) -> _Key:
         return self._keys.setdefault(key, _Key())
@@ -77,15 +137,13 @@ class Observer:
 
     # ---- lineage -------------------------------------------------------------------------
 
-    def on_apply(self, key: bytes, parent: bytes, child: bytes, bad: str = "") -> None:
+    def on_apply(self, key: bytes, parent: bytes, child: bytes) -> None:
         """A change function turned `parent` into `child` (at some proposer)."""
         k = self.key(key)
         if child != parent:
             parents = k.parents.setdefault(child, [])
             if parent not in parents:
                 parents.append(parent)
-        if bad:
-            k.bad.setdefault(child, bad)
 
     def descends(self, key: bytes, child: bytes, ancestor: bytes) -> bool:
         """Whether `child` was derived from `ancestor` by zero or more changes."""
@@ -123,13 +181,22 @@ class Observer:
         # Lineage is tracked on what the change functions see: the entry state itself,
         # without the replica's record of recently applied op ids around it.
         mine = payload_of(record.value)
+        state = _state(mine)
+        if state.attempt_hash:
+            k.own.setdefault(node, set()).add((state.version, state.attempt, state.attempt_hash))
+        if self.hostile:
+            # Hostile acceptors accept anything and report anything: consensus holds no
+            # longer, and nothing security-relevant rests on it (docs/threshold.md). What
+            # is checked is what each honest node checks itself.
+            return
         value, nodes = k.accepted.setdefault(ballot, (mine, set()))
         if value != mine:
-            raise InvariantViolation(
+            self.violate(
                 "one-value-per-ballot",
                 f"ballot {ballot.round}.{ballot.node} carries two values: "
                 f"{describe(value)} and {describe(mine)}",
             )
+            return
         self._check_above_chosen(record.key, ballot, value, f"node{node} accepted")
         if node in nodes:
             return
@@ -146,7 +213,7 @@ class Observer:
         below = k.chosen[i - 1]
         base = k.chosen_value[below]
         if not self.descends(key, value, base):
-            raise InvariantViolation(
+            self.violate(
                 "committed-state-never-goes-back",
                 f"{who} at ballot {ballot.round}.{ballot.node} the value [{describe(value)}], "
                 f"which does not build on the value committed at "
@@ -162,37 +229,62 @@ class Observer:
         # Values already accepted above this ballot must build on it too.
         for other, (accepted, _) in k.accepted.items():
             if other > ballot and not self.descends(key, accepted, value):
-                raise InvariantViolation(
+                self.violate(
                     "committed-state-never-goes-back",
                     f"value accepted at {other.round}.{other.node} [{describe(accepted)}] "
                     f"does not build on the one now committed at {ballot.round}.{ballot.node} "
                     f"[{describe(value)}]",
                 )
+        cur = _state(value)
         i = k.chosen.index(ballot)
         if i > 0:
-            prev = _state(k.chosen_value[k.chosen[i - 1]])
-            cur = _state(value)
-            self._check_step(prev, cur)
-        if value in k.bad:
-            invariant, _, detail = k.bad[value].partition(": ")
-            raise InvariantViolation(invariant, detail)
+            self._check_step(k, _state(k.chosen_value[k.chosen[i - 1]]), cur)
+        version = k.version(cur.version)
+        if cur.status == EntryStatus.DESTROYED and version.destroyed_at is None:
+            version.destroyed_at = cur.attempt
+        if cur.status == EntryStatus.LIVE:
+            if cur.attempts_used > self.guess_limit:
+                self.violate(
+                    "at-most-L-evaluations", f"a committed value counts [{describe(value)}]"
+                )
+            version.boundaries.add(cur.reset_attempt)
+            if cur.attempt_hash and cur.attempt > cur.reset_attempt:
+                charged = version.charged.setdefault(cur.attempt_hash, cur.attempt)
+                if charged != cur.attempt:
+                    # A resent or replayed request is answered again or refused, never
+                    # charged again (invariants 1 and 10).
+                    self.violate(
+                        "replays-change-nothing",
+                        f"one B charged as attempts {charged} and {cur.attempt} "
+                        f"[{describe(value)}]",
+                    )
 
-    def _check_step(self, prev: EntryState, cur: EntryState) -> None:
+    def _check_step(self, k: _Key, prev: ThresholdState, cur: ThresholdState) -> None:
         where = f"[{describe(prev.to_bytes())}] -> [{describe(cur.to_bytes())}]"
-        if cur.version < prev.version or (cur.version == prev.version and cur != prev):
-            raise InvariantViolation("committed-state-never-goes-back", where)
-        if cur.generation < prev.generation or cur.attempt_seq < prev.attempt_seq:
-            raise InvariantViolation("committed-state-never-goes-back", where)
-        # A destroyed key never comes back: the entry stays destroyed, or its owner clears
-        # it (delete: empty, secrets still gone) so a new key may be registered later.
-        cleared = cur.status == EntryStatus.EMPTY and not (cur.record or cur.wrapped_root_key)
-        if (
-            prev.status == EntryStatus.DESTROYED
-            and cur.generation == prev.generation
-            and cur.status != EntryStatus.DESTROYED
-            and not cleared
-        ):
-            raise InvariantViolation("destroyed-stays-destroyed", where)
+        if cur.version < prev.version or cur.attempt < prev.attempt:
+            self.violate("committed-state-never-goes-back", where)
+        if cur.version == prev.version:
+            if cur.reset_attempt < prev.reset_attempt:
+                self.violate("committed-state-never-goes-back", where)
+            if prev.manifest and cur.manifest and cur.manifest != prev.manifest:
+                self.violate("committed-state-never-goes-back", f"manifest replaced {where}")
+            # A destroyed key never comes back: only a new registration (a new version,
+            # a new k) makes the entry live again.
+            if prev.status == EntryStatus.DESTROYED and cur.status != EntryStatus.DESTROYED:
+                self.violate("destroyed-stays-destroyed", where)
+            # A reset takes effect only for the attempt it names, with that attempt's B
+            # (the owner signed (version, attempt, H(B))); in a seeded run, only for a B the
+            # owner did open the entry with.
+            if cur.reset_attempt > prev.reset_attempt and cur.reset_signature:
+                version = k.version(cur.version)
+                charged = version.charged.get(cur.reset_hash)
+                if (charged is not None and charged != cur.reset_attempt) or (
+                    self.owner_ghost and cur.reset_hash not in version.successes
+                ):
+                    self.violate(
+                        "success-resets-only-its-attempt",
+                        f"a reset for attempt {cur.reset_attempt} the owner did not open {where}",
+                    )
 
     def is_chosen(self, key: bytes, value: bytes) -> Ballot | None:
         k = self.key(key)
@@ -217,93 +309,65 @@ class Observer:
 
     # ---- outcomes ------------------------------------------------------------------------
 
-    def on_evaluate(
-        self, node: int, key: bytes, state: EntryState, ticket: bytes, ke1: bytes
-    ) -> int:
-        """An OPRF evaluation (a KE2) was made for `state` and `ke1`. Returns its number, or
-        0 for one that is not new: a fake record's (no entry), or the same KE1 answered
-        again for the same attempt (a resend reveals nothing new, invariant 1)."""
+    def on_partial(
+        self, node: int, key: bytes, state: ThresholdState, blinded: bytes, attempt: int
+    ) -> None:
+        """Honest `node` gave its partial evaluation on `blinded` for `attempt` of the
+        value `state` (the value its evaluation rests on)."""
         k = self.key(key)
-        value = state.to_bytes()
-        if state.status == EntryStatus.EMPTY:
-            return 0
-        if hashlib.sha256(ke1).digest() != state.attempt_ke1_hash:
-            raise InvariantViolation(
-                "at-most-L-evaluations", f"a KE1 other than the one paid for, [{describe(value)}]"
+        version = k.version(state.version)
+        blinded_hash = hashlib.sha256(blinded).digest()
+        what = f"node{node}'s partial for attempt {attempt} of [{describe(state.to_bytes())}]"
+        self.partials += 1
+        if state.status != EntryStatus.LIVE or attempt != state.attempt:
+            self.violate("at-most-L-evaluations", f"{what}: not a live, counted attempt")
+        if state.attempt_hash != blinded_hash:
+            self.violate("at-most-L-evaluations", f"{what}: a B other than the one paid for")
+        if not self.hostile and self.committed_in(key, state.to_bytes()) is None:
+            self.violate("evaluate-only-after-commit", f"{what}: its attempt is not committed")
+        if (state.version, attempt, blinded_hash) not in k.own.get(node, set()):
+            self.violate(
+                "evaluate-only-after-own-acceptance",
+                f"{what}: this node never accepted that attempt itself",
             )
-        seen = k.evaluated_ke1.get(state.attempt_seq)
-        if seen is not None:
-            if seen != state.attempt_ke1_hash:
-                raise InvariantViolation(
-                    "at-most-L-evaluations",
-                    f"attempt {state.attempt_seq} evaluated for two KE1s [{describe(value)}]",
-                )
-            self.ticket_seq[ticket] = (key, state.generation, state.attempt_seq)
-            return 0
-        self.evaluations += 1
-        k.evaluations += 1
-        what = f"KE2 #{k.evaluations} at node{node} for [{describe(value)}]"
-        if state.status != EntryStatus.LIVE or state.attempts_used > state.guess_limit:
-            raise InvariantViolation("at-most-L-evaluations", f"{what}: not a live, counted state")
-        ballot = self.committed_in(key, value)
-        if ballot is None:
-            raise InvariantViolation(
-                "evaluate-only-after-commit", f"{what}: the guess paying for it is not committed"
-            )
-        for other in k.chosen:
-            before = _state(k.chosen_value[other])
-            if (
-                other < ballot
-                and before.status == EntryStatus.DESTROYED
-                and before.generation == state.generation
-            ):
-                raise InvariantViolation("destroyed-gets-no-evaluation", what)
-        k.evaluated_ke1[state.attempt_seq] = state.attempt_ke1_hash
-        epoch = (state.generation, state.success_seq)
-        k.epoch_evals[epoch] = k.epoch_evals.get(epoch, 0) + 1
-        if k.epoch_evals[epoch] > state.guess_limit:
-            raise InvariantViolation(
+        if version.node_b.setdefault((node, attempt), blinded_hash) != blinded_hash:
+            self.violate("one-b-per-attempt", f"{what}: this node answered it for another B")
+        seen = version.attempt_b.setdefault(attempt, blinded_hash)
+        if seen != blinded_hash and self.hostile == 0:
+            self.violate("one-b-per-attempt", f"{what}: attempt {attempt} evaluated for two B")
+        first_attempt, nodes = version.partials.setdefault(blinded_hash, (attempt, set()))
+        if node in nodes:
+            return  # a resend answered again: nothing new
+        if version.destroyed_at is not None and attempt > version.destroyed_at:
+            # A late partial for an attempt counted before the tombstone is one of the L;
+            # nothing after it is.
+            self.violate("destroyed-gets-no-evaluation", what)
+        nodes.add(node)
+        if len(nodes) == self.threshold - self.hostile:
+            self._on_output(key, version, first_attempt, what)
+
+    def _on_output(self, key: bytes, version: _Version, attempt: int, what: str) -> None:
+        """A combined output k·B exists (or, with hostile nodes, can be made)."""
+        self.outputs += 1
+        version.outputs.append(attempt)
+        if self.hostile == 0:
+            # Windows between committed resets (and registrations) of this version.
+            below = max((b for b in version.boundaries if b < attempt), default=0)
+            above = min((b for b in version.boundaries if b >= attempt), default=1 << 64)
+            window = sum(1 for a in version.outputs if below < a <= above)
+        else:
+            # Hostile acceptors make windows meaningless; each owner success opens one.
+            window = len(version.outputs) - self.bound * len(version.successes)
+        self.max_window = max(self.max_window, window)
+        if window > self.bound:
+            self.violate(
                 "at-most-L-evaluations",
-                f"{what}: {k.epoch_evals[epoch]} evaluations since the last success "
-                f"(limit {state.guess_limit})",
+                f"{what}: {window} combined outputs in one window (bound {self.bound})",
             )
-        self.ticket_seq[ticket] = (key, state.generation, state.attempt_seq)
-        return k.evaluations
 
-    def check_finish(self, key: bytes, ticket: bytes, parent: bytes, child: bytes) -> str:
-        """A recover-finish change turned `parent` into `child`: if it reset the counter,
-        it must answer the latest attempt, not yet used. Returns "" or what is wrong."""
-        before, after = _state(parent), _state(child)
-        reset = after.success_seq != before.success_seq or (
-            after.status == EntryStatus.LIVE and after.attempts_used < before.attempts_used
-        )
-        if not reset:
-            return ""
-        _, generation, seq = self.ticket_seq.get(ticket, (key, -1, -1))
-        if (
-            seq != before.attempt_seq
-            or generation != before.generation
-            or before.success_seq >= seq
-            or after.success_seq != seq
-        ):
-            return (
-                f"success-resets-only-its-attempt: a KE3 for attempt {seq} of registration "
-                f"{generation} reset [{describe(parent)}] to [{describe(child)}]"
-            )
-        return ""
-
-    def on_release(self, node: int, key: bytes, ticket: bytes, value: bytes) -> None:
-        self.releases += 1
-        if ticket in self.released:
-            raise InvariantViolation(
-                "replays-change-nothing", f"node{node} released the key twice for one KE3"
-            )
-        self.released.add(ticket)
-        if self.committed_in(key, value) is None:
-            raise InvariantViolation(
-                "evaluate-only-after-commit",
-                f"node{node} released a key before the reset committed",
-            )
+    def on_success(self, key: bytes, version: int, blinded_hash: bytes) -> None:
+        """The owner opened version `version` with the blinded password of that hash."""
+        self.key(key).version(version).successes.add(blinded_hash)
 
 
 def _short(key: bytes) -> str:

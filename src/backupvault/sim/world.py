@@ -1,18 +1,21 @@
-"""The deterministic simulation: the real `Replica` and `VaultFirmware` of every node in one
-process, driven by a seeded scheduler over a simulated clock and a faulty network.
+"""The deterministic simulation: the real node code of every node in one process (a real
+`fleet.replica.Replica` and the firmware's threshold logic, `hsm.shares.ShareKeeper`),
+driven by a seeded scheduler over a simulated clock and a faulty network, with threshold
+clients (`clients.py`) and, as a world option, hostile nodes run by an attacker.
 
 A run is a `Plan` (made from the seed: fleet size, network chaos, client operations,
-faults, relay replays) executed by `Simulation`. Everything random in a run (message
-loss, delays, duplicates, which node the relay picks, the replicas' and firmware's
-random bytes) comes from the seed, so a seed reproduces exactly; the plan can be shrunk
-by removing steps (see `shrink.py`).
+faults, relay replays) executed by `Simulation`. Everything random in a run that decides
+anything (message loss, delays, duplicates, the replicas' random bytes) comes from the
+seed, so a seed reproduces exactly; the plan can be shrunk by removing steps (see
+`shrink.py`). Tests that script an attacker drive the same world synchronously
+(`threshold_world`, `Simulation.request`, `SyncClient`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import itertools
-import os
 import random
 import traceback
 from collections.abc import Callable
@@ -24,9 +27,17 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import Message, decode_any
-from backupvault.crypto import opaque
-from backupvault.crypto.seal import Kem, NodePrivateKey
-from backupvault.fleet.messages import PEER_MESSAGES, Accept, Forward, payload_of
+from backupvault.crypto import manifest, oprf, threshold
+from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.fleet.messages import (
+    PEER_MESSAGES,
+    Accept,
+    Accepted,
+    Forward,
+    Prepare,
+    Promise,
+    payload_of,
+)
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
@@ -37,37 +48,44 @@ from backupvault.fleet.replica import (
     Replica,
     Send,
 )
-from backupvault.hsm.ceremony import make_fleet_secrets
-from backupvault.hsm.firmware import FleetSecrets, NodeKey, Reply, Update, VaultFirmware
-from backupvault.hsm.state import EntryId, EntryState
+from backupvault.hsm.shares import (
+    Answer,
+    FleetShape,
+    ShareKeeper,
+    ThresholdRead,
+    check_threshold_value,
+    error,
+)
+from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import (
     REQUEST_TYPES,
     EntryStatus,
-    ErrorResponse,
+    ErrorCode,
+    EvaluateRequest,
+    EvaluateResponse,
     Op,
-    RecoverFinishRequest,
-    RecoverFinishResponse,
-    RecoverStartResponse,
     decode_response,
     pad_response,
 )
+from backupvault.sim import clients
 from backupvault.sim.clients import (
     OPS,
-    SIM_KSF,
+    Answers,
     Call,
     ClientViolation,
     Credentials,
     Flow,
     FlowContext,
+    Outcome,
 )
-from backupvault.sim.clients import run_op as client_op
 from backupvault.sim.observer import InvariantViolation, Observer, describe
-from backupvault.tokens import TokenVerifier, fleet_audience
 
-EPOCH = 1_700_000_000.0  # sim time 0 as the firmware's wall clock
+FLEET_ID = b"sim-fleet"
+EPOCH = 1  # the node-set epoch of the fleet's deployment record
+CLOCK_ZERO_MS = 1_700_000_000_000  # sim time 0 on the clients' clocks
 TICK = 0.02
-CLIENT_TIMEOUT = 6.0
-CLIENT_TRIES = 4
+FANOUT_DEADLINE = 4.0  # the relay's wait for a node's answer
+FANOUT_GRACE = 0.5  # after a majority answered: as long again as that took, at least this
 SETTLE = 6.0  # after the heal: restarts catch up, in-flight proposals finish or fail
 
 
@@ -82,6 +100,7 @@ class SimConfig:
     replays: bool = True
     leader: bool = True  # False: every change is a leaderless CASPaxos round
     leader_faults: bool = True  # leader crashes and nodes that pass the leader over
+    hostile: int = 0  # the last `hostile` slots are the attacker's (docs/simulation.md)
 
 
 DEFAULT_CONFIG = SimConfig()
@@ -166,7 +185,7 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
             steps.append(Step(t, "backup", node=node))
     if config.replays:
         for _ in range(rng.randint(0, 8)):
-            what = rng.choice(("KE3", "any"))
+            what = rng.choice(("reset", "any"))
             steps.append(
                 Step(
                     rng.uniform(1, chaos),
@@ -212,42 +231,89 @@ def _leader_faults(seed: int, n: int, config: SimConfig) -> list[Step]:
     return steps
 
 
-@lru_cache(maxsize=1)
-def fleet_secrets() -> FleetSecrets:
-    """Made once per process: nothing in a run's control flow depends on their bytes."""
-    return make_fleet_secrets(b"sim-fleet", os.urandom)
-
-
 @lru_cache(maxsize=16)
-def node_key(index: int) -> NodeKey:
-    """Each node's own HPKE key; requests reach the sim's firmware already opened, so only
-    that every node has its own matters."""
-    return NodeKey(index, NodePrivateKey.generate(Kem.X25519))
+def signing_key(index: int) -> Ed25519PrivateKey:
+    """Node `index`'s own signing key (share acknowledgements), as in its deployment
+    record. Made once per process: nothing in a run's control flow depends on its bytes."""
+    return Ed25519PrivateKey.generate()
+
+
+#: What the attacker answers a client in place of hostile node `slot` (None: silence).
+AttackerAnswer = Callable[[int, Op, Message], Message | None]
+
+
+class HostileAcceptor:
+    """An acceptor the attacker runs. `report(key, round)` is the (round, node, value) it
+    claims to have accepted when asked to promise; it accepts every Accept."""
+
+    def __init__(self, slot: int) -> None:
+        self.slot = slot
+        self.report: Callable[[bytes, int], tuple[int, int, bytes]] = lambda key, rnd: (
+            0,
+            0,
+            b"",
+        )
+
+    def answer(self, message: Message) -> Message | None:
+        match message:
+            case Prepare():
+                accepted_round, accepted_node, value = self.report(message.key, message.round)
+                return Promise(
+                    message.op_id,
+                    message.key,
+                    message.round,
+                    message.node,
+                    True,
+                    accepted_round,
+                    accepted_node,
+                    value,
+                    message.round,
+                    message.node,
+                )
+            case Accept():
+                return Accepted(
+                    message.op_id,
+                    message.key,
+                    message.round,
+                    message.node,
+                    True,
+                    message.round,
+                    message.node,
+                    hashlib.sha256(message.value).digest(),
+                )
+        return None
+
+
+def wrong_partial(rand: random.Random, slot: int, attempt: int = 1) -> EvaluateResponse:
+    """A hostile node's answer: a valid-looking point with a proof that does not verify."""
+    element = oprf.hash_to_group(rand.randbytes(16))
+    proof = oprf.hash_to_scalar(rand.randbytes(16)) + oprf.hash_to_scalar(rand.randbytes(16))
+    return EvaluateResponse(attempt, slot + 1, element, proof, 9)
 
 
 @dataclass
 class _Pending:
-    client: int  # -1: the relay's replay (answer discarded)
-    req_id: int
+    client: int  # -1: the relay's replay (answer discarded); -2: a synchronous request
+    call_id: int
     op: Op
-    request: Message
-    key: bytes
-    child: bytes = b""
-    parent: bytes = b""
+    key: bytes = b""
 
 
 @dataclass
 class _Node:
     index: int
-    firmware: VaultFirmware
     rng: random.Random
-    # The node's store: the replica reads and writes it directly (a write is durable
-    # the moment it is made); `backups` are older images a rollback restores.
+    #: The attacker's acceptor for a hostile node (no replica, no keeper, never faulty).
+    hostile: HostileAcceptor | None = None
+    keeper: ShareKeeper | None = None
+    # The node's store: the replica reads and writes `disk` directly (a write is durable
+    # the moment it is made), the shell writes the keeper's share rows to `rows`;
+    # `backups` are older images of both that a rollback restores.
     disk: MemoryRecords = field(default_factory=MemoryRecords)
-    backups: list[MemoryRecords] = field(default_factory=list)
+    rows: dict[bytes, NodeShare] = field(default_factory=dict)
+    backups: list[tuple[MemoryRecords, dict[bytes, NodeShare]]] = field(default_factory=list)
     replica: Replica | None = None
-    refusing: bool = False  # bit-flipped store: refuses to start until the row is removed
-    corrupt: bytes = b""
+    refusing: bool = False  # bit-flipped store: refuses to start until the operator acts
     pending: dict[bytes, _Pending] = field(default_factory=dict)
     incarnation: int = 0
 
@@ -259,6 +325,9 @@ class _Node:
     def ready(self) -> bool:
         return self.replica is not None and self.replica.ready
 
+    def snapshot(self) -> tuple[MemoryRecords, dict[bytes, NodeShare]]:
+        return self.disk.copy(), dict(self.rows)
+
 
 @dataclass
 class _Client:
@@ -267,10 +336,11 @@ class _Client:
     todo: list[str] = field(default_factory=list)
     flow: Flow | None = None
     op_name: str = ""
+    op_started: float = 0.0
     call: Call | None = None
-    req_id: int = 0
-    tries: int = 0
-    first_sent: float = 0.0
+    call_id: int = 0
+    sent_at: float = 0.0
+    answers: Answers = field(default_factory=dict)
     done: list[str] = field(default_factory=list)
 
 
@@ -288,8 +358,19 @@ class RunResult:
 
 
 class Simulation:
+    """`keeper_class` plants a mutant honest node; `attacker` answers clients for hostile
+    nodes (default: a wrong partial to every evaluate, silence otherwise); `collect`: the
+    observer records violations instead of stopping the run (see Observer)."""
+
     def __init__(
-        self, plan: Plan, config: SimConfig = DEFAULT_CONFIG, keep_trace: bool = True
+        self,
+        plan: Plan,
+        config: SimConfig = DEFAULT_CONFIG,
+        keep_trace: bool = True,
+        *,
+        keeper_class: type[ShareKeeper] = ShareKeeper,
+        attacker: AttackerAnswer | None = None,
+        collect: bool = False,
     ) -> None:
         self.plan = plan
         self.config = config
@@ -297,23 +378,33 @@ class Simulation:
         self.now = 0.0
         self.keep_trace = keep_trace
         self.trace: list[str] = []
-        self.secrets = fleet_secrets()
-        # Requests reach the firmware here already opened (no seal, no tokens): the
-        # simulation is about replication and counting; sealing has its own tests.
-        self.accounts = TokenVerifier(
-            Ed25519PrivateKey.generate().public_key(),
-            issuer="sim",
-            audience=fleet_audience(self.secrets.fleet_id),
+        self.keeper_class = keeper_class
+        self.shape = FleetShape(EPOCH, plan.nodes, plan.nodes // 2 + 1, plan.guess_limit)
+        hostile = set(range(plan.nodes - config.hostile, plan.nodes))
+        attack_rng = random.Random(plan.seed * 31 + 7)
+        self.attacker: AttackerAnswer = attacker or (
+            lambda slot, op, request: wrong_partial(attack_rng, slot) if op is Op.EVALUATE else None
         )
-        self.observer = Observer(plan.nodes // 2 + 1, self.log)
-        self.max_faulty = plan.nodes // 2 if config.max_faulty < 0 else config.max_faulty
+        self.observer = Observer(
+            plan.nodes, plan.guess_limit, self.log, hostile=len(hostile), collect=collect
+        )
+        # Availability needs t honest nodes: c hostile ones leave N - t - c crashes.
+        minority = plan.nodes // 2 - len(hostile)
+        self.max_faulty = minority if config.max_faulty < 0 else config.max_faulty
         self._events: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
-        self._req_ids = itertools.count(1)
+        self._call_ids = itertools.count(1)
+        self._clock = itertools.count()  # keeps the clients' clocks strictly increasing
         self.isolated: frozenset[int] = frozenset()
+        #: None: every node reaches every other; else only nodes in the set talk to each
+        #: other (the attacker's own partition of the network, for scripted tests).
+        self.reachable: set[int] | None = None
         self.drop, self.dup, self.long_delay = plan.drop, plan.dup, plan.long_delay
         self.heal_at = config.chaos_seconds
         self.captured: list[tuple[Op, Message]] = []
+        self._sync: dict[int, Message] = {}
+        #: Nodes a scripted test has taken off the network (no messages, no answers).
+        self.down: set[int] = set()
         self.stats = {
             "messages": 0,
             "dropped": 0,
@@ -322,9 +413,10 @@ class Simulation:
             "skipped": 0,
             "forwarded": 0,  # changes sent to a leader (Forward)
             "one_round": 0,  # Accepts a leader sent on a held promise
+            "no_shares": 0,  # probes that found fewer than t nodes able to evaluate
         }
         self.credentials = Credentials()
-        self.nodes = [self._make_node(i) for i in range(plan.nodes)]
+        self.members = [self._make_node(i, i in hostile) for i in range(plan.nodes)]
         self.entry_keys = [EntryId(f"acct{e}", "root-key").to_bytes() for e in range(plan.entries)]
         self.clients = [self._make_client(c) for c in range(plan.clients)]
 
@@ -334,60 +426,76 @@ class Simulation:
         if self.keep_trace:
             self.trace.append(f"t={self.now:7.3f} {line}")
 
-    def _make_node(self, i: int) -> _Node:
-        fw_rng = random.Random(self.rng.getrandbits(64))
-        node = _Node(
-            i,
-            # A fake record's KE2 names the parameters this world's clients register with,
-            # as the production default matches the SDK's: a client cannot tell it apart.
-            VaultFirmware(
-                self.secrets,
-                node_key(i),
-                fw_rng.randbytes,
-                self.accounts,
-                fake_ksf_params=SIM_KSF,
-            ),
-            random.Random(self.rng.getrandbits(64)),
-        )
-        original = node.firmware._evaluate
+    @property
+    def nodes(self) -> int:
+        return self.plan.nodes
 
-        def evaluate(
-            account: str, entry: str, ke1: opaque.KE1, state: EntryState, now: float
-        ) -> RecoverStartResponse:
-            response = original(account, entry, ke1, state, now)
-            key = EntryId(account, entry).to_bytes()
-            number = self.observer.on_evaluate(
-                i, key, state, response.recovery_ticket, ke1.to_bytes()
-            )
-            what = f"KE2 #{number}" if number else "a KE2 that is not a new evaluation"
-            self.log(f"node{i} evaluates OPRF → {what} for {account} (attempt {state.attempt_seq})")
-            return response
+    @property
+    def signing(self) -> dict[int, Ed25519PrivateKey]:
+        """Each node's signing key (a test that builds its own keeper uses it)."""
+        return {i: signing_key(i) for i in range(self.plan.nodes)}
 
-        node.firmware._evaluate = evaluate  # type: ignore[method-assign]
-        node.backups.append(MemoryRecords())
+    @property
+    def honest(self) -> dict[int, _Node]:
+        return {n.index: n for n in self.members if n.hostile is None}
+
+    @property
+    def hostile(self) -> dict[int, HostileAcceptor]:
+        return {n.index: n.hostile for n in self.members if n.hostile is not None}
+
+    def _make_node(self, i: int, hostile: bool) -> _Node:
+        node = _Node(i, random.Random(self.rng.getrandbits(64)))
+        if hostile:
+            node.hostile = HostileAcceptor(i)
+        node.backups.append(node.snapshot())
         return node
 
-    def _make_client(self, c: int) -> _Client:
-        entry = c % self.plan.entries
-        key = self.entry_keys[entry]
+    def _make_keeper(self, n: _Node) -> ShareKeeper:
+        keeper = self.keeper_class(FLEET_ID, n.index, self.shape, signing_key(n.index), n.rows.get)
+        original = keeper._evaluate_committed
 
-        def current_password() -> str | None:
-            state = EntryState.from_bytes(self.observer.latest(key) or EntryState().to_bytes())
+        def evaluate_committed(
+            key: bytes, request: EvaluateRequest, state: ThresholdState
+        ) -> Answer:
+            answer = original(key, request, state)
+            if isinstance(answer.response, EvaluateResponse):
+                attempt = answer.response.attempt
+                self.observer.on_partial(n.index, key, state, request.blinded, attempt)
+                self.log(f"node{n.index} evaluates its share for {_short(key)} (attempt {attempt})")
+            return answer
+
+        keeper._evaluate_committed = evaluate_committed  # type: ignore[method-assign]
+        return keeper
+
+    def _make_client(
+        self, c: int, entry: int | None = None, account: str = "", name: str = "root-key"
+    ) -> _Client:
+        entry = c % max(1, self.plan.entries) if entry is None else entry
+        account = account or f"acct{entry}"
+        key = EntryId(account, name).to_bytes()
+
+        def current_password() -> bytes | None:
+            state = ThresholdState.from_bytes(
+                self.observer.latest(key) or ThresholdState().to_bytes()
+            )
             if state.status != EntryStatus.LIVE:
                 return None
-            found = self.credentials.by_record.get(state.record)
+            found = self.credentials.by_manifest.get(state.manifest)
             return found[0] if found else None
 
         ctx = FlowContext(
-            f"acct{entry}",
-            "root-key",
-            self.secrets.fleet_id,
-            self.secrets.server_public_key,
+            account,
+            name,
+            FLEET_ID,
+            EPOCH,
+            self.plan.nodes,
+            self.shape.threshold,
+            tuple(signing_key(i).public_key() for i in range(self.plan.nodes)),
             self.credentials,
             random.Random(self.rng.getrandbits(64)),
             current_password,
-            lambda: int((EPOCH + self.now) * 1000),
-            self.plan.guess_limit,
+            lambda: CLOCK_ZERO_MS + int(self.now * 1000) * 1000 + next(self._clock),
+            lambda version, blinded: self.observer.on_success(key, version, blinded),
         )
         return _Client(c, ctx)
 
@@ -412,13 +520,20 @@ class Simulation:
         if violation is not None:
             self.log(f"VIOLATION {violation.invariant}: {violation.detail}")
         stats = dict(
-            self.stats, evaluations=self.observer.evaluations, releases=self.observer.releases
+            self.stats,
+            partials=self.observer.partials,
+            outputs=self.observer.outputs,
+            max_window=self.observer.max_window,
         )
         return RunResult(self.plan, violation, self.now, self.trace, stats)
 
+    def boot(self) -> None:
+        for node in self.members:
+            if node.hostile is None:
+                self._start(node, intact=True)
+
     def _run(self) -> None:
-        for node in self.nodes:
-            self._start(node)
+        self.boot()
         for step in self.plan.steps:
             if step.t < self.heal_at or step.kind == "op":
                 self.at(step.t, "step", step)
@@ -440,7 +555,7 @@ class Simulation:
                 self._deliver(*data)
             case "tick":
                 node, incarnation = data
-                n = self.nodes[node]
+                n = self.members[node]
                 if n.replica is not None and n.incarnation == incarnation:
                     self._execute(n, n.replica.tick(self.now))
                     self.at(self.now + TICK, "tick", data)
@@ -450,20 +565,18 @@ class Simulation:
                 self._client_request(*data)
             case "client_answer":
                 self._client_answer(*data)
-            case "client_timeout":
-                client, req_id = data
+            case "fanout_end":
+                client, call_id = data
                 c = self.clients[client]
-                if c.call is not None and c.req_id == req_id:
-                    self.log(f"client c{client} {c.call.op}: no answer (timeout)")
-                    self._retry(c)
+                if c.call is not None and c.call_id == call_id:
+                    self._fanout_done(c)
             case "client_send":
                 self._send_call(self.clients[data])
             case "operator_fix":
-                n = self.nodes[data]
+                n = self.members[data]
                 if n.refusing:
-                    n.disk.remove(n.corrupt)
-                    n.refusing = False
-                    self.log(f"node{data} operator removes the corrupted row; restart")
+                    self._remove_corrupt(n)
+                    self.log(f"node{data} operator wipes the store, as the error says; restart")
                     self._start(n)
             case "heal_all":
                 self._heal_all()
@@ -473,10 +586,13 @@ class Simulation:
     # ---- faults -------------------------------------------------------------------------
 
     def faulty(self) -> set[int]:
-        return {n.index for n in self.nodes if not n.ready} | set(self.isolated)
+        honest = self.honest
+        return {i for i, n in honest.items() if not n.ready} | (set(self.isolated) & set(honest))
 
     def _step(self, step: Step) -> None:
-        n = self.nodes[step.node] if step.node >= 0 else None
+        n = self.members[step.node] if step.node >= 0 else None
+        if n is not None and n.hostile is not None and step.kind != "replay":
+            return  # the attacker's node: no faults of ours
         match step.kind:
             case "op":
                 c = self.clients[step.client]
@@ -490,7 +606,7 @@ class Simulation:
                     self.stats["skipped"] += 1
                     return
                 self.log(step.describe())
-                self._crash(n)
+                self.crash(n.index)
             case "restart":
                 assert n is not None
                 if n.up or n.refusing:
@@ -502,7 +618,7 @@ class Simulation:
             case "backup":
                 assert n is not None
                 self.log(step.describe())
-                n.backups.append(n.disk.copy())
+                n.backups.append(n.snapshot())
             case "partition":
                 group = frozenset(step.nodes)
                 if len((self.faulty() - set(self.isolated)) | group) > self.max_faulty:
@@ -521,26 +637,40 @@ class Simulation:
             case "replay":
                 self._replay(step)
 
-    def _crash(self, n: _Node) -> None:
+    def crash(self, slot: int) -> None:
+        """Node `slot` loses its memory (replica, keeper, requests in progress)."""
+        n = self.members[slot]
         n.replica = None
+        n.keeper = None
         n.pending.clear()
-        n.backups.append(n.disk.copy())
+        n.backups.append(n.snapshot())
 
     def _disk_fault(self, n: _Node, mode: str, which: int) -> None:
         if mode == "wipe":
             n.disk = MemoryRecords()
+            n.rows = {}
             self.log(f"node{n.index} disk wiped")
         elif mode == "rollback":
-            old = n.backups[max(0, len(n.backups) - 1 - which)]
-            n.disk = old.copy()
+            old, rows = n.backups[max(0, len(n.backups) - 1 - which)]
+            n.disk, n.rows = old.copy(), dict(rows)
             self.log(f"node{n.index} disk rolled back to an older copy ({len(old)} records)")
-        elif mode == "bitflip" and n.disk:
-            keys = n.disk.keys()
-            n.corrupt = keys[which % len(keys)]
+        elif mode == "bitflip" and (n.disk or n.rows):
             n.refusing = True
             self.log(f"node{n.index} a bit flips in a stored row: the store refuses to open")
 
+    def _remove_corrupt(self, n: _Node) -> None:
+        """What the store's error tells the operator (node/store.py): restore the whole
+        database from one backup, or wipe it so the node catches up from the fleet. The
+        sim wipes it: removing only the damaged row would leave the node's catch-up marks
+        claiming it holds what it lost, and no catch-up would bring the row back."""
+        n.disk = MemoryRecords()
+        n.rows = {}
+        n.refusing = False
+
     def _start(self, n: _Node, intact: bool = False) -> None:
+        """Start node `n` from its disk. Not `intact` (the store does not match the token's
+        counter: rolled back, wiped, or a row removed): it catches up before it votes, and
+        distrusts the counts in its share rows (docs/threshold.md, "Counters")."""
         if n.refusing:
             self.at(self.now + 2.0, "operator_fix", n.index)
             return
@@ -549,28 +679,59 @@ class Simulation:
             # As the node's store does when it finds itself behind the token's counter:
             # versions it hands out from here may repeat older ones, so a new store id.
             n.disk.renew(f"node{n.index}/{n.incarnation}".encode())
+        keeper = self._make_keeper(n)
+        if not intact:
+            keeper.distrust_stored_counts()
+        shape = self.shape
+
+        def check(key: bytes, payload: bytes, held: bytes) -> str | None:
+            try:
+                state = ThresholdState.from_bytes(payload)
+            except InvalidInput:
+                return "not a threshold entry"
+            return check_threshold_value(FLEET_ID, key, shape, state, held)
+
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
+        n.keeper = keeper
         n.replica = Replica(
             n.index,
             range(self.plan.nodes),
             rng.randbytes,
             n.disk,
             timing,
-            check_value=n.firmware.check_value,
+            check_value=check,
+            on_accept=keeper.on_accept,
+            announce=lambda key, payload: True,  # every entry is a threshold entry
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
+
+    def snapshot(self, slot: int) -> dict[bytes, NodeShare]:
+        """Node `slot`'s share rows now (an older copy of its disk, for a rollback)."""
+        return dict(self.members[slot].rows)
+
+    def restart_rolled_back(self, slot: int, rows: dict[bytes, NodeShare]) -> None:
+        self.restart(slot, rows)
+
+    def restart(self, slot: int, rows: dict[bytes, NodeShare] | None = None) -> None:
+        """Restart crashed node `slot` from its disk, or with its share rows rolled back to
+        `rows` (its token's counter then shows the rollback)."""
+        n = self.members[slot]
+        if n.up:
+            self.crash(slot)
+        if rows is not None:
+            n.rows = dict(rows)
+        self._start(n, intact=rows is None)
 
     def _heal_all(self) -> None:
         self.log("heal: faults end, network reliable, crashed nodes restart")
         self.isolated = frozenset()
         self.drop = self.dup = self.long_delay = 0.0
-        for n in self.nodes:
+        for n in self.honest.values():
             fixed = n.refusing
             if n.refusing:
-                n.disk.remove(n.corrupt)
-                n.refusing = False
+                self._remove_corrupt(n)
             if not n.up:
                 self._start(n, intact=not fixed)  # crashed, disk untouched unless fixed
 
@@ -590,12 +751,23 @@ class Simulation:
         if self.dup and self.rng.random() < self.dup:
             self.at(self.now + self._delay(), kind, data)
 
+    def _connected(self, a: int, b: int) -> bool:
+        if a in self.down or b in self.down or (a in self.isolated) != (b in self.isolated):
+            return False
+        return self.reachable is None or (a in self.reachable and b in self.reachable)
+
     def _deliver(self, sender: int, to: int, raw: bytes) -> None:
-        n = self.nodes[to]
-        if n.replica is None or ((sender in self.isolated) != (to in self.isolated)):
+        n = self.members[to]
+        if not self._connected(sender, to):
             return
         message = decode_any(raw, PEER_MESSAGES)
-        self._execute(n, n.replica.receive(sender, message, self.now))
+        if n.hostile is not None:
+            answer = n.hostile.answer(message)
+            if answer is not None:
+                self._transmit("deliver", (to, sender, answer.to_bytes()))
+            return
+        if n.replica is not None:
+            self._execute(n, n.replica.receive(sender, message, self.now))
 
     def _execute(self, n: _Node, effects: list[Effect]) -> None:
         for effect in effects:
@@ -612,148 +784,198 @@ class Simulation:
                         self.stats["one_round"] += 1
                     self._transmit("deliver", (n.index, to, message.to_bytes()))
                 case Committed(op_id, outcome):
-                    self._committed(n, op_id, outcome)
+                    pending = n.pending.pop(op_id, None)
+                    if pending is not None:
+                        self._answer(n, pending, outcome())
                 case Failed(op_id, _):
                     pending = n.pending.pop(op_id, None)
                     if pending is not None:
-                        self._answer(n, pending, ErrorResponse("fleet_unavailable", "", 0))
+                        unavailable = error(ErrorCode.FLEET_UNAVAILABLE, "no majority in time")
+                        self._answer(n, pending, Answer(unavailable))
+
+    def inject(self, sender: int, to: int, message: Message) -> Message | None:
+        """Hostile node `sender` sends `message` to honest node `to`; its direct answer."""
+        assert self.members[sender].hostile is not None, "only hostile nodes' messages are forged"
+        replica = self.members[to].replica
+        assert replica is not None
+        effects = replica.receive(sender, message, self.now)
+        direct = [e.message for e in effects if isinstance(e, Send) and e.to == sender]
+        self._execute(
+            self.members[to], [e for e in effects if not (isinstance(e, Send) and e.to == sender)]
+        )
+        return direct[0] if direct else None
+
+    def replicated(self, slot: int, key: bytes) -> ThresholdState:
+        """The value node `slot` holds for `key`."""
+        record = self.members[slot].disk.get(key)
+        payload = payload_of(record.value) if record is not None and record.value else b""
+        return ThresholdState.from_bytes(payload) if payload else ThresholdState()
 
     # ---- the node's client endpoint ----------------------------------------------------
 
-    def _client_request(self, node: int, client: int, req_id: int, op: Op, raw: bytes) -> None:
-        n = self.nodes[node]
-        if n.replica is None:
-            return
+    def _client_request(self, node: int, client: int, call_id: int, op: Op, raw: bytes) -> None:
+        n = self.members[node]
         request = REQUEST_TYPES[op].from_bytes(raw)
-        pending = _Pending(client, req_id, op, request, b"")
+        pending = _Pending(client, call_id, op)
+        if n.hostile is not None:
+            forged = self.attacker(node, op, request)
+            if forged is not None:
+                self._reply(n, pending, forged)
+            return
+        if n.replica is None or n.keeper is None:
+            return
         if not n.replica.ready:
-            self._answer(n, pending, ErrorResponse("node_not_ready", "", 0))
+            unavailable = error(ErrorCode.FLEET_UNAVAILABLE, "this node is catching up")
+            self._answer(n, pending, Answer(unavailable))
             return
-        action = n.firmware.handle(op, request, EPOCH + self.now)
-        if isinstance(action, Reply):
-            self._answer(n, pending, action.response)
+        try:
+            update = n.keeper.handle(op, request)
+        except (InvalidInput, AuthenticationFailed) as err:
+            self._answer(n, pending, Answer(error(ErrorCode.BAD_REQUEST, err.message)))
             return
-        # The simulated clients use the single-seed flow (tests/sim/test_hostile_threshold
-        # runs the threshold flow against hostile nodes).
-        assert isinstance(action, Update), "threshold requests are not simulated here"
+        if isinstance(update, ThresholdRead):
+            self._answer(n, pending, update.answer(n.replica.held_payload(update.key)))
+            return
         op_id = n.rng.randbytes(16)
-        pending.key = action.key
+        pending.key = update.key
         n.pending[op_id] = pending
-        ticket = request.recovery_ticket if isinstance(request, RecoverFinishRequest) else b""
 
         def change(value: bytes) -> tuple[bytes, Any]:
-            state = EntryState.from_bytes(value) if value else EntryState()
-            new_state, build = action.apply(state)
-            child = new_state.to_bytes()
-            bad = self.observer.check_finish(action.key, ticket, value, child) if ticket else ""
-            self.observer.on_apply(action.key, value, child, bad)
-            pending.parent, pending.child = value, child
+            child, build = update.change(value)
+            self.observer.on_apply(update.key, value, child)
             return child, build
 
-        self._execute(n, n.replica.propose(op_id, action.key, change, self.now))
+        self._execute(n, n.replica.propose(op_id, update.key, change, self.now, joinable=True))
 
-    def _committed(self, n: _Node, op_id: bytes, outcome: Any) -> None:
-        pending = n.pending.pop(op_id, None)
-        if pending is None:
-            return
-        build: Callable[[], Message] = outcome
-        reply = build()
-        if isinstance(reply, RecoverFinishResponse):
-            assert isinstance(pending.request, RecoverFinishRequest)
-            self.observer.on_release(
-                n.index, pending.key, pending.request.recovery_ticket, pending.child
-            )
-            self.log(f"node{n.index} releases the wrapped key (success committed)")
-        self._answer(n, pending, reply)
+    def _answer(self, n: _Node, pending: _Pending, answer: Answer) -> None:
+        """The shell: this node's share rows are durable before its answer leaves."""
+        for write in answer.writes:
+            n.rows[write.key] = write.row
+        if n.keeper is not None:
+            n.keeper.durable(answer.writes)
+        self._reply(n, pending, answer.response)
 
-    def _answer(self, n: _Node, pending: _Pending, reply: Message) -> None:
-        if pending.client >= 0:
-            padded = pad_response(pending.op, reply.to_bytes())
-            self._transmit("client_answer", (pending.client, pending.req_id, padded))
+    def _reply(self, n: _Node, pending: _Pending, response: Message) -> None:
+        if pending.client == -2:
+            self._sync[pending.call_id] = response
+        elif pending.client >= 0:
+            padded = pad_response(pending.op, response.to_bytes())
+            self._transmit("client_answer", (pending.client, pending.call_id, n.index, padded))
 
-    # ---- clients ------------------------------------------------------------------------
+    # ---- clients: fan-outs through the relay -------------------------------------------
 
     def _client_next(self, c: _Client) -> None:
         if c.flow is not None or not c.todo:
             return
         c.op_name = c.todo.pop(0)
+        c.op_started = self.now
         self.log(f"client c{c.index} starts {c.op_name}")
-        c.flow = client_op(c.ctx, c.op_name)
-        self._advance(c, None, first=True)
+        c.flow = clients.run_op(c.ctx, c.op_name)
+        self._advance(c, None)
 
-    def _advance(self, c: _Client, answer: Message | None, first: bool = False) -> None:
+    def _advance(self, c: _Client, answers: Answers | None) -> None:
         assert c.flow is not None
         try:
-            call = next(c.flow) if first else c.flow.send(answer)
+            call = next(c.flow) if answers is None else c.flow.send(answers)
         except StopIteration as stop:
-            self.log(f"client c{c.index} {c.op_name} → {stop.value}")
-            c.done.append(f"{c.op_name}: {stop.value}")
+            outcome: Outcome = stop.value
+            self.log(f"client c{c.index} {c.op_name} → {outcome.text}")
+            c.done.append(f"{c.op_name}: {outcome.text}")
             c.flow = None
             c.call = None
+            if "unavailable" in outcome.text:
+                self.stats["gave_up"] += 1
+                if c.op_started >= self.heal_at + SETTLE and self._recoverable(c):
+                    raise InvariantViolation(
+                        "liveness",
+                        f"client c{c.index} {c.op_name} started at t={c.op_started:.2f}, after "
+                        f"the faults ended, did not complete: {outcome.text}",
+                    ) from None
             self.at(self.now + 0.01, "client_wake", c.index)
             return
         c.call = call
-        c.tries = 0
-        c.first_sent = self.now
-        self.captured.append((call.op, call.request))
-        self._send_call(c)
+        self.captured += [(call.op, request) for request in call.requests]
+        if call.resend:
+            self.stats["unavailable"] += 1
+            self.log(f"client c{c.index} resends its {call.op}")
+            self.at(self.now + self.rng.uniform(0.2, 1.0), "client_send", c.index)
+        else:
+            self._send_call(c)
 
     def _send_call(self, c: _Client) -> None:
+        """The relay's fan-out: copy i to node i; it returns when every node answered, or
+        a majority answered and a grace passed, or the deadline passed."""
         if c.call is None:
             return
-        c.tries += 1
-        c.req_id = next(self._req_ids)
-        up = [n.index for n in self.nodes if n.up]
-        if not up:
-            self.at(self.now + 0.05, "client_answer", (c.index, c.req_id, None))
-        else:
-            node = self.rng.choice(up)
-            data = (node, c.index, c.req_id, c.call.op, c.call.request.to_bytes())
+        c.call_id = next(self._call_ids)
+        c.sent_at = self.now
+        c.answers = {}
+        for slot, request in enumerate(c.call.requests):
+            data = (slot, c.index, c.call_id, c.call.op, request.to_bytes())
             self._transmit("client_request", data)
-        self.at(self.now + CLIENT_TIMEOUT, "client_timeout", (c.index, c.req_id))
+        self.at(self.now + FANOUT_DEADLINE, "fanout_end", (c.index, c.call_id))
 
-    def _client_answer(self, client: int, req_id: int, raw: bytes | None) -> None:
+    def _client_answer(self, client: int, call_id: int, node: int, raw: bytes) -> None:
         c = self.clients[client]
-        if c.call is None or c.req_id != req_id:
-            return  # a late or duplicated answer to an abandoned try
-        answer = decode_response(c.call.op, raw) if raw is not None else None
-        if answer is None or (
-            isinstance(answer, ErrorResponse)
-            and answer.code in ("fleet_unavailable", "node_not_ready")
-        ):
-            self.stats["unavailable"] += 1
-            self.log(f"client c{client} {c.call.op}: {answer.code if answer else 'no node up'}")
-            self._retry(c)
-            return
-        self._advance(c, answer)
+        if c.call is None or c.call_id != call_id or node in c.answers:
+            return  # a late or duplicated answer to an earlier fan-out
+        c.answers[node] = decode_response(c.call.op, raw)
+        if len(c.answers) == self.plan.nodes:
+            self._fanout_done(c)
+        elif len(c.answers) == self.shape.threshold:
+            grace = max(FANOUT_GRACE, self.now - c.sent_at)
+            self.at(self.now + grace, "fanout_end", (c.index, c.call_id))
 
-    def _retry(self, c: _Client) -> None:
-        assert c.call is not None
-        if c.first_sent >= self.heal_at + SETTLE:
-            raise InvariantViolation(
-                "liveness",
-                f"client c{c.index} {c.call.op} sent at t={c.first_sent:.2f}, after the faults "
-                f"ended, did not complete (try {c.tries})",
-            )
-        if c.tries >= CLIENT_TRIES and self.now < self.heal_at:
-            self.stats["gave_up"] += 1
-            self.log(f"client c{c.index} {c.call.op}: gives up after {c.tries} tries")
-            c.req_id = -1
-            self._advance(c, None)
-            return
-        c.req_id = -1
-        self.at(self.now + self.rng.uniform(0.2, 1.0), "client_send", c.index)
+    def _fanout_done(self, c: _Client) -> None:
+        c.call_id = -1
+        self._advance(c, c.answers)
 
     def _replay(self, step: Step) -> None:
-        choices = [
-            (op, m) for op, m in self.captured if step.arg != "KE3" or op is Op.RECOVER_FINISH
-        ]
+        choices = [(op, m) for op, m in self.captured if step.arg != "reset" or op is Op.RESET]
         if not choices:
             return
         op, request = choices[step.n % len(choices)]
         self.log(f"relay replays a captured {op} to node{step.node}")
-        data = (step.node, -1, 0, op, request.to_bytes())
-        self._transmit("client_request", data)
+        self._transmit("client_request", (step.node, -1, 0, op, request.to_bytes()))
+
+    # ---- synchronous driving, for tests that script an attacker -------------------------
+
+    def request(self, slot: int, op: Op, request: Message, seconds: float = 10.0) -> Message:
+        """What node `slot` answers to `request` (as its service would), running the world
+        until it answers. A crashed node gives no answer: fleet_unavailable."""
+        call_id = next(self._call_ids)
+        self._client_request(slot, -2, call_id, op, request.to_bytes())
+        deadline = self.now + seconds
+        while call_id not in self._sync and self._events and self._events[0][0] <= deadline:
+            t, _, kind, data = heapq.heappop(self._events)
+            self.now = t
+            self._dispatch(kind, data)
+        answer = self._sync.pop(call_id, None)
+        if answer is None:
+            return error(ErrorCode.FLEET_UNAVAILABLE, "no answer")
+        return answer
+
+    def settle(self, seconds: float) -> None:
+        """Let the world run for `seconds` (repairs, catch-up, retries)."""
+        deadline = self.now + seconds
+        while self._events and self._events[0][0] <= deadline:
+            t, _, kind, data = heapq.heappop(self._events)
+            self.now = t
+            self._dispatch(kind, data)
+
+    def fanout_now(self, call: Call) -> Answers:
+        """Each node's answer to its copy, one node after the other (crashed nodes give
+        none; hostile nodes answer what the attacker says)."""
+        answers: Answers = {}
+        for slot, request in enumerate(call.requests):
+            n = self.members[slot]
+            if n.hostile is not None:
+                forged = self.attacker(slot, call.op, request)
+                if forged is not None:
+                    answers[slot] = forged
+            elif n.up and slot not in self.down:
+                answers[slot] = self.request(slot, call.op, request)
+        return answers
 
     # ---- the end of a run ---------------------------------------------------------------
 
@@ -765,7 +987,7 @@ class Simulation:
             and n.replica.ready
             and not n.replica.pending()
             and not n.replica.lagging()
-            for n in self.nodes
+            for n in self.honest.values()
         )
 
     def _final_checks(self) -> None:
@@ -775,39 +997,76 @@ class Simulation:
             raise InvariantViolation(
                 "liveness", f"client c{c.index} still busy with {c.op_name} after the quiet period"
             )
-        for n in self.nodes:
+        for n in self.honest.values():
             if not n.ready:
                 raise InvariantViolation(
                     "liveness", f"node{n.index} never caught up after the heal"
                 )
         for key in self.entry_keys:
-            latest = self.observer.latest(key)
-            if not latest or EntryState.from_bytes(latest).status != EntryStatus.DESTROYED:
+            latest = ThresholdState.from_bytes(
+                self.observer.latest(key) or ThresholdState().to_bytes()
+            )
+            if latest.status != EntryStatus.DESTROYED:
                 continue
-            for n in self.nodes:
-                record = n.disk.get(key)
-                held = payload_of(record.value) if record else b""
-                if not held or EntryState.from_bytes(held).status != EntryStatus.DESTROYED:
+            for n in self.honest.values():
+                held = self.replicated(n.index, key)
+                if held.version < latest.version or held.status == EntryStatus.LIVE:
                     raise InvariantViolation(
                         "tombstone-everywhere",
-                        f"node{n.index} still holds [{describe(held)}] for a destroyed entry",
+                        f"node{n.index} still holds [{describe(held.to_bytes())}] for a "
+                        "destroyed entry",
                     )
         self._probe()
 
+    def _recoverable(self, c: _Client) -> bool:
+        """Whether t honest nodes can still evaluate `c`'s entry (else an "unavailable"
+        after the heal is the lost shares' doing, counted in `no_shares`)."""
+        key = EntryId(c.ctx.account, c.ctx.entry).to_bytes()
+        state = ThresholdState.from_bytes(self.observer.latest(key) or ThresholdState().to_bytes())
+        if state.status != EntryStatus.LIVE:
+            return True
+        if self._able(key, state) >= self.shape.threshold - len(self.hostile):
+            return True
+        self.stats["no_shares"] += 1
+        return False
+
+    def _able(self, key: bytes, state: ThresholdState) -> int:
+        """Honest nodes that can evaluate the entry now: they hold the current version's
+        share, with a count they trust and guesses left. A share lost with a wiped disk is
+        not dealt again before the owner's next password change, and a rolled-back count
+        is trusted again only after the owner's next success (docs/threshold.md)."""
+        able = 0
+        for n in self.honest.values():
+            row = n.rows.get(key)
+            keeper = n.keeper
+            if row is None or row.version != state.version or not row.share or keeper is None:
+                continue
+            if keeper._distrusted and key not in keeper._trusted:
+                continue
+            able += row.count < self.shape.guess_limit
+        return able
+
     def _probe(self) -> None:
-        """With every fault gone, a status read and a right-password recovery of every live
-        entry must complete and succeed."""
-        self.heal_at = -SETTLE  # from here on, every request must complete at once
+        """With every fault gone, a status read of every entry must complete, and a
+        right-password recovery of every live entry with guesses left must succeed when t
+        nodes can still evaluate it."""
+        self.heal_at = -SETTLE  # from here on, every operation must complete
         for e, key in enumerate(self.entry_keys):
-            state = EntryState.from_bytes(self.observer.latest(key) or EntryState().to_bytes())
-            c = self._make_client(e)
-            c.index = len(self.clients)
+            state = ThresholdState.from_bytes(
+                self.observer.latest(key) or ThresholdState().to_bytes()
+            )
+            c = self._make_client(len(self.clients), entry=e)
             self.clients.append(c)
             c.todo.append("status")
-            if state.status == EntryStatus.LIVE and state.attempts_used < state.guess_limit:
-                c.todo.append("recover_right")
+            able = self._able(key, state) if state.status == EntryStatus.LIVE else 0
+            if able >= self.shape.threshold - len(self.hostile):
+                if state.attempts_used < self.shape.guess_limit:
+                    c.todo.append("recover_right")
+            elif state.status == EntryStatus.LIVE:
+                self.stats["no_shares"] += 1
+                self.log(f"probe: only {able} nodes can evaluate acct{e} (shares lost)")
             self._client_next(c)
-            deadline = self.now + 20.0
+            deadline = self.now + 30.0
             while self._events and (c.flow is not None or c.todo):
                 t, _, kind, data = heapq.heappop(self._events)
                 if t > deadline:
@@ -822,5 +1081,150 @@ class Simulation:
                 )
 
 
+def _short(key: bytes) -> str:
+    entry = EntryId.from_bytes(key)
+    return f"{entry.account}/{entry.entry}"
+
+
 def run_seed(seed: int, config: SimConfig = DEFAULT_CONFIG, keep_trace: bool = True) -> RunResult:
     return Simulation(make_plan(seed, config), config, keep_trace).run()
+
+
+# ---- the same world, scripted ------------------------------------------------------------
+
+
+def threshold_world(
+    nodes: int = 5,
+    limit: int = 10,
+    hostile: int = 0,
+    seed: int = 0,
+    leader: bool = True,
+    *,
+    keeper_class: type[ShareKeeper] = ShareKeeper,
+    attacker: AttackerAnswer | None = None,
+    collect: bool = False,
+) -> Simulation:
+    """A booted world with no plan: the last `hostile` nodes are the attacker's, the
+    network is reliable, and a test drives it (`request`, `inject`, `SyncClient`)."""
+    config = SimConfig(nodes=nodes, leader=leader, hostile=hostile)
+    plan = Plan(seed, nodes, 0, 0, limit, 0.0, 0.0, 0.0, ())
+    world = Simulation(
+        plan,
+        config,
+        keep_trace=False,
+        keeper_class=keeper_class,
+        attacker=attacker,
+        collect=collect,
+    )
+    world.heal_at = -SETTLE
+    world.observer.owner_ghost = False  # tests sign owner statements of their own
+    world.boot()
+    return world
+
+
+@dataclass
+class Loot:
+    """What the attacker holds of one entry: the hostile nodes' shares, and the manifest."""
+
+    shares: dict[int, threshold.KeyShare]
+    manifest: manifest.Manifest
+
+
+class ThresholdClient:
+    """An honest user's device on a scripted world: the flows of `clients.py`, each fan-out
+    answered at once (`Simulation.fanout_now`). `hostile_answer`: what the attacker
+    answers for hostile nodes (the world's `attacker`)."""
+
+    def __init__(
+        self,
+        world: Simulation,
+        account: str = "alice",
+        entry: str = "chat",
+        hostile_answer: AttackerAnswer | None = None,
+    ) -> None:
+        self.world = world
+        if hostile_answer is not None:
+            world.attacker = hostile_answer
+        self.ctx = world._make_client(-1, entry=0, account=account, name=entry).ctx
+        self.ctx.now_ms = self._tick
+        self.key = EntryId(account, entry).to_bytes()
+        self.clock_ms = 1_000
+        self.last_rejected: tuple[int, ...] = ()
+
+    def _tick(self) -> int:
+        self.clock_ms += 1000
+        return self.clock_ms
+
+    @property
+    def account(self) -> str:
+        return self.ctx.account
+
+    @property
+    def entry(self) -> str:
+        return self.ctx.entry
+
+    def _run(self, flow: Flow) -> Outcome:
+        try:
+            call = next(flow)
+            while True:
+                call = flow.send(self.world.fanout_now(call))
+        except StopIteration as stop:
+            outcome: Outcome = stop.value
+            return outcome
+
+    def _loot(self, outcome: Outcome) -> Loot:
+        made = outcome.registration
+        assert made is not None
+        return Loot({i: made.shares[i] for i in self.world.hostile}, made.manifest)
+
+    def register(self, password: bytes, root_key: bytes, version: int = 1) -> tuple[Loot, int]:
+        """Register; the attacker's loot (hostile nodes' shares) and the verified acks."""
+        outcome = self._run(clients.register(self.ctx, password, root_key, version))
+        return self._loot(outcome), outcome.acks
+
+    def agreed(self) -> manifest.Manifest:
+        """The manifest t nodes return identically (AuthenticationFailed if none)."""
+        _, found = self._run_fetch()
+        if found.agreed is None:
+            raise found.error or AuthenticationFailed(found.text)
+        return found.agreed
+
+    def _run_fetch(self) -> tuple[Answers, Outcome]:
+        flow = clients.fetch_manifest(self.ctx)
+        try:
+            call = next(flow)
+            while True:
+                call = flow.send(self.world.fanout_now(call))
+        except StopIteration as stop:
+            found: tuple[Answers, Outcome] = stop.value
+            return found
+
+    def recover(self, password: bytes) -> tuple[bytes, bytes] | None:
+        """(export_key, root_key), or None if the password is wrong. Raises
+        AuthenticationFailed (NotEnoughPartials, naming the nodes whose partial did not
+        verify) when no manifest or fewer than t good partials came back."""
+        outcome = self._run(clients.recover(self.ctx, password))
+        self.last_rejected = outcome.rejected
+        if outcome.error is not None:
+            raise outcome.error
+        if outcome.text.startswith("wrong password"):
+            return None
+        assert outcome.text == "recovered", outcome.text
+        return outcome.export_key, outcome.root_key
+
+    def _recovered(self, export_key: bytes, root_key: bytes = b"") -> Outcome:
+        return Outcome("recovered", export_key=export_key, root_key=root_key, agreed=self.agreed())
+
+    def change_password(
+        self, export_key: bytes, new_password: bytes, root_key: bytes, counter: int = 1
+    ) -> tuple[Loot, int]:
+        """A fresh k for version + 1, authorized by the old owner's CHANGE_PASSWORD
+        statement over the new manifest; the new loot and the verified acks."""
+        recovered = self._recovered(export_key, root_key)
+        flow = clients.change_password(self.ctx, recovered, new_password, counter)
+        outcome = self._run(flow)
+        return self._loot(outcome), outcome.acks
+
+    def delete(self, export_key: bytes, counter: int = 1) -> int:
+        """How many nodes acknowledged the erasure (verified)."""
+        return self._run(clients.delete(self.ctx, self._recovered(export_key), counter)).acks
