@@ -4,14 +4,18 @@ would no longer deduplicate against new snapshots."""
 
 from __future__ import annotations
 
+import errno
+import io
 import os
 import random
+import threading
 from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from backupvault.backup.errors import SourceError
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo.tree import FILE
@@ -101,23 +105,28 @@ def test_a_file_a_few_windows_long_dedups_against_its_copy(tmp_path: Path, root_
     assert by_name[b"b.bin"] == whole_file_ids(repo, b"x" + data)
 
 
-def test_objects_are_written_whole_in_small_writes(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def test_a_read_error_ahead_fails_the_backup_cleanly(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Packs go out in writes of at most 128 KiB (cheaper for the kernel), short writes
-    are finished, and empty parts are skipped."""
-    from backupvault.backup.repo import backend as backend_module
+    """A large file is read ahead on a thread of its own; an I/O error there names the
+    file, no snapshot appears, and the reader thread is gone."""
+    monkeypatch.setattr(create_module, "_WINDOW_BYTES", 1)
+    real_read_into = create_module._read_into
+    calls = 0
 
-    real_writev = os.writev
-    sizes: list[int] = []
+    def failing_read_into(handle: io.FileIO, buffer: memoryview) -> int:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise OSError(errno.EIO, "Input/output error")
+        return real_read_into(handle, buffer)
 
-    def short_writev(fd: int, buffers: list[memoryview]) -> int:
-        sizes.append(sum(len(b) for b in buffers))
-        return real_writev(fd, [bytes(b"".join(buffers)[:100_000])])
-
-    monkeypatch.setattr(backend_module.os, "writev", short_writev)
-    parts = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20)] + [b"x"] * 3000
-    store = backend_module.Backend(Storage(str(tmp_path / "repo")))
-    store.put("data/" + "ab" * 16, parts)
-    assert store.get("data/" + "ab" * 16) == b"".join(parts)
-    assert max(sizes) <= 128 * 1024 and len(sizes) > 10
+    monkeypatch.setattr(create_module, "_read_into", failing_read_into)
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(60_000))
+    with pytest.raises(SourceError, match=r"cannot read .*big\.bin: Input/output error"):
+        create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    assert calls == 3
+    assert not [t for t in threading.enumerate() if t.name == "backup-read"]
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
+    assert repo.snapshot_names() == {}

@@ -8,11 +8,15 @@ ever holds a complete object; object stores (S3) make a single PUT visible whole
 from __future__ import annotations
 
 import contextlib
+import errno
+import mmap
 import os
 import re
 import secrets
+import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, Final
 
@@ -29,6 +33,15 @@ _IOV_MAX: Final = 1024
 # 0.2-0.4 s copying 512 MiB into the page cache in 128 KiB writes, 1.1 s in 1 MiB or
 # larger ones (the largest single cost of a first backup).
 _WRITE_BYTES: Final = 128 * 1024
+# Objects of at least 1 MiB (packs) are written with O_DIRECT where the file system takes
+# it: the disk reads them straight from our buffer, and the kernel copies nothing into the
+# page cache (measured on the 2-core VM: 512 MiB took 0.4 s of system CPU in buffered
+# 128 KiB writes and their fsync, 0.1 s direct, and the direct writes ran at the speed
+# of `cat > file; sync`). The fsyncs stay: they make the file's size and blocks durable
+# and flush the disk's cache.
+_DIRECT_MIN: Final = 1 << 20
+_DIRECT_ALIGN: Final = 4096  # address, offset and length (logical blocks up to 4 KiB)
+_DIRECT_SPARE: Final = 3  # aligned buffers kept for reuse (a fresh page costs a fault)
 Buffer = bytes | bytearray | memoryview
 
 
@@ -42,6 +55,9 @@ class Backend:
         self.is_local = storage.is_local
         self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
         self._made: set[str] = set()
+        self._direct = self.is_local and hasattr(os, "O_DIRECT")
+        self._spare: list[mmap.mmap] = []
+        self._spare_lock = threading.Lock()
 
     @property
     def fs(self) -> Any:
@@ -67,17 +83,19 @@ class Backend:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
 
-    def put(self, name: str, data: Buffer | list[Buffer]) -> None:
+    def put(self, name: str, data: Buffer | list[Buffer], *, sync_folder: bool = True) -> None:
         """Store an object made of `data` (one buffer, or several written in order); it is
         durable when this returns (local folders: fsync of the file and its folder;
-        remote stores acknowledge a PUT only once it is stored)."""
+        remote stores acknowledge a PUT only once it is stored). Without `sync_folder`,
+        a local object's name is durable only after `sync_folder(folder)`: for many
+        objects of one folder that must all be durable before the next step."""
         parts = data if isinstance(data, list) else [data]
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         final = self.path(name)
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, parts)
+                self._put_local(final, parts, sync_folder)
             elif self._is_webdav:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
@@ -89,12 +107,30 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
-    def _put_local(self, final: str, parts: list[Buffer]) -> None:
-        directory, base = os.path.split(final)
-        temp = os.path.join(directory, f".{base}.{secrets.token_hex(8)}.partial")
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    def _put_local(self, final: str, parts: list[Buffer], sync_folder: bool) -> None:
+        size = sum(memoryview(part).nbytes for part in parts)
+        if not (self._direct and size >= _DIRECT_MIN and self._put_direct(final, parts, size)):
+            temp = _temp_name(final)
+            self._fill_temp(temp, lambda fd: _write_all(fd, parts))
+            os.replace(temp, final)
+        if sync_folder:
+            _fsync_folder(os.path.dirname(final))
+
+    def sync_folder(self, folder: str) -> None:
+        """Make the names of objects put into `folder` without `sync_folder` durable."""
+        if not self.is_local:
+            return
         try:
-            _write_all(fd, parts)
+            _fsync_folder(self.path(folder))
+        except OSError as exc:
+            raise self._error(f"cannot store {folder}", exc) from None
+
+    @staticmethod
+    def _fill_temp(temp: str, write: Callable[[int], None], flags: int = 0) -> None:
+        """Create `temp`, write it with `write(fd)` and fsync it; removed on failure."""
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600)
+        try:
+            write(fd)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
@@ -102,12 +138,56 @@ class Backend:
                 os.unlink(temp)
             raise
         os.close(fd)
-        os.replace(temp, final)
-        dir_fd = os.open(directory, os.O_RDONLY)
+
+    def _put_direct(self, final: str, parts: list[Buffer], size: int) -> bool:
+        """Write the object with O_DIRECT from an aligned copy, padded to the alignment and
+        truncated back; False (and buffered writes from then on) if the file system
+        refuses O_DIRECT or its alignment."""
+        padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
+        buffer = self._aligned_buffer(padded)
         try:
-            os.fsync(dir_fd)
+            with memoryview(buffer) as whole:
+                offset = 0
+                for part in parts:
+                    with memoryview(part) as view, view.cast("B") as raw:
+                        whole[offset : offset + len(raw)] = raw
+                        offset += len(raw)
+                whole[size:padded] = bytes(padded - size)
+
+                def write(fd: int) -> None:
+                    with whole[:padded] as out:
+                        written = 0
+                        while written < padded:
+                            written += os.write(fd, out[written:])
+                    os.ftruncate(fd, size)
+
+                temp = _temp_name(final)
+                try:
+                    self._fill_temp(temp, write, os.O_DIRECT)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    self._direct = False
+                    return False
+            os.replace(temp, final)
+            return True
         finally:
-            os.close(dir_fd)
+            self._return_buffer(buffer)
+
+    def _aligned_buffer(self, size: int) -> mmap.mmap:
+        """A page-aligned buffer of at least `size` bytes (an anonymous mapping)."""
+        with self._spare_lock:
+            for number, spare in enumerate(self._spare):
+                if len(spare) >= size:
+                    return self._spare.pop(number)
+        return mmap.mmap(-1, -(-size // (1 << 20)) << 20)
+
+    def _return_buffer(self, buffer: mmap.mmap) -> None:
+        with self._spare_lock:
+            if len(self._spare) < _DIRECT_SPARE:
+                self._spare.append(buffer)
+                return
+        buffer.close()
 
     def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
         """The object's bytes, or bytes [start, end) of it."""
@@ -194,6 +274,19 @@ class Backend:
             return
         except Exception as exc:
             raise self._error(f"cannot delete {name}", exc) from None
+
+
+def _fsync_folder(path: str) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _temp_name(final: str) -> str:
+    directory, base = os.path.split(final)
+    return os.path.join(directory, f".{base}.{secrets.token_hex(8)}.partial")
 
 
 def _write_all(fd: int, parts: list[Buffer]) -> None:

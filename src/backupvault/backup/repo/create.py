@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import queue
 import stat
 import threading
 import time
@@ -46,9 +47,10 @@ from backupvault.errors import InvalidInput
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
 _SMALL_BATCH = 256  # small files per worker task
+_READ_AHEAD = 1  # windows a large file's reader may be ahead of its cutter
 
 # (entry number, chunk id, plaintext length, sealed blob or None if already stored)
-Piece = tuple[int, bytes, int, bytearray | None]
+Piece = tuple[int, bytes, int, memoryview | None]
 
 
 @dataclass(frozen=True)
@@ -151,9 +153,12 @@ class _Workers:
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="backup")
         self.inflight: deque[tuple[Future[list[Piece]], _Window | None]] = deque()
         self.limit = workers * 3
-        # Large enough that a window's fresh bytes outnumber the uncut tail it carries.
-        self.window_size = max(_WINDOW_BYTES, 4 * repo.config.chunk_max)
+        # A window holds the previous one's uncut tail (less than chunk_max) in its
+        # headroom, then fresh bytes: enough that they outnumber the tail.
+        self.headroom = repo.config.chunk_max
+        self.read_size = max(_WINDOW_BYTES, 4 * repo.config.chunk_max)
         self._free: list[_Window] = []
+        self._free_lock = threading.Lock()  # the reader thread takes, this one returns
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
@@ -198,15 +203,18 @@ class _Workers:
         if window is not None:
             window.users -= 1
             if not window.users:
-                self._free.append(window)
+                with self._free_lock:
+                    self._free.append(window)
 
     def window(self) -> _Window:
-        """A free read buffer (their number is bounded by the tasks in flight)."""
-        if self._free:
-            window = self._free.pop()
-            window.users = 1
-            return window
-        return _Window(self.window_size)
+        """A free read buffer (their number is bounded by the tasks in flight and the
+        reader's lead)."""
+        with self._free_lock:
+            if self._free:
+                window = self._free.pop()
+                window.users = 1
+                return window
+        return _Window(self.headroom + self.read_size)
 
     def _result(self) -> list[Piece]:
         future, window = self.inflight.popleft()
@@ -417,10 +425,11 @@ def _submit_large(
     consume: Callable[[list[Piece]], None],
 ) -> None:
     """Read the file in windows (readinto: no page faults of a mapping, and no GIL held
-    while the kernel copies), cut each on this thread (pyfastcdc releases the GIL too),
-    and hand its chunks to the workers in batches of about 8 MiB. The tail of a window
-    that is not surely cut yet is carried into the next, so the chunks are the same as a
-    cut of the whole file."""
+    while the kernel copies; on a thread of its own when there is more than one window, so
+    the copy runs beside the cutting), cut each on this thread (pyfastcdc releases the GIL
+    too), and hand its chunks to the workers in batches of about 8 MiB. The tail of a
+    window that is not surely cut yet goes before the next window's bytes (in its
+    headroom), so the chunks are the same as a cut of the whole file."""
     try:
         handle = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except FileNotFoundError:
@@ -428,27 +437,25 @@ def _submit_large(
         return
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
-    with handle:
+    with handle, _Reader(handle, pool) as reader:
         with contextlib.suppress(OSError):
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         previous: _Window | None = None
         tail = memoryview(b"")  # the previous window's uncut end
         final = False
         while not final:
-            window = pool.window()
+            try:
+                window, filled = reader.next()
+            except OSError as exc:
+                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
             buffer = memoryview(window.data)
-            carry = len(tail)
-            buffer[:carry] = tail
+            start = pool.headroom - len(tail)
+            buffer[start : pool.headroom] = tail
             tail.release()
             pool.done_with(previous)
-            try:
-                filled = carry + _read_into(handle, buffer[carry:])
-            except OSError as exc:
-                pool.done_with(window)
-                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
-            final = filled < len(buffer)
-            views, cut = chunker.cut_window(buffer[:filled], final)
-            tail = buffer[cut:filled]
+            final = filled < pool.read_size
+            views, cut = chunker.cut_window(buffer[start : pool.headroom + filled], final)
+            tail = buffer[start + cut : pool.headroom + filled]
             batch: list[memoryview] = []
             batch_bytes = 0
             for view in views:
@@ -465,6 +472,64 @@ def _submit_large(
             for pieces in pool.ready(block=True):
                 consume(pieces)
         pool.done_with(previous)
+
+
+class _Reader:
+    """A file's windows, read into the space after their headroom: ahead on a thread of
+    its own if the file is larger than one window (at most `_READ_AHEAD` windows), else
+    on the caller's thread."""
+
+    def __init__(self, handle: io.FileIO, pool: _Workers) -> None:
+        self._handle = handle
+        self._pool = pool
+        self._stop = threading.Event()
+        self._ready: queue.Queue[tuple[_Window, int] | BaseException] = queue.Queue(_READ_AHEAD)
+        self._thread: threading.Thread | None = None
+        if os.fstat(handle.fileno()).st_size > pool.read_size:
+            self._thread = threading.Thread(target=self._run, name="backup-read", daemon=True)
+            self._thread.start()
+
+    def _read(self) -> tuple[_Window, int]:
+        window = self._pool.window()
+        with memoryview(window.data) as buffer:
+            try:
+                return window, _read_into(self._handle, buffer[self._pool.headroom :])
+            except OSError:
+                self._pool.done_with(window)
+                raise
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                item = self._read()
+            except BaseException as exc:  # handed over: the cutter raises it
+                self._put(exc)
+                return
+            self._put(item)
+            if item[1] < self._pool.read_size:
+                return
+
+    def _put(self, item: tuple[_Window, int] | BaseException) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(queue.Full):
+                self._ready.put(item, timeout=0.05)
+                return
+
+    def next(self) -> tuple[_Window, int]:
+        if self._thread is None:
+            return self._read()
+        item = self._ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def __enter__(self) -> _Reader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
 
 
 def _read_into(handle: io.FileIO, buffer: memoryview) -> int:

@@ -323,7 +323,7 @@ class PackWriter:
     def __init__(self, repo: Repository, index: Index) -> None:
         self.repo = repo
         self.index = index
-        self.pending: dict[bytes, tuple[bytes | bytearray, int]] = {}
+        self.pending: dict[bytes, tuple[bytes | bytearray | memoryview, int]] = {}
         self._pending_size = 0
         self.written: dict[bytes, list[PackEntry]] = {}
         self.stored = 0
@@ -334,7 +334,7 @@ class PackWriter:
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self.pending or chunk_id in self.index.chunks
 
-    def add(self, chunk_id: bytes, blob: bytes | bytearray, raw_length: int) -> None:
+    def add(self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int) -> None:
         if chunk_id in self:
             return
         self.pending[chunk_id] = (blob, raw_length)
@@ -367,18 +367,31 @@ class PackWriter:
             self._uploads = [u for u in self._uploads if not u.done()]
         self._uploads.append(
             # Each pack is synced on the upload thread, so the disk writes while the next
-            # packs are made, rather than in one sync at the end.
-            self._uploader.submit(self.repo.backend.put, f"data/{pack_id.hex()}", parts)
+            # packs are made, rather than in one sync at the end; their folder once, in
+            # finish.
+            self._uploader.submit(
+                self.repo.backend.put, f"data/{pack_id.hex()}", parts, sync_folder=False
+            )
         )
+        buffers = self.repo.sealer.buffers
+
+        def written(_upload: Future[None]) -> None:
+            buffers.give_back(parts)  # written, or failed: nobody reads them again
+            parts.clear()  # (the future keeps this callback)
+
+        self._uploads[-1].add_done_callback(written)
 
     def finish(self) -> None:
-        """Flush and wait for every upload (each durable), raising the first error."""
+        """Flush and wait for every upload, raising the first error; then every pack
+        written is durable, name included."""
         try:
             self.flush()
             for upload in self._uploads:
                 upload.result()
         finally:
             self._uploader.shutdown(wait=True, cancel_futures=True)
+        if self.written:
+            self.repo.backend.sync_folder("data")
 
     def abort(self) -> None:
         self._uploader.shutdown(wait=True, cancel_futures=True)

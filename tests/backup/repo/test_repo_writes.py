@@ -1,0 +1,225 @@
+"""How repository objects reach a local disk: large ones (packs) with O_DIRECT from an
+aligned copy, small ones (and all of them where O_DIRECT is refused) in buffered writes
+of at most 128 KiB; every object fsynced, and its folder after the rename, either way."""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupvault.backup.errors import StorageError
+from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo import backend as backend_module
+from backupvault.backup.repo import chunks as chunks_module
+from backupvault.backup.repo.backend import Backend
+from backupvault.backup.repo.chunks import BlobBuffers
+from backupvault.backup.storage import Storage
+
+NAME = "data/" + "ab" * 16
+SMALL = {"chunk_min": 4096, "chunk_avg": 16384, "chunk_max": 65536, "pack_size": 100_000}
+# Sizes around the alignment: the object must come back exactly, not padded.
+PARTS = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)] + [b"x"] * 3000
+
+
+class Recorder:
+    """os.open / os.fsync / os.write spies that call the real functions."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, refuse_direct: bool = False) -> None:
+        self.direct_opens = 0
+        self.fsynced: list[str] = []
+        self.writes: list[int] = []
+        self._fds: dict[int, str] = {}
+        real_open, real_fsync, real_write = os.open, os.fsync, os.write
+
+        def spy_open(path: str, flags: int, *args: Any, **kw: Any) -> int:
+            if flags & getattr(os, "O_DIRECT", 0):
+                self.direct_opens += 1
+                if refuse_direct:
+                    raise OSError(errno.EINVAL, "Invalid argument")
+            fd = real_open(path, flags, *args, **kw)
+            self._fds[fd] = os.fsdecode(path)
+            return fd
+
+        def spy_fsync(fd: int) -> None:
+            self.fsynced.append(self._fds.get(fd, "?"))
+            real_fsync(fd)
+
+        def spy_write(fd: int, data: Any) -> int:
+            self.writes.append(len(data))
+            return real_write(fd, data)
+
+        monkeypatch.setattr(backend_module.os, "open", spy_open)
+        monkeypatch.setattr(backend_module.os, "fsync", spy_fsync)
+        monkeypatch.setattr(backend_module.os, "write", spy_write)
+
+
+def takes_direct(folder: Path) -> bool:
+    """Whether the file system of `folder` opens files with O_DIRECT."""
+    flag = getattr(os, "O_DIRECT", 0)
+    if not flag:
+        return False
+    probe = folder / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | flag, 0o600))
+    except OSError:
+        return False
+    probe.unlink()
+    return True
+
+
+def test_a_pack_is_written_direct_and_durable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Direct where the test folder's file system takes it (ext4, xfs, btrfs...), else
+    buffered: the same bytes and the same fsyncs either way."""
+    direct = takes_direct(tmp_path)
+    store = Backend(Storage(str(tmp_path / "repo")))
+    spy = Recorder(monkeypatch)
+    store.put(NAME, PARTS)
+    assert store._direct == direct
+    assert spy.direct_opens == (1 if hasattr(os, "O_DIRECT") else 0)
+    assert store.get(NAME) == b"".join(PARTS)
+    if direct:
+        assert spy.writes and all(w % 4096 == 0 for w in spy.writes)  # padded, truncated back
+    folder = str(tmp_path / "repo" / "data")
+    # The temporary file, then the folder holding the renamed object.
+    assert len(spy.fsynced) == 2
+    assert os.path.dirname(spy.fsynced[0]) == folder and spy.fsynced[0].endswith(".partial")
+    assert spy.fsynced[1] == folder
+    assert os.listdir(folder) == [NAME.split("/")[1]]
+    # The aligned buffer is used again, and a small object goes buffered.
+    store.put(NAME, [os.urandom(3 << 20)])
+    store.put("index/" + "cd" * 16, [b"small"])
+    assert spy.direct_opens == (2 if direct else int(hasattr(os, "O_DIRECT")))
+    assert store.get("index/" + "cd" * 16) == b"small"
+
+
+def test_refused_direct_writes_fall_back_to_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file system without O_DIRECT (tmpfs, some network ones) gets buffered writes,
+    asked only once; nothing half-written is left."""
+    store = Backend(Storage(str(tmp_path / "repo")))
+    store._direct = True  # as on Linux
+    monkeypatch.setattr(backend_module.os, "O_DIRECT", 0o40000, raising=False)
+    spy = Recorder(monkeypatch, refuse_direct=True)
+    store.put(NAME, PARTS)
+    store.put("data/" + "cd" * 16, PARTS)
+    assert spy.direct_opens == 1
+    assert store.get(NAME) == b"".join(PARTS) == store.get("data/" + "cd" * 16)
+    assert len(spy.fsynced) == 4  # each object, then its folder
+    assert sorted(os.listdir(tmp_path / "repo" / "data")) == ["ab" * 16, "cd" * 16]
+
+
+def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A full disk during a (direct or buffered) write: a clear storage error, no object,
+    no temporary."""
+    direct = takes_direct(tmp_path)
+    store = Backend(Storage(str(tmp_path / "repo")))
+
+    def full(fd: int, data: Any) -> int:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(backend_module.os, "write", full)
+    monkeypatch.setattr(backend_module.os, "writev", full)
+    with pytest.raises(StorageError, match="cannot store"):
+        store.put(NAME, PARTS)
+    assert os.listdir(tmp_path / "repo" / "data") == []
+    assert store._direct == direct  # a full disk is no reason to stop writing direct
+
+
+def test_buffered_objects_go_out_whole_in_small_writes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Buffered writes of at most 128 KiB (cheaper for the kernel), short writes
+    finished, empty parts skipped."""
+    real_writev = os.writev
+    sizes: list[int] = []
+
+    def short_writev(fd: int, buffers: list[memoryview]) -> int:
+        sizes.append(sum(len(b) for b in buffers))
+        return real_writev(fd, [bytes(b"".join(buffers)[:100_000])])
+
+    monkeypatch.setattr(backend_module.os, "writev", short_writev)
+    store = Backend(Storage(str(tmp_path / "repo")))
+    store._direct = False
+    store.put(NAME, PARTS)
+    assert store.get(NAME) == b"".join(PARTS)
+    assert max(sizes) <= 128 * 1024 and len(sizes) > 10
+
+
+def test_a_backup_syncs_its_packs_folder_once_before_the_index(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every pack's file is fsynced as it is written; the data folder (their names) once,
+    after the last pack and before the index that names them is written."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(6):
+        (source / f"f{i}").write_bytes(os.urandom(300_000))
+    spy = Recorder(monkeypatch)
+    create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    data = str(tmp_path / "repo" / "data")
+    packs = [i for i, p in enumerate(spy.fsynced) if os.path.dirname(p) == data]
+    index = [i for i, p in enumerate(spy.fsynced) if "/repo/index/" in p]
+    assert len(packs) == len(os.listdir(data)) > 10
+    assert spy.fsynced.count(data) == 1
+    assert max(packs) < spy.fsynced.index(data) < index[0]
+    assert spy.fsynced[index[0] + 1] == str(tmp_path / "repo" / "index")
+
+
+def test_blob_buffers_are_taken_back_only_from_their_own() -> None:
+    buffers = BlobBuffers()
+    first = buffers.take(200_000)
+    assert len(first) == 200_000 and len(first.obj) == 256 * 1024
+    buffers.give_back([first, b"bytes from an old pack", memoryview(bytearray(4096))])
+    again = buffers.take(140_000)
+    assert again.obj is first.obj  # the same memory, not a new allocation
+    assert buffers.take(200_000).obj is not first.obj  # taken: not handed out twice
+    # A small blob (a small file's) gets its own buffer of its own size, not 256 KiB.
+    small = buffers.take(1000)
+    assert len(small) == 1000 and len(small.obj) == 1000
+    buffers.give_back([small])
+    assert buffers.take(1000).obj is not small.obj
+
+
+def test_blob_buffers_are_used_again_only_after_their_pack_is_written(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Many packs from few buffers, and every blob intact: a buffer handed out again while
+    its pack was still being written would show as a damaged chunk."""
+    made = 0
+    FILES = 24  # more than the backup keeps in flight
+
+    class Counted(chunks_module._BlobBuffer):
+        def __init__(self, size: int) -> None:
+            nonlocal made
+            made += 1
+            super().__init__(size)
+
+    monkeypatch.setattr(chunks_module, "_BlobBuffer", Counted)
+    real_put = Backend.put
+
+    def slow_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        time.sleep(0.01)  # the next packs are sealed meanwhile
+        real_put(self, name, data, **kw)
+
+    monkeypatch.setattr(Backend, "put", slow_put)
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(FILES):
+        (source / f"f{i}").write_bytes(os.urandom(1 << 20))
+    params = {**SMALL, "pack_size": 256 * 1024}
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
+    blobs = sum(len(entries) for entries in repo.load_index()[0].packs.values())
+    assert blobs > 600 and made < blobs / 2
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
+    for i in range(FILES):
+        assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
