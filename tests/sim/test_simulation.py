@@ -50,7 +50,7 @@ def test_a_seed_reproduces_exactly() -> None:
 
 def test_the_faults_happen() -> None:
     """The fault model is exercised, not just declared."""
-    lines = [line for seed in range(40) for line in run_seed(seed).trace]
+    lines = [line for seed in range(10) for line in run_seed(seed).trace]  # all by seed 5
     text = "\n".join(lines)
     for what in (
         "crash",

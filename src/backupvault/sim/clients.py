@@ -5,7 +5,7 @@ threshold messages (`protocol.py`) to every node at once.
 Each flow is a generator that yields a `Call` (one request per node, as the relay's
 fan-out delivers them) and receives the answers that came back, by node (a node that did
 not answer in time is missing). The seeded world (`world.py`) runs flows as events; the
-same flows run synchronously for the hostile-node tests (`world.SyncClient`). Retries
+same flows run synchronously for the hostile-node tests (`world.ThresholdClient`). Retries
 follow the SDK (`client/threshold.py`): a fan-out with too few answers is resent with the
 same bytes (a resent (attempt, B) is answered again without a second charge).
 """

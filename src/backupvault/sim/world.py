@@ -8,7 +8,7 @@ faults, relay replays) executed by `Simulation`. Everything random in a run that
 anything (message loss, delays, duplicates, the replicas' random bytes) comes from the
 seed, so a seed reproduces exactly; the plan can be shrunk by removing steps (see
 `shrink.py`). Tests that script an attacker drive the same world synchronously
-(`threshold_world`, `Simulation.request`, `SyncClient`).
+(`threshold_world`, `Simulation.request`, `ThresholdClient`).
 """
 
 from __future__ import annotations
@@ -1105,7 +1105,7 @@ def threshold_world(
     collect: bool = False,
 ) -> Simulation:
     """A booted world with no plan: the last `hostile` nodes are the attacker's, the
-    network is reliable, and a test drives it (`request`, `inject`, `SyncClient`)."""
+    network is reliable, and a test drives it (`request`, `inject`, `ThresholdClient`)."""
     config = SimConfig(nodes=nodes, leader=leader, hostile=hostile)
     plan = Plan(seed, nodes, 0, 0, limit, 0.0, 0.0, 0.0, ())
     world = Simulation(
