@@ -54,7 +54,8 @@ class FleetUnavailable(VaultError):
     def __init__(self, detail: str) -> None:
         super().__init__(
             f"the vault fleet is unavailable: {detail}",
-            hint="fewer than a majority of vault nodes answer; no guess was used; try later",
+            hint="too few vault nodes answered; if this was a recovery, the attempt may have"
+            " counted as a guess; try later",
         )
 
 
