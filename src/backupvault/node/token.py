@@ -782,26 +782,13 @@ class SealedFile:
     def write(self, secret: bytes) -> None:
         """Seal `secret` and atomically replace the file with the sealed blob."""
         blob = self._sealer.seal(secret, self.aad)
-        directory = self._path.parent
-        tmp: str | None = None
         try:
-            fd, tmp = tempfile.mkstemp(prefix=f".{self._path.name}.", suffix=".tmp", dir=directory)
-            with os.fdopen(fd, "wb") as out:
-                out.write(blob)
-                out.flush()
-                os.fsync(out.fileno())
-            os.replace(tmp, self._path)
-            tmp = None
-            _fsync_directory(directory)
+            _replace_durably(self._path, blob)
         except OSError as err:
             raise BackupVaultError(
                 f"cannot write sealed secret {self._name!r} to {self._path}: {err.strerror}",
                 hint="check that the directory exists, is writable and the disk is not full",
             ) from err
-        finally:
-            if tmp is not None:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
 
     def read(self) -> bytes:
         """Read and unseal the file; AuthenticationFailed if it was altered or swapped."""
@@ -825,6 +812,25 @@ class SealedFile:
                 f"authentication: {err.message}",
                 hint=err.hint,
             ) from None
+
+
+def _replace_durably(path: Path, data: bytes) -> None:
+    """Replace `path` with `data` (mode 0600) through a fresh temporary file beside it; both
+    the file and its directory are synced when this returns."""
+    tmp: str | None = None
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        with os.fdopen(fd, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        tmp = None
+        _fsync_directory(path.parent)
+    finally:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(tmp)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -924,15 +930,7 @@ class RowKeyRing:
         if label not in self._sealer.key_labels(ROW_KEY_PREFIX):
             self._sealer.generate_key(label)
         blob = self._sealer.seal(key, SECRET_AAD_PREFIX + b"row-key", key_label=label)
-        data = _GENERATION_MAGIC + generation.to_bytes(4, "big") + blob
-        tmp = path.with_name(f".{path.name}.tmp")
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        _fsync_directory(path.parent)
+        _replace_durably(path, _GENERATION_MAGIC + generation.to_bytes(4, "big") + blob)
 
     def _read(self, path: Path) -> tuple[int, bytes]:
         try:
