@@ -651,3 +651,67 @@ def test_a_value_chosen_long_ago_is_not_joined() -> None:
         lambda: net.run(2, net.replicas[2].propose(b"c", b"k", put(b"X"), net.now, joinable=True)),
     )
     assert sent == [] and net.results[b"c"].outcome == b"X"
+
+
+def _refusing(net: Net, node: int, *, leader: bool) -> list[int]:
+    """Give `node` an acceptor check that refuses every value above 1 (as an honest node
+    refuses a newer version it cannot verify), and record what is sent to it."""
+    old = net.replicas[node]
+    refuse = lambda key, payload, held: "cannot check" if payload > b"\x01" else None  # noqa: E731
+    timing = replace(DEFAULT_TIMING, leader=leader)
+    net.replicas[node] = Replica(
+        node, old.nodes, net.rand.randbytes, old.source, timing, check_value=refuse
+    )
+    net.run(node, net.replicas[node].start(net.now, intact=True))
+    for i in net.replicas:
+        if i != node:
+            net.replicas[i].timing = timing
+    sent: list[int] = []
+    run = net.run
+
+    def counting(sender: int, effects: list) -> None:
+        sent.extend(1 for e in effects if isinstance(e, Send) and e.to == node)
+        run(sender, effects)
+
+    net.run = counting  # type: ignore[method-assign]
+    return sent
+
+
+def test_a_node_whose_check_refuses_the_value_is_not_repaired_for_ever() -> None:
+    """Seed 6000566: a laggard whose own check refuses the committed value (it cannot
+    verify it) answered every repair with a refusal, and every refusal started a no-op
+    round: the fleet committed the same value ~15 times a second for ever. A refusal by
+    the check (not the promise) is final for that value: a bounded number of messages,
+    no new rounds, nothing left lagging; and it does not hold up the commit itself."""
+    for leader in (False, True):
+        net = Net()
+        net.propose(0, b"one", b"k", put(b"\x01"))
+        net.settle()
+        sent = _refusing(net, 4, leader=leader)
+        net.propose(0, b"two", b"k", put(b"\x02"))
+        net.settle()
+        assert isinstance(net.results[b"two"], Committed)
+        before = len(net.results)
+        for _ in range(3000):  # 30 s of ticks, many repair intervals
+            net.now += 0.01
+            for i, replica in net.replicas.items():
+                net.run(i, replica.tick(net.now))
+            net.settle()
+        assert len(net.results) == before  # no no-op rounds were started
+        assert len(sent) <= 6, (leader, len(sent))  # the round and one repair, not a storm
+        assert all(not r.lagging() for r in net.replicas.values())
+        assert payload_of(net.disk[4][b"k"].value) == b"\x01"  # it still refuses the value
+
+
+def test_a_value_no_majority_can_take_backs_off_and_fails() -> None:
+    """When the check of a majority refuses a value, no ballot helps: the proposal backs
+    off, retries and fails at its deadline, and nothing is committed."""
+    net = Net()
+    net.propose(0, b"one", b"k", put(b"\x01"))
+    net.settle()
+    for node in (2, 3, 4):
+        _refusing(net, node, leader=False)
+    net.propose(0, b"two", b"k", put(b"\x02"))
+    net.settle(max_time=10.0)
+    assert isinstance(net.results[b"two"], Failed)
+    assert all(payload_of(net.disk[i][b"k"].value) == b"\x01" for i in (2, 3, 4))

@@ -511,10 +511,11 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
 def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
     world: Simulation, client: ThresholdClient
 ) -> None:
-    """Node 0 commits a genuine password change; node 1 is then sent the same new
-    manifest with a forged authorization: the replicated value already holds M', but
-    node 1 checks the owner's signature against its own old manifest and keeps its
-    share."""
+    """Node 0 commits a genuine password change. Node 1, accepting that value, erases its
+    old share only because the value carries the owner's CHANGE statement, which it checks
+    with the pk_auth of its own old manifest. Sent the same new manifest with a forged
+    authorization, it checks that against its own old manifest too and stores nothing;
+    the genuine request then gives it the new share."""
     recovered = client.recover(b"right")
     assert recovered is not None
     registration = manifest.register(
@@ -551,8 +552,10 @@ def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
     old = world.honest[1].rows[client.key]
     assert not isinstance(change(0, genuine), ErrorResponse)
     assert world.replicated(1, client.key).manifest == encoded
+    erased = world.honest[1].rows[client.key]
+    assert erased == old.with_(share=b"", change_counter=1)  # on the verified statement
     assert _code(change(1, bytes(64))) == ErrorCode.REFUSED
-    assert world.honest[1].rows[client.key] == old
+    assert world.honest[1].rows[client.key] == erased
     assert not isinstance(change(1, genuine), ErrorResponse)
     assert world.honest[1].rows[client.key].version == 2
 

@@ -16,7 +16,7 @@ from backupvault.errors import AuthenticationFailed
 from backupvault.protocol import EntryStatus, ErrorResponse, Op, ResetRequest
 from backupvault.sim import SimConfig, run_seed
 from backupvault.sim.shrink import report
-from backupvault.sim.world import FLEET_ID, ThresholdClient, threshold_world
+from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 CONFIGS = pytest.mark.parametrize(
     "config", [SimConfig(leader=False), SimConfig()], ids=["leaderless", "leader"]
@@ -123,3 +123,63 @@ def test_regression_seeds_of_leader_path_bugs(seed: int, config: SimConfig) -> N
 def test_regression_one_refusal_does_not_stop_the_resend(seed: int) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)
+
+
+def _cut_off_while(world: Simulation, cut_off: set[int]) -> None:
+    world.reachable = set(range(world.plan.nodes)) - cut_off
+
+
+def test_regression_a_laggard_catches_up_after_a_delete_and_a_re_registration() -> None:
+    """Seed 6000566: nodes 3 and 4 were cut off while the owner deleted version 1 and
+    registered version 2. Healed, their acceptors refused every version-2 value (live v1
+    to live v2 with no CHANGE statement), each refusal started a no-op repair round (the
+    fleet committed the same value ~15 times a second, ~7,000 messages in 30 s here), and
+    the tombstone never reached them. Fixed: the registration keeps the owner's signed
+    DELETE of version 1, which they verify with their own pk_auth, erasing their share
+    (hsm/shares.py); a refusal by an acceptor's check is final for that value
+    (fleet/replica.py)."""
+    world = threshold_world(5, 2, seed=6)
+    client = ThresholdClient(world)
+    client.register(b"old", bytes(32))
+    _cut_off_while(world, {3, 4})
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    assert client.delete(recovered[0]) == 3
+    assert client.register(b"new", bytes([7]) * 32, version=2)[1] == 3
+    world.reachable = None
+    sent = world.stats["messages"]
+    world.settle(30.0)
+    assert world.stats["messages"] - sent < 1000
+    for slot in (3, 4):
+        assert world.replicated(slot, client.key) == world.replicated(0, client.key)
+        assert not world.honest[slot].rows[client.key].share  # version 1's, erased
+    for _ in range(2):
+        assert client.recover(b"wrong") is None
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")  # destroyed
+    world.settle(5.0)
+    for slot in range(5):
+        assert world.replicated(slot, client.key).status == EntryStatus.DESTROYED
+
+
+def test_regression_a_laggard_that_cannot_verify_does_not_make_the_fleet_spin() -> None:
+    """The limit that stays (docs/threshold.md, "Catching up"): a node that missed two
+    password changes cannot check the second one's statement and refuses the value. Its
+    refusal is final for that value: no storm of no-op rounds, nothing left lagging, and
+    the majority serves."""
+    world = threshold_world(5, 4, seed=7)
+    client = ThresholdClient(world)
+    client.register(b"one", bytes(32))
+    _cut_off_while(world, {3, 4})
+    for old, new in ((b"one", b"two"), (b"two", b"three")):
+        recovered = client.recover(old)
+        assert recovered is not None
+        assert client.change_password(recovered[0], new, bytes(32))[1] == 3
+    world.reachable = None
+    sent = world.stats["messages"]
+    world.settle(30.0)
+    assert world.stats["messages"] - sent < 1000
+    assert all(not n.replica or not n.replica.lagging() for n in world.honest.values())
+    assert [world.replicated(slot, client.key).version for slot in range(5)] == [3, 3, 3, 1, 1]
+    recovered = client.recover(b"three")
+    assert recovered is not None

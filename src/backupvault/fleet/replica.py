@@ -173,6 +173,7 @@ class _Proposal:
     timeouts: int = 0
     promises: dict[int, Promise] = field(default_factory=dict)
     accepts: set[int] = field(default_factory=set)
+    refusals: set[int] = field(default_factory=set)  # acceptors whose check refused the value
     accepted_value: bytes = b""
     outcome: Any = None
     outcomes: dict[int, Any] = field(default_factory=dict)  # by the computation that made it
@@ -214,6 +215,7 @@ class _Lead:
     accept: Accept | None = None
     origin: int = -1
     accepts: set[int] = field(default_factory=set)
+    refusals: set[int] = field(default_factory=set)  # acceptors whose check refused it
     queue: deque[tuple[int, Forward]] = field(default_factory=deque)
 
 
@@ -629,6 +631,7 @@ class Replica:
         proposal.round_started = now
         proposal.promises = {}
         proposal.accepts = set()
+        proposal.refusals = set()
         prepare = Prepare(proposal.op_id, proposal.key, *_ballot(proposal.ballot))
         effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
         return self._deliver_locally(prepare, now) + effects
@@ -788,10 +791,13 @@ class Replica:
             repair.accept.round,
             repair.accept.node,
         ):
-            # Acknowledged: that node no longer lags. Refused: it promised a higher ballot,
-            # which need not carry this value (a cut-off node's own failed proposal raises
-            # its promise); `tick` then rewrites the value above that promise.
-            if message.ok:
+            # Acknowledged: that node no longer lags. Refused by its own check of the value
+            # (not its promise): final for this value, since neither a resend nor a rewrite
+            # above its promise changes what it checks (docs/threshold.md, "Catching up").
+            # Refused by its promise: it promised a higher ballot, which need not carry
+            # this value (a cut-off node's own failed proposal raises its promise); `tick`
+            # then rewrites the value above that promise.
+            if message.ok or _refused_by_check(message):
                 repair.pending.discard(sender)
             else:
                 repair.refused = True
@@ -802,6 +808,12 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
+            if _refused_by_check(message):
+                # That acceptor checks the value and refuses it: no ballot changes that,
+                # so back off only once no majority can take it without that node.
+                proposal.refusals.add(sender)
+                if len(proposal.refusals) <= len(self.nodes) - self.quorum:
+                    return []
             return self._back_off(proposal, now)
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
@@ -912,6 +924,7 @@ class Replica:
             lead.accept = accept
             lead.origin = origin
             lead.accepts = set()
+            lead.refusals = set()
             lead.started = now
             # The acceptors promise the successor of `held`; no later ballot of this node
             # may reuse it for another value.
@@ -968,6 +981,10 @@ class Replica:
         ):
             return []
         if not message.ok:
+            if _refused_by_check(message):
+                lead.refusals.add(sender)  # as for a proposal: a check, not a ballot
+                if len(lead.refusals) <= len(self.nodes) - self.quorum:
+                    return []
             return self._drop_lead(lead, now)  # someone holds a higher ballot for this entry
         if message.digest != _digest(lead.accept.value):
             return []  # not an answer to what this node sent
@@ -1068,6 +1085,14 @@ def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
     return Accepted(
         message.op_id, message.key, message.round, message.node, ok, *_ballot(promised), digest
     )
+
+
+def _refused_by_check(message: Accepted) -> bool:
+    """A refusal by the acceptor's own check of the value (`Replica._refused`), not by its
+    promise: an acceptor refuses on its promise only for a ballot below it, so a refusal
+    naming a promise at or below the Accept's ballot came from the check."""
+    promised = Ballot(message.promised_round, message.promised_node)
+    return not message.ok and promised <= Ballot(message.round, message.node)
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:

@@ -187,6 +187,8 @@ class ShareKeeper:
         self._floors: dict[bytes, int] = {}
         # key -> attempt -> (version, H(B)) of the value this node durably accepted.
         self._accepted: dict[bytes, OrderedDict[int, tuple[int, bytes]]] = {}
+        # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
+        self._unsaved: list[ShareWrite] = []
 
     # ---- this node's own state --------------------------------------------------------
 
@@ -250,13 +252,44 @@ class ShareKeeper:
             state = decode_threshold(payload)
         except InvalidInput:
             return
-        if state is None or state.status != EntryStatus.LIVE or not state.attempt_hash:
+        if state is None:
+            return
+        erased = self._retired_share(key, state)
+        if erased is not None:
+            self._unsaved.append(erased)
+        if state.status != EntryStatus.LIVE or not state.attempt_hash:
             return
         accepted = self._accepted.setdefault(key, OrderedDict())
         accepted[state.attempt] = (state.version, state.attempt_hash)
         accepted.move_to_end(state.attempt)
         while len(accepted) > ACCEPTED_KEPT:
             accepted.popitem(last=False)
+
+    def _retired_share(self, key: bytes, state: ThresholdState) -> ShareWrite | None:
+        """This node's share of the version before `state`'s, erased, if `state` carries
+        the owner's statement retiring that version (a password change, or a delete kept by
+        the registration after it) and it verifies against the manifest this node checked
+        its own share against. A node that missed the change or the delete erases here,
+        on the owner's word, never on the new value's alone."""
+        row = self.row(key)
+        if row is None or not row.share or not row.manifest or state.version != row.version + 1:
+            return None
+        held = ThresholdState(status=EntryStatus.LIVE, version=row.version, manifest=row.manifest)
+        kind = _retiring_statement(self.fleet_id, EntryId.from_bytes(key), held, state)
+        if kind is None:
+            return None
+        if kind is owner.StatementKind.DELETE:
+            erased = row.with_(share=b"", delete_counter=state.change_counter)
+        else:
+            erased = row.with_(share=b"", change_counter=state.change_counter)
+        return self._write(key, erased, trusted=False)
+
+    def take_writes(self) -> tuple[ShareWrite, ...]:
+        """Rows this node changed on its own while accepting a value (an erasure on a
+        verified owner statement, `on_accept`), for the shell to persist as soon as it can;
+        it reports them `durable` like an answer's. They are in effect here at once."""
+        writes, self._unsaved = tuple(self._unsaved), []
+        return writes
 
     def accepted_hash(self, key: bytes, version: int, attempt: int) -> bytes | None:
         accepted = self._accepted.get(key)
@@ -385,6 +418,11 @@ class ShareKeeper:
                         ErrorCode.STALE_MANIFEST,
                         f"a new registration here takes version {state.version + 1}",
                     )
+                # After a delete, the owner's signed DELETE of the previous version stays
+                # in the value: a node that missed the delete and still holds that version
+                # live checks it with its own pk_auth and catches up (docs/threshold.md,
+                # "Catching up"). Over a tombstone there is no owner statement to keep.
+                deleted = state.status == EntryStatus.EMPTY
                 new = state.with_(
                     status=EntryStatus.LIVE,
                     version=manifest.version,
@@ -393,8 +431,8 @@ class ShareKeeper:
                     reset_attempt=state.attempt,
                     reset_hash=b"",
                     reset_signature=b"",
-                    change_counter=0,
-                    change_signature=b"",
+                    change_counter=state.change_counter if deleted else 0,
+                    change_signature=state.change_signature if deleted else b"",
                 )
                 return new, lambda: store(new)
             if state.status != EntryStatus.LIVE or manifest.version != state.version + 1:
@@ -833,19 +871,40 @@ def _check_transition(
         elif state.status == EntryStatus.LIVE:
             return "an entry brought back to life without a new version"
         return None
-    # A new version: a password change must be signed by the owner of the held one.
-    if held.status == EntryStatus.LIVE:
-        if state.version != held.version + 1 or manifest is None:
-            return "a version skipped"
-        if not _signed(
-            fleet_id,
-            entry_id,
-            held,
-            owner.StatementKind.CHANGE_PASSWORD,
-            state,
-            state.manifest,
-        ):
-            return "a password change the owner did not sign"
+    # A new version over a live one: only on the owner's statement retiring the held
+    # version, checked with the held pk_auth (docs/threshold.md, "Catching up").
+    if held.status != EntryStatus.LIVE:
+        return None
+    if state.status == EntryStatus.DESTROYED:
+        # A later tombstone. It needs no statement: a proposer can already bring this node
+        # there in two steps (a tombstone of the held version, then a new version over
+        # it), and no node evaluates, erases or resets on a tombstone's word.
+        return None
+    if state.version != held.version + 1:
+        return "a version skipped (this node cannot check the owner's statements between)"
+    if manifest is None:
+        return "a delete of a version this node never held (it cannot check the signature)"
+    if _retiring_statement(fleet_id, entry_id, held, state) is None:
+        return "a new version without the owner's signed change or delete of the held one"
+    return None
+
+
+def _retiring_statement(
+    fleet_id: bytes, entry_id: EntryId, held: ThresholdState, state: ThresholdState
+) -> owner.StatementKind | None:
+    """Which owner statement in `state` (version held + 1) retires the live `held` version,
+    verified with held's pk_auth, or None: a password change to `state`'s M, or a delete of
+    held's M (kept by the registration that followed it, and by that version's tombstone)."""
+    if state.version != held.version + 1 or not state.change_signature:
+        return None
+    if state.manifest and _signed(
+        fleet_id, entry_id, held, owner.StatementKind.CHANGE_PASSWORD, state, state.manifest
+    ):
+        return owner.StatementKind.CHANGE_PASSWORD
+    if state.status != EntryStatus.EMPTY and _signed(
+        fleet_id, entry_id, held, owner.StatementKind.DELETE, state, held.manifest
+    ):
+        return owner.StatementKind.DELETE
     return None
 
 

@@ -57,7 +57,9 @@ class ThresholdState(Message):
     attempt's that proposal changes nothing, so the N copies are one attempt. `reset_*`
     is the latest owner reset (a public signature that anyone can check), so nodes that
     missed the client's `reset` verify and apply it from here. `change_*` is the owner's
-    signature that moved the entry to this version (none for version 1)."""
+    statement that moved the entry to this version (a password change; or the delete of
+    the previous version, kept by the registration after it; none for version 1 or over a
+    tombstone) or, once deleted, the delete of this one."""
 
     TAG = 42
     status: int = EntryStatus.EMPTY

@@ -163,6 +163,22 @@ class NodeService:
             self._stop_serving(err)
             return
         self._execute(effects)
+        erased = self._firmware.shares.take_writes()
+        if erased:
+            self._persist_in_background(erased)
+
+    def _persist_in_background(self, writes: tuple[ShareWrite, ...]) -> None:
+        """Rows the firmware changed while this node's acceptor took a value (an erasure
+        on a verified owner statement, docs/threshold.md "Catching up"): no answer waits
+        for them, so they go through the group commit on their own."""
+
+        async def persist() -> None:
+            if await self._persist_rows(writes):
+                self._firmware.shares.durable(writes)
+
+        task = asyncio.get_running_loop().create_task(persist())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def _stop_serving(self, err: StoreCorrupted) -> None:
         log.critical("node store failed its check, node stops serving: %s", err.message)

@@ -770,6 +770,13 @@ class Simulation:
             self._execute(n, n.replica.receive(sender, message, self.now))
 
     def _execute(self, n: _Node, effects: list[Effect]) -> None:
+        if n.keeper is not None:
+            # Erasures the keeper made while its acceptor took a value (on a verified
+            # owner statement): durable at once here, like the replica's own writes.
+            erased = n.keeper.take_writes()
+            for write in erased:
+                n.rows[write.key] = write.row
+            n.keeper.durable(erased)
         for effect in effects:
             match effect:
                 case Persist(record, kind):

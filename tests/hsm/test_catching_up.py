@@ -1,0 +1,155 @@
+"""A node that missed a delete and the registration after it catches up on the owner's
+signed DELETE, which the new value keeps, checked with the node's own pk_auth; it erases
+its old share only on that statement, and refuses what it cannot check (docs/threshold.md,
+"Catching up"). Seed 6000566 found the stale laggards; tests/sim/test_regressions.py runs
+the scenario end to end."""
+
+from __future__ import annotations
+
+import pytest
+
+from backupvault.hsm.shares import check_threshold_value
+from backupvault.hsm.state import ThresholdState
+from backupvault.protocol import EntryStatus
+from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
+
+OLD_RK = bytes(32)
+NEW_RK = bytes([7]) * 32
+
+
+@pytest.fixture
+def world() -> Simulation:
+    return threshold_world(limit=4, seed=6)
+
+
+def _deleted_and_registered_again(world: Simulation, client: ThresholdClient) -> None:
+    """Nodes 3 and 4 cut off while the owner deletes version 1 and registers version 2."""
+    client.register(b"old", OLD_RK)
+    world.reachable = {0, 1, 2}
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    assert client.delete(recovered[0]) == 3
+    assert client.register(b"new", NEW_RK, version=2)[1] == 3
+
+
+def _check(world: Simulation, key: bytes, proposed: ThresholdState, slot: int = 3) -> str | None:
+    held = world.replicated(slot, key).to_bytes()
+    return check_threshold_value(FLEET_ID, key, world.shape, proposed, held)
+
+
+def test_a_laggard_takes_the_registration_after_a_delete_it_verifies_and_erases(
+    world: Simulation,
+) -> None:
+    client = ThresholdClient(world)
+    _deleted_and_registered_again(world, client)
+    laggard = world.replicated(3, client.key)
+    committed = world.replicated(0, client.key)
+    assert (laggard.status, laggard.version) == (EntryStatus.LIVE, 1)
+    assert (committed.status, committed.version) == (EntryStatus.LIVE, 2)
+    assert committed.change_signature  # the owner's DELETE of version 1, kept
+    assert _check(world, client.key, committed) is None
+    old_rows = {slot: world.honest[slot].rows[client.key] for slot in (3, 4)}
+    assert all(row.share and row.version == 1 for row in old_rows.values())
+    world.reachable = None
+    world.settle(5.0)
+    for slot in (3, 4):
+        assert world.replicated(slot, client.key) == world.replicated(0, client.key)
+        # Erased on the verified statement; nothing of version 2 is dealt to it here.
+        assert world.honest[slot].rows[client.key] == old_rows[slot].with_(
+            share=b"", delete_counter=committed.change_counter
+        )
+    recovered = client.recover(b"new")
+    assert recovered is not None and recovered[1] == NEW_RK
+
+
+def _other_entrys_delete(world: Simulation) -> ThresholdState:
+    other = ThresholdClient(world, entry="other")
+    other.register(b"other", OLD_RK)
+    recovered = other.recover(b"other")
+    assert recovered is not None
+    other.delete(recovered[0])
+    return world.replicated(0, other.key)
+
+
+def test_a_laggard_refuses_a_new_version_without_a_delete_it_verifies(
+    world: Simulation,
+) -> None:
+    """Absent, forged, altered or another entry's DELETE: refused, and accepting such a
+    value (as a hostile proposer's catch-up copy could make a node hold it) erases
+    nothing."""
+    client = ThresholdClient(world)
+    _deleted_and_registered_again(world, client)
+    other = _other_entrys_delete(world)  # nodes 0-2 only: 3 and 4 are still cut off
+    committed = world.replicated(0, client.key)
+    forged = {
+        "absent": committed.with_(change_counter=0, change_signature=b""),
+        "forged": committed.with_(change_signature=bytes(64)),
+        "another counter": committed.with_(change_counter=committed.change_counter + 1),
+        "another entry's delete": committed.with_(
+            change_counter=other.change_counter, change_signature=other.change_signature
+        ),
+    }
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    row = world.honest[3].rows[client.key]
+    for what, value in forged.items():
+        assert _check(world, client.key, value) is not None, what
+        keeper.on_accept(client.key, value.to_bytes())
+        assert keeper.take_writes() == (), what
+        assert keeper.row(client.key) == row, what
+    keeper.on_accept(client.key, committed.to_bytes())  # the genuine one does erase
+    assert [w.row.share for w in keeper.take_writes()] == [b""]
+
+
+def test_a_laggard_refuses_a_chain_of_changes_it_cannot_verify(world: Simulation) -> None:
+    """Two missed password changes: the value carries only the second CHANGE statement,
+    signed with a key the laggard never saw. It refuses and keeps its share."""
+    client = ThresholdClient(world)
+    client.register(b"one", OLD_RK)
+    world.reachable = {0, 1, 2}
+    first = client.recover(b"one")
+    assert first is not None
+    assert client.change_password(first[0], b"two", OLD_RK)[1] == 3
+    second = client.recover(b"two")
+    assert second is not None
+    assert client.change_password(second[0], b"three", OLD_RK)[1] == 3
+    committed = world.replicated(0, client.key)
+    assert committed.version == 3
+    assert "version skipped" in (_check(world, client.key, committed) or "")
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    keeper.on_accept(client.key, committed.to_bytes())
+    assert keeper.take_writes() == ()
+    assert world.honest[3].rows[client.key].share
+
+
+def test_a_later_tombstone_is_taken_without_a_statement_and_erases_nothing(
+    world: Simulation,
+) -> None:
+    """A tombstone of a later version is no more than a proposer could bring a node to in
+    two steps today; it is taken so the tombstone reaches every node, and erases nothing
+    on its own word."""
+    client = ThresholdClient(world)
+    _deleted_and_registered_again(world, client)
+    committed = world.replicated(0, client.key)
+    tombstone = committed.with_(
+        status=EntryStatus.DESTROYED,
+        manifest=b"",
+        attempt=committed.attempt + 4,
+        change_counter=0,
+        change_signature=b"",
+    )
+    assert _check(world, client.key, tombstone) is None
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    keeper.on_accept(client.key, tombstone.to_bytes())
+    assert keeper.take_writes() == ()
+    assert world.honest[3].rows[client.key].share
+    # The tombstone the fleet makes of version 2 keeps the owner's DELETE of version 1:
+    # that one erases.
+    kept = tombstone.with_(
+        change_counter=committed.change_counter, change_signature=committed.change_signature
+    )
+    assert _check(world, client.key, kept) is None
+    keeper.on_accept(client.key, kept.to_bytes())
+    assert [w.row.share for w in keeper.take_writes()] == [b""]
