@@ -296,3 +296,27 @@ def test_share_rows_are_durable_before_the_answer_that_depends_on_them(tmp_path:
         assert store.saved == [[entry], [SHARE_PREFIX + entry]]
 
     asyncio.run(scenario())
+
+
+def test_an_erasure_made_while_accepting_a_value_is_persisted(tmp_path: Path) -> None:
+    """A row the firmware changes while this node's acceptor takes a value (an erasure on
+    a verified owner statement, docs/threshold.md "Catching up") is handed over after the
+    step and written through the group commit, then reported durable."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        entry = EntryId("alice", "chat").to_bytes()
+        erased = NodeShare(1, b"", b"m", [], delete_counter=1)
+        keeper = service._firmware.shares
+        keeper._unsaved.append(keeper._write(entry, erased, trusted=False))
+        service._step(lambda: [])
+        assert keeper.take_writes() == ()  # handed to the shell
+        store.release.set()
+        for _ in range(100):
+            await asyncio.sleep(0.01)
+            if store.get_share(entry) == erased:
+                break
+        assert store.get_share(entry) == erased
+        assert entry not in keeper._pending  # durable: the store answers for it now
+
+    asyncio.run(scenario())
