@@ -153,3 +153,30 @@ def test_a_later_tombstone_is_taken_without_a_statement_and_erases_nothing(
     assert _check(world, client.key, kept) is None
     keeper.on_accept(client.key, kept.to_bytes())
     assert [w.row.share for w in keeper.take_writes()] == [b""]
+
+
+def test_a_node_that_missed_only_the_delete_request_erases_on_the_value(
+    world: Simulation,
+) -> None:
+    """Node 3 never got the client's delete request, but its acceptor takes the deleted
+    value, which carries the owner's DELETE: verified with its own M, it erases. The same
+    value with a forged statement is refused and erases nothing."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    world.reachable = {0, 1, 2, 4}
+    assert client.delete(recovered[0]) == 4
+    deleted = world.replicated(0, client.key)
+    assert deleted.status == EntryStatus.EMPTY and deleted.version == 1
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    forged = deleted.with_(change_signature=bytes(64))
+    assert _check(world, client.key, forged) is not None
+    keeper.on_accept(client.key, forged.to_bytes())
+    assert keeper.take_writes() == ()
+    world.reachable = None
+    world.settle(5.0)
+    assert world.replicated(3, client.key) == deleted
+    row = world.honest[3].rows[client.key]
+    assert row.share == b"" and row.delete_counter == deleted.change_counter

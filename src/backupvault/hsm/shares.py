@@ -266,16 +266,26 @@ class ShareKeeper:
             accepted.popitem(last=False)
 
     def _retired_share(self, key: bytes, state: ThresholdState) -> ShareWrite | None:
-        """This node's share of the version before `state`'s, erased, if `state` carries
-        the owner's statement retiring that version (a password change, or a delete kept by
-        the registration after it) and it verifies against the manifest this node checked
-        its own share against. A node that missed the change or the delete erases here,
-        on the owner's word, never on the new value's alone."""
+        """This node's share, erased, if `state` carries the owner's statement retiring
+        its version (the delete of it; a password change from it; or its delete kept by the
+        registration after it) and the statement verifies against the manifest this node
+        checked its own share against. A node that missed the client's change or delete
+        request erases here, on the owner's word, never on the value's alone."""
         row = self.row(key)
-        if row is None or not row.share or not row.manifest or state.version != row.version + 1:
+        if row is None or not row.share or not row.manifest:
             return None
         held = ThresholdState(status=EntryStatus.LIVE, version=row.version, manifest=row.manifest)
-        kind = _retiring_statement(self.fleet_id, EntryId.from_bytes(key), held, state)
+        entry_id = EntryId.from_bytes(key)
+        kind: owner.StatementKind | None = None
+        if state.version == row.version and state.status == EntryStatus.EMPTY:
+            delete = owner.StatementKind.DELETE
+            kind = (
+                delete
+                if _signed(self.fleet_id, entry_id, held, delete, state, row.manifest)
+                else None
+            )
+        elif state.version == row.version + 1:
+            kind = _retiring_statement(self.fleet_id, entry_id, held, state)
         if kind is None:
             return None
         if kind is owner.StatementKind.DELETE:
