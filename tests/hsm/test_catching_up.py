@@ -180,3 +180,22 @@ def test_a_node_that_missed_only_the_delete_request_erases_on_the_value(
     assert world.replicated(3, client.key) == deleted
     row = world.honest[3].rows[client.key]
     assert row.share == b"" and row.delete_counter == deleted.change_counter
+
+
+def test_a_tombstone_below_a_reset_this_node_holds_is_taken(world: Simulation) -> None:
+    """Seed 7000233: the owner's reset for the L-th attempt was accepted by one node only,
+    and the fleet committed the tombstone without it; that node refused the tombstone for
+    ever as "the reset went back". A tombstone is taken below a held reset (it only ends
+    the entry sooner, as an attempt counter pushed up by L does); a live value is not."""
+    client = ThresholdClient(world)
+    client.register(b"right", OLD_RK)
+    assert client.recover(b"wrong") is None
+    assert client.recover(b"right") is not None
+    held = world.replicated(0, client.key)
+    assert held.reset_attempt == held.attempt == 2
+    before_reset = held.with_(reset_attempt=0, reset_hash=b"", reset_signature=b"")
+    tombstone = before_reset.with_(status=EntryStatus.DESTROYED, manifest=b"", attempt=4)
+    assert _check(world, client.key, tombstone, slot=0) is None
+    assert _check(world, client.key, before_reset.with_(attempt=3), slot=0) == (
+        "the reset went back"
+    )

@@ -863,7 +863,10 @@ def _check_transition(
     if state.attempt_client_time_ms < held.attempt_client_time_ms:
         return "the attempt clock went down"
     if state.version == held.version:
-        if state.reset_attempt < held.reset_attempt:
+        # A tombstone below a reset this node holds is taken (seed 7000233: the owner's
+        # reset for the L-th attempt, accepted by a minority, lost to the tombstone): it
+        # only ends the entry sooner, which an attempt counter pushed up by L also does.
+        if state.reset_attempt < held.reset_attempt and state.status != EntryStatus.DESTROYED:
             return "the reset went back"
         if held.status == EntryStatus.LIVE:
             if state.status == EntryStatus.LIVE and state.manifest != held.manifest:
