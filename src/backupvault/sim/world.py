@@ -451,7 +451,14 @@ class Simulation:
         return node
 
     def _make_keeper(self, n: _Node) -> ShareKeeper:
-        keeper = self.keeper_class(FLEET_ID, n.index, self.shape, signing_key(n.index), n.rows.get)
+        keeper = self.keeper_class(
+            FLEET_ID,
+            n.index,
+            self.shape,
+            signing_key(n.index),
+            n.rows.get,
+            peer_signing_keys={i + 1: signing_key(i).public_key() for i in range(self.plan.nodes)},
+        )
         original = keeper._evaluate_committed
 
         def evaluate_committed(
