@@ -10,8 +10,8 @@ import pytest
 
 from backupvault.crypto import oprf, threshold
 from backupvault.errors import AuthenticationFailed
-from backupvault.hsm.shares import UNKNOWN_B, ShareKeeper
-from backupvault.hsm.state import EntryId
+from backupvault.hsm.shares import UNKNOWN_B, ShareKeeper, ShareWrite
+from backupvault.hsm.state import EntryId, Evaluation
 from backupvault.protocol import (
     CountReport,
     CountReportRequest,
@@ -24,7 +24,13 @@ from backupvault.protocol import (
     Op,
     count_report_message,
 )
-from backupvault.sim.world import Simulation, ThresholdClient, signing_key, threshold_world
+from backupvault.sim.world import (
+    FLEET_ID,
+    Simulation,
+    ThresholdClient,
+    signing_key,
+    threshold_world,
+)
 
 RK = bytes(range(32))
 L = 4
@@ -197,8 +203,6 @@ def test_a_report_at_exactly_l_stalls_the_node_but_never_erases(
 
 
 def _signed(report: CountReport, slot: int, fleet_id: bytes | None = None) -> CountReport:
-    from backupvault.sim.world import FLEET_ID
-
     message = count_report_message(fleet_id or FLEET_ID, report)
     return dataclasses.replace(report, signature=signing_key(slot).sign(message))
 
@@ -248,3 +252,17 @@ def test_status_after_a_rollback_shows_the_conservative_count(
     assert _deliver(world, 0) == 3
     answer = world.request(0, Op.MANIFEST, ManifestRequest("alice", "chat"))
     assert isinstance(answer, ManifestResponse) and answer.guesses_remaining == L - 2
+
+
+def test_a_row_at_l_on_assumed_evaluations_refuses_without_erasing(
+    world: Simulation, client: ThresholdClient
+) -> None:
+    """The evaluate path's own guard: a row whose count reaches L only with evaluations
+    assumed on reports is never erased by the next request."""
+    row = world.honest[0].rows[client.key]
+    assumed = row.with_(evaluated=[Evaluation(100 + a, UNKNOWN_B) for a in range(L)])
+    world.honest[0].rows[client.key] = assumed
+    _keeper(world, 0).durable((ShareWrite(client.key, assumed),))
+    answer = _ask(world, client, 0)
+    assert _code(answer) == ErrorCode.FLEET_UNAVAILABLE
+    assert world.honest[0].rows[client.key].share
