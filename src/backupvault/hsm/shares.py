@@ -199,6 +199,7 @@ class ShareKeeper:
         # After a detected rollback of this node's store, rows read from it are not
         # trusted to hold the latest count: keys in `_trusted` were written since.
         self._distrusted = False
+        self._suspect: Callable[[bytes], bool] = _every_row
         self._trusted: set[bytes] = set()
         # Per distrusted key: the latest attempt number when first seen since the
         # rollback was detected; every evaluation lost in the rollback was for an attempt
@@ -238,11 +239,13 @@ class ShareKeeper:
                 del self._pending[write.key]
             self._remember(write.key, write.row)
 
-    def distrust_stored_counts(self) -> None:
+    def distrust_stored_counts(self, suspect: Callable[[bytes], bool] | None = None) -> None:
         """The store may have been rolled back (it did not match the token's counter): a
         row read from it may hold an old, lower count. Such a row is not evaluated until
-        the owner's next verified reset (or a new registration) rewrites it; it is never
-        erased on its count either."""
+        t peers' count reports or the owner's next verified reset (or a new registration)
+        rewrites it; it is never erased on its count either. `suspect(key)`: whether the
+        row may be that old (default: every row)."""
+        self._suspect = suspect or _every_row
         self._distrusted = True
         self._trusted = set()
         self._floors = {}
@@ -251,6 +254,9 @@ class ShareKeeper:
 
     def _count_trusted(self, key: bytes, version: int, latest_attempt: int) -> bool:
         if not self._distrusted or key in self._trusted:
+            return True
+        if not self._suspect(key):
+            self._trusted.add(key)  # written since the rollback, on an earlier run
             return True
         self._floors.setdefault(key, latest_attempt)
         self._want_reports(key, version)
@@ -919,6 +925,10 @@ class _WantedReports:
     version: int
     nonce: bytes
     reports: dict[int, int]
+
+
+def _every_row(key: bytes) -> bool:
+    return True
 
 
 def _window(reset_at: int, highest: int, known: set[int]) -> list[int]:

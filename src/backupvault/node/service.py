@@ -106,8 +106,11 @@ class NodeService:
         if not intact:
             # The store may have been rolled back: its counts are not trusted until t
             # peers' signed count reports or the owner's next verified reset
-            # (docs/threshold.md, "Counters and erasure").
-            firmware.shares.distrust_stored_counts()
+            # (docs/threshold.md, "Counters and erasure"). Recorded in the store, so a
+            # clean restart later does not trust the rows written before either.
+            store.distrust_share_rows()
+        if store.suspect_through:
+            firmware.shares.distrust_stored_counts(store.share_suspect)
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._links: dict[int, PeerLink] = {}
         self.listener: PeerListener | None = None
