@@ -9,7 +9,7 @@ import dataclasses
 import pytest
 
 from backupvault.crypto import oprf, threshold
-from backupvault.errors import AuthenticationFailed
+from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.shares import UNKNOWN_B, ShareKeeper, ShareWrite
 from backupvault.hsm.state import EntryId, Evaluation
 from backupvault.protocol import (
@@ -266,3 +266,15 @@ def test_a_row_at_l_on_assumed_evaluations_refuses_without_erasing(
     answer = _ask(world, client, 0)
     assert _code(answer) == ErrorCode.FLEET_UNAVAILABLE
     assert world.honest[0].rows[client.key].share
+
+
+def test_report_messages_check_every_length_and_index() -> None:
+    request = CountReportRequest("alice", "chat", 1, bytes(32))
+    assert CountReportRequest.from_bytes(request.to_bytes()) == request
+    with pytest.raises(InvalidInput):
+        CountReportRequest("alice", "chat", 1, bytes(31))
+    report = CountReport("alice", "chat", 1, 2, 1, 5, 0, bytes(32), bytes(64))
+    assert CountReport.from_bytes(report.to_bytes()) == report
+    for bad in ({"reporter": 0}, {"requester": 256}, {"nonce": b""}, {"signature": bytes(63)}):
+        with pytest.raises(InvalidInput):
+            dataclasses.replace(report, **bad)
