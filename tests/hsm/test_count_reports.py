@@ -38,7 +38,10 @@ L = 4
 
 @pytest.fixture
 def world() -> Simulation:
-    return threshold_world(limit=L)
+    """Reports are delivered by the tests (`_deliver`), not by the world's nodes."""
+    world = threshold_world(limit=L)
+    world.count_reports = False
+    return world
 
 
 @pytest.fixture
@@ -278,3 +281,15 @@ def test_report_messages_check_every_length_and_index() -> None:
     for bad in ({"reporter": 0}, {"requester": 256}, {"nonce": b""}, {"signature": bytes(63)}):
         with pytest.raises(InvalidInput):
             dataclasses.replace(report, **bad)
+
+
+def test_the_worlds_nodes_settle_on_reports_by_themselves(
+    world: Simulation, client: ThresholdClient
+) -> None:
+    """As the node's service does: a refused request sends the requests over the
+    network and the peers answer, in time for the client's resend: the owner's first
+    recovery succeeds (without reports it cannot: the test above)."""
+    _roll_back(world, client, (0, 1, 2), wrong=2)
+    world.count_reports = True
+    assert client.recover(b"right") is not None
+    assert [world.honest[s].rows[client.key].count for s in range(5)] == [0] * 5
