@@ -13,7 +13,7 @@ from backupvault.codec import Message, decode_any
 from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, SyncResponse
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
-from backupvault.protocol import REQUEST_TYPES, RESPONSE_TYPES, ErrorResponse
+from backupvault.protocol import COUNT_MESSAGES, REQUEST_TYPES, RESPONSE_TYPES, ErrorResponse
 
 ALL_MESSAGES: list[type[Message]] = sorted(
     {
@@ -21,6 +21,7 @@ ALL_MESSAGES: list[type[Message]] = sorted(
         *RESPONSE_TYPES.values(),
         ErrorResponse,
         *PEER_MESSAGES,
+        *COUNT_MESSAGES,
         EntryId,
         ThresholdState,
         Evaluation,

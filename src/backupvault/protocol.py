@@ -381,6 +381,84 @@ class DeleteShareRequest(Message):
         _check_signature("owner signature", self.signature)
 
 
+# ---- count reports: node to node, over the peer channel (fleet/channel.py) -------------
+
+COUNT_NONCE_LEN = 32
+
+
+@dataclass(frozen=True)
+class CountReportRequest(Message):
+    """A node that found its store rolled back asks a peer how far an entry's attempts
+    went (docs/threshold.md, "Counters and erasure"). `nonce`: fresh, chosen by the
+    asking node, so an old report cannot be replayed to it."""
+
+    TAG = 78
+    account: str
+    entry: str
+    version: int
+    nonce: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        _check_u64("version", self.version)
+        if len(self.nonce) != COUNT_NONCE_LEN:
+            raise InvalidInput(f"count report nonce: expected {COUNT_NONCE_LEN} bytes")
+
+
+@dataclass(frozen=True)
+class CountReport(Message):
+    """A peer's answer to `CountReportRequest`, signed with its Ed25519 signing key (from
+    the deployment record) over `count_report_message`. `attempt`: the highest attempt
+    number it has accepted for the entry's version; `reset_at`: the latest attempt of an
+    owner-signed reset it holds."""
+
+    TAG = 79
+    account: str
+    entry: str
+    version: int
+    reporter: int  # the reporting node's share index
+    requester: int  # the asking node's share index
+    attempt: int
+    reset_at: int
+    nonce: bytes
+    signature: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        for name in ("version", "attempt", "reset_at"):
+            _check_u64(name, getattr(self, name))
+        for name in ("reporter", "requester"):
+            if not 1 <= getattr(self, name) <= threshold.MAX_NODES:
+                raise InvalidInput(f"{name}: a share index 1..{threshold.MAX_NODES}")
+        if len(self.nonce) != COUNT_NONCE_LEN:
+            raise InvalidInput(f"count report nonce: expected {COUNT_NONCE_LEN} bytes")
+        _check_signature("count report signature", self.signature)
+
+
+def count_report_message(fleet_id: bytes, report: CountReport) -> bytes:
+    """The bytes a reporting node signs (docs/protocol.md, "Count reports")."""
+    names = [
+        check_name(what, value).encode()
+        for what, value in (("account", report.account), ("entry", report.entry))
+    ]
+    if not 1 <= len(fleet_id) <= 0xFFFF:
+        raise InvalidInput("fleet id: 1..65535 bytes")
+    return (
+        b"backupvault/v1 count-report"
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + bytes([report.reporter, report.requester])
+        + b"".join(bytes([len(name)]) + name for name in names)
+        + struct.pack(">QQQ", report.version, report.attempt, report.reset_at)
+        + report.nonce
+    )
+
+
+COUNT_MESSAGES: tuple[type[Message], ...] = (CountReportRequest, CountReport)
+
+
 #: Every sealed response of an operation has the same size, so the relay cannot tell a
 #: success, a wrong password and an unknown entry apart by length (docs/protocol.md).
 RESPONSE_PADDED_SIZE: dict[Op, int] = {

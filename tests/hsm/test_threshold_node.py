@@ -351,16 +351,22 @@ def test_no_partial_before_commit(world: Simulation, client: ThresholdClient) ->
 def test_a_rolled_back_share_row_is_not_trusted_until_the_next_reset(
     world: Simulation, client: ThresholdClient
 ) -> None:
+    world.count_reports = False  # no reports reach node 0 here
     old_disk = world.snapshot(0)
     for _ in range(2):
         assert client.recover(b"wrong") is None
     world.restart_rolled_back(0, old_disk)
+    world.settle(30)  # caught up: what follows is refused for its count, not catch-up
     assert world.honest[0].rows[client.key].count == 0  # the rolled-back count
     _, blinded = oprf.blind(b"guess")
     client.clock_ms += 1000
     request = EvaluateRequest("alice", "chat", 1, blinded, client.clock_ms)
     answer = world.request(0, Op.EVALUATE, request)
     assert _code(answer) == ErrorCode.FLEET_UNAVAILABLE  # no partial on a suspect count
+    assert isinstance(answer, ErrorResponse) and "restored" in answer.detail
+    # It asked its peers for count reports; none is delivered here, so it keeps refusing
+    # (tests/hsm/test_count_reports.py delivers them).
+    assert [r.entry for r in world.honest[0].keeper.take_report_requests()] == ["chat"]
     # (The attempt number it was asked for is used up all the same: availability, not
     # the bound, pays for the rollback.)
     # The other four still serve; the owner's success resets node 0 as well.

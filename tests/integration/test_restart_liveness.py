@@ -1,6 +1,7 @@
 """Restarts with real processes: a node whose store matches its token's counter serves at
 once, so a majority that has just restarted serves with the fifth node still down; a
-node whose store was rolled back catches up first, and the guess count never goes back."""
+node whose store was rolled back catches up first, and the guess count never goes back:
+it takes its peers' signed count reports and serves again on the conservative count."""
 
 from __future__ import annotations
 
@@ -34,6 +35,11 @@ def _health(vault: Vault, index: int) -> dict[str, object]:
 
     wait_for(answered, 30, f"node{index} to listen")
     return answer
+
+
+def _metric(vault: Vault, index: int, name: str) -> int:
+    """Node `index`'s counter `name` (0 while it does not answer)."""
+    return int(vault.deployment.metrics().get(f"node{index}", {}).get(name, 0))
 
 
 def _copy_store(source: Path, target: Path) -> None:
@@ -87,9 +93,18 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         deployment.wait_ready(90, nodes=[0, 1, 4])
         assert all(_health(vault, i)["intact_start"] is False for i in (0, 1))
         assert _health(vault, 4)["intact_start"] is True
-        # The rolled-back nodes distrust their own counts until the owner's next reset
-        # (docs/threshold.md): they evaluate nothing, so the guesses left are those of the
-        # nodes that kept theirs.
+        # The rolled-back nodes distrust their own counts (docs/threshold.md, "Counters
+        # and erasure"): status answers the most each can have used (attempts 2-4 since
+        # the owner's reset at 1), not the old copy's 10 left; the read also makes them
+        # ask their peers for signed count reports.
+        assert client.status().guesses_remaining == 7
+        # With t reports each, they count every attempt up to the highest reported and
+        # evaluate again: the guesses left fall exactly as with no rollback.
+        wait_for(
+            lambda: all(_metric(vault, i, "count_reports_taken") >= 3 for i in (0, 1)),
+            15,
+            "the rolled-back nodes to take their peers' count reports",
+        )
         seen = []
         for _ in range(10):
             try:
@@ -99,6 +114,7 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
             except Destroyed:
                 break
         assert seen == [6, 5, 4, 3, 2, 1]  # the 10th wrong guess destroyed the entry
+        assert all(_metric(vault, i, "evaluations") >= 6 for i in (0, 1))
         with pytest.raises(Destroyed):
             client.recover(PASSWORD, ksf_floor=FAST_KSF)
     finally:

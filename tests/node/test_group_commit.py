@@ -26,7 +26,7 @@ from backupvault.hsm.shares import FleetShape, ShareWrite
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
-from backupvault.node.store import SHARE_PREFIX, NodeStore
+from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
@@ -320,3 +320,27 @@ def test_an_erasure_made_while_accepting_a_value_is_persisted(tmp_path: Path) ->
         assert entry not in keeper._pending  # durable: the store answers for it now
 
     asyncio.run(scenario())
+
+
+def test_a_clean_restart_after_a_rollback_still_distrusts_the_rows_it_found(
+    tmp_path: Path,
+) -> None:
+    """A start behind the token marks the store's share rows suspect; the next start
+    finds the store intact, yet does not trust those rows' counts again."""
+    path = tmp_path / "store.sqlite"
+    entry = EntryId("alice", "chat").to_bytes()
+    store = NodeStore(path, 0, b"k" * 32)
+    store.save([share_record(entry, NodeShare(1, b"", b"", []))])
+    for intact in (False, True):
+        firmware = VaultFirmware(FLEET_ID, NODE_KEY, ACCOUNTS, FleetShape(0, 3, 2), store.get_share)
+        addresses = {i: ("127.0.0.1", 1) for i in range(3)}
+        NodeService(0, addresses, firmware, _channel(0), store, intact=intact)
+        assert not firmware.shares._count_trusted(entry, 1, 0)
+        store.close()
+        store = NodeStore(path, 0, b"k" * 32)
+    store.save([share_record(entry, NodeShare(1, b"", b"", [], reset_at=1))])
+    firmware = VaultFirmware(FLEET_ID, NODE_KEY, ACCOUNTS, FleetShape(0, 3, 2), store.get_share)
+    addresses = {i: ("127.0.0.1", 1) for i in range(3)}
+    NodeService(0, addresses, firmware, _channel(0), store, intact=True)
+    assert firmware.shares._count_trusted(entry, 1, 0)  # written since: trusted
+    store.close()

@@ -390,3 +390,26 @@ def test_an_erased_share_cannot_be_read_back_from_any_file(tmp_path: Path) -> No
         assert row[12:28] not in raw
     found = make(path).get_share(ENTRY_A)
     assert found is not None and found.share == b""
+
+
+def test_share_rows_found_behind_a_rollback_stay_suspect_across_restarts(
+    tmp_path: Path,
+) -> None:
+    """After a detected rollback the rows then in the store stay suspect on every later
+    start (a clean restart must not trust a rolled-back count again), until rewritten."""
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    share = b"\x01" + b"k" * 32
+    store.save([share_record(ENTRY_A, _share_row(1, share, 1))])
+    store.save([share_record(ENTRY_B, _share_row(1, share, 1))])
+    assert not store.share_suspect(ENTRY_A)  # no rollback seen
+    store.distrust_share_rows()
+    store.close()
+    store = make(path)  # a clean restart: the mark is in the counter row
+    assert store.share_suspect(ENTRY_A) and store.share_suspect(ENTRY_B)
+    store.save([share_record(ENTRY_A, _share_row(1, share, 2))])
+    store.close()
+    store = make(path)
+    assert not store.share_suspect(ENTRY_A)  # written since
+    assert store.share_suspect(ENTRY_B)
+    assert not store.share_suspect(EntryId("carol", "root-key").to_bytes())  # no row

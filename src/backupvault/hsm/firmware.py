@@ -15,7 +15,7 @@ import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message
 from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request
@@ -68,7 +68,8 @@ def _error(code: ErrorCode, detail: str, remaining: int = 0) -> ErrorResponse:
 class VaultFirmware:
     """`accounts` checks fleet tokens: the account issuer's key, and the audience
     `fleet_audience(fleet_id)`. `shape`: the fleet's node set, threshold and per-node
-    limit, from its deployment record; `load_share`: this node's persisted share rows."""
+    limit, from its deployment record; `load_share`: this node's persisted share rows;
+    `peer_signing_keys`: every node's signing key by share index (count reports)."""
 
     def __init__(
         self,
@@ -77,6 +78,7 @@ class VaultFirmware:
         accounts: TokenVerifier,
         shape: FleetShape,
         load_share: Callable[[bytes], NodeShare | None],
+        peer_signing_keys: dict[int, Ed25519PublicKey] | None = None,
     ) -> None:
         if accounts.audience != fleet_audience(fleet_id):
             raise InvalidInput("the fleet token verifier must expect this fleet's audience")
@@ -87,7 +89,14 @@ class VaultFirmware:
         self._seen_proofs = SeenProofs()
         self._node_key = node_key
         self.shape = shape
-        self.shares = ShareKeeper(fleet_id, node_key.index, shape, node_key.signing, load_share)
+        self.shares = ShareKeeper(
+            fleet_id,
+            node_key.index,
+            shape,
+            node_key.signing,
+            load_share,
+            peer_signing_keys=peer_signing_keys,
+        )
 
     def announce(self, key: bytes, payload: bytes) -> bool:
         """The replica's hook: an entry's value is told to every node as it is taken, since

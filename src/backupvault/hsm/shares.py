@@ -11,13 +11,17 @@ before the answer leaves the node.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
+import logging
+import os
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message
 from backupvault.crypto import owner, threshold
@@ -33,8 +37,11 @@ from backupvault.hsm.state import (
     single_seed_status,
 )
 from backupvault.protocol import (
+    COUNT_NONCE_LEN,
     MAX_ERROR_DETAIL,
     AckKind,
+    CountReport,
+    CountReportRequest,
     DeleteShareRequest,
     EntryStatus,
     ErrorCode,
@@ -48,8 +55,11 @@ from backupvault.protocol import (
     ResetRequest,
     ResetResponse,
     ShareAck,
+    count_report_message,
     share_ack_message,
 )
+
+log = logging.getLogger("backupvault.node")
 
 #: Rows kept in memory besides those not yet durable (least recently used go first).
 ROWS_CACHED = 4096
@@ -57,6 +67,10 @@ ROWS_CACHED = 4096
 #: latest one within seconds, older ones only matter to a reset that already travels in
 #: the replicated value.
 ACCEPTED_KEPT = 16
+#: The B hash of an evaluation a rolled-back node assumes it made, on its peers' count
+#: reports, but cannot know (no SHA-256 output is all zeros): the attempt counts, and
+#: is never answered or used to rebuild a reset.
+UNKNOWN_B = bytes(32)
 
 
 @dataclass(frozen=True)
@@ -164,7 +178,12 @@ class ShareKeeper:
         shape: FleetShape,
         signing_key: Ed25519PrivateKey,
         load_row: Callable[[bytes], NodeShare | None],
+        *,
+        peer_signing_keys: Mapping[int, Ed25519PublicKey] | None = None,
+        rng: Callable[[int], bytes] = os.urandom,
     ) -> None:
+        """`peer_signing_keys`: every node's signing key by share index, from the
+        deployment record, to check their count reports (none: no report is taken)."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -180,6 +199,7 @@ class ShareKeeper:
         # After a detected rollback of this node's store, rows read from it are not
         # trusted to hold the latest count: keys in `_trusted` were written since.
         self._distrusted = False
+        self._suspect: Callable[[bytes], bool] = _every_row
         self._trusted: set[bytes] = set()
         # Per distrusted key: the latest attempt number when first seen since the
         # rollback was detected; every evaluation lost in the rollback was for an attempt
@@ -189,6 +209,12 @@ class ShareKeeper:
         self._accepted: dict[bytes, OrderedDict[int, tuple[int, bytes]]] = {}
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
+        self._peer_keys = dict(peer_signing_keys or {})
+        self._rng = rng
+        # Per distrusted key: the count reports asked for (one nonce per key and
+        # version) and those taken so far; `_asking`: requests for the shell to send.
+        self._wanted: dict[bytes, _WantedReports] = {}
+        self._asking: dict[bytes, CountReportRequest] = {}
 
     # ---- this node's own state --------------------------------------------------------
 
@@ -215,20 +241,154 @@ class ShareKeeper:
                 del self._pending[write.key]
             self._remember(write.key, write.row)
 
-    def distrust_stored_counts(self) -> None:
+    def distrust_stored_counts(self, suspect: Callable[[bytes], bool] | None = None) -> None:
         """The store may have been rolled back (it did not match the token's counter): a
         row read from it may hold an old, lower count. Such a row is not evaluated until
-        the owner's next verified reset (or a new registration) rewrites it; it is never
-        erased on its count either."""
+        t peers' count reports or the owner's next verified reset (or a new registration)
+        rewrites it; it is never erased on its count either. `suspect(key)`: whether the
+        row may be that old (default: every row)."""
+        self._suspect = suspect or _every_row
         self._distrusted = True
         self._trusted = set()
         self._floors = {}
+        self._wanted = {}
+        self._asking = {}
 
-    def _count_trusted(self, key: bytes, latest_attempt: int) -> bool:
+    def _count_trusted(self, key: bytes, version: int, latest_attempt: int) -> bool:
         if not self._distrusted or key in self._trusted:
             return True
+        if not self._suspect(key):
+            self._trusted.add(key)  # written since the rollback, on an earlier run
+            return True
         self._floors.setdefault(key, latest_attempt)
+        self._want_reports(key, version)
         return False
+
+    # ---- count reports after a rollback (docs/threshold.md, "Counters and erasure") ----
+
+    def _want_reports(self, key: bytes, version: int) -> None:
+        """Ask every peer (again) for its count report on `key`: the request is queued
+        for `take_report_requests`. One nonce per key and version until the reports are
+        taken, so reports to an earlier ask still count and a peer that was down is asked
+        again at the next request for the entry."""
+        if not self._peer_keys:
+            return
+        wanted = self._wanted.get(key)
+        if wanted is None or wanted.version != version:
+            wanted = _WantedReports(version, self._rng(COUNT_NONCE_LEN), {})
+            self._wanted[key] = wanted
+        entry_id = EntryId.from_bytes(key)
+        self._asking[key] = CountReportRequest(
+            entry_id.account, entry_id.entry, version, wanted.nonce
+        )
+
+    def take_report_requests(self) -> list[CountReportRequest]:
+        """The count report requests for the shell to send to every peer (each once)."""
+        asking = list(self._asking.values())
+        self._asking = {}
+        return asking
+
+    def count_report(
+        self, requester: int, request: CountReportRequest, held_payload: bytes
+    ) -> CountReport | None:
+        """This node's signed report for a peer (share index `requester`, as the peer
+        channel authenticated it): the highest attempt it holds accepted for the entry's
+        version, and the latest owner-signed reset it holds. None when it holds nothing
+        for that version (the asker then counts no report from it)."""
+        if not 1 <= requester <= self.shape.nodes or requester == self.index:
+            raise InvalidInput(f"a count report request from share index {requester}")
+        key = EntryId.of(request.account, request.entry).to_bytes()
+        state = decode_threshold(held_payload)
+        if state is None or state.version != request.version:
+            return None
+        attempt = state.attempt
+        row = self.row(key)
+        if row is not None and row.version == state.version:
+            attempt = max([attempt, *(e.attempt for e in row.evaluated)])
+        unsigned = CountReport(
+            request.account,
+            request.entry,
+            request.version,
+            self.index,
+            requester,
+            attempt,
+            state.reset_attempt,
+            request.nonce,
+            bytes(64),
+        )
+        signature = self._signing_key.sign(count_report_message(self.fleet_id, unsigned))
+        return dataclasses.replace(unsigned, signature=signature)
+
+    def take_count_report(
+        self, reporter: int, report: CountReport, held_payload: bytes
+    ) -> tuple[ShareWrite, ...] | None:
+        """A peer's report (share index `reporter`, as the peer channel authenticated it).
+        A forged report (signature, reporter or requester index) raises
+        AuthenticationFailed. A report to no request of this node's (an old nonce, another
+        entry or version, or one already settled) is not taken: None. Otherwise the rows
+        to persist once t distinct peers have reported (usually none before)."""
+        public = self._peer_keys.get(reporter)
+        if public is None or report.reporter != reporter or reporter == self.index:
+            raise AuthenticationFailed(f"a count report from share index {reporter}")
+        if report.requester != self.index:
+            raise AuthenticationFailed(f"a count report for share index {report.requester}")
+        try:
+            public.verify(report.signature, count_report_message(self.fleet_id, report))
+        except InvalidSignature:
+            raise AuthenticationFailed(
+                f"a count report whose signature does not verify (share index {reporter})"
+            ) from None
+        key = EntryId.of(report.account, report.entry).to_bytes()
+        wanted = self._wanted.get(key)
+        if (
+            wanted is None
+            or wanted.version != report.version
+            or not hmac.compare_digest(wanted.nonce, report.nonce)
+        ):
+            return None
+        wanted.reports[reporter] = max(report.attempt, wanted.reports.get(reporter, 0))
+        if len(wanted.reports) < self.shape.threshold:
+            return ()
+        del self._wanted[key]
+        self._asking.pop(key, None)
+        return self._settle_on_reports(key, wanted, held_payload)
+
+    def _settle_on_reports(
+        self, key: bytes, wanted: _WantedReports, held_payload: bytes
+    ) -> tuple[ShareWrite, ...]:
+        """t peers reported: assume this node evaluated every attempt of the window up to
+        the highest one seen anywhere (the count is as high as it can have been), and
+        trust the row again. Reports only ever add to the count: no share is erased on
+        them, and a count above L leaves the row distrusted until the owner's reset."""
+        row = self.row(key)
+        if row is None or row.version != wanted.version or not row.share:
+            return ()
+        state = decode_threshold(held_payload)
+        writes: tuple[ShareWrite, ...] = ()
+        own = self._floors.get(key, 0)
+        if state is not None and state.version == row.version:
+            entry_id = EntryId.from_bytes(key)
+            row, writes = self._apply_replicated_reset(
+                key, entry_id.account, entry_id.entry, row, state
+            )
+            own = max(own, state.attempt)
+        highest = max(own, *wanted.reports.values())
+        # The floor a reset must reach stays this node's own sight: a hostile report of a
+        # huge attempt must not keep the owner's next success from making the row whole.
+        if key in self._trusted:
+            return writes  # the owner's reset (replicated) already made the row whole
+        known = {e.attempt for e in row.evaluated}
+        unknown = [Evaluation(a, UNKNOWN_B) for a in _window(row.reset_at, highest, known)]
+        if row.count + len(unknown) > self.shape.guess_limit:
+            log.warning(
+                "count reports put an entry's attempts %d above its last reset at %d: more"
+                " than L; the node keeps refusing it until the owner's next reset",
+                highest,
+                row.reset_at,
+            )
+            return writes
+        evaluated = sorted([*row.evaluated, *unknown], key=lambda e: e.attempt)
+        return (*writes, self._write(key, row.with_(evaluated=evaluated)))
 
     def _reset_restores_trust(self, key: bytes, attempt: int, latest_attempt: int) -> bool:
         return attempt >= self._floors.setdefault(key, latest_attempt)
@@ -507,6 +667,12 @@ class ShareKeeper:
             # This node's answer is the M it checked its share against.
             manifest = mine.manifest if mine is not None and mine.share else state.manifest
             count = mine.count if mine is not None else 0
+            if mine is not None and not self._count_trusted(key, state.version, state.attempt):
+                # A rolled-back count may be too low: answer the most it can have been
+                # (every attempt since the last reset this node verifies), never an old
+                # figure.
+                reset_at = self._verified_reset(key, request, mine, state)
+                count = min(limit, max(count, state.attempt - reset_at))
             return Answer(
                 ManifestResponse(state.status, state.version, manifest, limit, limit - count)
             )
@@ -581,10 +747,19 @@ class ShareKeeper:
                 error(ErrorCode.STALE_ATTEMPT, "this attempt was already answered; start again")
             )
         earlier = row.evaluated_hash(attempt)
+        if earlier == UNKNOWN_B:
+            return Answer(
+                error(
+                    ErrorCode.STALE_ATTEMPT,
+                    "this node's store was restored from an older copy and may have answered"
+                    " this attempt; start again",
+                ),
+                writes,
+            )
         if earlier is not None and not hmac.compare_digest(earlier, blinded_hash):
             return Answer(error(ErrorCode.REFUSED, "this attempt was answered for another B"))
         if earlier is None:
-            if not self._count_trusted(key, state.attempt):
+            if not self._count_trusted(key, state.version, state.attempt):
                 return Answer(
                     error(
                         ErrorCode.FLEET_UNAVAILABLE,
@@ -593,6 +768,9 @@ class ShareKeeper:
                     ),
                     writes,
                 )
+            if row.count >= limit and _assumed(row):
+                # At L only on the count its peers reported: never erase on their word.
+                return Answer(_exhausted_on_reports(), writes)
             if row.count >= limit:
                 # The count is at L and another request came: erase the share.
                 erased = row.with_(share=b"")
@@ -625,8 +803,30 @@ class ShareKeeper:
         trusted = self._reset_restores_trust(key, state.reset_attempt, state.attempt)
         return reset, (self._write(key, reset, trusted=trusted),)
 
+    def _verified_reset(
+        self, key: bytes, request: ManifestRequest, row: NodeShare, state: ThresholdState
+    ) -> int:
+        """The latest reset this node verifies the owner's signature of: its row's, or
+        the one the replicated value carries (checked, not applied: a read writes
+        nothing)."""
+        if state.reset_attempt <= row.reset_at or not state.reset_signature:
+            return row.reset_at
+        blinded_hash = self._own_hash(key, row, state.version, state.reset_attempt)
+        verifies = self._reset_verifies(
+            request.account,
+            request.entry,
+            row,
+            state.reset_attempt,
+            blinded_hash or state.reset_hash,
+            state.reset_signature,
+        )
+        return state.reset_attempt if verifies else row.reset_at
+
     def _own_hash(self, key: bytes, row: NodeShare, version: int, attempt: int) -> bytes | None:
-        return row.evaluated_hash(attempt) or self.accepted_hash(key, version, attempt)
+        own = row.evaluated_hash(attempt)
+        if own is not None and own != UNKNOWN_B:
+            return own
+        return self.accepted_hash(key, version, attempt)
 
     def _reset_verifies(
         self,
@@ -759,8 +959,49 @@ class ShareKeeper:
         count (never on a replicated tombstone alone)."""
         row = self.row(key)
         if row is not None and row.share and row.count >= self.shape.guess_limit:
+            if _assumed(row):
+                return Answer(_destroyed_error())  # kept: the count is its peers' word
             return Answer(_destroyed_error(), (self._write(key, row.with_(share=b"")),))
         return Answer(_destroyed_error())
+
+
+@dataclass
+class _WantedReports:
+    """The count reports a rolled-back node asked for on one entry: by share index, the
+    highest attempt each peer reported."""
+
+    version: int
+    nonce: bytes
+    reports: dict[int, int]
+
+
+def _every_row(key: bytes) -> bool:
+    return True
+
+
+def _window(reset_at: int, highest: int, known: set[int]) -> list[int]:
+    """The attempts after `reset_at` up to `highest` that are not in `known` (at most
+    L + 1 of them are listed: more are refused anyway)."""
+    listed: list[int] = []
+    for attempt in range(reset_at + 1, highest + 1):
+        if attempt not in known:
+            listed.append(attempt)
+            if len(listed) > MAX_GUESS_LIMIT:
+                break
+    return listed
+
+
+def _assumed(row: NodeShare) -> bool:
+    """Whether the row counts evaluations assumed on peers' count reports."""
+    return any(e.blinded_hash == UNKNOWN_B for e in row.evaluated)
+
+
+def _exhausted_on_reports() -> ErrorResponse:
+    return error(
+        ErrorCode.FLEET_UNAVAILABLE,
+        "this node's store was restored from an older copy and its peers' reports put"
+        " its count at the limit; it answers again after the owner's next success",
+    )
 
 
 def _after_reset(row: NodeShare, attempt: int) -> NodeShare:

@@ -355,6 +355,10 @@ def build_service(config: NodeConfig) -> NodeService:
             accounts,
             shape,
             store.get_share,
+            {
+                n.index + 1: Ed25519PublicKey.from_public_bytes(n.signing_public_key)
+                for n in fleet.nodes
+            },
         ),
         channel,
         store,

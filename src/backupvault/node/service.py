@@ -31,9 +31,19 @@ from backupvault.fleet.replica import (
 )
 from backupvault.hsm.firmware import Reply, VaultFirmware
 from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead
+from backupvault.hsm.state import EntryId
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
-from backupvault.protocol import ErrorCode, ErrorResponse, EvaluateResponse, Op, pad_response
+from backupvault.protocol import (
+    COUNT_MESSAGES,
+    CountReport,
+    CountReportRequest,
+    ErrorCode,
+    ErrorResponse,
+    EvaluateResponse,
+    Op,
+    pad_response,
+)
 
 log = logging.getLogger("backupvault.node")
 
@@ -94,9 +104,13 @@ class NodeService:
             announce=firmware.announce,
         )
         if not intact:
-            # The store may have been rolled back: its counts are not trusted until the
-            # owner's next verified reset (docs/threshold.md, "Counters and erasure").
-            firmware.shares.distrust_stored_counts()
+            # The store may have been rolled back: its counts are not trusted until t
+            # peers' signed count reports or the owner's next verified reset
+            # (docs/threshold.md, "Counters and erasure"). Recorded in the store, so a
+            # clean restart later does not trust the rows written before either.
+            store.distrust_share_rows()
+        if store.suspect_through:
+            firmware.shares.distrust_stored_counts(store.share_suspect)
         self._waiting: dict[bytes, asyncio.Future[Committed | Failed]] = {}
         self._links: dict[int, PeerLink] = {}
         self.listener: PeerListener | None = None
@@ -117,6 +131,7 @@ class NodeService:
             "records_persisted": 0,
             "peer_streams_refused": 0,
             "store_checked": 0,  # 1 once every bucket of the store passed its check
+            "count_reports_taken": 0,  # peers' signed count reports after a rollback
         }
 
     @property
@@ -208,6 +223,14 @@ class NodeService:
     # ---- client requests ---------------------------------------------------------------
 
     async def client_request(self, op: Op, account: str, entry: str, sealed: bytes) -> ClientAnswer:
+        try:
+            return await self._client_request(op, account, entry, sealed)
+        finally:
+            self._ask_for_count_reports()
+
+    async def _client_request(
+        self, op: Op, account: str, entry: str, sealed: bytes
+    ) -> ClientAnswer:
         if self._fatal is not None:
             return ClientAnswer(503, error="node_not_ready", detail="node store failed")
         if not self.replica.ready:
@@ -283,6 +306,43 @@ class NodeService:
         finally:
             self._waiting.pop(op_id, None)
 
+    # ---- count reports after a rollback (docs/threshold.md, "Counters and erasure") ----
+
+    def _ask_for_count_reports(self) -> None:
+        """Send the count report requests the firmware made (for entries whose rolled-back
+        rows a request touched) to every peer."""
+        if self._fatal is not None:
+            return
+        for request in self._firmware.shares.take_report_requests():
+            for peer in self.replica.peers:
+                self._send(peer, request)
+
+    def _count_report_message(self, sender: int, message: CountReport | CountReportRequest) -> None:
+        """A peer asks for this node's count report, or answers this node's request. A
+        node still catching up does not report: its value may be behind."""
+        key = EntryId.of(message.account, message.entry).to_bytes()
+        held = self.replica.held_payload(key)
+        shares = self._firmware.shares
+        if isinstance(message, CountReportRequest):
+            if self.replica.ready:
+                report = shares.count_report(sender + 1, message, held)
+                if report is not None:
+                    self._send(sender, report)
+            return
+        writes = shares.take_count_report(sender + 1, message, held)
+        if writes is None:
+            log.info("ignored a count report from node %d to no current request", sender)
+            return
+        self.metrics["count_reports_taken"] += 1
+        if writes:
+            task = asyncio.get_running_loop().create_task(self._persist_settled(writes))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _persist_settled(self, writes: tuple[ShareWrite, ...]) -> None:
+        if await self._persist_rows(writes):
+            self._firmware.shares.durable(writes)
+
     # ---- peers ----------------------------------------------------------------------
 
     def peer_frame(self, sender: int, frame: bytes) -> int:
@@ -294,11 +354,17 @@ class NodeService:
         refused = 0
         for envelope in split_frame(frame):
             try:
-                source, message = self._channel.open(envelope, PEER_MESSAGES)
+                source, message = self._channel.open(envelope, PEER_MESSAGES + COUNT_MESSAGES)
                 if source != sender:
                     raise AuthenticationFailed(
                         f"a message from node {source} on node {sender}'s stream"
                     )
+                if isinstance(message, CountReport | CountReportRequest):
+                    try:
+                        self._count_report_message(sender, message)
+                    except StoreCorrupted as err:
+                        self._stop_serving(err)
+                    continue
             except PeerRateLimited as err:
                 # Authentic, but asking for costly work too often: dropped, not refused.
                 log.warning("dropped peer message: %s", err.message)

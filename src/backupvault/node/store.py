@@ -31,12 +31,17 @@ Tables:
       aad  = "backupvault/v1 node store meta" || u16(node)
       plain = u64(counter) || u64(last ver) || u64(max promised round) || top (32)
               || store id (16) || u16(n) || n × (u16(peer) || u8(len) || store id || u64(upto))
+              || u64(suspect through)       (absent in stores of earlier versions: 0)
       top  = Σ HMAC-SHA256(digest_key, "bucket" || u16(id) || u64(ver)) over every bucket, mod 2^256
 
 `counter` counts transactions and is what the token's monotonic counter follows
 (docs/fleet.md). The marks (peer, store id, upto) say how far this node merged each peer's
 store when it last caught up; the store id is fresh whenever the version sequence might
 repeat numbers it already gave out (new store, or `raise_counter` after a rollback).
+`suspect through`: the last version written when the node last started with its store
+behind the token (`distrust_share_rows`); a share row of that version or below may hold a
+rolled-back count, on every later start too, until it is written again (docs/threshold.md,
+"Counters and erasure"). 0: none.
 
 Rollback protection without reading every row: at open, the bucket rows (a few thousand)
 are checked against `top`, so a rolled-back, removed or added bucket row is refused at
@@ -228,6 +233,7 @@ class NodeStore:
         self._top = 0
         self.store_id = os.urandom(16)
         self._marks: dict[int, Mark] = {}
+        self.suspect_through = 0
         self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
         self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
@@ -317,6 +323,8 @@ class NodeStore:
                 (upto,) = struct.unpack(">Q", plain[at + 3 + length : at + 11 + length])
                 self._marks[peer] = Mark(store_id, upto)
                 at += 11 + length
+            if len(plain) >= at + 8:
+                (self.suspect_through,) = struct.unpack(">Q", plain[at : at + 8])
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
@@ -582,6 +590,7 @@ class NodeStore:
         for peer, mark in sorted(marks.items()):
             plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
             plain += _u64(mark.upto)
+        plain += _u64(self.suspect_through)
         sealed = self._seal(bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
@@ -597,6 +606,32 @@ class NodeStore:
                 floor, self._last_ver, self._max_round, self._top, store_id, self._marks
             )
             self.counter, self.store_id = floor, store_id
+
+    def distrust_share_rows(self) -> None:
+        """Every share row now in the store may hold a rolled-back count (the store was
+        found behind the token's counter): recorded in the counter row, so a clean
+        restart later does not trust them again. Rows written from here on are newer."""
+        with self._lock:
+            self.suspect_through = max(self.suspect_through, self._last_ver)
+            self._write_meta(
+                self.counter,
+                self._last_ver,
+                self._max_round,
+                self._top,
+                self.store_id,
+                self._marks,
+            )
+
+    def share_suspect(self, key: bytes) -> bool:
+        """Whether entry `key`'s share row was last written at or before the last detected
+        rollback (`distrust_share_rows`); False for no row."""
+        if not self.suspect_through:
+            return False
+        name = self.name_of(SHARE_PREFIX + key)
+        self._verify(bucket_of(name), self._reader)
+        found = self._reader.execute("SELECT ver FROM record WHERE name = ?", (name,))
+        row = found.fetchone()
+        return row is not None and int(row[0]) <= self.suspect_through
 
     def close(self) -> None:
         self._closing = True  # a background verify_all stops at its next bucket

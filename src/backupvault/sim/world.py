@@ -58,7 +58,10 @@ from backupvault.hsm.shares import (
 )
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import (
+    COUNT_MESSAGES,
     REQUEST_TYPES,
+    CountReport,
+    CountReportRequest,
     EntryStatus,
     ErrorCode,
     EvaluateRequest,
@@ -379,6 +382,9 @@ class Simulation:
         self.keep_trace = keep_trace
         self.trace: list[str] = []
         self.keeper_class = keeper_class
+        #: Nodes send the count report requests their keepers make (a test that
+        #: delivers reports itself turns this off).
+        self.count_reports = True
         self.shape = FleetShape(EPOCH, plan.nodes, plan.nodes // 2 + 1, plan.guess_limit)
         hostile = set(range(plan.nodes - config.hostile, plan.nodes))
         attack_rng = random.Random(plan.seed * 31 + 7)
@@ -451,7 +457,14 @@ class Simulation:
         return node
 
     def _make_keeper(self, n: _Node) -> ShareKeeper:
-        keeper = self.keeper_class(FLEET_ID, n.index, self.shape, signing_key(n.index), n.rows.get)
+        keeper = self.keeper_class(
+            FLEET_ID,
+            n.index,
+            self.shape,
+            signing_key(n.index),
+            n.rows.get,
+            peer_signing_keys={i + 1: signing_key(i).public_key() for i in range(self.plan.nodes)},
+        )
         original = keeper._evaluate_committed
 
         def evaluate_committed(
@@ -760,7 +773,11 @@ class Simulation:
         n = self.members[to]
         if not self._connected(sender, to):
             return
-        message = decode_any(raw, PEER_MESSAGES)
+        message = decode_any(raw, PEER_MESSAGES + COUNT_MESSAGES)
+        if isinstance(message, CountReport | CountReportRequest):
+            if n.hostile is None:  # the attacker's nodes stay silent to these
+                self._count_message(n, sender, message)
+            return
         if n.hostile is not None:
             answer = n.hostile.answer(message)
             if answer is not None:
@@ -768,6 +785,36 @@ class Simulation:
             return
         if n.replica is not None:
             self._execute(n, n.replica.receive(sender, message, self.now))
+
+    def _count_message(
+        self, n: _Node, sender: int, message: CountReport | CountReportRequest
+    ) -> None:
+        """Count reports after a rollback, as the node's service handles them
+        (node/service.py): answered only when caught up; a settled row is durable at once."""
+        if n.replica is None or n.keeper is None:
+            return
+        key = EntryId.of(message.account, message.entry).to_bytes()
+        held = n.replica.held_payload(key)
+        if isinstance(message, CountReportRequest):
+            if n.replica.ready:
+                report = n.keeper.count_report(sender + 1, message, held)
+                if report is not None:
+                    self._transmit("deliver", (n.index, sender, report.to_bytes()))
+            return
+        writes = n.keeper.take_count_report(sender + 1, message, held)
+        if writes:
+            self.log(f"node{n.index} settles its rolled-back count for {_short(key)} on reports")
+            for write in writes:
+                n.rows[write.key] = write.row
+            n.keeper.durable(writes)
+
+    def _ask_for_reports(self, n: _Node) -> None:
+        if n.keeper is None or not self.count_reports:
+            return
+        for request in n.keeper.take_report_requests():
+            for peer in range(self.plan.nodes):
+                if peer != n.index:
+                    self._transmit("deliver", (n.index, peer, request.to_bytes()))
 
     def _execute(self, n: _Node, effects: list[Effect]) -> None:
         if n.keeper is not None:
@@ -861,6 +908,7 @@ class Simulation:
         if n.keeper is not None:
             n.keeper.durable(answer.writes)
         self._reply(n, pending, answer.response)
+        self._ask_for_reports(n)
 
     def _reply(self, n: _Node, pending: _Pending, response: Message) -> None:
         if pending.client == -2:
