@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.vault import VaultClient
 from backupvault.codec import Message
@@ -89,15 +90,19 @@ class FakeFleet:
             FakeNode(i, NodePrivateKey.generate(Kem.X25519), Ed25519PrivateKey.generate())
             for i in range(n)
         ]
-        #: Consensus stand-in: attempt numbers by H(B), shared by all nodes.
+        #: Consensus stand-ins: attempt numbers by H(B), and the entry's committed
+        #: manifest (empty when there is none), shared by all nodes.
         self.attempts: dict[bytes, int] = {}
+        self.replicated = b""
         self.evaluations = 0  # partials produced, all nodes
 
     @property
     def t(self) -> int:
         return len(self.nodes) // 2 + 1
 
-    def vault(self, notes: list[str] | None = None) -> ThresholdVault:
+    def vault(
+        self, notes: list[str] | None = None, pending: PendingStore | None = None
+    ) -> ThresholdVault:
         client = VaultClient(
             "http://relay.test",
             "token",
@@ -111,7 +116,9 @@ class FakeFleet:
         keys = FleetKeys(
             tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes), self.t, 0
         )
-        return ThresholdVault(client, keys, notify=None if notes is None else notes.append)
+        return ThresholdVault(
+            client, keys, notify=None if notes is None else notes.append, pending=pending
+        )
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         op_name = request.url.path.rsplit("/", 1)[1]
@@ -154,11 +161,16 @@ class FakeFleet:
             threshold.verify_share(share, m.commitments)
             if request.manifest == node.manifest:  # the same delivery again
                 return node.ack(AckKind.HELD, request.manifest)
+            late = bool(self.replicated) and request.manifest == self.replicated
             if op is Op.REGISTER_SHARE:
-                if node.share is not None:
+                if node.share is not None or (self.replicated and not late):
                     return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
-            else:
-                old = Manifest.from_bytes(node.manifest)
+            elif not late and (
+                not self.replicated or m.version != Manifest.from_bytes(self.replicated).version + 1
+            ):
+                return _error(ErrorCode.STALE_MANIFEST, "not the live version's successor")
+            elif node.manifest or not late:
+                old = Manifest.from_bytes(node.manifest or self.replicated)
                 statement = owner.OwnerStatement(
                     owner.StatementKind.CHANGE_PASSWORD,
                     FLEET_ID,
@@ -173,13 +185,14 @@ class FakeFleet:
                 )
             node.manifest, node.share, node.version = request.manifest, share, m.version
             node.count, node.destroyed = 0, False
+            self.replicated = request.manifest
             return node.ack(AckKind.HELD, request.manifest)
         if isinstance(request, ManifestRequest):
             if node.mode == "stale_once":
                 node.mode = "ok"
                 old = Manifest.from_bytes(node.stale_manifest)
                 return ManifestResponse(
-                    EntryStatus.LIVE, old.version, node.stale_manifest, LIMIT, LIMIT
+                    EntryStatus.LIVE, old.version, node.stale_manifest, LIMIT, LIMIT, True
                 )
             status = (
                 EntryStatus.DESTROYED
@@ -188,12 +201,19 @@ class FakeFleet:
                 if node.share is not None
                 else EntryStatus.EMPTY
             )
+            if status == EntryStatus.EMPTY and self.replicated:
+                # A node without a share answers with the committed manifest.
+                live = Manifest.from_bytes(self.replicated)
+                return ManifestResponse(
+                    EntryStatus.LIVE, live.version, self.replicated, LIMIT, LIMIT, False
+                )
             return ManifestResponse(
                 status,
                 node.version,
                 node.manifest if node.share else b"",
                 LIMIT,
                 LIMIT - node.count,
+                status == EntryStatus.LIVE,
             )
         if isinstance(request, EvaluateRequest):
             if node.destroyed:
@@ -248,5 +268,7 @@ class FakeFleet:
             owner.verify_statement(m.pk_auth, statement, request.signature, last_counter=None)
             ack = node.ack(AckKind.ERASED, node.manifest)
             node.share, node.manifest = None, b""
+            if self.replicated and Manifest.from_bytes(self.replicated).version == m.version:
+                self.replicated = b""
             return ack
         raise AssertionError(f"unexpected {op}")

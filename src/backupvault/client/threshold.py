@@ -32,6 +32,7 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
+from backupvault.client.pending import Pending, PendingStore
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import manifest as manifests
@@ -120,6 +121,8 @@ class ThresholdRecovery:
     #: Nodes that did not take the reset (they count this attempt until they see the
     #: replicated reset).
     reset_missing: tuple[str, ...] = ()
+    #: Deliveries still owed after this recovery finished what it could (`pending`).
+    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,18 @@ class ThresholdStatus:
     #: Nodes that answered with the agreed manifest; the others, and why.
     agreeing: tuple[int, ...]
     other: tuple[str, ...]
+    #: Deliveries this device still owes the fleet (docs/threshold.md, "Finishing later").
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Live:
+    manifest: manifests.Manifest
+    guess_limit: int
+    #: Nodes that agree on the manifest and say they hold a live share for it.
+    holders: tuple[int, ...]
+    #: The other nodes, and why.
+    without: tuple[str, ...]
 
 
 @dataclass
@@ -149,7 +164,10 @@ class ThresholdVault:
         *,
         notify: Callable[[str], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        pending: PendingStore | None = None,
     ) -> None:
+        """`pending`: where this device keeps the deliveries it still owes (in memory
+        only with None)."""
         if len(keys.signing_keys) != len(vault.node_keys):
             raise InvalidInput("one signing key per node")
         self.vault = vault
@@ -158,6 +176,7 @@ class ThresholdVault:
         self.t = keys.threshold
         self._notify = notify or (lambda _message: None)
         self._clock_ms = clock_ms
+        self.pending = pending if pending is not None else PendingStore(None)
 
     @property
     def account(self) -> str:
@@ -244,7 +263,8 @@ class ThresholdVault:
             versions = sorted((r.version for r in responses), reverse=True)
             version = versions[self.t - 1] if len(versions) >= self.t else 0
             limit = max((r.guess_limit for r in responses), default=0)
-            return ThresholdStatus(kind, version, limit, 0, (), ())
+            pending = self._finish_quietly(None, status=kind, version=version)
+            return ThresholdStatus(kind, version, limit, 0, (), (), pending)
         encoded = found.agreed.to_bytes()
         agreeing = [
             a for a in found.answers if a.response is not None and a.response.manifest == encoded
@@ -266,6 +286,7 @@ class ThresholdVault:
             remaining[self.t - 1],
             tuple(a.index for a in agreeing),
             other,
+            self._finish_quietly(found.agreed),
         )
 
     # ---- registration ----------------------------------------------------------------------
@@ -292,33 +313,13 @@ class ThresholdVault:
         self, op: Op, made: manifests.Registration, authorization: bytes, counter: int
     ) -> Registered:
         """Send share i to node i with M, check every acknowledgement; done, degraded (t..N-1
-        acknowledgements), or failed (fewer than t: VaultError naming the nodes)."""
+        acknowledgements: the rest is kept to finish later, `finish`), or failed (fewer
+        than t: VaultError naming the nodes)."""
         encoded = made.manifest.to_bytes()
-        requests: list[Message] = [
-            RegisterShareRequest(
-                self.account, self.entry, encoded, share.to_bytes(), authorization, counter
-            )
-            for share in made.shares
-        ]
-        acked: set[int] = set()
-        problems: dict[int, str] = {}
-        outcomes: list[NodeOutcome[ShareAck]] = []
-        for attempt in range(DELIVERY_TRIES):
-            if attempt:
-                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            # Nodes that hold the share already acknowledge the same delivery again.
-            outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
-            for outcome in outcomes:
-                if outcome.index in acked:
-                    continue
-                problem = self._check_ack(outcome, AckKind.HELD, made.manifest, encoded)
-                if problem is None:
-                    acked.add(outcome.index)
-                    problems.pop(outcome.index, None)
-                else:
-                    problems[outcome.index] = problem
-            if not any(_transient(o) for o in outcomes if o.index not in acked):
-                break
+        shares = [share.to_bytes() for share in made.shares]
+        acked, problems, outcomes = self._send_shares(
+            op, made.manifest, shares, authorization, counter, set()
+        )
         acknowledged = sorted(acked)
         missing = [problems[i] for i in sorted(problems)]
         if len(acknowledged) < self.t:
@@ -331,7 +332,155 @@ class ThresholdVault:
                 f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
                 f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
             )
+        self._keep_pending(
+            Pending.of_shares(
+                fleet_id=self.vault.fleet_id,
+                account=self.account,
+                entry=self.entry,
+                op=op,
+                manifest=encoded,
+                version=made.manifest.version,
+                shares=made.shares,
+                export_key=made.export_key,
+                authorization=authorization,
+                counter=counter,
+                nodes=tuple(sorted(problems)),
+            )
+        )
         return Registered(made.manifest.version, tuple(acknowledged), tuple(missing))
+
+    def _send_shares(
+        self,
+        op: Op,
+        manifest: manifests.Manifest,
+        shares: Sequence[bytes],
+        authorization: bytes,
+        counter: int,
+        acked: set[int],
+    ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
+        """One delivery (with resends): the nodes whose acknowledgement verifies, why the
+        others did not, and the last fan-out's outcomes. Nodes that hold their share
+        already acknowledge the same delivery again."""
+        encoded = manifest.to_bytes()
+        requests: list[Message] = [
+            RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
+            for share in shares
+        ]
+        acked = set(acked)
+        problems: dict[int, str] = {}
+        outcomes: list[NodeOutcome[ShareAck]] = []
+        for attempt in range(DELIVERY_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+            for outcome in outcomes:
+                if outcome.index in acked:
+                    continue
+                problem = self._check_ack(outcome, AckKind.HELD, manifest, encoded)
+                if problem is None:
+                    acked.add(outcome.index)
+                    problems.pop(outcome.index, None)
+                else:
+                    problems[outcome.index] = problem
+            if not any(_transient(o) for o in outcomes if o.index not in acked):
+                break
+        return acked, problems, outcomes
+
+    # ---- finishing later -------------------------------------------------------------------
+
+    def _keep_pending(self, record: Pending) -> None:
+        """Keep what some nodes did not acknowledge (or forget the entry's older debts when
+        every node did). A damaged file is left as it is, and the user is told."""
+        try:
+            if record.nodes:
+                self.pending.put(record)
+            else:
+                self.pending.drop(record.fleet_id, record.account, record.entry)
+        except VaultError as err:
+            self._notify(f"warning: could not keep the undelivered part: {err.message}")
+
+    def _owed(self) -> Pending | None:
+        return self.pending.get(self.vault.fleet_id, self.account, self.entry)
+
+    def owes_shares(self) -> bool:
+        """Whether this device keeps shares to deliver (which needs a recovery)."""
+        owed = self._owed()
+        return owed is not None and owed.op is not Op.DELETE_SHARE
+
+    @staticmethod
+    def describe_pending(record: Pending | None) -> tuple[str, ...]:
+        if record is None:
+            return ()
+        what = "erasure of version" if record.op is Op.DELETE_SHARE else "share of version"
+        return tuple(f"node {n}: {what} {record.version} not yet confirmed" for n in record.nodes)
+
+    def finish(
+        self,
+        live: manifests.Manifest | None,
+        export_key: bytes | None = None,
+        *,
+        status: EntryStatus = EntryStatus.LIVE,
+        version: int = 0,
+    ) -> tuple[str, ...]:
+        """Send again what this device still owes the entry, and return what is still
+        owed. `live`: the agreed manifest (None when the entry is not live: then `status`
+        and `version` say what it is). A share delivery needs the export_key (after a
+        recovery); it is only ever sent for the live version's own manifest, so a share of
+        a version the entry moved past is dropped, never sent. An erasure is sent while
+        the entry is still the deleted version."""
+        record = self._owed()
+        if record is None:
+            return ()
+        key = (record.fleet_id, record.account, record.entry)
+        current = live.version if live is not None else version
+        if record.op is Op.DELETE_SHARE:
+            if live is not None or status != EntryStatus.EMPTY or current != record.version:
+                self.pending.drop(*key, version=record.version)  # moved on
+                return ()
+            return self.describe_pending(self._finish_erasure(record))
+        if (
+            live is None
+            or current > record.version
+            or (current == record.version and live.to_bytes() != record.manifest)
+        ):
+            self.pending.drop(*key, version=record.version)  # moved on, or replaced
+            return ()
+        if current < record.version or export_key is None:
+            return self.describe_pending(record)  # not yet: wait for the next success
+        shares = record.unwrap(export_key)
+        acked, _, _ = self._send_shares(
+            record.op,
+            live,
+            shares,
+            record.authorization,
+            record.counter,
+            set(range(self.nodes)) - set(record.nodes),
+        )
+        return self.describe_pending(self.pending.acknowledged(record, acked))
+
+    def _finish_erasure(self, record: Pending) -> Pending | None:
+        manifest = manifests.Manifest.from_bytes(record.manifest)
+        request = DeleteShareRequest(
+            self.account, self.entry, record.version, record.counter, record.authorization
+        )
+        outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
+        erased = {
+            o.index
+            for o in outcomes
+            if self._check_ack(o, AckKind.ERASED, manifest, record.manifest) is None
+        }
+        return self.pending.acknowledged(record, erased)
+
+    def _finish_quietly(
+        self, live: manifests.Manifest | None, export_key: bytes | None = None, **kw: Any
+    ) -> tuple[str, ...]:
+        """`finish` as a side job of another operation: a failure is told, never raised
+        (the operation itself succeeded)."""
+        try:
+            return self.finish(live, export_key, **kw)
+        except (VaultError, AuthenticationFailed) as err:
+            self._notify(f"warning: pending deliveries not finished: {err.message}")
+            return ()
 
     def _check_ack(
         self,
@@ -368,21 +517,48 @@ class ThresholdVault:
 
     def live_manifest(self) -> tuple[manifests.Manifest, int]:
         """The agreed manifest and the entry's guess limit (from the nodes that agree)."""
+        live = self._live()
+        return live.manifest, live.guess_limit
+
+    def _live(self) -> _Live:
         found = self._manifests()
         if found.agreed is None:
             raise self._no_manifest(found)
         encoded = found.agreed.to_bytes()
-        limit = max(
-            a.response.guess_limit
+        agreeing = [
+            a.response
             for a in found.answers
             if a.response is not None and a.response.manifest == encoded
+        ]
+        holders = tuple(
+            a.index
+            for a in found.answers
+            if a.response is not None and a.response.manifest == encoded and a.response.holds_share
         )
-        return found.agreed, limit
+        without = tuple(
+            a.describe()
+            if a.response is None
+            else f"node {a.index}: holds no share of this key"
+            + ("" if a.response.manifest == encoded else " (it holds another manifest)")
+            for a in found.answers
+            if a.index not in holders
+        )
+        return _Live(found.agreed, max(r.guess_limit for r in agreeing), holders, without)
 
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
         FleetUnavailable naming the nodes that did not answer)."""
-        manifest, guess_limit = self.live_manifest()
+        live = self._live()
+        manifest, guess_limit = live.manifest, live.guess_limit
+        if len(live.holders) < self.t:
+            # The fleet counts an attempt before any node evaluates: with fewer than t
+            # share holders in reach it could only fail, so it is not sent at all.
+            raise FleetUnavailable(
+                f"need {self.t} vault nodes that hold a share of this key, {len(live.holders)}"
+                f" answered ({'; '.join(live.without)})",
+                hint="no guess was used: nothing was sent for evaluation; try again when"
+                " the named nodes are back",
+            )
         if (
             manifest.ksf.memory_kib < ksf_floor.memory_kib
             or manifest.ksf.iterations < ksf_floor.iterations
@@ -468,8 +644,16 @@ class ThresholdVault:
         reset_missing = self._reset(export_key, manifest, blinded, good)
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
+        pending = self._finish_quietly(manifest, export_key)
         return ThresholdRecovery(
-            root_key, export_key, manifest, attempt, wrong, tuple(sorted(rejected)), reset_missing
+            root_key,
+            export_key,
+            manifest,
+            attempt,
+            wrong,
+            tuple(sorted(rejected)),
+            reset_missing,
+            pending,
         )
 
     @staticmethod
@@ -570,19 +754,33 @@ class ThresholdVault:
         outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
         pending: list[str] = []
         erased = 0
+        unconfirmed: list[int] = []
         for outcome in outcomes:
             problem = self._check_ack(outcome, AckKind.ERASED, manifest, encoded)
             if problem is None:
                 erased += 1
             else:
                 pending.append(problem)
-        if erased < self.t and self._deleted():
-            # The delete committed (the entry is empty) though fewer than t nodes
-            # confirmed erasing their own share: say which are pending.
-            return manifest.version, tuple(pending)
-        if erased < self.t:
+                unconfirmed.append(outcome.index)
+        # The delete committed when t nodes confirmed it, or when the entry is empty now
+        # though fewer confirmed erasing their own share.
+        if erased < self.t and not self._deleted():
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
                 f"{self.t} are needed ({'; '.join(pending)})"
             )
+        # The statement is public: kept, and sent again until every node confirms.
+        self._keep_pending(
+            Pending(
+                self.vault.fleet_id,
+                self.account,
+                self.entry,
+                manifest.version,
+                Op.DELETE_SHARE,
+                encoded,
+                signature,
+                counter,
+                tuple(unconfirmed),
+            )
+        )
         return manifest.version, tuple(pending)

@@ -88,6 +88,8 @@ class VaultStatus:
     version: int
     #: The nodes that do not hold the agreed manifest, and why.
     nodes_without: tuple[str, ...] = ()
+    #: Deliveries this device still owes the fleet (shares, erasures), by node.
+    pending: tuple[str, ...] = ()
 
 
 def _retry_after(answer: httpx.Response) -> float:
