@@ -163,7 +163,8 @@ class FakeFleet:
                 return node.ack(AckKind.HELD, request.manifest)
             late = bool(self.replicated) and request.manifest == self.replicated
             if op is Op.REGISTER_SHARE:
-                if node.share is not None or (self.replicated and not late):
+                # A share of the committed M is taken whatever this node held before.
+                if not late and (node.share is not None or self.replicated):
                     return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
             elif not late and (
                 not self.replicated or m.version != Manifest.from_bytes(self.replicated).version + 1

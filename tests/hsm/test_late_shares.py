@@ -45,8 +45,11 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
     recovered = client.recover(b"right")
     assert recovered is not None
     world.reachable = {0, 1, 2, 3}
-    _, acks = client.change_password(recovered[0], b"new password", RK)
-    assert acks == 4
+    changed = client._run(
+        clients.change_password(client.ctx, client._recovered(recovered[0], RK), b"new pw")
+    )
+    assert changed.acks == 4 and changed.registration is not None
+    v2 = changed.registration
     world.reachable = None
     for slot in (3, 4):
         stale = RegisterShareRequest(
@@ -57,3 +60,18 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
         assert answer.code == ErrorCode.ALREADY_REGISTERED
         assert world.honest[slot].rows[client.key].version == (2 if slot == 3 else 1)
     assert not _holds(world, 4)  # still version 1's share: no live share for version 2
+    # The client sends version 2's share late as a register-share of the committed M: node
+    # 4 takes it (its version 1 share is overwritten: erased) without the change statement
+    # (a node that missed several changes could not check that against its older share).
+    late = RegisterShareRequest(
+        "alice", "chat", v2.manifest.to_bytes(), v2.shares[4].to_bytes(), b"", 0
+    )
+    assert isinstance(world.request(4, Op.REGISTER_SHARE, late), ShareAck)
+    row = world.honest[4].rows[client.key]
+    assert row.version == 2 and row.share == v2.shares[4].to_bytes() and _holds(world, 4)
+    # A share that does not match M's commitments is refused, even for the live M.
+    forged = RegisterShareRequest(
+        "alice", "chat", v2.manifest.to_bytes(), v1.shares[4].to_bytes(), b"", 0
+    )
+    assert isinstance(world.request(4, Op.REGISTER_SHARE, forged), ErrorResponse)
+    assert world.honest[4].rows[client.key].share == v2.shares[4].to_bytes()

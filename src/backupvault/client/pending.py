@@ -37,7 +37,7 @@ FORMAT = "backupvault pending deliveries v1"
 _WRAP_INFO = b"backupvault/v1 pending share"
 _NONCE_LEN = 12
 #: The operations a pending record re-sends.
-OPS = (Op.REGISTER_SHARE, Op.CHANGE_SHARE, Op.DELETE_SHARE)
+OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
 
 
 class PendingFileDamaged(VaultError):
@@ -74,11 +74,11 @@ def _aad(fleet_id: bytes, account: str, entry: str, version: int, index: int, m:
 class Pending:
     """What one entry (fleet, account, entry) is still owed, for one manifest version.
 
-    `op` register-share / change-share: `shares[i]` is node i's share (index ‖ k_i)
-    wrapped under the export_key; `authorization` and `counter` are the change
-    statement's (empty and 0 for a new entry). `op` delete-share: `authorization` and
-    `counter` are the owner's DELETE statement; no shares. `nodes`: the nodes that have
-    not acknowledged yet."""
+    `op` register-share: `shares[i]` is node i's share (index ‖ k_i) wrapped under the
+    export_key, sent again as a register-share of M (of a new entry or of a password
+    change alike); `authorization` empty, `counter` 0. `op` delete-share:
+    `authorization` and `counter` are the owner's DELETE statement; no shares. `nodes`:
+    the nodes that have not acknowledged yet."""
 
     fleet_id: bytes
     account: str
@@ -106,13 +106,10 @@ class Pending:
         fleet_id: bytes,
         account: str,
         entry: str,
-        op: Op,
         manifest: bytes,
         version: int,
         shares: tuple[threshold.KeyShare, ...],
         export_key: bytes,
-        authorization: bytes,
-        counter: int,
         nodes: tuple[int, ...],
     ) -> Pending:
         """Every node's share, wrapped (all of them: a late delivery is the original one
@@ -128,10 +125,10 @@ class Pending:
             account,
             entry,
             version,
-            op,
+            Op.REGISTER_SHARE,
             manifest,
-            authorization,
-            counter,
+            b"",
+            0,
             nodes,
             tuple(wrapped),
         )

@@ -17,7 +17,7 @@ each node's answer is sealed to the client with its own copy's response key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -146,6 +146,8 @@ class _Live:
     holders: tuple[int, ...]
     #: The other nodes, and why.
     without: tuple[str, ...]
+    #: Nodes that answered the manifest request at all.
+    answered: frozenset[int]
 
 
 @dataclass
@@ -263,7 +265,10 @@ class ThresholdVault:
             versions = sorted((r.version for r in responses), reverse=True)
             version = versions[self.t - 1] if len(versions) >= self.t else 0
             limit = max((r.guess_limit for r in responses), default=0)
-            pending = self._finish_quietly(None, status=kind, version=version)
+            answered = {a.index for a in found.answers if a.response is not None}
+            pending = self._finish_quietly(
+                None, status=kind, version=version, answered=answered, tries=1
+            )
             return ThresholdStatus(kind, version, limit, 0, (), (), pending)
         encoded = found.agreed.to_bytes()
         agreeing = [
@@ -286,7 +291,9 @@ class ThresholdVault:
             remaining[self.t - 1],
             tuple(a.index for a in agreeing),
             other,
-            self._finish_quietly(found.agreed),
+            self._finish_quietly(
+                found.agreed, answered={a.index for a in found.answers if a.response is not None}
+            ),
         )
 
     # ---- registration ----------------------------------------------------------------------
@@ -332,18 +339,19 @@ class ThresholdVault:
                 f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
                 f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
             )
+        # Sent later as a register-share of M whatever made it: by then M is the entry's
+        # committed value (its change statement checked by the acceptors that committed
+        # it), so a node takes its share of M even when it missed several changes and
+        # holds a share too old to check this change's statement against.
         self._keep_pending(
             Pending.of_shares(
                 fleet_id=self.vault.fleet_id,
                 account=self.account,
                 entry=self.entry,
-                op=op,
                 manifest=encoded,
                 version=made.manifest.version,
                 shares=made.shares,
                 export_key=made.export_key,
-                authorization=authorization,
-                counter=counter,
                 nodes=tuple(sorted(problems)),
             )
         )
@@ -357,6 +365,7 @@ class ThresholdVault:
         authorization: bytes,
         counter: int,
         acked: set[int],
+        tries: int = DELIVERY_TRIES,
     ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
         """One delivery (with resends): the nodes whose acknowledgement verifies, why the
         others did not, and the last fan-out's outcomes. Nodes that hold their share
@@ -369,7 +378,7 @@ class ThresholdVault:
         acked = set(acked)
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
-        for attempt in range(DELIVERY_TRIES):
+        for attempt in range(tries):
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
             outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
@@ -421,22 +430,29 @@ class ThresholdVault:
         *,
         status: EntryStatus = EntryStatus.LIVE,
         version: int = 0,
+        answered: Collection[int] | None = None,
+        tries: int = DELIVERY_TRIES,
     ) -> tuple[str, ...]:
         """Send again what this device still owes the entry, and return what is still
         owed. `live`: the agreed manifest (None when the entry is not live: then `status`
         and `version` say what it is). A share delivery needs the export_key (after a
         recovery); it is only ever sent for the live version's own manifest, so a share of
         a version the entry moved past is dropped, never sent. An erasure is sent while
-        the entry is still the deleted version."""
+        the entry is still the deleted version. `answered`: the nodes that answered just
+        now; when none of those owed answered, nothing is sent (it would only wait for
+        them); `tries`: fan-outs while some owed node gives no answer."""
         record = self._owed()
         if record is None:
             return ()
+        in_reach = answered is None or bool(set(record.nodes) & set(answered))
         key = (record.fleet_id, record.account, record.entry)
         current = live.version if live is not None else version
         if record.op is Op.DELETE_SHARE:
             if live is not None or status != EntryStatus.EMPTY or current != record.version:
                 self.pending.drop(*key, version=record.version)  # moved on
                 return ()
+            if not in_reach:
+                return self.describe_pending(record)
             return self.describe_pending(self._finish_erasure(record))
         if (
             live is None
@@ -445,16 +461,17 @@ class ThresholdVault:
         ):
             self.pending.drop(*key, version=record.version)  # moved on, or replaced
             return ()
-        if current < record.version or export_key is None:
+        if current < record.version or export_key is None or not in_reach:
             return self.describe_pending(record)  # not yet: wait for the next success
         shares = record.unwrap(export_key)
         acked, _, _ = self._send_shares(
-            record.op,
+            Op.REGISTER_SHARE,
             live,
             shares,
-            record.authorization,
-            record.counter,
+            b"",
+            0,
             set(range(self.nodes)) - set(record.nodes),
+            tries,
         )
         return self.describe_pending(self.pending.acknowledged(record, acked))
 
@@ -521,20 +538,38 @@ class ThresholdVault:
         return live.manifest, live.guess_limit
 
     def _live(self) -> _Live:
-        found = self._manifests()
-        if found.agreed is None:
-            raise self._no_manifest(found)
-        encoded = found.agreed.to_bytes()
+        """The agreed manifest and which nodes hold a share of it. Asked again (as
+        `_manifests` does) while fewer than t holders answered and some node gave no
+        answer: a manifest read is cheap, and the relay stops waiting for the slowest
+        nodes once a majority answered."""
+        holders: set[int] = set()
+        agreed_before = b""
+        for attempt in range(FETCH_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            found = self._manifests()
+            if found.agreed is None:
+                raise self._no_manifest(found)
+            agreed = found.agreed
+            encoded = agreed.to_bytes()
+            if encoded != agreed_before:
+                holders, agreed_before = set(), encoded
+            holders |= {
+                a.index
+                for a in found.answers
+                if a.response is not None
+                and a.response.manifest == encoded
+                and a.response.holds_share
+            }
+            if len(holders) >= self.t or not any(
+                _transient(a) for a in found.answers if a.index not in holders
+            ):
+                break
         agreeing = [
             a.response
             for a in found.answers
             if a.response is not None and a.response.manifest == encoded
         ]
-        holders = tuple(
-            a.index
-            for a in found.answers
-            if a.response is not None and a.response.manifest == encoded and a.response.holds_share
-        )
         without = tuple(
             a.describe()
             if a.response is None
@@ -543,7 +578,14 @@ class ThresholdVault:
             for a in found.answers
             if a.index not in holders
         )
-        return _Live(found.agreed, max(r.guess_limit for r in agreeing), holders, without)
+        answered = frozenset(a.index for a in found.answers if a.response is not None)
+        return _Live(
+            agreed,
+            max(r.guess_limit for r in agreeing),
+            tuple(sorted(holders)),
+            without,
+            answered,
+        )
 
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
@@ -644,7 +686,9 @@ class ThresholdVault:
         reset_missing = self._reset(export_key, manifest, blinded, good)
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
-        pending = self._finish_quietly(manifest, export_key)
+        # One try, and only if an owed node answered just now: this is a side job of the
+        # recovery, which must not wait for nodes that are down.
+        pending = self._finish_quietly(manifest, export_key, answered=live.answered, tries=1)
         return ThresholdRecovery(
             root_key,
             export_key,
