@@ -62,6 +62,8 @@ class FakeNode:
     #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
     #: "unavailable_once" (the next evaluate answer is `fleet_unavailable`)
     mode: str = "ok"
+    #: No answer to this many more requests (then "ok").
+    down_for: int = 0
     stale_manifest: bytes = b""
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
@@ -117,7 +119,11 @@ class FakeFleet:
             tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes), self.t, 0
         )
         return ThresholdVault(
-            client, keys, notify=None if notes is None else notes.append, pending=pending
+            client,
+            keys,
+            notify=None if notes is None else notes.append,
+            pending=pending,
+            delivery_patience=0.5,  # nodes set "down" stay down
         )
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -126,6 +132,9 @@ class FakeFleet:
         copies = SealedCopies.for_nodes(request.read(), len(self.nodes)).copies
         replies = []
         for node, copy in zip(self.nodes, copies, strict=True):
+            if node.down_for > 0:
+                node.down_for -= 1
+                node.mode = "down_once"
             if node.mode == "down_once":
                 node.mode = "ok"
                 replies.append(

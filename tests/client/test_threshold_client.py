@@ -362,3 +362,17 @@ def test_a_damaged_pending_file_is_named_and_left_and_recovery_still_works(
         vault.finish(vault.live_manifest()[0])
     assert str(path) in caught.value.message and "mv " in (caught.value.hint or "")
     assert path.read_text().startswith('{"format"')  # left as it was
+
+
+def test_a_registration_below_t_is_sent_again_while_nodes_are_silent(fleet: FakeFleet) -> None:
+    """Found by the chaos soak: a password change whose M was committed while fewer than
+    t nodes stored their share left an entry no one could recover. The shares exist only
+    in this process until t nodes hold them, so the same delivery is sent again while
+    nodes are silent (here three of them, for three fan-outs)."""
+    vault = fleet.vault()
+    vault.delivery_patience = 5.0
+    for i in (1, 2, 3):
+        fleet.nodes[i].down_for = 3
+    done = vault.register("pw", RK, ksf=FAST_KSF)
+    assert done.acknowledged == (0, 1, 2, 3, 4)
+    assert fleet.nodes[0].seen.count("register-share") == 4  # the same delivery, 4 times

@@ -29,6 +29,7 @@ from backupvault.client.errors import (
     Destroyed,
     FleetUnavailable,
     NotRegistered,
+    RelayUnreachable,
     VaultError,
     WrongPassword,
 )
@@ -63,6 +64,12 @@ EVALUATE_RESENDS = 2
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
 DELIVERY_TRIES = 3
+#: With fewer than t acknowledgements and some node silent, a delivery is sent again (the
+#: same shares: nodes that hold theirs acknowledge again) for up to this long: M may have
+#: been committed already, and its shares exist only in this process until t nodes hold
+#: them.
+DELIVERY_PATIENCE_SECONDS = 20.0
+RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
 
@@ -167,9 +174,11 @@ class ThresholdVault:
         notify: Callable[[str], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
         pending: PendingStore | None = None,
+        delivery_patience: float = DELIVERY_PATIENCE_SECONDS,
     ) -> None:
         """`pending`: where this device keeps the deliveries it still owes (in memory
-        only with None)."""
+        only with None). `delivery_patience`: how long a registration's delivery is sent
+        again while fewer than t nodes acknowledged and some are silent."""
         if len(keys.signing_keys) != len(vault.node_keys):
             raise InvalidInput("one signing key per node")
         self.vault = vault
@@ -179,6 +188,7 @@ class ThresholdVault:
         self._notify = notify or (lambda _message: None)
         self._clock_ms = clock_ms
         self.pending = pending if pending is not None else PendingStore(None)
+        self.delivery_patience = delivery_patience
 
     @property
     def account(self) -> str:
@@ -325,7 +335,13 @@ class ThresholdVault:
         encoded = made.manifest.to_bytes()
         shares = [share.to_bytes() for share in made.shares]
         acked, problems, outcomes = self._send_shares(
-            op, made.manifest, shares, authorization, counter, set()
+            op,
+            made.manifest,
+            shares,
+            authorization,
+            counter,
+            set(),
+            patience=self.delivery_patience,
         )
         acknowledged = sorted(acked)
         missing = [problems[i] for i in sorted(problems)]
@@ -366,6 +382,7 @@ class ThresholdVault:
         counter: int,
         acked: set[int],
         tries: int = DELIVERY_TRIES,
+        patience: float = 0.0,
     ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
         """One delivery (with resends): the nodes whose acknowledgement verifies, why the
         others did not, and the last fan-out's outcomes. Nodes that hold their share
@@ -378,10 +395,22 @@ class ThresholdVault:
         acked = set(acked)
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
-        for attempt in range(tries):
+        deadline = time.monotonic() + patience
+        attempt = 0
+        while True:
             if attempt:
-                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+                time.sleep(
+                    min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                )
+            attempt += 1
+            try:
+                outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+            except RelayUnreachable:
+                raise
+            except FleetUnavailable:
+                if time.monotonic() < deadline and len(acked) < self.t:
+                    continue  # no node answered at all (the relay's 503)
+                raise
             for outcome in outcomes:
                 if outcome.index in acked:
                     continue
@@ -392,6 +421,8 @@ class ThresholdVault:
                 else:
                     problems[outcome.index] = problem
             if not any(_transient(o) for o in outcomes if o.index not in acked):
+                break
+            if attempt >= tries and (len(acked) >= self.t or time.monotonic() >= deadline):
                 break
         return acked, problems, outcomes
 
