@@ -376,3 +376,13 @@ def test_a_registration_below_t_is_sent_again_while_nodes_are_silent(fleet: Fake
     done = vault.register("pw", RK, ksf=FAST_KSF)
     assert done.acknowledged == (0, 1, 2, 3, 4)
     assert fleet.nodes[0].seen.count("register-share") == 4  # the same delivery, 4 times
+
+
+def test_a_node_silent_for_a_moment_gets_its_share_before_registration_returns(
+    fleet: FakeFleet,
+) -> None:
+    vault = fleet.vault()
+    vault.delivery_patience = 5.0  # settles for min(5 s, DELIVERY_SETTLE_SECONDS)
+    fleet.nodes[3].down_for = 3
+    assert not vault.register("pw", RK, ksf=FAST_KSF).degraded
+    assert vault.pending.get(FLEET_ID, "alice", vault.entry) is None

@@ -69,6 +69,10 @@ DELIVERY_TRIES = 3
 #: been committed already, and its shares exist only in this process until t nodes hold
 #: them.
 DELIVERY_PATIENCE_SECONDS = 20.0
+#: With t or more but not every acknowledgement, the silent nodes are asked again for up
+#: to this long before the rest is left to finish later (most faults are short, and a
+#: pending share waits for the device's next success).
+DELIVERY_SETTLE_SECONDS = 5.0
 RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
@@ -396,6 +400,7 @@ class ThresholdVault:
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
         deadline = time.monotonic() + patience
+        settle = time.monotonic() + min(patience, DELIVERY_SETTLE_SECONDS)
         attempt = 0
         while True:
             if attempt:
@@ -422,7 +427,8 @@ class ThresholdVault:
                     problems[outcome.index] = problem
             if not any(_transient(o) for o in outcomes if o.index not in acked):
                 break
-            if attempt >= tries and (len(acked) >= self.t or time.monotonic() >= deadline):
+            wait_until = deadline if len(acked) < self.t else settle
+            if attempt >= tries and time.monotonic() >= wait_until:
                 break
         return acked, problems, outcomes
 
