@@ -1,5 +1,6 @@
 /*
- * backupvault: CASPaxos replication of ONE vault entry plus guess counting, for spin.
+ * backupvault: CASPaxos replication of ONE vault entry plus the threshold flow's attempt
+ * numbering (ShareKeeper's change functions in hsm/shares.py), for spin.
  * What it covers, how it maps to the code and how to run it: docs/fleet-model.md.
  *
  *   3 nodes (acceptors 0, 1, 2); clients at nodes 0 and 1 (their proposers), node 2 only
@@ -12,12 +13,17 @@
  *   must catch up before it answers anything.
  *
  * Switches (spin -D...):
- *   BUG_EVAL_BEFORE_COMMIT  mutant: the OPRF is evaluated when the change is computed
- *                           (promise majority), before the increment is committed.
+ *   BUG_EVAL_BEFORE_COMMIT  mutant: the partial k_i·B is computed when the change is
+ *                           computed (promise majority), before the attempt is committed.
  *   BUG_NO_CATCHUP          mutant: a restarted node acts as acceptor at once, with its
  *                           rolled-back state, without catching up from its peers.
- *   BUG_FREE_KE1            mutant: a new KE1 that arrives while an attempt is open is
- *                           answered like a resend of that attempt's KE1, uncharged.
+ *   BUG_FREE_EVALUATE       mutant: an evaluate request with a new B that arrives while an
+ *                           attempt is open is answered like a resend of that attempt's B,
+ *                           uncharged.
+ *   BUG_RESET_FORGETS_LATER mutant: a reset for an earlier attempt forgets every attempt,
+ *                           also those made after it (rule R5 of docs/threshold.md broken).
+ *   NO_USED_CHECK           drop the check attempts_used = attempt - reset_attempt, so that
+ *                           a mutant's counterexample shows the count itself falling short.
  *   NO_DUP_CHECK            drop check 1a, so that a mutant's counterexample shows the
  *                           guess counter itself going above L.
  *   ROLLBACK_SIMPLE         restart only from the current disk or the oldest copy
@@ -55,8 +61,9 @@
 #define BROUND(b) ((b) >> 1)
 #define BIT(i) (1 << (i))
 
-/* ---- the entry's value (EntryState reduced to what guess counting reads):
- *      dead (status destroyed), attempts_used, attempt_seq, success_seq ---- */
+/* ---- the entry's value (ThresholdState reduced to what guess counting reads):
+ *      dead (status destroyed), attempts_used, attempt_seq (`attempt`), success_seq
+ *      (`reset_attempt`: the attempt of the owner's last signed reset) ---- */
 #define DEAD(v) ((v) & 1)
 #define USED(v) (((v) >> 1) & 3)
 #define ASEQ(v) (((v) >> 3) & 15)
@@ -65,19 +72,18 @@
 #define LIVE0 MKV(0, 0, 0, 0) /* registered, committed everywhere before the run */
 
 /* client operations and change outcomes */
-#define OP_START 1 /* recover-start (KE1) */
-#define OP_FOK 2   /* recover-finish, KE3 verifies (correct password) */
-#define OP_FBAD 3  /* recover-finish, KE3 does not verify (wrong password) */
-#define OP_RESEND 4 /* recover-start again with attempt tk's own KE1 (a lost answer, or a
+#define OP_START 1 /* evaluate request with a new blinded element B */
+#define OP_RESET 2 /* the owner's signed reset for attempt tk (any attempt that was
+                      evaluated; the relay may replay it at any time, any number of times) */
+#define OP_RESEND 4 /* evaluate request again with attempt tk's own B (a lost answer, or a
                        relay's replay): answered again without a charge while it is the
                        latest open attempt, refused otherwise */
 #define O_NONE 0
-#define O_EVAL 1    /* evaluate the OPRF, answer KE2 */
-#define O_RELEASE 2 /* release the wrapped root key */
+#define O_EVAL 1    /* the nodes answer k_i·B for the new attempt */
+#define O_RESET 2   /* the reset is committed: the window restarts after attempt tk */
 #define O_DESTROYED 3
 #define O_STALE 4
-#define O_WRONG 5
-#define O_AGAIN 6   /* evaluate the OPRF again for the same attempt and KE1 */
+#define O_AGAIN 6   /* the nodes answer k_i·B again for the same attempt and B */
 
 /* proposer phases */
 #define IDLE 0
@@ -102,7 +108,7 @@ byte held[2];  /* LEADER: a ballot a majority promised this proposer (0: none) .
 short heldv[2]; /* ... and the newest value among those acceptors */
 byte pb[2];    /* current ballot */
 byte op[2];
-byte tk[2];    /* ticket's attempt_seq for recover-finish */
+byte tk[2];    /* the attempt a reset or a resend names */
 byte bestb[2]; /* own acceptor's promise: accepted ballot and value */
 short bestv[2];
 byte outc[2];  /* the outcome computed with the new value */
@@ -120,13 +126,14 @@ byte synced; /* peers whose SyncResponse has arrived */
 short learned;  /* ballots whose proposer saw a majority accept them: committed values */
 byte g_cb;      /* the highest of them ... */
 short g_cv = LIVE0; /* ... and its value: the committed state */
-short issued;   /* attempt_seqs that were evaluated (tickets handed out) */
-short released; /* attempt_seqs whose KE3 released the key */
-byte g_since;   /* evaluations paid after the last committed success */
+short issued;   /* attempt_seqs that were evaluated */
+short resets;   /* attempt_seqs whose reset was committed */
+byte g_since;   /* evaluations paid after the last committed reset */
 
 #define POP3(x) (((x) & 1) + (((x) >> 1) & 1) + (((x) >> 2) & 1))
+#define POP7(x) (POP3(x) + POP3((x) >> 3) + (((x) >> 6) & 1))
 
-/* An evaluation (KE2) paid for by attempt s. */
+/* The evaluation (the nodes' partials k_i·B) paid for by attempt s. */
 inline evaluate(s) {
 #ifndef NO_DUP_CHECK
 	assert(!(issued & BIT(s)));            /* 1a: one increment pays for one evaluation */
@@ -142,7 +149,7 @@ inline evaluate(s) {
 	fi
 }
 
-/* The same KE1 answered again for attempt s: a new evaluation only if attempt s was never
+/* The same B answered again for attempt s: a new evaluation only if attempt s was never
  * evaluated before (its first answer may have been lost before it was built). */
 inline evaluate_again(s) {
 	if
@@ -166,6 +173,9 @@ inline committed(b, v) {
 	printf("node %d learns: COMMITTED ballot (%d,%d) value [dead %d used %d aseq %d sseq %d]\n",
 		BNODE(b), BROUND(b), BNODE(b), DEAD(v), USED(v), ASEQ(v), SSEQ(v));
 	assert(FORWARD(LIVE0, v));
+#ifndef NO_USED_CHECK
+	assert(USED(v) + SSEQ(v) == ASEQ(v)); /* attempts_used = attempt - reset_attempt */
+#endif
 	gi = 2;
 	do
 	:: gi < NB ->
@@ -187,11 +197,11 @@ inline committed(b, v) {
 		assert(!DEAD(g_cv) || DEAD(v));                 /* 2: never live again */
 		if
 		:: SSEQ(v) > SSEQ(g_cv) ->
-			/* 3: a success resets only for the latest attempt, which was evaluated */
-			assert(ASEQ(g_cv) <= SSEQ(v));
+			/* 3: a reset names an attempt that was evaluated, and forgets only the
+			 * attempts up to it: those evaluated after it stay counted */
 			assert(issued & BIT(SSEQ(v)));
-			assert((issued >> (SSEQ(v) + 1)) == 0);
-			g_since = 0
+			g_since = POP7(issued >> (SSEQ(v) + 1));
+			assert(g_since <= USED(v))
 		:: else -> skip
 		fi;
 		g_cb = b;
@@ -200,7 +210,8 @@ inline committed(b, v) {
 	fi
 }
 
-/* The change functions of hsm/firmware.py, applied to the adopted value cur. */
+/* The change functions of hsm/shares.py (ShareKeeper._evaluate and _reset), applied to
+ * the adopted value cur. */
 inline change(p, cur, nv, out) {
 	if
 	:: DEAD(cur) -> nv = cur; out = O_DESTROYED
@@ -208,7 +219,7 @@ inline change(p, cur, nv, out) {
 		if
 		:: op[p] == OP_START ->
 			if
-#ifdef BUG_FREE_KE1
+#ifdef BUG_FREE_EVALUATE
 			:: ASEQ(cur) > SSEQ(cur) -> nv = cur; out = O_EVAL
 			:: ASEQ(cur) <= SSEQ(cur) && USED(cur) >= L ->
 				nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
@@ -222,15 +233,16 @@ inline change(p, cur, nv, out) {
 			fi
 		:: op[p] == OP_RESEND && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
 			nv = cur; out = O_AGAIN
-		:: op[p] != OP_START && (ASEQ(cur) != tk[p] || SSEQ(cur) >= tk[p]) ->
+		:: op[p] == OP_RESEND && (ASEQ(cur) != tk[p] || SSEQ(cur) >= tk[p]) ->
 			nv = cur; out = O_STALE
-		:: op[p] == OP_FOK && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
-			nv = MKV(0, 0, ASEQ(cur), tk[p]); out = O_RELEASE
-		:: op[p] == OP_FBAD && ASEQ(cur) == tk[p] && SSEQ(cur) < tk[p] ->
-			if
-			:: USED(cur) >= L -> nv = MKV(1, L, ASEQ(cur), SSEQ(cur)); out = O_DESTROYED
-			:: else -> nv = cur; out = O_WRONG
-			fi
+		:: op[p] == OP_RESET && SSEQ(cur) < tk[p] && tk[p] <= ASEQ(cur) ->
+#ifdef BUG_RESET_FORGETS_LATER
+			nv = MKV(0, 0, ASEQ(cur), tk[p]); out = O_RESET
+#else
+			nv = MKV(0, ASEQ(cur) - tk[p], ASEQ(cur), tk[p]); out = O_RESET
+#endif
+		:: op[p] == OP_RESET && (SSEQ(cur) >= tk[p] || tk[p] > ASEQ(cur)) ->
+			nv = cur; out = O_STALE
 		fi
 	fi
 }
@@ -304,9 +316,9 @@ inline on_commit(p, b) {
 	:: else -> skip
 	fi;
 	if
-	:: outc[p] == O_RELEASE ->
-		assert(!(released & BIT(tk[p]))); /* 3: a replayed KE3 never releases again */
-		released = released | BIT(tk[p])
+	:: outc[p] == O_RESET ->
+		assert(!(resets & BIT(tk[p]))); /* 3: a replayed reset never applies again */
+		resets = resets | BIT(tk[p])
 	:: else -> skip
 	fi;
 	ph[p] = IDLE;
@@ -395,25 +407,23 @@ inline lead_accept(p, b, base) {
 #define LEAD_BAD(p, r)
 #endif
 
-/* A client sends a request to node p: KE1, or KE3 (correct or wrong) with ticket t. */
-#define FINISH(p, t) \
+/* A client sends a request to node p: an evaluate request with a new B, or the owner's
+ * signed reset for an attempt t that was evaluated (a wrong password sends nothing). */
+#define RESET(p, t) \
 	:: d_step { ph[p] == IDLE && ops_left > 0 && (issued & BIT(t)) -> \
-		printf("client at node %d: KE3 correct, ticket %d\n", p, t); \
-		ops_left--; op[p] = OP_FOK; tk[p] = t; ph[p] = WAITING } \
-	:: d_step { ph[p] == IDLE && ops_left > 0 && (issued & BIT(t)) -> \
-		printf("client at node %d: KE3 wrong, ticket %d\n", p, t); \
-		ops_left--; op[p] = OP_FBAD; tk[p] = t; ph[p] = WAITING }
+		printf("client at node %d: the owner's reset for attempt %d\n", p, t); \
+		ops_left--; op[p] = OP_RESET; tk[p] = t; ph[p] = WAITING }
 
-/* ... or sends attempt t's KE1 again (t was charged: a committed value names it). */
+/* ... or sends attempt t's B again (t was charged: a committed value names it). */
 #define RESEND(p, t) \
 	:: d_step { ph[p] == IDLE && ops_left > 0 && ASEQ(g_cv) >= t -> \
-		printf("client at node %d: KE1 of attempt %d again\n", p, t); \
+		printf("client at node %d: B of attempt %d again\n", p, t); \
 		ops_left--; op[p] = OP_RESEND; tk[p] = t; ph[p] = WAITING }
 
 #define CLIENT(p) \
-	:: d_step { ph[p] == IDLE && ops_left > 0 -> printf("client at node %d: KE1\n", p); \
+	:: d_step { ph[p] == IDLE && ops_left > 0 -> printf("client at node %d: new B\n", p); \
 		ops_left--; op[p] = OP_START; ph[p] = WAITING } \
-	FINISH(p, 1) FINISH(p, 2) FINISH(p, 3) FINISH(p, 4) FINISH(p, 5) FINISH(p, 6) \
+	RESET(p, 1) RESET(p, 2) RESET(p, 3) RESET(p, 4) RESET(p, 5) RESET(p, 6) \
 	RESEND(p, 1) RESEND(p, 2) RESEND(p, 3) \
 	:: d_step { ph[p] != IDLE -> /* deadline: the request fails, nothing acted on */ \
 		printf("node %d gives up its request\n", p); \

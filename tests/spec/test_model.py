@@ -49,16 +49,19 @@ def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
         ("BUG_EVAL_BEFORE_COMMIT",),
         ("BUG_EVAL_BEFORE_COMMIT", "NO_DUP_CHECK"),  # the counter itself goes above L
         ("BUG_NO_CATCHUP",),
-        ("BUG_FREE_KE1",),  # a new KE1 answered as if it were a resend: uncharged
-        ("BUG_FREE_KE1", "NO_DUP_CHECK"),  # ... then more than L evaluations
+        ("BUG_FREE_EVALUATE",),  # a new B answered as if it were a resend: uncharged
+        ("BUG_FREE_EVALUATE", "NO_DUP_CHECK"),  # ... then more than L evaluations
+        # a reset for an earlier attempt also forgets the attempts made after it
+        ("BUG_RESET_FORGETS_LATER", "NO_USED_CHECK"),
     ],
     ids=[
         "leader-without-promise",
         "eval-before-commit",
         "eval-before-commit-counter",
         "no-catch-up",
-        "free-ke1",
-        "free-ke1-counter",
+        "free-evaluate",
+        "free-evaluate-counter",
+        "reset-forgets-later",
     ],
 )
 def test_mutant_has_a_counterexample(tmp_path: Path, defines: tuple[str, ...]) -> None:
