@@ -425,10 +425,15 @@ class ThresholdVault:
                     problems.pop(outcome.index, None)
                 else:
                     problems[outcome.index] = problem
-            if not any(_transient(o) for o in outcomes if o.index not in acked):
+            silent = [o for o in outcomes if o.index not in acked and _transient(o)]
+            if not silent:
                 break
+            # Past the first tries, wait only for nodes that got the request (slow, or
+            # their answer lost): one the relay could not reach stored nothing.
             wait_until = deadline if len(acked) < self.t else settle
-            if attempt >= tries and time.monotonic() >= wait_until:
+            if attempt >= tries and (
+                time.monotonic() >= wait_until or all(o.unreachable for o in silent)
+            ):
                 break
         return acked, problems, outcomes
 
