@@ -268,6 +268,10 @@ class ManifestResponse(Message):
     manifest: bytes
     guess_limit: int
     guesses_remaining: int  # this node's own count: L - count
+    #: This node holds a live share for this version (it checked it against `manifest`):
+    #: the client sends no evaluate, so no guess is counted, unless t of the nodes that
+    #: agree on M say so.
+    holds_share: bool
 
     def __post_init__(self) -> None:
         if self.status not in tuple(EntryStatus):
@@ -278,6 +282,8 @@ class ManifestResponse(Message):
             check_manifest_bytes(self.manifest)
         elif self.status == EntryStatus.LIVE:
             raise InvalidInput("a live entry's answer without its manifest")
+        if self.holds_share and self.status != EntryStatus.LIVE:
+            raise InvalidInput("only a live entry's answer holds a share")
 
 
 @dataclass(frozen=True)

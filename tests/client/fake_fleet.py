@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.vault import VaultClient
 from backupvault.codec import Message
@@ -61,6 +62,8 @@ class FakeNode:
     #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
     #: "unavailable_once" (the next evaluate answer is `fleet_unavailable`)
     mode: str = "ok"
+    #: No answer to this many more requests (then "ok").
+    down_for: int = 0
     stale_manifest: bytes = b""
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
@@ -89,15 +92,19 @@ class FakeFleet:
             FakeNode(i, NodePrivateKey.generate(Kem.X25519), Ed25519PrivateKey.generate())
             for i in range(n)
         ]
-        #: Consensus stand-in: attempt numbers by H(B), shared by all nodes.
+        #: Consensus stand-ins: attempt numbers by H(B), and the entry's committed
+        #: manifest (empty when there is none), shared by all nodes.
         self.attempts: dict[bytes, int] = {}
+        self.replicated = b""
         self.evaluations = 0  # partials produced, all nodes
 
     @property
     def t(self) -> int:
         return len(self.nodes) // 2 + 1
 
-    def vault(self, notes: list[str] | None = None) -> ThresholdVault:
+    def vault(
+        self, notes: list[str] | None = None, pending: PendingStore | None = None
+    ) -> ThresholdVault:
         client = VaultClient(
             "http://relay.test",
             "token",
@@ -111,7 +118,13 @@ class FakeFleet:
         keys = FleetKeys(
             tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes), self.t, 0
         )
-        return ThresholdVault(client, keys, notify=None if notes is None else notes.append)
+        return ThresholdVault(
+            client,
+            keys,
+            notify=None if notes is None else notes.append,
+            pending=pending,
+            delivery_patience=0.5,  # nodes set "down" stay down
+        )
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         op_name = request.url.path.rsplit("/", 1)[1]
@@ -119,6 +132,9 @@ class FakeFleet:
         copies = SealedCopies.for_nodes(request.read(), len(self.nodes)).copies
         replies = []
         for node, copy in zip(self.nodes, copies, strict=True):
+            if node.down_for > 0:
+                node.down_for -= 1
+                node.mode = "down_once"
             if node.mode == "down_once":
                 node.mode = "ok"
                 replies.append(
@@ -154,11 +170,17 @@ class FakeFleet:
             threshold.verify_share(share, m.commitments)
             if request.manifest == node.manifest:  # the same delivery again
                 return node.ack(AckKind.HELD, request.manifest)
+            late = bool(self.replicated) and request.manifest == self.replicated
             if op is Op.REGISTER_SHARE:
-                if node.share is not None:
+                # A share of the committed M is taken whatever this node held before.
+                if not late and (node.share is not None or self.replicated):
                     return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
-            else:
-                old = Manifest.from_bytes(node.manifest)
+            elif not late and (
+                not self.replicated or m.version != Manifest.from_bytes(self.replicated).version + 1
+            ):
+                return _error(ErrorCode.STALE_MANIFEST, "not the live version's successor")
+            elif node.manifest or not late:
+                old = Manifest.from_bytes(node.manifest or self.replicated)
                 statement = owner.OwnerStatement(
                     owner.StatementKind.CHANGE_PASSWORD,
                     FLEET_ID,
@@ -173,13 +195,14 @@ class FakeFleet:
                 )
             node.manifest, node.share, node.version = request.manifest, share, m.version
             node.count, node.destroyed = 0, False
+            self.replicated = request.manifest
             return node.ack(AckKind.HELD, request.manifest)
         if isinstance(request, ManifestRequest):
             if node.mode == "stale_once":
                 node.mode = "ok"
                 old = Manifest.from_bytes(node.stale_manifest)
                 return ManifestResponse(
-                    EntryStatus.LIVE, old.version, node.stale_manifest, LIMIT, LIMIT
+                    EntryStatus.LIVE, old.version, node.stale_manifest, LIMIT, LIMIT, True
                 )
             status = (
                 EntryStatus.DESTROYED
@@ -188,12 +211,19 @@ class FakeFleet:
                 if node.share is not None
                 else EntryStatus.EMPTY
             )
+            if status == EntryStatus.EMPTY and self.replicated:
+                # A node without a share answers with the committed manifest.
+                live = Manifest.from_bytes(self.replicated)
+                return ManifestResponse(
+                    EntryStatus.LIVE, live.version, self.replicated, LIMIT, LIMIT, False
+                )
             return ManifestResponse(
                 status,
                 node.version,
                 node.manifest if node.share else b"",
                 LIMIT,
                 LIMIT - node.count,
+                status == EntryStatus.LIVE,
             )
         if isinstance(request, EvaluateRequest):
             if node.destroyed:
@@ -248,5 +278,7 @@ class FakeFleet:
             owner.verify_statement(m.pk_auth, statement, request.signature, last_counter=None)
             ack = node.ack(AckKind.ERASED, node.manifest)
             node.share, node.manifest = None, b""
+            if self.replicated and Manifest.from_bytes(self.replicated).version == m.version:
+                self.replicated = b""
             return ack
         raise AssertionError(f"unexpected {op}")

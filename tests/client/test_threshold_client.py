@@ -4,6 +4,7 @@ client checks, names and reports. The process tests run the same flows on real n
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 import pytest
 
@@ -15,9 +16,10 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
+from backupvault.client.pending import PendingFileDamaged, PendingStore
 from backupvault.protocol import EntryStatus
 
-from .fake_fleet import FAST_KSF, LIMIT, FakeFleet
+from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
 
 RK = bytes(range(32))
 
@@ -243,3 +245,144 @@ def test_one_node_without_a_share_does_not_stop_the_resend_to_a_slow_one() -> No
     fleet.nodes[0].share = None  # its share is gone
     fleet.nodes[2].mode = "unavailable_once"
     assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess(
+    fleet: FakeFleet,
+) -> None:
+    """Found by the chaos soak (seed 417345562): an entry registered with one node down,
+    then two other holders down: every recovery was counted and failed, until the entry
+    was destroyed. Now the client sees from the manifest answers that only two nodes hold
+    a share, sends no evaluate, and says that no guess was used."""
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault()
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    fleet.nodes[3].mode = "ok"  # back, without a share
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
+    for _ in range(2):  # each would have cost a guess, and L of them the key
+        with pytest.raises(FleetUnavailable) as caught:
+            vault.recover("pw", ksf_floor=FAST_KSF)
+    assert "no guess was used" in (caught.value.hint or "")
+    assert "node 3: holds no share" in caught.value.message
+    assert all("evaluate" not in node.seen for node in fleet.nodes)
+    assert fleet.attempts == {} and [n.count for n in fleet.nodes] == [0] * 5
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "ok"
+    assert vault.recover("pw", ksf_floor=FAST_KSF).wrong_guesses_before == 0
+
+
+def test_a_degraded_registration_is_finished_at_the_next_recovery(fleet: FakeFleet) -> None:
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault()
+    assert vault.register("pw", RK, ksf=FAST_KSF).missing[0].startswith("node 3:")
+    assert vault.status().pending == ("node 3: share of version 1 not yet confirmed",)
+    fleet.nodes[3].mode = "ok"
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.pending == ()
+    assert fleet.nodes[3].share is not None and fleet.nodes[3].manifest == fleet.replicated
+    assert (
+        vault.status().pending == () and vault.pending.get(FLEET_ID, "alice", vault.entry) is None
+    )
+    # Every node holds a share now: two others may be down.
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_pending_share_is_never_sent_after_the_password_changed(fleet: FakeFleet) -> None:
+    """Device A registered with node 3 down; device B changed the password meanwhile. A's
+    share of version 1 is dropped at its next contact, not delivered."""
+    fleet.nodes[3].mode = "down"
+    device_a = fleet.vault()
+    device_a.register("old", RK, ksf=FAST_KSF)
+    fleet.nodes[3].mode = "ok"
+    device_b = fleet.vault()
+    device_b.change_password(device_b.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    version_2 = fleet.replicated
+    seen = list(fleet.nodes[3].seen)
+    assert device_a.recover("new", ksf_floor=FAST_KSF).pending == ()
+    assert device_a.pending.get(FLEET_ID, "alice", device_a.entry) is None
+    assert fleet.nodes[3].manifest == version_2
+    assert "register-share" not in fleet.nodes[3].seen[len(seen) :]
+
+
+def test_a_password_change_with_a_node_down_is_finished_later(fleet: FakeFleet) -> None:
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    fleet.nodes[2].mode = "down"
+    changed = vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    assert changed.degraded
+    old_share = fleet.nodes[2].share  # node 2 still holds the old password's share
+    fleet.nodes[2].mode = "ok"
+    assert vault.recover("new", ksf_floor=FAST_KSF).pending == ()
+    assert fleet.nodes[2].share != old_share and fleet.nodes[2].version == 2
+
+
+def test_pending_erasures_are_sent_again_until_every_node_confirms(fleet: FakeFleet) -> None:
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[4].mode = "down"
+    _, pending = vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
+    assert [p.split(":")[0] for p in pending] == ["node 4"]
+    assert fleet.nodes[4].share is not None
+    fleet.nodes[4].mode = "ok"
+    status = vault.status()
+    assert status.status == EntryStatus.EMPTY and status.pending == ()
+    assert fleet.nodes[4].share is None  # erased on the owner's statement, sent again
+
+
+def test_the_pending_file_survives_a_restart_and_holds_no_share_in_the_clear(
+    fleet: FakeFleet, tmp_path: Path
+) -> None:
+    path = tmp_path / "client-pending.json"
+    fleet.nodes[1].mode = "down"
+    fleet.vault(pending=PendingStore(path)).register("pw", RK, ksf=FAST_KSF)
+    kept = path.read_bytes()
+    assert path.stat().st_mode & 0o777 == 0o600
+    fleet.nodes[1].mode = "ok"
+    restarted = fleet.vault(pending=PendingStore(path))  # a new process, the same file
+    assert restarted.recover("pw", ksf_floor=FAST_KSF).pending == ()
+    assert not path.exists()
+    share = fleet.nodes[1].share
+    assert share is not None
+    for node in fleet.nodes:
+        assert node.share is not None
+        assert node.share.to_bytes()[1:].hex().encode() not in kept
+
+
+def test_a_damaged_pending_file_is_named_and_left_and_recovery_still_works(
+    fleet: FakeFleet, tmp_path: Path
+) -> None:
+    path = tmp_path / "client-pending.json"
+    path.write_text('{"format": "backupvault pending deliveries v1", "records": [{}]}')
+    notes: list[str] = []
+    vault = fleet.vault(notes, PendingStore(path))
+    vault.register("pw", RK, ksf=FAST_KSF)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert any("pending deliveries not finished" in n and str(path) in n for n in notes)
+    with pytest.raises(PendingFileDamaged) as caught:
+        vault.finish(vault.live_manifest()[0])
+    assert str(path) in caught.value.message and "mv " in (caught.value.hint or "")
+    assert path.read_text().startswith('{"format"')  # left as it was
+
+
+def test_a_registration_below_t_is_sent_again_while_nodes_are_silent(fleet: FakeFleet) -> None:
+    """Found by the chaos soak: a password change whose M was committed while fewer than
+    t nodes stored their share left an entry no one could recover. The shares exist only
+    in this process until t nodes hold them, so the same delivery is sent again while
+    nodes are silent (here three of them, for three fan-outs)."""
+    vault = fleet.vault()
+    vault.delivery_patience = 5.0
+    for i in (1, 2, 3):
+        fleet.nodes[i].down_for = 3
+    done = vault.register("pw", RK, ksf=FAST_KSF)
+    assert done.acknowledged == (0, 1, 2, 3, 4)
+    assert fleet.nodes[0].seen.count("register-share") == 4  # the same delivery, 4 times
+
+
+def test_a_node_silent_for_a_moment_gets_its_share_before_registration_returns(
+    fleet: FakeFleet,
+) -> None:
+    vault = fleet.vault()
+    vault.delivery_patience = 5.0  # settles for min(5 s, DELIVERY_SETTLE_SECONDS)
+    fleet.nodes[3].down_for = 3
+    assert not vault.register("pw", RK, ksf=FAST_KSF).degraded
+    assert vault.pending.get(FLEET_ID, "alice", vault.entry) is None

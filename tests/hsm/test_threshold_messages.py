@@ -71,8 +71,8 @@ def _examples(registration) -> list[Message]:  # type: ignore[no-untyped-def]
         ShareAck(AckKind.HELD, 1, 1, b"a" * 64),
         ShareAck(AckKind.ERASED, 2, 5, b"a" * 64),
         ManifestRequest("alice", "chat"),
-        ManifestResponse(EntryStatus.LIVE, 1, manifest, 10, 9),
-        ManifestResponse(EntryStatus.EMPTY, 3, b"", 10, 10),
+        ManifestResponse(EntryStatus.LIVE, 1, manifest, 10, 9, True),
+        ManifestResponse(EntryStatus.EMPTY, 3, b"", 10, 10, False),
         EvaluateRequest("alice", "chat", 1, blinded, 1_700_000_000_000),
         EvaluateResponse(4, partial.index, partial.evaluated, partial.proof, 9),
         ResetRequest("alice", "chat", 1, 4, b"r" * 64),
@@ -95,7 +95,7 @@ def test_every_threshold_operation_has_a_request_and_a_response_type() -> None:
 def test_every_answer_and_the_longest_error_fit_their_padding(registration) -> None:  # type: ignore[no-untyped-def]
     longest_error = ErrorResponse("stale_manifest", "x" * MAX_ERROR_DETAIL, 10)
     # The largest manifest a node stores fits a manifest answer.
-    largest = ManifestResponse(EntryStatus.EMPTY, 2**64 - 1, b"", 100, 100)
+    largest = ManifestResponse(EntryStatus.EMPTY, 2**64 - 1, b"", 100, 100, False)
     assert len(largest.to_bytes()) + MAX_MANIFEST_LEN + 1 <= RESPONSE_PADDED_SIZE[Op.MANIFEST]
     answers = [m for m in _examples(registration) if type(m) in RESPONSE_TYPES.values()]
     assert len(answers) == 6
@@ -174,7 +174,7 @@ def test_a_manifest_with_an_identity_commitment_is_refused(registration) -> None
     at = manifest.index(c0)
     forged = manifest[:at] + IDENTITY + manifest[at + 32 :]
     with pytest.raises(InvalidInput):
-        ManifestResponse(EntryStatus.LIVE, 1, forged, 10, 10)
+        ManifestResponse(EntryStatus.LIVE, 1, forged, 10, 10, True)
 
 
 def test_short_signatures_and_unknown_kinds_are_refused() -> None:
@@ -184,8 +184,9 @@ def test_short_signatures_and_unknown_kinds_are_refused() -> None:
         (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"index": 0}),
         (ResetRequest("a", "b", 1, 1, b"r" * 64), {"signature": b""}),
         (DeleteShareRequest("a", "b", 1, 1, b"d" * 64), {"signature": b"d" * 32}),
-        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10), {"status": 7}),
-        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10), {"status": EntryStatus.LIVE}),
+        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10, False), {"status": 7}),
+        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10, False), {"status": EntryStatus.LIVE}),
+        (ManifestResponse(EntryStatus.EMPTY, 1, b"", 10, 10, False), {"holds_share": True}),
     ):
         with pytest.raises(InvalidInput):
             type(message).from_bytes(_reencode(message, **changes))

@@ -325,7 +325,7 @@ def test_honest_users_recover_past_wrong_partials_and_forged_manifests() -> None
         if op is Op.EVALUATE:
             return wrong_partial(rand, slot)
         if op is Op.MANIFEST and forged_manifest:
-            return ManifestResponse(EntryStatus.LIVE, 1, forged_manifest["m"], L, L)
+            return ManifestResponse(EntryStatus.LIVE, 1, forged_manifest["m"], L, L, True)
         return None
 
     world = threshold_world(N, L, HOSTILE, seed=2, leader=False, attacker=hostile)

@@ -66,6 +66,7 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
+from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import ThresholdRecovery, ThresholdVault
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
@@ -298,6 +299,9 @@ class EntryGhost:
     #: Of those, gaps that appeared while the client had seen no error since its last output.
     hidden_without_error: int = 0
     errors_since_output: int = 0
+    #: The device's pending deliveries (degraded registrations, unconfirmed erasures),
+    #: kept across the entry's clients as the CLI keeps them in its file.
+    pending: PendingStore = field(default_factory=lambda: PendingStore(None), repr=False)
 
     @property
     def key(self) -> tuple[str, str]:
@@ -551,6 +555,7 @@ class ProxiedFleet:
             entry=ghost.entry,
         )
         vault = own.session(ksf_params=FAST_KSF, http=http).threshold
+        vault.pending = ghost.pending
         trace = TracingVaultClient(vault.vault)
         vault.vault = trace
         return GhostClient(vault, trace)

@@ -216,6 +216,7 @@ def _root_key_from_vault(
                 f"{session.epoch} (recovered there, registered here, deleted there)"
             )
         _warn_wrong_guesses(ctx, recovered)
+        _note_pending(ctx, recovered.threshold.pending)
         return recovered.root_key, False
     _warn_if_weak(ctx, password)
     root_key = recovery.new_root_key()
@@ -237,7 +238,17 @@ def _warn_degraded(ctx: Context, missing: tuple[str, ...]) -> None:
             f"warning: {len(missing)} vault node(s) did not take their share ("
             + "; ".join(missing)
             + "); the key works, but fewer nodes may fail before it cannot be recovered."
-            " Changing the password later deals new shares to every node"
+            " This device keeps their shares (sealed under your password's key) and"
+            " delivers them at your next recovery; `backupvault vault finish` does it now"
+        )
+
+
+def _note_pending(ctx: Context, pending: tuple[str, ...]) -> None:
+    """Deliveries this device still owes the fleet after finishing what it could."""
+    if pending:
+        ctx.output.note(
+            "still pending (sent again at the next recovery, or `backupvault vault finish`): "
+            + "; ".join(pending)
         )
 
 
@@ -583,7 +594,7 @@ def backup_list(
 
 @cli.group()
 def vault() -> None:
-    """The key vault: status, password change, deletion."""
+    """The key vault: status, password change, deletion, finishing deliveries."""
 
 
 @vault.command("status")
@@ -599,7 +610,36 @@ def vault_status(ctx: Context) -> None:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
         for node in status.nodes_without:
             text += f"\nnot holding this key's share: {node}"
+    for item in status.pending:
+        text += f"\npending on this device: {item}"
+    if status.pending:
+        text += "\n(`backupvault vault finish` delivers them; so does your next recovery)"
     ctx.output.result(data, text)
+
+
+@vault.command("finish")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@pass_context
+def vault_finish(ctx: Context, password_stdin: bool) -> None:
+    """Deliver what this device still owes the vault nodes: the shares of a registration
+    or password change that some nodes missed (this needs the password: the shares are
+    kept sealed under its key), and erasures they did not confirm.
+
+    Exits 0 when nothing is left pending, 5 when some nodes still do not answer."""
+    from backupvault.client.errors import FleetUnavailable
+
+    session = ctx.config().session(notify=ctx.output.note)
+    left = session.status().pending  # erasures are sent again on the way
+    if session.owes_shares():
+        recovered = session.recover(_password(password_stdin))
+        _warn_wrong_guesses(ctx, recovered)
+        left = recovered.threshold.pending
+    if left:
+        raise FleetUnavailable(
+            "still pending: " + "; ".join(left),
+            hint="the named nodes did not confirm; run `backupvault vault finish` again later",
+        )
+    ctx.output.result({"finished": True, "pending": []}, "nothing pending: every node confirmed")
 
 
 @vault.command("change-password")
@@ -691,7 +731,11 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     version, pending = session.delete(recovered)
     text = "key deleted from the vault"
     if pending:
-        text += "; not yet confirmed erased by: " + "; ".join(pending)
+        text += (
+            "; not yet confirmed erased by: "
+            + "; ".join(pending)
+            + " (sent again at the next `backupvault vault status` or `vault finish`)"
+        )
     ctx.output.result(
         {"deleted": True, "version": version, "was": "live", "nodes_pending": list(pending)},
         text,

@@ -30,6 +30,10 @@ Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transpare
     state_file = "client-state.json"      # default: <config name>-state.json next to it
     allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
 
+Either mode keeps the deliveries this device still owes the fleet (the shares of a
+degraded registration or password change, an erasure not yet confirmed) in
+`<config name>-pending.json` next to the config (docs/format.md, "Pending deliveries").
+
 Relative paths are relative to the config file; a leading `~` is the user's home folder
 (in `storage` too).
 """
@@ -46,6 +50,7 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.trust import (
     FleetSession,
@@ -115,6 +120,8 @@ class ClientConfig:
     #: The device key the fleet token is bound to (its `cnf` claim): it signs a proof per
     #: sealed copy, so a node cannot replay the token to another (docs/relay.md).
     device_key: Ed25519PrivateKey | None = None
+    #: Where this device keeps the deliveries it still owes the fleet; None: in memory.
+    pending_file: Path | None = None
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
@@ -140,6 +147,7 @@ class ClientConfig:
                 "entry": str(data.get("entry", DEFAULT_ENTRY)),
                 "storage": None if "storage" not in data else _home(str(data["storage"])),
                 "trust": trust,
+                "pending_file": path.parent / f"{path.stem}-pending.json",
             }
             if trust == "pinned":
                 return cls(
@@ -211,6 +219,7 @@ class ClientConfig:
                 fleet_token=self.fleet_token,
                 device_key=self.device_key,
                 notify=notify,
+                pending=PendingStore(self.pending_file),
             )
         assert self.fleet_id is not None and self.node_public_keys is not None
         assert self.node_signing_keys is not None
@@ -229,7 +238,9 @@ class ClientConfig:
         )
         nodes = len(self.node_signing_keys)
         keys = FleetKeys(self.node_signing_keys, nodes // 2 + 1, self.epoch)
-        return FleetSession(ThresholdVault(vault, keys, notify=notify))
+        return FleetSession(
+            ThresholdVault(vault, keys, notify=notify, pending=PendingStore(self.pending_file))
+        )
 
 
 def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:

@@ -51,10 +51,11 @@ class AlreadyRegistered(VaultError):
 class FleetUnavailable(VaultError):
     exit_code = 5
 
-    def __init__(self, detail: str) -> None:
+    def __init__(self, detail: str, *, hint: str | None = None) -> None:
         super().__init__(
             f"the vault fleet is unavailable: {detail}",
-            hint="too few vault nodes answered; if this was a recovery, the attempt may have"
+            hint=hint
+            or "too few vault nodes answered; if this was a recovery, the attempt may have"
             " counted as a guess; try later",
         )
 

@@ -17,7 +17,7 @@ each node's answer is sealed to the client with its own copy's response key.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,9 +29,11 @@ from backupvault.client.errors import (
     Destroyed,
     FleetUnavailable,
     NotRegistered,
+    RelayUnreachable,
     VaultError,
     WrongPassword,
 )
+from backupvault.client.pending import Pending, PendingStore
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import manifest as manifests
@@ -62,6 +64,16 @@ EVALUATE_RESENDS = 2
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
 DELIVERY_TRIES = 3
+#: With fewer than t acknowledgements and some node silent, a delivery is sent again (the
+#: same shares: nodes that hold theirs acknowledge again) for up to this long: M may have
+#: been committed already, and its shares exist only in this process until t nodes hold
+#: them.
+DELIVERY_PATIENCE_SECONDS = 20.0
+#: With t or more but not every acknowledgement, the silent nodes are asked again for up
+#: to this long before the rest is left to finish later (most faults are short, and a
+#: pending share waits for the device's next success).
+DELIVERY_SETTLE_SECONDS = 5.0
+RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
 
@@ -120,6 +132,8 @@ class ThresholdRecovery:
     #: Nodes that did not take the reset (they count this attempt until they see the
     #: replicated reset).
     reset_missing: tuple[str, ...] = ()
+    #: Deliveries still owed after this recovery finished what it could (`pending`).
+    pending: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -131,6 +145,20 @@ class ThresholdStatus:
     #: Nodes that answered with the agreed manifest; the others, and why.
     agreeing: tuple[int, ...]
     other: tuple[str, ...]
+    #: Deliveries this device still owes the fleet (docs/threshold.md, "Finishing later").
+    pending: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class _Live:
+    manifest: manifests.Manifest
+    guess_limit: int
+    #: Nodes that agree on the manifest and say they hold a live share for it.
+    holders: tuple[int, ...]
+    #: The other nodes, and why.
+    without: tuple[str, ...]
+    #: Nodes that answered the manifest request at all.
+    answered: frozenset[int]
 
 
 @dataclass
@@ -149,7 +177,12 @@ class ThresholdVault:
         *,
         notify: Callable[[str], None] | None = None,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        pending: PendingStore | None = None,
+        delivery_patience: float = DELIVERY_PATIENCE_SECONDS,
     ) -> None:
+        """`pending`: where this device keeps the deliveries it still owes (in memory
+        only with None). `delivery_patience`: how long a registration's delivery is sent
+        again while fewer than t nodes acknowledged and some are silent."""
         if len(keys.signing_keys) != len(vault.node_keys):
             raise InvalidInput("one signing key per node")
         self.vault = vault
@@ -158,6 +191,8 @@ class ThresholdVault:
         self.t = keys.threshold
         self._notify = notify or (lambda _message: None)
         self._clock_ms = clock_ms
+        self.pending = pending if pending is not None else PendingStore(None)
+        self.delivery_patience = delivery_patience
 
     @property
     def account(self) -> str:
@@ -244,7 +279,11 @@ class ThresholdVault:
             versions = sorted((r.version for r in responses), reverse=True)
             version = versions[self.t - 1] if len(versions) >= self.t else 0
             limit = max((r.guess_limit for r in responses), default=0)
-            return ThresholdStatus(kind, version, limit, 0, (), ())
+            answered = {a.index for a in found.answers if a.response is not None}
+            pending = self._finish_quietly(
+                None, status=kind, version=version, answered=answered, tries=1
+            )
+            return ThresholdStatus(kind, version, limit, 0, (), (), pending)
         encoded = found.agreed.to_bytes()
         agreeing = [
             a for a in found.answers if a.response is not None and a.response.manifest == encoded
@@ -266,6 +305,9 @@ class ThresholdVault:
             remaining[self.t - 1],
             tuple(a.index for a in agreeing),
             other,
+            self._finish_quietly(
+                found.agreed, answered={a.index for a in found.answers if a.response is not None}
+            ),
         )
 
     # ---- registration ----------------------------------------------------------------------
@@ -292,33 +334,19 @@ class ThresholdVault:
         self, op: Op, made: manifests.Registration, authorization: bytes, counter: int
     ) -> Registered:
         """Send share i to node i with M, check every acknowledgement; done, degraded (t..N-1
-        acknowledgements), or failed (fewer than t: VaultError naming the nodes)."""
+        acknowledgements: the rest is kept to finish later, `finish`), or failed (fewer
+        than t: VaultError naming the nodes)."""
         encoded = made.manifest.to_bytes()
-        requests: list[Message] = [
-            RegisterShareRequest(
-                self.account, self.entry, encoded, share.to_bytes(), authorization, counter
-            )
-            for share in made.shares
-        ]
-        acked: set[int] = set()
-        problems: dict[int, str] = {}
-        outcomes: list[NodeOutcome[ShareAck]] = []
-        for attempt in range(DELIVERY_TRIES):
-            if attempt:
-                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            # Nodes that hold the share already acknowledge the same delivery again.
-            outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
-            for outcome in outcomes:
-                if outcome.index in acked:
-                    continue
-                problem = self._check_ack(outcome, AckKind.HELD, made.manifest, encoded)
-                if problem is None:
-                    acked.add(outcome.index)
-                    problems.pop(outcome.index, None)
-                else:
-                    problems[outcome.index] = problem
-            if not any(_transient(o) for o in outcomes if o.index not in acked):
-                break
+        shares = [share.to_bytes() for share in made.shares]
+        acked, problems, outcomes = self._send_shares(
+            op,
+            made.manifest,
+            shares,
+            authorization,
+            counter,
+            set(),
+            patience=self.delivery_patience,
+        )
         acknowledged = sorted(acked)
         missing = [problems[i] for i in sorted(problems)]
         if len(acknowledged) < self.t:
@@ -331,7 +359,187 @@ class ThresholdVault:
                 f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
                 f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
             )
+        # Sent later as a register-share of M whatever made it: by then M is the entry's
+        # committed value (its change statement checked by the acceptors that committed
+        # it), so a node takes its share of M even when it missed several changes and
+        # holds a share too old to check this change's statement against.
+        self._keep_pending(
+            Pending.of_shares(
+                fleet_id=self.vault.fleet_id,
+                account=self.account,
+                entry=self.entry,
+                manifest=encoded,
+                version=made.manifest.version,
+                shares=made.shares,
+                export_key=made.export_key,
+                nodes=tuple(sorted(problems)),
+            )
+        )
         return Registered(made.manifest.version, tuple(acknowledged), tuple(missing))
+
+    def _send_shares(
+        self,
+        op: Op,
+        manifest: manifests.Manifest,
+        shares: Sequence[bytes],
+        authorization: bytes,
+        counter: int,
+        acked: set[int],
+        tries: int = DELIVERY_TRIES,
+        patience: float = 0.0,
+    ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
+        """One delivery (with resends): the nodes whose acknowledgement verifies, why the
+        others did not, and the last fan-out's outcomes. Nodes that hold their share
+        already acknowledge the same delivery again."""
+        encoded = manifest.to_bytes()
+        requests: list[Message] = [
+            RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
+            for share in shares
+        ]
+        acked = set(acked)
+        problems: dict[int, str] = {}
+        outcomes: list[NodeOutcome[ShareAck]] = []
+        deadline = time.monotonic() + patience
+        settle = time.monotonic() + min(patience, DELIVERY_SETTLE_SECONDS)
+        attempt = 0
+        while True:
+            if attempt:
+                time.sleep(
+                    min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                )
+            attempt += 1
+            try:
+                outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
+            except RelayUnreachable:
+                raise
+            except FleetUnavailable:
+                if time.monotonic() < deadline and len(acked) < self.t:
+                    continue  # no node answered at all (the relay's 503)
+                raise
+            for outcome in outcomes:
+                if outcome.index in acked:
+                    continue
+                problem = self._check_ack(outcome, AckKind.HELD, manifest, encoded)
+                if problem is None:
+                    acked.add(outcome.index)
+                    problems.pop(outcome.index, None)
+                else:
+                    problems[outcome.index] = problem
+            silent = [o for o in outcomes if o.index not in acked and _transient(o)]
+            if not silent:
+                break
+            # Past the first tries, wait only for nodes that got the request (slow, or
+            # their answer lost): one the relay could not reach stored nothing.
+            wait_until = deadline if len(acked) < self.t else settle
+            if attempt >= tries and (
+                time.monotonic() >= wait_until or all(o.unreachable for o in silent)
+            ):
+                break
+        return acked, problems, outcomes
+
+    # ---- finishing later -------------------------------------------------------------------
+
+    def _keep_pending(self, record: Pending) -> None:
+        """Keep what some nodes did not acknowledge (or forget the entry's older debts when
+        every node did). A damaged file is left as it is, and the user is told."""
+        try:
+            if record.nodes:
+                self.pending.put(record)
+            else:
+                self.pending.drop(record.fleet_id, record.account, record.entry)
+        except VaultError as err:
+            self._notify(f"warning: could not keep the undelivered part: {err.message}")
+
+    def _owed(self) -> Pending | None:
+        return self.pending.get(self.vault.fleet_id, self.account, self.entry)
+
+    def owes_shares(self) -> bool:
+        """Whether this device keeps shares to deliver (which needs a recovery)."""
+        owed = self._owed()
+        return owed is not None and owed.op is not Op.DELETE_SHARE
+
+    @staticmethod
+    def describe_pending(record: Pending | None) -> tuple[str, ...]:
+        if record is None:
+            return ()
+        what = "erasure of version" if record.op is Op.DELETE_SHARE else "share of version"
+        return tuple(f"node {n}: {what} {record.version} not yet confirmed" for n in record.nodes)
+
+    def finish(
+        self,
+        live: manifests.Manifest | None,
+        export_key: bytes | None = None,
+        *,
+        status: EntryStatus = EntryStatus.LIVE,
+        version: int = 0,
+        answered: Collection[int] | None = None,
+        tries: int = DELIVERY_TRIES,
+    ) -> tuple[str, ...]:
+        """Send again what this device still owes the entry, and return what is still
+        owed. `live`: the agreed manifest (None when the entry is not live: then `status`
+        and `version` say what it is). A share delivery needs the export_key (after a
+        recovery); it is only ever sent for the live version's own manifest, so a share of
+        a version the entry moved past is dropped, never sent. An erasure is sent while
+        the entry is still the deleted version. `answered`: the nodes that answered just
+        now; when none of those owed answered, nothing is sent (it would only wait for
+        them); `tries`: fan-outs while some owed node gives no answer."""
+        record = self._owed()
+        if record is None:
+            return ()
+        in_reach = answered is None or bool(set(record.nodes) & set(answered))
+        key = (record.fleet_id, record.account, record.entry)
+        current = live.version if live is not None else version
+        if record.op is Op.DELETE_SHARE:
+            if live is not None or status != EntryStatus.EMPTY or current != record.version:
+                self.pending.drop(*key, version=record.version)  # moved on
+                return ()
+            if not in_reach:
+                return self.describe_pending(record)
+            return self.describe_pending(self._finish_erasure(record))
+        if (
+            live is None
+            or current > record.version
+            or (current == record.version and live.to_bytes() != record.manifest)
+        ):
+            self.pending.drop(*key, version=record.version)  # moved on, or replaced
+            return ()
+        if current < record.version or export_key is None or not in_reach:
+            return self.describe_pending(record)  # not yet: wait for the next success
+        shares = record.unwrap(export_key)
+        acked, _, _ = self._send_shares(
+            Op.REGISTER_SHARE,
+            live,
+            shares,
+            b"",
+            0,
+            set(range(self.nodes)) - set(record.nodes),
+            tries,
+        )
+        return self.describe_pending(self.pending.acknowledged(record, acked))
+
+    def _finish_erasure(self, record: Pending) -> Pending | None:
+        manifest = manifests.Manifest.from_bytes(record.manifest)
+        request = DeleteShareRequest(
+            self.account, self.entry, record.version, record.counter, record.authorization
+        )
+        outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
+        erased = {
+            o.index
+            for o in outcomes
+            if self._check_ack(o, AckKind.ERASED, manifest, record.manifest) is None
+        }
+        return self.pending.acknowledged(record, erased)
+
+    def _finish_quietly(
+        self, live: manifests.Manifest | None, export_key: bytes | None = None, **kw: Any
+    ) -> tuple[str, ...]:
+        """`finish` as a side job of another operation: a failure is told, never raised
+        (the operation itself succeeded)."""
+        try:
+            return self.finish(live, export_key, **kw)
+        except (VaultError, AuthenticationFailed) as err:
+            self._notify(f"warning: pending deliveries not finished: {err.message}")
+            return ()
 
     def _check_ack(
         self,
@@ -368,21 +576,73 @@ class ThresholdVault:
 
     def live_manifest(self) -> tuple[manifests.Manifest, int]:
         """The agreed manifest and the entry's guess limit (from the nodes that agree)."""
-        found = self._manifests()
-        if found.agreed is None:
-            raise self._no_manifest(found)
-        encoded = found.agreed.to_bytes()
-        limit = max(
-            a.response.guess_limit
+        live = self._live()
+        return live.manifest, live.guess_limit
+
+    def _live(self) -> _Live:
+        """The agreed manifest and which nodes hold a share of it. Asked again (as
+        `_manifests` does) while fewer than t holders answered and some node gave no
+        answer: a manifest read is cheap, and the relay stops waiting for the slowest
+        nodes once a majority answered."""
+        holders: set[int] = set()
+        agreed_before = b""
+        for attempt in range(FETCH_TRIES):
+            if attempt:
+                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+            found = self._manifests()
+            if found.agreed is None:
+                raise self._no_manifest(found)
+            agreed = found.agreed
+            encoded = agreed.to_bytes()
+            if encoded != agreed_before:
+                holders, agreed_before = set(), encoded
+            holders |= {
+                a.index
+                for a in found.answers
+                if a.response is not None
+                and a.response.manifest == encoded
+                and a.response.holds_share
+            }
+            if len(holders) >= self.t or not any(
+                _transient(a) for a in found.answers if a.index not in holders
+            ):
+                break
+        agreeing = [
+            a.response
             for a in found.answers
             if a.response is not None and a.response.manifest == encoded
+        ]
+        without = tuple(
+            a.describe()
+            if a.response is None
+            else f"node {a.index}: holds no share of this key"
+            + ("" if a.response.manifest == encoded else " (it holds another manifest)")
+            for a in found.answers
+            if a.index not in holders
         )
-        return found.agreed, limit
+        answered = frozenset(a.index for a in found.answers if a.response is not None)
+        return _Live(
+            agreed,
+            max(r.guess_limit for r in agreeing),
+            tuple(sorted(holders)),
+            without,
+            answered,
+        )
 
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
         FleetUnavailable naming the nodes that did not answer)."""
-        manifest, guess_limit = self.live_manifest()
+        live = self._live()
+        manifest, guess_limit = live.manifest, live.guess_limit
+        if len(live.holders) < self.t:
+            # The fleet counts an attempt before any node evaluates: with fewer than t
+            # share holders in reach it could only fail, so it is not sent at all.
+            raise FleetUnavailable(
+                f"need {self.t} vault nodes that hold a share of this key, {len(live.holders)}"
+                f" answered ({'; '.join(live.without)})",
+                hint="no guess was used: nothing was sent for evaluation; try again when"
+                " the named nodes are back",
+            )
         if (
             manifest.ksf.memory_kib < ksf_floor.memory_kib
             or manifest.ksf.iterations < ksf_floor.iterations
@@ -468,8 +728,18 @@ class ThresholdVault:
         reset_missing = self._reset(export_key, manifest, blinded, good)
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
+        # One try, and only if an owed node answered just now: this is a side job of the
+        # recovery, which must not wait for nodes that are down.
+        pending = self._finish_quietly(manifest, export_key, answered=live.answered, tries=1)
         return ThresholdRecovery(
-            root_key, export_key, manifest, attempt, wrong, tuple(sorted(rejected)), reset_missing
+            root_key,
+            export_key,
+            manifest,
+            attempt,
+            wrong,
+            tuple(sorted(rejected)),
+            reset_missing,
+            pending,
         )
 
     @staticmethod
@@ -570,19 +840,33 @@ class ThresholdVault:
         outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
         pending: list[str] = []
         erased = 0
+        unconfirmed: list[int] = []
         for outcome in outcomes:
             problem = self._check_ack(outcome, AckKind.ERASED, manifest, encoded)
             if problem is None:
                 erased += 1
             else:
                 pending.append(problem)
-        if erased < self.t and self._deleted():
-            # The delete committed (the entry is empty) though fewer than t nodes
-            # confirmed erasing their own share: say which are pending.
-            return manifest.version, tuple(pending)
-        if erased < self.t:
+                unconfirmed.append(outcome.index)
+        # The delete committed when t nodes confirmed it, or when the entry is empty now
+        # though fewer confirmed erasing their own share.
+        if erased < self.t and not self._deleted():
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
                 f"{self.t} are needed ({'; '.join(pending)})"
             )
+        # The statement is public: kept, and sent again until every node confirms.
+        self._keep_pending(
+            Pending(
+                self.vault.fleet_id,
+                self.account,
+                self.entry,
+                manifest.version,
+                Op.DELETE_SHARE,
+                encoded,
+                signature,
+                counter,
+                tuple(unconfirmed),
+            )
+        )
         return manifest.version, tuple(pending)

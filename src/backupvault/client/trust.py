@@ -60,6 +60,7 @@ from backupvault.client.errors import (
     RelayUnreachable,
     VaultError,
 )
+from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
 from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient, VaultStatus
 from backupvault.crypto import ksf
@@ -448,6 +449,7 @@ class FleetSession:
         return self.threshold.vault.ksf_params
 
     def status(self) -> VaultStatus:
+        """The entry as the nodes hold it; erasures still owed are sent again on the way."""
         current = self.threshold.status()
         return VaultStatus(
             current.status,
@@ -455,7 +457,12 @@ class FleetSession:
             current.guesses_remaining,
             current.version,
             nodes_without=current.other,
+            pending=current.pending,
         )
+
+    def owes_shares(self) -> bool:
+        """Whether finishing this device's deliveries needs the password (a recovery)."""
+        return self.threshold.owes_shares()
 
     def register(self, password: str, root_key: bytes) -> Registered:
         """A new entry (the version after any deleted one's). AlreadyRegistered if the
@@ -520,13 +527,16 @@ class FleetSession:
 
 
 def threshold_vault(
-    vault: VaultClient, record: DeploymentRecord, notify: Callable[[str], None] | None = None
+    vault: VaultClient,
+    record: DeploymentRecord,
+    notify: Callable[[str], None] | None = None,
+    pending: PendingStore | None = None,
 ) -> ThresholdVault:
     """The threshold flows on the fleet of a verified deployment record."""
     keys = FleetKeys(
         tuple(node.signing_public_key for node in record.nodes), record.threshold, record.epoch
     )
-    return ThresholdVault(vault, keys, notify=notify)
+    return ThresholdVault(vault, keys, notify=notify, pending=pending)
 
 
 def ota_session(
@@ -541,6 +551,7 @@ def ota_session(
     fleet_token: str = "",
     notify: Callable[[str], None] | None = None,
     device_key: Ed25519PrivateKey | None = None,
+    pending: PendingStore | None = None,
 ) -> FleetSession:
     """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
     return a session on that fleet."""
@@ -565,7 +576,9 @@ def ota_session(
         )
 
     def session_for(record: DeploymentRecord) -> FleetSession:
-        return FleetSession(threshold_vault(vault_for(record), record, notify), record.epoch)
+        return FleetSession(
+            threshold_vault(vault_for(record), record, notify, pending), record.epoch
+        )
 
     def older() -> Iterator[tuple[int, FleetSession]]:
         for record in trust.older(client, relay_url, verified.record):
@@ -573,5 +586,7 @@ def ota_session(
 
     current = vault_for(verified.record)
     return FleetSession(
-        threshold_vault(current, verified.record, notify), verified.record.epoch, older()
+        threshold_vault(current, verified.record, notify, pending),
+        verified.record.epoch,
+        older(),
     )

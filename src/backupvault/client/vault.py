@@ -73,6 +73,8 @@ class NodeOutcome(Generic[T]):
     response: T | None = None
     error: ErrorResponse | None = None
     failure: str | None = None
+    #: The relay could not reach the node at all (it did not get the request).
+    unreachable: bool = False
 
     def describe(self) -> str:
         if self.error is not None:
@@ -88,6 +90,8 @@ class VaultStatus:
     version: int
     #: The nodes that do not hold the agreed manifest, and why.
     nodes_without: tuple[str, ...] = ()
+    #: Deliveries this device still owes the fleet (shares, erasures), by node.
+    pending: tuple[str, ...] = ()
 
 
 def _retry_after(answer: httpx.Response) -> float:
@@ -223,7 +227,9 @@ class VaultClient:
         if reply.status != 200:
             code, detail = reply.error()
             if not reply.answered:
-                return NodeOutcome(index, failure=detail or "no answer")
+                return NodeOutcome(
+                    index, failure=detail or "no answer", unreachable=code == "node_unreachable"
+                )
             return NodeOutcome(index, failure=f"HTTP {reply.status} {code}: {detail}".strip())
         try:
             response = decode_response(op, response_key.open(reply.body))

@@ -658,13 +658,22 @@ class ShareKeeper:
 
         def read(state: ThresholdState) -> Answer:
             row = self.row(key)
+            if row is not None and row.share and row.version > state.version:
+                # The value this node holds is older than the share it took (it has not
+                # caught up since): answer the M it checked that share against.
+                return Answer(
+                    ManifestResponse(
+                        EntryStatus.LIVE, row.version, row.manifest, limit, limit - row.count, True
+                    )
+                )
             mine = row if row is not None and row.version == state.version else None
             if state.status != EntryStatus.LIVE:
                 used = limit if state.status == EntryStatus.DESTROYED else 0
                 return Answer(
-                    ManifestResponse(state.status, state.version, b"", limit, limit - used)
+                    ManifestResponse(state.status, state.version, b"", limit, limit - used, False)
                 )
             # This node's answer is the M it checked its share against.
+            holds = mine is not None and bool(mine.share)
             manifest = mine.manifest if mine is not None and mine.share else state.manifest
             count = mine.count if mine is not None else 0
             if mine is not None and not self._count_trusted(key, state.version, state.attempt):
@@ -674,7 +683,7 @@ class ShareKeeper:
                 reset_at = self._verified_reset(key, request, mine, state)
                 count = min(limit, max(count, state.attempt - reset_at))
             return Answer(
-                ManifestResponse(state.status, state.version, manifest, limit, limit - count)
+                ManifestResponse(state.status, state.version, manifest, limit, limit - count, holds)
             )
 
         return ThresholdRead(key, read)

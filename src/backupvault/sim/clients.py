@@ -252,10 +252,22 @@ def register(ctx: FlowContext, password: bytes, root_key: bytes, version: int = 
 def recover(ctx: FlowContext, password: bytes) -> Flow:
     """The root key behind `password`: agreed manifest, every node's partial checked
     against K_i from it, combined, opened, and a signed reset to every node."""
-    _, found = yield from fetch_manifest(ctx)
+    answers, found = yield from fetch_manifest(ctx)
     if found.agreed is None:
         return found
     agreed = found.agreed
+    encoded = agreed.to_bytes()
+    holders = sum(
+        1
+        for a in answers.values()
+        if isinstance(a, ManifestResponse) and a.manifest == encoded and a.holds_share
+    )
+    if holders < ctx.threshold:
+        # As the SDK: an attempt that could only fail is not sent, so no guess is counted.
+        failure = threshold.NotEnoughPartials(
+            f"{holders} nodes hold a share; nothing was sent for evaluation", rejected=()
+        )
+        return Outcome(f"unavailable ({holders} share holders)", agreed=agreed, error=failure)
     blind, blinded = oprf.blind(password)
     request = EvaluateRequest(ctx.account, ctx.entry, agreed.version, blinded, ctx.now_ms())
     good: dict[int, EvaluateResponse] = {}

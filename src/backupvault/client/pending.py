@@ -1,0 +1,272 @@
+"""Deliveries the client still owes the fleet (docs/threshold.md, "Finishing later"): the
+shares of a degraded registration or password change, and an owner's delete that some
+nodes did not acknowledge. Kept in a small file next to the client's config
+(docs/format.md, "Pending deliveries") and sent again at the device's next contact with
+the fleet, until every node has acknowledged or the entry's version moved on.
+
+Shares are never kept in the clear: each is AES-256-GCM under a key derived from the
+entry's export_key, which only a successful recovery (the password plus t nodes) yields;
+so a copy of this file, even together with c < t hostile nodes' shares, tests no
+password offline. The delete statement is public (the owner's signature) and is kept as
+it is.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import struct
+import threading
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
+
+from backupvault.client.errors import VaultError
+from backupvault.crypto import threshold
+from backupvault.errors import AuthenticationFailed
+from backupvault.files import replace_secret_file
+from backupvault.protocol import Op, check_name
+
+FORMAT = "backupvault pending deliveries v1"
+_WRAP_INFO = b"backupvault/v1 pending share"
+_NONCE_LEN = 12
+#: The operations a pending record re-sends.
+OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
+
+
+class PendingFileDamaged(VaultError):
+    """The pending-deliveries file does not parse. It is left as it is: the vault entry
+    itself does not depend on it."""
+
+    def __init__(self, path: Path, why: str) -> None:
+        super().__init__(
+            f"the pending-deliveries file {path} is damaged ({why}); it was left as it is",
+            hint=f"your key in the vault is not affected. Move the file away (mv {path}"
+            f" {path}.bad) to go on; the deliveries it held are then not finished, and"
+            " `backupvault vault status` names the nodes without a share (a password change"
+            " deals fresh shares to every node)",
+        )
+
+
+def _wrap_key(export_key: bytes) -> bytes:
+    return HKDFExpand(hashes.SHA512(), 32, _WRAP_INFO).derive(export_key)
+
+
+def _aad(fleet_id: bytes, account: str, entry: str, version: int, index: int, m: bytes) -> bytes:
+    names = b"".join(bytes([len(n)]) + n for n in (account.encode(), entry.encode()))
+    return (
+        _WRAP_INFO
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + names
+        + struct.pack(">QB", version, index)
+        + hashlib.sha256(m).digest()
+    )
+
+
+@dataclass(frozen=True)
+class Pending:
+    """What one entry (fleet, account, entry) is still owed, for one manifest version.
+
+    `op` register-share: `shares[i]` is node i's share (index ‖ k_i) wrapped under the
+    export_key, sent again as a register-share of M (of a new entry or of a password
+    change alike); `authorization` empty, `counter` 0. `op` delete-share:
+    `authorization` and `counter` are the owner's DELETE statement; no shares. `nodes`:
+    the nodes that have not acknowledged yet."""
+
+    fleet_id: bytes
+    account: str
+    entry: str
+    version: int
+    op: Op
+    manifest: bytes = field(repr=False)
+    authorization: bytes
+    counter: int
+    nodes: tuple[int, ...]
+    shares: tuple[bytes, ...] = field(default=(), repr=False)
+
+    @property
+    def key(self) -> tuple[bytes, str, str]:
+        return self.fleet_id, self.account, self.entry
+
+    def without(self, acknowledged: set[int]) -> Pending | None:
+        left = tuple(n for n in self.nodes if n not in acknowledged)
+        return replace(self, nodes=left) if left else None
+
+    @classmethod
+    def of_shares(
+        cls,
+        *,
+        fleet_id: bytes,
+        account: str,
+        entry: str,
+        manifest: bytes,
+        version: int,
+        shares: tuple[threshold.KeyShare, ...],
+        export_key: bytes,
+        nodes: tuple[int, ...],
+    ) -> Pending:
+        """Every node's share, wrapped (all of them: a late delivery is the original one
+        again, which the nodes that hold theirs acknowledge a second time)."""
+        key = AESGCM(_wrap_key(export_key))
+        wrapped = []
+        for share in shares:
+            nonce = os.urandom(_NONCE_LEN)
+            aad = _aad(fleet_id, account, entry, version, share.index, manifest)
+            wrapped.append(nonce + key.encrypt(nonce, share.to_bytes(), aad))
+        return cls(
+            fleet_id,
+            account,
+            entry,
+            version,
+            Op.REGISTER_SHARE,
+            manifest,
+            b"",
+            0,
+            nodes,
+            tuple(wrapped),
+        )
+
+    def unwrap(self, export_key: bytes) -> list[bytes]:
+        """The shares (index ‖ k_i), in the clear only in memory for the delivery."""
+        key = AESGCM(_wrap_key(export_key))
+        out = []
+        for slot, wrapped in enumerate(self.shares):
+            aad = _aad(
+                self.fleet_id, self.account, self.entry, self.version, slot + 1, self.manifest
+            )
+            try:
+                out.append(key.decrypt(wrapped[:_NONCE_LEN], wrapped[_NONCE_LEN:], aad))
+            except InvalidTag:
+                raise AuthenticationFailed(
+                    "a pending share does not open under this entry's key"
+                ) from None
+        return out
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "fleet_id": self.fleet_id.hex(),
+            "account": self.account,
+            "entry": self.entry,
+            "version": self.version,
+            "op": str(self.op),
+            "manifest": self.manifest.hex(),
+            "authorization": self.authorization.hex(),
+            "counter": self.counter,
+            "nodes": list(self.nodes),
+            "shares": [s.hex() for s in self.shares],
+        }
+
+    @classmethod
+    def from_json(cls, data: Any) -> Pending:
+        if not isinstance(data, dict):
+            raise ValueError("a record is not an object")
+        op = Op(str(data["op"]))
+        if op not in OPS:
+            raise ValueError(f"unknown operation {op}")
+        version, counter = data["version"], data["counter"]
+        nodes = data["nodes"]
+        if not (isinstance(version, int) and isinstance(counter, int) and isinstance(nodes, list)):
+            raise ValueError("version, counter and nodes have the wrong type")
+        if not all(isinstance(n, int) and 0 <= n < threshold.MAX_NODES for n in nodes):
+            raise ValueError("a node index is out of range")
+        shares = tuple(bytes.fromhex(str(s)) for s in data["shares"])
+        if (op is Op.DELETE_SHARE) == bool(shares):
+            raise ValueError("shares belong to a share delivery, and only to one")
+        return cls(
+            bytes.fromhex(str(data["fleet_id"])),
+            check_name("account", str(data["account"])),
+            check_name("entry", str(data["entry"])),
+            version,
+            op,
+            bytes.fromhex(str(data["manifest"])),
+            bytes.fromhex(str(data["authorization"])),
+            counter,
+            tuple(nodes),
+            shares,
+        )
+
+
+class PendingStore:
+    """The device's pending deliveries: in the file at `path` (written whole: a fresh
+    file, fsync, rename, then the folder synced), or only in memory with None."""
+
+    def __init__(self, path: Path | None) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        self._memory: dict[tuple[bytes, str, str], Pending] = {}
+
+    def _load(self) -> dict[tuple[bytes, str, str], Pending]:
+        if self.path is None:
+            return dict(self._memory)
+        try:
+            text = self.path.read_text()
+        except FileNotFoundError:
+            return {}
+        except (OSError, UnicodeDecodeError) as err:
+            raise PendingFileDamaged(self.path, str(err)) from None
+        try:
+            data = json.loads(text)
+            if not isinstance(data, dict) or data.get("format") != FORMAT:
+                raise ValueError(f"not a {FORMAT!r} file")
+            records = [Pending.from_json(r) for r in data["records"]]
+        except (ValueError, KeyError, TypeError) as err:
+            raise PendingFileDamaged(self.path, str(err) or type(err).__name__) from None
+        return {r.key: r for r in records}
+
+    def _save(self, records: dict[tuple[bytes, str, str], Pending]) -> None:
+        if self.path is None:
+            self._memory = dict(records)
+            return
+        if not records:
+            self.path.unlink(missing_ok=True)
+        else:
+            body = {"format": FORMAT, "records": [r.to_json() for r in records.values()]}
+            replace_secret_file(self.path, json.dumps(body, indent=1).encode())
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+
+    def get(self, fleet_id: bytes, account: str, entry: str) -> Pending | None:
+        with self._lock:
+            return self._load().get((fleet_id, account, entry))
+
+    def put(self, record: Pending) -> None:
+        """Keep `record` in place of whatever the entry was owed (an older version's
+        deliveries are void once the version moved on)."""
+        with self._lock:
+            records = self._load()
+            records[record.key] = record
+            self._save(records)
+
+    def drop(self, fleet_id: bytes, account: str, entry: str, version: int | None = None) -> None:
+        """Forget the entry's deliveries (only those for `version`, if given)."""
+        with self._lock:
+            records = self._load()
+            found = records.get((fleet_id, account, entry))
+            if found is None or (version is not None and found.version != version):
+                return
+            del records[found.key]
+            self._save(records)
+
+    def acknowledged(self, record: Pending, nodes: set[int]) -> Pending | None:
+        """These nodes acknowledged `record`'s delivery: what is left of it, kept."""
+        left = record.without(nodes)
+        with self._lock:
+            records = self._load()
+            if records.get(record.key) != record:
+                return records.get(record.key)  # replaced meanwhile: leave it
+            if left is None:
+                del records[record.key]
+            else:
+                records[record.key] = left
+            self._save(records)
+        return left
