@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -222,4 +223,44 @@ def test_blob_buffers_are_used_again_only_after_their_pack_is_written(
     assert maintenance.check(repo, read_data=True).errors == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
     for i in range(FILES):
+        assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
+
+
+def test_a_pack_that_fails_to_upload_fails_the_backup(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs are written two at a time: one that fails while an earlier one is still being
+    written fails the backup (no snapshot may name a pack that is not there), and the next
+    backup stores everything."""
+    real_put = Backend.put
+    packs = [0]
+    lock = threading.Lock()
+
+    def put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        if name.startswith("data/"):
+            with lock:
+                packs[0] += 1
+                number = packs[0]
+            if number == 1:
+                time.sleep(0.3)  # still being written when the second one fails
+            elif number == 2:
+                raise StorageError("cannot store the pack: the disk is gone")
+        real_put(self, name, data, **kw)
+
+    monkeypatch.setattr(Backend, "put", put)
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(12):
+        (source / f"f{i}").write_bytes(os.urandom(60_000))
+    repo_path = tmp_path / "repo"
+    with pytest.raises(StorageError, match="disk is gone"):
+        create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
+    assert packs[0] >= 2
+    assert not (repo_path / "snapshots").exists() or not os.listdir(repo_path / "snapshots")
+    monkeypatch.setattr(Backend, "put", real_put)
+    info = create_snapshot(source, str(repo_path), root_key)
+    repo = Repository.open(Storage(str(repo_path)), root_key)
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(repo_path), root_key, tmp_path / "out", info.snapshot_id)
+    for i in range(12):
         assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
