@@ -23,8 +23,18 @@ from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
 SMALL = {"chunk_min": 4096, "chunk_avg": 16384, "chunk_max": 65536, "pack_size": 100_000}
-# Sizes around the alignment: the object must come back exactly, not padded.
-PARTS = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)] + [b"x"] * 3000
+_BLOBS = bytearray(os.urandom(3 << 20))
+# Sizes around the alignment: the object must come back exactly, not padded. Sealed blobs
+# are slices of writable buffers, pack headers bytes.
+PARTS: list[bytes | bytearray | memoryview] = [
+    *(os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)),
+    *[b"x"] * 3000,
+    memoryview(_BLOBS)[7 : 7 + 200_001],
+    bytearray(os.urandom(65_536)),
+    memoryview(_BLOBS)[1 << 20 :],
+    bytearray(os.urandom(65_535)),
+    memoryview(bytes(_BLOBS[:100_000])),
+]
 
 
 class Recorder:
