@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import errno
 import os
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -22,8 +23,18 @@ from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
 SMALL = {"chunk_min": 4096, "chunk_avg": 16384, "chunk_max": 65536, "pack_size": 100_000}
-# Sizes around the alignment: the object must come back exactly, not padded.
-PARTS = [os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)] + [b"x"] * 3000
+_BLOBS = bytearray(os.urandom(3 << 20))
+# Sizes around the alignment: the object must come back exactly, not padded. Sealed blobs
+# are slices of writable buffers, pack headers bytes.
+PARTS: list[bytes | bytearray | memoryview] = [
+    *(os.urandom(n) for n in (5, 0, 300_000, 70_000, 1, 1 << 20, 4095)),
+    *[b"x"] * 3000,
+    memoryview(_BLOBS)[7 : 7 + 200_001],
+    bytearray(os.urandom(65_536)),
+    memoryview(_BLOBS)[1 << 20 :],
+    bytearray(os.urandom(65_535)),
+    memoryview(bytes(_BLOBS[:100_000])),
+]
 
 
 class Recorder:
@@ -222,4 +233,44 @@ def test_blob_buffers_are_used_again_only_after_their_pack_is_written(
     assert maintenance.check(repo, read_data=True).errors == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
     for i in range(FILES):
+        assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
+
+
+def test_a_pack_that_fails_to_upload_fails_the_backup(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Packs are written two at a time: one that fails while an earlier one is still being
+    written fails the backup (no snapshot may name a pack that is not there), and the next
+    backup stores everything."""
+    real_put = Backend.put
+    packs = [0]
+    lock = threading.Lock()
+
+    def put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        if name.startswith("data/"):
+            with lock:
+                packs[0] += 1
+                number = packs[0]
+            if number == 1:
+                time.sleep(0.3)  # still being written when the second one fails
+            elif number == 2:
+                raise StorageError("cannot store the pack: the disk is gone")
+        real_put(self, name, data, **kw)
+
+    monkeypatch.setattr(Backend, "put", put)
+    source = tmp_path / "src"
+    source.mkdir()
+    for i in range(12):
+        (source / f"f{i}").write_bytes(os.urandom(60_000))
+    repo_path = tmp_path / "repo"
+    with pytest.raises(StorageError, match="disk is gone"):
+        create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
+    assert packs[0] >= 2
+    assert not (repo_path / "snapshots").exists() or not os.listdir(repo_path / "snapshots")
+    monkeypatch.setattr(Backend, "put", real_put)
+    info = create_snapshot(source, str(repo_path), root_key)
+    repo = Repository.open(Storage(str(repo_path)), root_key)
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(repo_path), root_key, tmp_path / "out", info.snapshot_id)
+    for i in range(12):
         assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()

@@ -41,7 +41,7 @@ _WRITE_BYTES: Final = 128 * 1024
 # and flush the disk's cache.
 _DIRECT_MIN: Final = 1 << 20
 _DIRECT_ALIGN: Final = 4096  # address, offset and length (logical blocks up to 4 KiB)
-_DIRECT_SPARE: Final = 3  # aligned buffers kept for reuse (a fresh page costs a fault)
+_DIRECT_SPARE: Final = 4  # aligned buffers kept for reuse (a fresh page costs a fault)
 Buffer = bytes | bytearray | memoryview
 
 

@@ -17,7 +17,7 @@ import struct
 import threading
 import time
 from collections.abc import Iterable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Final
 
@@ -48,6 +48,11 @@ LOCK_EXPIRY_S: Final = 30 * 60
 LOCK_REFRESH_S: Final = 5 * 60
 _LOCK = struct.Struct(">BQQI")
 _SUMMARY_READ: Final = 8192
+# Two packs are written at once: while one is on its way to the disk, the next is copied
+# into its aligned buffer (docs/performance.md: one upload thread kept the disk idle during
+# those copies, and was the slowest stage of a first backup).
+_UPLOAD_THREADS: Final = 2
+_UPLOADS_AHEAD: Final = 4  # packs handed to the upload threads and not yet written
 
 
 class RepositoryLocked(BackupVaultError):
@@ -318,7 +323,7 @@ class Repository:
 
 class PackWriter:
     """Collects sealed chunk blobs into packs of about the configured size; each pack's
-    blobs go out in random order, its header last. Uploads run on a background thread."""
+    blobs go out in random order, its header last. Uploads run on background threads."""
 
     def __init__(self, repo: Repository, index: Index) -> None:
         self.repo = repo
@@ -327,7 +332,7 @@ class PackWriter:
         self._pending_size = 0
         self.written: dict[bytes, list[PackEntry]] = {}
         self.stored = 0
-        self._uploader = ThreadPoolExecutor(1, thread_name_prefix="pack-upload")
+        self._uploader = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="pack-upload")
         self._uploads: list[Future[None]] = []
         self._rng = secrets.SystemRandom()
 
@@ -361,10 +366,7 @@ class PackWriter:
         self.pending = {}
         self._pending_size = 0
         self.stored += offset + len(parts[-1])
-        # At most one upload waiting behind the running one: bounded memory.
-        while len([u for u in self._uploads if not u.done()]) >= 2:
-            self._uploads[0].result()
-            self._uploads = [u for u in self._uploads if not u.done()]
+        self._wait_uploads(_UPLOADS_AHEAD - 1)  # bounded memory
         self._uploads.append(
             # Each pack is synced on the upload thread, so the disk writes while the next
             # packs are made, rather than in one sync at the end; their folder once, in
@@ -381,13 +383,27 @@ class PackWriter:
 
         self._uploads[-1].add_done_callback(written)
 
+    def _wait_uploads(self, most: int) -> None:
+        """Wait until at most `most` uploads are unfinished, raising the error of any that
+        failed (each finished one is checked before it is let go)."""
+        while True:
+            unfinished: list[Future[None]] = []
+            for upload in self._uploads:
+                if upload.done():
+                    upload.result()
+                else:
+                    unfinished.append(upload)
+            self._uploads = unfinished
+            if len(unfinished) <= most:
+                return
+            wait(unfinished, return_when=FIRST_COMPLETED)
+
     def finish(self) -> None:
         """Flush and wait for every upload, raising the first error; then every pack
         written is durable, name included."""
         try:
             self.flush()
-            for upload in self._uploads:
-                upload.result()
+            self._wait_uploads(0)
         finally:
             self._uploader.shutdown(wait=True, cancel_futures=True)
         if self.written:
