@@ -18,7 +18,7 @@ from backupvault.sim.world import DEFAULT_CONFIG
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS
 
-SEEDS = int(os.environ.get("BACKUPVAULT_SIM_SEEDS", "100"))
+SEEDS = int(os.environ.get("BACKUPVAULT_SIM_SEEDS", "50"))
 CHUNK = 25
 
 
