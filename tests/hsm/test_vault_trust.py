@@ -59,6 +59,9 @@ def test_bad_fleet_token_is_refused_before_anything_counts(
     )
     attacker = fleet.client()
     attacker.vault._fleet_token = "not a token" if problem == "garbage" else token
+    # The client resends a refused delivery for its full patience (20 s) before it gives
+    # up; what is checked here is the refusal, not that wait.
+    attacker.delivery_patience = 0.5
     with pytest.raises(FleetUnavailable, match="fleet token refused"):
         attacker.recover("guess", ksf_floor=FAST_KSF)
     with pytest.raises(FleetUnavailable, match="fleet token refused"):
