@@ -22,6 +22,13 @@ SEEDS = int(os.environ.get("BACKUPVAULT_SIM_SEEDS", "50"))
 CHUNK = 25
 
 
+def _caught_first(caught_by: int, within: int) -> list[int]:
+    """Seeds 0..within-1, the one that caught the fault last time first: a test that
+    searches for a catching seed is quick while that seed still catches, and any other
+    seed in the range counts just the same."""
+    return [caught_by, *(seed for seed in range(within) if seed != caught_by)]
+
+
 def _check(seeds: range, config: SimConfig = DEFAULT_CONFIG) -> None:
     for seed in seeds:
         result = run_seed(seed, config, keep_trace=False)
@@ -93,10 +100,13 @@ def test_the_leader_path_is_exercised_and_l_outputs_are_reached() -> None:
     assert reached >= 3
 
 
-@pytest.mark.parametrize("first", range(0, max(10, SEEDS // 4), 10))
+LEADERLESS_SEEDS = max(10, SEEDS // 4)
+
+
+@pytest.mark.parametrize("first", range(0, LEADERLESS_SEEDS, 10))
 def test_leaderless_seeds_keep_every_invariant(first: int) -> None:
     """The fallback alone (every change a CASPaxos round), on a quarter of the seeds."""
-    _check(range(first, first + 10), SimConfig(leader=False))
+    _check(range(first, min(first + 10, LEADERLESS_SEEDS)), SimConfig(leader=False))
 
 
 @pytest.mark.parametrize("hostile", [1, 2])
@@ -124,25 +134,30 @@ def test_majority_rolled_back_is_caught() -> None:
     """Outside the fault model (a majority's disks rolled back), the checks notice the loss
     of committed state: they are sharp enough to see what the fault model excludes."""
     config = SimConfig(nodes=3, max_faulty=3)
-    assert any(run_seed(seed, config, keep_trace=False).failed for seed in range(300))
+    seeds = _caught_first(217, 300)  # the only one of the 300 that catches it today
+    assert any(run_seed(seed, config, keep_trace=False).failed for seed in seeds)
 
 
 @pytest.mark.parametrize(
-    ("bug", "within"),
+    ("bug", "within", "caught_by"),
     [
-        ("evaluate-before-commit", 20),
-        ("replayed-evaluate-charged", 20),
-        ("skip-catch-up", 200),
-        ("accept-lower-ballot", 20),
-        ("leader-skips-base-check", 40),
+        ("evaluate-before-commit", 20, 0),
+        ("replayed-evaluate-charged", 20, 1),
+        ("skip-catch-up", 200, 17),
+        ("accept-lower-ballot", 20, 0),
+        ("leader-skips-base-check", 40, 20),
     ],
 )
 def test_planted_bug_is_caught(
-    bug: str, within: int, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    bug: str,
+    within: int,
+    caught_by: int,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     plant: Callable[[pytest.MonkeyPatch], None] = BUGS[bug]
     plant(monkeypatch)
-    for seed in range(within):
+    for seed in _caught_first(caught_by, within):
         result = run_seed(seed, keep_trace=False)
         if result.violation is not None:
             shrunk = shrink(run_seed(seed), max_seconds=20)
