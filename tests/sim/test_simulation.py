@@ -4,6 +4,7 @@ protocol bugs."""
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 from collections.abc import Callable
@@ -13,7 +14,7 @@ import pytest
 
 from backupvault.sim import SimConfig, run_seed
 from backupvault.sim.shrink import report, shrink
-from backupvault.sim.world import DEFAULT_CONFIG
+from backupvault.sim.world import DEFAULT_CONFIG, RunResult
 
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS
@@ -27,6 +28,12 @@ def _caught_first(caught_by: int, within: int) -> list[int]:
     searches for a catching seed is quick while that seed still catches, and any other
     seed in the range counts just the same."""
     return [caught_by, *(seed for seed in range(within) if seed != caught_by)]
+
+
+@functools.cache
+def _traced(seed: int) -> RunResult:
+    """One traced run of `seed` on the default world, shared by the tests that only read it."""
+    return run_seed(seed)
 
 
 def _check(seeds: range, config: SimConfig = DEFAULT_CONFIG) -> None:
@@ -49,10 +56,10 @@ def test_seeds_keep_every_invariant(first: int, request: pytest.FixtureRequest) 
 
 
 def test_a_seed_reproduces_exactly() -> None:
-    one, two = run_seed(5), run_seed(5)
+    one, two = _traced(5), run_seed(5)
     assert one.trace == two.trace
     assert one.stats == two.stats
-    assert one.trace != run_seed(6).trace
+    assert one.trace != _traced(6).trace
 
 
 def test_the_faults_happen() -> None:
@@ -75,7 +82,7 @@ def test_the_faults_happen() -> None:
         "node0 crash",
     }
     for seed in range(10):  # all by seed 5: stop there
-        text = "\n".join(run_seed(seed).trace)
+        text = "\n".join(_traced(seed).trace)
         missing = {what for what in missing if what not in text}
         if not missing:
             break
@@ -91,7 +98,7 @@ def test_the_leader_path_is_exercised_and_l_outputs_are_reached() -> None:
     totals = {"forwarded": 0, "one_round": 0}
     passed_over = reached = 0
     for seed in range(10):
-        result = run_seed(seed)
+        result = _traced(seed)
         assert result.violation is None, report(result)
         for name in totals:
             totals[name] += result.stats[name]
