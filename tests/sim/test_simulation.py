@@ -56,7 +56,7 @@ def test_seeds_keep_every_invariant(first: int, request: pytest.FixtureRequest) 
 
 
 def test_a_seed_reproduces_exactly() -> None:
-    one, two = _traced(5), run_seed(5)
+    one, two = _traced(7), run_seed(7)  # a fleet of 5, and ~1 s (seed 5 takes ~5)
     assert one.trace == two.trace
     assert one.stats == two.stats
     assert one.trace != _traced(6).trace
