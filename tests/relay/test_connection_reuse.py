@@ -41,11 +41,11 @@ def test_forwarded_requests_reuse_the_relays_connections_to_a_node(
                 )
             return answer.status_code
 
-        assert [forward(i) for i in range(20)] == [200] * 20
+        assert [forward(i) for i in range(10)] == [200] * 10
         assert len(set(sources)) == 1  # one after another: one connection
-        with ThreadPoolExecutor(8) as pool:
-            assert list(pool.map(forward, range(80))) == [200] * 80
-        assert len(sources) == 100
+        with ThreadPoolExecutor(8) as pool:  # 5 each: 40 connections if none were reused
+            assert list(pool.map(forward, range(40))) == [200] * 40
+        assert len(sources) == 50
         assert len(set(sources)) <= 9  # at most one per request in flight at once
     finally:
         node.stop()
