@@ -11,8 +11,8 @@ Objects (docs/format.md, "Repository layout"):
 from __future__ import annotations
 
 import os
+import platform
 import secrets
-import socket
 import struct
 import threading
 import time
@@ -76,7 +76,7 @@ class LockInfo:
         """Expired, or held by a process of this host that no longer runs."""
         if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
             return True
-        if self.host != socket.gethostname():
+        if self.host != host_name():
             return False
         try:
             os.kill(self.pid, 0)
@@ -100,7 +100,7 @@ class Lock:
 
     def _write(self) -> None:
         now = time.time_ns() // 1000
-        host = socket.gethostname().encode()[:255]
+        host = host_name().encode()[:255]
         plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + host
         name = f"locks/{self.lock_id}"
         self.repo.backend.put(
@@ -451,7 +451,9 @@ class PackWriter:
 
 
 def host_name() -> str:
-    return socket.gethostname()
+    """This machine's name (as `hostname` prints it; platform, unlike socket, is already
+    loaded at start-up)."""
+    return platform.node()
 
 
 def cpu_workers() -> int:
