@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
+import mmap
 import os
 import queue
 import stat
@@ -142,7 +143,10 @@ class _Window:
     every pending blob in it (sealed into its pack on an upload thread) are done with it."""
 
     def __init__(self, size: int, free: list[_Window], lock: threading.Lock) -> None:
-        self.data = bytearray(size)
+        # An anonymous mapping, not a bytearray: its pages are zeroed and faulted in by
+        # the kernel's copy into it (readinto releases the GIL), not by bytearray's memset
+        # with the GIL held (docs/performance.md).
+        self.data = mmap.mmap(-1, size)
         self.users = 1  # the reader
         self._free = free
         self._lock = lock
@@ -490,7 +494,7 @@ def _submit_large(
                 raise SourceError(f"cannot read {path}: {exc.strerror}") from None
             buffer = memoryview(window.data)
             start = pool.headroom - len(tail)
-            buffer[start : pool.headroom] = tail
+            _copy(buffer[start : pool.headroom], tail)
             tail.release()
             pool.done_with(previous)
             final = filled < pool.read_size
@@ -570,6 +574,15 @@ class _Reader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _copy(into: memoryview, data: memoryview) -> None:
+    """into[:] = data without holding the GIL (ctypes releases it; a window's tail is up
+    to chunk_max bytes, and the other threads wait meanwhile otherwise)."""
+    if len(data):
+        assert len(into) >= len(data)
+        target = ctypes.addressof(ctypes.c_char.from_buffer(into))
+        ctypes.memmove(target, ctypes.addressof(ctypes.c_char.from_buffer(data)), len(data))
 
 
 def _read_into(handle: io.FileIO, buffer: memoryview) -> int:

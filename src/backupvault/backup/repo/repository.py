@@ -48,11 +48,11 @@ LOCK_EXPIRY_S: Final = 30 * 60
 LOCK_REFRESH_S: Final = 5 * 60
 _LOCK = struct.Struct(">BQQI")
 _SUMMARY_READ: Final = 8192
-# Three packs are written at once: while one is on its way to the disk, the next ones are
-# sealed into their aligned buffers (docs/performance.md: one upload thread kept the disk
-# idle while it made a pack, and was the slowest stage of a first backup).
-_UPLOAD_THREADS: Final = 3
-_UPLOADS_AHEAD: Final = 4  # packs handed to the upload threads and not yet written
+# Four packs are written at once: while some are on their way to the disk, the others are
+# sealed into their aligned buffers (docs/performance.md: fewer upload threads left the
+# disk idle while they sealed, and were the slowest stage of a first backup).
+_UPLOAD_THREADS: Final = 4
+_UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
 
 
 class RepositoryLocked(BackupVaultError):
