@@ -146,14 +146,6 @@ class Sealer:
         aad = chunk_id + bytes([prepared.compression])
         self._aead.encrypt_into(nonce, prepared.payload, aad, blob[1 + NONCE_LEN :])
 
-    def seal(self, chunk_id: bytes, data: bytes | memoryview) -> bytearray:
-        """The chunk's blob, in a buffer of its own."""
-        prepared = self.prepare(data)
-        blob = bytearray(prepared.size)
-        with memoryview(blob) as view:
-            self.seal_into(chunk_id, prepared, view)
-        return blob
-
     def open(
         self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int
     ) -> bytes | bytearray:

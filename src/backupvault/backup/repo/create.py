@@ -164,8 +164,9 @@ class _Window:
 
 
 class _Workers:
-    """Naming and sealing on a thread pool (HMAC, zstd and AES-GCM release the GIL), as
-    are small files' reads and cuts; results are consumed in submission order."""
+    """Naming and compressing on a thread pool (BLAKE3 or HMAC, and zstd, release the
+    GIL), as are small files' reads and cuts; results are consumed in submission order.
+    Encryption comes later, into the pack (`PackWriter`)."""
 
     def __init__(self, repo: Repository, known: PackWriter, workers: int) -> None:
         self._sealer: Sealer = repo.sealer
