@@ -1,6 +1,7 @@
 """How repository objects reach a local disk: large ones (packs) with O_DIRECT from an
-aligned copy, small ones (and all of them where O_DIRECT is refused) in buffered writes
-of at most 128 KiB; every object fsynced, and its folder after the rename, either way."""
+aligned buffer (blobs sealed straight into it), small ones (and all of them where O_DIRECT
+is refused) in buffered writes of at most 128 KiB; every object fsynced, and its folder
+after the rename, either way."""
 
 from __future__ import annotations
 
