@@ -6,9 +6,11 @@ after the rename, either way."""
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -190,13 +192,13 @@ def test_read_windows_are_used_again_only_after_their_blobs_are_sealed_into_pack
     """Blobs are sealed into their pack's buffer on the upload threads, from the read
     window the chunk was cut from: many windows from few buffers, and every blob intact
     (a window read into again while a pending pack still needed it would show as a
-    damaged chunk)."""
-    made = 0
+    damaged chunk); and all of them freed when the backup returns, without waiting for
+    the garbage collector (they are 20 MiB each)."""
+    made: list[weakref.ref[Any]] = []
 
     class Counted(create_module._Window):
         def __init__(self, *args: Any) -> None:
-            nonlocal made
-            made += 1
+            made.append(weakref.ref(self))
             super().__init__(*args)
 
     monkeypatch.setattr(create_module, "_Window", Counted)
@@ -212,8 +214,13 @@ def test_read_windows_are_used_again_only_after_their_blobs_are_sealed_into_pack
     source.mkdir()
     (source / "big").write_bytes(os.urandom(12 << 20))  # 48 windows
     params = {**SMALL, "pack_size": 256 * 1024}
-    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
-    assert 3 <= made < 24
+    gc.disable()
+    try:
+        info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
+        assert not [ref for ref in made if ref() is not None]
+    finally:
+        gc.enable()
+    assert 3 <= len(made) < 24
     repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
     assert maintenance.check(repo, read_data=True).errors == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)

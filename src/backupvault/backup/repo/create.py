@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import io
-import mmap
 import os
 import queue
 import stat
@@ -143,10 +142,7 @@ class _Window:
     every pending blob in it (sealed into its pack on an upload thread) are done with it."""
 
     def __init__(self, size: int, free: list[_Window], lock: threading.Lock) -> None:
-        # An anonymous mapping, not a bytearray: its pages are zeroed and faulted in by
-        # the kernel's copy into it (readinto releases the GIL), not by bytearray's memset
-        # with the GIL held (docs/performance.md).
-        self.data = mmap.mmap(-1, size)
+        self.data = bytearray(size)
         self.users = 1  # the reader
         self._free = free
         self._lock = lock
@@ -260,6 +256,8 @@ class _Workers:
         for future, _window in self.inflight:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._free_lock:
+            self._free.clear()  # each window refers to this list: freed now, not by the GC
 
 
 def create_snapshot(
