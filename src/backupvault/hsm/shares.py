@@ -647,6 +647,11 @@ class ShareKeeper:
                 return Answer(error(ErrorCode.STALE_MANIFEST, "another registration won"))
             row = self.row(key)
             writes: tuple[ShareWrite, ...] = ()
+            same = row is not None and row.version == manifest.version
+            if same and row is not None and row.manifest and not row.share:
+                # Erased on this node's own count at L: taking the same share back (a late
+                # delivery, held back by a relay) would start a fresh count.
+                return Answer(_destroyed_error())
             if row is None or row.version < manifest.version or not row.share:
                 # The old version's share, if any, is overwritten here: erased.
                 new_row = NodeShare(

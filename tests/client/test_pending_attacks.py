@@ -1,0 +1,132 @@
+"""Attacks on the device's pending deliveries (client/pending.py; docs/threshold.md,
+"Finishing later"): a pending file that is damaged, tampered with, swapped between
+entries, reordered or rolled back never crashes a flow, never sends a share to another
+node, entry or version, and never holds a share in the clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupvault.client.pending import PendingFileDamaged, PendingStore
+from backupvault.client.threshold import ThresholdVault
+
+from .fake_fleet import FAST_KSF, FakeFleet
+
+RK = bytes(range(32))
+
+
+def _degraded(fleet: FakeFleet, path: Path, notes: list[str] | None = None) -> ThresholdVault:
+    """A registration with node 3 down: its share is owed, kept in the file at `path`."""
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault([] if notes is None else notes, PendingStore(path))
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    fleet.nodes[3].mode = "ok"
+    return vault
+
+
+def _edit(path: Path, change: Any) -> None:
+    body = json.loads(path.read_text())
+    change(body["records"])
+    path.write_text(json.dumps(body))
+
+
+def _flip(wrapped: str) -> str:
+    return wrapped[:-2] + f"{int(wrapped[-2:], 16) ^ 1:02x}"
+
+
+def _sent(fleet: FakeFleet) -> int:
+    return sum(node.seen.count("register-share") for node in fleet.nodes)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda records: records[0]["shares"].pop(),  # fewer shares than nodes
+        lambda records: records[0]["shares"].append(records[0]["shares"][0]),  # more
+        lambda records: records[0].update(manifest="00"),  # a manifest that does not decode
+        lambda records: records[0].update(nodes=[7]),  # a node the fleet does not have
+        lambda records: records[0].update(version=2),  # not the manifest's version
+        lambda records: records[0].update(entry="other"),  # not the manifest's entry
+    ],
+    ids=["share-missing", "share-extra", "manifest", "node", "version", "entry"],
+)
+def test_a_malformed_pending_record_is_named_and_never_crashes_a_flow(
+    tmp_path: Path, damage: Any
+) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    _degraded(fleet, path)
+    _edit(path, damage)
+    notes: list[str] = []
+    vault = fleet.vault(notes, PendingStore(path))
+    before = _sent(fleet)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert vault.status().guesses_remaining > 0
+    assert any("pending deliveries not finished" in n for n in notes)
+    assert _sent(fleet) == before  # nothing sent from a damaged record
+    with pytest.raises(PendingFileDamaged):
+        vault.finish(vault.live_manifest()[0])
+
+
+@pytest.mark.parametrize(
+    "tamper",
+    [
+        lambda shares: shares.reverse(),  # node 0's share in node 4's place
+        lambda shares: shares.__setitem__(3, _flip(shares[3])),  # one bit of the tag
+    ],
+    ids=["reordered", "flipped"],
+)
+def test_a_tampered_pending_share_is_never_sent(tmp_path: Path, tamper: Any) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    _degraded(fleet, path)
+    _edit(path, lambda records: tamper(records[0]["shares"]))
+    notes: list[str] = []
+    vault = fleet.vault(notes, PendingStore(path))
+    before = _sent(fleet)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert _sent(fleet) == before and fleet.nodes[3].share is None
+    assert any("does not open" in n for n in notes)
+
+
+def test_a_pending_record_swapped_in_from_another_registration_does_not_open(
+    tmp_path: Path,
+) -> None:
+    """Another registration's record (another device's file, the same names) with this
+    entry's manifest put in: its shares do not open under this entry's export_key, and
+    nothing is sent."""
+    fleet_a, fleet_b = FakeFleet(5), FakeFleet(5)
+    path_a, path_b = tmp_path / "a-pending.json", tmp_path / "b-pending.json"
+    notes: list[str] = []
+    vault = _degraded(fleet_a, path_a, notes)
+    _degraded(fleet_b, path_b)
+    own = json.loads(path_a.read_text())["records"][0]
+    swapped = json.loads(path_b.read_text())
+    swapped["records"][0].update(manifest=own["manifest"], fleet_id=own["fleet_id"])
+    path_a.write_text(json.dumps(swapped))
+    before = _sent(fleet_a)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert _sent(fleet_a) == before and fleet_a.nodes[3].share is None
+    assert any("does not open" in n for n in notes)
+
+
+def test_a_rolled_back_pending_file_sends_nothing_for_an_old_version(tmp_path: Path) -> None:
+    """The file as it was before the delivery finished and the password changed: its
+    version 1 record is dropped unsent; no node is offered a share of version 1 again."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = _degraded(fleet, path)
+    shutil.copy(path, tmp_path / "old.json")
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.pending == () and not path.exists()
+    vault.change_password(recovered, "new", ksf=FAST_KSF)
+    shutil.copy(tmp_path / "old.json", path)  # rolled back
+    before = _sent(fleet)
+    assert vault.recover("new", ksf_floor=FAST_KSF).pending == ()
+    assert _sent(fleet) == before and not path.exists()
+    assert all(node.version == 2 for node in fleet.nodes)
