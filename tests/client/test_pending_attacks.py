@@ -164,3 +164,27 @@ def test_a_change_some_node_took_is_sent_again_past_the_patience_and_never_calle
         vault.change_password(recovered, "newer", ksf=FAST_KSF)
     assert not isinstance(caught.value, FleetUnavailable)
     assert "in effect" in caught.value.message and "not registered" not in caught.value.message
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda record: record.update(authorization="00" * 63),  # not a signature's length
+        lambda record: record.update(counter=-1),
+        lambda record: record.update(counter=2**64),
+    ],
+    ids=["signature", "negative-counter", "huge-counter"],
+)
+def test_a_malformed_pending_erasure_never_crashes_status(tmp_path: Path, damage: Any) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    notes: list[str] = []
+    vault = fleet.vault(notes, PendingStore(path))
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[4].mode = "down"
+    vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
+    fleet.nodes[4].mode = "ok"
+    _edit(path, lambda records: damage(records[0]))
+    assert vault.status().status.name == "EMPTY"
+    assert any("pending deliveries not finished" in n for n in notes)
+    assert fleet.nodes[4].share is not None  # nothing sent from the damaged record

@@ -39,6 +39,7 @@ _WRAP_INFO = b"backupvault/v1 pending share"
 _NONCE_LEN = 12
 #: A wrapped share: nonce, AES-256-GCM of (index u8 ‖ k_i 32), tag.
 _WRAPPED_LEN = _NONCE_LEN + 33 + 16
+_SIGNATURE_LEN = 64  # Ed25519
 #: The operations a pending record re-sends.
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
 
@@ -217,6 +218,12 @@ class Pending:
             len(self.shares) != m.nodes or any(len(s) != _WRAPPED_LEN for s in self.shares)
         ):
             raise ValueError(f"a share delivery holds one {_WRAPPED_LEN}-byte share per node")
+        if self.op is Op.REGISTER_SHARE and (self.authorization or self.counter):
+            raise ValueError("a share delivery carries no owner statement")
+        if self.op is Op.DELETE_SHARE and (
+            len(self.authorization) != _SIGNATURE_LEN or not 0 <= self.counter < 2**64
+        ):
+            raise ValueError("an erasure carries the owner's signature and its counter")
 
 
 class PendingStore:
