@@ -7,6 +7,7 @@ COUNT_ASK_INTERVAL, and reports to nothing are dropped unread."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import os
 from pathlib import Path
 
@@ -148,6 +149,14 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
         stray = CountReport("alice", "other", 1, 2, 1, 5, 0, request.nonce, bytes(64))
         assert service.peer_frame(1, _frame(1, [stray] * 50)) == 0
         assert reads == [] and service.metrics["count_reports_ignored"] == 50
+        # Misdirected ones (another reporter's index, or for another node) are refused,
+        # unread too.
+        misdirected = [
+            dataclasses.replace(stray, entry="chat", reporter=3),
+            dataclasses.replace(stray, entry="chat", requester=2),
+        ]
+        assert service.peer_frame(1, _frame(1, misdirected * 25)) == 50
+        assert reads == []
         await service.stop()
 
     asyncio.run(scenario())

@@ -356,10 +356,13 @@ class NodeService:
                     self.metrics["count_reports_sent"] += 1
                     self._send(sender, report)
             return
-        # Late (settled already), repeated, or to no request: dropped unread. Misdirected
-        # ones still raise below, for the stream to be closed.
-        well_addressed = message.reporter == sender + 1 and message.requester == shares.index
-        if well_addressed and not shares.wants_report(sender + 1, message):
+        if message.reporter != sender + 1 or message.requester != shares.index:
+            raise AuthenticationFailed(
+                f"a count report from node {sender} names share indices {message.reporter}"
+                f" (reporter) and {message.requester} (requester)"
+            )
+        if not shares.wants_report(sender + 1, message):
+            # Late (settled already), repeated, or to no request: dropped unread.
             self.metrics["count_reports_ignored"] += 1
             return
         key = EntryId.of(message.account, message.entry).to_bytes()
