@@ -70,3 +70,26 @@ def test_a_share_erased_at_the_limit_is_not_taken_back_by_a_late_delivery() -> N
     assert isinstance(answer, ErrorResponse)  # no partial from node 0 in this window
     # The other nodes still hold theirs: the entry is live, node 0 alone is out.
     assert all(world.honest[s].rows[client.key].share for s in range(1, 5))
+
+
+def test_a_rolled_back_node_given_its_share_late_counts_the_window_it_may_have_answered() -> None:
+    """A node whose store was rolled back to before it held its share may have answered
+    attempts since the value's last reset; a late delivery of the same share (a copy a
+    relay held back) must not start it at 0: it counts those attempts as evaluated, as t
+    count reports would."""
+    world, client, made = _registered()
+    before = world.snapshot(0)
+    world.honest[0].rows.pop(client.key)  # the copy from before the registration
+    before.pop(client.key, None)
+    for _ in range(2):
+        assert client.recover(b"wrong") is None  # attempts 1 and 2, answered by node 0
+    assert world.honest[0].rows[client.key].count == 2
+    world.restart_rolled_back(0, before)
+    world.settle(30)
+    assert client.key not in world.honest[0].rows
+    late = RegisterShareRequest(
+        "alice", "chat", made.manifest.to_bytes(), made.shares[0].to_bytes(), b"", 0
+    )
+    assert not isinstance(world.request(0, Op.REGISTER_SHARE, late), ErrorResponse)
+    row = world.honest[0].rows[client.key]
+    assert row.share and [e.attempt for e in row.evaluated] == [1, 2] and row.count == 2

@@ -653,12 +653,21 @@ class ShareKeeper:
                 # delivery, held back by a relay) would start a fresh count.
                 return Answer(_destroyed_error())
             if row is None or row.version < manifest.version or not row.share:
+                evaluated: list[Evaluation] = []
+                if self._distrusted and (row is None or row.version < manifest.version):
+                    # This node's store was rolled back: it may have held this share
+                    # before and evaluated attempts since the value's last reset. They
+                    # count as evaluated, as t count reports would make them.
+                    window = _window(state.reset_attempt, state.attempt, set())
+                    if len(window) > self.shape.guess_limit:
+                        return Answer(_exhausted_on_reports())
+                    evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
                 # The old version's share, if any, is overwritten here: erased.
                 new_row = NodeShare(
                     manifest.version,
                     request.share,
                     request.manifest,
-                    [],
+                    evaluated,
                     reset_at=state.reset_attempt,
                     change_counter=request.counter,
                 )
