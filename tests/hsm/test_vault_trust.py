@@ -4,6 +4,7 @@ that look the same to the relay whatever they say (issue: trust gaps)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import httpx
@@ -11,7 +12,7 @@ import pytest
 from conftest import FAST_KSF, FLEET_ID, InProcessFleet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
-from backupvault.client.errors import FleetUnavailable, NotRegistered, WrongPassword
+from backupvault.client.errors import FleetUnavailable, NotRegistered, Unauthorized, WrongPassword
 from backupvault.errors import AuthenticationFailed
 from backupvault.fanout import FanoutAnswers, FanoutReply
 from backupvault.hsm.state import EntryId
@@ -36,7 +37,7 @@ def test_fleet_token_of_another_account_is_refused(fleet: InProcessFleet) -> Non
     fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
     # The relay asserts alice; the sealed request names alice; the token is mallory's.
     impostor = fleet.client(token_for="mallory")
-    with pytest.raises(FleetUnavailable, match="differ"):
+    with pytest.raises(Unauthorized, match="differ"):
         impostor.recover("guess", ksf_floor=FAST_KSF)
     _untouched(fleet)
 
@@ -59,13 +60,14 @@ def test_bad_fleet_token_is_refused_before_anything_counts(
     )
     attacker = fleet.client()
     attacker.vault._fleet_token = "not a token" if problem == "garbage" else token
-    # The client resends a refused delivery for its full patience (20 s) before it gives
-    # up; what is checked here is the refusal, not that wait.
-    attacker.delivery_patience = 0.5
-    with pytest.raises(FleetUnavailable, match="fleet token refused"):
+    with pytest.raises(Unauthorized, match="refused this account's fleet token") as refused:
         attacker.recover("guess", ksf_floor=FAST_KSF)
-    with pytest.raises(FleetUnavailable, match="fleet token refused"):
+    assert refused.value.exit_code == 6
+    # A refusal is final: the delivery is not sent again for the client's patience.
+    started = time.monotonic()
+    with pytest.raises(Unauthorized, match="refused this account's fleet token"):
         attacker.register("pw2", ROOT_KEY, ksf=FAST_KSF, version=2)
+    assert time.monotonic() - started < attacker.delivery_patience / 2
     _untouched(fleet)
 
 

@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from backupvault.backup import restore_backup
-from backupvault.client.errors import FleetUnavailable, NotRegistered, Unauthorized, WrongPassword
+from backupvault.client.errors import NotRegistered, Unauthorized, WrongPassword
 from backupvault.crypto import manifest, recovery
 from backupvault.fanout import FanoutAnswers
 from backupvault.protocol import EntryStatus
@@ -239,7 +239,7 @@ def test_one_account_cannot_reach_another_accounts_entry(vault: Vault) -> None:
     client = vault.client(
         "bob", entry, token=vault.token("alice"), http=httpx.Client(transport=wire)
     )
-    with pytest.raises(FleetUnavailable) as refused:
+    with pytest.raises(Unauthorized) as refused:
         vault.threshold("bob", entry, client=client).recover(PASSWORD, ksf_floor=FAST_KSF)
     assert "mismatch" in refused.value.message or "differ" in refused.value.message
     replies = [

@@ -30,6 +30,7 @@ from backupvault.client.errors import (
     FleetUnavailable,
     NotRegistered,
     RelayUnreachable,
+    Unauthorized,
     VaultError,
     WrongPassword,
 )
@@ -85,9 +86,20 @@ RETRY_BACKOFF_SECONDS = 0.2
 
 def _transient(outcome: NodeOutcome[Any]) -> bool:
     """No answer, or the node could not reach a majority in time: worth asking again."""
+    if outcome.refused:
+        return False
     if outcome.error is not None:
         return outcome.error.code == ErrorCode.FLEET_UNAVAILABLE
     return outcome.response is None
+
+
+def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized | None:
+    """The nodes refused the fleet token (403) so widely that fewer than t are left to take
+    the request: asking again cannot help, the user needs a new token."""
+    refused = [o for o in outcomes if o.status == 403]
+    if refused and len(outcomes) - len(refused) < t:
+        return Unauthorized(refused[0].failure or "refused", by_vault=True)
+    return None
 
 
 def _nodes(indices: Sequence[int]) -> str:
@@ -266,6 +278,9 @@ class ThresholdVault:
             return Destroyed()
         if statuses.count(EntryStatus.EMPTY) >= self.t:
             return NotRegistered()
+        refused = _token_refused(found.answers, self.t)
+        if refused is not None:
+            return refused
         silent = [a.describe() for a in found.answers if a.response is None]
         return FleetUnavailable(
             f"need {self.t} of {self.nodes} vault nodes to agree on this entry, "
@@ -277,7 +292,7 @@ class ThresholdVault:
         responses = [a.response for a in found.answers if a.response is not None]
         if found.agreed is None:
             error = self._no_manifest(found)
-            if isinstance(error, FleetUnavailable):
+            if isinstance(error, FleetUnavailable | Unauthorized):
                 raise error
             kind = EntryStatus.DESTROYED if isinstance(error, Destroyed) else EntryStatus.EMPTY
             # The t-th highest: fewer than t hostile nodes cannot raise it (a version too
@@ -371,6 +386,9 @@ class ThresholdVault:
                 for o in outcomes
             ):
                 raise AlreadyRegistered("the vault already holds a key for this entry")
+            refused = _token_refused(outcomes, self.t)
+            if refused is not None:
+                raise refused
             raise FleetUnavailable(
                 f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
                 f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
@@ -455,7 +473,14 @@ class ThresholdVault:
                     f" others theirs again for up to {self.committed_patience:.0f} s;"
                     " do not interrupt"
                 )
-            silent = [o for o in outcomes if o.index not in acked and _transient(o)]
+            # Once M is in effect, a refusal (told by the relay, which may lie) is asked again
+            # too: the shares exist only here.
+            silent = [
+                o
+                for o in outcomes
+                if o.index not in acked
+                and (_transient(o) or (committed_until is not None and o.refused))
+            ]
             if not silent:
                 break
             if committed_until is not None and len(acked) < self.t:

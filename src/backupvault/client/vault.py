@@ -75,6 +75,15 @@ class NodeOutcome(Generic[T]):
     failure: str | None = None
     #: The relay could not reach the node at all (it did not get the request).
     unreachable: bool = False
+    #: The HTTP status the node answered with, if it answered with an error (403: it
+    #: refused the fleet token). Told by the relay, so never a reason to erase anything.
+    status: int | None = None
+
+    @property
+    def refused(self) -> bool:
+        """The node answered that it refuses this request (a 4xx other than 429): asking
+        it again the same way gets the same answer."""
+        return self.status is not None and 400 <= self.status < 500 and self.status != 429
 
     def describe(self) -> str:
         if self.error is not None:
@@ -230,7 +239,9 @@ class VaultClient:
                 return NodeOutcome(
                     index, failure=detail or "no answer", unreachable=code == "node_unreachable"
                 )
-            return NodeOutcome(index, failure=f"HTTP {reply.status} {code}: {detail}".strip())
+            return NodeOutcome(
+                index, failure=f"HTTP {reply.status} {code}: {detail}".strip(), status=reply.status
+            )
         try:
             response = decode_response(op, response_key.open(reply.body))
         except (InvalidInput, AuthenticationFailed) as err:
