@@ -68,6 +68,7 @@ ValueCheck = Callable[[bytes, bytes, bytes], str | None]
 #: before its disk was rolled back, and must not forget that), but never one that goes
 #: back against what it holds or that fails its own checks (docs/threshold.md, "Catching
 #: up"). None: `ValueCheck` itself.
+CopyCheck = ValueCheck
 #: Told (key, payload) as this node writes a value it accepts (an "accept" persist), so
 #: the application knows what this node itself durably accepted (docs/threshold.md: a node
 #: evaluates an attempt only for the B of the value it accepted itself). Called before the
@@ -252,7 +253,7 @@ class Replica:
         check_value: ValueCheck | None = None,
         on_accept: AcceptHook | None = None,
         announce: AnnounceHook | None = None,
-        check_copy: ValueCheck | None = None,
+        check_copy: CopyCheck | None = None,
     ) -> None:
         self.node = node
         self._announce = announce
