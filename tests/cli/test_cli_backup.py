@@ -110,20 +110,25 @@ def test_recovery_code_round_trip_with_json(tmp_path: Path, source: Path) -> Non
 
 def test_a_json_backup_loads_only_what_it_runs(tmp_path: Path, source: Path) -> None:
     """Start-up time counts in every backup: a `--json` backup (scripts, cron) imports no
-    terminal, storage-URL or vault client code."""
+    terminal, storage-URL or vault client code, nor prune/check/diff, the password list
+    or sockets; and still prints its result."""
     created = subprocess.run(
         [sys.executable, "-X", "importtime", "-m", "backupvault", "--json", "backup", "create",
          str(source), "--storage", str(tmp_path / "storage"), "--recovery-code"],
         capture_output=True, text=True, timeout=120, check=False,
     )  # fmt: skip
     assert created.returncode == 0, created.stderr
-    imported = {
-        line.rsplit("|", 1)[1].strip().split(".")[0]
+    assert json.loads(created.stdout)["recovery_code"]
+    modules = {
+        line.rsplit("|", 1)[1].strip()
         for line in created.stderr.splitlines()
         if line.startswith("import time:")
     }
+    imported = {name.split(".")[0] for name in modules}
     assert "backupvault" in imported and "blake3" in imported  # the check sees imports
-    assert not imported & {"rich", "fsspec", "httpx", "pygments"}
+    assert not imported & {"rich", "fsspec", "httpx", "pygments", "socket"}
+    assert "backupvault.cli.backup_repo" in modules  # its helpers, without what they run:
+    assert not modules & {"backupvault.backup.repo.maintenance", "importlib.resources"}
 
 
 def test_mistyped_and_wrong_codes_exit_3_and_write_nothing(tmp_path: Path, source: Path) -> None:

@@ -165,6 +165,9 @@ class FakeFleet:
 
     def _answer_or_raise(self, node: FakeNode, op: Op, request: Message) -> Message:
         if isinstance(request, RegisterShareRequest):
+            if sum(n.mode != "down" for n in self.nodes) < self.t:
+                # As a real fleet: no majority, no commit, so no node stores or acknowledges.
+                return _error(ErrorCode.FLEET_UNAVAILABLE, "no majority")
             m = Manifest.from_bytes(request.manifest)
             share = threshold.KeyShare.from_bytes(request.share)
             threshold.verify_share(share, m.commitments)

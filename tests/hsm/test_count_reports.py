@@ -224,8 +224,10 @@ def test_forged_misdirected_and_stale_reports_are_refused(
         _take(world, 0, 2, good)
     with pytest.raises(AuthenticationFailed):  # made for node 3, not node 0
         _take(world, 0, 1, _report(world, 1, 2, request))
+    # Node 1 is not heard again on this request: its own report now goes unchecked.
+    assert _take(world, 0, 1, good) is None
     with pytest.raises(AuthenticationFailed):  # signed for another fleet
-        _take(world, 0, 1, _signed(good, 1, fleet_id=b"another fleet"))
+        _take(world, 0, 3, _signed(_report(world, 3, 0, request), 3, fleet_id=b"another fleet"))
     other_entry = _signed(dataclasses.replace(good, entry="other"), 1)
     other_version = _signed(dataclasses.replace(good, version=2), 1)
     assert _take(world, 0, 1, other_entry) is None
@@ -242,6 +244,8 @@ def test_forged_misdirected_and_stale_reports_are_refused(
     for peer in (1, 2, 3):
         assert _take(world, 0, peer, _report(world, peer, 0, fresh)) is not None
     assert world.honest[0].rows[client.key].count == 4
+    # Settled: a late report to it is dropped too, unchecked.
+    assert _take(world, 0, 4, _report(world, 4, 0, fresh)) is None
 
 
 def test_status_after_a_rollback_shows_the_conservative_count(
@@ -293,3 +297,45 @@ def test_the_worlds_nodes_settle_on_reports_by_themselves(
     world.count_reports = True
     assert client.recover(b"right") is not None
     assert [world.honest[s].rows[client.key].count for s in range(5)] == [0] * 5
+
+
+class _CountingKey:
+    """A peer's public key that counts the signature checks made with it."""
+
+    def __init__(self, key: object) -> None:
+        self.key = key
+        self.checks = 0
+
+    def verify(self, signature: bytes, message: bytes) -> None:
+        self.checks += 1
+        self.key.verify(signature, message)  # type: ignore[attr-defined]
+
+
+def test_a_flood_of_reports_costs_at_most_one_signature_check_per_peer_and_request(
+    world: Simulation, client: ThresholdClient
+) -> None:
+    """A hostile peer that knows the nonce (it was asked) sends its report again and
+    again, with ever higher or forged contents, and reports to nothing: the node checks
+    one signature of it per request, and the honest peers still settle the entry."""
+    _roll_back(world, client, (0,), wrong=1)
+    keeper = _keeper(world, 0)
+    counting = {peer: _CountingKey(keeper._peer_keys[peer + 1]) for peer in range(1, 5)}
+    for peer, key in counting.items():
+        keeper._peer_keys[peer + 1] = key  # type: ignore[assignment]
+    stray = CountReportRequest("alice", "other", 0, bytes(32))
+    for _ in range(200):  # reports to no request of node 0's: never checked
+        assert _take(world, 0, 4, _report(world, 4, 0, stray)) is None
+    assert counting[4].checks == 0
+    assert _code(_ask(world, client, 0)) == ErrorCode.FLEET_UNAVAILABLE
+    (request,) = keeper.take_report_requests()
+    forged = dataclasses.replace(_report(world, 4, 0, request), signature=bytes(64))
+    with pytest.raises(AuthenticationFailed):
+        _take(world, 0, 4, forged)
+    for attempt in range(200):
+        again = _signed(dataclasses.replace(forged, attempt=attempt), 4)
+        assert _take(world, 0, 4, again) is None
+    assert counting[4].checks == 1
+    for peer in (1, 2, 3):
+        assert _take(world, 0, peer, _report(world, peer, 0, request)) is not None
+    assert [counting[p].checks for p in (1, 2, 3)] == [1, 1, 1]
+    assert world.honest[0].rows[client.key].count == 2  # attempts 1 and 2, honest figures

@@ -4,16 +4,18 @@
 from __future__ import annotations
 
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-from backupvault.backup.repo import maintenance
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
 from backupvault.cli.main import Context, _password, _recovery_code, _root_key_from_vault, backup
 from backupvault.cli.main import pass_context as pass_ctx
 from backupvault.errors import BackupVaultError, UsageError
+
+if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not maintenance
+    from backupvault.backup.repo import maintenance
 
 
 class CheckFailed(BackupVaultError):
@@ -72,6 +74,8 @@ def key_options(function: Any) -> Any:
 def _open(
     ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> Repository:
+    from backupvault.backup.repo import maintenance
+
     url = ctx.storage(storage_url)
     return maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
 
@@ -91,6 +95,8 @@ def backup_diff(
 ) -> None:
     """What changed from snapshot FIRST to SECOND (+ added, - removed, M modified,
     T type changed, U metadata only)."""
+    from backupvault.backup.repo import maintenance
+
     changes = maintenance.diff(_open(ctx, storage_url, password_stdin, code), first, second)
     rows = [
         {"change": c.kind, "path": c.path, "size_before": c.size_before, "size_after": c.size_after}
@@ -123,6 +129,8 @@ def backup_forget(
 ) -> None:
     """Remove snapshots the policy does not keep (per source and host). Their data stays
     until `backup prune`."""
+    from backupvault.backup.repo import maintenance
+
     policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
     if policy.empty():
         raise UsageError(
@@ -144,6 +152,8 @@ def backup_prune(
     ctx: Context, dry_run: bool, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
     """Delete the data no snapshot uses any more (repacking packs that are mostly unused)."""
+    from backupvault.backup.repo import maintenance
+
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
         bar.start(None, "pruning")
@@ -173,6 +183,8 @@ def backup_check(
     ctx: Context, read_data: bool, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
     """Check the repository: every object authenticates and every chunk in use is there."""
+    from backupvault.backup.repo import maintenance
+
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
         bar.start(None, "checking")

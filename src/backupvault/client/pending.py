@@ -28,14 +28,18 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from backupvault.client.errors import VaultError
+from backupvault.crypto import manifest as manifests
 from backupvault.crypto import threshold
-from backupvault.errors import AuthenticationFailed
+from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.files import replace_secret_file
 from backupvault.protocol import Op, check_name
 
 FORMAT = "backupvault pending deliveries v1"
 _WRAP_INFO = b"backupvault/v1 pending share"
 _NONCE_LEN = 12
+#: A wrapped share: nonce, AES-256-GCM of (index u8 ‖ k_i 32), tag.
+_WRAPPED_LEN = _NONCE_LEN + 33 + 16
+_SIGNATURE_LEN = 64  # Ed25519
 #: The operations a pending record re-sends.
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
 
@@ -179,7 +183,7 @@ class Pending:
         shares = tuple(bytes.fromhex(str(s)) for s in data["shares"])
         if (op is Op.DELETE_SHARE) == bool(shares):
             raise ValueError("shares belong to a share delivery, and only to one")
-        return cls(
+        record = cls(
             bytes.fromhex(str(data["fleet_id"])),
             check_name("account", str(data["account"])),
             check_name("entry", str(data["entry"])),
@@ -191,6 +195,35 @@ class Pending:
             tuple(nodes),
             shares,
         )
+        record._check_against_manifest()
+        return record
+
+    def _check_against_manifest(self) -> None:
+        """The record agrees with its own manifest (ValueError if not): the same fleet,
+        account, entry and version, nodes of that fleet, and one wrapped share per node."""
+        try:
+            m = manifests.Manifest.from_bytes(self.manifest)
+        except InvalidInput as err:
+            raise ValueError(f"its manifest does not decode: {err.message}") from None
+        if (m.fleet_id, m.account, m.entry, m.version) != (
+            self.fleet_id,
+            self.account,
+            self.entry,
+            self.version,
+        ):
+            raise ValueError("a record's fleet, account, entry or version is not its manifest's")
+        if not all(n < m.nodes for n in self.nodes):
+            raise ValueError(f"a node index is not in the manifest's fleet of {m.nodes}")
+        if self.op is Op.REGISTER_SHARE and (
+            len(self.shares) != m.nodes or any(len(s) != _WRAPPED_LEN for s in self.shares)
+        ):
+            raise ValueError(f"a share delivery holds one {_WRAPPED_LEN}-byte share per node")
+        if self.op is Op.REGISTER_SHARE and (self.authorization or self.counter):
+            raise ValueError("a share delivery carries no owner statement")
+        if self.op is Op.DELETE_SHARE and (
+            len(self.authorization) != _SIGNATURE_LEN or not 0 <= self.counter < 2**64
+        ):
+            raise ValueError("an erasure carries the owner's signature and its counter")
 
 
 class PendingStore:

@@ -73,6 +73,11 @@ DELIVERY_PATIENCE_SECONDS = 20.0
 #: to this long before the rest is left to finish later (most faults are short, and a
 #: pending share waits for the device's next success).
 DELIVERY_SETTLE_SECONDS = 5.0
+#: With at least one but fewer than t acknowledgements, M is committed (a node acknowledges
+#: only the committed M, and the acceptors erase a changed entry's old shares) and its
+#: shares exist only in this process: the delivery is sent again for up to this long,
+#: to unreachable nodes too (their peers may have committed M without them).
+COMMITTED_PATIENCE_SECONDS = 120.0
 RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
@@ -193,6 +198,7 @@ class ThresholdVault:
         self._clock_ms = clock_ms
         self.pending = pending if pending is not None else PendingStore(None)
         self.delivery_patience = delivery_patience
+        self.committed_patience = COMMITTED_PATIENCE_SECONDS
 
     @property
     def account(self) -> str:
@@ -346,9 +352,19 @@ class ThresholdVault:
             counter,
             set(),
             patience=self.delivery_patience,
+            dealt=True,
         )
         acknowledged = sorted(acked)
         missing = [problems[i] for i in sorted(problems)]
+        if acknowledged and len(acknowledged) < self.t:
+            raise VaultError(
+                f"version {made.manifest.version} is in effect at the vault (node(s)"
+                f" {_nodes(acknowledged)} took it), but only {len(acknowledged)} of"
+                f" {self.nodes} nodes hold their share of it and {self.t} are needed to"
+                f" recover the key; the others did not take theirs ({'; '.join(missing)})",
+                hint="the shares the other nodes need were only in this run: report this to"
+                " the vault's operator now (docs/threshold.md, 'Attack review')",
+            )
         if len(acknowledged) < self.t:
             if any(
                 o.error is not None and o.error.code == ErrorCode.ALREADY_REGISTERED
@@ -387,10 +403,12 @@ class ThresholdVault:
         acked: set[int],
         tries: int = DELIVERY_TRIES,
         patience: float = 0.0,
+        dealt: bool = False,
     ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
         """One delivery (with resends): the nodes whose acknowledgement verifies, why the
         others did not, and the last fan-out's outcomes. Nodes that hold their share
-        already acknowledge the same delivery again."""
+        already acknowledge the same delivery again. `dealt`: the shares were dealt in
+        this process (a registration or change), so they exist nowhere else yet."""
         encoded = manifest.to_bytes()
         requests: list[Message] = [
             RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
@@ -401,8 +419,12 @@ class ThresholdVault:
         outcomes: list[NodeOutcome[ShareAck]] = []
         deadline = time.monotonic() + patience
         settle = time.monotonic() + min(patience, DELIVERY_SETTLE_SECONDS)
+        # Set once a registration's M is known to be committed with fewer than t holders.
+        committed_until: float | None = None
         attempt = 0
         while True:
+            if committed_until is not None:
+                deadline = max(deadline, committed_until)
             if attempt:
                 time.sleep(
                     min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
@@ -425,8 +447,20 @@ class ThresholdVault:
                     problems.pop(outcome.index, None)
                 else:
                     problems[outcome.index] = problem
+            if dealt and committed_until is None and 0 < len(acked) < self.t:
+                committed_until = time.monotonic() + self.committed_patience
+                self._notify(
+                    f"version {manifest.version} is in effect at the vault but only"
+                    f" {len(acked)} of the {self.t} nodes needed hold their share: sending the"
+                    f" others theirs again for up to {self.committed_patience:.0f} s;"
+                    " do not interrupt"
+                )
             silent = [o for o in outcomes if o.index not in acked and _transient(o)]
             if not silent:
+                break
+            if committed_until is not None and len(acked) < self.t:
+                if time.monotonic() < committed_until:
+                    continue
                 break
             # Past the first tries, wait only for nodes that got the request (slow, or
             # their answer lost): one the relay could not reach stored nothing.

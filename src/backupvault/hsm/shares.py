@@ -275,7 +275,7 @@ class ShareKeeper:
             return
         wanted = self._wanted.get(key)
         if wanted is None or wanted.version != version:
-            wanted = _WantedReports(version, self._rng(COUNT_NONCE_LEN), {})
+            wanted = _WantedReports(version, self._rng(COUNT_NONCE_LEN), {}, set())
             self._wanted[key] = wanted
         entry_id = EntryId.from_bytes(key)
         self._asking[key] = CountReportRequest(
@@ -319,34 +319,51 @@ class ShareKeeper:
         signature = self._signing_key.sign(count_report_message(self.fleet_id, unsigned))
         return dataclasses.replace(unsigned, signature=signature)
 
+    def wants_report(self, reporter: int, report: CountReport) -> bool:
+        """Whether `report` (from share index `reporter`, as the peer channel authenticated
+        it) answers a request of this node's that is still open and this reporter has not
+        answered yet: checked before anything costly (a store read, a signature check),
+        so a peer's flood of reports to nothing, or again to the same request, costs a
+        dictionary look-up each."""
+        key = EntryId.of(report.account, report.entry).to_bytes()
+        wanted = self._wanted.get(key)
+        return (
+            wanted is not None
+            and reporter not in wanted.heard
+            and wanted.version == report.version
+            and hmac.compare_digest(wanted.nonce, report.nonce)
+        )
+
     def take_count_report(
         self, reporter: int, report: CountReport, held_payload: bytes
     ) -> tuple[ShareWrite, ...] | None:
         """A peer's report (share index `reporter`, as the peer channel authenticated it).
-        A forged report (signature, reporter or requester index) raises
-        AuthenticationFailed. A report to no request of this node's (an old nonce, another
-        entry or version, or one already settled) is not taken: None. Otherwise the rows
-        to persist once t distinct peers have reported (usually none before)."""
+        A misdirected report (reporter or requester index) raises AuthenticationFailed. A
+        report to no open request of this node's (an old nonce, another entry or version,
+        one already settled) or from a peer already heard on it is not taken: None,
+        without checking its signature. A forged one raises AuthenticationFailed, and that
+        peer is not heard again on this request: one signature check per peer and request.
+        Otherwise the rows to persist once t distinct peers have reported (usually none
+        before)."""
         public = self._peer_keys.get(reporter)
         if public is None or report.reporter != reporter or reporter == self.index:
             raise AuthenticationFailed(f"a count report from share index {reporter}")
         if report.requester != self.index:
             raise AuthenticationFailed(f"a count report for share index {report.requester}")
+        if not self.wants_report(reporter, report):
+            return None
+        key = EntryId.of(report.account, report.entry).to_bytes()
+        wanted = self._wanted[key]
+        wanted.heard.add(reporter)
         try:
             public.verify(report.signature, count_report_message(self.fleet_id, report))
         except InvalidSignature:
             raise AuthenticationFailed(
                 f"a count report whose signature does not verify (share index {reporter})"
             ) from None
-        key = EntryId.of(report.account, report.entry).to_bytes()
-        wanted = self._wanted.get(key)
-        if (
-            wanted is None
-            or wanted.version != report.version
-            or not hmac.compare_digest(wanted.nonce, report.nonce)
-        ):
-            return None
-        wanted.reports[reporter] = max(report.attempt, wanted.reports.get(reporter, 0))
+        # The first report per peer and request: any report made after the rollback was
+        # found covers every attempt this node can have evaluated before it.
+        wanted.reports[reporter] = report.attempt
         if len(wanted.reports) < self.shape.threshold:
             return ()
         del self._wanted[key]
@@ -650,13 +667,27 @@ class ShareKeeper:
                 return Answer(error(ErrorCode.STALE_MANIFEST, "another registration won"))
             row = self.row(key)
             writes: tuple[ShareWrite, ...] = ()
+            same = row is not None and row.version == manifest.version
+            if same and row is not None and row.manifest and not row.share:
+                # Erased on this node's own count at L: taking the same share back (a late
+                # delivery, held back by a relay) would start a fresh count.
+                return Answer(_destroyed_error())
             if row is None or row.version < manifest.version or not row.share:
+                evaluated: list[Evaluation] = []
+                if self._distrusted and (row is None or row.version < manifest.version):
+                    # This node's store was rolled back: it may have held this share
+                    # before and evaluated attempts since the value's last reset. They
+                    # count as evaluated, as t count reports would make them.
+                    window = _window(state.reset_attempt, state.attempt, set())
+                    if len(window) > self.shape.guess_limit:
+                        return Answer(_exhausted_on_reports())
+                    evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
                 # The old version's share, if any, is overwritten here: erased.
                 new_row = NodeShare(
                     manifest.version,
                     request.share,
                     request.manifest,
-                    [],
+                    evaluated,
                     reset_at=state.reset_attempt,
                     change_counter=request.counter,
                 )
@@ -997,11 +1028,13 @@ class ShareKeeper:
 @dataclass
 class _WantedReports:
     """The count reports a rolled-back node asked for on one entry: by share index, the
-    highest attempt each peer reported."""
+    attempt each peer reported; `heard`: the peers whose report was checked (taken or
+    forged), never checked again for this request."""
 
     version: int
     nonce: bytes
     reports: dict[int, int]
+    heard: set[int]
 
 
 def _every_row(key: bytes) -> bool:

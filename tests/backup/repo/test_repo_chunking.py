@@ -18,8 +18,10 @@ from hypothesis import strategies as st
 from backupvault.backup.errors import SourceError
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
 from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo.chunks import RAW, ZSTD
 from backupvault.backup.repo.tree import FILE
 from backupvault.backup.storage import Storage
+from backupvault.errors import AuthenticationFailed
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
 
@@ -130,3 +132,27 @@ def test_a_read_error_ahead_fails_the_backup_cleanly(
     assert not [t for t in threading.enumerate() if t.name == "backup-read"]
     repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
     assert repo.snapshot_names() == {}
+
+
+def test_a_chunk_is_sealed_into_exactly_its_room_and_opens_as_itself(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A backup seals each blob straight into its place in a pack: the room must be exactly
+    the blob's size, and what is sealed there opens only as its own chunk."""
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key, create=True)
+    sealer = repo.sealer
+    for data in (os.urandom(300_000), b"compressible " * 30_000):
+        chunk_id = sealer.chunk_id(data)
+        prepared = sealer.prepare(data)
+        assert prepared.compression == (ZSTD if data.startswith(b"comp") else RAW)
+        pack = bytearray(prepared.size + 10)
+        with memoryview(pack) as view:
+            for wrong in (view[5 : 4 + prepared.size], view[5 : 6 + prepared.size]):
+                with pytest.raises(ValueError, match="exactly"):
+                    sealer.seal_into(chunk_id, prepared, wrong)
+            sealer.seal_into(chunk_id, prepared, view[5 : 5 + prepared.size])
+        blob = bytes(pack[5 : 5 + prepared.size])
+        assert sealer.open(chunk_id, blob, len(data)) == data
+        other = sealer.chunk_id(b"another chunk")
+        with pytest.raises(AuthenticationFailed):
+            sealer.open(other, blob, len(data))

@@ -27,7 +27,7 @@ from backupvault.backup.repo import (
     maintenance,
     restore_snapshot,
 )
-from backupvault.backup.repo.backend import Backend
+from backupvault.backup.repo.backend import Backend, Filled
 from backupvault.backup.repo.maintenance import Policy
 from backupvault.backup.repo.repository import PackWriter, Repository
 from backupvault.backup.storage import Storage
@@ -60,8 +60,11 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int) -> Iterator[list[int]]:
     def crashing_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
         if guard():
             if name.startswith("data/"):
-                parts = data if isinstance(data, list) else [data]
-                whole = b"".join(bytes(p) for p in parts)
+                if isinstance(data, Filled):  # a pack, sealed into its buffer as it is written
+                    whole = bytes(data.to_bytes())
+                else:
+                    parts = data if isinstance(data, list) else [data]
+                    whole = b"".join(bytes(p) for p in parts)
                 put(self, name, whole[: len(whole) // 2], **kw)
             raise Crash
         put(self, name, data, **kw)

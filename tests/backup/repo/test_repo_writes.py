@@ -1,13 +1,16 @@
 """How repository objects reach a local disk: large ones (packs) with O_DIRECT from an
-aligned copy, small ones (and all of them where O_DIRECT is refused) in buffered writes
-of at most 128 KiB; every object fsynced, and its folder after the rename, either way."""
+aligned buffer (blobs sealed straight into it), small ones (and all of them where O_DIRECT
+is refused) in buffered writes of at most 128 KiB; every object fsynced, and its folder
+after the rename, either way."""
 
 from __future__ import annotations
 
 import errno
+import gc
 import os
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -16,9 +19,8 @@ import pytest
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo import backend as backend_module
-from backupvault.backup.repo import chunks as chunks_module
+from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo.backend import Backend
-from backupvault.backup.repo.chunks import BlobBuffers
 from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
@@ -184,56 +186,45 @@ def test_a_backup_syncs_its_packs_folder_once_before_the_index(
     assert spy.fsynced[index[0] + 1] == str(tmp_path / "repo" / "index")
 
 
-def test_blob_buffers_are_taken_back_only_from_their_own() -> None:
-    buffers = BlobBuffers()
-    first = buffers.take(200_000)
-    assert len(first) == 200_000 and len(first.obj) == 256 * 1024
-    buffers.give_back([first, b"bytes from an old pack", memoryview(bytearray(4096))])
-    again = buffers.take(140_000)
-    assert again.obj is first.obj  # the same memory, not a new allocation
-    assert buffers.take(200_000).obj is not first.obj  # taken: not handed out twice
-    # A small blob (a small file's) gets its own buffer of its own size, not 256 KiB.
-    small = buffers.take(1000)
-    assert len(small) == 1000 and len(small.obj) == 1000
-    buffers.give_back([small])
-    assert buffers.take(1000).obj is not small.obj
-
-
-def test_blob_buffers_are_used_again_only_after_their_pack_is_written(
+def test_read_windows_are_used_again_only_after_their_blobs_are_sealed_into_packs(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Many packs from few buffers, and every blob intact: a buffer handed out again while
-    its pack was still being written would show as a damaged chunk."""
-    made = 0
-    FILES = 24  # more than the backup keeps in flight
+    """Blobs are sealed into their pack's buffer on the upload threads, from the read
+    window the chunk was cut from: many windows from few buffers, and every blob intact
+    (a window read into again while a pending pack still needed it would show as a
+    damaged chunk); and all of them freed when the backup returns, without waiting for
+    the garbage collector (they are 20 MiB each)."""
+    made: list[weakref.ref[Any]] = []
 
-    class Counted(chunks_module._BlobBuffer):
-        def __init__(self, size: int) -> None:
-            nonlocal made
-            made += 1
-            super().__init__(size)
+    class Counted(create_module._Window):
+        def __init__(self, *args: Any) -> None:
+            made.append(weakref.ref(self))
+            super().__init__(*args)
 
-    monkeypatch.setattr(chunks_module, "_BlobBuffer", Counted)
+    monkeypatch.setattr(create_module, "_Window", Counted)
+    monkeypatch.setattr(create_module, "_WINDOW_BYTES", 256 * 1024)
     real_put = Backend.put
 
     def slow_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
-        time.sleep(0.01)  # the next packs are sealed meanwhile
+        time.sleep(0.01)  # the next windows are read and cut meanwhile
         real_put(self, name, data, **kw)
 
     monkeypatch.setattr(Backend, "put", slow_put)
     source = tmp_path / "src"
     source.mkdir()
-    for i in range(FILES):
-        (source / f"f{i}").write_bytes(os.urandom(1 << 20))
+    (source / "big").write_bytes(os.urandom(12 << 20))  # 48 windows
     params = {**SMALL, "pack_size": 256 * 1024}
-    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
+    gc.disable()
+    try:
+        info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=params)
+        assert not [ref for ref in made if ref() is not None]
+    finally:
+        gc.enable()
+    assert 3 <= len(made) < 24
     repo = Repository.open(Storage(str(tmp_path / "repo")), root_key)
-    blobs = sum(len(entries) for entries in repo.load_index()[0].packs.values())
-    assert blobs > 600 and made < blobs / 2
     assert maintenance.check(repo, read_data=True).errors == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
-    for i in range(FILES):
-        assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
+    assert (tmp_path / "out" / "big").read_bytes() == (source / "big").read_bytes()
 
 
 def test_a_pack_that_fails_to_upload_fails_the_backup(

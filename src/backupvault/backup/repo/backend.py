@@ -18,7 +18,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage
@@ -43,6 +43,32 @@ _DIRECT_MIN: Final = 1 << 20
 _DIRECT_ALIGN: Final = 4096  # address, offset and length (logical blocks up to 4 KiB)
 _DIRECT_SPARE: Final = 4  # aligned buffers kept for reuse (a fresh page costs a fault)
 Buffer = bytes | bytearray | memoryview
+
+
+class Filled(NamedTuple):
+    """An object of `size` bytes that `fill` writes into the buffer it is given: the
+    buffer that goes to storage (packs are sealed straight into it, without a copy).
+    `fill` may be called more than once; each call must write all `size` bytes."""
+
+    size: int
+    fill: Callable[[memoryview], None]
+
+    def to_bytes(self) -> bytearray:
+        data = bytearray(self.size)
+        with memoryview(data) as view:
+            self.fill(view)
+        return data
+
+
+def _copier(parts: list[Buffer]) -> Callable[[memoryview], None]:
+    def fill(out: memoryview) -> None:
+        offset = 0
+        for part in parts:
+            with memoryview(part) as view, view.cast("B") as raw:
+                out[offset : offset + len(raw)] = raw
+                offset += len(raw)
+
+    return fill
 
 
 class MissingObject(StorageError):
@@ -83,20 +109,24 @@ class Backend:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
 
-    def put(self, name: str, data: Buffer | list[Buffer], *, sync_folder: bool = True) -> None:
-        """Store an object made of `data` (one buffer, or several written in order); it is
+    def put(
+        self, name: str, data: Buffer | list[Buffer] | Filled, *, sync_folder: bool = True
+    ) -> None:
+        """Store an object made of `data` (one buffer, several written in order, or what a
+        `Filled` writes); it is
         durable when this returns (local folders: fsync of the file and its folder;
         remote stores acknowledge a PUT only once it is stored). Without `sync_folder`,
         a local object's name is durable only after `sync_folder(folder)`: for many
         objects of one folder that must all be durable before the next step."""
-        parts = data if isinstance(data, list) else [data]
         folder = name.rsplit("/", 1)[0] if "/" in name else ""
         final = self.path(name)
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, parts, sync_folder)
-            elif self._is_webdav:
+                self._put_local(final, data, sync_folder)
+                return
+            parts = [data.to_bytes()] if isinstance(data, Filled) else _parts(data)
+            if self._is_webdav:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
                 self.fs.client.move(temp, final, overwrite=True)
@@ -107,11 +137,19 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
-    def _put_local(self, final: str, parts: list[Buffer], sync_folder: bool) -> None:
-        size = sum(memoryview(part).nbytes for part in parts)
-        if not (self._direct and size >= _DIRECT_MIN and self._put_direct(final, parts, size)):
+    def _put_local(
+        self, final: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
+    ) -> None:
+        parts: list[Buffer] = []
+        if isinstance(data, Filled):
+            filled = data
+        else:
+            parts = _parts(data)
+            filled = Filled(sum(memoryview(part).nbytes for part in parts), _copier(parts))
+        if not (self._direct and filled.size >= _DIRECT_MIN and self._put_direct(final, filled)):
             temp = _temp_name(final)
-            self._fill_temp(temp, lambda fd: _write_all(fd, parts))
+            buffered: list[Buffer] = [filled.to_bytes()] if isinstance(data, Filled) else parts
+            self._fill_temp(temp, lambda fd: _write_all(fd, buffered))
             os.replace(temp, final)
         if sync_folder:
             _fsync_folder(os.path.dirname(final))
@@ -139,19 +177,17 @@ class Backend:
             raise
         os.close(fd)
 
-    def _put_direct(self, final: str, parts: list[Buffer], size: int) -> bool:
-        """Write the object with O_DIRECT from an aligned copy, padded to the alignment and
-        truncated back; False (and buffered writes from then on) if the file system
-        refuses O_DIRECT or its alignment."""
+    def _put_direct(self, final: str, filled: Filled) -> bool:
+        """Write the object with O_DIRECT from an aligned buffer (filled in place), padded
+        to the alignment and truncated back; False (and buffered writes from then on) if
+        the file system refuses O_DIRECT or its alignment."""
+        size = filled.size
         padded = -(-size // _DIRECT_ALIGN) * _DIRECT_ALIGN
         buffer = self._aligned_buffer(padded)
         try:
             with memoryview(buffer) as whole:
-                offset = 0
-                for part in parts:
-                    with memoryview(part) as view, view.cast("B") as raw:
-                        whole[offset : offset + len(raw)] = raw
-                        offset += len(raw)
+                with whole[:size] as room:
+                    filled.fill(room)
                 whole[size:padded] = bytes(padded - size)
 
                 def write(fd: int) -> None:
@@ -274,6 +310,10 @@ class Backend:
             return
         except Exception as exc:
             raise self._error(f"cannot delete {name}", exc) from None
+
+
+def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:
+    return data if isinstance(data, list) else [data]
 
 
 def _fsync_folder(path: str) -> None:

@@ -14,7 +14,7 @@ import hmac
 import os
 import threading
 from collections.abc import Iterator
-from typing import Final
+from typing import Final, NamedTuple
 
 import blake3
 import zstandard
@@ -38,54 +38,19 @@ ZSTD: Final = 1
 ZSTD_LEVEL: Final = 1
 _MAX_CHUNK: Final = 16 * 1024 * 1024
 _SAMPLE: Final = 32 * 1024
-_BLOB_ROUND: Final = 256 * 1024  # blob buffers come in multiples of this
-_BLOB_POOLED: Final = 128 * 1024  # smaller blobs: plain bytearrays (below glibc's mmap threshold)
-_BLOB_SPARE: Final = 96 * 1024 * 1024  # free blob buffers kept, in bytes
 
 
-class _BlobBuffer(bytearray):
-    """A buffer of `BlobBuffers` (so that only those are taken back)."""
+class Prepared(NamedTuple):
+    """A chunk named and compressed, not yet encrypted: sealed later straight into its
+    place in a pack (`Sealer.seal_into`), which saves copying every blob once."""
 
+    compression: int
+    payload: bytes | memoryview
 
-class BlobBuffers:
-    """Buffers for sealed blobs, used again once their pack is written. A fresh page costs
-    a fault: measured on the 2-core VM, a first backup of 512 MiB spent about 0.3 s of
-    its 1.9 s of CPU faulting in and zeroing new blob memory (the allocator gives large
-    blocks back to the kernel when they are freed). Blobs of 128 KiB or more only, their
-    sizes rounded up to multiples of 256 KiB; a blob takes a free buffer of its size or up
-    to 3 steps larger."""
-
-    def __init__(self) -> None:
-        self._free: dict[int, list[_BlobBuffer]] = {}  # capacity in steps -> buffers
-        self._free_bytes = 0
-        self._lock = threading.Lock()
-
-    def take(self, size: int) -> memoryview:
-        """`size` bytes of a free buffer, or of a new one; a small blob gets a buffer of
-        its own (the allocator keeps small blocks for reuse itself)."""
-        if size < _BLOB_POOLED:
-            return memoryview(bytearray(size))
-        steps = -(-size // _BLOB_ROUND)
-        with self._lock:
-            for fits in range(steps, steps + 4):
-                spare = self._free.get(fits)
-                if spare:
-                    buffer = spare.pop()
-                    self._free_bytes -= len(buffer)
-                    return memoryview(buffer)[:size]
-        return memoryview(_BlobBuffer(steps * _BLOB_ROUND))[:size]
-
-    def give_back(self, blobs: list[bytes | bytearray | memoryview]) -> None:
-        """Take back the buffers of `blobs` that came from `take`: whoever holds them must
-        be done with them (their pack is written)."""
-        with self._lock:
-            for blob in blobs:
-                if not isinstance(blob, memoryview) or not isinstance(blob.obj, _BlobBuffer):
-                    continue
-                if self._free_bytes + len(blob.obj) > _BLOB_SPARE:
-                    break
-                self._free.setdefault(len(blob.obj) // _BLOB_ROUND, []).append(blob.obj)
-                self._free_bytes += len(blob.obj)
+    @property
+    def size(self) -> int:
+        """The sealed blob's length."""
+        return BLOB_OVERHEAD + len(self.payload)
 
 
 class Chunker:
@@ -135,7 +100,6 @@ class Sealer:
         self._hmac_ids = config.version == HMAC_SHA256_IDS
         self._aead = AESGCM(keys.chunk)
         self._local = threading.local()
-        self.buffers = BlobBuffers()
 
     def chunk_id(self, data: bytes | bytearray | memoryview) -> bytes:
         if self._hmac_ids:
@@ -163,21 +127,24 @@ class Sealer:
         sample = memoryview(data)[middle : middle + _SAMPLE]
         return len(self._compressor().compress(sample)) < 0.97 * _SAMPLE
 
-    def seal(self, chunk_id: bytes, data: bytes | memoryview) -> memoryview:
-        """The chunk's blob, in a buffer from `buffers` (give it back once written)."""
-        payload: bytes | memoryview = data
-        compression = RAW
+    def prepare(self, data: bytes | memoryview) -> Prepared:
+        """Compress `data` if that helps (the payload may be a view of `data`)."""
         if self._worth_compressing(data):
             compressed = self._compressor().compress(data)
             if len(compressed) < len(data):
-                payload, compression = compressed, ZSTD
-        blob = self.buffers.take(BLOB_OVERHEAD + len(payload))
-        blob[0] = compression
+                return Prepared(ZSTD, compressed)
+        return Prepared(RAW, data)
+
+    def seal_into(self, chunk_id: bytes, prepared: Prepared, blob: memoryview) -> None:
+        """Encrypt the chunk into `blob`, exactly `prepared.size` bytes (AES-GCM releases
+        the GIL here)."""
+        if len(blob) != prepared.size:
+            raise ValueError(f"a blob of {prepared.size} bytes needs exactly that much room")
+        blob[0] = prepared.compression
         nonce = os.urandom(NONCE_LEN)
         blob[1 : 1 + NONCE_LEN] = nonce
-        aad = chunk_id + bytes([compression])
-        self._aead.encrypt_into(nonce, payload, aad, blob[1 + NONCE_LEN :])
-        return blob
+        aad = chunk_id + bytes([prepared.compression])
+        self._aead.encrypt_into(nonce, prepared.payload, aad, blob[1 + NONCE_LEN :])
 
     def open(
         self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int

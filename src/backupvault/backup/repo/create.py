@@ -31,7 +31,7 @@ from backupvault.backup.errors import SourceError
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
-from backupvault.backup.repo.chunks import Chunker, Sealer
+from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
 from backupvault.backup.repo.repository import (
     SHARED,
     PackWriter,
@@ -55,8 +55,8 @@ _M_MMAP_THRESHOLD = -3
 _TRIM_THRESHOLD = 1 << 30
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
 
-# (entry number, chunk id, plaintext length, sealed blob or None if already stored)
-Piece = tuple[int, bytes, int, memoryview | None]
+# (entry number, chunk id, plaintext length, the chunk to seal or None if already stored)
+Piece = tuple[int, bytes, int, Prepared | None]
 
 
 @dataclass(frozen=True)
@@ -138,17 +138,31 @@ def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
 
 
 class _Window:
-    """A read buffer; back in the free list once the reader and every task using it are
-    done with it."""
+    """A read buffer; back in the free list once the reader, every task using it and
+    every pending blob in it (sealed into its pack on an upload thread) are done with it."""
 
-    def __init__(self, size: int) -> None:
+    def __init__(self, size: int, free: list[_Window], lock: threading.Lock) -> None:
         self.data = bytearray(size)
         self.users = 1  # the reader
+        self._free = free
+        self._lock = lock
+
+    def hold(self) -> _Window:
+        with self._lock:
+            self.users += 1
+        return self
+
+    def release(self) -> None:
+        with self._lock:
+            self.users -= 1
+            if not self.users:
+                self._free.append(self)
 
 
 class _Workers:
-    """Naming and sealing on a thread pool (HMAC, zstd and AES-GCM release the GIL), as
-    are small files' reads and cuts; results are consumed in submission order."""
+    """Naming and compressing on a thread pool (BLAKE3 or HMAC, and zstd, release the
+    GIL), as are small files' reads and cuts; results are consumed in submission order.
+    Encryption comes later, into the pack (`PackWriter`)."""
 
     def __init__(self, repo: Repository, known: PackWriter, workers: int) -> None:
         self._sealer: Sealer = repo.sealer
@@ -176,7 +190,7 @@ class _Workers:
         chunk_id = self._sealer.chunk_id(data)
         if chunk_id in self._known:
             return number, chunk_id, len(data), None
-        return number, chunk_id, len(data), self._sealer.seal(chunk_id, data)
+        return number, chunk_id, len(data), self._sealer.prepare(data)
 
     def seal_views(self, number: int, views: list[memoryview]) -> list[Piece]:
         return [self._piece(number, view) for view in views]
@@ -202,15 +216,12 @@ class _Workers:
         self, task: Callable[..., list[Piece]], *args: Any, window: _Window | None = None
     ) -> None:
         if window is not None:
-            window.users += 1
+            window.hold()
         self.inflight.append((self.pool.submit(task, *args), window))
 
     def done_with(self, window: _Window | None) -> None:
         if window is not None:
-            window.users -= 1
-            if not window.users:
-                with self._free_lock:
-                    self._free.append(window)
+            window.release()
 
     def window(self) -> _Window:
         """A free read buffer (their number is bounded by the tasks in flight and the
@@ -220,23 +231,24 @@ class _Workers:
                 window = self._free.pop()
                 window.users = 1
                 return window
-        return _Window(self.headroom + self.read_size)
+        return _Window(self.headroom + self.read_size, self._free, self._free_lock)
 
-    def _result(self) -> list[Piece]:
+    def _result(self) -> tuple[list[Piece], _Window | None]:
         future, window = self.inflight.popleft()
         try:
-            return future.result()
-        finally:
+            return future.result(), window
+        except BaseException:
             self.done_with(window)
+            raise
 
-    def ready(self, block: bool) -> Iterator[list[Piece]]:
+    def ready(self, block: bool) -> Iterator[tuple[list[Piece], _Window | None]]:
         """Finished results in order; with `block`, wait until few enough are in flight."""
         while self.inflight and (
             self.inflight[0][0].done() or (block and len(self.inflight) > self.limit)
         ):
             yield self._result()
 
-    def drain(self) -> Iterator[list[Piece]]:
+    def drain(self) -> Iterator[tuple[list[Piece], _Window | None]]:
         while self.inflight:
             yield self._result()
 
@@ -244,6 +256,8 @@ class _Workers:
         for future, _window in self.inflight:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        with self._free_lock:
+            self._free.clear()  # each window refers to this list: freed now, not by the GC
 
 
 def create_snapshot(
@@ -338,8 +352,11 @@ def _create_locked(
     files_read = 0
     vanished: set[int] = set()
 
-    def consume(pieces: list[Piece]) -> None:
+    def consume(result: tuple[list[Piece], _Window | None]) -> None:
+        """Record a task's chunks; blobs for the packer hold the window their bytes are
+        in, until sealed into their pack."""
         nonlocal added
+        pieces, window = result
         for number, chunk_id, length, blob in pieces:
             if length < 0:
                 vanished.add(number)
@@ -350,9 +367,10 @@ def _create_locked(
             entry.chunks.append(chunk_id)
             entry.size += length  # what was read, not what stat said before
             if blob is not None and chunk_id not in packer:
-                packer.add(chunk_id, blob, length)
+                packer.add(chunk_id, blob, length, window.hold() if window else None)
                 added += length
             reporter.advance(length)
+        pool.done_with(window)
 
     reporter.start(total, "backing up")
     small: list[tuple[int, str]] = []
@@ -380,12 +398,12 @@ def _create_locked(
                     small = []
             else:
                 _submit_large(pool, chunker, number, path, consume)
-            for pieces in pool.ready(block=True):
-                consume(pieces)
+            for result in pool.ready(block=True):
+                consume(result)
         if small:
             pool.submit(pool.read_small, small)
-        for pieces in pool.drain():
-            consume(pieces)
+        for result in pool.drain():
+            consume(result)
         packer.finish()
     except BaseException:
         pool.shutdown()
@@ -447,7 +465,7 @@ def _submit_large(
     chunker: Chunker,
     number: int,
     path: str,
-    consume: Callable[[list[Piece]], None],
+    consume: Callable[[tuple[list[Piece], _Window | None]], None],
 ) -> None:
     """Read the file in windows (readinto: no page faults of a mapping, and no GIL held
     while the kernel copies; on a thread of its own when there is more than one window, so
@@ -475,7 +493,7 @@ def _submit_large(
                 raise SourceError(f"cannot read {path}: {exc.strerror}") from None
             buffer = memoryview(window.data)
             start = pool.headroom - len(tail)
-            buffer[start : pool.headroom] = tail
+            _copy(buffer[start : pool.headroom], tail)
             tail.release()
             pool.done_with(previous)
             final = filled < pool.read_size
@@ -489,13 +507,13 @@ def _submit_large(
                 if batch_bytes >= _TASK_BYTES:
                     pool.submit(pool.seal_views, number, batch, window=window)
                     batch, batch_bytes = [], 0
-                    for pieces in pool.ready(block=True):
-                        consume(pieces)
+                    for result in pool.ready(block=True):
+                        consume(result)
             if batch:
                 pool.submit(pool.seal_views, number, batch, window=window)
             previous = window
-            for pieces in pool.ready(block=True):
-                consume(pieces)
+            for result in pool.ready(block=True):
+                consume(result)
         pool.done_with(previous)
 
 
@@ -555,6 +573,15 @@ class _Reader:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
+
+
+def _copy(into: memoryview, data: memoryview) -> None:
+    """into[:] = data without holding the GIL (ctypes releases it; a window's tail is up
+    to chunk_max bytes, and the other threads wait meanwhile otherwise)."""
+    if len(data):
+        assert len(into) >= len(data)
+        target = ctypes.addressof(ctypes.c_char.from_buffer(into))
+        ctypes.memmove(target, ctypes.addressof(ctypes.c_char.from_buffer(data)), len(data))
 
 
 def _read_into(handle: io.FileIO, buffer: memoryview) -> int:

@@ -11,20 +11,20 @@ Objects (docs/format.md, "Repository layout"):
 from __future__ import annotations
 
 import os
+import platform
 import secrets
-import socket
 import struct
 import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from backupvault.backup.errors import BackupNotFound, StorageError
 from backupvault.backup.repo import snapshots
-from backupvault.backup.repo.backend import Backend, MissingObject
-from backupvault.backup.repo.chunks import Chunker, Sealer
+from backupvault.backup.repo.backend import Backend, Filled, MissingObject
+from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
 from backupvault.backup.repo.index import (
     OBJECT_ID_LEN,
     PACK_TRAILER_LEN,
@@ -48,11 +48,11 @@ LOCK_EXPIRY_S: Final = 30 * 60
 LOCK_REFRESH_S: Final = 5 * 60
 _LOCK = struct.Struct(">BQQI")
 _SUMMARY_READ: Final = 8192
-# Two packs are written at once: while one is on its way to the disk, the next is copied
-# into its aligned buffer (docs/performance.md: one upload thread kept the disk idle during
-# those copies, and was the slowest stage of a first backup).
-_UPLOAD_THREADS: Final = 2
-_UPLOADS_AHEAD: Final = 4  # packs handed to the upload threads and not yet written
+# Four packs are written at once: while some are on their way to the disk, the others are
+# sealed into their aligned buffers (docs/performance.md: fewer upload threads left the
+# disk idle while they sealed, and were the slowest stage of a first backup).
+_UPLOAD_THREADS: Final = 4
+_UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
 
 
 class RepositoryLocked(BackupVaultError):
@@ -76,7 +76,7 @@ class LockInfo:
         """Expired, or held by a process of this host that no longer runs."""
         if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
             return True
-        if self.host != socket.gethostname():
+        if self.host != host_name():
             return False
         try:
             os.kill(self.pid, 0)
@@ -100,7 +100,7 @@ class Lock:
 
     def _write(self) -> None:
         now = time.time_ns() // 1000
-        host = socket.gethostname().encode()[:255]
+        host = host_name().encode()[:255]
         plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + host
         name = f"locks/{self.lock_id}"
         self.repo.backend.put(
@@ -321,15 +321,25 @@ class Repository:
         return found
 
 
+class Holder(Protocol):
+    """Something a pending blob's bytes live in (a read window), let go once the blob is
+    sealed into its pack."""
+
+    def release(self) -> None: ...
+
+
 class PackWriter:
-    """Collects sealed chunk blobs into packs of about the configured size; each pack's
-    blobs go out in random order, its header last. Uploads run on background threads."""
+    """Collects chunk blobs into packs of about the configured size; each pack's blobs go
+    out in random order, its header last. Blobs come sealed (prune copies them) or
+    `Prepared` (a backup's): those are sealed straight into the pack's buffer on the
+    upload threads that write the packs."""
 
     def __init__(self, repo: Repository, index: Index) -> None:
         self.repo = repo
         self.index = index
-        self.pending: dict[bytes, tuple[bytes | bytearray | memoryview, int]] = {}
+        self.pending: dict[bytes, tuple[bytes | bytearray | memoryview | Prepared, int]] = {}
         self._pending_size = 0
+        self._holders: list[Holder] = []
         self.written: dict[bytes, list[PackEntry]] = {}
         self.stored = 0
         self._uploader = ThreadPoolExecutor(_UPLOAD_THREADS, thread_name_prefix="pack-upload")
@@ -339,11 +349,23 @@ class PackWriter:
     def __contains__(self, chunk_id: bytes) -> bool:
         return chunk_id in self.pending or chunk_id in self.index.chunks
 
-    def add(self, chunk_id: bytes, blob: bytes | bytearray | memoryview, raw_length: int) -> None:
+    def add(
+        self,
+        chunk_id: bytes,
+        blob: bytes | bytearray | memoryview | Prepared,
+        raw_length: int,
+        holder: Holder | None = None,
+    ) -> None:
+        """Add a blob unless its chunk is stored or pending; `holder` (what the blob's
+        bytes live in) is released once they are no longer needed."""
         if chunk_id in self:
+            if holder is not None:
+                holder.release()
             return
         self.pending[chunk_id] = (blob, raw_length)
-        self._pending_size += len(blob)
+        if holder is not None:
+            self._holders.append(holder)
+        self._pending_size += blob.size if isinstance(blob, Prepared) else len(blob)
         if self._pending_size >= self.repo.config.pack_size:
             self.flush()
 
@@ -354,32 +376,47 @@ class PackWriter:
         self._rng.shuffle(items)
         pack_id = new_id()
         entries: list[PackEntry] = []
-        parts: list[bytes | bytearray | memoryview] = []
         offset = 0
         for chunk_id, (blob, raw_length) in items:
-            entries.append(PackEntry(chunk_id, offset, len(blob), raw_length))
-            parts.append(blob)
-            offset += len(blob)
-        parts.append(seal_pack_header(self.repo.keys.index, pack_id, entries))
+            length = blob.size if isinstance(blob, Prepared) else len(blob)
+            entries.append(PackEntry(chunk_id, offset, length, raw_length))
+            offset += length
+        header = seal_pack_header(self.repo.keys.index, pack_id, entries)
         self.index.add_pack(pack_id, entries)
         self.written[pack_id] = entries
-        self.pending = {}
-        self._pending_size = 0
-        self.stored += offset + len(parts[-1])
+        holders = self._holders
+        self.pending, self._pending_size, self._holders = {}, 0, []
+        self.stored += offset + len(header)
+        sealer = self.repo.sealer
+        blobs_end = offset
+
+        def fill(out: memoryview) -> None:
+            for (chunk_id, (blob, _raw)), entry in zip(items, entries, strict=True):
+                with out[entry.offset : entry.offset + entry.length] as room:
+                    if isinstance(blob, Prepared):
+                        sealer.seal_into(chunk_id, blob, room)
+                    else:
+                        room[:] = blob
+            out[blobs_end:] = header
+
         self._wait_uploads(_UPLOADS_AHEAD - 1)  # bounded memory
         self._uploads.append(
             # Each pack is synced on the upload thread, so the disk writes while the next
             # packs are made, rather than in one sync at the end; their folder once, in
             # finish.
             self._uploader.submit(
-                self.repo.backend.put, f"data/{pack_id.hex()}", parts, sync_folder=False
+                self.repo.backend.put,
+                f"data/{pack_id.hex()}",
+                Filled(offset + len(header), fill),
+                sync_folder=False,
             )
         )
-        buffers = self.repo.sealer.buffers
 
         def written(_upload: Future[None]) -> None:
-            buffers.give_back(parts)  # written, or failed: nobody reads them again
-            parts.clear()  # (the future keeps this callback)
+            items.clear()  # written, or failed: nobody reads the blobs again
+            for holder in holders:
+                holder.release()
+            holders.clear()  # (the future keeps this callback)
 
         self._uploads[-1].add_done_callback(written)
 
@@ -414,7 +451,9 @@ class PackWriter:
 
 
 def host_name() -> str:
-    return socket.gethostname()
+    """This machine's name (as `hostname` prints it; platform, unlike socket, is already
+    loaded at start-up)."""
+    return platform.node()
 
 
 def cpu_workers() -> int:

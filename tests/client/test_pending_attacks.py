@@ -1,0 +1,196 @@
+"""Attacks on the device's pending deliveries (client/pending.py; docs/threshold.md,
+"Finishing later"): a pending file that is damaged, tampered with, swapped between
+entries, reordered or rolled back never crashes a flow, never sends a share to another
+node, entry or version, and never holds a share in the clear."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from backupvault.client.errors import FleetUnavailable, VaultError
+from backupvault.client.pending import PendingFileDamaged, PendingStore
+from backupvault.client.threshold import ThresholdVault
+
+from .fake_fleet import FAST_KSF, FakeFleet
+
+RK = bytes(range(32))
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Resends without the pauses between them (the degraded registrations here would
+    otherwise wait out their 0.6 s of backoff each)."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+
+
+def _degraded(fleet: FakeFleet, path: Path, notes: list[str] | None = None) -> ThresholdVault:
+    """A registration with node 3 down: its share is owed, kept in the file at `path`."""
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault([] if notes is None else notes, PendingStore(path))
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    fleet.nodes[3].mode = "ok"
+    return vault
+
+
+def _edit(path: Path, change: Any) -> None:
+    body = json.loads(path.read_text())
+    change(body["records"])
+    path.write_text(json.dumps(body))
+
+
+def _flip(wrapped: str) -> str:
+    return wrapped[:-2] + f"{int(wrapped[-2:], 16) ^ 1:02x}"
+
+
+def _sent(fleet: FakeFleet) -> int:
+    return sum(node.seen.count("register-share") for node in fleet.nodes)
+
+
+#: Records that contradict their own manifest, by what is wrong with them.
+MALFORMED: dict[str, Any] = {
+    "a share missing": lambda records: records[0]["shares"].pop(),
+    "a share too many": lambda records: records[0]["shares"].append(records[0]["shares"][0]),
+    "a manifest that does not decode": lambda records: records[0].update(manifest="00"),
+    "a node the fleet does not have": lambda records: records[0].update(nodes=[7]),
+    "not the manifest's version": lambda records: records[0].update(version=2),
+    "not the manifest's entry": lambda records: records[0].update(entry="other"),
+}
+#: Shares that are whole but not where they belong.
+TAMPERED: dict[str, Any] = {
+    "reordered": lambda records: records[0]["shares"].reverse(),  # node 0's in node 4's place
+    "one bit flipped": lambda records: records[0]["shares"].__setitem__(
+        3, _flip(records[0]["shares"][3])
+    ),
+}
+
+
+def test_a_malformed_pending_record_is_named_and_never_crashes_a_flow(tmp_path: Path) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    _degraded(fleet, path)
+    kept = path.read_text()
+    for what, damage in MALFORMED.items():
+        path.write_text(kept)
+        _edit(path, damage)
+        notes: list[str] = []
+        vault = fleet.vault(notes, PendingStore(path))
+        before = _sent(fleet)
+        assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK, what
+        assert vault.status().guesses_remaining > 0, what
+        assert any("pending deliveries not finished" in n for n in notes), what
+        assert _sent(fleet) == before, what  # nothing sent from a damaged record
+        with pytest.raises(PendingFileDamaged):
+            vault.finish(vault.live_manifest()[0])
+
+
+def test_a_tampered_pending_share_is_never_sent(tmp_path: Path) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    _degraded(fleet, path)
+    kept = path.read_text()
+    for what, tamper in TAMPERED.items():
+        path.write_text(kept)
+        _edit(path, tamper)
+        notes: list[str] = []
+        vault = fleet.vault(notes, PendingStore(path))
+        before = _sent(fleet)
+        assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK, what
+        assert _sent(fleet) == before and fleet.nodes[3].share is None, what
+        assert any("does not open" in n for n in notes), what
+
+
+def test_a_pending_record_swapped_in_from_another_registration_does_not_open(
+    tmp_path: Path,
+) -> None:
+    """Another registration's record (another device's file, the same names) with this
+    entry's manifest put in: its shares do not open under this entry's export_key, and
+    nothing is sent."""
+    fleet_a, fleet_b = FakeFleet(5), FakeFleet(5)
+    path_a, path_b = tmp_path / "a-pending.json", tmp_path / "b-pending.json"
+    notes: list[str] = []
+    vault = _degraded(fleet_a, path_a, notes)
+    _degraded(fleet_b, path_b)
+    own = json.loads(path_a.read_text())["records"][0]
+    swapped = json.loads(path_b.read_text())
+    swapped["records"][0].update(manifest=own["manifest"], fleet_id=own["fleet_id"])
+    path_a.write_text(json.dumps(swapped))
+    before = _sent(fleet_a)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert _sent(fleet_a) == before and fleet_a.nodes[3].share is None
+    assert any("does not open" in n for n in notes)
+
+
+def test_a_rolled_back_pending_file_sends_nothing_for_an_old_version(tmp_path: Path) -> None:
+    """The file as it was before the delivery finished and the password changed: its
+    version 1 record is dropped unsent; no node is offered a share of version 1 again."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = _degraded(fleet, path)
+    shutil.copy(path, tmp_path / "old.json")
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.pending == () and not path.exists()
+    vault.change_password(recovered, "new", ksf=FAST_KSF)
+    shutil.copy(tmp_path / "old.json", path)  # rolled back
+    before = _sent(fleet)
+    assert vault.recover("new", ksf_floor=FAST_KSF).pending == ()
+    assert _sent(fleet) == before and not path.exists()
+    assert all(node.version == 2 for node in fleet.nodes)
+
+
+def test_a_change_some_node_took_is_sent_again_past_the_patience_and_never_called_failed() -> None:
+    """An acknowledgement proves M′ committed (a node acknowledges only the committed
+    M), and then the old shares are being erased: the new shares exist only in this
+    process. With fewer than t acknowledgements the delivery is sent again for longer
+    than the ordinary patience, unreachable nodes included; and if it still fails, the
+    client says the change is in effect, never that nothing was registered."""
+    fleet = FakeFleet(5)
+    notes: list[str] = []
+    vault = fleet.vault(notes)
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovered = vault.recover("old", ksf_floor=FAST_KSF)
+    vault.delivery_patience = 0.0  # the ordinary patience is over at once
+    vault.committed_patience = 5.0
+    for i in (2, 3, 4):
+        fleet.nodes[i].down_for = 6  # six fan-outs in a row without their answer
+    changed = vault.change_password(recovered, "new", ksf=FAST_KSF)
+    assert changed.acknowledged == (0, 1, 2, 3, 4)
+    assert any("do not interrupt" in n for n in notes)
+    assert vault.recover("new", ksf_floor=FAST_KSF).root_key == RK
+    # Past the longer patience too: an error that says what happened.
+    recovered = vault.recover("new", ksf_floor=FAST_KSF)
+    vault.committed_patience = 0.0
+    for i in (2, 3, 4):
+        fleet.nodes[i].down_for = 1000  # up, but the relay passes none of their copies
+    with pytest.raises(VaultError) as caught:
+        vault.change_password(recovered, "newer", ksf=FAST_KSF)
+    assert not isinstance(caught.value, FleetUnavailable)
+    assert "in effect" in caught.value.message and "not registered" not in caught.value.message
+
+
+def test_a_malformed_pending_erasure_never_crashes_status(tmp_path: Path) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault([], PendingStore(path))
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[4].mode = "down"
+    vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
+    fleet.nodes[4].mode = "ok"
+    kept = path.read_text()
+    damages = {
+        "not a signature's length": {"authorization": "00" * 63},
+        "a negative counter": {"counter": -1},
+        "a counter above u64": {"counter": 2**64},
+    }
+    for what, fields in damages.items():
+        path.write_text(kept)
+        _edit(path, lambda records, fields=fields: records[0].update(fields))
+        notes: list[str] = []
+        vault = fleet.vault(notes, PendingStore(path))
+        assert vault.status().status.name == "EMPTY", what
+        assert any("pending deliveries not finished" in n for n in notes), what
+        assert fleet.nodes[4].share is not None, what  # nothing sent from it
