@@ -21,6 +21,7 @@ from backupvault.chaos.soak import (
     FaultKind,
     Tally,
 )
+from backupvault.protocol import Op
 
 SECONDS = float(os.environ.get("BACKUPVAULT_SOAK_SECONDS", "30"))
 CLIENTS = int(os.environ.get("BACKUPVAULT_SOAK_CLIENTS", "8"))
@@ -117,3 +118,18 @@ def test_ghost_flags_more_than_limit_attempts_in_a_window() -> None:
     assert tally.violations == []
     ghost.on_output(GUESS_LIMIT + 1, tally)
     assert any(f"limit {GUESS_LIMIT}" in v for v in tally.violations)
+
+
+def test_ghost_starts_the_window_at_a_success_whose_reset_failed() -> None:
+    """Soak run P: the entry opened at an attempt, the reset fan-out failed (the relay's
+    503), yet nodes took the owner's reset, so the fleet's window started there. Only a
+    failure while sending the reset moves the ghost's window."""
+    tally = Tally()
+    ghost = EntryGhost("a", "e", False, bytes(32), "pw")
+    ghost.on_output(5, tally)  # the right password
+    ghost.reset_may_have_landed(Op.EVALUATE)
+    assert ghost.base == 0
+    ghost.reset_may_have_landed(Op.RESET)
+    assert (ghost.base, ghost.charged) == (5, 5)  # what the client believes used: kept
+    ghost.on_output(5 + GUESS_LIMIT, tally)  # L attempts after it: allowed
+    assert tally.violations == []

@@ -332,6 +332,17 @@ class EntryGhost:
                 f"success at attempt {self.base} (limit {GUESS_LIMIT})"
             )
 
+    def reset_may_have_landed(self, failed_at: Op | None) -> None:
+        """A right-password recovery failed while sending the owner's reset: the entry
+        opened at the latest output's attempt and the signed reset went out, so nodes may
+        have taken it (and settling commits a value a minority took, docs/threshold.md),
+        which starts the fleet's window there. A window checked from a later start than
+        the fleet's never reports a correct fleet (it can only miss an output beyond L
+        if the reset reached no node); one from an earlier start can (soak run P). What
+        the client believes it used is left as it was."""
+        if failed_at is Op.RESET:
+            self.base = max(self.base, self.last_attempt)
+
     def on_success(self, attempt: int) -> None:
         """The owner proved the password at `attempt`: the window starts again there."""
         self.base = attempt
@@ -894,6 +905,7 @@ class Worker:
             if not transient(err):
                 self.tally.violation(f"{where}: right-password recovery: {err!r}")
             ghost.charged += 1  # the attempt may have been counted
+            ghost.reset_may_have_landed(client.trace.current_op)
             self._pause_after(err, stop, ghost)
             return
         if found.root_key != ghost.root_key:
@@ -996,6 +1008,7 @@ class Worker:
             self.tally.op("change_password", _failed(err, client.trace), client.trace.seconds)
             if not transient(err):
                 self.tally.violation(f"{where}: password change: {err!r}")
+            ghost.reset_may_have_landed(client.trace.current_op)
             if client.trace.current_op is Op.CHANGE_SHARE:
                 ghost.candidates = [new, ghost.password]  # it may have committed
             self._pause_after(err, stop, ghost)

@@ -63,6 +63,12 @@ ChangeFn = Callable[[bytes], tuple[bytes, Any]]
 #: refuse what they can tell is wrong without trusting the proposer (docs/threshold.md,
 #: "Recovery"): a malformed value, a counter going down, a field changing unsigned.
 ValueCheck = Callable[[bytes, bytes, bytes], str | None]
+#: The same check for a value a peer hands a node catching up (`Replica._on_sync_response`):
+#: it may take a newer value it cannot check step by step (it may itself have accepted it
+#: before its disk was rolled back, and must not forget that), but never one that goes
+#: back against what it holds or that fails its own checks (docs/threshold.md, "Catching
+#: up"). None: `ValueCheck` itself.
+CopyCheck = ValueCheck
 #: Told (key, payload) as this node writes a value it accepts (an "accept" persist), so
 #: the application knows what this node itself durably accepted (docs/threshold.md: a node
 #: evaluates an attempt only for the B of the value it accepted itself). Called before the
@@ -142,6 +148,11 @@ class Timing:
     # long; otherwise it runs a Prepare first, which changes nothing if no majority is up.
     leader_lease: float = 1.0
     suspect_for: float = 5.0  # a leader that did not answer is passed over this long
+    # A value this node accepted that it has not seen every node take (an announced
+    # entry's, `AnnounceHook`) is settled by this node after this long: a no-op round if
+    # no majority took it, a repair of the nodes that did not if one did (`_settle`).
+    settle_after: float = 3.0
+    settle_max: float = 24.0  # … asking again after twice as long each time, up to this
 
 
 DEFAULT_TIMING = Timing()
@@ -157,6 +168,18 @@ class _Repair:
     until: float
     next_at: float
     refused: bool = False  # a pending node promised a higher ballot: resending cannot help
+
+
+@dataclass
+class _Unsettled:
+    """A value this node accepted for an announced entry, not yet seen taken by every
+    node: at `due`, `_settle` looks again."""
+
+    ballot: Ballot
+    digest: bytes
+    due: float
+    until: float
+    tries: int = 0
 
 
 @dataclass
@@ -230,10 +253,12 @@ class Replica:
         check_value: ValueCheck | None = None,
         on_accept: AcceptHook | None = None,
         announce: AnnounceHook | None = None,
+        check_copy: CopyCheck | None = None,
     ) -> None:
         self.node = node
         self._announce = announce
         self._check_value = check_value
+        self._check_copy = check_copy if check_copy is not None else check_value
         self._on_accept = on_accept
         self.nodes = sorted(set(nodes))
         if node not in self.nodes or len(self.nodes) % 2 == 0:
@@ -264,6 +289,10 @@ class Replica:
         # Per entry: the acceptors that answered Accepted for each (ballot, value digest),
         # so this node knows when the value it accepted itself is chosen (`_joined`).
         self._chosen: OrderedDict[bytes, dict[tuple[Ballot, bytes], _Votes]] = OrderedDict()
+        # Announced entries whose value this node accepted and has not seen every node
+        # take (`_settle`).
+        self._unsettled: dict[bytes, _Unsettled] = {}
+        self._now = 0.0  # the clock of the call being handled (receive, tick, propose)
 
     # ---- lifecycle -------------------------------------------------------------------
 
@@ -273,6 +302,7 @@ class Replica:
         store matches the token's monotonic counter, which covers every persist before
         anything depending on it left the node). Such a node forgot nothing it promised
         or accepted, so it takes part at once, like an acceptor with stable storage."""
+        self._now = now
         if intact:
             self.ready = True
             self._started_at = now
@@ -317,6 +347,7 @@ class Replica:
         see linearized right after any chosen value, as the threshold flow's N copies of
         one request are) that leaves the chosen value this node accepted unchanged is
         answered from that value with no round: the N copies make one round, not N."""
+        self._now = now
         proposal = _Proposal(
             op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
         )
@@ -357,9 +388,14 @@ class Replica:
         """Committed values not yet acknowledged by every node."""
         return len(self._repairs)
 
+    def unsettled(self) -> int:
+        """Values this node accepted and has not yet seen every node take (`_settle`)."""
+        return len(self._unsettled)
+
     # ---- messages --------------------------------------------------------------------
 
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
+        self._now = now
         if sender not in self.nodes:
             return []
         match message:
@@ -398,6 +434,7 @@ class Replica:
                 return []  # anything unknown: treated as no answer
 
     def tick(self, now: float) -> list[Effect]:
+        self._now = now
         effects: list[Effect] = []
         if not self.ready and self._sync_responses and self._sync_complete(now):
             effects += self._finish_sync()
@@ -424,6 +461,8 @@ class Replica:
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
                     effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
+        if self.ready:
+            effects += self._settle(now)
         for key in list(self._leading):
             lead = self._leads[key]
             if now >= lead.started + self.timing.round_timeout:
@@ -464,8 +503,18 @@ class Replica:
         assert record.promised >= record.accepted, "accepted above the promise"
         self.source.put(record)
         self._max_round = max(self._max_round, record.promised.round)
-        if kind == "accept" and self._on_accept is not None and record.value:
-            self._on_accept(record.key, payload_of(record.value))
+        if kind == "accept" and record.value:
+            payload = payload_of(record.value)
+            if self._on_accept is not None:
+                self._on_accept(record.key, payload)
+            if self._announce is not None and self._announce(record.key, payload):
+                self._unsettled.pop(record.key, None)
+                self._unsettled[record.key] = _Unsettled(
+                    record.accepted,
+                    _digest(record.value),
+                    self._now + self.timing.settle_after,
+                    self._now + self.timing.repair_window,
+                )
         return Persist(record, kind)
 
     def _refused(self, message: Prepare | Accept) -> bool:
@@ -708,10 +757,18 @@ class Replica:
             if len(self._chosen) > CHOSEN_ENTRIES:
                 self._chosen.popitem(last=False)
         self._chosen.move_to_end(message.key)
-        value = votes.setdefault((Ballot(message.round, message.node), message.digest), _Votes())
+        ballot = Ballot(message.round, message.node)
+        value = votes.setdefault((ballot, message.digest), _Votes())
         value.acceptors.add(sender)
         if value.chosen_at is None and len(value.acceptors) >= self.quorum:
             value.chosen_at = now
+        unsettled = self._unsettled.get(message.key)
+        if (
+            unsettled is not None
+            and len(value.acceptors) == len(self.nodes)
+            and (unsettled.ballot, unsettled.digest) == (ballot, message.digest)
+        ):
+            del self._unsettled[message.key]  # every node took it: settled
         while len(votes) > CHOSEN_BALLOTS:
             del votes[min(votes)]
         queue = self._queues.get(message.key)
@@ -860,6 +917,74 @@ class Replica:
         else:
             del self._queues[proposal.key]
         return effects
+
+    # ---- settling: every value this node took reaches every node ---------------------
+
+    def _settle(self, now: float) -> list[Effect]:
+        """Values this node accepted that it has not seen every node take, once due.
+
+        A proposer repairs the nodes that missed the value it committed (`_Repair`), but
+        that repair lives in its memory, and a value that no proposer saw committed (its
+        round lost its majority under faults, after some acceptors took it) is repaired by
+        nobody. Either leaves nodes holding different values for good, once no client
+        asks about the entry again: a destroyed entry live on some disks (docs/soak.md,
+        runs J, L, M). So every acceptor of an announced entry's value looks again after
+        `settle_after`: taken by every node (each acceptor announces its answer), nothing
+        to do; chosen but not taken by some, the two lowest-numbered acceptors that took
+        it (one after the other, so a crashed repairer is stood in for) resend it to those
+        as a repair; not seen chosen, this node runs a no-op round, which commits the
+        newest value a majority holds (this node's own, unless a newer one exists) and
+        repairs whoever lags in turn. Each acceptor still checks every value it is sent."""
+        effects: list[Effect] = []
+        for key, unsettled in list(self._unsettled.items()):
+            if unsettled.due > now:
+                continue
+            del self._unsettled[key]
+            record = self.source.get(key)
+            if (
+                record is None
+                or record.accepted != unsettled.ballot
+                or _digest(record.value) != unsettled.digest
+                or now >= unsettled.until
+            ):
+                continue  # a newer value here settles itself; or it is given up
+            votes = self._chosen.get(key, {}).get((unsettled.ballot, unsettled.digest))
+            if votes is not None and len(votes.acceptors) == len(self.nodes):
+                continue
+            if votes is not None and votes.chosen_at is not None:
+                effects += self._repair_missing(key, record, votes, unsettled, now)
+                continue
+            if key not in self._queues:
+                effects += self.propose(self._rng(16), key, _unchanged, now)
+            self._again(key, unsettled, now)
+        return effects
+
+    def _repair_missing(
+        self, key: bytes, record: AcceptorRecord, votes: _Votes, unsettled: _Unsettled, now: float
+    ) -> list[Effect]:
+        """A chosen value some nodes have not taken: the lowest-numbered acceptor that took
+        it repairs them, the next one a while later if they still lag (the first may have
+        crashed); the others leave it to them."""
+        rank = sorted(votes.acceptors).index(self.node) if self.node in votes.acceptors else 2
+        if rank >= 2 or any(r.accept.key == key for r in self._repairs.values()):
+            return []
+        if rank > unsettled.tries:
+            self._again(key, unsettled, now)
+            return []
+        missing = set(self.nodes) - votes.acceptors
+        # Sent as it was sent to this node: a leader's Accept (pipelined) also promised the
+        # ballot's successor, and a node that copied that promise takes it again only so.
+        ballot = record.accepted
+        pipelined = record.promised == Ballot(ballot.round + 1, ballot.node)
+        accept = Accept(self._rng(16), key, *_ballot(ballot), record.value, self.node, pipelined)
+        self._repairs[accept.op_id] = _Repair(accept, missing, now + self.timing.repair_window, now)
+        return []
+
+    def _again(self, key: bytes, unsettled: _Unsettled, now: float) -> None:
+        unsettled.tries += 1
+        wait = self.timing.settle_after * 2**unsettled.tries
+        unsettled.due = now + min(wait, self.timing.settle_max)
+        self._unsettled[key] = unsettled
 
     # ---- leader -----------------------------------------------------------------------
 
@@ -1041,7 +1166,12 @@ class Replica:
         # values, and this node answers no Prepare or Accept before it is ready.
         effects: list[Effect] = []
         for theirs in message.records:
-            merged = _merge(self._record(theirs.key), theirs)
+            mine = self._record(theirs.key)
+            if max(theirs.promised.round, theirs.accepted.round) > (
+                self._max_round + MAX_ROUND_STEP
+            ):
+                continue  # ballot inflation, as an acceptor refuses it
+            merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
             if merged != self.source.get(theirs.key):
                 effects.append(self._store(merged, "copy"))
         mark = Mark(message.store_id, message.upto)
@@ -1053,6 +1183,19 @@ class Replica:
         if self._sync_complete(now):
             effects += self._finish_sync()
         return effects
+
+    def _copy_taken(self, mine: AcceptorRecord, theirs: AcceptorRecord) -> bool:
+        """Whether a peer's newer accepted value passes this node's check for a copy: a
+        peer may be hostile, and a value a copy puts here is what this acceptor checks
+        every later proposal against (docs/threshold.md, "Catching up")."""
+        if theirs.accepted <= mine.accepted or self._check_copy is None or not theirs.value:
+            return True  # not newer (only the promise is merged), or nothing to check
+        try:
+            payload = payload_of(theirs.value)
+            held = payload_of(mine.value)
+        except InvalidInput:
+            return False
+        return self._check_copy(theirs.key, payload, held) is None
 
     def _finish_sync(self) -> list[Effect]:
         self.ready = True
@@ -1107,9 +1250,11 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def _merge(mine: AcceptorRecord, theirs: AcceptorRecord) -> AcceptorRecord:
-    """The newest accepted value and the highest promise of two copies of a record."""
-    accepted = theirs if theirs.accepted > mine.accepted else mine
+def _merge(mine: AcceptorRecord, theirs: AcceptorRecord, take_value: bool = True) -> AcceptorRecord:
+    """The newest accepted value and the highest promise of two copies of a record; with
+    `take_value` False, this node's own value whatever the ballots (a promise is only ever
+    stricter: it refuses lower ballots, and carries no value)."""
+    accepted = theirs if take_value and theirs.accepted > mine.accepted else mine
     promised = max(mine.promised, theirs.promised, accepted.accepted)
     return AcceptorRecord(
         mine.key,

@@ -154,11 +154,13 @@ class VaultFirmware:
 
     # ---- what an acceptor checks itself -----------------------------------------------
 
-    def check_value(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
+    def check_value(
+        self, key: bytes, payload: bytes, held: bytes = b"", *, copy: bool = False
+    ) -> str | None:
         """Why this node, as an acceptor, refuses a proposed entry value, or None: the
         value's own checks and, against the value this acceptor holds (`held`), the owner's
         signatures (`shares.check_threshold_value`). A value of the removed single-seed
-        flow is refused."""
+        flow is refused. `copy`: a peer's answer to this node catching up."""
         if payload[:1] == bytes([SINGLE_SEED_ENTRY_TAG]):
             return "a single-seed value (that flow was removed)"
         try:
@@ -166,7 +168,11 @@ class VaultFirmware:
             proposed = ThresholdState.from_bytes(payload)
         except (InvalidInput, ValueError):
             return "not an entry state"
-        return check_threshold_value(self.fleet_id, key, self.shape, proposed, held)
+        return check_threshold_value(self.fleet_id, key, self.shape, proposed, held, copy=copy)
+
+    def check_copy(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
+        """The replica's hook for a value a peer hands this node while it catches up."""
+        return self.check_value(key, payload, held, copy=True)
 
     # ---- operations ------------------------------------------------------------------
 

@@ -431,7 +431,7 @@ class ShareKeeper:
             return
         if state is None:
             return
-        erased = self._retired_share(key, state)
+        erased = self._retired_share(key, state) or self._exhausted_share(key, state)
         if erased is not None:
             self._unsaved.append(erased)
         if state.status != EntryStatus.LIVE or not state.attempt_hash:
@@ -470,6 +470,26 @@ class ShareKeeper:
         else:
             erased = row.with_(share=b"", change_counter=state.change_counter)
         return self._write(key, erased, trusted=False)
+
+    def _exhausted_share(self, key: bytes, state: ThresholdState) -> ShareWrite | None:
+        """This node's share, erased, when it takes a tombstone of its share's version and
+        its own count is already at L (docs/threshold.md, "Counters and erasure"): the
+        request that would have erased it (`_destroyed`) may never come, since a client
+        that finds t tombstones sends nothing. The tombstone alone erases nothing, nor a
+        count at L on its peers' reports. If the L-th attempt was the owner's success, its
+        reset can no longer reach this share: the node holds the tombstone, and no value
+        of that version is live again here."""
+        row = self.row(key)
+        if (
+            state.status != EntryStatus.DESTROYED
+            or row is None
+            or not row.share
+            or row.version != state.version
+            or row.count < self.shape.guess_limit
+            or _assumed(row)
+        ):
+            return None
+        return self._write(key, row.with_(share=b""), trusted=False)
 
     def take_writes(self) -> tuple[ShareWrite, ...]:
         """Rows this node changed on its own while accepting a value (an erasure on a
@@ -1065,12 +1085,22 @@ def _destroyed_error() -> ErrorResponse:
 
 
 def check_threshold_value(
-    fleet_id: bytes, key: bytes, shape: FleetShape, state: ThresholdState, held: bytes
+    fleet_id: bytes,
+    key: bytes,
+    shape: FleetShape,
+    state: ThresholdState,
+    held: bytes,
+    *,
+    copy: bool = False,
 ) -> str | None:
     """Why an acceptor refuses a proposed threshold value, or None (docs/threshold.md
     "Recovery" step 1). `held` is the payload this acceptor holds for the key. What one
     value shows on its own, then what changed against the held value: a counter that goes
-    down, or a field that changes without the owner's signature, is refused."""
+    down, or a field that changes without the owner's signature, is refused. `copy`: the
+    value is a peer's answer to this node catching up (docs/threshold.md, "Catching up"):
+    the same checks, except that versions it cannot check step by step (skipped, or the
+    delete of one it never held) are taken, since it may have accepted them itself before
+    its disk was rolled back."""
     entry_id = EntryId.from_bytes(key)
     try:
         status = EntryStatus(state.status)
@@ -1121,7 +1151,10 @@ def check_threshold_value(
     previous = _held_threshold(held)
     if previous is None:
         return None  # nothing held: only the value's own checks
-    return _check_transition(fleet_id, entry_id, previous, state, manifest)
+    refused = _check_transition(fleet_id, entry_id, previous, state, manifest)
+    if copy and refused in _UNCHECKABLE_STEPS:
+        return None
+    return refused
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:
@@ -1130,6 +1163,12 @@ def _held_threshold(held: bytes) -> ThresholdState | None:
     except InvalidInput:
         return None
     return None if state is None or state == ThresholdState() else state
+
+
+_SKIPPED = "a version skipped (this node cannot check the owner's statements between)"
+_NEVER_HELD = "a delete of a version this node never held (it cannot check the signature)"
+#: Steps an acceptor refuses because it cannot check them, not because they go back.
+_UNCHECKABLE_STEPS = (_SKIPPED, _NEVER_HELD)
 
 
 def _check_transition(
@@ -1177,9 +1216,9 @@ def _check_transition(
         # it), and no node evaluates, erases or resets on a tombstone's word.
         return None
     if state.version != held.version + 1:
-        return "a version skipped (this node cannot check the owner's statements between)"
+        return _SKIPPED
     if manifest is None:
-        return "a delete of a version this node never held (it cannot check the signature)"
+        return _NEVER_HELD
     if _retiring_statement(fleet_id, entry_id, held, state) is None:
         return "a new version without the owner's signed change or delete of the held one"
     return None

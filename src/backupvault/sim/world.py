@@ -20,7 +20,7 @@ import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +36,8 @@ from backupvault.fleet.messages import (
     Forward,
     Prepare,
     Promise,
+    SyncRequest,
+    SyncResponse,
     payload_of,
 )
 from backupvault.fleet.records import MemoryRecords
@@ -256,6 +258,8 @@ class HostileAcceptor:
             0,
             b"",
         )
+        #: What it answers a node catching up (None: silence).
+        self.sync: Callable[[SyncRequest], SyncResponse | None] = lambda request: None
 
     def answer(self, message: Message) -> Message | None:
         match message:
@@ -284,6 +288,8 @@ class HostileAcceptor:
                     message.node,
                     hashlib.sha256(message.value).digest(),
                 )
+            case SyncRequest():
+                return self.sync(message)
         return None
 
 
@@ -697,12 +703,12 @@ class Simulation:
             keeper.distrust_stored_counts()
         shape = self.shape
 
-        def check(key: bytes, payload: bytes, held: bytes) -> str | None:
+        def check(key: bytes, payload: bytes, held: bytes, copy: bool = False) -> str | None:
             try:
                 state = ThresholdState.from_bytes(payload)
             except InvalidInput:
                 return "not a threshold entry"
-            return check_threshold_value(FLEET_ID, key, shape, state, held)
+            return check_threshold_value(FLEET_ID, key, shape, state, held, copy=copy)
 
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
@@ -716,6 +722,7 @@ class Simulation:
             check_value=check,
             on_accept=keeper.on_accept,
             announce=lambda key, payload: True,  # every entry is a threshold entry
+            check_copy=partial(check, copy=True),
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
@@ -1012,11 +1019,23 @@ class Simulation:
 
     def settle(self, seconds: float) -> None:
         """Let the world run for `seconds` (repairs, catch-up, retries)."""
+        self.run_until(lambda: False, seconds)
+
+    def run_until(self, done: Callable[[], bool], seconds: float) -> bool:
+        """Run the world event by event until `done()` (True) or for `seconds` (False): a
+        test cuts the network at the exact step it wants."""
         deadline = self.now + seconds
         while self._events and self._events[0][0] <= deadline:
+            if done():
+                return True
             t, _, kind, data = heapq.heappop(self._events)
             self.now = t
             self._dispatch(kind, data)
+        return done()
+
+    def send(self, slot: int, op: Op, request: Message) -> None:
+        """Send `request` to node `slot` alone, without waiting for its answer."""
+        self._client_request(slot, -2, next(self._call_ids), op, request.to_bytes())
 
     def fanout_now(self, call: Call) -> Answers:
         """Each node's answer to its copy, one node after the other (crashed nodes give
@@ -1042,6 +1061,7 @@ class Simulation:
             and n.replica.ready
             and not n.replica.pending()
             and not n.replica.lagging()
+            and not n.replica.unsettled()
             for n in self.honest.values()
         )
 
@@ -1071,7 +1091,29 @@ class Simulation:
                         f"node{n.index} still holds [{describe(held.to_bytes())}] for a "
                         "destroyed entry",
                     )
+        self._check_disks_agree()
         self._probe()
+
+    def _check_disks_agree(self) -> None:
+        """After the heal every honest node holds the same value of every entry (what the
+        chaos soak checks on the nodes' disks, docs/soak.md): a destroyed entry destroyed
+        everywhere, with exactly L attempts, never live on some nodes."""
+        for key in self.entry_keys:
+            held = {n.index: self.replicated(n.index, key) for n in self.honest.values()}
+            seen = {(s.version, s.status, s.attempt, s.attempts_used) for s in held.values()}
+            if len(seen) > 1:
+                raise InvariantViolation(
+                    "disks-agree",
+                    f"{_short(key)}: "
+                    + "; ".join(f"node{i} [{describe(s.to_bytes())}]" for i, s in held.items()),
+                )
+            for s in held.values():
+                if s.status == EntryStatus.DESTROYED and s.attempts_used != self.shape.guess_limit:
+                    raise InvariantViolation(
+                        "disks-agree",
+                        f"{_short(key)}: destroyed with {s.attempts_used} attempts used, "
+                        f"not L = {self.shape.guess_limit}",
+                    )
 
     def _recoverable(self, c: _Client) -> bool:
         """Whether t honest nodes can still evaluate `c`'s entry (else an "unavailable"
