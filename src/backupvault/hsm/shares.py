@@ -1151,10 +1151,7 @@ def check_threshold_value(
     previous = _held_threshold(held)
     if previous is None:
         return None  # nothing held: only the value's own checks
-    refused = _check_transition(fleet_id, entry_id, previous, state, manifest)
-    if copy and refused in _UNCHECKABLE_STEPS:
-        return None
-    return refused
+    return _check_transition(fleet_id, entry_id, previous, state, manifest, copy=copy)
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:
@@ -1165,19 +1162,18 @@ def _held_threshold(held: bytes) -> ThresholdState | None:
     return None if state is None or state == ThresholdState() else state
 
 
-_SKIPPED = "a version skipped (this node cannot check the owner's statements between)"
-_NEVER_HELD = "a delete of a version this node never held (it cannot check the signature)"
-#: Steps an acceptor refuses because it cannot check them, not because they go back.
-_UNCHECKABLE_STEPS = (_SKIPPED, _NEVER_HELD)
-
-
 def _check_transition(
     fleet_id: bytes,
     entry_id: EntryId,
     held: ThresholdState,
     state: ThresholdState,
     manifest: Manifest | None,
+    *,
+    copy: bool = False,
 ) -> str | None:
+    """Why `state` may not follow `held`, or None. With `copy`, the two steps this node
+    cannot check (a skipped version, the delete of a version it never held) are taken:
+    refused because they cannot be checked, not because they go back."""
     if state.version < held.version:
         return "the version went down"
     if state.attempt < held.attempt:
@@ -1216,9 +1212,13 @@ def _check_transition(
         # it), and no node evaluates, erases or resets on a tombstone's word.
         return None
     if state.version != held.version + 1:
-        return _SKIPPED
+        if copy:
+            return None
+        return "a version skipped (this node cannot check the owner's statements between)"
     if manifest is None:
-        return _NEVER_HELD
+        if copy:
+            return None
+        return "a delete of a version this node never held (it cannot check the signature)"
     if _retiring_statement(fleet_id, entry_id, held, state) is None:
         return "a new version without the owner's signed change or delete of the held one"
     return None
