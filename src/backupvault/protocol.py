@@ -43,6 +43,7 @@ class Op(enum.StrEnum):
 
     REGISTER_SHARE = "register-share"
     CHANGE_SHARE = "change-share"
+    COMMIT_SHARES = "commit-shares"
     MANIFEST = "manifest"
     EVALUATE = "evaluate"
     RESET = "reset"
@@ -194,6 +195,70 @@ class RegisterShareRequest(Message):
 class AckKind(enum.IntEnum):
     HELD = 1  # "I hold the share for K_i of this version"
     ERASED = 2  # "I erased the share for K_i of this version"
+    STAGED = 3  # "I keep the share for K_i of this version, ready for its commit"
+
+
+#: One node's acknowledgement inside a commit and the value it makes: index u8 || kind u8
+#: (held or staged) || Ed25519 signature (64).
+COMMIT_ACK_LEN = 66
+
+
+@dataclass(frozen=True)
+class CommitAck:
+    """A node's signed word that it holds (or keeps staged) its share of M."""
+
+    index: int
+    kind: AckKind
+    signature: bytes
+
+
+def encode_commit_acks(acks: list[CommitAck]) -> bytes:
+    """The acknowledgements of a commit, by rising share index (one per node)."""
+    ordered = sorted(acks, key=lambda a: a.index)
+    if len({a.index for a in ordered}) != len(ordered):
+        raise InvalidInput("two acknowledgements from one node")
+    return b"".join(bytes([a.index, a.kind]) + a.signature for a in ordered)
+
+
+def decode_commit_acks(data: bytes) -> list[CommitAck]:
+    """`encode_commit_acks`' bytes: whole entries, rising distinct indices, held or staged.
+    Signatures are not checked here (`shares.count_commit_acks` does, with the node keys)."""
+    if len(data) % COMMIT_ACK_LEN or len(data) > COMMIT_ACK_LEN * threshold.MAX_NODES:
+        raise InvalidInput(f"commit acknowledgements: a multiple of {COMMIT_ACK_LEN} bytes")
+    acks: list[CommitAck] = []
+    for at in range(0, len(data), COMMIT_ACK_LEN):
+        index, kind = data[at], data[at + 1]
+        if kind not in (AckKind.HELD, AckKind.STAGED):
+            raise InvalidInput("a commit acknowledgement is held or staged")
+        if not 1 <= index <= threshold.MAX_NODES or (acks and index <= acks[-1].index):
+            raise InvalidInput("commit acknowledgements: distinct share indices, rising")
+        acks.append(CommitAck(index, AckKind(kind), data[at + 2 : at + COMMIT_ACK_LEN]))
+    return acks
+
+
+@dataclass(frozen=True)
+class CommitSharesRequest(Message):
+    """Make M the entry's version (`commit-shares`), once at least t nodes acknowledged
+    they keep their share of it (`acks`, `encode_commit_acks`): a registration
+    (`authorization` empty, counter 0) or a password change (the old owner's
+    CHANGE_PASSWORD signature over SHA-256(M), as in `change-share`). It carries no share:
+    each node promotes the one it staged (docs/threshold.md, "Stage, then commit")."""
+
+    TAG = 26
+    account: str
+    entry: str
+    manifest: bytes
+    authorization: bytes
+    counter: int
+    acks: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        check_manifest_bytes(self.manifest)
+        _check_signature("authorization", self.authorization, optional=True)
+        _check_u64("counter", self.counter)
+        decode_commit_acks(self.acks)
 
 
 @dataclass(frozen=True)
@@ -470,6 +535,7 @@ COUNT_MESSAGES: tuple[type[Message], ...] = (CountReportRequest, CountReport)
 RESPONSE_PADDED_SIZE: dict[Op, int] = {
     Op.REGISTER_SHARE: 384,
     Op.CHANGE_SHARE: 384,
+    Op.COMMIT_SHARES: 384,
     Op.MANIFEST: 1024,
     Op.EVALUATE: 384,
     Op.RESET: 384,
@@ -499,6 +565,7 @@ def unpad_response(op: Op, data: bytes) -> bytes:
 REQUEST_TYPES: dict[Op, type[Message]] = {
     Op.REGISTER_SHARE: RegisterShareRequest,
     Op.CHANGE_SHARE: RegisterShareRequest,
+    Op.COMMIT_SHARES: CommitSharesRequest,
     Op.MANIFEST: ManifestRequest,
     Op.EVALUATE: EvaluateRequest,
     Op.RESET: ResetRequest,
@@ -508,6 +575,7 @@ REQUEST_TYPES: dict[Op, type[Message]] = {
 RESPONSE_TYPES: dict[Op, type[Message]] = {
     Op.REGISTER_SHARE: ShareAck,
     Op.CHANGE_SHARE: ShareAck,
+    Op.COMMIT_SHARES: ShareAck,
     Op.MANIFEST: ManifestResponse,
     Op.EVALUATE: EvaluateResponse,
     Op.RESET: ResetResponse,

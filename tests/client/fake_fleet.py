@@ -28,6 +28,7 @@ from backupvault.protocol import (
     REQUEST_TYPES,
     AckKind,
     AuthorizedRequest,
+    CommitSharesRequest,
     DeleteShareRequest,
     EntryStatus,
     ErrorCode,
@@ -42,6 +43,7 @@ from backupvault.protocol import (
     ResetResponse,
     SealedCopies,
     ShareAck,
+    decode_commit_acks,
     pad_response,
     share_ack_message,
 )
@@ -73,6 +75,12 @@ class FakeNode:
     last_blinded: bytes = b""
     resets: int = 0
     seen: list[str] = field(default_factory=list)
+    staged: dict[bytes, threshold.KeyShare] = field(default_factory=dict)
+
+    def take(self, manifest: bytes, share: threshold.KeyShare) -> None:
+        self.manifest, self.share = manifest, share
+        self.version = Manifest.from_bytes(manifest).version
+        self.count, self.destroyed = 0, False
 
     def ack(self, kind: AckKind, manifest: bytes) -> ShareAck:
         m = Manifest.from_bytes(manifest)
@@ -196,9 +204,22 @@ class FakeFleet:
                 owner.verify_statement(
                     old.pk_auth, statement, request.authorization, last_counter=None
                 )
-            node.manifest, node.share, node.version = request.manifest, share, m.version
-            node.count, node.destroyed = 0, False
+            if late:
+                node.take(request.manifest, share)
+                return node.ack(AckKind.HELD, request.manifest)
+            node.staged[request.manifest] = share  # kept aside until M commits
+            return node.ack(AckKind.STAGED, request.manifest)
+        if isinstance(request, CommitSharesRequest):
+            if sum(n.mode != "down" for n in self.nodes) < self.t:
+                return _error(ErrorCode.FLEET_UNAVAILABLE, "no majority")
+            if len(decode_commit_acks(request.acks)) < self.t:
+                return _error(ErrorCode.BAD_REQUEST, "too few acknowledgements")
             self.replicated = request.manifest
+            if request.manifest != node.manifest:
+                share = node.staged.pop(request.manifest, None)
+                if share is None:
+                    return _error(ErrorCode.NOT_REGISTERED, "no staged share")
+                node.take(request.manifest, share)
             return node.ack(AckKind.HELD, request.manifest)
         if isinstance(request, ManifestRequest):
             if node.mode == "stale_once":

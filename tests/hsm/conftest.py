@@ -10,7 +10,7 @@ import json
 import os
 import random
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -68,13 +68,16 @@ class InProcessFleet:
         self.results: dict[bytes, Committed | Failed] = {}
         self.requests: list[tuple[str, bytes]] = []  # (op, body), as the relay saw them
         self._entry = ""
+        #: The relay's choice: drop node i's copy of an `op` request (it never arrives).
+        self.relay_drops: Callable[[Op, int], bool] = lambda op, node: False
         for i in range(n):
             self._run(i, self.replicas[i].start(self.now))
         self._settle()
 
     def _firmware(self, i: int) -> VaultFirmware:
         key = NodeKey(i, self.node_keys[i], self.signing[i])
-        return VaultFirmware(FLEET_ID, key, self.accounts, self.shape, self.shares[i].get)
+        peers = {j + 1: signing.public_key() for j, signing in enumerate(self.signing)}
+        return VaultFirmware(FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers)
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:
         firmware = self.firmware[i]
@@ -150,7 +153,11 @@ class InProcessFleet:
         if isinstance(action, Reply):
             response = action.response
         elif isinstance(action, ThresholdRead):
-            response = action.answer(self.replicas[node].held_payload(action.key)).response
+            read = action.answer(self.replicas[node].held_payload(action.key))
+            for write in read.writes:  # a staged share, durable before the answer leaves
+                self.shares[node][write.key] = write.row
+            self.firmware[node].shares.durable(read.writes)
+            response = read.response
         else:
             op_id = os.urandom(8)
             effects = self.replicas[node].propose(
@@ -178,7 +185,9 @@ class InProcessFleet:
         copies = SealedCopies.for_nodes(body, len(self.replicas)).copies
         replies = []
         for node, copy in enumerate(copies):
-            if node in self.down:
+            if self.relay_drops(op, node):
+                replies.append(FanoutReply(node, NO_ANSWER, _error("node_slow", "no answer")))
+            elif node in self.down:
                 replies.append(FanoutReply(node, NO_ANSWER, _error("node_unreachable", "down")))
             else:
                 replies.append(self._answer(node, op, copy))

@@ -34,7 +34,9 @@ def _deleted_and_registered_again(world: Simulation, client: ThresholdClient) ->
 
 def _check(world: Simulation, key: bytes, proposed: ThresholdState, slot: int = 3) -> str | None:
     held = world.replicated(slot, key).to_bytes()
-    return check_threshold_value(FLEET_ID, key, world.shape, proposed, held)
+    return check_threshold_value(
+        FLEET_ID, key, world.shape, proposed, held, node_keys=world.node_keys
+    )
 
 
 def test_a_laggard_takes_the_registration_after_a_delete_it_verifies_and_erases(
@@ -135,6 +137,7 @@ def test_a_later_tombstone_is_taken_without_a_statement_and_erases_nothing(
     tombstone = committed.with_(
         status=EntryStatus.DESTROYED,
         manifest=b"",
+        acks=b"",
         attempt=committed.attempt + 4,
         change_counter=0,
         change_signature=b"",
@@ -194,7 +197,7 @@ def test_a_tombstone_below_a_reset_this_node_holds_is_taken(world: Simulation) -
     held = world.replicated(0, client.key)
     assert held.reset_attempt == held.attempt == 2
     before_reset = held.with_(reset_attempt=0, reset_hash=b"", reset_signature=b"")
-    tombstone = before_reset.with_(status=EntryStatus.DESTROYED, manifest=b"", attempt=4)
+    tombstone = before_reset.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"", attempt=4)
     assert _check(world, client.key, tombstone, slot=0) is None
     assert _check(world, client.key, before_reset.with_(attempt=3), slot=0) == (
         "the reset went back"

@@ -5,6 +5,7 @@ a version the entry has moved past; `manifest` says whether this node holds a sh
 from __future__ import annotations
 
 from backupvault.protocol import (
+    AckKind,
     ErrorCode,
     ErrorResponse,
     ManifestRequest,
@@ -36,21 +37,30 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
     late = RegisterShareRequest(
         "alice", "chat", v1.manifest.to_bytes(), v1.shares[4].to_bytes(), b"", 0
     )
-    assert isinstance(world.request(4, Op.REGISTER_SHARE, late), ShareAck)
-    assert world.honest[4].rows[client.key].version == 1 and _holds(world, 4)
+    # Node 4 has not caught up on M yet: it keeps the share staged, and makes it its
+    # share once it holds M (settling brings it within seconds).
+    staged = world.request(4, Op.REGISTER_SHARE, late)
+    assert isinstance(staged, ShareAck) and staged.kind == AckKind.STAGED
+    assert world.run_until(lambda: world.replicated(4, client.key).version == 1, 60.0)
+    assert _holds(world, 4) and world.honest[4].rows[client.key].version == 1
+    again = world.request(4, Op.REGISTER_SHARE, late)
+    assert isinstance(again, ShareAck) and again.kind == AckKind.HELD
 
-    # Version 2 with node 4 cut off again: the share of version 1 that node 4 would still
+    # Version 2 with node 4 down: the share of version 1 that node 4 would still
     # take as a late delivery is refused once the entry moved on (forced by hand here;
     # the client drops it), and so is version 1's share at node 3, which took version 2.
     recovered = client.recover(b"right")
     assert recovered is not None
-    world.reachable = {0, 1, 2, 3}
+    world.crash(4)  # down through the change: it stages nothing
     changed = client._run(
         clients.change_password(client.ctx, client._recovered(recovered[0], RK), b"new pw")
     )
     assert changed.acks == 4 and changed.registration is not None
     v2 = changed.registration
-    world.reachable = None
+    world.restart(4)
+    # Node 4 catches up on version 2 within seconds (settling), and erases its version 1
+    # share on the owner's CHANGE statement, checked against the M it held.
+    assert world.run_until(lambda: world.replicated(4, client.key).version == 2, 60.0)
     for slot in (3, 4):
         stale = RegisterShareRequest(
             "alice", "chat", v1.manifest.to_bytes(), v1.shares[slot].to_bytes(), b"", 0
@@ -59,7 +69,8 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
         assert isinstance(answer, ErrorResponse), answer
         assert answer.code == ErrorCode.ALREADY_REGISTERED
         assert world.honest[slot].rows[client.key].version == (2 if slot == 3 else 1)
-    assert not _holds(world, 4)  # still version 1's share: no live share for version 2
+    assert not world.honest[4].rows[client.key].share
+    assert not _holds(world, 4)  # no live share for version 2
     # The client sends version 2's share late as a register-share of the committed M: node
     # 4 takes it (its version 1 share is overwritten: erased) without the change statement
     # (a node that missed several changes could not check that against its older share).

@@ -180,7 +180,7 @@ def test_a_manifest_with_an_identity_commitment_is_refused(registration) -> None
 def test_short_signatures_and_unknown_kinds_are_refused() -> None:
     for message, changes in (
         (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"signature": b"a" * 65}),
-        (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"kind": 3}),
+        (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"kind": 4}),
         (ShareAck(AckKind.HELD, 1, 1, b"a" * 64), {"index": 0}),
         (ResetRequest("a", "b", 1, 1, b"r" * 64), {"signature": b""}),
         (DeleteShareRequest("a", "b", 1, 1, b"d" * 64), {"signature": b"d" * 32}),

@@ -13,10 +13,18 @@ from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.crypto.seal import Kem, NodePrivateKey, seal_request
 from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
-from backupvault.hsm.shares import ROWS_CACHED, FleetShape, ShareKeeper, ThresholdUpdate
+from backupvault.hsm.shares import (
+    ROWS_CACHED,
+    FleetShape,
+    ShareKeeper,
+    ThresholdRead,
+)
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
+    AckKind,
     AuthorizedRequest,
+    CommitAck,
+    CommitSharesRequest,
     EntryStatus,
     ErrorCode,
     ErrorResponse,
@@ -28,6 +36,8 @@ from backupvault.protocol import (
     RegisterShareRequest,
     ResetRequest,
     ResetResponse,
+    ShareAck,
+    encode_commit_acks,
     pad_response,
 )
 from backupvault.sim.clients import SIM_KSF
@@ -501,15 +511,26 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
     sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(Op.REGISTER_SHARE), body)
     opened = firmware.open(Op.REGISTER_SHARE, "alice", "chat", sealed, 1000)
     assert not isinstance(opened, ErrorResponse)
-    update = firmware.handle(Op.REGISTER_SHARE, opened[0])
-    assert isinstance(update, ThresholdUpdate)
-    payload, build = update.change(b"")
-    answer = build()
-    assert answer.writes and answer.writes[0].row.share == registration.shares[0].to_bytes()
+    # A share is staged on the node's own word, with no round: a read that writes its row.
+    stage = firmware.handle(Op.REGISTER_SHARE, opened[0])
+    assert isinstance(stage, ThresholdRead)
+    answer = stage.answer(b"")
+    assert isinstance(answer.response, ShareAck) and answer.response.kind == AckKind.STAGED
+    assert [s.share for s in answer.writes[0].row.staged] == [registration.shares[0].to_bytes()]
+    assert not answer.writes[0].row.share  # nothing to evaluate before the commit
     pad_response(Op.REGISTER_SHARE, answer.response.to_bytes())
-    assert firmware.check_value(update.key, payload) is None  # its own value passes
-    # Values are announced to every node (the copies of one request join them).
-    assert firmware.announce(update.key, payload)
+    # The commit is a round, taken only with t nodes' acknowledgements: one is not enough.
+    ack = answer.response
+    commit = CommitSharesRequest(
+        "alice",
+        "chat",
+        registration.manifest.to_bytes(),
+        b"",
+        0,
+        encode_commit_acks([CommitAck(ack.index, AckKind.STAGED, ack.signature)]),
+    )
+    too_few = firmware.handle(Op.COMMIT_SHARES, commit)
+    assert isinstance(too_few, Reply) and "acknowledgements" in too_few.response.detail  # type: ignore[attr-defined]
     refused = firmware.handle(Op.EVALUATE, opened[0])
     assert isinstance(refused, Reply) and "does not match" in refused.response.detail  # type: ignore[attr-defined]
 
@@ -556,7 +577,10 @@ def test_a_committed_change_is_still_checked_by_each_node_before_it_erases(
         return world.request(slot, Op.CHANGE_SHARE, request)
 
     old = world.honest[1].rows[client.key]
-    assert not isinstance(change(0, genuine), ErrorResponse)
+    staged = [change(slot, genuine) for slot in (0, 2, 3)]
+    acks = [CommitAck(a.index, AckKind(a.kind), a.signature) for a in staged]  # type: ignore[attr-defined]
+    commit = CommitSharesRequest("alice", "chat", encoded, genuine, 1, encode_commit_acks(acks))
+    assert isinstance(world.request(0, Op.COMMIT_SHARES, commit), ShareAck)
     assert world.replicated(1, client.key).manifest == encoded
     erased = world.honest[1].rows[client.key]
     assert erased == old.with_(share=b"", change_counter=1)  # on the verified statement

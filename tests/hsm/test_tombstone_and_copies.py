@@ -24,7 +24,7 @@ def _guessed(wrong: int) -> tuple[Simulation, ThresholdClient, ThresholdState]:
 def _tombstone(state: ThresholdState) -> ThresholdState:
     """The tombstone of the held version, L attempts used (as a next request makes it)."""
     return state.with_(
-        status=EntryStatus.DESTROYED, manifest=b"", attempt=state.reset_attempt + LIMIT
+        status=EntryStatus.DESTROYED, manifest=b"", acks=b"", attempt=state.reset_attempt + LIMIT
     )
 
 
@@ -44,7 +44,12 @@ def test_a_tombstone_taken_at_the_own_count_of_l_erases_the_share() -> None:
 def test_a_tombstone_below_the_own_count_of_l_erases_nothing() -> None:
     world, client, state = _guessed(1)
     tombstone = _tombstone(state)
-    assert check_threshold_value(FLEET_ID, client.key, world.shape, tombstone, b"") is None
+    assert (
+        check_threshold_value(
+            FLEET_ID, client.key, world.shape, tombstone, b"", node_keys=world.node_keys
+        )
+        is None
+    )
     assert not _erased_on_accept(world, client, tombstone)
     assert world.honest[0].rows[client.key].share
 
@@ -76,7 +81,9 @@ def test_a_copy_is_checked_like_an_accept_but_may_skip_versions() -> None:
     held = world.replicated(3, client.key).to_bytes()  # version 1: two changes missed
 
     def check(value: ThresholdState, *, copy: bool) -> str | None:
-        return check_threshold_value(FLEET_ID, client.key, world.shape, value, held, copy=copy)
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, value, held, node_keys=world.node_keys, copy=copy
+        )
 
     assert committed.version == 3
     assert "version skipped" in (check(committed, copy=False) or "")

@@ -140,7 +140,7 @@ def test_a_copied_tombstone_erases_nothing() -> None:
     client = ThresholdClient(world)
     client.register(b"right", bytes(32))
     held = world.replicated(1, client.key)
-    tombstone = held.with_(status=EntryStatus.DESTROYED, manifest=b"", attempt=10)
+    tombstone = held.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"", attempt=10)
     _answer_catch_up(world, _forged_record(world, client, tombstone))
     world.restart(0, world.snapshot(0))
     replica = world.members[0].replica

@@ -296,8 +296,10 @@ def test_honest_acceptors_refuse_forged_values() -> None:
             reset_hash=held.attempt_hash,
             reset_signature=world.replicated(0, other.key).reset_signature or bytes(64),
         ),
-        "tombstone with guesses left": held.with_(status=EntryStatus.DESTROYED, manifest=b""),
-        "unsigned delete": held.with_(status=EntryStatus.EMPTY, manifest=b""),
+        "tombstone with guesses left": held.with_(
+            status=EntryStatus.DESTROYED, manifest=b"", acks=b""
+        ),
+        "unsigned delete": held.with_(status=EntryStatus.EMPTY, manifest=b"", acks=b""),
         "substituted commitments": held.with_(manifest=other_loot.manifest.to_bytes()),
         "version skipped": held.with_(version=held.version + 2),
     }

@@ -1009,8 +1009,9 @@ class Worker:
             if not transient(err):
                 self.tally.violation(f"{where}: password change: {err!r}")
             ghost.reset_may_have_landed(client.trace.current_op)
-            if client.trace.current_op is Op.CHANGE_SHARE:
-                ghost.candidates = [new, ghost.password]  # it may have committed
+            if client.trace.current_op in (Op.COMMIT_SHARES, Op.MANIFEST):
+                # The commit may have landed (a failed staging changes nothing).
+                ghost.candidates = [new, ghost.password]
             self._pause_after(err, stop, ghost)
             return
         self.tally.op("change_password", "ok", client.trace.seconds)

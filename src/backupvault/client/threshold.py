@@ -43,6 +43,8 @@ from backupvault.crypto.ksf import Argon2idParams
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 from backupvault.protocol import (
     AckKind,
+    CommitAck,
+    CommitSharesRequest,
     DeleteShareRequest,
     EntryStatus,
     ErrorCode,
@@ -55,6 +57,7 @@ from backupvault.protocol import (
     ResetRequest,
     ResetResponse,
     ShareAck,
+    encode_commit_acks,
     share_ack_message,
 )
 
@@ -74,11 +77,6 @@ DELIVERY_PATIENCE_SECONDS = 20.0
 #: to this long before the rest is left to finish later (most faults are short, and a
 #: pending share waits for the device's next success).
 DELIVERY_SETTLE_SECONDS = 5.0
-#: With at least one but fewer than t acknowledgements, M is committed (a node acknowledges
-#: only the committed M, and the acceptors erase a changed entry's old shares) and its
-#: shares exist only in this process: the delivery is sent again for up to this long,
-#: to unreachable nodes too (their peers may have committed M without them).
-COMMITTED_PATIENCE_SECONDS = 120.0
 RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
 RETRY_BACKOFF_SECONDS = 0.2
@@ -210,7 +208,6 @@ class ThresholdVault:
         self._clock_ms = clock_ms
         self.pending = pending if pending is not None else PendingStore(None)
         self.delivery_patience = delivery_patience
-        self.committed_patience = COMMITTED_PATIENCE_SECONDS
 
     @property
     def account(self) -> str:
@@ -354,33 +351,25 @@ class ThresholdVault:
     def _deliver(
         self, op: Op, made: manifests.Registration, authorization: bytes, counter: int
     ) -> Registered:
-        """Send share i to node i with M, check every acknowledgement; done, degraded (t..N-1
-        acknowledgements: the rest is kept to finish later, `finish`), or failed (fewer
-        than t: VaultError naming the nodes)."""
+        """docs/threshold.md "Stage, then commit": share i to node i with M, which keeps it
+        aside and signs that it does; with t such acknowledgements, a commit of M that
+        carries them. Done (every node holds its share), degraded (the rest is kept to
+        finish later, `finish`), or failed with nothing changed (fewer than t staged:
+        VaultError naming the nodes)."""
         encoded = made.manifest.to_bytes()
         shares = [share.to_bytes() for share in made.shares]
-        acked, problems, outcomes = self._send_shares(
+        staged, problems, outcomes = self._send_shares(
             op,
             made.manifest,
             shares,
             authorization,
             counter,
-            set(),
+            (),
+            kinds=(AckKind.STAGED, AckKind.HELD),
             patience=self.delivery_patience,
-            dealt=True,
         )
-        acknowledged = sorted(acked)
-        missing = [problems[i] for i in sorted(problems)]
-        if acknowledged and len(acknowledged) < self.t:
-            raise VaultError(
-                f"version {made.manifest.version} is in effect at the vault (node(s)"
-                f" {_nodes(acknowledged)} took it), but only {len(acknowledged)} of"
-                f" {self.nodes} nodes hold their share of it and {self.t} are needed to"
-                f" recover the key; the others did not take theirs ({'; '.join(missing)})",
-                hint="the shares the other nodes need were only in this run: report this to"
-                " the vault's operator now (docs/threshold.md, 'Attack review')",
-            )
-        if len(acknowledged) < self.t:
+        what = "password was not changed" if authorization else "entry was not registered"
+        if len(staged) < self.t:
             if any(
                 o.error is not None and o.error.code == ErrorCode.ALREADY_REGISTERED
                 for o in outcomes
@@ -389,10 +378,19 @@ class ThresholdVault:
             refused = _token_refused(outcomes, self.t)
             if refused is not None:
                 raise refused
+            missing = [problems[i] for i in sorted(problems)]
             raise FleetUnavailable(
-                f"only {len(acknowledged)} of {self.nodes} vault nodes took their share, "
-                f"{self.t} are needed; the entry was not registered ({'; '.join(missing)})"
+                f"only {len(staged)} of {self.nodes} vault nodes took their share, "
+                f"{self.t} are needed; the {what} ({'; '.join(missing)})"
             )
+        chosen = [staged[i] for i in sorted(staged)[: self.t]]
+        acks = encode_commit_acks(
+            [CommitAck(a.index, AckKind(a.kind), a.signature) for a in chosen]
+        )
+        request = CommitSharesRequest(
+            self.account, self.entry, encoded, authorization, counter, acks
+        )
+        held, problems = self._commit_shares(request, made.manifest, what)
         # Sent later as a register-share of M whatever made it: by then M is the entry's
         # committed value (its change statement checked by the acceptors that committed
         # it), so a node takes its share of M even when it missed several changes and
@@ -409,7 +407,84 @@ class ThresholdVault:
                 nodes=tuple(sorted(problems)),
             )
         )
-        return Registered(made.manifest.version, tuple(acknowledged), tuple(missing))
+        missing = [problems[i] for i in sorted(problems)]
+        return Registered(made.manifest.version, tuple(sorted(held)), tuple(missing))
+
+    def _commit_shares(
+        self, request: CommitSharesRequest, manifest: manifests.Manifest, what: str
+    ) -> tuple[set[int], dict[int, str]]:
+        """Send the commit to every node until each holds its share or the tries run out
+        (waiting up to the delivery patience while none confirmed it): the nodes that
+        acknowledged holding their share, and why the others did not. With no
+        acknowledgement at all, the agreed manifest says whether M is in effect."""
+        held: set[int] = set()
+        problems: dict[int, str] = {}
+        deadline = time.monotonic() + self.delivery_patience
+        attempt = 0
+        while True:
+            if attempt:
+                time.sleep(
+                    min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                )
+            attempt += 1
+            try:
+                outcomes = self.vault.call_each(
+                    Op.COMMIT_SHARES, [request] * self.nodes, ShareAck, resends=1
+                )
+            except RelayUnreachable:
+                raise
+            except FleetUnavailable:
+                if time.monotonic() < deadline and not held:
+                    continue
+                outcomes = []
+            for outcome in outcomes:
+                if outcome.index in held:
+                    continue
+                problem = self._check_ack(outcome, (AckKind.HELD,), manifest, request.manifest)
+                if problem is None:
+                    held.add(outcome.index)
+                    problems.pop(outcome.index, None)
+                else:
+                    problems[outcome.index] = problem
+            silent = [o for o in outcomes if o.index not in held and _transient(o)]
+            if not silent:
+                break
+            if attempt >= DELIVERY_TRIES and (held or time.monotonic() >= deadline):
+                break
+        for index in range(self.nodes):
+            if index not in held and index not in problems:
+                problems[index] = f"node {index}: no answer"
+        if held:
+            return held, problems
+        # No node said it holds its share of M: whether M is in effect, t nodes tell (any
+        # t nodes include one that accepted M, had a majority committed it).
+        found = self._manifests()
+        if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
+            return held, problems
+        older = [
+            a.index
+            for a in found.answers
+            if a.response is not None and a.response.version < manifest.version
+        ]
+        if len(older) >= self.t:
+            now = (
+                "the old password still opens the key"
+                if request.authorization
+                else ("the entry is not registered yet")
+            )
+            raise FleetUnavailable(
+                f"no vault node confirmed version {manifest.version} and {len(older)} still"
+                f" answer an older one, so {now}; the commit was sent and may still take"
+                f" effect (t nodes keep their shares of it, so the key is safe either way):"
+                f" run 'vault status' to see the version in effect"
+                f" ({'; '.join(problems[i] for i in sorted(problems))})"
+            )
+        raise VaultError(
+            f"could not tell whether version {manifest.version} took effect: no node"
+            " confirmed it and the nodes do not agree on the entry's manifest",
+            hint="run 'vault status' when the vault answers again; if the new version is in"
+            " effect, it opens with the new password (t nodes keep their shares of it)",
+        )
 
     def _send_shares(
         self,
@@ -418,31 +493,29 @@ class ThresholdVault:
         shares: Sequence[bytes],
         authorization: bytes,
         counter: int,
-        acked: set[int],
+        skip: Collection[int],
         tries: int = DELIVERY_TRIES,
+        *,
+        kinds: Collection[AckKind] = (AckKind.HELD,),
         patience: float = 0.0,
-        dealt: bool = False,
-    ) -> tuple[set[int], dict[int, str], list[NodeOutcome[ShareAck]]]:
-        """One delivery (with resends): the nodes whose acknowledgement verifies, why the
-        others did not, and the last fan-out's outcomes. Nodes that hold their share
-        already acknowledge the same delivery again. `dealt`: the shares were dealt in
-        this process (a registration or change), so they exist nowhere else yet."""
+    ) -> tuple[dict[int, ShareAck], dict[int, str], list[NodeOutcome[ShareAck]]]:
+        """One delivery (with resends): the nodes whose acknowledgement (of one of `kinds`)
+        verifies, why the others did not, and the last fan-out's outcomes. Nodes that keep
+        their share already acknowledge the same delivery again; those in `skip` (done
+        before) are not waited for. With fewer than t acknowledgements, silent nodes are
+        asked again for up to `patience` seconds."""
         encoded = manifest.to_bytes()
         requests: list[Message] = [
             RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
             for share in shares
         ]
-        acked = set(acked)
+        taken: dict[int, ShareAck] = {}
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
         deadline = time.monotonic() + patience
         settle = time.monotonic() + min(patience, DELIVERY_SETTLE_SECONDS)
-        # Set once a registration's M is known to be committed with fewer than t holders.
-        committed_until: float | None = None
         attempt = 0
         while True:
-            if committed_until is not None:
-                deadline = max(deadline, committed_until)
             if attempt:
                 time.sleep(
                     min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
@@ -453,48 +526,33 @@ class ThresholdVault:
             except RelayUnreachable:
                 raise
             except FleetUnavailable:
-                if time.monotonic() < deadline and len(acked) < self.t:
+                if time.monotonic() < deadline and len(taken) + len(skip) < self.t:
                     continue  # no node answered at all (the relay's 503)
                 raise
             for outcome in outcomes:
-                if outcome.index in acked:
+                if outcome.index in taken or outcome.index in skip:
                     continue
-                problem = self._check_ack(outcome, AckKind.HELD, manifest, encoded)
-                if problem is None:
-                    acked.add(outcome.index)
+                problem = self._check_ack(outcome, kinds, manifest, encoded)
+                if problem is None and outcome.response is not None:
+                    taken[outcome.index] = outcome.response
                     problems.pop(outcome.index, None)
                 else:
-                    problems[outcome.index] = problem
-            if dealt and committed_until is None and 0 < len(acked) < self.t:
-                committed_until = time.monotonic() + self.committed_patience
-                self._notify(
-                    f"version {manifest.version} is in effect at the vault but only"
-                    f" {len(acked)} of the {self.t} nodes needed hold their share: sending the"
-                    f" others theirs again for up to {self.committed_patience:.0f} s;"
-                    " do not interrupt"
-                )
-            # Once M is in effect, a refusal (told by the relay, which may lie) is asked again
-            # too: the shares exist only here.
+                    problems[outcome.index] = problem or outcome.describe()
             silent = [
                 o
                 for o in outcomes
-                if o.index not in acked
-                and (_transient(o) or (committed_until is not None and o.refused))
+                if o.index not in taken and o.index not in skip and _transient(o)
             ]
             if not silent:
                 break
-            if committed_until is not None and len(acked) < self.t:
-                if time.monotonic() < committed_until:
-                    continue
-                break
             # Past the first tries, wait only for nodes that got the request (slow, or
             # their answer lost): one the relay could not reach stored nothing.
-            wait_until = deadline if len(acked) < self.t else settle
+            wait_until = deadline if len(taken) + len(skip) < self.t else settle
             if attempt >= tries and (
                 time.monotonic() >= wait_until or all(o.unreachable for o in silent)
             ):
                 break
-        return acked, problems, outcomes
+        return taken, problems, outcomes
 
     # ---- finishing later -------------------------------------------------------------------
 
@@ -574,7 +632,7 @@ class ThresholdVault:
             set(range(self.nodes)) - set(record.nodes),
             tries,
         )
-        return self.describe_pending(self.pending.acknowledged(record, acked))
+        return self.describe_pending(self.pending.acknowledged(record, set(acked)))
 
     def _finish_erasure(self, record: Pending) -> Pending | None:
         manifest = manifests.Manifest.from_bytes(record.manifest)
@@ -585,7 +643,7 @@ class ThresholdVault:
         erased = {
             o.index
             for o in outcomes
-            if self._check_ack(o, AckKind.ERASED, manifest, record.manifest) is None
+            if self._check_ack(o, (AckKind.ERASED,), manifest, record.manifest) is None
         }
         return self.pending.acknowledged(record, erased)
 
@@ -603,19 +661,20 @@ class ThresholdVault:
     def _check_ack(
         self,
         outcome: NodeOutcome[ShareAck],
-        kind: AckKind,
+        kinds: Collection[AckKind],
         manifest: manifests.Manifest,
         encoded: bytes,
     ) -> str | None:
-        """None if node `outcome.index` signed exactly this acknowledgement; else why not."""
+        """None if node `outcome.index` signed exactly this acknowledgement (of one of
+        `kinds`); else why not."""
         ack = outcome.response
         if ack is None:
             return outcome.describe()
         index = outcome.index
-        if ack.kind != kind or ack.version != manifest.version or ack.index != index + 1:
+        if ack.kind not in kinds or ack.version != manifest.version or ack.index != index + 1:
             return f"node {index}: its acknowledgement is for something else"
         message = share_ack_message(
-            kind,
+            AckKind(ack.kind),
             self.vault.fleet_id,
             self.account,
             self.entry,
@@ -901,7 +960,7 @@ class ThresholdVault:
         erased = 0
         unconfirmed: list[int] = []
         for outcome in outcomes:
-            problem = self._check_ack(outcome, AckKind.ERASED, manifest, encoded)
+            problem = self._check_ack(outcome, (AckKind.ERASED,), manifest, encoded)
             if problem is None:
                 erased += 1
             else:

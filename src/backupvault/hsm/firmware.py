@@ -168,7 +168,15 @@ class VaultFirmware:
             proposed = ThresholdState.from_bytes(payload)
         except (InvalidInput, ValueError):
             return "not an entry state"
-        return check_threshold_value(self.fleet_id, key, self.shape, proposed, held, copy=copy)
+        return check_threshold_value(
+            self.fleet_id,
+            key,
+            self.shape,
+            proposed,
+            held,
+            node_keys=self.shares.node_keys,
+            copy=copy,
+        )
 
     def check_copy(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
         """The replica's hook for a value a peer hands this node while it catches up."""

@@ -30,9 +30,11 @@ from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
     MAX_GUESS_LIMIT,
+    STAGED_KEPT,
     EntryId,
     Evaluation,
     NodeShare,
+    StagedShare,
     ThresholdState,
     single_seed_status,
 )
@@ -40,6 +42,7 @@ from backupvault.protocol import (
     COUNT_NONCE_LEN,
     MAX_ERROR_DETAIL,
     AckKind,
+    CommitSharesRequest,
     CountReport,
     CountReportRequest,
     DeleteShareRequest,
@@ -56,6 +59,7 @@ from backupvault.protocol import (
     ResetResponse,
     ShareAck,
     count_report_message,
+    decode_commit_acks,
     share_ack_message,
 )
 
@@ -125,9 +129,10 @@ class ThresholdUpdate:
 @dataclass(frozen=True)
 class ThresholdRead:
     """Answer from the value this node holds for `key` (its latest accepted or caught-up
-    copy), without a consensus round: `answer(payload)` on that record's payload. Only
-    for answers the client trusts when t nodes agree byte for byte (docs/threshold.md,
-    "Reading the manifest without a round")."""
+    copy), without a consensus round: `answer(payload)` on that record's payload. For
+    answers the client trusts when t nodes agree byte for byte (docs/threshold.md,
+    "Reading the manifest without a round"), and for staging a share, which changes only
+    this node's own row (its writes are persisted before the answer leaves)."""
 
     key: bytes
     read: Callable[[ThresholdState], Answer]
@@ -210,6 +215,9 @@ class ShareKeeper:
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
         self._peer_keys = dict(peer_signing_keys or {})
+        #: Every node's signing key by share index, this node's own included: the keys a
+        #: commit's acknowledgements are checked against.
+        self.node_keys = {**self._peer_keys, self.index: signing_key.public_key()}
         self._rng = rng
         # Per distrusted key: the count reports asked for (one nonce per key and
         # version) and those taken so far; `_asking`: requests for the shell to send.
@@ -431,9 +439,13 @@ class ShareKeeper:
             return
         if state is None:
             return
-        erased = self._retired_share(key, state) or self._exhausted_share(key, state)
-        if erased is not None:
-            self._unsaved.append(erased)
+        promoted = self._promotion(key, state)
+        if isinstance(promoted, ShareWrite):
+            self._unsaved.append(promoted)
+        else:
+            erased = self._retired_share(key, state) or self._exhausted_share(key, state)
+            if erased is not None:
+                self._unsaved.append(erased)
         if state.status != EntryStatus.LIVE or not state.attempt_hash:
             return
         accepted = self._accepted.setdefault(key, OrderedDict())
@@ -530,7 +542,9 @@ class ShareKeeper:
     def handle(self, op: Op, request: Message) -> ThresholdUpdate | ThresholdRead:
         match op, request:
             case ((Op.REGISTER_SHARE | Op.CHANGE_SHARE), RegisterShareRequest()):
-                return self._register(op, request)
+                return self._stage(op, request)
+            case Op.COMMIT_SHARES, CommitSharesRequest():
+                return self._commit(request)
             case Op.MANIFEST, ManifestRequest():
                 return self._manifest(request)
             case Op.EVALUATE, EvaluateRequest():
@@ -541,14 +555,11 @@ class ShareKeeper:
                 return self._delete(request)
         raise InvalidInput("request does not match the operation")
 
-    def _register(self, op: Op, request: RegisterShareRequest) -> ThresholdUpdate:
-        """docs/threshold.md "Registration" step 3: every check on this node's own."""
-        key = EntryId.of(request.account, request.entry).to_bytes()
-        manifest = Manifest.from_bytes(request.manifest)
-        share = threshold.KeyShare.from_bytes(request.share)
+    def _check_dealt(self, manifest: Manifest, account: str, entry: str) -> None:
+        """The manifest was dealt for this fleet, entry, epoch and node set."""
         if manifest.fleet_id != self.fleet_id:
             raise InvalidInput("the manifest is for another fleet")
-        if (manifest.account, manifest.entry) != (request.account, request.entry):
+        if (manifest.account, manifest.entry) != (account, entry):
             raise InvalidInput("the manifest is for another entry")
         if manifest.epoch != self.shape.epoch:
             raise InvalidInput(
@@ -560,146 +571,273 @@ class ShareKeeper:
                 f"the manifest is for {manifest.threshold} of {manifest.nodes} nodes; this"
                 f" fleet is {self.shape.threshold} of {self.shape.nodes}"
             )
+
+    @staticmethod
+    def _check_kind(changing: bool, manifest: Manifest, authorization: bytes, counter: int) -> None:
+        if changing != bool(authorization):
+            raise InvalidInput(
+                "a password change needs the owner's signature; a registration takes none"
+            )
+        if not changing and (manifest.version == 0 or counter != 0):
+            raise InvalidInput("a new entry's manifest has a version above 0 and counter 0")
+
+    @staticmethod
+    def _new_version_refused(
+        changing: bool, state: ThresholdState, manifest: Manifest
+    ) -> ErrorResponse | None:
+        """Why M cannot be the next version over `state` (registration or change)."""
+        if not changing:
+            if state.status == EntryStatus.LIVE:
+                return error(
+                    ErrorCode.ALREADY_REGISTERED,
+                    "this entry already holds a key; recover it to change the password",
+                )
+            if manifest.version != state.version + 1:
+                return error(
+                    ErrorCode.STALE_MANIFEST,
+                    f"a new registration here takes version {state.version + 1}",
+                )
+        elif state.status != EntryStatus.LIVE or manifest.version != state.version + 1:
+            return error(
+                ErrorCode.STALE_MANIFEST,
+                f"a password change here takes version {state.version + 1} of a live entry",
+            )
+        return None
+
+    def _change_refused(
+        self,
+        changing: bool,
+        key: bytes,
+        request: RegisterShareRequest | CommitSharesRequest,
+        replicated_old: bytes,
+    ) -> ErrorResponse | None:
+        """For a password change: the owner's CHANGE_PASSWORD statement about the previous
+        version, rebuilt from this node's own state: pk_auth from the M it checked its old
+        share against (the replicated one only if it holds none). A node that holds no
+        share of the entry erases nothing, so it needs no statement to take one."""
+        if not changing:
+            return None
+        manifest, counter, authorization = request.manifest, request.counter, request.authorization
+        version = Manifest.from_bytes(manifest).version
+        row = self.row(key)
+        if row is not None and row.version >= version:
+            return None  # already moved: the share is answered from the row
+        mine = row if row is not None and row.version == version - 1 else None
+        held = mine.manifest if mine is not None and mine.manifest else replicated_old
+        if not held:
+            if row is None or not row.share:
+                return None
+            return error(ErrorCode.REFUSED, "cannot check the change against this node's share")
+        statement = self._statement(
+            owner.StatementKind.CHANGE_PASSWORD,
+            request.account,
+            request.entry,
+            version - 1,
+            counter,
+            owner.payload_hash(manifest),
+        )
+        try:
+            owner.verify_statement(
+                Manifest.from_bytes(held).pk_auth,
+                statement,
+                authorization,
+                last_counter=None,  # acting on it moves the version: single use
+            )
+        except AuthenticationFailed as err:
+            return error(ErrorCode.REFUSED, err.message)
+        return None
+
+    def _held_ack(self, account: str, entry: str, manifest: bytes) -> ShareAck:
+        share_key = Manifest.from_bytes(manifest).commitments.node_public_key(self.index)
+        return self._sign_ack(AckKind.HELD, account, entry, manifest, share_key)
+
+    def _stage(self, op: Op, request: RegisterShareRequest) -> ThresholdRead:
+        """docs/threshold.md "Stage, then commit", step 1: every check on this node's own,
+        then the share kept aside in this node's row and a signed STAGED acknowledgement.
+        No round: nothing changes for the entry until a commit carries t such
+        acknowledgements. A share of the entry's committed M (a late delivery) is taken as
+        this node's share at once, and acknowledged as held."""
+        key = EntryId.of(request.account, request.entry).to_bytes()
+        manifest = Manifest.from_bytes(request.manifest)
+        share = threshold.KeyShare.from_bytes(request.share)
+        account, entry = request.account, request.entry
+        self._check_dealt(manifest, account, entry)
         if share.index != self.index:
             raise InvalidInput(f"share {share.index} sent to the node of share {self.index}")
         threshold.verify_share(share, manifest.commitments)  # k_i·G = Σ_j C_j·i^j
         changing = op is Op.CHANGE_SHARE
-        if changing != bool(request.authorization):
-            raise InvalidInput(
-                "change-share needs the owner's signature; register-share takes none"
-            )
-        if not changing and (manifest.version == 0 or request.counter != 0):
-            raise InvalidInput("a new entry's manifest has a version above 0 and counter 0")
-        account, entry = request.account, request.entry
+        self._check_kind(changing, manifest, request.authorization, request.counter)
 
-        def check_change(replicated_old: bytes) -> ErrorResponse | None:
-            """The owner's CHANGE_PASSWORD statement about the previous version, rebuilt
-            from this node's own state: pk_auth from the M it checked its old share
-            against (the replicated one only if it holds none). A node that holds no
-            share of the entry erases nothing, so it needs no statement to store one."""
-            old_version = manifest.version - 1
+        def change_refused(replicated_old: bytes) -> ErrorResponse | None:
+            return self._change_refused(changing, key, request, replicated_old)
+
+        def read(state: ThresholdState) -> Answer:
+            if state.status == EntryStatus.LIVE and state.manifest == request.manifest:
+                refused = change_refused(b"")
+                if refused is not None:
+                    return Answer(refused)
+                taken = self._take_share(key, state, request.share, request.counter)
+                if isinstance(taken, ErrorResponse):
+                    return Answer(taken)
+                ack = self._held_ack(account, entry, request.manifest)
+                return Answer(ack, () if taken is None else (taken,))
+            refused = self._new_version_refused(changing, state, manifest) or change_refused(
+                state.manifest
+            )
+            if refused is not None:
+                return Answer(refused)
             row = self.row(key)
             if row is not None and row.version >= manifest.version:
-                return None  # already moved: `store` answers from the row
-            mine = row if row is not None and row.version == old_version else None
-            held = mine.manifest if mine is not None and mine.manifest else replicated_old
-            if not held:
-                if row is None or not row.share:
-                    return None
-                return error(ErrorCode.REFUSED, "cannot check the change against this node's share")
-            statement = self._statement(
-                owner.StatementKind.CHANGE_PASSWORD,
-                account,
-                entry,
-                old_version,
-                request.counter,
-                owner.payload_hash(request.manifest),
-            )
-            try:
-                owner.verify_statement(
-                    Manifest.from_bytes(held).pk_auth,
-                    statement,
-                    request.authorization,
-                    last_counter=None,  # acting on it moves the version: single use
+                return Answer(
+                    error(ErrorCode.REFUSED, "this node already holds another share for it")
                 )
-            except AuthenticationFailed as err:
-                return error(ErrorCode.REFUSED, err.message)
-            return None
+            base = row if row is not None else NodeShare(0, b"", b"", [])
+            kept = [s for s in base.staged if s.manifest != request.manifest]
+            kept.append(StagedShare(request.share, request.manifest))
+            staged = base.with_(staged=kept[-STAGED_KEPT:])
+            ack = self._sign_ack(
+                AckKind.STAGED, account, entry, request.manifest, share.public_key()
+            )
+            return Answer(ack, (self._write(key, staged, trusted=False),))
+
+        return ThresholdRead(key, read)
+
+    def _commit(self, request: CommitSharesRequest) -> ThresholdUpdate:
+        """docs/threshold.md "Stage, then commit", step 2: M becomes the entry's version by
+        majority, carrying t nodes' acknowledgements that they keep their share of it, so
+        every acceptor can check that t nodes will be able to evaluate it before it takes
+        it. Each node promotes its staged share when it accepts M (`on_accept`)."""
+        key = EntryId.of(request.account, request.entry).to_bytes()
+        manifest = Manifest.from_bytes(request.manifest)
+        account, entry = request.account, request.entry
+        self._check_dealt(manifest, account, entry)
+        changing = bool(request.authorization)
+        self._check_kind(changing, manifest, request.authorization, request.counter)
+        acknowledged = count_commit_acks(
+            self.fleet_id, key, request.manifest, request.acks, self.node_keys
+        )
+        if acknowledged < self.shape.threshold:
+            raise InvalidInput(
+                f"a commit needs {self.shape.threshold} nodes' acknowledgements that they"
+                f" keep their share; {acknowledged} verify"
+            )
+
+        def change_refused(replicated_old: bytes) -> ErrorResponse | None:
+            return self._change_refused(changing, key, request, replicated_old)
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
-            if state.manifest == request.manifest:
-                # Another node's copy of the same request got there first: one registration
-                # (a change is still checked against this node's own old manifest).
-                refused = check_change(b"") if changing else None
+            if state.status == EntryStatus.LIVE and state.manifest == request.manifest:
+                # Another node's copy of the same commit got there first: one commit (a
+                # change is still checked against this node's own old manifest).
+                refused = change_refused(b"")
                 if refused is not None:
                     return state, lambda: Answer(refused)
-                return state, lambda: store(state)
-            if not changing:
-                if state.status == EntryStatus.LIVE:
-                    return state, _answer(
-                        ErrorCode.ALREADY_REGISTERED,
-                        "this entry already holds a key; recover it to change the password",
-                    )
-                if manifest.version != state.version + 1:
-                    return state, _answer(
-                        ErrorCode.STALE_MANIFEST,
-                        f"a new registration here takes version {state.version + 1}",
-                    )
-                # After a delete, the owner's signed DELETE of the previous version stays
-                # in the value: a node that missed the delete and still holds that version
-                # live checks it with its own pk_auth and catches up (docs/threshold.md,
-                # "Catching up"). Over a tombstone there is no owner statement to keep.
-                deleted = state.status == EntryStatus.EMPTY
-                new = state.with_(
-                    status=EntryStatus.LIVE,
-                    version=manifest.version,
-                    manifest=request.manifest,
-                    attempt_hash=b"",
-                    reset_attempt=state.attempt,
-                    reset_hash=b"",
-                    reset_signature=b"",
-                    change_counter=state.change_counter if deleted else 0,
-                    change_signature=state.change_signature if deleted else b"",
-                )
-                return new, lambda: store(new)
-            if state.status != EntryStatus.LIVE or manifest.version != state.version + 1:
-                return state, _answer(
-                    ErrorCode.STALE_MANIFEST,
-                    f"a password change here takes version {state.version + 1} of a live entry",
-                )
-            refused = check_change(state.manifest)
+                return state, lambda: committed(state)
+            refused = self._new_version_refused(changing, state, manifest) or change_refused(
+                state.manifest
+            )
             if refused is not None:
                 return state, lambda: Answer(refused)
-            new = state.with_(
+            fresh = dict(
                 version=manifest.version,
                 manifest=request.manifest,
                 attempt_hash=b"",
                 reset_attempt=state.attempt,  # a new window: the old attempts are void
                 reset_hash=b"",
                 reset_signature=b"",
-                change_counter=request.counter,
-                change_signature=request.authorization,
+                acks=request.acks,
             )
-            return new, lambda: store(new)
+            if changing:
+                new = state.with_(
+                    **fresh, change_counter=request.counter, change_signature=request.authorization
+                )
+            else:
+                # After a delete, the owner's signed DELETE of the previous version stays
+                # in the value: a node that missed the delete and still holds that version
+                # live checks it with its own pk_auth and catches up (docs/threshold.md,
+                # "Catching up"). Over a tombstone there is no owner statement to keep.
+                deleted = state.status == EntryStatus.EMPTY
+                new = state.with_(
+                    **fresh,
+                    status=EntryStatus.LIVE,
+                    change_counter=state.change_counter if deleted else 0,
+                    change_signature=state.change_signature if deleted else b"",
+                )
+            return new, lambda: committed(new)
 
-        def store(state: ThresholdState) -> Answer:
+        def committed(state: ThresholdState) -> Answer:
             if state.manifest != request.manifest:
                 return Answer(error(ErrorCode.STALE_MANIFEST, "another registration won"))
             row = self.row(key)
-            writes: tuple[ShareWrite, ...] = ()
-            same = row is not None and row.version == manifest.version
-            if same and row is not None and row.manifest and not row.share:
-                # Erased on this node's own count at L: taking the same share back (a late
-                # delivery, held back by a relay) would start a fresh count.
-                return Answer(_destroyed_error())
-            if row is None or row.version < manifest.version or not row.share:
-                evaluated: list[Evaluation] = []
-                if self._distrusted and (row is None or row.version < manifest.version):
-                    # This node's store was rolled back: it may have held this share
-                    # before and evaluated attempts since the value's last reset. They
-                    # count as evaluated, as t count reports would make them.
-                    window = _window(state.reset_attempt, state.attempt, set())
-                    if len(window) > self.shape.guess_limit:
-                        return Answer(_exhausted_on_reports())
-                    evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
-                # The old version's share, if any, is overwritten here: erased.
-                new_row = NodeShare(
-                    manifest.version,
-                    request.share,
-                    request.manifest,
-                    evaluated,
-                    reset_at=state.reset_attempt,
-                    change_counter=request.counter,
-                )
-                writes = (self._write(key, new_row),)
-            elif row.version > manifest.version or row.share != request.share:
+            if row is not None and row.manifest == request.manifest and row.share:
+                return Answer(self._held_ack(account, entry, request.manifest))
+            promoted = self._promotion(key, state)
+            if promoted is None:
                 return Answer(
-                    error(ErrorCode.REFUSED, "this node already holds another share for it")
+                    error(
+                        ErrorCode.NOT_REGISTERED,
+                        "committed, but this node keeps no share of this version; send it"
+                        " its share again",
+                    )
                 )
-            ack = self._sign_ack(AckKind.HELD, account, entry, request.manifest, share.public_key())
-            return Answer(ack, writes)
+            if isinstance(promoted, ErrorResponse):
+                return Answer(promoted)
+            return Answer(self._held_ack(account, entry, request.manifest), (promoted,))
 
         return ThresholdUpdate(key, apply)
+
+    def _promotion(self, key: bytes, state: ThresholdState) -> ShareWrite | ErrorResponse | None:
+        """This node's staged share, made its share, when `state` is the live value of the
+        M it staged it for and carries t nodes' acknowledgements of M that verify here
+        (whichever way the value reached this node); None when it staged none for it."""
+        row = self.row(key)
+        if row is None or state.status != EntryStatus.LIVE:
+            return None
+        staged = next((s for s in row.staged if s.manifest == state.manifest), None)
+        if (
+            staged is None
+            or count_commit_acks(self.fleet_id, key, state.manifest, state.acks, self.node_keys)
+            < self.shape.threshold
+        ):
+            return None
+        return self._take_share(key, state, staged.share, state.change_counter)
+
+    def _take_share(
+        self, key: bytes, state: ThresholdState, share: bytes, counter: int
+    ) -> ShareWrite | ErrorResponse | None:
+        """Keep `share` as this node's share of the live `state` (its M): the row to write,
+        None when this node holds it already, or why it may not."""
+        version = state.version
+        row = self.row(key)
+        if row is not None and row.version == version and row.manifest and not row.share:
+            # Erased on this node's own count at L: taking the same share back (a late
+            # delivery, held back by a relay) would start a fresh count.
+            return _destroyed_error()
+        if row is not None and row.version == version and row.share:
+            if row.share != share:
+                return error(ErrorCode.REFUSED, "this node already holds another share for it")
+            return None
+        if row is not None and row.version > version:
+            return error(ErrorCode.REFUSED, "this node already holds a later version of it")
+        evaluated: list[Evaluation] = []
+        if self._distrusted and (row is None or row.version < version):
+            # This node's store was rolled back: it may have held this share before and
+            # evaluated attempts since the value's last reset. They count as evaluated,
+            # as t count reports would make them.
+            window = _window(state.reset_attempt, state.attempt, set())
+            if len(window) > self.shape.guess_limit:
+                return _exhausted_on_reports()
+            evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
+        # The old version's share and anything staged, if any, are overwritten here: erased.
+        new_row = NodeShare(
+            version,
+            share,
+            state.manifest,
+            evaluated,
+            reset_at=state.reset_attempt,
+            change_counter=counter,
+        )
+        return self._write(key, new_row)
 
     def _manifest(self, request: ManifestRequest) -> ThresholdRead:
         """A read: answered from the value this node holds, with no write round (the
@@ -708,6 +846,15 @@ class ShareKeeper:
         limit = self.shape.guess_limit
 
         def read(state: ThresholdState) -> Answer:
+            # A share staged for the M this node holds is its share now (a node that took
+            # M as a catch-up copy, or joined the commit, has not accepted it itself).
+            promoted = self._promotion(key, state)
+            answer = answer_from(state)
+            if isinstance(promoted, ShareWrite):
+                return Answer(answer.response, (promoted, *answer.writes))
+            return answer
+
+        def answer_from(state: ThresholdState) -> Answer:
             row = self.row(key)
             if row is not None and row.share and row.version > state.version:
                 # The value this node holds is older than the share it took (it has not
@@ -767,7 +914,7 @@ class ShareKeeper:
                     "a later attempt was already made; check this device's clock, then retry",
                 )
             if state.attempts_used >= limit:
-                destroyed = state.with_(status=EntryStatus.DESTROYED, manifest=b"")
+                destroyed = state.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
                 return destroyed, lambda: self._destroyed(key)
             counted = state.with_(
                 attempt=state.attempt + 1,
@@ -989,6 +1136,7 @@ class ShareKeeper:
             new = state.with_(
                 status=EntryStatus.EMPTY,
                 manifest=b"",
+                acks=b"",
                 attempt_hash=b"",
                 reset_attempt=state.attempt,
                 reset_hash=b"",
@@ -1084,6 +1232,44 @@ def _destroyed_error() -> ErrorResponse:
     )
 
 
+def count_commit_acks(
+    fleet_id: bytes,
+    key: bytes,
+    manifest: bytes,
+    acks: bytes,
+    node_keys: Mapping[int, Ed25519PublicKey],
+) -> int:
+    """How many distinct nodes' acknowledgements in `acks` (`protocol.encode_commit_acks`)
+    verify: each signed by that node's key from the deployment record, over its K_i of M,
+    held or staged. Malformed acknowledgements count none."""
+    entry_id = EntryId.from_bytes(key)
+    try:
+        decoded = decode_commit_acks(acks)
+        parsed = Manifest.from_bytes(manifest)
+    except InvalidInput:
+        return 0
+    verified = 0
+    for ack in decoded:
+        public = node_keys.get(ack.index)
+        if public is None or ack.index > parsed.nodes:
+            continue
+        signed = share_ack_message(
+            ack.kind,
+            fleet_id,
+            entry_id.account,
+            entry_id.entry,
+            parsed.version,
+            parsed.commitments.node_public_key(ack.index),
+            manifest,
+        )
+        try:
+            public.verify(ack.signature, signed)
+        except InvalidSignature:
+            continue
+        verified += 1
+    return verified
+
+
 def check_threshold_value(
     fleet_id: bytes,
     key: bytes,
@@ -1091,6 +1277,7 @@ def check_threshold_value(
     state: ThresholdState,
     held: bytes,
     *,
+    node_keys: Mapping[int, Ed25519PublicKey],
     copy: bool = False,
 ) -> str | None:
     """Why an acceptor refuses a proposed threshold value, or None (docs/threshold.md
@@ -1100,7 +1287,10 @@ def check_threshold_value(
     value is a peer's answer to this node catching up (docs/threshold.md, "Catching up"):
     the same checks, except that versions it cannot check step by step (skipped, or the
     delete of one it never held) are taken, since it may have accepted them itself before
-    its disk was rolled back."""
+    its disk was rolled back. A live value of a version the acceptor does not hold must
+    carry t nodes' verified acknowledgements that they keep their share of its M
+    (`node_keys`: every node's signing key by share index), so no round commits a version
+    fewer than t nodes can evaluate (docs/threshold.md, "Stage, then commit")."""
     entry_id = EntryId.from_bytes(key)
     try:
         status = EntryStatus(state.status)
@@ -1146,9 +1336,18 @@ def check_threshold_value(
                 return "a reset the owner did not sign"
     elif state.manifest:
         return "an empty or destroyed entry still holding a manifest"
+    elif state.acks:
+        return "an empty or destroyed entry still holding acknowledgements"
     elif status is EntryStatus.DESTROYED and state.attempts_used < limit:
         return "a tombstone with guesses left"
     previous = _held_threshold(held)
+    if (
+        status is EntryStatus.LIVE
+        and (previous is None or previous.version != state.version)
+        and count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
+        < shape.threshold
+    ):
+        return "a new version without t nodes' acknowledgement that they keep their share"
     if previous is None:
         return None  # nothing held: only the value's own checks
     return _check_transition(fleet_id, entry_id, previous, state, manifest, copy=copy)
@@ -1189,6 +1388,8 @@ def _check_transition(
         if held.status == EntryStatus.LIVE:
             if state.status == EntryStatus.LIVE and state.manifest != held.manifest:
                 return "the manifest changed without the owner's signature"
+            if state.status == EntryStatus.LIVE and state.acks != held.acks:
+                return "the acknowledgements changed within a version"
             if state.status == EntryStatus.EMPTY and not _signed(
                 fleet_id, entry_id, held, owner.StatementKind.DELETE, state, held.manifest
             ):

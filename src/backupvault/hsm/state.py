@@ -59,7 +59,10 @@ class ThresholdState(Message):
     missed the client's `reset` verify and apply it from here. `change_*` is the owner's
     statement that moved the entry to this version (a password change; or the delete of
     the previous version, kept by the registration after it; none for version 1 or over a
-    tombstone) or, once deleted, the delete of this one."""
+    tombstone) or, once deleted, the delete of this one. `acks`, while live: at least t
+    nodes' signed word that they keep their share of M (`protocol.encode_commit_acks`), so
+    an acceptor takes a new version only once t nodes can evaluate it (docs/threshold.md,
+    "Stage, then commit")."""
 
     TAG = 42
     status: int = EntryStatus.EMPTY
@@ -73,6 +76,7 @@ class ThresholdState(Message):
     reset_signature: bytes = b""
     change_counter: int = 0
     change_signature: bytes = b""
+    acks: bytes = b""
 
     @property
     def attempts_used(self) -> int:
@@ -91,6 +95,19 @@ class Evaluation(Message):
     blinded_hash: bytes
 
 
+#: Staged shares a node keeps per entry (the oldest goes first).
+STAGED_KEPT = 4
+
+
+@dataclass(frozen=True, repr=False)
+class StagedShare(Message):
+    """A share of M this node checked, kept until M commits."""
+
+    TAG = 45
+    share: bytes
+    manifest: bytes
+
+
 @dataclass(frozen=True, repr=False)
 class NodeShare(Message):
     """What one node keeps for itself about one threshold entry: never replicated, sealed
@@ -99,7 +116,10 @@ class NodeShare(Message):
     `share` is this node's k_i (index u8 || scalar), empty once erased; `manifest` the M it
     checked the share against. `evaluated` holds the attempts answered since the last
     owner reset (`reset_at`), one B per attempt; its length is the count, never above L.
-    `change_counter`/`delete_counter`: the highest owner statement counters acted on."""
+    `change_counter`/`delete_counter`: the highest owner statement counters acted on.
+    `staged`: shares of a later version this node checked and keeps until one's M commits,
+    when that one becomes `share` (docs/threshold.md, "Stage, then commit"); the newest
+    last, at most `STAGED_KEPT`, so two devices registering at once both stage."""
 
     TAG = 44
     version: int
@@ -109,6 +129,7 @@ class NodeShare(Message):
     reset_at: int = 0
     change_counter: int = 0
     delete_counter: int = 0
+    staged: list[StagedShare] = dataclasses.field(default_factory=list)
 
     @property
     def count(self) -> int:

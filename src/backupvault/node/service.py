@@ -262,20 +262,20 @@ class NodeService:
         if isinstance(action, Reply):
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
+        answer: Answer
         if isinstance(action, ThresholdRead):
             try:
-                read = action.answer(self.replica.held_payload(action.key))
+                answer = action.answer(self.replica.held_payload(action.key))
             except StoreCorrupted as err:
                 self._stop_serving(err)
                 return ClientAnswer(503, error="node_not_ready", detail="node store failed")
-            assert not read.writes, "a read writes nothing"
-            return ClientAnswer(200, response_key.seal(pad_response(op, read.response.to_bytes())))
-        # Joinable: the N copies of one request, one per node, make one round.
-        done = await self._commit(action.key, action.change, joinable=True)
-        if isinstance(done, Failed):
-            return self._unavailable()
-        self.metrics["committed"] += 1
-        answer: Answer = done.outcome()
+        else:
+            # Joinable: the N copies of one request, one per node, make one round.
+            done = await self._commit(action.key, action.change, joinable=True)
+            if isinstance(done, Failed):
+                return self._unavailable()
+            self.metrics["committed"] += 1
+            answer = done.outcome()
         # This node's own rows (its count above all) are durable before the answer
         # that depends on them leaves.
         if answer.writes:

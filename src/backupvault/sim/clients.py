@@ -24,6 +24,8 @@ from backupvault.crypto import ksf, manifest, oprf, owner, threshold
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.protocol import (
     AckKind,
+    CommitAck,
+    CommitSharesRequest,
     DeleteShareRequest,
     EntryStatus,
     ErrorCode,
@@ -37,6 +39,7 @@ from backupvault.protocol import (
     ResetRequest,
     ResetResponse,
     ShareAck,
+    encode_commit_acks,
     share_ack_message,
 )
 
@@ -210,7 +213,9 @@ def deliver(
     authorization: bytes = b"",
     counter: int = 0,
 ) -> Flow:
-    """Share i with M to node i; counts the acknowledgements that verify."""
+    """Stage share i with M on node i, then commit M with t staged acknowledgements
+    (docs/threshold.md, "Stage, then commit"); counts the nodes that acknowledge holding
+    their share after the commit."""
     encoded = made.manifest.to_bytes()
     requests = tuple(
         RegisterShareRequest(
@@ -218,23 +223,44 @@ def deliver(
         )
         for share in made.shares
     )
-    acked: set[int] = set()
+    staged: dict[int, ShareAck] = {}
     codes: list[str] = []
     for attempt in range(TRIES):
         answers = yield Call(op, requests, resend=attempt > 0)
+        for slot, answer in answers.items():
+            if (
+                slot not in staged
+                and isinstance(answer, ShareAck)
+                and any(
+                    _ack_verifies(ctx, slot, answer, kind, made.manifest)
+                    for kind in (AckKind.STAGED, AckKind.HELD)
+                )
+            ):
+                staged[slot] = answer
+        codes = _codes(answers)
+        if all(slot in staged or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
+            break
+    if len(staged) < ctx.threshold:
+        if ErrorCode.ALREADY_REGISTERED in codes:
+            return Outcome("already registered", acks=0, registration=made)
+        return Outcome(f"unavailable ({len(staged)} staged)", acks=0, registration=made)
+    chosen = [staged[slot] for slot in sorted(staged)[: ctx.threshold]]
+    acks = encode_commit_acks([CommitAck(a.index, AckKind(a.kind), a.signature) for a in chosen])
+    commit = CommitSharesRequest(ctx.account, ctx.entry, encoded, authorization, counter, acks)
+    acked: set[int] = set()
+    for attempt in range(TRIES):
+        answers = yield Call(Op.COMMIT_SHARES, (commit,) * ctx.nodes, resend=attempt > 0)
         acked |= {
             slot
             for slot, answer in answers.items()
             if _ack_verifies(ctx, slot, answer, AckKind.HELD, made.manifest)
         }
-        codes = _codes(answers)
         if all(slot in acked or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
             break
-    if len(acked) >= ctx.threshold:
+    if acked:
+        # Committed: t nodes staged their share, and promote it as they take M.
         text = "registered" if len(acked) == ctx.nodes else "registered (degraded)"
         return Outcome(text, acks=len(acked), registration=made)
-    if ErrorCode.ALREADY_REGISTERED in codes:
-        return Outcome("already registered", acks=len(acked), registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
 
 

@@ -24,7 +24,7 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import manifest, oprf, threshold
@@ -469,7 +469,7 @@ class Simulation:
             self.shape,
             signing_key(n.index),
             n.rows.get,
-            peer_signing_keys={i + 1: signing_key(i).public_key() for i in range(self.plan.nodes)},
+            peer_signing_keys=self.node_keys,
         )
         original = keeper._evaluate_committed
 
@@ -708,7 +708,9 @@ class Simulation:
                 state = ThresholdState.from_bytes(payload)
             except InvalidInput:
                 return "not a threshold entry"
-            return check_threshold_value(FLEET_ID, key, shape, state, held, copy=copy)
+            return check_threshold_value(
+                FLEET_ID, key, shape, state, held, node_keys=keeper.node_keys, copy=copy
+            )
 
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
@@ -726,6 +728,11 @@ class Simulation:
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
+
+    @property
+    def node_keys(self) -> dict[int, Ed25519PublicKey]:
+        """Every node's signing key by share index, as the deployment record lists them."""
+        return {i + 1: signing_key(i).public_key() for i in range(self.plan.nodes)}
 
     def snapshot(self, slot: int) -> dict[bytes, NodeShare]:
         """Node `slot`'s share rows now (an older copy of its disk, for a rollback)."""
