@@ -1370,9 +1370,10 @@ def _check_transition(
     *,
     copy: bool = False,
 ) -> str | None:
-    """Why `state` may not follow `held`, or None. With `copy`, the two steps this node
-    cannot check (a skipped version, the delete of a version it never held) are taken:
-    refused because they cannot be checked, not because they go back."""
+    """Why `state` may not follow `held`, or None. A live version further on is taken on
+    its t acknowledgements (checked by the caller). With `copy`, the step this node cannot
+    check (the delete of a version it never held) is taken too: refused because it cannot
+    be checked, not because it goes back."""
     if state.version < held.version:
         return "the version went down"
     if state.attempt < held.attempt:
@@ -1413,9 +1414,16 @@ def _check_transition(
         # it), and no node evaluates, erases or resets on a tombstone's word.
         return None
     if state.version != held.version + 1:
-        if copy:
+        # A live version further on carries t nodes' acknowledgements that they keep their
+        # share of its M, checked above (`count_commit_acks`): at least one honest node
+        # checked the step into it against its own state. The laggard takes it to number
+        # attempts again, and acts on nothing in it: it holds no share of that version, so
+        # it evaluates nothing, and its old share is erased only by the owner's word or a
+        # late delivery (docs/threshold.md, "Catching up"). Before the acknowledgements, a
+        # node that missed two changes in a row was stuck for good (docs/soak.md, run T).
+        if copy or manifest is not None:
             return None
-        return "a version skipped (this node cannot check the owner's statements between)"
+        return "a delete of a version this node never held (it cannot check the signature)"
     if manifest is None:
         if copy:
             return None
