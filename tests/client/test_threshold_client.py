@@ -379,11 +379,25 @@ def test_a_registration_below_t_is_sent_again_while_nodes_are_silent(fleet: Fake
     assert fleet.nodes[0].seen.count("register-share") == 4  # the same delivery, 4 times
 
 
-def test_a_node_silent_for_a_moment_gets_its_share_before_registration_returns(
+def test_a_node_silent_for_one_fan_out_gets_its_share_before_registration_returns(
     fleet: FakeFleet,
 ) -> None:
     vault = fleet.vault()
-    vault.delivery_patience = 5.0  # settles for min(5 s, DELIVERY_SETTLE_SECONDS)
-    fleet.nodes[3].down_for = 3
+    vault.delivery_patience = 5.0
+    fleet.nodes[3].down_for = 1
     assert not vault.register("pw", RK, ksf=FAST_KSF).degraded
     assert vault.pending.get(FLEET_ID, "alice", vault.entry) is None
+
+
+def test_a_node_silent_longer_is_owed_its_share_and_not_waited_for(fleet: FakeFleet) -> None:
+    """With t staged, the client resends once for slow nodes, then commits: a registration
+    does not wait out a stalled node (it would stall the user), it owes it the share."""
+    vault = fleet.vault()
+    vault.delivery_patience = 5.0
+    fleet.nodes[3].down_for = 3  # both staging fan-outs and the commit
+    done = vault.register("pw", RK, ksf=FAST_KSF)
+    assert done.degraded and [m.split(":")[0] for m in done.missing] == ["node 3"]
+    owed = vault.pending.get(FLEET_ID, "alice", vault.entry)
+    assert owed is not None and owed.nodes == (3,)
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)  # the next success delivers it
+    assert recovered.pending == () and fleet.nodes[3].share is not None

@@ -365,8 +365,12 @@ class ThresholdVault:
             authorization,
             counter,
             (),
+            # With t staged, one resend for slow nodes (their answer lost), then the commit:
+            # a node that still missed its share gets it late.
+            2,
             kinds=(AckKind.STAGED, AckKind.HELD),
             patience=self.delivery_patience,
+            settle=0.0,
         )
         what = "password was not changed" if authorization else "entry was not registered"
         if len(staged) < self.t:
@@ -446,10 +450,12 @@ class ThresholdVault:
                     problems.pop(outcome.index, None)
                 else:
                     problems[outcome.index] = problem
+            # One held acknowledgement: M is committed, and every node that staged its share
+            # promotes it as it takes M; the others are owed a late delivery (`finish`).
             silent = [o for o in outcomes if o.index not in held and _transient(o)]
-            if not silent:
+            if held or not silent:
                 break
-            if attempt >= DELIVERY_TRIES and (held or time.monotonic() >= deadline):
+            if attempt >= DELIVERY_TRIES and time.monotonic() >= deadline:
                 break
         for index in range(self.nodes):
             if index not in held and index not in problems:
@@ -498,12 +504,13 @@ class ThresholdVault:
         *,
         kinds: Collection[AckKind] = (AckKind.HELD,),
         patience: float = 0.0,
+        settle: float = DELIVERY_SETTLE_SECONDS,
     ) -> tuple[dict[int, ShareAck], dict[int, str], list[NodeOutcome[ShareAck]]]:
         """One delivery (with resends): the nodes whose acknowledgement (of one of `kinds`)
         verifies, why the others did not, and the last fan-out's outcomes. Nodes that keep
         their share already acknowledge the same delivery again; those in `skip` (done
         before) are not waited for. With fewer than t acknowledgements, silent nodes are
-        asked again for up to `patience` seconds."""
+        asked again for up to `patience` seconds, with t or more for up to `settle`."""
         encoded = manifest.to_bytes()
         requests: list[Message] = [
             RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
@@ -513,7 +520,7 @@ class ThresholdVault:
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
         deadline = time.monotonic() + patience
-        settle = time.monotonic() + min(patience, DELIVERY_SETTLE_SECONDS)
+        settle_until = time.monotonic() + min(patience, settle)
         attempt = 0
         while True:
             if attempt:
@@ -547,7 +554,7 @@ class ThresholdVault:
                 break
             # Past the first tries, wait only for nodes that got the request (slow, or
             # their answer lost): one the relay could not reach stored nothing.
-            wait_until = deadline if len(taken) + len(skip) < self.t else settle
+            wait_until = deadline if len(taken) + len(skip) < self.t else settle_until
             if attempt >= tries and (
                 time.monotonic() >= wait_until or all(o.unreachable for o in silent)
             ):
@@ -907,9 +914,12 @@ class ThresholdVault:
                     missing.pop(outcome.index, None)
                 else:
                     missing[outcome.index] = outcome.describe()
-            # A node that refused the statement will refuse it again; one that could not
-            # commit in time (several nodes commit resets of one entry at once) may not.
-            if not any(_transient(o) for o in outcomes if o.index not in done):
+            # Once a node took it, the reset is committed and travels in the replicated
+            # value: a node that missed it verifies and applies it from there, so a slow or
+            # stalled node is not waited for. Until then, a node that could not commit in
+            # time (several nodes commit resets of one entry at once) is asked again; one
+            # that refused the statement would refuse it again.
+            if done or not any(_transient(o) for o in outcomes if o.index not in done):
                 break
         return tuple(missing[i] for i in sorted(missing))
 
