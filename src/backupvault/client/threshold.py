@@ -417,10 +417,10 @@ class ThresholdVault:
     def _commit_shares(
         self, request: CommitSharesRequest, manifest: manifests.Manifest, what: str
     ) -> tuple[set[int], dict[int, str]]:
-        """Send the commit to every node until each holds its share or the tries run out
-        (waiting up to the delivery patience while none confirmed it): the nodes that
-        acknowledged holding their share, and why the others did not. With no
-        acknowledgement at all, the agreed manifest says whether M is in effect."""
+        """Send the commit to every node, again while no node confirmed it and some were
+        silent (up to the delivery patience): the nodes that acknowledged holding their
+        share, and why the others did not. With no acknowledgement at all, the agreed
+        manifest says whether M is in effect."""
         held: set[int] = set()
         problems: dict[int, str] = {}
         deadline = time.monotonic() + self.delivery_patience
