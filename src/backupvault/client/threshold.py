@@ -79,6 +79,11 @@ DELIVERY_PATIENCE_SECONDS = 20.0
 DELIVERY_SETTLE_SECONDS = 5.0
 RETRY_BACKOFF_CAP_SECONDS = 2.0
 FETCH_TRIES = 3
+#: Manifest fan-outs while the nodes that answer disagree or too few answer: a node one
+#: change behind holds the old M until settling brings it the new one (3 s after the
+#: commit, docs/fleet.md), so the reads are spread over ~3.4 s (backoff capped at 1 s).
+MANIFEST_TRIES = 6
+MANIFEST_BACKOFF_CAP_SECONDS = 1.0
 RETRY_BACKOFF_SECONDS = 0.2
 
 
@@ -236,9 +241,11 @@ class ThresholdVault:
         request = ManifestRequest(self.account, self.entry)
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
-        for attempt in range(FETCH_TRIES):
+        for attempt in range(MANIFEST_TRIES):
             if attempt:
-                time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                time.sleep(
+                    min(MANIFEST_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
+                )
             answers = self.vault.call_each(
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
