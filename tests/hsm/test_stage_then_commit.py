@@ -49,8 +49,10 @@ def test_a_relay_that_passes_one_nodes_change_cannot_lose_the_key(fleet: InProce
     shares_before = {n: fleet.shares[n][KEY].share for n in fleet.replicas}
     fleet.relay_drops = lambda op, node: op is Op.CHANGE_SHARE and node != 0
     commits = [op for op, _ in fleet.requests].count("commit-shares")
+    client = fleet.client()
+    client.delivery_patience = 0.5  # the relay keeps dropping: waiting longer changes nothing
     with pytest.raises(FleetUnavailable, match="password was not changed"):
-        fleet.client().change_password(recovered, "new", ksf=FAST_KSF)
+        client.change_password(recovered, "new", ksf=FAST_KSF)
     assert [op for op, _ in fleet.requests].count("commit-shares") == commits
     fleet.relay_drops = lambda op, node: False
     assert all(fleet.state(n, KEY).version == 1 for n in fleet.replicas)
@@ -83,8 +85,10 @@ def test_a_staged_share_opens_nothing_until_its_commit(fleet: InProcessFleet) ->
     still opens the key (t nodes answer the old version), and it does; the new one not."""
     recovered = _registered(fleet)
     fleet.relay_drops = lambda op, node: op is Op.COMMIT_SHARES
+    client = fleet.client()
+    client.delivery_patience = 0.5  # the relay keeps dropping: waiting longer changes nothing
     with pytest.raises(FleetUnavailable, match="the old password still opens the key"):
-        fleet.client().change_password(recovered, "new", ksf=FAST_KSF)
+        client.change_password(recovered, "new", ksf=FAST_KSF)
     fleet.relay_drops = lambda op, node: False
     assert all(fleet.shares[n][KEY].staged for n in fleet.replicas)  # kept, not in effect
     with pytest.raises(WrongPassword):
