@@ -87,6 +87,13 @@ MANIFEST_BACKOFF_CAP_SECONDS = 1.0
 RETRY_BACKOFF_SECONDS = 0.2
 
 
+def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
+    """Before fan-out `attempt` (counted from 0): nothing first, then a pause that doubles
+    from RETRY_BACKOFF_SECONDS up to `cap`."""
+    if attempt:
+        time.sleep(min(cap, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)))
+
+
 def _transient(outcome: NodeOutcome[Any]) -> bool:
     """No answer, or the node could not reach a majority in time: worth asking again."""
     if outcome.refused:
@@ -242,10 +249,7 @@ class ThresholdVault:
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
         for attempt in range(MANIFEST_TRIES):
-            if attempt:
-                time.sleep(
-                    min(MANIFEST_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                )
+            _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
             answers = self.vault.call_each(
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
@@ -433,10 +437,7 @@ class ThresholdVault:
         deadline = time.monotonic() + self.delivery_patience
         attempt = 0
         while True:
-            if attempt:
-                time.sleep(
-                    min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                )
+            _back_off(attempt)
             attempt += 1
             try:
                 outcomes = self.vault.call_each(
@@ -530,10 +531,7 @@ class ThresholdVault:
         settle_until = time.monotonic() + min(patience, settle)
         attempt = 0
         while True:
-            if attempt:
-                time.sleep(
-                    min(RETRY_BACKOFF_CAP_SECONDS, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-                )
+            _back_off(attempt)
             attempt += 1
             try:
                 outcomes = self.vault.call_each(op, requests, ShareAck, resends=1)
