@@ -161,6 +161,7 @@ class Fleet:
         """The entry's threshold vault, set up through the SDK (`ClientConfig.session`)."""
         config = self.config
         assert config is not None and config.fleet_id is not None
+        assert config.device_key is not None
         operator = load_operator_private_key(self.root / "operator.key")
         own = replace(
             config,
@@ -173,6 +174,7 @@ class Fleet:
                 issuer=ISSUER,
                 audience=fleet_audience(config.fleet_id),
                 ttl_seconds=3600,
+                device_key=config.device_key.public_key(),  # fleet tokens are bound to it
             ),
         )
         http = httpx.Client(transport=transport or httpx.HTTPTransport(), timeout=30.0)
