@@ -31,6 +31,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -334,9 +335,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
         def backup_all(label: str) -> None:
             for tool in tools:
                 settle()
-                times[tool.name][label] = timed(
-                    lambda tool=tool: tool.backup(repos[tool.name], data.root)
-                )
+                times[tool.name][label] = timed(partial(tool.backup, repos[tool.name], data.root))
                 stored[tool.name].append(folder_bytes(repos[tool.name]))
 
         backup_all("first")
@@ -407,7 +406,7 @@ def run(quick: bool) -> list[dict[str, Any]]:
             repo = work / f"small-{tool.name}"
             tool.init(repo)
             settle()
-            backup_time = timed(lambda tool=tool, repo=repo: tool.backup(repo, many))
+            backup_time = timed(partial(tool.backup, repo, many))
             target = work / f"small-restored-{tool.name}"
             settle()
             started = time.perf_counter()
@@ -454,7 +453,7 @@ def rate_row(work: Path, size: int, runs: int = 3) -> dict[str, Any]:
         settle()
         repo = work / f"random-repo-{run_number}"
         before = os.times()
-        wall = timed(lambda repo=repo: Backupvault(work).backup(repo, source))
+        wall = timed(partial(Backupvault(work).backup, repo, source))
         after = os.times()
         cpu = (after.children_user - before.children_user) + (
             after.children_system - before.children_system

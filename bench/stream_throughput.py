@@ -2,22 +2,18 @@
 
 Reference: AES-256-GCM (`AESGCM.encrypt_into`, one reused output buffer, the fastest way
 `cryptography` offers) over the same bytes in the same 1 MiB chunks, with no framing at all.
-Goal: stream encrypt and decrypt each at >= 0.8x that. Backup create/restore (tar + zstd +
-stream + local storage) on a mixed folder is reported for information.
+Goal: stream encrypt and decrypt each at >= 0.8x that. Whole backups are measured against
+restic in `backup_vs_restic`.
 """
 
 from __future__ import annotations
 
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backupvault.backup import create_backup, restore_backup
 from backupvault.crypto import stream
 
 MB = 1_000_000
@@ -64,24 +60,6 @@ def _stream_decrypt(blob: bytes, key: bytes, salt: bytes, header: bytes, chunk: 
     decryptor.finalize()
 
 
-def _mixed_folder(root: Path, total: int) -> int:
-    """Random (incompressible), text-like (compressible) and many small files."""
-    root.mkdir()
-    (root / "random.bin").write_bytes(os.urandom(total * 4 // 10))
-    line = b"2024-01-01T00:00:00Z INFO request handled path=/api/items status=200 ms=12\n"
-    (root / "log.txt").write_bytes(line * (total * 3 // 10 // len(line)))
-    small = root / "small"
-    small.mkdir()
-    written, index = 0, 0
-    while written < total * 3 // 10:
-        size = 4096 << (index % 5)
-        half = os.urandom(size // 2)
-        (small / f"file-{index:05}.dat").write_bytes(half + half)
-        written += size
-        index += 1
-    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file())
-
-
 def run(quick: bool) -> list[dict[str, object]]:
     size = (32 if quick else 256) << 20
     chunk = stream.CHUNK_SIZE
@@ -109,24 +87,6 @@ def run(quick: bool) -> list[dict[str, object]]:
          "ratio": dec / raw, "goal": ">= 0.8"},
     ]  # fmt: skip
 
-    work = Path(tempfile.mkdtemp(prefix="bv-bench-"))
-    try:
-        source_bytes = _mixed_folder(work / "source", size)
-        root_key = os.urandom(32)
-        store = str(work / "store")
-        started = time.perf_counter()
-        create_backup(work / "source", store, root_key)
-        create = source_bytes / (time.perf_counter() - started) / MB
-        started = time.perf_counter()
-        restore_backup(store, root_key, work / "restored")
-        restore = source_bytes / (time.perf_counter() - started) / MB
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
-    for name, value in (("backup create (mixed folder)", create), ("backup restore", restore)):
-        rows.append(
-            {"name": name, "value": value, "unit": "MB/s", "reference": reference,
-             "ratio": value / raw, "goal": None}
-        )  # fmt: skip
     return rows
 
 
