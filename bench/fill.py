@@ -73,7 +73,9 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
         ksf=FAST_KSF,
         version=1,
     )
-    store = NodeStore(config.data_dir / "store.sqlite", index, keys.storage)
+    store = NodeStore(
+        config.data_dir / "store.sqlite", index, keys.storage, keys.row_key, keys.generation
+    )
     for start in range(0, entries, BATCH):
         store.save(
             record

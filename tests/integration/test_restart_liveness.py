@@ -8,12 +8,15 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import sqlite3
+import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
+from backupvault.deploy.local import DeploymentError
 from backupvault.node.config import FleetDescription
 
 from .conftest import FAST_KSF, Vault, wait_for
@@ -118,4 +121,33 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         with pytest.raises(Destroyed):
             client.recover(PASSWORD, ksf_floor=FAST_KSF)
     finally:
+        vault.ensure_all_running()
+
+
+def test_a_node_that_cannot_start_is_named_at_once_with_its_error(vault: Vault) -> None:
+    """`wait_ready` does not wait out its timeout for a process that has exited: it says
+    which one and why (the bench's fill once waited 120 s on five nodes that had failed)."""
+    deployment = vault.deployment
+    store = vault.root / "node3" / "store.sqlite"
+    aside = store.with_name("store.sqlite.aside")
+    deployment.stop_process("node3")
+    try:
+        store.rename(aside)
+        # A store that claims a row key generation the node's data folder does not hold.
+        with sqlite3.connect(store) as db:
+            db.execute("CREATE TABLE row_key (id INTEGER PRIMARY KEY, generation INTEGER)")
+            db.execute("INSERT INTO row_key VALUES (0, 7)")
+        deployment.start_node(3)
+        started = time.monotonic()
+        with pytest.raises(DeploymentError) as failed:
+            deployment.wait_ready(60, nodes=[3])
+        assert time.monotonic() - started < 30
+        assert "node3 exited before it was ready" in failed.value.message
+        assert "generation 7" in failed.value.message
+    finally:
+        deployment.stop_process("node3")
+        for path in store.parent.glob("store.sqlite*"):
+            if path != aside:
+                path.unlink()
+        aside.rename(store)
         vault.ensure_all_running()

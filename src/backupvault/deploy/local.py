@@ -567,20 +567,36 @@ class LocalDeployment:
         current = self.current_epoch()
         wanted = None if nodes is None else {self.node_name(i, current) for i in nodes}
         while time.monotonic() < deadline:
-            status = self.status()
-            ready = all(
-                info["healthy"]
-                for name, info in status.items()
+            status = {
+                name: info
+                for name, info in self.status().items()
                 if wanted is None or name in wanted or name == "relay" or name in WITNESSES
-            )
-            if ready:
+            }
+            if all(info["healthy"] for info in status.values()):
                 return
+            # A process that has exited will not become ready: say why now, not at the
+            # deadline (its log's last lines hold its error).
+            exited = [name for name, info in status.items() if info["pid"] and not info["running"]]
+            if exited:
+                why = self._last_words(exited[0])
+                raise DeploymentError(
+                    f"{', '.join(exited)} exited before it was ready: {why}",
+                    hint=f"see {self.root / 'logs' / f'{exited[0]}.log'}",
+                )
             time.sleep(0.2)
         logs = self.root / "logs"
         raise DeploymentError(
             f"the local deployment did not become ready in {timeout:.0f} s",
             hint=f"see the logs in {logs} (one per node, the witness and the relay)",
         )
+
+    def _last_words(self, name: str) -> str:
+        """The last lines a process logged (its error and hint), in one line."""
+        try:
+            lines = (self.root / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
+        except OSError:
+            return "no log"
+        return " / ".join(line.strip() for line in lines[-2:] if line.strip()) or "no log"
 
     def status(self) -> dict[str, dict[str, Any]]:
         processes = self._processes()
