@@ -142,7 +142,7 @@ def test_a_node_that_cannot_start_is_named_at_once_with_its_error(vault: Vault) 
         with pytest.raises(DeploymentError) as failed:
             deployment.wait_ready(60, nodes=[3])
         assert time.monotonic() - started < 30
-        assert "node3 exited before it was ready" in failed.value.message
+        assert "node3 exited before becoming ready" in failed.value.message
         assert "generation 7" in failed.value.message
     finally:
         deployment.stop_process("node3")

@@ -86,6 +86,21 @@ def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) 
     assert figure["p99_seconds"] == round(AVAILABILITY_DEADLINE + 0.1, 3)
 
 
+def test_error_reasons_count_one_cause_once_whatever_the_node_or_entry() -> None:
+    tally = Tally()
+    for node, entry in ((2, "user3/root-key"), (4, "user11/root-key")):
+        tally.error(
+            "FleetUnavailable",
+            f"{entry}: need 3 of 5 vault nodes to agree, 2 answered (node{node}: timed out)"
+            "\n  hint: try again in a minute",
+        )
+    tally.error("WrongPassword", "user3/root-key: wrong password")
+    assert tally.reasons == {
+        "FleetUnavailable: need # of # vault nodes to agree, # answered (node#: timed out)": 2,
+        "WrongPassword: wrong password": 1,
+    }
+
+
 def test_ghost_flags_an_output_not_paid_by_its_own_attempt() -> None:
     tally = Tally()
     ghost = EntryGhost("a", "e", False, bytes(32), "pw")

@@ -38,6 +38,7 @@ import enum
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -165,6 +166,8 @@ class Tally:
     late: Counter[str] = field(default_factory=Counter)
     #: The first errors' messages (which nodes did not answer, and why).
     samples: list[str] = field(default_factory=list)
+    #: Every error's message with its numbers masked, counted: why operations failed.
+    reasons: Counter[str] = field(default_factory=Counter)
     #: Their time, by the fan-out it was spent in (the rest: the client's pauses, crypto).
     late_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     _began: threading.local = field(default_factory=threading.local)
@@ -230,6 +233,8 @@ class Tally:
             self.errors[name] += 1
             if message and len(self.samples) < 40:
                 self.samples.append(message)
+            if message:
+                self.reasons[reason(name, message)] += 1
 
     def violation(self, text: str) -> None:
         with self.lock:
@@ -245,6 +250,13 @@ def error_name(err: Exception) -> str:
             return "BadNodeAnswer"
         return f"VaultError({message[:60]})"
     return type(err).__name__
+
+
+def reason(name: str, message: str) -> str:
+    """An error's kind and its message's first line, without the entry it names and with
+    every number masked, so that the same cause counts once whatever node or entry."""
+    first = message.partition(": ")[2].splitlines()[0] if ": " in message else message
+    return f"{name}: {re.sub(r'[0-9]+', '#', first)}"
 
 
 #: Errors a client may see from a healthy fleet under chaos: the request may or may not
@@ -1246,6 +1258,7 @@ def final_checks(
         hidden_guesses=sum(g.hidden_guesses for g in ghosts),
         hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
         error_samples=tally.samples,
+        error_reasons=dict(tally.reasons.most_common(20)),
     )
 
     checks.append(
@@ -1592,6 +1605,10 @@ def summary(result: SoakResult) -> str:
                 else ""
             )
         )
+    reasons = figures.get("error_reasons")
+    if isinstance(reasons, dict) and reasons:
+        lines.append("most common errors:")
+        lines += [f"  {count:5} {why}" for why, count in list(reasons.items())[:8]]
     lines.append("")
     for check in result.checks:
         lines.append(f"[{'PASS' if check.passed else 'FAIL'}] {check.name}: {check.detail}")

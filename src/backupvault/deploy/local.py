@@ -580,7 +580,7 @@ class LocalDeployment:
             if exited:
                 why = self._last_words(exited[0])
                 raise DeploymentError(
-                    f"{', '.join(exited)} exited before it was ready: {why}",
+                    f"{', '.join(exited)} exited before becoming ready: {why}",
                     hint=f"see {self.root / 'logs' / f'{exited[0]}.log'}",
                 )
             time.sleep(0.2)
