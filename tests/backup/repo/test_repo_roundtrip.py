@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from backupvault.backup import BackupNotFound, DestinationError
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.repo.create import _read_whole
 from backupvault.backup.storage import Storage
 from backupvault.errors import WrongKey
 
@@ -246,3 +247,17 @@ def test_snapshots_record_the_key_kind_inside_the_sealed_summary(
     encoded[-1] = 7
     with pytest.raises(InvalidInput, match="malformed"):
         snapshots.Summary.decode(bytes(encoded))
+
+
+@pytest.mark.parametrize("listed", [0, 1, 99, 100, 101, 10_000])
+def test_a_small_file_is_read_to_its_end_whatever_size_the_walk_saw(
+    tmp_path: Path, listed: int
+) -> None:
+    """A file that grew or shrank between the walk and its read is read whole (the read
+    asks for one byte more than the walk saw, then reads on until the end)."""
+    path = tmp_path / "grows"
+    data = os.urandom(100)
+    path.write_bytes(data)
+    assert _read_whole(str(path), listed) == data
+    (tmp_path / "empty").write_bytes(b"")
+    assert _read_whole(str(tmp_path / "empty"), listed) == b""

@@ -111,6 +111,13 @@ class Sealer:
         # on one core, and releases the GIL on large inputs.
         return blake3.blake3(data, key=self._id_key).digest()
 
+    def _decompressor(self) -> zstandard.ZstdDecompressor:
+        """One per thread, used again: making one per chunk was 4 % of a restore's CPU."""
+        decompressor: zstandard.ZstdDecompressor | None = getattr(self._local, "unzstd", None)
+        if decompressor is None:
+            decompressor = self._local.unzstd = zstandard.ZstdDecompressor()
+        return decompressor
+
     def _compressor(self) -> zstandard.ZstdCompressor:
         compressor: zstandard.ZstdCompressor | None = getattr(self._local, "zstd", None)
         if compressor is None:
@@ -170,7 +177,7 @@ class Sealer:
         data: bytes | bytearray
         if compression == ZSTD:
             try:
-                data = zstandard.ZstdDecompressor().decompress(payload, max_output_size=raw_length)
+                data = self._decompressor().decompress(payload, max_output_size=raw_length)
             except zstandard.ZstdError as exc:
                 raise InvalidInput(f"chunk {name} is corrupt: {exc}") from None
         elif compression == RAW:

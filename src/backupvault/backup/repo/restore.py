@@ -209,7 +209,10 @@ def _fill(
     source = ChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
     # Small files are written on writer threads (their syscalls overlap); large ones here,
     # streamed chunk by chunk.
-    writers = ThreadPoolExecutor(_WRITERS, thread_name_prefix="restore-write")
+    # One thread per writer, each folder's files always on the same one: threads creating
+    # files in one folder wait on its lock in the kernel (spinning on it cost more system
+    # time than the writes themselves).
+    writers = [ThreadPoolExecutor(1, thread_name_prefix="restore-write") for _ in range(_WRITERS)]
     pending: deque[Future[None]] = deque()
     try:
         for entry in files:
@@ -217,7 +220,8 @@ def _fill(
             if entry.size > _SMALL_FILE:
                 _write_file(dir_fd, entry, pieces)
                 continue
-            pending.append(writers.submit(_write_file, dir_fd, entry, iter(list(pieces))))
+            writer = writers[hash(os.path.dirname(entry.path)) % len(writers)]
+            pending.append(writer.submit(_write_file, dir_fd, entry, iter(list(pieces))))
             while pending and (pending[0].done() or len(pending) > _WRITES_AHEAD):
                 pending.popleft().result()
         while pending:
@@ -225,7 +229,8 @@ def _fill(
     finally:
         for future in pending:
             future.cancel()
-        writers.shutdown(wait=True, cancel_futures=True)
+        for writer in writers:
+            writer.shutdown(wait=True, cancel_futures=True)
         source.close()
     links = {e.path: e.target for e in entries if e.kind == SYMLINK}
     for entry in entries:
