@@ -52,10 +52,16 @@ class SlowStore(NodeStore):
         self.release = threading.Event()
         self.saved: list[list[bytes]] = []
 
-    def save(self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None) -> None:
+    def save(
+        self,
+        records: Iterable[AcceptorRecord],
+        marks: dict[int, Mark] | None = None,
+        *,
+        caught_up: bool = False,
+    ) -> None:
         self.release.wait(10)
         records = list(records)
-        super().save(records, marks)
+        super().save(records, marks, caught_up=caught_up)
         self.saved.append([r.key for r in records])
 
 
@@ -155,7 +161,11 @@ def test_a_failed_write_stops_the_node_and_sends_nothing_that_depended_on_it(
 ) -> None:
     class BrokenStore(SlowStore):
         def save(
-            self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None
+            self,
+            records: Iterable[AcceptorRecord],
+            marks: dict[int, Mark] | None = None,
+            *,
+            caught_up: bool = False,
         ) -> None:
             raise OSError("disk full")
 
@@ -253,6 +263,47 @@ def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
     sealer = FakeSealer(recorded)
     assert store_is_intact(store, sealer) is intact  # type: ignore[arg-type]
     assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again
+
+
+def test_a_node_stopped_during_its_catch_up_catches_up_again_at_its_next_start(
+    tmp_path: Path,
+) -> None:
+    """Sim seeds 9100627 and 9100640: a rolled-back node began catching up (its counter
+    raised to the token's), stopped before it finished, and started again with counters
+    that matched: it served as intact without the records it had not fetched yet."""
+    from backupvault.node.main import store_is_intact
+
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, b"k" * 32)
+    store.save([AcceptorRecord(b"a", 1, 0)])
+    sealer = FakeSealer(5)  # the token counted more writes: a rollback
+    assert store_is_intact(store, sealer) is False
+    store.save([AcceptorRecord(b"b", 1, 0)])  # a copy taken while catching up
+    store.close()
+    for _ in range(2):  # stopped before it caught up: not intact, however often
+        store = NodeStore(path, 0, b"k" * 32)
+        sealer.recorded = store.counter
+        assert store.catching_up
+        assert store_is_intact(store, sealer) is False
+        store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    store.save([AcceptorRecord(b"c", 1, 0)], caught_up=True)  # written once it was ready
+    store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    sealer.recorded = store.counter
+    assert not store.catching_up
+    assert store_is_intact(store, sealer) is True
+    assert {r.key for r in store.load()} == {b"a", b"b", b"c"}
+
+
+def test_a_write_made_before_the_node_caught_up_keeps_the_catch_up_open(tmp_path: Path) -> None:
+    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    store.mark_catching_up()
+    store.save([AcceptorRecord(b"a", 1, 0)])
+    store.raise_counter(store.counter + 3)
+    store.distrust_share_rows()
+    store.close()
+    assert NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32).catching_up
 
 
 def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> None:

@@ -78,6 +78,8 @@ class MemoryRecords:
     _marks: dict[int, Mark] = field(default_factory=dict)
     _last_ver: int = 0
     _max_round: int = 0
+    #: A catch-up began on this disk and has not finished (as `NodeStore.catching_up`).
+    catching_up: bool = False
 
     @classmethod
     def of(cls, records: list[AcceptorRecord], store_id: bytes = b"memory") -> MemoryRecords:
@@ -134,5 +136,10 @@ class MemoryRecords:
 
     def copy(self) -> MemoryRecords:
         return MemoryRecords(
-            self.store_id, dict(self._records), dict(self._marks), self._last_ver, self._max_round
+            self.store_id,
+            dict(self._records),
+            dict(self._marks),
+            self._last_ver,
+            self._max_round,
+            self.catching_up,
         )

@@ -454,6 +454,9 @@ class NodeService:
         try:
             while self._backlog and self._fatal is None:
                 batch, self._backlog = self._backlog, []
+                # Ready now: every copy it caught up with came before, in this batch or
+                # an earlier one, so this write finishes the catch-up on disk.
+                caught_up = self.replica.ready
                 # The last write of a key in a batch is what it holds after the batch.
                 records = {e.record.key: e.record for e in batch if isinstance(e, Persist)}
                 if records:
@@ -462,7 +465,7 @@ class NodeService:
                     marks = self.records.take_marks()
                     saving = list(records.values())
                     try:
-                        await asyncio.to_thread(self._write, saving, marks)
+                        await asyncio.to_thread(self._write, saving, marks, caught_up)
                     except Exception as err:
                         # Fail-stop: what the replica told itself is durable is not, so
                         # nothing that depends on it may leave. The operator restarts the
@@ -478,14 +481,16 @@ class NodeService:
         finally:
             self._committing = False
 
-    def _write(self, records: list[AcceptorRecord], marks: dict[int, Mark]) -> None:
+    def _write(
+        self, records: list[AcceptorRecord], marks: dict[int, Mark], caught_up: bool
+    ) -> None:
         """One group commit, in the writer thread: the store's transaction (+ fsync), then
         the token counting it; both are done before anything in the batch leaves. In this
         order a crash in between leaves the store one ahead of the token, which the next
         start takes as intact (nothing depending on the write left); the other order would
         leave the token ahead, which looks like a rollback and costs a catch-up. The
         token's advance is a fraction of the fsync (docs/fleet.md, "Restarts")."""
-        self._store.save(records, marks)
+        self._store.save(records, marks, caught_up=caught_up)
         if self._record_counter is not None:
             self._record_counter(self._store.counter)
 

@@ -234,6 +234,8 @@ class NodeStore:
         self.store_id = os.urandom(16)
         self._marks: dict[int, Mark] = {}
         self.suspect_through = 0
+        #: A catch-up began and has not finished (`mark_catching_up`).
+        self.catching_up = False
         self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
         self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
@@ -325,6 +327,8 @@ class NodeStore:
                 at += 11 + length
             if len(plain) >= at + 8:
                 (self.suspect_through,) = struct.unpack(">Q", plain[at : at + 8])
+            if len(plain) >= at + 9:
+                self.catching_up = bool(plain[at + 8])
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
@@ -454,11 +458,20 @@ class NodeStore:
 
     # ---- writing -------------------------------------------------------------------------
 
-    def save(self, records: Iterable[AcceptorRecord], marks: dict[int, Mark] | None = None) -> None:
-        """Write records (and new marks) durably, all or none, as one step of the counter."""
+    def save(
+        self,
+        records: Iterable[AcceptorRecord],
+        marks: dict[int, Mark] | None = None,
+        *,
+        caught_up: bool = False,
+    ) -> None:
+        """Write records (and new marks) durably, all or none, as one step of the counter.
+        `caught_up`: the node had caught up when these records were made, so every copy
+        it caught up with is in this write or an earlier one: the catch-up is finished."""
         latest = {r.key: (r, self.name_of(r.key)) for r in records}
         if not latest:
             return
+        catching_up = self.catching_up and not caught_up
         with self._lock:
             touched = {bucket_of(name) for _, name in latest.values()}
             for bucket in sorted(touched):
@@ -500,12 +513,13 @@ class NodeStore:
                     "INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", buckets
                 )
                 new_marks = {**self._marks, **(marks or {})}
-                self._write_meta(seq, ver, max_round, top, self.store_id, new_marks)
+                self._write_meta(seq, ver, max_round, top, self.store_id, new_marks, catching_up)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
+            self.catching_up = catching_up
             self._marks = new_marks
             for bucket, digest in digests.items():
                 self._buckets[bucket] = (seq, digest)
@@ -559,10 +573,7 @@ class NodeStore:
                         for bucket, ver, plain in digests
                     ],
                 )
-                self._write_meta(
-                    self.counter, self._last_ver, self._max_round, self._top,
-                    self.store_id, self._marks,
-                )  # fmt: skip
+                self._write_current_meta(self.catching_up)
                 self._db.execute(
                     "INSERT OR REPLACE INTO row_key (id, generation) VALUES (0, ?)", (generation,)
                 )
@@ -584,15 +595,28 @@ class NodeStore:
         top: int,
         store_id: bytes,
         marks: dict[int, Mark],
+        catching_up: bool,
     ) -> None:
         plain = bytearray(struct.pack(">QQQ", counter, last_ver, max_round))
         plain += top.to_bytes(32, "big") + store_id + struct.pack(">H", len(marks))
         for peer, mark in sorted(marks.items()):
             plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
             plain += _u64(mark.upto)
-        plain += _u64(self.suspect_through)
+        plain += _u64(self.suspect_through) + bytes([catching_up])
         sealed = self._seal(bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
+
+    def _write_current_meta(self, catching_up: bool) -> None:
+        """The counter row as it stands, with `catching_up` (and `suspect_through`)."""
+        self._write_meta(
+            self.counter,
+            self._last_ver,
+            self._max_round,
+            self._top,
+            self.store_id,
+            self._marks,
+            catching_up,
+        )
 
     def raise_counter(self, floor: int) -> None:
         """Move the counter up to `floor` (the token's count, when the store is behind it:
@@ -603,9 +627,23 @@ class NodeStore:
         with self._lock:
             store_id = os.urandom(16)
             self._write_meta(
-                floor, self._last_ver, self._max_round, self._top, store_id, self._marks
+                floor,
+                self._last_ver,
+                self._max_round,
+                self._top,
+                store_id,
+                self._marks,
+                self.catching_up,
             )
             self.counter, self.store_id = floor, store_id
+
+    def mark_catching_up(self) -> None:
+        """The node starts catching up: recorded before it serves, so a node stopped
+        before it finishes catches up again at its next start, although its counter then
+        matches the token's (`save(caught_up=True)` clears it)."""
+        with self._lock:
+            self._write_current_meta(catching_up=True)
+            self.catching_up = True
 
     def distrust_share_rows(self) -> None:
         """Every share row now in the store may hold a rolled-back count (the store was
@@ -613,14 +651,7 @@ class NodeStore:
         restart later does not trust them again. Rows written from here on are newer."""
         with self._lock:
             self.suspect_through = max(self.suspect_through, self._last_ver)
-            self._write_meta(
-                self.counter,
-                self._last_ver,
-                self._max_round,
-                self._top,
-                self.store_id,
-                self._marks,
-            )
+            self._write_current_meta(self.catching_up)
 
     def share_suspect(self, key: bytes) -> bool:
         """Whether entry `key`'s share row was last written at or before the last detected

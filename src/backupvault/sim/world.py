@@ -694,7 +694,11 @@ class Simulation:
             self.at(self.now + 2.0, "operator_fix", n.index)
             return
         n.incarnation += 1
+        # A catch-up the node stopped during is not finished: its store matches the
+        # token's counter (raised when the catch-up began), but not the fleet.
+        intact = intact and not n.disk.catching_up
         if not intact:
+            n.disk.catching_up = True
             # As the node's store does when it finds itself behind the token's counter:
             # versions it hands out from here may repeat older ones, so a new store id.
             n.disk.renew(f"node{n.index}/{n.incarnation}".encode())
@@ -831,6 +835,10 @@ class Simulation:
                     self._transmit("deliver", (n.index, peer, request.to_bytes()))
 
     def _execute(self, n: _Node, effects: list[Effect]) -> None:
+        if n.disk.catching_up and n.ready:
+            # Every copy it caught up with is on its disk (writes are durable at once
+            # here), as the node's next group commit after it is ready records.
+            n.disk.catching_up = False
         if n.keeper is not None:
             # Erasures the keeper made while its acceptor took a value (on a verified
             # owner statement): durable at once here, like the replica's own writes.
