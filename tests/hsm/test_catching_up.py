@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.shares import check_threshold_value
 from backupvault.hsm.state import ThresholdState
 from backupvault.protocol import EntryStatus
@@ -209,3 +210,43 @@ def test_a_tombstone_below_a_reset_this_node_holds_is_taken(world: Simulation) -
     assert _check(world, client.key, before_reset.with_(attempt=3), slot=0) == (
         "the reset went back"
     )
+
+
+def test_a_laggard_takes_a_registration_over_a_tombstone_it_missed_and_erases_nothing(
+    world: Simulation,
+) -> None:
+    """Sim seed 9101198: nodes 3 and 4 cut off while the entry is guessed to destruction
+    and registered again. A registration over a tombstone carries no owner statement; the
+    laggard takes it when the new value's window starts L attempts or more after the
+    window it holds (it could be brought there through that tombstone in two steps), and
+    acts on nothing in it. A new version that starts earlier still needs the statement."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    world.reachable = {0, 1, 2}
+    for _ in range(world.shape.guess_limit):
+        assert client.recover(b"wrong") is None
+    with pytest.raises(AuthenticationFailed):  # the next request writes the tombstone
+        client.recover(b"wrong")
+    assert world.replicated(0, client.key).status == EntryStatus.DESTROYED
+    assert client.register(b"new", NEW_RK, version=2)[1] == 3
+    laggard = world.replicated(3, client.key)
+    committed = world.replicated(0, client.key)
+    assert (laggard.status, laggard.version) == (EntryStatus.LIVE, 1)
+    assert (committed.status, committed.version) == (EntryStatus.LIVE, 2)
+    assert not committed.change_signature  # a tombstone keeps no owner statement
+    assert committed.reset_attempt - laggard.reset_attempt == world.shape.guess_limit
+    assert _check(world, client.key, committed) is None
+    early = committed.with_(reset_attempt=committed.reset_attempt - 1)
+    assert "signed change or delete" in (_check(world, client.key, early) or "")
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    row = world.honest[3].rows[client.key]
+    keeper.on_accept(client.key, committed.to_bytes())
+    assert keeper.take_writes() == ()
+    assert keeper.row(client.key) == row
+    world.reachable = None
+    world.settle(5.0)
+    for slot in (3, 4):
+        assert world.replicated(slot, client.key) == world.replicated(0, client.key)
+    recovered = client.recover(b"new")
+    assert recovered is not None and recovered[1] == NEW_RK

@@ -1350,7 +1350,7 @@ def check_threshold_value(
         return "a new version without t nodes' acknowledgement that they keep their share"
     if previous is None:
         return None  # nothing held: only the value's own checks
-    return _check_transition(fleet_id, entry_id, previous, state, manifest, copy=copy)
+    return _check_transition(fleet_id, entry_id, previous, state, manifest, limit, copy=copy)
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:
@@ -1367,13 +1367,14 @@ def _check_transition(
     held: ThresholdState,
     state: ThresholdState,
     manifest: Manifest | None,
+    limit: int,
     *,
     copy: bool = False,
 ) -> str | None:
     """Why `state` may not follow `held`, or None. A live version further on is taken on
     its t acknowledgements (checked by the caller). With `copy`, the step this node cannot
     check (the delete of a version it never held) is taken too: refused because it cannot
-    be checked, not because it goes back."""
+    be checked, not because it goes back. `limit`: the guess limit L."""
     if state.version < held.version:
         return "the version went down"
     if state.attempt < held.attempt:
@@ -1428,9 +1429,17 @@ def _check_transition(
         if copy:
             return None
         return "a delete of a version this node never held (it cannot check the signature)"
-    if _retiring_statement(fleet_id, entry_id, held, state) is None:
-        return "a new version without the owner's signed change or delete of the held one"
-    return None
+    if _retiring_statement(fleet_id, entry_id, held, state) is not None:
+        return None
+    if state.reset_attempt - held.reset_attempt >= limit:
+        # A registration over the held version's tombstone (its window used up, by the
+        # new value's own count: a registration starts its window where the tombstone's
+        # count ended), which carries no owner statement. The node takes it, as it would
+        # in two steps (that tombstone, then the registration over it), and acts on
+        # nothing in it. Refused, a node that missed the tombstone stayed at the old
+        # version for good (sim seed 9101198).
+        return None
+    return "a new version without the owner's signed change or delete of the held one"
 
 
 def _retiring_statement(
