@@ -250,3 +250,32 @@ def test_a_laggard_takes_a_registration_over_a_tombstone_it_missed_and_erases_no
         assert world.replicated(slot, client.key) == world.replicated(0, client.key)
     recovered = client.recover(b"new")
     assert recovered is not None and recovered[1] == NEW_RK
+
+
+def test_a_tombstone_is_taken_over_a_sibling_attempt_with_a_later_clock(
+    world: Simulation,
+) -> None:
+    """Sim seed 9201842: a node held a sibling of the committed last attempt (the same
+    number, another request, a later client clock) that lost its round; the tombstone
+    built on the committed one has the earlier clock, and the node refused it for good.
+    A tombstone of the held version is taken whatever the clock; a live value still may
+    not take the clock back."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    for _ in range(world.shape.guess_limit):
+        assert client.recover(b"wrong") is None
+    committed = world.replicated(0, client.key)
+    assert committed.status == EntryStatus.LIVE
+    assert committed.attempts_used == world.shape.guess_limit
+    sibling = committed.with_(
+        attempt_hash=bytes(32), attempt_client_time_ms=committed.attempt_client_time_ms + 75_000
+    )
+    tombstone = committed.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(tombstone, sibling) is None
+    assert check(committed, sibling) == "the attempt clock went down"
