@@ -20,7 +20,8 @@ from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo import backend as backend_module
 from backupvault.backup.repo import create as create_module
-from backupvault.backup.repo.backend import Backend
+from backupvault.backup.repo.backend import Backend, Filled
+from backupvault.backup.repo.repository import PackWriter
 from backupvault.backup.storage import Storage
 
 NAME = "data/" + "ab" * 16
@@ -129,6 +130,29 @@ def test_refused_direct_writes_fall_back_to_buffered(
     assert sorted(os.listdir(tmp_path / "repo" / "data")) == ["ab" * 16, "cd" * 16]
 
 
+@pytest.mark.parametrize("refuse_direct", [False, True])
+def test_a_filled_object_is_filled_exactly_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, refuse_direct: bool
+) -> None:
+    """A pack's `fill` lets go of its read windows as it returns (they are reused for
+    other bytes at once), so a put must never fill twice, not even when O_DIRECT is
+    refused after the buffer was filled."""
+    content = b"".join(PARTS)
+    calls: list[int] = []
+
+    def fill(out: memoryview) -> None:
+        calls.append(len(out))
+        out[:] = content
+
+    store = Backend(Storage(str(tmp_path / "repo")))
+    store._direct = True
+    monkeypatch.setattr(backend_module.os, "O_DIRECT", 0o40000, raising=False)
+    Recorder(monkeypatch, refuse_direct=refuse_direct)
+    store.put(NAME, Filled(len(content), fill))
+    assert calls == [len(content)]
+    assert store.get(NAME) == content
+
+
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk during a (direct or buffered) write: a clear storage error, no object,
     no temporary."""
@@ -225,6 +249,64 @@ def test_read_windows_are_used_again_only_after_their_blobs_are_sealed_into_pack
     assert maintenance.check(repo, read_data=True).errors == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", info.snapshot_id)
     assert (tmp_path / "out" / "big").read_bytes() == (source / "big").read_bytes()
+
+
+def test_a_pending_blob_lets_go_of_its_window_once_sealed_not_once_written(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A read window is used again as soon as the pack needing it is sealed, while the
+    pack is still being written and synced (each fresh page of a new window costs a page
+    fault, about as much as reading it); a pack that fails before it is sealed lets go
+    too."""
+    sealed = threading.Event()
+    finish_write = threading.Event()
+    real_fill_temp = Backend._fill_temp
+
+    def slow_write(temp: str, write: Any, flags: int = 0) -> None:
+        if "/data/" in temp:
+            sealed.set()
+            assert finish_write.wait(10)
+        real_fill_temp(temp, write, flags)
+
+    monkeypatch.setattr(Backend, "_fill_temp", staticmethod(slow_write))
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key, create=True, **SMALL)
+    index, _packs, _adopted = repo.load_index()
+
+    class Window:
+        def __init__(self) -> None:
+            self.released = threading.Event()
+
+        def release(self) -> None:
+            assert not self.released.is_set(), "released twice"
+            self.released.set()
+
+    window = Window()
+    data = os.urandom(200_000)
+    chunk_id = repo.sealer.chunk_id(data)
+    packer = PackWriter(repo, index)
+    packer.add(chunk_id, repo.sealer.prepare(data), len(data), window)
+    packer.flush()
+    assert sealed.wait(10)
+    assert window.released.wait(10)  # while the write still waits
+    finish_write.set()
+    packer.finish()
+    location = index.chunks[chunk_id]
+    blob = repo.backend.get(f"data/{location.pack_id.hex()}")[
+        location.offset : location.offset + location.length
+    ]
+    assert repo.sealer.open(chunk_id, blob, len(data)) == data
+
+    def failing_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        raise StorageError("cannot store the pack: the disk is gone")
+
+    monkeypatch.setattr(Backend, "put", failing_put)
+    other = Window()
+    packer = PackWriter(repo, index)
+    fresh = os.urandom(100_000)
+    packer.add(repo.sealer.chunk_id(fresh), repo.sealer.prepare(fresh), len(fresh), other)
+    with pytest.raises(StorageError, match="disk is gone"):
+        packer.finish()
+    assert other.released.is_set()
 
 
 def test_a_pack_that_fails_to_upload_fails_the_backup(
