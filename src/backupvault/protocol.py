@@ -20,6 +20,7 @@ from typing import TypeGuard
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import oprf, threshold
 from backupvault.crypto.manifest import Manifest
+from backupvault.crypto.seal import SEALED_SHARE_LEN
 from backupvault.errors import InvalidInput
 
 NAME_PATTERN = r"[A-Za-z0-9._-]{1,64}"
@@ -48,6 +49,7 @@ class Op(enum.StrEnum):
     EVALUATE = "evaluate"
     RESET = "reset"
     DELETE_SHARE = "delete-share"
+    DELIVER_SHARE = "deliver-share"
 
 
 OPERATIONS: tuple[str, ...] = tuple(str(op) for op in Op)
@@ -190,6 +192,29 @@ class RegisterShareRequest(Message):
         threshold.KeyShare.from_bytes(self.share)
         _check_signature("authorization", self.authorization, optional=True)
         _check_u64("counter", self.counter)
+
+
+@dataclass(frozen=True)
+class DeliverShareRequest(Message):
+    """Deliver node i's share of the entry's committed manifest late (`deliver-share`,
+    docs/threshold.md "Finishing later"): `sealed_share` is the share HPKE-sealed to node
+    i alone when it was dealt (`crypto.seal.seal_share`), kept on the device since. The
+    node opens it and takes it as a register-share of `manifest`."""
+
+    TAG = 27
+    account: str
+    entry: str
+    manifest: bytes
+    sealed_share: bytes
+
+    def __post_init__(self) -> None:
+        check_name("account", self.account)
+        check_name("entry", self.entry)
+        check_manifest_bytes(self.manifest)
+        if not isinstance(self.sealed_share, bytes) or len(self.sealed_share) not in set(
+            SEALED_SHARE_LEN.values()
+        ):
+            raise InvalidInput("sealed_share: not a sealed share's length")
 
 
 class AckKind(enum.IntEnum):
@@ -540,6 +565,7 @@ RESPONSE_PADDED_SIZE: dict[Op, int] = {
     Op.EVALUATE: 384,
     Op.RESET: 384,
     Op.DELETE_SHARE: 384,
+    Op.DELIVER_SHARE: 384,
 }
 #: Error details are cut to this many characters, so every error fits the padded size.
 MAX_ERROR_DETAIL = 160
@@ -570,6 +596,7 @@ REQUEST_TYPES: dict[Op, type[Message]] = {
     Op.EVALUATE: EvaluateRequest,
     Op.RESET: ResetRequest,
     Op.DELETE_SHARE: DeleteShareRequest,
+    Op.DELIVER_SHARE: DeliverShareRequest,
 }
 
 RESPONSE_TYPES: dict[Op, type[Message]] = {
@@ -580,6 +607,7 @@ RESPONSE_TYPES: dict[Op, type[Message]] = {
     Op.EVALUATE: EvaluateResponse,
     Op.RESET: ResetResponse,
     Op.DELETE_SHARE: ShareAck,
+    Op.DELIVER_SHARE: ShareAck,
 }
 
 

@@ -52,18 +52,14 @@ def test_status_shows_pending_shares_and_finish_delivers_them(
     session.register("correct horse battery", RK)
     code, status = _run(monkeypatch, capsys, session, "vault", "status")
     assert code == 0 and status["pending"] == ["node 3: share of version 1 not yet confirmed"]
-    # Node 3 still down: finish says what is left, exit 5 (as fleet-unavailable).
-    code, error = _run(
-        monkeypatch, capsys, session, "vault", "finish", "--password-stdin",
-        stdin="correct horse battery\n",
-    )  # fmt: skip
+    # Node 3 still down: finish says what is left, exit 5 (as fleet-unavailable). The
+    # share is sealed to node 3: no password is asked (stdin is empty).
+    code, error = _run(monkeypatch, capsys, session, "vault", "finish")
     assert code == 5 and "node 3" in str(error["error"])
     fleet.nodes[3].mode = "ok"
-    code, done = _run(
-        monkeypatch, capsys, session, "vault", "finish", "--password-stdin",
-        stdin="correct horse battery\n",
-    )  # fmt: skip
+    code, done = _run(monkeypatch, capsys, session, "vault", "finish")
     assert (code, done) == (0, {"finished": True, "pending": []})
     assert fleet.nodes[3].share is not None
+    assert not any("evaluate" in node.seen for node in fleet.nodes)  # no recovery
     code, status = _run(monkeypatch, capsys, session, "vault", "status")
     assert code == 0 and status["pending"] == []

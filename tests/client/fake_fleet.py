@@ -21,8 +21,8 @@ from backupvault.client.vault import VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import ksf, owner, threshold
 from backupvault.crypto.manifest import Manifest
-from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
-from backupvault.errors import BackupVaultError
+from backupvault.crypto.seal import Kem, NodePrivateKey, open_request, open_share
+from backupvault.errors import AuthenticationFailed, BackupVaultError
 from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
 from backupvault.protocol import (
     REQUEST_TYPES,
@@ -30,6 +30,7 @@ from backupvault.protocol import (
     AuthorizedRequest,
     CommitSharesRequest,
     DeleteShareRequest,
+    DeliverShareRequest,
     EntryStatus,
     ErrorCode,
     ErrorResponse,
@@ -172,6 +173,23 @@ class FakeFleet:
             return _error(ErrorCode.REFUSED, err.message)
 
     def _answer_or_raise(self, node: FakeNode, op: Op, request: Message) -> Message:
+        if isinstance(request, DeliverShareRequest):
+            # As the firmware: the share opens only here, for this manifest; then it is
+            # a register-share of that manifest.
+            try:
+                share_bytes = open_share(
+                    node.hpke,
+                    FLEET_ID,
+                    node.index,
+                    hashlib.sha256(request.manifest).digest(),
+                    request.sealed_share,
+                )
+            except AuthenticationFailed as err:
+                return _error(ErrorCode.BAD_REQUEST, err.message)
+            op = Op.REGISTER_SHARE
+            request = RegisterShareRequest(
+                request.account, request.entry, request.manifest, share_bytes, b"", 0
+            )
         if isinstance(request, RegisterShareRequest):
             if sum(n.mode != "down" for n in self.nodes) < self.t:
                 # As a real fleet: no majority, no commit, so no node stores or acknowledges.

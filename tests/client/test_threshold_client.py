@@ -3,11 +3,15 @@ client checks, names and reports. The process tests run the same flows on real n
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from backupvault.client import pending as pending_module
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
@@ -17,6 +21,7 @@ from backupvault.client.errors import (
     WrongPassword,
 )
 from backupvault.client.pending import PendingFileDamaged, PendingStore
+from backupvault.crypto.seal import open_share
 from backupvault.protocol import EntryStatus
 
 from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
@@ -254,10 +259,12 @@ def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess
     """Found by the chaos soak (seed 417345562): an entry registered with one node down,
     then two other holders down: every recovery was counted and failed, until the entry
     was destroyed. Now the client sees from the manifest answers that only two nodes hold
-    a share, sends no evaluate, and says that no guess was used."""
+    a share, sends no evaluate, and says that no guess was used. (Here the recovery runs
+    on another device, which owes node 3 nothing; the registering device would deliver
+    node 3's share first, the next test.)"""
     fleet.nodes[3].mode = "down"
-    vault = fleet.vault()
-    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    assert fleet.vault().register("pw", RK, ksf=FAST_KSF).degraded
+    vault = fleet.vault()  # another device: no pending deliveries
     fleet.nodes[3].mode = "ok"  # back, without a share
     fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
     for _ in range(2):  # each would have cost a guess, and L of them the key
@@ -269,6 +276,72 @@ def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess
     assert fleet.attempts == {} and [n.count for n in fleet.nodes] == [0] * 5
     fleet.nodes[0].mode = fleet.nodes[1].mode = "ok"
     assert vault.recover("pw", ksf_floor=FAST_KSF).wrong_guesses_before == 0
+
+
+def test_an_owed_share_is_delivered_before_the_recovery_needs_it(fleet: FakeFleet) -> None:
+    """The soak's commonest failure (docs/soak.md, run X): an entry registered with node 3
+    down holds shares on exactly t nodes, and two of them go down. The registering device
+    keeps node 3's share sealed to node 3, so it delivers it at its next contact, before
+    any evaluate and without the password; the recovery then has its t holders."""
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault()
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    fleet.nodes[3].mode = "ok"  # back, without a share
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK and recovered.pending == ()
+    seen = fleet.nodes[3].seen
+    assert seen.index("deliver-share") < seen.index("evaluate")
+    assert fleet.nodes[3].manifest == fleet.replicated
+    assert all("evaluate" in fleet.nodes[i].seen for i in (2, 3, 4))
+
+
+def test_an_owed_share_is_delivered_by_status_without_the_password(fleet: FakeFleet) -> None:
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault()
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    assert not vault.needs_password_to_finish()
+    assert vault.status().pending == ("node 3: share of version 1 not yet confirmed",)
+    fleet.nodes[3].mode = "ok"
+    assert vault.status().pending == ()
+    assert fleet.nodes[3].share is not None and "evaluate" not in fleet.nodes[3].seen
+
+
+def test_a_pending_file_of_an_earlier_build_is_finished_after_a_recovery(
+    fleet: FakeFleet, tmp_path: Path
+) -> None:
+    """Files written before shares were sealed to their nodes (format v1) kept every share
+    under the export_key: they still load, `vault finish` asks for the password, and the
+    next recovery delivers them as a register-share."""
+    fleet.nodes[3].mode = "down"
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault([], PendingStore(path))
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    fleet.nodes[3].mode = "ok"
+    # The same record as an earlier build kept it: each share under the export_key.
+    export_key = fleet.vault().recover("pw", ksf_floor=FAST_KSF).export_key
+    body = json.loads(path.read_text())
+    record = body["records"][0]
+    digest = hashlib.sha256(bytes.fromhex(record["manifest"])).digest()
+    wrap = AESGCM(pending_module._wrap_key(export_key))
+    wrapped = []
+    for index, sealed in enumerate(record.pop("shares")):
+        share = open_share(fleet.nodes[index].hpke, FLEET_ID, index, digest, bytes.fromhex(sealed))
+        aad = pending_module._aad(
+            FLEET_ID, "alice", vault.entry, 1, index + 1, bytes.fromhex(record["manifest"])
+        )
+        nonce = os.urandom(12)
+        wrapped.append((nonce + wrap.encrypt(nonce, share, aad)).hex())
+    del record["sealing"]
+    path.write_text(
+        json.dumps({"format": pending_module.FORMAT_V1, "records": [{**record, "shares": wrapped}]})
+    )
+    vault = fleet.vault([], PendingStore(path))
+    assert vault.needs_password_to_finish()
+    assert vault.status().pending == ("node 3: share of version 1 not yet confirmed",)
+    assert "deliver-share" not in fleet.nodes[3].seen and fleet.nodes[3].share is None
+    assert vault.recover("pw", ksf_floor=FAST_KSF).pending == ()
+    assert fleet.nodes[3].share is not None and not path.exists()
 
 
 def test_a_degraded_registration_is_finished_at_the_next_recovery(fleet: FakeFleet) -> None:

@@ -132,3 +132,56 @@ def test_open_request_on_garbage_only_raises_our_errors(data: bytes) -> None:
     key = seal.NodePrivateKey.from_bytes(bytes.fromhex("0020") + b"\x07" * 32)
     with pytest.raises((AuthenticationFailed, InvalidInput)):
         seal.open_request(key, FLEET, 0, "k", data)
+
+
+# ---- shares sealed to one node, kept on the device until delivered --------------------------
+
+SHARE = bytes([3]) + bytes(range(32))
+M_HASH = bytes(range(32, 64))
+
+
+def test_a_sealed_share_opens_at_its_node_for_its_manifest(fleet_key: seal.NodePrivateKey) -> None:
+    sealed = seal.seal_share(fleet_key.public_key(), FLEET, 2, M_HASH, SHARE)
+    assert len(sealed) == seal.SEALED_SHARE_LEN[fleet_key.kem]
+    assert seal.open_share(fleet_key, FLEET, 2, M_HASH, sealed) == SHARE
+    assert seal.seal_share(fleet_key.public_key(), FLEET, 2, M_HASH, SHARE) != sealed
+
+
+@pytest.mark.parametrize(
+    ("fleet_id", "node", "manifest_hash"),
+    [(b"fleet-b", 2, M_HASH), (FLEET, 1, M_HASH), (FLEET, 2, bytes(32))],
+    ids=["another fleet", "another node", "another manifest"],
+)
+def test_a_sealed_share_is_bound_to_fleet_node_and_manifest(
+    fleet_key: seal.NodePrivateKey, fleet_id: bytes, node: int, manifest_hash: bytes
+) -> None:
+    sealed = seal.seal_share(fleet_key.public_key(), FLEET, 2, M_HASH, SHARE)
+    with pytest.raises(AuthenticationFailed):
+        seal.open_share(fleet_key, fleet_id, node, manifest_hash, sealed)
+
+
+def test_a_sealed_share_is_not_a_request_nor_the_reverse(fleet_key: seal.NodePrivateKey) -> None:
+    """The two seals' contexts differ ("share" against "request"): neither opens as the
+    other, even for the same fleet, node and kind."""
+    share = seal.seal_share(fleet_key.public_key(), FLEET, 0, M_HASH, SHARE)
+    with pytest.raises(AuthenticationFailed):
+        seal.open_request(fleet_key, FLEET, 0, seal.SHARE_KIND, share)
+    request, _ = seal.seal_request(fleet_key.public_key(), FLEET, 0, seal.SHARE_KIND, SHARE)
+    with pytest.raises((AuthenticationFailed, InvalidInput)):
+        seal.open_share(fleet_key, FLEET, 0, M_HASH, request)
+
+
+def test_an_altered_sealed_share_is_refused(fleet_key: seal.NodePrivateKey) -> None:
+    sealed = seal.seal_share(fleet_key.public_key(), FLEET, 0, M_HASH, SHARE)
+    for at in (0, len(sealed) // 2, len(sealed) - 1):
+        altered = sealed[:at] + bytes([sealed[at] ^ 0x01]) + sealed[at + 1 :]
+        with pytest.raises(AuthenticationFailed):
+            seal.open_share(fleet_key, FLEET, 0, M_HASH, altered)
+
+
+@settings(max_examples=50)
+@given(st.binary(max_size=200))
+def test_open_share_on_garbage_only_raises_our_errors(data: bytes) -> None:
+    key = seal.NodePrivateKey.from_bytes(bytes.fromhex("0020") + b"\x07" * 32)
+    with pytest.raises((AuthenticationFailed, InvalidInput)):
+        seal.open_share(key, FLEET, 0, M_HASH, data)

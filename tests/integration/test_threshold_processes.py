@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -87,6 +88,30 @@ def test_one_node_down_registers_degraded_and_two_down_still_recover(vault: Vaul
     recovered = tv.recover(PASSWORD, ksf_floor=FAST_KSF)
     assert recovered.root_key == root_key
     assert [m.split(":")[0] for m in recovered.reset_missing] == ["node 1", "node 4"]
+
+
+def test_a_share_owed_to_a_node_that_was_down_is_delivered_at_the_next_contact(
+    vault: Vault,
+) -> None:
+    """docs/threshold.md, "Finishing later": node 4 is down at registration, so the shares
+    are on exactly t + 1 nodes. Once node 4 is back, the device's next contact (a status,
+    no password) delivers node 4's share, sealed to node 4 when it was dealt; then two of
+    the first holders may go down and the key still opens."""
+    vault.deployment.stop_process("node4", signal.SIGKILL)
+    tv = vault.threshold("th-late", "th-entry")
+    root_key = os.urandom(32)
+    assert tv.register(PASSWORD, root_key, ksf=FAST_KSF).acknowledged == (0, 1, 2, 3)
+    assert tv.status().pending == ("node 4: share of version 1 not yet confirmed",)
+    vault.ensure_all_running()
+    # Node 4 may take the share staged first (before it has caught up on M): the next
+    # contact then finds it held.
+    deadline = time.monotonic() + 30
+    while tv.status().pending and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert tv.status().pending == ()
+    vault.deployment.stop_process("node0", signal.SIGKILL)
+    vault.deployment.stop_process("node1", signal.SIGKILL)
+    assert tv.recover(PASSWORD, ksf_floor=FAST_KSF).root_key == root_key
 
 
 class _LyingNodeClient(VaultClient):

@@ -622,15 +622,16 @@ def vault_status(ctx: Context) -> None:
 @pass_context
 def vault_finish(ctx: Context, password_stdin: bool) -> None:
     """Deliver what this device still owes the vault nodes: the shares of a registration
-    or password change that some nodes missed (this needs the password: the shares are
-    kept sealed under its key), and erasures they did not confirm.
+    or password change that some nodes missed (each kept sealed to its own node), and
+    erasures they did not confirm. Only shares kept by an earlier build need the
+    password (they are kept under its key).
 
     Exits 0 when nothing is left pending, 5 when some nodes still do not answer."""
     from backupvault.client.errors import FleetUnavailable
 
     session = ctx.config().session(notify=ctx.output.note)
-    left = session.status().pending  # erasures are sent again on the way
-    if session.owes_shares():
+    left = session.status().pending  # sent again on the way
+    if session.needs_password_to_finish():
         recovered = session.recover(_password(password_stdin))
         _warn_wrong_guesses(ctx, recovered)
         left = recovered.threshold.pending

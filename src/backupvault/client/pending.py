@@ -4,11 +4,13 @@ nodes did not acknowledge. Kept in a small file next to the client's config
 (docs/format.md, "Pending deliveries") and sent again at the device's next contact with
 the fleet, until every node has acknowledged or the entry's version moved on.
 
-Shares are never kept in the clear: each is AES-256-GCM under a key derived from the
-entry's export_key, which only a successful recovery (the password plus t nodes) yields;
-so a copy of this file, even together with c < t hostile nodes' shares, tests no
-password offline. The delete statement is public (the owner's signature) and is kept as
-it is.
+Shares are never kept in the clear: each is HPKE-sealed to the one node it is for
+(`crypto.seal.seal_share`), so it is sent at any contact, no password needed, and only
+that node can open it; a copy of this file together with c < t hostile nodes yields
+their own shares, which they were dealt anyway, and nothing more. Files of earlier
+builds kept every share under a key derived from the entry's export_key instead; such
+records are still delivered, after a successful recovery. The delete statement is
+public (the owner's signature) and is kept as it is.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import json
 import os
 import struct
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,15 +33,22 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 from backupvault.client.errors import VaultError
 from backupvault.crypto import manifest as manifests
 from backupvault.crypto import threshold
+from backupvault.crypto.seal import SEALED_SHARE_LEN, NodePublicKey, seal_share
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.files import replace_secret_file
 from backupvault.protocol import Op, check_name
 
-FORMAT = "backupvault pending deliveries v1"
+FORMAT = "backupvault pending deliveries v2"
+#: Files of earlier builds: every record's shares wrapped under the export_key.
+FORMAT_V1 = "backupvault pending deliveries v1"
 _WRAP_INFO = b"backupvault/v1 pending share"
 _NONCE_LEN = 12
-#: A wrapped share: nonce, AES-256-GCM of (index u8 ‖ k_i 32), tag.
+#: A wrapped share (v1): nonce, AES-256-GCM of (index u8 ‖ k_i 32), tag.
 _WRAPPED_LEN = _NONCE_LEN + 33 + 16
+_SEALED_LENS = frozenset(SEALED_SHARE_LEN.values())
+#: How a record's shares are kept: sealed to each node, or wrapped under the export_key.
+SEALED_TO_NODES = "node-key"
+WRAPPED = "export-key"
 _SIGNATURE_LEN = 64  # Ed25519
 #: The operations a pending record re-sends.
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
@@ -78,11 +88,13 @@ def _aad(fleet_id: bytes, account: str, entry: str, version: int, index: int, m:
 class Pending:
     """What one entry (fleet, account, entry) is still owed, for one manifest version.
 
-    `op` register-share: `shares[i]` is node i's share (index ‖ k_i) wrapped under the
-    export_key, sent again as a register-share of M (of a new entry or of a password
-    change alike); `authorization` empty, `counter` 0. `op` delete-share:
-    `authorization` and `counter` are the owner's DELETE statement; no shares. `nodes`:
-    the nodes that have not acknowledged yet."""
+    `op` register-share: `shares[i]` is node i's share (index ‖ k_i), HPKE-sealed to
+    node i (`sealing` SEALED_TO_NODES: sent in a deliver-share at any contact) or, in
+    records of earlier builds, wrapped under the export_key (WRAPPED: sent as a
+    register-share after a recovery); either way taken as a register-share of M (of a
+    new entry or of a password change alike); `authorization` empty, `counter` 0. `op`
+    delete-share: `authorization` and `counter` are the owner's DELETE statement; no
+    shares. `nodes`: the nodes that have not acknowledged yet."""
 
     fleet_id: bytes
     account: str
@@ -94,6 +106,12 @@ class Pending:
     counter: int
     nodes: tuple[int, ...]
     shares: tuple[bytes, ...] = field(default=(), repr=False)
+    sealing: str = SEALED_TO_NODES
+
+    @property
+    def needs_export_key(self) -> bool:
+        """Whether delivering it needs a recovery first (shares of an earlier build)."""
+        return self.op is Op.REGISTER_SHARE and self.sealing == WRAPPED
 
     @property
     def key(self) -> tuple[bytes, str, str]:
@@ -113,17 +131,21 @@ class Pending:
         manifest: bytes,
         version: int,
         shares: tuple[threshold.KeyShare, ...],
-        export_key: bytes,
+        node_keys: Sequence[NodePublicKey],
         nodes: tuple[int, ...],
     ) -> Pending:
-        """Every node's share, wrapped (all of them: a late delivery is the original one
-        again, which the nodes that hold theirs acknowledge a second time)."""
-        key = AESGCM(_wrap_key(export_key))
-        wrapped = []
-        for share in shares:
-            nonce = os.urandom(_NONCE_LEN)
-            aad = _aad(fleet_id, account, entry, version, share.index, manifest)
-            wrapped.append(nonce + key.encrypt(nonce, share.to_bytes(), aad))
+        """Every node's share, each sealed to its own node (all of them: a late delivery
+        is the original one again, which the nodes that hold theirs acknowledge a second
+        time)."""
+        if len(shares) != len(node_keys):
+            raise InvalidInput("one share per node")
+        digest = hashlib.sha256(manifest).digest()
+        sealed = tuple(
+            seal_share(
+                node_keys[share.index - 1], fleet_id, share.index - 1, digest, share.to_bytes()
+            )
+            for share in shares
+        )
         return cls(
             fleet_id,
             account,
@@ -134,11 +156,14 @@ class Pending:
             b"",
             0,
             nodes,
-            tuple(wrapped),
+            sealed,
         )
 
     def unwrap(self, export_key: bytes) -> list[bytes]:
-        """The shares (index ‖ k_i), in the clear only in memory for the delivery."""
+        """The shares (index ‖ k_i) of a WRAPPED record, in the clear only in memory for
+        the delivery."""
+        if self.sealing != WRAPPED:
+            raise InvalidInput("these shares are sealed to their nodes, not wrapped")
         key = AESGCM(_wrap_key(export_key))
         out = []
         for slot, wrapped in enumerate(self.shares):
@@ -165,12 +190,18 @@ class Pending:
             "counter": self.counter,
             "nodes": list(self.nodes),
             "shares": [s.hex() for s in self.shares],
+            "sealing": self.sealing,
         }
 
     @classmethod
-    def from_json(cls, data: Any) -> Pending:
+    def from_json(cls, data: Any, file_format: str = FORMAT) -> Pending:
+        """A record of a v2 file, or of a v1 one (`file_format`: whose shares are all
+        WRAPPED)."""
         if not isinstance(data, dict):
             raise ValueError("a record is not an object")
+        sealing = WRAPPED if file_format == FORMAT_V1 else data["sealing"]
+        if sealing not in (SEALED_TO_NODES, WRAPPED):
+            raise ValueError(f"unknown sealing {sealing!r}")
         op = Op(str(data["op"]))
         if op not in OPS:
             raise ValueError(f"unknown operation {op}")
@@ -194,6 +225,7 @@ class Pending:
             counter,
             tuple(nodes),
             shares,
+            sealing,
         )
         record._check_against_manifest()
         return record
@@ -214,10 +246,11 @@ class Pending:
             raise ValueError("a record's fleet, account, entry or version is not its manifest's")
         if not all(n < m.nodes for n in self.nodes):
             raise ValueError(f"a node index is not in the manifest's fleet of {m.nodes}")
+        lengths = {_WRAPPED_LEN} if self.sealing == WRAPPED else _SEALED_LENS
         if self.op is Op.REGISTER_SHARE and (
-            len(self.shares) != m.nodes or any(len(s) != _WRAPPED_LEN for s in self.shares)
+            len(self.shares) != m.nodes or any(len(s) not in lengths for s in self.shares)
         ):
-            raise ValueError(f"a share delivery holds one {_WRAPPED_LEN}-byte share per node")
+            raise ValueError("a share delivery holds one sealed or wrapped share per node")
         if self.op is Op.REGISTER_SHARE and (self.authorization or self.counter):
             raise ValueError("a share delivery carries no owner statement")
         if self.op is Op.DELETE_SHARE and (
@@ -246,9 +279,9 @@ class PendingStore:
             raise PendingFileDamaged(self.path, str(err)) from None
         try:
             data = json.loads(text)
-            if not isinstance(data, dict) or data.get("format") != FORMAT:
+            if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
                 raise ValueError(f"not a {FORMAT!r} file")
-            records = [Pending.from_json(r) for r in data["records"]]
+            records = [Pending.from_json(r, data["format"]) for r in data["records"]]
         except (ValueError, KeyError, TypeError) as err:
             raise PendingFileDamaged(self.path, str(err) or type(err).__name__) from None
         return {r.key: r for r in records}

@@ -46,6 +46,7 @@ from backupvault.protocol import (
     CommitAck,
     CommitSharesRequest,
     DeleteShareRequest,
+    DeliverShareRequest,
     EntryStatus,
     ErrorCode,
     EvaluateRequest,
@@ -372,9 +373,7 @@ class ThresholdVault:
         staged, problems, outcomes = self._send_shares(
             op,
             made.manifest,
-            shares,
-            authorization,
-            counter,
+            self._share_requests(encoded, shares, authorization, counter),
             (),
             # With t staged, one resend for slow nodes (their answer lost), then the commit:
             # a node that still missed its share gets it late.
@@ -418,7 +417,7 @@ class ThresholdVault:
                 manifest=encoded,
                 version=made.manifest.version,
                 shares=made.shares,
-                export_key=made.export_key,
+                node_keys=self.vault.node_keys,
                 nodes=tuple(sorted(problems)),
             )
         )
@@ -500,13 +499,19 @@ class ThresholdVault:
             " effect, it opens with the new password (t nodes keep their shares of it)",
         )
 
+    def _share_requests(
+        self, manifest: bytes, shares: Sequence[bytes], authorization: bytes, counter: int
+    ) -> list[Message]:
+        return [
+            RegisterShareRequest(self.account, self.entry, manifest, share, authorization, counter)
+            for share in shares
+        ]
+
     def _send_shares(
         self,
         op: Op,
         manifest: manifests.Manifest,
-        shares: Sequence[bytes],
-        authorization: bytes,
-        counter: int,
+        requests: Sequence[Message],
         skip: Collection[int],
         tries: int = DELIVERY_TRIES,
         *,
@@ -520,10 +525,6 @@ class ThresholdVault:
         before) are not waited for. With fewer than t acknowledgements, silent nodes are
         asked again for up to `patience` seconds, with t or more for up to `settle`."""
         encoded = manifest.to_bytes()
-        requests: list[Message] = [
-            RegisterShareRequest(self.account, self.entry, encoded, share, authorization, counter)
-            for share in shares
-        ]
         taken: dict[int, ShareAck] = {}
         problems: dict[int, str] = {}
         outcomes: list[NodeOutcome[ShareAck]] = []
@@ -582,10 +583,11 @@ class ThresholdVault:
     def _owed(self) -> Pending | None:
         return self.pending.get(self.vault.fleet_id, self.account, self.entry)
 
-    def owes_shares(self) -> bool:
-        """Whether this device keeps shares to deliver (which needs a recovery)."""
+    def needs_password_to_finish(self) -> bool:
+        """Whether this device keeps shares whose delivery needs a recovery first (shares
+        kept by an earlier build, wrapped under the export_key)."""
         owed = self._owed()
-        return owed is not None and owed.op is not Op.DELETE_SHARE
+        return owed is not None and owed.needs_export_key
 
     @staticmethod
     def describe_pending(record: Pending | None) -> tuple[str, ...]:
@@ -632,17 +634,22 @@ class ThresholdVault:
         ):
             self.pending.drop(*key, version=record.version)  # moved on, or replaced
             return ()
-        if current < record.version or export_key is None or not in_reach:
-            return self.describe_pending(record)  # not yet: wait for the next success
-        shares = record.unwrap(export_key)
+        if current < record.version or not in_reach:
+            return self.describe_pending(record)  # not yet
+        op: Op = Op.DELIVER_SHARE
+        requests: list[Message]
+        if record.needs_export_key:
+            if export_key is None:
+                return self.describe_pending(record)  # wait for the next recovery
+            op = Op.REGISTER_SHARE
+            requests = self._share_requests(record.manifest, record.unwrap(export_key), b"", 0)
+        else:
+            requests = [
+                DeliverShareRequest(self.account, self.entry, record.manifest, sealed)
+                for sealed in record.shares
+            ]
         acked, _, _ = self._send_shares(
-            Op.REGISTER_SHARE,
-            live,
-            shares,
-            b"",
-            0,
-            set(range(self.nodes)) - set(record.nodes),
-            tries,
+            op, live, requests, set(range(self.nodes)) - set(record.nodes), tries
         )
         return self.describe_pending(self.pending.acknowledged(record, set(acked)))
 
@@ -759,10 +766,33 @@ class ThresholdVault:
             answered,
         )
 
+    def _deliver_owed_first(self, live: _Live) -> _Live:
+        """Shares this device still owes for the live manifest, delivered before the
+        evaluation when an owed node is in reach (they need no password): a node that
+        missed its share at registration then holds it, and this recovery, like every
+        later one, can use it (docs/threshold.md, "Finishing later"). One try: a
+        recovery must not wait for nodes that are down."""
+        try:
+            owed = self._owed()
+        except VaultError:
+            return live  # a damaged file: told after the recovery, which goes on
+        if (
+            owed is None
+            or owed.op is not Op.REGISTER_SHARE
+            or owed.needs_export_key
+            or owed.manifest != live.manifest.to_bytes()
+            or not set(owed.nodes) & live.answered
+        ):
+            return live
+        self._finish_quietly(live.manifest, answered=live.answered, tries=1)
+        if self._owed() == owed:
+            return live  # nobody took it: no need to ask again
+        return self._live()
+
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
         FleetUnavailable naming the nodes that did not answer)."""
-        live = self._live()
+        live = self._deliver_owed_first(self._live())
         manifest, guess_limit = live.manifest, live.guess_limit
         if len(live.holders) < self.t:
             # The fleet counts an attempt before any node evaluates: with fewer than t

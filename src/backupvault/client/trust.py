@@ -460,9 +460,9 @@ class FleetSession:
             pending=current.pending,
         )
 
-    def owes_shares(self) -> bool:
+    def needs_password_to_finish(self) -> bool:
         """Whether finishing this device's deliveries needs the password (a recovery)."""
-        return self.threshold.owes_shares()
+        return self.threshold.needs_password_to_finish()
 
     def register(self, password: str, root_key: bytes) -> Registered:
         """A new entry (the version after any deleted one's). AlreadyRegistered if the

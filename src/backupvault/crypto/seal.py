@@ -18,6 +18,13 @@ Wire formats (all integers big-endian):
   context            = "backupvault/v2 " || role || 0x00 || u16(len fleet_id) || fleet_id
                        || u16(node index) || u16(len kind) || kind
                                                          (role is "request" or "response")
+
+A share the device still owes a node (docs/threshold.md, "Finishing later") is sealed
+the same way to that node alone, kept on the device, and put inside a `deliver-share`
+request when the node is next in reach:
+  sealed share       = enc || ciphertext of (index u8 || k_i 32)
+  its HPKE info      = context("share", fleet id, node index, "deliver-share")
+                       || SHA-256(manifest)
 """
 
 from __future__ import annotations
@@ -216,3 +223,50 @@ def open_request(
         raise InvalidInput("sealed request carries no response key")
     key = ResponseKey(plaintext[:RESPONSE_KEY_LEN], fleet_id, node, kind)
     return plaintext[RESPONSE_KEY_LEN:], key
+
+
+SHARE_KIND = "deliver-share"
+_SHARE_LEN = 33  # index u8 || k_i
+_HPKE_TAG_LEN = 16
+#: The sealed share's length per KEM: HPKE's enc, then the share and the AEAD tag.
+SEALED_SHARE_LEN = {
+    Kem.X25519: _X25519_LEN + _SHARE_LEN + _HPKE_TAG_LEN,
+    Kem.MLKEM768_X25519: 1088 + _X25519_LEN + _SHARE_LEN + _HPKE_TAG_LEN,
+}
+
+
+def _share_info(fleet_id: bytes, node: int, manifest_hash: bytes) -> bytes:
+    if len(manifest_hash) != 32:
+        raise InvalidInput("a manifest hash is 32 bytes")
+    return _context("share", fleet_id, node, SHARE_KIND) + manifest_hash
+
+
+def seal_share(
+    node_key: NodePublicKey, fleet_id: bytes, node: int, manifest_hash: bytes, share: bytes
+) -> bytes:
+    """Seal node `node`'s share of the manifest whose SHA-256 is `manifest_hash` to that
+    node alone: no other node, nor the relay, nor whoever copies the device can open it,
+    and it opens only as this fleet's, this node's share of this manifest."""
+    if len(share) != _SHARE_LEN:
+        raise InvalidInput(f"a share is {_SHARE_LEN} bytes")
+    info = _share_info(fleet_id, node, manifest_hash)
+    return node_key.kem.suite().encrypt(share, node_key._hpke_key(), info)
+
+
+def open_share(
+    node_key: NodePrivateKey, fleet_id: bytes, node: int, manifest_hash: bytes, sealed: bytes
+) -> bytes:
+    """The share (index u8 || k_i) sealed by `seal_share` to this node for this manifest;
+    AuthenticationFailed if it was sealed for another fleet, node or manifest, or altered."""
+    if len(sealed) != SEALED_SHARE_LEN[node_key.kem]:
+        raise InvalidInput(f"a sealed share is {SEALED_SHARE_LEN[node_key.kem]} bytes here")
+    info = _share_info(fleet_id, node, manifest_hash)
+    try:
+        share = node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
+    except (InvalidTag, ValueError):
+        raise AuthenticationFailed(
+            "the delivered share does not open: altered, or sealed for another node or manifest"
+        ) from None
+    if len(share) != _SHARE_LEN:
+        raise InvalidInput("the delivered share has the wrong length")
+    return share

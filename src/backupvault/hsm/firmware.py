@@ -11,6 +11,7 @@ can happen before the attempt that pays for it is durable on a majority.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from dataclasses import dataclass
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message
-from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request
+from backupvault.crypto.seal import NodePrivateKey, ResponseKey, open_request, open_share
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.hsm.shares import (
     FleetShape,
@@ -37,9 +38,11 @@ from backupvault.protocol import (
     MAX_ERROR_DETAIL,
     REQUEST_TYPES,
     AuthorizedRequest,
+    DeliverShareRequest,
     ErrorCode,
     ErrorResponse,
     Op,
+    RegisterShareRequest,
     is_valid_name,
 )
 from backupvault.tokens import SeenProofs, TokenRejected, TokenVerifier, fleet_audience
@@ -186,6 +189,23 @@ class VaultFirmware:
 
     def handle(self, op: Op, request: Message) -> Reply | ThresholdUpdate | ThresholdRead:
         try:
+            if op is Op.DELIVER_SHARE and isinstance(request, DeliverShareRequest):
+                op, request = Op.REGISTER_SHARE, self._delivered_share(request)
             return self.shares.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             return Reply(_error(ErrorCode.BAD_REQUEST, err.message))
+
+    def _delivered_share(self, request: DeliverShareRequest) -> RegisterShareRequest:
+        """A late delivery, opened: the share inside was sealed to this node alone, for
+        this manifest, when it was dealt (docs/threshold.md, "Finishing later"). What it
+        carries is then taken as a register-share of that manifest, with every check of
+        one (the manifest must be the entry's committed one, the share must pass the
+        Feldman check against its commitments)."""
+        share = open_share(
+            self._node_key.hpke,
+            self.fleet_id,
+            self._node_key.index,
+            hashlib.sha256(request.manifest).digest(),
+            request.sealed_share,
+        )
+        return RegisterShareRequest(request.account, request.entry, request.manifest, share, b"", 0)
