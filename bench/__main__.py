@@ -11,6 +11,7 @@ import argparse
 import importlib
 import json
 import platform
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -32,7 +33,14 @@ MODULES = [
 RESULTS = Path(__file__).parent / "results"
 
 
+def _exit_on_sigterm(signum: int, _frame: object) -> None:
+    # As SystemExit, so each module's `finally` stops the deployment it started: a killed
+    # bench left its relay and witnesses running, and the next run's ports clashed.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     parser = argparse.ArgumentParser(prog="python -m bench")
     parser.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     parser.add_argument("--only", action="append", choices=MODULES, help="run only these")

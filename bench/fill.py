@@ -16,12 +16,15 @@ restart-to-ready ≤ 5 s, recovery p50 within 1.2× of the empty fleet's.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import shutil
 import sqlite3
 import statistics
 import tempfile
 import time
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -152,7 +155,10 @@ def _restart_to_ready(fleet: Fleet, index: int) -> float:
 
 
 def measure(entries: int, recoveries: int) -> dict[str, object]:
-    with tempfile.TemporaryDirectory(prefix="bench-fill-") as tmp:
+    """One fleet filled with `entries`; its folder (stores, logs) is removed only when the
+    measure succeeds, so a failure's logs are still there to read."""
+    tmp = tempfile.mkdtemp(prefix="bench-fill-", dir=os.environ.get("BENCH_TMP"))
+    with _kept_on_failure(Path(tmp)):
         fleet = Fleet(Path(tmp) / "deployment")
         try:
             times: dict[str, float] = {}
@@ -182,6 +188,16 @@ def measure(entries: int, recoveries: int) -> dict[str, object]:
             }
         finally:
             fleet.deployment.down()
+
+
+@contextlib.contextmanager
+def _kept_on_failure(folder: Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        print(f"bench.fill: the failed fleet's stores and logs are kept in {folder}")
+        raise
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 def rows(entries: int, recoveries: int) -> list[dict[str, object]]:
