@@ -32,10 +32,11 @@ import httpx
 
 from backupvault.crypto import manifest
 from backupvault.deploy.local import LocalDeployment
+from backupvault.files import write_new_file
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.node.config import FleetDescription, NodeConfig
-from backupvault.node.main import load_keys
+from backupvault.node.main import SINGLE_SEED_CHECKED, load_keys
 from backupvault.node.store import NodeStore, share_record
 from backupvault.node.token import TokenSealer
 from backupvault.protocol import EntryStatus
@@ -90,6 +91,9 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
     with TokenSealer(config.token) as sealer:
         sealer.advance_store_counter(store.counter)
     store.close()
+    # A node of this version started on this folder when it was empty, and so marked it
+    # as holding no single-seed key (node/main.py): its later starts read no row for it.
+    write_new_file(config.data_dir / SINGLE_SEED_CHECKED, b"no key on the single-seed flow\n")
 
 
 def _fill(fleet: Fleet, entries: int) -> None:

@@ -233,7 +233,7 @@ def refuse_single_seed_entries(store: NodeStore, node: int, data_dir: Path) -> N
     if not checked.exists():
         keys = sum(
             single_seed_status(payload_of(record.value)) == EntryStatus.LIVE
-            for record in store.load()
+            for record in store.records()  # one row at a time: flat memory at millions
         )
         if keys:
             raise SingleSeedEntries(

@@ -77,7 +77,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -443,12 +443,18 @@ class NodeStore:
         upto = int(rows[limit - 1][0]) if more else last
         return Changes(self.store_id, since, upto, records, more)
 
-    def load(self) -> list[AcceptorRecord]:
-        """Every record, every bucket checked (for `node inspect` and tests)."""
+    def records(self) -> Iterator[AcceptorRecord]:
+        """Every record, one at a time (memory stays flat whatever the number of entries),
+        after every bucket is checked."""
         self.verify_all()
-        rows = self._reader.execute("SELECT ver, name, row FROM record").fetchall()
-        records = [self._decode(bytes(name), ver, bytes(row)) for ver, name, row in rows]
-        return [r for r in records if not is_share_record(r)]
+        for ver, name, row in self._reader.execute("SELECT ver, name, row FROM record"):
+            record = self._decode(bytes(name), ver, bytes(row))
+            if not is_share_record(record):
+                yield record
+
+    def load(self) -> list[AcceptorRecord]:
+        """Every record in a list (for `node inspect` and tests)."""
+        return list(self.records())
 
     def max_round(self) -> int:
         return self._max_round
