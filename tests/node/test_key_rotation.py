@@ -14,7 +14,7 @@ import pytest
 
 from backupvault.errors import AuthenticationFailed, BackupVaultError
 from backupvault.fleet.messages import AcceptorRecord
-from backupvault.hsm.state import EntryId, Evaluation, NodeShare
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare
 from backupvault.node.softhsm import init_softhsm_token
 from backupvault.node.store import NodeStore, StoreCorrupted, share_record, store_generation
 from backupvault.node.token import (
@@ -156,3 +156,18 @@ def test_a_store_opened_with_another_generation_is_refused(
 def test_the_sealing_key_is_never_destroyed(sealer: TokenSealer) -> None:
     with pytest.raises(BackupVaultError, match="never destroyed"):
         sealer.destroy_key(SEALING_KEY_LABEL)
+
+
+def test_a_share_staged_for_a_new_entry_is_no_erasure(tmp_path: Path, sealer: TokenSealer) -> None:
+    """A new entry's first share row holds only a staged share (no version yet): nothing
+    was erased, so the store keeps its row key (a re-seal of every row at every
+    registration took minutes at 1,000,000 entries); erasing a share it held still
+    rotates."""
+    _, store = _node(tmp_path, sealer)
+    staged = NodeShare(0, b"", b"", [], staged=[StagedShare(SHARE, b"manifest")])
+    store.save([share_record(ENTRY_A, staged)])
+    assert store.generation == 1 and sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "1"]
+    store.save([share_record(ENTRY_A, _share_row(SHARE))])  # committed: held
+    store.save([share_record(ENTRY_A, _share_row(b""))])  # erased
+    assert store.generation == 2 and sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
+    store.close()

@@ -784,12 +784,15 @@ def _unpack_record(plain: bytes) -> AcceptorRecord:
 
 def _not_live(record: AcceptorRecord) -> bool:
     """Whether the record holds an entry that was destroyed or deleted, or a share row
-    whose share was erased."""
+    whose share was erased. A share row that never held a share (version 0: a new
+    entry's share staged, not yet committed) erased nothing: taking it for an erasure
+    re-sealed the whole store at every registration."""
     if is_share_record(record):
         try:
-            return not NodeShare.from_bytes(record.value).share
+            row = NodeShare.from_bytes(record.value)
         except InvalidInput:
             return False
+        return not row.share and row.version > 0
     try:
         payload = payload_of(record.value)
     except InvalidInput:
