@@ -273,6 +273,9 @@ class Replica:
         self._sync_asks = 0
         self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # last page, per peer
         self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
+        # While catching up: the value this node itself held for each entry whose value a
+        # peer's copy has replaced in this catch-up (`_copy_taken` checks against it).
+        self._own_values: dict[bytes, bytes] = {}
         self._sync_retry_at = 0.0
         self._sync_interval = timing.sync_retry
         self._started_at = 0.0
@@ -311,6 +314,7 @@ class Replica:
         self._sync_ids = {}
         self._sync_responses = {}
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
+        self._own_values = {}
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now
@@ -1172,6 +1176,8 @@ class Replica:
             ):
                 continue  # ballot inflation, as an acceptor refuses it
             merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
+            if merged.value != mine.value:
+                self._own_values.setdefault(theirs.key, mine.value)
             if merged != self.source.get(theirs.key):
                 effects.append(self._store(merged, "copy"))
         mark = Mark(message.store_id, message.upto)
@@ -1187,12 +1193,20 @@ class Replica:
     def _copy_taken(self, mine: AcceptorRecord, theirs: AcceptorRecord) -> bool:
         """Whether a peer's newer accepted value passes this node's check for a copy: a
         peer may be hostile, and a value a copy puts here is what this acceptor checks
-        every later proposal against (docs/threshold.md, "Catching up")."""
+        every later proposal against (docs/threshold.md, "Catching up").
+
+        Checked against what this node itself held before this catch-up, never against
+        another peer's copy merged earlier in it: that copy may be a sibling of the chosen
+        value (accepted by a minority, never chosen), and refusing the chosen value
+        against it made the node forget an acceptance it had given before its disk was
+        rolled back or wiped, so a majority could then commit a value that does not build
+        on the chosen one (sim seeds 9300379, 9101607). Which peer answers first must not
+        decide what the node holds."""
         if theirs.accepted <= mine.accepted or self._check_copy is None or not theirs.value:
             return True  # not newer (only the promise is merged), or nothing to check
         try:
             payload = payload_of(theirs.value)
-            held = payload_of(mine.value)
+            held = payload_of(self._own_values.get(theirs.key, mine.value))
         except InvalidInput:
             return False
         return self._check_copy(theirs.key, payload, held) is None
@@ -1200,6 +1214,7 @@ class Replica:
     def _finish_sync(self) -> list[Effect]:
         self.ready = True
         self._sync_responses = {}
+        self._own_values = {}
         return []
 
     def _sync_complete(self, now: float) -> bool:
