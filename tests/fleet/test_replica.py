@@ -426,6 +426,20 @@ def test_a_copy_is_checked_against_what_this_node_held_not_a_peer_s_earlier_copy
     assert replica.held_payload(b"k") == b"A-chosen"
 
 
+def test_after_a_rollback_a_copy_is_checked_against_the_node_s_own_older_value() -> None:
+    """The same with a rolled-back store that still holds an older value of its own: the
+    chosen copy is checked against that value, not against the sibling merged first."""
+    own = AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-own"))
+    replica, asks = _catching_up_with(own)
+    sibling = AcceptorRecord(b"k", 6, 0, 3, 0, _value(b"A-sibling"))
+    chosen = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-chosen"))
+    replica.receive(1, SyncResponse(asks[1], True, [sibling]), 0.1)
+    assert replica.held_payload(b"k") == b"A-sibling"
+    replica.receive(2, SyncResponse(asks[2], True, [chosen]), 0.2)
+    assert replica.ready
+    assert replica.held_payload(b"k") == b"A-chosen"
+
+
 def test_a_copy_that_this_node_s_own_value_refuses_is_still_not_taken() -> None:
     """The check still stands against what the node itself held (a peer may be hostile):
     only the peer's promise is merged."""

@@ -275,7 +275,10 @@ class Replica:
         self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
         # While catching up: the value this node itself held for each entry whose value a
         # peer's copy has replaced in this catch-up (`_copy_taken` checks against it).
+        # Not kept when the store was empty at the start (wiped): every own value is then
+        # empty, and a wiped node's memory stays flat however many entries it copies.
         self._own_values: dict[bytes, bytes] = {}
+        self._started_empty = False
         self._sync_retry_at = 0.0
         self._sync_interval = timing.sync_retry
         self._started_at = 0.0
@@ -315,6 +318,8 @@ class Replica:
         self._sync_responses = {}
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
         self._own_values = {}
+        # Every record holds a promise of round 1 or more: no round, no record.
+        self._started_empty = self.source.max_round() == 0
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now
@@ -1176,7 +1181,7 @@ class Replica:
             ):
                 continue  # ballot inflation, as an acceptor refuses it
             merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
-            if merged.value != mine.value:
+            if merged.value != mine.value and not self._started_empty:
                 self._own_values.setdefault(theirs.key, mine.value)
             if merged != self.source.get(theirs.key):
                 effects.append(self._store(merged, "copy"))
@@ -1206,7 +1211,8 @@ class Replica:
             return True  # not newer (only the promise is merged), or nothing to check
         try:
             payload = payload_of(theirs.value)
-            held = payload_of(self._own_values.get(theirs.key, mine.value))
+            own = b"" if self._started_empty else self._own_values.get(theirs.key, mine.value)
+            held = payload_of(own)
         except InvalidInput:
             return False
         return self._check_copy(theirs.key, payload, held) is None
@@ -1215,6 +1221,7 @@ class Replica:
         self.ready = True
         self._sync_responses = {}
         self._own_values = {}
+        self._started_empty = False
         return []
 
     def _sync_complete(self, now: float) -> bool:
