@@ -15,6 +15,7 @@ from backupvault.fleet.messages import (
     Forward,
     ForwardAnswer,
     Prepare,
+    ReplicatedValue,
     SyncResponse,
     payload_of,
 )
@@ -387,6 +388,70 @@ def test_a_page_that_does_not_continue_what_was_merged_is_ignored() -> None:
     assert replica.source.mark(1) == Mark(b"s1", 5)
     (ask,) = [e.message for e in effects if isinstance(e, Send)]  # the next page
     assert (ask.store_id, ask.since) == (b"s1", 5)
+
+
+def _sideways(key: bytes, payload: bytes, held: bytes) -> str | None:
+    """An application check under which two values that share a first byte are siblings:
+    neither may follow the other (as two registrations of one version, or one commit
+    applied at two attempts, were refused before sim seeds 9101607 and 9300379)."""
+    if held and payload[:1] == held[:1] and payload != held:
+        return "a sibling of the held value"
+    return None
+
+
+def _catching_up_with(own: AcceptorRecord | None) -> tuple[Replica, dict[int, bytes]]:
+    source = MemoryRecords()
+    if own is not None:
+        source.put(own)
+    replica = Replica(0, range(3), random.Random(7).randbytes, source, check_copy=_sideways)
+    return replica, _asks(replica.start(0.0))
+
+
+def _value(payload: bytes) -> bytes:
+    return ReplicatedValue([], payload).to_bytes()
+
+
+def test_a_copy_is_checked_against_what_this_node_held_not_a_peer_s_earlier_copy() -> None:
+    """Sim seeds 9300379 and 9101607: a wiped node caught up first from a peer holding a
+    sibling of the chosen value (accepted by that peer alone), then refused the chosen
+    value, checked against that copy. It had accepted the chosen value before its disk was
+    lost; forgetting it let a majority commit a value that does not build on it. Which
+    peer answers first must not decide what the node holds."""
+    replica, asks = _catching_up_with(None)
+    sibling = AcceptorRecord(b"k", 6, 0, 3, 0, _value(b"A-sibling"))
+    chosen = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-chosen"))
+    replica.receive(1, SyncResponse(asks[1], True, [sibling]), 0.1)
+    replica.receive(2, SyncResponse(asks[2], True, [chosen]), 0.2)
+    assert replica.ready
+    assert replica.held_payload(b"k") == b"A-chosen"
+
+
+def test_after_a_rollback_a_copy_is_checked_against_the_node_s_own_older_value() -> None:
+    """The same with a rolled-back store that still holds an older value of its own: the
+    chosen copy is checked against that value, not against the sibling merged first."""
+    own = AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-own"))
+    replica, asks = _catching_up_with(own)
+    sibling = AcceptorRecord(b"k", 6, 0, 3, 0, _value(b"A-sibling"))
+    chosen = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-chosen"))
+    replica.receive(1, SyncResponse(asks[1], True, [sibling]), 0.1)
+    assert replica.held_payload(b"k") == b"A-sibling"
+    replica.receive(2, SyncResponse(asks[2], True, [chosen]), 0.2)
+    assert replica.ready
+    assert replica.held_payload(b"k") == b"A-chosen"
+
+
+def test_a_copy_that_this_node_s_own_value_refuses_is_still_not_taken() -> None:
+    """The check still stands against what the node itself held (a peer may be hostile):
+    only the peer's promise is merged."""
+    own = AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"A-own"))
+    replica, asks = _catching_up_with(own)
+    other = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-other"))
+    replica.receive(1, SyncResponse(asks[1], True, [other]), 0.1)
+    replica.receive(2, SyncResponse(asks[2], True, []), 0.2)
+    assert replica.ready
+    held = replica.source.get(b"k")
+    assert held is not None and held.promised == other.promised
+    assert replica.held_payload(b"k") == b"A-own"
 
 
 # ---- the stable-leader path ------------------------------------------------------------

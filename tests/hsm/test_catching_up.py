@@ -279,3 +279,39 @@ def test_a_tombstone_is_taken_over_a_sibling_attempt_with_a_later_clock(
 
     assert check(tombstone, sibling) is None
     assert check(committed, sibling) == "the attempt clock went down"
+
+
+def test_a_later_start_of_the_same_commit_is_taken_over_a_bare_sibling(
+    world: Simulation,
+) -> None:
+    """Sim seeds 9300379 and 9301925: a password change's commit starts the new version's
+    window at the attempt it is applied at. A node took the commit applied at an earlier
+    attempt (a sibling that lost its round); the committed one starts later, with no owner
+    reset, and the node refused it, and every later value of that version, as "a reset
+    without the owner's signature". A held commit with nothing since takes the later
+    start; once the node counted an attempt of the version, or holds the owner's reset,
+    an unsigned later start is still refused."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    assert client.recover(b"wrong") is None
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    client.change_password(recovered[0], b"new", NEW_RK)
+    committed = world.replicated(0, client.key)
+    assert (committed.version, committed.attempt, committed.reset_attempt) == (2, 2, 2)
+    assert not committed.attempt_hash and not committed.reset_signature
+    sibling = committed.with_(attempt=1, reset_attempt=1)
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(committed, sibling) is None
+    assert check(committed.with_(attempt=3, attempt_hash=bytes(32)), sibling) is None
+    counted = sibling.with_(attempt=2, attempt_hash=bytes(32))
+    later = committed.with_(attempt=3, reset_attempt=3)
+    assert check(later, counted) == "a reset without the owner's signature"
+    reset = sibling.with_(reset_signature=bytes(64))
+    assert check(committed, reset) == "a reset without the owner's signature"
+    assert check(sibling, committed) == "the attempt counter went down"

@@ -273,6 +273,12 @@ class Replica:
         self._sync_asks = 0
         self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # last page, per peer
         self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
+        # While catching up: the value this node itself held for each entry whose value a
+        # peer's copy has replaced in this catch-up (`_copy_taken` checks against it).
+        # Not kept when the store was empty at the start (wiped): every own value is then
+        # empty, and a wiped node's memory stays flat however many entries it copies.
+        self._own_values: dict[bytes, bytes] = {}
+        self._started_empty = False
         self._sync_retry_at = 0.0
         self._sync_interval = timing.sync_retry
         self._started_at = 0.0
@@ -311,6 +317,9 @@ class Replica:
         self._sync_ids = {}
         self._sync_responses = {}
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
+        self._own_values = {}
+        # Every record holds a promise of round 1 or more: no round, no record.
+        self._started_empty = self.source.max_round() == 0
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now
@@ -1172,6 +1181,8 @@ class Replica:
             ):
                 continue  # ballot inflation, as an acceptor refuses it
             merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
+            if merged.value != mine.value and not self._started_empty:
+                self._own_values.setdefault(theirs.key, mine.value)
             if merged != self.source.get(theirs.key):
                 effects.append(self._store(merged, "copy"))
         mark = Mark(message.store_id, message.upto)
@@ -1187,12 +1198,21 @@ class Replica:
     def _copy_taken(self, mine: AcceptorRecord, theirs: AcceptorRecord) -> bool:
         """Whether a peer's newer accepted value passes this node's check for a copy: a
         peer may be hostile, and a value a copy puts here is what this acceptor checks
-        every later proposal against (docs/threshold.md, "Catching up")."""
+        every later proposal against (docs/threshold.md, "Catching up").
+
+        Checked against what this node itself held before this catch-up, never against
+        another peer's copy merged earlier in it: that copy may be a sibling of the chosen
+        value (accepted by a minority, never chosen), and refusing the chosen value
+        against it made the node forget an acceptance it had given before its disk was
+        rolled back or wiped, so a majority could then commit a value that does not build
+        on the chosen one (sim seeds 9300379, 9101607). Which peer answers first must not
+        decide what the node holds."""
         if theirs.accepted <= mine.accepted or self._check_copy is None or not theirs.value:
             return True  # not newer (only the promise is merged), or nothing to check
         try:
             payload = payload_of(theirs.value)
-            held = payload_of(mine.value)
+            own = b"" if self._started_empty else self._own_values.get(theirs.key, mine.value)
+            held = payload_of(own)
         except InvalidInput:
             return False
         return self._check_copy(theirs.key, payload, held) is None
@@ -1200,6 +1220,8 @@ class Replica:
     def _finish_sync(self) -> list[Effect]:
         self.ready = True
         self._sync_responses = {}
+        self._own_values = {}
+        self._started_empty = False
         return []
 
     def _sync_complete(self, now: float) -> bool:

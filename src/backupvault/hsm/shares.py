@@ -1405,6 +1405,7 @@ def _check_transition(
                 state.reset_attempt > held.reset_attempt
                 and not state.reset_signature
                 and (state.status == EntryStatus.LIVE)
+                and not _bare_commit(held)
             ):
                 return "a reset without the owner's signature"
         elif state.status == EntryStatus.LIVE:
@@ -1445,6 +1446,24 @@ def _check_transition(
         # version for good (sim seed 9101198).
         return None
     return "a new version without the owner's signed change or delete of the held one"
+
+
+def _bare_commit(held: ThresholdState) -> bool:
+    """Whether `held` is its version's commit as the commit wrote it: no attempt and no
+    owner reset since, so its window starts where the commit landed (`reset_attempt` =
+    the attempt it was applied at). The same commit applied at a later attempt of the
+    previous version (a sibling that won its round) starts the window later, unsigned;
+    refused, a node holding the losing sibling refused every later value of that
+    version for good (sim seeds 9300379, 9301925). Taking it forgives nothing here: this
+    node counted no attempt of the version (its own count starts at the commit, and only
+    the owner's signed reset moves that), and a node still at the previous version
+    already takes the later commit."""
+    return (
+        held.status == EntryStatus.LIVE
+        and held.attempt == held.reset_attempt
+        and not held.attempt_hash
+        and not held.reset_signature
+    )
 
 
 def _retiring_statement(

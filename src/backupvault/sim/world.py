@@ -1151,7 +1151,9 @@ class Simulation:
         for n in self.honest.values():
             row = n.rows.get(key)
             keeper = n.keeper
-            if row is None or row.version != state.version or not row.share or keeper is None:
+            if row is None or row.manifest != state.manifest or not row.share or keeper is None:
+                # A share of another M of the same version (a registration that lost the
+                # race) evaluates nothing a client can combine for this one.
                 continue
             if keeper._distrusted and key not in keeper._trusted:
                 continue
