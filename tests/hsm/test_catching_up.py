@@ -281,6 +281,43 @@ def test_a_tombstone_is_taken_over_a_sibling_attempt_with_a_later_clock(
     assert check(committed, sibling) == "the attempt clock went down"
 
 
+def test_a_signed_delete_is_taken_over_a_later_sibling_attempt(world: Simulation) -> None:
+    """Sim seed 9500124: a node held a sibling attempt one further than the committed one
+    (another request, which lost its round); the owner's delete, built on the committed
+    attempt, has a lower attempt number, and the node refused it for good as "the
+    attempt counter went down". A tombstone of the held version is taken whatever the
+    sibling's number; a live value still may not take the counter back, and a delete
+    still needs the owner's signature."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    live = world.replicated(0, client.key)
+    assert client.delete(recovered[0]) == world.nodes
+    tombstone = world.replicated(0, client.key)
+    assert tombstone.status == EntryStatus.EMPTY and tombstone.version == live.version
+    sibling = live.with_(
+        attempt=tombstone.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=live.attempt_client_time_ms + 75_000,
+    )
+
+    def check(proposed: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID,
+            client.key,
+            world.shape,
+            proposed,
+            sibling.to_bytes(),
+            node_keys=world.node_keys,
+        )
+
+    assert check(tombstone) is None
+    assert check(live) == "the attempt counter went down"
+    unsigned = tombstone.with_(change_signature=b"")
+    assert check(unsigned) == "a delete the owner did not sign"
+
+
 def test_a_later_start_of_the_same_commit_is_taken_over_a_bare_sibling(
     world: Simulation,
 ) -> None:

@@ -1377,14 +1377,19 @@ def _check_transition(
     be checked, not because it goes back. `limit`: the guess limit L."""
     if state.version < held.version:
         return "the version went down"
-    if state.attempt < held.attempt:
+    # A tombstone of the held version (destroyed, or the owner's delete of the live value
+    # held, whose signature is checked below) evaluates nothing and ends the entry. The
+    # node may hold a sibling of the committed attempt that lost its round (the same
+    # number or a later one, another request, a later clock); the tombstone built on the
+    # committed attempt then looked like the counter or the clock going back, and was
+    # refused for good (sim seeds 9201842, 9500124).
+    tombstone_here = state.version == held.version and (
+        state.status == EntryStatus.DESTROYED
+        or (state.status == EntryStatus.EMPTY and held.status == EntryStatus.LIVE)
+    )
+    if state.attempt < held.attempt and not tombstone_here:
         return "the attempt counter went down"
-    tombstone_here = state.version == held.version and state.status == EntryStatus.DESTROYED
     if state.attempt_client_time_ms < held.attempt_client_time_ms and not tombstone_here:
-        # Not for a tombstone of the held version: the node may hold a sibling of the
-        # committed attempt (same number, another request, a later clock) that lost its
-        # round, and the tombstone built on the committed one then looked like the clock
-        # going back, for good (sim seed 9201842). A tombstone evaluates nothing.
         return "the attempt clock went down"
     if state.version == held.version:
         # A tombstone below a reset this node holds is taken (seed 7000233: the owner's
