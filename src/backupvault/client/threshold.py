@@ -636,18 +636,19 @@ class ThresholdVault:
             return ()
         if current < record.version or not in_reach:
             return self.describe_pending(record)  # not yet
-        op: Op = Op.DELIVER_SHARE
+        op: Op
         requests: list[Message]
-        if record.needs_export_key:
-            if export_key is None:
-                return self.describe_pending(record)  # wait for the next recovery
-            op = Op.REGISTER_SHARE
-            requests = self._share_requests(record.manifest, record.unwrap(export_key), b"", 0)
-        else:
+        if not record.needs_export_key:
+            op = Op.DELIVER_SHARE
             requests = [
                 DeliverShareRequest(self.account, self.entry, record.manifest, sealed)
                 for sealed in record.shares
             ]
+        elif export_key is None:
+            return self.describe_pending(record)  # wait for the next recovery
+        else:
+            op = Op.REGISTER_SHARE
+            requests = self._share_requests(record.manifest, record.unwrap(export_key), b"", 0)
         acked, _, _ = self._send_shares(
             op, live, requests, set(range(self.nodes)) - set(record.nodes), tries
         )

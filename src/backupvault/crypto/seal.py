@@ -207,18 +207,24 @@ def seal_request(
     return sealed, response_key
 
 
+def _hpke_open(node_key: NodePrivateKey, info: bytes, sealed: bytes, refused: str) -> bytes:
+    try:
+        return node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
+    except (InvalidTag, ValueError):
+        raise AuthenticationFailed(refused) from None
+
+
 def open_request(
     node_key: NodePrivateKey, fleet_id: bytes, node: int, kind: str, sealed: bytes
 ) -> tuple[bytes, ResponseKey]:
     """Open a request sealed to node `node`; raises AuthenticationFailed if it was not
     sealed for this fleet, node and kind, or was altered."""
-    info = _context("request", fleet_id, node, kind)
-    try:
-        plaintext = node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
-    except (InvalidTag, ValueError):
-        raise AuthenticationFailed(
-            "sealed request failed to open: altered, or sealed for another fleet, node or kind"
-        ) from None
+    plaintext = _hpke_open(
+        node_key,
+        _context("request", fleet_id, node, kind),
+        sealed,
+        "sealed request failed to open: altered, or sealed for another fleet, node or kind",
+    )
     if len(plaintext) < RESPONSE_KEY_LEN:
         raise InvalidInput("sealed request carries no response key")
     key = ResponseKey(plaintext[:RESPONSE_KEY_LEN], fleet_id, node, kind)
@@ -260,13 +266,12 @@ def open_share(
     AuthenticationFailed if it was sealed for another fleet, node or manifest, or altered."""
     if len(sealed) != SEALED_SHARE_LEN[node_key.kem]:
         raise InvalidInput(f"a sealed share is {SEALED_SHARE_LEN[node_key.kem]} bytes here")
-    info = _share_info(fleet_id, node, manifest_hash)
-    try:
-        share = node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
-    except (InvalidTag, ValueError):
-        raise AuthenticationFailed(
-            "the delivered share does not open: altered, or sealed for another node or manifest"
-        ) from None
+    share = _hpke_open(
+        node_key,
+        _share_info(fleet_id, node, manifest_hash),
+        sealed,
+        "the delivered share does not open: altered, or sealed for another node or manifest",
+    )
     if len(share) != _SHARE_LEN:
         raise InvalidInput("the delivered share has the wrong length")
     return share
