@@ -75,21 +75,17 @@ class Chunker:
 
     def cut_window(self, window: memoryview, final: bool) -> tuple[list[memoryview], int]:
         """(chunks, bytes they cover) of a window of a stream read in pieces: every chunk
-        if `final` (the stream ends with the window); else only those starting at least
-        `max_size` bytes before the window's end. FastCDC decides a cut from at most
-        `max_size` bytes after the chunk's start (fewer only when the data ends sooner), so
-        those chunks are exactly the ones `cut` makes of the whole stream; the rest starts
-        the next window."""
-        if final:
-            return (list(self.cut(window)) if window else []), len(window)
-        chunks: list[memoryview] = []
-        end = 0
-        pieces = self._cdc.cut_buf(window)
-        while len(window) - end >= self.max_size:
-            chunk = next(pieces).data
-            chunks.append(chunk)
-            end += len(chunk)
-        return chunks, end
+        if `final` (the stream ends with the window); else all but the last. FastCDC scans
+        a chunk from its start and cuts at the first position whose gear hash matches (or
+        at `max_size`), looking at no byte past it: a cut before the window's end is the
+        one a cut of the whole stream makes. Only the last chunk, which may end where it
+        does because the bytes did, is cut again with the next window's bytes (so at most
+        `max_size` bytes are carried over, and usually about `avg_size`)."""
+        chunks = [chunk.data for chunk in self._cdc.cut_buf(window)] if window else []
+        if final or not chunks:
+            return chunks, len(window)
+        last = chunks.pop()
+        return chunks, len(window) - len(last)
 
 
 class Sealer:
