@@ -153,6 +153,20 @@ def test_a_filled_object_is_filled_exactly_once(
     assert store.get(NAME) == content
 
 
+def test_a_spare_buffer_takes_a_larger_pack(tmp_path: Path) -> None:
+    """Packs vary in size (one closes with the chunk that takes it past the pack size):
+    a buffer given back is used again for a larger pack, not a fresh one made (each
+    fresh page costs a fault), and two packs in flight never share one."""
+    store = Backend(Storage(str(tmp_path / "repo")))
+    first = store._aligned_buffer(17 << 20)
+    store._return_buffer(first)
+    again = store._aligned_buffer(19 << 20)
+    assert again is first
+    other = store._aligned_buffer(17 << 20)
+    assert other is not again and len(other) >= 17 << 20
+    assert len(store._aligned_buffer(40 << 20)) >= 40 << 20
+
+
 def test_a_failed_write_leaves_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A full disk during a (direct or buffered) write: a clear storage error, no object,
     no temporary."""

@@ -45,6 +45,10 @@ _DIRECT_ALIGN: Final = 4096  # address, offset and length (logical blocks up to 
 # per MiB on the 2-core VM, against 1.0 ms for mmap's default (shared, so shmem) pages.
 PRIVATE_MEMORY: Final = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
 _DIRECT_SPARE: Final = 4  # aligned buffers kept for reuse (a fresh page costs a fault)
+# Each is mapped at least this large, so any spare takes any pack: packs vary in size (a
+# pack closes with the chunk that takes it past its size), and pages never touched cost
+# nothing.
+_DIRECT_BUFFER: Final = 32 << 20
 Buffer = bytes | bytearray | memoryview
 
 
@@ -223,7 +227,7 @@ class Backend:
             for number, spare in enumerate(self._spare):
                 if len(spare) >= size:
                     return self._spare.pop(number)
-        return mmap.mmap(-1, -(-size // (1 << 20)) << 20, flags=PRIVATE_MEMORY)
+        return mmap.mmap(-1, max(_DIRECT_BUFFER, -(-size // (1 << 20)) << 20), flags=PRIVATE_MEMORY)
 
     def _return_buffer(self, buffer: mmap.mmap) -> None:
         with self._spare_lock:
