@@ -28,6 +28,7 @@ MODULES = [
     "threshold_oprf",
     "threshold_e2e",
     "fill",
+    "erasure",
     "backup_vs_restic",
 ]
 RESULTS = Path(__file__).parent / "results"

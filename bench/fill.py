@@ -59,16 +59,12 @@ def _records(
     return AcceptorRecord(key, 1, 0, 1, 0, value.to_bytes()), share_record(key, row)
 
 
-def _fill_node(root: Path, index: int, entries: int) -> None:
-    """Write `entries` entries into one node's store, through `NodeStore.save` as the
-    node's group commit does, and record its counter in the node's token."""
-    description = FleetDescription.load(root / "fleet.toml")
-    config = NodeConfig.load(LocalDeployment(root).node_config(index))
-    keys = load_keys(config, description)
-    registration = manifest.register(
+def dealing(fleet_id: bytes) -> manifest.Registration:
+    """One registration whose manifest and shares every filled entry carries."""
+    return manifest.register(
         PASSWORD.encode(),
         os.urandom(32),
-        fleet_id=description.fleet_id,
+        fleet_id=fleet_id,
         account="fill",
         entry="root-key",
         epoch=0,
@@ -77,6 +73,15 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
         ksf=FAST_KSF,
         version=1,
     )
+
+
+def _fill_node(root: Path, index: int, entries: int) -> None:
+    """Write `entries` entries into one node's store, through `NodeStore.save` as the
+    node's group commit does, and record its counter in the node's token."""
+    description = FleetDescription.load(root / "fleet.toml")
+    config = NodeConfig.load(LocalDeployment(root).node_config(index))
+    keys = load_keys(config, description)
+    registration = dealing(description.fleet_id)
     store = NodeStore(
         config.data_dir / "store.sqlite", index, keys.storage, keys.row_key, keys.generation
     )
@@ -287,7 +292,11 @@ def main() -> None:
     parser.add_argument("--recoveries", type=int, default=100)
     parser.add_argument("--json", type=Path, help="also write the rows here")
     args = parser.parse_args()
-    found = rows(args.entries, args.recoveries)
+    report(rows(args.entries, args.recoveries), args.json, {"entries": args.entries})
+
+
+def report(found: list[dict[str, object]], path: Path | None, about: dict[str, object]) -> None:
+    """A command's rows, one line each (goal beside the figure), and as JSON in `path`."""
     for row in found:
         ratio = row["ratio"]
         shown = "" if ratio is None else f"  ratio {ratio:.2f}"
@@ -297,8 +306,8 @@ def main() -> None:
             f"{row['name']}: {value:.1f} {row['unit']}{shown}  ({row['reference']}; "
             f"goal {row['goal']})"
         )
-    if args.json:
-        args.json.write_text(json.dumps({"entries": args.entries, "rows": found}, indent=2))
+    if path:
+        path.write_text(json.dumps({**about, "rows": found}, indent=2))
 
 
 if __name__ == "__main__":

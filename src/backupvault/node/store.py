@@ -4,8 +4,13 @@ when the replica needs them (`StoreRecords` puts a bounded cache in front). Keys
 from the node's storage key (HKDF-SHA256, no salt, info as named):
 
     name_key   = HKDF(storage_key, "backupvault/v1 node store names")
-    row_key    = HKDF(storage_key, "backupvault/v1 node store rows")
     digest_key = HKDF(storage_key, "backupvault/v1 node store digest")
+
+and two more levels of keys for sealing: the row key (32 bytes, from the node's token,
+`node.token.RowKeyRing`; HKDF(storage_key, "backupvault/v1 node store rows") where there
+is no token: tests and tools), and one random bucket key (32 bytes) per bucket that holds
+a record, wrapped under the row key. An erasure replaces the keys of the buckets it
+touched and the row key (`rotate`).
 
 Tables:
 
@@ -15,7 +20,7 @@ Tables:
              refused, not served: every row is checked to hold the entry it is named for)
       ver  = the store's version when the row was last written: every written row takes
              the next one, so "what changed since version v" is a range of rowids
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
+      row  = nonce (12) || AES-256-GCM(bucket key of the name's bucket, nonce, plain, aad)
       plain = uvarint(promised round) || uvarint(promised node) || uvarint(accepted round)
               || uvarint(accepted node) || uvarint(len(key)) || key || value (the rest)
               (uvarint: LEB128, 7 bits a byte, low first: the ballots are small numbers)
@@ -26,6 +31,12 @@ Tables:
       row  = nonce (12) || AES-256-GCM(row_key, nonce, digest (32), aad)
       aad  = "backupvault/v1 node store bucket" || u16(node) || u16(id) || u64(ver)
       digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
+    bucket_key(id, row)      one per bucket that holds a record
+      id   = the bucket (as in `bucket`)
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, bucket key (32), aad)
+      aad  = "backupvault/v1 node store bucket key" || u16(node) || u16(id)
+      (a store written before bucket keys has no such table: every row is sealed under
+      the row key itself; opening it gives every bucket its key, once)
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -103,6 +114,10 @@ _CORRUPT_HINT = (
 _ROLLED_BACK = "node store rows do not match its counter: a row was rolled back, removed or added"
 
 
+_BUCKET_KEY_TABLE = (
+    "CREATE TABLE IF NOT EXISTS bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
+)
+
 #: Share rows are kept under this prefix; entry keys (EntryId encodings) start with
 #: their tag, never 0xff.
 SHARE_PREFIX = b"\xffshare/"
@@ -172,15 +187,19 @@ class NodeStore:
         generation: int = 0,
     ) -> None:
         """`storage_key` names and digests rows; `row_key` (of `generation`, from the
-        token's `RowKeyRing`) seals them, and is replaced by `rotate` when a share is
-        erased. Without a row key the rows are sealed under one derived from the storage
-        key, which is never rotated (tests and tools only)."""
+        token's `RowKeyRing`) seals the bucket keys, which seal the rows, and is replaced
+        by `rotate` when a share is erased. Without a row key one derived from the storage
+        key takes its place, and is never rotated (tests and tools only)."""
         if len(storage_key) != 32 or (row_key is not None and len(row_key) != 32):
             raise InvalidInput("storage and row keys must be 32 bytes")
         self._node = node
         self._path = path
         self._name_key = _derive(storage_key, "names")
-        self._aeads = [AESGCM(row_key or _derive(storage_key, "rows"))]
+        # The row key (the token's), and each bucket's key: the first seals; two only
+        # while a rotation commits (a read may see either side of it).
+        self._master = [AESGCM(row_key or _derive(storage_key, "rows"))]
+        self._bucket_keys: dict[int, list[AESGCM]] = {}
+        self._raw_bucket_keys: dict[int, bytes] = {}  # wrapped again at every rotation
         self.generation = generation
         #: Set by the node: an erased share then re-seals the store under a new row key.
         self.key_rotation: KeyRotation | None = None
@@ -198,6 +217,9 @@ class NodeStore:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")
         self._db.execute("PRAGMA secure_delete=ON")
+        tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master")}
+        # Written before bucket keys: every row sealed under the row key itself.
+        unbucketed = "meta" in tables and "bucket_key" not in tables
         columns = [c[1] for c in self._db.execute("PRAGMA table_info(record)")]
         if columns and columns != ["ver", "name", "row"]:
             self._db.close()
@@ -220,6 +242,8 @@ class NodeStore:
             "CREATE TABLE IF NOT EXISTS row_key "
             "(id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL)"
         )
+        if not unbucketed:  # else made with the keys, in one transaction
+            self._db.execute(_BUCKET_KEY_TABLE)
         # Reads on the caller's thread see committed state only, while a write is under
         # way on the writer connection in another thread.
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -243,6 +267,10 @@ class NodeStore:
         self._closing = False
         self._rotations = 0
         self._record_generation()
+        if unbucketed:
+            self._give_buckets_keys()
+        else:
+            self._read_bucket_keys()
 
     def _check_generation(self) -> None:
         """An existing store must have been sealed under the generation it is opened with."""
@@ -284,6 +312,9 @@ class NodeStore:
     def _meta_aad(self) -> bytes:
         return b"backupvault/v1 node store meta" + struct.pack(">H", self._node)
 
+    def _bucket_key_aad(self, bucket: int) -> bytes:
+        return b"backupvault/v1 node store bucket key" + struct.pack(">HH", self._node, bucket)
+
     def _term(self, name: bytes, ver: int) -> int:
         return int.from_bytes(hmac.digest(self._digest_key, name + _u64(ver), "sha256"), "big")
 
@@ -291,18 +322,28 @@ class NodeStore:
         message = b"bucket" + struct.pack(">H", bucket) + _u64(ver)
         return int.from_bytes(hmac.digest(self._digest_key, message, "sha256"), "big")
 
-    def _open(self, sealed: bytes, aad: bytes, what: str) -> bytes:
-        # Two keys only while a rotation commits (a read may see either side of it).
-        for aead in list(self._aeads):
+    @staticmethod
+    def _open(keys: list[AESGCM], sealed: bytes, aad: bytes, what: str) -> bytes:
+        for aead in list(keys):
             try:
                 return aead.decrypt(sealed[:12], sealed[12:], aad)
             except InvalidTag:
                 continue
         raise StoreCorrupted(f"node store {what} failed authentication", hint=_CORRUPT_HINT)
 
-    def _seal(self, plain: bytes, aad: bytes) -> bytes:
+    @staticmethod
+    def _seal(aead: AESGCM, plain: bytes, aad: bytes) -> bytes:
         nonce = os.urandom(12)
-        return nonce + self._aeads[0].encrypt(nonce, plain, aad)
+        return nonce + aead.encrypt(nonce, plain, aad)
+
+    def _row_keys(self, bucket: int) -> list[AESGCM]:
+        keys = self._bucket_keys.get(bucket)
+        if keys is None:
+            raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
+        return keys
+
+    def _wrap(self, aead: AESGCM, bucket: int, key: bytes) -> tuple[int, bytes]:
+        return bucket, self._seal(aead, key, self._bucket_key_aad(bucket))
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -312,7 +353,7 @@ class NodeStore:
             if self._db.execute("SELECT 1 FROM record LIMIT 1").fetchone() is not None:
                 raise StoreCorrupted("node store has records but no counter", hint=_CORRUPT_HINT)
             return
-        plain = self._open(bytes(found[0]), self._meta_aad(), "counter")
+        plain = self._open(self._master, bytes(found[0]), self._meta_aad(), "counter")
         try:
             self.counter, self._last_ver, self._max_round = struct.unpack(">QQQ", plain[:24])
             self._top = int.from_bytes(plain[24:56], "big")
@@ -338,12 +379,70 @@ class NodeStore:
         for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket"):
             if not 0 <= bucket < BUCKETS or ver > self.counter:
                 raise StoreCorrupted("node store bucket is newer than its counter")
-            plain = self._open(bytes(row), self._bucket_aad(bucket, ver), "bucket")
+            plain = self._open(self._master, bytes(row), self._bucket_aad(bucket, ver), "bucket")
             buckets[bucket] = (ver, int.from_bytes(plain, "big"))
             top = (top + self._bucket_term(bucket, ver)) % _MOD
         if top != self._top:
             raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
         return buckets
+
+    def _read_bucket_keys(self) -> None:
+        """Every bucket key, unwrapped with the row key; each bucket that holds a record
+        must have one (a removed key row would otherwise read as an empty bucket)."""
+        for bucket, row in self._db.execute("SELECT id, row FROM bucket_key"):
+            if not 0 <= bucket < BUCKETS:
+                raise StoreCorrupted("node store bucket key is out of range", hint=_CORRUPT_HINT)
+            key = self._open(self._master, bytes(row), self._bucket_key_aad(bucket), "bucket key")
+            self._remember_key(bucket, key)
+        if not set(self._buckets) <= set(self._raw_bucket_keys):
+            raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
+
+    def _remember_key(self, bucket: int, key: bytes) -> None:
+        self._raw_bucket_keys[bucket] = key
+        self._bucket_keys[bucket] = [AESGCM(key)]
+
+    def _bucket_rows(self, bucket: int) -> list[tuple[int, bytes, bytes]]:
+        """(ver, name, sealed row) of every record in the bucket (about N / 4,096)."""
+        low, high = _bucket_range(bucket)
+        if high:
+            sql = "SELECT ver, name, row FROM record WHERE name >= ? AND name < ?"
+            found = self._db.execute(sql, (low, high))
+        else:
+            found = self._db.execute("SELECT ver, name, row FROM record WHERE name >= ?", (low,))
+        return [(ver, bytes(name), bytes(row)) for ver, name, row in found]
+
+    def _reseal_bucket(self, bucket: int, old: list[AESGCM], new: AESGCM) -> None:
+        """Re-seal the bucket's rows from `old` to `new` (inside the caller's transaction)."""
+        rows = []
+        for ver, name, sealed in self._bucket_rows(bucket):
+            aad = self._aad(name, ver)
+            rows.append((self._seal(new, self._open(old, sealed, aad, "row"), aad), ver))
+        self._db.executemany("UPDATE record SET row = ? WHERE ver = ?", rows)
+
+    def _give_buckets_keys(self) -> None:
+        """A store written before bucket keys (every row under the row key itself): each
+        bucket gets its key and its rows are re-sealed under it, one bucket at a time,
+        in one transaction. Once per store; every bucket is checked first."""
+        with self._lock:
+            for bucket in sorted(self._buckets):
+                self._verify(bucket, self._db)
+            fresh = {bucket: os.urandom(32) for bucket in self._buckets}
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                # With the keys: a crash before the commit leaves the store as it was.
+                self._db.execute(_BUCKET_KEY_TABLE)
+                for bucket, key in sorted(fresh.items()):
+                    self._reseal_bucket(bucket, self._master, AESGCM(key))
+                self._db.executemany(
+                    "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
+                    [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            for bucket, key in fresh.items():
+                self._remember_key(bucket, key)
 
     # ---- checking buckets ---------------------------------------------------------------
 
@@ -391,7 +490,8 @@ class NodeStore:
     # ---- reading -------------------------------------------------------------------------
 
     def _decode(self, name: bytes, ver: int, sealed: bytes) -> AcceptorRecord:
-        plain = self._open(sealed, self._aad(name, ver), f"row {name.hex()[:16]}…")
+        keys = self._row_keys(bucket_of(name))
+        plain = self._open(keys, sealed, self._aad(name, ver), f"row {name.hex()[:16]}…")
         try:
             record = _unpack_record(plain)
         except ValueError:
@@ -486,26 +586,39 @@ class NodeStore:
             ver = self._last_ver
             max_round = self._max_round
             digests = {b: self._buckets.get(b, (0, 0))[1] for b in touched}
+            # A bucket's first record gives it a key, kept (in memory too) before the
+            # commit: a read that sees the row must find its key.
+            fresh = {b: os.urandom(32) for b in touched if b not in self._raw_bucket_keys}
+            for bucket, key in fresh.items():
+                self._remember_key(bucket, key)
             rows = []
-            erased = False
+            erased: set[int] = set()  # buckets with a row that erases
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for record, name in latest.values():
                     bucket = bucket_of(name)
                     old = self._db.execute(
-                        "SELECT ver FROM record WHERE name = ?", (name,)
+                        "SELECT ver, row FROM record WHERE name = ?", (name,)
                     ).fetchone()
                     if old is not None:
                         digests[bucket] -= self._term(name, int(old[0]))
+                        if self._replaces_share(name, int(old[0]), bytes(old[1]), record):
+                            erased.add(bucket)
                     ver += 1
                     digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
-                    sealed = self._seal(_pack_record(record), self._aad(name, ver))
+                    plain = _pack_record(record)
+                    sealed = self._seal(self._bucket_keys[bucket][0], plain, self._aad(name, ver))
                     rows.append((ver, name, sealed))
                     max_round = max(max_round, record.promised_round)
-                    erased = erased or _not_live(record)
+                    if _not_live(record):
+                        erased.add(bucket)
                 # The old row of a name goes (UNIQUE name), the new one takes the next rowid.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
+                )
+                self._db.executemany(
+                    "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
+                    [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
                 )
                 top = self._top
                 buckets = []
@@ -513,7 +626,8 @@ class NodeStore:
                     if bucket in self._buckets:
                         top -= self._bucket_term(bucket, self._buckets[bucket][0])
                     top = (top + self._bucket_term(bucket, seq)) % _MOD
-                    sealed = self._seal(digest.to_bytes(32, "big"), self._bucket_aad(bucket, seq))
+                    plain = digest.to_bytes(32, "big")
+                    sealed = self._seal(self._master[0], plain, self._bucket_aad(bucket, seq))
                     buckets.append((bucket, seq, sealed))
                 self._db.executemany(
                     "INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", buckets
@@ -523,6 +637,8 @@ class NodeStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                for bucket in fresh:
+                    del self._raw_bucket_keys[bucket], self._bucket_keys[bucket]
                 raise
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
             self.catching_up = catching_up
@@ -535,47 +651,69 @@ class NodeStore:
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             if self.key_rotation is not None:
                 # Copies of the data folder (backups, older disk images) still hold the
-                # erased row under the old key: re-seal, then have the token destroy it.
+                # erased row under its bucket's key: a new key for that bucket, every
+                # bucket key wrapped under a new row key, then the token destroys the old.
                 generation, row_key = self.key_rotation.begin_rotation()
-                self.rotate(row_key, generation)
+                self.rotate(row_key, generation, erased)
                 self.key_rotation.finish_rotation(generation)
 
-    def rotate(self, row_key: bytes, generation: int) -> None:
-        """Re-seal every row (records, share rows, buckets, the counter) under `row_key`,
-        recording `generation`, in one transaction, then truncate the WAL (secure_delete
-        zeroes the freed pages). Names, versions, digests and the counter are unchanged:
-        only what the old row key opens is gone from the file. Every bucket is checked
-        first, so a rolled-back row is refused rather than sealed anew."""
+    def _replaces_share(self, name: bytes, ver: int, sealed: bytes, new: AcceptorRecord) -> bool:
+        """Whether `new` overwrites a share row holding a share with another share: the
+        old one is erased as surely as by an empty row (a password change's new share
+        can take the old one's place in one group commit, with no empty row between)."""
+        if not is_share_record(new):
+            return False
+        try:
+            held = NodeShare.from_bytes(self._decode(name, ver, sealed).value).share
+            return bool(held) and held != NodeShare.from_bytes(new.value).share
+        except InvalidInput:
+            return False
+
+    def rotate(self, row_key: bytes, generation: int, buckets: Iterable[int] | None = None) -> None:
+        """Replace the row key with `row_key` (recording `generation`) and the keys of
+        `buckets` (None: every bucket) with new ones, in one transaction: those buckets'
+        rows are re-sealed under their new keys (they are checked first, so a rolled-back
+        row is refused rather than sealed anew), every bucket key is wrapped under the new
+        row key, and so are the bucket digests and the counter. Then the WAL is truncated
+        (secure_delete zeroes the freed pages). Names, versions, digests and the counter
+        are unchanged: only what the old keys open is gone from the file. An erasure
+        re-seals one bucket, about N / 4,096 rows, and the 4,096 bucket keys: its cost
+        no longer grows with the store (docs/pkcs11.md, "Erasure by key rotation")."""
         if len(row_key) != 32:
             raise InvalidInput("row key must be 32 bytes")
         new = AESGCM(row_key)
         with self._lock:
-            for bucket in range(BUCKETS):
+            rekey = sorted(self._raw_bucket_keys if buckets is None else set(buckets))
+            for bucket in rekey:
                 self._verify(bucket, self._db)
-            old_rows = self._db.execute("SELECT ver, name, row FROM record").fetchall()
-            old_buckets = self._db.execute("SELECT id, ver, row FROM bucket").fetchall()
-            records = [
-                (ver, bytes(name), self._open(bytes(row), self._aad(bytes(name), ver), "row"))
-                for ver, name, row in old_rows
-            ]
             digests = [
-                (bucket, ver, self._open(bytes(row), self._bucket_aad(bucket, ver), "bucket"))
-                for bucket, ver, row in old_buckets
+                (
+                    bucket,
+                    ver,
+                    self._open(self._master, bytes(row), self._bucket_aad(bucket, ver), "bucket"),
+                )
+                for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket")
             ]
-            self._aeads = [new, *self._aeads]  # seal under the new key from here on
+            fresh = {bucket: os.urandom(32) for bucket in rekey}
+            before = {bucket: self._bucket_keys[bucket] for bucket in rekey}
+            before_master = self._master
+            # Seal under the new keys from here on; open under either until the commit.
+            self._master = [new, *before_master]
+            for bucket, key in fresh.items():
+                self._bucket_keys[bucket] = [AESGCM(key), *before[bucket]]
+            keys = {**self._raw_bucket_keys, **fresh}
             self._db.execute("BEGIN IMMEDIATE")
             try:
+                for bucket in rekey:
+                    self._reseal_bucket(bucket, before[bucket], self._bucket_keys[bucket][0])
                 self._db.executemany(
-                    "UPDATE record SET row = ? WHERE ver = ?",
-                    [
-                        (self._seal(plain, self._aad(name, ver)), ver)
-                        for ver, name, plain in records
-                    ],
+                    "INSERT OR REPLACE INTO bucket_key (id, row) VALUES (?, ?)",
+                    [self._wrap(new, bucket, key) for bucket, key in keys.items()],
                 )
                 self._db.executemany(
                     "UPDATE bucket SET row = ? WHERE id = ?",
                     [
-                        (self._seal(plain, self._bucket_aad(bucket, ver)), bucket)
+                        (self._seal(new, plain, self._bucket_aad(bucket, ver)), bucket)
                         for bucket, ver, plain in digests
                     ],
                 )
@@ -586,9 +724,12 @@ class NodeStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                self._aeads = self._aeads[1:]
+                self._master = before_master
+                self._bucket_keys.update(before)
                 raise
-            self._aeads = [new]
+            self._master = [new]
+            for bucket, key in fresh.items():
+                self._remember_key(bucket, key)
             self._rotations += 1
             self.generation = generation
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -609,7 +750,7 @@ class NodeStore:
             plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
             plain += _u64(mark.upto)
         plain += _u64(self.suspect_through) + bytes([catching_up])
-        sealed = self._seal(bytes(plain), self._meta_aad())
+        sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
     def _write_current_meta(self, catching_up: bool) -> None:
