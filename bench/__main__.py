@@ -28,7 +28,7 @@ MODULES = [
     "threshold_oprf",
     "threshold_e2e",
     "fill",
-    "erasure",
+    "store",
     "backup_vs_restic",
 ]
 RESULTS = Path(__file__).parent / "results"
