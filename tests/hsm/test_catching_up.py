@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from backupvault.crypto import oprf
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import check_threshold_value
 from backupvault.hsm.state import NodeShare, ThresholdState
-from backupvault.protocol import EntryStatus
+from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, EvaluateRequest, Op
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 OLD_RK = bytes(32)
@@ -463,3 +464,82 @@ def test_a_hostile_proposer_cannot_take_the_count_back_across_a_version() -> Non
 
 def _rows(world: Simulation, key: bytes) -> list[NodeShare]:
     return [n.rows[key] for n in world.honest.values() if key in n.rows]
+
+
+def _racing_registrations(
+    limit: int = 4, hostile: int = 0
+) -> tuple[Simulation, ThresholdClient, ThresholdState]:
+    """A world where the owner registered version 1, and the commit of a second device's
+    registration of the same version, made at the same time (here in a second world with
+    the same node keys): t nodes staged its share too, so it carries t acknowledgements,
+    and it lost the round."""
+    world = threshold_world(5, limit, hostile, seed=12, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    other = threshold_world(5, limit, hostile, seed=13, leader=False, attacker=lambda *_: None)
+    rival = ThresholdClient(other)
+    rival.register(b"rival", NEW_RK)
+    lost = other.replicated(0, rival.key)
+    chosen = world.replicated(0, client.key)
+    assert (lost.version, lost.status) == (chosen.version, chosen.status)
+    assert lost.manifest != chosen.manifest
+    return world, client, lost
+
+
+def test_the_chosen_registration_is_taken_over_a_bare_sibling_registration() -> None:
+    """Sim seed 9507654: two devices registered version 1 at once; two nodes of five
+    accepted the commit that lost its round and refused the chosen one as "the manifest
+    changed without the owner's signature", then every later value of the entry (the
+    owner's delete, signed over the chosen M, did not verify with the sibling's pk_auth),
+    for good. Over a held commit with nothing since, another M of the same version is
+    taken on its t acknowledgements; without them, or once the held version counted an
+    attempt or holds an owner reset, it is refused as before."""
+    world, client, lost = _racing_registrations()
+    chosen = world.replicated(0, client.key)
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(chosen, lost) is None
+    assert check(chosen.with_(acks=lost.acks), lost) == (
+        "a new version without t nodes' acknowledgement that they keep their share"
+    )
+    counted = lost.with_(attempt=1, attempt_hash=bytes(32), attempt_client_time_ms=1)
+    assert check(
+        chosen.with_(attempt=1, attempt_hash=bytes(32), attempt_client_time_ms=1), counted
+    ) == ("the manifest changed without the owner's signature")
+    reset = lost.with_(reset_signature=bytes(64))
+    assert check(chosen, reset) == "the manifest changed without the owner's signature"
+
+
+def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_old_share() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) holds the commit of
+    a registration that lost. Once the chosen one counted an attempt, no node takes the
+    other M. Over the chosen commit with nothing since, a node takes it, and the attacker
+    gains nothing it could not do already (it can end the entry: L invented attempts,
+    then the tombstone): the node's share is of the M it held, so it evaluates nothing
+    for the other M, and no count moves."""
+    world, client, lost = _racing_registrations(hostile=1)
+    chosen = world.replicated(0, client.key)
+    assert _forge(world, 0, client.key, lost)  # refused before the fix
+    assert world.replicated(0, client.key) == lost
+    rows = _rows(world, client.key)
+    assert all(row.manifest == chosen.manifest and row.count == 0 for row in rows)
+    blinded = oprf.blind(b"guess")[1]
+    answer = world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
+    )
+    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
+    assert _rows(world, client.key) == rows
+
+    world, client, lost = _racing_registrations(hostile=1)
+    assert client.recover(b"wrong") is None
+    rows = _rows(world, client.key)
+    assert all(row.count == 1 for row in rows)
+    for slot in range(4):
+        assert not _forge(world, slot, client.key, lost)
+        assert not _forge(world, slot, client.key, lost.with_(attempt=5))
+    assert _rows(world, client.key) == rows
+    assert client.recover(b"old") is not None

@@ -948,6 +948,9 @@ class ShareKeeper:
         row = self.row(key)
         if row is None or row.version != state.version or not row.share:
             return Answer(error(ErrorCode.NOT_REGISTERED, "this node holds no share for it"))
+        if row.manifest != state.manifest:
+            # Its share is of another commit of this version, one that lost its round.
+            return Answer(error(ErrorCode.NOT_REGISTERED, "this node holds no share of this M"))
         row, writes = self._apply_replicated_reset(key, request.account, request.entry, row, state)
         if attempt <= row.reset_at:
             return Answer(
@@ -1343,7 +1346,10 @@ def check_threshold_value(
     previous = _held_threshold(held)
     if (
         status is EntryStatus.LIVE
-        and (previous is None or previous.version != state.version)
+        and (
+            previous is None
+            or (previous.version, previous.manifest) != (state.version, state.manifest)
+        )
         and count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
         < shape.threshold
     ):
@@ -1405,8 +1411,16 @@ def _check_transition(
             return "the reset went back"
         if held.status == EntryStatus.LIVE:
             if state.status == EntryStatus.LIVE and state.manifest != held.manifest:
-                return "the manifest changed without the owner's signature"
-            if state.status == EntryStatus.LIVE and state.acks != held.acks:
+                # Two commits of one version (two devices registering, or changing the
+                # password, at once): the node may hold the one that lost its round. Over
+                # a commit with nothing since, the other is taken on its own t
+                # acknowledgements (checked by the caller), as over no value at all;
+                # refused, the node refused every later value of the entry (sim seed
+                # 9507654). Once the version counted an attempt or holds an owner reset
+                # here, its M is never replaced.
+                if not _bare_commit(held):
+                    return "the manifest changed without the owner's signature"
+            elif state.status == EntryStatus.LIVE and state.acks != held.acks:
                 return "the acknowledgements changed within a version"
             if state.status == EntryStatus.EMPTY and not _signed(
                 fleet_id, entry_id, held, owner.StatementKind.DELETE, state, held.manifest
