@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import pytest
 
+from backupvault.crypto import oprf
 from backupvault.errors import AuthenticationFailed
+from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import check_threshold_value
-from backupvault.hsm.state import ThresholdState
-from backupvault.protocol import EntryStatus
+from backupvault.hsm.state import NodeShare, ThresholdState
+from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, EvaluateRequest, Op
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 OLD_RK = bytes(32)
@@ -352,3 +354,192 @@ def test_a_later_start_of_the_same_commit_is_taken_over_a_bare_sibling(
     reset = sibling.with_(reset_signature=bytes(64))
     assert check(committed, reset) == "a reset without the owner's signature"
     assert check(sibling, committed) == "the attempt counter went down"
+
+
+def test_a_password_change_is_taken_over_a_later_sibling_attempt(world: Simulation) -> None:
+    """Sim seed 9507211: a node held a sibling attempt one further than the committed one
+    (another request, which lost its round); the owner's password change, built on the
+    committed attempt, starts version 2 at a lower attempt number, and the node refused it,
+    and every later value of the entry, as "the attempt counter went down". A later
+    version is not compared with the held version's counter or clock (it is taken on its
+    own evidence); within a version they still may not go back, and a new version still
+    needs the owner's statement (or t acknowledgements)."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    live = world.replicated(0, client.key)
+    client.change_password(recovered[0], b"new", NEW_RK)
+    commit = world.replicated(0, client.key)
+    assert (commit.version, commit.attempt) == (2, live.attempt)
+    sibling = live.with_(
+        attempt=live.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=live.attempt_client_time_ms + 75_000,
+    )
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(commit, sibling) is None
+    assert check(live, sibling) == "the attempt counter went down"
+    unsigned = commit.with_(change_signature=b"")
+    assert check(unsigned, sibling) == (
+        "a new version without the owner's signed change or delete of the held one"
+    )
+    counted = commit.with_(attempt=commit.attempt + 1, attempt_hash=bytes(32))
+    assert check(commit, counted) == "the attempt counter went down"
+
+
+def _forge(world: Simulation, slot: int, key: bytes, state: ThresholdState) -> bool:
+    """The hostile node (the last slot) sends honest node `slot` an Accept of `state`
+    above its promise; whether it was accepted."""
+    record = world.honest[slot].disk.get(key)
+    assert record is not None
+    hostile = world.plan.nodes - 1
+    value = ReplicatedValue([], state.to_bytes()).to_bytes()
+    accept = Accept(b"forged", key, record.promised_round + 1, hostile, value, hostile, False)
+    answer = world.inject(hostile, slot, accept)
+    assert isinstance(answer, Accepted)
+    return answer.ok
+
+
+def test_a_hostile_proposer_cannot_take_the_count_back_across_a_version() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) holds the owner's
+    statement of a password change (it is in the committed value) and any attempt it
+    invents. Node 0 staged its share of version 2 but was cut off from its peers while the
+    change committed: the attacker makes it accept an attempt of version 1 further on (a
+    value any proposer can make), then the change's commit at the lower attempt, which it
+    now takes. It gains nothing: node 0's count of version 2 starts at zero there as
+    anywhere (a new share, a new window), its version-1 share is gone, no value takes it
+    back to version 1, and once it counts attempts of version 2 no value of version 2 or
+    later takes that count back: every node stops at L."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    assert client.register(b"old", OLD_RK)[1] == 4
+    assert client.recover(b"wrong") is None
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    world.reachable = {1, 2, 3, 4}
+    client.change_password(recovered[0], b"new", NEW_RK)
+    commit = world.replicated(1, client.key)
+    held = world.replicated(0, client.key)
+    assert (held.version, commit.version, commit.attempt) == (1, 2, held.attempt)
+    further = held.with_(
+        attempt=held.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=held.attempt_client_time_ms + 1,
+    )
+    assert _forge(world, 0, client.key, further)
+    assert _forge(world, 0, client.key, commit)  # refused before the fix
+    node0 = world.honest[0].rows[client.key]
+    assert (node0.version, node0.count, node0.reset_at) == (2, 0, commit.reset_attempt)
+    assert not _forge(world, 0, client.key, further)  # the version went down
+    world.reachable = None
+    world.settle(5.0)
+    assert world.replicated(0, client.key) == world.replicated(1, client.key)
+    # Every honest node counts its attempts of version 2: no value takes a count back.
+    assert client.recover(b"wrong") is None
+    counted = {slot: world.honest[slot].rows[client.key] for slot in range(4)}
+    assert all((row.version, row.count) == (2, 1) for row in counted.values())
+    now = world.replicated(1, client.key)
+    for forged in (
+        commit,  # the counter back to the commit
+        further,  # back to version 1
+        now.with_(reset_attempt=now.attempt),  # a reset without the owner's signature
+        now.with_(version=3),  # a later version without the owner or t nodes
+        now.with_(version=3, status=EntryStatus.EMPTY, manifest=b"", acks=b""),
+    ):
+        for slot in range(4):
+            assert not _forge(world, slot, client.key, forged)
+    assert {slot: world.honest[slot].rows[client.key] for slot in range(4)} == counted
+    for _ in range(world.shape.guess_limit - 1):
+        assert client.recover(b"wrong") is None
+    assert all(row.count == world.shape.guess_limit for row in _rows(world, client.key))
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")  # destroyed: no evaluation past L
+
+
+def _rows(world: Simulation, key: bytes) -> list[NodeShare]:
+    return [n.rows[key] for n in world.honest.values() if key in n.rows]
+
+
+def _racing_registrations(
+    limit: int = 4, hostile: int = 0
+) -> tuple[Simulation, ThresholdClient, ThresholdState]:
+    """A world where the owner registered version 1, and the commit of a second device's
+    registration of the same version, made at the same time (here in a second world with
+    the same node keys): t nodes staged its share too, so it carries t acknowledgements,
+    and it lost the round."""
+    world = threshold_world(5, limit, hostile, seed=12, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    other = threshold_world(5, limit, hostile, seed=13, leader=False, attacker=lambda *_: None)
+    rival = ThresholdClient(other)
+    rival.register(b"rival", NEW_RK)
+    lost = other.replicated(0, rival.key)
+    chosen = world.replicated(0, client.key)
+    assert (lost.version, lost.status) == (chosen.version, chosen.status)
+    assert lost.manifest != chosen.manifest
+    return world, client, lost
+
+
+def test_the_chosen_registration_is_taken_over_a_bare_sibling_registration() -> None:
+    """Sim seed 9507654: two devices registered version 1 at once; two nodes of five
+    accepted the commit that lost its round and refused the chosen one as "the manifest
+    changed without the owner's signature", then every later value of the entry (the
+    owner's delete, signed over the chosen M, did not verify with the sibling's pk_auth),
+    for good. Over a held commit with nothing since, another M of the same version is
+    taken on its t acknowledgements; without them, or once the held version counted an
+    attempt or holds an owner reset, it is refused as before."""
+    world, client, lost = _racing_registrations()
+    chosen = world.replicated(0, client.key)
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(chosen, lost) is None
+    assert check(chosen.with_(acks=lost.acks), lost) == (
+        "a new version without t nodes' acknowledgement that they keep their share"
+    )
+    counted = lost.with_(attempt=1, attempt_hash=bytes(32), attempt_client_time_ms=1)
+    assert check(
+        chosen.with_(attempt=1, attempt_hash=bytes(32), attempt_client_time_ms=1), counted
+    ) == ("the manifest changed without the owner's signature")
+    reset = lost.with_(reset_signature=bytes(64))
+    assert check(chosen, reset) == "the manifest changed without the owner's signature"
+
+
+def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_old_share() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) holds the commit of
+    a registration that lost. Once the chosen one counted an attempt, no node takes the
+    other M. Over the chosen commit with nothing since, a node takes it, and the attacker
+    gains nothing it could not do already (it can end the entry: L invented attempts,
+    then the tombstone): the node's share is of the M it held, so it evaluates nothing
+    for the other M, and no count moves."""
+    world, client, lost = _racing_registrations(hostile=1)
+    chosen = world.replicated(0, client.key)
+    assert _forge(world, 0, client.key, lost)  # refused before the fix
+    assert world.replicated(0, client.key) == lost
+    rows = _rows(world, client.key)
+    assert all(row.manifest == chosen.manifest and row.count == 0 for row in rows)
+    blinded = oprf.blind(b"guess")[1]
+    answer = world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
+    )
+    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
+    assert _rows(world, client.key) == rows
+
+    world, client, lost = _racing_registrations(hostile=1)
+    assert client.recover(b"wrong") is None
+    rows = _rows(world, client.key)
+    assert all(row.count == 1 for row in rows)
+    for slot in range(4):
+        assert not _forge(world, slot, client.key, lost)
+        assert not _forge(world, slot, client.key, lost.with_(attempt=5))
+    assert _rows(world, client.key) == rows
+    assert client.recover(b"old") is not None

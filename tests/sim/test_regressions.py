@@ -198,6 +198,35 @@ def test_regression_a_later_start_of_the_same_commit_over_a_bare_sibling(seed: i
     assert result.violation is None, report(result)
 
 
+# Found on fresh seeds (from 9,505,000): a node held a sibling attempt of version 2 one
+# further than the committed one (another request, which lost its round) and refused the
+# owner's password change, built on the committed attempt, as "the attempt counter went
+# down", and every later value of the entry with it (9507211: left at version 2 after the
+# heal). Fixed in hsm/shares.py `_check_transition`: a later version is not compared with
+# the held version's counter or clock; the deterministic tests are
+# tests/hsm/test_catching_up.py test_a_password_change_is_taken_over_a_later_sibling_attempt
+# and test_a_hostile_proposer_cannot_take_the_count_back_across_a_version.
+@pytest.mark.parametrize("seed", [9507211])
+def test_regression_a_password_change_over_a_later_sibling_attempt(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
+
+
+# Found on the same fresh seeds: four devices registered version 1 at once; two nodes of
+# five accepted a registration's commit that lost its round and refused the chosen one as
+# "the manifest changed without the owner's signature", then every later value (9507654:
+# the owner's delete, signed over the chosen M, left them behind a tombstone). Fixed in
+# hsm/shares.py `_check_transition`: over a commit with nothing since, another M of the
+# same version is taken on its t acknowledgements (and a share of another M evaluates
+# nothing); the deterministic tests are tests/hsm/test_catching_up.py
+# test_the_chosen_registration_is_taken_over_a_bare_sibling_registration and
+# test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_old_share.
+@pytest.mark.parametrize("seed", [9507654])
+def test_regression_the_chosen_registration_over_a_bare_sibling(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
+
+
 def _cut_off_while(world: Simulation, cut_off: set[int]) -> None:
     world.reachable = set(range(world.plan.nodes)) - cut_off
 

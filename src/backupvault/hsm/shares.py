@@ -948,6 +948,9 @@ class ShareKeeper:
         row = self.row(key)
         if row is None or row.version != state.version or not row.share:
             return Answer(error(ErrorCode.NOT_REGISTERED, "this node holds no share for it"))
+        if row.manifest != state.manifest:
+            # Its share is of another commit of this version, one that lost its round.
+            return Answer(error(ErrorCode.NOT_REGISTERED, "this node holds no share of this M"))
         row, writes = self._apply_replicated_reset(key, request.account, request.entry, row, state)
         if attempt <= row.reset_at:
             return Answer(
@@ -1343,7 +1346,10 @@ def check_threshold_value(
     previous = _held_threshold(held)
     if (
         status is EntryStatus.LIVE
-        and (previous is None or previous.version != state.version)
+        and (
+            previous is None
+            or (previous.version, previous.manifest) != (state.version, state.manifest)
+        )
         and count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
         < shape.threshold
     ):
@@ -1377,19 +1383,25 @@ def _check_transition(
     be checked, not because it goes back. `limit`: the guess limit L."""
     if state.version < held.version:
         return "the version went down"
-    # A tombstone of the held version (destroyed, or the owner's delete of the live value
-    # held, whose signature is checked below) evaluates nothing and ends the entry. The
-    # node may hold a sibling of the committed attempt that lost its round (the same
-    # number or a later one, another request, a later clock); the tombstone built on the
-    # committed attempt then looked like the counter or the clock going back, and was
-    # refused for good (sim seeds 9201842, 9500124).
-    tombstone_here = state.version == held.version and (
+    # The attempt counter and clock number the attempts on the held version: this node
+    # compares them only with a value that keeps that version live here. A value that ends
+    # it here is not compared with them: a tombstone of it (destroyed, or the owner's
+    # delete of the live value held, whose signature is checked below) evaluates nothing;
+    # a later version is taken only on its own evidence, checked below (the owner's
+    # statement retiring the held version, or t nodes' acknowledgements), and this node's
+    # count of it starts with its own row of that version, which only the owner's signed
+    # reset moves, while no request can use the held version's share again. The held value
+    # may be a sibling of the committed one that lost its round (the same attempt or a
+    # later one, another request, a later clock): a value built on the committed one then
+    # looked like the counter or the clock going back, and was refused for good (sim seeds
+    # 9201842 and 9500124, a tombstone; 9507211, a password change's commit).
+    ends_held = state.version > held.version or (
         state.status == EntryStatus.DESTROYED
         or (state.status == EntryStatus.EMPTY and held.status == EntryStatus.LIVE)
     )
-    if state.attempt < held.attempt and not tombstone_here:
+    if state.attempt < held.attempt and not ends_held:
         return "the attempt counter went down"
-    if state.attempt_client_time_ms < held.attempt_client_time_ms and not tombstone_here:
+    if state.attempt_client_time_ms < held.attempt_client_time_ms and not ends_held:
         return "the attempt clock went down"
     if state.version == held.version:
         # A tombstone below a reset this node holds is taken (seed 7000233: the owner's
@@ -1399,8 +1411,16 @@ def _check_transition(
             return "the reset went back"
         if held.status == EntryStatus.LIVE:
             if state.status == EntryStatus.LIVE and state.manifest != held.manifest:
-                return "the manifest changed without the owner's signature"
-            if state.status == EntryStatus.LIVE and state.acks != held.acks:
+                # Two commits of one version (two devices registering, or changing the
+                # password, at once): the node may hold the one that lost its round. Over
+                # a commit with nothing since, the other is taken on its own t
+                # acknowledgements (checked by the caller), as over no value at all;
+                # refused, the node refused every later value of the entry (sim seed
+                # 9507654). Once the version counted an attempt or holds an owner reset
+                # here, its M is never replaced.
+                if not _bare_commit(held):
+                    return "the manifest changed without the owner's signature"
+            elif state.status == EntryStatus.LIVE and state.acks != held.acks:
                 return "the acknowledgements changed within a version"
             if state.status == EntryStatus.EMPTY and not _signed(
                 fleet_id, entry_id, held, owner.StatementKind.DELETE, state, held.manifest
