@@ -153,6 +153,15 @@ def _bucket_range(bucket: int) -> tuple[bytes, bytes]:
     return low, high
 
 
+def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> sqlite3.Cursor:
+    """`columns` of every record whose name falls in the bucket (an index range)."""
+    low, high = _bucket_range(bucket)
+    if high:
+        sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
+        return db.execute(sql, (low, high))
+    return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,))
+
+
 class KeyRotation(Protocol):
     """Where a new row key comes from and where the old one is destroyed (the node's
     token: `node.token.RowKeyRing`)."""
@@ -403,12 +412,7 @@ class NodeStore:
 
     def _bucket_rows(self, bucket: int) -> list[tuple[int, bytes, bytes]]:
         """(ver, name, sealed row) of every record in the bucket (about N / 4,096)."""
-        low, high = _bucket_range(bucket)
-        if high:
-            sql = "SELECT ver, name, row FROM record WHERE name >= ? AND name < ?"
-            found = self._db.execute(sql, (low, high))
-        else:
-            found = self._db.execute("SELECT ver, name, row FROM record WHERE name >= ?", (low,))
+        found = _in_bucket(self._db, "ver, name, row", bucket)
         return [(ver, bytes(name), bytes(row)) for ver, name, row in found]
 
     def _reseal_bucket(self, bucket: int, old: list[AESGCM], new: AESGCM) -> None:
@@ -453,14 +457,7 @@ class NodeStore:
         with self._lock:
             if bucket in self._verified:
                 return
-            low, high = _bucket_range(bucket)
-            if high:
-                sql = "SELECT name, ver FROM record WHERE name >= ? AND name < ?"
-                found = db.execute(sql, (low, high)).fetchall()
-            else:
-                found = db.execute(
-                    "SELECT name, ver FROM record WHERE name >= ?", (low,)
-                ).fetchall()
+            found = _in_bucket(db, "name, ver", bucket).fetchall()
             digest = 0
             for name, ver in found:
                 if ver > self._last_ver:
