@@ -240,6 +240,31 @@ def test_manifests_that_do_not_reach_t_are_fetched_again(fleet: FakeFleet) -> No
     assert fleet.nodes[3].seen.count("manifest") == before + 2  # the fan-out was resent
 
 
+def test_a_node_that_has_not_taken_the_tombstone_yet_is_asked_again(fleet: FakeFleet) -> None:
+    """Found by the chaos soak (run Z, 26 attack guesses): just after an entry is destroyed
+    a laggard may still answer with the live manifest. Two nodes destroyed, that one live
+    and two silent settle nothing (neither t destroyed nor t agreeing on a manifest), so
+    the client asks again and reports the destruction, not an unavailable fleet."""
+    vault = fleet.vault()
+    vault.register("right", RK, ksf=FAST_KSF)
+    live = fleet.nodes[0].manifest
+    for _ in range(LIMIT - 1):
+        with pytest.raises(WrongPassword):
+            vault.recover("wrong", ksf_floor=FAST_KSF)
+    with pytest.raises(Destroyed):
+        vault.recover("wrong", ksf_floor=FAST_KSF)
+    for node in fleet.nodes:  # every node took the tombstone, as the real fleet's do
+        node.share, node.manifest, node.destroyed = None, b"", True
+    fleet.nodes[2].mode, fleet.nodes[2].stale_manifest = "stale_once", live
+    for node in fleet.nodes[3:]:
+        node.mode = "down"
+    evaluations = fleet.evaluations
+    with pytest.raises(Destroyed):
+        vault.recover("right", ksf_floor=FAST_KSF)
+    assert fleet.nodes[0].seen.count("manifest") >= 2  # asked again
+    assert fleet.evaluations == evaluations
+
+
 def test_one_node_without_a_share_does_not_stop_the_resend_to_a_slow_one() -> None:
     """Found by the simulation (seed 6000097): of three nodes, one had lost its share (a
     wiped disk) and one had not accepted the attempt itself yet ("resend"); the refusal of

@@ -113,6 +113,18 @@ def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized
     return None
 
 
+def _settled(answers: Sequence[NodeOutcome[ManifestResponse]], t: int) -> bool:
+    """Whether manifest answers without an agreed manifest still say something for sure:
+    t nodes report the entry destroyed or empty, or the token was refused. Anything else
+    (two nodes destroyed and one live, say) is a fleet mid-change."""
+    statuses = [a.response.status for a in answers if a.response is not None]
+    return (
+        statuses.count(EntryStatus.DESTROYED) >= t
+        or statuses.count(EntryStatus.EMPTY) >= t
+        or _token_refused(answers, t) is not None
+    )
+
+
 def _nodes(indices: Sequence[int]) -> str:
     return ", ".join(str(i) for i in indices) or "none"
 
@@ -264,9 +276,11 @@ class ThresholdVault:
                 agreed = manifests.agreed_manifest(live, self.t) if len(live) >= self.t else None
             except AuthenticationFailed:
                 agreed = None
-            # Nodes answer from the value they hold (no consensus round), so t of them
-            # that hold a manifest but disagree are caught mid-change: ask again.
-            if answered >= self.t and (agreed is not None or len(live) < self.t):
+            # Nodes answer from the value they hold (no consensus round), so answers that
+            # settle nothing are caught mid-change: t that hold a manifest but disagree, or
+            # a node that has not yet taken a tombstone or a registration the others hold
+            # (a laggard catching up). Ask again until t agree on something.
+            if answered >= self.t and (agreed is not None or _settled(answers, self.t)):
                 break
         if agreed is not None and (
             agreed.fleet_id != self.vault.fleet_id
