@@ -62,11 +62,13 @@ class FakeNode:
     hpke: NodePrivateKey
     signing: Ed25519PrivateKey
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
-    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
-    #: "unavailable_once" (the next evaluate answer is `fleet_unavailable`)
+    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`)
     mode: str = "ok"
     #: No answer to this many more requests (then "ok").
     down_for: int = 0
+    #: Answer this many more evaluate requests with `fleet_unavailable` (a node that has
+    #: not accepted the attempt itself yet: stalled, or catching up after a restart).
+    unavailable_for: int = 0
     stale_manifest: bytes = b""
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
@@ -272,8 +274,8 @@ class FakeFleet:
                 return _error(ErrorCode.DESTROYED, "destroyed")
             if node.share is None:
                 return _error(ErrorCode.NOT_REGISTERED, "no entry")
-            if node.mode == "unavailable_once":
-                node.mode = "ok"
+            if node.unavailable_for > 0:
+                node.unavailable_for -= 1
                 return _error(ErrorCode.FLEET_UNAVAILABLE, "not accepted itself yet; resend")
             if request.blinded != node.last_blinded:
                 if node.count >= LIMIT:

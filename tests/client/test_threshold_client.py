@@ -274,8 +274,30 @@ def test_one_node_without_a_share_does_not_stop_the_resend_to_a_slow_one() -> No
     vault = fleet.vault()
     vault.register("pw", RK, ksf=FAST_KSF)
     fleet.nodes[0].share = None  # its share is gone
-    fleet.nodes[2].mode = "unavailable_once"
+    fleet.nodes[2].unavailable_for = 1
     assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_the_evaluation_is_resent_while_a_node_catches_up(
+    fleet: FakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos soak (run AA: 12 operations, each a counted guess with no
+    output): with two nodes down, a third that cannot accept the attempt for a few
+    fan-outs (stalled, or catching up after a restart) is waited for, up to
+    EVALUATE_PATIENCE_SECONDS, since the guess is already spent; then given up on."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    for node in fleet.nodes[3:]:
+        node.mode = "down"
+    fleet.nodes[2].unavailable_for = 5
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK and recovered.wrong_guesses_before == 0
+    assert fleet.nodes[0].seen.count("evaluate") == 6  # five resends, no second charge
+    fleet.nodes[2].unavailable_for = 10**6
+    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.05)
+    with pytest.raises(FleetUnavailable, match="need 3 partial evaluations, 2 nodes gave one"):
+        vault.recover("pw", ksf_floor=FAST_KSF)
 
 
 def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess(

@@ -16,6 +16,7 @@ each node's answer is sealed to the client with its own copy's response key.
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -62,9 +63,11 @@ from backupvault.protocol import (
     share_ack_message,
 )
 
-#: Resends of an evaluate fan-out when fewer than t nodes answered (the same B and client
-#: time: a node answers a resent (attempt, B) again without a second charge).
-EVALUATE_RESENDS = 2
+#: How long an evaluate fan-out is resent while fewer than t partials came back and enough
+#: nodes gave no answer yet (the same B and client time: a node answers a resent
+#: (attempt, B) again without a second charge). The attempt may already be counted, so
+#: giving up early would spend a guess for nothing; faults last a few seconds.
+EVALUATE_PATIENCE_SECONDS = 5.0
 #: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
@@ -832,7 +835,8 @@ class ThresholdVault:
         rejected: list[int] = []  # nodes whose partial does not verify
         problems: dict[int, str] = {}
         errors: list[str] = []
-        for _round in range(EVALUATE_RESENDS + 1):
+        give_up = time.monotonic() + EVALUATE_PATIENCE_SECONDS
+        for round_number in itertools.count():
             outcomes = self.vault.call_each(Op.EVALUATE, [request] * self.nodes, EvaluateResponse)
             for outcome in outcomes:
                 index = outcome.index
@@ -855,17 +859,22 @@ class ThresholdVault:
                     problems[index] = f"node {index}: its partial evaluation does not verify"
             # A resend of the same B is answered again without a second charge, so nodes
             # that were too slow or could not commit in time, or a partial too few after
-            # a bad one, are worth one more round; refusals (destroyed, stale, no share)
+            # a bad one, are worth another round; refusals (destroyed, stale, no share)
             # are final, but one node's refusal does not stop the others' resend.
             waiting = sum(
                 1
                 for o in outcomes
                 if o.index not in good and o.index not in rejected and _transient(o)
             )
-            if len(good) >= self.t or len(good) + waiting < self.t:
+            pause = min(RETRY_BACKOFF_CAP_SECONDS / 2, RETRY_BACKOFF_SECONDS * 2**round_number)
+            if (
+                len(good) >= self.t
+                or len(good) + waiting < self.t
+                or time.monotonic() + pause > give_up
+            ):
                 break
             errors.clear()
-            time.sleep(RETRY_BACKOFF_SECONDS * 2**_round)
+            time.sleep(pause)
         if rejected:
             self._notify(
                 f"vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation that does"
