@@ -1281,16 +1281,13 @@ def check_threshold_value(
     held: bytes,
     *,
     node_keys: Mapping[int, Ed25519PublicKey],
-    copy: bool = False,
 ) -> str | None:
     """Why an acceptor refuses a proposed threshold value, or None (docs/threshold.md
     "Recovery" step 1). `held` is the payload this acceptor holds for the key. What one
     value shows on its own, then what changed against the held value: a counter that goes
-    down, or a field that changes without the owner's signature, is refused. `copy`: the
-    value is a peer's answer to this node catching up (docs/threshold.md, "Catching up"),
-    now checked exactly as a proposed value: the one step only a copy was let through (the
-    delete of a version this node never held) is taken either way since sim seed 9709511.
-    A live value of a version the acceptor does not hold must
+    down, or a field that changes without the owner's signature, is refused. A peer's
+    answer to this node catching up is checked the same way (docs/threshold.md, "Catching
+    up"). A live value of a version the acceptor does not hold must
     carry t nodes' verified acknowledgements that they keep their share of its M
     (`node_keys`: every node's signing key by share index), so no round commits a version
     fewer than t nodes can evaluate (docs/threshold.md, "Stage, then commit")."""
