@@ -450,7 +450,9 @@ def test_a_hostile_proposer_cannot_take_the_count_back_across_a_version() -> Non
         further,  # back to version 1
         now.with_(reset_attempt=now.attempt),  # a reset without the owner's signature
         now.with_(version=3),  # a later version without the owner or t nodes
-        now.with_(version=3, status=EntryStatus.EMPTY, manifest=b"", acks=b""),
+        # (A later delete, which holds no key, is taken since seed 9709511, as a later
+        # tombstone always was, and moves no count:
+        # test_a_hostile_proposer_deleting_a_later_version_gains_nothing.)
     ):
         for slot in range(4):
             assert not _forge(world, slot, client.key, forged)
@@ -543,3 +545,153 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
         assert not _forge(world, slot, client.key, lost.with_(attempt=5))
     assert _rows(world, client.key) == rows
     assert client.recover(b"old") is not None
+
+
+def _deleted_after(world: Simulation, client: ThresholdClient, history: str) -> None:
+    """Nodes 3 and 4 cut off while version 1 ends (`history`: guessed to its tombstone,
+    deleted, or changed to version 2), version 2 is made (a registration over the
+    tombstone or after the delete, or the change itself), and the owner deletes version 2."""
+    client.register(b"old", OLD_RK)
+    world.reachable = {0, 1, 2}
+    if history == "tombstone":
+        for _ in range(world.shape.guess_limit):
+            assert client.recover(b"wrong") is None
+        with pytest.raises(AuthenticationFailed):  # the next request writes the tombstone
+            client.recover(b"wrong")
+        assert client.register(b"new", NEW_RK, version=2)[1] == 3
+    else:
+        recovered = client.recover(b"old")
+        assert recovered is not None
+        if history == "delete":
+            assert client.delete(recovered[0]) == 3
+            assert client.register(b"new", NEW_RK, version=2)[1] == 3
+        else:
+            assert client.change_password(recovered[0], b"new", NEW_RK)[1] == 3
+    recovered = client.recover(b"new")
+    assert recovered is not None
+    assert client.delete(recovered[0]) == 3
+
+
+@pytest.mark.parametrize("history", ["tombstone", "delete", "change"])
+def test_a_laggard_takes_the_delete_of_a_version_it_never_held_and_erases_nothing(
+    world: Simulation, history: str
+) -> None:
+    """Sim seed 9709511: a node cut off while version 1 was destroyed, registered again as
+    version 2 and deleted by its owner refused the delete for good, as "a delete of a
+    version this node never held": the owner signed it with version 2's pk_auth, which
+    the node never saw, and nothing in the value retires version 1 (a tombstone keeps no
+    statement, and the delete's statement replaced the one a registration after a delete
+    keeps). A value holding no key at a later version is taken, as a later tombstone is,
+    and the node acts on nothing in it: its version-1 row stays as it was."""
+    client = ThresholdClient(world)
+    _deleted_after(world, client, history)
+    laggard = world.replicated(3, client.key)
+    committed = world.replicated(0, client.key)
+    assert (laggard.status, laggard.version) == (EntryStatus.LIVE, 1)
+    assert (committed.status, committed.version) == (EntryStatus.EMPTY, 2)
+    assert committed.change_signature  # the owner's DELETE of version 2, over its M
+    assert _check(world, client.key, committed) is None  # refused before the fix
+    keeper = world.honest[3].keeper
+    assert keeper is not None
+    rows = {slot: world.honest[slot].rows[client.key] for slot in (3, 4)}
+    assert all(row.version == 1 and row.share for row in rows.values())
+    keeper.on_accept(client.key, committed.to_bytes())
+    assert keeper.take_writes() == ()
+    world.reachable = None
+    world.settle(10.0)
+    for slot in (3, 4):
+        assert world.replicated(slot, client.key) == committed
+        assert world.honest[slot].rows[client.key] == rows[slot]
+    # The owner registers again: every node takes version 3 and its share of it.
+    assert client.register(b"third", NEW_RK, version=3)[1] == world.nodes
+    recovered = client.recover(b"third")
+    assert recovered is not None and recovered[1] == NEW_RK
+
+
+def test_a_hostile_proposer_deleting_a_later_version_gains_nothing() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) sends honest nodes a
+    forged delete of version 2 (no such version exists) while the entry is live at
+    version 1, after one counted attempt. A node takes it, as it already took a forged
+    tombstone of version 2 and then an empty value over that tombstone (the two steps the
+    rule shortens, shown first). What the attacker gains is what a forged tombstone gives
+    it already (the entry ends at that node): a key-less value carrying a manifest or
+    acknowledgements is refused; the node erases nothing and evaluates nothing on it; no
+    value brings version 1 back, with its count or with fewer; no live version follows
+    without t nodes' acknowledgements; and no honest node's count of version 1 moves."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    registration, _ = client.register(b"old", OLD_RK)
+    assert client.recover(b"wrong") is None
+    live = world.replicated(0, client.key)
+    rows = _rows(world, client.key)
+    assert all((row.version, row.count) == (1, 1) for row in rows)
+    deleted = live.with_(
+        status=EntryStatus.EMPTY,
+        version=2,
+        manifest=b"",
+        acks=b"",
+        attempt_hash=b"",
+        reset_attempt=live.attempt,
+        reset_hash=b"",
+        reset_signature=b"",
+        change_counter=1,
+        change_signature=bytes(64),  # no key can check it: forged
+    )
+    tombstone = deleted.with_(
+        status=EntryStatus.DESTROYED,
+        attempt=live.attempt + 4,
+        change_counter=0,
+        change_signature=b"",
+    )
+    # What a proposer could do before: a later tombstone, then an empty value over it.
+    assert _forge(world, 1, client.key, tombstone)
+    assert _forge(world, 1, client.key, deleted.with_(attempt=tombstone.attempt))
+    # The new path: no key may ride on it.
+    for smuggled in (
+        deleted.with_(manifest=live.manifest),
+        deleted.with_(acks=live.acks),
+        deleted.with_(manifest=live.manifest, acks=live.acks),
+    ):
+        assert not _forge(world, 0, client.key, smuggled)
+    assert _forge(world, 0, client.key, deleted)  # refused before the fix
+    assert world.replicated(0, client.key) == deleted
+    assert _rows(world, client.key) == rows  # nothing erased
+    blinded = oprf.blind(b"guess")[1]
+    answer = world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
+    )
+    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
+    assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
+    # Node 0's round for that request took the forged value to nodes 2 and 3 as well:
+    # the attacker ended the entry, which its forged tombstone does as well.
+    assert [world.replicated(slot, client.key).status for slot in range(4)] == [
+        EntryStatus.EMPTY
+    ] * 4
+    assert len(registration.shares) == 1  # the attacker holds one share of k, t = 3
+    second, third = _versions_elsewhere()
+    for forged in (
+        live,  # version 1 back, with its count
+        live.with_(attempt=live.attempt + 1, reset_attempt=live.attempt + 1),  # count reset
+        second,  # the deleted version back to life, even with t acknowledgements
+        third.with_(acks=b""),  # a later version without t acknowledgements
+    ):
+        for slot in (0, 1):
+            assert not _forge(world, slot, client.key, forged)
+    assert _rows(world, client.key) == rows
+
+
+def _versions_elsewhere() -> tuple[ThresholdState, ThresholdState]:
+    """Live values of versions 2 and 3 made in a second world with the same node keys
+    (password changes): well-formed, each with t nodes' acknowledgements, never made in
+    the world attacked."""
+    other = threshold_world(5, 4, 1, seed=13, leader=False, attacker=lambda *_: None)
+    rival = ThresholdClient(other)
+    rival.register(b"one", NEW_RK)
+    made = []
+    for old, new in ((b"one", b"two"), (b"two", b"three")):
+        recovered = rival.recover(old)
+        assert recovered is not None
+        assert rival.change_password(recovered[0], new, NEW_RK)[1] >= 3
+        made.append(other.replicated(0, rival.key))
+    assert [(v.status, v.version) for v in made] == [(EntryStatus.LIVE, 2), (EntryStatus.LIVE, 3)]
+    return made[0], made[1]

@@ -67,7 +67,7 @@ def test_a_count_at_l_on_peers_reports_is_never_erased_on_a_tombstone() -> None:
     assert not _erased_on_accept(world, client, _tombstone(state))
 
 
-def test_a_copy_is_checked_like_an_accept_but_may_skip_versions() -> None:
+def test_a_copy_is_checked_like_an_accept() -> None:
     world = threshold_world(5, 4, seed=22)
     client = ThresholdClient(world)
     client.register(b"one", bytes(32))
@@ -80,22 +80,21 @@ def test_a_copy_is_checked_like_an_accept_but_may_skip_versions() -> None:
     committed = world.replicated(0, client.key)
     held = world.replicated(3, client.key).to_bytes()  # version 1: two changes missed
 
-    def check(value: ThresholdState, *, copy: bool) -> str | None:
+    def check(value: ThresholdState) -> str | None:
         return check_threshold_value(
-            FLEET_ID, client.key, world.shape, value, held, node_keys=world.node_keys, copy=copy
+            FLEET_ID, client.key, world.shape, value, held, node_keys=world.node_keys
         )
 
     assert committed.version == 3
-    # A live version further on is taken either way, on its t acknowledgements.
-    assert check(committed, copy=False) is None
-    assert check(committed, copy=True) is None
+    # A live version further on is taken on its t acknowledgements.
+    assert check(committed) is None
     stripped = committed.with_(acks=b"")
-    assert "acknowledgement" in (check(stripped, copy=True) or "")
-    # What goes back against the held value, or fails its own checks, is refused either
-    # way: a count reset, and a reset the owner did not sign.
+    assert "acknowledgement" in (check(stripped) or "")
+    # What goes back against the held value, or fails its own checks, is refused: a count
+    # reset, and a reset the owner did not sign.
     mine = committed
     held = mine.to_bytes()
     reset = mine.with_(attempt=mine.reset_attempt)
-    assert "went down" in (check(reset, copy=True) or "")
+    assert "went down" in (check(reset) or "")
     unsigned = mine.with_(reset_attempt=mine.attempt, reset_signature=bytes(64))
-    assert "did not sign" in (check(unsigned, copy=True) or "")
+    assert "did not sign" in (check(unsigned) or "")

@@ -227,6 +227,21 @@ def test_regression_the_chosen_registration_over_a_bare_sibling(seed: int) -> No
     assert result.violation is None, report(result)
 
 
+# Found on fresh seeds (10,000 from 9,700,000): node 1 of 3, cut off while version 1
+# was guessed to its tombstone, registered again as version 2 and deleted by its owner,
+# refused the delete for good after the heal, as "a delete of a version this node never
+# held" (signed with version 2's pk_auth; nothing in it retires version 1). Fixed in
+# hsm/shares.py `_check_transition`: a later value holding no key (a tombstone or a
+# delete) is taken without a statement and acts on nothing; the deterministic tests are
+# tests/hsm/test_catching_up.py
+# test_a_laggard_takes_the_delete_of_a_version_it_never_held_and_erases_nothing and
+# test_a_hostile_proposer_deleting_a_later_version_gains_nothing.
+@pytest.mark.parametrize("seed", [9709511])
+def test_regression_a_laggard_takes_the_delete_of_a_version_it_never_held(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
+
+
 def _cut_off_while(world: Simulation, cut_off: set[int]) -> None:
     world.reachable = set(range(world.plan.nodes)) - cut_off
 
@@ -286,3 +301,36 @@ def test_regression_a_laggard_that_missed_two_changes_catches_up_without_a_storm
     assert [world.replicated(slot, client.key).version for slot in range(5)] == [3, 3, 3, 3, 3]
     recovered = client.recover(b"three")
     assert recovered is not None
+
+
+def test_regression_a_laggard_at_its_limit_takes_the_delete_of_the_registration_after() -> None:
+    """Seed 9709511, scripted: node 1 of 3 evaluates both attempts of version 1 (its
+    count at L = 2) and is cut off; the entry is destroyed at the next request, registered
+    again as version 2 over the tombstone and deleted by its owner. Healed, node 1 used to
+    refuse the delete for good (it never held version 2's M, the only key that checks the
+    owner's statement), and kept version 1 live. It now holds the delete, as the others
+    do, with no storm, and its version-1 row as it was (nothing in the delete retires it)."""
+    world = threshold_world(3, 2, seed=9)
+    client = ThresholdClient(world)
+    client.register(b"old", bytes(32))
+    for _ in range(2):
+        assert client.recover(b"wrong") is None
+    row = world.honest[1].rows[client.key]
+    assert (row.version, row.count) == (1, 2)
+    _cut_off_while(world, {1})
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")  # destroyed
+    assert client.register(b"new", bytes([7]) * 32, version=2)[1] == 2
+    recovered = client.recover(b"new")
+    assert recovered is not None
+    assert client.delete(recovered[0]) == 2
+    deleted = world.replicated(0, client.key)
+    assert (deleted.status, deleted.version) == (EntryStatus.EMPTY, 2)
+    assert world.replicated(1, client.key).version == 1
+    world.reachable = None
+    sent = world.stats["messages"]
+    world.settle(30.0)
+    assert world.stats["messages"] - sent < 1000
+    assert [world.replicated(slot, client.key) for slot in range(3)] == [deleted] * 3
+    assert world.honest[1].rows[client.key] == row
+    assert all(not n.replica or not n.replica.lagging() for n in world.honest.values())

@@ -63,11 +63,10 @@ ChangeFn = Callable[[bytes], tuple[bytes, Any]]
 #: refuse what they can tell is wrong without trusting the proposer (docs/threshold.md,
 #: "Recovery"): a malformed value, a counter going down, a field changing unsigned.
 ValueCheck = Callable[[bytes, bytes, bytes], str | None]
-#: The same check for a value a peer hands a node catching up (`Replica._on_sync_response`):
-#: it may take a newer value it cannot check step by step (it may itself have accepted it
-#: before its disk was rolled back, and must not forget that), but never one that goes
-#: back against what it holds or that fails its own checks (docs/threshold.md, "Catching
-#: up"). None: `ValueCheck` itself.
+#: The check for a value a peer hands a node catching up (`Replica._on_sync_response`):
+#: never one that goes back against what it holds or that fails its own checks
+#: (docs/threshold.md, "Catching up"). None: `ValueCheck` itself, which is what the
+#: firmware uses (every value it takes as a copy it would take in an Accept).
 CopyCheck = ValueCheck
 #: Told (key, payload) as this node writes a value it accepts (an "accept" persist), so
 #: the application knows what this node itself durably accepted (docs/threshold.md: a node

@@ -157,13 +157,12 @@ class VaultFirmware:
 
     # ---- what an acceptor checks itself -----------------------------------------------
 
-    def check_value(
-        self, key: bytes, payload: bytes, held: bytes = b"", *, copy: bool = False
-    ) -> str | None:
+    def check_value(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
         """Why this node, as an acceptor, refuses a proposed entry value, or None: the
         value's own checks and, against the value this acceptor holds (`held`), the owner's
         signatures (`shares.check_threshold_value`). A value of the removed single-seed
-        flow is refused. `copy`: a peer's answer to this node catching up."""
+        flow is refused. The replica checks a peer's answer to this node catching up with
+        it too."""
         if payload[:1] == bytes([SINGLE_SEED_ENTRY_TAG]):
             return "a single-seed value (that flow was removed)"
         try:
@@ -178,12 +177,7 @@ class VaultFirmware:
             proposed,
             held,
             node_keys=self.shares.node_keys,
-            copy=copy,
         )
-
-    def check_copy(self, key: bytes, payload: bytes, held: bytes = b"") -> str | None:
-        """The replica's hook for a value a peer hands this node while it catches up."""
-        return self.check_value(key, payload, held, copy=True)
 
     # ---- operations ------------------------------------------------------------------
 

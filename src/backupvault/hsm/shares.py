@@ -1281,16 +1281,13 @@ def check_threshold_value(
     held: bytes,
     *,
     node_keys: Mapping[int, Ed25519PublicKey],
-    copy: bool = False,
 ) -> str | None:
     """Why an acceptor refuses a proposed threshold value, or None (docs/threshold.md
     "Recovery" step 1). `held` is the payload this acceptor holds for the key. What one
     value shows on its own, then what changed against the held value: a counter that goes
-    down, or a field that changes without the owner's signature, is refused. `copy`: the
-    value is a peer's answer to this node catching up (docs/threshold.md, "Catching up"):
-    the same checks, except that versions it cannot check step by step (skipped, or the
-    delete of one it never held) are taken, since it may have accepted them itself before
-    its disk was rolled back. A live value of a version the acceptor does not hold must
+    down, or a field that changes without the owner's signature, is refused. A peer's
+    answer to this node catching up is checked the same way (docs/threshold.md, "Catching
+    up"). A live value of a version the acceptor does not hold must
     carry t nodes' verified acknowledgements that they keep their share of its M
     (`node_keys`: every node's signing key by share index), so no round commits a version
     fewer than t nodes can evaluate (docs/threshold.md, "Stage, then commit")."""
@@ -1356,7 +1353,7 @@ def check_threshold_value(
         return "a new version without t nodes' acknowledgement that they keep their share"
     if previous is None:
         return None  # nothing held: only the value's own checks
-    return _check_transition(fleet_id, entry_id, previous, state, manifest, limit, copy=copy)
+    return _check_transition(fleet_id, entry_id, previous, state, manifest, limit)
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:
@@ -1374,13 +1371,10 @@ def _check_transition(
     state: ThresholdState,
     manifest: Manifest | None,
     limit: int,
-    *,
-    copy: bool = False,
 ) -> str | None:
     """Why `state` may not follow `held`, or None. A live version further on is taken on
-    its t acknowledgements (checked by the caller). With `copy`, the step this node cannot
-    check (the delete of a version it never held) is taken too: refused because it cannot
-    be checked, not because it goes back. `limit`: the guess limit L."""
+    its t acknowledgements (checked by the caller); a later value holding no key, on its
+    own checks. `limit`: the guess limit L."""
     if state.version < held.version:
         return "the version went down"
     # The attempt counter and clock number the attempts on the held version: this node
@@ -1440,10 +1434,19 @@ def _check_transition(
     # version, checked with the held pk_auth (docs/threshold.md, "Catching up").
     if held.status != EntryStatus.LIVE:
         return None
-    if state.status == EntryStatus.DESTROYED:
-        # A later tombstone. It needs no statement: a proposer can already bring this node
-        # there in two steps (a tombstone of the held version, then a new version over
-        # it), and no node evaluates, erases or resets on a tombstone's word.
+    if manifest is None:
+        # A later value that holds no key: a tombstone, or the owner's delete of a version
+        # this node never held (signed with that version's pk_auth, which it never saw).
+        # Taken without a statement: any proposer can already bring this node there in two
+        # steps that need none (a tombstone of that version, its attempt count pushed to
+        # L; then, at that version, the empty value over the tombstone, which holds no key
+        # to check a delete with), and the node acts on nothing in it: no live value, so
+        # no evaluation; no share erased or promoted (`_retiring_statement` takes no empty
+        # value as retiring the held version, `_promotion` needs a live M); the held
+        # version never comes back (the version never goes down), and a live version
+        # after it needs its own evidence. Refused, a node that missed a version and its
+        # delete stayed live at the old version for good (sim seed 9709511: the tombstone
+        # of version 1, the registration over it, the owner's delete of version 2).
         return None
     if state.version != held.version + 1:
         # A live version further on carries t nodes' acknowledgements that they keep their
@@ -1453,13 +1456,7 @@ def _check_transition(
         # it evaluates nothing, and its old share is erased only by the owner's word or a
         # late delivery (docs/threshold.md, "Catching up"). Before the acknowledgements, a
         # node that missed two changes in a row was stuck for good (docs/soak.md, run T).
-        if copy or manifest is not None:
-            return None
-        return "a delete of a version this node never held (it cannot check the signature)"
-    if manifest is None:
-        if copy:
-            return None
-        return "a delete of a version this node never held (it cannot check the signature)"
+        return None
     if _retiring_statement(fleet_id, entry_id, held, state) is not None:
         return None
     if state.reset_attempt - held.reset_attempt >= limit:

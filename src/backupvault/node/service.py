@@ -112,7 +112,6 @@ class NodeService:
             check_value=firmware.check_value,
             on_accept=firmware.on_accept,
             announce=firmware.announce,
-            check_copy=firmware.check_copy,
         )
         if not intact:
             # The store may have been rolled back: its counts are not trusted until t

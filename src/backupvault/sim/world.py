@@ -20,7 +20,7 @@ import random
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from functools import lru_cache, partial
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -707,13 +707,13 @@ class Simulation:
             keeper.distrust_stored_counts()
         shape = self.shape
 
-        def check(key: bytes, payload: bytes, held: bytes, copy: bool = False) -> str | None:
+        def check(key: bytes, payload: bytes, held: bytes) -> str | None:
             try:
                 state = ThresholdState.from_bytes(payload)
             except InvalidInput:
                 return "not a threshold entry"
             return check_threshold_value(
-                FLEET_ID, key, shape, state, held, node_keys=keeper.node_keys, copy=copy
+                FLEET_ID, key, shape, state, held, node_keys=keeper.node_keys
             )
 
         rng = random.Random(n.rng.getrandbits(64))
@@ -728,7 +728,6 @@ class Simulation:
             check_value=check,
             on_accept=keeper.on_accept,
             announce=lambda key, payload: True,  # every entry is a threshold entry
-            check_copy=partial(check, copy=True),
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
