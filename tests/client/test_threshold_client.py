@@ -21,6 +21,7 @@ from backupvault.client.errors import (
     WrongPassword,
 )
 from backupvault.client.pending import PendingFileDamaged, PendingStore
+from backupvault.client.threshold import EVALUATE_RESENDS
 from backupvault.crypto.seal import open_share
 from backupvault.protocol import EntryStatus
 
@@ -284,7 +285,8 @@ def test_the_evaluation_is_resent_while_a_node_catches_up(
     """Found by the chaos soak (run AA: 12 operations, each a counted guess with no
     output): with two nodes down, a third that cannot accept the attempt for a few
     fan-outs (stalled, or catching up after a restart) is waited for, up to
-    EVALUATE_PATIENCE_SECONDS, since the guess is already spent; then given up on."""
+    EVALUATE_PATIENCE_SECONDS (and at least EVALUATE_RESENDS times), since the guess is
+    already spent; then given up on."""
     monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     vault = fleet.vault()
     vault.register("pw", RK, ksf=FAST_KSF)
@@ -294,10 +296,14 @@ def test_the_evaluation_is_resent_while_a_node_catches_up(
     recovered = vault.recover("pw", ksf_floor=FAST_KSF)
     assert recovered.root_key == RK and recovered.wrong_guesses_before == 0
     assert fleet.nodes[0].seen.count("evaluate") == 6  # five resends, no second charge
+    # Past the patience (a fan-out that lasts longer, here none at all), still the
+    # minimum resends, then given up on.
     fleet.nodes[2].unavailable_for = 10**6
-    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.05)
+    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.0)
+    before = fleet.nodes[0].seen.count("evaluate")
     with pytest.raises(FleetUnavailable, match="need 3 partial evaluations, 2 nodes gave one"):
         vault.recover("pw", ksf_floor=FAST_KSF)
+    assert fleet.nodes[0].seen.count("evaluate") == before + 1 + EVALUATE_RESENDS
 
 
 def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess(

@@ -63,10 +63,13 @@ from backupvault.protocol import (
     share_ack_message,
 )
 
-#: How long an evaluate fan-out is resent while fewer than t partials came back and enough
-#: nodes gave no answer yet (the same B and client time: a node answers a resent
-#: (attempt, B) again without a second charge). The attempt may already be counted, so
-#: giving up early would spend a guess for nothing; faults last a few seconds.
+#: While fewer than t partials came back and enough nodes gave no answer yet, an evaluate
+#: fan-out is resent (the same B and client time: a node answers a resent (attempt, B)
+#: again without a second charge) at least EVALUATE_RESENDS times, and more for up to
+#: EVALUATE_PATIENCE_SECONDS: the attempt may already be counted, so giving up early
+#: would spend a guess for nothing, and faults last a few seconds. A fan-out nobody
+#: answers lasts the relay's request timeout (6-10 s), so the count comes first.
+EVALUATE_RESENDS = 2
 EVALUATE_PATIENCE_SECONDS = 5.0
 #: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
@@ -870,7 +873,7 @@ class ThresholdVault:
             if (
                 len(good) >= self.t
                 or len(good) + waiting < self.t
-                or time.monotonic() + pause > give_up
+                or (round_number >= EVALUATE_RESENDS and time.monotonic() + pause > give_up)
             ):
                 break
             errors.clear()
