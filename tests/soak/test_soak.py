@@ -12,7 +12,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from backupvault.chaos.soak import (
     AVAILABILITY_DEADLINE,
@@ -20,7 +20,9 @@ from backupvault.chaos.soak import (
     EntryGhost,
     FaultKind,
     Tally,
+    _share_holders,
 )
+from backupvault.client.pending import PendingStore
 from backupvault.protocol import Op
 
 SECONDS = float(os.environ.get("BACKUPVAULT_SOAK_SECONDS", "30"))
@@ -71,6 +73,32 @@ def test_chaos_soak_keeps_every_invariant(tmp_path: Path) -> None:
     available = result["figures"]["availability"]
     assert available["operations"] == sum(operations.values())
     assert 0 < available["answered_in_time"] <= available["operations"]
+    holders = result["figures"]["share_holders"]["live_entries_by_holders"]
+    assert holders and all(0 <= int(count) <= 5 for count in holders), holders
+
+
+def test_share_holders_count_live_entries_and_name_what_the_device_owes() -> None:
+    class Owes:  # the device's pending record: it owes node 3 its share
+        nodes = (3,)
+
+        def get(self, fleet_id: bytes, account: str, entry: str) -> Owes | None:
+            return self if account == "a" else None
+
+    live = EntryGhost("a", "e", False, bytes(32), "pw")
+    live.pending = cast(PendingStore, Owes())
+    destroyed = EntryGhost("b", "e", True, bytes(32), "pw")
+    dumps = {
+        i: {
+            ("a", "e"): {"status": "live", "holds_share": i < 3},
+            ("b", "e"): {"status": "destroyed", "holds_share": False},
+        }
+        for i in range(5)
+    }
+    assert _share_holders(dumps, [live, destroyed], b"fleet", 5) == {
+        "live_entries_by_holders": {"3": 1},
+        "missing_owed_by_the_device": 1,  # node 3
+        "missing_not_owed": 1,  # node 4
+    }
 
 
 def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) -> None:

@@ -1244,6 +1244,8 @@ def final_checks(
         )
     )
 
+    assert fleet.client_config is not None and fleet.client_config.fleet_id is not None
+    fleet_id = fleet.client_config.fleet_id
     figures.update(
         entries=len(ghosts),
         entries_registered=len(known),
@@ -1259,6 +1261,7 @@ def final_checks(
         hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
         error_samples=tally.samples,
         error_reasons=dict(tally.reasons.most_common(20)),
+        share_holders=_share_holders(dumps, known, fleet_id, fleet.nodes),
     )
 
     checks.append(
@@ -1272,6 +1275,36 @@ def final_checks(
     http.close()
     log(f"final checks done: {sum(c.passed for c in checks)}/{len(checks)} passed")
     return checks, figures
+
+
+def _share_holders(
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]],
+    ghosts: list[EntryGhost],
+    fleet_id: bytes,
+    nodes: int,
+) -> dict[str, Any]:
+    """After the final recoveries, how many nodes hold a share of each live entry's
+    version (a figure: fewer than N is allowed, and shrinks the faults an entry rides out),
+    and whether the device still owes the missing ones their share ("Finishing later")."""
+    by_count: Counter[int] = Counter()
+    owed = not_owed = 0
+    for ghost in ghosts:
+        records = [dumps[i].get(ghost.key) for i in range(nodes)]
+        if not any(r is not None and r["status"] == "live" for r in records):
+            continue
+        holders = {i for i, r in enumerate(records) if r is not None and r.get("holds_share")}
+        by_count[len(holders)] += 1
+        debt = ghost.pending.get(fleet_id, ghost.account, ghost.entry)
+        for node in set(range(nodes)) - holders:
+            if debt is not None and node in debt.nodes:
+                owed += 1
+            else:
+                not_owed += 1
+    return {
+        "live_entries_by_holders": {str(k): by_count[k] for k in sorted(by_count)},
+        "missing_owed_by_the_device": owed,
+        "missing_not_owed": not_owed,
+    }
 
 
 def _majority_problems(

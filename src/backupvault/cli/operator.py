@@ -156,6 +156,7 @@ def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: st
         f"{e['account']}/{e['entry']}: {e['flow']}, {e['status']}"
         + (
             f", {e['attempts_used']} attempts used, version {e['version']}"
+            + (", holds a share" if e["holds_share"] else ", holds no share")
             if "version" in e
             else ""
         )

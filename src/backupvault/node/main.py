@@ -41,6 +41,7 @@ from backupvault.hsm.shares import FleetShape
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
     EntryId,
+    NodeShare,
     ThresholdState,
     single_seed_status,
 )
@@ -263,12 +264,14 @@ def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[
         store = NodeStore(copy, config.index, keys.storage, keys.row_key, keys.generation)
         try:
             records = store.load()
+            if only is not None:
+                wanted = only.to_bytes()
+                records = [r for r in records if r.key == wanted] or [AcceptorRecord(wanted)]
+            return [
+                _describe(config.index, record, store.get_share(record.key)) for record in records
+            ]
         finally:
             store.close()
-    if only is not None:
-        wanted = only.to_bytes()
-        records = [r for r in records if r.key == wanted] or [AcceptorRecord(wanted)]
-    return [_describe(config.index, record) for record in records]
 
 
 def _snapshot(source: Path, copy: Path) -> None:
@@ -284,7 +287,7 @@ def _snapshot(source: Path, copy: Path) -> None:
         live.close()
 
 
-def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
+def _describe(node: int, record: AcceptorRecord, share: NodeShare | None) -> dict[str, object]:
     entry_id = EntryId.from_bytes(record.key)
     payload = payload_of(record.value)
     if payload[:1] == bytes([ThresholdState.TAG]):
@@ -298,6 +301,13 @@ def _describe(node: int, record: AcceptorRecord) -> dict[str, object]:
             "attempts_used": threshold_state.attempts_used,
             "attempt": threshold_state.attempt,
             "version": threshold_state.version,
+            # Whether this node can evaluate the live version (a flag, never the share).
+            "holds_share": bool(
+                threshold_state.status == EntryStatus.LIVE
+                and share is not None
+                and share.share
+                and share.manifest == threshold_state.manifest
+            ),
             "accepted_round": record.accepted_round,
         }
     single_seed = single_seed_status(payload)
