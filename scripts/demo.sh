@@ -56,7 +56,9 @@ echo "recovery code: $CODE"
 echo "$CODE" | $BV backup restore --storage "$RUN/offline" --to "$RUN/from-code" --recovery-code -
 diff -r "$RUN/phone/chats" "$RUN/from-code" && echo "restored copy is identical"
 echo "A mistyped code is caught before it is used:"
-echo "${CODE:0:5}0${CODE:6}" | $BV backup restore --storage "$RUN/offline" --to "$RUN/typo" \
+# One digit changed (to another digit: the code's 6th character may already be a 0).
+if [ "${CODE:5:1}" = 0 ]; then TYPO=1; else TYPO=0; fi
+echo "${CODE:0:5}${TYPO}${CODE:6}" | $BV backup restore --storage "$RUN/offline" --to "$RUN/typo" \
     --recovery-code - || echo "(exit code $?)"
 
 say "Stop the local vault"
