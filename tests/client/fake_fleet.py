@@ -108,6 +108,9 @@ class FakeFleet:
         self.attempts: dict[bytes, int] = {}
         self.replicated = b""
         self.evaluations = 0  # partials produced, all nodes
+        #: Answer this many more evaluate fan-outs with the relay's 503 (no node answered
+        #: before its timeout) after the nodes acted on them.
+        self.relay_unavailable_for = 0
 
     @property
     def t(self) -> int:
@@ -140,6 +143,18 @@ class FakeFleet:
     def handle(self, request: httpx.Request) -> httpx.Response:
         op_name = request.url.path.rsplit("/", 1)[1]
         op = Op(op_name)
+        if op is Op.EVALUATE and self.relay_unavailable_for > 0:
+            # The nodes act on the request, but their answers come too late for the relay.
+            self.relay_unavailable_for -= 1
+            self._replies(op_name, op, request)
+            return httpx.Response(
+                503, json={"error": "fleet_unavailable", "detail": "no node answered in time"}
+            )
+        return httpx.Response(
+            200, content=FanoutAnswers(self._replies(op_name, op, request)).to_bytes()
+        )
+
+    def _replies(self, op_name: str, op: Op, request: httpx.Request) -> list[FanoutReply]:
         copies = SealedCopies.for_nodes(request.read(), len(self.nodes)).copies
         replies = []
         for node, copy in zip(self.nodes, copies, strict=True):
@@ -166,7 +181,7 @@ class FakeFleet:
             replies.append(
                 FanoutReply(node.index, 200, key.seal(pad_response(op, response.to_bytes())))
             )
-        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+        return replies
 
     def _answer(self, node: FakeNode, op: Op, request: Message) -> Message:
         try:

@@ -306,6 +306,26 @@ def test_the_evaluation_is_resent_while_a_node_catches_up(
     assert fleet.nodes[0].seen.count("evaluate") == before + 1 + EVALUATE_RESENDS
 
 
+def test_an_evaluation_the_relay_got_no_answer_to_is_resent(
+    fleet: FakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Found by the chaos soak (run AF, 7 of its 12 errors): the relay answers 503 when no
+    node answered before its timeout, though the nodes may have counted the attempt. The
+    client resends the same B (answered again without a second charge), where it failed
+    the recovery at once."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.relay_unavailable_for = 2
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK and recovered.wrong_guesses_before == 0
+    assert fleet.nodes[0].seen.count("evaluate") == 3 and len(fleet.attempts) == 1
+    fleet.relay_unavailable_for = 10**6  # never any answer: given up on, named
+    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.0)
+    with pytest.raises(FleetUnavailable, match="the relay heard from no node"):
+        vault.recover("pw", ksf_floor=FAST_KSF)
+
+
 def test_fewer_than_t_share_holders_in_reach_sends_no_evaluate_and_uses_no_guess(
     fleet: FakeFleet,
 ) -> None:

@@ -840,7 +840,19 @@ class ThresholdVault:
         errors: list[str] = []
         give_up = time.monotonic() + EVALUATE_PATIENCE_SECONDS
         for round_number in itertools.count():
-            outcomes = self.vault.call_each(Op.EVALUATE, [request] * self.nodes, EvaluateResponse)
+            try:
+                outcomes = self.vault.call_each(
+                    Op.EVALUATE, [request] * self.nodes, EvaluateResponse
+                )
+            except RelayUnreachable:
+                raise
+            except FleetUnavailable:
+                # The relay's 503 (no node answered before its timeout) or its answer lost:
+                # every node may still answer this attempt, which may be counted already.
+                outcomes = [
+                    NodeOutcome(index, failure="no answer (the relay heard from no node)")
+                    for index in range(self.nodes)
+                ]
             for outcome in outcomes:
                 index = outcome.index
                 if index in good or index in rejected:
