@@ -119,18 +119,6 @@ def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized
     return None
 
 
-def _settled(answers: Sequence[NodeOutcome[ManifestResponse]], t: int) -> bool:
-    """Whether manifest answers without an agreed manifest still say something for sure:
-    t nodes report the entry destroyed or empty, or the token was refused. Anything else
-    (two nodes destroyed and one live, say) is a fleet mid-change."""
-    statuses = [a.response.status for a in answers if a.response is not None]
-    return (
-        statuses.count(EntryStatus.DESTROYED) >= t
-        or statuses.count(EntryStatus.EMPTY) >= t
-        or _token_refused(answers, t) is not None
-    )
-
-
 def _nodes(indices: Sequence[int]) -> str:
     return ", ".join(str(i) for i in indices) or "none"
 
@@ -286,7 +274,10 @@ class ThresholdVault:
             # settle nothing are caught mid-change: t that hold a manifest but disagree, or
             # a node that has not yet taken a tombstone or a registration the others hold
             # (a laggard catching up). Ask again until t agree on something.
-            if answered >= self.t and (agreed is not None or _settled(answers, self.t)):
+            if answered >= self.t and (
+                agreed is not None
+                or not isinstance(self._no_manifest(_Manifests(answers, None)), FleetUnavailable)
+            ):
                 break
         if agreed is not None and (
             agreed.fleet_id != self.vault.fleet_id
@@ -301,7 +292,9 @@ class ThresholdVault:
         return _Manifests(answers, agreed)
 
     def _no_manifest(self, found: _Manifests) -> VaultError:
-        """Why there is no agreed manifest: no entry, destroyed, or not enough nodes."""
+        """Why there is no agreed manifest: no entry, destroyed, or not enough nodes. The
+        last (FleetUnavailable) is what answers that settle nothing say: a fleet caught
+        mid-change (two nodes destroyed and one live, say), worth asking again."""
         statuses = [a.response.status for a in found.answers if a.response is not None]
         if statuses.count(EntryStatus.DESTROYED) >= self.t:
             return Destroyed()
