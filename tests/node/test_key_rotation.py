@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from backupvault.errors import AuthenticationFailed, BackupVaultError
 from backupvault.fleet.messages import AcceptorRecord
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare
+from backupvault.node import main as node_main
 from backupvault.node.softhsm import init_softhsm_token
 from backupvault.node.store import (
     SHARE_PREFIX,
@@ -35,6 +36,7 @@ from backupvault.node.token import (
     SEALING_KEY_LABEL,
     SECRET_AAD_PREFIX,
     SOFTHSM2_CONF_ENV,
+    RowKeyMoved,
     RowKeyRing,
     TokenError,
     TokenSealer,
@@ -151,6 +153,88 @@ def test_a_rotation_a_crash_interrupted_is_undone_or_finished_at_start(
     assert sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
     found = store.get_share(ENTRY_A)
     assert found is not None and found.share == SHARE
+    store.close()
+
+
+def _files(data: Path) -> dict[str, bytes]:
+    return {f.name: f.read_bytes() for f in sorted(data.iterdir()) if f.is_file()}
+
+
+def test_a_reader_beside_the_node_reads_either_side_of_a_rotation_and_changes_nothing(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """`node inspect` runs beside the live node: it reads the key its copy of the store
+    needs and never finishes or undoes the rotation under way (as `load` does at start),
+    which would destroy the key the node is moving to."""
+    data, store = _node(tmp_path, sealer)
+    store.save([share_record(ENTRY_A, _share_row(SHARE))])
+    ring = RowKeyRing(sealer, data)
+    old_key = ring.read(1)
+    generation, new_key = ring.begin_rotation()  # the node is between the two steps
+    before, labels = _files(data), sealer.key_labels(ROW_KEY_PREFIX)
+    assert ring.read(1) == old_key and ring.read(2) == new_key and ring.read(0) == old_key
+    store.rotate(new_key, generation)  # the store took the new key, the file not yet
+    assert ring.read(2) == new_key and ring.read(1) == old_key
+    assert _files(data).keys() == before.keys()
+    assert sealer.key_labels(ROW_KEY_PREFIX) == labels
+    ring.finish_rotation(generation)
+    assert ring.read(2) == new_key
+    with pytest.raises(RowKeyMoved, match="past generation 1"):
+        ring.read(1)  # its token key is gone
+    with pytest.raises(RowKeyMoved, match="past generation 3"):
+        ring.read(3)
+    store.close()
+
+
+def test_a_copy_of_the_store_rotated_past_before_its_key_is_read_is_taken_again(
+    tmp_path: Path, sealer: TokenSealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The race a soak hit: the node rotated between the inspector's read of the key and
+    its copy of the store ("sealed under row key generation 24, not 23"). The copy now
+    comes first and names its generation; a rotation before the key is read makes
+    another copy."""
+    data, store = _node(tmp_path, sealer)
+    store.save([share_record(ENTRY_A, _share_row(SHARE))])
+    ring = RowKeyRing(sealer, data)
+    real_snapshot = node_main._snapshot
+    copies = []
+
+    def snapshot_then_rotate(source: Path, copy: Path) -> None:
+        real_snapshot(source, copy)
+        copies.append(store_generation(copy))
+        if len(copies) == 1:  # the node rotates right after the first copy
+            generation, key = ring.begin_rotation()
+            store.rotate(key, generation)
+            ring.finish_rotation(generation)
+
+    monkeypatch.setattr(node_main, "_snapshot", snapshot_then_rotate)
+    copy = tmp_path / "copy.sqlite"
+    generation, key = node_main._copy_store(data / "store.sqlite", copy, ring)
+    assert copies == [1, 2] and generation == 2
+    opened = NodeStore(copy, 0, STORAGE_KEY, key, generation)
+    found = opened.get_share(ENTRY_A)
+    assert found is not None and found.share == SHARE
+    opened.close()
+    store.close()
+
+
+def test_a_node_rotating_at_every_copy_is_reported_not_misread(
+    tmp_path: Path, sealer: TokenSealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data, store = _node(tmp_path, sealer)
+    ring = RowKeyRing(sealer, data)
+    real_snapshot = node_main._snapshot
+
+    def snapshot_then_rotate(source: Path, copy: Path) -> None:
+        real_snapshot(source, copy)
+        generation, key = ring.begin_rotation()
+        store.rotate(key, generation)
+        ring.finish_rotation(generation)
+
+    monkeypatch.setattr(node_main, "_snapshot", snapshot_then_rotate)
+    with pytest.raises(RowKeyMoved, match="rotated its row key past"):
+        node_main._copy_store(data / "store.sqlite", tmp_path / "copy.sqlite", ring)
+    assert store.generation == 1 + node_main.COPY_ATTEMPTS
     store.close()
 
 

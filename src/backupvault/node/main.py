@@ -49,7 +49,7 @@ from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore, store_generation
-from backupvault.node.token import RowKeyRing, SealedFile, TokenSealer
+from backupvault.node.token import RowKeyMoved, RowKeyRing, SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
 from backupvault.tokens import TokenVerifier, fleet_audience
 from backupvault.transparency.measure import (
@@ -184,8 +184,11 @@ class NodeKeys:
     generation: int
 
 
-def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
-    """Unseal the node's own keys."""
+def load_keys(config: NodeConfig, fleet: FleetDescription, copy: Path | None = None) -> NodeKeys:
+    """Unseal the node's own keys. The node itself (no `copy`) also finishes or undoes a
+    row key rotation a crash interrupted. A reader beside the running node (`node
+    inspect`) passes `copy`: the store is copied there, and the row key is the one that
+    copy is sealed under, read without changing a file (the node may be rotating)."""
     with TokenSealer(config.token) as sealer:
         identity_file = _sealed(config, sealer, IDENTITY, "identity")
         if not identity_file.exists():
@@ -209,8 +212,11 @@ def load_keys(config: NodeConfig, fleet: FleetDescription) -> NodeKeys:
                 f"node {config.index} has no row key (made by an older version)",
                 hint="run `backupvault node init` again (it keeps the existing keys)",
             )
-        row_key = ring.load(store_generation(config.data_dir / "store.sqlite"))
-        generation = ring.generation()
+        if copy is None:
+            row_key = ring.load(store_generation(config.data_dir / "store.sqlite"))
+            generation = ring.generation()
+        else:
+            generation, row_key = _copy_store(config.data_dir / "store.sqlite", copy, ring)
 
     own = next((n for n in fleet.nodes if n.index == config.index), None)
     if own is None or own.hpke_public_key != hpke.public_key().to_bytes():
@@ -255,12 +261,10 @@ def refuse_single_seed_entries(store: NodeStore, node: int, data_dir: Path) -> N
 def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[str, object]]:
     """What this node's disk holds: counters and flags per entry, never a secret. With
     `only`, just that entry (shown as empty if the disk has nothing for it)."""
-    keys = load_keys(config, FleetDescription.load(config.fleet_file))
+    fleet = FleetDescription.load(config.fleet_file)
     with tempfile.TemporaryDirectory() as folder:
-        # A running node may commit while we read: read a consistent copy (SQLite's
-        # backup runs in one read transaction), never the live file row by row.
         copy = Path(folder) / "store.sqlite"
-        _snapshot(config.data_dir / "store.sqlite", copy)
+        keys = load_keys(config, fleet, copy)
         store = NodeStore(copy, config.index, keys.storage, keys.row_key, keys.generation)
         try:
             records = store.load()
@@ -274,7 +278,30 @@ def inspect_store(config: NodeConfig, only: EntryId | None = None) -> list[dict[
             store.close()
 
 
+#: Copies of the store `node inspect` takes before giving up on a node that rotates its row
+#: key between each copy and the read of its key (each rotation takes milliseconds).
+COPY_ATTEMPTS = 5
+
+
+def _copy_store(source: Path, copy: Path, ring: RowKeyRing) -> tuple[int, bytes]:
+    """Copy a running node's store and read the row key the copy is sealed under:
+    (generation, key). The copy comes first, so its generation is the one to read; a
+    rotation that moves on before the key is read makes another copy."""
+    attempts = COPY_ATTEMPTS
+    while True:
+        _snapshot(source, copy)
+        generation = store_generation(copy)
+        try:
+            return generation or ring.generation(), ring.read(generation)
+        except RowKeyMoved:
+            attempts -= 1
+            if not attempts:
+                raise
+
+
 def _snapshot(source: Path, copy: Path) -> None:
+    """A consistent copy of a store a running node may commit to while it is read
+    (SQLite's backup runs in one read transaction), never the live file row by row."""
     if not source.exists():
         return  # an empty store, as NodeStore would make
     os.close(os.open(copy, os.O_RDWR | os.O_CREAT, 0o600))

@@ -120,6 +120,11 @@ class TokenError(BackupVaultError):
     """The PKCS#11 token could not be used: module, token label, PIN or device problem."""
 
 
+class RowKeyMoved(TokenError):
+    """A reader beside the running node asked for a row key generation the node has
+    rotated past since (`RowKeyRing.read`): copy the store again and ask for its own."""
+
+
 @dataclass(frozen=True)
 class TokenConfig:
     """Which PKCS#11 token seals this node's secrets.
@@ -898,6 +903,33 @@ class RowKeyRing:
             )
         return key
 
+    def read(self, generation: int) -> bytes:
+        """The row key of `generation` (0: the current one), changing nothing: for a reader
+        beside the running node (`node inspect`), whose rotation may be under way. `load`
+        is the node's own: it finishes or undoes a rotation, which beside a running node
+        would race it. Raises RowKeyMoved when neither file holds that generation any more
+        or its token key was destroyed: the node rotated past it."""
+        # The current file again last: a rotation may rename next to current in between.
+        for path in (self._current, self._next, self._current):
+            try:
+                data = path.read_bytes()
+            except FileNotFoundError:
+                continue
+            if generation not in (0, self._header(path, data)):
+                continue
+            try:
+                return self._unseal(data)
+            except TokenError:
+                if ROW_KEY_PREFIX + str(self._header(path, data)) in self._sealer.key_labels(
+                    ROW_KEY_PREFIX
+                ):
+                    raise  # the token failed: not a rotation
+                break
+        raise RowKeyMoved(
+            f"the node rotated its row key past generation {generation} while it was read",
+            hint="run the command again",
+        )
+
     def generation(self) -> int:
         """The generation of the current row key."""
         data = self._current.read_bytes()[:5]
@@ -940,14 +972,19 @@ class RowKeyRing:
                 f"cannot read the node's row key {path}: {err.strerror}",
                 hint="run `backupvault node init`",
             ) from None
+        return self._header(path, data), self._unseal(data)
+
+    @staticmethod
+    def _header(path: Path, data: bytes) -> int:
+        """The generation a row key file names."""
         if data[:1] != _GENERATION_MAGIC or len(data) < 5 + BLOB_OVERHEAD:
             raise TokenError(
                 f"{path} is not a row key of this version",
                 hint="re-provision the node: move its data folder aside, `node init`, and let"
                 " it catch up from the fleet",
             )
-        generation = int.from_bytes(data[1:5], "big")
-        label = ROW_KEY_PREFIX + str(generation)
-        return generation, self._sealer.unseal(
-            data[5:], SECRET_AAD_PREFIX + b"row-key", key_label=label
-        )
+        return int.from_bytes(data[1:5], "big")
+
+    def _unseal(self, data: bytes) -> bytes:
+        label = ROW_KEY_PREFIX + str(int.from_bytes(data[1:5], "big"))
+        return self._sealer.unseal(data[5:], SECRET_AAD_PREFIX + b"row-key", key_label=label)
