@@ -456,9 +456,8 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
 
 
 def serve(config_path: Path) -> None:
-    import uvicorn
-
     from backupvault.node.http import create_app
+    from backupvault.serving import run_until_stopped
 
     config = NodeConfig.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -478,4 +477,6 @@ def serve(config_path: Path) -> None:
         measurement["fleet_id"],
         measurement["epoch"],
     )
-    uvicorn.run(app, host=config.host, port=config.port, log_level="warning", access_log=False)
+    run_until_stopped(
+        app, host=config.host, port=config.port, log_level="warning", access_log=False
+    )

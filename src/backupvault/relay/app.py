@@ -490,9 +490,9 @@ def create_app(
 
 
 def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> None:
-    """Run the relay with uvicorn until interrupted. The server's own access log is off:
-    the relay writes its own metadata-only line per request."""
-    import uvicorn
+    """Run the relay until stopped (SIGTERM or SIGINT). The server's own access log is
+    off: the relay writes its own metadata-only line per request."""
+    from backupvault.serving import run_until_stopped
 
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -500,17 +500,14 @@ def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> Non
         )
     # httpx logs every request it makes at INFO; the relay's own line per request says more.
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    server = uvicorn.Server(
-        uvicorn.Config(
-            create_app(config),
-            host=host,
-            port=port,
-            access_log=False,
-            server_header=False,
-            proxy_headers=False,
-            ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
-            ssl_keyfile=str(config.tls_key) if config.tls_key else None,
-            log_config=None,
-        )
+    run_until_stopped(
+        create_app(config),
+        host=host,
+        port=port,
+        access_log=False,
+        server_header=False,
+        proxy_headers=False,
+        ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
+        ssl_keyfile=str(config.tls_key) if config.tls_key else None,
+        log_config=None,
     )
-    server.run()

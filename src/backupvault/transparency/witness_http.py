@@ -23,7 +23,6 @@ import re
 import time
 from collections.abc import Mapping
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
@@ -32,6 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
+from backupvault.serving import run_until_stopped
 from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
 from backupvault.transparency.witness import Witness, WitnessConfig
 
@@ -169,9 +169,9 @@ def create_app(witness: Witness) -> Starlette:
 
 
 def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> None:
-    """Run the witness until interrupted (uvicorn)."""
+    """Run the witness until stopped (SIGTERM or SIGINT)."""
     witness = config.open()
     try:
-        uvicorn.run(create_app(witness), host=host, port=port, log_config=None)
+        run_until_stopped(create_app(witness), host=host, port=port, log_config=None)
     finally:
         witness.store.close()

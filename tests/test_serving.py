@@ -1,0 +1,111 @@
+"""A service stops within a bound after SIGTERM (serving.py): a request that never
+finishes is cancelled, and a shutdown that hangs ends the process with every thread's
+stack on stderr. Real processes and signals: uvicorn installs its own handlers."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backupvault.deploy.local import free_port
+
+SERVICE = """
+import asyncio, contextlib, sys, threading
+
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from backupvault import serving
+
+serving.GRACEFUL_SECONDS = 1
+serving.STOP_SECONDS = {stop}
+
+async def forever(request):
+    await asyncio.Event().wait()  # a request waiting on a fleet that never answers
+
+async def ready(request):
+    return PlainTextResponse("ready")
+
+@contextlib.asynccontextmanager
+async def lifespan(app):
+    yield
+    print("shutdown began", flush=True)
+    if {hang_shutdown}:
+        threading.Event().wait()  # a shutdown stuck on a lock, holding the event loop
+
+app = Starlette(routes=[Route("/forever", forever), Route("/ready", ready)], lifespan=lifespan)
+serving.run_until_stopped(app, host="127.0.0.1", port={port}, log_config=None)
+"""
+
+
+def _start(
+    tmp_path: Path, *, hang_shutdown: bool, stop: float
+) -> tuple[subprocess.Popen[str], str]:
+    port = free_port()
+    script = tmp_path / "service.py"
+    script.write_text(
+        textwrap.dedent(SERVICE).format(port=port, hang_shutdown=hang_shutdown, stop=stop)
+    )
+    process = subprocess.Popen(
+        [sys.executable, str(script)],
+        cwd=Path(__file__).parent.parent,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(f"{url}/ready", timeout=1).text == "ready":
+                return process, url
+        except httpx.HTTPError:
+            time.sleep(0.05)
+    process.kill()
+    pytest.fail(f"the service did not start: {process.communicate()}")
+
+
+def _hold_a_request(url: str) -> socket.socket:
+    """A request under way that the service never answers."""
+    host, port = url.removeprefix("http://").split(":")
+    held = socket.create_connection((host, int(port)))
+    held.sendall(b"GET /forever HTTP/1.1\r\nHost: x\r\n\r\n")
+    time.sleep(0.3)  # received and dispatched
+    return held
+
+
+def test_a_request_that_never_finishes_does_not_hold_the_service_past_the_grace(
+    tmp_path: Path,
+) -> None:
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30)
+    held = _hold_a_request(url)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=25)
+    held.close()
+    # uvicorn ends by raising the signal again once it has shut down.
+    assert process.returncode == -signal.SIGTERM, err
+    assert time.monotonic() - started < 20  # 1 s grace; was: until the request ended
+    assert "shutdown began" in out
+    assert "Cancel 1 running task(s)" in err
+
+
+def test_a_shutdown_that_hangs_ends_the_process_with_its_stacks(tmp_path: Path) -> None:
+    process, _ = _start(tmp_path, hang_shutdown=True, stop=3)
+    started = time.monotonic()
+    process.send_signal(signal.SIGTERM)
+    out, err = process.communicate(timeout=25)
+    assert process.returncode == 1
+    assert 2.5 < time.monotonic() - started < 20
+    assert "shutdown began" in out
+    # What held it, for the operator (faulthandler names the stuck frame).
+    assert "Timeout (0:00:03)!" in err and "in lifespan" in err
