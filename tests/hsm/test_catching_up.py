@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import pytest
 
-from backupvault.crypto import oprf
+from backupvault.crypto import oprf, owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
-from backupvault.hsm.shares import check_threshold_value
-from backupvault.hsm.state import NodeShare, ThresholdState
+from backupvault.hsm.shares import _orphaned, check_threshold_value
+from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, EvaluateRequest, Op
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
@@ -364,14 +364,7 @@ def test_a_password_change_is_taken_over_a_later_sibling_attempt(world: Simulati
     version is not compared with the held version's counter or clock (it is taken on its
     own evidence); within a version they still may not go back, and a new version still
     needs the owner's statement (or t acknowledgements)."""
-    client = ThresholdClient(world)
-    client.register(b"old", OLD_RK)
-    recovered = client.recover(b"old")
-    assert recovered is not None
-    live = world.replicated(0, client.key)
-    client.change_password(recovered[0], b"new", NEW_RK)
-    commit = world.replicated(0, client.key)
-    assert (commit.version, commit.attempt) == (2, live.attempt)
+    client, _, live, commit = _changed(world)
     sibling = live.with_(
         attempt=live.attempt + 1,
         attempt_hash=bytes(32),
@@ -625,18 +618,7 @@ def test_a_hostile_proposer_deleting_a_later_version_gains_nothing() -> None:
     live = world.replicated(0, client.key)
     rows = _rows(world, client.key)
     assert all((row.version, row.count) == (1, 1) for row in rows)
-    deleted = live.with_(
-        status=EntryStatus.EMPTY,
-        version=2,
-        manifest=b"",
-        acks=b"",
-        attempt_hash=b"",
-        reset_attempt=live.attempt,
-        reset_hash=b"",
-        reset_signature=b"",
-        change_counter=1,
-        change_signature=bytes(64),  # no key can check it: forged
-    )
+    deleted = _delete_of(live, bytes(64)).with_(version=2)  # no key can check it: forged
     tombstone = deleted.with_(
         status=EntryStatus.DESTROYED,
         attempt=live.attempt + 4,
@@ -695,3 +677,217 @@ def _versions_elsewhere() -> tuple[ThresholdState, ThresholdState]:
         made.append(other.replicated(0, rival.key))
     assert [(v.status, v.version) for v in made] == [(EntryStatus.LIVE, 2), (EntryStatus.LIVE, 3)]
     return made[0], made[1]
+
+
+def _signed_delete(
+    client: ThresholdClient, export_key: bytes, live: ThresholdState
+) -> ThresholdState:
+    """The owner's delete of the live value `live`, as a node applies the request: signed
+    over its M with the owner's key, never committed in the world it is made in."""
+    statement = owner.OwnerStatement(
+        owner.StatementKind.DELETE,
+        FLEET_ID,
+        client.account,
+        client.entry,
+        live.version,
+        1,
+        owner.payload_hash(live.manifest),
+    )
+    return _delete_of(live, owner.sign_statement(export_key, statement))
+
+
+def _delete_of(live: ThresholdState, signature: bytes) -> ThresholdState:
+    """The owner's delete of `live` as a node applies it, under `signature`."""
+    return live.with_(
+        status=EntryStatus.EMPTY,
+        manifest=b"",
+        acks=b"",
+        attempt_hash=b"",
+        reset_attempt=live.attempt,
+        reset_hash=b"",
+        reset_signature=b"",
+        change_counter=1,
+        change_signature=signature,
+    )
+
+
+def _changed_and_deleted(
+    world: Simulation,
+) -> tuple[ThresholdClient, ThresholdState, ThresholdState, ThresholdState]:
+    """The owner recovers, then changes the password (committed: version 2) and, from
+    another device at the same time, deletes version 1: (client, the live value both were
+    built on, the change's commit, the delete)."""
+    client, export_key, live, change = _changed(world)
+    return client, live, change, _signed_delete(client, export_key, live)
+
+
+def _changed(world: Simulation) -> tuple[ThresholdClient, bytes, ThresholdState, ThresholdState]:
+    """The owner registers, recovers, then changes the password (committed: version 2,
+    nothing since): (client, the owner's export key, version 1's live value, the change's
+    commit)."""
+    client = ThresholdClient(world)
+    client.register(b"old", OLD_RK)
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    live = world.replicated(0, client.key)
+    client.change_password(recovered[0], b"new", NEW_RK)
+    change = world.replicated(0, client.key)
+    assert (change.status, change.version, change.attempt) == (EntryStatus.LIVE, 2, live.attempt)
+    return client, recovered[0], live, change
+
+
+def test_the_chosen_delete_is_taken_over_a_bare_password_change_it_raced(
+    world: Simulation,
+) -> None:
+    """Sim seed 10007660: node 1 of 3, the leader, accepted the owner's password change
+    (version 2) alone; the owner's delete of version 1, built on the same live value, won
+    the next round on the other two, and was committed again and again. Node 1 refused it,
+    and every later value of the entry, as "the version went down", for good. Over a
+    held commit with nothing since, a value of the version before that holds no key (the
+    delete, or a tombstone) is taken, and the node acts on nothing in it; once the held
+    version counted an attempt or holds an owner reset, or two versions down, or a live
+    value of the version before, it is refused as before."""
+    client, live, change, delete = _changed_and_deleted(world)
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    assert check(delete, live) is None  # the owner's delete of version 1, as signed
+    assert check(delete, change) is None  # refused before the fix
+    tombstone = delete.with_(
+        status=EntryStatus.DESTROYED,
+        attempt=live.attempt + world.shape.guess_limit,
+        change_counter=0,
+        change_signature=b"",
+    )
+    assert check(tombstone, change) is None
+    rows = {slot: world.honest[slot].rows[client.key] for slot in range(world.nodes)}
+    assert all(row.version == 2 and row.share for row in rows.values())
+    keeper = world.honest[1].keeper
+    assert keeper is not None
+    for taken in (delete, tombstone):
+        keeper.on_accept(client.key, taken.to_bytes())
+        assert keeper.take_writes() == ()  # nothing erased or promoted
+    assert world.honest[1].rows[client.key] == rows[1]
+    went_down = "the version went down"
+    counted = change.with_(
+        attempt=change.attempt + 1, attempt_hash=bytes(32), attempt_client_time_ms=1
+    )
+    assert check(delete, counted) == went_down
+    assert check(delete, change.with_(reset_signature=bytes(64))) == went_down
+    assert check(delete, change.with_(version=3)) == went_down  # two versions down
+    assert check(live, change) == went_down  # a live value of the version before
+    # Nothing rides on the key-less value, and the version before never lives again.
+    assert check(delete.with_(manifest=live.manifest), change) is not None
+    assert check(delete.with_(acks=live.acks), change) is not None
+    assert check(live, delete) == "an entry brought back to life without a new version"
+    # The held version comes back only on its t acknowledgements.
+    assert check(change, delete) is None
+    assert check(change.with_(acks=b""), delete) == (
+        "a new version without t nodes' acknowledgement that they keep their share"
+    )
+
+
+def _change_and_a_forged_delete() -> tuple[
+    Simulation, ThresholdClient, ThresholdState, ThresholdState, ThresholdState
+]:
+    """5 nodes, node 4 hostile: the owner changed the password (committed: version 2, with
+    nothing since); (world, client, version 1's live value, the change, the hostile
+    node's forged delete of version 1)."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client, export_key, live, change = _changed(world)
+    forged = _signed_delete(client, export_key, live).with_(change_signature=bytes(64))
+    return world, client, live, change, forged
+
+
+def test_a_hostile_proposer_taking_a_password_change_back_gains_nothing() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) sends honest nodes
+    an empty value of version 1, under a forged delete, over the owner's committed change
+    to version 2 with nothing since. A node takes it, and gains the attacker nothing it
+    cannot do already (a tombstone of version 2 needs no statement and ends the entry):
+    it erases nothing and evaluates nothing; version 1 never lives again; version 2
+    comes back only on its t acknowledgements, with the share and count each node kept;
+    and once version 2 counted an attempt no node takes version 1 again, so every node
+    still stops at L."""
+    world, client, live, change, forged = _change_and_a_forged_delete()
+    assert change.version == 2
+    rows = _rows(world, client.key)
+    assert all((row.version, row.count) == (2, 0) for row in rows)
+    assert _forge(world, 0, client.key, forged)  # refused before the fix
+    assert world.replicated(0, client.key) == forged
+    assert _rows(world, client.key) == rows  # nothing erased
+    blinded = oprf.blind(b"guess")[1]
+    answer = world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 2, blinded, 10**12)
+    )
+    assert isinstance(answer, ErrorResponse)
+    assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
+    for slot in range(4):
+        assert not _forge(world, slot, client.key, live)  # version 1 never lives again
+    assert not _forge(world, 0, client.key, change.with_(acks=b""))
+    # Version 2 back at a lower count: taken on its acknowledgements, but each node's
+    # count of it is its own row's, which no value moves.
+    assert _forge(world, 0, client.key, change.with_(attempt=0, reset_attempt=0))
+    assert _rows(world, client.key) == rows
+    assert _forge(world, 0, client.key, change)  # back to the committed value
+    world.settle(5.0)
+    assert client.recover(b"wrong") is None
+    counted = _rows(world, client.key)
+    assert all((row.version, row.count) == (2, 1) for row in counted)
+    now = world.replicated(1, client.key)
+    for again in (forged, forged.with_(attempt=now.attempt, reset_attempt=now.attempt)):
+        for slot in range(4):
+            assert not _forge(world, slot, client.key, again)  # the version went down
+    assert _rows(world, client.key) == counted
+    for _ in range(world.shape.guess_limit - 1):
+        assert client.recover(b"wrong") is None
+    assert all(row.count == world.shape.guess_limit for row in _rows(world, client.key))
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")  # destroyed: no evaluation past L
+
+
+def test_a_hostile_proposer_cannot_stop_the_owner_registering_after_a_password_change() -> None:
+    """The attack on the rule above, on the registration side. A hostile proposer (node 4
+    of 5) sends every honest node an empty value of version 1, under a forged delete,
+    over the owner's committed change to version 2 with nothing since: they all take it.
+    The owner then finds the entry empty and registers again, at version 2. Each honest
+    node's share of the change's M counted nothing and is live nowhere it can see: it
+    gives way to the registration, which every node stages and takes (before, every node
+    refused: "already holds another share for it", and the entry could never be
+    registered again). The change's shares are erased."""
+    world, client, _, change, forged = _change_and_a_forged_delete()
+    for slot in range(4):
+        assert _forge(world, slot, client.key, forged)
+    world.settle(5.0)
+    state = world.replicated(0, client.key)
+    assert (state.status, state.version) == (EntryStatus.EMPTY, 1)
+    third_rk = bytes(range(32, 64))
+    assert client.register(b"third", third_rk, version=2)[1] == 4  # every honest node
+    registered = world.replicated(0, client.key)
+    assert (registered.status, registered.version) == (EntryStatus.LIVE, 2)
+    assert registered.manifest != change.manifest
+    rows = _rows(world, client.key)
+    assert all(
+        (row.version, row.manifest, row.count) == (2, registered.manifest, 0) for row in rows
+    )
+    recovered_again = client.recover(b"third")
+    assert recovered_again is not None and recovered_again[1] == third_rk
+    # The change's value brought back is refused now: the registration counted an attempt
+    # and holds the owner's reset; and no node holds the change's share any more.
+    assert not any(_forge(world, slot, client.key, change) for slot in range(4))
+    assert all(row.manifest == registered.manifest for row in _rows(world, client.key))
+
+
+def test_only_a_share_that_counted_nothing_and_is_live_nowhere_here_gives_way() -> None:
+    """The limit of `_orphaned`: a share that counted an attempt, or whose M the node
+    holds live, or that was erased, never gives way to another of its version."""
+    m2, m3 = b"manifest of the change", b"manifest of the registration"
+    orphan = NodeShare(2, b"\x01" + bytes(32), m2, [])
+    empty_v1 = ThresholdState(status=EntryStatus.EMPTY, version=1)
+    assert _orphaned(orphan, empty_v1)
+    assert _orphaned(orphan, ThresholdState(status=EntryStatus.LIVE, version=2, manifest=m3))
+    assert not _orphaned(orphan, ThresholdState(status=EntryStatus.LIVE, version=2, manifest=m2))
+    assert not _orphaned(orphan.with_(evaluated=[Evaluation(3, bytes(32))]), empty_v1)
+    assert not _orphaned(orphan.with_(share=b""), empty_v1)  # erased at L: never back

@@ -687,7 +687,11 @@ class ShareKeeper:
             if refused is not None:
                 return Answer(refused)
             row = self.row(key)
-            if row is not None and row.version >= manifest.version:
+            if (
+                row is not None
+                and row.version >= manifest.version
+                and not (row.version == manifest.version and _orphaned(row, state))
+            ):
                 return Answer(
                     error(ErrorCode.REFUSED, "this node already holds another share for it")
                 )
@@ -814,16 +818,18 @@ class ShareKeeper:
             # delivery, held back by a relay) would start a fresh count.
             return _destroyed_error()
         if row is not None and row.version == version and row.share:
-            if row.share != share:
+            if row.share == share:
+                return None
+            if not _orphaned(row, state):
                 return error(ErrorCode.REFUSED, "this node already holds another share for it")
-            return None
         if row is not None and row.version > version:
             return error(ErrorCode.REFUSED, "this node already holds a later version of it")
         evaluated: list[Evaluation] = []
-        if self._distrusted and (row is None or row.version < version):
+        if self._distrusted and (row is None or row.manifest != state.manifest):
             # This node's store was rolled back: it may have held this share before and
-            # evaluated attempts since the value's last reset. They count as evaluated,
-            # as t count reports would make them.
+            # evaluated attempts since the value's last reset (also when the row holds an
+            # orphan of the same version). They count as evaluated, as t count reports
+            # would make them.
             window = _window(state.reset_attempt, state.attempt, set())
             if len(window) > self.shape.guess_limit:
                 return _exhausted_on_reports()
@@ -1376,6 +1382,23 @@ def _check_transition(
     its t acknowledgements (checked by the caller); a later value holding no key, on its
     own checks. `limit`: the guess limit L."""
     if state.version < held.version:
+        if state.version == held.version - 1 and manifest is None and _bare_commit(held):
+            # The commit of the held version with nothing since, and a value of the version
+            # before that holds no key: a sibling built on the same value of that version
+            # (the owner's delete, or a tombstone, racing a password change or a
+            # registration) that won the round this node's commit lost, or that value
+            # committed again. Refused, the node refused every later value of the entry
+            # for good (sim seed 10007660: node 1, the leader, accepted the password change
+            # to version 2 alone; the owner's delete of version 1 was chosen by the other
+            # two). Taken, it acts on nothing in it: no live value, so no evaluation; no
+            # share erased or promoted; no live value of the version before comes back
+            # over it; the held version comes back only on its t acknowledgements, with
+            # the share and count this node keeps of it. Its share, which counted nothing,
+            # gives way to the owner's next registration of that version (`_orphaned`). A
+            # proposer that brings the node here could already end the entry (a tombstone
+            # of the held version needs no statement). Once the held version counted an
+            # attempt or holds an owner reset, the version never goes down.
+            return None
         return "the version went down"
     # The attempt counter and clock number the attempts on the held version: this node
     # compares them only with a value that keeps that version live here. A value that ends
@@ -1468,6 +1491,22 @@ def _check_transition(
         # version for good (sim seed 9101198).
         return None
     return "a new version without the owner's signed change or delete of the held one"
+
+
+def _orphaned(row: NodeShare, held: ThresholdState) -> bool:
+    """Whether this node's share `row` is of an M that the value it holds (`held`) does
+    not keep live, and counted nothing here: what a node keeps of a commit whose round
+    was lost to a sibling that holds no key (sim seed 10007660), or of a commit whose
+    version's other M won. Kept, the node refused the owner's next registration of that
+    version for good ("already holds another share"); it gives way to it, which erases
+    the orphan. Nothing is gained: a count belongs to one M, this one counted nothing, and
+    the share that replaces it starts its own count with its commit, as a new version's
+    does."""
+    return (
+        bool(row.share)
+        and row.count == 0
+        and not (held.status == EntryStatus.LIVE and held.manifest == row.manifest)
+    )
 
 
 def _bare_commit(held: ThresholdState) -> bool:
