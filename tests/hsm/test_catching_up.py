@@ -13,7 +13,15 @@ from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import _orphaned, check_threshold_value
 from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
-from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse, EvaluateRequest, Op
+from backupvault.protocol import (
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    Op,
+    RegisterShareRequest,
+)
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 OLD_RK = bytes(32)
@@ -463,11 +471,11 @@ def _rows(world: Simulation, key: bytes) -> list[NodeShare]:
 
 def _racing_registrations(
     limit: int = 4, hostile: int = 0
-) -> tuple[Simulation, ThresholdClient, ThresholdState]:
+) -> tuple[Simulation, ThresholdClient, ThresholdState, Simulation]:
     """A world where the owner registered version 1, and the commit of a second device's
     registration of the same version, made at the same time (here in a second world with
-    the same node keys): t nodes staged its share too, so it carries t acknowledgements,
-    and it lost the round."""
+    the same node keys, returned last: its nodes hold that M's shares): t nodes staged its
+    share too, so it carries t acknowledgements, and it lost the round."""
     world = threshold_world(5, limit, hostile, seed=12, leader=False, attacker=lambda *_: None)
     client = ThresholdClient(world)
     client.register(b"old", OLD_RK)
@@ -478,7 +486,7 @@ def _racing_registrations(
     chosen = world.replicated(0, client.key)
     assert (lost.version, lost.status) == (chosen.version, chosen.status)
     assert lost.manifest != chosen.manifest
-    return world, client, lost
+    return world, client, lost, other
 
 
 def test_the_chosen_registration_is_taken_over_a_bare_sibling_registration() -> None:
@@ -489,7 +497,7 @@ def test_the_chosen_registration_is_taken_over_a_bare_sibling_registration() -> 
     for good. Over a held commit with nothing since, another M of the same version is
     taken on its t acknowledgements; without them, or once the held version counted an
     attempt or holds an owner reset, it is refused as before."""
-    world, client, lost = _racing_registrations()
+    world, client, lost, _ = _racing_registrations()
     chosen = world.replicated(0, client.key)
 
     def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
@@ -516,7 +524,7 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
     gains nothing it could not do already (it can end the entry: L invented attempts,
     then the tombstone): the node's share is of the M it held, so it evaluates nothing
     for the other M, and no count moves."""
-    world, client, lost = _racing_registrations(hostile=1)
+    world, client, lost, _ = _racing_registrations(hostile=1)
     chosen = world.replicated(0, client.key)
     assert _forge(world, 0, client.key, lost)  # refused before the fix
     assert world.replicated(0, client.key) == lost
@@ -529,7 +537,7 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
     assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
     assert _rows(world, client.key) == rows
 
-    world, client, lost = _racing_registrations(hostile=1)
+    world, client, lost, _ = _racing_registrations(hostile=1)
     assert client.recover(b"wrong") is None
     rows = _rows(world, client.key)
     assert all(row.count == 1 for row in rows)
@@ -538,6 +546,47 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
         assert not _forge(world, slot, client.key, lost.with_(attempt=5))
     assert _rows(world, client.key) == rows
     assert client.recover(b"old") is not None
+
+
+def test_a_node_holding_the_lost_registrations_share_takes_the_chosen_ones_when_delivered() -> None:
+    """The no-share window the rule above leaves, closed by `_orphaned`: node 0 holds the
+    chosen value of version 1 while its share is of the M that lost (here the hostile
+    proposer swapped the values, the same state as a node that accepted the losing commit
+    alone). Its share counted nothing and is live nowhere at the node, so the device's
+    late delivery of the held value's share is taken, erasing the other, and the node
+    evaluates again. Before, it refused ("already holds another share for it") until the
+    owner's next password change."""
+    world, client, lost, other = _racing_registrations(hostile=1)
+    assert _forge(world, 0, client.key, lost)
+    chosen_row = world.honest[0].rows[client.key]
+    assert chosen_row.manifest != lost.manifest and chosen_row.count == 0
+    rival_row = other.honest[0].rows[client.key]
+    assert rival_row.manifest == lost.manifest
+    delivery = RegisterShareRequest(
+        client.account, client.entry, lost.manifest, rival_row.share, b"", 0
+    )
+    answer = world.request(0, Op.REGISTER_SHARE, delivery)
+    assert not isinstance(answer, ErrorResponse), answer
+    taken = world.honest[0].rows[client.key]
+    assert (taken.version, taken.manifest, taken.share, taken.count) == (
+        1,
+        lost.manifest,
+        rival_row.share,
+        0,
+    )
+    blinded = oprf.blind(b"rival")[1]
+    evaluated = world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
+    )
+    assert isinstance(evaluated, EvaluateResponse), evaluated
+    assert world.honest[0].rows[client.key].count == 1
+    # A share that counted an attempt does not give way: the same delivery of the other
+    # M's share back is refused.
+    again = RegisterShareRequest(
+        client.account, client.entry, chosen_row.manifest, chosen_row.share, b"", 0
+    )
+    assert isinstance(world.request(0, Op.REGISTER_SHARE, again), ErrorResponse)
+    assert world.honest[0].rows[client.key].share == rival_row.share
 
 
 def _deleted_after(world: Simulation, client: ThresholdClient, history: str) -> None:
