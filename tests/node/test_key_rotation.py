@@ -169,16 +169,17 @@ def test_a_reader_beside_the_node_reads_either_side_of_a_rotation_and_changes_no
     data, store = _node(tmp_path, sealer)
     store.save([share_record(ENTRY_A, _share_row(SHARE))])
     ring = RowKeyRing(sealer, data)
-    old_key = ring.read(1)
+    _, old_key = ring.read(1)
     generation, new_key = ring.begin_rotation()  # the node is between the two steps
     before, labels = _files(data), sealer.key_labels(ROW_KEY_PREFIX)
-    assert ring.read(1) == old_key and ring.read(2) == new_key and ring.read(0) == old_key
+    assert ring.read(1) == (1, old_key) and ring.read(2) == (2, new_key)
+    assert ring.read(0) == (1, old_key)  # a new store: the current file's
     store.rotate(new_key, generation)  # the store took the new key, the file not yet
-    assert ring.read(2) == new_key and ring.read(1) == old_key
+    assert ring.read(2) == (2, new_key) and ring.read(1) == (1, old_key)
     assert _files(data).keys() == before.keys()
     assert sealer.key_labels(ROW_KEY_PREFIX) == labels
     ring.finish_rotation(generation)
-    assert ring.read(2) == new_key
+    assert ring.read(2) == (2, new_key) and ring.read(0) == (2, new_key)
     with pytest.raises(RowKeyMoved, match="past generation 1"):
         ring.read(1)  # its token key is gone
     with pytest.raises(RowKeyMoved, match="past generation 3"):

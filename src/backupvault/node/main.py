@@ -290,9 +290,8 @@ def _copy_store(source: Path, copy: Path, ring: RowKeyRing) -> tuple[int, bytes]
     attempts = COPY_ATTEMPTS
     while True:
         _snapshot(source, copy)
-        generation = store_generation(copy)
         try:
-            return generation or ring.generation(), ring.read(generation)
+            return ring.read(store_generation(copy))
         except RowKeyMoved:
             attempts -= 1
             if not attempts:

@@ -903,26 +903,25 @@ class RowKeyRing:
             )
         return key
 
-    def read(self, generation: int) -> bytes:
-        """The row key of `generation` (0: the current one), changing nothing: for a reader
-        beside the running node (`node inspect`), whose rotation may be under way. `load`
-        is the node's own: it finishes or undoes a rotation, which beside a running node
-        would race it. Raises RowKeyMoved when neither file holds that generation any more
-        or its token key was destroyed: the node rotated past it."""
+    def read(self, generation: int) -> tuple[int, bytes]:
+        """The row key of `generation` (0: the current one) and its generation, changing
+        nothing: for a reader beside the running node (`node inspect`), whose rotation may
+        be under way. `load` is the node's own: it finishes or undoes a rotation, which
+        beside a running node would race it. Raises RowKeyMoved when neither file holds
+        that generation any more or its token key was destroyed: the node rotated past it."""
         # The current file again last: a rotation may rename next to current in between.
         for path in (self._current, self._next, self._current):
             try:
                 data = path.read_bytes()
             except FileNotFoundError:
                 continue
-            if generation not in (0, self._header(path, data)):
+            found = self._header(path, data)
+            if generation not in (0, found):
                 continue
             try:
-                return self._unseal(data)
+                return found, self._unseal(data, found)
             except TokenError:
-                if ROW_KEY_PREFIX + str(self._header(path, data)) in self._sealer.key_labels(
-                    ROW_KEY_PREFIX
-                ):
+                if ROW_KEY_PREFIX + str(found) in self._sealer.key_labels(ROW_KEY_PREFIX):
                     raise  # the token failed: not a rotation
                 break
         raise RowKeyMoved(
@@ -972,7 +971,8 @@ class RowKeyRing:
                 f"cannot read the node's row key {path}: {err.strerror}",
                 hint="run `backupvault node init`",
             ) from None
-        return self._header(path, data), self._unseal(data)
+        generation = self._header(path, data)
+        return generation, self._unseal(data, generation)
 
     @staticmethod
     def _header(path: Path, data: bytes) -> int:
@@ -985,6 +985,6 @@ class RowKeyRing:
             )
         return int.from_bytes(data[1:5], "big")
 
-    def _unseal(self, data: bytes) -> bytes:
-        label = ROW_KEY_PREFIX + str(int.from_bytes(data[1:5], "big"))
+    def _unseal(self, data: bytes, generation: int) -> bytes:
+        label = ROW_KEY_PREFIX + str(generation)
         return self._sealer.unseal(data[5:], SECRET_AAD_PREFIX + b"row-key", key_label=label)
