@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 
+from backupvault.codec import Message
 from backupvault.crypto import oprf, owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
@@ -469,6 +470,16 @@ def _rows(world: Simulation, key: bytes) -> list[NodeShare]:
     return [n.rows[key] for n in world.honest.values() if key in n.rows]
 
 
+def _evaluate_at_node0(
+    world: Simulation, client: ThresholdClient, version: int, password: bytes = b"guess"
+) -> Message:
+    """Node 0's answer to an evaluation of `password` for `version` of the client's entry."""
+    blinded = oprf.blind(password)[1]
+    return world.request(
+        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, version, blinded, 10**12)
+    )
+
+
 def _racing_registrations(
     limit: int = 4, hostile: int = 0
 ) -> tuple[Simulation, ThresholdClient, ThresholdState, Simulation]:
@@ -530,10 +541,7 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
     assert world.replicated(0, client.key) == lost
     rows = _rows(world, client.key)
     assert all(row.manifest == chosen.manifest and row.count == 0 for row in rows)
-    blinded = oprf.blind(b"guess")[1]
-    answer = world.request(
-        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
-    )
+    answer = _evaluate_at_node0(world, client, 1)
     assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
     assert _rows(world, client.key) == rows
 
@@ -574,10 +582,7 @@ def test_a_node_holding_the_lost_registrations_share_takes_the_chosen_ones_when_
         rival_row.share,
         0,
     )
-    blinded = oprf.blind(b"rival")[1]
-    evaluated = world.request(
-        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
-    )
+    evaluated = _evaluate_at_node0(world, client, 1, b"rival")
     assert isinstance(evaluated, EvaluateResponse), evaluated
     assert world.honest[0].rows[client.key].count == 1
     # A share that counted an attempt does not give way: the same delivery of the other
@@ -687,10 +692,7 @@ def test_a_hostile_proposer_deleting_a_later_version_gains_nothing() -> None:
     assert _forge(world, 0, client.key, deleted)  # refused before the fix
     assert world.replicated(0, client.key) == deleted
     assert _rows(world, client.key) == rows  # nothing erased
-    blinded = oprf.blind(b"guess")[1]
-    answer = world.request(
-        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
-    )
+    answer = _evaluate_at_node0(world, client, 1)
     assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
     assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
     # Node 0's round for that request took the forged value to nodes 2 and 3 as well:
@@ -867,10 +869,7 @@ def test_a_hostile_proposer_taking_a_password_change_back_gains_nothing() -> Non
     assert _forge(world, 0, client.key, forged)  # refused before the fix
     assert world.replicated(0, client.key) == forged
     assert _rows(world, client.key) == rows  # nothing erased
-    blinded = oprf.blind(b"guess")[1]
-    answer = world.request(
-        0, Op.EVALUATE, EvaluateRequest(client.account, client.entry, 2, blinded, 10**12)
-    )
+    answer = _evaluate_at_node0(world, client, 2)
     assert isinstance(answer, ErrorResponse)
     assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
     for slot in range(4):
