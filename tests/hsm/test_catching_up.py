@@ -12,7 +12,7 @@ from backupvault.codec import Message
 from backupvault.crypto import oprf, owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
-from backupvault.hsm.shares import _orphaned, check_threshold_value
+from backupvault.hsm.shares import UNKNOWN_B, _orphaned, check_threshold_value
 from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     EntryStatus,
@@ -939,3 +939,37 @@ def test_only_a_share_that_counted_nothing_and_is_live_nowhere_here_gives_way() 
     assert not _orphaned(orphan, ThresholdState(status=EntryStatus.LIVE, version=2, manifest=m2))
     assert not _orphaned(orphan.with_(evaluated=[Evaluation(3, bytes(32))]), empty_v1)
     assert not _orphaned(orphan.with_(share=b""), empty_v1)  # erased at L: never back
+
+
+def test_a_rolled_back_node_whose_orphan_gives_way_counts_the_window_as_evaluated() -> None:
+    """The distrusted side of `_orphaned`. Node 0 held the chosen M's share and evaluated
+    two wrong guesses with it; its store is then rolled back to a row that holds the
+    other registration's share (of the M that lost, which counted nothing). When the
+    device delivers the chosen share again, the orphan gives way, but the node cannot
+    know what it evaluated with the chosen share before the rollback: the attempts since
+    the value's reset count as evaluated, as for a node with no row. Taken with a fresh
+    count, the rollback would have handed node 0 two guesses back."""
+    world, client, _, other = _racing_registrations(limit=4)
+    for _ in range(2):
+        assert client.recover(b"wrong") is None
+    chosen = world.replicated(0, client.key)
+    own = world.honest[0].rows[client.key]
+    assert (own.manifest, own.count) == (chosen.manifest, 2)
+    orphan = other.honest[0].rows[client.key]
+    assert (orphan.version, orphan.count) == (own.version, 0)
+    assert _orphaned(orphan, chosen)
+    world.restart_rolled_back(0, {**world.snapshot(0), client.key: orphan})
+    world.settle(30)  # caught up: the value node 0 holds is the chosen one again
+    assert world.replicated(0, client.key).manifest == chosen.manifest
+
+    delivery = RegisterShareRequest(
+        client.account, client.entry, chosen.manifest, own.share, b"", 0
+    )
+    answer = world.request(0, Op.REGISTER_SHARE, delivery)
+    assert not isinstance(answer, ErrorResponse), answer
+    taken = world.honest[0].rows[client.key]
+    assert (taken.manifest, taken.share) == (chosen.manifest, own.share)
+    assert [(e.attempt, e.blinded_hash) for e in taken.evaluated] == [
+        (1, UNKNOWN_B),
+        (2, UNKNOWN_B),
+    ]
