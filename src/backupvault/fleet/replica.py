@@ -53,6 +53,7 @@ from backupvault.fleet.messages import (
     ReplicatedValue,
     SyncRequest,
     SyncResponse,
+    decode_value,
     payload_of,
 )
 from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
@@ -730,7 +731,7 @@ class Replica:
         """The next value: the change applied once. If an earlier attempt of this proposal
         already got its change into the value (accepted somewhere, then carried forward by
         another proposer), the value is kept as it is and that attempt's outcome stands."""
-        current = ReplicatedValue.from_bytes(value) if value else ReplicatedValue([], b"")
+        current = decode_value(value) if value else ReplicatedValue([], b"")
         for applied in current.applied:
             if applied.op_id == proposal.op_id and applied.round in proposal.outcomes:
                 proposal.outcome = proposal.outcomes[applied.round]
@@ -814,7 +815,7 @@ class Replica:
             return None
         if now > votes.chosen_at + self.timing.round_timeout:
             return None
-        current = ReplicatedValue.from_bytes(record.value)
+        current = decode_value(record.value)
         if any(applied.op_id == proposal.op_id for applied in current.applied):
             return None  # its own round got it in: that round reports it
         payload, outcome = proposal.change(current.payload)
