@@ -30,6 +30,7 @@ request when the node is next in reach:
 from __future__ import annotations
 
 import enum
+import functools
 import os
 import struct
 from dataclasses import dataclass, field
@@ -105,6 +106,11 @@ class NodePublicKey:
         return key
 
     def _hpke_key(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+        return self._hpke
+
+    @functools.cached_property
+    def _hpke(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+        # Parsed once per key object: a client seals to each node's key at every request.
         try:
             if self.kem is Kem.X25519:
                 if len(self.key_bytes) != _X25519_LEN:
@@ -151,6 +157,12 @@ class NodePrivateKey:
         return cls(kem, bytes(data[2:]))
 
     def _hpke_key(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+        return self._hpke
+
+    @functools.cached_property
+    def _hpke(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+        # Expanded once per key object, not at every request a node opens (ML-KEM's key
+        # expansion from its seed is about 0.1 ms).
         if self.kem is Kem.X25519:
             return x25519.X25519PrivateKey.from_private_bytes(self.secret)
         return hpke.MLKEM768X25519PrivateKey(
