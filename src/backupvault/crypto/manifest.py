@@ -41,6 +41,7 @@ wrapped root key is AEAD under a key from export_key with the binding as associa
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -64,6 +65,7 @@ WRAP_INFO = b"backupvault/v2 wrap root key"
 ROOT_KEY_LEN = 32
 _NONCE_LEN = 12
 _U64_MAX = 2**64 - 1
+MANIFESTS_PARSED = 256
 
 
 def _name(value: str, what: str) -> bytes:
@@ -134,37 +136,45 @@ class Manifest:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Manifest:
-        reader = _Reader(data)
-        if reader.take(4) != MAGIC:
-            raise InvalidInput("manifest: wrong magic (not a BVM1 manifest)")
-        version, fleet_len = struct.unpack(">QH", reader.take(10))
-        fleet_id = reader.take(fleet_len)
-        account = reader.text(reader.take(1)[0])
-        entry = reader.text(reader.take(1)[0])
-        nodes, t = reader.take(2)
-        threshold.check_threshold(t, nodes)
-        ksf = Argon2idParams.from_bytes(reader.take(struct.unpack(">H", reader.take(2))[0]))
-        public_key = reader.take(oprf.ELEMENT_LEN)
-        (epoch,) = struct.unpack(">Q", reader.take(8))
-        higher = reader.take(oprf.ELEMENT_LEN * (t - 1))
-        commitments = threshold.Commitments.from_bytes(public_key + higher)
-        record = RegistrationRecord.from_bytes(reader.take(RegistrationRecord.ENCODED_LEN))
-        pk_auth = reader.take(owner.PUBLIC_KEY_LEN)
-        wrapped = reader.take(struct.unpack(">H", reader.take(2))[0])
-        reader.end()
-        return cls(
-            version,
-            epoch,
-            fleet_id,
-            account,
-            entry,
-            nodes,
-            commitments,
-            ksf,
-            record,
-            pk_auth,
-            wrapped,
-        )
+        return _parsed(bytes(data))
+
+
+@functools.lru_cache(maxsize=MANIFESTS_PARSED)
+def _parsed(data: bytes) -> Manifest:
+    """`Manifest.from_bytes`, remembered for the latest manifests: a node parses the M in
+    the value it holds several times for one request, and each parse validates t
+    ristretto255 points. The manifest is immutable, so sharing it is safe."""
+    reader = _Reader(data)
+    if reader.take(4) != MAGIC:
+        raise InvalidInput("manifest: wrong magic (not a BVM1 manifest)")
+    version, fleet_len = struct.unpack(">QH", reader.take(10))
+    fleet_id = reader.take(fleet_len)
+    account = reader.text(reader.take(1)[0])
+    entry = reader.text(reader.take(1)[0])
+    nodes, t = reader.take(2)
+    threshold.check_threshold(t, nodes)
+    ksf = Argon2idParams.from_bytes(reader.take(struct.unpack(">H", reader.take(2))[0]))
+    public_key = reader.take(oprf.ELEMENT_LEN)
+    (epoch,) = struct.unpack(">Q", reader.take(8))
+    higher = reader.take(oprf.ELEMENT_LEN * (t - 1))
+    commitments = threshold.Commitments.from_bytes(public_key + higher)
+    record = RegistrationRecord.from_bytes(reader.take(RegistrationRecord.ENCODED_LEN))
+    pk_auth = reader.take(owner.PUBLIC_KEY_LEN)
+    wrapped = reader.take(struct.unpack(">H", reader.take(2))[0])
+    reader.end()
+    return Manifest(
+        version,
+        epoch,
+        fleet_id,
+        account,
+        entry,
+        nodes,
+        commitments,
+        ksf,
+        record,
+        pk_auth,
+        wrapped,
+    )
 
 
 class _Reader:
