@@ -20,13 +20,15 @@ that opens its copy therefore holds nothing it can replay to another node (docs/
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import heapq
 import secrets
 import struct
 import time
+from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +44,7 @@ from backupvault.protocol import is_valid_name
 ALGORITHM = "EdDSA"
 #: Longer Authorization values are refused before any parsing.
 MAX_TOKEN_CHARS = 4096
+VERIFIED_TOKENS = 4096  # verified tokens remembered per verifier (`TokenVerifier._verified`)
 
 
 # --- operator key pair ---------------------------------------------------------------
@@ -200,6 +203,13 @@ class TokenVerifier:
     audience: str
     leeway_seconds: float = 30.0
     clock: Callable[[], float] = time.time
+    #: Claims of the latest tokens whose signature verified, by token: a device sends the
+    #: same token with every request, and each node and the relay checked its signature
+    #: every time. Times are still checked at every use. Used from one thread (the
+    #: service's event loop).
+    _verified: OrderedDict[str, dict[str, Any]] = field(
+        default_factory=OrderedDict, init=False, repr=False, compare=False
+    )
 
     def verify(self, token: str, now: float | None = None) -> str:
         """The account the token was issued to; raises TokenRejected otherwise. `now`
@@ -245,33 +255,14 @@ class TokenVerifier:
     def _check(self, token: str, now: float | None) -> tuple[str, dict[str, Any]]:
         if not token or len(token) > MAX_TOKEN_CHARS:
             raise TokenRejected("invalid_token", "the bearer token is empty or too long")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token,
-                self.public_key,
-                algorithms=[ALGORITHM],
-                audience=self.audience,
-                issuer=self.issuer,
-                options={
-                    "require": ["exp", "iss", "aud", "sub"],
-                    # Time claims are checked below against the injectable clock.
-                    "verify_exp": False,
-                    "verify_nbf": False,
-                    "verify_iat": False,
-                },
-            )
-        except jwt.InvalidAudienceError:
-            raise TokenRejected("invalid_token", "the token is for another audience") from None
-        except jwt.InvalidIssuerError:
-            raise TokenRejected("invalid_token", "the token is from an unknown issuer") from None
-        except jwt.MissingRequiredClaimError as err:
-            raise TokenRejected("invalid_token", f"the token has no '{err.claim}' claim") from None
-        except jwt.InvalidSignatureError:
-            raise TokenRejected("invalid_token", "the token's signature does not verify") from None
-        except jwt.InvalidAlgorithmError:
-            raise TokenRejected("invalid_token", "tokens must be signed with EdDSA") from None
-        except jwt.PyJWTError:
-            raise TokenRejected("invalid_token", "the bearer token is malformed") from None
+        claims = self._verified.get(token)
+        if claims is None:
+            claims = self._decode(token)
+            self._verified[token] = claims
+            while len(self._verified) > VERIFIED_TOKENS:
+                self._verified.popitem(last=False)
+        else:
+            self._verified.move_to_end(token)
         if now is None:
             now = self.clock()
         exp = _number(claims, "exp")
@@ -290,6 +281,39 @@ class TokenVerifier:
                 "the token's subject is not an account name (1-64 of [A-Za-z0-9._-])",
             )
         return account, claims
+
+    def _decode(self, token: str) -> dict[str, Any]:
+        """The token's claims once its signature, issuer, audience and required claims
+        verify (its times are checked at every use, in `_check`)."""
+        try:
+            return dict(
+                jwt.decode(
+                    token,
+                    self.public_key,
+                    algorithms=[ALGORITHM],
+                    audience=self.audience,
+                    issuer=self.issuer,
+                    options={
+                        "require": ["exp", "iss", "aud", "sub"],
+                        # Time claims are checked in `_check`, against the injectable clock.
+                        "verify_exp": False,
+                        "verify_nbf": False,
+                        "verify_iat": False,
+                    },
+                )
+            )
+        except jwt.InvalidAudienceError:
+            raise TokenRejected("invalid_token", "the token is for another audience") from None
+        except jwt.InvalidIssuerError:
+            raise TokenRejected("invalid_token", "the token is from an unknown issuer") from None
+        except jwt.MissingRequiredClaimError as err:
+            raise TokenRejected("invalid_token", f"the token has no '{err.claim}' claim") from None
+        except jwt.InvalidSignatureError:
+            raise TokenRejected("invalid_token", "the token's signature does not verify") from None
+        except jwt.InvalidAlgorithmError:
+            raise TokenRejected("invalid_token", "tokens must be signed with EdDSA") from None
+        except jwt.PyJWTError:
+            raise TokenRejected("invalid_token", "the bearer token is malformed") from None
 
 
 # --- request proofs (proof of possession of the token's device key) --------------------
@@ -383,6 +407,12 @@ def _confirmation_key(claims: dict[str, Any]) -> Ed25519PublicKey:
         key_bytes = b""
     if len(key_bytes) != 32:
         raise TokenRejected("invalid_token", "the token's 'cnf' key is not 32 bytes")
+    return _device_key(key_bytes)
+
+
+@functools.lru_cache(maxsize=VERIFIED_TOKENS)
+def _device_key(key_bytes: bytes) -> Ed25519PublicKey:
+    """The key object for 32 raw bytes, made once per device (at every request before)."""
     return Ed25519PublicKey.from_public_bytes(key_bytes)
 
 

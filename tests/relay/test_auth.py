@@ -26,6 +26,7 @@ from backupvault.relay import (
     public_key_pem,
     save_operator_key,
 )
+from backupvault.tokens import VERIFIED_TOKENS
 
 from .conftest import AUDIENCE, ISSUER, StubNode, copies
 
@@ -150,6 +151,31 @@ def test_verifier_uses_its_clock_with_leeway(operator_key: Ed25519PrivateKey) ->
     now[0] = 999_990.0  # before nbf/iat, beyond the leeway
     with pytest.raises(TokenRejected):
         verifier.verify(token)
+
+
+def test_a_remembered_token_does_not_vouch_for_another(operator_key: Ed25519PrivateKey) -> None:
+    """A verified token's claims are remembered by its verifier (its signature is not
+    checked again; its times are, see above). Only that exact token, at that verifier:
+    the same claims under a forged signature are refused, another verifier (another
+    key) refuses the token, and the memory is bounded."""
+    token = mint_token(operator_key, "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=600)
+    verifier = TokenVerifier(operator_key.public_key(), ISSUER, AUDIENCE)
+    assert verifier.verify(token) == "alice"
+    head, claims, signature = token.split(".")
+    flipped = ("A" if signature[0] != "A" else "B") + signature[1:]
+    with pytest.raises(TokenRejected):
+        verifier.verify(f"{head}.{claims}.{flipped}")
+    other = TokenVerifier(Ed25519PrivateKey.generate().public_key(), ISSUER, AUDIENCE)
+    with pytest.raises(TokenRejected):
+        other.verify(token)
+    assert verifier.verify(token) == "alice"
+    for i in range(VERIFIED_TOKENS + 10):
+        verifier.verify(
+            mint_token(operator_key, f"user{i}", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=60)
+        )
+    assert len(verifier._verified) == VERIFIED_TOKENS
+    assert token not in verifier._verified
+    assert verifier.verify(token) == "alice"  # verified again from scratch
 
 
 def test_mint_token_checks_its_arguments(operator_key: Ed25519PrivateKey) -> None:
