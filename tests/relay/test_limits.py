@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
+import aiohttp
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -142,8 +144,8 @@ def test_concurrency_cap_answers_503_relay_busy(
     _assert_error(first[0], 503, "fleet_unavailable")  # the one node took it, timed out
 
 
-class _Exploding(httpx.AsyncBaseTransport):
-    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+class _Exploding(aiohttp.BaseConnector):
+    async def connect(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("internal failure mentioning SECRET-PAYLOAD")
 
 
@@ -151,7 +153,7 @@ def test_an_unexpected_exception_is_a_logged_502_without_details(
     operator_key: Ed25519PrivateKey, caplog: pytest.LogCaptureFixture, token: Callable[..., str]
 ) -> None:
     config = make_config(operator_key, ["http://127.0.0.1:9"])
-    server = LiveServer(create_app(config, transport=_Exploding()))
+    server = LiveServer(create_app(config, connector=_Exploding))
     try:
         with caplog.at_level("DEBUG"):
             response = _post(server.url, token(), b"payload")

@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import httpx
+import aiohttp
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -34,7 +35,7 @@ from backupvault.protocol import (
 )
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.fanout import fan_out
-from backupvault.relay.forward import Forwarder
+from backupvault.relay.forward import Forwarder, node_session, read_capped
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
 from backupvault.tokens import TokenRejected, TokenVerifier
@@ -67,26 +68,24 @@ class RelayState:
     config: RelayConfig
     verifier: TokenVerifier
     limiter: RateLimiter
-    transport: httpx.AsyncBaseTransport | None = None
+    connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
-    _client: httpx.AsyncClient | None = None
+    _client: aiohttp.ClientSession | None = None
     _forwarder: Forwarder | None = None
     _previous: dict[int, Forwarder] = field(default_factory=dict)
     _health: tuple[float, list[dict[str, Any]]] | None = None
     _health_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
-    def client(self) -> httpx.AsyncClient:
-        """One shared client for every node; made on startup (or on first use)."""
+    def client(self) -> aiohttp.ClientSession:
+        """One shared client for every node; made on startup (or on first use), in the
+        event loop."""
         if self._client is None:
-            self._client = httpx.AsyncClient(
-                timeout=httpx.Timeout(
-                    self.config.request_timeout, connect=self.config.connect_timeout
-                ),
-                limits=httpx.Limits(max_connections=self.config.max_concurrent_forwards + 16),
-                follow_redirects=False,
-                trust_env=False,
-                transport=self.transport,
+            self._client = node_session(
+                self.config.request_timeout,
+                self.config.connect_timeout,
+                self.config.max_concurrent_forwards + 16,
+                self.connector() if self.connector is not None else None,
             )
         return self._client
 
@@ -119,7 +118,7 @@ class RelayState:
 
     async def close(self) -> None:
         if self._client is not None:
-            await self._client.aclose()
+            await self._client.close()
             self._client = None
             self._forwarder = None
             self._previous.clear()
@@ -143,13 +142,18 @@ class RelayState:
 
     async def _probe(self, url: str) -> bool:
         try:
-            response = await self.client.get(f"{url}/v1/health", timeout=self.config.health_timeout)
-        except httpx.HTTPError:
-            return False
-        if response.status_code != 200:
+            async with self.client.get(
+                f"{url}/v1/health",
+                timeout=aiohttp.ClientTimeout(total=self.config.health_timeout),
+                allow_redirects=False,
+            ) as response:
+                if response.status != 200:
+                    return False
+                raw = await read_capped(response, 64 * 1024)
+        except (TimeoutError, aiohttp.ClientError):
             return False
         try:
-            body = response.json()
+            body = json.loads(raw or b"")
         except ValueError:
             return True
         return not (isinstance(body, dict) and body.get("ready") is False)
@@ -310,23 +314,24 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
         if config.witness_url is None:
             return error_response(404, "no_witness", "this relay names no witness")
         try:
-            answer = await state.client.get(
+            async with state.client.get(
                 f"{config.witness_url}/v1/consistency",
                 params={"old": old, "new": new},
-                timeout=config.request_timeout,
-            )
-        except httpx.HTTPError:
+                timeout=aiohttp.ClientTimeout(total=config.request_timeout),
+                allow_redirects=False,
+            ) as answer:
+                status = answer.status
+                content = await read_capped(answer, 64 * 1024)
+        except (TimeoutError, aiohttp.ClientError):
             return error_response(
                 503,
                 "witness_unavailable",
                 "the witness does not answer; try again later",
                 {"Retry-After": _BUSY_RETRY_AFTER},
             )
-        if answer.status_code not in (200, 400) or len(answer.content) > 64 * 1024:
+        if status not in (200, 400) or content is None:
             return error_response(502, "bad_witness_answer", "the witness answered oddly")
-        return Response(
-            answer.content, status_code=answer.status_code, media_type="application/json"
-        )
+        return Response(content, status_code=status, media_type="application/json")
 
     routes: list[BaseRoute] = [
         Route("/v1/health", health, methods=["GET"]),
@@ -446,12 +451,12 @@ def create_app(
     *,
     clock: Callable[[], float] = time.monotonic,
     token_clock: Callable[[], float] = time.time,
-    transport: httpx.AsyncBaseTransport | None = None,
+    connector: Callable[[], aiohttp.BaseConnector] | None = None,
     extra_routes: Sequence[BaseRoute] = (),
     extra_openapi_paths: Mapping[str, Any] | None = None,
 ) -> Starlette:
     """The relay app. `clock` drives the rate limiter, `token_clock` the token expiry
-    checks; `transport` replaces the network to the nodes (simulations). `extra_routes`
+    checks; `connector` makes what replaces the network to the nodes (tests). `extra_routes`
     and `extra_openapi_paths` add routes and describe them."""
     state = RelayState(
         config=config,
@@ -463,7 +468,7 @@ def create_app(
             clock=token_clock,
         ),
         limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
-        transport=transport,
+        connector=connector,
     )
     openapi = build_openapi(
         max_body_bytes=config.max_body_bytes,
@@ -498,8 +503,6 @@ def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> Non
         logging.basicConfig(
             level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s"
         )
-    # httpx logs every request it makes at INFO; the relay's own line per request says more.
-    logging.getLogger("httpx").setLevel(logging.WARNING)
     run_until_stopped(
         create_app(config),
         host=host,

@@ -26,7 +26,7 @@ import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.hop import sign_headers
@@ -75,9 +75,40 @@ def _json_error_code(body: bytes) -> str | None:
     return None
 
 
-def _media_type(response: httpx.Response) -> str:
-    value: str = response.headers.get("content-type", "")
+def _media_type(response: aiohttp.ClientResponse) -> str:
+    value: str = response.headers.get("Content-Type", "")
     return value.split(";", 1)[0].strip().lower()
+
+
+#: Idle connections to a node are closed after this long: before the node's own HTTP
+#: server closes them (uvicorn: 5 s), so a request never goes out on a connection the
+#: node is closing at that moment (its answer could not be told from a lost one).
+KEEPALIVE_SECONDS = 3.0
+
+
+def node_session(
+    request_timeout: float,
+    connect_timeout: float,
+    max_connections: int,
+    connector: aiohttp.BaseConnector | None = None,
+) -> aiohttp.ClientSession:
+    """The relay's one HTTP client to the nodes (and its witness), made in the running
+    event loop. aiohttp rather than httpx here: forwarding is the relay's hot path, and
+    httpx's async client spent about 0.9 ms of CPU per request against aiohttp's 0.1 ms
+    (a 1.5 KB POST on loopback), five requests per fan-out, one after another on the
+    relay's one thread. `connect_timeout` covers waiting for a pooled connection and
+    connecting; `request_timeout` each read of the answer. No cookies are kept, nothing
+    is decompressed, no proxy is taken from the environment."""
+    return aiohttp.ClientSession(
+        connector=connector
+        or aiohttp.TCPConnector(limit=max_connections, keepalive_timeout=KEEPALIVE_SECONDS),
+        timeout=aiohttp.ClientTimeout(
+            total=None, connect=connect_timeout, sock_read=request_timeout
+        ),
+        cookie_jar=aiohttp.DummyCookieJar(),
+        auto_decompress=False,
+        trust_env=False,
+    )
 
 
 class Forwarder:
@@ -85,12 +116,12 @@ class Forwarder:
 
     def __init__(
         self,
-        client: httpx.AsyncClient,
+        session: aiohttp.ClientSession,
         node_urls: Sequence[str],
         max_response_bytes: int,
         signing_key: Ed25519PrivateKey,
     ) -> None:
-        self.client = client
+        self.session = session
         self.node_urls = tuple(node_urls)
         self._index = {url: i for i, url in enumerate(self.node_urls)}
         self._signing_key = signing_key
@@ -104,17 +135,17 @@ class Forwarder:
             **sign_headers(self._signing_key, self._index[node], op, account, entry, body),
         }
         try:
-            async with self.client.stream(
-                "POST", f"{node}/v1/client/{op}", content=body, headers=headers
+            async with self.session.post(
+                f"{node}/v1/client/{op}", data=body, headers=headers, allow_redirects=False
             ) as response:
                 data = await self._read_capped(response)
-        except (httpx.ConnectError, httpx.ConnectTimeout):
+        except (aiohttp.ClientConnectorError, aiohttp.ConnectionTimeoutError):
             raise _Skip from None  # the request never reached the node
-        except httpx.TransportError:
+        except (TimeoutError, aiohttp.ClientError):
             # The node got the request and did not answer in time (or the connection broke
             # mid-way): it may still act on it.
             raise _Unknown from None
-        status = response.status_code
+        status = response.status
         media = _media_type(response)
         if status == 200:
             if media != "application/octet-stream":
@@ -133,12 +164,20 @@ class Forwarder:
             raise _BadAnswer(f"status {status} is not part of the node contract")
         raise _BadAnswer(f"status {status} ({media or 'no content type'})")
 
-    async def _read_capped(self, response: httpx.Response) -> bytes:
-        chunks: list[bytes] = []
-        size = 0
-        async for chunk in response.aiter_bytes():
-            size += len(chunk)
-            if size > self.max_response_bytes:
-                raise _BadAnswer(f"answer larger than {self.max_response_bytes} bytes")
-            chunks.append(chunk)
-        return b"".join(chunks)
+    async def _read_capped(self, response: aiohttp.ClientResponse) -> bytes:
+        data = await read_capped(response, self.max_response_bytes)
+        if data is None:
+            raise _BadAnswer(f"answer larger than {self.max_response_bytes} bytes")
+        return data
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes | None:
+    """The whole body, or None once it grows past `limit` (the rest is not read)."""
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in response.content.iter_chunked(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
