@@ -102,14 +102,11 @@ class NodePublicKey:
         except ValueError:
             raise InvalidInput(f"unknown node key type 0x{kem_id:04x}") from None
         key = cls(kem, bytes(data[2:]))
-        key._hpke_key()  # validates length and encoding
+        _ = key._hpke_key  # parsing it validates length and encoding
         return key
 
-    def _hpke_key(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
-        return self._hpke
-
     @functools.cached_property
-    def _hpke(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
+    def _hpke_key(self) -> x25519.X25519PublicKey | hpke.MLKEM768X25519PublicKey:
         # Parsed once per key object: a client seals to each node's key at every request.
         try:
             if self.kem is Kem.X25519:
@@ -156,11 +153,8 @@ class NodePrivateKey:
             raise InvalidInput("node private key has the wrong length")
         return cls(kem, bytes(data[2:]))
 
-    def _hpke_key(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
-        return self._hpke
-
     @functools.cached_property
-    def _hpke(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
+    def _hpke_key(self) -> x25519.X25519PrivateKey | hpke.MLKEM768X25519PrivateKey:
         # Expanded once per key object, not at every request a node opens (ML-KEM's key
         # expansion from its seed is about 0.1 ms).
         if self.kem is Kem.X25519:
@@ -215,13 +209,13 @@ def seal_request(
     request and the key its answer comes under."""
     response_key = ResponseKey(os.urandom(RESPONSE_KEY_LEN), fleet_id, node, kind)
     info = _context("request", fleet_id, node, kind)
-    sealed = node_key.kem.suite().encrypt(response_key.key + body, node_key._hpke_key(), info)
+    sealed = node_key.kem.suite().encrypt(response_key.key + body, node_key._hpke_key, info)
     return sealed, response_key
 
 
 def _hpke_open(node_key: NodePrivateKey, info: bytes, sealed: bytes, refused: str) -> bytes:
     try:
-        return node_key.kem.suite().decrypt(sealed, node_key._hpke_key(), info)
+        return node_key.kem.suite().decrypt(sealed, node_key._hpke_key, info)
     except (InvalidTag, ValueError):
         raise AuthenticationFailed(refused) from None
 
@@ -268,7 +262,7 @@ def seal_share(
     if len(share) != _SHARE_LEN:
         raise InvalidInput(f"a share is {_SHARE_LEN} bytes")
     info = _share_info(fleet_id, node, manifest_hash)
-    return node_key.kem.suite().encrypt(share, node_key._hpke_key(), info)
+    return node_key.kem.suite().encrypt(share, node_key._hpke_key, info)
 
 
 def open_share(
