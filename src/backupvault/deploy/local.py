@@ -38,6 +38,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
@@ -94,17 +95,29 @@ class DeploymentError(BackupVaultError):
 LOCAL_PORTS = range(20000, 32768)
 
 
+#: Ports this process has handed out. A port is free when checked but is bound only later,
+#: by the process it was chosen for, so without this memory two services set up together
+#: (a soak's ~40 link proxies, nodes and relay) could be handed the same port.
+_handed_out: set[int] = set()
+_handing_out = threading.Lock()
+
+
 def free_port() -> int:
-    for _ in range(1000):
-        port = random.choice(LOCAL_PORTS)
-        with socket.socket() as sock:
-            try:
-                sock.bind((HOST, port))
-            except OSError:
+    """A loopback port nothing listens on and this process has not handed out before."""
+    with _handing_out:
+        for _ in range(1000):
+            port = random.choice(LOCAL_PORTS)
+            if port in _handed_out:
                 continue
-        return port
+            with socket.socket() as sock:
+                try:
+                    sock.bind((HOST, port))
+                except OSError:
+                    continue
+            _handed_out.add(port)
+            return port
     raise DeploymentError(
-        f"no free loopback port between {LOCAL_PORTS.start} and {LOCAL_PORTS.stop - 1}"
+        f"no free loopback port between {min(LOCAL_PORTS)} and {max(LOCAL_PORTS)}"
     )
 
 
