@@ -4,9 +4,11 @@ through the fleet are in tests/sim/test_settling.py."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from backupvault.hsm.shares import UNKNOWN_B, check_threshold_value
 from backupvault.hsm.state import Evaluation, ThresholdState
-from backupvault.protocol import EntryStatus
+from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 LIMIT = 2
@@ -98,3 +100,79 @@ def test_a_copy_is_checked_like_an_accept() -> None:
     assert "went down" in (check(reset) or "")
     unsigned = mine.with_(reset_attempt=mine.attempt, reset_signature=bytes(64))
     assert "did not sign" in (check(unsigned) or "")
+
+
+def _check(
+    world: Simulation, client: ThresholdClient, held: ThresholdState
+) -> Callable[[ThresholdState], str | None]:
+    def check(value: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, value, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    return check
+
+
+def test_a_tombstone_that_lost_to_the_owners_success_at_its_attempt_gives_way() -> None:
+    """Sim seeds 10043566 and 10045090: node 0 counts the owner's right password as its
+    L-th attempt, the next request reaches it before the owner's reset does, and it erases
+    its share and proposes the tombstone; the reset wins the round. The node takes the
+    chosen reset and every value after it, and its erased share stays erased."""
+    world, client, before = _guessed(LIMIT - 1)
+    assert client.recover(b"right") is not None  # the L-th attempt is the owner's
+    reset = world.replicated(1, client.key)
+    tombstone = _tombstone(before)
+    assert reset.reset_attempt == tombstone.attempt == LIMIT and reset.reset_signature
+    check = _check(world, client, tombstone)
+    assert check(reset) is None
+    assert client.recover(b"wrong") is None
+    assert check(world.replicated(1, client.key)) is None
+    # Node 0 erased its share at L on its own count: taking the reset gives nothing back.
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    row = world.honest[0].rows[client.key]
+    world.honest[0].rows[client.key] = erased = row.with_(share=b"")
+    keeper._pending.pop(client.key, None)
+    keeper._cache.pop(client.key, None)
+    keeper.on_accept(client.key, tombstone.to_bytes())
+    keeper.on_accept(client.key, reset.to_bytes())
+    assert all(not w.row.share for w in keeper.take_writes())
+    assert keeper.row(client.key) == erased
+    refused = keeper._take_share(client.key, reset, row.share, reset.change_counter)
+    assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.DESTROYED
+
+
+def test_no_older_success_or_forged_reset_revives_a_tombstone() -> None:
+    """A chosen tombstone ends the entry: a live value from before it, the owner's signed
+    reset of an earlier success replayed, or a reset moved up to the tombstone's attempt
+    without the owner's signature over it, are all refused."""
+    world, client, _ = _guessed(0)
+    assert client.recover(b"right") is not None  # a success at attempt 1
+    earlier = world.replicated(0, client.key)
+    for _ in range(LIMIT):
+        assert client.recover(b"wrong") is None
+    last_live = world.replicated(0, client.key)
+    tombstone = _tombstone(last_live)
+    check = _check(world, client, tombstone)
+    assert earlier.reset_signature and earlier.reset_attempt < tombstone.attempt
+    assert check(earlier) == "the attempt counter went down"
+    assert check(last_live) == "an entry brought back to life without a new version"
+    moved = earlier.with_(attempt=tombstone.attempt, reset_attempt=tombstone.attempt)
+    assert "did not sign" in (check(moved) or "")
+
+
+def test_a_delete_that_won_is_taken_over_a_sibling_delete_an_attempt_on() -> None:
+    """Sim seed 10046249: node 1 held the owner's delete built on a later attempt than
+    the delete chosen, and refused it ("the attempt counter went down") for good. Two
+    values that hold no key are not compared by counters; a live one is still refused."""
+    world, client, _ = _guessed(0)
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    live = world.replicated(0, client.key)
+    client.delete(recovered[0])
+    deleted = world.replicated(0, client.key)
+    assert deleted.status == EntryStatus.EMPTY
+    sibling = deleted.with_(attempt=deleted.attempt + 1, reset_attempt=deleted.reset_attempt + 1)
+    check = _check(world, client, sibling)
+    assert check(deleted) is None
+    assert check(live) is not None

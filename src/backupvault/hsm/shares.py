@@ -1403,7 +1403,8 @@ def _check_transition(
     # The attempt counter and clock number the attempts on the held version: this node
     # compares them only with a value that keeps that version live here. A value that ends
     # it here is not compared with them: a tombstone of it (destroyed, or the owner's
-    # delete of the live value held, whose signature is checked below) evaluates nothing;
+    # delete of the live value held, whose signature is checked below, or of a version
+    # already ended here: seed 10046249, a sibling delete one attempt apart) evaluates nothing;
     # a later version is taken only on its own evidence, checked below (the owner's
     # statement retiring the held version, or t nodes' acknowledgements), and this node's
     # count of it starts with its own row of that version, which only the owner's signed
@@ -1412,10 +1413,9 @@ def _check_transition(
     # later one, another request, a later clock): a value built on the committed one then
     # looked like the counter or the clock going back, and was refused for good (sim seeds
     # 9201842 and 9500124, a tombstone; 9507211, a password change's commit).
-    ends_held = state.version > held.version or (
-        state.status == EntryStatus.DESTROYED
-        or (state.status == EntryStatus.EMPTY and held.status == EntryStatus.LIVE)
-    )
+    if _outlived_tombstone(held, state):
+        return None
+    ends_held = state.version > held.version or state.status != EntryStatus.LIVE
     if state.attempt < held.attempt and not ends_held:
         return "the attempt counter went down"
     if state.attempt_client_time_ms < held.attempt_client_time_ms and not ends_held:
@@ -1424,7 +1424,12 @@ def _check_transition(
         # A tombstone below a reset this node holds is taken (seed 7000233: the owner's
         # reset for the L-th attempt, accepted by a minority, lost to the tombstone): it
         # only ends the entry sooner, which an attempt counter pushed up by L also does.
-        if state.reset_attempt < held.reset_attempt and state.status != EntryStatus.DESTROYED:
+        # Over a value that holds no key, nothing counts any more.
+        if (
+            state.reset_attempt < held.reset_attempt
+            and state.status != EntryStatus.DESTROYED
+            and held.status == EntryStatus.LIVE
+        ):
             return "the reset went back"
         if held.status == EntryStatus.LIVE:
             if state.status == EntryStatus.LIVE and state.manifest != held.manifest:
@@ -1491,6 +1496,28 @@ def _check_transition(
         # version for good (sim seed 9101198).
         return None
     return "a new version without the owner's signed change or delete of the held one"
+
+
+def _outlived_tombstone(held: ThresholdState, state: ThresholdState) -> bool:
+    """Whether `held` is a tombstone that lost its round to the owner's success: `state`,
+    live at its version, carries the owner's signed reset (verified by the caller) for an
+    attempt at or after the tombstone's last. The tombstone counted L attempts ending at
+    its own; a success at that attempt means the L-th attempt did not fail, and a success
+    at a later one means attempts went on past the tombstone, so it was not chosen (a
+    chosen tombstone ends the attempts). Refused, a node that erased its share at L and
+    proposed the tombstone while the owner's reset for that L-th attempt was on its way
+    refused every later value of the entry for good (sim seeds 10043566, 10045090).
+    Taken, it gives back nothing: a share this node erased stays erased (`_take_share`
+    refuses the same version's share again), and a share it kept, below L on its own
+    count, is where the owner's reset would have left it. No stale value revives a
+    tombstone this way: every value from before it has a reset below its attempt."""
+    return (
+        held.status == EntryStatus.DESTROYED
+        and state.status == EntryStatus.LIVE
+        and state.version == held.version
+        and bool(state.reset_signature)
+        and state.reset_attempt >= held.attempt
+    )
 
 
 def _orphaned(row: NodeShare, held: ThresholdState) -> bool:
