@@ -8,7 +8,7 @@ from __future__ import annotations
 import httpx
 import pytest
 
-from backupvault.client.errors import Destroyed, WrongPassword
+from backupvault.client.errors import Destroyed, EntryChanged, WrongPassword
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
@@ -125,3 +125,29 @@ def test_change_password_and_delete(bridge: Bridge) -> None:
     deleted, missing = vault.delete(again)
     assert deleted == 2 and missing == ()  # every node acknowledged its erasure
     assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
+
+
+def test_a_password_changed_on_another_device_mid_recovery_is_named_and_costs_no_guess(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device B changes the password between device A's manifest read and its evaluation
+    (sim seed 10051237): every node refuses A's attempt for the old version. A is told the
+    key changed, not that the fleet is unavailable, and no guess of the new version is
+    spent on the password it typed."""
+    device_a, device_b = bridge.vault(), bridge.vault()
+    device_a.register("old", RK, ksf=SIM_KSF)
+    read = device_a._live
+
+    def read_then_changed_elsewhere() -> object:
+        live = read()
+        device_b.change_password(device_b.recover("old", ksf_floor=SIM_KSF), "new", ksf=SIM_KSF)
+        return live
+
+    monkeypatch.setattr(device_a, "_live", read_then_changed_elsewhere)
+    with pytest.raises(EntryChanged, match="later version than 1") as raised:
+        device_a.recover("old", ksf_floor=SIM_KSF)
+    assert raised.value.exit_code == 1
+    rows = [bridge.world.honest[s].rows[KEY] for s in range(5)]
+    assert all((row.version, row.count) == (2, 0) for row in rows)
+    monkeypatch.undo()
+    assert device_a.recover("new", ksf_floor=SIM_KSF).root_key == RK

@@ -48,6 +48,20 @@ class AlreadyRegistered(VaultError):
     pass
 
 
+class EntryChanged(VaultError):
+    """Most nodes moved past the manifest this recovery read, between the read and the
+    evaluation: another device changed the password, or deleted the key."""
+
+    def __init__(self, version: int) -> None:
+        super().__init__(
+            f"the key changed while it was being recovered: the vault now holds a later"
+            f" version than {version} (its password was changed, or the key deleted, on"
+            " another device)",
+            hint="no guess was used on the new version; try again, with the new password"
+            " if it was changed",
+        )
+
+
 class FleetUnavailable(VaultError):
     exit_code = 5
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
+    EntryChanged,
     FleetUnavailable,
     NotRegistered,
     RelayUnreachable,
@@ -893,6 +894,10 @@ class ThresholdVault:
                 not good and ErrorCode.DESTROYED in errors
             ):
                 raise Destroyed()
+            if errors.count(ErrorCode.STALE_MANIFEST) > self.nodes - self.t:
+                # Not retried here: the password typed may be the one just replaced, and
+                # asking again would spend a guess of the new version on it.
+                raise EntryChanged(manifest.version)
             if rejected:
                 raise VaultError(
                     f"need {self.t} partial evaluations that verify, have {len(good)};"

@@ -124,6 +124,12 @@ def _codes(answers: Answers) -> list[str]:
     return [a.code for a in answers.values() if isinstance(a, ErrorResponse)]
 
 
+def _changed(ctx: FlowContext, codes: list[str]) -> bool:
+    """Whether fewer than t nodes are left at the version read, because the others moved
+    to another one (a password change or delete from another device)."""
+    return codes.count(ErrorCode.STALE_MANIFEST) > ctx.nodes - ctx.threshold
+
+
 def fetch_manifest(ctx: FlowContext) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
     the reason there is none (no entry, destroyed, or not enough agreeing nodes)."""
@@ -328,6 +334,9 @@ def recover(ctx: FlowContext, password: bytes) -> Flow:
             agreed.commitments, blinded, [a.partial() for a in good.values()]
         )
     except threshold.NotEnoughPartials as err:
+        if _changed(ctx, codes):
+            # As the SDK (`EntryChanged`): the manifest read is out of date, no guess used.
+            return Outcome("entry changed", agreed=agreed, rejected=tuple(sorted(rejected)))
         text = "destroyed" if ErrorCode.DESTROYED in codes else "unavailable"
         failure = threshold.NotEnoughPartials(err.message, rejected=tuple(sorted(rejected)))
         return Outcome(f"{text} ({len(good)} partials)", rejected=failure.rejected, error=failure)
