@@ -56,6 +56,7 @@ from typing import Any, TypeVar
 
 import httpx
 
+from backupvault import serving
 from backupvault.chaos.proxy import LinkProxy, Mode, ProxyPool
 from backupvault.client.config import ClientConfig
 from backupvault.client.errors import (
@@ -105,6 +106,9 @@ RELAY_SETTINGS: dict[str, Any] = {
 
 class FaultKind(enum.StrEnum):
     KILL = "kill"  # SIGKILL, restarted after a while (catches up before it answers)
+    #: SIGTERM, as an operator's restart: requests in flight get the grace, new ones are
+    #: refused; restarted after a while (killed first if it still runs by then).
+    TERM = "term"
     CUT = "cut"  # every link into and out of the node drops everything
     SLOW = "slow"  # every link into and out of the node delays every chunk
     STALL = "stall"  # relay->node: requests arrive, answers are withheld (lost answers)
@@ -596,8 +600,24 @@ class ProxiedFleet:
         self.deployment.stop_process(f"node{index}", signal.SIGKILL)
         self.counters.process_ended(index)
 
-    def restart(self, index: int) -> None:
+    def terminate(self, index: int) -> None:
+        assert self.counters is not None
+        self.counters.poll(index)
+        self.deployment.signal_process(f"node{index}", signal.SIGTERM)
+
+    def restart(self, index: int) -> bool:
+        """Start the node again. A process of it still running (obeying a SIGTERM) gets
+        the rest of its grace, then is killed: True if it had to be."""
+        name = f"node{index}"
+        deadline = time.monotonic() + serving.GRACEFUL_SECONDS + 2
+        while name in self.deployment.running() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outlived = name in self.deployment.running()
+        self.deployment.stop_process(name, signal.SIGKILL)
+        assert self.counters is not None
+        self.counters.process_ended(index)
         self.deployment.start_node(index)
+        return outlived
 
     def links_of(self, index: int) -> list[LinkProxy]:
         return self.pool.touching(f"node{index}")
@@ -627,13 +647,17 @@ class ProxiedFleet:
 # ---- the chaos driver ----------------------------------------------------------------------------
 
 
+#: Faults that stop the node's process, which the driver restarts.
+_STOPS = (FaultKind.KILL, FaultKind.TERM)
+
+
 @dataclass
 class ActiveFault:
     node: int
     kind: FaultKind
     until: float
-    restarted: bool = False  # KILL: the process runs again, catching up
-    slow: bool = False  # KILL: still not ready 30 s after the restart (reported once)
+    restarted: bool = False  # KILL, TERM: the process runs again, catching up
+    slow: bool = False  # KILL, TERM: still not ready 30 s after the restart (reported once)
 
 
 class ChaosDriver:
@@ -649,6 +673,8 @@ class ChaosDriver:
         self.max_concurrent = 0
         self.restart_seconds: list[float] = []
         self.slow_catch_up = 0
+        #: Terminated nodes still running at the end of their grace (SIGKILLed then).
+        self.outlived_term = 0
         self._kinds: list[FaultKind] = []
         self._restarted_at: dict[int, float] = {}
         self.events: list[dict[str, Any]] = []
@@ -689,6 +715,8 @@ class ChaosDriver:
         match kind:
             case FaultKind.KILL:
                 self.fleet.kill(node)
+            case FaultKind.TERM:
+                self.fleet.terminate(node)
             case FaultKind.CUT:
                 pool.set_mode(self.fleet.links_of(node), Mode.DROP)
             case FaultKind.SLOW:
@@ -702,9 +730,11 @@ class ChaosDriver:
 
     def _end_expired(self, now: float) -> None:
         for node, fault in list(self.active.items()):
-            if fault.kind is FaultKind.KILL:
+            if fault.kind in _STOPS:
                 if not fault.restarted and now >= fault.until:
-                    self.fleet.restart(node)
+                    if self.fleet.restart(node):
+                        self.outlived_term += 1
+                        self._event("still running after its SIGTERM grace; killed", node)
                     fault.restarted = True
                     self._restarted_at[node] = now
                     self._event("restart", node)
@@ -729,8 +759,9 @@ class ChaosDriver:
         """End every fault: all links pass, every node runs and is ready."""
         self.fleet.pool.set_mode(self.fleet.pool.links.values(), Mode.PASS)
         for node, fault in list(self.active.items()):
-            if fault.kind is FaultKind.KILL and not fault.restarted:
-                self.fleet.restart(node)
+            if fault.kind in _STOPS and not fault.restarted:
+                if self.fleet.restart(node):
+                    self.outlived_term += 1
                 self._event("restart", node)
         self.active.clear()
         for index in range(self.fleet.nodes):
@@ -1537,6 +1568,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                     "injected": {str(k): v for k, v in sorted(driver.injected.items())},
                     "max_concurrent": driver.max_concurrent,
                     "catch_up_over_30_seconds": driver.slow_catch_up,
+                    "outlived_sigterm": driver.outlived_term,
                     "catch_up_seconds_max": round(max(restart), 2) if restart else None,
                     "catch_up_seconds_mean": round(sum(restart) / len(restart), 2)
                     if restart
@@ -1595,6 +1627,12 @@ def summary(result: SoakResult) -> str:
             f"max {result.faults['catch_up_seconds_max']} s)"
             if result.faults["catch_up_seconds_max"] is not None
             else ")"
+        )
+        + (
+            f"; {result.faults['outlived_sigterm']} still ran at the end of their SIGTERM"
+            " grace, and were killed"
+            if result.faults.get("outlived_sigterm")
+            else ""
         )
     )
     proxy = result.faults["proxy"]
