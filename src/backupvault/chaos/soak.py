@@ -1,7 +1,7 @@
 """The chaos soak: a real local fleet (5 node processes + relay) behind fault-injecting
 proxies, many concurrent SDK clients on the threshold vault (client/threshold.py) for a set
-time, a chaos driver that kills, restarts, cuts off, slows and stalls a random minority of
-nodes, and checks at the end.
+time, a chaos driver that kills, terminates (SIGTERM), restarts, cuts off, slows and
+stalls a random minority of nodes, and checks at the end.
 
 Layout of a run (see docs/soak.md):
 
@@ -107,7 +107,7 @@ RELAY_SETTINGS: dict[str, Any] = {
 class FaultKind(enum.StrEnum):
     KILL = "kill"  # SIGKILL, restarted after a while (catches up before it answers)
     #: SIGTERM, as an operator's restart: requests in flight get the grace, new ones are
-    #: refused; restarted after a while (killed first if it still runs by then).
+    #: refused; restarted after a while (killed first if it outlives its grace).
     TERM = "term"
     CUT = "cut"  # every link into and out of the node drops everything
     SLOW = "slow"  # every link into and out of the node delays every chunk
