@@ -6,8 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from backupvault.hsm.shares import UNKNOWN_B, check_threshold_value
-from backupvault.hsm.state import Evaluation, ThresholdState
+from backupvault.hsm.shares import UNKNOWN_B, ShareKeeper, check_threshold_value
+from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus, ErrorCode, ErrorResponse
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
@@ -37,6 +37,29 @@ def _erased_on_accept(world: Simulation, client: ThresholdClient, value: Thresho
     return [w.row.share for w in keeper.take_writes()] == [b""]
 
 
+def _stored(world: Simulation, key: bytes, row: NodeShare) -> ShareKeeper:
+    """Node 0's store now holds `row`: its keeper reads it from there again."""
+    world.honest[0].rows[key] = row
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    keeper._pending.pop(key, None)
+    keeper._cache.pop(key, None)
+    return keeper
+
+
+def _check(
+    world: Simulation, client: ThresholdClient, held: ThresholdState
+) -> Callable[[ThresholdState], str | None]:
+    """Why an acceptor holding `held` refuses a value, or None."""
+
+    def check(value: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, value, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    return check
+
+
 def test_a_tombstone_taken_at_the_own_count_of_l_erases_the_share() -> None:
     world, client, state = _guessed(LIMIT)
     assert world.honest[0].rows[client.key].count == LIMIT
@@ -60,11 +83,7 @@ def test_a_count_at_l_on_peers_reports_is_never_erased_on_a_tombstone() -> None:
     world, client, state = _guessed(1)
     row = world.honest[0].rows[client.key]
     assumed = [*row.evaluated, Evaluation(state.attempt + 1, UNKNOWN_B)]
-    world.honest[0].rows[client.key] = row.with_(evaluated=assumed)
-    keeper = world.honest[0].keeper
-    assert keeper is not None
-    keeper._pending.pop(client.key, None)  # read the row from the "store" again
-    keeper._cache.pop(client.key, None)
+    keeper = _stored(world, client.key, row.with_(evaluated=assumed))
     assert keeper.row(client.key) == world.honest[0].rows[client.key]
     assert not _erased_on_accept(world, client, _tombstone(state))
 
@@ -80,13 +99,8 @@ def test_a_copy_is_checked_like_an_accept() -> None:
         client.change_password(recovered[0], new, bytes(32))
     assert client.recover(b"wrong") is None
     committed = world.replicated(0, client.key)
-    held = world.replicated(3, client.key).to_bytes()  # version 1: two changes missed
-
-    def check(value: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, value, held, node_keys=world.node_keys
-        )
-
+    # Node 3 holds version 1: it missed two changes.
+    check = _check(world, client, world.replicated(3, client.key))
     assert committed.version == 3
     # A live version further on is taken on its t acknowledgements.
     assert check(committed) is None
@@ -95,22 +109,11 @@ def test_a_copy_is_checked_like_an_accept() -> None:
     # What goes back against the held value, or fails its own checks, is refused: a count
     # reset, and a reset the owner did not sign.
     mine = committed
-    held = mine.to_bytes()
+    check = _check(world, client, mine)
     reset = mine.with_(attempt=mine.reset_attempt)
     assert "went down" in (check(reset) or "")
     unsigned = mine.with_(reset_attempt=mine.attempt, reset_signature=bytes(64))
     assert "did not sign" in (check(unsigned) or "")
-
-
-def _check(
-    world: Simulation, client: ThresholdClient, held: ThresholdState
-) -> Callable[[ThresholdState], str | None]:
-    def check(value: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, value, held.to_bytes(), node_keys=world.node_keys
-        )
-
-    return check
 
 
 def test_a_tombstone_that_lost_to_the_owners_success_at_its_attempt_gives_way() -> None:
@@ -128,12 +131,9 @@ def test_a_tombstone_that_lost_to_the_owners_success_at_its_attempt_gives_way() 
     assert client.recover(b"wrong") is None
     assert check(world.replicated(1, client.key)) is None
     # Node 0 erased its share at L on its own count: taking the reset gives nothing back.
-    keeper = world.honest[0].keeper
-    assert keeper is not None
     row = world.honest[0].rows[client.key]
-    world.honest[0].rows[client.key] = erased = row.with_(share=b"")
-    keeper._pending.pop(client.key, None)
-    keeper._cache.pop(client.key, None)
+    erased = row.with_(share=b"")
+    keeper = _stored(world, client.key, erased)
     keeper.on_accept(client.key, tombstone.to_bytes())
     keeper.on_accept(client.key, reset.to_bytes())
     assert all(not w.row.share for w in keeper.take_writes())

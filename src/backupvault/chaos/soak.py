@@ -421,7 +421,8 @@ class GhostClient:
 
 class Counters:
     """Node counters (/v1/metrics) summed over every process a node had: polled often, and
-    once more right before a kill; a restarted node's counters start again at 0."""
+    once more right before a kill or a SIGTERM; a restarted node's counters start again at
+    0."""
 
     def __init__(self, urls: dict[int, str]) -> None:
         self.urls = urls
@@ -594,16 +595,12 @@ class ProxiedFleet:
         except (httpx.HTTPError, ValueError):
             return False
 
-    def kill(self, index: int) -> None:
+    def stop_node(self, index: int, sig: signal.Signals) -> None:
+        """Read the node's counters one last time, then send `sig` (SIGKILL: a crash;
+        SIGTERM: an operator's stop). `restart` reaps the process."""
         assert self.counters is not None
         self.counters.poll(index)
-        self.deployment.stop_process(f"node{index}", signal.SIGKILL)
-        self.counters.process_ended(index)
-
-    def terminate(self, index: int) -> None:
-        assert self.counters is not None
-        self.counters.poll(index)
-        self.deployment.signal_process(f"node{index}", signal.SIGTERM)
+        self.deployment.signal_process(f"node{index}", sig)
 
     def restart(self, index: int) -> bool:
         """Start the node again. A process of it still running (obeying a SIGTERM) gets
@@ -647,8 +644,8 @@ class ProxiedFleet:
 # ---- the chaos driver ----------------------------------------------------------------------------
 
 
-#: Faults that stop the node's process, which the driver restarts.
-_STOPS = (FaultKind.KILL, FaultKind.TERM)
+#: Faults that stop the node's process, with their signal; the driver restarts it.
+_STOPS = {FaultKind.KILL: signal.SIGKILL, FaultKind.TERM: signal.SIGTERM}
 
 
 @dataclass
@@ -713,10 +710,8 @@ class ChaosDriver:
         fault = ActiveFault(node, kind, now + self.rng.uniform(low, high))
         pool = self.fleet.pool
         match kind:
-            case FaultKind.KILL:
-                self.fleet.kill(node)
-            case FaultKind.TERM:
-                self.fleet.terminate(node)
+            case FaultKind.KILL | FaultKind.TERM:
+                self.fleet.stop_node(node, _STOPS[kind])
             case FaultKind.CUT:
                 pool.set_mode(self.fleet.links_of(node), Mode.DROP)
             case FaultKind.SLOW:

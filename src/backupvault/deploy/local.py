@@ -534,15 +534,13 @@ class LocalDeployment:
         processes["relay"] = {"pid": pid}
         self._save_processes(processes)
 
-    def signal_process(self, name: str, sig: signal.Signals) -> bool:
+    def signal_process(self, name: str, sig: signal.Signals) -> None:
         """Send `sig` to a running process and return at once (it stays listed, so
-        `stop_process` still reaps it); False if it is not running."""
+        `stop_process` still reaps it)."""
         pid = self._processes().get(name, {}).get("pid")
-        if not _alive(pid):
-            return False
-        assert pid is not None
-        os.kill(pid, sig)
-        return True
+        if _alive(pid):
+            assert pid is not None
+            os.kill(pid, sig)
 
     def stop_process(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
         processes = self._processes()
