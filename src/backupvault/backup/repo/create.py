@@ -39,6 +39,7 @@ from backupvault.backup.repo.repository import (
     PackWriter,
     Repository,
     cpu_workers,
+    cycle_collector_paused,
     host_name,
 )
 from backupvault.backup.repo.state import DeviceState
@@ -279,6 +280,7 @@ class _Workers:
             self._free.clear()  # each window refers to this list: freed now, not by the GC
 
 
+@cycle_collector_paused()
 def create_snapshot(
     source: str | os.PathLike[str],
     storage_url: str,

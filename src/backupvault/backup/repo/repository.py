@@ -10,13 +10,15 @@ Objects (docs/format.md, "Repository layout"):
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import os
 import platform
 import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -462,3 +464,35 @@ def host_name() -> str:
 
 def cpu_workers() -> int:
     return max(2, min(4, os.cpu_count() or 2))
+
+
+class _CollectorPause:
+    """Python's cycle collector off while a backup or a restore runs. They make almost no
+    reference cycles (13 unreachable objects after a backup of 50,000 files, the same
+    after one of 512 MiB), but their growing lists of entries had the collector scan the
+    heap again and again with the GIL held: 0.29 s of a 4 s backup of 50,000 small files,
+    0.14 s of its restore (docs/performance.md). Pauses are counted, as the collector is
+    the process's: its state before the first pause comes back after the last one ends."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._pauses = 0
+        self._was_enabled = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if not self._pauses:
+                self._was_enabled = gc.isenabled()
+                gc.disable()
+            self._pauses += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._pauses -= 1
+                if not self._pauses and self._was_enabled:
+                    gc.enable()
+
+
+cycle_collector_paused = _CollectorPause()

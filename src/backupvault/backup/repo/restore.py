@@ -23,7 +23,7 @@ from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo.chunksource import ChunkSource
 from backupvault.backup.repo.index import Index
-from backupvault.backup.repo.repository import Repository, cpu_workers
+from backupvault.backup.repo.repository import Repository, cpu_workers, cycle_collector_paused
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
@@ -117,6 +117,7 @@ def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> b
     return False
 
 
+@cycle_collector_paused()
 def restore_snapshot(
     storage_url: str,
     root_key: bytes,
