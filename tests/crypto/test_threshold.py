@@ -158,6 +158,30 @@ def test_share_against_a_wrong_commitment_set_is_refused() -> None:
             verify_share(share, other.commitments)
 
 
+def test_a_node_key_is_computed_once_per_commitments_and_index(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    dealing, other = deal(3, 5), deal(3, 5)
+    products: list[bytes] = []
+    real = oprf.scalar_mult
+
+    def counted(scalar: bytes, element: bytes) -> bytes:
+        products.append(element)
+        return real(scalar, element)
+
+    monkeypatch.setattr(oprf, "scalar_mult", counted)
+    first = dealing.commitments.node_public_key(4)
+    assert len(products) == 2  # t − 1
+    # The same commitments parsed again (a fresh object), same index: remembered.
+    again = Commitments.from_bytes(dealing.commitments.to_bytes()).node_public_key(4)
+    assert again == first == dealing.shares[3].public_key()
+    assert len(products) == 2
+    # Another index, or other commitments: computed, and right.
+    assert dealing.commitments.node_public_key(5) == dealing.shares[4].public_key()
+    assert other.commitments.node_public_key(4) == other.shares[3].public_key()
+    assert len(products) == 6
+
+
 @pytest.mark.parametrize("position", [0, 1, 2])
 def test_substituting_one_commitment_is_refused(position: int) -> None:
     dealing = deal(3, 5)

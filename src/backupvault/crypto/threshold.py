@@ -27,6 +27,7 @@ every scalar canonical and non-zero (`oprf.validate_element`, `oprf.validate_sca
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
@@ -177,13 +178,7 @@ class Commitments:
         """K_i = Σ_j C_j·i^j. Raises InvalidInput if the commitments give node `index` the
         identity as key (impossible for honest commitments: it would mean k_i = 0)."""
         _check_index(index, "node index")
-        terms = [self.elements[0]]
-        for j in range(1, self.threshold):
-            terms.append(oprf.scalar_mult(_scalar_bytes(pow(index, j, _Q)), self.elements[j]))
-        key = _sum(terms)
-        if key == _IDENTITY:
-            raise InvalidInput(f"commitments give node {index} the identity as its key")
-        return key
+        return _node_public_key(self.elements, index)
 
     def to_bytes(self) -> bytes:
         return b"".join(self.elements)
@@ -207,6 +202,20 @@ class Dealing:
 
     def __repr__(self) -> str:
         return f"Dealing(t={self.commitments.threshold}, n={len(self.shares)}, <secrets hidden>)"
+
+
+@functools.lru_cache(maxsize=4096)
+def _node_public_key(elements: tuple[bytes, ...], index: int) -> bytes:
+    """Remembered: a recovery checks each node's proof against K_i, and each commit
+    acknowledgement a node verifies names one, t − 1 scalar multiplications each time, for
+    the same manifest (public values only: the cache holds nothing secret)."""
+    terms = [elements[0]]
+    for j in range(1, len(elements)):
+        terms.append(oprf.scalar_mult(_scalar_bytes(pow(index, j, _Q)), elements[j]))
+    key = _sum(terms)
+    if key == _IDENTITY:
+        raise InvalidInput(f"commitments give node {index} the identity as its key")
+    return key
 
 
 def _evaluate_polynomial(coefficients: Sequence[bytes], x: int) -> bytes:
