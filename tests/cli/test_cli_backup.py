@@ -7,6 +7,7 @@ import filecmp
 import importlib.util
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -551,6 +552,14 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
     assert checked.returncode == 0 and json.loads(checked.stdout)["errors"] == []
+    checked = run("backup", "check", "--read-data", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert re.fullmatch(
+        r"no errors: 2 snapshots, 2 packs, \d+ chunks, [\d.]+ (B|KiB) read\n", checked.stdout
+    ), checked.stdout
+    would = run("backup", "forget", "--keep-last", "1", "--dry-run", "--storage", str(storage),
+                "--recovery-code", code)  # fmt: skip
+    assert would.stdout.endswith("would forget 1 snapshot, kept 1\n"), would.stdout
     forgot = run("--json", "backup", "forget", "--keep-last", "1", "--storage", str(storage),
                  "--recovery-code", code)  # fmt: skip
     assert json.loads(forgot.stdout)["removed"] == [first["backup_id"]]

@@ -10,7 +10,14 @@ import click
 
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
-from backupvault.cli.main import Context, _password, _recovery_code, _root_key_from_vault, backup
+from backupvault.cli.main import (
+    Context,
+    _password,
+    _plural,
+    _recovery_code,
+    _root_key_from_vault,
+    backup,
+)
 from backupvault.cli.main import pass_context as pass_ctx
 from backupvault.errors import BackupVaultError, UsageError
 
@@ -140,7 +147,7 @@ def backup_forget(
     kept, removed = maintenance.forget(repo, policy, dry_run=dry_run)
     verb = "would forget" if dry_run else "forgot"
     text = "\n".join([f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed])
-    text += f"\n{verb} {len(removed)} snapshots, kept {len(kept)}"
+    text += f"\n{verb} {_plural(len(removed), 'snapshot')}, kept {len(kept)}"
     ctx.output.result({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
 
 
@@ -183,6 +190,7 @@ def backup_check(
     ctx: Context, read_data: bool, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
     """Check the repository: every object authenticates and every chunk in use is there."""
+    from backupvault.backup import human_size
     from backupvault.backup.repo import maintenance
 
     repo = _open(ctx, storage_url, password_stdin, code)
@@ -199,13 +207,14 @@ def backup_check(
         if ctx.output.json_mode:
             ctx.output.result(data, "")
         raise CheckFailed(
-            f"the repository is damaged: {len(result.errors)} problems:\n  "
+            f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
             + "\n  ".join(result.errors),
             hint="restore what still restores; `backup create` re-uploads missing chunks "
             "of files it reads again (use --force-read)",
         )
     ctx.output.result(
         data,
-        f"no errors: {result.snapshots} snapshots, {result.packs} packs, {result.chunks} chunks"
-        + (f", {result.read_bytes} bytes read" if read_data else ""),
+        f"no errors: {_plural(result.snapshots, 'snapshot')}, {_plural(result.packs, 'pack')}, "
+        f"{_plural(result.chunks, 'chunk')}"
+        + (f", {human_size(result.read_bytes)} read" if read_data else ""),
     )
