@@ -567,6 +567,26 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     assert pruned.returncode == 0 and json.loads(pruned.stdout)["bytes_freed"] >= 0
 
 
+def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: Path) -> None:
+    storage = tmp_path / "storage"
+    code = json.loads(
+        run(
+            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+        ).stdout
+    )["recovery_code"]
+    missing = run("backup", "restore", "ffff", "--storage", str(storage), "--to",
+                  str(tmp_path / "a"), "--recovery-code", code)  # fmt: skip
+    assert missing.returncode == 1
+    assert "no snapshot with id ffff" in missing.stderr
+    assert "hint: `backupvault backup list` shows the snapshots" in missing.stderr
+    outside = run("backup", "restore", "--include", f"{source.name}/notes.txt", "--storage",
+                  str(storage), "--to", str(tmp_path / "b"), "--recovery-code", code)  # fmt: skip
+    assert outside.returncode == 1
+    assert "is not in this snapshot" in outside.stderr
+    assert "relative to the folder that was backed up" in outside.stderr
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
 def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     code = json.loads(

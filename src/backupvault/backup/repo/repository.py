@@ -293,9 +293,15 @@ class Repository:
         wanted = prefix.strip().lower()
         matches = [n for n in names if n.startswith(wanted)]
         if not matches:
-            raise BackupNotFound(f"no snapshot with id {wanted} at {self.backend.display_url}")
+            raise BackupNotFound(
+                f"no snapshot with id {wanted} at {self.backend.display_url}",
+                hint="`backupvault backup list` shows the snapshots and their ids",
+            )
         if len(matches) > 1:
-            raise UsageError(f"snapshot id prefix {wanted} matches {len(matches)} snapshots")
+            raise UsageError(
+                f"snapshot id prefix {wanted} matches {len(matches)} snapshots",
+                hint="give more of the id (`backupvault backup list` shows them)",
+            )
         return self.read_snapshot(matches[0])
 
     # ---- locks ------------------------------------------------------------------------

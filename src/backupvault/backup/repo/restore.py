@@ -60,7 +60,11 @@ def select(entries: list[Entry], include: str | None) -> list[Entry]:
         or (e.kind == DIR and e.path in parents)
     ]
     if not any(e.path == wanted for e in chosen):
-        raise BackupNotFound(f"{include} is not in this snapshot")
+        raise BackupNotFound(
+            f"{include} is not in this snapshot",
+            hint="--include takes a path relative to the folder that was backed up: "
+            "for /home/me/chats/db/a.sqlite in a backup of /home/me/chats, db/a.sqlite",
+        )
     return chosen
 
 
