@@ -67,6 +67,16 @@ def source(tmp_path: Path) -> Path:
     return root
 
 
+def first_backup(source: Path, storage: Path) -> str:
+    """Back up `source` into a new repository at `storage`; its recovery code."""
+    done = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    code: str = json.loads(done.stdout)["recovery_code"]
+    return code
+
+
 def same_tree(a: Path, b: Path) -> bool:
     compared = filecmp.dircmp(a, b)
     if compared.left_only or compared.right_only or compared.diff_files or compared.funny_files:
@@ -197,11 +207,7 @@ def test_usage_errors_exit_2(tmp_path: Path, source: Path, args: list[str]) -> N
 
 def test_restore_refuses_a_non_empty_destination(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
-    code = json.loads(
-        run(
-            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
-        ).stdout
-    )["recovery_code"]
+    code = first_backup(source, storage)
     dest = tmp_path / "dest"
     dest.mkdir()
     (dest / "mine.txt").write_text("keep me")
@@ -569,11 +575,7 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
 
 def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
-    code = json.loads(
-        run(
-            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
-        ).stdout
-    )["recovery_code"]
+    code = first_backup(source, storage)
     missing = run("backup", "restore", "ffff", "--storage", str(storage), "--to",
                   str(tmp_path / "a"), "--recovery-code", code)  # fmt: skip
     assert missing.returncode == 1
@@ -589,11 +591,7 @@ def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: 
 
 def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
-    code = json.loads(
-        run(
-            "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
-        ).stdout
-    )["recovery_code"]
+    code = first_backup(source, storage)
     pack = next((storage / "data").iterdir())
     data = bytearray(pack.read_bytes())
     data[3] ^= 1
