@@ -727,12 +727,9 @@ class ChaosDriver:
         for node, fault in list(self.active.items()):
             if fault.kind in _STOPS:
                 if not fault.restarted and now >= fault.until:
-                    if self.fleet.restart(node):
-                        self.outlived_term += 1
-                        self._event("still running after its SIGTERM grace; killed", node)
+                    self._restart(node)
                     fault.restarted = True
                     self._restarted_at[node] = now
-                    self._event("restart", node)
                 elif fault.restarted and now - self._restarted_at[node] > 30 and not fault.slow:
                     fault.slow = True
                     self.slow_catch_up += 1
@@ -745,6 +742,13 @@ class ChaosDriver:
             elif now >= fault.until:
                 self._heal(node)
 
+    def _restart(self, node: int) -> None:
+        """Start a stopped node again; one that outlived its SIGTERM grace is counted."""
+        if self.fleet.restart(node):
+            self.outlived_term += 1
+            self._event("still running after its SIGTERM grace; killed", node)
+        self._event("restart", node)
+
     def _heal(self, node: int) -> None:
         self.fleet.pool.set_mode(self.fleet.links_of(node), Mode.PASS)
         del self.active[node]
@@ -755,9 +759,7 @@ class ChaosDriver:
         self.fleet.pool.set_mode(self.fleet.pool.links.values(), Mode.PASS)
         for node, fault in list(self.active.items()):
             if fault.kind in _STOPS and not fault.restarted:
-                if self.fleet.restart(node):
-                    self.outlived_term += 1
-                self._event("restart", node)
+                self._restart(node)
         self.active.clear()
         for index in range(self.fleet.nodes):
             self.fleet.deployment.start_node(index)  # no-op for a running node
