@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 import tomllib
 from pathlib import Path
 
@@ -80,6 +82,26 @@ def test_a_command_without_its_subcommand_shows_its_help() -> None:
     assert done.returncode == 2
     assert "Usage: backupvault backup" in done.stderr and "restore" in done.stderr
     assert "error:" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["backup", "create", "--help"], ["backup", "check", "--help"], ["backup", "--help"]],
+    ids=" ".join,
+)
+def test_backup_commands_do_not_load_the_operator_commands(args: list[str]) -> None:
+    """A backup command starts without importing the operator's modules (the HTTP client,
+    the deployment): they took longer to import than a small backup takes to run."""
+    probe = (
+        "import sys\n"
+        "from backupvault.cli.main import main\n"
+        f"try:\n    main({args!r})\nexcept SystemExit:\n    pass\n"
+        "loaded = ['backupvault.cli.operator', 'backupvault.cli.transparency', 'httpx']\n"
+        "print(sorted(name for name in loaded if name in sys.modules))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert "Usage: backupvault backup" in done.stdout
+    assert done.stdout.splitlines()[-1] == "[]"
 
 
 # ---- config -------------------------------------------------------------------------------

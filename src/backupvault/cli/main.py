@@ -29,9 +29,12 @@ if TYPE_CHECKING:
     from backupvault.client.config import ClientConfig
     from backupvault.client.vault import Recovery
 
-# Modules that add commands to `cli`. They are imported only when a command not defined
-# here is asked for (or for --help), so `backupvault backup ...` starts fast.
-PLUGIN_MODULES = ("operator", "sim", "transparency", "backup_repo")
+# Modules that add commands to a group defined here, by group. A group imports its own
+# only when asked for a command not defined here (or for its --help), so `backupvault
+# backup create` loads none of them, and `backup check` only backup_repo: the operator's
+# modules (the HTTP client, the deployment) take longer to import than a small backup.
+TOP_PLUGINS = ("operator", "sim", "transparency")
+BACKUP_PLUGINS = ("backup_repo",)
 
 CONFIG_ENV = "BACKUPVAULT_CONFIG"
 
@@ -91,34 +94,40 @@ class Command(click.Command):
         return super().invoke(ctx)
 
 
-def load_plugins() -> None:
+def load_plugins(names: tuple[str, ...] = TOP_PLUGINS + BACKUP_PLUGINS) -> None:
     import importlib
 
-    for name in PLUGIN_MODULES:
+    for name in names:
         importlib.import_module(f"backupvault.cli.{name}")
 
 
 class Group(click.Group):
-    """Its commands take `--json`/`-q` after their name too; subgroups are Groups. The
-    plugin modules are loaded only when a command not defined yet is asked for (or for
-    --help), so `backupvault backup ...` starts fast."""
+    """Its commands take `--json`/`-q` after their name too; subgroups are Groups.
+    `plugins`: the modules that add commands to this group, loaded only when a command
+    not defined yet is asked for (or for --help)."""
 
     command_class = Command
     group_class = type
 
+    def __init__(self, *args: Any, plugins: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.plugins = plugins
+
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
-        if command is None:
-            load_plugins()
+        if command is None and self.plugins:
+            load_plugins(self.plugins)
             command = super().get_command(ctx, cmd_name)
         return command
 
     def list_commands(self, ctx: click.Context) -> list[str]:
-        load_plugins()
+        load_plugins(self.plugins)
         return super().list_commands(ctx)
 
 
-@click.group(cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(
+    cls=Group, plugins=TOP_PLUGINS, context_settings={"help_option_names": ["-h", "--help"]}
+)
 @click.option(
     "--config",
     "config_path",
@@ -341,7 +350,7 @@ def _backup_json(
     return data
 
 
-@cli.group()
+@cli.group(plugins=BACKUP_PLUGINS)
 def backup() -> None:
     """Create, list and restore backups."""
 
