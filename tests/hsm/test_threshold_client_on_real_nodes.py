@@ -8,9 +8,10 @@ from __future__ import annotations
 import httpx
 import pytest
 
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import Destroyed, EntryChanged, WrongPassword
 from backupvault.client.threshold import FleetKeys, ThresholdVault
-from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.client.vault import VaultClient
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
 from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
 from backupvault.hsm.state import EntryId

@@ -8,25 +8,15 @@ from pathlib import Path
 
 import click
 import tomli_w
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.cli.main import Context, cli, pass_context
-from backupvault.client.vault import DEFAULT_ENTRY
-from backupvault.deploy.local import LocalDeployment
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import UsageError
 from backupvault.files import replace_secret_file, write_new_file
-from backupvault.node.config import FleetDescription, NodeConfig, write_toml
-from backupvault.tokens import (
-    device_key_hex,
-    fleet_audience,
-    generate_device_key,
-    generate_operator_key,
-    load_operator_private_key,
-    mint_token,
-    private_key_pem,
-    raw,
-    save_operator_key,
-)
+
+# The commands import what they use when they run: `backupvault --help` loads this module
+# to list them, and the deployment, the node's config and the tokens take a few tenths of
+# a second to import.
 
 # ---- local ------------------------------------------------------------------------------
 
@@ -52,6 +42,8 @@ LOCAL_DIR = click.option(
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
     """Start (provisioning the first time) a local fleet, witness and relay; writes
     DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys)."""
+    from backupvault.deploy.local import LocalDeployment
+
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
@@ -79,6 +71,8 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
 @pass_context
 def local_down(ctx: Context, root: Path) -> None:
     """Stop the local deployment's processes (its data stays for the next `up`)."""
+    from backupvault.deploy.local import LocalDeployment
+
     deployment = LocalDeployment(root)
     stopped = deployment.down()
     if stopped:
@@ -95,6 +89,8 @@ def local_down(ctx: Context, root: Path) -> None:
 @pass_context
 def local_status(ctx: Context, root: Path) -> None:
     """Show each process of the local deployment."""
+    from backupvault.deploy.local import LocalDeployment
+
     status = LocalDeployment(root).status()
     lines = [
         f"{name:8} pid {info['pid'] or '-':>7}  "
@@ -128,6 +124,7 @@ _NODE_CONFIG = click.option(
 def node_init(ctx: Context, node_config: Path) -> None:
     """Create this node's own keys (identity, HPKE, signing, storage), sealed by its token
     (once); print the public keys to list under this node in fleet.toml."""
+    from backupvault.node.config import NodeConfig
     from backupvault.node.main import init_node
 
     public = init_node(NodeConfig.load(node_config)).describe()
@@ -145,6 +142,7 @@ def node_init(ctx: Context, node_config: Path) -> None:
 def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: str) -> None:
     """Show what this node's disk holds (counters and flags, never secrets)."""
     from backupvault.hsm.state import EntryId
+    from backupvault.node.config import NodeConfig
     from backupvault.node.main import inspect_store
 
     only = None if account is None else EntryId.of(account, entry)
@@ -194,6 +192,8 @@ def fleet_ceremony(ctx: Context, fleet_file: Path) -> None:
     """Collect the fleet: give it a fleet id (once) and check every node's public keys in
     the fleet file. Every key is the node's own (`node init`); there is no fleet-wide
     secret to make or transfer."""
+    from backupvault.node.config import FleetDescription, write_toml
+
     data = tomllib.loads(fleet_file.read_text())
     fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
     data.pop("opaque_server_public_key", None)  # the removed single-seed flow's key
@@ -220,6 +220,8 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     """Make the operator's deployment-signing key: OUT/deploy.key signs deployment records
     (`fleet deploy --operator-key`); its public key (deploy.pub, and the hex printed) goes
     to the witness and into over-the-air client configs."""
+    from backupvault.tokens import generate_operator_key, save_operator_key
+
     out_dir.mkdir(parents=True, exist_ok=True)
     key = generate_operator_key()
     save_operator_key(key, out_dir / "deploy.key", out_dir / "deploy.pub")
@@ -293,6 +295,7 @@ def fleet_client_config(
     the operator's and the witness's keys (docs/operations.md §5)."""
     from backupvault.client.config import ClientConfig
     from backupvault.client.trust import load_operator_key
+    from backupvault.node.config import FleetDescription
 
     fleet = FleetDescription.load(fleet_file)
     data: dict[str, object] = {
@@ -367,6 +370,8 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
     signing what it forwards (OUT/relay-signing.key: the relay's config names it).
     Prints the raw public keys in hex for fleet.toml (account_issuer_public_key,
     relay_public_keys)."""
+    from backupvault.tokens import generate_operator_key, private_key_pem, save_operator_key
+
     out_dir.mkdir(parents=True, exist_ok=True)
     issuer = generate_operator_key()
     relay_key = generate_operator_key()
@@ -395,6 +400,8 @@ def relay_device_key(ctx: Context) -> None:
     """Make a device key for a client: its private hex goes into that client's client.toml
     (`device_key`, `fleet client-config --device-key`), its public hex to `relay mint-token
     --device-key`, which binds the fleet token to it (docs/relay.md)."""
+    from backupvault.tokens import device_key_hex, generate_device_key, raw
+
     key = generate_device_key()
     private, public = device_key_hex(key), raw(key.public_key()).hex()
     ctx.output.result(
@@ -439,6 +446,10 @@ def relay_mint_token(
 ) -> None:
     """Sign an account token with the account issuer's key: a relay token (--audience)
     or a fleet token (--fleet-id)."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
+
     if (audience is None) == (fleet_id is None):
         raise UsageError("give --audience (a relay token) or --fleet-id (a fleet token)")
     if fleet_id is not None:

@@ -6,43 +6,21 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
-import httpx
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.cli.operator import LOCAL_DIR, fleet, local
-from backupvault.client.config import ClientConfig
-from backupvault.client.trust import load_operator_key, load_witness_verifier
-from backupvault.deploy.local import LocalDeployment
-from backupvault.deploy.records import (
-    next_epoch,
-    save_bundle,
-    sign_deployment,
-    submit,
-    write_deployment,
-)
-from backupvault.deploy.verify import (
-    DeploymentCheckFailed,
-    TrustInputs,
-    local_measurement,
-    verify_deployment,
-    verify_log,
-)
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import write_new_file
-from backupvault.node.config import FleetDescription, write_toml
-from backupvault.tokens import load_operator_private_key, private_key_pem
-from backupvault.transparency import OperatorSignedRecord, Signer, Verifier
-from backupvault.transparency.head import DEFAULT_MAX_AGE
-from backupvault.transparency.measure import (
-    FirmwareConfig,
-    combine,
-    default_package_dir,
-    measure_environment,
-    measure_package,
-)
+
+if TYPE_CHECKING:
+    from backupvault.client.config import ClientConfig
+    from backupvault.transparency import Verifier
+
+# As in cli/operator.py, the commands import what they use when they run, so that
+# `backupvault --help` does not load the deployment, the witness or the HTTP client.
 
 _FLEET_FILE = click.option(
     "--fleet-file",
@@ -103,6 +81,17 @@ def fleet_deploy(
     """Make, measure and sign the fleet's deployment record: writes deployment.bin next to
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
+    from backupvault.deploy.records import (
+        next_epoch,
+        save_bundle,
+        sign_deployment,
+        submit,
+        write_deployment,
+    )
+    from backupvault.node.config import FleetDescription
+    from backupvault.tokens import load_operator_private_key
+    from backupvault.transparency import OperatorSignedRecord
+
     if resubmit:
         if not witness_urls:
             raise UsageError("--resubmit needs --witness URL")
@@ -173,6 +162,16 @@ def fleet_measure(
     ctx: Context, fleet_file: Path | None, record_file: Path | None, package_dir: Path | None
 ) -> None:
     """Print the firmware measurement (and what went into it) for anyone to recompute."""
+    from backupvault.node.config import FleetDescription
+    from backupvault.transparency import OperatorSignedRecord
+    from backupvault.transparency.measure import (
+        FirmwareConfig,
+        combine,
+        default_package_dir,
+        measure_environment,
+        measure_package,
+    )
+
     if (fleet_file is None) == (record_file is None):
         raise UsageError("give --fleet-file or --record (one of them)")
     if fleet_file is not None:
@@ -237,6 +236,12 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
     """Make the witness's signing key (OUT/witness.key) and its config (OUT/witness.toml,
     with no fleets yet: `witness add-fleet` adds them), and print its verifier key, which
     clients and auditors are configured with."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from backupvault.node.config import write_toml
+    from backupvault.tokens import private_key_pem
+    from backupvault.transparency import Signer
+
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "witness.key"
     config = out_dir / "witness.toml"
@@ -284,6 +289,9 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
 def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operator_key: str) -> None:
     """Let the witness log deployment records of FLEET_ID signed by OPERATOR_KEY (restart
     `witness serve` afterwards)."""
+    from backupvault.client.trust import load_operator_key
+    from backupvault.node.config import write_toml
+
     try:
         fleet = bytes.fromhex(fleet_id)
     except ValueError:
@@ -330,6 +338,8 @@ def _client_ota(ctx: Context) -> ClientConfig | None:
 
 
 def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | None:
+    from backupvault.client.trust import load_witness_verifier
+
     if vkey is not None:
         return load_witness_verifier(vkey, name)
     config = _client_ota(ctx)
@@ -349,10 +359,13 @@ def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | No
 def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: str | None) -> None:
     """Fetch the witness's checkpoint and check that it extends the last one seen (a
     consistency proof); refuses a forked or rolled-back log."""
+    import json
+
+    from backupvault.deploy.verify import verify_log
+    from backupvault.transparency import Verifier
+
     verifier = _verifier(ctx, vkey, None)
     if verifier is None and state_file is not None and state_file.exists():
-        import json
-
         remembered = json.loads(state_file.read_text()).get("vkey")
         verifier = None if remembered is None else Verifier.from_vkey(str(remembered))
     if verifier is None:
@@ -433,6 +446,17 @@ def verify_deployment_command(
 ) -> None:
     """Check each fleet the relay serves (or one bundle) against the operator and witness
     keys and the log, and each running node's measurement against the record."""
+    import httpx
+
+    from backupvault.client.trust import load_operator_key, load_witness_verifier
+    from backupvault.deploy.verify import (
+        DeploymentCheckFailed,
+        TrustInputs,
+        local_measurement,
+        verify_deployment,
+    )
+    from backupvault.transparency.head import DEFAULT_MAX_AGE
+
     config = _client_ota(ctx)
     ota = None if config is None else config.ota
     if operator_key is not None:
@@ -513,6 +537,8 @@ def verify_deployment_command(
 def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
     """Rotate the local fleet to a new epoch: new nodes and keys, a new record logged by the
     witness; the relay serves it and keeps routing the old epoch for migration."""
+    from backupvault.deploy.local import LocalDeployment
+
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")

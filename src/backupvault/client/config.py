@@ -50,6 +50,7 @@ from typing import Any, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, ThresholdVault
 from backupvault.client.trust import (
@@ -60,7 +61,7 @@ from backupvault.client.trust import (
     load_witness_verifier,
     ota_session,
 )
-from backupvault.client.vault import DEFAULT_ENTRY, VaultClient
+from backupvault.client.vault import VaultClient
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput

@@ -51,6 +51,7 @@ import httpx
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
@@ -62,7 +63,7 @@ from backupvault.client.errors import (
 )
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
-from backupvault.client.vault import DEFAULT_ENTRY, Recovery, VaultClient, VaultStatus
+from backupvault.client.vault import Recovery, VaultClient, VaultStatus
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Generic, TypeVar
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import (
     FleetUnavailable,
     RateLimited,
@@ -45,7 +46,6 @@ if TYPE_CHECKING:
 
 T = TypeVar("T", bound=Message)
 
-DEFAULT_ENTRY = "backup-root-key"
 #: How long the SDK waits, in all, on a relay's Retry-After before giving up.
 MAX_RATE_LIMIT_WAIT_SECONDS = 30.0
 #: A lost answer or a 503 is sent again after RESEND_BACKOFF_SECONDS, doubling.
