@@ -589,6 +589,28 @@ def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_asked(
+    tmp_path: Path, source: Path
+) -> None:
+    """No password can open anything without the vault's config: each command that needs
+    the key says so at once (exit 2), names --recovery-code, and reads no password."""
+    storage = tmp_path / "storage"
+    first_backup(source, storage)
+    to = tmp_path / "restored"
+    for args in (
+        ["backup", "list"],
+        ["backup", "check"],
+        ["backup", "restore", "--to", str(to)],
+        ["backup", "restore", "--to", str(to), "--password-stdin"],
+    ):
+        done = run(*args, "--storage", str(storage), stdin="a password\n")
+        assert done.returncode == 2, (args, done.stderr)
+        assert "give --recovery-code CODE" in done.stderr
+        assert "$BACKUPVAULT_CONFIG" in done.stderr
+        assert "no password" not in done.stderr
+    assert not to.exists()
+
+
 def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     code = first_backup(source, storage)

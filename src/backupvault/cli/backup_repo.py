@@ -12,10 +12,9 @@ from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
 from backupvault.cli.main import (
     Context,
-    _password,
     _plural,
     _recovery_code,
-    _root_key_from_vault,
+    _root_key_by_password,
     backup,
 )
 from backupvault.cli.main import pass_context as pass_ctx
@@ -39,7 +38,7 @@ def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     if code is not None:
         return _recovery_code(code)
-    return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+    return _root_key_by_password(ctx, password_stdin)
 
 
 def code_for_existing_repository() -> bytes:

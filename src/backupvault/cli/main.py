@@ -164,6 +164,22 @@ def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password")
     return check_password(password)
 
 
+def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
+    """RK of existing backups, recovered from the vault by password. Without a vault
+    config no password can open anything: say so before asking for one, and name the
+    recovery code, which opens backups made with it."""
+    if ctx.config_path is None:
+        raise UsageError(
+            "this needs the backups' key: give --recovery-code CODE ('-' reads it from"
+            f" stdin), or the vault's client config (--config FILE or ${CONFIG_ENV}) to use"
+            " your password",
+            hint="a backup made with `backup create --recovery-code` opens with that code;"
+            " one made with a password, through the vault",
+        )
+    ctx.config()  # a missing or unreadable config is named before the password is asked for
+    return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+
+
 def _warn_if_weak(ctx: Context, password: str) -> None:
     """At registration only: a weak password is the vault's one way in for a thief who
     takes the storage, limited only by the guess count."""
@@ -492,10 +508,9 @@ def backup_restore(
         use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
     if include is not None and not use_repository:
         raise UsageError("--include works on snapshots, not on single-blob backups")
-    if code is not None:
-        root_key = _recovery_code(code)
-    else:
-        root_key, _ = _root_key_from_vault(ctx, _password(password_stdin), register=False)
+    root_key = (
+        _recovery_code(code) if code is not None else _root_key_by_password(ctx, password_stdin)
+    )
     with ctx.output.progress() as bar:
         if use_repository:
             key = "password" if code is None else "recovery code"
