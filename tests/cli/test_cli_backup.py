@@ -589,7 +589,7 @@ def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
-def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_asked(
+def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_read(
     tmp_path: Path, source: Path
 ) -> None:
     """No password can open anything without the vault's config: each command that needs
@@ -609,6 +609,12 @@ def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_
         assert "$BACKUPVAULT_CONFIG" in done.stderr
         assert "no password" not in done.stderr
     assert not to.exists()
+    create = run("backup", "create", str(source), "--storage", str(tmp_path / "other"),
+                 stdin="a password\na password\n")  # fmt: skip
+    assert create.returncode == 2
+    assert "give --recovery-code to back up with no vault" in create.stderr
+    assert "$BACKUPVAULT_CONFIG" in create.stderr and "no password" not in create.stderr
+    assert not (tmp_path / "other").exists()
 
 
 def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:

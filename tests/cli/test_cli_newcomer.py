@@ -127,6 +127,9 @@ def test_no_config_and_a_missing_config_exit_alike_and_name_the_variable(tmp_pat
     assert "nope.toml (from --config) does not exist" in flag.stderr
     assert "gone.toml (from $BACKUPVAULT_CONFIG) does not exist" in env.stderr
     assert "Traceback" not in none.stderr + flag.stderr + env.stderr
+    change = backupvault("vault", "change-password")  # the config comes before the password
+    assert change.returncode == 2
+    assert "BACKUPVAULT_CONFIG" in change.stderr and "no password" not in change.stderr
 
 
 def _client_toml(path: Path, **fields: object) -> Path:
@@ -282,7 +285,10 @@ def test_json_errors_are_one_object_on_stderr(tmp_path: Path, args: list[str], c
 
 def test_a_password_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) -> None:
     # (`vault delete`'s confirmation without a terminal: tests/integration, it needs a vault)
-    no_password = backupvault("--json", "backup", "create", str(tmp_path), "--storage", "x")
+    config = _client_toml(tmp_path / "client.toml")
+    no_password = backupvault(
+        "--json", "--config", str(config), "backup", "create", str(tmp_path), "--storage", "x"
+    )
     assert no_password.returncode == 2
     assert "--password-stdin" in str(last_json(no_password.stderr)["error"])
 

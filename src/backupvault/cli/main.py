@@ -164,19 +164,23 @@ def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password")
     return check_password(password)
 
 
-def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
-    """RK of existing backups, recovered from the vault by password. Without a vault
-    config no password can open anything: say so before asking for one, and name the
-    recovery code, which opens backups made with it."""
+def _vault_before_password(ctx: Context, without_config: str, hint: str) -> None:
+    """A password is of use only through the vault: without its config, say so (and what
+    works instead) before asking for one; a missing or unreadable config is named too."""
     if ctx.config_path is None:
-        raise UsageError(
-            "this needs the backups' key: give --recovery-code CODE ('-' reads it from"
-            f" stdin), or the vault's client config (--config FILE or ${CONFIG_ENV}) to use"
-            " your password",
-            hint="a backup made with `backup create --recovery-code` opens with that code;"
-            " one made with a password, through the vault",
-        )
-    ctx.config()  # a missing or unreadable config is named before the password is asked for
+        raise UsageError(without_config, hint=hint)
+    ctx.config()
+
+
+def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
+    """RK of existing backups, recovered from the vault by password."""
+    _vault_before_password(
+        ctx,
+        "this needs the backups' key: give --recovery-code CODE ('-' reads it from stdin),"
+        f" or the vault's client config (--config FILE or ${CONFIG_ENV}) to use your password",
+        hint="a backup made with `backup create --recovery-code` opens with that code;"
+        " one made with a password, through the vault",
+    )
     return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
 
 
@@ -419,6 +423,13 @@ def backup_create(
         else:
             root_key, new_code = recovery.new_root_key(), True
     else:
+        _vault_before_password(
+            ctx,
+            "a backup with a password needs the vault's client config (--config FILE or"
+            f" ${CONFIG_ENV}); or give --recovery-code to back up with no vault",
+            hint="`backupvault local up --dir DIR` writes DIR/client.toml; with"
+            " --recovery-code the first backup prints the code that opens it",
+        )
         password = _password(password_stdin, confirm=True)
         root_key, registered = _root_key_from_vault(
             ctx, password, register=True, storage_url=url, new_key=new_key
@@ -678,7 +689,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are).
 
     The current password is checked first; only then is the new one asked for (twice)."""
-
+    session = ctx.config().session(notify=ctx.output.note)  # no password asked without it
     if password_stdin:
         lines = [sys.stdin.readline(), sys.stdin.readline()]
         if not lines[1]:
@@ -690,7 +701,6 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
         old, new = check_password(lines[0]), check_password(lines[1])
     else:
         old = _password(False, prompt="Current password")
-    session = ctx.config().session(notify=ctx.output.note)
     # The old password is checked (one recovery; a key still on an older fleet epoch moves
     # to the current one first) before the new one is asked for.
     recovered = session.recover_or_migrate(old)
