@@ -361,6 +361,16 @@ def test_list_on_a_missing_storage_says_not_found(tmp_path: Path) -> None:
     assert not (tmp_path / "nowhere").exists()
 
 
+def test_a_storage_that_is_a_file_is_named_as_such(tmp_path: Path, source: Path) -> None:
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a storage folder\n")
+    for args in (["backup", "list"], ["backup", "create", str(source), "--recovery-code"]):
+        done = run(*args, "--storage", str(afile))
+        assert done.returncode == 2, done.stderr
+        assert f"storage {afile} is a file, not a folder" in done.stderr
+    assert afile.read_text() == "not a storage folder\n"
+
+
 def test_list_has_a_header_human_sizes_and_key_kinds(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     (source / "big.bin").write_bytes(os.urandom(300_000))

@@ -143,6 +143,11 @@ class Storage:
             raise self._error("cannot open storage", exc) from None
         self.root = self.root.rstrip("/") or "/"
         self.is_local = self._fs is None
+        if self.is_local and os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise UsageError(
+                f"storage {self.display_url} is a file, not a folder",
+                hint="give --storage the folder that holds the backups (a backup creates it)",
+            )
 
     @property
     def fs(self) -> Any:
