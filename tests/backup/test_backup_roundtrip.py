@@ -18,6 +18,7 @@ from backupvault.backup import (
     list_backups,
     restore_backup,
 )
+from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage, StoredBackup
 from backupvault.errors import InvalidInput, UsageError
 
@@ -152,6 +153,20 @@ def test_list_and_restore_by_id(tmp_path: Path, root_key: bytes) -> None:
     with pytest.raises(UsageError, match="hexadecimal"):
         restore_backup(store, root_key, tmp_path / "x", backup_id="not-hex")
     assert not (tmp_path / "x").exists()
+
+
+def test_s3_without_credentials_says_how_to_give_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name in list(os.environ):
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find
+    with pytest.raises(StorageError, match="NoCredentialsError") as raised:
+        Storage("s3://no-such-bucket/backups").list()
+    assert "AWS_ACCESS_KEY_ID" in str(raised.value.hint)
 
 
 def test_empty_or_missing_storage_has_no_backups(tmp_path: Path, root_key: bytes) -> None:

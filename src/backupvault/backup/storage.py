@@ -209,7 +209,14 @@ class Storage:
         if self._secret:
             for secret in {self._secret, quote(self._secret, safe="")}:
                 detail = detail.replace(secret, "***")
-        return StorageError(f"{what} at {self.display_url}: {detail}")
+        hint = None
+        if type(exc).__name__ == "NoCredentialsError":  # botocore's, through s3fs
+            hint = (
+                "give S3 credentials the usual AWS ways: AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or ~/.aws/credentials (and"
+                " AWS_ENDPOINT_URL for a server other than AWS)"
+            )
+        return StorageError(f"{what} at {self.display_url}: {detail}", hint=hint)
 
     def path(self, name: str) -> str:
         return f"{self.root}/{name}" if self.root != "/" else f"/{name}"
