@@ -164,6 +164,9 @@ def test_s3_without_credentials_says_how_to_give_them(
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # no instance role to find
+    from s3fs import S3FileSystem
+
+    S3FileSystem.clear_instance_cache()  # fsspec keeps one per arguments: the S3 tests' own
     with pytest.raises(StorageError, match="NoCredentialsError") as raised:
         Storage("s3://no-such-bucket/backups").list()
     assert "AWS_ACCESS_KEY_ID" in str(raised.value.hint)
