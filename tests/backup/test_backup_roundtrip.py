@@ -155,6 +155,25 @@ def test_list_and_restore_by_id(tmp_path: Path, root_key: bytes) -> None:
     assert not (tmp_path / "x").exists()
 
 
+def test_a_local_folder_lists_as_fsspec_lists_it(tmp_path: Path) -> None:
+    """Local storage is listed with os.scandir (fsspec is slower to import than listing):
+    the same files, with their sizes, and nothing else taken for a file."""
+    from fsspec.implementations.local import LocalFileSystem
+
+    (tmp_path / f"backup-20261202T101500.000000Z-{'ab' * 16}.bvb").write_bytes(b"x" * 7)
+    (tmp_path / ".partial-upload.0123456789abcdef.partial").write_bytes(b"y" * 3)
+    (tmp_path / "data").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "data")
+
+    def files(entries: list[dict[str, object]]) -> set[tuple[str, object]]:
+        return {(str(e["name"]), e["size"]) for e in entries if e["type"] == "file"}
+
+    ours = Storage(str(tmp_path))._local_entries()
+    theirs = LocalFileSystem().ls(str(tmp_path), detail=True)
+    assert files(ours) == files(theirs)
+    assert len(files(ours)) == 2 and len(ours) == len(theirs) == 4
+
+
 def test_s3_without_credentials_says_how_to_give_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

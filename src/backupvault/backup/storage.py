@@ -223,6 +223,8 @@ class Storage:
 
     def _entries(self, missing_ok: bool) -> list[dict[str, Any]]:
         try:
+            if self.is_local:
+                return self._local_entries()
             return cast(list[dict[str, Any]], self.fs.ls(self.root, detail=True))
         except FileNotFoundError:
             if missing_ok:
@@ -235,6 +237,22 @@ class Storage:
             raise StorageNotFound(f"storage {self.display_url} is a file, not a folder") from None
         except Exception as exc:
             raise self._error("cannot list backups", exc) from None
+
+    def _local_entries(self) -> list[dict[str, Any]]:
+        """What `fs.ls(root, detail=True)` gives for a local folder, in the fields used
+        here, without importing fsspec (which takes longer than `backup list` itself)."""
+        entries: list[dict[str, Any]] = []
+        with os.scandir(self.root) as listing:
+            for entry in listing:
+                try:
+                    is_file = entry.is_file()
+                    size = entry.stat().st_size if is_file else None
+                except FileNotFoundError:
+                    continue  # gone since the listing (a partial object renamed)
+                entries.append(
+                    {"name": entry.path, "type": "file" if is_file else "other", "size": size}
+                )
+        return entries
 
     def list(self, missing_ok: bool = True) -> list[StoredBackup]:
         """Every backup object under the root, oldest first. A missing root lists as empty
