@@ -191,6 +191,20 @@ def test_s3_without_credentials_says_how_to_give_them(
     assert "AWS_ACCESS_KEY_ID" in str(raised.value.hint)
 
 
+def test_a_scheme_whose_package_is_missing_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import fsspec.core
+
+    def missing(*args: object, **kwargs: object) -> None:
+        raise ImportError("Please install gcsfs to access Google Storage")
+
+    monkeypatch.setattr(fsspec.core, "url_to_fs", missing)
+    with pytest.raises(StorageError, match="install gcsfs") as raised:
+        Storage("gs://bucket/backups")
+    assert "-m pip install NAME" in str(raised.value.hint)
+
+
 def test_empty_or_missing_storage_has_no_backups(tmp_path: Path, root_key: bytes) -> None:
     with pytest.raises(StorageNotFound, match="storage not found"):
         restore_backup(str(tmp_path / "nowhere"), root_key, tmp_path / "out")

@@ -29,6 +29,7 @@ import builtins
 import contextlib
 import os
 import re
+import sys
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -215,6 +216,11 @@ class Storage:
                 "give S3 credentials the usual AWS ways: AWS_ACCESS_KEY_ID and"
                 " AWS_SECRET_ACCESS_KEY, AWS_PROFILE, or ~/.aws/credentials (and"
                 " AWS_ENDPOINT_URL for a server other than AWS)"
+            )
+        elif isinstance(exc, ImportError):  # fsspec names the package a scheme needs
+            hint = (
+                "this storage needs an optional package: install the one named into"
+                f" backupvault's environment ({sys.executable} -m pip install NAME)"
             )
         return StorageError(f"{what} at {self.display_url}: {detail}", hint=hint)
 
