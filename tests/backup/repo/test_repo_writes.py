@@ -361,3 +361,40 @@ def test_a_pack_that_fails_to_upload_fails_the_backup(
     restore_snapshot(str(repo_path), root_key, tmp_path / "out", info.snapshot_id)
     for i in range(12):
         assert (tmp_path / "out" / f"f{i}").read_bytes() == (source / f"f{i}").read_bytes()
+
+
+def test_an_object_deleted_while_listed_is_left_out_not_the_rest(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another device's forget may delete an object between the folder's listing and its
+    stat: that object is missing from the answer, every other one is still in it."""
+    store = Backend(Storage(str(tmp_path / "repo")))
+    names = ["aa" * 16, "bb" * 16, "cc" * 16]
+    for name in names:
+        store.put(f"snapshots/{name}", [name.encode()])
+    real_scandir = os.scandir
+
+    class Vanished:
+        def __init__(self, entry: os.DirEntry[str]) -> None:
+            self.name, self.path, self._entry = entry.name, entry.path, entry
+
+        def is_file(self, follow_symlinks: bool = True) -> bool:
+            return self._entry.is_file(follow_symlinks=follow_symlinks)
+
+        def stat(self, follow_symlinks: bool = True) -> os.stat_result:
+            if self.name == "bb" * 16:
+                raise FileNotFoundError(errno.ENOENT, "deleted meanwhile", self.path)
+            return self._entry.stat(follow_symlinks=follow_symlinks)
+
+    class Listing:
+        def __init__(self, path: str) -> None:
+            self._listing = real_scandir(path)
+
+        def __enter__(self) -> list[Vanished]:
+            return [Vanished(entry) for entry in sorted(self._listing, key=lambda e: e.name)]
+
+        def __exit__(self, *exc: object) -> None:
+            self._listing.close()
+
+    monkeypatch.setattr(backend_module.os, "scandir", Listing)
+    assert store.list("snapshots") == {"aa" * 16: 32, "cc" * 16: 32}

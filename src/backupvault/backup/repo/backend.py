@@ -269,8 +269,13 @@ class Backend:
             if self.is_local:
                 with os.scandir(path) as entries:
                     for entry in entries:
-                        if _is_id(entry.name) and entry.is_file(follow_symlinks=False):
-                            result[entry.name] = entry.stat(follow_symlinks=False).st_size
+                        if not _is_id(entry.name):
+                            continue
+                        try:
+                            if entry.is_file(follow_symlinks=False):
+                                result[entry.name] = entry.stat(follow_symlinks=False).st_size
+                        except FileNotFoundError:
+                            continue  # deleted since the listing: not there, the rest is
                 return result
             self.fs.invalidate_cache(path)  # s3fs and others cache listings
             listed = self.fs.ls(path, detail=True)
