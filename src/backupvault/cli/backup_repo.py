@@ -144,9 +144,12 @@ def backup_forget(
         )
     repo = _open(ctx, storage_url, password_stdin, code)
     kept, removed = maintenance.forget(repo, policy, dry_run=dry_run)
-    verb = "would forget" if dry_run else "forgot"
     text = "\n".join([f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed])
-    text += f"\n{verb} {_plural(len(removed), 'snapshot')}, kept {len(kept)}"
+    removed_count = _plural(len(removed), "snapshot")
+    if dry_run:
+        text += f"\nwould forget {removed_count} and keep {len(kept)}"
+    else:
+        text += f"\nforgot {removed_count}, kept {len(kept)}"
     ctx.output.result({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
 
 

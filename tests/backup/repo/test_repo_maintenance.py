@@ -88,6 +88,26 @@ def history(tmp_path: Path, root_key: bytes) -> tuple[Path, str, list[str]]:
     return source, repo, ids
 
 
+def test_list_shows_the_bytes_stored_that_create_reported(tmp_path: Path, root_key: bytes) -> None:
+    """What `backup create` says it stored (packs, index, the snapshot object) is what
+    `backup list` shows for that snapshot, and what storage holds for a first backup."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.bin").write_bytes(random.Random(5).randbytes(50_000))
+    repo_url = str(tmp_path / "repo")
+    made = create_snapshot(source, repo_url, root_key, repo_params=SMALL)
+    repo = maintenance.open_repository(repo_url, root_key)
+    (listed,) = maintenance.list_snapshots(repo)
+    assert listed.stored == made.stored
+    written = sum(
+        f.stat().st_size
+        for folder in ("data", "index", "snapshots")
+        for f in (tmp_path / "repo" / folder).rglob("*")
+        if f.is_file()
+    )
+    assert made.stored == written
+
+
 def test_list_and_diff(history: tuple[Path, str, list[str]], root_key: bytes) -> None:
     _, repo_url, ids = history
     repo = maintenance.open_repository(repo_url, root_key)

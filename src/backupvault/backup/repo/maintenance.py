@@ -61,7 +61,10 @@ class SnapshotSummary:
     key: str  # how RK is kept: "password", "recovery code", "unknown" (older snapshots)
 
 
-def summarize(snapshot: snapshots.Snapshot) -> SnapshotSummary:
+def summarize(snapshot: snapshots.Snapshot, object_size: int) -> SnapshotSummary:
+    """`stored` counts what the backup wrote, as `backup create` reports it: the packs and
+    the index its summary counts, and the snapshot object itself (`object_size`), which
+    cannot count its own size."""
     parent = snapshot.header.parent
     s = snapshot.summary
     return SnapshotSummary(
@@ -73,13 +76,14 @@ def summarize(snapshot: snapshots.Snapshot) -> SnapshotSummary:
         s.files,
         s.size,
         s.added,
-        s.stored,
+        s.stored + object_size,
         s.key_name,
     )
 
 
 def list_snapshots(repo: Repository) -> list[SnapshotSummary]:
-    return [summarize(s) for s in repo.list_snapshots()]
+    sizes = repo.snapshot_names()
+    return [summarize(s, sizes[s.id_hex]) for s in repo.list_snapshots(sizes)]
 
 
 @dataclass(frozen=True)

@@ -274,9 +274,10 @@ class Repository:
             data, self.root_key, self.keys.repo_id, bytes.fromhex(name), with_tree=with_tree
         )
 
-    def list_snapshots(self) -> list[snapshots.Snapshot]:
-        """Every snapshot (summaries only), oldest first, each authenticated."""
-        names = list(self.snapshot_names())
+    def list_snapshots(self, names: Iterable[str] | None = None) -> list[snapshots.Snapshot]:
+        """Every snapshot (summaries only), oldest first, each authenticated; `names`: the
+        snapshot objects' names, if already listed."""
+        names = list(self.snapshot_names() if names is None else names)
         with ThreadPoolExecutor(8) as pool:
             found = list(pool.map(lambda n: self.read_snapshot(n, with_tree=False), names))
         found.sort(key=lambda s: (s.header.created_at_us, s.id_hex))
