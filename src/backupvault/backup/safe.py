@@ -65,7 +65,11 @@ def check_destination(dest: Path) -> None:
                 hint="restore into a new or empty folder",
             )
     elif not dest.parent.is_dir():
-        raise DestinationError(f"the folder {dest.parent} to restore into does not exist")
+        raise DestinationError(
+            f"the folder {dest.parent} to restore into does not exist",
+            hint=f"create it first (mkdir -p {dest.parent}), or give --to a new folder in one"
+            " that exists",
+        )
 
 
 class Staging:

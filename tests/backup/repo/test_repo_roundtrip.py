@@ -139,6 +139,10 @@ def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:
     with pytest.raises(DestinationError):
         restore_snapshot(repo, root_key, tmp_path / "full")
     assert os.listdir(tmp_path / "full") == ["x"]
+    with pytest.raises(DestinationError, match="to restore into does not exist") as raised:
+        restore_snapshot(repo, root_key, tmp_path / "no" / "such" / "out")
+    assert f"mkdir -p {tmp_path / 'no' / 'such'}" in str(raised.value.hint)
+    assert not (tmp_path / "no").exists()
 
 
 def test_symlinks_out_of_the_tree_are_skipped(tmp_path: Path, root_key: bytes) -> None:
