@@ -627,6 +627,41 @@ def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_
     assert not (tmp_path / "other").exists()
 
 
+def test_ctrl_c_says_what_a_backup_or_a_restore_left(
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Exit 130 with what state the interrupted work left, not a bare "aborted" (the
+    states themselves are tested in tests/backup/repo/test_repo_crashes.py)."""
+    from backupvault.backup import repo as repo_package
+    from backupvault.cli.main import main
+
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(repo_package, "create_snapshot", interrupted, raising=False)
+    monkeypatch.setattr(repo_package, "restore_snapshot", interrupted, raising=False)
+    runs = [
+        ["backup", "create", str(source), "--storage", str(tmp_path / "new"), "--recovery-code"],
+        ["backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+         "--recovery-code", code],
+    ]  # fmt: skip
+    messages = []
+    for args in runs:
+        with pytest.raises(SystemExit) as exited:
+            main(args)
+        assert exited.value.code == 130
+        messages.append(capsys.readouterr().err)
+    assert "backup interrupted: no snapshot was saved" in messages[0]
+    assert "reuses the data this one already stored" in messages[0]
+    assert f"restore interrupted: nothing was written into {tmp_path / 'out'}" in messages[1]
+
+
 def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     code = first_backup(source, storage)

@@ -9,8 +9,10 @@ object on stderr. docs/cli.md describes every command, option and object.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
+from collections.abc import Iterator
 from dataclasses import asdict
 from datetime import datetime
 from pathlib import Path
@@ -182,6 +184,15 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
         " one made with a password, through the vault",
     )
     return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+
+
+@contextlib.contextmanager
+def _on_interrupt(what: str, hint: str) -> Iterator[None]:
+    """Ctrl-C during a backup or a restore: say what it left, not only "aborted"."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        raise Interrupted(what, hint=hint) from None
 
 
 def _warn_if_weak(ctx: Context, password: str) -> None:
@@ -434,7 +445,13 @@ def backup_create(
         root_key, registered = _root_key_from_vault(
             ctx, password, register=True, storage_url=url, new_key=new_key
         )
-    with ctx.output.progress() as bar:
+    with (
+        _on_interrupt(
+            "backup interrupted: no snapshot was saved",
+            hint="run it again: it reuses the data this one already stored",
+        ),
+        ctx.output.progress() as bar,
+    ):
         info = create_snapshot(
             source,
             url,
@@ -522,7 +539,10 @@ def backup_restore(
     root_key = (
         _recovery_code(code) if code is not None else _root_key_by_password(ctx, password_stdin)
     )
-    with ctx.output.progress() as bar:
+    with (
+        _on_interrupt(f"restore interrupted: nothing was written into {dest}", hint="run it again"),
+        ctx.output.progress() as bar,
+    ):
         if use_repository:
             key = "password" if code is None else "recovery code"
             info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include, key=key)
