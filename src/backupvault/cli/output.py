@@ -78,16 +78,28 @@ class ProgressBar:
                 BarColumn,
                 DownloadColumn,
                 Progress,
+                ProgressColumn,
+                Task,
                 TextColumn,
                 TimeRemainingColumn,
-                TransferSpeedColumn,
             )
+            from rich.text import Text
+
+            from backupvault.backup.safe import human_size
+
+            class SpeedColumn(ProgressColumn):
+                """In binary units (MiB/s), as the summaries print sizes; rich's own
+                speed column has only decimal ones."""
+
+                def render(self, task: Task) -> Text:
+                    speed = task.finished_speed or task.speed
+                    return Text("" if speed is None else f"{human_size(int(speed))}/s")
 
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(),
-                TransferSpeedColumn(),
+                DownloadColumn(binary_units=True),
+                SpeedColumn(),
                 TimeRemainingColumn(),
                 console=console,
                 transient=True,
