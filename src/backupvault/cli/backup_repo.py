@@ -197,11 +197,7 @@ def backup_check(
 
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
-        bar.start(None, "checking")
-        try:
-            result = maintenance.check(repo, read_data=read_data, progress=bar.advance)
-        finally:
-            bar.finish()
+        result = maintenance.check(repo, read_data=read_data, progress=bar)
     for warning in result.warnings:
         ctx.output.note(f"warning: {warning}")
     data = dict(result.__dict__)

@@ -149,6 +149,38 @@ def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
     assert again.packs_deleted == 0 and again.packs_repacked == 0
 
 
+class Recorded:
+    """A `Progress` that keeps what it was told."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, int | None]] = []
+
+    def start(self, total_bytes: int | None, label: str) -> None:
+        self.calls.append(("start", total_bytes))
+
+    def advance(self, n: int) -> None:
+        self.calls.append(("advance", n))
+
+    def finish(self) -> None:
+        self.calls.append(("finish", None))
+
+
+def test_check_reports_its_reading_against_the_packs_total(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    """So the bar of `check --read-data` has an end and a time left."""
+    _, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    packs = sum(f.stat().st_size for f in (tmp_path / "repo" / "data").rglob("*") if f.is_file())
+    reading = Recorded()
+    assert maintenance.check(repo, read_data=True, progress=reading).errors == []
+    assert reading.calls[0] == ("start", packs) and reading.calls[-1] == ("finish", None)
+    assert sum(n or 0 for kind, n in reading.calls if kind == "advance") == packs
+    listing = Recorded()
+    maintenance.check(repo, read_data=False, progress=listing)
+    assert listing.calls == [("start", None), ("finish", None)]
+
+
 def test_check_finds_damage(
     history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
 ) -> None:

@@ -22,6 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from backupvault.backup.errors import StorageError
+from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
 from backupvault.backup.repo.index import PackEntry, open_pack_header
@@ -309,19 +310,26 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
 
 
-def check(
-    repo: Repository, *, read_data: bool, progress: Callable[[int], None] | None = None
-) -> CheckResult:
+def check(repo: Repository, *, read_data: bool, progress: Progress | None = None) -> CheckResult:
     """Everything that can be checked: objects authenticate, every chunk a snapshot uses is
     indexed in a pack that exists; with `read_data`, every pack is read and every blob
-    opened and matched against its id and the index."""
-    advance = progress or (lambda _n: None)
+    opened and matched against its id and the index (progress: the bytes of those packs)."""
+    reporter = progress or NoProgress()
+    try:
+        return _check(repo, read_data, reporter)
+    finally:
+        reporter.finish()
+
+
+def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult:
     result = CheckResult()
     try:
         index, sizes, _ = repo.load_index(adopt_unindexed=False)
     except BackupVaultError as exc:
         result.errors.append(str(exc))
         return result
+    reading = [p for p in index.packs if p.hex() in sizes] if read_data else []
+    reporter.start(sum(sizes[p.hex()] for p in reading) if read_data else None, "checking")
     result.packs = len(sizes)
     result.chunks = len(index.chunks)
     for name in sizes:
@@ -351,10 +359,10 @@ def check(
         } - index.chunks.keys()
         if missing:
             result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
-    if read_data:
-        for pack_id, entries in index.packs.items():
-            if pack_id.hex() in sizes:
-                result.errors.extend(_check_pack(repo, pack_id, entries, advance, result))
+    for pack_id in reading:
+        result.errors.extend(
+            _check_pack(repo, pack_id, index.packs[pack_id], reporter.advance, result)
+        )
     return result
 
 
