@@ -165,11 +165,7 @@ def backup_prune(
 
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
-        bar.start(None, "pruning")
-        try:
-            result = maintenance.prune(repo, dry_run=dry_run, progress=bar.advance)
-        finally:
-            bar.finish()
+        result = maintenance.prune(repo, dry_run=dry_run, progress=bar)
     verb = "would free" if dry_run else "freed"
     ctx.output.result(
         dict(result.__dict__),

@@ -119,36 +119,6 @@ def test_list_and_diff(history: tuple[Path, str, list[str]], root_key: bytes) ->
     assert changes == {("+", "day3.bin"), ("-", "day1.bin"), ("M", "log.txt"), ("U", ".")}
 
 
-def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
-    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
-) -> None:
-    source, repo_url, ids = history
-    repo = maintenance.open_repository(repo_url, root_key)
-    packs_before = tree_size(tmp_path / "repo" / "data")
-    kept, removed = maintenance.forget(repo, Policy(last=2), dry_run=True)
-    assert (kept, removed) == (ids[3:], ids[:3])
-    assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # dry run
-    maintenance.forget(repo, Policy(last=2), dry_run=False)
-    assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
-    dry = maintenance.prune(repo, dry_run=True)
-    assert dry.bytes_freed > 0 and tree_size(tmp_path / "repo" / "data") == packs_before
-    done = maintenance.prune(repo, dry_run=False)
-    assert done.bytes_freed > 0
-    assert tree_size(tmp_path / "repo" / "data") == packs_before - done.bytes_freed
-    assert len(os.listdir(tmp_path / "repo" / "index")) == 1
-    for snapshot_id in ids[3:]:
-        out = tmp_path / f"out-{snapshot_id}"
-        restore_snapshot(repo_url, root_key, out, snapshot_id)
-    assert (tmp_path / f"out-{ids[4]}" / "log.txt").read_bytes() == (
-        source / "log.txt"
-    ).read_bytes()
-    result = maintenance.check(repo, read_data=True)
-    assert result.errors == [] and result.snapshots == 2
-    # Everything still used is there; a second prune finds nothing more to do.
-    again = maintenance.prune(repo, dry_run=False)
-    assert again.packs_deleted == 0 and again.packs_repacked == 0
-
-
 class Recorded:
     """A `Progress` that keeps what it was told."""
 
@@ -163,6 +133,44 @@ class Recorded:
 
     def finish(self) -> None:
         self.calls.append(("finish", None))
+
+
+def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    source, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    packs_before = tree_size(tmp_path / "repo" / "data")
+    kept, removed = maintenance.forget(repo, Policy(last=2), dry_run=True)
+    assert (kept, removed) == (ids[3:], ids[:3])
+    assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # dry run
+    maintenance.forget(repo, Policy(last=2), dry_run=False)
+    assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
+    planned = Recorded()
+    dry = maintenance.prune(repo, dry_run=True, progress=planned)
+    assert dry.bytes_freed > 0 and tree_size(tmp_path / "repo" / "data") == packs_before
+    assert planned.calls == [("start", None), ("finish", None)]
+    pruning = Recorded()
+    done = maintenance.prune(repo, dry_run=False, progress=pruning)
+    assert done.bytes_freed > 0
+    # Reading the snapshots (no total), then repacking against the packs' total.
+    starts = [total for kind, total in pruning.calls if kind == "start"]
+    assert starts[0] is None and done.packs_repacked > 0
+    assert starts[1] == sum(n or 0 for kind, n in pruning.calls if kind == "advance") > 0
+    assert pruning.calls[-1] == ("finish", None)
+    assert tree_size(tmp_path / "repo" / "data") == packs_before - done.bytes_freed
+    assert len(os.listdir(tmp_path / "repo" / "index")) == 1
+    for snapshot_id in ids[3:]:
+        out = tmp_path / f"out-{snapshot_id}"
+        restore_snapshot(repo_url, root_key, out, snapshot_id)
+    assert (tmp_path / f"out-{ids[4]}" / "log.txt").read_bytes() == (
+        source / "log.txt"
+    ).read_bytes()
+    result = maintenance.check(repo, read_data=True)
+    assert result.errors == [] and result.snapshots == 2
+    # Everything still used is there; a second prune finds nothing more to do.
+    again = maintenance.prune(repo, dry_run=False)
+    assert again.packs_deleted == 0 and again.packs_repacked == 0
 
 
 def test_check_reports_its_reading_against_the_packs_total(

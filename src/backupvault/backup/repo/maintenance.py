@@ -208,13 +208,20 @@ def prune(
     repo: Repository,
     *,
     dry_run: bool,
-    progress: Callable[[int], None] | None = None,
+    progress: Progress | None = None,
 ) -> PruneResult:
+    """Delete what no snapshot uses; progress: reading the snapshots (no total), then
+    the bytes of the packs to repack."""
+    reporter = progress or NoProgress()
     with repo.lock(EXCLUSIVE):
-        return _prune_locked(repo, dry_run, progress or (lambda _n: None))
+        try:
+            return _prune_locked(repo, dry_run, reporter)
+        finally:
+            reporter.finish()
 
 
-def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], None]) -> PruneResult:
+def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneResult:
+    reporter.start(None, "reading snapshots")
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
     used = used_chunks(repo)
@@ -249,6 +256,8 @@ def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], Non
     for pack_id, entries in keep.items():
         fresh_index.add_pack(pack_id, entries)
     writer = PackWriter(repo, fresh_index)
+    reporter.finish()
+    reporter.start(sum(sizes[p.hex()] for p in repack), "repacking")
     try:
         for pack_id in repack:
             data = repo.backend.get(f"data/{pack_id.hex()}")
@@ -258,7 +267,7 @@ def _prune_locked(repo: Repository, dry_run: bool, progress: Callable[[int], Non
                     blob = bytes(view[entry.offset : entry.offset + entry.length])
                     repo.sealer.open(entry.chunk_id, blob, entry.raw_length)  # copy only good data
                     writer.add(entry.chunk_id, blob, entry.raw_length)
-            progress(len(data))
+            reporter.advance(len(data))
         writer.finish()
     except BaseException:
         writer.abort()
