@@ -565,6 +565,12 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     assert json.loads(diff.stdout)["changes"] == [
         {"change": "M", "path": "notes.txt", "size_before": 25, "size_after": 25}
     ]
+    diff = run("backup", "diff", first["backup_id"], info["backup_id"], "--storage",
+               str(storage), "--recovery-code", code)  # fmt: skip
+    assert diff.stdout == (
+        "M  notes.txt\n0 added (0 B), 0 removed (0 B), 1 modified, 0 changed type,"
+        " 0 changed metadata only\n"
+    ), diff.stdout
     checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
     assert checked.returncode == 0 and json.loads(checked.stdout)["errors"] == []

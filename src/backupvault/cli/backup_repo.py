@@ -108,8 +108,26 @@ def backup_diff(
         {"change": c.kind, "path": c.path, "size_before": c.size_before, "size_after": c.size_after}
         for c in changes
     ]
-    text = "\n".join(f"{c.kind}  {c.path}" for c in changes) or "no changes"
-    ctx.output.result({"changes": rows}, text)
+    ctx.output.result({"changes": rows}, _diff_text(changes))
+
+
+def _diff_text(changes: list[maintenance.Change]) -> str:
+    """A line per path, then what it adds up to, as `restic diff` ends."""
+    from backupvault.backup import human_size
+
+    if not changes:
+        return "no changes"
+    count = {kind: sum(c.kind == kind for c in changes) for kind in "+-MTU"}
+    added = sum(c.size_after for c in changes if c.kind == "+")
+    removed = sum(c.size_before for c in changes if c.kind == "-")
+    return "\n".join(
+        [f"{c.kind}  {c.path}" for c in changes]
+        + [
+            f"{count['+']} added ({human_size(added)}), {count['-']} removed"
+            f" ({human_size(removed)}), {count['M']} modified, {count['T']} changed type,"
+            f" {count['U']} changed metadata only"
+        ]
+    )
 
 
 @backup.command("forget")
