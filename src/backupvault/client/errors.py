@@ -19,7 +19,7 @@ class WrongPassword(VaultError):
             left = f"{guesses_remaining} guesses left before the key is destroyed"
         super().__init__(
             f"wrong password: {left}",
-            hint="check the password; use your recovery code if you have it",
+            hint="check the password before trying again: each wrong one uses up a guess",
         )
         self.guesses_remaining = guesses_remaining
 
