@@ -12,6 +12,23 @@ import pytest
 SMALL_CHUNK = 4096  # many chunks from little data
 
 
+class RecordingProgress:
+    """A `Progress` that keeps its starts (total, label) and finishes (bytes so far)."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, object]] = []
+        self.done = 0
+
+    def start(self, total_bytes: int | None, label: str) -> None:
+        self.events.append(("start", (total_bytes, label)))
+
+    def advance(self, n: int) -> None:
+        self.done += n
+
+    def finish(self) -> None:
+        self.events.append(("finish", self.done))
+
+
 @pytest.fixture
 def root_key() -> bytes:
     return os.urandom(32)

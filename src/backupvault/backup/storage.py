@@ -128,6 +128,21 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def local_files(folder: str, *, follow_symlinks: bool) -> dict[str, int]:
+    """{name: size} of the files in a local folder. One deleted between the listing and its
+    stat (another device's forget or prune, a partial object renamed) is left out; the
+    others are all there. FileNotFoundError if the folder itself is missing."""
+    found: dict[str, int] = {}
+    with os.scandir(folder) as listing:
+        for entry in listing:
+            try:
+                if entry.is_file(follow_symlinks=follow_symlinks):
+                    found[entry.name] = entry.stat(follow_symlinks=follow_symlinks).st_size
+            except FileNotFoundError:
+                continue
+    return found
+
+
 class Storage:
     """A folder of backups behind an fsspec filesystem."""
 
@@ -245,20 +260,13 @@ class Storage:
             raise self._error("cannot list backups", exc) from None
 
     def _local_entries(self) -> list[dict[str, Any]]:
-        """What `fs.ls(root, detail=True)` gives for a local folder, in the fields used
-        here, without importing fsspec (which takes longer than `backup list` itself)."""
-        entries: list[dict[str, Any]] = []
-        with os.scandir(self.root) as listing:
-            for entry in listing:
-                try:
-                    is_file = entry.is_file()
-                    size = entry.stat().st_size if is_file else None
-                except FileNotFoundError:
-                    continue  # gone since the listing (a partial object renamed)
-                entries.append(
-                    {"name": entry.path, "type": "file" if is_file else "other", "size": size}
-                )
-        return entries
+        """What `fs.ls(root, detail=True)` gives of a local folder's files (following
+        links, as fsspec does), in the fields used here, without importing fsspec (which
+        takes longer than `backup list` itself)."""
+        return [
+            {"name": os.path.join(self.root, name), "type": "file", "size": size}
+            for name, size in local_files(self.root, follow_symlinks=True).items()
+        ]
 
     def list(self, missing_ok: bool = True) -> list[StoredBackup]:
         """Every backup object under the root, oldest first. A missing root lists as empty

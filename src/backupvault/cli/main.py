@@ -46,10 +46,14 @@ class Context:
         self.output = output
         self.config_path = config_path
         self.config_from_env = config_from_env
+        self._config: ClientConfig | None = None
 
     def config(self) -> ClientConfig:
+        """The client config, read once per command (asked for by several steps)."""
         from backupvault.client.config import ClientConfig
 
+        if self._config is not None:
+            return self._config
         if self.config_path is None:
             raise UsageError(
                 f"this needs the vault: give --config FILE, or set ${CONFIG_ENV}",
@@ -62,7 +66,8 @@ class Context:
                 hint=f"give --config FILE or set ${CONFIG_ENV} to an existing client.toml;"
                 " `backupvault local up --dir DIR` writes DIR/client.toml",
             )
-        return ClientConfig.load(self.config_path)
+        self._config = ClientConfig.load(self.config_path)
+        return self._config
 
     def storage(self, url: str | None) -> str:
         if url:

@@ -9,6 +9,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from conftest import RecordingProgress
 
 from backupvault.backup.repo import (
     RepositoryLocked,
@@ -119,22 +120,6 @@ def test_list_and_diff(history: tuple[Path, str, list[str]], root_key: bytes) ->
     assert changes == {("+", "day3.bin"), ("-", "day1.bin"), ("M", "log.txt"), ("U", ".")}
 
 
-class Recorded:
-    """A `Progress` that keeps what it was told."""
-
-    def __init__(self) -> None:
-        self.calls: list[tuple[str, int | None]] = []
-
-    def start(self, total_bytes: int | None, label: str) -> None:
-        self.calls.append(("start", total_bytes))
-
-    def advance(self, n: int) -> None:
-        self.calls.append(("advance", n))
-
-    def finish(self) -> None:
-        self.calls.append(("finish", None))
-
-
 def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
     history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
 ) -> None:
@@ -146,18 +131,21 @@ def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
     assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # dry run
     maintenance.forget(repo, Policy(last=2), dry_run=False)
     assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
-    planned = Recorded()
+    planned = RecordingProgress()
     dry = maintenance.prune(repo, dry_run=True, progress=planned)
     assert dry.bytes_freed > 0 and tree_size(tmp_path / "repo" / "data") == packs_before
-    assert planned.calls == [("start", None), ("finish", None)]
-    pruning = Recorded()
+    assert planned.events == [("start", (None, "reading snapshots")), ("finish", 0)]
+    pruning = RecordingProgress()
     done = maintenance.prune(repo, dry_run=False, progress=pruning)
     assert done.bytes_freed > 0
     # Reading the snapshots (no total), then repacking against the packs' total.
-    starts = [total for kind, total in pruning.calls if kind == "start"]
-    assert starts[0] is None and done.packs_repacked > 0
-    assert starts[1] == sum(n or 0 for kind, n in pruning.calls if kind == "advance") > 0
-    assert pruning.calls[-1] == ("finish", None)
+    assert done.packs_repacked > 0 and pruning.done > 0
+    assert pruning.events[:3] == [
+        ("start", (None, "reading snapshots")),
+        ("finish", 0),
+        ("start", (pruning.done, "repacking")),
+    ]
+    assert pruning.events[-1] == ("finish", pruning.done)
     assert tree_size(tmp_path / "repo" / "data") == packs_before - done.bytes_freed
     assert len(os.listdir(tmp_path / "repo" / "index")) == 1
     for snapshot_id in ids[3:]:
@@ -180,13 +168,12 @@ def test_check_reports_its_reading_against_the_packs_total(
     _, repo_url, _ = history
     repo = maintenance.open_repository(repo_url, root_key)
     packs = sum(f.stat().st_size for f in (tmp_path / "repo" / "data").rglob("*") if f.is_file())
-    reading = Recorded()
+    reading = RecordingProgress()
     assert maintenance.check(repo, read_data=True, progress=reading).errors == []
-    assert reading.calls[0] == ("start", packs) and reading.calls[-1] == ("finish", None)
-    assert sum(n or 0 for kind, n in reading.calls if kind == "advance") == packs
-    listing = Recorded()
+    assert reading.events == [("start", (packs, "checking")), ("finish", packs)]
+    listing = RecordingProgress()
     maintenance.check(repo, read_data=False, progress=listing)
-    assert listing.calls == [("start", None), ("finish", None)]
+    assert listing.events == [("start", (None, "checking")), ("finish", 0)]
 
 
 def test_check_finds_damage(

@@ -21,7 +21,7 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from backupvault.backup.errors import StorageError
-from backupvault.backup.storage import Storage
+from backupvault.backup.storage import Storage, local_files
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks")
 # Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
@@ -267,16 +267,8 @@ class Backend:
         result: dict[str, int] = {}
         try:
             if self.is_local:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        if not _is_id(entry.name):
-                            continue
-                        try:
-                            if entry.is_file(follow_symlinks=False):
-                                result[entry.name] = entry.stat(follow_symlinks=False).st_size
-                        except FileNotFoundError:
-                            continue  # deleted since the listing: not there, the rest is
-                return result
+                files = local_files(path, follow_symlinks=False)
+                return {name: size for name, size in files.items() if _is_id(name)}
             self.fs.invalidate_cache(path)  # s3fs and others cache listings
             listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
