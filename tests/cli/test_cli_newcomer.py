@@ -283,6 +283,26 @@ def test_json_errors_are_one_object_on_stderr(tmp_path: Path, args: list[str], c
     assert set(error) == {"error", "hint", "exit_code"}
 
 
+def test_create_recovery_code_dash_says_the_flag_takes_no_value(
+    tmp_path: Path, source: Path
+) -> None:
+    # restore's --recovery-code takes a value ('-' for stdin); create's is a flag.
+    storage = tmp_path / "storage"
+    done = backupvault(
+        "--json", "backup", "create", str(source), "--storage", str(storage),
+        "--recovery-code", "-", stdin="0" * 64 + "\n",
+    )  # fmt: skip
+    assert done.returncode == 2
+    error = last_json(done.stderr)
+    assert "unexpected extra argument (-)" in str(error["error"])
+    assert "takes no value" in str(error["hint"]) and "stdin" in str(error["hint"])
+    assert not storage.exists()
+    # an extra argument elsewhere keeps the general hint
+    other = backupvault("--json", "backup", "create", str(source), "extra", "--storage", "s")
+    assert other.returncode == 2
+    assert "--help" in str(last_json(other.stderr)["hint"])
+
+
 def test_a_password_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) -> None:
     # (`vault delete`'s confirmation without a terminal: tests/integration, it needs a vault)
     config = _client_toml(tmp_path / "client.toml")

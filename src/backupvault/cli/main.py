@@ -807,6 +807,20 @@ def _json_requested(args: list[str]) -> bool:
     return "--json" in (args[: args.index("--")] if "--" in args else args)
 
 
+def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
+    if err.ctx is None:
+        return None
+    extra_dash = "(-)" in err.format_message() and "--recovery-code" in args
+    if err.ctx.command_path.endswith("backup create") and extra_dash:
+        # `restore --recovery-code -` takes a value; create's --recovery-code is a flag.
+        return (
+            "backup create's --recovery-code takes no value: after the first backup it reads"
+            " the code from stdin by itself (echo $CODE | backupvault backup create SOURCE"
+            " --storage S --recovery-code)"
+        )
+    return f"`{err.ctx.command_path} --help` lists its commands and options"
+
+
 def _fail(json_mode: bool, err: BackupVaultError) -> None:
     Output(json_mode=json_mode).error(err)
     sys.exit(err.exit_code)
@@ -825,10 +839,7 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
             err.show()
             sys.exit(err.exit_code)
-        hint = None
-        if err.ctx is not None:
-            hint = f"`{err.ctx.command_path} --help` lists its commands and options"
-        _fail(json_mode, UsageError(err.format_message(), hint=hint))
+        _fail(json_mode, UsageError(err.format_message(), hint=_usage_hint(err, args)))
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(err.format_message()))
     except BackupVaultError as err:
