@@ -208,6 +208,84 @@ def test_check_reports_a_hidden_parent(
     assert any(ids[2] in w and ids[3] in w for w in warnings)
 
 
+def test_a_forgotten_parent_is_no_warning_and_prune_drops_the_records_nothing_needs(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    _, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    records = tmp_path / "repo" / "forgotten"
+    maintenance.forget(repo, Policy(last=2), dry_run=True)
+    assert not records.exists()  # a dry run writes nothing
+    maintenance.forget(repo, Policy(last=2), dry_run=False)
+    assert sorted(os.listdir(records)) == sorted(ids[:3])
+    assert {(records / n).stat().st_size for n in ids[:3]} == {36}
+    # ids[3] names the forgotten ids[2] as parent: no warning, as there was before records.
+    result = maintenance.check(repo, read_data=False)
+    assert (result.errors, result.warnings) == ([], [])
+    dry = maintenance.prune(repo, dry_run=True)
+    assert dry.forget_records_removed == 2 and len(os.listdir(records)) == 3
+    done = maintenance.prune(repo, dry_run=False)
+    assert done.forget_records_removed == 2
+    assert os.listdir(records) == [ids[2]]  # the one a kept snapshot names as parent
+    result = maintenance.check(repo, read_data=True)
+    assert (result.errors, result.warnings) == ([], [])
+
+
+def test_a_forged_or_moved_forget_record_does_not_cover_a_hidden_parent(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    """Storage hides ids[3] (ids[4]'s parent) and plants a record for it: a random one, a
+    genuine record of another snapshot renamed, and one from another repository of the
+    same key. Each fails authentication (an error) and the warning stays."""
+    source, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    maintenance.forget(repo, Policy(last=4), dry_run=False)  # a genuine record for ids[0]
+    records = tmp_path / "repo" / "forgotten"
+    genuine = (records / ids[0]).read_bytes()
+    other_url = str(tmp_path / "other")
+    other_ids = [create_snapshot(source, other_url, root_key).snapshot_id for _ in range(2)]
+    other = maintenance.open_repository(other_url, root_key)
+    maintenance.forget(other, Policy(last=1), dry_run=False)
+    foreign = (tmp_path / "other" / "forgotten" / other_ids[0]).read_bytes()
+    (tmp_path / "repo" / "snapshots" / ids[3]).unlink()  # storage hides it
+    for planted in (os.urandom(36), genuine, foreign, genuine[:20]):
+        (records / ids[3]).write_bytes(planted)
+        result = maintenance.check(repo, read_data=False)
+        assert len(result.errors) == 1 and ids[3] in result.errors[0]
+        assert "authentication" in result.errors[0] or "truncated" in result.errors[0]
+        assert len(result.warnings) == 1 and "storage may be hiding it" in result.warnings[0]
+        assert ids[3] in result.warnings[0] and ids[4] in result.warnings[0]
+
+
+def test_a_forget_cut_off_between_record_and_delete_loses_nothing(
+    history: tuple[Path, str, list[str]],
+    root_key: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    real_delete = repo.backend.delete
+
+    def cut_off(name: str) -> None:
+        if name.startswith("snapshots/"):
+            raise KeyboardInterrupt  # the process stops after writing the first record
+        real_delete(name)
+
+    monkeypatch.setattr(repo.backend, "delete", cut_off)
+    with pytest.raises(KeyboardInterrupt):
+        maintenance.forget(repo, Policy(last=2), dry_run=False)
+    monkeypatch.setattr(repo.backend, "delete", real_delete)
+    assert os.listdir(tmp_path / "repo" / "forgotten") == [ids[0]]
+    assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # nothing deleted yet
+    restore_snapshot(repo_url, root_key, tmp_path / "out", ids[0])  # still whole
+    assert repo.locks() == []  # the lock went with the interrupted forget
+    maintenance.forget(repo, Policy(last=2), dry_run=False)
+    assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
+    result = maintenance.check(repo, read_data=False)
+    assert (result.errors, result.warnings) == ([], [])
+
+
 def test_locks_exclude_prune_and_backup(
     history: tuple[Path, str, list[str]], root_key: bytes
 ) -> None:
@@ -238,6 +316,28 @@ def test_storage_hiding_the_newest_snapshot_is_noticed(tmp_path: Path, root_key:
     assert len(third.warnings) == 1 and second.snapshot_id in third.warnings[0]
     assert third.parent_id == first.snapshot_id  # the listing is all it can go by
     assert create_snapshot(source, repo_url, root_key, state_dir=state).warnings == []
+
+
+def test_a_last_snapshot_forgotten_by_another_device_is_no_warning(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Device A's last snapshot of a source is removed by a forget run elsewhere (it keeps
+    the newest per host and source; here a newer snapshot of the same source and host,
+    made with another device state); A's next backup says nothing."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("one")
+    repo_url = str(tmp_path / "repo")
+    made_by_a = create_snapshot(
+        source, repo_url, root_key, repo_params=SMALL, state_dir=tmp_path / "a"
+    )
+    (source / "a").write_text("two")
+    create_snapshot(source, repo_url, root_key, state_dir=tmp_path / "b")
+    repo = maintenance.open_repository(repo_url, root_key)
+    _, removed = maintenance.forget(repo, Policy(last=1), dry_run=False)
+    assert removed == [made_by_a.snapshot_id]
+    later = create_snapshot(source, repo_url, root_key, state_dir=tmp_path / "a")
+    assert later.warnings == []
 
 
 def test_prune_sweeps_day_old_temporaries_of_interrupted_uploads(

@@ -68,8 +68,10 @@ def round_trip(url: str, source: Path, tmp_path: Path, key: bytes) -> None:
     ]
     assert maintenance.check(repo, read_data=True).errors == []
     maintenance.forget(repo, Policy(last=1), dry_run=False)
-    maintenance.prune(repo, dry_run=False)
-    assert maintenance.check(repo, read_data=True).errors == []
+    assert repo.was_forgotten(first.snapshot_id)  # its forget record is in storage
+    assert maintenance.prune(repo, dry_run=False).forget_records_removed == 0  # still named
+    checked = maintenance.check(repo, read_data=True)
+    assert (checked.errors, checked.warnings) == ([], [])
     restore_snapshot(url, key, tmp_path / "after-prune")
     assert snapshot(tmp_path / "after-prune") == snapshot(source)
 

@@ -23,7 +23,7 @@ from typing import Any, Final, NamedTuple
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage, local_files
 
-FOLDERS: Final = ("data", "index", "snapshots", "locks")
+FOLDERS: Final = ("data", "index", "snapshots", "locks", "forgotten")
 # Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
 _TEMPORARY: Final = re.compile(
     r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"

@@ -30,6 +30,7 @@ from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     PackWriter,
     Repository,
+    gone_message,
 )
 from backupvault.backup.repo.tree import FILE
 from backupvault.backup.storage import Storage
@@ -171,6 +172,7 @@ def forget(repo: Repository, policy: Policy, *, dry_run: bool) -> tuple[list[str
         kept, removed = apply_policy(list_snapshots(repo), policy)
         if not dry_run:
             for snapshot_id in removed:
+                repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
     return kept, removed
 
@@ -189,19 +191,24 @@ class PruneResult:
     bytes_written: int = 0
     unused_chunks: int = 0
     temporaries_removed: int = 0  # left by interrupted uploads (would be, with dry_run)
+    forget_records_removed: int = 0  # of snapshots no snapshot names as parent
     dry_run: bool = False
 
 
-def used_chunks(repo: Repository) -> set[bytes]:
+def used_chunks(repo: Repository) -> tuple[set[bytes], set[str]]:
+    """The chunks the snapshots use, and the parents they name."""
     names = list(repo.snapshot_names())
     with ThreadPoolExecutor(8) as pool:
         trees = list(pool.map(repo.read_snapshot, names))
     used: set[bytes] = set()
+    parents: set[str] = set()
     for snap in trees:
+        if snap.header.parent is not None:
+            parents.add(snap.header.parent.hex())
         for entry in snap.entries or []:
             if entry.kind == FILE:
                 used.update(entry.chunks)
-    return used
+    return used, parents
 
 
 def prune(
@@ -224,8 +231,11 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     reporter.start(None, "reading snapshots")
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
-    used = used_chunks(repo)
+    used, parents = used_chunks(repo)
+    # forget records no snapshot names as parent any more tell check nothing
+    unneeded_records = [n for n in repo.backend.list("forgotten") if n not in parents]
     result = PruneResult(packs=len(sizes), dry_run=dry_run)
+    result.forget_records_removed = len(unneeded_records)
     result.bytes_before = sum(sizes.values())
     delete: list[str] = [name for name in sizes if bytes.fromhex(name) not in index.packs]
     repack: list[bytes] = []
@@ -288,6 +298,8 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
             repo.backend.delete(f"locks/{lock.lock_id}")  # stale: its process is gone
     for name in stale:
         repo.backend.delete(name)
+    for name in unneeded_records:
+        repo.backend.delete(f"forgotten/{name}")
     return result
 
 
@@ -360,9 +372,13 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             continue
         parent = snap.header.parent
         if parent is not None and parent.hex() not in names:
-            result.warnings.append(
-                f"snapshot {name}'s parent {parent.hex()} is gone (forgotten, or hidden)"
-            )
+            try:
+                forgotten = repo.was_forgotten(parent.hex())
+            except BackupVaultError as exc:
+                result.errors.append(exc.message)
+                forgotten = False
+            if not forgotten:
+                result.warnings.append(gone_message(f"snapshot {name}'s parent", parent.hex()))
         missing = {
             c for e in snap.entries or [] if e.kind == FILE for c in e.chunks
         } - index.chunks.keys()

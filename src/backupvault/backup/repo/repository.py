@@ -6,6 +6,7 @@ Objects (docs/format.md, "Repository layout"):
   index/<index id>       where chunks are: pack, offset, length (sealed under the index key)
   snapshots/<snap id>    one backup: header (DK wrapped under RK), summary, tree
   locks/<lock id>        who is using the repository (shared: backup; exclusive: prune)
+  forgotten/<snap id>    `backup forget` removed this snapshot (so its absence is no rollback)
 """
 
 from __future__ import annotations
@@ -44,6 +45,8 @@ from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 
 CONFIG_NAME: Final = "config"
 LOCK_AAD: Final = b"BVLOCK02"
+FORGOTTEN_AAD: Final = b"BVFORGT2"
+_FORGOTTEN = struct.Struct(">Q")  # when, in µs since the epoch
 SHARED: Final = 1
 EXCLUSIVE: Final = 2
 LOCK_EXPIRY_S: Final = 30 * 60
@@ -59,6 +62,15 @@ _UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet writ
 
 class RepositoryLocked(BackupVaultError):
     """Another backup or prune holds a lock that conflicts with ours."""
+
+
+def gone_message(what: str, snapshot_id: str) -> str:
+    """Why a snapshot that no `backup forget` removed may be gone."""
+    return (
+        f"{what} {snapshot_id} is gone, and no `backup forget` removed it: storage may be"
+        " hiding it (a rollback), or it was deleted by hand or by a backupvault older than"
+        " forget records"
+    )
 
 
 def new_id() -> bytes:
@@ -304,6 +316,27 @@ class Repository:
                 hint="give more of the id (`backupvault backup list` shows them)",
             )
         return self.read_snapshot(matches[0])
+
+    def mark_forgotten(self, snapshot_id: str) -> None:
+        """Record that `backup forget` removes this snapshot (before it does): a snapshot
+        naming it as parent then tells a forgotten parent from one storage hides."""
+        plain = _FORGOTTEN.pack(time.time_ns() // 1000)
+        aad = FORGOTTEN_AAD + bytes.fromhex(snapshot_id)
+        self.backend.put(f"forgotten/{snapshot_id}", seal_object(self.keys.index, aad, plain))
+
+    def was_forgotten(self, snapshot_id: str) -> bool:
+        """Whether an authentic record says `backup forget` removed this snapshot. Storage
+        cannot make one (sealed under the index key, bound to this repository's snapshot
+        id); a record that fails authentication raises."""
+        try:
+            sealed = self.backend.get(f"forgotten/{snapshot_id}")
+        except MissingObject:
+            return False
+        what = f"the forget record of snapshot {snapshot_id}"
+        aad = FORGOTTEN_AAD + bytes.fromhex(snapshot_id)
+        if len(open_object(self.keys.index, aad, sealed, what)) != _FORGOTTEN.size:
+            raise InvalidInput(f"{what} has the wrong length")
+        return True
 
     # ---- locks ------------------------------------------------------------------------
 
