@@ -780,3 +780,50 @@ def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> N
     header, first, second = lines[:3]
     assert header.split()[-2:] == ["KEY", "SOURCE"]
     assert f"  recovery code  {source}" in first and f"  unknown        {source}" in second
+
+
+def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
+    tmp_path: Path, source: Path
+) -> None:
+    """`-q` as restic's `--quiet`, for cron: a command that acts prints nothing when it
+    worked. The recovery code of a first backup (shown once), dry runs, and warnings (a
+    rollback, a skipped file) still print."""
+    storage = tmp_path / "storage"
+    first = run("-q", "backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    assert first.returncode == 0, first.stderr
+    found = re.search(r"(?:[0-9a-f]{4}-){16}[0-9a-f]{4}", first.stdout)
+    assert found, first.stdout
+    code = found.group(0)
+    key = ("--recovery-code", "-")
+
+    def quiet(*args: str) -> subprocess.CompletedProcess[str]:
+        done = run("-q", "backup", *args, "--storage", str(storage), *key, stdin=code + "\n")
+        assert done.returncode == 0, done.stderr
+        return done
+
+    (source / "notes.txt").write_text("changed\n")
+    silent = [
+        run("-q", "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+            stdin=code + "\n"),
+        quiet("restore", "--to", str(tmp_path / "out")),
+        quiet("forget", "--keep-last", "1"),
+        quiet("prune"),
+        quiet("check", "--read-data"),
+    ]  # fmt: skip
+    assert [(d.returncode, d.stdout, d.stderr) for d in silent] == [(0, "", "")] * 5
+    assert same_tree(source, tmp_path / "out")
+    assert "would free" in quiet("prune", "--dry-run").stdout
+    assert "keep" in quiet("forget", "--keep-last", "1", "--dry-run").stdout
+
+    # Storage hides this device's last snapshot; a fifo is skipped: both still said.
+    (latest,) = os.listdir(storage / "snapshots")
+    (storage / "snapshots" / latest).unlink()
+    os.mkfifo(source / "pipe")
+    warned = run(
+        "-q", "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        stdin=code + "\n",
+    )  # fmt: skip
+    assert warned.returncode == 0 and warned.stdout == ""
+    assert f"warning: the last snapshot this device made of {source}, {latest}" in warned.stderr
+    assert "storage may be hiding it" in warned.stderr
+    assert "warning: skipped pipe: not a regular file" in warned.stderr

@@ -6,6 +6,7 @@ import io
 import re
 import time
 
+import pytest
 from rich.console import Console
 
 from backupvault.cli.output import Output, ProgressBar
@@ -30,3 +31,26 @@ def test_the_bar_counts_in_mib_and_mib_per_second() -> None:
 def test_no_bar_without_a_terminal_or_with_json_or_quiet() -> None:
     for output in (Output(), Output(json_mode=True), Output(quiet=True)):
         assert output.progress()._progress is None
+
+
+def test_quiet_drops_notes_and_reports_but_not_warnings(capsys: pytest.CaptureFixture[str]) -> None:
+    """`-q`: no notes, no report of a command that worked; warnings (the vault client's
+    too: a node whose answer does not verify, wrong guesses since the last recovery) stay."""
+    quiet = Output(quiet=True)
+    quiet.note("a new key was registered")
+    quiet.done({"ok": True}, "snapshot saved")
+    quiet.client_notice("the relay asks to slow down: waiting 1 s")
+    quiet.client_notice("warning: vault node(s) 2 sent a partial evaluation that does not verify")
+    quiet.warn("2 wrong passwords were tried since your last successful recovery")
+    quiet.result({"ok": True}, "the answer")
+    out, err = capsys.readouterr()
+    assert out == "the answer\n"
+    assert err.splitlines() == [
+        "warning: vault node(s) 2 sent a partial evaluation that does not verify",
+        "warning: 2 wrong passwords were tried since your last successful recovery",
+    ]
+    scripted = Output(json_mode=True, quiet=True)
+    scripted.done({"ok": True}, "snapshot saved")
+    scripted.warn("not for scripts' stderr")
+    out, err = capsys.readouterr()
+    assert (out, err) == ('{"ok": true}\n', "")

@@ -168,7 +168,8 @@ def backup_forget(
         text += f"\nwould forget {removed_count} and keep {len(kept)}"
     else:
         text += f"\nforgot {removed_count}, kept {len(kept)}"
-    ctx.output.result({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
+    report = ctx.output.result if dry_run else ctx.output.done
+    report({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
 
 
 @backup.command("prune")
@@ -185,7 +186,8 @@ def backup_prune(
     with ctx.output.progress() as bar:
         result = maintenance.prune(repo, dry_run=dry_run, progress=bar)
     verb = "would free" if dry_run else "freed"
-    ctx.output.result(
+    report = ctx.output.result if dry_run else ctx.output.done
+    report(
         dict(result.__dict__),
         f"{result.packs} packs: {result.packs_deleted} deleted, {result.packs_repacked} "
         f"repacked into {result.packs_written}; {verb} {result.bytes_freed} bytes"
@@ -213,7 +215,7 @@ def backup_check(
     with ctx.output.progress() as bar:
         result = maintenance.check(repo, read_data=read_data, progress=bar)
     for warning in result.warnings:
-        ctx.output.note(f"warning: {warning}")
+        ctx.output.warn(warning)
     data = dict(result.__dict__)
     if result.errors:
         if ctx.output.json_mode:
@@ -224,7 +226,7 @@ def backup_check(
             hint="restore what still restores; `backup create` re-uploads missing chunks "
             "of files it reads again (use --force-read)",
         )
-    ctx.output.result(
+    ctx.output.done(
         data,
         f"no errors: {_plural(result.snapshots, 'snapshot')}, {_plural(result.packs, 'pack')}, "
         f"{_plural(result.chunks, 'chunk')}"

@@ -80,7 +80,7 @@ class Context:
 pass_context = click.make_pass_decorator(Context)
 
 _JSON_HELP = "Print the result as one JSON object, for scripts (docs/cli.md)."
-_QUIET_HELP = "No progress bars or notes."
+_QUIET_HELP = "Only warnings, errors and answers (for cron): nothing when a backup works."
 
 
 class Command(click.Command):
@@ -205,8 +205,8 @@ def _warn_if_weak(ctx: Context, password: str) -> None:
     takes the storage, limited only by the guess count."""
     reason = weakness(password)
     if reason is not None:
-        ctx.output.note(
-            f"warning: this password is weak ({reason}); anyone holding your account's "
+        ctx.output.warn(
+            f"this password is weak ({reason}); anyone holding your account's "
             "token gets the vault's guesses at it. Prefer a long passphrase."
         )
 
@@ -240,7 +240,7 @@ def _root_key_from_vault(
     whether it was just registered)."""
     from backupvault.client.errors import AlreadyRegistered, NotRegistered
 
-    session = ctx.config().session(notify=ctx.output.note)
+    session = ctx.config().session(notify=ctx.output.client_notice)
     try:
         recovered = session.recover_or_migrate(password)
     except NotRegistered:
@@ -279,8 +279,8 @@ def _warn_degraded(ctx: Context, missing: tuple[str, ...]) -> None:
     """A registration that not every node acknowledged still works (t of N hold shares),
     but fewer node failures are tolerated: say which nodes lack their share."""
     if missing:
-        ctx.output.note(
-            f"warning: {len(missing)} vault node(s) did not take their share ("
+        ctx.output.warn(
+            f"{len(missing)} vault node(s) did not take their share ("
             + "; ".join(missing)
             + "); the key works, but fewer nodes may fail before it cannot be recovered."
             " This device keeps their shares (sealed under your password's key) and"
@@ -302,8 +302,8 @@ def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
     wrong = recovered.wrong_guesses_before
     if wrong:
         times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
-        ctx.output.note(
-            f"warning: {times} tried since your last successful recovery; if that was not"
+        ctx.output.warn(
+            f"{times} tried since your last successful recovery; if that was not"
             " you, someone may be guessing (the count is now reset)"
         )
 
@@ -350,7 +350,7 @@ def _plural(n: int, noun: str) -> str:
 
 def _note_skipped(ctx: Context, skipped: list[Skipped]) -> None:
     for item in skipped:
-        ctx.output.note(f"skipped {item.name}: {item.reason}")
+        ctx.output.warn(f"skipped {item.name}: {item.reason}")
 
 
 # ---- backup -----------------------------------------------------------------------------
@@ -486,7 +486,7 @@ def backup_create(
         warnings=info.warnings,
     )
     for warning in info.warnings:
-        ctx.output.note(f"warning: {warning}")
+        ctx.output.warn(warning)
     text = (
         f"snapshot {info.snapshot_id} saved: {_plural(info.files, 'file')}, "
         f"{human_size(info.size)} ({_plural(info.files_read, 'file')} read, "
@@ -501,7 +501,10 @@ def backup_create(
             f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
         )
     _note_skipped(ctx, info.skipped)
-    ctx.output.result(data, text)
+    if new_code:
+        ctx.output.result(data, text)  # the code is shown once: even under -q
+    else:
+        ctx.output.done(data, text)
 
 
 @backup.command("restore")
@@ -554,7 +557,7 @@ def backup_restore(
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
     for name in info.passed_over:
-        ctx.output.note(f"passed over {name}: its header is damaged or altered")
+        ctx.output.warn(f"passed over {name}: its header is damaged or altered")
     _note_skipped(ctx, info.skipped)
     data = _backup_json(
         info.backup_id,
@@ -567,7 +570,7 @@ def backup_restore(
         info.skipped,
     )
     data["dest"] = str(info.dest)
-    ctx.output.result(
+    ctx.output.done(
         data,
         f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
         f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
@@ -663,7 +666,7 @@ def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
     from backupvault.protocol import EntryStatus
 
-    status = ctx.config().session(notify=ctx.output.note).status()
+    status = ctx.config().session(notify=ctx.output.client_notice).status()
     data = {**asdict(status), "status": status.status.name.lower()}
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.LIVE:
@@ -689,7 +692,7 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     Exits 0 when nothing is left pending, 5 when some nodes still do not answer."""
     from backupvault.client.errors import FleetUnavailable
 
-    session = ctx.config().session(notify=ctx.output.note)
+    session = ctx.config().session(notify=ctx.output.client_notice)
     left = session.status().pending  # sent again on the way
     if session.needs_password_to_finish():
         recovered = session.recover(_password(password_stdin))
@@ -700,7 +703,7 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
             "still pending: " + "; ".join(left),
             hint="the named nodes did not confirm; run `backupvault vault finish` again later",
         )
-    ctx.output.result({"finished": True, "pending": []}, "nothing pending: every node confirmed")
+    ctx.output.done({"finished": True, "pending": []}, "nothing pending: every node confirmed")
 
 
 @vault.command("change-password")
@@ -714,7 +717,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are).
 
     The current password is checked first; only then is the new one asked for (twice)."""
-    session = ctx.config().session(notify=ctx.output.note)  # no password asked without it
+    session = ctx.config().session(notify=ctx.output.client_notice)  # no password asked without it
     if password_stdin:
         lines = [sys.stdin.readline(), sys.stdin.readline()]
         if not lines[1]:
@@ -758,7 +761,7 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     from backupvault.client.errors import NotRegistered
     from backupvault.protocol import EntryStatus
 
-    session = ctx.config().session(notify=ctx.output.note)
+    session = ctx.config().session(notify=ctx.output.client_notice)
     status = session.status()
     if status.status == EntryStatus.EMPTY:
         raise NotRegistered()
@@ -782,8 +785,8 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
         lost = f": {_plural(count, 'password backup')} in {redact_url(url)} would be lost"
         if repository_exists(url):
             lost += ", and the repository there with every snapshot in it"
-    ctx.output.note(
-        "warning: after this, backups made with your password can no longer be opened"
+    ctx.output.warn(
+        "after this, backups made with your password can no longer be opened"
         f"{lost} (backups made with --recovery-code still open with their code)"
     )
     _confirm("Delete the key from the vault?", yes)

@@ -45,10 +45,30 @@ class Output:
         else:
             self.out.print(text)
 
+    def done(self, data: dict[str, Any], text: str) -> None:
+        """The report of a command that acts (backs up, restores, forgets, prunes,
+        checks): as `result`, but nothing for people under `-q`, as with restic's
+        `--quiet`: a cron job then mails only warnings and errors."""
+        if self.json_mode or not self.quiet:
+            self.result(data, text)
+
     def note(self, text: str) -> None:
         """Side information for people (stderr, so stdout stays the answer)."""
         if not self.json_mode and not self.quiet:
             self.err.print(text)
+
+    def client_notice(self, text: str) -> None:
+        """The vault client's messages: its warnings as `warn`, the rest as notes."""
+        if text.startswith("warning: "):
+            self.warn(text.removeprefix("warning: "))
+        else:
+            self.note(text)
+
+    def warn(self, text: str) -> None:
+        """Something a person must see, `-q` or not (stderr; `--json` carries warnings in
+        its object where the command has them)."""
+        if not self.json_mode:
+            self.err.print(f"warning: {text}")
 
     def error(self, err: BackupVaultError) -> None:
         if self.json_mode:

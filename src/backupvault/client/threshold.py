@@ -886,8 +886,8 @@ class ThresholdVault:
             time.sleep(pause)
         if rejected:
             self._notify(
-                f"vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation that does"
-                " not verify; it was ignored (report this to the operator)"
+                f"warning: vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation"
+                " that does not verify; it was ignored (report this to the operator)"
             )
         if len(good) < self.t:
             if errors.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
