@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import re
 import time
 
@@ -51,6 +52,15 @@ def test_quiet_drops_notes_and_reports_but_not_warnings(capsys: pytest.CaptureFi
     ]
     scripted = Output(json_mode=True, quiet=True)
     scripted.done({"ok": True}, "snapshot saved")
-    scripted.warn("not for scripts' stderr")
     out, err = capsys.readouterr()
     assert (out, err) == ('{"ok": true}\n', "")
+    # --json: a warning goes into the object (once, beside the command's own), not stderr
+    scripted.client_notice("warning: 1 wrong password was tried since your last recovery")
+    scripted.warn("snapshot X is gone")
+    scripted.done({"ok": True, "warnings": ["snapshot X is gone"]}, "snapshot saved")
+    out, err = capsys.readouterr()
+    assert err == ""
+    assert json.loads(out)["warnings"] == [
+        "snapshot X is gone",
+        "1 wrong password was tried since your last recovery",
+    ]

@@ -161,6 +161,25 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
     )  # fmt: skip
     assert again.returncode == 0, again.stderr
 
+    # A wrong guess is reported at the next success, under -q (stderr) and --json (the
+    # object) too: a cron job or a script still learns someone may be guessing.
+    def restore(*flags: str, to: str, password: str) -> subprocess.CompletedProcess[str]:
+        return bv(
+            *flags, "--config", config, "backup", "restore", "--storage", storage, "--to",
+            str(tmp_path / to), "--password-stdin", stdin=password + "\n",
+        )  # fmt: skip
+
+    warning = "1 wrong password was tried since your last successful recovery"
+    for flags, to in ((("-q",), "r3"), (("--json", "-q"), "r4")):
+        assert restore(*flags, to=f"{to}-wrong", password="violet kettle marching").returncode == 3
+        done = restore(*flags, to=to, password="violet kettle marching uphill")
+        assert done.returncode == 0, done.stderr
+        if "--json" in flags:
+            assert done.stderr == ""
+            assert [w for w in json.loads(done.stdout)["warnings"] if warning in w]
+        else:
+            assert done.stdout == "" and f"warning: {warning}" in done.stderr
+
 
 def test_a_confirmation_without_a_terminal_says_pass_yes(deployment: Path) -> None:
     config = str(deployment / "client.toml")

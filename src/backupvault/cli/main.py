@@ -349,6 +349,8 @@ def _plural(n: int, noun: str) -> str:
 
 
 def _note_skipped(ctx: Context, skipped: list[Skipped]) -> None:
+    if ctx.output.json_mode:
+        return  # the object's `skipped` lists them
     for item in skipped:
         ctx.output.warn(f"skipped {item.name}: {item.reason}")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ class Output:
 
     json_mode: bool = False
     quiet: bool = False
+    #: under --json, the warnings of this run so far: `result` adds them to its object
+    warnings: list[str] = field(default_factory=list)
 
     @functools.cached_property
     def out(self) -> Console:
@@ -41,6 +43,9 @@ class Output:
     def result(self, data: dict[str, Any], text: str) -> None:
         """The command's answer: `text` for people, `data` for `--json`."""
         if self.json_mode:
+            if self.warnings:
+                own = list(data.get("warnings", []))
+                data = {**data, "warnings": own + [w for w in self.warnings if w not in own]}
             sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
         else:
             self.out.print(text)
@@ -65,9 +70,11 @@ class Output:
             self.note(text)
 
     def warn(self, text: str) -> None:
-        """Something a person must see, `-q` or not (stderr; `--json` carries warnings in
-        its object where the command has them)."""
-        if not self.json_mode:
+        """Something a person must see, `-q` or not (stderr); under `--json`, the result
+        object's `warnings`, so a script sees it too."""
+        if self.json_mode:
+            self.warnings.append(text)
+        else:
             self.err.print(f"warning: {text}")
 
     def error(self, err: BackupVaultError) -> None:
