@@ -558,6 +558,14 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     assert restored.returncode == 0, restored.stderr
     assert [p.name for p in dest.iterdir()] == ["notes.txt"]
     assert (dest / "notes.txt").read_text() == "meet at the station at 7\n"
+    both = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "both"),
+        "--include", "notes.txt", "--include", "photos/cat.jpg", "--recovery-code", code,
+    )  # fmt: skip
+    assert both.returncode == 0, both.stderr
+    assert sorted(p.name for p in (tmp_path / "both").rglob("*")) == [
+        "cat.jpg", "notes.txt", "photos"
+    ]  # fmt: skip
     diff = run(
         "--json", "backup", "diff", first["backup_id"], info["backup_id"], "--storage",
         str(storage), "--recovery-code", code,

@@ -512,8 +512,15 @@ def backup_create(
 @backup.command("restore")
 @click.argument("backup_id", required=False)
 @click.option("--storage", "storage_url", help="Where the backups are.")
-@click.option("--to", "dest", required=True, type=click.Path(path_type=Path), help="New folder.")
-@click.option("--include", metavar="PATH", help="Restore only this file or folder.")
+@click.option(
+    "--to", "dest", required=True, type=click.Path(path_type=Path), help="A new or empty folder."
+)
+@click.option(
+    "--include",
+    metavar="PATH",
+    multiple=True,
+    help="Restore only this file or folder (repeat for more).",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
     "--recovery-code",
@@ -527,12 +534,13 @@ def backup_restore(
     backup_id: str | None,
     storage_url: str | None,
     dest: Path,
-    include: str | None,
+    include: tuple[str, ...],
     password_stdin: bool,
     code: str | None,
 ) -> None:
     """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest snapshot,
-    or the latest single-blob backup where there is no repository) into a new folder DEST."""
+    or the latest single-blob backup where there is no repository) into --to, a new or
+    empty folder."""
     from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
     from backupvault.cli.backup_repo import repository_exists
@@ -544,7 +552,7 @@ def backup_restore(
     if use_repository and backup_id is not None:
         single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
         use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
-    if include is not None and not use_repository:
+    if include and not use_repository:
         raise UsageError("--include works on snapshots, not on single-blob backups")
     root_key = (
         _recovery_code(code) if code is not None else _root_key_by_password(ctx, password_stdin)

@@ -59,7 +59,7 @@ def round_trip(url: str, source: Path, tmp_path: Path, key: bytes) -> None:
     assert second.files_read == 1 and second.added == len("added later")
     restore_snapshot(url, key, tmp_path / "latest")
     assert snapshot(tmp_path / "latest") == snapshot(source)
-    restore_snapshot(url, key, tmp_path / "one", include="docs/notes.txt")
+    restore_snapshot(url, key, tmp_path / "one", include=("docs/notes.txt",))
     assert (tmp_path / "one" / "docs" / "notes.txt").read_text() == "hello\n" * 100
     repo = maintenance.open_repository(url, key)
     assert [s.snapshot_id for s in maintenance.list_snapshots(repo)] == [

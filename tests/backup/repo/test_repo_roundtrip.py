@@ -112,18 +112,28 @@ def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) ->
     source = make_tree(tmp_path)
     repo = str(tmp_path / "repo")
     create_snapshot(source, repo, root_key, repo_params=SMALL)
-    restore_snapshot(repo, root_key, tmp_path / "one", include="docs/notes.txt")
+    restore_snapshot(repo, root_key, tmp_path / "one", include=("docs/notes.txt",))
     assert snapshot(tmp_path / "one") == {
         k: v for k, v in snapshot(source).items() if k in (".", "docs", "docs/notes.txt")
     } | {"docs": snapshot(tmp_path / "one")["docs"]}
     assert (tmp_path / "one" / "docs" / "notes.txt").read_text() == "hello\n" * 100
-    restore_snapshot(repo, root_key, tmp_path / "deep", include="/docs/deep/")
+    restore_snapshot(repo, root_key, tmp_path / "deep", include=("/docs/deep/",))
     expected = {k: v for k, v in snapshot(source).items() if k.startswith("docs/deep") or k == "."}
     got = snapshot(tmp_path / "deep")
     assert {k: v for k, v in got.items() if k != "docs"} == expected
     with pytest.raises(BackupNotFound):
-        restore_snapshot(repo, root_key, tmp_path / "none", include="docs/nothing")
+        restore_snapshot(repo, root_key, tmp_path / "none", include=("docs/nothing",))
     assert not (tmp_path / "none").exists()
+    # several paths: their union, with the folders above them
+    restore_snapshot(repo, root_key, tmp_path / "two", include=("private", "docs/deep/deeper"))
+    assert sorted(snapshot(tmp_path / "two")) == [".", "docs", "docs/deep", "docs/deep/deeper",
+                                                   "private"]  # fmt: skip
+    assert (tmp_path / "two" / "private").read_text() == "secret-ish"
+    with pytest.raises(BackupNotFound, match=r"^nope, docs/no are not in this snapshot\n"):
+        restore_snapshot(repo, root_key, tmp_path / "n", include=("nope", "private", "docs/no"))
+    assert not (tmp_path / "n").exists()
+    with pytest.raises(TypeError):  # a str would be one path per letter
+        restore_snapshot(repo, root_key, tmp_path / "s", include="private")  # type: ignore[arg-type]
 
 
 def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:

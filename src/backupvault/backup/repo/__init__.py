@@ -7,7 +7,7 @@ docs/format.md, "Repository format".
 
 Public API (what the CLI calls):
   create_snapshot(source, storage_url, root_key, progress=None, force_read=False)
-  restore_snapshot(storage_url, root_key, dest, snapshot_id=None, progress=None, include=None)
+  restore_snapshot(storage_url, root_key, dest, snapshot_id=None, progress=None, include=())
 
 Names are imported on first use, so a command loads only what it runs.
 """

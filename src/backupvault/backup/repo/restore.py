@@ -40,28 +40,32 @@ from backupvault.errors import AuthenticationFailed, InvalidInput
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def select(entries: list[Entry], include: str | None) -> list[Entry]:
-    """The entries under `include` (a path inside the snapshot), with their parent folders."""
-    if include is None:
+def select(entries: list[Entry], include: tuple[str, ...]) -> list[Entry]:
+    """The entries under any path of `include` (paths inside the snapshot), with their
+    parent folders; all of them if `include` is empty."""
+    if isinstance(include, str):  # a str is a tuple of one-letter paths to the type checker
+        raise TypeError("include is a tuple of paths")
+    wanted = {os.fsencode(path.strip("/")): path for path in include}
+    if not wanted or wanted.keys() & {b"", b"."}:
         return entries
-    wanted = os.fsencode(include.strip("/"))
-    if wanted in (b"", b"."):
-        return entries
-    parents = set()
-    parts = wanted.split(b"/")
-    for i in range(1, len(parts)):
-        parents.add(b"/".join(parts[:i]))
+    parents: set[bytes] = set()
+    for path in wanted:
+        parts = path.split(b"/")
+        parents.update(b"/".join(parts[:i]) for i in range(1, len(parts)))
+
+    def under(path: bytes) -> bool:
+        return any(path == w or path.startswith(w + b"/") for w in wanted)
+
     chosen = [
         e
         for e in entries
-        if e.path == wanted
-        or e.path.startswith(wanted + b"/")
-        or e.path == ROOT
-        or (e.kind == DIR and e.path in parents)
+        if e.path == ROOT or under(e.path) or (e.kind == DIR and e.path in parents)
     ]
-    if not any(e.path == wanted for e in chosen):
+    found = {e.path for e in chosen}
+    missing = [shown for path, shown in wanted.items() if path not in found]
+    if missing:
         raise BackupNotFound(
-            f"{include} is not in this snapshot",
+            f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in this snapshot",
             hint="--include takes a path relative to the folder that was backed up: "
             "for /home/me/chats/db/a.sqlite in a backup of /home/me/chats, db/a.sqlite",
         )
@@ -129,13 +133,13 @@ def restore_snapshot(
     snapshot_id: str | None = None,
     progress: Progress | None = None,
     *,
-    include: str | None = None,
+    include: tuple[str, ...] = (),
     storage_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
     key: str = "password",
 ) -> RestoreInfo:
     """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
-    the file or folder `include` inside it, into the new or empty folder `dest`."""
+    the files and folders `include` names inside it, into the new or empty folder `dest`."""
     dest_path = Path(dest).absolute()
     check_destination(dest_path)
     repo = Repository.open(Storage(storage_url, storage_options), root_key)
