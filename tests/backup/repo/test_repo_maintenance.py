@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from conftest import RecordingProgress
 
+from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
     RepositoryLocked,
     create_snapshot,
@@ -284,6 +285,59 @@ def test_a_forget_cut_off_between_record_and_delete_loses_nothing(
     assert sorted(os.listdir(tmp_path / "repo" / "snapshots")) == sorted(ids[3:])
     result = maintenance.check(repo, read_data=False)
     assert (result.errors, result.warnings) == ([], [])
+
+
+def test_check_beside_a_backup_reports_no_damage_and_keeps_prune_out(
+    history: tuple[Path, str, list[str]],
+    root_key: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A backup from another device lands just after check has read the index: check
+    listed the snapshots before, so the new one (whose index it did not read) is not
+    taken for damage. A prune or forget meanwhile is refused by check's shared lock."""
+    source, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    real_load_index = repo.load_index
+    refused: list[str] = []
+
+    def load_index_while_others_work(**kwargs: bool) -> object:
+        loaded = real_load_index(**kwargs)
+        (source / "new.bin").write_bytes(random.Random(9).randbytes(20_000))
+        create_snapshot(source, repo_url, root_key)  # shared beside shared
+        other = maintenance.open_repository(repo_url, root_key)
+        for attempt in (
+            lambda: maintenance.prune(other, dry_run=False),
+            lambda: maintenance.forget(other, Policy(last=1), dry_run=False),
+        ):
+            with pytest.raises(RepositoryLocked) as locked:
+                attempt()
+            refused.append(locked.value.message)
+        return loaded
+
+    monkeypatch.setattr(repo, "load_index", load_index_while_others_work)
+    result = maintenance.check(repo, read_data=True)
+    assert (result.errors, result.warnings, result.snapshots) == ([], [], 5)
+    assert len(refused) == 2 and all("a backup or check" in m for m in refused)
+    assert repo.locks() == []
+    monkeypatch.setattr(repo, "load_index", real_load_index)
+    assert maintenance.check(repo, read_data=True).snapshots == 6
+
+
+def test_check_on_storage_it_cannot_write_runs_without_a_lock_and_says_so(
+    history: tuple[Path, str, list[str]], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+
+    def read_only(name: str, *args: object, **kwargs: object) -> None:
+        raise StorageError(f"cannot store {name}: permission denied")
+
+    monkeypatch.setattr(repo.backend, "put", read_only)
+    result = maintenance.check(repo, read_data=True)
+    assert result.errors == [] and result.snapshots == 5
+    assert len(result.warnings) == 1 and "checked without a lock" in result.warnings[0]
+    assert "permission denied" in result.warnings[0]
 
 
 def test_locks_exclude_prune_and_backup(

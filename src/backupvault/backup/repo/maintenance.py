@@ -28,6 +28,8 @@ from backupvault.backup.repo.backend import FOLDERS
 from backupvault.backup.repo.index import PackEntry, open_pack_header
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
+    SHARED,
+    Lock,
     PackWriter,
     Repository,
     gone_message,
@@ -336,14 +338,34 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
     indexed in a pack that exists; with `read_data`, every pack is read and every blob
     opened and matched against its id and the index (progress: the bytes of those packs)."""
     reporter = progress or NoProgress()
+    # A shared lock: no prune or forget deletes what is being read (backups may run
+    # beside it). On storage this device cannot write to, check runs without one.
+    lock: Lock | None = None
+    unlocked = ""
     try:
-        return _check(repo, read_data, reporter)
+        lock = repo.lock(SHARED)
+        lock.acquire()
+    except StorageError as exc:
+        lock, unlocked = None, exc.message
+    try:
+        result = _check(repo, read_data, reporter)
+        if unlocked:
+            result.warnings.append(
+                f"checked without a lock ({unlocked}): a prune or forget that ran meanwhile"
+                " may show here as damage"
+            )
+        return result
     finally:
         reporter.finish()
+        if lock is not None:
+            lock.release()
 
 
 def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult:
     result = CheckResult()
+    # Snapshots first: each one listed had its packs and index stored before it, so they
+    # are in what is read next, also when a backup beside this check adds more.
+    names = list(repo.snapshot_names())
     try:
         index, sizes, _ = repo.load_index(adopt_unindexed=False)
     except BackupVaultError as exc:
@@ -362,7 +384,6 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             result.errors.append(f"pack {name} is missing")
         elif entries and max(e.offset + e.length for e in entries) > sizes[name]:
             result.errors.append(f"pack {name} is shorter than its index says")
-    names = list(repo.snapshot_names())
     result.snapshots = len(names)
     for name in names:
         try:
