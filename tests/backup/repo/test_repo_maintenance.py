@@ -90,6 +90,28 @@ def history(tmp_path: Path, root_key: bytes) -> tuple[Path, str, list[str]]:
     return source, repo, ids
 
 
+def test_a_snapshot_forgotten_while_listing_is_left_out(
+    history: tuple[Path, str, list[str]],
+    root_key: bytes,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`backup list` takes no lock: a forget on another device between the listing of
+    names and the reading of one snapshot leaves that one out, not the whole list."""
+    _, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    real_names = repo.snapshot_names
+
+    def names_then_forget() -> dict[str, int]:
+        listed = real_names()
+        (tmp_path / "repo" / "snapshots" / ids[1]).unlink()
+        return listed
+
+    monkeypatch.setattr(repo, "snapshot_names", names_then_forget)
+    listed = [s.snapshot_id for s in maintenance.list_snapshots(repo)]
+    assert listed == [ids[0], *ids[2:]]
+
+
 def test_list_shows_the_bytes_stored_that_create_reported(tmp_path: Path, root_key: bytes) -> None:
     """What `backup create` says it stored (packs, index, the snapshot object) is what
     `backup list` shows for that snapshot, and what storage holds for a first backup."""

@@ -290,8 +290,15 @@ class Repository:
         """Every snapshot (summaries only), oldest first, each authenticated; `names`: the
         snapshot objects' names, if already listed."""
         names = list(self.snapshot_names() if names is None else names)
+
+        def summary(name: str) -> snapshots.Snapshot | None:
+            try:
+                return self.read_snapshot(name, with_tree=False)
+            except MissingObject:
+                return None  # forgotten since it was listed (forget on another device)
+
         with ThreadPoolExecutor(8) as pool:
-            found = list(pool.map(lambda n: self.read_snapshot(n, with_tree=False), names))
+            found = [s for s in pool.map(summary, names) if s is not None]
         found.sort(key=lambda s: (s.header.created_at_us, s.id_hex))
         return found
 
