@@ -835,3 +835,25 @@ def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     assert f"warning: the last snapshot this device made of {source}, {latest}" in warned.stderr
     assert "storage may be hiding it" in warned.stderr
     assert "warning: skipped pipe: not a regular file" in warned.stderr
+
+
+def test_exclude_is_repeatable_on_the_command_line(tmp_path: Path, source: Path) -> None:
+    (source / "photos" / "thumbs").mkdir()
+    (source / "photos" / "thumbs" / "t.jpg").write_bytes(b"small")
+    (source / "notes.txt.swp").write_text("editor swap")
+    storage = tmp_path / "storage"
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+        "--exclude", "thumbs", "--exclude", "*.swp",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    result = json.loads(created.stdout)
+    assert result["files"] == 2 and result["skipped"] == []
+    restored = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+        "--recovery-code", result["recovery_code"],
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")) == [
+        "notes.txt", "photos", "photos/cat.jpg"
+    ]  # fmt: skip

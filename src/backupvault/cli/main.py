@@ -411,6 +411,13 @@ def backup() -> None:
     "(they stay unopenable by password).",
 )
 @click.option("--force-read", is_flag=True, help="Read every file, even those unchanged.")
+@click.option(
+    "--exclude",
+    metavar="PATTERN",
+    multiple=True,
+    help="Leave out paths matching PATTERN (shell wildcards; with a / against the path"
+    " inside SOURCE, without against the name); repeat for more.",
+)
 @pass_context
 def backup_create(
     ctx: Context,
@@ -420,6 +427,7 @@ def backup_create(
     use_code: bool,
     new_key: bool,
     force_read: bool,
+    exclude: tuple[str, ...],
 ) -> None:
     """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
     the last backup of SOURCE is read and stored."""
@@ -467,6 +475,7 @@ def backup_create(
             force_read=force_read,
             state_dir=default_dir(),
             key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
+            exclude=exclude,
         )
     data = _backup_json(
         info.snapshot_id,

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 
 from backupvault.backup import BackupNotFound, DestinationError
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
-from backupvault.backup.repo.create import _read_whole
+from backupvault.backup.repo.create import _read_whole, excluded
 from backupvault.backup.storage import Storage
 from backupvault.errors import WrongKey
 
@@ -134,6 +134,55 @@ def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) ->
     assert not (tmp_path / "n").exists()
     with pytest.raises(TypeError):  # a str would be one path per letter
         restore_snapshot(repo, root_key, tmp_path / "s", include="private")  # type: ignore[arg-type]
+
+
+def test_exclude_leaves_out_names_anywhere_and_paths_inside_the_source(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    source = make_tree(tmp_path)
+    (source / "docs" / "deep" / "scratch.tmp").write_text("scratch")
+    (source / "x.tmp").write_text("scratch too")
+    repo = str(tmp_path / "repo")
+    everything = snapshot(source)
+    # "*.tmp" (no /): any name; "/docs/deep/" (a /): that path, with all inside it
+    made = create_snapshot(
+        source, repo, root_key, repo_params=SMALL, exclude=("*.tmp", "/docs/deep/")
+    )
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    kept = {
+        k: v for k, v in everything.items() if not (k.endswith(".tmp") or k.startswith("docs/deep"))
+    }
+    restored = snapshot(tmp_path / "out")
+    assert {k: v for k, v in restored.items() if k != "docs"} == {
+        k: v for k, v in kept.items() if k != "docs"
+    }
+    assert made.skipped == []  # left out on purpose is not "skipped"
+    # without the patterns the next backup takes them, reading only those
+    again = create_snapshot(source, repo, root_key)
+    assert again.files_read == 3  # random.bin, and the two .tmp files
+    restore_snapshot(repo, root_key, tmp_path / "all")
+    assert set(snapshot(tmp_path / "all")) == set(everything)
+    with pytest.raises(TypeError):  # a str would be one pattern per letter
+        create_snapshot(source, repo, root_key, exclude="*.tmp")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("path", "pattern", "matches"),
+    [
+        (b"x.tmp", "*.tmp", True),
+        (b"a/b/x.tmp", "*.tmp", True),  # no /: the name, at any depth
+        (b"a/cache", "cache", True),
+        (b"a/cache2", "cache", False),
+        (b"docs/deep", "docs/deep", True),
+        (b"docs/deep", "/docs/deep/", True),  # leading and trailing / ignored
+        (b"more/docs/deep", "docs/deep", False),  # a /: the whole path inside the source
+        (b"docs/a/b.txt", "docs/*.txt", True),  # fnmatch: * also matches /
+        (b"Notes.TXT", "*.txt", False),  # case matters
+        ("日本/ß.db".encode(), "*.db", True),
+    ],
+)
+def test_exclude_patterns(path: bytes, pattern: str, matches: bool) -> None:
+    assert excluded(path, (pattern,)) is matches
 
 
 def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:

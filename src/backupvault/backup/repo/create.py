@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import fnmatch
 import io
 import mmap
 import os
@@ -92,8 +93,24 @@ def _entry(path: bytes, st: os.stat_result) -> Entry | None:
     return None
 
 
-def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
-    """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`."""
+def excluded(path: bytes, patterns: tuple[str, ...]) -> bool:
+    """Whether `path` (inside the source) matches a pattern: one with a `/` against the
+    whole path, one without against the last name, with shell wildcards (fnmatch's: `*`
+    also matches `/`). Leading and trailing slashes of a pattern are ignored."""
+    text = os.fsdecode(path)
+    name = text.rsplit("/", 1)[-1]
+    for pattern in patterns:
+        bare = pattern.strip("/")
+        if fnmatch.fnmatchcase(text if "/" in bare else name, bare):
+            return True
+    return False
+
+
+def walk(
+    source: Path, exclude: tuple[str, ...] = ()
+) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
+    """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`,
+    leaving out what `exclude` matches (a folder with everything in it)."""
     skipped: list[Skipped] = []
     try:
         st = os.lstat(source)
@@ -119,6 +136,8 @@ def walk(source: Path) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
         subfolders: list[tuple[str, bytes]] = []
         for child in children:
             name = prefix + os.fsencode(child.name)
+            if exclude and excluded(name, exclude):
+                continue
             try:
                 child_stat = child.stat(follow_symlinks=False)
             except FileNotFoundError:
@@ -294,14 +313,18 @@ def create_snapshot(
     repo_params: Mapping[str, int] | None = None,
     state_dir: Path | None = None,
     key_kind: int = KEY_UNKNOWN,
+    exclude: tuple[str, ...] = (),
 ) -> SnapshotInfo:
     """Back up `source` into the repository at `storage_url` (created on first use).
     `key_kind` (backup/keykinds.py) records how RK is kept: the vault, or a recovery code.
+    `exclude`: patterns of paths inside `source` to leave out (`excluded`).
 
     With `state_dir`, the device remembers the snapshot it made, and the next backup warns
     if storage no longer shows it (deleted, or hidden: a rollback)."""
     if key_kind not in KEY_NAMES:
         raise InvalidInput(f"unknown key kind {key_kind}")
+    if isinstance(exclude, str):  # a str is a tuple of one-letter patterns to the checker
+        raise TypeError("exclude is a tuple of patterns")
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
@@ -312,7 +335,14 @@ def create_snapshot(
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED):
         info = _create_locked(
-            repo, source_path, reporter, force_read, workers or cpu_workers(), state, key_kind
+            repo,
+            source_path,
+            reporter,
+            force_read,
+            workers or cpu_workers(),
+            state,
+            key_kind,
+            exclude,
         )
     if state is not None:
         state.made(info.source, info.snapshot_id)
@@ -345,6 +375,7 @@ def _create_locked(
     workers: int,
     state: DeviceState | None,
     key_kind: int,
+    exclude: tuple[str, ...],
 ) -> SnapshotInfo:
     index, _packs, adopted = repo.load_index()
     warnings: list[str] = []
@@ -367,7 +398,7 @@ def _create_locked(
     if parent is not None and parent.entries is not None and not force_read:
         previous = {e.path: e for e in parent.entries if e.kind == FILE}
 
-    kind, items, skipped = walk(source)
+    kind, items, skipped = walk(source, exclude)
     entries = [entry for _, entry in items]
     total = sum(e.size for e in entries if e.kind == FILE)
     packer = PackWriter(repo, index)
