@@ -166,6 +166,62 @@ def test_exclude_leaves_out_names_anywhere_and_paths_inside_the_source(
         create_snapshot(source, repo, root_key, exclude="*.tmp")  # type: ignore[arg-type]
 
 
+def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder that cannot be listed, a small and a large file that cannot be opened
+    (Permission denied: faked, as the tests may run as root): the rest is backed up, the
+    three are named; the backup does not fail over them."""
+    from backupvault.backup.repo import create
+
+    source = tmp_path / "src"
+    (source / "locked").mkdir(parents=True)
+    (source / "locked" / "inside.txt").write_text("unseen")
+    (source / "open.txt").write_text("fine")
+    (source / "secret.txt").write_text("no")
+    (source / "big-secret.bin").write_bytes(os.urandom(10_000))
+    (source / "big.bin").write_bytes(os.urandom(10_000))
+    denied = PermissionError(13, "Permission denied")
+    real_scandir, real_read_whole = os.scandir, create._read_whole
+
+    def scandir(path: str) -> object:
+        if str(path).endswith("locked"):
+            raise denied
+        return real_scandir(path)
+
+    def read_whole(path: str, size: int) -> bytes:
+        if path.endswith("secret.txt"):
+            raise denied
+        return real_read_whole(path, size)
+
+    def open_file(path: str, *args: object, **kwargs: object) -> object:
+        if str(path).endswith("big-secret.bin"):
+            raise denied
+        return open(path, *args, **kwargs)  # type: ignore[call-overload]
+
+    monkeypatch.setattr(create.os, "scandir", scandir)
+    monkeypatch.setattr(create, "_read_whole", read_whole)
+    monkeypatch.setattr(create, "open", open_file, raising=False)
+    repo = str(tmp_path / "repo")
+    made = create_snapshot(source, repo, root_key, repo_params=SMALL)
+    monkeypatch.undo()
+    assert sorted(map(str, made.skipped)) == [
+        "big-secret.bin: cannot read it (Permission denied)",
+        "locked: cannot list this folder (Permission denied): backed up empty",
+        "secret.txt: cannot read it (Permission denied)",
+    ]
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == [
+        "big.bin",
+        "locked",
+        "open.txt",
+    ]
+    assert (tmp_path / "out" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
+    # readable again: the next backup takes them
+    again = create_snapshot(source, repo, root_key)
+    assert again.skipped == [] and again.files == 5
+
+
 @pytest.mark.parametrize(
     ("path", "pattern", "matches"),
     [

@@ -131,6 +131,13 @@ def walk(
         try:
             with os.scandir(directory) as listing:
                 children = sorted(listing, key=lambda e: e.name)
+        except PermissionError as exc:
+            if not prefix:  # the source itself: nothing to back up
+                raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
+            # as restic: the rest is backed up, and this is said (the folder stays, empty)
+            reason = f"cannot list this folder ({exc.strerror}): backed up empty"
+            skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason))
+            continue
         except OSError as exc:
             raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
         subfolders: list[tuple[str, bytes]] = []
@@ -142,6 +149,9 @@ def walk(
                 child_stat = child.stat(follow_symlinks=False)
             except FileNotFoundError:
                 continue  # deleted while we looked
+            except PermissionError as exc:
+                skipped.append(Skipped(os.fsdecode(name), f"cannot read it ({exc.strerror})"))
+                continue
             except OSError as exc:
                 raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
             entry = _entry(name, child_stat)
@@ -220,6 +230,8 @@ class _Workers:
         self.read_size = max(_WINDOW_BYTES, 4 * repo.config.chunk_max)
         self._free: list[_Window] = []
         self._free_lock = threading.Lock()  # the reader thread takes, this one returns
+        #: files this process may not open, by number, and why: left out, as restic does
+        self.unreadable: dict[int, str] = {}
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
@@ -243,6 +255,10 @@ class _Workers:
                 data = _read_whole(path, size)
             except FileNotFoundError:
                 pieces.append((number, b"", -1, None))  # vanished: the caller drops it
+                continue
+            except PermissionError as exc:
+                self.unreadable[number] = f"cannot read it ({exc.strerror})"
+                pieces.append((number, b"", -1, None))
                 continue
             except OSError as exc:
                 raise SourceError(f"cannot read {path}: {exc.strerror}") from None
@@ -469,8 +485,9 @@ def _create_locked(
         reporter.finish()
     pool.shutdown()
 
-    for number in vanished:
-        skipped.append(Skipped(os.fsdecode(entries[number].path), "vanished during the backup"))
+    for number in sorted(vanished):
+        reason = pool.unreadable.get(number, "vanished during the backup")
+        skipped.append(Skipped(os.fsdecode(entries[number].path), reason))
     kept = [e for n, e in enumerate(entries) if n not in vanished]
 
     new_packs = dict(packer.written)
@@ -532,6 +549,10 @@ def _submit_large(
     try:
         handle = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
     except FileNotFoundError:
+        pool.inflight.append((_done([(number, b"", -1, None)]), None))
+        return
+    except PermissionError as exc:
+        pool.unreadable[number] = f"cannot read it ({exc.strerror})"
         pool.inflight.append((_done([(number, b"", -1, None)]), None))
         return
     except OSError as exc:
