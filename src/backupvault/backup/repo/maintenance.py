@@ -377,7 +377,9 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     result.chunks = len(index.chunks)
     for name in sizes:
         if bytes.fromhex(name) not in index.packs:
-            result.warnings.append(f"pack {name} is in no index (left by an interrupted run)")
+            result.warnings.append(
+                f"pack {name} is in no index (left by an interrupted backup, or one running now)"
+            )
     for pack_id, entries in index.packs.items():
         name = pack_id.hex()
         if name not in sizes:
