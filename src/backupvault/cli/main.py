@@ -29,6 +29,7 @@ from backupvault.errors import BackupVaultError, UsageError
 if TYPE_CHECKING:
     from backupvault.backup import Skipped
     from backupvault.client.config import ClientConfig
+    from backupvault.client.trust import FleetSession
     from backupvault.client.vault import Recovery
 
 # Modules that add commands to a group defined here, by group. A group imports its own
@@ -68,6 +69,11 @@ class Context:
             )
         self._config = ClientConfig.load(self.config_path)
         return self._config
+
+    def session(self) -> FleetSession:
+        """The vault client for this command; its messages reach the user through the
+        output (warnings also under -q and in --json)."""
+        return self.config().session(notify=self.output.client_notice)
 
     def storage(self, url: str | None) -> str:
         if url:
@@ -240,7 +246,7 @@ def _root_key_from_vault(
     whether it was just registered)."""
     from backupvault.client.errors import AlreadyRegistered, NotRegistered
 
-    session = ctx.config().session(notify=ctx.output.client_notice)
+    session = ctx.session()
     try:
         recovered = session.recover_or_migrate(password)
     except NotRegistered:
@@ -685,7 +691,7 @@ def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
     from backupvault.protocol import EntryStatus
 
-    status = ctx.config().session(notify=ctx.output.client_notice).status()
+    status = ctx.session().status()
     data = {**asdict(status), "status": status.status.name.lower()}
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.LIVE:
@@ -711,7 +717,7 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     Exits 0 when nothing is left pending, 5 when some nodes still do not answer."""
     from backupvault.client.errors import FleetUnavailable
 
-    session = ctx.config().session(notify=ctx.output.client_notice)
+    session = ctx.session()
     left = session.status().pending  # sent again on the way
     if session.needs_password_to_finish():
         recovered = session.recover(_password(password_stdin))
@@ -736,7 +742,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     """Change the password that protects your key (backups stay as they are).
 
     The current password is checked first; only then is the new one asked for (twice)."""
-    session = ctx.config().session(notify=ctx.output.client_notice)  # no password asked without it
+    session = ctx.session()  # no password asked without it
     if password_stdin:
         lines = [sys.stdin.readline(), sys.stdin.readline()]
         if not lines[1]:
@@ -780,7 +786,7 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     from backupvault.client.errors import NotRegistered
     from backupvault.protocol import EntryStatus
 
-    session = ctx.config().session(notify=ctx.output.client_notice)
+    session = ctx.session()
     status = session.status()
     if status.status == EntryStatus.EMPTY:
         raise NotRegistered()

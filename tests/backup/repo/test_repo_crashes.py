@@ -257,14 +257,14 @@ def test_backup_waits_for_no_prune(
     repo_path = tmp_path / "repo"
     create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
     paused, resume = threading.Event(), threading.Event()
-    used = maintenance.used_chunks
+    used = maintenance.snapshot_references
 
-    def slow_used(repo: Repository) -> set[bytes]:
+    def slow_used(repo: Repository) -> tuple[set[bytes], set[str]]:
         paused.set()
         resume.wait(30)
         return used(repo)
 
-    monkeypatch.setattr(maintenance, "used_chunks", slow_used)
+    monkeypatch.setattr(maintenance, "snapshot_references", slow_used)
     prune = threading.Thread(
         target=lambda: maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
     )

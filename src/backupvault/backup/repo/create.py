@@ -41,14 +41,13 @@ from backupvault.backup.repo.repository import (
     Repository,
     cpu_workers,
     cycle_collector_paused,
-    gone_message,
     host_name,
 )
 from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
-from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.errors import InvalidInput
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
@@ -397,13 +396,8 @@ def _create_locked(
     warnings: list[str] = []
     last = state.last_made(str(source)) if state is not None else None
     if last is not None and last not in repo.snapshot_names():
-        try:
-            forgotten = repo.was_forgotten(last)
-        except BackupVaultError as exc:
-            warnings.append(exc.message)
-            forgotten = False
-        if not forgotten:
-            warnings.append(gone_message(f"the last snapshot this device made of {source},", last))
+        what = f"the last snapshot this device made of {source},"
+        warnings.extend(m for m in repo.why_gone(last, what) if m)
     host = host_name()
     parent: snapshots.Snapshot | None = None
     for candidate in reversed(repo.list_snapshots()):

@@ -32,7 +32,6 @@ from backupvault.backup.repo.repository import (
     Lock,
     PackWriter,
     Repository,
-    gone_message,
 )
 from backupvault.backup.repo.tree import FILE
 from backupvault.backup.storage import Storage
@@ -197,7 +196,7 @@ class PruneResult:
     dry_run: bool = False
 
 
-def used_chunks(repo: Repository) -> tuple[set[bytes], set[str]]:
+def snapshot_references(repo: Repository) -> tuple[set[bytes], set[str]]:
     """The chunks the snapshots use, and the parents they name."""
     names = list(repo.snapshot_names())
     with ThreadPoolExecutor(8) as pool:
@@ -233,7 +232,7 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     reporter.start(None, "reading snapshots")
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
-    used, parents = used_chunks(repo)
+    used, parents = snapshot_references(repo)
     # forget records no snapshot names as parent any more tell check nothing
     unneeded_records = [n for n in repo.backend.list("forgotten") if n not in parents]
     result = PruneResult(packs=len(sizes), dry_run=dry_run)
@@ -395,13 +394,9 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             continue
         parent = snap.header.parent
         if parent is not None and parent.hex() not in names:
-            try:
-                forgotten = repo.was_forgotten(parent.hex())
-            except BackupVaultError as exc:
-                result.errors.append(exc.message)
-                forgotten = False
-            if not forgotten:
-                result.warnings.append(gone_message(f"snapshot {name}'s parent", parent.hex()))
+            bad_record, warning = repo.why_gone(parent.hex(), f"snapshot {name}'s parent")
+            result.errors.extend([bad_record] if bad_record else [])
+            result.warnings.extend([warning] if warning else [])
         missing = {
             c for e in snap.entries or [] if e.kind == FILE for c in e.chunks
         } - index.chunks.keys()

@@ -64,15 +64,6 @@ class RepositoryLocked(BackupVaultError):
     """Another backup or prune holds a lock that conflicts with ours."""
 
 
-def gone_message(what: str, snapshot_id: str) -> str:
-    """Why a snapshot that no `backup forget` removed may be gone."""
-    return (
-        f"{what} {snapshot_id} is gone, and no `backup forget` removed it: storage may be"
-        " hiding it (a rollback), or it was deleted by hand or by a backupvault older than"
-        " forget records"
-    )
-
-
 def new_id() -> bytes:
     return secrets.token_bytes(OBJECT_ID_LEN)
 
@@ -330,6 +321,21 @@ class Repository:
         plain = _FORGOTTEN.pack(time.time_ns() // 1000)
         aad = FORGOTTEN_AAD + bytes.fromhex(snapshot_id)
         self.backend.put(f"forgotten/{snapshot_id}", seal_object(self.keys.index, aad, plain))
+
+    def why_gone(self, snapshot_id: str, what: str) -> tuple[str | None, str | None]:
+        """For a snapshot that is gone: (what is wrong with its forget record, if it is
+        forged or damaged; the warning to give, None if `backup forget` removed it)."""
+        try:
+            if self.was_forgotten(snapshot_id):
+                return None, None
+            bad_record = None
+        except BackupVaultError as exc:
+            bad_record = exc.message
+        return bad_record, (
+            f"{what} {snapshot_id} is gone, and no `backup forget` removed it: storage may be"
+            " hiding it (a rollback), or it was deleted by hand or by a backupvault older"
+            " than forget records"
+        )
 
     def was_forgotten(self, snapshot_id: str) -> bool:
         """Whether an authentic record says `backup forget` removed this snapshot. Storage
