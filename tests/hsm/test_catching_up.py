@@ -362,7 +362,47 @@ def test_a_later_start_of_the_same_commit_is_taken_over_a_bare_sibling(
     assert check(later, counted) == "a reset without the owner's signature"
     reset = sibling.with_(reset_signature=bytes(64))
     assert check(committed, reset) == "a reset without the owner's signature"
-    assert check(sibling, committed) == "the attempt counter went down"
+
+
+def test_an_earlier_start_of_the_same_commit_is_taken_over_a_bare_sibling(
+    world: Simulation,
+) -> None:
+    """Sim seed 10112960, the other way round: a node accepted, alone, the password
+    change applied over a guess that was never committed (attempt 9, window from 9); the
+    change applied at attempt 8 was chosen, and the node refused it, and every later value
+    of the entry, as "the attempt counter went down". A held commit with nothing since
+    takes a value of its version whose window starts earlier (the chosen commit, or a
+    value built on it, whose counter and clock are below the held ones); once the node
+    counted an attempt of the version, or holds the owner's reset, the counter, the clock
+    and the window start never go back."""
+    client, _, _, committed = _changed(world)
+    assert committed.attempt == committed.reset_attempt and not committed.attempt_hash
+    lost = committed.with_(
+        attempt=committed.attempt + 1,
+        reset_attempt=committed.attempt + 1,
+        attempt_client_time_ms=committed.attempt_client_time_ms + 75_000,
+    )
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    guess = committed.with_(
+        attempt=committed.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=committed.attempt_client_time_ms + 1,
+    )
+    assert check(committed, lost) is None  # refused before the fix
+    assert check(guess, lost) is None  # built on the chosen commit
+    counted = lost.with_(attempt=lost.attempt + 1, attempt_hash=bytes(32))
+    assert check(committed, counted) == "the attempt counter went down"
+    assert check(guess.with_(attempt=counted.attempt), counted) == "the attempt clock went down"
+    signed = lost.with_(reset_signature=bytes(64))
+    assert check(committed, signed) == "the attempt counter went down"
+    assert check(committed.with_(acks=b""), lost) == (
+        "the acknowledgements changed within a version"
+    )
 
 
 def test_a_password_change_is_taken_over_a_later_sibling_attempt(world: Simulation) -> None:
@@ -458,7 +498,45 @@ def test_a_hostile_proposer_cannot_take_the_count_back_across_a_version() -> Non
     ):
         for slot in range(4):
             assert not _forge(world, slot, client.key, forged)
-    assert {slot: world.honest[slot].rows[client.key] for slot in range(4)} == counted
+    _every_node_stops_at_l(world, client, counted)
+
+
+def test_a_hostile_proposer_moving_a_bare_commits_window_start_gains_nothing() -> None:
+    """The attack on the rule above. A hostile proposer (node 4 of 5) moves node 0's held
+    commit of version 2, with nothing since, to a later window start (taken since seeds
+    9300379 and 9301925) and back to an earlier one (taken since seed 10112960), as often
+    as it likes. It gains nothing: node 0's row of version 2 counts nothing either way and
+    moves only with attempts it answers; once the version counted an attempt, neither
+    start is taken again; and every node stops at L."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client, _, _, commit = _changed(world)
+    later = commit.with_(
+        attempt=commit.attempt + 2,
+        reset_attempt=commit.attempt + 2,
+        attempt_client_time_ms=commit.attempt_client_time_ms + 1,
+    )
+    row = world.honest[0].rows[client.key]
+    assert (row.version, row.count) == (2, 0)
+    for _ in range(2):
+        assert _forge(world, 0, client.key, later)
+        assert _forge(world, 0, client.key, commit)  # refused before the fix
+    assert world.honest[0].rows[client.key] == row
+    world.settle(5.0)
+    assert client.recover(b"wrong") is None
+    counted = {slot: world.honest[slot].rows[client.key] for slot in range(4)}
+    assert all((row.version, row.count) == (2, 1) for row in counted.values())
+    for forged in (commit, later):
+        for slot in range(4):
+            assert not _forge(world, slot, client.key, forged)
+    _every_node_stops_at_l(world, client, counted)
+
+
+def _every_node_stops_at_l(
+    world: Simulation, client: ThresholdClient, counted: dict[int, NodeShare]
+) -> None:
+    """The honest nodes' rows are still `counted` (one wrong guess each), and the next
+    L - 1 wrong guesses bring every one of them to L, after which none evaluates."""
+    assert {slot: world.honest[slot].rows[client.key] for slot in counted} == counted
     for _ in range(world.shape.guess_limit - 1):
         assert client.recover(b"wrong") is None
     assert all(row.count == world.shape.guess_limit for row in _rows(world, client.key))

@@ -276,6 +276,20 @@ def test_regression_a_value_that_lost_to_the_owners_success_or_delete_gives_way(
     assert result.violation is None, report(result)
 
 
+# Found on fresh seeds (10,000 from 10,110,000): node 1, leading its own client's
+# recovery, applied the owner's password change over a guess (attempt 9) that was never
+# committed, and accepted it alone; the change applied at attempt 8 was chosen by nodes 0
+# and 2, and node 1 refused it 57 times as "the attempt counter went down" (10112960).
+# Fixed in hsm/shares.py `_check_transition` (`_earlier_start_of_a_bare_commit`); the
+# deterministic tests are tests/hsm/test_catching_up.py
+# test_an_earlier_start_of_the_same_commit_is_taken_over_a_bare_sibling and
+# test_a_hostile_proposer_moving_a_bare_commits_window_start_gains_nothing.
+@pytest.mark.parametrize("seed", [10112960])
+def test_regression_an_earlier_start_of_the_same_commit_over_a_bare_sibling(seed: int) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
+
+
 # Found on fresh seeds (10,000 from 10,050,000): client c2 changed the password between
 # c0's manifest read and its evaluation; every node refused c0's attempt as
 # `stale_manifest`, and c0 reported the fleet unavailable after the faults had ended

@@ -1416,9 +1416,15 @@ def _check_transition(
     if _outlived_tombstone(held, state):
         return None
     ends_held = state.version > held.version or state.status != EntryStatus.LIVE
-    if state.attempt < held.attempt and not ends_held:
+    # Over a held commit with nothing since, a live value of its version whose window
+    # starts earlier (the same commit applied at an earlier attempt of the version before,
+    # which won the round the held one lost, or a value built on it) is not compared with
+    # the held attempt numbers either (`_earlier_start_of_a_bare_commit`).
+    earlier_start = _earlier_start_of_a_bare_commit(held, state)
+    renumbers = ends_held or earlier_start
+    if state.attempt < held.attempt and not renumbers:
         return "the attempt counter went down"
-    if state.attempt_client_time_ms < held.attempt_client_time_ms and not ends_held:
+    if state.attempt_client_time_ms < held.attempt_client_time_ms and not renumbers:
         return "the attempt clock went down"
     if state.version == held.version:
         # A tombstone below a reset this node holds is taken (seed 7000233: the owner's
@@ -1426,7 +1432,8 @@ def _check_transition(
         # only ends the entry sooner, which an attempt counter pushed up by L also does.
         # Over a value that holds no key, nothing counts any more.
         if (
-            state.reset_attempt < held.reset_attempt
+            not earlier_start
+            and state.reset_attempt < held.reset_attempt
             and state.status != EntryStatus.DESTROYED
             and held.status == EntryStatus.LIVE
         ):
@@ -1533,6 +1540,28 @@ def _orphaned(row: NodeShare, held: ThresholdState) -> bool:
         bool(row.share)
         and row.count == 0
         and not (held.status == EntryStatus.LIVE and held.manifest == row.manifest)
+    )
+
+
+def _earlier_start_of_a_bare_commit(held: ThresholdState, state: ThresholdState) -> bool:
+    """Whether `state`, live at `held`'s version, starts that version's window before the
+    held value does, over a held commit with nothing since (`_bare_commit`). A commit
+    starts its version's window at the attempt it is applied at: two nodes leading at once
+    can apply the same change over two siblings of the version before, an attempt apart
+    (one of them a guess that was never committed). Sim seed 10112960: node 1 accepted,
+    alone, the change applied over such a lost guess (attempt 9, window from 9); the
+    change applied at attempt 8 was chosen, and node 1 refused it, and every later value
+    of the entry, as "the attempt counter went down". Taking it forgives nothing: the held
+    window counts no attempt, and any window that starts earlier counts at least as many;
+    this node counted no attempt of the version (its row starts at the commit and moves
+    only on the owner's signed reset, and answers one B per attempt number, so a number
+    used again for another B is refused); and it takes nothing else from the value on
+    this rule (another M still needs its t acknowledgements, the same M the same ones)."""
+    return (
+        _bare_commit(held)
+        and state.status == EntryStatus.LIVE
+        and state.version == held.version
+        and state.reset_attempt < held.reset_attempt
     )
 
 
