@@ -148,10 +148,13 @@ class Limits:
 
 @dataclass(frozen=True)
 class Skipped:
-    """Something the restore left out on purpose, and why (for people: `str()`)."""
+    """Something a restore left out on purpose, or a backup left out, and why (for people:
+    `str()`). `unread`: a backup could not read it, so its snapshot lacks what is there
+    (the CLI exits with code 8)."""
 
     name: str
     reason: str
+    unread: bool = False
 
     def __str__(self) -> str:
         return f"{self.name}: {self.reason}"

@@ -40,6 +40,8 @@ TOP_PLUGINS = ("operator", "sim", "transparency")
 BACKUP_PLUGINS = ("backup_repo",)
 
 CONFIG_ENV = "BACKUPVAULT_CONFIG"
+#: `backup create` saved its snapshot, but could not read some of the source (restic's 3)
+EXIT_INCOMPLETE = 8
 
 
 class Context:
@@ -385,7 +387,9 @@ def _backup_json(
         "key": key,
         "files": files,
         "bytes": content_bytes,
-        "skipped": [{"path": item.name, "reason": item.reason} for item in skipped],
+        "skipped": [
+            {"path": item.name, "reason": item.reason, "unread": item.unread} for item in skipped
+        ],
     }
     if name is not None:
         data["name"] = name
@@ -518,10 +522,19 @@ def backup_create(
             f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
         )
     _note_skipped(ctx, info.skipped)
+    unread = sum(item.unread for item in info.skipped)
+    if unread:
+        ctx.output.warn(
+            ("1 file or folder" if unread == 1 else f"{unread} files or folders")
+            + " could not be read, so this snapshot lacks what is in them (exit code 8);"
+            " give the backup the right to read them, or --exclude them"
+        )
     if new_code:
         ctx.output.result(data, text)  # the code is shown once: even under -q
     else:
         ctx.output.done(data, text)
+    if unread:
+        raise click.exceptions.Exit(EXIT_INCOMPLETE)
 
 
 @backup.command("restore")
@@ -858,7 +871,11 @@ def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
     try:
-        cli.main(args=args, prog_name="backupvault", standalone_mode=False)
+        # Without standalone mode click returns the code of a `click.exceptions.Exit` a
+        # command raised (`backup create`'s EXIT_INCOMPLETE) instead of exiting.
+        code = cli.main(args=args, prog_name="backupvault", standalone_mode=False)
+        if isinstance(code, int) and code:
+            sys.exit(code)
     except click.exceptions.Abort:
         _fail(json_mode, Interrupted("aborted"))
     except click.exceptions.Exit as done:

@@ -171,7 +171,8 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
 ) -> None:
     """A folder that cannot be listed, a small and a large file that cannot be opened
     (Permission denied: faked, as the tests may run as root): the rest is backed up, the
-    three are named; the backup does not fail over them."""
+    three are named; the backup does not fail over them. A file deleted after the walk
+    is named too, but it is not missing from the snapshot."""
     from backupvault.backup.repo import create
 
     source = tmp_path / "src"
@@ -179,6 +180,7 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     (source / "locked" / "inside.txt").write_text("unseen")
     (source / "open.txt").write_text("fine")
     (source / "secret.txt").write_text("no")
+    (source / "gone.txt").write_text("deleted after the walk")
     (source / "big-secret.bin").write_bytes(os.urandom(10_000))
     (source / "big.bin").write_bytes(os.urandom(10_000))
     denied = PermissionError(13, "Permission denied")
@@ -192,6 +194,8 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     def read_whole(path: str, size: int) -> bytes:
         if path.endswith("secret.txt"):
             raise denied
+        if path.endswith("gone.txt"):
+            raise FileNotFoundError(2, "No such file or directory")
         return real_read_whole(path, size)
 
     def open_file(path: str, *args: object, **kwargs: object) -> object:
@@ -207,9 +211,12 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     monkeypatch.undo()
     assert sorted(map(str, made.skipped)) == [
         "big-secret.bin: cannot read it (Permission denied)",
+        "gone.txt: vanished during the backup",
         "locked: cannot list this folder (Permission denied): backed up empty",
         "secret.txt: cannot read it (Permission denied)",
     ]
+    # what it could not read is missing from the snapshot; a file deleted meanwhile is not
+    assert {item.name for item in made.skipped if not item.unread} == {"gone.txt"}
     restore_snapshot(repo, root_key, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == [
         "big.bin",
@@ -219,7 +226,7 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     assert (tmp_path / "out" / "big.bin").read_bytes() == (source / "big.bin").read_bytes()
     # readable again: the next backup takes them
     again = create_snapshot(source, repo, root_key)
-    assert again.skipped == [] and again.files == 5
+    assert again.skipped == [] and again.files == 6
 
 
 @pytest.mark.parametrize(

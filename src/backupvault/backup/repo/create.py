@@ -135,7 +135,7 @@ def walk(
                 raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
             # as restic: the rest is backed up, and this is said (the folder stays, empty)
             reason = f"cannot list this folder ({exc.strerror}): backed up empty"
-            skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason))
+            skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason, unread=True))
             continue
         except OSError as exc:
             raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
@@ -149,7 +149,8 @@ def walk(
             except FileNotFoundError:
                 continue  # deleted while we looked
             except PermissionError as exc:
-                skipped.append(Skipped(os.fsdecode(name), f"cannot read it ({exc.strerror})"))
+                reason = f"cannot read it ({exc.strerror})"
+                skipped.append(Skipped(os.fsdecode(name), reason, unread=True))
                 continue
             except OSError as exc:
                 raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
@@ -480,8 +481,11 @@ def _create_locked(
     pool.shutdown()
 
     for number in sorted(vanished):
+        # A file deleted since the walk is not missing from the snapshot; one that could
+        # not be read is.
+        unread = number in pool.unreadable
         reason = pool.unreadable.get(number, "vanished during the backup")
-        skipped.append(Skipped(os.fsdecode(entries[number].path), reason))
+        skipped.append(Skipped(os.fsdecode(entries[number].path), reason, unread=unread))
     kept = [e for n, e in enumerate(entries) if n not in vanished]
 
     new_packs = dict(packer.written)
