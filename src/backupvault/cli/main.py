@@ -878,8 +878,6 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(code)
     except click.exceptions.Abort:
         _fail(json_mode, Interrupted("aborted"))
-    except click.exceptions.Exit as done:
-        sys.exit(done.exit_code)
     except click.UsageError as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
             err.show()
