@@ -47,6 +47,20 @@ def _stored(world: Simulation, key: bytes, row: NodeShare) -> ShareKeeper:
     return keeper
 
 
+def _erased_then_taken(
+    world: Simulation, client: ThresholdClient, tombstone: ThresholdState, live: ThresholdState
+) -> ShareKeeper:
+    """Node 0 erased its share at L on its own count and accepted `tombstone`; it then
+    takes `live`, which gives it nothing back: its share stays erased."""
+    erased = world.honest[0].rows[client.key].with_(share=b"")
+    keeper = _stored(world, client.key, erased)
+    keeper.on_accept(client.key, tombstone.to_bytes())
+    keeper.on_accept(client.key, live.to_bytes())
+    assert all(not w.row.share for w in keeper.take_writes())
+    assert keeper.row(client.key) == erased
+    return keeper
+
+
 def _check(
     world: Simulation, client: ThresholdClient, held: ThresholdState
 ) -> Callable[[ThresholdState], str | None]:
@@ -130,16 +144,35 @@ def test_a_tombstone_that_lost_to_the_owners_success_at_its_attempt_gives_way() 
     assert check(reset) is None
     assert client.recover(b"wrong") is None
     assert check(world.replicated(1, client.key)) is None
-    # Node 0 erased its share at L on its own count: taking the reset gives nothing back.
     row = world.honest[0].rows[client.key]
-    erased = row.with_(share=b"")
-    keeper = _stored(world, client.key, erased)
-    keeper.on_accept(client.key, tombstone.to_bytes())
-    keeper.on_accept(client.key, reset.to_bytes())
-    assert all(not w.row.share for w in keeper.take_writes())
-    assert keeper.row(client.key) == erased
+    keeper = _erased_then_taken(world, client, tombstone, reset)
     refused = keeper._take_share(client.key, reset, row.share, reset.change_counter)
     assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.DESTROYED
+
+
+def test_a_tombstone_that_lost_to_the_owners_success_inside_its_window_gives_way() -> None:
+    """Sim seed 10159529: the owner's right password was attempt 1 of a window that a
+    tombstone counted as L failures (attempts 1 and 2, from reset 0). The next request
+    reached two nodes before the owner's reset did: each erased its share at L on its own
+    count and accepted the tombstone, while the reset for attempt 1 and a guess after it
+    (attempt 2 of the window from 1) were chosen. They refused the chosen values for good
+    as "an entry brought back to life". A success inside the tombstone's window means the
+    window did not end in L failures: the node takes the chosen values, and its erased
+    share stays erased."""
+    world, client, before = _guessed(0)
+    tombstone = _tombstone(before)
+    assert client.recover(b"right") is not None  # attempt 1, the owner's
+    reset = world.replicated(1, client.key)
+    assert client.recover(b"wrong") is None  # attempt 2, in the window from 1
+    after = world.replicated(1, client.key)
+    assert (reset.attempt, reset.reset_attempt) == (1, 1) and reset.reset_signature
+    assert (after.attempt, after.reset_attempt, tombstone.attempt) == (2, 1, 2)
+    check = _check(world, client, tombstone)
+    assert check(reset) is None
+    assert check(after) is None  # refused before the fix
+    unsigned = after.with_(reset_signature=b"", reset_hash=b"")
+    assert check(unsigned) == "an entry brought back to life without a new version"
+    _erased_then_taken(world, client, tombstone, after)
 
 
 def test_no_older_success_or_forged_reset_revives_a_tombstone() -> None:

@@ -1508,22 +1508,29 @@ def _check_transition(
 def _outlived_tombstone(held: ThresholdState, state: ThresholdState) -> bool:
     """Whether `held` is a tombstone that lost its round to the owner's success: `state`,
     live at its version, carries the owner's signed reset (verified by the caller) for an
-    attempt at or after the tombstone's last. The tombstone counted L attempts ending at
-    its own; a success at that attempt means the L-th attempt did not fail, and a success
-    at a later one means attempts went on past the tombstone, so it was not chosen (a
-    chosen tombstone ends the attempts). Refused, a node that erased its share at L and
-    proposed the tombstone while the owner's reset for that L-th attempt was on its way
-    refused every later value of the entry for good (sim seeds 10043566, 10045090).
+    attempt inside or after the tombstone's window (after the tombstone's own reset).
+
+    The tombstone counted L failed attempts since its reset. A success at one of them
+    means the window did not end in L failures (the tombstone was wrong, whether or not
+    it won its round); a success at a later one means attempts went on past the
+    tombstone, so it was not chosen. Only a hostile proposer sends a live value over a
+    chosen tombstone, and it gains nothing (below). Refused, a node that erased its share
+    at L and proposed the tombstone while the owner's reset was on its way refused every
+    later value of the entry for good (sim seeds 10043566 and 10045090, a reset at the
+    tombstone's last attempt; 10159529, at an earlier one, with a guess after it).
+
     Taken, it gives back nothing: a share this node erased stays erased (`_take_share`
     refuses the same version's share again), and a share it kept, below L on its own
-    count, is where the owner's reset would have left it. No stale value revives a
-    tombstone this way: every value from before it has a reset below its attempt."""
+    count, is where the owner's reset would have left it (the node applies the reset to
+    its own count only for the B it evaluated itself). No stale value revives a
+    tombstone this way: every value of the tombstone's own line has a reset at or below
+    the tombstone's."""
     return (
         held.status == EntryStatus.DESTROYED
         and state.status == EntryStatus.LIVE
         and state.version == held.version
         and bool(state.reset_signature)
-        and state.reset_attempt >= held.attempt
+        and state.reset_attempt > held.reset_attempt
     )
 
 
