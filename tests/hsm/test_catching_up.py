@@ -1050,3 +1050,52 @@ def test_a_rolled_back_node_whose_orphan_gives_way_counts_the_window_as_evaluate
         (1, UNKNOWN_B),
         (2, UNKNOWN_B),
     ]
+
+
+def test_a_hostile_proposer_replaying_the_owners_reset_over_a_tombstone_gains_nothing() -> None:
+    """The attack on `_outlived_tombstone` (sim seed 10159529's fix). A hostile proposer
+    (node 4 of 5) keeps the owner's signed reset of a success (it is in the committed
+    value) and makes every honest node take a tombstone whose window holds that success,
+    then the reset again over it, as often as it likes. It gains nothing: no node's count
+    moves, a node counts the window from the owner's success as before, and every node
+    stops at L. Once the entry really is destroyed (a tombstone counted from that reset),
+    the reset is refused everywhere."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"right", OLD_RK)
+    before = world.replicated(0, client.key)
+    assert client.recover(b"right") is not None  # attempt 1, the owner's success
+    reset = world.replicated(0, client.key)
+    assert (reset.attempt, reset.reset_attempt) == (1, 1) and reset.reset_signature
+    limit = world.shape.guess_limit
+    tombstone = before.with_(
+        status=EntryStatus.DESTROYED, manifest=b"", acks=b"", attempt=before.attempt + limit
+    )
+    assert tombstone.reset_attempt < reset.reset_attempt <= tombstone.attempt
+    assert client.recover(b"wrong") is None  # attempt 2: one count in the window from 1
+    counted = {slot: world.honest[slot].rows[client.key] for slot in range(4)}
+    assert all(row.count == 1 for row in counted.values())
+    for _ in range(2):
+        for slot in range(4):
+            assert _forge(world, slot, client.key, tombstone)
+            assert _forge(world, slot, client.key, reset)
+    assert {slot: world.honest[slot].rows[client.key] for slot in range(4)} == counted
+    world.settle(5.0)
+    # The replayed reset took the attempt number back to 1, so the next request is
+    # attempt 2 again, which every node answered once already with another B: refused,
+    # and counted nowhere (the attacker can cost the owner a request, as any minority
+    # node that ends an entry with a tombstone can cost it more).
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")
+    assert {slot: world.honest[slot].rows[client.key] for slot in range(4)} == counted
+    for _ in range(limit - 1):
+        assert client.recover(b"wrong") is None
+    assert all(row.count == limit for row in _rows(world, client.key))
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")  # no evaluation past L: the entry is destroyed
+    destroyed = world.replicated(0, client.key)
+    assert destroyed.status == EntryStatus.DESTROYED
+    assert destroyed.reset_attempt == reset.reset_attempt
+    for slot in range(4):
+        assert not _forge(world, slot, client.key, reset)
+    assert all(not row.share for row in _rows(world, client.key))
