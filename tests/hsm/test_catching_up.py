@@ -405,6 +405,34 @@ def test_an_earlier_start_of_the_same_commit_is_taken_over_a_bare_sibling(
     )
 
 
+def test_the_same_commit_over_a_sibling_with_a_later_clock_is_taken(world: Simulation) -> None:
+    """The third way of the two above, which no seed has found yet: the same change
+    applied over two siblings of the version before at one attempt number (two guesses
+    that were never committed), or over a sibling a number further on, whose clock is
+    later than the chosen commit's. A commit keeps the clock of the value it is applied
+    over, so the held commit's clock is later and the chosen one looked like "the attempt
+    clock went down". Over a held commit with nothing since, a live value of its version
+    is not compared on counter, clock or window start; once the node counted an attempt
+    of the version, the clock never goes back."""
+    client, _, _, committed = _changed(world)
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    clock = committed.attempt_client_time_ms
+    same_start = committed.with_(attempt_client_time_ms=clock + 500)
+    assert check(committed, same_start) is None  # "the attempt clock went down" before
+    later = committed.with_(
+        attempt=committed.attempt + 1, reset_attempt=committed.attempt + 1
+    )  # applied over a later sibling whose clock is below the held commit's
+    assert check(later, same_start) is None
+    counted = same_start.with_(attempt=committed.attempt + 1, attempt_hash=bytes(32))
+    guess = committed.with_(attempt=counted.attempt + 1, attempt_hash=bytes(32))
+    assert check(guess, counted) == "the attempt clock went down"
+
+
 def test_a_password_change_is_taken_over_a_later_sibling_attempt(world: Simulation) -> None:
     """Sim seed 9507211: a node held a sibling attempt one further than the committed one
     (another request, which lost its round); the owner's password change, built on the
@@ -504,10 +532,11 @@ def test_a_hostile_proposer_cannot_take_the_count_back_across_a_version() -> Non
 def test_a_hostile_proposer_moving_a_bare_commits_window_start_gains_nothing() -> None:
     """The attack on the rule above. A hostile proposer (node 4 of 5) moves node 0's held
     commit of version 2, with nothing since, to a later window start (taken since seeds
-    9300379 and 9301925) and back to an earlier one (taken since seed 10112960), as often
-    as it likes. It gains nothing: node 0's row of version 2 counts nothing either way and
-    moves only with attempts it answers; once the version counted an attempt, neither
-    start is taken again; and every node stops at L."""
+    9300379 and 9301925), back to an earlier one (taken since seed 10112960), and to a
+    later clock and back (`_over_a_bare_commit`), as often as it likes. It gains
+    nothing: node 0's row of version 2 counts nothing either way and moves only with
+    attempts it answers; once the version counted an attempt, no copy is taken again;
+    and every node stops at L."""
     world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
     client, _, _, commit = _changed(world)
     later = commit.with_(
@@ -515,17 +544,20 @@ def test_a_hostile_proposer_moving_a_bare_commits_window_start_gains_nothing() -
         reset_attempt=commit.attempt + 2,
         attempt_client_time_ms=commit.attempt_client_time_ms + 1,
     )
+    later_clock = commit.with_(attempt_client_time_ms=commit.attempt_client_time_ms + 9_000)
     row = world.honest[0].rows[client.key]
     assert (row.version, row.count) == (2, 0)
     for _ in range(2):
         assert _forge(world, 0, client.key, later)
         assert _forge(world, 0, client.key, commit)  # refused before the fix
+        assert _forge(world, 0, client.key, later_clock)
+        assert _forge(world, 0, client.key, commit)  # refused before `_over_a_bare_commit`
     assert world.honest[0].rows[client.key] == row
     world.settle(5.0)
     assert client.recover(b"wrong") is None
     counted = {slot: world.honest[slot].rows[client.key] for slot in range(4)}
     assert all((row.version, row.count) == (2, 1) for row in counted.values())
-    for forged in (commit, later):
+    for forged in (commit, later, later_clock):
         for slot in range(4):
             assert not _forge(world, slot, client.key, forged)
     _every_node_stops_at_l(world, client, counted)

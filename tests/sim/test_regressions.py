@@ -283,7 +283,7 @@ def test_regression_a_value_that_lost_to_the_owners_success_or_delete_gives_way(
 # recovery, applied the owner's password change over a guess (attempt 9) that was never
 # committed, and accepted it alone; the change applied at attempt 8 was chosen by nodes 0
 # and 2, and node 1 refused it 57 times as "the attempt counter went down" (10112960).
-# Fixed in hsm/shares.py `_check_transition` (`_earlier_start_of_a_bare_commit`); the
+# Fixed in hsm/shares.py `_check_transition` (now `_over_a_bare_commit`); the
 # deterministic tests are tests/hsm/test_catching_up.py
 # test_an_earlier_start_of_the_same_commit_is_taken_over_a_bare_sibling and
 # test_a_hostile_proposer_moving_a_bare_commits_window_start_gains_nothing.

@@ -1416,12 +1416,12 @@ def _check_transition(
     if _outlived_tombstone(held, state):
         return None
     ends_held = state.version > held.version or state.status != EntryStatus.LIVE
-    # Over a held commit with nothing since, a live value of its version whose window
-    # starts earlier (the same commit applied at an earlier attempt of the version before,
-    # which won the round the held one lost, or a value built on it) is not compared with
-    # the held attempt numbers either (`_earlier_start_of_a_bare_commit`).
-    earlier_start = _earlier_start_of_a_bare_commit(held, state)
-    renumbers = ends_held or earlier_start
+    # Over a held commit with nothing since, a live value of its version (the same commit
+    # applied over another value of the version before, or a value built on it, or the
+    # version's other M) is not compared with the held attempt numbers either
+    # (`_over_a_bare_commit`).
+    over_bare = _over_a_bare_commit(held, state)
+    renumbers = ends_held or over_bare
     if state.attempt < held.attempt and not renumbers:
         return "the attempt counter went down"
     if state.attempt_client_time_ms < held.attempt_client_time_ms and not renumbers:
@@ -1432,7 +1432,7 @@ def _check_transition(
         # only ends the entry sooner, which an attempt counter pushed up by L also does.
         # Over a value that holds no key, nothing counts any more.
         if (
-            not earlier_start
+            not over_bare
             and state.reset_attempt < held.reset_attempt
             and state.status != EntryStatus.DESTROYED
             and held.status == EntryStatus.LIVE
@@ -1447,7 +1447,7 @@ def _check_transition(
                 # refused, the node refused every later value of the entry (sim seed
                 # 9507654). Once the version counted an attempt or holds an owner reset
                 # here, its M is never replaced.
-                if not _bare_commit(held):
+                if not over_bare:
                     return "the manifest changed without the owner's signature"
             elif state.status == EntryStatus.LIVE and state.acks != held.acks:
                 return "the acknowledgements changed within a version"
@@ -1458,8 +1458,8 @@ def _check_transition(
             if (
                 state.reset_attempt > held.reset_attempt
                 and not state.reset_signature
-                and (state.status == EntryStatus.LIVE)
-                and not _bare_commit(held)
+                and state.status == EntryStatus.LIVE
+                and not over_bare
             ):
                 return "a reset without the owner's signature"
         elif state.status == EntryStatus.LIVE:
@@ -1550,26 +1550,29 @@ def _orphaned(row: NodeShare, held: ThresholdState) -> bool:
     )
 
 
-def _earlier_start_of_a_bare_commit(held: ThresholdState, state: ThresholdState) -> bool:
-    """Whether `state`, live at `held`'s version, starts that version's window before the
-    held value does, over a held commit with nothing since (`_bare_commit`). A commit
-    starts its version's window at the attempt it is applied at: two nodes leading at once
-    can apply the same change over two siblings of the version before, an attempt apart
-    (one of them a guess that was never committed). Sim seed 10112960: node 1 accepted,
-    alone, the change applied over such a lost guess (attempt 9, window from 9); the
-    change applied at attempt 8 was chosen, and node 1 refused it, and every later value
-    of the entry, as "the attempt counter went down". Taking it forgives nothing: the held
-    window counts no attempt, and any window that starts earlier counts at least as many;
-    this node counted no attempt of the version (its row starts at the commit and moves
-    only on the owner's signed reset, and answers one B per attempt number, so a number
-    used again for another B is refused); and it takes nothing else from the value on
-    this rule (another M still needs its t acknowledgements, the same M the same ones)."""
-    return (
-        _bare_commit(held)
-        and state.status == EntryStatus.LIVE
-        and state.version == held.version
-        and state.reset_attempt < held.reset_attempt
-    )
+def _over_a_bare_commit(held: ThresholdState, state: ThresholdState) -> bool:
+    """Whether `held` is its version's commit with nothing since (`_bare_commit`) and
+    `state` is live at that version. Such a `state` is taken without comparing its attempt
+    counter, clock or window start with the held ones: only its M (another M needs its own
+    t acknowledgements, checked by the caller; the same M, the same ones) and the owner's
+    signatures in it are checked.
+
+    Why: a commit keeps the attempt number and clock of the value it is applied over and
+    starts its version's window there, and two proposers can apply the same commit over
+    two siblings of the version before (one of them a guess that was never committed):
+    the node may hold the commit that lost its round, which is later, earlier or the same
+    in any of the three. Each way was refused for good once, as "a reset without the
+    owner's signature" (sim seeds 9300379, 9301925: a later start) and "the attempt
+    counter went down" (10112960: an earlier start); two devices' commits of one version
+    were refused as "the manifest changed" (9507654).
+
+    Taking it forgives nothing: the held commit counts no attempt, and this node counted
+    no attempt of the version under it; its own count of the version is its row, which
+    starts at the commit and moves only with attempts it answers and the owner's signed
+    reset of a B it evaluated, and it answers one B per attempt number, so a number used
+    again for another B is refused. Once the version counted an attempt here or holds an
+    owner reset, the held value is no bare commit and every comparison applies again."""
+    return _bare_commit(held) and state.status == EntryStatus.LIVE and state.version == held.version
 
 
 def _bare_commit(held: ThresholdState) -> bool:
