@@ -6,6 +6,8 @@ the scenario end to end."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 
 from backupvault.codec import Message
@@ -42,6 +44,19 @@ def _deleted_and_registered_again(world: Simulation, client: ThresholdClient) ->
     assert recovered is not None
     assert client.delete(recovered[0]) == 3
     assert client.register(b"new", NEW_RK, version=2)[1] == 3
+
+
+def _checker(
+    world: Simulation, key: bytes
+) -> Callable[[ThresholdState, ThresholdState], str | None]:
+    """Why an acceptor holding the second value refuses the first, or None."""
+
+    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
+        )
+
+    return check
 
 
 def _check(world: Simulation, key: bytes, proposed: ThresholdState, slot: int = 3) -> str | None:
@@ -283,11 +298,7 @@ def test_a_tombstone_is_taken_over_a_sibling_attempt_with_a_later_clock(
     )
     tombstone = committed.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     assert check(tombstone, sibling) is None
     assert check(committed, sibling) == "the attempt clock went down"
 
@@ -350,11 +361,7 @@ def test_a_later_start_of_the_same_commit_is_taken_over_a_bare_sibling(
     assert not committed.attempt_hash and not committed.reset_signature
     sibling = committed.with_(attempt=1, reset_attempt=1)
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     assert check(committed, sibling) is None
     assert check(committed.with_(attempt=3, attempt_hash=bytes(32)), sibling) is None
     counted = sibling.with_(attempt=2, attempt_hash=bytes(32))
@@ -383,11 +390,7 @@ def test_an_earlier_start_of_the_same_commit_is_taken_over_a_bare_sibling(
         attempt_client_time_ms=committed.attempt_client_time_ms + 75_000,
     )
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     guess = committed.with_(
         attempt=committed.attempt + 1,
         attempt_hash=bytes(32),
@@ -416,11 +419,7 @@ def test_the_same_commit_over_a_sibling_with_a_later_clock_is_taken(world: Simul
     of the version, the clock never goes back."""
     client, _, _, committed = _changed(world)
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     clock = committed.attempt_client_time_ms
     same_start = committed.with_(attempt_client_time_ms=clock + 500)
     assert check(committed, same_start) is None  # "the attempt clock went down" before
@@ -448,11 +447,7 @@ def test_a_password_change_is_taken_over_a_later_sibling_attempt(world: Simulati
         attempt_client_time_ms=live.attempt_client_time_ms + 75_000,
     )
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     assert check(commit, sibling) is None
     assert check(live, sibling) == "the attempt counter went down"
     unsigned = commit.with_(change_signature=b"")
@@ -621,11 +616,7 @@ def test_the_chosen_registration_is_taken_over_a_bare_sibling_registration() -> 
     world, client, lost, _ = _racing_registrations()
     chosen = world.replicated(0, client.key)
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     assert check(chosen, lost) is None
     assert check(chosen.with_(acks=lost.acks), lost) == (
         "a new version without t nodes' acknowledgement that they keep their share"
@@ -909,11 +900,7 @@ def test_the_chosen_delete_is_taken_over_a_bare_password_change_it_raced(
     value of the version before, it is refused as before."""
     client, live, change, delete = _changed_and_deleted(world)
 
-    def check(proposed: ThresholdState, held: ThresholdState) -> str | None:
-        return check_threshold_value(
-            FLEET_ID, client.key, world.shape, proposed, held.to_bytes(), node_keys=world.node_keys
-        )
-
+    check = _checker(world, client.key)
     assert check(delete, live) is None  # the owner's delete of version 1, as signed
     assert check(delete, change) is None  # refused before the fix
     tombstone = delete.with_(

@@ -1578,13 +1578,8 @@ def _over_a_bare_commit(held: ThresholdState, state: ThresholdState) -> bool:
 def _bare_commit(held: ThresholdState) -> bool:
     """Whether `held` is its version's commit as the commit wrote it: no attempt and no
     owner reset since, so its window starts where the commit landed (`reset_attempt` =
-    the attempt it was applied at). The same commit applied at a later attempt of the
-    previous version (a sibling that won its round) starts the window later, unsigned;
-    refused, a node holding the losing sibling refused every later value of that
-    version for good (sim seeds 9300379, 9301925). Taking it forgives nothing here: this
-    node counted no attempt of the version (its own count starts at the commit, and only
-    the owner's signed reset moves that), and a node still at the previous version
-    already takes the later commit."""
+    the attempt it was applied at). What a node takes over it: `_over_a_bare_commit`;
+    over the version before: `_check_transition`."""
     return (
         held.status == EntryStatus.LIVE
         and held.attempt == held.reset_attempt
