@@ -10,7 +10,10 @@
  *   Replies are handled in the same step as the message that causes them, or lost.
  *   One crash-restart of one node, at any moment, from a copy of its disk taken at any
  *   earlier moment (the current disk, the oldest copy, or anything between), then it
- *   must catch up before it answers anything.
+ *   must catch up before it answers anything. Or instead: a proposer crashes after its
+ *   Accept left and before its own acceptance was written (replica._send_accept writes
+ *   it while the Accept is on the wire); its disk matches its token, so it is back at
+ *   once, without catching up, its proposer's memory gone.
  *
  * Switches (spin -D...):
  *   BUG_EVAL_BEFORE_COMMIT  mutant: the partial k_i·B is computed when the change is
@@ -34,6 +37,9 @@
  *                           proposer that saw a majority accept keeps that promise and
  *                           sends its next change as an Accept at once (one round trip);
  *                           both proposers may lead at the same time.
+ *   BUG_ACCEPT_UNRESERVED   mutant: a proposer's Accept leaves before the write that
+ *                           reserved its ballot (its own promise of it) is durable: the
+ *                           crash above loses that promise too.
  *   BUG_LEADER_NO_PROMISE   mutant (with LEADER): a leader sends its one-round Accept at
  *                           a fresh ballot on its own acceptor's value, without holding a
  *                           majority's promise (the promise check skipped).
@@ -121,6 +127,21 @@ byte snap_prom;
 byte snap_accb;
 short snap_val;
 byte synced; /* peers whose SyncResponse has arrived */
+
+/* ---- a proposer's own acceptance, written while its Accept is on the wire: in flight
+ *      (wip) until a later step of its acceptor or its commit, which come after the write
+ *      (the shell sends nothing past a write under way); pre_*: its record before ---- */
+bool wip[3];
+byte pre_prom[3];
+byte pre_accb[3];
+short pre_val[3];
+byte tp_;
+byte ta_;
+short tv_;
+
+inline durable(n) {
+	wip[n] = false; pre_prom[n] = 0; pre_accb[n] = 0; pre_val[n] = 0
+}
 
 /* ---- ghosts ---- */
 short learned;  /* ballots whose proposer saw a majority accept them: committed values */
@@ -250,6 +271,7 @@ inline change(p, cur, nv, out) {
 /* Acceptor a accepts ballot b (persisted), with the ghost bookkeeping. */
 inline accept_at(a, b) {
 	printf("node %d accepts ballot (%d,%d)\n", a, BROUND(b), BNODE(b));
+	durable(a);
 #ifdef LEADER
 	/* pipelined: the same write promises (round + 1, node), within the bound */
 	if
@@ -265,6 +287,14 @@ inline accept_at(a, b) {
 
 short nv_;
 byte out_;
+
+/* Proposer p's own acceptor accepts its ballot b, the write still in flight. */
+inline own_accept(p, b) {
+	tp_ = prom[p]; ta_ = accb[p]; tv_ = val[p];
+	accept_at(p, b);
+	wip[p] = true; pre_prom[p] = tp_; pre_accb[p] = ta_; pre_val[p] = tv_;
+	tp_ = 0; ta_ = 0; tv_ = 0
+}
 
 /* Proposer p (ballot b) has a majority of promises, the last from acceptor a: adopt the
  * value with the highest accepted ballot, apply the change, send Accept, accept locally. */
@@ -287,7 +317,7 @@ inline on_promise_majority(p, a, b) {
 	acc_sent = acc_sent | BIT(b);
 	accval[b] = nv_;
 	if
-	:: b >= prom[p] -> accept_at(p, b); ph[p] = ACCEPT
+	:: b >= prom[p] -> own_accept(p, b); ph[p] = ACCEPT
 	:: else -> ph[p] = WAITING /* own acceptor refused: back off */
 	fi;
 	nv_ = 0;
@@ -296,6 +326,7 @@ inline on_promise_majority(p, a, b) {
 
 /* Proposer p learns that its ballot is committed and acts on the outcome. */
 inline on_commit(p, b) {
+	durable(p);
 	committed(b, accval[b]);
 #ifdef LEADER
 	/* Its own acceptor and the other one accepted b, and so promised b + 2 with accval[b]
@@ -338,10 +369,10 @@ inline on_commit(p, b) {
 	:: d_step { (prep_sent & BIT(b)) && a != BNODE(b) && ready[a] && b >= prom[a] \
 	            && ph[BNODE(b)] == PREPARE && pb[BNODE(b)] == b -> \
 		printf("node %d promises (%d,%d)\n", a, BROUND(b), BNODE(b)); \
-		prom[a] = b; on_promise_majority(BNODE(b), a, b) } \
+		durable(a); prom[a] = b; on_promise_majority(BNODE(b), a, b) } \
 	:: d_step { (prep_sent & BIT(b)) && a != BNODE(b) && ready[a] && b > prom[a] -> \
 		printf("node %d promises (%d,%d), reply lost\n", a, BROUND(b), BNODE(b)); \
-		prom[a] = b }
+		durable(a); prom[a] = b }
 
 /* Accept(b) reaches acceptor a; its Accepted reaches the proposer (D) or is lost (L). */
 #define ACCEPTED(a, b) \
@@ -360,7 +391,7 @@ inline on_commit(p, b) {
 #define ROUND(p, r) \
 	:: d_step { ph[p] != IDLE && ready[p] && r > BROUND(prom[p]) -> \
 		printf("node %d prepares (%d,%d)\n", p, r, p); \
-		held[p] = 0; heldv[p] = 0; \
+		held[p] = 0; heldv[p] = 0; durable(p); \
 		pb[p] = 2 * r + p; prep_sent = prep_sent | BIT(2 * r + p); \
 		prom[p] = 2 * r + p; bestb[p] = accb[p]; bestv[p] = val[p]; ph[p] = PREPARE }
 
@@ -383,7 +414,7 @@ inline lead_accept(p, b, base) {
 	held[p] = 0;
 	heldv[p] = 0;
 	if
-	:: b >= prom[p] -> accept_at(p, b); ph[p] = ACCEPT
+	:: b >= prom[p] -> own_accept(p, b); ph[p] = ACCEPT
 	:: else -> ph[p] = WAITING /* own acceptor promised higher: back off */
 	fi;
 	nv_ = 0;
@@ -465,6 +496,23 @@ inline restart() {
 #define CRASH_LATER
 #endif
 
+/* Proposer p crashes while its own acceptance is in flight: the write is lost, the disk
+ * still matches the token, so p is back at once (intact, no catch-up), its proposer's
+ * memory gone. Its record still promises the Accept's ballot (the write before reserved
+ * it), so its next rounds are above it. */
+#ifdef BUG_ACCEPT_UNRESERVED
+#define LOST_RESERVATION(p) prom[p] = pre_accb[p];
+#else
+#define LOST_RESERVATION(p)
+#endif
+#define LOSE_OWN_WRITE(p) \
+	:: d_step { wip[p] && cp == 0 -> \
+		printf("node %d crashes before its own acceptance is written, back intact\n", p); \
+		prom[p] = pre_prom[p]; accb[p] = pre_accb[p]; val[p] = pre_val[p]; \
+		LOST_RESERVATION(p) \
+		ph[p] = IDLE; op[p] = 0; tk[p] = 0; outc[p] = 0; bestb[p] = 0; bestv[p] = 0; \
+		pb[p] = 0; held[p] = 0; heldv[p] = 0; durable(p); cp = 3 }
+
 /* Catch-up: peer j answers the SyncRequest with its record; the restarted node merges
  * (replica._merge) and is ready once _sync_complete holds: a quorum (2) of ready peers,
  * or every peer. With 3 nodes both mean "both peers answered". */
@@ -514,6 +562,7 @@ end:
 #ifndef NO_CRASH
 	CRASH(0) CRASH(1) CRASH(2)
 	CRASH_LATER
+	LOSE_OWN_WRITE(0) LOSE_OWN_WRITE(1)
 #endif
 	SYNC(0) SYNC(1) SYNC(2)
 	od

@@ -615,6 +615,103 @@ def test_an_inflated_ballot_slows_the_leader_but_changes_nothing() -> None:
     assert all(r.source.get(b"k").promised.round > huge for r in net.replicas.values())
 
 
+# ---- the leader's own write, made while its Accept is on the wire -----------------------
+
+
+def _accept_ballots(effects: list) -> list[tuple[int, int]]:
+    return [
+        (e.message.round, e.message.node)
+        for e in effects
+        if isinstance(e, Send) and isinstance(e.message, Accept | Prepare)
+    ]
+
+
+def test_the_leader_s_accept_leaves_before_its_own_write_and_nothing_after_it() -> None:
+    """The Accept goes to every peer first; the leader's own acceptance is written next,
+    and its Accepted and the commit come only behind that write (the shell sends
+    nothing past a write under way)."""
+    net = Net(announce=True)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    effects = net.replicas[0].propose(b"b", b"k", add(1), net.now)
+    kinds = [
+        type(e.message).__name__ if isinstance(e, Send) else f"Persist:{e.kind}"
+        for e in effects
+        if isinstance(e, Send | Persist)
+    ]
+    assert kinds[:5] == ["Accept"] * 4 + ["Persist:accept"], kinds
+    assert all(kind == "Accepted" for kind in kinds[5:]), kinds
+    net.run(0, effects)
+    net.settle()
+    assert net.results[b"b"].outcome == 2
+
+
+def test_a_leader_that_crashes_before_its_own_write_never_reuses_the_ballot() -> None:
+    """The leader's Accept reaches two peers, then it crashes before its own acceptance
+    is on disk. Its store still matches its token (the write never landed), so it comes
+    back intact, at once. Its next ballots are above the lost Accept's (the write before
+    reserved that ballot), and every node ends on one history: the lost change is
+    carried forward, not overwritten at the same ballot."""
+    net = Net()
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    disk_before = dict(net.disk[0])
+    effects = net.replicas[0].propose(b"b", b"k", add(10), net.now)
+    (lost,) = set(_accept_ballots(effects))
+    for effect in effects:
+        if isinstance(effect, Send) and effect.to in (1, 2):
+            net.queue.append((0, effect.to, effect.message.to_bytes()))
+    net.down = {0}
+    net.settle(0.5)
+    net.queue.clear()
+    net.disk[0] = disk_before
+    net.replicas[0] = Replica(
+        0, range(5), net.rand.randbytes, MemoryRecords.of(disk_before.values())
+    )
+    assert net.replicas[0].start(net.now, intact=True) == []
+    net.down = set()
+    sent: list = []
+    run = net.run
+
+    def watching(node: int, effects: list) -> None:
+        if node == 0:
+            sent.extend(effects)
+        run(node, effects)
+
+    net.run = watching  # type: ignore[method-assign]
+    net.propose(0, b"c", b"k", add(100))
+    net.settle()
+    ballots = _accept_ballots(sent)
+    assert ballots and all(ballot > lost for ballot in ballots), (lost, ballots)
+    # The change at b either got in or not, but the value builds on it at most once.
+    final = {payload_of(net.disk[n][b"k"].value) for n in range(5)}
+    assert len(final) == 1
+    assert int.from_bytes(final.pop(), "big") in (101, 111)
+
+
+def test_an_accept_whose_ballot_no_own_write_reserved_waits_for_one() -> None:
+    """The leader's own acceptor refused the last value (its check), so its pipelined
+    promise of the next ballot was never written here. The next Accept is then promised
+    in its own record first, and leaves only behind that write."""
+    net = Net()
+    net.propose(0, b"one", b"k", put(b"\x01"))
+    net.settle()
+    _refusing(net, 0, leader=True)
+    net.propose(0, b"two", b"k", put(b"\x02"))
+    net.settle()
+    assert isinstance(net.results[b"two"], Committed)
+    held = net.replicas[0].source.get(b"k").promised
+    effects = net.replicas[0].propose(b"three", b"k", put(b"\x01"), net.now)
+    (ballot,) = set(_accept_ballots(effects))
+    assert ballot > (held.round, held.node)
+    first = effects[0]
+    assert isinstance(first, Persist) and first.kind == "promise"
+    assert (first.record.promised_round, first.record.promised_node) == ballot
+    net.run(0, effects)
+    net.settle()
+    assert net.results[b"three"].outcome == b"\x02"
+
+
 def test_the_leader_path_can_be_turned_off() -> None:
     net = Net()
     for replica in net.replicas.values():

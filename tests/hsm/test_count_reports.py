@@ -290,12 +290,22 @@ def test_report_messages_check_every_length_and_index() -> None:
 def test_the_worlds_nodes_settle_on_reports_by_themselves(
     world: Simulation, client: ThresholdClient
 ) -> None:
-    """As the node's service does: a refused request sends the requests over the
-    network and the peers answer, in time for the client's resend: the owner's first
-    recovery succeeds (without reports it cannot: the test above)."""
+    """As the node's service does: a request that touches a distrusted row sends the
+    report requests over the network, and the peers' reports come back and settle it,
+    with nothing delivered by the test. The recovery's manifest read asks; whether the
+    reports are in before its evaluate reaches a node is a race of the network's delays
+    (a node that refused attempt 3 counts it once settled, as the test above shows), so
+    the owner's first recovery may fail for want of partials. The next one succeeds, and
+    every node's count is reset."""
     _roll_back(world, client, (0, 1, 2), wrong=2)
     world.count_reports = True
-    assert client.recover(b"right") is not None
+    try:
+        recovered = client.recover(b"right")
+    except threshold.NotEnoughPartials:
+        # Settled by themselves: attempts 1-3 assumed evaluated on the three of them.
+        assert [world.honest[s].rows[client.key].count for s in range(3)] == [3] * 3
+        recovered = client.recover(b"right")
+    assert recovered is not None
     assert [world.honest[s].rows[client.key].count for s in range(5)] == [0] * 5
 
 

@@ -45,11 +45,13 @@ def _channel(node: int) -> PeerChannel:
 
 
 class SlowStore(NodeStore):
-    """A store whose writes block until the test lets them through."""
+    """A store whose writes block until the test lets them through: all of them once
+    `release` is set, or one per permit given to `permits` when that is set."""
 
     def __init__(self, path: Path) -> None:
         super().__init__(path, 0, b"k" * 32)
         self.release = threading.Event()
+        self.permits: threading.Semaphore | None = None
         self.saved: list[list[bytes]] = []
 
     def save(
@@ -59,7 +61,10 @@ class SlowStore(NodeStore):
         *,
         caught_up: bool = False,
     ) -> None:
-        self.release.wait(10)
+        if self.permits is not None:
+            assert self.permits.acquire(timeout=10)
+        else:
+            self.release.wait(10)
         records = list(records)
         super().save(records, marks, caught_up=caught_up)
         self.saved.append([r.key for r in records])
@@ -107,6 +112,48 @@ def test_sends_wait_for_the_persist_before_them_even_from_a_later_batch(tmp_path
         assert _opened(posted[1][1], 1) == [b"after-persist"]
         assert _opened(posted[2][1], 2) == [b"later-batch"]
         assert service.metrics["group_commits"] == 1
+
+    asyncio.run(scenario())
+
+
+def test_what_a_later_batch_sends_before_its_first_persist_leaves_before_its_write(
+    tmp_path: Path,
+) -> None:
+    """A leader's Accept comes before its own acceptance's write (replica._send_accept).
+    Queued behind another write, it leaves as soon as that write is durable, not after
+    its own batch's write; what follows that persist still waits for it."""
+
+    async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
+        for _ in range(500):
+            if condition():
+                return
+            await asyncio.sleep(0.01)
+        raise AssertionError(what)
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        store.permits = threading.Semaphore(0)
+        service._execute([Persist(AcceptorRecord(b"a", 1, 0))])
+        await _turns()  # the first write is under way (gated)
+        service._execute(
+            [
+                Send(1, NotReady(b"accept")),
+                Persist(AcceptorRecord(b"b", 2, 0)),
+                Send(1, NotReady(b"accepted")),
+            ]
+        )
+        await _turns()
+        assert posted == []  # behind the first write
+        store.permits.release()  # the first write lands; the second is gated
+        await until(lambda: len(posted) == 1, "the Accept did not leave")
+        assert _opened(posted[0][1], 1) == [b"accept"]
+        assert store.saved == [[b"a"]]
+        await _turns()
+        assert len(posted) == 1  # "accepted" waits for its own write
+        store.permits.release()
+        await until(lambda: len(posted) == 2, "the Accepted did not leave")
+        assert _opened(posted[1][1], 1) == [b"accepted"]
+        assert store.saved == [[b"a"], [b"b"]]
 
     asyncio.run(scenario())
 

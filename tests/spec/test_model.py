@@ -46,6 +46,9 @@ def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
     "defines",
     [
         ("LEADER", "BUG_LEADER_NO_PROMISE"),  # the leader's promise check skipped
+        # an Accept leaves before the write that reserved its ballot is durable
+        ("BUG_ACCEPT_UNRESERVED",),
+        ("LEADER", "BUG_ACCEPT_UNRESERVED"),
         ("BUG_EVAL_BEFORE_COMMIT",),
         ("BUG_EVAL_BEFORE_COMMIT", "NO_DUP_CHECK"),  # the counter itself goes above L
         ("BUG_NO_CATCHUP",),
@@ -56,6 +59,8 @@ def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
     ],
     ids=[
         "leader-without-promise",
+        "accept-unreserved",
+        "leader-accept-unreserved",
         "eval-before-commit",
         "eval-before-commit-counter",
         "no-catch-up",

@@ -33,7 +33,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from backupvault.codec import Message
@@ -628,6 +628,32 @@ class Replica:
         effects, reply = self._acceptor(message)
         return effects + self._reply(self.node, message, reply, now)
 
+    def _send_accept(self, accept: Accept, now: float) -> list[Effect]:
+        """Phase 2 of this node's ballot: the Accept to every peer, then to its own
+        acceptor, whose write is made while the others are on the wire (as a Raft leader
+        writes its log while replicating it; docs/fleet.md, "The leader's own write").
+
+        Safe because the ballot is already reserved by a write of this node: its own
+        record promises it (a Prepare's ballot, promised here first; or `held`, promised
+        in the same write as its last acceptance), and the shell sends nothing past a
+        write still under way. A node that crashes before its own acceptance is durable
+        restarts from that promise, so its next ballots are higher and this one carries
+        one value only. Its own acceptance counts in memory at once; what that count sets
+        off (Committed, the next Accept, its Accepted to the others) queues behind the
+        write. If its own acceptor refused the last value (its check), nothing reserved
+        this ballot yet: it is promised here first, a write the Accept waits for."""
+        ballot = Ballot(accept.round, accept.node)
+        record = self._record(accept.key)
+        effects: list[Effect] = []
+        if record.promised < ballot:
+            effects.append(
+                self._store(replace(record, promised_round=ballot.round, promised_node=ballot.node))
+            )
+        # An Accept leaves only at a ballot this node's own record has promised.
+        assert self._record(accept.key).promised >= ballot, "an Accept at an unreserved ballot"
+        effects += [Send(peer, accept) for peer in self.peers]
+        return effects + self._deliver_locally(accept, now)
+
     # ---- proposer ---------------------------------------------------------------------
 
     def _begin(self, proposal: _Proposal, now: float) -> list[Effect]:
@@ -724,8 +750,7 @@ class Replica:
         accept = Accept(
             proposal.op_id, proposal.key, *_ballot(proposal.ballot), new_value, self.node, False
         )
-        effects: list[Effect] = [Send(peer, accept) for peer in self.peers]
-        return self._deliver_locally(accept, now) + effects
+        return self._send_accept(accept, now)
 
     def _apply(self, proposal: _Proposal, value: bytes) -> bytes:
         """The next value: the change applied once. If an earlier attempt of this proposal
@@ -1063,9 +1088,7 @@ class Replica:
             # The acceptors promise the successor of `held`; no later ballot of this node
             # may reuse it for another value.
             self._max_round = max(self._max_round, lead.held.round + 1)
-            # Own acceptor first: its write is durable before the Accept leaves.
-            effects += self._deliver_locally(accept, now)
-            effects += [Send(peer, accept) for peer in self.peers]
+            effects += self._send_accept(accept, now)
         return effects
 
     def _lead_prepare(self, lead: _Lead, now: float) -> list[Effect]:

@@ -453,6 +453,12 @@ class NodeService:
         try:
             while self._backlog and self._fatal is None:
                 batch, self._backlog = self._backlog, []
+                # Every write before this batch is durable: what precedes its first
+                # persist (a leader's Accept, replica._send_accept) leaves now, before it.
+                first = next((i for i, e in enumerate(batch) if isinstance(e, Persist)), None)
+                if first:
+                    self._deliver(batch[:first])
+                    batch = batch[first:]
                 # Ready now: every copy it caught up with came before, in this batch or
                 # an earlier one, so this write finishes the catch-up on disk.
                 caught_up = self.replica.ready
