@@ -152,3 +152,24 @@ def test_a_password_changed_on_another_device_mid_recovery_is_named_and_costs_no
     assert all((row.version, row.count) == (2, 0) for row in rows)
     monkeypatch.undo()
     assert device_a.recover("new", ksf_floor=SIM_KSF).root_key == RK
+
+
+def test_a_key_deleted_on_another_device_mid_password_change_is_named(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device B deletes the key after device A recovered it for a password change and
+    before A's new shares are staged (sim seed 10196044): every node refuses A's shares of
+    the next version. A is told the key changed, not that the fleet is unavailable."""
+    device_a, device_b = bridge.vault(), bridge.vault()
+    device_a.register("old", RK, ksf=SIM_KSF)
+    recovered = device_a.recover("old", ksf_floor=SIM_KSF)
+    deliver = device_a._deliver
+
+    def deleted_elsewhere_first(*args: object, **kwargs: object) -> object:
+        device_b.delete(device_b.recover("old", ksf_floor=SIM_KSF))
+        return deliver(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(device_a, "_deliver", deleted_elsewhere_first)
+    with pytest.raises(EntryChanged, match="later version than 1"):
+        device_a.change_password(recovered, "new", ksf=SIM_KSF)
+    assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))

@@ -398,11 +398,13 @@ class ThresholdVault:
         )
         what = "password was not changed" if authorization else "entry was not registered"
         if len(staged) < self.t:
-            if any(
-                o.error is not None and o.error.code == ErrorCode.ALREADY_REGISTERED
-                for o in outcomes
-            ):
+            codes = [o.error.code for o in outcomes if o.error is not None]
+            if ErrorCode.ALREADY_REGISTERED in codes:
                 raise AlreadyRegistered("the vault already holds a key for this entry")
+            if codes.count(ErrorCode.STALE_MANIFEST) > self.nodes - self.t:
+                # Another device changed the password or deleted the key since this one
+                # read it (sim seed 10196044): not a fleet that is down.
+                raise EntryChanged(made.manifest.version - 1)
             refused = _token_refused(outcomes, self.t)
             if refused is not None:
                 raise refused

@@ -249,6 +249,9 @@ def deliver(
     if len(staged) < ctx.threshold:
         if ErrorCode.ALREADY_REGISTERED in codes:
             return Outcome("already registered", acks=0, registration=made)
+        if _changed(ctx, codes):
+            # As the SDK (`EntryChanged`): another device changed or deleted the key.
+            return Outcome("entry changed", acks=0, registration=made)
         return Outcome(f"unavailable ({len(staged)} staged)", acks=0, registration=made)
     chosen = [staged[slot] for slot in sorted(staged)[: ctx.threshold]]
     acks = encode_commit_acks([CommitAck(a.index, AckKind(a.kind), a.signature) for a in chosen])
