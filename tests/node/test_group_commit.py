@@ -8,7 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import pytest
@@ -94,6 +94,14 @@ async def _turns(n: int = 5) -> None:
         await asyncio.sleep(0)
 
 
+async def _until(condition: Callable[[], bool], what: str) -> None:
+    for _ in range(500):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(what)
+
+
 def test_sends_wait_for_the_persist_before_them_even_from_a_later_batch(tmp_path: Path) -> None:
     async def scenario() -> None:
         service, store, posted = _service(tmp_path)
@@ -123,13 +131,6 @@ def test_what_a_later_batch_sends_before_its_first_persist_leaves_before_its_wri
     Queued behind another write, it leaves as soon as that write is durable, not after
     its own batch's write; what follows that persist still waits for it."""
 
-    async def until(condition, what: str) -> None:  # type: ignore[no-untyped-def]
-        for _ in range(500):
-            if condition():
-                return
-            await asyncio.sleep(0.01)
-        raise AssertionError(what)
-
     async def scenario() -> None:
         service, store, posted = _service(tmp_path)
         store.permits = threading.Semaphore(0)
@@ -145,13 +146,13 @@ def test_what_a_later_batch_sends_before_its_first_persist_leaves_before_its_wri
         await _turns()
         assert posted == []  # behind the first write
         store.permits.release()  # the first write lands; the second is gated
-        await until(lambda: len(posted) == 1, "the Accept did not leave")
+        await _until(lambda: len(posted) == 1, "the Accept did not leave")
         assert _opened(posted[0][1], 1) == [b"accept"]
         assert store.saved == [[b"a"]]
         await _turns()
         assert len(posted) == 1  # "accepted" waits for its own write
         store.permits.release()
-        await until(lambda: len(posted) == 2, "the Accepted did not leave")
+        await _until(lambda: len(posted) == 2, "the Accepted did not leave")
         assert _opened(posted[1][1], 1) == [b"accepted"]
         assert store.saved == [[b"a"], [b"b"]]
 

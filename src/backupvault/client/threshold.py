@@ -111,6 +111,12 @@ def _transient(outcome: NodeOutcome[Any]) -> bool:
     return outcome.response is None
 
 
+def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
+    """Fewer than t nodes are left at the version this device read, because the others
+    answered `stale_manifest`: another device changed the password or deleted the key."""
+    return codes.count(ErrorCode.STALE_MANIFEST) > nodes - t
+
+
 def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized | None:
     """The nodes refused the fleet token (403) so widely that fewer than t are left to take
     the request: asking again cannot help, the user needs a new token."""
@@ -401,9 +407,7 @@ class ThresholdVault:
             codes = [o.error.code for o in outcomes if o.error is not None]
             if ErrorCode.ALREADY_REGISTERED in codes:
                 raise AlreadyRegistered("the vault already holds a key for this entry")
-            if codes.count(ErrorCode.STALE_MANIFEST) > self.nodes - self.t:
-                # Another device changed the password or deleted the key since this one
-                # read it (sim seed 10196044): not a fleet that is down.
+            if _moved_on(codes, self.nodes, self.t):  # not a fleet that is down (10196044)
                 raise EntryChanged(made.manifest.version - 1)
             refused = _token_refused(outcomes, self.t)
             if refused is not None:
@@ -896,7 +900,7 @@ class ThresholdVault:
                 not good and ErrorCode.DESTROYED in errors
             ):
                 raise Destroyed()
-            if errors.count(ErrorCode.STALE_MANIFEST) > self.nodes - self.t:
+            if _moved_on(errors, self.nodes, self.t):
                 # Not retried here: the password typed may be the one just replaced, and
                 # asking again would spend a guess of the new version on it.
                 raise EntryChanged(manifest.version)

@@ -436,12 +436,9 @@ class NodeService:
         if self._fatal is not None:
             return
         if not self._backlog and not self._committing:
-            first = next((i for i, e in enumerate(effects) if isinstance(e, Persist)), None)
-            if first is None:
-                self._deliver(effects)
+            effects = self._deliver_until_a_write(effects)
+            if not effects:
                 return
-            self._deliver(effects[:first])
-            effects = effects[first:]
         self._backlog.extend(effects)
         if not self._committing:
             self._committing = True
@@ -452,13 +449,10 @@ class NodeService:
     async def _group_commit(self) -> None:
         try:
             while self._backlog and self._fatal is None:
-                batch, self._backlog = self._backlog, []
                 # Every write before this batch is durable: what precedes its first
                 # persist (a leader's Accept, replica._send_accept) leaves now, before it.
-                first = next((i for i, e in enumerate(batch) if isinstance(e, Persist)), None)
-                if first:
-                    self._deliver(batch[:first])
-                    batch = batch[first:]
+                batch, self._backlog = self._backlog, []
+                batch = self._deliver_until_a_write(batch)
                 # Ready now: every copy it caught up with came before, in this batch or
                 # an earlier one, so this write finishes the catch-up on disk.
                 caught_up = self.replica.ready
@@ -498,6 +492,13 @@ class NodeService:
         self._store.save(records, marks, caught_up=caught_up)
         if self._record_counter is not None:
             self._record_counter(self._store.counter)
+
+    def _deliver_until_a_write(self, effects: list[Effect]) -> list[Effect]:
+        """Deliver the effects before the first `Persist` (every earlier write is durable)
+        and return the rest, from that persist on."""
+        first = next((i for i, e in enumerate(effects) if isinstance(e, Persist)), len(effects))
+        self._deliver(effects[:first])
+        return effects[first:]
 
     def _fail_waiting(self) -> None:
         for op_id, future in list(self._waiting.items()):
