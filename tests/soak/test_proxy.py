@@ -114,3 +114,23 @@ def test_delay_is_a_line_that_does_not_hold_later_chunks_longer(
     round_trips = [back[i] - sent[i] for i in range(12)]
     assert min(round_trips) >= 1.0
     assert max(round_trips) < 1.35
+
+
+def test_stopping_with_connections_open_logs_no_error(
+    link: tuple[ProxyPool, LinkProxy], caplog: pytest.LogCaptureFixture
+) -> None:
+    """The soak stops its proxies with connections still open; that is the normal end of a
+    run, and must not print asyncio's "Exception in callback" tracebacks (on Python 3.11
+    a cancelled connection handler trips the streams module's done-callback)."""
+    pool, proxy = link
+    held = [socket.create_connection((HOST, proxy.listen_port), timeout=3) for _ in range(3)]
+    try:
+        for sock in held:
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"X"
+        with caplog.at_level("ERROR", logger="asyncio"):
+            pool.stop()
+    finally:
+        for sock in held:
+            sock.close()
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []

@@ -133,6 +133,12 @@ class LinkProxy:
                 self._pipe(reader, up_writer, upward=True),
                 self._pipe(up_reader, writer, upward=False),
             )
+        except asyncio.CancelledError:
+            # `ProxyPool.stop` cancels the handlers of open connections: the normal end of
+            # a run. Ending quietly matters because on Python 3.11 the streams module's
+            # done-callback asks a cancelled handler for its exception, and asyncio then
+            # prints "Exception in callback" tracebacks at every soak's end.
+            pass
         finally:
             self._connections.discard(connection)
             connection.abort()
