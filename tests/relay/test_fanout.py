@@ -13,6 +13,7 @@ import pytest
 from backupvault.fanout import NO_ANSWER, FanoutAnswers
 from backupvault.hop import HopVerifier
 from backupvault.protocol import OPERATIONS, SealedCopies
+from backupvault.relay.app import RESET_ALLOWANCE
 
 from .conftest import RELAY_KEY, StubNode, unused_url
 
@@ -129,14 +130,23 @@ def test_bad_input_is_a_400_and_reaches_no_node(
     assert all(not stub.seen for stub in stubs)
 
 
-def test_a_reset_is_never_rate_limited_but_an_evaluation_is(
+def test_a_reset_has_its_own_bucket_that_evaluations_do_not_use_up(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
-    """A reset follows a guess already charged; refusing it would leave the count unreset."""
+    """A reset follows a guess already charged; refusing it for the evaluates before it
+    would leave the count unreset. But resets are limited too (RESET_ALLOWANCE times the
+    bucket), or one account could make every node open junk without end."""
     relay = start_relay([s.url for s in stubs], rate_per_minute=0.001, burst=1)
     alice = token()
     assert post_each(relay, alice, [b"a", b"b", b"c"]).status_code == 200
     limited = post_each(relay, alice, [b"a", b"b", b"c"])
     assert limited.status_code == 429
-    for _ in range(3):
+    for _ in range(RESET_ALLOWANCE):
         assert post_each(relay, alice, [b"a", b"b", b"c"], op="reset").status_code == 200
+    refused = post_each(relay, alice, [b"a", b"b", b"c"], op="reset")
+    assert refused.status_code == 429 and refused.json()["error"] == "rate_limited"
+    assert int(refused.headers["Retry-After"]) >= 1
+    seen = [stub.seen for stub in stubs]
+    assert [len(s) for s in seen] == [1 + RESET_ALLOWANCE] * 3  # the refused ones reached none
+    # another account's buckets are its own
+    assert post_each(relay, token("bob"), [b"a", b"b", b"c"], op="reset").status_code == 200

@@ -46,7 +46,12 @@ log = logging.getLogger("backupvault.relay")
 _INFO = "backupvault.relay.info"
 _REALM = 'Bearer realm="backupvault"'
 _BUSY_RETRY_AFTER = "2"
-_NOT_RATE_LIMITED = frozenset({"reset"})
+#: A reset has its own bucket per account, this many times the size and rate of the
+#: bucket every other operation shares: it answers a guess already charged at evaluate
+#: (an honest client sends one per recovery, and the SDK sends it at most 3 times), so it
+#: must not be refused for the evaluates before it, but junk resets must not reach every
+#: node without limit either.
+RESET_ALLOWANCE = 4
 
 
 def error_response(
@@ -68,6 +73,7 @@ class RelayState:
     config: RelayConfig
     verifier: TokenVerifier
     limiter: RateLimiter
+    reset_limiter: RateLimiter
     connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
     _client: aiohttp.ClientSession | None = None
@@ -233,17 +239,16 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 f"no such vault operation; use one of {', '.join(OPERATIONS)}",
             )
         info["op"] = op
-        # A reset follows a guess already charged: refusing it would leave the count
-        # unreset, so only other operations are limited (a guess is paid for at evaluate).
-        if op not in _NOT_RATE_LIMITED:
-            wait = state.limiter.acquire(account)
-            if wait is not None:
-                return error_response(
-                    429,
-                    "rate_limited",
-                    "too many requests for this account; wait and try again",
-                    {"Retry-After": retry_after_header(wait)},
-                )
+        # A reset follows a guess already charged: the evaluates before it must not use up
+        # its bucket (refusing it would leave the count unreset).
+        wait = (state.reset_limiter if op == "reset" else state.limiter).acquire(account)
+        if wait is not None:
+            return error_response(
+                429,
+                "rate_limited",
+                "too many requests for this account; wait and try again",
+                {"Retry-After": retry_after_header(wait)},
+            )
         entry = request.path_params["entry"]
         if not is_valid_name(entry):
             return error_response(
@@ -468,6 +473,9 @@ def create_app(
             clock=token_clock,
         ),
         limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
+        reset_limiter=RateLimiter(
+            config.rate_per_second * RESET_ALLOWANCE, config.burst * RESET_ALLOWANCE, clock=clock
+        ),
         connector=connector,
     )
     openapi = build_openapi(
