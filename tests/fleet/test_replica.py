@@ -11,10 +11,12 @@ from backupvault.codec import Message, decode_any
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
+    Accepted,
     AcceptorRecord,
     Forward,
     ForwardAnswer,
     Prepare,
+    Promise,
     ReplicatedValue,
     SyncResponse,
     payload_of,
@@ -23,6 +25,7 @@ from backupvault.fleet.records import Mark, MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
     MAX_ROUND_STEP,
+    ROUND_CEILING,
     Committed,
     Failed,
     Persist,
@@ -613,6 +616,51 @@ def test_an_inflated_ballot_slows_the_leader_but_changes_nothing() -> None:
     net.settle()
     assert net.results[b"b"].outcome == 2
     assert all(r.source.get(b"k").promised.round > huge for r in net.replicas.values())
+
+
+def test_a_promise_far_above_is_reached_in_steps_and_the_change_commits() -> None:
+    """Acceptors walked up to a promise two steps above anything node 0 has seen (each
+    Prepare within MAX_ROUND_STEP of what that acceptor had seen): node 0 learns the
+    promise from their refusals at most a step at a time, yet still gets above it and
+    commits. One answer must not lift its rounds by more: a hostile peer's Promise
+    claiming 2^64 - 1 would otherwise make its next ballot overflow the store."""
+    net = Net()
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    walked = [MAX_ROUND_STEP - 10, 2 * MAX_ROUND_STEP - 20]
+    for node in range(1, 5):
+        for round_ in walked:
+            net.run(node, net.replicas[node].receive(4, Prepare(b"x", b"k", round_, 4), net.now))
+    net.queue.clear()
+    assert net.replicas[0]._max_round < MAX_ROUND_STEP
+    net.propose(0, b"b", b"k", add(1))
+    net.settle()
+    assert net.results[b"b"].outcome == 2
+    assert net.replicas[0].source.get(b"k").accepted.round > walked[-1]
+
+
+def test_an_answer_claiming_a_round_near_2_64_lifts_rounds_one_step_at_most() -> None:
+    net = Net()
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    replica = net.replicas[0]
+    before = replica._max_round
+    top = (1 << 64) - 1
+    lie = Promise(b"x", b"k", 1, 1, False, 0, 0, b"", top, 1)
+    net.run(0, replica.receive(1, lie, net.now))
+    net.run(0, replica.receive(1, Accepted(b"y", b"k", 1, 1, False, top, 1, b""), net.now))
+    assert replica._max_round <= before + 2 * MAX_ROUND_STEP
+    net.propose(0, b"b", b"k", add(1))
+    net.settle()
+    assert net.results[b"b"].outcome == 2
+    # Walked up to the ceiling (2^30 such answers), it stops there: its next ballot
+    # still fits the store's u64, and no acceptor takes a round at or above it.
+    replica._max_round = ROUND_CEILING - 5
+    net.run(0, replica.receive(1, lie, net.now))
+    assert replica._max_round == ROUND_CEILING - 1
+    net.replicas[1]._max_round = ROUND_CEILING - 5  # within a step, but at the ceiling
+    effects = net.replicas[1].receive(4, Prepare(b"z", b"k", ROUND_CEILING, 4), net.now)
+    assert [e.message.ok for e in effects if isinstance(e, Send)] == [False]
 
 
 # ---- the leader's own write, made while its Accept is on the wire -----------------------

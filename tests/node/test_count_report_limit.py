@@ -11,82 +11,22 @@ import dataclasses
 import os
 from pathlib import Path
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from peer_shell import Clock, frame, node_service, opened
 
-from backupvault.crypto.seal import Kem, NodePrivateKey
-from backupvault.fleet.channel import PeerChannel
-from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.hsm.shares import FleetShape
 from backupvault.hsm.state import EntryId
-from backupvault.node.peers import join_frame
 from backupvault.node.service import (
     COUNT_ASK_INTERVAL,
     COUNT_REQUEST_BURST,
-    NodeService,
 )
-from backupvault.node.store import NodeStore
 from backupvault.protocol import COUNT_MESSAGES, CountReport, CountReportRequest
-from backupvault.tokens import TokenVerifier, fleet_audience
-
-FLEET_ID = b"fleet"
-SIGNING = {i: Ed25519PrivateKey.generate() for i in range(3)}
-IDENTITIES = {i: X25519PrivateKey.generate() for i in range(3)}
-PUBLIC = {i: k.public_key().public_bytes_raw() for i, k in IDENTITIES.items()}
-ACCOUNTS = TokenVerifier(
-    Ed25519PrivateKey.generate().public_key(), "issuer", fleet_audience(FLEET_ID)
-)
-
-
-def _channel(node: int) -> PeerChannel:
-    return PeerChannel(node, IDENTITIES[node].private_bytes_raw(), PUBLIC, FLEET_ID, os.urandom)
-
-
-class _Clock:
-    now = 100.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def _service(tmp_path: Path, clock: _Clock) -> tuple[NodeService, dict[int, list[bytes]]]:
-    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
-    firmware = VaultFirmware(
-        FLEET_ID,
-        NodeKey(0, NodePrivateKey.generate(Kem.X25519), SIGNING[0]),
-        ACCOUNTS,
-        FleetShape(0, 3, 2),
-        store.get_share,
-        peer_signing_keys={i + 1: k.public_key() for i, k in SIGNING.items()},
-    )
-    addresses = {i: ("127.0.0.1", 1) for i in range(3)}
-    service = NodeService(0, addresses, firmware, _channel(0), store, clock=clock, intact=True)
-    sent: dict[int, list[bytes]] = {1: [], 2: []}
-
-    def send_frame(to: int, envelopes: list[bytes]) -> None:
-        sent[to].extend(envelopes)
-
-    service._send_frame = send_frame  # type: ignore[method-assign]
-    service._step(lambda: service.replica.start(clock(), intact=True))  # start without sockets
-    return service, sent
-
-
-def _frame(sender: int, messages: list[CountReportRequest | CountReport]) -> bytes:
-    channel = _channel(sender)
-    return join_frame([channel.seal(0, m) for m in messages])
-
-
-def _opened(at: int, envelopes: list[bytes]) -> list[object]:
-    channel = _channel(at)
-    return [channel.open(e, COUNT_MESSAGES)[1] for e in envelopes]
 
 
 def test_a_flood_of_count_requests_is_dropped_before_any_read_or_signature(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        clock = _Clock()
-        service, sent = _service(tmp_path, clock)
+        clock = Clock()
+        service, sent = node_service(tmp_path, clock)
         reads: list[bytes] = []
         held = service.replica.held_payload
 
@@ -97,7 +37,7 @@ def test_a_flood_of_count_requests_is_dropped_before_any_read_or_signature(
         service.replica.held_payload = counted  # type: ignore[method-assign]
         flood = [CountReportRequest("alice", f"e{i}", 0, os.urandom(32)) for i in range(1000)]
         for start in range(0, len(flood), 100):
-            assert service.peer_frame(1, _frame(1, flood[start : start + 100])) == 0
+            assert service.peer_frame(1, frame(1, flood[start : start + 100])) == 0
         await asyncio.sleep(0)
         metrics = service.metrics
         assert metrics["count_reports_sent"] == COUNT_REQUEST_BURST
@@ -106,14 +46,14 @@ def test_a_flood_of_count_requests_is_dropped_before_any_read_or_signature(
         assert len(sent[1]) == COUNT_REQUEST_BURST
         # Another peer (an honest node that found its store rolled back) is answered.
         honest = CountReportRequest("alice", "chat", 0, os.urandom(32))
-        assert service.peer_frame(2, _frame(2, [honest])) == 0
+        assert service.peer_frame(2, frame(2, [honest])) == 0
         await asyncio.sleep(0)
-        (report,) = _opened(2, sent[2])
+        (report,) = opened(2, sent[2], COUNT_MESSAGES)
         assert isinstance(report, CountReport) and report.nonce == honest.nonce
         assert report.reporter == 1 and report.requester == 3
         # The flooding peer gets more as its bucket refills, at the set rate.
         clock.now += 1.0
-        assert service.peer_frame(1, _frame(1, flood[:100])) == 0
+        assert service.peer_frame(1, frame(1, flood[:100])) == 0
         assert metrics["count_reports_sent"] == COUNT_REQUEST_BURST + 1 + 50
         await service.stop()
 
@@ -124,8 +64,8 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
     tmp_path: Path,
 ) -> None:
     async def scenario() -> None:
-        clock = _Clock()
-        service, sent = _service(tmp_path, clock)
+        clock = Clock()
+        service, sent = node_service(tmp_path, clock)
         keeper = service._firmware.shares
         key = EntryId("alice", "chat").to_bytes()
         keeper.distrust_stored_counts()
@@ -134,7 +74,7 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
             service._ask_for_count_reports()
         await asyncio.sleep(0)
         assert [len(sent[p]) for p in (1, 2)] == [1, 1]
-        (request,) = _opened(1, sent[1])
+        (request,) = opened(1, sent[1], COUNT_MESSAGES)
         assert isinstance(request, CountReportRequest)
         clock.now += COUNT_ASK_INTERVAL
         keeper._want_reports(key, 1)
@@ -147,7 +87,7 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
         held = service.replica.held_payload
         service.replica.held_payload = lambda k: reads.append(k) or held(k)  # type: ignore[method-assign]
         stray = CountReport("alice", "other", 1, 2, 1, 5, 0, request.nonce, bytes(64))
-        assert service.peer_frame(1, _frame(1, [stray] * 50)) == 0
+        assert service.peer_frame(1, frame(1, [stray] * 50)) == 0
         assert reads == [] and service.metrics["count_reports_ignored"] == 50
         # Misdirected ones (another reporter's index, or for another node) are refused,
         # unread too.
@@ -155,7 +95,7 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
             dataclasses.replace(stray, entry="chat", reporter=3),
             dataclasses.replace(stray, entry="chat", requester=2),
         ]
-        assert service.peer_frame(1, _frame(1, misdirected * 25)) == 50
+        assert service.peer_frame(1, frame(1, misdirected * 25)) == 50
         assert reads == []
         await service.stop()
 

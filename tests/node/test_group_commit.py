@@ -357,8 +357,9 @@ def test_a_write_made_before_the_node_caught_up_keeps_the_catch_up_open(tmp_path
 def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> None:
     """Records are read when a message needs them, not at start; one that fails its check
     stops the node: no answer leaves, clients get 503."""
+    entry = EntryId("acct", "entry").to_bytes()
     filled = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
-    filled.save([AcceptorRecord(b"entry", 1, 0), AcceptorRecord(b"other", 1, 0)])
+    filled.save([AcceptorRecord(entry, 1, 0), AcceptorRecord(b"other", 1, 0)])
     filled.close()
     with sqlite3.connect(tmp_path / "store.sqlite") as db:
         db.execute("UPDATE record SET row = zeroblob(length(row))")
@@ -368,7 +369,7 @@ def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> Non
         store.release.set()
         service._step(lambda: service.replica.start(0.0, intact=True))
         assert service.replica.ready and service._fatal is None
-        service._step(lambda: service.replica.receive(1, Prepare(b"op", b"entry", 5, 1), 0.0))
+        service._step(lambda: service.replica.receive(1, Prepare(b"op", entry, 5, 1), 0.0))
         await _turns()
         assert posted == [] and service._fatal is not None
         answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")

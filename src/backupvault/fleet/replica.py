@@ -78,10 +78,26 @@ AcceptHook = Callable[[bytes, bytes], None]
 #: the proposer and the origin: for entries whose changes arrive as N copies at once (the
 #: threshold flow), so the other copies can join the chosen value (`Replica._joined`).
 AnnounceHook = Callable[[bytes, bytes], bool]
+#: (key) -> whether it names an entry the application replicates. Every key a peer's
+#: message or catch-up page names is checked before the replica reads or writes anything
+#: under it: the node's store keeps other rows in the same key space (its own share rows,
+#: which hold its key share), and a peer must never reach them. None: any key (tests).
+KeyCheck = Callable[[bytes], bool]
+#: The largest value a peer may send. An entry's value is a few KB (its manifest, the
+#: owner's signatures, the recent op ids); without a bound a hostile peer could have a
+#: node decode and keep values of the codec's 16 MiB limit in its caches.
+MAX_VALUE_BYTES = 1 << 18
+#: A store id is 16 random bytes (node/store.py); a catch-up page naming a longer one is
+#: not an honest node's, and the mark it would leave could not be written.
+MAX_STORE_ID_BYTES = 64
 #: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
 #: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
 #: leave no higher round for anyone (ballot inflation stalls every honest proposer).
 MAX_ROUND_STEP = 1 << 32
+#: No ballot at or above this round is taken or learned, so rounds (and the next round
+#: after them) always fit the store's u64 fields. Inflating an honest node this far takes
+#: 2^30 Accepts each `MAX_ROUND_STEP` higher; it then stalls (liveness, not safety).
+ROUND_CEILING = 1 << 62
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
@@ -254,8 +270,10 @@ class Replica:
         on_accept: AcceptHook | None = None,
         announce: AnnounceHook | None = None,
         check_copy: CopyCheck | None = None,
+        check_key: KeyCheck | None = None,
     ) -> None:
         self.node = node
+        self._check_key = check_key
         self._announce = announce
         self._check_value = check_value
         self._check_copy = check_copy if check_copy is not None else check_value
@@ -357,6 +375,7 @@ class Replica:
         one request are) that leaves the chosen value this node accepted unchanged is
         answered from that value with no round: the N copies make one round, not N."""
         self._now = now
+        assert self._key_ok(key), "a proposal for a key the application does not replicate"
         proposal = _Proposal(
             op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
         )
@@ -405,7 +424,7 @@ class Replica:
 
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
         self._now = now
-        if sender not in self.nodes:
+        if sender not in self.nodes or not self._admissible(message):
             return []
         match message:
             case Prepare() | Accept() | Forward():
@@ -441,6 +460,55 @@ class Replica:
                 return self._on_sync_response(sender, message, now)
             case _:
                 return []  # anything unknown: treated as no answer
+
+    def _admissible(self, message: Message) -> bool:
+        """Whether a peer's message may reach the state machine at all. What no honest
+        node sends is dropped here, as if lost: a key outside the application's key space,
+        a value over `MAX_VALUE_BYTES`, an Accept or Forward with no value (every proposed
+        value holds at least the op that made it; an empty one would skip the acceptor's
+        check and wipe the entry), a round far above any seen (ballot inflation, also
+        through answers), a Promise reporting an acceptance at or above the ballot it
+        promises, a catch-up page with an overlong store id or a record that claims an
+        acceptance without a value."""
+        match message:
+            case Prepare():
+                return self._key_ok(message.key)
+            case Accept() | Forward():
+                return self._key_ok(message.key) and 0 < len(message.value) <= MAX_VALUE_BYTES
+            case Promise():
+                return (
+                    self._key_ok(message.key)
+                    and len(message.value) <= MAX_VALUE_BYTES
+                    and not (
+                        message.ok
+                        and Ballot(message.accepted_round, message.accepted_node)
+                        >= Ballot(message.round, message.node)
+                    )
+                )
+            case Accepted():
+                return self._key_ok(message.key)
+            case ForwardAnswer():
+                return self._key_ok(message.key) and len(message.value) <= MAX_VALUE_BYTES
+            case SyncResponse():
+                return len(message.store_id) <= MAX_STORE_ID_BYTES and all(
+                    self._key_ok(r.key)
+                    and len(r.value) <= MAX_VALUE_BYTES
+                    and (r.accepted == Ballot(0, 0)) == (not r.value)
+                    for r in message.records
+                )
+        return True
+
+    def _key_ok(self, key: bytes) -> bool:
+        return self._check_key is None or self._check_key(key)
+
+    def _learn_round(self, promised_round: int) -> None:
+        """Raise the highest round seen to an acceptor's reported promise, by at most
+        `MAX_ROUND_STEP` at a time and never to `ROUND_CEILING`: one answer from a hostile
+        peer claiming a promise near 2^64 would otherwise make this node's next ballot
+        overflow its store's u64 (and stop it at every restart). An honest promise far
+        above is still reached: each refusal lifts the next ballot by up to the step."""
+        learned = min(promised_round, self._max_round + MAX_ROUND_STEP, ROUND_CEILING - 1)
+        self._max_round = max(self._max_round, learned)
 
     def tick(self, now: float) -> list[Effect]:
         self._now = now
@@ -529,9 +597,9 @@ class Replica:
     def _refused(self, message: Prepare | Accept) -> bool:
         """Whether this acceptor refuses the message whatever its ballot: a round far above
         any it has seen, or a value the application's check refuses."""
-        if message.round > self._max_round + MAX_ROUND_STEP:
+        if message.round > self._max_round + MAX_ROUND_STEP or message.round >= ROUND_CEILING:
             return True
-        if not isinstance(message, Accept) or self._check_value is None or not message.value:
+        if not isinstance(message, Accept) or self._check_value is None:
             return False
         try:
             payload = payload_of(message.value)
@@ -729,7 +797,7 @@ class Replica:
         return proposal
 
     def _on_promise(self, sender: int, message: Promise, now: float) -> list[Effect]:
-        self._max_round = max(self._max_round, message.promised_round)
+        self._learn_round(message.promised_round)
         lead = self._leads.get(message.key)
         if lead is not None and lead.phase == "prepare" and lead.prepare_id == message.op_id:
             return self._lead_on_promise(lead, sender, message, now)
@@ -769,7 +837,7 @@ class Replica:
         return ReplicatedValue(recent, payload).to_bytes()
 
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
-        self._max_round = max(self._max_round, message.promised_round)
+        self._learn_round(message.promised_round)
         effects = self._lead_on_accepted(sender, message, now)
         proposal = self._by_op.get(message.op_id)
         if proposal is not None and message.ok and message.digest in proposal.forwarded:
@@ -1230,7 +1298,7 @@ class Replica:
         rolled back or wiped, so a majority could then commit a value that does not build
         on the chosen one (sim seeds 9300379, 9101607). Which peer answers first must not
         decide what the node holds."""
-        if theirs.accepted <= mine.accepted or self._check_copy is None or not theirs.value:
+        if theirs.accepted <= mine.accepted or self._check_copy is None:
             return True  # not newer (only the promise is merged), or nothing to check
         try:
             payload = payload_of(theirs.value)

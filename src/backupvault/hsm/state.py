@@ -7,6 +7,7 @@ import dataclasses
 from dataclasses import dataclass
 
 from backupvault.codec import Message
+from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus, check_name
 
 DEFAULT_GUESS_LIMIT = 10
@@ -24,6 +25,18 @@ class EntryId(Message):
     @classmethod
     def of(cls, account: str, entry: str) -> EntryId:
         return cls(check_name("account", account), check_name("entry", entry))
+
+
+def is_entry_key(key: bytes) -> bool:
+    """Whether `key` is an entry's replication key exactly as `EntryId.of(...).to_bytes()`
+    makes it: the only keys the fleet replicates (`Replica`'s key check). A node's store
+    keeps other rows in the same table (its own share rows, which hold its key share); a
+    peer's message naming one of those must never reach them."""
+    try:
+        entry = EntryId.from_bytes(key)
+        return EntryId.of(entry.account, entry.entry).to_bytes() == key
+    except (InvalidInput, ValueError):
+        return False
 
 
 #: Tag 41 was the single-seed flow's entry state (`EntryState`), removed with it. A live

@@ -31,7 +31,7 @@ from backupvault.fleet.replica import (
 )
 from backupvault.hsm.firmware import Reply, VaultFirmware
 from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead
-from backupvault.hsm.state import EntryId
+from backupvault.hsm.state import EntryId, is_entry_key
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
 from backupvault.protocol import (
@@ -112,6 +112,7 @@ class NodeService:
             check_value=firmware.check_value,
             on_accept=firmware.on_accept,
             announce=firmware.announce,
+            check_key=is_entry_key,
         )
         if not intact:
             # The store may have been rolled back: its counts are not trusted until t

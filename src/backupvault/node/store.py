@@ -827,6 +827,7 @@ class StoreRecords:
         self._marks: dict[int, Mark] = {}
 
     def get(self, key: bytes) -> AcceptorRecord | None:
+        _not_a_share_row(key)
         if key in self._unsaved:
             return self._unsaved[key]
         if key in self._cache:
@@ -837,6 +838,7 @@ class StoreRecords:
         return record
 
     def put(self, record: AcceptorRecord) -> None:
+        _not_a_share_row(record.key)
         self._unsaved[record.key] = record
 
     def saved(self, records: Iterable[AcceptorRecord]) -> None:
@@ -869,6 +871,15 @@ class StoreRecords:
 
     def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
         return self._store.changed_since(store_id, since, limit)
+
+
+def _not_a_share_row(key: bytes) -> None:
+    """The replica's records and the node's share rows share one table; the replica must
+    never read or write a share row (it would send the node's key share to a peer in a
+    Promise, or overwrite it). Peers' keys are checked before they reach the replica
+    (`Replica`'s key check); this stops a bug at the store's door."""
+    if key.startswith(SHARE_PREFIX):
+        raise ValueError("a share row's key reached the replica's records")
 
 
 def _u64(n: int) -> bytes:

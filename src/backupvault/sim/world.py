@@ -58,7 +58,7 @@ from backupvault.hsm.shares import (
     check_threshold_value,
     error,
 )
-from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
+from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
 from backupvault.protocol import (
     COUNT_MESSAGES,
     REQUEST_TYPES,
@@ -728,6 +728,7 @@ class Simulation:
             check_value=check,
             on_accept=keeper.on_accept,
             announce=lambda key, payload: True,  # every entry is a threshold entry
+            check_key=is_entry_key,
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
