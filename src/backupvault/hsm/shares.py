@@ -1108,6 +1108,13 @@ class ShareKeeper:
             def build() -> Answer:
                 current = self.row(key)
                 assert current is not None
+                if (current.version, current.manifest) != (row.version, row.manifest):
+                    # The row moved on while the round ran (a change committed, its staged
+                    # share promoted): the reset was verified for the old version only,
+                    # and must not wipe the new version's count.
+                    return Answer(
+                        error(ErrorCode.STALE_MANIFEST, "the entry changed; recover again")
+                    )
                 if attempt <= current.reset_at:
                     return Answer(
                         ResetResponse(current.version, current.reset_at, limit - current.count)
@@ -1142,6 +1149,7 @@ class ShareKeeper:
             held = mine.manifest if mine is not None and mine.manifest else state.manifest
             if not held or (state.status != EntryStatus.LIVE and not already):
                 return state, _answer(ErrorCode.NOT_REGISTERED, "no key is stored here")
+            signed = ThresholdState(status=EntryStatus.LIVE, version=state.version, manifest=held)
             new = state.with_(
                 status=EntryStatus.EMPTY,
                 manifest=b"",
@@ -1153,6 +1161,20 @@ class ShareKeeper:
                 change_counter=request.counter,
                 change_signature=request.signature,
             )
+            # Verified here against the M this node checked its own share against, on
+            # every path: the value may already be this tombstone (`already`), written by
+            # acceptors a hostile minority chose, and the erasure is this node's own act.
+            if not _signed(
+                self.fleet_id,
+                EntryId(account, entry),
+                signed,
+                owner.StatementKind.DELETE,
+                new,
+                held,
+            ):
+                return state, _answer(
+                    ErrorCode.REFUSED, "the owner's delete does not verify for this key"
+                )
 
             def build() -> Answer:
                 share_key = Manifest.from_bytes(held).commitments.node_public_key(self.index)

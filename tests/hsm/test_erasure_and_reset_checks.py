@@ -1,0 +1,136 @@
+"""A node erases its share or resets its count only on the owner's statement verified
+against its own share's M, and only for the version it verified: a hostile minority of
+proposers (node 4 here, injecting Accepts) and a hostile client together cannot make it
+do either on another word (docs/threshold.md, "Counters and erasure")."""
+
+from __future__ import annotations
+
+import hashlib
+
+from backupvault.crypto import oprf
+from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
+from backupvault.hsm.shares import error
+from backupvault.hsm.state import ThresholdState
+from backupvault.protocol import (
+    DeleteShareRequest,
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    Message,
+    Op,
+)
+from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
+
+LIMIT = 4
+HOSTILE = 4
+
+
+def _forge(world: Simulation, slot: int, key: bytes, state: ThresholdState) -> bool:
+    """Node 4 makes honest node `slot` accept `state`, at a ballot above its promise."""
+    record = world.honest[slot].disk.get(key)
+    assert record is not None
+    value = ReplicatedValue([], state.to_bytes()).to_bytes()
+    ballot = record.promised_round + 1
+    answer = world.inject(HOSTILE, slot, Accept(b"forged", key, ballot, HOSTILE, value, 4, False))
+    assert isinstance(answer, Accepted)
+    return answer.ok
+
+
+def test_a_delete_is_verified_even_when_the_value_already_holds_it() -> None:
+    """Node 4 has each honest node accept a forged tombstone of the live version, then an
+    empty value over it carrying a garbage "owner signature" (both are accepted: neither
+    erases anything by itself). A hostile client then sends that same delete: the value
+    already holds it, so it used to be taken as another node's copy of a verified delete
+    and the share was erased unverified, on all three honest nodes."""
+    world = threshold_world(5, LIMIT, 2, seed=12, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"pw", bytes(32))
+    key = client.key
+    live = world.replicated(0, key)
+    garbage = bytes(64)
+    tomb = live.with_(
+        status=EntryStatus.DESTROYED,
+        manifest=b"",
+        acks=b"",
+        attempt=live.reset_attempt + LIMIT,
+    )
+    empty = tomb.with_(
+        status=EntryStatus.EMPTY,
+        attempt_hash=b"",
+        reset_attempt=tomb.attempt,
+        reset_hash=b"",
+        reset_signature=b"",
+        change_counter=7,
+        change_signature=garbage,
+    )
+    shares = {slot: world.honest[slot].rows[key].share for slot in (0, 1, 2)}
+    for slot in (0, 1, 2):
+        assert _forge(world, slot, key, tomb)
+        assert _forge(world, slot, key, empty)
+    forged = DeleteShareRequest(client.account, client.entry, 1, 7, garbage)
+    for slot in (0, 1, 2):
+        answer = world.request(slot, Op.DELETE_SHARE, forged)
+        assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.REFUSED
+    assert {slot: world.honest[slot].rows[key].share for slot in (0, 1, 2)} == shares
+
+
+def test_a_reset_verified_for_one_version_never_resets_the_next() -> None:
+    """The owner's reset of version 1 is verified, and its round runs; meanwhile node 4
+    has the node take version 2 (the owner's committed change, with its window moved) and
+    the node evaluates L guesses on it. When the reset's outcome is built, the row is of
+    version 2: it must answer "entry changed", not wipe version 2's count (which would
+    also keep version 2's tombstone from erasing the share)."""
+    world = threshold_world(5, LIMIT, 2, seed=11, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"old", bytes(32))
+    for _ in range(LIMIT - 1):
+        assert client.recover(b"wrong") is None
+    held: dict[str, Message] = {}
+    original = world.request
+
+    def relay(slot: int, op: Op, request: Message, seconds: float = 10.0) -> Message:
+        """Holds node 0's copy of the reset, and keeps node 0 out of the change."""
+        if slot == 0 and op is Op.RESET:
+            held.setdefault("reset", request)
+            return error(ErrorCode.FLEET_UNAVAILABLE, "held by the relay")
+        if slot == 0 and op is Op.COMMIT_SHARES:
+            world.isolated = {0}
+            return error(ErrorCode.FLEET_UNAVAILABLE, "held by the relay")
+        return original(slot, op, request, seconds)
+
+    world.request = relay  # type: ignore[method-assign]
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    client.change_password(recovered[0], b"new", bytes([7]) * 32)
+    key = client.key
+    keeper = world.honest[0].keeper
+    _, build = keeper.handle(Op.RESET, held["reset"]).apply(world.replicated(0, key))
+
+    version_2 = world.replicated(1, key).with_(attempt=0, reset_attempt=0, attempt_client_time_ms=0)
+    assert _forge(world, 0, key, version_2)
+    value = version_2
+    for j in range(1, LIMIT + 1):
+        blinded = oprf.blind(b"guess %d" % j)[1]
+        value = value.with_(
+            attempt=j,
+            attempt_hash=hashlib.sha256(blinded).digest(),
+            attempt_client_time_ms=j,
+        )
+        assert _forge(world, 0, key, value)
+        request = EvaluateRequest(client.account, client.entry, 2, blinded, j)
+        _, evaluate = keeper.handle(Op.EVALUATE, request).apply(value)
+        answer = evaluate()
+        assert isinstance(answer.response, EvaluateResponse)
+        for write in answer.writes:
+            world.honest[0].rows[write.key] = write.row
+        keeper.durable(answer.writes)
+    assert keeper.row(key).count == LIMIT
+
+    late = build()
+    assert isinstance(late.response, ErrorResponse)
+    assert late.response.code == ErrorCode.STALE_MANIFEST and late.writes == ()
+    assert (keeper.row(key).version, keeper.row(key).count) == (2, LIMIT)
+    assert _forge(world, 0, key, value.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b""))
+    assert keeper.row(key).share == b""  # version 2's tombstone erases it, on its own count
