@@ -23,6 +23,7 @@ import base64
 import functools
 import hashlib
 import heapq
+import math
 import secrets
 import struct
 import time
@@ -185,12 +186,22 @@ class TokenRejected(AuthenticationFailed):
         self.code = code
 
 
+#: Claim times beyond this (about 3 × 10^11 years in seconds) are refused as malformed.
+MAX_CLAIM_TIME = 1 << 63
+
+
 def _number(claims: dict[str, Any], name: str) -> float | None:
     value = claims.get(name)
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise TokenRejected("invalid_token", f"the token's '{name}' claim is not a number")
+    # JSON allows integers of any length and the parser takes NaN and Infinity: an `exp` of
+    # NaN never expires, and a 400-digit one does not fit a float.
+    if isinstance(value, int) and not -MAX_CLAIM_TIME <= value <= MAX_CLAIM_TIME:
+        raise TokenRejected("invalid_token", f"the token's '{name}' claim is out of range")
+    if not math.isfinite(value):
+        raise TokenRejected("invalid_token", f"the token's '{name}' claim is not a finite number")
     return float(value)
 
 

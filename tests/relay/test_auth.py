@@ -94,6 +94,12 @@ def _bad_tokens(operator_key: Ed25519PrivateKey) -> dict[str, str]:
         "bad-sub": jwt.encode(_claims(sub="alice\nbob"), operator_key, algorithm="EdDSA"),
         "numeric-sub": jwt.encode(_claims(sub=42), operator_key, algorithm="EdDSA"),
         "string-exp": jwt.encode(_claims(exp="never"), operator_key, algorithm="EdDSA"),
+        # Signed by the issuer, but malformed: a 401-digit time made the relay answer 502
+        # and a node 500; NaN never expired.
+        "huge-exp": jwt.encode(_claims(exp=10**400), operator_key, algorithm="EdDSA"),
+        "huge-nbf": jwt.encode(_claims(nbf=-(10**400)), operator_key, algorithm="EdDSA"),
+        "nan-exp": jwt.encode(_claims(exp=float("nan")), operator_key, algorithm="EdDSA"),
+        "infinite-exp": jwt.encode(_claims(exp=float("inf")), operator_key, algorithm="EdDSA"),
         "too-long": "a" * 5000,
     }
 
