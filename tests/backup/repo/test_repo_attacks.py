@@ -217,6 +217,39 @@ def test_tree_writing_through_a_link_fails_cleanly(
     assert os.listdir(outside) == []
 
 
+@pytest.mark.parametrize(
+    "entries",
+    [
+        # "a" -> "." makes "a/a/.../pw" the restore folder's own "pw", and its target,
+        # counted from its named parent, seemed to stay inside while it led to /etc.
+        [
+            Entry(SYMLINK, b"a", 0o777, 0, target=b"."),
+            Entry(SYMLINK, b"a/a/a/a/pw", 0o777, 0, target=b"../../../../etc/passwd"),
+        ],
+        # "a/out" is really "./out" -> "../victim": "out/planted" is made in victim.
+        [
+            Entry(SYMLINK, b"a", 0o777, 0, target=b"."),
+            Entry(SYMLINK, b"a/out", 0o777, 0, target=b"../victim"),
+            Entry(SYMLINK, b"out/planted", 0o777, 0, target=b"anything"),
+        ],
+        # a folder named after what is inside it
+        [Entry(FILE, b"d/f", 0o644, 0), Entry(DIR, b"d", 0o755, 0)],
+        # inside a file
+        [Entry(FILE, b"f", 0o644, 0), Entry(FILE, b"f/g", 0o644, 0)],
+    ],
+    ids=["link to itself as a folder", "link made through a link", "child first", "in a file"],
+)
+def test_a_tree_naming_anything_inside_what_is_not_an_earlier_folder_is_refused(
+    made: tuple[Path, Path], root_key: bytes, entries: list[Entry]
+) -> None:
+    _, repo = made
+    victim = repo.parent / "victim"
+    victim.mkdir()
+    _plant(repo, root_key, [Entry(DIR, ROOT, 0o755, 0), *entries])
+    assert_restore_fails(repo, root_key, InvalidInput)
+    assert os.listdir(victim) == []
+
+
 def test_damage_after_partial_write_leaves_nothing(
     made: tuple[Path, Path], root_key: bytes
 ) -> None:

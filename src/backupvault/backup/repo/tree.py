@@ -67,6 +67,7 @@ def decode(data: bytes) -> list[Entry]:
         pos = 4
         entries: list[Entry] = []
         seen: set[bytes] = set()
+        folders: set[bytes] = set()
         for _ in range(count):
             kind, name_len = _HEAD.unpack_from(data, pos)
             pos += _HEAD.size
@@ -99,7 +100,19 @@ def decode(data: bytes) -> list[Entry]:
                 raise InvalidInput("snapshot tree's root is not a folder")
             if path in seen:
                 raise InvalidInput(f"snapshot tree names {path!r} twice")
+            # Every entry inside a folder comes after that folder's own entry, as a backup
+            # writes them. Otherwise a link could stand where a folder is named ("a" a link
+            # to ".", then "a/x"), and restore would create "x" through it: where the link
+            # leads, which may be outside the restore folder.
+            parent = path.rpartition(b"/")[0]
+            if parent and parent not in folders:
+                raise InvalidInput(
+                    f"snapshot tree names {path!r} before its folder, or inside something "
+                    "that is not a folder"
+                )
             seen.add(path)
+            if kind == DIR:
+                folders.add(path)
             entries.append(entry)
     except struct.error:
         raise InvalidInput("snapshot tree is truncated") from None
