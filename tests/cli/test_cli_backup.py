@@ -386,6 +386,31 @@ def test_list_has_a_header_human_sizes_and_key_kinds(tmp_path: Path, source: Pat
     assert lines[3] == f"2 backups at {storage}"
 
 
+def test_names_with_brackets_are_printed_as_they_are(tmp_path: Path) -> None:
+    """Names are printed literally: "song [live].mp3" lost its "[live]" (rich markup),
+    and a source folder "x[/y]" made every later `backup list` end in a traceback."""
+    source = tmp_path / "x[" / "y]"
+    source.mkdir(parents=True)
+    (source / "song [live].mp3").write_text("a")
+    storage = tmp_path / "repo"
+    code = first_backup(source, storage)
+    (source / "song [live].mp3").write_text("b")
+    again = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+                stdin=code)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    listed = run("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    assert listed.returncode == 0, listed.stderr
+    assert str(source) in listed.stdout and "Traceback" not in listed.stderr
+    ids = [line.split()[0] for line in listed.stdout.splitlines()[1:3]]
+    diff = run("backup", "diff", *ids, "--storage", str(storage), "--recovery-code", "-",
+               stdin=code)  # fmt: skip
+    assert "M  song [live].mp3" in diff.stdout.splitlines()
+    missing = run("backup", "restore", "--storage", str(tmp_path / "no [/such]"),
+                  "--to", str(tmp_path / "r"), "--recovery-code", "-", stdin=code)  # fmt: skip
+    assert missing.returncode != 0 and "no [/such]" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_skipped_items_are_readable_text(tmp_path: Path, source: Path) -> None:
     os.mkfifo(source / "pipe")
     (source / "away").symlink_to("/etc/hostname")

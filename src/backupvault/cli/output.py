@@ -20,7 +20,9 @@ def _console(stderr: bool) -> Console:
     # CLI's start-up time, which `--json` runs (scripts, `backup create` in cron) skip.
     from rich.console import Console
 
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    # No markup: what is printed holds file names, and "song [live].mp3" would lose its
+    # "[live]" and a name with "[/" would raise rich's MarkupError.
+    return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
 
 
 @dataclass
@@ -82,9 +84,11 @@ class Output:
             payload = {"error": err.message, "hint": err.hint, "exit_code": err.exit_code}
             sys.stderr.write(json.dumps(payload, sort_keys=True) + "\n")
         else:
-            self.err.print(f"[bold red]error:[/] {err.message}", markup=True)
+            from rich.text import Text
+
+            self.err.print(Text.assemble(("error:", "bold red"), " ", err.message))
             if err.hint:
-                self.err.print(f"  [dim]hint:[/] {err.hint}", markup=True)
+                self.err.print(Text.assemble("  ", ("hint:", "dim"), " ", err.hint))
 
     def progress(self) -> ProgressBar:
         if self.quiet or self.json_mode or not self.err.is_terminal:
