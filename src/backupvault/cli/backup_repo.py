@@ -223,8 +223,9 @@ def backup_check(
         raise CheckFailed(
             f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
             + "\n  ".join(result.errors),
-            hint="restore what still restores; `backup create` re-uploads missing chunks "
-            "of files it reads again (use --force-read)",
+            hint="restore what still restores; the next `backup create` stores again the "
+            "lost chunks of every file it still has, and `backup prune` then drops lost "
+            "packs from the index",
         )
     ctx.output.done(
         data,

@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 
-from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
     Repository,
     create_snapshot,
@@ -92,7 +91,28 @@ def test_altered_chunk_blob(made: tuple[Path, Path], root_key: bytes, where: str
 def test_missing_pack(made: tuple[Path, Path], root_key: bytes) -> None:
     _, repo = made
     packs(repo)[1].unlink()
-    assert "missing" in str(assert_restore_fails(repo, root_key, StorageError))
+    assert "missing data" in str(assert_restore_fails(repo, root_key, AuthenticationFailed))
+
+
+def test_a_backup_after_a_pack_was_lost_stores_its_chunks_again(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """The index still lists the lost pack. A backup used to take its chunks as stored
+    (unchanged files kept their old chunk lists; new ones deduplicated against it), saved
+    a snapshot that could not be restored, and exited 0; `--force-read` did not help."""
+    source, repo = made
+    for pack in packs(repo):
+        pack.unlink()
+    (source / "new").write_bytes(b"something new")
+    info = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert any("missing from storage" in w for w in info.warnings)
+    dest = repo.parent / "again"
+    restore_snapshot(str(repo), root_key, dest, info.snapshot_id)
+    for name in os.listdir(source):
+        assert (dest / name).read_bytes() == (source / name).read_bytes()
+    opened = Repository.open(Storage(str(repo)), root_key)
+    damaged = maintenance.check(opened, read_data=True).errors
+    assert damaged and all(info.snapshot_id not in e for e in damaged)  # the old one only
 
 
 def test_swapped_packs(made: tuple[Path, Path], root_key: bytes) -> None:

@@ -393,8 +393,16 @@ def _create_locked(
     key_kind: int,
     exclude: tuple[str, ...],
 ) -> SnapshotInfo:
-    index, _packs, adopted = repo.load_index()
+    listed_index, packs, adopted = repo.load_index()
+    index, lost = listed_index.present(packs)
     warnings: list[str] = []
+    if lost:
+        warnings.append(
+            f"{len(lost)} pack{'s' if len(lost) != 1 else ''} that the index lists "
+            f"{'are' if len(lost) != 1 else 'is'} missing from storage: files with chunks "
+            "in them are read and stored again; older snapshots that need them stay "
+            "damaged (`backup check` names them, `backup prune` drops the lost packs)"
+        )
     last = state.last_made(str(source)) if state is not None else None
     if last is not None and last not in repo.snapshot_names():
         what = f"the last snapshot this device made of {source},"

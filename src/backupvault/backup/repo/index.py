@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 import struct
-from collections.abc import Iterable
+from collections.abc import Container, Iterable
 from dataclasses import dataclass, field
 from typing import Final, NamedTuple
 
@@ -151,3 +151,16 @@ class Index:
 
     def __contains__(self, chunk_id: object) -> bool:
         return chunk_id in self.chunks
+
+    def present(self, listed: Container[str]) -> tuple[Index, list[bytes]]:
+        """(this index without the packs that storage does not list, those packs). A chunk
+        in a lost pack is then in no index: a backup stores it again rather than refer
+        to it, and a restore that needs it says so before writing anything."""
+        kept = Index()
+        missing: list[bytes] = []
+        for pack_id, entries in self.packs.items():
+            if pack_id.hex() in listed:
+                kept.add_pack(pack_id, entries)
+            else:
+                missing.append(pack_id)
+        return kept, missing

@@ -146,7 +146,10 @@ def restore_snapshot(
     snapshot = repo.find_snapshot(snapshot_id)
     assert snapshot.entries is not None
     entries = select(snapshot.entries, include)
-    index, _, _ = repo.load_index(adopt_unindexed=False)
+    listed_index, packs, _ = repo.load_index(adopt_unindexed=False)
+    # Chunks are read only from packs storage still holds: where a chunk was stored
+    # again after its pack was lost, the copy that exists is the one used.
+    index, _lost = listed_index.present(packs)
     plan(entries, index)
     reporter = progress or NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
