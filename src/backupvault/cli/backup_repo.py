@@ -77,6 +77,12 @@ def key_options(function: Any) -> Any:
     return click.option("--storage", "storage_url", help="Where the backups are.")(function)
 
 
+def warn_damaged(ctx: Context, damaged: dict[str, str], then: str) -> None:
+    """A warning for each snapshot object that cannot be read, and what became of it."""
+    for name, why in sorted(damaged.items()):
+        ctx.output.warn(f"snapshot {name} cannot be read ({why}): {then}")
+
+
 def _open(
     ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> Repository:
@@ -137,6 +143,9 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
 @click.option(
     "--keep-monthly", default=0, type=click.IntRange(0), help="Newest of each of N months."
 )
+@click.option(
+    "--damaged", is_flag=True, help="Also remove snapshots that cannot be read (damaged)."
+)
 @click.option("--dry-run", is_flag=True, help="Only say what would be forgotten.")
 @key_options
 @pass_ctx
@@ -146,22 +155,26 @@ def backup_forget(
     keep_daily: int,
     keep_weekly: int,
     keep_monthly: int,
+    damaged: bool,
     dry_run: bool,
     storage_url: str | None,
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Remove snapshots the policy does not keep (per source and host). Their data stays
-    until `backup prune`."""
+    """Remove snapshots the policy does not keep (per source and host), and with
+    --damaged those that cannot be read. Their data stays until `backup prune`."""
     from backupvault.backup.repo import maintenance
 
     policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
-    if policy.empty():
+    if policy.empty() and not damaged:
         raise UsageError(
-            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly"
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly "
+            "(or --damaged alone, to remove only snapshots that cannot be read)"
         )
     repo = _open(ctx, storage_url, password_stdin, code)
-    kept, removed = maintenance.forget(repo, policy, dry_run=dry_run)
+    kept, removed = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)
+    if not damaged:
+        warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")
     text = "\n".join([f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed])
     removed_count = _plural(len(removed), "snapshot")
     if dry_run:

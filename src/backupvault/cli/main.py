@@ -595,7 +595,7 @@ def backup_restore(
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
     for name in info.passed_over:
-        ctx.output.warn(f"passed over {name}: its header is damaged or altered")
+        ctx.output.warn(f"passed over {name}: it is damaged or altered")
     _note_skipped(ctx, info.skipped)
     data = _backup_json(
         info.backup_id,
@@ -627,7 +627,12 @@ def backup_list(
     backups (with the kind of key that opens each), oldest first."""
     from backupvault.backup import human_size, list_backups, list_partials, redact_url
     from backupvault.backup.repo import maintenance
-    from backupvault.cli.backup_repo import existing_key, repository_exists, summary_row
+    from backupvault.cli.backup_repo import (
+        existing_key,
+        repository_exists,
+        summary_row,
+        warn_damaged,
+    )
 
     url = ctx.storage(storage_url)
     backups = list_backups(url)
@@ -664,6 +669,7 @@ def backup_list(
     if has_repository:
         repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
         found = maintenance.list_snapshots(repo)
+        warn_damaged(ctx, repo.damaged, "not listed; `backup check` shows the damage")
         snapshot_rows = [summary_row(s) for s in found]
         lines.append(
             f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "

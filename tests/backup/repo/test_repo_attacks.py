@@ -115,6 +115,48 @@ def test_a_backup_after_a_pack_was_lost_stores_its_chunks_again(
     assert damaged and all(info.snapshot_id not in e for e in damaged)  # the old one only
 
 
+def test_a_damaged_parent_never_stops_the_next_backup(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """One flipped byte in the newest snapshot's tree made every later backup of the
+    source fail; `forget` could not remove it (every policy keeps the newest)."""
+    source, repo = made
+    (snap,) = (repo / "snapshots").iterdir()
+    flip(snap, snap.stat().st_size - 1)
+    info = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert info.parent_id is None and info.files_read == len(os.listdir(source))
+    assert any(snap.name in w and "cannot be read" in w for w in info.warnings)
+    restored = restore_snapshot(str(repo), root_key, repo.parent / "r")
+    assert restored.backup_id == info.snapshot_id
+
+
+def test_an_object_that_is_no_snapshot_is_left_out_and_can_be_removed(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """A stray object among the snapshots made list, restore of the latest, backup and
+    prune fail with "bad magic", naming nothing."""
+    _, repo = made
+    (good,) = (repo / "snapshots").iterdir()
+    stray = repo / "snapshots" / ("0123456789abcdef" * 2)
+    stray.write_bytes(os.urandom(300))
+    opened = Repository.open(Storage(str(repo)), root_key)
+    assert [s.snapshot_id for s in maintenance.list_snapshots(opened)] == [good.name]
+    assert list(opened.damaged) == [stray.name]
+    restored = restore_snapshot(str(repo), root_key, repo.parent / "r")
+    assert (restored.backup_id, restored.passed_over) == (good.name, [stray.name])
+    with pytest.raises(BackupVaultError, match=stray.name) as refused:
+        maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    assert "forget --damaged" in str(refused.value)
+    kept, removed = maintenance.forget(
+        Repository.open(Storage(str(repo)), root_key),
+        maintenance.Policy(),
+        dry_run=False,
+        damaged=True,
+    )
+    assert (kept, removed) == ([good.name], [stray.name]) and not stray.exists()
+    maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+
+
 def test_swapped_packs(made: tuple[Path, Path], root_key: bytes) -> None:
     _, repo = made
     first, second = packs(repo)[:2]

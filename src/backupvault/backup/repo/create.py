@@ -47,7 +47,7 @@ from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
-from backupvault.errors import InvalidInput
+from backupvault.errors import AuthenticationFailed, InvalidInput
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
@@ -411,8 +411,17 @@ def _create_locked(
     parent: snapshots.Snapshot | None = None
     for candidate in reversed(repo.list_snapshots()):
         if candidate.summary.source == str(source) and candidate.summary.host == host:
-            parent = repo.read_snapshot(candidate.id_hex)
+            try:
+                parent = repo.read_snapshot(candidate.id_hex)
+            except (AuthenticationFailed, InvalidInput) as exc:
+                # Its tree is damaged: back up without a parent (every file is read) rather
+                # than never again.
+                repo.found_damaged(candidate.id_hex, exc)
             break
+    warnings.extend(
+        f"snapshot {name} cannot be read ({why}): left out; `backup check` shows the damage"
+        for name, why in sorted(repo.damaged.items())
+    )
     previous: dict[bytes, Entry] = {}
     if parent is not None and parent.entries is not None and not force_read:
         previous = {e.path: e for e in parent.entries if e.kind == FILE}

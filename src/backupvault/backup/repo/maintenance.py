@@ -25,7 +25,7 @@ from backupvault.backup.errors import StorageError
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
-from backupvault.backup.repo.index import PackEntry, open_pack_header
+from backupvault.backup.repo.index import OBJECT_ID_LEN, PackEntry, open_pack_header
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     SHARED,
@@ -35,7 +35,7 @@ from backupvault.backup.repo.repository import (
 )
 from backupvault.backup.repo.tree import FILE
 from backupvault.backup.storage import Storage
-from backupvault.errors import BackupVaultError, UsageError
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
 REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
 STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
@@ -166,16 +166,35 @@ def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str
     return [i for i in ordered if i in kept], [i for i in ordered if i not in kept]
 
 
-def forget(repo: Repository, policy: Policy, *, dry_run: bool) -> tuple[list[str], list[str]]:
-    """Delete the snapshots `policy` does not keep. (Every policy keeps the newest of each
-    source, so the device state's "last made" snapshot is never forgotten.)"""
+def forget(
+    repo: Repository, policy: Policy, *, dry_run: bool, damaged: bool = False
+) -> tuple[list[str], list[str]]:
+    """Delete the snapshots `policy` does not keep (an empty policy keeps every one), and
+    with `damaged` the snapshot objects that cannot be read (`repo.damaged`). (Every
+    policy keeps the newest of each source, so the device state's "last made" snapshot is
+    never forgotten.)"""
     with repo.lock(EXCLUSIVE):
-        kept, removed = apply_policy(list_snapshots(repo), policy)
+        found = list_snapshots(repo)
+        removed: list[str]
+        if policy.empty():
+            kept, removed = [s.snapshot_id for s in found], []
+        else:
+            kept, removed = apply_policy(found, policy)
+        if damaged:
+            removed += sorted(repo.damaged)
         if not dry_run:
             for snapshot_id in removed:
-                repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
+                if _is_object_id(snapshot_id):
+                    repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
     return kept, removed
+
+
+def _is_object_id(name: str) -> bool:
+    try:
+        return len(bytes.fromhex(name)) == OBJECT_ID_LEN and name == name.lower()
+    except ValueError:
+        return False
 
 
 # ---- prune ------------------------------------------------------------------------------
@@ -199,8 +218,19 @@ class PruneResult:
 def snapshot_references(repo: Repository) -> tuple[set[bytes], set[str]]:
     """The chunks the snapshots use, and the parents they name."""
     names = list(repo.snapshot_names())
+
+    def read(name: str) -> snapshots.Snapshot:
+        try:
+            return repo.read_snapshot(name)
+        except (AuthenticationFailed, InvalidInput) as exc:
+            raise type(exc)(
+                f"snapshot {name} cannot be read: {exc.message}",
+                hint="prune deletes nothing while a snapshot cannot be read (it may use any "
+                "pack); `backup forget --damaged` removes snapshots that cannot be read",
+            ) from None
+
     with ThreadPoolExecutor(8) as pool:
-        trees = list(pool.map(repo.read_snapshot, names))
+        trees = list(pool.map(read, names))
     used: set[bytes] = set()
     parents: set[str] = set()
     for snap in trees:

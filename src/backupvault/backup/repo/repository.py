@@ -41,7 +41,7 @@ from backupvault.backup.repo.index import (
 )
 from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
 from backupvault.backup.storage import Storage
-from backupvault.errors import BackupVaultError, InvalidInput, UsageError
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
 CONFIG_NAME: Final = "config"
 LOCK_AAD: Final = b"BVLOCK02"
@@ -159,6 +159,10 @@ class Repository:
         self.keys = keys
         self.root_key = root_key
         self.sealer = Sealer(config, keys)
+        #: Snapshot objects this handle found damaged (name -> why): they fail
+        #: authentication or are no snapshot at all. Left out of every listing, so one bad
+        #: object never stops list, restore, backup or forget; the commands warn of each.
+        self.damaged: dict[str, str] = {}
 
     # ---- opening --------------------------------------------------------------------
 
@@ -287,17 +291,30 @@ class Repository:
                 return self.read_snapshot(name, with_tree=False)
             except MissingObject:
                 return None  # forgotten since it was listed (forget on another device)
+            except (AuthenticationFailed, InvalidInput) as exc:
+                self.found_damaged(name, exc)
+                return None
 
         with ThreadPoolExecutor(8) as pool:
             found = [s for s in pool.map(summary, names) if s is not None]
         found.sort(key=lambda s: (s.header.created_at_us, s.id_hex))
         return found
 
+    def found_damaged(self, name: str, exc: BackupVaultError) -> None:
+        """Note snapshot object `name` as damaged, `exc` saying why."""
+        self.damaged[name] = exc.message.removeprefix(f"snapshot {name} ")
+
     def find_snapshot(self, prefix: str | None) -> snapshots.Snapshot:
         """The latest snapshot, or the one whose id starts with `prefix`, with its tree."""
         names = sorted(self.snapshot_names())
         if prefix is None:
             listed = self.list_snapshots()
+            if not listed and self.damaged:
+                name, why = next(iter(self.damaged.items()))
+                raise AuthenticationFailed(
+                    f"no snapshot at {self.backend.display_url} can be read: {name}: {why}",
+                    hint="run `backupvault backup check` to see what is damaged",
+                )
             if not listed:
                 raise BackupNotFound(f"no snapshots at {self.backend.display_url}")
             return self.read_snapshot(listed[-1].id_hex)

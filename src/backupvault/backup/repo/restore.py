@@ -189,6 +189,7 @@ def restore_snapshot(
         bytes=sum(e.size for e in files),
         key=key,
         skipped=skipped,
+        passed_over=sorted(repo.damaged),
     )
 
 
