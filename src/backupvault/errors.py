@@ -16,6 +16,8 @@ class BackupVaultError(Exception):
         super().__init__(message)
         self.message = message
         self.hint = hint
+        #: More fields for `--json`'s error object (what a script needs to act on it).
+        self.details: dict[str, str] = {}
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"

@@ -497,6 +497,54 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_prune_removes(
     assert data["partials"] == [] and data["backups"] == [] and len(data["snapshots"]) == 1
 
 
+def test_an_interrupted_first_backup_gives_its_new_code_so_it_can_go_on(tmp_path: Path) -> None:
+    """The first `--recovery-code` backup makes the repository (its config holds the key
+    wrapped under the new code) before it reads the source. Interrupted then, it used to
+    print the code nowhere, leaving storage no one could ever use."""
+    source = tmp_path / "big"
+    source.mkdir()
+    with open(source / "sparse.img", "wb") as sparse:
+        sparse.truncate(40 << 30)  # 40 GiB of holes: reading it takes long, storing it little
+    storage = tmp_path / "storage"
+    args = ["--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"]
+    first = subprocess.Popen(
+        [sys.executable, "-m", "backupvault", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (storage / "config").exists():
+            assert first.poll() is None, "the backup ended before it could be interrupted"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        first.send_signal(signal.SIGINT)
+        _, err = first.communicate(timeout=60)
+    assert first.returncode == 130
+    failed = json.loads(err.strip().splitlines()[-1])
+    code = failed["recovery_code"]
+    assert "run the backup again with --recovery-code" in failed["hint"]
+    (source / "sparse.img").unlink()
+    (source / "note.txt").write_text("kept")
+    again = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+                stdin=code)  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    restored = run("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "r"),
+                   "--recovery-code", "-", stdin=code)  # fmt: skip
+    assert restored.returncode == 0 and (tmp_path / "r" / "note.txt").read_text() == "kept"
+
+
+def test_a_new_recovery_code_is_printed_before_the_backup_begins(
+    tmp_path: Path, source: Path
+) -> None:
+    made = run("backup", "create", str(source), "--storage", str(tmp_path / "s"),
+               "--recovery-code")  # fmt: skip
+    lines = made.stdout.splitlines()
+    assert lines[0].startswith("recovery code of the new repository (write it down now")
+    assert re.fullmatch(r"  [0-9a-f]{4}(-[0-9a-f]{4}){16}", lines[1])
+    assert lines[2].startswith("snapshot ") and len(lines) == 3  # shown once
+
+
 def _on_small_disk(tmp_path: Path, size: str, command: list[str], stdin: str = "") -> str:
     """Run `command` with a fresh tmpfs of `size` at tmp_path/disk, in a private user and
     mount namespace (no privileges needed); returns stderr plus what the disk held after."""

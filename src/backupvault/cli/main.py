@@ -199,6 +199,9 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
     return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
 
 
+_WRITE_IT_DOWN = "write it down now; without it these backups cannot be opened"
+
+
 @contextlib.contextmanager
 def _on_interrupt(what: str, hint: str) -> Iterator[None]:
     """Ctrl-C during a backup or a restore: say what it left, not only "aborted"."""
@@ -470,23 +473,39 @@ def backup_create(
         root_key, registered = _root_key_from_vault(
             ctx, password, register=True, storage_url=url, new_key=new_key
         )
-    with (
-        _on_interrupt(
-            "backup interrupted: no snapshot was saved",
-            hint="run it again: it reuses the data this one already stored",
-        ),
-        ctx.output.progress() as bar,
-    ):
-        info = create_snapshot(
-            source,
-            url,
-            root_key,
-            bar,
-            force_read=force_read,
-            state_dir=default_dir(),
-            key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
-            exclude=exclude,
-        )
+    code = recovery.encode(root_key) if new_code else None
+    if code is not None and not ctx.output.json_mode:
+        # Before anything is written: a first backup that fails or is interrupted once the
+        # repository exists would otherwise leave one whose code nobody ever saw.
+        ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):\n  {code}")
+    try:
+        with (
+            _on_interrupt(
+                "backup interrupted: no snapshot was saved",
+                hint="run it again: it reuses the data this one already stored",
+            ),
+            ctx.output.progress() as bar,
+        ):
+            info = create_snapshot(
+                source,
+                url,
+                root_key,
+                bar,
+                force_read=force_read,
+                state_dir=default_dir(),
+                key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
+                exclude=exclude,
+            )
+    except BackupVaultError as err:
+        if code is not None and repository_exists(url):
+            where = "in `recovery_code`" if ctx.output.json_mode else "printed above"
+            err.hint = (
+                f"the new repository was made, with the recovery code {where}: run the "
+                "backup again with --recovery-code and give that code when asked "
+                "(it reuses the data already stored)"
+            )
+            err.details["recovery_code"] = code
+        raise
     data = _backup_json(
         info.snapshot_id,
         info.created_at,
@@ -515,12 +534,8 @@ def backup_create(
     )
     if registered:
         ctx.output.note("a new key was registered in the vault behind your password")
-    if new_code:
-        code = recovery.encode(root_key)
-        data["recovery_code"] = code
-        text += (
-            f"\nrecovery code (write it down; without it these backups cannot be opened):\n  {code}"
-        )
+    if code is not None:
+        data["recovery_code"] = code  # for people, printed before the backup began
     _note_skipped(ctx, info.skipped)
     unread = sum(item.unread for item in info.skipped)
     if unread:
@@ -529,8 +544,8 @@ def backup_create(
             + " could not be read, so this snapshot lacks what is in them (exit code 8);"
             " give the backup the right to read them, or --exclude them"
         )
-    if new_code:
-        ctx.output.result(data, text)  # the code is shown once: even under -q
+    if code is not None:
+        ctx.output.result(data, text)  # as the code: even under -q
     else:
         ctx.output.done(data, text)
     if unread:

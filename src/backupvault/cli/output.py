@@ -81,7 +81,12 @@ class Output:
 
     def error(self, err: BackupVaultError) -> None:
         if self.json_mode:
-            payload = {"error": err.message, "hint": err.hint, "exit_code": err.exit_code}
+            payload = {
+                **err.details,
+                "error": err.message,
+                "hint": err.hint,
+                "exit_code": err.exit_code,
+            }
             sys.stderr.write(json.dumps(payload, sort_keys=True) + "\n")
         else:
             from rich.text import Text
