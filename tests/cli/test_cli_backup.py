@@ -534,6 +534,14 @@ def test_an_interrupted_first_backup_gives_its_new_code_so_it_can_go_on(tmp_path
     assert restored.returncode == 0 and (tmp_path / "r" / "note.txt").read_text() == "kept"
 
 
+def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source: Path) -> None:
+    link = tmp_path / "Documents"
+    link.symlink_to(source)
+    made = run("backup", "create", str(link), "--storage", str(tmp_path / "s"), "--recovery-code")
+    assert made.returncode != 0 and not (tmp_path / "s").exists()  # nothing made
+    assert f"is a symbolic link (to {source}): give what it points to, {source}" in made.stderr
+
+
 def test_a_new_recovery_code_is_printed_before_the_backup_begins(
     tmp_path: Path, source: Path
 ) -> None:

@@ -474,10 +474,15 @@ def backup_create(
             ctx, password, register=True, storage_url=url, new_key=new_key
         )
     code = recovery.encode(root_key) if new_code else None
-    if code is not None and not ctx.output.json_mode:
-        # Before anything is written: a first backup that fails or is interrupted once the
-        # repository exists would otherwise leave one whose code nobody ever saw.
-        ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):\n  {code}")
+
+    def show_code() -> None:
+        # As soon as the repository exists, before the backup writes anything: one that
+        # fails or is interrupted later would otherwise leave a repository whose code
+        # nobody ever saw.
+        if code is not None and not ctx.output.json_mode:
+            ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):")
+            ctx.output.out.print(f"  {code}")
+
     try:
         with (
             _on_interrupt(
@@ -495,6 +500,7 @@ def backup_create(
                 state_dir=default_dir(),
                 key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
                 exclude=exclude,
+                on_new_repository=show_code,
             )
     except BackupVaultError as err:
         if code is not None and repository_exists(url):

@@ -105,19 +105,31 @@ def excluded(path: bytes, patterns: tuple[str, ...]) -> bool:
     return False
 
 
+def source_stat(source: Path) -> os.stat_result:
+    """The backup source's own status, if it is a file or a folder (checked before the
+    repository is made: a first backup that cannot start makes nothing)."""
+    try:
+        st = os.lstat(source)
+    except OSError as exc:
+        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise SourceError(
+            f"backup source {source} is a symbolic link (to {os.readlink(source)}): "
+            f"give what it points to, {source.resolve()}"
+        )
+    if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
+        raise SourceError(f"backup source {source} is not a file or folder")
+    return st
+
+
 def walk(
     source: Path, exclude: tuple[str, ...] = ()
 ) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
     """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`,
     leaving out what `exclude` matches (a folder with everything in it)."""
     skipped: list[Skipped] = []
-    try:
-        st = os.lstat(source)
-    except OSError as exc:
-        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
+    st = source_stat(source)
     if not stat.S_ISDIR(st.st_mode):
-        if not stat.S_ISREG(st.st_mode):
-            raise SourceError(f"backup source {source} is not a file or folder")
         entry = _entry(os.fsencode(source.name), st)
         assert entry is not None
         return snapshots.KIND_FILE, [(str(source), entry)], skipped
@@ -330,8 +342,10 @@ def create_snapshot(
     state_dir: Path | None = None,
     key_kind: int = KEY_UNKNOWN,
     exclude: tuple[str, ...] = (),
+    on_new_repository: Callable[[], None] | None = None,
 ) -> SnapshotInfo:
-    """Back up `source` into the repository at `storage_url` (created on first use).
+    """Back up `source` into the repository at `storage_url` (created on first use; then
+    `on_new_repository` is called as soon as it exists, before anything else is written).
     `key_kind` (backup/keykinds.py) records how RK is kept: the vault, or a recovery code.
     `exclude`: patterns of paths inside `source` to leave out (`excluded`).
 
@@ -344,10 +358,14 @@ def create_snapshot(
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
+    source_stat(source_path)
     reporter = progress or NoProgress()
     _keep_freed_memory()
     storage = Storage(storage_url, storage_options)
+    new = not Repository.exists(storage)
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
+    if new and on_new_repository is not None:
+        on_new_repository()
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED):
         info = _create_locked(
