@@ -67,6 +67,7 @@ def _open(data: Path, sealer: TokenSealer) -> NodeStore:
     row_key = ring.load(store_generation(data / "store.sqlite"))
     store = NodeStore(data / "store.sqlite", 0, STORAGE_KEY, row_key, ring.generation())
     store.key_rotation = ring
+    store.finish_owed_rotation()
     return store
 
 
@@ -454,3 +455,132 @@ def test_a_share_replaced_by_another_in_one_write_is_an_erasure(
     found = store.get_share(ENTRY_A)
     assert found is not None and found.share == changed.share
     store.close()
+
+
+# ---- a disk owner around a detected rollback and an erasure ---------------------------
+
+
+def _counted(count: int, share: bytes = SHARE) -> NodeShare:
+    evaluated = [Evaluation(a, bytes([a]) * 32) for a in range(1, count + 1)]
+    return NodeShare(1, share, b"manifest" if share else b"", evaluated)
+
+
+def _write(store: NodeStore, sealer: TokenSealer, records: list[AcceptorRecord]) -> None:
+    store.save(records, caught_up=True)  # as the node's group commit: the store, then the token
+    sealer.advance_store_counter(store.counter)
+
+
+def _copy(source: Path, target: Path) -> None:
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+
+
+def test_a_row_of_the_history_a_rollback_lost_cannot_be_put_back(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """After a rollback the store's versions started again where the restored copy had
+    stopped, so the row settled after it could land at the very (name, version) a row of
+    the lost history had: that row put back matched its seal and its bucket's digest, and
+    was trusted, with its older, lower count."""
+    data, store = _node(tmp_path, sealer)
+    node_main.store_is_intact(store, sealer)
+    _write(store, sealer, [share_record(ENTRY_A, _counted(0)), AcceptorRecord(b"other", 1, 1)])
+    store.close()
+    _copy(data, tmp_path / "copy")  # the attacker's older copy
+
+    store = _open(data, sealer)
+    assert node_main.store_is_intact(store, sealer)
+    _write(store, sealer, [share_record(ENTRY_A, _counted(2))])
+    name = store.name_of(SHARE_PREFIX + ENTRY_A)
+    with sqlite3.connect(data / "store.sqlite") as db:
+        lost_ver, lost_row = db.execute(
+            "SELECT ver, row FROM record WHERE name = ?", (name,)
+        ).fetchone()
+    for count in (5, 9):
+        _write(store, sealer, [share_record(ENTRY_A, _counted(count))])
+    store.close()
+
+    _copy(tmp_path / "copy", data)  # rolled back: found, and the count settled again at 9
+    store = _open(data, sealer)
+    assert node_main.store_is_intact(store, sealer) is False
+    assert store.share_suspect(ENTRY_A) and store.catching_up
+    _write(store, sealer, [share_record(ENTRY_A, _counted(9))])
+    with sqlite3.connect(data / "store.sqlite") as db:
+        (settled_ver,) = db.execute("SELECT ver FROM record WHERE name = ?", (name,)).fetchone()
+    store.close()
+    assert settled_ver > lost_ver  # a version the lost history never used
+
+    with sqlite3.connect(data / "store.sqlite") as db:  # the node stopped; the lost row back
+        db.execute("UPDATE record SET ver = ?, row = ? WHERE name = ?", (lost_ver, lost_row, name))
+    store = _open(data, sealer)
+    assert node_main.store_is_intact(store, sealer)
+    with pytest.raises(StoreCorrupted):
+        store.get_share(ENTRY_A)
+    store.close()
+
+
+def test_a_start_that_finds_a_rollback_leaves_no_half_written_state(
+    tmp_path: Path, sealer: TokenSealer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Finding a rollback raised the counter, then marked the catch-up, then distrusted
+    the share rows, in three writes: a start that died after the first made the next one
+    take the rolled-back store as intact, and trust its counts."""
+    data, store = _node(tmp_path, sealer)
+    node_main.store_is_intact(store, sealer)
+    _write(store, sealer, [share_record(ENTRY_A, _counted(1))])
+    store.close()
+    _copy(data, tmp_path / "old")
+    store = _open(data, sealer)
+    for count in range(2, 10):
+        _write(store, sealer, [share_record(ENTRY_A, _counted(count))])
+    store.close()
+
+    _copy(tmp_path / "old", data)
+    store = _open(data, sealer)
+
+    def disk_fails(self: NodeStore) -> None:
+        raise sqlite3.OperationalError("disk I/O error")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeStore, "mark_catching_up", disk_fails)
+        with pytest.raises(sqlite3.OperationalError):
+            node_main.store_is_intact(store, sealer)
+    store.close()
+
+    store = _open(data, sealer)
+    assert node_main.store_is_intact(store, sealer) is False
+    assert store.share_suspect(ENTRY_A)
+    store.close()
+
+
+def test_an_erasure_whose_key_rotation_failed_is_rotated_before_the_node_serves(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """The erasure commits, then its bucket's key is rotated. If the rotation failed (a
+    crash, or a folder squatting the next row key's file name), nothing remembered it:
+    an older copy of the data folder opened with the current token, then and for good."""
+    data, store = _node(tmp_path, sealer)
+    node_main.store_is_intact(store, sealer)
+    _write(store, sealer, [share_record(ENTRY_A, _counted(1))])
+    name = store.name_of(SHARE_PREFIX + ENTRY_A)
+    store.close()
+    _copy(data, tmp_path / "backup")
+
+    (data / ROW_KEY_NEXT).mkdir()
+    store = _open(data, sealer)
+    assert node_main.store_is_intact(store, sealer)
+    with pytest.raises(OSError):  # the node stops serving (its writer fails)
+        store.save([share_record(ENTRY_A, _counted(1, share=b""))], caught_up=True)
+    assert store.rotation_owed == {bucket_of(name)}
+    store.close()
+    with pytest.raises(OSError):  # still squatted: the node does not start
+        _open(data, sealer)
+    (data / ROW_KEY_NEXT).rmdir()
+
+    store = _open(data, sealer)  # the owed rotation is done before anything else
+    assert store.rotation_owed == set() and store.generation == 2
+    erased = store.get_share(ENTRY_A)
+    assert erased is not None and erased.share == b""
+    store.close()
+    with pytest.raises(Exception, match="row key"):  # the old row key is gone from the token
+        RowKeyRing(sealer, tmp_path / "backup").load(1)

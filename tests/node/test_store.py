@@ -22,6 +22,7 @@ from backupvault.node.store import (
     StoreRecords,
     bucket_of,
     share_record,
+    store_generation,
 )
 from backupvault.protocol import EntryStatus
 
@@ -413,3 +414,36 @@ def test_share_rows_found_behind_a_rollback_stay_suspect_across_restarts(
     assert not store.share_suspect(ENTRY_A)  # written since
     assert store.share_suspect(ENTRY_B)
     assert not store.share_suspect(EntryId("carol", "root-key").to_bytes())  # no row
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        "file is not a database",
+        "UPDATE row_key SET generation = 'abc'",
+        "UPDATE bucket SET ver = 'x'",
+        "UPDATE meta SET row = NULL",
+        "UPDATE bucket_key SET row = 5",
+    ],
+)
+def test_a_malformed_store_is_refused_as_damaged_not_with_a_traceback(
+    tmp_path: Path, damage: str
+) -> None:
+    """Only sealed rows are authenticated; the clear columns of a damaged file can hold
+    anything, and gave raw sqlite3, ValueError or TypeError exceptions."""
+    path = tmp_path / "store.sqlite"
+    made = NodeStore(path, 0, b"k" * 32)
+    made.save([AcceptorRecord(b"a", 1, 0), AcceptorRecord(b"b", 2, 0)])
+    made.close()
+    if damage == "file is not a database":
+        path.write_bytes(b"x" * 5000)
+        for extra in ("-wal", "-shm"):
+            Path(f"{path}{extra}").unlink(missing_ok=True)
+    else:
+        with sqlite3.connect(path) as db:
+            db.execute(damage)
+    with pytest.raises(StoreCorrupted, match=r"malformed|rolled back"):
+        store_generation(path)
+        store = NodeStore(path, 0, b"k" * 32)
+        store.verify_all()
+        store.get(b"a")

@@ -371,6 +371,7 @@ def build_service(config: NodeConfig) -> NodeService:
     sealer = TokenSealer(config.token)
     # An erased share re-seals the store under a new row key, the old one destroyed.
     store.key_rotation = RowKeyRing(sealer, config.data_dir)
+    store.finish_owed_rotation()  # an erasure whose rotation did not get done: before serving
     intact = store_is_intact(store, sealer)
     accounts = TokenVerifier(
         Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),

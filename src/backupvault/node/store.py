@@ -43,15 +43,21 @@ Tables:
       plain = u64(counter) || u64(last ver) || u64(max promised round) || top (32)
               || store id (16) || u16(n) || n × (u16(peer) || u8(len) || store id || u64(upto))
               || u64(suspect through)       (absent in stores of earlier versions: 0)
+              || u8(catching up)            (absent: 0)
+              || u16(k) || k × u16(bucket)  (rotations owed: buckets with an erased row
+                                             whose key is not yet replaced; absent: none)
       top  = Σ HMAC-SHA256(digest_key, "bucket" || u16(id) || u64(ver)) over every bucket, mod 2^256
 
 `counter` counts transactions and is what the token's monotonic counter follows
 (docs/fleet.md). The marks (peer, store id, upto) say how far this node merged each peer's
-store when it last caught up; the store id is fresh whenever the version sequence might
-repeat numbers it already gave out (new store, or `raise_counter` after a rollback).
-`suspect through`: the last version written when the node last started with its store
-behind the token (`distrust_share_rows`); a share row of that version or below may hold a
-rolled-back count, on every later start too, until it is written again (docs/threshold.md,
+store when it last caught up; the store id is fresh whenever peers may hold marks of a
+history this store no longer has (new store, or `raise_counter` after a rollback).
+Versions: every written row takes the next one, and a store found behind the token
+moves past every version the lost history can have used (`raise_counter`), so no (name,
+version) is ever written twice in one store's life. `suspect through`: the last version
+written when the node last started with its store behind the token
+(`distrust_share_rows`); a share row of that version or below may hold a rolled-back
+count, on every later start too, until it is written again (docs/threshold.md,
 "Counters and erasure"). 0: none.
 
 Rollback protection without reading every row: at open, the bucket rows (a few thousand)
@@ -81,6 +87,7 @@ what this store controls (docs/operations.md).
 
 from __future__ import annotations
 
+import functools
 import hmac
 import os
 import sqlite3
@@ -88,9 +95,9 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -107,6 +114,9 @@ _MOD = 2**256
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
 CACHED_RECORDS = 20_000  # records kept decrypted in memory (about 1 KB each)
+#: Rows one `save` may write. It bounds the versions a history can use per count of the
+#: counter, so `raise_counter` can start this history's versions above all of them.
+ROWS_PER_SAVE = 1 << 20
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
@@ -171,6 +181,25 @@ class KeyRotation(Protocol):
     def finish_rotation(self, generation: int) -> None: ...
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _refuses_malformed(method: _F) -> _F:
+    """What a damaged file gives SQLite or the code (not a database, a text where a number
+    belongs, a NULL row) is a refusal that says so, not a traceback: only the sealed rows
+    are authenticated, and the store's clear columns can hold anything."""
+
+    @functools.wraps(method)
+    def checked(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(*args, **kwargs)
+        except (sqlite3.DatabaseError, ValueError, TypeError, struct.error) as exc:
+            raise StoreCorrupted(f"node store is malformed ({exc})", hint=_CORRUPT_HINT) from None
+
+    return checked  # type: ignore[return-value]
+
+
+@_refuses_malformed
 def store_generation(path: Path) -> int:
     """The row key generation a store file records (0: none, or no store yet). Read in
     the clear: it only says which key to try, the rows authenticate under it."""
@@ -180,13 +209,14 @@ def store_generation(path: Path) -> int:
     try:
         found = db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
     except sqlite3.OperationalError:
-        return 0
+        return 0  # no such table: no generation recorded
     finally:
         db.close()
     return 0 if found is None else int(found[0])
 
 
 class NodeStore:
+    @_refuses_malformed
     def __init__(
         self,
         path: Path,
@@ -269,6 +299,9 @@ class NodeStore:
         self.suspect_through = 0
         #: A catch-up began and has not finished (`mark_catching_up`).
         self.catching_up = False
+        #: Buckets holding an erased row whose key rotation has not been done yet: owed
+        #: in the erasing transaction itself, done by `finish_owed_rotation`.
+        self.rotation_owed: set[int] = set()
         self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
         self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
@@ -379,6 +412,9 @@ class NodeStore:
                 (self.suspect_through,) = struct.unpack(">Q", plain[at : at + 8])
             if len(plain) >= at + 9:
                 self.catching_up = bool(plain[at + 8])
+            if len(plain) >= at + 11:
+                (owed,) = struct.unpack(">H", plain[at + 9 : at + 11])
+                self.rotation_owed = set(struct.unpack(f">{owed}H", plain[at + 11 :]))
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
@@ -450,6 +486,7 @@ class NodeStore:
 
     # ---- checking buckets ---------------------------------------------------------------
 
+    @_refuses_malformed
     def _verify(self, bucket: int, db: sqlite3.Connection) -> None:
         """Check the bucket's records (names and versions) against its digest, once."""
         if bucket in self._verified:
@@ -497,6 +534,7 @@ class NodeStore:
             raise StoreCorrupted("node store row holds another entry's record")
         return record
 
+    @_refuses_malformed
     def get(self, key: bytes) -> AcceptorRecord | None:
         """The entry's record, after its bucket is checked (a missing row may have been
         removed: the check says whether it ever was there)."""
@@ -522,6 +560,7 @@ class NodeStore:
         except InvalidInput:
             raise StoreCorrupted("node store share row is malformed", hint=_CORRUPT_HINT) from None
 
+    @_refuses_malformed
     def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
         """Records written after version `since` (see `RecordSource.changed_since`)."""
         with self._lock:  # no commit between the rows read and the version reported
@@ -574,6 +613,8 @@ class NodeStore:
         latest = {r.key: (r, self.name_of(r.key)) for r in records}
         if not latest:
             return
+        if len(latest) > ROWS_PER_SAVE:
+            raise ValueError(f"one save writes at most {ROWS_PER_SAVE} rows")
         catching_up = self.catching_up and not caught_up
         with self._lock:
             touched = {bucket_of(name) for _, name in latest.values()}
@@ -630,7 +671,13 @@ class NodeStore:
                     "INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", buckets
                 )
                 new_marks = {**self._marks, **(marks or {})}
-                self._write_meta(seq, ver, max_round, top, self.store_id, new_marks, catching_up)
+                # The rotation an erasure owes is recorded with the erasure: if it then
+                # fails (a crash, a full disk, a squatted key file), the node does it
+                # before it serves again rather than never.
+                owed = self.rotation_owed | (erased if self.key_rotation is not None else set())
+                self._write_meta(
+                    seq, ver, max_round, top, self.store_id, new_marks, catching_up, owed=owed
+                )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -640,19 +687,26 @@ class NodeStore:
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
             self.catching_up = catching_up
             self._marks = new_marks
+            self.rotation_owed = owed
             for bucket, digest in digests.items():
                 self._buckets[bucket] = (seq, digest)
         if erased:
             # Older page images of the entry stay in the WAL until it is checkpointed;
             # secure_delete zeroes what the checkpoint frees in the database file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
-            if self.key_rotation is not None:
-                # Copies of the data folder (backups, older disk images) still hold the
-                # erased row under its bucket's key: a new key for that bucket, every
-                # bucket key wrapped under a new row key, then the token destroys the old.
-                generation, row_key = self.key_rotation.begin_rotation()
-                self.rotate(row_key, generation, erased)
-                self.key_rotation.finish_rotation(generation)
+            # Copies of the data folder (backups, older disk images) still hold the erased
+            # row under its bucket's key: a new key for that bucket, every bucket key
+            # wrapped under a new row key, then the token destroys the old.
+            self.finish_owed_rotation()
+
+    def finish_owed_rotation(self) -> None:
+        """Rotate the keys an erasure owes (`rotation_owed`), if any and if this store has
+        a token's key rotation: at once after the erasure, and at start for one that did
+        not get done."""
+        if self.rotation_owed and self.key_rotation is not None:
+            generation, row_key = self.key_rotation.begin_rotation()
+            self.rotate(row_key, generation, self.rotation_owed)
+            self.key_rotation.finish_rotation(generation)
 
     def _replaces_share(self, name: bytes, ver: int, sealed: bytes, new: AcceptorRecord) -> bool:
         """Whether `new` overwrites a share row holding a share with another share: the
@@ -714,7 +768,8 @@ class NodeStore:
                         for bucket, ver, plain in digests
                     ],
                 )
-                self._write_current_meta(self.catching_up)
+                owed_after = self.rotation_owed - set(rekey)
+                self._write_current_meta(self.catching_up, owed=owed_after)
                 self._db.execute(
                     "INSERT OR REPLACE INTO row_key (id, generation) VALUES (0, ?)", (generation,)
                 )
@@ -727,6 +782,7 @@ class NodeStore:
             self._master = [new]
             for bucket, key in fresh.items():
                 self._remember_key(bucket, key)
+            self.rotation_owed = owed_after
             self._rotations += 1
             self.generation = generation
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
@@ -740,18 +796,26 @@ class NodeStore:
         store_id: bytes,
         marks: dict[int, Mark],
         catching_up: bool,
+        *,
+        suspect_through: int | None = None,
+        owed: set[int] | None = None,
     ) -> None:
+        """The counter row; `suspect_through` and `owed` (rotations owed) as they stand
+        unless given."""
+        suspect = self.suspect_through if suspect_through is None else suspect_through
+        owed = self.rotation_owed if owed is None else owed
         plain = bytearray(struct.pack(">QQQ", counter, last_ver, max_round))
         plain += top.to_bytes(32, "big") + store_id + struct.pack(">H", len(marks))
         for peer, mark in sorted(marks.items()):
             plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
             plain += _u64(mark.upto)
-        plain += _u64(self.suspect_through) + bytes([catching_up])
+        plain += _u64(suspect) + bytes([catching_up])
+        plain += struct.pack(f">H{len(owed)}H", len(owed), *sorted(owed))
         sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
-    def _write_current_meta(self, catching_up: bool) -> None:
-        """The counter row as it stands, with `catching_up` (and `suspect_through`)."""
+    def _write_current_meta(self, catching_up: bool, owed: set[int] | None = None) -> None:
+        """The counter row as it stands, with `catching_up` (and `owed`, if given)."""
         self._write_meta(
             self.counter,
             self._last_ver,
@@ -760,26 +824,39 @@ class NodeStore:
             self.store_id,
             self._marks,
             catching_up,
+            owed=owed,
         )
 
     def raise_counter(self, floor: int) -> None:
-        """Move the counter up to `floor` (the token's count, when the store is behind it:
-        rolled back or wiped), so the token's counter and the store's agree again. The
-        store takes a new id: its versions may now repeat numbers peers have seen."""
+        """The store is behind the token's counter `floor` (rolled back or wiped): in one
+        write, so no crash can leave a part of it, move the counter up to `floor`, begin a
+        catch-up, distrust every share row now held (`distrust_share_rows`), take a new
+        store id, and move the versions past every one the lost history can have used.
+
+        Why the versions: a row is sealed and counted in its bucket's digest under its
+        (name, version) only. Had this history written a row again at a version the lost
+        one had used, a copy of the lost row put back in its place would match both and
+        pass for this history's own (with a count from before the rollback). The lost
+        history made at most `floor + 1 - counter` saves (the store may be one ahead of
+        the token), each of at most `ROWS_PER_SAVE` rows."""
         if floor <= self.counter:
             return
         with self._lock:
             store_id = os.urandom(16)
+            last_ver = self._last_ver + (floor + 1 - self.counter) * ROWS_PER_SAVE
+            suspect = max(self.suspect_through, self._last_ver)
             self._write_meta(
                 floor,
-                self._last_ver,
+                last_ver,
                 self._max_round,
                 self._top,
                 store_id,
                 self._marks,
-                self.catching_up,
+                True,
+                suspect_through=suspect,
             )
-            self.counter, self.store_id = floor, store_id
+            self.counter, self.store_id, self._last_ver = floor, store_id, last_ver
+            self.suspect_through, self.catching_up = suspect, True
 
     def mark_catching_up(self) -> None:
         """The node starts catching up: recorded before it serves, so a node stopped
