@@ -274,6 +274,18 @@ def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
     cleared = vault.cli("vault", "delete", "--yes", config=config)
     assert cleared.returncode == 0, cleared.stderr
     assert "--new-key" in cleared.stdout
-    version = client.status().version
-    client.register("a new password", os.urandom(32), ksf=FAST_KSF, version=version + 1)
+    # As the hint says: a new key, through the CLI. It used to refuse with "destroyed"
+    # however often `vault delete` was run, and the user could never start over.
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("a fresh start")
+    new_key = ("--password-stdin", "--new-key")
+    made = vault.cli("backup", "create", str(source), "--storage", str(tmp_path / "new"),
+                     *new_key, config=config, stdin="a new password\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
     assert client.status().status == EntryStatus.LIVE
+    restored = vault.cli("backup", "restore", "--storage", str(tmp_path / "new"),
+                         "--to", str(tmp_path / "r"), "--password-stdin", config=config,
+                         stdin="a new password\n")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert (tmp_path / "r" / "notes.txt").read_text() == "a fresh start"

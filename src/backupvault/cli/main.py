@@ -249,7 +249,7 @@ def _root_key_from_vault(
     `register` is set, but only with `new_key` when `storage_url` already holds password
     backups (a new key would leave them unopenable by password). Returns (root key,
     whether it was just registered)."""
-    from backupvault.client.errors import AlreadyRegistered, NotRegistered
+    from backupvault.client.errors import AlreadyRegistered, Destroyed, NotRegistered
 
     session = ctx.session()
     try:
@@ -259,6 +259,11 @@ def _root_key_from_vault(
             raise
         if storage_url is not None:
             _refuse_to_orphan_password_backups(storage_url, new_key)
+    except Destroyed:
+        # Wrong guesses destroyed the key (the nodes erased their shares): --new-key is
+        # the owner's choice to start over, with a new key at the next version.
+        if not (register and new_key):
+            raise
     else:
         if new_key:
             raise UsageError(
@@ -820,8 +825,8 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
 @pass_context
 def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str | None) -> None:
     """Delete your key from the vault (proving the password first). Backups made with it
-    then open only with a recovery code. A key already destroyed by wrong guesses is
-    cleared without a password, so that a new one can be registered."""
+    then open only with a recovery code. For a key wrong guesses destroyed there is
+    nothing left to delete: `backup create --new-key` registers a new one."""
     from backupvault.backup import list_backups, redact_url
     from backupvault.client.errors import NotRegistered
     from backupvault.protocol import EntryStatus
@@ -835,10 +840,12 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
             "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
             yes,
         )
-        # The nodes erased their shares already, and a new key takes the next version.
+        # The nodes erased their shares already: nothing is left to delete, and a new key
+        # is registered over the destroyed one, at the next version.
         ctx.output.result(
-            {"deleted": True, "version": status.version, "was": "destroyed"},
-            "destroyed key cleared; `backupvault backup create --new-key` registers a new one",
+            {"deleted": True, "version": status.version, "was": "destroyed", "nodes_pending": []},
+            "the vault holds nothing of the destroyed key any more; "
+            "`backupvault backup create --new-key` registers a new one",
         )
         return
     lost = ""

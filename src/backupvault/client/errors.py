@@ -31,8 +31,7 @@ class Destroyed(VaultError):
         super().__init__(
             "the vault destroyed this key after too many wrong passwords",
             hint="backups made with it now open only with a recovery code; to start over"
-            " with a new key, `backupvault vault delete` clears the destroyed one, then"
-            " `backupvault backup create --new-key` registers a new one",
+            " with a new key, `backupvault backup create --new-key` registers one",
         )
 
 
