@@ -44,7 +44,7 @@ class FanoutReply(Message):
         """(code, detail) of a JSON error body; ("", "") when the body is not one."""
         try:
             value = json.loads(self.body)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             return "", ""
         if isinstance(value, dict):
             code, detail = value.get("error"), value.get("detail")

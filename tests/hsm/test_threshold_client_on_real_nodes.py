@@ -9,9 +9,15 @@ import httpx
 import pytest
 
 from backupvault.client import DEFAULT_ENTRY
-from backupvault.client.errors import Destroyed, EntryChanged, WrongPassword
+from backupvault.client.errors import (
+    Destroyed,
+    EntryChanged,
+    FleetUnavailable,
+    VaultError,
+    WrongPassword,
+)
 from backupvault.client.threshold import FleetKeys, ThresholdVault
-from backupvault.client.vault import VaultClient
+from backupvault.client.vault import MAX_RATE_LIMIT_WAIT_SECONDS, VaultClient
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request
 from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
 from backupvault.hsm.state import EntryId
@@ -19,6 +25,10 @@ from backupvault.protocol import (
     REQUEST_TYPES,
     AuthorizedRequest,
     EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    EvaluateResponse,
+    Message,
     Op,
     SealedCopies,
     pad_response,
@@ -173,3 +183,123 @@ def test_a_key_deleted_on_another_device_mid_password_change_is_named(
     with pytest.raises(EntryChanged, match="later version than 1"):
         device_a.change_password(recovered, "new", ksf=SIM_KSF)
     assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
+
+
+# ---- a hostile relay, and one hostile node, against the SDK ----------------------------
+
+
+def _dropping(bridge: Bridge, ops: set[Op]) -> httpx.Client:
+    """The relay forwards everything but `ops`, which it answers as if every node were
+    slow (it cannot read them, but it can tell them apart by their path)."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if Op(request.url.path.rsplit("/", 1)[1]) not in ops:
+            return bridge.handle(request)
+        slow = b'{"error":"node_slow","detail":"timeout"}'
+        replies = [FanoutReply(i, NO_ANSWER, slow) for i in range(bridge.world.nodes)]
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    return httpx.Client(transport=httpx.MockTransport(handle))
+
+
+def test_a_reset_no_node_took_is_reported_as_not_done(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A relay that drops every reset: each correct recovery's guess stays counted, until
+    a correct password finds the key destroyed. The SDK used to report success with no
+    sign of it (and the CLI said "the count is now reset")."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    vault.vault._http = _dropping(bridge, {Op.RESET})
+    recovered = vault.recover("right", ksf_floor=SIM_KSF)
+    assert recovered.root_key == RK and not recovered.reset_confirmed
+    assert len(recovered.reset_missing) == 5
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(bridge.handle))
+    again = vault.recover("right", ksf_floor=SIM_KSF)
+    assert again.reset_confirmed and again.wrong_guesses_before == 1
+    assert vault.status().guesses_remaining == LIMIT
+
+
+def test_one_node_claiming_no_guesses_left_does_not_make_a_key_look_destroyed(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    honest = Simulation.request
+
+    def lying(world: Simulation, slot: int, op: Op, inner: Message) -> Message:
+        answer = honest(world, slot, op, inner)
+        if slot == 0 and isinstance(answer, EvaluateResponse):  # a valid partial, a false count
+            return EvaluateResponse(answer.attempt, answer.index, answer.evaluated, answer.proof, 0)
+        return answer
+
+    monkeypatch.setattr(Simulation, "request", lying)
+    with pytest.raises(WrongPassword) as wrong:
+        vault.recover("wrong", ksf_floor=SIM_KSF)
+    assert wrong.value.guesses_remaining == LIMIT - 1
+    assert vault.recover("right", ksf_floor=SIM_KSF).wrong_guesses_before == 1
+
+
+def test_one_node_saying_destroyed_does_not_make_a_key_look_destroyed(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Node 0 answers "destroyed" and the relay hides every other node: that is a fleet out
+    of reach, not a destroyed key (t nodes must say so)."""
+    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.0)
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        op = Op(request.url.path.rsplit("/", 1)[1])
+        if op is not Op.EVALUATE:
+            return bridge.handle(request)
+        copies = SealedCopies.for_nodes(request.read(), 5).copies
+        _, key = open_request(bridge.hpke[0], FLEET_ID, 0, str(op), copies[0])
+        destroyed = ErrorResponse(ErrorCode.DESTROYED, "destroyed", 0)
+        slow = b'{"error":"node_slow","detail":"timeout"}'
+        replies = [FanoutReply(0, 200, key.seal(pad_response(op, destroyed.to_bytes())))]
+        replies += [FanoutReply(i, NO_ANSWER, slow) for i in range(1, 5)]
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    with pytest.raises(FleetUnavailable):
+        vault.recover("right", ksf_floor=SIM_KSF)
+
+
+@pytest.mark.parametrize("body", [b"[]", b'"x"', b"1", b"[" * 100_000 + b"]" * 100_000], ids=str)
+def test_a_relay_s_odd_error_bodies_are_errors_the_sdk_names(bridge: Bridge, body: bytes) -> None:
+    """JSON that is no object, or nested past the parser's depth: AttributeError and
+    RecursionError used to escape the SDK."""
+    vault = bridge.vault()
+    vault.vault._http = httpx.Client(
+        transport=httpx.MockTransport(lambda _: httpx.Response(500, content=body))
+    )
+    with pytest.raises(VaultError):
+        vault.status()
+    replies = [FanoutReply(i, 503, body) for i in range(5)]
+    answers = FanoutAnswers(replies).to_bytes()
+    vault.vault._http = httpx.Client(
+        transport=httpx.MockTransport(lambda _: httpx.Response(200, content=answers))
+    )
+    with pytest.raises(VaultError):
+        vault.status()
+
+
+def test_a_retry_after_of_zero_is_waited_out_within_the_limit(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ "Retry-After: 0" never added to the time waited: the client posted without end."""
+    slept: list[float] = []
+    monkeypatch.setattr("backupvault.client.vault.time.sleep", slept.append)
+    vault = bridge.vault()
+    posts = []
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        posts.append(request)
+        return httpx.Response(429, headers={"retry-after": "0"})
+
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    with pytest.raises(VaultError):
+        vault.status()
+    assert len(posts) <= MAX_RATE_LIMIT_WAIT_SECONDS + 1 and sum(slept) >= len(posts) - 1

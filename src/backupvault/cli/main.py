@@ -316,11 +316,22 @@ def _note_pending(ctx: Context, pending: tuple[str, ...]) -> None:
 def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
     """Someone who is not this user may be guessing: say so after every success."""
     wrong = recovered.wrong_guesses_before
+    reset = recovered.threshold.reset_confirmed
     if wrong:
         times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
         ctx.output.warn(
             f"{times} tried since your last successful recovery; if that was not"
-            " you, someone may be guessing (the count is now reset)"
+            " you, someone may be guessing" + (" (the count is now reset)" if reset else "")
+        )
+    if not reset:
+        # A relay that drops resets would otherwise let correct recoveries use up the
+        # guesses unseen, until the key is destroyed.
+        ctx.output.warn(
+            "no vault node confirmed resetting the guess count ("
+            + "; ".join(recovered.threshold.reset_missing)
+            + "): this recovery and the guesses before it still count against the limit;"
+            " the next successful recovery resets them (`backupvault vault status` shows"
+            " how many are left)"
         )
 
 

@@ -175,6 +175,9 @@ class ThresholdRecovery:
     reset_missing: tuple[str, ...] = ()
     #: Deliveries still owed after this recovery finished what it could (`pending`).
     pending: tuple[str, ...] = ()
+    #: Whether any node took the reset (then it is committed, and reaches the others in
+    #: the replicated value). False: the guesses counted so far still count, this one too.
+    reset_confirmed: bool = True
 
 
 @dataclass(frozen=True)
@@ -896,9 +899,9 @@ class ThresholdVault:
                 " that does not verify; it was ignored (report this to the operator)"
             )
         if len(good) < self.t:
-            if errors.count(ErrorCode.DESTROYED) >= self.nodes - self.t + 1 or (
-                not good and ErrorCode.DESTROYED in errors
-            ):
+            # t nodes saying so: at least one honest node erased its share on its own count
+            # (one hostile node saying so alone made a live key look destroyed).
+            if errors.count(ErrorCode.DESTROYED) >= self.t:
                 raise Destroyed()
             if _moved_on(errors, self.nodes, self.t):
                 # Not retried here: the password typed may be the one just replaced, and
@@ -918,7 +921,11 @@ class ThresholdVault:
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
         combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]
-        remaining = sorted((r.guesses_remaining for r in used), reverse=True)[self.t - 1]
+        # The t-th largest over every partial that verified, not only the t combined: fewer
+        # than t hostile nodes cannot lower it (one claiming 0 made a wrong password read
+        # as "destroyed").
+        counts = sorted((r.guesses_remaining for r in good.values()), reverse=True)
+        remaining = counts[self.t - 1]
         output = oprf.finalize(secret, blind, combination.evaluated)
         try:
             export_key, root_key = manifests.open_entry(manifest, output)
@@ -929,6 +936,7 @@ class ThresholdVault:
             raise WrongPassword(remaining) from None
         attempt = sorted(r.attempt for r in used)[len(used) // 2]
         reset_missing = self._reset(export_key, manifest, blinded, good)
+        reset_confirmed = len(reset_missing) < self.nodes
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
         # One try, and only if an owed node answered just now: this is a side job of the
@@ -943,6 +951,7 @@ class ThresholdVault:
             tuple(sorted(rejected)),
             reset_missing,
             pending,
+            reset_confirmed,
         )
 
     @staticmethod

@@ -316,7 +316,7 @@ class OtaTrust:
                 answer = http.get(f"{endpoint.url}/v1/consistency?old={old}&new={new}")
                 answer.raise_for_status()
                 return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            except (httpx.HTTPError, ValueError, KeyError, TypeError, RecursionError):
                 raise FleetNotTrusted(
                     f"no consistency proof from the witness {endpoint.verifier.name}"
                 ) from None
@@ -346,7 +346,7 @@ class OtaTrust:
             )
             try:
                 return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
-            except (ValueError, KeyError, TypeError):
+            except (ValueError, KeyError, TypeError, RecursionError):
                 raise FleetNotTrusted("the relay's consistency proof is malformed") from None
 
         return fetch
@@ -402,7 +402,7 @@ class OtaTrust:
         answer = self._get(http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs")
         try:
             listed = {int(e) for e in answer.json().get("previous", [])}
-        except (ValueError, TypeError, AttributeError):
+        except (ValueError, TypeError, AttributeError, RecursionError):
             raise FleetNotTrusted("the relay's list of fleet epochs is malformed") from None
         for epoch in sorted(set(known) | {e for e in listed if e < current.epoch}, reverse=True):
             if epoch in known:

@@ -104,8 +104,10 @@ class VaultStatus:
 
 
 def _retry_after(answer: httpx.Response) -> float:
+    """Seconds to wait, at least 1: "0" from a relay would make the wait never add up to
+    MAX_RATE_LIMIT_WAIT_SECONDS, and the client post again without end."""
     value = answer.headers.get("retry-after", "1")
-    return float(value) if value.isascii() and value.isdigit() else 1.0
+    return max(1.0, float(value)) if value.isascii() and value.isdigit() else 1.0
 
 
 class VaultClient:
@@ -284,8 +286,11 @@ class VaultClient:
     def _raise_http_error(answer: httpx.Response) -> None:
         try:
             body = answer.json()
+        except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
+            body = None
+        if isinstance(body, dict):
             detail = str(body.get("detail") or body.get("error"))
-        except ValueError:
+        else:
             detail = answer.reason_phrase
         if answer.status_code == 401:
             raise Unauthorized(detail)
