@@ -534,6 +534,39 @@ def test_an_interrupted_first_backup_gives_its_new_code_so_it_can_go_on(tmp_path
     assert restored.returncode == 0 and (tmp_path / "r" / "note.txt").read_text() == "kept"
 
 
+def test_a_restore_ended_by_sigterm_leaves_nothing_behind(tmp_path: Path) -> None:
+    """SIGTERM (a service manager stopping a job, `kill`) ended the process at once and
+    left the restore's hidden staging folder next to --to, for good. It is cleaned up as
+    for Ctrl-C now."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "big.bin").write_bytes(os.urandom(200 << 20))
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    target = tmp_path / "restored"
+    restore = subprocess.Popen(
+        [sys.executable, "-m", "backupvault", "backup", "restore", "--storage", str(storage),
+         "--to", str(target), "--recovery-code", "-"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert restore.stdin is not None
+    restore.stdin.write(code + "\n")
+    restore.stdin.close()
+    try:
+        deadline = time.monotonic() + 60
+        while not [p for p in tmp_path.iterdir() if p.name.endswith(".restoring")]:
+            assert restore.poll() is None, "the restore ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.005)
+    finally:
+        restore.send_signal(signal.SIGTERM)
+        restore.wait(timeout=60)
+    assert restore.stderr is not None
+    err = restore.stderr.read()
+    assert restore.returncode == 130 and "restore interrupted" in err, err
+    assert not target.exists() and not [p for p in tmp_path.iterdir() if "restor" in p.name]
+
+
 def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source: Path) -> None:
     link = tmp_path / "Documents"
     link.symlink_to(source)

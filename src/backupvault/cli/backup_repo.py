@@ -236,9 +236,10 @@ def backup_check(
         raise CheckFailed(
             f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
             + "\n  ".join(result.errors),
-            hint="restore what still restores; the next `backup create` stores again the "
-            "lost chunks of every file it still has, and `backup prune` then drops lost "
-            "packs from the index",
+            hint="restore what still restores. For a pack named missing, the next `backup "
+            "create` stores its chunks again for every file it still has, and `backup prune` "
+            "then drops it from the index. A pack named damaged is still taken as stored: "
+            "move it out of the repository's data/ folder first, then do the same",
         )
     ctx.output.done(
         data,

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import sys
 from collections.abc import Iterator
 from dataclasses import asdict
@@ -202,13 +203,22 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
 _WRITE_IT_DOWN = "write it down now; without it these backups cannot be opened"
 
 
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 @contextlib.contextmanager
 def _on_interrupt(what: str, hint: str) -> Iterator[None]:
-    """Ctrl-C during a backup or a restore: say what it left, not only "aborted"."""
+    """Ctrl-C, or SIGTERM (a service manager, `kill`), during a backup or a restore: clean
+    up as for Ctrl-C and say what it left, not only "aborted". Without this, SIGTERM ended
+    the process at once: a restore left its hidden staging folder behind for good."""
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield
     except KeyboardInterrupt:
         raise Interrupted(what, hint=hint) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def _warn_if_weak(ctx: Context, password: str) -> None:

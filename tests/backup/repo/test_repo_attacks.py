@@ -115,6 +115,24 @@ def test_a_backup_after_a_pack_was_lost_stores_its_chunks_again(
     assert damaged and all(info.snapshot_id not in e for e in damaged)  # the old one only
 
 
+def test_a_damaged_pack_moved_aside_as_check_says_is_stored_again(
+    made: tuple[Path, Path], root_key: bytes, tmp_path: Path
+) -> None:
+    """`backup check`'s hint for a damaged pack, followed: move the pack it names out of
+    data/, back up again, and the new snapshot restores."""
+    source, repo = made
+    pack = packs(repo)[0]
+    flip(pack, pack_entries(repo, root_key, pack)[0].offset + 20)
+    opened = Repository.open(Storage(str(repo)), root_key)
+    errors = maintenance.check(opened, read_data=True).errors
+    assert errors and all(e.startswith(f"pack {pack.name}") for e in errors)
+    pack.rename(tmp_path / pack.name)
+    info = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    dest = repo.parent / "again"
+    restore_snapshot(str(repo), root_key, dest, info.snapshot_id)
+    assert all((dest / n).read_bytes() == (source / n).read_bytes() for n in os.listdir(source))
+
+
 def test_a_damaged_parent_never_stops_the_next_backup(
     made: tuple[Path, Path], root_key: bytes
 ) -> None:
