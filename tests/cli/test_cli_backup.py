@@ -8,6 +8,7 @@ import importlib.util
 import json
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -565,6 +566,40 @@ def test_a_restore_ended_by_sigterm_leaves_nothing_behind(tmp_path: Path) -> Non
     err = restore.stderr.read()
     assert restore.returncode == 130 and "restore interrupted" in err, err
     assert not target.exists() and not [p for p in tmp_path.iterdir() if "restor" in p.name]
+
+
+def test_a_restore_the_system_refuses_to_write_is_exit_1_with_a_hint(
+    tmp_path: Path, source: Path
+) -> None:
+    """A file size limit (`ulimit -f`) made a restore say "cannot restore the restored
+    files: File too large" with exit 2, a usage error, naming nothing to do."""
+    (source / "big.bin").write_bytes(os.urandom(3 << 20))
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    limit = 1 << 20
+
+    def limited() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "backup", "restore", "--storage", str(storage),
+         "--to", str(tmp_path / "r"), "--recovery-code", "-"],
+        input=code, capture_output=True, text=True, timeout=120, preexec_fn=limited,
+    )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "writing the restored files failed: File too large" in done.stderr
+    assert "nothing was written into" in done.stderr and not (tmp_path / "r").exists()
+
+
+def test_no_recovery_code_at_all_is_a_usage_error(tmp_path: Path, source: Path) -> None:
+    """Empty stdin was read as a code of 0 digits: exit 3, "wrong code"."""
+    storage = tmp_path / "storage"
+    first_backup(source, storage)
+    restore = ["backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "r")]
+    create = ["backup", "create", str(source), "--storage", str(storage)]
+    for args in ([*restore, "--recovery-code", "-"], [*create, "--recovery-code"]):
+        done = run(*args, stdin="")
+        assert done.returncode == 2 and "no recovery code: stdin was empty" in done.stderr
 
 
 def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source: Path) -> None:

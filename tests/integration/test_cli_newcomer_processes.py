@@ -181,6 +181,37 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
             assert done.stdout == "" and f"warning: {warning}" in done.stderr
 
 
+def test_the_password_is_asked_twice_only_for_a_new_key(
+    deployment: Path, source: Path, tmp_path: Path
+) -> None:
+    """Every `backup create` asked for the password twice, also when the vault held a key
+    (which checks the password itself); the docs said "twice when it is new"."""
+
+    def config_for(entry: str) -> str:
+        data = tomllib.loads((deployment / "client.toml").read_text())
+        data["entry"] = entry
+        path = tmp_path / f"{entry}.toml"
+        write_toml(path, data)
+        return str(path)
+
+    config = config_for("asked-twice")
+    create = ["--config", config, "backup", "create", str(source), "--storage", str(tmp_path / "s")]
+    phrase = "a long enough pass phrase"
+    code, shown = in_terminal(create, [("Password", phrase), ("Repeat the password", phrase)])
+    assert code == 0 and "a new key was registered" in shown, shown
+    code, shown = in_terminal(create, [("Password", phrase)])
+    assert code == 0 and "Repeat" not in shown, shown
+
+    mistyped = ["--config", config_for("mistyped"), "backup", "create", str(source),
+                "--storage", str(tmp_path / "m")]  # fmt: skip
+    code, shown = in_terminal(
+        mistyped, [("Password", phrase), ("Repeat the password", phrase + "x")]
+    )
+    assert code == 2 and "the two passwords differ: nothing was registered" in shown, shown
+    status = json.loads(bv("--config", config_for("mistyped"), "--json", "vault", "status").stdout)
+    assert status["status"] == "empty"
+
+
 def test_a_confirmation_without_a_terminal_says_pass_yes(deployment: Path) -> None:
     config = str(deployment / "client.toml")
     done = bv("--config", config, "--json", "vault", "delete", stdin="y\n")

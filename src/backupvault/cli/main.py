@@ -10,6 +10,7 @@ object on stderr. docs/cli.md describes every command, option and object.
 from __future__ import annotations
 
 import contextlib
+import hmac
 import os
 import signal
 import sys
@@ -245,6 +246,12 @@ def _confirm(question: str, yes: bool) -> None:
 def _recovery_code(value: str) -> bytes:
     """A code given as '-' is read from stdin, so it stays out of shell history."""
     code = sys.stdin.readline() if value == "-" else value
+    if not code.strip():
+        # Nothing given is a usage error (exit 2), not a mistyped code (exit 3).
+        raise UsageError(
+            "no recovery code: stdin was empty" if value == "-" else "the recovery code is empty",
+            hint="give the code, e.g. `echo $CODE | backupvault ... --recovery-code -`",
+        )
     return recovery.decode(code)
 
 
@@ -254,11 +261,14 @@ def _root_key_from_vault(
     register: bool,
     storage_url: str | None = None,
     new_key: bool = False,
+    confirm: bool = False,
 ) -> tuple[bytes, bool]:
     """The root key behind `password`; registers a new one if the vault holds none and
     `register` is set, but only with `new_key` when `storage_url` already holds password
-    backups (a new key would leave them unopenable by password). Returns (root key,
-    whether it was just registered)."""
+    backups (a new key would leave them unopenable by password). `confirm`: before a new
+    key is registered, the password is asked again on the terminal (only then: a key
+    that exists already checks the password itself). Returns (root key, whether it was
+    just registered)."""
     from backupvault.client.errors import AlreadyRegistered, Destroyed, NotRegistered
 
     session = ctx.session()
@@ -290,6 +300,12 @@ def _root_key_from_vault(
         _note_pending(ctx, recovered.threshold.pending)
         return recovered.root_key, False
     _warn_if_weak(ctx, password)
+    if confirm:
+        again = click.prompt(
+            "Repeat the password (a new key is registered behind it)", hide_input=True
+        )
+        if not hmac.compare_digest(again.encode(), password.encode()):
+            raise UsageError("the two passwords differ: nothing was registered; run it again")
     root_key = recovery.new_root_key()
     try:
         registered = session.register(password, root_key)
@@ -495,9 +511,14 @@ def backup_create(
             hint="`backupvault local up --dir DIR` writes DIR/client.toml; with"
             " --recovery-code the first backup prints the code that opens it",
         )
-        password = _password(password_stdin, confirm=True)
+        password = _password(password_stdin)
         root_key, registered = _root_key_from_vault(
-            ctx, password, register=True, storage_url=url, new_key=new_key
+            ctx,
+            password,
+            register=True,
+            storage_url=url,
+            new_key=new_key,
+            confirm=not password_stdin,
         )
     code = recovery.encode(root_key) if new_code else None
 

@@ -35,7 +35,7 @@ from backupvault.backup.safe import (
     space,
 )
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -95,6 +95,12 @@ _SMALL_FILE = 1 << 20
 _WRITES_AHEAD = 256
 _WRITERS = 8  # file creation waits on the file system more than on the CPU
 _MAX_LINK_HOPS = 40  # the kernel's limit on links followed in one lookup
+#: What a write says when the tree itself cannot be laid out (a name used twice over).
+_TREE_CONTRADICTIONS = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ELOOP})
+
+
+class RestoreFailed(BackupVaultError):
+    """The file system refused the restore's writes (not the user's command, nor damage)."""
 
 
 def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
@@ -163,12 +169,22 @@ def restore_snapshot(
             try:
                 _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
             except OSError as exc:
-                if exc.errno == errno.ENOSPC:
+                if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise no_space(*space(dest_path.parent, limits)) from None
-                # A tree whose entries contradict each other (a file under a name that is
-                # not a folder): nothing of it stays.
-                name = os.fsdecode(exc.filename) if exc.filename else "the restored files"
-                raise DestinationError(f"cannot restore {name}: {exc.strerror}") from None
+                name = os.fsdecode(exc.filename) if exc.filename else None
+                if exc.errno in _TREE_CONTRADICTIONS:
+                    # A tree whose entries contradict each other (a file under a name that
+                    # is not a folder): nothing of it stays.
+                    what = name or "the snapshot's files"
+                    raise DestinationError(f"cannot restore {what}: {exc.strerror}") from None
+                # The system refused a write (a file size limit, a failing disk): not a
+                # usage error, and not the snapshot's fault.
+                raise RestoreFailed(
+                    f"writing the restored files failed: {exc.strerror}"
+                    + (f" ({name})" if name else ""),
+                    hint=f"nothing was written into {dest}; remove the cause (a file size "
+                    "limit, a quota, a failing disk) and run it again",
+                ) from None
             finally:
                 os.close(dir_fd)
             root = next((e for e in entries if e.path == ROOT), None)
