@@ -175,12 +175,13 @@ def backup_forget(
     kept, removed = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)
     if not damaged:
         warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")
-    text = "\n".join([f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed])
+    lines = [f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed]
     removed_count = _plural(len(removed), "snapshot")
     if dry_run:
-        text += f"\nwould forget {removed_count} and keep {len(kept)}"
+        lines.append(f"would forget {removed_count} and keep {len(kept)}")
     else:
-        text += f"\nforgot {removed_count}, kept {len(kept)}"
+        lines.append(f"forgot {removed_count}, kept {len(kept)}")
+    text = "\n".join(lines)
     report = ctx.output.result if dry_run else ctx.output.done
     report({"kept": kept, "removed": removed, "dry_run": dry_run}, text)
 

@@ -896,9 +896,11 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
 
         url = ctx.storage(storage_url)
         count = sum(1 for b in list_backups(url, missing_ok=True) if _may_be_password(b.key))
-        lost = f": {_plural(count, 'password backup')} in {redact_url(url)} would be lost"
+        lost_there = [_plural(count, "password backup")] if count else []
         if repository_exists(url):
-            lost += ", and the repository there with every snapshot in it"
+            lost_there.append("the repository with every snapshot in it")
+        if lost_there:
+            lost = f": in {redact_url(url)}, {' and '.join(lost_there)} would be lost"
     ctx.output.warn(
         "after this, backups made with your password can no longer be opened"
         f"{lost} (backups made with --recovery-code still open with their code)"
