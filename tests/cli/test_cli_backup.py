@@ -498,6 +498,13 @@ def test_a_killed_backup_leaves_a_partial_that_list_reports_and_prune_removes(
     assert data["partials"] == [] and data["backups"] == [] and len(data["snapshots"]) == 1
 
 
+def _ctrl_c_works() -> None:
+    """In the child: SIGINT as at a terminal. A test run started in the background (`make
+    test &`, as a CI script may) ignores SIGINT, the child inherits that, and Python then
+    installs no KeyboardInterrupt handler: the interrupt would do nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def test_an_interrupted_first_backup_gives_its_new_code_so_it_can_go_on(tmp_path: Path) -> None:
     """The first `--recovery-code` backup makes the repository (its config holds the key
     wrapped under the new code) before it reads the source. Interrupted then, it used to
@@ -510,7 +517,7 @@ def test_an_interrupted_first_backup_gives_its_new_code_so_it_can_go_on(tmp_path
     args = ["--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"]
     first = subprocess.Popen(
         [sys.executable, "-m", "backupvault", *args],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_works,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 60

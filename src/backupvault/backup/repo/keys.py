@@ -170,9 +170,11 @@ def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
     expected = key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([config.version]) + config.repo_id)
     if not hmac.compare_digest(expected, config.key_check):
         raise WrongKey(
-            "this repository was not made with this key (wrong password's vault entry or "
-            "recovery code, or the config was altered)",
-            hint="a repository opens with the key of the backup that created it",
+            "this repository does not open with this key: it was made with another one",
+            hint="a repository opens only with the key its first backup made: the vault "
+            "key behind your password (on this account and entry), or a recovery code; "
+            "if it was made with --recovery-code, give that (--recovery-code -), and if "
+            "with a password, leave --recovery-code out",
         )
     try:
         repo_key = AESGCM(hkdf(rk, None, _WRAP_INFO)).decrypt(
