@@ -175,7 +175,8 @@ def test_mistyped_and_wrong_codes_exit_3_and_write_nothing(tmp_path: Path, sourc
     )
     assert wrong.returncode == 3
     error = json.loads(wrong.stderr.strip().splitlines()[-1])
-    assert error["exit_code"] == 3 and "not made with this key" in error["error"]
+    assert error["exit_code"] == 3 and "does not open with this key" in error["error"]
+    assert "--recovery-code" in error["hint"]
     assert not dest.exists()
     leftovers = sorted(p.name for p in tmp_path.iterdir())
     assert leftovers == ["device-state", "source", "storage"]  # nothing else
