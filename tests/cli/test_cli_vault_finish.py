@@ -63,3 +63,17 @@ def test_status_shows_pending_shares_and_finish_delivers_them(
     assert not any("evaluate" in node.seen for node in fleet.nodes)  # no recovery
     code, status = _run(monkeypatch, capsys, session, "vault", "status")
     assert code == 0 and status["pending"] == []
+
+
+def test_status_of_an_empty_vault_has_no_guess_count(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """No key is not "no guesses left" (that is a destroyed key): a script reading
+    guesses_remaining gets null, not 0."""
+    session = FleetSession(FakeFleet(5).vault(pending=PendingStore(tmp_path / "p.json")))
+    code, status = _run(monkeypatch, capsys, session, "vault", "status")
+    assert code == 0 and status["status"] == "empty"
+    assert status["guesses_remaining"] is None
+    session.register("correct horse battery", RK)
+    code, status = _run(monkeypatch, capsys, session, "vault", "status")
+    assert status["status"] == "live" and status["guesses_remaining"] == status["guess_limit"]

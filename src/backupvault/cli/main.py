@@ -780,6 +780,8 @@ def vault_status(ctx: Context) -> None:
 
     status = ctx.session().status()
     data = {**asdict(status), "status": status.status.name.lower()}
+    if status.status == EntryStatus.EMPTY:
+        data["guesses_remaining"] = None  # no key, so no guesses: not "none left"
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
