@@ -169,7 +169,7 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
             str(tmp_path / to), "--password-stdin", stdin=password + "\n",
         )  # fmt: skip
 
-    warning = "1 wrong password was tried since your last successful recovery"
+    warning = "1 other attempt was counted since your last successful recovery"
     for flags, to in ((("-q",), "r3"), (("--json", "-q"), "r4")):
         assert restore(*flags, to=f"{to}-wrong", password="violet kettle marching").returncode == 3
         done = restore(*flags, to=to, password="violet kettle marching uphill")

@@ -344,10 +344,13 @@ def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
     wrong = recovered.wrong_guesses_before
     reset = recovered.threshold.reset_confirmed
     if wrong:
-        times = "1 wrong password was" if wrong == 1 else f"{wrong} wrong passwords were"
+        # The count cannot tell a wrong password from another device's recovery that has
+        # not reset it yet: name both, rather than call a user's own device a guesser.
+        attempts = "1 other attempt was" if wrong == 1 else f"{wrong} other attempts were"
         ctx.output.warn(
-            f"{times} tried since your last successful recovery; if that was not"
-            " you, someone may be guessing" + (" (the count is now reset)" if reset else "")
+            f"{attempts} counted since your last successful recovery (wrong passwords, or"
+            " another of your devices recovering at the same moment); if that was not you,"
+            " someone may be guessing" + (" (the count is now reset)" if reset else "")
         )
     if not reset:
         # A relay that drops resets would otherwise let correct recoveries use up the
