@@ -264,3 +264,26 @@ def test_local_down_twice(deployment: Path) -> None:
     second = bv("local", "down", "--dir", str(deployment))
     assert second.returncode == 0
     assert "nothing is running in" in second.stdout and "already down" in second.stdout
+
+
+def test_a_local_up_that_fails_stops_what_it_started(deployment: Path) -> None:
+    # After test_local_down_twice: the deployment is down. Its record now names another
+    # measurement, as after an upgrade of backupvault: the node refuses to start, and the
+    # witnesses and the relay this `up` started are stopped again.
+    fleet_file = deployment / "fleet.toml"
+    deployed = fleet_file.read_text()
+    measurement = tomllib.loads(deployed)["measurement"]
+    fleet_file.write_text(deployed.replace(measurement, "ab" * 32))
+    try:
+        failed = bv("local", "up", "--dir", str(deployment))
+        assert failed.returncode == 1
+        assert "node 0 refuses to join fleet" in failed.stderr
+        assert "made by another version of backupvault" in failed.stderr
+        assert "Traceback" not in failed.stderr
+        status = json.loads(bv("local", "status", "--dir", str(deployment), "--json").stdout)
+        processes = status["processes"]
+        assert {"node0", "witness", "relay"} <= set(processes)
+        running = {name for name, info in processes.items() if info["running"]}
+        assert running == set(), running
+    finally:
+        fleet_file.write_text(deployed)

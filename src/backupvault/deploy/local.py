@@ -552,15 +552,31 @@ class LocalDeployment:
         self._save_processes(processes)
 
     def up(self, nodes: int = 5, timeout: float = 60.0) -> None:
-        if not self.provisioned():
-            self.provision(nodes)
-        for which in self.witnesses():
-            self.start_witness(which)
-        for epoch in self.epochs():
-            for index in range(self.node_count(epoch)):
-                self.start_node(index, epoch)
-        self.start_relay()
-        self.wait_ready(timeout)
+        """Start every process (provisioning the first time). If the deployment does not
+        come up, what this call started is stopped again: a failed `up` leaves no witness
+        or relay running that the user did not ask to keep."""
+        before = set(self.running())
+        try:
+            if not self.provisioned():
+                self.provision(nodes)
+            for which in self.witnesses():
+                self.start_witness(which)
+            for epoch in self.epochs():
+                for index in range(self.node_count(epoch)):
+                    self.start_node(index, epoch)
+            self.start_relay()
+            self.wait_ready(timeout)
+        except BaseException as failed:
+            for name in set(self.running()) - before:
+                self.stop_process(name)
+            if isinstance(failed, DeploymentError) and "refuses to join fleet" in failed.message:
+                raise DeploymentError(
+                    failed.message,
+                    hint="this local deployment's record was made by another version of"
+                    " backupvault: start a new one in another folder (`backupvault local up"
+                    f" --dir NEW`), or run it with the version that made it; {failed.hint}",
+                ) from failed
+            raise
 
     def running(self) -> list[str]:
         """The names of this deployment's processes that are alive."""
