@@ -62,12 +62,16 @@ count, on every later start too, until it is written again (docs/threshold.md,
 
 Rollback protection without reading every row: at open, the bucket rows (a few thousand)
 are checked against `top`, so a rolled-back, removed or added bucket row is refused at
-once. A bucket's records are checked against its digest the first time any of its
-records is read or written (and by `verify_all`, which the node runs in the background
-after start): nothing is answered from a bucket before it is checked, so a single row
-replaced by an older copy of itself, or removed or added, is refused (`StoreCorrupted`)
-before the node acts on it. A flipped bit, a row moved to another entry or a row from
-another node's store fails authentication when it is read. A whole database restored
+once. Every read or write of a record checks the names and versions of its bucket
+(about N / 4,096 rows) against the bucket's digest held in memory, and the row read must
+have the version that check vouches for; `verify_all`, which the node runs in the
+background after start, checks every bucket once, so damage is found even where nobody
+asks. So a single row replaced by an older copy of itself, or removed or added, is
+refused (`StoreCorrupted`) before the node acts on it, also while the node runs: a check
+made once per bucket would let a disk that changes a row after it was checked serve the
+old row (a rolled-back count) when the entry next falls out of the caches. A flipped
+bit, a row moved to another entry or a row from another node's store fails
+authentication when it is read. A whole database restored
 from an older copy is consistent in itself: the token's counter catches it.
 
 Share rows (the threshold flow, docs/threshold.md): this node's own `NodeShare` for an
@@ -96,6 +100,7 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -452,9 +457,14 @@ class NodeStore:
         return [(ver, bytes(name), bytes(row)) for ver, name, row in found]
 
     def _reseal_bucket(self, bucket: int, old: list[AESGCM], new: AESGCM) -> None:
-        """Re-seal the bucket's rows from `old` to `new` (inside the caller's transaction)."""
+        """Re-seal the bucket's rows from `old` to `new` (inside the caller's transaction,
+        under the lock). The rows re-sealed are the rows checked against the digest, read
+        once: a row the disk put back after an earlier check is refused, never sealed anew
+        under the keys that replace the ones its erasure destroys."""
+        found = self._bucket_rows(bucket)
+        self._check_listing(bucket, [(name, ver) for ver, name, _ in found])
         rows = []
-        for ver, name, sealed in self._bucket_rows(bucket):
+        for ver, name, sealed in found:
             aad = self._aad(name, ver)
             rows.append((self._seal(new, self._open(old, sealed, aad, "row"), aad), ver))
         self._db.executemany("UPDATE record SET row = ? WHERE ver = ?", rows)
@@ -486,22 +496,40 @@ class NodeStore:
 
     # ---- checking buckets ---------------------------------------------------------------
 
+    def _check_listing(self, bucket: int, found: Iterable[tuple[bytes, int]]) -> dict[bytes, int]:
+        """The bucket's (name, version) pairs as read, if they add up to its digest (call
+        it under the lock, or be ready for a commit under way to make it fail)."""
+        digest = 0
+        listing: dict[bytes, int] = {}
+        for name, ver in found:
+            if ver > self._last_ver:
+                raise StoreCorrupted("node store row is newer than its counter")
+            listing[bytes(name)] = int(ver)
+            digest = (digest + self._term(bytes(name), int(ver))) % _MOD
+        if digest != self._buckets.get(bucket, (0, 0))[1]:
+            raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+        return listing
+
     @_refuses_malformed
+    def _listing(self, bucket: int, db: sqlite3.Connection) -> dict[bytes, int]:
+        """The bucket's names and versions, checked against its digest: read again at
+        every use (see the module's docstring). First without the lock, so that a commit
+        under way does not stall a read; a mismatch then may be that commit (its rows
+        are in, its digest not yet in memory), so it is read again under the lock, where
+        a mismatch is the disk's."""
+        for locked in (False, True):
+            with self._lock if locked else nullcontext():
+                try:
+                    return self._check_listing(bucket, _in_bucket(db, "name, ver", bucket))
+                except StoreCorrupted:
+                    if locked:
+                        raise
+        raise AssertionError("unreachable")
+
     def _verify(self, bucket: int, db: sqlite3.Connection) -> None:
-        """Check the bucket's records (names and versions) against its digest, once."""
-        if bucket in self._verified:
-            return  # without the lock: a commit under way must not stall a read
-        with self._lock:
-            if bucket in self._verified:
-                return
-            found = _in_bucket(db, "name, ver", bucket).fetchall()
-            digest = 0
-            for name, ver in found:
-                if ver > self._last_ver:
-                    raise StoreCorrupted("node store row is newer than its counter")
-                digest = (digest + self._term(bytes(name), ver)) % _MOD
-            if digest != self._buckets.get(bucket, (0, 0))[1]:
-                raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+        """Check the bucket once (`verify_all`: damage found where nobody reads)."""
+        if bucket not in self._verified:
+            self._listing(bucket, db)
             self._verified.add(bucket)
 
     def verify_all(self, pause: float = 0.0) -> None:
@@ -539,16 +567,30 @@ class NodeStore:
         """The entry's record, after its bucket is checked (a missing row may have been
         removed: the check says whether it ever was there)."""
         name = self.name_of(key)
-        self._verify(bucket_of(name), self._reader)
         while True:
             rotations = self._rotations
-            found = self._reader.execute("SELECT ver, row FROM record WHERE name = ?", (name,))
-            row = found.fetchone()
+            row = self._checked_row(name)
             try:
-                return None if row is None else self._decode(name, row[0], bytes(row[1]))
+                return None if row is None else self._decode(name, row[0], row[1])
             except StoreCorrupted:
                 if rotations == self._rotations:
                     raise  # else: read before a rotation, opened after it: read again
+
+    def _checked_row(self, name: bytes) -> tuple[int, bytes] | None:
+        """(version, sealed row) of `name`, or None: the version (or its absence) must be
+        what the bucket's checked listing says, else the row was changed under the node.
+        Unlocked first, then under the lock (a commit may fall between the two reads)."""
+        bucket = bucket_of(name)
+        for locked in (False, True):
+            with self._lock if locked else nullcontext():
+                listed = self._listing(bucket, self._reader).get(name)
+                found = self._reader.execute(
+                    "SELECT ver, row FROM record WHERE name = ?", (name,)
+                ).fetchone()
+                row = None if found is None else (int(found[0]), bytes(found[1]))
+                if (None if row is None else row[0]) == listed:
+                    return row
+        raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
 
     def get_share(self, key: bytes) -> NodeShare | None:
         """This node's own row for entry `key` (bucket checked first, like a record)."""
@@ -571,8 +613,13 @@ class NodeStore:
             last = self._last_ver
             more = len(rows) > limit
             records = []
+            listings: dict[int, dict[bytes, int]] = {}
             for ver, name, row in rows[:limit]:
-                self._verify(bucket_of(bytes(name)), self._reader)
+                bucket = bucket_of(bytes(name))
+                if bucket not in listings:
+                    listings[bucket] = self._listing(bucket, self._reader)
+                if listings[bucket].get(bytes(name)) != ver:
+                    raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
                 record = self._decode(bytes(name), ver, bytes(row))
                 if not is_share_record(record):  # a share row never leaves the node
                     records.append(record)
@@ -618,8 +665,8 @@ class NodeStore:
         catching_up = self.catching_up and not caught_up
         with self._lock:
             touched = {bucket_of(name) for _, name in latest.values()}
-            for bucket in sorted(touched):
-                self._verify(bucket, self._db)  # never build on a bucket not checked
+            # Never build on a bucket not checked, nor on a row other than the checked one.
+            listings = {bucket: self._listing(bucket, self._db) for bucket in sorted(touched)}
             seq = self.counter + 1
             ver = self._last_ver
             max_round = self._max_round
@@ -638,6 +685,8 @@ class NodeStore:
                     old = self._db.execute(
                         "SELECT ver, row FROM record WHERE name = ?", (name,)
                     ).fetchone()
+                    if (None if old is None else int(old[0])) != listings[bucket].get(name):
+                        raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
                     if old is not None:
                         digests[bucket] -= self._term(name, int(old[0]))
                         if self._replaces_share(name, int(old[0]), bytes(old[1]), record):
@@ -879,11 +928,8 @@ class NodeStore:
         rollback (`distrust_share_rows`); False for no row."""
         if not self.suspect_through:
             return False
-        name = self.name_of(SHARE_PREFIX + key)
-        self._verify(bucket_of(name), self._reader)
-        found = self._reader.execute("SELECT ver FROM record WHERE name = ?", (name,))
-        row = found.fetchone()
-        return row is not None and int(row[0]) <= self.suspect_through
+        row = self._checked_row(self.name_of(SHARE_PREFIX + key))
+        return row is not None and row[0] <= self.suspect_through
 
     def close(self) -> None:
         self._closing = True  # a background verify_all stops at its next bucket
