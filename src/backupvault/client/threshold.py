@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +110,18 @@ def _transient(outcome: NodeOutcome[Any]) -> bool:
     if outcome.error is not None:
         return outcome.error.code == ErrorCode.FLEET_UNAVAILABLE
     return outcome.response is None
+
+
+def _agreed_attempt(good: dict[int, EvaluateResponse], t: int) -> int | None:
+    """The attempt number at least t verified partials report, or None. The fleet commits
+    one number per B, so honest nodes agree on it, and fewer than t hostile nodes cannot
+    make another number reach t (two numbers with t votes each would need 2t > N
+    answers). A number one node reports is never signed: a hostile node could report a
+    later attempt, keep the owner's signed RESET(that attempt, SHA-256(B)), have the same
+    B counted again at that number after wrong guesses, and then wipe every honest
+    node's count with the signature (review s23)."""
+    votes = Counter(r.attempt for r in good.values()).most_common(1)
+    return votes[0][0] if votes and votes[0][1] >= t else None
 
 
 def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
@@ -934,8 +947,9 @@ class ThresholdVault:
                 # No node will evaluate again: each erases its share at the next request.
                 raise Destroyed() from None
             raise WrongPassword(remaining) from None
-        attempt = sorted(r.attempt for r in used)[len(used) // 2]
-        reset_missing = self._reset(export_key, manifest, blinded, good)
+        agreed = _agreed_attempt(good, self.t)
+        attempt = agreed if agreed is not None else sorted(r.attempt for r in used)[len(used) // 2]
+        reset_missing = self._reset(export_key, manifest, blinded, good, agreed)
         reset_confirmed = len(reset_missing) < self.nodes
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
@@ -972,21 +986,19 @@ class ThresholdVault:
         manifest: manifests.Manifest,
         blinded: bytes,
         good: dict[int, EvaluateResponse],
+        attempt: int | None,
     ) -> tuple[str, ...]:
-        """Prove the password to every node: a RESET statement over (version, attempt,
-        SHA-256(B)), with each node's own attempt number (a node rebuilds the statement
-        from its own state, so a wrong number only fails at that node)."""
-        default = sorted(r.attempt for r in good.values())[len(good) // 2]
-        requests: list[Message] = []
-        for index in range(self.nodes):
-            attempt = good[index].attempt if index in good else default
-            statement = self._statement(
-                owner.StatementKind.RESET, manifest.version, attempt, blinded
-            )
-            signature = owner.sign_statement(export_key, statement)
-            requests.append(
-                ResetRequest(self.account, self.entry, manifest.version, attempt, signature)
-            )
+        """Prove the password to every node: one RESET statement over (version, attempt,
+        SHA-256(B)) for all of them, with the attempt number t verified partials agree on
+        (`_agreed_attempt`); with none agreed, nothing is signed and every node is named
+        as missing the reset."""
+        if attempt is None:
+            why = "the nodes did not agree on this attempt's number; report it to the operator"
+            return tuple(f"node {index}: {why}" for index in range(self.nodes))
+        statement = self._statement(owner.StatementKind.RESET, manifest.version, attempt, blinded)
+        signature = owner.sign_statement(export_key, statement)
+        request = ResetRequest(self.account, self.entry, manifest.version, attempt, signature)
+        requests: list[Message] = [request] * self.nodes
         done: set[int] = set()
         missing: dict[int, str] = {}
         for attempt in range(RESET_TRIES):

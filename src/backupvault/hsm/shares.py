@@ -914,6 +914,13 @@ class ShareKeeper:
                 # This B is the latest attempt's: another node's copy of the same request,
                 # or a resend. One attempt, not a new one.
                 return state, lambda: self._evaluate_committed(key, request, state)
+            if state.reset_signature and hmac.compare_digest(state.reset_hash, blinded_hash):
+                # The B of the attempt the owner's last reset answered: a replay (a client
+                # blinds afresh for every attempt), never a new attempt, so that a reset
+                # signature kept by a hostile node can never match a later attempt's B.
+                return state, _answer(
+                    ErrorCode.STALE_ATTEMPT, "this attempt was already answered; start again"
+                )
             if request.client_time_ms <= state.attempt_client_time_ms:
                 return state, _answer(
                     ErrorCode.STALE_ATTEMPT,

@@ -1,0 +1,114 @@
+"""A hostile node that reports another attempt number for a correct recovery (its partial
+and proof are valid; the number is not covered by the proof). Found by review (s23): the
+client signed RESET(version, that number, SHA-256(B)) for that node; the statement names
+no node, so the node kept a signature that, once the same B was counted again at that
+number after wrong guesses, reset every honest node's count: a new window of L guesses
+without the owner. Now the client signs one number, the one t verified partials agree
+on, and a node never counts the last reset's B as a new attempt."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+from tests.hsm.test_threshold_client_on_real_nodes import KEY, LIMIT, RK, Bridge
+
+from backupvault.client import DEFAULT_ENTRY
+from backupvault.client.errors import Destroyed, WrongPassword
+from backupvault.protocol import (
+    ErrorCode,
+    ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
+    Message,
+    Op,
+    ResetRequest,
+)
+from backupvault.sim.clients import SIM_KSF
+from backupvault.sim.world import Simulation, threshold_world
+
+HOSTILE = 0
+
+
+def _recover_with_lying_nodes(
+    monkeypatch: pytest.MonkeyPatch, bridge: Bridge, liars: set[int]
+) -> tuple[object, dict[int, ResetRequest], EvaluateRequest]:
+    """The owner's correct recovery while `liars` add L to the attempt they report;
+    returns it, the resets each node was sent, and the owner's evaluate request."""
+    sent: dict[int, ResetRequest] = {}
+    evaluate: list[EvaluateRequest] = []
+    honest = Simulation.request
+
+    def lying(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        if isinstance(inner, ResetRequest):
+            sent[slot] = inner
+        if isinstance(inner, EvaluateRequest):
+            evaluate.append(inner)
+        answer = honest(world, slot, op, inner, seconds)
+        if slot in liars and isinstance(answer, EvaluateResponse):
+            return EvaluateResponse(
+                answer.attempt + LIMIT,
+                answer.index,
+                answer.evaluated,
+                answer.proof,
+                answer.guesses_remaining,
+            )
+        return answer
+
+    monkeypatch.setattr(Simulation, "request", lying)
+    try:
+        recovered = bridge.vault().recover("right", ksf_floor=SIM_KSF)
+    finally:
+        monkeypatch.setattr(Simulation, "request", honest)
+    return recovered, sent, evaluate[0]
+
+
+def test_a_hostile_node_gets_no_reset_for_the_attempt_number_it_names(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    bridge = Bridge(threshold_world(5, LIMIT, seed=1))
+    bridge.vault().register("right", RK, ksf=SIM_KSF)
+    recovered, sent, owners = _recover_with_lying_nodes(monkeypatch, bridge, {HOSTILE})
+    assert recovered.root_key == RK and recovered.reset_confirmed  # type: ignore[attr-defined]
+    # One statement, for the attempt the honest nodes report, to every node.
+    assert {r.attempt for r in sent.values()} == {1} and set(sent) == set(range(5))
+    stolen = sent[HOSTILE]
+
+    # The attacker (it can spend guesses on the account) tries the old path: wrong
+    # guesses up to the number the hostile node named, the owner's B again, the reset.
+    attacker = bridge.vault()
+    for i in range(LIMIT - 1):
+        with pytest.raises(WrongPassword):
+            attacker.recover(f"guess-{i}", ksf_floor=SIM_KSF)
+    replay = EvaluateRequest(
+        "alice", DEFAULT_ENTRY, owners.version, owners.blinded, time.time_ns() // 1_000_000
+    )
+    for slot in range(5):
+        answer = bridge.world.request(slot, Op.EVALUATE, replay)
+        # The last reset's B is a replay, not a new attempt: refused, nothing counted.
+        assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.STALE_ATTEMPT
+    for slot in range(1, 5):  # the owner's own reset again: answered, but it is spent
+        bridge.world.request(slot, Op.RESET, stolen)
+    counts = [bridge.world.honest[s].rows[KEY].count for s in range(1, 5)]
+    assert counts == [LIMIT - 1] * 4  # the attacker's guesses still count
+    with pytest.raises(Destroyed):  # the L-th wrong guess: no window beyond L
+        attacker.recover("guess-last", ksf_floor=SIM_KSF)
+
+
+def test_without_t_nodes_agreeing_on_the_number_nothing_is_signed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Two liars and one honest node down: the three answers that verify name two
+    # numbers, neither from t = 3 nodes. The key still opens; no reset is signed, and
+    # the recovery says no node took one (the CLI then warns that guesses still count).
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    bridge = Bridge(threshold_world(5, LIMIT, seed=2))
+    bridge.vault().register("right", RK, ksf=SIM_KSF)
+    bridge.world.down.add(4)
+    recovered, sent, _ = _recover_with_lying_nodes(monkeypatch, bridge, {0, 1})
+    assert recovered.root_key == RK  # type: ignore[attr-defined]
+    assert sent == {} and not recovered.reset_confirmed  # type: ignore[attr-defined]
+    assert all("did not agree" in m for m in recovered.reset_missing)  # type: ignore[attr-defined]
