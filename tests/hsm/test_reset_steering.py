@@ -9,6 +9,7 @@ on, and a node never counts the last reset's B as a new attempt."""
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import pytest
 from tests.hsm.test_threshold_client_on_real_nodes import KEY, LIMIT, RK, Bridge
@@ -20,6 +21,7 @@ from backupvault.protocol import (
     ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
+    ManifestResponse,
     Message,
     Op,
     ResetRequest,
@@ -112,3 +114,26 @@ def test_without_t_nodes_agreeing_on_the_number_nothing_is_signed(
     assert recovered.root_key == RK  # type: ignore[attr-defined]
     assert sent == {} and not recovered.reset_confirmed  # type: ignore[attr-defined]
     assert all("did not agree" in m for m in recovered.reset_missing)  # type: ignore[attr-defined]
+
+
+def test_one_node_cannot_set_the_guess_limit_the_client_reports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The limit was the largest any agreeing node reported: one node's 10^9 made a clean
+    # recovery warn of about 10^9 wrong guesses, and `vault status` show that limit.
+    bridge = Bridge(threshold_world(5, LIMIT, seed=3))
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    honest = Simulation.request
+
+    def lying(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        answer = honest(world, slot, op, inner, seconds)
+        if slot == HOSTILE and isinstance(answer, ManifestResponse):
+            return replace(answer, guess_limit=10**9)
+        return answer
+
+    monkeypatch.setattr(Simulation, "request", lying)
+    assert vault.status().guess_limit == LIMIT
+    assert vault.recover("right", ksf_floor=SIM_KSF).wrong_guesses_before == 0

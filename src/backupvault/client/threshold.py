@@ -112,6 +112,14 @@ def _transient(outcome: NodeOutcome[Any]) -> bool:
     return outcome.response is None
 
 
+def _tth_largest(values: list[int], t: int) -> int:
+    """The t-th largest of what the nodes report (the smallest, with fewer than t): fewer
+    than t hostile nodes cannot raise it above what the honest ones say (one node's guess
+    limit of 10^9 made every recovery warn of 10^9 wrong guesses)."""
+    ordered = sorted(values, reverse=True)
+    return ordered[t - 1] if len(ordered) >= t else min(ordered, default=0)
+
+
 def _agreed_attempt(good: dict[int, EvaluateResponse], t: int) -> int | None:
     """The attempt number at least t verified partials report, or None. The fleet commits
     one number per B, so honest nodes agree on it, and fewer than t hostile nodes cannot
@@ -344,7 +352,7 @@ class ThresholdVault:
             # high would make the next registration fail at every honest node).
             versions = sorted((r.version for r in responses), reverse=True)
             version = versions[self.t - 1] if len(versions) >= self.t else 0
-            limit = max((r.guess_limit for r in responses), default=0)
+            limit = _tth_largest([r.guess_limit for r in responses], self.t)
             answered = {a.index for a in found.answers if a.response is not None}
             pending = self._finish_quietly(
                 None, status=kind, version=version, answered=answered, tries=1
@@ -358,7 +366,7 @@ class ThresholdVault:
         remaining = sorted(
             (a.response.guesses_remaining for a in agreeing if a.response), reverse=True
         )
-        limit = max(a.response.guess_limit for a in agreeing if a.response)
+        limit = _tth_largest([a.response.guess_limit for a in agreeing if a.response], self.t)
         other = tuple(
             a.describe() if a.response is None else f"node {a.index}: holds another manifest"
             for a in found.answers
@@ -797,7 +805,7 @@ class ThresholdVault:
         answered = frozenset(a.index for a in found.answers if a.response is not None)
         return _Live(
             agreed,
-            max(r.guess_limit for r in agreeing),
+            _tth_largest([r.guess_limit for r in agreeing], self.t),
             tuple(sorted(holders)),
             without,
             answered,
