@@ -266,22 +266,34 @@ def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
 ) -> None:
     config = vault.client_config(tmp_path / "client.toml", "burnt-user", "burnt-entry")
     client = vault.threshold("burnt-user", "burnt-entry")
-    client.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("a fresh start")
+    new_key = ("--password-stdin", "--new-key")
+    old = str(tmp_path / "old")
+    made = vault.cli("backup", "create", str(source), "--storage", old, "--password-stdin",
+                     config=config, stdin=PASSWORD + "\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr  # registers the key (default stretching)
     for _ in range(10):
         with pytest.raises((WrongPassword, Destroyed)):
             client.recover("wrong", ksf_floor=FAST_KSF)
-    with pytest.raises(Destroyed):  # at this request each node erases its share
+    # No guess left: `vault status` says destroyed already (no recovery can succeed)...
+    assert client.status().status == EntryStatus.DESTROYED
+    with pytest.raises(Destroyed):  # ...and at this request each node erases its share
         client.recover(PASSWORD, ksf_floor=FAST_KSF)
     assert client.status().status == EntryStatus.DESTROYED
     cleared = vault.cli("vault", "delete", "--yes", config=config)
     assert cleared.returncode == 0, cleared.stderr
     assert "--new-key" in cleared.stdout
+    # Not over the old repository: only the destroyed key opens it. It used to register a
+    # new key and then fail with "wrong key" (exit 3), on every later backup too.
+    refused = vault.cli("backup", "create", str(source), "--storage", old, *new_key,
+                        config=config, stdin="a new password\n")  # fmt: skip
+    assert refused.returncode == 1, refused.stderr
+    assert "holds a repository made with the key wrong guesses destroyed" in refused.stderr
+    assert client.status().status == EntryStatus.DESTROYED  # nothing was registered
     # As the hint says: a new key, through the CLI. It used to refuse with "destroyed"
     # however often `vault delete` was run, and the user could never start over.
-    source = tmp_path / "source"
-    source.mkdir()
-    (source / "notes.txt").write_text("a fresh start")
-    new_key = ("--password-stdin", "--new-key")
     made = vault.cli("backup", "create", str(source), "--storage", str(tmp_path / "new"),
                      *new_key, config=config, stdin="a new password\n")  # fmt: skip
     assert made.returncode == 0, made.stderr

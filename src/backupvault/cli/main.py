@@ -281,9 +281,12 @@ def _root_key_from_vault(
             _refuse_to_orphan_password_backups(storage_url, new_key)
     except Destroyed:
         # Wrong guesses destroyed the key (the nodes erased their shares): --new-key is
-        # the owner's choice to start over, with a new key at the next version.
+        # the owner's choice to start over, with a new key at the next version, but never
+        # over a repository, which only the destroyed key opens.
         if not (register and new_key):
             raise
+        if storage_url is not None:
+            _refuse_to_orphan_password_backups(storage_url, new_key, destroyed=True)
     else:
         if new_key:
             raise UsageError(
@@ -370,7 +373,9 @@ def _may_be_password(key: str | None) -> bool:
     return key in ("password", "unknown")
 
 
-def _refuse_to_orphan_password_backups(storage_url: str, new_key: bool) -> None:
+def _refuse_to_orphan_password_backups(
+    storage_url: str, new_key: bool, *, destroyed: bool = False
+) -> None:
     """Before a new key is registered: a repository at `storage_url` could never be opened
     with it (even with --new-key: that needs another storage); single-blob password
     backups would stay unopenable by password unless --new-key says so."""
@@ -378,6 +383,13 @@ def _refuse_to_orphan_password_backups(storage_url: str, new_key: bool) -> None:
     from backupvault.cli.backup_repo import repository_exists
 
     if repository_exists(storage_url):
+        if destroyed:
+            raise BackupVaultError(
+                f"{redact_url(storage_url)} holds a repository made with the key wrong "
+                "guesses destroyed: a new key could not open it, so none was made",
+                hint="back up to another --storage with --new-key (a new repository); this "
+                "one still opens with its recovery code, if it was made with one",
+            )
         raise BackupVaultError(
             f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
             "repository: a new key could not open it, so none was made",

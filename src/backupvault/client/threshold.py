@@ -372,8 +372,11 @@ class ThresholdVault:
             for a in found.answers
             if a not in agreeing
         )
+        # No guess left on t nodes: no recovery can succeed again, and each node erases its
+        # share at its next request; the key is as good as destroyed, so say so.
+        status = EntryStatus.LIVE if remaining[self.t - 1] else EntryStatus.DESTROYED
         return ThresholdStatus(
-            EntryStatus.LIVE,
+            status,
             found.agreed.version,
             limit,
             remaining[self.t - 1],
