@@ -137,3 +137,31 @@ def test_one_node_cannot_set_the_guess_limit_the_client_reports(
     monkeypatch.setattr(Simulation, "request", lying)
     assert vault.status().guess_limit == LIMIT
     assert vault.recover("right", ksf_floor=SIM_KSF).wrong_guesses_before == 0
+
+
+def test_two_recoveries_at_once_both_succeed(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Two cron jobs (or devices) recovering together: the second device's attempt is
+    # counted while the first one's request is on its way, so the nodes refuse the first
+    # as stale ("a later attempt was already made", nothing counted). It used to end in
+    # exit 5 with advice to check the clock; now the attempt is made again.
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    bridge = Bridge(threshold_world(5, LIMIT, seed=4))
+    first, second = bridge.vault(), bridge.vault()
+    first.register("right", RK, ksf=SIM_KSF)
+    honest = Simulation.request
+    overtaken: list[bool] = []
+
+    def racing(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        if isinstance(inner, EvaluateRequest) and not overtaken:
+            overtaken.append(True)
+            monkeypatch.setattr(Simulation, "request", honest)
+            time.sleep(0.002)  # a later clock for the other device's attempt
+            assert second.recover("right", ksf_floor=SIM_KSF).root_key == RK
+        return honest(world, slot, op, inner, seconds)
+
+    monkeypatch.setattr(Simulation, "request", racing)
+    recovered = first.recover("right", ksf_floor=SIM_KSF)
+    assert overtaken and recovered.root_key == RK
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(5)] == [0] * 5

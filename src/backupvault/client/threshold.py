@@ -17,6 +17,7 @@ each node's answer is sealed to the client with its own copy's response key.
 from __future__ import annotations
 
 import itertools
+import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
@@ -76,6 +77,10 @@ EVALUATE_PATIENCE_SECONDS = 5.0
 #: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
+#: An attempt refused as stale by so many nodes that t partials cannot come (another
+#: recovery of the same entry, from this or another device, was counted in between) is
+#: made again, with a new B and clock, up to this many times, after a random pause.
+STALE_ATTEMPT_RETRIES = 2
 DELIVERY_TRIES = 3
 #: With fewer than t acknowledgements and some node silent, a delivery is sent again (the
 #: same shares: nodes that hold theirs acknowledge again) for up to this long: M may have
@@ -110,6 +115,14 @@ def _transient(outcome: NodeOutcome[Any]) -> bool:
     if outcome.error is not None:
         return outcome.error.code == ErrorCode.FLEET_UNAVAILABLE
     return outcome.response is None
+
+
+class _Superseded(Exception):
+    """This attempt was refused as stale by more than N − t nodes (`recover` tries again)."""
+
+    def __init__(self, error: FleetUnavailable) -> None:
+        super().__init__(error.message)
+        self.error = error
 
 
 def _tth_largest(values: list[int], t: int) -> int:
@@ -840,6 +853,18 @@ class ThresholdVault:
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
         FleetUnavailable naming the nodes that did not answer)."""
+        for retry in itertools.count():
+            try:
+                return self._recover_once(password, ksf_floor)
+            except _Superseded as superseded:
+                if retry >= STALE_ATTEMPT_RETRIES:
+                    raise superseded.error from None
+                # Two recoveries at once (two cron jobs, two devices): the one counted
+                # later makes the nodes refuse the other. Spread the next try out.
+                time.sleep(RETRY_BACKOFF_SECONDS * (1 + secrets.randbelow(1000) / 250))
+        raise AssertionError("unreachable")
+
+    def _recover_once(self, password: str, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         live = self._deliver_owed_first(self._live())
         manifest, guess_limit = live.manifest, live.guess_limit
         if len(live.holders) < self.t:
@@ -938,10 +963,13 @@ class ThresholdVault:
                     " against the entry's commitments",
                     hint="report the named nodes to the operator; try again later",
                 )
-            raise FleetUnavailable(
+            unavailable = FleetUnavailable(
                 f"need {self.t} partial evaluations, {len(good)} nodes gave one "
                 f"({'; '.join(problems[i] for i in sorted(problems))})"
             )
+            if errors.count(ErrorCode.STALE_ATTEMPT) > self.nodes - self.t:
+                raise _Superseded(unavailable)
+            raise unavailable
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
         combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]
