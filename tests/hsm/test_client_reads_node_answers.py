@@ -1,10 +1,11 @@
-"""A hostile node that reports another attempt number for a correct recovery (its partial
-and proof are valid; the number is not covered by the proof). Found by review (s23): the
-client signed RESET(version, that number, SHA-256(B)) for that node; the statement names
-no node, so the node kept a signature that, once the same B was counted again at that
-number after wrong guesses, reset every honest node's count: a new window of L guesses
-without the owner. Now the client signs one number, the one t verified partials agree
-on, and a node never counts the last reset's B as a new attempt."""
+"""What the client takes from the nodes' answers when one of them lies or two recoveries
+meet. A hostile node that reports another attempt number for a correct recovery (its
+partial and proof are valid; the number is not covered by the proof): found by review
+(s23), the client signed RESET(version, that number, SHA-256(B)) for that node; the
+statement names no node, so the node kept a signature that, once the same B was counted
+again at that number after wrong guesses, reset every honest node's count: a new window
+of L guesses without the owner. Now the client signs one number, the one t verified
+partials agree on, and a node never counts the last reset's B as a new attempt."""
 
 from __future__ import annotations
 
