@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
 from backupvault.fleet.messages import AcceptorRecord
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare
+from backupvault.node import store as store_module
 from backupvault.node.store import (
     SHARE_PREFIX,
     NodeStore,
@@ -27,6 +30,14 @@ KEY = os.urandom(32)
 ENTRY = EntryId("alice", "root-key").to_bytes()
 OTHER = EntryId("bob", "root-key").to_bytes()
 SHARE = b"\x01" + b"k" * 32
+
+
+@pytest.fixture(autouse=True, params=["kept", "read again"])
+def listings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test twice: with checked bucket listings kept in memory (rows compared with
+    them), and with none kept but the last (each read checks the bucket on disk)."""
+    if request.param == "read again":
+        monkeypatch.setattr(store_module, "LISTED_ROWS", 0)
 
 
 def _counted(count: int) -> NodeShare:
@@ -140,3 +151,32 @@ def test_a_share_put_back_during_its_erasures_rotation_is_not_sealed_anew(
     # the old key is not reported destroyed, and the rotation stays owed.
     assert not rotation.finished and store.rotation_owed
     assert _raw(path, name) == copy
+
+
+def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) -> None:
+    # Reads do not wait for the lock; one that falls between a commit and the digests
+    # and listings in memory must read again, not refuse the store.
+    store = NodeStore(tmp_path / "store.sqlite", 0, KEY)
+    keys = [EntryId(f"user{i}", "root-key").to_bytes() for i in range(8)]
+    store.save([AcceptorRecord(k, 1, 1, 1, 1, b"v0") for k in keys])
+    failures: list[BaseException] = []
+    stop = time.monotonic() + 1.0
+
+    def write() -> None:
+        try:
+            round_ = 2
+            while time.monotonic() < stop:
+                store.save([AcceptorRecord(k, round_, 1, round_, 1, b"v") for k in keys[:4]])
+                round_ += 1
+        except BaseException as failed:  # pragma: no cover - reported below
+            failures.append(failed)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    reads = 0
+    while writer.is_alive():
+        for key in keys:
+            assert store.get(key) is not None
+            reads += 1
+    writer.join()
+    assert failures == [] and reads > 100
