@@ -266,24 +266,56 @@ def test_local_down_twice(deployment: Path) -> None:
     assert "nothing is running in" in second.stdout and "already down" in second.stdout
 
 
-def test_a_local_up_that_fails_stops_what_it_started(deployment: Path) -> None:
+def test_a_local_up_of_another_versions_record_stops_what_it_started_and_upgrade_fixes_it(
+    deployment: Path, source: Path, tmp_path: Path
+) -> None:
     # After test_local_down_twice: the deployment is down. Its record now names another
     # measurement, as after an upgrade of backupvault: the node refuses to start, and the
-    # witnesses and the relay this `up` started are stopped again.
+    # witnesses and the relay this `up` started are stopped again. `local upgrade`
+    # deploys a record for the code installed now; the key and the backups stay.
+    def entry_config(name: str) -> str:
+        data = tomllib.loads((deployment / "client.toml").read_text())
+        data["entry"] = "upgrade"
+        write_toml(tmp_path / name, data)
+        return str(tmp_path / name)
+
+    assert bv("local", "up", "--dir", str(deployment)).returncode == 0
+    before = entry_config("before.toml")
+    storage = str(tmp_path / "storage")
+    made = bv("--config", before, "backup", "create", str(source), "--storage", storage,
+              "--password-stdin", stdin="a pass phrase to keep\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    assert bv("local", "down", "--dir", str(deployment)).returncode == 0
+
     fleet_file = deployment / "fleet.toml"
-    deployed = fleet_file.read_text()
-    measurement = tomllib.loads(deployed)["measurement"]
-    fleet_file.write_text(deployed.replace(measurement, "ab" * 32))
-    try:
-        failed = bv("local", "up", "--dir", str(deployment))
-        assert failed.returncode == 1
-        assert "node 0 refuses to join fleet" in failed.stderr
-        assert "made by another version of backupvault" in failed.stderr
-        assert "Traceback" not in failed.stderr
-        status = json.loads(bv("local", "status", "--dir", str(deployment), "--json").stdout)
-        processes = status["processes"]
-        assert {"node0", "witness", "relay"} <= set(processes)
-        running = {name for name, info in processes.items() if info["running"]}
-        assert running == set(), running
-    finally:
-        fleet_file.write_text(deployed)
+    deployed = tomllib.loads(fleet_file.read_text())
+    fleet_file.write_text(fleet_file.read_text().replace(deployed["measurement"], "ab" * 32))
+    failed = bv("local", "up", "--dir", str(deployment))
+    assert failed.returncode == 1
+    assert "node 0 refuses to join fleet" in failed.stderr
+    assert "made by another version of backupvault" in failed.stderr
+    assert "local upgrade --dir" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    status = json.loads(bv("local", "status", "--dir", str(deployment), "--json").stdout)
+    processes = status["processes"]
+    assert {"node0", "witness", "relay"} <= set(processes)
+    running = {name for name, info in processes.items() if info["running"]}
+    assert running == set(), running
+
+    upgraded = bv("local", "upgrade", "--dir", str(deployment), "--json")
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert json.loads(upgraded.stdout)["epoch"] == deployed["epoch"] + 1
+    now = tomllib.loads(fleet_file.read_text())
+    assert (now["epoch"], now["measurement"]) == (deployed["epoch"] + 1, deployed["measurement"])
+    after = entry_config("after.toml")
+    for config, to in ((before, "r1"), (after, "r2")):  # the old pinned config still recovers
+        restored = bv("--config", config, "backup", "restore", "--storage", storage,
+                      "--to", str(tmp_path / to), "--password-stdin",
+                      stdin="a pass phrase to keep\n")  # fmt: skip
+        assert restored.returncode == 0, restored.stderr
+        assert (tmp_path / to / "chat.txt").read_text() == "see you at 7\n"
+    changed = bv("--config", after, "vault", "change-password", "--password-stdin",
+                 stdin="a pass phrase to keep\nthe next pass phrase\n")  # fmt: skip
+    assert changed.returncode == 0, changed.stderr  # a new version, dealt for the new epoch
+    ota = bv("--config", str(deployment / "client-ota.toml"), "--json", "vault", "status")
+    assert ota.returncode == 0, ota.stderr  # the relay's bundle of the new epoch verifies

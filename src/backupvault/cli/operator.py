@@ -66,6 +66,25 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     )
 
 
+@local.command("upgrade")
+@LOCAL_DIR
+@pass_context
+def local_upgrade(ctx: Context, root: Path) -> None:
+    """After installing another version of backupvault: deploy a new record for it (the
+    same nodes and keys, the next epoch, logged by the witness) and restart on it."""
+    from backupvault.deploy.local import LocalDeployment
+
+    deployment = LocalDeployment(root)
+    if not deployment.provisioned():
+        raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")
+    epoch = deployment.upgrade()
+    ctx.output.result(
+        {"dir": str(root), "epoch": epoch, "processes": deployment.status()},
+        f"local deployment upgraded: epoch {epoch}, a record for the code installed now;"
+        " your keys and backups are unchanged",
+    )
+
+
 @local.command("down")
 @LOCAL_DIR
 @pass_context

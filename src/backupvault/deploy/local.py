@@ -465,6 +465,34 @@ class LocalDeployment:
         self.wait_ready(timeout)
         return epoch
 
+    def upgrade(self, timeout: float = 60.0) -> int:
+        """A new deployment record for the code installed now (an upgrade: new code, same
+        nodes and keys, epoch + 1), logged by the witnesses; then the nodes and the relay
+        restart on it, and the pinned client config names the new epoch. Entries stay
+        where they are: nothing is migrated. Returns the new epoch."""
+        if len(self.epochs()) > 1:
+            raise DeploymentError(
+                "this deployment still runs older epochs (a rotation's); an upgrade re-deploys"
+                " one node set",
+                hint="make a new deployment for the new version (`local up --dir NEW`)",
+            )
+        fleet = self.fleet()
+        if fleet.epoch is None:
+            raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
+        for index in range(len(fleet.nodes)):
+            self.stop_process(self.node_name(index, 1))
+        self.stop_process("relay")
+        for which in self.witnesses():
+            self.start_witness(which)
+        epoch = fleet.epoch + 1
+        bundle = self._deploy_and_log(self.fleet_dir() / "fleet.toml", epoch)
+        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
+        relay = relay_toml["relay"]
+        assert relay["bundle_file"] == str(bundle.relative_to(self.root)), relay["bundle_file"]
+        self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
+        self.up(len(fleet.nodes), timeout)
+        return epoch
+
     # ---- processes ---------------------------------------------------------------------
 
     def _processes(self) -> dict[str, dict[str, Any]]:
@@ -573,8 +601,8 @@ class LocalDeployment:
                 raise DeploymentError(
                     failed.message,
                     hint="this local deployment's record was made by another version of"
-                    " backupvault: start a new one in another folder (`backupvault local up"
-                    f" --dir NEW`), or run it with the version that made it; {failed.hint}",
+                    f" backupvault: `backupvault local upgrade --dir {self.root}` deploys a"
+                    " record for the version installed now (your keys and backups stay)",
                 ) from failed
             raise
 
