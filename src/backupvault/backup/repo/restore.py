@@ -6,6 +6,10 @@ renamed onto `dest` at the end. Every name comes from an authenticated tree whos
 were validated (relative, no "..", no empty parts); files are created with O_EXCL and
 O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are created last
 (those leaving the tree are skipped and reported), so no write ever goes through one.
+
+A chunk that fails authentication does not stop the reading: nothing more is written, but
+every other chunk is still read and authenticated, and the restore then fails naming every
+file that uses a damaged chunk (backup/repo/damage.py).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import Any
 from backupvault.backup.errors import BackupNotFound, DestinationError
 from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
-from backupvault.backup.repo.chunksource import ChunkSource
+from backupvault.backup.repo.damage import NotingChunkSource, damaged_files_error, files_using
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers, cycle_collector_paused
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
@@ -167,7 +171,9 @@ def restore_snapshot(
         with Staging(dest_path) as staging:
             dir_fd = os.open(staging.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
-                _fill(repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped)
+                _fill(
+                    repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped, dest
+                )
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
                     raise no_space(*space(dest_path.parent, limits)) from None
@@ -230,12 +236,13 @@ def _fill(
     index: Index,
     workers: int,
     skipped: list[Skipped],
+    dest: str | os.PathLike[str],
 ) -> None:
     for entry in entries:
         if entry.kind == DIR and entry.path != ROOT:
             os.mkdir(entry.path, 0o700, dir_fd=dir_fd)
     files = [e for e in entries if e.kind == FILE]
-    source = ChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
+    source = NotingChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
     # Small files are written on writer threads (their syscalls overlap); large ones here,
     # streamed chunk by chunk.
     # One thread per writer, each folder's files always on the same one: threads creating
@@ -243,14 +250,23 @@ def _fill(
     # time than the writes themselves).
     writers = [ThreadPoolExecutor(1, thread_name_prefix="restore-write") for _ in range(_WRITERS)]
     pending: deque[Future[None]] = deque()
+    # Once a chunk failed authentication nothing more is written (the restore fails), but
+    # every other chunk is still read and authenticated, so the error names every file
+    # that cannot be restored.
     try:
         for entry in files:
-            pieces = _counted(source.chunks(entry.chunks), reporter)
-            if entry.size > _SMALL_FILE:
-                _write_file(dir_fd, entry, pieces)
-                continue
-            writer = writers[hash(os.path.dirname(entry.path)) % len(writers)]
-            pending.append(writer.submit(_write_file, dir_fd, entry, iter(list(pieces))))
+            pieces = _authenticated(source, entry.chunks, reporter)
+            try:
+                if source.damaged:
+                    for _ in pieces:
+                        pass
+                elif entry.size > _SMALL_FILE:
+                    _write_file(dir_fd, entry, pieces)
+                else:
+                    writer = writers[hash(os.path.dirname(entry.path)) % len(writers)]
+                    pending.append(writer.submit(_write_file, dir_fd, entry, iter(list(pieces))))
+            except _Damaged:
+                pass
             while pending and (pending[0].done() or len(pending) > _WRITES_AHEAD):
                 pending.popleft().result()
         while pending:
@@ -261,6 +277,8 @@ def _fill(
         for writer in writers:
             writer.shutdown(wait=True, cancel_futures=True)
         source.close()
+    if source.damaged:
+        raise damaged_files_error(source.damaged, files_using(files, source.damaged), dest)
     links = {e.path: e.target for e in entries if e.kind == SYMLINK}
     for entry in entries:
         if entry.kind == SYMLINK:
@@ -282,9 +300,22 @@ def _fill(
         os.utime(entry.path, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd)
 
 
-def _counted(
-    pieces: Iterator[bytes | bytearray], reporter: Progress
+class _Damaged(Exception):
+    """A chunk of the file being read failed authentication (the source noted why)."""
+
+
+def _authenticated(
+    source: NotingChunkSource, chunk_ids: list[bytes], reporter: Progress
 ) -> Iterator[bytes | bytearray]:
-    for piece in pieces:
+    """The plaintext of a file's chunks, in order. If one is damaged, the file's other
+    chunks are still read (so authenticated, and released by the source) before this
+    raises `_Damaged`."""
+    damaged = False
+    for chunk_id, piece in zip(chunk_ids, source.chunks(chunk_ids), strict=True):
+        if damaged or source.is_damaged(chunk_id):
+            damaged = True
+            continue
         yield piece
         reporter.advance(len(piece))
+    if damaged:
+        raise _Damaged

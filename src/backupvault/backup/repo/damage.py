@@ -1,0 +1,102 @@
+"""Damaged chunks during a restore: which ones, and which files of the snapshot use them.
+
+A restore that meets a chunk that does not authenticate still fails and writes nothing
+into its destination, but it first authenticates every other chunk it needs, so its error
+names every file that cannot be restored rather than one chunk id. `files_using` is also
+what `backup check --read-data` can use to name the files behind a damaged chunk.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Collection, Iterable, Mapping
+
+from backupvault.backup.repo.chunksource import ChunkSource, Plain
+from backupvault.backup.repo.index import Location
+from backupvault.backup.repo.repository import Repository
+from backupvault.backup.repo.tree import FILE, Entry
+from backupvault.errors import AuthenticationFailed, InvalidInput
+
+#: At most this many paths in a message; the rest are counted.
+SHOWN_PATHS = 20
+
+
+class NotingChunkSource(ChunkSource):
+    """A `ChunkSource` that notes a chunk that fails authentication (in `damaged`: chunk
+    id -> why) and goes on, instead of failing the read of its whole pack. The noted
+    chunk is handed out as empty: check `damaged` for every chunk id before using it."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        locations: Mapping[bytes, Location],
+        files: list[list[bytes]],
+        workers: int,
+    ) -> None:
+        super().__init__(repo, locations, files, workers)
+        self.damaged: dict[bytes, str] = {}
+        self._noting = threading.Lock()
+
+    def _read_pack(self, pack_id: bytes, chunk_ids: list[bytes]) -> dict[bytes, Plain]:
+        locs = [self.locations[c] for c in chunk_ids]
+        start = min(loc.offset for loc in locs)
+        end = max(loc.offset + loc.length for loc in locs)
+        data = self.repo.backend.get(f"data/{pack_id.hex()}", start, end)
+        view = memoryview(data)
+        opened: dict[bytes, Plain] = {}
+        for chunk_id, loc in zip(chunk_ids, locs, strict=True):
+            first = loc.offset - start
+            try:
+                if first + loc.length > len(view):
+                    raise AuthenticationFailed(
+                        f"chunk {chunk_id.hex()[:16]} is cut off: pack {pack_id.hex()} is truncated"
+                    )
+                blob = view[first : first + loc.length]
+                opened[chunk_id] = self.repo.sealer.open(chunk_id, blob, loc.raw_length)
+            except (AuthenticationFailed, InvalidInput) as exc:
+                with self._noting:
+                    self.damaged[chunk_id] = exc.message
+                opened[chunk_id] = b""
+        return opened
+
+    def is_damaged(self, chunk_id: bytes) -> bool:
+        with self._noting:
+            return chunk_id in self.damaged
+
+
+def files_using(entries: Iterable[Entry], chunk_ids: Collection[bytes]) -> list[str]:
+    """The paths (for people) of the files among `entries` that use any of `chunk_ids`,
+    in tree order."""
+    wanted = set(chunk_ids)
+    return [
+        os.fsdecode(e.path) for e in entries if e.kind == FILE and not wanted.isdisjoint(e.chunks)
+    ]
+
+
+def listed(paths: list[str], limit: int = SHOWN_PATHS) -> str:
+    """`paths` joined for a message: the first `limit` of them, then how many more."""
+    shown = ", ".join(paths[:limit])
+    return shown if len(paths) <= limit else f"{shown} and {len(paths) - limit} more"
+
+
+def damaged_files_error(
+    damaged: dict[bytes, str], paths: list[str], dest: str | os.PathLike[str]
+) -> AuthenticationFailed:
+    """The error of a restore that found `damaged` chunks (id -> why), used by `paths`."""
+    first = next(iter(damaged.values()))
+    more = len(damaged) - 1
+    what = first if not more else f"{first} (and {more} more damaged chunk{'s' * (more > 1)})"
+    whose = (
+        f"the file that uses {'it' if not more else 'them'} cannot be restored"
+        if len(paths) == 1
+        else f"the {len(paths)} files that use {'it' if not more else 'them'} cannot be restored"
+    )
+    error = AuthenticationFailed(
+        f"{what}; {whose}: {listed(paths)}",
+        hint=f"nothing was written into {os.fspath(dest)}; to restore the other files, name "
+        "each file or folder to restore with --include (repeat it for more); "
+        "`backupvault backup check --read-data` lists all damage in the repository",
+    )
+    error.details["damaged_files"] = "\n".join(paths)
+    return error

@@ -1,0 +1,132 @@
+"""A restore that meets damaged chunks still fails and writes nothing into --to, but first
+authenticates every other chunk it needs, and its error names every file that cannot be
+restored (and how to restore the rest)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from backupvault.backup.repo import Repository, create_snapshot, restore, restore_snapshot
+from backupvault.backup.repo.damage import files_using, listed
+from backupvault.backup.storage import Storage
+from backupvault.errors import AuthenticationFailed
+
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
+
+
+@pytest.fixture
+def made(tmp_path: Path, root_key: bytes) -> tuple[Path, Path]:
+    """Many small files in two folders (so many packs), and one larger file."""
+    source = tmp_path / "src"
+    for folder in ("a", "b"):
+        (source / folder).mkdir(parents=True)
+        for i in range(20):
+            (source / folder / f"f{i:02}").write_bytes(os.urandom(300))
+    (source / "big").write_bytes(os.urandom(30_000))
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    return source, repo
+
+
+def _packs(repo: Path) -> list[Path]:
+    return sorted((repo / "data").iterdir())
+
+
+def _damage(repo: Path, root_key: bytes, path: str, which: int = 0) -> bytes:
+    """Flip a byte inside the blob of the `which`-th chunk of the file `path` (in the
+    snapshot); that chunk's id."""
+    opened = Repository.open(Storage(str(repo)), root_key)
+    entries = opened.find_snapshot(None).entries
+    assert entries is not None
+    chunk_id = next(e for e in entries if e.path == os.fsencode(path)).chunks[which]
+    for pack in _packs(repo):
+        for entry in opened.read_pack_header(pack.name, pack.stat().st_size):
+            if entry.chunk_id == chunk_id:
+                data = bytearray(pack.read_bytes())
+                data[entry.offset + 20] ^= 0x01
+                pack.write_bytes(bytes(data))
+                return chunk_id
+    raise AssertionError("chunk in no pack")
+
+
+def _users(repo: Path, root_key: bytes, chunk_ids: set[bytes]) -> list[str]:
+    opened = Repository.open(Storage(str(repo)), root_key)
+    entries = opened.find_snapshot(None).entries
+    assert entries is not None
+    return files_using(entries, chunk_ids)
+
+
+def _fails(repo: Path, root_key: bytes, **kwargs: object) -> AuthenticationFailed:
+    dest = repo.parent / "restored"
+    before = set(os.listdir(repo.parent))
+    with pytest.raises(AuthenticationFailed) as caught:
+        restore_snapshot(str(repo), root_key, dest, **kwargs)  # type: ignore[arg-type]
+    assert not dest.exists()
+    assert set(os.listdir(repo.parent)) == before  # no staging folder left behind
+    return caught.value
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["small files", "streamed files"])
+def test_every_file_using_a_damaged_chunk_is_named(
+    made: tuple[Path, Path],
+    root_key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    streamed: bool,
+) -> None:
+    source, repo = made
+    if streamed:  # every file written chunk by chunk, as files over 1 MiB are
+        monkeypatch.setattr(restore, "_SMALL_FILE", 0)
+    damaged = {_damage(repo, root_key, "a/f03"), _damage(repo, root_key, "big", -1)}
+    damaged.add(_damage(repo, root_key, "b/f17", -1))
+    users = _users(repo, root_key, damaged)
+    assert users == ["big", "a/f03", "b/f17"]  # tree order (files before folders)
+    error = _fails(repo, root_key)
+    assert error.message.endswith(f"cannot be restored: {', '.join(users)}")
+    assert "failed authentication" in error.message
+    assert "(and 2 more damaged chunks)" in error.message
+    assert error.details["damaged_files"] == "\n".join(users)
+    assert error.hint is not None
+    assert "nothing was written into" in error.hint
+    assert "--include" in error.hint
+    assert "backup check --read-data" in error.hint
+    # What the hint says: the other files restore with --include.
+    others = [str(p.relative_to(source)) for p in sorted(source.rglob("*")) if p.is_file()]
+    others = [p for p in others if p not in users]
+    dest = repo.parent / "rest"
+    restore_snapshot(str(repo), root_key, dest, include=tuple(others))
+    for path in others:
+        assert (dest / path).read_bytes() == (source / path).read_bytes()
+    for path in users:
+        assert not (dest / path).exists()
+
+
+def test_a_truncated_pack_names_the_files_of_the_chunks_it_lost(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    _, repo = made
+    pack = _packs(repo)[0]
+    opened = Repository.open(Storage(str(repo)), root_key)
+    entries = opened.read_pack_header(pack.name, pack.stat().st_size)
+    last = max(entries, key=lambda e: e.offset)
+    os.truncate(pack, last.offset + last.length - 1)
+    error = _fails(repo, root_key)
+    assert f"pack {pack.name} is truncated" in error.message
+    assert error.message.endswith(listed(_users(repo, root_key, {last.chunk_id})))
+
+
+def test_a_damaged_chunk_no_included_file_uses_is_not_read(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    _, repo = made
+    _damage(repo, root_key, "a/f05")
+    restore_snapshot(str(repo), root_key, repo.parent / "part", include=("b",))
+    error = _fails(repo, root_key, include=("a",))
+    assert error.message.endswith("; the file that uses it cannot be restored: a/f05")
+
+
+def test_listed_counts_what_it_leaves_out() -> None:
+    assert listed(["a", "b"]) == "a, b"
+    assert listed([f"f{i}" for i in range(25)], limit=3) == "f0, f1, f2 and 22 more"
