@@ -6,6 +6,9 @@ renamed onto `dest` at the end. Every name comes from an authenticated tree whos
 were validated (relative, no "..", no empty parts); files are created with O_EXCL and
 O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are created last
 (those leaving the tree are skipped and reported), so no write ever goes through one.
+Once made, each link is resolved again as the file system resolves it, and one that
+leads out after all (names that differ in case or Unicode form are one on APFS, NTFS or
+ext4 casefold) is removed and reported, before anything is moved into `dest`.
 
 A chunk that fails authentication does not stop the reading: nothing more is written, but
 every other chunk is still read and authenticated, and the restore then fails naming every
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import errno
 import os
+import stat
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -133,6 +137,68 @@ def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> b
             where.pop()
             pending = followed.split(b"/") + pending
     return False
+
+
+def _resolves_outside(dir_fd: int, path: bytes) -> bool:
+    """Whether the symbolic link `path`, made in the folder `dir_fd`, leads out of it as
+    this file system resolves it. Like `_link_escapes`, but every name is looked up in
+    the folder itself (lstat, readlink): a file system that takes names differing in case
+    or Unicode form for one (APFS, NTFS, ext4 casefold) follows links `_link_escapes`,
+    comparing bytes, does not see. A name that is not there is taken as a folder (so
+    lexically); a lookup that fails otherwise, or too many links, counts as leaving."""
+    where = path.split(b"/")[:-1]
+    try:
+        pending = os.readlink(path, dir_fd=dir_fd).split(b"/")
+    except OSError:
+        return True
+    if pending[0] == b"":  # absolute
+        return True
+    hops = 0
+    while pending:
+        part = pending.pop(0)
+        if part in (b"", b"."):
+            continue
+        if part == b"..":
+            if not where:
+                return True
+            where.pop()
+            continue
+        where.append(part)
+        name = b"/".join(where)
+        try:
+            if not stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
+                continue
+            followed = os.readlink(name, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        except OSError:
+            return True
+        hops += 1
+        if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
+            return True
+        where.pop()
+        pending = followed.split(b"/") + pending
+    return False
+
+
+def _remove_escaping_links(dir_fd: int, made: list[Entry], skipped: list[Skipped]) -> None:
+    """Remove, and report in `skipped`, the links of `made` (created in `dir_fd`) that
+    lead out of it as the file system resolves them, although `_link_escapes` let them
+    through (names it compared by bytes are one name on this file system). One pass is
+    enough if all are judged before any is removed: a link whose way goes through an
+    escaping one meets the same exit on that way, so it is removed too; the others
+    resolve as before."""
+    escaping = [e for e in made if _resolves_outside(dir_fd, e.path)]
+    for entry in escaping:
+        os.unlink(entry.path, dir_fd=dir_fd)
+        skipped.append(
+            Skipped(
+                os.fsdecode(entry.path),
+                f"symbolic link to {os.fsdecode(entry.target)} leads outside the restored "
+                "folder on this file system (it may take names that differ in case or "
+                "Unicode form for one): removed",
+            )
+        )
 
 
 @cycle_collector_paused()
@@ -280,6 +346,7 @@ def _fill(
     if source.damaged:
         raise damaged_files_error(source.damaged, files_using(files, source.damaged), dest)
     links = {e.path: e.target for e in entries if e.kind == SYMLINK}
+    made: list[Entry] = []
     for entry in entries:
         if entry.kind == SYMLINK:
             if _link_escapes(entry.path, entry.target, links):
@@ -294,6 +361,8 @@ def _fill(
             os.symlink(entry.target, entry.path, dir_fd=dir_fd)
             ns = (entry.mtime_ns, entry.mtime_ns)
             os.utime(entry.path, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
+            made.append(entry)
+    _remove_escaping_links(dir_fd, made, skipped)
     folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
         os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
