@@ -13,11 +13,16 @@ A message is a frozen dataclass subclassing `Message` with a unique `TAG` (u8). 
 Decoding rejects a wrong tag, a short or long buffer, trailing bytes, out-of-range
 lengths, bad UTF-8 and non-canonical booleans with `InvalidInput`, so a parser fed random
 bytes can only raise that. This module is a leaf: every part may import it.
+
+`untrusted_json` and `epoch_number` hold JSON from a relay, a node or a witness to the same
+rule: malformed, huge, too deeply nested or out-of-range input raises `InvalidInput`, never
+another exception.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import struct
 import types
 import typing
@@ -236,3 +241,37 @@ class _Reader:
             raise InvalidInput("field too large")
         pos = self._advance(length)
         return self._data[pos : pos + length]
+
+
+# ---- JSON from a peer that is not trusted ---------------------------------------------------
+
+#: Larger than any JSON answer the relay, a node or a witness gives (an epoch list, a
+#: consistency proof, a measurement), small enough to parse at once.
+MAX_JSON = 1 << 20
+MAX_EPOCH = (1 << 64) - 1  # an epoch is a u64 in records and messages
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def untrusted_json(data: bytes | str, what: str) -> Any:
+    """`data` parsed as JSON, or `InvalidInput` naming `what` (too large, malformed, nested
+    too deeply for the parser, or NaN/Infinity)."""
+    if len(data) > MAX_JSON:
+        raise InvalidInput(f"{what} is larger than {MAX_JSON} bytes")
+    try:
+        return json.loads(data, parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        detail = "nested too deeply" if isinstance(err, RecursionError) else str(err)
+        raise InvalidInput(f"{what} is not valid JSON: {detail}") from None
+
+
+def epoch_number(value: object, what: str) -> int:
+    """`value` if it is an epoch (a JSON integer in 0 … 2^64-1, not a boolean, a float or
+    a string), else `InvalidInput` naming `what`."""
+    if type(value) is not int:
+        raise InvalidInput(f"{what} is not an epoch number (a JSON {type(value).__name__})")
+    if not 0 <= value <= MAX_EPOCH:
+        raise InvalidInput(f"{what} is out of range for an epoch (0 to 2^64-1)")
+    return value

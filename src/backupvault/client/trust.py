@@ -64,6 +64,7 @@ from backupvault.client.errors import (
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
 from backupvault.client.vault import Recovery, VaultClient, VaultStatus
+from backupvault.codec import epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus
@@ -401,9 +402,13 @@ class OtaTrust:
         }
         answer = self._get(http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs")
         try:
-            listed = {int(e) for e in answer.json().get("previous", [])}
-        except (ValueError, TypeError, AttributeError, RecursionError):
-            raise FleetNotTrusted("the relay's list of fleet epochs is malformed") from None
+            epochs = untrusted_json(answer.content, "the relay's list of fleet epochs")
+            previous = epochs.get("previous", []) if isinstance(epochs, dict) else None
+            if not isinstance(previous, list):
+                raise InvalidInput("the relay's list of fleet epochs has no list 'previous'")
+            listed = {epoch_number(e, "an epoch the relay lists") for e in previous}
+        except InvalidInput as err:
+            raise FleetNotTrusted(err.message) from None
         for epoch in sorted(set(known) | {e for e in listed if e < current.epoch}, reverse=True):
             if epoch in known:
                 try:
