@@ -462,7 +462,7 @@ def test_verify_deployment_passes_on_the_real_fleet(deployment: Deployment, tmp_
     consistency = [c for c in report["fleets"][0]["checks"] if c["check"].startswith("log")]
     assert "extends the one of size 1" in consistency[0]["detail"]
     operator_pub = deployment.operator.public_key().public_bytes_raw().hex()
-    flags = deployment.cli(
+    flags = [
         "verify-deployment",
         "--bundle",
         str(deployment.root / "bundle.bin"),
@@ -471,8 +471,13 @@ def test_verify_deployment_passes_on_the_real_fleet(deployment: Deployment, tmp_
         "--witness-key",
         deployment.local.witness_vkey(),
         "--skip-nodes",
-    )
-    assert flags.returncode == 0, flags.stdout + flags.stderr
+    ]
+    # Without a witness to ask for the fleet's head, a retired epoch would pass: refused.
+    no_witness = deployment.cli(*flags)
+    assert no_witness.returncode == 2 and "give --witness-url" in no_witness.stderr
+    with_witness = deployment.cli(*flags, "--witness-url", deployment.local.witness_url())
+    assert with_witness.returncode == 0, with_witness.stdout + with_witness.stderr
+    assert f"ok   witness {WITNESS_NAME} head" in with_witness.stdout
     wrong = deployment.cli(
         "verify-deployment",
         "--bundle",
@@ -481,6 +486,8 @@ def test_verify_deployment_passes_on_the_real_fleet(deployment: Deployment, tmp_
         Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex(),
         "--witness-key",
         deployment.local.witness_vkey(),
+        "--witness-url",
+        deployment.local.witness_url(),
     )
     assert wrong.returncode == 7
     assert "FAIL operator signature" in wrong.stdout and "REFUSED" in wrong.stdout
@@ -568,6 +575,30 @@ def test_modified_node_is_refused_by_its_record_and_by_verify_deployment(
     finally:
         local.start_node(0)
         local.wait_ready(60)
+
+
+def test_verify_deployment_tells_a_node_that_is_down_from_a_mismatch(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    local = deployment.local
+    url = deployment.record.nodes[NODES - 1].url
+    local.stop_process(f"node{NODES - 1}")
+    try:
+        check = deployment.cli(
+            "--json", "--config", str(ota_config(deployment, tmp_path)), "verify-deployment"
+        )
+    finally:
+        local.start_node(NODES - 1)
+        local.wait_ready(60)
+    assert check.returncode == 5, check.stdout + check.stderr
+    report = json.loads(check.stdout)
+    assert report["verdict"] == "incomplete" and not report["ok"]
+    [down] = [c for c in report["fleets"][0]["checks"] if not c["ok"]]
+    assert down["check"] == f"node {NODES - 1} measurement ({url})"
+    assert down["status"] == "unreachable"
+    assert down["detail"].startswith("unreachable: not verified")
+    error = json.loads(check.stderr)
+    assert error["exit_code"] == 5 and "does not match" not in error["error"]
 
 
 # ---- witness verify-log ------------------------------------------------------------------------

@@ -1,6 +1,7 @@
-"""Answers from a relay that are hostile JSON: a client listing older fleet epochs refuses
-them (FleetNotTrusted), and `codec.untrusted_json` / `codec.epoch_number` raise only
-InvalidInput."""
+"""`verify-deployment` and `witness verify-log` in one process, against a relay, a witness
+and nodes played by an httpx MockTransport: what each says when the relay serves a retired
+epoch, when a node is down or lies, when the state file holds more than this run saw, and
+when an answer is hostile JSON."""
 
 from __future__ import annotations
 
@@ -14,13 +15,17 @@ import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.cli.main import main
 from backupvault.client.errors import FleetNotTrusted
 from backupvault.client.trust import OtaTrust
 from backupvault.codec import MAX_EPOCH, MAX_JSON, epoch_number, untrusted_json
 from backupvault.deploy.verify import (
+    DeploymentCheckFailed,
     FleetReport,
+    LogCheckFailed,
     TrustInputs,
     verify_deployment,
+    verify_log,
 )
 from backupvault.errors import InvalidInput
 from backupvault.transparency import FleetBundle, Verifier, sign_record
@@ -135,6 +140,176 @@ def size_in(state: Path, world: World) -> int:
     return open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size
 
 
+# ---- the current epoch's head ----------------------------------------------------------------
+
+
+def test_a_retired_epoch_served_as_current_is_refused_even_without_a_witness_url(
+    world: World,
+) -> None:
+    retired = world.deploy(1)
+    world.deploy(2)  # logged: epoch 1 is retired
+    world.current = retired  # the relay still serves it as the current one
+    [asked] = world.run(check_node_measurements=False)
+    assert not asked.ok and "witness" in next(iter(failed(asked)))
+    [unasked] = world.run(witness=False, check_node_measurements=False)
+    assert not unasked.ok and unasked.verdict == "REFUSED"
+    assert failed(unasked) == {
+        "fleet head at the witness": failed(unasked)["fleet head at the witness"]
+    }
+    assert failed(unasked)["fleet head at the witness"].startswith(
+        "not checked: give --witness-url"
+    )
+    assert "verdict: REFUSED" in unasked.text()
+
+
+def test_the_cli_wants_a_witness_url_without_an_ota_config(
+    world: World,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    world.current = world.deploy(1)
+    monkeypatch.setattr(httpx, "Client", lambda **kw: world.http())
+    base = ["verify-deployment", "--operator-key", raw_public_key(world.operator).hex()]
+    base += ["--witness-key", world.key.vkey(), "--skip-nodes"]
+    bundle = tmp_path / "bundle.bin"
+    bundle.write_bytes(world.current)
+    for where in (["--relay", RELAY], ["--bundle", str(bundle)]):
+        with pytest.raises(SystemExit) as done:
+            main([*base, *where])
+        assert done.value.code == 2
+        assert "give --witness-url" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as done:
+        main([*base, "--relay", RELAY, "--witness-url", WITNESS])
+    assert done.value.code == 0, capsys.readouterr()
+    assert "verdict: every check passed" in capsys.readouterr().out
+
+
+# ---- the state file ----------------------------------------------------------------------------
+
+
+def test_the_state_remembers_the_epoch_and_refuses_going_back(world: World, tmp_path: Path) -> None:
+    first, second = world.deploy(1), world.deploy(2)
+    state = tmp_path / "audit.json"
+    world.current, world.previous = second, {1: first}
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    assert json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["epoch"] == 2
+    kept = state.read_text()
+    # Later the relay goes back to epoch 1: the state alone refuses it, before any witness
+    # is asked (a witness shown a fork, or none given, would not).
+    world.current, world.previous = first, {}
+    for witness in (True, False):
+        [back] = world.run(witness=witness, state_file=state, check_node_measurements=False)
+        assert not back.ok
+        assert list(failed(back)) == ["epoch not older than the last accepted"]
+    assert state.read_text() == kept  # not updated on a failure
+
+
+def test_the_state_checkpoint_never_shrinks(world: World, tmp_path: Path) -> None:
+    world.current = world.deploy(1)  # its receipt: a tree of 1
+    for epoch in range(1, 6):  # the witness logs 5 more records (another fleet)
+        world.deploy(epoch, OTHER_FLEET)
+    # An OTA client's state, as a client keeps it: the witness's newest checkpoint (6).
+    state = tmp_path / "client-state.json"
+    state.write_text(json.dumps({"version": 1, "checkpoint": world.witness.checkpoint()}))
+    assert size_in(state, world) == 6
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    assert size_in(state, world) == 6
+    assert json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["epoch"] == 1
+    # and a larger one does replace it
+    state.write_text(json.dumps({"version": 1}))
+    world.run(state_file=state, check_node_measurements=False)
+    assert size_in(state, world) == 1
+
+
+def test_an_ota_clients_state_stays_readable_by_the_client(world: World, tmp_path: Path) -> None:
+    world.current = world.deploy(1)
+    state = tmp_path / "client-state.json"
+    client = OtaTrust(
+        operator_key=raw_public_key(world.operator),
+        witness=world.key,
+        state_file=state,
+        witness_url=WITNESS,
+    )
+    client.current(world.http(), RELAY)
+    records = json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["records"]
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    assert json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["records"] == records
+    assert client.current(world.http(), RELAY).record.epoch == 1
+
+
+# ---- nodes that are down, and nodes that lie ----------------------------------------------------
+
+
+def test_a_node_that_is_down_is_unreachable_not_a_mismatch(world: World) -> None:
+    world.current = world.deploy(1)
+    world.nodes[2] = lambda index, epoch: None
+    [report] = world.run()
+    down = [c for c in report.checks if not c.ok]
+    assert [c.name for c in down] == ["node 2 measurement (https://node2.vault.test:7100)"]
+    assert down[0].detail.startswith("unreachable: not verified (ConnectError")
+    assert down[0].status == "unreachable"
+    assert report.verdict == "INCOMPLETE" and not report.ok
+    assert report.as_dict()["verdict"] == "incomplete"
+    assert report.as_dict()["checks"][-3]["status"] == "unreachable"
+    assert "??   node 2 measurement" in report.text()
+    # 503 from a proxy in front of a node is an outage too
+    world.nodes[2] = lambda index, epoch: httpx.Response(503)
+    assert world.run()[0].verdict == "INCOMPLETE"
+
+
+def test_a_node_with_another_measurement_is_still_a_mismatch(world: World) -> None:
+    world.current = world.deploy(1)
+    world.nodes[0] = lambda index, epoch: httpx.Response(
+        200, json={"measurement": "ab" * 32, "fleet_id": FLEET_ID.hex(), "epoch": epoch}
+    )
+    [report] = world.run()
+    assert not report.ok and report.verdict == "REFUSED"
+    assert "runs abab" in failed(report)["node 0 measurement (https://node0.vault.test:7100)"]
+    world.nodes[2] = lambda index, epoch: None  # and another one down: still refused
+    assert world.run()[0].verdict == "REFUSED"
+
+
+def test_a_node_naming_epoch_true_is_a_mismatch(world: World) -> None:
+    world.current = world.deploy(1)
+    world.nodes[1] = lambda index, epoch: honest(index, True)  # type: ignore[arg-type]
+    [report] = world.run()
+    assert not report.ok  # JSON `true` is not epoch 1
+    assert (
+        "not an epoch number"
+        in failed(report)["node 1 measurement (https://node1.vault.test:7100)"]
+    )
+
+
+def test_the_cli_exit_codes_tell_an_outage_from_a_mismatch(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.current = world.deploy(1)
+    monkeypatch.setattr(httpx, "Client", lambda **kw: world.http())
+    args = ["--json", "verify-deployment", "--relay", RELAY, "--witness-url", WITNESS]
+    args += ["--operator-key", raw_public_key(world.operator).hex()]
+    args += ["--witness-key", world.key.vkey()]
+    world.nodes[2] = lambda index, epoch: None
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    assert done.value.code == 5
+    assert json.loads(out)["verdict"] == "incomplete"
+    assert json.loads(err)["exit_code"] == 5 and "node 2 measurement" in json.loads(err)["error"]
+    assert "does not match" not in err
+    world.nodes[0] = lambda index, epoch: httpx.Response(
+        200, json={"measurement": "ab" * 32, "fleet_id": FLEET_ID.hex(), "epoch": epoch}
+    )
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    out, err = capsys.readouterr()
+    assert done.value.code == 7 and json.loads(out)["verdict"] == "refused"
+    assert "node 0 measurement" in json.loads(err)["error"]
+
+
+# ---- hostile JSON ------------------------------------------------------------------------------
+
+
 def test_untrusted_json_raises_only_invalid_input() -> None:
     assert untrusted_json(b'{"previous": [2, 1]}', "x") == {"previous": [2, 1]}
     for bad in (DEEP, "[NaN]", "[Infinity]", b"\xff", "{", " " * (MAX_JSON + 1), "1" * 5000):
@@ -144,6 +319,24 @@ def test_untrusted_json_raises_only_invalid_input() -> None:
     for bad_epoch in (True, 1.0, float("inf"), "1", -1, MAX_EPOCH + 1, None, [1]):
         with pytest.raises(InvalidInput):
             epoch_number(bad_epoch, "e")
+
+
+def test_a_node_answering_deep_json_fails_its_own_check(world: World) -> None:
+    world.current = world.deploy(1)
+    world.nodes[3] = lambda index, epoch: httpx.Response(200, text=DEEP)
+    [report] = world.run()
+    assert report.verdict == "REFUSED"
+    assert (
+        "nested too deeply" in failed(report)["node 3 measurement (https://node3.vault.test:7100)"]
+    )
+
+
+@pytest.mark.parametrize("answer", ['{"current": 1, "previous": [1e400]}', DEEP, "[]"])
+def test_a_relay_listing_hostile_epochs_is_refused(world: World, answer: str) -> None:
+    world.current = world.deploy(1)
+    world.epochs = answer
+    with pytest.raises(DeploymentCheckFailed, match="lists its fleet epochs malformed"):
+        world.run(check_node_measurements=False)
 
 
 @pytest.mark.parametrize(
@@ -162,3 +355,25 @@ def test_a_client_refuses_hostile_epochs(world: World, tmp_path: Path, answer: s
     world.epochs = answer
     with pytest.raises(FleetNotTrusted):
         list(client.older(world.http(), RELAY, verified.record))
+
+
+@pytest.mark.parametrize("answer", [DEEP, '{"proof": 1e400}', '{"proof": [[[]]]}'])
+def test_verify_log_refuses_a_hostile_consistency_proof(
+    world: World, tmp_path: Path, answer: str
+) -> None:
+    world.deploy(1)
+    state = tmp_path / "log.json"
+    verify_log(WITNESS, world.key, state, http=world.http())
+    world.deploy(2)
+    world.consistency = answer
+    with pytest.raises(LogCheckFailed, match="no consistency proof"):
+        verify_log(WITNESS, world.key, state, http=world.http())
+    assert open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size == 1
+
+
+def test_verify_log_keeps_the_version_and_the_vkey(world: World, tmp_path: Path) -> None:
+    world.deploy(1)
+    state = tmp_path / "log.json"
+    verify_log(WITNESS, world.key, state, http=world.http())
+    saved = json.loads(state.read_text())
+    assert saved["version"] == 1 and saved["vkey"] == world.key.vkey()

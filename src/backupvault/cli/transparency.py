@@ -409,7 +409,8 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
 @click.option("--witness-name", help="The witness's name (with a 64-hex --witness-key).")
 @click.option(
     "--witness-url",
-    help="The witness's base URL: its consistency proofs (with --bundle) and its fleet head.",
+    help="The witness's base URL, asked for the fleet's head (required without an OTA"
+    " --config: without it a retired epoch passes); with --bundle, its consistency proofs.",
 )
 @click.option(
     "--also-witness",
@@ -421,7 +422,8 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
     "--state",
     "state_file",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="The last checkpoint seen (JSON, as `witness verify-log` or an OTA client keeps it).",
+    help="The last checkpoint and fleet epochs seen (JSON, as `witness verify-log` or an OTA"
+    " client keeps it); a smaller log or an older epoch is refused.",
 )
 @click.option(
     "--expect-measurement",
@@ -445,12 +447,14 @@ def verify_deployment_command(
     skip_nodes: bool,
 ) -> None:
     """Check each fleet the relay serves (or one bundle) against the operator and witness
-    keys and the log, and each running node's measurement against the record."""
+    keys and the log, and each running node's measurement against the record. Exit 7 on a
+    mismatch; 5 when nothing failed but a node or witness could not be reached."""
     import httpx
 
     from backupvault.client.trust import load_operator_key, load_witness_verifier
     from backupvault.deploy.verify import (
         DeploymentCheckFailed,
+        DeploymentUnreachable,
         TrustInputs,
         local_measurement,
         verify_deployment,
@@ -488,6 +492,12 @@ def verify_deployment_command(
         if not at or not url:
             raise UsageError("--also-witness takes VKEY@URL")
         witnesses.append((load_witness_verifier(vkey, None), url))
+    if not witnesses:
+        raise UsageError(
+            "give --witness-url URL (or --config with an OTA client config): only a witness's"
+            " head for the fleet shows that the record the relay serves is still its latest, so"
+            " without one a retired epoch would pass for the current one"
+        )
     trust = TrustInputs(
         operator,
         verifier,
@@ -515,12 +525,29 @@ def verify_deployment_command(
             text += f"\n  (this installation measures {mine.hex()} for that fleet: {same})"
         texts.append(text)
     ok = bool(reports) and all(r.ok for r in reports)
+    incomplete = not ok and bool(reports) and all(r.verdict != "REFUSED" for r in reports)
+    verdict = "trusted" if ok else "incomplete" if incomplete else "refused"
+    summary = {
+        "trusted": "every check passed",
+        "incomplete": "INCOMPLETE: not every node or witness answered (not verified);"
+        " every check that could be made passed",
+        "refused": "FAILED",
+    }[verdict]
     ctx.output.result(
-        {"ok": ok, "fleets": [r.as_dict() for r in reports]},
-        "\n\n".join(texts) + f"\n\nverdict: {'every check passed' if ok else 'FAILED'}",
+        {"ok": ok, "verdict": verdict, "fleets": [r.as_dict() for r in reports]},
+        "\n\n".join(texts) + f"\n\nverdict: {summary}",
     )
+    if incomplete:
+        missing = [f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if c.unreachable]
+        raise DeploymentUnreachable(
+            "could not check every node or witness, unreachable: " + "; ".join(missing),
+            hint="an outage, not a mismatch: nothing that answered failed a check; run it again"
+            " when they answer (until then the deployment is not verified)",
+        )
     if not ok:
-        failed = [f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if not c.ok]
+        failed = [
+            f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if c.status == "failed"
+        ]
         raise DeploymentCheckFailed(
             "the deployment does not match its public record: " + "; ".join(failed),
             hint="do not trust this fleet; keep the output and the state file as evidence",

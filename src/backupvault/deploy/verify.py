@@ -7,9 +7,17 @@ record for `GET /v1/measurement` and compares the node's own measurement, fleet 
 epoch with the record. For the current fleet it also asks every witness given (the
 bundle's witness and any others) for the fleet's head (transparency/head.py) and checks
 that each names exactly this record as the latest, recently: two witnesses that were shown
-different records, or a record retired since, fail here. The checkpoint is checked
-against the last one remembered in a state file (the same JSON as a client's OTA state:
-its "checkpoint" key), which is updated only when everything passed.
+different records, or a record retired since, fail here; with no witness to ask, that
+check fails as "not checked" (a retired epoch would pass for the current one).
+
+A node or witness that does not answer (a connection error, a timeout, 502/503/504) is
+reported as unreachable, not as a mismatch: the fleet's verdict is then INCOMPLETE (no
+check failed, but not everything was verified), not REFUSED.
+
+The checkpoint and each fleet's epoch are checked against the last ones remembered in a
+state file (the same JSON as a client's OTA state: its "checkpoint" and
+"fleets"/<id>/"epoch" keys), which is updated only when everything passed, and never
+to a smaller checkpoint or an older epoch.
 """
 
 from __future__ import annotations
@@ -25,6 +33,7 @@ from typing import Any
 
 import httpx
 
+from backupvault.codec import epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.transparency import (
     Checkpoint,
@@ -63,8 +72,26 @@ class DeploymentCheckFailed(BackupVaultError):
     exit_code = 7
 
 
+class DeploymentUnreachable(BackupVaultError):
+    """The relay, or a node or witness, did not answer: not everything could be checked,
+    but nothing that answered failed a check (exit 5, like an unavailable fleet)."""
+
+    exit_code = 5
+
+
 class LogCheckFailed(BackupVaultError):
     exit_code = 7
+
+
+#: What a server behind a proxy that is down answers; like no answer at all.
+_UNAVAILABLE = frozenset({502, 503, 504})
+
+
+def unreachable(err: httpx.HTTPError) -> bool:
+    """The server did not answer (an outage), as opposed to answering something wrong."""
+    if isinstance(err, httpx.HTTPStatusError):
+        return err.response.status_code in _UNAVAILABLE
+    return isinstance(err, httpx.TransportError)
 
 
 #: The client's checks in the order verify_bundle makes them, and what refuses each.
@@ -96,9 +123,15 @@ class Check:
     name: str
     ok: bool
     detail: str = ""
+    #: Not made: the node or witness did not answer (then `ok` is False too).
+    unreachable: bool = False
+
+    @property
+    def status(self) -> str:
+        return "ok" if self.ok else "unreachable" if self.unreachable else "failed"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"check": self.name, "ok": self.ok, "detail": self.detail}
+        return {"check": self.name, "ok": self.ok, "status": self.status, "detail": self.detail}
 
 
 @dataclass
@@ -112,6 +145,14 @@ class FleetReport:
     def ok(self) -> bool:
         return all(c.ok for c in self.checks)
 
+    @property
+    def verdict(self) -> str:
+        """TRUSTED (every check passed), REFUSED (one failed) or INCOMPLETE (none failed,
+        but a node or witness did not answer)."""
+        if self.ok:
+            return "TRUSTED"
+        return "INCOMPLETE" if all(c.ok or c.unreachable for c in self.checks) else "REFUSED"
+
     def as_dict(self) -> dict[str, Any]:
         record = self.record
         return {
@@ -120,6 +161,7 @@ class FleetReport:
             "fleet_id": None if record is None else record.fleet_id.hex(),
             "measurement": None if record is None else record.measurement.hex(),
             "ok": self.ok,
+            "verdict": self.verdict.lower(),
             "checks": [c.as_dict() for c in self.checks],
         }
 
@@ -129,9 +171,12 @@ class FleetReport:
             head += f": fleet {self.record.fleet_id.hex()}, {len(self.record.nodes)} nodes"
         lines = [head]
         for check in self.checks:
-            mark = "ok  " if check.ok else "FAIL"
+            mark = {"ok": "ok  ", "failed": "FAIL", "unreachable": "??  "}[check.status]
             lines.append(f"  {mark} {check.name}" + (f": {check.detail}" if check.detail else ""))
-        lines.append(f"  verdict: {'TRUSTED' if self.ok else 'REFUSED'}")
+        verdict = self.verdict
+        if verdict == "INCOMPLETE":
+            verdict += " (not every node or witness answered; nothing that answered failed)"
+        lines.append(f"  verdict: {verdict}")
         return "\n".join(lines)
 
 
@@ -148,14 +193,6 @@ def load_checkpoint_state(path: Path | None) -> tuple[dict[str, Any], str | None
     return data, note if isinstance(note, str) else None
 
 
-def save_checkpoint_state(path: Path, data: dict[str, Any], note: str) -> None:
-    data = {**data, "checkpoint": note}
-    data.setdefault("version", 1)
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Sequence[bytes]]:
     """`url` is the full consistency endpoint (a witness's /v1/consistency or a relay's
     /v1/fleet/consistency)."""
@@ -164,10 +201,12 @@ def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Se
         try:
             answer = http.get(url, params={"old": old, "new": new})
             answer.raise_for_status()
-            return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+            proof = untrusted_json(answer.content, "the consistency proof")["proof"]
+            return [base64.b64decode(h, validate=True) for h in proof]
+        except (httpx.HTTPError, InvalidInput, ValueError, KeyError, TypeError) as err:
+            detail = err.message if isinstance(err, InvalidInput) else err
             raise LogForked(
-                f"no consistency proof from {old} to {new} entries could be fetched ({err})",
+                f"no consistency proof from {old} to {new} entries could be fetched ({detail})",
                 hint="without it the newer checkpoint cannot be shown to extend the older one",
             ) from None
 
@@ -206,7 +245,11 @@ def check_heads(
             head = open_head(answer.text, verifier)
             check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=trust.max_age)
         except httpx.HTTPError as err:
-            report.checks.append(Check(name, False, f"cannot ask the witness ({err})"))
+            if unreachable(err):
+                detail = f"unreachable: not verified ({type(err).__name__}: {err})"
+                report.checks.append(Check(name, False, detail, unreachable=True))
+            else:
+                report.checks.append(Check(name, False, f"cannot ask the witness ({err})"))
             continue
         except TransparencyError as err:
             report.checks.append(Check(name, False, err.message))
@@ -286,19 +329,29 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
         try:
             answer = http.get(f"{node.url}/v1/measurement", timeout=3.0)
             answer.raise_for_status()
-            data = answer.json()
-            own = str(data["measurement"])
-            fleet_id, epoch = str(data["fleet_id"]), data.get("epoch")
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
-            report.checks.append(
-                Check(name, False, f"cannot ask the node ({type(err).__name__}: {err})")
-            )
+        except httpx.HTTPError as err:
+            if unreachable(err):
+                detail = f"unreachable: not verified ({type(err).__name__}: {err})"
+                report.checks.append(Check(name, False, detail, unreachable=True))
+            else:
+                report.checks.append(Check(name, False, f"cannot ask the node ({err})"))
+            continue
+        try:
+            data = untrusted_json(answer.content, "its answer")
+            if not isinstance(data, dict):
+                raise InvalidInput("its answer is not a JSON object")
+            own, fleet_id = data.get("measurement"), data.get("fleet_id")
+            if not isinstance(own, str) or not isinstance(fleet_id, str):
+                raise InvalidInput("its answer names no measurement and fleet id")
+            epoch = epoch_number(data.get("epoch"), "the epoch it names")
+        except InvalidInput as err:
+            report.checks.append(Check(name, False, f"answers no measurement: {err.message}"))
             continue
         problems = []
         if own != record.measurement.hex():
-            problems.append(f"runs {own}, the record names {record.measurement.hex()}")
+            problems.append(f"runs {own[:64]}, the record names {record.measurement.hex()}")
         if fleet_id != record.fleet_id.hex():
-            problems.append(f"belongs to fleet {fleet_id}")
+            problems.append(f"belongs to fleet {fleet_id[:64]}")
         if epoch != record.epoch:
             problems.append(f"runs epoch {epoch}")
         report.checks.append(
@@ -309,6 +362,54 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
 def local_measurement(record: DeploymentRecord, package_dir: Path | None = None) -> bytes:
     """This machine's package measured with the record's configuration."""
     return combine(measure_package(package_dir), FirmwareConfig.of_record(record))
+
+
+def load_accepted_epochs(path: Path | None, state: dict[str, Any]) -> dict[bytes, int]:
+    """Each fleet's last epoch remembered in the state file ("fleets"/<id hex>/"epoch")."""
+    accepted: dict[bytes, int] = {}
+    fleets = state.get("fleets", {})
+    try:
+        if not isinstance(fleets, dict):
+            raise InvalidInput("'fleets' is not an object")
+        for fid, fleet in fleets.items():
+            if isinstance(fleet, dict) and "epoch" in fleet:
+                accepted[bytes.fromhex(fid)] = epoch_number(fleet["epoch"], f"fleet {fid}'s epoch")
+    except (InvalidInput, ValueError) as err:
+        detail = err.message if isinstance(err, InvalidInput) else "a fleet id is not hex"
+        raise InvalidInput(f"the state file {path} is malformed: {detail}") from None
+    return accepted
+
+
+def remember(
+    state: dict[str, Any],
+    last: Checkpoint | None,
+    newest: tuple[Checkpoint, str] | None,
+    reports: Sequence[FleetReport],
+) -> dict[str, Any]:
+    """`state` with the newest checkpoint seen if it is at least as large as the one
+    remembered (never a smaller one, as TrustState.remember_checkpoint), and each current
+    fleet's epoch if it is newer (the other keys, such as an OTA client's records, kept)."""
+    state = dict(state)
+    if newest is not None and (last is None or newest[0].size >= last.size):
+        state["checkpoint"] = newest[1]
+    fleets = dict(state.get("fleets", {}))
+    for report in reports:
+        record = report.record
+        if record is None:
+            continue
+        known = fleets.get(record.fleet_id.hex())
+        fleet = dict(known) if isinstance(known, dict) else {}
+        fleet["epoch"] = max(fleet.get("epoch", record.epoch), record.epoch)
+        fleets[record.fleet_id.hex()] = fleet
+    state["fleets"] = fleets
+    state.setdefault("version", 1)
+    return state
+
+
+def save_state(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
 
 
 def verify_deployment(
@@ -325,10 +426,7 @@ def verify_deployment(
     client = http or httpx.Client(timeout=10.0, trust_env=False)
     state, note = load_checkpoint_state(state_file)
     last = None if note is None else open_checkpoint(note, trust.witness)
-    accepted: dict[bytes, int] = {}
-    for fid, fleet in state.get("fleets", {}).items():
-        if isinstance(fleet, dict) and isinstance(fleet.get("epoch"), int):
-            accepted[bytes.fromhex(fid)] = fleet["epoch"]
+    accepted = load_accepted_epochs(state_file, state)
 
     sources: list[tuple[str, bytes, bool]] = []  # (where, bundle, is current)
     fetcher = None
@@ -338,7 +436,8 @@ def verify_deployment(
         try:
             epochs = client.get(f"{relay_url}/v1/fleet/epochs")
             epochs.raise_for_status()
-            previous = [int(e) for e in epochs.json()["previous"]]
+            listed = untrusted_json(epochs.content, "the relay's list of fleet epochs")
+            previous = [epoch_number(e, "an epoch the relay lists") for e in listed["previous"]]
             current = client.get(f"{relay_url}/v1/fleet/bundle")
             current.raise_for_status()
             sources.append((f"{relay_url}/v1/fleet/bundle", current.content, True))
@@ -347,10 +446,21 @@ def verify_deployment(
                 answer = client.get(url)
                 answer.raise_for_status()
                 sources.append((url, answer.content, False))
-        except (httpx.HTTPError, ValueError, KeyError, TypeError) as err:
+        except httpx.HTTPError as err:
+            if unreachable(err):
+                raise DeploymentUnreachable(
+                    f"cannot reach the relay at {relay_url}: {err}",
+                    hint="nothing was checked; try again when the relay answers",
+                ) from None
             raise DeploymentCheckFailed(
                 f"cannot fetch the fleet bundles from the relay at {relay_url}: {err}",
                 hint="the relay must serve /v1/fleet/bundle (bundle_file in relay.toml)",
+            ) from None
+        except (InvalidInput, KeyError, TypeError) as err:
+            detail = err.message if isinstance(err, InvalidInput) else "no list 'previous'"
+            raise DeploymentCheckFailed(
+                f"the relay at {relay_url} lists its fleet epochs malformed: {detail}",
+                hint='GET /v1/fleet/epochs must answer {"current": E, "previous": [...]}',
             ) from None
     if bundle_file is not None:
         try:
@@ -361,23 +471,36 @@ def verify_deployment(
             fetcher = consistency_fetcher(client, f"{witness_url.rstrip('/')}/v1/consistency")
 
     reports = []
-    newest: Checkpoint | None = None
-    newest_note: str | None = None
+    newest: tuple[Checkpoint, str] | None = None
     for source, bundle, is_current in sources:
         report, checkpoint = check_bundle(
             bundle, source, trust, last, fetcher, accepted if is_current else None
         )
-        if report.ok and report.record is not None and is_current and trust.witnesses:
-            signed = FleetBundle.from_bytes(bundle).signed_record
-            check_heads(report, signed, trust, client, int(time.time()))
+        if report.ok and report.record is not None and is_current:
+            if trust.witnesses:
+                signed = FleetBundle.from_bytes(bundle).signed_record
+                check_heads(report, signed, trust, client, int(time.time()))
+            else:
+                report.checks.append(Check(*NO_HEAD))
         if report.ok and report.record is not None and check_node_measurements:
             check_nodes(report, client)
-        if checkpoint is not None and (newest is None or checkpoint.size > newest.size):
-            newest, newest_note = checkpoint, FleetBundle.from_bytes(bundle).checkpoint
+        if checkpoint is not None and (newest is None or checkpoint.size > newest[0].size):
+            newest = checkpoint, FleetBundle.from_bytes(bundle).checkpoint
         reports.append(report)
-    if state_file is not None and newest_note is not None and all(r.ok for r in reports):
-        save_checkpoint_state(state_file, state, newest_note)
+    if state_file is not None and newest is not None and all(r.ok for r in reports):
+        shown = [r for r, (_, _, is_current) in zip(reports, sources, strict=True) if is_current]
+        save_state(state_file, remember(state, last, newest, shown))
     return reports
+
+
+#: The current fleet's head check when no witness URL was given: failed, for without a
+#: witness's head a retired epoch passes for the current one.
+NO_HEAD = (
+    "fleet head at the witness",
+    False,
+    "not checked: give --witness-url (without a witness's head for the fleet, a retired"
+    " epoch the relay still serves cannot be told from the current one)",
+)
 
 
 # ---- witness verify-log ---------------------------------------------------------------------
@@ -425,6 +548,7 @@ def verify_log(
             hint="check the witness key (--vkey) and URL",
         ) from None
     if state_file is not None:
-        state["vkey"] = verifier.vkey()
-        save_checkpoint_state(state_file, state, answer.text)
+        save_state(
+            state_file, {"version": 1, **state, "vkey": verifier.vkey(), "checkpoint": answer.text}
+        )
     return LogCheck(checkpoint, previous, verifier.vkey())
