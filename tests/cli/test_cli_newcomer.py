@@ -132,6 +132,40 @@ def test_no_config_and_a_missing_config_exit_alike_and_name_the_variable(tmp_pat
     assert "BACKUPVAULT_CONFIG" in change.stderr and "no password" not in change.stderr
 
 
+def test_a_config_that_is_a_folder_names_where_it_came_from(tmp_path: Path) -> None:
+    flag = backupvault("--config", str(tmp_path), "vault", "status")
+    env = backupvault("vault", "status", env={"BACKUPVAULT_CONFIG": str(tmp_path)})
+    assert flag.returncode == env.returncode == 2
+    assert f"config file {tmp_path} (from --config) is a folder, not a file" in flag.stderr
+    assert f"config file {tmp_path} (from $BACKUPVAULT_CONFIG) is a folder" in env.stderr
+    assert "env var" not in flag.stderr  # click's message named the variable for --config
+    assert f"hint: give --config the client.toml file itself, such as {tmp_path}/client.toml" in (
+        flag.stderr
+    )
+
+
+@pytest.mark.parametrize(
+    ("content", "said", "hint"),
+    [
+        (bytes(range(128, 256)) * 2, "is not a client config: it is not text (not UTF-8)",
+         "a client config is a small TOML text file"),
+        (b'relay_url = "http://x"\naccount = \n', "is not valid TOML: Invalid value (at line 2",
+         "fix line 2 of "),
+    ],
+)  # fmt: skip
+def test_a_config_that_is_not_toml_is_a_config_error_with_a_hint(
+    tmp_path: Path, content: bytes, said: str, hint: str
+) -> None:
+    config = tmp_path / "client.toml"
+    config.write_bytes(content)
+    done = backupvault("--json", "--config", str(config), "vault", "status")
+    assert done.returncode == 2
+    error = last_json(done.stderr)
+    assert said in str(error["error"]) and str(config) in str(error["error"])
+    assert hint in str(error["hint"]) and "local up --dir DIR" in str(error["hint"])
+    assert "bug" not in done.stderr
+
+
 def _client_toml(path: Path, **fields: object) -> Path:
     data = {
         "relay_url": "http://127.0.0.1:9",

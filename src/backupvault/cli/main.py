@@ -64,8 +64,15 @@ class Context:
                 f"this needs the vault: give --config FILE, or set ${CONFIG_ENV}",
                 hint="`backupvault local up --dir DIR` writes DIR/client.toml",
             )
-        if not self.config_path.is_file():
-            source = f"${CONFIG_ENV}" if self.config_from_env else "--config"
+        source = f"${CONFIG_ENV}" if self.config_from_env else "--config"
+        if self.config_path.is_dir():
+            raise UsageError(
+                f"config file {self.config_path} (from {source}) is a folder, not a file",
+                hint=f"{'set' if self.config_from_env else 'give'} {source}"
+                f" {'to ' if self.config_from_env else ''}the client.toml file itself,"
+                f" such as {self.config_path / 'client.toml'}",
+            )
+        if not self.config_path.exists():
             raise UsageError(
                 f"config file {self.config_path} (from {source}) does not exist",
                 hint=f"give --config FILE or set ${CONFIG_ENV} to an existing client.toml;"
@@ -148,7 +155,9 @@ class Group(click.Group):
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False, path_type=Path),
+    # A folder is refused by Context.config, naming --config or the variable: click's
+    # own message named the variable even when --config was given.
+    type=click.Path(path_type=Path),
     envvar=CONFIG_ENV,
     show_envvar=True,
     help="Client config (relay, fleet keys, account token): client.toml.",

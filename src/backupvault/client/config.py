@@ -41,6 +41,7 @@ Relative paths are relative to the config file; a leading `~` is the user's home
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ from backupvault.client.trust import (
 from backupvault.client.vault import VaultClient
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey
-from backupvault.errors import InvalidInput
+from backupvault.errors import InvalidInput, UsageError
 from backupvault.tokens import device_key_from_hex
 from backupvault.transparency.head import DEFAULT_MAX_AGE
 
@@ -126,15 +127,7 @@ class ClientConfig:
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
-        try:
-            data: dict[str, Any] = tomllib.loads(path.read_text())
-        except FileNotFoundError:
-            raise InvalidInput(
-                f"config file {path} does not exist",
-                hint="`backupvault local up --dir DIR` writes DIR/client.toml",
-            ) from None
-        except tomllib.TOMLDecodeError as err:
-            raise InvalidInput(f"config file {path} is not valid TOML: {err}") from None
+        data = _read_toml(path)
         trust = str(data.get("trust", "pinned"))
         if trust not in TRUST_MODES:
             raise InvalidInput(f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}")
@@ -242,6 +235,48 @@ class ClientConfig:
         return FleetSession(
             ThresholdVault(vault, keys, notify=notify, pending=PendingStore(self.pending_file))
         )
+
+
+#: Where a client config comes from, for the hint of a file that is not one.
+_WRITES_ONE = (
+    "`backupvault local up --dir DIR` writes DIR/client.toml, and `backupvault fleet"
+    " client-config` one from the operator's fleet.toml"
+)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    """The config's TOML table. A file that cannot be read as TOML text (missing, a
+    folder, binary, malformed) is a usage error (exit 2), as a missing config is: the
+    wrong file was given."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise UsageError(f"config file {path} does not exist", hint=_WRITES_ONE) from None
+    except IsADirectoryError:
+        raise UsageError(
+            f"config file {path} is a folder, not a file",
+            hint=f"give the client.toml file itself; {_WRITES_ONE}",
+        ) from None
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"config file {path} is not a client config: it is not text (not UTF-8)",
+            hint=f"check the path: a client config is a small TOML text file; {_WRITES_ONE}",
+        ) from None
+    except OSError as err:
+        raise UsageError(
+            f"cannot read config file {path}: {err.strerror}",
+            hint="check the path and that this user may read the file",
+        ) from None
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as err:
+        at = re.search(r"at line (\d+)", str(err))
+        where = f"line {at.group(1)} of {path}" if at else str(path)
+        raise UsageError(
+            f"config file {path} is not valid TOML: {err}",
+            hint=f'fix {where} (each setting is one `name = "value"` line), or write the'
+            f" file again: {_WRITES_ONE}",
+        ) from None
 
 
 def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:
