@@ -337,8 +337,9 @@ def _warn_degraded(ctx: Context, missing: tuple[str, ...]) -> None:
             f"{len(missing)} vault node(s) did not take their share ("
             + "; ".join(missing)
             + "); the key works, but fewer nodes may fail before it cannot be recovered."
-            " This device keeps their shares (sealed under your password's key) and"
-            " delivers them at your next recovery; `backupvault vault finish` does it now"
+            " This device keeps each missing share sealed to its own node and delivers it"
+            " at its next contact with the fleet, no password asked; `backupvault vault"
+            " finish` does it now"
         )
 
 
@@ -346,8 +347,8 @@ def _note_pending(ctx: Context, pending: tuple[str, ...]) -> None:
     """Deliveries this device still owes the fleet after finishing what it could."""
     if pending:
         ctx.output.note(
-            "still pending (sent again at the next recovery, or `backupvault vault finish`): "
-            + "; ".join(pending)
+            "still pending (sent again at this device's next contact with the fleet, or now"
+            " by `backupvault vault finish`): " + "; ".join(pending)
         )
 
 
@@ -810,12 +811,21 @@ def vault_status(ctx: Context) -> None:
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
         for node in status.nodes_without:
-            text += f"\nnot holding this key's share: {node}"
+            text += f"\n{_node_without(node)}"
     for item in status.pending:
         text += f"\npending on this device: {item}"
     if status.pending:
         text += "\n(`backupvault vault finish` delivers them; so does your next recovery)"
     ctx.output.result(data, text)
+
+
+def _node_without(node: str) -> str:
+    """A status line for a node that did not answer with the key's manifest: one that
+    holds another does not hold this key's share; one that could not be asked (down,
+    unreachable, an error) may well hold it, and is not said to hold none."""
+    if node.endswith(": holds another manifest"):
+        return f"not holding this key's share: {node}"
+    return f"could not get this key's status from {node}"
 
 
 @vault.command("finish")
