@@ -3,8 +3,14 @@ real: its messages, checked on the functions that word them."""
 
 from __future__ import annotations
 
+import pytest
+from tests.client.fake_fleet import FAST_KSF, FakeFleet
+
 from backupvault.cli.main import Context, _node_without, _warn_degraded
 from backupvault.cli.output import Output
+from backupvault.client.errors import Destroyed, FleetUnavailable
+
+RK = bytes(range(32))
 
 
 def _context() -> Context:
@@ -31,3 +37,42 @@ def test_vault_status_does_not_say_an_unreachable_node_holds_no_share() -> None:
         _node_without("node 2: holds another manifest")
         == "not holding this key's share: node 2: holds another manifest"
     )
+
+
+# ---- the vault's errors -------------------------------------------------------------------
+
+
+def test_a_destroyed_key_says_which_backups_still_open() -> None:
+    hint = str(Destroyed().hint)
+    assert "backups made with the password can no longer be opened" in hint
+    assert "those made with --recovery-code still open with their code" in hint
+    assert "--new-key" in hint
+    assert "open only with a recovery code" not in hint  # password backups have none
+
+
+@pytest.fixture
+def fleet() -> FakeFleet:
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    return fleet
+
+
+def test_only_an_unanswered_evaluation_may_have_counted_as_a_guess(
+    fleet: FakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    monkeypatch.setattr("backupvault.client.threshold.EVALUATE_PATIENCE_SECONDS", 0.0)
+    for node in fleet.nodes[3:]:
+        node.mode = "down"
+    fleet.nodes[2].unavailable_for = 10**6  # holds its share, answers no evaluation
+    with pytest.raises(FleetUnavailable) as evaluated:
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+    assert "partial evaluations" in evaluated.value.message
+    assert "may have counted as a guess" in str(evaluated.value.hint)
+
+    for node in fleet.nodes:
+        node.mode = "down"
+    with pytest.raises(FleetUnavailable) as status:  # no evaluate sent: no guess used
+        fleet.vault().status()
+    assert status.value.hint == "too few vault nodes answered; try again later"
+    assert "guess" not in str(FleetUnavailable("the relay heard from no node").hint)

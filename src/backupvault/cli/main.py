@@ -902,9 +902,10 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
 )
 @pass_context
 def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str | None) -> None:
-    """Delete your key from the vault (proving the password first). Backups made with it
-    then open only with a recovery code. For a key wrong guesses destroyed there is
-    nothing left to delete: `backup create --new-key` registers a new one."""
+    """Delete your key from the vault (proving the password first). Backups made with the
+    password then cannot be opened (those made with --recovery-code still open). For a key
+    wrong guesses destroyed there is nothing left to delete: `backup create --new-key`
+    registers a new one."""
     from backupvault.backup import list_backups, redact_url
     from backupvault.client.errors import NotRegistered
     from backupvault.protocol import EntryStatus

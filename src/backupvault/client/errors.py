@@ -30,8 +30,9 @@ class Destroyed(VaultError):
     def __init__(self) -> None:
         super().__init__(
             "the vault destroyed this key after too many wrong passwords",
-            hint="backups made with it now open only with a recovery code; to start over"
-            " with a new key, `backupvault backup create --new-key` registers one",
+            hint="backups made with the password can no longer be opened; those made with"
+            " --recovery-code still open with their code. To start over, `backupvault backup"
+            " create --new-key` registers a new key (a repository needs a new --storage)",
         )
 
 
@@ -65,12 +66,20 @@ class FleetUnavailable(VaultError):
     exit_code = 5
 
     def __init__(self, detail: str, *, hint: str | None = None) -> None:
-        super().__init__(
-            f"the vault fleet is unavailable: {detail}",
-            hint=hint
-            or "too few vault nodes answered; if this was a recovery, the attempt may have"
-            " counted as a guess; try later",
-        )
+        if hint is None:
+            hint = "too few vault nodes answered; try again later"
+            if _EVALUATED in detail:
+                # Only a recovery's evaluate, sent and short of t partials (client/threshold.py
+                # words it "need t partial evaluations, n nodes gave one"), may have been
+                # counted; a status, a registration or an erasure uses no guess.
+                hint = (
+                    "too few vault nodes answered the password's evaluation, which they may"
+                    " have counted as a guess; try again later"
+                )
+        super().__init__(f"the vault fleet is unavailable: {detail}", hint=hint)
+
+
+_EVALUATED = "partial evaluations"
 
 
 class RelayUnreachable(FleetUnavailable):
