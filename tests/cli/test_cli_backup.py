@@ -1008,6 +1008,7 @@ def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     assert first.returncode == 0, first.stderr
     found = re.search(r"(?:[0-9a-f]{4}-){16}[0-9a-f]{4}", first.stdout)
     assert found, first.stdout
+    assert "saved" not in first.stdout and first.stderr == ""  # only the code (docs/cli.md)
     code = found.group(0)
     key = ("--recovery-code", "-")
 

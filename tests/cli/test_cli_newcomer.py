@@ -288,6 +288,8 @@ def test_create_restore_and_list_share_one_json_schema(tmp_path: Path, source: P
     assert created["registered"] is False
     assert isinstance(created["stored_bytes"], int) and created["stored_bytes"] > 0
     assert not {"size", "source_bytes", "url"} & created.keys()
+    # as for every command: `warnings` only when the run had any (docs/cli.md)
+    assert "warnings" not in created and "warnings" not in restored
     snapshots = listed["snapshots"]
     assert isinstance(snapshots, list)
     row = snapshots[0]

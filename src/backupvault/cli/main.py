@@ -601,10 +601,9 @@ def backup_create(
         parent_id=info.parent_id,
         files_read=info.files_read,
         added_bytes=info.added,
-        warnings=info.warnings,
     )
     for warning in info.warnings:
-        ctx.output.warn(warning)
+        ctx.output.warn(warning)  # under --json: the result's `warnings`, only if any
     text = (
         f"snapshot {info.snapshot_id} saved: {_plural(info.files, 'file')}, "
         f"{human_size(info.size)} ({_plural(info.files_read, 'file')} read, "
@@ -622,10 +621,7 @@ def backup_create(
             + " could not be read, so this snapshot lacks what is in them (exit code 8);"
             " give the backup the right to read them, or --exclude them"
         )
-    if code is not None:
-        ctx.output.result(data, text)  # as the code: even under -q
-    else:
-        ctx.output.done(data, text)
+    ctx.output.done(data, text)  # under -q a new code was printed, and only the code
     if unread:
         raise click.exceptions.Exit(EXIT_INCOMPLETE)
 
