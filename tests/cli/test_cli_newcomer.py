@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import re
+import socket
 import subprocess
 import sys
 import tomllib
@@ -347,6 +348,65 @@ def test_a_password_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) 
     )
     assert no_password.returncode == 2
     assert "--password-stdin" in str(last_json(no_password.stderr)["error"])
+    assert "first line of stdin is the password" in str(last_json(no_password.stderr)["hint"])
+    empty = backupvault(
+        "--json", "--config", str(config), "backup", "create", str(tmp_path), "--storage", "x",
+        "--password-stdin", stdin="\n",
+    )  # fmt: skip
+    assert empty.returncode == 2
+    error = last_json(empty.stderr)
+    assert error["error"] == "the password is empty"
+    assert "nothing was sent to the vault" in str(error["hint"])
+
+
+def test_no_storage_says_where_a_default_can_be_set(tmp_path: Path) -> None:
+    done = backupvault("--json", "backup", "list")
+    assert done.returncode == 2
+    error = last_json(done.stderr)
+    assert str(error["error"]).startswith("give --storage URL")
+    assert 'storage = "URL"' in str(error["hint"]) and "client config" in str(error["hint"])
+
+
+def test_unreachable_storage_says_what_to_check() -> None:
+    with socket.socket() as sock:  # a port nothing listens on once closed
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"webdav+https://127.0.0.1:{port}/backups"
+    done = backupvault("--json", "backup", "list", "--storage", url)
+    assert done.returncode == 1
+    error = last_json(done.stderr)
+    assert str(error["error"]).startswith(f"cannot list backups at {url}: ConnectError")
+    assert "the storage did not answer: check the URL (host and port)" in str(error["hint"])
+
+
+def test_a_restore_destination_that_cannot_be_made_says_why(tmp_path: Path) -> None:
+    """Before any key is asked for; each with a hint that works."""
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+
+    def refused(dest: Path) -> dict[str, object]:
+        done = backupvault(
+            "--json", "backup", "restore", "--storage", str(tmp_path / "none"),
+            "--to", str(dest), "--recovery-code", "-", stdin="",
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        return last_json(done.stderr)
+
+    error = refused(afile)
+    assert error["error"] == f"restore destination {afile} exists and is not a folder"
+    assert "give --to a new folder, or an empty one" in str(error["hint"])
+    for dest in (afile / "sub", afile / "sub" / "deeper"):
+        error = refused(dest)
+        assert str(error["error"]).startswith(f"{afile} is not a folder, so the restore")
+        assert "mkdir" not in str(error["hint"])  # it would fail: a file is in the way
+    if Path("/proc/self").is_dir():  # Linux: /proc takes no new folder (it had "0 B free")
+        error = refused(Path("/proc/backupvault-restore"))
+        assert str(error["error"]).startswith(
+            "the restore destination /proc/backupvault-restore cannot be written"
+        )
+        assert "no space" not in str(error["error"])
+        assert "a disk this user can write to" in str(error["hint"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probe left behind
 
 
 # ---- passwords ----------------------------------------------------------------------------
@@ -405,6 +465,15 @@ def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:
         last_json(backupvault("--json", "local", "down", "--dir", str(tmp_path)).stdout)["stopped"]
         == []
     )
+
+
+def test_local_status_where_there_is_no_deployment_says_so(tmp_path: Path) -> None:
+    for command in ("status", "rotate"):
+        done = backupvault("--json", "local", command, "--dir", str(tmp_path / "none"))
+        assert done.returncode == 2
+        error = last_json(done.stderr)
+        assert error["error"] == f"there is no local deployment in {tmp_path / 'none'}"
+        assert f"`backupvault local up --dir {tmp_path / 'none'}`" in str(error["hint"])
 
 
 # ---- wording ------------------------------------------------------------------------------

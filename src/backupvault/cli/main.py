@@ -91,7 +91,11 @@ class Context:
             return url
         if self.config_path is not None and (configured := self.config().storage):
             return configured
-        raise UsageError("give --storage URL (a folder, file://, webdav+https://, s3://...)")
+        raise UsageError(
+            "give --storage URL (a folder, file://, webdav+https://, s3://...)",
+            hint='or set `storage = "URL"` in the client config (--config FILE or'
+            f" ${CONFIG_ENV}) to make it the default",
+        )
 
 
 pass_context = click.make_pass_decorator(Context)
@@ -186,7 +190,11 @@ def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password")
     elif sys.stdin.isatty():
         password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
     else:
-        raise UsageError("no password: use --password-stdin, or run in a terminal to be asked")
+        raise UsageError(
+            "no password: use --password-stdin, or run in a terminal to be asked",
+            hint="with --password-stdin the first line of stdin is the password, e.g."
+            " printf '%s\\n' \"$PASSWORD\" | backupvault ... --password-stdin",
+        )
     return check_password(password)
 
 
@@ -664,6 +672,7 @@ def backup_restore(
 
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
+    _check_restore_to(dest)
     url = ctx.storage(storage_url)
     use_repository = repository_exists(url)
     if use_repository and backup_id is not None:
@@ -702,6 +711,46 @@ def backup_restore(
         f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
         f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
     )
+
+
+def _check_restore_to(dest: Path) -> None:
+    """Before the key is asked for (a wrong password costs a guess): the --to a restore
+    would refuse anyway, with what to do; and the two it named wrongly (a file in the
+    path was a folder "that does not exist"; a folder that cannot be written to, such as
+    /proc, had "no space left")."""
+    import tempfile
+
+    from backupvault.backup.errors import DestinationError
+
+    if dest.is_symlink():
+        return  # the restore names it
+    if dest.exists():
+        if not dest.is_dir():
+            raise DestinationError(
+                f"restore destination {dest} exists and is not a folder",
+                hint="give --to a new folder, or an empty one: a restore never writes over a file",
+            )
+        return  # a folder: the restore checks that it is empty
+    parent = dest.absolute().parent
+    existing = parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise DestinationError(
+            f"{existing} is not a folder, so the restore destination {dest} cannot be made in it",
+            hint="give --to a new folder whose path goes through folders, not a file",
+        )
+    if existing != parent:
+        return  # the restore says to make the missing folders first
+    try:
+        probe = tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".probe", dir=parent)
+    except OSError as exc:
+        raise DestinationError(
+            f"the restore destination {dest} cannot be written: making a folder in {parent}"
+            f" failed ({exc.strerror})",
+            hint="give --to a new folder on a disk this user can write to",
+        ) from None
+    os.rmdir(probe)
 
 
 @backup.command("list")
@@ -973,6 +1022,35 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     return f"`{err.ctx.command_path} --help` lists its commands and options"
 
 
+#: Exceptions (by name, as a storage error's message gives it) of a server that did not
+#: answer: httpx's, aiohttp's (fsspec), botocore's (s3fs), paramiko's and the OS's.
+_UNREACHABLE = (
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutError", "ClientConnectorError",
+    "EndpointConnectionError", "ConnectTimeoutError", "NoValidConnectionsError",
+    "ConnectionRefusedError", "gaierror",
+)  # fmt: skip
+
+
+def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
+    """A storage error says what failed (`cannot list backups at URL: ConnectError: ...`)
+    and, for most causes, nothing of what to do: add it."""
+    from backupvault.backup.errors import StorageError
+
+    if type(err) is not StorageError or err.hint is not None:
+        return err
+    if any(f"{name}:" in err.message for name in _UNREACHABLE):
+        err.hint = (
+            "the storage did not answer: check the URL (host and port), that its server"
+            " runs, and this device's network; then run the command again"
+        )
+    else:
+        err.hint = (
+            "check the storage URL and this device's access to it (credentials,"
+            " permissions, free space); then run the command again"
+        )
+    return err
+
+
 def _fail(json_mode: bool, err: BackupVaultError) -> None:
     Output(json_mode=json_mode).error(err)
     sys.exit(err.exit_code)
@@ -997,7 +1075,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(err.format_message()))
     except BackupVaultError as err:
-        _fail(json_mode, err)
+        _fail(json_mode, _with_storage_hint(err))
     except KeyboardInterrupt:
         _fail(json_mode, Interrupted("interrupted"))
     except Exception as err:  # a bug: say so plainly, without a wall of traceback

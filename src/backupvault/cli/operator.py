@@ -103,6 +103,15 @@ def local_down(ctx: Context, root: Path) -> None:
     ctx.output.result({"dir": str(root), "stopped": stopped}, text)
 
 
+def no_deployment(root: Path) -> UsageError:
+    """For a --dir that holds no local deployment."""
+    return UsageError(
+        f"there is no local deployment in {root}",
+        hint=f"`backupvault local up --dir {root}` makes one there; or give --dir the"
+        " folder an earlier `local up` was given",
+    )
+
+
 @local.command("status")
 @LOCAL_DIR
 @pass_context
@@ -110,6 +119,8 @@ def local_status(ctx: Context, root: Path) -> None:
     """Show each process of the local deployment."""
     from backupvault.deploy.local import LocalDeployment
 
+    if not (root / "fleet.toml").is_file():  # made first when provisioning
+        raise no_deployment(root)
     status = LocalDeployment(root).status()
     lines = [
         f"{name:8} pid {info['pid'] or '-':>7}  "

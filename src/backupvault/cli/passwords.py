@@ -23,7 +23,11 @@ def check_password(raw: str) -> str:
     """`raw` without its line ending; refuses an empty or whitespace-only password."""
     password = raw.removesuffix("\n").removesuffix("\r")
     if not password:
-        raise UsageError("the password is empty")
+        raise UsageError(
+            "the password is empty",
+            hint="type the password (with --password-stdin: as the first line of stdin);"
+            " nothing was sent to the vault",
+        )
     if not password.strip():
         raise UsageError(
             "the password is only whitespace",

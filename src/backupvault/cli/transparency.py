@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING
 import click
 
 from backupvault.cli.main import Context, cli, pass_context
-from backupvault.cli.operator import LOCAL_DIR, fleet, local
+from backupvault.cli.operator import LOCAL_DIR, fleet, local, no_deployment
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import write_new_file
 
@@ -568,7 +568,7 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
 
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
-        raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")
+        raise no_deployment(root)
     if nodes is not None and (nodes < 1 or nodes % 2 == 0):
         raise UsageError("a fleet has an odd number of nodes (1, 3, 5, ...)")
     ctx.output.note("provisioning the new epoch: tokens and each node's own keys …")
