@@ -1065,3 +1065,34 @@ def test_exclude_is_repeatable_on_the_command_line(tmp_path: Path, source: Path)
     assert sorted(str(p.relative_to(tmp_path / "out")) for p in (tmp_path / "out").rglob("*")) == [
         "notes.txt", "photos", "photos/cat.jpg"
     ]  # fmt: skip
+
+
+def test_a_storage_folder_inside_the_source_is_left_out(tmp_path: Path, source: Path) -> None:
+    """`backup create SRC --storage SRC/.bk` backed the repository up into itself, growing
+    at every backup; now it is left out, with a note. A folder of the same name deeper in
+    SRC is not the storage, and is backed up; the storage as SOURCE itself is refused."""
+    (source / "photos" / ".bk").mkdir()
+    (source / "photos" / ".bk" / "kept.txt").write_text("not the storage\n")
+    storage = source / ".bk"
+    first = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    assert first.returncode == 0, first.stderr
+    assert f"leaving the storage folder .bk out: it is inside {source}" in first.stderr
+    code = first.stdout.splitlines()[1].strip()
+    again = run(
+        "--json", "backup", "create", str(source), "--storage", f"file://{storage}",
+        "--recovery-code", stdin=code + "\n",
+    )  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    result = json.loads(again.stdout)
+    assert result["files"] == 3 and result["files_read"] == 0  # nothing of the repository
+    restored = run(
+        "backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    shutil.rmtree(storage)
+    assert same_tree(source, tmp_path / "out")  # photos/.bk included
+    itself = run("backup", "create", str(source), "--storage", f"{source}/", "--recovery-code")
+    assert itself.returncode == 2
+    assert f"is the backup source {source} itself" in itself.stderr
+    assert not (source / "config").exists()  # no repository was made in it

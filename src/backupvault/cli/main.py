@@ -530,6 +530,11 @@ def backup_create(
     if new_key and use_code:
         raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
     url = ctx.storage(storage_url)
+    inside = _storage_inside(source, url)
+    if inside is not None:
+        # Backed up, the repository would go into itself, growing at every backup.
+        ctx.output.note(f"leaving the storage folder {inside} out: it is inside {source}")
+        exclude = (*exclude, _only(inside))
     registered = new_code = False
     if use_code:
         if repository_exists(url):
@@ -632,6 +637,45 @@ def backup_create(
     ctx.output.done(data, text)  # under -q a new code was printed, and only the code
     if unread:
         raise click.exceptions.Exit(EXIT_INCOMPLETE)
+
+
+def _storage_inside(source: Path, url: str) -> str | None:
+    """The path inside SOURCE (a folder) of a local storage folder that is in it, such as
+    ".bk" for `backup create SRC --storage SRC/.bk`; None for one elsewhere or remote."""
+    from backupvault.backup.storage import Storage, check_url
+
+    try:
+        if check_url(url)[0] not in ("", "file") or not source.is_dir():
+            return None
+        root = Storage(url).root  # a local one is only named, not opened
+    except BackupVaultError:
+        return None  # the backup reports it
+    # As the backup walks SOURCE: through the links in SOURCE's own path, never through
+    # one inside it (a storage reached by such a link is not read: the link is kept).
+    storage, folder = Path(os.path.realpath(root)), Path(os.path.realpath(source))
+    if storage == folder:
+        raise UsageError(
+            f"the storage {url} is the backup source {source} itself",
+            hint="give --storage a folder outside SOURCE (one inside it is left out of the backup)",
+        )
+    if not storage.is_relative_to(folder):
+        return None
+    return storage.relative_to(folder).as_posix()
+
+
+def _only(path: str) -> str:
+    """An --exclude pattern that matches `path` inside SOURCE and nothing else: wildcards
+    in it are escaped ("[*]"), and a path of one name gets a "/" in a character class
+    (no path inside SOURCE starts with one), so that it is matched against the whole path
+    and not against every name at any depth (backup/repo/create.py, `excluded`)."""
+
+    def escaped(text: str) -> str:
+        return "".join(f"[{c}]" if c in "*?[" else c for c in text)
+
+    if "/" in path:
+        return escaped(path)
+    head = "[]/]" if path[0] == "]" else f"[/{path[0]}]"  # "]" is literal only first
+    return head + escaped(path[1:])
 
 
 @backup.command("restore")
