@@ -66,20 +66,18 @@ class FleetUnavailable(VaultError):
     exit_code = 5
 
     def __init__(self, detail: str, *, hint: str | None = None) -> None:
-        if hint is None:
-            hint = "too few vault nodes answered; try again later"
-            if _EVALUATED in detail:
-                # Only a recovery's evaluate, sent and short of t partials (client/threshold.py
-                # words it "need t partial evaluations, n nodes gave one"), may have been
-                # counted; a status, a registration or an erasure uses no guess.
-                hint = (
-                    "too few vault nodes answered the password's evaluation, which they may"
-                    " have counted as a guess; try again later"
-                )
-        super().__init__(f"the vault fleet is unavailable: {detail}", hint=hint)
+        super().__init__(
+            f"the vault fleet is unavailable: {detail}",
+            hint=hint or "too few vault nodes answered; try again later",
+        )
 
 
-_EVALUATED = "partial evaluations"
+#: The hint of a recovery whose evaluate was sent and got fewer than t partials: only
+#: then may the attempt have been counted (a status, registration or erasure uses none).
+EVALUATION_UNANSWERED_HINT = (
+    "too few vault nodes answered the password's evaluation, which they may have counted"
+    " as a guess; try again later"
+)
 
 
 class RelayUnreachable(FleetUnavailable):

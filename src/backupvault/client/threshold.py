@@ -28,6 +28,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.client.errors import (
+    EVALUATION_UNANSWERED_HINT,
     AlreadyRegistered,
     Destroyed,
     EntryChanged,
@@ -965,7 +966,8 @@ class ThresholdVault:
                 )
             unavailable = FleetUnavailable(
                 f"need {self.t} partial evaluations, {len(good)} nodes gave one "
-                f"({'; '.join(problems[i] for i in sorted(problems))})"
+                f"({'; '.join(problems[i] for i in sorted(problems))})",
+                hint=EVALUATION_UNANSWERED_HINT,
             )
             if errors.count(ErrorCode.STALE_ATTEMPT) > self.nodes - self.t:
                 raise _Superseded(unavailable)
