@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import logging
 import os
 import platform
 import secrets
@@ -58,6 +59,7 @@ _SUMMARY_READ: Final = 8192
 # disk idle while they sealed, and were the slowest stage of a first backup).
 _UPLOAD_THREADS: Final = 4
 _UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
+log = logging.getLogger("backupvault.backup")
 
 
 class RepositoryLocked(BackupVaultError):
@@ -125,8 +127,8 @@ class Lock:
                     hint="wait for it to finish; a lock left by a crash on this host is "
                     f"ignored at once, from another host after {LOCK_EXPIRY_S // 60} minutes",
                 )
-        except BaseException:
-            self.release()
+        except BaseException as error:
+            self._release_beside(error)
             raise
         self._thread = threading.Thread(target=self._refresh, daemon=True)
         self._thread.start()
@@ -139,17 +141,39 @@ class Lock:
                 continue
 
     def release(self) -> None:
+        """Stop refreshing and delete the lock (tried twice: storage may be failing)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
-        self.repo.backend.delete(f"locks/{self.lock_id}")
+        try:
+            self.repo.backend.delete(f"locks/{self.lock_id}")
+        except StorageError:
+            self.repo.backend.delete(f"locks/{self.lock_id}")
 
     def __enter__(self) -> Lock:
         self.acquire()
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.release()
+    def __exit__(self, kind: object, error: BaseException | None, _tb: object) -> None:
+        if error is None:
+            self.release()
+        else:
+            self._release_beside(error)
+
+    def _release_beside(self, error: BaseException) -> None:
+        """Release while `error` is on its way out (often storage going away, which also
+        fails the delete): it is what the user must see. A lock left behind is only said."""
+        try:
+            self.release()
+        except StorageError as exc:
+            left = (
+                f"its lock locks/{self.lock_id} could not be removed ({exc.message}): it "
+                "keeps prune and forget out until it expires, "
+                f"{LOCK_EXPIRY_S // 60} minutes after it was last refreshed"
+            )
+            log.warning("%s", left)
+            if isinstance(error, BackupVaultError):
+                error.hint = f"{error.hint}; {left}" if error.hint else left
 
 
 class Repository:
