@@ -1,9 +1,14 @@
-"""Locks against the ways they fail: a storage outage is reported as itself, not as the
-failed removal of the lock."""
+"""Locks against the ways they fail: a backup whose lock a prune took for stale (after a
+suspension, or from a clock that is ahead) stops instead of saving a snapshot that names
+deleted data; prune leaves fresh unindexed packs alone; the "its process is gone" rule
+holds only on the same machine; a storage outage is reported as itself, not as the
+failed removal of the lock. Time is moved by patching `time.time`, never slept."""
 
 from __future__ import annotations
 
 import os
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,10 +16,294 @@ import pytest
 from conftest import snapshot
 
 from backupvault.backup.errors import StorageError
-from backupvault.backup.repo import create_snapshot, restore_snapshot
+from backupvault.backup.repo import (
+    RepositoryLocked,
+    create_snapshot,
+    maintenance,
+    repository,
+    restore_snapshot,
+    snapshots,
+)
 from backupvault.backup.repo.backend import Backend
+from backupvault.backup.repo.maintenance import Policy
+from backupvault.backup.repo.repository import SHARED, PackWriter, Repository
+from backupvault.backup.storage import Storage
+from backupvault.errors import BackupVaultError
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
+LATER = 31 * 60  # past the lock expiry
+
+
+def open_repo(path: Path, key: bytes) -> Repository:
+    return Repository.open(Storage(str(path)), key)
+
+
+class Clock:
+    """time.time, moved forward by `ahead` seconds (for everyone in this process)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.ahead = 0.0
+        real = time.time
+        monkeypatch.setattr(time, "time", lambda: real() + self.ahead)
+
+
+def prune_from_a_clock_ahead(clock: Clock, repo_path: Path, key: bytes) -> Any:
+    """Another device's prune, its clock LATER ahead of the backup's last lock refresh."""
+    before = clock.ahead
+    clock.ahead = before + LATER
+    try:
+        return maintenance.prune(open_repo(repo_path, key), dry_run=False)
+    finally:
+        clock.ahead = before
+
+
+def assert_only_old_snapshots(repo_path: Path, key: bytes, names: set[str], tmp: Path) -> None:
+    """No snapshot was added, the repository checks clean and the latest restores."""
+    repo = open_repo(repo_path, key)
+    assert set(repo.snapshot_names()) == names
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(repo_path), key, tmp / "restored")
+
+
+def test_a_backup_suspended_past_the_lock_expiry_saves_nothing(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The laptop sleeps after the packs are uploaded, a prune elsewhere takes the lock
+    for stale and deletes those packs as garbage: the backup, waking, must not write an
+    index and a snapshot that name them."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "old").write_bytes(os.urandom(5000))
+    create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
+    names = set(open_repo(repo_path, root_key).snapshot_names())
+    (source / "new").write_bytes(os.urandom(20_000))
+    clock = Clock(monkeypatch)
+    finish = PackWriter.finish
+    pruned: list[Any] = []
+
+    def suspended_after_the_packs(self: PackWriter) -> None:
+        finish(self)
+        if self.written and not pruned:
+            clock.ahead = LATER  # asleep: everyone's clock moves on
+            pruned.append(maintenance.prune(open_repo(repo_path, root_key), dry_run=False))
+
+    monkeypatch.setattr(PackWriter, "finish", suspended_after_the_packs)
+    with pytest.raises(BackupVaultError) as caught:
+        create_snapshot(source, str(repo_path), root_key)
+    assert "lock" in caught.value.message and "no snapshot" in caught.value.message
+    assert pruned and pruned[0].packs_deleted > 0  # the backup's packs: it did delete them
+    monkeypatch.setattr(PackWriter, "finish", finish)
+    assert_only_old_snapshots(repo_path, root_key, names, tmp_path)
+    assert open_repo(repo_path, root_key).locks(include_expired=True) == []
+
+
+def test_a_lock_not_refreshed_for_half_the_expiry_stops_the_backup(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Suspended for 16 minutes, no prune yet: the lock is still there, but a machine
+    whose clock is 14 minutes ahead may already take it for stale."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(3000))
+    create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
+    names = set(open_repo(repo_path, root_key).snapshot_names())
+    (source / "b").write_bytes(os.urandom(3000))
+    clock = Clock(monkeypatch)
+    finish = PackWriter.finish
+
+    def suspended(self: PackWriter) -> None:
+        finish(self)
+        clock.ahead = repository.LOCK_TRUST_S + 60
+
+    monkeypatch.setattr(PackWriter, "finish", suspended)
+    with pytest.raises(BackupVaultError, match="last refreshed 16 minutes ago"):
+        create_snapshot(source, str(repo_path), root_key)
+    monkeypatch.setattr(PackWriter, "finish", finish)
+    assert set(open_repo(repo_path, root_key).snapshot_names()) == names
+
+
+def dedup_against_a_forgotten_snapshot(source: Path, repo_path: Path, key: bytes) -> set[str]:
+    """A file comes back whose chunks only a forgotten snapshot used: indexed, unused,
+    what a prune deletes. Returns the snapshots left."""
+    data = os.urandom(20_000)
+    source.mkdir()
+    (source / "f").write_bytes(data)
+    create_snapshot(source, str(repo_path), key, repo_params=SMALL)
+    (source / "f").unlink()
+    (source / "g").write_bytes(os.urandom(100))
+    create_snapshot(source, str(repo_path), key)
+    maintenance.forget(open_repo(repo_path, key), Policy(last=1), dry_run=False)
+    (source / "f").write_bytes(data)
+    return set(open_repo(repo_path, key).snapshot_names())
+
+
+@pytest.mark.parametrize("when", ["as the snapshot is sealed", "as the snapshot is stored"])
+def test_a_prune_with_its_clock_ahead_makes_a_backup_that_reuses_chunks_stop(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """No suspension: the pruning device's clock is 31 minutes ahead, so the backup's
+    fresh lock looks expired to it, and the chunks the backup deduplicated against (of a
+    forgotten snapshot) look unused. Whether the prune runs before the backup's last
+    check or while its snapshot is on its way, the backup reports failure and leaves no
+    snapshot naming deleted chunks."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    names = dedup_against_a_forgotten_snapshot(source, repo_path, root_key)
+    clock = Clock(monkeypatch)
+    pruned: list[Any] = []
+    if when == "as the snapshot is sealed":
+        seal = snapshots.seal
+
+        def seal_beside_a_prune(*args: Any) -> Any:
+            pruned.append(prune_from_a_clock_ahead(clock, repo_path, root_key))
+            return seal(*args)
+
+        monkeypatch.setattr(snapshots, "seal", seal_beside_a_prune)
+    else:
+        put = Backend.put
+
+        def prune_then_put(self: Backend, name: str, data: Any, **kw: Any) -> None:
+            if name.startswith("snapshots/") and not pruned:
+                pruned.append(prune_from_a_clock_ahead(clock, repo_path, root_key))
+            put(self, name, data, **kw)
+
+        monkeypatch.setattr(Backend, "put", prune_then_put)
+    with pytest.raises(BackupVaultError, match="is gone from storage"):
+        create_snapshot(source, str(repo_path), root_key)
+    assert pruned and pruned[0].packs_deleted > 0
+    monkeypatch.undo()
+    assert_only_old_snapshots(repo_path, root_key, names, tmp_path)
+    assert create_snapshot(source, str(repo_path), root_key).snapshot_id  # and again: fine
+
+
+def test_the_refresh_never_makes_a_deleted_lock_again(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    create_snapshot(source, str(tmp_path / "repo"), root_key)
+    repo = open_repo(tmp_path / "repo", root_key)
+    monkeypatch.setattr(repository, "LOCK_REFRESH_S", 0.01)
+    lock = repo.lock(SHARED)
+    lock.acquire()
+    first = lock.refreshed
+    while lock.refreshed == first:  # the thread records each refresh
+        time.sleep(0.01)
+    lock.verify()
+    repo.backend.delete(lock.name)  # a prune took it for stale
+    assert lock._thread is not None
+    lock._thread.join(10)
+    assert not lock._thread.is_alive()  # stopped refreshing once it found it gone
+    assert not repo.backend.exists(lock.name)
+    with pytest.raises(repository.LockLost):
+        lock.verify()
+    lock.release()
+
+
+def crashed_backup(source: Path, repo_path: Path, key: bytes, mp: pytest.MonkeyPatch) -> set[str]:
+    """A backup that uploaded packs and died before its index: their names."""
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(3000))
+    create_snapshot(source, str(repo_path), key, repo_params=SMALL)
+    before = set(os.listdir(repo_path / "data"))
+    (source / "b").write_bytes(os.urandom(20_000))
+
+    def crash(*args: Any) -> None:
+        raise KeyboardInterrupt
+
+    with mp.context() as m:
+        m.setattr(Repository, "write_index", crash)
+        with pytest.raises(KeyboardInterrupt):
+            create_snapshot(source, str(repo_path), key)
+    return set(os.listdir(repo_path / "data")) - before
+
+
+def test_prune_deletes_unindexed_packs_only_once_a_lock_expiry_old(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A fresh unindexed pack may be a running backup's (uploaded, its index not yet
+    written): kept. Once as old as the lock expiry, it is garbage."""
+    repo_path = tmp_path / "repo"
+    left = crashed_backup(tmp_path / "src", repo_path, root_key, monkeypatch)
+    assert left
+    maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
+    assert left <= set(os.listdir(repo_path / "data"))
+    old = time.time() - repository.LOCK_EXPIRY_S - 1
+    for name in left:
+        os.utime(repo_path / "data" / name, (old, old))
+    assert maintenance.prune(open_repo(repo_path, root_key), dry_run=True).packs_deleted == len(
+        left
+    )
+    maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
+    assert not left & set(os.listdir(repo_path / "data"))
+    assert maintenance.check(open_repo(repo_path, root_key), read_data=True).errors == []
+
+
+def unused_pid() -> int:
+    pid = 4_000_000
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return pid
+        except PermissionError:
+            pass
+        pid -= 1
+
+
+def lock_of_a_gone_process(
+    repo: Repository, monkeypatch: pytest.MonkeyPatch, owner: Callable[[], bytes]
+) -> None:
+    """A fresh lock naming this host and a process that does not run here."""
+    lock = repo.lock(SHARED)
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", unused_pid)
+        m.setattr(repository, "lock_owner", owner)
+        lock._write()
+
+
+def test_a_lock_of_another_machine_with_the_same_host_name_is_not_taken_for_a_crash(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    source = tmp_path / "src"
+    source.mkdir()
+    create_snapshot(source, str(tmp_path / "repo"), root_key)
+    repo = open_repo(tmp_path / "repo", root_key)
+    host = repository.host_name().encode()
+    other_machine = bytes(16) if repository.machine_id() != bytes(16) else b"\1" * 16
+    lock_of_a_gone_process(repo, monkeypatch, lambda: host + b"\0" + other_machine)
+    (other,) = repo.locks()
+    assert (other.host, other.machine) == (host.decode(), other_machine)
+    with pytest.raises(RepositoryLocked):
+        maintenance.prune(repo, dry_run=False)
+    # A lock of an older version (no machine id): maybe another machine's too.
+    repo.backend.delete(f"locks/{other.lock_id}")
+    lock_of_a_gone_process(repo, monkeypatch, lambda: host)
+    assert [lock.machine for lock in repo.locks()] == [None]
+    with pytest.raises(RepositoryLocked):
+        maintenance.prune(repo, dry_run=False)
+    repo.backend.delete(f"locks/{repo.locks()[0].lock_id}")
+    # This machine's, of a process that is gone: a crash, ignored at once and removed.
+    lock_of_a_gone_process(repo, monkeypatch, repository.lock_owner)
+    assert repo.locks() == [] and len(repo.locks(include_expired=True)) == 1
+    maintenance.prune(repo, dry_run=False)
+    assert repo.locks(include_expired=True) == []
+
+
+def test_the_machine_id_is_kept_where_there_is_no_etc_machine_id(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real_open = open
+
+    def no_machine_id(path: Any, *args: Any, **kwargs: Any) -> Any:
+        if str(path).endswith("machine-id") and str(path).startswith(("/etc", "/var")):
+            raise FileNotFoundError(path)
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr("builtins.open", no_machine_id)
+    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "state"))
+    first = repository._read_machine_id()
+    assert len(first) == 16 and repository._read_machine_id() == first
+    assert (tmp_path / "state" / "machine-id").read_text().strip() == first.hex()
 
 
 def test_an_outage_is_reported_as_itself_not_as_the_lock_left_behind(

@@ -144,6 +144,32 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
+    def ages(self, folder: str) -> dict[str, float | None]:
+        """{32-hex id: seconds since it was written, or None if storage does not say} of
+        the objects in `folder`."""
+        path = self.path(folder)
+        found: dict[str, float | None] = {}
+        now = time.time()
+        try:
+            if self.is_local:
+                with os.scandir(path) as entries:
+                    for entry in entries:
+                        if _is_id(entry.name) and entry.is_file(follow_symlinks=False):
+                            found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
+                return found
+            self.fs.invalidate_cache(path)
+            listed = self.fs.ls(path, detail=True)
+        except FileNotFoundError:
+            return found
+        except Exception as exc:
+            raise self._error(f"cannot list {folder}", exc) from None
+        for entry in listed:
+            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
+            if _is_id(name) and entry.get("type") in (None, "file"):
+                written = _modified(entry)
+                found[name] = None if written is None else now - written
+        return found
+
     def _put_local(
         self, final: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
     ) -> None:

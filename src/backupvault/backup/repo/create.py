@@ -37,6 +37,8 @@ from backupvault.backup.repo.backend import PRIVATE_MEMORY
 from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
 from backupvault.backup.repo.repository import (
     SHARED,
+    Lock,
+    LockLost,
     PackWriter,
     Repository,
     cpu_workers,
@@ -367,9 +369,10 @@ def create_snapshot(
     if new and on_new_repository is not None:
         on_new_repository()
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
-    with repo.lock(SHARED):
+    with repo.lock(SHARED) as lock:
         info = _create_locked(
             repo,
+            lock,
             source_path,
             reporter,
             force_read,
@@ -403,6 +406,7 @@ def _keep_freed_memory() -> None:
 
 def _create_locked(
     repo: Repository,
+    lock: Lock,
     source: Path,
     reporter: Progress,
     force_read: bool,
@@ -527,6 +531,9 @@ def _create_locked(
     for name in adopted:
         new_packs[bytes.fromhex(name)] = index.packs[bytes.fromhex(name)]
     stored = packer.stored
+    # A prune that took our lock for stale (deleting it first) may have deleted packs we
+    # wrote or reuse: named by no index and no snapshot of ours, then.
+    lock.verify()
     if new_packs:
         stored += repo.write_index(new_packs)[1]
     summary = snapshots.Summary(
@@ -546,7 +553,16 @@ def _create_locked(
     snapshot_id, data = snapshots.seal(
         repo.root_key, repo.keys.repo_id, parent_id, summary, kept, created_us
     )
+    lock.verify()  # again: chunks of other snapshots this one reuses are not safe before
     repo.backend.put(f"snapshots/{snapshot_id.hex()}", data)
+    try:
+        # And once it is stored: a prune removes stale locks before it lists snapshots,
+        # so if ours is still there, every prune that ignores it will see this snapshot;
+        # if not, one may have listed them before it landed, and deleted its chunks.
+        lock.verify()
+    except LockLost:
+        repo.backend.delete(f"snapshots/{snapshot_id.hex()}")
+        raise
     stored += len(data)
     return SnapshotInfo(
         snapshot_id=snapshot_id.hex(),

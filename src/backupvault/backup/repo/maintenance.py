@@ -9,7 +9,11 @@ unindexed extras (adopted by the next backup or removed by the next prune); afte
 superseded index objects are ignored and unlisted packs are garbage.
 
 forget and prune take the exclusive lock, so neither runs beside a backup: a new
-snapshot's chunks are never deleted from under it.
+snapshot's chunks are never deleted from under it. A lock taken for stale (a backup
+suspended past the expiry, or seen from a clock that is ahead) is removed before prune
+reads or deletes anything; the backup checks its lock before it writes its index and
+again before its snapshot, and stops if it is gone. Unindexed packs are deleted only
+once a lock expiry old (a running backup's are fresh).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from backupvault.backup.repo.backend import FOLDERS
 from backupvault.backup.repo.index import OBJECT_ID_LEN, PackEntry, open_pack_header
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
+    LOCK_EXPIRY_S,
     SHARED,
     Lock,
     PackWriter,
@@ -39,6 +44,7 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 
 REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
 STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
+UNINDEXED_PACK_MIN_AGE_S = LOCK_EXPIRY_S  # an unindexed pack younger may be a backup's
 
 
 def open_repository(
@@ -260,6 +266,11 @@ def prune(
 
 def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneResult:
     reporter.start(None, "reading snapshots")
+    if not dry_run:
+        # Stale locks go first, before anything is read or deleted: a backup that still
+        # runs behind one (suspended, or seen with a clock ahead of ours) then finds its
+        # lock gone when it checks before writing its index and its snapshot, and stops.
+        remove_stale_locks(repo)
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
     used, parents = snapshot_references(repo)
@@ -268,7 +279,13 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     result = PruneResult(packs=len(sizes), dry_run=dry_run)
     result.forget_records_removed = len(unneeded_records)
     result.bytes_before = sum(sizes.values())
-    delete: list[str] = [name for name in sizes if bytes.fromhex(name) not in index.packs]
+    unindexed = [name for name in sizes if bytes.fromhex(name) not in index.packs]
+    # Only those written at least a lock expiry ago: a fresh one may be a running
+    # backup's, not indexed yet (with no time from storage, kept).
+    ages = repo.backend.ages("data") if unindexed else {}
+    delete: list[str] = [
+        name for name in unindexed if (ages.get(name) or 0) >= UNINDEXED_PACK_MIN_AGE_S
+    ]
     repack: list[bytes] = []
     keep: dict[bytes, list[PackEntry]] = {}
     for pack_id, entries in index.packs.items():
@@ -323,15 +340,19 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
         repo.backend.delete(f"index/{name}")
     for name in delete:
         repo.backend.delete(f"data/{name}")
-    live = {lock.lock_id for lock in repo.locks()}
-    for lock in repo.locks(include_expired=True):
-        if lock.lock_id not in live:
-            repo.backend.delete(f"locks/{lock.lock_id}")  # stale: its process is gone
+    remove_stale_locks(repo)
     for name in stale:
         repo.backend.delete(name)
     for name in unneeded_records:
         repo.backend.delete(f"forgotten/{name}")
     return result
+
+
+def remove_stale_locks(repo: Repository) -> None:
+    live = {lock.lock_id for lock in repo.locks()}
+    for lock in repo.locks(include_expired=True):
+        if lock.lock_id not in live:
+            repo.backend.delete(f"locks/{lock.lock_id}")  # stale: its process is gone
 
 
 def stale_temporaries(repo: Repository) -> list[str]:

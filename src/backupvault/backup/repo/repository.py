@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import hmac
 import logging
 import os
 import platform
@@ -41,6 +42,7 @@ from backupvault.backup.repo.index import (
     seal_pack_header,
 )
 from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
+from backupvault.backup.repo.state import default_dir
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
@@ -52,18 +54,27 @@ SHARED: Final = 1
 EXCLUSIVE: Final = 2
 LOCK_EXPIRY_S: Final = 30 * 60
 LOCK_REFRESH_S: Final = 5 * 60
+# A lock last refreshed this long ago may already be taken for stale by a machine whose
+# clock is ahead: the backup holding it writes no index or snapshot any more (as restic).
+LOCK_TRUST_S: Final = LOCK_EXPIRY_S // 2
 _LOCK = struct.Struct(">BQQI")
+MACHINE_ID_LEN: Final = 16
+log = logging.getLogger("backupvault.backup")
 _SUMMARY_READ: Final = 8192
 # Four packs are written at once: while some are on their way to the disk, the others are
 # sealed into their aligned buffers (docs/performance.md: fewer upload threads left the
 # disk idle while they sealed, and were the slowest stage of a first backup).
 _UPLOAD_THREADS: Final = 4
 _UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
-log = logging.getLogger("backupvault.backup")
 
 
 class RepositoryLocked(BackupVaultError):
     """Another backup or prune holds a lock that conflicts with ours."""
+
+
+class LockLost(BackupVaultError):
+    """Our lock is gone from storage, or went unrefreshed so long that another machine may
+    have taken it for stale (and a prune deleted what we were about to name)."""
 
 
 def new_id() -> bytes:
@@ -78,12 +89,17 @@ class LockInfo:
     refreshed_us: int
     pid: int
     host: str
+    #: the machine id of the lock's writer; None in locks of versions before it
+    machine: bytes | None = None
 
     def stale(self, now: float) -> bool:
-        """Expired, or held by a process of this host that no longer runs."""
+        """Expired, or held by a process of this machine that no longer runs. Another
+        machine may have the same host name (cloned VMs, containers), so the process
+        rule needs the same machine id too; a lock without one (an older version's) is
+        taken for another machine's, stale only once expired."""
         if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
             return True
-        if self.host != host_name():
+        if self.machine is None or self.machine != machine_id() or self.host != host_name():
             return False
         try:
             os.kill(self.pid, 0)
@@ -104,15 +120,24 @@ class Lock:
         self.created_us = time.time_ns() // 1000
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        #: wall-clock time (time.time(), which counts a suspension) of the last write
+        #: that succeeded; why the lock is lost, once it is
+        self.refreshed = 0.0
+        self._lost: str | None = None
+
+    @property
+    def name(self) -> str:
+        return f"locks/{self.lock_id}"
 
     def _write(self) -> None:
+        started = time.time()
         now = time.time_ns() // 1000
-        host = host_name().encode()[:255]
-        plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + host
-        name = f"locks/{self.lock_id}"
+        plain = _LOCK.pack(self.kind, self.created_us, now, os.getpid()) + lock_owner()
         self.repo.backend.put(
-            name, seal_object(self.repo.keys.index, LOCK_AAD + bytes.fromhex(self.lock_id), plain)
+            self.name,
+            seal_object(self.repo.keys.index, LOCK_AAD + bytes.fromhex(self.lock_id), plain),
         )
+        self.refreshed = started  # what others compare against is at least this old
 
     def acquire(self) -> None:
         self._write()
@@ -134,11 +159,49 @@ class Lock:
         self._thread.start()
 
     def _refresh(self) -> None:
+        """Rewrite the lock every LOCK_REFRESH_S, as long as it is held: never once it is
+        lost (a lock a prune deleted is not made again, so `verify` sees it gone)."""
         while not self._stop.wait(LOCK_REFRESH_S):
             try:
+                self.verify()
                 self._write()
-            except StorageError:
-                continue
+            except LockLost:
+                return
+            except BackupVaultError:
+                continue  # storage away for a while: `verify` tells once it is too long
+
+    def verify(self) -> None:
+        """Raise LockLost unless the lock is still in storage and was refreshed recently
+        enough that no other machine may take it for stale (LOCK_TRUST_S: half the
+        expiry, for clocks that disagree). A backup calls this before it writes its index
+        and again before its snapshot: a prune that took the lock for stale (after a
+        suspension, or with its clock ahead) deletes it before any data, so the backup
+        then stops rather than name packs the prune deleted."""
+        if self._lost is None:
+            age = time.time() - self.refreshed
+            if age >= LOCK_TRUST_S:
+                self._lost = (
+                    f"was last refreshed {int(age // 60)} minutes ago (the process was "
+                    "suspended, or storage could not be written), so another machine may "
+                    f"have taken it for stale after {LOCK_EXPIRY_S // 60} minutes"
+                )
+            else:
+                try:
+                    sealed = self.repo.backend.get(self.name)
+                except MissingObject:
+                    self._lost = (
+                        "is gone from storage (a prune on another machine took it for "
+                        "stale: its clock may be ahead of this one's)"
+                    )
+                else:
+                    aad = LOCK_AAD + bytes.fromhex(self.lock_id)
+                    open_object(self.repo.keys.index, aad, sealed, f"lock {self.lock_id}")
+        if self._lost is not None:
+            raise LockLost(
+                f"this backup's lock {self.lock_id} {self._lost}: a prune may have deleted "
+                "data it uses, so it saved no snapshot",
+                hint="run the backup again: earlier snapshots are intact",
+            )
 
     def release(self) -> None:
         """Stop refreshing and delete the lock (tried twice: storage may be failing)."""
@@ -146,9 +209,9 @@ class Lock:
         if self._thread is not None:
             self._thread.join()
         try:
-            self.repo.backend.delete(f"locks/{self.lock_id}")
+            self.repo.backend.delete(self.name)
         except StorageError:
-            self.repo.backend.delete(f"locks/{self.lock_id}")
+            self.repo.backend.delete(self.name)
 
     def __enter__(self) -> Lock:
         self.acquire()
@@ -167,8 +230,8 @@ class Lock:
             self.release()
         except StorageError as exc:
             left = (
-                f"its lock locks/{self.lock_id} could not be removed ({exc.message}): it "
-                "keeps prune and forget out until it expires, "
+                f"its lock {self.name} could not be removed ({exc.message}): it keeps "
+                "prune and forget out until it expires, "
                 f"{LOCK_EXPIRY_S // 60} minutes after it was last refreshed"
             )
             log.warning("%s", left)
@@ -410,8 +473,12 @@ class Repository:
                 self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
             )
             kind, created, refreshed, pid = _LOCK.unpack_from(plain)
-            host = plain[_LOCK.size :].decode(errors="replace")
-            info = LockInfo(name, kind, created, refreshed, pid, host)
+            owner = plain[_LOCK.size :]
+            machine: bytes | None = None
+            if len(owner) > MACHINE_ID_LEN and owner[-MACHINE_ID_LEN - 1] == 0:
+                owner, machine = owner[: -MACHINE_ID_LEN - 1], owner[-MACHINE_ID_LEN:]
+            host = owner.decode(errors="replace")
+            info = LockInfo(name, kind, created, refreshed, pid, host, machine)
             if include_expired or not info.stale(now):
                 found.append(info)
         return found
@@ -554,6 +621,60 @@ def host_name() -> str:
     """This machine's name (as `hostname` prints it; platform, unlike socket, is already
     loaded at start-up)."""
     return platform.node()
+
+
+_machine_id: bytes | None = None
+_MACHINE_ID_FILE = "machine-id"
+
+
+def machine_id() -> bytes:
+    """16 bytes naming this machine in locks, so that the rule "a lock of this host whose
+    process no longer runs is stale" never applies to another machine that has the same
+    host name. Derived from /etc/machine-id (keyed, as systemd asks: the raw id is not
+    shown to anyone else); else a random id kept in the state folder; else one for this
+    process alone (its locks are then only ever stale once expired)."""
+    global _machine_id
+    if _machine_id is None:
+        _machine_id = _read_machine_id()
+    return _machine_id
+
+
+def _read_machine_id() -> bytes:
+    for path in ("/etc/machine-id", "/var/lib/dbus/machine-id"):
+        try:
+            with open(path, "rb") as handle:
+                raw = handle.read(64).strip()
+        except OSError:
+            continue
+        if raw:
+            return hmac.digest(raw, b"backupvault lock machine id", "sha256")[:MACHINE_ID_LEN]
+    kept = default_dir() / _MACHINE_ID_FILE
+    with contextlib.suppress(OSError, ValueError):
+        found = bytes.fromhex(kept.read_text().strip())
+        if len(found) == MACHINE_ID_LEN:
+            return found
+    made = secrets.token_bytes(MACHINE_ID_LEN)
+    with contextlib.suppress(OSError):
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        temp = kept.with_name(f".{_MACHINE_ID_FILE}.{secrets.token_hex(8)}")
+        temp.write_text(made.hex() + "\n")
+        try:
+            os.link(temp, kept)  # two first runs at once: both use the one kept
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink()
+        found = bytes.fromhex(kept.read_text().strip())
+        if len(found) == MACHINE_ID_LEN:
+            return found
+    return made
+
+
+def lock_owner() -> bytes:
+    """Who holds a lock, as its object says: host name (at most 255 bytes, no NUL),
+    0x00, machine id."""
+    host = host_name().encode().replace(b"\0", b"")[:255]
+    return host + b"\0" + machine_id()
 
 
 def cpu_workers() -> int:
