@@ -16,7 +16,9 @@ from moto.server import ThreadedMotoServer
 from test_backup_webdav import webdav, with_userinfo  # noqa: F401 - the WsgiDAV fixture
 
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.maintenance import Policy
+from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
@@ -123,3 +125,24 @@ def test_webdav_tampered_snapshot_is_detected(
     with pytest.raises(AuthenticationFailed):
         restore_snapshot(url, root_key, tmp_path / "dest")
     assert not (tmp_path / "dest").exists()
+
+
+def test_s3_config_is_created_only_if_absent(s3: tuple[str, Any]) -> None:
+    """A conditional PUT (If-None-Match: *): the second device's config is refused."""
+    url, client = s3
+    backend = Backend(Storage(url))
+    assert backend.put_new("config", b"first") is True
+    assert backend.put_new("config", b"second") is False
+    bucket, prefix = url.removeprefix("s3://").split("/", 1)
+    assert client.get_object(Bucket=bucket, Key=f"{prefix}/config")["Body"].read() == b"first"
+
+
+def test_webdav_config_is_created_only_if_absent(webdav: tuple[str, Path]) -> None:  # noqa: F811
+    """MOVE with Overwrite: F; the refused temporary is removed."""
+    base, served = webdav
+    name = "repo-" + os.urandom(4).hex()
+    backend = Backend(Storage(with_userinfo(base) + "/" + name))
+    assert backend.put_new("config", b"first") is True
+    assert backend.put_new("config", b"second") is False
+    assert os.listdir(served / name) == ["config"]
+    assert (served / name / "config").read_bytes() == b"first"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import inspect
 import mmap
 import os
 import re
@@ -141,6 +142,54 @@ class Backend:
                 self.fs.pipe_file(final, b"".join(parts))
         except StorageError:
             raise
+        except Exception as exc:
+            raise self._error(f"cannot store {name}", exc) from None
+
+    def put_new(self, name: str, data: bytes) -> bool | None:
+        """Store a small object only if `name` holds none: True if it was stored, False if
+        one was there already (left as it is). None where storage cannot refuse to replace
+        an object atomically: it was stored unless one was seen first, and a writer racing
+        with this one may replace it (read it back a little later to know which is kept).
+
+        Local folders: a complete temporary linked to the name (`link` fails if it
+        exists). WebDAV: `MOVE` with `Overwrite: F`. S3 (s3fs): a PUT with
+        `If-None-Match: *`. Other fsspec storage: look, then write."""
+        folder = name.rsplit("/", 1)[0] if "/" in name else ""
+        final = self.path(name)
+        try:
+            self._makedirs(folder)
+            if self.is_local:
+                temp = _temp_name(final)
+                self._fill_temp(temp, lambda fd: _write_all(fd, [data]))
+                try:
+                    os.link(temp, final)
+                except FileExistsError:
+                    return False
+                finally:
+                    os.unlink(temp)
+                _fsync_folder(os.path.dirname(final))
+                return True
+            if self._is_webdav:
+                from webdav4.client import ResourceAlreadyExists
+
+                temp = f"{final}.{secrets.token_hex(8)}.partial"
+                self.fs.pipe_file(temp, data)
+                try:
+                    self.fs.client.move(temp, final, overwrite=False)
+                except ResourceAlreadyExists:
+                    self.fs.rm_file(temp)
+                    return False
+                return True
+            if _can_create_only(self.fs):
+                try:
+                    self.fs.pipe_file(final, data, mode="create")
+                except FileExistsError:
+                    return False
+                return True
+            if self.fs.exists(final):
+                return False
+            self.fs.pipe_file(final, data)
+            return None
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
@@ -344,6 +393,17 @@ class Backend:
             return
         except Exception as exc:
             raise self._error(f"cannot delete {name}", exc) from None
+
+
+def _can_create_only(fs: Any) -> bool:
+    """Whether `fs.pipe_file` takes mode="create" (s3fs 2024.12 and later: a conditional
+    PUT, `If-None-Match: *`, which S3 refuses with 412 if the key exists)."""
+    if type(fs).__name__ != "S3FileSystem":
+        return False
+    try:
+        return "mode" in inspect.signature(fs._pipe_file).parameters
+    except (AttributeError, TypeError, ValueError):
+        return False
 
 
 def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:

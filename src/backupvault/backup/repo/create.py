@@ -364,9 +364,8 @@ def create_snapshot(
     reporter = progress or NoProgress()
     _keep_freed_memory()
     storage = Storage(storage_url, storage_options)
-    new = not Repository.exists(storage)
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
-    if new and on_new_repository is not None:
+    if repo.created and on_new_repository is not None:
         on_new_repository()
     state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
     with repo.lock(SHARED) as lock:
@@ -443,6 +442,11 @@ def _create_locked(
     warnings.extend(
         f"snapshot {name} cannot be read ({why}): left out; `backup check` shows the damage"
         for name, why in sorted(repo.damaged.items())
+    )
+    warnings.extend(
+        f"index object {name} cannot be read ({why}): left out; the packs it named that "
+        "still open are indexed again by this backup, and `backup prune` removes it"
+        for name, why in sorted(repo.damaged_indexes.items())
     )
     previous: dict[bytes, Entry] = {}
     if parent is not None and parent.entries is not None and not force_read:

@@ -421,6 +421,11 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     except BackupVaultError as exc:
         result.errors.append(str(exc))
         return result
+    result.errors.extend(
+        f"index object {name} cannot be read ({why}): left out, the packs it named are "
+        "read from their own headers; `backup prune` writes an index that replaces it"
+        for name, why in sorted(repo.damaged_indexes.items())
+    )
     reading = [p for p in index.packs if p.hex() in sizes] if read_data else []
     reporter.start(sum(sizes[p.hex()] for p in reading) if read_data else None, "checking")
     result.packs = len(sizes)

@@ -44,7 +44,13 @@ from backupvault.backup.repo.index import (
 from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
 from backupvault.backup.repo.state import default_dir
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
+from backupvault.errors import (
+    AuthenticationFailed,
+    BackupVaultError,
+    InvalidInput,
+    UsageError,
+    WrongKey,
+)
 
 CONFIG_NAME: Final = "config"
 LOCK_AAD: Final = b"BVLOCK02"
@@ -59,6 +65,9 @@ LOCK_REFRESH_S: Final = 5 * 60
 LOCK_TRUST_S: Final = LOCK_EXPIRY_S // 2
 _LOCK = struct.Struct(">BQQI")
 MACHINE_ID_LEN: Final = 16
+# Where storage cannot create an object only if it is absent, how long a new repository's
+# config is left before it is read back (a racing device's config has landed by then).
+CREATE_SETTLE_S: Final = 2.0
 log = logging.getLogger("backupvault.backup")
 _SUMMARY_READ: Final = 8192
 # Four packs are written at once: while some are on their way to the disk, the others are
@@ -250,6 +259,10 @@ class Repository:
         #: authentication or are no snapshot at all. Left out of every listing, so one bad
         #: object never stops list, restore, backup or forget; the commands warn of each.
         self.damaged: dict[str, str] = {}
+        #: Index objects this handle found damaged (name -> why): see `index_files`.
+        self.damaged_indexes: dict[str, str] = {}
+        #: Whether `open(create=True)` made this repository (its config is ours).
+        self.created = False
 
     # ---- opening --------------------------------------------------------------------
 
@@ -261,17 +274,46 @@ class Repository:
     def open(
         cls, storage: Storage, root_key: bytes, *, create: bool = False, **params: int
     ) -> Repository:
+        """The repository in `storage`; with `create`, made if there is none (then
+        `created` is set if the config stored is the one this call made)."""
         backend = Backend(storage)
         try:
             raw = backend.get(CONFIG_NAME)
         except MissingObject:
             if not create:
                 raise
-            config, keys = new_config(root_key, **params)
-            backend.put(CONFIG_NAME, config.to_bytes())
-            return cls(backend, config, keys, root_key)
+            return cls._create(backend, root_key, params)
         config = RepoConfig.from_bytes(raw)
         return cls(backend, config, keys=open_config(config, root_key), root_key=root_key)
+
+    @classmethod
+    def _create(cls, backend: Backend, root_key: bytes, params: dict[str, int]) -> Repository:
+        """Store a new config only if there is none, then use the config that is stored:
+        two first backups at once must not each use a config of their own (the one
+        replaced would leave packs, an index and a snapshot no key opens)."""
+        config, keys = new_config(root_key, **params)
+        ours = config.to_bytes()
+        if backend.put_new(CONFIG_NAME, ours) is None:
+            # Storage could not refuse an existing object: whichever config lands last is
+            # the repository's; give a racing device's time to land, then read it back.
+            time.sleep(CREATE_SETTLE_S)
+        stored = backend.get(CONFIG_NAME)
+        if stored == ours:
+            repo = cls(backend, config, keys, root_key)
+            repo.created = True
+            return repo
+        # Another device made the repository at the same moment: its config it is.
+        config = RepoConfig.from_bytes(stored)
+        try:
+            keys = open_config(config, root_key)
+        except WrongKey as exc:
+            raise WrongKey(
+                f"another device created the repository at {backend.display_url} at the "
+                "same moment, with another key: this backup wrote nothing into it",
+                hint="back up there with that device's key (its recovery code or "
+                "password), or into another folder; " + (exc.hint or ""),
+            ) from None
+        return cls(backend, config, keys, root_key)
 
     def chunker(self) -> Chunker:
         return Chunker(self.config, self.keys)
@@ -279,17 +321,37 @@ class Repository:
     # ---- index ------------------------------------------------------------------------
 
     def index_files(self) -> dict[str, IndexFile]:
-        """Every live index object (those superseded by another are left out)."""
-        names = self.backend.list("index")
+        """Every live index object (those superseded by another are left out).
+
+        An index object that fails authentication (damaged, or written under another
+        config by a device that lost a race to create the repository) is left out and
+        noted in `damaged_indexes`, rather than failing every command for good: its packs
+        are then unindexed, and `load_index` reads them back from their own
+        authenticated headers, so nothing they hold is lost or taken for garbage (prune
+        keeps what snapshots use, and its new index replaces the damaged one); packs
+        whose header does not open either are unreadable anyway."""
+        names = list(self.backend.list("index"))
         with ThreadPoolExecutor(8) as pool:
-            files = dict(zip(names, pool.map(self._read_index, names), strict=True))
+            read = list(pool.map(self._read_index, names))
+        files: dict[str, IndexFile] = {}
+        for name, found in zip(names, read, strict=True):
+            if isinstance(found, IndexFile):
+                files[name] = found
+            elif found is not None:
+                self.damaged_indexes[name] = found
         superseded = {s.hex() for f in files.values() for s in f.supersedes}
         return {name: f for name, f in files.items() if name not in superseded}
 
-    def _read_index(self, name: str) -> IndexFile:
-        return IndexFile.open(
-            self.keys.index, bytes.fromhex(name), self.backend.get(f"index/{name}")
-        )
+    def _read_index(self, name: str) -> IndexFile | str | None:
+        """The index object, why it cannot be read, or None if it is gone (a prune)."""
+        try:
+            sealed = self.backend.get(f"index/{name}")
+        except MissingObject:
+            return None
+        try:
+            return IndexFile.open(self.keys.index, bytes.fromhex(name), sealed)
+        except (AuthenticationFailed, InvalidInput) as exc:
+            return exc.message
 
     def load_index(
         self, *, adopt_unindexed: bool = True
@@ -305,6 +367,16 @@ class Repository:
                 index.add_pack(pack_id, entries)
         packs = self.backend.list("data")
         adopted: list[str] = []
+        if self.damaged_indexes and not adopt_unindexed:
+            # Packs a damaged index named may hold chunks snapshots use: indexed from
+            # their own headers (two ranged reads each, authenticated under the index key).
+            for name, size in packs.items():
+                if bytes.fromhex(name) in index.packs:
+                    continue
+                try:
+                    index.add_pack(bytes.fromhex(name), self.read_pack_header(name, size))
+                except BackupVaultError:
+                    continue
         if adopt_unindexed:
             for name in packs:
                 pack_id = bytes.fromhex(name)
