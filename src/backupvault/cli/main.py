@@ -559,11 +559,13 @@ def backup_create(
             confirm=not password_stdin,
         )
     code = recovery.encode(root_key) if new_code else None
+    made: list[bool] = []  # this device's repository config is the one stored
 
     def show_code() -> None:
         # As soon as the repository exists, before the backup writes anything: one that
         # fails or is interrupted later would otherwise leave a repository whose code
         # nobody ever saw.
+        made.append(True)
         if code is not None and not ctx.output.json_mode:
             ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):")
             ctx.output.out.print(f"  {code}")
@@ -588,7 +590,9 @@ def backup_create(
                 on_new_repository=show_code,
             )
     except BackupVaultError as err:
-        if code is not None and repository_exists(url):
+        # Only if this device made the repository: a first backup that lost the race to
+        # create it (another device's config is stored) made nothing its code opens.
+        if code is not None and made and repository_exists(url):
             where = "in `recovery_code`" if ctx.output.json_mode else "printed above"
             err.hint = (
                 f"the new repository was made, with the recovery code {where}: run the "
