@@ -5,19 +5,22 @@ longer makes every command fail."""
 
 from __future__ import annotations
 
+import errno
 import os
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from conftest import snapshot
 
+from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, repository, restore_snapshot
 from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.keys import new_config
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
-from backupvault.errors import WrongKey
+from backupvault.errors import BackupVaultError, WrongKey
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 
@@ -161,3 +164,82 @@ def test_an_index_that_does_not_open_is_left_out_and_replaced(
     for made in (first, info):
         restore_snapshot(str(repo), root_key, tmp_path / made.snapshot_id, made.snapshot_id)
     assert snapshot(tmp_path / info.snapshot_id) == snapshot(source)
+
+
+def test_a_storage_error_while_prune_reads_a_damaged_indexs_packs_deletes_nothing(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Prune indexes the packs of an index that does not open from their headers; a pack
+    whose header read failed (a timeout) was skipped as if it were not a pack, looked
+    unindexed, and was deleted with chunks the snapshots use (review s23)."""
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(20_000))
+    made = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    (index,) = (repo / "index").iterdir()
+    data = bytearray(index.read_bytes())
+    data[-1] ^= 1
+    index.write_bytes(bytes(data))
+    old = time.time() - 7200  # older than the lock expiry: no pack is spared for its age
+    for pack in (repo / "data").rglob("*"):
+        os.utime(pack, (old, old))
+    packs = objects(repo)
+    get = Backend.get
+    failed: list[str] = []
+
+    def flaky(self: Backend, name: str, start: int | None = None, end: int | None = None) -> Any:
+        if name.startswith("data/") and start is not None and not failed:
+            failed.append(name)
+            raise StorageError(f"cannot read {name}: ReadTimeout")
+        return get(self, name, start, end)
+
+    monkeypatch.setattr(Backend, "get", flaky)
+    with pytest.raises(StorageError, match="ReadTimeout"):
+        maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    assert failed and objects(repo) == packs  # nothing deleted
+    monkeypatch.setattr(Backend, "get", get)
+    restore_snapshot(str(repo), root_key, tmp_path / "out", made.snapshot_id)
+    assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_prune_deletes_no_unindexed_pack_while_a_chunk_in_use_is_in_no_index(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    # The index is gone altogether (and so a chunk the snapshot uses is in no index): the
+    # pack that holds it is unindexed, and prune must not take it for a leftover.
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(20_000))
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    for index in (repo / "index").iterdir():
+        index.unlink()
+    old = time.time() - 7200
+    for pack in (repo / "data").rglob("*"):
+        os.utime(pack, (old, old))
+    packs = objects(repo)
+    with pytest.raises(BackupVaultError, match="prune deletes nothing"):
+        maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    assert objects(repo) == packs
+
+
+def test_a_first_backup_onto_a_disk_without_hard_links_works(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # FAT and many SMB mounts refuse link(2): the config is created by look-then-rename
+    # there (it was a "cannot store config: Operation not permitted" failure).
+    def no_links(source: str, target: str) -> None:
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(repository, "CREATE_SETTLE_S", 0.0)
+    backend = Backend(Storage(str(tmp_path / "plain")))
+    assert backend.put_new("config", b"first") is None
+    assert backend.put_new("config", b"second") is False
+    assert backend.get("config") == b"first"
+    assert os.listdir(tmp_path / "plain") == ["config"]
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(3000))
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", made.snapshot_id)
+    assert snapshot(tmp_path / "out") == snapshot(source)

@@ -280,6 +280,17 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     result.forget_records_removed = len(unneeded_records)
     result.bytes_before = sum(sizes.values())
     unindexed = [name for name in sizes if bytes.fromhex(name) not in index.packs]
+    lost = sum(1 for chunk_id in used if chunk_id not in index.chunks)
+    if lost and unindexed:
+        # A chunk a snapshot uses that no index names may be in any unindexed pack (one
+        # whose header could not be read, an index that did not open): deleting them
+        # could delete it.
+        raise BackupVaultError(
+            f"{lost} chunk(s) the snapshots use are in no index, and {len(unindexed)} pack(s)"
+            " no index names may hold them: prune deletes nothing",
+            hint="run `backup check`; run prune again once every pack's header can be read"
+            " (a storage error on the way) or the next `backup create` has indexed them",
+        )
     # Only those written at least a lock expiry ago: a fresh one may be a running
     # backup's, not indexed yet (with no time from storage, kept).
     ages = repo.backend.ages("data") if unindexed else {}

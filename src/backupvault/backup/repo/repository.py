@@ -375,8 +375,10 @@ class Repository:
                     continue
                 try:
                     index.add_pack(bytes.fromhex(name), self.read_pack_header(name, size))
-                except BackupVaultError:
-                    continue
+                except (AuthenticationFailed, InvalidInput):
+                    continue  # not a pack of this key (a race's loser's), or torn
+                # A storage error goes up: a pack skipped for a failed read would look
+                # unindexed, and prune would delete chunks snapshots use.
         if adopt_unindexed:
             for name in packs:
                 pack_id = bytes.fromhex(name)
