@@ -356,3 +356,27 @@ def test_a_lock_removal_that_fails_once_is_tried_again(
     assert failed and os.listdir(tmp_path / "repo" / "locks") == []
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_a_lock_that_cannot_be_read_back_after_the_snapshot_takes_the_snapshot_back(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The last check, after the snapshot is stored, fails on a storage error: the backup
+    # reported failure while its snapshot stayed listed (review s23). Now the failure
+    # reported is the state left: the snapshot is taken back.
+    source, repo = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "a.txt").write_text("hello")
+    create_snapshot(source, str(repo), root_key)
+    get = Backend.get
+
+    def flaky(self: Backend, name: str, start: int | None = None, end: int | None = None) -> Any:
+        if name.startswith("locks/") and len(list((repo / "snapshots").iterdir())) == 2:
+            raise StorageError(f"cannot read {name}: ReadTimeout")
+        return get(self, name, start, end)
+
+    monkeypatch.setattr(Backend, "get", flaky)
+    (source / "b.txt").write_text("more")
+    with pytest.raises(StorageError, match="ReadTimeout"):
+        create_snapshot(source, str(repo), root_key)
+    assert len(list((repo / "snapshots").iterdir())) == 1

@@ -29,7 +29,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from backupvault.backup.errors import SourceError
+from backupvault.backup.errors import SourceError, StorageError
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
@@ -564,8 +564,16 @@ def _create_locked(
         # so if ours is still there, every prune that ignores it will see this snapshot;
         # if not, one may have listed them before it landed, and deleted its chunks.
         lock.verify()
-    except LockLost:
-        repo.backend.delete(f"snapshots/{snapshot_id.hex()}")
+    except (LockLost, StorageError) as lost:
+        # Not confirmed (the lock is gone, or could not be read back): the snapshot is
+        # taken back, so that the failure reported is the state left.
+        try:
+            repo.backend.delete(f"snapshots/{snapshot_id.hex()}")
+        except StorageError:
+            lost.hint = (
+                f"snapshot {snapshot_id.hex()[:16]} may be stored but its data is not"
+                " confirmed: run `backup check`, then the backup again"
+            )
         raise
     stored += len(data)
     return SnapshotInfo(
