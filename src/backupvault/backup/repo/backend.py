@@ -164,9 +164,22 @@ class Backend:
                 try:
                     os.link(temp, final)
                 except FileExistsError:
-                    return False
-                finally:
                     os.unlink(temp)
+                    return False
+                except OSError as exc:
+                    if exc.errno not in _NO_HARD_LINKS:
+                        os.unlink(temp)
+                        raise
+                    # FAT, exFAT, many SMB mounts: no hard links. Look, then rename (the
+                    # object is whole either way; a writer racing with this one may
+                    # replace it, so the caller reads it back).
+                    if os.path.lexists(final):
+                        os.unlink(temp)
+                        return False
+                    os.replace(temp, final)
+                    _fsync_folder(os.path.dirname(final))
+                    return None
+                os.unlink(temp)
                 _fsync_folder(os.path.dirname(final))
                 return True
             if self._is_webdav:
@@ -408,6 +421,10 @@ def _can_create_only(fs: Any) -> bool:
 
 def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:
     return data if isinstance(data, list) else [data]
+
+
+#: What `link` fails with on file systems without hard links.
+_NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
 def _fsync_folder(path: str) -> None:
