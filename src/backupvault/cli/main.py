@@ -1012,12 +1012,14 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
             "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
             yes,
         )
-        # The nodes erased their shares already: nothing is left to delete, and a new key
-        # is registered over the destroyed one, at the next version.
+        # No node will evaluate it again: each has erased its share, or erases it at its
+        # next request (whatever that request is), so there is nothing to prove or
+        # delete; a new key is registered over the destroyed one, at the next version.
         ctx.output.result(
             {"deleted": True, "version": status.version, "was": "destroyed", "nodes_pending": []},
-            "the vault holds nothing of the destroyed key any more; "
-            "`backupvault backup create --new-key` registers a new one",
+            "the destroyed key can never be recovered (each node erases its share, if it has"
+            " not yet, at its next request); `backupvault backup create --new-key` registers"
+            " a new one",
         )
         return
     lost = ""
