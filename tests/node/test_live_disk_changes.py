@@ -180,3 +180,14 @@ def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) 
             reads += 1
     writer.join()
     assert failures == [] and reads > 100
+
+
+def test_a_bucket_listing_finds_each_name_and_no_other() -> None:
+    names = sorted(os.urandom(16) for _ in range(300))
+    listing = store_module.BucketListing((name, i + 1) for i, name in enumerate(names))
+    assert len(listing) == 300
+    assert all(listing.get(name) == i + 1 for i, name in enumerate(names))
+    assert listing.get(os.urandom(16)) is None and listing.get(b"\x00" * 16) is None
+    changed = listing.updated({names[0]: 999, b"\xff" * 16: 1000})
+    assert changed.get(names[0]) == 999 and changed.get(b"\xff" * 16) == 1000
+    assert len(changed) == 301 and listing.get(names[0]) == 1  # the old one unchanged
