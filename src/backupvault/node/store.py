@@ -996,7 +996,14 @@ class BucketListing:
     def __len__(self) -> int:
         return len(self._blob) // self._SIZE
 
-    def get(self, name: bytes) -> int | None:
+    @classmethod
+    def _from_blob(cls, blob: bytes) -> BucketListing:
+        listing = cls(())
+        listing._blob = blob
+        return listing
+
+    def _position(self, name: bytes) -> tuple[int, bool]:
+        """Where `name`'s record is (True) or would go (False), in records."""
         blob, size = self._blob, self._SIZE
         low, high = 0, len(self)
         while low < high:
@@ -1007,8 +1014,15 @@ class BucketListing:
             elif found > name:
                 high = middle
             else:
-                return int.from_bytes(blob[middle * size + NAME_LEN : (middle + 1) * size], "big")
-        return None
+                return middle, True
+        return low, False
+
+    def get(self, name: bytes) -> int | None:
+        at, found = self._position(name)
+        if not found:
+            return None
+        start = at * self._SIZE + NAME_LEN
+        return int.from_bytes(self._blob[start : start + 8], "big")
 
     def pairs(self) -> Iterator[tuple[bytes, int]]:
         blob, size = self._blob, self._SIZE
@@ -1016,10 +1030,16 @@ class BucketListing:
             yield blob[at : at + NAME_LEN], int.from_bytes(blob[at + NAME_LEN : at + size], "big")
 
     def updated(self, changes: dict[bytes, int]) -> BucketListing:
-        """This listing with `changes` (name -> new version) applied."""
-        merged = dict(self.pairs())
-        merged.update(changes)
-        return BucketListing(merged.items())
+        """A new listing: this one with `changes` (name -> new version) applied."""
+        changed = BucketListing._from_blob(self._blob)
+        blob = bytearray(self._blob)
+        for name, ver in changes.items():
+            at, found = changed._position(name)
+            start = at * self._SIZE
+            record = name + _u64(ver)
+            blob[start : start + (self._SIZE if found else 0)] = record
+            changed._blob = bytes(blob)
+        return changed
 
 
 class StoreRecords:
