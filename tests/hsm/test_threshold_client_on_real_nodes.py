@@ -185,6 +185,19 @@ def test_a_key_deleted_on_another_device_mid_password_change_is_named(
     assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
 
 
+def test_a_delete_after_a_password_change_on_another_device_is_named(bridge: Bridge) -> None:
+    """Device A recovered the key to delete it; device B changed the password first (sim
+    seed 10241660): every node refuses A's statement for the old version. A is told the
+    key changed, not that the fleet is unavailable, and nothing is erased."""
+    device_a, device_b = bridge.vault(), bridge.vault()
+    device_a.register("old", RK, ksf=SIM_KSF)
+    recovered = device_a.recover("old", ksf_floor=SIM_KSF)
+    device_b.change_password(device_b.recover("old", ksf_floor=SIM_KSF), "new", ksf=SIM_KSF)
+    with pytest.raises(EntryChanged, match="later version than 1"):
+        device_a.delete(recovered)
+    assert device_b.recover("new", ksf_floor=SIM_KSF).root_key == RK
+
+
 # ---- a hostile relay, and one hostile node, against the SDK ----------------------------
 
 

@@ -305,7 +305,11 @@ def test_regression_an_earlier_start_of_the_same_commit_over_a_bare_sibling(seed
 # key after c2 recovered it to change it, every node refused c2's new shares as
 # `stale_manifest`, and c2 reported "unavailable (0 staged)" (10196044); the
 # deterministic test is test_a_key_deleted_on_another_device_mid_password_change_is_named.
-@pytest.mark.parametrize("seed", [10051237, 10196044])
+# And a delete's (10,000 from 10,235,000): c3 changed the password after c1 recovered the
+# key to delete it; every node refused c1's statement as `stale_manifest`, and c1
+# reported "unavailable (0 erasures)" (10241660);
+# test_a_delete_after_a_password_change_on_another_device_is_named.
+@pytest.mark.parametrize("seed", [10051237, 10196044, 10241660])
 def test_regression_a_password_changed_on_another_device_is_an_answer(seed: int) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)

@@ -1119,6 +1119,11 @@ class ThresholdVault:
         # The delete committed when t nodes confirmed it, or when the entry is empty now
         # though fewer confirmed erasing their own share.
         if erased < self.t and not self._deleted():
+            codes = [o.error.code for o in outcomes if o.error is not None]
+            if _moved_on(codes, self.nodes, self.t):
+                # Another device changed the password since this one recovered the key:
+                # no version is left for this statement (sim seed 10241660).
+                raise EntryChanged(manifest.version)
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
                 f"{self.t} are needed ({'; '.join(pending)})"

@@ -430,6 +430,7 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
     signature = owner.sign_statement(recovered.export_key, statement)
     request = DeleteShareRequest(ctx.account, ctx.entry, agreed.version, counter, signature)
     erased: set[int] = set()
+    codes: list[str] = []
     for attempt in range(TRIES):
         answers = yield Call(Op.DELETE_SHARE, (request,) * ctx.nodes, resend=attempt > 0)
         erased |= {
@@ -437,10 +438,15 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
             for slot, answer in answers.items()
             if _ack_verifies(ctx, slot, answer, AckKind.ERASED, agreed)
         }
+        codes = _codes(answers)
         if all(slot in erased or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
             break
     if len(erased) >= ctx.threshold:
         return Outcome("deleted", acks=len(erased))
+    if _changed(ctx, codes):
+        # As the SDK (`EntryChanged`): another device changed the key since this one
+        # recovered it, so there is no version left for this statement to delete.
+        return Outcome("entry changed", acks=len(erased))
     return Outcome(f"unavailable ({len(erased)} erasures)", acks=len(erased))
 
 
