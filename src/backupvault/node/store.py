@@ -565,9 +565,10 @@ class NodeStore:
                 self._listed_rows -= len(dropped)
 
     def _verify(self, bucket: int, db: sqlite3.Connection) -> None:
-        """Check the bucket once (`verify_all`: damage found where nobody reads)."""
+        """Check the bucket once (`verify_all`: damage found where nobody reads); its
+        listing is kept while there is room (never pushing out one a read kept)."""
         if bucket not in self._verified:
-            self._listing(bucket, db, remember=False)
+            self._listing(bucket, db, remember=self._listed_rows < LISTED_ROWS)
             self._verified.add(bucket)
 
     def verify_all(self, pause: float = 0.0) -> None:
