@@ -209,28 +209,7 @@ class Backend:
     def ages(self, folder: str) -> dict[str, float | None]:
         """{32-hex id: seconds since it was written, or None if storage does not say} of
         the objects in `folder`."""
-        path = self.path(folder)
-        found: dict[str, float | None] = {}
-        now = time.time()
-        try:
-            if self.is_local:
-                with os.scandir(path) as entries:
-                    for entry in entries:
-                        if _is_id(entry.name) and entry.is_file(follow_symlinks=False):
-                            found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
-                return found
-            self.fs.invalidate_cache(path)
-            listed = self.fs.ls(path, detail=True)
-        except FileNotFoundError:
-            return found
-        except Exception as exc:
-            raise self._error(f"cannot list {folder}", exc) from None
-        for entry in listed:
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if _is_id(name) and entry.get("type") in (None, "file"):
-                written = _modified(entry)
-                found[name] = None if written is None else now - written
-        return found
+        return self._ages(self.path(folder), folder, _is_id)
 
     def _put_local(
         self, final: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
@@ -374,13 +353,18 @@ class Backend:
         temporary objects in `folder` (`.<id>.<random>.partial`, WebDAV `<id>.<random>.partial`)
         that a put interrupted before its rename left behind."""
         path = self.path(folder) if folder else self.storage.root
+        return self._ages(path, folder or "the repository", lambda n: bool(_TEMPORARY.match(n)))
+
+    def _ages(self, path: str, what: str, wanted: Callable[[str], bool]) -> dict[str, float | None]:
+        """{name: seconds since written, or None} of the files at `path` whose name is
+        `wanted` (none if the folder does not exist)."""
         found: dict[str, float | None] = {}
         now = time.time()
         try:
             if self.is_local:
                 with os.scandir(path) as entries:
                     for entry in entries:
-                        if _TEMPORARY.match(entry.name) and entry.is_file(follow_symlinks=False):
+                        if wanted(entry.name) and entry.is_file(follow_symlinks=False):
                             found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
                 return found
             self.fs.invalidate_cache(path)
@@ -388,10 +372,10 @@ class Backend:
         except FileNotFoundError:
             return found
         except Exception as exc:
-            raise self._error(f"cannot list {folder or 'the repository'}", exc) from None
+            raise self._error(f"cannot list {what}", exc) from None
         for entry in listed:
             name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if _TEMPORARY.match(name) and entry.get("type") in (None, "file"):
+            if wanted(name) and entry.get("type") in (None, "file"):
                 written = _modified(entry)
                 found[name] = None if written is None else now - written
         return found
