@@ -21,7 +21,7 @@ import errno
 import os
 import stat
 from collections import deque
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -111,32 +111,46 @@ class RestoreFailed(BackupVaultError):
     """The file system refused the restore's writes (not the user's command, nor damage)."""
 
 
-def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
-    """Whether the link `path` -> `target` leads out of the tree, following the other
-    links of the same tree (`links`: path -> target) as the kernel would."""
+class _Leaves(Exception):
+    """A lookup on a link's way cannot be trusted to stay inside (`_leads_out`)."""
+
+
+def _leads_out(path: bytes, target: bytes, follow: Callable[[bytes], bytes | None]) -> bool:
+    """Whether the link `path` -> `target` leads out of the tree, resolving its way as
+    the kernel would: `follow(name)` is the target of the link at `name` in the tree, or
+    None for anything else (it raises `_Leaves` where a lookup fails)."""
     if target.startswith(b"/"):
         return True
     where = path.split(b"/")[:-1]
     pending = target.split(b"/")
     hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part in (b"", b"."):
-            continue
-        if part == b"..":
-            if not where:
-                return True
-            where.pop()
-            continue
-        where.append(part)
-        followed = links.get(b"/".join(where))
-        if followed is not None:
-            hops += 1
-            if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
-                return True
-            where.pop()
-            pending = followed.split(b"/") + pending
+    try:
+        while pending:
+            part = pending.pop(0)
+            if part in (b"", b"."):
+                continue
+            if part == b"..":
+                if not where:
+                    return True
+                where.pop()
+                continue
+            where.append(part)
+            followed = follow(b"/".join(where))
+            if followed is not None:
+                hops += 1
+                if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
+                    return True
+                where.pop()
+                pending = followed.split(b"/") + pending
+    except _Leaves:
+        return True
     return False
+
+
+def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
+    """Whether the link `path` -> `target` leads out of the tree, following the other
+    links of the same tree (`links`: path -> target), names compared by bytes."""
+    return _leads_out(path, target, links.get)
 
 
 def _resolves_outside(dir_fd: int, path: bytes) -> bool:
@@ -146,39 +160,22 @@ def _resolves_outside(dir_fd: int, path: bytes) -> bool:
     or Unicode form for one (APFS, NTFS, ext4 casefold) follows links `_link_escapes`,
     comparing bytes, does not see. A name that is not there is taken as a folder (so
     lexically); a lookup that fails otherwise, or too many links, counts as leaving."""
-    where = path.split(b"/")[:-1]
-    try:
-        pending = os.readlink(path, dir_fd=dir_fd).split(b"/")
-    except OSError:
-        return True
-    if pending[0] == b"":  # absolute
-        return True
-    hops = 0
-    while pending:
-        part = pending.pop(0)
-        if part in (b"", b"."):
-            continue
-        if part == b"..":
-            if not where:
-                return True
-            where.pop()
-            continue
-        where.append(part)
-        name = b"/".join(where)
+
+    def follow(name: bytes) -> bytes | None:
         try:
             if not stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-                continue
-            followed = os.readlink(name, dir_fd=dir_fd)
+                return None
+            return os.readlink(name, dir_fd=dir_fd)
         except (FileNotFoundError, NotADirectoryError):
-            continue
+            return None
         except OSError:
-            return True
-        hops += 1
-        if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
-            return True
-        where.pop()
-        pending = followed.split(b"/") + pending
-    return False
+            raise _Leaves from None
+
+    try:
+        target = os.readlink(path, dir_fd=dir_fd)
+    except OSError:
+        return True
+    return _leads_out(path, target, follow)
 
 
 def _remove_escaping_links(dir_fd: int, made: list[Entry], skipped: list[Skipped]) -> None:
