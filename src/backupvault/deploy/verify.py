@@ -94,6 +94,14 @@ def unreachable(err: httpx.HTTPError) -> bool:
     return isinstance(err, httpx.TransportError)
 
 
+def _failed_request(name: str, whom: str, err: httpx.HTTPError) -> Check:
+    """The failed check of asking `whom`: unreachable (not verified), or refused."""
+    if unreachable(err):
+        detail = f"unreachable: not verified ({type(err).__name__}: {err})"
+        return Check(name, False, detail, unreachable=True)
+    return Check(name, False, f"cannot ask the {whom} ({err})")
+
+
 #: The client's checks in the order verify_bundle makes them, and what refuses each.
 CHECKS: tuple[tuple[str, tuple[type[TransparencyError], ...]], ...] = (
     ("the bundle and record parse", ()),
@@ -245,11 +253,7 @@ def check_heads(
             head = open_head(answer.text, verifier)
             check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=trust.max_age)
         except httpx.HTTPError as err:
-            if unreachable(err):
-                detail = f"unreachable: not verified ({type(err).__name__}: {err})"
-                report.checks.append(Check(name, False, detail, unreachable=True))
-            else:
-                report.checks.append(Check(name, False, f"cannot ask the witness ({err})"))
+            report.checks.append(_failed_request(name, "witness", err))
             continue
         except TransparencyError as err:
             report.checks.append(Check(name, False, err.message))
@@ -330,11 +334,7 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
             answer = http.get(f"{node.url}/v1/measurement", timeout=3.0)
             answer.raise_for_status()
         except httpx.HTTPError as err:
-            if unreachable(err):
-                detail = f"unreachable: not verified ({type(err).__name__}: {err})"
-                report.checks.append(Check(name, False, detail, unreachable=True))
-            else:
-                report.checks.append(Check(name, False, f"cannot ask the node ({err})"))
+            report.checks.append(_failed_request(name, "node", err))
             continue
         try:
             data = untrusted_json(answer.content, "its answer")
