@@ -38,6 +38,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.files import write_new_file
 from backupvault.protocol import is_valid_name
@@ -424,6 +425,10 @@ def _confirmation_key(claims: dict[str, Any]) -> Ed25519PublicKey:
 @functools.lru_cache(maxsize=VERIFIED_TOKENS)
 def _device_key(key_bytes: bytes) -> Ed25519PublicKey:
     """The key object for 32 raw bytes, made once per device (at every request before)."""
+    try:
+        check_public_key(key_bytes, "the token's 'cnf' key")
+    except InvalidInput as err:
+        raise TokenRejected("invalid_token", err.message) from None
     return Ed25519PublicKey.from_public_bytes(key_bytes)
 
 

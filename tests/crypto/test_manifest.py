@@ -225,3 +225,17 @@ def test_registration_validates_its_inputs() -> None:
                 ksf=TINY_ARGON2,
             )
     assert "hidden" in repr(_register())
+
+
+def test_a_manifest_with_a_small_order_pk_auth_is_refused() -> None:
+    # Nodes check owner statements with pk_auth: under the identity, anyone could sign the
+    # entry's resets. A manifest that names one is malformed, at every node that parses it.
+    reg = _register()
+    identity = bytes.fromhex("01" + "00" * 31)
+    encoded = reg.manifest.to_bytes()
+    bad = encoded.replace(reg.manifest.pk_auth, identity)
+    assert bad != encoded
+    with pytest.raises(InvalidInput, match="pk_auth"):
+        Manifest.from_bytes(bad)
+    with pytest.raises(InvalidInput, match="pk_auth"):
+        dataclasses.replace(reg.manifest, pk_auth=identity)

@@ -3,13 +3,16 @@ forgeries, field swaps and replays a node must refuse."""
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import os
 import struct
 
 import pytest
+from pysodium import sodium
 
 from backupvault.crypto import owner
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.owner import OwnerStatement, StatementKind, sign_statement
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
@@ -164,3 +167,38 @@ def test_invalid_fields_are_refused() -> None:
             _reset(**changes)
     with pytest.raises(InvalidInput):
         owner.verify_statement(bytes(31), _reset(), bytes(64), last_counter=None)
+
+
+# Small-order points of edwards25519 (the identity, order 2, 4 and 8 points), and one
+# non-canonical encoding: OpenSSL's verify accepts each as a key.
+_SMALL_ORDER_KEYS = [
+    bytes.fromhex("0100000000000000000000000000000000000000000000000000000000000000"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("0000000000000000000000000000000000000000000000000000000000000000"),
+    bytes.fromhex("0000000000000000000000000000000000000000000000000000000000000080"),
+    bytes.fromhex("26e8958fc2b227b045c3f489f2ef98f0d5dfac05d3c63339b13802886d53fc05"),
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+@pytest.mark.parametrize("key", _SMALL_ORDER_KEYS, ids=lambda k: k.hex()[:8])
+def test_a_small_order_owner_key_is_refused(key: bytes) -> None:
+    # Under the identity as pk_auth, R = identity and S = 0 "sign" every statement: a
+    # reset anyone could make. The check must refuse the key, not trust OpenSSL's verify.
+    forged = bytes.fromhex("01" + "00" * 31) + bytes(32)
+    with pytest.raises(InvalidInput, match="prime-order subgroup"):
+        owner.verify_statement(key, _reset(), forged, last_counter=None)
+    with pytest.raises(InvalidInput, match="prime-order subgroup"):
+        check_public_key(key, "key")
+
+
+def test_a_mixed_order_owner_key_is_refused() -> None:
+    # A real key plus a point of order 8 (an encoding of a point off the main subgroup).
+    real = owner.owner_public_key(EXPORT_KEY)
+    mixed = ctypes.create_string_buffer(32)
+    assert sodium.crypto_core_ed25519_add(mixed, real, _SMALL_ORDER_KEYS[4]) == 0
+    mixed = mixed.raw
+    with pytest.raises(InvalidInput, match="prime-order subgroup"):
+        check_public_key(mixed, "key")
+    assert check_public_key(real, "key") == real

@@ -5,10 +5,12 @@ cannot tie to the device, this node and this request, once."""
 
 from __future__ import annotations
 
+import struct
+
 import httpx
 import pytest
 from conftest import FAST_KSF, FLEET_ID, ISSUER, InProcessFleet
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.crypto.seal import open_request, seal_request
 from backupvault.protocol import (
@@ -111,21 +113,25 @@ def test_an_expired_proof_is_refused(
     assert "expired" in _send(fleet, 1, op, stale)
 
 
-@pytest.mark.parametrize("problem", ["another device", "no cnf", "no proof"])
-def test_a_token_not_bound_to_the_signing_device_is_refused(
-    fleet: InProcessFleet, problem: str
-) -> None:
-    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
-    thief = Ed25519PrivateKey.generate()
-    token = mint_token(
+def _alice_token(fleet: InProcessFleet, device_key: Ed25519PublicKey | None) -> str:
+    return mint_token(
         fleet.issuer,
         "alice",
         issuer=ISSUER,
         audience=fleet_audience(FLEET_ID),
         ttl_seconds=3600,
         now=fleet.now,
-        device_key=None if problem == "no cnf" else fleet.device.public_key(),
+        device_key=device_key,
     )
+
+
+@pytest.mark.parametrize("problem", ["another device", "no cnf", "no proof"])
+def test_a_token_not_bound_to_the_signing_device_is_refused(
+    fleet: InProcessFleet, problem: str
+) -> None:
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    thief = Ed25519PrivateKey.generate()
+    token = _alice_token(fleet, None if problem == "no cnf" else fleet.device.public_key())
     request = ManifestRequest("alice", "backup-root-key").to_bytes()
     signer = thief if problem == "another device" else fleet.device
     proof = sign_request_proof(
@@ -140,6 +146,20 @@ def test_a_token_not_bound_to_the_signing_device_is_refused(
         "no cnf": "not bound to a device key",
         "no proof": "no request proof",
     }[problem] in why
+
+
+def test_a_token_bound_to_a_small_order_key_is_refused(fleet: InProcessFleet) -> None:
+    # Bound to the identity, a stolen token's proofs could be made by anyone: the signature
+    # (identity, 0) verifies for every message under OpenSSL.
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    identity = Ed25519PublicKey.from_public_bytes(b"\x01" + bytes(31))
+    token = _alice_token(fleet, identity)
+    request = ManifestRequest("alice", "backup-root-key").to_bytes()
+    jti = bytes(16)
+    proof = jti + struct.pack(">Q", int(fleet.now)) + b"\x01" + bytes(31) + bytes(32)
+    why = _send(fleet, 2, Op.MANIFEST, AuthorizedRequest(token, request, proof))
+    assert why.startswith("fleet token refused")
+    assert "prime-order subgroup" in why
 
 
 def test_a_client_resend_signs_afresh_and_is_answered(fleet: InProcessFleet) -> None:

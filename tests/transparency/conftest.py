@@ -34,6 +34,10 @@ def signing_key(i: int) -> bytes:
     )
 
 
+RELAY_KEY = Ed25519PrivateKey.from_private_bytes(b"\xa0" * 32).public_key().public_bytes_raw()
+ISSUER_KEY = Ed25519PrivateKey.from_private_bytes(b"\xb0" * 32).public_key().public_bytes_raw()
+
+
 def node(
     i: int,
     url: str | None = None,
@@ -60,9 +64,9 @@ def make_record(**changes: Any) -> DeploymentRecord:
         "nodes": [node(i) for i in range(5)],
         "measurement": MEASUREMENT,
         "time": 1_750_000_000,
-        "relay_public_keys": [bytes([0xA0]) * 32],
+        "relay_public_keys": [RELAY_KEY],
         "account_issuer": "accounts.test",
-        "account_issuer_public_key": bytes([0xB0]) * 32,
+        "account_issuer_public_key": ISSUER_KEY,
     }
     fields.update(changes)
     return DeploymentRecord.create(**fields)

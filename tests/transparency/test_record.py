@@ -26,7 +26,16 @@ from backupvault.transparency.record import (
     sign_record,
 )
 
-from .conftest import FLEET_ID, MEASUREMENT, hpke_key, make_record, node, signing_key
+from .conftest import (
+    FLEET_ID,
+    ISSUER_KEY,
+    MEASUREMENT,
+    RELAY_KEY,
+    hpke_key,
+    make_record,
+    node,
+    signing_key,
+)
 
 
 def _blob(data: bytes) -> bytes:
@@ -53,9 +62,9 @@ def test_layout_byte_by_byte() -> None:
         + _blob(MEASUREMENT)
         + struct.pack(">Q", 1_750_000_000)
         + struct.pack(">I", 1)  # relay keys: count, then each
-        + _blob(b"\xa0" * 32)
+        + _blob(RELAY_KEY)
         + _blob(b"accounts.test")  # account issuer
-        + _blob(b"\xb0" * 32)  # its key
+        + _blob(ISSUER_KEY)  # its key
     )
     assert record.to_bytes() == expected
     assert DeploymentRecord.from_bytes(expected) == record
@@ -117,6 +126,11 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
         {"nodes": [node(0), node(1, hpke=hpke_key(1, Kem.MLKEM768_X25519)), node(2)]},
     ),
     ("signing key short", {"nodes": [node(0, signing=signing_key(0)[:31])]}),
+    # Small-order keys: OpenSSL's verify accepts them, and under the identity the
+    # signature (identity, 0) verifies for every message.
+    ("signing key the identity", {"nodes": [node(0, signing=b"\x01" + bytes(31))]}),
+    ("relay key the identity", {"relay_public_keys": [b"\x01" + bytes(31)]}),
+    ("issuer key of order 4", {"account_issuer_public_key": bytes(32)}),
     ("measurement short", {"measurement": b"\x00" * 31}),
     ("epoch negative", {"epoch": -1}),
     ("epoch too large", {"epoch": 1 << 64}),

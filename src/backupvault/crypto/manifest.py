@@ -55,6 +55,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
 from backupvault.crypto import opaque, oprf, owner, threshold
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.ksf import Argon2idParams
 from backupvault.crypto.opaque import RegistrationRecord
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
@@ -97,8 +98,7 @@ class Manifest:
             or not (0 <= self.epoch <= _U64_MAX)
         ):
             raise InvalidInput("manifest epoch: an integer 0..2^64-1")
-        if not isinstance(self.pk_auth, bytes) or len(self.pk_auth) != owner.PUBLIC_KEY_LEN:
-            raise InvalidInput(f"manifest pk_auth: expected {owner.PUBLIC_KEY_LEN} bytes")
+        check_public_key(self.pk_auth, "manifest pk_auth")
         if not isinstance(self.wrapped_root_key, bytes) or len(self.wrapped_root_key) != (
             _NONCE_LEN + ROOT_KEY_LEN + 16
         ):

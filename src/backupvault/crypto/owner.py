@@ -48,6 +48,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDFExpand
 
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 EXPORT_KEY_LEN = 64  # RFC 9807 Nh for SHA-512
@@ -184,8 +185,7 @@ def verify_statement(
     (entry, version) and statement kind, or None if none: a counter at or below it is a
     replay. Raises AuthenticationFailed if the signature is not pk_auth's over exactly
     these fields, or on a replay."""
-    if not isinstance(public_key, bytes) or len(public_key) != PUBLIC_KEY_LEN:
-        raise InvalidInput(f"owner public key: expected {PUBLIC_KEY_LEN} bytes")
+    check_public_key(public_key, "owner public key")
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LEN:
         raise AuthenticationFailed(f"owner signature: expected {SIGNATURE_LEN} bytes")
     if last_counter is not None and statement.counter <= last_counter:

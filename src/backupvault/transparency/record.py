@@ -47,6 +47,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.codec import Message
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.seal import Kem, NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
@@ -93,6 +94,14 @@ def _bytes(value: object, what: str, lo: int, hi: int) -> bytes:
     return value
 
 
+def _ed25519(value: object, what: str) -> bytes:
+    """An Ed25519 key the record names: a real one (crypto/ed25519.py says why)."""
+    try:
+        return check_public_key(_bytes(value, f"{what} (Ed25519)", KEY_LEN, KEY_LEN), what)
+    except InvalidInput as err:
+        raise Malformed(err.message) from None
+
+
 def _int(value: object, what: str, lo: int, hi: int) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not lo <= value <= hi:
         raise Malformed(f"{what} must be a whole number in {lo} .. {hi}")
@@ -130,12 +139,7 @@ class NodeEntry(StrictMessage):
             NodePublicKey.from_bytes(self.hpke_public_key)
         except InvalidInput as err:
             raise Malformed(f"node {self.index}: {err.message}") from None
-        try:
-            Ed25519PublicKey.from_public_bytes(
-                _bytes(self.signing_public_key, "a node signing key (Ed25519)", KEY_LEN, KEY_LEN)
-            )
-        except ValueError:
-            raise Malformed(f"node {self.index}'s signing key is not an Ed25519 key") from None
+        _ed25519(self.signing_public_key, f"node {self.index}'s signing key")
         if not isinstance(self.url, str) or len(self.url) > MAX_URL or not _URL.fullmatch(self.url):
             raise Malformed(
                 f"node {self.index}'s URL must be http(s)://… printable ASCII without spaces,"
@@ -172,12 +176,12 @@ class DeploymentRecord(StrictMessage):
         ):
             raise Malformed(f"a fleet lists 1 .. {MAX_RELAYS} relay keys")
         for key in self.relay_public_keys:
-            _bytes(key, "a relay public key (Ed25519)", KEY_LEN, KEY_LEN)
+            _ed25519(key, "a relay public key")
         if not isinstance(self.account_issuer, str) or not (
             1 <= len(self.account_issuer.encode()) <= MAX_ISSUER
         ):
             raise Malformed(f"the account issuer is 1 .. {MAX_ISSUER} bytes")
-        _bytes(self.account_issuer_public_key, "the account issuer's public key", KEY_LEN, KEY_LEN)
+        _ed25519(self.account_issuer_public_key, "the account issuer's public key")
         _int(self.epoch, "the epoch", 0, U64_MAX)
         _int(self.time, "the time", 0, U64_MAX)
         _int(self.guess_limit, "the guess limit", 1, MAX_GUESS_LIMIT)
