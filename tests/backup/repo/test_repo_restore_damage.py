@@ -1,6 +1,7 @@
 """A restore that meets damaged chunks still fails and writes nothing into --to, but first
 authenticates every other chunk it needs, and its error names every file that cannot be
-restored (and how to restore the rest)."""
+restored (and how to restore the rest). `backup check` names the same files, snapshot by
+snapshot, for damaged chunks (--read-data) and for missing or cut-off packs."""
 
 from __future__ import annotations
 
@@ -9,7 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from backupvault.backup.repo import Repository, create_snapshot, restore, restore_snapshot
+from backupvault.backup.repo import (
+    Repository,
+    create_snapshot,
+    maintenance,
+    restore,
+    restore_snapshot,
+)
 from backupvault.backup.repo.damage import files_using, listed
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
@@ -125,6 +132,73 @@ def test_a_damaged_chunk_no_included_file_uses_is_not_read(
     restore_snapshot(str(repo), root_key, repo.parent / "part", include=("b",))
     error = _fails(repo, root_key, include=("a",))
     assert error.message.endswith("; the file that uses it cannot be restored: a/f05")
+
+
+def _named_by_check(repo: Path, root_key: bytes, read_data: bool) -> dict[str, list[str]]:
+    """Snapshot id -> the files `backup check` names in it (in its order: oldest first)."""
+    opened = Repository.open(Storage(str(repo)), root_key)
+    result = maintenance.check(opened, read_data=read_data)
+    return {d.snapshot_id: d.paths for d in result.damaged_files}
+
+
+def test_check_names_the_files_of_damaged_chunks_in_each_snapshot(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """Also in a backup made after the damage: it reuses the damaged chunk of a file that
+    did not change (the index still lists it), so that file stays damaged there too."""
+    source, repo = made
+    _damage(repo, root_key, "a/f03")
+    _damage(repo, root_key, "b/f17", -1)
+    first = Repository.open(Storage(str(repo)), root_key).find_snapshot(None).id_hex
+    (source / "b" / "f17").write_bytes(os.urandom(300))
+    second = create_snapshot(source, str(repo), root_key, repo_params=SMALL).snapshot_id
+    assert _named_by_check(repo, root_key, read_data=False) == {}  # only reading finds it
+    named = _named_by_check(repo, root_key, read_data=True)
+    assert named == {first: ["a/f03", "b/f17"], second: ["a/f03"]}
+    assert list(named) == [first, second]  # oldest first
+    # The files a restore of each snapshot names.
+    for snapshot_id, paths in named.items():
+        error = _fails(repo, root_key, snapshot_id=snapshot_id)
+        assert error.details["damaged_files"] == "\n".join(paths)
+    opened = Repository.open(Storage(str(repo)), root_key)
+    found = maintenance.check(opened, read_data=True).damaged_files[0]
+    assert (found.source, found.host) == (str(source), opened.list_snapshots()[0].summary.host)
+
+
+def test_check_names_the_files_of_a_missing_and_a_cut_off_pack(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """Found without reading the packs: storage lists them missing or shorter than the
+    index says."""
+    _, repo = made
+    opened = Repository.open(Storage(str(repo)), root_key)
+    gone, cut = _packs(repo)[:2]
+    lost = {e.chunk_id for e in opened.read_pack_header(gone.name, gone.stat().st_size)}
+    last = max(opened.read_pack_header(cut.name, cut.stat().st_size), key=lambda e: e.offset)
+    gone.unlink()
+    os.truncate(cut, last.offset + last.length - 1)
+    snapshot_id = opened.find_snapshot(None).id_hex
+    expected = _users(repo, root_key, lost | {last.chunk_id})
+    assert expected and len(expected) < 41  # some files, not all of them
+    for read_data in (False, True):
+        assert _named_by_check(repo, root_key, read_data) == {snapshot_id: expected}
+
+
+def test_a_damaged_pack_header_alone_names_no_files(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """A restore reads the chunks where the index says, not through the header: check
+    reads them so too, and names no file for a header that does not open."""
+    _, repo = made
+    pack = _packs(repo)[0]
+    data = bytearray(pack.read_bytes())
+    data[-10] ^= 0x01  # in the sealed header, before its length
+    pack.write_bytes(bytes(data))
+    opened = Repository.open(Storage(str(repo)), root_key)
+    result = maintenance.check(opened, read_data=True)
+    assert len(result.errors) == 1 and pack.name in result.errors[0]
+    assert result.damaged_files == []
+    restore_snapshot(str(repo), root_key, repo.parent / "all")
 
 
 def test_listed_counts_what_it_leaves_out() -> None:

@@ -2,8 +2,8 @@
 
 A restore that meets a chunk that does not authenticate still fails and writes nothing
 into its destination, but it first authenticates every other chunk it needs, so its error
-names every file that cannot be restored rather than one chunk id. `files_using` is also
-what `backup check --read-data` can use to name the files behind a damaged chunk.
+names every file that cannot be restored rather than one chunk id. `backup check` names
+the files behind a damaged or missing chunk with `files_using` too, snapshot by snapshot.
 """
 
 from __future__ import annotations

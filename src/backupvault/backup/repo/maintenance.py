@@ -29,6 +29,7 @@ from backupvault.backup.errors import StorageError
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
+from backupvault.backup.repo.damage import files_using
 from backupvault.backup.repo.index import OBJECT_ID_LEN, PackEntry, open_pack_header
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
@@ -384,6 +385,18 @@ def stale_temporaries(repo: Repository) -> list[str]:
 # ---- check ------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class DamagedFiles:
+    """The files of one snapshot that cannot be restored: each uses a chunk that is damaged
+    or missing (a restore of the snapshot fails naming them)."""
+
+    snapshot_id: str
+    created_at: datetime
+    source: str
+    host: str
+    paths: list[str]  # in tree order
+
+
 @dataclass
 class CheckResult:
     snapshots: int = 0
@@ -392,12 +405,14 @@ class CheckResult:
     read_bytes: int = 0
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    damaged_files: list[DamagedFiles] = field(default_factory=list)  # oldest snapshot first
 
 
 def check(repo: Repository, *, read_data: bool, progress: Progress | None = None) -> CheckResult:
     """Everything that can be checked: objects authenticate, every chunk a snapshot uses is
     indexed in a pack that exists; with `read_data`, every pack is read and every blob
-    opened and matched against its id and the index (progress: the bytes of those packs)."""
+    opened and matched against its id and the index (progress: the bytes of those packs).
+    For each snapshot, the files that use a chunk found missing or damaged are named."""
     reporter = progress or NoProgress()
     # A shared lock: no prune or forget deletes what is being read (backups may run
     # beside it). On storage this device cannot write to, check runs without one.
@@ -441,6 +456,10 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     reporter.start(sum(sizes[p.hex()] for p in reading) if read_data else None, "checking")
     result.packs = len(sizes)
     result.chunks = len(index.chunks)
+    # Where a restore reads each chunk: only from packs storage holds.
+    restored_from, _lost = index.present(sizes)
+    # (chunk id, pack id) of each chunk that cannot be read from that pack
+    unreadable: set[tuple[bytes, bytes]] = set()
     for name in sizes:
         if bytes.fromhex(name) not in index.packs:
             result.warnings.append(
@@ -452,6 +471,20 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             result.errors.append(f"pack {name} is missing")
         elif entries and max(e.offset + e.length for e in entries) > sizes[name]:
             result.errors.append(f"pack {name} is shorter than its index says")
+            unreadable.update(
+                (e.chunk_id, pack_id) for e in entries if e.offset + e.length > sizes[name]
+            )
+    # The packs before the snapshots: each snapshot's tree is then read once, to check it
+    # and to name its files that use a damaged chunk (not every tree kept at once).
+    for pack_id in reading:
+        errors, damaged = _check_pack(repo, pack_id, index.packs[pack_id], reporter.advance, result)
+        result.errors.extend(errors)
+        unreadable.update((chunk_id, pack_id) for chunk_id in damaged)
+
+    def restorable(chunk_id: bytes) -> bool:
+        location = restored_from.chunks.get(chunk_id)
+        return location is not None and (chunk_id, location.pack_id) not in unreadable
+
     result.snapshots = len(names)
     for name in names:
         try:
@@ -464,15 +497,24 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             bad_record, warning = repo.why_gone(parent.hex(), f"snapshot {name}'s parent")
             result.errors.extend([bad_record] if bad_record else [])
             result.warnings.extend([warning] if warning else [])
-        missing = {
-            c for e in snap.entries or [] if e.kind == FILE for c in e.chunks
-        } - index.chunks.keys()
+        tree_entries = snap.entries or []
+        used = {c for e in tree_entries if e.kind == FILE for c in e.chunks}
+        missing = used - index.chunks.keys()
         if missing:
             result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
-    for pack_id in reading:
-        result.errors.extend(
-            _check_pack(repo, pack_id, index.packs[pack_id], reporter.advance, result)
-        )
+        lost = {c for c in used if not restorable(c)}
+        if lost:
+            summary = snap.summary
+            result.damaged_files.append(
+                DamagedFiles(
+                    name,
+                    snap.header.created_at,
+                    summary.source,
+                    summary.host,
+                    files_using(tree_entries, lost),
+                )
+            )
+    result.damaged_files.sort(key=lambda d: (d.created_at, d.snapshot_id))
     return result
 
 
@@ -482,26 +524,34 @@ def _check_pack(
     indexed: list[PackEntry],
     advance: Callable[[int], None],
     result: CheckResult,
-) -> list[str]:
+) -> tuple[list[str], list[bytes]]:
+    """(errors, the ids of the chunks that cannot be read from this pack). Each chunk is
+    read where the index says, as a restore reads it, also when the pack's header is
+    damaged or disagrees with the index: so the chunks named are those a restore fails on."""
     name = pack_id.hex()
     try:
         data = repo.backend.get(f"data/{name}")
     except StorageError as exc:
-        return [f"pack {name}: {exc.message}"]
+        return [f"pack {name}: {exc.message}"], [e.chunk_id for e in indexed]
     advance(len(data))
     result.read_bytes += len(data)
+    errors = []
     try:
         header = open_pack_header(repo.keys.index, pack_id, data)
+        if sorted(header) != sorted(indexed):
+            errors.append(f"pack {name}: its header and the index disagree")
     except BackupVaultError as exc:
-        return [f"pack {name}: {exc.message}"]
-    if sorted(header) != sorted(indexed):
-        return [f"pack {name}: its header and the index disagree"]
-    errors = []
+        errors.append(f"pack {name}: {exc.message}")
+    damaged = []
     view = memoryview(data)
-    for entry in header:
+    for entry in indexed:
+        if entry.offset + entry.length > len(data):
+            damaged.append(entry.chunk_id)  # cut off: the pack is named shorter than indexed
+            continue
         try:
             blob = view[entry.offset : entry.offset + entry.length]
             repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
         except BackupVaultError as exc:
             errors.append(f"pack {name}: {exc.message}")
-    return errors
+            damaged.append(entry.chunk_id)
+    return errors, damaged
