@@ -741,6 +741,7 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
     assert checked.returncode == 0 and json.loads(checked.stdout)["errors"] == []
+    assert json.loads(checked.stdout)["damaged_files"] == []
     checked = run("backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
     assert re.fullmatch(
@@ -893,6 +894,29 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     done = run("backup", "check", "--read-data", "--storage", str(storage), "--recovery-code", code)
     assert done.returncode == 1
     assert "damaged" in done.stderr and pack.name in done.stderr
+    snapshot = next((storage / "snapshots").iterdir()).name
+    checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert checked.returncode == 1
+    [named] = json.loads(checked.stdout)["damaged_files"]
+    assert named["backup_id"] == snapshot and named["source"] == str(source)
+    [lost] = named["paths"]  # the file whose chunk the flipped byte is in
+    assert lost in ("notes.txt", "photos/cat.jpg")
+    assert f"snapshot {snapshot} of {source} at " in done.stderr
+    assert f" UTC: 1 file: {lost}\n" in done.stderr
+    assert "`backup restore --include`" in done.stderr
+    # What the hint says: the other file restores.
+    other = "photos/cat.jpg" if lost == "notes.txt" else "notes.txt"
+    rest = run("backup", "restore", "--include", other, "--storage", str(storage), "--to",
+               str(tmp_path / "rest"), "--recovery-code", code)  # fmt: skip
+    assert rest.returncode == 0, rest.stderr
+    assert (tmp_path / "rest" / other).read_bytes() == (source / other).read_bytes()
+    pack.unlink()  # without --read-data, the files of a missing pack are named
+    done = run("--json", "backup", "check", "--storage", str(storage), "--recovery-code", code)
+    assert done.returncode == 1
+    [named] = json.loads(done.stdout)["damaged_files"]
+    assert named["paths"] == ["notes.txt", "photos/cat.jpg"]
+    assert json.loads(done.stderr)["exit_code"] == 1
 
 
 def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:

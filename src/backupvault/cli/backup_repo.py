@@ -230,21 +230,48 @@ def backup_check(
         result = maintenance.check(repo, read_data=read_data, progress=bar)
     for warning in result.warnings:
         ctx.output.warn(warning)
-    data = dict(result.__dict__)
+    data = {**result.__dict__, "damaged_files": [_damaged_row(d) for d in result.damaged_files]}
     if result.errors:
         if ctx.output.json_mode:
             ctx.output.result(data, "")
         raise CheckFailed(
             f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
-            + "\n  ".join(result.errors),
-            hint="restore what still restores. For a pack named missing, the next `backup "
-            "create` stores its chunks again for every file it still has, and `backup prune` "
-            "then drops it from the index. A pack named damaged is still taken as stored: "
-            "move it out of the repository's data/ folder first, then do the same",
+            + "\n  ".join(result.errors)
+            + _damaged_files_text(result.damaged_files),
+            hint="restore what still restores (of a snapshot with files named, the others: "
+            "name them, or their folders, with `backup restore --include`). For a pack named "
+            "missing, the next `backup create` stores its chunks again for every file still "
+            "in its source (older snapshots stay damaged), and `backup prune` then drops the "
+            "pack from the index. A pack named damaged or shorter is still taken as stored, "
+            "and a new backup reuses its damaged chunks: once what you need from it is "
+            "restored, move it out of the repository's data/ folder, then do the same",
         )
     ctx.output.done(
         data,
         f"no errors: {_plural(result.snapshots, 'snapshot')}, {_plural(result.packs, 'pack')}, "
         f"{_plural(result.chunks, 'chunk')}"
         + (f", {human_size(result.read_bytes)} read" if read_data else ""),
+    )
+
+
+def _damaged_row(d: maintenance.DamagedFiles) -> dict[str, Any]:
+    return {
+        "backup_id": d.snapshot_id,
+        "created_at": d.created_at.isoformat(),
+        "source": d.source,
+        "host": d.host,
+        "paths": d.paths,
+    }
+
+
+def _damaged_files_text(damaged: list[maintenance.DamagedFiles]) -> str:
+    """A line per snapshot with files that cannot be restored (the first 20 of them)."""
+    from backupvault.backup.repo.damage import listed
+
+    if not damaged:
+        return ""
+    return "\nfiles that use a damaged or missing chunk, which cannot be restored:" + "".join(
+        f"\n  snapshot {d.snapshot_id} of {d.source} at {d.created_at:%Y-%m-%d %H:%M:%S} UTC: "
+        f"{_plural(len(d.paths), 'file')}: {listed(d.paths)}"
+        for d in damaged
     )
