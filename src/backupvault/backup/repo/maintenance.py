@@ -456,8 +456,10 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     reporter.start(sum(sizes[p.hex()] for p in reading) if read_data else None, "checking")
     result.packs = len(sizes)
     result.chunks = len(index.chunks)
-    # Where a restore reads each chunk: only from packs storage holds.
-    restored_from, _lost = index.present(sizes)
+    # Where a restore reads each chunk: only from packs storage holds (a second index,
+    # as large as the first, only when some are missing).
+    all_there = all(pack_id.hex() in sizes for pack_id in index.packs)
+    restored_from = index if all_there else index.present(sizes)[0]
     # (chunk id, pack id) of each chunk that cannot be read from that pack
     unreadable: set[tuple[bytes, bytes]] = set()
     for name in sizes:
