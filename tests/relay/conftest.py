@@ -27,6 +27,8 @@ ISSUER = "https://accounts.test"
 AUDIENCE = "backupvault-relay-test"
 #: The relay's key for the relay → node hop (stub nodes can check it with HopVerifier).
 RELAY_KEY = Ed25519PrivateKey.generate()
+#: JSON nested deeper than Python's parser recurses: a hostile node's answer.
+DEEP_JSON = b"[" * 50_000
 #: How many nodes each relay started by a test forwards to, by its URL.
 RELAY_NODES: dict[str, int] = {}
 
@@ -115,9 +117,13 @@ class StubNode:
                 return Response(b"late", media_type="application/octet-stream")
             if self.mode == "broken":
                 return Response(b"Internal Server Error", status_code=500)
+            if self.mode == "deep_json":
+                return Response(DEEP_JSON, status_code=400, media_type="application/json")
             raise AssertionError(f"unknown stub mode {self.mode}")
 
         async def health(request: Request) -> Response:
+            if self.mode == "deep_json":
+                return Response(DEEP_JSON, media_type="application/json")
             return JSONResponse({"node": self.name, "ready": self.mode != "not_ready"})
 
         return Starlette(

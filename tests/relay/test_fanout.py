@@ -93,6 +93,22 @@ def test_node_refusals_and_bad_answers_are_passed_back_per_node(
     assert (replies[2].status, replies[2].error()[0]) == (NO_ANSWER, "node_unreachable")
 
 
+def test_a_hostile_nodes_deeply_nested_json_is_its_own_bad_answer(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """JSON nested past the parser's recursion limit, from one node, is that node's bad
+    answer: the other nodes' answers still come back (it was a 502 for the whole request,
+    so one hostile node of a minority denied the whole fleet), and health still answers."""
+    stubs[1].mode = "deep_json"
+    relay = start_relay([s.url for s in stubs])
+    replies = answers(post_each(relay, token(), [b"a", b"b", b"c"]), 3).replies
+    assert [r.status for r in replies] == [200, NO_ANSWER, 200]
+    assert replies[1].error()[0] == "bad_node_answer"
+    health = httpx.get(f"{relay}/v1/health", timeout=10)
+    assert health.status_code == 200, health.text
+    assert health.json()["nodes_total"] == 3
+
+
 def test_no_node_answering_is_a_503_with_retry_after(
     start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:

@@ -160,7 +160,7 @@ class RelayState:
             return False
         try:
             body = json.loads(raw or b"")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return True
         return not (isinstance(body, dict) and body.get("ready") is False)
 

@@ -64,7 +64,7 @@ def _json_error_code(body: bytes) -> str | None:
     """The `error` of a `{"error": str, "detail": str}` body, or None if it is not one."""
     try:
         value = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):  # Recursion: nested too deep
         return None
     if (
         isinstance(value, dict)
