@@ -33,3 +33,11 @@ def run_until_stopped(app: Any, **config: Any) -> None:
         uvicorn.Config(app, timeout_graceful_shutdown=GRACEFUL_SECONDS, **config)
     )
     server.run()
+
+
+def content_length_over(declared: str, limit: int) -> bool:
+    """Whether a Content-Length of ASCII digits says more than `limit` bytes. By its digits
+    first: httptools passes on any number of leading zeros, and `int()` refuses a string
+    of over 4300 digits (a ValueError, so a 5xx, for a valid header)."""
+    digits = declared.lstrip("0")
+    return len(digits) > len(str(limit)) or int(digits or "0") > limit

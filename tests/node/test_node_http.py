@@ -286,3 +286,23 @@ def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
     endless_request = Request({"type": "http", "method": "POST", "headers": []}, receive)
     assert asyncio.run(_read_capped(endless_request, MAX_BODY)) is None
     assert received == 2  # the cap's worth, then one chunk past it: never the rest
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_by_its_value(
+    node: TestClient,
+) -> None:
+    """uvicorn's default parser (httptools) passes such a header on, before any relay
+    signature is checked, and `int()` refuses strings of over 4300 digits: it was a 500."""
+    sealed, key = seal("manifest", ManifestRequest("alice", "main"))
+    signed = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", sealed)}
+    answer = node.post(
+        "/v1/client/manifest",
+        content=sealed,
+        headers={**signed, "content-length": "0" * 5000 + str(len(sealed))},
+    )
+    assert answer.status_code == 200
+    assert isinstance(decode_response(Op.MANIFEST, key.open(answer.content)), ManifestResponse)
+    huge = node.post(
+        "/v1/client/manifest", content=sealed, headers={**HEADERS, "content-length": "9" * 5000}
+    )
+    assert huge.status_code == 413

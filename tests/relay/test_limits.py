@@ -11,6 +11,7 @@ import aiohttp
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.testclient import TestClient
 
 from backupvault.protocol import SealedCopies
 from backupvault.relay import RateLimiter, create_app
@@ -163,3 +164,27 @@ def test_an_unexpected_exception_is_a_logged_502_without_details(
     assert "SECRET-PAYLOAD" not in response.text
     assert "SECRET-PAYLOAD" not in caplog.text
     assert "exception=RuntimeError" in caplog.text
+
+
+def test_a_content_length_with_thousands_of_leading_zeros_is_read_by_its_value(
+    operator_key: Ed25519PrivateKey, token: Callable[..., str]
+) -> None:
+    """uvicorn's default parser (httptools) passes such a header on, and `int()` refuses
+    strings of over 4300 digits: it was a 502 relay_error. Its value is what counts."""
+    body = b"\x0f not a SealedCopies message"
+    app = create_app(make_config(operator_key, ["http://127.0.0.1:9"]))
+    with TestClient(app) as client:
+        for declared, status, code in [
+            ("0" * 5000 + str(len(body)), 400, "bad_sealed_copies"),
+            ("0" * 5000 + "9" * 30, 413, "too_large"),
+        ]:
+            response = client.post(
+                "/v1/vault/laptop/manifest",
+                content=body,
+                headers={
+                    "Content-Type": "application/octet-stream",
+                    "Content-Length": declared,
+                    "Authorization": f"Bearer {token()}",
+                },
+            )
+            _assert_error(response, status, code)

@@ -18,6 +18,7 @@ from backupvault.errors import InvalidInput
 from backupvault.hop import HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
+from backupvault.serving import content_length_over
 
 log = logging.getLogger("backupvault.node")
 
@@ -31,7 +32,7 @@ def _error(status: int, code: str, detail: str) -> JSONResponse:
 async def _read_capped(request: Request, limit: int) -> bytes | None:
     """The body, or None as soon as it grows past `limit` (the rest is never read)."""
     declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and int(declared) > limit:
+    if declared.isascii() and declared.isdigit() and content_length_over(declared, limit):
         return None
     chunks: list[bytes] = []
     size = 0

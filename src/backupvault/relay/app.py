@@ -38,6 +38,7 @@ from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder, node_session, read_capped
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
+from backupvault.serving import content_length_over
 from backupvault.tokens import TokenRejected, TokenVerifier
 
 log = logging.getLogger("backupvault.relay")
@@ -266,7 +267,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
         if declared is not None:
             if not declared.isdigit() or not declared.isascii():
                 return error_response(400, "bad_request", "Content-Length is not a number")
-            if int(declared) > config.max_body_bytes:
+            if content_length_over(declared, config.max_body_bytes):
                 return _too_large(config.max_body_bytes)
         body = await _read_body(request, config.max_body_bytes)
         if body is None:
