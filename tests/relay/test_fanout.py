@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
@@ -107,6 +108,24 @@ def test_a_hostile_nodes_deeply_nested_json_is_its_own_bad_answer(
     health = httpx.get(f"{relay}/v1/health", timeout=10)
     assert health.status_code == 200, health.text
     assert health.json()["nodes_total"] == 3
+
+
+def test_as_many_fan_outs_as_the_relay_takes_at_once_each_reach_every_node(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Each fan-out holds a connection to every node: the relay's pool had room for
+    `max_concurrent_forwards` + 16 connections, so with 3 nodes, 10 fan-outs at once left
+    4 copies waiting for a connection until `connect_timeout`, then reported their nodes
+    unreachable (with 5 nodes, 55 fan-outs at once of the default 256)."""
+    for stub in stubs:
+        stub.mode = "slow"  # 0.5 s an answer: every fan-out holds its 3 connections
+    relay = start_relay([s.url for s in stubs], max_concurrent_forwards=10, connect_timeout=0.3)
+    with ThreadPoolExecutor(10) as pool:
+        responses = list(
+            pool.map(lambda i: post_each(relay, token(f"user{i}"), [b"a", b"b", b"c"]), range(10))
+        )
+    for response in responses:
+        assert [r.status for r in answers(response, 3).replies] == [200, 200, 200]
 
 
 def test_no_node_answering_is_a_503_with_retry_after(

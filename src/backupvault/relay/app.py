@@ -88,10 +88,12 @@ class RelayState:
         """One shared client for every node; made on startup (or on first use), in the
         event loop."""
         if self._client is None:
+            # A fan-out holds a connection to each of its fleet's nodes at once.
+            fleets = [self.config.node_urls, *(p.node_urls for p in self.config.previous_fleets)]
             self._client = node_session(
                 self.config.request_timeout,
                 self.config.connect_timeout,
-                self.config.max_concurrent_forwards + 16,
+                self.config.max_concurrent_forwards * max(map(len, fleets)) + 16,
                 self.connector() if self.connector is not None else None,
             )
         return self._client
