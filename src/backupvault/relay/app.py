@@ -53,6 +53,10 @@ _BUSY_RETRY_AFTER = "2"
 #: must not be refused for the evaluates before it, but junk resets must not reach every
 #: node without limit either.
 RESET_ALLOWANCE = 4
+#: Witness requests (`/v1/fleet/consistency`, open to anyone) in flight at once: part of
+#: the pool's 16 connections beyond the fan-outs', so a slow witness and a flood of them
+#: cannot take the connections the vault's fan-outs need.
+WITNESS_CONCURRENCY = 8
 
 
 def error_response(
@@ -77,6 +81,7 @@ class RelayState:
     reset_limiter: RateLimiter
     connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
+    witness_in_flight: int = 0
     _client: aiohttp.ClientSession | None = None
     _forwarder: Forwarder | None = None
     _previous: dict[int, Forwarder] = field(default_factory=dict)
@@ -321,6 +326,14 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return error_response(400, "bad_query", "'old' and 'new' are required decimal numbers")
         if config.witness_url is None:
             return error_response(404, "no_witness", "this relay names no witness")
+        if state.witness_in_flight >= WITNESS_CONCURRENCY:
+            return error_response(
+                503,
+                "witness_unavailable",
+                "too many witness requests under way; try again shortly",
+                {"Retry-After": _BUSY_RETRY_AFTER},
+            )
+        state.witness_in_flight += 1
         try:
             async with state.client.get(
                 f"{config.witness_url}/v1/consistency",
@@ -337,6 +350,8 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 "the witness does not answer; try again later",
                 {"Retry-After": _BUSY_RETRY_AFTER},
             )
+        finally:
+            state.witness_in_flight -= 1
         if status not in (200, 400) or content is None:
             return error_response(502, "bad_witness_answer", "the witness answered oddly")
         return Response(content, status_code=status, media_type="application/json")

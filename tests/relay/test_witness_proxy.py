@@ -1,0 +1,91 @@
+"""The relay's witness proxy (`GET /v1/fleet/consistency`) answers anyone, without a token
+or a rate limit: it must not take the connections the vault's fan-outs need."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, make_record
+
+from backupvault.transparency.bundle import FleetBundle
+from backupvault.transparency.note import Signer
+from backupvault.transparency.record import raw_public_key, sign_record
+from backupvault.transparency.witness import Witness, WitnessPolicy
+from backupvault.transparency.witness_store import WitnessStore
+
+from .conftest import LiveServer, StubNode
+from .test_fanout import answers, post_each
+
+
+def _bundle(tmp_path: Path, operator_key: Ed25519PrivateKey) -> Path:
+    """A bundle file for the relay (it only parses it): a record logged by a witness."""
+    witness_key = Ed25519PrivateKey.generate()
+    store = WitnessStore(tmp_path / "witness.sqlite", WITNESS_NAME, raw_public_key(witness_key))
+    try:
+        policy = WitnessPolicy(operators={FLEET_ID: raw_public_key(operator_key)})
+        witness = Witness(Signer(WITNESS_NAME, witness_key), store, policy)
+        signed = sign_record(make_record(), operator_key)
+        bundle = FleetBundle.from_receipt(signed, witness.submit(signed.to_bytes()))
+    finally:
+        store.close()
+    path = tmp_path / "bundle.bin"
+    path.write_bytes(bundle.to_bytes())
+    return path
+
+
+def test_witness_requests_cannot_take_the_connections_the_fan_outs_need(
+    tmp_path: Path,
+    operator_key: Ed25519PrivateKey,
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+) -> None:
+    """A slow witness and anonymous consistency requests held every pooled connection, so
+    a vault request found none within `connect_timeout`: `503 fleet_unavailable` for every
+    account while the witness was slow."""
+    asked = 0
+
+    async def consistency(request: Request) -> Response:
+        nonlocal asked
+        asked += 1
+        await asyncio.sleep(3)
+        return JSONResponse({"old": 0, "new": 1, "proof": []})
+
+    witness = LiveServer(Starlette(routes=[Route("/v1/consistency", consistency)]))
+    try:
+        relay = start_relay(
+            [stubs[0].url],
+            max_concurrent_forwards=1,  # 1 connection per node + 16 in the pool
+            connect_timeout=0.3,
+            request_timeout=5.0,
+            bundle_file=_bundle(tmp_path, operator_key),
+            witness_url=witness.url,
+        )
+        flood = [
+            threading.Thread(
+                target=httpx.get,
+                args=(f"{relay}/v1/fleet/consistency?old=0&new=1",),
+                kwargs={"timeout": 10},
+            )
+            for _ in range(40)
+        ]
+        for thread in flood:
+            thread.start()
+        time.sleep(1.0)  # the flood's requests are waiting on the witness
+        assert asked >= 1
+        replies = answers(post_each(relay, token(), [b"sealed"], op="manifest"), 1).replies
+        assert [r.status for r in replies] == [200]
+        for thread in flood:
+            thread.join()
+    finally:
+        witness.stop()
