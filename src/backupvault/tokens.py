@@ -324,7 +324,9 @@ class TokenVerifier:
             raise TokenRejected("invalid_token", "the token's signature does not verify") from None
         except jwt.InvalidAlgorithmError:
             raise TokenRejected("invalid_token", "tokens must be signed with EdDSA") from None
-        except jwt.PyJWTError:
+        except (jwt.PyJWTError, RecursionError):
+            # PyJWT before 2.14 lets json's RecursionError out on a deeply nested header,
+            # which it parses before any signature (CVE-2026-102265).
             raise TokenRejected("invalid_token", "the bearer token is malformed") from None
 
 
