@@ -325,8 +325,8 @@ class TokenVerifier:
         except jwt.InvalidAlgorithmError:
             raise TokenRejected("invalid_token", "tokens must be signed with EdDSA") from None
         except (jwt.PyJWTError, RecursionError):
-            # PyJWT before 2.14 lets json's RecursionError out on a deeply nested header,
-            # which it parses before any signature (CVE-2026-102265).
+            # Older PyJWT releases let json's RecursionError out on a deeply nested
+            # header, which they parse before any signature.
             raise TokenRejected("invalid_token", "the bearer token is malformed") from None
 
 
