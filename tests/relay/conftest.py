@@ -119,6 +119,8 @@ class StubNode:
                 return Response(b"Internal Server Error", status_code=500)
             if self.mode == "deep_json":
                 return Response(DEEP_JSON, status_code=400, media_type="application/json")
+            if self.mode == "bloated":  # far more than any sealed answer (1 KiB padded)
+                return Response(b"x" * (100 * 1024), media_type="application/octet-stream")
             raise AssertionError(f"unknown stub mode {self.mode}")
 
         async def health(request: Request) -> Response:

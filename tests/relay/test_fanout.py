@@ -110,6 +110,21 @@ def test_a_hostile_nodes_deeply_nested_json_is_its_own_bad_answer(
     assert health.json()["nodes_total"] == 3
 
 
+def test_a_bloated_node_answer_is_that_nodes_bad_answer_by_default(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Sealed answers are padded to at most 1 KiB: a hostile node's 100 KiB one is its bad
+    answer under the default cap, not held in memory and passed on to the client (with a
+    1 MiB cap, a minority could make the relay hold c MiB per request in flight)."""
+    stubs[2].mode = "bloated"
+    relay = start_relay([s.url for s in stubs])
+    response = post_each(relay, token(), [b"a", b"b", b"c"])
+    assert len(response.content) < 16 * 1024
+    replies = answers(response, 3).replies
+    assert [r.status for r in replies] == [200, 200, NO_ANSWER]
+    assert replies[2].error()[0] == "bad_node_answer"
+
+
 def test_as_many_fan_outs_as_the_relay_takes_at_once_each_reach_every_node(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:

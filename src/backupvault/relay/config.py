@@ -92,8 +92,10 @@ class RelayConfig:
     burst: int = 20
     #: Sealed request bodies larger than this are refused with 413.
     max_body_bytes: int = 64 * 1024
-    #: Node answers larger than this are treated as a bad node answer (502).
-    max_response_bytes: int = 1024 * 1024
+    #: Node answers larger than this are that node's bad answer. Sealed answers are padded
+    #: to at most 1 KiB (protocol.RESPONSE_PADDED_SIZE): a larger cap only lets a hostile
+    #: node make the relay hold and pass on more per request.
+    max_response_bytes: int = 64 * 1024
     #: Timeouts when talking to a node: connecting, and the whole exchange.
     connect_timeout: float = 2.0
     request_timeout: float = 10.0
