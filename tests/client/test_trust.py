@@ -1,0 +1,930 @@
+"""The OTA client's fleet-key trust (client/trust.py; docs/transparency.md, "Clients:
+pinned and over the air") in one process: the relay and the network are an
+httpx.MockTransport that an attacker may rewrite, the witnesses are real logs (`Witness`
+on SQLite in tmp_path). Nobody here has the operator's or a witness's private key except
+where a test plays that party misbehaving (an operator showing witnesses different
+records, a witness signing two histories).
+
+Every refusal must be a clear `BackupVaultError` and must leave the state file (and its
+folder) exactly as it was; what is accepted is saved only after every check passed."""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Callable, Iterator
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, hpke_key, make_record, node
+
+from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
+from backupvault.client.trust import OtaTrust, TrustState, WitnessEndpoint
+from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.transparency import (
+    FleetBundle,
+    OperatorSignedRecord,
+    Witness,
+    sign_record,
+    verify_bundle,
+)
+from backupvault.transparency.bundle import cosign
+from backupvault.transparency.errors import (
+    BadNoteSignature,
+    EpochReplayed,
+    EpochRetired,
+    FleetMismatch,
+    HeadMismatch,
+    InclusionProofInvalid,
+    LogForked,
+    LogRolledBack,
+    Malformed,
+    MalformedNote,
+    MeasurementNotAllowed,
+    OperatorSignatureInvalid,
+    StaleHead,
+    TransparencyError,
+    UnknownFleet,
+    UnknownNoteKey,
+    UnknownOperatorKey,
+    WitnessSignatureInvalid,
+    WitnessSignatureMissing,
+)
+from backupvault.transparency.head import DEFAULT_MAX_AGE, MAX_CLOCK_SKEW
+from backupvault.transparency.note import Signer, open_checkpoint
+from backupvault.transparency.record import raw_public_key
+from backupvault.transparency.witness import WitnessPolicy
+from backupvault.transparency.witness_store import WitnessStore
+
+RELAY = "https://relay.test"
+WITNESS_A = "https://witness-a.test"
+WITNESS_B = "https://witness-b.test"
+B_NAME = "witness-b.test/backupvault"
+OTHER_FLEET = bytes.fromhex("feedfacefeedface")
+NOW = 1_800_000_000
+DEEP = "[" * 100_000 + "]" * 100_000
+
+#: A hostile answer in place of the honest one for one (host, path).
+Answer = Callable[[httpx.Request], httpx.Response]
+
+
+def reply(status: int = 200, **kw: Any) -> Answer:
+    return lambda request: httpx.Response(status, **kw)
+
+
+class Net:
+    """The operator, witness A (whose cosignature and log the bundles carry) and witness B
+    (which logs the same records), the relay, and the network in between."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        folder.mkdir()
+        self.operator = Ed25519PrivateKey.generate()
+        self.a_signer = Signer(WITNESS_NAME, Ed25519PrivateKey.generate())
+        self.b_signer = Signer(B_NAME, Ed25519PrivateKey.generate())
+        self.stores: list[WitnessStore] = []
+        self.a = self.witness(self.a_signer, "a.sqlite")
+        self.b = self.witness(self.b_signer, "b.sqlite")
+        self.now = NOW
+        self.current = b""
+        self.previous: dict[int, bytes] = {}
+        self.hostile: dict[tuple[str, str], Answer] = {}
+        self.asked: list[str] = []  # "host path" of each request, in order
+
+    def witness(self, signer: Signer, db: str) -> Witness:
+        operator = raw_public_key(self.operator)
+        store = WitnessStore(self.folder / db, signer.name, raw_public_key(signer.private_key))
+        self.stores.append(store)
+        policy = WitnessPolicy(operators={FLEET_ID: operator, OTHER_FLEET: operator})
+        return Witness(signer, store, policy)
+
+    def close(self) -> None:
+        for store in self.stores:
+            store.close()
+
+    # --- the operator ----------------------------------------------------------------------
+
+    def sign(self, epoch: int, **changes: Any) -> OperatorSignedRecord:
+        return sign_record(make_record(epoch=epoch, **changes), self.operator)
+
+    def log(self, signed: OperatorSignedRecord, *others: Witness) -> bytes:
+        """`signed` logged by witness A (and `others`): its bundle, from A's receipt."""
+        for witness in others:
+            witness.submit(signed.to_bytes())
+        return FleetBundle.from_receipt(signed, self.a.submit(signed.to_bytes())).to_bytes()
+
+    def deploy(self, epoch: int, **changes: Any) -> bytes:
+        """A new epoch logged by both witnesses; the relay serves it as the current one."""
+        if self.current:
+            self.previous[
+                FleetBundle.from_bytes(self.current).operator_signed.deployment().epoch
+            ] = self.current
+        self.current = self.log(self.sign(epoch, **changes), self.b)
+        return self.current
+
+    # --- the network -----------------------------------------------------------------------
+
+    def handle(self, request: httpx.Request) -> httpx.Response:
+        host, path = request.url.host, request.url.path
+        self.asked.append(f"{host} {path}")
+        hostile = self.hostile.get((host, path))
+        return hostile(request) if hostile is not None else self.honest(request)
+
+    def honest(self, request: httpx.Request) -> httpx.Response:
+        host, path, query = request.url.host, request.url.path, request.url.params
+        witness = {"witness-a.test": self.a, "witness-b.test": self.b}.get(host)
+        if witness is not None and path == "/v1/head":
+            try:
+                return httpx.Response(
+                    200, text=witness.head(bytes.fromhex(query["fleet"]), self.now)
+                )
+            except UnknownFleet:
+                return httpx.Response(404)
+        if witness is not None and path == "/v1/consistency":
+            return proof_answer(witness, int(query["old"]), int(query["new"]))
+        if host != "relay.test":
+            return httpx.Response(404)
+        if path == "/v1/fleet/consistency":  # the relay passes on witness A's proof
+            return proof_answer(self.a, int(query["old"]), int(query["new"]))
+        if path == "/v1/fleet/epochs":
+            return httpx.Response(200, json={"previous": sorted(self.previous, reverse=True)})
+        if path == "/v1/fleet/bundle" and "epoch" in query:
+            old = self.previous.get(int(query["epoch"]))
+            return httpx.Response(404) if old is None else httpx.Response(200, content=old)
+        if path == "/v1/fleet/bundle":
+            return httpx.Response(200, content=self.current)
+        return httpx.Response(404)
+
+    def http(self, **kw: Any) -> httpx.Client:
+        return httpx.Client(transport=httpx.MockTransport(self.handle), **kw)
+
+    def trust(self, state_file: Path, **changes: Any) -> OtaTrust:
+        fields: dict[str, Any] = {
+            "operator_key": raw_public_key(self.operator),
+            "witness": self.a_signer.verifier,
+            "state_file": state_file,
+            "witness_url": WITNESS_A,
+            "others": (WitnessEndpoint(self.b_signer.verifier, WITNESS_B),),
+            "clock": lambda: self.now,
+        }
+        fields.update(changes)
+        return OtaTrust(**fields)
+
+
+def proof_answer(witness: Witness, old: int, new: int) -> httpx.Response:
+    proof = witness.consistency(old, new)
+    return httpx.Response(200, json={"proof": [base64.b64encode(h).decode() for h in proof]})
+
+
+@pytest.fixture
+def net(tmp_path: Path) -> Iterator[Net]:
+    world = Net(tmp_path / "world")
+    yield world
+    world.close()
+
+
+@pytest.fixture
+def state_file(tmp_path: Path) -> Path:
+    return tmp_path / "client" / "state.json"
+
+
+def snapshot(state_file: Path) -> dict[str, bytes]:
+    """Every file in the state file's folder, with its bytes (a leftover temporary file
+    counts as a change too)."""
+    folder = state_file.parent
+    if not folder.is_dir():
+        return {}
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def refused(
+    net: Net,
+    trust: OtaTrust,
+    reason: type[BackupVaultError] | None = None,
+    *,
+    error: type[BackupVaultError] = FleetNotTrusted,
+    match: str | None = None,
+    http: httpx.Client | None = None,
+) -> BackupVaultError:
+    """`trust.current` refuses with `error` (carrying `reason`), changing no file."""
+    before = snapshot(trust.state_file)
+    with pytest.raises(error, match=match) as caught:
+        trust.current(http or net.http(), RELAY)
+    assert snapshot(trust.state_file) == before
+    assert caught.value.message and "Traceback" not in caught.value.message
+    if reason is not None:
+        assert isinstance(caught.value, FleetNotTrusted)
+        assert isinstance(caught.value.reason, reason), caught.value.reason
+    return caught.value
+
+
+def saved(state_file: Path) -> dict[str, Any]:
+    data: dict[str, Any] = json.loads(state_file.read_text())
+    return data
+
+
+def saved_size(net: Net, state_file: Path) -> int:
+    return open_checkpoint(saved(state_file)["checkpoint"], net.a_signer.verifier).size
+
+
+def saved_epoch(state_file: Path, fleet_id: bytes = FLEET_ID) -> int:
+    epoch: int = saved(state_file)["fleets"][fleet_id.hex()]["epoch"]
+    return epoch
+
+
+def grow_log(net: Net, count: int = 1) -> None:
+    """Other fleets' records make both logs grow (the fleet's own latest stays the same)."""
+    for _ in range(count):
+        signed = net.sign(len(net.a.store.hashes()) + 100, fleet_id=OTHER_FLEET)
+        net.log(signed, net.b)
+
+
+def accepted(net: Net, state_file: Path) -> OtaTrust:
+    """A client that accepted the fleet's first epoch (logged by both witnesses)."""
+    net.deploy(1)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    return trust
+
+
+# ---- the state file --------------------------------------------------------------------------
+
+
+def test_a_missing_state_file_is_an_empty_state_and_loading_writes_nothing(
+    state_file: Path,
+) -> None:
+    state = TrustState.load(state_file)
+    assert (state.checkpoint, state.fleets, state.heads) == (None, {}, {})
+    assert not state_file.parent.exists()
+
+
+def test_what_is_accepted_is_saved_and_loads_back(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    verified = net.trust(state_file).current(net.http(), RELAY)
+    assert (verified.record.fleet_id, verified.record.epoch) == (FLEET_ID, 1)
+    data = saved(state_file)
+    assert data["version"] == 1 and set(data["heads"]) == {WITNESS_NAME, B_NAME}
+    assert data["fleets"] == {
+        FLEET_ID.hex(): {"epoch": 1, "records": {"1": verified.signed_record.to_bytes().hex()}}
+    }
+    loaded = TrustState.load(state_file)
+    assert loaded.accepted_epochs() == {FLEET_ID: 1}
+    assert loaded.records(FLEET_ID) == {1: verified.signed_record.to_bytes()}
+    # The witness's newest tree (its head's and the bundle's, both of 1 leaf).
+    assert open_checkpoint(loaded.checkpoint or "", net.a_signer.verifier).size == 1
+    assert snapshot(state_file).keys() == {"state.json"}  # no temporary file left behind
+
+
+VALID_FLEET = '{"0123": {"epoch": 1, "records": {}}}'
+
+#: State files a crash, a bad disk or a hostile hand could leave, by what is wrong.
+HOSTILE_STATES: dict[str, str | bytes] = {
+    "empty": "",
+    "truncated": '{"version": 1, "fleets": {"0123": {"epo',
+    "not UTF-8": b'{"version": 1, "checkpoint": "\xff\xfe"}',
+    "NUL bytes": b"\x00" * 64,
+    "a list": "[]",
+    "another version": '{"version": 2}',
+    "no version": '{"fleets": {}}',
+    "a checkpoint that is a number": '{"version": 1, "checkpoint": 5}',
+    "fleets as a list": '{"version": 1, "fleets": []}',
+    "a head that is a number": '{"version": 1, "heads": {"w": 1}}',
+}
+
+
+def test_a_valid_fleet_entry_loads(state_file: Path) -> None:
+    """The baseline the hostile states below are changed from."""
+    state_file.parent.mkdir()
+    state_file.write_text('{"version": 1, "fleets": ' + VALID_FLEET + "}")
+    state = TrustState.load(state_file)
+    assert state.accepted_epochs() == {bytes.fromhex("0123"): 1}
+    assert state.records(bytes.fromhex("0123")) == {}
+
+
+@pytest.mark.parametrize("content", HOSTILE_STATES.values(), ids=HOSTILE_STATES.keys())
+def test_a_damaged_or_hostile_state_file_is_a_clear_error(
+    state_file: Path, content: str | bytes
+) -> None:
+    state_file.parent.mkdir()
+    if isinstance(content, bytes):
+        state_file.write_bytes(content)
+    else:
+        state_file.write_text(content)
+    with pytest.raises(InvalidInput) as caught:
+        TrustState.load(state_file)
+    assert str(state_file) in caught.value.message
+
+
+@pytest.mark.parametrize("content", HOSTILE_STATES.values(), ids=HOSTILE_STATES.keys())
+def test_a_client_with_a_hostile_state_file_stops_with_a_clear_error_and_keeps_it(
+    net: Net, state_file: Path, content: str | bytes
+) -> None:
+    net.deploy(1)
+    state_file.parent.mkdir()
+    if isinstance(content, str):  # the fleet the relay serves, so only the damage counts
+        content = content.replace('"0123"', f'"{FLEET_ID.hex()}"').encode()
+    state_file.write_bytes(content)
+    refused(net, net.trust(state_file), error=InvalidInput)
+
+
+def test_a_state_checkpoint_the_witness_did_not_sign_is_a_clear_error(
+    net: Net, state_file: Path
+) -> None:
+    trust = accepted(net, state_file)
+    data = saved(state_file)
+    forged = Signer(WITNESS_NAME, Ed25519PrivateKey.generate())
+    data["checkpoint"] = open_checkpoint(data["checkpoint"], net.a_signer.verifier).sign(forged)
+    state_file.write_text(json.dumps(data))
+    refused(net, trust, error=InvalidInput, match="does not verify with the witness key")
+
+
+# ---- nothing goes backwards ------------------------------------------------------------------
+
+
+def test_the_checkpoint_kept_never_shrinks(net: Net, state_file: Path) -> None:
+    trust = accepted(net, state_file)
+    grow_log(net, 3)
+    trust.current(net.http(), RELAY)
+    assert saved_size(net, state_file) == 4  # the head's tree, larger than the bundle's (1)
+    state = TrustState.load(state_file)
+    small = FleetBundle.from_bytes(net.current).checkpoint
+    state.remember_checkpoint(small)
+    assert open_checkpoint(state.checkpoint or "", net.a_signer.verifier).size == 4
+    # An older epoch's bundle, accepted for a migration by a client that never saw it,
+    # carries an older checkpoint (of 1): the state keeps the larger one.
+    net.deploy(2)
+    fresh = net.trust(state_file.with_name("fresh.json"))
+    current = fresh.current(net.http(), RELAY)
+    assert saved_size(net, fresh.state_file) == 5
+    assert [r.epoch for r in fresh.older(net.http(), RELAY, current.record)] == [1]
+    assert saved_size(net, fresh.state_file) == 5
+
+
+def test_the_accepted_epoch_never_goes_back(net: Net, state_file: Path) -> None:
+    first = net.deploy(1)
+    trust = net.trust(state_file)
+    net.deploy(2)
+    net.previous = {}
+    # The client first sees epoch 2 (a new device, say), then is offered epoch 1 for a
+    # migration: epoch 1's record is kept, the accepted epoch stays 2.
+    current = trust.current(net.http(), RELAY)
+    net.previous = {1: first}
+    assert [r.epoch for r in trust.older(net.http(), RELAY, current.record)] == [1]
+    assert saved_epoch(state_file) == 2
+    assert set(saved(state_file)["fleets"][FLEET_ID.hex()]["records"]) == {"1", "2"}
+    # Accepting epoch 1 as current again (it cannot pass verify_bundle, but the state's
+    # own rule is max) changes nothing.
+    state = TrustState.load(state_file)
+    old = verify_bundle(
+        first, raw_public_key(net.operator), net.a_signer.verifier.public_key, WITNESS_NAME, None
+    )
+    state.accept(old, FleetBundle.from_bytes(first).checkpoint, current=True)
+    assert saved_epoch(state_file) == 2
+
+
+# ---- the happy paths --------------------------------------------------------------------------
+
+
+def test_a_rotation_is_accepted_and_the_older_epoch_listed(net: Net, state_file: Path) -> None:
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    current = trust.current(net.http(), RELAY)
+    assert current.record.epoch == 2 and saved_epoch(state_file) == 2
+    net.asked.clear()
+    older = list(trust.older(net.http(), RELAY, current.record))
+    assert [r.epoch for r in older] == [1]
+    # Epoch 1 came from the state (accepted before): its bundle was not fetched again.
+    assert "relay.test /v1/fleet/bundle" not in net.asked
+
+
+def test_a_witness_that_cannot_be_reached_is_stood_in_for_by_its_last_head(
+    net: Net, state_file: Path
+) -> None:
+    trust = accepted(net, state_file)
+    heads = saved(state_file)["heads"]
+    net.hostile[("witness-b.test", "/v1/head")] = reply(503)
+    net.now += DEFAULT_MAX_AGE - 10
+    assert trust.current(net.http(), RELAY).record.epoch == 1
+    assert saved(state_file)["heads"][B_NAME] == heads[B_NAME]
+    net.now += 20  # B's last word is now too old
+    refused(net, trust, StaleHead)
+
+
+def test_a_configured_allow_list_refuses_other_firmware(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    refused(
+        net,
+        net.trust(state_file, allowed_measurements=frozenset({b"\x07" * 32})),
+        MeasurementNotAllowed,
+    )
+    assert net.trust(state_file).current(net.http(), RELAY)
+
+
+# ---- attacks by the relay and the network -------------------------------------------------------
+
+
+def test_rollback_to_an_older_epoch_with_state(net: Net, state_file: Path) -> None:
+    old = net.deploy(1)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    net.deploy(2)
+    trust.current(net.http(), RELAY)
+    net.current = old
+    refused(net, trust, EpochReplayed, match="older than the epoch 2 already accepted")
+    # Even with every witness out of reach (their last heads name epoch 2).
+    net.hostile[("witness-a.test", "/v1/head")] = reply(503)
+    net.hostile[("witness-b.test", "/v1/head")] = reply(503)
+    refused(net, trust, EpochReplayed)
+
+
+def test_rollback_to_a_retired_epoch_without_state(net: Net, state_file: Path) -> None:
+    old = net.deploy(1)
+    net.deploy(2)
+    net.current = old
+    refused(net, net.trust(state_file), EpochRetired, match="epoch 1 of fleet .* is retired")
+    assert not state_file.parent.exists()
+
+
+def honest_heads(net: Net) -> dict[str, str]:
+    """Each witness's head for the fleet as it would answer now, by host."""
+    return {
+        host: net.honest(httpx.Request("GET", f"{url}/v1/head?fleet={FLEET_ID.hex()}")).text
+        for host, url in (("witness-a.test", WITNESS_A), ("witness-b.test", WITNESS_B))
+    }
+
+
+def test_replayed_heads_of_a_retired_epoch(net: Net, state_file: Path) -> None:
+    """The network replays both witnesses' heads from before epoch 2 was logged, with
+    epoch 1's bundle. A client that saw epoch 2 refuses. A new device is fooled only while
+    the replayed heads are younger than max_age (the documented bound)."""
+    old = net.deploy(1)
+    old_heads = honest_heads(net)
+    net.deploy(2)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    net.current = old
+    for host, head in old_heads.items():
+        net.hostile[(host, "/v1/head")] = reply(200, text=head)
+    refused(net, trust, EpochReplayed)
+    new_device = net.trust(state_file.with_name("new-device.json"))
+    assert new_device.current(net.http(), RELAY).record.epoch == 1
+    net.now += DEFAULT_MAX_AGE + 1
+    refused(net, net.trust(state_file.with_name("newer-device.json")), StaleHead)
+
+
+def test_a_record_signed_by_the_operator_but_never_logged(net: Net, state_file: Path) -> None:
+    trust = accepted(net, state_file)
+    logged = FleetBundle.from_bytes(net.current)
+    unlogged = net.sign(2, nodes=[node(i, hpke=hpke_key(i + 9)) for i in range(5)])
+
+    # No cosignature at all.
+    bare = FleetBundle(unlogged.to_bytes(), b"", 0, 1, b"", logged.checkpoint)
+    net.current = bare.to_bytes()
+    refused(net, trust, WitnessSignatureMissing)
+    # The logged record's cosignature, proof and checkpoint around the unlogged record.
+    net.current = replace(logged, signed_record=unlogged.to_bytes()).to_bytes()
+    refused(net, trust, WitnessSignatureInvalid)
+    # A cosignature made with a key that is not the witness's.
+    forged = cosign(Ed25519PrivateKey.generate(), WITNESS_NAME, unlogged.to_bytes())
+    net.current = replace(bare, cosignature=forged).to_bytes()
+    refused(net, trust, WitnessSignatureInvalid)
+    assert saved_epoch(state_file) == 1
+
+
+def test_a_record_logged_but_not_in_the_checkpoint_it_comes_with(
+    net: Net, state_file: Path
+) -> None:
+    net.deploy(1)
+    grow_log(net)
+    logged = FleetBundle.from_bytes(net.current)
+    bogus_proof = replace(
+        logged, leaf_index=1, tree_size=2, proof=b"\x00" * 32, checkpoint=net.a.checkpoint()
+    )
+    net.current = bogus_proof.to_bytes()
+    refused(net, net.trust(state_file), InclusionProofInvalid)
+
+
+def test_a_record_swapped_after_signing(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    bundle = FleetBundle.from_bytes(net.current)
+    signed = bundle.operator_signed
+    changed = make_record(nodes=[node(0, hpke=hpke_key(7)), *[node(i) for i in range(1, 5)]])
+    swapped = replace(signed, record=changed.to_bytes())  # the operator's signature kept
+    net.current = replace(bundle, signed_record=swapped.to_bytes()).to_bytes()
+    refused(net, net.trust(state_file), OperatorSignatureInvalid)
+
+
+def test_a_record_by_another_operator(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    refused(
+        net,
+        net.trust(state_file, operator_key=raw_public_key(Ed25519PrivateKey.generate())),
+        UnknownOperatorKey,
+    )
+
+
+def test_a_record_for_another_fleet(net: Net, state_file: Path) -> None:
+    other = net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    net.deploy(1)
+    # Configured with the fleet id.
+    net.current, mine = other, net.current
+    refused(net, net.trust(state_file, fleet_id=FLEET_ID), FleetMismatch)
+    # Pinned on first use: the first fleet accepted is the only one from then on.
+    net.current = mine
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    net.current = other
+    refused(net, trust, FleetMismatch)
+    # The relay lists the other fleet's bundle as an older epoch.
+    net.current, net.previous = mine, {0: other}
+    current = trust.current(net.http(), RELAY).record
+    before = snapshot(state_file)
+    with pytest.raises(FleetNotTrusted) as caught:
+        list(trust.older(net.http(), RELAY, current))
+    assert isinstance(caught.value.reason, FleetMismatch)
+    assert snapshot(state_file) == before
+
+
+def test_the_head_of_another_fleet_is_refused(net: Net, state_file: Path) -> None:
+    net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    net.deploy(1)
+
+    def other_fleets_head(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=net.b.head(OTHER_FLEET, net.now))
+
+    net.hostile[("witness-b.test", "/v1/head")] = other_fleets_head
+    refused(net, net.trust(state_file), HeadMismatch, match="head of fleet feedfacefeedface")
+
+
+def test_an_older_epoch_bundle_that_is_another_epoch(net: Net, state_file: Path) -> None:
+    first = net.deploy(1)
+    net.deploy(2)
+    net.deploy(3)
+    trust = net.trust(state_file)
+    current = trust.current(net.http(), RELAY)
+    net.previous = {2: first, 1: first}  # asked for epoch 2, the relay serves epoch 1
+    before = snapshot(state_file)
+    with pytest.raises(FleetNotTrusted, match="bundle for epoch 2 is for epoch 1"):
+        list(trust.older(net.http(), RELAY, current.record))
+    assert snapshot(state_file) == before
+
+
+def test_an_older_epoch_that_was_never_logged(net: Net, state_file: Path) -> None:
+    net.deploy(2)
+    trust = net.trust(state_file)
+    current = trust.current(net.http(), RELAY)
+    checkpoint = FleetBundle.from_bytes(net.current).checkpoint
+    net.previous = {1: FleetBundle(net.sign(1).to_bytes(), b"", 0, 1, b"", checkpoint).to_bytes()}
+    before = snapshot(state_file)
+    with pytest.raises(FleetNotTrusted) as caught:
+        list(trust.older(net.http(), RELAY, current.record))
+    assert isinstance(caught.value.reason, WitnessSignatureMissing)
+    assert snapshot(state_file) == before
+
+
+def test_a_head_rolled_back_to_a_smaller_tree(net: Net, state_file: Path) -> None:
+    """Each witness's head must extend the last tree seen from it: a replayed older head
+    (same record, still young) is refused, for the bundle's witness and for the other."""
+    net.deploy(1)
+    replays = honest_heads(net)
+    trust = net.trust(state_file)
+    grow_log(net, 2)
+    trust.current(net.http(), RELAY)
+    for host, old_head in replays.items():
+        net.hostile = {(host, "/v1/head"): reply(200, text=old_head)}
+        refused(net, trust, LogRolledBack, match="shrank from 3 to 1")
+
+
+class ForkedWitness:
+    """Witness A's key signing a second history (its own database): what a compromised or
+    restored witness might show one client."""
+
+    def __init__(self, net: Net, *records: OperatorSignedRecord) -> None:
+        self.log = net.witness(net.a_signer, "a-fork.sqlite")
+        for signed in records:
+            self.log.submit(signed.to_bytes())
+
+    def serve(self, net: Net) -> None:
+        """To this client, the witness (not the relay) shows the forked history."""
+
+        def head(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(200, text=self.log.head(FLEET_ID, net.now))
+
+        def consistency(request: httpx.Request) -> httpx.Response:
+            query = request.url.params
+            return proof_answer(self.log, int(query["old"]), int(query["new"]))
+
+        net.hostile[("witness-a.test", "/v1/head")] = head
+        net.hostile[("witness-a.test", "/v1/consistency")] = consistency
+
+
+def test_a_witness_showing_a_fork_of_the_same_size(net: Net, state_file: Path) -> None:
+    first = net.sign(1)
+    net.deploy(1)
+    grow_log(net)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)  # saw A's tree of 2: [epoch 1, other fleet]
+    fork = ForkedWitness(net, first, net.sign(7, fleet_id=OTHER_FLEET))
+    fork.serve(net)
+    refused(net, trust, LogForked, match="two checkpoints of size 2 with different roots")
+
+
+def test_a_witness_showing_a_larger_fork(net: Net, state_file: Path) -> None:
+    first = net.sign(1)
+    net.deploy(1)
+    grow_log(net)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    fork = ForkedWitness(net, first, net.sign(7, fleet_id=OTHER_FLEET))
+    for epoch in (8, 9):
+        fork.log.submit(net.sign(epoch, fleet_id=OTHER_FLEET).to_bytes())
+    fork.serve(net)
+    refused(net, trust, LogForked, match="does not extend the one of size 2")
+
+
+def test_two_witnesses_shown_different_records_split_view(net: Net, state_file: Path) -> None:
+    """The operator logs one record of epoch 1 at A and another at B: B's head names
+    another record than the bundle's."""
+    net.current = net.log(net.sign(1))
+    net.b.submit(net.sign(1, nodes=[node(i, hpke=hpke_key(i + 9)) for i in range(5)]).to_bytes())
+    refused(net, net.trust(state_file), HeadMismatch, match="names another record")
+    # B logged a later epoch than the one A's bundle carries: retired, says B.
+    net.b.submit(net.sign(2).to_bytes())
+    refused(net, net.trust(state_file), EpochRetired)
+
+
+def test_a_witness_that_never_logged_the_fleet(net: Net, state_file: Path) -> None:
+    net.current = net.log(net.sign(1))  # A only
+    refused(net, net.trust(state_file), match="witness-b.test/backupvault has logged no record")
+
+
+def good_proof_replaced(proof: object) -> Answer:
+    return reply(200, json={"proof": proof})
+
+
+#: Consistency proofs that do not verify, or are not proofs, by what is wrong.
+BAD_PROOFS: dict[str, Answer] = {
+    "a wrong hash": good_proof_replaced([base64.b64encode(b"\x00" * 32).decode()]),
+    "no hash": good_proof_replaced([]),
+    "too many hashes": good_proof_replaced([base64.b64encode(b"\x00" * 32).decode()] * 129),
+    "a short hash": good_proof_replaced([base64.b64encode(b"\x00" * 31).decode()]),
+    "not base64": good_proof_replaced(["!!!!"]),
+    "numbers": good_proof_replaced([1, 2]),
+    "a string": good_proof_replaced("AAAA"),
+    "no proof": reply(200, json={"old": 1}),
+    "a list": reply(200, json=[]),
+    "infinity": reply(200, text='{"proof": 1e400}'),
+    "nested too deeply": reply(200, text=DEEP),
+    "garbage": reply(200, content=b"\xff\x00garbage"),
+    "over a MiB": reply(200, text='{"proof": ["' + "A" * (1 << 20) + '"]}'),
+    "an error": reply(500, text="boom"),
+    "a redirect": reply(302, headers={"Location": f"{WITNESS_B}/v1/consistency"}),
+}
+
+
+@pytest.mark.parametrize("answer", BAD_PROOFS.values(), ids=BAD_PROOFS.keys())
+@pytest.mark.parametrize(
+    "where",
+    [
+        ("relay.test", "/v1/fleet/consistency"),
+        ("witness-a.test", "/v1/consistency"),
+        ("witness-b.test", "/v1/consistency"),
+    ],
+)
+def test_a_consistency_proof_that_does_not_verify(
+    net: Net, state_file: Path, where: tuple[str, str], answer: Answer
+) -> None:
+    net.deploy(1)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)  # the client saw trees of 1
+    grow_log(net, 2)
+    net.deploy(2)  # logged at 4, seen at 4 by both heads: every proof is needed
+    net.hostile[where] = answer
+    error = refused(net, trust)
+    assert isinstance(error, FleetNotTrusted)
+    if isinstance(error.reason, TransparencyError):
+        assert isinstance(error.reason, LogForked)
+    assert saved_epoch(state_file) == 1
+
+
+def test_a_consistency_proof_for_other_sizes_is_not_asked_for(net: Net, state_file: Path) -> None:
+    """The client asks for the proof between exactly the sizes it holds."""
+    trust = accepted(net, state_file)
+    grow_log(net, 2)
+    seen: list[str] = []
+
+    def spy(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url.query, "ascii"))
+        return net.honest(request)
+
+    net.hostile[("witness-a.test", "/v1/consistency")] = spy
+    trust.current(net.http(), RELAY)
+    assert seen == ["old=1&new=3"]
+
+
+#: What a hostile relay may serve instead of the bundle.
+BAD_BUNDLES: dict[str, bytes] = {
+    "empty": b"",
+    "garbage": b"\xff" * 100,
+    "JSON": b'{"bundle": "please"}',
+    "two MiB of zeros": b"\x54" + b"\x00" * (2 << 20),
+}
+
+
+@pytest.mark.parametrize("content", BAD_BUNDLES.values(), ids=BAD_BUNDLES.keys())
+def test_a_bundle_that_is_not_a_bundle(net: Net, state_file: Path, content: bytes) -> None:
+    net.deploy(1)
+    net.current = content
+    refused(net, net.trust(state_file), Malformed)
+
+
+def test_a_bundle_with_trailing_bytes(net: Net, state_file: Path) -> None:
+    net.current = net.deploy(1) + b"\x00"
+    refused(net, net.trust(state_file), Malformed)
+
+
+def altered_root(note: str) -> str:
+    """`note` with its root hash line changed (the signature no longer matches)."""
+    lines = note.split("\n")
+    lines[2] = base64.b64encode(b"\x01" * 32).decode()
+    return "\n".join(lines)
+
+
+#: What the network may answer instead of a witness's head (given its honest head and
+#: the bundle witness's plain checkpoint).
+BAD_HEADS: dict[str, Callable[[str, str], str | bytes]] = {
+    "a plain checkpoint": lambda head, checkpoint: checkpoint,
+    "an altered head": lambda head, checkpoint: altered_root(head),
+    "a head without its signature": lambda head, checkpoint: head[: head.index("\n\n") + 2],
+    "garbage": lambda head, checkpoint: b"\xff\xfe\x00",
+    "JSON": lambda head, checkpoint: DEEP,
+    "over 64 KiB": lambda head, checkpoint: head + "x" * (65 << 10),
+}
+
+
+@pytest.mark.parametrize("bad", BAD_HEADS.values(), ids=BAD_HEADS.keys())
+@pytest.mark.parametrize("host", ["witness-a.test", "witness-b.test"])
+def test_a_witness_head_that_is_not_a_head(
+    net: Net, state_file: Path, host: str, bad: Callable[[str, str], str | bytes]
+) -> None:
+    net.deploy(1)
+    answer = bad(honest_heads(net)[host], net.a.checkpoint())
+    net.hostile[(host, "/v1/head")] = reply(
+        200, content=answer.encode() if isinstance(answer, str) else answer
+    )
+    error = refused(net, net.trust(state_file))
+    assert isinstance(error, FleetNotTrusted)
+    assert isinstance(error.reason, MalformedNote | UnknownNoteKey | BadNoteSignature), error.reason
+
+
+def test_a_head_signed_by_another_key(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    impostor = Signer(B_NAME, Ed25519PrivateKey.generate())
+    fake = Witness(impostor, net.b.store, net.b.policy)
+    net.hostile[("witness-b.test", "/v1/head")] = lambda r: httpx.Response(
+        200, text=fake.head(FLEET_ID, net.now)
+    )
+    refused(net, net.trust(state_file), UnknownNoteKey)
+
+
+@pytest.mark.parametrize("age", [DEFAULT_MAX_AGE + 1, -(MAX_CLOCK_SKEW + 1)])
+def test_a_head_too_old_or_from_the_future(net: Net, state_file: Path, age: int) -> None:
+    net.deploy(1)
+    net.hostile[("witness-a.test", "/v1/head")] = lambda r: httpx.Response(
+        200, text=net.a.head(FLEET_ID, net.now - age)
+    )
+    refused(net, net.trust(state_file), StaleHead)
+
+
+#: HTTP failures of the relay, and what the client makes of them.
+RELAY_FAILURES: dict[str, tuple[Answer, type[BackupVaultError]]] = {
+    "500": (reply(500, text="boom"), FleetNotTrusted),
+    "404": (reply(404), FleetNotTrusted),
+    "a redirect": (reply(302, headers={"Location": f"{WITNESS_A}/bundle"}), FleetNotTrusted),
+}
+
+
+def raises(error: httpx.HTTPError) -> Answer:
+    def answer(request: httpx.Request) -> httpx.Response:
+        raise error
+
+    return answer
+
+
+@pytest.mark.parametrize("failure", RELAY_FAILURES.values(), ids=RELAY_FAILURES.keys())
+def test_the_relay_failing_to_serve_the_bundle(
+    net: Net, state_file: Path, failure: tuple[Answer, type[BackupVaultError]]
+) -> None:
+    net.deploy(1)
+    net.trust(state_file).current(net.http(), RELAY)
+    net.deploy(2)
+    net.hostile[("relay.test", "/v1/fleet/bundle")] = failure[0]
+    refused(net, net.trust(state_file), error=failure[1], match="did not serve the fleet bundle")
+
+
+def test_the_relay_unreachable_or_slow(net: Net, state_file: Path) -> None:
+    net.deploy(1)
+    net.hostile[("relay.test", "/v1/fleet/bundle")] = raises(httpx.ConnectError("refused"))
+    refused(net, net.trust(state_file), error=RelayUnreachable)
+    net.hostile[("relay.test", "/v1/fleet/bundle")] = raises(httpx.ReadTimeout("slow"))
+    refused(net, net.trust(state_file), error=FleetUnavailable)
+
+
+def test_a_redirect_is_never_followed_even_by_a_client_that_would(
+    net: Net, state_file: Path
+) -> None:
+    """The relay redirects the bundle to a host it controls: a client built to follow
+    redirects still ends up checking what it got, so the redirect gains nothing; the
+    default client does not follow it at all."""
+    other = net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    net.deploy(1)
+    net.hostile[("relay.test", "/v1/fleet/bundle")] = reply(
+        302, headers={"Location": "https://evil.test/bundle"}
+    )
+    net.hostile[("evil.test", "/bundle")] = reply(200, content=other)
+    refused(net, net.trust(state_file, fleet_id=FLEET_ID), match="302")
+    refused(
+        net,
+        net.trust(state_file, fleet_id=FLEET_ID),
+        FleetMismatch,
+        http=net.http(follow_redirects=True),
+    )
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(500),
+        reply(302, headers={"Location": f"{WITNESS_A}/v1/head"}),
+        raises(httpx.ConnectError("refused")),
+        raises(httpx.ReadTimeout("slow")),
+    ],
+    ids=["500", "a redirect", "refused", "timeout"],
+)
+def test_a_witness_out_of_reach_on_first_use(net: Net, state_file: Path, answer: Answer) -> None:
+    net.deploy(1)
+    net.hostile[("witness-b.test", "/v1/head")] = answer
+    refused(net, net.trust(state_file), error=FleetUnavailable, match="witness-b.test")
+
+
+# ---- older epochs: hostile lists ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        reply(200, text=DEEP),
+        reply(200, text='{"previous": [1e400]}'),
+        reply(200, text='{"previous": [true]}'),
+        reply(200, text='{"previous": [-1]}'),
+        reply(200, text='{"previous": "1"}'),
+        reply(200, text='{"previous": [' + "1," * (1 << 19) + "1]}"),
+        reply(200, content=b"\xff"),
+        reply(500),
+    ],
+    ids=["deep", "infinity", "boolean", "negative", "a string", "over a MiB", "garbage", "500"],
+)
+def test_a_hostile_list_of_older_epochs(net: Net, state_file: Path, answer: Answer) -> None:
+    net.deploy(1)
+    net.deploy(2)
+    trust = net.trust(state_file)
+    current = trust.current(net.http(), RELAY)
+    net.hostile[("relay.test", "/v1/fleet/epochs")] = answer
+    before = snapshot(state_file)
+    with pytest.raises(FleetNotTrusted):
+        list(trust.older(net.http(), RELAY, current.record))
+    assert snapshot(state_file) == before
+
+
+# ---- saved only after everything verified ------------------------------------------------------
+
+
+def test_nothing_is_saved_before_the_last_witness_agreed(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = accepted(net, state_file)
+    grow_log(net)
+    net.deploy(2)
+    saves: list[list[str]] = []
+    original = TrustState.save
+
+    def spy(state: TrustState) -> None:
+        saves.append(list(net.asked))
+        original(state)
+
+    monkeypatch.setattr(TrustState, "save", spy)
+    # The last check (B's head) fails: the checks before it (bundle, A's head, both
+    # consistency proofs) passed, yet nothing was saved.
+    net.hostile[("witness-b.test", "/v1/head")] = reply(200, text="no head\n\n— x AAAA\n")
+    refused(net, trust)
+    assert saves == []
+    del net.hostile[("witness-b.test", "/v1/head")]
+    net.asked.clear()
+    assert trust.current(net.http(), RELAY).record.epoch == 2
+    # Saved once, after the last answer it needed.
+    assert len(saves) == 1 and saves[0] == net.asked
+    assert net.asked[-1].startswith("witness-b.test")
