@@ -293,6 +293,27 @@ HOSTILE_STATES: dict[str, str | bytes] = {
     "a checkpoint that is a number": '{"version": 1, "checkpoint": 5}',
     "fleets as a list": '{"version": 1, "fleets": []}',
     "a head that is a number": '{"version": 1, "heads": {"w": 1}}',
+    "nested too deeply": '{"version": 1, "fleets": ' + DEEP + "}",
+    "a fleet id that is not hex": '{"version": 1, "fleets": {"zz": {"epoch": 1}}}',
+    "an empty fleet id": '{"version": 1, "fleets": {"": {"epoch": 1}}}',
+    "a fleet that is a number": '{"version": 1, "fleets": {"0123": 7}}',
+    "a fleet without an epoch": '{"version": 1, "fleets": {"0123": {}}}',
+    "an epoch that is a string": '{"version": 1, "fleets": {"0123": {"epoch": "2"}}}',
+    "a negative epoch": '{"version": 1, "fleets": {"0123": {"epoch": -1}}}',
+    "an epoch past 2^64": '{"version": 1, "fleets": {"0123": {"epoch": 18446744073709551616}}}',
+    "an infinite epoch": '{"version": 1, "fleets": {"0123": {"epoch": 1e400}}}',
+    "a fractional epoch": '{"version": 1, "fleets": {"0123": {"epoch": 1.5}}}',
+    "a boolean epoch": '{"version": 1, "fleets": {"0123": {"epoch": true}}}',
+    "records as a list": '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": []}}}',
+    "a record epoch that is not a number": (
+        '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": {"x": "00"}}}}'
+    ),
+    "a record that is not hex": (
+        '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": {"1": "zz"}}}}'
+    ),
+    "a record that is a number": (
+        '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": {"1": 5}}}}'
+    ),
 }
 
 

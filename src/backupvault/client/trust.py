@@ -41,6 +41,7 @@ import base64
 import contextlib
 import json
 import os
+import re
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
@@ -146,9 +147,10 @@ class TrustState:
             data = json.loads(path.read_text())
         except FileNotFoundError:
             return cls(path)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, RecursionError) as err:
+            detail = "nested too deeply" if isinstance(err, RecursionError) else err
             raise InvalidInput(
-                f"the trust state file {path} is unreadable: {err}",
+                f"the trust state file {path} is unreadable: {detail}",
                 hint="it holds the last witness checkpoint this client saw; restore it from a"
                 " backup (deleting it makes the client trust the next bundle it sees)",
             ) from None
@@ -164,6 +166,10 @@ class TrustState:
             or not all(isinstance(v, str) for v in heads.values())
         ):
             raise InvalidInput(f"the trust state file {path} is malformed")
+        try:
+            check_state_fleets(fleets)
+        except InvalidInput as err:
+            raise InvalidInput(f"the trust state file {path} is malformed: {err.message}") from None
         return cls(path, checkpoint, fleets, heads)
 
     def save(self) -> None:
@@ -223,6 +229,35 @@ class TrustState:
             fleet["epoch"] = max(int(fleet["epoch"]), record.epoch)
         fleet.setdefault("records", {})[str(record.epoch)] = verified.signed_record.to_bytes().hex()
         self.save()
+
+
+_RECORD_EPOCH = re.compile(r"0|[1-9][0-9]{0,19}")
+
+
+def check_state_fleets(fleets: dict[str, Any]) -> None:
+    """Refuse (InvalidInput) a state's "fleets" that `accepted_epochs` and `records` could
+    not read: checked when the file is loaded, so a damaged or edited file is one clear
+    error, never a TypeError in the middle of a check (or an epoch read as something else)."""
+    for fid, fleet in fleets.items():
+        try:
+            if not bytes.fromhex(fid):
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(f"the fleet id {fid!r} is not hex") from None
+        if not isinstance(fleet, dict) or "epoch" not in fleet:
+            raise InvalidInput(f"fleet {fid} has no epoch")
+        epoch_number(fleet["epoch"], f"fleet {fid}'s epoch")
+        records = fleet.get("records", {})
+        if not isinstance(records, dict):
+            raise InvalidInput(f"fleet {fid}'s records are not an object")
+        for epoch, record in records.items():
+            if not _RECORD_EPOCH.fullmatch(epoch):
+                raise InvalidInput(f"fleet {fid} keeps a record under {epoch!r}, not an epoch")
+            epoch_number(int(epoch), f"fleet {fid}'s record epoch")
+            try:
+                bytes.fromhex(record)
+            except (TypeError, ValueError):
+                raise InvalidInput(f"fleet {fid}'s record of epoch {epoch} is not hex") from None
 
 
 def note_text(note: str) -> str:
