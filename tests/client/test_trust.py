@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -361,6 +362,45 @@ def test_a_state_checkpoint_the_witness_did_not_sign_is_a_clear_error(
     data["checkpoint"] = open_checkpoint(data["checkpoint"], net.a_signer.verifier).sign(forged)
     state_file.write_text(json.dumps(data))
     refused(net, trust, error=InvalidInput, match="does not verify with the witness key")
+
+
+def test_save_replaces_the_file_whole_and_a_failed_save_keeps_the_old_one(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = accepted(net, state_file)
+    before = snapshot(state_file)
+    net.deploy(2)
+
+    rename = os.replace
+
+    def full_disk(source: str | Path, target: str | Path) -> None:
+        if Path(target) == state_file:
+            raise OSError(28, "No space left on device")
+        rename(source, target)  # the witnesses' own files
+
+    # The new state never lands half-written: the rename is what publishes it, and a
+    # failure before it leaves the old file (and no temporary one) behind.
+    monkeypatch.setattr(os, "replace", full_disk)
+    refused(net, trust, error=InvalidInput, match="No space left on device")
+    assert snapshot(state_file) == before
+    monkeypatch.undo()
+    assert trust.current(net.http(), RELAY).record.epoch == 2
+    assert saved_epoch(state_file) == 2
+
+
+def test_a_state_folder_that_cannot_be_made_is_a_clear_error(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    net.deploy(1)
+    make_folder = Path.mkdir
+
+    def read_only(folder: Path, *args: Any, **kw: Any) -> None:
+        if folder == state_file.parent:
+            raise PermissionError(13, "Permission denied")
+        make_folder(folder, *args, **kw)
+
+    monkeypatch.setattr(Path, "mkdir", read_only)
+    refused(net, net.trust(state_file), error=InvalidInput, match="cannot write .*Permission")
 
 
 # ---- nothing goes backwards ------------------------------------------------------------------

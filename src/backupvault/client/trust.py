@@ -68,6 +68,7 @@ from backupvault.client.vault import Recovery, VaultClient, VaultStatus
 from backupvault.codec import epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
+from backupvault.files import replace_secret_file
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -179,10 +180,19 @@ class TrustState:
             "fleets": self.fleets,
             "heads": self.heads,
         }
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_name(self.path.name + f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-        os.replace(tmp, self.path)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise InvalidInput(f"cannot write {self.path}: {err.strerror}") from None
+        # A whole new file (fsynced, then renamed over the old one, then its folder
+        # synced): a full disk or a crash leaves the last state, never half of one, and a
+        # power loss cannot bring back an older one that accepted less.
+        replace_secret_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+        folder = os.open(self.path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
 
     def last_checkpoint(self, verifier: Verifier) -> Checkpoint | None:
         if self.checkpoint is None:
