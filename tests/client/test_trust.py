@@ -772,6 +772,21 @@ def test_a_consistency_proof_that_does_not_verify(
     assert saved_epoch(state_file) == 1
 
 
+@pytest.mark.parametrize(
+    "where", [("relay.test", "/v1/fleet/consistency"), ("witness-a.test", "/v1/consistency")]
+)
+def test_an_oversized_consistency_proof_is_refused_unread(
+    net: Net, state_file: Path, where: tuple[str, str]
+) -> None:
+    """More than a MiB of proof (here 40,000 well-formed hashes) is refused for its size,
+    before it is parsed: a relay or network cannot make the client decode without bound."""
+    trust = accepted(net, state_file)
+    grow_log(net, 2)
+    net.deploy(2)
+    net.hostile[where] = good_proof_replaced([base64.b64encode(b"\x00" * 32).decode()] * 40_000)
+    refused(net, trust, match="consistency proof from the (relay|witness .*) is larger than")
+
+
 def test_a_consistency_proof_for_other_sizes_is_not_asked_for(net: Net, state_file: Path) -> None:
     """The client asks for the proof between exactly the sizes it holds."""
     trust = accepted(net, state_file)

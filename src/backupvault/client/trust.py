@@ -275,6 +275,19 @@ def note_text(note: str) -> str:
     return note[: note.rindex("\n\n") + 1] if "\n\n" in note else note
 
 
+def proof_hashes(answer: httpx.Response, source: str) -> list[bytes]:
+    """The hashes of a consistency proof (`{"proof": [base64, ...]}`) from `source`, parsed
+    as untrusted JSON: at most MAX_JSON bytes and bounded nesting, so a hostile answer
+    costs no more than a refusal."""
+    try:
+        proof = untrusted_json(answer.content, f"the consistency proof from {source}")["proof"]
+        return [base64.b64decode(h, validate=True) for h in proof]
+    except InvalidInput as err:
+        raise FleetNotTrusted(err.message) from None
+    except (ValueError, KeyError, TypeError):
+        raise FleetNotTrusted(f"the consistency proof from {source} is malformed") from None
+
+
 # ---- OTA ----------------------------------------------------------------------------------
 
 
@@ -361,11 +374,11 @@ class OtaTrust:
             try:
                 answer = http.get(f"{endpoint.url}/v1/consistency?old={old}&new={new}")
                 answer.raise_for_status()
-                return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
-            except (httpx.HTTPError, ValueError, KeyError, TypeError, RecursionError):
+            except httpx.HTTPError:
                 raise FleetNotTrusted(
                     f"no consistency proof from the witness {endpoint.verifier.name}"
                 ) from None
+            return proof_hashes(answer, f"the witness {endpoint.verifier.name}")
 
         check_log_growth(head.checkpoint, last, fetch)
 
@@ -390,10 +403,7 @@ class OtaTrust:
                 f"{relay_url}/v1/fleet/consistency?old={old}&new={new}",
                 f"a consistency proof between log sizes {old} and {new}",
             )
-            try:
-                return [base64.b64decode(h, validate=True) for h in answer.json()["proof"]]
-            except (ValueError, KeyError, TypeError, RecursionError):
-                raise FleetNotTrusted("the relay's consistency proof is malformed") from None
+            return proof_hashes(answer, "the relay")
 
         return fetch
 
