@@ -443,8 +443,34 @@ def test_the_accepted_epoch_never_goes_back(net: Net, state_file: Path) -> None:
     old = verify_bundle(
         first, raw_public_key(net.operator), net.a_signer.verifier.public_key, WITNESS_NAME, None
     )
-    state.accept(old, FleetBundle.from_bytes(first).checkpoint, current=True)
+    state.accept(old, (FleetBundle.from_bytes(first).checkpoint,), current=True)
     assert saved_epoch(state_file) == 2
+
+
+def test_a_state_saved_meanwhile_is_never_overwritten_by_a_staler_one(
+    net: Net, state_file: Path
+) -> None:
+    """`older()` loads the state when it starts and saves it after each older epoch it
+    verifies; between two (a migration's status call to an old fleet), another process of
+    the same client accepts a newer epoch. Saving must keep what that process accepted:
+    otherwise the accepted epoch, the checkpoint and the heads go back, and a retired
+    epoch passes again while the witnesses are out of reach."""
+    net.deploy(1)
+    net.deploy(2)
+    net.deploy(3)
+    trust = net.trust(state_file)  # a device that never saw epochs 1 and 2
+    listing = trust.older(net.http(), RELAY, trust.current(net.http(), RELAY).record)
+    assert next(listing).epoch == 2
+    net.deploy(4)
+    assert net.trust(state_file).current(net.http(), RELAY).record.epoch == 4
+    grown = saved_size(net, state_file)
+    assert next(listing).epoch == 1
+    assert saved_epoch(state_file) == 4 and saved_size(net, state_file) == grown
+    assert set(saved(state_file)["fleets"][FLEET_ID.hex()]["records"]) == {"1", "2", "3", "4"}
+    net.current = net.previous[3]
+    net.hostile[("witness-a.test", "/v1/head")] = reply(503)
+    net.hostile[("witness-b.test", "/v1/head")] = reply(503)
+    refused(net, trust, EpochReplayed)
 
 
 # ---- the happy paths --------------------------------------------------------------------------

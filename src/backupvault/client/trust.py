@@ -223,14 +223,22 @@ class TrustState:
     def accept(
         self,
         verified: VerifiedFleet,
-        note: str,
+        notes: Sequence[str],
         *,
         current: bool,
         heads: Sequence[tuple[str, str]] = (),
     ) -> None:
-        """Remember a verified fleet (after acceptance only): its checkpoint when newer, its
-        record, (for the current fleet) its epoch, and the heads that vouched for it."""
-        self.remember_checkpoint(note)
+        """Remember a verified fleet (after acceptance only): the largest of the checkpoints
+        `notes` when newer, its record, (for the current fleet) its epoch, and the heads
+        that vouched for it."""
+        # Applied to the file as it is now, not as it was when this state was loaded:
+        # another process of this client (or `older()` between two epochs) may have
+        # accepted more since, and a staler copy saved over it would take the epoch, the
+        # checkpoint and the heads back.
+        on_disk = TrustState.load(self.path)
+        self.checkpoint, self.fleets, self.heads = on_disk.checkpoint, on_disk.fleets, on_disk.heads
+        for note in notes:
+            self.remember_checkpoint(note)
         for name, head in heads:
             self.heads[name] = head
         record = verified.record
@@ -440,8 +448,9 @@ class OtaTrust:
         bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
         verified = self._verify(http, relay_url, state, bundle, current=True)
         heads = self._check_heads(http, state, verified)
-        state.remember_checkpoint(heads[0][1])  # the bundle witness's head: its newest tree
-        state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=True, heads=heads)
+        # The bundle's checkpoint, and the bundle witness's head (its newest tree).
+        checkpoints = (FleetBundle.from_bytes(bundle).checkpoint, heads[0][1])
+        state.accept(verified, checkpoints, current=True, heads=heads)
         return verified
 
     def older(
@@ -480,7 +489,7 @@ class OtaTrust:
                     f"the relay's bundle for epoch {epoch} is for epoch"
                     f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
                 )
-            state.accept(verified, FleetBundle.from_bytes(bundle).checkpoint, current=False)
+            state.accept(verified, (FleetBundle.from_bytes(bundle).checkpoint,), current=False)
             yield verified.record
 
 
