@@ -907,6 +907,9 @@ RELAY_FAILURES: dict[str, tuple[Answer, type[BackupVaultError]]] = {
     "500": (reply(500, text="boom"), FleetNotTrusted),
     "404": (reply(404), FleetNotTrusted),
     "a redirect": (reply(302, headers={"Location": f"{WITNESS_A}/bundle"}), FleetNotTrusted),
+    "502": (reply(502), FleetUnavailable),
+    "503": (reply(503, text="restarting"), FleetUnavailable),
+    "504": (reply(504), FleetUnavailable),
 }
 
 

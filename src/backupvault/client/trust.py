@@ -85,6 +85,8 @@ from backupvault.transparency.head import DEFAULT_MAX_AGE, FleetHead, check_head
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
 STATE_VERSION = 1
+#: What a relay behind a proxy that is down (or restarting) answers: like no answer at all.
+RELAY_DOWN = frozenset({502, 503, 504})
 
 
 def load_operator_key(value: str, base: Path) -> bytes:
@@ -397,9 +399,14 @@ class OtaTrust:
             raise RelayUnreachable(str(httpx.URL(url).copy_with(path="/")), str(err)) from None
         except httpx.HTTPError as err:
             raise FleetUnavailable(f"cannot fetch {what} from the relay ({err})") from None
+        refusal = f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})"
+        if answer.status_code in RELAY_DOWN:  # an outage (exit 5), not a refusal to trust
+            raise FleetUnavailable(
+                refusal, hint="the relay (or a proxy in front of it) is down; try again later"
+            )
         if answer.status_code != 200:
             raise FleetNotTrusted(
-                f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})",
+                refusal,
                 hint="the relay must serve the fleet bundle (bundle_file in relay.toml)",
             )
         return answer
