@@ -501,6 +501,17 @@ def test_a_witness_that_cannot_be_reached_is_stood_in_for_by_its_last_head(
     refused(net, trust, StaleHead)
 
 
+def test_a_witness_url_with_a_trailing_slash(net: Net, state_file: Path) -> None:
+    """As written in a config: "https://witness2.example/". The client asked for
+    "//v1/head", which the witness answers with 404, and refused the fleet as one that
+    witness "has logged no record of"."""
+    net.deploy(1)
+    others = (WitnessEndpoint(net.b_signer.verifier, WITNESS_B + "/"),)
+    trust = net.trust(state_file, witness_url=WITNESS_A + "/", others=others)
+    assert trust.current(net.http(), RELAY).record.epoch == 1
+    assert "witness-b.test /v1/head" in net.asked
+
+
 def test_a_configured_allow_list_refuses_other_firmware(net: Net, state_file: Path) -> None:
     net.deploy(1)
     refused(

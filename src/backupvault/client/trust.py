@@ -326,7 +326,9 @@ class OtaTrust:
 
     @property
     def witnesses(self) -> tuple[WitnessEndpoint, ...]:
-        return (WitnessEndpoint(self.witness, self.witness_url.rstrip("/")), *self.others)
+        endpoints = (WitnessEndpoint(self.witness, self.witness_url), *self.others)
+        # A URL written with a trailing slash would ask for "//v1/head", another path.
+        return tuple(replace(e, url=e.url.rstrip("/")) for e in endpoints)
 
     def _fetch_head(
         self, http: httpx.Client, endpoint: WitnessEndpoint, fleet_id: bytes
