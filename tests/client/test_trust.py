@@ -364,6 +364,25 @@ def test_a_state_checkpoint_the_witness_did_not_sign_is_a_clear_error(
     refused(net, trust, error=InvalidInput, match="does not verify with the witness key")
 
 
+@pytest.mark.parametrize("host", ["witness-a.test", "witness-b.test"])
+def test_a_state_head_that_does_not_verify_is_blamed_on_the_state_file(
+    net: Net, state_file: Path, host: str
+) -> None:
+    """A witness's key changed in the config (or the file was edited): its head kept in
+    the state no longer verifies. That is the state file's problem, said as such (as for
+    the checkpoint), not "refused the relay's fleet bundle"."""
+    trust = accepted(net, state_file)
+    data = saved(state_file)
+    name = {"witness-a.test": WITNESS_NAME, "witness-b.test": B_NAME}[host]
+    data["heads"][name] = altered_root(data["heads"][name])
+    state_file.write_text(json.dumps(data))
+    net.hostile[(host, "/v1/head")] = reply(503)  # the kept head stands in
+    refused(net, trust, error=InvalidInput, match=f"the head of {name} in .*state.json")
+    if host == "witness-b.test":  # and it is what B's new head must extend
+        del net.hostile[(host, "/v1/head")]
+        refused(net, trust, error=InvalidInput, match=f"the head of {name} in .*state.json")
+
+
 def test_save_replaces_the_file_whole_and_a_failed_save_keeps_the_old_one(
     net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -46,7 +46,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -85,6 +85,7 @@ from backupvault.transparency.head import DEFAULT_MAX_AGE, FleetHead, check_head
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
 STATE_VERSION = 1
+_Kept = TypeVar("_Kept")
 #: What a relay behind a proxy that is down (or restarting) answers: like no answer at all.
 RELAY_DOWN = frozenset({502, 503, 504})
 
@@ -197,14 +198,26 @@ class TrustState:
             os.close(folder)
 
     def last_checkpoint(self, verifier: Verifier) -> Checkpoint | None:
-        if self.checkpoint is None:
+        note = self.checkpoint
+        if note is None:
             return None
+        return self._kept("the checkpoint", lambda: open_checkpoint(note, verifier))
+
+    def last_head(self, verifier: Verifier) -> FleetHead | None:
+        """The last fleet head kept from the witness of `verifier`, checked with its key."""
+        note = self.heads.get(verifier.name)
+        if note is None:
+            return None
+        return self._kept(f"the head of {verifier.name}", lambda: open_head(note, verifier))
+
+    def _kept(self, what: str, opened: Callable[[], _Kept]) -> _Kept:
+        """What this file kept, opened: one that no longer verifies is this file's problem
+        (an InvalidInput naming it), not a refusal of what the relay serves now."""
         try:
-            return open_checkpoint(self.checkpoint, verifier)
+            return opened()
         except TransparencyError as err:
             raise InvalidInput(
-                f"the checkpoint in {self.path} does not verify with the witness key: "
-                f"{err.message}",
+                f"{what} in {self.path} does not verify with the witness key: {err.message}",
                 hint="the witness key in the config changed, or the state file was altered",
             ) from None
 
@@ -357,12 +370,12 @@ class OtaTrust:
             name = endpoint.verifier.name
             note = self._fetch_head(http, endpoint, record.fleet_id)
             if note is None:  # unreachable: its last head stands in while young enough
-                note = state.heads.get(name)
-                if note is None:
+                if state.last_head(endpoint.verifier) is None:
                     raise FleetUnavailable(
                         f"the witness {name} ({endpoint.url}) cannot be reached to confirm"
                         " that this fleet is current"
                     )
+                note = state.heads[name]
             try:
                 head = open_head(note, endpoint.verifier)
                 check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
@@ -379,8 +392,8 @@ class OtaTrust:
         if endpoint.verifier.name == self.witness.name:
             last = state.last_checkpoint(self.witness)
         else:
-            seen = state.heads.get(endpoint.verifier.name)
-            last = None if seen is None else open_head(seen, endpoint.verifier).checkpoint
+            seen = state.last_head(endpoint.verifier)
+            last = None if seen is None else seen.checkpoint
 
         def fetch(old: int, new: int) -> Sequence[bytes]:
             try:
