@@ -20,6 +20,7 @@ from pathlib import Path
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.codec import untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.node.config import FleetDescription
 from backupvault.transparency import (
@@ -136,10 +137,13 @@ def submit(
         if http is None:
             client.close()
     if answer.status_code != 200:
+        # The witness's JSON error, or whatever a proxy in its place said (any shape).
         try:
-            detail = str(answer.json().get("detail"))
-        except ValueError:
-            detail = answer.text[:200]
+            body = untrusted_json(answer.content, "the witness's answer")
+        except InvalidInput:
+            body = None
+        said = body.get("detail") if isinstance(body, dict) else None
+        detail = answer.text[:200] if said is None else str(said)
         raise WitnessRefused(
             f"the witness refused the deployment record ({answer.status_code}): {detail}",
             hint="the witness must know this fleet id and operator key (its witness.toml), "
