@@ -222,6 +222,20 @@ def test_the_state_checkpoint_never_shrinks(world: World, tmp_path: Path) -> Non
     assert size_in(state, world) == 1
 
 
+@pytest.mark.parametrize("content", [DEEP, "[]", "{", "\x00"], ids=["deep", "list", "cut", "NUL"])
+def test_a_damaged_state_file_is_a_clear_error(world: World, tmp_path: Path, content: str) -> None:
+    """For `verify-deployment --state` and `witness verify-log --state` alike (a JSON
+    nested too deeply ended both in RecursionError), and the file is kept as it was."""
+    world.current = world.deploy(1)
+    state = tmp_path / "audit.json"
+    state.write_text(content)
+    with pytest.raises(InvalidInput, match=r"state file .*audit\.json"):
+        world.run(state_file=state, check_node_measurements=False)
+    with pytest.raises(InvalidInput, match=r"state file .*audit\.json"):
+        verify_log(WITNESS, world.key, state, http=world.http())
+    assert state.read_text() == content
+
+
 def test_an_ota_clients_state_stays_readable_by_the_client(world: World, tmp_path: Path) -> None:
     world.current = world.deploy(1)
     state = tmp_path / "client-state.json"

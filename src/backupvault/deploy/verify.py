@@ -193,8 +193,9 @@ def load_checkpoint_state(path: Path | None) -> tuple[dict[str, Any], str | None
         return {}, None
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise InvalidInput(f"the state file {path} is unreadable: {err}") from None
+    except (OSError, ValueError, RecursionError) as err:
+        detail = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise InvalidInput(f"the state file {path} is unreadable: {detail}") from None
     if not isinstance(data, dict):
         raise InvalidInput(f"the state file {path} is not a JSON object")
     note = data.get("checkpoint")
