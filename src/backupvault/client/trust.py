@@ -19,7 +19,8 @@ state) stands in for it while it is younger than `max_bundle_age`.
 
 Only then does it build the VaultClient, so no password-derived message ever goes to a
 fleet it has not accepted. What it accepted is kept in a state file (JSON, written
-atomically) only after acceptance:
+atomically and fsync'ed) only after acceptance, each acceptance applied to the file as it
+is then (another process may have accepted more meanwhile):
 
     {"version": 1,
      "checkpoint": "<the newest checkpoint seen from the bundle's witness, a signed note>",
