@@ -1084,3 +1084,11 @@ def test_nothing_is_saved_before_the_last_witness_agreed(
     # Saved once, after the last answer it needed.
     assert len(saves) == 1 and saves[0] == net.asked
     assert net.asked[-1].startswith("witness-b.test")
+
+
+def test_two_witnesses_of_one_name_are_refused(net: Net, tmp_path: Path) -> None:
+    """Heads are kept by witness name: a second entry of the same witness (same key, other
+    URL) would make one log count as two that agree."""
+    twice = (WitnessEndpoint(net.a_signer.verifier, WITNESS_B),)
+    with pytest.raises(InvalidInput, match="same name"):
+        net.trust(tmp_path / "state.json", others=twice)

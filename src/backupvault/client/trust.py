@@ -338,6 +338,17 @@ class OtaTrust:
     max_age: int = DEFAULT_MAX_AGE
     clock: Callable[[], float] = time.time
 
+    def __post_init__(self) -> None:
+        # The state file keeps each witness's last head under its name: two witnesses of
+        # one name would stand in for each other, and "every witness agrees" would count
+        # one log twice.
+        names = [self.witness.name, *(e.verifier.name for e in self.others)]
+        if len(set(names)) != len(names):
+            raise InvalidInput(
+                "two witnesses in the config have the same name",
+                hint="each [[witnesses]] entry must be another witness (its own key and name)",
+            )
+
     @property
     def witnesses(self) -> tuple[WitnessEndpoint, ...]:
         endpoints = (WitnessEndpoint(self.witness, self.witness_url), *self.others)
