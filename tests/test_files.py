@@ -3,6 +3,7 @@ symlink someone planted where the file is to go."""
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backupvault.errors import InvalidInput
-from backupvault.files import replace_secret_file, write_new_file
+from backupvault.files import replace_file, write_new_file
 
 
 def _victim(tmp_path: Path) -> Path:
@@ -36,7 +37,7 @@ def test_a_planted_symlink_is_never_followed(tmp_path: Path) -> None:
         write_new_file(planted, b"1234")
     assert victim.read_text() == before
     # Replacing (client.toml is rewritten at a rotation) swaps the link for a file.
-    replace_secret_file(planted, b"token = 'x'\n")
+    replace_file(planted, b"token = 'x'\n")
     assert not planted.is_symlink()
     assert planted.read_bytes() == b"token = 'x'\n"
     assert stat.S_IMODE(planted.stat().st_mode) == 0o600
@@ -88,3 +89,28 @@ def test_relay_keygen_writes_secret_keys_0600(tmp_path: Path) -> None:
     for name in ("operator.key", "relay-signing.key"):
         assert stat.S_IMODE((tmp_path / "keys" / name).stat().st_mode) == 0o600
     assert '"relay_public_key"' in done.stdout
+
+
+def test_a_replaced_file_is_synced_then_its_folder_after_the_rename(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """State that only moves forward (pending shares, trust checkpoints) must not come back
+    older after a power loss: the new file's bytes are synced before the rename, and the
+    folder (which holds the rename) after it."""
+    steps: list[str] = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(fd: int) -> None:
+        steps.append("fsync folder" if stat.S_ISDIR(os.fstat(fd).st_mode) else "fsync file")
+        real_fsync(fd)
+
+    def replace(src: object, dst: object) -> None:
+        steps.append("rename")
+        real_replace(src, dst)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    replace_file(tmp_path / "state.json", b"{}", mode=0o644)
+    assert steps == ["fsync file", "rename", "fsync folder"]
+    assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["state.json"]

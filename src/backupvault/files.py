@@ -1,4 +1,4 @@
-"""Writing files that hold secrets (keys, tokens, PINs).
+"""Writing files that hold secrets (keys, tokens, PINs) or state that must not go back.
 
 Created with O_CREAT | O_EXCL | O_NOFOLLOW and mode 0600 from the first byte: never
 through a symlink someone planted at the path, and never readable by others, not even
@@ -43,15 +43,22 @@ def write_new_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
         raise InvalidInput(f"cannot create {path}: {err.strerror}") from None
 
 
-def replace_secret_file(path: str | Path, data: bytes) -> None:
-    """Write `data` to `path` (mode 0600), replacing what is there: a fresh temporary file
-    is created next to it and renamed over it, so a symlink at `path` is replaced, never
-    followed."""
+def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """Write `data` to `path` (mode 0600 unless told), replacing what is there: a fresh
+    temporary file is written, fsynced and renamed over it, then its folder is synced. So a
+    symlink at `path` is replaced, never followed; a crash or a full disk leaves the old
+    file or the new one, never part of one; and a power loss after the return cannot bring
+    the old one back (state that only moves forward depends on that)."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
-        _write(tmp, data, 0o600)
+        _write(tmp, data, mode)
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise InvalidInput(f"cannot write {path}: {err.strerror}") from None

@@ -12,7 +12,7 @@ import tomli_w
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import UsageError
-from backupvault.files import replace_secret_file, write_new_file
+from backupvault.files import replace_file, write_new_file
 
 # The commands import what they use when they run: `backupvault --help` loads this module
 # to list them, and the deployment, the node's config and the tokens take a few tenths of
@@ -350,7 +350,7 @@ def fleet_client_config(
     if storage is not None:
         data["storage"] = storage
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    replace_secret_file(out_file, tomli_w.dumps(data).encode())  # it holds the tokens
+    replace_file(out_file, tomli_w.dumps(data).encode())  # it holds the tokens
     ClientConfig.load(out_file)  # refuse to leave a config the client cannot read
     ctx.output.result(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},

@@ -35,7 +35,7 @@ from backupvault.crypto import manifest as manifests
 from backupvault.crypto import threshold
 from backupvault.crypto.seal import SEALED_SHARE_LEN, NodePublicKey, seal_share
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.files import replace_secret_file
+from backupvault.files import replace_file
 from backupvault.protocol import Op, check_name
 
 FORMAT = "backupvault pending deliveries v2"
@@ -290,11 +290,11 @@ class PendingStore:
         if self.path is None:
             self._memory = dict(records)
             return
-        if not records:
-            self.path.unlink(missing_ok=True)
-        else:
+        if records:  # replace_file syncs the folder too
             body = {"format": FORMAT, "records": [r.to_json() for r in records.values()]}
-            replace_secret_file(self.path, json.dumps(body, indent=1).encode())
+            replace_file(self.path, json.dumps(body, indent=1).encode())
+            return
+        self.path.unlink(missing_ok=True)
         folder = os.open(self.path.parent, os.O_RDONLY)
         try:
             os.fsync(folder)

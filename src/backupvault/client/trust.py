@@ -41,7 +41,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -69,7 +68,7 @@ from backupvault.client.vault import Recovery, VaultClient, VaultStatus
 from backupvault.codec import epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
-from backupvault.files import replace_secret_file
+from backupvault.files import replace_file
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -188,15 +187,8 @@ class TrustState:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise InvalidInput(f"cannot write {self.path}: {err.strerror}") from None
-        # A whole new file (fsynced, then renamed over the old one, then its folder
-        # synced): a full disk or a crash leaves the last state, never half of one, and a
-        # power loss cannot bring back an older one that accepted less.
-        replace_secret_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
-        folder = os.open(self.path.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        # Never half a state, and never an older one back after a power loss.
+        replace_file(self.path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
     def last_checkpoint(self, verifier: Verifier) -> Checkpoint | None:
         note = self.checkpoint

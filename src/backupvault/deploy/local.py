@@ -58,7 +58,7 @@ from backupvault.deploy.records import (
     submit,
 )
 from backupvault.errors import BackupVaultError
-from backupvault.files import replace_secret_file, write_new_file
+from backupvault.files import replace_file, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
@@ -318,7 +318,7 @@ class LocalDeployment:
             "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
             "epoch": fleet.epoch or 0,
         }
-        replace_secret_file(self.root / "client.toml", tomli_w.dumps(config).encode())
+        replace_file(self.root / "client.toml", tomli_w.dumps(config).encode())
 
     def write_ota_client_config(
         self, fleet: FleetDescription, relay_url: str, account: str
@@ -342,7 +342,7 @@ class LocalDeployment:
             ],
             "state_file": "client-ota-state.json",
         }
-        replace_secret_file(self.root / "client-ota.toml", tomli_w.dumps(config).encode())
+        replace_file(self.root / "client-ota.toml", tomli_w.dumps(config).encode())
 
     def _token(self, account: str) -> str:
         return mint_token(

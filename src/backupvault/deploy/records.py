@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.files import replace_file
 from backupvault.node.config import FleetDescription
 from backupvault.transparency import (
     DeploymentRecord,
@@ -154,7 +155,5 @@ def submit(
 
 def save_bundle(fleet_file: Path, bundle: FleetBundle) -> Path:
     path = fleet_file.parent / BUNDLE_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_bytes(bundle.to_bytes())
-    tmp.replace(path)
+    replace_file(path, bundle.to_bytes(), mode=0o644)  # public: the relay serves it
     return path

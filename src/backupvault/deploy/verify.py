@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -35,6 +34,7 @@ import httpx
 
 from backupvault.codec import epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.files import replace_file
 from backupvault.transparency import (
     Checkpoint,
     FleetBundle,
@@ -408,9 +408,8 @@ def remember(
 
 
 def save_state(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
+    # Durably: the checkpoint kept here must never go back after a crash.
+    replace_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def verify_deployment(
