@@ -19,7 +19,7 @@ once a lock expiry old (a running backup's are fresh).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -331,12 +331,10 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     try:
         for pack_id in repack:
             data = repo.backend.get(f"data/{pack_id.hex()}")
-            view = memoryview(data)
-            for entry in index.packs[pack_id]:
-                if entry.chunk_id in used and entry.chunk_id not in writer:
-                    blob = bytes(view[entry.offset : entry.offset + entry.length])
-                    repo.sealer.open(entry.chunk_id, blob, entry.raw_length)  # copy only good data
-                    writer.add(entry.chunk_id, blob, entry.raw_length)
+            wanted = [e for e in index.packs[pack_id] if e.chunk_id in used]
+            failed = _copy_chunks(repo, writer, data, wanted)
+            if failed:
+                raise failed[0][1]
             reporter.advance(len(data))
         writer.finish()
     except BaseException:
@@ -358,6 +356,27 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     for name in unneeded_records:
         repo.backend.delete(f"forgotten/{name}")
     return result
+
+
+def _copy_chunks(
+    repo: Repository, writer: PackWriter, data: bytes, entries: Iterable[PackEntry]
+) -> list[tuple[PackEntry, BackupVaultError]]:
+    """Copy the chunks of `entries` (blobs in the pack `data`) that `writer` does not hold
+    yet into it, each only if it authenticates (only good data is copied); those that do
+    not, and why."""
+    view = memoryview(data)
+    failed: list[tuple[PackEntry, BackupVaultError]] = []
+    for entry in entries:
+        if entry.chunk_id in writer:
+            continue
+        blob = bytes(view[entry.offset : entry.offset + entry.length])
+        try:
+            repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
+        except (AuthenticationFailed, InvalidInput) as exc:
+            failed.append((entry, exc))
+            continue
+        writer.add(entry.chunk_id, blob, entry.raw_length)
+    return failed
 
 
 def remove_stale_locks(repo: Repository) -> None:
@@ -499,25 +518,33 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
             bad_record, warning = repo.why_gone(parent.hex(), f"snapshot {name}'s parent")
             result.errors.extend([bad_record] if bad_record else [])
             result.warnings.extend([warning] if warning else [])
-        tree_entries = snap.entries or []
-        used = {c for e in tree_entries if e.kind == FILE for c in e.chunks}
+        used = {c for e in snap.entries or [] if e.kind == FILE for c in e.chunks}
         missing = used - index.chunks.keys()
         if missing:
             result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
-        lost = {c for c in used if not restorable(c)}
-        if lost:
-            summary = snap.summary
-            result.damaged_files.append(
-                DamagedFiles(
-                    name,
-                    snap.header.created_at,
-                    summary.source,
-                    summary.host,
-                    files_using(tree_entries, lost),
-                )
-            )
+        files = _files_lost(snap, restorable)
+        if files is not None:
+            result.damaged_files.append(files)
     result.damaged_files.sort(key=lambda d: (d.created_at, d.snapshot_id))
     return result
+
+
+def _files_lost(
+    snap: snapshots.Snapshot, restorable: Callable[[bytes], bool]
+) -> DamagedFiles | None:
+    """The files of `snap` (read with its tree) that use a chunk not `restorable`, if any."""
+    entries = snap.entries or []
+    lost = {c for e in entries if e.kind == FILE for c in e.chunks if not restorable(c)}
+    if not lost:
+        return None
+    summary = snap.summary
+    return DamagedFiles(
+        snap.id_hex,
+        snap.header.created_at,
+        summary.source,
+        summary.host,
+        files_using(entries, lost),
+    )
 
 
 def _check_pack(
@@ -537,23 +564,37 @@ def _check_pack(
         return [f"pack {name}: {exc.message}"], [e.chunk_id for e in indexed]
     advance(len(data))
     result.read_bytes += len(data)
+    errors, _entries, damaged = _examine_pack(repo, pack_id, data, indexed)
+    return errors, [e.chunk_id for e in damaged]
+
+
+def _examine_pack(
+    repo: Repository, pack_id: bytes, data: bytes, indexed: list[PackEntry] | None
+) -> tuple[list[str], list[PackEntry], list[PackEntry]]:
+    """(errors, entries, the entries whose chunk cannot be read) of the pack `data`. Its
+    chunks are read where the index says (`indexed`), as a restore reads them, also when
+    the pack's header is damaged or disagrees with the index; those of a pack no index
+    names (`indexed` None) where its header says (none if it does not open)."""
+    name = pack_id.hex()
     errors = []
+    header: list[PackEntry] = []
     try:
         header = open_pack_header(repo.keys.index, pack_id, data)
-        if sorted(header) != sorted(indexed):
+        if indexed is not None and sorted(header) != sorted(indexed):
             errors.append(f"pack {name}: its header and the index disagree")
     except BackupVaultError as exc:
         errors.append(f"pack {name}: {exc.message}")
+    entries = header if indexed is None else indexed
     damaged = []
     view = memoryview(data)
-    for entry in indexed:
+    for entry in entries:
         if entry.offset + entry.length > len(data):
-            damaged.append(entry.chunk_id)  # cut off: the pack is named shorter than indexed
+            damaged.append(entry)  # cut off: the pack is named shorter than indexed
             continue
         try:
             blob = view[entry.offset : entry.offset + entry.length]
             repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
         except BackupVaultError as exc:
             errors.append(f"pack {name}: {exc.message}")
-            damaged.append(entry.chunk_id)
-    return errors, damaged
+            damaged.append(entry)
+    return errors, entries, damaged
