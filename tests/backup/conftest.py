@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 
 SMALL_CHUNK = 4096  # many chunks from little data
+# Repository parameters for many small chunks in many small packs
+SMALL_PACKS = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 
 
 class RecordingProgress:
@@ -88,3 +90,44 @@ def make_tree(root: Path) -> Path:
             os.utime(entry, ns=(mtime, mtime))
     os.utime(source, ns=(1_100_000_000_000_000_000, 1_100_000_000_000_000_000))
     return source
+
+
+@pytest.fixture
+def many_packs(tmp_path: Path, root_key: bytes) -> tuple[Path, Path]:
+    """(source, repository): many small files in two folders, so many packs of many
+    chunks each, and one larger file; backed up once."""
+    from backupvault.backup.repo import create_snapshot
+
+    source = tmp_path / "src"
+    for folder in ("a", "b"):
+        (source / folder).mkdir(parents=True)
+        for i in range(20):
+            (source / folder / f"f{i:02}").write_bytes(os.urandom(300))
+    (source / "big").write_bytes(os.urandom(30_000))
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL_PACKS)
+    return source, repo
+
+
+def pack_files(repo: Path) -> list[Path]:
+    return sorted((repo / "data").iterdir())
+
+
+def flip_chunk_byte(repo: Path, root_key: bytes, path: str, which: int = 0) -> bytes:
+    """Flip a byte inside the blob of the `which`-th chunk of the file `path` (in the
+    latest snapshot); that chunk's id."""
+    from backupvault.backup.repo import Repository
+    from backupvault.backup.storage import Storage
+
+    opened = Repository.open(Storage(str(repo)), root_key)
+    entries = opened.find_snapshot(None).entries
+    assert entries is not None
+    chunk_id = next(e for e in entries if e.path == os.fsencode(path)).chunks[which]
+    for pack in pack_files(repo):
+        for entry in opened.read_pack_header(pack.name, pack.stat().st_size):
+            if entry.chunk_id == chunk_id:
+                data = bytearray(pack.read_bytes())
+                data[entry.offset + 20] ^= 0x01
+                pack.write_bytes(bytes(data))
+                return chunk_id
+    raise AssertionError("chunk in no pack")

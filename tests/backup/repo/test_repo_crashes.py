@@ -14,12 +14,12 @@ import sys
 import textwrap
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import snapshot
+from conftest import flip_chunk_byte, pack_files, snapshot
 
 from backupvault.backup.repo import (
     RepositoryLocked,
@@ -81,6 +81,34 @@ def crash_at(monkeypatch: pytest.MonkeyPatch, n: int) -> Iterator[list[int]]:
     finally:
         monkeypatch.setattr(Backend, "put", put)
         monkeypatch.setattr(Backend, "delete", delete)
+
+
+def interrupted(
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    base: Path,
+    command: Callable[..., object],
+    root_key: bytes,
+) -> Iterator[Path]:
+    """For each storage write `command` (prune, repair) makes, a copy of the repository
+    `base` in which it died at that write, its locks removed (its process is gone; this
+    test's lives on)."""
+    n = 0
+    while True:
+        n += 1
+        repo_path = tmp_path / f"r{n}"
+        shutil.copytree(base, repo_path)
+        with crash_at(monkeypatch, n) as seen:
+            try:
+                command(open_repo(repo_path, root_key), dry_run=False)
+            except Crash:
+                pass
+            else:
+                assert seen[0] < n
+                return
+        for lock in (repo_path / "locks").iterdir():
+            lock.unlink()
+        yield repo_path
 
 
 def fill(source: Path, rng: random.Random, count: int) -> None:
@@ -169,23 +197,9 @@ def test_prune_interrupted_at_every_write(
         made = create_snapshot(source, str(base), root_key, repo_params=SMALL)
         expected[made.snapshot_id] = snapshot(source)
     kept, _ = maintenance.forget(open_repo(base, root_key), Policy(last=2), dry_run=False)
-    n = 0
-    while True:
-        n += 1
-        repo_path = tmp_path / f"r{n}"
-        shutil.copytree(base, repo_path)
-        with crash_at(monkeypatch, n) as seen:
-            try:
-                maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
-            except Crash:
-                crashed = True
-            else:
-                crashed = False
-        if not crashed:
-            assert seen[0] < n
-            break
-        for lock in (repo_path / "locks").iterdir():
-            lock.unlink()  # its process is gone (this test's process lives on)
+    crashes = 0
+    for repo_path in interrupted(monkeypatch, tmp_path, base, maintenance.prune, root_key):
+        crashes += 1
 
         def all_restore(tag: str, repo_path: Path = repo_path) -> None:
             repo = open_repo(repo_path, root_key)
@@ -200,7 +214,61 @@ def test_prune_interrupted_at_every_write(
         maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
         all_restore("pruned")
         shutil.rmtree(repo_path)
-    assert n > 5
+    assert crashes >= 5
+
+
+def test_repair_interrupted_at_every_write(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Wherever a repair dies, no file is lost that was whole (check names the same files
+    as before it, and every other file restores); run again, it finishes: no damaged or
+    unindexed pack is left, and the next backup restores whole."""
+    rng = random.Random(7)
+    source = tmp_path / "src"
+    base = tmp_path / "base"
+    expected: dict[str, dict[str, tuple[object, ...]]] = {}
+    for _ in range(2):  # two index objects
+        fill(source, rng, 20)
+        made = create_snapshot(source, str(base), root_key, repo_params=SMALL)
+        expected[made.snapshot_id] = snapshot(source)
+    packs = {p: p.read_bytes() for p in pack_files(base)}
+    flip_chunk_byte(base, root_key, sorted(os.listdir(source))[3])
+    cut = next(p for p, data in packs.items() if p.read_bytes() == data)  # another one
+    os.truncate(cut, cut.stat().st_size // 2)
+
+    def damaged_files(repo_path: Path) -> dict[str, list[str]]:
+        checked = maintenance.check(open_repo(repo_path, root_key), read_data=True)
+        return {d.snapshot_id: d.paths for d in checked.damaged_files}
+
+    damaged = damaged_files(base)
+    assert len(damaged) == 2
+
+    def others_restore(repo_path: Path) -> None:
+        assert damaged_files(repo_path) == damaged
+        for snapshot_id, tree in expected.items():
+            out = tmp_path / f"out-{snapshot_id}"
+            whole = [p for p in tree if p != "." and p not in damaged[snapshot_id]]
+            restore_snapshot(str(repo_path), root_key, out, snapshot_id, include=tuple(whole))
+            assert {p: v for p, v in snapshot(out).items() if p != "."} == {
+                p: tree[p] for p in whole
+            }
+            shutil.rmtree(out)
+
+    crashes = 0
+    for repo_path in interrupted(monkeypatch, tmp_path, base, maintenance.repair, root_key):
+        crashes += 1
+        others_restore(repo_path)
+        maintenance.repair(open_repo(repo_path, root_key), dry_run=False)
+        others_restore(repo_path)
+        checked = maintenance.check(open_repo(repo_path, root_key), read_data=True)
+        assert all("in no index" in e for e in checked.errors) and checked.warnings == []
+        create_snapshot(source, str(repo_path), root_key)
+        out = tmp_path / "out"
+        restore_snapshot(str(repo_path), root_key, out)
+        assert snapshot(out) == snapshot(source)
+        shutil.rmtree(out)
+        shutil.rmtree(repo_path)
+    assert crashes >= 7  # lock, new packs, index, two old index objects, two packs, unlock
 
 
 def test_prune_beside_a_running_backup(

@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from conftest import SMALL_PACKS, flip_chunk_byte, pack_files
 
 from backupvault.backup.repo import (
     Repository,
@@ -20,43 +21,6 @@ from backupvault.backup.repo import (
 from backupvault.backup.repo.damage import files_using, listed
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
-
-SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
-
-
-@pytest.fixture
-def made(tmp_path: Path, root_key: bytes) -> tuple[Path, Path]:
-    """Many small files in two folders (so many packs), and one larger file."""
-    source = tmp_path / "src"
-    for folder in ("a", "b"):
-        (source / folder).mkdir(parents=True)
-        for i in range(20):
-            (source / folder / f"f{i:02}").write_bytes(os.urandom(300))
-    (source / "big").write_bytes(os.urandom(30_000))
-    repo = tmp_path / "repo"
-    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
-    return source, repo
-
-
-def _packs(repo: Path) -> list[Path]:
-    return sorted((repo / "data").iterdir())
-
-
-def _damage(repo: Path, root_key: bytes, path: str, which: int = 0) -> bytes:
-    """Flip a byte inside the blob of the `which`-th chunk of the file `path` (in the
-    snapshot); that chunk's id."""
-    opened = Repository.open(Storage(str(repo)), root_key)
-    entries = opened.find_snapshot(None).entries
-    assert entries is not None
-    chunk_id = next(e for e in entries if e.path == os.fsencode(path)).chunks[which]
-    for pack in _packs(repo):
-        for entry in opened.read_pack_header(pack.name, pack.stat().st_size):
-            if entry.chunk_id == chunk_id:
-                data = bytearray(pack.read_bytes())
-                data[entry.offset + 20] ^= 0x01
-                pack.write_bytes(bytes(data))
-                return chunk_id
-    raise AssertionError("chunk in no pack")
 
 
 def _users(repo: Path, root_key: bytes, chunk_ids: set[bytes]) -> list[str]:
@@ -78,16 +42,16 @@ def _fails(repo: Path, root_key: bytes, **kwargs: object) -> AuthenticationFaile
 
 @pytest.mark.parametrize("streamed", [False, True], ids=["small files", "streamed files"])
 def test_every_file_using_a_damaged_chunk_is_named(
-    made: tuple[Path, Path],
+    many_packs: tuple[Path, Path],
     root_key: bytes,
     monkeypatch: pytest.MonkeyPatch,
     streamed: bool,
 ) -> None:
-    source, repo = made
+    source, repo = many_packs
     if streamed:  # every file written chunk by chunk, as files over 1 MiB are
         monkeypatch.setattr(restore, "_SMALL_FILE", 0)
-    damaged = {_damage(repo, root_key, "a/f03"), _damage(repo, root_key, "big", -1)}
-    damaged.add(_damage(repo, root_key, "b/f17", -1))
+    damaged = {flip_chunk_byte(repo, root_key, "a/f03"), flip_chunk_byte(repo, root_key, "big", -1)}
+    damaged.add(flip_chunk_byte(repo, root_key, "b/f17", -1))
     users = _users(repo, root_key, damaged)
     assert users == ["big", "a/f03", "b/f17"]  # tree order (files before folders)
     error = _fails(repo, root_key)
@@ -111,10 +75,10 @@ def test_every_file_using_a_damaged_chunk_is_named(
 
 
 def test_a_truncated_pack_names_the_files_of_the_chunks_it_lost(
-    made: tuple[Path, Path], root_key: bytes
+    many_packs: tuple[Path, Path], root_key: bytes
 ) -> None:
-    _, repo = made
-    pack = _packs(repo)[0]
+    _, repo = many_packs
+    pack = pack_files(repo)[0]
     opened = Repository.open(Storage(str(repo)), root_key)
     entries = opened.read_pack_header(pack.name, pack.stat().st_size)
     last = max(entries, key=lambda e: e.offset)
@@ -125,10 +89,10 @@ def test_a_truncated_pack_names_the_files_of_the_chunks_it_lost(
 
 
 def test_a_damaged_chunk_no_included_file_uses_is_not_read(
-    made: tuple[Path, Path], root_key: bytes
+    many_packs: tuple[Path, Path], root_key: bytes
 ) -> None:
-    _, repo = made
-    _damage(repo, root_key, "a/f05")
+    _, repo = many_packs
+    flip_chunk_byte(repo, root_key, "a/f05")
     restore_snapshot(str(repo), root_key, repo.parent / "part", include=("b",))
     error = _fails(repo, root_key, include=("a",))
     assert error.message.endswith("; the file that uses it cannot be restored: a/f05")
@@ -142,16 +106,16 @@ def _named_by_check(repo: Path, root_key: bytes, read_data: bool) -> dict[str, l
 
 
 def test_check_names_the_files_of_damaged_chunks_in_each_snapshot(
-    made: tuple[Path, Path], root_key: bytes
+    many_packs: tuple[Path, Path], root_key: bytes
 ) -> None:
     """Also in a backup made after the damage: it reuses the damaged chunk of a file that
     did not change (the index still lists it), so that file stays damaged there too."""
-    source, repo = made
-    _damage(repo, root_key, "a/f03")
-    _damage(repo, root_key, "b/f17", -1)
+    source, repo = many_packs
+    flip_chunk_byte(repo, root_key, "a/f03")
+    flip_chunk_byte(repo, root_key, "b/f17", -1)
     first = Repository.open(Storage(str(repo)), root_key).find_snapshot(None).id_hex
     (source / "b" / "f17").write_bytes(os.urandom(300))
-    second = create_snapshot(source, str(repo), root_key, repo_params=SMALL).snapshot_id
+    second = create_snapshot(source, str(repo), root_key, repo_params=SMALL_PACKS).snapshot_id
     assert _named_by_check(repo, root_key, read_data=False) == {}  # only reading finds it
     named = _named_by_check(repo, root_key, read_data=True)
     assert named == {first: ["a/f03", "b/f17"], second: ["a/f03"]}
@@ -166,13 +130,13 @@ def test_check_names_the_files_of_damaged_chunks_in_each_snapshot(
 
 
 def test_check_names_the_files_of_a_missing_and_a_cut_off_pack(
-    made: tuple[Path, Path], root_key: bytes
+    many_packs: tuple[Path, Path], root_key: bytes
 ) -> None:
     """Found without reading the packs: storage lists them missing or shorter than the
     index says."""
-    _, repo = made
+    _, repo = many_packs
     opened = Repository.open(Storage(str(repo)), root_key)
-    gone, cut = _packs(repo)[:2]
+    gone, cut = pack_files(repo)[:2]
     lost = {e.chunk_id for e in opened.read_pack_header(gone.name, gone.stat().st_size)}
     last = max(opened.read_pack_header(cut.name, cut.stat().st_size), key=lambda e: e.offset)
     gone.unlink()
@@ -185,12 +149,12 @@ def test_check_names_the_files_of_a_missing_and_a_cut_off_pack(
 
 
 def test_a_damaged_pack_header_alone_names_no_files(
-    made: tuple[Path, Path], root_key: bytes
+    many_packs: tuple[Path, Path], root_key: bytes
 ) -> None:
     """A restore reads the chunks where the index says, not through the header: check
     reads them so too, and names no file for a header that does not open."""
-    _, repo = made
-    pack = _packs(repo)[0]
+    _, repo = many_packs
+    pack = pack_files(repo)[0]
     data = bytearray(pack.read_bytes())
     data[-10] ^= 0x01  # in the sealed header, before its length
     pack.write_bytes(bytes(data))

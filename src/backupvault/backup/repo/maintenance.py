@@ -1,4 +1,4 @@
-"""List, diff, forget, prune and check a repository.
+"""List, diff, forget, prune, check and repair a repository.
 
 prune, crash-safe in this order: (1) copy the chunks still used out of packs that are
 mostly unused into new packs; (2) write one index object that lists every pack kept and
@@ -8,18 +8,26 @@ uploads (`.partial`). An interruption anywhere loses nothing: before (2) the new
 unindexed extras (adopted by the next backup or removed by the next prune); after it,
 superseded index objects are ignored and unlisted packs are garbage.
 
-forget and prune take the exclusive lock, so neither runs beside a backup: a new
+repair (restic's `repair packs`), in prune's order: (1) copy the chunks that authenticate
+out of damaged packs into new packs, read back; (2) write one index, without the chunks
+that did not (nor those of missing packs), read back; (3) delete the superseded index
+objects; (4) delete the damaged packs. Interrupted before (2), the new packs are
+unindexed extras (the next repair indexes them); after it, the damaged packs are, and the
+next repair finds them damaged and deletes them. Only packs found damaged are deleted.
+
+forget, prune and repair take the exclusive lock, so none runs beside a backup: a new
 snapshot's chunks are never deleted from under it. A lock taken for stale (a backup
 suspended past the expiry, or seen from a clock that is ahead) is removed before prune
 reads or deletes anything; the backup checks its lock before it writes its index and
-again before its snapshot, and stops if it is gone. Unindexed packs are deleted only
-once a lock expiry old (a running backup's are fresh).
+again before its snapshot, and stops if it is gone. prune deletes unindexed packs only
+once a lock expiry old (a running backup's are fresh); repair only those that fail to
+read whole (a pack is complete once storage shows it).
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -30,7 +38,13 @@ from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
 from backupvault.backup.repo.damage import files_using
-from backupvault.backup.repo.index import OBJECT_ID_LEN, PackEntry, open_pack_header
+from backupvault.backup.repo.index import (
+    OBJECT_ID_LEN,
+    Index,
+    IndexFile,
+    PackEntry,
+    open_pack_header,
+)
 from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     LOCK_EXPIRY_S,
@@ -328,18 +342,8 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     writer = PackWriter(repo, fresh_index)
     reporter.finish()
     reporter.start(sum(sizes[p.hex()] for p in repack), "repacking")
-    try:
-        for pack_id in repack:
-            data = repo.backend.get(f"data/{pack_id.hex()}")
-            wanted = [e for e in index.packs[pack_id] if e.chunk_id in used]
-            failed = _copy_chunks(repo, writer, data, wanted)
-            if failed:
-                raise failed[0][1]
-            reporter.advance(len(data))
-        writer.finish()
-    except BaseException:
-        writer.abort()
-        raise
+    wanted = {p: [e for e in index.packs[p] if e.chunk_id in used] for p in repack}
+    _copy_chunks(repo, writer, wanted, reporter)
     result.packs_written = len(writer.written)
     result.bytes_written = writer.stored
     result.bytes_freed -= writer.stored
@@ -359,24 +363,28 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
 
 
 def _copy_chunks(
-    repo: Repository, writer: PackWriter, data: bytes, entries: Iterable[PackEntry]
-) -> list[tuple[PackEntry, BackupVaultError]]:
-    """Copy the chunks of `entries` (blobs in the pack `data`) that `writer` does not hold
-    yet into it, each only if it authenticates (only good data is copied); those that do
-    not, and why."""
-    view = memoryview(data)
-    failed: list[tuple[PackEntry, BackupVaultError]] = []
-    for entry in entries:
-        if entry.chunk_id in writer:
-            continue
-        blob = bytes(view[entry.offset : entry.offset + entry.length])
-        try:
-            repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
-        except (AuthenticationFailed, InvalidInput) as exc:
-            failed.append((entry, exc))
-            continue
-        writer.add(entry.chunk_id, blob, entry.raw_length)
-    return failed
+    repo: Repository,
+    writer: PackWriter,
+    chunks: Mapping[bytes, list[PackEntry]],
+    reporter: Progress,
+) -> None:
+    """Copy the chunks `chunks` names (pack id -> their entries in it) that `writer` does
+    not hold yet into new packs, and finish them. Each is opened first, so that only good
+    data is copied: one that does not authenticate raises (progress: the packs read)."""
+    try:
+        for pack_id, entries in chunks.items():
+            data = repo.backend.get(f"data/{pack_id.hex()}")
+            view = memoryview(data)
+            for entry in entries:
+                if entry.chunk_id not in writer:
+                    blob = bytes(view[entry.offset : entry.offset + entry.length])
+                    repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
+                    writer.add(entry.chunk_id, blob, entry.raw_length)
+            reporter.advance(len(data))
+        writer.finish()
+    except BaseException:
+        writer.abort()
+        raise
 
 
 def remove_stale_locks(repo: Repository) -> None:
@@ -598,3 +606,191 @@ def _examine_pack(
             errors.append(f"pack {name}: {exc.message}")
             damaged.append(entry)
     return errors, entries, damaged
+
+
+# ---- repair -----------------------------------------------------------------------------
+
+
+@dataclass
+class RepairResult:
+    packs: int = 0  # packs read
+    read_bytes: int = 0
+    damage: list[str] = field(default_factory=list)  # what was found, as check says it
+    packs_damaged: list[str] = field(default_factory=list)  # deleted (with dry_run: to be)
+    packs_missing: list[str] = field(default_factory=list)  # dropped from the index
+    packs_indexed: int = 0  # packs no index named that read whole, indexed now
+    packs_written: int = 0
+    bytes_written: int = 0
+    chunks_salvaged: int = 0  # copied out of damaged packs into new ones
+    chunks_lost: list[str] = field(default_factory=list)  # indexed before, in no pack now
+    damaged_files: list[DamagedFiles] = field(default_factory=list)  # oldest snapshot first
+    warnings: list[str] = field(default_factory=list)
+    dry_run: bool = False
+
+
+def repair(
+    repo: Repository,
+    *,
+    dry_run: bool,
+    packs: Iterable[str] = (),
+    progress: Progress | None = None,
+) -> RepairResult:
+    """Read every pack in storage (or only `packs`, by name), copy every chunk that
+    authenticates out of each damaged one into new packs, write one index without the
+    chunks that did not (nor those of packs that are missing), then delete the damaged
+    packs. The next backup then stores those chunks again rather than reuse them.
+    Progress: reading the packs, copying out of the damaged ones, reading the snapshots
+    (no total) to name the files that cannot be restored."""
+    reporter = progress or NoProgress()
+    named = list(dict.fromkeys(name.strip().lower() for name in packs))
+    # A dry run only reads, as check does: backups may run beside it.
+    with repo.lock(SHARED if dry_run else EXCLUSIVE):
+        try:
+            return _repair_locked(repo, dry_run, named, reporter)
+        finally:
+            reporter.finish()
+
+
+def _repair_locked(
+    repo: Repository, dry_run: bool, named: list[str], reporter: Progress
+) -> RepairResult:
+    if not dry_run:
+        remove_stale_locks(repo)  # as prune: a backup behind a stale lock then stops
+    index_names = list(repo.backend.list("index"))
+    index, sizes, _ = repo.load_index(adopt_unindexed=False)
+    result = RepairResult(dry_run=dry_run)
+    result.damage = [
+        f"index object {name} cannot be read ({why})"
+        for name, why in sorted(repo.damaged_indexes.items())
+    ]
+    missing = [p for p in index.packs if p.hex() not in sizes]
+    result.packs_missing = [p.hex() for p in missing]
+    reading = _packs_to_read(index, sizes, named)
+    result.packs = len(reading)
+    reporter.start(sum(sizes[p.hex()] for p in reading), "reading packs")
+    # Damaged pack -> the entries of its chunks that authenticate; packs no index named
+    # that read whole (an interrupted backup's, or this repair's own) are indexed again.
+    damaged: dict[bytes, list[PackEntry]] = {}
+    adopted: dict[bytes, list[PackEntry]] = {}
+    for pack_id in reading:
+        # A storage error stops the repair: a pack it cannot read is not taken for damage.
+        data = repo.backend.get(f"data/{pack_id.hex()}")
+        reporter.advance(len(data))
+        result.read_bytes += len(data)
+        errors, entries, bad = _examine_pack(repo, pack_id, data, index.packs.get(pack_id))
+        if errors or bad:
+            result.damage += errors or [f"pack {pack_id.hex()} is shorter than its index says"]
+            unreadable = set(bad)
+            damaged[pack_id] = [e for e in entries if e not in unreadable]
+        elif pack_id not in index.packs:
+            adopted[pack_id] = entries
+    result.packs_damaged = [p.hex() for p in damaged]
+    kept = Index()
+    for pack_id, entries in index.packs.items():
+        if pack_id.hex() in sizes and pack_id not in damaged:
+            kept.add_pack(pack_id, entries)
+    to_repair = bool(damaged or missing or repo.damaged_indexes)
+    if to_repair:
+        for pack_id, entries in adopted.items():
+            kept.add_pack(pack_id, entries)
+        result.packs_indexed = len(adopted)
+    salvaged = {e.chunk_id for good in damaged.values() for e in good} - kept.chunks.keys()
+    result.chunks_salvaged = len(salvaged)
+    listed = {e.chunk_id for entries in index.packs.values() for e in entries}
+    result.chunks_lost = sorted(c.hex() for c in listed - kept.chunks.keys() - salvaged)
+    if to_repair and not dry_run:
+        reporter.finish()
+        _salvage(repo, kept, damaged, sizes, index_names, result, reporter)
+    reporter.finish()
+    reporter.start(None, "reading snapshots")
+    _name_lost_files(repo, kept.chunks.keys() | salvaged, result)
+    return result
+
+
+def _packs_to_read(index: Index, sizes: dict[str, int], named: list[str]) -> list[bytes]:
+    """Every pack storage holds, or those `named` (each one the index lists or storage
+    holds; one that is missing is dropped from the index with the others)."""
+    if not named:
+        return [bytes.fromhex(name) for name in sizes]
+    unknown = [n for n in named if n not in sizes and not _listed(index, n)]
+    if unknown:
+        raise UsageError(
+            f"no pack {', '.join(unknown)} in the index or in storage",
+            hint="give packs by their full id, as `backup check` names them",
+        )
+    return [bytes.fromhex(n) for n in named if n in sizes]
+
+
+def _listed(index: Index, name: str) -> bool:
+    return _is_object_id(name) and bytes.fromhex(name) in index.packs
+
+
+def _salvage(
+    repo: Repository,
+    kept: Index,
+    damaged: dict[bytes, list[PackEntry]],
+    sizes: dict[str, int],
+    index_names: list[str],
+    result: RepairResult,
+    reporter: Progress,
+) -> None:
+    """Copy the good chunks of the `damaged` packs into new packs, write the index of
+    `kept` and them, then delete: in the order the module's docstring gives."""
+    writer = PackWriter(repo, kept)
+    copying = {p: good for p, good in damaged.items() if any(e.chunk_id not in kept for e in good)}
+    reporter.start(sum(sizes[p.hex()] for p in copying), "salvaging")
+    try:
+        _copy_chunks(repo, writer, copying, reporter)
+    except (AuthenticationFailed, InvalidInput) as exc:
+        raise BackupVaultError(  # it authenticated when its pack was read first
+            f"a chunk read a second time failed ({exc.message}): the repair deleted nothing",
+            hint="storage may be failing (it handed out other bytes): run `backup repair` again",
+        ) from None
+    result.packs_written = len(writer.written)
+    result.bytes_written = writer.stored
+    # Read back before anything names or deletes: storage damaged something once already.
+    _read_back(lambda: _same_packs(repo, writer.written))
+    name, _size = repo.write_index(kept.packs, [bytes.fromhex(n) for n in index_names])
+    _read_back(lambda: _same_index(repo, name, kept.packs))
+    for old in index_names:
+        repo.backend.delete(f"index/{old}")
+    for pack_id in damaged:
+        repo.backend.delete(f"data/{pack_id.hex()}")
+
+
+def _read_back(read: Callable[[], bool]) -> None:
+    """Raise unless `read` finds what was written where it was written."""
+    try:
+        same = read()
+        why = "" if same else "it reads back other than it was written"
+    except (AuthenticationFailed, InvalidInput) as exc:
+        same, why = False, exc.message
+    if not same:
+        raise BackupVaultError(
+            f"what the repair wrote does not read back ({why}): it deleted nothing",
+            hint="storage may be failing: run `backup repair` again",
+        )
+
+
+def _same_packs(repo: Repository, written: dict[bytes, list[PackEntry]]) -> bool:
+    return all(sorted(repo.verify_pack(p)) == sorted(e) for p, e in written.items())
+
+
+def _same_index(repo: Repository, name: str, packs: dict[bytes, list[PackEntry]]) -> bool:
+    sealed = repo.backend.get(f"index/{name}")
+    return IndexFile.open(repo.keys.index, bytes.fromhex(name), sealed).packs == packs
+
+
+def _name_lost_files(repo: Repository, present: Collection[bytes], result: RepairResult) -> None:
+    """For each snapshot, the files that use a chunk not `present` (in no pack the index
+    lists): they cannot be restored."""
+    for name in repo.snapshot_names():
+        try:
+            snap = repo.read_snapshot(name)
+        except (AuthenticationFailed, InvalidInput) as exc:
+            result.warnings.append(f"snapshot {name} cannot be read: {exc.message}")
+            continue
+        files = _files_lost(snap, present.__contains__)
+        if files is not None:
+            result.damaged_files.append(files)
+    result.damaged_files.sort(key=lambda d: (d.created_at, d.snapshot_id))
