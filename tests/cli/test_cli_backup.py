@@ -919,6 +919,48 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     assert json.loads(done.stderr)["exit_code"] == 1
 
 
+def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
+    tmp_path: Path, source: Path
+) -> None:
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    key = ("--storage", str(storage), "--recovery-code", code)
+    pack = next((storage / "data").iterdir())
+    data = bytearray(pack.read_bytes())
+    data[3] ^= 1  # in the first chunk's blob
+    pack.write_bytes(bytes(data))
+    dry = run("--json", "backup", "repair", "--dry-run", *key)
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["dry_run"] and planned["packs_damaged"] == [pack.name]
+    assert len(planned["chunks_lost"]) == 1 and pack.read_bytes() == bytes(data)
+    [named] = planned["damaged_files"]
+    [lost] = named["paths"]
+    assert any("backup create` stores them again" in w for w in planned["warnings"])
+
+    done = run("backup", "repair", *key)
+    assert done.returncode == 0, done.stderr
+    assert f"pack {pack.name}: chunk " in done.stdout
+    assert "1 damaged pack deleted, " in done.stdout and "1 chunk lost" in done.stdout
+    assert f"1 file: {lost}\n" in done.stderr and "backup create` stores them" in done.stderr
+    assert not pack.exists()
+    again = run("--json", "backup", "repair", *key)
+    assert again.returncode == 0 and json.loads(again.stdout)["packs_damaged"] == []
+    assert "nothing to repair" in run("backup", "repair", *key).stdout
+    unknown = run("backup", "repair", "0" * 32, *key)
+    assert unknown.returncode == 2 and "no pack 000" in unknown.stderr
+
+    created = run("--json", "backup", "create", str(source), "--storage", str(storage),
+                  "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["files_read"] == 1  # the file that lost its chunk
+    restored = run("backup", "restore", "--to", str(tmp_path / "out"), *key)
+    assert restored.returncode == 0, restored.stderr
+    assert same_tree(source, tmp_path / "out")
+    # The chunk stored again is the one the first snapshot names: it restores whole too.
+    assert run("backup", "check", "--read-data", *key).returncode == 0
+
+
 def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:
     """Backups made before the repository format, beside a repository in the same storage."""
     from backupvault.crypto import recovery

@@ -1,5 +1,5 @@
-"""`backup diff`, `backup forget`, `backup prune`, `backup check`, and the helpers the
-`backup create/restore/list` commands use for the repository format."""
+"""`backup diff`, `backup forget`, `backup prune`, `backup check`, `backup repair`, and
+the helpers the `backup create/restore/list` commands use for the repository format."""
 
 from __future__ import annotations
 
@@ -252,6 +252,63 @@ def backup_check(
         f"{_plural(result.chunks, 'chunk')}"
         + (f", {human_size(result.read_bytes)} read" if read_data else ""),
     )
+
+
+@backup.command("repair")
+@click.argument("packs", nargs=-1, metavar="[PACK_ID]...")
+@click.option("--dry-run", is_flag=True, help="Only say what would be salvaged, lost and deleted.")
+@key_options
+@pass_ctx
+def backup_repair(
+    ctx: Context,
+    packs: tuple[str, ...],
+    dry_run: bool,
+    storage_url: str | None,
+    password_stdin: bool,
+    code: str | None,
+) -> None:
+    """Read every pack (or the PACK_IDs given); copy what authenticates out of damaged or
+    cut-off ones into new packs, drop the rest (and missing packs) from the index, and
+    delete the damaged packs. The next `backup create` stores what was dropped again."""
+    from backupvault.backup.repo import maintenance
+
+    repo = _open(ctx, storage_url, password_stdin, code)
+    with ctx.output.progress() as bar:
+        result = maintenance.repair(repo, dry_run=dry_run, packs=packs, progress=bar)
+    for warning in result.warnings:
+        ctx.output.warn(warning)
+    if result.damaged_files:
+        ctx.output.warn(
+            _damaged_files_text(result.damaged_files).lstrip("\n")
+            + "\nthe next `backup create` stores them again if they are still in its source"
+            " (where a file has not changed, the snapshots named restore it again too)"
+        )
+    data = {**result.__dict__, "damaged_files": [_damaged_row(d) for d in result.damaged_files]}
+    report = ctx.output.result if dry_run else ctx.output.done
+    report(data, _repair_text(result))
+
+
+def _repair_text(r: maintenance.RepairResult) -> str:
+    """What was found, a line each, then what the repair did (or would do)."""
+    from backupvault.backup import human_size
+
+    read = f"{_plural(r.packs, 'pack')} read ({human_size(r.read_bytes)})"
+    if not (r.damage or r.packs_missing):
+        return f"no damage: {read}, nothing to repair"
+    would = "would be " if r.dry_run else ""
+    into = "" if r.dry_run else f" into {_plural(r.packs_written, 'new pack')}"
+    done = [
+        (len(r.packs_damaged), "damaged pack", "deleted"),
+        (len(r.packs_missing), "missing pack", "dropped from the index"),
+        (r.packs_indexed, "unindexed pack", "indexed"),
+        (r.chunks_salvaged, "chunk", f"salvaged{into}"),
+        (len(r.chunks_lost), "chunk", "lost"),
+    ]
+    said = [f"{_plural(n, noun)} {would}{what}" for n, noun, what in done if n]
+    if not r.chunks_lost:
+        said.append(f"nothing {would}lost")
+    found = [*r.damage, *(f"pack {name} is missing" for name in r.packs_missing)]
+    return "\n".join([*found, f"{read}: {', '.join(said)}"])
 
 
 def _damaged_row(d: maintenance.DamagedFiles) -> dict[str, Any]:

@@ -441,7 +441,7 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
     opened and matched against its id and the index (progress: the bytes of those packs).
     For each snapshot, the files that use a chunk found missing or damaged are named."""
     reporter = progress or NoProgress()
-    # A shared lock: no prune or forget deletes what is being read (backups may run
+    # A shared lock: no prune, forget or repair deletes what is being read (backups may run
     # beside it). On storage this device cannot write to, check runs without one.
     lock: Lock | None = None
     unlocked = ""
@@ -454,7 +454,7 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
         result = _check(repo, read_data, reporter)
         if unlocked:
             result.warnings.append(
-                f"checked without a lock ({unlocked}): a prune or forget that ran meanwhile"
+                f"checked without a lock ({unlocked}): a prune, forget or repair that ran meanwhile"
                 " may show here as damage"
             )
         return result

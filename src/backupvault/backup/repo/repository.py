@@ -5,7 +5,8 @@ Objects (docs/format.md, "Repository layout"):
   data/<pack id>         chunk blobs in random order, then the sealed pack header
   index/<index id>       where chunks are: pack, offset, length (sealed under the index key)
   snapshots/<snap id>    one backup: header (DK wrapped under RK), summary, tree
-  locks/<lock id>        who is at work (shared: backup, check; exclusive: prune, forget)
+  locks/<lock id>        who is at work (shared: backup, check; exclusive: prune, forget,
+                         repair)
   forgotten/<snap id>    `backup forget` removed this snapshot (so its absence is no rollback)
 """
 
@@ -154,7 +155,9 @@ class Lock:
             for other in self.repo.locks():
                 if other.lock_id == self.lock_id or other.kind == SHARED == self.kind:
                     continue
-                what = "a prune or forget" if other.kind == EXCLUSIVE else "a backup or check"
+                what = (
+                    "a prune, forget or repair" if other.kind == EXCLUSIVE else "a backup or check"
+                )
                 raise RepositoryLocked(
                     f"the repository is in use by {what} on {other.host} (lock {other.lock_id}, "
                     f"refreshed {int(time.time() - other.refreshed_us / 1e6)} s ago)",
