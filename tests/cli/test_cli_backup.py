@@ -929,6 +929,10 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     data = bytearray(pack.read_bytes())
     data[3] ^= 1  # in the first chunk's blob
     pack.write_bytes(bytes(data))
+    checked = run("backup", "check", "--read-data", *key)
+    assert checked.returncode == 1 and "`backup repair`" in checked.stderr
+    assert "move it out" not in checked.stderr
+
     dry = run("--json", "backup", "repair", "--dry-run", *key)
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)

@@ -238,13 +238,14 @@ def backup_check(
             f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
             + "\n  ".join(result.errors)
             + _damaged_files_text(result.damaged_files),
-            hint="restore what still restores (of a snapshot with files named, the others: "
-            "name them, or their folders, with `backup restore --include`). For a pack named "
-            "missing, the next `backup create` stores its chunks again for every file still "
-            "in its source (older snapshots stay damaged), and `backup prune` then drops the "
-            "pack from the index. A pack named damaged or shorter is still taken as stored, "
-            "and a new backup reuses its damaged chunks: once what you need from it is "
-            "restored, move it out of the repository's data/ folder, then do the same",
+            hint="run `backup repair`: it keeps what still authenticates in a pack named "
+            "damaged or shorter (copied into new packs), drops the rest from the index (and "
+            "the chunks of a pack named missing), and deletes the damaged packs; the next "
+            "`backup create` then stores those chunks again for every file still in its "
+            "source, and the snapshots named restore again the files that have not changed. "
+            "Until the repair, a new backup reuses a damaged chunk. Of a snapshot with files "
+            "named, the others restore: name them, or their folders, with `backup restore "
+            "--include`",
         )
     ctx.output.done(
         data,

@@ -63,6 +63,7 @@ def test_every_file_using_a_damaged_chunk_is_named(
     assert "nothing was written into" in error.hint
     assert "--include" in error.hint
     assert "backup check --read-data" in error.hint
+    assert "`backupvault backup repair` drops the damaged chunks" in error.hint
     # What the hint says: the other files restore with --include.
     others = [str(p.relative_to(source)) for p in sorted(source.rglob("*")) if p.is_file()]
     others = [p for p in others if p not in users]

@@ -96,7 +96,10 @@ def damaged_files_error(
         f"{what}; {whose}: {listed(paths)}",
         hint=f"nothing was written into {os.fspath(dest)}; to restore the other files, name "
         "each file or folder to restore with --include (repeat it for more); "
-        "`backupvault backup check --read-data` lists all damage in the repository",
+        "`backupvault backup check --read-data` lists all damage in the repository, and "
+        "`backupvault backup repair` drops the damaged chunks, so that the next backup "
+        "stores these files again if they are still in its source (until then, it reuses "
+        "the damaged chunks)",
     )
     error.details["damaged_files"] = "\n".join(paths)
     return error
