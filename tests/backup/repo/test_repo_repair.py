@@ -23,9 +23,16 @@ def _open(repo: Path, root_key: bytes) -> Repository:
     return maintenance.open_repository(str(repo), root_key)
 
 
-def _repair(repo: Path, root_key: bytes, **kwargs: object) -> RepairResult:
-    options = {"dry_run": False, **kwargs}
-    return maintenance.repair(_open(repo, root_key), **options)  # type: ignore[arg-type]
+def _repair(
+    repo: Path,
+    root_key: bytes,
+    *,
+    dry_run: bool = False,
+    packs: tuple[str, ...] = (),
+    progress: RecordingProgress | None = None,
+) -> RepairResult:
+    opened = _open(repo, root_key)
+    return maintenance.repair(opened, dry_run=dry_run, packs=packs, progress=progress)
 
 
 def _entries(repo: Path, root_key: bytes, pack: Path) -> list[PackEntry]:
@@ -224,13 +231,13 @@ def test_only_the_packs_named_are_read(many_packs: tuple[Path, Path], root_key: 
     two = _pack_of(repo, root_key, flip_chunk_byte(repo, root_key, "b/f18"))
     assert one != two
     whole = next(p for p in pack_files(repo) if p not in (one, two))
-    untouched = _repair(repo, root_key, packs=[whole.name])
+    untouched = _repair(repo, root_key, packs=(whole.name,))
     assert untouched.packs == 1 and untouched.packs_damaged == []
-    done = _repair(repo, root_key, packs=[one.name.upper()])  # as typed
+    done = _repair(repo, root_key, packs=(one.name.upper(),))  # as typed
     assert done.packs == 1 and done.packs_damaged == [one.name]
     assert not one.exists() and two.exists()
     checked = maintenance.check(_open(repo, root_key), read_data=True)
     assert [d.paths for d in checked.damaged_files] == [["a/f01", "b/f18"]]
     assert sum(two.name in e for e in checked.errors) == 1
     with pytest.raises(UsageError, match="no pack 0123"):
-        _repair(repo, root_key, packs=["0123"])
+        _repair(repo, root_key, packs=("0123",))
