@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import random
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from backupvault.backup import BackupNotFound, DestinationError
-from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.repo import Repository, chunksource, create_snapshot, restore_snapshot
 from backupvault.backup.repo.create import _read_whole, excluded
 from backupvault.backup.storage import Storage
 from backupvault.errors import WrongKey
@@ -387,3 +388,35 @@ def test_a_small_file_is_read_to_its_end_whatever_size_the_walk_saw(
     assert _read_whole(str(path), listed) == data
     (tmp_path / "empty").write_bytes(b"")
     assert _read_whole(str(tmp_path / "empty"), listed) == b""
+
+
+def test_content_a_later_file_uses_again_is_not_all_held_in_memory(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore kept every chunk until its last use: a large file stored twice (a copy,
+    a hard link, two versions of one file) took its whole size in memory, and a restore
+    on a machine with less memory than that was killed. Past the budget, the chunks held
+    longest are let go and read again when a file needs them."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_bytes(os.urandom(200_000))
+    (source / "m").write_bytes(os.urandom(5_000))
+    os.link(source / "a", source / "z")  # the same content, last in the tree
+    (source / "y").write_bytes((source / "a").read_bytes()[:100_000] + os.urandom(9_000))
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params={**SMALL, "pack_size": 4096})
+    budget = 16_384  # 4 packs
+    monkeypatch.setattr(chunksource, "KEEP_BYTES", budget, raising=False)
+    held = 0
+    original = chunksource.ChunkSource.chunks
+
+    def chunks(self: chunksource.ChunkSource, ids: list[bytes]) -> Iterator[bytes | bytearray]:
+        nonlocal held
+        for piece in original(self, ids):
+            held = max(held, sum(map(len, self.ready.values())))
+            yield piece
+
+    monkeypatch.setattr(chunksource.ChunkSource, "chunks", chunks)
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(source)
+    assert 0 < held <= budget

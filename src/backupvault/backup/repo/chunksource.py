@@ -2,8 +2,11 @@
 
 Packs are read in the order their first chunk is needed (each pack once, only the byte
 range holding needed chunks); workers authenticate and decompress them a few packs
-ahead of the writer; a chunk is kept until its last use. So files are written
-sequentially, one after the other, while reading and decryption run in parallel.
+ahead of the writer; a chunk is kept until its last use, within a memory budget
+(`KEEP_BYTES`): past it, the chunks held longest are let go and read again, alone, when
+they are needed. So files are written sequentially, one after the other, while reading
+and decryption run in parallel, and a tree whose files share content (copies, hard links,
+versions of one file) or whose packs serve files far apart restores in bounded memory.
 """
 
 from __future__ import annotations
@@ -11,12 +14,17 @@ from __future__ import annotations
 from collections import Counter, deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Final
 
 from backupvault.backup.repo.index import Location
 from backupvault.backup.repo.repository import Repository
 from backupvault.errors import AuthenticationFailed
 
 Plain = bytes | bytearray
+#: Plaintext held for later uses (at least; 4 packs if they are larger): kept all, a
+#: restore held every chunk a later file uses again, so a large file stored twice (a copy,
+#: a hard link) took its whole size in memory.
+KEEP_BYTES: Final = 256 << 20
 
 
 class ChunkSource:
@@ -36,7 +44,11 @@ class ChunkSource:
             for chunk_id in chunks:
                 needed.setdefault(locations[chunk_id].pack_id, {})[chunk_id] = None
         self.packs = [(pack_id, list(chunk_ids)) for pack_id, chunk_ids in needed.items()]
+        #: chunks read and not used up yet, oldest first; `held` bytes of them
         self.ready: dict[bytes, Plain] = {}
+        self.held = 0
+        self.budget = max(KEEP_BYTES, 4 * repo.config.pack_size)
+        self._read: set[bytes] = set()  # chunks whose planned read has come back
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
         self._ahead = workers * 2
         self._next = 0
@@ -62,19 +74,42 @@ class ChunkSource:
             self._inflight.append(self._pool.submit(self._read_pack, pack_id, chunk_ids))
             self._next += 1
 
+    def _hold(self, chunks: dict[bytes, Plain]) -> None:
+        for chunk_id, data in chunks.items():
+            self.ready[chunk_id] = data
+            self.held += len(data)
+
+    def _let_go(self, chunk_id: bytes) -> None:
+        self.held -= len(self.ready.pop(chunk_id))
+
+    def _get(self, chunk_id: bytes) -> Plain:
+        """The chunk's plaintext: held, from its planned read, or read again alone (it was
+        let go to stay within the budget)."""
+        while chunk_id not in self.ready and chunk_id not in self._read:
+            self._fill()
+            if not self._inflight:
+                raise AssertionError(f"chunk {chunk_id.hex()} was not planned")
+            arrived = self._inflight.popleft().result()
+            self._read.update(arrived)
+            self._hold(arrived)
+            self._fill()
+        if chunk_id not in self.ready:
+            self._hold(self._read_pack(self.locations[chunk_id].pack_id, [chunk_id]))
+        return self.ready[chunk_id]
+
     def chunks(self, chunk_ids: list[bytes]) -> Iterator[Plain]:
         """The plaintext of `chunk_ids`, in order (call for files in the order given)."""
         for chunk_id in chunk_ids:
-            while chunk_id not in self.ready:
-                self._fill()
-                if not self._inflight:
-                    raise AssertionError(f"chunk {chunk_id.hex()} was not planned")
-                self.ready.update(self._inflight.popleft().result())
-                self._fill()
-            data = self.ready[chunk_id]
+            data = self._get(chunk_id)
             self.uses[chunk_id] -= 1
-            if not self.uses[chunk_id]:
-                del self.ready[chunk_id]
+            if self.uses[chunk_id]:
+                self.ready[chunk_id] = self.ready.pop(chunk_id)  # used last: let go last
+            else:
+                self._let_go(chunk_id)
+            # Over the budget: let go of what was held longest (chunks read early for
+            # files far ahead, or kept for a use again), never the one handed out now.
+            while self.held > self.budget and (oldest := next(iter(self.ready))) != chunk_id:
+                self._let_go(oldest)
             yield data
 
     def close(self) -> None:
