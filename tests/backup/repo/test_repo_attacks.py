@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from conftest import snapshot
@@ -17,6 +18,7 @@ from backupvault.backup.repo import (
     restore_snapshot,
     snapshots,
 )
+from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.index import PackEntry
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
@@ -347,3 +349,121 @@ def test_damage_after_partial_write_leaves_nothing(
         entry = pack_entries(repo, root_key, pack)[-1]
         flip(pack, entry.offset + 20)
     assert_restore_fails(repo, root_key, AuthenticationFailed)
+
+
+# ---- objects larger than any this program writes ---------------------------------------
+
+_HUGE = 64 << 20  # a sparse file: storage pays nothing for it
+
+
+def _largest_reads(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    """The lengths of every object or range read from storage, recorded from now on."""
+    reads: list[int] = []
+    original = Backend.get
+
+    def get(self: Backend, name: str, *args: Any, **kwargs: Any) -> bytes:
+        data = original(self, name, *args, **kwargs)
+        reads.append(len(data))
+        return data
+
+    monkeypatch.setattr(Backend, "get", get)
+    return reads
+
+
+def _sparse(path: Path, size: int = _HUGE, start: bytes = b"") -> None:
+    path.parent.mkdir(exist_ok=True)
+    with open(path, "wb") as handle:
+        handle.write(start)
+        handle.truncate(size)
+
+
+def test_a_huge_object_planted_among_the_packs_is_not_read_by_every_backup(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup adopts packs no index names, reading each whole: a file planted in data/
+    (a sparse one costs storage nothing) was read into memory by every backup, all of it
+    (a few GiB: the backup was killed for want of memory). A pack is never larger than the
+    config's pack_size, chunk_max and a header allow; a larger object is left alone."""
+    source, repo = made
+    planted = repo / "data" / ("ab" * 16)
+    _sparse(planted)
+    reads = _largest_reads(monkeypatch)
+    info = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert max(reads, default=0) < 1 << 20
+    monkeypatch.undo()
+    restore_snapshot(str(repo), root_key, repo.parent / "out", info.snapshot_id)
+    assert snapshot(repo.parent / "out") == snapshot(source)
+    old = planted.stat().st_mtime - 2 * maintenance.UNINDEXED_PACK_MIN_AGE_S
+    os.utime(planted, (old, old))
+    maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    assert not planted.exists()  # no pack of this repository: removed as garbage
+
+
+def test_check_reads_no_more_of_a_pack_than_a_pack_can_hold(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, repo = made
+    pack = packs(repo)[0]
+    os.truncate(pack, _HUGE)
+    reads = _largest_reads(monkeypatch)
+    errors = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=True)
+    assert max(reads, default=0) < 1 << 20
+    assert [e for e in errors.errors if pack.name in e and "larger than any" in e]
+
+
+def test_a_huge_config_lock_or_forget_record_is_not_read_whole(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each is read whole, and is at most a few hundred bytes long when this program
+    writes it: one of 64 MiB was read into memory, all of it."""
+    source, repo = made
+    first = next((repo / "snapshots").iterdir()).name
+    second = create_snapshot(source, str(repo), root_key, repo_params=SMALL).snapshot_id
+    (repo / "snapshots" / first).unlink()  # the parent gone: its forget record is read
+    _sparse(repo / "forgotten" / first)
+    reads = _largest_reads(monkeypatch)
+    result = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=False)
+    assert [e for e in result.errors if "forget record" in e or first in e]
+    assert max(reads, default=0) < 1 << 20 and second
+
+    reads.clear()
+    lock = repo / "locks" / ("cd" * 16)
+    _sparse(lock)
+    with pytest.raises(BackupVaultError, match=lock.name):
+        create_snapshot(source, str(repo), root_key)
+    assert max(reads, default=0) < 1 << 20
+    lock.unlink()
+
+    reads.clear()
+    config = repo / "config"
+    _sparse(config, start=config.read_bytes())
+    with pytest.raises(InvalidInput, match="config"):
+        restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert max(reads, default=0) < 1 << 20
+
+
+def test_a_snapshot_declaring_a_huge_summary_or_grown_huge_is_not_read_whole(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Listing reads a snapshot's header and summary, whose length is in the clear: a
+    length of 4 GiB had that much read. A restore reads the chosen snapshot whole: it is
+    read no further than the largest tree a reader takes (patched down here)."""
+    _, repo = made
+    (good,) = (repo / "snapshots").iterdir()
+    data = bytearray(good.read_bytes())
+    data[snapshots.HEADER_LEN : snapshots.HEADER_LEN + 4] = b"\xff" * 4
+    declaring = repo / "snapshots" / ("ef" * 16)
+    data[9:25] = bytes.fromhex(declaring.name)
+    _sparse(declaring, start=bytes(data))
+    reads = _largest_reads(monkeypatch)
+    opened = Repository.open(Storage(str(repo)), root_key)
+    assert [s.snapshot_id for s in maintenance.list_snapshots(opened)] == [good.name]
+    assert declaring.name in opened.damaged and max(reads, default=0) < 1 << 20
+    declaring.unlink()
+
+    reads.clear()
+    monkeypatch.setattr(snapshots, "MAX_LEN", 1 << 20, raising=False)
+    os.truncate(good, _HUGE)  # still lists: the header and summary are intact
+    with pytest.raises(BackupVaultError):
+        restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert max(reads, default=0) <= 1 << 20

@@ -370,10 +370,10 @@ def test_a_lock_that_cannot_be_read_back_after_the_snapshot_takes_the_snapshot_b
     create_snapshot(source, str(repo), root_key)
     get = Backend.get
 
-    def flaky(self: Backend, name: str, start: int | None = None, end: int | None = None) -> Any:
+    def flaky(self: Backend, name: str, *args: Any, **kwargs: Any) -> Any:
         if name.startswith("locks/") and len(list((repo / "snapshots").iterdir())) == 2:
             raise StorageError(f"cannot read {name}: ReadTimeout")
-        return get(self, name, start, end)
+        return get(self, name, *args, **kwargs)
 
     monkeypatch.setattr(Backend, "get", flaky)
     (source / "b.txt").write_text("more")

@@ -23,6 +23,7 @@ from typing import Any, Final, NamedTuple
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage, local_files
+from backupvault.errors import InvalidInput
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks", "forgotten")
 # Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
@@ -303,22 +304,43 @@ class Backend:
                 return
         buffer.close()
 
-    def get(self, name: str, start: int | None = None, end: int | None = None) -> bytes:
-        """The object's bytes, or bytes [start, end) of it."""
+    def get(
+        self,
+        name: str,
+        start: int | None = None,
+        end: int | None = None,
+        *,
+        most: int | None = None,
+    ) -> bytes:
+        """The object's bytes, or bytes [start, end) of it. With `most`, the whole object
+        if it is no longer than that, else `InvalidInput` having read at most one byte
+        more: storage may hold anything under a name (a sparse file of a terabyte costs
+        it nothing), and what this program wrote there has a known largest size."""
+        if most is not None:
+            start, end = 0, most + 1
         path = self.path(name)
         try:
             if self.is_local:
                 with open(path, "rb") as handle:
+                    if end is not None:  # no buffer of a range past the end is made
+                        end = min(end, os.fstat(handle.fileno()).st_size)
                     if start is not None:
                         handle.seek(start)
-                    return handle.read(-1 if end is None else end - (start or 0))
-            if start is None and end is None:
-                return bytes(self.fs.cat_file(path))
-            return bytes(self.fs.cat_file(path, start=start, end=end))
+                    data = handle.read(-1 if end is None else max(0, end - (start or 0)))
+            elif start is None and end is None:
+                data = bytes(self.fs.cat_file(path))
+            else:
+                data = bytes(self.fs.cat_file(path, start=start, end=end))
         except FileNotFoundError:
             raise MissingObject(f"{name} is missing from {self.display_url}") from None
         except Exception as exc:
             raise self._error(f"cannot read {name}", exc) from None
+        if most is not None and len(data) > most:
+            raise InvalidInput(
+                f"{name} at {self.display_url} is larger than any object this program "
+                f"writes there ({most} bytes): it is not one of this repository's"
+            )
+        return data
 
     def exists(self, name: str) -> bool:
         try:

@@ -14,8 +14,8 @@ from typing import Final, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backupvault.backup.repo.chunks import CHUNK_ID_LEN
-from backupvault.backup.repo.keys import NONCE_LEN, TAG_LEN
+from backupvault.backup.repo.chunks import BLOB_OVERHEAD, CHUNK_ID_LEN
+from backupvault.backup.repo.keys import NONCE_LEN, TAG_LEN, RepoConfig
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 OBJECT_ID_LEN: Final = 16
@@ -76,6 +76,16 @@ def seal_pack_header(key: bytes, pack_id: bytes, entries: list[PackEntry]) -> by
     """The pack's trailer: sealed header || u32 length of the sealed header."""
     sealed = seal_object(key, PACK_AAD + pack_id, _encode_entries(entries))
     return sealed + _U32.pack(len(sealed))
+
+
+def max_pack_len(config: RepoConfig) -> int:
+    """The largest pack this repository's writers make: blobs until they reach pack_size
+    (the last one may be a whole chunk_max chunk, stored raw), the smallest blob 29 bytes
+    (an empty chunk), and a header entry for each. Storage may hold anything under a
+    pack's name, and an unindexed pack is read whole to adopt it."""
+    blobs = config.pack_size + config.chunk_max + BLOB_OVERHEAD
+    header = NONCE_LEN + 4 + _ENTRY.size * (blobs // BLOB_OVERHEAD + 1) + TAG_LEN
+    return blobs + header + PACK_TRAILER_LEN
 
 
 def open_pack_header(key: bytes, pack_id: bytes, pack: bytes) -> list[PackEntry]:

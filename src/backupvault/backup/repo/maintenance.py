@@ -43,6 +43,7 @@ from backupvault.backup.repo.index import (
     Index,
     IndexFile,
     PackEntry,
+    max_pack_len,
     open_pack_header,
 )
 from backupvault.backup.repo.repository import (
@@ -373,7 +374,9 @@ def _copy_chunks(
     data is copied: one that does not authenticate raises (progress: the packs read)."""
     try:
         for pack_id, entries in chunks.items():
-            data = repo.backend.get(f"data/{pack_id.hex()}")
+            # Only as far as its blobs go: storage may have made the object any size.
+            blobs_end = max((e.offset + e.length for e in entries), default=0)
+            data = repo.backend.get(f"data/{pack_id.hex()}", 0, blobs_end)
             view = memoryview(data)
             for entry in entries:
                 if entry.chunk_id not in writer:
@@ -567,8 +570,8 @@ def _check_pack(
     damaged or disagrees with the index: so the chunks named are those a restore fails on."""
     name = pack_id.hex()
     try:
-        data = repo.backend.get(f"data/{name}")
-    except StorageError as exc:
+        data = repo.backend.get(f"data/{name}", most=max_pack_len(repo.config))
+    except BackupVaultError as exc:  # unreadable, or larger than any pack
         return [f"pack {name}: {exc.message}"], [e.chunk_id for e in indexed]
     advance(len(data))
     result.read_bytes += len(data)
@@ -674,7 +677,13 @@ def _repair_locked(
     adopted: dict[bytes, list[PackEntry]] = {}
     for pack_id in reading:
         # A storage error stops the repair: a pack it cannot read is not taken for damage.
-        data = repo.backend.get(f"data/{pack_id.hex()}")
+        try:
+            data = repo.backend.get(f"data/{pack_id.hex()}", most=max_pack_len(repo.config))
+        except InvalidInput as exc:  # larger than any pack: none this repository wrote
+            result.damage.append(exc.message)
+            reporter.advance(sizes[pack_id.hex()])
+            damaged[pack_id] = []
+            continue
         reporter.advance(len(data))
         result.read_bytes += len(data)
         errors, entries, bad = _examine_pack(repo, pack_id, data, index.packs.get(pack_id))

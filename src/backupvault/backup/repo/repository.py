@@ -37,12 +37,21 @@ from backupvault.backup.repo.index import (
     Index,
     IndexFile,
     PackEntry,
+    max_pack_len,
     open_object,
     open_pack_header,
     seal_object,
     seal_pack_header,
 )
-from backupvault.backup.repo.keys import RepoConfig, RepoKeys, new_config, open_config
+from backupvault.backup.repo.keys import (
+    CONFIG_LEN,
+    NONCE_LEN,
+    TAG_LEN,
+    RepoConfig,
+    RepoKeys,
+    new_config,
+    open_config,
+)
 from backupvault.backup.repo.state import default_dir
 from backupvault.backup.storage import Storage
 from backupvault.errors import (
@@ -66,6 +75,10 @@ LOCK_REFRESH_S: Final = 5 * 60
 LOCK_TRUST_S: Final = LOCK_EXPIRY_S // 2
 _LOCK = struct.Struct(">BQQI")
 MACHINE_ID_LEN: Final = 16
+#: The largest lock and forget record written (a host name of 255 bytes); storage may
+#: hold anything under their names, and they are read whole.
+LOCK_MAX_LEN: Final = NONCE_LEN + TAG_LEN + _LOCK.size + 255 + 1 + MACHINE_ID_LEN
+FORGOTTEN_LEN: Final = NONCE_LEN + TAG_LEN + _FORGOTTEN.size
 # Where storage cannot create an object only if it is absent, how long a new repository's
 # config is left before it is read back (a racing device's config has landed by then).
 CREATE_SETTLE_S: Final = 2.0
@@ -199,7 +212,7 @@ class Lock:
                 )
             else:
                 try:
-                    sealed = self.repo.backend.get(self.name)
+                    sealed = self.repo.backend.get(self.name, most=LOCK_MAX_LEN)
                 except MissingObject:
                     self._lost = (
                         "is gone from storage (a prune on another machine took it for "
@@ -281,7 +294,7 @@ class Repository:
         `created` is set if the config stored is the one this call made)."""
         backend = Backend(storage)
         try:
-            raw = backend.get(CONFIG_NAME)
+            raw = backend.get(CONFIG_NAME, most=CONFIG_LEN)
         except MissingObject:
             if not create:
                 raise
@@ -300,7 +313,7 @@ class Repository:
             # Storage could not refuse an existing object: whichever config lands last is
             # the repository's; give a racing device's time to land, then read it back.
             time.sleep(CREATE_SETTLE_S)
-        stored = backend.get(CONFIG_NAME)
+        stored = backend.get(CONFIG_NAME, most=CONFIG_LEN)
         if stored == ours:
             repo = cls(backend, config, keys, root_key)
             repo.created = True
@@ -383,10 +396,10 @@ class Repository:
                 # A storage error goes up: a pack skipped for a failed read would look
                 # unindexed, and prune would delete chunks snapshots use.
         if adopt_unindexed:
-            for name in packs:
+            for name, size in packs.items():
                 pack_id = bytes.fromhex(name)
-                if pack_id in index.packs:
-                    continue
+                if pack_id in index.packs or size > max_pack_len(self.config):
+                    continue  # indexed, or larger than any pack: not read at all
                 try:
                     entries = self.verify_pack(pack_id)
                 except BackupVaultError:
@@ -397,7 +410,7 @@ class Repository:
 
     def verify_pack(self, pack_id: bytes) -> list[PackEntry]:
         """Read a whole pack, open its header and every blob; its entries if all are good."""
-        data = self.backend.get(f"data/{pack_id.hex()}")
+        data = self.backend.get(f"data/{pack_id.hex()}", most=max_pack_len(self.config))
         entries = open_pack_header(self.keys.index, pack_id, data)
         view = memoryview(data)
         for entry in entries:
@@ -434,11 +447,13 @@ class Repository:
     def read_snapshot(self, name: str, *, with_tree: bool = True) -> snapshots.Snapshot:
         path = f"snapshots/{name}"
         if with_tree:
-            data = self.backend.get(path)
+            data = self.backend.get(path, most=snapshots.MAX_LEN)
         else:
             data = self.backend.get(path, 0, _SUMMARY_READ)
             if len(data) >= snapshots.HEADER_LEN + 4:
                 (n,) = struct.unpack_from(">I", data, snapshots.HEADER_LEN)
+                if n > snapshots.MAX_SEALED_SUMMARY:
+                    raise InvalidInput(f"snapshot {name} declares a summary of {n} bytes")
                 if snapshots.HEADER_LEN + 4 + n > len(data):
                     data = self.backend.get(path, 0, snapshots.HEADER_LEN + 4 + n)
         return snapshots.open_snapshot(
@@ -523,7 +538,7 @@ class Repository:
         cannot make one (sealed under the index key, bound to this repository's snapshot
         id); a record that fails authentication raises."""
         try:
-            sealed = self.backend.get(f"forgotten/{snapshot_id}")
+            sealed = self.backend.get(f"forgotten/{snapshot_id}", most=FORGOTTEN_LEN)
         except MissingObject:
             return False
         what = f"the forget record of snapshot {snapshot_id}"
@@ -543,7 +558,7 @@ class Repository:
         now = time.time()
         for name in self.backend.list("locks"):
             try:
-                sealed = self.backend.get(f"locks/{name}")
+                sealed = self.backend.get(f"locks/{name}", most=LOCK_MAX_LEN)
             except MissingObject:
                 continue
             plain = open_object(

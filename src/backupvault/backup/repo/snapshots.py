@@ -37,6 +37,18 @@ _CHECK_INFO: Final = b"backupvault/v2 snapshot key-check"
 _MIN_TIME_US: Final = 946_684_800 * 1_000_000
 _MAX_TIME_US: Final = 253_402_300_799 * 1_000_000
 _MAX_TREE: Final = 1 << 31
+#: The largest sealed summary (a source path and a host name of 65535 bytes each) and
+#: snapshot object (a tree of _MAX_TREE bytes, which zstd may grow by 1/256) a writer
+#: makes: storage may hold anything under a snapshot's name, and it is read whole.
+MAX_SEALED_SUMMARY: Final = NONCE_LEN + _SUMMARY.size + 2 + 65535 + 2 + 65535 + 1 + TAG_LEN
+MAX_LEN: Final = (
+    HEADER_LEN
+    + 4
+    + MAX_SEALED_SUMMARY
+    + NONCE_LEN
+    + TAG_LEN
+    + (_MAX_TREE + (_MAX_TREE >> 8) + (1 << 16))
+)
 
 
 @dataclass(frozen=True)
