@@ -467,3 +467,45 @@ def test_a_snapshot_declaring_a_huge_summary_or_grown_huge_is_not_read_whole(
     with pytest.raises(BackupVaultError):
         restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert max(reads, default=0) <= 1 << 20
+
+
+@pytest.mark.parametrize("planted", [b"", b"ab", b"\xff\xff\xff\xff"])
+def test_a_damaged_index_and_a_tiny_object_among_the_packs_still_restore(
+    made: tuple[Path, Path], root_key: bytes, planted: bytes
+) -> None:
+    """With an index object that does not open, restore, check and prune read the packs'
+    own headers from their ends: an object of under 4 bytes in data/ made them fail
+    ("cannot read": a seek before its start), and one whose last 4 bytes claim a header
+    longer than it is was taken as a pack."""
+    source, repo = made
+    flip(next((repo / "index").iterdir()), 40)
+    (repo / "data" / ("ab" * 16)).write_bytes(planted)
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert snapshot(repo.parent / "out") == snapshot(source)
+    result = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=True)
+    assert [e for e in result.errors if "index" in e]  # the damaged index, nothing else
+
+
+def test_a_listing_that_lies_about_a_packs_size_gives_a_clear_error(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Remote storage lists sizes as it likes: with a damaged index, a pack listed longer
+    than it is gave a short trailer read, and a raw struct.error; listed as a terabyte, a
+    buffer of zeros that size was made before anything was checked."""
+    _, repo = made
+    flip(next((repo / "index").iterdir()), 40)
+    listed = Backend.list
+
+    def lying(self: Backend, folder: str) -> dict[str, int]:
+        found = listed(self, folder)
+        if folder == "data":
+            first, second, *_ = sorted(found)
+            found[first] += 2
+            found[second] = 1 << 40
+        return found
+
+    monkeypatch.setattr(Backend, "list", lying)
+    reads = _largest_reads(monkeypatch)
+    with pytest.raises(AuthenticationFailed, match="in no index"):
+        restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert max(reads, default=0) < 1 << 20

@@ -88,8 +88,9 @@ def max_pack_len(config: RepoConfig) -> int:
     return blobs + header + PACK_TRAILER_LEN
 
 
-def open_pack_header(key: bytes, pack_id: bytes, pack: bytes) -> list[PackEntry]:
-    """The entries of a whole pack object, checked against its size."""
+def open_pack_header(key: bytes, pack_id: bytes, pack: bytes, at: int = 0) -> list[PackEntry]:
+    """The entries of a pack object, given its bytes from offset `at` to its end (all of
+    it by default), checked against its size."""
     what = f"pack {pack_id.hex()}"
     if len(pack) < PACK_TRAILER_LEN:
         raise InvalidInput(f"{what} is truncated")
@@ -102,7 +103,7 @@ def open_pack_header(key: bytes, pack_id: bytes, pack: bytes) -> list[PackEntry]
     if end != len(plain):
         raise InvalidInput(f"{what} header has trailing bytes")
     for entry in entries:
-        if entry.offset + entry.length > header_start:
+        if entry.offset + entry.length > at + header_start:
             raise InvalidInput(f"{what} header points past its data")
     return entries
 

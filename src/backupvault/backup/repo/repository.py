@@ -428,16 +428,22 @@ class Repository:
         return index_id.hex(), len(sealed)
 
     def read_pack_header(self, name: str, size: int) -> list[PackEntry]:
-        """A pack's entries from its trailer alone (two ranged reads)."""
+        """A pack's entries from its trailer alone (two ranged reads); `size` is what
+        storage lists, which remote storage may make up."""
         pack_id = bytes.fromhex(name)
+        if not PACK_TRAILER_LEN <= size <= max_pack_len(self.config):
+            raise InvalidInput(f"pack {name} is listed with a size no pack has ({size} bytes)")
         trailer = self.backend.get(f"data/{name}", size - PACK_TRAILER_LEN, size)
+        if len(trailer) != PACK_TRAILER_LEN:
+            raise InvalidInput(f"pack {name} is shorter than storage lists it")
         (sealed_len,) = struct.unpack(">I", trailer)
         start = size - PACK_TRAILER_LEN - sealed_len
         if start < 0:
             raise InvalidInput(f"pack {name} is truncated")
         tail = self.backend.get(f"data/{name}", start, size)
-        fake = bytes(start) + tail  # offsets are checked against the header's position
-        return open_pack_header(self.keys.index, pack_id, fake)
+        if len(tail) != size - start:
+            raise InvalidInput(f"pack {name} is shorter than storage lists it")
+        return open_pack_header(self.keys.index, pack_id, tail, start)
 
     # ---- snapshots --------------------------------------------------------------------
 
