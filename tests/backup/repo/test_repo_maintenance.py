@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -392,6 +393,34 @@ def test_storage_hiding_the_newest_snapshot_is_noticed(tmp_path: Path, root_key:
     assert len(third.warnings) == 1 and second.snapshot_id in third.warnings[0]
     assert third.parent_id == first.snapshot_id  # the listing is all it can go by
     assert create_snapshot(source, repo_url, root_key, state_dir=state).warnings == []
+
+
+def test_storage_serving_another_repository_of_the_key_in_a_folders_place_is_noticed(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Two folders backed up to two repositories with one key (the vault's). Storage
+    serving the photos repository where the documents one is took the documents' backup
+    into it without a word (the device remembers its last snapshot per repository id,
+    and storage picks the repository), and once it put the documents repository back,
+    that backup was gone and nothing said so."""
+    docs, photos = tmp_path / "docs", tmp_path / "photos"
+    for folder in (docs, photos):
+        folder.mkdir()
+        (folder / "a").write_text(folder.name)
+    state, a, b = tmp_path / "state", tmp_path / "a", tmp_path / "b"
+    create_snapshot(docs, str(a), root_key, repo_params=SMALL, state_dir=state)
+    create_snapshot(photos, str(b), root_key, repo_params=SMALL, state_dir=state)
+    a.rename(tmp_path / "a-aside")
+    shutil.copytree(b, a)  # storage serves b's repository at a
+    (docs / "new").write_text("made while the repositories were swapped")
+    during = create_snapshot(docs, str(a), root_key, state_dir=state)
+    assert [w for w in during.warnings if "another repository" in w]
+    shutil.rmtree(a)
+    (tmp_path / "a-aside").rename(a)  # and puts a's back: that backup is gone
+    after = create_snapshot(docs, str(a), root_key, state_dir=state)
+    assert [w for w in after.warnings if "another repository" in w]
+    assert create_snapshot(docs, str(a), root_key, state_dir=state).warnings == []
+    assert create_snapshot(photos, str(b), root_key, state_dir=state).warnings == []
 
 
 def test_a_last_snapshot_forgotten_by_another_device_is_no_warning(

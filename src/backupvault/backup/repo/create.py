@@ -367,7 +367,8 @@ def create_snapshot(
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
     if repo.created and on_new_repository is not None:
         on_new_repository()
-    state = DeviceState(state_dir, repo.keys.repo_id) if state_dir is not None else None
+    place = storage.root if storage.is_local else storage.display_url
+    state = DeviceState(state_dir, repo.keys.repo_id, place) if state_dir is not None else None
     with repo.lock(SHARED) as lock:
         info = _create_locked(
             repo,
@@ -423,6 +424,16 @@ def _create_locked(
             f"{'are' if len(lost) != 1 else 'is'} missing from storage: files with chunks "
             "in them are read and stored again; older snapshots that need them stay "
             "damaged (`backup check` names them, `backup prune` drops the lost packs)"
+        )
+    before = state.held_before() if state is not None else None
+    if before is not None:
+        # Its snapshots are in that repository's state, not this one's: a rollback of this
+        # place (another repository of the same key served in its stead) goes unseen else.
+        warnings.append(
+            f"{repo.backend.display_url} holds another repository than when this device "
+            f"last backed up there (repository {before}, now {repo.keys.repo_id.hex()}): "
+            "storage may be serving another repository made with this key in its place, "
+            "or that one was deleted and this one made anew"
         )
     last = state.last_made(str(source)) if state is not None else None
     if last is not None and last not in repo.snapshot_names():

@@ -1,16 +1,22 @@
 """What this device remembers about repositories: the last snapshot it made of each
-source. Storage that hides or deletes it (a rollback) is then noticed at the next backup.
+source, and which repository each storage folder it backs up to holds. Storage that
+hides or deletes that snapshot (a rollback), or serves another repository of the same key
+in a folder's place, is then noticed at the next backup.
 
 A JSON file per repository in the state folder ($BACKUPVAULT_STATE_DIR, else
-$XDG_STATE_HOME/backupvault, else ~/.local/state/backupvault). It holds ids only.
+$XDG_STATE_HOME/backupvault, else ~/.local/state/backupvault), and one for the folders
+(`places.json`). They hold ids (and hashes of the folders' URLs) only.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from pathlib import Path
+
+_PLACES = "places.json"
 
 
 def default_dir() -> Path:
@@ -20,30 +26,47 @@ def default_dir() -> Path:
     return Path(base) / "backupvault"
 
 
+def _load(path: Path, field: str) -> dict[str, str]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    found = data.get(field) if isinstance(data, dict) else None
+    return {str(k): str(v) for k, v in found.items()} if isinstance(found, dict) else {}
+
+
+def _save(path: Path, field: str, values: dict[str, str]) -> None:
+    # Best effort: without it only the rollback warning is lost.
+    with contextlib.suppress(OSError):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temp = path.with_suffix(".tmp")
+        temp.write_text(json.dumps({field: values}, sort_keys=True))
+        os.replace(temp, path)
+
+
 class DeviceState:
-    def __init__(self, folder: Path, repo_id: bytes) -> None:
+    def __init__(self, folder: Path, repo_id: bytes, place: str) -> None:
+        """`place`: where the repository is (the storage URL, a local folder's absolute
+        path), kept hashed."""
         self.path = folder / f"repo-{repo_id.hex()}.json"
-
-    def _load(self) -> dict[str, str]:
-        try:
-            data = json.loads(self.path.read_text())
-        except (OSError, ValueError):
-            return {}
-        latest = data.get("latest") if isinstance(data, dict) else None
-        return {str(k): str(v) for k, v in latest.items()} if isinstance(latest, dict) else {}
-
-    def _save(self, latest: dict[str, str]) -> None:
-        # Best effort: without it only the rollback warning is lost.
-        with contextlib.suppress(OSError):
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            temp = self.path.with_suffix(".tmp")
-            temp.write_text(json.dumps({"latest": latest}, sort_keys=True))
-            os.replace(temp, self.path)
+        self._places = folder / _PLACES
+        self._place = hashlib.sha256(place.encode(errors="surrogateescape")).hexdigest()
+        self._repo_id = repo_id.hex()
 
     def last_made(self, source: str) -> str | None:
-        return self._load().get(source)
+        return _load(self.path, "latest").get(source)
+
+    def held_before(self) -> str | None:
+        """The id of the repository this device last backed up to at this place, if it
+        was another one (a snapshot made there since is in no state of this one)."""
+        before = _load(self._places, "places").get(self._place)
+        return before if before not in (None, self._repo_id) else None
 
     def made(self, source: str, snapshot_id: str) -> None:
-        latest = self._load()
+        latest = _load(self.path, "latest")
         latest[source] = snapshot_id
-        self._save(latest)
+        _save(self.path, "latest", latest)
+        places = _load(self._places, "places")
+        if places.get(self._place) != self._repo_id:
+            places[self._place] = self._repo_id
+            _save(self._places, "places", places)
