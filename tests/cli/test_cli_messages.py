@@ -3,6 +3,8 @@ real: its messages, checked on the functions that word them."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from tests.client.fake_fleet import FAST_KSF, FakeFleet
 
@@ -76,3 +78,22 @@ def test_only_an_unanswered_evaluation_may_have_counted_as_a_guess(
         fleet.vault().status()
     assert status.value.hint == "too few vault nodes answered; try again later"
     assert "guess" not in str(FleetUnavailable("the relay heard from no node").hint)
+
+
+def test_what_storage_says_reaches_the_terminal_without_its_escape_sequences(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A storage error holds the server's own words (an SFTP server's status message, an
+    S3 error's): an escape sequence in them reached the terminal, which obeys it (here:
+    move up a line and erase it, where a rollback warning stood; rich lets ESC through)."""
+    from backupvault.backup.storage import Storage
+
+    said = OSError("denied\x1b[1A\x1b[2K\x9b2J")
+    error = Storage(str(tmp_path))._error("cannot read config", said)
+    output = Output()
+    output.warn("the last snapshot this device made is gone")
+    output.error(error)
+    shown = capsys.readouterr().err
+    assert "\x1b" not in shown and "\x9b" not in shown
+    assert "denied\\x1b[1A\\x1b[2K\\x9b2J" in shown
+    assert "the last snapshot this device made is gone" in shown

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import sys
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -23,6 +24,18 @@ def _console(stderr: bool) -> Console:
     # No markup: what is printed holds file names, and "song [live].mp3" would lose its
     # "[live]" and a name with "[/" would raise rich's MarkupError.
     return Console(stderr=stderr, highlight=False, soft_wrap=True, markup=False)
+
+
+# Control characters but newline and tab (C0, DEL, C1): a message may hold what storage
+# said (an error from an SFTP or S3 server) or a name from a snapshot, and the terminal
+# would obey an escape sequence in it (erase the warning above, set the title, write
+# the clipboard). rich leaves ESC through.
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+
+
+def printable(text: str) -> str:
+    """`text` with its control characters shown as escapes (\\x1b), not sent as such."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
 
 
 @dataclass
@@ -50,7 +63,7 @@ class Output:
                 data = {**data, "warnings": own + [w for w in self.warnings if w not in own]}
             sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
         else:
-            self.out.print(text)
+            self.out.print(printable(text))
 
     def done(self, data: dict[str, Any], text: str) -> None:
         """The report of a command that acts (backs up, restores, forgets, prunes,
@@ -62,7 +75,7 @@ class Output:
     def note(self, text: str) -> None:
         """Side information for people (stderr, so stdout stays the answer)."""
         if not self.json_mode and not self.quiet:
-            self.err.print(text)
+            self.err.print(printable(text))
 
     def client_notice(self, text: str) -> None:
         """The vault client's messages: its warnings as `warn`, the rest as notes."""
@@ -77,7 +90,7 @@ class Output:
         if self.json_mode:
             self.warnings.append(text)
         else:
-            self.err.print(f"warning: {text}")
+            self.err.print(f"warning: {printable(text)}")
 
     def error(self, err: BackupVaultError) -> None:
         if self.json_mode:
@@ -91,9 +104,9 @@ class Output:
         else:
             from rich.text import Text
 
-            self.err.print(Text.assemble(("error:", "bold red"), " ", err.message))
+            self.err.print(Text.assemble(("error:", "bold red"), " ", printable(err.message)))
             if err.hint:
-                self.err.print(Text.assemble("  ", ("hint:", "dim"), " ", err.hint))
+                self.err.print(Text.assemble("  ", ("hint:", "dim"), " ", printable(err.hint)))
 
     def progress(self) -> ProgressBar:
         if self.quiet or self.json_mode or not self.err.is_terminal:
