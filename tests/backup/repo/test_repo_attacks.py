@@ -5,6 +5,7 @@ index object is left out and reported by check: restore reads the packs' own hea
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -509,3 +510,42 @@ def test_a_listing_that_lies_about_a_packs_size_gives_a_clear_error(
     with pytest.raises(AuthenticationFailed, match="in no index"):
         restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert max(reads, default=0) < 1 << 20
+
+
+def test_a_fifo_or_device_put_under_an_objects_name_is_refused_not_waited_on(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """Storage that is a shared folder may hold a FIFO where the config is: every command
+    hung in its open (a cron job for ever), and a link to /dev/zero was read without end
+    where an object is read whole."""
+    source, repo = made
+    config = repo / "config"
+    config.rename(repo.parent / "config.real")
+    os.mkfifo(config)
+    outcome: list[BaseException | None] = []
+
+    def backup() -> None:
+        try:
+            create_snapshot(source, str(repo), root_key)
+            outcome.append(None)
+        except BaseException as exc:  # handed to the test's thread
+            outcome.append(exc)
+
+    worker = threading.Thread(target=backup, daemon=True)
+    worker.start()
+    worker.join(20)
+    if worker.is_alive():  # let the open go on: a writer to the FIFO ends its wait
+        os.close(os.open(config, os.O_WRONLY | os.O_NONBLOCK))
+        worker.join(20)
+        pytest.fail("the backup waited on the FIFO")
+    assert isinstance(outcome[0], InvalidInput) and "config" in str(outcome[0])
+    config.unlink()
+    (repo.parent / "config.real").rename(config)
+
+    first = next((repo / "snapshots").iterdir()).name
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    (repo / "snapshots" / first).unlink()  # the parent is gone: its forget record is read
+    (repo / "forgotten").mkdir(exist_ok=True)
+    (repo / "forgotten" / first).symlink_to("/dev/zero")
+    result = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=False)
+    assert [e for e in result.errors if "not a file" in e]

@@ -14,6 +14,7 @@ import mmap
 import os
 import re
 import secrets
+import stat
 import threading
 import time
 from collections import deque
@@ -321,9 +322,15 @@ class Backend:
         path = self.path(name)
         try:
             if self.is_local:
-                with open(path, "rb") as handle:
+                # Not blocking: a FIFO put under the name would hang the open (and every
+                # command with it); it, or a device, is then refused as no file.
+                fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+                with open(fd, "rb") as handle:
+                    st = os.fstat(fd)
+                    if not stat.S_ISREG(st.st_mode):
+                        raise InvalidInput(f"{name} at {self.display_url} is not a file")
                     if end is not None:  # no buffer of a range past the end is made
-                        end = min(end, os.fstat(handle.fileno()).st_size)
+                        end = min(end, st.st_size)
                     if start is not None:
                         handle.seek(start)
                     data = handle.read(-1 if end is None else max(0, end - (start or 0)))
@@ -333,6 +340,8 @@ class Backend:
                 data = bytes(self.fs.cat_file(path, start=start, end=end))
         except FileNotFoundError:
             raise MissingObject(f"{name} is missing from {self.display_url}") from None
+        except InvalidInput:
+            raise
         except Exception as exc:
             raise self._error(f"cannot read {name}", exc) from None
         if most is not None and len(data) > most:
