@@ -380,3 +380,31 @@ def test_a_lock_that_cannot_be_read_back_after_the_snapshot_takes_the_snapshot_b
     with pytest.raises(StorageError, match="ReadTimeout"):
         create_snapshot(source, str(repo), root_key)
     assert len(list((repo / "snapshots").iterdir())) == 1
+
+
+def test_an_object_that_does_not_open_as_a_lock_stops_nothing_for_good(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A stray object in locks/ (damage, or storage's) made every command fail with "lock
+    … failed authentication", `backup check` and prune's removal of stale locks included,
+    so nothing in the tool could get rid of it. It counts as an exclusive lock (it may be
+    one of another version, whose holder rewrites it every 5 minutes) until storage says
+    it was written a lock expiry ago; then it is ignored, and prune removes it."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a").write_text("one")
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    stray = repo / "locks" / ("ab" * 16)
+    stray.write_bytes(os.urandom(100))
+    with pytest.raises(RepositoryLocked, match="does not open as a lock") as refused:
+        create_snapshot(source, str(repo), root_key)
+    assert refused.value.hint is not None and stray.name in refused.value.hint
+    with pytest.raises(RepositoryLocked):
+        maintenance.check(open_repo(repo, root_key), read_data=False)
+    old = time.time() - LATER
+    os.utime(stray, (old, old))
+    create_snapshot(source, str(repo), root_key)
+    assert maintenance.check(open_repo(repo, root_key), read_data=True).errors == []
+    maintenance.prune(open_repo(repo, root_key), dry_run=False)
+    assert not stray.exists()

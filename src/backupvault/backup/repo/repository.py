@@ -114,6 +114,9 @@ class LockInfo:
     host: str
     #: the machine id of the lock's writer; None in locks of versions before it
     machine: bytes | None = None
+    #: why the object does not open as a lock, if it does not (then it counts as an
+    #: exclusive lock written when storage says: `Repository.locks`)
+    damaged: str | None = None
 
     def stale(self, now: float) -> bool:
         """Expired, or held by a process of this machine that no longer runs. Another
@@ -168,6 +171,15 @@ class Lock:
             for other in self.repo.locks():
                 if other.lock_id == self.lock_id or other.kind == SHARED == self.kind:
                     continue
+                if other.damaged is not None:
+                    raise RepositoryLocked(
+                        f"the repository holds an object that does not open as a lock: "
+                        f"{other.damaged}",
+                        hint="a backupvault of another version may be at work, or it is "
+                        f"damage: it is ignored {LOCK_EXPIRY_S // 60} minutes after storage "
+                        "last wrote it, and `backup prune` then removes it (or delete "
+                        f"locks/{other.lock_id} by hand, once you know nothing is at work)",
+                    )
                 what = (
                     "a prune, forget or repair" if other.kind == EXCLUSIVE else "a backup or check"
                 )
@@ -562,14 +574,30 @@ class Repository:
         """Live locks (and stale ones too with `include_expired`)."""
         found = []
         now = time.time()
+        ages: dict[str, float | None] | None = None
         for name in self.backend.list("locks"):
             try:
                 sealed = self.backend.get(f"locks/{name}", most=LOCK_MAX_LEN)
+                plain = open_object(
+                    self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
+                )
+                if len(plain) < _LOCK.size:
+                    raise InvalidInput(f"lock {name} is truncated")
             except MissingObject:
                 continue
-            plain = open_object(
-                self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
-            )
+            except (AuthenticationFailed, InvalidInput) as exc:
+                # Damage, or a lock of another version: it counts as an exclusive lock (it
+                # may be one) until storage says it was written a lock expiry ago; a live
+                # holder rewrites its lock every few minutes. Else it stopped every
+                # command, prune's removal of stale locks included, for good.
+                if ages is None:
+                    ages = self.backend.ages("locks")
+                age = ages.get(name)
+                written = int((now - (age or 0.0)) * 1e6)
+                info = LockInfo(name, EXCLUSIVE, written, written, 0, "", damaged=exc.message)
+                if include_expired or not info.stale(now):
+                    found.append(info)
+                continue
             kind, created, refreshed, pid = _LOCK.unpack_from(plain)
             owner = plain[_LOCK.size :]
             machine: bytes | None = None
