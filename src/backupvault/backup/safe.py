@@ -75,23 +75,32 @@ def check_destination(dest: Path) -> None:
 class Staging:
     """A new private folder next to the destination (same filesystem) that a restore
     writes into; `finish` moves it into place in one rename, so the destination gets all
-    of a restore or nothing. Removed on leaving unless finished."""
+    of a restore or nothing. Made on entering, removed on leaving unless finished."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
+        self.path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
+        self.default_mode = 0o755
+
+    def __enter__(self) -> Staging:
+        # Made here, not in __init__: an interruption (Ctrl-C, SIGTERM) between the folder
+        # made and the `with` entered left it behind for good.
         while True:
-            self.path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
             try:
                 self.path.mkdir(mode=0o777)  # the umask applies: that is the default mode
                 break
             except FileExistsError:
-                continue
+                self.path = self.dest.parent / f".{self.dest.name}.{secrets.token_hex(6)}.restoring"
             except OSError as exc:
-                raise DestinationError(f"cannot create a folder in {dest.parent}: {exc}") from None
-        self.default_mode = stat.S_IMODE(self.path.stat().st_mode)
-        self.path.chmod(0o700)  # private while the content is unauthenticated
-
-    def __enter__(self) -> Staging:
+                raise DestinationError(
+                    f"cannot create a folder in {self.dest.parent}: {exc}"
+                ) from None
+        try:
+            self.default_mode = stat.S_IMODE(self.path.stat().st_mode)
+            self.path.chmod(0o700)  # private while the content is unauthenticated
+        except BaseException:
+            _remove_tree(self.path)
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
