@@ -474,8 +474,9 @@ class OtaTrust:
         bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
         verified = self._verify(http, relay_url, state, bundle, current=True)
         heads = self._check_heads(http, state, verified)
-        # The bundle's checkpoint, and the bundle witness's head (its newest tree).
-        checkpoints = (FleetBundle.from_bytes(bundle).checkpoint, heads[0][1])
+        # The bundle witness's head (its newest tree), then the bundle's checkpoint: of one
+        # size, the last is kept (as before the two were given together).
+        checkpoints = (heads[0][1], FleetBundle.from_bytes(bundle).checkpoint)
         state.accept(verified, checkpoints, current=True, heads=heads)
         return verified
 
