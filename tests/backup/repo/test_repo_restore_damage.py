@@ -173,13 +173,13 @@ def test_listed_counts_what_it_leaves_out() -> None:
 
 
 def test_an_interruption_just_after_the_staging_folder_is_made_leaves_nothing(
-    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+    many_packs: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Ctrl-C or SIGTERM (the CLI raises KeyboardInterrupt for both) between the staging
     folder made and the `with` around it entered left the hidden folder next to --to for
     good (tests/cli's SIGTERM test, which signals as soon as the folder appears, failed
     now and then so)."""
-    _, repo = made
+    _, repo = many_packs
     chmod = Path.chmod
 
     def interrupted(self: Path, mode: int, **kwargs: Any) -> None:

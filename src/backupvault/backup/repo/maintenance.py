@@ -344,7 +344,7 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     reporter.finish()
     reporter.start(sum(sizes[p.hex()] for p in repack), "repacking")
     wanted = {p: [e for e in index.packs[p] if e.chunk_id in used] for p in repack}
-    _copy_chunks(repo, writer, wanted, reporter)
+    _copy_chunks(repo, writer, wanted, sizes, reporter)
     result.packs_written = len(writer.written)
     result.bytes_written = writer.stored
     result.bytes_freed -= writer.stored
@@ -367,6 +367,7 @@ def _copy_chunks(
     repo: Repository,
     writer: PackWriter,
     chunks: Mapping[bytes, list[PackEntry]],
+    sizes: Mapping[str, int],
     reporter: Progress,
 ) -> None:
     """Copy the chunks `chunks` names (pack id -> their entries in it) that `writer` does
@@ -383,7 +384,7 @@ def _copy_chunks(
                     blob = bytes(view[entry.offset : entry.offset + entry.length])
                     repo.sealer.open(entry.chunk_id, blob, entry.raw_length)
                     writer.add(entry.chunk_id, blob, entry.raw_length)
-            reporter.advance(len(data))
+            reporter.advance(sizes[pack_id.hex()])  # against the packs' total
         writer.finish()
     except BaseException:
         writer.abort()
@@ -749,7 +750,7 @@ def _salvage(
     copying = {p: good for p, good in damaged.items() if any(e.chunk_id not in kept for e in good)}
     reporter.start(sum(sizes[p.hex()] for p in copying), "salvaging")
     try:
-        _copy_chunks(repo, writer, copying, reporter)
+        _copy_chunks(repo, writer, copying, sizes, reporter)
     except (AuthenticationFailed, InvalidInput) as exc:
         raise BackupVaultError(  # it authenticated when its pack was read first
             f"a chunk read a second time failed ({exc.message}): the repair deleted nothing",
