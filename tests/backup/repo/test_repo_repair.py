@@ -241,3 +241,23 @@ def test_only_the_packs_named_are_read(many_packs: tuple[Path, Path], root_key: 
     assert sum(two.name in e for e in checked.errors) == 1
     with pytest.raises(UsageError, match="no pack 0123"):
         _repair(repo, root_key, packs=("0123",))
+
+
+def test_a_pack_larger_than_any_pack_is_damage_read_no_further(
+    many_packs: tuple[Path, Path], root_key: bytes
+) -> None:
+    """Storage put a 4 GiB sparse file under a pack's name: repair reads at most one byte
+    past the largest pack a writer makes, takes it for damage (its chunks are lost, none
+    can be salvaged) and deletes it, and the next backup stores those chunks again."""
+    source, repo = many_packs
+    pack = pack_files(repo)[0]
+    chunks = sorted(e.chunk_id.hex() for e in _entries(repo, root_key, pack))
+    with pack.open("r+b") as planted:
+        planted.truncate(4 << 30)
+    done = _repair(repo, root_key)
+    assert done.packs_damaged == [pack.name] and done.chunks_salvaged == 0
+    assert sorted(done.chunks_lost) == chunks
+    assert any("larger than any object" in d for d in done.damage)
+    assert done.read_bytes < 1 << 30
+    assert not pack.exists()
+    _next_backup_restores_whole(repo, root_key, source)
