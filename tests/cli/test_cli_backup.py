@@ -836,6 +836,38 @@ def test_ctrl_c_says_what_a_backup_or_a_restore_left(
     assert f"restore interrupted: nothing was written into {tmp_path / 'out'}" in messages[1]
 
 
+def test_an_interrupt_between_the_config_stored_and_its_notice_still_gives_the_code(
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The subprocess test above interrupts once the config shows in storage, which can be
+    before `on_new_repository` runs: the code was then printed nowhere (a CI run hit it).
+    The config, opened with the new key, says that this device made the repository."""
+    from backupvault.backup import repo as repo_package
+    from backupvault.backup.repo.repository import Repository
+    from backupvault.backup.storage import Storage
+    from backupvault.cli.main import main
+    from backupvault.crypto import recovery
+
+    def stored_then_interrupted(
+        source_dir: object, url: str, root_key: bytes, *args: object, **kwargs: object
+    ) -> None:
+        Repository.open(Storage(url), root_key, create=True)
+        raise KeyboardInterrupt  # before on_new_repository is called
+
+    monkeypatch.setattr(repo_package, "create_snapshot", stored_then_interrupted)
+    storage = tmp_path / "storage"
+    args = ["--json", "backup", "create", str(source), "--storage", str(storage)]
+    with pytest.raises(SystemExit) as exited:
+        main([*args, "--recovery-code"])
+    assert exited.value.code == 130
+    failed = json.loads(capsys.readouterr().err.strip().splitlines()[-1])
+    code = failed["recovery_code"]
+    assert Repository.open(Storage(str(storage)), recovery.decode(code))
+
+
 def test_a_backup_that_could_not_read_a_file_saves_the_rest_and_exits_8(
     tmp_path: Path,
     source: Path,

@@ -32,6 +32,15 @@ def repository_exists(url: str) -> bool:
     return Repository.exists(Storage(url))
 
 
+def repository_opens_with(url: str, root_key: bytes) -> bool:
+    """Whether storage holds a repository whose config opens with `root_key`."""
+    try:
+        Repository.open(Storage(url), root_key)
+    except BackupVaultError:
+        return False
+    return True
+
+
 def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
     """RK for an existing repository: from a recovery code, or recovered from the vault."""
     if password_stdin and code is not None:

@@ -523,7 +523,11 @@ def backup_create(
     from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
     from backupvault.backup.repo import create_snapshot
     from backupvault.backup.repo.state import default_dir
-    from backupvault.cli.backup_repo import code_for_existing_repository, repository_exists
+    from backupvault.cli.backup_repo import (
+        code_for_existing_repository,
+        repository_exists,
+        repository_opens_with,
+    )
 
     if password_stdin and use_code:
         raise UsageError("choose one of --password-stdin and --recovery-code")
@@ -591,8 +595,12 @@ def backup_create(
             )
     except BackupVaultError as err:
         # Only if this device made the repository: a first backup that lost the race to
-        # create it (another device's config is stored) made nothing its code opens.
-        if code is not None and made and repository_exists(url):
+        # create it (another device's config is stored) made nothing its code opens. An
+        # interruption can come between the config stored and `show_code`: then the
+        # config tells (a fresh key opens no other device's).
+        if code is not None and (
+            (made and repository_exists(url)) or repository_opens_with(url, root_key)
+        ):
             where = "in `recovery_code`" if ctx.output.json_mode else "printed above"
             err.hint = (
                 f"the new repository was made, with the recovery code {where}: run the "
