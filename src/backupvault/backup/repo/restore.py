@@ -29,7 +29,12 @@ from typing import Any
 from backupvault.backup.errors import BackupNotFound, DestinationError
 from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
-from backupvault.backup.repo.damage import NotingChunkSource, damaged_files_error, files_using
+from backupvault.backup.repo.damage import (
+    NotingChunkSource,
+    damaged_files_error,
+    files_using,
+    listed,
+)
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers, cycle_collector_paused
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
@@ -81,21 +86,26 @@ def select(entries: list[Entry], include: tuple[str, ...]) -> list[Entry]:
 
 
 def plan(entries: list[Entry], index: Index) -> None:
-    """Fail before anything is written if a chunk is in no index or sizes disagree."""
+    """Fail before anything is written if a chunk is in no index (naming every file that
+    uses one) or sizes disagree."""
+    absent = {c for e in entries if e.kind == FILE for c in e.chunks if c not in index.chunks}
+    if absent:
+        paths = files_using(entries, absent)
+        raise AuthenticationFailed(
+            f"{len(absent)} chunk{'s' * (len(absent) > 1)} of this snapshot "
+            f"{'are' if len(absent) > 1 else 'is'} in no pack the index lists (a pack or "
+            "an index object is missing, or `backup repair` dropped damaged chunks); "
+            f"{len(paths)} file{'s' * (len(paths) > 1)} cannot be restored: {listed(paths)}",
+            hint="nothing was written; to restore the other files, name each file or folder "
+            "to restore with --include; the next `backupvault backup create` stores these "
+            "files again if they are still in its source; `backupvault backup check` lists "
+            "all damage",
+        )
     for entry in entries:
-        if entry.kind != FILE:
-            continue
-        size = 0
-        for chunk_id in entry.chunks:
-            location = index.chunks.get(chunk_id)
-            if location is None:
-                raise AuthenticationFailed(
-                    f"chunk {chunk_id.hex()[:16]} of {os.fsdecode(entry.path)} is in no index: "
-                    "the repository is missing data",
-                    hint="run `backupvault backup check` to see what is damaged",
-                )
-            size += location.raw_length
-        if size != entry.size:
+        if (
+            entry.kind == FILE
+            and sum(index.chunks[c].raw_length for c in entry.chunks) != entry.size
+        ):
             raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
 
 
