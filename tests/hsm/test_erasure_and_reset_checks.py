@@ -7,10 +7,10 @@ from __future__ import annotations
 
 import hashlib
 
-from backupvault.crypto import oprf
+from backupvault.crypto import oprf, owner
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
-from backupvault.hsm.shares import error
-from backupvault.hsm.state import ThresholdState
+from backupvault.hsm.shares import Answer, error
+from backupvault.hsm.state import EntryId, ThresholdState
 from backupvault.protocol import (
     DeleteShareRequest,
     EntryStatus,
@@ -21,7 +21,7 @@ from backupvault.protocol import (
     Message,
     Op,
 )
-from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
+from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 LIMIT = 4
 HOSTILE = 4
@@ -134,3 +134,77 @@ def test_a_reset_verified_for_one_version_never_resets_the_next() -> None:
     assert (keeper.row(key).version, keeper.row(key).count) == (2, LIMIT)
     assert _forge(world, 0, key, value.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b""))
     assert keeper.row(key).share == b""  # version 2's tombstone erases it, on its own count
+
+
+def _evaluate_on(world: Simulation, key: bytes, value: ThresholdState, blinded: bytes) -> Answer:
+    """Node 0 accepts `value` (a counted attempt for `blinded`), then answers it."""
+    assert _forge(world, 0, key, value)
+    return _answer_on(world, key, value, blinded)
+
+
+def _answer_on(world: Simulation, key: bytes, value: ThresholdState, blinded: bytes) -> Answer:
+    """Node 0 builds its answer to the attempt in `value`, as once the round that carried
+    it committed; its rows are persisted, as the shell does before the answer leaves."""
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    account, entry = EntryId.from_bytes(key).account, EntryId.from_bytes(key).entry
+    request = EvaluateRequest(account, entry, value.version, blinded, value.attempt_client_time_ms)
+    _, build = keeper.handle(Op.EVALUATE, request).apply(value)
+    answer = build()
+    for write in answer.writes:
+        world.honest[0].rows[write.key] = write.row
+    keeper.durable(answer.writes)
+    return answer
+
+
+def _next_attempt(value: ThresholdState, blinded: bytes) -> ThresholdState:
+    return value.with_(
+        attempt=value.attempt + 1,
+        attempt_hash=hashlib.sha256(blinded).digest(),
+        attempt_client_time_ms=value.attempt_client_time_ms + 1,
+    )
+
+
+def test_a_replicated_reset_forgives_only_the_b_this_node_evaluated() -> None:
+    """Node 0 evaluated the attacker's B at attempt 2 (a round it and the two hostile
+    nodes committed), while the owner's success at attempt 2 was with another B. The
+    owner's genuine reset for that B reaches node 0 in the value (the acceptor's check
+    passes: the owner signed it); node 0 checks it over the B it evaluated itself, so it
+    must not forgive the attacker's guess (docs/threshold.md, "Counters and erasure")."""
+    world = threshold_world(5, LIMIT, 2, seed=13, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"pw", bytes(32))
+    recovered = client.recover(b"pw")
+    assert recovered is not None
+    key = client.key
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    live = world.replicated(0, key)
+    assert (keeper.row(key).reset_at, keeper.row(key).count) == (live.attempt, 0)
+
+    attackers = oprf.blind(b"attacker's guess")[1]
+    guessed = _next_attempt(live, attackers)
+    assert isinstance(_evaluate_on(world, key, guessed, attackers).response, EvaluateResponse)
+    owners = oprf.blind(b"pw")[1]
+    statement = owner.OwnerStatement(
+        owner.StatementKind.RESET,
+        FLEET_ID,
+        client.account,
+        client.entry,
+        guessed.version,
+        guessed.attempt,
+        owner.payload_hash(owners),
+    )
+    reset = guessed.with_(
+        reset_attempt=guessed.attempt,
+        reset_hash=hashlib.sha256(owners).digest(),
+        reset_signature=owner.sign_statement(recovered[0], statement),
+    )
+    assert _forge(world, 0, key, reset)
+
+    following = oprf.blind(b"attacker's next guess")[1]
+    answer = _evaluate_on(world, key, _next_attempt(reset, following), following)
+    assert isinstance(answer.response, EvaluateResponse)
+    row = keeper.row(key)
+    assert (row.reset_at, row.count) == (live.attempt, 2)  # both guesses still count
+    assert answer.response.guesses_remaining == LIMIT - 2
