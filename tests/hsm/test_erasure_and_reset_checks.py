@@ -208,3 +208,41 @@ def test_a_replicated_reset_forgives_only_the_b_this_node_evaluated() -> None:
     row = keeper.row(key)
     assert (row.reset_at, row.count) == (live.attempt, 2)  # both guesses still count
     assert answer.response.guesses_remaining == LIMIT - 2
+
+
+def test_a_node_that_took_the_tombstone_before_its_lth_answer_erases_on_the_next_request() -> None:
+    """Node 0's round for the L-th attempt committed on the other acceptors' answers, and
+    the next attempt's tombstone reached its acceptor before it built its answer: taking
+    the tombstone erased nothing (its own count was L - 1). Its copy of the next request
+    is then answered from the chosen tombstone without a round of its own (joined), so no
+    acceptance of its own comes again: that answer must erase the share, now that its own
+    count is at L (docs/threshold.md, "Counters and erasure")."""
+    world = threshold_world(5, LIMIT, 2, seed=14, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"pw", bytes(32))
+    for _ in range(LIMIT - 1):
+        assert client.recover(b"wrong") is None
+    key = client.key
+    keeper = world.honest[0].keeper
+    assert keeper is not None and keeper.row(key).count == LIMIT - 1
+
+    last = oprf.blind(b"the L-th guess")[1]
+    lth = _next_attempt(world.replicated(0, key), last)
+    assert _forge(world, 0, key, lth)
+    tomb = lth.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
+    assert _forge(world, 0, key, tomb)
+    assert world.honest[0].rows[key].share  # its count was below L: nothing erased
+
+    assert isinstance(_answer_on(world, key, lth, last).response, EvaluateResponse)
+    assert keeper.row(key).count == LIMIT
+
+    after = oprf.blind(b"one more guess")[1]
+    request = EvaluateRequest(
+        client.account, client.entry, 1, after, lth.attempt_client_time_ms + 1
+    )
+    new, build = keeper.handle(Op.EVALUATE, request).apply(tomb)
+    assert new == tomb  # nothing to write: the chosen tombstone answers it
+    destroyed = build()
+    assert isinstance(destroyed.response, ErrorResponse)
+    assert destroyed.response.code == ErrorCode.DESTROYED
+    assert [write.row.share for write in destroyed.writes] == [b""]
