@@ -42,6 +42,29 @@ def test_fleet_token_of_another_account_is_refused(fleet: InProcessFleet) -> Non
     _untouched(fleet)
 
 
+def test_a_request_sealed_for_another_entry_than_the_relay_names_is_refused(
+    fleet: InProcessFleet,
+) -> None:
+    """The relay routes, limits and logs by the entry it names; the node acts on the
+    sealed one. A request whose two names differ (a client dodging one entry's rate limit
+    under another name, or a relay pointing a request elsewhere) is refused before
+    anything counts: the node acts only when both say the same."""
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+
+    def elsewhere(request: httpx.Request) -> httpx.Response:
+        path = request.url.path.replace("/backup-root-key/", "/decoy/")
+        moved = httpx.Request(
+            request.method, request.url.copy_with(path=path), content=request.read()
+        )
+        return fleet.handle(moved)
+
+    guesser = fleet.client()
+    guesser.vault._http = httpx.Client(transport=httpx.MockTransport(elsewhere))
+    with pytest.raises(Unauthorized, match="differ"):
+        guesser.recover("guess", ksf_floor=FAST_KSF)
+    _untouched(fleet)
+
+
 @pytest.mark.parametrize("problem", ["other issuer key", "other fleet", "expired", "garbage"])
 def test_bad_fleet_token_is_refused_before_anything_counts(
     fleet: InProcessFleet, problem: str
