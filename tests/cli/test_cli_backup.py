@@ -962,7 +962,7 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     data[3] ^= 1  # in the first chunk's blob
     pack.write_bytes(bytes(data))
     checked = run("backup", "check", "--read-data", *key)
-    assert checked.returncode == 1 and "`backup repair`" in checked.stderr
+    assert checked.returncode == 1 and "run `backup repair`" in checked.stderr
     assert "move it out" not in checked.stderr
 
     dry = run("--json", "backup", "repair", "--dry-run", *key)
@@ -985,6 +985,12 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     assert "nothing to repair" in run("backup", "repair", *key).stdout
     unknown = run("backup", "repair", "0" * 32, *key)
     assert unknown.returncode == 2 and "no pack 000" in unknown.stderr
+    # Until a new backup, check still names the lost file, and says what clears it: a
+    # repair, which has nothing left to do, is not what it points to.
+    left = run("--json", "backup", "check", *key)
+    assert left.returncode == 1 and json.loads(left.stdout)["repairable"] is False
+    assert "run `backup repair`" not in left.stderr
+    assert "the next `backup create` stores them again" in left.stderr
 
     created = run("--json", "backup", "create", str(source), "--storage", str(storage),
                   "--recovery-code", stdin=code + "\n")  # fmt: skip

@@ -24,6 +24,28 @@ if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not
     from backupvault.backup.repo import maintenance
 
 
+_RESTORE_OTHERS = (
+    "Of a snapshot with files named, the others restore: name them, or their folders, with "
+    "`backup restore --include`"
+)
+_REPAIR_HINT = (
+    "run `backup repair`: it keeps what still authenticates in a pack named damaged or "
+    "shorter (copied into new packs), drops the rest from the index (and the chunks of a "
+    "pack named missing), and deletes the damaged packs; the next `backup create` then "
+    "stores those chunks again for every file still in its source, and the snapshots named "
+    "restore again the files that have not changed. Until the repair, a new backup reuses a "
+    "damaged chunk. " + _RESTORE_OTHERS
+)
+# What is left after a repair: `backup repair` has nothing to do then.
+_LOST_HINT = (
+    "the chunks named are in no pack (lost, or dropped by `backup repair`): the next "
+    "`backup create` stores them again for every file still in its source, and the "
+    "snapshots named then restore again the files that have not changed; `backup forget` "
+    "the snapshots you no longer need (and one named unreadable: nothing can read it). "
+    + _RESTORE_OTHERS
+)
+
+
 class CheckFailed(BackupVaultError):
     """`backup check` found damage."""
 
@@ -247,14 +269,7 @@ def backup_check(
             f"the repository is damaged: {_plural(len(result.errors), 'problem')}:\n  "
             + "\n  ".join(result.errors)
             + _damaged_files_text(result.damaged_files),
-            hint="run `backup repair`: it keeps what still authenticates in a pack named "
-            "damaged or shorter (copied into new packs), drops the rest from the index (and "
-            "the chunks of a pack named missing), and deletes the damaged packs; the next "
-            "`backup create` then stores those chunks again for every file still in its "
-            "source, and the snapshots named restore again the files that have not changed. "
-            "Until the repair, a new backup reuses a damaged chunk. Of a snapshot with files "
-            "named, the others restore: name them, or their folders, with `backup restore "
-            "--include`",
+            hint=_REPAIR_HINT if result.repairable else _LOST_HINT,
         )
     ctx.output.done(
         data,

@@ -437,6 +437,10 @@ class CheckResult:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     damaged_files: list[DamagedFiles] = field(default_factory=list)  # oldest snapshot first
+    # Damage `repair` acts on: a pack damaged, cut off or missing, an index object that does
+    # not open. Without it, what is left (chunks in no index: lost before, or dropped by a
+    # repair) only a new backup or a forget clears.
+    repairable: bool = False
 
 
 def check(repo: Repository, *, read_data: bool, progress: Progress | None = None) -> CheckResult:
@@ -513,6 +517,8 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
         errors, damaged = _check_pack(repo, pack_id, index.packs[pack_id], reporter.advance, result)
         result.errors.extend(errors)
         unreadable.update((chunk_id, pack_id) for chunk_id in damaged)
+
+    result.repairable = bool(result.errors)  # so far: the index's and the packs' alone
 
     def restorable(chunk_id: bytes) -> bool:
         location = restored_from.chunks.get(chunk_id)
