@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 from conftest import RecordingProgress, flip_chunk_byte, pack_files, snapshot
 
+from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo.index import PackEntry
 from backupvault.backup.repo.maintenance import RepairResult
@@ -267,3 +268,24 @@ def test_a_pack_larger_than_any_pack_is_damage_read_no_further(
     assert done.read_bytes < 1 << 30
     assert not pack.exists()
     _next_backup_restores_whole(repo, root_key, source)
+
+
+def test_a_dry_run_on_storage_it_cannot_write_runs_without_a_lock_and_says_so(
+    many_packs: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As `check`: a dry run only reads, so storage this device may only read (a shared
+    copy, a read-only mount) still gets its report, with a warning that no lock was held."""
+    _, repo = many_packs
+    chunk = flip_chunk_byte(repo, root_key, "b/f03")
+    opened = _open(repo, root_key)
+
+    def read_only(name: str, *args: object, **kwargs: object) -> None:
+        raise StorageError(f"cannot store {name}: permission denied")
+
+    monkeypatch.setattr(opened.backend, "put", read_only)
+    before = _stored(repo)
+    dry = maintenance.repair(opened, dry_run=True)
+    assert dry.chunks_lost == [chunk.hex()] and _stored(repo) == before
+    assert any("without a lock" in w and "permission denied" in w for w in dry.warnings)
+    with pytest.raises(StorageError):  # the repair itself writes: it needs the lock
+        maintenance.repair(opened, dry_run=False)

@@ -26,8 +26,9 @@ read whole (a pack is complete once storage shows it).
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -50,7 +51,6 @@ from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     LOCK_EXPIRY_S,
     SHARED,
-    Lock,
     PackWriter,
     Repository,
 )
@@ -449,27 +449,34 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
     opened and matched against its id and the index (progress: the bytes of those packs).
     For each snapshot, the files that use a chunk found missing or damaged are named."""
     reporter = progress or NoProgress()
-    # A shared lock: no prune, forget or repair deletes what is being read (backups may run
-    # beside it). On storage this device cannot write to, check runs without one.
-    lock: Lock | None = None
-    unlocked = ""
+    try:
+        with _reading_lock(repo) as unlocked:
+            result = _check(repo, read_data, reporter)
+            if unlocked:
+                result.warnings.append(
+                    f"checked without a lock ({unlocked}): a prune, forget or repair that ran"
+                    " meanwhile may show here as damage"
+                )
+            return result
+    finally:
+        reporter.finish()
+
+
+@contextlib.contextmanager
+def _reading_lock(repo: Repository) -> Iterator[str]:
+    """A shared lock for work that only reads: no prune, forget or repair deletes what is
+    being read (backups may run beside it). On storage this device cannot write to, none:
+    then it yields why (else "")."""
     try:
         lock = repo.lock(SHARED)
         lock.acquire()
     except StorageError as exc:
-        lock, unlocked = None, exc.message
+        yield exc.message
+        return
     try:
-        result = _check(repo, read_data, reporter)
-        if unlocked:
-            result.warnings.append(
-                f"checked without a lock ({unlocked}): a prune, forget or repair that ran meanwhile"
-                " may show here as damage"
-            )
-        return result
+        yield ""
     finally:
-        reporter.finish()
-        if lock is not None:
-            lock.release()
+        lock.release()
 
 
 def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult:
@@ -653,12 +660,22 @@ def repair(
     (no total) to name the files that cannot be restored."""
     reporter = progress or NoProgress()
     named = list(dict.fromkeys(name.strip().lower() for name in packs))
-    # A dry run only reads, as check does: backups may run beside it.
-    with repo.lock(SHARED if dry_run else EXCLUSIVE):
-        try:
-            return _repair_locked(repo, dry_run, named, reporter)
-        finally:
-            reporter.finish()
+    # A dry run only reads, as check does: backups may run beside it, and on storage this
+    # device cannot write to it runs without a lock.
+    try:
+        if not dry_run:
+            with repo.lock(EXCLUSIVE):
+                return _repair_locked(repo, dry_run, named, reporter)
+        with _reading_lock(repo) as unlocked:
+            result = _repair_locked(repo, dry_run, named, reporter)
+            if unlocked:
+                result.warnings.append(
+                    f"read without a lock ({unlocked}): a prune, forget or repair that ran"
+                    " meanwhile may show here as damage"
+                )
+            return result
+    finally:
+        reporter.finish()
 
 
 def _repair_locked(
