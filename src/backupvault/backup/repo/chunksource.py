@@ -48,7 +48,7 @@ class ChunkSource:
         self.ready: dict[bytes, Plain] = {}
         self.held = 0
         self.budget = max(KEEP_BYTES, 4 * repo.config.pack_size)
-        self._read: set[bytes] = set()  # chunks whose planned read has come back
+        self._order = {pack_id: i for i, (pack_id, _) in enumerate(self.packs)}
         self._pool = ThreadPoolExecutor(workers, thread_name_prefix="restore")
         self._ahead = workers * 2
         self._next = 0
@@ -82,16 +82,20 @@ class ChunkSource:
     def _let_go(self, chunk_id: bytes) -> None:
         self.held -= len(self.ready.pop(chunk_id))
 
+    def _came_back(self, chunk_id: bytes) -> bool:
+        """Whether the planned read of the chunk's pack has come back (packs are read, and
+        their reads taken back, in plan order)."""
+        taken = self._next - len(self._inflight)
+        return self._order[self.locations[chunk_id].pack_id] < taken
+
     def _get(self, chunk_id: bytes) -> Plain:
         """The chunk's plaintext: held, from its planned read, or read again alone (it was
         let go to stay within the budget)."""
-        while chunk_id not in self.ready and chunk_id not in self._read:
+        while chunk_id not in self.ready and not self._came_back(chunk_id):
             self._fill()
             if not self._inflight:
                 raise AssertionError(f"chunk {chunk_id.hex()} was not planned")
-            arrived = self._inflight.popleft().result()
-            self._read.update(arrived)
-            self._hold(arrived)
+            self._hold(self._inflight.popleft().result())
             self._fill()
         if chunk_id not in self.ready:
             self._hold(self._read_pack(self.locations[chunk_id].pack_id, [chunk_id]))
