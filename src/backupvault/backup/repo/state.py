@@ -16,6 +16,9 @@ import json
 import os
 from pathlib import Path
 
+from backupvault.errors import InvalidInput
+from backupvault.files import replace_file
+
 _PLACES = "places.json"
 
 
@@ -37,11 +40,9 @@ def _load(path: Path, field: str) -> dict[str, str]:
 
 def _save(path: Path, field: str, values: dict[str, str]) -> None:
     # Best effort: without it only the rollback warning is lost.
-    with contextlib.suppress(OSError):
+    with contextlib.suppress(OSError, InvalidInput):
         path.parent.mkdir(parents=True, exist_ok=True)
-        temp = path.with_suffix(".tmp")
-        temp.write_text(json.dumps({field: values}, sort_keys=True))
-        os.replace(temp, path)
+        replace_file(path, json.dumps({field: values}, sort_keys=True).encode())
 
 
 class DeviceState:
