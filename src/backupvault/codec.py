@@ -49,7 +49,7 @@ class Message:
     # Built once per class, at first use (the type hints resolve only once every class
     # they name exists): each field's name with its encoder, and the fields' decoders.
     # Testing each field's type at every value made decoding a large part of a node's
-    # CPU (docs/performance.md, run 8).
+    # CPU (docs/performance-history.md, run 8).
     _encoders_cache: ClassVar[list[tuple[str, _Encoder]] | None] = None
     _decoders_cache: ClassVar[list[_Decoder] | None] = None
 
