@@ -41,12 +41,21 @@ LOCAL_DIR = click.option(
 @pass_context
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
     """Start (provisioning the first time) a local fleet, witness and relay; writes
-    DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys)."""
-    from backupvault.deploy.local import LocalDeployment
+    DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys), and renews
+    their account tokens when they are close to expiry."""
+    from backupvault.deploy.local import TOKEN_RENEW_BEFORE, LocalDeployment
 
     deployment = LocalDeployment(root)
+    renewed: list[str] = []
     if not deployment.provisioned():
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
+    else:
+        renewed = deployment.renew_client_tokens()
+    for name in renewed:
+        ctx.output.note(
+            f"renewed the account tokens in {root / name}"
+            f" (under {TOKEN_RENEW_BEFORE // 86400} days were left)"
+        )
     already = deployment.provisioned() and deployment.all_running()
     deployment.up(nodes)
     status = deployment.status()
@@ -55,6 +64,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
         {
             "dir": str(root),
             "already_running": already,
+            "renewed_tokens": renewed,
             "client_config": str(root / "client.toml"),
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,

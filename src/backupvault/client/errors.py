@@ -100,12 +100,13 @@ class Unauthorized(VaultError):
             super().__init__(
                 f"the vault refused this account's fleet token: {detail}",
                 hint="check fleet_token (and account) in your config; ask the operator for a"
-                " new one",
+                " new one (a `backupvault local` deployment renews it at `local up`)",
             )
         else:
             super().__init__(
                 f"the relay refused the account token: {detail}",
-                hint="check the token in your config; ask the operator for a new one",
+                hint="check the token in your config; ask the operator for a new one (a"
+                " `backupvault local` deployment renews it at `local up`)",
             )
 
 

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -57,11 +58,12 @@ from backupvault.deploy.records import (
     save_bundle,
     submit,
 )
-from backupvault.errors import BackupVaultError
+from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import replace_file, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
+    device_key_from_hex,
     device_key_hex,
     fleet_audience,
     generate_device_key,
@@ -79,6 +81,11 @@ ISSUER = "backupvault-local"
 AUDIENCE = "backupvault-relay"
 ACCOUNT = "local-user"
 TOKEN_TTL = 30 * 24 * 3600
+#: `local up` renews the client configs' tokens when fewer seconds than this are left, so
+#: a deployment started again every few weeks never lets its clients' tokens run out.
+TOKEN_RENEW_BEFORE = 10 * 24 * 3600
+CLIENT_CONFIGS = ("client.toml", "client-ota.toml")
+TOKEN_FIELDS = ("token", "fleet_token")
 #: process (and folder) name -> witness name; the first one's cosignature is in bundles
 WITNESSES = {"witness": "witness.local/backupvault", "witness2": "witness2.local/backupvault"}
 WITNESS_NAME = WITNESSES["witness"]
@@ -348,6 +355,46 @@ class LocalDeployment:
         return mint_token(
             self._operator_key(), account, issuer=ISSUER, audience=AUDIENCE, ttl_seconds=TOKEN_TTL
         )
+
+    def renew_client_tokens(self, now: float | None = None) -> list[str]:
+        """Mint new account tokens into the client configs whose tokens expire within
+        `TOKEN_RENEW_BEFORE` (or have expired), keeping each config's device key, so the
+        fleet token stays bound to the key that device signs with. A token this deployment
+        did not issue (another issuer or account, or not a token) is left as it is: the
+        user put it there. Returns the names of the configs renewed."""
+        now = time.time() if now is None else now
+        renewed = []
+        for name in CLIENT_CONFIGS:
+            path = self.root / name
+            if not path.exists():
+                continue
+            try:
+                config = tomllib.loads(path.read_text())
+            except tomllib.TOMLDecodeError:
+                continue  # the client says what is wrong with it when it is used
+            account, fleet_id = config.get("account"), config.get("fleet_id")
+            if not isinstance(account, str) or not isinstance(fleet_id, str):
+                continue
+            expiries = [_own_token_expiry(config.get(f), account) for f in TOKEN_FIELDS]
+            if None in expiries or min(e or 0.0 for e in expiries) > now + TOKEN_RENEW_BEFORE:
+                continue
+            try:
+                device = device_key_from_hex(str(config.get("device_key")))
+                fleet = bytes.fromhex(fleet_id)
+            except (InvalidInput, ValueError):
+                continue
+            config["token"] = self._token(account)
+            config["fleet_token"] = mint_token(
+                self._operator_key(),
+                account,
+                issuer=ISSUER,
+                audience=fleet_audience(fleet),
+                ttl_seconds=TOKEN_TTL,
+                device_key=device.public_key(),
+            )
+            replace_file(path, tomli_w.dumps(config).encode())
+            renewed.append(name)
+        return renewed
 
     def _fleet_credentials(self, account: str, fleet_id: bytes) -> dict[str, str]:
         """A new device key for this client config, and the account's token for the nodes
@@ -755,3 +802,21 @@ def _healthy(url: str, ready: bool) -> bool:
     if answer.status_code != 200:
         return False
     return bool(answer.json().get("ready")) if ready else True
+
+
+def _own_token_expiry(token: object, account: str) -> float | None:
+    """When a token this deployment minted for `account` expires; None for anything else.
+    Read without checking the signature: the worst a forged claim here can do is have
+    `local up` mint a fresh token from the operator key, which it may do anyway."""
+    if not isinstance(token, str):
+        return None
+    try:
+        claims = jwt.decode(token, options={"verify_signature": False})
+    except (jwt.PyJWTError, RecursionError):
+        return None
+    expiry = claims.get("exp")
+    if claims.get("iss") != ISSUER or claims.get("sub") != account:
+        return None
+    if isinstance(expiry, bool) or not isinstance(expiry, int | float):
+        return None
+    return float(expiry)
