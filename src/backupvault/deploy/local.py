@@ -384,14 +384,7 @@ class LocalDeployment:
             except (InvalidInput, ValueError):
                 continue
             config["token"] = self._token(account)
-            config["fleet_token"] = mint_token(
-                self._operator_key(),
-                account,
-                issuer=ISSUER,
-                audience=fleet_audience(fleet),
-                ttl_seconds=TOKEN_TTL,
-                device_key=device.public_key(),
-            )
+            config["fleet_token"] = self._fleet_token(account, fleet, device)
             replace_file(path, tomli_w.dumps(config).encode())
             renewed.append(name)
         return renewed
@@ -400,7 +393,11 @@ class LocalDeployment:
         """A new device key for this client config, and the account's token for the nodes
         (only ever sent inside the seal) bound to it."""
         device = generate_device_key()
-        token = mint_token(
+        token = self._fleet_token(account, fleet_id, device)
+        return {"fleet_token": token, "device_key": device_key_hex(device)}
+
+    def _fleet_token(self, account: str, fleet_id: bytes, device: Ed25519PrivateKey) -> str:
+        return mint_token(
             self._operator_key(),
             account,
             issuer=ISSUER,
@@ -408,7 +405,6 @@ class LocalDeployment:
             ttl_seconds=TOKEN_TTL,
             device_key=device.public_key(),
         )
-        return {"fleet_token": token, "device_key": device_key_hex(device)}
 
     def _provision_node(
         self, fleet_dir: Path, epoch: int, index: int, port: int, peer_port: int
