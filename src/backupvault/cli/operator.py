@@ -54,7 +54,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     for name in renewed:
         ctx.output.note(
             f"renewed the account tokens in {root / name}"
-            f" (under {TOKEN_RENEW_BEFORE // 86400} days were left)"
+            f" (they had run out or had under {TOKEN_RENEW_BEFORE // 86400} days left)"
         )
     already = deployment.provisioned() and deployment.all_running()
     deployment.up(nodes)
