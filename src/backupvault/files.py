@@ -7,11 +7,15 @@ for the moment between a write and a chmod.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import secrets
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
-from backupvault.errors import InvalidInput
+from backupvault.errors import BackupVaultError, InvalidInput
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -62,3 +66,51 @@ def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise InvalidInput(f"cannot write {path}: {err.strerror}") from None
+
+
+class LockTimeout(BackupVaultError):
+    """Another process held a file's lock for longer than we wait."""
+
+
+#: How often a waiting process tries the lock again (seconds).
+_LOCK_POLL = 0.02
+
+
+@contextlib.contextmanager
+def locked(path: str | Path, *, timeout: float) -> Iterator[None]:
+    """Hold an exclusive advisory lock (flock) on the sibling file `.<name>.lock` of
+    `path` while the block runs: processes that read, change and save `path` under it
+    never save over each other. The lock file is never removed (removing it would let two
+    processes lock two different files); the kernel drops the lock if the holder dies, so
+    a crash leaves nothing stale. LockTimeout after `timeout` seconds of waiting."""
+    path = Path(path)
+    lock_path = path.with_name(f".{path.name}.lock")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise InvalidInput(f"cannot write {path}: {err.strerror}") from None
+    try:
+        # O_NOFOLLOW: a planted symlink cannot make us create or lock another file.
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise InvalidInput(
+            f"cannot write {path}: its lock file {lock_path} cannot be opened ({err.strerror})"
+        ) from None
+    try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(
+                        f"{path} is locked by another process (waited {timeout:g} s for"
+                        f" {lock_path})",
+                        hint="another backupvault command of this device is using it; try"
+                        " again when it has finished",
+                    ) from None
+                time.sleep(_LOCK_POLL)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import base64
 import json
+import multiprocessing
 import os
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -26,6 +28,7 @@ from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, hpke_key, make_r
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
 from backupvault.client.trust import OtaTrust, TrustState, WitnessEndpoint
 from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.files import LockTimeout, locked
 from backupvault.transparency import (
     FleetBundle,
     OperatorSignedRecord,
@@ -277,7 +280,9 @@ def test_what_is_accepted_is_saved_and_loads_back(net: Net, state_file: Path) ->
     assert loaded.records(FLEET_ID) == {1: verified.signed_record.to_bytes()}
     # The witness's newest tree (its head's and the bundle's, both of 1 leaf).
     assert open_checkpoint(loaded.checkpoint or "", net.a_signer.verifier).size == 1
-    assert snapshot(state_file).keys() == {"state.json"}  # no temporary file left behind
+    # No temporary file left behind; the lock file stays (removing it would let two
+    # processes lock two different files).
+    assert snapshot(state_file).keys() == {"state.json", ".state.json.lock"}
 
 
 #: State files a crash, a bad disk or a hostile hand could leave, by what is wrong.
@@ -313,6 +318,8 @@ HOSTILE_STATES: dict[str, str | bytes] = {
     "a record that is a number": (
         '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": {"1": 5}}}}'
     ),
+    "a trusted time that is a string": '{"version": 1, "time": "1800000000"}',
+    "a negative trusted time": '{"version": 1, "time": -1}',
 }
 
 
@@ -488,6 +495,134 @@ def test_a_state_saved_meanwhile_is_never_overwritten_by_a_staler_one(
     net.hostile[("witness-a.test", "/v1/head")] = reply(503)
     net.hostile[("witness-b.test", "/v1/head")] = reply(503)
     refused(net, trust, EpochReplayed)
+
+
+def _accept_slowly(
+    state_file: str, bundle: bytes, operator: bytes, witness: bytes, go: Any
+) -> None:
+    """In a process of its own: accept `bundle` into `state_file`, taking 0.3 s to save
+    (the other processes load the file meanwhile, unless the lock keeps them out)."""
+    verified = verify_bundle(bundle, operator, witness, WITNESS_NAME, None)
+    save = TrustState.save
+
+    def slow_save(state: TrustState) -> None:
+        time.sleep(0.3)
+        save(state)
+
+    TrustState.save = slow_save  # type: ignore[method-assign]
+    go.wait()
+    checkpoint = FleetBundle.from_bytes(bundle).checkpoint
+    TrustState(Path(state_file)).accept(verified, (checkpoint,), current=True)
+
+
+def test_processes_accepting_at_once_lose_no_epoch(net: Net, state_file: Path) -> None:
+    """Two processes of one device (two CLI commands) accept epochs 1 and 2 at the same
+    moment. Each reads, applies and saves under the state file's lock, so the file ends
+    with epoch 2 and both records; without the lock the last save wins and takes the
+    epoch (or a record) back."""
+    bundles = [net.deploy(epoch) for epoch in (1, 2)]
+    context = multiprocessing.get_context("spawn")
+    go = context.Event()
+    operator, witness = raw_public_key(net.operator), raw_public_key(net.a_signer.private_key)
+    workers = [
+        context.Process(
+            target=_accept_slowly, args=(str(state_file), bundle, operator, witness, go)
+        )
+        for bundle in reversed(bundles)  # the newest epoch starts first
+    ]
+    for worker in workers:
+        worker.start()
+    go.set()
+    for worker in workers:
+        worker.join(60)
+    assert [w.exitcode for w in workers] == [0, 0]
+    assert saved_epoch(state_file) == 2
+    assert set(saved(state_file)["fleets"][FLEET_ID.hex()]["records"]) == {"1", "2"}
+
+
+def test_a_state_file_locked_too_long_is_a_clear_error(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    monkeypatch.setattr(TrustState, "LOCK_TIMEOUT", 0.2)
+    with locked(state_file, timeout=1):  # another process of this device holds it
+        refused(net, trust, error=LockTimeout, match="is locked by another process")
+    assert saved_epoch(state_file) == 1
+    assert trust.current(net.http(), RELAY).record.epoch == 2  # once it is released
+
+
+def test_an_older_head_checked_meanwhile_never_replaces_a_newer_one(
+    net: Net, state_file: Path
+) -> None:
+    """A process checked the heads of trees of 1; another process of the device accepted
+    heads of trees of 3 meanwhile. The first one's save keeps the newer heads: otherwise
+    the state goes back to older heads, and one of those, replayed, would pass again."""
+    trust = accepted(net, state_file)
+    early = TrustState.load(state_file)
+    old_heads = list(early.heads.items())
+    verified = verify_bundle(
+        net.current, raw_public_key(net.operator), net.a_signer.verifier.public_key,
+        WITNESS_NAME, None,
+    )  # fmt: skip
+    grow_log(net, 2)
+    trust.current(net.http(), RELAY)
+    newer = saved(state_file)["heads"]
+    early.accept(verified, (), current=True, heads=old_heads)
+    assert saved(state_file)["heads"] == newer
+
+
+def test_a_clock_set_back_does_not_make_an_old_head_fresh(net: Net, state_file: Path) -> None:
+    """The device accepted epoch 1 two days after it was deployed (fresh heads, still
+    naming epoch 1). Epoch 2 is deployed (epoch 1 retired, say after a compromise). The
+    attacker sets the device's clock back to the day epoch 1 was deployed and replays that
+    day's heads (the same tree the device saw) with epoch 1's bundle: with the clock alone
+    they look a minute old. The device knows that two days have passed: stale."""
+    old = net.deploy(1)
+    old_heads = honest_heads(net)
+    trust = net.trust(state_file)
+    trust.current(net.http(), RELAY)
+    net.now += 2 * DEFAULT_MAX_AGE
+    trust.current(net.http(), RELAY)
+    assert saved(state_file)["time"] == net.now
+    net.deploy(2)
+    net.current = old
+    for host, head in old_heads.items():
+        net.hostile[(host, "/v1/head")] = reply(200, text=head)
+    net.now = NOW + 60
+    refused(net, trust, StaleHead, match="s old, more than")
+    # With its last heads standing in (the witnesses out of reach), the same.
+    net.hostile = {(h, "/v1/head"): reply(503) for h in ("witness-a.test", "witness-b.test")}
+    net.now = NOW + 2 * DEFAULT_MAX_AGE + DEFAULT_MAX_AGE + 60
+    refused(net, trust, StaleHead)
+    # A device that never knew a later time is fooled for max_age, the documented bound.
+    net.hostile = {(h, "/v1/head"): reply(200, text=t) for h, t in old_heads.items()}
+    net.now = NOW + 60
+    assert net.trust(state_file.with_name("new.json")).current(net.http(), RELAY)
+
+
+def test_a_clock_set_forward_is_not_kept(net: Net, state_file: Path) -> None:
+    """A clock set forward past max_age finds every head stale, so it accepts nothing and
+    the trusted time stays: the device works again once its clock is right."""
+    trust = accepted(net, state_file)
+    net.now += DEFAULT_MAX_AGE + 10
+    clock = NOW + 10 * DEFAULT_MAX_AGE
+    refused(net, net.trust(state_file, clock=lambda: clock), StaleHead)
+    assert saved(state_file)["time"] == NOW
+    assert trust.current(net.http(), RELAY).record.epoch == 1
+
+
+def test_a_bundle_from_one_history_and_a_head_from_another(net: Net, state_file: Path) -> None:
+    """Witness A's key signs two histories of 2 leaves: the relay serves the fleet's
+    record with a receipt from one, A's head comes from the other. A new device has no
+    checkpoint to compare either with; the head must still extend the bundle's tree."""
+    first = net.sign(1)
+    net.deploy(1)
+    grow_log(net)  # A's public log: [epoch 1, another fleet's record]
+    fork = ForkedWitness(net, net.sign(7, fleet_id=OTHER_FLEET))
+    net.current = FleetBundle.from_receipt(first, fork.log.submit(first.to_bytes())).to_bytes()
+    refused(net, net.trust(state_file), LogForked, match="two checkpoints of size 2")
+    assert not state_file.parent.exists()
 
 
 # ---- the happy paths --------------------------------------------------------------------------
@@ -840,7 +975,8 @@ def test_a_consistency_proof_that_does_not_verify(
     trust = net.trust(state_file)
     trust.current(net.http(), RELAY)  # the client saw trees of 1
     grow_log(net, 2)
-    net.deploy(2)  # logged at 4, seen at 4 by both heads: every proof is needed
+    net.deploy(2)  # logged at 4 (the relay's proof from 1 to 4)
+    grow_log(net)  # heads of 5: A's proof from the bundle's 4, B's from 1; each is needed
     net.hostile[where] = answer
     error = refused(net, trust)
     assert isinstance(error, FleetNotTrusted)
@@ -860,6 +996,7 @@ def test_an_oversized_consistency_proof_is_refused_unread(
     trust = accepted(net, state_file)
     grow_log(net, 2)
     net.deploy(2)
+    grow_log(net)  # A's head is larger than the bundle's checkpoint: its proof is needed
     net.hostile[where] = proof_of([base64.b64encode(b"\x00" * 32).decode()] * 40_000)
     refused(net, trust, match="consistency proof from the (relay|witness .*) is larger than")
 

@@ -15,18 +15,22 @@ most `max_bundle_age` seconds ago, on a log that extends the last one seen from 
 witness. So a client with no state still refuses a retired epoch, a relay cannot freeze it
 on an old bundle, and one witness with the operator cannot show it a fork the other
 witnesses did not log. When a witness cannot be reached, the last head it gave (kept in the
-state) stands in for it while it is younger than `max_bundle_age`.
+state) stands in for it while it is younger than `max_bundle_age`. Ages are measured at the
+later of the device's clock and the trusted time in the state (the newest head time, or
+clock reading, it accepted), so a clock set back cannot make an old head fresh again.
 
 Only then does it build the VaultClient, so no password-derived message ever goes to a
 fleet it has not accepted. What it accepted is kept in a state file (JSON, written
-atomically and fsync'ed) only after acceptance, each acceptance applied to the file as it
-is then (another process may have accepted more meanwhile):
+atomically and fsync'ed) only after acceptance, each acceptance read, applied and saved
+under the file's lock (`files.locked`), to the file as it is then (another process may
+have accepted more meanwhile):
 
     {"version": 1,
      "checkpoint": "<the newest checkpoint seen from the bundle's witness, a signed note>",
      "heads": {"<witness name>": "<the last fleet head from that witness>"},
      "fleets": {"<fleet id hex>": {"epoch": 2,
-                                   "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}}}
+                                   "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}},
+     "time": <the trusted time, unix seconds>}
 
 Rotation: a new epoch is accepted like any bundle. When the account's entry is empty on
 the current fleet, `FleetSession.recover_or_migrate` looks for it on older epochs (the
@@ -46,7 +50,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives import serialization
@@ -68,7 +72,7 @@ from backupvault.client.vault import Recovery, VaultClient, VaultStatus
 from backupvault.codec import epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
-from backupvault.files import replace_file
+from backupvault.files import locked, replace_file
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -144,6 +148,12 @@ class TrustState:
     checkpoint: str | None = None
     fleets: dict[str, dict[str, Any]] = field(default_factory=dict)
     heads: dict[str, str] = field(default_factory=dict)
+    #: The latest time (unix seconds) this device knows has passed: the newest witness head
+    #: it accepted, or its clock when it accepted one. A clock set back later counts from
+    #: here, so it cannot make a head older than what was already seen look fresh.
+    trusted_time: int = 0
+    #: How long `accept` waits for another process of this device to finish with the file.
+    LOCK_TIMEOUT: ClassVar[float] = 30.0
 
     @classmethod
     def load(cls, path: Path) -> TrustState:
@@ -163,6 +173,7 @@ class TrustState:
         checkpoint = data.get("checkpoint")
         fleets = data.get("fleets", {})
         heads = data.get("heads", {})
+        trusted_time = data.get("time", 0)  # absent in files of older versions
         if (
             not (checkpoint is None or isinstance(checkpoint, str))
             or not isinstance(fleets, dict)
@@ -172,9 +183,10 @@ class TrustState:
             raise InvalidInput(f"the trust state file {path} is malformed")
         try:
             check_state_fleets(fleets)
+            epoch_number(trusted_time, "the trusted time")  # a u64, as a head's time
         except InvalidInput as err:
             raise InvalidInput(f"the trust state file {path} is malformed: {err.message}") from None
-        return cls(path, checkpoint, fleets, heads)
+        return cls(path, checkpoint, fleets, heads, trusted_time)
 
     def save(self) -> None:
         data = {
@@ -182,6 +194,7 @@ class TrustState:
             "checkpoint": self.checkpoint,
             "fleets": self.fleets,
             "heads": self.heads,
+            "time": self.trusted_time,
         }
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -228,6 +241,15 @@ class TrustState:
         if last is None or size >= Checkpoint.from_text(note_text(last)).size:
             self.checkpoint = note
 
+    def remember_head(self, name: str, note: str) -> None:
+        """Keep `note` as the last head of witness `name` unless the one kept is newer (a
+        larger tree, or as large and later): another process may have kept a newer one
+        since this one was checked, and going back to an older head would let a retired
+        epoch stand in longer while that witness is out of reach."""
+        kept = self.heads.get(name)
+        if kept is None or _head_order(note) >= _head_order(kept):
+            self.heads[name] = note
+
     def accept(
         self,
         verified: VerifiedFleet,
@@ -235,26 +257,43 @@ class TrustState:
         *,
         current: bool,
         heads: Sequence[tuple[str, str]] = (),
+        seen_time: int = 0,
     ) -> None:
         """Remember a verified fleet (after acceptance only): the largest of the checkpoints
-        `notes` when newer, its record, (for the current fleet) its epoch, and the heads
-        that vouched for it."""
-        # Applied to the file as it is now, not as it was when this state was loaded:
-        # another process of this client (or `older()` between two epochs) may have
-        # accepted more since, and a staler copy saved over it would take the epoch, the
-        # checkpoint and the heads back.
-        on_disk = TrustState.load(self.path)
-        self.checkpoint, self.fleets, self.heads = on_disk.checkpoint, on_disk.fleets, on_disk.heads
-        for note in notes:
-            self.remember_checkpoint(note)
-        for name, head in heads:
-            self.heads[name] = head
-        record = verified.record
-        fleet = self.fleets.setdefault(record.fleet_id.hex(), {"epoch": record.epoch})
-        if current:
-            fleet["epoch"] = max(int(fleet["epoch"]), record.epoch)
-        fleet.setdefault("records", {})[str(record.epoch)] = verified.signed_record.to_bytes().hex()
-        self.save()
+        `notes` when newer, its record, (for the current fleet) its epoch, the heads that
+        vouched for it, and `seen_time` if later than the trusted time kept."""
+        # Read, applied and saved under the file's lock, to the file as it is now rather
+        # than as it was when this state was loaded: another process of this client (or
+        # `older()` between two epochs) may have accepted more since, and a staler copy
+        # saved over it would take the epoch, the checkpoint and the heads back.
+        with locked(self.path, timeout=self.LOCK_TIMEOUT):
+            on_disk = TrustState.load(self.path)
+            self.checkpoint, self.fleets = on_disk.checkpoint, on_disk.fleets
+            self.heads, self.trusted_time = on_disk.heads, on_disk.trusted_time
+            for note in notes:
+                self.remember_checkpoint(note)
+            for name, head in heads:
+                self.remember_head(name, head)
+            self.trusted_time = max(self.trusted_time, seen_time)
+            record = verified.record
+            fleet = self.fleets.setdefault(record.fleet_id.hex(), {"epoch": record.epoch})
+            if current:
+                fleet["epoch"] = max(int(fleet["epoch"]), record.epoch)
+            records = fleet.setdefault("records", {})
+            records[str(record.epoch)] = verified.signed_record.to_bytes().hex()
+            self.save()
+
+
+def _head_order(note: str) -> tuple[int, int]:
+    """(tree size, time) of a kept head note, to tell which of two is newer; (-1, -1) for
+    one that does not parse (it never wins over one that does)."""
+    try:
+        checkpoint = Checkpoint.from_text(note_text(note))
+        time_line = checkpoint.extensions[-1] if checkpoint.extensions else ""
+        when = int(time_line.removeprefix("time ")) if time_line.startswith("time ") else -1
+    except (TransparencyError, ValueError):
+        return (-1, -1)
+    return (checkpoint.size, when)
 
 
 _RECORD_EPOCH = re.compile(r"0|[1-9][0-9]{0,19}")
@@ -363,13 +402,14 @@ class OtaTrust:
         return answer.text if answer.status_code == 200 else None
 
     def _check_heads(
-        self, http: httpx.Client, state: TrustState, verified: VerifiedFleet
-    ) -> list[tuple[str, str]]:
-        """Every witness's head for the fleet, checked; (witness name, head note) each."""
+        self, http: httpx.Client, state: TrustState, verified: VerifiedFleet, now: int
+    ) -> tuple[list[tuple[str, str]], int]:
+        """Every witness's head for the fleet, checked at `now`: (witness name, head note)
+        each, and the latest time one of them was signed."""
         record = verified.record
         leaf = verified.signed_record.to_bytes()
-        now = int(self.clock())
         checked = []
+        newest = 0
         for endpoint in self.witnesses:
             name = endpoint.verifier.name
             note = self._fetch_head(http, endpoint, record.fleet_id)
@@ -383,18 +423,30 @@ class OtaTrust:
             try:
                 head = open_head(note, endpoint.verifier)
                 check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
-                self._check_growth(http, state, endpoint, head)
+                self._check_growth(http, state, endpoint, head, verified.checkpoint)
             except TransparencyError as err:
                 raise FleetNotTrusted.because(err) from None
             checked.append((name, note))
-        return checked
+            newest = max(newest, head.time)
+        return checked, newest
 
     def _check_growth(
-        self, http: httpx.Client, state: TrustState, endpoint: WitnessEndpoint, head: FleetHead
+        self,
+        http: httpx.Client,
+        state: TrustState,
+        endpoint: WitnessEndpoint,
+        head: FleetHead,
+        bundle_checkpoint: Checkpoint,
     ) -> None:
         """The head's tree must extend the newest one seen from that witness."""
         if endpoint.verifier.name == self.witness.name:
             last = state.last_checkpoint(self.witness)
+            # The bundle's checkpoint is of this witness's log too, and verify_bundle found
+            # it consistent with `last`: the head must extend the larger of the two. Else a
+            # device with no (or an older) checkpoint takes a record from one history and
+            # the head from another, both signed by this witness's key, without a word.
+            if last is None or bundle_checkpoint.size > last.size:
+                last = bundle_checkpoint
         else:
             seen = state.last_head(endpoint.verifier)
             last = None if seen is None else seen.checkpoint
@@ -473,11 +525,21 @@ class OtaTrust:
         state = TrustState.load(self.state_file)
         bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
         verified = self._verify(http, relay_url, state, bundle, current=True)
-        heads = self._check_heads(http, state, verified)
+        # Heads are judged against the device's clock, but never against a time earlier
+        # than one it already knows has passed: a clock set back cannot make a head older
+        # than those seen before look fresh (max_bundle_age would stretch without end).
+        reading = int(self.clock())
+        now = max(reading, state.trusted_time)
+        heads, newest = self._check_heads(http, state, verified, now)
         # The bundle witness's head (its newest tree), then the bundle's checkpoint: of one
         # size, the last is kept (as before the two were given together).
         checkpoints = (heads[0][1], FleetBundle.from_bytes(bundle).checkpoint)
-        state.accept(verified, checkpoints, current=True, heads=heads)
+        # The clock is kept only now that every head was found fresh by it: so it is at
+        # most max_bundle_age past a witness's signed time, and a clock set forward cannot
+        # push the trusted time further than that.
+        state.accept(
+            verified, checkpoints, current=True, heads=heads, seen_time=max(reading, newest)
+        )
         return verified
 
     def older(
