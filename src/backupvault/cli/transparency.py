@@ -57,6 +57,14 @@ _FLEET_FILE = click.option(
     " carries the first's receipt), then write bundle.bin; if one cannot, nothing is written.",
 )
 @click.option(
+    "--witness-key",
+    "witness_keys",
+    multiple=True,
+    help="The vkey of each --witness, in the same order (`witness keygen` prints it): its"
+    " receipt must carry its cosignature and put the record in its signed log, or nothing"
+    " is written (exit 7).",
+)
+@click.option(
     "--resubmit",
     is_flag=True,
     help="Make no new record: submit the existing deployment.bin to each --witness (one "
@@ -75,12 +83,14 @@ def fleet_deploy(
     epoch: int | None,
     previous: Path | None,
     witness_urls: tuple[str, ...],
+    witness_keys: tuple[str, ...],
     resubmit: bool,
     package_dir: Path | None,
 ) -> None:
     """Make, measure and sign the fleet's deployment record: writes deployment.bin next to
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
+    from backupvault.client.trust import load_witness_verifier
     from backupvault.deploy.records import (
         next_epoch,
         save_bundle,
@@ -92,6 +102,18 @@ def fleet_deploy(
     from backupvault.tokens import load_operator_private_key
     from backupvault.transparency import OperatorSignedRecord
 
+    # Each witness's key, to check its receipt before bundle.bin is written: without it a
+    # witness (or what answers in its place) could hand back a receipt every client refuses.
+    verifiers: list[Verifier | None] = [None] * len(witness_urls)
+    if witness_keys:
+        if len(witness_keys) != len(witness_urls):
+            raise UsageError("give one --witness-key for each --witness, in the same order")
+        verifiers = [load_witness_verifier(k, None) for k in witness_keys]
+    elif witness_urls:
+        ctx.output.warn(
+            "the witness's receipt is not checked: give --witness-key VKEY for each --witness"
+        )
+
     if resubmit:
         if not witness_urls:
             raise UsageError("--resubmit needs --witness URL")
@@ -100,7 +122,10 @@ def fleet_deploy(
             existing = OperatorSignedRecord.from_bytes(record_file.read_bytes())
         except OSError as err:
             raise InvalidInput(f"cannot read {record_file}: {err.strerror}") from None
-        bundles = [submit(url, existing) for url in witness_urls]  # every witness logs it
+        bundles = [
+            submit(url, existing, witness=key)  # every witness logs it
+            for url, key in zip(witness_urls, verifiers, strict=True)
+        ]
         bundle = bundles[0]
         path = save_bundle(fleet_file, bundle)
         ctx.output.result(
@@ -120,7 +145,9 @@ def fleet_deploy(
     )
     # Every witness logs the record before any file changes: if one cannot be reached or
     # refuses, fleet.toml keeps its epoch and no deployment.bin is written.
-    logged = [submit(url, signed) for url in witness_urls]
+    logged = [
+        submit(url, signed, witness=key) for url, key in zip(witness_urls, verifiers, strict=True)
+    ]
     write_deployment(fleet_file, signed, deployed)
     record = signed.deployment()
     data: dict[str, object] = {

@@ -73,7 +73,7 @@ from backupvault.tokens import (
     private_key_pem,
     save_operator_key,
 )
-from backupvault.transparency import Signer
+from backupvault.transparency import Signer, Verifier
 from backupvault.transparency.record import raw_public_key
 
 HOST = "127.0.0.1"
@@ -260,7 +260,9 @@ class LocalDeployment:
         bundles = []
         for which in self.witnesses():
             self._wait_witness(which)
-            bundles.append(submit(self.witness_url(which), signed))
+            # Checked with the witness's own key, as `fleet deploy --witness-key` does.
+            witness = Verifier.from_vkey(self.witness_vkey(which))
+            bundles.append(submit(self.witness_url(which), signed, witness=witness))
         return save_bundle(fleet_file, bundles[0])
 
     def _provision_witness(self, which: str, port: int, fleet_id: bytes) -> None:

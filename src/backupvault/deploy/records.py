@@ -28,8 +28,11 @@ from backupvault.transparency import (
     DeploymentRecord,
     FleetBundle,
     OperatorSignedRecord,
+    TransparencyError,
+    Verifier,
     WitnessReceipt,
     sign_record,
+    verify_bundle,
 )
 
 RECORD_FILE = "deployment.bin"
@@ -38,6 +41,30 @@ BUNDLE_FILE = "bundle.bin"
 
 class WitnessRefused(BackupVaultError):
     """The witness did not log the record (or could not be reached)."""
+
+
+class ReceiptInvalid(InvalidInput):
+    """The witness's receipt does not prove that it cosigned and logged the record: clients
+    would refuse the bundle (exit 7, as a fleet that is not trusted)."""
+
+    exit_code = 7
+
+
+def check_receipt(bundle: FleetBundle, witness: Verifier, witness_url: str) -> None:
+    """Refuse (ReceiptInvalid) a bundle whose cosignature or checkpoint is not by `witness`,
+    or whose record is not in that checkpoint's tree: the checks a client makes, before the
+    bundle is published rather than after every client refused it."""
+    signed = bundle.operator_signed
+    try:
+        verify_bundle(bundle, signed.operator_public_key, witness.public_key, witness.name, None)
+    except TransparencyError as err:
+        raise ReceiptInvalid(
+            f"the receipt from the witness at {witness_url} does not check out with the key of"
+            f" {witness.name}: {err.message}",
+            hint="nothing was written; check that --witness-key is that witness's vkey (`GET"
+            " /v1/witness` shows it), and that nothing between you and the witness alters"
+            " its answers",
+        ) from None
 
 
 def deployment_record(
@@ -120,9 +147,13 @@ def write_deployment(
 
 
 def submit(
-    witness_url: str, signed: OperatorSignedRecord, http: httpx.Client | None = None
+    witness_url: str,
+    signed: OperatorSignedRecord,
+    http: httpx.Client | None = None,
+    witness: Verifier | None = None,
 ) -> FleetBundle:
-    """Have the witness check and log `signed`; the bundle for clients."""
+    """Have the witness check and log `signed`; the bundle for clients, checked with the
+    witness's key when one is given (`check_receipt`)."""
     client = http or httpx.Client(timeout=10.0, trust_env=False)
     url = f"{witness_url.rstrip('/')}/v1/submit"
     try:
@@ -150,7 +181,17 @@ def submit(
             hint="the witness must know this fleet id and operator key (its witness.toml), "
             "and the epoch must be larger than the last one it logged",
         )
-    return FleetBundle.from_receipt(signed, WitnessReceipt.from_bytes(answer.content))
+    try:
+        receipt = WitnessReceipt.from_bytes(answer.content)
+    except TransparencyError as err:  # no receipt at all (a missing cosignature included)
+        raise ReceiptInvalid(
+            f"the witness at {witness_url} answered with no valid receipt: {err.message}",
+            hint="nothing was written; the witness (or what answers in its place) is broken",
+        ) from None
+    bundle = FleetBundle.from_receipt(signed, receipt)
+    if witness is not None:
+        check_receipt(bundle, witness, witness_url)
+    return bundle
 
 
 def save_bundle(fleet_file: Path, bundle: FleetBundle) -> Path:
