@@ -17,6 +17,13 @@ Whoever else reaches a node's port gets 401 and changes nothing.
 The node index binds a signature to one node, so a request sent to node 1 cannot be
 replayed to node 2; the time and a per-node record of recent nonces refuse a replay to
 the same node. Integers are big-endian; strings are ASCII (names are checked first).
+
+Replays, and clocks that go back: the window is judged against the highest clock reading
+this verifier has seen, not the latest one, so a node clock stepped back (by NTP or an
+operator) cannot bring a request whose nonce was already forgotten back inside it. The
+cost: after a backward step of more than the window the node refuses relay requests
+until its clock has caught up with where it was. A verifier also refuses requests signed
+before `not_before` (the node's start): the nonces a previous process saw are gone.
 """
 
 from __future__ import annotations
@@ -119,9 +126,14 @@ class HopVerifier:
     node: int
     relay_keys: Iterable[bytes]
     clock: Callable[[], float] = time.time
+    #: Requests signed before this time are refused: the node passes its start, since the
+    #: nonces an earlier process remembered are lost (0: no such bound).
+    not_before: float = 0.0
     _keys: list[Ed25519PublicKey] = field(init=False)
     #: nonce -> time it was signed, oldest first; entries leave once outside the window.
     _seen: OrderedDict[bytes, int] = field(default_factory=OrderedDict, init=False)
+    #: The highest clock reading so far: the window's low edge never moves back.
+    _latest: float = field(default=0.0, init=False)
 
     def __post_init__(self) -> None:
         self._keys = [Ed25519PublicKey.from_public_bytes(bytes(k)) for k in self.relay_keys]
@@ -142,8 +154,17 @@ class HopVerifier:
         if node != self.node:
             raise HopRefused(f"the request is signed for node {node}, not this node")
         now = self.clock()
-        if abs(now - at) > WINDOW_SECONDS:
-            raise HopRefused("the relay's signature is too old or from the future; check clocks")
+        self._latest = max(self._latest, now)
+        if at - now > WINDOW_SECONDS:
+            raise HopRefused("the relay's signature is from the future; check clocks")
+        if self._latest - at > WINDOW_SECONDS:
+            back = self._latest - now
+            raise HopRefused(
+                "the relay's signature is too old; check clocks"
+                + (f" (this node's clock went back {back:.0f} s)" if back > 1 else "")
+            )
+        if at < self.not_before:
+            raise HopRefused("the request was signed before this node started; send it again")
         message = signed_message(node, op, account, entry, body, at, nonce)
         for key in self._keys:
             try:
@@ -153,12 +174,14 @@ class HopVerifier:
                 continue
         else:
             raise HopRefused("the request is not signed by a relay this fleet lists")
-        self._remember(nonce, at, now)
+        self._remember(nonce, at)
 
-    def _remember(self, nonce: bytes, at: int, now: float) -> None:
+    def _remember(self, nonce: bytes, at: int) -> None:
+        # By the highest reading: a nonce leaves only once no clock reading to come can
+        # take its request inside the window again.
         while self._seen:
             oldest, signed_at = next(iter(self._seen.items()))
-            if now - signed_at <= WINDOW_SECONDS:
+            if self._latest - signed_at <= WINDOW_SECONDS:
                 break
             del self._seen[oldest]
         if nonce in self._seen:

@@ -28,7 +28,11 @@ class Clock:
 
 
 def channel(
-    node: int, fleet_id: bytes = b"fleet", epoch: int = 1, clock: Clock | None = None
+    node: int,
+    fleet_id: bytes = b"fleet",
+    epoch: int = 1,
+    clock: Clock | None = None,
+    not_before: float = 0.0,
 ) -> PeerChannel:
     return PeerChannel(
         node,
@@ -38,6 +42,7 @@ def channel(
         os.urandom,
         epoch=epoch,
         clock=clock or Clock(),
+        not_before=not_before,
     )
 
 
@@ -182,3 +187,41 @@ def test_a_stream_hello_proves_its_sender_once_and_never_passes_for_a_message() 
     clock.now += WINDOW + 1
     with pytest.raises(AuthenticationFailed, match="window"):
         receiver.open_hello(old)
+
+
+@pytest.mark.parametrize("kind", ["message", "hello"])
+def test_a_clock_stepped_back_does_not_reopen_the_replay_window(kind: str) -> None:
+    """Attack: capture a message, wait until the receiver forgot its nonce, step the
+    receiver's clock back (NTP, an operator, or whoever can set it) and replay it."""
+    clock = Clock()
+    sender, receiver = channel(0, clock=clock), channel(1, clock=clock)
+
+    def open_(envelope: bytes) -> None:
+        if kind == "hello":
+            receiver.open_hello(envelope)
+        else:
+            receiver.open(envelope, PEER_MESSAGES)
+
+    captured = sender.hello(1) if kind == "hello" else sender.seal(1, MESSAGE)
+    open_(captured)
+    clock.now += WINDOW + 5
+    open_(sender.hello(1) if kind == "hello" else sender.seal(1, MESSAGE))  # prunes the nonce
+    assert len(receiver._windows[0].seen) == 1
+    clock.now -= WINDOW - 5  # the captured message is inside the window by this reading
+    with pytest.raises(AuthenticationFailed, match="went back"):
+        open_(captured)
+    # Once the clock has caught up, messages sent now open again.
+    clock.now += WINDOW
+    open_(sender.hello(1) if kind == "hello" else sender.seal(1, MESSAGE))
+
+
+def test_a_message_sent_before_the_node_started_is_refused() -> None:
+    """What an earlier process of the receiver opened, this one has no nonce for."""
+    clock = Clock()
+    sender = channel(0, clock=clock)
+    before = sender.seal(1, MESSAGE)
+    clock.now += 1.0  # the receiver restarts
+    receiver = channel(1, clock=clock, not_before=clock.now)
+    with pytest.raises(AuthenticationFailed, match="before this node started"):
+        receiver.open(before, PEER_MESSAGES)
+    assert receiver.open(sender.seal(1, MESSAGE), PEER_MESSAGES) == (0, MESSAGE)

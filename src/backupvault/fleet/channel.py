@@ -23,6 +23,14 @@ is refused, and within the window each (sender, nonce) opens once (a seen-nonce 
 authenticated messages only, pruned as they leave the window). Nodes need clocks within
 a few seconds of each other (NTP).
 
+The window's low edge is the highest clock reading the channel has seen less `WINDOW`,
+never the latest reading's: a nonce is forgotten only once its message is older than
+that edge, and the edge never moves back, so a clock stepped back cannot let a forgotten
+message open again. (After a backward step of more than the window, peer messages are
+refused until the clock has caught up; Paxos takes them as lost.) A channel also refuses
+messages sent before `not_before`, the node's start, whose nonces the previous process
+remembered and this one does not.
+
 Paxos itself tolerates duplicates; the window is here because some messages cost work: a
 replayed `SyncRequest` would make a node send its store again. Beyond the replay window,
 `SyncRequest`s are limited per peer (`PeerRateLimit`: a token bucket; each answers one
@@ -111,9 +119,12 @@ class PeerChannel:
         epoch: int = 0,
         clock: Callable[[], float] = time.time,
         sync_limit: PeerRateLimit | None = None,
+        not_before: float = 0.0,
     ) -> None:
         self.node = node
         self.epoch = epoch
+        self.not_before = not_before
+        self._latest = 0.0  # the highest clock reading so far
         self._fleet_id = fleet_id
         self._rng = rng
         self._clock = clock
@@ -197,14 +208,21 @@ class PeerChannel:
                 f"peer message claiming to be from {sender} is forged"
             ) from None
         now = self._clock()
+        self._latest = max(self._latest, now)
         sent = sent_ms / 1000
-        if abs(now - sent) > WINDOW:
+        if sent - now > WINDOW or self._latest - sent > WINDOW:
+            back = self._latest - now
             raise AuthenticationFailed(
                 f"peer message from node {sender} was sent {now - sent:.0f} s from now, outside"
                 f" the {WINDOW:.0f} s window (a replay, or the clocks differ: check NTP)"
+                + (f"; this node's clock went back {back:.0f} s" if back > 1 else "")
+            )
+        if sent < self.not_before:
+            raise AuthenticationFailed(
+                f"peer message from node {sender} was sent before this node started"
             )
         window = self._windows[sender]
-        window.prune(now - WINDOW)
+        window.prune(self._latest - WINDOW)
         if nonce in window.seen:
             raise AuthenticationFailed(f"peer message from node {sender} is a replay")
         if len(window.seen) >= MAX_SEEN_PER_PEER:

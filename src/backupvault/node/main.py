@@ -24,6 +24,7 @@ import logging
 import os
 import sqlite3
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -358,6 +359,9 @@ def build_service(config: NodeConfig) -> NodeService:
         fleet.fleet_id,
         os.urandom,
         epoch=fleet.epoch or 0,
+        # What peers sent to an earlier process of this node may have opened there: its
+        # nonces are not remembered here, so such a message is refused as a replay could be.
+        not_before=time.time(),
     )
     store = NodeStore(
         config.data_dir / "store.sqlite", config.index, keys.storage, keys.row_key, keys.generation
@@ -465,7 +469,8 @@ def serve(config_path: Path) -> None:
     check_isolated()
     fleet = FleetDescription.load(config.fleet_file)
     measurement = check_measurement(config, fleet)
-    hop = HopVerifier(config.index, fleet.relay_public_keys)
+    # Requests signed before this start may have been answered by the previous process.
+    hop = HopVerifier(config.index, fleet.relay_public_keys, not_before=time.time())
     app = create_app(build_service(config), hop, measurement=measurement)
     log.info(
         "node %d listening on %s:%d, peers on %s (fleet %s, epoch %s); catching up before"
