@@ -12,11 +12,17 @@ Whoever else reaches a node's port gets 401 and changes nothing.
     headers        X-Backupvault-Node       the node index, decimal
                    X-Backupvault-Time       unix seconds, decimal
                    X-Backupvault-Nonce      32 hex digits
+                   X-Backupvault-Body-Sha256  64 hex digits: SHA-256(body), as signed
                    X-Backupvault-Signature  128 hex digits (Ed25519)
 
 The node index binds a signature to one node, so a request sent to node 1 cannot be
 replayed to node 2; the time and a per-node record of recent nonces refuse a replay to
 the same node. Integers are big-endian; strings are ASCII (names are checked first).
+
+The body's digest travels in a header as well as in the signed message, so a node checks
+the signature before it reads the body (`check_headers`): a stranger is refused after the
+headers, and only a request a listed relay signed gets its body read, then compared with
+the signed digest (`check_body`). The signed message is unchanged from before the header.
 
 Replays, and clocks that go back: the window is judged against the highest clock reading
 this verifier has seen, not the latest one, so a node clock stepped back (by NTP or an
@@ -46,6 +52,7 @@ CONTEXT = b"backupvault/v1 relay-to-node\x00"
 NODE_HEADER = "X-Backupvault-Node"
 TIME_HEADER = "X-Backupvault-Time"
 NONCE_HEADER = "X-Backupvault-Nonce"
+DIGEST_HEADER = "X-Backupvault-Body-Sha256"
 SIGNATURE_HEADER = "X-Backupvault-Signature"
 NONCE_LEN = 16
 #: How far a request's time may be from the node's clock.
@@ -66,6 +73,12 @@ def _field(value: str) -> bytes:
 def signed_message(
     node: int, op: str, account: str, entry: str, body: bytes, at: int, nonce: bytes
 ) -> bytes:
+    return _signed(node, op, account, entry, hashlib.sha256(body).digest(), at, nonce)
+
+
+def _signed(
+    node: int, op: str, account: str, entry: str, digest: bytes, at: int, nonce: bytes
+) -> bytes:
     if not (0 <= node < 256 and len(nonce) == NONCE_LEN and 0 <= at < 1 << 64):
         raise ValueError("node index, time or nonce out of range")
     return (
@@ -74,7 +87,7 @@ def signed_message(
         + _field(op)
         + _field(account)
         + _field(entry)
-        + hashlib.sha256(body).digest()
+        + digest
         + struct.pack(">Q", at)
         + nonce
     )
@@ -97,6 +110,7 @@ def sign_headers(
         NODE_HEADER: str(node),
         TIME_HEADER: str(at),
         NONCE_HEADER: nonce.hex(),
+        DIGEST_HEADER: hashlib.sha256(body).hexdigest(),
         SIGNATURE_HEADER: signature.hex(),
     }
 
@@ -116,6 +130,15 @@ def _hex(value: str | None, length: int, what: str) -> bytes:
     if value is None or len(value) != 2 * length or not _HEX_DIGITS.issuperset(value):
         raise HopRefused(f"missing or malformed {what} header")
     return bytes.fromhex(value)
+
+
+@dataclass(frozen=True)
+class SignedHeaders:
+    """A request whose headers a listed relay signed; its body is not checked yet."""
+
+    nonce: bytes
+    at: int
+    digest: bytes
 
 
 @dataclass
@@ -144,12 +167,20 @@ class HopVerifier:
         self, headers: Mapping[str, str], op: str, account: str, entry: str, body: bytes
     ) -> None:
         """Raises HopRefused unless the request is fresh, for this node, and signed."""
+        self.check_body(self.check_headers(headers, op, account, entry), body)
+
+    def check_headers(
+        self, headers: Mapping[str, str], op: str, account: str, entry: str
+    ) -> SignedHeaders:
+        """Everything but the body: the signature over the declared digest, the node, the
+        window and the nonce. Raises HopRefused; nothing is remembered yet."""
         if not (is_valid_name(account) and is_valid_name(entry)):
             raise HopRefused("account and entry must be valid names")
         named = {k.lower(): v for k, v in headers.items()}  # header names ignore case
         node = _decimal(named.get(NODE_HEADER.lower()), NODE_HEADER)
         at = _decimal(named.get(TIME_HEADER.lower()), TIME_HEADER)
         nonce = _hex(named.get(NONCE_HEADER.lower()), NONCE_LEN, NONCE_HEADER)
+        digest = _hex(named.get(DIGEST_HEADER.lower()), 32, DIGEST_HEADER)
         signature = _hex(named.get(SIGNATURE_HEADER.lower()), 64, SIGNATURE_HEADER)
         if node != self.node:
             raise HopRefused(f"the request is signed for node {node}, not this node")
@@ -165,7 +196,7 @@ class HopVerifier:
             )
         if at < self.not_before:
             raise HopRefused("the request was signed before this node started; send it again")
-        message = signed_message(node, op, account, entry, body, at, nonce)
+        message = _signed(node, op, account, entry, digest, at, nonce)
         for key in self._keys:
             try:
                 key.verify(signature, message)
@@ -174,7 +205,15 @@ class HopVerifier:
                 continue
         else:
             raise HopRefused("the request is not signed by a relay this fleet lists")
-        self._remember(nonce, at)
+        if nonce in self._seen:
+            raise HopRefused("this signed request was already used (a replay)")
+        return SignedHeaders(nonce, at, digest)
+
+    def check_body(self, signed: SignedHeaders, body: bytes) -> None:
+        """The body is the one signed; then its nonce is spent."""
+        if hashlib.sha256(body).digest() != signed.digest:
+            raise HopRefused("the request body is not the one the relay signed")
+        self._remember(signed.nonce, signed.at)
 
     def _remember(self, nonce: bytes, at: int) -> None:
         # By the highest reading: a nonce leaves only once no clock reading to come can

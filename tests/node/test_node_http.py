@@ -273,7 +273,8 @@ def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
         for _ in range(100):  # 6.4 MB, a hundred times the cap
             yield b"\0" * 65536
 
-    answer = node.post("/v1/client/manifest", content=endless(), headers=HEADERS)
+    signed = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", b"x")}
+    answer = node.post("/v1/client/manifest", content=endless(), headers=signed)
     assert answer.status_code == 413
 
     received = 0
@@ -302,7 +303,72 @@ def test_a_content_length_with_thousands_of_leading_zeros_is_read_by_its_value(
     )
     assert answer.status_code == 200
     assert isinstance(decode_response(Op.MANIFEST, key.open(answer.content)), ManifestResponse)
+    again = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", sealed)}
     huge = node.post(
-        "/v1/client/manifest", content=sealed, headers={**HEADERS, "content-length": "9" * 5000}
+        "/v1/client/manifest", content=sealed, headers={**again, "content-length": "9" * 5000}
     )
     assert huge.status_code == 413
+
+
+def _app_reads(app: Any, headers: dict[str, str], body: bytes) -> tuple[int, int]:
+    """(status, body chunks the app asked for) of one POST /v1/client/manifest."""
+    asked = 0
+    status = 0
+
+    async def receive() -> dict[str, Any]:
+        nonlocal asked
+        asked += 1
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    async def send(message: dict[str, Any]) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+
+    scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/client/manifest",
+        "raw_path": b"/v1/client/manifest",
+        "root_path": "",
+        "scheme": "http",
+        "query_string": b"",
+        "headers": [(k.lower().encode(), v.encode()) for k, v in headers.items()],
+        "server": ("127.0.0.1", 7100),
+        "client": ("127.0.0.1", 50000),
+    }
+    asyncio.run(app(scope, receive, send))
+    return status, asked
+
+
+@pytest.mark.parametrize(
+    "stranger", ["unsigned", "other key", "no digest header", "digest of another body"]
+)
+def test_a_stranger_is_refused_before_its_body_is_read(node: TestClient, stranger: str) -> None:
+    """The relay's signature is over the body's digest, which also travels in a header:
+    the node checks it before it reads the body, so whoever is not a listed relay gets
+    401 after its headers and never makes the node buffer a body."""
+    body = _manifest_request()
+    key = Ed25519PrivateKey.generate() if stranger == "other key" else RELAY_KEY
+    signed = sign_headers(key, 0, "manifest", "alice", "main", body)
+    if stranger == "unsigned":
+        signed = {}
+    if stranger == "no digest header":
+        del signed["X-Backupvault-Body-Sha256"]
+    if stranger == "digest of another body":
+        signed["X-Backupvault-Body-Sha256"] = "00" * 32
+    status, asked = _app_reads(node.app, {**HEADERS, **signed}, body)
+    assert (status, asked) == (401, 0)
+
+
+def test_a_body_other_than_the_signed_one_is_refused_and_spends_no_nonce(
+    node: TestClient,
+) -> None:
+    """A listed relay's headers with another body (a man in the middle swapped it): read,
+    found not to match the signed digest, refused; the relay's own request still passes."""
+    body = _manifest_request()
+    headers = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", body)}
+    swapped = node.post("/v1/client/manifest", content=body + b"!", headers=headers)
+    assert swapped.status_code == 401
+    assert "not the one the relay signed" in swapped.json()["detail"]
+    assert node.post("/v1/client/manifest", content=body, headers=headers).status_code == 200

@@ -66,11 +66,19 @@ def create_app(
             check_name("entry", entry)
         except InvalidInput as err:
             return _error(400, "bad_request", err.message)
+        # The signature first, over the digest its header declares: a stranger is refused
+        # before a byte of the body is read; only a listed relay's request is read, then
+        # held to the digest it signed.
+        try:
+            signed = hop.check_headers(request.headers, str(op), account, entry)
+        except HopRefused as err:
+            log.warning("client %s refused: %s", op, err.message)
+            return _error(401, "relay_signature", err.message)
         body = await _read_capped(request, MAX_BODY)
         if body is None:
             return _error(413, "too_large", f"sealed requests are at most {MAX_BODY} bytes")
         try:
-            hop.verify(request.headers, str(op), account, entry, body)
+            hop.check_body(signed, body)
         except HopRefused as err:
             log.warning("client %s refused: %s", op, err.message)
             return _error(401, "relay_signature", err.message)
