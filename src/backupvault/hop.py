@@ -59,6 +59,11 @@ NONCE_LEN = 16
 WINDOW_SECONDS = 60
 #: Nonces remembered per node; beyond it the node refuses rather than forgets (see below).
 MAX_REMEMBERED = 200_000
+#: What an operator's signed `GET /v1/metrics` names in place of an operation, account and
+#: entry (node/http.py); no client operation has this name, so neither signature passes
+#: for the other.
+METRICS_OP = "metrics"
+METRICS_NAME = "operator"
 
 
 class HopRefused(AuthenticationFailed):
@@ -113,6 +118,11 @@ def sign_headers(
         DIGEST_HEADER: hashlib.sha256(body).hexdigest(),
         SIGNATURE_HEADER: signature.hex(),
     }
+
+
+def metrics_headers(key: Ed25519PrivateKey, node: int, now: float | None = None) -> dict[str, str]:
+    """The headers of a `GET /v1/metrics` to node `node`, signed with a relay key."""
+    return sign_headers(key, node, METRICS_OP, METRICS_NAME, METRICS_NAME, b"", now)
 
 
 def _decimal(value: str | None, what: str) -> int:

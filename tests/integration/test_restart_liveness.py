@@ -12,12 +12,10 @@ import sqlite3
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
 from backupvault.deploy.local import DeploymentError
-from backupvault.node.config import FleetDescription
 
 from .conftest import FAST_KSF, Vault, wait_for
 
@@ -25,16 +23,13 @@ PASSWORD = "correct horse battery staple"
 
 
 def _health(vault: Vault, index: int) -> dict[str, object]:
-    """The node's health answer, once its process listens (it may still be starting)."""
-    url = FleetDescription.load(vault.root / "fleet.toml").nodes[index].url
+    """The node's `ready` and `intact_start`, from its metrics (signed with the local
+    relay key: the unsigned health answers `ready` alone), once its process listens."""
     answer: dict[str, object] = {}
 
     def answered() -> bool:
-        try:
-            answer.update(httpx.get(f"{url}/v1/health", timeout=5).json())
-        except httpx.TransportError:
-            return False
-        return True
+        answer.update(vault.deployment.metrics().get(f"node{index}", {}).get("health", {}))
+        return bool(answer)
 
     wait_for(answered, 30, f"node{index} to listen")
     return answer

@@ -21,7 +21,7 @@ from starlette.testclient import TestClient
 from backupvault.codec import Message
 from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
-from backupvault.hop import HopVerifier, sign_headers
+from backupvault.hop import HopVerifier, metrics_headers, sign_headers
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
 from backupvault.node.http import MAX_BODY, _read_capped, create_app
@@ -372,3 +372,31 @@ def test_a_body_other_than_the_signed_one_is_refused_and_spends_no_nonce(
     assert swapped.status_code == 401
     assert "not the one the relay signed" in swapped.json()["detail"]
     assert node.post("/v1/client/manifest", content=body, headers=headers).status_code == 200
+
+
+def test_health_tells_a_stranger_only_whether_the_node_answers(node: TestClient) -> None:
+    """The relay polls it unsigned: it gets `ready`, nothing about the node's disk."""
+    assert node.get("/v1/health").json() == {"ready": True}
+
+
+def test_metrics_answer_a_relay_key_only(node: TestClient) -> None:
+    """Counters (evaluations, commits, refusals) tell a stranger the fleet's traffic and
+    its troubles: 401 without a fresh signature for this node by a listed relay key."""
+    unsigned = node.get("/v1/metrics")
+    assert unsigned.status_code == 401
+    assert unsigned.json()["error"] == "relay_signature"
+    stranger = node.get("/v1/metrics", headers=metrics_headers(Ed25519PrivateKey.generate(), 0))
+    assert stranger.status_code == 401
+    assert node.get("/v1/metrics", headers=metrics_headers(RELAY_KEY, 1)).status_code == 401
+    # A client request's signature does not open the metrics, nor the other way round.
+    client = sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", b"")
+    assert node.get("/v1/metrics", headers=client).status_code == 401
+    signed = metrics_headers(RELAY_KEY, 0)
+    answer = node.get("/v1/metrics", headers=signed)
+    assert answer.status_code == 200
+    data = answer.json()
+    assert data["node"] == 0 and "evaluations" in data
+    assert set(data["health"]) == {"ready", "intact_start"}
+    assert node.get("/v1/metrics", headers=signed).status_code == 401  # a replay
+    as_client = post(node, "metrics", b"", {**HEADERS, **metrics_headers(RELAY_KEY, 0)})
+    assert as_client.status_code == 404

@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault import serving
 from backupvault.chaos.proxy import LinkProxy, Mode, ProxyPool
@@ -74,6 +75,7 @@ from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import ksf
 from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDeployment
+from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
 from backupvault.protocol import EntryStatus, EvaluateResponse, Op
@@ -424,8 +426,9 @@ class Counters:
     once more right before a kill or a SIGTERM; a restarted node's counters start again at
     0."""
 
-    def __init__(self, urls: dict[int, str]) -> None:
+    def __init__(self, urls: dict[int, str], key: Ed25519PrivateKey) -> None:
         self.urls = urls
+        self._key = key  # the local relay's: nodes answer metrics to its signature only
         self.done: dict[int, Counter[str]] = {i: Counter() for i in urls}
         self.last: dict[int, dict[str, int]] = {i: {} for i in urls}
         self.lock = threading.Lock()
@@ -433,7 +436,11 @@ class Counters:
 
     def poll(self, node: int) -> bool:
         try:
-            data = self._http.get(f"{self.urls[node]}/v1/metrics").json()
+            answer = self._http.get(
+                f"{self.urls[node]}/v1/metrics", headers=metrics_headers(self._key, node)
+            )
+            answer.raise_for_status()
+            data = answer.json()
         except (httpx.HTTPError, ValueError):
             return False
         values = {k: int(v) for k, v in data.items() if k != "node" and isinstance(v, int)}
@@ -530,7 +537,7 @@ class ProxiedFleet:
         relay["relay"].update(RELAY_SETTINGS)
         write_toml(relay_path, relay)
         self.client_config = ClientConfig.load(self.root / "client.toml")
-        self.counters = Counters(self.node_urls)
+        self.counters = Counters(self.node_urls, self.deployment.relay_key())
 
     def start(self, timeout: float = 90.0) -> None:
         self.pool.start()

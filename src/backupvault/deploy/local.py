@@ -60,6 +60,7 @@ from backupvault.deploy.records import (
 )
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import replace_file, write_new_file
+from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
@@ -239,7 +240,7 @@ class LocalDeployment:
             fleet_id=fleet_id,
             guess_limit=10,
             nodes=nodes_described,
-            relay_public_keys=(raw_public_key(self._relay_key()),),
+            relay_public_keys=(raw_public_key(self.relay_key()),),
             account_issuer=ISSUER,
             account_issuer_public_key=raw_public_key(self._operator_key()),
         )
@@ -249,7 +250,8 @@ class LocalDeployment:
     def _operator_key(self) -> Ed25519PrivateKey:
         return load_operator_private_key(self.root / "operator.key")
 
-    def _relay_key(self) -> Ed25519PrivateKey:
+    def relay_key(self) -> Ed25519PrivateKey:
+        """The local relay's signing key: also what reads the nodes' metrics."""
         return load_operator_private_key(self.root / RELAY_KEY)
 
     def _deploy_and_log(self, fleet_file: Path, epoch: int) -> Path:
@@ -753,11 +755,16 @@ class LocalDeployment:
     def metrics(self, epoch: int | None = None) -> dict[str, dict[str, Any]]:
         """Each running node's counters (evaluations, commits, refusals)."""
         report: dict[str, dict[str, Any]] = {}
+        key = self.relay_key()
         for node in self.fleet(epoch).nodes:
+            # A node answers its metrics only to a relay key's signature (docs/operations.md).
+            headers = metrics_headers(key, node.index)
             try:
-                report[f"node{node.index}"] = httpx.get(f"{node.url}/v1/metrics", timeout=2).json()
+                answer = httpx.get(f"{node.url}/v1/metrics", headers=headers, timeout=2)
             except httpx.HTTPError:
                 continue
+            if answer.status_code == 200:
+                report[f"node{node.index}"] = answer.json()
         return report
 
     def relay_url(self) -> str:

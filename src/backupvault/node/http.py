@@ -15,7 +15,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.hop import HopRefused, HopVerifier
+from backupvault.hop import METRICS_NAME, METRICS_OP, HopRefused, HopVerifier
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
 from backupvault.serving import content_length_over
@@ -89,9 +89,9 @@ def create_app(
         return _error(answer.status, answer.error, answer.detail)
 
     async def health(request: Request) -> Response:
-        return JSONResponse(
-            {"node": service.node, "ready": service.replica.ready, "intact_start": service.intact}
-        )
+        # Anyone who reaches the port may ask (the relay polls it unsigned): whether the
+        # node answers, nothing more. The rest is in the signed metrics.
+        return JSONResponse({"ready": service.replica.ready})
 
     async def own_measurement(request: Request) -> Response:
         if measurement is None:
@@ -99,7 +99,15 @@ def create_app(
         return JSONResponse(dict(measurement))
 
     async def metrics(request: Request) -> Response:
-        return JSONResponse({"node": service.node, **service.metrics})
+        # Counters tell a stranger the fleet's traffic and a node's troubles: only for a
+        # listed relay key's signature, fresh and for this node (hop.metrics_headers).
+        try:
+            hop.verify(request.headers, METRICS_OP, METRICS_NAME, METRICS_NAME, b"")
+        except HopRefused as err:
+            log.warning("metrics refused: %s", err.message)
+            return _error(401, "relay_signature", err.message)
+        health = {"ready": service.replica.ready, "intact_start": service.intact}
+        return JSONResponse({"node": service.node, **service.metrics, "health": health})
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
