@@ -16,6 +16,7 @@ import httpx
 import pytest
 
 from backupvault.deploy.local import free_port
+from backupvault.serving import ServerLimits
 
 SERVICE = """
 import asyncio, contextlib, sys, threading
@@ -43,17 +44,19 @@ async def lifespan(app):
         threading.Event().wait()  # a shutdown stuck on a lock, holding the event loop
 
 app = Starlette(routes=[Route("/forever", forever), Route("/ready", ready)], lifespan=lifespan)
-serving.run_until_stopped(app, host="127.0.0.1", port={port}, log_config=None)
+serving.run_until_stopped(app, {limits}, host="127.0.0.1", port={port}, log_config=None)
 """
 
 
 def _start(
-    tmp_path: Path, *, hang_shutdown: bool, stop: float
+    tmp_path: Path, *, hang_shutdown: bool, stop: float, limits: str = "None"
 ) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     script = tmp_path / "service.py"
     script.write_text(
-        textwrap.dedent(SERVICE).format(port=port, hang_shutdown=hang_shutdown, stop=stop)
+        textwrap.dedent(SERVICE).format(
+            port=port, hang_shutdown=hang_shutdown, stop=stop, limits=limits
+        )
     )
     process = subprocess.Popen(
         [sys.executable, str(script)],
@@ -109,3 +112,47 @@ def test_a_shutdown_that_hangs_ends_the_process_with_its_stacks(tmp_path: Path) 
     assert "shutdown began" in out
     # What held it, for the operator (faulthandler names the stuck frame).
     assert "Timeout (0:00:03)!" in err and "in lifespan" in err
+
+
+def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -> None:
+    """Whoever opens many requests or connections meets a bound, not an exhausted
+    process: past `max_requests` under way a 503 saying why (before the application
+    runs), past `max_connections` uvicorn's own 503; room comes back as they close."""
+    limits = "serving.ServerLimits(max_requests=2, max_connections=5, backlog=8)"
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits)
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        held = [_hold_a_request(url) for _ in range(2)]
+        busy = httpx.get(f"{url}/ready", timeout=5)
+        assert busy.status_code == 503
+        assert busy.json()["error"] == "busy" and "2 requests" in busy.json()["detail"]
+        assert busy.headers["retry-after"] == "1"
+        idle = [socket.create_connection((host, int(port))) for _ in range(3)]
+        time.sleep(0.3)  # accepted
+        crowded = httpx.get(f"{url}/ready", timeout=5)
+        assert crowded.status_code == 503 and crowded.text == "Service Unavailable"
+        for connection in idle:
+            connection.close()
+        time.sleep(0.3)
+        # Room for connections again; the two requests (which never end) still hold theirs.
+        assert httpx.get(f"{url}/ready", timeout=5).json()["error"] == "busy"
+        for connection in held:
+            connection.close()
+    finally:
+        process.kill()
+        process.communicate()
+
+
+@pytest.mark.parametrize(
+    "limits",
+    [
+        {"max_requests": 0},
+        {"max_connections": -1},
+        {"backlog": True},
+        {"max_requests": "many"},
+        {"max_requests": 100, "max_connections": 100},
+    ],
+)
+def test_server_limits_refuse_what_would_not_bound(limits: dict[str, object]) -> None:
+    with pytest.raises(ValueError, match="must be"):
+        ServerLimits(**limits)  # type: ignore[arg-type]

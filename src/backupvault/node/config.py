@@ -20,14 +20,16 @@
 
 Relative paths are relative to the file that names them. A node's peer listener (the
 streams the other nodes send consensus messages on) binds to `peer_listen`, by default to
-its own `peer` address in the fleet file.
+its own `peer` address in the fleet file. `[node]` may also bound what the node's HTTP
+port takes at once (serving.ServerLimits): `max_requests` under way (default 256; beyond,
+503 busy), `max_connections` open (default 1024) and the listen `backlog` (default 128).
 """
 
 from __future__ import annotations
 
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +38,7 @@ import tomli_w
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.node.token import TokenConfig
+from backupvault.serving import ServerLimits
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 
 
@@ -198,6 +201,8 @@ class NodeConfig:
     token: TokenConfig
     #: host:port the peer listener binds to; None: the node's `peer` in the fleet file.
     peer_listen: str | None = None
+    #: What the node's HTTP port takes at once (serving.ServerLimits; docs/operations.md).
+    limits: ServerLimits = field(default_factory=ServerLimits)
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
@@ -228,9 +233,23 @@ class NodeConfig:
                     None if conf is None else base / conf,
                 ),
                 None if "peer_listen" not in node else str(node["peer_listen"]),
+                _limits(node, path),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"node config {path} is incomplete: {err}") from None
+
+
+def _limits(node: dict[str, Any], path: Path) -> ServerLimits:
+    """[node] max_requests, max_connections and backlog; each optional."""
+    defaults = ServerLimits()
+    try:
+        return ServerLimits(
+            node.get("max_requests", defaults.max_requests),
+            node.get("max_connections", defaults.max_connections),
+            node.get("backlog", defaults.backlog),
+        )
+    except ValueError as err:
+        raise InvalidInput(f"node config {path}: {err}") from None
 
 
 def read_pin_file(pin_file: Path, data_dir: Path) -> str:

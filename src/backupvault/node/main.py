@@ -483,5 +483,10 @@ def serve(config_path: Path) -> None:
         measurement["epoch"],
     )
     run_until_stopped(
-        app, host=config.host, port=config.port, log_level="warning", access_log=False
+        app,
+        config.limits,
+        host=config.host,
+        port=config.port,
+        log_level="warning",
+        access_log=False,
     )

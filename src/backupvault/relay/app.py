@@ -523,7 +523,7 @@ def create_app(
 def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> None:
     """Run the relay until stopped (SIGTERM or SIGINT). The server's own access log is
     off: the relay writes its own metadata-only line per request."""
-    from backupvault.serving import run_until_stopped
+    from backupvault.serving import ServerLimits, run_until_stopped
 
     if not logging.getLogger().handlers:
         logging.basicConfig(
@@ -531,6 +531,13 @@ def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> Non
         )
     run_until_stopped(
         create_app(config),
+        # The front door for every client: more than a node takes, still bounded.
+        # Forwards have their own cap (max_concurrent_forwards: 503 relay_busy).
+        ServerLimits(
+            max_requests=max(2048, 2 * config.max_concurrent_forwards),
+            max_connections=max(8192, 8 * config.max_concurrent_forwards),
+            backlog=2048,
+        ),
         host=host,
         port=port,
         access_log=False,

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.serving import run_until_stopped
+from backupvault.serving import ServerLimits, run_until_stopped
 from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
 from backupvault.transparency.witness import Witness, WitnessConfig
 
@@ -172,6 +172,8 @@ def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> N
     """Run the witness until stopped (SIGTERM or SIGINT)."""
     witness = config.open()
     try:
-        run_until_stopped(create_app(witness), host=host, port=port, log_config=None)
+        run_until_stopped(
+            create_app(witness), ServerLimits(), host=host, port=port, log_config=None
+        )
     finally:
         witness.store.close()
