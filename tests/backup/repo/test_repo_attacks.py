@@ -20,7 +20,7 @@ from backupvault.backup.repo import (
     snapshots,
 )
 from backupvault.backup.repo.backend import Backend
-from backupvault.backup.repo.index import PackEntry
+from backupvault.backup.repo.index import IndexFile, PackEntry, max_index_len, split_index
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
@@ -564,3 +564,132 @@ def test_a_fifo_or_device_put_under_an_objects_name_is_refused_not_waited_on(
     (repo / "forgotten" / first).symlink_to("/dev/zero")
     result = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=False)
     assert [e for e in result.errors if "not a file" in e]
+
+
+# ---- index objects: written in parts of a bounded size, read no further ------------------
+
+
+_TARGET = "backupvault.backup.repo.index.INDEX_BODY_TARGET"
+
+
+def _opened(repo: Path, root_key: bytes) -> Repository:
+    return Repository.open(Storage(str(repo)), root_key)
+
+
+def _index_objects(repo: Path, root_key: bytes) -> dict[str, IndexFile]:
+    keys = _opened(repo, root_key).keys
+    return {
+        p.name: IndexFile.open(keys.index, bytes.fromhex(p.name), p.read_bytes())
+        for p in (repo / "index").iterdir()
+    }
+
+
+def test_a_huge_index_object_is_read_no_further_than_any_index_and_is_damage(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Index objects were read whole, with no limit, by every command: a sparse file of
+    a few GiB planted in index/ (which costs storage nothing) was read into memory by
+    each. It is read no further than the largest index object a writer makes, left out
+    as damaged (check reports it), and the repository still restores; prune replaces it."""
+    source, repo = made
+    planted = repo / "index" / ("ab" * 16)
+    with open(planted, "wb") as handle:
+        handle.truncate(64 << 20)
+    most = max_index_len(_opened(repo, root_key).config)
+    assert most < 64 << 20
+    reads = _largest_reads(monkeypatch)
+    result = maintenance.check(_opened(repo, root_key), read_data=True)
+    assert max(reads) <= most + 1
+    assert [e for e in result.errors if planted.name in e and "larger than any" in e]
+    reads.clear()
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert max(reads) <= most + 1
+    assert snapshot(repo.parent / "out") == snapshot(source)
+    reads.clear()
+    create_snapshot(source, str(repo), root_key)
+    assert max(reads) <= most + 1
+    monkeypatch.undo()
+    maintenance.prune(_opened(repo, root_key), dry_run=False)
+    assert not planted.exists()
+    assert maintenance.check(_opened(repo, root_key), read_data=True).errors == []
+
+
+def test_writers_split_the_index_into_objects_of_at_most_the_documented_size(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup wrote one index object for all its packs, and prune and repair one for
+    every pack of the repository: its size had no bound, so no read of one could have
+    one. With the target patched down, each writer splits (superseded ids after every
+    pack record) and every object stays within `max_index_len`."""
+    source, repo = made
+    for p in (repo / "index").iterdir():
+        p.unlink()  # the fixture's, written with the usual target: made again below
+    (repo / "snapshots" / next((repo / "snapshots").iterdir()).name).unlink()
+    monkeypatch.setattr(_TARGET, 600)
+    config = _opened(repo, root_key).config
+    most = max_index_len(config)
+    (source / "more").write_bytes(os.urandom(30_000))
+    create_snapshot(source, str(repo), root_key)
+    written = _index_objects(repo, root_key)
+    assert len(written) > 3
+    assert all((repo / "index" / n).stat().st_size <= most for n in written)
+
+    maintenance.prune(_opened(repo, root_key), dry_run=False)
+    after = _index_objects(repo, root_key)
+    assert not set(after) & set(written)  # every earlier object superseded and deleted
+    assert len(after) > 3
+    assert all((repo / "index" / n).stat().st_size <= most for n in after)
+    listing = [f for f in after.values() if f.packs]
+    superseding = [f for f in after.values() if f.supersedes]
+    assert superseding and sum(bool(f.packs) for f in superseding) <= 1
+    assert {s.hex() for f in superseding for s in f.supersedes} == set(written)
+    assert sum(len(f.packs) for f in listing) == len(list((repo / "data").iterdir()))
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert snapshot(repo.parent / "out") == snapshot(source)
+
+
+def test_a_prune_interrupted_between_its_index_objects_loses_nothing(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Objects naming what they supersede are written last: a prune stopped after some
+    of its new objects leaves the old ones live beside them."""
+    source, repo = made
+    monkeypatch.setattr(_TARGET, 600)
+    original = Backend.put
+    puts: list[str] = []
+
+    def failing(self: Backend, name: str, *args: Any, **kwargs: Any) -> None:
+        if name.startswith("index/"):
+            puts.append(name)
+            if len(puts) == 3:
+                raise OSError("storage went away")
+        original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Backend, "put", failing)
+    with pytest.raises(OSError):
+        maintenance.prune(_opened(repo, root_key), dry_run=False)
+    monkeypatch.setattr(Backend, "put", original)
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert snapshot(repo.parent / "out") == snapshot(source)
+    assert maintenance.check(_opened(repo, root_key), read_data=True).errors == []
+
+
+def test_split_index_bounds_every_object() -> None:
+    """Each object's body is at most the target after its two counts, or one pack record
+    alone when that is larger; superseded ids only after every pack record."""
+    entry = PackEntry(b"c" * 32, 0, 30, 1)
+    packs = {bytes([i]) * 16: [entry] * (5 if i not in (7, 19) else 400) for i in range(20)}
+    old = [bytes([i]) * 16 for i in range(100)]
+    assert len(split_index(packs, old)) == 1  # all of it fits in one
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(_TARGET, 1000)
+        parts = split_index(packs, old)
+        bodies = [len(p.seal(b"k" * 32, b"i" * 16)) - 28 - 8 for p in parts]
+        record = 20 + 44 * 400
+        assert all(b <= 1000 or b == record for b in bodies)
+        assert record in bodies
+        first_superseding = next(n for n, p in enumerate(parts) if p.supersedes)
+        assert all(not p.packs for p in parts[first_superseding + 1 :])
+        assert all(not p.supersedes for p in parts[:first_superseding])
+        assert [s for p in parts for s in p.supersedes] == old
+        assert {k: v for p in parts for k, v in p.packs.items()} == packs

@@ -78,14 +78,40 @@ def seal_pack_header(key: bytes, pack_id: bytes, entries: list[PackEntry]) -> by
     return sealed + _U32.pack(len(sealed))
 
 
-def max_pack_len(config: RepoConfig) -> int:
-    """The largest pack this repository's writers make: blobs until they reach pack_size
-    (the last one may be a whole chunk_max chunk, stored raw), the smallest blob 29 bytes
-    (an empty chunk), and a header entry for each. Storage may hold anything under a
-    pack's name, and an unindexed pack is read whole to adopt it."""
+def _max_pack_blobs(config: RepoConfig) -> tuple[int, int]:
+    """(bytes of blobs, number of blobs) of the largest pack: blobs until they reach
+    pack_size (the last one may be a whole chunk_max chunk, stored raw), the smallest
+    blob 29 bytes (an empty chunk)."""
     blobs = config.pack_size + config.chunk_max + BLOB_OVERHEAD
-    header = NONCE_LEN + 4 + _ENTRY.size * (blobs // BLOB_OVERHEAD + 1) + TAG_LEN
+    return blobs, blobs // BLOB_OVERHEAD + 1
+
+
+def max_pack_len(config: RepoConfig) -> int:
+    """The largest pack this repository's writers make: its blobs and a header entry for
+    each. Storage may hold anything under a pack's name, and an unindexed pack is read
+    whole to adopt it."""
+    blobs, count = _max_pack_blobs(config)
+    header = NONCE_LEN + 4 + _ENTRY.size * count + TAG_LEN
     return blobs + header + PACK_TRAILER_LEN
+
+
+#: A writer closes an index object before its body would pass this many bytes (and
+#: the two counts), unless it holds nothing yet: about 190,000 chunks, 140 GiB of data
+#: at the default chunk sizes, per object.
+INDEX_BODY_TARGET: Final = 8 << 20
+_SUPERSEDED_ITEM: Final = OBJECT_ID_LEN
+
+
+def _pack_record_len(entries: int) -> int:
+    return OBJECT_ID_LEN + 4 + _ENTRY.size * entries
+
+
+def max_index_len(config: RepoConfig) -> int:
+    """The largest index object this repository's writers make: the target, or one
+    pack's record alone if that is larger (a record is never split). Storage may hold
+    anything under an index object's name, and every command reads them whole."""
+    largest = max(INDEX_BODY_TARGET, _pack_record_len(_max_pack_blobs(config)[1]))
+    return NONCE_LEN + 4 + 4 + largest + TAG_LEN
 
 
 def open_pack_header(key: bytes, pack_id: bytes, pack: bytes, at: int = 0) -> list[PackEntry]:
@@ -143,6 +169,39 @@ class IndexFile:
         if pos != len(data) or any(len(i) != OBJECT_ID_LEN for i in result.supersedes):
             raise InvalidInput(f"{what} is malformed")
         return result
+
+
+def split_index(
+    packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()
+) -> list[IndexFile]:
+    """`packs` and `supersedes` as index objects of at most `max_index_len` bytes, in the
+    order they must be written: superseded ids only after every pack record (in the last
+    object of packs, then in objects of their own). So an interruption before the last
+    leaves old and new objects both live (a chunk listed twice is no harm), never an old
+    one superseded before every pack it named that is kept is listed anew."""
+    files: list[IndexFile] = []
+    current = IndexFile()
+    body = 0
+
+    def close() -> None:
+        nonlocal current, body
+        if current.packs or current.supersedes:
+            files.append(current)
+        current, body = IndexFile(), 0
+
+    for pack_id, entries in packs.items():
+        size = _pack_record_len(len(entries))
+        if current.packs and body + size > INDEX_BODY_TARGET:
+            close()
+        current.packs[pack_id] = entries
+        body += size
+    for old in supersedes:
+        if (current.packs or current.supersedes) and body + _SUPERSEDED_ITEM > INDEX_BODY_TARGET:
+            close()
+        current.supersedes.append(old)
+        body += _SUPERSEDED_ITEM
+    close()
+    return files
 
 
 class Index:

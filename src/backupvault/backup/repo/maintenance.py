@@ -1,15 +1,16 @@
 """List, diff, forget, prune, check and repair a repository.
 
 prune, crash-safe in this order: (1) copy the chunks still used out of packs that are
-mostly unused into new packs; (2) write one index object that lists every pack kept and
-supersedes all earlier ones; (3) delete the superseded index objects; (4) delete the packs
-no longer listed; (5) remove stale locks and the day-old temporary objects of interrupted
-uploads (`.partial`). An interruption anywhere loses nothing: before (2) the new packs are
-unindexed extras (adopted by the next backup or removed by the next prune); after it,
-superseded index objects are ignored and unlisted packs are garbage.
+mostly unused into new packs; (2) write index objects that list every pack kept, then
+ones that supersede all earlier ones (`split_index`); (3) delete the superseded index
+objects; (4) delete the packs no longer listed; (5) remove stale locks and the day-old
+temporary objects of interrupted uploads (`.partial`). An interruption anywhere loses
+nothing: before (2) the new packs are unindexed extras (adopted by the next backup or
+removed by the next prune); within it, old and new index objects are both live; after
+it, superseded index objects are ignored and unlisted packs are garbage.
 
 repair (restic's `repair packs`), in prune's order: (1) copy the chunks that authenticate
-out of damaged packs into new packs, read back; (2) write one index, without the chunks
+out of damaged packs into new packs, read back; (2) write the index, without the chunks
 that did not (nor those of missing packs), read back; (3) delete the superseded index
 objects; (4) delete the damaged packs. Interrupted before (2), the new packs are
 unindexed extras (the next repair indexes them); after it, the damaged packs are, and the
@@ -44,6 +45,7 @@ from backupvault.backup.repo.index import (
     Index,
     IndexFile,
     PackEntry,
+    max_index_len,
     max_pack_len,
     open_pack_header,
 )
@@ -348,7 +350,7 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     result.packs_written = len(writer.written)
     result.bytes_written = writer.stored
     result.bytes_freed -= writer.stored
-    # (2) one index for everything kept, superseding every index object read above
+    # (2) the index of everything kept, superseding every index object read above
     repo.write_index({**keep, **writer.written}, [bytes.fromhex(n) for n in index_names])
     # (3), (4), (5)
     for name in index_names:
@@ -783,8 +785,8 @@ def _salvage(
     result.bytes_written = writer.stored
     # Read back before anything names or deletes: storage damaged something once already.
     _read_back(lambda: _same_packs(repo, writer.written))
-    name, _size = repo.write_index(kept.packs, [bytes.fromhex(n) for n in index_names])
-    _read_back(lambda: _same_index(repo, name, kept.packs))
+    names, _size = repo.write_index(kept.packs, [bytes.fromhex(n) for n in index_names])
+    _read_back(lambda: _same_index(repo, names, kept.packs))
     for old in index_names:
         repo.backend.delete(f"index/{old}")
     for pack_id in damaged:
@@ -809,9 +811,12 @@ def _same_packs(repo: Repository, written: dict[bytes, list[PackEntry]]) -> bool
     return all(sorted(repo.verify_pack(p)) == sorted(e) for p, e in written.items())
 
 
-def _same_index(repo: Repository, name: str, packs: dict[bytes, list[PackEntry]]) -> bool:
-    sealed = repo.backend.get(f"index/{name}")
-    return IndexFile.open(repo.keys.index, bytes.fromhex(name), sealed).packs == packs
+def _same_index(repo: Repository, names: list[str], packs: dict[bytes, list[PackEntry]]) -> bool:
+    found: dict[bytes, list[PackEntry]] = {}
+    for name in names:
+        sealed = repo.backend.get(f"index/{name}", most=max_index_len(repo.config))
+        found.update(IndexFile.open(repo.keys.index, bytes.fromhex(name), sealed).packs)
+    return found == packs
 
 
 def _name_lost_files(repo: Repository, present: Collection[bytes], result: RepairResult) -> None:

@@ -37,11 +37,13 @@ from backupvault.backup.repo.index import (
     Index,
     IndexFile,
     PackEntry,
+    max_index_len,
     max_pack_len,
     open_object,
     open_pack_header,
     seal_object,
     seal_pack_header,
+    split_index,
 )
 from backupvault.backup.repo.keys import (
     CONFIG_LEN,
@@ -373,9 +375,11 @@ class Repository:
     def _read_index(self, name: str) -> IndexFile | str | None:
         """The index object, why it cannot be read, or None if it is gone (a prune)."""
         try:
-            sealed = self.backend.get(f"index/{name}")
+            sealed = self.backend.get(f"index/{name}", most=max_index_len(self.config))
         except MissingObject:
             return None
+        except InvalidInput as exc:  # larger than any index object: none of ours
+            return exc.message
         try:
             return IndexFile.open(self.keys.index, bytes.fromhex(name), sealed)
         except (AuthenticationFailed, InvalidInput) as exc:
@@ -432,12 +436,19 @@ class Repository:
 
     def write_index(
         self, packs: dict[bytes, list[PackEntry]], supersedes: Iterable[bytes] = ()
-    ) -> tuple[str, int]:
-        """(name, size) of a new index object for `packs`."""
-        index_id = new_id()
-        sealed = IndexFile(dict(packs), list(supersedes)).seal(self.keys.index, index_id)
-        self.backend.put(f"index/{index_id.hex()}", sealed)
-        return index_id.hex(), len(sealed)
+    ) -> tuple[list[str], int]:
+        """(names, total size) of new index objects for `packs`, naming `supersedes` as
+        superseded: as many objects as keep each within `max_index_len`, written one
+        after another in `split_index`'s order (each durable before the next)."""
+        names: list[str] = []
+        stored = 0
+        for part in split_index(dict(packs), supersedes):
+            index_id = new_id()
+            sealed = part.seal(self.keys.index, index_id)
+            self.backend.put(f"index/{index_id.hex()}", sealed)
+            names.append(index_id.hex())
+            stored += len(sealed)
+        return names, stored
 
     def read_pack_header(self, name: str, size: int) -> list[PackEntry]:
         """A pack's entries from its trailer alone (two ranged reads); `size` is what
