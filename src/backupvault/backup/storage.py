@@ -128,6 +128,31 @@ def redact_url(url: str) -> str:
     return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc}"))
 
 
+def entry_name(entry: object) -> str | None:
+    """The last component of an fsspec listing entry's name, or None if it has none that
+    is a string (a server lists what it likes: a missing or odd field raised KeyError)."""
+    name = entry.get("name") if isinstance(entry, dict) else None
+    if not isinstance(name, str):
+        return None
+    return name.rstrip("/").rsplit("/", 1)[-1]
+
+
+def entry_size(entry: dict[str, Any]) -> int | None:
+    """An fsspec listing entry's size: 0 if it gives none (as fsspec does for some
+    stores), None if what it gives is no byte count (`int("lots")` raised ValueError, and
+    a negative or fractional size was taken as one)."""
+    size = entry.get("size")
+    if size is None:
+        return 0
+    if isinstance(size, str) and size.isascii() and size.isdigit():
+        return int(size)
+    if isinstance(size, int) and not isinstance(size, bool) and size >= 0:
+        return size
+    if isinstance(size, float) and size.is_integer() and size >= 0:
+        return int(size)
+    return None
+
+
 def local_files(folder: str, *, follow_symlinks: bool) -> dict[str, int]:
     """{name: size} of the files in a local folder. One deleted between the listing and its
     stat (another device's forget or prune, a partial object renamed) is left out; the
@@ -271,38 +296,31 @@ class Storage:
     def list(self, missing_ok: bool = True) -> list[StoredBackup]:
         """Every backup object under the root, oldest first. A missing root lists as empty
         if `missing_ok`, else raises `StorageNotFound`."""
-        found: list[StoredBackup] = []
+        found: dict[str, StoredBackup] = {}  # by name: storage may list one many times
         for entry in self._entries(missing_ok):
-            if entry.get("type") not in (None, "file"):
+            name = entry_name(entry)
+            if name is None or entry.get("type") not in (None, "file") or name in found:
                 continue
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
             parsed = parse_object_name(name)
             if parsed is None:
                 continue
-            size = entry.get("size")
-            found.append(
-                StoredBackup(name, parsed[0], parsed[1], int(size) if size is not None else None)
-            )
-        found.sort(key=lambda b: (b.created_at, b.name))
-        return found
+            found[name] = StoredBackup(name, parsed[0], parsed[1], _listed_size(entry))
+        return sorted(found.values(), key=lambda b: (b.created_at, b.name))
 
     def partials(self) -> builtins.list[PartialUpload]:
         """Hidden objects of backups that never completed, oldest first."""
-        found: builtins.list[PartialUpload] = []
+        found: dict[str, PartialUpload] = {}
         for entry in self._entries(missing_ok=True):
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            match = _PARTIAL_RE.match(name)
-            if match is None or entry.get("type") not in (None, "file"):
+            name = entry_name(entry)
+            match = _PARTIAL_RE.match(name) if name is not None else None
+            if name is None or match is None or entry.get("type") not in (None, "file"):
                 continue
             parsed = parse_object_name(match.group(1))
-            size = entry.get("size")
-            found.append(
-                PartialUpload(
-                    name, parsed[1] if parsed else None, int(size) if size is not None else None
-                )
-            )
-        found.sort(key=lambda p: (p.started_at or datetime.min.replace(tzinfo=UTC), p.name))
-        return found
+            found[name] = PartialUpload(name, parsed[1] if parsed else None, _listed_size(entry))
+        return sorted(
+            found.values(),
+            key=lambda p: (p.started_at or datetime.min.replace(tzinfo=UTC), p.name),
+        )
 
     def read_start(self, name: str, size: int) -> bytes:
         """The first `size` bytes of an object (fewer if it is shorter)."""
@@ -350,6 +368,11 @@ class Storage:
         finally:
             with contextlib.suppress(Exception):
                 handle.close()
+
+
+def _listed_size(entry: dict[str, Any]) -> int | None:
+    """A single-blob object's listed size, None if storage gives none that is one."""
+    return entry_size(entry) if entry.get("size") is not None else None
 
 
 class ObjectReader:

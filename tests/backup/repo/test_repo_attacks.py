@@ -693,3 +693,118 @@ def test_split_index_bounds_every_object() -> None:
         assert all(not p.supersedes for p in parts[:first_superseding])
         assert [s for p in parts for s in p.supersedes] == old
         assert {k: v for p in parts for k, v in p.packs.items()} == packs
+
+
+# ---- hostile listings -------------------------------------------------------------------
+
+
+class _HostileListing:
+    """An fsspec file system over a local folder whose listings also hold what a hostile
+    server may send: names that are no object id, each real entry twice, entries without
+    a name or with a size that is no byte count, a folder, and things that are no entry."""
+
+    def __init__(self, bogus: int = 0) -> None:
+        from fsspec.implementations.local import LocalFileSystem
+
+        self.local = LocalFileSystem()
+        self.bogus = bogus
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.local, name)
+
+    def ls(self, path: str, detail: bool = True) -> list[Any]:
+        real = self.local.ls(path, detail=True)
+        planted: list[Any] = [
+            {"name": f"{path}/{'AB' * 16}", "type": "file", "size": 1},
+            {"name": f"{path}/../../etc/passwd", "type": "file", "size": 1},
+            {"name": f"{path}/\x1b[31m{'ab' * 15}", "type": "file", "size": 1},
+            {"name": f"{path}/{'cd' * 16}", "type": "file", "size": "lots"},
+            {"name": f"{path}/{'ef' * 16}", "type": "file", "size": -5},
+            {"name": f"{path}/{'12' * 16}", "type": "directory", "size": 0},
+            {"type": "file", "size": 3},
+            {"name": 7, "type": "file"},
+            "not an entry",
+            None,
+        ]
+        planted += ({"name": f"{path}/x{n:031x}", "type": "file"} for n in range(self.bogus))
+        return [*real, *real, *planted]
+
+
+def _hostile(monkeypatch: pytest.MonkeyPatch, repo: Path, fs: _HostileListing) -> None:
+    """Every Storage opened from now on reaches `repo` through `fs` (as remote storage)."""
+    monkeypatch.setattr(Storage, "_connect", lambda self, url, options: (fs, str(repo)))
+
+
+def test_a_hostile_listing_is_ignored_with_one_warning_and_never_crashes(
+    made: tuple[Path, Path],
+    root_key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A listing entry without a name raised KeyError, one whose size was no number
+    ValueError (every command, on any remote storage); names that are no object id are
+    left out, a name listed twice counts once, and each folder's strays are warned of
+    once (escaped: a name may hold terminal escapes)."""
+    source, repo = made
+    _hostile(monkeypatch, repo, _HostileListing())
+    caplog.set_level("WARNING", "backupvault.backup")
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert snapshot(repo.parent / "out") == snapshot(source)
+    info = create_snapshot(source, str(repo), root_key)
+    assert info.snapshot_id
+    caplog.clear()
+    result = maintenance.check(_opened(repo, root_key), read_data=True)
+    assert result.errors == []
+    warned = [r.getMessage() for r in caplog.records if "no object of this" in r.getMessage()]
+    assert all("\x1b" not in m and "\\x1b" in m for m in warned)
+    # once per folder and command, not at every listing of it (locks are listed often)
+    assert sorted(m.split()[0] for m in warned) == ["data", "index", "locks", "snapshots"]
+    assert all("9 name(s)" in m for m in warned)
+    assert maintenance.list_snapshots(_opened(repo, root_key))[-1].snapshot_id == (info.snapshot_id)
+    maintenance.prune(_opened(repo, root_key), dry_run=False)
+    restore_snapshot(str(repo), root_key, repo.parent / "again", info.snapshot_id)
+    assert snapshot(repo.parent / "again") == snapshot(source)
+
+
+def test_a_folder_of_names_that_are_no_ids_costs_no_memory_per_name(
+    made: tuple[Path, Path], root_key: bytes, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A local folder's listing kept every file's name and size, then picked the ids: a
+    folder of bogus names (a file costs storage an inode) took memory for each."""
+    import tracemalloc
+
+    _, repo = made
+    folder = repo / "locks"
+    folder.mkdir(exist_ok=True)
+    for n in range(20_000):
+        (folder / f"no-lock-{n:07}").touch()
+    backend = _opened(repo, root_key).backend
+    tracemalloc.start()
+    try:
+        listed = backend.list("locks")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert listed == {}
+    assert peak < 200_000
+    assert any("20000 name(s)" in r.getMessage() for r in caplog.records)
+
+
+def test_a_single_blob_listing_naming_a_backup_twice_finds_it_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`restore --id` with the full id of a backup storage lists twice said the id
+    "matches 2 backups"; an entry with no name or an odd size raised a raw error."""
+    name = f"backup-20250101T000000.000000Z-{'ab' * 16}.bvb"
+    entries: list[Any] = [
+        {"name": f"/b/{name}", "type": "file", "size": 10},
+        {"name": f"/b/{name}", "type": "file", "size": 10},
+        {"name": f"/b/.{name}.{'0' * 16}.partial", "type": "file", "size": "x"},
+        {"type": "file"},
+        "junk",
+    ]
+    storage = Storage(str(tmp_path))
+    monkeypatch.setattr(storage, "_entries", lambda missing_ok: entries)
+    assert [b.name for b in storage.list()] == [name]
+    assert storage.find("ab" * 16).name == name
+    assert [p.size for p in storage.partials()] == [None]

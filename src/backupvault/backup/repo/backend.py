@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import inspect
+import logging
 import mmap
 import os
 import re
@@ -23,10 +24,11 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from backupvault.backup.errors import StorageError
-from backupvault.backup.storage import Storage, local_files
+from backupvault.backup.storage import Storage, entry_name, entry_size
 from backupvault.errors import InvalidInput
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks", "forgotten")
+log = logging.getLogger("backupvault.backup")
 # Ours, and at the top a single-blob backup's (`.backup-<time>-<id>.bvb.<random>.partial`).
 _TEMPORARY: Final = re.compile(
     r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"
@@ -91,6 +93,7 @@ class Backend:
         self.is_local = storage.is_local
         self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
         self._made: set[str] = set()
+        self._warned: set[str] = set()  # folders whose stray names were warned of
         self._direct = self.is_local and hasattr(os, "O_DIRECT")
         self._spare: list[mmap.mmap] = []
         self._spare_lock = threading.Lock()
@@ -360,24 +363,65 @@ class Backend:
             raise self._error(f"cannot read {name}", exc) from None
 
     def list(self, folder: str) -> dict[str, int]:
-        """{32-hex id: size} of the complete objects in `folder` (temporaries are skipped)."""
+        """{32-hex id: size} of the complete objects in `folder`. Storage lists what it
+        likes: temporaries are skipped, a name listed twice counts once, and a file
+        whose name is no object id (or that storage gives no name or byte count for) is
+        left out, with one warning for the folder (`strays`). Nothing is kept of what is
+        left out but a count and a few names, so millions of them cost no memory here."""
         path = self.path(folder)
         result: dict[str, int] = {}
+        strays = _Strays()
         try:
             if self.is_local:
-                files = local_files(path, follow_symlinks=False)
-                return {name: size for name, size in files.items() if _is_id(name)}
-            self.fs.invalidate_cache(path)  # s3fs and others cache listings
-            listed = self.fs.ls(path, detail=True)
+                self._list_local(path, result, strays)
+                listed: list[Any] = []
+            else:
+                self.fs.invalidate_cache(path)  # s3fs and others cache listings
+                listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return result
         except Exception as exc:
             raise self._error(f"cannot list {folder}", exc) from None
         for entry in listed:
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if _is_id(name) and entry.get("type") in (None, "file"):
-                result[name] = int(entry.get("size") or 0)
+            name = entry_name(entry)
+            if name is not None and entry.get("type") not in (None, "file"):
+                continue  # a folder: nothing this program writes, and nothing it reads
+            size = None if name is None else entry_size(entry)
+            if name is None or size is None:
+                strays.add(name if name is not None else "(an entry with no name)")
+            elif _is_id(name):
+                result.setdefault(name, size)
+            elif not _TEMPORARY.match(name):
+                strays.add(name)
+        self._warn_strays(folder, strays)
         return result
+
+    @staticmethod
+    def _list_local(path: str, result: dict[str, int], strays: _Strays) -> None:
+        """`list` of a local folder: its files (links are not followed), one by one."""
+        with os.scandir(path) as listing:
+            for entry in listing:
+                try:
+                    if not entry.is_file(follow_symlinks=False):
+                        continue
+                    if _is_id(entry.name):
+                        result[entry.name] = entry.stat(follow_symlinks=False).st_size
+                    elif not _TEMPORARY.match(entry.name):
+                        strays.add(entry.name)
+                except FileNotFoundError:
+                    continue  # deleted since it was listed (a forget or prune elsewhere)
+
+    def _warn_strays(self, folder: str, strays: _Strays) -> None:
+        """One warning per folder and backend (a command lists some folders often)."""
+        if strays.count and folder not in self._warned:
+            self._warned.add(folder)
+            log.warning(
+                "%s at %s holds %d name(s) that are no object of this repository, left out: %s",
+                folder,
+                self.display_url,
+                strays.count,
+                strays.describe(),
+            )
 
     def temporaries(self, folder: str) -> dict[str, float | None]:
         """{name: seconds since last written, or None if storage does not say} of the
@@ -405,8 +449,8 @@ class Backend:
         except Exception as exc:
             raise self._error(f"cannot list {what}", exc) from None
         for entry in listed:
-            name = str(entry["name"]).rstrip("/").rsplit("/", 1)[-1]
-            if wanted(name) and entry.get("type") in (None, "file"):
+            name = entry_name(entry)
+            if name is not None and wanted(name) and entry.get("type") in (None, "file"):
                 written = _modified(entry)
                 found[name] = None if written is None else now - written
         return found
@@ -488,6 +532,26 @@ def _modified(entry: dict[str, Any]) -> float | None:
         if isinstance(value, int | float):
             return float(value)
     return None
+
+
+class _Strays:
+    """What a listing left out: how many, and the first few names (for the warning)."""
+
+    SHOWN: Final = 3
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.names: list[str] = []
+
+    def add(self, name: str) -> None:
+        self.count += 1
+        if len(self.names) < self.SHOWN:
+            self.names.append(name)
+
+    def describe(self) -> str:
+        # ascii(): a name may hold terminal escapes or be any length
+        shown = ", ".join(ascii(name[:64]) for name in self.names)
+        return shown + (", ..." if self.count > len(self.names) else "")
 
 
 def _is_id(name: str) -> bool:
