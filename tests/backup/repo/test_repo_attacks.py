@@ -20,7 +20,13 @@ from backupvault.backup.repo import (
     snapshots,
 )
 from backupvault.backup.repo.backend import Backend
-from backupvault.backup.repo.index import IndexFile, PackEntry, max_index_len, split_index
+from backupvault.backup.repo.index import (
+    IndexFile,
+    PackEntry,
+    max_index_len,
+    split_index,
+)
+from backupvault.backup.repo.repository import RepositoryLocked
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
@@ -808,3 +814,25 @@ def test_a_single_blob_listing_naming_a_backup_twice_finds_it_once(
     assert [b.name for b in storage.list()] == [name]
     assert storage.find("ab" * 16).name == name
     assert [p.size for p in storage.partials()] == [None]
+
+
+@pytest.mark.parametrize("mtime", [float("nan"), float("inf"), 10**400], ids=["nan", "inf", "huge"])
+def test_a_listing_time_that_is_no_time_never_crashes_the_lock_check(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch, mtime: object
+) -> None:
+    """An object in locks/ that does not open counts as a lock written when storage says:
+    a listed time of NaN raised ValueError (inf, or an integer past a float, Overflow)
+    in every command that takes a lock. A time that is no time counts as none."""
+    source, repo = made
+    (repo / "locks").mkdir(exist_ok=True)
+    (repo / "locks" / ("9a" * 16)).write_bytes(os.urandom(80))
+    fs = _HostileListing()
+    listing = fs.ls
+
+    def timed(path: str, detail: bool = True) -> list[Any]:
+        return [{**e, "mtime": mtime} if isinstance(e, dict) else e for e in listing(path)]
+
+    monkeypatch.setattr(fs, "ls", timed)
+    _hostile(monkeypatch, repo, fs)
+    with pytest.raises(RepositoryLocked, match="does not open as a lock"):
+        create_snapshot(source, str(repo), root_key)

@@ -11,6 +11,7 @@ import contextlib
 import errno
 import inspect
 import logging
+import math
 import mmap
 import os
 import re
@@ -524,13 +525,22 @@ def _write_all(fd: int, parts: list[Buffer]) -> None:
 
 
 def _modified(entry: dict[str, Any]) -> float | None:
-    """An fsspec listing entry's modification time (POSIX seconds), if it has one."""
+    """An fsspec listing entry's modification time (POSIX seconds), if it has one that is
+    a finite number (a server lists what it likes: NaN made a damaged lock's time raise
+    ValueError in int(), a huge integer OverflowError in float())."""
     for key in ("mtime", "modified", "LastModified", "last_modified", "created"):
         value = entry.get(key)
-        if isinstance(value, datetime):
-            return value.timestamp() if value.tzinfo else value.replace(tzinfo=UTC).timestamp()
-        if isinstance(value, int | float):
-            return float(value)
+        try:
+            if isinstance(value, datetime):
+                aware = value if value.tzinfo else value.replace(tzinfo=UTC)
+                when = aware.timestamp()
+            elif isinstance(value, int | float) and not isinstance(value, bool):
+                when = float(value)
+            else:
+                continue
+        except (OverflowError, ValueError, OSError):
+            return None
+        return when if math.isfinite(when) else None
     return None
 
 
