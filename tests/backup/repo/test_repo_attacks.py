@@ -24,6 +24,7 @@ from backupvault.backup.repo.index import (
     IndexFile,
     PackEntry,
     max_index_len,
+    max_pack_len,
     split_index,
 )
 from backupvault.backup.repo.repository import RepositoryLocked
@@ -836,3 +837,48 @@ def test_a_listing_time_that_is_no_time_never_crashes_the_lock_check(
     _hostile(monkeypatch, repo, fs)
     with pytest.raises(RepositoryLocked, match="does not open as a lock"):
         create_snapshot(source, str(repo), root_key)
+
+
+def test_an_object_planted_among_the_packs_is_not_read_whole_by_every_backup(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup adopts packs no index names: each was read whole (up to max_pack_len,
+    52 MB at the default sizes) before anything of it was checked, so objects planted
+    under pack names cost that much reading each, at every backup. Their sealed header
+    is read first, from the end (two small reads)."""
+    source, repo = made
+    planted = repo / "data" / ("5e" * 16)
+    with open(planted, "wb") as handle:
+        handle.truncate(max_pack_len(_opened(repo, root_key).config) - 1)
+    read: list[int] = []
+    original = Backend.get
+
+    def get(self: Backend, name: str, *args: Any, **kwargs: Any) -> bytes:
+        data = original(self, name, *args, **kwargs)
+        if name.endswith(planted.name):
+            read.append(len(data))
+        return data
+
+    monkeypatch.setattr(Backend, "get", get)
+    create_snapshot(source, str(repo), root_key)
+    assert 0 < sum(read) <= 64
+
+
+def test_an_object_planted_among_the_snapshots_is_not_read_whole(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check, prune and repair read every snapshot whole (prune on 8 threads at once),
+    up to the largest tree a reader takes (2 GiB): an object planted under a snapshot's
+    name was read that far before anything of it was checked. Its header and summary
+    are authenticated first (a small read)."""
+    _, repo = made
+    planted = repo / "snapshots" / ("7c" * 16)
+    with open(planted, "wb") as handle:
+        handle.truncate(64 << 20)
+    reads = _largest_reads(monkeypatch)
+    result = maintenance.check(_opened(repo, root_key), read_data=False)
+    assert [e for e in result.errors if planted.name in e]
+    with pytest.raises(BackupVaultError, match=planted.name):
+        maintenance.prune(_opened(repo, root_key), dry_run=False)
+    maintenance.repair(_opened(repo, root_key), dry_run=True)
+    assert max(reads) < 1 << 20

@@ -417,6 +417,9 @@ class Repository:
                 if pack_id in index.packs or size > max_pack_len(self.config):
                     continue  # indexed, or larger than any pack: not read at all
                 try:
+                    # The header first (two small reads): an object planted under a
+                    # pack's name was read whole, up to max_pack_len, by every backup.
+                    self.read_pack_header(name, size)
                     entries = self.verify_pack(pack_id)
                 except BackupVaultError:
                     continue
@@ -476,6 +479,10 @@ class Repository:
     def read_snapshot(self, name: str, *, with_tree: bool = True) -> snapshots.Snapshot:
         path = f"snapshots/{name}"
         if with_tree:
+            # Its header and summary authenticated first (a small read): an object planted
+            # under a snapshot's name is then never read whole (up to MAX_LEN, 2 GiB, by
+            # check and repair, and by prune on 8 threads at once).
+            self.read_snapshot(name, with_tree=False)
             data = self.backend.get(path, most=snapshots.MAX_LEN)
         else:
             data = self.backend.get(path, 0, _SUMMARY_READ)
