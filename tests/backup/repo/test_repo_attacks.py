@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 from conftest import snapshot
 
+from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
     Repository,
     create_snapshot,
@@ -882,3 +883,25 @@ def test_an_object_planted_among_the_snapshots_is_not_read_whole(
         maintenance.prune(_opened(repo, root_key), dry_run=False)
     maintenance.repair(_opened(repo, root_key), dry_run=True)
     assert max(reads) < 1 << 20
+
+
+def test_storage_that_ignores_byte_ranges_is_named_not_taken_for_damage(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server that ignores a read's range sends the object from its start: restore
+    took those bytes for the range's, and said the pack was truncated (or, naming the
+    files, that chunks were damaged) while `check --read-data` found nothing wrong."""
+    _, repo = made
+    opened = _opened(repo, root_key)
+    located = opened.load_index()[0].chunks
+    files = opened.find_snapshot(None).entries or []
+    inside = next(e for e in files if e.kind == FILE and located[e.chunks[0]].offset > 0)
+    fs = _HostileListing()
+    whole = fs.local.cat_file
+    monkeypatch.setattr(fs, "cat_file", lambda path, start=None, end=None: whole(path))
+    _hostile(monkeypatch, repo, fs)
+    dest = repo.parent / "out"
+    with pytest.raises(StorageError, match="for a range of") as caught:
+        restore_snapshot(str(repo), root_key, dest, include=(inside.path.decode(),))
+    assert "byte ranges" in (caught.value.hint or "")
+    assert not dest.exists()

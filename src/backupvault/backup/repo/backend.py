@@ -348,6 +348,14 @@ class Backend:
             raise
         except Exception as exc:
             raise self._error(f"cannot read {name}", exc) from None
+        if most is None and end is not None and len(data) > end - (start or 0):
+            # A server that ignores the range sends the object from its start: the bytes
+            # would be taken for those at `start` (and chunks in them for damaged ones).
+            raise StorageError(
+                f"cannot read {name} at {self.display_url}: storage sent {len(data)} bytes "
+                f"for a range of {end - (start or 0)}",
+                hint="this storage does not serve byte ranges (HTTP Range) as asked",
+            )
         if most is not None and len(data) > most:
             raise InvalidInput(
                 f"{name} at {self.display_url} is larger than any object this program "
