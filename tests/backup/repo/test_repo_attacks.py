@@ -905,3 +905,37 @@ def test_storage_that_ignores_byte_ranges_is_named_not_taken_for_damage(
         restore_snapshot(str(repo), root_key, dest, include=(inside.path.decode(),))
     assert "byte ranges" in (caught.value.hint or "")
     assert not dest.exists()
+
+
+def test_an_index_object_listed_larger_than_any_is_not_read_and_one_listed_small_is_bounded(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An index object storage lists larger than any is damage without a read (as a pack
+    listed so is); one it lists small but holds large is read no further than any."""
+    _, repo = made
+    planted = repo / "index" / ("3b" * 16)
+    with open(planted, "wb") as handle:
+        handle.truncate(64 << 20)
+    most = max_index_len(_opened(repo, root_key).config)
+    read: list[int | None] = []  # the `most` of each read of it
+    original = Backend.get
+
+    def get(self: Backend, name: str, *args: Any, **kwargs: Any) -> bytes:
+        if name.endswith(planted.name):
+            read.append(kwargs.get("most"))
+        return original(self, name, *args, **kwargs)
+
+    monkeypatch.setattr(Backend, "get", get)
+    opened = _opened(repo, root_key)
+    opened.index_files()
+    assert read == [] and "larger than any" in opened.damaged_indexes[planted.name]
+
+    listed = Backend.list
+
+    def lying(self: Backend, folder: str) -> dict[str, int]:
+        return {n: 100 for n in listed(self, folder)} if folder == "index" else listed(self, folder)
+
+    monkeypatch.setattr(Backend, "list", lying)
+    opened = _opened(repo, root_key)
+    opened.index_files()
+    assert read == [most] and "larger than any" in opened.damaged_indexes[planted.name]

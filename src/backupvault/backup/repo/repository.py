@@ -360,9 +360,17 @@ class Repository:
         authenticated headers, so nothing they hold is lost or taken for garbage (prune
         keeps what snapshots use, and its new index replaces the damaged one); packs
         whose header does not open either are unreadable anyway."""
-        names = list(self.backend.list("index"))
+        listed = self.backend.list("index")
+        names = list(listed)
+        most = max_index_len(self.config)
+
+        def read_one(name: str) -> IndexFile | str | None:
+            if listed[name] > most:  # not read at all, as a pack listed larger than any
+                return f"listed at {listed[name]} bytes, larger than any index object ({most})"
+            return self._read_index(name)
+
         with ThreadPoolExecutor(8) as pool:
-            read = list(pool.map(self._read_index, names))
+            read = list(pool.map(read_one, names))
         files: dict[str, IndexFile] = {}
         for name, found in zip(names, read, strict=True):
             if isinstance(found, IndexFile):
