@@ -939,3 +939,32 @@ def test_an_index_object_listed_larger_than_any_is_not_read_and_one_listed_small
     opened = _opened(repo, root_key)
     opened.index_files()
     assert read == [most] and "larger than any" in opened.damaged_indexes[planted.name]
+
+
+@pytest.mark.parametrize("folder", ["data", "index", "locks"])
+def test_a_repository_folder_that_is_a_link_elsewhere_is_refused_not_cleaned(
+    made: tuple[Path, Path], root_key: bytes, tmp_path: Path, folder: str
+) -> None:
+    """A shared folder (NFS, SMB) may hold a symbolic link where `data/` should be, to
+    another repository of the same key on this machine: prune took that one's packs for
+    this one's unindexed ones and deleted them (and repair, failing their headers, too).
+    A repository's folders are never links: one is refused before anything is listed or
+    deleted."""
+    source, repo = made
+    other = tmp_path / "other"
+    create_snapshot(source, str(other), root_key, repo_params=SMALL)
+    for pack in (other / "data").iterdir():
+        old = pack.stat().st_mtime - 2 * maintenance.UNINDEXED_PACK_MIN_AGE_S
+        os.utime(pack, (old, old))
+    before = {p.name for p in (other / folder).iterdir()}
+    for p in (repo / folder).iterdir():
+        p.unlink()
+    (repo / folder).rmdir()
+    (repo / folder).symlink_to(other / folder)
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        maintenance.prune(_opened(repo, root_key), dry_run=False)
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        maintenance.repair(_opened(repo, root_key), dry_run=False)
+    assert {p.name for p in (other / folder).iterdir()} == before
+    restore_snapshot(str(other), root_key, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(source)

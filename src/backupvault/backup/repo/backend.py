@@ -20,7 +20,7 @@ import stat
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
@@ -35,6 +35,13 @@ _TEMPORARY: Final = re.compile(
     r"^\.?(config|[0-9a-f]{32}|backup-[0-9TZ.]+-[0-9a-f]{32}\.bvb)\.[0-9a-f]{16}\.partial$"
 )
 _IOV_MAX: Final = 1024
+# A repository folder is opened so: a symbolic link in its place is refused (ELOOP).
+_FOLDER_FLAGS: Final = (
+    os.O_RDONLY
+    | getattr(os, "O_DIRECTORY", 0)
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+)
 # Writes of up to 128 KiB: measured on the 2-core VM this was tuned on, the kernel spent
 # 0.2-0.4 s copying 512 MiB into the page cache in 128 KiB writes, 1.1 s in 1 MiB or
 # larger ones (the largest single cost of a first backup).
@@ -119,9 +126,45 @@ class Backend:
         path = self.path(folder) if folder else self.storage.root
         if self.is_local:
             os.makedirs(path, exist_ok=True)
+            if folder and os.path.islink(path):
+                raise self._linked(folder)
         else:
             self.fs.makedirs(path, exist_ok=True)
         self._made.add(folder)
+
+    def _linked(self, folder: str) -> InvalidInput:
+        return InvalidInput(
+            f"{folder} at {self.display_url} is a symbolic link: a repository's folders "
+            "never are, and one may lead into another repository (whose objects would be "
+            "taken for this one's, and deleted as unused)",
+            hint=f"put the folder itself in its place (or remove the link, if {folder}/ was empty)",
+        )
+
+    def _open_folder(self, folder: str) -> int:
+        """A descriptor of a local repository folder (not the root: the user chose that
+        path, links and all), refused if it is a symbolic link; FileNotFoundError if it
+        is missing. Names are then listed and deleted relative to it, so a link swapped
+        in after a check is not followed either."""
+        try:
+            return os.open(self.path(folder), _FOLDER_FLAGS)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.ENOTDIR) and os.path.islink(self.path(folder)):
+                raise self._linked(folder) from None
+            raise
+
+    @contextlib.contextmanager
+    def _scan_local(self, folder: str) -> Iterator[Iterator[os.DirEntry[str]]]:
+        """The entries of a local folder ("" the root), through `_open_folder`."""
+        if not folder:
+            with os.scandir(self.storage.root) as entries:
+                yield entries
+            return
+        fd = self._open_folder(folder)
+        try:
+            with os.scandir(fd) as entries:
+                yield entries
+        finally:
+            os.close(fd)
 
     def put(
         self, name: str, data: Buffer | list[Buffer] | Filled, *, sync_folder: bool = True
@@ -146,7 +189,7 @@ class Backend:
                 self.fs.client.move(temp, final, overwrite=True)
             else:
                 self.fs.pipe_file(final, b"".join(parts))
-        except StorageError:
+        except (StorageError, InvalidInput):
             raise
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
@@ -215,7 +258,7 @@ class Backend:
     def ages(self, folder: str) -> dict[str, float | None]:
         """{32-hex id: seconds since it was written, or None if storage does not say} of
         the objects in `folder`."""
-        return self._ages(self.path(folder), folder, _is_id)
+        return self._ages(folder, folder, _is_id)
 
     def _put_local(
         self, final: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
@@ -382,13 +425,15 @@ class Backend:
         strays = _Strays()
         try:
             if self.is_local:
-                self._list_local(path, result, strays)
+                self._list_local(folder, result, strays)
                 listed: list[Any] = []
             else:
                 self.fs.invalidate_cache(path)  # s3fs and others cache listings
                 listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return result
+        except InvalidInput:
+            raise
         except Exception as exc:
             raise self._error(f"cannot list {folder}", exc) from None
         for entry in listed:
@@ -405,10 +450,9 @@ class Backend:
         self._warn_strays(folder, strays)
         return result
 
-    @staticmethod
-    def _list_local(path: str, result: dict[str, int], strays: _Strays) -> None:
+    def _list_local(self, folder: str, result: dict[str, int], strays: _Strays) -> None:
         """`list` of a local folder: its files (links are not followed), one by one."""
-        with os.scandir(path) as listing:
+        with self._scan_local(folder) as listing:
             for entry in listing:
                 try:
                     if not entry.is_file(follow_symlinks=False):
@@ -436,17 +480,19 @@ class Backend:
         """{name: seconds since last written, or None if storage does not say} of the
         temporary objects in `folder` (`.<id>.<random>.partial`, WebDAV `<id>.<random>.partial`)
         that a put interrupted before its rename left behind."""
-        path = self.path(folder) if folder else self.storage.root
-        return self._ages(path, folder or "the repository", lambda n: bool(_TEMPORARY.match(n)))
+        return self._ages(folder, folder or "the repository", lambda n: bool(_TEMPORARY.match(n)))
 
-    def _ages(self, path: str, what: str, wanted: Callable[[str], bool]) -> dict[str, float | None]:
-        """{name: seconds since written, or None} of the files at `path` whose name is
-        `wanted` (none if the folder does not exist)."""
+    def _ages(
+        self, folder: str, what: str, wanted: Callable[[str], bool]
+    ) -> dict[str, float | None]:
+        """{name: seconds since written, or None} of the files in `folder` ("" the root)
+        whose name is `wanted` (none if the folder does not exist)."""
         found: dict[str, float | None] = {}
         now = time.time()
+        path = self.path(folder) if folder else self.storage.root
         try:
             if self.is_local:
-                with os.scandir(path) as entries:
+                with self._scan_local(folder) as entries:
                     for entry in entries:
                         if wanted(entry.name) and entry.is_file(follow_symlinks=False):
                             found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
@@ -455,6 +501,8 @@ class Backend:
             listed = self.fs.ls(path, detail=True)
         except FileNotFoundError:
             return found
+        except InvalidInput:
+            raise
         except Exception as exc:
             raise self._error(f"cannot list {what}", exc) from None
         for entry in listed:
@@ -466,12 +514,21 @@ class Backend:
 
     def delete(self, name: str) -> None:
         try:
-            if self.is_local:
+            if self.is_local and "/" in name:
+                folder, base = name.rsplit("/", 1)
+                fd = self._open_folder(folder)  # never through a link to elsewhere
+                try:
+                    os.unlink(base, dir_fd=fd)
+                finally:
+                    os.close(fd)
+            elif self.is_local:
                 os.unlink(self.path(name))
             else:
                 self.fs.rm_file(self.path(name))
         except FileNotFoundError:
             return
+        except InvalidInput:
+            raise
         except Exception as exc:
             raise self._error(f"cannot delete {name}", exc) from None
 
