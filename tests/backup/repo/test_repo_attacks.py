@@ -968,3 +968,36 @@ def test_a_repository_folder_that_is_a_link_elsewhere_is_refused_not_cleaned(
     assert {p.name for p in (other / folder).iterdir()} == before
     restore_snapshot(str(other), root_key, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_check_looks_each_parent_up_in_the_listing_once_not_through_it(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check looked each snapshot's parent up in a list of every name storage listed: a
+    listing of a million names made it take each snapshot times a million steps."""
+    from types import SimpleNamespace
+
+    _, repo = made
+    compared = 0
+
+    class Name(str):
+        __slots__ = ()
+
+        def __eq__(self, other: object) -> bool:
+            nonlocal compared
+            compared += 1
+            return str.__eq__(self, other)
+
+        __hash__ = str.__hash__
+
+    names = [Name(f"{n:032x}") for n in range(2000)]
+    monkeypatch.setattr(Repository, "snapshot_names", lambda self: dict.fromkeys(names, 1))
+
+    def fake(self: Repository, name: str, *, with_tree: bool = True) -> object:
+        parent = bytes.fromhex(names[-1])  # the last a list scan would reach
+        return SimpleNamespace(header=SimpleNamespace(parent=parent), entries=[])
+
+    monkeypatch.setattr(Repository, "read_snapshot", fake)
+    result = maintenance.check(_opened(repo, root_key), read_data=False)
+    assert result.snapshots == len(names)
+    assert compared < 10 * len(names)

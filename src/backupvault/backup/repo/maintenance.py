@@ -485,7 +485,7 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     result = CheckResult()
     # Snapshots first: each one listed had its packs and index stored before it, so they
     # are in what is read next, also when a backup beside this check adds more.
-    names = list(repo.snapshot_names())
+    names = repo.snapshot_names()  # a dict: each parent is looked up in it
     try:
         index, sizes, _ = repo.load_index(adopt_unindexed=False)
     except BackupVaultError as exc:
