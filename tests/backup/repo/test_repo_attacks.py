@@ -1001,3 +1001,21 @@ def test_check_looks_each_parent_up_in_the_listing_once_not_through_it(
     result = maintenance.check(_opened(repo, root_key), read_data=False)
     assert result.snapshots == len(names)
     assert compared < 10 * len(names)
+
+
+def test_repair_replaces_an_index_object_larger_than_any(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """An index object longer than `max_index_len` (planted, or one an earlier version
+    wrote for a large repository) is damage that `backup repair` fixes: it writes the
+    index in parts, superseding it, and deletes it."""
+    source, repo = made
+    planted = repo / "index" / ("4d" * 16)
+    with open(planted, "wb") as handle:
+        handle.truncate(max_index_len(_opened(repo, root_key).config) + 1)
+    assert [e for e in maintenance.check(_opened(repo, root_key), read_data=False).errors]
+    result = maintenance.repair(_opened(repo, root_key), dry_run=False)
+    assert [d for d in result.damage if planted.name in d] and not planted.exists()
+    assert maintenance.check(_opened(repo, root_key), read_data=True).errors == []
+    restore_snapshot(str(repo), root_key, repo.parent / "out")
+    assert snapshot(repo.parent / "out") == snapshot(source)
