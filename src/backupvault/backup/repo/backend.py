@@ -95,6 +95,10 @@ class MissingObject(StorageError):
     """A repository object that should be there is not."""
 
 
+class TooLarge(InvalidInput):
+    """An object longer than any this program writes under its name (`Backend.get`)."""
+
+
 class Backend:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -400,7 +404,7 @@ class Backend:
                 hint="this storage does not serve byte ranges (HTTP Range) as asked",
             )
         if most is not None and len(data) > most:
-            raise InvalidInput(
+            raise TooLarge(
                 f"{name} at {self.display_url} is larger than any object this program "
                 f"writes there ({most} bytes): it is not one of this repository's"
             )

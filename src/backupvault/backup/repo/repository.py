@@ -29,7 +29,7 @@ from typing import Final, Protocol
 
 from backupvault.backup.errors import BackupNotFound, StorageError
 from backupvault.backup.repo import snapshots
-from backupvault.backup.repo.backend import Backend, Filled, MissingObject
+from backupvault.backup.repo.backend import Backend, Filled, MissingObject, TooLarge
 from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
 from backupvault.backup.repo.index import (
     OBJECT_ID_LEN,
@@ -366,7 +366,7 @@ class Repository:
 
         def read_one(name: str) -> IndexFile | str | None:
             if listed[name] > most:  # not read at all, as a pack listed larger than any
-                return f"listed at {listed[name]} bytes, larger than any index object ({most})"
+                return _oversized_index(f"listed at {listed[name]} bytes", most)
             return self._read_index(name)
 
         with ThreadPoolExecutor(8) as pool:
@@ -382,11 +382,14 @@ class Repository:
 
     def _read_index(self, name: str) -> IndexFile | str | None:
         """The index object, why it cannot be read, or None if it is gone (a prune)."""
+        most = max_index_len(self.config)
         try:
-            sealed = self.backend.get(f"index/{name}", most=max_index_len(self.config))
+            sealed = self.backend.get(f"index/{name}", most=most)
         except MissingObject:
             return None
-        except InvalidInput as exc:  # larger than any index object: none of ours
+        except TooLarge:
+            return _oversized_index(f"longer than {most} bytes", most)
+        except InvalidInput as exc:  # no file (a FIFO, a device)
             return exc.message
         try:
             return IndexFile.open(self.keys.index, bytes.fromhex(name), sealed)
@@ -634,6 +637,16 @@ class Repository:
             if include_expired or not info.stale(now):
                 found.append(info)
         return found
+
+
+def _oversized_index(size: str, most: int) -> str:
+    """Why an index object longer than any this version writes is left out: planted, or
+    written by a version before index objects were split (one object per prune)."""
+    return (
+        f"{size}, larger than any index object this version writes ({most} bytes): "
+        "planted by storage, or written whole by a version before the index was split, "
+        "which `backup repair` rewrites in parts"
+    )
 
 
 class Holder(Protocol):
