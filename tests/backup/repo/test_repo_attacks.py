@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -1020,3 +1021,36 @@ def test_repair_replaces_an_index_object_larger_than_any(
     assert maintenance.check(_opened(repo, root_key), read_data=True).errors == []
     restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert snapshot(repo.parent / "out") == snapshot(source)
+
+
+def test_index_objects_are_read_a_few_at_a_time_when_each_may_be_large(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Index objects were read 8 at a time whatever their bound: with 1 GiB packs an
+    index object may be 1.6 GB, so objects planted that large held 13 GB at once."""
+    from backupvault.backup.repo import repository
+
+    _, repo = made
+    for n in range(6):
+        (repo / "index" / f"{n:032x}").write_bytes(os.urandom(100))
+    monkeypatch.setattr(repository, "max_index_len", lambda config: 200 << 20)
+    running = 0
+    most = 0
+    lock = threading.Lock()
+    original = Repository._read_index
+
+    def counted(self: Repository, name: str) -> object:
+        nonlocal running, most
+        with lock:
+            running += 1
+            most = max(most, running)
+        try:
+            time.sleep(0.02)
+            return original(self, name)
+        finally:
+            with lock:
+                running -= 1
+
+    monkeypatch.setattr(Repository, "_read_index", counted)
+    _opened(repo, root_key).index_files()
+    assert most == 1

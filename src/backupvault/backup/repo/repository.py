@@ -86,6 +86,7 @@ FORGOTTEN_LEN: Final = NONCE_LEN + TAG_LEN + _FORGOTTEN.size
 CREATE_SETTLE_S: Final = 2.0
 log = logging.getLogger("backupvault.backup")
 _SUMMARY_READ: Final = 8192
+_INDEX_READ_BUDGET: Final = 256 << 20  # bytes of index objects read at once, at most
 # Four packs are written at once: while some are on their way to the disk, the others are
 # sealed into their aligned buffers (docs/performance.md: fewer upload threads left the
 # disk idle while they sealed, and were the slowest stage of a first backup).
@@ -369,7 +370,10 @@ class Repository:
                 return _oversized_index(f"listed at {listed[name]} bytes", most)
             return self._read_index(name)
 
-        with ThreadPoolExecutor(8) as pool:
+        # As many at once as fit in a budget: each may be `most` bytes of planted data
+        # (1.6 GB with 1 GiB packs), and 8 of those at once were 13 GB.
+        workers = max(1, min(8, _INDEX_READ_BUDGET // most))
+        with ThreadPoolExecutor(workers) as pool:
             read = list(pool.map(read_one, names))
         files: dict[str, IndexFile] = {}
         for name, found in zip(names, read, strict=True):
