@@ -7,6 +7,8 @@ import random
 from collections import deque
 from dataclasses import replace
 
+import pytest
+
 from backupvault.codec import Message, decode_any
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
@@ -522,6 +524,42 @@ def test_many_nodes_through_the_leader_count_every_change_once() -> None:
     net.settle()
     outcomes = sorted(r.outcome for r in net.results.values() if isinstance(r, Committed))
     assert outcomes == list(range(1, 21))
+
+
+def _sends(effects: list, kind: type) -> list[Send]:
+    return [e for e in effects if isinstance(e, Send) and isinstance(e.message, kind)]
+
+
+@pytest.mark.parametrize("leader", [True, False], ids=["leader", "leaderless"])
+def test_phase_1_needs_a_majority_of_promises_before_any_accept(leader: bool) -> None:
+    """Node 0's Prepare for a new entry (the leader's hold on it, or a leaderless round)
+    is promised by itself and one peer: one fewer than a majority. It waits, at the same
+    ballot, sending nothing; the next peer's promise completes phase 1, and only then
+    do the Accepts leave, at that ballot. (One promise short used to show only as a
+    hang: the leader re-prepared for ever.)"""
+    net = Net()
+    node = net.replicas[0]
+    node.timing = replace(node.timing, leader=leader)
+    effects = node.propose(b"a", b"k", add(1), net.now)
+    prepares = {e.to: e.message for e in _sends(effects, Prepare)}
+    assert sorted(prepares) == [1, 2, 3, 4]
+    ballot = (prepares[1].round, prepares[1].node)
+
+    def promise_from(peer: int) -> list:
+        answer = net.replicas[peer].receive(0, prepares[peer], net.now)
+        (promise,) = _sends(answer, Promise)
+        assert promise.message.ok
+        return node.receive(peer, promise.message, net.now)
+
+    # Node 0's own promise came first (its acceptor answers without the network).
+    assert node.quorum == 3
+    short = promise_from(1)
+    assert short == [], "phase 1 ended on one fewer promise than a majority"
+    majority = promise_from(2)
+    accepts = _sends(majority, Accept)
+    assert sorted(e.to for e in accepts) == [1, 2, 3, 4]
+    assert {(e.message.round, e.message.node) for e in accepts} == {ballot}
+    assert not _sends(majority, Prepare)
 
 
 def test_a_dead_leader_is_passed_over_and_the_change_commits_leaderless() -> None:
