@@ -18,6 +18,7 @@ from backupvault.hsm.shares import (
     FleetShape,
     ShareKeeper,
     ThresholdRead,
+    ThresholdUpdate,
 )
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
@@ -116,6 +117,11 @@ def test_a_replayed_request_with_an_older_clock_costs_nothing(
     )
     replay = world.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, old, 5_000))
     assert _code(replay) == ErrorCode.STALE_ATTEMPT
+    # Only a later clock makes a new attempt: another B at the latest attempt's clock
+    # (a second device, a forged copy) is stale too.
+    _, other = oprf.blind(b"third")
+    same = world.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, other, 6_000))
+    assert _code(same) == ErrorCode.STALE_ATTEMPT
     assert world.honest[0].rows[client.key].count == 2
     assert world.replicated(0, client.key).attempt == 2
 
@@ -284,6 +290,61 @@ def test_reset_attacks_are_refused(world: Simulation, client: ThresholdClient) -
     done = world.request(0, Op.RESET, genuine)
     assert isinstance(done, ResetResponse) and done.guesses_remaining == 4
     assert world.honest[0].rows[client.key].count == 0
+
+
+def test_a_resend_answered_after_its_attempt_was_reset_is_stale_and_free(
+    world: Simulation, client: ThresholdClient
+) -> None:
+    """The stale-attempt check (invariants 1 and 3): a resend of attempt a commits on the
+    value that counted a, but the owner's reset of a reaches this node first (the two
+    rounds' commits arrive out of order). Built after the reset, the resend's answer is
+    `stale_attempt`: no partial, nothing counted again, the reset stands."""
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    _, blinded = oprf.blind(b"right again")
+    request = EvaluateRequest("alice", "chat", 1, blinded, 50_000)
+    first = world.request(0, Op.EVALUATE, request)
+    assert isinstance(first, EvaluateResponse)
+    keeper = world.honest[0].keeper
+    counted = world.replicated(0, client.key)
+    assert counted.attempt == first.attempt and counted.attempts_used == 1
+    resend = keeper.handle(Op.EVALUATE, request)
+    assert isinstance(resend, ThresholdUpdate)
+    unchanged, build = resend.apply(counted)  # the resend's round: the same attempt
+    assert unchanged == counted
+    reset = _reset_request(client, recovered[0], first.attempt, blinded)
+    assert isinstance(world.request(0, Op.RESET, reset), ResetResponse)
+    row = world.honest[0].rows[client.key]
+    assert row.reset_at == first.attempt and row.count == 0
+    late = build()
+    assert _code(late.response) == ErrorCode.STALE_ATTEMPT and late.writes == ()
+    assert keeper.row(client.key) == row
+
+
+def test_a_reset_whose_two_copies_both_commit_resets_once(
+    world: Simulation, client: ThresholdClient
+) -> None:
+    """Two copies of one reset (a resend) both pass their round before either answer is
+    built: the first resets, the second finds the reset done and changes nothing."""
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    _, blinded = oprf.blind(b"right again")
+    answer = world.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, blinded, 50_000))
+    assert isinstance(answer, EvaluateResponse)
+    keeper = world.honest[0].keeper
+    update = keeper.handle(Op.RESET, _reset_request(client, recovered[0], answer.attempt, blinded))
+    assert isinstance(update, ThresholdUpdate)
+    state = world.replicated(0, client.key)
+    _, first = update.apply(state)
+    _, second = update.apply(state)
+    done = first()
+    assert isinstance(done.response, ResetResponse) and len(done.writes) == 1
+    row = keeper.row(client.key)
+    assert row is not None and row.reset_at == answer.attempt and row.count == 0
+    again = second()
+    assert isinstance(again.response, ResetResponse) and again.writes == ()
+    assert again.response.attempt == answer.attempt
+    assert keeper.row(client.key) == row
 
 
 def test_nodes_that_missed_the_reset_apply_it_from_the_replicated_value(
