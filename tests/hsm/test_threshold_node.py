@@ -21,6 +21,7 @@ from backupvault.hsm.shares import (
     ThresholdUpdate,
 )
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
+from backupvault.invariants import BrokenInvariant
 from backupvault.protocol import (
     AckKind,
     AuthorizedRequest,
@@ -522,10 +523,10 @@ def test_the_core_asserts_its_invariants() -> None:
     world = threshold_world(limit=2)
     keeper: ShareKeeper = world.honest[0].keeper
     two = NodeShare(1, b"", b"", [Evaluation(1, bytes(32)), Evaluation(1, b"\x01" * 32)])
-    with pytest.raises(AssertionError, match="two B"):
+    with pytest.raises(BrokenInvariant, match="two B"):
         keeper._write(b"k", two)
     many = NodeShare(1, b"", b"", [Evaluation(a, bytes(32)) for a in (1, 2, 3)])
-    with pytest.raises(AssertionError, match="above L"):
+    with pytest.raises(BrokenInvariant, match="above L"):
         keeper._write(b"k", many)
 
 

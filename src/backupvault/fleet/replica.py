@@ -57,6 +57,7 @@ from backupvault.fleet.messages import (
     payload_of,
 )
 from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
+from backupvault.invariants import require
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
 #: The application's own check of a value an acceptor is asked to accept: (key, payload,
@@ -375,7 +376,8 @@ class Replica:
         one request are) that leaves the chosen value this node accepted unchanged is
         answered from that value with no round: the N copies make one round, not N."""
         self._now = now
-        assert self._key_ok(key), "a proposal for a key the application does not replicate"
+        # Checked always: a record under another key could overwrite this node's own rows.
+        require(self._key_ok(key), "a proposal for a key the application does not replicate")
         proposal = _Proposal(
             op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
         )
@@ -575,9 +577,9 @@ class Replica:
     def _store(self, record: AcceptorRecord, kind: str = "promise") -> Persist:
         before = self._record(record.key)
         # Ballots only grow: an acceptor never forgets a promise or an acceptance it holds.
-        assert record.promised >= before.promised, "promise went backwards"
-        assert record.accepted >= before.accepted, "accepted ballot went backwards"
-        assert record.promised >= record.accepted, "accepted above the promise"
+        require(record.promised >= before.promised, "promise went backwards")
+        require(record.accepted >= before.accepted, "accepted ballot went backwards")
+        require(record.promised >= record.accepted, "accepted above the promise")
         self.source.put(record)
         self._max_round = max(self._max_round, record.promised.round)
         if kind == "accept" and record.value:
@@ -626,7 +628,10 @@ class Replica:
                 )
                 effects.append(self._store(record))
             # A Promise leaves only once the promise it makes is persisted.
-            assert not ok or self._record(message.key).promised == ballot
+            require(
+                not ok or self._record(message.key).promised == ballot,
+                "a Promise before its promise is persisted",
+            )
             return effects, Promise(
                 message.op_id,
                 message.key,
@@ -649,7 +654,7 @@ class Replica:
             # The same Accept again (a duplicate or a repair), after its pipelined promise
             # moved past it: answer as before. The record is written again as this node's
             # own acceptance (it may hold the value only as a catch-up copy so far).
-            return [self._store(record, "accept")], _answer(message, record.promised, True)
+            return self._took(message, record, record.promised)
         if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
@@ -657,8 +662,20 @@ class Replica:
             record = AcceptorRecord(
                 record.key, *_ballot(promised), ballot.round, ballot.node, message.value
             )
-            return [self._store(record, "accept")], _answer(message, promised, True)
+            return self._took(message, record, promised)
         return [], _answer(message, record.promised, False)
+
+    def _took(
+        self, message: Accept, record: AcceptorRecord, promised: Ballot
+    ) -> tuple[list[Effect], Message]:
+        """Accept `message`: write `record` (its acceptance) and answer Accepted."""
+        persist = self._store(record, "accept")
+        # An Accepted leaves only behind the write of the acceptance it reports.
+        require(
+            self._record(message.key).accepted == Ballot(message.round, message.node),
+            "an Accepted before its acceptance is persisted",
+        )
+        return [persist], _answer(message, promised, True)
 
     def _reply(
         self, sender: int, message: Prepare | Accept, reply: Message, now: float
@@ -718,7 +735,7 @@ class Replica:
                 self._store(replace(record, promised_round=ballot.round, promised_node=ballot.node))
             )
         # An Accept leaves only at a ballot this node's own record has promised.
-        assert self._record(accept.key).promised >= ballot, "an Accept at an unreserved ballot"
+        require(self._record(accept.key).promised >= ballot, "an Accept at an unreserved ballot")
         effects += [Send(peer, accept) for peer in self.peers]
         return effects + self._deliver_locally(accept, now)
 
@@ -777,7 +794,7 @@ class Replica:
             return []
         self._max_round += 1
         ballot = Ballot(self._max_round, self.node)
-        assert ballot > proposal.ballot, "a proposal's ballots only grow"
+        require(ballot > proposal.ballot, "a proposal's ballots only grow")
         proposal.ballot = ballot
         proposal.phase = "prepare"
         proposal.round_started = now
@@ -929,6 +946,8 @@ class Replica:
         if len(voters) < self.quorum:
             return []
         value, outcome = proposal.forwarded[message.digest]
+        # Kept as an assert: `forwarded` is keyed by digest and the count is checked just
+        # above; an always-on check would hash the value again on every commit.
         assert _digest(value) == message.digest and len(voters) >= self.quorum
         proposal.outcome = outcome
         took = now - proposal.round_started
@@ -978,7 +997,10 @@ class Replica:
         if len(proposal.accepts) < self.quorum:
             return []
         # Committed only on a majority of Accepted for this very ballot and value.
-        assert len(proposal.promises) >= self.quorum and proposal.phase == "accept"
+        require(
+            len(proposal.promises) >= self.quorum and proposal.phase == "accept",
+            "committed without a majority's promise",
+        )
         # Both phases of the round that committed, averaged over recent commits.
         took = now - proposal.round_started
         self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
@@ -1141,8 +1163,8 @@ class Replica:
                 continue
             # The one round: a majority promised `held`, and the value builds on the newest
             # value among them, so this Accept is phase 2 of a complete Paxos round.
-            assert len(lead.promised) >= self.quorum, "leader Accept without a majority's promise"
-            assert lead.base < lead.held, "a value built on a ballot at or above its own"
+            require(len(lead.promised) >= self.quorum, "leader Accept without a majority's promise")
+            require(lead.base < lead.held, "a value built on a ballot at or above its own")
             accept = Accept(
                 forward.op_id, lead.key, *_ballot(lead.held), forward.value, origin, True
             )

@@ -38,6 +38,7 @@ from backupvault.hsm.state import (
     ThresholdState,
     single_seed_status,
 )
+from backupvault.invariants import require
 from backupvault.protocol import (
     COUNT_NONCE_LEN,
     MAX_ERROR_DETAIL,
@@ -419,11 +420,13 @@ class ShareKeeper:
         return attempt >= self._floors.setdefault(key, latest_attempt)
 
     def _write(self, key: bytes, row: NodeShare, *, trusted: bool = True) -> ShareWrite:
-        assert row.count <= self.shape.guess_limit, "count above L"
+        # Checked on every write, also under `python -O`: a row breaking one of these never
+        # reaches the disk (at most L + 1 evaluations to look at: cheap).
+        require(row.count <= self.shape.guess_limit, "count above L")
         attempts = [e.attempt for e in row.evaluated]
-        assert len(set(attempts)) == len(attempts), "two B for one attempt"
-        assert all(a > row.reset_at for a in attempts), "an evaluation from before the reset"
-        assert not row.share or row.manifest, "a share without its manifest"
+        require(len(set(attempts)) == len(attempts), "two B for one attempt")
+        require(all(a > row.reset_at for a in attempts), "an evaluation from before the reset")
+        require(not row.share or bool(row.manifest), "a share without its manifest")
         self._pending[key] = row
         self._cache.pop(key, None)
         if trusted:
@@ -1000,7 +1003,12 @@ class ShareKeeper:
                 return Answer(_destroyed_error(), (*writes, self._write(key, erased)))
             row = row.with_(evaluated=[*row.evaluated, Evaluation(attempt, blinded_hash)])
             writes = (*writes, self._write(key, row))
-        assert row.evaluated_hash(attempt) == blinded_hash and row.count <= limit
+        # The partial is made only for the B this node counted (durably, in `writes`) for
+        # this attempt, within L: checked always, since nothing after it can take it back.
+        require(
+            row.evaluated_hash(attempt) == blinded_hash and row.count <= limit,
+            "an evaluation without its counted guess",
+        )
         share = threshold.KeyShare.from_bytes(row.share)
         partial = threshold.evaluate_partial(share, request.blinded)
         response = EvaluateResponse(
@@ -1114,7 +1122,7 @@ class ShareKeeper:
 
             def build() -> Answer:
                 current = self.row(key)
-                assert current is not None
+                assert current is not None  # for mypy: rows are never removed, only rewritten
                 if (current.version, current.manifest) != (row.version, row.manifest):
                     # The row moved on while the round ran (a change committed, its staged
                     # share promoted): the reset was verified for the old version only,
@@ -1254,7 +1262,7 @@ def _exhausted_on_reports() -> ErrorResponse:
 
 def _after_reset(row: NodeShare, attempt: int) -> NodeShare:
     """Forget this node's evaluations for attempts up to `attempt`."""
-    assert attempt > row.reset_at, "a reset never goes back"
+    require(attempt > row.reset_at, "a reset never goes back")
     kept = [e for e in row.evaluated if e.attempt > attempt]
     return row.with_(reset_at=attempt, evaluated=kept)
 

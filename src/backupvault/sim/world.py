@@ -532,8 +532,10 @@ class Simulation:
         except ClientViolation as err:
             violation = InvariantViolation("released-key-is-the-registered-one", str(err))
         except AssertionError as err:
-            # An invariant asserted inside the replica or the firmware stopped the step.
-            frame = traceback.extract_tb(err.__traceback__)[-1]
+            # An invariant checked inside the replica or the firmware stopped the step: named
+            # by the line that checked it, not by `require` itself.
+            frames = traceback.extract_tb(err.__traceback__)
+            frame = next(f for f in reversed(frames) if Path(f.filename).name != "invariants.py")
             where = f"{Path(frame.filename).name}:{frame.lineno} {frame.line}"
             violation = InvariantViolation("core-assertion", f"{where} {err}".strip())
         if violation is not None:
