@@ -20,10 +20,11 @@ from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
 from backupvault.fleet.records import Mark
-from backupvault.fleet.replica import Persist, Send
+from backupvault.fleet.replica import Effect, Persist, Send
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape, ShareWrite
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare
+from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
 from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
@@ -374,6 +375,54 @@ def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> Non
         assert posted == [] and service._fatal is not None
         answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")
         assert (answer.status, answer.error) == (503, "node_not_ready")
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_invariant_in_a_step_stops_the_node_and_sends_nothing(tmp_path: Path) -> None:
+    """As TigerBeetle crashes on a failed assertion: a step of the core that would break an
+    invariant stops the node (fail-stop). Nothing queued after it leaves, clients get 503,
+    and health stops saying ready, so the relay passes the node over."""
+
+    async def scenario() -> None:
+        service, store, posted = _service(tmp_path)
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+        assert service.serving and service.stopped_because is None
+
+        def broken() -> list[Effect]:
+            raise BrokenInvariant("ballots only grow")
+
+        service._step(broken)
+        service._execute([Send(1, NotReady(b"op"))])  # anything later: not sent
+        await _turns()
+        assert posted == []
+        assert not service.serving
+        assert service.stopped_because == "broken invariant: ballots only grow"
+        answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")
+        assert (answer.status, answer.error) == (503, "node_not_ready")
+        assert "invariant" in answer.detail
+
+    asyncio.run(scenario())
+
+
+def test_a_broken_invariant_in_the_firmware_stops_the_node_rather_than_answer_500(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+
+        def broken(*args: object) -> None:
+            raise BrokenInvariant("a count above L")
+
+        monkeypatch.setattr(service._firmware, "open", lambda *a: (object(), None))
+        monkeypatch.setattr(service._firmware, "handle", broken)
+        answer = await service.client_request(Op.MANIFEST, "acct", "entry", b"")
+        assert (answer.status, answer.error) == (503, "node_not_ready")
+        assert not service.serving
+        assert service.stopped_because == "broken invariant: a count above L"
 
     asyncio.run(scenario())
 

@@ -396,7 +396,7 @@ def test_metrics_answer_a_relay_key_only(node: TestClient) -> None:
     assert answer.status_code == 200
     data = answer.json()
     assert data["node"] == 0 and "evaluations" in data
-    assert set(data["health"]) == {"ready", "intact_start"}
+    assert set(data["health"]) == {"ready", "intact_start", "stopped"}
     assert node.get("/v1/metrics", headers=signed).status_code == 401  # a replay
     as_client = post(node, "metrics", b"", {**HEADERS, **metrics_headers(RELAY_KEY, 0)})
     assert as_client.status_code == 404

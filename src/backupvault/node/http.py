@@ -91,7 +91,7 @@ def create_app(
     async def health(request: Request) -> Response:
         # Anyone who reaches the port may ask (the relay polls it unsigned): whether the
         # node answers, nothing more. The rest is in the signed metrics.
-        return JSONResponse({"ready": service.replica.ready})
+        return JSONResponse({"ready": service.serving})
 
     async def own_measurement(request: Request) -> Response:
         if measurement is None:
@@ -106,7 +106,11 @@ def create_app(
         except HopRefused as err:
             log.warning("metrics refused: %s", err.message)
             return _error(401, "relay_signature", err.message)
-        health = {"ready": service.replica.ready, "intact_start": service.intact}
+        health = {
+            "ready": service.serving,
+            "intact_start": service.intact,
+            "stopped": service.stopped_because,
+        }
         return JSONResponse({"node": service.node, **service.metrics, "health": health})
 
     @contextlib.asynccontextmanager

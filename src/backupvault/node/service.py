@@ -129,7 +129,9 @@ class NodeService:
         self._tasks: set[asyncio.Task[None]] = set()  # group commits
         self._backlog: list[Effect] = []  # effects behind a group commit, in order
         self._committing = False
-        self._fatal: Exception | None = None  # the store failed: the node serves nothing
+        # The store failed its check, or the core was about to break one of its own
+        # invariants: the node serves nothing and sends nothing (fail-stop).
+        self._fatal: Exception | None = None
         self._outbox: dict[int, list[bytes]] = {}
         self._count_requests = PeerRateLimit(COUNT_REQUESTS_PER_SECOND, COUNT_REQUEST_BURST)
         self._asked: dict[bytes, float] = {}  # open count requests' nonces -> last sent
@@ -187,10 +189,11 @@ class NodeService:
 
     def _step(self, step: Callable[[], list[Effect]]) -> None:
         """Run one replica step and carry out its effects. A store row that fails its
-        check stops the node (fail-stop): it must not answer from a damaged store."""
+        check, or a broken invariant of the core, stops the node (fail-stop): it must not
+        answer from a damaged store, nor act on a state its own code got wrong."""
         try:
             effects = step()
-        except StoreCorrupted as err:
+        except (StoreCorrupted, AssertionError) as err:
             self._stop_serving(err)
             return
         self._execute(effects)
@@ -211,8 +214,13 @@ class NodeService:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    def _stop_serving(self, err: StoreCorrupted) -> None:
-        log.critical("node store failed its check, node stops serving: %s", err.message)
+    def _stop_serving(self, err: StoreCorrupted | AssertionError) -> None:
+        if isinstance(err, StoreCorrupted):
+            log.critical("node store failed its check, node stops serving: %s", err.message)
+        else:
+            # As TigerBeetle crashes on a failed assertion: a bug in this node's own code
+            # (or corrupted memory). Nothing the broken step produced leaves the node.
+            log.critical("broken invariant in the vault core, node stops serving: %s", err)
         self._fatal = err
         self._fail_waiting()
 
@@ -241,6 +249,9 @@ class NodeService:
     async def client_request(self, op: Op, account: str, entry: str, sealed: bytes) -> ClientAnswer:
         try:
             return await self._client_request(op, account, entry, sealed)
+        except AssertionError as err:  # a broken invariant of the firmware: fail-stop
+            self._stop_serving(err)
+            return self._stopped()
         finally:
             self._ask_for_count_reports()
 
@@ -248,7 +259,7 @@ class NodeService:
         self, op: Op, account: str, entry: str, sealed: bytes
     ) -> ClientAnswer:
         if self._fatal is not None:
-            return ClientAnswer(503, error="node_not_ready", detail="node store failed")
+            return self._stopped()
         if not self.replica.ready:
             return ClientAnswer(503, error="node_not_ready", detail="node is catching up")
         try:
@@ -285,6 +296,31 @@ class NodeService:
         if answer.writes and isinstance(answer.response, EvaluateResponse):
             self.metrics["evaluations"] += 1  # a newly counted partial evaluation
         return ClientAnswer(200, response_key.seal(pad_response(op, answer.response.to_bytes())))
+
+    @property
+    def serving(self) -> bool:
+        """Caught up, and not stopped (fail-stop): what `/v1/health` says as "ready", so
+        the relay passes a stopped node over instead of sending it requests to refuse."""
+        return self.replica.ready and self._fatal is None
+
+    @property
+    def stopped_because(self) -> str | None:
+        """Why the node stopped serving, for its operator (signed metrics); None if not."""
+        if self._fatal is None:
+            return None
+        if isinstance(self._fatal, StoreCorrupted):
+            return f"store failed its check: {self._fatal.message}"
+        if isinstance(self._fatal, AssertionError):
+            return f"broken invariant: {self._fatal}"
+        return f"store write failed: {self._fatal!r}"
+
+    def _stopped(self) -> ClientAnswer:
+        why = (
+            "its code broke an invariant"
+            if isinstance(self._fatal, AssertionError)
+            else ("its store failed")
+        )
+        return ClientAnswer(503, error="node_not_ready", detail=f"node stopped: {why}")
 
     def _unavailable(self) -> ClientAnswer:
         self.metrics["fleet_unavailable"] += 1
@@ -400,7 +436,7 @@ class NodeService:
                 if isinstance(message, CountReport | CountReportRequest):
                     try:
                         self._count_report_message(sender, message)
-                    except StoreCorrupted as err:
+                    except (StoreCorrupted, AssertionError) as err:
                         self._stop_serving(err)
                     continue
             except PeerRateLimited as err:
