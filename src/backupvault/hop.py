@@ -70,6 +70,11 @@ class HopRefused(AuthenticationFailed):
     """The request did not come, verifiably and freshly, from a listed relay."""
 
 
+class SignedBeforeStart(HopRefused):
+    """Signed before this node started (its previous process may have taken it): the node
+    answers "not ready", as while it catches up, and the relay asks again."""
+
+
 def _field(value: str) -> bytes:
     data = value.encode("ascii")
     return struct.pack(">H", len(data)) + data
@@ -205,7 +210,9 @@ class HopVerifier:
                 + (f" (this node's clock went back {back:.0f} s)" if back > 1 else "")
             )
         if at < self.not_before:
-            raise HopRefused("the request was signed before this node started; send it again")
+            raise SignedBeforeStart(
+                "the request was signed before this node started; send it again"
+            )
         message = _signed(node, op, account, entry, digest, at, nonce)
         for key in self._keys:
             try:

@@ -12,7 +12,13 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.fleet.channel import WINDOW, PeerChannel, PeerRateLimit, PeerRateLimited
+from backupvault.fleet.channel import (
+    WINDOW,
+    PeerChannel,
+    PeerRateLimit,
+    PeerRateLimited,
+    SentBeforeStart,
+)
 from backupvault.fleet.messages import PEER_MESSAGES, Prepare, SyncRequest
 
 KEYS = [X25519PrivateKey.generate() for _ in range(3)]
@@ -215,13 +221,19 @@ def test_a_clock_stepped_back_does_not_reopen_the_replay_window(kind: str) -> No
     open_(sender.hello(1) if kind == "hello" else sender.seal(1, MESSAGE))
 
 
-def test_a_message_sent_before_the_node_started_is_refused() -> None:
-    """What an earlier process of the receiver opened, this one has no nonce for."""
+def test_a_message_sent_before_the_node_started_is_not_taken() -> None:
+    """What an earlier process of the receiver opened, this one has no nonce for. It is
+    dropped as sent before the start (peers flush what they queued for a node that was
+    down), not refused as forged: the node keeps the stream. A hello from before the start
+    is still refused."""
     clock = Clock()
     sender = channel(0, clock=clock)
     before = sender.seal(1, MESSAGE)
+    hello = sender.hello(1)
     clock.now += 1.0  # the receiver restarts
     receiver = channel(1, clock=clock, not_before=clock.now)
-    with pytest.raises(AuthenticationFailed, match="before this node started"):
+    with pytest.raises(SentBeforeStart, match="before this node started"):
         receiver.open(before, PEER_MESSAGES)
+    with pytest.raises(InvalidInput, match="before this node started"):
+        receiver.open_hello(hello)
     assert receiver.open(sender.seal(1, MESSAGE), PEER_MESSAGES) == (0, MESSAGE)

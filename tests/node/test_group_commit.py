@@ -8,6 +8,7 @@ import asyncio
 import os
 import sqlite3
 import threading
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -377,6 +378,23 @@ def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> Non
         assert (answer.status, answer.error) == (503, "node_not_ready")
 
     asyncio.run(scenario())
+
+
+def test_messages_a_peer_queued_before_this_node_started_are_dropped_not_refused(
+    tmp_path: Path,
+) -> None:
+    """A peer flushes what it queued while this node was down: the messages are dropped
+    (their nonces only the previous process knew), and the stream stays open; closing it
+    made every peer redial just as the node came back, which delayed its first rounds past
+    the relay's patience. A forged message in the same frame is still refused."""
+    service, _, _ = _service(tmp_path)
+    queued = _channel(1).seal(0, NotReady(b"queued"))
+    service._channel.not_before = time.time() + 1  # the node (re)started after it
+    assert service.peer_frame(1, join_frame([queued])) == 0
+    assert service.metrics["peer_messages_before_start"] == 1
+    forged = bytearray(_channel(1).seal(0, NotReady(b"forged")))
+    forged[-1] ^= 1
+    assert service.peer_frame(1, join_frame([bytes(forged)])) == 1
 
 
 def test_a_broken_invariant_in_a_step_stops_the_node_and_sends_nothing(tmp_path: Path) -> None:

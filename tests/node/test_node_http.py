@@ -50,6 +50,12 @@ ACCOUNTS = TokenVerifier(ISSUER_KEY.public_key(), "issuer", fleet_audience(FLEET
 
 @pytest.fixture
 def node(tmp_path: Path) -> Iterator[TestClient]:
+    with TestClient(_app(tmp_path)) as client:
+        yield client
+
+
+def _app(tmp_path: Path, started: float = 0.0) -> Any:
+    """Node 0's app; `started`: when its process started (HopVerifier.not_before)."""
     identity = X25519PrivateKey.generate()
     service = NodeService(
         0,
@@ -64,9 +70,31 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
         PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, FLEET_ID, os.urandom),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
     )
-    hop = HopVerifier(0, [RELAY_KEY.public_key().public_bytes_raw()])
-    with TestClient(create_app(service, hop)) as client:
-        yield client
+    hop = HopVerifier(0, [RELAY_KEY.public_key().public_bytes_raw()], not_before=started)
+    return create_app(service, hop)
+
+
+def test_a_request_signed_before_the_node_started_is_not_ready_not_refused(
+    tmp_path: Path,
+) -> None:
+    """Its previous process may have taken it (the nonces are gone): the node answers as
+    one that is catching up, 503 `node_not_ready`, so the relay asks again, rather than
+    401, which the relay takes for a node outside its contract."""
+    body = _manifest_request()
+    signed_at = float(int(time.time()))  # the relay signs whole seconds
+    headers = {
+        **HEADERS,
+        **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", body, signed_at),
+    }
+    with TestClient(_app(tmp_path, started=signed_at + 0.5)) as client:
+        answer = client.post("/v1/client/manifest", content=body, headers=headers)
+        assert answer.status_code == 503
+        assert answer.json()["error"] == "node_not_ready"
+        again = {
+            **HEADERS,
+            **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", body, signed_at + 1),
+        }
+        assert client.post("/v1/client/manifest", content=body, headers=again).status_code == 200
 
 
 HEADERS = {"x-backupvault-account": "alice", "x-backupvault-entry": "main"}

@@ -74,6 +74,11 @@ class PeerRateLimited(InvalidInput):
     """A peer asked for costly work (a store sync) too often."""
 
 
+class SentBeforeStart(InvalidInput):
+    """Authentic, but sent before this node started: peers flush what they queued while
+    it was down, so this is dropped (Paxos takes it as lost), not refused as an attack."""
+
+
 class PeerRateLimit:
     """A token bucket per peer: `burst` requests at once, then `per_second`. A request
     costs at most one page of records (fleet/replica.py, SYNC_PAGE), so the defaults bound
@@ -218,7 +223,7 @@ class PeerChannel:
                 + (f"; this node's clock went back {back:.0f} s" if back > 1 else "")
             )
         if sent < self.not_before:
-            raise AuthenticationFailed(
+            raise SentBeforeStart(
                 f"peer message from node {sender} was sent before this node started"
             )
         window = self._windows[sender]

@@ -15,7 +15,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.hop import METRICS_NAME, METRICS_OP, HopRefused, HopVerifier
+from backupvault.hop import (
+    METRICS_NAME,
+    METRICS_OP,
+    HopRefused,
+    HopVerifier,
+    SignedBeforeStart,
+)
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
 from backupvault.serving import content_length_over
@@ -71,6 +77,8 @@ def create_app(
         # held to the digest it signed.
         try:
             signed = hop.check_headers(request.headers, str(op), account, entry)
+        except SignedBeforeStart as err:
+            return _error(503, "node_not_ready", err.message)
         except HopRefused as err:
             log.warning("client %s refused: %s", op, err.message)
             return _error(401, "relay_signature", err.message)

@@ -21,6 +21,7 @@ ticket key. A node refuses to start while its store holds a key on that flow
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sqlite3
 import tempfile
@@ -349,7 +350,9 @@ def _describe(node: int, record: AcceptorRecord, share: NodeShare | None) -> dic
     }
 
 
-def build_service(config: NodeConfig) -> NodeService:
+def build_service(config: NodeConfig, started: float | None = None) -> NodeService:
+    """The node's service; `started`: when this process started (peer messages sent
+    before it are dropped: their nonces only the previous process knew)."""
     fleet = FleetDescription.load(config.fleet_file)
     keys = load_keys(config, fleet)
     channel = PeerChannel(
@@ -360,8 +363,8 @@ def build_service(config: NodeConfig) -> NodeService:
         os.urandom,
         epoch=fleet.epoch or 0,
         # What peers sent to an earlier process of this node may have opened there: its
-        # nonces are not remembered here, so such a message is refused as a replay could be.
-        not_before=time.time(),
+        # nonces are not remembered here, so such a message is dropped as a replay could be.
+        not_before=time.time() if started is None else started,
     )
     store = NodeStore(
         config.data_dir / "store.sqlite", config.index, keys.storage, keys.row_key, keys.generation
@@ -463,15 +466,22 @@ def serve(config_path: Path) -> None:
     from backupvault.node.http import create_app
     from backupvault.serving import run_until_stopped
 
+    # Requests and peer messages signed before this moment may have been taken by the
+    # previous process, whose nonces are gone: they are refused (hop) or dropped (peers).
+    started = time.time()
     config = NodeConfig.load(config_path)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Before any secret is unsealed: a node with other code does not join the fleet.
     check_isolated()
     fleet = FleetDescription.load(config.fleet_file)
     measurement = check_measurement(config, fleet)
-    # Requests signed before this start may have been answered by the previous process.
-    hop = HopVerifier(config.index, fleet.relay_public_keys, not_before=time.time())
-    app = create_app(build_service(config), hop, measurement=measurement)
+    hop = HopVerifier(config.index, fleet.relay_public_keys, not_before=started)
+    app = create_app(build_service(config, started), hop, measurement=measurement)
+    # The relay signs whole seconds: a request it signs in the second this process started
+    # would be refused as signed before it. Listening only from the next second on (the
+    # start's own work usually takes that long already), every request that reaches this
+    # process is signed after its start.
+    time.sleep(max(0.0, math.floor(started) + 1 - time.time()))
     log.info(
         "node %d listening on %s:%d, peers on %s (fleet %s, epoch %s); catching up before"
         " it answers",

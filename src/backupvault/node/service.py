@@ -16,7 +16,13 @@ from typing import Any
 
 from backupvault.codec import Message
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.fleet.channel import HELLO_SIZE, PeerChannel, PeerRateLimit, PeerRateLimited
+from backupvault.fleet.channel import (
+    HELLO_SIZE,
+    PeerChannel,
+    PeerRateLimit,
+    PeerRateLimited,
+    SentBeforeStart,
+)
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord
 from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import (
@@ -142,6 +148,7 @@ class NodeService:
             "committed": 0,
             "fleet_unavailable": 0,
             "peer_messages_dropped": 0,
+            "peer_messages_before_start": 0,  # queued by peers while this node was down
             "group_commits": 0,
             "records_persisted": 0,
             "peer_streams_refused": 0,
@@ -442,6 +449,11 @@ class NodeService:
             except PeerRateLimited as err:
                 # Authentic, but asking for costly work too often: dropped, not refused.
                 log.warning("dropped peer message: %s", err.message)
+                continue
+            except SentBeforeStart:
+                # Queued by a peer while this node was down: dropped, and the stream kept
+                # (closing it would make every peer redial just as this node comes back).
+                self.metrics["peer_messages_before_start"] += 1
                 continue
             except (InvalidInput, AuthenticationFailed) as err:
                 log.warning("refused peer message: %s", err.message)
