@@ -236,6 +236,39 @@ def test_a_damaged_state_file_is_a_clear_error(world: World, tmp_path: Path, con
     assert state.read_text() == content
 
 
+def test_what_another_process_saved_meanwhile_is_kept(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A client of this device may save the shared state file while `verify-deployment`
+    or `witness verify-log` runs: each save is applied to the file as it is then, under
+    its lock, never a copy loaded earlier saved over it."""
+    world.current = world.deploy(1)
+    state = tmp_path / "client-state.json"
+    state.write_text(json.dumps({"version": 1}))
+    meanwhile = {"heads": {"w": "a head"}, "time": 1_900_000_000}
+    other = {OTHER_FLEET.hex(): {"epoch": 7}}
+    handle = world.handle
+
+    def handle_then_save(request: httpx.Request) -> httpx.Response:
+        if request.url.path in ("/v1/head", "/v1/consistency"):  # while the run checks
+            saved = json.loads(state.read_text())
+            saved.update(meanwhile, fleets={**saved.get("fleets", {}), **other})
+            state.write_text(json.dumps(saved))
+        return handle(request)
+
+    monkeypatch.setattr(world, "handle", handle_then_save)
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    saved = json.loads(state.read_text())
+    assert {k: saved[k] for k in meanwhile} == meanwhile
+    assert saved["fleets"] == {**other, FLEET_ID.hex(): {"epoch": 1}}
+
+    world.deploy(2, OTHER_FLEET)  # the log grows: verify-log asks for a consistency proof
+    meanwhile["time"] += 1
+    verify_log(WITNESS, world.key, state, http=world.http())
+    saved = json.loads(state.read_text())
+    assert saved["time"] == meanwhile["time"] and size_in(state, world) == 2
+
+
 def test_an_ota_clients_state_stays_readable_by_the_client(world: World, tmp_path: Path) -> None:
     world.current = world.deploy(1)
     state = tmp_path / "client-state.json"

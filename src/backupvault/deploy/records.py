@@ -142,7 +142,9 @@ def sign_deployment(
 def write_deployment(
     fleet_file: Path, signed: OperatorSignedRecord, fleet: FleetDescription
 ) -> None:
-    (fleet_file.parent / RECORD_FILE).write_bytes(signed.to_bytes())
+    # Whole or not at all, as the bundle beside it (a crash mid-write left a record cut
+    # short for whoever audits the deployment from it).
+    replace_file(fleet_file.parent / RECORD_FILE, signed.to_bytes(), mode=0o644)
     fleet.save(fleet_file)
 
 

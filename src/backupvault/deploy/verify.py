@@ -34,7 +34,7 @@ import httpx
 
 from backupvault.codec import epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import replace_file
+from backupvault.files import locked, replace_file
 from backupvault.transparency import (
     Checkpoint,
     FleetBundle,
@@ -407,9 +407,21 @@ def remember(
     return state
 
 
-def save_state(path: Path, data: dict[str, Any]) -> None:
-    # Durably: the checkpoint kept here must never go back after a crash.
-    replace_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+#: How long a save waits for another process (a client of this device) to finish with the
+#: state file.
+STATE_LOCK_SECONDS = 30.0
+
+
+def save_state(path: Path, update: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> None:
+    """Save `update(state, its checkpoint note)` of the state file as it is now, under the
+    file's lock (`files.locked`, as OTA clients take it): a client of this device may have
+    saved a newer epoch, head or trusted time since this run loaded the file, and a copy
+    loaded earlier saved over it would take them back. Durably: the checkpoint kept here
+    must never go back after a crash either."""
+    with locked(path, timeout=STATE_LOCK_SECONDS):
+        state, note = load_checkpoint_state(path)
+        data = update(state, note)
+        replace_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
 
 
 def verify_deployment(
@@ -489,7 +501,13 @@ def verify_deployment(
         reports.append(report)
     if state_file is not None and newest is not None and all(r.ok for r in reports):
         shown = [r for r, (_, _, is_current) in zip(reports, sources, strict=True) if is_current]
-        save_state(state_file, remember(state, last, newest, shown))
+        witness = trust.witness
+        save_state(
+            state_file,
+            lambda now, kept: remember(
+                now, None if kept is None else open_checkpoint(kept, witness), newest, shown
+            ),
+        )
     return reports
 
 
@@ -531,7 +549,7 @@ def verify_log(
             f"cannot fetch the checkpoint from {url}: {err}",
             hint="check the witness URL (backupvault witness serve)",
         ) from None
-    state, note = load_checkpoint_state(state_file)
+    _, note = load_checkpoint_state(state_file)
     try:
         checkpoint = open_checkpoint(answer.text, verifier)
         previous = None if note is None else open_checkpoint(note, verifier)
@@ -548,7 +566,12 @@ def verify_log(
             hint="check the witness key (--vkey) and URL",
         ) from None
     if state_file is not None:
-        save_state(
-            state_file, {"version": 1, **state, "vkey": verifier.vkey(), "checkpoint": answer.text}
-        )
+
+        def update(now: dict[str, Any], kept: str | None) -> dict[str, Any]:
+            # Never a smaller checkpoint than one saved since this run loaded the file.
+            larger = kept is not None and open_checkpoint(kept, verifier).size > checkpoint.size
+            note = kept if larger else answer.text
+            return {"version": 1, **now, "vkey": verifier.vkey(), "checkpoint": note}
+
+        save_state(state_file, update)
     return LogCheck(checkpoint, previous, verifier.vkey())
