@@ -142,8 +142,8 @@ def sign_deployment(
 def write_deployment(
     fleet_file: Path, signed: OperatorSignedRecord, fleet: FleetDescription
 ) -> None:
-    # Whole or not at all, as the bundle beside it (a crash mid-write left a record cut
-    # short for whoever audits the deployment from it).
+    # Whole or not at all, as the bundle beside it: `fleet deploy --resubmit` and auditors
+    # read it, and a crash mid-write left it cut short.
     replace_file(fleet_file.parent / RECORD_FILE, signed.to_bytes(), mode=0o644)
     fleet.save(fleet_file)
 
