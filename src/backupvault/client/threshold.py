@@ -488,10 +488,11 @@ class ThresholdVault:
     def _commit_shares(
         self, request: CommitSharesRequest, manifest: manifests.Manifest, what: str
     ) -> tuple[set[int], dict[int, str]]:
-        """Send the commit to every node, again while no node confirmed it and some were
-        silent (up to the delivery patience): the nodes that acknowledged holding their
-        share, and why the others did not. With no acknowledgement at all, the agreed
-        manifest says whether M is in effect."""
+        """Send the commit to every node, again while fewer than t confirmed it and some
+        were silent (up to the delivery patience): the nodes that acknowledged holding
+        their share, and why the others did not. With fewer than t acknowledgements, the
+        agreed manifest says whether M is in effect: one HELD could be a hostile node's
+        (it signs with its own key over public K_i and M), which proves nothing."""
         held: set[int] = set()
         problems: dict[int, str] = {}
         deadline = time.monotonic() + self.delivery_patience
@@ -506,7 +507,7 @@ class ThresholdVault:
             except RelayUnreachable:
                 raise
             except FleetUnavailable:
-                if time.monotonic() < deadline and not held:
+                if time.monotonic() < deadline and len(held) < self.t:
                     continue
                 outcomes = []
             for outcome in outcomes:
@@ -518,20 +519,22 @@ class ThresholdVault:
                     problems.pop(outcome.index, None)
                 else:
                     problems[outcome.index] = problem
-            # One held acknowledgement: M is committed, and every node that staged its share
-            # promotes it as it takes M; the others are owed a late delivery (`finish`).
+            # t held acknowledgements (one of them an honest node's): M is committed, and
+            # every node that staged its share promotes it as it takes M; the others are
+            # owed a late delivery (`finish`). Fewer may all be hostile nodes' (review s25).
             silent = [o for o in outcomes if o.index not in held and _transient(o)]
-            if held or not silent:
+            if len(held) >= self.t or not silent:
                 break
             if attempt >= DELIVERY_TRIES and time.monotonic() >= deadline:
                 break
         for index in range(self.nodes):
             if index not in held and index not in problems:
                 problems[index] = f"node {index}: no answer"
-        if held:
+        if len(held) >= self.t:
             return held, problems
-        # No node said it holds its share of M: whether M is in effect, t nodes tell (any
-        # t nodes include one that accepted M, had a majority committed it).
+        # Fewer than t nodes said they hold their share of M: whether M is in effect, t
+        # identical manifests tell (any t nodes include one that accepted M, had a
+        # majority committed it, and c < t hostile nodes cannot make up t).
         found = self._manifests()
         if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
             return held, problems

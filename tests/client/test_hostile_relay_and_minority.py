@@ -1,0 +1,119 @@
+"""The client against a hostile relay and a minority (c < t) of hostile nodes (review s25):
+what it believes, what it tells the user, and what it spends. Each test failed on the
+client before its fix (docs/threshold.md, "Attack review of the client")."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from backupvault.client.errors import (
+    FleetUnavailable,
+    NotRegistered,
+    VaultError,
+)
+from backupvault.client.threshold import ThresholdVault
+from backupvault.crypto.seal import open_request
+from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
+from backupvault.protocol import (
+    AckKind,
+    AuthorizedRequest,
+    CommitSharesRequest,
+    Op,
+    SealedCopies,
+    pad_response,
+)
+
+from .fake_fleet import FAST_KSF, FLEET_ID, FakeFleet
+
+RK = bytes(range(32))
+HOSTILE = 4  # node 4 of 5 is the attacker's (c = 1 < t = 3)
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    monkeypatch.setattr("backupvault.client.threshold.MANIFEST_BACKOFF_CAP_SECONDS", 0.001)
+
+
+Relay = Callable[[httpx.Request, Callable[[httpx.Request], httpx.Response]], httpx.Response]
+
+
+def _behind(fleet: FakeFleet, vault: ThresholdVault, relay: Relay) -> ThresholdVault:
+    """`vault` with a hostile relay in front of the fleet: `relay(request, forward)`."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        return relay(request, fleet.handle)
+
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    return vault
+
+
+def _op(request: httpx.Request) -> Op:
+    return Op(request.url.path.rsplit("/", 1)[1])
+
+
+def _commit_to_the_hostile_node_only(fleet: FakeFleet) -> Relay:
+    """The relay passes commit-shares to nobody; the hostile node, which got its copy, signs
+    a HELD acknowledgement of M all the same (it has its own signing key, and K_i is
+    public), and the relay says the honest nodes did not answer."""
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        if _op(request) is not Op.COMMIT_SHARES:
+            return forward(request)
+        copies = SealedCopies.for_nodes(request.read(), len(fleet.nodes)).copies
+        node = fleet.nodes[HOSTILE]
+        body, key = open_request(node.hpke, FLEET_ID, node.index, "commit-shares", copies[HOSTILE])
+        commit = CommitSharesRequest.from_bytes(AuthorizedRequest.from_bytes(body).request)
+        forged = node.ack(AckKind.HELD, commit.manifest)
+        replies = [
+            FanoutReply(i, NO_ANSWER, b'{"error":"node_slow","detail":"no answer"}')
+            for i in range(len(fleet.nodes))
+        ]
+        replies[HOSTILE] = FanoutReply(
+            HOSTILE, 200, key.seal(pad_response(Op.COMMIT_SHARES, forged.to_bytes()))
+        )
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    return relay
+
+
+def test_one_forged_held_acknowledgement_does_not_make_a_registration_look_done() -> None:
+    """Before: one HELD acknowledgement was taken as proof that M was committed, so the
+    client stopped sending the commit and reported the key registered (degraded). Nothing
+    was committed: the next status found no entry and dropped the owed shares, and a
+    backup made with that root key had no vault entry behind it."""
+    fleet = FakeFleet(5)
+    vault = _behind(fleet, fleet.vault(), _commit_to_the_hostile_node_only(fleet))
+    with pytest.raises(VaultError) as caught:
+        vault.register("pw", RK, ksf=FAST_KSF)
+    assert "not registered yet" in caught.value.message
+    assert fleet.replicated == b""  # indeed nothing was committed
+    with pytest.raises(NotRegistered):
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+
+
+def test_one_forged_held_acknowledgement_does_not_make_a_password_change_look_done() -> None:
+    """The same against a password change: the user was told the new password is in
+    effect while only the old one opens the key."""
+    fleet = FakeFleet(5)
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovery = vault.recover("old", ksf_floor=FAST_KSF)
+    hostile = _behind(fleet, fleet.vault(), _commit_to_the_hostile_node_only(fleet))
+    with pytest.raises(FleetUnavailable) as caught:
+        hostile.change_password(recovery, "new", ksf=FAST_KSF)
+    assert "the old password still opens the key" in caught.value.message
+    assert fleet.vault().recover("old", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_held_acknowledgements_from_t_nodes_still_finish_at_once() -> None:
+    """The honest degraded case is unchanged: two nodes down, three HELD, done (degraded)."""
+    fleet = FakeFleet(5)
+    fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
+    done = fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    assert (done.acknowledged, done.degraded) == ((0, 1, 2), True)
