@@ -117,3 +117,46 @@ def test_held_acknowledgements_from_t_nodes_still_finish_at_once() -> None:
     fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
     done = fleet.vault().register("pw", RK, ksf=FAST_KSF)
     assert (done.acknowledged, done.degraded) == ((0, 1, 2), True)
+
+
+def _resets(answer: Callable[[], httpx.Response]) -> Relay:
+    """The relay passes everything but the owner's reset, which it answers itself."""
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        return answer() if _op(request) is Op.RESET else forward(request)
+
+    return relay
+
+
+def _refused() -> httpx.Response:
+    raise httpx.ConnectError("connection refused")
+
+
+RESET_FAILURES: dict[str, Callable[[], httpx.Response]] = {
+    "503": lambda: httpx.Response(503, json={"error": "fleet_unavailable", "detail": "busy"}),
+    "429": lambda: httpx.Response(429, headers={"retry-after": "3600"}),
+    "403": lambda: httpx.Response(403, json={"error": "forbidden", "detail": "no"}),
+    "connection refused": _refused,
+    "garbage": lambda: httpx.Response(200, content=b"not a fan-out answer"),
+}
+
+
+@pytest.mark.parametrize("how", sorted(RESET_FAILURES))
+def test_a_relay_failing_every_reset_cannot_make_the_right_password_burn_guesses(
+    how: str,
+) -> None:
+    """Before: the relay answering the reset fan-out itself (503, 429, 403, a refused
+    connection, garbage) made a recovery with the right password fail with 'unavailable'
+    or 'retry later' ('no guess was used', even), though its attempt was counted; each
+    retry counted another, and the L-th destroyed the key of a user who typed the right
+    password every time. Now the recovery returns the key and says the reset is not
+    confirmed (as when every node's answer to it is lost)."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    vault = _behind(fleet, fleet.vault(), _resets(RESET_FAILURES[how]))
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK
+    assert not recovered.reset_confirmed
+    assert len(recovered.reset_missing) == len(fleet.nodes)

@@ -1048,7 +1048,17 @@ class ThresholdVault:
         for attempt in range(RESET_TRIES):
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            outcomes = self.vault.call_each(Op.RESET, requests, ResetResponse, resends=1)
+            try:
+                outcomes = self.vault.call_each(Op.RESET, requests, ResetResponse, resends=1)
+            except VaultError as err:
+                # The key is open and this attempt counted: a relay failing the reset (503,
+                # 429, 403, no connection, garbage) must not fail the recovery, or each retry
+                # of the right password would count another guess until the key is
+                # destroyed (review s25). Told as a reset not confirmed.
+                outcomes = [
+                    NodeOutcome(index, failure=f"no answer ({err.message})")
+                    for index in range(self.nodes)
+                ]
             for outcome in outcomes:
                 if outcome.index in done:
                     continue  # a node that took the reset refuses it a second time
