@@ -10,6 +10,7 @@ import httpx
 import pytest
 
 from backupvault.client.errors import (
+    EVALUATION_UNANSWERED_HINT,
     FleetUnavailable,
     NotRegistered,
     VaultError,
@@ -21,12 +22,13 @@ from backupvault.protocol import (
     AckKind,
     AuthorizedRequest,
     CommitSharesRequest,
+    EntryStatus,
     Op,
     SealedCopies,
     pad_response,
 )
 
-from .fake_fleet import FAST_KSF, FLEET_ID, FakeFleet
+from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
 
 RK = bytes(range(32))
 HOSTILE = 4  # node 4 of 5 is the attacker's (c = 1 < t = 3)
@@ -117,6 +119,77 @@ def test_held_acknowledgements_from_t_nodes_still_finish_at_once() -> None:
     fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
     done = fleet.vault().register("pw", RK, ksf=FAST_KSF)
     assert (done.acknowledged, done.degraded) == ((0, 1, 2), True)
+
+
+def _evaluate_then(fail: Callable[[int], httpx.Response | None]) -> Relay:
+    """The relay passes every evaluate fan-out on (the nodes count the attempt), throws the
+    answers away, and answers `fail(n)` for the n-th evaluate fan-out it saw (None: the
+    nodes' answers, dropped, as 'no answer')."""
+    seen = [0]
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        if _op(request) is not Op.EVALUATE:
+            return forward(request)
+        seen[0] += 1
+        made = fail(seen[0])
+        if made is not None:
+            return made
+        forward(request)
+        return httpx.Response(
+            200,
+            content=FanoutAnswers(
+                [
+                    FanoutReply(i, NO_ANSWER, b'{"error":"node_slow","detail":"lost"}')
+                    for i in range(5)
+                ]
+            ).to_bytes(),
+        )
+
+    return relay
+
+
+def _refuse_connection(n: int) -> httpx.Response | None:
+    if n == 1:
+        return None
+    raise httpx.ConnectError("connection refused")
+
+
+def _forward_then_429(n: int) -> httpx.Response | None:
+    return None if n == 1 else httpx.Response(429, headers={"retry-after": "3600"})
+
+
+@pytest.mark.parametrize("how", ["connection refused on the resend", "429 on the resend"])
+def test_a_relay_error_after_the_evaluation_went_out_says_a_guess_may_be_used(how: str) -> None:
+    """Invariant 10. Before: the first evaluate fan-out reached the nodes (counted), and the
+    relay refused the resend's connection: the client said 'no guess was used'; or it
+    answered 429 and the client said only 'retry later'."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    fail = _refuse_connection if how.startswith("connection") else _forward_then_429
+    vault = _behind(fleet, fleet.vault(), _evaluate_then(fail))
+    with pytest.raises(VaultError) as caught:
+        vault.recover("pw", ksf_floor=FAST_KSF)
+    assert fleet.vault().status().guesses_remaining == LIMIT - 1  # it was counted
+    assert "no guess was used" not in str(caught.value)
+    assert (caught.value.hint or "").startswith(EVALUATION_UNANSWERED_HINT)
+
+
+def test_a_relay_refusing_the_first_connection_uses_no_guess() -> None:
+    """The control: a connection refused before anything was sent is still 'no guess'."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+
+    def refuse(_n: int) -> httpx.Response | None:
+        raise httpx.ConnectError("connection refused")
+
+    vault = _behind(fleet, fleet.vault(), _evaluate_then(refuse))
+    with pytest.raises(FleetUnavailable) as caught:
+        vault.recover("pw", ksf_floor=FAST_KSF)
+    assert "no guess was used" in str(caught.value)
+    assert fleet.vault().status().status == EntryStatus.LIVE
+    assert fleet.vault().status().guesses_remaining == LIMIT
 
 
 def _resets(answer: Callable[[], httpx.Response]) -> Relay:

@@ -118,6 +118,19 @@ def _transient(outcome: NodeOutcome[Any]) -> bool:
     return outcome.response is None
 
 
+def _may_have_counted(err: VaultError) -> VaultError:
+    """`err` raised once an evaluation was handed to the relay: told as one that may have
+    been counted as a guess (a RelayUnreachable's "no guess was used" is then untrue)."""
+    if isinstance(err, RelayUnreachable):
+        return FleetUnavailable(err.message, hint=EVALUATION_UNANSWERED_HINT)
+    err.hint = (
+        EVALUATION_UNANSWERED_HINT
+        if err.hint is None or isinstance(err, FleetUnavailable)
+        else f"{EVALUATION_UNANSWERED_HINT} ({err.hint})"
+    )
+    return err
+
+
 class _Superseded(Exception):
     """This attempt was refused as stale by more than N − t nodes (`recover` tries again)."""
 
@@ -860,6 +873,11 @@ class ThresholdVault:
         for retry in itertools.count():
             try:
                 return self._recover_once(password, ksf_floor)
+            except RelayUnreachable as err:
+                if not retry:
+                    raise
+                # An earlier try's evaluation went out: "no guess was used" is not true.
+                raise _may_have_counted(err) from None
             except _Superseded as superseded:
                 if retry >= STALE_ATTEMPT_RETRIES:
                     raise superseded.error from None
@@ -900,8 +918,10 @@ class ThresholdVault:
                 outcomes = self.vault.call_each(
                     Op.EVALUATE, [request] * self.nodes, EvaluateResponse
                 )
-            except RelayUnreachable:
-                raise
+            except RelayUnreachable as err:
+                if not round_number:
+                    raise  # no connection: nothing reached the relay, no guess used
+                raise _may_have_counted(err) from None
             except FleetUnavailable:
                 # The relay's 503 (no node answered before its timeout) or its answer lost:
                 # every node may still answer this attempt, which may be counted already.
@@ -909,6 +929,11 @@ class ThresholdVault:
                     NodeOutcome(index, failure="no answer (the relay heard from no node)")
                     for index in range(self.nodes)
                 ]
+            except VaultError as err:
+                # The relay's 429, 401, 403 or a malformed answer: an untrusted relay may
+                # have passed the request on all the same, so the user hears it may count
+                # (invariant 10; review s25).
+                raise _may_have_counted(err) from None
             for outcome in outcomes:
                 index = outcome.index
                 if index in good or index in rejected:
