@@ -4,7 +4,7 @@ client before its fix (docs/threshold.md, "Attack review of the client")."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import httpx
 import pytest
@@ -233,3 +233,33 @@ def test_a_relay_failing_every_reset_cannot_make_the_right_password_burn_guesses
     assert recovered.root_key == RK
     assert not recovered.reset_confirmed
     assert len(recovered.reset_missing) == len(fleet.nodes)
+
+
+@pytest.mark.parametrize("op", ["manifest", "evaluate"])
+def test_a_relay_answer_without_end_is_not_read_into_memory(op: str) -> None:
+    """Before: the client read the relay's whole answer into memory, so a relay sending
+    one without end (here 64 MiB, in 64 KiB chunks) took the device's memory. Now it
+    stops past a bound of a few KB per node and says so."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    sent = [0]
+
+    def endless() -> Iterator[bytes]:
+        for _ in range(1024):
+            sent[0] += 1
+            yield bytes(64 * 1024)
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        if _op(request) is not Op(op):
+            return forward(request)
+        if Op(op) is Op.EVALUATE:
+            forward(request)
+        return httpx.Response(200, content=endless())
+
+    vault = _behind(fleet, fleet.vault(), relay)
+    with pytest.raises(VaultError) as caught:
+        vault.recover("pw", ksf_floor=FAST_KSF)
+    assert "larger than" in caught.value.message
+    assert sent[0] <= 4  # chunks read before the client stopped

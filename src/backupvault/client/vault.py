@@ -50,6 +50,9 @@ T = TypeVar("T", bound=Message)
 MAX_RATE_LIMIT_WAIT_SECONDS = 30.0
 #: A lost answer or a 503 is sent again after RESEND_BACKOFF_SECONDS, doubling.
 RESEND_BACKOFF_SECONDS = 0.5
+#: A relay's answer is read up to this many bytes per node: a node's padded, sealed answer
+#: is at most ~1.1 KB and the relay's JSON error for it far less; this leaves room.
+MAX_ANSWER_BYTES_PER_NODE = 16 * 1024
 
 
 @dataclass(frozen=True)
@@ -174,14 +177,7 @@ class VaultClient:
         while True:
             sealed, response_keys = seal()
             try:
-                answer = self._http.post(
-                    f"{self._vault_url}/{self.entry}/{op}",
-                    content=sealed,
-                    headers={
-                        "Authorization": f"Bearer {self._token}",
-                        "Content-Type": "application/octet-stream",
-                    },
-                )
+                answer = self._post_once(op, sealed)
             except httpx.ConnectError as err:
                 raise RelayUnreachable(self.relay_url, str(err)) from None
             except httpx.HTTPError as err:
@@ -207,6 +203,32 @@ class VaultClient:
                 backoff *= 2
                 continue
             return answer, response_keys
+
+    def _post_once(self, op: Op, sealed: bytes) -> httpx.Response:
+        """One post, its body read up to MAX_ANSWER_BYTES: the relay is not trusted, and a
+        body without end would take the device's memory (review s25)."""
+        limit = MAX_ANSWER_BYTES_PER_NODE * len(self.node_keys)
+        with self._http.stream(
+            "POST",
+            f"{self._vault_url}/{self.entry}/{op}",
+            content=sealed,
+            headers={
+                "Authorization": f"Bearer {self._token}",
+                "Content-Type": "application/octet-stream",
+            },
+        ) as answer:
+            body = bytearray()
+            for chunk in answer.iter_bytes():
+                body += chunk
+                if len(body) > limit:
+                    raise VaultError(
+                        f"the relay's answer is larger than {limit} bytes; nothing was read"
+                        " from it",
+                        hint="report this to the operator; the vault may have counted a"
+                        " password evaluation sent in it as a guess",
+                    )
+            kept = {k: v for k, v in answer.headers.items() if k.lower() == "retry-after"}
+            return httpx.Response(answer.status_code, headers=kept, content=bytes(body))
 
     def call_each(
         self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0
