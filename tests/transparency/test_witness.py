@@ -209,6 +209,7 @@ def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
     from cryptography.hazmat.primitives import serialization
 
     key = Ed25519PrivateKey.generate()
+    other = raw_public_key(Ed25519PrivateKey.generate())
     (tmp_path / "w.key").write_bytes(
         key.private_bytes(
             serialization.Encoding.PEM,
@@ -225,12 +226,12 @@ def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
         f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\ndatabase = "w.sqlite"\n'
         f'allowed_measurements = ["{MEASUREMENT.hex()}"]\n'
         f'[[fleets]]\nfleet_id = "{FLEET_ID.hex()}"\noperator_key = "op.pub"\n'
-        f'[[fleets]]\nfleet_id = "00"\noperator_key = "{"ab" * 32}"\n'
+        f'[[fleets]]\nfleet_id = "00"\noperator_key = "{other.hex()}"\n'
     )
     config = WitnessConfig.load(tmp_path / "witness.toml")
     assert config.policy.operators == {
         FLEET_ID: raw_public_key(operator_key),
-        b"\x00": b"\xab" * 32,
+        b"\x00": other,
     }
     assert config.policy.allowed_measurements == frozenset({MEASUREMENT})
     witness = config.open()
@@ -290,3 +291,48 @@ def test_missing_head_file_refuses_a_log_with_leaves(
     (tmp_path / "witness.sqlite.head").write_text("backupvault witness head v1\n1\nnot-b64\n")
     with pytest.raises(WitnessRolledBack):
         make_witness()
+
+
+# Small-order Ed25519 points: under such a key, OpenSSL accepts a forged signature (R the
+# identity, S = 0) for every message, so whoever pinned one could not be told from anyone.
+IDENTITY_POINT = bytes([1]) + bytes(31)
+SMALL_ORDER_KEYS = [
+    IDENTITY_POINT,
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),  # order 2
+    bytes.fromhex("c7176a703d4dd84fba3c0b760d10670f2a2053fa2c39ccc64ec7fd7792ac037a"),  # order 8
+]
+
+
+@pytest.mark.parametrize("key", SMALL_ORDER_KEYS, ids=["identity", "order2", "order8"])
+def test_small_order_operator_key_is_never_pinned_or_logged(
+    make_witness: WitnessFactory, key: bytes
+) -> None:
+    """Attack: on a first-seen witness, submit a record for a new fleet id under a
+    small-order key with a forged signature. It was logged and the key pinned, after which
+    anyone could log any epoch of that fleet."""
+    witness = make_witness(policy=WitnessPolicy(pin_first_seen=True))
+    forged = b"\x52" + b"".join(
+        len(part).to_bytes(4, "big") + part
+        for part in (make_record(epoch=1).to_bytes(), key, IDENTITY_POINT + bytes(32))
+    )
+    with pytest.raises(Malformed):
+        witness.submit(forged)
+    assert witness.store.size == 0 and witness.store.fleet(FLEET_ID) is None
+
+
+def test_small_order_operator_key_refused_in_config(tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "w.key").write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    (tmp_path / "witness.toml").write_text(
+        f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n'
+        f'[[fleets]]\nfleet_id = "00"\noperator_key = "{IDENTITY_POINT.hex()}"\n'
+    )
+    with pytest.raises(InvalidInput, match="prime-order"):
+        WitnessConfig.load(tmp_path / "witness.toml")

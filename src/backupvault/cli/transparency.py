@@ -317,13 +317,15 @@ def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operato
     """Let the witness log deployment records of FLEET_ID signed by OPERATOR_KEY (restart
     `witness serve` afterwards)."""
     from backupvault.client.trust import load_operator_key
+    from backupvault.crypto.ed25519 import check_public_key
     from backupvault.node.config import write_toml
 
     try:
         fleet = bytes.fromhex(fleet_id)
     except ValueError:
         raise UsageError("--fleet-id takes the fleet id in hex (fleet.toml's fleet_id)") from None
-    key_hex = load_operator_key(operator_key, Path.cwd()).hex()
+    # The witness refuses a small-order key at start; say so now, not at the next restart.
+    key_hex = check_public_key(load_operator_key(operator_key, Path.cwd()), "--operator-key").hex()
     data = tomllib.loads(witness_config.read_text())
     fleets = [f for f in data.get("fleets", []) if str(f.get("fleet_id")) != fleet.hex()]
     fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})

@@ -302,7 +302,9 @@ class OperatorSignedRecord(StrictMessage):
 
     def __post_init__(self) -> None:
         _bytes(self.record, "the record", 1, 1 << 20)
-        _bytes(self.operator_public_key, "the operator public key", KEY_LEN, KEY_LEN)
+        # A small-order key verifies forged signatures: a first-seen witness would pin it
+        # and then log whatever anyone submits for that fleet.
+        _ed25519(self.operator_public_key, "the operator public key")
         _bytes(
             self.signature, "the operator signature", ED25519_SIGNATURE_LEN, ED25519_SIGNATURE_LEN
         )

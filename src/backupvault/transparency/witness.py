@@ -32,6 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.errors import InvalidInput
 from backupvault.transparency import merkle
 from backupvault.transparency.bundle import WitnessReceipt, cosign
@@ -225,9 +226,11 @@ def _operator_key(value: Any, base: Path) -> bytes:
     text = str(value)
     if len(text) == 64:
         try:
-            return bytes.fromhex(text)
+            raw = bytes.fromhex(text)
         except ValueError:
             pass
+        else:
+            return check_public_key(raw, f"the operator key of a fleet in {base}")
     path = base / text
     try:
         key = serialization.load_pem_public_key(path.read_bytes())
@@ -237,7 +240,7 @@ def _operator_key(value: Any, base: Path) -> bytes:
         raise InvalidInput(f"{path} is not a PEM public key") from None
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidInput(f"{path}: operator keys are Ed25519")
-    return raw_public_key(key)
+    return check_public_key(raw_public_key(key), str(path))
 
 
 @dataclass(frozen=True)
