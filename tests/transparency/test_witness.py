@@ -20,6 +20,7 @@ from backupvault.transparency.errors import (
     UnknownOperatorKey,
     WitnessRolledBack,
     WitnessStoreCorrupt,
+    WitnessStoreInUse,
 )
 from backupvault.transparency.note import open_checkpoint
 from backupvault.transparency.record import OperatorSignedRecord, raw_public_key, sign_record
@@ -336,3 +337,21 @@ def test_small_order_operator_key_refused_in_config(tmp_path: Path) -> None:
     )
     with pytest.raises(InvalidInput, match="prime-order"):
         WitnessConfig.load(tmp_path / "witness.toml")
+
+
+def test_second_process_on_one_store_is_refused(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """Attack (or mistake): two `witness serve` on one database. Each kept its own view of
+    the tree in memory: the second's submissions broke the append trigger (a 500), and it
+    could write its smaller head over the first's, weakening the rollback check."""
+    first = make_witness()
+    first.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    with pytest.raises(WitnessStoreInUse):
+        make_witness()
+    with pytest.raises(WitnessStoreInUse):
+        WitnessStore(tmp_path / "witness.sqlite", WITNESS_NAME, raw_public_key(operator_key))
+    first.store.close()
+    first.store.close()  # closing twice is harmless
+    second = make_witness()  # the lock goes with the store that held it
+    assert second.submit(sign_record(make_record(epoch=2), operator_key).to_bytes()).leaf_index == 1

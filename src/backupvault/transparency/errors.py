@@ -136,6 +136,12 @@ class WitnessStoreCorrupt(TransparencyError):
     code = "store_corrupt"
 
 
+class WitnessStoreInUse(TransparencyError):
+    """Another witness process (or store) has the database open: one log, one writer."""
+
+    code = "store_in_use"
+
+
 class WitnessRolledBack(WitnessStoreCorrupt):
     """The witness's database is older than the last tree it signed (restored from a copy)."""
 

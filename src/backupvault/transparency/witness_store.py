@@ -29,12 +29,17 @@ before a checkpoint of that size leaves the witness. On open, the database must 
 tree (its first `size` leaves hash to `root`); otherwise the witness refuses to start
 (`WitnessRolledBack`) and signs nothing. A database without a head file is accepted only
 while it is empty (a new log).
+
+One store per database at a time: it holds an exclusive flock on `<database>.lock` while
+open, and a second one (another `witness serve` on the same file) is refused
+(`WitnessStoreInUse`) before it reads anything.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import fcntl
 import os
 import sqlite3
 import struct
@@ -43,7 +48,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from backupvault.transparency import merkle
-from backupvault.transparency.errors import EpochReplayed, WitnessRolledBack, WitnessStoreCorrupt
+from backupvault.transparency.errors import (
+    EpochReplayed,
+    WitnessRolledBack,
+    WitnessStoreCorrupt,
+    WitnessStoreInUse,
+)
 
 HEAD_MAGIC = "backupvault witness head v1\n"
 
@@ -79,6 +89,32 @@ CREATE TRIGGER IF NOT EXISTS fleets_monotonic BEFORE UPDATE ON fleets
 """
 
 
+def _lock_exclusively(database: Path) -> int:
+    """An exclusive flock on `<database>.lock`, held until the store closes (the kernel
+    drops it if the process dies); WitnessStoreInUse if another store holds it. Not
+    `files.locked`: that one waits and is scoped to a block, this one is held for the
+    store's life, and the transparency core imports only errors, codec and crypto."""
+    lock_path = database.with_name(database.name + ".lock")
+    try:
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        raise WitnessStoreCorrupt(
+            f"cannot open the lock file {lock_path}: {err.strerror}"
+        ) from None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise WitnessStoreInUse(
+            f"{database} is in use by another witness process ({lock_path} is locked)",
+            hint="one log has one witness process; stop the other one first",
+        ) from None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 def _epoch(value: int) -> bytes:
     return struct.pack(">Q", value)
 
@@ -101,7 +137,14 @@ class WitnessStore:
             self.path.with_name(self.path.name + ".head") if head_file is None else Path(head_file)
         )
         self._lock = threading.RLock()
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        # Before anything is read: the tree is kept in memory, so a second store on this
+        # database would append from a stale view and write its smaller head over ours.
+        self._lock_fd: int | None = _lock_exclusively(self.path)
+        try:
+            self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        except BaseException:
+            self._unlock()
+            raise
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
@@ -111,7 +154,13 @@ class WitnessStore:
             self._head = self._check_head()
         except BaseException:
             self._db.close()
+            self._unlock()
             raise
+
+    def _unlock(self) -> None:
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the flock
+            self._lock_fd = None
 
     def _bind(self, origin: str, public_key: bytes) -> None:
         expected = {"origin": origin.encode(), "public_key": public_key}
@@ -214,6 +263,7 @@ class WitnessStore:
     def close(self) -> None:
         with self._lock:
             self._db.close()
+            self._unlock()
 
     # --- reads ------------------------------------------------------------------------------
 
