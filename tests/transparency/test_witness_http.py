@@ -220,3 +220,21 @@ def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateK
         proc.terminate()
         proc.wait(timeout=10)
     assert (tmp_path / "witness.sqlite").exists()
+
+
+@pytest.mark.parametrize(
+    ("declared", "status"),
+    [
+        # a valid header (httptools passes leading zeros) that int() refused: a 500
+        ("0" * 4400 + "3", 400),
+        ("9" * 5000, 413),
+        ("1" + "0" * 30, 413),
+        ("-3", 400),
+        ("3 ", 400),
+    ],
+)
+def test_content_length_games_are_4xx(client: TestClient, declared: str, status: int) -> None:
+    headers = {"content-length": declared}
+    answer = client.post("/v1/submit", content=b"\x52\x00\x00", headers=headers)
+    assert answer.status_code == status, answer.text
+    assert answer.json()["error"]

@@ -31,7 +31,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.serving import ServerLimits, run_until_stopped
+from backupvault.serving import ServerLimits, content_length_over, run_until_stopped
 from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
 from backupvault.transparency.witness import Witness, WitnessConfig
 
@@ -39,6 +39,7 @@ log = logging.getLogger("backupvault.witness")
 
 MAX_BODY = 1 << 20
 _UINT = re.compile(r"[0-9]{1,19}")
+_DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
 
 
@@ -76,10 +77,19 @@ def _b64(items: list[bytes]) -> list[str]:
     return [base64.b64encode(item).decode() for item in items]
 
 
+class _BadLength(Exception):
+    pass
+
+
 async def _body(request: Request) -> bytes | None:
+    """The body, None when over MAX_BODY; _BadLength for a Content-Length that is not
+    ASCII digits (str.isdigit took '²', and int() a 4301-digit one: both a 500)."""
     declared = request.headers.get("content-length")
-    if declared is not None and (not declared.isdigit() or int(declared) > MAX_BODY):
-        return None
+    if declared is not None:
+        if not _DIGITS.fullmatch(declared):
+            raise _BadLength
+        if content_length_over(declared, MAX_BODY):
+            return None
     chunks = bytearray()
     async for chunk in request.stream():
         chunks += chunk
@@ -90,7 +100,10 @@ async def _body(request: Request) -> bytes | None:
 
 def create_app(witness: Witness) -> Starlette:
     async def submit(request: Request) -> Response:
-        body = await _body(request)
+        try:
+            body = await _body(request)
+        except _BadLength:
+            return _error(400, "bad_request", "Content-Length is a decimal number of bytes")
         if body is None:
             return _error(413, "too_large", f"a submission is at most {MAX_BODY} bytes")
         try:
