@@ -251,3 +251,28 @@ def test_every_consistency_proof_verifies_and_tampering_fails(n: int, data: st.D
     if other_n is not None:
         with pytest.raises(ConsistencyProofInvalid):
             merkle.verify_consistency(m, other_n, roots[m], roots[other_n], proof)
+
+
+def test_tree_with_kept_subtrees_matches_the_definition() -> None:
+    """merkle.Tree (the witness's cached tree) answers every prefix exactly as the
+    RFC 9162 definitions over the plain leaf hashes do, while it grows."""
+    hashes = [merkle.leaf_hash(b"%d" % i) for i in range(40)]
+    tree = merkle.Tree()
+    for n in range(1, len(hashes) + 1):
+        tree.append(hashes[n - 1])
+        assert len(tree) == n
+        for size in range(n + 1):
+            prefix = hashes[:size]
+            assert tree.root(size) == merkle.root_from_hashes(prefix)
+            for index in range(size):
+                assert tree.inclusion_proof(index, size) == merkle.inclusion_proof(prefix, index)
+            for old in range(size + 1):
+                assert tree.consistency_proof(old, size) == merkle.consistency_proof(prefix, old)
+    for bad in ((0, 41), (-1, 3), (3, 3)):
+        with pytest.raises(ValueError):
+            tree.inclusion_proof(*bad)
+    for bad in ((0, 41), (4, 3), (-1, 3)):
+        with pytest.raises(ValueError):
+            tree.consistency_proof(*bad)
+    with pytest.raises(ValueError):
+        tree.append(b"short")

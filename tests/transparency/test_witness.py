@@ -355,3 +355,43 @@ def test_second_process_on_one_store_is_refused(
     first.store.close()  # closing twice is harmless
     second = make_witness()  # the lock goes with the store that held it
     assert second.submit(sign_record(make_record(epoch=2), operator_key).to_bytes()).leaf_index == 1
+
+
+def test_proofs_and_checkpoints_cost_logarithmic_hashing(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: anyone may GET /v1/consistency or /v1/inclusion, and each rebuilt the tree
+    from the leaf hashes (O(n) SHA-256 per request: 0.1 s of CPU at 200,000 leaves, with
+    256 requests at once). Complete subtrees are now kept, so a proof costs O(log² n)."""
+    witness = make_witness(policy=WitnessPolicy(pin_first_seen=True))
+    size = 3000
+    for i in range(size):  # straight into the store: the witness's checks are not the point
+        witness.store.append(b"leaf %d" % i, FLEET_ID, raw_public_key(operator_key), i + 1)
+    leaves = [b"leaf %d" % i for i in range(size)]
+    calls = 0
+    real = merkle.node_hash
+
+    def counting(left: bytes, right: bytes) -> bytes:
+        nonlocal calls
+        calls += 1
+        return real(left, right)
+
+    monkeypatch.setattr(merkle, "node_hash", counting)
+    root = open_checkpoint(witness.checkpoint(), witness.verifier).root_hash
+    assert root == merkle.root(leaves)
+    for old, new in ((1, size), (1234, 2999), (2048, size), (7, 13)):
+        calls = 0
+        proof = witness.consistency(old, new)
+        assert calls < 300, (old, new, calls)
+        old_root, new_root = merkle.root(leaves[:old]), merkle.root(leaves[:new])
+        merkle.verify_consistency(old, new, old_root, new_root, proof)
+    for index, tree in ((0, size), (2999, size), (1500, 2001)):
+        calls = 0
+        leaf, proof = witness.inclusion(index, tree)
+        assert calls < 300, (index, tree, calls)
+        merkle.verify_inclusion(leaf, index, tree, proof, merkle.root(leaves[:tree]))
+    calls = 0
+    witness.store.append(b"one more", FLEET_ID, raw_public_key(operator_key), size + 1)
+    open_checkpoint(witness.checkpoint(), witness.verifier)
+    witness.head(FLEET_ID, 1_800_000_000)
+    assert calls < 300, calls

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from backupvault.transparency.errors import ConsistencyProofInvalid, InclusionProofInvalid
 
@@ -40,12 +40,20 @@ def _split(n: int) -> int:
     return 1 << ((n - 1).bit_length() - 1)
 
 
+#: MTH(D[lo:hi]) of some tree: by recomputing from the leaf hashes, or from a `Tree`.
+_Subtree = Callable[[int, int], bytes]
+
+
 def _mth(hashes: Sequence[bytes], lo: int, hi: int) -> bytes:
     n = hi - lo
     if n == 1:
         return hashes[lo]
     k = _split(n)
     return node_hash(_mth(hashes, lo, lo + k), _mth(hashes, lo + k, hi))
+
+
+def _over(hashes: Sequence[bytes]) -> _Subtree:
+    return lambda lo, hi: _mth(hashes, lo, hi)
 
 
 def root_from_hashes(hashes: Sequence[bytes]) -> bytes:
@@ -61,21 +69,21 @@ def root(leaves: Sequence[bytes]) -> bytes:
 # --- inclusion ------------------------------------------------------------------------------
 
 
-def _path(m: int, hashes: Sequence[bytes], lo: int, hi: int) -> list[bytes]:
+def _path(m: int, mth: _Subtree, lo: int, hi: int) -> list[bytes]:
     n = hi - lo
     if n == 1:
         return []
     k = _split(n)
     if m < k:
-        return [*_path(m, hashes, lo, lo + k), _mth(hashes, lo + k, hi)]
-    return [*_path(m - k, hashes, lo + k, hi), _mth(hashes, lo, lo + k)]
+        return [*_path(m, mth, lo, lo + k), mth(lo + k, hi)]
+    return [*_path(m - k, mth, lo + k, hi), mth(lo, lo + k)]
 
 
 def inclusion_proof(hashes: Sequence[bytes], index: int) -> list[bytes]:
     """PATH(index, D[n]) (RFC 9162 §2.1.3.1) for the tree with leaf hashes `hashes`."""
     if not 0 <= index < len(hashes):
         raise ValueError(f"leaf index {index} outside a tree of {len(hashes)} leaves")
-    return _path(index, hashes, 0, len(hashes))
+    return _path(index, _over(hashes), 0, len(hashes))
 
 
 def _check_hashes(proof: Sequence[bytes], error: type[Exception]) -> None:
@@ -119,14 +127,14 @@ def verify_inclusion(
 # --- consistency ----------------------------------------------------------------------------
 
 
-def _subproof(m: int, hashes: Sequence[bytes], lo: int, hi: int, whole: bool) -> list[bytes]:
+def _subproof(m: int, mth: _Subtree, lo: int, hi: int, whole: bool) -> list[bytes]:
     n = hi - lo
     if m == n:
-        return [] if whole else [_mth(hashes, lo, hi)]
+        return [] if whole else [mth(lo, hi)]
     k = _split(n)
     if m <= k:
-        return [*_subproof(m, hashes, lo, lo + k, whole), _mth(hashes, lo + k, hi)]
-    return [*_subproof(m - k, hashes, lo + k, hi, False), _mth(hashes, lo, lo + k)]
+        return [*_subproof(m, mth, lo, lo + k, whole), mth(lo + k, hi)]
+    return [*_subproof(m - k, mth, lo + k, hi, False), mth(lo, lo + k)]
 
 
 def consistency_proof(hashes: Sequence[bytes], old_size: int) -> list[bytes]:
@@ -136,7 +144,72 @@ def consistency_proof(hashes: Sequence[bytes], old_size: int) -> list[bytes]:
         raise ValueError(f"old size {old_size} outside 0..{n}")
     if old_size in (0, n):
         return []
-    return _subproof(old_size, hashes, 0, n, True)
+    return _subproof(old_size, _over(hashes), 0, n, True)
+
+
+class Tree:
+    """Leaf hashes that only grow, with the hash of every complete subtree kept (level k
+    holds MTH(D[i·2^k : (i+1)·2^k]) for each i; about one more hash per leaf).
+
+    Every subtree RFC 9162 splits a prefix into is either such a complete, aligned one
+    or the right edge, so the root, PATH and PROOF of any prefix cost O(log² n) hashes
+    instead of rebuilding the tree (O(n)) for each request anyone may make. Not
+    thread-safe: the witness store guards it."""
+
+    def __init__(self, hashes: Iterable[bytes] = ()) -> None:
+        self._levels: list[list[bytes]] = [[]]
+        for item in hashes:
+            self.append(item)
+
+    def __len__(self) -> int:
+        return len(self._levels[0])
+
+    def leaf(self, index: int) -> bytes:
+        return self._levels[0][index]
+
+    def append(self, leaf: bytes) -> None:
+        if len(leaf) != HASH_LEN:
+            raise ValueError("a leaf hash is 32 bytes")
+        self._levels[0].append(leaf)
+        level = 0
+        while len(self._levels[level]) % 2 == 0:  # a subtree of 2^(level+1) just completed
+            pair = self._levels[level][-2:]
+            if level + 1 == len(self._levels):
+                self._levels.append([])
+            self._levels[level + 1].append(node_hash(pair[0], pair[1]))
+            level += 1
+
+    def _mth(self, lo: int, hi: int) -> bytes:
+        n = hi - lo
+        if n & (n - 1) == 0 and lo % n == 0:
+            return self._levels[n.bit_length() - 1][lo // n]
+        k = _split(n)
+        return node_hash(self._mth(lo, lo + k), self._mth(lo + k, hi))
+
+    def _check(self, size: int) -> None:
+        if not 0 <= size <= len(self):
+            raise ValueError(f"no tree of {size} leaves in a log of {len(self)}")
+
+    def root(self, size: int) -> bytes:
+        """MTH of the first `size` leaves."""
+        self._check(size)
+        return EMPTY_ROOT if size == 0 else self._mth(0, size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        """PATH(index, D[size])."""
+        self._check(size)
+        if not 0 <= index < size:
+            raise ValueError(f"leaf index {index} outside a tree of {size} leaves")
+        return _path(index, self._mth, 0, size)
+
+    def consistency_proof(self, old_size: int, size: int) -> list[bytes]:
+        """PROOF(old_size, D[size])."""
+        self._check(size)
+        if not 0 <= old_size <= size:
+            raise ValueError(f"old size {old_size} outside 0..{size}")
+        if old_size in (0, size):
+            return []
+        return _subproof(old_size, self._mth, 0, size, True)
 
 
 def verify_consistency(

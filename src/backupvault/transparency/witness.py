@@ -122,11 +122,10 @@ class Witness:
 
     def _receipt(self, index: int, leaf: bytes) -> WitnessReceipt:
         note, checkpoint = self._current_checkpoint()
-        hashes = self.store.hashes(checkpoint.size)
         receipt = WitnessReceipt(
             leaf_index=index,
             tree_size=checkpoint.size,
-            proof=b"".join(merkle.inclusion_proof(hashes, index)),
+            proof=b"".join(self.store.inclusion_proof(index, checkpoint.size)),
             checkpoint=note,
             cosignature=cosign(self.signer.private_key, self.name, leaf),
         )
@@ -136,13 +135,13 @@ class Witness:
     # --- checkpoints and proofs --------------------------------------------------------------
 
     def _current_checkpoint(self) -> tuple[str, Checkpoint]:
-        hashes = self.store.hashes()
+        size = self.store.size
         latest = self.store.latest_checkpoint()
-        if latest is not None and latest[0] == len(hashes):
+        if latest is not None and latest[0] == size:
             note = latest[1]
             checkpoint = Checkpoint.from_text(parse_note(note)[0])
         else:
-            checkpoint = Checkpoint(self.name, len(hashes), merkle.root_from_hashes(hashes))
+            checkpoint = Checkpoint(self.name, size, self.store.root(size))
             note = checkpoint.sign(self.signer)
             self.store.save_checkpoint(checkpoint.size, checkpoint.root_hash, note)
         # Durably, before the checkpoint leaves: a restored database is then refused.
@@ -162,7 +161,7 @@ class Witness:
             if state is None:
                 raise UnknownFleet(f"this witness has logged no record of fleet {fleet_id.hex()}")
             _, checkpoint = self._current_checkpoint()
-            leaf_hash = self.store.hashes(checkpoint.size)[state.last_index]
+            leaf_hash = self.store.leaf_hash(state.last_index)
             return sign_head(
                 self.signer,
                 checkpoint.size,
@@ -182,15 +181,14 @@ class Witness:
         self._check_size(new)
         if not 0 <= old <= new:
             raise Malformed("a consistency proof needs 0 <= old <= new")
-        return merkle.consistency_proof(self.store.hashes(new), old)
+        return self.store.consistency_proof(old, new)
 
     def inclusion(self, index: int, size: int) -> tuple[bytes, list[bytes]]:
         """(leaf hash, proof) for leaf `index` in the tree of `size` leaves."""
         self._check_size(size)
         if not 0 <= index < size:
             raise Malformed(f"no leaf {index} in a tree of {size}")
-        hashes = self.store.hashes(size)
-        return hashes[index], merkle.inclusion_proof(hashes, index)
+        return self.store.leaf_hash(index), self.store.inclusion_proof(index, size)
 
     def leaves(self, start: int, end: int) -> tuple[int, list[bytes]]:
         """(end, leaves[start:end]); `end` is clamped to the log and to MAX_LEAVES_PAGE."""

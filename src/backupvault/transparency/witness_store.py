@@ -14,7 +14,8 @@ raise the epoch or that changes the pinned operator key):
 
 On open the store recomputes every leaf hash and checks the tree against the largest
 checkpoint it signed; a database that lost or changed entries is refused
-(`WitnessStoreCorrupt`). Leaf hashes are kept in memory: fine for the number of
+(`WitnessStoreCorrupt`). Leaf hashes are kept in memory (with every complete subtree's
+hash, so a root or proof costs O(log² n) hashes, not O(n)): fine for the number of
 deployments a witness sees (millions of records would want a tiled store).
 
 A database restored from an older copy is consistent with itself, so it is also checked
@@ -150,7 +151,7 @@ class WitnessStore:
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(_SCHEMA)
             self._bind(origin, public_key)
-            self._hashes = self._load()
+            self._tree = self._load()
             self._head = self._check_head()
         except BaseException:
             self._db.close()
@@ -177,8 +178,8 @@ class WitnessStore:
                     hint="each witness name and key has its own database",
                 )
 
-    def _load(self) -> list[bytes]:
-        hashes: list[bytes] = []
+    def _load(self) -> merkle.Tree:
+        hashes = merkle.Tree()
         for idx, data, stored in self._db.execute(
             "SELECT idx, data, hash FROM leaves ORDER BY idx"
         ):
@@ -190,7 +191,7 @@ class WitnessStore:
         ).fetchone()
         if row is not None:
             size, root = row
-            if size > len(hashes) or merkle.root_from_hashes(hashes[:size]) != root:
+            if size > len(hashes) or hashes.root(size) != root:
                 raise WitnessStoreCorrupt(
                     f"{self.path} no longer holds the tree of size {size} this witness signed",
                     hint="restore the database from a copy at least as new as the last checkpoint",
@@ -220,18 +221,18 @@ class WitnessStore:
         the database holds it."""
         head = self._read_head()
         if head is None:
-            if self._hashes:
+            if len(self._tree):
                 raise WitnessRolledBack(
-                    f"{self.path} holds {len(self._hashes)} leaves but the head file"
+                    f"{self.path} holds {len(self._tree)} leaves but the head file"
                     f" {self.head_file} is missing, so a restored copy cannot be told apart",
                     hint="put the head file back (it is never restored with the database)",
                 )
             self._write_head(0, merkle.root_from_hashes([]))
             return 0
         size, root = head
-        if size > len(self._hashes) or merkle.root_from_hashes(self._hashes[:size]) != root:
+        if size > len(self._tree) or self._tree.root(size) != root:
             raise WitnessRolledBack(
-                f"{self.path} holds {len(self._hashes)} leaves, older than the tree of size"
+                f"{self.path} holds {len(self._tree)} leaves, older than the tree of size"
                 f" {size} this witness already signed (head file {self.head_file})",
                 hint="the database was restored from an older copy; signing now could fork the"
                 " log. Restore a copy at least as new as the head, or retire this log",
@@ -257,7 +258,7 @@ class WitnessStore:
         with self._lock:
             if size <= self._head:
                 return
-            self._write_head(size, merkle.root_from_hashes(self._hashes[:size]))
+            self._write_head(size, self._tree.root(size))
             self._head = size
 
     def close(self) -> None:
@@ -269,12 +270,31 @@ class WitnessStore:
 
     @property
     def size(self) -> int:
-        return len(self._hashes)
+        return len(self._tree)
 
     def hashes(self, size: int | None = None) -> list[bytes]:
-        """The leaf hashes of the tree of `size` leaves (default: the whole log)."""
+        """The leaf hashes of the tree of `size` leaves (default: the whole log); O(n), so
+        for audits and tests, not for answering requests (the methods below are)."""
         with self._lock:
-            return self._hashes[: self.size if size is None else size]
+            end = self.size if size is None else min(size, self.size)
+            return [self._tree.leaf(i) for i in range(end)]
+
+    def leaf_hash(self, index: int) -> bytes:
+        with self._lock:
+            return self._tree.leaf(index)
+
+    def root(self, size: int) -> bytes:
+        """The root of the tree of the first `size` leaves (size <= self.size)."""
+        with self._lock:
+            return self._tree.root(size)
+
+    def inclusion_proof(self, index: int, size: int) -> list[bytes]:
+        with self._lock:
+            return self._tree.inclusion_proof(index, size)
+
+    def consistency_proof(self, old: int, new: int) -> list[bytes]:
+        with self._lock:
+            return self._tree.consistency_proof(old, new)
 
     def leaves(self, start: int, end: int) -> list[bytes]:
         with self._lock:
@@ -318,7 +338,7 @@ class WitnessStore:
         """Append a leaf and advance its fleet's epoch, atomically; the new leaf's index."""
         leaf = merkle.leaf_hash(data)
         with self._lock:
-            index = len(self._hashes)
+            index = len(self._tree)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 row = self._db.execute(
@@ -343,7 +363,7 @@ class WitnessStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            self._hashes.append(leaf)
+            self._tree.append(leaf)
             return index
 
     def save_receipt(self, index: int, receipt: bytes) -> None:
@@ -352,7 +372,7 @@ class WitnessStore:
 
     def save_checkpoint(self, size: int, root: bytes, note: str) -> None:
         with self._lock:
-            if size > len(self._hashes) or merkle.root_from_hashes(self._hashes[:size]) != root:
+            if size > len(self._tree) or self._tree.root(size) != root:
                 raise WitnessStoreCorrupt("refusing to save a checkpoint that is not of this log")
             self._db.execute(
                 "INSERT OR IGNORE INTO checkpoints VALUES (?, ?, ?)", (size, root, note)
