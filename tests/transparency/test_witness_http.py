@@ -238,3 +238,50 @@ def test_content_length_games_are_4xx(client: TestClient, declared: str, status:
     answer = client.post("/v1/submit", content=b"\x52\x00\x00", headers=headers)
     assert answer.status_code == status, answer.text
     assert answer.json()["error"]
+
+
+def test_a_body_that_never_ends_is_cut_off(
+    make_witness: WitnessFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack: 256 POST /v1/submit that send a few bytes and then nothing held every
+    request slot for as long as the connections stayed open, so nobody got a fleet head
+    (clients fail closed without one). The body now has a deadline."""
+    import asyncio
+
+    from backupvault.transparency import witness_http
+
+    monkeypatch.setattr(witness_http, "BODY_SECONDS", 0.2, raising=False)
+    app = create_app(make_witness())
+    sent: list[dict[str, object]] = []
+    chunks = [{"type": "http.request", "body": b"\x52", "more_body": True}]
+
+    async def receive() -> dict[str, object]:
+        if chunks:
+            return chunks.pop()
+        await asyncio.sleep(3600)  # the rest never comes
+        raise AssertionError("unreachable")
+
+    async def send(message: dict[str, object]) -> None:
+        sent.append(message)
+
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": "/v1/submit",
+        "raw_path": b"/v1/submit",
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", b"100")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 8700),
+    }
+
+    async def run() -> None:
+        await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
+
+    asyncio.run(run())
+    assert sent[0]["status"] == 408
+    assert b"slow_body" in b"".join(m.get("body", b"") for m in sent)  # type: ignore[misc]

@@ -12,11 +12,13 @@
     GET  /v1/witness                200: {"name", "vkey"}
 
 Errors are JSON `{"error": code, "detail": message}`: 400 malformed input, 403 a record the
-policy refuses, 409 a stale epoch, 413 a body over 1 MiB, 404/405 for unknown routes.
+policy refuses, 408 a body not sent within 10 s, 409 a stale epoch, 413 a body over 1 MiB,
+404/405 for unknown routes.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import logging
 import re
@@ -38,6 +40,9 @@ from backupvault.transparency.witness import Witness, WitnessConfig
 log = logging.getLogger("backupvault.witness")
 
 MAX_BODY = 1 << 20
+#: A submission's whole body must arrive within this: a slow one holds a request slot,
+#: and enough of them (ServerLimits.max_requests) would keep every fleet head from clients.
+BODY_SECONDS = 10.0
 _UINT = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
@@ -91,10 +96,11 @@ async def _body(request: Request) -> bytes | None:
         if content_length_over(declared, MAX_BODY):
             return None
     chunks = bytearray()
-    async for chunk in request.stream():
-        chunks += chunk
-        if len(chunks) > MAX_BODY:
-            return None
+    async with asyncio.timeout(BODY_SECONDS):  # TimeoutError: the caller answers 408
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > MAX_BODY:
+                return None
     return bytes(chunks)
 
 
@@ -104,6 +110,8 @@ def create_app(witness: Witness) -> Starlette:
             body = await _body(request)
         except _BadLength:
             return _error(400, "bad_request", "Content-Length is a decimal number of bytes")
+        except TimeoutError:
+            return _error(408, "slow_body", f"send a submission within {BODY_SECONDS:g} s")
         if body is None:
             return _error(413, "too_large", f"a submission is at most {MAX_BODY} bytes")
         try:
