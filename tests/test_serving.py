@@ -16,7 +16,8 @@ import httpx
 import pytest
 
 from backupvault.deploy.local import free_port
-from backupvault.serving import ServerLimits
+from backupvault.errors import InvalidInput
+from backupvault.serving import ServerLimits, listen_address
 
 SERVICE = """
 import asyncio, contextlib, sys, threading
@@ -156,3 +157,27 @@ def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -
 def test_server_limits_refuse_what_would_not_bound(limits: dict[str, object]) -> None:
     with pytest.raises(ValueError, match="must be"):
         ServerLimits(**limits)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("given", ["host:bad", ":0", "127.0.0.1:65536", "h:８６００", ":-1", "h:"])
+def test_a_bad_listen_address_is_a_clear_error(tmp_path: Path, given: str) -> None:
+    """`relay serve` and `witness serve` took `int(port)` as it came: a traceback."""
+    config = tmp_path / "relay.toml"
+    config.write_text('listen = "127.0.0.1:8600"\n')
+    with pytest.raises(InvalidInput, match="is not host:port"):
+        listen_address(config, given, "127.0.0.1:8600")
+
+
+def test_the_listen_address_comes_from_the_option_the_config_or_the_default(
+    tmp_path: Path,
+) -> None:
+    config = tmp_path / "witness.toml"
+    config.write_text('listen = "0.0.0.0:9100"\n')
+    assert listen_address(config, "10.0.0.1:8000", "127.0.0.1:8700") == ("10.0.0.1", 8000)
+    assert listen_address(config, ":8000", "127.0.0.1:8700") == ("127.0.0.1", 8000)
+    assert listen_address(config, None, "127.0.0.1:8700") == ("0.0.0.0", 9100)
+    config.write_text("")
+    assert listen_address(config, None, "127.0.0.1:8700") == ("127.0.0.1", 8700)
+    config.write_text("listen = [")
+    with pytest.raises(InvalidInput, match="cannot read"):
+        listen_address(config, None, "127.0.0.1:8700")

@@ -18,12 +18,16 @@ from __future__ import annotations
 
 import faulthandler
 import json
+import tomllib
 from dataclasses import dataclass
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
 import uvicorn
 from starlette.types import ASGIApp, Receive, Scope, Send
+
+from backupvault.errors import InvalidInput
 
 #: How long requests under way may take to finish after a stop signal.
 GRACEFUL_SECONDS = 5
@@ -121,6 +125,24 @@ def run_until_stopped(app: Any, limits: ServerLimits | None = None, **config: An
     most what `limits` allows at once (default: `ServerLimits()`)."""
     server = _BoundedServer(server_config(app, limits or ServerLimits(), **config))
     server.run()
+
+
+def listen_address(config: Path, given: str | None, default: str) -> tuple[str, int]:
+    """(host, port) to serve on: `given` (--listen), else the config file's `listen`, else
+    `default`. A bad one is a clear error, not a traceback."""
+    address = given
+    if address is None:
+        try:
+            address = tomllib.loads(config.read_text()).get("listen", default)
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+            raise InvalidInput(f"cannot read {config}: {err}") from None
+    host, _, port = str(address).rpartition(":")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InvalidInput(
+            f"the listen address {str(address)!r} is not host:port with a port from 1 to"
+            f" 65535 (for example {default})"
+        )
+    return host or "127.0.0.1", int(port)
 
 
 def content_length_over(declared: str, limit: int) -> bool:

@@ -389,10 +389,10 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
     """Serve the relay until stopped."""
     from backupvault.relay.app import serve
     from backupvault.relay.config import load_config
+    from backupvault.serving import listen_address
 
-    address = listen or tomllib.loads(relay_config.read_text()).get("listen", "127.0.0.1:8600")
-    host, _, port = address.rpartition(":")
-    serve(load_config(relay_config), host or "127.0.0.1", int(port))
+    host, port = listen_address(relay_config, listen, "127.0.0.1:8600")
+    serve(load_config(relay_config), host, port)
 
 
 @relay.command("keygen")

@@ -354,9 +354,10 @@ def witness_serve(witness_config: Path, listen: str | None) -> None:
     from backupvault.transparency.witness_http import serve
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    address = listen or tomllib.loads(witness_config.read_text()).get("listen", "127.0.0.1:8700")
-    host, _, port = str(address).rpartition(":")
-    serve(WitnessConfig.load(witness_config), host or "127.0.0.1", int(port))
+    from backupvault.serving import listen_address
+
+    host, port = listen_address(witness_config, listen, "127.0.0.1:8700")
+    serve(WitnessConfig.load(witness_config), host, port)
 
 
 def _client_ota(ctx: Context) -> ClientConfig | None:
