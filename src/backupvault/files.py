@@ -76,41 +76,54 @@ class LockTimeout(BackupVaultError):
 _LOCK_POLL = 0.02
 
 
+def try_lock(lock_path: Path) -> int | None:
+    """A descriptor holding an exclusive advisory lock (flock) on `lock_path`, created
+    0600 and never through a symbolic link (a planted link cannot make us create or lock
+    another file); None if another process holds it. Closing the descriptor releases the
+    lock, and the kernel drops it if the holder dies. OSError if it cannot be opened."""
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
 @contextlib.contextmanager
 def locked(path: str | Path, *, timeout: float) -> Iterator[None]:
-    """Hold an exclusive advisory lock (flock) on the sibling file `.<name>.lock` of
-    `path` while the block runs: processes that read, change and save `path` under it
-    never save over each other. The lock file is never removed (removing it would let two
-    processes lock two different files); the kernel drops the lock if the holder dies, so
-    a crash leaves nothing stale. LockTimeout after `timeout` seconds of waiting."""
+    """Hold an exclusive lock (`try_lock`) on the sibling file `.<name>.lock` of `path`
+    while the block runs: processes that read, change and save `path` under it never save
+    over each other. The lock file is never removed (removing it would let two processes
+    lock two different files), and a crash leaves nothing stale. LockTimeout after
+    `timeout` seconds of waiting."""
     path = Path(path)
     lock_path = path.with_name(f".{path.name}.lock")
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise InvalidInput(f"cannot write {path}: {err.strerror}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fd = try_lock(lock_path)
+        except OSError as err:
+            raise InvalidInput(
+                f"cannot write {path}: its lock file {lock_path} cannot be opened ({err.strerror})"
+            ) from None
+        if fd is not None:
+            break
+        if time.monotonic() >= deadline:
+            raise LockTimeout(
+                f"{path} is locked by another process (waited {timeout:g} s for {lock_path})",
+                hint="another backupvault command of this device is using it; try again when"
+                " it has finished",
+            )
+        time.sleep(_LOCK_POLL)
     try:
-        # O_NOFOLLOW: a planted symlink cannot make us create or lock another file.
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    except OSError as err:
-        raise InvalidInput(
-            f"cannot write {path}: its lock file {lock_path} cannot be opened ({err.strerror})"
-        ) from None
-    try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise LockTimeout(
-                        f"{path} is locked by another process (waited {timeout:g} s for"
-                        f" {lock_path})",
-                        hint="another backupvault command of this device is using it; try"
-                        " again when it has finished",
-                    ) from None
-                time.sleep(_LOCK_POLL)
         yield
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        os.close(fd)  # releases the lock

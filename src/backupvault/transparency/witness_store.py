@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import fcntl
 import os
 import sqlite3
 import struct
@@ -48,6 +47,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from backupvault.files import try_lock
 from backupvault.transparency import merkle
 from backupvault.transparency.errors import (
     EpochReplayed,
@@ -91,28 +91,21 @@ CREATE TRIGGER IF NOT EXISTS fleets_monotonic BEFORE UPDATE ON fleets
 
 
 def _lock_exclusively(database: Path) -> int:
-    """An exclusive flock on `<database>.lock`, held until the store closes (the kernel
-    drops it if the process dies); WitnessStoreInUse if another store holds it. Not
-    `files.locked`: that one waits and is scoped to a block, this one is held for the
-    store's life, and the transparency core imports only errors, codec and crypto."""
+    """An exclusive lock (`files.try_lock`) on `<database>.lock`, held until the store
+    closes; WitnessStoreInUse if another store holds it (one log, one writer; no waiting,
+    unlike `files.locked`)."""
     lock_path = database.with_name(database.name + ".lock")
     try:
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        fd = try_lock(lock_path)
     except OSError as err:
         raise WitnessStoreCorrupt(
             f"cannot open the lock file {lock_path}: {err.strerror}"
         ) from None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        os.close(fd)
+    if fd is None:
         raise WitnessStoreInUse(
             f"{database} is in use by another witness process ({lock_path} is locked)",
             hint="one log has one witness process; stop the other one first",
-        ) from None
-    except BaseException:
-        os.close(fd)
-        raise
+        )
     return fd
 
 
