@@ -1,9 +1,12 @@
 """A service stops within a bound after SIGTERM (serving.py): a request that never
 finishes is cancelled, and a shutdown that hangs ends the process with every thread's
-stack on stderr. Real processes and signals: uvicorn installs its own handlers."""
+stack on stderr. Real processes and signals: uvicorn installs its own handlers. It also
+takes a bounded amount at once, and a client that sends slowly cannot hold a connection
+or a request slot past a deadline."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -30,12 +33,25 @@ from backupvault import serving
 
 serving.GRACEFUL_SECONDS = 1
 serving.STOP_SECONDS = {stop}
+serving.HEAD_SECONDS = {head}
+serving.BODY_SECONDS = {body}
 
 async def forever(request):
     await asyncio.Event().wait()  # a request waiting on a fleet that never answers
 
 async def ready(request):
     return PlainTextResponse("ready")
+
+async def slow(request):
+    await asyncio.sleep(1.5)  # longer than the head deadline of the tests that set one
+    return PlainTextResponse("slow")
+
+async def echo(request):
+    try:
+        body = await serving.read_body(request, 1000)
+    except TimeoutError:
+        return serving.slow_body_response()
+    return PlainTextResponse("too large" if body is None else f"{{len(body)}} bytes")
 
 @contextlib.asynccontextmanager
 async def lifespan(app):
@@ -44,19 +60,31 @@ async def lifespan(app):
     if {hang_shutdown}:
         threading.Event().wait()  # a shutdown stuck on a lock, holding the event loop
 
-app = Starlette(routes=[Route("/forever", forever), Route("/ready", ready)], lifespan=lifespan)
+routes = [
+    Route("/forever", forever),
+    Route("/ready", ready),
+    Route("/slow", slow),
+    Route("/echo", echo, methods=["POST"]),
+]
+app = Starlette(routes=routes, lifespan=lifespan)
 serving.run_until_stopped(app, {limits}, host="127.0.0.1", port={port}, log_config=None)
 """
 
 
 def _start(
-    tmp_path: Path, *, hang_shutdown: bool, stop: float, limits: str = "None"
+    tmp_path: Path,
+    *,
+    hang_shutdown: bool,
+    stop: float,
+    limits: str = "None",
+    head: float = 10.0,
+    body: float = 10.0,
 ) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     script = tmp_path / "service.py"
     script.write_text(
         textwrap.dedent(SERVICE).format(
-            port=port, hang_shutdown=hang_shutdown, stop=stop, limits=limits
+            port=port, hang_shutdown=hang_shutdown, stop=stop, limits=limits, head=head, body=body
         )
     )
     process = subprocess.Popen(
@@ -181,3 +209,82 @@ def test_the_listen_address_comes_from_the_option_the_config_or_the_default(
     config.write_text("listen = [")
     with pytest.raises(InvalidInput, match="cannot read"):
         listen_address(config, None, "127.0.0.1:8700")
+
+
+def _read_all(connection: socket.socket, timeout: float) -> bytes:
+    """Everything the service sends until it closes the connection (or `timeout`)."""
+    connection.settimeout(timeout)
+    received = b""
+    while chunk := connection.recv(65536):
+        received += chunk
+    return received
+
+
+def test_a_connection_must_bring_its_request_head_in_time(tmp_path: Path) -> None:
+    """Attack: connections that send nothing, or a request head a few bytes at a time,
+    were held open for ever (uvicorn waits for a head without limit), so a few thousand
+    of them filled `max_connections` and every later client got 503. Now each must bring
+    its head within HEAD_SECONDS: from its opening, and from the end of each response."""
+    limits = "serving.ServerLimits(max_requests=2, max_connections=5, backlog=8)"
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits, head=0.6)
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        silent = [socket.create_connection((host, int(port))) for _ in range(2)]
+        trickling = socket.create_connection((host, int(port)))
+        trickling.sendall(b"GET /ready HTTP/1.1\r\n")
+        after_a_response = socket.create_connection((host, int(port)))
+        after_a_response.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        time.sleep(0.3)
+        after_a_response.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n")  # and no more
+        # With a new client's, five connections open, the limit: it is turned away.
+        assert httpx.get(f"{url}/ready", timeout=5).status_code == 503
+        for connection in silent:
+            assert _read_all(connection, timeout=5) == b""  # closed, nothing to answer
+            connection.close()
+        answer = _read_all(trickling, timeout=5)
+        trickling.close()
+        assert answer.startswith(b"HTTP/1.1 408 ") and b"connection: close" in answer
+        assert b'"error": "slow_request"' in answer and b"within 0.6 s" in answer
+        answers = _read_all(after_a_response, timeout=5)
+        after_a_response.close()
+        assert answers.startswith(b"HTTP/1.1 200 ")
+        assert answers.count(b"HTTP/1.1 408 ") == 1 and b"slow_request" in answers
+        # A connection idle after its response is closed without a word: a 408 written
+        # as its client sends the next request would read as that request's answer.
+        idle = socket.create_connection((host, int(port)))
+        idle.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n")
+        answers = _read_all(idle, timeout=5)
+        idle.close()
+        assert answers.startswith(b"HTTP/1.1 200 ") and answers.count(b"HTTP/1.1") == 1
+        # Room again; and a request served for longer than the head deadline is not cut.
+        assert httpx.get(f"{url}/ready", timeout=5).text == "ready"
+        assert httpx.get(f"{url}/slow", timeout=5).text == "slow"
+    finally:
+        process.kill()
+        process.communicate()
+
+
+def test_a_body_must_arrive_in_time(tmp_path: Path) -> None:
+    """Attack: a request that sends its head and then its body a byte at a time held a
+    request slot (`max_requests`) for as long as it liked. `serving.read_body`, which
+    every service reads its bodies with, gives up after BODY_SECONDS (the service
+    answers 408); the head's deadline does not cut a body that keeps its own."""
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, head=0.6, body=1.2)
+    host, port = url.removeprefix("http://").split(":")
+    try:
+        slow = socket.create_connection((host, int(port)))
+        slow.sendall(b"POST /echo HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nab")
+        started = time.monotonic()
+        head, _, body = _read_all(slow, timeout=5).partition(b"\r\n\r\n")
+        slow.close()  # closed by the service: the rest of that body may still come
+        assert head.startswith(b"HTTP/1.1 408 ") and b"connection: close" in head
+        assert json.loads(body) == {
+            "error": "slow_body",
+            "detail": "send the request's body within 1.2 s",
+        }
+        assert 1.0 < time.monotonic() - started < 4
+        assert httpx.post(f"{url}/echo", content=b"x" * 10, timeout=5).text == "10 bytes"
+        assert httpx.post(f"{url}/echo", content=b"x" * 1001, timeout=5).text == "too large"
+    finally:
+        process.kill()
+        process.communicate()

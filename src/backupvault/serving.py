@@ -12,10 +12,17 @@ exhausts the process (memory, file descriptors, the event loop) for everyone. Be
 `max_requests` under way a request is answered `503 busy` with a reason and Retry-After
 before the application sees it; beyond `max_connections` open (idle keep-alive ones
 count) uvicorn itself answers 503 "Service Unavailable" and closes the connection; the
-kernel queues at most `backlog` connections not yet accepted."""
+kernel queues at most `backlog` connections not yet accepted.
+
+Nor may a client hold a connection or a request slot by sending slowly: a connection
+must bring a whole request head (request line and headers) within `HEAD_SECONDS` of
+opening, or of the end of its previous response, else it is closed (uvicorn alone waits
+for a head for ever, so idle connections could fill `max_connections`); a body must
+arrive within `BODY_SECONDS` (`read_body`)."""
 
 from __future__ import annotations
 
+import asyncio
 import faulthandler
 import json
 import tomllib
@@ -25,7 +32,10 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.requests import Request
+from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from backupvault.errors import InvalidInput
 
@@ -33,6 +43,10 @@ from backupvault.errors import InvalidInput
 GRACEFUL_SECONDS = 5
 #: How long after a stop signal the process may take to exit, shutdown included.
 STOP_SECONDS = 30.0
+#: How long a connection may take to send a request's head (line and headers).
+HEAD_SECONDS = 10.0
+#: How long a request may take to send its body, once its head is in.
+BODY_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -101,6 +115,92 @@ async def _busy(send: Send, limit: int) -> None:
     await send({"type": "http.response.body", "body": body})
 
 
+class _HeadDeadline(HttpToolsProtocol):
+    """uvicorn's HTTP/1.1 connection, which must bring each request's head within
+    `HEAD_SECONDS`: from the connection's opening, then from the end of each response.
+    While a request is served the clock is stopped (the service bounds its own work).
+    A head begun and not finished is answered `408 slow_request`; a connection that sent
+    nothing is closed without a word, as uvicorn closes an idle keep-alive one (a client
+    that sends its next request just then must not read a 408 as its answer)."""
+
+    _head_timer: asyncio.TimerHandle | None = None
+    _head_begun = False
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._start_head_clock()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._stop_head_clock()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        self._head_begun = True
+        super().data_received(data)
+
+    def on_headers_complete(self) -> None:
+        self._stop_head_clock()
+        super().on_headers_complete()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if not self.transport.is_closing():
+            self._start_head_clock()
+
+    def _start_head_clock(self) -> None:
+        self._stop_head_clock()
+        self._head_begun = False
+        self._head_timer = self.loop.call_later(HEAD_SECONDS, self._head_too_slow)
+
+    def _stop_head_clock(self) -> None:
+        if self._head_timer is not None:
+            self._head_timer.cancel()
+            self._head_timer = None
+
+    def _head_too_slow(self) -> None:
+        self._head_timer = None
+        if self.transport.is_closing():
+            return
+        if self.cycle is not None and not self.cycle.response_complete:
+            return  # a request is being served (a pipelined head waits its turn)
+        if self._head_begun:
+            body = json.dumps(
+                {
+                    "error": "slow_request",
+                    "detail": f"send a request's line and headers within {HEAD_SECONDS:g} s",
+                }
+            ).encode()
+            self.transport.write(
+                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
+                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            )
+        self.transport.close()
+
+
+async def read_body(request: Request, limit: int) -> bytes | None:
+    """The request's body; None as soon as it grows past `limit` bytes (the rest is never
+    read). TimeoutError when it has not all come within `BODY_SECONDS`: the caller answers
+    `slow_body_response()`, so a client that sends slowly holds a request slot that long
+    at most."""
+    chunks = bytearray()
+    async with asyncio.timeout(BODY_SECONDS):
+        async for chunk in request.stream():
+            chunks += chunk
+            if len(chunks) > limit:
+                return None
+    return bytes(chunks)
+
+
+def slow_body_response() -> JSONResponse:
+    """The answer to a body `read_body` gave up on. The connection closes after it: the
+    rest of that body may still be on its way."""
+    return JSONResponse(
+        {"error": "slow_body", "detail": f"send the request's body within {BODY_SECONDS:g} s"},
+        status_code=408,
+        headers={"connection": "close"},
+    )
+
+
 class _BoundedServer(uvicorn.Server):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         # A C thread of its own: it fires even if the event loop or a lock is stuck.
@@ -116,6 +216,7 @@ def server_config(app: Any, limits: ServerLimits, **config: Any) -> uvicorn.Conf
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         limit_concurrency=limits.max_connections,
         backlog=limits.backlog,
+        http=_HeadDeadline,
         **config,
     )
 

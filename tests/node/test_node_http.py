@@ -17,14 +17,16 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 from starlette.testclient import TestClient
+from tests.stalled_body import post_stalled_body
 
+from backupvault import serving
 from backupvault.codec import Message
 from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hop import HopVerifier, metrics_headers, sign_headers
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
-from backupvault.node.http import MAX_BODY, _read_capped, create_app
+from backupvault.node.http import MAX_BODY, create_app
 from backupvault.node.service import NodeService
 from backupvault.node.store import NodeStore
 from backupvault.protocol import (
@@ -39,6 +41,7 @@ from backupvault.protocol import (
     decode_response,
     is_valid_name,
 )
+from backupvault.serving import read_body
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
 FLEET_ID = b"fleet"
@@ -313,8 +316,20 @@ def test_a_huge_body_is_refused_before_it_is_read(node: TestClient) -> None:
         return {"type": "http.request", "body": b"\0" * 65536, "more_body": received < 100}
 
     endless_request = Request({"type": "http", "method": "POST", "headers": []}, receive)
-    assert asyncio.run(_read_capped(endless_request, MAX_BODY)) is None
+    assert asyncio.run(read_body(endless_request, MAX_BODY)) is None
     assert received == 2  # the cap's worth, then one chunk past it: never the rest
+
+
+def test_a_body_that_never_ends_gets_408_and_frees_its_slot(
+    node: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Attack (a relay the fleet lists, or whoever has its key): a signed request whose
+    body never comes held one of the node's request slots for as long as it liked."""
+    monkeypatch.setattr(serving, "BODY_SECONDS", 0.2)
+    signed = sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", b"x" * 100)
+    path = "/v1/client/manifest"
+    status, body = post_stalled_body(node.app, path, {**HEADERS, **signed}, b"x", 100)
+    assert status == 408 and b"slow_body" in body
 
 
 def test_a_content_length_with_thousands_of_leading_zeros_is_read_by_its_value(

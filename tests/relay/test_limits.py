@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -13,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.testclient import TestClient
 
+from backupvault import serving
 from backupvault.protocol import SealedCopies
 from backupvault.relay import RateLimiter, create_app
 
@@ -105,6 +108,35 @@ def test_too_large_is_413_declared_or_streamed(
     )
     _assert_error(response, 413, "too_large")
     assert len(stubs[0].seen) == 1
+
+
+def test_a_body_that_never_ends_gets_408_and_frees_its_slot(
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: any account holder sends a request head and then its body a byte now and
+    then. Each such request held one of the relay's request slots (and its forward
+    slots' neighbour) for as long as the connection stayed open."""
+    monkeypatch.setattr(serving, "BODY_SECONDS", 0.3)
+    relay = start_relay([stubs[0].url])
+    host, port = relay.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port))) as slow:
+        slow.sendall(
+            b"POST /v1/vault/laptop/manifest HTTP/1.1\r\nHost: x\r\n"
+            b"Content-Type: application/octet-stream\r\nContent-Length: 100\r\n"
+            b"Authorization: Bearer " + token().encode() + b"\r\n\r\nab"
+        )
+        slow.settimeout(5)
+        answer = b""
+        while chunk := slow.recv(65536):
+            answer += chunk
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 408 ")
+    assert json.loads(body)["error"] == "slow_body"
+    assert stubs[0].seen == []
+    assert _post(relay, token()).status_code == 200
 
 
 def test_bad_input_gets_a_reason(

@@ -17,7 +17,9 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from starlette.testclient import TestClient
+from tests.stalled_body import post_stalled_body
 
+from backupvault import serving
 from backupvault.transparency import merkle
 from backupvault.transparency.bundle import FleetBundle, WitnessReceipt, verify_bundle
 from backupvault.transparency.note import Verifier, open_checkpoint
@@ -246,42 +248,7 @@ def test_a_body_that_never_ends_is_cut_off(
     """Attack: 256 POST /v1/submit that send a few bytes and then nothing held every
     request slot for as long as the connections stayed open, so nobody got a fleet head
     (clients fail closed without one). The body now has a deadline."""
-    import asyncio
-
-    from backupvault.transparency import witness_http
-
-    monkeypatch.setattr(witness_http, "BODY_SECONDS", 0.2, raising=False)
+    monkeypatch.setattr(serving, "BODY_SECONDS", 0.2)
     app = create_app(make_witness())
-    sent: list[dict[str, object]] = []
-    chunks = [{"type": "http.request", "body": b"\x52", "more_body": True}]
-
-    async def receive() -> dict[str, object]:
-        if chunks:
-            return chunks.pop()
-        await asyncio.sleep(3600)  # the rest never comes
-        raise AssertionError("unreachable")
-
-    async def send(message: dict[str, object]) -> None:
-        sent.append(message)
-
-    scope = {
-        "type": "http",
-        "asgi": {"version": "3.0"},
-        "http_version": "1.1",
-        "method": "POST",
-        "scheme": "http",
-        "path": "/v1/submit",
-        "raw_path": b"/v1/submit",
-        "query_string": b"",
-        "root_path": "",
-        "headers": [(b"content-length", b"100")],
-        "client": ("127.0.0.1", 1),
-        "server": ("127.0.0.1", 8700),
-    }
-
-    async def run() -> None:
-        await asyncio.wait_for(app(scope, receive, send), 5)  # type: ignore[arg-type]
-
-    asyncio.run(run())
-    assert sent[0]["status"] == 408
-    assert b"slow_body" in b"".join(m.get("body", b"") for m in sent)  # type: ignore[misc]
+    status, body = post_stalled_body(app, "/v1/submit", {}, b"\x52", 100)
+    assert status == 408 and b"slow_body" in body

@@ -24,7 +24,7 @@ from backupvault.hop import (
 )
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
-from backupvault.serving import content_length_over
+from backupvault.serving import content_length_over, read_body, slow_body_response
 
 log = logging.getLogger("backupvault.node")
 
@@ -33,21 +33,6 @@ MAX_BODY = 64 * 1024
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
-
-
-async def _read_capped(request: Request, limit: int) -> bytes | None:
-    """The body, or None as soon as it grows past `limit` (the rest is never read)."""
-    declared = request.headers.get("content-length", "")
-    if declared.isascii() and declared.isdigit() and content_length_over(declared, limit):
-        return None
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
 
 
 def create_app(
@@ -82,7 +67,14 @@ def create_app(
         except HopRefused as err:
             log.warning("client %s refused: %s", op, err.message)
             return _error(401, "relay_signature", err.message)
-        body = await _read_capped(request, MAX_BODY)
+        declared = request.headers.get("content-length", "")
+        if declared.isascii() and declared.isdigit() and content_length_over(declared, MAX_BODY):
+            body = None
+        else:
+            try:
+                body = await read_body(request, MAX_BODY)
+            except TimeoutError:
+                return slow_body_response()
         if body is None:
             return _error(413, "too_large", f"sealed requests are at most {MAX_BODY} bytes")
         try:

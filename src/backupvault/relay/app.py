@@ -38,7 +38,7 @@ from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder, node_session, read_capped
 from backupvault.relay.openapi import build_openapi
 from backupvault.relay.ratelimit import RateLimiter, retry_after_header
-from backupvault.serving import content_length_over
+from backupvault.serving import content_length_over, read_body, slow_body_response
 from backupvault.tokens import TokenRejected, TokenVerifier
 
 log = logging.getLogger("backupvault.relay")
@@ -178,18 +178,6 @@ def _info(request: Request) -> dict[str, Any]:
     return info
 
 
-async def _read_body(request: Request, limit: int) -> bytes | None:
-    """The body, or None once it grows past `limit` (the rest is not read)."""
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            return None
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
     config = state.config
 
@@ -276,7 +264,10 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 return error_response(400, "bad_request", "Content-Length is not a number")
             if content_length_over(declared, config.max_body_bytes):
                 return _too_large(config.max_body_bytes)
-        body = await _read_body(request, config.max_body_bytes)
+        try:
+            body = await read_body(request, config.max_body_bytes)
+        except TimeoutError:
+            return slow_body_response()
         if body is None:
             return _too_large(config.max_body_bytes)
         if not body:

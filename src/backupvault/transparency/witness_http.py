@@ -18,7 +18,6 @@ policy refuses, 408 a body not sent within 10 s, 409 a stale epoch, 413 a body o
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import logging
 import re
@@ -33,16 +32,19 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
 
 from backupvault.errors import InvalidInput
-from backupvault.serving import ServerLimits, content_length_over, run_until_stopped
+from backupvault.serving import (
+    ServerLimits,
+    content_length_over,
+    read_body,
+    run_until_stopped,
+    slow_body_response,
+)
 from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
 from backupvault.transparency.witness import Witness, WitnessConfig
 
 log = logging.getLogger("backupvault.witness")
 
 MAX_BODY = 1 << 20
-#: A submission's whole body must arrive within this: a slow one holds a request slot,
-#: and enough of them (ServerLimits.max_requests) would keep every fleet head from clients.
-BODY_SECONDS = 10.0
 _UINT = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
@@ -95,13 +97,7 @@ async def _body(request: Request) -> bytes | None:
             raise _BadLength
         if content_length_over(declared, MAX_BODY):
             return None
-    chunks = bytearray()
-    async with asyncio.timeout(BODY_SECONDS):  # TimeoutError: the caller answers 408
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > MAX_BODY:
-                return None
-    return bytes(chunks)
+    return await read_body(request, MAX_BODY)  # TimeoutError: the caller answers 408
 
 
 def create_app(witness: Witness) -> Starlette:
@@ -111,7 +107,7 @@ def create_app(witness: Witness) -> Starlette:
         except _BadLength:
             return _error(400, "bad_request", "Content-Length is a decimal number of bytes")
         except TimeoutError:
-            return _error(408, "slow_body", f"send a submission within {BODY_SECONDS:g} s")
+            return slow_body_response()
         if body is None:
             return _error(413, "too_large", f"a submission is at most {MAX_BODY} bytes")
         try:
