@@ -24,12 +24,10 @@ the signature before it reads the body (`check_headers`): a stranger is refused 
 headers, and only a request a listed relay signed gets its body read, then compared with
 the signed digest (`check_body`). The signed message is unchanged from before the header.
 
-Replays, and clocks that go back: the window is judged against the highest clock reading
-this verifier has seen, not the latest one, so a node clock stepped back (by NTP or an
-operator) cannot bring a request whose nonce was already forgotten back inside it. The
-cost: after a backward step of more than the window the node refuses relay requests
-until its clock has caught up with where it was. A verifier also refuses requests signed
-before `not_before` (the node's start): the nonces a previous process saw are gone.
+Replays, and clocks that go back: `replay.ReplayWindow` (the window is judged against
+the highest clock reading this verifier has seen, so a node clock stepped back cannot
+bring a request whose nonce was already forgotten back inside it; requests signed before
+`not_before`, the node's start, are refused: the nonces a previous process saw are gone).
 """
 
 from __future__ import annotations
@@ -38,7 +36,6 @@ import hashlib
 import os
 import struct
 import time
-from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -47,6 +44,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from backupvault.errors import AuthenticationFailed
 from backupvault.protocol import is_valid_name
+from backupvault.replay import ReplayWindow, Stale
 
 CONTEXT = b"backupvault/v1 relay-to-node\x00"
 NODE_HEADER = "X-Backupvault-Node"
@@ -168,15 +166,13 @@ class HopVerifier:
     #: nonces an earlier process remembered are lost (0: no such bound).
     not_before: float = 0.0
     _keys: list[Ed25519PublicKey] = field(init=False)
-    #: nonce -> time it was signed, oldest first; entries leave once outside the window.
-    _seen: OrderedDict[bytes, int] = field(default_factory=OrderedDict, init=False)
-    #: The highest clock reading so far: the window's low edge never moves back.
-    _latest: float = field(default=0.0, init=False)
+    _window: ReplayWindow = field(init=False)
 
     def __post_init__(self) -> None:
         self._keys = [Ed25519PublicKey.from_public_bytes(bytes(k)) for k in self.relay_keys]
         if not self._keys:
             raise ValueError("a node needs at least one relay public key")
+        self._window = ReplayWindow(WINDOW_SECONDS, MAX_REMEMBERED, self.not_before)
 
     def verify(
         self, headers: Mapping[str, str], op: str, account: str, entry: str, body: bytes
@@ -200,16 +196,16 @@ class HopVerifier:
         if node != self.node:
             raise HopRefused(f"the request is signed for node {node}, not this node")
         now = self.clock()
-        self._latest = max(self._latest, now)
-        if at - now > WINDOW_SECONDS:
+        stale = self._window.staleness(at, now)
+        if stale is Stale.FUTURE:
             raise HopRefused("the relay's signature is from the future; check clocks")
-        if self._latest - at > WINDOW_SECONDS:
-            back = self._latest - now
+        if stale is Stale.OLD:
+            back = self._window.clock_went_back(now)
             raise HopRefused(
                 "the relay's signature is too old; check clocks"
                 + (f" (this node's clock went back {back:.0f} s)" if back > 1 else "")
             )
-        if at < self.not_before:
+        if stale is Stale.BEFORE_START:
             raise SignedBeforeStart(
                 "the request was signed before this node started; send it again"
             )
@@ -222,7 +218,7 @@ class HopVerifier:
                 continue
         else:
             raise HopRefused("the request is not signed by a relay this fleet lists")
-        if nonce in self._seen:
+        if self._window.seen(nonce):
             raise HopRefused("this signed request was already used (a replay)")
         return SignedHeaders(nonce, at, digest)
 
@@ -230,19 +226,10 @@ class HopVerifier:
         """The body is the one signed; then its nonce is spent."""
         if hashlib.sha256(body).digest() != signed.digest:
             raise HopRefused("the request body is not the one the relay signed")
-        self._remember(signed.nonce, signed.at)
-
-    def _remember(self, nonce: bytes, at: int) -> None:
-        # By the highest reading: a nonce leaves only once no clock reading to come can
-        # take its request inside the window again.
-        while self._seen:
-            oldest, signed_at = next(iter(self._seen.items()))
-            if self._latest - signed_at <= WINDOW_SECONDS:
-                break
-            del self._seen[oldest]
-        if nonce in self._seen:
+        # Again: another request with this nonce may have been spent while the body came.
+        if self._window.seen(signed.nonce):
             raise HopRefused("this signed request was already used (a replay)")
-        if len(self._seen) >= MAX_REMEMBERED:
+        if self._window.full():
             # Forgetting a nonce still inside the window would let its request be replayed.
             raise HopRefused("too many requests in the replay window; try again shortly")
-        self._seen[nonce] = at
+        self._window.remember(signed.nonce, signed.at, self.clock())

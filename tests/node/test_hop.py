@@ -37,7 +37,7 @@ def test_a_clock_stepped_back_does_not_reopen_the_replay_window() -> None:
     hop.verify(captured, "manifest", "alice", "main", b"sealed")
     clock.now += WINDOW_SECONDS + 5
     hop.verify(_signed(clock.now), "manifest", "alice", "main", b"sealed")  # prunes
-    assert len(hop._seen) == 1
+    assert len(hop._window) == 1
     clock.now -= WINDOW_SECONDS - 5  # the captured request is 10 s old by this reading
     with pytest.raises(HopRefused, match="went back"):
         hop.verify(captured, "manifest", "alice", "main", b"sealed")

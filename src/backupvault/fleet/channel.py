@@ -18,18 +18,15 @@ hello never opens as a message nor a message as a hello.
 
 The header (sender, receiver, epoch, send time) is authenticated, so a message cannot be
 reflected, redirected, moved to another epoch or re-dated. Replays are refused with a
-window: a message sent more than `WINDOW` seconds before (or after) the receiver's clock
-is refused, and within the window each (sender, nonce) opens once (a seen-nonce cache of
-authenticated messages only, pruned as they leave the window). Nodes need clocks within
-a few seconds of each other (NTP).
-
-The window's low edge is the highest clock reading the channel has seen less `WINDOW`,
-never the latest reading's: a nonce is forgotten only once its message is older than
-that edge, and the edge never moves back, so a clock stepped back cannot let a forgotten
-message open again. (After a backward step of more than the window, peer messages are
-refused until the clock has caught up; Paxos takes them as lost.) A channel also refuses
-messages sent before `not_before`, the node's start, whose nonces the previous process
-remembered and this one does not.
+window (`replay.ReplayWindow`, one per sender): a message sent more than `WINDOW` seconds
+before the highest clock reading the channel has seen (or after its clock) is refused,
+and within the window each (sender, nonce) opens once (nonces of authenticated messages
+only, forgotten as they leave the window), so a clock stepped back cannot let a
+forgotten message open again; after a backward step of more than the window, peer
+messages are refused until the clock has caught up (Paxos takes them as lost). Nodes
+need clocks within a few seconds of each other (NTP). A channel also refuses messages
+sent before `not_before`, the node's start, whose nonces the previous process remembered
+and this one does not.
 
 Paxos itself tolerates duplicates; the window is here because some messages cost work: a
 replayed `SyncRequest` would make a node send its store again. Beyond the replay window,
@@ -42,7 +39,6 @@ from __future__ import annotations
 
 import struct
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
 from cryptography.exceptions import InvalidTag
@@ -54,6 +50,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.codec import Message, decode_any
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.messages import SyncRequest
+from backupvault.replay import ReplayWindow, Stale
 
 _HEADER = struct.Struct(">HHQQ")
 _PAIR = struct.Struct(">HH")
@@ -100,18 +97,6 @@ class PeerRateLimit:
         return True
 
 
-class _ReplayWindow:
-    """The (nonce, sent) pairs of one sender's authenticated messages inside the window."""
-
-    def __init__(self) -> None:
-        self.seen: set[bytes] = set()
-        self.order: deque[tuple[float, bytes]] = deque()
-
-    def prune(self, oldest: float) -> None:
-        while self.order and self.order[0][0] < oldest:
-            self.seen.discard(self.order.popleft()[1])
-
-
 class PeerChannel:
     def __init__(
         self,
@@ -128,13 +113,11 @@ class PeerChannel:
     ) -> None:
         self.node = node
         self.epoch = epoch
-        self.not_before = not_before
-        self._latest = 0.0  # the highest clock reading so far
         self._fleet_id = fleet_id
         self._rng = rng
         self._clock = clock
         self._sync_limit = PeerRateLimit() if sync_limit is None else sync_limit
-        self._windows: dict[int, _ReplayWindow] = {}
+        self._windows: dict[int, ReplayWindow] = {}
         private = X25519PrivateKey.from_private_bytes(identity_key)
         self._keys: dict[int, AESGCM] = {}
         for peer, public in peer_keys.items():
@@ -151,7 +134,17 @@ class PeerChannel:
                 info=b"backupvault/v2 peer " + _PAIR.pack(low, high) + struct.pack(">Q", epoch),
             ).derive(shared)
             self._keys[peer] = AESGCM(key)
-            self._windows[peer] = _ReplayWindow()
+            self._windows[peer] = ReplayWindow(WINDOW, MAX_SEEN_PER_PEER, not_before)
+
+    @property
+    def not_before(self) -> float:
+        """Messages sent before this time are dropped (`SentBeforeStart`)."""
+        return min((w.not_before for w in self._windows.values()), default=0.0)
+
+    @not_before.setter
+    def not_before(self, value: float) -> None:
+        for window in self._windows.values():
+            window.not_before = value
 
     def _aad(self, label: bytes, header: bytes) -> bytes:
         return label + self._fleet_id + header
@@ -213,28 +206,25 @@ class PeerChannel:
                 f"peer message claiming to be from {sender} is forged"
             ) from None
         now = self._clock()
-        self._latest = max(self._latest, now)
+        window = self._windows[sender]
         sent = sent_ms / 1000
-        if sent - now > WINDOW or self._latest - sent > WINDOW:
-            back = self._latest - now
+        stale = window.staleness(sent, now)
+        if stale is Stale.BEFORE_START:
+            raise SentBeforeStart(
+                f"peer message from node {sender} was sent before this node started"
+            )
+        if stale is not None:
+            back = window.clock_went_back(now)
             raise AuthenticationFailed(
                 f"peer message from node {sender} was sent {now - sent:.0f} s from now, outside"
                 f" the {WINDOW:.0f} s window (a replay, or the clocks differ: check NTP)"
                 + (f"; this node's clock went back {back:.0f} s" if back > 1 else "")
             )
-        if sent < self.not_before:
-            raise SentBeforeStart(
-                f"peer message from node {sender} was sent before this node started"
-            )
-        window = self._windows[sender]
-        window.prune(self._latest - WINDOW)
-        if nonce in window.seen:
+        if window.seen(nonce):
             raise AuthenticationFailed(f"peer message from node {sender} is a replay")
-        if len(window.seen) >= MAX_SEEN_PER_PEER:
+        if window.full():
             raise PeerRateLimited(f"node {sender} sends more messages than the window holds")
         return sender, nonce, sent, now, plaintext
 
     def _remember(self, sender: int, nonce: bytes, sent: float, now: float) -> None:
-        window = self._windows[sender]
-        window.seen.add(nonce)
-        window.order.append((max(sent, now), nonce))
+        self._windows[sender].remember(nonce, sent, now)
