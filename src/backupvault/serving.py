@@ -217,6 +217,7 @@ def server_config(app: Any, limits: ServerLimits, **config: Any) -> uvicorn.Conf
         limit_concurrency=limits.max_connections,
         backlog=limits.backlog,
         http=_HeadDeadline,
+        ws="none",  # no service speaks WebSocket: no upgrade, whatever is installed
         **config,
     )
 
