@@ -257,11 +257,15 @@ class TokenVerifier:
                 "invalid_proof",
                 "the request proof does not verify for this node, request and device key",
             ) from None
-        if not now - PROOF_LIFETIME_SECONDS - self.leeway_seconds <= issued:
+        # Expiry is judged against the highest clock reading the seen-set has had, as the
+        # set forgets by it: a clock stepped forward, then back, must not let a proof
+        # whose `jti` was forgotten in between count as fresh again.
+        newest = seen.newest(now)
+        if not newest - PROOF_LIFETIME_SECONDS - self.leeway_seconds <= issued:
             raise TokenRejected("invalid_proof", "the request proof has expired; send again")
         if issued > now + self.leeway_seconds:
             raise TokenRejected("invalid_proof", "the request proof was made in the future")
-        seen.add(jti, issued + PROOF_LIFETIME_SECONDS + self.leeway_seconds, now)
+        seen.add(jti, issued + PROOF_LIFETIME_SECONDS + self.leeway_seconds, newest)
         return account
 
     def _check(self, token: str, now: float | None) -> tuple[str, dict[str, Any]]:
@@ -439,19 +443,30 @@ class SeenProofs:
     once. Held in memory: a restarted node starts empty, so a sealed copy it answered
     before the restart could be answered once more within its proof's lifetime; that is
     what a replaying relay could get anyway, and the threshold flow refuses it on its own
-    (attempt clock, single-use owner statements: docs/relay.md)."""
+    (attempt clock, single-use owner statements: docs/relay.md).
+
+    A `jti` is forgotten once the highest clock reading so far (`newest`) is past its
+    expiry, and proofs are judged fresh against that reading too (`verify_bound`), so a
+    clock stepped back (NTP, an operator) cannot make a forgotten proof fresh again."""
 
     def __init__(self, capacity: int = MAX_SEEN_PROOFS) -> None:
         self.capacity = capacity
         self._expiries: list[tuple[float, bytes]] = []
         self._seen: set[bytes] = set()
+        self._latest = -math.inf
 
     def __len__(self) -> int:
         return len(self._seen)
 
+    def newest(self, now: float) -> float:
+        """The highest clock reading seen so far, `now` included."""
+        self._latest = max(self._latest, now)
+        return self._latest
+
     def add(self, jti: bytes, expires: float, now: float) -> None:
         """Remember `jti` until `expires`; TokenRejected if it is already remembered, or
         if the set is full of unexpired proofs."""
+        now = self.newest(now)
         while self._expiries and self._expiries[0][0] < now:
             self._seen.discard(heapq.heappop(self._expiries)[1])
         if jti in self._seen:

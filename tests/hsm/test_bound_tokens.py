@@ -232,3 +232,41 @@ def test_a_proof_from_the_future_is_refused() -> None:
         )
         == "alice"
     )
+
+
+def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back() -> None:
+    """Whoever sets a node's clock (NTP on the network, an operator) steps it 85 s ahead:
+    an honest client's fresh proof is still taken there, and makes the node forget every
+    proof whose expiry that clock passed. Stepped back, a hostile relay (which signs the
+    hop afresh) replays one of those: judged against the clock as it is now it would look
+    fresh, and its `jti` is gone. It is refused as expired."""
+    issuer, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    verifier = TokenVerifier(issuer.public_key(), "iss", fleet_audience(FLEET_ID))
+    now = 10_000
+    token = mint_token(
+        issuer,
+        "alice",
+        issuer="iss",
+        audience=fleet_audience(FLEET_ID),
+        ttl_seconds=3600,
+        now=now - 100,
+        device_key=device.public_key(),
+    )
+    seen = SeenProofs()
+
+    def proof_at(at: int) -> bytes:
+        return sign_request_proof(
+            device, fleet_id=FLEET_ID, node_index=0, token=token, request=b"r", now=at
+        )
+
+    def take(proof: bytes, at: int) -> str:
+        return verifier.verify_bound(
+            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=seen, now=at
+        )
+
+    replayed = proof_at(now - 60)
+    assert take(replayed, now) == "alice"
+    assert take(proof_at(now), now + 85) == "alice"  # the clock ahead: "replayed" forgotten
+    assert len(seen) == 1
+    with pytest.raises(TokenRejected, match="expired"):
+        take(replayed, now + 1)  # the clock back where it was
