@@ -159,6 +159,29 @@ def test_bad_input_gets_a_reason(
     assert stubs[0].seen == []
 
 
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Starlette answered a path with a trailing slash with a 307 to the same path on the
+    host the client's Host header names, before any token check: a redirect to anywhere
+    (poisoning a cache in front of the relay), and an answer outside the relay's
+    `{"error", "detail"}` contract."""
+    relay = start_relay([stubs[0].url])
+    evil = {"Host": "evil.example"}
+    for path in ("/v1/health/", "/openapi.json/"):
+        answer = httpx.get(f"{relay}{path}", headers=evil)
+        _assert_error(answer, 404, "not_found")
+        assert "location" not in answer.headers
+    answer = httpx.post(
+        f"{relay}/v1/vault/laptop/manifest/",
+        content=SealedCopies([b"sealed"]).to_bytes(),
+        headers={"Authorization": f"Bearer {token()}", **evil},
+    )
+    _assert_error(answer, 404, "not_found")
+    assert "location" not in answer.headers
+    assert stubs[0].seen == []
+
+
 def test_concurrency_cap_answers_503_relay_busy(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:

@@ -507,6 +507,10 @@ def create_app(
         exception_handlers={HTTPException: _http_exception},
         lifespan=lifespan,
     )
+    # Starlette answers a path with a trailing slash by a redirect to the host the
+    # client's Host header names, before any route (and any token check) runs: a 404
+    # with a reason instead, like every other path the relay does not serve.
+    app.router.redirect_slashes = False
     app.state.relay = state
     return app
 
