@@ -12,8 +12,9 @@ short-lived tokens per account. Each account holds two, with different audiences
 A fleet token is bound to the device that asked for it (proof of possession, in the style
 of DPoP, RFC 9449): its `cnf` claim (RFC 7800) holds the device's Ed25519 public key, and
 every sealed copy carries a request proof, signed by the device for that copy alone: over
-the fleet, the node's index, H(token), H(request), a random `jti` and the time. A node
-that opens its copy therefore holds nothing it can replay to another node (docs/relay.md,
+the fleet, the node's index, H(the node's public key), H(token), H(request), a random
+`jti` and the time. A node that opens its copy therefore holds nothing it can replay to
+another node, of its own epoch or another (docs/relay.md,
 "Fleet tokens bound to the request"). Nodes refuse a fleet token without `cnf`.
 """
 
@@ -237,19 +238,22 @@ class TokenVerifier:
         request: bytes,
         fleet_id: bytes,
         node_index: int,
+        node_key: bytes,
         seen: SeenProofs,
         now: float,
     ) -> str:
         """A fleet token and the request proof of one sealed copy: the account, once the
         token verifies, names a device key (`cnf`), and the proof is that device's
-        signature for this fleet, this node index, this token and this request, fresh
-        (PROOF_LIFETIME_SECONDS, with the leeway) and with a `jti` not seen before."""
+        signature for this fleet, this node index, this node's public key (`node_key`,
+        serialized: the fleet's later epochs reuse the fleet id and the indices), this
+        token and this request, fresh (PROOF_LIFETIME_SECONDS, with the leeway) and with
+        a `jti` not seen before."""
         account, claims = self._check(token, now)
         device = _confirmation_key(claims)
         if len(proof) != PROOF_LEN:
             raise TokenRejected("invalid_proof", "the request carries no request proof")
         jti, issued = proof[:JTI_LEN], struct.unpack(">Q", proof[JTI_LEN : JTI_LEN + 8])[0]
-        signed = proof_message(fleet_id, node_index, token, request, jti, issued)
+        signed = proof_message(fleet_id, node_index, node_key, token, request, jti, issued)
         try:
             device.verify(proof[JTI_LEN + 8 :], signed)
         except InvalidSignature:
@@ -343,7 +347,7 @@ PROOF_LIFETIME_SECONDS = 60
 JTI_LEN = 16
 #: jti (16) ‖ iat (u64, seconds) ‖ Ed25519 signature (64).
 PROOF_LEN = JTI_LEN + 8 + 64
-PROOF_CONTEXT = b"backupvault/request-proof/v1"
+PROOF_CONTEXT = b"backupvault/request-proof/v2"  # v2: names the node's key
 #: The most unexpired proofs a node remembers; past it new requests are refused (fail
 #: closed, "busy") rather than forgetting a proof that could then be replayed.
 MAX_SEEN_PROOFS = 1 << 18
@@ -374,14 +378,25 @@ def device_key_hex(key: Ed25519PrivateKey) -> str:
 
 
 def proof_message(
-    fleet_id: bytes, node_index: int, token: str, request: bytes, jti: bytes, issued: int
+    fleet_id: bytes,
+    node_index: int,
+    node_key: bytes,
+    token: str,
+    request: bytes,
+    jti: bytes,
+    issued: int,
 ) -> bytes:
-    """What a request proof signs (docs/relay.md, "Fleet tokens bound to the request")."""
+    """What a request proof signs (docs/relay.md, "Fleet tokens bound to the request").
+    `node_key`: the node's serialized HPKE public key. A rotation to a new epoch keeps
+    the fleet id and the node indices, and the old epoch's nodes keep serving while
+    clients migrate: without the key, a node of one epoch could replay a proof it opened
+    to the node of the same index of the other."""
     return (
         PROOF_CONTEXT
         + struct.pack(">H", len(fleet_id))
         + fleet_id
         + struct.pack(">I", node_index)
+        + hashlib.sha256(node_key).digest()
         + hashlib.sha256(token.encode()).digest()
         + hashlib.sha256(request).digest()
         + jti
@@ -394,15 +409,16 @@ def sign_request_proof(
     *,
     fleet_id: bytes,
     node_index: int,
+    node_key: bytes,
     token: str,
     request: bytes,
     now: float | None = None,
 ) -> bytes:
-    """A fresh proof for one sealed copy: only node `node_index` accepts it, for this
-    request and token, once."""
+    """A fresh proof for one sealed copy: only node `node_index`, holding the key whose
+    serialized public half is `node_key`, accepts it, for this request and token, once."""
     jti = secrets.token_bytes(JTI_LEN)
     issued = int(time.time() if now is None else now)
-    signed = proof_message(fleet_id, node_index, token, request, jti, issued)
+    signed = proof_message(fleet_id, node_index, node_key, token, request, jti, issued)
     return jti + struct.pack(">Q", issued) + device_key.sign(signed)
 
 

@@ -38,12 +38,16 @@ def test_an_operator_mints_a_fleet_token_bound_to_a_new_device_key(tmp_path: Pat
     assert minted.returncode == 0, minted.stderr
     token = json.loads(minted.stdout)["token"]
     key = device_key_from_hex(device["device_key"])
-    proof = sign_request_proof(key, fleet_id=FLEET_ID, node_index=3, token=token, request=b"r")
+    node_key = b"\x00\x20" + bytes(32)  # a node's serialized public key
+    proof = sign_request_proof(
+        key, fleet_id=FLEET_ID, node_index=3, node_key=node_key, token=token, request=b"r"
+    )
     verifier = TokenVerifier(
         load_operator_public_key(tmp_path / "operator.pub"), "iss", fleet_audience(FLEET_ID)
     )
     account = verifier.verify_bound(
-        token, proof, request=b"r", fleet_id=FLEET_ID, node_index=3, seen=SeenProofs(),
+        token, proof, request=b"r", fleet_id=FLEET_ID, node_index=3, node_key=node_key,
+        seen=SeenProofs(),
         now=verifier.clock(),
     )  # fmt: skip
     assert account == "alice"

@@ -9,10 +9,12 @@ import struct
 
 import httpx
 import pytest
-from conftest import FAST_KSF, FLEET_ID, ISSUER, InProcessFleet
+from conftest import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from backupvault.crypto.seal import open_request, seal_request
+from backupvault.crypto.seal import Kem, NodePrivateKey, open_request, seal_request
+from backupvault.hsm.firmware import NodeKey, VaultFirmware
+from backupvault.hsm.shares import FleetShape
 from backupvault.protocol import (
     AuthorizedRequest,
     ErrorResponse,
@@ -31,6 +33,13 @@ from backupvault.tokens import (
 )
 
 ROOT_KEY = bytes(range(32))
+#: A node's serialized public key, for the tests of the proof alone.
+NODE_KEY = b"\x00\x20" + bytes(range(32))
+
+
+def _node_key(fleet: InProcessFleet, node: int) -> bytes:
+    """What a request proof names node `node` by (its serialized HPKE public key)."""
+    return fleet.node_keys[node].public_key().to_bytes()
 
 
 def _copy_seen_by(fleet: InProcessFleet, node: int) -> tuple[Op, AuthorizedRequest]:
@@ -66,6 +75,42 @@ def test_a_node_cannot_replay_the_token_and_proof_it_opened_to_another_node(
         assert "request proof does not verify" in _send(fleet, other, op, authorized)
 
 
+def test_a_node_cannot_replay_what_it_opened_to_its_index_in_another_epoch(
+    fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
+) -> None:
+    """A rotation keeps the fleet id and the node indices, and the old epoch's nodes keep
+    serving while clients migrate. Node 0 of the old epoch (hostile) seals what it opened
+    to node 0 of the new one, whose public key is in the new bundle, and a hostile relay
+    forwards it: that node has its own seen-set, and the proof named only the fleet and
+    the index. It now names the node's key too, so the new node refuses it."""
+    op, authorized = seen_by_node_0
+    hpke = NodePrivateKey.generate(Kem.X25519)
+    new_node_0 = VaultFirmware(
+        FLEET_ID,
+        NodeKey(0, hpke, Ed25519PrivateKey.generate()),
+        TokenVerifier(fleet.issuer.public_key(), ISSUER, fleet_audience(FLEET_ID)),
+        FleetShape(2, 5, 3, LIMIT),
+        {}.get,
+    )
+
+    def send(request: AuthorizedRequest) -> str:
+        sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(op), request.to_bytes())
+        opened = new_node_0.open(op, "alice", "backup-root-key", sealed, fleet.now)
+        return opened.detail if isinstance(opened, ErrorResponse) else ""
+
+    assert "request proof does not verify" in send(authorized)
+    fresh = sign_request_proof(
+        fleet.device,
+        fleet_id=FLEET_ID,
+        node_index=0,
+        node_key=hpke.public_key().to_bytes(),
+        token=authorized.fleet_token,
+        request=authorized.request,
+        now=fleet.now,
+    )  # the device's own request to the new node is taken
+    assert send(AuthorizedRequest(authorized.fleet_token, authorized.request, fresh)) == ""
+
+
 def test_a_node_cannot_use_the_token_for_a_request_of_its_own(
     fleet: InProcessFleet, seen_by_node_0: tuple[Op, AuthorizedRequest]
 ) -> None:
@@ -87,6 +132,7 @@ def test_a_proof_is_taken_once(
         fleet.device,
         fleet_id=FLEET_ID,
         node_index=0,
+        node_key=_node_key(fleet, 0),
         token=authorized.fleet_token,
         request=authorized.request,
         now=fleet.now,
@@ -105,6 +151,7 @@ def test_an_expired_proof_is_refused(
         fleet.device,
         fleet_id=FLEET_ID,
         node_index=1,
+        node_key=_node_key(fleet, 1),
         token=authorized.fleet_token,
         request=authorized.request,
         now=fleet.now - PROOF_LIFETIME_SECONDS - 31,
@@ -135,7 +182,13 @@ def test_a_token_not_bound_to_the_signing_device_is_refused(
     request = ManifestRequest("alice", "backup-root-key").to_bytes()
     signer = thief if problem == "another device" else fleet.device
     proof = sign_request_proof(
-        signer, fleet_id=FLEET_ID, node_index=2, token=token, request=request, now=fleet.now
+        signer,
+        fleet_id=FLEET_ID,
+        node_index=2,
+        node_key=_node_key(fleet, 2),
+        token=token,
+        request=request,
+        now=fleet.now,
     )
     if problem == "no proof":
         proof = b""
@@ -220,15 +273,35 @@ def test_a_proof_from_the_future_is_refused() -> None:
         device_key=device.public_key(),
     )
     proof = sign_request_proof(
-        device, fleet_id=FLEET_ID, node_index=0, token=token, request=b"r", now=1100
+        device,
+        fleet_id=FLEET_ID,
+        node_index=0,
+        node_key=NODE_KEY,
+        token=token,
+        request=b"r",
+        now=1100,
     )
     with pytest.raises(TokenRejected, match="future"):
         verifier.verify_bound(
-            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=SeenProofs(), now=1000
+            token,
+            proof,
+            request=b"r",
+            fleet_id=FLEET_ID,
+            node_index=0,
+            node_key=NODE_KEY,
+            seen=SeenProofs(),
+            now=1000,
         )
     assert (
         verifier.verify_bound(
-            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=SeenProofs(), now=1100
+            token,
+            proof,
+            request=b"r",
+            fleet_id=FLEET_ID,
+            node_index=0,
+            node_key=NODE_KEY,
+            seen=SeenProofs(),
+            now=1100,
         )
         == "alice"
     )
@@ -256,12 +329,25 @@ def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back
 
     def proof_at(at: int) -> bytes:
         return sign_request_proof(
-            device, fleet_id=FLEET_ID, node_index=0, token=token, request=b"r", now=at
+            device,
+            fleet_id=FLEET_ID,
+            node_index=0,
+            node_key=NODE_KEY,
+            token=token,
+            request=b"r",
+            now=at,
         )
 
     def take(proof: bytes, at: int) -> str:
         return verifier.verify_bound(
-            token, proof, request=b"r", fleet_id=FLEET_ID, node_index=0, seen=seen, now=at
+            token,
+            proof,
+            request=b"r",
+            fleet_id=FLEET_ID,
+            node_index=0,
+            node_key=NODE_KEY,
+            seen=seen,
+            now=at,
         )
 
     replayed = proof_at(now - 60)

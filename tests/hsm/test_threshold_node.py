@@ -567,7 +567,13 @@ def test_the_firmware_opens_and_routes_threshold_requests() -> None:
         device_key=device.public_key(),
     )
     proof = sign_request_proof(
-        device, fleet_id=FLEET_ID, node_index=0, token=token, request=request.to_bytes(), now=1000
+        device,
+        fleet_id=FLEET_ID,
+        node_index=0,
+        node_key=hpke.public_key().to_bytes(),
+        token=token,
+        request=request.to_bytes(),
+        now=1000,
     )
     body = AuthorizedRequest(token, request.to_bytes(), proof).to_bytes()
     sealed, _ = seal_request(hpke.public_key(), FLEET_ID, 0, str(Op.REGISTER_SHARE), body)

@@ -70,6 +70,7 @@ def _sealed_manifest(
         vault.config.device_key,
         fleet_id=vault.config.fleet_id,
         node_index=node,
+        node_key=vault.config.node_public_keys[node].to_bytes(),
         token=fleet_token,
         request=request,
     )

@@ -124,7 +124,12 @@ def seal(op: str, request: Message, token: str | None = None) -> tuple[bytes, Re
     token = token or fleet_token()
     payload = request.to_bytes()
     proof = sign_request_proof(
-        DEVICE_KEY, fleet_id=FLEET_ID, node_index=0, token=token, request=payload
+        DEVICE_KEY,
+        fleet_id=FLEET_ID,
+        node_index=0,
+        node_key=NODE_KEY.public_key().to_bytes(),
+        token=token,
+        request=payload,
     )
     body = AuthorizedRequest(token, payload, proof).to_bytes()
     return seal_request(NODE_KEY.public_key(), FLEET_ID, 0, op, body)

@@ -291,6 +291,7 @@ class VaultClient:
             self._device_key,
             fleet_id=self.fleet_id,
             node_index=index,
+            node_key=self.node_keys[index].to_bytes(),
             token=self._fleet_token,
             request=payload,
             now=self._clock(),

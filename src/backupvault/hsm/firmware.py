@@ -91,6 +91,8 @@ class VaultFirmware:
         #: once, so a replayed copy is refused before anything counts).
         self._seen_proofs = SeenProofs()
         self._node_key = node_key
+        #: What request proofs name this node by, besides its index (tokens.proof_message).
+        self._public_key = node_key.hpke.public_key().to_bytes()
         self.shape = shape
         self.shares = ShareKeeper(
             fleet_id,
@@ -122,7 +124,8 @@ class VaultFirmware:
         nor point one account's request at another's entry). Only a request sealed to this
         node's own key, for this node's index, opens. The token must be bound to a device
         key and come with that device's proof for this node and this request, not seen
-        before, so a node cannot replay a token it opened to the others."""
+        before, so a node cannot replay a token it opened to the others, nor to the node of
+        its index in another epoch of the fleet (the proof names this node's key)."""
         if not (is_valid_name(account) and is_valid_name(entry)):
             raise InvalidInput("account and entry must be valid names")
         body, response_key = open_request(
@@ -136,6 +139,7 @@ class VaultFirmware:
                 request=authorized.request,
                 fleet_id=self.fleet_id,
                 node_index=self._node_key.index,
+                node_key=self._public_key,
                 seen=self._seen_proofs,
                 now=now,
             )
