@@ -202,6 +202,18 @@ def test_unsigned_request_is_refused(node: TestClient) -> None:
     assert answer.json()["error"] == "relay_signature"
 
 
+def test_a_trailing_slash_is_a_404_not_a_redirect_to_the_host_header(node: TestClient) -> None:
+    """Starlette redirected `/v1/client/manifest/` to the host the Host header names,
+    before the relay signature was looked at: a stranger got a 307 where the node's
+    contract says 401, and a redirect to anywhere."""
+    for method, path in (("POST", "/v1/client/manifest/"), ("GET", "/v1/health/")):
+        answer = node.request(
+            method, path, headers={"host": "evil.example"}, follow_redirects=False
+        )
+        assert answer.status_code == 404
+        assert "location" not in answer.headers
+
+
 @pytest.mark.parametrize(
     "forgery",
     [

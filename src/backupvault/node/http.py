@@ -121,7 +121,7 @@ def create_app(
         finally:
             await service.stop()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/client/{op}", client, methods=["POST"]),
             Route("/v1/health", health, methods=["GET"]),
@@ -130,3 +130,7 @@ def create_app(
         ],
         lifespan=lifespan,
     )
+    # Starlette answers a trailing slash with a redirect to the host the Host header
+    # names, before the relay's signature is looked at: a 404 instead.
+    app.router.redirect_slashes = False
+    return app
