@@ -288,3 +288,42 @@ def test_a_body_must_arrive_in_time(tmp_path: Path) -> None:
     finally:
         process.kill()
         process.communicate()
+
+
+def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
+    """Attack: uvicorn read a request head of any size within HEAD_SECONDS and kept each
+    header field as Python objects, some 25 times a short field's size on the wire: one
+    connection sending `a:b` lines made the relay's process grow by a gigabyte every
+    40 MB, before any token check. Now a head is at most MAX_HEAD_BYTES and MAX_HEADERS
+    fields (`431 head_too_large`, connection closed); an honest head, and a body sent in
+    the same packet as its head, still pass."""
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30)
+    host, port = url.removeprefix("http://").split(":")
+
+    def send(data: bytes) -> bytes:
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(data)
+            return _read_all(connection, timeout=5)
+
+    try:
+        many = b"GET /ready HTTP/1.1\r\nHost: x\r\n" + b"a:b\r\n" * 8000
+        answer = send(many)  # no end of head: the whole head never comes
+        assert answer.startswith(b"HTTP/1.1 431 ") and b'"error": "head_too_large"' in answer
+        long = b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Long: " + b"a" * 200_000
+        answer = send(long)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b"connection: close" in answer
+        honest = b"GET /ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"t" * 4096
+        honest += b"".join(b"X-%d: v\r\n" % i for i in range(90)) + b"Connection: close\r\n\r\n"
+        assert send(honest).startswith(b"HTTP/1.1 200 ")
+        body = b"b" * 900  # read_body's limit in the service is 1000
+        post = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        post += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
+        assert send(post).endswith(b"900 bytes")
+        big_body = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        big_body += b"Content-Length: 100000\r\n\r\n" + b"b" * 100_000
+        answer = send(big_body)  # a body beyond the head's limit is not the head's
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"too large")
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr  # a refusal is no error of the server's

@@ -18,7 +18,8 @@ Nor may a client hold a connection or a request slot by sending slowly: a connec
 must bring a whole request head (request line and headers) within `HEAD_SECONDS` of
 opening, or of the end of its previous response, else it is closed (uvicorn alone waits
 for a head for ever, so idle connections could fill `max_connections`); a body must
-arrive within `BODY_SECONDS` (`read_body`)."""
+arrive within `BODY_SECONDS` (`read_body`). Nor a large head: at most `MAX_HEAD_BYTES`
+and `MAX_HEADERS` fields (`431 head_too_large`)."""
 
 from __future__ import annotations
 
@@ -47,6 +48,16 @@ STOP_SECONDS = 30.0
 HEAD_SECONDS = 10.0
 #: How long a request may take to send its body, once its head is in.
 BODY_SECONDS = 10.0
+#: The largest request head (request line and headers) a service reads, and the most
+#: header fields in it. uvicorn alone reads a head of any size within HEAD_SECONDS, and
+#: keeps each header field as Python objects some 25 times the size of a short field on
+#: the wire: one connection sending `a:b` lines fast made the process grow by gigabytes.
+#: The largest honest head is the relay's: a token of at most 4096 characters.
+MAX_HEAD_BYTES = 32 * 1024
+MAX_HEADERS = 100
+#: How long a connection refused for its head is read (and the bytes dropped) before it
+#: closes, so that the refusal reaches a client still sending.
+REFUSED_LINGER_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -125,6 +136,11 @@ class _HeadDeadline(HttpToolsProtocol):
 
     _head_timer: asyncio.TimerHandle | None = None
     _head_begun = False
+    #: Bytes received since the last head was complete, outside a request's body.
+    _head_bytes = 0
+    _in_body = False
+    _head_too_large = False
+    _discarding = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -135,12 +151,67 @@ class _HeadDeadline(HttpToolsProtocol):
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._discarding:
+            return  # after a 431: read and dropped until the connection closes
         self._head_begun = True
+        if not self._in_body:
+            self._head_bytes += len(data)
         super().data_received(data)
+        # Checked once the parser has had the bytes: a body that came with its head in
+        # one read is not the head's (`on_headers_complete` started counting afresh).
+        if (
+            not (self._in_body or self._discarding)
+            and self._head_bytes > MAX_HEAD_BYTES
+            and not self.transport.is_closing()
+        ):
+            self._refuse_head()
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        # Within one read (up to 256 KiB) the parser makes every field before the byte
+        # count above is checked: the number of fields is bounded as they come.
+        if len(self.headers) >= MAX_HEADERS:
+            self._head_too_large = True
+            raise ValueError("too many header fields")  # the parser stops: a 400 below
+        super().on_header(name, value)
+
+    def send_400_response(self, msg: str) -> None:
+        if self._head_too_large:
+            self._refuse_head()
+        else:
+            super().send_400_response(msg)
 
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
+        self._head_bytes = 0
+        self._in_body = True
         super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        self._in_body = False
+        super().on_message_complete()
+
+    def _refuse_head(self) -> None:
+        """`431 head_too_large`, and the connection closed."""
+        self._stop_head_clock()
+        body = json.dumps(
+            {
+                "error": "head_too_large",
+                "detail": f"a request's line and headers are at most {MAX_HEAD_BYTES} bytes"
+                f" and {MAX_HEADERS} fields",
+            }
+        ).encode()
+        self.transport.write(
+            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
+            b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        # The client may still be sending its head: closing at once, with its bytes
+        # unread, would reset the connection and could lose the answer on its way. So
+        # the answer and an end of stream go out, the rest is read and dropped, and the
+        # connection closes a moment later.
+        self._discarding = True
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+        self.loop.call_later(REFUSED_LINGER_SECONDS, self.transport.close)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
