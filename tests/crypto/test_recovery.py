@@ -27,6 +27,14 @@ def test_forgiving_about_case_spaces_and_dashes() -> None:
     assert recovery.decode(code.replace("-", "")) == KEY
 
 
+def test_a_code_with_a_windows_line_ending_parses() -> None:
+    # `--recovery-code -` reads a line: from a file saved on Windows, or a `\r\n` pipe,
+    # it ends in "\r\n"; that was "this one has 69" digits, a mistyped code.
+    code = recovery.encode(KEY)
+    assert recovery.decode(code + "\r\n") == KEY
+    assert recovery.decode(code.replace("-", "\r\n")) == KEY
+
+
 def _digits(code: str) -> str:
     return code.replace("-", "")
 

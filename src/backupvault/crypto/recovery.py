@@ -4,8 +4,9 @@ Format (FORMAT): the root key's 64 hex digits + 4 check digits, shown in 17 grou
 separated by dashes, e.g. ``1f0a-…-9c3e-4b7d``. The check digits are the CRC-16/XMODEM
 of the 32 key bytes. A CRC-16 detects every burst error of up to 16 bits, so every
 single mistyped digit (a 4-bit burst) and every swap of two neighbouring digits (an
-8-bit burst) is caught before the code is used. Parsing ignores case, spaces and dashes,
-so a code read aloud or retyped on a phone still parses.
+8-bit burst) is caught before the code is used. Parsing ignores case, spaces, dashes and
+line endings (``\\r\\n`` too), so a code read aloud, retyped on a phone or kept in a file
+written on Windows still parses.
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ _KEY_DIGITS = 2 * ROOT_KEY_LEN
 _CHECK_DIGITS = 4
 _GROUP = 4
 _HEX = frozenset("0123456789abcdef")
+#: What parsing ignores: a line ending from a file written on Windows, or a `\r\n`
+#: pipe, included (the password reader strips it too).
+_SEPARATORS = " -\t\r\n"
 
 #: How every message, help text and document describes a recovery code.
 FORMAT = "64 hex digits + 4 check digits"
@@ -49,7 +53,7 @@ def encode(root_key: bytes) -> str:
 
 def decode(code: str) -> bytes:
     """The root key a recovery code stands for; raises RecoveryCodeError on any typo."""
-    digits = "".join(ch for ch in code.lower() if ch not in " -\t\n")
+    digits = "".join(ch for ch in code.lower() if ch not in _SEPARATORS)
     wanted = _KEY_DIGITS + _CHECK_DIGITS
     if len(digits) != wanted:
         raise RecoveryCodeError(
