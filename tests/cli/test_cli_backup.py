@@ -1205,3 +1205,34 @@ def test_a_storage_folder_inside_the_source_is_left_out(tmp_path: Path, source: 
     assert itself.returncode == 2
     assert f"is the backup source {source} itself" in itself.stderr
     assert not (source / "config").exists()  # no repository was made in it
+
+
+def _digits_of(code: str) -> str:
+    return code.replace("-", "").lower()
+
+
+def test_a_recovery_code_given_where_none_is_taken_is_never_echoed(
+    tmp_path: Path, source: Path
+) -> None:
+    """The code is the key itself: a usage error that named it (`backup create`'s
+    --recovery-code is a flag, so a code after it was "unexpected extra argument (<the
+    code>)") put it on stderr, and from there into cron mail, CI and journal logs."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    spaced = code.replace("-", " ").split()
+    attempts = [
+        ("backup", "create", str(source), "--storage", str(storage), "--recovery-code", code),
+        ("--json", "backup", "create", str(source), "--storage", str(storage),
+         "--recovery-code", *spaced),
+        ("backup", "list", "--storage", str(storage), "--recovery-code", "-", code.upper()),
+        ("--json", "backup", "restore", code, "--storage", str(storage),
+         "--to", str(tmp_path / "r"), "--recovery-code", "-"),
+    ]  # fmt: skip
+    for args in attempts:
+        done = run(*args, stdin=code + "\n")
+        assert done.returncode == 2, done.stderr
+        said = re.sub(r"[^0-9a-f]", "", (done.stdout + done.stderr).lower())
+        assert _digits_of(code)[:16] not in said, args
+        assert "recovery code" in done.stderr and "stdin" in done.stderr, done.stderr
+    assert not (tmp_path / "r").exists()
+    assert len(list((storage / "snapshots").iterdir())) == 1

@@ -35,6 +35,15 @@ def test_a_code_with_a_windows_line_ending_parses() -> None:
     assert recovery.decode(code.replace("-", "\r\n")) == KEY
 
 
+def test_what_may_be_a_code_is_told_from_ids_and_paths() -> None:
+    code = recovery.encode(KEY)
+    assert recovery.looks_like_code(code)
+    assert recovery.looks_like_code(code.upper().replace("-", " "))
+    assert recovery.looks_like_code(code[:-5])  # a group short: still the key, mostly
+    assert not recovery.looks_like_code(KEY.hex()[:32])  # a snapshot id
+    assert not recovery.looks_like_code("/home/me/" + code)
+
+
 def _digits(code: str) -> str:
     return code.replace("-", "")
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import os
+import re
 import signal
 import sys
 from collections.abc import Iterator
@@ -728,6 +729,13 @@ def backup_restore(
 
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
+    if backup_id is not None and recovery.looks_like_code(backup_id):
+        # Not named in the message: "no snapshot with id <the code>" put the key on stderr.
+        raise UsageError(
+            "BACKUP_ID looks like a recovery code, not a snapshot id",
+            hint="give the code with --recovery-code - (read from stdin); BACKUP_ID is a"
+            " snapshot id from `backupvault backup list`, or left out for the latest",
+        )
     _check_restore_to(dest)
     url = ctx.storage(storage_url)
     use_repository = repository_exists(url)
@@ -1066,16 +1074,41 @@ def _json_requested(args: list[str]) -> bool:
     return "--json" in (args[: args.index("--")] if "--" in args else args)
 
 
+_CODE_HIDDEN = "<a recovery code, not shown>"
+#: Hexadecimal digits, possibly in groups: a recovery code as typed, dashes or spaces
+#: between its groups (click joins several extra arguments with spaces).
+_HEX_RUN = re.compile(r"[0-9A-Fa-f](?:[0-9A-Fa-f]|[- \t])*[0-9A-Fa-f]")
+
+
+def _without_codes(message: str) -> str:
+    """A usage error's `message` with anything that may be a recovery code left out.
+    click names an argument it did not expect (`backup create`'s --recovery-code is a
+    flag, so a code after it is an extra argument): the code, which is the key itself,
+    went to stderr, and from there into cron mail, CI and journal logs."""
+    return _HEX_RUN.sub(
+        lambda run: _CODE_HIDDEN if recovery.looks_like_code(run.group()) else run.group(),
+        message,
+    )
+
+
 def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     if err.ctx is None:
         return None
-    extra_dash = "(-)" in err.format_message() and "--recovery-code" in args
+    message = err.format_message()
+    code_given = _without_codes(message) != message
+    extra_dash = "--recovery-code" in args and ("(-)" in message or code_given)
     if err.ctx.command_path.endswith("backup create") and extra_dash:
         # `restore --recovery-code -` takes a value; create's --recovery-code is a flag.
         return (
             "backup create's --recovery-code takes no value: after the first backup it reads"
             " the code from stdin by itself (echo $CODE | backupvault backup create SOURCE"
             " --storage S --recovery-code)"
+        )
+    if code_given:
+        return (
+            "give a recovery code as --recovery-code - and the code on stdin (kept out of"
+            f" shell history and the process list); `{err.ctx.command_path} --help` lists"
+            " its options"
         )
     return f"`{err.ctx.command_path} --help` lists its commands and options"
 
@@ -1129,7 +1162,8 @@ def main(argv: list[str] | None = None) -> None:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
             err.show()
             sys.exit(err.exit_code)
-        _fail(json_mode, UsageError(err.format_message(), hint=_usage_hint(err, args)))
+        message = _without_codes(err.format_message())
+        _fail(json_mode, UsageError(message, hint=_usage_hint(err, args)))
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(err.format_message()))
     except BackupVaultError as err:

@@ -24,6 +24,10 @@ _HEX = frozenset("0123456789abcdef")
 #: What parsing ignores: a line ending from a file written on Windows, or a `\r\n`
 #: pipe, included (the password reader strips it too).
 _SEPARATORS = " -\t\r\n"
+#: A hexadecimal argument this long (separators left out) may be a recovery code, even a
+#: mistyped one; snapshot and backup ids (16 bytes) are shorter, so nothing else the CLI
+#: takes is.
+_CODE_LIKE_DIGITS = 48
 
 #: How every message, help text and document describes a recovery code.
 FORMAT = "64 hex digits + 4 check digits"
@@ -51,9 +55,20 @@ def encode(root_key: bytes) -> str:
     return "-".join(digits[i : i + _GROUP] for i in range(0, len(digits), _GROUP))
 
 
+def _digits(code: str) -> str:
+    return "".join(ch for ch in code.lower() if ch not in _SEPARATORS)
+
+
+def looks_like_code(text: str) -> bool:
+    """Whether `text` may be a recovery code (or one mistyped): messages leave such an
+    argument out, as the code is the key itself."""
+    digits = _digits(text)
+    return len(digits) >= _CODE_LIKE_DIGITS and all(ch in _HEX for ch in digits)
+
+
 def decode(code: str) -> bytes:
     """The root key a recovery code stands for; raises RecoveryCodeError on any typo."""
-    digits = "".join(ch for ch in code.lower() if ch not in _SEPARATORS)
+    digits = _digits(code)
     wanted = _KEY_DIGITS + _CHECK_DIGITS
     if len(digits) != wanted:
         raise RecoveryCodeError(
