@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,9 +18,11 @@ from hypothesis import strategies as st
 
 from backupvault.backup import BackupNotFound, DestinationError
 from backupvault.backup.repo import Repository, chunksource, create_snapshot, restore_snapshot
+from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo import snapshots as snapshots_module
 from backupvault.backup.repo.create import _read_whole, excluded
 from backupvault.backup.storage import Storage
-from backupvault.errors import WrongKey
+from backupvault.errors import InvalidInput, WrongKey
 
 # Small chunks and packs, so little data makes many of both.
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
@@ -420,3 +424,31 @@ def test_content_a_later_file_uses_again_is_not_all_held_in_memory(
     restore_snapshot(str(repo), root_key, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(source)
     assert 0 < held <= budget
+
+
+@pytest.mark.parametrize("lost_at", ["start", "end"])
+def test_a_clock_before_2000_saves_no_snapshot_that_every_command_then_calls_damaged(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, lost_at: str
+) -> None:
+    """A device whose clock lost its time (no battery-backed clock, network time not yet
+    there) says 1970: the snapshot was sealed with that time and stored, then refused by
+    every reader ("invalid creation time"), so the backup failed after saving a snapshot
+    that every later list, backup and restore called damaged."""
+    source = make_tree(tmp_path)
+    repo = tmp_path / "repo"
+    first = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    (source / "docs" / "notes.txt").write_text("changed\n")
+    real = time.time_ns
+    calls = iter([real()] if lost_at == "end" else [])  # the clock is lost mid-backup
+    clock = types.SimpleNamespace(time_ns=lambda: next(calls, 86_400 * 10**9))
+    monkeypatch.setattr(create_module, "time", clock)
+    monkeypatch.setattr(snapshots_module, "time", clock)
+    with pytest.raises(InvalidInput, match="clock says 1970-01-02"):
+        create_snapshot(source, str(repo), root_key)
+    assert objects(repo, "snapshots") == {first.snapshot_id}
+    monkeypatch.undo()
+    opened = Repository.open(Storage(str(repo)), root_key)
+    assert [s.id_hex for s in opened.list_snapshots()] == [first.snapshot_id]
+    assert opened.damaged == {}
+    again = create_snapshot(source, str(repo), root_key)
+    assert again.parent_id == first.snapshot_id

@@ -361,6 +361,7 @@ def create_snapshot(
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
     source_stat(source_path)
+    snapshots.check_time(time.time_ns() // 1000)  # before anything is read or written
     reporter = progress or NoProgress()
     _keep_freed_memory()
     storage = Storage(storage_url, storage_options)

@@ -172,6 +172,20 @@ class Snapshot:
         return self.header.snapshot_id.hex()
 
 
+def check_time(created_at_us: int) -> None:
+    """Refuse a creation time no reader takes (before 2000 or after 9999): sealed, the
+    snapshot was stored, then refused as damaged by every command after it. A device
+    whose clock lost its time (no battery-backed clock, no network time yet) says 1970."""
+    if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
+        shown = datetime.fromtimestamp(max(min(created_at_us, _MAX_TIME_US), 0) / 1_000_000, tz=UTC)
+        raise InvalidInput(
+            f"this device's clock says {shown:%Y-%m-%d %H:%M:%S} UTC: a snapshot's time must "
+            "be from 2000 to 9999, so none was saved",
+            hint="set the clock (or let network time set it), then run the backup again: it "
+            "reuses the data this one stored",
+        )
+
+
 def _seal(dk: bytes, aad: bytes, plaintext: bytes) -> bytes:
     nonce = os.urandom(NONCE_LEN)
     return nonce + AESGCM(dk).encrypt(nonce, plaintext, aad)
@@ -186,13 +200,15 @@ def seal(
     created_at_us: int | None = None,
 ) -> tuple[bytes, bytes]:
     """(snapshot id, object bytes) for a new snapshot under a fresh random DK."""
+    created = time.time_ns() // 1000 if created_at_us is None else created_at_us
+    check_time(created)
     snapshot_id = os.urandom(OBJECT_ID_LEN)
     dk = os.urandom(DATA_KEY_LEN)
     unsealed = SnapshotHeader(
         snapshot_id,
         repo_id,
         parent_id or NO_PARENT,
-        time.time_ns() // 1000 if created_at_us is None else created_at_us,
+        created,
         key_check(root_key, _CHECK_INFO, MAGIC + bytes([VERSION]) + snapshot_id),
         os.urandom(NONCE_LEN),
         b"",
