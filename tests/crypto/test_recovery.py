@@ -83,6 +83,28 @@ def test_wrong_length_and_bad_characters() -> None:
         recovery.decode("")
 
 
+@pytest.mark.parametrize(
+    "given",
+    [
+        "correct horse battery staple 42",  # the vault password, piped by mistake
+        "Tr0ub4dor&3-" * 6,  # as long as a code, nothing like one
+        "hunter2hunter2" + "0" * 54,  # a code's length, three characters no hex digit
+    ],
+)
+def test_a_secret_that_is_no_code_is_not_described_in_the_error(given: str) -> None:
+    """`echo "$PASSWORD" | ... --recovery-code -` printed the password's length ("this
+    one has 27") or one of its characters ("'t' in group 1") on stderr: into cron mail
+    and CI logs."""
+    with pytest.raises(RecoveryCodeError, match="not a recovery code") as raised:
+        recovery.decode(given)
+    said = f"{raised.value.message} {raised.value.hint}"
+    digits = "".join(ch for ch in given.lower() if ch not in " -")
+    if len(digits) != 68:  # a code's own length is in the format the message gives
+        assert str(len(digits)) not in said
+    assert not any(f"'{ch}'" in said for ch in given)
+    assert recovery.FORMAT in said
+
+
 def test_rejects_wrong_key_length() -> None:
     with pytest.raises(recovery.InvalidInput):
         recovery.encode(b"short")

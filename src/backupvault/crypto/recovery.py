@@ -28,6 +28,10 @@ _SEPARATORS = " -\t\r\n"
 #: mistyped one; snapshot and backup ids (16 bytes) are shorter, so nothing else the CLI
 #: takes is.
 _CODE_LIKE_DIGITS = 48
+#: A code of the right length with at most this many characters that are no hex digits
+#: is a code mistyped (one is named); more, and it is something else, of which nothing
+#: is said.
+_TYPOS_NAMED = 2
 
 #: How every message, help text and document describes a recovery code.
 FORMAT = "64 hex digits + 4 check digits"
@@ -67,15 +71,27 @@ def looks_like_code(text: str) -> bool:
 
 
 def decode(code: str) -> bytes:
-    """The root key a recovery code stands for; raises RecoveryCodeError on any typo."""
+    """The root key a recovery code stands for; raises RecoveryCodeError on any typo.
+
+    The message helps find a typo in a code (how many digits, which one is no hex digit)
+    but says nothing of what was given when it is no code at all: a password passed by
+    mistake (`echo "$PASSWORD" | ... --recovery-code -`) had its length and a character
+    of it printed on stderr, and so in cron mail and CI logs."""
     digits = _digits(code)
     wanted = _KEY_DIGITS + _CHECK_DIGITS
+    bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]
+    if (len(digits) != wanted and bad) or len(bad) > _TYPOS_NAMED:
+        raise RecoveryCodeError(
+            f"this is not a recovery code: a recovery code is {FORMAT} ({wanted} in all), "
+            "0-9 and a-f in groups of 4",
+            hint="give the code that the first backup printed (nothing of what was given "
+            "is shown here, nor was anything tried with it)",
+        )
     if len(digits) != wanted:
         raise RecoveryCodeError(
             f"a recovery code is {FORMAT} ({wanted} in all), this one has {len(digits)}",
             hint="check for a missing or doubled group; dashes and spaces are optional",
         )
-    bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]
     if bad:
         position, ch = bad[0]
         raise RecoveryCodeError(
