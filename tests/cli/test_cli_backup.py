@@ -1236,3 +1236,6 @@ def test_a_recovery_code_given_where_none_is_taken_is_never_echoed(
         assert "recovery code" in done.stderr and "stdin" in done.stderr, done.stderr
     assert not (tmp_path / "r").exists()
     assert len(list((storage / "snapshots").iterdir())) == 1
+    ids = ["0123456789abcdef" * 2, "fedcba9876543210" * 2]  # snapshot ids are shown
+    extra = run("backup", "diff", "a", "b", *ids, "--storage", str(storage))
+    assert extra.returncode == 2 and " ".join(ids) in extra.stderr, extra.stderr

@@ -1075,6 +1075,7 @@ def _json_requested(args: list[str]) -> bool:
 
 
 _CODE_HIDDEN = "<a recovery code, not shown>"
+_ID_LENGTH = 32  # of a snapshot or backup id, in hex
 #: Hexadecimal digits, possibly in groups: a recovery code as typed, dashes or spaces
 #: between its groups (click joins several extra arguments with spaces).
 _HEX_RUN = re.compile(r"[0-9A-Fa-f](?:[0-9A-Fa-f]|[- \t])*[0-9A-Fa-f]")
@@ -1085,10 +1086,14 @@ def _without_codes(message: str) -> str:
     click names an argument it did not expect (`backup create`'s --recovery-code is a
     flag, so a code after it is an extra argument): the code, which is the key itself,
     went to stderr, and from there into cron mail, CI and journal logs."""
-    return _HEX_RUN.sub(
-        lambda run: _CODE_HIDDEN if recovery.looks_like_code(run.group()) else run.group(),
-        message,
-    )
+
+    def hidden(run: re.Match[str]) -> str:
+        text = run.group()
+        # Extra snapshot ids (16 bytes each, as `backup diff` takes) are shown as they are.
+        ids = all(len(part) == _ID_LENGTH for part in text.split())
+        return _CODE_HIDDEN if recovery.looks_like_code(text) and not ids else text
+
+    return _HEX_RUN.sub(hidden, message)
 
 
 def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
