@@ -181,8 +181,8 @@ def check_time(created_at_us: int) -> None:
         raise InvalidInput(
             f"this device's clock says {shown:%Y-%m-%d %H:%M:%S} UTC: a snapshot's time must "
             "be from 2000 to 9999, so none was saved",
-            hint="set the clock (or let network time set it), then run the backup again: it "
-            "reuses the data this one stored",
+            hint="set the clock (or let network time set it), then run the backup again (it "
+            "reuses any data already stored)",
         )
 
 
