@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from backupvault.errors import InvalidInput
-from backupvault.files import replace_file, write_new_file
+from backupvault.files import private_folder, replace_file, write_new_file
 
 
 def _victim(tmp_path: Path) -> Path:
@@ -114,3 +114,48 @@ def test_a_replaced_file_is_synced_then_its_folder_after_the_rename(
     assert steps == ["fsync file", "rename", "fsync folder"]
     assert stat.S_IMODE((tmp_path / "state.json").stat().st_mode) == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["state.json"]
+
+
+def test_a_private_folder_is_made_0700(tmp_path: Path) -> None:
+    folder = private_folder(tmp_path / "new" / "bv")
+    assert stat.S_IMODE(folder.stat().st_mode) == 0o700
+
+
+@pytest.mark.parametrize("mode", [0o777, 0o1777, 0o757])
+def test_a_folder_others_can_write_is_no_private_folder(tmp_path: Path, mode: int) -> None:
+    """Another user made /tmp/bv in advance (it is theirs, or open to them): whatever is
+    written there, they can swap for their own (a client.toml pinning their fleet keys)."""
+    planted = tmp_path / "bv"
+    planted.mkdir()
+    planted.chmod(mode)
+    with pytest.raises(InvalidInput, match="can be changed by other host users"):
+        private_folder(planted)
+
+
+def test_local_up_refuses_a_folder_others_can_write(tmp_path: Path) -> None:
+    planted = tmp_path / "bv"
+    planted.mkdir()
+    planted.chmod(0o777)
+    done = _cli("local", "up", "--dir", str(planted), "--nodes", "1")
+    if (planted / "processes.json").exists():  # the old code started it: stop it again
+        _cli("local", "down", "--dir", str(planted))
+    assert done.returncode == 1, done.stderr
+    assert "can be changed by other host users" in done.stderr
+    assert list(planted.iterdir()) == []  # no key, PIN or config written into it
+
+
+@pytest.mark.parametrize("group", ["fleet", "relay"])
+def test_keygen_refuses_a_folder_others_can_write(tmp_path: Path, group: str) -> None:
+    planted = tmp_path / "keys"
+    planted.mkdir()
+    planted.chmod(0o777)
+    done = _cli(group, "keygen", "--out", str(planted))
+    assert done.returncode == 1, done.stderr
+    assert "can be changed by other host users" in done.stderr
+    assert list(planted.iterdir()) == []
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "backupvault", *args], capture_output=True, text=True, check=False
+    )

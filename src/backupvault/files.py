@@ -11,6 +11,7 @@ import contextlib
 import fcntl
 import os
 import secrets
+import stat
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -66,6 +67,41 @@ def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     except OSError as err:
         tmp.unlink(missing_ok=True)
         raise InvalidInput(f"cannot write {path}: {err.strerror}") from None
+
+
+def private_folder(path: str | Path) -> Path:
+    """`path` as a folder for secrets: made (with its parents) mode 0700 when missing;
+    refused when it exists and another host user could change what is in it: owned by
+    someone else (or a symbolic link someone else owns), or writable by others, or by a
+    group other than the user's own. A folder made in advance at a predictable path (such
+    as /tmp/bv) lets its owner swap the files written into it (a client.toml pinning their
+    own fleet keys, a deploy.pub of theirs) or plant more of them, even though they cannot
+    read the 0600 secrets themselves."""
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    except OSError as err:
+        raise InvalidInput(f"cannot make the folder {path}: {err.strerror}") from None
+    try:
+        link, info = path.lstat(), path.stat()
+    except OSError as err:
+        raise InvalidInput(f"cannot use the folder {path}: {err.strerror}") from None
+    if not stat.S_ISDIR(info.st_mode):
+        raise InvalidInput(f"{path} is not a folder")
+    uid = os.getuid()
+    writable = info.st_mode & 0o002 or (info.st_mode & 0o020 and info.st_gid != os.getgid())
+    if info.st_uid != uid or link.st_uid != uid or writable:
+        raise InvalidInput(
+            f"the folder {path} can be changed by other host users (mode"
+            f" {info.st_mode & 0o7777:04o}, owner uid {info.st_uid}): it would hold secrets,"
+            " and whoever can change it could swap the files written there",
+            hint=f"give a folder of your own that only you can write to (chmod go-w {path}),"
+            " or a new path, which is made mode 0700",
+        )
+    return path
 
 
 class LockTimeout(BackupVaultError):

@@ -12,7 +12,7 @@ import tomli_w
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import UsageError
-from backupvault.files import replace_file, write_new_file
+from backupvault.files import private_folder, replace_file, write_new_file
 
 # The commands import what they use when they run: `backupvault --help` loads this module
 # to list them, and the deployment, the node's config and the tokens take a few tenths of
@@ -262,7 +262,7 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     to the witness and into over-the-air client configs."""
     from backupvault.tokens import generate_operator_key, save_operator_key
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(out_dir)  # it holds a private key
     key = generate_operator_key()
     save_operator_key(key, out_dir / "deploy.key", out_dir / "deploy.pub")
     public = key.public_key().public_bytes_raw().hex()
@@ -412,7 +412,7 @@ def relay_keygen(ctx: Context, out_dir: Path) -> None:
     relay_public_keys)."""
     from backupvault.tokens import generate_operator_key, private_key_pem, save_operator_key
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(out_dir)  # it holds a private key
     issuer = generate_operator_key()
     relay_key = generate_operator_key()
     save_operator_key(issuer, out_dir / "operator.key", out_dir / "operator.pub")

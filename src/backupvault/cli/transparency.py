@@ -13,7 +13,7 @@ import click
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.cli.operator import LOCAL_DIR, fleet, local, no_deployment
 from backupvault.errors import InvalidInput, UsageError
-from backupvault.files import write_new_file
+from backupvault.files import private_folder, write_new_file
 
 if TYPE_CHECKING:
     from backupvault.client.config import ClientConfig
@@ -269,7 +269,7 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
     from backupvault.tokens import private_key_pem
     from backupvault.transparency import Signer
 
-    out_dir.mkdir(parents=True, exist_ok=True)
+    private_folder(out_dir)  # it holds a private key
     path = out_dir / "witness.key"
     config = out_dir / "witness.toml"
     for existing in (path, config):

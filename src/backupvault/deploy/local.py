@@ -59,7 +59,7 @@ from backupvault.deploy.records import (
     submit,
 )
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import replace_file, write_new_file
+from backupvault.files import private_folder, replace_file, write_new_file
 from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
@@ -187,7 +187,7 @@ class LocalDeployment:
     def provision(self, nodes: int) -> None:
         if nodes < 1 or nodes % 2 == 0:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
-        self.root.mkdir(parents=True, exist_ok=True)
+        private_folder(self.root)  # it holds keys, PINs and the client configs
         (self.root / "logs").mkdir(exist_ok=True)
         relay_port = free_port()
 
@@ -630,6 +630,7 @@ class LocalDeployment:
         """Start every process (provisioning the first time). If the deployment does not
         come up, what this call started is stopped again: a failed `up` leaves no witness
         or relay running that the user did not ask to keep."""
+        private_folder(self.root)  # before anything in it is read or started
         before = set(self.running())
         try:
             if not self.provisioned():
