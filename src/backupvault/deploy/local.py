@@ -20,7 +20,8 @@ require). `DIR` holds everything:
     DIR/client.toml           a client with pinned fleet keys (relay URL, keys, tokens)
     DIR/client-ota.toml       a client that takes fleet keys over the air (operator and
                               both witnesses' keys; state in client-ota-state.json)
-    DIR/processes.json        pids and ports of the running processes
+    DIR/processes.json        pid and start time of each running process (a pid reused
+                              by another process after a reboot is not this one)
     DIR/logs/                 one log per process
 
 Process names: `node<i>` (epoch 1), `e<E>-node<i>` (later epochs), `witness`,
@@ -543,13 +544,33 @@ class LocalDeployment:
     # ---- processes ---------------------------------------------------------------------
 
     def _processes(self) -> dict[str, dict[str, Any]]:
-        if not self.processes_file.exists():
+        """The processes this deployment started that still run: an entry whose pid now
+        belongs to another process (the pid was reused after a reboot or a crash), or that
+        is no pid at all (-1 would signal every process of the user), is left out, so that
+        nothing here ever signals a process it did not start, or takes one for a node."""
+        try:
+            data = json.loads(self.processes_file.read_text())
+        except FileNotFoundError:
             return {}
-        data: dict[str, dict[str, Any]] = json.loads(self.processes_file.read_text())
-        return data
+        except (OSError, ValueError, RecursionError) as err:
+            raise self._damaged(str(err)) from None
+        if not isinstance(data, dict):
+            raise self._damaged("not a JSON object")
+        return {
+            name: info
+            for name, info in data.items()
+            if isinstance(info, dict) and _same_process(info.get("pid"), info.get("started"))
+        }
+
+    def _damaged(self, why: str) -> DeploymentError:
+        return DeploymentError(
+            f"{self.processes_file} is not a list of this deployment's processes ({why})",
+            hint=f"stop its processes by hand (those whose command line names {self.root}),"
+            " then delete the file and run the command again",
+        )
 
     def _save_processes(self, processes: dict[str, dict[str, Any]]) -> None:
-        self.processes_file.write_text(json.dumps(processes, indent=2))
+        replace_file(self.processes_file, json.dumps(processes, indent=2).encode(), mode=0o644)
 
     def _spawn(self, name: str, args: list[str], env: dict[str, str]) -> int:
         (self.root / "logs").mkdir(exist_ok=True)
@@ -565,6 +586,12 @@ class LocalDeployment:
         log.close()
         return process.pid
 
+    @staticmethod
+    def _entry(pid: int) -> dict[str, Any]:
+        """What processes.json keeps of a process: its pid, and when it started, which
+        tells it from a later process given the same pid."""
+        return {"pid": pid, "started": _start_time(pid)}
+
     def start_node(self, index: int, epoch: int | None = None) -> None:
         epoch = self.current_epoch() if epoch is None else epoch
         name = self.node_name(index, epoch)
@@ -576,7 +603,7 @@ class LocalDeployment:
             ["node", "serve", "--config", str(self.node_config(index, epoch))],
             self._node_env(index, epoch),
         )
-        processes[name] = {"pid": pid}
+        processes[name] = self._entry(pid)
         self._save_processes(processes)
 
     def start_witness(self, which: str = "witness") -> None:
@@ -585,7 +612,7 @@ class LocalDeployment:
             return
         config = self.witness_dir(which) / "witness.toml"
         pid = self._spawn(which, ["witness", "serve", "--config", str(config)], dict(os.environ))
-        processes[which] = {"pid": pid}
+        processes[which] = self._entry(pid)
         self._save_processes(processes)
 
     def _wait_witness(self, which: str, timeout: float = 30.0) -> None:
@@ -606,7 +633,7 @@ class LocalDeployment:
         pid = self._spawn(
             "relay", ["relay", "serve", "--config", str(self.root / "relay.toml")], dict(os.environ)
         )
-        processes["relay"] = {"pid": pid}
+        processes["relay"] = self._entry(pid)
         self._save_processes(processes)
 
     def signal_process(self, name: str, sig: signal.Signals) -> None:
@@ -773,8 +800,41 @@ class LocalDeployment:
         return str(data["relay_url"])
 
 
+def _start_time(pid: int) -> int | None:
+    """When process `pid` started (clock ticks after boot: field 22 of /proc/<pid>/stat);
+    None without /proc or without such a process."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            return int(stat.read().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def _command_line(pid: int) -> bytes | None:
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
+            return cmdline.read()
+    except OSError:
+        return None
+
+
+def _same_process(pid: object, started: object) -> bool:
+    """Whether `pid` (from processes.json) is still the process `local up` started: a
+    positive pid that started when recorded (`started`); a file of an older version
+    records no start, and then it must at least be a backupvault process. Without /proc
+    (not Linux) the pid is taken as it is."""
+    if type(pid) is not int or pid <= 0:
+        return False
+    if not os.path.isdir("/proc/self"):
+        return True
+    if type(started) is int:
+        return _start_time(pid) == started
+    command = _command_line(pid)
+    return command is not None and b"\0backupvault\0" in command
+
+
 def _alive(pid: int | None) -> bool:
-    if not pid:
+    if type(pid) is not int or pid <= 0:  # 0 and -1 would signal a group, or everyone
         return False
     try:
         os.kill(pid, 0)

@@ -1,0 +1,81 @@
+"""`local down`, `status` and `up` signal only the processes `local up` started: a pid in
+processes.json that now belongs to another process (reused after a reboot), or that is no
+process at all (-1: every process of the user), is never signalled nor taken for a node."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from backupvault.deploy import local
+from backupvault.deploy.local import LocalDeployment
+
+
+@pytest.fixture
+def bystander() -> Iterator[subprocess.Popen[bytes]]:
+    """A process of this user that has nothing to do with the deployment."""
+    process = subprocess.Popen(["sleep", "60"])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _record(root: Path, entry: dict[str, object]) -> None:
+    (root / "processes.json").write_text(json.dumps({"relay": entry}))
+
+
+def test_a_reused_pid_is_not_stopped(tmp_path: Path, bystander: subprocess.Popen[bytes]) -> None:
+    """processes.json from before a reboot names a pid the bystander has now (the file of
+    an older version records no start time; a newer one records another start time)."""
+    for entry in (
+        {"pid": bystander.pid},
+        {"pid": bystander.pid, "started": local._start_time(bystander.pid) - 1},  # type: ignore[operator]
+    ):
+        _record(tmp_path, entry)
+        deployment = LocalDeployment(tmp_path)
+        assert deployment.running() == []
+        assert deployment.down() == []
+        assert bystander.poll() is None  # still running: it was never signalled
+
+
+def test_a_process_local_up_started_is_stopped(
+    tmp_path: Path, bystander: subprocess.Popen[bytes]
+) -> None:
+    _record(tmp_path, LocalDeployment._entry(bystander.pid))
+    assert LocalDeployment(tmp_path).down() == ["relay"]
+    assert bystander.wait(timeout=10) is not None  # gone (reaped by `down` itself)
+
+
+@pytest.mark.parametrize("pid", [-1, 0, -2, True, "1", 1.0])
+def test_no_signal_to_a_pid_that_is_no_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pid: object
+) -> None:
+    """-1 would be every process the user may signal (all of them, for root)."""
+    sent: list[tuple[object, int]] = []
+    monkeypatch.setattr(local.os, "kill", lambda p, sig: sent.append((p, sig)))
+    monkeypatch.setattr(local, "_wait_gone", lambda p, timeout=5.0: None)
+    _record(tmp_path, {"pid": pid})
+    deployment = LocalDeployment(tmp_path)
+    assert deployment.down() == []
+    assert sent == []
+
+
+@pytest.mark.parametrize("text", ["{", "[1, 2]", '"x"', "[" * 100_000])
+def test_a_damaged_processes_file_is_one_clear_error(tmp_path: Path, text: str) -> None:
+    (tmp_path / "processes.json").write_text(text)
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "local", "down", "--dir", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 1
+    assert "processes.json is not a list of this deployment's processes" in done.stderr
+    assert "bug" not in done.stderr
