@@ -249,6 +249,63 @@ def test_malformed_node_signing_keys_are_named(tmp_path: Path, keys: list[str], 
     assert "field 'node_signing_keys' is malformed" in done.stderr and why in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("epoch", "why"),
+    [
+        (float("inf"), "not an epoch number"),  # was "unexpected OverflowError ... a bug"
+        (1.5, "not an epoch number"),  # was cut to 1
+        (True, "not an epoch number"),  # was 1
+        (-3, "out of range"),
+    ],
+)
+def test_a_malformed_epoch_is_named(tmp_path: Path, epoch: object, why: str) -> None:
+    config = _client_toml(tmp_path / "client.toml", epoch=epoch)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'epoch' is malformed" in done.stderr and why in done.stderr
+    assert "bug" not in done.stderr
+
+
+def _ota_toml(path: Path, **fields: object) -> Path:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from backupvault.transparency import Signer
+
+    vkey = Signer("w.test/x", Ed25519PrivateKey.generate()).verifier.vkey()
+    data = {
+        "trust": "ota",
+        "relay_url": "http://127.0.0.1:9",
+        "account": "alice",
+        "token": "t",
+        "fleet_token": "t",
+        "device_key": "44" * 32,
+        "operator_public_key": "55" * 32,
+        "witness_public_key": vkey,
+        "witness_url": "http://127.0.0.1:9",
+        **fields,
+    }
+    path.write_text(tomli_w.dumps(data))
+    return path
+
+
+@pytest.mark.parametrize("age", [float("inf"), 0.5, 0, -60, True, "3600"])
+def test_a_malformed_max_bundle_age_is_named(tmp_path: Path, age: object) -> None:
+    """inf was "unexpected OverflowError ... a bug"; 0.5 became 0, and 0 or less refused
+    every bundle as stale, blaming the witness."""
+    config = _ota_toml(tmp_path / "client.toml", max_bundle_age=age)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'max_bundle_age' is malformed" in done.stderr
+    assert "a whole number of seconds, at least 1" in done.stderr
+
+
+def test_a_max_bundle_age_in_whole_seconds_is_taken(tmp_path: Path) -> None:
+    from backupvault.client.config import ClientConfig
+
+    config = ClientConfig.load(_ota_toml(tmp_path / "client.toml", max_bundle_age=600))
+    assert config.ota is not None and config.ota.max_age == 600
+
+
 # ---- --json -------------------------------------------------------------------------------
 
 

@@ -63,6 +63,7 @@ from backupvault.client.trust import (
     ota_session,
 )
 from backupvault.client.vault import VaultClient
+from backupvault.codec import epoch_number
 from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput, UsageError
@@ -152,7 +153,9 @@ class ClientConfig:
                     node_signing_keys=_field(
                         path, "node_signing_keys", lambda: _signing_keys(path, data)
                     ),
-                    epoch=int(data.get("epoch", 0)),
+                    epoch=_field(
+                        path, "epoch", lambda: epoch_number(data.get("epoch", 0), "the epoch")
+                    ),
                     **common,
                 )
             base = path.parent
@@ -172,7 +175,7 @@ class ClientConfig:
                     )
                     for w in data.get("witnesses", [])
                 ),
-                max_age=int(data.get("max_bundle_age", DEFAULT_MAX_AGE)),
+                max_age=_field(path, "max_bundle_age", lambda: _max_age(data)),
                 fleet_id=fleet_id,
                 allowed_measurements=(
                     None if allowed is None else frozenset(bytes.fromhex(m) for m in allowed)
@@ -321,6 +324,16 @@ def _signing_keys(path: Path, data: dict[str, Any]) -> tuple[bytes, ...]:
     if any(len(key) != 32 for key in decoded):
         raise InvalidInput("each is 32 bytes (64 hex digits)")
     return decoded
+
+
+def _max_age(data: dict[str, Any]) -> int:
+    """`max_bundle_age`: whole seconds, at least 1. A float was cut to an int (0.5: no
+    head was ever fresh enough) and infinity was an OverflowError; 0 or less refused every
+    bundle with a stale-head error that blamed the witness, not this field."""
+    value = data.get("max_bundle_age", DEFAULT_MAX_AGE)
+    if type(value) is not int or value < 1:
+        raise InvalidInput(f"a whole number of seconds, at least 1, not {value!r}")
+    return value
 
 
 def _home(value: str) -> str:
