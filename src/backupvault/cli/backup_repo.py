@@ -68,7 +68,7 @@ def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
     if code is not None:
-        return _recovery_code(code)
+        return _recovery_code(code, ctx.output)
     return _root_key_by_password(ctx, password_stdin)
 
 

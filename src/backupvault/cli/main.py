@@ -261,8 +261,16 @@ def _confirm(question: str, yes: bool) -> None:
         raise click.exceptions.Abort()
 
 
-def _recovery_code(value: str) -> bytes:
-    """A code given as '-' is read from stdin, so it stays out of shell history."""
+def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
+    """A code given as '-' is read from stdin, so it stays out of shell history and out of
+    the process list; one given on the command line (`from_argv`: the output to warn on)
+    is used, with a warning that others could see it."""
+    if from_argv is not None and value != "-":
+        from_argv.warn(
+            "the recovery code was given on the command line, where other host users can see"
+            " it (ps) while this runs, and shell history keeps it: `--recovery-code -` reads"
+            " it from stdin"
+        )
     code = sys.stdin.readline() if value == "-" else value
     if not code.strip():
         # Nothing given is a usage error (exit 2), not a mistyped code (exit 3).
@@ -745,7 +753,9 @@ def backup_restore(
     if include and not use_repository:
         raise UsageError("--include works on snapshots, not on single-blob backups")
     root_key = (
-        _recovery_code(code) if code is not None else _root_key_by_password(ctx, password_stdin)
+        _recovery_code(code, ctx.output)
+        if code is not None
+        else _root_key_by_password(ctx, password_stdin)
     )
     with (
         _on_interrupt(f"restore interrupted: nothing was written into {dest}", hint="run it again"),

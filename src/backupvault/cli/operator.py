@@ -287,15 +287,23 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
 @click.option("--relay-url", required=True, help="The relay's URL as clients reach it.")
 @click.option("--account", required=True, help="The user's account name.")
 @click.option(
-    "--token", required=True, help="The user's relay token (`relay mint-token --audience`)."
+    "--token",
+    envvar="BACKUPVAULT_RELAY_TOKEN",
+    show_envvar=True,
+    required=True,
+    help="The user's relay token (`relay mint-token --audience`).",
 )
 @click.option(
     "--fleet-token",
+    envvar="BACKUPVAULT_FLEET_TOKEN",
+    show_envvar=True,
     required=True,
     help="The user's fleet token (`relay mint-token --fleet-id`), sent only inside the seal.",
 )
 @click.option(
     "--device-key",
+    envvar="BACKUPVAULT_DEVICE_KEY",
+    show_envvar=True,
     required=True,
     help="The device key the fleet token is bound to (`relay device-key`: its private hex).",
 )
@@ -337,6 +345,7 @@ def fleet_client_config(
     from backupvault.client.trust import load_operator_key
     from backupvault.node.config import FleetDescription
 
+    _warn_secrets_in_argv(ctx, ("token", "fleet_token", "device_key"))
     fleet = FleetDescription.load(fleet_file)
     data: dict[str, object] = {
         "relay_url": relay_url,
@@ -366,6 +375,21 @@ def fleet_client_config(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
         f"wrote {out_file}",
     )
+
+
+def _warn_secrets_in_argv(ctx: Context, names: tuple[str, ...]) -> None:
+    """A warning for each secret option given on the command line: any host user can read
+    a process's arguments (`ps`) while it runs, and shell history keeps them. Each has an
+    environment variable, which only this user's processes can read."""
+    click_ctx = click.get_current_context()
+    for name in names:
+        if click_ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE:
+            option = "--" + name.replace("_", "-")
+            env = next(p.envvar for p in click_ctx.command.params if p.name == name)
+            ctx.output.warn(
+                f"{option} was given on the command line, where other host users can see it"
+                f" (ps) while this runs: set ${env} instead"
+            )
 
 
 # ---- relay ------------------------------------------------------------------------------

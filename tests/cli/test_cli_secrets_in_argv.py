@@ -1,0 +1,120 @@
+"""Secrets stay off the command line, where any host user reads them (`ps`,
+/proc/<pid>/cmdline) while the command runs: `fleet client-config` takes the tokens and
+the device key from the environment, and a secret given as an argument anyway (a token,
+a device key, a recovery code) draws a warning that says what to use instead."""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from pathlib import Path
+
+import pytest
+from console import backupvault  # tests/cli/console.py
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+
+from backupvault.crypto.seal import NodePublicKey
+from backupvault.node.config import FleetDescription, FleetNode
+from backupvault.tokens import device_key_hex, generate_device_key
+
+
+def _public(key: Ed25519PrivateKey) -> bytes:
+    return key.public_key().public_bytes_raw()
+
+
+@pytest.fixture
+def fleet_file(tmp_path: Path) -> Path:
+    nodes = tuple(
+        FleetNode(
+            i,
+            f"http://127.0.0.1:{9000 + i}",
+            _public(Ed25519PrivateKey.generate()),
+            NodePublicKey.from_bytes(
+                b"\x00\x20" + X25519PrivateKey.generate().public_key().public_bytes_raw()
+            ).to_bytes(),
+            _public(Ed25519PrivateKey.generate()),
+        )
+        for i in range(3)
+    )
+    fleet = FleetDescription(
+        os.urandom(16), 10, nodes, (_public(Ed25519PrivateKey.generate()),), "iss",
+        _public(Ed25519PrivateKey.generate()),
+    )  # fmt: skip
+    path = tmp_path / "fleet.toml"
+    fleet.save(path)
+    return path
+
+
+SECRETS = {
+    "BACKUPVAULT_RELAY_TOKEN": "relay-token-secret",
+    "BACKUPVAULT_FLEET_TOKEN": "fleet-token-secret",
+    "BACKUPVAULT_DEVICE_KEY": device_key_hex(generate_device_key()),
+}
+
+
+def test_client_config_takes_its_secrets_from_the_environment(
+    tmp_path: Path, fleet_file: Path
+) -> None:
+    out = tmp_path / "alice" / "client.toml"
+    done = backupvault(
+        "--json", "fleet", "client-config", "--fleet-file", str(fleet_file),
+        "--relay-url", "http://127.0.0.1:7100", "--account", "alice", "--out", str(out),
+        env=SECRETS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "warnings" not in json.loads(done.stdout)
+    config = tomllib.loads(out.read_text())
+    assert config["token"] == SECRETS["BACKUPVAULT_RELAY_TOKEN"]
+    assert config["fleet_token"] == SECRETS["BACKUPVAULT_FLEET_TOKEN"]
+    assert config["device_key"] == SECRETS["BACKUPVAULT_DEVICE_KEY"]
+
+
+def test_client_config_warns_of_secrets_on_the_command_line(
+    tmp_path: Path, fleet_file: Path
+) -> None:
+    done = backupvault(
+        "fleet", "client-config", "--fleet-file", str(fleet_file),
+        "--relay-url", "http://127.0.0.1:7100", "--account", "alice",
+        "--token", "t", "--fleet-token", "f",
+        "--device-key", SECRETS["BACKUPVAULT_DEVICE_KEY"], "--out", str(tmp_path / "c.toml"),
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    for option, env in (
+        ("--token", "BACKUPVAULT_RELAY_TOKEN"),
+        ("--fleet-token", "BACKUPVAULT_FLEET_TOKEN"),
+        ("--device-key", "BACKUPVAULT_DEVICE_KEY"),
+    ):
+        assert f"{option} was given on the command line" in done.stderr
+        assert f"set ${env} instead" in done.stderr
+
+
+def test_a_recovery_code_on_the_command_line_is_warned_of(tmp_path: Path) -> None:
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("meet at 7\n")
+    storage = str(tmp_path / "storage")
+    created = backupvault(
+        "--json", "backup", "create", str(source), "--storage", storage, "--recovery-code"
+    )
+    assert created.returncode == 0, created.stderr
+    code = json.loads(created.stdout)["recovery_code"]
+
+    on_argv = backupvault("backup", "list", "--storage", storage, "--recovery-code", code)
+    assert on_argv.returncode == 0, on_argv.stderr
+    assert "the recovery code was given on the command line" in on_argv.stderr
+    assert "`--recovery-code -` reads it from stdin" in on_argv.stderr
+
+    restore = backupvault(
+        "--json", "backup", "restore", "--storage", storage, "--to", str(tmp_path / "r"),
+        "--recovery-code", code,
+    )  # fmt: skip
+    assert restore.returncode == 0, restore.stderr
+    assert any("command line" in w for w in json.loads(restore.stdout)["warnings"])
+
+    from_stdin = backupvault(
+        "backup", "list", "--storage", storage, "--recovery-code", "-", stdin=code + "\n"
+    )
+    assert from_stdin.returncode == 0, from_stdin.stderr
+    assert "command line" not in from_stdin.stderr
