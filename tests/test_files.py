@@ -159,3 +159,23 @@ def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "backupvault", *args], capture_output=True, text=True, check=False
     )
+
+
+def test_a_config_is_never_written_through_a_planted_link(tmp_path: Path) -> None:
+    """`fleet ceremony` (fleet.toml), `witness add-fleet` (witness.toml) and SoftHSM2's conf
+    wrote a temporary file of a fixed name first, following a link planted there."""
+    import tomllib
+
+    from backupvault.node.config import write_toml
+    from backupvault.node.softhsm import _write_conf
+
+    victim = _victim(tmp_path)
+    before = victim.read_text()
+    (tmp_path / "fleet.toml.tmp").symlink_to(victim)
+    (tmp_path / ".softhsm2.conf.tmp").symlink_to(victim)
+    write_toml(tmp_path / "fleet.toml", {"fleet_id": "00"})
+    _write_conf(tmp_path / "softhsm2.conf", tmp_path / "tokens")
+    assert victim.read_text() == before
+    assert tomllib.loads((tmp_path / "fleet.toml").read_text()) == {"fleet_id": "00"}
+    assert stat.S_IMODE((tmp_path / "fleet.toml").stat().st_mode) == 0o644
+    assert "directories.tokendir" in (tmp_path / "softhsm2.conf").read_text()

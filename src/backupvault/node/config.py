@@ -37,6 +37,7 @@ import tomli_w
 
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
+from backupvault.files import replace_file
 from backupvault.node.token import TokenConfig
 from backupvault.serving import ServerLimits
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
@@ -66,9 +67,11 @@ def _key(value: Any, what: str) -> bytes:
 
 
 def write_toml(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(tomli_w.dumps(data))
-    tmp.replace(path)
+    """Write a config that holds no secret (mode 0644) with `replace_file`: its temporary
+    file has a random name and is never opened through a symbolic link. The fixed
+    `<name>.tmp` it had let whoever could write to the folder plant a link there, and the
+    next write (`fleet ceremony`, `witness add-fleet`) overwrote the file it pointed at."""
+    replace_file(path, tomli_w.dumps(data).encode(), mode=0o644)
 
 
 @dataclass(frozen=True)

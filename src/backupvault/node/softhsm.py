@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Final
 
 from backupvault.errors import InvalidInput
+from backupvault.files import replace_file
 from backupvault.node.token import (
     SOFTHSM2_CONF_ENV,
     TokenConfig,
@@ -182,9 +183,7 @@ def _write_conf(conf: Path, tokens: Path) -> None:
     )
     if conf.is_file() and conf.read_text(encoding="utf-8") == text:
         return
-    tmp = conf.with_name(f".{conf.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, conf)
+    replace_file(conf, text.encode(), mode=0o644)  # never through a planted link
 
 
 def _run_util(args: list[str], conf: Path, secrets: Iterable[str]) -> str:
