@@ -118,3 +118,22 @@ def test_a_recovery_code_on_the_command_line_is_warned_of(tmp_path: Path) -> Non
     )
     assert from_stdin.returncode == 0, from_stdin.stderr
     assert "command line" not in from_stdin.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o604])
+def test_a_client_config_others_can_read_is_warned_of(tmp_path: Path, mode: int) -> None:
+    """Its tokens and device key let whoever reads it act for the account."""
+    config = tmp_path / "client.toml"
+    config.write_text('relay_url = "http://127.0.0.1:9"\n')  # what it holds comes after
+    config.chmod(mode)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert f"can be read or changed by other host users (mode {mode:04o}" in done.stderr
+    assert f"chmod 600 {config}" in done.stderr
+
+
+def test_a_client_config_of_mode_0600_draws_no_warning(tmp_path: Path) -> None:
+    config = tmp_path / "client.toml"
+    config.write_text('relay_url = "http://127.0.0.1:9"\n')
+    config.chmod(0o600)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert "other host users" not in done.stderr

@@ -163,6 +163,7 @@ class Vault:
             fleet_token=self.fleet_token(account),
         )
         write_toml(path, data)
+        path.chmod(0o600)  # it holds tokens, as the tool writes it (else: a warning)
         return path
 
     def ensure_all_running(self) -> None:

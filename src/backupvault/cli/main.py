@@ -56,7 +56,7 @@ class Context:
 
     def config(self) -> ClientConfig:
         """The client config, read once per command (asked for by several steps)."""
-        from backupvault.client.config import ClientConfig
+        from backupvault.client.config import ClientConfig, others_can_read
 
         if self._config is not None:
             return self._config
@@ -79,6 +79,8 @@ class Context:
                 hint=f"give --config FILE or set ${CONFIG_ENV} to an existing client.toml;"
                 " `backupvault local up --dir DIR` writes DIR/client.toml",
             )
+        if (exposed := others_can_read(self.config_path)) is not None:
+            self.output.warn(exposed)  # first: it matters even if the config does not load
         self._config = ClientConfig.load(self.config_path)
         return self._config
 

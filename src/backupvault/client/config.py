@@ -336,6 +336,25 @@ def _max_age(data: dict[str, Any]) -> int:
     return value
 
 
+def others_can_read(path: Path) -> str | None:
+    """Why a client config other host users can read or change is a risk, or None. It holds
+    the account's tokens and the device key the fleet token is bound to: with them, anyone
+    can act for the account (spend its password guesses, for one, until the key is gone).
+    The tool writes it 0600; one written by hand or copied may not be. A warning, not a
+    refusal: it may be on a file system without Unix permissions."""
+    try:
+        info = path.stat()
+    except OSError:
+        return None
+    if not info.st_mode & 0o077 and info.st_uid == os.getuid():
+        return None
+    return (
+        f"the client config {path} can be read or changed by other host users (mode"
+        f" {info.st_mode & 0o777:04o}, owner uid {info.st_uid}): with its tokens and device"
+        f" key they can act for this account (spend its password guesses); chmod 600 {path}"
+    )
+
+
 def _home(value: str) -> str:
     """`~` or `~/...` at the start of a path is the user's home folder."""
     return os.path.expanduser(value) if value.startswith("~") else value
