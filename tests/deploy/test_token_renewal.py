@@ -117,7 +117,9 @@ def test_tokens_with_time_left_are_kept(tmp_path: Path) -> None:
     assert (tmp_path / "client.toml").read_text() == text
 
 
-@pytest.mark.parametrize("damage", ["other issuer", "not a token", "bad device key", "not toml"])
+@pytest.mark.parametrize(
+    "damage", ["other issuer", "not a token", "bad device key", "not toml", "not utf-8"]
+)
 def test_what_the_deployment_did_not_issue_is_left_alone(tmp_path: Path, damage: str) -> None:
     deployment, operator = _deployment(tmp_path)
     path = tmp_path / "client.toml"
@@ -131,7 +133,15 @@ def test_what_the_deployment_did_not_issue_is_left_alone(tmp_path: Path, damage:
         path.write_bytes(tomli_w.dumps(config).encode())
     elif damage == "not toml":
         path.write_text("token = [unclosed")
-    text = path.read_text()
+    elif damage == "not utf-8":  # was an UnicodeDecodeError: `local up` said "a bug"
+        path.write_bytes(b"\xff\xfe")
+    text = path.read_bytes()
 
     assert deployment.renew_client_tokens() == []
-    assert path.read_text() == text
+    assert path.read_bytes() == text
+
+
+def test_a_client_config_that_is_a_folder_is_left_alone(tmp_path: Path) -> None:
+    deployment, _ = _deployment(tmp_path)
+    (tmp_path / "client-ota.toml").mkdir()  # was an IsADirectoryError
+    assert deployment.renew_client_tokens() == []

@@ -374,8 +374,8 @@ class LocalDeployment:
             if not path.exists():
                 continue
             try:
-                config = tomllib.loads(path.read_text())
-            except tomllib.TOMLDecodeError:
+                config = tomllib.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
                 continue  # the client says what is wrong with it when it is used
             account, fleet_id = config.get("account"), config.get("fleet_id")
             if not isinstance(account, str) or not isinstance(fleet_id, str):
