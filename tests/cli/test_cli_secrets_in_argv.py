@@ -137,3 +137,23 @@ def test_a_client_config_of_mode_0600_draws_no_warning(tmp_path: Path) -> None:
     config.chmod(0o600)
     done = backupvault("--config", str(config), "vault", "status")
     assert "other host users" not in done.stderr
+
+
+def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_file: Path) -> None:
+    """A mistyped device key replaced the user's working config with a broken one."""
+    out = tmp_path / "client.toml"
+    args = (
+        "fleet", "client-config", "--fleet-file", str(fleet_file),
+        "--relay-url", "http://127.0.0.1:7100", "--account", "alice", "--out", str(out),
+    )  # fmt: skip
+    assert backupvault(*args, env=SECRETS).returncode == 0
+    working = out.read_bytes()
+    done = backupvault(*args, env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
+    assert done.returncode == 1
+    assert "field 'device_key' is malformed" in done.stderr
+    assert out.read_bytes() == working
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+    fresh = tmp_path / "new" / "client.toml"
+    done = backupvault(*args[:-1], str(fresh), env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
+    assert done.returncode == 1 and not fresh.exists()

@@ -368,9 +368,12 @@ def fleet_client_config(
         data["witness_url"] = witness_url
     if storage is not None:
         data["storage"] = storage
+    text = tomli_w.dumps(data)
+    # Checked before it is written: a config the client cannot read (a mistyped device key)
+    # must neither be left at --out nor replace the working one there.
+    ClientConfig.parse(out_file, tomllib.loads(text))
     out_file.parent.mkdir(parents=True, exist_ok=True)
-    replace_file(out_file, tomli_w.dumps(data).encode())  # it holds the tokens
-    ClientConfig.load(out_file)  # refuse to leave a config the client cannot read
+    replace_file(out_file, text.encode())  # it holds the tokens
     ctx.output.result(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
         f"wrote {out_file}",

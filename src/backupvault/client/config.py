@@ -128,7 +128,12 @@ class ClientConfig:
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
-        data = _read_toml(path)
+        return cls.parse(path, _read_toml(path))
+
+    @classmethod
+    def parse(cls, path: Path, data: dict[str, Any]) -> ClientConfig:
+        """The config `data` would be as the file `path` (which need not exist yet: paths
+        in it are relative to its folder)."""
         trust = str(data.get("trust", "pinned"))
         if trust not in TRUST_MODES:
             raise InvalidInput(f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}")
