@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -191,3 +192,37 @@ def test_a_malformed_pending_erasure_never_crashes_status(tmp_path: Path) -> Non
         assert vault.status().status.name == "EMPTY", what
         assert any("pending deliveries not finished" in n for n in notes), what
         assert fleet.nodes[4].share is not None, what  # nothing sent from it
+
+
+def test_two_processes_never_save_over_each_other(tmp_path: Path) -> None:
+    """One command records that the owed nodes acknowledged its record (and drops it)
+    while another keeps a newer record for the entry: the first, having read the file
+    before the second saved, wrote back the file without the newer record."""
+    fleet = FakeFleet(5)
+    fleet.nodes[4].mode = "down"
+    path = tmp_path / "client-pending.json"
+    record = _degraded(fleet, path).pending.get(*_key(path))
+    assert record is not None and set(record.nodes) == {3, 4}
+    newer = record.without({4})  # stands for what the second command keeps
+    assert newer is not None
+
+    first, second = PendingStore(path), PendingStore(path)
+    read = first._load
+    other = threading.Thread(target=second.put, args=(newer,))
+
+    def load_then_let_the_other_run() -> Any:
+        records = read()
+        other.start()
+        other.join(timeout=2)  # it finishes now, unless it waits for the file's lock
+        return records
+
+    first._load = load_then_let_the_other_run  # type: ignore[method-assign]
+    first.acknowledged(record, {3, 4})
+    other.join()
+    assert PendingStore(path).get(*record.key) == newer
+
+
+def _key(path: Path) -> tuple[bytes, str, str]:
+    body = json.loads(path.read_text())
+    only = body["records"][0]
+    return bytes.fromhex(only["fleet_id"]), only["account"], only["entry"]

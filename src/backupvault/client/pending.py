@@ -15,12 +15,13 @@ public (the owner's signature) and is kept as it is.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import struct
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,7 @@ from backupvault.crypto import manifest as manifests
 from backupvault.crypto import threshold
 from backupvault.crypto.seal import SEALED_SHARE_LEN, NodePublicKey, seal_share
 from backupvault.errors import AuthenticationFailed, InvalidInput
-from backupvault.files import replace_file
+from backupvault.files import locked, replace_file
 from backupvault.protocol import Op, check_name
 
 FORMAT = "backupvault pending deliveries v2"
@@ -261,12 +262,31 @@ class Pending:
 
 class PendingStore:
     """The device's pending deliveries: in the file at `path` (written whole: a fresh
-    file, fsync, rename, then the folder synced), or only in memory with None."""
+    file, fsync, rename, then the folder synced), or only in memory with None.
+
+    Each change reads, changes and saves the file under its lock (`files.locked`), so two
+    commands of this device at once (a cron backup and a `vault finish`) never save over
+    each other: one that read the file before the other saved would write back what it
+    read, and a delivery the other had just kept (or an acknowledgement it had just
+    recorded) was lost."""
+
+    #: How long a change waits for another process of this device to finish with the file.
+    LOCK_TIMEOUT = 30.0
 
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
         self._memory: dict[tuple[bytes, str, str], Pending] = {}
+
+    @contextlib.contextmanager
+    def _changing(self) -> Iterator[None]:
+        """This process's lock, then (with a file) the file's."""
+        with self._lock:
+            if self.path is None:
+                yield
+                return
+            with locked(self.path, timeout=self.LOCK_TIMEOUT):
+                yield
 
     def _load(self) -> dict[tuple[bytes, str, str], Pending]:
         if self.path is None:
@@ -308,14 +328,14 @@ class PendingStore:
     def put(self, record: Pending) -> None:
         """Keep `record` in place of whatever the entry was owed (an older version's
         deliveries are void once the version moved on)."""
-        with self._lock:
+        with self._changing():
             records = self._load()
             records[record.key] = record
             self._save(records)
 
     def drop(self, fleet_id: bytes, account: str, entry: str, version: int | None = None) -> None:
         """Forget the entry's deliveries (only those for `version`, if given)."""
-        with self._lock:
+        with self._changing():
             records = self._load()
             found = records.get((fleet_id, account, entry))
             if found is None or (version is not None and found.version != version):
@@ -326,7 +346,7 @@ class PendingStore:
     def acknowledged(self, record: Pending, nodes: set[int]) -> Pending | None:
         """These nodes acknowledged `record`'s delivery: what is left of it, kept."""
         left = record.without(nodes)
-        with self._lock:
+        with self._changing():
             records = self._load()
             if records.get(record.key) != record:
                 return records.get(record.key)  # replaced meanwhile: leave it
