@@ -22,17 +22,21 @@ the module:
 * `softhsm_env(path)` returns an environment for starting a node as a subprocess.
 
 A process can therefore use one SoftHSM2 configuration at a time; several tokens in one
-`directory` (different labels) can be used together. This is development tooling: the
-PINs are passed to `softhsm2-util` on its command line, which other local users can see
-while it runs. Production nodes use a real HSM's PKCS#11 module and no SOFTHSM2_CONF.
+`directory` (different labels) can be used together. This is development tooling; the
+PINs are typed at `softhsm2-util`'s prompts on a pseudo-terminal, never put on its command
+line, where other local users could read them. Production nodes use a real HSM's PKCS#11
+module and no SOFTHSM2_CONF.
 """
 
 from __future__ import annotations
 
 import os
+import pty
 import re
+import select
 import shutil
 import subprocess
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Final
@@ -160,11 +164,7 @@ def init_softhsm_token(
             hint="check that the directory is writable",
         ) from err
     if token_label not in softhsm_token_labels(conf):
-        _run_util(
-            ["--init-token", "--free", "--label", token_label, "--pin", pin, "--so-pin", so_pin],
-            conf,
-            secrets=(pin, so_pin),
-        )
+        _init_token(token_label, pin, so_pin, conf)
         if token_label not in softhsm_token_labels(conf):
             raise TokenError(
                 f"softhsm2-util reported success but no token {token_label!r} is in {tokens}"
@@ -184,6 +184,85 @@ def _write_conf(conf: Path, tokens: Path) -> None:
     if conf.is_file() and conf.read_text(encoding="utf-8") == text:
         return
     replace_file(conf, text.encode(), mode=0o644)  # never through a planted link
+
+
+#: How many PIN prompts softhsm2-util --init-token shows when no PIN is on its command
+#: line (the SO PIN, again, the user PIN, again); more mean one was refused.
+_PIN_PROMPTS: Final = 4
+_UTIL_TIMEOUT: Final = 60.0
+
+
+def _init_token(label: str, pin: str, so_pin: str, conf: Path) -> None:
+    """`softhsm2-util --init-token --free --label LABEL`, its PINs typed at its prompts on
+    a pseudo-terminal: on its command line (`--pin`, `--so-pin`) any host user could read
+    them in the process list while it runs. softhsm2-util reads PINs only from a terminal,
+    not from a pipe."""
+    util = shutil.which(_UTIL)
+    if util is None:
+        raise TokenError(f"{_UTIL} was not found on PATH", hint=_INSTALL_HINT)
+    args = [util, "--init-token", "--free", "--label", label]
+    answers = {b"SO PIN:": so_pin, b"user PIN:": pin}
+    terminal, its_end = pty.openpty()
+    try:
+        child = subprocess.Popen(
+            args,
+            env=softhsm_env(conf),
+            stdin=its_end,
+            stdout=its_end,
+            stderr=its_end,
+            start_new_session=True,
+        )
+    except OSError as err:
+        os.close(terminal)
+        raise TokenError(f"cannot run {_UTIL}: {err.strerror}", hint=_INSTALL_HINT) from None
+    finally:
+        os.close(its_end)
+    output, status = _answer_prompts(child, terminal, answers)
+    if status != 0:
+        for secret in (pin, so_pin):
+            output = output.replace(secret, "***")
+        raise TokenError(
+            f"{_UTIL} --init-token failed (exit {status}): {output.strip()}",
+            hint=f"check {conf} and its token directory",
+        )
+
+
+def _answer_prompts(
+    child: subprocess.Popen[bytes], terminal: int, answers: dict[bytes, str]
+) -> tuple[str, int]:
+    """Type the answer to each prompt of `child` on `terminal` (what it wrote since the last
+    answer ends with a key of `answers`); its output and exit status. It is killed (-1) at
+    the time limit, or at a prompt it has no answer for or one prompt too many."""
+    deadline = time.monotonic() + _UTIL_TIMEOUT
+    output = since = b""
+    prompts = 0
+    try:
+        while True:
+            ready, _, _ = select.select([terminal], [], [], max(deadline - time.monotonic(), 0))
+            if not ready:
+                child.kill()
+                break
+            try:
+                chunk = os.read(terminal, 4096)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            output, since = output + chunk, since + chunk
+            prompt = since.rstrip()
+            if not prompt.endswith(b":"):
+                continue
+            answer = next((a for end, a in answers.items() if prompt.endswith(end)), None)
+            prompts += 1
+            if answer is None or prompts > _PIN_PROMPTS:
+                child.kill()
+                break
+            os.write(terminal, answer.encode() + b"\n")
+            since = b""
+    finally:
+        os.close(terminal)
+    code = child.wait()
+    return output.decode(errors="replace"), code if code >= 0 else -1
 
 
 def _run_util(args: list[str], conf: Path, secrets: Iterable[str]) -> str:
