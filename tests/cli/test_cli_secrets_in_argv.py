@@ -157,3 +157,21 @@ def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_fi
     fresh = tmp_path / "new" / "client.toml"
     done = backupvault(*args[:-1], str(fresh), env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
     assert done.returncode == 1 and not fresh.exists()
+
+
+def test_a_failed_json_command_keeps_its_warnings(tmp_path: Path) -> None:
+    """The warning came before the failure (a wrong code: exit 3); under --json the error
+    object is all a script gets, and it lost the warning."""
+    from backupvault.crypto import recovery
+
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "notes.txt").write_text("meet at 7\n")
+    storage = str(tmp_path / "storage")
+    created = backupvault("backup", "create", str(source), "--storage", storage, "--recovery-code")
+    assert created.returncode == 0, created.stderr
+    wrong = recovery.encode(os.urandom(32))
+    done = backupvault("--json", "backup", "list", "--storage", storage, "--recovery-code", wrong)
+    assert done.returncode == 3, done.stderr
+    error = json.loads(done.stderr)
+    assert any("given on the command line" in w for w in error["warnings"])

@@ -178,7 +178,14 @@ def cli(ctx: click.Context, config_path: Path | None, json_mode: bool, quiet: bo
 
     The client config comes from --config or $BACKUPVAULT_CONFIG."""
     from_env = ctx.get_parameter_source("config_path") == click.core.ParameterSource.ENVIRONMENT
-    ctx.obj = Context(Output(json_mode=json_mode, quiet=quiet), config_path, from_env)
+    global _run_output
+    _run_output = Output(json_mode=json_mode, quiet=quiet)
+    ctx.obj = Context(_run_output, config_path, from_env)
+
+
+#: The output of the command running in this process: a failure reports the warnings it
+#: gathered under --json (they were printed as they came without it).
+_run_output: Output | None = None
 
 
 # ---- secrets --------------------------------------------------------------------------
@@ -1160,11 +1167,20 @@ def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
 
 
 def _fail(json_mode: bool, err: BackupVaultError) -> None:
-    Output(json_mode=json_mode).error(err)
+    """Report `err` and exit with its code. Under --json the error object also carries the
+    run's warnings (`warnings`), as a result object would: a warning that came before the
+    failure (a node whose answer did not verify, guesses counted since the last recovery,
+    a secret given on the command line) is not lost to a script because the run failed."""
+    output = Output(json_mode=json_mode)
+    if _run_output is not None:
+        output.warnings = list(_run_output.warnings)
+    output.error(err)
     sys.exit(err.exit_code)
 
 
 def main(argv: list[str] | None = None) -> None:
+    global _run_output
+    _run_output = None  # set by the command group once the command line parsed
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
     try:

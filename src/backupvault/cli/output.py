@@ -93,13 +93,17 @@ class Output:
             self.err.print(f"warning: {printable(text)}")
 
     def error(self, err: BackupVaultError) -> None:
+        """The error a command ended with; under --json, one object on stderr that also
+        carries the run's `warnings` (printed as they came without --json)."""
         if self.json_mode:
-            payload = {
+            payload: dict[str, Any] = {
                 **err.details,
                 "error": err.message,
                 "hint": err.hint,
                 "exit_code": err.exit_code,
             }
+            if self.warnings:
+                payload["warnings"] = list(self.warnings)
             sys.stderr.write(json.dumps(payload, sort_keys=True) + "\n")
         else:
             from rich.text import Text
