@@ -543,11 +543,9 @@ class LocalDeployment:
 
     # ---- processes ---------------------------------------------------------------------
 
-    def _processes(self) -> dict[str, dict[str, Any]]:
-        """The processes this deployment started that still run: an entry whose pid now
-        belongs to another process (the pid was reused after a reboot or a crash), or that
-        is no pid at all (-1 would signal every process of the user), is left out, so that
-        nothing here ever signals a process it did not start, or takes one for a node."""
+    def _recorded(self) -> dict[str, dict[str, Any]]:
+        """Every process processes.json names by a pid that can be one (a positive whole
+        number: -1 would signal every process of the user), running or not."""
         try:
             data = json.loads(self.processes_file.read_text())
         except FileNotFoundError:
@@ -559,7 +557,18 @@ class LocalDeployment:
         return {
             name: info
             for name, info in data.items()
-            if isinstance(info, dict) and _same_process(info.get("pid"), info.get("started"))
+            if isinstance(info, dict) and type(info.get("pid")) is int and info["pid"] > 0
+        }
+
+    def _processes(self) -> dict[str, dict[str, Any]]:
+        """The processes this deployment started that still have their pid: an entry whose
+        pid now belongs to another process (reused after a reboot or a crash) is left out,
+        so that nothing here ever signals a process it did not start, or takes one for a
+        node."""
+        return {
+            name: info
+            for name, info in self._recorded().items()
+            if _same_process(info["pid"], info.get("started"))
         }
 
     def _damaged(self, why: str) -> DeploymentError:
@@ -739,33 +748,36 @@ class LocalDeployment:
         return " / ".join(line.strip() for line in lines[-2:] if line.strip()) or "no log"
 
     def status(self) -> dict[str, dict[str, Any]]:
-        processes = self._processes()
+        """Each process of the deployment: the pid it was started with (None if never),
+        whether that process still runs, its URL and whether it answers. A process that
+        exited shows its pid, not running: `wait_ready` says so at once, with its log."""
+        recorded = self._recorded()
+        ours = self._processes()
+
+        def started(name: str) -> dict[str, Any]:
+            pid = recorded.get(name, {}).get("pid")
+            return {"pid": pid, "running": name in ours and _alive(pid)}
+
         report: dict[str, dict[str, Any]] = {}
         for epoch in self.epochs():
             for node in self.fleet(epoch).nodes:
                 name = self.node_name(node.index, epoch)
-                pid = processes.get(name, {}).get("pid")
                 report[name] = {
-                    "pid": pid,
-                    "running": _alive(pid),
+                    **started(name),
                     "url": node.url,
                     "epoch": epoch,
                     "healthy": _healthy(f"{node.url}/v1/health", ready=True),
                 }
         for which in self.witnesses():
             url = self.witness_url(which)
-            pid = processes.get(which, {}).get("pid")
             report[which] = {
-                "pid": pid,
-                "running": _alive(pid),
+                **started(which),
                 "url": url,
                 "healthy": _healthy(f"{url}/v1/witness", ready=False),
             }
         relay_url = self.relay_url()
-        pid = processes.get("relay", {}).get("pid")
         report["relay"] = {
-            "pid": pid,
-            "running": _alive(pid),
+            **started("relay"),
             "url": relay_url,
             "healthy": _healthy(f"{relay_url}/v1/health", ready=False),
         }
