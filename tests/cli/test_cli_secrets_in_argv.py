@@ -175,3 +175,25 @@ def test_a_failed_json_command_keeps_its_warnings(tmp_path: Path) -> None:
     assert done.returncode == 3, done.stderr
     error = json.loads(done.stderr)
     assert any("given on the command line" in w for w in error["warnings"])
+
+
+def test_a_loaded_client_config_shows_no_secret_in_its_repr(
+    tmp_path: Path, fleet_file: Path
+) -> None:
+    """A config in a log line, or in a traceback's locals, must not carry the tokens or
+    the device key that let whoever reads it act for the account."""
+    from backupvault.client.config import ClientConfig
+
+    out = tmp_path / "client.toml"
+    done = backupvault(
+        "fleet", "client-config", "--fleet-file", str(fleet_file),
+        "--relay-url", "http://127.0.0.1:7100", "--account", "alice", "--out", str(out),
+        env=SECRETS,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    config = ClientConfig.load(out)
+    assert config.token == SECRETS["BACKUPVAULT_RELAY_TOKEN"]
+    shown = repr(config)
+    assert "alice" in shown
+    for secret in (*SECRETS.values(), "Ed25519PrivateKey"):
+        assert secret not in shown

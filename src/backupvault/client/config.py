@@ -44,7 +44,7 @@ import os
 import re
 import tomllib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -102,10 +102,12 @@ def _hex_field(path: Path, data: dict[str, Any], name: str) -> bytes:
 class ClientConfig:
     relay_url: str
     account: str
-    token: str
+    #: Secrets (the tokens and the device key) are left out of the config's repr, so a
+    #: config in a log line or a traceback's locals shows none of them.
+    token: str = field(repr=False)
     #: The account's token for the vault nodes (audience: the fleet), sealed with every
     #: request so that the relay never sees it.
-    fleet_token: str
+    fleet_token: str = field(repr=False)
     #: Pinned mode: the fleet's keys. OTA mode: `fleet_id` optionally names the expected
     #: fleet; the keys come from the verified bundle.
     fleet_id: bytes | None
@@ -122,7 +124,7 @@ class ClientConfig:
     ota: OtaTrust | None = None
     #: The device key the fleet token is bound to (its `cnf` claim): it signs a proof per
     #: sealed copy, so a node cannot replay the token to another (docs/relay.md).
-    device_key: Ed25519PrivateKey | None = None
+    device_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     #: Where this device keeps the deliveries it still owes the fleet; None: in memory.
     pending_file: Path | None = None
 
