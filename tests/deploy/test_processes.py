@@ -67,6 +67,38 @@ def test_no_signal_to_a_pid_that_is_no_process(
     assert sent == []
 
 
+def test_a_process_that_exited_stays_recorded_and_is_never_signalled(
+    tmp_path: Path, bystander: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`status` shows an exited process by its pid, not running (and `wait_ready` names
+    it at once), so starting or stopping another process must keep its entry; nothing is
+    sent to its pid, which another process may have by now."""
+    exited = subprocess.Popen(["true"])
+    exited.wait()
+    (tmp_path / "processes.json").write_text(
+        json.dumps({"node0": {"pid": exited.pid, "started": 1}})
+    )
+    deployment = LocalDeployment(tmp_path)
+    deployment._record("relay", bystander.pid)
+    assert deployment.running() == ["relay"]
+    sent: list[int] = []  # signals sent, the existence probe (signal 0) aside
+    kill = local.os.kill
+
+    def record_kill(pid: int, sig: int) -> None:
+        if sig:
+            sent.append(pid)
+        kill(pid, sig)
+
+    monkeypatch.setattr(local.os, "kill", record_kill)
+    deployment.stop_process("relay")
+    assert sent == [bystander.pid]
+    assert deployment.running() == []
+    assert deployment._recorded() == {"node0": {"pid": exited.pid, "started": 1}}
+    deployment.stop_process("node0")  # forgotten, and its pid never signalled
+    assert sent == [bystander.pid]
+    assert deployment._recorded() == {}
+
+
 @pytest.mark.parametrize("text", ["{", "[1, 2]", '"x"', "[" * 100_000])
 def test_a_damaged_processes_file_is_one_clear_error(tmp_path: Path, text: str) -> None:
     (tmp_path / "processes.json").write_text(text)

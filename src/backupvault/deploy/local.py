@@ -595,6 +595,18 @@ class LocalDeployment:
         log.close()
         return process.pid
 
+    def _running_pid(self, name: str) -> int | None:
+        """The pid of `name`, if the process `local up` started under it still runs."""
+        pid = self._processes().get(name, {}).get("pid")
+        return pid if _alive(pid) else None
+
+    def _record(self, name: str, pid: int) -> None:
+        """Note that `name` now runs as `pid`; the other entries are kept as they are (one
+        that exited still shows in `status`, not running, with its pid)."""
+        processes = self._recorded()
+        processes[name] = self._entry(pid)
+        self._save_processes(processes)
+
     @staticmethod
     def _entry(pid: int) -> dict[str, Any]:
         """What processes.json keeps of a process: its pid, and when it started, which
@@ -604,25 +616,21 @@ class LocalDeployment:
     def start_node(self, index: int, epoch: int | None = None) -> None:
         epoch = self.current_epoch() if epoch is None else epoch
         name = self.node_name(index, epoch)
-        processes = self._processes()
-        if _alive(processes.get(name, {}).get("pid")):
+        if self._running_pid(name) is not None:
             return
         pid = self._spawn(
             name,
             ["node", "serve", "--config", str(self.node_config(index, epoch))],
             self._node_env(index, epoch),
         )
-        processes[name] = self._entry(pid)
-        self._save_processes(processes)
+        self._record(name, pid)
 
     def start_witness(self, which: str = "witness") -> None:
-        processes = self._processes()
-        if _alive(processes.get(which, {}).get("pid")):
+        if self._running_pid(which) is not None:
             return
         config = self.witness_dir(which) / "witness.toml"
         pid = self._spawn(which, ["witness", "serve", "--config", str(config)], dict(os.environ))
-        processes[which] = self._entry(pid)
-        self._save_processes(processes)
+        self._record(which, pid)
 
     def _wait_witness(self, which: str, timeout: float = 30.0) -> None:
         deadline = time.monotonic() + timeout
@@ -636,30 +644,27 @@ class LocalDeployment:
         )
 
     def start_relay(self) -> None:
-        processes = self._processes()
-        if _alive(processes.get("relay", {}).get("pid")):
+        if self._running_pid("relay") is not None:
             return
         pid = self._spawn(
             "relay", ["relay", "serve", "--config", str(self.root / "relay.toml")], dict(os.environ)
         )
-        processes["relay"] = self._entry(pid)
-        self._save_processes(processes)
+        self._record("relay", pid)
 
     def signal_process(self, name: str, sig: signal.Signals) -> None:
         """Send `sig` to a running process and return at once (it stays listed, so
         `stop_process` still reaps it)."""
-        pid = self._processes().get(name, {}).get("pid")
-        if _alive(pid):
-            assert pid is not None
+        pid = self._running_pid(name)
+        if pid is not None:
             os.kill(pid, sig)
 
     def stop_process(self, name: str, sig: signal.Signals = signal.SIGTERM) -> None:
-        processes = self._processes()
-        pid = processes.pop(name, {}).get("pid")
-        if _alive(pid):
-            assert pid is not None
+        pid = self._running_pid(name)
+        if pid is not None:
             os.kill(pid, sig)
             _wait_gone(pid)
+        processes = self._recorded()
+        processes.pop(name, None)
         self._save_processes(processes)
 
     def up(self, nodes: int = 5, timeout: float = 60.0) -> None:
