@@ -193,16 +193,11 @@ class _HeadDeadline(HttpToolsProtocol):
     def _refuse_head(self) -> None:
         """`431 head_too_large`, and the connection closed."""
         self._stop_head_clock()
-        body = json.dumps(
-            {
-                "error": "head_too_large",
-                "detail": f"a request's line and headers are at most {MAX_HEAD_BYTES} bytes"
-                f" and {MAX_HEADERS} fields",
-            }
-        ).encode()
-        self.transport.write(
-            b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json"
-            b"\r\ncontent-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+        self._answer_and_close(
+            b"431 Request Header Fields Too Large",
+            "head_too_large",
+            f"a request's line and headers are at most {MAX_HEAD_BYTES} bytes and"
+            f" {MAX_HEADERS} fields",
         )
         # The client may still be sending its head: closing at once, with its bytes
         # unread, would reset the connection and could lose the answer on its way. So
@@ -235,17 +230,22 @@ class _HeadDeadline(HttpToolsProtocol):
         if self.cycle is not None and not self.cycle.response_complete:
             return  # a request is being served (a pipelined head waits its turn)
         if self._head_begun:
-            body = json.dumps(
-                {
-                    "error": "slow_request",
-                    "detail": f"send a request's line and headers within {HEAD_SECONDS:g} s",
-                }
-            ).encode()
-            self.transport.write(
-                b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\n"
-                b"content-length: %d\r\nconnection: close\r\n\r\n%s" % (len(body), body)
+            self._answer_and_close(
+                b"408 Request Timeout",
+                "slow_request",
+                f"send a request's line and headers within {HEAD_SECONDS:g} s",
             )
         self.transport.close()
+
+    def _answer_and_close(self, status: bytes, code: str, detail: str) -> None:
+        """Write an error answer (`{"error", "detail"}`, as every service's) straight on
+        the connection, for a request that never reached the application; it says the
+        connection closes."""
+        body = json.dumps({"error": code, "detail": detail}).encode()
+        self.transport.write(
+            b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
+            b"connection: close\r\n\r\n%s" % (status, len(body), body)
+        )
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:
