@@ -260,87 +260,38 @@ def test_the_seen_set_forgets_expired_proofs_and_fails_closed_when_full() -> Non
     assert len(seen) == 2
 
 
-def test_a_proof_from_the_future_is_refused() -> None:
-    issuer, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    verifier = TokenVerifier(issuer.public_key(), "iss", fleet_audience(FLEET_ID))
-    token = mint_token(
-        issuer,
-        "alice",
-        issuer="iss",
-        audience=fleet_audience(FLEET_ID),
-        ttl_seconds=3600,
-        now=1000,
-        device_key=device.public_key(),
-    )
-    proof = sign_request_proof(
-        device,
-        fleet_id=FLEET_ID,
-        node_index=0,
-        node_key=NODE_KEY,
-        token=token,
-        request=b"r",
-        now=1100,
-    )
-    with pytest.raises(TokenRejected, match="future"):
-        verifier.verify_bound(
-            token,
-            proof,
-            request=b"r",
-            fleet_id=FLEET_ID,
-            node_index=0,
-            node_key=NODE_KEY,
-            seen=SeenProofs(),
-            now=1000,
+class _OneRequest:
+    """A node's check of one request's proofs, with no fleet: alice's token (issued at
+    `token_at`) bound to a device, that device's proofs for the request at a time of its
+    choosing, and the verifier taking them at a node clock's reading."""
+
+    def __init__(self, token_at: int) -> None:
+        issuer, self.device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+        self.verifier = TokenVerifier(issuer.public_key(), "iss", fleet_audience(FLEET_ID))
+        self.token = mint_token(
+            issuer,
+            "alice",
+            issuer="iss",
+            audience=fleet_audience(FLEET_ID),
+            ttl_seconds=3600,
+            now=token_at,
+            device_key=self.device.public_key(),
         )
-    assert (
-        verifier.verify_bound(
-            token,
-            proof,
-            request=b"r",
-            fleet_id=FLEET_ID,
-            node_index=0,
-            node_key=NODE_KEY,
-            seen=SeenProofs(),
-            now=1100,
-        )
-        == "alice"
-    )
 
-
-def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back() -> None:
-    """Whoever sets a node's clock (NTP on the network, an operator) steps it 85 s ahead:
-    an honest client's fresh proof is still taken there, and makes the node forget every
-    proof whose expiry that clock passed. Stepped back, a hostile relay (which signs the
-    hop afresh) replays one of those: judged against the clock as it is now it would look
-    fresh, and its `jti` is gone. It is refused as expired."""
-    issuer, device = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
-    verifier = TokenVerifier(issuer.public_key(), "iss", fleet_audience(FLEET_ID))
-    now = 10_000
-    token = mint_token(
-        issuer,
-        "alice",
-        issuer="iss",
-        audience=fleet_audience(FLEET_ID),
-        ttl_seconds=3600,
-        now=now - 100,
-        device_key=device.public_key(),
-    )
-    seen = SeenProofs()
-
-    def proof_at(at: int) -> bytes:
+    def proof(self, at: int) -> bytes:
         return sign_request_proof(
-            device,
+            self.device,
             fleet_id=FLEET_ID,
             node_index=0,
             node_key=NODE_KEY,
-            token=token,
+            token=self.token,
             request=b"r",
             now=at,
         )
 
-    def take(proof: bytes, at: int) -> str:
-        return verifier.verify_bound(
-            token,
+    def take(self, proof: bytes, at: int, seen: SeenProofs) -> str:
+        return self.verifier.verify_bound(
+            self.token,
             proof,
             request=b"r",
             fleet_id=FLEET_ID,
@@ -350,9 +301,28 @@ def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back
             now=at,
         )
 
-    replayed = proof_at(now - 60)
-    assert take(replayed, now) == "alice"
-    assert take(proof_at(now), now + 85) == "alice"  # the clock ahead: "replayed" forgotten
+
+def test_a_proof_from_the_future_is_refused() -> None:
+    request = _OneRequest(token_at=1000)
+    proof = request.proof(1100)
+    with pytest.raises(TokenRejected, match="future"):
+        request.take(proof, 1000, SeenProofs())
+    assert request.take(proof, 1100, SeenProofs()) == "alice"
+
+
+def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back() -> None:
+    """Whoever sets a node's clock (NTP on the network, an operator) steps it 85 s ahead:
+    an honest client's fresh proof is still taken there, and makes the node forget every
+    proof whose expiry that clock passed. Stepped back, a hostile relay (which signs the
+    hop afresh) replays one of those: judged against the clock as it is now it would look
+    fresh, and its `jti` is gone. It is refused as expired."""
+    now = 10_000
+    request = _OneRequest(token_at=now - 100)
+    seen = SeenProofs()
+    replayed = request.proof(now - 60)
+    assert request.take(replayed, now, seen) == "alice"
+    # The clock ahead: "replayed" is forgotten.
+    assert request.take(request.proof(now), now + 85, seen) == "alice"
     assert len(seen) == 1
     with pytest.raises(TokenRejected, match="expired"):
-        take(replayed, now + 1)  # the clock back where it was
+        request.take(replayed, now + 1, seen)  # the clock back where it was
