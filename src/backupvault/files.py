@@ -48,12 +48,14 @@ def write_new_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
         raise InvalidInput(f"cannot create {path}: {err.strerror}") from None
 
 
-def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+def replace_durably(path: str | Path, data: bytes, mode: int = 0o600) -> None:
     """Write `data` to `path` (mode 0600 unless told), replacing what is there: a fresh
-    temporary file is written, fsynced and renamed over it, then its folder is synced. So a
-    symlink at `path` is replaced, never followed; a crash or a full disk leaves the old
-    file or the new one, never part of one; and a power loss after the return cannot bring
-    the old one back (state that only moves forward depends on that)."""
+    temporary file (a random name, created exclusively) is written, fsynced and renamed
+    over it, then its folder is synced. So a symlink at `path` or planted at the temporary
+    name is never followed; a crash or a full disk leaves the old file or the new one,
+    never part of one; and a power loss after the return cannot bring the old one back
+    (state that only moves forward depends on that). Raises OSError; `replace_file` is
+    the same for callers that answer a user."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{secrets.token_hex(8)}.tmp")
     try:
@@ -64,8 +66,16 @@ def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
             os.fsync(folder)
         finally:
             os.close(folder)
-    except OSError as err:
+    except OSError:
         tmp.unlink(missing_ok=True)
+        raise
+
+
+def replace_file(path: str | Path, data: bytes, mode: int = 0o600) -> None:
+    """`replace_durably`, with a failure as InvalidInput naming the file."""
+    try:
+        replace_durably(path, data, mode)
+    except OSError as err:
         raise InvalidInput(f"cannot write {path}: {err.strerror}") from None
 
 

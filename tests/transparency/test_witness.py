@@ -294,6 +294,22 @@ def test_missing_head_file_refuses_a_log_with_leaves(
         make_witness()
 
 
+def test_the_head_is_never_written_through_a_planted_link(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
+) -> None:
+    """The head went through the fixed name `<head>.tmp`: a symlink planted there (by
+    whoever can write to the folder) made the witness write its head into the file the
+    link names. It now goes through a fresh, exclusively created temporary file."""
+    victim = tmp_path / "victim"
+    victim.write_text("untouched")
+    (tmp_path / "witness.sqlite.head.tmp").symlink_to(victim)
+    witness = make_witness()
+    witness.submit(sign_record(make_record(epoch=1), operator_key).to_bytes())
+    witness.checkpoint()
+    assert victim.read_text() == "untouched"
+    assert (tmp_path / "witness.sqlite.head").read_text().splitlines()[1] == "1"
+
+
 # Small-order Ed25519 points: under such a key, OpenSSL accepts a forged signature (R the
 # identity, S = 0) for every message, so whoever pinned one could not be told from anyone.
 IDENTITY_POINT = bytes([1]) + bytes(31)

@@ -44,7 +44,6 @@ import contextlib
 import os
 import re
 import secrets
-import tempfile
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +56,7 @@ from pkcs11 import exceptions as p11
 from pkcs11.mechanisms import GCMParams
 
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+from backupvault.files import replace_durably
 
 __all__ = [
     "BLOB_OVERHEAD",
@@ -788,7 +788,7 @@ class SealedFile:
         """Seal `secret` and atomically replace the file with the sealed blob."""
         blob = self._sealer.seal(secret, self.aad)
         try:
-            _replace_durably(self._path, blob)
+            replace_durably(self._path, blob)
         except OSError as err:
             raise BackupVaultError(
                 f"cannot write sealed secret {self._name!r} to {self._path}: {err.strerror}",
@@ -817,25 +817,6 @@ class SealedFile:
                 f"authentication: {err.message}",
                 hint=err.hint,
             ) from None
-
-
-def _replace_durably(path: Path, data: bytes) -> None:
-    """Replace `path` with `data` (mode 0600) through a fresh temporary file beside it; both
-    the file and its directory are synced when this returns."""
-    tmp: str | None = None
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        with os.fdopen(fd, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        tmp = None
-        _fsync_directory(path.parent)
-    finally:
-        if tmp is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -961,7 +942,7 @@ class RowKeyRing:
         if label not in self._sealer.key_labels(ROW_KEY_PREFIX):
             self._sealer.generate_key(label)
         blob = self._sealer.seal(key, SECRET_AAD_PREFIX + b"row-key", key_label=label)
-        _replace_durably(path, _GENERATION_MAGIC + generation.to_bytes(4, "big") + blob)
+        replace_durably(path, _GENERATION_MAGIC + generation.to_bytes(4, "big") + blob)
 
     def _read(self, path: Path) -> tuple[int, bytes]:
         try:

@@ -47,7 +47,7 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from backupvault.files import try_lock
+from backupvault.files import replace_durably, try_lock
 from backupvault.transparency import merkle
 from backupvault.transparency.errors import (
     EpochReplayed,
@@ -234,17 +234,7 @@ class WitnessStore:
 
     def _write_head(self, size: int, root: bytes) -> None:
         text = f"{HEAD_MAGIC}{size}\n{base64.b64encode(root).decode()}\n"
-        tmp = self.head_file.with_name(self.head_file.name + ".tmp")
-        with tmp.open("w") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, self.head_file)
-        folder = os.open(self.head_file.parent, os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        replace_durably(self.head_file, text.encode(), mode=0o644)
 
     def advance_head(self, size: int) -> None:
         """Record (durably) that a checkpoint of `size` is about to be handed out."""
