@@ -76,7 +76,8 @@ def _service(tmp_path: Path) -> tuple[NodeService, SlowStore, list[tuple[int, li
     store = SlowStore(tmp_path / "store.sqlite")
     addresses = {i: ("127.0.0.1", 1) for i in range(3)}
     firmware = VaultFirmware(FLEET_ID, NODE_KEY, ACCOUNTS, FleetShape(0, 3, 2), store.get_share)
-    service = NodeService(0, addresses, firmware, _channel(0), store)
+    # Every write in the thread, as for a slow disk: the tests hold writes back.
+    service = NodeService(0, addresses, firmware, _channel(0), store, inline_write_seconds=0)
     posted: list[tuple[int, list[bytes]]] = []
 
     def send_frame(to: int, envelopes: list[bytes]) -> None:
@@ -174,6 +175,56 @@ def test_persists_queued_during_a_write_share_the_next_transaction(tmp_path: Pat
                 break
             await asyncio.sleep(0.01)
         assert store.saved == [[b"a"], [b"b", b"c"]]  # two transactions, b written once
+
+    asyncio.run(scenario())
+
+
+class TimedStore(NodeStore):
+    """A store that records which thread made each write, and takes 0.3 s over the writes
+    `slow` names (by their order, from 0)."""
+
+    def __init__(self, path: Path, slow: set[int]) -> None:
+        super().__init__(path, 0, b"k" * 32)
+        self.slow = slow
+        self.threads: list[int] = []
+
+    def save(
+        self,
+        records: Iterable[AcceptorRecord],
+        marks: dict[int, Mark] | None = None,
+        *,
+        caught_up: bool = False,
+    ) -> None:
+        if len(self.threads) in self.slow:
+            time.sleep(0.3)
+        self.threads.append(threading.get_ident())
+        super().save(records, marks, caught_up=caught_up)
+
+
+def test_quick_writes_run_on_the_loop_and_slow_ones_in_a_thread(tmp_path: Path) -> None:
+    """The first write measures the disk in the thread; quick ones then run on the event
+    loop (the hand-off costs more than they do). Once the last RECENT_WRITES (4) writes
+    were all slow, the next goes to the thread, and after a quick one back to the loop.
+    Durability before sending holds either way: each Send leaves after its write."""
+
+    async def scenario() -> None:
+        store = TimedStore(tmp_path / "store.sqlite", slow={3, 4, 5, 6})
+        addresses = {i: ("127.0.0.1", 1) for i in range(3)}
+        firmware = VaultFirmware(FLEET_ID, NODE_KEY, ACCOUNTS, FleetShape(0, 3, 2), store.get_share)
+        # A threshold far above this disk's writes and below the slow ones.
+        service = NodeService(0, addresses, firmware, _channel(0), store, inline_write_seconds=0.2)
+        posted: list[int] = []
+        service._send_frame = lambda to, envelopes: posted.append(len(store.threads))  # type: ignore[method-assign]
+        for i in range(9):
+            service._execute(
+                [Persist(AcceptorRecord(b"k%d" % i, 1, 0)), Send(1, NotReady(b"%d" % i))]
+            )
+            await _until(lambda n=i + 1: not service._committing and len(posted) == n, "no send")
+            assert posted[i] == i + 1  # sent after its own write
+        loop = threading.get_ident()
+        on_loop = [thread == loop for thread in store.threads]
+        assert on_loop == [False, True, True, True, True, True, True, False, True]
+        store.close()
 
     asyncio.run(scenario())
 

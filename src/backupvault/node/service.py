@@ -9,6 +9,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -65,6 +66,14 @@ COUNT_REQUEST_BURST = 100
 #: An open count report request for an entry is sent again no sooner than this (a
 #: recovery touches its entry several times in a second: manifest, evaluate, resends).
 COUNT_ASK_INTERVAL = 1.0
+#: A group commit runs on the event loop if one of the node's last `RECENT_WRITES`
+#: writes (store + token) took less than this: handing such a write to a thread and back
+#: costs more CPU than the write (on the 2-core bench machine, 1.2 ms of a fan-out's
+#: 7.6 ms per node; docs/performance.md, "What was changed"). The quickest of several,
+#: because a write that waited for a busy CPU says nothing about the disk. A slow disk
+#: or token is written in a thread, so the loop keeps serving while it waits.
+INLINE_WRITE_SECONDS = 0.002
+RECENT_WRITES = 4
 
 
 @dataclass(frozen=True)
@@ -91,12 +100,15 @@ class NodeService:
         record_counter: Callable[[int], None] | None = None,
         intact: bool = False,
         peer_listen: tuple[str, int] | None = None,
+        inline_write_seconds: float = INLINE_WRITE_SECONDS,
     ) -> None:
         """`peer_addresses`: every node's peer listener (this node's own included);
         `peer_listen`: where this node's listener binds (default: its own address there).
         `record_counter(n)`: record in the token that the store is making its n-th
         write, alongside the write, before anything depending on it leaves. `intact`: the
-        store matched the token's counter at start, so the replica takes part at once."""
+        store matched the token's counter at start, so the replica takes part at once.
+        `inline_write_seconds`: writes quicker than this run on the event loop (0: every
+        write in a thread)."""
         self.node = node
         self._peer_addresses = peer_addresses
         self._peer_listen = peer_addresses[node] if peer_listen is None else peer_listen
@@ -135,6 +147,9 @@ class NodeService:
         self._tasks: set[asyncio.Task[None]] = set()  # group commits
         self._backlog: list[Effect] = []  # effects behind a group commit, in order
         self._committing = False
+        # Seconds the last group commits took; the first goes to the thread.
+        self._inline_write_seconds = inline_write_seconds
+        self._recent_writes: deque[float] = deque(maxlen=RECENT_WRITES)
         # The store failed its check, or the core was about to break one of its own
         # invariants: the node serves nothing and sends nothing (fail-stop).
         self._fatal: Exception | None = None
@@ -513,7 +528,10 @@ class NodeService:
                     marks = self.records.take_marks()
                     saving = list(records.values())
                     try:
-                        await asyncio.to_thread(self._write, saving, marks, caught_up)
+                        if self._quick_writes():
+                            self._write(saving, marks, caught_up)
+                        else:
+                            await asyncio.to_thread(self._write, saving, marks, caught_up)
                     except Exception as err:
                         # Fail-stop: what the replica told itself is durable is not, so
                         # nothing that depends on it may leave. The operator restarts the
@@ -532,15 +550,22 @@ class NodeService:
     def _write(
         self, records: list[AcceptorRecord], marks: dict[int, Mark], caught_up: bool
     ) -> None:
-        """One group commit, in the writer thread: the store's transaction (+ fsync), then
-        the token counting it; both are done before anything in the batch leaves. In this
+        """One group commit (in a thread, or on the loop while writes are quick:
+        `INLINE_WRITE_SECONDS`): the store's transaction (+ fsync), then the token
+        counting it; both are done before anything in the batch leaves. In this
         order a crash in between leaves the store one ahead of the token, which the next
         start takes as intact (nothing depending on the write left); the other order would
         leave the token ahead, which looks like a rollback and costs a catch-up. The
         token's advance is a fraction of the fsync (docs/fleet.md, "Restarts")."""
+        started = time.perf_counter()
         self._store.save(records, marks, caught_up=caught_up)
         if self._record_counter is not None:
             self._record_counter(self._store.counter)
+        self._recent_writes.append(time.perf_counter() - started)
+
+    def _quick_writes(self) -> bool:
+        """Whether this node's disk and token write quickly enough to write on the loop."""
+        return bool(self._recent_writes) and min(self._recent_writes) < self._inline_write_seconds
 
     def _deliver_until_a_write(self, effects: list[Effect]) -> list[Effect]:
         """Deliver the effects before the first `Persist` (every earlier write is durable)
