@@ -10,6 +10,7 @@ from dataclasses import replace
 import pytest
 
 from backupvault.codec import Message, decode_any
+from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
@@ -963,3 +964,61 @@ def test_a_value_no_majority_can_take_backs_off_and_fails() -> None:
     net.settle(max_time=10.0)
     assert isinstance(net.results[b"two"], Failed)
     assert all(payload_of(net.disk[i][b"k"].value) == b"\x01" for i in (2, 3, 4))
+
+
+# ---- hostile peers' answers the node cannot build on ------------------------------------
+
+
+def _promising(net: Net, node: int, value: bytes) -> None:
+    """Node `node` turns hostile: it answers every Prepare at once with a promise that
+    reports `value` as accepted just below the Prepare's ballot (so it is the newest)."""
+
+    def receive(sender: int, message: Message, now: float) -> list:
+        if isinstance(message, Prepare):
+            below = (message.round - 1, node)
+            lie = Promise(
+                message.op_id, message.key, message.round, message.node, True, *below, value,
+                message.round, message.node,
+            )  # fmt: skip
+            return [Send(sender, lie)]
+        return []
+
+    net.replicas[node].receive = receive  # type: ignore[method-assign]
+
+
+def _eight_bytes(value: bytes) -> tuple[bytes, int]:
+    """An application's change that reads only its own format (as the firmware's does)."""
+    if len(value) not in (0, 8):
+        raise InvalidInput("not a counter")
+    new = int.from_bytes(value or bytes(8), "big") + 1
+    return new.to_bytes(8, "big"), new
+
+
+@pytest.mark.parametrize("leader", [True, False])
+@pytest.mark.parametrize(
+    "value",
+    [b"\xffnot a replicated value", ReplicatedValue([], b"not eight bytes").to_bytes()],
+    ids=["undecodable", "unreadable-payload"],
+)
+def test_a_promise_of_a_value_nobody_can_build_on_is_dropped_and_the_change_commits(
+    leader: bool, value: bytes
+) -> None:
+    """Two hostile nodes (1 and 2) promise every ballot reporting a value that does not decode, or
+    whose payload the change cannot read. No acceptor takes such a value (each checks
+    it), so only a hostile peer reports one. The proposer decoded it while handling the
+    Promise and the InvalidInput escaped its step: in the node, the stream of whichever
+    peer's message came next was closed (an honest one's too), and every round of the
+    entry stalled there. Now those promises count as lost: the round goes on with the
+    honest nodes' promises and commits."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=leader)
+    net.propose(0, b"a", b"k", _eight_bytes)
+    net.settle()
+    for node in (1, 2):  # asked first, so theirs are among the first promises
+        _promising(net, node, value)
+    net.now += DEFAULT_TIMING.deadline  # the leader's promises have lapsed: it prepares
+    net.propose(3, b"b", b"k", _eight_bytes)  # through leader 0, or leaderless at node 3
+    net.settle()
+    assert net.results[b"b"].outcome == 2
+    assert {payload_of(net.disk[i][b"k"].value) for i in (0, 3, 4)} == {(2).to_bytes(8, "big")}

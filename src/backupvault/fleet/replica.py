@@ -756,6 +756,11 @@ class Replica:
             proposal.leaderless = True  # the entry is busy: a leaderless round settles it
             return self._start_round(proposal, now)
         new_value = self._apply(proposal, value)
+        if new_value is None:
+            # Not a value any acceptor took (a hostile leader's "newest"): a leaderless
+            # round finds the newest value itself.
+            proposal.leaderless = True
+            return self._start_round(proposal, now)
         proposal.forwarded[_digest(new_value)] = (new_value, proposal.outcome)
         proposal.phase = "forward"
         proposal.round_started = now
@@ -830,6 +835,14 @@ class Replica:
             proposal.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
         )
         new_value = self._apply(proposal, newest.value)
+        if new_value is None:
+            # A value no acceptor of the fleet took (each checks what it takes): a hostile
+            # peer's. Its promises are dropped, as if lost, and the round waits for others.
+            reported = (newest.accepted_round, newest.accepted_node, newest.value)
+            for node, promise in list(proposal.promises.items()):
+                if (promise.accepted_round, promise.accepted_node, promise.value) == reported:
+                    del proposal.promises[node]
+            return []
         proposal.accepted_value = new_value
         proposal.phase = "accept"
         accept = Accept(
@@ -837,16 +850,28 @@ class Replica:
         )
         return self._send_accept(accept, now)
 
-    def _apply(self, proposal: _Proposal, value: bytes) -> bytes:
+    def _apply(self, proposal: _Proposal, value: bytes) -> bytes | None:
         """The next value: the change applied once. If an earlier attempt of this proposal
         already got its change into the value (accepted somewhere, then carried forward by
-        another proposer), the value is kept as it is and that attempt's outcome stands."""
-        current = decode_value(value) if value else ReplicatedValue([], b"")
+        another proposer), the value is kept as it is and that attempt's outcome stands.
+
+        None if `value` cannot be built on: it does not decode, or the change cannot read
+        its payload (`InvalidInput`). Every acceptor checks the values it takes, so such a
+        value reached this node only in a hostile peer's Promise or ForwardAnswer; the
+        exception used to escape the step, so the node closed the stream of whichever
+        peer's message came next (an honest one's too) and the round never went on."""
+        try:
+            current = decode_value(value) if value else ReplicatedValue([], b"")
+        except InvalidInput:
+            return None
         for applied in current.applied:
             if applied.op_id == proposal.op_id and applied.round in proposal.outcomes:
                 proposal.outcome = proposal.outcomes[applied.round]
                 return value
-        payload, outcome = proposal.change(current.payload)
+        try:
+            payload, outcome = proposal.change(current.payload)
+        except InvalidInput:
+            return None
         proposal.computations += 1
         tag = proposal.computations
         proposal.outcomes[tag] = proposal.outcome = outcome
