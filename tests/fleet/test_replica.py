@@ -27,6 +27,7 @@ from backupvault.fleet.messages import (
 from backupvault.fleet.records import Mark, MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
+    LEADER_ENTRIES,
     MAX_ROUND_STEP,
     ROUND_CEILING,
     Committed,
@@ -1022,3 +1023,36 @@ def test_a_promise_of_a_value_nobody_can_build_on_is_dropped_and_the_change_comm
     net.settle()
     assert net.results[b"b"].outcome == 2
     assert {payload_of(net.disk[i][b"k"].value) for i in (0, 3, 4)} == {(2).to_bytes(8, "big")}
+
+
+def test_forwards_for_more_entries_than_the_leader_holds_at_once_go_leaderless() -> None:
+    """A peer forwards changes to LEADER_ENTRIES + 2 entries in one go (one frame, so no
+    promise comes back in between): every hold has a Prepare in flight, and none may be
+    forgotten. The entry that went in last was forgotten at once and the KeyError
+    escaped the leader's step; now the changes past the limit are sent back at once to
+    go leaderless, and the table stays within it. Once holds are ready again, new
+    entries take their place."""
+    leader = Replica(0, range(5), random.Random(1).randbytes)
+    leader.start(0.0, intact=True)
+    value = ReplicatedValue([], b"v").to_bytes()
+    answers: dict[bytes, Message] = {}
+    for i in range(LEADER_ENTRIES + 2):
+        effects = leader.receive(4, Forward(b"op%d" % i, b"k%d" % i, 0, 0, value), 0.0)
+        answers.update({e.message.key: e.message for e in effects if isinstance(e, Send)})
+    assert len(leader._leads) == LEADER_ENTRIES
+    assert all(isinstance(answers[b"k%d" % i], Prepare) for i in range(LEADER_ENTRIES))
+    for i in (LEADER_ENTRIES, LEADER_ENTRIES + 1):
+        assert answers[b"k%d" % i] == ForwardAnswer(b"op%d" % i, b"k%d" % i, False, 0, 0, b"")
+    # Nodes 1 and 2 promise the first entry, reporting a newer value than the change was
+    # built on: the change goes back to node 4 to be built again, the hold is ready with
+    # nothing in flight, and makes room.
+    first = answers[b"k0"]
+    ballot = (first.round, 0)
+    for node in (1, 2):
+        promise = Promise(first.op_id, b"k0", *ballot, True, 0, 1, value, *ballot)
+        leader.receive(node, promise, 0.0)
+    effects = leader.receive(4, Forward(b"late", b"late", 0, 0, value), 0.0)
+    assert [type(e.message) for e in effects if isinstance(e, Send)] == [Prepare] * 4
+    assert b"late" in leader._leads and b"k0" not in leader._leads
+    leader.tick(DEFAULT_TIMING.round_timeout)
+    assert not leader._leads  # the rest got nowhere: sent back to go leaderless

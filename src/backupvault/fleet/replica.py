@@ -1142,20 +1142,34 @@ class Replica:
         order they arrive; different entries proceed independently."""
         lead = self._leads.get(forward.key)
         if lead is None:
+            if not self._room_for_a_lead():
+                answer = ForwardAnswer(forward.op_id, forward.key, False, 0, 0, b"")
+                return self._to(origin, answer, now)  # every hold busy: go leaderless
             lead = self._leads[forward.key] = _Lead(forward.key)
-            self._evict_leads()
         self._leads.move_to_end(forward.key)
         lead.queue.append((origin, forward))
         return self._lead_next(lead, now)
 
-    def _evict_leads(self) -> None:
-        if len(self._leads) <= LEADER_ENTRIES:
-            return
-        for key, lead in list(self._leads.items()):
-            if lead.phase in ("idle", "ready") and not lead.queue:
+    def _room_for_a_lead(self) -> bool:
+        """Make room for one more entry's hold within `LEADER_ENTRIES`, forgetting the least
+        recently used holds that have no round in flight; False if every hold has one.
+
+        A hold with a round in flight (in `_leading`: none but those have changes waiting)
+        stays until it ends or `tick` drops it. One found at the front is moved behind the
+        others, so it is passed over once per round of the table, not at every new entry.
+        Room used to be made after the new entry went in, which, idle with its change not
+        queued yet, was the one forgotten when every other hold had a round in flight: a
+        KeyError escaped the step (a peer's 4,097 Forwards for new entries in one frame).
+        """
+        while len(self._leads) >= LEADER_ENTRIES:
+            if len(self._leading) >= len(self._leads):
+                return False
+            key = next(iter(self._leads))
+            if key in self._leading:
+                self._leads.move_to_end(key)
+            else:
                 del self._leads[key]  # forgetting a promise is always safe
-                if len(self._leads) <= LEADER_ENTRIES:
-                    return
+        return True
 
     def _holds(self, lead: _Lead, now: float) -> bool:
         """Whether the leader may send an Accept at `lead.held` without a Prepare: a
