@@ -1056,3 +1056,19 @@ def test_forwards_for_more_entries_than_the_leader_holds_at_once_go_leaderless()
     assert b"late" in leader._leads and b"k0" not in leader._leads
     leader.tick(DEFAULT_TIMING.round_timeout)
     assert not leader._leads  # the rest got nowhere: sent back to go leaderless
+
+
+def test_a_joinable_change_that_cannot_build_on_the_chosen_value_fails_without_raising() -> None:
+    """The chosen value is one the change cannot go past (as the firmware's evaluate over
+    a forged tombstone whose attempt counter is at 2^64 - 1: the next attempt does not
+    fit). Checking whether the change joined it ran the change outside any guard, and its
+    InvalidInput escaped `propose` (and the step of every Accepted that made a queued
+    change look again). Now the change is not joined; its rounds cannot build on the
+    value either, and it fails at its deadline, as with no majority."""
+    net = Net(announce=True)
+    net.propose(0, b"a", b"k", put(b"abc"))
+    net.settle()
+    net.run(0, net.replicas[0].propose(b"b", b"k", _eight_bytes, net.now, joinable=True))
+    net.settle()
+    assert isinstance(net.results[b"b"], Failed)
+    assert {payload_of(net.disk[i][b"k"].value) for i in range(5)} == {b"abc"}

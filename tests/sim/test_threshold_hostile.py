@@ -345,3 +345,31 @@ def test_honest_users_recover_past_wrong_partials_and_forged_manifests() -> None
     world.crash(2)
     with pytest.raises(AuthenticationFailed, match="no manifest is returned identically"):
         client.recover(b"pw")
+
+
+def test_a_forged_tombstone_at_the_last_attempt_number_raises_nowhere() -> None:
+    """A hostile proposer gets a tombstone taken whose attempt counter is 2^64 - 1 (a
+    tombstone needs no owner statement, and over its version the attempt numbers are not
+    compared). The owner registers again over it; the registration keeps counting from
+    there, so the next attempt's number does not fit a u64. The evaluate change raised
+    InvalidInput out of the replica at every honest node, out of the step that asked
+    (the node answered its client with an error, not a refusal) and out of every
+    Accepted that made a waiting copy look again. Now the change cannot be built on and
+    fails as unavailable, the nodes go on serving, and nothing was evaluated."""
+    world, client, _ = _setup()
+    held = world.replicated(0, client.key)
+    last = (1 << 64) - 1
+    tombstone = held.with_(
+        status=EntryStatus.DESTROYED, manifest=b"", acks=b"", attempt=last, reset_attempt=0
+    )
+    for slot in HONEST:
+        answer = _forge(world, slot, client.key, _value(tombstone))
+        assert isinstance(answer, Accepted) and answer.ok
+    _, acks = client.register(b"again", RK, version=held.version + 1)
+    assert acks == 3
+    assert world.replicated(0, client.key).attempt == last
+    partials = world.observer.partials
+    with pytest.raises(threshold.NotEnoughPartials):
+        client.recover(b"again")
+    assert world.observer.partials == partials
+    assert all(n.replica is not None and n.replica.ready for n in world.honest.values())

@@ -757,8 +757,8 @@ class Replica:
             return self._start_round(proposal, now)
         new_value = self._apply(proposal, value)
         if new_value is None:
-            # Not a value any acceptor took (a hostile leader's "newest"): a leaderless
-            # round finds the newest value itself.
+            # Not a value to build on (a hostile leader's "newest", or one the change cannot
+            # go past): a leaderless round finds the newest value itself.
             proposal.leaderless = True
             return self._start_round(proposal, now)
         proposal.forwarded[_digest(new_value)] = (new_value, proposal.outcome)
@@ -836,8 +836,10 @@ class Replica:
         )
         new_value = self._apply(proposal, newest.value)
         if new_value is None:
-            # A value no acceptor of the fleet took (each checks what it takes): a hostile
-            # peer's. Its promises are dropped, as if lost, and the round waits for others.
+            # Not a value to build on: a hostile peer's (no acceptor of the fleet took it,
+            # each checks what it takes), or one the change cannot go past. The promises
+            # reporting it are dropped, as if lost, and the round waits for others (and
+            # fails at its deadline, as with no majority, if none come).
             reported = (newest.accepted_round, newest.accepted_node, newest.value)
             for node, promise in list(proposal.promises.items()):
                 if (promise.accepted_round, promise.accepted_node, promise.value) == reported:
@@ -856,10 +858,12 @@ class Replica:
         another proposer), the value is kept as it is and that attempt's outcome stands.
 
         None if `value` cannot be built on: it does not decode, or the change cannot read
-        its payload (`InvalidInput`). Every acceptor checks the values it takes, so such a
-        value reached this node only in a hostile peer's Promise or ForwardAnswer; the
-        exception used to escape the step, so the node closed the stream of whichever
-        peer's message came next (an honest one's too) and the round never went on."""
+        its payload or number its result (`InvalidInput`). Every acceptor checks the values
+        it takes, so such a value reached this node in a hostile peer's Promise or
+        ForwardAnswer, or is one a hostile proposer could get taken (a forged tombstone
+        whose attempt counter is at 2^64 - 1: the next attempt does not fit). The exception
+        used to escape the step: the node closed the stream of whichever peer's message
+        came next (an honest one's too), or answered its client with an error, not 503."""
         try:
             current = decode_value(value) if value else ReplicatedValue([], b"")
         except InvalidInput:
@@ -950,10 +954,13 @@ class Replica:
             return None
         if now > votes.chosen_at + self.timing.round_timeout:
             return None
-        current = decode_value(record.value)
-        if any(applied.op_id == proposal.op_id for applied in current.applied):
-            return None  # its own round got it in: that round reports it
-        payload, outcome = proposal.change(current.payload)
+        try:
+            current = decode_value(record.value)
+            if any(applied.op_id == proposal.op_id for applied in current.applied):
+                return None  # its own round got it in: that round reports it
+            payload, outcome = proposal.change(current.payload)
+        except InvalidInput:
+            return None  # not a value the change can build on: its round says so (`_apply`)
         if payload != current.payload:
             return None
         proposal.outcome = outcome
