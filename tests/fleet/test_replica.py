@@ -1072,3 +1072,23 @@ def test_a_joinable_change_that_cannot_build_on_the_chosen_value_fails_without_r
     net.settle()
     assert isinstance(net.results[b"b"], Failed)
     assert {payload_of(net.disk[i][b"k"].value) for i in range(5)} == {b"abc"}
+
+
+def test_a_flood_of_forwards_cannot_make_the_leader_s_tick_raise() -> None:
+    """The same flood, timed: node 4 has the leader take a value alone (an Accept only it
+    gets), then forwards LEADER_ENTRIES changes to new entries just before the leader
+    settles that value with a no-op round of its own. The round is led here, for an entry
+    whose hold the flood pushed out: it was forgotten at once, and the KeyError escaped
+    `tick`, which in the node ends the ticking task for good (no more timeouts, repairs,
+    catch-up or settling). Now the round goes leaderless."""
+    leader = Replica(0, range(5), random.Random(1).randbytes, announce=lambda key, payload: True)
+    leader.start(0.0, intact=True)
+    value = ReplicatedValue([], b"v").to_bytes()
+    leader.receive(4, Accept(b"alone", b"lonely", 1, 4, value, 4, False), 0.0)
+    due = DEFAULT_TIMING.settle_after
+    for i in range(LEADER_ENTRIES):
+        leader.receive(4, Forward(b"op%d" % i, b"k%d" % i, 0, 0, value), due - 0.01)
+    effects = leader.tick(due)
+    prepares = [e.message for e in effects if isinstance(e, Send) and e.message.key == b"lonely"]
+    assert prepares and all(isinstance(m, Prepare) for m in prepares)
+    assert b"lonely" not in leader._leads  # its own leaderless round, not the leader's
