@@ -475,6 +475,35 @@ def test_a_broken_invariant_in_a_step_stops_the_node_and_sends_nothing(tmp_path:
     asyncio.run(scenario())
 
 
+def test_a_tick_that_raises_stops_the_node_rather_than_end_its_ticks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Any error out of a tick (a KeyError, as a peer's flood of Forwards once caused in
+    the leader's tick) ended the ticking task: the node never ticked again (no timeouts,
+    repairs, catch-up or settling) and went on saying it was serving. It stops now, as for
+    a broken invariant, and says why."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+
+        def broken(now: float) -> list[Effect]:
+            raise KeyError(b"lonely")
+
+        monkeypatch.setattr(service.replica, "tick", broken)
+        ticking = asyncio.ensure_future(service._tick_forever())
+        await _until(ticking.done, "the ticking task ends")
+        assert ticking.exception() is None
+        assert not service.serving
+        assert service.stopped_because == (
+            "broken invariant: a tick of the replica raised KeyError(b'lonely')"
+        )
+        await service.stop()
+
+    asyncio.run(scenario())
+
+
 def test_a_broken_invariant_in_the_firmware_stops_the_node_rather_than_answer_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -39,6 +39,7 @@ from backupvault.fleet.replica import (
 from backupvault.hsm.firmware import Reply, VaultFirmware
 from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead
 from backupvault.hsm.state import EntryId, is_entry_key
+from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
 from backupvault.node.store import NodeStore, StoreCorrupted, StoreRecords, share_record
 from backupvault.protocol import (
@@ -261,7 +262,15 @@ class NodeService:
         announced = False
         while True:
             await asyncio.sleep(TICK_SECONDS)
-            self._step(lambda: self.replica.tick(self._clock()))
+            try:
+                self._step(lambda: self.replica.tick(self._clock()))
+            except Exception as err:
+                # Any other error out of a tick is a bug in the core too, and it would end
+                # this task: no more timeouts, repairs, catch-up or settling, while the
+                # node still said it was serving (a peer's flood of Forwards once did it).
+                # Stopped as for a broken invariant, it says so and the relay passes it by.
+                self._stop_serving(BrokenInvariant(f"a tick of the replica raised {err!r}"))
+                return
             if not announced and self.replica.ready:
                 announced = True  # operators (and `local up`) wait for this line
                 log.info("node %d ready: caught up with its peers, serving requests", self.node)
