@@ -1161,8 +1161,8 @@ class Replica:
         """Make room for one more entry's hold within `LEADER_ENTRIES`, forgetting the least
         recently used holds that have no round in flight; False if every hold has one.
 
-        A hold with a round in flight (in `_leading`: none but those have changes waiting)
-        stays until it ends or `tick` drops it. One found at the front is moved behind the
+        A hold with a round in flight (in `_leading`; only such a hold has changes waiting)
+        stays until the round ends or `tick` drops it. One found at the front is moved behind the
         others, so it is passed over once per round of the table, not at every new entry.
         Room used to be made after the new entry went in, which, idle with its change not
         queued yet, was the one forgotten when every other hold had a round in flight: a
