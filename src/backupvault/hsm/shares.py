@@ -574,6 +574,19 @@ class ShareKeeper:
                 f"the manifest is for {manifest.threshold} of {manifest.nodes} nodes; this"
                 f" fleet is {self.shape.threshold} of {self.shape.nodes}"
             )
+        # Every node's K_i must be a key: a dealer whose polynomial is 0 at some index
+        # (never `threshold.deal`) gives that node the identity, so it can hold no share,
+        # and its ERASED acknowledgement of the entry's delete could not be signed (its
+        # delete answer raised after the delete committed). Each K_i is remembered for the
+        # commit's acknowledgements and the client's proof checks.
+        for index in range(1, self.shape.nodes + 1):
+            try:
+                manifest.commitments.node_public_key(index)
+            except InvalidInput:
+                raise InvalidInput(
+                    f"the manifest's commitments give node {index} no key (K_{index} is the"
+                    " identity): not a dealing of this fleet's shape"
+                ) from None
 
     @staticmethod
     def _check_kind(changing: bool, manifest: Manifest, authorization: bytes, counter: int) -> None:
