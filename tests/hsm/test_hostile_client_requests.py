@@ -10,6 +10,10 @@ committed attempt; at most L per window)."""
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+from collections.abc import Callable
+
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.hsm.state import ThresholdState
@@ -20,8 +24,11 @@ from backupvault.protocol import (
     EntryStatus,
     ErrorCode,
     ErrorResponse,
+    EvaluateRequest,
+    EvaluateResponse,
     Op,
     RegisterShareRequest,
+    ResetRequest,
     ShareAck,
     encode_commit_acks,
     share_ack_message,
@@ -194,3 +201,88 @@ def test_a_manifest_that_gives_a_node_no_key_is_refused_before_it_can_commit() -
         answer = world.request(slot, Op.COMMIT_SHARES, commit)
         assert isinstance(answer, ErrorResponse) and "no key" in answer.detail, answer
         assert a.state(slot).status == EntryStatus.EMPTY
+
+
+def _change_racing_a_guess(seed: int) -> tuple[Attacker, manifest.Registration, int] | None:
+    """The owner changes the password (v2) while a guess on v1 is under way, on a
+    leaderless fleet: node 3's copy of the commit is applied over the value before the
+    guess, the others' over the value after it. If node 3 took its sibling and then the
+    chosen commit, its row of v2 starts its window below the chosen value's latest
+    attempt number, which carries no B: the world, the new manifest's registration and
+    the attempt number; None if this seed's schedule did not do so."""
+    world = threshold_world(nodes=NODES, limit=LIMIT, seed=seed, leader=False)
+    a = Attacker(world)
+    old = a.new_registration(1)
+    a.register(old)
+    new = a.new_registration(2)
+    encoded = new.manifest.to_bytes()
+    counter = 1
+    sig = a.sign(old, owner.StatementKind.CHANGE_PASSWORD, 1, counter, owner.payload_hash(encoded))
+    acks = []
+    for slot in range(NODES):
+        request = RegisterShareRequest(
+            a.account, a.entry, encoded, new.shares[slot].to_bytes(), sig, counter
+        )
+        ack = world.request(slot, Op.CHANGE_SHARE, request)
+        assert isinstance(ack, ShareAck), ack
+        acks.append(CommitAck(ack.index, AckKind(ack.kind), ack.signature))
+    commit = CommitSharesRequest(
+        a.account, a.entry, encoded, sig, counter, encode_commit_acks(acks)
+    )
+    guess = EvaluateRequest(a.account, a.entry, 1, _element(), 5_000)
+    sent = [(0, Op.EVALUATE, guess), (1, Op.EVALUATE, guess), (2, Op.COMMIT_SHARES, commit)]
+    for answer in [_sender(world, slot, op, request) for slot, op, request in sent]:
+        answer()
+    world.settle(10)
+    state = a.state(2)
+    row = world.members[2].rows.get(a.client.key)
+    if (
+        state.version == 2
+        and not state.attempt_hash
+        and row is not None
+        and row.version == 2
+        and row.reset_at < state.attempt
+    ):
+        return a, new, state.attempt
+    return None
+
+
+def test_a_reset_for_the_attempt_number_a_commit_landed_on_is_refused_not_raised() -> None:
+    """The owner signs a reset of v2 for that attempt number (over any B): node 3 had
+    no B to rebuild the statement with, and its change function raised inside the
+    replica (InvalidInput "statement payload hash"). On the leader path (the default)
+    the proposal stayed at the head of the entry's queue for good, so every later
+    request for the entry at that node went unanswered (and the first was a 500);
+    leaderless, it raised while the node read a peer's Promise, which dropped the rest
+    of that peer's frame. Now the node refuses the reset, and keeps serving the entry."""
+    found = next(filter(None, map(_change_racing_a_guess, range(20))), None)
+    assert found is not None, "no schedule raced the commit and the guess as intended"
+    a, new, attempt = found
+    for replica in (m.replica for m in a.world.members if m.replica is not None):
+        replica.timing = dataclasses.replace(replica.timing, leader=True)
+    signature = a.sign(new, owner.StatementKind.RESET, 2, attempt, hashlib.sha256(b"").digest())
+    refused = a.world.request(2, Op.RESET, ResetRequest(a.account, a.entry, 2, attempt, signature))
+    assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.REFUSED, refused
+    assert "no attempt of this version" in refused.detail
+    # The entry is still served at that node: a guess on v2 is counted and evaluated.
+    guess = EvaluateRequest(a.account, a.entry, 2, _element(), 9_000)
+    assert isinstance(a.world.request(2, Op.EVALUATE, guess), EvaluateResponse)
+    assert a.world.members[2].replica.pending() == 0
+
+
+def _element() -> bytes:
+    return oprf.scalar_mult_base(oprf.random_scalar())
+
+
+def _sender(world: Simulation, slot: int, op: Op, request: Message) -> Callable[[], Message]:
+    """Send `request` to node `slot` now; the returned call runs the world until it
+    answers (so requests sent together race inside the fleet)."""
+    call_id = next(world._call_ids)
+    world._client_request(slot, -2, call_id, op, request.to_bytes())
+
+    def answer() -> Message:
+        world.run_until(lambda: call_id in world._sync, 10.0)
+        found = world._sync.pop(call_id, None)
+        return found if found is not None else ErrorResponse("fleet_unavailable", "no answer", 0)
+
+    return answer

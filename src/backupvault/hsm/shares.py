@@ -19,6 +19,7 @@ import os
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -119,12 +120,23 @@ class ThresholdUpdate:
 
     def change(self, payload: bytes) -> tuple[bytes, Callable[[], Answer]]:
         """The replica's change function on a record's payload. A single-seed value (see
-        `decode_threshold`) is left as it is and answered so."""
+        `decode_threshold`) is left as it is and answered so.
+
+        It runs inside the replica, in the middle of a round (`propose`, or a peer's
+        Promise): an exception there left the proposal at the head of the entry's queue
+        for good, or dropped the rest of a peer's frame. So bad input found only against
+        the value (`InvalidInput`, `AuthenticationFailed`) leaves the value as it is and
+        is answered `bad_request`, and so is bad input met while building the answer
+        after the commit; a broken invariant still stops the node."""
         state = decode_threshold(payload)
         if state is None:
             return payload, lambda: Answer(error(ErrorCode.BAD_REQUEST, SINGLE_SEED_DETAIL))
-        new, build = self.apply(state)
-        return new.to_bytes(), build
+        try:
+            new, build = self.apply(state)
+        except (InvalidInput, AuthenticationFailed) as err:
+            refused = error(ErrorCode.BAD_REQUEST, err.message)
+            return payload, lambda: Answer(refused)
+        return new.to_bytes(), partial(_refusing_bad_input, build)
 
 
 @dataclass(frozen=True)
@@ -139,10 +151,21 @@ class ThresholdRead:
     read: Callable[[ThresholdState], Answer]
 
     def answer(self, payload: bytes) -> Answer:
+        """`read` on the payload; bad input it meets is answered `bad_request`, as in
+        `ThresholdUpdate.change`, rather than raised into the shell (a 500)."""
         state = decode_threshold(payload)
         if state is None:
             return Answer(error(ErrorCode.BAD_REQUEST, SINGLE_SEED_DETAIL))
-        return self.read(state)
+        return _refusing_bad_input(partial(self.read, state))
+
+
+def _refusing_bad_input(build: Callable[[], Answer]) -> Answer:
+    """`build()`, or a `bad_request` answer carrying no writes if it meets bad input (so
+    no row is persisted for it, and no partial leaves)."""
+    try:
+        return build()
+    except (InvalidInput, AuthenticationFailed) as err:
+        return Answer(error(ErrorCode.BAD_REQUEST, err.message))
 
 
 def decode_threshold(payload: bytes) -> ThresholdState | None:
@@ -1081,10 +1104,10 @@ class ShareKeeper:
         blinded_hash: bytes,
         signature: bytes,
     ) -> bool:
-        statement = self._statement(
-            owner.StatementKind.RESET, account, entry, row.version, attempt, blinded_hash
-        )
         try:
+            statement = self._statement(
+                owner.StatementKind.RESET, account, entry, row.version, attempt, blinded_hash
+            )
             owner.verify_statement(
                 Manifest.from_bytes(row.manifest).pk_auth,
                 statement,
@@ -1119,7 +1142,15 @@ class ShareKeeper:
                 return state, lambda: Answer(
                     ResetResponse(row.version, row.reset_at, limit - row.count)
                 )
-            if blinded_hash is None or not self._reset_verifies(
+            if not blinded_hash:
+                # No B of this version at that number: the latest attempt number can be
+                # the one the version's commit landed on, which carries none (a commit
+                # this node took over a sibling applied at a lower number, whose window
+                # its row starts at). There is no attempt to reset.
+                return state, _answer(
+                    ErrorCode.REFUSED, "no attempt of this version has that number"
+                )
+            if not self._reset_verifies(
                 account, entry, row, attempt, blinded_hash, request.signature
             ):
                 return state, _answer(
