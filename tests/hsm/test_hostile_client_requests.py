@@ -12,25 +12,33 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 from collections.abc import Callable
+
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf, owner, threshold
 from backupvault.hsm.state import ThresholdState
 from backupvault.protocol import (
+    RESPONSE_TYPES,
     AckKind,
     CommitAck,
     CommitSharesRequest,
+    DeleteShareRequest,
     EntryStatus,
     ErrorCode,
     ErrorResponse,
     EvaluateRequest,
     EvaluateResponse,
+    ManifestRequest,
     Op,
     RegisterShareRequest,
     ResetRequest,
     ShareAck,
     encode_commit_acks,
+    pad_response,
     share_ack_message,
 )
 from backupvault.sim.clients import SIM_KSF
@@ -38,6 +46,12 @@ from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, 
 
 NODES = 3
 LIMIT = 3
+U64_MAX = 2**64 - 1
+KNOWN_CODES = {str(code) for code in ErrorCode}
+#: What the observer flags as a replay because an honest client never does it, and the
+#: owner may: send an older attempt's B again with a later clock (a new attempt, charged
+#: like any other), and sign a reset for that attempt.
+OWNER_MAY = {"replays-change-nothing", "success-resets-only-its-attempt"}
 
 
 def _scalar(value: int) -> bytes:
@@ -82,7 +96,8 @@ def deal_with_zero_share(
 
 class Attacker:
     """What the hostile account holder knows and makes: its registrations (export keys,
-    shares), the B values it sent, its clock; each method makes one request, valid or not."""
+    shares, so any owner statement), the acknowledgements nodes gave it, the B values it
+    sent, its clock."""
 
     def __init__(self, world: Simulation) -> None:
         self.world = world
@@ -90,7 +105,7 @@ class Attacker:
         self.account, self.entry = self.client.account, self.client.entry
         self.made: list[manifest.Registration] = []
         self.staged: dict[bytes, dict[int, ShareAck]] = {}
-        self.blinded: list[bytes] = [oprf.scalar_mult_base(oprf.random_scalar())]
+        self.blinded: list[bytes] = [_element()]
         self.clock = 1_000
 
     def state(self, slot: int) -> ThresholdState:
@@ -268,6 +283,173 @@ def test_a_reset_for_the_attempt_number_a_commit_landed_on_is_refused_not_raised
     guess = EvaluateRequest(a.account, a.entry, 2, _element(), 9_000)
     assert isinstance(a.world.request(2, Op.EVALUATE, guess), EvaluateResponse)
     assert a.world.members[2].replica.pending() == 0
+
+
+def _pick(
+    data: st.DataObject, made: list[manifest.Registration], what: str
+) -> manifest.Registration:
+    return made[data.draw(st.integers(0, len(made) - 1), what)]
+
+
+def _versions(attacker: Attacker, slot: int) -> list[int]:
+    v = attacker.state(slot).version
+    return [0, 1, v, v + 1, max(v - 1, 0), U64_MAX]
+
+
+def _attempts(attacker: Attacker, slot: int) -> list[int]:
+    s = attacker.state(slot)
+    return [0, 1, s.attempt, s.attempt + 1, max(s.attempt - 1, 0), s.reset_attempt, U64_MAX]
+
+
+def _draw_request(data: st.DataObject, a: Attacker, slot: int) -> tuple[Op, Message]:
+    """One request, built from what the attacker holds and the node's state, valid or not."""
+    op = data.draw(st.sampled_from([o for o in Op if o is not Op.DELIVER_SHARE]), "op")
+    account = data.draw(st.sampled_from([a.account] * 5 + ["mallory"]), "account")
+    entry = a.entry
+    if op is Op.MANIFEST:
+        return op, ManifestRequest(account, entry)
+    if op is Op.EVALUATE:
+        state = a.state(slot)
+        version = data.draw(st.sampled_from([state.version] * 4 + _versions(a, slot)), "version")
+        if data.draw(st.booleans(), "fresh B"):
+            a.blinded.append(_element())
+        blinded = data.draw(st.sampled_from(a.blinded[-4:]), "blinded")
+        a.clock += data.draw(st.sampled_from([1000, 0, -1000]), "clock step")
+        when = data.draw(st.sampled_from([max(a.clock, 0), 0, 2**63 - 1]), "client time")
+        return op, EvaluateRequest(account, entry, version, blinded, when)
+    state = a.state(slot)
+    if op in (Op.REGISTER_SHARE, Op.CHANGE_SHARE, Op.COMMIT_SHARES):
+        if not a.made or data.draw(st.booleans(), "new manifest"):
+            version = data.draw(st.sampled_from([state.version + 1] * 3 + [state.version, 1]), "v")
+            zero_at = data.draw(st.sampled_from([0, 0, 1, 3]), "zero share at")
+            made = a.new_registration(max(version, 1), zero_at)
+        else:
+            made = _pick(data, a.made[-2:] * 3 + a.made, "manifest")
+        encoded = made.manifest.to_bytes()
+        changing = op is Op.CHANGE_SHARE or (
+            op is Op.COMMIT_SHARES and data.draw(st.booleans(), "a change")
+        )
+        authorization, counter = b"", 0
+        if changing:
+            live = [m for m in a.made if m.manifest.to_bytes() == state.manifest]
+            old = _pick(data, live * 3 + a.made, "old owner")
+            counter = data.draw(st.sampled_from([1, 2, U64_MAX]), "counter")
+            authorization = a.sign(
+                old,
+                owner.StatementKind.CHANGE_PASSWORD,
+                max(made.manifest.version - 1, 0),
+                counter,
+                owner.payload_hash(encoded),
+            )
+        if op is Op.COMMIT_SHARES:
+            staged = a.staged.get(encoded, {})
+            acks = [CommitAck(s.index, AckKind(s.kind), s.signature) for s in staged.values()]
+            chosen = data.draw(st.sampled_from(["staged"] * 4 + ["none", "garbage"]), "acks")
+            raw = b""
+            if chosen == "staged" and acks:
+                raw = encode_commit_acks(acks)
+            elif chosen == "garbage":
+                raw = encode_commit_acks(
+                    [CommitAck(i, AckKind.STAGED, bytes(64)) for i in (1, 2, 3)]
+                )
+            return op, CommitSharesRequest(account, entry, encoded, authorization, counter, raw)
+        index = data.draw(st.sampled_from([slot, slot, (slot + 1) % NODES]), "share of")
+        share = made.shares[index].to_bytes()
+        return op, RegisterShareRequest(account, entry, encoded, share, authorization, counter)
+    live = [m for m in a.made if m.manifest.to_bytes() == state.manifest]
+    signers = live * 3 + a.made
+    made_for = _pick(data, signers, "signer") if signers else None
+    version = data.draw(st.sampled_from([state.version] * 4 + _versions(a, slot)), "version")
+    if op is Op.RESET:
+        attempt = data.draw(st.sampled_from([state.attempt] * 3 + _attempts(a, slot)), "attempt")
+        latest = [b for b in a.blinded if hashlib.sha256(b).digest() == state.attempt_hash]
+        blinded = data.draw(st.sampled_from(latest * 3 + a.blinded[-4:]), "B signed")
+        signature = bytes(64)
+        if made_for is not None:
+            signature = a.sign(
+                made_for,
+                owner.StatementKind.RESET,
+                min(version, U64_MAX),
+                attempt,
+                hashlib.sha256(blinded).digest(),
+            )
+        return op, ResetRequest(account, entry, version, attempt, signature)
+    counter = data.draw(st.sampled_from([1, 2, U64_MAX]), "counter")
+    signature = bytes(64)
+    if made_for is not None:
+        signature = a.sign(
+            made_for,
+            owner.StatementKind.DELETE,
+            version,
+            counter,
+            owner.payload_hash(made_for.manifest.to_bytes()),
+        )
+    return op, DeleteShareRequest(account, entry, version, counter, signature)
+
+
+def _check_answer(op: Op, answer: Message) -> None:
+    """Each answer is the operation's response or an error with a known code, and fits
+    the operation's padded size (else the node's service raises while sealing it)."""
+    if isinstance(answer, ErrorResponse):
+        assert answer.code in KNOWN_CODES, answer
+    else:
+        assert isinstance(answer, RESPONSE_TYPES[op]), answer
+    pad_response(op, answer.to_bytes())
+
+
+def _remember(a: Attacker, op: Op, request: Message, answer: Message) -> None:
+    if isinstance(request, RegisterShareRequest) and isinstance(answer, ShareAck):
+        a.staged.setdefault(request.manifest, {})[answer.index] = answer
+
+
+@settings(
+    max_examples=int(os.environ.get("HOSTILE_EXAMPLES", "60")),
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
+@given(st.data())
+def test_no_request_of_a_hostile_owner_makes_a_node_raise(data: st.DataObject) -> None:
+    """Requests drawn from what the owner holds and each node's state (versions, attempt
+    numbers and counters around the current ones and at 2^64 - 1, its own and stale
+    manifests, a dealing with no key for a node, shares of other nodes, forged and
+    real acknowledgements and owner signatures, old B, clocks going back), one to three
+    at a time, each to one node or to all, on a fleet with and without a leader: every
+    answer is the operation's response or a known error that fits its padded size, and
+    the observer sees no evaluation the rules do not allow."""
+    seed, leader = data.draw(st.integers(0, 99), "seed"), data.draw(st.booleans(), "leader")
+    world = threshold_world(nodes=NODES, limit=LIMIT, seed=seed, leader=leader, collect=True)
+    a = Attacker(world)
+    a.register(a.new_registration(1))
+    steps = data.draw(st.integers(1, 14), "steps")
+    for _ in range(steps):
+        together = data.draw(st.integers(1, 3), "requests at once")
+        sent: list[tuple[Op, Message, Callable[[], Message]]] = []
+        for _ in range(together):
+            slot = data.draw(st.integers(0, NODES - 1), "node")
+            op, request = _draw_request(data, a, slot)
+            # As the client's fan-out: the same request to every node (a share request
+            # carries each node's own share), or to this one node alone.
+            fanout = data.draw(st.booleans(), "to every node")
+            for to in range(NODES) if fanout else (slot,):
+                copy = _for_node(a, request, to) if fanout else request
+                sent.append((op, copy, _sender(world, to, op, copy)))
+        for op, request, answer_of in sent:
+            answer = answer_of()
+            _check_answer(op, answer)
+            _remember(a, op, request, answer)
+    world.settle(10)
+    broken = [v for v in world.observer.violations if v.invariant not in OWNER_MAY]
+    assert not broken, broken
+
+
+def _for_node(a: Attacker, request: Message, slot: int) -> Message:
+    """`request` as the copy for node `slot`: a share request carries that node's share."""
+    if not isinstance(request, RegisterShareRequest):
+        return request
+    made = next((m for m in a.made if m.manifest.to_bytes() == request.manifest), None)
+    if made is None:
+        return request
+    return dataclasses.replace(request, share=made.shares[slot].to_bytes())
 
 
 def _element() -> bytes:
