@@ -468,6 +468,31 @@ def test_a_restore_destination_that_cannot_be_made_says_why(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probe left behind
 
 
+def test_a_restore_into_a_folder_that_is_not_empty_asks_no_vault(
+    tmp_path: Path, source: Path
+) -> None:
+    """The folder was checked only after the password had gone to the vault: a mistyped
+    one cost a guess for a restore that could never write, and a right one a recovery."""
+    storage = tmp_path / "storage"
+    made = backupvault(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist
+    done = backupvault(
+        "--json", "--config", str(config), "backup", "restore", "--storage", str(storage),
+        "--to", str(dest), "--password-stdin", stdin="a mistyped password\n",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert error["error"] == f"restore destination {dest} is not empty"
+    assert error["hint"] == "restore into a new or empty folder"
+    assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+
+
 # ---- passwords ----------------------------------------------------------------------------
 
 

@@ -798,7 +798,8 @@ def backup_restore(
 
 def _check_restore_to(dest: Path) -> None:
     """Before the key is asked for (a wrong password costs a guess): the --to a restore
-    would refuse anyway, with what to do; and the two it named wrongly (a file in the
+    would refuse anyway (a folder that is not empty included: it was checked only once the
+    vault had been asked), with what to do; and the two it named wrongly (a file in the
     path was a folder "that does not exist"; a folder that cannot be written to, such as
     /proc, had "no space left")."""
     import tempfile
@@ -813,7 +814,17 @@ def _check_restore_to(dest: Path) -> None:
                 f"restore destination {dest} exists and is not a folder",
                 hint="give --to a new folder, or an empty one: a restore never writes over a file",
             )
-        return  # a folder: the restore checks that it is empty
+        try:
+            with os.scandir(dest) as entries:
+                empty = next(entries, None) is None
+        except OSError:
+            return  # one this user cannot list: the restore names what is wrong
+        if not empty:
+            raise DestinationError(
+                f"restore destination {dest} is not empty",
+                hint="restore into a new or empty folder",
+            )
+        return
     parent = dest.absolute().parent
     existing = parent
     while not existing.exists() and existing != existing.parent:
