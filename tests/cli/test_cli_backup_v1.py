@@ -81,6 +81,20 @@ def _nothing_written(tmp_path: Path) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == ["store"]
 
 
+@pytest.mark.parametrize("command", [["check"], ["prune"], ["forget", "--keep-last", "1"]])
+def test_repository_commands_on_v1_storage_say_what_is_there(
+    store: Path, command: list[str]
+) -> None:
+    """They said "config is missing from URL", once the key had been given."""
+    done = run("backup", *command, "--storage", str(store), "--recovery-code", "-", stdin="\n")
+    assert done.returncode == 1, done.stderr
+    assert (
+        f"error: no repository at {store}: it holds only 1 single-blob backup of an earlier"
+        f" version, which `backup {command[0]}` does not work on"
+    ) in done.stderr
+    assert "`backup list` and `backup restore` read them" in done.stderr
+
+
 def test_wrong_code_exits_3_and_writes_nothing(tmp_path: Path, store: Path) -> None:
     wrong = restore(store, tmp_path / "dest", recovery.encode(bytes(32)), "--json")
     assert wrong.returncode == 3, wrong.stderr

@@ -364,11 +364,17 @@ def test_create_restore_and_list_share_one_json_schema(tmp_path: Path, source: P
         (["backup", "restore", "--storage", "{tmp}/s", "--json"], 2),  # click: missing --to
         (["backup", "create", "{tmp}/missing", "--json"], 2),  # click: bad argument
         (["--json", "vault", "status"], 2),  # ours: no config
-        (["backup", "restore", "--storage", "{tmp}", "--to", "{tmp}/d", "--recovery-code",
+        (["backup", "restore", "--storage", "{tmp}/s", "--to", "{tmp}/d", "--recovery-code",
           "12", "--json"], 3),  # ours: mistyped code
     ],
 )  # fmt: skip
-def test_json_errors_are_one_object_on_stderr(tmp_path: Path, args: list[str], code: int) -> None:
+def test_json_errors_are_one_object_on_stderr(
+    tmp_path: Path, source: Path, args: list[str], code: int
+) -> None:
+    if "--recovery-code" in args:  # a storage with a backup: the code is what is wrong
+        made = backupvault("backup", "create", str(source), "--storage", str(tmp_path / "s"),
+                           "--recovery-code")  # fmt: skip
+        assert made.returncode == 0, made.stderr
     done = backupvault(*[a.format(tmp=tmp_path) for a in args])
     assert done.returncode == code
     assert done.stdout == ""
@@ -491,6 +497,45 @@ def test_a_restore_into_a_folder_that_is_not_empty_asks_no_vault(
     assert error["error"] == f"restore destination {dest} is not empty"
     assert error["hint"] == "restore into a new or empty folder"
     assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+
+
+_STORAGE_COMMANDS = [
+    ["restore", "--to", "{tmp}/r"],
+    ["list"],
+    ["check"],
+    ["diff", "ab", "cd"],
+    ["forget", "--keep-last", "1"],
+    ["prune"],
+    ["repair"],
+]
+
+
+@pytest.mark.parametrize("command", _STORAGE_COMMANDS, ids=lambda c: c[0])
+def test_a_mistyped_storage_is_named_before_the_vault_is_asked(
+    tmp_path: Path, command: list[str]
+) -> None:
+    """A --storage that does not exist, or holds no backup, was found only once the vault
+    had answered: a mistyped password spent a guess on it (and the commands that need a
+    repository said "config is missing from URL")."""
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist
+    args = [a.format(tmp=tmp_path) for a in command]
+    (tmp_path / "empty").mkdir()
+    for storage, said in (
+        (tmp_path / "typo", f"storage not found: {tmp_path / 'typo'} does not exist"),
+        (tmp_path / "empty", f"no {'backups' if args[0] == 'restore' else 'repository'} at"),
+    ):
+        done = backupvault(
+            "--json", "--config", str(config), "backup", *args, "--storage", str(storage),
+            "--password-stdin", stdin="a mistyped password\n",
+        )  # fmt: skip
+        if args[0] == "list" and storage.exists():
+            assert done.returncode == 0 and "relay" not in done.stderr  # nothing to list
+            continue
+        assert done.returncode == 1, done.stderr
+        error = last_json(done.stderr)
+        assert str(error["error"]).startswith(said), error
+        assert "--storage URL" in str(error["hint"]), error
+    assert not (tmp_path / "r").exists() and not (tmp_path / "typo").exists()
 
 
 # ---- passwords ----------------------------------------------------------------------------

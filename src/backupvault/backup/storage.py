@@ -334,16 +334,23 @@ class Storage:
     def find(self, backup_id: str) -> StoredBackup:
         """The backup whose id is (or starts with) `backup_id`, by object name."""
         backups = self.list(missing_ok=False)
+        listed = "`backupvault backup list` shows the backups and their ids"
         if not backups:
-            raise BackupNotFound(f"no backups at {self.display_url}")
+            raise BackupNotFound(
+                f"no backups at {self.display_url}",
+                hint="check the --storage URL (`backup list --storage URL` shows what is there)",
+            )
         wanted = backup_id.strip().lower()
         if not re.fullmatch(r"[0-9a-f]{1,32}", wanted):
-            raise UsageError(f"backup id must be hexadecimal, got {backup_id!r}")
+            raise UsageError(f"backup id must be hexadecimal, got {backup_id!r}", hint=listed)
         matches = [b for b in backups if b.backup_id.startswith(wanted)]
         if not matches:
-            raise BackupNotFound(f"no backup with id {wanted} at {self.display_url}")
+            raise BackupNotFound(f"no backup with id {wanted} at {self.display_url}", hint=listed)
         if len(matches) > 1:
-            raise UsageError(f"backup id prefix {wanted} matches {len(matches)} backups")
+            raise UsageError(
+                f"backup id prefix {wanted} matches {len(matches)} backups",
+                hint="give more digits of the id; " + listed,
+            )
         return matches[0]
 
     def size(self, name: str) -> int | None:

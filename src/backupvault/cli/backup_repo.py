@@ -54,6 +54,30 @@ def repository_exists(url: str) -> bool:
     return Repository.exists(Storage(url))
 
 
+def require_repository(url: str, command: str) -> None:
+    """Before the key is asked for: storage that does not exist, or holds no repository,
+    is named as such. It was found only once the vault had answered (a mistyped password
+    spent a guess on a mistyped --storage), and then as "config is missing from URL"."""
+    from backupvault.backup.errors import BackupNotFound
+
+    storage = Storage(url)
+    if Repository.exists(storage):
+        return
+    older = storage.list(missing_ok=False)  # a missing folder: "storage not found", a hint
+    if older:
+        raise BackupNotFound(
+            f"no repository at {storage.display_url}: it holds only"
+            f" {_plural(len(older), 'single-blob backup')} of an earlier version, which"
+            f" `backup {command}` does not work on",
+            hint="`backup list` and `backup restore` read them",
+        )
+    raise BackupNotFound(
+        f"no repository at {storage.display_url}: no backup was made there",
+        hint="check the --storage URL (`backup list --storage URL` shows what is there);"
+        " `backup create SOURCE --storage URL` makes a repository",
+    )
+
+
 def repository_opens_with(url: str, root_key: bytes) -> bool:
     """Whether storage holds a repository whose config opens with `root_key`."""
     try:
@@ -120,6 +144,7 @@ def _open(
     from backupvault.backup.repo import maintenance
 
     url = ctx.storage(storage_url)
+    require_repository(url, click.get_current_context().info_name or "")
     return maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
 
 

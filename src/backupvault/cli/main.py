@@ -761,6 +761,8 @@ def backup_restore(
         use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
     if include and not use_repository:
         raise UsageError("--include works on snapshots, not on single-blob backups")
+    if not use_repository:
+        _require_single_blob(url, backup_id)
     root_key = (
         _recovery_code(code, ctx.output)
         if code is not None
@@ -794,6 +796,23 @@ def backup_restore(
         f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
         f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
     )
+
+
+def _require_single_blob(url: str, backup_id: str | None) -> None:
+    """Before the key is asked for, where there is no repository: the storage exists and
+    holds a backup to restore (`backup_id`'s, if given). A mistyped --storage was found only
+    once the vault had answered, so a mistyped password spent a guess on it."""
+    from backupvault.backup.errors import BackupNotFound
+    from backupvault.backup.storage import Storage
+
+    storage = Storage(url)
+    if backup_id is not None:
+        storage.find(backup_id)
+    elif not storage.list(missing_ok=False):
+        raise BackupNotFound(
+            f"no backups at {storage.display_url}",
+            hint="check the --storage URL (`backup list --storage URL` shows what is there)",
+        )
 
 
 def _check_restore_to(dest: Path) -> None:
