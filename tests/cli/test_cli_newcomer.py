@@ -266,6 +266,44 @@ def test_a_malformed_epoch_is_named(tmp_path: Path, epoch: object, why: str) -> 
     assert "bug" not in done.stderr
 
 
+_OLD_FLEET = {"node_public_keys": ["0020" + "22" * 32], "node_signing_keys": ["44" * 32]}
+
+
+@pytest.mark.parametrize(
+    ("previous", "why"),
+    [
+        ([{**_OLD_FLEET, "epoch": 3}], "epoch 3 is not older than the config's epoch 3"),
+        ([_OLD_FLEET], "each table needs its epoch"),
+        ([{**_OLD_FLEET, "epoch": 1}, {**_OLD_FLEET, "epoch": 1}], "an epoch is listed twice"),
+        ([{"epoch": 1, "node_public_keys": ["zz"], "node_signing_keys": ["44" * 32]}], "hex"),
+        ("epoch 1", "a list of tables"),
+    ],
+)
+def test_malformed_previous_fleets_are_named(tmp_path: Path, previous: object, why: str) -> None:
+    config = _client_toml(tmp_path / "client.toml", epoch=3, previous_fleets=previous)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'previous_fleets' is malformed" in done.stderr and why in done.stderr
+
+
+def test_previous_fleets_are_reached_at_their_epochs_route(tmp_path: Path) -> None:
+    """A pinned config's older epochs (a rotation's: `local rotate` writes them) are where
+    a recovery that finds the vault empty looks for the entry, newest first."""
+    from backupvault.client.config import ClientConfig
+
+    previous = [{**_OLD_FLEET, "epoch": 1}, {**_OLD_FLEET, "epoch": 2}]
+    config = ClientConfig.load(
+        _client_toml(tmp_path / "client.toml", epoch=3, previous_fleets=previous)
+    )
+    session = config.session()
+    assert session.epoch == 3 and session.threshold.vault.epoch is None  # the current route
+    older = list(session.older())
+    assert [epoch for epoch, _ in older] == [2, 1]
+    for epoch, old in older:
+        assert old.epoch == epoch and old.threshold.vault.epoch == epoch
+        assert old.threshold.vault.node_keys[0].to_bytes().hex() == "0020" + "22" * 32
+
+
 def _ota_toml(path: Path, **fields: object) -> Path:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 

@@ -161,3 +161,50 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     report = json.loads(check.stdout)
     assert [f["epoch"] for f in report["fleets"]] == [2, 1]
     assert all(f["ok"] for f in report["fleets"])
+
+
+def test_pinned_client_moves_its_entry_across_a_rotation(
+    local: LocalDeployment, tmp_path: Path
+) -> None:
+    """`local rotate` rewrote DIR/client.toml with the new epoch's keys alone: the pinned
+    client then found the vault empty (its hint: "make a backup, which registers one"),
+    the key it registered out of its reach on the old epoch. The config now also pins the
+    older epochs, and a recovery moves the entry as an OTA client's does."""
+    config_path = tmp_path / "client.toml"
+
+    def pinned() -> ClientConfig:
+        data = tomllib.loads((local.root / "client.toml").read_text())
+        data.update(entry="pinned-rotating")
+        write_toml(config_path, data)
+        return ClientConfig.load(config_path)
+
+    old_epoch = pinned().epoch
+    root_key = recovery.new_root_key()
+    pinned().session(ksf_params=FAST_KSF).register(PASSWORD, root_key)
+
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "backupvault",
+            "--json",
+            "local",
+            "rotate",
+            "--dir",
+            str(local.root),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    config = pinned()
+    assert config.epoch == old_epoch + 1
+    after = config.session(ksf_params=FAST_KSF)
+    assert after.status().status == EntryStatus.EMPTY
+    recovered = after.recover_or_migrate(PASSWORD)
+    assert recovered.root_key == root_key and recovered.migrated_from == old_epoch
+    assert pinned().session(ksf_params=FAST_KSF).status().status == EntryStatus.LIVE
+    old = dict(pinned().session(ksf_params=FAST_KSF).older())[old_epoch]
+    assert old.status().status == EntryStatus.EMPTY  # deleted there once moved

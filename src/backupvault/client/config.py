@@ -13,6 +13,10 @@ Pinned fleet keys (the default, `trust = "pinned"`):
     epoch = 0                                                 # the fleet's node-set epoch
     entry = "backup-root-key"                                 # optional
     storage = "file:///backups"                               # optional default --storage
+    [[previous_fleets]]            # optional: an epoch this config was pinned to before a
+    epoch = 0                      # rotation, whose entry the client moves to the current
+    node_public_keys = ["<hex>"]   # one at its next recovery (as an OTA client does);
+    node_signing_keys = ["<hex>"]  # `local rotate` writes them
 
 Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transparency.md):
 
@@ -43,7 +47,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -99,6 +103,17 @@ def _hex_field(path: Path, data: dict[str, Any], name: str) -> bytes:
 
 
 @dataclass(frozen=True)
+class PinnedFleet:
+    """An epoch a pinned config was pinned to before a rotation, which the relay still
+    routes: a recovery that finds the entry empty on the current epoch moves it from here
+    (docs/transparency.md, "Rotation and migration")."""
+
+    epoch: int
+    node_public_keys: tuple[NodePublicKey, ...]
+    node_signing_keys: tuple[bytes, ...]
+
+
+@dataclass(frozen=True)
 class ClientConfig:
     relay_url: str
     account: str
@@ -127,6 +142,8 @@ class ClientConfig:
     device_key: Ed25519PrivateKey | None = field(default=None, repr=False)
     #: Where this device keeps the deliveries it still owes the fleet; None: in memory.
     pending_file: Path | None = None
+    #: Pinned mode: the epochs pinned before a rotation, newest first.
+    previous_fleets: tuple[PinnedFleet, ...] = ()
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
@@ -162,6 +179,9 @@ class ClientConfig:
                     ),
                     epoch=_field(
                         path, "epoch", lambda: epoch_number(data.get("epoch", 0), "the epoch")
+                    ),
+                    previous_fleets=_field(
+                        path, "previous_fleets", lambda: _previous_fleets(path, data)
                     ),
                     **common,
                 )
@@ -227,24 +247,44 @@ class ClientConfig:
             )
         assert self.fleet_id is not None and self.node_public_keys is not None
         assert self.node_signing_keys is not None
-        vault = VaultClient(
-            self.relay_url,
-            self.token,
-            self.account,
-            self.fleet_id,
-            self.node_public_keys,
-            entry=self.entry,
-            ksf_params=ksf_params,
-            http=http,
-            fleet_token=self.fleet_token,
-            device_key=self.device_key,
-            notify=notify,
-        )
-        nodes = len(self.node_signing_keys)
-        keys = FleetKeys(self.node_signing_keys, nodes // 2 + 1, self.epoch)
-        return FleetSession(
-            ThresholdVault(vault, keys, notify=notify, pending=PendingStore(self.pending_file))
-        )
+        pending = PendingStore(self.pending_file)
+
+        def pinned(
+            epoch: int,
+            node_public_keys: tuple[NodePublicKey, ...],
+            node_signing_keys: tuple[bytes, ...],
+            route: int | None,
+        ) -> FleetSession:
+            assert self.fleet_id is not None
+            vault = VaultClient(
+                self.relay_url,
+                self.token,
+                self.account,
+                self.fleet_id,
+                node_public_keys,
+                entry=self.entry,
+                ksf_params=ksf_params,
+                http=http,
+                epoch=route,
+                fleet_token=self.fleet_token,
+                device_key=self.device_key,
+                notify=notify,
+            )
+            keys = FleetKeys(node_signing_keys, len(node_signing_keys) // 2 + 1, epoch)
+            return FleetSession(ThresholdVault(vault, keys, notify=notify, pending=pending), epoch)
+
+        def older() -> Iterator[tuple[int, FleetSession]]:
+            # Reached at the relay's /v1/epochs/<E>/... route, as OTA clients reach theirs.
+            for fleet in self.previous_fleets:
+                yield (
+                    fleet.epoch,
+                    pinned(
+                        fleet.epoch, fleet.node_public_keys, fleet.node_signing_keys, fleet.epoch
+                    ),
+                )
+
+        current = pinned(self.epoch, self.node_public_keys, self.node_signing_keys, None)
+        return FleetSession(current.threshold, self.epoch, older())
 
 
 #: Where a client config comes from, for the hint of a file that is not one.
@@ -313,6 +353,26 @@ def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:
         return tuple(NodePublicKey.from_bytes(bytes.fromhex(str(key))) for key in keys)
     except ValueError:
         raise InvalidInput("not hexadecimal") from None
+
+
+def _previous_fleets(path: Path, data: dict[str, Any]) -> tuple[PinnedFleet, ...]:
+    """`[[previous_fleets]]`, newest first: each an older epoch (below `epoch`) with its
+    nodes' keys, as the current epoch's are given."""
+    tables = data.get("previous_fleets", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InvalidInput("a list of tables, each with epoch, node_public_keys, node_signing_keys")
+    current = epoch_number(data.get("epoch", 0), "the epoch")
+    fleets = []
+    for table in tables:
+        if "epoch" not in table:
+            raise InvalidInput("each table needs its epoch")
+        epoch = epoch_number(table["epoch"], "an earlier epoch")
+        if epoch >= current:
+            raise InvalidInput(f"epoch {epoch} is not older than the config's epoch {current}")
+        fleets.append(PinnedFleet(epoch, _node_keys(path, table), _signing_keys(path, table)))
+    if len({f.epoch for f in fleets}) != len(fleets):
+        raise InvalidInput("an epoch is listed twice")
+    return tuple(sorted(fleets, key=lambda f: f.epoch, reverse=True))
 
 
 def _signing_keys(path: Path, data: dict[str, Any]) -> tuple[bytes, ...]:

@@ -320,7 +320,11 @@ class LocalDeployment:
         write_toml(self.root / "relay.toml", {"listen": f"{HOST}:{port}", "relay": relay})
 
     def write_client_config(self, fleet: FleetDescription, relay_url: str, account: str) -> None:
-        config = {
+        """The pinned client: `fleet`'s keys, and those of the older epochs the relay still
+        routes (a rotation's), from which a recovery moves the entry to `fleet`. Without
+        them a rotation left this config with an empty vault ("make a backup, which
+        registers one"), the key out of its reach on the old epoch."""
+        config: dict[str, Any] = {
             "relay_url": relay_url,
             "account": account,
             "token": self._token(account),
@@ -330,6 +334,17 @@ class LocalDeployment:
             "node_signing_keys": [n.signing_public_key.hex() for n in fleet.nodes],
             "epoch": fleet.epoch or 0,
         }
+        older = [self.fleet(e) for e in self.epochs()]
+        older = [f for f in older if f.epoch is not None and f.epoch < (fleet.epoch or 0)]
+        if older:
+            config["previous_fleets"] = [
+                {
+                    "epoch": f.epoch,
+                    "node_public_keys": [n.hpke_public_key.hex() for n in f.nodes],
+                    "node_signing_keys": [n.signing_public_key.hex() for n in f.nodes],
+                }
+                for f in sorted(older, key=lambda f: f.epoch or 0, reverse=True)
+            ]
         replace_file(self.root / "client.toml", tomli_w.dumps(config).encode())
 
     def write_ota_client_config(
@@ -504,7 +519,8 @@ class LocalDeployment:
         kept = {k: v for k, v in relay.items() if k not in managed | {"operator_public_key"}}
         port = int(str(relay_toml["listen"]).rpartition(":")[2])
         self._write_relay_config(port, fleet, bundle, previous, kept)
-        # Pinned clients need new keys (that is what pinning means); OTA ones do not.
+        # Pinned clients need new keys (that is what pinning means), and the old ones to
+        # move their entry from; OTA ones need neither.
         self.write_client_config(self.fleet(epoch), self.relay_url(), ACCOUNT)
         for index in range(len(fleet.nodes)):
             self.start_node(index, epoch)
