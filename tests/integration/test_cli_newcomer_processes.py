@@ -15,6 +15,7 @@ import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
 from backupvault.node.config import write_toml
@@ -319,3 +320,17 @@ def test_a_local_up_of_another_versions_record_stops_what_it_started_and_upgrade
     assert changed.returncode == 0, changed.stderr  # a new version, dealt for the new epoch
     ota = bv("--config", str(deployment / "client-ota.toml"), "--json", "vault", "status")
     assert ota.returncode == 0, ota.stderr  # the relay's bundle of the new epoch verifies
+
+    # A rotation after the upgrade names the epochs the relay routes (the records'), not
+    # the node sets' folder numbers: it said "the relay still routes epochs 1" here, and
+    # `local status` gave node0 epoch 1, while its record (and the route) is epoch 2.
+    rotated = bv("local", "rotate", "--dir", str(deployment), "--json")
+    assert rotated.returncode == 0, rotated.stderr
+    upgraded_epoch = deployed["epoch"] + 1
+    assert json.loads(rotated.stdout)["previous_epochs"] == [upgraded_epoch]
+    relay = tomllib.loads((deployment / "client.toml").read_text())["relay_url"]
+    assert httpx.get(f"{relay}/v1/fleet/epochs").json()["previous"] == [upgraded_epoch]
+    status = json.loads(bv("local", "status", "--dir", str(deployment), "--json").stdout)
+    epochs = {name: info.get("epoch") for name, info in status["processes"].items()}
+    assert epochs["node0"] == upgraded_epoch
+    assert epochs[f"e{upgraded_epoch + 1}-node0"] == upgraded_epoch + 1

@@ -604,8 +604,14 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
     ctx.output.note("provisioning the new epoch: tokens and each node's own keys …")
     deployment.up(deployment.node_count())
     epoch = deployment.rotate(nodes)
+    # The epochs of the older records, as the relay routes them (/v1/epochs/<E>/...); not
+    # the node sets' folder numbers, which an upgrade (a new record for the same nodes)
+    # leaves behind.
+    previous = sorted(
+        e for e in (deployment.fleet(d).epoch for d in deployment.epochs()[:-1]) if e is not None
+    )
     ctx.output.result(
-        {"dir": str(root), "epoch": epoch, "previous_epochs": deployment.epochs()[:-1]},
+        {"dir": str(root), "epoch": epoch, "previous_epochs": previous},
         f"fleet rotated to epoch {epoch}; the relay still routes epochs"
-        f" {', '.join(map(str, deployment.epochs()[:-1]))} for clients to migrate",
+        f" {', '.join(map(str, previous))} for clients to migrate",
     )

@@ -781,12 +781,14 @@ class LocalDeployment:
 
         report: dict[str, dict[str, Any]] = {}
         for epoch in self.epochs():
-            for node in self.fleet(epoch).nodes:
+            fleet = self.fleet(epoch)
+            for node in fleet.nodes:
                 name = self.node_name(node.index, epoch)
                 report[name] = {
                     **started(name),
                     "url": node.url,
-                    "epoch": epoch,
+                    # The record's epoch (an upgrade's is past the node set's folder).
+                    "epoch": fleet.epoch or epoch,
                     "healthy": _healthy(f"{node.url}/v1/health", ready=True),
                 }
         for which in self.witnesses():
