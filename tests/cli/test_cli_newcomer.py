@@ -4,6 +4,7 @@ needed here; tests/integration/test_cli_newcomer_processes.py covers those that 
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -421,6 +422,30 @@ def test_json_errors_are_one_object_on_stderr(
     # a code on the command line also draws a warning, which the error object carries
     assert set(error) - {"warnings"} == {"error", "hint", "exit_code"}
     assert ("warnings" in error) == ("--recovery-code" in args)
+
+
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_an_error_keeps_its_exit_code_when_stderr_is_gone(json_flag: list[str]) -> None:
+    """`backupvault ... 2>&1 | head -1`: once the reader has gone, writing the message
+    fails (EPIPE), and that turned every exit code into 1 (rich exits 1 on a broken pipe;
+    under --json a BrokenPipeError escaped)."""
+    from console import CONSOLE_SCRIPT
+
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader exited before the message was written
+    try:
+        done = subprocess.run(
+            [str(CONSOLE_SCRIPT), *json_flag, "vault", "status"],  # no config: exit 2
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=write_end,
+            env={k: v for k, v in os.environ.items() if k != "BACKUPVAULT_CONFIG"},
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert done.returncode == 2
 
 
 def test_create_recovery_code_dash_says_the_flag_takes_no_value(

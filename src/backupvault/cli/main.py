@@ -1204,7 +1204,10 @@ def _fail(json_mode: bool, err: BackupVaultError) -> None:
     output = Output(json_mode=json_mode)
     if _run_output is not None:
         output.warnings = list(_run_output.warnings)
-    output.error(err)
+    # stderr may be gone (a pipe whose reader exited: `2>&1 | head -1`; rich exits 1 on a
+    # broken pipe): the code is all a script has left, so it stays the error's own.
+    with contextlib.suppress(OSError, SystemExit):
+        output.error(err)
     sys.exit(err.exit_code)
 
 
