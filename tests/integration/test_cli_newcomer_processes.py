@@ -182,6 +182,40 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
             assert done.stdout == "" and f"warning: {warning}" in done.stderr
 
 
+def test_an_entry_without_a_key_does_not_send_a_restore_to_make_a_new_one(
+    deployment: Path, source: Path, tmp_path: Path
+) -> None:
+    """Restoring through a config whose entry holds no key said "make a backup with
+    --password-stdin first, which registers one": a new key that never opens the backups
+    there (over a repository, `backup create` even refuses to make one)."""
+
+    def config_for(entry: str) -> str:
+        data = tomllib.loads((deployment / "client.toml").read_text())
+        data["entry"] = entry
+        write_toml(tmp_path / f"{entry}.toml", data)
+        return str(tmp_path / f"{entry}.toml")
+
+    storage = str(tmp_path / "storage")
+    phrase = "a long pass phrase\n"
+    created = bv("--config", config_for("made-them"), "backup", "create", str(source),
+                 "--storage", storage, "--password-stdin", stdin=phrase)  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    other = config_for("not-this-one")
+    account = tomllib.loads((deployment / "client.toml").read_text())["account"]
+    for command in (["restore", "--to", str(tmp_path / "r")], ["list"]):
+        done = bv("--json", "--config", other, "backup", *command, "--storage", storage,
+                  "--password-stdin", stdin=phrase)  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        error = json.loads(done.stderr.strip().splitlines()[-1])
+        assert error["error"].startswith(
+            f"the vault holds no key for account {account!r}, entry 'not-this-one'"
+        )
+        assert "which registers one" not in error["hint"]
+        assert "check that --config is the client config of the account" in error["hint"]
+        assert "would not open these" in error["hint"]
+    assert not (tmp_path / "r").exists()
+
+
 def test_the_password_is_asked_twice_only_for_a_new_key(
     deployment: Path, source: Path, tmp_path: Path
 ) -> None:

@@ -225,7 +225,22 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
         hint="a backup made with `backup create --recovery-code` opens with that code;"
         " one made with a password, through the vault",
     )
-    return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+    from backupvault.client.errors import NotRegistered
+
+    try:
+        return _root_key_from_vault(ctx, _password(password_stdin), register=False)[0]
+    except NotRegistered:
+        # Its own hint ("make a backup, which registers one") is for a first backup: a new
+        # key never opens backups that exist (a repository even refuses to take one).
+        config = ctx.config()
+        raise NotRegistered(
+            f"the vault holds no key for account {config.account!r}, entry {config.entry!r},"
+            " so no backup can be opened with a password through it",
+            hint="check that --config is the client config of the account that made the"
+            " backups (`backupvault vault status` shows what the vault holds); backups made"
+            " with --recovery-code open with that code (--recovery-code -). A new key, made"
+            " by a backup into new storage, would not open these",
+        ) from None
 
 
 _WRITE_IT_DOWN = "write it down now; without it these backups cannot be opened"

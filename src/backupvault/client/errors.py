@@ -37,11 +37,13 @@ class Destroyed(VaultError):
 
 
 class NotRegistered(VaultError):
-    def __init__(self) -> None:
-        super().__init__(
-            "the vault holds no key for this account entry",
-            hint="make a backup with --password-stdin first, which registers one",
-        )
+    def __init__(
+        self,
+        message: str = "the vault holds no key for this account entry",
+        *,
+        hint: str = "make a backup with --password-stdin first, which registers one",
+    ) -> None:
+        super().__init__(message, hint=hint)
 
 
 class AlreadyRegistered(VaultError):
