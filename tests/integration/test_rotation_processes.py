@@ -203,6 +203,19 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     assert config.epoch == old_epoch + 1
     after = config.session(ksf_params=FAST_KSF)
     assert after.status().status == EntryStatus.EMPTY
+    # `vault status` said "key: empty" here, of a key that is on the older epoch.
+    status = subprocess.run(
+        [sys.executable, "-m", "backupvault", "--config", str(config_path), "vault", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(
+        f"key: empty on fleet epoch {old_epoch + 1}; your key is still on epoch {old_epoch}"
+        " (a rotation's older fleet: live, 10 of 10 guesses left): your next recovery"
+    ), status.stdout
     recovered = after.recover_or_migrate(PASSWORD)
     assert recovered.root_key == root_key and recovered.migrated_from == old_epoch
     assert pinned().session(ksf_params=FAST_KSF).status().status == EntryStatus.LIVE

@@ -33,7 +33,7 @@ if TYPE_CHECKING:
     from backupvault.backup import Skipped
     from backupvault.client.config import ClientConfig
     from backupvault.client.trust import FleetSession
-    from backupvault.client.vault import Recovery
+    from backupvault.client.vault import Recovery, VaultStatus
 
 # Modules that add commands to a group defined here, by group. A group imports its own
 # only when asked for a command not defined here (or for its --help), so `backupvault
@@ -976,11 +976,27 @@ def vault_status(ctx: Context) -> None:
     """Whether the vault holds your key, and how many guesses are left."""
     from backupvault.protocol import EntryStatus
 
-    status = ctx.session().status()
+    session = ctx.session()
+    status = session.status()
     data = {**asdict(status), "status": status.status.name.lower()}
     if status.status == EntryStatus.EMPTY:
         data["guesses_remaining"] = None  # no key, so no guesses: not "none left"
     text = f"key: {status.status.name.lower()}"
+    if status.status == EntryStatus.EMPTY and (older := _key_on_older_epoch(session)):
+        epoch, old = older
+        data["older_epoch"] = {
+            "epoch": epoch,
+            "status": old.status.name.lower(),
+            "guesses_remaining": old.guesses_remaining,
+        }
+        left = f", {old.guesses_remaining} of {old.guess_limit} guesses left"
+        text += (
+            f" on fleet epoch {session.epoch}; your key is still on epoch {epoch} (a rotation's"
+            f" older fleet: {old.status.name.lower()}"
+            + (left if old.status == EntryStatus.LIVE else "")
+            + "): your next recovery (`backup create`, `backup restore`, `vault"
+            " change-password`) moves it here"
+        )
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
         for node in status.nodes_without:
@@ -990,6 +1006,23 @@ def vault_status(ctx: Context) -> None:
     if status.pending:
         text += "\n(`backupvault vault finish` delivers them; so does your next recovery)"
     ctx.output.result(data, text)
+
+
+def _key_on_older_epoch(session: FleetSession) -> tuple[int, VaultStatus] | None:
+    """After a rotation the entry stays on the older epoch until a recovery moves it: the
+    newest older epoch where it is not empty, so that `vault status` does not call a key
+    that is there "empty". An older epoch that cannot be asked is passed over."""
+    from backupvault.client.errors import VaultError
+    from backupvault.protocol import EntryStatus
+
+    for epoch, old in session.older():
+        try:
+            status = old.status()
+        except VaultError:
+            continue
+        if status.status != EntryStatus.EMPTY:
+            return epoch, status
+    return None
 
 
 def _node_without(node: str) -> str:
