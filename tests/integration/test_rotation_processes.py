@@ -181,6 +181,8 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     old_epoch = pinned().epoch
     root_key = recovery.new_root_key()
     pinned().session(ksf_params=FAST_KSF).register(PASSWORD, root_key)
+    stale = tmp_path / "stale.toml"  # a copy made before the rotation (another device's)
+    stale.write_bytes(config_path.read_bytes())
 
     done = subprocess.run(
         [
@@ -216,6 +218,23 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
         f"key: empty on fleet epoch {old_epoch + 1}; your key is still on epoch {old_epoch}"
         " (a rotation's older fleet: live, 10 of 10 guesses left): your next recovery"
     ), status.stdout
+    # The copy still pins the old epoch's keys, which the current nodes do not hold: it
+    # said "too few vault nodes answered; try again later".
+    stale_status = subprocess.run(
+        [sys.executable, "-m", "backupvault", "--config", str(stale), "vault", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert stale_status.returncode == 5, stale_status.stderr
+    assert "could not open the requests sealed to the keys in your client config" in (
+        stale_status.stderr
+    )
+    assert "after a fleet rotation a pinned config needs the new epoch's keys" in (
+        stale_status.stderr
+    )
+    assert "try again later" not in stale_status.stderr
     recovered = after.recover_or_migrate(PASSWORD)
     assert recovered.root_key == root_key and recovered.migrated_from == old_epoch
     assert pinned().session(ksf_params=FAST_KSF).status().status == EntryStatus.LIVE

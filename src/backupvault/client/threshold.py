@@ -174,6 +174,29 @@ def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized
     return None
 
 
+def _sealed_to_other_keys(
+    outcomes: Sequence[NodeOutcome[Any]], t: int, nodes: int
+) -> FleetUnavailable | None:
+    """So many nodes could not open their sealed copy (400 bad_sealed_request) that fewer
+    than t are left: the keys the client sealed to are not the nodes' (a pinned config
+    from before a rotation, or another fleet's), or the relay altered every copy. Asking
+    again cannot help; it said "try again later"."""
+    unopened = [
+        o for o in outcomes if o.status == 400 and "bad_sealed_request" in (o.failure or "")
+    ]
+    if not unopened or len(outcomes) - len(unopened) >= t:
+        return None
+    return FleetUnavailable(
+        f"{len(unopened)} of {nodes} vault nodes could not open the requests sealed to the"
+        f" keys in your client config ({unopened[0].describe()})",
+        hint="the config pins keys these nodes do not hold: after a fleet rotation a pinned"
+        " config needs the new epoch's keys (a local deployment's `local rotate` rewrites"
+        " DIR/client.toml: use that one; an operator's `fleet client-config` writes one), or"
+        " use an over-the-air config; if the fleet was not rotated, the relay altered the"
+        " requests. Nothing was counted as a guess",
+    )
+
+
 def _nodes(indices: Sequence[int]) -> str:
     return ", ".join(str(i) for i in indices) or "none"
 
@@ -361,6 +384,9 @@ class ThresholdVault:
         refused = _token_refused(found.answers, self.t)
         if refused is not None:
             return refused
+        unopened = _sealed_to_other_keys(found.answers, self.t, self.nodes)
+        if unopened is not None:
+            return unopened
         silent = [a.describe() for a in found.answers if a.response is None]
         return FleetUnavailable(
             f"need {self.t} of {self.nodes} vault nodes to agree on this entry, "
