@@ -1106,6 +1106,33 @@ def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> N
     assert f"  recovery code  {source}" in first and f"  unknown        {source}" in second
 
 
+def test_prune_says_what_a_dry_run_would_do_in_its_own_words(tmp_path: Path, source: Path) -> None:
+    """A dry run said "1 repacked into 0; would free 203 bytes" (it writes no pack, and
+    frees less than that once the repacked chunks are stored again); sizes in bytes."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage) + "\n"
+    (source / "photos" / "cat.jpg").write_bytes(os.urandom(300_000))
+    key = ("--storage", str(storage), "--recovery-code", "-")
+    assert (
+        run("backup", "create", str(source), *key[:2], "--recovery-code", stdin=code).returncode
+        == 0
+    )
+    assert run("backup", "forget", "--keep-last", "1", *key, stdin=code).returncode == 0
+    dry = run("backup", "prune", "--dry-run", *key, stdin=code)
+    assert dry.returncode == 0, dry.stderr
+    assert re.fullmatch(
+        r"\d+ packs?: \d+ to delete, \d+ to repack; would free up to \d+(\.\d)? [KM]?i?B\n",
+        dry.stdout,
+    ), dry.stdout
+    done = run("backup", "prune", *key, stdin=code)
+    assert done.returncode == 0, done.stderr
+    assert re.fullmatch(
+        r"\d+ packs?: \d+ deleted, \d+ repacked into \d+; freed \d+(\.\d)? [KM]?i?B\n",
+        done.stdout,
+    ), done.stdout
+    assert "repacked into 0; would" not in dry.stdout + done.stdout
+
+
 def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     tmp_path: Path, source: Path
 ) -> None:

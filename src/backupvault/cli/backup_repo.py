@@ -255,18 +255,34 @@ def backup_prune(
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
         result = maintenance.prune(repo, dry_run=dry_run, progress=bar)
-    verb = "would free" if dry_run else "freed"
     report = ctx.output.result if dry_run else ctx.output.done
     report(
         dict(result.__dict__),
-        f"{result.packs} packs: {result.packs_deleted} deleted, {result.packs_repacked} "
-        f"repacked into {result.packs_written}; {verb} {result.bytes_freed} bytes"
+        _prune_text(result)
         + (
             f"; {result.temporaries_removed} unfinished uploads "
             + ("to remove" if dry_run else "removed")
             if result.temporaries_removed
             else ""
         ),
+    )
+
+
+def _prune_text(r: maintenance.PruneResult) -> str:
+    """What prune did, or would do. A dry run writes nothing, so it has no packs it
+    repacked into ("1 repacked into 0"), and what it would free is the packs it would
+    delete or repack, less what the repacked chunks then take: at most that."""
+    from backupvault.backup import human_size
+
+    packs = _plural(r.packs, "pack")
+    if r.dry_run:
+        return (
+            f"{packs}: {r.packs_deleted} to delete, {r.packs_repacked} to repack; would free"
+            f" up to {human_size(r.bytes_freed)}"
+        )
+    return (
+        f"{packs}: {r.packs_deleted} deleted, {r.packs_repacked} repacked into"
+        f" {r.packs_written}; freed {human_size(r.bytes_freed)}"
     )
 
 
