@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -303,6 +304,25 @@ def test_previous_fleets_are_reached_at_their_epochs_route(tmp_path: Path) -> No
     for epoch, old in older:
         assert old.epoch == epoch and old.threshold.vault.epoch == epoch
         assert old.threshold.vault.node_keys[0].to_bytes().hex() == "0020" + "22" * 32
+
+
+def test_vault_status_passes_over_older_epochs_it_cannot_check() -> None:
+    """`vault status` looks for the key on a rotation's older epochs only to say where it
+    is: an epoch that does not answer is passed over, and a bundle that does not verify
+    ends the search (a recovery stops on it), rather than failing the status."""
+    from backupvault.cli.main import _key_on_older_epoch
+    from backupvault.client.errors import FleetNotTrusted, FleetUnavailable
+
+    class Down:
+        def status(self) -> None:
+            raise FleetUnavailable("no node answered")
+
+    class Session:
+        def older(self) -> Iterator[tuple[int, Down]]:
+            yield 4, Down()
+            raise FleetNotTrusted("refused the relay's fleet bundle: bad signature")
+
+    assert _key_on_older_epoch(Session()) is None  # type: ignore[arg-type]
 
 
 def _ota_toml(path: Path, **fields: object) -> Path:

@@ -1011,18 +1011,24 @@ def vault_status(ctx: Context) -> None:
 def _key_on_older_epoch(session: FleetSession) -> tuple[int, VaultStatus] | None:
     """After a rotation the entry stays on the older epoch until a recovery moves it: the
     newest older epoch where it is not empty, so that `vault status` does not call a key
-    that is there "empty". An older epoch that cannot be asked is passed over."""
+    that is there "empty". An older epoch that cannot be asked is passed over, and one
+    whose bundle does not verify ends the search: the status of the current epoch stands
+    (a recovery, which would use it, stops on it)."""
     from backupvault.client.errors import VaultError
     from backupvault.protocol import EntryStatus
 
-    for epoch, old in session.older():
+    older = session.older()
+    while True:
+        try:
+            epoch, old = next(older)
+        except (StopIteration, VaultError):
+            return None
         try:
             status = old.status()
         except VaultError:
             continue
         if status.status != EntryStatus.EMPTY:
             return epoch, status
-    return None
 
 
 def _node_without(node: str) -> str:
