@@ -621,6 +621,33 @@ def test_a_mistyped_storage_is_named_before_the_vault_is_asked(
     assert not (tmp_path / "r").exists() and not (tmp_path / "typo").exists()
 
 
+def test_a_mistyped_snapshot_id_is_named_before_the_vault_is_asked(
+    tmp_path: Path, source: Path
+) -> None:
+    """Snapshot objects are named by their ids: one that no name starts with was found
+    only once the password had gone to the vault (a guess, if mistyped too)."""
+    storage = tmp_path / "storage"
+    made = backupvault(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    (snapshot,) = os.listdir(storage / "snapshots")
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist
+    for args in (
+        ["restore", "0bad", "--to", str(tmp_path / "r")],
+        ["diff", snapshot[:6], "0bad"],
+    ):
+        done = backupvault(
+            "--json", "--config", str(config), "backup", *args, "--storage", str(storage),
+            "--password-stdin", stdin="a mistyped password\n",
+        )  # fmt: skip
+        assert done.returncode == 1, done.stderr
+        error = last_json(done.stderr)
+        assert error["error"] == f"no snapshot with id 0bad at {storage}", error
+        assert "backup list` shows the snapshots" in str(error["hint"])
+    assert not (tmp_path / "r").exists()
+
+
 # ---- passwords ----------------------------------------------------------------------------
 
 

@@ -78,6 +78,24 @@ def require_repository(url: str, command: str) -> None:
     )
 
 
+def require_snapshots(url: str, *ids: str) -> None:
+    """Before the key is asked for: each snapshot id (or prefix) names a snapshot object
+    in storage. Storage's names are not trusted for anything here (the one opened is
+    authenticated after); a mistyped id only no longer spends a password on a lookup that
+    fails."""
+    from backupvault.backup.errors import BackupNotFound
+    from backupvault.backup.repo.backend import Backend
+
+    storage = Storage(url)
+    names = Backend(storage).list("snapshots")
+    for wanted in ids:
+        if not any(name.startswith(wanted.strip().lower()) for name in names):
+            raise BackupNotFound(
+                f"no snapshot with id {wanted.strip().lower()} at {storage.display_url}",
+                hint="`backupvault backup list` shows the snapshots and their ids",
+            )
+
+
 def repository_opens_with(url: str, root_key: bytes) -> bool:
     """Whether storage holds a repository whose config opens with `root_key`."""
     try:
@@ -139,12 +157,19 @@ def warn_damaged(ctx: Context, damaged: dict[str, str], then: str) -> None:
 
 
 def _open(
-    ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
+    ctx: Context,
+    storage_url: str | None,
+    password_stdin: bool,
+    code: str | None,
+    snapshot_ids: tuple[str, ...] = (),
 ) -> Repository:
+    """The repository, once storage shows that it is there (and holds `snapshot_ids`):
+    only then is the key asked for."""
     from backupvault.backup.repo import maintenance
 
     url = ctx.storage(storage_url)
     require_repository(url, click.get_current_context().info_name or "")
+    require_snapshots(url, *snapshot_ids)
     return maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
 
 
@@ -165,7 +190,8 @@ def backup_diff(
     T type changed, U metadata only)."""
     from backupvault.backup.repo import maintenance
 
-    changes = maintenance.diff(_open(ctx, storage_url, password_stdin, code), first, second)
+    repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids=(first, second))
+    changes = maintenance.diff(repo, first, second)
     rows = [
         {"change": c.kind, "path": c.path, "size_before": c.size_before, "size_after": c.size_after}
         for c in changes

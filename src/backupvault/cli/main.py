@@ -757,7 +757,7 @@ def backup_restore(
     empty folder."""
     from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
-    from backupvault.cli.backup_repo import repository_exists
+    from backupvault.cli.backup_repo import repository_exists, require_snapshots
 
     if password_stdin and code is not None:
         raise UsageError("choose one of --password-stdin and --recovery-code")
@@ -778,6 +778,8 @@ def backup_restore(
         raise UsageError("--include works on snapshots, not on single-blob backups")
     if not use_repository:
         _require_single_blob(url, backup_id)
+    elif backup_id is not None:
+        require_snapshots(url, backup_id)
     root_key = (
         _recovery_code(code, ctx.output)
         if code is not None
