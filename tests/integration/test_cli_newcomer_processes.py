@@ -214,6 +214,13 @@ def test_an_entry_without_a_key_does_not_send_a_restore_to_make_a_new_one(
         assert "check that --config is the client config of the account" in error["hint"]
         assert "would not open these" in error["hint"]
     assert not (tmp_path / "r").exists()
+    # Nor does deleting a key that is not there send anyone to make one.
+    deleted = bv("--json", "--config", other, "vault", "delete", "--yes", "--password-stdin",
+                 stdin=phrase)  # fmt: skip
+    assert deleted.returncode == 1, deleted.stderr
+    error = json.loads(deleted.stderr.strip().splitlines()[-1])
+    assert error["error"].endswith("entry 'not-this-one': there is nothing to delete")
+    assert "registers one" not in error["hint"] and "check --config" in error["hint"]
 
 
 def test_the_password_is_asked_twice_only_for_a_new_key(

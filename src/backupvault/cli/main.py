@@ -1127,7 +1127,13 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     session = ctx.session()
     status = session.status()
     if status.status == EntryStatus.EMPTY:
-        raise NotRegistered()
+        config = ctx.config()
+        raise NotRegistered(
+            f"the vault holds no key for account {config.account!r}, entry {config.entry!r}:"
+            " there is nothing to delete",
+            hint="check --config (its account and entry) if you expected a key there;"
+            " `backupvault vault status` shows what the vault holds",
+        )
     if status.status == EntryStatus.DESTROYED:
         _confirm(
             "The key was destroyed by wrong guesses. Clear it so a new key can be registered?",
