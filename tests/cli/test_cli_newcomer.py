@@ -695,6 +695,20 @@ def test_change_password_with_stdin_says_two_lines_are_expected(tmp_path: Path) 
 # ---- local --------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("nodes", ["4", "0"])
+def test_local_up_with_an_even_node_count_is_a_usage_error_that_makes_nothing(
+    tmp_path: Path, nodes: str
+) -> None:
+    """It said "provisioning 4 nodes", made DIR, and only then failed (exit 1)."""
+    root = tmp_path / "bv"
+    done = backupvault("--json", "local", "up", "--dir", str(root), "--nodes", nodes)
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert error["error"] == "a fleet has an odd number of nodes (1, 3, 5, ...)"
+    assert "--nodes" in str(error["hint"])
+    assert not root.exists()
+
+
 def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:
     done = backupvault("local", "down", "--dir", str(tmp_path))
     assert done.returncode == 0

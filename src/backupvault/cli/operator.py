@@ -48,6 +48,11 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     deployment = LocalDeployment(root)
     renewed: list[str] = []
     if not deployment.provisioned():
+        if nodes < 1 or nodes % 2 == 0:  # before anything is said or made, as `local rotate`
+            raise UsageError(
+                "a fleet has an odd number of nodes (1, 3, 5, ...)",
+                hint="give --nodes an odd number, or leave it out for 5",
+            )
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
     else:
         renewed = deployment.renew_client_tokens()
