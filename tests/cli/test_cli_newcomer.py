@@ -709,6 +709,28 @@ def test_local_up_with_an_even_node_count_is_a_usage_error_that_makes_nothing(
     assert not root.exists()
 
 
+def test_a_local_deployment_that_is_down_is_named_with_the_command_that_starts_it(
+    tmp_path: Path,
+) -> None:
+    """After `local down` or a restart, every command said "cannot reach the relay ...
+    check that the relay runs": the config `local up` wrote now says how to start it."""
+    deployment = tmp_path / "bv"
+    deployment.mkdir()
+    for name in ("relay.toml", "fleet.toml"):  # what `local up` keeps beside client.toml
+        (deployment / name).write_text("")
+    config = _client_toml(deployment / "client.toml")  # its relay does not answer
+    done = backupvault("--json", "--config", str(config), "vault", "status")
+    assert done.returncode == 5, done.stderr
+    error = last_json(done.stderr)
+    assert str(error["error"]).startswith("cannot reach the relay at http://127.0.0.1:9")
+    assert f"`backupvault local up --dir {deployment}` starts it again" in str(error["hint"])
+    assert "no guess was used" in str(error["hint"])
+    # A config elsewhere (a copy on another device) keeps the general hint.
+    copy = _client_toml(tmp_path / "client.toml")
+    elsewhere = last_json(backupvault("--json", "--config", str(copy), "vault", "status").stderr)
+    assert "check that the relay runs" in str(elsewhere["hint"])
+
+
 def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:
     done = backupvault("local", "down", "--dir", str(tmp_path))
     assert done.returncode == 0

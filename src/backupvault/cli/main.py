@@ -178,14 +178,17 @@ def cli(ctx: click.Context, config_path: Path | None, json_mode: bool, quiet: bo
 
     The client config comes from --config or $BACKUPVAULT_CONFIG."""
     from_env = ctx.get_parameter_source("config_path") == click.core.ParameterSource.ENVIRONMENT
-    global _run_output
+    global _run_output, _run_config
     _run_output = Output(json_mode=json_mode, quiet=quiet)
+    _run_config = config_path
     ctx.obj = Context(_run_output, config_path, from_env)
 
 
 #: The output of the command running in this process: a failure reports the warnings it
 #: gathered under --json (they were printed as they came without it).
 _run_output: Output | None = None
+#: Its client config, for the hint of a relay that does not answer.
+_run_config: Path | None = None
 
 
 # ---- secrets --------------------------------------------------------------------------
@@ -1258,6 +1261,26 @@ def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
     return err
 
 
+def _with_local_hint(err: BackupVaultError) -> BackupVaultError:
+    """A relay that does not answer, through a config `local up` wrote (its folder holds
+    the deployment): the deployment is down (`local down`, a restart of the machine), and
+    `local up` starts it again. "Check that the relay runs" left a newcomer to find out
+    what the relay is and how to start it."""
+    from backupvault.client.errors import RelayUnreachable
+
+    if not isinstance(err, RelayUnreachable) or _run_config is None:
+        return err
+    folder = _run_config.absolute().parent
+    if not all((folder / name).is_file() for name in ("relay.toml", "fleet.toml")):
+        return err
+    err.hint = (
+        f"the config is the local deployment's in {folder}, which is not running (stopped,"
+        f" or the machine restarted): `backupvault local up --dir {folder}` starts it"
+        " again, keys and all; no guess was used"
+    )
+    return err
+
+
 def _fail(json_mode: bool, err: BackupVaultError) -> None:
     """Report `err` and exit with its code. Under --json the error object also carries the
     run's warnings (`warnings`), as a result object would: a warning that came before the
@@ -1274,8 +1297,9 @@ def _fail(json_mode: bool, err: BackupVaultError) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    global _run_output
+    global _run_output, _run_config
     _run_output = None  # set by the command group once the command line parsed
+    _run_config = None
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
     try:
@@ -1295,7 +1319,7 @@ def main(argv: list[str] | None = None) -> None:
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(err.format_message()))
     except BackupVaultError as err:
-        _fail(json_mode, _with_storage_hint(err))
+        _fail(json_mode, _with_local_hint(_with_storage_hint(err)))
     except KeyboardInterrupt:
         _fail(json_mode, Interrupted("interrupted"))
     except Exception as err:  # a bug: say so plainly, without a wall of traceback
