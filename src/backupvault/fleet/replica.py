@@ -534,7 +534,14 @@ class Replica:
             elif now >= repair.next_at:
                 repair.next_at = now + self.timing.repair_interval
                 if not repair.refused:
-                    effects += [Send(peer, repair.accept) for peer in sorted(repair.pending)]
+                    for peer in sorted(repair.pending):
+                        if peer == self.node:
+                            # Its own acceptor (a committing node repairs itself too), without
+                            # the network: a node has no channel to itself. Sent, it raised
+                            # in the node's shell and ended its ticks.
+                            effects += self._deliver_locally(repair.accept, now)
+                        else:
+                            effects.append(Send(peer, repair.accept))
                 elif repair.accept.key not in self._queues:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
                     # value above its promise and repairs whoever still lags in turn.

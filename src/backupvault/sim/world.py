@@ -59,6 +59,7 @@ from backupvault.hsm.shares import (
     error,
 )
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
+from backupvault.invariants import require
 from backupvault.protocol import (
     COUNT_MESSAGES,
     REQUEST_TYPES,
@@ -854,6 +855,9 @@ class Simulation:
                     # Already in n.disk: the replica wrote it there (durable at once).
                     self.observer.on_persist(n.index, record, kind)
                 case Send(to, message):
+                    # A node has no channel to itself (a real node's shell raises): what it
+                    # says to itself the replica delivers in the same step.
+                    require(to != n.index, "a node sent a peer message to itself")
                     if isinstance(message, Forward):
                         self.stats["forwarded"] += 1
                     elif (
