@@ -55,6 +55,19 @@ def local(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalDeployment]
         deployment.down()
 
 
+def _rotate(root: Path) -> subprocess.CompletedProcess[str]:
+    """`backupvault --json local rotate --dir ROOT`, which must succeed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "--json", "local", "rotate", "--dir", str(root)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done
+
+
 def test_ota_client_migrates_its_entry_across_a_rotation(
     local: LocalDeployment, tmp_path: Path, single_blob: ModuleType
 ) -> None:
@@ -76,23 +89,7 @@ def test_ota_client_migrates_its_entry_across_a_rotation(
     old_bundle = (local.root / "bundle.bin").read_bytes()
 
     # The operator rotates: new nodes, new keys, epoch 2, logged by the witness.
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backupvault",
-            "--json",
-            "local",
-            "rotate",
-            "--dir",
-            str(local.root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    done = _rotate(local.root)
     assert json.loads(done.stdout)["epoch"] == 2
     relay = local.relay_url()
     assert httpx.get(f"{relay}/v1/fleet/epochs").json() == {"current": 2, "previous": [1]}
@@ -184,23 +181,7 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     stale = tmp_path / "stale.toml"  # a copy made before the rotation (another device's)
     stale.write_bytes(config_path.read_bytes())
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "backupvault",
-            "--json",
-            "local",
-            "rotate",
-            "--dir",
-            str(local.root),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr
+    _rotate(local.root)
     config = pinned()
     assert config.epoch == old_epoch + 1
     after = config.session(ksf_params=FAST_KSF)
