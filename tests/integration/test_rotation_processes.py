@@ -68,6 +68,17 @@ def _rotate(root: Path) -> subprocess.CompletedProcess[str]:
     return done
 
 
+def _vault_status(config: Path) -> subprocess.CompletedProcess[str]:
+    """`backupvault --config CONFIG vault status`, as it ended."""
+    return subprocess.run(
+        [sys.executable, "-m", "backupvault", "--config", str(config), "vault", "status"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
 def test_ota_client_migrates_its_entry_across_a_rotation(
     local: LocalDeployment, tmp_path: Path, single_blob: ModuleType
 ) -> None:
@@ -187,13 +198,7 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     after = config.session(ksf_params=FAST_KSF)
     assert after.status().status == EntryStatus.EMPTY
     # `vault status` said "key: empty" here, of a key that is on the older epoch.
-    status = subprocess.run(
-        [sys.executable, "-m", "backupvault", "--config", str(config_path), "vault", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    status = _vault_status(config_path)
     assert status.returncode == 0, status.stderr
     assert status.stdout.startswith(
         f"key: empty on fleet epoch {old_epoch + 1}; your key is still on epoch {old_epoch}"
@@ -201,13 +206,7 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     ), status.stdout
     # The copy still pins the old epoch's keys, which the current nodes do not hold: it
     # said "too few vault nodes answered; try again later".
-    stale_status = subprocess.run(
-        [sys.executable, "-m", "backupvault", "--config", str(stale), "vault", "status"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    stale_status = _vault_status(stale)
     assert stale_status.returncode == 5, stale_status.stderr
     assert "could not open the requests sealed to the keys in your client config" in (
         stale_status.stderr
