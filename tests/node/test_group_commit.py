@@ -504,6 +504,32 @@ def test_a_tick_that_raises_stops_the_node_rather_than_end_its_ticks(
     asyncio.run(scenario())
 
 
+def test_an_effect_that_cannot_be_carried_out_stops_the_node(tmp_path: Path) -> None:
+    """A Send to a peer this node has no channel to (a node once addressed itself) is a bug
+    in the core. Carried out at once, it raised into whichever peer frame or request ran
+    the step; queued behind a write, it ended the group commit's task with the rest of the
+    batch undelivered and the node still saying ready. Both stop the node now."""
+
+    async def scenario(behind_a_write: bool) -> None:
+        service, store, posted = _service(tmp_path / str(behind_a_write))
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+        effects: list[Effect] = [Send(7, NotReady(b"nowhere")), Send(1, NotReady(b"after"))]
+        if behind_a_write:
+            effects.insert(0, Persist(AcceptorRecord(b"a", 1, 0)))
+        service._step(lambda: effects)
+        await _until(lambda: not service.serving, "the node goes on serving")
+        await _turns()
+        assert posted == []  # nothing after the failed effect left
+        assert service.stopped_because is not None
+        assert "KeyError(7)" in service.stopped_because
+        assert not service._committing
+        await service.stop()
+
+    asyncio.run(scenario(behind_a_write=False))
+    asyncio.run(scenario(behind_a_write=True))
+
+
 def test_a_broken_invariant_in_the_firmware_stops_the_node_rather_than_answer_500(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -219,7 +219,14 @@ class NodeService:
         except (StoreCorrupted, AssertionError) as err:
             self._stop_serving(err)
             return
-        self._execute(effects)
+        try:
+            self._execute(effects)
+        except Exception as err:
+            # Carrying out effects fails only by a bug (a Send to a peer this node has no
+            # channel to, once): stopped visibly, as for a broken invariant, rather than
+            # an error thrown at whichever peer frame or request happened to run the step.
+            self._stop_serving(BrokenInvariant(f"carrying out a step's effects raised {err!r}"))
+            return
         erased = self._firmware.shares.take_writes()
         if erased:
             self._persist_in_background(erased)
@@ -553,6 +560,10 @@ class NodeService:
                     self.metrics["group_commits"] += 1
                     self.metrics["records_persisted"] += len(records)
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
+        except Exception as err:
+            # A bug as in `_step`: without this the task would end with the rest of the
+            # batch undelivered (requests left waiting) and the node still saying ready.
+            self._stop_serving(BrokenInvariant(f"delivering a group commit raised {err!r}"))
         finally:
             self._committing = False
 
