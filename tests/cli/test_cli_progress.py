@@ -29,6 +29,20 @@ def test_the_bar_counts_in_mib_and_mib_per_second() -> None:
     assert " MB" not in drawn and "GB/s" not in drawn
 
 
+def test_a_step_with_no_total_shows_no_amount() -> None:
+    """Prune's first step (reading the snapshots) has no total: its line says what it does
+    and pulses, with no "0/? bytes" beside it."""
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    with ProgressBar(console) as bar:
+        bar.start(None, "reading snapshots")
+        bar._progress.refresh()  # type: ignore[union-attr]
+        drawn = screen.getvalue()
+        bar.finish()
+    assert "reading snapshots" in drawn
+    assert "/?" not in drawn and "bytes" not in drawn, drawn
+
+
 def test_no_bar_without_a_terminal_or_with_json_or_quiet() -> None:
     for output in (Output(), Output(json_mode=True), Output(quiet=True)):
         assert output.progress()._progress is None

@@ -148,10 +148,17 @@ class ProgressBar:
                     speed = task.finished_speed or task.speed
                     return Text("" if speed is None else f"{human_size(int(speed))}/s")
 
+            class AmountColumn(DownloadColumn):
+                """Bytes done of the total; nothing for a step with no total (reading
+                snapshots), whose bar only pulses: "0/? bytes" told the user nothing."""
+
+                def render(self, task: Task) -> Text:
+                    return Text("") if task.total is None else super().render(task)
+
             self._progress = Progress(
                 TextColumn("{task.description}"),
                 BarColumn(),
-                DownloadColumn(binary_units=True),
+                AmountColumn(binary_units=True),
                 SpeedColumn(),
                 TimeRemainingColumn(),
                 console=console,
