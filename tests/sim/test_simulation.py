@@ -145,8 +145,10 @@ def test_majority_rolled_back_is_caught() -> None:
     of committed state: they are sharp enough to see what the fault model excludes."""
     config = SimConfig(nodes=3, max_faulty=3)
     # Seeds 0-599 caught it only while a rolled-back node that crashed mid catch-up came
-    # back as intact (seed 594; fixed): 607, 704, 802 and 932 of 600-999 catch it now.
-    seeds = _caught_first(607, 1000)
+    # back as intact (seed 594; fixed). Later changes moved the catching seeds: on
+    # 2026-12-03, 557 and 718 of 500-999 (607 no longer), so 607 first cost a scan of
+    # 557 seeds (217 s on a slow machine); any seed in the range counts the same.
+    seeds = _caught_first(557, 1000)
     assert any(run_seed(seed, config, keep_trace=False).failed for seed in seeds)
 
 
