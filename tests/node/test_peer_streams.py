@@ -164,6 +164,9 @@ def test_a_peer_with_a_hello_is_served_and_answered_on_the_nodes_own_stream(
         record(_channel(2).hello(1)),  # a hello for another node
         record(_channel(1).seal(0, NotReady(b"x"))[:HELLO_SIZE]),  # a message cut to size
     ],
+    # Stable ids: two of these hold random bytes, and a run split across processes
+    # (pytest-xdist) needs every process to collect the same ids.
+    ids=["hello-that-does-not-open", "not-a-hello-size", "huge-record", "other-node", "cut"],
 )
 def test_a_stream_without_a_valid_hello_is_closed(tmp_path: Path, first: bytes) -> None:
     async def scenario() -> None:

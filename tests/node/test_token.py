@@ -95,7 +95,9 @@ def sealing_key(session: Any) -> Any:
 # ---- seal / unseal -----------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("plaintext", [b"", b"s", os.urandom(32), os.urandom(5000)])
+@pytest.mark.parametrize(
+    "plaintext", [b"", b"s", os.urandom(32), os.urandom(5000)], ids=["0", "1", "32", "5000"]
+)
 @pytest.mark.parametrize("aad", [b"", AAD])
 def test_round_trip(sealer: TokenSealer, plaintext: bytes, aad: bytes) -> None:
     blob = sealer.seal(plaintext, aad)
