@@ -135,6 +135,15 @@ def test_no_config_and_a_missing_config_exit_alike_and_name_the_variable(tmp_pat
     assert "BACKUPVAULT_CONFIG" in change.stderr and "no password" not in change.stderr
 
 
+def test_a_bad_port_range_stops_local_up_before_it_provisions(tmp_path: Path) -> None:
+    deployment = tmp_path / "bv"
+    up = backupvault("local", "up", "--dir", str(deployment), env={"BACKUPVAULT_PORTS": "80-90"})
+    assert up.returncode == 1
+    assert "BACKUPVAULT_PORTS='80-90'" in up.stderr and "FIRST-LAST" in up.stderr
+    assert "Traceback" not in up.stderr
+    assert not deployment.exists() or list(deployment.iterdir()) == []
+
+
 def test_a_config_that_is_a_folder_names_where_it_came_from(tmp_path: Path) -> None:
     flag = backupvault("--config", str(tmp_path), "vault", "status")
     env = backupvault("vault", "status", env={"BACKUPVAULT_CONFIG": str(tmp_path)})

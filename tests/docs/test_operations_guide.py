@@ -14,6 +14,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from backupvault.deploy.local import local_ports
+
 GUIDE = Path(__file__).resolve().parents[2] / "docs" / "operations.md"
 PORTS = 8  # 3 nodes, the witness, the relay, 3 node peer listeners
 
@@ -24,8 +26,9 @@ def sh_blocks(markdown: str) -> list[str]:
 
 def free_port_base() -> int:
     """The first of PORTS consecutive free loopback ports."""
+    ports = local_ports()  # this worker's own range, below the ephemeral one
     for _ in range(200):
-        base = random.randrange(20000, 32000)  # below the ephemeral range (32768-)
+        base = random.randrange(ports[0], ports[-1] + 1 - PORTS)
         sockets = []
         try:
             for port in range(base, base + PORTS):

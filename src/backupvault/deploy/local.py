@@ -42,6 +42,7 @@ import sys
 import threading
 import time
 import tomllib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,10 +99,31 @@ class DeploymentError(BackupVaultError):
     pass
 
 
-#: Where local services listen: below Linux's ephemeral range (32768-60999), so that no
-#: outgoing connection (the nodes' peer streams dial often while peers start) takes a
-#: chosen port as its source port before the service binds it.
-LOCAL_PORTS = range(20000, 32768)
+#: Names a narrower range, "FIRST-LAST", for processes that set up deployments side by
+#: side (each pytest worker takes its own, tests/conftest.py): a port is checked free
+#: well before its service binds it, so two such processes sharing one range could both
+#: hand it out.
+PORTS_ENV = "BACKUPVAULT_PORTS"
+
+
+def local_ports() -> Sequence[int]:
+    """Where local services listen: by default below Linux's ephemeral range
+    (32768-60999), so that no outgoing connection (the nodes' peer streams dial often
+    while peers start) takes a chosen port as its source port before the service binds it."""
+    setting = os.environ.get(PORTS_ENV)
+    if not setting:
+        return range(20000, 32768)
+    first, _, last = setting.partition("-")
+    try:
+        ports = range(int(first), int(last) + 1)
+    except ValueError:
+        ports = range(0)
+    if not ports or ports.start < 1024 or ports.stop > 65536:
+        raise DeploymentError(
+            f"{PORTS_ENV}={setting!r}: give a range of ports as FIRST-LAST, "
+            "within 1024-65535 (for example 20000-32767)"
+        )
+    return ports
 
 
 #: Ports this process has handed out. A port is free when checked but is bound only later,
@@ -113,9 +135,10 @@ _handing_out = threading.Lock()
 
 def free_port() -> int:
     """A loopback port nothing listens on and this process has not handed out before."""
+    ports = local_ports()
     with _handing_out:
         for _ in range(1000):
-            port = random.choice(LOCAL_PORTS)
+            port = random.choice(ports)
             if port in _handed_out:
                 continue
             with socket.socket() as sock:
@@ -125,9 +148,7 @@ def free_port() -> int:
                     continue
             _handed_out.add(port)
             return port
-    raise DeploymentError(
-        f"no free loopback port between {min(LOCAL_PORTS)} and {max(LOCAL_PORTS)}"
-    )
+    raise DeploymentError(f"no free loopback port between {min(ports)} and {max(ports)}")
 
 
 @dataclass
@@ -188,6 +209,7 @@ class LocalDeployment:
     def provision(self, nodes: int) -> None:
         if nodes < 1 or nodes % 2 == 0:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
+        local_ports()  # a bad BACKUPVAULT_PORTS stops it before anything is written
         private_folder(self.root)  # it holds keys, PINs and the client configs
         (self.root / "logs").mkdir(exist_ok=True)
         relay_port = free_port()
