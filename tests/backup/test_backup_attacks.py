@@ -7,7 +7,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import SMALL_CHUNK, make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from single_blob import create_backup
@@ -16,6 +15,7 @@ from backupvault.backup import BackupNotFound, restore_backup
 from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
 from backupvault.crypto.stream import TAG_LEN
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+from conftest import SMALL_CHUNK, make_tree, snapshot
 
 CT = SMALL_CHUNK + TAG_LEN
 

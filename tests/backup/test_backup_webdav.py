@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 from cheroot import wsgi
-from conftest import SMALL_CHUNK, make_tree, snapshot
 from single_blob import create_backup
 from wsgidav.wsgidav_app import WsgiDAVApp
 
@@ -21,6 +20,7 @@ from backupvault.backup import (
     restore_backup,
 )
 from backupvault.errors import AuthenticationFailed
+from conftest import SMALL_CHUNK, make_tree, snapshot
 
 USER = "alice"
 PASSWORD = "p@ss:w/rd"  # characters that need percent-encoding in a URL

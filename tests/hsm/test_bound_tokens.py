@@ -9,7 +9,6 @@ import struct
 
 import httpx
 import pytest
-from conftest import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request, seal_request
@@ -31,6 +30,7 @@ from backupvault.tokens import (
     mint_token,
     sign_request_proof,
 )
+from conftest import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 #: A node's serialized public key, for the tests of the proof alone.

@@ -5,12 +5,12 @@ test_threshold_node.py, the client in tests/client)."""
 from __future__ import annotations
 
 import pytest
-from conftest import FAST_KSF, InProcessFleet
 
 from backupvault.client.errors import FleetUnavailable, NotRegistered, WrongPassword
 from backupvault.client.trust import FleetSession
 from backupvault.hsm.state import EntryId
 from backupvault.protocol import EntryStatus
+from conftest import FAST_KSF, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()

@@ -10,7 +10,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import SMALL_PACKS, flip_chunk_byte, pack_files
 
 from backupvault.backup.repo import (
     Repository,
@@ -22,6 +21,7 @@ from backupvault.backup.repo import (
 from backupvault.backup.repo.damage import files_using, listed
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
+from conftest import SMALL_PACKS, flip_chunk_byte, pack_files
 
 
 def _users(repo: Path, root_key: bytes, chunk_ids: set[bytes]) -> list[str]:

@@ -12,7 +12,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -23,6 +22,7 @@ from backupvault.backup.repo import snapshots as snapshots_module
 from backupvault.backup.repo.create import _read_whole, excluded
 from backupvault.backup.storage import Storage
 from backupvault.errors import InvalidInput, WrongKey
+from conftest import make_tree, snapshot
 
 # Small chunks and packs, so little data makes many of both.
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
