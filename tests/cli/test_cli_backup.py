@@ -358,7 +358,7 @@ def test_file_url_with_one_slash_is_a_file_url(tmp_path: Path, source: Path) -> 
 
 def test_list_on_a_missing_storage_says_not_found(tmp_path: Path) -> None:
     done = run("backup", "list", "--storage", str(tmp_path / "nowhere"))
-    assert done.returncode == 1
+    assert done.returncode == 2  # a wrong option, as a config file that does not exist
     assert f"storage not found: {tmp_path / 'nowhere'} does not exist" in done.stderr
     assert not (tmp_path / "nowhere").exists()
 

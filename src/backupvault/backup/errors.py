@@ -34,7 +34,10 @@ class UnsafeArchive(InvalidInput):
 
 
 class StorageNotFound(StorageError):
-    """The storage folder does not exist."""
+    """The storage folder does not exist (or is a file): a wrong `--storage`, so a usage
+    error (exit 2), as is a config file that does not exist."""
+
+    exit_code = 2
 
 
 class NoSpace(BackupVaultError):
