@@ -17,7 +17,7 @@ lint: setup
 	$(VENV)/bin/mypy
 
 test: lint
-	$(PY) -m pytest -n auto
+	$(PY) -m pytest -n auto --maxprocesses 4
 
 bench: setup
 	command -v etcd >/dev/null || (apt-get update && apt-get install -y etcd-server)
