@@ -794,7 +794,8 @@ def test_a_hostile_proposer_deleting_a_later_version_gains_nothing() -> None:
     assert world.replicated(0, client.key) == deleted
     assert _rows(world, client.key) == rows  # nothing erased
     answer = _evaluate_at_node0(world, client, 1)
-    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.NOT_REGISTERED
+    # Version 1 read, version 2 deleted since: the entry changed (nothing to evaluate).
+    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.STALE_MANIFEST
     assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
     # Node 0's round for that request chose the forged value (node 1 takes it over its own
     # empty value of version 2, and node 4 is the attacker's): the attacker ended the

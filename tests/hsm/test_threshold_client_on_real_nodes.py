@@ -13,6 +13,7 @@ from backupvault.client.errors import (
     Destroyed,
     EntryChanged,
     FleetUnavailable,
+    NotRegistered,
     VaultError,
     WrongPassword,
 )
@@ -155,13 +156,39 @@ def test_a_password_changed_on_another_device_mid_recovery_is_named_and_costs_no
         return live
 
     monkeypatch.setattr(device_a, "_live", read_then_changed_elsewhere)
-    with pytest.raises(EntryChanged, match="later version than 1") as raised:
+    with pytest.raises(EntryChanged, match="no longer holds version 1") as raised:
         device_a.recover("old", ksf_floor=SIM_KSF)
     assert raised.value.exit_code == 1
     rows = [bridge.world.honest[s].rows[KEY] for s in range(5)]
     assert all((row.version, row.count) == (2, 0) for row in rows)
     monkeypatch.undo()
     assert device_a.recover("new", ksf_floor=SIM_KSF).root_key == RK
+
+
+def test_a_key_deleted_on_another_device_mid_recovery_is_named(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Device B deletes the key between device A's manifest read and its evaluation (sim
+    seed 10289583): every node answered A's attempt `not_registered`, which A took for an
+    unavailable fleet. The nodes now answer `stale_manifest` for a version deleted since
+    it was read, and A is told the key changed."""
+    device_a, device_b = bridge.vault(), bridge.vault()
+    device_a.register("old", RK, ksf=SIM_KSF)
+    read = device_a._live
+
+    def read_then_deleted_elsewhere() -> object:
+        live = read()
+        device_b.delete(device_b.recover("old", ksf_floor=SIM_KSF))
+        return live
+
+    monkeypatch.setattr(device_a, "_live", read_then_deleted_elsewhere)
+    with pytest.raises(EntryChanged, match="no longer holds version 1") as raised:
+        device_a.recover("old", ksf_floor=SIM_KSF)
+    assert raised.value.exit_code == 1
+    assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
+    monkeypatch.undo()
+    with pytest.raises(NotRegistered):  # read again: there is no key
+        device_a.recover("old", ksf_floor=SIM_KSF)
 
 
 def test_a_key_deleted_on_another_device_mid_password_change_is_named(
@@ -180,7 +207,7 @@ def test_a_key_deleted_on_another_device_mid_password_change_is_named(
         return deliver(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(device_a, "_deliver", deleted_elsewhere_first)
-    with pytest.raises(EntryChanged, match="later version than 1"):
+    with pytest.raises(EntryChanged, match="no longer holds version 1"):
         device_a.change_password(recovered, "new", ksf=SIM_KSF)
     assert all(bridge.world.honest[s].rows[KEY].share == b"" for s in range(5))
 
@@ -193,7 +220,7 @@ def test_a_delete_after_a_password_change_on_another_device_is_named(bridge: Bri
     device_a.register("old", RK, ksf=SIM_KSF)
     recovered = device_a.recover("old", ksf_floor=SIM_KSF)
     device_b.change_password(device_b.recover("old", ksf_floor=SIM_KSF), "new", ksf=SIM_KSF)
-    with pytest.raises(EntryChanged, match="later version than 1"):
+    with pytest.raises(EntryChanged, match="no longer holds version 1"):
         device_a.delete(recovered)
     assert device_b.recover("new", ksf_floor=SIM_KSF).root_key == RK
 

@@ -309,7 +309,12 @@ def test_regression_an_earlier_start_of_the_same_commit_over_a_bare_sibling(seed
 # key to delete it; every node refused c1's statement as `stale_manifest`, and c1
 # reported "unavailable (0 erasures)" (10241660);
 # test_a_delete_after_a_password_change_on_another_device_is_named.
-@pytest.mark.parametrize("seed", [10051237, 10196044, 10241660])
+# And a recovery's over a delete (5,000 from 10,285,000): c2 deleted the key between c1's
+# manifest read and its evaluation; every node answered c1 `not_registered` (an empty
+# entry), and c1 reported "unavailable (0 partials)" (10289583). Fixed in the firmware:
+# an evaluation naming a version deleted since is `stale_manifest`;
+# test_a_key_deleted_on_another_device_mid_recovery_is_named.
+@pytest.mark.parametrize("seed", [10051237, 10196044, 10241660, 10289583])
 def test_regression_a_password_changed_on_another_device_is_an_answer(seed: int) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)

@@ -56,9 +56,9 @@ class EntryChanged(VaultError):
 
     def __init__(self, version: int) -> None:
         super().__init__(
-            f"the key changed while it was being recovered: the vault now holds a later"
-            f" version than {version} (its password was changed, or the key deleted, on"
-            " another device)",
+            f"the key changed while it was being recovered: the vault no longer holds"
+            f" version {version} (its password was changed, or the key deleted, on another"
+            " device)",
             hint="no guess was used on the new version; try again, with the new password"
             " if it was changed",
         )

@@ -939,6 +939,14 @@ class ShareKeeper:
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
             if state.status == EntryStatus.EMPTY:
+                if 0 < request.version <= state.version:
+                    # Deleted (on another device) since the client read the version it
+                    # names: as for a password change, its read is out of date, so the
+                    # SDK says the key changed instead of "fleet unavailable".
+                    return state, _answer(
+                        ErrorCode.STALE_MANIFEST,
+                        f"the key was deleted at version {state.version}; fetch its manifest again",
+                    )
                 return state, _answer(ErrorCode.NOT_REGISTERED, "no key is stored here")
             if state.status == EntryStatus.DESTROYED:
                 return state, lambda: self._destroyed(key)

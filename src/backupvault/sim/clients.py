@@ -337,11 +337,11 @@ def recover(ctx: FlowContext, password: bytes) -> Flow:
             agreed.commitments, blinded, [a.partial() for a in good.values()]
         )
     except threshold.NotEnoughPartials as err:
+        failure = threshold.NotEnoughPartials(err.message, rejected=tuple(sorted(rejected)))
         if _changed(ctx, codes):
             # As the SDK (`EntryChanged`): the manifest read is out of date, no guess used.
-            return Outcome("entry changed", agreed=agreed, rejected=tuple(sorted(rejected)))
+            return Outcome("entry changed", agreed=agreed, rejected=failure.rejected, error=failure)
         text = "destroyed" if ErrorCode.DESTROYED in codes else "unavailable"
-        failure = threshold.NotEnoughPartials(err.message, rejected=tuple(sorted(rejected)))
         return Outcome(f"{text} ({len(good)} partials)", rejected=failure.rejected, error=failure)
     output = oprf.finalize(password, blind, combination.evaluated)
     registered = ctx.credentials.by_manifest.get(agreed.to_bytes())
