@@ -6,11 +6,11 @@ from __future__ import annotations
 
 import os
 
-from backupvault.deploy.local import PORTS_ENV
+from backupvault.deploy.local import DEFAULT_PORTS, PORTS_ENV
 
 _worker = os.environ.get("PYTEST_XDIST_WORKER")  # "gw0", "gw1", ... under xdist
 if _worker and PORTS_ENV not in os.environ:
     _count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
-    _span = (32768 - 20000) // _count
-    _first = 20000 + int(_worker.removeprefix("gw")) * _span
+    _span = len(DEFAULT_PORTS) // _count
+    _first = DEFAULT_PORTS.start + int(_worker.removeprefix("gw")) * _span
     os.environ[PORTS_ENV] = f"{_first}-{_first + _span - 1}"

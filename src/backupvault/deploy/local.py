@@ -99,6 +99,11 @@ class DeploymentError(BackupVaultError):
     pass
 
 
+#: Where local services listen by default: below Linux's ephemeral range (32768-60999),
+#: so that no outgoing connection (the nodes' peer streams dial often while peers start)
+#: takes a chosen port as its source port before the service binds it.
+DEFAULT_PORTS = range(20000, 32768)
+
 #: Names a narrower range, "FIRST-LAST", for processes that set up deployments side by
 #: side (each pytest worker takes its own, tests/conftest.py): a port is checked free
 #: well before its service binds it, so two such processes sharing one range could both
@@ -107,12 +112,10 @@ PORTS_ENV = "BACKUPVAULT_PORTS"
 
 
 def local_ports() -> Sequence[int]:
-    """Where local services listen: by default below Linux's ephemeral range
-    (32768-60999), so that no outgoing connection (the nodes' peer streams dial often
-    while peers start) takes a chosen port as its source port before the service binds it."""
+    """Where local services listen: `PORTS_ENV`'s range, or `DEFAULT_PORTS`."""
     setting = os.environ.get(PORTS_ENV)
     if not setting:
-        return range(20000, 32768)
+        return DEFAULT_PORTS
     first, _, last = setting.partition("-")
     try:
         ports = range(int(first), int(last) + 1)
