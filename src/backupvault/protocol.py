@@ -14,7 +14,7 @@ import enum
 import hashlib
 import re
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TypeGuard
 
 from backupvault.codec import Message, decode_any
@@ -181,7 +181,7 @@ class RegisterShareRequest(Message):
     account: str
     entry: str
     manifest: bytes
-    share: bytes  # index u8 || k_i (32, little-endian scalar)
+    share: bytes = field(repr=False)  # index u8 || k_i (32, little-endian scalar); never printed
     authorization: bytes  # 64-byte owner signature, or empty for a new entry
     counter: int  # the change statement's sequence number; 0 for a new entry
 

@@ -19,7 +19,7 @@ import tomli_w
 from console import backupvault  # tests/cli/console.py
 
 from backupvault.cli.passwords import MIN_LENGTH, check_password, weakness
-from backupvault.crypto import recovery
+from backupvault.crypto import oprf, recovery
 from backupvault.errors import UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -681,6 +681,15 @@ def test_check_password_strips_only_the_line_ending() -> None:
     for empty in ("", "\n", "\r\n"):
         with pytest.raises(UsageError, match="empty"):
             check_password(empty)
+
+
+def test_a_password_longer_than_the_vault_takes_is_refused_without_its_length() -> None:
+    longest = "é" * (oprf.MAX_INPUT_LEN // 2)  # two bytes each in UTF-8
+    assert check_password(longest) == longest
+    with pytest.raises(UsageError, match="nothing was sent") as raised:
+        check_password(longest + "é")
+    assert str(len(longest) + 1) not in raised.value.message
+    assert str(2 * len(longest) + 2) not in raised.value.message
 
 
 def test_weak_passwords_are_named() -> None:

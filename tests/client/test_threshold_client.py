@@ -22,7 +22,9 @@ from backupvault.client.errors import (
 )
 from backupvault.client.pending import PendingFileDamaged, PendingStore
 from backupvault.client.threshold import EVALUATE_RESENDS
+from backupvault.crypto import oprf
 from backupvault.crypto.seal import open_share
+from backupvault.errors import InvalidInput
 from backupvault.protocol import EntryStatus
 
 from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
@@ -58,6 +60,20 @@ def test_wrong_passwords_count_down_and_a_success_reports_them(fleet: FakeFleet)
     recovered = vault.recover("right", ksf_floor=FAST_KSF)
     assert recovered.wrong_guesses_before == 2
     assert vault.status().guesses_remaining == LIMIT
+
+
+def test_a_password_too_long_for_the_oprf_is_refused_before_it_costs_a_guess(
+    fleet: FakeFleet,
+) -> None:
+    vault = fleet.vault()
+    vault.register("correct horse", RK, ksf=FAST_KSF)
+    too_long = "y" * (oprf.MAX_INPUT_LEN + 1)
+    with pytest.raises(InvalidInput, match="at most"):
+        vault.recover(too_long, ksf_floor=FAST_KSF)
+    assert fleet.evaluations == 0
+    assert vault.status().guesses_remaining == LIMIT
+    with pytest.raises(InvalidInput, match="at most"):
+        FakeFleet(5).vault().register(too_long, RK, ksf=FAST_KSF)
 
 
 def test_the_last_wrong_guess_destroys_the_entry(fleet: FakeFleet) -> None:

@@ -147,3 +147,24 @@ def test_validate_element_fuzz_only_invalid_input(data: bytes) -> None:
         return
     assert validated == data
     assert len(data) == 32
+
+
+def test_an_input_finalize_cannot_take_is_refused_before_blind() -> None:
+    """Finalize prefixes the input with its length in 2 bytes: a longer password would be
+    blinded, sent and counted as a guess, and only then fail. The message leaves the
+    length out (the input is a password)."""
+    longest = b"x" * oprf.MAX_INPUT_LEN
+    blind, blinded = oprf.blind(longest)
+    sk = oprf.random_scalar()
+    assert oprf.finalize(longest, blind, oprf.blind_evaluate(sk, blinded)) == oprf.evaluate(
+        sk, longest
+    )
+    too_long = longest + b"x"
+    for refuse in (
+        lambda: oprf.blind(too_long),
+        lambda: oprf.evaluate(sk, too_long),
+        lambda: oprf.finalize(too_long, blind, blinded),
+    ):
+        with pytest.raises(InvalidInput) as raised:
+            refuse()
+        assert str(len(too_long)) not in str(raised.value)

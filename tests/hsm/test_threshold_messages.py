@@ -168,6 +168,14 @@ def test_register_share_checks_share_manifest_and_signature(registration) -> Non
             RegisterShareRequest.from_bytes(_reencode(good, **changes))
 
 
+def test_a_share_request_keeps_the_share_out_of_its_repr(registration) -> None:  # type: ignore[no-untyped-def]
+    share = registration.shares[0].to_bytes()
+    request = RegisterShareRequest("alice", "chat", registration.manifest.to_bytes(), share, b"", 0)
+    shown = repr(request)
+    assert share.hex() not in shown and repr(share) not in shown and repr(share[1:]) not in shown
+    assert "alice" in shown
+
+
 def test_a_manifest_with_an_identity_commitment_is_refused(registration) -> None:  # type: ignore[no-untyped-def]
     manifest = registration.manifest.to_bytes()
     c0 = registration.manifest.commitments.public_key

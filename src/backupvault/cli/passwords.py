@@ -33,6 +33,15 @@ def check_password(raw: str) -> str:
             "the password is only whitespace",
             hint="type the password itself; nothing was sent to the vault",
         )
+    from backupvault.crypto.oprf import MAX_INPUT_LEN  # pysodium: 50 ms, only when needed
+
+    if len(password.encode()) > MAX_INPUT_LEN:
+        # Its length is left out: the message may end up in a log.
+        raise UsageError(
+            f"the password is longer than the vault takes ({MAX_INPUT_LEN} bytes in UTF-8)",
+            hint="check what was given as the password (a file given by mistake?);"
+            " nothing was sent to the vault",
+        )
     return password
 
 

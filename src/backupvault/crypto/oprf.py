@@ -33,6 +33,10 @@ GROUP_ORDER = 2**252 + 27742317777372353535851937790883648493
 
 _IDENTITY = bytes(ELEMENT_LEN)
 _SHA512_BLOCK = 128
+# RFC 9497 §3.3.1: Finalize prefixes the input with its length in 2 bytes, so a longer
+# input is an error there. Checked before Blind, so a client never sends a blinded
+# element whose answer it cannot finalize (and so never spends a guess on it).
+MAX_INPUT_LEN = 0xFFFF
 
 
 def i2osp(value: int, length: int) -> bytes:
@@ -150,11 +154,20 @@ def derive_key_pair(seed: bytes, info: bytes) -> tuple[bytes, bytes]:
     return sk, scalar_mult_base(sk)
 
 
+def check_input(password_input: bytes) -> bytes:
+    """`password_input` if Finalize can take it; the message leaves its length out, as the
+    input is a password."""
+    if len(password_input) > MAX_INPUT_LEN:
+        raise InvalidInput(f"OPRF input: at most {MAX_INPUT_LEN} bytes")
+    return password_input
+
+
 def blind(password_input: bytes, blind_scalar: bytes | None = None) -> tuple[bytes, bytes]:
     """Blind (RFC 9497 §3.3.1): return (blind, blinded_element).
 
     `blind_scalar` is for test vectors; by default a fresh random scalar is used.
     """
+    check_input(password_input)
     r = random_scalar() if blind_scalar is None else validate_scalar(blind_scalar, "blind")
     input_element = hash_to_group(password_input)
     if input_element == _IDENTITY:  # InvalidInputError in the RFC; negligible probability
@@ -171,6 +184,7 @@ def blind_evaluate(sk: bytes, blinded_element: bytes) -> bytes:
 
 def finalize(password_input: bytes, blind_scalar: bytes, evaluated_element: bytes) -> bytes:
     """Finalize (RFC 9497 §3.3.1): unblind and hash to the 64-byte OPRF output."""
+    check_input(password_input)
     validate_scalar(blind_scalar, "blind")
     validate_element(evaluated_element, "evaluated element")
     inverse = bytes(pysodium.crypto_core_ristretto255_scalar_invert(blind_scalar))
@@ -187,6 +201,7 @@ def finalize(password_input: bytes, blind_scalar: bytes, evaluated_element: byte
 
 def evaluate(sk: bytes, password_input: bytes) -> bytes:
     """Evaluate (RFC 9497 §3.3.1): the unblinded PRF output, computed with the key directly."""
+    check_input(password_input)
     validate_scalar(sk, "OPRF private key")
     input_element = hash_to_group(password_input)
     if input_element == _IDENTITY:

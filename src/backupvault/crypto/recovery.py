@@ -80,7 +80,11 @@ def decode(code: str) -> bytes:
     digits = _digits(code)
     wanted = _KEY_DIGITS + _CHECK_DIGITS
     bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]
-    if (len(digits) != wanted and bad) or len(bad) > _TYPOS_NAMED:
+    # Digits are counted aloud only when what was given may be a code: a short all-hex
+    # password ("deadbeef-2024", a PIN) is as much a secret as any other.
+    if (len(digits) != wanted and (bad or len(digits) < _CODE_LIKE_DIGITS)) or len(
+        bad
+    ) > _TYPOS_NAMED:
         raise RecoveryCodeError(
             f"this is not a recovery code: a recovery code is {FORMAT} ({wanted} in all), "
             "0-9 and a-f in groups of 4",
