@@ -8,6 +8,7 @@ from __future__ import annotations
 import hashlib
 
 from backupvault.crypto import oprf, owner
+from backupvault.crypto.manifest import Registration
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import Answer, error
 from backupvault.hsm.state import EntryId, ThresholdState
@@ -20,7 +21,10 @@ from backupvault.protocol import (
     EvaluateResponse,
     Message,
     Op,
+    RegisterShareRequest,
+    ShareAck,
 )
+from backupvault.sim import clients
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
 LIMIT = 4
@@ -246,3 +250,135 @@ def test_a_node_that_took_the_tombstone_before_its_lth_answer_erases_on_the_next
     assert isinstance(destroyed.response, ErrorResponse)
     assert destroyed.response.code == ErrorCode.DESTROYED
     assert [write.row.share for write in destroyed.writes] == [b""]
+
+
+def _owner_delete(client: ThresholdClient, export_key: bytes, made: Registration) -> Message:
+    statement = owner.OwnerStatement(
+        owner.StatementKind.DELETE,
+        FLEET_ID,
+        client.account,
+        client.entry,
+        made.manifest.version,
+        7,
+        owner.payload_hash(made.manifest.to_bytes()),
+    )
+    signature = owner.sign_statement(export_key, statement)
+    return DeleteShareRequest(client.account, client.entry, made.manifest.version, 7, signature)
+
+
+def _commit_without_own_acceptor(
+    world: Simulation, op: Op, request: Message, base: ThresholdState
+) -> Answer:
+    """What node 0's firmware does when its round for `request` commits on acceptors that
+    do not include its own (a hostile leader never sent it the Accept, or a hostile peer's
+    Promise made `base` the round's value): the change applied to `base`, then the
+    answer, its rows persisted."""
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    _, build = keeper.handle(op, request).change(base.to_bytes())
+    answer = build()
+    for write in answer.writes:
+        world.honest[0].rows[write.key] = write.row
+    keeper.durable(answer.writes)
+    return answer
+
+
+def _registered(client: ThresholdClient, password: bytes, version: int) -> Registration:
+    made = clients.deal(client.ctx, password, bytes(32), version)
+    assert client._run(clients.deliver(client.ctx, Op.REGISTER_SHARE, made)).acks >= 3
+    return made
+
+
+def _share_delivery(client: ThresholdClient, made: Registration) -> RegisterShareRequest:
+    share = made.shares[0].to_bytes()
+    return RegisterShareRequest(
+        client.account, client.entry, made.manifest.to_bytes(), share, b"", 0
+    )
+
+
+def test_a_share_erased_by_the_owners_delete_is_never_taken_back() -> None:
+    """Node 0 verifies the owner's delete and erases its share, its round committed on
+    other acceptors (its own still holds the live value). A copy of its share delivery
+    that the relay held back must not be taken again: it would start a fresh count on a
+    key its owner deleted. The erased row used to keep no M, so the check that refuses a
+    share erased at L did not see it."""
+    world = threshold_world(5, LIMIT, 1, seed=3, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    made = _registered(client, b"right", 1)
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    for _ in range(3):
+        assert client.recover(b"wrong") is None
+    key = client.key
+    live = world.replicated(0, key)
+    delete = _owner_delete(client, recovered[0], made)
+    answer = _commit_without_own_acceptor(world, Op.DELETE_SHARE, delete, live)
+    assert isinstance(answer.response, ShareAck) and not world.honest[0].rows[key].share
+
+    late = world.request(0, Op.REGISTER_SHARE, _share_delivery(client, made))
+    assert isinstance(late, ErrorResponse) and late.code == ErrorCode.DESTROYED
+    assert world.honest[0].rows[key].share == b""
+    blinded = oprf.blind(b"guess")[1]
+    guess = EvaluateRequest(client.account, client.entry, 1, blinded, 10**12)
+    assert not isinstance(world.request(0, Op.EVALUATE, guess), EvaluateResponse)
+    # The owner's device sending the same delete again gets its ERASED acknowledgement
+    # (before, "no key is stored here", so its pending erasure was never cleared).
+    again = _commit_without_own_acceptor(world, Op.DELETE_SHARE, delete, live)
+    assert isinstance(again.response, ShareAck)
+
+
+def test_an_old_delete_replayed_after_a_re_registration_erases_nothing_of_the_new_version() -> None:
+    """The owner deleted version 1 and registered version 2; node 0 has counted 3 wrong
+    guesses on version 2. The relay replays node 0's copy of the old delete, and a hostile
+    peer's Promise makes the old live value of version 1 the round's base (laggard honest
+    nodes still holding version 1 deleted accept the result). Node 0 used to erase its
+    version-2 share and write a row of version 1, after which a late delivery of the
+    version-2 share started its count again at 0."""
+    world = threshold_world(5, LIMIT, 1, seed=5, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    made_1 = _registered(client, b"right", 1)
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    key = client.key
+    live_1 = world.replicated(0, key)
+    old_delete = _owner_delete(client, recovered[0], made_1)
+    for slot in range(4):
+        world.request(slot, Op.DELETE_SHARE, old_delete)
+    assert world.replicated(0, key).status == EntryStatus.EMPTY
+    made_2 = _registered(client, b"right 2", 2)
+    for _ in range(3):
+        assert client.recover(b"wrong") is None
+    before = world.honest[0].rows[key]
+    assert (before.version, before.count) == (2, 3) and before.share
+
+    replayed = _commit_without_own_acceptor(world, Op.DELETE_SHARE, old_delete, live_1)
+    assert isinstance(replayed.response, ErrorResponse)
+    assert replayed.response.code == ErrorCode.STALE_MANIFEST and replayed.writes == ()
+    world.request(0, Op.REGISTER_SHARE, _share_delivery(client, made_2))
+    assert world.honest[0].rows[key] == before
+
+
+def test_a_delete_built_after_the_row_moved_on_erases_nothing() -> None:
+    """The delete of version 1 is verified, and its round runs; meanwhile node 0 takes
+    version 2's share. When the delete's outcome is built, the row is of version 2: it
+    must answer "entry changed" and leave the row, as a reset does."""
+    world = threshold_world(5, LIMIT, 1, seed=7, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    made_1 = _registered(client, b"right", 1)
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    key = client.key
+    live_1 = world.replicated(0, key)
+    old_delete = _owner_delete(client, recovered[0], made_1)
+    keeper = world.honest[0].keeper
+    assert keeper is not None
+    _, build = keeper.handle(Op.DELETE_SHARE, old_delete).change(live_1.to_bytes())
+    for slot in range(1, 4):
+        world.request(slot, Op.DELETE_SHARE, old_delete)
+    _registered(client, b"right 2", 2)
+    before = world.honest[0].rows[key]
+    assert before.version == 2 and before.share
+
+    late = build()
+    assert isinstance(late.response, ErrorResponse)
+    assert late.response.code == ErrorCode.STALE_MANIFEST and late.writes == ()

@@ -853,8 +853,9 @@ class ShareKeeper:
         version = state.version
         row = self.row(key)
         if row is not None and row.version == version and row.manifest and not row.share:
-            # Erased on this node's own count at L: taking the same share back (a late
-            # delivery, held back by a relay) would start a fresh count.
+            # Erased (on this node's own count at L, or by the owner's delete or change):
+            # taking the same share back (a late delivery, held back by a relay) would
+            # start a fresh count.
             return _destroyed_error()
         if row is not None and row.version == version and row.share:
             if row.share == share:
@@ -1212,6 +1213,11 @@ class ShareKeeper:
                 and hmac.compare_digest(state.change_signature, request.signature)
             )
             row = self.row(key)
+            if row is not None and row.version > state.version:
+                # This node holds a share of a later version than the round's value (the
+                # value is behind, or a hostile peer's Promise made an old one the base):
+                # a delete of the older version, replayed, erases nothing of it.
+                return state, _answer(ErrorCode.STALE_MANIFEST, "the entry changed; recover again")
             mine = row if row is not None and row.version == state.version else None
             held = mine.manifest if mine is not None and mine.manifest else state.manifest
             if not held or (state.status != EntryStatus.LIVE and not already):
@@ -1244,12 +1250,19 @@ class ShareKeeper:
                 )
 
             def build() -> Answer:
+                current = self.row(key)
+                if current is not None and current.version > state.version:
+                    # The row moved on while the round ran (a later version's share was
+                    # taken): the delete was verified for the older version only.
+                    return Answer(
+                        error(ErrorCode.STALE_MANIFEST, "the entry changed; recover again")
+                    )
                 share_key = Manifest.from_bytes(held).commitments.node_public_key(self.index)
                 ack = self._sign_ack(AckKind.ERASED, account, entry, held, share_key)
                 erased = NodeShare(
                     state.version,
                     b"",
-                    b"",
+                    held,  # kept: a late delivery of this version's share is refused
                     [],
                     reset_at=new.reset_attempt,
                     delete_counter=request.counter,
