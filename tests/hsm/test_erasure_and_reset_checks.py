@@ -296,6 +296,17 @@ def _share_delivery(client: ThresholdClient, made: Registration) -> RegisterShar
     )
 
 
+def _version_1_and_its_delete(seed: int) -> tuple[ThresholdClient, ThresholdState, Message]:
+    """An entry registered at version 1 and recovered once: its live value, and the
+    owner's delete of it (not sent)."""
+    world = threshold_world(5, LIMIT, 1, seed=seed, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    made = _registered(client, b"right", 1)
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    return client, world.replicated(0, client.key), _owner_delete(client, recovered[0], made)
+
+
 def test_a_share_erased_by_the_owners_delete_is_never_taken_back() -> None:
     """Node 0 verifies the owner's delete and erases its share, its round committed on
     other acceptors (its own still holds the live value). A copy of its share delivery
@@ -334,14 +345,8 @@ def test_an_old_delete_replayed_after_a_re_registration_erases_nothing_of_the_ne
     nodes still holding version 1 deleted accept the result). Node 0 used to erase its
     version-2 share and write a row of version 1, after which a late delivery of the
     version-2 share started its count again at 0."""
-    world = threshold_world(5, LIMIT, 1, seed=5, leader=False, attacker=lambda *_: None)
-    client = ThresholdClient(world)
-    made_1 = _registered(client, b"right", 1)
-    recovered = client.recover(b"right")
-    assert recovered is not None
-    key = client.key
-    live_1 = world.replicated(0, key)
-    old_delete = _owner_delete(client, recovered[0], made_1)
+    client, live_1, old_delete = _version_1_and_its_delete(seed=5)
+    world, key = client.world, client.key
     for slot in range(4):
         world.request(slot, Op.DELETE_SHARE, old_delete)
     assert world.replicated(0, key).status == EntryStatus.EMPTY
@@ -362,14 +367,8 @@ def test_a_delete_built_after_the_row_moved_on_erases_nothing() -> None:
     """The delete of version 1 is verified, and its round runs; meanwhile node 0 takes
     version 2's share. When the delete's outcome is built, the row is of version 2: it
     must answer "entry changed" and leave the row, as a reset does."""
-    world = threshold_world(5, LIMIT, 1, seed=7, leader=False, attacker=lambda *_: None)
-    client = ThresholdClient(world)
-    made_1 = _registered(client, b"right", 1)
-    recovered = client.recover(b"right")
-    assert recovered is not None
-    key = client.key
-    live_1 = world.replicated(0, key)
-    old_delete = _owner_delete(client, recovered[0], made_1)
+    client, live_1, old_delete = _version_1_and_its_delete(seed=7)
+    world, key = client.world, client.key
     keeper = world.honest[0].keeper
     assert keeper is not None
     _, build = keeper.handle(Op.DELETE_SHARE, old_delete).change(live_1.to_bytes())
