@@ -327,3 +327,37 @@ def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
         process.kill()
         _, stderr = process.communicate()
     assert "Traceback" not in stderr, stderr  # a refusal is no error of the server's
+
+
+def test_a_chunked_body_s_framing_and_trailers_are_bounded_as_a_head_is(tmp_path: Path) -> None:
+    """Attack: a chunked request's trailer fields come after its body's last chunk, while
+    the connection is still in the body, where no byte was counted; the parser joins the
+    pieces of one field as it comes (memory linear, CPU quadratic, on the event loop).
+    One connection sending 100 MiB of one trailer field kept a relay's loop busy for
+    10 s. Now bytes that are not body (chunk lines, extensions, trailers) are at most
+    MAX_HEAD_BYTES between body bytes: `431`, connection closed; honest chunked bodies,
+    a byte per chunk and with a trailer, still pass."""
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30)
+    host, port = url.removeprefix("http://").split(":")
+    post = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n"
+    try:
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(post + b"\r\n3\r\nabc\r\n0\r\nX-Trailer: ")
+            time.sleep(0.2)  # the head and the body in one read, the trailer in later ones
+            try:
+                for _ in range(64):  # 4 MiB of one trailer field, never ended
+                    connection.sendall(b"a" * (64 * 1024))
+            except OSError:
+                pass  # closed on us: the answer is already there
+            answer = _read_all(connection, timeout=5)
+        assert answer.startswith(b"HTTP/1.1 431 ") and b'"error": "head_too_large"' in answer
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(post + b"Connection: close\r\n\r\n")
+            for _ in range(900):
+                connection.sendall(b"1\r\nb\r\n")
+            connection.sendall(b"0\r\nX-Checksum: 900\r\n\r\n")
+            assert _read_all(connection, timeout=5).endswith(b"900 bytes")
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr

@@ -33,7 +33,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
@@ -139,6 +139,11 @@ class _HeadDeadline(HttpToolsProtocol):
     #: Bytes received since the last head was complete, outside a request's body.
     _head_bytes = 0
     _in_body = False
+    #: Bytes received within a request's body since the last read that carried body
+    #: bytes: chunk framing, chunk extensions, trailer fields. The parser joins the
+    #: pieces of a trailer field as a head's, so they are bounded as a head is.
+    _unbodied_bytes = 0
+    _body_in_read = False
     _head_too_large = False
     _discarding = False
 
@@ -156,7 +161,13 @@ class _HeadDeadline(HttpToolsProtocol):
         self._head_begun = True
         if not self._in_body:
             self._head_bytes += len(data)
+        was_in_body, self._body_in_read = self._in_body, False
         super().data_received(data)
+        if was_in_body and self._in_body and not self.transport.is_closing():
+            self._unbodied_bytes = 0 if self._body_in_read else self._unbodied_bytes + len(data)
+            if self._unbodied_bytes > MAX_HEAD_BYTES:
+                self._refuse_head()
+                return
         # Checked once the parser has had the bytes: a body that came with its head in
         # one read is not the head's (`on_headers_complete` started counting afresh).
         if (
@@ -183,22 +194,30 @@ class _HeadDeadline(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
         self._head_bytes = 0
+        self._unbodied_bytes = 0
         self._in_body = True
         super().on_headers_complete()
+
+    def on_body(self, body: bytes) -> None:
+        self._body_in_read = True
+        super().on_body(body)
 
     def on_message_complete(self) -> None:
         self._in_body = False
         super().on_message_complete()
 
     def _refuse_head(self) -> None:
-        """`431 head_too_large`, and the connection closed."""
+        """`431 head_too_large` (unless the application has begun its answer to the
+        request whose body this is: its 401, say), and the connection closed."""
         self._stop_head_clock()
-        self._answer_and_close(
-            b"431 Request Header Fields Too Large",
-            "head_too_large",
-            f"a request's line and headers are at most {MAX_HEAD_BYTES} bytes and"
-            f" {MAX_HEADERS} fields",
-        )
+        answered = self._in_body and self.cycle is not None and self.cycle.response_started
+        if not answered:
+            self._answer_and_close(
+                b"431 Request Header Fields Too Large",
+                "head_too_large",
+                f"a request's line and headers, and its chunks' framing and trailer fields,"
+                f" are at most {MAX_HEAD_BYTES} bytes and {MAX_HEADERS} fields",
+            )
         # The client may still be sending its head: closing at once, with its bytes
         # unread, would reset the connection and could lose the answer on its way. So
         # the answer and an end of stream go out, the rest is read and dropped, and the
@@ -250,15 +269,21 @@ class _HeadDeadline(HttpToolsProtocol):
 
 async def read_body(request: Request, limit: int) -> bytes | None:
     """The request's body; None as soon as it grows past `limit` bytes (the rest is never
-    read). TimeoutError when it has not all come within `BODY_SECONDS`: the caller answers
+    read). TimeoutError when it has not all come within `BODY_SECONDS`, or the connection
+    closed before it did: the caller answers
     `slow_body_response()`, so a client that sends slowly holds a request slot that long
     at most."""
     chunks = bytearray()
-    async with asyncio.timeout(BODY_SECONDS):
-        async for chunk in request.stream():
-            chunks += chunk
-            if len(chunks) > limit:
-                return None
+    try:
+        async with asyncio.timeout(BODY_SECONDS):
+            async for chunk in request.stream():
+                chunks += chunk
+                if len(chunks) > limit:
+                    return None
+    except ClientDisconnect:
+        # Gone before its whole body came (or cut off for sending what no body is): the
+        # same outcome as a body too slow, and the answer reaches no one.
+        raise TimeoutError("the client left before sending its whole body") from None
     return bytes(chunks)
 
 
