@@ -209,6 +209,26 @@ def test_a_silent_stream_is_closed_after_the_hello_time(
     _run(scenario)
 
 
+def test_strangers_holding_every_hello_slot_do_not_keep_a_peer_out(tmp_path: Path) -> None:
+    """Attack: a stranger who can reach the peer port (no key needed) keeps
+    MAX_UNAUTHENTICATED connections open and silent. Every new stream was closed at once,
+    an honest peer's too: a link that broke could not come back. Now the oldest waiting
+    stream makes room, so the peer's hello gets in."""
+
+    async def scenario() -> None:
+        async with _node(tmp_path) as (service, peer):
+            strangers = [await _dial(service) for _ in range(peers.MAX_UNAUTHENTICATED)]
+            await asyncio.sleep(0.2)  # all of them accepted, waiting for a hello
+            _, writer = await _hello_stream(service, peer)
+            await _sync_answered(service, peer, writer)
+            assert await _closed(strangers[0][0])  # the oldest gave way
+            for reader, _ in strangers[1:]:  # the others still wait their 5 s
+                with pytest.raises(TimeoutError):
+                    await asyncio.wait_for(reader.read(1), 0.01)
+
+    _run(scenario)
+
+
 def _forged(peer: Peer) -> bytes:
     envelope = bytearray(peer.channel.seal(0, SyncRequest(b"forged")))
     envelope[-1] ^= 1

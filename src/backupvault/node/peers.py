@@ -34,7 +34,9 @@ log = logging.getLogger("backupvault.node")
 _LENGTH = struct.Struct(">I")
 #: Largest frame a listener reads: a catch-up answer carries a node's records.
 MAX_FRAME = 64 * 1024 * 1024
-#: Streams that have not said hello yet, at once; beyond this a new one is closed at once.
+#: Streams that have not said hello yet, at once; beyond this the oldest of them is
+#: closed to make room. Closing the new one instead let a stranger holding 32 silent
+#: connections (7 new ones a second) keep every peer from redialling.
 MAX_UNAUTHENTICATED = 32
 #: How long a new stream may take to say hello.
 HELLO_SECONDS = 5.0
@@ -240,7 +242,8 @@ class PeerListener:
         self._deliver = deliver
         self._hello_size = hello_size
         self._server: asyncio.Server | None = None
-        self._unauthenticated = 0
+        #: Streams waiting for their hello, oldest first.
+        self._waiting: dict[asyncio.StreamWriter, None] = {}
         self._streams: dict[int, asyncio.StreamWriter] = {}  # the newest stream per sender
         self._open: set[asyncio.StreamWriter] = set()  # every accepted stream still open
         self._handlers: set[asyncio.Task[None]] = set()
@@ -289,10 +292,13 @@ class PeerListener:
     async def _hello(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
     ) -> int | None:
-        if self._unauthenticated >= MAX_UNAUTHENTICATED:
-            self._refuse(writer, "too many streams waiting for a hello")
-            return None
-        self._unauthenticated += 1
+        if len(self._waiting) >= MAX_UNAUTHENTICATED:
+            # An honest peer's hello comes within a round trip of its dial: to hold it
+            # off, a stranger must now open more streams than this in that time, always.
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            self._refuse(oldest, "the oldest of too many streams waiting for a hello")
+        self._waiting[writer] = None
         try:
             async with asyncio.timeout(HELLO_SECONDS):
                 (length,) = _LENGTH.unpack(await reader.readexactly(4))
@@ -304,7 +310,7 @@ class PeerListener:
             self._refuse(writer, "no hello in time")
             return None
         finally:
-            self._unauthenticated -= 1
+            self._waiting.pop(writer, None)
         try:
             sender = self._authenticate(hello)
         except (InvalidInput, AuthenticationFailed) as err:
