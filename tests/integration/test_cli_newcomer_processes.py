@@ -88,6 +88,15 @@ def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         bv("local", "down", "--dir", str(root))
 
 
+def _config_for(deployment: Path, tmp_path: Path, entry: str) -> str:
+    """The deployment's client config, for another entry of the same account."""
+    data = tomllib.loads((deployment / "client.toml").read_text())
+    data["entry"] = entry
+    path = tmp_path / f"{entry}.toml"
+    write_toml(path, data)
+    return str(path)
+
+
 @pytest.fixture
 def source(tmp_path: Path) -> Path:
     folder = tmp_path / "source"
@@ -189,18 +198,13 @@ def test_an_entry_without_a_key_does_not_send_a_restore_to_make_a_new_one(
     --password-stdin first, which registers one": a new key that never opens the backups
     there (over a repository, `backup create` even refuses to make one)."""
 
-    def config_for(entry: str) -> str:
-        data = tomllib.loads((deployment / "client.toml").read_text())
-        data["entry"] = entry
-        write_toml(tmp_path / f"{entry}.toml", data)
-        return str(tmp_path / f"{entry}.toml")
-
     storage = str(tmp_path / "storage")
     phrase = "a long pass phrase\n"
-    created = bv("--config", config_for("made-them"), "backup", "create", str(source),
+    made_them = _config_for(deployment, tmp_path, "made-them")
+    created = bv("--config", made_them, "backup", "create", str(source),
                  "--storage", storage, "--password-stdin", stdin=phrase)  # fmt: skip
     assert created.returncode == 0, created.stderr
-    other = config_for("not-this-one")
+    other = _config_for(deployment, tmp_path, "not-this-one")
     account = tomllib.loads((deployment / "client.toml").read_text())["account"]
     for command in (["restore", "--to", str(tmp_path / "r")], ["list"]):
         done = bv("--json", "--config", other, "backup", *command, "--storage", storage,
@@ -229,14 +233,7 @@ def test_the_password_is_asked_twice_only_for_a_new_key(
     """Every `backup create` asked for the password twice, also when the vault held a key
     (which checks the password itself); the docs said "twice when it is new"."""
 
-    def config_for(entry: str) -> str:
-        data = tomllib.loads((deployment / "client.toml").read_text())
-        data["entry"] = entry
-        path = tmp_path / f"{entry}.toml"
-        write_toml(path, data)
-        return str(path)
-
-    config = config_for("asked-twice")
+    config = _config_for(deployment, tmp_path, "asked-twice")
     create = ["--config", config, "backup", "create", str(source), "--storage", str(tmp_path / "s")]
     phrase = "a long enough pass phrase"
     code, shown = in_terminal(create, [("Password", phrase), ("Repeat the password", phrase)])
@@ -244,18 +241,24 @@ def test_the_password_is_asked_twice_only_for_a_new_key(
     code, shown = in_terminal(create, [("Password", phrase)])
     assert code == 0 and "Repeat" not in shown, shown
 
-    mistyped = ["--config", config_for("mistyped"), "backup", "create", str(source),
+    mistyped_config = _config_for(deployment, tmp_path, "mistyped")
+    mistyped = ["--config", mistyped_config, "backup", "create", str(source),
                 "--storage", str(tmp_path / "m")]  # fmt: skip
     code, shown = in_terminal(
         mistyped, [("Password", phrase), ("Repeat the password", phrase + "x")]
     )
     assert code == 2 and "the two passwords differ: nothing was registered" in shown, shown
-    status = json.loads(bv("--config", config_for("mistyped"), "--json", "vault", "status").stdout)
+    status = json.loads(bv("--config", mistyped_config, "--json", "vault", "status").stdout)
     assert status["status"] == "empty"
 
 
-def test_a_confirmation_without_a_terminal_says_pass_yes(deployment: Path) -> None:
-    config = str(deployment / "client.toml")
+def test_a_confirmation_without_a_terminal_says_pass_yes(
+    deployment: Path, source: Path, tmp_path: Path
+) -> None:
+    config = _config_for(deployment, tmp_path, "confirm-me")
+    made = bv("--config", config, "backup", "create", str(source), "--storage",
+              str(tmp_path / "s"), "--password-stdin", stdin="a long pass phrase\n")  # fmt: skip
+    assert made.returncode == 0, made.stderr
     done = bv("--config", config, "--json", "vault", "delete", stdin="y\n")
     assert done.returncode == 2
     error = json.loads(done.stderr.strip().splitlines()[-1])
