@@ -1062,6 +1062,11 @@ def test_a_rolled_back_node_whose_orphan_gives_way_counts_the_window_as_evaluate
     delivery = RegisterShareRequest(
         client.account, client.entry, chosen.manifest, own.share, b"", 0
     )
+    # The first delivery asks the peers for count reports (the held value alone does not
+    # say what the node may have answered); the device's next one takes the share.
+    answer = world.request(0, Op.REGISTER_SHARE, delivery)
+    assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.FLEET_UNAVAILABLE
+    world.settle(5)
     answer = world.request(0, Op.REGISTER_SHARE, delivery)
     assert not isinstance(answer, ErrorResponse), answer
     taken = world.honest[0].rows[client.key]

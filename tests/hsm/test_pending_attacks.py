@@ -90,6 +90,12 @@ def test_a_rolled_back_node_given_its_share_late_counts_the_window_it_may_have_a
     late = RegisterShareRequest(
         "alice", "chat", made.manifest.to_bytes(), made.shares[0].to_bytes(), b"", 0
     )
+    # Not on the held value's word (a hostile peer's copy can make the window empty):
+    # the node asks its peers for count reports first, and takes the share once t did.
+    first = world.request(0, Op.REGISTER_SHARE, late)
+    assert isinstance(first, ErrorResponse) and first.code == ErrorCode.FLEET_UNAVAILABLE
+    assert client.key not in world.honest[0].rows
+    world.settle(5)
     assert not isinstance(world.request(0, Op.REGISTER_SHARE, late), ErrorResponse)
     row = world.honest[0].rows[client.key]
     assert row.share and [e.attempt for e in row.evaluated] == [1, 2] and row.count == 2

@@ -6,6 +6,7 @@ down, even when a test fails."""
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import sys
 import threading
@@ -194,9 +195,9 @@ def wait_for(check: Callable[[], bool], timeout: float, what: str, every: float 
         time.sleep(every)
 
 
-@pytest.fixture(scope="package")
-def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
-    root = tmp_path_factory.mktemp("deployment")
+@contextlib.contextmanager
+def started_vault(root: Path) -> Iterator[Vault]:
+    """A local deployment of NODES nodes in `root`, up until the block ends."""
     deployment = LocalDeployment(root)
     try:
         deployment.provision(NODES)
@@ -208,3 +209,9 @@ def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
         yield Vault(deployment, root, ClientConfig.load(root / "client.toml"))
     finally:
         deployment.down()
+
+
+@pytest.fixture(scope="package")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    with started_vault(tmp_path_factory.mktemp("deployment")) as started:
+        yield started

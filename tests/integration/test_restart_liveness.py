@@ -10,6 +10,7 @@ import shutil
 import signal
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,9 +18,18 @@ import pytest
 from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
 from backupvault.deploy.local import DeploymentError
 
-from .conftest import FAST_KSF, Vault, wait_for
+from .conftest import FAST_KSF, Vault, started_vault, wait_for
 
 PASSWORD = "correct horse battery staple"
+
+
+@pytest.fixture(scope="module")
+def vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    """A fleet of this module's own: it rolls back nodes' stores, and a node that found
+    its store rolled back distrusts its older rows for good, so until t peers report an
+    entry's count it takes no share of it (a registration's included)."""
+    with started_vault(tmp_path_factory.mktemp("restart-deployment")) as started:
+        yield started
 
 
 def _health(vault: Vault, index: int) -> dict[str, object]:

@@ -247,6 +247,9 @@ class ShareKeeper:
         # version) and those taken so far; `_asking`: requests for the shell to send.
         self._wanted: dict[bytes, _WantedReports] = {}
         self._asking: dict[bytes, CountReportRequest] = {}
+        # Per distrusted key: (version, the highest attempt, the lowest window start) that
+        # t peers reported, for a share this node takes after the rollback (`_take_share`).
+        self._reported: dict[bytes, tuple[int, int, int]] = {}
 
     # ---- this node's own state --------------------------------------------------------
 
@@ -285,6 +288,7 @@ class ShareKeeper:
         self._floors = {}
         self._wanted = {}
         self._asking = {}
+        self._reported = {}
 
     def _count_trusted(self, key: bytes, version: int, latest_attempt: int) -> bool:
         if not self._distrusted or key in self._trusted:
@@ -307,7 +311,7 @@ class ShareKeeper:
             return
         wanted = self._wanted.get(key)
         if wanted is None or wanted.version != version:
-            wanted = _WantedReports(version, self._rng(COUNT_NONCE_LEN), {}, set())
+            wanted = _WantedReports(version, self._rng(COUNT_NONCE_LEN), {}, set(), {})
             self._wanted[key] = wanted
         entry_id = EntryId.from_bytes(key)
         self._asking[key] = CountReportRequest(
@@ -396,6 +400,7 @@ class ShareKeeper:
         # The first report per peer and request: any report made after the rollback was
         # found covers every attempt this node can have evaluated before it.
         wanted.reports[reporter] = report.attempt
+        wanted.resets[reporter] = report.reset_at
         if len(wanted.reports) < self.shape.threshold:
             return ()
         del self._wanted[key]
@@ -409,10 +414,26 @@ class ShareKeeper:
         the highest one seen anywhere (the count is as high as it can have been), and
         trust the row again. Reports only ever add to the count: no share is erased on
         them, and a count above L leaves the row distrusted until the owner's reset."""
+        # Kept for a share this node takes later (`_take_share`): the window it may have
+        # answered in before the rollback, on t peers' word rather than the held value's.
+        self._reported[key] = (
+            wanted.version,
+            max(wanted.reports.values()),
+            min(wanted.resets.values()),
+        )
         row = self.row(key)
         if row is None or row.version != wanted.version or not row.share:
             return ()
         state = decode_threshold(held_payload)
+        if (
+            state is not None
+            and state.status == EntryStatus.LIVE
+            and state.version == row.version
+            and state.manifest != row.manifest
+        ):
+            # The row's share is of another M of this version (an orphan, which evaluates
+            # nothing): the window is counted when the live M's share is taken instead.
+            return ()
         writes: tuple[ShareWrite, ...] = ()
         own = self._floors.get(key, 0)
         if state is not None and state.version == row.version:
@@ -865,12 +886,38 @@ class ShareKeeper:
         if row is not None and row.version > version:
             return error(ErrorCode.REFUSED, "this node already holds a later version of it")
         evaluated: list[Evaluation] = []
+        reset_at = state.reset_attempt
         if self._distrusted and (row is None or row.manifest != state.manifest):
             # This node's store was rolled back: it may have held this share before and
-            # evaluated attempts since the value's last reset (also when the row holds an
-            # orphan of the same version). They count as evaluated, as t count reports
-            # would make them.
-            window = _window(state.reset_attempt, state.attempt, set())
+            # evaluated attempts of this window (also when the row holds an orphan of the
+            # same version). They count as evaluated, as t count reports make them. The
+            # window is not taken from the held value alone: a wiped node holds whatever a
+            # peer's copy passing the value's own checks says (a bare commit at the latest
+            # attempt: an empty window). Its end is the highest attempt t peers report or
+            # this node saw; its start the lowest they report, unless the owner's signed
+            # reset in the value (verified here) is later.
+            self._floors.setdefault(key, state.attempt)
+            reported = self._reported.get(key)
+            if reported is None or reported[0] != version:
+                self._want_reports(key, version)
+                return error(
+                    ErrorCode.FLEET_UNAVAILABLE,
+                    "this node's store was restored from an older copy; it takes its share"
+                    " once its peers have reported the entry's count",
+                )
+            _, highest, lowest = reported
+            reset_at = min(state.reset_attempt, lowest)
+            if state.reset_signature and self._reset_verifies(
+                EntryId.from_bytes(key).account,
+                EntryId.from_bytes(key).entry,
+                NodeShare(version, b"", state.manifest, []),
+                state.reset_attempt,
+                state.reset_hash,
+                state.reset_signature,
+            ):
+                reset_at = state.reset_attempt
+            highest = max(highest, state.attempt, self._floors[key])
+            window = _window(reset_at, highest, set())
             if len(window) > self.shape.guess_limit:
                 return _exhausted_on_reports()
             evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
@@ -880,7 +927,7 @@ class ShareKeeper:
             share,
             state.manifest,
             evaluated,
-            reset_at=state.reset_attempt,
+            reset_at=reset_at,
             change_counter=counter,
         )
         return self._write(key, new_row)
@@ -1294,6 +1341,8 @@ class _WantedReports:
     nonce: bytes
     reports: dict[int, int]
     heard: set[int]
+    #: by share index, the window start (latest reset) each peer reported.
+    resets: dict[int, int]
 
 
 def _every_row(key: bytes) -> bool:
