@@ -25,9 +25,9 @@ from collections import deque
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from backupvault.backup.errors import SourceError, StorageError
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
@@ -46,7 +46,7 @@ from backupvault.backup.repo.repository import (
     host_name,
 )
 from backupvault.backup.repo.state import DeviceState
-from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
+from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, TIME_MAX_NS, TIME_MIN_NS, Entry
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, InvalidInput
@@ -83,14 +83,33 @@ class SnapshotInfo:
     warnings: list[str] = field(default_factory=list)
 
 
-def _entry(path: bytes, st: os.stat_result) -> Entry | None:
+def _clamped(path: bytes, which: str, ns: int, notes: list[str]) -> int:
+    """`ns` within what a tree holds (i64 nanoseconds: 1677-09-21 to 2262-04-11), noting
+    in `notes` a time moved into it. Such times come from archives and file system images
+    (`touch -d 2400-01-01` makes one); refusing them would fail every backup of the folder."""
+    if TIME_MIN_NS <= ns <= TIME_MAX_NS:
+        return ns
+    bound = TIME_MAX_NS if ns > TIME_MAX_NS else TIME_MIN_NS
+    shown = datetime.fromtimestamp(bound // 1_000_000_000, UTC)
+    notes.append(
+        f"{os.fsdecode(path)}: its {which} time is "
+        f"{'after' if ns > TIME_MAX_NS else 'before'} {shown:%Y-%m-%d}, outside what a "
+        f"snapshot can hold; it was stored as {shown:%Y-%m-%d %H:%M:%S} UTC (what it holds "
+        "is backed up; to keep its real time, give it one with `touch`)"
+    )
+    return bound
+
+
+def _entry(path: bytes, st: os.stat_result, notes: list[str]) -> Entry | None:
     mode = stat.S_IMODE(st.st_mode)
     if stat.S_ISREG(st.st_mode):
-        return Entry(FILE, path, mode, st.st_mtime_ns, st.st_size, st.st_ino, st.st_ctime_ns)
+        mtime_ns = _clamped(path, "modification", st.st_mtime_ns, notes)
+        ctime_ns = _clamped(path, "change", st.st_ctime_ns, notes)
+        return Entry(FILE, path, mode, mtime_ns, st.st_size, st.st_ino, ctime_ns)
     if stat.S_ISDIR(st.st_mode):
-        return Entry(DIR, path, mode, st.st_mtime_ns)
+        return Entry(DIR, path, mode, _clamped(path, "modification", st.st_mtime_ns, notes))
     if stat.S_ISLNK(st.st_mode):
-        return Entry(SYMLINK, path, mode, st.st_mtime_ns)
+        return Entry(SYMLINK, path, mode, _clamped(path, "modification", st.st_mtime_ns, notes))
     return None
 
 
@@ -124,18 +143,24 @@ def source_stat(source: Path) -> os.stat_result:
     return st
 
 
-def walk(
-    source: Path, exclude: tuple[str, ...] = ()
-) -> tuple[int, list[tuple[str, Entry]], list[Skipped]]:
-    """(snapshot kind, [(path on disk, entry)] parents first, skipped) for `source`,
-    leaving out what `exclude` matches (a folder with everything in it)."""
+class Walked(NamedTuple):
+    kind: int  # snapshots.KIND_FILE or KIND_FOLDER
+    items: list[tuple[str, Entry]]  # (path on disk, entry), parents first
+    skipped: list[Skipped]
+    notes: list[str]  # stored, but not as they are (a time out of range)
+
+
+def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
+    """What to back up of `source`, leaving out what `exclude` matches (a folder with
+    everything in it)."""
     skipped: list[Skipped] = []
+    notes: list[str] = []
     st = source_stat(source)
     if not stat.S_ISDIR(st.st_mode):
-        entry = _entry(os.fsencode(source.name), st)
+        entry = _entry(os.fsencode(source.name), st, notes)
         assert entry is not None
-        return snapshots.KIND_FILE, [(str(source), entry)], skipped
-    root = _entry(ROOT, st)
+        return Walked(snapshots.KIND_FILE, [(str(source), entry)], skipped, notes)
+    root = _entry(ROOT, st, notes)
     assert root is not None
     items: list[tuple[str, Entry]] = [(str(source), root)]
     stack: list[tuple[str, bytes]] = [(str(source), b"")]
@@ -168,7 +193,7 @@ def walk(
                 continue
             except OSError as exc:
                 raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-            entry = _entry(name, child_stat)
+            entry = _entry(name, child_stat, notes)
             if entry is None:
                 skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
                 continue
@@ -181,7 +206,7 @@ def walk(
             if entry.kind == DIR:
                 subfolders.append((child.path, name + b"/"))
         stack.extend(reversed(subfolders))
-    return snapshots.KIND_FOLDER, items, skipped
+    return Walked(snapshots.KIND_FOLDER, items, skipped, notes)
 
 
 class _Window:
@@ -464,7 +489,8 @@ def _create_locked(
     if parent is not None and parent.entries is not None and not force_read:
         previous = {e.path: e for e in parent.entries if e.kind == FILE}
 
-    kind, items, skipped = walk(source, exclude)
+    kind, items, skipped, notes = walk(source, exclude)
+    warnings.extend(notes)
     entries = [entry for _, entry in items]
     total = sum(e.size for e in entries if e.kind == FILE)
     packer = PackWriter(repo, index)

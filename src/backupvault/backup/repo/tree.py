@@ -23,6 +23,9 @@ _FILE = struct.Struct(">QQqI")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _MAX_NAME: Final = 65535
+#: The times a tree holds (i64 nanoseconds since 1970: 1677-09-21 to 2262-04-11).
+TIME_MIN_NS: Final = -(1 << 63)
+TIME_MAX_NS: Final = (1 << 63) - 1
 
 
 @dataclass(slots=True)
@@ -50,14 +53,24 @@ def check_path(path: bytes) -> None:
 
 
 def encode(entries: list[Entry]) -> bytes:
+    """The tree's bytes; InvalidInput, naming the entry, for a field out of its range."""
     parts = [_U32.pack(len(entries))]
     for e in entries:
-        parts.append(_HEAD.pack(e.kind, len(e.path)) + e.path + _META.pack(e.mode, e.mtime_ns))
-        if e.kind == FILE:
-            parts.append(_FILE.pack(e.size, e.inode, e.ctime_ns, len(e.chunks)))
-            parts.extend(e.chunks)
-        elif e.kind == SYMLINK:
-            parts.append(_U16.pack(len(e.target)) + e.target)
+        try:
+            head = _HEAD.pack(e.kind, len(e.path)) + e.path + _META.pack(e.mode, e.mtime_ns)
+            parts.append(head)
+            if e.kind == FILE:
+                parts.append(_FILE.pack(e.size, e.inode, e.ctime_ns, len(e.chunks)))
+                parts.extend(e.chunks)
+            elif e.kind == SYMLINK:
+                parts.append(_U16.pack(len(e.target)) + e.target)
+        except struct.error:
+            # struct's message names no field; a backup's entries are kept in range when
+            # made (create.py), so this is a caller's bug or a file system's nonsense.
+            raise InvalidInput(
+                f"cannot store {e.path!r} in a snapshot: its name, link target, size, inode "
+                'or times are out of the range the format holds (docs/format.md, "Tree")'
+            ) from None
     return b"".join(parts)
 
 
