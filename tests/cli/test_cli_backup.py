@@ -881,14 +881,14 @@ def test_a_backup_that_could_not_read_a_file_saves_the_rest_and_exits_8(
     from backupvault.backup.repo import create
     from backupvault.cli.main import main
 
-    real_read_whole = create._read_whole
+    real_open_seen = create._open_seen
 
-    def read_whole(path: str, size: int) -> bytes:
+    def open_seen(path: str, device: int, inode: int) -> int:
         if path.endswith("notes.txt"):
             raise PermissionError(13, "Permission denied")
-        return real_read_whole(path, size)
+        return real_open_seen(path, device, inode)
 
-    monkeypatch.setattr(create, "_read_whole", read_whole)
+    monkeypatch.setattr(create, "_open_seen", open_seen)
     outputs = []
     for flag, storage in (("--json", "json"), ("-q", "quiet")):
         args = [flag, "backup", "create", str(source), "--storage", str(tmp_path / storage)]

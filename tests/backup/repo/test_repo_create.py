@@ -3,14 +3,33 @@
 from __future__ import annotations
 
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, tree
+from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo.tree import FILE, TIME_MAX_NS, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import InvalidInput
+
+# Many small chunks: a file over 64 bytes takes the large-file (windowed) path.
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024}
+
+
+def _after_walk(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> None:
+    """Run `change()` right after the walk, before any file is read: what another process
+    may do to the source while a backup runs, placed in that window every time."""
+    real = create_module.walk
+
+    def walk(source: Path, exclude: tuple[str, ...] = ()) -> create_module.Walked:
+        walked = real(source, exclude)
+        change()
+        return walked
+
+    monkeypatch.setattr(create_module, "walk", walk)
 
 
 def _entries(repo: Path, root_key: bytes) -> dict[bytes, Entry]:
@@ -60,3 +79,85 @@ def test_a_time_after_2262_is_stored_clamped_and_said(tmp_path: Path, root_key: 
 def test_a_tree_field_out_of_range_is_a_clear_error(entry: Entry) -> None:
     with pytest.raises(InvalidInput, match="out of the range the format holds"):
         tree.encode([entry])
+
+
+@pytest.mark.parametrize("size", [5, 5000], ids=["small", "large"])
+def test_a_file_swapped_for_a_link_after_the_walk_is_not_read_through_it(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, size: int
+) -> None:
+    """The read opened the path again and followed whatever was there: a link put in a
+    file's place stored the content of its target (anywhere, /dev/zero without end) under
+    the file's name. Now the file is left out as one deleted meanwhile is."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "keep.txt").write_bytes(b"keep")
+    (source / "notes.txt").write_bytes(b"n" * size)
+    secret = tmp_path / "outside-secret"
+    secret.write_bytes(b"s" * size)
+
+    def swap() -> None:
+        os.unlink(source / "notes.txt")
+        os.symlink(secret, source / "notes.txt")
+
+    _after_walk(monkeypatch, swap)
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert [str(item) for item in made.skipped] == ["notes.txt: vanished during the backup"]
+    assert not made.skipped[0].unread
+    assert set(_entries(repo, root_key)) == {b".", b"keep.txt"}
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
+
+
+def test_a_file_replaced_by_another_after_the_walk_is_left_out(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A hard link to a file outside the source, moved over the file: a regular file, but
+    not the one the walk saw (its device and inode differ)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "notes.txt").write_bytes(b"hello")
+    secret = tmp_path / "outside-secret"
+    secret.write_bytes(b"not in the source")
+
+    def swap() -> None:
+        os.link(secret, source / "moved-in")
+        os.replace(source / "moved-in", source / "notes.txt")
+
+    _after_walk(monkeypatch, swap)
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    assert [str(item) for item in made.skipped] == ["notes.txt: vanished during the backup"]
+    assert set(_entries(tmp_path / "repo", root_key)) == {b"."}
+
+
+def test_a_file_swapped_for_a_fifo_after_the_walk_does_not_block_the_backup(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Opening a fifo for reading waits for a writer: the backup hung for good."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "notes.txt").write_bytes(b"hello")
+    fifo = source / "notes.txt"
+
+    def swap() -> None:
+        os.unlink(fifo)
+        os.mkfifo(fifo)
+
+    _after_walk(monkeypatch, swap)
+    hung: list[bool] = []
+
+    def unblock(*_: object) -> None:
+        # Without the fix the open waits in a worker thread: be the writer it waits for,
+        # so that the test ends (and fails) instead of hanging the run.
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        hung.append(True)
+
+    previous = signal.signal(signal.SIGALRM, unblock)
+    signal.alarm(30)
+    try:
+        made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+    assert not hung, "the backup waited for a writer to the fifo"
+    assert [str(item) for item in made.skipped] == ["notes.txt: vanished during the backup"]

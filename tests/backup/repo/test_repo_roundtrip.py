@@ -189,28 +189,23 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     (source / "big-secret.bin").write_bytes(os.urandom(10_000))
     (source / "big.bin").write_bytes(os.urandom(10_000))
     denied = PermissionError(13, "Permission denied")
-    real_scandir, real_read_whole = os.scandir, create._read_whole
+    real_scandir, real_open_seen = os.scandir, create._open_seen
 
     def scandir(path: str) -> object:
         if str(path).endswith("locked"):
             raise denied
         return real_scandir(path)
 
-    def read_whole(path: str, size: int) -> bytes:
-        if path.endswith("secret.txt"):
+    def open_seen(path: str, device: int, inode: int) -> int:
+        # Small and large files alike are opened here (secret.txt is small, big-* large).
+        if path.endswith("secret.txt") or path.endswith("big-secret.bin"):
             raise denied
         if path.endswith("gone.txt"):
             raise FileNotFoundError(2, "No such file or directory")
-        return real_read_whole(path, size)
-
-    def open_file(path: str, *args: object, **kwargs: object) -> object:
-        if str(path).endswith("big-secret.bin"):
-            raise denied
-        return open(path, *args, **kwargs)  # type: ignore[call-overload]
+        return real_open_seen(path, device, inode)
 
     monkeypatch.setattr(create.os, "scandir", scandir)
-    monkeypatch.setattr(create, "_read_whole", read_whole)
-    monkeypatch.setattr(create, "open", open_file, raising=False)
+    monkeypatch.setattr(create, "_open_seen", open_seen)
     repo = str(tmp_path / "repo")
     made = create_snapshot(source, repo, root_key, repo_params=SMALL)
     monkeypatch.undo()
@@ -389,9 +384,11 @@ def test_a_small_file_is_read_to_its_end_whatever_size_the_walk_saw(
     path = tmp_path / "grows"
     data = os.urandom(100)
     path.write_bytes(data)
-    assert _read_whole(str(path), listed) == data
+    with open(path, "rb") as grows:
+        assert _read_whole(grows.fileno(), listed) == data
     (tmp_path / "empty").write_bytes(b"")
-    assert _read_whole(str(tmp_path / "empty"), listed) == b""
+    with open(tmp_path / "empty", "rb") as empty:
+        assert _read_whole(empty.fileno(), listed) == b""
 
 
 def test_content_a_later_file_uses_again_is_not_all_held_in_memory(

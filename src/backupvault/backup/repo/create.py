@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import fnmatch
 import io
 import mmap
@@ -143,9 +144,15 @@ def source_stat(source: Path) -> os.stat_result:
     return st
 
 
+class Item(NamedTuple):
+    path: str  # on disk
+    entry: Entry
+    device: int  # st_dev: with entry.inode, which file the walk saw there
+
+
 class Walked(NamedTuple):
     kind: int  # snapshots.KIND_FILE or KIND_FOLDER
-    items: list[tuple[str, Entry]]  # (path on disk, entry), parents first
+    items: list[Item]  # parents first
     skipped: list[Skipped]
     notes: list[str]  # stored, but not as they are (a time out of range)
 
@@ -159,10 +166,10 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
     if not stat.S_ISDIR(st.st_mode):
         entry = _entry(os.fsencode(source.name), st, notes)
         assert entry is not None
-        return Walked(snapshots.KIND_FILE, [(str(source), entry)], skipped, notes)
+        return Walked(snapshots.KIND_FILE, [Item(str(source), entry, st.st_dev)], skipped, notes)
     root = _entry(ROOT, st, notes)
     assert root is not None
-    items: list[tuple[str, Entry]] = [(str(source), root)]
+    items: list[Item] = [Item(str(source), root, st.st_dev)]
     stack: list[tuple[str, bytes]] = [(str(source), b"")]
     while stack:
         directory, prefix = stack.pop()
@@ -202,7 +209,7 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
                     entry.target = os.fsencode(os.readlink(child.path))
                 except OSError as exc:
                     raise SourceError(f"cannot read link {child.path}: {exc.strerror}") from None
-            items.append((child.path, entry))
+            items.append(Item(child.path, entry, child_stat.st_dev))
             if entry.kind == DIR:
                 subfolders.append((child.path, name + b"/"))
         stack.extend(reversed(subfolders))
@@ -234,18 +241,43 @@ class _Window:
                 self._free.append(self)
 
 
-def _read_whole(path: str, size: int) -> bytes:
-    """A small file's bytes with four system calls (open, read, read to confirm the end,
-    close) where `open(path, "rb").read()` makes seven: about 10 % of a backup of 50,000
-    small files (docs/performance.md, "Fourth pass"). `size` is what the walk saw; a file
-    that grew since is still read to its end."""
-    fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+#: O_NOFOLLOW: a link put in the file's place since the walk is not followed (ELOOP);
+#: O_NONBLOCK: nor does a fifo put there make the open wait for a writer; O_NOCTTY: nor
+#: does a terminal become ours.
+_READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
+
+
+def _open_seen(path: str, device: int, inode: int) -> int:
+    """A descriptor of the regular file the walk saw at `path` (`device`, `inode`).
+    Anything else there now (a link, a fifo, a device, another file moved in: another
+    process may swap it between the walk and the read) raises FileNotFoundError, as a file
+    deleted since does: it is left out, not read through (a link to a file outside the
+    source, or to /dev/zero, which would be read without end)."""
     try:
-        parts = [os.read(fd, size + 1)]
-        while parts[-1]:
-            parts.append(os.read(fd, max(size, 1 << 16)))
-    finally:
+        fd = os.open(path, _READ_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path) from None
+        raise
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (device, inode):
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path)
+        os.set_blocking(fd, True)
+    except BaseException:
         os.close(fd)
+        raise
+    return fd
+
+
+def _read_whole(fd: int, size: int) -> bytes:
+    """A small file's bytes with few system calls (read, read to confirm the end) where
+    `open(path, "rb").read()` makes more: about 10 % of a backup of 50,000 small files
+    (docs/performance.md, "Fourth pass"). `size` is what the walk saw; a file that grew
+    since is still read to its end."""
+    parts = [os.read(fd, size + 1)]
+    while parts[-1]:
+        parts.append(os.read(fd, max(size, 1 << 16)))
     return parts[0] if len(parts) == 2 else b"".join(parts)
 
 
@@ -287,11 +319,15 @@ class _Workers:
     def seal_views(self, number: int, views: list[memoryview]) -> list[Piece]:
         return [self._piece(number, view) for view in views]
 
-    def read_small(self, batch: list[tuple[int, str, int]]) -> list[Piece]:
+    def read_small(self, batch: list[tuple[int, Item, int]]) -> list[Piece]:
         pieces: list[Piece] = []
-        for number, path, size in batch:
+        for number, (path, entry, device), size in batch:
             try:
-                data = _read_whole(path, size)
+                fd = _open_seen(path, device, entry.inode)
+                try:
+                    data = _read_whole(fd, size)
+                finally:
+                    os.close(fd)
             except FileNotFoundError:
                 pieces.append((number, b"", -1, None))  # vanished: the caller drops it
                 continue
@@ -491,7 +527,7 @@ def _create_locked(
 
     kind, items, skipped, notes = walk(source, exclude)
     warnings.extend(notes)
-    entries = [entry for _, entry in items]
+    entries = [item.entry for item in items]
     total = sum(e.size for e in entries if e.kind == FILE)
     packer = PackWriter(repo, index)
     pool = _Workers(repo, packer, workers)
@@ -521,9 +557,10 @@ def _create_locked(
         pool.done_with(window)
 
     reporter.start(total, "backing up")
-    small: list[tuple[int, str, int]] = []
+    small: list[tuple[int, Item, int]] = []
     try:
-        for number, (path, entry) in enumerate(items):
+        for number, item in enumerate(items):
+            entry = item.entry
             if entry.kind != FILE:
                 continue
             old = previous.get(entry.path)
@@ -540,12 +577,12 @@ def _create_locked(
             listed_size = entry.size
             entry.size = 0  # counted again from the chunks read
             if listed_size <= chunker.min_size:
-                small.append((number, path, listed_size))
+                small.append((number, item, listed_size))
                 if len(small) >= _SMALL_BATCH:
                     pool.submit(pool.read_small, small)
                     small = []
             else:
-                _submit_large(pool, chunker, number, path, consume)
+                _submit_large(pool, chunker, number, item, consume)
             for result in pool.ready(block=True):
                 consume(result)
         if small:
@@ -636,7 +673,7 @@ def _submit_large(
     pool: _Workers,
     chunker: Chunker,
     number: int,
-    path: str,
+    item: Item,
     consume: Callable[[tuple[list[Piece], _Window | None]], None],
 ) -> None:
     """Read the file in windows (readinto: no page faults of a mapping, and no GIL held
@@ -645,8 +682,9 @@ def _submit_large(
     too), and hand its chunks to the workers in batches of about 8 MiB. The tail of a
     window that is not surely cut yet goes before the next window's bytes (in its
     headroom), so the chunks are the same as a cut of the whole file."""
+    path = item.path
     try:
-        handle = open(path, "rb", buffering=0)  # noqa: SIM115 (closed below)
+        fd = _open_seen(path, item.device, item.entry.inode)
     except FileNotFoundError:
         pool.inflight.append((_done([(number, b"", -1, None)]), None))
         return
@@ -656,6 +694,7 @@ def _submit_large(
         return
     except OSError as exc:
         raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+    handle = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed below)
     with handle, _Reader(handle, pool) as reader:
         with contextlib.suppress(OSError):
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
