@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 from collections.abc import Callable
 from pathlib import Path
@@ -161,3 +162,101 @@ def test_a_file_swapped_for_a_fifo_after_the_walk_does_not_block_the_backup(
         signal.signal(signal.SIGALRM, previous)
     assert not hung, "the backup waited for a writer to the fifo"
     assert [str(item) for item in made.skipped] == ["notes.txt: vanished during the backup"]
+
+
+def _when_listed(monkeypatch: pytest.MonkeyPatch, path: bytes, change: Callable[[], None]) -> None:
+    """Run `change()` once the walk has seen `path` in its folder's listing, before it
+    lists `path` itself: another process changing the source in that window."""
+    real = create_module._entry
+
+    def entry(name: bytes, st: os.stat_result, notes: list[str]) -> Entry | None:
+        made = real(name, st, notes)
+        if name == path:
+            change()
+        return made
+
+    monkeypatch.setattr(create_module, "_entry", entry)
+
+
+def test_a_folder_swapped_for_a_link_during_the_walk_is_not_walked_into(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The walk listed each folder by path (os.scandir follows links): a folder swapped
+    for a link to another folder had that folder's content backed up as its own."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    (source / "sub" / "mine").write_bytes(b"mine")
+    (source / "keep.txt").write_bytes(b"keep")
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "secret").write_bytes(b"not in the source")
+
+    def swap() -> None:
+        os.rename(source / "sub", tmp_path / "moved-away")
+        os.symlink(outside, source / "sub")
+
+    _when_listed(monkeypatch, b"sub", swap)
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key)
+    monkeypatch.undo()
+    assert [str(item) for item in made.skipped] == ["sub: vanished during the backup"]
+    assert set(_entries(repo, root_key)) == {b".", b"keep.txt"}
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["keep.txt"]
+
+
+def test_a_folder_replaced_by_another_during_the_walk_is_left_out(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A folder (not a link) moved into a listed folder's place is not the folder the
+    walk saw: its device and inode differ."""
+    source = tmp_path / "src"
+    (source / "sub").mkdir(parents=True)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "secret").write_bytes(b"not in the source")
+
+    def swap() -> None:
+        os.rename(source / "sub", tmp_path / "moved-away")
+        os.rename(other, source / "sub")
+
+    _when_listed(monkeypatch, b"sub", swap)
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    monkeypatch.undo()
+    assert [str(item) for item in made.skipped] == ["sub: vanished during the backup"]
+    assert set(_entries(tmp_path / "repo", root_key)) == {b"."}
+
+
+def test_a_folder_removed_during_the_walk_is_left_out_not_fatal(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sub-folder deleted between its parent's listing and its own (a browser clearing
+    its cache) failed the whole backup with "cannot read folder": no snapshot at all."""
+    source = tmp_path / "src"
+    (source / "cache" / "deeper").mkdir(parents=True)
+    (source / "cache" / "tmp1").write_bytes(b"x")
+    (source / "keep.txt").write_bytes(b"keep")
+    _when_listed(monkeypatch, b"cache", lambda: shutil.rmtree(source / "cache"))
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    monkeypatch.undo()
+    assert [str(item) for item in made.skipped] == ["cache: vanished during the backup"]
+    assert not made.skipped[0].unread
+    assert made.files == 1 and made.folders == 0
+
+
+def test_a_tree_deeper_than_the_folders_kept_open_is_walked_whole(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `_KEEP_OPEN` levels a folder's descriptor is closed once listed and opened
+    again (checked) from the deepest one kept, for each of its sub-folders."""
+    monkeypatch.setattr(create_module, "_KEEP_OPEN", 2)
+    source = tmp_path / "src"
+    deep = source / "a" / "b" / "c" / "d"
+    for sibling in ("x", "y"):
+        (deep / sibling / "e").mkdir(parents=True)
+        (deep / sibling / "e" / "f.txt").write_bytes(sibling.encode())
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key)
+    assert made.skipped == [] and made.files == 2 and made.folders == 8
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "a/b/c/d/y/e/f.txt").read_bytes() == b"y"

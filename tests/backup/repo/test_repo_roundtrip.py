@@ -189,12 +189,12 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
     (source / "big-secret.bin").write_bytes(os.urandom(10_000))
     (source / "big.bin").write_bytes(os.urandom(10_000))
     denied = PermissionError(13, "Permission denied")
-    real_scandir, real_open_seen = os.scandir, create._open_seen
+    real_open_folder, real_open_seen = create._open_folder, create._open_seen
 
-    def scandir(path: str) -> object:
-        if str(path).endswith("locked"):
+    def open_folder(name: str, dir_fd: int | None, device: int, inode: int) -> int:
+        if name == "locked":
             raise denied
-        return real_scandir(path)
+        return real_open_folder(name, dir_fd, device, inode)
 
     def open_seen(path: str, device: int, inode: int) -> int:
         # Small and large files alike are opened here (secret.txt is small, big-* large).
@@ -204,7 +204,7 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
             raise FileNotFoundError(2, "No such file or directory")
         return real_open_seen(path, device, inode)
 
-    monkeypatch.setattr(create.os, "scandir", scandir)
+    monkeypatch.setattr(create, "_open_folder", open_folder)
     monkeypatch.setattr(create, "_open_seen", open_seen)
     repo = str(tmp_path / "repo")
     made = create_snapshot(source, repo, root_key, repo_params=SMALL)

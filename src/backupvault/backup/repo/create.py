@@ -157,9 +157,72 @@ class Walked(NamedTuple):
     notes: list[str]  # stored, but not as they are (a time out of range)
 
 
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Folders deeper than this are not kept open while their sub-folders are walked (the
+#: descriptor limit is often 1024); each is opened again from the deepest one kept.
+_KEEP_OPEN = 64
+
+
+def _open_folder(name: str, dir_fd: int | None, device: int, inode: int) -> int:
+    """A descriptor of the folder the walk saw as `name` (in the folder `dir_fd`), with
+    `device` and `inode`. Anything else there now (a link, which O_NOFOLLOW does not
+    follow, a file, another folder moved in) raises FileNotFoundError, as a folder
+    deleted since does: it is left out, and nothing is read through it."""
+    try:
+        fd = os.open(name, _DIR_FLAGS, dir_fd=dir_fd)
+    except NotADirectoryError:  # O_DIRECTORY | O_NOFOLLOW on a link says ENOTDIR, or ELOOP
+        raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name) from None
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name) from None
+        raise
+    st = os.fstat(fd)
+    if (st.st_dev, st.st_ino) != (device, inode):
+        os.close(fd)
+        raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name)
+    return fd
+
+
+@dataclass
+class _Folder:
+    """A folder on the walk's current path: its descriptor (None if not kept open, past
+    `_KEEP_OPEN`), and its sub-folders still to walk (item numbers and inodes)."""
+
+    name: str
+    device: int
+    inode: int
+    fd: int | None
+    pending: Iterator[tuple[int, int]]
+
+
+def _folder_fd(path: list[_Folder]) -> tuple[int, bool]:
+    """(descriptor of the last folder of `path`, whether the caller must close it): the
+    one kept open, or one opened again from the deepest folder kept open, each step
+    checked as the walk first opened it."""
+    last = len(path) - 1
+    kept = max(i for i, folder in enumerate(path) if folder.fd is not None)
+    fd = path[kept].fd
+    assert fd is not None
+    owned = False
+    try:
+        for folder in path[kept + 1 : last + 1]:
+            step = _open_folder(folder.name, fd, folder.device, folder.inode)
+            if owned:
+                os.close(fd)
+            fd, owned = step, True
+    except BaseException:
+        if owned:
+            os.close(fd)
+        raise
+    return fd, owned
+
+
 def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
     """What to back up of `source`, leaving out what `exclude` matches (a folder with
-    everything in it)."""
+    everything in it). Each folder is opened (O_NOFOLLOW) relative to its parent's
+    descriptor and listed through its own: a folder swapped for a link while the walk
+    runs is not walked into, and paths longer than PATH_MAX are walked too. At most the
+    current path's folders are open at once."""
     skipped: list[Skipped] = []
     notes: list[str] = []
     st = source_stat(source)
@@ -170,50 +233,111 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
     root = _entry(ROOT, st, notes)
     assert root is not None
     items: list[Item] = [Item(str(source), root, st.st_dev)]
-    stack: list[tuple[str, bytes]] = [(str(source), b"")]
-    while stack:
-        directory, prefix = stack.pop()
-        try:
-            with os.scandir(directory) as listing:
-                children = sorted(listing, key=lambda e: e.name)
-        except PermissionError as exc:
-            if not prefix:  # the source itself: nothing to back up
-                raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
-            # as restic: the rest is backed up, and this is said (the folder stays, empty)
-            reason = f"cannot list this folder ({exc.strerror}): backed up empty"
-            skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason, unread=True))
-            continue
-        except OSError as exc:
-            raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
-        subfolders: list[tuple[str, bytes]] = []
-        for child in children:
-            name = prefix + os.fsencode(child.name)
-            if exclude and excluded(name, exclude):
+    gone: set[int] = set()  # item numbers of folders gone or replaced since listed
+    try:
+        root_fd = _open_folder(str(source), None, st.st_dev, st.st_ino)
+    except FileNotFoundError:
+        raise SourceError(
+            f"backup source {source} was replaced while the backup started",
+            hint="run the backup again",
+        ) from None
+    except OSError as exc:
+        raise SourceError(f"cannot read folder {source}: {exc.strerror}") from None
+    path: list[_Folder] = []
+    try:
+        subfolders = _list(root_fd, str(source), b"", exclude, items, skipped, notes)
+        path.append(_Folder(str(source), st.st_dev, st.st_ino, root_fd, iter(subfolders)))
+        while path:
+            nxt = next(path[-1].pending, None)
+            if nxt is None:
+                done = path.pop()
+                if done.fd is not None:
+                    os.close(done.fd)
                 continue
+            number, inode = nxt
+            item = items[number]
+            name = os.path.basename(item.path)
+            parent_fd, owned = _folder_fd(path)
             try:
-                child_stat = child.stat(follow_symlinks=False)
+                fd = _open_folder(name, parent_fd, item.device, inode)
             except FileNotFoundError:
-                continue  # deleted while we looked
+                gone.add(number)
+                skipped.append(Skipped(os.fsdecode(item.entry.path), "vanished during the backup"))
+                continue
             except PermissionError as exc:
-                reason = f"cannot read it ({exc.strerror})"
-                skipped.append(Skipped(os.fsdecode(name), reason, unread=True))
+                # as restic: the rest is backed up, and this is said (the folder stays, empty)
+                reason = f"cannot list this folder ({exc.strerror}): backed up empty"
+                skipped.append(Skipped(os.fsdecode(item.entry.path), reason, unread=True))
                 continue
             except OSError as exc:
-                raise SourceError(f"cannot read {child.path}: {exc.strerror}") from None
-            entry = _entry(name, child_stat, notes)
-            if entry is None:
-                skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
-                continue
-            if entry.kind == SYMLINK:
-                try:
-                    entry.target = os.fsencode(os.readlink(child.path))
-                except OSError as exc:
-                    raise SourceError(f"cannot read link {child.path}: {exc.strerror}") from None
-            items.append(Item(child.path, entry, child_stat.st_dev))
-            if entry.kind == DIR:
-                subfolders.append((child.path, name + b"/"))
-        stack.extend(reversed(subfolders))
+                raise SourceError(f"cannot read folder {item.path}: {exc.strerror}") from None
+            finally:
+                if owned:
+                    os.close(parent_fd)
+            try:
+                prefix = item.entry.path + b"/"
+                subfolders = _list(fd, item.path, prefix, exclude, items, skipped, notes)
+            except BaseException:
+                os.close(fd)
+                raise
+            keep = len(path) < _KEEP_OPEN
+            if not keep:
+                os.close(fd)
+            path.append(_Folder(name, item.device, inode, fd if keep else None, iter(subfolders)))
+    finally:
+        for folder in path:
+            if folder.fd is not None:
+                os.close(folder.fd)
+    if gone:
+        items = [item for number, item in enumerate(items) if number not in gone]
     return Walked(snapshots.KIND_FOLDER, items, skipped, notes)
+
+
+def _list(
+    fd: int,
+    directory: str,
+    prefix: bytes,
+    exclude: tuple[str, ...],
+    items: list[Item],
+    skipped: list[Skipped],
+    notes: list[str],
+) -> list[tuple[int, int]]:
+    """Add the folder `fd`'s children (sorted by name) to `items`; its sub-folders'
+    item numbers and inodes, to walk next."""
+    try:
+        with os.scandir(fd) as listing:
+            children = sorted(listing, key=lambda e: e.name)
+    except OSError as exc:
+        raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
+    subfolders: list[tuple[int, int]] = []
+    for child in children:
+        name = prefix + os.fsencode(child.name)
+        if exclude and excluded(name, exclude):
+            continue
+        where = os.path.join(directory, child.name)
+        try:
+            child_stat = child.stat(follow_symlinks=False)  # fstatat(fd, name)
+        except FileNotFoundError:
+            continue  # deleted while we looked
+        except PermissionError as exc:
+            reason = f"cannot read it ({exc.strerror})"
+            skipped.append(Skipped(os.fsdecode(name), reason, unread=True))
+            continue
+        except OSError as exc:
+            raise SourceError(f"cannot read {where}: {exc.strerror}") from None
+        entry = _entry(name, child_stat, notes)
+        if entry is None:
+            skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
+            continue
+        if entry.kind == SYMLINK:
+            try:
+                entry.target = os.fsencode(os.readlink(child.name, dir_fd=fd))
+            except OSError as exc:
+                raise SourceError(f"cannot read link {where}: {exc.strerror}") from None
+        items.append(Item(where, entry, child_stat.st_dev))
+        if entry.kind == DIR:
+            subfolders.append((len(items) - 1, child_stat.st_ino))
+    return subfolders
 
 
 class _Window:
