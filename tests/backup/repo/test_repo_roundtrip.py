@@ -8,7 +8,7 @@ import random
 import shutil
 import time
 import types
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -19,7 +19,7 @@ from backupvault.backup import BackupNotFound, DestinationError
 from backupvault.backup.repo import Repository, chunksource, create_snapshot, restore_snapshot
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo import snapshots as snapshots_module
-from backupvault.backup.repo.create import _read_whole, excluded
+from backupvault.backup.repo.create import _read_small, excluded
 from backupvault.backup.storage import Storage
 from backupvault.errors import InvalidInput, WrongKey
 from conftest import make_tree, snapshot
@@ -377,18 +377,45 @@ def test_snapshots_record_the_key_kind_inside_the_sealed_summary(
 
 @pytest.mark.parametrize("listed", [0, 1, 99, 100, 101, 10_000])
 def test_a_small_file_is_read_to_its_end_whatever_size_the_walk_saw(
-    tmp_path: Path, listed: int
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, listed: int
 ) -> None:
-    """A file that grew or shrank between the walk and its read is read whole (the read
-    asks for one byte more than the walk saw, then reads on until the end)."""
+    """A file that grew or shrank between the walk and its read is read whole: the small
+    read asks for one byte more than the walk saw and reads on until the end; a file
+    holding more than the walk saw is read to its end as a large file."""
     path = tmp_path / "grows"
     data = os.urandom(100)
     path.write_bytes(data)
     with open(path, "rb") as grows:
-        assert _read_whole(grows.fileno(), listed) == data
+        assert _read_small(grows.fileno(), listed) == (data if listed >= 100 else None)
     (tmp_path / "empty").write_bytes(b"")
     with open(tmp_path / "empty", "rb") as empty:
-        assert _read_whole(empty.fileno(), listed) == b""
+        assert _read_small(empty.fileno(), listed) == b""
+    # And a backup of it, as the walk saw `listed` bytes (chunk_min is 64: each size but
+    # 10,000 takes the small read).
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(os.urandom(listed))
+    monkeypatch.setattr(
+        create_module, "walk", _then(create_module.walk, lambda: (source / "f").write_bytes(data))
+    )
+    repo = str(tmp_path / "repo")
+    made = create_snapshot(source, repo, root_key, repo_params=SMALL)
+    assert made.skipped == [] and made.size == 100
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == data
+
+
+def _then(
+    walk: Callable[..., create_module.Walked], change: Callable[[], None]
+) -> Callable[..., create_module.Walked]:
+    """`walk`, then `change()`: the source changed after the walk, before the reads."""
+
+    def walked(*args: object) -> create_module.Walked:
+        result = walk(*args)
+        change()
+        return result
+
+    return walked
 
 
 def test_content_a_later_file_uses_again_is_not_all_held_in_memory(

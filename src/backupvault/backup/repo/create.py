@@ -62,8 +62,11 @@ _M_MMAP_THRESHOLD = -3
 _TRIM_THRESHOLD = 1 << 30
 _MMAP_THRESHOLD = 32 << 20  # glibc's largest on 64-bit systems
 
-# (entry number, chunk id, plaintext length, the chunk to seal or None if already stored)
+# (entry number, chunk id, plaintext length, the chunk to seal or None if already stored);
+# a length of _VANISHED: the file is left out; _GROWN: it is read as a large file.
 Piece = tuple[int, bytes, int, Prepared | None]
+_VANISHED = -1
+_GROWN = -2
 
 
 @dataclass(frozen=True)
@@ -394,15 +397,19 @@ def _open_seen(path: str, device: int, inode: int) -> int:
     return fd
 
 
-def _read_whole(fd: int, size: int) -> bytes:
-    """A small file's bytes with few system calls (read, read to confirm the end) where
-    `open(path, "rb").read()` makes more: about 10 % of a backup of 50,000 small files
-    (docs/performance.md, "Fourth pass"). `size` is what the walk saw; a file that grew
-    since is still read to its end."""
-    parts = [os.read(fd, size + 1)]
-    while parts[-1]:
-        parts.append(os.read(fd, max(size, 1 << 16)))
-    return parts[0] if len(parts) == 2 else b"".join(parts)
+def _read_small(fd: int, size: int) -> bytes | None:
+    """A small file's bytes with few system calls (a read, and one to confirm the end)
+    where `open(path, "rb").read()` makes more: about 10 % of a backup of 50,000 small
+    files (docs/performance.md, "Fourth pass"). `size` is what the walk saw; None if the
+    file holds more now (it grew since: the caller reads it in windows, as a large file,
+    rather than whole into memory, however large it has grown)."""
+    data = os.read(fd, size + 1)
+    while len(data) <= size:
+        more = os.read(fd, size + 1 - len(data))
+        if not more:
+            return data
+        data += more
+    return None
 
 
 class _Workers:
@@ -427,6 +434,9 @@ class _Workers:
         self._free_lock = threading.Lock()  # the reader thread takes, this one returns
         #: files this process may not open, by number, and why: left out, as restic does
         self.unreadable: dict[int, str] = {}
+        #: small files that grew past what the walk saw, by number: open, at their start
+        self.grown: dict[int, int] = {}
+        self._grown_lock = threading.Lock()
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
@@ -449,23 +459,36 @@ class _Workers:
             try:
                 fd = _open_seen(path, device, entry.inode)
                 try:
-                    data = _read_whole(fd, size)
+                    data = _read_small(fd, size)
+                    if data is None:
+                        os.lseek(fd, 0, os.SEEK_SET)
+                        with self._grown_lock:
+                            self.grown[number] = fd
+                        fd = -1  # the main thread reads it (`take_grown`)
                 finally:
-                    os.close(fd)
+                    if fd >= 0:
+                        os.close(fd)
             except FileNotFoundError:
-                pieces.append((number, b"", -1, None))  # vanished: the caller drops it
+                pieces.append((number, b"", _VANISHED, None))  # the caller drops it
                 continue
             except PermissionError as exc:
                 self.unreadable[number] = f"cannot read it ({exc.strerror})"
-                pieces.append((number, b"", -1, None))
+                pieces.append((number, b"", _VANISHED, None))
                 continue
             except OSError as exc:
                 raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+            if data is None:
+                pieces.append((number, b"", _GROWN, None))
+                continue
             if not data:
                 pieces.append((number, b"", 0, None))
             for view in self._chunker().cut(data):
                 pieces.append(self._piece(number, view))
         return pieces
+
+    def take_grown(self, number: int) -> int:
+        with self._grown_lock:
+            return self.grown.pop(number)
 
     def submit(
         self, task: Callable[..., list[Piece]], *args: Any, window: _Window | None = None
@@ -511,6 +534,9 @@ class _Workers:
         for future, _window in self.inflight:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
+        for fd in self.grown.values():  # left by a backup that failed
+            os.close(fd)
+        self.grown.clear()
         with self._free_lock:
             self._free.clear()  # each window refers to this list: freed now, not by the GC
 
@@ -659,6 +685,12 @@ def _create_locked(
     added = 0
     files_read = 0
     vanished: set[int] = set()
+    grown: list[int] = []  # small files that grew since the walk, to read as large ones
+
+    def read_grown() -> None:
+        while grown:
+            number = grown.pop()
+            _submit_large(pool, chunker, number, items[number], consume, pool.take_grown(number))
 
     def consume(result: tuple[list[Piece], _Window | None]) -> None:
         """Record a task's chunks; blobs for the packer hold the window their bytes are
@@ -666,6 +698,9 @@ def _create_locked(
         nonlocal added
         pieces, window = result
         for number, chunk_id, length, blob in pieces:
+            if length == _GROWN:
+                grown.append(number)
+                continue
             if length < 0:
                 vanished.add(number)
                 continue
@@ -709,10 +744,13 @@ def _create_locked(
                 _submit_large(pool, chunker, number, item, consume)
             for result in pool.ready(block=True):
                 consume(result)
+            read_grown()
         if small:
             pool.submit(pool.read_small, small)
-        for result in pool.drain():
-            consume(result)
+        while pool.inflight or grown:
+            for result in pool.drain():
+                consume(result)
+            read_grown()
         packer.finish()
     except BaseException:
         pool.shutdown()
@@ -799,16 +837,19 @@ def _submit_large(
     number: int,
     item: Item,
     consume: Callable[[tuple[list[Piece], _Window | None]], None],
+    fd: int | None = None,
 ) -> None:
     """Read the file in windows (readinto: no page faults of a mapping, and no GIL held
     while the kernel copies; on a thread of its own when there is more than one window, so
     the copy runs beside the cutting), cut each on this thread (pyfastcdc releases the GIL
     too), and hand its chunks to the workers in batches of about 8 MiB. The tail of a
     window that is not surely cut yet goes before the next window's bytes (in its
-    headroom), so the chunks are the same as a cut of the whole file."""
+    headroom), so the chunks are the same as a cut of the whole file. `fd`: the file,
+    already open (checked) at its start; else it is opened here."""
     path = item.path
     try:
-        fd = _open_seen(path, item.device, item.entry.inode)
+        if fd is None:
+            fd = _open_seen(path, item.device, item.entry.inode)
     except FileNotFoundError:
         pool.inflight.append((_done([(number, b"", -1, None)]), None))
         return
