@@ -294,3 +294,27 @@ def test_a_small_file_that_grows_before_it_is_read_is_read_in_windows(
     assert made.skipped == [] and made.size == size
     restore_snapshot(str(repo), root_key, tmp_path / "out")
     assert (tmp_path / "out" / "download.iso").read_bytes() == block * (size >> 20)
+
+
+@pytest.mark.parametrize("replacement", ["none", "file"])
+def test_a_link_removed_or_replaced_before_it_is_read_is_left_out_not_fatal(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, replacement: str
+) -> None:
+    """A link deleted (or swapped for a file) between its stat and its readlink failed
+    the whole backup with "cannot read link"."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "keep.txt").write_bytes(b"keep")
+    os.symlink("keep.txt", source / "link")
+
+    def change() -> None:
+        os.unlink(source / "link")
+        if replacement == "file":
+            (source / "link").write_bytes(b"now a file")
+
+    _when_listed(monkeypatch, b"link", change)
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    monkeypatch.undo()
+    assert [str(item) for item in made.skipped] == ["link: vanished during the backup"]
+    assert not made.skipped[0].unread
+    assert made.files == 1 and made.links == 0

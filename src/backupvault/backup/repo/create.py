@@ -336,6 +336,10 @@ def _list(
             try:
                 entry.target = os.fsencode(os.readlink(child.name, dir_fd=fd))
             except OSError as exc:
+                # Deleted since its stat (ENOENT), or replaced by what is no link (EINVAL)
+                if exc.errno in (errno.ENOENT, errno.EINVAL):
+                    skipped.append(Skipped(os.fsdecode(name), "vanished during the backup"))
+                    continue
                 raise SourceError(f"cannot read link {where}: {exc.strerror}") from None
         items.append(Item(where, entry, child_stat.st_dev))
         if entry.kind == DIR:
