@@ -318,3 +318,64 @@ def test_a_link_removed_or_replaced_before_it_is_read_is_left_out_not_fatal(
     assert [str(item) for item in made.skipped] == ["link: vanished during the backup"]
     assert not made.skipped[0].unread
     assert made.files == 1 and made.links == 0
+
+
+def _deep(top: Path, levels: int) -> bytes:
+    """`levels` nested folders of 250-byte names under `top` (made through descriptors:
+    their paths pass PATH_MAX); the relative path of the deepest."""
+    name = "d" * 250
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for _ in range(levels):
+            os.mkdir(name, dir_fd=fd)
+            deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        for file_name, data in ((b"small", b"tiny"), (b"large", b"L" * 5000)):
+            out = os.open(file_name, os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+            os.write(out, data)
+            os.close(out)
+        os.symlink("small", "link", dir_fd=fd)
+    finally:
+        os.close(fd)
+    return b"/".join([os.fsencode(name)] * levels)
+
+
+def test_paths_longer_than_path_max_are_backed_up(tmp_path: Path, root_key: bytes) -> None:
+    """The walk listed folders and read files by their full path: one path past PATH_MAX
+    (4096 bytes) failed the whole backup with "File name too long", saving nothing."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ok.txt").write_bytes(b"fine")
+    deepest = _deep(source, 18)  # 18 x 251 bytes
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert made.skipped == []
+    assert made.files == 3 and made.links == 1 and made.folders == 18
+    entries = _entries(repo, root_key)
+    assert entries[deepest + b"/small"].size == 4
+    assert entries[deepest + b"/large"].size == 5000
+    assert len(entries[deepest + b"/large"].chunks) > 1  # read as a large file
+    assert entries[deepest + b"/link"].target == b"small"
+    # The content is the file's: the same chunks as a copy of it at the top.
+    (source / "copy").write_bytes(b"L" * 5000)
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    entries = _entries(repo, root_key)
+    assert entries[b"copy"].chunks == entries[deepest + b"/large"].chunks
+
+
+def test_a_path_longer_than_a_snapshot_holds_is_skipped_not_fatal(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A tree entry's path has at most 65,535 bytes: a deeper one is named as skipped
+    (not read: exit 8), not a failed backup once everything was uploaded."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ok.txt").write_bytes(b"fine")
+    _deep(source, 262)  # 262 x 251 bytes: the 262nd folder's path is 65,761 bytes
+    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
+    (skipped,) = made.skipped
+    assert skipped.unread
+    assert skipped.reason == "its path is longer than the 65,535 bytes a snapshot holds"
+    assert len(os.fsencode(skipped.name)) == 262 * 251 - 1
+    assert made.files == 1 and made.folders == 261

@@ -47,7 +47,16 @@ from backupvault.backup.repo.repository import (
     host_name,
 )
 from backupvault.backup.repo.state import DeviceState
-from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, TIME_MAX_NS, TIME_MIN_NS, Entry
+from backupvault.backup.repo.tree import (
+    DIR,
+    FILE,
+    MAX_PATH,
+    ROOT,
+    SYMLINK,
+    TIME_MAX_NS,
+    TIME_MIN_NS,
+    Entry,
+)
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, InvalidInput
@@ -317,6 +326,10 @@ def _list(
         name = prefix + os.fsencode(child.name)
         if exclude and excluded(name, exclude):
             continue
+        if len(name) > MAX_PATH:
+            reason = f"its path is longer than the {MAX_PATH:,} bytes a snapshot holds"
+            skipped.append(Skipped(os.fsdecode(name), reason, unread=True))
+            continue
         where = os.path.join(directory, child.name)
         try:
             child_stat = child.stat(follow_symlinks=False)  # fstatat(fd, name)
@@ -385,7 +398,12 @@ def _open_seen(path: str, device: int, inode: int) -> int:
     deleted since does: it is left out, not read through (a link to a file outside the
     source, or to /dev/zero, which would be read without end)."""
     try:
-        fd = os.open(path, _READ_FLAGS)
+        try:
+            fd = os.open(path, _READ_FLAGS)
+        except OSError as exc:
+            if exc.errno != errno.ENAMETOOLONG:
+                raise
+            fd = _open_long(path)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
             raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path) from None
@@ -399,6 +417,33 @@ def _open_seen(path: str, device: int, inode: int) -> int:
         os.close(fd)
         raise
     return fd
+
+
+#: The longest path the kernel resolves (Linux's PATH_MAX, with its NUL).
+_PATH_MAX = 4096
+
+
+def _open_long(path: str) -> int:
+    """`os.open(path, _READ_FLAGS)` for a path the kernel will not take whole (ENAMETOOLONG):
+    its longest leading part that it takes (the source's own path is in it), then one
+    folder at a time (folders inside the source: O_NOFOLLOW, a link there is not one the
+    walk went through), then the file. The caller checks that it is the file the walk saw."""
+    parts = os.fsencode(path).split(b"/")
+    taken = 1
+    while taken < len(parts) - 1 and len(b"/".join(parts[: taken + 1])) < _PATH_MAX - 1:
+        taken += 1
+    fd = os.open(b"/".join(parts[:taken]) or b"/", _DIR_FLAGS & ~os.O_NOFOLLOW)
+    try:
+        for part in parts[taken:-1]:
+            try:
+                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except NotADirectoryError:  # a link or a file in a folder's place
+                raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path) from None
+            os.close(fd)
+            fd = step
+        return os.open(parts[-1], _READ_FLAGS, dir_fd=fd)
+    finally:
+        os.close(fd)
 
 
 def _read_small(fd: int, size: int) -> bytes | None:

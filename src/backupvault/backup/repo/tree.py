@@ -23,6 +23,7 @@ _FILE = struct.Struct(">QQqI")
 _U16 = struct.Struct(">H")
 _U32 = struct.Struct(">I")
 _MAX_NAME: Final = 65535
+MAX_PATH: Final = _MAX_NAME  # bytes of an entry's path
 #: The times a tree holds (i64 nanoseconds since 1970: 1677-09-21 to 2262-04-11).
 TIME_MIN_NS: Final = -(1 << 63)
 TIME_MAX_NS: Final = (1 << 63) - 1
