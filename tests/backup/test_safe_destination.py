@@ -114,3 +114,41 @@ def test_the_unmutated_archive_restores(tmp_path: Path) -> None:
     assert (stats.files, stats.folders, stats.links, stats.has_root) == (3, 1, 1, True)
     assert (tmp_path / "s").read_bytes() == b"x" * 700
     assert (tmp_path / "d" / "f").stat().st_mtime_ns == 1_700_000_000_250_000_000
+
+
+def test_a_link_that_leads_out_through_a_case_folded_name_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single-blob restore checked links only by their names as bytes; on a file system
+    that takes "L" and "l" for one (APFS, NTFS, ext4 casefold) "x" -> "L/L/L/L/../../../..
+    /outside" leads out through the link "l" -> ".". Once made, the links are resolved
+    again in the folder itself, as the repository restore does, and that one is removed
+    and reported. The stand-in for case folding: making "l" makes "L" too, as in
+    tests/backup/repo/test_repo_restore_links.py."""
+    made = os.symlink
+
+    def folding(
+        target: str, path: str, target_is_directory: bool = False, *, dir_fd: int | None = None
+    ) -> None:
+        made(target, path, dir_fd=dir_fd)
+        if path == "l":
+            made(target, "L", dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "symlink", folding)
+    root = tmp_path / "a" / "b" / "c" / "staging"
+    root.mkdir(parents=True)
+    (tmp_path / "outside").mkdir()
+    escaping = "/".join(["L"] * 4 + [".."] * 4 + ["outside"])
+    with SafeDestination(root, Limits(100, 100)) as dest:
+        dest.folder("d", 0o555, 0)  # read-only once finished: the link is removed before
+        dest.symlink("l", ".")
+        dest.symlink("d/x", "../" + escaping)
+        dest.symlink("ok", "l/d")
+        written = dest.finish()
+    monkeypatch.undo()
+    assert not (root / "d" / "x").is_symlink()
+    assert os.readlink(root / "ok") == "l/d" and os.readlink(root / "l") == "."
+    assert written.links == 2  # "l" and "ok"; the stand-in's "L" is no link of the archive
+    (removed,) = written.skipped
+    assert removed.name == "d/x"
+    assert "leads outside the restored folder on this file system" in removed.reason

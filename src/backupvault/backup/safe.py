@@ -17,7 +17,10 @@ are not needed for safety. Rules:
   through a symbolic link while restoring.
 - A hard link may only name a regular file created earlier by the same restore.
 - Symbolic links are created last, and only if their target, resolved through the links of
-  the same archive, stays inside the tree (others are skipped and reported); so after the
+  the same archive, stays inside the tree (others are skipped and reported). Once made,
+  each is resolved again as the file system resolves it (`remove_escaping_links`, shared
+  with the repository restore): one that leads out after all, where the file system takes
+  names differing in case or Unicode form for one, is removed and reported. So after the
   restore no link in the tree leads out of it.
 - Totals are capped: at most `Limits.max_entries` members and `Limits.max_bytes` bytes of
   file data (the backup header's declared figures); a member that would pass them aborts
@@ -178,6 +181,90 @@ class Written:
     entries: int = 0
     has_root: bool = False
     skipped: list[Skipped] = field(default_factory=list)
+
+
+class _Leaves(Exception):
+    """A lookup on a link's way cannot be trusted to stay inside (`leads_out`)."""
+
+
+def leads_out(path: bytes, target: bytes, follow: Callable[[bytes], bytes | None]) -> bool:
+    """Whether the link `path` -> `target` leads out of the tree, resolving its way as
+    the kernel would: `follow(name)` is the target of the link at `name` in the tree, or
+    None for anything else (it raises `_Leaves` where a lookup fails)."""
+    if target.startswith(b"/"):
+        return True
+    where = path.split(b"/")[:-1]
+    pending = target.split(b"/")
+    hops = 0
+    try:
+        while pending:
+            part = pending.pop(0)
+            if part in (b"", b"."):
+                continue
+            if part == b"..":
+                if not where:
+                    return True
+                where.pop()
+                continue
+            where.append(part)
+            followed = follow(b"/".join(where))
+            if followed is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS or followed.startswith(b"/"):
+                    return True
+                where.pop()
+                pending = followed.split(b"/") + pending
+    except _Leaves:
+        return True
+    return False
+
+
+def resolves_outside(dir_fd: int, path: bytes) -> bool:
+    """Whether the symbolic link `path`, made in the folder `dir_fd`, leads out of it as
+    this file system resolves it. Like the checks made before a link is created, but
+    every name is looked up in the folder itself (lstat, readlink): a file system that
+    takes names differing in case or Unicode form for one (APFS, NTFS, ext4 casefold)
+    follows links that a check comparing bytes does not see. A name that is not there is
+    taken as a folder (so lexically); a lookup that fails otherwise, or too many links,
+    counts as leaving."""
+
+    def follow(name: bytes) -> bytes | None:
+        try:
+            if not stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
+                return None
+            return os.readlink(name, dir_fd=dir_fd)
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        except OSError:
+            raise _Leaves from None
+
+    try:
+        target = os.readlink(path, dir_fd=dir_fd)
+    except OSError:
+        return True
+    return leads_out(path, target, follow)
+
+
+def remove_escaping_links(dir_fd: int, made: list[tuple[bytes, bytes]]) -> list[Skipped]:
+    """Remove the links of `made` ((path, target), created in `dir_fd`) that lead out of
+    it as the file system resolves them, although the byte-level check let them through
+    (names it compared as bytes are one name on this file system); what was removed, and
+    why. Both restores call it once their links are made. One pass is enough if all are
+    judged before any is removed: a link whose way goes through an escaping one meets the
+    same exit on that way, so it is removed too; the others resolve as before."""
+    escaping = [(path, target) for path, target in made if resolves_outside(dir_fd, path)]
+    removed: list[Skipped] = []
+    for path, target in escaping:
+        os.unlink(path, dir_fd=dir_fd)
+        removed.append(
+            Skipped(
+                os.fsdecode(path),
+                f"symbolic link to {os.fsdecode(target)} leads outside the restored "
+                "folder on this file system (it may take names that differ in case or "
+                "Unicode form for one): removed",
+            )
+        )
+    return removed
 
 
 def human_size(n: int) -> str:
@@ -371,7 +458,9 @@ class SafeDestination:
         self._link_targets[parts] = target
 
     def finish(self) -> Written:
-        """Create the symbolic links that stay inside; apply folder modes and times."""
+        """Create the symbolic links that stay inside, then remove those that lead out
+        after all as the file system resolves them; apply folder modes and times."""
+        made: list[tuple[bytes, bytes]] = []
         for parts, target in self._link_targets.items():
             name = "/".join(parts)
             reason = self._link_escapes(parts, target)
@@ -380,8 +469,12 @@ class SafeDestination:
                 continue
             parent = self._parent_fd(parts)
             self._os(lambda: os.symlink(target, parts[-1], dir_fd=parent), name)  # noqa: B023
-            self.written.links += 1
+            made.append((os.fsencode(name), os.fsencode(target)))
         self._forget_cached()
+        # Before any folder is made read-only: a link in one could not be removed then.
+        removed = remove_escaping_links(self._root_fd, made)
+        self.written.links += len(made) - len(removed)
+        self.written.skipped.extend(removed)
         # Deepest first, so a read-only folder is closed only after everything inside it.
         for parts, mode, mtime_ns in sorted(self._folders, key=lambda f: -len(f[0])):
             fd = self._open_folder(parts)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from backupvault.backup import safe
 from backupvault.backup.repo import Repository, create_snapshot, restore, restore_snapshot
 from backupvault.backup.repo import snapshots as snaps
 from backupvault.backup.repo.tree import DIR, ROOT, SYMLINK, Entry
@@ -135,7 +136,7 @@ def test_resolves_outside_looks_names_up_in_the_folder(tmp_path: Path) -> None:
         outside = {
             name
             for name in ["x", "in", "missing", "missing-out", "through-file", "abs", "d/up", "loop"]
-            if restore._resolves_outside(fd, os.fsencode(name))
+            if safe.resolves_outside(fd, os.fsencode(name))
         }
     finally:
         os.close(fd)

@@ -19,9 +19,8 @@ from __future__ import annotations
 
 import errno
 import os
-import stat
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,9 @@ from backupvault.backup.safe import (
     Staging,
     check_destination,
     check_space,
+    leads_out,
     no_space,
+    remove_escaping_links,
     space,
 )
 from backupvault.backup.storage import Storage
@@ -112,7 +113,6 @@ def plan(entries: list[Entry], index: Index) -> None:
 _SMALL_FILE = 1 << 20
 _WRITES_AHEAD = 256
 _WRITERS = 8  # file creation waits on the file system more than on the CPU
-_MAX_LINK_HOPS = 40  # the kernel's limit on links followed in one lookup
 #: What a write says when the tree itself cannot be laid out (a name used twice over).
 _TREE_CONTRADICTIONS = frozenset({errno.ENOTDIR, errno.EEXIST, errno.EISDIR, errno.ELOOP})
 
@@ -121,91 +121,10 @@ class RestoreFailed(BackupVaultError):
     """The file system refused the restore's writes (not the user's command, nor damage)."""
 
 
-class _Leaves(Exception):
-    """A lookup on a link's way cannot be trusted to stay inside (`_leads_out`)."""
-
-
-def _leads_out(path: bytes, target: bytes, follow: Callable[[bytes], bytes | None]) -> bool:
-    """Whether the link `path` -> `target` leads out of the tree, resolving its way as
-    the kernel would: `follow(name)` is the target of the link at `name` in the tree, or
-    None for anything else (it raises `_Leaves` where a lookup fails)."""
-    if target.startswith(b"/"):
-        return True
-    where = path.split(b"/")[:-1]
-    pending = target.split(b"/")
-    hops = 0
-    try:
-        while pending:
-            part = pending.pop(0)
-            if part in (b"", b"."):
-                continue
-            if part == b"..":
-                if not where:
-                    return True
-                where.pop()
-                continue
-            where.append(part)
-            followed = follow(b"/".join(where))
-            if followed is not None:
-                hops += 1
-                if hops > _MAX_LINK_HOPS or followed.startswith(b"/"):
-                    return True
-                where.pop()
-                pending = followed.split(b"/") + pending
-    except _Leaves:
-        return True
-    return False
-
-
 def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
     """Whether the link `path` -> `target` leads out of the tree, following the other
     links of the same tree (`links`: path -> target), names compared by bytes."""
-    return _leads_out(path, target, links.get)
-
-
-def _resolves_outside(dir_fd: int, path: bytes) -> bool:
-    """Whether the symbolic link `path`, made in the folder `dir_fd`, leads out of it as
-    this file system resolves it. Like `_link_escapes`, but every name is looked up in
-    the folder itself (lstat, readlink): a file system that takes names differing in case
-    or Unicode form for one (APFS, NTFS, ext4 casefold) follows links `_link_escapes`,
-    comparing bytes, does not see. A name that is not there is taken as a folder (so
-    lexically); a lookup that fails otherwise, or too many links, counts as leaving."""
-
-    def follow(name: bytes) -> bytes | None:
-        try:
-            if not stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-                return None
-            return os.readlink(name, dir_fd=dir_fd)
-        except (FileNotFoundError, NotADirectoryError):
-            return None
-        except OSError:
-            raise _Leaves from None
-
-    try:
-        target = os.readlink(path, dir_fd=dir_fd)
-    except OSError:
-        return True
-    return _leads_out(path, target, follow)
-
-
-def _remove_escaping_links(dir_fd: int, made: list[Entry], skipped: list[Skipped]) -> None:
-    """Remove, and report in `skipped`, the links of `made` (created in `dir_fd`) that
-    lead out of it as the file system resolves them, although `_link_escapes` let them
-    through (names it compared by bytes are one name on this file system). One pass is
-    enough if all are judged before any is removed: a link whose way goes through an
-    escaping one meets the same exit on that way, so it is removed too; the others
-    resolve as before."""
-    escaping = [e for e in made if _resolves_outside(dir_fd, e.path)]
-    for entry in escaping:
-        os.unlink(entry.path, dir_fd=dir_fd)
-        skipped.append(
-            Skipped(
-                os.fsdecode(entry.path),
-                f"symbolic link to {os.fsdecode(entry.target)} leads outside the restored "
-                "folder on this file system (it may take names that differ in case or "
-                "Unicode form for one): removed",
-            )
-        )
+    return leads_out(path, target, links.get)
 
 
 @cycle_collector_paused()
@@ -369,7 +288,7 @@ def _fill(
             ns = (entry.mtime_ns, entry.mtime_ns)
             os.utime(entry.path, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
             made.append(entry)
-    _remove_escaping_links(dir_fd, made, skipped)
+    skipped.extend(remove_escaping_links(dir_fd, [(e.path, e.target) for e in made]))
     folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
         os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
