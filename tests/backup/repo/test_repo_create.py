@@ -13,6 +13,7 @@ import pytest
 
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, tree
 from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo.maintenance import check
 from backupvault.backup.repo.tree import FILE, TIME_MAX_NS, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import InvalidInput
@@ -379,3 +380,58 @@ def test_a_path_longer_than_a_snapshot_holds_is_skipped_not_fatal(
     assert skipped.reason == "its path is longer than the 65,535 bytes a snapshot holds"
     assert len(os.fsencode(skipped.name)) == 262 * 251 - 1
     assert made.files == 1 and made.folders == 261
+
+
+def test_an_empty_file_has_no_chunk(tmp_path: Path, root_key: bytes) -> None:
+    """docs/format.md says an empty file has no chunk; the backup gave it one, empty
+    (Chunker.cut yielded an empty view), stored in a pack and named in every snapshot."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "empty").write_bytes(b"")
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key)
+    assert made.added == 0
+    entry = _entries(repo, root_key)[b"empty"]
+    assert (entry.size, entry.chunks) == (0, [])
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "empty").read_bytes() == b""
+
+
+def test_a_snapshot_that_lists_an_empty_chunk_still_restores(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Snapshots made before the fix name the empty chunk for each empty file: they
+    restore and check as before, and a later backup keeps the file's chunk list while the
+    file is unchanged (a read of it gives none)."""
+    real = create_module._Workers.read_small
+
+    def read_small(
+        self: create_module._Workers, batch: list[tuple[int, create_module.Item, int]]
+    ) -> list[create_module.Piece]:
+        # What the earlier code did: one empty chunk, named and sealed, per empty file.
+        pieces = real(self, batch)
+        read = {piece[0] for piece in pieces}
+        pieces += [self._piece(number, b"") for number, _, _ in batch if number not in read]
+        return pieces
+
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "empty").write_bytes(b"")
+    (source / "full").write_bytes(b"full")
+    repo = tmp_path / "repo"
+    monkeypatch.setattr(create_module._Workers, "read_small", read_small)
+    old = create_snapshot(source, str(repo), root_key)
+    monkeypatch.undo()
+    assert len(_entries(repo, root_key)[b"empty"].chunks) == 1
+    restore_snapshot(str(repo), root_key, tmp_path / "old", snapshot_id=old.snapshot_id)
+    assert (tmp_path / "old" / "empty").read_bytes() == b""
+    assert (tmp_path / "old" / "full").read_bytes() == b"full"
+    opened = Repository.open(Storage(str(repo)), root_key)
+    assert check(opened, read_data=True).errors == []
+    again = create_snapshot(source, str(repo), root_key)
+    assert again.files_read == 0
+    assert len(_entries(repo, root_key)[b"empty"].chunks) == 1
+    create_snapshot(source, str(repo), root_key, force_read=True)
+    assert _entries(repo, root_key)[b"empty"].chunks == []
+    restore_snapshot(str(repo), root_key, tmp_path / "new")
+    assert (tmp_path / "new" / "empty").read_bytes() == b""

@@ -67,6 +67,9 @@ class Chunker:
         )
 
     def cut(self, data: bytes | memoryview) -> Iterator[memoryview]:
+        """The chunks of `data`: none if it is empty (docs/format.md, "Chunking")."""
+        if not data:
+            return
         if len(data) <= self.min_size:
             yield memoryview(data)
             return

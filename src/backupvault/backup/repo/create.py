@@ -529,9 +529,7 @@ class _Workers:
             if data is None:
                 pieces.append((number, b"", _GROWN, None))
                 continue
-            if not data:
-                pieces.append((number, b"", 0, None))
-            for view in self._chunker().cut(data):
+            for view in self._chunker().cut(data):  # none for an empty file
                 pieces.append(self._piece(number, view))
         return pieces
 
@@ -752,8 +750,6 @@ def _create_locked(
                 continue
             if length < 0:
                 vanished.add(number)
-                continue
-            if length == 0 and not chunk_id:
                 continue
             entry = entries[number]
             entry.chunks.append(chunk_id)
