@@ -1069,13 +1069,16 @@ def test_cli_runs_keep_device_state_out_of_the_home_folder(
     cli("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
         "--recovery-code", "-", stdin=code)  # fmt: skip
     assert list(home.iterdir()) == []
-    names = sorted(p.name for p in device_state.iterdir())
+    names = sorted(p.name for p in device_state.iterdir() if not p.name.endswith(".lock"))
     assert len(names) == 2 and names[0] == "places.json" and names[1].startswith("repo-")
+    # and the lock file of each, which a backup updates it under
+    locks = sorted(p.name for p in device_state.iterdir() if p.name.endswith(".lock"))
+    assert locks == [f".{name}.lock" for name in names]
 
     unset = {k: v for k, v in env.items() if k != "BACKUPVAULT_STATE_DIR"}
     cli("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
         stdin=code, environment=unset)  # fmt: skip
-    assert len(list((home / ".local" / "state" / "backupvault").iterdir())) == 2
+    assert len(list((home / ".local" / "state" / "backupvault").iterdir())) == 4  # with locks
 
 
 def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> None:

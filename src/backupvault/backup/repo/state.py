@@ -16,10 +16,11 @@ import json
 import os
 from pathlib import Path
 
-from backupvault.errors import InvalidInput
-from backupvault.files import replace_file
+from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.files import locked, replace_file
 
 _PLACES = "places.json"
+_LOCK_WAIT = 30.0  # seconds: another backup holds a state file's lock for milliseconds
 
 
 def default_dir() -> Path:
@@ -64,10 +65,15 @@ class DeviceState:
         return before if before not in (None, self._repo_id) else None
 
     def made(self, source: str, snapshot_id: str) -> None:
-        latest = _load(self.path, "latest")
-        latest[source] = snapshot_id
-        _save(self.path, "latest", latest)
-        places = _load(self._places, "places")
-        if places.get(self._place) != self._repo_id:
-            places[self._place] = self._repo_id
-            _save(self._places, "places", places)
+        # Each file is read, changed and written under its lock: two backups of this
+        # device at once (two sources, one repository) would otherwise each write what
+        # they read, and one source's record would be lost. Best effort, as `_save`.
+        with contextlib.suppress(BackupVaultError), locked(self.path, timeout=_LOCK_WAIT):
+            latest = _load(self.path, "latest")
+            latest[source] = snapshot_id
+            _save(self.path, "latest", latest)
+        with contextlib.suppress(BackupVaultError), locked(self._places, timeout=_LOCK_WAIT):
+            places = _load(self._places, "places")
+            if places.get(self._place) != self._repo_id:
+                places[self._place] = self._repo_id
+                _save(self._places, "places", places)
