@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import errno
+import fcntl
 import fnmatch
 import io
 import mmap
@@ -412,7 +413,9 @@ def _open_seen(path: str, device: int, inode: int) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (device, inode):
             raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path)
-        os.set_blocking(fd, True)
+        # Blocking reads again; F_SETFL 0 clears O_NONBLOCK in one call (set_blocking makes
+        # two), and no other status flag was set.
+        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
     except BaseException:
         os.close(fd)
         raise
