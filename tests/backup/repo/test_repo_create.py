@@ -435,3 +435,32 @@ def test_a_snapshot_that_lists_an_empty_chunk_still_restores(
     assert _entries(repo, root_key)[b"empty"].chunks == []
     restore_snapshot(str(repo), root_key, tmp_path / "new")
     assert (tmp_path / "new" / "empty").read_bytes() == b""
+
+
+def test_a_folder_replaced_past_the_folders_kept_open_leaves_its_sub_folders_out(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past `_KEEP_OPEN` levels a folder is opened again for each of its sub-folders;
+    replaced after its listing, it leads nowhere else: its sub-folders are left out as
+    vanished, not walked through the link (and not a crash)."""
+    monkeypatch.setattr(create_module, "_KEEP_OPEN", 2)
+    source = tmp_path / "src"
+    (source / "a" / "b" / "c" / "x").mkdir(parents=True)
+    (source / "a" / "b" / "c" / "y").mkdir()
+    outside = tmp_path / "outside"
+    (outside / "x").mkdir(parents=True)
+    (outside / "y").mkdir()
+    (outside / "y" / "secret").write_bytes(b"not in the source")
+
+    def swap() -> None:  # once "c" is listed (its entry "x" is made), before x and y
+        os.rename(source / "a" / "b" / "c", tmp_path / "moved-away")
+        os.symlink(outside, source / "a" / "b" / "c")
+
+    _when_listed(monkeypatch, b"a/b/c/x", swap)
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key)
+    assert sorted(map(str, made.skipped)) == [
+        "a/b/c/x: vanished during the backup",
+        "a/b/c/y: vanished during the backup",
+    ]
+    assert set(_entries(repo, root_key)) == {b".", b"a", b"a/b", b"a/b/c"}

@@ -189,10 +189,13 @@ def _open_folder(name: str, dir_fd: int | None, device: int, inode: int) -> int:
         if exc.errno == errno.ELOOP:
             raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name) from None
         raise
-    st = os.fstat(fd)
-    if (st.st_dev, st.st_ino) != (device, inode):
+    try:
+        st = os.fstat(fd)
+        if (st.st_dev, st.st_ino) != (device, inode):
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name)
+    except BaseException:
         os.close(fd)
-        raise FileNotFoundError(errno.ENOENT, "replaced since the walk", name)
+        raise
     return fd
 
 
@@ -256,10 +259,9 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
         ) from None
     except OSError as exc:
         raise SourceError(f"cannot read folder {source}: {exc.strerror}") from None
-    path: list[_Folder] = []
+    path = [_Folder(str(source), st.st_dev, st.st_ino, root_fd, iter(()))]
     try:
-        subfolders = _list(root_fd, str(source), b"", exclude, items, skipped, notes)
-        path.append(_Folder(str(source), st.st_dev, st.st_ino, root_fd, iter(subfolders)))
+        path[0].pending = iter(_list(root_fd, str(source), b"", exclude, items, skipped, notes))
         while path:
             nxt = next(path[-1].pending, None)
             if nxt is None:
@@ -270,8 +272,11 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
             number, inode = nxt
             item = items[number]
             name = os.path.basename(item.path)
-            parent_fd, owned = _folder_fd(path)
+            owned = False
             try:
+                # (past _KEEP_OPEN, opened again: a parent replaced since its listing
+                # leaves its sub-folders out as vanished too)
+                parent_fd, owned = _folder_fd(path)
                 fd = _open_folder(name, parent_fd, item.device, inode)
             except FileNotFoundError:
                 gone.add(number)
