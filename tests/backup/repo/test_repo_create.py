@@ -112,25 +112,29 @@ def test_a_file_swapped_for_a_link_after_the_walk_is_not_read_through_it(
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["keep.txt"]
 
 
-def test_a_file_replaced_by_another_after_the_walk_is_left_out(
+def test_a_file_saved_by_rename_after_the_walk_is_backed_up_as_it_is_now(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """A hard link to a file outside the source, moved over the file: a regular file, but
-    not the one the walk saw (its device and inode differ)."""
+    """Another regular file moved over the file (an editor saving: write a new file, then
+    rename it over the old) is read as what the path now holds, not left out: only what
+    is no regular file is refused. Its entry keeps the walk's inode, so the next backup
+    sees it changed and reads it again."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "notes.txt").write_bytes(b"hello")
-    secret = tmp_path / "outside-secret"
-    secret.write_bytes(b"not in the source")
 
-    def swap() -> None:
-        os.link(secret, source / "moved-in")
-        os.replace(source / "moved-in", source / "notes.txt")
+    def save() -> None:
+        (source / "notes.txt.new").write_bytes(b"hello, saved")
+        os.replace(source / "notes.txt.new", source / "notes.txt")
 
-    _after_walk(monkeypatch, swap)
-    made = create_snapshot(source, str(tmp_path / "repo"), root_key)
-    assert [str(item) for item in made.skipped] == ["notes.txt: vanished during the backup"]
-    assert set(_entries(tmp_path / "repo", root_key)) == {b"."}
+    _after_walk(monkeypatch, save)
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key)
+    assert made.skipped == []
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_bytes() == b"hello, saved"
+    monkeypatch.undo()
+    assert create_snapshot(source, str(repo), root_key).files_read == 1
 
 
 def test_a_file_swapped_for_a_fifo_after_the_walk_does_not_block_the_backup(

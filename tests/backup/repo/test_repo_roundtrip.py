@@ -196,13 +196,13 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
             raise denied
         return real_open_folder(name, dir_fd, device, inode)
 
-    def open_seen(path: str, device: int, inode: int) -> int:
+    def open_seen(path: str) -> int:
         # Small and large files alike are opened here (secret.txt is small, big-* large).
         if path.endswith("secret.txt") or path.endswith("big-secret.bin"):
             raise denied
         if path.endswith("gone.txt"):
             raise FileNotFoundError(2, "No such file or directory")
-        return real_open_seen(path, device, inode)
+        return real_open_seen(path)
 
     monkeypatch.setattr(create, "_open_folder", open_folder)
     monkeypatch.setattr(create, "_open_seen", open_seen)

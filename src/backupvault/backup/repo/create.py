@@ -397,12 +397,14 @@ class _Window:
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _open_seen(path: str, device: int, inode: int) -> int:
-    """A descriptor of the regular file the walk saw at `path` (`device`, `inode`).
-    Anything else there now (a link, a fifo, a device, another file moved in: another
-    process may swap it between the walk and the read) raises FileNotFoundError, as a file
-    deleted since does: it is left out, not read through (a link to a file outside the
-    source, or to /dev/zero, which would be read without end)."""
+def _open_seen(path: str) -> int:
+    """A descriptor of the regular file at `path`. Anything else there now (a link, a
+    fifo, a device: another process may swap it in between the walk and the read) raises
+    FileNotFoundError, as a file deleted since does: it is left out, not read through (a
+    link to a file outside the source, or to /dev/zero, which would be read without end).
+    Another regular file moved in (an editor saving by rename) is read: it is what the
+    path holds, and the walk would have taken it just the same a moment later (its
+    entry keeps the walk's inode, so the next backup reads it again)."""
     try:
         try:
             fd = os.open(path, _READ_FLAGS)
@@ -416,7 +418,7 @@ def _open_seen(path: str, device: int, inode: int) -> int:
         raise
     try:
         st = os.fstat(fd)
-        if not stat.S_ISREG(st.st_mode) or (st.st_dev, st.st_ino) != (device, inode):
+        if not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path)
         # Blocking reads again; F_SETFL 0 clears O_NONBLOCK in one call (set_blocking makes
         # two), and no other status flag was set.
@@ -512,9 +514,9 @@ class _Workers:
 
     def read_small(self, batch: list[tuple[int, Item, int]]) -> list[Piece]:
         pieces: list[Piece] = []
-        for number, (path, entry, device), size in batch:
+        for number, (path, _, _), size in batch:
             try:
-                fd = _open_seen(path, device, entry.inode)
+                fd = _open_seen(path)
                 try:
                     data = _read_small(fd, size)
                     if data is None:
@@ -902,7 +904,7 @@ def _submit_large(
     path = item.path
     try:
         if fd is None:
-            fd = _open_seen(path, item.device, item.entry.inode)
+            fd = _open_seen(path)
     except FileNotFoundError:
         pool.inflight.append((_done([(number, b"", -1, None)]), None))
         return
