@@ -60,7 +60,7 @@ from backupvault.transparency.errors import (
 )
 from backupvault.transparency.head import DEFAULT_MAX_AGE, MAX_CLOCK_SKEW
 from backupvault.transparency.note import Signer, open_checkpoint
-from backupvault.transparency.record import raw_public_key
+from backupvault.transparency.record import DeploymentRecord, raw_public_key
 from backupvault.transparency.witness import WitnessPolicy
 from backupvault.transparency.witness_store import WitnessStore
 
@@ -998,7 +998,12 @@ def test_an_oversized_consistency_proof_is_refused_unread(
     net.deploy(2)
     grow_log(net)  # A's head is larger than the bundle's checkpoint: its proof is needed
     net.hostile[where] = proof_of([base64.b64encode(b"\x00" * 32).decode()] * 40_000)
-    refused(net, trust, match="consistency proof from the (relay|witness .*) is larger than")
+    refused(
+        net,
+        trust,
+        match="consistency proof (between log sizes 1 and 4 )?from the (relay|witness .*) is"
+        " larger than",
+    )
 
 
 def test_a_consistency_proof_for_other_sizes_is_not_asked_for(net: Net, state_file: Path) -> None:
@@ -1030,6 +1035,113 @@ def test_a_bundle_that_is_not_a_bundle(net: Net, state_file: Path, content: byte
     net.deploy(1)
     net.current = content
     refused(net, net.trust(state_file), Malformed)
+
+
+class Endless:
+    """A streamed body without end (256 MiB stands in for it) that counts what the client
+    pulled from it."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < 256 << 20:
+            self.sent += 64 * 1024
+            yield b"\x54" * (64 * 1024)
+
+
+#: Each answer the client reads from the relay or a witness, by (host, path).
+ANSWERS = [
+    ("relay.test", "/v1/fleet/bundle"),
+    ("relay.test", "/v1/fleet/consistency"),
+    ("relay.test", "/v1/fleet/epochs"),
+    ("witness-a.test", "/v1/head"),
+    ("witness-b.test", "/v1/head"),
+    ("witness-a.test", "/v1/consistency"),
+    ("witness-b.test", "/v1/consistency"),
+]
+
+
+def ask_for_everything(net: Net, state_file: Path) -> tuple[OtaTrust, DeploymentRecord]:
+    """A client that accepted epoch 1, and a relay now at epoch 2 on grown logs: its next
+    `current` needs every answer of ANSWERS but the epoch list, which `older` asks for."""
+    trust = accepted(net, state_file)
+    grow_log(net, 2)
+    net.deploy(2)
+    grow_log(net)  # A's head is larger than the bundle's checkpoint: its proof is needed
+    current = net.sign(2).deployment()
+    return trust, current
+
+
+@pytest.mark.parametrize("host,path", ANSWERS)
+def test_an_endless_answer_is_refused_unread(
+    net: Net, state_file: Path, host: str, path: str
+) -> None:
+    """Before: the whole body was read before any check, so a relay or network sending
+    one without end took the device's memory. Now each answer is read up to the most an
+    honest one can be (a bundle about 1 MiB, a head 64 KiB, JSON 1 MiB) and refused past
+    that, saving nothing."""
+    trust, current = ask_for_everything(net, state_file)
+    body = Endless()
+    net.hostile[(host, path)] = lambda request: httpx.Response(200, content=body)
+    before = snapshot(state_file)
+    with pytest.raises(FleetNotTrusted, match=r"is larger than [0-9]+ bytes; nothing of it"):
+        if path == "/v1/fleet/epochs":
+            list(trust.older(net.http(), RELAY, trust.current(net.http(), RELAY).record))
+        else:
+            trust.current(net.http(), RELAY)
+    assert 0 < body.sent <= 2 << 20, f"read {body.sent} bytes of a hostile answer"
+    if path != "/v1/fleet/epochs":  # (`current` saved epoch 2 before `older` was refused)
+        assert snapshot(state_file) == before
+    assert current.epoch == 2
+
+
+class Trickled(Endless):
+    """A body of which each chunk comes a minute after the one before, by the clock the
+    body's deadline is measured with (`clock`, patched in): each read is quick enough for
+    httpx's timeout, the whole never ends."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clock = 0.0
+
+    def monotonic(self) -> float:
+        return self.clock
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in super().__iter__():
+            self.clock += 60.0
+            yield chunk
+
+
+@pytest.mark.parametrize(
+    "host,path,error,match",
+    [
+        ("relay.test", "/v1/fleet/bundle", FleetUnavailable, "did not arrive within 60 s"),
+        ("witness-b.test", "/v1/head", FleetUnavailable, "witness-b.* cannot be reached"),
+        ("witness-a.test", "/v1/consistency", FleetNotTrusted, "no consistency proof"),
+    ],
+)
+def test_an_answer_trickled_past_the_deadline_is_a_timeout(
+    net: Net,
+    state_file: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    host: str,
+    path: str,
+    error: type[BackupVaultError],
+    match: str,
+) -> None:
+    """httpx's timeout is per read: a body trickled in never timed out. Now the whole body
+    has a deadline, and one still arriving after it is handled as each answer's timeout
+    always was."""
+    trust, _ = ask_for_everything(net, state_file)
+    if path == "/v1/head":  # a new device: no head of that witness kept to stand in for it
+        trust = replace(trust, state_file=state_file.with_name("new.json"))
+    body = Trickled()
+    net.hostile[(host, path)] = lambda request: httpx.Response(200, content=body)
+    monkeypatch.setattr("backupvault.http_answers.time", body)
+    refused(net, trust, error=error, match=match)
+    assert body.sent == 64 * 1024
 
 
 def test_a_bundle_with_trailing_bytes(net: Net, state_file: Path) -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import httpx
@@ -63,6 +63,8 @@ class World:
         self.consistency: str | None = None  # raw /v1/consistency answer (None: real)
         self.nodes: dict[int, NodeAnswer] = {}
         self.serving_epoch = 1  # the epoch the nodes say they run
+        #: A hostile answer in place of the honest one for one (host, path).
+        self.hostile: dict[tuple[str, str], Callable[[httpx.Request], httpx.Response]] = {}
 
     def deploy(self, epoch: int, fleet_id: bytes = FLEET_ID) -> bytes:
         signed = sign_record(make_record(epoch=epoch, fleet_id=fleet_id), self.operator)
@@ -70,6 +72,8 @@ class World:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         host, path, query = request.url.host, request.url.path, request.url.params
+        if (host, path) in self.hostile:
+            return self.hostile[host, path](request)
         if host == "witness.test" and path == "/v1/checkpoint":
             return httpx.Response(200, text=self.witness.checkpoint())
         if host == "witness.test" and path == "/v1/head":
@@ -424,3 +428,73 @@ def test_verify_log_keeps_the_version_and_the_vkey(world: World, tmp_path: Path)
     verify_log(WITNESS, world.key, state, http=world.http())
     saved = json.loads(state.read_text())
     assert saved["version"] == 1 and saved["vkey"] == world.key.vkey()
+
+
+# ---- answers without end ----------------------------------------------------------------------
+
+
+class Endless:
+    """A streamed body without end (256 MiB stands in for it) that counts what was pulled."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def __iter__(self) -> Iterator[bytes]:
+        while self.sent < 256 << 20:
+            self.sent += 64 * 1024
+            yield b"\x54" * (64 * 1024)
+
+
+def endless(world: World, host: str, path: str) -> Endless:
+    body = Endless()
+    world.hostile[host, path] = lambda request: httpx.Response(200, content=body)
+    return body
+
+
+#: Past this, a hostile answer was read well beyond what any honest one needs.
+READ_AT_MOST = 2 << 20
+
+
+@pytest.mark.parametrize("path", ["/v1/fleet/bundle", "/v1/fleet/epochs"])
+def test_a_relay_answer_without_end_is_refused_unread(world: World, path: str) -> None:
+    """Before: the whole body was read before any check, so a relay (or whoever is in
+    front of it) sending one without end took the auditor's memory."""
+    world.current = world.deploy(1)
+    body = endless(world, "relay.test", path)
+    with pytest.raises(DeploymentCheckFailed, match=r"is larger than [0-9]+ bytes; nothing of"):
+        world.run(check_node_measurements=False)
+    assert 0 < body.sent <= READ_AT_MOST
+
+
+@pytest.mark.parametrize(
+    "host,path,check",
+    [
+        ("witness.test", "/v1/head", "witness witness.test/backupvault head"),
+        ("relay.test", "/v1/fleet/consistency", "log consistency with the last checkpoint seen"),
+        (
+            "node2.vault.test",
+            "/v1/measurement",
+            "node 2 measurement (https://node2.vault.test:7100)",
+        ),
+    ],
+)
+def test_a_witness_or_node_answer_without_end_fails_its_check(
+    world: World, tmp_path: Path, host: str, path: str, check: str
+) -> None:
+    world.current = world.deploy(1)
+    state = tmp_path / "state.json"
+    world.run(state_file=state)  # remembers the checkpoint: the next run needs a proof
+    world.current = world.deploy(2)
+    body = endless(world, host, path)
+    [report] = world.run(state_file=state)
+    assert report.verdict == "REFUSED"
+    assert "is larger than" in failed(report)[check]
+    assert 0 < body.sent <= READ_AT_MOST
+
+
+def test_verify_log_refuses_a_checkpoint_without_end(world: World) -> None:
+    world.deploy(1)
+    body = endless(world, "witness.test", "/v1/checkpoint")
+    with pytest.raises(LogCheckFailed, match=r"checkpoint from https://witness\.test is larger"):
+        verify_log(WITNESS, world.key, None, http=world.http())
+    assert 0 < body.sent <= READ_AT_MOST

@@ -69,10 +69,11 @@ from backupvault.client.errors import (
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
 from backupvault.client.vault import Recovery, VaultClient, VaultStatus
-from backupvault.codec import epoch_number, untrusted_json
+from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.files import locked, replace_file
+from backupvault.http_answers import AnswerRefused, read_answer
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -84,8 +85,10 @@ from backupvault.transparency import (
     open_checkpoint,
     verify_bundle,
 )
-from backupvault.transparency.bundle import check_log_growth
+from backupvault.transparency.bundle import MAX_BUNDLE_BYTES, check_log_growth
+from backupvault.transparency.errors import Malformed, MalformedNote
 from backupvault.transparency.head import DEFAULT_MAX_AGE, FleetHead, check_head, open_head
+from backupvault.transparency.note import MAX_NOTE_BYTES
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
 STATE_VERSION = 1
@@ -389,14 +392,23 @@ class OtaTrust:
     def _fetch_head(
         self, http: httpx.Client, endpoint: WitnessEndpoint, fleet_id: bytes
     ) -> str | None:
+        name = endpoint.verifier.name
         try:
-            answer = http.get(f"{endpoint.url}/v1/head", params={"fleet": fleet_id.hex()})
+            answer = read_answer(
+                http,
+                "GET",
+                f"{endpoint.url}/v1/head",
+                params={"fleet": fleet_id.hex()},
+                limit=MAX_NOTE_BYTES,
+                what=f"the fleet head from the witness {name}",
+            )
         except httpx.HTTPError:
             return None
+        except AnswerRefused as err:  # no note is that large: as one that does not parse
+            raise FleetNotTrusted.because(MalformedNote(err.message, hint=err.hint)) from None
         if answer.status_code == 404:
             raise FleetNotTrusted(
-                f"the witness {endpoint.verifier.name} has logged no record of fleet"
-                f" {fleet_id.hex()}",
+                f"the witness {name} has logged no record of fleet {fleet_id.hex()}",
                 hint="every witness this client trusts must log the fleet's records",
             )
         return answer.text if answer.status_code == 200 else None
@@ -451,25 +463,40 @@ class OtaTrust:
             seen = state.last_head(endpoint.verifier)
             last = None if seen is None else seen.checkpoint
 
+        source = f"the witness {endpoint.verifier.name}"
+
         def fetch(old: int, new: int) -> Sequence[bytes]:
             try:
-                answer = http.get(f"{endpoint.url}/v1/consistency?old={old}&new={new}")
+                answer = read_answer(
+                    http,
+                    "GET",
+                    f"{endpoint.url}/v1/consistency?old={old}&new={new}",
+                    limit=MAX_JSON,
+                    what=f"the consistency proof from {source}",
+                )
                 answer.raise_for_status()
             except httpx.HTTPError:
-                raise FleetNotTrusted(
-                    f"no consistency proof from the witness {endpoint.verifier.name}"
-                ) from None
-            return proof_hashes(answer, f"the witness {endpoint.verifier.name}")
+                raise FleetNotTrusted(f"no consistency proof from {source}") from None
+            except AnswerRefused as err:
+                raise FleetNotTrusted(err.message, hint=err.hint) from None
+            return proof_hashes(answer, source)
 
         check_log_growth(head.checkpoint, last, fetch)
 
-    def _get(self, http: httpx.Client, url: str, what: str) -> httpx.Response:
+    def _get(self, http: httpx.Client, url: str, what: str, *, bundle: bool) -> httpx.Response:
+        """The relay's answer for `what`: a fleet bundle (`bundle`) or JSON, read up to the
+        most an honest one can be (http_answers), and refused unread past that."""
+        limit = MAX_BUNDLE_BYTES if bundle else MAX_JSON
         try:
-            answer = http.get(url)
+            answer = read_answer(http, "GET", url, limit=limit, what=f"{what} from the relay")
         except httpx.ConnectError as err:
             raise RelayUnreachable(str(httpx.URL(url).copy_with(path="/")), str(err)) from None
         except httpx.HTTPError as err:
             raise FleetUnavailable(f"cannot fetch {what} from the relay ({err})") from None
+        except AnswerRefused as err:
+            if bundle:  # no bundle is that large: refused as one that does not parse is
+                raise FleetNotTrusted.because(Malformed(err.message, hint=err.hint)) from None
+            raise FleetNotTrusted(err.message, hint=err.hint) from None
         refusal = f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})"
         if answer.status_code in RELAY_DOWN:  # an outage (exit 5), not a refusal to trust
             raise FleetUnavailable(
@@ -487,7 +514,8 @@ class OtaTrust:
             answer = self._get(
                 http,
                 f"{relay_url}/v1/fleet/consistency?old={old}&new={new}",
-                f"a consistency proof between log sizes {old} and {new}",
+                f"the consistency proof between log sizes {old} and {new}",
+                bundle=False,
             )
             return proof_hashes(answer, "the relay")
 
@@ -523,7 +551,9 @@ class OtaTrust:
     def current(self, http: httpx.Client, relay_url: str) -> VerifiedFleet:
         """Fetch and verify the relay's current fleet bundle; remember it once accepted."""
         state = TrustState.load(self.state_file)
-        bundle = self._get(http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle").content
+        bundle = self._get(
+            http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle", bundle=True
+        ).content
         verified = self._verify(http, relay_url, state, bundle, current=True)
         # Heads are judged against the device's clock, but never against a time earlier
         # than one it already knows has passed: a clock set back cannot make a head older
@@ -553,7 +583,9 @@ class OtaTrust:
             for epoch, raw in state.records(current.fleet_id).items()
             if epoch < current.epoch
         }
-        answer = self._get(http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs")
+        answer = self._get(
+            http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs", bundle=False
+        )
         try:
             epochs = untrusted_json(answer.content, "the relay's list of fleet epochs")
             previous = epochs.get("previous", []) if isinstance(epochs, dict) else None
@@ -570,7 +602,10 @@ class OtaTrust:
                     raise FleetNotTrusted.because(err) from None
                 continue
             bundle = self._get(
-                http, f"{relay_url}/v1/fleet/bundle?epoch={epoch}", f"the bundle of epoch {epoch}"
+                http,
+                f"{relay_url}/v1/fleet/bundle?epoch={epoch}",
+                f"the bundle of epoch {epoch}",
+                bundle=True,
             ).content
             verified = self._verify(http, relay_url, state, bundle, current=False)
             if verified.record.fleet_id != current.fleet_id or verified.record.epoch != epoch:

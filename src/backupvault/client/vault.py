@@ -30,6 +30,7 @@ from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey, ResponseKey, seal_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fanout import FanoutAnswers, FanoutReply
+from backupvault.http_answers import AnswerRefused, read_answer
 from backupvault.protocol import (
     AuthorizedRequest,
     EntryStatus,
@@ -205,30 +206,29 @@ class VaultClient:
             return answer, response_keys
 
     def _post_once(self, op: Op, sealed: bytes) -> httpx.Response:
-        """One post, its body read up to MAX_ANSWER_BYTES: the relay is not trusted, and a
-        body without end would take the device's memory (review s25)."""
+        """One post, its body read up to MAX_ANSWER_BYTES_PER_NODE per node and within
+        http_answers.ANSWER_SECONDS: the relay is not trusted, and a body without end would
+        take the device's memory (review s25), one trickled would never time out."""
         limit = MAX_ANSWER_BYTES_PER_NODE * len(self.node_keys)
-        with self._http.stream(
-            "POST",
-            f"{self._vault_url}/{self.entry}/{op}",
-            content=sealed,
-            headers={
-                "Authorization": f"Bearer {self._token}",
-                "Content-Type": "application/octet-stream",
-            },
-        ) as answer:
-            body = bytearray()
-            for chunk in answer.iter_bytes():
-                body += chunk
-                if len(body) > limit:
-                    raise VaultError(
-                        f"the relay's answer is larger than {limit} bytes; nothing was read"
-                        " from it",
-                        hint="report this to the operator; the vault may have counted a"
-                        " password evaluation sent in it as a guess",
-                    )
-            kept = {k: v for k, v in answer.headers.items() if k.lower() == "retry-after"}
-            return httpx.Response(answer.status_code, headers=kept, content=bytes(body))
+        try:
+            return read_answer(
+                self._http,
+                "POST",
+                f"{self._vault_url}/{self.entry}/{op}",
+                limit=limit,
+                what="the relay's answer",
+                content=sealed,
+                headers={
+                    "Authorization": f"Bearer {self._token}",
+                    "Content-Type": "application/octet-stream",
+                },
+            )
+        except AnswerRefused as err:
+            raise VaultError(
+                err.message,
+                hint="report this to the operator; the vault may have counted a password"
+                " evaluation sent in it as a guess",
+            ) from None
 
     def call_each(
         self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0

@@ -32,9 +32,10 @@ from typing import Any
 
 import httpx
 
-from backupvault.codec import epoch_number, untrusted_json
+from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import locked, replace_file
+from backupvault.http_answers import AnswerRefused, read_answer
 from backupvault.transparency import (
     Checkpoint,
     FleetBundle,
@@ -43,6 +44,7 @@ from backupvault.transparency import (
     open_checkpoint,
     verify_bundle,
 )
+from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 from backupvault.transparency.errors import (
     BadNoteSignature,
     EpochReplayed,
@@ -63,6 +65,7 @@ from backupvault.transparency.errors import (
 )
 from backupvault.transparency.head import DEFAULT_MAX_AGE, check_head, open_head
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
+from backupvault.transparency.note import MAX_NOTE_BYTES
 from backupvault.transparency.record import DeploymentRecord
 
 
@@ -208,12 +211,19 @@ def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Se
 
     def fetch(old: int, new: int) -> Sequence[bytes]:
         try:
-            answer = http.get(url, params={"old": old, "new": new})
+            answer = read_answer(
+                http,
+                "GET",
+                url,
+                params={"old": old, "new": new},
+                limit=MAX_JSON,
+                what="the consistency proof",
+            )
             answer.raise_for_status()
             proof = untrusted_json(answer.content, "the consistency proof")["proof"]
             return [base64.b64decode(h, validate=True) for h in proof]
-        except (httpx.HTTPError, InvalidInput, ValueError, KeyError, TypeError) as err:
-            detail = err.message if isinstance(err, InvalidInput) else err
+        except (httpx.HTTPError, BackupVaultError, ValueError, KeyError, TypeError) as err:
+            detail = err.message if isinstance(err, BackupVaultError) else err
             raise LogForked(
                 f"no consistency proof from {old} to {new} entries could be fetched ({detail})",
                 hint="without it the newer checkpoint cannot be shown to extend the older one",
@@ -247,7 +257,14 @@ def check_heads(
     for verifier, url in trust.witnesses:
         name = f"witness {verifier.name} head"
         try:
-            answer = http.get(f"{url.rstrip('/')}/v1/head", params={"fleet": record.fleet_id.hex()})
+            answer = read_answer(
+                http,
+                "GET",
+                f"{url.rstrip('/')}/v1/head",
+                params={"fleet": record.fleet_id.hex()},
+                limit=MAX_NOTE_BYTES,
+                what=f"the fleet head from {verifier.name}",
+            )
             if answer.status_code == 404:
                 raise HeadMismatch(f"{verifier.name} has logged no record of this fleet")
             answer.raise_for_status()
@@ -256,7 +273,7 @@ def check_heads(
         except httpx.HTTPError as err:
             report.checks.append(_failed_request(name, "witness", err))
             continue
-        except TransparencyError as err:
+        except (TransparencyError, AnswerRefused) as err:
             report.checks.append(Check(name, False, err.message))
             continue
         report.checks.append(
@@ -332,10 +349,20 @@ def check_nodes(report: FleetReport, http: httpx.Client) -> None:
     for node in record.nodes:
         name = f"node {node.index} measurement ({node.url})"
         try:
-            answer = http.get(f"{node.url}/v1/measurement", timeout=3.0)
+            answer = read_answer(
+                http,
+                "GET",
+                f"{node.url}/v1/measurement",
+                timeout=3.0,
+                limit=MAX_JSON,
+                what="its answer",
+            )
             answer.raise_for_status()
         except httpx.HTTPError as err:
             report.checks.append(_failed_request(name, "node", err))
+            continue
+        except AnswerRefused as err:
+            report.checks.append(Check(name, False, f"answers no measurement: {err.message}"))
             continue
         try:
             data = untrusted_json(answer.content, "its answer")
@@ -446,18 +473,29 @@ def verify_deployment(
         relay_url = relay_url.rstrip("/")
         fetcher = consistency_fetcher(client, f"{relay_url}/v1/fleet/consistency")
         try:
-            epochs = client.get(f"{relay_url}/v1/fleet/epochs")
+            epochs = read_answer(
+                client,
+                "GET",
+                f"{relay_url}/v1/fleet/epochs",
+                limit=MAX_JSON,
+                what="the relay's list of fleet epochs",
+            )
             epochs.raise_for_status()
             listed = untrusted_json(epochs.content, "the relay's list of fleet epochs")
             previous = [epoch_number(e, "an epoch the relay lists") for e in listed["previous"]]
-            current = client.get(f"{relay_url}/v1/fleet/bundle")
-            current.raise_for_status()
-            sources.append((f"{relay_url}/v1/fleet/bundle", current.content, True))
-            for epoch in previous:
-                url = f"{relay_url}/v1/fleet/bundle?epoch={epoch}"
-                answer = client.get(url)
+            bundles = [(f"{relay_url}/v1/fleet/bundle", "the fleet bundle", True)]
+            bundles += [
+                (f"{relay_url}/v1/fleet/bundle?epoch={e}", f"the bundle of epoch {e}", False)
+                for e in previous
+            ]
+            for url, what, is_current in bundles:
+                answer = read_answer(client, "GET", url, limit=MAX_BUNDLE_BYTES, what=what)
                 answer.raise_for_status()
-                sources.append((url, answer.content, False))
+                sources.append((url, answer.content, is_current))
+        except AnswerRefused as err:
+            raise DeploymentCheckFailed(
+                f"the relay at {relay_url} answered too much: {err.message}", hint=err.hint
+            ) from None
         except httpx.HTTPError as err:
             if unreachable(err):
                 raise DeploymentUnreachable(
@@ -542,13 +580,21 @@ def verify_log(
     client = http or httpx.Client(timeout=10.0, trust_env=False)
     url = url.rstrip("/")
     try:
-        answer = client.get(f"{url}/v1/checkpoint")
+        answer = read_answer(
+            client,
+            "GET",
+            f"{url}/v1/checkpoint",
+            limit=MAX_NOTE_BYTES,
+            what=f"the checkpoint from {url}",
+        )
         answer.raise_for_status()
     except httpx.HTTPError as err:
         raise LogCheckFailed(
             f"cannot fetch the checkpoint from {url}: {err}",
             hint="check the witness URL (backupvault witness serve)",
         ) from None
+    except AnswerRefused as err:
+        raise LogCheckFailed(err.message, hint=err.hint) from None
     _, note = load_checkpoint_state(state_file)
     try:
         checkpoint = open_checkpoint(answer.text, verifier)

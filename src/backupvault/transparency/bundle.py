@@ -55,6 +55,12 @@ from backupvault.transparency.record import (
 
 COSIGN_CONTEXT = b"backupvault/v1 transparency witness cosignature\x00"
 
+#: The most a FleetBundle's encoding can take: a record of at most 1 MiB, keys and
+#: signatures, a proof of at most MAX_PROOF_HASHES hashes, a checkpoint of at most
+#: MAX_NOTE_BYTES, and framing (the last 64 KiB are margin). A client reads no more of an
+#: answer that claims to be one.
+MAX_BUNDLE_BYTES = (1 << 20) + MAX_NOTE_BYTES + 64 * 1024
+
 #: (old size, new size) -> the witness's consistency proof between them.
 ConsistencyProofFetcher = Callable[[int, int], Sequence[bytes]]
 
