@@ -799,6 +799,62 @@ def test_a_record_for_another_fleet(net: Net, state_file: Path) -> None:
     assert snapshot(state_file) == before
 
 
+def test_the_first_fleet_accepted_is_pinned_in_the_state(net: Net, state_file: Path) -> None:
+    """The pin is kept as "fleet_id", not read from how many fleets the file holds: before,
+    any second fleet written into the file (`verify-deployment --state` did) unpinned it."""
+    trust = accepted(net, state_file)
+    assert saved(state_file)["fleet_id"] == FLEET_ID.hex()
+    data = saved(state_file)
+    data["fleets"][OTHER_FLEET.hex()] = {"epoch": 1}  # as verify-deployment added it
+    state_file.write_text(json.dumps(data))
+    net.current = net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    refused(net, trust, FleetMismatch, match=f"expected {FLEET_ID.hex()}")
+
+
+def test_a_state_file_of_the_older_version_keeps_its_pin(net: Net, state_file: Path) -> None:
+    """A file without "fleet_id" pins the one fleet a client accepted there (the one with
+    records; another that `verify-deployment` added, with an epoch only, does not count),
+    and gets "fleet_id" at its next save."""
+    trust = accepted(net, state_file)
+    data = saved(state_file)
+    del data["fleet_id"]
+    data["fleets"][OTHER_FLEET.hex()] = {"epoch": 1}
+    state_file.write_text(json.dumps(data))
+    other = net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    mine, net.current = net.current, other
+    refused(net, trust, FleetMismatch)
+    net.current = mine
+    trust.current(net.http(), RELAY)
+    assert saved(state_file)["fleet_id"] == FLEET_ID.hex()
+
+
+def test_a_config_naming_another_fleet_than_the_state_pins_is_refused(
+    net: Net, state_file: Path
+) -> None:
+    """A state file keeps one fleet: a config naming another one is not added to it."""
+    accepted(net, state_file)
+    net.current = net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
+    error = refused(net, net.trust(state_file, fleet_id=OTHER_FLEET), error=InvalidInput)
+    assert FLEET_ID.hex() in error.message and OTHER_FLEET.hex() in error.message
+    assert error.hint is not None and "state file of its own" in error.hint
+    # With a state file of its own it is accepted, and pinned there.
+    fresh = state_file.with_name("other.json")
+    net.trust(fresh, fleet_id=OTHER_FLEET).current(net.http(), RELAY)
+    assert saved(fresh)["fleet_id"] == OTHER_FLEET.hex()
+
+
+@pytest.mark.parametrize("pin", [7, "xyz", ""])
+def test_a_pinned_fleet_id_that_is_not_hex_is_a_clear_error(
+    net: Net, state_file: Path, pin: object
+) -> None:
+    accepted(net, state_file)
+    data = saved(state_file)
+    data["fleet_id"] = pin
+    state_file.write_text(json.dumps(data))
+    with pytest.raises(InvalidInput, match=r"is malformed: the pinned fleet id .* is not hex"):
+        TrustState.load(state_file)
+
+
 def test_the_head_of_another_fleet_is_refused(net: Net, state_file: Path) -> None:
     net.log(net.sign(1, fleet_id=OTHER_FLEET), net.b)
     net.deploy(1)

@@ -9,6 +9,7 @@ import base64
 import json
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import httpx
@@ -287,6 +288,97 @@ def test_an_ota_clients_state_stays_readable_by_the_client(world: World, tmp_pat
     assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
     assert json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["records"] == records
     assert client.current(world.http(), RELAY).record.epoch == 1
+
+
+def ota_client(world: World, state: Path, **kw: object) -> OtaTrust:
+    return OtaTrust(
+        operator_key=raw_public_key(world.operator),
+        witness=world.key,
+        state_file=state,
+        witness_url=WITNESS,
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+def test_a_clients_state_file_does_not_lose_its_fleet_pin(world: World, tmp_path: Path) -> None:
+    """An OTA client without fleet_id pins the first fleet it accepts. Before, given its
+    state file, verify-deployment checked whatever fleet the relay served (another of the
+    same operator), called it TRUSTED and wrote it into the file: the client then held two
+    fleets, was pinned to none, and accepted the other fleet from then on."""
+    world.current = world.deploy(1)
+    state = tmp_path / "client-state.json"
+    client = ota_client(world, state)
+    client.current(world.http(), RELAY)
+    world.current = world.deploy(1, OTHER_FLEET)
+    with pytest.raises(FleetNotTrusted):
+        client.current(world.http(), RELAY)
+    kept = state.read_text()
+
+    [report] = world.run(state_file=state, check_node_measurements=False)
+    assert report.verdict == "REFUSED"
+    detail = failed(report)["fleet id"]
+    assert f"expected {FLEET_ID.hex()}" in detail and "the state file" in detail
+    assert state.read_text() == kept
+    with pytest.raises(FleetNotTrusted):  # still pinned
+        client.current(world.http(), RELAY)
+
+
+def test_a_pinned_state_file_and_another_expected_fleet_are_refused(
+    world: World, tmp_path: Path
+) -> None:
+    """Asked to check another fleet (an OTA config naming it) with a state file that pins
+    one, verify-deployment says so before it asks anything, and saves nothing."""
+    world.current = world.deploy(1, OTHER_FLEET)
+    state = tmp_path / "client-state.json"
+    state.write_text(json.dumps({"version": 1, "fleet_id": FLEET_ID.hex()}))
+    trust = replace(world.trust(), fleet_id=OTHER_FLEET)
+    with pytest.raises(InvalidInput, match=f"pins fleet {FLEET_ID.hex()}.*{OTHER_FLEET.hex()}"):
+        verify_deployment(trust, relay_url=RELAY, state_file=state, http=world.http())
+    assert json.loads(state.read_text()) == {"version": 1, "fleet_id": FLEET_ID.hex()}
+
+
+def test_a_pin_of_the_older_format_is_kept_and_written(world: World, tmp_path: Path) -> None:
+    """A client's file without "fleet_id" pins the one fleet with records; verify-deployment
+    expects it, and writes it as "fleet_id" when it saves. An audit file (epochs only)
+    pins nothing: it may keep several fleets."""
+    world.current = world.deploy(1)
+    state = tmp_path / "client-state.json"
+    ota_client(world, state).current(world.http(), RELAY)
+    data = json.loads(state.read_text())
+    del data["fleet_id"]
+    state.write_text(json.dumps(data))
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    assert json.loads(state.read_text())["fleet_id"] == FLEET_ID.hex()
+
+    audit = tmp_path / "audit.json"
+    world.current = world.deploy(1, OTHER_FLEET)
+    assert all(r.ok for r in world.run(state_file=audit, check_node_measurements=False))
+    world.current = world.deploy(2)
+    assert all(r.ok for r in world.run(state_file=audit, check_node_measurements=False))
+    saved = json.loads(audit.read_text())
+    assert set(saved["fleets"]) == {FLEET_ID.hex(), OTHER_FLEET.hex()}
+    assert "fleet_id" not in saved
+
+
+def test_a_pin_made_while_the_run_checks_is_kept(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The save is applied to the file as it is then: a client that pinned another fleet
+    there meanwhile keeps its pin (the save is refused, not made over it)."""
+    world.current = world.deploy(1)
+    state = tmp_path / "client-state.json"
+    state.write_text(json.dumps({"version": 1}))
+    handle = world.handle
+
+    def handle_then_pin(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/head":
+            state.write_text(json.dumps({"version": 1, "fleet_id": OTHER_FLEET.hex()}))
+        return handle(request)
+
+    monkeypatch.setattr(world, "handle", handle_then_pin)
+    with pytest.raises(InvalidInput, match=f"pins fleet {OTHER_FLEET.hex()}"):
+        world.run(state_file=state, check_node_measurements=False)
+    assert json.loads(state.read_text()) == {"version": 1, "fleet_id": OTHER_FLEET.hex()}
 
 
 # ---- nodes that are down, and nodes that lie ----------------------------------------------------

@@ -26,11 +26,17 @@ under the file's lock (`files.locked`), to the file as it is then (another proce
 have accepted more meanwhile):
 
     {"version": 1,
+     "fleet_id": "<the fleet this file pins, hex: the first one accepted with it>",
      "checkpoint": "<the newest checkpoint seen from the bundle's witness, a signed note>",
      "heads": {"<witness name>": "<the last fleet head from that witness>"},
      "fleets": {"<fleet id hex>": {"epoch": 2,
                                    "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}},
      "time": <the trusted time, unix seconds>}
+
+A state file keeps one fleet: the first one accepted with it is pinned ("fleet_id"), is the
+fleet expected when the config names none, and no other fleet is ever added to the file,
+by the client or by `verify-deployment --state` (`pinned_fleet`; a file of an older
+version without "fleet_id" pins the one fleet a client accepted there, if there is one).
 
 Rotation: a new epoch is accepted like any bundle. When the account's entry is empty on
 the current fleet, `FleetSession.recover_or_migrate` looks for it on older epochs (the
@@ -155,6 +161,8 @@ class TrustState:
     #: it accepted, or its clock when it accepted one. A clock set back later counts from
     #: here, so it cannot make a head older than what was already seen look fresh.
     trusted_time: int = 0
+    #: The fleet this file pins (`pinned_fleet`): the first one accepted with it.
+    fleet_id: bytes | None = None
     #: How long `accept` waits for another process of this device to finish with the file.
     LOCK_TIMEOUT: ClassVar[float] = 30.0
 
@@ -187,18 +195,21 @@ class TrustState:
         try:
             check_state_fleets(fleets)
             epoch_number(trusted_time, "the trusted time")  # a u64, as a head's time
+            pinned = pinned_fleet(data)  # derived in a file of an older version: saved next
         except InvalidInput as err:
             raise InvalidInput(f"the trust state file {path} is malformed: {err.message}") from None
-        return cls(path, checkpoint, fleets, heads, trusted_time)
+        return cls(path, checkpoint, fleets, heads, trusted_time, pinned)
 
     def save(self) -> None:
-        data = {
+        data: dict[str, Any] = {
             "version": STATE_VERSION,
             "checkpoint": self.checkpoint,
             "fleets": self.fleets,
             "heads": self.heads,
             "time": self.trusted_time,
         }
+        if self.fleet_id is not None:
+            data["fleet_id"] = self.fleet_id.hex()
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
@@ -273,12 +284,17 @@ class TrustState:
             on_disk = TrustState.load(self.path)
             self.checkpoint, self.fleets = on_disk.checkpoint, on_disk.fleets
             self.heads, self.trusted_time = on_disk.heads, on_disk.trusted_time
+            # The file keeps one fleet: the first accepted with it, pinned from then on
+            # (checked again here: another process may have pinned one since the load).
+            record = verified.record
+            self.fleet_id = on_disk.fleet_id or record.fleet_id
+            if record.fleet_id != self.fleet_id:
+                raise pin_conflict(self.path, self.fleet_id, record.fleet_id)
             for note in notes:
                 self.remember_checkpoint(note)
             for name, head in heads:
                 self.remember_head(name, head)
             self.trusted_time = max(self.trusted_time, seen_time)
-            record = verified.record
             fleet = self.fleets.setdefault(record.fleet_id.hex(), {"epoch": record.epoch})
             if current:
                 fleet["epoch"] = max(int(fleet["epoch"]), record.epoch)
@@ -300,6 +316,44 @@ def _head_order(note: str) -> tuple[int, int]:
 
 
 _RECORD_EPOCH = re.compile(r"0|[1-9][0-9]{0,19}")
+
+
+def pinned_fleet(state: dict[str, Any]) -> bytes | None:
+    """The fleet a state file (its JSON `state`) pins: its "fleet_id",
+    or, in a file of an older version without one, the one fleet an OTA client accepted
+    there (the only one with "records": a client keeps every record it accepts, while
+    `verify-deployment --state` keeps only epochs, and may have added another fleet to a
+    client's file before this was checked). None: the file pins no fleet yet. InvalidInput
+    if "fleet_id" is not a fleet id."""
+    fleet_id = state.get("fleet_id")
+    if fleet_id is not None:
+        try:
+            if not isinstance(fleet_id, str) or not bytes.fromhex(fleet_id):
+                raise ValueError
+        except ValueError:
+            raise InvalidInput(f"the pinned fleet id {str(fleet_id)[:80]!r} is not hex") from None
+        return bytes.fromhex(fleet_id)
+    fleets = state.get("fleets", {})
+    if not isinstance(fleets, dict):
+        raise InvalidInput("'fleets' is not an object")
+    accepted = [
+        fid for fid, fleet in fleets.items() if isinstance(fleet, dict) and "records" in fleet
+    ]
+    try:
+        return bytes.fromhex(accepted[0]) if len(accepted) == 1 else None
+    except ValueError:
+        raise InvalidInput(f"the fleet id {accepted[0][:80]!r} is not hex") from None
+
+
+def pin_conflict(path: Path, pinned: bytes, other: bytes) -> InvalidInput:
+    """The refusal to add fleet `other` to the state file `path`, which pins `pinned`."""
+    return InvalidInput(
+        f"the state file {path} pins fleet {pinned.hex()} (the first fleet accepted with"
+        f" it); fleet {other.hex()} is another fleet, and is not added to it",
+        hint=f"a state file keeps one fleet: to check or use fleet {other.hex()}, give it a"
+        " state file of its own (state_file in the client config, or verify-deployment"
+        " --state); keep this one, which an OTA client uses to refuse any other fleet",
+    )
 
 
 def check_state_fleets(fleets: dict[str, Any]) -> None:
@@ -530,9 +584,11 @@ class OtaTrust:
         *,
         current: bool,
     ) -> VerifiedFleet:
-        expected = self.fleet_id
-        if expected is None and len(state.fleets) == 1:
-            expected = bytes.fromhex(next(iter(state.fleets)))  # pinned on first use
+        # The fleet the state pins (the first accepted with it) is the one expected when
+        # the config names none; a config naming another is not added to that state.
+        if self.fleet_id is not None and state.fleet_id not in (None, self.fleet_id):
+            raise pin_conflict(state.path, state.fleet_id, self.fleet_id)
+        expected = self.fleet_id or state.fleet_id
         try:
             return verify_bundle(
                 bundle,

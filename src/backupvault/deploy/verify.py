@@ -17,7 +17,9 @@ check failed, but not everything was verified), not REFUSED.
 The checkpoint and each fleet's epoch are checked against the last ones remembered in a
 state file (the same JSON as a client's OTA state: its "checkpoint" and
 "fleets"/<id>/"epoch" keys), which is updated only when everything passed, and never
-to a smaller checkpoint or an older epoch.
+to a smaller checkpoint or an older epoch. A state file that pins a fleet (a client's:
+`client.trust.pinned_fleet`) expects that fleet, as the client does, and never gets
+another one added: a client's own state file given here must not unpin it.
 """
 
 from __future__ import annotations
@@ -26,12 +28,13 @@ import base64
 import json
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from backupvault.client.trust import pin_conflict, pinned_fleet
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import locked, replace_file
@@ -408,16 +411,33 @@ def load_accepted_epochs(path: Path | None, state: dict[str, Any]) -> dict[bytes
     return accepted
 
 
+def state_pin(path: Path | None, state: dict[str, Any]) -> bytes | None:
+    """The fleet the state file pins (`pinned_fleet`), or None."""
+    try:
+        return pinned_fleet(state)
+    except InvalidInput as err:
+        raise InvalidInput(f"the state file {path} is malformed: {err.message}") from None
+
+
 def remember(
     state: dict[str, Any],
     last: Checkpoint | None,
     newest: tuple[Checkpoint, str] | None,
     reports: Sequence[FleetReport],
+    path: Path,
 ) -> dict[str, Any]:
     """`state` with the newest checkpoint seen if it is at least as large as the one
     remembered (never a smaller one, as TrustState.remember_checkpoint), and each current
-    fleet's epoch if it is newer (the other keys, such as an OTA client's records, kept)."""
+    fleet's epoch if it is newer (the other keys, such as an OTA client's records, kept).
+    No fleet but the one it pins is added to a state that pins one (InvalidInput), and a
+    pin derived from a file of an older version is written as "fleet_id"."""
+    pinned = state_pin(path, state)
+    for report in reports:
+        if report.record is not None and pinned not in (None, report.record.fleet_id):
+            raise pin_conflict(path, pinned, report.record.fleet_id)
     state = dict(state)
+    if pinned is not None:
+        state["fleet_id"] = pinned.hex()
     if newest is not None and (last is None or newest[0].size >= last.size):
         state["checkpoint"] = newest[1]
     fleets = dict(state.get("fleets", {}))
@@ -466,6 +486,14 @@ def verify_deployment(
     state, note = load_checkpoint_state(state_file)
     last = None if note is None else open_checkpoint(note, trust.witness)
     accepted = load_accepted_epochs(state_file, state)
+    # A client's state file pins its first fleet: that is the fleet expected, as the client
+    # expects it, and a run for another one must not add it there (which unpins the client).
+    pinned = state_pin(state_file, state)
+    if pinned is not None:
+        assert state_file is not None  # (no file: no pin)
+        if trust.fleet_id is not None and trust.fleet_id != pinned:
+            raise pin_conflict(state_file, pinned, trust.fleet_id)
+        trust = replace(trust, fleet_id=pinned)
 
     sources: list[tuple[str, bytes, bool]] = []  # (where, bundle, is current)
     fetcher = None
@@ -526,6 +554,8 @@ def verify_deployment(
         report, checkpoint = check_bundle(
             bundle, source, trust, last, fetcher, accepted if is_current else None
         )
+        if pinned is not None:
+            _name_the_pin(report, state_file)
         if report.ok and report.record is not None and is_current:
             if trust.witnesses:
                 signed = FleetBundle.from_bytes(bundle).signed_record
@@ -543,10 +573,24 @@ def verify_deployment(
         save_state(
             state_file,
             lambda now, kept: remember(
-                now, None if kept is None else open_checkpoint(kept, witness), newest, shown
+                now,
+                None if kept is None else open_checkpoint(kept, witness),
+                newest,
+                shown,
+                state_file,
             ),
         )
     return reports
+
+
+def _name_the_pin(report: FleetReport, state_file: Path | None) -> None:
+    """A failed fleet id check says that the fleet expected is the state file's pin."""
+    for check in report.checks:
+        if check.name == "fleet id" and not check.ok:
+            check.detail += (
+                f" (the fleet the state file {state_file} pins: an OTA client using it accepts"
+                " no other; to check another fleet, give another --state file)"
+            )
 
 
 #: The current fleet's head check when no witness URL was given: failed, for without a
