@@ -389,15 +389,22 @@ def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | No
 def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: str | None) -> None:
     """Fetch the witness's checkpoint and check that it extends the last one seen (a
     consistency proof); refuses a forked or rolled-back log."""
-    import json
-
-    from backupvault.deploy.verify import verify_log
-    from backupvault.transparency import Verifier
+    from backupvault.deploy.verify import load_checkpoint_state, verify_log
+    from backupvault.transparency import TransparencyError, Verifier
 
     verifier = _verifier(ctx, vkey, None)
-    if verifier is None and state_file is not None and state_file.exists():
-        remembered = json.loads(state_file.read_text()).get("vkey")
-        verifier = None if remembered is None else Verifier.from_vkey(str(remembered))
+    if verifier is None and state_file is not None:
+        # Through the checked loader: a file that is not a JSON object is a clear error
+        # naming it (it was an AttributeError reported as a bug).
+        remembered = load_checkpoint_state(state_file)[0].get("vkey")
+        try:
+            verifier = None if remembered is None else Verifier.from_vkey(str(remembered))
+        except TransparencyError as err:
+            raise InvalidInput(
+                f"the state file {state_file} keeps a vkey that is not a witness key:"
+                f" {err.message}",
+                hint="give the witness's key with --vkey (the file then keeps that one)",
+            ) from None
     if verifier is None:
         raise UsageError(
             "which witness key? give --vkey (GET /v1/witness shows it; get it from the "
