@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import sqlite3
 import threading
 import time
@@ -28,7 +29,7 @@ from backupvault.hsm.state import EntryId, Evaluation, NodeShare
 from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
-from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
+from backupvault.node.store import SHARE_PREFIX, NodeStore, StoreCorrupted, share_record
 from backupvault.protocol import Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
@@ -405,6 +406,130 @@ def test_a_write_made_before_the_node_caught_up_keeps_the_catch_up_open(tmp_path
     store.distrust_share_rows()
     store.close()
     assert NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32).catching_up
+
+
+def _counted_write(store: NodeStore, sealer: FakeSealer, record: AcceptorRecord) -> None:
+    store.save([record], caught_up=True)  # the store, then the token, as the service does
+    sealer.advance_store_counter(store.counter)
+
+
+def _put_back(copy: Path, data: Path) -> NodeStore:
+    shutil.rmtree(data)
+    shutil.copytree(copy, data)
+    return NodeStore(data / "store.sqlite", 0, b"k" * 32)
+
+
+def test_a_copy_taken_one_ahead_of_the_token_is_no_intact_store_after_a_rollback(
+    tmp_path: Path,
+) -> None:
+    """Audit (2026-12-04): a store one write ahead of its token is intact (a crash between
+    the two writes). After a rollback the store's counter was raised only to the token's,
+    so the new history's next write carried the counter of a copy taken one ahead in the
+    old history: put back once the token had counted that write, the copy matched it and
+    was taken as intact, every promise and acceptance since forgotten. A rollback now
+    moves the store two past the token."""
+    from backupvault.node.main import store_is_intact
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    sealer = FakeSealer(None)
+    store_is_intact(store, sealer)  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 1, 1, 1, 1, b"v1"))
+    store.close()
+    shutil.copytree(data, tmp_path / "old")
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    assert store_is_intact(store, sealer)  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 2, 1, 2, 1, b"v2"))
+    store.save([AcceptorRecord(b"x", 3, 1, 2, 1, b"v2")])  # stopped before the token counts it
+    store.close()
+    shutil.copytree(data, tmp_path / "one-ahead")
+
+    store = _put_back(tmp_path / "old", data)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 9, 1, 9, 1, b"v9"))
+    store.close()
+    store = _put_back(tmp_path / "one-ahead", data)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    store.close()
+
+
+def test_a_row_of_a_lost_history_is_never_at_a_version_a_later_history_writes(
+    tmp_path: Path,
+) -> None:
+    """Audit (2026-12-04): a raise reserved the versions the lost history could have
+    used, counting its saves from the token; but a lost history that itself began with a
+    raise had spent that reserve already, and its one uncounted save went past it. The
+    same old copy restored twice then wrote a row at that very (name, version), and the
+    lost row, put back, passed its seal and its bucket's digest. Versions now stay at or
+    below the counter times ROWS_PER_SAVE in every state, and a raise moves past both."""
+    from backupvault.node.main import store_is_intact
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    sealer = FakeSealer(None)
+    store_is_intact(store, sealer)  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 1, 1, 1, 1, b"v1"))
+    store.close()
+    shutil.copytree(data, tmp_path / "old")
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    assert store_is_intact(store, sealer)  # type: ignore[arg-type]
+    for r in (2, 3, 4):
+        _counted_write(store, sealer, AcceptorRecord(b"x", r, 1, r, 1, b"v%d" % r))
+    store.close()
+
+    store = _put_back(tmp_path / "old", data)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    store.save([AcceptorRecord(b"x", 5, 1, 1, 1, b"v1")])  # the token never counts it
+    name = store.name_of(b"x")
+    store.close()
+    with sqlite3.connect(data / "store.sqlite") as db:
+        lost = db.execute("SELECT ver, row FROM record WHERE name = ?", (name,)).fetchone()
+
+    store = _put_back(tmp_path / "old", data)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 9, 1, 9, 1, b"v9"))
+    store.close()
+    with sqlite3.connect(data / "store.sqlite") as db:
+        (version,) = db.execute("SELECT ver FROM record WHERE name = ?", (name,)).fetchone()
+        assert version != lost[0]
+        db.execute("UPDATE record SET row = ? WHERE name = ?", (lost[1], name))
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    with pytest.raises(StoreCorrupted):
+        store.get(b"x")
+    store.close()
+
+
+@pytest.mark.parametrize("recorded", [None, 1], ids=["token-without-counter", "store-2-ahead"])
+def test_a_start_that_must_catch_up_and_dies_half_way_catches_up_next_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, recorded: int | None
+) -> None:
+    """Audit (2026-12-04): with no counter in the token, or a store two or more ahead of
+    it, the start advanced the token before the store recorded that a catch-up began; a
+    crash between the two left counters that matched and no mark, and the next start
+    served as intact. The store is now written first, as for a rollback."""
+    from backupvault.node.main import store_is_intact
+
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, b"k" * 32)
+    for r in (1, 2, 3):
+        store.save([AcceptorRecord(b"x", r, 1)])
+    store.close()
+    sealer = FakeSealer(recorded)
+    store = NodeStore(path, 0, b"k" * 32)
+
+    def disk_fails(self: NodeStore) -> None:
+        raise sqlite3.OperationalError("disk I/O error")  # or the process is killed here
+
+    with monkeypatch.context() as patched:
+        patched.setattr(NodeStore, "mark_catching_up", disk_fails)
+        with pytest.raises(sqlite3.OperationalError):
+            store_is_intact(store, sealer)  # type: ignore[arg-type]
+    store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    store.close()
 
 
 def test_a_damaged_row_found_during_a_step_stops_the_node(tmp_path: Path) -> None:

@@ -435,13 +435,15 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
     token's not): intact too, nothing depending on that write left. Behind the token
     (rolled back, wiped, or a crash between the two writes: indistinguishable from a
     rollback by one write) or no counter recorded yet: not intact, the node catches up;
-    the store's counter is first raised to the token's so the two agree from here on.
+    the store's counter is first raised two past the token's (`NodeStore.raise_counter`:
+    past any copy a lost history left), then the token follows it.
     The store records that a catch-up began, until a write made once it has caught up:
     a node stopped before that catches up again, whatever the counters say."""
     recorded = sealer.store_counter()
     if recorded is None:
-        sealer.advance_store_counter(store.counter)
         log.info("node store counter recorded in the token for the first time; catching up")
+        store.raise_counter(store.counter)  # the store first: a crash then still catches up
+        sealer.advance_store_counter(store.counter)
     elif recorded <= store.counter <= recorded + 1:
         sealer.advance_store_counter(store.counter)
         if not store.catching_up:

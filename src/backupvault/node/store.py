@@ -924,25 +924,37 @@ class NodeStore:
         )
 
     def raise_counter(self, floor: int) -> None:
-        """The store is behind the token's counter `floor` (rolled back or wiped): in one
-        write, so no crash can leave a part of it, move the counter up to `floor`, begin a
-        catch-up, distrust every share row now held (`distrust_share_rows`), take a new
-        store id, and move the versions past every one the lost history can have used.
+        """The store is not known to hold all this node wrote (behind the token's counter
+        `floor`: rolled back or wiped; or no token counter to judge by): in one write, so
+        no crash can leave a part of it, move the counter to two past `floor` (or past its
+        own, if higher), begin a catch-up, distrust every share row now held
+        (`distrust_share_rows`), take a new store id, and move the versions past every one
+        a lost history can have used.
+
+        Why two past: a store one ahead of the token is taken as intact (its write landed,
+        the token's not). Raised only to `floor`, this history's next write would carry
+        the counter of such a copy of the lost history; put back once the token counted
+        that write, the copy would match the token and pass as intact.
 
         Why the versions: a row is sealed and counted in its bucket's digest under its
-        (name, version) only. Had this history written a row again at a version the lost
+        (name, version) only. Had this history written a row again at a version a lost
         one had used, a copy of the lost row put back in its place would match both and
-        pass for this history's own (with a count from before the rollback). The lost
-        history made at most `floor + 1 - counter` saves (the store may be one ahead of
-        the token), each of at most `ROWS_PER_SAVE` rows."""
-        if floor <= self.counter:
-            return
+        pass for this history's own (with a count from before the rollback). Every state
+        keeps its versions at or below `counter * ROWS_PER_SAVE` (a save writes at most
+        that many rows and counts one; this keeps it), and every lost history's counter is
+        at most `floor + 1`, so versions above `(floor + 2) * ROWS_PER_SAVE` are new."""
+        if floor < self.counter:
+            floor = self.counter
+        # Past every store a lost history can hold (at most one ahead of the token), so no
+        # copy of one ever matches the token again; versions <= counter * ROWS_PER_SAVE
+        # in every state, so the lost histories' versions are all below this one's.
+        counter = floor + 2
         with self._lock:
             store_id = os.urandom(16)
-            last_ver = self._last_ver + (floor + 1 - self.counter) * ROWS_PER_SAVE
+            last_ver = max(self._last_ver, counter * ROWS_PER_SAVE)
             suspect = max(self.suspect_through, self._last_ver)
             self._write_meta(
-                floor,
+                counter,
                 last_ver,
                 self._max_round,
                 self._top,
@@ -951,7 +963,7 @@ class NodeStore:
                 True,
                 suspect_through=suspect,
             )
-            self.counter, self.store_id, self._last_ver = floor, store_id, last_ver
+            self.counter, self.store_id, self._last_ver = counter, store_id, last_ver
             self.suspect_through, self.catching_up = suspect, True
 
     def mark_catching_up(self) -> None:
