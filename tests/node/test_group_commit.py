@@ -413,6 +413,24 @@ def _counted_write(store: NodeStore, sealer: FakeSealer, record: AcceptorRecord)
     sealer.advance_store_counter(store.counter)
 
 
+def _started_with_a_copy_kept(tmp_path: Path) -> tuple[Path, FakeSealer, NodeStore]:
+    """A store (in tmp_path/data) that wrote x once, a copy of it kept in tmp_path/old,
+    and the store opened again, intact."""
+    from backupvault.node.main import store_is_intact
+
+    data = tmp_path / "data"
+    data.mkdir()
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    sealer = FakeSealer(None)
+    store_is_intact(store, sealer)  # type: ignore[arg-type]
+    _counted_write(store, sealer, AcceptorRecord(b"x", 1, 1, 1, 1, b"v1"))
+    store.close()
+    shutil.copytree(data, tmp_path / "old")
+    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
+    assert store_is_intact(store, sealer)  # type: ignore[arg-type]
+    return data, sealer, store
+
+
 def _put_back(copy: Path, data: Path) -> NodeStore:
     shutil.rmtree(data)
     shutil.copytree(copy, data)
@@ -430,16 +448,7 @@ def test_a_copy_taken_one_ahead_of_the_token_is_no_intact_store_after_a_rollback
     moves the store two past the token."""
     from backupvault.node.main import store_is_intact
 
-    data = tmp_path / "data"
-    data.mkdir()
-    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
-    sealer = FakeSealer(None)
-    store_is_intact(store, sealer)  # type: ignore[arg-type]
-    _counted_write(store, sealer, AcceptorRecord(b"x", 1, 1, 1, 1, b"v1"))
-    store.close()
-    shutil.copytree(data, tmp_path / "old")
-    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
-    assert store_is_intact(store, sealer)  # type: ignore[arg-type]
+    data, sealer, store = _started_with_a_copy_kept(tmp_path)
     _counted_write(store, sealer, AcceptorRecord(b"x", 2, 1, 2, 1, b"v2"))
     store.save([AcceptorRecord(b"x", 3, 1, 2, 1, b"v2")])  # stopped before the token counts it
     store.close()
@@ -465,16 +474,7 @@ def test_a_row_of_a_lost_history_is_never_at_a_version_a_later_history_writes(
     below the counter times ROWS_PER_SAVE in every state, and a raise moves past both."""
     from backupvault.node.main import store_is_intact
 
-    data = tmp_path / "data"
-    data.mkdir()
-    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
-    sealer = FakeSealer(None)
-    store_is_intact(store, sealer)  # type: ignore[arg-type]
-    _counted_write(store, sealer, AcceptorRecord(b"x", 1, 1, 1, 1, b"v1"))
-    store.close()
-    shutil.copytree(data, tmp_path / "old")
-    store = NodeStore(data / "store.sqlite", 0, b"k" * 32)
-    assert store_is_intact(store, sealer)  # type: ignore[arg-type]
+    data, sealer, store = _started_with_a_copy_kept(tmp_path)
     for r in (2, 3, 4):
         _counted_write(store, sealer, AcceptorRecord(b"x", r, 1, r, 1, b"v%d" % r))
     store.close()
