@@ -10,6 +10,7 @@ import tomli_w
 
 from backupvault.errors import InvalidInput
 from backupvault.node.config import NodeConfig
+from backupvault.node.store import NodeStore, store_generation
 
 
 def _node_toml(root: Path, pin_file: str | None) -> Path:
@@ -76,3 +77,20 @@ def test_the_pin_in_the_environment_is_taken(
 def test_a_missing_pin_file_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(InvalidInput, match="cannot read the token PIN file"):
         NodeConfig.load(_node_toml(tmp_path, "nowhere.pin"))
+
+
+def test_a_config_given_by_a_relative_path_names_absolute_paths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`local up --dir bv` (or `node serve --config bv/node0.toml`) on an existing
+    deployment: the store, opened by file URI, cannot be named by a relative path, and the
+    node said its store was "malformed" and to wipe it (an audit of 2026-12-04)."""
+    _pin(tmp_path / "node0.pin", 0o600)
+    _node_toml(tmp_path, "node0.pin")
+    monkeypatch.chdir(tmp_path.parent)
+    config = NodeConfig.load(Path(tmp_path.name) / "node0.toml")
+    assert config.data_dir.is_absolute() and config.data_dir == tmp_path / "node0"
+    store = NodeStore(Path(tmp_path.name) / "node0" / "store.sqlite", 0, b"k" * 32)
+    store.save([])
+    store.close()
+    assert store_generation(Path(tmp_path.name) / "node0" / "store.sqlite") == 0

@@ -30,7 +30,7 @@ LOCAL_DIR = click.option(
     "--dir",
     "root",
     required=True,
-    type=click.Path(file_okay=False, path_type=Path),
+    type=click.Path(file_okay=False, path_type=Path, resolve_path=True),
     help="The folder that holds the local deployment (made by `local up`).",
 )
 

@@ -210,7 +210,9 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         data = _load(path)
-        base = path.parent
+        # Absolute, so paths made from it work wherever they are used (a store is opened
+        # by file URI, which a relative path cannot be).
+        base = path.parent.resolve()
         try:
             node, token = data["node"], data["token"]
             host, _, port = str(node["listen"]).rpartition(":")

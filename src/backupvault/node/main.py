@@ -306,7 +306,7 @@ def _snapshot(source: Path, copy: Path) -> None:
     if not source.exists():
         return  # an empty store, as NodeStore would make
     os.close(os.open(copy, os.O_RDWR | os.O_CREAT, 0o600))
-    live = sqlite3.connect(f"{source.as_uri()}?mode=ro", uri=True)
+    live = sqlite3.connect(f"{source.resolve().as_uri()}?mode=ro", uri=True)
     target = sqlite3.connect(copy)
     try:
         live.backup(target)

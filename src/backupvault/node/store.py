@@ -217,7 +217,7 @@ def store_generation(path: Path) -> int:
     the clear: it only says which key to try, the rows authenticate under it."""
     if not path.exists():
         return 0
-    db = sqlite3.connect(f"{path.as_uri()}?mode=ro", uri=True)
+    db = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
     try:
         found = db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
     except sqlite3.OperationalError:
