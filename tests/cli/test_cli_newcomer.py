@@ -387,6 +387,23 @@ def test_json_and_quiet_work_after_the_subcommand(tmp_path: Path, source: Path) 
     assert done.stderr == ""
 
 
+def test_json_and_quiet_work_between_the_group_and_its_command(
+    tmp_path: Path, source: Path
+) -> None:
+    """docs/cli.md says `--json` works anywhere on the command line: `backup --json list`
+    was refused ("No such option"), in JSON."""
+    done = backupvault(
+        "backup", "--json", "-q", "create", str(source), "--storage", str(tmp_path / "s"),
+        "--recovery-code",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert last_json(done.stdout)["files"] == 2
+    assert done.stderr == ""
+    missing = backupvault("--config", str(tmp_path / "none.toml"), "vault", "--json", "status")
+    assert missing.returncode == 2
+    assert "none.toml" in json.loads(missing.stderr.strip().splitlines()[-1])["error"]
+
+
 def test_create_restore_and_list_share_one_json_schema(tmp_path: Path, source: Path) -> None:
     storage = str(tmp_path / "s")
     created = last_json(

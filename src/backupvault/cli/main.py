@@ -107,21 +107,33 @@ _JSON_HELP = "Print the result as one JSON object, for scripts (docs/cli.md)."
 _QUIET_HELP = "Only warnings, errors and answers (for cron): nothing when a backup works."
 
 
+def _take_output_options(command: click.Command) -> None:
+    """Give `command` its own `--json` and `-q`, unless it declares them itself (the
+    top-level group): so they work anywhere on the command line, as docs/cli.md says."""
+    if not any(param.name == "json_mode" for param in command.params):
+        command.params.append(click.Option(["--json", "json_mode"], is_flag=True, help=_JSON_HELP))
+        command.params.append(click.Option(["-q", "--quiet"], is_flag=True, help=_QUIET_HELP))
+
+
+def _apply_output_options(ctx: click.Context) -> None:
+    """`--json`/`-q` given after a (sub)command's name: they apply to the whole run."""
+    json_mode = bool(ctx.params.pop("json_mode", False))
+    quiet = bool(ctx.params.pop("quiet", False))
+    obj = ctx.find_object(Context)
+    if obj is not None:
+        obj.output.json_mode = obj.output.json_mode or json_mode
+        obj.output.quiet = obj.output.quiet or quiet
+
+
 class Command(click.Command):
     """A command that also takes `--json` and `-q` after its name, as restic does."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.params.append(click.Option(["--json", "json_mode"], is_flag=True, help=_JSON_HELP))
-        self.params.append(click.Option(["-q", "--quiet"], is_flag=True, help=_QUIET_HELP))
+        _take_output_options(self)
 
     def invoke(self, ctx: click.Context) -> Any:
-        json_mode = bool(ctx.params.pop("json_mode", False))
-        quiet = bool(ctx.params.pop("quiet", False))
-        obj = ctx.find_object(Context)
-        if obj is not None:
-            obj.output.json_mode = obj.output.json_mode or json_mode
-            obj.output.quiet = obj.output.quiet or quiet
+        _apply_output_options(ctx)
         return super().invoke(ctx)
 
 
@@ -143,6 +155,12 @@ class Group(click.Group):
     def __init__(self, *args: Any, plugins: tuple[str, ...] = (), **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.plugins = plugins
+        _take_output_options(self)
+
+    def invoke(self, ctx: click.Context) -> Any:
+        if ctx.parent is not None:  # a subgroup (`backup --json list`); the top reads its own
+            _apply_output_options(ctx)
+        return super().invoke(ctx)
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         command = super().get_command(ctx, cmd_name)
