@@ -268,21 +268,89 @@ _WRITE_IT_DOWN = "write it down now; without it these backups cannot be opened"
 
 
 def _terminated(signum: int, frame: object) -> None:
+    """SIGTERM (a service manager, `kill`, `timeout`), for the whole command: as Ctrl-C.
+    Installed by `main`; before, only the data phase of a backup or a restore had it, and
+    SIGTERM anywhere else ended the process at once (143), saying nothing."""
     raise KeyboardInterrupt
 
 
 @contextlib.contextmanager
 def _on_interrupt(what: str, hint: str) -> Iterator[None]:
-    """Ctrl-C, or SIGTERM (a service manager, `kill`), during a backup or a restore: clean
-    up as for Ctrl-C and say what it left, not only "aborted". Without this, SIGTERM ended
-    the process at once: a restore left its hidden staging folder behind for good."""
-    previous = signal.signal(signal.SIGTERM, _terminated)
+    """Ctrl-C, or SIGTERM, during a backup or a restore: clean up as for Ctrl-C and say
+    what it left, not only "aborted" (a restore's hidden staging folder is removed)."""
     try:
         yield
     except KeyboardInterrupt:
         raise Interrupted(what, hint=hint) from None
+
+
+def _committed() -> None:
+    """The backup's snapshot is saved, or the restore done: from here a late Ctrl-C or
+    SIGTERM is ignored, so that it cannot turn the success into an interruption (or into
+    a death by the signal)."""
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(ValueError):  # not the main thread: nothing installed
+            signal.signal(signum, signal.SIG_IGN)
+
+
+_CHECK_DEFERRED = (
+    "finishing the password check with the vault, so it does not count as a wrong guess;"
+    " press Ctrl-C again to stop now (the check may then count as a guess)\n"
+)
+
+
+class _CheckCut(KeyboardInterrupt):
+    """The second signal during a password check: stop at once."""
+
+
+@contextlib.contextmanager
+def _password_check(output: Output) -> Iterator[None]:
+    """Around a recovery (the vault's password check): Ctrl-C or SIGTERM waits for it to
+    end. The nodes count the attempt once they evaluate, and only the reset a success
+    sends takes it back: stopped in between, even the right password used up a guess (a
+    cron job under `timeout`, interrupted ten times, destroyed its key). The first signal
+    is deferred, said on stderr, and ends the command once the check is over (Interrupted,
+    exit 130); a second stops at once, and says the check may have counted. The SDK does
+    no signal handling of its own: this stays in the CLI."""
+    received: list[int] = []
+
+    def deferred(signum: int, frame: object) -> None:
+        if received:
+            raise _CheckCut
+        received.append(signum)
+        if not output.json_mode:
+            with contextlib.suppress(OSError):
+                os.write(2, _CHECK_DEFERRED.encode())  # no buffered stream from a handler
+
+    previous: dict[signal.Signals, Any] = {}
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding): no signals
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            previous[signum] = signal.signal(signum, deferred)
+    try:
+        yield
+    except _CheckCut:
+        raise Interrupted(
+            "interrupted during the password check with the vault",
+            hint="the check may have counted as a guess, even with the right password;"
+            " `backupvault vault status` shows the guesses left, and the next successful"
+            " recovery (run the command again) resets the count",
+        ) from None
+    except BackupVaultError as err:
+        if received:  # it ended with an error (a wrong password, say): it ends the command
+            raise Interrupted(
+                f"interrupted; the password check with the vault ended first: {err.message}",
+                hint=err.hint or "nothing else was done; run the command again",
+            ) from None
+        raise
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+    if received:
+        raise Interrupted(
+            "interrupted after the password check with the vault: it was let finish, so it"
+            " did not count as a wrong guess; nothing was changed beyond the check",
+            hint="run the command again",
+        )
 
 
 def _warn_if_weak(ctx: Context, password: str) -> None:
@@ -344,7 +412,8 @@ def _root_key_from_vault(
 
     session = ctx.session()
     try:
-        recovered = session.recover_or_migrate(password)
+        with _password_check(ctx.output):
+            recovered = session.recover_or_migrate(password)
     except NotRegistered:
         if not register:
             raise
@@ -386,7 +455,8 @@ def _root_key_from_vault(
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        return session.recover(password).root_key, False
+        with _password_check(ctx.output):
+            return session.recover(password).root_key, False
     _warn_degraded(ctx, registered.missing)
     return root_key, True
 
@@ -647,6 +717,7 @@ def backup_create(
                 exclude=exclude,
                 on_new_repository=show_code,
             )
+            _committed()
     except BackupVaultError as err:
         # Only if this device made the repository: a first backup that lost the race to
         # create it (another device's config is stored) made nothing its code opens. An
@@ -815,6 +886,7 @@ def backup_restore(
             info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include, key=key)
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
+        _committed()
     for name in info.passed_over:
         ctx.output.warn(f"passed over {name}: it is damaged or altered")
     _note_skipped(ctx, info.skipped)
@@ -1078,7 +1150,9 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     session = ctx.session()
     left = session.status().pending  # sent again on the way
     if session.needs_password_to_finish():
-        recovered = session.recover(_password(password_stdin))
+        password = _password(password_stdin)
+        with _password_check(ctx.output):
+            recovered = session.recover(password)
         _warn_wrong_guesses(ctx, recovered)
         left = recovered.threshold.pending
     if left:
@@ -1114,7 +1188,8 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
         old = _password(False, prompt="Current password")
     # The old password is checked (one recovery; a key still on an older fleet epoch moves
     # to the current one first) before the new one is asked for.
-    recovered = session.recover_or_migrate(old)
+    with _password_check(ctx.output):
+        recovered = session.recover_or_migrate(old)
     _warn_wrong_guesses(ctx, recovered)
     if not password_stdin:
         new = _password(False, confirm=True, prompt="New password")
@@ -1186,7 +1261,9 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
         f"{lost} (backups made with --recovery-code still open with their code)"
     )
     _confirm("Delete the key from the vault?", yes)
-    recovered = session.recover(_password(password_stdin))
+    password = _password(password_stdin)
+    with _password_check(ctx.output):
+        recovered = session.recover(password)
     version, pending = session.delete(recovered)
     text = "key deleted from the vault"
     if pending:
@@ -1320,14 +1397,38 @@ def main(argv: list[str] | None = None) -> None:
     _run_config = None
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        with contextlib.suppress(ValueError):  # not the main thread: no signals
+            signal.signal(signal.SIGTERM, _terminated)
+        _run(args, json_mode)
+    finally:
+        # As they were for a caller in this process (the tests give `argv`); the command
+        # line's process keeps them to its end, so that a signal after a backup was saved
+        # (ignored from there) cannot kill it while it exits.
+        if argv is not None:
+            for signum, handler in handlers.items():
+                with contextlib.suppress(ValueError, TypeError):
+                    signal.signal(signum, handler)
+
+
+def _run(args: list[str], json_mode: bool) -> None:
     try:
         # Without standalone mode click returns the code of a `click.exceptions.Exit` a
         # command raised (`backup create`'s EXIT_INCOMPLETE) instead of exiting.
         code = cli.main(args=args, prog_name="backupvault", standalone_mode=False)
         if isinstance(code, int) and code:
             sys.exit(code)
-    except click.exceptions.Abort:
-        _fail(json_mode, Interrupted("aborted"))
+    except click.exceptions.Abort as abort:
+        if isinstance(abort.__cause__, KeyboardInterrupt):  # click's for Ctrl-C, SIGTERM
+            _fail(json_mode, Interrupted("interrupted", hint=_INTERRUPTED_HINT))
+        _fail(
+            json_mode,
+            Interrupted(
+                "aborted: a question was declined or got no answer (end of input)",
+                hint="nothing was changed; run the command again",
+            ),
+        )
     except click.UsageError as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
             err.show()
@@ -1339,7 +1440,7 @@ def main(argv: list[str] | None = None) -> None:
     except BackupVaultError as err:
         _fail(json_mode, _with_local_hint(_with_storage_hint(err)))
     except KeyboardInterrupt:
-        _fail(json_mode, Interrupted("interrupted"))
+        _fail(json_mode, Interrupted("interrupted", hint=_INTERRUPTED_HINT))
     except Exception as err:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("BACKUPVAULT_DEBUG"):
             raise
@@ -1353,7 +1454,13 @@ def main(argv: list[str] | None = None) -> None:
     sys.exit(0)
 
 
+_INTERRUPTED_HINT = (
+    "stopped by Ctrl-C or SIGTERM; run the command again (a password check with the vault"
+    " is let finish first, so an interrupt does not spend a guess)"
+)
+
+
 class Interrupted(BackupVaultError):
-    """Ctrl-C, or a prompt answered with end of input."""
+    """Ctrl-C or SIGTERM, or a prompt declined or answered with end of input."""
 
     exit_code = 130

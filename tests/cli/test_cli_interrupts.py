@@ -1,0 +1,138 @@
+"""Ctrl-C and SIGTERM: a password check with the vault is let finish (the nodes count the
+attempt until the success's reset), SIGTERM works as Ctrl-C for the whole command, and a
+signal after a backup was saved does not turn the success into a failure."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from backupvault.cli.main import Interrupted, _password_check, main
+from backupvault.cli.output import Output
+from backupvault.client.errors import WrongPassword
+
+
+def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        finished = []
+        with pytest.raises(Interrupted) as stopped, _password_check(Output()):
+            os.kill(os.getpid(), signum)
+            finished.append(True)  # the check goes on to its end
+        assert finished == [True]
+        assert stopped.value.exit_code == 130
+        assert "did not count as a wrong guess" in stopped.value.message
+        assert "nothing was changed beyond the check" in stopped.value.message
+        err = capfd.readouterr().err
+        assert "finishing the password check with the vault" in err
+        assert "press Ctrl-C again to stop now" in err
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_a_second_signal_during_the_password_check_stops_at_once() -> None:
+    finished = []
+    with pytest.raises(Interrupted) as stopped, _password_check(Output()):
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+        finished.append(True)
+    assert finished == []
+    assert stopped.value.exit_code == 130
+    assert "may have counted as a guess" in (stopped.value.hint or "")
+
+
+def test_a_check_that_fails_after_a_deferred_signal_says_how_it_ended() -> None:
+    with pytest.raises(Interrupted) as stopped, _password_check(Output(json_mode=True)):
+        os.kill(os.getpid(), signal.SIGINT)
+        raise WrongPassword(4)
+    assert "the password check with the vault ended first" in stopped.value.message
+    with pytest.raises(WrongPassword), _password_check(Output()):  # no signal: as it was
+        raise WrongPassword(4)
+
+
+def test_vault_finish_interrupted_during_its_password_check_finishes_the_check(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Through the command: the recovery is let finish (its reset sent), then exit 130."""
+    from backupvault.cli import main as cli_main
+
+    recovered = []
+
+    class Session:
+        def status(self) -> SimpleNamespace:
+            return SimpleNamespace(pending=())
+
+        def needs_password_to_finish(self) -> bool:
+            return True
+
+        def recover(self, password: str) -> SimpleNamespace:
+            os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` sends, mid-check
+            recovered.append(password)  # stands for the evaluation and the reset
+            threshold = SimpleNamespace(pending=(), reset_confirmed=True, reset_missing=())
+            return SimpleNamespace(wrong_guesses_before=0, threshold=threshold)
+
+    monkeypatch.setattr(cli_main.Context, "session", lambda self: Session())
+    monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery staple\n"))
+    with pytest.raises(SystemExit) as exited:
+        main(["vault", "finish", "--password-stdin"])
+    assert exited.value.code == 130
+    assert recovered == ["correct horse battery staple"]
+    err = capsys.readouterr().err
+    assert "did not count as a wrong guess" in err
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main put it back
+
+
+def test_a_signal_after_the_snapshot_is_saved_leaves_the_backup_a_success(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backupvault.cli import main as cli_main
+
+    committed = cli_main._committed
+
+    def then_signalled() -> None:
+        committed()
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(cli_main, "_committed", then_signalled)
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    args = ["backup", "create", str(source), "--storage", str(tmp_path / "s"), "--recovery-code"]
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 0
+    assert "saved" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+
+
+def test_sigterm_during_a_backup_exits_130_saying_what_it_left(tmp_path: Path) -> None:
+    source = tmp_path / "big"
+    source.mkdir()
+    with open(source / "sparse.img", "wb") as sparse:
+        sparse.truncate(40 << 30)  # 40 GiB of holes: reading it takes long, storing it little
+    storage = tmp_path / "storage"
+    args = ["backup", "create", str(source), "--storage", str(storage), "--recovery-code"]
+    backup = subprocess.Popen(
+        [sys.executable, "-m", "backupvault", *args],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not (storage / "config").exists():
+            assert backup.poll() is None, "the backup ended before it could be stopped"
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+    finally:
+        backup.send_signal(signal.SIGTERM)
+        _, err = backup.communicate(timeout=60)
+    assert backup.returncode == 130, err
+    assert "backup interrupted: no snapshot was saved" in err
