@@ -230,9 +230,12 @@ class ShareKeeper:
         self._distrusted = False
         self._suspect: Callable[[bytes], bool] = _every_row
         self._trusted: set[bytes] = set()
-        # Per distrusted key: the latest attempt number when first seen since the
-        # rollback was detected; every evaluation lost in the rollback was for an attempt
-        # at or below it, so a verified reset at or above it makes the row whole again.
+        # Per distrusted key: the highest attempt number seen since the rollback was
+        # detected (`_seen`); a verified reset at or above it makes the row whole again.
+        # Not the first one seen: that is the value the node holds, which after a
+        # catch-up can be a hostile peer's copy of an old value (the owner's last success
+        # and nothing after it), and the same old reset, replayed from it, then made a
+        # rolled-back count whole in the window it had spent.
         self._floors: dict[bytes, int] = {}
         # key -> attempt -> (version, H(B)) of the value this node durably accepted.
         self._accepted: dict[bytes, OrderedDict[int, tuple[int, bytes]]] = {}
@@ -296,9 +299,16 @@ class ShareKeeper:
         if not self._suspect(key):
             self._trusted.add(key)  # written since the rollback, on an earlier run
             return True
-        self._floors.setdefault(key, latest_attempt)
+        self._seen(key, latest_attempt)
         self._want_reports(key, version)
         return False
+
+    def _seen(self, key: bytes, attempt: int) -> int:
+        """Raise the distrusted `key`'s floor to `attempt`, a number seen in a value now;
+        the floor."""
+        floor = max(self._floors.get(key, attempt), attempt)
+        self._floors[key] = floor
+        return floor
 
     # ---- count reports after a rollback (docs/threshold.md, "Counters and erasure") ----
 
@@ -434,19 +444,26 @@ class ShareKeeper:
             # The row's share is of another M of this version (an orphan, which evaluates
             # nothing): the window is counted when the live M's share is taken instead.
             return ()
-        writes: tuple[ShareWrite, ...] = ()
-        own = self._floors.get(key, 0)
-        if state is not None and state.version == row.version:
-            entry_id = EntryId.from_bytes(key)
-            row, writes = self._apply_replicated_reset(
+        entry_id = EntryId.from_bytes(key)
+        same_version = state is not None and state.version == row.version
+        if key in self._trusted:
+            # The owner's reset already made the row whole (a reset request, `_reset`).
+            if state is None or not same_version:
+                return ()
+            _, writes = self._apply_replicated_reset(
                 key, entry_id.account, entry_id.entry, row, state
             )
+            return writes
+        own = self._floors.get(key, 0)
+        if state is not None and same_version:
+            # The owner's reset in the held value opens the window, and does no more: that
+            # value may be a hostile copy of the owner's old success (nothing after it), so
+            # the window still runs up to the highest attempt reported. (A reset request
+            # still needs only this node's own sight, `_reset`: a hostile report of a huge
+            # attempt must not keep the owner's next success from making the row whole.)
+            row = self._replicated_reset(key, entry_id.account, entry_id.entry, row, state) or row
             own = max(own, state.attempt)
         highest = max(own, *wanted.reports.values())
-        # The floor a reset must reach stays this node's own sight: a hostile report of a
-        # huge attempt must not keep the owner's next success from making the row whole.
-        if key in self._trusted:
-            return writes  # the owner's reset (replicated) already made the row whole
         known = {e.attempt for e in row.evaluated}
         unknown = [Evaluation(a, UNKNOWN_B) for a in _window(row.reset_at, highest, known)]
         if row.count + len(unknown) > self.shape.guess_limit:
@@ -456,12 +473,12 @@ class ShareKeeper:
                 highest,
                 row.reset_at,
             )
-            return writes
+            return ()
         evaluated = sorted([*row.evaluated, *unknown], key=lambda e: e.attempt)
-        return (*writes, self._write(key, row.with_(evaluated=evaluated)))
+        return (self._write(key, row.with_(evaluated=evaluated)),)
 
     def _reset_restores_trust(self, key: bytes, attempt: int, latest_attempt: int) -> bool:
-        return attempt >= self._floors.setdefault(key, latest_attempt)
+        return attempt >= self._seen(key, latest_attempt)
 
     def _write(self, key: bytes, row: NodeShare, *, trusted: bool = True) -> ShareWrite:
         # Checked on every write, also under `python -O`: a row breaking one of these never
@@ -896,7 +913,7 @@ class ShareKeeper:
             # attempt: an empty window). Its end is the highest attempt t peers report or
             # this node saw; its start the lowest they report, unless the owner's signed
             # reset in the value (verified here) is later.
-            self._floors.setdefault(key, state.attempt)
+            self._seen(key, state.attempt)
             reported = self._reported.get(key)
             if reported is None or reported[0] != version:
                 self._want_reports(key, version)
@@ -1113,18 +1130,27 @@ class ShareKeeper:
     ) -> tuple[NodeShare, tuple[ShareWrite, ...]]:
         """A reset that travels in the replicated value, applied only if the owner's
         signature verifies over fields this node rebuilds itself."""
-        if state.reset_attempt <= row.reset_at or not state.reset_signature:
+        reset = self._replicated_reset(key, account, entry, row, state)
+        if reset is None:
             return row, ()
+        trusted = self._reset_restores_trust(key, state.reset_attempt, state.attempt)
+        return reset, (self._write(key, reset, trusted=trusted),)
+
+    def _replicated_reset(
+        self, key: bytes, account: str, entry: str, row: NodeShare, state: ThresholdState
+    ) -> NodeShare | None:
+        """`row` after the reset the replicated value carries, if it is later than the
+        row's and the owner's signature verifies over fields this node rebuilds itself."""
+        if state.reset_attempt <= row.reset_at or not state.reset_signature:
+            return None
         blinded_hash = self._own_hash(key, row, state.version, state.reset_attempt)
         if blinded_hash is None:
             blinded_hash = state.reset_hash  # this node took no part in that attempt
         if not self._reset_verifies(
             account, entry, row, state.reset_attempt, blinded_hash, state.reset_signature
         ):
-            return row, ()
-        reset = _after_reset(row, state.reset_attempt)
-        trusted = self._reset_restores_trust(key, state.reset_attempt, state.attempt)
-        return reset, (self._write(key, reset, trusted=trusted),)
+            return None
+        return _after_reset(row, state.reset_attempt)
 
     def _verified_reset(
         self, key: bytes, request: ManifestRequest, row: NodeShare, state: ThresholdState
