@@ -303,6 +303,18 @@ class ShareKeeper:
         self._want_reports(key, version)
         return False
 
+    def _row_distrusted(self, key: bytes) -> bool:
+        """Whether `key`'s row may hold a rolled-back count (`_count_trusted`, without
+        asking for reports). Such a row is not rewritten while it keeps its share and stays
+        distrusted: the store trusts every row written since the rollback at its next
+        clean start (node/store.py `share_suspect`)."""
+        if not self._distrusted or key in self._trusted:
+            return False
+        if not self._suspect(key):
+            self._trusted.add(key)
+            return False
+        return True
+
     def _seen(self, key: bytes, attempt: int) -> int:
         """Raise the distrusted `key`'s floor to `attempt`, a number seen in a value now;
         the floor."""
@@ -772,6 +784,22 @@ class ShareKeeper:
                 return Answer(
                     error(ErrorCode.REFUSED, "this node already holds another share for it")
                 )
+            if (
+                row is not None
+                and row.share
+                and (row.version, row.manifest) == (state.version, state.manifest)
+                and not self._count_trusted(key, state.version, state.attempt)
+            ):
+                # The staged row keeps the live share and its count: written now, a clean
+                # restart would trust that rolled-back count (node/store.py
+                # `share_suspect`). Staged once t peers have reported.
+                return Answer(
+                    error(
+                        ErrorCode.FLEET_UNAVAILABLE,
+                        "this node's store was restored from an older copy; it keeps a new"
+                        " share once its peers have reported the entry's count",
+                    )
+                )
             base = row if row is not None else NodeShare(0, b"", b"", [])
             kept = [s for s in base.staged if s.manifest != request.manifest]
             kept.append(StagedShare(request.share, request.manifest))
@@ -1134,6 +1162,8 @@ class ShareKeeper:
         if reset is None:
             return row, ()
         trusted = self._reset_restores_trust(key, state.reset_attempt, state.attempt)
+        if not trusted and self._row_distrusted(key):
+            return reset, ()  # for this request only: the value still carries it
         return reset, (self._write(key, reset, trusted=trusted),)
 
     def _replicated_reset(
@@ -1262,10 +1292,12 @@ class ShareKeeper:
                     )
                 reset = _after_reset(current, attempt)
                 trusted = self._reset_restores_trust(key, attempt, new.attempt)
-                return Answer(
-                    ResetResponse(reset.version, reset.reset_at, limit - reset.count),
-                    (self._write(key, reset, trusted=trusted),),
-                )
+                response = ResetResponse(reset.version, reset.reset_at, limit - reset.count)
+                if not trusted and self._row_distrusted(key):
+                    # Committed in the value, which carries it to this row once the node
+                    # trusts it again; not written over a row it does not trust.
+                    return Answer(response)
+                return Answer(response, (self._write(key, reset, trusted=trusted),))
 
             return new, build
 
