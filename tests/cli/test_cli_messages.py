@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from console import backupvault  # tests/cli/console.py
 from tests.client.fake_fleet import FAST_KSF, FakeFleet
 
 from backupvault.cli.main import Context, _node_without, _warn_degraded
@@ -97,3 +98,25 @@ def test_what_storage_says_reaches_the_terminal_without_its_escape_sequences(
     assert "\x1b" not in shown and "\x9b" not in shown
     assert "denied\\x1b[1A\\x1b[2K\\x9b2J" in shown
     assert "the last snapshot this device made is gone" in shown
+
+
+def test_empty_stdin_for_a_password_says_what_to_do(monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/cli.md: every error says on a second line what to do."""
+    import io
+
+    from backupvault.cli.main import _password
+    from backupvault.errors import UsageError
+
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))
+    with pytest.raises(UsageError) as err:
+        _password(from_stdin=True)
+    assert "stdin ended before a password line" in err.value.message
+    assert err.value.hint is not None and "first line of stdin" in err.value.hint
+
+
+@pytest.mark.parametrize("keep", [(), ("--keep-last", "0")])
+def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str, ...]) -> None:
+    done = backupvault("backup", "forget", "--storage", str(tmp_path), *keep)
+    assert done.returncode == 2
+    assert "say what to keep" in done.stderr
+    assert "hint: for instance `backup forget --keep-last 7`" in done.stderr

@@ -251,7 +251,9 @@ def backup_forget(
     if policy.empty() and not damaged:
         raise UsageError(
             "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly "
-            "(or --damaged alone, to remove only snapshots that cannot be read)"
+            "(or --damaged alone, to remove only snapshots that cannot be read)",
+            hint="for instance `backup forget --keep-last 7` keeps the 7 newest snapshots of"
+            " each source and host; add --dry-run to see what it would remove first",
         )
     repo = _open(ctx, storage_url, password_stdin, code)
     kept, removed = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)

@@ -216,7 +216,11 @@ def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password")
     if from_stdin:
         line = sys.stdin.readline()
         if not line:
-            raise UsageError("--password-stdin: stdin ended before a password line")
+            raise UsageError(
+                "--password-stdin: stdin ended before a password line",
+                hint="give the password as the first line of stdin, e.g."
+                " printf '%s\\n' \"$PASSWORD\" | backupvault ... --password-stdin",
+            )
         password = line
     elif sys.stdin.isatty():
         password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
