@@ -374,6 +374,117 @@ def test_a_max_bundle_age_in_whole_seconds_is_taken(tmp_path: Path) -> None:
     assert config.ota is not None and config.ota.max_age == 600
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "why"),
+    [
+        # Each was taken through str(): a folder named "['", ./5, a relay "at 42" that
+        # "did not answer" (exit 5, hint: too few vault nodes), an account "['a']".
+        ("storage", ["/tmp/a", "/tmp/b"], "a string in quotes, not a list ['/tmp/a', '/tmp/b']"),
+        ("storage", 5, "a string in quotes, not a number 5"),
+        ("relay_url", 42, "a string in quotes, not a number 42"),
+        ("relay_url", "htp://127.0.0.1:9", "an http:// or https:// URL with a host"),
+        ("relay_url", "127.0.0.1:9", "an http:// or https:// URL with a host"),
+        ("relay_url", "http://", "an http:// or https:// URL with a host"),
+        ("account", ["a"], "a string in quotes, not a list ['a']"),
+        ("entry", True, "a string in quotes, not a boolean True"),
+        ("fleet_id", 12, "a string in quotes, not a number 12"),
+        ("node_public_keys", [20], "a list of hex keys in quotes"),
+    ],
+)
+def test_a_config_field_of_the_wrong_type_is_named(
+    tmp_path: Path, field: str, value: object, why: str
+) -> None:
+    config = _client_toml(tmp_path / "client.toml", **{field: value})
+    done = backupvault("--config", str(config), "backup", "list")
+    assert done.returncode == 1, done.stderr
+    assert f"config file {config}: field {field!r} is malformed" in done.stderr
+    assert why in done.stderr
+    assert "hint: " in done.stderr
+    assert "vault nodes" not in done.stderr and "did not answer" not in done.stderr
+
+
+def test_a_secret_of_the_wrong_type_is_named_but_not_shown(tmp_path: Path) -> None:
+    config = _client_toml(tmp_path / "client.toml", token=987654321)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert "field 'token' is malformed: a string in quotes, not a number" in done.stderr
+    assert "987654321" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "why", "hint"),
+    [
+        ({"storge": "/tmp/b"}, "unknown field 'storge'", "did you mean 'storage'?"),
+        ({"relay": "http://x"}, "unknown field 'relay'", "did you mean 'relay_url'?"),
+        ({"colour": "blue"}, "unknown field 'colour'", "remove it from"),
+        (
+            {"epoch": 3, "previous_fleets": [{**_OLD_FLEET, "epoch": 1, "storage": "/b"}]},
+            "unknown field 'storage' in [[previous_fleets]] table 1",
+            "move storage above the first [[previous_fleets]] line",
+        ),
+    ],
+)
+def test_an_unknown_config_field_is_refused(
+    tmp_path: Path, fields: dict[str, object], why: str, hint: str
+) -> None:
+    """`storge = "..."` was ignored, and the later error said to set `storage`."""
+    config = _client_toml(tmp_path / "client.toml", **fields)
+    done = backupvault("--config", str(config), "backup", "list")
+    assert done.returncode == 1, done.stderr
+    assert f"config file {config}: {why}" in done.stderr
+    assert hint in done.stderr and str(config) in done.stderr.split("hint:")[1]
+    assert "give --storage" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"witness_url": "witness.example"}, "field 'witness_url' is malformed: an http://"),
+        ({"witnesses": [{"public_key": "k", "url": 5}]}, "field 'witnesses[0].url' is malformed"),
+        ({"witnesses": "w"}, "field 'witnesses' is malformed: [[witnesses]] tables"),
+        ({"allowed_measurements": [1]}, "field 'allowed_measurements' is malformed: a list"),
+        ({"allowed_measurements": ["zz"]}, "field 'allowed_measurements' is malformed"),
+        ({"state_file": 3}, "field 'state_file' is malformed: a string in quotes"),
+        (
+            {"witnesses": [{"public_key": "k", "url": "http://w", "fleet_id": "00"}]},
+            "unknown field 'fleet_id' in [[witnesses]] table 1",
+        ),
+    ],
+)
+def test_a_malformed_ota_field_is_named(
+    tmp_path: Path, fields: dict[str, object], why: str
+) -> None:
+    config = _ota_toml(tmp_path / "client.toml", **fields)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1, done.stderr
+    assert f"config file {config}: {why}" in done.stderr
+
+
+def test_a_relative_storage_in_the_config_is_taken_as_given(tmp_path: Path) -> None:
+    """As --storage is (docs/cli.md): relative to the current folder, not the config's."""
+    from backupvault.client.config import ClientConfig
+
+    config = ClientConfig.load(_client_toml(tmp_path / "client.toml", storage="backups"))
+    assert config.storage == "backups"
+
+
+def test_every_client_config_the_docs_show_has_only_known_fields() -> None:
+    """The examples in docs/operations.md and docs/transparency.md: a field the loader
+    does not know is refused, so an example must hold none (nor put a top-level field
+    after a [[table]] header, where TOML puts it into the table)."""
+    from backupvault.client.config import _check_fields
+
+    examples = [
+        block
+        for doc in ("docs/operations.md", "docs/transparency.md")
+        for block in re.findall(r"```toml\n(.*?)```", (ROOT / doc).read_text(), re.S)
+        if re.search(r"^relay_url = ", block, re.M)
+    ]
+    assert len(examples) >= 2
+    for block in examples:
+        _check_fields(Path("example.toml"), tomllib.loads(block))
+
+
 # ---- --json -------------------------------------------------------------------------------
 
 

@@ -28,22 +28,30 @@ Over-the-air fleet keys (`trust = "ota"`, see client/trust.py and docs/transpare
     fleet_id = "<hex>"                    # optional: else the first fleet accepted is kept
     witness_url = "https://witness.example"  # where that witness answers (fleet heads)
     max_bundle_age = 86400                # refuse a fleet whose witness heads are older
-    [[witnesses]]                         # optional: more witnesses that must agree
-    public_key = "<vkey>"
-    url = "https://witness2.example"
     state_file = "client-state.json"      # default: <config name>-state.json next to it
     allowed_measurements = ["<hex>"]      # optional: accept only these firmware builds
+    [[witnesses]]                         # optional: more witnesses that must agree (last:
+    public_key = "<vkey>"                 # TOML puts the lines after it into the table)
+    url = "https://witness2.example"
 
 Either mode keeps the deliveries this device still owes the fleet (the shares of a
 degraded registration or password change, an erasure not yet confirmed) in
 `<config name>-pending.json` next to the config (docs/format.md, "Pending deliveries").
 
-Relative paths are relative to the config file; a leading `~` is the user's home folder
-(in `storage` too).
+Relative file paths (`state_file`, an `operator_public_key` PEM file) are relative to the
+config file's folder; `storage` is taken as `--storage` would be, so a relative folder
+there is relative to the current folder (docs/cli.md). A leading `~` is the user's home
+folder (in `storage` too).
+
+Every field has its type (a string in quotes, a whole number, a list, a table); a field
+of another type, or one the client does not know (a misspelt name, or a field after a
+`[[witnesses]]` or `[[previous_fleets]]` table, which TOML puts into that table), is
+refused with an error naming the file and the field, not ignored.
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import tomllib
@@ -51,6 +59,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
+from urllib.parse import urlsplit
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -92,10 +101,136 @@ def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
         ) from None
 
 
+#: Every field a client config may hold at its top level (in either trust mode)...
+_FIELDS = frozenset(
+    {
+        "trust", "relay_url", "account", "token", "fleet_token", "device_key", "entry",
+        "storage", "fleet_id",
+        # pinned
+        "node_public_keys", "node_signing_keys", "epoch", "previous_fleets",
+        "fleet_public_key",  # an older version's; refused with a message of its own
+        # over the air
+        "operator_public_key", "witness_public_key", "witness_name", "witness_url",
+        "witnesses", "max_bundle_age", "state_file", "allowed_measurements",
+    }
+)  # fmt: skip
+#: ... and in each of its tables.
+_TABLE_FIELDS = {
+    "previous_fleets": frozenset({"epoch", "node_public_keys", "node_signing_keys"}),
+    "witnesses": frozenset({"public_key", "url"}),
+}
+#: Fields whose value is never repeated in a message: they hold secrets.
+_SECRETS = frozenset({"token", "fleet_token", "device_key"})
+
+
+def _check_fields(path: Path, data: dict[str, Any]) -> None:
+    """Refuse a field the client does not read: a misspelt `storge` was ignored, and the
+    error that came later told the user to set `storage`, which they had."""
+    for name in data:
+        if name not in _FIELDS:
+            _unknown(path, name, _FIELDS, "")
+    for table, known in _TABLE_FIELDS.items():
+        entries = data.get(table)
+        if not isinstance(entries, list):
+            continue  # its own check names the field
+        for number, entry in enumerate(entries, 1):
+            if not isinstance(entry, dict):
+                continue
+            for name in entry:
+                if name not in known:
+                    _unknown(path, name, known, f" in [[{table}]] table {number}", table)
+
+
+def _unknown(
+    path: Path, name: str, known: frozenset[str], where: str, table: str | None = None
+) -> None:
+    if table is not None and name in _FIELDS:
+        hint = (
+            f"TOML puts every line after a [[{table}]] header into that table: move"
+            f" {name} above the first [[{table}]] line of {path}"
+        )
+    elif close := difflib.get_close_matches(name, sorted(known), n=1):
+        hint = f"did you mean {close[0]!r}? rename it in {path}"
+    else:
+        hint = (
+            f"remove it from {path}: a client config holds only the fields docs/operations.md"
+            " and docs/transparency.md describe"
+        )
+    raise InvalidInput(f"config file {path}: unknown field {name!r}{where}", hint=hint)
+
+
+def _kind(value: object) -> str:
+    """What TOML calls a value of this type."""
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return "a number"
+    if isinstance(value, list):
+        return "a list"
+    if isinstance(value, dict):
+        return "a table"
+    if isinstance(value, str):
+        return "a string"
+    return "a date or time"
+
+
+def _string(
+    path: Path,
+    data: dict[str, Any],
+    name: str,
+    default: str | None = None,
+    *,
+    label: str | None = None,
+) -> str:
+    """A string field (KeyError if it is missing and has no default); `label` names it in
+    a message, if not `name` (a field of a table)."""
+    value = data[name] if default is None else data.get(name, default)
+    if isinstance(value, str):
+        return value
+    shown = "" if name in _SECRETS else f" {value!r}"
+    raise InvalidInput(
+        f"config file {path}: field {label or name!r} is malformed: a string in quotes, not"
+        f" {_kind(value)}{shown}",
+        hint=f'write one value in quotes: {name} = "..."',
+    )
+
+
+def _url(
+    path: Path, data: dict[str, Any], name: str, what: str, *, label: str | None = None
+) -> str:
+    """An http:// or https:// URL with a host: `relay_url = 42`, or "htp://...", was taken
+    as given and failed as a relay that "did not answer (UnsupportedProtocol)", exit 5."""
+    url = _string(path, data, name, label=label)
+    try:
+        parts = urlsplit(url)
+        good = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a malformed port or IPv6 address
+        good = False
+    if not good:
+        raise InvalidInput(
+            f"config file {path}: field {label or name!r} is malformed: an http:// or https:// URL"
+            f" with a host, not {url!r}",
+            hint=f'write {what}, such as {name} = "https://host.example:8600"',
+        )
+    return url
+
+
+def _strings(path: Path, data: dict[str, Any], name: str) -> list[str]:
+    """A list of strings (KeyError if it is missing)."""
+    value = data[name]
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise InvalidInput(
+            f"config file {path}: field {name!r} is malformed: a list of strings in quotes,"
+            f" not {_kind(value)} {value!r}",
+            hint=f'write it as {name} = ["...", "..."]',
+        )
+    return value
+
+
 def _hex_field(path: Path, data: dict[str, Any], name: str) -> bytes:
     def parse() -> bytes:
         try:
-            return bytes.fromhex(str(data[name]))
+            return bytes.fromhex(_string(path, data, name))
         except ValueError:
             raise InvalidInput("not hexadecimal") from None
 
@@ -153,18 +288,19 @@ class ClientConfig:
     def parse(cls, path: Path, data: dict[str, Any]) -> ClientConfig:
         """The config `data` would be as the file `path` (which need not exist yet: paths
         in it are relative to its folder)."""
-        trust = str(data.get("trust", "pinned"))
+        _check_fields(path, data)
+        trust = _string(path, data, "trust", "pinned")
         if trust not in TRUST_MODES:
             raise InvalidInput(f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}")
         try:
             common: dict[str, Any] = {
-                "relay_url": str(data["relay_url"]),
-                "account": str(data["account"]),
-                "token": str(data["token"]),
-                "fleet_token": str(data["fleet_token"]),
+                "relay_url": _url(path, data, "relay_url", "the relay's URL"),
+                "account": _string(path, data, "account"),
+                "token": _string(path, data, "token"),
+                "fleet_token": _string(path, data, "fleet_token"),
                 "device_key": _device_key(path, data),
-                "entry": str(data.get("entry", DEFAULT_ENTRY)),
-                "storage": None if "storage" not in data else _home(str(data["storage"])),
+                "entry": _string(path, data, "entry", DEFAULT_ENTRY),
+                "storage": None if "storage" not in data else _home(_string(path, data, "storage")),
                 "trust": trust,
                 "pending_file": path.parent / f"{path.stem}-pending.json",
             }
@@ -186,26 +322,34 @@ class ClientConfig:
                     **common,
                 )
             base = path.parent
-            fleet_id = bytes.fromhex(data["fleet_id"]) if "fleet_id" in data else None
-            allowed = data.get("allowed_measurements")
+            fleet_id = _hex_field(path, data, "fleet_id") if "fleet_id" in data else None
+            allowed = (
+                None
+                if "allowed_measurements" not in data
+                else _strings(path, data, "allowed_measurements")
+            )
             ota = OtaTrust(
-                operator_key=load_operator_key(_home(str(data["operator_public_key"])), base),
+                operator_key=load_operator_key(
+                    _home(_string(path, data, "operator_public_key")), base
+                ),
                 witness=load_witness_verifier(
-                    str(data["witness_public_key"]),
-                    None if "witness_name" not in data else str(data["witness_name"]),
+                    _string(path, data, "witness_public_key"),
+                    None if "witness_name" not in data else _string(path, data, "witness_name"),
                 ),
-                state_file=base / _home(str(data.get("state_file", f"{path.stem}-state.json"))),
-                witness_url=str(data["witness_url"]),
-                others=tuple(
-                    WitnessEndpoint(
-                        load_witness_verifier(str(w["public_key"]), None), str(w["url"])
-                    )
-                    for w in data.get("witnesses", [])
-                ),
+                state_file=base
+                / _home(_string(path, data, "state_file", f"{path.stem}-state.json")),
+                witness_url=_url(path, data, "witness_url", "the witness's URL"),
+                others=tuple(_witness(path, i, w) for i, w in enumerate(_witnesses(path, data))),
                 max_age=_field(path, "max_bundle_age", lambda: _max_age(data)),
                 fleet_id=fleet_id,
                 allowed_measurements=(
-                    None if allowed is None else frozenset(bytes.fromhex(m) for m in allowed)
+                    None
+                    if allowed is None
+                    else _field(
+                        path,
+                        "allowed_measurements",
+                        lambda: frozenset(_hex(m) for m in allowed),
+                    )
                 ),
             )
             return cls(
@@ -329,6 +473,30 @@ def _read_toml(path: Path) -> dict[str, Any]:
         ) from None
 
 
+def _hex(value: str) -> bytes:
+    try:
+        return bytes.fromhex(value)
+    except ValueError:
+        raise InvalidInput(f"{value!r} is not hexadecimal") from None
+
+
+def _witnesses(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
+    tables = data.get("witnesses", [])
+    if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
+        raise InvalidInput(
+            f"config file {path}: field 'witnesses' is malformed: [[witnesses]] tables, each"
+            f" with public_key and url, not {_kind(tables)}",
+            hint='write each as a [[witnesses]] line, then public_key = "..." and url = "..."',
+        )
+    return tables
+
+
+def _witness(path: Path, index: int, table: dict[str, Any]) -> WitnessEndpoint:
+    url = _url(path, table, "url", "this witness's URL", label=f"witnesses[{index}].url")
+    key = _string(path, table, "public_key", label=f"witnesses[{index}].public_key")
+    return WitnessEndpoint(load_witness_verifier(key, None), url)
+
+
 def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:
     if "device_key" not in data:
         raise InvalidInput(
@@ -337,7 +505,8 @@ def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:
             " (`backupvault relay device-key`) and ask the operator for a fleet token"
             " minted for its public half (`backupvault relay mint-token --device-key`)",
         )
-    return _field(path, "device_key", lambda: device_key_from_hex(str(data["device_key"])))
+    key = _string(path, data, "device_key")
+    return _field(path, "device_key", lambda: device_key_from_hex(key))
 
 
 def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:
@@ -347,10 +516,10 @@ def _node_keys(path: Path, data: dict[str, Any]) -> tuple[NodePublicKey, ...]:
             " has one key per node: write a new config (`backupvault fleet client-config`)"
         )
     keys = data["node_public_keys"]
-    if not isinstance(keys, list) or not keys:
-        raise InvalidInput("a list of hex keys, one per node")
+    if not isinstance(keys, list) or not keys or not all(isinstance(k, str) for k in keys):
+        raise InvalidInput("a list of hex keys in quotes, one per node")
     try:
-        return tuple(NodePublicKey.from_bytes(bytes.fromhex(str(key))) for key in keys)
+        return tuple(NodePublicKey.from_bytes(bytes.fromhex(key)) for key in keys)
     except ValueError:
         raise InvalidInput("not hexadecimal") from None
 
@@ -384,8 +553,10 @@ def _signing_keys(path: Path, data: dict[str, Any]) -> tuple[bytes, ...]:
     keys = data["node_signing_keys"]
     if not isinstance(keys, list) or len(keys) != len(data.get("node_public_keys", [])):
         raise InvalidInput("a list of hex keys, one per node, as many as node_public_keys")
+    if not all(isinstance(key, str) for key in keys):
+        raise InvalidInput("a list of hex keys in quotes")
     try:
-        decoded = tuple(bytes.fromhex(str(key)) for key in keys)
+        decoded = tuple(bytes.fromhex(key) for key in keys)
     except ValueError:
         raise InvalidInput("not hexadecimal") from None
     if any(len(key) != 32 for key in decoded):
