@@ -131,6 +131,38 @@ def test_a_client_config_others_can_read_is_warned_of(tmp_path: Path, mode: int)
     assert f"chmod 600 {config}" in done.stderr
 
 
+@pytest.mark.parametrize(
+    ("content", "why"),
+    [
+        (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "it is not text (not UTF-8)"),
+        (b"#!/bin/sh\nexec true\n", "is not valid TOML"),
+        (b'[project]\nname = "x"\n[tool.ruff]\nline-length = 100\n', "is not a client config"),
+    ],
+)
+def test_a_file_that_is_no_client_config_draws_no_chmod_advice(
+    tmp_path: Path, content: bytes, why: str
+) -> None:
+    """`--config /usr/bin/python3` told the user to chmod 600 the interpreter."""
+    wrong = tmp_path / "python3"
+    wrong.write_bytes(content)
+    wrong.chmod(0o755)
+    done = backupvault("--config", str(wrong), "vault", "status")
+    assert done.returncode == 2, done.stderr
+    assert why in done.stderr
+    assert "chmod" not in done.stderr and "other host users" not in done.stderr
+
+
+def test_a_client_config_with_a_malformed_field_still_draws_the_warning(tmp_path: Path) -> None:
+    """It holds the tokens whatever else is wrong with it."""
+    config = tmp_path / "client.toml"
+    config.write_text('relay_url = "http://127.0.0.1:9"\naccount = 5\ntoken = "t"\n')
+    config.chmod(0o644)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1
+    assert f"chmod 600 {config}" in done.stderr
+    assert "field 'account' is malformed" in done.stderr
+
+
 def test_a_client_config_of_mode_0600_draws_no_warning(tmp_path: Path) -> None:
     config = tmp_path / "client.toml"
     config.write_text('relay_url = "http://127.0.0.1:9"\n')

@@ -56,7 +56,7 @@ class Context:
 
     def config(self) -> ClientConfig:
         """The client config, read once per command (asked for by several steps)."""
-        from backupvault.client.config import ClientConfig, others_can_read
+        from backupvault.client.config import ClientConfig, others_can_read, read_client_toml
 
         if self._config is not None:
             return self._config
@@ -79,9 +79,10 @@ class Context:
                 hint=f"give --config FILE or set ${CONFIG_ENV} to an existing client.toml;"
                 " `backupvault local up --dir DIR` writes DIR/client.toml",
             )
+        data = read_client_toml(self.config_path)  # not a client config's TOML: exit 2
         if (exposed := others_can_read(self.config_path)) is not None:
-            self.output.warn(exposed)  # first: it matters even if the config does not load
-        self._config = ClientConfig.load(self.config_path)
+            self.output.warn(exposed)  # before its fields are checked: one may be malformed
+        self._config = ClientConfig.parse(self.config_path, data)
         return self._config
 
     def session(self) -> FleetSession:

@@ -282,7 +282,7 @@ class ClientConfig:
 
     @classmethod
     def load(cls, path: Path) -> ClientConfig:
-        return cls.parse(path, _read_toml(path))
+        return cls.parse(path, read_client_toml(path))
 
     @classmethod
     def parse(cls, path: Path, data: dict[str, Any]) -> ClientConfig:
@@ -438,6 +438,21 @@ _WRITES_ONE = (
 )
 
 
+def read_client_toml(path: Path) -> dict[str, Any]:
+    """The config's TOML table, if the file is a client config's: TOML text holding at
+    least one field of a client config (whose fields `ClientConfig.parse` then checks).
+    Any other file is a usage error (exit 2): the wrong file was given."""
+    data = _read_toml(path)
+    if data and not any(name in _FIELDS for name in data):
+        raise UsageError(
+            f"config file {path} is not a client config: none of its fields"
+            f" ({', '.join(sorted(data)[:3])}{', ...' if len(data) > 3 else ''}) is one of a"
+            " client config's (relay_url, account, token, ...)",
+            hint=f"check the path; {_WRITES_ONE}",
+        )
+    return data
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     """The config's TOML table. A file that cannot be read as TOML text (missing, a
     folder, binary, malformed) is a usage error (exit 2), as a missing config is: the
@@ -575,7 +590,9 @@ def _max_age(data: dict[str, Any]) -> int:
 
 
 def others_can_read(path: Path) -> str | None:
-    """Why a client config other host users can read or change is a risk, or None. It holds
+    """Why a client config other host users can read or change is a risk, or None: asked
+    once the file was read as a client config (`read_client_toml`), so that a wrong file
+    (`--config /usr/bin/python3`) draws no advice to chmod it. It holds
     the account's tokens and the device key the fleet token is bound to: with them, anyone
     can act for the account (spend its password guesses, for one, until the key is gone).
     The tool writes it 0600; one written by hand or copied may not be. A warning, not a
