@@ -460,6 +460,51 @@ def test_a_malformed_ota_field_is_named(
     assert f"config file {config}: {why}" in done.stderr
 
 
+_BROKEN_PINNED: list[dict[str, object]] = [
+    {"trust": "pinned-ish"},
+    {"trust": 1},
+    {"relay_url": 0},
+    {"relay_url": "ftp://relay.example"},
+    {"account": 3.5},
+    {"storage": {"path": "/b"}},
+    {"device_key": "zz"},
+    {"fleet_id": "zz"},
+    {"node_public_keys": []},
+    {"node_signing_keys": [1]},
+    {"epoch": "1"},
+    {"previous_fleets": [{"epoch": 0}]},
+    {"stroage": "/b"},
+]
+_BROKEN_OTA: list[dict[str, object]] = [
+    {"operator_public_key": "no-such-file.pem"},
+    {"witness_public_key": "not a vkey"},
+    {"witnesses": [{"public_key": "not a vkey", "url": "http://w.example"}]},
+    {"witnesses": [{"url": "http://w.example"}]},
+    {"fleet_id": 7},
+    {"allowed_measurements": "ab"},
+    {"max_bundle_age": "1h"},
+    {"witness_url": "https//w.example"},
+]
+
+
+@pytest.mark.parametrize(
+    ("make", "fields"),
+    [("pinned", f) for f in _BROKEN_PINNED] + [("ota", f) for f in _BROKEN_OTA],
+)
+def test_every_config_error_names_the_file_and_says_what_to_do(
+    tmp_path: Path, make: str, fields: dict[str, object]
+) -> None:
+    """docs/cli.md: every error says, on a second line, what to do."""
+    from backupvault.client.config import ClientConfig
+    from backupvault.errors import BackupVaultError
+
+    path = (_client_toml if make == "pinned" else _ota_toml)(tmp_path / "client.toml", **fields)
+    with pytest.raises(BackupVaultError) as err:
+        ClientConfig.load(path)
+    assert f"config file {path}" in err.value.message
+    assert err.value.hint, err.value.message
+
+
 def test_a_relative_storage_in_the_config_is_taken_as_given(tmp_path: Path) -> None:
     """As --storage is (docs/cli.md): relative to the current folder, not the config's."""
     from backupvault.client.config import ClientConfig

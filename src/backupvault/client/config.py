@@ -291,7 +291,10 @@ class ClientConfig:
         _check_fields(path, data)
         trust = _string(path, data, "trust", "pinned")
         if trust not in TRUST_MODES:
-            raise InvalidInput(f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}")
+            raise InvalidInput(
+                f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}",
+                hint='write trust = "pinned" (the fleet\'s keys in the config) or trust = "ota"',
+            )
         try:
             common: dict[str, Any] = {
                 "relay_url": _url(path, data, "relay_url", "the relay's URL"),
@@ -329,12 +332,20 @@ class ClientConfig:
                 else _strings(path, data, "allowed_measurements")
             )
             ota = OtaTrust(
-                operator_key=load_operator_key(
-                    _home(_string(path, data, "operator_public_key")), base
+                operator_key=_field(
+                    path,
+                    "operator_public_key",
+                    lambda: load_operator_key(
+                        _home(_string(path, data, "operator_public_key")), base
+                    ),
                 ),
-                witness=load_witness_verifier(
-                    _string(path, data, "witness_public_key"),
-                    None if "witness_name" not in data else _string(path, data, "witness_name"),
+                witness=_field(
+                    path,
+                    "witness_public_key",
+                    lambda: load_witness_verifier(
+                        _string(path, data, "witness_public_key"),
+                        None if "witness_name" not in data else _string(path, data, "witness_name"),
+                    ),
                 ),
                 state_file=base
                 / _home(_string(path, data, "state_file", f"{path.stem}-state.json")),
@@ -364,7 +375,10 @@ class ClientConfig:
                 hint=f"a {trust} client config needs it (see docs/transparency.md)",
             ) from None
         except (TypeError, ValueError) as err:
-            raise InvalidInput(f"config file {path} has a malformed value: {err}") from None
+            raise InvalidInput(
+                f"config file {path} has a malformed value: {err}",
+                hint=f"write {path} again: {_WRITES_ONE}",
+            ) from None
 
     def session(
         self,
@@ -509,7 +523,10 @@ def _witnesses(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
 def _witness(path: Path, index: int, table: dict[str, Any]) -> WitnessEndpoint:
     url = _url(path, table, "url", "this witness's URL", label=f"witnesses[{index}].url")
     key = _string(path, table, "public_key", label=f"witnesses[{index}].public_key")
-    return WitnessEndpoint(load_witness_verifier(key, None), url)
+    verifier = _field(
+        path, f"witnesses[{index}].public_key", lambda: load_witness_verifier(key, None)
+    )
+    return WitnessEndpoint(verifier, url)
 
 
 def _device_key(path: Path, data: dict[str, Any]) -> Ed25519PrivateKey:
