@@ -742,3 +742,18 @@ def test_a_clean_restart_after_a_rollback_still_distrusts_the_rows_it_found(
     NodeService(0, addresses, firmware, _channel(0), store, intact=True)
     assert firmware.shares._count_trusted(entry, 1, 0)  # written since: trusted
     store.close()
+
+
+def test_a_new_node_distrusts_nothing_at_its_first_start(tmp_path: Path) -> None:
+    """A new node (empty store, no counter in its token) catches up, but has no row that
+    can hold a rolled-back count: raised as after a rollback, it distrusted every entry and
+    took no new share until t peers reported (with one node, never)."""
+    from backupvault.node.main import store_is_intact
+
+    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    sealer = FakeSealer(None)
+    assert store_is_intact(store, sealer) is False  # type: ignore[arg-type]
+    assert store.catching_up and sealer.recorded == store.counter
+    store.distrust_share_rows()  # what the service does for a start that is not intact
+    assert store.suspect_through == 0
+    store.close()

@@ -442,7 +442,12 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
     recorded = sealer.store_counter()
     if recorded is None:
         log.info("node store counter recorded in the token for the first time; catching up")
-        store.raise_counter(store.counter)  # the store first: a crash then still catches up
+        if store.counter:
+            # A store with a history the token never counted (an upgrade, a new token):
+            # judged as after a rollback. The store first: a crash then still catches up.
+            store.raise_counter(store.counter)
+        else:
+            store.mark_catching_up()  # a new node: nothing it wrote can be lost
         sealer.advance_store_counter(store.counter)
     elif recorded <= store.counter <= recorded + 1:
         sealer.advance_store_counter(store.counter)
