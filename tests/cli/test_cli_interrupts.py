@@ -23,6 +23,7 @@ from backupvault.client.errors import WrongPassword
 def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
     for signum in (signal.SIGINT, signal.SIGTERM):
         finished = []
         with pytest.raises(Interrupted) as stopped, _password_check(Output()):
@@ -35,7 +36,7 @@ def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(
         err = capfd.readouterr().err
         assert "finishing the password check with the vault" in err
         assert "press Ctrl-C again to stop now" in err
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_a_second_signal_during_the_password_check_stops_at_once() -> None:
@@ -79,6 +80,7 @@ def test_vault_finish_interrupted_during_its_password_check_finishes_the_check(
             threshold = SimpleNamespace(pending=(), reset_confirmed=True, reset_missing=())
             return SimpleNamespace(wrong_guesses_before=0, threshold=threshold)
 
+    before = signal.getsignal(signal.SIGTERM)
     monkeypatch.setattr(cli_main.Context, "session", lambda self: Session())
     monkeypatch.setattr(sys, "stdin", io.StringIO("correct horse battery staple\n"))
     with pytest.raises(SystemExit) as exited:
@@ -87,7 +89,7 @@ def test_vault_finish_interrupted_during_its_password_check_finishes_the_check(
     assert recovered == ["correct horse battery staple"]
     err = capsys.readouterr().err
     assert "did not count as a wrong guess" in err
-    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # main put it back
+    assert signal.getsignal(signal.SIGTERM) is before  # main put it back
 
 
 def test_a_signal_after_the_snapshot_is_saved_leaves_the_backup_a_success(
@@ -102,6 +104,7 @@ def test_a_signal_after_the_snapshot_is_saved_leaves_the_backup_a_success(
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
 
+    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
     monkeypatch.setattr(cli_main, "_committed", then_signalled)
     source = tmp_path / "source"
     source.mkdir()
@@ -111,7 +114,7 @@ def test_a_signal_after_the_snapshot_is_saved_leaves_the_backup_a_success(
         main(args)
     assert exited.value.code == 0
     assert "saved" in capsys.readouterr().out
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # put back
+    assert signal.getsignal(signal.SIGINT) is before  # put back
 
 
 def test_sigterm_during_a_backup_exits_130_saying_what_it_left(tmp_path: Path) -> None:
