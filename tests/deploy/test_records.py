@@ -16,7 +16,7 @@ from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, make_record
 from backupvault.deploy.records import ReceiptInvalid, WitnessRefused, submit
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.transparency import Signer, Witness, WitnessReceipt, sign_record
-from backupvault.transparency.bundle import cosign
+from backupvault.transparency.bundle import MAX_BUNDLE_BYTES, cosign
 from backupvault.transparency.note import open_checkpoint
 from backupvault.transparency.record import raw_public_key
 from backupvault.transparency.witness import WitnessPolicy
@@ -54,6 +54,11 @@ ANSWERS: dict[str, tuple[Answer, type[BackupVaultError], str]] = {
         r"\(503\): <html>down",
     ),
     "no answer": (unreachable, WitnessRefused, "cannot reach the witness"),
+    "an answer without end": (
+        refusing(200, content=b"\x53" * (MAX_BUNDLE_BYTES + 1)),
+        WitnessRefused,
+        "larger than",
+    ),
     "a receipt that is not one": (
         refusing(200, content=b"\x53garbage"),
         InvalidInput,

@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.codec import untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import replace_file
+from backupvault.http_answers import AnswerRefused, read_answer
 from backupvault.node.config import FleetDescription
 from backupvault.transparency import (
     DeploymentRecord,
@@ -34,6 +35,7 @@ from backupvault.transparency import (
     sign_record,
     verify_bundle,
 )
+from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 
 RECORD_FILE = "deployment.bin"
 BUNDLE_FILE = "bundle.bin"
@@ -159,9 +161,20 @@ def submit(
     client = http or httpx.Client(timeout=10.0, trust_env=False)
     url = f"{witness_url.rstrip('/')}/v1/submit"
     try:
-        answer = client.post(
-            url, content=signed.to_bytes(), headers={"Content-Type": "application/octet-stream"}
+        answer = read_answer(
+            client,
+            "POST",
+            url,
+            limit=MAX_BUNDLE_BYTES,  # a receipt is far smaller than a bundle
+            what="the witness's answer",
+            content=signed.to_bytes(),
+            headers={"Content-Type": "application/octet-stream"},
         )
+    except AnswerRefused as err:
+        raise WitnessRefused(
+            err.message,
+            hint="nothing was written; the witness (or what answers in its place) is broken",
+        ) from None
     except httpx.HTTPError as err:
         raise WitnessRefused(
             f"cannot reach the witness at {witness_url}: {err}",
