@@ -12,15 +12,9 @@ from __future__ import annotations
 
 import hashlib
 
+from rollback_attack import L, forge, hostile_catch_up_copy
+
 from backupvault.crypto import oprf
-from backupvault.fleet.messages import (
-    Accept,
-    Accepted,
-    AcceptorRecord,
-    ReplicatedValue,
-    SyncRequest,
-    SyncResponse,
-)
 from backupvault.fleet.records import MemoryRecords
 from backupvault.hsm.state import ThresholdState
 from backupvault.protocol import (
@@ -34,32 +28,6 @@ from backupvault.protocol import (
 from backupvault.sim import clients
 from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
 
-L = 4
-HOSTILE = 4  # nodes 3 and 4 are the attacker's (c = 2 < t = 3)
-
-
-def _forge(world: Simulation, key: bytes, state: ThresholdState) -> bool:
-    """Hostile node 4 has honest node 0 accept `state`, above its promise."""
-    record = world.honest[0].disk.get(key)
-    assert record is not None
-    value = ReplicatedValue([], state.to_bytes()).to_bytes()
-    ballot = record.promised_round + 1
-    answer = world.inject(HOSTILE, 0, Accept(b"forged", key, ballot, HOSTILE, value, 4, False))
-    assert isinstance(answer, Accepted)
-    return answer.ok
-
-
-def _hostile_catch_up_copy(world: Simulation, key: bytes, forged: ThresholdState) -> None:
-    """Node 4 answers a catching-up node with `forged`, at a ballot above any honest one."""
-    high = max(r.promised.round for n in world.honest.values() if (r := n.disk.get(key)))
-    value = ReplicatedValue([], forged.to_bytes()).to_bytes()
-    record = AcceptorRecord(key, high + 100, HOSTILE, high + 100, HOSTILE, value)
-
-    def sync(request: SyncRequest) -> SyncResponse:
-        return SyncResponse(request.sync_id, True, [record], b"hostile", 0, 1, False)
-
-    world.hostile[HOSTILE].sync = sync
-
 
 def _spend_window_then_wipe(world: Simulation, client: ThresholdClient) -> ThresholdState:
     """Node 0 answers L wrong guesses (the whole window), then loses its disk and
@@ -70,7 +38,7 @@ def _spend_window_then_wipe(world: Simulation, client: ThresholdClient) -> Thres
     real = world.replicated(1, client.key)
     assert (real.attempt, real.reset_attempt, real.reset_signature) == (L, 0, b"")
     bare = real.with_(reset_attempt=real.attempt, attempt_hash=b"")
-    _hostile_catch_up_copy(world, client.key, bare)
+    hostile_catch_up_copy(world, client.key, bare)
     world.crash(0)
     world.members[0].disk = MemoryRecords()  # wiped: store and share rows
     world.members[0].rows = {}
@@ -95,7 +63,7 @@ def _new_guesses_at_node_0(world: Simulation, client: ThresholdClient, start: in
             attempt_hash=hashlib.sha256(blinded).digest(),
             attempt_client_time_ms=value.attempt_client_time_ms + 1,
         )
-        if not _forge(world, client.key, value):
+        if not forge(world, client.key, value):
             continue
         request = EvaluateRequest(
             client.account, client.entry, 1, blinded, value.attempt_client_time_ms
