@@ -17,6 +17,7 @@ from backupvault.fleet.records import Mark
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.node.store import (
     SHARE_PREFIX,
+    STORE_FORMAT,
     NodeStore,
     StoreCorrupted,
     StoreRecords,
@@ -205,6 +206,31 @@ def test_a_store_of_the_older_format_is_refused_with_a_way_out(tmp_path: Path) -
     with pytest.raises(StoreCorrupted, match="older version") as refused:
         make(path)
     assert "catches up" in (refused.value.hint or "")
+
+
+def test_a_store_of_a_newer_format_is_refused_as_newer(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(records())
+    store.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
+        db.execute(f"PRAGMA user_version={STORE_FORMAT + 1}")
+    with pytest.raises(StoreCorrupted, match="newer version") as refused:
+        make(path)
+    assert "catches up" in (refused.value.hint or "")
+
+
+def test_a_store_made_before_the_format_was_kept_opens_and_gets_it(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = make(path)
+    store.save(records())
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("PRAGMA user_version=0")
+    assert {r.key for r in make(path).load()} == {ENTRY_A, ENTRY_B}
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
 
 
 # ---- reading one record at a time: nothing is loaded at open ----------------------------

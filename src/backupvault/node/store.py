@@ -12,6 +12,11 @@ is no token: tests and tools), and one random bucket key (32 bytes) per bucket t
 a record, wrapped under the row key. An erasure replaces the keys of the buckets it
 touched and the row key (`rotate`).
 
+The file's format number is SQLite's `user_version` (`STORE_FORMAT`; 0 in stores made
+before it was kept, which are of format 1). It is not authenticated, and needs not be: it
+only picks the message a node refuses a store with (a disk that lies about it only makes
+its node refuse to start, as any damage does).
+
 Tables:
 
     record(ver, name, row)   one per entry; ver is the SQLite rowid
@@ -129,6 +134,9 @@ NAME_LEN = 16
 #: Rows one `save` may write. It bounds the versions a history can use per count of the
 #: counter, so `raise_counter` can start this history's versions above all of them.
 ROWS_PER_SAVE = 1 << 20
+#: The layout above; a later version that changes it raises this (and refuses older
+#: stores it cannot read, or converts them).
+STORE_FORMAT = 1
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
@@ -271,6 +279,15 @@ class NodeStore:
         tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master")}
         # Written before bucket keys: every row sealed under the row key itself.
         unbucketed = "meta" in tables and "bucket_key" not in tables
+        (store_format,) = self._db.execute("PRAGMA user_version").fetchone()
+        if store_format > STORE_FORMAT:
+            self._db.close()
+            raise StoreCorrupted(
+                f"node store was written by a newer version of backupvault (store format"
+                f" {store_format}; this version reads format {STORE_FORMAT})",
+                hint="run the version that wrote it (or a newer one) on this node, or move"
+                " store.sqlite* aside and restart: the node catches up from the fleet",
+            )
         columns = [c[1] for c in self._db.execute("PRAGMA table_info(record)")]
         if columns and columns != ["ver", "name", "row"]:
             self._db.close()
@@ -278,6 +295,8 @@ class NodeStore:
                 "node store was written by an older version of backupvault",
                 hint="move store.sqlite* aside and restart: the node catches up from the fleet",
             )
+        if store_format < STORE_FORMAT:
+            self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS record "
             "(ver INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, row BLOB NOT NULL)"
