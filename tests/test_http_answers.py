@@ -5,12 +5,15 @@ a body without end into memory, and a trickled one never timed out."""
 from __future__ import annotations
 
 import gzip
+import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
 
-from backupvault.http_answers import AnswerRefused, read_answer
+from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 
 CHUNK = 64 * 1024
 
@@ -82,3 +85,101 @@ def test_a_compressed_answer_is_refused_unread() -> None:
     with pytest.raises(AnswerRefused, match="came compressed"):
         read_answer(http, "GET", "https://s.test/", limit=1 << 20, what="the answer")
     assert seen == ["identity"]
+
+
+class Trickler:
+    """A server that takes one request and answers its head a byte at a time, each byte
+    well within any read timeout, for `seconds` (then it hangs up): `continues` sends
+    `100 Continue` heads one after another instead, which never reach a final answer."""
+
+    def __init__(self, *, continues: bool = False, seconds: float = 3.0) -> None:
+        self.continues = continues
+        self.seconds = seconds
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.listener.getsockname()[1]}/"
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        peer, _ = self.listener.accept()
+        with peer:
+            request = b""
+            while b"\r\n\r\n" not in request:
+                request += peer.recv(4096)
+            if self.continues:
+                head = b"HTTP/1.1 100 Continue\r\n\r\n" * 10_000
+            else:
+                head = b"HTTP/1.1 200 OK\r\nX-Padding: " + b"a" * 90_000
+            end = time.monotonic() + self.seconds
+            for byte in head:
+                if time.monotonic() > end:
+                    break
+                try:
+                    peer.sendall(bytes([byte]))
+                except OSError:
+                    break  # the client gave up
+                time.sleep(0.01)
+
+    def close(self) -> None:
+        self.thread.join(10)
+        self.listener.close()
+
+
+@pytest.mark.parametrize("continues", [False, True], ids=["trickled head", "endless 100s"])
+def test_an_answer_whose_head_is_trickled_ends_at_the_deadline(continues: bool) -> None:
+    """Review r31: the deadline counted from the headers, and httpx times out each read,
+    not the head: a server trickling its head (or sending `100 Continue` without end)
+    held the client for as long as it liked."""
+    server = Trickler(continues=continues)
+    started = time.monotonic()
+    try:
+        with untrusted_client(1.0) as http, pytest.raises(httpx.ReadTimeout):
+            read_answer(http, "GET", server.url, limit=1000, what="the answer", deadline=0.5)
+        assert time.monotonic() - started < 1.5  # the server trickles on for 3 s
+    finally:
+        server.close()
+
+
+def test_the_deadline_ends_with_its_answer() -> None:
+    """An untrusted client reused after a timed-out answer (or used outside read_answer)
+    is not held to that answer's deadline."""
+
+    def serve(listener: socket.socket) -> None:
+        for _ in range(2):
+            peer, _ = listener.accept()
+            with peer:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += peer.recv(4096)
+                time.sleep(0.3)
+                peer.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok")
+
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"http://127.0.0.1:{listener.getsockname()[1]}/"
+    thread = threading.Thread(target=serve, args=(listener,), daemon=True)
+    thread.start()
+    try:
+        with untrusted_client(5.0) as http:
+            with pytest.raises(httpx.ReadTimeout):
+                read_answer(http, "GET", url, limit=10, what="the answer", deadline=0.1)
+            assert http.get(url).content == b"ok"
+    finally:
+        thread.join(10)
+        listener.close()
+
+
+def test_an_untrusted_client_keeps_the_deadline_through_a_proxy_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """HTTPS_PROXY gives httpx a second transport: the proxy's head is bounded too."""
+    server = Trickler()
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    started = time.monotonic()
+    try:
+        with untrusted_client(1.0) as http, pytest.raises(httpx.ReadTimeout):
+            read_answer(
+                http, "GET", "http://relay.test/", limit=1000, what="the answer", deadline=0.5
+            )
+        assert time.monotonic() - started < 1.5
+    finally:
+        server.close()

@@ -1,12 +1,18 @@
 """Reading an HTTP answer from a server this process does not trust (the relay, a witness,
-a node asked for its measurement): at most `limit` bytes of body, within `deadline`
-seconds of its headers.
+a node asked for its measurement): at most `limit` bytes of body, the whole answer
+(connecting, sending, headers and body) within `deadline` seconds of the request.
 
 httpx's `get` reads the whole body before the caller sees any of it, and its timeouts
 are per read: a hostile server (or whoever is on the network) could send a body without
-end, which takes the device's memory, or trickle one a byte at a time, which never times
-out. Every client-side request to such a server goes through `read_answer`, so each kind
-of answer has its bound in one place (the caller's `limit`) and one way to be refused.
+end, which takes the device's memory, or trickle its headers or body a byte at a time
+(or send `100 Continue` heads without end), which never times out. Every client-side
+request to such a server goes through `read_answer`, on a client made by
+`untrusted_client`, so each kind of answer has its bound in one place (the caller's
+`limit`) and one way to be refused.
+
+The deadline reaches into the headers through the client's network streams: httpx reads
+headers without a hook between reads, so `untrusted_client`'s transport cuts every socket
+read and write short at the deadline `read_answer` set for the request it is sending.
 
 The body is asked for uncompressed (`Accept-Encoding: identity`) and one that comes
 compressed anyway is refused: a few KiB of gzip can expand to many MiB in one read, past
@@ -15,17 +21,30 @@ any limit counted after decoding.
 
 from __future__ import annotations
 
+import ssl
 import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any
 
+import httpcore
 import httpx
 
 from backupvault.errors import BackupVaultError
 
-#: How long the whole body of one answer may take once its headers arrived. Far more than
-#: any honest answer needs (the largest, a fleet bundle, is about 1 MiB); a body still
-#: arriving after that is treated as a timeout (httpx.ReadTimeout), as a silent server is.
+#: How long one whole answer may take from its request, headers and body included. Far
+#: more than any honest answer needs (the largest, a fleet bundle, is about 1 MiB; the
+#: relay answers a vault request within its per-node timeouts, 12 s by default); an answer
+#: still arriving after that is treated as a timeout (httpx.ReadTimeout), as a silent
+#: server is.
 ANSWER_SECONDS = 60.0
+
+#: When the answer `read_answer` is reading in this thread must be complete
+#: (time.monotonic()), or None outside it. A context variable, not an argument: httpx's
+#: sync client reads the socket in the caller's thread, through layers that pass only
+#: their own per-read timeouts down.
+_deadline: ContextVar[float | None] = ContextVar("answer_deadline", default=None)
 
 #: Headers that describe the body as it came over the wire: the rebuilt response holds the
 #: body as read, so they would make httpx decode or measure it again.
@@ -50,14 +69,16 @@ def read_answer(
 ) -> httpx.Response:
     """`method url` sent through `http` (`request` as for `httpx.Client.stream`), and its
     answer with the whole body read: at most `limit` bytes, all within `deadline` seconds
-    (default ANSWER_SECONDS) of the headers. Larger: AnswerRefused naming `what`, having
-    read at most one chunk past `limit`. Slower: httpx.ReadTimeout, like any other timeout
-    (the clock is checked between reads, so by then at most one more read's timeout has
-    passed)."""
+    (default ANSWER_SECONDS) of the request. Larger: AnswerRefused naming `what`, having
+    read at most one chunk past `limit`. Slower: httpx.ReadTimeout (or ConnectTimeout,
+    WriteTimeout), like any other timeout. On a client from `untrusted_client` the
+    deadline holds to within one socket read; on any other the headers are bounded only
+    by the client's own per-read timeout."""
     seconds = ANSWER_SECONDS if deadline is None else deadline
     headers = httpx.Headers(request.pop("headers", None))
     headers["Accept-Encoding"] = "identity"
-    with http.stream(method, url, headers=headers, **request) as answer:
+    started = time.monotonic()
+    with _until(started + seconds), http.stream(method, url, headers=headers, **request) as answer:
         encoding = answer.headers.get("content-encoding", "identity").strip().lower()
         if encoding != "identity":
             raise AnswerRefused(
@@ -66,7 +87,6 @@ def read_answer(
                 hint="whatever is between this device and the server (a proxy) must not"
                 " compress its answers",
             )
-        started = time.monotonic()
         body = bytearray()
         # Decoded, but uncompressed (checked above): each chunk is as large as it came.
         for chunk in answer.iter_bytes():
@@ -81,6 +101,103 @@ def read_answer(
         return httpx.Response(
             answer.status_code, headers=kept, content=bytes(body), request=answer.request
         )
+
+
+def untrusted_client(timeout: httpx.Timeout | float, *, trust_env: bool = True) -> httpx.Client:
+    """An httpx client for `read_answer` whose connecting, sending and reading all stop at
+    the deadline of the answer being read (outside `read_answer` it is a plain client)."""
+    http = httpx.Client(timeout=timeout, trust_env=trust_env)
+    # httpx takes no network backend: each of its transports (the direct one, and one per
+    # proxy from the environment) keeps the one its pool connects with. Checked by
+    # tests/test_http_answers.py, which fails if that ever moves.
+    for transport in [http._transport, *http._mounts.values()]:
+        if isinstance(transport, httpx.HTTPTransport):
+            pool = transport._pool
+            pool._network_backend = _DeadlineBackend(pool._network_backend)
+    return http
+
+
+@contextmanager
+def _until(deadline: float) -> Iterator[None]:
+    token = _deadline.set(deadline)
+    try:
+        yield
+    finally:
+        _deadline.reset(token)
+
+
+def _left(timeout: float | None, late: type[Exception]) -> float | None:
+    """`timeout` cut to the time left before the current answer's deadline; `late` raised
+    once it has passed (a socket timeout of 0 would mean "do not wait", not "too late")."""
+    deadline = _deadline.get()
+    if deadline is None:
+        return timeout
+    left = deadline - time.monotonic()
+    if left <= 0:
+        raise late("the answer did not arrive before its deadline")
+    return left if timeout is None else min(timeout, left)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write waits no longer than the deadline."""
+
+    def __init__(self, stream: httpcore.NetworkStream) -> None:
+        self._stream = stream
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, _left(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, _left(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        return _DeadlineStream(
+            self._stream.start_tls(
+                ssl_context, server_hostname, _left(timeout, httpcore.ConnectTimeout)
+            )
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """Connections made within the deadline, each a `_DeadlineStream`."""
+
+    def __init__(self, backend: httpcore.NetworkBackend) -> None:
+        self._backend = backend
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_tcp(
+            host, port, _left(timeout, httpcore.ConnectTimeout), local_address, socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:
+        stream = self._backend.connect_unix_socket(
+            path, _left(timeout, httpcore.ConnectTimeout), socket_options
+        )
+        return _DeadlineStream(stream)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
 
 
 def _too_large(what: str, limit: int) -> AnswerRefused:

@@ -486,8 +486,6 @@ def verify_deployment_command(
     """Check each fleet the relay serves (or one bundle) against the operator and witness
     keys and the log, and each running node's measurement against the record. Exit 7 on a
     mismatch; 5 when nothing failed but a node or witness could not be reached."""
-    import httpx
-
     from backupvault.client.trust import load_operator_key, load_witness_verifier
     from backupvault.deploy.verify import (
         DeploymentCheckFailed,
@@ -496,6 +494,7 @@ def verify_deployment_command(
         local_measurement,
         verify_deployment,
     )
+    from backupvault.http_answers import untrusted_client
     from backupvault.transparency.head import DEFAULT_MAX_AGE
 
     config = _client_ota(ctx)
@@ -543,7 +542,7 @@ def verify_deployment_command(
         tuple(witnesses),
         DEFAULT_MAX_AGE if ota is None else ota.max_age,
     )
-    with httpx.Client(timeout=10.0, trust_env=False) as http:
+    with untrusted_client(10.0, trust_env=False) as http:
         reports = verify_deployment(
             trust,
             relay_url=relay_url if bundle_file is None else None,

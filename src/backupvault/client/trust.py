@@ -79,7 +79,7 @@ from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.files import locked, replace_file
-from backupvault.http_answers import AnswerRefused, read_answer
+from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -806,7 +806,7 @@ def ota_session(
     """Verify the relay's fleet bundle (nothing else is sent before it is accepted) and
     return a session on that fleet."""
     relay_url = relay_url.rstrip("/")
-    client = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+    client = http or untrusted_client(httpx.Timeout(30.0, connect=5.0))
     verified = trust.current(client, relay_url)
 
     def vault_for(record: DeploymentRecord) -> VaultClient:

@@ -30,7 +30,7 @@ from backupvault.crypto import ksf
 from backupvault.crypto.seal import NodePublicKey, ResponseKey, seal_request
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fanout import FanoutAnswers, FanoutReply
-from backupvault.http_answers import AnswerRefused, read_answer
+from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.protocol import (
     AuthorizedRequest,
     EntryStatus,
@@ -158,7 +158,7 @@ class VaultClient:
         self._device_key = device_key
         self._clock = clock
         self._notify = notify or (lambda _message: None)
-        self._http = http or httpx.Client(timeout=httpx.Timeout(30.0, connect=5.0))
+        self._http = http or untrusted_client(httpx.Timeout(30.0, connect=5.0))
 
     # ---- transport ---------------------------------------------------------------------
 

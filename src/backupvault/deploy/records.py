@@ -23,7 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.codec import untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import replace_file
-from backupvault.http_answers import AnswerRefused, read_answer
+from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.node.config import FleetDescription
 from backupvault.transparency import (
     DeploymentRecord,
@@ -158,7 +158,7 @@ def submit(
 ) -> FleetBundle:
     """Have the witness check and log `signed`; the bundle for clients, checked with the
     witness's key when one is given (`check_receipt`)."""
-    client = http or httpx.Client(timeout=10.0, trust_env=False)
+    client = http or untrusted_client(10.0, trust_env=False)
     url = f"{witness_url.rstrip('/')}/v1/submit"
     try:
         answer = read_answer(

@@ -38,7 +38,7 @@ from backupvault.client.trust import pin_conflict, pinned_fleet
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import locked, replace_file
-from backupvault.http_answers import AnswerRefused, read_answer
+from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.transparency import (
     Checkpoint,
     FleetBundle,
@@ -482,7 +482,7 @@ def verify_deployment(
     http: httpx.Client | None = None,
 ) -> list[FleetReport]:
     """Every fleet epoch the relay serves (or the one bundle file), checked."""
-    client = http or httpx.Client(timeout=10.0, trust_env=False)
+    client = http or untrusted_client(10.0, trust_env=False)
     state, note = load_checkpoint_state(state_file)
     last = None if note is None else open_checkpoint(note, trust.witness)
     accepted = load_accepted_epochs(state_file, state)
@@ -621,7 +621,7 @@ def verify_log(
 ) -> LogCheck:
     """Fetch the witness's checkpoint, verify it, and check that it extends the last one
     remembered in `state_file` (then remember it)."""
-    client = http or httpx.Client(timeout=10.0, trust_env=False)
+    client = http or untrusted_client(10.0, trust_env=False)
     url = url.rstrip("/")
     try:
         answer = read_answer(
