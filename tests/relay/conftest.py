@@ -7,7 +7,7 @@ import dataclasses
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ import uvicorn
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import ASGIApp
 
@@ -78,6 +78,13 @@ class Seen:
     body: bytes
 
 
+async def _trickle() -> AsyncIterator[bytes]:
+    """A 200 answer's body a byte every 0.2 s, for 3 s in all."""
+    for _ in range(15):
+        await asyncio.sleep(0.2)
+        yield b"x"
+
+
 @dataclass
 class StubNode:
     """A vault node that records what it was sent and answers as `mode` says."""
@@ -115,6 +122,8 @@ class StubNode:
             if self.mode == "hang":
                 await asyncio.sleep(5)
                 return Response(b"late", media_type="application/octet-stream")
+            if self.mode == "trickle":  # each byte well within any per-read timeout
+                return StreamingResponse(_trickle(), media_type="application/octet-stream")
             if self.mode == "broken":
                 return Response(b"Internal Server Error", status_code=500)
             if self.mode == "deep_json":

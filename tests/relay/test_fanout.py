@@ -80,6 +80,24 @@ def test_a_hanging_node_does_not_stall_the_answer_once_a_majority_answered(
     assert len(stubs[2].seen) == 1  # it did get its copy
 
 
+def test_a_node_trickling_its_answer_is_cut_off_at_its_deadline(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """Review r31: `request_timeout` bounded each read of a node's answer, not the answer
+    (docs: "the whole exchange"). A hostile node sending a byte at a time, with another
+    node down so no majority cut it short, held the request (and its forward slot) as
+    long as it liked: 3 s here, days with a 64 KiB answer."""
+    stubs[1].mode = "trickle"
+    relay = start_relay(
+        [stubs[0].url, stubs[1].url, unused_url()], connect_timeout=0.3, request_timeout=0.7
+    )
+    started = time.monotonic()
+    replies = answers(post_each(relay, token(), [b"a", b"b", b"c"]), 3).replies
+    assert time.monotonic() - started < 2.0  # the trickle goes on for 3 s
+    assert [r.status for r in replies] == [200, NO_ANSWER, NO_ANSWER]
+    assert replies[1].error()[0] == "node_timeout"
+
+
 def test_node_refusals_and_bad_answers_are_passed_back_per_node(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
