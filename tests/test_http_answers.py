@@ -4,14 +4,22 @@ a body without end into memory, and a trickled one never timed out."""
 
 from __future__ import annotations
 
+import datetime
 import gzip
+import ipaddress
 import socket
+import ssl
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 
@@ -183,3 +191,81 @@ def test_an_untrusted_client_keeps_the_deadline_through_a_proxy_from_the_environ
         assert time.monotonic() - started < 1.5
     finally:
         server.close()
+
+
+def _self_signed(folder: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 that is its own CA, and its key."""
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(1)
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_file, key_file = folder / "cert.pem", folder / "key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_file, key_file
+
+
+def test_an_untrusted_client_speaks_tls_and_keeps_the_deadline_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The deadline wraps the connection under TLS too (the relay and witnesses are
+    HTTPS): a whole answer is read, and a head trickled through TLS ends at the deadline."""
+    cert_file, key_file = _self_signed(tmp_path)
+    monkeypatch.setenv("SSL_CERT_FILE", str(cert_file))
+    tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    tls.load_cert_chain(cert_file, key_file)
+    listener = socket.create_server(("127.0.0.1", 0))
+    url = f"https://127.0.0.1:{listener.getsockname()[1]}/"
+
+    def serve() -> None:
+        for trickle in (False, True):
+            peer, _ = listener.accept()
+            with tls.wrap_socket(peer, server_side=True) as conn:
+                request = b""
+                while b"\r\n\r\n" not in request:
+                    request += conn.recv(4096)
+                if not trickle:
+                    conn.sendall(
+                        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok"
+                    )
+                    continue
+                try:
+                    for byte in b"HTTP/1.1 200 OK\r\nX: " + b"a" * 300:
+                        conn.sendall(bytes([byte]))
+                        time.sleep(0.01)
+                except OSError:
+                    pass  # the client gave up
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        with untrusted_client(5.0) as http:
+            got = read_answer(http, "GET", url, limit=10, what="the answer")
+            assert (got.status_code, got.content) == (200, b"ok")
+            started = time.monotonic()
+            with pytest.raises(httpx.ReadTimeout):
+                read_answer(http, "GET", url, limit=10, what="the answer", deadline=0.5)
+            assert time.monotonic() - started < 1.5
+    finally:
+        thread.join(10)
+        listener.close()
