@@ -6,6 +6,7 @@ or a request slot past a deadline."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -35,6 +36,7 @@ serving.GRACEFUL_SECONDS = 1
 serving.STOP_SECONDS = {stop}
 serving.HEAD_SECONDS = {head}
 serving.BODY_SECONDS = {body}
+serving.SEND_SECONDS = {send}
 
 async def forever(request):
     await asyncio.Event().wait()  # a request waiting on a fleet that never answers
@@ -45,6 +47,9 @@ async def ready(request):
 async def slow(request):
     await asyncio.sleep(1.5)  # longer than the head deadline of the tests that set one
     return PlainTextResponse("slow")
+
+async def big(request):
+    return PlainTextResponse("x" * (4 << 20))  # more than the kernel buffers on the way
 
 async def echo(request):
     try:
@@ -64,6 +69,7 @@ routes = [
     Route("/forever", forever),
     Route("/ready", ready),
     Route("/slow", slow),
+    Route("/big", big),
     Route("/echo", echo, methods=["POST"]),
 ]
 app = Starlette(routes=routes, lifespan=lifespan)
@@ -79,12 +85,19 @@ def _start(
     limits: str = "None",
     head: float = 10.0,
     body: float = 10.0,
+    send: float = 10.0,
 ) -> tuple[subprocess.Popen[str], str]:
     port = free_port()
     script = tmp_path / "service.py"
     script.write_text(
         textwrap.dedent(SERVICE).format(
-            port=port, hang_shutdown=hang_shutdown, stop=stop, limits=limits, head=head, body=body
+            port=port,
+            hang_shutdown=hang_shutdown,
+            stop=stop,
+            limits=limits,
+            head=head,
+            body=body,
+            send=send,
         )
     )
     process = subprocess.Popen(
@@ -286,6 +299,43 @@ def test_a_body_must_arrive_in_time(tmp_path: Path) -> None:
         assert httpx.post(f"{url}/echo", content=b"x" * 10, timeout=5).text == "10 bytes"
         assert httpx.post(f"{url}/echo", content=b"x" * 1001, timeout=5).text == "too large"
     finally:
+        process.kill()
+        process.communicate()
+
+
+def test_a_client_that_does_not_read_its_answer_loses_it_in_time(tmp_path: Path) -> None:
+    """Review r31, attack: a client that sends two requests at once (pipelined) and
+    reads none of the answers, the first larger than the buffers on the way, held the
+    second's request slot for ever (uvicorn waits without limit for room to write), and
+    the first's buffered answer and connection too: `max_requests` such clients had
+    every later one turned away with 503. Now writing may stall at most SEND_SECONDS,
+    then the connection is dropped with its answers; a client that reads gets them."""
+    limits = "serving.ServerLimits(max_requests=2, max_connections=8, backlog=8)"
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits, send=0.6)
+    host, port = url.removeprefix("http://").split(":")
+    hogs = []
+    try:
+        for _ in range(2):
+            hog = socket.socket()
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            hog.connect((host, int(port)))
+            hog.sendall(
+                b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+            )
+            hogs.append(hog)
+        time.sleep(0.3)  # both answers under way, stalled
+        assert httpx.get(f"{url}/ready", timeout=5).status_code == 503  # the slots are held
+        time.sleep(1.5)
+        assert httpx.get(f"{url}/ready", timeout=5).text == "ready"
+        assert len(httpx.get(f"{url}/big", timeout=10).content) == 4 << 20
+        for hog in hogs:  # dropped: its answers never all arrive
+            received = b""
+            with contextlib.suppress(ConnectionResetError):
+                received = _read_all(hog, timeout=5)
+            assert len(received) < 4 << 20
+    finally:
+        for hog in hogs:
+            hog.close()
         process.kill()
         process.communicate()
 

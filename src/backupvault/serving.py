@@ -19,7 +19,11 @@ must bring a whole request head (request line and headers) within `HEAD_SECONDS`
 opening, or of the end of its previous response, else it is closed (uvicorn alone waits
 for a head for ever, so idle connections could fill `max_connections`); a body must
 arrive within `BODY_SECONDS` (`read_body`). Nor a large head: at most `MAX_HEAD_BYTES`
-and `MAX_HEADERS` fields (`431 head_too_large`)."""
+and `MAX_HEADERS` fields (`431 head_too_large`). Nor by reading slowly: once an answer's
+bytes pile up unread (past the transport's high-water mark), the client must take some
+within `SEND_SECONDS`, else the connection is dropped with what it had not taken
+(uvicorn alone waits for room to write without limit, holding the request's slot, and
+the connection with the answers buffered for it)."""
 
 from __future__ import annotations
 
@@ -48,6 +52,8 @@ STOP_SECONDS = 30.0
 HEAD_SECONDS = 10.0
 #: How long a request may take to send its body, once its head is in.
 BODY_SECONDS = 10.0
+#: How long writing to a client may stall (its answers unread) before it is dropped.
+SEND_SECONDS = 10.0
 #: The largest request head (request line and headers) a service reads, and the most
 #: header fields in it. uvicorn alone reads a head of any size within HEAD_SECONDS, and
 #: keeps each header field as Python objects some 25 times the size of a short field on
@@ -146,6 +152,7 @@ class _HeadDeadline(HttpToolsProtocol):
     _body_in_read = False
     _head_too_large = False
     _discarding = False
+    _send_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -153,7 +160,29 @@ class _HeadDeadline(HttpToolsProtocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._stop_head_clock()
+        self._stop_send_clock()
         super().connection_lost(exc)
+
+    def pause_writing(self) -> None:
+        super().pause_writing()
+        if self._send_timer is None:
+            self._send_timer = self.loop.call_later(SEND_SECONDS, self._send_too_slow)
+
+    def resume_writing(self) -> None:
+        self._stop_send_clock()
+        super().resume_writing()
+
+    def _stop_send_clock(self) -> None:
+        if self._send_timer is not None:
+            self._send_timer.cancel()
+            self._send_timer = None
+
+    def _send_too_slow(self) -> None:
+        """The client took nothing for SEND_SECONDS: drop the connection and what is
+        buffered for it (`close` would wait for the buffer to drain, which it never
+        does). uvicorn then ends the request under way, freeing its slot."""
+        self._send_timer = None
+        self.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         if self._discarding:
