@@ -3,7 +3,8 @@
 When the relay stops waiting (docs/relay.md, "Fan-out"):
 
 - every node has answered or failed; or
-- each node's own deadline passed (`request_timeout`; connecting: `connect_timeout`); or
+- each node's own deadline passed (`connect_timeout` + `request_timeout` for the whole
+  exchange; connecting alone: `connect_timeout`); or
 - a majority t = N//2+1 of the nodes has answered (any status) and a grace period has
   passed since: as long again as it took to reach t, at least `MIN_GRACE_SECONDS`. A
   client needs t answers at least; the grace lets the others (a registration wants all N
