@@ -311,7 +311,7 @@ def test_a_client_that_does_not_read_its_answer_loses_it_in_time(tmp_path: Path)
     every later one turned away with 503. Now writing may stall at most SEND_SECONDS,
     then the connection is dropped with its answers; a client that reads gets them."""
     limits = "serving.ServerLimits(max_requests=2, max_connections=8, backlog=8)"
-    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits, send=0.6)
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits, send=2.0)
     host, port = url.removeprefix("http://").split(":")
     hogs = []
     try:
@@ -323,10 +323,18 @@ def test_a_client_that_does_not_read_its_answer_loses_it_in_time(tmp_path: Path)
                 b"GET /big HTTP/1.1\r\nHost: x\r\n\r\nGET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
             )
             hogs.append(hog)
-        time.sleep(0.3)  # both answers under way, stalled
-        assert httpx.get(f"{url}/ready", timeout=5).status_code == 503  # the slots are held
-        time.sleep(1.5)
-        assert httpx.get(f"{url}/ready", timeout=5).text == "ready"
+        # Both answers under way, stalled: the slots are held (polled: how soon the
+        # service takes the hogs' requests depends on the machine's load)...
+        deadline = time.monotonic() + 10
+        while httpx.get(f"{url}/ready", timeout=5).status_code != 503:
+            assert time.monotonic() < deadline, "the hogs never held the slots"
+            time.sleep(0.05)
+        held = time.monotonic()
+        # ...until SEND_SECONDS after their writes stalled.
+        while (ready := httpx.get(f"{url}/ready", timeout=5)).status_code == 503:
+            assert time.monotonic() < held + 10, "the stalled connections were never dropped"
+            time.sleep(0.05)
+        assert ready.text == "ready"
         assert len(httpx.get(f"{url}/big", timeout=10).content) == 4 << 20
         for hog in hogs:  # dropped: its answers never all arrive
             received = b""
