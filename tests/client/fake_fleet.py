@@ -126,7 +126,8 @@ class FakeFleet:
             FLEET_ID,
             [node.hpke.public_key() for node in self.nodes],
             ksf_params=FAST_KSF,
-            http=httpx.Client(transport=httpx.MockTransport(self.handle)),
+            # Looked up at each request, so that a test can put a wrapper in its place.
+            http=httpx.Client(transport=httpx.MockTransport(lambda r: self.handle(r))),
             fleet_token="fleet-token",
         )
         keys = FleetKeys(

@@ -21,7 +21,7 @@ import secrets
 import time
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from cryptography.exceptions import InvalidSignature
@@ -504,23 +504,28 @@ class ThresholdVault:
         request = CommitSharesRequest(
             self.account, self.entry, encoded, authorization, counter, acks
         )
-        held, problems = self._commit_shares(request, made.manifest, what)
         # Sent later as a register-share of M whatever made it: by then M is the entry's
         # committed value (its change statement checked by the acceptors that committed
         # it), so a node takes its share of M even when it missed several changes and
-        # holds a share too old to check this change's statement against.
-        self._keep_pending(
-            Pending.of_shares(
-                fleet_id=self.vault.fleet_id,
-                account=self.account,
-                entry=self.entry,
-                manifest=encoded,
-                version=made.manifest.version,
-                shares=made.shares,
-                node_keys=self.vault.node_keys,
-                nodes=tuple(sorted(problems)),
-            )
+        # holds a share too old to check this change's statement against. Kept before the
+        # commit goes out: from then on M may land without this process seeing it (a
+        # SIGINT or SIGTERM, a crash, the relay failing after passing it on, an answer
+        # lost), and the shares of the nodes that staged none exist nowhere else; kept
+        # after it, such a commit left M on the stagers alone for good. While M is not in
+        # effect the record is never sent (`finish`), and the next change replaces it.
+        owed = Pending.of_shares(
+            fleet_id=self.vault.fleet_id,
+            account=self.account,
+            entry=self.entry,
+            manifest=encoded,
+            version=made.manifest.version,
+            shares=made.shares,
+            node_keys=self.vault.node_keys,
+            nodes=tuple(range(self.nodes)),
         )
+        self._keep_pending(owed)
+        held, problems = self._commit_shares(request, made.manifest, what)
+        self._keep_pending(replace(owed, nodes=tuple(sorted(problems))))
         missing = [problems[i] for i in sorted(problems)]
         return Registered(made.manifest.version, tuple(sorted(held)), tuple(missing))
 

@@ -1,0 +1,153 @@
+"""Registration and password change cut off between their fan-outs (docs/threshold.md,
+"Registration" and "Finishing later"): once the commit may have gone out, the shares of
+the nodes that did not stage theirs are kept on the device, so that a commit landing
+without its answer (a SIGINT or SIGTERM, a crash, the relay failing after passing it
+on) is finished at the next contact, as a degraded one that returned is."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import httpx
+import pytest
+
+from backupvault.client.errors import FleetUnavailable, VaultError
+from backupvault.client.pending import PendingStore
+from backupvault.client.threshold import ThresholdVault
+from backupvault.protocol import EntryStatus, Op
+
+from .fake_fleet import FAST_KSF, FakeFleet
+
+RK = bytes(range(32))
+
+
+@pytest.fixture(autouse=True)
+def _no_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+
+
+def _cut_after(fleet: FakeFleet, op: Op, cut: Callable[[], httpx.Response]) -> None:
+    """The nodes act on the next `op` fan-out, then the answer never reaches the client
+    (`cut` raises, as a signal or a crash would, or answers what a failing relay does)."""
+    handle = fleet.handle
+
+    def cut_once(request: httpx.Request) -> httpx.Response:
+        answer = handle(request)
+        if request.url.path.endswith(f"/{op}"):
+            fleet.handle = handle  # type: ignore[method-assign]
+            return cut()
+        return answer
+
+    fleet.handle = cut_once  # type: ignore[method-assign]
+
+
+def _interrupt() -> httpx.Response:
+    raise KeyboardInterrupt
+
+
+def _relay_error() -> httpx.Response:
+    return httpx.Response(500, json={"error": "internal", "detail": "relay failed"})
+
+
+def _holders(fleet: FakeFleet) -> list[int]:
+    return [n.index for n in fleet.nodes if n.share is not None and n.manifest == fleet.replicated]
+
+
+@pytest.mark.parametrize(
+    ("cut", "raised"), [(_interrupt, KeyboardInterrupt), (_relay_error, VaultError)]
+)
+def test_a_registration_cut_off_after_its_commit_is_finished_at_the_next_contact(
+    tmp_path: Path, cut: Callable[[], httpx.Response], raised: type[BaseException]
+) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
+    _cut_after(fleet, Op.COMMIT_SHARES, cut)
+    with pytest.raises(raised):
+        fleet.vault(pending=PendingStore(path)).register("pw", RK, ksf=FAST_KSF)
+    assert _holders(fleet) == [0, 1, 2]  # committed: only the nodes that staged hold it
+    fleet.nodes[3].mode = fleet.nodes[4].mode = "ok"
+    # The next run of any command (a new process: only the file carries over).
+    vault = fleet.vault(pending=PendingStore(path))
+    assert vault.status().pending == ()
+    assert _holders(fleet) == [0, 1, 2, 3, 4]
+    # Every node holds its share: two of the first holders may be down.
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_password_change_cut_off_after_its_commit_is_finished_at_the_next_contact(
+    tmp_path: Path,
+) -> None:
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault(pending=PendingStore(path))
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovered = vault.recover("old", ksf_floor=FAST_KSF)
+    fleet.nodes[4].mode = "down"
+    _cut_after(fleet, Op.COMMIT_SHARES, _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        vault.change_password(recovered, "new", ksf=FAST_KSF)
+    assert _holders(fleet) == [0, 1, 2, 3]
+    old_share = fleet.nodes[4].share  # node 4 still holds the old password's share
+    fleet.nodes[4].mode = "ok"
+    again = fleet.vault(pending=PendingStore(path))
+    assert again.recover("new", ksf_floor=FAST_KSF).root_key == RK
+    assert again.status().pending == ()
+    assert _holders(fleet) == [0, 1, 2, 3, 4] and fleet.nodes[4].share != old_share
+
+
+def test_a_change_cut_off_before_its_commit_leaves_the_old_password_and_no_debt_in_force(
+    tmp_path: Path,
+) -> None:
+    """Stopped after staging: nothing changed. The new version's shares stay kept (its
+    commit may still land), but are never sent while the old version is in effect, and
+    the next change replaces them."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault(pending=PendingStore(path))
+    vault.register("old", RK, ksf=FAST_KSF)
+    version_1 = fleet.replicated
+    _cut_after(fleet, Op.REGISTER_SHARE, _interrupt)  # a password change stages with it too
+    _cut_after(fleet, Op.CHANGE_SHARE, _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    assert fleet.replicated == version_1
+    again = fleet.vault(pending=PendingStore(path))
+    recovered = again.recover("old", ksf_floor=FAST_KSF)
+    assert again.status().status == EntryStatus.LIVE
+    assert again.change_password(recovered, "newer", ksf=FAST_KSF).missing == ()
+    assert again.status().pending == ()
+    assert again.recover("newer", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_registration_whose_commit_lands_after_the_client_gave_up_is_finished_later(
+    tmp_path: Path,
+) -> None:
+    """No node answered the commit in time and t nodes still answered no entry, so the
+    client said the commit may still take effect; settling then committed it. The shares
+    of the nodes that staged none were kept, and go out at the next contact."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    fleet.nodes[4].mode = "down"
+    handle = fleet.handle
+    held_back: list[httpx.Request] = []
+
+    def commit_held_back(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
+            held_back.append(request)  # accepted by a minority, not committed yet
+            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "timeout"})
+        return handle(request)
+
+    fleet.handle = commit_held_back  # type: ignore[method-assign]
+    vault: ThresholdVault = fleet.vault(pending=PendingStore(path))
+    vault.delivery_patience = 0.05
+    with pytest.raises(FleetUnavailable, match="may still take effect"):
+        vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.handle = handle  # type: ignore[method-assign]
+    handle(held_back[-1])  # settling commits it
+    assert _holders(fleet) == [0, 1, 2, 3]
+    fleet.nodes[4].mode = "ok"
+    assert fleet.vault(pending=PendingStore(path)).status().pending == ()
+    assert _holders(fleet) == [0, 1, 2, 3, 4]
