@@ -117,7 +117,7 @@ class FakeFleet:
         return len(self.nodes) // 2 + 1
 
     def vault(
-        self, notes: list[str] | None = None, pending: PendingStore | None = None
+        self, notes: list[str] | None = None, pending: PendingStore | None = None, epoch: int = 0
     ) -> ThresholdVault:
         client = VaultClient(
             "http://relay.test",
@@ -131,7 +131,9 @@ class FakeFleet:
             fleet_token="fleet-token",
         )
         keys = FleetKeys(
-            tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes), self.t, 0
+            tuple(node.signing.public_key().public_bytes_raw() for node in self.nodes),
+            self.t,
+            epoch,
         )
         return ThresholdVault(
             client,

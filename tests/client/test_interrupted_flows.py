@@ -15,6 +15,7 @@ import pytest
 from backupvault.client.errors import FleetUnavailable, VaultError
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import ThresholdVault
+from backupvault.client.trust import FleetSession
 from backupvault.protocol import EntryStatus, Op
 
 from .fake_fleet import FAST_KSF, FakeFleet
@@ -151,3 +152,48 @@ def test_a_registration_whose_commit_lands_after_the_client_gave_up_is_finished_
     fleet.nodes[4].mode = "ok"
     assert fleet.vault(pending=PendingStore(path)).status().pending == ()
     assert _holders(fleet) == [0, 1, 2, 3, 4]
+
+
+def _rotated(path: Path) -> tuple[FakeFleet, FakeFleet, FleetSession]:
+    """A key registered on epoch 0's fleet, and a session on epoch 1's, which moves it
+    there at the next recovery; one pending file for both, as on a device."""
+    old, new = FakeFleet(5), FakeFleet(5)
+    old.vault(pending=PendingStore(path)).register("pw", RK, ksf=FAST_KSF)
+    older = FleetSession(old.vault(pending=PendingStore(path), epoch=0), 0)
+    current = FleetSession(new.vault(pending=PendingStore(path), epoch=1), 1, iter([(0, older)]))
+    return old, new, current
+
+
+def test_a_key_moved_to_a_new_epoch_with_a_node_down_is_finished_there_later(
+    tmp_path: Path,
+) -> None:
+    """Moving the key registers it on the new epoch (degraded: node 4 down), then deletes
+    it on the old one: that erasure's bookkeeping must not forget the new epoch's shares
+    (one record per entry, whatever the epoch, let the old epoch's confirmed erasure drop
+    them: node 4 never got its share)."""
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    new.nodes[4].mode = "down"
+    moved = session.recover_or_migrate("pw")
+    assert (moved.root_key, moved.migrated_from) == (RK, 0)
+    assert all(node.share is None for node in old.nodes)  # deleted there
+    new.nodes[4].mode = "ok"
+    assert FleetSession(new.vault(pending=PendingStore(path), epoch=1), 1).status().pending == ()
+    assert _holders(new) == [0, 1, 2, 3, 4]
+
+
+def test_an_old_epochs_erasure_owed_does_not_push_out_the_new_epochs_shares(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    new.nodes[4].mode = old.nodes[1].mode = "down"
+    session.recover_or_migrate("pw")
+    assert old.nodes[1].share is not None  # its erasure is owed
+    new.nodes[4].mode = old.nodes[1].mode = "ok"
+    current = FleetSession(new.vault(pending=PendingStore(path), epoch=1), 1)
+    assert current.status().pending == ()
+    assert _holders(new) == [0, 1, 2, 3, 4]
+    # The old epoch's erasure is still owed to its node, and sent at its next contact.
+    assert FleetSession(old.vault(pending=PendingStore(path), epoch=0), 0).status().pending == ()
+    assert old.nodes[1].share is None

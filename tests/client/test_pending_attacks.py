@@ -222,7 +222,7 @@ def test_two_processes_never_save_over_each_other(tmp_path: Path) -> None:
     assert PendingStore(path).get(*record.key) == newer
 
 
-def _key(path: Path) -> tuple[bytes, str, str]:
+def _key(path: Path) -> tuple[bytes, str, str, int]:
     body = json.loads(path.read_text())
     only = body["records"][0]
-    return bytes.fromhex(only["fleet_id"]), only["account"], only["entry"]
+    return bytes.fromhex(only["fleet_id"]), only["account"], only["entry"], 0

@@ -40,7 +40,7 @@ def _degraded(fleet: InProcessFleet, down: int = 3) -> tuple[ThresholdVault, Pen
     vault.pending = PendingStore(None)
     assert vault.register("pw", ROOT_KEY, ksf=FAST_KSF).degraded
     fleet.restart(down)
-    owed = vault.pending.get(FLEET_ID, "alice", ENTRY)
+    owed = vault.pending.get(FLEET_ID, "alice", ENTRY, vault.keys.epoch)
     assert owed is not None and owed.nodes == (down,) and not owed.needs_export_key
     return vault, owed
 

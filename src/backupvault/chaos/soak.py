@@ -1296,7 +1296,9 @@ def final_checks(
         hidden_guesses_without_error=sum(g.hidden_without_error for g in ghosts),
         error_samples=tally.samples,
         error_reasons=dict(tally.reasons.most_common(20)),
-        share_holders=_share_holders(dumps, known, fleet_id, fleet.nodes),
+        share_holders=_share_holders(
+            dumps, known, (fleet_id, fleet.client_config.epoch), fleet.nodes
+        ),
     )
 
     checks.append(
@@ -1315,7 +1317,7 @@ def final_checks(
 def _share_holders(
     dumps: dict[int, dict[tuple[str, str], dict[str, Any]]],
     ghosts: list[EntryGhost],
-    fleet_id: bytes,
+    fleet: tuple[bytes, int],
     nodes: int,
 ) -> dict[str, Any]:
     """After the final recoveries, how many nodes hold a share of each live entry's
@@ -1329,7 +1331,7 @@ def _share_holders(
             continue
         holders = {i for i, r in enumerate(records) if r is not None and r.get("holds_share")}
         by_count[len(holders)] += 1
-        debt = ghost.pending.get(fleet_id, ghost.account, ghost.entry)
+        debt = ghost.pending.get(fleet[0], ghost.account, ghost.entry, fleet[1])
         for node in set(range(nodes)) - holders:
             if debt is not None and node in debt.nodes:
                 owed += 1

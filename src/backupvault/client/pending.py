@@ -16,6 +16,7 @@ public (the owner's signature) and is kept as it is.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -53,6 +54,8 @@ WRAPPED = "export-key"
 _SIGNATURE_LEN = 64  # Ed25519
 #: The operations a pending record re-sends.
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
+#: Whose deliveries a record is: fleet id, account, entry, epoch.
+Key = tuple[bytes, str, str, int]
 
 
 class PendingFileDamaged(VaultError):
@@ -114,9 +117,18 @@ class Pending:
         """Whether delivering it needs a recovery first (shares of an earlier build)."""
         return self.op is Op.REGISTER_SHARE and self.sealing == WRAPPED
 
+    @functools.cached_property
+    def epoch(self) -> int:
+        """The node-set epoch the record's manifest was dealt for."""
+        return manifests.Manifest.from_bytes(self.manifest).epoch
+
     @property
-    def key(self) -> tuple[bytes, str, str]:
-        return self.fleet_id, self.account, self.entry
+    def key(self) -> Key:
+        """An entry's deliveries are kept per epoch: while a rotation moves the key
+        (registered on the new epoch, then deleted on the old), each epoch may be owed
+        something, and one record per entry let the old epoch's erasure push out the new
+        epoch's shares (or drop them once confirmed)."""
+        return self.fleet_id, self.account, self.entry, self.epoch
 
     def without(self, acknowledged: set[int]) -> Pending | None:
         left = tuple(n for n in self.nodes if n not in acknowledged)
@@ -276,7 +288,7 @@ class PendingStore:
     def __init__(self, path: Path | None) -> None:
         self.path = path
         self._lock = threading.Lock()
-        self._memory: dict[tuple[bytes, str, str], Pending] = {}
+        self._memory: dict[Key, Pending] = {}
 
     @contextlib.contextmanager
     def _changing(self) -> Iterator[None]:
@@ -288,7 +300,7 @@ class PendingStore:
             with locked(self.path, timeout=self.LOCK_TIMEOUT):
                 yield
 
-    def _load(self) -> dict[tuple[bytes, str, str], Pending]:
+    def _load(self) -> dict[Key, Pending]:
         if self.path is None:
             return dict(self._memory)
         try:
@@ -306,7 +318,7 @@ class PendingStore:
             raise PendingFileDamaged(self.path, str(err) or type(err).__name__) from None
         return {r.key: r for r in records}
 
-    def _save(self, records: dict[tuple[bytes, str, str], Pending]) -> None:
+    def _save(self, records: dict[Key, Pending]) -> None:
         if self.path is None:
             self._memory = dict(records)
             return
@@ -321,23 +333,23 @@ class PendingStore:
         finally:
             os.close(folder)
 
-    def get(self, fleet_id: bytes, account: str, entry: str) -> Pending | None:
+    def get(self, fleet_id: bytes, account: str, entry: str, epoch: int) -> Pending | None:
         with self._lock:
-            return self._load().get((fleet_id, account, entry))
+            return self._load().get((fleet_id, account, entry, epoch))
 
     def put(self, record: Pending) -> None:
-        """Keep `record` in place of whatever the entry was owed (an older version's
-        deliveries are void once the version moved on)."""
+        """Keep `record` in place of whatever the entry was owed on its epoch (an older
+        version's deliveries are void once the version moved on)."""
         with self._changing():
             records = self._load()
             records[record.key] = record
             self._save(records)
 
-    def drop(self, fleet_id: bytes, account: str, entry: str, version: int | None = None) -> None:
-        """Forget the entry's deliveries (only those for `version`, if given)."""
+    def drop(self, key: Key, version: int | None = None) -> None:
+        """Forget the deliveries of `key` (only those for `version`, if given)."""
         with self._changing():
             records = self._load()
-            found = records.get((fleet_id, account, entry))
+            found = records.get(key)
             if found is None or (version is not None and found.version != version):
                 return
             del records[found.key]

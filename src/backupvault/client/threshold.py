@@ -684,12 +684,12 @@ class ThresholdVault:
             if record.nodes:
                 self.pending.put(record)
             else:
-                self.pending.drop(record.fleet_id, record.account, record.entry)
+                self.pending.drop(record.key)
         except VaultError as err:
             self._notify(f"warning: could not keep the undelivered part: {err.message}")
 
     def _owed(self) -> Pending | None:
-        return self.pending.get(self.vault.fleet_id, self.account, self.entry)
+        return self.pending.get(self.vault.fleet_id, self.account, self.entry, self.keys.epoch)
 
     def needs_password_to_finish(self) -> bool:
         """Whether this device keeps shares whose delivery needs a recovery first (shares
@@ -726,11 +726,10 @@ class ThresholdVault:
         if record is None:
             return ()
         in_reach = answered is None or bool(set(record.nodes) & set(answered))
-        key = (record.fleet_id, record.account, record.entry)
         current = live.version if live is not None else version
         if record.op is Op.DELETE_SHARE:
             if live is not None or status != EntryStatus.EMPTY or current != record.version:
-                self.pending.drop(*key, version=record.version)  # moved on
+                self.pending.drop(record.key, version=record.version)  # moved on
                 return ()
             if not in_reach:
                 return self.describe_pending(record)
@@ -740,7 +739,7 @@ class ThresholdVault:
             or current > record.version
             or (current == record.version and live.to_bytes() != record.manifest)
         ):
-            self.pending.drop(*key, version=record.version)  # moved on, or replaced
+            self.pending.drop(record.key, version=record.version)  # moved on, or replaced
             return ()
         if current < record.version or not in_reach:
             return self.describe_pending(record)  # not yet
