@@ -120,3 +120,23 @@ def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str
     assert done.returncode == 2
     assert "say what to keep" in done.stderr
     assert "hint: for instance `backup forget --keep-last 7`" in done.stderr
+
+
+@pytest.mark.parametrize("dash", ["\u2010", "\u2013", "\u00a0", "\u200b"])
+def test_a_recovery_code_pasted_with_unicode_dashes_is_not_echoed(
+    tmp_path: Path, dash: str
+) -> None:
+    """Such a code parses (crypto/recovery.py), so it is one: a usage error that names it
+    as an extra argument must leave it out as it does a code with ASCII dashes. Its
+    groups, four digits each between separators the message filter did not know, were
+    each too short to look like a code, and all 68 digits went to stderr."""
+    from backupvault.crypto import recovery
+
+    code = recovery.encode(bytes(range(32))).replace("-", dash)
+    done = backupvault(
+        "backup", "list", "--storage", str(tmp_path / "s"), "--recovery-code", "-", code
+    )
+    assert done.returncode == 2, done.stderr
+    shown = "".join(ch for ch in done.stdout + done.stderr if ch in "0123456789abcdef")
+    assert bytes(range(32)).hex()[:16] not in shown, done.stderr
+    assert "recovery code" in done.stderr

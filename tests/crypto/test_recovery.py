@@ -1,4 +1,5 @@
 import re
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
@@ -113,3 +114,42 @@ def test_a_secret_that_is_no_code_is_not_described_in_the_error(given: str) -> N
 def test_rejects_wrong_key_length() -> None:
     with pytest.raises(recovery.InvalidInput):
         recovery.encode(b"short")
+
+
+def _fullwidth(code: str) -> str:
+    return "".join(chr(ord(ch) - 0x21 + 0xFF01) if ch.isalnum() else ch for ch in code.upper())
+
+
+def _arabic_indic(code: str) -> str:
+    return "".join(chr(0x0660 + int(ch)) if ch.isdigit() else ch for ch in code)
+
+
+@pytest.mark.parametrize(
+    ("what", "change"),
+    [
+        ("Unicode hyphens (a word processor, a PDF)", lambda c: c.replace("-", "\u2010")),
+        ("non-breaking hyphens", lambda c: c.replace("-", "\u2011")),
+        ("en dashes", lambda c: c.replace("-", "\u2013")),
+        ("minus signs", lambda c: c.replace("-", "\u2212")),
+        ("no-break spaces", lambda c: c.replace("-", "\u00a0")),
+        ("narrow no-break spaces", lambda c: c.replace("-", "\u202f")),
+        ("zero-width spaces (copied from a web page)", lambda c: c.replace("-", "\u200b")),
+        ("a byte order mark (a file saved by Notepad)", lambda c: "\ufeff" + c + "\r\n"),
+        ("fullwidth digits and letters (an East Asian input method)", _fullwidth),
+        ("Arabic-Indic digits (a phone keyboard)", _arabic_indic),
+    ],
+)
+def test_a_code_typed_or_pasted_with_other_unicode_forms_parses(
+    what: str, change: Callable[[str], str]
+) -> None:
+    """Each of these was "not a recovery code" (or "'\\ufeff' in group 1 is not a
+    hexadecimal digit"): a user holding the right code could not restore."""
+    code = change(recovery.encode(KEY))
+    assert recovery.decode(code) == KEY, what
+    assert recovery.looks_like_code(code), what  # and kept out of messages as a code is
+
+
+def test_a_unicode_digit_in_the_wrong_place_is_still_a_typo() -> None:
+    code = recovery.encode(KEY)
+    with pytest.raises(RecoveryCodeError, match="checksum"):
+        recovery.decode(chr(0x0660 + 9) + code[1:])  # "\u0669" (9) for the first digit, 0

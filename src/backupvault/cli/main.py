@@ -1290,9 +1290,6 @@ def _json_requested(args: list[str]) -> bool:
 
 _CODE_HIDDEN = "<a recovery code, not shown>"
 _ID_LENGTH = 32  # of a snapshot or backup id, in hex
-#: Hexadecimal digits, possibly in groups: a recovery code as typed, dashes or spaces
-#: between its groups (click joins several extra arguments with spaces).
-_HEX_RUN = re.compile(r"[0-9A-Fa-f](?:[0-9A-Fa-f]|[- \t])*[0-9A-Fa-f]")
 
 
 def _without_codes(message: str) -> str:
@@ -1307,7 +1304,9 @@ def _without_codes(message: str) -> str:
         ids = all(len(part) == _ID_LENGTH for part in text.split())
         return _CODE_HIDDEN if recovery.looks_like_code(text) and not ids else text
 
-    return _HEX_RUN.sub(hidden, message)
+    # Digits, possibly in groups: a code as typed, dashes or spaces between its groups
+    # (click joins several extra arguments with spaces).
+    return recovery.CODE_RUN.sub(hidden, message)
 
 
 def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:

@@ -6,13 +6,18 @@ of the 32 key bytes. A CRC-16 detects every burst error of up to 16 bits, so eve
 single mistyped digit (a 4-bit burst) and every swap of two neighbouring digits (an
 8-bit burst) is caught before the code is used. Parsing ignores case, spaces, dashes and
 line endings (``\\r\\n`` too), so a code read aloud, retyped on a phone or kept in a file
-written on Windows still parses.
+written on Windows still parses. It reads Unicode forms too (`_digits`): a code pasted
+from a document or a web page, or typed on a phone, comes with Unicode hyphens and
+no-break or zero-width spaces, fullwidth or other scripts' digits, or a byte order mark.
 """
 
 from __future__ import annotations
 
 import binascii
+import hmac
 import os
+import re
+import unicodedata
 
 from backupvault.errors import InvalidInput
 
@@ -21,9 +26,23 @@ _KEY_DIGITS = 2 * ROOT_KEY_LEN
 _CHECK_DIGITS = 4
 _GROUP = 4
 _HEX = frozenset("0123456789abcdef")
-#: What parsing ignores: a line ending from a file written on Windows, or a `\r\n`
-#: pipe, included (the password reader strips it too).
-_SEPARATORS = " -\t\r\n"
+#: What parsing ignores, besides whitespace (a line ending from a file written on
+#: Windows, or a `\r\n` pipe, included), dashes (Unicode category Pd) and invisible format
+#: characters (Cf: zero-width spaces, a byte order mark): the minus sign, which some
+#: documents put for a dash.
+_SEPARATORS = "\u2212"
+_IGNORED_CATEGORIES = frozenset({"Pd", "Cf"})
+#: A run of characters that may be a code's, separators between them: what `_digits`
+#: reads (any script's decimal digits, fullwidth letters, the Unicode dashes and spaces
+#: and invisible characters it leaves out). For finding codes in a message: a code pasted
+#: with Unicode hyphens was four-digit groups to a filter knowing only "-" and " ", each
+#: too short to be a code, and went whole to stderr.
+_CODE_CHAR = r"[0-9a-fA-F\d\uff21-\uff26\uff41-\uff46]"
+_CODE_SEPARATOR = (
+    r"[\s\-\u00ad\u2010-\u2015\u2212\u200b-\u200f\u2060-\u2064\ufeff"
+    r"\u2e3a\u2e3b\u301c\u30a0\ufe58\ufe63\uff0d]"
+)
+CODE_RUN = re.compile(rf"{_CODE_CHAR}(?:{_CODE_CHAR}|{_CODE_SEPARATOR})*{_CODE_CHAR}")
 #: A hexadecimal argument this long (separators left out) may be a recovery code, even a
 #: mistyped one; snapshot and backup ids (16 bytes) are shorter, so nothing else the CLI
 #: takes is.
@@ -60,7 +79,16 @@ def encode(root_key: bytes) -> str:
 
 
 def _digits(code: str) -> str:
-    return "".join(ch for ch in code.lower() if ch not in _SEPARATORS)
+    """The code's digits, lower case, separators left out. NFKC first (fullwidth digits
+    and letters, no-break spaces, the non-breaking hyphen), then every decimal digit of
+    any script as its ASCII one: the checksum still catches a wrong one."""
+    digits = []
+    for ch in unicodedata.normalize("NFKC", code).lower():
+        if ch.isspace() or ch in _SEPARATORS or unicodedata.category(ch) in _IGNORED_CATEGORIES:
+            continue
+        value = unicodedata.decimal(ch, None)
+        digits.append(ch if value is None else str(value))
+    return "".join(digits)
 
 
 def looks_like_code(text: str) -> bool:
@@ -103,7 +131,7 @@ def decode(code: str) -> bytes:
             hint="a recovery code only uses the digits 0-9 and the letters a-f",
         )
     root_key = bytes.fromhex(digits[:_KEY_DIGITS])
-    if digits[_KEY_DIGITS:] != _check_digits(root_key):
+    if not hmac.compare_digest(digits[_KEY_DIGITS:], _check_digits(root_key)):
         raise RecoveryCodeError(
             "the recovery code's checksum does not match: a digit is mistyped or two are swapped",
             hint="compare each group with the written code; nothing was tried with this code",
