@@ -139,3 +139,112 @@ def test_sigterm_during_a_backup_exits_130_saying_what_it_left(tmp_path: Path) -
         _, err = backup.communicate(timeout=60)
     assert backup.returncode == 130, err
     assert "backup interrupted: no snapshot was saved" in err
+
+
+class _ChangingSession:
+    """A session whose password change (or delete) gets a signal mid-way, between its
+    fan-outs: `signals` of them."""
+
+    def __init__(self, signals: tuple[int, ...]) -> None:
+        self.signals = signals
+        self.finished: list[str] = []
+
+    def recover_or_migrate(self, password: str) -> SimpleNamespace:
+        return self.recover(password)
+
+    def recover(self, password: str) -> SimpleNamespace:
+        threshold = SimpleNamespace(pending=(), reset_confirmed=True, reset_missing=())
+        return SimpleNamespace(wrong_guesses_before=0, threshold=threshold)
+
+    def status(self) -> SimpleNamespace:
+        from backupvault.protocol import EntryStatus
+
+        return SimpleNamespace(status=EntryStatus.LIVE)
+
+    def _between_fan_outs(self, what: str) -> None:
+        for signum in self.signals:
+            os.kill(os.getpid(), signum)  # after staging, before the commit went out
+        self.finished.append(what)  # stands for the commit and its answers
+
+    def change_password(self, recovered: object, new: str) -> SimpleNamespace:
+        self._between_fan_outs("change")
+        return SimpleNamespace(version=2, missing=())
+
+    def delete(self, recovered: object) -> tuple[int, tuple[str, ...]]:
+        self._between_fan_outs("delete")
+        return 1, ()
+
+
+COMMANDS = {
+    "change": (["vault", "change-password", "--password-stdin"], "old password\nnew password\n"),
+    "delete": (["vault", "delete", "--yes", "--password-stdin"], "the password\n"),
+}
+
+
+@pytest.mark.parametrize("what", sorted(COMMANDS))
+def test_a_signal_during_a_change_with_the_vault_lets_it_finish_and_says_it_took_effect(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], what: str
+) -> None:
+    """Stopped between staging and commit, a password change (or a delete) may land
+    unseen, and the user does not know which password opens the key (a retry with the
+    old one after the change landed costs a guess)."""
+    from backupvault.cli import main as cli_main
+
+    session = _ChangingSession((signal.SIGTERM,))
+    monkeypatch.setattr(cli_main.Context, "session", lambda self: session)
+    monkeypatch.setattr(cli_main.Context, "config", lambda self: SimpleNamespace(storage=None))
+    args, stdin = COMMANDS[what]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 130
+    assert session.finished == [what]
+    err = capsys.readouterr().err
+    assert "it was let finish, and took effect" in err
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_a_second_signal_during_a_password_change_stops_and_says_either_password_may_open(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from backupvault.cli import main as cli_main
+
+    session = _ChangingSession((signal.SIGINT, signal.SIGINT))
+    monkeypatch.setattr(cli_main.Context, "session", lambda self: session)
+    args, stdin = COMMANDS["change"]
+    monkeypatch.setattr(sys, "stdin", io.StringIO(stdin))
+    with pytest.raises(SystemExit) as exited:
+        main(args)
+    assert exited.value.code == 130
+    assert session.finished == []
+    err = capsys.readouterr().err
+    assert "may or may not have taken effect" in err
+    assert "the new password opens your key or the old one still does" in err
+    assert "`backupvault vault status` shows the version in effect" in err
+
+
+def test_a_signal_during_a_first_backups_registration_lets_it_finish(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from backupvault.cli import main as cli_main
+    from backupvault.client.errors import NotRegistered
+
+    registered: list[bytes] = []
+
+    class Session:
+        def recover_or_migrate(self, password: str) -> None:
+            raise NotRegistered()
+
+        def register(self, password: str, root_key: bytes) -> SimpleNamespace:
+            os.kill(os.getpid(), signal.SIGINT)
+            registered.append(root_key)
+            return SimpleNamespace(missing=())
+
+    ctx = cli_main.Context(Output(json_mode=True), None, False)
+    monkeypatch.setattr(cli_main.Context, "session", lambda self: Session())
+    with pytest.raises(Interrupted) as stopped:
+        cli_main._root_key_from_vault(ctx, "a long enough passphrase here", register=True)
+    assert len(registered) == 1
+    assert "the registration of a new key with the vault" in stopped.value.message
+    assert "run the command again to use it" in (stopped.value.hint or "")

@@ -16,7 +16,7 @@ import re
 import signal
 import sys
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -298,34 +298,74 @@ def _committed() -> None:
             signal.signal(signum, signal.SIG_IGN)
 
 
-_CHECK_DEFERRED = (
-    "finishing the password check with the vault, so it does not count as a wrong guess;"
-    " press Ctrl-C again to stop now (the check may then count as a guess)\n"
+@dataclass(frozen=True)
+class _Deferral:
+    """What the user hears when a signal comes during a step with the vault that is let
+    finish (`_deferring`): at the first signal (on stderr), at a second one (it stopped
+    at once), when the step then failed, and when it then worked."""
+
+    notice: str
+    cut: str
+    cut_hint: str
+    failed: str
+    done: str
+    done_hint: str
+
+
+_CHECK = _Deferral(
+    notice="finishing the password check with the vault, so it does not count as a wrong"
+    " guess; press Ctrl-C again to stop now (the check may then count as a guess)\n",
+    cut="interrupted during the password check with the vault",
+    cut_hint="the check may have counted as a guess, even with the right password;"
+    " `backupvault vault status` shows the guesses left, and the next successful"
+    " recovery (run the command again) resets the count",
+    failed="interrupted; the password check with the vault ended first",
+    done="interrupted after the password check with the vault: it was let finish, so it"
+    " did not count as a wrong guess; nothing was changed beyond the check",
+    done_hint="run the command again",
 )
 
 
-class _CheckCut(KeyboardInterrupt):
-    """The second signal during a password check: stop at once."""
+def _change(what: str, new: str, old: str, done_hint: str) -> _Deferral:
+    """For a registration, a password change or a delete: the first signal lets it
+    finish, so that the user learns which of `new` and `old` is in effect (stopped
+    between its fan-outs, it may land unseen). Nothing is lost by a second signal: t
+    nodes stage the new shares before the commit goes out, and the device keeps the
+    shares the others are owed (docs/threshold.md, "Registration")."""
+    return _Deferral(
+        notice=f"finishing {what} with the vault, so that you know whether it took effect;"
+        f" press Ctrl-C again to stop now (then {new} or {old}, and `backupvault vault"
+        " status` tells which)\n",
+        cut=f"interrupted during {what} with the vault: it may or may not have taken effect",
+        cut_hint=f"{new} or {old}: `backupvault vault status` shows the version in effect"
+        " (a commit still on its way may land in the next seconds); what some nodes"
+        " missed is kept on this device and sent at its next contact",
+        failed=f"interrupted; {what} with the vault ended first",
+        done=f"interrupted after {what} with the vault: it was let finish, and took effect",
+        done_hint=done_hint,
+    )
+
+
+class _Cut(KeyboardInterrupt):
+    """The second signal during a step that is let finish: stop at once."""
 
 
 @contextlib.contextmanager
-def _password_check(output: Output) -> Iterator[None]:
-    """Around a recovery (the vault's password check): Ctrl-C or SIGTERM waits for it to
-    end. The nodes count the attempt once they evaluate, and only the reset a success
-    sends takes it back: stopped in between, even the right password used up a guess (a
-    cron job under `timeout`, interrupted ten times, destroyed its key). The first signal
-    is deferred, said on stderr, and ends the command once the check is over (Interrupted,
-    exit 130); a second stops at once, and says the check may have counted. The SDK does
-    no signal handling of its own: this stays in the CLI."""
+def _deferring(output: Output, deferral: _Deferral) -> Iterator[None]:
+    """Around a step with the vault that must not stop half-way: Ctrl-C or SIGTERM waits
+    for it to end. The first signal is deferred, said on stderr, and ends the command
+    once the step is over (Interrupted, exit 130); a second stops at once, and says what
+    that may have left. The SDK does no signal handling of its own: this stays in the
+    CLI."""
     received: list[int] = []
 
     def deferred(signum: int, frame: object) -> None:
         if received:
-            raise _CheckCut
+            raise _Cut
         received.append(signum)
         if not output.json_mode:
             with contextlib.suppress(OSError):
-                os.write(2, _CHECK_DEFERRED.encode())  # no buffered stream from a handler
+                os.write(2, deferral.notice.encode())  # no buffered stream from a handler
 
     previous: dict[signal.Signals, Any] = {}
     with contextlib.suppress(ValueError):  # not the main thread (an embedding): no signals
@@ -333,17 +373,12 @@ def _password_check(output: Output) -> Iterator[None]:
             previous[signum] = signal.signal(signum, deferred)
     try:
         yield
-    except _CheckCut:
-        raise Interrupted(
-            "interrupted during the password check with the vault",
-            hint="the check may have counted as a guess, even with the right password;"
-            " `backupvault vault status` shows the guesses left, and the next successful"
-            " recovery (run the command again) resets the count",
-        ) from None
+    except _Cut:
+        raise Interrupted(deferral.cut, hint=deferral.cut_hint) from None
     except BackupVaultError as err:
         if received:  # it ended with an error (a wrong password, say): it ends the command
             raise Interrupted(
-                f"interrupted; the password check with the vault ended first: {err.message}",
+                f"{deferral.failed}: {err.message}",
                 hint=err.hint or "nothing else was done; run the command again",
             ) from None
         raise
@@ -351,11 +386,37 @@ def _password_check(output: Output) -> Iterator[None]:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
     if received:
-        raise Interrupted(
-            "interrupted after the password check with the vault: it was let finish, so it"
-            " did not count as a wrong guess; nothing was changed beyond the check",
-            hint="run the command again",
-        )
+        raise Interrupted(deferral.done, hint=deferral.done_hint)
+
+
+_REGISTRATION = _change(
+    "the registration of a new key",
+    "the new key is registered",
+    "none is",
+    "the new key is registered behind your password; run the command again to use it",
+)
+_PASSWORD_CHANGE = _change(
+    "the password change",
+    "the new password opens your key",
+    "the old one still does",
+    "the new password opens your key; `backupvault vault status` shows whether every"
+    " node confirmed it",
+)
+_DELETE = _change(
+    "the deletion of your key",
+    "the key is deleted",
+    "it is still there",
+    "the key is deleted; `backupvault vault status` shows whether every node confirmed"
+    " erasing its share",
+)
+
+
+def _password_check(output: Output) -> contextlib.AbstractContextManager[None]:
+    """Around a recovery (the vault's password check): the nodes count the attempt once
+    they evaluate, and only the reset a success sends takes it back: stopped in between,
+    even the right password used up a guess (a cron job under `timeout`, interrupted ten
+    times, destroyed its key)."""
+    return _deferring(output, _CHECK)
 
 
 def _warn_if_weak(ctx: Context, password: str) -> None:
@@ -456,7 +517,8 @@ def _root_key_from_vault(
             raise UsageError("the two passwords differ: nothing was registered; run it again")
     root_key = recovery.new_root_key()
     try:
-        registered = session.register(password, root_key)
+        with _deferring(ctx.output, _REGISTRATION):
+            registered = session.register(password, root_key)
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
@@ -1199,7 +1261,8 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     if not password_stdin:
         new = _password(False, confirm=True, prompt="New password")
     _warn_if_weak(ctx, new)
-    changed = session.change_password(recovered, new)
+    with _deferring(ctx.output, _PASSWORD_CHANGE):
+        changed = session.change_password(recovered, new)
     _warn_degraded(ctx, changed.missing)
     ctx.output.result(
         {"changed": True, "version": changed.version, "nodes_pending": list(changed.missing)},
@@ -1269,7 +1332,8 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     password = _password(password_stdin)
     with _password_check(ctx.output):
         recovered = session.recover(password)
-    version, pending = session.delete(recovered)
+    with _deferring(ctx.output, _DELETE):
+        version, pending = session.delete(recovered)
     text = "key deleted from the vault"
     if pending:
         text += (
