@@ -564,3 +564,21 @@ def test_a_node_silent_longer_is_owed_its_share_and_not_waited_for(fleet: FakeFl
     assert owed is not None and owed.nodes == (3,)
     recovered = vault.recover("pw", ksf_floor=FAST_KSF)  # the next success delivers it
     assert recovered.pending == () and fleet.nodes[3].share is not None
+
+
+def test_a_password_typed_in_another_unicode_form_is_the_same_password(
+    fleet: FakeFleet,
+) -> None:
+    """ "café" with é as one code point (most keyboards) or as e + U+0301 (a paste from a
+    PDF or a file name, some input methods) was two passwords: the right one, typed on
+    another device, counted as a wrong guess."""
+    composed, decomposed = (
+        "caf\u00e9 cr\u00e8me br\u00fbl\u00e9e",
+        "cafe\u0301 cre\u0300me bru\u0302le\u0301e",
+    )
+    vault = fleet.vault()
+    vault.register(decomposed, RK, ksf=FAST_KSF)
+    assert vault.recover(composed, ksf_floor=FAST_KSF).root_key == RK
+    recovered = vault.recover(decomposed, ksf_floor=FAST_KSF)
+    vault.change_password(recovered, composed, ksf=FAST_KSF)
+    assert vault.recover(decomposed, ksf_floor=FAST_KSF).wrong_guesses_before == 0

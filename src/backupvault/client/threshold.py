@@ -19,6 +19,7 @@ from __future__ import annotations
 import itertools
 import secrets
 import time
+import unicodedata
 from collections import Counter
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field, replace
@@ -100,6 +101,14 @@ FETCH_TRIES = 3
 MANIFEST_TRIES = 6
 MANIFEST_BACKOFF_CAP_SECONDS = 1.0
 RETRY_BACKOFF_SECONDS = 0.2
+
+
+def password_bytes(password: str) -> bytes:
+    """The password as the OPRF takes it: the UTF-8 of its NFC form (the normalization of
+    RFC 8265's OpaqueString profile). Without it "é" as one code point (most keyboards)
+    and as e + U+0301 (a paste from a PDF, some input methods) were two passwords, and
+    the right one typed on another device counted as a wrong guess."""
+    return unicodedata.normalize("NFC", password).encode()
 
 
 def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
@@ -447,7 +456,7 @@ class ThresholdVault:
     ) -> Registered:
         """A new entry (version 1, or the version after a deleted one's)."""
         made = manifests.register(
-            password.encode(),
+            password_bytes(password),
             root_key,
             fleet_id=self.vault.fleet_id,
             account=self.account,
@@ -933,7 +942,7 @@ class ThresholdVault:
             or manifest.ksf.iterations < ksf_floor.iterations
         ):
             raise VaultError("the vault's entry asks for weaker password stretching than allowed")
-        secret = password.encode()
+        secret = password_bytes(password)
         blind, blinded = oprf.blind(secret)
         request = EvaluateRequest(
             self.account, self.entry, manifest.version, blinded, self._clock_ms()
@@ -1146,7 +1155,7 @@ class ThresholdVault:
         CHANGE_PASSWORD statement over the new manifest."""
         old = recovery.manifest
         made = manifests.register(
-            new_password.encode(),
+            password_bytes(new_password),
             recovery.root_key,
             fleet_id=self.vault.fleet_id,
             account=self.account,
