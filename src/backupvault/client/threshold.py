@@ -563,6 +563,15 @@ class ThresholdVault:
                 if time.monotonic() < deadline and len(held) < self.t:
                     continue
                 outcomes = []
+            except VaultError as err:
+                # The relay's 500, 429, 401 or a malformed answer: an untrusted relay may
+                # have passed the commit on all the same, so the manifests below tell what
+                # is in effect. Raised as it was, it said the change failed when it had
+                # landed, and the user retried with the old password: a wrong guess.
+                for index in range(self.nodes):
+                    if index not in held:
+                        problems[index] = f"node {index}: no answer ({err.message})"
+                break
             for outcome in outcomes:
                 if outcome.index in held:
                     continue
