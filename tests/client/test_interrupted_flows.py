@@ -233,3 +233,36 @@ def test_a_registration_commit_the_relay_fails_before_any_node_took_it_says_so(
     fleet.handle = refused  # type: ignore[method-assign]
     with pytest.raises(FleetUnavailable, match="the entry is not registered yet"):
         fleet.vault(pending=PendingStore(tmp_path / "p.json")).register("pw", RK, ksf=FAST_KSF)
+
+
+def test_a_change_whose_commit_did_not_land_is_told_as_such_until_the_next_change(
+    tmp_path: Path,
+) -> None:
+    """Its shares are kept in case the commit still lands; until then they are not
+    "not yet confirmed" by each node (said at every backup), but one line that says why
+    they are kept, and the next change replaces them."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault(pending=PendingStore(path))
+    vault.register("old", RK, ksf=FAST_KSF)
+    handle = fleet.handle
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
+            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "timeout"})
+        return handle(request)
+
+    fleet.handle = lost  # type: ignore[method-assign]
+    vault.delivery_patience = 0.05
+    with pytest.raises(FleetUnavailable, match="may still take effect"):
+        vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    fleet.handle = handle  # type: ignore[method-assign]
+    said = vault.status().pending
+    assert said == (
+        "version 2 (a password change whose commit was not confirmed): its shares are kept"
+        " in case it still takes effect; version 1 is in effect, and the next password"
+        " change replaces them",
+    )
+    assert vault.recover("old", ksf_floor=FAST_KSF).pending == said
+    vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "newer", ksf=FAST_KSF)
+    assert vault.status().pending == ()

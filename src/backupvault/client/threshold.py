@@ -759,7 +759,15 @@ class ThresholdVault:
         ):
             self.pending.drop(record.key, version=record.version)  # moved on, or replaced
             return ()
-        if current < record.version or not in_reach:
+        if current < record.version:
+            # A change whose commit went out unconfirmed (`_deliver` keeps its shares
+            # first): owed to no node while it is not in effect, so not told node by node.
+            return (
+                f"version {record.version} (a password change whose commit was not"
+                " confirmed): its shares are kept in case it still takes effect; version"
+                f" {current} is in effect, and the next password change replaces them",
+            )
+        if not in_reach:
             return self.describe_pending(record)  # not yet
         op: Op
         requests: list[Message]
