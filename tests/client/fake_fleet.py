@@ -62,7 +62,8 @@ class FakeNode:
     hpke: NodePrivateKey
     signing: Ed25519PrivateKey
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
-    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`)
+    #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
+    #: "wrong_attempt" (a verifying partial with an attempt number of its own)
     mode: str = "ok"
     #: No answer to this many more requests (then "ok").
     down_for: int = 0
@@ -309,6 +310,8 @@ class FakeFleet:
                 other = threshold.KeyShare(node.index + 1, os.urandom(31) + b"\x00")
                 partial = threshold.evaluate_partial(other, request.blinded)
             index = partial.index + 1 if node.mode == "wrong_index" else partial.index
+            if node.mode == "wrong_attempt":
+                attempt += 1000 + node.index
             return EvaluateResponse(
                 attempt, index, partial.evaluated, partial.proof, LIMIT - node.count
             )

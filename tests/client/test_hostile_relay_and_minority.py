@@ -263,3 +263,20 @@ def test_a_relay_answer_without_end_is_not_read_into_memory(op: str) -> None:
         vault.recover("pw", ksf_floor=FAST_KSF)
     assert "larger than" in caught.value.message
     assert sent[0] <= 4  # chunks read before the client stopped
+
+
+def test_lying_attempt_numbers_and_a_slow_node_do_not_leave_the_right_password_counted() -> None:
+    """Two hostile nodes send partials that verify, each with an attempt number of its
+    own, while an honest node misses the first fan-out: t partials verified but only two
+    agreed, so no reset was signed and the right password's attempt stayed counted on
+    every honest node (L such recoveries destroy the key). The evaluation is resent
+    (the same B costs no second guess) until t verified partials agree."""
+    fleet = FakeFleet(5)
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "wrong_attempt"
+    fleet.nodes[2].unavailable_for = 1  # its first evaluate answer: not ready yet
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.reset_confirmed and recovered.reset_missing == ()
+    assert [node.count for node in fleet.nodes[2:]] == [0, 0, 0]  # honest counts reset
+    assert fleet.nodes[2].resets == 1

@@ -1019,8 +1019,11 @@ class ThresholdVault:
                 if o.index not in good and o.index not in rejected and _transient(o)
             )
             pause = min(RETRY_BACKOFF_CAP_SECONDS / 2, RETRY_BACKOFF_SECONDS * 2**round_number)
+            # t partials that verify but do not agree on the attempt's number (hostile
+            # nodes reporting their own) get no reset signed, and the right password's
+            # attempt stays counted; nodes still silent may make t agree.
             if (
-                len(good) >= self.t
+                (len(good) >= self.t and (_agreed_attempt(good, self.t) is not None or not waiting))
                 or len(good) + waiting < self.t
                 or (round_number >= EVALUATE_RESENDS and time.monotonic() + pause > give_up)
             ):
