@@ -144,6 +144,14 @@ def test_a_registration_whose_commit_lands_after_the_client_gave_up_is_finished_
     with pytest.raises(FleetUnavailable, match="may still take effect"):
         vault.register("pw", RK, ksf=FAST_KSF)
     fleet.handle = handle  # type: ignore[method-assign]
+    # `vault status` at once, as the message says: no entry yet, the shares still kept.
+    said = fleet.vault(pending=PendingStore(path)).status()
+    assert said.status == EntryStatus.EMPTY
+    assert said.pending == (
+        "version 1 (a registration or password change whose commit was not confirmed):"
+        " its shares are kept in case it still takes effect; no key is in effect yet, and"
+        " the next registration or password change replaces them",
+    )
     handle(held_back[-1])  # settling commits it
     assert _holders(fleet) == [0, 1, 2, 3]
     fleet.nodes[4].mode = "ok"
@@ -259,9 +267,9 @@ def test_a_change_whose_commit_did_not_land_is_told_as_such_until_the_next_chang
     fleet.handle = handle  # type: ignore[method-assign]
     said = vault.status().pending
     assert said == (
-        "version 2 (a password change whose commit was not confirmed): its shares are kept"
-        " in case it still takes effect; version 1 is in effect, and the next password"
-        " change replaces them",
+        "version 2 (a registration or password change whose commit was not confirmed):"
+        " its shares are kept in case it still takes effect; version 1 is in effect, and"
+        " the next registration or password change replaces them",
     )
     assert vault.recover("old", ksf_floor=FAST_KSF).pending == said
     vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "newer", ksf=FAST_KSF)

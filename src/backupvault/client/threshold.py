@@ -752,21 +752,21 @@ class ThresholdVault:
             if not in_reach:
                 return self.describe_pending(record)
             return self.describe_pending(self._finish_erasure(record))
-        if (
-            live is None
-            or current > record.version
-            or (current == record.version and live.to_bytes() != record.manifest)
-        ):
+        if current < record.version:
+            # A registration or change whose commit went out unconfirmed (`_deliver` keeps
+            # its shares first), which may still land: owed to no node while it is not in
+            # effect, so not told node by node. Dropped when the entry was seen without
+            # it, `vault status` run at once, as its message says, lost them when it then
+            # landed.
+            now = f"version {current} is in effect" if live else "no key is in effect yet"
+            return (
+                f"version {record.version} (a registration or password change whose commit"
+                f" was not confirmed): its shares are kept in case it still takes effect;"
+                f" {now}, and the next registration or password change replaces them",
+            )
+        if live is None or current > record.version or live.to_bytes() != record.manifest:
             self.pending.drop(record.key, version=record.version)  # moved on, or replaced
             return ()
-        if current < record.version:
-            # A change whose commit went out unconfirmed (`_deliver` keeps its shares
-            # first): owed to no node while it is not in effect, so not told node by node.
-            return (
-                f"version {record.version} (a password change whose commit was not"
-                " confirmed): its shares are kept in case it still takes effect; version"
-                f" {current} is in effect, and the next password change replaces them",
-            )
         if not in_reach:
             return self.describe_pending(record)  # not yet
         op: Op
