@@ -274,3 +274,33 @@ def test_a_change_whose_commit_did_not_land_is_told_as_such_until_the_next_chang
     assert vault.recover("old", ksf_floor=FAST_KSF).pending == said
     vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "newer", ksf=FAST_KSF)
     assert vault.status().pending == ()
+
+
+def test_an_unconfirmed_change_does_not_push_out_what_the_version_in_effect_is_owed(
+    tmp_path: Path,
+) -> None:
+    """Version 1 was registered with node 4 down (its share owed); a password change's
+    commit then went out unconfirmed and did not land. Both are kept: one record per
+    entry let the change's shares, kept before its commit, push out node 4's share of the
+    version still in effect, which it then never got."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    fleet.nodes[4].mode = "down"
+    vault = fleet.vault(pending=PendingStore(path))
+    assert vault.register("old", RK, ksf=FAST_KSF).degraded
+    handle = fleet.handle
+
+    def lost(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
+            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "timeout"})
+        return handle(request)
+
+    fleet.handle = lost  # type: ignore[method-assign]
+    vault.delivery_patience = 0.05
+    with pytest.raises(FleetUnavailable, match="may still take effect"):
+        vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    fleet.handle = handle  # type: ignore[method-assign]
+    fleet.nodes[4].mode = "ok"
+    said = fleet.vault(pending=PendingStore(path)).status().pending
+    assert len(said) == 1 and said[0].startswith("version 2 (a registration or password")
+    assert _holders(fleet) == [0, 1, 2, 3, 4]  # node 4 got its share of version 1

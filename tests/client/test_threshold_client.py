@@ -443,8 +443,7 @@ def test_a_degraded_registration_is_finished_at_the_next_recovery(fleet: FakeFle
     assert recovered.pending == ()
     assert fleet.nodes[3].share is not None and fleet.nodes[3].manifest == fleet.replicated
     assert (
-        vault.status().pending == ()
-        and vault.pending.get(FLEET_ID, "alice", vault.entry, 0) is None
+        vault.status().pending == () and vault.pending.owed(FLEET_ID, "alice", vault.entry, 0) == ()
     )
     # Every node holds a share now: two others may be down.
     fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
@@ -463,7 +462,7 @@ def test_a_pending_share_is_never_sent_after_the_password_changed(fleet: FakeFle
     version_2 = fleet.replicated
     seen = list(fleet.nodes[3].seen)
     assert device_a.recover("new", ksf_floor=FAST_KSF).pending == ()
-    assert device_a.pending.get(FLEET_ID, "alice", device_a.entry, 0) is None
+    assert device_a.pending.owed(FLEET_ID, "alice", device_a.entry, 0) == ()
     assert fleet.nodes[3].manifest == version_2
     assert "register-share" not in fleet.nodes[3].seen[len(seen) :]
 
@@ -549,7 +548,7 @@ def test_a_node_silent_for_one_fan_out_gets_its_share_before_registration_return
     vault.delivery_patience = 5.0
     fleet.nodes[3].down_for = 1
     assert not vault.register("pw", RK, ksf=FAST_KSF).degraded
-    assert vault.pending.get(FLEET_ID, "alice", vault.entry, 0) is None
+    assert vault.pending.owed(FLEET_ID, "alice", vault.entry, 0) == ()
 
 
 def test_a_node_silent_longer_is_owed_its_share_and_not_waited_for(fleet: FakeFleet) -> None:
@@ -560,8 +559,8 @@ def test_a_node_silent_longer_is_owed_its_share_and_not_waited_for(fleet: FakeFl
     fleet.nodes[3].down_for = 3  # both staging fan-outs and the commit
     done = vault.register("pw", RK, ksf=FAST_KSF)
     assert done.degraded and [m.split(":")[0] for m in done.missing] == ["node 3"]
-    owed = vault.pending.get(FLEET_ID, "alice", vault.entry, 0)
-    assert owed is not None and owed.nodes == (3,)
+    (owed,) = vault.pending.owed(FLEET_ID, "alice", vault.entry, 0)
+    assert owed.nodes == (3,)
     recovered = vault.recover("pw", ksf_floor=FAST_KSF)  # the next success delivers it
     assert recovered.pending == () and fleet.nodes[3].share is not None
 

@@ -40,8 +40,8 @@ def _degraded(fleet: InProcessFleet, down: int = 3) -> tuple[ThresholdVault, Pen
     vault.pending = PendingStore(None)
     assert vault.register("pw", ROOT_KEY, ksf=FAST_KSF).degraded
     fleet.restart(down)
-    owed = vault.pending.get(FLEET_ID, "alice", ENTRY, vault.keys.epoch)
-    assert owed is not None and owed.nodes == (down,) and not owed.needs_export_key
+    (owed,) = vault.pending.owed(FLEET_ID, "alice", ENTRY, vault.keys.epoch)
+    assert owed.nodes == (down,) and not owed.needs_export_key
     return vault, owed
 
 

@@ -1331,9 +1331,9 @@ def _share_holders(
             continue
         holders = {i for i, r in enumerate(records) if r is not None and r.get("holds_share")}
         by_count[len(holders)] += 1
-        debt = ghost.pending.get(fleet[0], ghost.account, ghost.entry, fleet[1])
+        debts = ghost.pending.owed(fleet[0], ghost.account, ghost.entry, fleet[1])
         for node in set(range(nodes)) - holders:
-            if debt is not None and node in debt.nodes:
+            if any(node in debt.nodes for debt in debts):
                 owed += 1
             else:
                 not_owed += 1

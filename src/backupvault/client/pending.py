@@ -54,8 +54,8 @@ WRAPPED = "export-key"
 _SIGNATURE_LEN = 64  # Ed25519
 #: The operations a pending record re-sends.
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
-#: Whose deliveries a record is: fleet id, account, entry, epoch.
-Key = tuple[bytes, str, str, int]
+#: Whose deliveries a record is: fleet id, account, entry, epoch, version.
+Key = tuple[bytes, str, str, int, int]
 
 
 class PendingFileDamaged(VaultError):
@@ -124,11 +124,13 @@ class Pending:
 
     @property
     def key(self) -> Key:
-        """An entry's deliveries are kept per epoch: while a rotation moves the key
-        (registered on the new epoch, then deleted on the old), each epoch may be owed
-        something, and one record per entry let the old epoch's erasure push out the new
-        epoch's shares (or drop them once confirmed)."""
-        return self.fleet_id, self.account, self.entry, self.epoch
+        """An entry's deliveries are kept per epoch and version. Per epoch: while a
+        rotation moves the key (registered on the new epoch, then deleted on the old),
+        each epoch may be owed something, and one record per entry let the old epoch's
+        erasure push out the new epoch's shares (or drop them once confirmed). Per
+        version: a change's shares are kept before its commit goes out, which may not
+        land; they pushed out the shares the version still in effect was owed."""
+        return self.fleet_id, self.account, self.entry, self.epoch, self.version
 
     def without(self, acknowledged: set[int]) -> Pending | None:
         left = tuple(n for n in self.nodes if n not in acknowledged)
@@ -333,27 +335,29 @@ class PendingStore:
         finally:
             os.close(folder)
 
-    def get(self, fleet_id: bytes, account: str, entry: str, epoch: int) -> Pending | None:
+    def owed(self, fleet_id: bytes, account: str, entry: str, epoch: int) -> tuple[Pending, ...]:
+        """What the entry is owed on `epoch`, by rising version."""
         with self._lock:
-            return self._load().get((fleet_id, account, entry, epoch))
+            found = [
+                r for k, r in self._load().items() if k[:4] == (fleet_id, account, entry, epoch)
+            ]
+        return tuple(sorted(found, key=lambda r: r.version))
 
     def put(self, record: Pending) -> None:
-        """Keep `record` in place of whatever the entry was owed on its epoch (an older
-        version's deliveries are void once the version moved on)."""
+        """Keep `record` in place of whatever its version was owed (the deliveries of
+        another version are left: `ThresholdVault.finish` drops them once the entry moved
+        past them)."""
         with self._changing():
             records = self._load()
             records[record.key] = record
             self._save(records)
 
-    def drop(self, key: Key, version: int | None = None) -> None:
-        """Forget the deliveries of `key` (only those for `version`, if given)."""
+    def drop(self, key: Key) -> None:
+        """Forget the deliveries of `key`."""
         with self._changing():
             records = self._load()
-            found = records.get(key)
-            if found is None or (version is not None and found.version != version):
-                return
-            del records[found.key]
-            self._save(records)
+            if records.pop(key, None) is not None:
+                self._save(records)
 
     def acknowledged(self, record: Pending, nodes: set[int]) -> Pending | None:
         """These nodes acknowledged `record`'s delivery: what is left of it, kept."""

@@ -696,8 +696,9 @@ class ThresholdVault:
     # ---- finishing later -------------------------------------------------------------------
 
     def _keep_pending(self, record: Pending) -> None:
-        """Keep what some nodes did not acknowledge (or forget the entry's older debts when
-        every node did). A damaged file is left as it is, and the user is told."""
+        """Keep what some nodes did not acknowledge (or forget its version's debts when
+        every node did; older versions' go at the next `finish`). A damaged file is left
+        as it is, and the user is told."""
         try:
             if record.nodes:
                 self.pending.put(record)
@@ -706,14 +707,13 @@ class ThresholdVault:
         except VaultError as err:
             self._notify(f"warning: could not keep the undelivered part: {err.message}")
 
-    def _owed(self) -> Pending | None:
-        return self.pending.get(self.vault.fleet_id, self.account, self.entry, self.keys.epoch)
+    def _owed(self) -> tuple[Pending, ...]:
+        return self.pending.owed(self.vault.fleet_id, self.account, self.entry, self.keys.epoch)
 
     def needs_password_to_finish(self) -> bool:
         """Whether this device keeps shares whose delivery needs a recovery first (shares
         kept by an earlier build, wrapped under the export_key)."""
-        owed = self._owed()
-        return owed is not None and owed.needs_export_key
+        return any(record.needs_export_key for record in self._owed())
 
     @staticmethod
     def describe_pending(record: Pending | None) -> tuple[str, ...]:
@@ -740,14 +740,37 @@ class ThresholdVault:
         the entry is still the deleted version. `answered`: the nodes that answered just
         now; when none of those owed answered, nothing is sent (it would only wait for
         them); `tries`: fan-outs while some owed node gives no answer."""
-        record = self._owed()
-        if record is None:
-            return ()
+        return tuple(
+            line
+            for record in self._owed()
+            for line in self._finish_one(
+                record,
+                live,
+                export_key,
+                status=status,
+                version=version,
+                answered=answered,
+                tries=tries,
+            )
+        )
+
+    def _finish_one(
+        self,
+        record: Pending,
+        live: manifests.Manifest | None,
+        export_key: bytes | None,
+        *,
+        status: EntryStatus,
+        version: int,
+        answered: Collection[int] | None,
+        tries: int,
+    ) -> tuple[str, ...]:
+        """`finish` for one version's record."""
         in_reach = answered is None or bool(set(record.nodes) & set(answered))
         current = live.version if live is not None else version
         if record.op is Op.DELETE_SHARE:
             if live is not None or status != EntryStatus.EMPTY or current != record.version:
-                self.pending.drop(record.key, version=record.version)  # moved on
+                self.pending.drop(record.key)  # moved on
                 return ()
             if not in_reach:
                 return self.describe_pending(record)
@@ -765,7 +788,7 @@ class ThresholdVault:
                 f" {now}, and the next registration or password change replaces them",
             )
         if live is None or current > record.version or live.to_bytes() != record.manifest:
-            self.pending.drop(record.key, version=record.version)  # moved on, or replaced
+            self.pending.drop(record.key)  # moved on, or replaced
             return ()
         if not in_reach:
             return self.describe_pending(record)  # not yet
@@ -907,19 +930,21 @@ class ThresholdVault:
         later one, can use it (docs/threshold.md, "Finishing later"). One try: a
         recovery must not wait for nodes that are down."""
         try:
-            owed = self._owed()
+            records = self._owed()
         except VaultError:
             return live  # a damaged file: told after the recovery, which goes on
-        if (
-            owed is None
-            or owed.op is not Op.REGISTER_SHARE
-            or owed.needs_export_key
-            or owed.manifest != live.manifest.to_bytes()
-            or not set(owed.nodes) & live.answered
-        ):
+        owed = [
+            r
+            for r in records
+            if r.op is Op.REGISTER_SHARE
+            and not r.needs_export_key
+            and r.manifest == live.manifest.to_bytes()
+            and set(r.nodes) & live.answered
+        ]
+        if not owed:
             return live
         self._finish_quietly(live.manifest, answered=live.answered, tries=1)
-        if self._owed() == owed:
+        if owed[0] in self._owed():
             return live  # nobody took it: no need to ask again
         return self._live()
 
