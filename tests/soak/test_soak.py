@@ -81,8 +81,8 @@ def test_share_holders_count_live_entries_and_name_what_the_device_owes() -> Non
     class Owes:  # the device's pending record: it owes node 3 its share
         nodes = (3,)
 
-        def get(self, fleet_id: bytes, account: str, entry: str) -> Owes | None:
-            return self if account == "a" else None
+        def owed(self, fleet_id: bytes, account: str, entry: str, epoch: int) -> tuple[Owes, ...]:
+            return (self,) if account == "a" else ()
 
     live = EntryGhost("a", "e", False, bytes(32), "pw")
     live.pending = cast(PendingStore, Owes())
@@ -94,7 +94,7 @@ def test_share_holders_count_live_entries_and_name_what_the_device_owes() -> Non
         }
         for i in range(5)
     }
-    assert _share_holders(dumps, [live, destroyed], b"fleet", 5) == {
+    assert _share_holders(dumps, [live, destroyed], (b"fleet", 1), 5) == {
         "live_entries_by_holders": {"3": 1},
         "missing_owed_by_the_device": 1,  # node 3
         "missing_not_owed": 1,  # node 4
