@@ -17,7 +17,7 @@ class BackupVaultError(Exception):
         self.message = message
         self.hint = hint
         #: More fields for `--json`'s error object (what a script needs to act on it).
-        self.details: dict[str, str] = {}
+        self.details: dict[str, object] = {}
 
     def __str__(self) -> str:
         return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"

@@ -951,6 +951,27 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     assert json.loads(done.stderr)["exit_code"] == 1
 
 
+def test_restore_json_names_the_damaged_files_as_check_does(tmp_path: Path, source: Path) -> None:
+    """A script reads `damaged_files` of restore's error object as it reads check's: a
+    list with one item for the snapshot, its paths a list (not one string)."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    key = ("--storage", str(storage), "--recovery-code", code)
+    pack = next((storage / "data").iterdir())
+    data = bytearray(pack.read_bytes())
+    data[3] ^= 1  # in the first chunk's blob
+    pack.write_bytes(bytes(data))
+    for read_data in (("--read-data",), ()):
+        checked = run("--json", "backup", "check", *read_data, *key)
+        restored = run("--json", "backup", "restore", "--to", str(tmp_path / "out"), *key)
+        assert restored.returncode == 1 and not (tmp_path / "out").exists()
+        [named] = json.loads(restored.stderr)["damaged_files"]
+        assert [named] == json.loads(checked.stdout)["damaged_files"]
+        assert isinstance(named["paths"], list) and named["paths"]
+        pack.unlink(missing_ok=True)  # then: in no pack, found before anything is read
+    assert named["paths"] == ["notes.txt", "photos/cat.jpg"]
+
+
 def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     tmp_path: Path, source: Path
 ) -> None:

@@ -22,6 +22,7 @@ from backupvault.errors import BackupVaultError, UsageError
 
 if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not maintenance
     from backupvault.backup.repo import maintenance
+    from backupvault.backup.repo.damage import DamagedFiles
 
 
 _RESTORE_OTHERS = (
@@ -330,7 +331,7 @@ def backup_check(
         result = maintenance.check(repo, read_data=read_data, progress=bar)
     for warning in result.warnings:
         ctx.output.warn(warning)
-    data = {**result.__dict__, "damaged_files": [_damaged_row(d) for d in result.damaged_files]}
+    data = {**result.__dict__, "damaged_files": [d.row() for d in result.damaged_files]}
     if result.errors:
         if ctx.output.json_mode:
             ctx.output.result(data, "")
@@ -377,7 +378,7 @@ def backup_repair(
             + "\nthe next `backup create` stores them again if they are still in its source"
             " (where a file has not changed, the snapshots named restore it again too)"
         )
-    data = {**result.__dict__, "damaged_files": [_damaged_row(d) for d in result.damaged_files]}
+    data = {**result.__dict__, "damaged_files": [d.row() for d in result.damaged_files]}
     report = ctx.output.result if dry_run else ctx.output.done
     report(data, _repair_text(result))
 
@@ -405,17 +406,7 @@ def _repair_text(r: maintenance.RepairResult) -> str:
     return "\n".join([*found, f"{read}: {', '.join(said)}"])
 
 
-def _damaged_row(d: maintenance.DamagedFiles) -> dict[str, Any]:
-    return {
-        "backup_id": d.snapshot_id,
-        "created_at": d.created_at.isoformat(),
-        "source": d.source,
-        "host": d.host,
-        "paths": d.paths,
-    }
-
-
-def _damaged_files_text(damaged: list[maintenance.DamagedFiles]) -> str:
+def _damaged_files_text(damaged: list[DamagedFiles]) -> str:
     """A line per snapshot with files that cannot be restored (the first 20 of them)."""
     from backupvault.backup.repo.damage import listed
 

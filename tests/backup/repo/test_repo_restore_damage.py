@@ -59,7 +59,8 @@ def test_every_file_using_a_damaged_chunk_is_named(
     assert error.message.endswith(f"cannot be restored: {', '.join(users)}")
     assert "failed authentication" in error.message
     assert "(and 2 more damaged chunks)" in error.message
-    assert error.details["damaged_files"] == "\n".join(users)
+    [named] = error.details["damaged_files"]
+    assert named["paths"] == users
     assert error.hint is not None
     assert "nothing was written into" in error.hint
     assert "--include" in error.hint
@@ -125,7 +126,8 @@ def test_check_names_the_files_of_damaged_chunks_in_each_snapshot(
     # The files a restore of each snapshot names.
     for snapshot_id, paths in named.items():
         error = _fails(repo, root_key, snapshot_id=snapshot_id)
-        assert error.details["damaged_files"] == "\n".join(paths)
+        [named] = error.details["damaged_files"]
+        assert (named["backup_id"], named["paths"]) == (snapshot_id, paths)
     opened = Repository.open(Storage(str(repo)), root_key)
     found = maintenance.check(opened, read_data=True).damaged_files[0]
     assert (found.source, found.host) == (str(source), opened.list_snapshots()[0].summary.host)

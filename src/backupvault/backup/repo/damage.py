@@ -11,15 +11,45 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Collection, Iterable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
 
 from backupvault.backup.repo.chunksource import ChunkSource, Plain
 from backupvault.backup.repo.index import Location
 from backupvault.backup.repo.repository import Repository
+from backupvault.backup.repo.snapshots import Snapshot
 from backupvault.backup.repo.tree import FILE, Entry
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 #: At most this many paths in a message; the rest are counted.
 SHOWN_PATHS = 20
+
+
+@dataclass(frozen=True)
+class DamagedFiles:
+    """The files of one snapshot that cannot be restored: each uses a chunk that is damaged
+    or missing (a restore of the snapshot fails naming them)."""
+
+    snapshot_id: str
+    created_at: datetime
+    source: str
+    host: str
+    paths: list[str]  # in tree order
+
+    @classmethod
+    def of(cls, snapshot: Snapshot, paths: list[str]) -> DamagedFiles:
+        summary = snapshot.summary
+        return cls(snapshot.id_hex, snapshot.header.created_at, summary.source, summary.host, paths)
+
+    def row(self) -> dict[str, object]:
+        """The JSON form: an item of `damaged_files` in check, repair and restore."""
+        return {
+            "backup_id": self.snapshot_id,
+            "created_at": self.created_at.isoformat(),
+            "source": self.source,
+            "host": self.host,
+            "paths": self.paths,
+        }
 
 
 class NotingChunkSource(ChunkSource):
@@ -81,9 +111,10 @@ def listed(paths: list[str], limit: int = SHOWN_PATHS) -> str:
 
 
 def damaged_files_error(
-    damaged: dict[bytes, str], paths: list[str], dest: str | os.PathLike[str]
+    damaged: dict[bytes, str], files: DamagedFiles, dest: str | os.PathLike[str]
 ) -> AuthenticationFailed:
-    """The error of a restore that found `damaged` chunks (id -> why), used by `paths`."""
+    """The error of a restore that found `damaged` chunks (id -> why), used by `files`."""
+    paths = files.paths
     first = next(iter(damaged.values()))
     more = len(damaged) - 1
     what = first if not more else f"{first} (and {more} more damaged chunk{'s' * (more > 1)})"
@@ -101,5 +132,5 @@ def damaged_files_error(
         "stores these files again if they are still in its source (until then, it reuses "
         "the damaged chunks)",
     )
-    error.details["damaged_files"] = "\n".join(paths)
+    error.details["damaged_files"] = [files.row()]
     return error

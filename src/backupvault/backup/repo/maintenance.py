@@ -39,7 +39,7 @@ from backupvault.backup.errors import StorageError
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
-from backupvault.backup.repo.damage import files_using
+from backupvault.backup.repo.damage import DamagedFiles, files_using
 from backupvault.backup.repo.index import (
     OBJECT_ID_LEN,
     Index,
@@ -418,18 +418,6 @@ def stale_temporaries(repo: Repository) -> list[str]:
 # ---- check ------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class DamagedFiles:
-    """The files of one snapshot that cannot be restored: each uses a chunk that is damaged
-    or missing (a restore of the snapshot fails naming them)."""
-
-    snapshot_id: str
-    created_at: datetime
-    source: str
-    host: str
-    paths: list[str]  # in tree order
-
-
 @dataclass
 class CheckResult:
     snapshots: int = 0
@@ -564,14 +552,7 @@ def _files_lost(
     lost = {c for e in entries if e.kind == FILE for c in e.chunks if not restorable(c)}
     if not lost:
         return None
-    summary = snap.summary
-    return DamagedFiles(
-        snap.id_hex,
-        snap.header.created_at,
-        summary.source,
-        summary.host,
-        files_using(entries, lost),
-    )
+    return DamagedFiles.of(snap, files_using(entries, lost))
 
 
 def _check_pack(

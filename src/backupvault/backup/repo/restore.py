@@ -29,6 +29,7 @@ from backupvault.backup.errors import BackupNotFound, DestinationError
 from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo.damage import (
+    DamagedFiles,
     NotingChunkSource,
     damaged_files_error,
     files_using,
@@ -36,6 +37,7 @@ from backupvault.backup.repo.damage import (
 )
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import Repository, cpu_workers, cycle_collector_paused
+from backupvault.backup.repo.snapshots import Snapshot
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
@@ -86,13 +88,13 @@ def select(entries: list[Entry], include: tuple[str, ...]) -> list[Entry]:
     return chosen
 
 
-def plan(entries: list[Entry], index: Index) -> None:
-    """Fail before anything is written if a chunk is in no index (naming every file that
-    uses one) or sizes disagree."""
+def plan(snapshot: Snapshot, entries: list[Entry], index: Index) -> None:
+    """Fail before anything is written if a chunk is in no index (naming every file of
+    `entries`, those of `snapshot` to restore, that uses one) or sizes disagree."""
     absent = {c for e in entries if e.kind == FILE for c in e.chunks if c not in index.chunks}
     if absent:
         paths = files_using(entries, absent)
-        raise AuthenticationFailed(
+        error = AuthenticationFailed(
             f"{len(absent)} chunk{'s' * (len(absent) > 1)} of this snapshot "
             f"{'are' if len(absent) > 1 else 'is'} in no pack the index lists (a pack or "
             "an index object is missing, or `backup repair` dropped damaged chunks); "
@@ -102,6 +104,8 @@ def plan(entries: list[Entry], index: Index) -> None:
             "files again if they are still in its source; `backupvault backup check` lists "
             "all damage",
         )
+        error.details["damaged_files"] = [DamagedFiles.of(snapshot, paths).row()]
+        raise error
     for entry in entries:
         if (
             entry.kind == FILE
@@ -152,7 +156,7 @@ def restore_snapshot(
     # Chunks are read only from packs storage still holds: where a chunk was stored
     # again after its pack was lost, the copy that exists is the one used.
     index, _lost = listed_index.present(packs)
-    plan(entries, index)
+    plan(snapshot, entries, index)
     reporter = progress or NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
     limits = Limits(max_entries=len(entries), max_bytes=total)
@@ -164,7 +168,15 @@ def restore_snapshot(
             dir_fd = os.open(staging.path, os.O_RDONLY | os.O_DIRECTORY)
             try:
                 _fill(
-                    repo, entries, dir_fd, reporter, index, workers or cpu_workers(), skipped, dest
+                    repo,
+                    snapshot,
+                    entries,
+                    dir_fd,
+                    reporter,
+                    index,
+                    workers or cpu_workers(),
+                    skipped,
+                    dest,
                 )
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
@@ -222,6 +234,7 @@ def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) ->
 
 def _fill(
     repo: Repository,
+    snapshot: Snapshot,
     entries: list[Entry],
     dir_fd: int,
     reporter: Progress,
@@ -270,7 +283,8 @@ def _fill(
             writer.shutdown(wait=True, cancel_futures=True)
         source.close()
     if source.damaged:
-        raise damaged_files_error(source.damaged, files_using(files, source.damaged), dest)
+        paths = files_using(files, source.damaged)
+        raise damaged_files_error(source.damaged, DamagedFiles.of(snapshot, paths), dest)
     links = {e.path: e.target for e in entries if e.kind == SYMLINK}
     made: list[Entry] = []
     for entry in entries:
