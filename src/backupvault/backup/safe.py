@@ -36,7 +36,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
@@ -52,6 +52,9 @@ MAX_DEPTH = 1024
 MAX_LINK_HOPS = 40  # as the kernel's limit on links followed in one lookup
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: The longest path the kernel takes in one call (Linux's PATH_MAX, with its NUL); a
+#: repository snapshot holds paths of up to 65,535 bytes.
+_PATH_MAX = 4096
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
@@ -219,6 +222,31 @@ def leads_out(path: bytes, target: bytes, follow: Callable[[bytes], bytes | None
     return False
 
 
+@contextlib.contextmanager
+def reached(dir_fd: int, path: bytes) -> Iterator[tuple[int, bytes]]:
+    """(folder descriptor, name) that stand for `path` inside the folder `dir_fd` in the
+    `*at` calls (`dir_fd=`): `dir_fd` and `path` when the kernel takes a path that long,
+    else the descriptor of a folder on its way, each opened with O_NOFOLLOW from the last
+    as far as PATH_MAX allows (names are at most 255 bytes), and the rest of the path.
+    The folders opened are closed on leaving."""
+    rest = path.split(b"/")
+    opened: list[int] = []
+    try:
+        while len(path) >= _PATH_MAX:
+            # The most leading names (of those before the last) that fit in one call.
+            taken, length = 1, len(rest[0])
+            while taken < len(rest) - 1 and length + 1 + len(rest[taken]) < _PATH_MAX:
+                length += 1 + len(rest[taken])
+                taken += 1
+            opened.append(os.open(b"/".join(rest[:taken]), _DIR_FLAGS, dir_fd=dir_fd))
+            dir_fd, rest = opened[-1], rest[taken:]
+            path = b"/".join(rest)
+        yield dir_fd, path
+    finally:
+        for fd in opened:
+            os.close(fd)
+
+
 def resolves_outside(dir_fd: int, path: bytes) -> bool:
     """Whether the symbolic link `path`, made in the folder `dir_fd`, leads out of it as
     this file system resolves it. Like the checks made before a link is created, but
@@ -230,16 +258,18 @@ def resolves_outside(dir_fd: int, path: bytes) -> bool:
 
     def follow(name: bytes) -> bytes | None:
         try:
-            if not stat.S_ISLNK(os.lstat(name, dir_fd=dir_fd).st_mode):
-                return None
-            return os.readlink(name, dir_fd=dir_fd)
+            with reached(dir_fd, name) as (fd, rest):
+                if not stat.S_ISLNK(os.lstat(rest, dir_fd=fd).st_mode):
+                    return None
+                return os.readlink(rest, dir_fd=fd)
         except (FileNotFoundError, NotADirectoryError):
             return None
         except OSError:
             raise _Leaves from None
 
     try:
-        target = os.readlink(path, dir_fd=dir_fd)
+        with reached(dir_fd, path) as (fd, rest):
+            target = os.readlink(rest, dir_fd=fd)
     except OSError:
         return True
     return leads_out(path, target, follow)
@@ -255,7 +285,8 @@ def remove_escaping_links(dir_fd: int, made: list[tuple[bytes, bytes]]) -> list[
     escaping = [(path, target) for path, target in made if resolves_outside(dir_fd, path)]
     removed: list[Skipped] = []
     for path, target in escaping:
-        os.unlink(path, dir_fd=dir_fd)
+        with reached(dir_fd, path) as (fd, rest):
+            os.unlink(rest, dir_fd=fd)
         removed.append(
             Skipped(
                 os.fsdecode(path),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import stat
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, tree
 from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo import restore as restore_module
 from backupvault.backup.repo.maintenance import check
 from backupvault.backup.repo.tree import FILE, TIME_MAX_NS, Entry
 from backupvault.backup.storage import Storage
@@ -367,6 +369,68 @@ def test_paths_longer_than_path_max_are_backed_up(tmp_path: Path, root_key: byte
     create_snapshot(source, str(repo), root_key, repo_params=SMALL)
     entries = _entries(repo, root_key)
     assert entries[b"copy"].chunks == entries[deepest + b"/large"].chunks
+
+
+def _stat_long(top: Path, path: bytes) -> tuple[os.stat_result, bytes | None]:
+    """(lstat, the content of a regular file or the target of a link) of `path` under
+    `top`, reached one folder at a time (its path passes PATH_MAX)."""
+    *folders, name = path.split(b"/")
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        for folder in folders:
+            deeper = os.open(folder, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW, dir_fd=fd)
+            os.close(fd)
+            fd = deeper
+        st = os.lstat(name, dir_fd=fd)
+        if stat.S_ISLNK(st.st_mode):
+            return st, os.readlink(name, dir_fd=fd)
+        if not stat.S_ISREG(st.st_mode):
+            return st, None
+        out = os.open(name, os.O_RDONLY | os.O_NOFOLLOW, dir_fd=fd)
+        try:
+            return st, os.read(out, 1 << 20)
+        finally:
+            os.close(out)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.parametrize("streamed", [False, True], ids=["small files", "streamed files"])
+def test_paths_longer_than_path_max_are_restored(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, streamed: bool
+) -> None:
+    """A backup holds them (above), but the restore created each by its whole path
+    relative to the staging folder: "File name too long", and nothing was restored (a
+    backup that cannot be restored: data loss). So also with --include, and its folders'
+    modes and times, and its links."""
+    if streamed:  # every file written chunk by chunk, as files over 1 MiB are
+        monkeypatch.setattr(restore_module, "_SMALL_FILE", 0)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "ok.txt").write_bytes(b"fine")
+    deepest = _deep(source, 18)  # 18 x 251 bytes
+    parent = deepest.rpartition(b"/")[0]
+    fd = os.open(source, os.O_RDONLY | os.O_DIRECTORY)  # a deep folder's mode and time
+    for name in parent.split(b"/"):
+        deeper = os.open(name, os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = deeper
+    os.fchmod(fd, 0o750)
+    os.utime(fd, ns=(1_500_000_000_123_456_789, 1_500_000_000_123_456_789))
+    os.close(fd)
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    included = os.fsdecode(deepest.split(b"/", 1)[0])
+    for out, include in ((tmp_path / "out", ()), (tmp_path / "part", (included,))):
+        info = restore_snapshot(str(repo), root_key, out, include=include)
+        assert info.skipped == [] and info.links == 1
+        assert _stat_long(out, deepest + b"/small")[1] == b"tiny"
+        assert _stat_long(out, deepest + b"/large")[1] == b"L" * 5000
+        assert _stat_long(out, deepest + b"/link")[1] == b"small"
+        st, _ = _stat_long(out, parent)
+        assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o750, 1_500_000_000_123_456_789)
+    assert (tmp_path / "out" / "ok.txt").read_bytes() == b"fine"
+    assert not (tmp_path / "part" / "ok.txt").exists()
 
 
 def test_a_path_longer_than_a_snapshot_holds_is_skipped_not_fatal(

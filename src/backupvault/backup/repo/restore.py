@@ -4,7 +4,8 @@ Nothing becomes visible in `dest` before every chunk written was authenticated: 
 is built in a private hidden folder next to `dest` (as for single-blob backups) and
 renamed onto `dest` at the end. Every name comes from an authenticated tree whose names
 were validated (relative, no "..", no empty parts); files are created with O_EXCL and
-O_NOFOLLOW relative to the staging folder's descriptor; symbolic links are created last
+O_NOFOLLOW relative to the staging folder's descriptor (or, for a path longer than the
+kernel takes in one call, a folder's on its way: `safe.reached`); symbolic links are created last
 (those leaving the tree are skipped and reported), so no write ever goes through one.
 Once made, each link is resolved again as the file system resolves it, and one that
 leads out after all (names that differ in case or Unicode form are one on APFS, NTFS or
@@ -47,6 +48,7 @@ from backupvault.backup.safe import (
     check_space,
     leads_out,
     no_space,
+    reached,
     remove_escaping_links,
     space,
 )
@@ -220,7 +222,8 @@ def restore_snapshot(
 
 
 def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:
-    fd = os.open(entry.path, _CREATE, 0o600, dir_fd=dir_fd)
+    with reached(dir_fd, entry.path) as (folder, name):
+        fd = os.open(name, _CREATE, 0o600, dir_fd=folder)
     try:
         for piece in data:
             view = memoryview(piece)
@@ -245,7 +248,8 @@ def _fill(
 ) -> None:
     for entry in entries:
         if entry.kind == DIR and entry.path != ROOT:
-            os.mkdir(entry.path, 0o700, dir_fd=dir_fd)
+            with reached(dir_fd, entry.path) as (folder, name):
+                os.mkdir(name, 0o700, dir_fd=folder)
     files = [e for e in entries if e.kind == FILE]
     source = NotingChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
     # Small files are written on writer threads (their syscalls overlap); large ones here,
@@ -298,15 +302,17 @@ def _fill(
                     )
                 )
                 continue
-            os.symlink(entry.target, entry.path, dir_fd=dir_fd)
             ns = (entry.mtime_ns, entry.mtime_ns)
-            os.utime(entry.path, ns=ns, dir_fd=dir_fd, follow_symlinks=False)
+            with reached(dir_fd, entry.path) as (folder, name):
+                os.symlink(entry.target, name, dir_fd=folder)
+                os.utime(name, ns=ns, dir_fd=folder, follow_symlinks=False)
             made.append(entry)
     skipped.extend(remove_escaping_links(dir_fd, [(e.path, e.target) for e in made]))
     folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
-        os.chmod(entry.path, entry.mode & 0o777, dir_fd=dir_fd)
-        os.utime(entry.path, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=dir_fd)
+        with reached(dir_fd, entry.path) as (folder, name):
+            os.chmod(name, entry.mode & 0o777, dir_fd=folder)
+            os.utime(name, ns=(entry.mtime_ns, entry.mtime_ns), dir_fd=folder)
 
 
 class _Damaged(Exception):
