@@ -39,12 +39,14 @@ def open_repo(path: Path, key: bytes) -> Repository:
 
 
 class Clock:
-    """time.time, moved forward by `ahead` seconds (for everyone in this process)."""
+    """time.time and time.time_ns (which lock objects' times come from), moved forward by
+    `ahead` seconds (for everyone in this process)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.ahead = 0.0
-        real = time.time
+        real, real_ns = time.time, time.time_ns
         monkeypatch.setattr(time, "time", lambda: real() + self.ahead)
+        monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(self.ahead * 1e9))
 
 
 def prune_from_a_clock_ahead(clock: Clock, repo_path: Path, key: bytes) -> Any:
@@ -173,6 +175,57 @@ def test_a_prune_with_its_clock_ahead_makes_a_backup_that_reuses_chunks_stop(
     monkeypatch.undo()
     assert_only_old_snapshots(repo_path, root_key, names, tmp_path)
     assert create_snapshot(source, str(repo_path), root_key).snapshot_id  # and again: fine
+
+
+@pytest.mark.parametrize("when", ["before its index", "before its deletions"])
+def test_a_prune_suspended_past_the_lock_expiry_deletes_nothing_a_backup_then_used(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, when: str
+) -> None:
+    """The prune's laptop sleeps once it has read the snapshots (or written its index);
+    meanwhile another device backs up, takes the prune's lock for stale, and reuses the
+    chunks of a forgotten snapshot (indexed, or unindexed by then and adopted). Awake,
+    the prune must not delete them: it deleted them, and the backup's snapshot named
+    chunks in no pack, unseen until a restore."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    dedup_against_a_forgotten_snapshot(source, repo_path, root_key)
+    clock = Clock(monkeypatch)
+    made: list[str] = []
+
+    def other_device_backs_up() -> None:
+        clock.ahead = LATER  # asleep: everyone's clock moves on
+        with monkeypatch.context() as m:
+            m.setattr(maintenance, "snapshot_references", references)
+            m.setattr(Repository, "write_index", write_index)
+            made.append(create_snapshot(source, str(repo_path), root_key).snapshot_id)
+
+    references = maintenance.snapshot_references
+    write_index = Repository.write_index
+    if when == "before its index":
+
+        def references_then_sleep(repo: Repository) -> Any:
+            found = references(repo)
+            other_device_backs_up()
+            return found
+
+        monkeypatch.setattr(maintenance, "snapshot_references", references_then_sleep)
+    else:
+
+        def index_then_sleep(self: Repository, *args: Any) -> Any:
+            written = write_index(self, *args)
+            other_device_backs_up()
+            return written
+
+        monkeypatch.setattr(Repository, "write_index", index_then_sleep)
+    with pytest.raises(repository.LockLost, match="prune"):
+        maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
+    monkeypatch.undo()
+    assert made
+    repo = open_repo(repo_path, root_key)
+    assert maintenance.check(repo, read_data=True).errors == []
+    restore_snapshot(str(repo_path), root_key, tmp_path / "restored", made[0])
+    assert (tmp_path / "restored" / "f").read_bytes() == (source / "f").read_bytes()
+    maintenance.prune(open_repo(repo_path, root_key), dry_run=False)  # and again: fine
+    assert maintenance.check(open_repo(repo_path, root_key), read_data=True).errors == []
 
 
 def test_the_refresh_never_makes_a_deleted_lock_again(

@@ -20,7 +20,9 @@ forget, prune and repair take the exclusive lock, so none runs beside a backup: 
 snapshot's chunks are never deleted from under it. A lock taken for stale (a backup
 suspended past the expiry, or seen from a clock that is ahead) is removed before prune
 reads or deletes anything; the backup checks its lock before it writes its index and
-again before its snapshot, and stops if it is gone. prune deletes unindexed packs only
+again before its snapshot, and stops if it is gone; prune checks its own the same way
+before its index and before each deletion (suspended past the expiry, a backup may have
+taken it for stale and reuse what it found unused). prune deletes unindexed packs only
 once a lock expiry old (a running backup's are fresh); repair only those that fail to
 read whole (a pack is complete once storage shows it).
 """
@@ -53,6 +55,7 @@ from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     LOCK_EXPIRY_S,
     SHARED,
+    Lock,
     PackWriter,
     Repository,
 )
@@ -275,14 +278,14 @@ def prune(
     """Delete what no snapshot uses; progress: reading the snapshots (no total), then
     the bytes of the packs to repack."""
     reporter = progress or NoProgress()
-    with repo.lock(EXCLUSIVE):
+    with repo.lock(EXCLUSIVE, "prune") as lock:
         try:
-            return _prune_locked(repo, dry_run, reporter)
+            return _prune_locked(repo, lock, dry_run, reporter)
         finally:
             reporter.finish()
 
 
-def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneResult:
+def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progress) -> PruneResult:
     reporter.start(None, "reading snapshots")
     if not dry_run:
         # Stale locks go first, before anything is read or deleted: a backup that still
@@ -350,13 +353,21 @@ def _prune_locked(repo: Repository, dry_run: bool, reporter: Progress) -> PruneR
     result.packs_written = len(writer.written)
     result.bytes_written = writer.stored
     result.bytes_freed -= writer.stored
-    # (2) the index of everything kept, superseding every index object read above
+    # (2) the index of everything kept, superseding every index object read above.
+    # Checked first, and before anything is deleted (each time, without a read): a prune
+    # suspended past the lock expiry may have had a backup beside it, which took its
+    # lock for stale and reuses chunks it found unused (indexed, or unindexed packs it
+    # adopted once this index superseded theirs).
+    lock.verify()
     repo.write_index({**keep, **writer.written}, [bytes.fromhex(n) for n in index_names])
+    lock.verify()
     # (3), (4), (5)
-    for name in index_names:
-        repo.backend.delete(f"index/{name}")
-    for name in delete:
-        repo.backend.delete(f"data/{name}")
+    for name in [
+        *(f"index/{n}" for n in index_names),
+        *(f"data/{n}" for n in delete),
+    ]:
+        lock.verify(read=False)
+        repo.backend.delete(name)
     remove_stale_locks(repo)
     for name in stale:
         repo.backend.delete(name)

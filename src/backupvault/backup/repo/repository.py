@@ -140,11 +140,13 @@ class LockInfo:
 
 
 class Lock:
-    """A lock object, refreshed in the background while held."""
+    """A lock object, refreshed in the background while held; `purpose` names the
+    command holding it in messages ("backup", "prune", ...)."""
 
-    def __init__(self, repo: Repository, kind: int) -> None:
+    def __init__(self, repo: Repository, kind: int, purpose: str = "backup") -> None:
         self.repo = repo
         self.kind = kind
+        self.purpose = purpose
         self.lock_id = new_id().hex()
         self.created_us = time.time_ns() // 1000
         self._stop = threading.Event()
@@ -210,13 +212,16 @@ class Lock:
             except BackupVaultError:
                 continue  # storage away for a while: `verify` tells once it is too long
 
-    def verify(self) -> None:
+    def verify(self, *, read: bool = True) -> None:
         """Raise LockLost unless the lock is still in storage and was refreshed recently
         enough that no other machine may take it for stale (LOCK_TRUST_S: half the
-        expiry, for clocks that disagree). A backup calls this before it writes its index
-        and again before its snapshot: a prune that took the lock for stale (after a
+        expiry, for clocks that disagree); without `read`, only the second (no storage
+        read: before each of many deletions). A backup calls this before it writes its
+        index and again before its snapshot: a prune that took the lock for stale (after a
         suspension, or with its clock ahead) deletes it before any data, so the backup
-        then stops rather than name packs the prune deleted."""
+        then stops rather than name packs the prune deleted. A prune calls it before it
+        writes its index and before it deletes: a backup that took the prune's lock for
+        stale (the prune was suspended) may use chunks the prune found unused."""
         if self._lost is None:
             age = time.time() - self.refreshed
             if age >= LOCK_TRUST_S:
@@ -225,7 +230,7 @@ class Lock:
                     "suspended, or storage could not be written), so another machine may "
                     f"have taken it for stale after {LOCK_EXPIRY_S // 60} minutes"
                 )
-            else:
+            elif read:
                 try:
                     sealed = self.repo.backend.get(self.name, most=LOCK_MAX_LEN)
                 except MissingObject:
@@ -236,11 +241,19 @@ class Lock:
                 else:
                     aad = LOCK_AAD + bytes.fromhex(self.lock_id)
                     open_object(self.repo.keys.index, aad, sealed, f"lock {self.lock_id}")
-        if self._lost is not None:
+        if self._lost is not None and self.kind == SHARED:
             raise LockLost(
                 f"this backup's lock {self.lock_id} {self._lost}: a prune may have deleted "
                 "data it uses, so it saved no snapshot",
                 hint="run the backup again: earlier snapshots are intact",
+            )
+        if self._lost is not None:
+            raise LockLost(
+                f"this {self.purpose}'s lock {self.lock_id} {self._lost}: a backup may "
+                "have started meanwhile and use what it was about to delete, so it "
+                "stopped, deleting nothing more",
+                hint=f"run `backupvault backup {self.purpose}` again: what it deleted "
+                "was unused, and it starts afresh",
             )
 
     def release(self) -> None:
@@ -600,8 +613,8 @@ class Repository:
 
     # ---- locks ------------------------------------------------------------------------
 
-    def lock(self, kind: int) -> Lock:
-        return Lock(self, kind)
+    def lock(self, kind: int, purpose: str = "backup") -> Lock:
+        return Lock(self, kind, purpose)
 
     def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
         """Live locks (and stale ones too with `include_expired`)."""
