@@ -48,6 +48,26 @@ class Clock:
         monkeypatch.setattr(time, "time", lambda: real() + self.ahead)
         monkeypatch.setattr(time, "time_ns", lambda: real_ns() + int(self.ahead * 1e9))
 
+    def sleep(self, seconds: float, repo_path: Path) -> None:
+        """Everyone's clock moves on, and so does storage's: what it holds in locks/ was
+        last written `seconds` longer ago."""
+        self.ahead += seconds
+        for lock in (repo_path / "locks").iterdir():
+            st = lock.stat()
+            os.utime(lock, (st.st_atime - seconds, st.st_mtime - seconds))
+
+
+def storage_without_times(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Storage that lists no modification times for locks (an fsspec backend may not):
+    their holders' clocks are all there is to judge them by."""
+    ages = Backend.ages
+
+    def no_times(self: Backend, folder: str) -> dict[str, float | None]:
+        found = ages(self, folder)
+        return {name: None for name in found} if folder == "locks" else found
+
+    monkeypatch.setattr(Backend, "ages", no_times)
+
 
 def prune_from_a_clock_ahead(clock: Clock, repo_path: Path, key: bytes) -> Any:
     """Another device's prune, its clock LATER ahead of the backup's last lock refresh."""
@@ -86,7 +106,7 @@ def test_a_backup_suspended_past_the_lock_expiry_saves_nothing(
     def suspended_after_the_packs(self: PackWriter) -> None:
         finish(self)
         if self.written and not pruned:
-            clock.ahead = LATER  # asleep: everyone's clock moves on
+            clock.sleep(LATER, repo_path)
             pruned.append(maintenance.prune(open_repo(repo_path, root_key), dry_run=False))
 
     monkeypatch.setattr(PackWriter, "finish", suspended_after_the_packs)
@@ -145,11 +165,12 @@ def test_a_prune_with_its_clock_ahead_makes_a_backup_that_reuses_chunks_stop(
 ) -> None:
     """No suspension: the pruning device's clock is 31 minutes ahead, so the backup's
     fresh lock looks expired to it, and the chunks the backup deduplicated against (of a
-    forgotten snapshot) look unused. Whether the prune runs before the backup's last
-    check or while its snapshot is on its way, the backup reports failure and leaves no
-    snapshot naming deleted chunks."""
+    forgotten snapshot) look unused. On storage that gives no times to tell otherwise,
+    whether the prune runs before the backup's last check or while its snapshot is on
+    its way, the backup reports failure and leaves no snapshot naming deleted chunks."""
     source, repo_path = tmp_path / "src", tmp_path / "repo"
     names = dedup_against_a_forgotten_snapshot(source, repo_path, root_key)
+    storage_without_times(monkeypatch)
     clock = Clock(monkeypatch)
     pruned: list[Any] = []
     if when == "as the snapshot is sealed":
@@ -177,6 +198,33 @@ def test_a_prune_with_its_clock_ahead_makes_a_backup_that_reuses_chunks_stop(
     assert create_snapshot(source, str(repo_path), root_key).snapshot_id  # and again: fine
 
 
+def test_a_prune_with_its_clock_ahead_leaves_a_running_backups_lock_alone(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As above, on storage that gives times: they say the backup's lock was just
+    written, so the prune does not take it for stale (deleting it, and the chunks the
+    backup reuses): it stops, and the backup saves its snapshot."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    dedup_against_a_forgotten_snapshot(source, repo_path, root_key)
+    clock = Clock(monkeypatch)
+    refused: list[str] = []
+    seal = snapshots.seal
+
+    def seal_beside_a_prune(*args: Any) -> Any:
+        with pytest.raises(RepositoryLocked) as caught:
+            prune_from_a_clock_ahead(clock, repo_path, root_key)
+        refused.append(caught.value.message)
+        return seal(*args)
+
+    monkeypatch.setattr(snapshots, "seal", seal_beside_a_prune)
+    made = create_snapshot(source, str(repo_path), root_key).snapshot_id
+    assert refused and "in use by a backup or check" in refused[0]
+    monkeypatch.undo()
+    assert maintenance.check(open_repo(repo_path, root_key), read_data=True).errors == []
+    restore_snapshot(str(repo_path), root_key, tmp_path / "restored", made)
+    assert (tmp_path / "restored" / "f").read_bytes() == (source / "f").read_bytes()
+
+
 @pytest.mark.parametrize("when", ["before its index", "before its deletions"])
 def test_a_prune_suspended_past_the_lock_expiry_deletes_nothing_a_backup_then_used(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, when: str
@@ -192,7 +240,7 @@ def test_a_prune_suspended_past_the_lock_expiry_deletes_nothing_a_backup_then_us
     made: list[str] = []
 
     def other_device_backs_up() -> None:
-        clock.ahead = LATER  # asleep: everyone's clock moves on
+        clock.sleep(LATER, repo_path)
         with monkeypatch.context() as m:
             m.setattr(maintenance, "snapshot_references", references)
             m.setattr(Repository, "write_index", write_index)
@@ -226,6 +274,43 @@ def test_a_prune_suspended_past_the_lock_expiry_deletes_nothing_a_backup_then_us
     assert (tmp_path / "restored" / "f").read_bytes() == (source / "f").read_bytes()
     maintenance.prune(open_repo(repo_path, root_key), dry_run=False)  # and again: fine
     assert maintenance.check(open_repo(repo_path, root_key), read_data=True).errors == []
+
+
+def test_a_backup_with_its_clock_ahead_does_not_take_a_running_prunes_lock_for_stale(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The backing-up device's clock is 31 minutes ahead of the pruning one's: the
+    prune's fresh lock looked expired to it, so it backed up beside the prune, reusing
+    chunks of a forgotten snapshot that the prune then deleted (its own lock was fresh,
+    by its own clock). Storage's times say the prune's lock was just written: the backup
+    stops, and the prune's work stands."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    names = dedup_against_a_forgotten_snapshot(source, repo_path, root_key)
+    clock = Clock(monkeypatch)
+    refused: list[str] = []
+    references = maintenance.snapshot_references
+
+    def references_then_a_backup_from_a_clock_ahead(repo: Repository) -> Any:
+        found = references(repo)
+        clock.ahead = LATER
+        try:
+            with pytest.raises(RepositoryLocked) as caught:
+                create_snapshot(source, str(repo_path), root_key)
+            refused.append(caught.value.message)
+        finally:
+            clock.ahead = 0
+        return found
+
+    monkeypatch.setattr(
+        maintenance, "snapshot_references", references_then_a_backup_from_a_clock_ahead
+    )
+    assert maintenance.prune(open_repo(repo_path, root_key), dry_run=False).packs_deleted > 0
+    assert refused and "in use by a prune" in refused[0]
+    monkeypatch.undo()
+    assert_only_old_snapshots(repo_path, root_key, names, tmp_path)
+    made = create_snapshot(source, str(repo_path), root_key).snapshot_id  # afterwards: fine
+    restore_snapshot(str(repo_path), root_key, tmp_path / "again", made)
+    assert (tmp_path / "again" / "f").read_bytes() == (source / "f").read_bytes()
 
 
 def test_the_refresh_never_makes_a_deleted_lock_again(

@@ -121,12 +121,19 @@ class LockInfo:
     #: exclusive lock written when storage says: `Repository.locks`)
     damaged: str | None = None
 
-    def stale(self, now: float) -> bool:
+    def stale(self, now: float, stored_age: float | None = None) -> bool:
         """Expired, or held by a process of this machine that no longer runs. Another
         machine may have the same host name (cloned VMs, containers), so the process
         rule needs the same machine id too; a lock without one (an older version's) is
-        taken for another machine's, stale only once expired."""
-        if now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S:
+        taken for another machine's, stale only once expired.
+
+        Expired means: last refreshed a lock expiry ago by the holder's clock against
+        ours, and, when storage gives times (`stored_age`: seconds between its last write
+        and the youngest lock's, by storage's clock), by storage's too. A clock ahead of
+        the holder's by more than the expiry took a live lock for stale: a backup beside
+        a running prune, or a prune deleting a running backup's lock."""
+        expired = now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S
+        if expired and (stored_age is None or stored_age >= LOCK_EXPIRY_S):
             return True
         if self.machine is None or self.machine != machine_id() or self.host != host_name():
             return False
@@ -617,10 +624,21 @@ class Repository:
         return Lock(self, kind, purpose)
 
     def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
-        """Live locks (and stale ones too with `include_expired`)."""
+        """Live locks (and stale ones too with `include_expired`).
+
+        Each lock's age by storage's clock is how long before the youngest lock listed
+        storage last wrote it: every caller holds a lock of its own, written at most a
+        refresh ago, so that is at most a refresh less than its age, and no clock of a
+        device enters it (`LockInfo.stale`)."""
         found = []
         now = time.time()
-        ages: dict[str, float | None] | None = None
+        ages = self.backend.ages("locks")
+        youngest = min((a for a in ages.values() if a is not None), default=None)
+
+        def stored_age(name: str) -> float | None:
+            age = ages.get(name)
+            return None if age is None or youngest is None else age - youngest
+
         for name in self.backend.list("locks"):
             try:
                 sealed = self.backend.get(f"locks/{name}", most=LOCK_MAX_LEN)
@@ -636,9 +654,7 @@ class Repository:
                 # may be one) until storage says it was written a lock expiry ago; a live
                 # holder rewrites its lock every few minutes. Else it stopped every
                 # command, prune's removal of stale locks included, for good.
-                if ages is None:
-                    ages = self.backend.ages("locks")
-                age = ages.get(name)
+                age = stored_age(name)
                 written = int((now - (age or 0.0)) * 1e6)
                 info = LockInfo(name, EXCLUSIVE, written, written, 0, "", damaged=exc.message)
                 if include_expired or not info.stale(now):
@@ -651,7 +667,7 @@ class Repository:
                 owner, machine = owner[: -MACHINE_ID_LEN - 1], owner[-MACHINE_ID_LEN:]
             host = owner.decode(errors="replace")
             info = LockInfo(name, kind, created, refreshed, pid, host, machine)
-            if include_expired or not info.stale(now):
+            if include_expired or not info.stale(now, stored_age(name)):
                 found.append(info)
         return found
 
