@@ -22,10 +22,12 @@ from backupvault.backup.repo import (
 )
 from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.index import (
+    INDEX_AAD,
     IndexFile,
     PackEntry,
     max_index_len,
     max_pack_len,
+    seal_object,
     split_index,
 )
 from backupvault.backup.repo.repository import RepositoryLocked
@@ -681,6 +683,27 @@ def test_a_prune_interrupted_between_its_index_objects_loses_nothing(
     restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert snapshot(repo.parent / "out") == snapshot(source)
     assert maintenance.check(_opened(repo, root_key), read_data=True).errors == []
+
+
+@pytest.mark.parametrize("count", ["superseded", "packs", "entries"])
+def test_an_index_object_declaring_huge_counts_is_refused_before_any_allocation(
+    count: str,
+) -> None:
+    """Sealed by a writer holding the index key (a compromised device): a count of 2^32 - 1
+    superseded ids in a short object was read one id at a time, an empty one each time
+    the data was out, 4 billion times, before the object was found truncated."""
+    huge = (1 << 32) - 1
+    body = {
+        "superseded": huge.to_bytes(4, "big") + b"\0" * 4,
+        "packs": bytes(4) + huge.to_bytes(4, "big"),
+        "entries": bytes(4) + (1).to_bytes(4, "big") + b"p" * 16 + huge.to_bytes(4, "big"),
+    }[count]
+    key, index_id = b"k" * 32, b"i" * 16
+    sealed = seal_object(key, INDEX_AAD + index_id, body)
+    started = time.monotonic()
+    with pytest.raises(InvalidInput, match="truncated"):
+        IndexFile.open(key, index_id, sealed)
+    assert time.monotonic() - started < 1
 
 
 def test_split_index_bounds_every_object() -> None:

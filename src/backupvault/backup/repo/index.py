@@ -155,6 +155,10 @@ class IndexFile:
         try:
             (count,) = _U32.unpack_from(data, 0)
             pos = 4
+            if pos + count * OBJECT_ID_LEN > len(data):
+                # Checked first: a count of 2^32 - 1 was read an id at a time, 4 billion
+                # empty ones past the end.
+                raise InvalidInput(f"{what} is truncated")
             for _ in range(count):
                 result.supersedes.append(data[pos : pos + OBJECT_ID_LEN])
                 pos += OBJECT_ID_LEN
