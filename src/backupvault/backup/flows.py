@@ -272,7 +272,7 @@ def restore_backup(
                     reporter.advance,
                 )
                 try:
-                    with SafeDestination(staging.path, limits) as writer:
+                    with SafeDestination(staging.fd, limits) as writer:
                         stats = archive.extract_archive(reader, writer)
                     reader.read_to_end()
                 except BaseException as exc:

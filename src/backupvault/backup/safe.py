@@ -81,12 +81,19 @@ def check_destination(dest: Path) -> None:
 class Staging:
     """A new private folder next to the destination (same filesystem) that a restore
     writes into; `finish` moves it into place in one rename, so the destination gets all
-    of a restore or nothing. Made on entering, removed on leaving unless finished."""
+    of a restore or nothing. Made on entering, removed on leaving unless finished.
+
+    It is used only through `fd`, opened without following a link and checked to be a
+    folder this user owns: someone who may write in the destination's parent could
+    replace it the moment it is made (with a link to another folder of the user's, or a
+    folder of their own that they read). Then nothing is written, and what stands in its
+    place is left alone."""
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
         self.path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
         self.default_mode = 0o755
+        self.fd = -1
 
     def __enter__(self) -> Staging:
         # Made here, not in __init__: an interruption (Ctrl-C, SIGTERM) between the folder
@@ -102,24 +109,65 @@ class Staging:
                     f"cannot create a folder in {self.dest.parent}: {exc}"
                 ) from None
         try:
-            self.default_mode = stat.S_IMODE(self.path.stat().st_mode)
-            self.path.chmod(0o700)  # private while the content is unauthenticated
-        except BaseException:
-            _remove_tree(self.path)
-            raise
+            self.fd = os.open(self.path, _DIR_FLAGS)
+            made = os.fstat(self.fd)
+            if made.st_uid != os.geteuid():
+                self._close()  # theirs: not removed
+                raise OSError(errno.EPERM, "it is owned by another user")
+            self.default_mode = stat.S_IMODE(made.st_mode)
+            os.fchmod(self.fd, 0o700)  # private while the content is unauthenticated
+        except BaseException as exc:
+            # Interrupted (Ctrl-C, SIGTERM) or replaced: ours is removed, nothing else.
+            if self.fd >= 0 and self._in_place():
+                _remove_tree(self.path)
+            elif self.fd < 0 and not isinstance(exc, OSError):
+                with contextlib.suppress(OSError):
+                    os.rmdir(self.path)  # only an empty folder: not a link, nor one in use
+            self._close()
+            if not isinstance(exc, OSError):
+                raise
+            raise DestinationError(
+                f"the staging folder {self.path} was replaced as it was made "
+                f"({exc.strerror}): someone else may write in {self.dest.parent}",
+                hint="restore into a folder only you can write to; nothing was written, "
+                f"and what stands at {self.path} was left alone",
+            ) from None
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.path.exists() or self.path.is_symlink():
-            _remove_tree(self.path)
+        try:
+            if self.fd >= 0 and self._in_place():
+                _remove_tree(self.path)
+        finally:
+            self._close()
+
+    def _in_place(self) -> bool:
+        """Whether `path` still names the folder `fd` is (not moved or replaced since)."""
+        try:
+            there = os.lstat(self.path)
+        except OSError:
+            return False
+        ours = os.fstat(self.fd)
+        return (there.st_dev, there.st_ino) == (ours.st_dev, ours.st_ino)
+
+    def _close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
     def finish(self, mode: int | None, mtime_ns: int | None = None) -> None:
         """Give the folder `mode` and `mtime_ns` (None: leave as the restore set them) and
         move it to the destination."""
         if mtime_ns is not None:
-            os.utime(self.path, ns=(mtime_ns, mtime_ns))
+            os.utime(self.fd, ns=(mtime_ns, mtime_ns))
         if mode is not None:
-            self.path.chmod(mode)
+            os.fchmod(self.fd, mode)
+        if not self._in_place():
+            raise DestinationError(
+                f"the staging folder {self.path} was moved or replaced during the restore:"
+                f" someone else may write in {self.dest.parent}",
+                hint="restore into a folder only you can write to",
+            )
         try:
             os.replace(self.path, self.dest)
         except OSError as exc:
@@ -368,10 +416,14 @@ class SafeDestination:
     the caller writes into a staging folder and removes it on failure.
     """
 
-    def __init__(self, root: str | os.PathLike[str], limits: Limits) -> None:
+    def __init__(self, root: str | os.PathLike[str] | int, limits: Limits) -> None:
+        """`root`: the folder, or a descriptor of it (a `Staging`'s `fd`)."""
         self.limits = limits
         self.written = Written()
-        self._root_fd = os.open(root, _DIR_FLAGS)
+        if isinstance(root, int):
+            self._root_fd = os.open(".", _DIR_FLAGS, dir_fd=root)
+        else:
+            self._root_fd = os.open(root, _DIR_FLAGS)
         self._needs, self._has = space(self._root_fd, limits)
         self._kinds: dict[tuple[str, ...], Kind] = {}
         self._link_targets: dict[tuple[str, ...], str] = {}

@@ -378,6 +378,42 @@ def test_damage_after_partial_write_leaves_nothing(
     assert_restore_fails(repo, root_key, AuthenticationFailed)
 
 
+@pytest.mark.parametrize("planted", ["a link", "a folder of another user"])
+def test_a_staging_folder_swapped_as_it_is_made_is_not_written_into(
+    made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch, planted: str
+) -> None:
+    """Someone who may write in the destination's parent (a shared folder, not sticky)
+    replaces the hidden staging folder the moment it is made: with a link to a folder of
+    the user's, the restore gave that folder mode 0700 and wrote the files into it; with
+    a folder of their own, it wrote them where that user reads them. Refused, and
+    neither is touched."""
+    _, repo = made
+    elsewhere = repo.parent / "elsewhere"
+    elsewhere.mkdir(mode=0o755)
+    elsewhere.chmod(0o755)
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_swapped(self: Path, *args: Any, **kwargs: Any) -> None:
+        real_mkdir(self, *args, **kwargs)
+        if self.name.endswith(".restoring"):
+            self.rmdir()
+            if planted == "a link":
+                self.symlink_to(elsewhere)
+            else:
+                real_mkdir(self, mode=0o777)
+                os.chown(self, 65534, 65534)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_swapped)
+    dest = repo.parent / "restored"
+    with pytest.raises(BackupVaultError, match="staging"):
+        restore_snapshot(str(repo), root_key, dest)
+    monkeypatch.undo()
+    assert not dest.exists() and not os.path.lexists(dest)
+    assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
+    [swapped] = [p for p in repo.parent.iterdir() if p.name.endswith(".restoring")]
+    assert os.listdir(swapped) == []  # the other user's folder: nothing written in it
+
+
 # ---- objects larger than any this program writes ---------------------------------------
 
 _HUGE = 64 << 20  # a sparse file: storage pays nothing for it

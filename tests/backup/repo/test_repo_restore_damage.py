@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -182,14 +181,14 @@ def test_an_interruption_just_after_the_staging_folder_is_made_leaves_nothing(
     good (tests/cli's SIGTERM test, which signals as soon as the folder appears, failed
     now and then so)."""
     _, repo = many_packs
-    chmod = Path.chmod
+    fchmod = os.fchmod
 
-    def interrupted(self: Path, mode: int, **kwargs: Any) -> None:
-        if self.name.endswith(".restoring") and mode == 0o700:
+    def interrupted(fd: int, mode: int) -> None:
+        if mode == 0o700:  # the staging folder made private
             raise KeyboardInterrupt
-        chmod(self, mode, **kwargs)
+        fchmod(fd, mode)
 
-    monkeypatch.setattr(Path, "chmod", interrupted)
+    monkeypatch.setattr(os, "fchmod", interrupted)
     with pytest.raises(KeyboardInterrupt):
         restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert not [p for p in repo.parent.iterdir() if "out" in p.name]

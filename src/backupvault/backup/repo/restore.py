@@ -167,7 +167,7 @@ def restore_snapshot(
     reporter.start(total, "restoring")
     try:
         with Staging(dest_path) as staging:
-            dir_fd = os.open(staging.path, os.O_RDONLY | os.O_DIRECTORY)
+            dir_fd = staging.fd
             try:
                 _fill(
                     repo,
@@ -197,8 +197,6 @@ def restore_snapshot(
                     hint=f"nothing was written into {dest}; remove the cause (a file size "
                     "limit, a quota, a failing disk) and run it again",
                 ) from None
-            finally:
-                os.close(dir_fd)
             root = next((e for e in entries if e.path == ROOT), None)
             if root is not None:
                 staging.finish(root.mode & 0o777, root.mtime_ns)
