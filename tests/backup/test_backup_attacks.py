@@ -212,3 +212,29 @@ def test_header_parser_reports_fields() -> None:
             BackupHeader.from_bytes(b"BVBACKUP" + version + bytes(HEADER_LEN))
     with pytest.raises(InvalidInput, match="version 0 is not supported"):
         BackupHeader.from_bytes(b"BVBACKUP" + bytes(HEADER_LEN))
+
+
+def test_a_staging_folder_swapped_for_a_link_as_it_is_made_is_not_touched(
+    case: Case, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A single-blob restore shares the repository restore's staging folder: replaced by a
+    link to another folder of the user's the moment it is made, that folder was made
+    0700 before the write through the link was refused."""
+    elsewhere = case.tmp / "elsewhere"
+    elsewhere.mkdir()
+    elsewhere.chmod(0o755)
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_swapped(self: Path, *args: object, **kwargs: object) -> None:
+        real_mkdir(self, *args, **kwargs)
+        if self.name.endswith(".restoring"):
+            self.rmdir()
+            self.symlink_to(elsewhere)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_swapped)
+    dest = case.dest_parent / "dest"
+    with pytest.raises(BackupVaultError, match=r"staging folder .* was replaced"):
+        restore_backup(str(case.store), case.root_key, dest)
+    monkeypatch.undo()
+    assert not os.path.lexists(dest)
+    assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
