@@ -427,6 +427,32 @@ def test_a_lock_of_another_machine_with_the_same_host_name_is_not_taken_for_a_cr
     assert repo.locks(include_expired=True) == []
 
 
+def test_another_machines_lock_is_stale_once_its_time_and_storages_both_say_so(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its time in the lock 31 minutes old (its clock behind ours, or ours ahead) while
+    storage wrote it just now: live, a prune waits. Once storage's time agrees: stale,
+    and the prune removes it."""
+    source = tmp_path / "src"
+    source.mkdir()
+    repo_path = tmp_path / "repo"
+    create_snapshot(source, str(repo_path), root_key)
+    repo = open_repo(repo_path, root_key)
+    clock = Clock(monkeypatch)
+    lock = repo.lock(SHARED)
+    clock.ahead = -LATER  # the holder's clock
+    with monkeypatch.context() as m:
+        m.setattr(repository, "lock_owner", lambda: b"elsewhere\0" + b"\1" * 16)
+        lock._write()
+    clock.ahead = 0
+    with pytest.raises(RepositoryLocked, match="in use by a backup or check on elsewhere"):
+        maintenance.prune(repo, dry_run=False)
+    old = time.time() - LATER
+    os.utime(repo_path / "locks" / lock.lock_id, (old, old))
+    maintenance.prune(repo, dry_run=False)
+    assert repo.locks(include_expired=True) == []
+
+
 def test_the_machine_id_is_kept_where_there_is_no_etc_machine_id(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
