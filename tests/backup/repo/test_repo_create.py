@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -12,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backupvault.backup.errors import DestinationError
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, tree
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo import restore as restore_module
@@ -431,6 +433,16 @@ def test_paths_longer_than_path_max_are_restored(
         assert (stat.S_IMODE(st.st_mode), st.st_mtime_ns) == (0o750, 1_500_000_000_123_456_789)
     assert (tmp_path / "out" / "ok.txt").read_bytes() == b"fine"
     assert not (tmp_path / "part" / "ok.txt").exists()
+    # Failing at the very end (the rename): the staging folder goes, deep paths and all.
+    before = set(os.listdir(tmp_path))
+
+    def refused(*args: object) -> None:
+        raise OSError(errno.EXDEV, "Invalid cross-device link")
+
+    monkeypatch.setattr(os, "replace", refused)
+    with pytest.raises(DestinationError, match="cannot move the restored data"):
+        restore_snapshot(str(repo), root_key, tmp_path / "failed")
+    assert set(os.listdir(tmp_path)) == before
 
 
 def test_a_path_longer_than_a_snapshot_holds_is_skipped_not_fatal(
