@@ -1025,6 +1025,58 @@ def test_a_promise_of_a_value_nobody_can_build_on_is_dropped_and_the_change_comm
     assert {payload_of(net.disk[i][b"k"].value) for i in (0, 3, 4)} == {(2).to_bytes(8, "big")}
 
 
+def _refusing_everything(net: Net, node: int) -> None:
+    """Node `node` turns hostile: it refuses every Prepare and Accept at once, claiming a
+    promise just above, and its answers overtake the honest ones (it has no write to
+    wait for)."""
+
+    def receive(sender: int, message: Message, now: float) -> list:
+        if isinstance(message, Prepare):
+            above = (message.round + 1, node)
+            refusal: Message = Promise(
+                message.op_id, message.key, message.round, message.node, False, 0, 0, b"", *above
+            )
+            return [Send(sender, refusal)]
+        if isinstance(message, Accept):
+            above = (message.round + 1, node)
+            refusal = Accepted(
+                message.op_id, message.key, message.round, message.node, False, *above, b""
+            )
+            return [Send(sender, refusal)]
+        return []
+
+    net.replicas[node].receive = receive  # type: ignore[method-assign]
+    run = net.run
+
+    def overtaking(sender: int, effects: list) -> None:
+        for effect in effects:
+            if sender == node and isinstance(effect, Send):
+                net.queue.appendleft((sender, effect.to, effect.message.to_bytes()))
+            else:
+                run(sender, [effect])
+
+    net.run = overtaking  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("leader", [True, False])
+def test_one_node_that_refuses_every_ballot_cannot_stall_the_fleet(leader: bool) -> None:
+    """A proposer backed off at the first refusal, and a leader dropped its hold: one
+    hostile node out of five that refused every Prepare and Accept at once made every
+    change fail ("no majority") while the four others promised and accepted. A refusal
+    now counts only once no majority is left without the refusers."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=leader)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    _refusing_everything(net, 4)
+    for i in range(6):
+        op = b"op%d" % i
+        net.propose(i % 4, op, b"k", add(1))
+        net.settle()
+        assert net.results[op] == Committed(op, i + 2), op
+
+
 def test_forwards_for_more_entries_than_the_leader_holds_at_once_go_leaderless() -> None:
     """A peer forwards changes to LEADER_ENTRIES + 2 entries in one go (one frame, so no
     promise comes back in between): every hold has a Prepare in flight, and none may be

@@ -798,8 +798,10 @@ def test_a_hostile_proposer_deleting_a_later_version_gains_nothing() -> None:
     assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.STALE_MANIFEST
     assert _rows(world, client.key) == rows  # nothing evaluated, no count moved
     # Node 0's round for that request chose the forged value (node 1 takes it over its own
-    # empty value of version 2, and node 4 is the attacker's): the attacker ended the
-    # entry, which its forged tombstone does as well.
+    # empty value of version 2 once node 0's repair writes it above node 1's promise, and
+    # node 4 is the attacker's): the attacker ended the entry, which its forged tombstone
+    # does as well.
+    world.settle(3.0)
     assert world.replicated(1, client.key) == deleted
     assert len(registration.shares) == 1  # the attacker holds one share of k, t = 3
     second, third = _versions_elsewhere()

@@ -270,7 +270,7 @@ def test_a_reset_for_the_attempt_number_a_commit_landed_on_is_refused_not_raised
     request for the entry at that node went unanswered (and the first was a 500);
     leaderless, it raised while the node read a peer's Promise, which dropped the rest
     of that peer's frame. Now the node refuses the reset, and keeps serving the entry."""
-    found = next(filter(None, map(_change_racing_a_guess, range(20))), None)
+    found = next(filter(None, map(_change_racing_a_guess, range(40))), None)
     assert found is not None, "no schedule raced the commit and the guess as intended"
     a, new, attempt = found
     for replica in (m.replica for m in a.world.members if m.replica is not None):

@@ -172,10 +172,10 @@ def test_majority_rolled_back_is_caught() -> None:
     ("bug", "within", "caught_by"),
     [
         ("evaluate-before-commit", 20, 0),
-        ("replayed-evaluate-charged", 20, 6),
+        ("replayed-evaluate-charged", 20, 1),
         ("skip-catch-up", 200, 17),
         ("accept-lower-ballot", 20, 0),
-        ("leader-skips-base-check", 40, 3),
+        ("leader-skips-base-check", 40, 5),
     ],
 )
 def test_planted_bug_is_caught(

@@ -213,7 +213,7 @@ class _Proposal:
     timeouts: int = 0
     promises: dict[int, Promise] = field(default_factory=dict)
     accepts: set[int] = field(default_factory=set)
-    refusals: set[int] = field(default_factory=set)  # acceptors whose check refused the value
+    refusals: set[int] = field(default_factory=set)  # acceptors that refused this ballot
     accepted_value: bytes = b""
     outcome: Any = None
     outcomes: dict[int, Any] = field(default_factory=dict)  # by the computation that made it
@@ -255,7 +255,7 @@ class _Lead:
     accept: Accept | None = None
     origin: int = -1
     accepts: set[int] = field(default_factory=set)
-    refusals: set[int] = field(default_factory=set)  # acceptors whose check refused it
+    refusals: set[int] = field(default_factory=set)  # acceptors that refused `held`
     queue: deque[tuple[int, Forward]] = field(default_factory=deque)
 
 
@@ -834,7 +834,7 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
-            return self._back_off(proposal, now)
+            return self._refused_by(proposal, sender, now)
         proposal.promises[sender] = message
         if len(proposal.promises) < self.quorum:
             return []
@@ -1025,13 +1025,7 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
-            if _refused_by_check(message):
-                # That acceptor checks the value and refuses it: no ballot changes that,
-                # so back off only once no majority can take it without that node.
-                proposal.refusals.add(sender)
-                if len(proposal.refusals) <= len(self.nodes) - self.quorum:
-                    return []
-            return self._back_off(proposal, now)
+            return self._refused_by(proposal, sender, now)
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
@@ -1057,6 +1051,17 @@ class Replica:
                 accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
             )
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
+
+    def _refused_by(self, proposal: _Proposal, sender: int, now: float) -> list[Effect]:
+        """An acceptor refused this round's ballot (its promise is higher, or its check
+        refuses the value): back off only once so many refused that no majority is left
+        to answer yes. A refusal is a peer's word, and a hostile node refuses every
+        ballot at once: backing off on the first refusal made one such node fail every
+        round (and every leader hold, `_lead_refused`) while all the others promised."""
+        proposal.refusals.add(sender)
+        if len(proposal.refusals) <= len(self.nodes) - self.quorum:
+            return []
+        return self._back_off(proposal, now)
 
     def _back_off(self, proposal: _Proposal, now: float) -> list[Effect]:
         """Another proposer holds a higher ballot: wait a random, growing while, then retry."""
@@ -1243,6 +1248,7 @@ class Replica:
         lead.prepare_id = self._rng(16)
         lead.promised = set()
         lead.promises = {}
+        lead.refusals = set()
         lead.started = now
         prepare = Prepare(lead.prepare_id, lead.key, *_ballot(lead.held))
         effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
@@ -1254,7 +1260,7 @@ class Replica:
         if Ballot(message.round, message.node) != lead.held:
             return []
         if not message.ok:
-            return self._drop_lead(lead, now)
+            return self._lead_refused(lead, sender, now)
         lead.promises[sender] = message
         if len(lead.promises) < self.quorum:
             return []
@@ -1281,11 +1287,7 @@ class Replica:
         ):
             return []
         if not message.ok:
-            if _refused_by_check(message):
-                lead.refusals.add(sender)  # as for a proposal: a check, not a ballot
-                if len(lead.refusals) <= len(self.nodes) - self.quorum:
-                    return []
-            return self._drop_lead(lead, now)  # someone holds a higher ballot for this entry
+            return self._lead_refused(lead, sender, now)
         if message.digest != _digest(lead.accept.value):
             return []  # not an answer to what this node sent
         lead.accepts.add(sender)
@@ -1302,6 +1304,14 @@ class Replica:
         lead.phase = "ready"
         self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
+
+    def _lead_refused(self, lead: _Lead, sender: int, now: float) -> list[Effect]:
+        """As `_refused_by` for a proposal: the hold is given up only once no majority is
+        left to answer yes, not on one (possibly hostile) refusal."""
+        lead.refusals.add(sender)
+        if len(lead.refusals) <= len(self.nodes) - self.quorum:
+            return []
+        return self._drop_lead(lead, now)  # a majority is out of reach at this ballot
 
     def _drop_lead(self, lead: _Lead, now: float) -> list[Effect]:
         """Give the entry up (refused, or too slow): every change waiting here, and the one
