@@ -16,6 +16,7 @@ from backupvault.fleet.messages import (
     Accept,
     Accepted,
     AcceptorRecord,
+    Ballot,
     Forward,
     ForwardAnswer,
     Prepare,
@@ -679,7 +680,10 @@ def test_a_promise_far_above_is_reached_in_steps_and_the_change_commits() -> Non
     assert net.replicas[0].source.get(b"k").accepted.round > walked[-1]
 
 
-def test_an_answer_claiming_a_round_near_2_64_lifts_rounds_one_step_at_most() -> None:
+def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_ballot() -> None:
+    """Answers to ballots node 0 never sent lift nothing; a refusal of one it sent lifts
+    its rounds to less than a step above that ballot, and never to the ceiling (its next
+    ballot must fit the store's u64, and no acceptor takes a round at or above it)."""
     net = Net()
     net.propose(0, b"a", b"k", add(1))
     net.settle()
@@ -689,18 +693,49 @@ def test_an_answer_claiming_a_round_near_2_64_lifts_rounds_one_step_at_most() ->
     lie = Promise(b"x", b"k", 1, 1, False, 0, 0, b"", top, 1)
     net.run(0, replica.receive(1, lie, net.now))
     net.run(0, replica.receive(1, Accepted(b"y", b"k", 1, 1, False, top, 1, b""), net.now))
-    assert replica._max_round <= before + 2 * MAX_ROUND_STEP
+    assert replica._max_round == before
     net.propose(0, b"b", b"k", add(1))
     net.settle()
     assert net.results[b"b"].outcome == 2
-    # Walked up to the ceiling (2^30 such answers), it stops there: its next ballot
-    # still fits the store's u64, and no acceptor takes a round at or above it.
+    replica.timing = replace(replica.timing, leader=False)
+    effects = replica.propose(b"c", b"k", add(1), net.now)
+    (prepare,) = {e.message for e in effects if isinstance(e, Send)}
+    refusal = Promise(prepare.op_id, b"k", prepare.round, 0, False, 0, 0, b"", top, 1)
+    replica.receive(1, refusal, net.now)
+    assert replica._max_round == prepare.round + MAX_ROUND_STEP - 1
     replica._max_round = ROUND_CEILING - 5
-    net.run(0, replica.receive(1, lie, net.now))
+    replica.receive(1, replace(refusal, round=ROUND_CEILING - 5), net.now)
+    assert replica._max_round == ROUND_CEILING - 5  # not a ballot it sent
+    replica._leads.clear()
+    replica._by_op[b"c"].ballot = Ballot(ROUND_CEILING - 5, 0)
+    replica.receive(1, replace(refusal, round=ROUND_CEILING - 5), net.now)
     assert replica._max_round == ROUND_CEILING - 1
     net.replicas[1]._max_round = ROUND_CEILING - 5  # within a step, but at the ceiling
     effects = net.replicas[1].receive(4, Prepare(b"z", b"k", ROUND_CEILING, 4), net.now)
     assert [e.message.ok for e in effects if isinstance(e, Send)] == [False]
+
+
+def test_made_up_answers_cannot_lift_a_node_s_rounds_out_of_reach() -> None:
+    """Two answers a hostile node made up (a refusal claiming a promise near 2^64, to
+    ballots never sent) lifted a node's rounds by two steps: every honest acceptor then
+    refused its ballots as inflated, and none of its leaderless rounds committed again."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=False)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    top = (1 << 64) - 1
+    lies = [
+        Promise(b"x", b"k", 1, 4, False, 0, 0, b"", top, 4),
+        Accepted(b"y", b"k", 1, 4, False, top, 4, b""),
+    ]
+    for lie in lies:
+        net.run(1, net.replicas[1].receive(4, lie, net.now))
+    for i in range(3):
+        op = b"op%d" % i
+        net.propose(1, op, b"k", add(1))
+        net.settle()
+        assert net.results[op] == Committed(op, i + 2), op
 
 
 # ---- the leader's own write, made while its Accept is on the wire -----------------------
@@ -1025,20 +1060,19 @@ def test_a_promise_of_a_value_nobody_can_build_on_is_dropped_and_the_change_comm
     assert {payload_of(net.disk[i][b"k"].value) for i in (0, 3, 4)} == {(2).to_bytes(8, "big")}
 
 
-def _refusing_everything(net: Net, node: int) -> None:
+def _refusing_everything(net: Net, node: int, claim: int | None = None) -> None:
     """Node `node` turns hostile: it refuses every Prepare and Accept at once, claiming a
-    promise just above, and its answers overtake the honest ones (it has no write to
-    wait for)."""
+    promise just above (or at round `claim`), and its answers overtake the honest ones
+    (it has no write to wait for)."""
 
     def receive(sender: int, message: Message, now: float) -> list:
+        above = (message.round + 1 if claim is None else claim, node)
         if isinstance(message, Prepare):
-            above = (message.round + 1, node)
             refusal: Message = Promise(
                 message.op_id, message.key, message.round, message.node, False, 0, 0, b"", *above
             )
             return [Send(sender, refusal)]
         if isinstance(message, Accept):
-            above = (message.round + 1, node)
             refusal = Accepted(
                 message.op_id, message.key, message.round, message.node, False, *above, b""
             )
@@ -1058,21 +1092,26 @@ def _refusing_everything(net: Net, node: int) -> None:
     net.run = overtaking  # type: ignore[method-assign]
 
 
+@pytest.mark.parametrize("claim", [None, (1 << 64) - 1], ids=["just-above", "near-2-64"])
 @pytest.mark.parametrize("leader", [True, False])
-def test_one_node_that_refuses_every_ballot_cannot_stall_the_fleet(leader: bool) -> None:
+def test_one_node_that_refuses_every_ballot_cannot_stall_the_fleet(
+    leader: bool, claim: int | None
+) -> None:
     """A proposer backed off at the first refusal, and a leader dropped its hold: one
     hostile node out of five that refused every Prepare and Accept at once made every
     change fail ("no majority") while the four others promised and accepted. A refusal
-    now counts only once no majority is left without the refusers."""
+    now counts only once no majority is left without the refusers. Claiming a promise
+    near 2^64 in each refusal lifted the proposer's rounds a step per answer, past what
+    honest acceptors take (`_learn_round`)."""
     net = Net()
     for node in net.replicas.values():
         node.timing = replace(node.timing, leader=leader)
     net.propose(0, b"a", b"k", add(1))
     net.settle()
-    _refusing_everything(net, 4)
+    _refusing_everything(net, 4, claim)
     for i in range(6):
         op = b"op%d" % i
-        net.propose(i % 4, op, b"k", add(1))
+        net.propose(1, op, b"k", add(1))  # through leader 0, or leaderless at node 1
         net.settle()
         assert net.results[op] == Committed(op, i + 2), op
 

@@ -503,13 +503,20 @@ class Replica:
     def _key_ok(self, key: bytes) -> bool:
         return self._check_key is None or self._check_key(key)
 
-    def _learn_round(self, promised_round: int) -> None:
-        """Raise the highest round seen to an acceptor's reported promise, by at most
-        `MAX_ROUND_STEP` at a time and never to `ROUND_CEILING`: one answer from a hostile
-        peer claiming a promise near 2^64 would otherwise make this node's next ballot
-        overflow its store's u64 (and stop it at every restart). An honest promise far
-        above is still reached: each refusal lifts the next ballot by up to the step."""
-        learned = min(promised_round, self._max_round + MAX_ROUND_STEP, ROUND_CEILING - 1)
+    def _learn_round(self, promised_round: int, refused: Ballot) -> None:
+        """Raise the highest round seen to the promise an acceptor reported when it refused
+        `refused`, a ballot this node sent (its own, or one it resends as a repair): never
+        more than `MAX_ROUND_STEP` - 1 above that ballot, and never to `ROUND_CEILING`.
+
+        A peer's answer is its word. Learned from any answer, and a step above this node's
+        highest round each time, two answers made up by a hostile peer (unsolicited ones
+        too) lifted this node's next ballot more than a step above every honest
+        acceptor's rounds: they all refused it as inflated, for good (until a restart),
+        and this node's own rounds never committed again. Every acceptor that answered
+        the refused ballot (or whose promise is higher) has seen its round, so a ballot
+        at most a step above it is never refused as inflated; an honest promise far
+        above is still reached, a step per refused round."""
+        learned = min(promised_round, refused.round + MAX_ROUND_STEP - 1, ROUND_CEILING - 1)
         self._max_round = max(self._max_round, learned)
 
     def tick(self, now: float) -> list[Effect]:
@@ -826,7 +833,6 @@ class Replica:
         return proposal
 
     def _on_promise(self, sender: int, message: Promise, now: float) -> list[Effect]:
-        self._learn_round(message.promised_round)
         lead = self._leads.get(message.key)
         if lead is not None and lead.phase == "prepare" and lead.prepare_id == message.op_id:
             return self._lead_on_promise(lead, sender, message, now)
@@ -834,7 +840,7 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
-            return self._refused_by(proposal, sender, now)
+            return self._refused_by(proposal, sender, message.promised_round, now)
         proposal.promises[sender] = message
         if len(proposal.promises) < self.quorum:
             return []
@@ -890,7 +896,6 @@ class Replica:
         return ReplicatedValue(recent, payload).to_bytes()
 
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
-        self._learn_round(message.promised_round)
         effects = self._lead_on_accepted(sender, message, now)
         proposal = self._by_op.get(message.op_id)
         if proposal is not None and message.ok and message.digest in proposal.forwarded:
@@ -1018,6 +1023,7 @@ class Replica:
                 repair.pending.discard(sender)
             else:
                 repair.refused = True
+                self._learn_round(message.promised_round, Ballot(message.round, message.node))
             if not repair.pending:
                 del self._repairs[message.op_id]
             return []
@@ -1025,7 +1031,7 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
-            return self._refused_by(proposal, sender, now)
+            return self._refused_by(proposal, sender, message.promised_round, now)
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
@@ -1052,12 +1058,15 @@ class Replica:
             )
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
 
-    def _refused_by(self, proposal: _Proposal, sender: int, now: float) -> list[Effect]:
+    def _refused_by(
+        self, proposal: _Proposal, sender: int, promised_round: int, now: float
+    ) -> list[Effect]:
         """An acceptor refused this round's ballot (its promise is higher, or its check
         refuses the value): back off only once so many refused that no majority is left
         to answer yes. A refusal is a peer's word, and a hostile node refuses every
         ballot at once: backing off on the first refusal made one such node fail every
         round (and every leader hold, `_lead_refused`) while all the others promised."""
+        self._learn_round(promised_round, proposal.ballot)
         proposal.refusals.add(sender)
         if len(proposal.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1260,7 +1269,7 @@ class Replica:
         if Ballot(message.round, message.node) != lead.held:
             return []
         if not message.ok:
-            return self._lead_refused(lead, sender, now)
+            return self._lead_refused(lead, sender, message.promised_round, now)
         lead.promises[sender] = message
         if len(lead.promises) < self.quorum:
             return []
@@ -1287,7 +1296,7 @@ class Replica:
         ):
             return []
         if not message.ok:
-            return self._lead_refused(lead, sender, now)
+            return self._lead_refused(lead, sender, message.promised_round, now)
         if message.digest != _digest(lead.accept.value):
             return []  # not an answer to what this node sent
         lead.accepts.add(sender)
@@ -1305,9 +1314,12 @@ class Replica:
         self._leading.pop(lead.key, None)
         return self._lead_next(lead, now)
 
-    def _lead_refused(self, lead: _Lead, sender: int, now: float) -> list[Effect]:
+    def _lead_refused(
+        self, lead: _Lead, sender: int, promised_round: int, now: float
+    ) -> list[Effect]:
         """As `_refused_by` for a proposal: the hold is given up only once no majority is
         left to answer yes, not on one (possibly hostile) refusal."""
+        self._learn_round(promised_round, lead.held)
         lead.refusals.add(sender)
         if len(lead.refusals) <= len(self.nodes) - self.quorum:
             return []
