@@ -715,6 +715,32 @@ def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_bal
     assert [e.message.ok for e in effects if isinstance(e, Send)] == [False]
 
 
+@pytest.mark.parametrize("leader", [True, False])
+def test_a_laggard_that_refuses_every_repair_is_lifted_once_not_for_ever(leader: bool) -> None:
+    """A committed value's repair refused by a laggard's promise sets off one no-op round
+    that writes the value above it. A hostile node refuses every ballot: each no-op round
+    left it lagging again, and its refusal set off the next, a round every two seconds
+    for ever, for each entry it lagged on. The repair made by that no-op round now gives
+    the node up when it refuses too."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=leader)
+    _refusing_everything(net, 4)
+    net.propose(1, b"a", b"k", add(1))
+    net.settle()
+    assert net.results[b"a"] == Committed(b"a", 1)
+    for _ in range(300):  # five minutes, past the repair window
+        net.now += 1.0
+        for i, replica in net.replicas.items():
+            if i != 4:
+                net.run(i, replica.tick(net.now))
+        net.settle()
+    assert len(net.results) <= 2  # the change and one no-op round
+    assert not any(replica.lagging() for replica in net.replicas.values())
+    values = {payload_of(net.disk[i][b"k"].value) for i in range(4)}
+    assert values == {(1).to_bytes(8, "big")}
+
+
 def test_made_up_answers_cannot_lift_a_node_s_rounds_out_of_reach() -> None:
     """Two answers a hostile node made up (a refusal claiming a promise near 2^64, to
     ballots never sent) lifted a node's rounds by two steps: every honest acceptor then

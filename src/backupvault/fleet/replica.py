@@ -185,6 +185,10 @@ class _Repair:
     until: float
     next_at: float
     refused: bool = False  # a pending node promised a higher ballot: resending cannot help
+    # Made by the no-op round a refusal set off (`tick`): a pending node that refuses this
+    # one too is given up on, not lifted again (its restart or the entry's next change
+    # brings it the value).
+    lifted: bool = False
 
 
 @dataclass
@@ -220,6 +224,8 @@ class _Proposal:
     computations: int = 0
     # A change that may be answered from a chosen value it leaves unchanged (`_joined`).
     joinable: bool = False
+    # A no-op round that writes a committed value above a laggard's promise (`tick`).
+    lifts: bool = False
     # The leader path: values forwarded (by digest: the value and its outcome), the
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
@@ -381,12 +387,15 @@ class Replica:
         proposal = _Proposal(
             op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
         )
+        return self._submit(proposal, now)
+
+    def _submit(self, proposal: _Proposal, now: float) -> list[Effect]:
         joined = self._joined(proposal, now)
         if joined is not None:
             return [joined]
-        queue = self._queues.setdefault(key, deque())
+        queue = self._queues.setdefault(proposal.key, deque())
         queue.append(proposal)
-        self._by_op[op_id] = proposal
+        self._by_op[proposal.op_id] = proposal
         # One proposal per entry at a time from this node: its own changes never race.
         return self._begin(proposal, now) if len(queue) == 1 else []
 
@@ -553,7 +562,11 @@ class Replica:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
-                    effects += self.propose(self._rng(16), repair.accept.key, _unchanged, now)
+                    deadline = now + self.timing.deadline
+                    lift = _Proposal(
+                        self._rng(16), repair.accept.key, _unchanged, deadline, lifts=True
+                    )
+                    effects += self._submit(lift, now)
         if self.ready:
             effects += self._settle(now)
         for key in list(self._leading):
@@ -1003,7 +1016,11 @@ class Replica:
             # Resent as the leader sent it, so a laggard's write is the same as theirs.
             accept = Accept(proposal.op_id, proposal.key, *_ballot(ballot), value, self.node, True)
             self._repairs[proposal.op_id] = _Repair(
-                accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
+                accept,
+                laggards,
+                now + self.timing.repair_window,
+                now + self.timing.round_timeout,
+                lifted=proposal.lifts,
             )
         return self._finish(proposal, Committed(proposal.op_id, outcome), now)
 
@@ -1019,7 +1036,10 @@ class Replica:
             # Refused by its promise: it promised a higher ballot, which need not carry
             # this value (a cut-off node's own failed proposal raises its promise); `tick`
             # then rewrites the value above that promise.
-            if message.ok or _refused_by_check(message):
+            # Refused again after a no-op round lifted the value above its promise: given
+            # up. A hostile node refuses every ballot; lifted for each refusal, it had the
+            # fleet run a round every two seconds for ever, for every entry it lagged on.
+            if message.ok or _refused_by_check(message) or repair.lifted:
                 repair.pending.discard(sender)
             else:
                 repair.refused = True
@@ -1054,7 +1074,11 @@ class Replica:
                 False,
             )
             self._repairs[proposal.op_id] = _Repair(
-                accept, laggards, now + self.timing.repair_window, now + self.timing.round_timeout
+                accept,
+                laggards,
+                now + self.timing.repair_window,
+                now + self.timing.round_timeout,
+                lifted=proposal.lifts,
             )
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
 
