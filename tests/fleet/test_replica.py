@@ -1175,6 +1175,34 @@ def test_forwards_for_more_entries_than_the_leader_holds_at_once_go_leaderless()
     assert not leader._leads  # the rest got nowhere: sent back to go leaderless
 
 
+def test_a_flood_of_forwards_for_one_entry_keeps_one_per_node_waiting() -> None:
+    """While the leader's Prepare for an entry is in flight, a peer forwards 10,000
+    changes to it: each waited in the entry's queue (values up to 256 KiB each). An
+    honest node has one change per entry in flight, so the leader keeps the newest
+    Forward of each node; the other nodes' changes still get through."""
+    leader = Replica(0, range(5), random.Random(1).randbytes)
+    leader.start(0.0, intact=True)
+    value = ReplicatedValue([], b"v").to_bytes()
+    (prepare, *_) = [
+        e.message
+        for e in leader.receive(3, Forward(b"honest", b"k", 0, 0, value), 0.0)
+        if isinstance(e, Send)
+    ]
+    for i in range(10_000):
+        leader.receive(4, Forward(b"op%d" % i, b"k", 0, 0, value), 0.0)
+    assert [(origin, f.op_id) for origin, f in leader._leads[b"k"].queue] == [
+        (3, b"honest"),
+        (4, b"op9999"),
+    ]
+    accepts: list[Accept] = []
+    for node in (1, 2):
+        promise = Promise(prepare.op_id, b"k", prepare.round, 0, True, 0, 0, b"", prepare.round, 0)
+        effects = leader.receive(node, promise, 0.0)
+        accepts += [e.message for e in effects if isinstance(e, Send)]
+    sent = {(a.op_id, a.origin) for a in accepts if isinstance(a, Accept)}
+    assert sent == {(b"honest", 3)}  # the first in the queue: the next waits for its commit
+
+
 def test_a_joinable_change_that_cannot_build_on_the_chosen_value_fails_without_raising() -> None:
     """The chosen value is one the change cannot go past (as the firmware's evaluate over
     a forged tombstone whose attempt counter is at 2^64 - 1: the next attempt does not

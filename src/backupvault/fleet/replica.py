@@ -1199,7 +1199,16 @@ class Replica:
                 return self._to(origin, answer, now)  # every hold busy: go leaderless
             lead = self._leads[forward.key] = _Lead(forward.key)
         self._leads.move_to_end(forward.key)
-        lead.queue.append((origin, forward))
+        # An honest node has one change per entry in flight, so one Forward: the newest
+        # takes the place of an older one from the same node, which is dropped as if lost
+        # (a duplicate, or its change has gone leaderless or was sent again). A hostile
+        # node's Forwards for one entry grew the queue without bound while a round was
+        # in flight.
+        waiting = [i for i, (queued, _) in enumerate(lead.queue) if queued == origin]
+        if waiting:
+            lead.queue[waiting[0]] = (origin, forward)
+        else:
+            lead.queue.append((origin, forward))
         return self._lead_next(lead, now)
 
     def _room_for_a_lead(self) -> bool:
