@@ -702,14 +702,13 @@ def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_bal
     (prepare,) = {e.message for e in effects if isinstance(e, Send)}
     refusal = Promise(prepare.op_id, b"k", prepare.round, 0, False, 0, 0, b"", top, 1)
     replica.receive(1, refusal, net.now)
-    assert replica._max_round == prepare.round + MAX_ROUND_STEP - 1
-    replica._max_round = ROUND_CEILING - 5
+    assert replica._learned[b"k"] == prepare.round + MAX_ROUND_STEP - 1
+    assert replica._max_round < MAX_ROUND_STEP  # its acceptor's rounds: only what it promised
     replica.receive(1, replace(refusal, round=ROUND_CEILING - 5), net.now)
-    assert replica._max_round == ROUND_CEILING - 5  # not a ballot it sent
-    replica._leads.clear()
+    assert replica._learned[b"k"] == prepare.round + MAX_ROUND_STEP - 1  # not a ballot it sent
     replica._by_op[b"c"].ballot = Ballot(ROUND_CEILING - 5, 0)
     replica.receive(1, replace(refusal, round=ROUND_CEILING - 5), net.now)
-    assert replica._max_round == ROUND_CEILING - 1
+    assert replica._learned[b"k"] == ROUND_CEILING - 1
     net.replicas[1]._max_round = ROUND_CEILING - 5  # within a step, but at the ceiling
     effects = net.replicas[1].receive(4, Prepare(b"z", b"k", ROUND_CEILING, 4), net.now)
     assert [e.message.ok for e in effects if isinstance(e, Send)] == [False]
@@ -739,6 +738,39 @@ def test_a_laggard_that_refuses_every_repair_is_lifted_once_not_for_ever(leader:
     assert not any(replica.lagging() for replica in net.replicas.values())
     values = {payload_of(net.disk[i][b"k"].value) for i in range(4)}
     assert values == {(1).to_bytes(8, "big")}
+
+
+@pytest.mark.parametrize("leader", [True, False])
+def test_prepares_for_made_up_entries_cannot_lift_a_node_s_rounds_out_of_reach(
+    leader: bool,
+) -> None:
+    """A hostile peer sends node 1 two Prepares for entries nobody uses, each a step above
+    the last round node 1 has promised (so it takes them). Node 1's ballots for every
+    entry were one above its highest promise, which is on disk: every honest acceptor
+    refused them as inflated, so none of its leaderless rounds committed again, and a
+    restart did not help. Its ballots for an entry now follow that entry's own rounds."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=leader)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    target = net.replicas[1]
+    for i in range(2):
+        inflated = Prepare(b"x%d" % i, b"unused%d" % i, target._max_round + MAX_ROUND_STEP, 4)
+        net.run(1, target.receive(4, inflated, net.now))
+    net.queue.clear()  # its promises go nowhere
+    net.now += DEFAULT_TIMING.deadline  # the leader's hold has lapsed: it prepares
+    for i in range(3):
+        op = b"op%d" % i
+        net.propose(1, op, b"k", add(1))  # through leader 0, or leaderless at node 1
+        net.settle()
+        assert net.results[op] == Committed(op, i + 2), op
+    restarted = Replica(1, range(5), net.rand.randbytes, target.source, target.timing)
+    net.replicas[1] = restarted
+    net.run(1, restarted.start(net.now, intact=True))
+    net.propose(1, b"after", b"k", add(1))
+    net.settle()
+    assert net.results[b"after"] == Committed(b"after", 5)
 
 
 def test_made_up_answers_cannot_lift_a_node_s_rounds_out_of_reach() -> None:

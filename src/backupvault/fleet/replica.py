@@ -107,6 +107,7 @@ FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going lea
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
+LEARNED_ENTRIES = 4096  # entries whose refusals' promises are kept for the next ballot
 
 
 @dataclass(frozen=True)
@@ -311,7 +312,12 @@ class Replica:
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
+        # The highest round this node's acceptor has promised: how far above it a ballot
+        # is taken (`_refused`). Not where this node's own ballots start: those follow the
+        # entry's own rounds (`_next_round`).
         self._max_round = self.source.max_round()
+        # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
+        self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
         # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
         self._leading: dict[bytes, None] = {}
@@ -512,8 +518,8 @@ class Replica:
     def _key_ok(self, key: bytes) -> bool:
         return self._check_key is None or self._check_key(key)
 
-    def _learn_round(self, promised_round: int, refused: Ballot) -> None:
-        """Raise the highest round seen to the promise an acceptor reported when it refused
+    def _learn_round(self, key: bytes, promised_round: int, refused: Ballot) -> None:
+        """Note for `key`'s next ballot the promise an acceptor reported when it refused
         `refused`, a ballot this node sent (its own, or one it resends as a repair): never
         more than `MAX_ROUND_STEP` - 1 above that ballot, and never to `ROUND_CEILING`.
 
@@ -526,7 +532,26 @@ class Replica:
         at most a step above it is never refused as inflated; an honest promise far
         above is still reached, a step per refused round."""
         learned = min(promised_round, refused.round + MAX_ROUND_STEP - 1, ROUND_CEILING - 1)
-        self._max_round = max(self._max_round, learned)
+        self._learned[key] = max(self._learned.pop(key, 0), learned)
+        if len(self._learned) > LEARNED_ENTRIES:
+            self._learned.popitem(last=False)  # forgetting costs a refused round, no more
+
+    def _next_round(self, key: bytes, after: Ballot) -> int:
+        """The round of this node's next ballot for `key`: above its own acceptor's promise
+        for the entry (which covers every ballot this node used for it: each is promised
+        there before it leaves), above `after` (the ballot it replaces), above what
+        refusals reported (`_learn_round`), and above the successor of a held ballot,
+        which the leader may still use without a Prepare (`_lead_next`).
+
+        Until 2026-12-04 every ballot was one above the highest round this node's acceptor
+        had promised for any entry. Two Prepares from a hostile peer for made-up entries,
+        each a step above the last, lifted that for good (it is on disk): every honest
+        acceptor then refused this node's ballots for every entry as inflated, and none
+        of its leaderless rounds committed again, not even after a restart."""
+        lead = self._leads.get(key)
+        held = lead.held.round + 1 if lead is not None else 0
+        promised = self._record(key).promised.round
+        return max(promised, held, after.round, self._learned.get(key, 0)) + 1
 
     def tick(self, now: float) -> list[Effect]:
         self._now = now
@@ -824,8 +849,7 @@ class Replica:
             proposal.phase = "backoff"
             proposal.retry_at = now + self.timing.sync_retry
             return []
-        self._max_round += 1
-        ballot = Ballot(self._max_round, self.node)
+        ballot = Ballot(self._next_round(proposal.key, proposal.ballot), self.node)
         require(ballot > proposal.ballot, "a proposal's ballots only grow")
         proposal.ballot = ballot
         proposal.phase = "prepare"
@@ -1043,7 +1067,8 @@ class Replica:
                 repair.pending.discard(sender)
             else:
                 repair.refused = True
-                self._learn_round(message.promised_round, Ballot(message.round, message.node))
+                ballot = Ballot(message.round, message.node)
+                self._learn_round(repair.accept.key, message.promised_round, ballot)
             if not repair.pending:
                 del self._repairs[message.op_id]
             return []
@@ -1090,7 +1115,7 @@ class Replica:
         to answer yes. A refusal is a peer's word, and a hostile node refuses every
         ballot at once: backing off on the first refusal made one such node fail every
         round (and every leader hold, `_lead_refused`) while all the others promised."""
-        self._learn_round(promised_round, proposal.ballot)
+        self._learn_round(proposal.key, promised_round, proposal.ballot)
         proposal.refusals.add(sender)
         if len(proposal.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1275,16 +1300,12 @@ class Replica:
             lead.accepts = set()
             lead.refusals = set()
             lead.started = now
-            # The acceptors promise the successor of `held`; no later ballot of this node
-            # may reuse it for another value.
-            self._max_round = max(self._max_round, lead.held.round + 1)
             effects += self._send_accept(accept, now)
         return effects
 
     def _lead_prepare(self, lead: _Lead, now: float) -> list[Effect]:
         """Phase 1 for one entry: a fresh ballot, promised by a majority before use."""
-        self._max_round += 1
-        lead.held = Ballot(self._max_round, self.node)
+        lead.held = Ballot(self._next_round(lead.key, lead.held), self.node)
         lead.phase = "prepare"
         self._leading[lead.key] = None
         lead.prepare_id = self._rng(16)
@@ -1352,7 +1373,7 @@ class Replica:
     ) -> list[Effect]:
         """As `_refused_by` for a proposal: the hold is given up only once no majority is
         left to answer yes, not on one (possibly hostile) refusal."""
-        self._learn_round(promised_round, lead.held)
+        self._learn_round(lead.key, promised_round, lead.held)
         lead.refusals.add(sender)
         if len(lead.refusals) <= len(self.nodes) - self.quorum:
             return []
