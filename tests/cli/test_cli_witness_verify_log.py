@@ -6,9 +6,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import httpx
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import main
+from backupvault.client.trust import load_witness_verifier
+from backupvault.deploy import verify
+from backupvault.transparency.note import Signer
 
 #: Nothing listens there: the command must stop before it asks the witness anything.
 NOWHERE = "http://127.0.0.1:9"
@@ -50,3 +55,37 @@ def test_a_state_file_keeping_a_vkey_that_is_not_a_key_is_a_clear_error(
     assert code == 1
     assert "keeps a vkey that is not a witness key" in str(error["error"])
     assert "--vkey" in str(error["hint"])
+
+
+def witness_vkey() -> str:
+    return Signer("witness.example/backupvault", Ed25519PrivateKey.generate()).verifier.vkey()
+
+
+def test_a_witness_that_does_not_answer_is_an_outage_not_a_fork(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Before: a witness that was down exited 7, the code of a forked or rolled-back log,
+    so a monitor paged for tampering when the witness was only unreachable."""
+    state = tmp_path / "log.json"
+    with pytest.raises(SystemExit) as done:
+        main(["--json", "witness", "verify-log", "--url", NOWHERE, "--vkey", witness_vkey(),
+              "--state", str(state)])  # fmt: skip
+    error = json.loads(capsys.readouterr().err)
+    assert done.value.code == 5
+    assert "did not answer" in error["error"] and "nothing was checked" in error["hint"]
+    assert not state.exists()
+
+
+@pytest.mark.parametrize("status", [502, 503, 504])
+def test_a_witness_behind_a_proxy_that_is_down_is_an_outage(status: int) -> None:
+    verifier = load_witness_verifier(witness_vkey(), None)
+    http = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(status)))
+    with pytest.raises(verify.DeploymentUnreachable):
+        verify.verify_log("http://witness.example", verifier, None, http=http)
+
+
+def test_a_witness_url_that_serves_no_log_is_still_refused() -> None:
+    verifier = load_witness_verifier(witness_vkey(), None)
+    http = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(404)))
+    with pytest.raises(verify.LogCheckFailed, match="cannot fetch the checkpoint"):
+        verify.verify_log("http://witness.example", verifier, None, http=http)

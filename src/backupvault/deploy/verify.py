@@ -633,6 +633,14 @@ def verify_log(
         )
         answer.raise_for_status()
     except httpx.HTTPError as err:
+        # An outage is not evidence of a fork: exit 5, as verify-deployment's unreachable
+        # witness, so a monitor that alerts on 7 does not cry tampering.
+        if unreachable(err):
+            raise DeploymentUnreachable(
+                f"the witness at {url} did not answer: {err}",
+                hint="nothing was checked (the state file is unchanged); run it again when"
+                " the witness answers, and check the URL if it never does",
+            ) from None
         raise LogCheckFailed(
             f"cannot fetch the checkpoint from {url}: {err}",
             hint="check the witness URL (backupvault witness serve)",
