@@ -237,9 +237,9 @@ def fleet_ceremony(ctx: Context, fleet_file: Path) -> None:
     """Collect the fleet: give it a fleet id (once) and check every node's public keys in
     the fleet file. Every key is the node's own (`node init`); there is no fleet-wide
     secret to make or transfer."""
-    from backupvault.node.config import FleetDescription, write_toml
+    from backupvault.node.config import FleetDescription, load_toml, write_toml
 
-    data = tomllib.loads(fleet_file.read_text())
+    data = load_toml(fleet_file, "fleet file")
     fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
     data.pop("opaque_server_public_key", None)  # the removed single-seed flow's key
     data["fleet_id"] = fleet_id.hex()

@@ -4,7 +4,6 @@ local fleet rotation (`local rotate`)."""
 
 from __future__ import annotations
 
-import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -318,7 +317,7 @@ def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operato
     `witness serve` afterwards)."""
     from backupvault.client.trust import load_operator_key
     from backupvault.crypto.ed25519 import check_public_key
-    from backupvault.node.config import write_toml
+    from backupvault.node.config import load_toml, write_toml
 
     try:
         fleet = bytes.fromhex(fleet_id)
@@ -326,7 +325,7 @@ def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operato
         raise UsageError("--fleet-id takes the fleet id in hex (fleet.toml's fleet_id)") from None
     # The witness refuses a small-order key at start; say so now, not at the next restart.
     key_hex = check_public_key(load_operator_key(operator_key, Path.cwd()), "--operator-key").hex()
-    data = tomllib.loads(witness_config.read_text())
+    data = load_toml(witness_config, "witness config")
     fleets = [f for f in data.get("fleets", []) if str(f.get("fleet_id")) != fleet.hex()]
     fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})
     data["fleets"] = fleets

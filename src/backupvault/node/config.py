@@ -42,14 +42,37 @@ from backupvault.node.token import TokenConfig
 from backupvault.serving import ServerLimits
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 
+#: Where an operator finds what each of its files holds.
+_GUIDE = "docs/operations.md shows every field, step by step"
 
-def _load(path: Path) -> dict[str, Any]:
+
+def load_toml(path: Path, kind: str) -> dict[str, Any]:
+    """The TOML table of an operator's file (`kind`: "fleet file", "node config", ...). A
+    file that is not TOML text (the wrong path, a damaged file) is an error naming it and
+    what is wrong, not a traceback."""
     try:
-        return tomllib.loads(path.read_text())
+        return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise InvalidInput(f"config file {path} does not exist") from None
+        raise InvalidInput(
+            f"{kind} {path} does not exist", hint=f"check the path; {_GUIDE}"
+        ) from None
+    except UnicodeDecodeError:
+        raise InvalidInput(
+            f"{kind} {path} is not a TOML file: it is not text (not UTF-8)",
+            hint=f"check the path; {_GUIDE}",
+        ) from None
     except tomllib.TOMLDecodeError as err:
-        raise InvalidInput(f"config file {path} is not valid TOML: {err}") from None
+        raise InvalidInput(
+            f"{kind} {path} is not valid TOML: {err}",
+            hint=f"fix that line of {path} (each setting is one `name = value` line)",
+        ) from None
+
+
+def _incomplete(kind: str, path: Path, err: Exception) -> InvalidInput:
+    """A field missing (KeyError) or malformed (TypeError, ValueError) in an operator's file."""
+    if isinstance(err, KeyError):
+        return InvalidInput(f"{kind} {path} lacks {err.args[0]!r}", hint=_GUIDE)
+    return InvalidInput(f"{kind} {path} has a malformed value: {err}", hint=_GUIDE)
 
 
 def _hex(value: Any, what: str) -> bytes:
@@ -132,7 +155,7 @@ class FleetDescription:
 
     @classmethod
     def load(cls, path: Path) -> FleetDescription:
-        data = _load(path)
+        data = load_toml(path, "fleet file")
         try:
             if "hpke_public_key" in data:
                 raise InvalidInput(
@@ -162,7 +185,7 @@ class FleetDescription:
                 None if "measurement" not in data else _hex(data["measurement"], "measurement"),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidInput(f"fleet file {path} is incomplete: {err}") from None
+            raise _incomplete("fleet file", path, err) from None
 
     def save(self, path: Path) -> None:
         deployed: dict[str, Any] = {}
@@ -209,7 +232,7 @@ class NodeConfig:
 
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
-        data = _load(path)
+        data = load_toml(path, "node config")
         # Absolute, so paths made from it work wherever they are used (a store is opened
         # by file URI, which a relative path cannot be).
         base = path.parent.resolve()
@@ -241,7 +264,7 @@ class NodeConfig:
                 _limits(node, path),
             )
         except (KeyError, TypeError, ValueError) as err:
-            raise InvalidInput(f"node config {path} is incomplete: {err}") from None
+            raise _incomplete("node config", path, err) from None
 
 
 def _limits(node: dict[str, Any], path: Path) -> ServerLimits:

@@ -1,0 +1,79 @@
+"""The operator commands given a file that is not what they take (a typo, the wrong file of
+the deployment, a damaged one): an error naming the file and what to do, never "this is a
+bug in backupvault" (which a malformed fleet.toml or witness.toml drew)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from backupvault.cli.main import main
+
+#: A real Ed25519 public key (the base point's encoding), as `--operator-key` takes it.
+OPERATOR_KEY = "5866666666666666666666666666666666666666666666666666666666666666"
+
+COMMANDS = {
+    "fleet ceremony": ["fleet", "ceremony", "--fleet-file"],
+    "fleet measure": ["fleet", "measure", "--fleet-file"],
+    "fleet deploy": ["fleet", "deploy", "--operator-key", "deploy.key", "--fleet-file"],
+    "fleet client-config": [
+        "fleet", "client-config", "--relay-url", "http://127.0.0.1:9", "--account", "a",
+        "--out", "client.toml", "--fleet-file",
+    ],
+    "witness add-fleet": [
+        "witness", "add-fleet", "--fleet-id", "00ff", "--operator-key", OPERATOR_KEY,
+        "--config",
+    ],
+    "node init": ["node", "init", "--config"],
+    "node inspect": ["node", "inspect", "--config"],
+}  # fmt: skip
+
+CONTENTS = {
+    "not TOML": b"guess_limit = \n",
+    "not text": b"\x00\xff\xfe binary",
+}
+
+
+def run(args: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, dict[str, str]]:
+    with pytest.raises(SystemExit) as done:
+        main(["--json", *args])
+    error: dict[str, str] = json.loads(capsys.readouterr().err)
+    assert isinstance(done.value.code, int)
+    return done.value.code, error
+
+
+@pytest.mark.parametrize("content", CONTENTS.values(), ids=list(CONTENTS))
+@pytest.mark.parametrize("command", COMMANDS.values(), ids=list(COMMANDS))
+def test_a_file_that_is_not_toml_is_named_not_called_a_bug(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    command: list[str],
+    content: bytes,
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("BACKUPVAULT_RELAY_TOKEN", "t")
+    monkeypatch.setenv("BACKUPVAULT_FLEET_TOKEN", "t")
+    monkeypatch.setenv("BACKUPVAULT_DEVICE_KEY", "00" * 32)
+    (tmp_path / "deploy.key").write_text("")
+    wrong = tmp_path / "wrong.toml"
+    wrong.write_bytes(content)
+    code, error = run([*command, str(wrong)], capsys)
+    assert code == 1
+    assert str(wrong) in error["error"]
+    assert "bug" not in json.dumps(error) and "Error" not in error["error"]
+    assert error.get("hint")
+    assert wrong.read_bytes() == content
+
+
+def test_a_fleet_file_without_nodes_says_what_it_lacks(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text('guess_limit = 10\nfleet_id = "00ff"\n')
+    code, error = run(["fleet", "measure", "--fleet-file", str(fleet)], capsys)
+    assert code == 1
+    assert f"fleet file {fleet} lacks 'nodes'" in error["error"]
+    assert "docs/operations.md" in error["hint"]
