@@ -137,8 +137,15 @@ def test_a_client_config_others_can_read_is_warned_of(tmp_path: Path, mode: int)
         (b"\x7fELF\x02\x01\x01\x00\xff\xfe", "it is not text (not UTF-8)"),
         (b"#!/bin/sh\nexec true\n", "is not valid TOML"),
         (b'[project]\nname = "x"\n[tool.ruff]\nline-length = 100\n', "is not a client config"),
+        # The operator's files beside client.toml share a field name or two with it: before,
+        # fleet.toml drew "unknown field 'measurement'; did you mean 'allowed_measurements'?
+        # rename it", and the chmod advice for a public file.
+        (b'guess_limit = 10\nfleet_id = "00ff"\nepoch = 1\nmeasurement = "00"\n'
+         b'[[nodes]]\nindex = 0\n', "is not a client config"),
+        (b'[node]\nindex = 0\n[token]\nlabel = "backupvault-node-0"\n', "is not a client config"),
     ],
-)
+    ids=["binary", "script", "pyproject", "fleet.toml", "node.toml"],
+)  # fmt: skip
 def test_a_file_that_is_no_client_config_draws_no_chmod_advice(
     tmp_path: Path, content: bytes, why: str
 ) -> None:

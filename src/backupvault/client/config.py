@@ -452,16 +452,28 @@ _WRITES_ONE = (
 )
 
 
+#: Client config fields that the operator's files next to it have too: fleet.toml's
+#: `fleet_id` and `epoch`, node.toml's `[token]` table (a client's token is a string).
+_SHARED_FIELDS = frozenset({"fleet_id", "epoch"})
+
+
+def _a_client_field(name: str, value: object) -> bool:
+    if name == "token":
+        return isinstance(value, str)
+    return name in _FIELDS and name not in _SHARED_FIELDS
+
+
 def read_client_toml(path: Path) -> dict[str, Any]:
     """The config's TOML table, if the file is a client config's: TOML text holding at
-    least one field of a client config (whose fields `ClientConfig.parse` then checks).
-    Any other file is a usage error (exit 2): the wrong file was given."""
+    least one field only a client config has (whose fields `ClientConfig.parse` then
+    checks). Any other file is a usage error (exit 2): the wrong file was given, such as
+    the fleet.toml beside client.toml, which was told to rename its `measurement`."""
     data = _read_toml(path)
-    if data and not any(name in _FIELDS for name in data):
+    if data and not any(_a_client_field(name, value) for name, value in data.items()):
         raise UsageError(
-            f"config file {path} is not a client config: none of its fields"
-            f" ({', '.join(sorted(data)[:3])}{', ...' if len(data) > 3 else ''}) is one of a"
-            " client config's (relay_url, account, token, ...)",
+            f"config file {path} is not a client config: it holds"
+            f" {', '.join(sorted(data)[:3])}{', ...' if len(data) > 3 else ''} but none of a"
+            " client config's own fields (relay_url, account, token, ...)",
             hint=f"check the path; {_WRITES_ONE}",
         )
     return data
