@@ -605,9 +605,10 @@ def test_no_recovery_code_at_all_is_a_usage_error(tmp_path: Path, source: Path) 
     first_backup(source, storage)
     restore = ["backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "r")]
     create = ["backup", "create", str(source), "--storage", str(storage)]
-    for args in ([*restore, "--recovery-code", "-"], [*create, "--recovery-code"]):
-        done = run(*args, stdin="")
-        assert done.returncode == 2 and "no recovery code: stdin was empty" in done.stderr
+    done = run(*restore, "--recovery-code", "-", stdin="")
+    assert done.returncode == 2 and "no recovery code: stdin was empty" in done.stderr
+    done = run(*create, "--recovery-code", stdin="")
+    assert done.returncode == 2 and "needs its recovery code on stdin" in done.stderr
 
 
 def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source: Path) -> None:

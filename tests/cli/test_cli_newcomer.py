@@ -670,6 +670,32 @@ def test_create_recovery_code_dash_says_the_flag_takes_no_value(
     assert "--help" in str(last_json(other.stderr)["hint"])
 
 
+def test_a_recovery_code_backup_into_an_existing_repository_asks_for_its_code(
+    tmp_path: Path, source: Path
+) -> None:
+    """The README's `backup create ... --storage ~/backups --recovery-code`, run where the
+    lines before it had made a repository: "no recovery code: stdin was empty", and a hint
+    to give `--recovery-code -`, which `create` refuses. The error now says that the
+    storage already holds a repository, whose code is wanted, and what else to do."""
+    storage = tmp_path / "storage"
+    first = backupvault("--json", "backup", "create", str(source), "--storage", str(storage),
+                        "--recovery-code")  # fmt: skip
+    assert first.returncode == 0, first.stderr
+    code = str(json.loads(first.stdout)["recovery_code"])
+    again = backupvault("--json", "backup", "create", str(source), "--storage", str(storage),
+                        "--recovery-code")  # fmt: skip
+    assert again.returncode == 2
+    error = last_json(again.stderr)
+    assert f"{storage} already holds a repository" in str(error["error"])
+    assert "its recovery code on stdin" in str(error["error"])
+    hint = str(error["hint"])
+    assert f"--storage {storage} --recovery-code" in hint and "--recovery-code -" not in hint
+    assert "leave --recovery-code out" in hint and "another --storage" in hint
+    given = backupvault("backup", "create", str(source), "--storage", str(storage),
+                        "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert given.returncode == 0, given.stderr
+
+
 def test_a_password_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) -> None:
     # (`vault delete`'s confirmation without a terminal: tests/integration, it needs a vault)
     config = _client_toml(tmp_path / "client.toml")

@@ -3,7 +3,9 @@ the helpers the `backup create/restore/list` commands use for the repository for
 
 from __future__ import annotations
 
+import shlex
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
@@ -115,12 +117,24 @@ def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
     return _root_key_by_password(ctx, password_stdin)
 
 
-def code_for_existing_repository() -> bytes:
-    """`create --recovery-code` on a storage that already holds a repository: its code."""
+def code_for_existing_repository(url: str, source: Path) -> bytes:
+    """`create --recovery-code` on a storage that already holds a repository: its code.
+    Without one on stdin, say why a code is wanted at all: the user may have meant a new
+    repository, or one made with a password."""
     if sys.stdin.isatty():
         code = click.prompt("Recovery code of this repository", hide_input=True)
         return _recovery_code(code)
-    return _recovery_code("-")
+    code = sys.stdin.readline()
+    if not code.strip():
+        raise UsageError(
+            f"{url} already holds a repository: a backup into it with --recovery-code needs"
+            " its recovery code on stdin",
+            hint=f'echo "$CODE" | backupvault backup create {shlex.quote(str(source))}'
+            f" --storage {shlex.quote(url)} --recovery-code; if its backups were made with a"
+            " password, leave --recovery-code out; for a new repository with a new code, give"
+            " another --storage",
+        )
+    return _recovery_code(code)
 
 
 def summary_row(s: maintenance.SnapshotSummary) -> dict[str, Any]:

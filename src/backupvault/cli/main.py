@@ -733,7 +733,7 @@ def backup_create(
     registered = new_code = False
     if use_code:
         if repository_exists(url):
-            root_key = code_for_existing_repository()
+            root_key = code_for_existing_repository(url, source)
         else:
             root_key, new_code = recovery.new_root_key(), True
     else:
