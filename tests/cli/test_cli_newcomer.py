@@ -18,7 +18,9 @@ import pytest
 import tomli_w
 from console import backupvault  # tests/cli/console.py
 
+from backupvault.cli import main as cli_main
 from backupvault.cli.passwords import MIN_LENGTH, check_password, weakness
+from backupvault.client.errors import EVALUATION_UNANSWERED_HINT, FleetUnavailable
 from backupvault.crypto import oprf, recovery
 from backupvault.errors import UsageError
 
@@ -946,6 +948,28 @@ def test_a_local_deployment_that_is_down_is_named_with_the_command_that_starts_i
     copy = _client_toml(tmp_path / "client.toml")
     elsewhere = last_json(backupvault("--json", "--config", str(copy), "vault", "status").stderr)
     assert "check that the relay runs" in str(elsewhere["hint"])
+
+
+@pytest.mark.parametrize("hint", [None, EVALUATION_UNANSWERED_HINT])
+def test_local_nodes_that_are_down_are_named_with_the_command_that_starts_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str | None
+) -> None:
+    """Two of a local deployment's three nodes killed: "too few vault nodes answered; try
+    again later", which never helps there. The hint keeps what it said about guesses."""
+    deployment = tmp_path / "bv"
+    deployment.mkdir()
+    for name in ("relay.toml", "fleet.toml"):
+        (deployment / name).write_text("")
+    monkeypatch.setattr(cli_main, "_run_config", deployment / "client.toml")
+    err = cli_main._with_local_hint(FleetUnavailable("need 2 of 3 nodes, 1 answered", hint=hint))
+    assert err.exit_code == 5 and err.hint is not None
+    assert err.hint.startswith(hint or "too few vault nodes answered")
+    assert f"`backupvault local status --dir {deployment}` shows which nodes" in err.hint
+    assert f"`backupvault local up --dir {deployment}` starts them again" in err.hint
+    # A config elsewhere keeps the hint it had.
+    monkeypatch.setattr(cli_main, "_run_config", tmp_path / "client.toml")
+    other = cli_main._with_local_hint(FleetUnavailable("need 2 of 3 nodes", hint=hint))
+    assert other.hint == (hint or "too few vault nodes answered; try again later")
 
 
 def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:

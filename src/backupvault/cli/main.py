@@ -1425,22 +1425,32 @@ def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
 
 
 def _with_local_hint(err: BackupVaultError) -> BackupVaultError:
-    """A relay that does not answer, through a config `local up` wrote (its folder holds
-    the deployment): the deployment is down (`local down`, a restart of the machine), and
-    `local up` starts it again. "Check that the relay runs" left a newcomer to find out
-    what the relay is and how to start it."""
-    from backupvault.client.errors import RelayUnreachable
+    """A relay (or too many nodes) that does not answer, through a config `local up` wrote
+    (its folder holds the deployment): the deployment is down (`local down`, a restart of
+    the machine), and `local up` starts it again. "Check that the relay runs" left a
+    newcomer to find out what the relay is and how to start it."""
+    from backupvault.client.errors import FleetUnavailable, RelayUnreachable
 
-    if not isinstance(err, RelayUnreachable) or _run_config is None:
+    if not isinstance(err, FleetUnavailable) or _run_config is None:
         return err
     folder = _run_config.absolute().parent
     if not all((folder / name).is_file() for name in ("relay.toml", "fleet.toml")):
         return err
-    err.hint = (
-        f"the config is the local deployment's in {folder}, which is not running (stopped,"
-        f" or the machine restarted): `backupvault local up --dir {folder}` starts it"
-        " again, keys and all; no guess was used"
-    )
+    if isinstance(err, RelayUnreachable):
+        err.hint = (
+            f"the config is the local deployment's in {folder}, which is not running"
+            f" (stopped, or the machine restarted): `backupvault local up --dir {folder}`"
+            " starts it again, keys and all; no guess was used"
+        )
+    else:
+        # The relay answered but too few nodes did: some of them stopped (killed, or
+        # crashed); `local up` starts only what is missing. The hint said only "try again
+        # later", which for a local deployment never helps.
+        err.hint = (
+            f"{err.hint}; the config is the local deployment's in {folder}: `backupvault"
+            f" local status --dir {folder}` shows which nodes are stopped, and `backupvault"
+            f" local up --dir {folder}` starts them again"
+        )
     return err
 
 
