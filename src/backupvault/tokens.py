@@ -111,7 +111,12 @@ def load_operator_private_key(
             else "the operator private key is not encrypted; give no passphrase"
         ) from None
     except ValueError:
-        raise InvalidInput("not a readable PEM private key (or a wrong passphrase)") from None
+        what = "this" if isinstance(source, bytes) else str(source)
+        raise InvalidInput(
+            f"{what} is not a readable PEM private key (or a wrong passphrase)",
+            hint="give the private key file: operator.key from `relay keygen`, deploy.key from"
+            " `fleet keygen` (not the .pub beside it)",
+        ) from None
     if not isinstance(key, Ed25519PrivateKey):
         raise InvalidInput("the operator private key must be an Ed25519 key")
     return key

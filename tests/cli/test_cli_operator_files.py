@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import main
 
@@ -77,3 +79,32 @@ def test_a_fleet_file_without_nodes_says_what_it_lacks(
     assert code == 1
     assert f"fleet file {fleet} lacks 'nodes'" in error["error"]
     assert "docs/operations.md" in error["hint"]
+
+
+def test_a_public_key_given_for_the_private_one_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--key deploy.pub` said "not a readable PEM private key", naming neither the file nor
+    the file that was meant."""
+    public = tmp_path / "deploy.pub"
+    public.write_bytes(
+        Ed25519PrivateKey.generate()
+        .public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    )
+    code, error = run(["relay", "mint-token", "--key", str(public), "--account", "a",
+                       "--issuer", "i", "--audience", "x"], capsys)  # fmt: skip
+    assert code == 1, error
+    assert f"{public} is not a readable PEM private key" in error["error"]
+    assert "not the .pub" in error["hint"]
+
+
+def test_a_token_lifetime_that_is_not_positive_is_a_usage_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    key = tmp_path / "operator.key"
+    key.write_text("")
+    code, error = run(["relay", "mint-token", "--key", str(key), "--account", "a", "--issuer",
+                       "i", "--audience", "x", "--ttl", "-5"], capsys)  # fmt: skip
+    assert code == 2
+    assert "--ttl" in error["error"] and "ttl_seconds" not in error["error"]

@@ -504,7 +504,13 @@ def relay_device_key(ctx: Context) -> None:
     help="With --fleet-id: the device's public key (hex, `relay device-key`) the token is"
     " bound to; nodes refuse a fleet token bound to none.",
 )
-@click.option("--ttl", default=30 * 24 * 3600, show_default=True, help="Lifetime in seconds.")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=1),
+    default=30 * 24 * 3600,
+    show_default=True,
+    help="Lifetime in seconds.",
+)
 @pass_context
 def relay_mint_token(
     ctx: Context,
