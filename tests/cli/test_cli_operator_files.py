@@ -108,3 +108,17 @@ def test_a_token_lifetime_that_is_not_positive_is_a_usage_error(
                        "i", "--audience", "x", "--ttl", "-5"], capsys)  # fmt: skip
     assert code == 2
     assert "--ttl" in error["error"] and "ttl_seconds" not in error["error"]
+
+
+@pytest.mark.parametrize("content", [b"", b'fleet_id = "00ff"\n', b"T\x00\x01"])
+def test_a_record_that_is_not_one_is_named(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
+) -> None:
+    """"malformed OperatorSignedRecord: expected a OperatorSignedRecord message (tag 82),
+    got tag 102" named neither the file nor the one meant."""
+    record = tmp_path / "fleet.toml"
+    record.write_bytes(content)
+    code, error = run(["fleet", "measure", "--record", str(record)], capsys)
+    assert code == 1
+    assert f"{record} is not a deployment record" in error["error"]
+    assert "deployment.bin" in error["hint"]

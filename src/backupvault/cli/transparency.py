@@ -204,8 +204,15 @@ def fleet_measure(
         config = FleetDescription.load(fleet_file).firmware_config()
     else:
         assert record_file is not None
-        signed = OperatorSignedRecord.from_bytes(record_file.read_bytes())
-        config = FirmwareConfig.of_record(signed.deployment())
+        try:
+            signed = OperatorSignedRecord.from_bytes(record_file.read_bytes())
+            config = FirmwareConfig.of_record(signed.deployment())
+        except InvalidInput as err:
+            raise InvalidInput(
+                f"{record_file} is not a deployment record: {err.message}",
+                hint="give the deployment.bin that `fleet deploy` wrote next to fleet.toml,"
+                " or --fleet-file fleet.toml",
+            ) from None
     root = default_package_dir() if package_dir is None else package_dir.resolve()
     package = measure_package(root)
     environment = measure_environment()
