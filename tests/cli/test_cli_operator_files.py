@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli.main import main
+from backupvault.transparency.note import Signer
 
 #: A real Ed25519 public key (the base point's encoding), as `--operator-key` takes it.
 OPERATOR_KEY = "5866666666666666666666666666666666666666666666666666666666666666"
@@ -114,7 +115,7 @@ def test_a_token_lifetime_that_is_not_positive_is_a_usage_error(
 def test_a_record_that_is_not_one_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], content: bytes
 ) -> None:
-    """"malformed OperatorSignedRecord: expected a OperatorSignedRecord message (tag 82),
+    """ "malformed OperatorSignedRecord: expected a OperatorSignedRecord message (tag 82),
     got tag 102" named neither the file nor the one meant."""
     record = tmp_path / "fleet.toml"
     record.write_bytes(content)
@@ -122,3 +123,18 @@ def test_a_record_that_is_not_one_is_named(
     assert code == 1
     assert f"{record} is not a deployment record" in error["error"]
     assert "deployment.bin" in error["hint"]
+
+
+def test_a_bundle_that_does_not_parse_is_named_in_the_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The error said "epoch None: the bundle and record parse"."""
+    bundle = tmp_path / "deployment.bin"  # the record, given where the bundle belongs
+    bundle.write_bytes(b"junk")
+    vkey = Signer("witness.example/backupvault", Ed25519PrivateKey.generate()).verifier.vkey()
+    code, error = run(["verify-deployment", "--bundle", str(bundle), "--operator-key",
+                       OPERATOR_KEY, "--witness-key", vkey, "--witness-url",
+                       "http://127.0.0.1:9"], capsys)  # fmt: skip
+    assert code == 7
+    assert f"{bundle}: the bundle and record parse" in error["error"]
+    assert "None" not in error["error"]

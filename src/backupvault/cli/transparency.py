@@ -16,6 +16,7 @@ from backupvault.files import private_folder, write_new_file
 
 if TYPE_CHECKING:
     from backupvault.client.config import ClientConfig
+    from backupvault.deploy.verify import FleetReport
     from backupvault.transparency import Verifier
 
 # As in cli/operator.py, the commands import what they use when they run, so that
@@ -580,7 +581,7 @@ def verify_deployment_command(
         "\n\n".join(texts) + f"\n\nverdict: {summary}",
     )
     if incomplete:
-        missing = [f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if c.unreachable]
+        missing = [f"{_which(r)}: {c.name}" for r in reports for c in r.checks if c.unreachable]
         raise DeploymentUnreachable(
             "could not check every node or witness, unreachable: " + "; ".join(missing),
             hint="an outage, not a mismatch: nothing that answered failed a check; run it again"
@@ -588,12 +589,17 @@ def verify_deployment_command(
         )
     if not ok:
         failed = [
-            f"epoch {r.epoch}: {c.name}" for r in reports for c in r.checks if c.status == "failed"
+            f"{_which(r)}: {c.name}" for r in reports for c in r.checks if c.status == "failed"
         ]
         raise DeploymentCheckFailed(
             "the deployment does not match its public record: " + "; ".join(failed),
             hint="do not trust this fleet; keep the output and the state file as evidence",
         )
+
+
+def _which(report: FleetReport) -> str:
+    """The fleet epoch a report is of, or where it came from when nothing parsed."""
+    return f"epoch {report.epoch}" if report.epoch is not None else report.source
 
 
 # ---- local rotate ---------------------------------------------------------------------------
