@@ -96,7 +96,16 @@ def command_lines(markdown: str) -> list[list[str]]:
     return lines
 
 
-@pytest.mark.parametrize("doc", ["README.md", "docs/operations.md", "CONTRIBUTING.md"])
+@pytest.mark.parametrize(
+    "doc",
+    [
+        "README.md",
+        "docs/operations.md",
+        "docs/transparency.md",
+        "docs/simulation.md",
+        "CONTRIBUTING.md",
+    ],
+)
 def test_documented_command_lines_are_real_commands(doc: str) -> None:
     lines = command_lines((ROOT / doc).read_text())
     assert lines, doc
