@@ -419,3 +419,23 @@ def test_a_chunked_body_s_framing_and_trailers_are_bounded_as_a_head_is(tmp_path
         process.kill()
         _, stderr = process.communicate()
     assert "Traceback" not in stderr, stderr
+
+
+def test_a_port_in_use_is_an_error_naming_it(capfd: pytest.CaptureFixture[str]) -> None:
+    """`witness serve` (and node and relay serve) on a port another process listens on
+    exited with uvicorn's code 3, which backupvault documents as "wrong password", and
+    only a log line to say why."""
+    from starlette.applications import Starlette
+
+    from backupvault import serving
+    from backupvault.errors import BackupVaultError
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(BackupVaultError) as refused:
+            serving.run_until_stopped(Starlette(), host="127.0.0.1", port=port, log_config=None)
+    assert refused.value.exit_code == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in refused.value.message
+    assert refused.value.hint is not None and "--listen" in refused.value.hint

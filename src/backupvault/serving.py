@@ -30,6 +30,7 @@ from __future__ import annotations
 import asyncio
 import faulthandler
 import json
+import socket
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +43,7 @@ from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from backupvault.errors import InvalidInput
+from backupvault.errors import BackupVaultError, InvalidInput
 
 #: How long requests under way may take to finish after a stop signal.
 GRACEFUL_SECONDS = 5
@@ -351,7 +352,27 @@ def run_until_stopped(app: Any, limits: ServerLimits | None = None, **config: An
     """Serve `app` (uvicorn.Config's keyword arguments) until a stop signal, taking at
     most what `limits` allows at once (default: `ServerLimits()`)."""
     server = _BoundedServer(server_config(app, limits or ServerLimits(), **config))
+    host, port = config.get("host", "127.0.0.1"), config.get("port", 8000)
+    _check_can_listen(host, port)
     server.run()
+
+
+def _check_can_listen(host: str, port: int) -> None:
+    """Bind `host:port` as uvicorn will (SO_REUSEADDR, every address it resolves to) and let
+    go: a port another process holds is named, with what to do, before anything starts."""
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+        for family, kind, proto, _, address in addresses:
+            with socket.socket(family, kind, proto) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                probe.bind(address)
+    except OSError as err:
+        raise BackupVaultError(
+            f"cannot listen on {host}:{port}: {err.strerror or err}",
+            hint="another process may listen there (a service already running?): stop it, or"
+            " give another port (--listen HOST:PORT, or `listen` in the config); the host must"
+            " be an address of this machine",
+        ) from None
 
 
 def listen_address(config: Path, given: str | None, default: str) -> tuple[str, int]:
