@@ -3,6 +3,7 @@ needed here; tests/integration/test_cli_newcomer_processes.py covers those that 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -970,6 +971,28 @@ def test_local_nodes_that_are_down_are_named_with_the_command_that_starts_them(
     monkeypatch.setattr(cli_main, "_run_config", tmp_path / "client.toml")
     other = cli_main._with_local_hint(FleetUnavailable("need 2 of 3 nodes", hint=hint))
     assert other.hint == (hint or "too few vault nodes answered; try again later")
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.mark.parametrize(("answer", "goes_on"), [("n\n", False), ("y\n", True)])
+def test_a_question_is_asked_on_stderr_not_into_the_result(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], answer: str, goes_on: bool
+) -> None:
+    """`backupvault --json vault delete > out.json` on a terminal wrote "Delete the key
+    from the vault? [y/N]:" into out.json: the user saw nothing and the command waited."""
+    monkeypatch.setattr(sys, "stdin", _Terminal(answer))
+    if goes_on:
+        cli_main._confirm("Delete the key from the vault?", yes=False)
+    else:
+        with pytest.raises(click.exceptions.Abort):
+            cli_main._confirm("Delete the key from the vault?", yes=False)
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert "Delete the key from the vault? [y/N]" in err
 
 
 def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:

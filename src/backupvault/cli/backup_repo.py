@@ -122,7 +122,7 @@ def code_for_existing_repository(url: str, source: Path) -> bytes:
     Without one on stdin, say why a code is wanted at all: the user may have meant a new
     repository, or one made with a password."""
     if sys.stdin.isatty():
-        code = click.prompt("Recovery code of this repository", hide_input=True)
+        code = click.prompt("Recovery code of this repository", hide_input=True, err=True)
         return _recovery_code(code)
     code = sys.stdin.readline()
     if not code.strip():

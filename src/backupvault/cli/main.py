@@ -224,7 +224,7 @@ def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password")
             )
         password = line
     elif sys.stdin.isatty():
-        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm)
+        password = click.prompt(prompt, hide_input=True, confirmation_prompt=confirm, err=True)
     else:
         raise UsageError(
             "no password: use --password-stdin, or run in a terminal to be asked",
@@ -436,7 +436,8 @@ def _confirm(question: str, yes: bool) -> None:
         return
     if not sys.stdin.isatty():
         raise UsageError(f"{question} needs a yes: pass --yes (stdin is not a terminal)")
-    if not click.confirm(question, default=False):
+    # On stderr, as every prompt: stdout may be the --json result, redirected to a file.
+    if not click.confirm(question, default=False, err=True):
         raise click.exceptions.Abort()
 
 
@@ -511,7 +512,7 @@ def _root_key_from_vault(
     _warn_if_weak(ctx, password)
     if confirm:
         again = click.prompt(
-            "Repeat the password (a new key is registered behind it)", hide_input=True
+            "Repeat the password (a new key is registered behind it)", hide_input=True, err=True
         )
         if not hmac.compare_digest(again.encode(), password.encode()):
             raise UsageError("the two passwords differ: nothing was registered; run it again")
