@@ -138,3 +138,23 @@ def test_a_bundle_that_does_not_parse_is_named_in_the_error(
     assert code == 7
     assert f"{bundle}: the bundle and record parse" in error["error"]
     assert "None" not in error["error"]
+
+
+@pytest.mark.parametrize(
+    ("name", "listen", "said"),
+    [
+        ("witness.example/backupvault", "nonsense", "the listen address 'nonsense'"),
+        ("a name with spaces", "127.0.0.1:8700", "a key name must be"),
+    ],
+)
+def test_witness_keygen_refuses_a_bad_setting_before_it_writes(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], name: str, listen: str, said: str
+) -> None:
+    """`--listen nonsense` was written into witness.toml and refused only by `witness serve`,
+    with the key already made (and a keygen cannot be run again over it)."""
+    out = tmp_path / "witness"
+    code, error = run(["witness", "keygen", "--out", str(out), "--name", name,
+                       "--listen", listen], capsys)  # fmt: skip
+    assert code == 1
+    assert said in error["error"]
+    assert not out.exists()

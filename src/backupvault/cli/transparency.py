@@ -273,9 +273,15 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from backupvault.node.config import write_toml
+    from backupvault.serving import listen_address
     from backupvault.tokens import private_key_pem
     from backupvault.transparency import Signer
 
+    # Both checked before anything is written: `witness serve` refused a bad `listen` only
+    # once the key existed, which a keygen does not overwrite.
+    listen_address(out_dir / "witness.toml", listen, "127.0.0.1:8700")
+    key = Ed25519PrivateKey.generate()
+    vkey = Signer(name, key).verifier.vkey()
     private_folder(out_dir)  # it holds a private key
     path = out_dir / "witness.key"
     config = out_dir / "witness.toml"
@@ -284,8 +290,6 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
             raise InvalidInput(
                 f"{existing} exists; a witness keeps its key for the life of its log"
             )
-    key = Ed25519PrivateKey.generate()
-    vkey = Signer(name, key).verifier.vkey()
     write_new_file(path, private_key_pem(key))
     write_toml(
         config,
