@@ -995,6 +995,22 @@ def test_a_question_is_asked_on_stderr_not_into_the_result(
     assert "Delete the key from the vault? [y/N]" in err
 
 
+def test_local_up_into_a_folder_of_other_files_changes_nothing(tmp_path: Path) -> None:
+    """`local up --dir ~` (or ~/Documents) made the folder mode 0700 and provisioned a
+    deployment among the user's files."""
+    folder = tmp_path / "Documents"
+    folder.mkdir(mode=0o755)
+    (folder / "report.odt").write_text("mine\n")
+    folder.chmod(0o755)
+    done = backupvault("--json", "local", "up", "--dir", str(folder), "--nodes", "1")
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert f"{folder} holds other files and no local deployment" in str(error["error"])
+    assert "a new folder" in str(error["hint"])
+    assert [p.name for p in folder.iterdir()] == ["report.odt"]
+    assert folder.stat().st_mode & 0o777 == 0o755
+
+
 def test_local_down_where_nothing_runs_says_so(tmp_path: Path) -> None:
     done = backupvault("local", "down", "--dir", str(tmp_path))
     assert done.returncode == 0

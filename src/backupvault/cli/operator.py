@@ -53,6 +53,14 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
                 "a fleet has an odd number of nodes (1, 3, 5, ...)",
                 hint="give --nodes an odd number, or leave it out for 5",
             )
+        # `--dir ~` made the home folder 0700 and filled it with keys and PINs. A folder
+        # an interrupted provisioning left has its logs/ folder (made first).
+        if root.is_dir() and any(root.iterdir()) and not (root / "logs").is_dir():
+            raise UsageError(
+                f"{root} holds other files and no local deployment: a deployment makes its"
+                " folder private (mode 0700) and fills it with keys",
+                hint=f"give --dir a new folder, such as {root / 'bv'}",
+            )
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
     else:
         renewed = deployment.renew_client_tokens()
