@@ -139,6 +139,9 @@ def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) ->
     assert not (tmp_path / "n").exists()
     with pytest.raises(TypeError):  # a str would be one path per letter
         restore_snapshot(repo, root_key, tmp_path / "s", include="private")  # type: ignore[arg-type]
+    # as a shell completes or a user types a relative path: "is not in this snapshot" before
+    restore_snapshot(repo, root_key, tmp_path / "dot", include=("./docs//deep/./deeper",))
+    assert sorted(snapshot(tmp_path / "dot")) == [".", "docs", "docs/deep", "docs/deep/deeper"]
 
 
 def test_exclude_leaves_out_names_anywhere_and_paths_inside_the_source(

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import errno
 import os
+import posixpath
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -63,7 +64,9 @@ def select(entries: list[Entry], include: tuple[str, ...]) -> list[Entry]:
     parent folders; all of them if `include` is empty."""
     if isinstance(include, str):  # a str is a tuple of one-letter paths to the type checker
         raise TypeError("include is a tuple of paths")
-    wanted = {os.fsencode(path.strip("/")): path for path in include}
+    # "./docs", "docs//a", "docs/./a": the path a shell completes or a user types names the
+    # same entry; a ".." left over matches nothing, so it is named as not in the snapshot.
+    wanted = {os.fsencode(posixpath.normpath(path).strip("/")): path for path in include}
     if not wanted or wanted.keys() & {b"", b"."}:
         return entries
     parents: set[bytes] = set()
