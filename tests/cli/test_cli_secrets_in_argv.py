@@ -198,6 +198,31 @@ def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_fi
     assert done.returncode == 1 and not fresh.exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "source"),
+    [
+        ("--relay-url", "127.0.0.1:7100", "--relay-url"),
+        ("--device-key", "zz", "--device-key or $BACKUPVAULT_DEVICE_KEY"),
+    ],
+)
+def test_a_bad_option_of_client_config_is_named_as_the_option(
+    tmp_path: Path, fleet_file: Path, option: str, value: str, source: str
+) -> None:
+    """ "config file client.toml: field 'relay_url' is malformed ... write the relay's URL,
+    such as relay_url = ..." told the operator to edit a file that was never written."""
+    out = tmp_path / "client.toml"
+    args = {"--relay-url": "http://127.0.0.1:7100", "--account": "alice", option: value}
+    env = {k: v for k, v in SECRETS.items() if option != "--device-key" or "DEVICE" not in k}
+    given = [x for pair in args.items() for x in pair]
+    done = backupvault("--json", "fleet", "client-config", "--fleet-file", str(fleet_file),
+                       "--out", str(out), *given, env=env)  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    error = json.loads(done.stderr.strip().splitlines()[-1])
+    assert f"nothing was written to {out}" in error["error"]
+    assert f"it comes from {source}" in error["hint"]
+    assert not out.exists()
+
+
 def test_a_failed_json_command_keeps_its_warnings(tmp_path: Path) -> None:
     """The warning came before the failure (a wrong code: exit 3); under --json the error
     object is all a script gets, and it lost the warning."""

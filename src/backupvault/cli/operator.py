@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 
@@ -11,7 +12,7 @@ import tomli_w
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
-from backupvault.errors import UsageError
+from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import private_folder, replace_file, write_new_file
 
 # The commands import what they use when they run: `backupvault --help` loads this module
@@ -384,13 +385,38 @@ def fleet_client_config(
     text = tomli_w.dumps(data)
     # Checked before it is written: a config the client cannot read (a mistyped device key)
     # must neither be left at --out nor replace the working one there.
-    ClientConfig.parse(out_file, tomllib.loads(text))
+    try:
+        ClientConfig.parse(out_file, tomllib.loads(text))
+    except InvalidInput as err:
+        # The field is named as the option it came from: the hint to edit the file's field
+        # sent the operator to a file that was never written.
+        field = re.search(r"field '(\w+)'", err.message)
+        source = _OPTION_OF.get(field.group(1)) if field else None
+        raise InvalidInput(
+            f"nothing was written to {out_file}: "
+            + err.message.removeprefix(f"config file {out_file}: "),
+            hint=err.hint if source is None else f"it comes from {source}: give it again, fixed",
+        ) from None
     out_file.parent.mkdir(parents=True, exist_ok=True)
     replace_file(out_file, text.encode())  # it holds the tokens
     ctx.output.result(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
         f"wrote {out_file}",
     )
+
+
+#: The `fleet client-config` option each field of the config it writes comes from.
+_OPTION_OF = {
+    "relay_url": "--relay-url",
+    "account": "--account",
+    "token": "--token or $BACKUPVAULT_RELAY_TOKEN",
+    "fleet_token": "--fleet-token or $BACKUPVAULT_FLEET_TOKEN",
+    "device_key": "--device-key or $BACKUPVAULT_DEVICE_KEY",
+    "operator_public_key": "--ota",
+    "witness_public_key": "--witness-key",
+    "witness_url": "--witness-url",
+    "storage": "--storage",
+}
 
 
 def _warn_secrets_in_argv(ctx: Context, names: tuple[str, ...]) -> None:
