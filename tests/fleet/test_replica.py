@@ -1269,3 +1269,31 @@ def test_a_flood_of_forwards_cannot_make_the_leader_s_tick_raise() -> None:
     prepares = [e.message for e in effects if isinstance(e, Send) and e.message.key == b"lonely"]
     assert prepares and all(isinstance(m, Prepare) for m in prepares)
     assert b"lonely" not in leader._leads  # its own leaderless round, not the leader's
+
+
+def test_a_result_comes_after_the_write_of_the_next_change_begun_in_its_step() -> None:
+    """Sim seed 10330086: when a change commits, the leader begins the next one queued on
+    the same entry in the same step, and its own acceptor takes that value at once (the
+    application's hook sees it then). The first change's result came before that write,
+    so what it set off (a node's evaluation, which rests on its own acceptance of the
+    attempt) ran before the acceptance was durable. The result now comes after it."""
+    net = Net(announce=True)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    steps: list[list] = []
+    run = net.run
+
+    def recording(node: int, effects: list) -> None:
+        if node == 0:
+            steps.append(list(effects))
+        run(node, effects)
+
+    net.run = recording  # type: ignore[method-assign]
+    net.propose(0, b"b", b"k", add(1))
+    net.propose(0, b"c", b"k", add(1))  # queued behind b
+    net.settle()
+    (step,) = [s for s in steps if Committed(b"b", 2) in s]
+    writes = [i for i, e in enumerate(step) if isinstance(e, Persist)]
+    assert writes, "c's round did not begin in the step b committed in"
+    assert step.index(Committed(b"b", 2)) > max(writes), step
+    assert net.results[b"c"] == Committed(b"c", 3)

@@ -314,6 +314,18 @@ def test_regression_an_earlier_start_of_the_same_commit_over_a_bare_sibling(seed
 # entry), and c1 reported "unavailable (0 partials)" (10289583). Fixed in the firmware:
 # an evaluation naming a version deleted since is `stale_manifest`;
 # test_a_key_deleted_on_another_device_mid_recovery_is_named.
+# Seed 10330086 (2,000 from 10,330,000, after the hostile-peer fixes of review s31):
+# node1 led, and the commit of one evaluation began the next change queued on the entry
+# in the same step; its own acceptor took that value at once, the result came before
+# that write, and node1 evaluated an attempt it had not yet durably accepted
+# ("evaluate-only-after-own-acceptance"). The result now comes after the write;
+# tests/fleet/test_replica.py
+# test_a_result_comes_after_the_write_of_the_next_change_begun_in_its_step.
+def test_regression_a_result_waits_for_the_next_change_s_own_write() -> None:
+    result = run_seed(10330086)
+    assert result.violation is None, report(result)
+
+
 @pytest.mark.parametrize("seed", [10051237, 10196044, 10241660, 10289583])
 def test_regression_a_password_changed_on_another_device_is_an_answer(seed: int) -> None:
     result = run_seed(seed)

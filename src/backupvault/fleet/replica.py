@@ -1137,12 +1137,17 @@ class Replica:
         del self._by_op[proposal.op_id]
         queue = self._queues[proposal.key]
         queue.remove(proposal)
-        effects: list[Effect] = [result]
+        effects: list[Effect] = []
         if queue:
             effects += self._begin(queue[0], now)
         else:
             del self._queues[proposal.key]
-        return effects
+        # The result goes last: the next change's round may have this node's own acceptor
+        # take a value in this same step (the leader's Accept to itself), which the
+        # application's hook sees at once; what the result sets off (an evaluation that
+        # rests on this node's own acceptance) must wait until that write is durable
+        # (sim seed 10330086).
+        return [*effects, result]
 
     # ---- settling: every value this node took reaches every node ---------------------
 
