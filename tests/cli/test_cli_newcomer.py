@@ -892,6 +892,11 @@ def test_a_password_longer_than_the_vault_takes_is_refused_without_its_length() 
         check_password(longest + "é")
     assert str(len(longest) + 1) not in raised.value.message
     assert str(2 * len(longest) + 2) not in raised.value.message
+    # Measured in the form the vault takes (NFC), which U+0958 doubles: 3 bytes typed,
+    # 6 taken. It was let through here and refused only by the OPRF.
+    growing = "\u0958" * (oprf.MAX_INPUT_LEN // 3)
+    with pytest.raises(UsageError, match="nothing was sent"):
+        check_password(growing)
 
 
 def test_weak_passwords_are_named() -> None:

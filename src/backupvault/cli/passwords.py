@@ -33,9 +33,12 @@ def check_password(raw: str) -> str:
             "the password is only whitespace",
             hint="type the password itself; nothing was sent to the vault",
         )
-    from backupvault.crypto.oprf import MAX_INPUT_LEN  # pysodium: 50 ms, only when needed
+    # Imported here: pysodium takes 50 ms, only when needed.
+    from backupvault.client.threshold import password_bytes
+    from backupvault.crypto.oprf import MAX_INPUT_LEN
 
-    if len(password.encode()) > MAX_INPUT_LEN:
+    # Measured as the vault takes it: its NFC form can be longer (U+0958 becomes two).
+    if len(password_bytes(password)) > MAX_INPUT_LEN:
         # Its length is left out: the message may end up in a log.
         raise UsageError(
             f"the password is longer than the vault takes ({MAX_INPUT_LEN} bytes in UTF-8)",
