@@ -29,7 +29,7 @@ import secrets
 import struct
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,9 @@ class TokenVerifier:
     audience: str
     leeway_seconds: float = 30.0
     clock: Callable[[], float] = time.time
+    #: Account -> a time (Unix seconds): the account's tokens issued before it are refused
+    #: (a leaked token, whose holder could spend the account's request budget).
+    revoked_before: Mapping[str, float] = field(default_factory=dict)
     #: Claims of the latest tokens whose signature verified, by token: a device sends the
     #: same token with every request, and each node and the relay checked its signature
     #: every time. Times are still checked at every use. Used from one thread (the
@@ -304,6 +307,14 @@ class TokenVerifier:
             raise TokenRejected(
                 "invalid_token",
                 "the token's subject is not an account name (1-64 of [A-Za-z0-9._-])",
+            )
+        cutoff = self.revoked_before.get(account)
+        if cutoff is not None and (iat is None or iat < cutoff):
+            raise TokenRejected(
+                "token_revoked",
+                "this account's tokens issued before"
+                f" {time.strftime('%Y-%m-%d %H:%M:%S UTC', time.gmtime(cutoff))} were revoked;"
+                " get a new one",
             )
         return account, claims
 

@@ -258,3 +258,44 @@ def test_key_loaders_refuse_wrong_keys(tmp_path: Path) -> None:
         load_operator_public_key(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     with pytest.raises(InvalidInput):
         load_operator_public_key(tmp_path / "missing.pem")
+
+
+def test_a_revoked_account_s_older_tokens_are_refused_and_a_new_one_passes(
+    stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
+) -> None:
+    """A leaked relay token let whoever held it spend the account's request budget (the
+    owner then got 429) until it expired, with nothing to revoke it but the issuer key.
+    `revoked_before` refuses the account's tokens issued before a time; other accounts'
+    and newer tokens pass."""
+    cutoff = time.time() - 60
+    relay = start_relay([stubs[0].url], revoked_before=(("alice", cutoff),))
+    url = f"{relay}/v1/vault/laptop/manifest"
+
+    def post(bearer: str) -> httpx.Response:
+        headers = {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {bearer}"}
+        return httpx.post(url, content=copies(relay, b"sealed"), headers=headers)
+
+    leaked = post(token("alice", now=cutoff - 1))
+    assert leaked.status_code == 401
+    assert leaked.json()["error"] == "token_revoked"
+    assert "get a new one" in leaked.json()["detail"]
+    assert len(stubs[0].seen) == 0  # never forwarded
+    assert post(token("alice")).status_code == 200  # minted after the cutoff
+    assert post(token("bob", now=cutoff - 1)).status_code == 200  # another account
+
+
+def test_revoked_before_is_read_from_relay_toml_as_times_with_an_offset() -> None:
+    from datetime import UTC, datetime
+
+    from backupvault.relay.config import _revoked_before
+
+    when = datetime(2026, 12, 4, 17, 0, tzinfo=UTC)
+    assert _revoked_before({"alice": when}) == (("alice", when.timestamp()),)
+    with pytest.raises(InvalidInput, match="with its offset"):
+        _revoked_before({"alice": datetime(2026, 12, 4, 17, 0)})  # local time: ambiguous
+    with pytest.raises(InvalidInput, match="with its offset"):
+        _revoked_before({"alice": 1764867600})
+    with pytest.raises(InvalidInput, match="not an account name"):
+        _revoked_before({"al ice": when})
+    with pytest.raises(InvalidInput, match="table of account"):
+        _revoked_before(["alice"])

@@ -480,6 +480,7 @@ def create_app(
             audience=config.audience,
             leeway_seconds=config.token_leeway_seconds,
             clock=token_clock,
+            revoked_before=dict(config.revoked_before),
         ),
         limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
         reset_limiter=RateLimiter(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import math
 import tomllib
 from dataclasses import dataclass, field
@@ -13,6 +14,7 @@ from urllib.parse import urlsplit
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from backupvault.errors import InvalidInput
+from backupvault.protocol import is_valid_name
 from backupvault.tokens import load_operator_private_key, load_operator_public_key
 from backupvault.transparency.bundle import FleetBundle
 from backupvault.transparency.errors import TransparencyError
@@ -106,6 +108,10 @@ class RelayConfig:
     max_concurrent_forwards: int = 256
     #: Clock skew tolerated on token exp/nbf/iat.
     token_leeway_seconds: float = 30.0
+    #: (account, Unix seconds) pairs: the account's tokens issued before that time are
+    #: refused (`[relay.revoked_before]` in relay.toml: a leaked token is revoked by
+    #: naming its account and a time after its issue, then minting the account a new one).
+    revoked_before: tuple[tuple[str, float], ...] = ()
     #: Optional TLS for `serve` (PEM certificate chain and key).
     tls_cert: Path | None = None
     tls_key: Path | None = None
@@ -249,6 +255,27 @@ def _previous_fleets(raw: object, base_dir: Path | None) -> tuple[PreviousFleet,
     return tuple(fleets)
 
 
+def _revoked_before(table: object) -> tuple[tuple[str, float], ...]:
+    """`[relay.revoked_before]`: account = a date and time with its offset."""
+    if not isinstance(table, dict):
+        raise InvalidInput(
+            "revoked_before must be a table of account = time, e.g. alice = 2026-12-04T17:00:00Z"
+        )
+    revoked = []
+    for account, when in table.items():
+        if not is_valid_name(account):
+            raise InvalidInput(
+                f"revoked_before: {account!r} is not an account name (1-64 of [A-Za-z0-9._-])"
+            )
+        if not isinstance(when, datetime.datetime) or when.utcoffset() is None:
+            raise InvalidInput(
+                f"revoked_before.{account} must be a date and time with its offset,"
+                " e.g. 2026-12-04T17:00:00Z"
+            )
+        revoked.append((account, when.timestamp()))
+    return tuple(revoked)
+
+
 def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) -> RelayConfig:
     """A RelayConfig from the keys of a `[relay]` table; relative paths are taken from
     `base_dir` (the config file's folder)."""
@@ -280,6 +307,8 @@ def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) 
         raise InvalidInput("witness_url must be a string")
     if "previous_fleets" in values:
         values["previous_fleets"] = _previous_fleets(values["previous_fleets"], base_dir)
+    if "revoked_before" in values:
+        values["revoked_before"] = _revoked_before(values["revoked_before"])
     for key in _PATH_KEYS & set(values):
         raw = values[key]
         pem = isinstance(raw, str) and raw.lstrip().startswith("-----BEGIN")
