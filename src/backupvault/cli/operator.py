@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import re
 import tomllib
 from pathlib import Path
 
@@ -355,7 +354,7 @@ def fleet_client_config(
 ) -> None:
     """Write a client.toml for ACCOUNT: pinned to this fleet's keys, or with --ota trusting
     the operator's and the witness's keys (docs/operations.md §5)."""
-    from backupvault.client.config import ClientConfig
+    from backupvault.client.config import ClientConfig, MalformedField
     from backupvault.client.trust import load_operator_key
     from backupvault.node.config import FleetDescription
 
@@ -390,8 +389,7 @@ def fleet_client_config(
     except InvalidInput as err:
         # The field is named as the option it came from: the hint to edit the file's field
         # sent the operator to a file that was never written.
-        field = re.search(r"field '(\w+)'", err.message)
-        source = _OPTION_OF.get(field.group(1)) if field else None
+        source = _OPTION_OF.get(err.field) if isinstance(err, MalformedField) else None
         raise InvalidInput(
             f"nothing was written to {out_file}: "
             + err.message.removeprefix(f"config file {out_file}: "),

@@ -88,6 +88,15 @@ TRUST_MODES = ("pinned", "ota")
 T = TypeVar("T")
 
 
+class MalformedField(InvalidInput):
+    """A field of a client config holds what it cannot: `field` names it (`fleet client-config`
+    names the option the field came from)."""
+
+    def __init__(self, path: Path, field: str, what: str, hint: str) -> None:
+        super().__init__(f"config file {path}: field {field!r} is malformed: {what}", hint=hint)
+        self.field = field
+
+
 def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
     """Parse one field; a malformed value names the file and the field."""
     try:
@@ -95,9 +104,11 @@ def _field(path: Path, name: str, parse: Callable[[], T]) -> T:
     except InvalidInput as err:
         if err.message.startswith(f"config file {path}"):
             raise
-        raise InvalidInput(
-            f"config file {path}: field {name!r} is malformed: {err.message}",
-            hint=f"copy {name} again from the operator's fleet.toml (or the config they sent)",
+        raise MalformedField(
+            path,
+            name,
+            err.message,
+            f"copy {name} again from the operator's fleet.toml (or the config they sent)",
         ) from None
 
 
@@ -188,10 +199,11 @@ def _string(
     if isinstance(value, str):
         return value
     shown = "" if name in _SECRETS else f" {value!r}"
-    raise InvalidInput(
-        f"config file {path}: field {label or name!r} is malformed: a string in quotes, not"
-        f" {_kind(value)}{shown}",
-        hint=f'write one value in quotes: {name} = "..."',
+    raise MalformedField(
+        path,
+        label or name,
+        f"a string in quotes, not {_kind(value)}{shown}",
+        f'write one value in quotes: {name} = "..."',
     )
 
 
@@ -207,10 +219,11 @@ def _url(
     except ValueError:  # a malformed port or IPv6 address
         good = False
     if not good:
-        raise InvalidInput(
-            f"config file {path}: field {label or name!r} is malformed: an http:// or https:// URL"
-            f" with a host, not {url!r}",
-            hint=f'write {what}, such as {name} = "https://host.example:8600"',
+        raise MalformedField(
+            path,
+            label or name,
+            f"an http:// or https:// URL with a host, not {url!r}",
+            f'write {what}, such as {name} = "https://host.example:8600"',
         )
     return url
 
@@ -219,10 +232,11 @@ def _strings(path: Path, data: dict[str, Any], name: str) -> list[str]:
     """A list of strings (KeyError if it is missing)."""
     value = data[name]
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise InvalidInput(
-            f"config file {path}: field {name!r} is malformed: a list of strings in quotes,"
-            f" not {_kind(value)} {value!r}",
-            hint=f'write it as {name} = ["...", "..."]',
+        raise MalformedField(
+            path,
+            name,
+            f"a list of strings in quotes, not {_kind(value)} {value!r}",
+            f'write it as {name} = ["...", "..."]',
         )
     return value
 
@@ -524,10 +538,11 @@ def _hex(value: str) -> bytes:
 def _witnesses(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:
     tables = data.get("witnesses", [])
     if not isinstance(tables, list) or not all(isinstance(t, dict) for t in tables):
-        raise InvalidInput(
-            f"config file {path}: field 'witnesses' is malformed: [[witnesses]] tables, each"
-            f" with public_key and url, not {_kind(tables)}",
-            hint='write each as a [[witnesses]] line, then public_key = "..." and url = "..."',
+        raise MalformedField(
+            path,
+            "witnesses",
+            f"[[witnesses]] tables, each with public_key and url, not {_kind(tables)}",
+            'write each as a [[witnesses]] line, then public_key = "..." and url = "..."',
         )
     return tables
 
