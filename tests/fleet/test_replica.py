@@ -1297,3 +1297,42 @@ def test_a_result_comes_after_the_write_of_the_next_change_begun_in_its_step() -
     assert writes, "c's round did not begin in the step b committed in"
     assert step.index(Committed(b"b", 2)) > max(writes), step
     assert net.results[b"c"] == Committed(b"c", 3)
+
+
+# ---- catching up on entries whose rounds a hostile node walked up -----------------------
+
+
+def test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_walked_up() -> None:
+    """Node 4 (hostile) walks entry k's promise at nodes 0-2 two steps up, each Prepare
+    within a step of what that acceptor had seen, so they take it. Node 0 then commits +1
+    there with nodes 1 and 2 (3 and 4 cut off), and crashes (its repair is lost). Node 1
+    loses its disk and catches up from every peer. Its catch-up skipped every record
+    whose round was more than a step above the highest it had seen, which after a wipe is
+    nothing: it became ready without the acceptance it gave, and with nodes 3 and 4 it
+    formed a majority that chose +100 on an empty value, so the committed +1 was lost
+    (two values chosen for one entry; one hostile node and one wiped disk: a minority)."""
+    net = Net()
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=False)
+    for node in (0, 1, 2):
+        for round_ in (MAX_ROUND_STEP - 10, 2 * MAX_ROUND_STEP - 20):
+            net.run(node, net.replicas[node].receive(4, Prepare(b"x", b"k", round_, 4), net.now))
+    net.queue.clear()  # its promises go nowhere
+    net.down = {3, 4}
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    assert net.results[b"a"] == Committed(b"a", 1)
+    assert net.disk[1][b"k"].accepted.round > 2 * MAX_ROUND_STEP - 20
+    timing = net.replicas[0].timing
+    net.replicas[0] = Replica(0, range(5), net.rand.randbytes, net.replicas[0].source, timing)
+    net.run(0, net.replicas[0].start(net.now, intact=True))  # its repair was in memory
+    net.down = set()
+    net.replicas[1] = Replica(1, range(5), net.rand.randbytes, MemoryRecords(), timing)
+    net.disk[1] = {}
+    net.run(1, net.replicas[1].start(net.now))
+    net.settle()
+    assert net.replicas[1].ready
+    net.down = {0, 2}
+    net.propose(3, b"b", b"k", add(100))
+    net.settle()
+    assert net.results[b"b"] == Committed(b"b", 101)  # built on the committed +1

@@ -15,7 +15,7 @@ from backupvault.fleet.messages import (
     SyncResponse,
 )
 from backupvault.fleet.records import MemoryRecords
-from backupvault.fleet.replica import MAX_ROUND_STEP, Replica, Send
+from backupvault.fleet.replica import MAX_ROUND_STEP, ROUND_CEILING, Replica, Send
 
 KEY = b"entry"
 
@@ -88,10 +88,26 @@ def test_a_copy_the_check_refuses_is_not_taken_but_its_promise_is() -> None:
     assert replica.ready
 
 
-def test_a_copy_with_an_inflated_round_is_ignored() -> None:
+def test_a_copy_no_acceptor_could_hold_is_ignored_one_far_above_is_taken() -> None:
+    """A copy at a round no acceptor takes (at or above the ceiling, or a promise above
+    the successor of one) is not an honest node's: ignored. A copy many steps above this
+    node's own rounds may be (a hostile node walked the entry up a step at a time): taken,
+    since forgetting it could forget this node's own acceptance."""
     replica, asks = _catching_up(refuse=b"")
-    huge = MAX_ROUND_STEP + 100
-    _answer(replica, asks, 1, AcceptorRecord(KEY, huge, 1, huge, 1, _value(b"inflated")))
+    for record in (
+        AcceptorRecord(KEY, ROUND_CEILING, 1, ROUND_CEILING, 1, _value(b"at the ceiling")),
+        AcceptorRecord(KEY, ROUND_CEILING + 1, 1, 3, 0, _value(b"mine")),
+    ):
+        _answer(replica, asks, 1, record)
+        held = replica.source.get(KEY)
+        assert held is not None
+        assert (held.promised, held.value) == (Ballot(3, 0), _value(b"mine"))
+    far = 3 * MAX_ROUND_STEP
+    _answer(replica, asks, 2, AcceptorRecord(KEY, far + 1, 2, far, 2, _value(b"far")))
     held = replica.source.get(KEY)
     assert held is not None
-    assert (held.promised, held.value) == (Ballot(3, 0), _value(b"mine"))
+    assert (held.promised, held.accepted, held.value) == (
+        Ballot(far + 1, 2),
+        Ballot(far, 2),
+        _value(b"far"),
+    )

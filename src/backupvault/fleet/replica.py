@@ -1423,10 +1423,8 @@ class Replica:
         effects: list[Effect] = []
         for theirs in message.records:
             mine = self._record(theirs.key)
-            if max(theirs.promised.round, theirs.accepted.round) > (
-                self._max_round + MAX_ROUND_STEP
-            ):
-                continue  # ballot inflation, as an acceptor refuses it
+            if not _holdable(theirs):
+                continue  # no acceptor takes such a round: not an honest node's record
             merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
             if merged.value != mine.value and not self._started_empty:
                 self._own_values.setdefault(theirs.key, mine.value)
@@ -1488,6 +1486,19 @@ class Replica:
             return True
         ready = sum(1 for _, r in self._sync_responses.values() if r.ready)
         return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
+
+
+def _holdable(record: AcceptorRecord) -> bool:
+    """Whether an honest acceptor can hold `record`: it takes no ballot at or above
+    `ROUND_CEILING`, and promises at most the successor of one it took (a pipelined
+    Accept). A catch-up copy is otherwise taken however far above this node's own rounds
+    it is: a peer's honest record may stand many steps above them (a hostile node walked
+    that entry up a step at a time, or this node's store was wiped), and skipping it made
+    the node forget a promise or an acceptance it gave before the restart, so two values
+    could be chosen (`test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_
+    walked_up`). A hostile peer can so lift this node's promise for an entry at once:
+    that stalls this node alone on it, which its own refusal could do anyway."""
+    return record.accepted.round < ROUND_CEILING and record.promised.round <= ROUND_CEILING
 
 
 def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
