@@ -1302,7 +1302,10 @@ def test_a_result_comes_after_the_write_of_the_next_change_begun_in_its_step() -
 # ---- catching up on entries whose rounds a hostile node walked up -----------------------
 
 
-def test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_walked_up() -> None:
+@pytest.mark.parametrize("leader", [True, False])
+def test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_walked_up(
+    leader: bool,
+) -> None:
     """Node 4 (hostile) walks entry k's promise at nodes 0-2 two steps up, each Prepare
     within a step of what that acceptor had seen, so they take it. Node 0 then commits +1
     there with nodes 1 and 2 (3 and 4 cut off), and crashes (its repair is lost). Node 1
@@ -1313,7 +1316,7 @@ def test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_walked_up()
     (two values chosen for one entry; one hostile node and one wiped disk: a minority)."""
     net = Net()
     for node in net.replicas.values():
-        node.timing = replace(node.timing, leader=False)
+        node.timing = replace(node.timing, leader=leader)
     for node in (0, 1, 2):
         for round_ in (MAX_ROUND_STEP - 10, 2 * MAX_ROUND_STEP - 20):
             net.run(node, net.replicas[node].receive(4, Prepare(b"x", b"k", round_, 4), net.now))
