@@ -253,6 +253,14 @@ class FakeFleet:
                 return _error(ErrorCode.FLEET_UNAVAILABLE, "no majority")
             if len(decode_commit_acks(request.acks)) < self.t:
                 return _error(ErrorCode.BAD_REQUEST, "too few acknowledgements")
+            if (
+                self.replicated
+                and request.manifest != self.replicated
+                and Manifest.from_bytes(self.replicated).version
+                >= Manifest.from_bytes(request.manifest).version
+            ):
+                # As the acceptors: a version takes one M; another device's came first.
+                return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
             self.replicated = request.manifest
             if request.manifest != node.manifest:
                 share = node.staged.pop(request.manifest, None)

@@ -8,6 +8,7 @@ import json
 import os
 from pathlib import Path
 
+import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
@@ -15,6 +16,7 @@ from backupvault.client import pending as pending_module
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
+    EntryChanged,
     FleetUnavailable,
     NotRegistered,
     VaultError,
@@ -25,7 +27,7 @@ from backupvault.client.threshold import EVALUATE_RESENDS
 from backupvault.crypto import oprf
 from backupvault.crypto.seal import open_share
 from backupvault.errors import InvalidInput
-from backupvault.protocol import EntryStatus
+from backupvault.protocol import EntryStatus, Op
 
 from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
 
@@ -181,6 +183,54 @@ def test_registering_twice_is_refused(fleet: FakeFleet) -> None:
     with pytest.raises(AlreadyRegistered):
         vault.register("pw2", os.urandom(32), ksf=FAST_KSF)
     assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_registration_another_device_committed_first_is_refused_as_already_registered(
+    fleet: FakeFleet,
+) -> None:
+    """Two devices register the same entry: both stage their shares, the other commits
+    first, and every node refuses this one's commit. The agreed manifest is the other's,
+    so the key is there and this registration never will be: "already registered", not a
+    fleet that could not be told (simulation seed 10335034 with one hostile node)."""
+    other = fleet.vault()
+    handle = fleet.handle
+    raced: list[bool] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
+            raced.append(True)
+            other.register("theirs", bytes(32), ksf=FAST_KSF)  # lands between our two phases
+        return handle(request)
+
+    fleet.handle = racing  # type: ignore[method-assign]
+    with pytest.raises(AlreadyRegistered, match="another device"):
+        fleet.vault().register("mine", RK, ksf=FAST_KSF)
+    assert raced
+    assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == bytes(32)
+
+
+def test_a_password_change_another_device_committed_first_is_refused_as_changed(
+    fleet: FakeFleet,
+) -> None:
+    """The same race for a password change: the other device's new manifest is in
+    effect, so this change is refused as the key having changed, with its password."""
+    mine, other = fleet.vault(), fleet.vault()
+    mine.register("old", RK, ksf=FAST_KSF)
+    recovered = mine.recover("old", ksf_floor=FAST_KSF)
+    handle = fleet.handle
+    raced: list[bool] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
+            raced.append(True)
+            theirs = other.recover("old", ksf_floor=FAST_KSF)
+            other.change_password(theirs, "theirs", ksf=FAST_KSF)
+        return handle(request)
+
+    fleet.handle = racing  # type: ignore[method-assign]
+    with pytest.raises(EntryChanged):
+        mine.change_password(recovered, "mine", ksf=FAST_KSF)
+    assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == RK
 
 
 def test_change_password_then_only_the_new_one_opens(fleet: FakeFleet) -> None:

@@ -424,3 +424,17 @@ def test_regression_a_laggard_at_its_limit_takes_the_delete_of_the_registration_
     assert [world.replicated(slot, client.key) for slot in range(3)] == [deleted] * 3
     assert world.honest[1].rows[client.key] == row
     assert all(not n.replica or not n.replica.lagging() for n in world.honest.values())
+
+
+# Found on fresh seeds (300 from 10,335,000 with one hostile node of five): two clients
+# registered the same destroyed entry again at once; the second one's commit was refused
+# by every node, and it ended "unavailable" though t nodes agreed on the other's
+# manifest. Fixed in client/threshold.py (`_commit_shares` reads the manifests: another M
+# of this version in effect is "already registered" or "entry changed"), mirrored in
+# sim/clients.py; the deterministic tests are tests/client/test_threshold_client.py
+# test_a_registration_another_device_committed_first_is_refused_as_already_registered and
+# test_a_password_change_another_device_committed_first_is_refused_as_changed.
+@pytest.mark.parametrize("seed", [10335034, 10335079])
+def test_regression_a_registration_that_lost_the_race_is_already_registered(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)

@@ -600,6 +600,17 @@ class ThresholdVault:
         found = self._manifests()
         if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
             return held, problems
+        if found.agreed is not None and found.agreed.version >= manifest.version:
+            # Another device's M of this version (or a later one) is in effect: a version
+            # takes one M, so this one never will. Said as the fleet being unsure, the
+            # user retried a registration that could only be refused again.
+            if request.authorization:
+                raise EntryChanged(manifest.version - 1)
+            raise AlreadyRegistered(
+                "another device registered this entry first: the vault holds its key, and"
+                " nothing of this registration took effect",
+                hint="recover with that device's password (or its recovery code)",
+            )
         older = [
             a.index
             for a in found.answers

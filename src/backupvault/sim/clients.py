@@ -270,6 +270,14 @@ def deliver(
         # Committed: t nodes staged their share, and promote it as they take M.
         text = "registered" if len(acked) == ctx.nodes else "registered (degraded)"
         return Outcome(text, acks=len(acked), registration=made)
+    # As the SDK (`_commit_shares`): another device's M of this version in effect means
+    # this one never will be (seeds 10335034, 10335079 with a hostile node).
+    _, found = yield from fetch_manifest(ctx)
+    if found.agreed is not None and found.agreed.to_bytes() == encoded:
+        return Outcome("registered (degraded)", acks=0, registration=made)
+    if found.agreed is not None and found.agreed.version >= made.manifest.version:
+        text = "entry changed" if authorization else "already registered"
+        return Outcome(text, acks=0, registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
 
 
