@@ -18,6 +18,7 @@ import click
 import pytest
 import tomli_w
 from console import backupvault  # tests/cli/console.py
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli import main as cli_main
 from backupvault.cli.passwords import MIN_LENGTH, check_password, weakness
@@ -181,6 +182,14 @@ def test_a_config_that_is_not_toml_is_a_config_error_with_a_hint(
     assert "bug" not in done.stderr
 
 
+# Real Ed25519 public keys: a client refuses a pinned signing key outside the prime-order
+# subgroup, as most 32-byte strings are.
+_SIGNING_KEY = Ed25519PrivateKey.from_private_bytes(bytes(32)).public_key().public_bytes_raw().hex()
+_OLD_SIGNING_KEY = (
+    Ed25519PrivateKey.from_private_bytes(bytes([1] * 32)).public_key().public_bytes_raw().hex()
+)
+
+
 def _client_toml(path: Path, **fields: object) -> Path:
     data = {
         "relay_url": "http://127.0.0.1:9",
@@ -190,7 +199,7 @@ def _client_toml(path: Path, **fields: object) -> Path:
         "device_key": "44" * 32,
         "fleet_id": "00" * 16,
         "node_public_keys": ["0020" + "11" * 32],
-        "node_signing_keys": ["33" * 32],
+        "node_signing_keys": [_SIGNING_KEY],
         **fields,
     }
     path.write_text(tomli_w.dumps(data))
@@ -211,7 +220,7 @@ def test_a_corrupted_node_key_names_the_file_and_the_field(
     config = _client_toml(
         tmp_path / "client.toml",
         node_public_keys=["0020" + "11" * 32, value],
-        node_signing_keys=["33" * 32] * 2,
+        node_signing_keys=[_SIGNING_KEY] * 2,
     )
     done = backupvault("--config", str(config), "vault", "status")
     assert done.returncode == 1
@@ -280,7 +289,7 @@ def test_a_malformed_epoch_is_named(tmp_path: Path, epoch: object, why: str) -> 
     assert "bug" not in done.stderr
 
 
-_OLD_FLEET = {"node_public_keys": ["0020" + "22" * 32], "node_signing_keys": ["44" * 32]}
+_OLD_FLEET = {"node_public_keys": ["0020" + "22" * 32], "node_signing_keys": [_OLD_SIGNING_KEY]}
 
 
 @pytest.mark.parametrize(
@@ -289,7 +298,10 @@ _OLD_FLEET = {"node_public_keys": ["0020" + "22" * 32], "node_signing_keys": ["4
         ([{**_OLD_FLEET, "epoch": 3}], "epoch 3 is not older than the config's epoch 3"),
         ([_OLD_FLEET], "each table needs its epoch"),
         ([{**_OLD_FLEET, "epoch": 1}, {**_OLD_FLEET, "epoch": 1}], "an epoch is listed twice"),
-        ([{"epoch": 1, "node_public_keys": ["zz"], "node_signing_keys": ["44" * 32]}], "hex"),
+        (
+            [{"epoch": 1, "node_public_keys": ["zz"], "node_signing_keys": [_OLD_SIGNING_KEY]}],
+            "hex",
+        ),
         ("epoch 1", "a list of tables"),
     ],
 )

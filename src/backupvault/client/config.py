@@ -78,6 +78,7 @@ from backupvault.client.trust import (
 from backupvault.client.vault import VaultClient
 from backupvault.codec import epoch_number
 from backupvault.crypto import ksf
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.tokens import device_key_from_hex
@@ -620,7 +621,9 @@ def _signing_keys(path: Path, data: dict[str, Any]) -> tuple[bytes, ...]:
         raise InvalidInput("not hexadecimal") from None
     if any(len(key) != 32 for key in decoded):
         raise InvalidInput("each is 32 bytes (64 hex digits)")
-    return decoded
+    # They verify the nodes' share acknowledgements: under a small-order key anyone's
+    # forged signature verifies, as for the deployment record's keys.
+    return tuple(check_public_key(key, f"node {i}'s signing key") for i, key in enumerate(decoded))
 
 
 def _max_age(data: dict[str, Any]) -> int:

@@ -45,6 +45,7 @@ from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import manifest as manifests
 from backupvault.crypto import oprf, owner, threshold
+from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.ksf import Argon2idParams
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
 from backupvault.protocol import (
@@ -222,9 +223,10 @@ class FleetKeys:
 
     def __post_init__(self) -> None:
         threshold.check_threshold(self.threshold, len(self.signing_keys))
-        for key in self.signing_keys:
-            if len(key) != 32:
-                raise InvalidInput("a node signing key is 32 bytes (Ed25519)")
+        for index, key in enumerate(self.signing_keys):
+            # Each verifies a node's share acknowledgements: a small-order key would take
+            # a signature anyone can forge (crypto/ed25519.py).
+            check_public_key(key, f"node {index}'s signing key")
 
 
 @dataclass(frozen=True)
