@@ -20,7 +20,7 @@ leaf beside `protocol`.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from backupvault.codec import Message
 from backupvault.errors import InvalidInput
@@ -34,7 +34,7 @@ class FanoutReply(Message):
     TAG = 90
     index: int
     status: int
-    body: bytes
+    body: bytes = field(repr=False)  # a sealed response (or an error): never printed
 
     @property
     def answered(self) -> bool:

@@ -127,7 +127,7 @@ class SealedCopies(Message):
     response key, so no node can read another's copy or forge another's answer."""
 
     TAG = 15
-    copies: list[bytes]
+    copies: list[bytes] = field(repr=False)  # sealed: never printed
 
     @classmethod
     def for_nodes(cls, data: bytes, nodes: int) -> SealedCopies:
@@ -205,7 +205,7 @@ class DeliverShareRequest(Message):
     account: str
     entry: str
     manifest: bytes
-    sealed_share: bytes
+    sealed_share: bytes = field(repr=False)  # a key share, sealed: never printed
 
     def __post_init__(self) -> None:
         check_name("account", self.account)

@@ -12,6 +12,7 @@ import pytest
 from backupvault.codec import Message
 from backupvault.crypto import ksf, oprf, threshold
 from backupvault.crypto.manifest import register
+from backupvault.crypto.seal import SEALED_SHARE_LEN, Kem
 from backupvault.errors import InvalidInput
 from backupvault.protocol import (
     MAX_ERROR_DETAIL,
@@ -21,6 +22,7 @@ from backupvault.protocol import (
     RESPONSE_TYPES,
     AckKind,
     DeleteShareRequest,
+    DeliverShareRequest,
     EntryStatus,
     ErrorResponse,
     EvaluateRequest,
@@ -173,6 +175,15 @@ def test_a_share_request_keeps_the_share_out_of_its_repr(registration) -> None: 
     request = RegisterShareRequest("alice", "chat", registration.manifest.to_bytes(), share, b"", 0)
     shown = repr(request)
     assert share.hex() not in shown and repr(share) not in shown and repr(share[1:]) not in shown
+    assert "alice" in shown
+
+
+def test_a_share_delivery_keeps_the_sealed_share_out_of_its_repr(registration) -> None:  # type: ignore[no-untyped-def]
+    # Sealed to one node: a log that kept it would open for a later thief of that key.
+    sealed = (hashlib.sha512(b"a sealed share").digest() * 2)[: SEALED_SHARE_LEN[Kem.X25519]]
+    request = DeliverShareRequest("alice", "chat", registration.manifest.to_bytes(), sealed)
+    shown = repr(request)
+    assert sealed.hex()[:16] not in shown and repr(sealed)[2:18] not in shown
     assert "alice" in shown
 
 

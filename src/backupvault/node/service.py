@@ -11,7 +11,7 @@ import os
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
@@ -82,7 +82,7 @@ class ClientAnswer:
     """What the HTTP layer sends back: a sealed body (200) or a JSON error."""
 
     status: int
-    body: bytes = b""
+    body: bytes = field(default=b"", repr=False)  # a sealed response: never printed
     error: str = ""
     detail: str = ""
 

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import aiohttp
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -44,7 +44,7 @@ class NodeAnswer:
     """A node's answer as the relay passes it on."""
 
     status: int
-    body: bytes
+    body: bytes = field(repr=False)  # a sealed response: never printed
     media_type: str
 
 
