@@ -26,7 +26,7 @@ import os
 import sqlite3
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
@@ -177,12 +177,15 @@ def init_node(config: NodeConfig, kem: Kem = DEFAULT_KEM) -> NodePublicKeys:
 
 @dataclass(frozen=True)
 class NodeKeys:
-    identity: bytes
-    hpke: NodePrivateKey
-    signing: bytes
-    storage: bytes
+    """The node's own keys, unsealed: none of them shows in a repr (invariant 6: outside
+    node memory they exist only sealed by the token)."""
+
+    identity: bytes = field(repr=False)
+    hpke: NodePrivateKey = field(repr=False)
+    signing: bytes = field(repr=False)
+    storage: bytes = field(repr=False)
     #: The store's row key and its generation (node/token.py, RowKeyRing).
-    row_key: bytes
+    row_key: bytes = field(repr=False)
     generation: int
 
 

@@ -88,7 +88,7 @@ class RelayConfig:
     operator_public_key: bytes | Path
     #: The relay's own Ed25519 key (PEM bytes, or the path of a PEM file): it signs every
     #: request it forwards; the nodes answer only relays whose public key fleet.toml lists.
-    signing_key: bytes | Path
+    signing_key: bytes | Path = field(repr=False)  # PEM bytes hold the private key
     #: Per-account token bucket: sustained rate and burst size.
     rate_per_minute: float = 60.0
     burst: int = 20

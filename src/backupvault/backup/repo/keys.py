@@ -6,7 +6,7 @@ from __future__ import annotations
 import hmac
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Final
 
 from cryptography.exceptions import InvalidTag
@@ -57,13 +57,16 @@ def key_check(root_key: bytes, info: bytes, message: bytes) -> bytes:
 
 @dataclass(frozen=True)
 class RepoKeys:
-    """The subkeys of one repository, derived from RMK (never stored)."""
+    """The subkeys of one repository, derived from RMK (never stored). Only the repository
+    id shows in a repr: the keys open every backup in the repository, and the seed says
+    where files are cut."""
 
     repo_id: bytes
-    chunk_id: bytes  # key naming chunks (keyed BLAKE3, or HMAC-SHA256 in version 2)
-    chunk: bytes  # AES-256-GCM key sealing chunk blobs
-    index: bytes  # AES-256-GCM key sealing pack headers, index and lock objects
-    chunker_seed: int  # pyfastcdc gear-table seed (63 bits)
+    # key naming chunks (keyed BLAKE3, or HMAC-SHA256 in version 2)
+    chunk_id: bytes = field(repr=False)
+    chunk: bytes = field(repr=False)  # AES-256-GCM key sealing chunk blobs
+    index: bytes = field(repr=False)  # AES-256-GCM key sealing pack headers, index, locks
+    chunker_seed: int = field(repr=False)  # pyfastcdc gear-table seed (63 bits)
 
     @classmethod
     def derive(cls, repo_key: bytes, repo_id: bytes) -> RepoKeys:
