@@ -12,38 +12,15 @@ from pathlib import Path
 
 import pytest
 from console import backupvault  # tests/cli/console.py
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from fleet_files import write_fleet_file  # tests/cli/fleet_files.py
 
-from backupvault.crypto.seal import NodePublicKey
-from backupvault.node.config import FleetDescription, FleetNode
 from backupvault.tokens import device_key_hex, generate_device_key
-
-
-def _public(key: Ed25519PrivateKey) -> bytes:
-    return key.public_key().public_bytes_raw()
 
 
 @pytest.fixture
 def fleet_file(tmp_path: Path) -> Path:
-    nodes = tuple(
-        FleetNode(
-            i,
-            f"http://127.0.0.1:{9000 + i}",
-            _public(Ed25519PrivateKey.generate()),
-            NodePublicKey.from_bytes(
-                b"\x00\x20" + X25519PrivateKey.generate().public_key().public_bytes_raw()
-            ).to_bytes(),
-            _public(Ed25519PrivateKey.generate()),
-        )
-        for i in range(3)
-    )
-    fleet = FleetDescription(
-        os.urandom(16), 10, nodes, (_public(Ed25519PrivateKey.generate()),), "iss",
-        _public(Ed25519PrivateKey.generate()),
-    )  # fmt: skip
     path = tmp_path / "fleet.toml"
-    fleet.save(path)
+    write_fleet_file(path)
     return path
 
 

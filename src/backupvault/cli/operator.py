@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 import tomli_w
@@ -13,6 +14,9 @@ from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import private_folder, replace_file, write_new_file
+
+if TYPE_CHECKING:
+    from backupvault.node.config import FleetDescription
 
 # The commands import what they use when they run: `backupvault --help` loads this module
 # to list them, and the deployment, the node's config and the tokens take a few tenths of
@@ -331,6 +335,14 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
 @click.option("--witness-url", help="With --ota: where that witness answers (its fleet heads).")
 @click.option("--storage", help="The client's default --storage URL.")
 @click.option(
+    "--previous",
+    "previous_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="The fleet.toml of an older epoch the relay still routes (after a rotation; repeat"
+    " for each): a pinned client moves its key from there at its next recovery.",
+)
+@click.option(
     "--out",
     "out_file",
     required=True,
@@ -350,6 +362,7 @@ def fleet_client_config(
     witness_key: str | None,
     witness_url: str | None,
     storage: str | None,
+    previous_files: tuple[Path, ...],
     out_file: Path,
 ) -> None:
     """Write a client.toml for ACCOUNT: pinned to this fleet's keys, or with --ota trusting
@@ -372,7 +385,20 @@ def fleet_client_config(
         data["node_public_keys"] = [n.hpke_public_key.hex() for n in fleet.nodes]
         data["node_signing_keys"] = [n.signing_public_key.hex() for n in fleet.nodes]
         data["epoch"] = fleet.epoch or 0
+        if previous_files:
+            older = sorted(
+                (_older_epoch(fleet, FleetDescription.load(p), p) for p in previous_files),
+                key=lambda epoch_table: epoch_table[0],
+                reverse=True,
+            )
+            data["previous_fleets"] = [table for _, table in older]
     else:
+        if previous_files:
+            raise UsageError(
+                "--previous is for pinned configs: an --ota client finds the older epochs"
+                " itself (the relay's /v1/fleet/epochs)",
+                hint="leave out --previous, or --ota",
+            )
         if witness_key is None or witness_url is None:
             raise UsageError("--ota needs --witness-key and --witness-url (the witness's)")
         data = {"trust": "ota", **data}
@@ -401,6 +427,36 @@ def fleet_client_config(
         {"config": str(out_file), "trust": "ota" if ota_operator_key else "pinned"},
         f"wrote {out_file}",
     )
+
+
+def _older_epoch(
+    current: FleetDescription, older: FleetDescription, path: Path
+) -> tuple[int, dict[str, object]]:
+    """`older`'s epoch and its pinned config's `[[previous_fleets]]` table, if it is an
+    older epoch of `current`'s fleet on other nodes: a client asks the relay for an entry
+    on each (`/v1/epochs/E/...`), so a file that is none of these would send it astray."""
+    hint = (
+        "give the fleet.toml of each epoch before a rotation that the relay still routes"
+        " ([[relay.previous_fleets]]); an upgrade's earlier epoch (the same nodes) needs none"
+    )
+    if older.fleet_id != current.fleet_id:
+        raise UsageError(f"{path} is another fleet ({older.fleet_id.hex()})", hint=hint)
+    if older.epoch is None or older.epoch >= (current.epoch or 0):
+        raise UsageError(
+            f"{path} is not an older epoch (epoch {older.epoch}; this fleet's is {current.epoch})",
+            hint=hint,
+        )
+    keys = [n.hpke_public_key for n in older.nodes]
+    if keys == [n.hpke_public_key for n in current.nodes]:
+        raise UsageError(
+            f"{path} is an earlier epoch of the same nodes (an upgrade): the key is on them",
+            hint=hint,
+        )
+    return older.epoch, {
+        "epoch": older.epoch,
+        "node_public_keys": [k.hex() for k in keys],
+        "node_signing_keys": [n.signing_public_key.hex() for n in older.nodes],
+    }
 
 
 #: The `fleet client-config` option each field of the config it writes comes from.

@@ -201,7 +201,8 @@ def _sealed_to_other_keys(
         f" keys in your client config ({unopened[0].describe()})",
         hint="the config pins keys these nodes do not hold: after a fleet rotation a pinned"
         " config needs the new epoch's keys (a local deployment's `local rotate` rewrites"
-        " DIR/client.toml: use that one; an operator's `fleet client-config` writes one), or"
+        " DIR/client.toml: use that one; an operator's `fleet client-config --previous"
+        " OLD/fleet.toml` writes one that also moves the key from the old epoch), or"
         " use an over-the-air config; if the fleet was not rotated, the relay altered the"
         " requests. Nothing was counted as a guess",
     )
