@@ -23,7 +23,14 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, hpke_key, make_record, node
+from tests.transparency.conftest import (
+    FLEET_ID,
+    WITNESS_NAME,
+    hpke_key,
+    make_record,
+    node,
+    signing_key,
+)
 
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
 from backupvault.client.trust import OtaTrust, TrustState, WitnessEndpoint
@@ -122,7 +129,9 @@ class Net:
         return FleetBundle.from_receipt(signed, self.a.submit(signed.to_bytes())).to_bytes()
 
     def deploy(self, epoch: int, **changes: Any) -> bytes:
-        """A new epoch logged by both witnesses; the relay serves it as the current one."""
+        """A new epoch logged by both witnesses; the relay serves it as the current one.
+        Each epoch is a rotation, on nodes of its own, unless `nodes` says otherwise."""
+        changes.setdefault("nodes", rotated_nodes(epoch))
         if self.current:
             self.previous[
                 FleetBundle.from_bytes(self.current).operator_signed.deployment().epoch
@@ -177,6 +186,16 @@ class Net:
         }
         fields.update(changes)
         return OtaTrust(**fields)
+
+
+def rotated_nodes(epoch: int) -> list[tuple[int, bytes, bytes, bytes, str]]:
+    """Epoch `epoch`'s nodes, each with keys of that epoch (epoch 1's: `node(i)`'s)."""
+    shift = 10 * (epoch - 1)
+    return [
+        node(i, identity=bytes([i + 1 + shift]) * 32, hpke=hpke_key(i + shift),
+             signing=signing_key(i + shift))
+        for i in range(5)
+    ]  # fmt: skip
 
 
 def proof_answer(witness: Witness, old: int, new: int) -> httpx.Response:
@@ -1397,3 +1416,24 @@ def test_two_witnesses_of_one_name_are_refused(net: Net, tmp_path: Path) -> None
     twice = (WitnessEndpoint(net.a_signer.verifier, WITNESS_B),)
     with pytest.raises(InvalidInput, match="same name"):
         net.trust(tmp_path / "state.json", others=twice)
+
+
+def test_an_upgrades_earlier_epoch_on_the_same_nodes_is_not_searched(
+    net: Net, state_file: Path
+) -> None:
+    """A rotation (1 -> 2, new nodes), then an upgrade (2 -> 3: new code, the same nodes
+    and keys): `fleet deploy` rewrote epoch 2's bundle as 3's, and the relay routes epoch 1
+    (the rotation's) but not 2. A client that accepted epoch 2 looks for its key on epoch 1
+    only: epoch 2's entries are on epoch 3's nodes. Before, it asked the relay for epoch 2,
+    was answered 404, and stopped ("cannot check epoch 2"): the key on epoch 1 never
+    moved."""
+    trust = accepted(net, state_file)
+    second_nodes = rotated_nodes(2)
+    net.deploy(2, nodes=second_nodes)
+    trust.current(net.http(), RELAY)
+    net.deploy(3, nodes=second_nodes)
+    del net.previous[2]
+    current = trust.current(net.http(), RELAY)
+    assert current.record.epoch == 3
+    assert [r.epoch for r in trust.older(net.http(), RELAY, current.record)] == [1]
+    assert saved_epoch(state_file) == 3

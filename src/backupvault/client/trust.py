@@ -650,12 +650,19 @@ class OtaTrust:
             listed = {epoch_number(e, "an epoch the relay lists") for e in previous}
         except InvalidInput as err:
             raise FleetNotTrusted(err.message) from None
+        # An epoch on the nodes of a newer one (an upgrade: new code, the same nodes and
+        # keys) holds nothing apart from it: its entries are those nodes', found there. The
+        # relay no longer routes it once the upgrade's bundle replaced its own.
+        searched = {_node_keys(current)}
         for epoch in sorted(set(known) | {e for e in listed if e < current.epoch}, reverse=True):
             if epoch in known:
                 try:
-                    yield known[epoch].verify(self.operator_key)
+                    record = known[epoch].verify(self.operator_key)
                 except TransparencyError as err:
                     raise FleetNotTrusted.because(err) from None
+                if _node_keys(record) not in searched:
+                    searched.add(_node_keys(record))
+                    yield record
                 continue
             bundle = self._get(
                 http,
@@ -670,7 +677,14 @@ class OtaTrust:
                     f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
                 )
             state.accept(verified, (FleetBundle.from_bytes(bundle).checkpoint,), current=False)
-            yield verified.record
+            if _node_keys(verified.record) not in searched:
+                searched.add(_node_keys(verified.record))
+                yield verified.record
+
+
+def _node_keys(record: DeploymentRecord) -> tuple[tuple[bytes, bytes], ...]:
+    """The keys of a record's nodes, by index: which nodes hold its entries."""
+    return tuple((n.hpke_public_key, n.signing_public_key) for n in record.nodes)
 
 
 # ---- sessions -----------------------------------------------------------------------------
