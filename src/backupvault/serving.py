@@ -28,10 +28,15 @@ the connection with the answers buffered for it)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import faulthandler
 import json
+import logging
+import signal
 import socket
+import threading
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -44,6 +49,11 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from backupvault.errors import BackupVaultError, InvalidInput
+
+log = logging.getLogger("backupvault.serving")
+
+#: The signals that stop a service (SIGTERM: a service manager's stop; SIGINT: Ctrl-C).
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 #: How long requests under way may take to finish after a stop signal.
 GRACEFUL_SECONDS = 5
@@ -328,7 +338,12 @@ def slow_body_response() -> JSONResponse:
 
 
 class _BoundedServer(uvicorn.Server):
+    #: The first stop signal it was given, if any.
+    stopped_by: int | None = None
+
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.stopped_by is None:
+            self.stopped_by = sig
         # A C thread of its own: it fires even if the event loop or a lock is stuck.
         faulthandler.dump_traceback_later(STOP_SECONDS, exit=True)
         super().handle_exit(sig, frame)
@@ -354,7 +369,32 @@ def run_until_stopped(app: Any, limits: ServerLimits | None = None, **config: An
     server = _BoundedServer(server_config(app, limits or ServerLimits(), **config))
     host, port = config.get("host", "127.0.0.1"), config.get("port", 8000)
     _check_can_listen(host, port)
-    server.run()
+    with _stop_signals_end_serving(server):
+        server.run()
+    if server.stopped_by is not None:
+        log.info("stopped by %s", signal.Signals(server.stopped_by).name)
+
+
+@contextlib.contextmanager
+def _stop_signals_end_serving(server: _BoundedServer) -> Iterator[None]:
+    """SIGTERM or SIGINT, from before uvicorn listens for them to after it has shut down,
+    stops the service, which then returns. uvicorn raises the signal again once it has
+    shut down, to die by it; the command line's handler turned that into "interrupted",
+    status 130, and a service manager's `stop` into a failed unit."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # no signals here
+        return
+
+    def stop(signum: int, frame: FrameType | None) -> None:
+        if not server.should_exit:  # not yet under way: the same stop uvicorn's gives
+            server.handle_exit(signum, frame)
+
+    previous = {signum: signal.signal(signum, stop) for signum in _STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def _check_can_listen(host: str, port: int) -> None:
