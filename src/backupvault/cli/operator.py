@@ -515,6 +515,60 @@ def relay_serve(relay_config: Path, listen: str | None) -> None:
     serve(load_config(relay_config), host, port)
 
 
+@relay.command("metrics")
+@click.option(
+    "--config",
+    "relay_config",
+    required=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="relay.toml: the nodes to ask, and the relay's signing key, which they require.",
+)
+@pass_context
+def relay_metrics(ctx: Context, relay_config: Path) -> None:
+    """Each node's counters (GET /v1/metrics), asked with the relay's key as the nodes
+    require: the current fleet's and every previous fleet's the relay routes. Exit 5 if a
+    node did not give them (each such node is named, with why)."""
+    from backupvault.deploy.metrics import MetricsUnavailable, node_metrics
+    from backupvault.relay.config import load_config
+
+    config = load_config(relay_config)
+    key = config.node_signing_key
+    fleets: list[tuple[int | None, tuple[str, ...]]] = [(None, config.node_urls)]
+    fleets += [(p.epoch, p.node_urls) for p in config.previous_fleets]
+    report: list[dict[str, object]] = []
+    lines: list[str] = []
+    missing = 0
+    for epoch, urls in fleets:
+        lines.append("current fleet:" if epoch is None else f"previous fleet, epoch {epoch}:")
+        nodes: list[dict[str, object]] = []
+        for index, url in enumerate(urls):
+            try:
+                counters = node_metrics(key, url, index)
+            except MetricsUnavailable as err:
+                missing += 1
+                nodes.append({"index": index, "url": url, "error": err.message})
+                lines.append(f"  node {index} {url}: {err.message}")
+                continue
+            nodes.append({"index": index, "url": url, "metrics": counters})
+            lines.append(f"  node {index} {url}: {_counters_line(counters)}")
+        report.append({"epoch": epoch, "nodes": nodes})
+    ctx.output.result({"fleets": report}, "\n".join(lines))
+    if missing:
+        raise click.exceptions.Exit(5)  # as an unavailable fleet: not every node answered
+
+
+def _counters_line(counters: dict[str, object]) -> str:
+    """A node's health, then its counters, on one line."""
+    health = counters.get("health")
+    state = []
+    if isinstance(health, dict):
+        state.append("ready" if health.get("ready") else "not ready (catching up)")
+        if health.get("stopped"):
+            state.append(f"stopped: {health['stopped']}")
+    numbers = [f"{k.replace('_', ' ')} {v}" for k, v in counters.items() if type(v) is int]
+    return "; ".join([*state, ", ".join(n for n in numbers if not n.startswith("node "))])
+
+
 @relay.command("keygen")
 @click.option(
     "--out",

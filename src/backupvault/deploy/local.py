@@ -54,6 +54,7 @@ import tomli_w
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.deploy.metrics import MetricsUnavailable, node_metrics
 from backupvault.deploy.records import (
     BUNDLE_FILE,
     deploy,
@@ -62,7 +63,6 @@ from backupvault.deploy.records import (
 )
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import private_folder, replace_file, write_new_file
-from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
@@ -845,14 +845,8 @@ class LocalDeployment:
         report: dict[str, dict[str, Any]] = {}
         key = self.relay_key()
         for node in self.fleet(epoch).nodes:
-            # A node answers its metrics only to a relay key's signature (docs/operations.md).
-            headers = metrics_headers(key, node.index)
-            try:
-                answer = httpx.get(f"{node.url}/v1/metrics", headers=headers, timeout=2)
-            except httpx.HTTPError:
-                continue
-            if answer.status_code == 200:
-                report[f"node{node.index}"] = answer.json()
+            with contextlib.suppress(MetricsUnavailable):  # a node not running
+                report[f"node{node.index}"] = node_metrics(key, node.url, node.index, timeout=2)
         return report
 
     def relay_url(self) -> str:
