@@ -27,6 +27,7 @@ port takes at once (serving.ServerLimits): `max_requests` under way (default 256
 
 from __future__ import annotations
 
+import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -66,6 +67,39 @@ def load_toml(path: Path, kind: str) -> dict[str, Any]:
             f"{kind} {path} is not valid TOML: {err}",
             hint=f"fix that line of {path} (each setting is one `name = value` line)",
         ) from None
+
+
+#: What node.toml holds: its tables, and the fields of each.
+_NODE_FIELDS = {
+    "node": frozenset(
+        {"index", "listen", "peer_listen", "data_dir", "fleet_file"}
+        | {"max_requests", "max_connections", "backlog"}
+    ),
+    "token": frozenset({"module", "label", "pin_file", "pin_env", "softhsm2_conf"}),
+}
+
+
+def _check_node_fields(path: Path, data: dict[str, Any]) -> None:
+    """Refuse what node.toml does not take: a misspelt field was ignored, so a limit or a
+    peer address silently did not apply, and a misspelt `pin_file` drew "give pin_file"."""
+    for name, value in data.items():
+        known = _NODE_FIELDS.get(name)
+        if known is None:
+            raise _unknown_field(path, name, frozenset(_NODE_FIELDS), "")
+        if isinstance(value, dict):
+            for field_name in value:
+                if field_name not in known:
+                    raise _unknown_field(path, field_name, known, f" in [{name}]")
+
+
+def _unknown_field(path: Path, name: str, known: frozenset[str], where: str) -> InvalidInput:
+    close = difflib.get_close_matches(name, sorted(known), n=1)
+    hint = (
+        f"did you mean {close[0]!r}? rename it in {path}"
+        if close
+        else f"remove it from {path}; {_GUIDE}"
+    )
+    return InvalidInput(f"node config {path}: unknown field {name!r}{where}", hint=hint)
 
 
 def _incomplete(kind: str, path: Path, err: Exception) -> InvalidInput:
@@ -233,6 +267,7 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         data = load_toml(path, "node config")
+        _check_node_fields(path, data)
         # Absolute, so paths made from it work wherever they are used (a store is opened
         # by file URI, which a relative path cannot be).
         base = path.parent.resolve()

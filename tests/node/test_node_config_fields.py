@@ -1,0 +1,75 @@
+"""A field node.toml does not take is refused, named, with the field it may have meant:
+before, it was ignored. docs/pkcs11.md called the token's settings `module_path` and
+`token_label`, and a node.toml written from it was refused for lacking `module`; a
+misspelt `pin_flie` drew "set the token PIN in $BACKUPVAULT_TOKEN_PIN or give pin_file"
+(which the file did, as the operator saw it), and a misspelt `peer_lisen` or
+`max_request` was silently not applied: the node bound its peer listener elsewhere, or
+took the default limit."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import tomli_w
+
+from backupvault.errors import InvalidInput
+from backupvault.node.config import NodeConfig
+
+
+def _node_toml(root: Path, node: dict[str, Any], token: dict[str, Any], **tables: Any) -> Path:
+    config = root / "node.toml"
+    (root / "token.pin").write_text("1234")
+    (root / "token.pin").chmod(0o600)
+    config.write_text(
+        tomli_w.dumps(
+            {
+                "node": {"index": 0, "listen": "127.0.0.1:7101", "data_dir": "data", **node},
+                "token": {"label": "backupvault-node-0", "pin_file": "token.pin", **token},
+                **tables,
+            }
+        )
+    )
+    return config
+
+
+MODULE = {"module": "/usr/lib/softhsm/libsofthsm2.so"}
+
+
+@pytest.mark.parametrize(
+    ("node", "token", "tables", "named", "meant"),
+    [
+        ({}, {"module_path": MODULE["module"]}, {}, "module_path", "module"),
+        ({}, {**MODULE, "pin_flie": "token.pin"}, {}, "pin_flie", "pin_file"),
+        ({"peer_lisen": "127.0.0.1:7201"}, MODULE, {}, "peer_lisen", "peer_listen"),
+        ({"max_request": 8}, MODULE, {}, "max_request", "max_requests"),
+        ({}, MODULE, {"tokens": {"label": "x"}}, "tokens", "token"),
+    ],
+    ids=["pkcs11.md's module_path", "pin_flie", "peer_lisen", "max_request", "[tokens]"],
+)
+def test_a_field_the_node_does_not_take_is_named_with_what_it_may_mean(
+    tmp_path: Path,
+    node: dict[str, Any],
+    token: dict[str, Any],
+    tables: dict[str, Any],
+    named: str,
+    meant: str,
+) -> None:
+    config = _node_toml(tmp_path, node, token, **tables)
+    with pytest.raises(InvalidInput) as refused:
+        NodeConfig.load(config)
+    assert f"unknown field {named!r}" in refused.value.message
+    assert str(config) in refused.value.message
+    assert refused.value.hint is not None and repr(meant) in refused.value.hint
+
+
+def test_every_field_the_guide_writes_is_taken(tmp_path: Path) -> None:
+    config = _node_toml(
+        tmp_path,
+        {"peer_listen": "127.0.0.1:7201", "fleet_file": "fleet.toml", "max_requests": 8},
+        {**MODULE, "softhsm2_conf": "hsm/softhsm2.conf"},
+    )
+    loaded = NodeConfig.load(config)
+    assert loaded.peer_listen == "127.0.0.1:7201" and loaded.limits.max_requests == 8
+    assert loaded.token.token_label == "backupvault-node-0"
