@@ -15,7 +15,7 @@ import pytest
 import tomli_w
 
 from backupvault.errors import InvalidInput
-from backupvault.node.config import NodeConfig
+from backupvault.node.config import FleetDescription, NodeConfig
 
 
 def _node_toml(root: Path, node: dict[str, Any], token: dict[str, Any], **tables: Any) -> Path:
@@ -73,3 +73,49 @@ def test_every_field_the_guide_writes_is_taken(tmp_path: Path) -> None:
     loaded = NodeConfig.load(config)
     assert loaded.peer_listen == "127.0.0.1:7201" and loaded.limits.max_requests == 8
     assert loaded.token.token_label == "backupvault-node-0"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "named", "meant"),
+    [
+        ("guess_limit = 10", "guess_limt = 5", "guess_limt", "guess_limit"),
+        ('peer = "127.0.0.1:7201"', 'peers = "127.0.0.1:7201"', "peers", "peer"),
+    ],
+    ids=["guess_limt", "[[nodes]] peers"],
+)
+def test_a_field_fleet_toml_does_not_take_is_named(
+    tmp_path: Path, old: str, new: str, named: str, meant: str
+) -> None:
+    """A misspelt `guess_limt = 5` was ignored: the fleet was deployed with the default
+    of 10 guesses."""
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(FLEET_TOML.replace(old, new))
+    assert FleetDescription.load(_good(tmp_path)).guess_limit == 10
+    with pytest.raises(InvalidInput) as refused:
+        FleetDescription.load(fleet)
+    assert f"unknown field {named!r}" in refused.value.message
+    assert refused.value.hint is not None and repr(meant) in refused.value.hint
+
+
+def _good(tmp_path: Path) -> Path:
+    good = tmp_path / "good.toml"
+    good.write_text(FLEET_TOML)
+    return good
+
+
+#: A fleet of one node, as `fleet ceremony` leaves it (the keys need only parse).
+FLEET_TOML = f"""
+fleet_id = "00112233445566778899aabbccddeeff"
+guess_limit = 10
+relay_public_keys = ["{"11" * 32}"]
+account_issuer = "https://accounts.example"
+account_issuer_public_key = "{"22" * 32}"
+
+[[nodes]]
+index = 0
+url = "http://127.0.0.1:7101"
+peer = "127.0.0.1:7201"
+identity_public_key = "{"33" * 32}"
+hpke_public_key = "0020{"44" * 32}"
+signing_public_key = "{"55" * 32}"
+"""

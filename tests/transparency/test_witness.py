@@ -411,3 +411,25 @@ def test_proofs_and_checkpoints_cost_logarithmic_hashing(
     open_checkpoint(witness.checkpoint(), witness.verifier)
     witness.head(FLEET_ID, 1_800_000_000)
     assert calls < 300, calls
+
+
+@pytest.mark.parametrize(
+    ("line", "named", "meant"),
+    [
+        ('head_fiel = "other-volume/w.head"\n', "head_fiel", "head_file"),
+        ("pin_first_sen = true\n", "pin_first_sen", "pin_first_seen"),
+        ('[[fleets]]\nfleet_id = "00"\noperator = "op.pub"\n', "operator", "operator_key"),
+    ],
+    ids=["head_fiel", "pin_first_sen", "[[fleets]] operator"],
+)
+def test_a_field_witness_toml_does_not_take_is_named(
+    tmp_path: Path, line: str, named: str, meant: str
+) -> None:
+    """A misspelt `head_file` was ignored: the head file stayed beside the database,
+    inside its backups, where docs/operations.md says it must not be (a database restored
+    with its head file is not caught)."""
+    (tmp_path / "witness.toml").write_text(f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n{line}')
+    with pytest.raises(InvalidInput) as refused:
+        WitnessConfig.load(tmp_path / "witness.toml")
+    assert f"unknown field {named!r}" in refused.value.message
+    assert refused.value.hint is not None and repr(meant) in refused.value.hint

@@ -27,7 +27,6 @@ port takes at once (serving.ServerLimits): `max_requests` under way (default 256
 
 from __future__ import annotations
 
-import difflib
 import os
 import tomllib
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ from typing import Any
 
 import tomli_w
 
+from backupvault.config_fields import Fields, check_fields
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.files import replace_file
@@ -70,36 +70,24 @@ def load_toml(path: Path, kind: str) -> dict[str, Any]:
 
 
 #: What node.toml holds: its tables, and the fields of each.
-_NODE_FIELDS = {
+_NODE_FIELDS: Fields = {
     "node": frozenset(
         {"index", "listen", "peer_listen", "data_dir", "fleet_file"}
         | {"max_requests", "max_connections", "backlog"}
     ),
     "token": frozenset({"module", "label", "pin_file", "pin_env", "softhsm2_conf"}),
 }
-
-
-def _check_node_fields(path: Path, data: dict[str, Any]) -> None:
-    """Refuse what node.toml does not take: a misspelt field was ignored, so a limit or a
-    peer address silently did not apply, and a misspelt `pin_file` drew "give pin_file"."""
-    for name, value in data.items():
-        known = _NODE_FIELDS.get(name)
-        if known is None:
-            raise _unknown_field(path, name, frozenset(_NODE_FIELDS), "")
-        if isinstance(value, dict):
-            for field_name in value:
-                if field_name not in known:
-                    raise _unknown_field(path, field_name, known, f" in [{name}]")
-
-
-def _unknown_field(path: Path, name: str, known: frozenset[str], where: str) -> InvalidInput:
-    close = difflib.get_close_matches(name, sorted(known), n=1)
-    hint = (
-        f"did you mean {close[0]!r}? rename it in {path}"
-        if close
-        else f"remove it from {path}; {_GUIDE}"
-    )
-    return InvalidInput(f"node config {path}: unknown field {name!r}{where}", hint=hint)
+#: What fleet.toml holds. `hpke_public_key` (one key for the whole fleet) is an older
+#: version's, refused with a message of its own; `opaque_server_public_key` is the
+#: removed single-seed flow's, which `fleet ceremony` drops.
+_FLEET_FIELDS: Fields = {
+    **dict.fromkeys(["fleet_id", "epoch", "measurement", "guess_limit", "relay_public_keys"]),
+    **dict.fromkeys(["account_issuer", "account_issuer_public_key"]),
+    **dict.fromkeys(["hpke_public_key", "opaque_server_public_key"]),
+    "nodes": frozenset(
+        {"index", "url", "peer", "identity_public_key", "hpke_public_key", "signing_public_key"}
+    ),
+}
 
 
 def _incomplete(kind: str, path: Path, err: Exception) -> InvalidInput:
@@ -190,6 +178,7 @@ class FleetDescription:
     @classmethod
     def load(cls, path: Path) -> FleetDescription:
         data = load_toml(path, "fleet file")
+        check_fields(path, "fleet file", data, _FLEET_FIELDS, _GUIDE)
         try:
             if "hpke_public_key" in data:
                 raise InvalidInput(
@@ -267,7 +256,7 @@ class NodeConfig:
     @classmethod
     def load(cls, path: Path) -> NodeConfig:
         data = load_toml(path, "node config")
-        _check_node_fields(path, data)
+        check_fields(path, "node config", data, _NODE_FIELDS, _GUIDE)
         # Absolute, so paths made from it work wherever they are used (a store is opened
         # by file URI, which a relative path cannot be).
         base = path.parent.resolve()

@@ -32,6 +32,7 @@ from typing import Any
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.config_fields import Fields, check_fields
 from backupvault.crypto.ed25519 import check_public_key
 from backupvault.errors import InvalidInput
 from backupvault.transparency import merkle
@@ -241,6 +242,15 @@ def _operator_key(value: Any, base: Path) -> bytes:
     return check_public_key(raw_public_key(key), str(path))
 
 
+#: What witness.toml holds (`listen` is read by `witness serve`).
+_WITNESS_FIELDS: Fields = {
+    **dict.fromkeys(["name", "listen", "key_file", "database", "head_file"]),
+    **dict.fromkeys(["pin_first_seen", "allowed_measurements"]),
+    "fleets": frozenset({"fleet_id", "operator_key"}),
+}
+_WITNESS_GUIDE = 'docs/transparency.md ("Configuration and serving") lists every field'
+
+
 @dataclass(frozen=True)
 class WitnessConfig:
     """Everything a witness server needs. `witness.toml` (paths relative to the file):
@@ -272,6 +282,7 @@ class WitnessConfig:
             raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
         except tomllib.TOMLDecodeError as err:
             raise InvalidInput(f"{path} is not valid TOML: {err}") from None
+        check_fields(path, "witness config", data, _WITNESS_FIELDS, _WITNESS_GUIDE)
         base = path.parent
         try:
             operators = {}
