@@ -191,3 +191,26 @@ def test_serve_runs_a_real_relay_from_a_config_file(key_dir: Path, stubs: list[S
         output = process.communicate(timeout=10)[0].decode()
     assert token not in output
     assert "account=dave" in output
+
+
+@pytest.mark.parametrize(
+    ("top", "named", "meant"),
+    [
+        ('lisen = "127.0.0.1:9600"\n', "lisen", "listen"),
+        ("[relays]\nburst = 5\n", "relays", "relay"),
+    ],
+    ids=["lisen", "[relays]"],
+)
+def test_a_file_level_field_the_relay_does_not_take_is_named(
+    key_dir: Path, top: str, named: str, meant: str
+) -> None:
+    """A misspelt `listen` was ignored: the relay served on the default port instead."""
+    relay = (
+        '[relay]\nnodes = ["http://10.0.0.1:8700"]\nissuer = "i"\naudience = "a"\n'
+        'operator_public_key = "operator.pub"\nsigning_key = "relay.key"\n'
+    )
+    assert load_config(_write(key_dir, 'listen = "127.0.0.1:9600"\n' + relay)).node_urls
+    with pytest.raises(InvalidInput) as refused:
+        load_config(_write(key_dir, top + relay if top.startswith("lisen") else relay + top))
+    assert f"unknown field {named!r}" in refused.value.message
+    assert refused.value.hint is not None and repr(meant) in refused.value.hint

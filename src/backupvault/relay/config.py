@@ -13,6 +13,7 @@ from urllib.parse import urlsplit
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.config_fields import Fields, check_fields
 from backupvault.errors import InvalidInput
 from backupvault.protocol import is_valid_name
 from backupvault.tokens import load_operator_private_key, load_operator_public_key
@@ -332,4 +333,11 @@ def load_config(path: str | Path) -> RelayConfig:
     table = document.get("relay")
     if not isinstance(table, dict):
         raise InvalidInput(f"{path} has no [relay] table")
+    # Beside [relay] (whose settings config_from_mapping checks), only `listen`, which
+    # `relay serve` reads: a misspelt one left the relay on the default port.
+    check_fields(path, "relay config", document, _FILE_FIELDS, "docs/relay.md lists every setting")
     return config_from_mapping(table, base_dir=path.parent)
+
+
+#: What relay.toml holds outside [relay].
+_FILE_FIELDS: Fields = {"relay": None, "listen": None}
