@@ -479,3 +479,28 @@ def _answers(url: str) -> bool:
         return httpx.get(url, timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+def test_a_port_an_outgoing_connection_holds_is_named_as_the_ephemeral_range() -> None:
+    """A node told to listen on a port that an outgoing connection happened to take as its
+    local port (one of the kernel's ephemeral range) was refused "another process may
+    listen there", though nothing listened: the operator looked for a service that did
+    not exist. The hint now says the port is in that range, and to choose one outside it."""
+    from starlette.applications import Starlette
+
+    from backupvault import serving
+    from backupvault.errors import BackupVaultError
+
+    ephemeral = serving.ephemeral_ports()
+    assert ephemeral is not None  # Linux: /proc/sys/net/ipv4/ip_local_port_range
+    with socket.socket() as listener, socket.socket() as outgoing:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        outgoing.bind(("127.0.0.1", 0))  # a local port from the ephemeral range
+        outgoing.connect(listener.getsockname())
+        port = outgoing.getsockname()[1]
+        assert port in ephemeral
+        with pytest.raises(BackupVaultError) as refused:
+            serving.run_until_stopped(Starlette(), host="127.0.0.1", port=port, log_config=None)
+    hint = refused.value.hint or ""
+    assert f"{ephemeral.start}-{ephemeral.stop - 1}" in hint and "outgoing" in hint

@@ -407,12 +407,32 @@ def _check_can_listen(host: str, port: int) -> None:
                 probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                 probe.bind(address)
     except OSError as err:
+        ephemeral = ephemeral_ports()
+        # Nothing may listen there at all: an outgoing connection holds the port as its
+        # own local one, for as long as it lasts (and a while after, in TIME_WAIT).
+        held = (
+            f"; {port} is in this machine's ephemeral range ({ephemeral.start}-"
+            f"{ephemeral.stop - 1}), from which outgoing connections take their local port,"
+            " so one may hold it: choose a port outside that range"
+            if ephemeral is not None and port in ephemeral
+            else ""
+        )
         raise BackupVaultError(
             f"cannot listen on {host}:{port}: {err.strerror or err}",
             hint="another process may listen there (a service already running?): stop it, or"
             " give another port (--listen HOST:PORT, or `listen` in the config); the host must"
-            " be an address of this machine",
+            f" be an address of this machine{held}",
         ) from None
+
+
+def ephemeral_ports() -> range | None:
+    """The kernel's ephemeral port range (Linux), from which outgoing connections take
+    their local port; None where it cannot be read."""
+    try:
+        first, last = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return range(int(first), int(last) + 1)
+    except (OSError, ValueError):
+        return None
 
 
 def listen_address(config: Path, given: str | None, default: str) -> tuple[str, int]:
