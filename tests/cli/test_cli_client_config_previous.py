@@ -7,34 +7,14 @@ fleet's own nodes is refused, and nothing is written."""
 
 from __future__ import annotations
 
-import json
 from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from console import backupvault  # tests/cli/console.py
-from fleet_files import write_fleet_file  # tests/cli/fleet_files.py
+from fleet_files import client_config, write_fleet_file  # tests/cli/fleet_files.py
 
 from backupvault.client.config import ClientConfig
 from backupvault.node.config import FleetDescription
-from backupvault.tokens import device_key_hex, generate_device_key
-
-SECRETS = {
-    "BACKUPVAULT_RELAY_TOKEN": "relay-token",
-    "BACKUPVAULT_FLEET_TOKEN": "fleet-token",
-    "BACKUPVAULT_DEVICE_KEY": device_key_hex(generate_device_key()),
-}
-
-
-def client_config(tmp_path: Path, fleet: Path, *extra: str) -> tuple[int, dict[str, str]]:
-    done = backupvault(
-        "--json", "fleet", "client-config", "--fleet-file", str(fleet),
-        "--relay-url", "http://127.0.0.1:7100", "--account", "alice",
-        "--out", str(tmp_path / "client.toml"), *extra,
-        env=SECRETS,
-    )  # fmt: skip
-    answer = json.loads(done.stdout if done.returncode == 0 else done.stderr)
-    return done.returncode, answer
 
 
 def test_a_pinned_config_after_rotations_names_every_older_epochs_keys(tmp_path: Path) -> None:

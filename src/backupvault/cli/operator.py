@@ -333,6 +333,14 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
 )
 @click.option("--witness-key", help="With --ota: the witness's vkey (`witness keygen` prints it).")
 @click.option("--witness-url", help="With --ota: where that witness answers (its fleet heads).")
+@click.option(
+    "--also-witness",
+    "other_witnesses",
+    multiple=True,
+    metavar="VKEY@URL",
+    help="With --ota: another witness whose fleet head must name the same record (repeat"
+    " for each; production runs at least two).",
+)
 @click.option("--storage", help="The client's default --storage URL.")
 @click.option(
     "--previous",
@@ -361,6 +369,7 @@ def fleet_client_config(
     ota_operator_key: str | None,
     witness_key: str | None,
     witness_url: str | None,
+    other_witnesses: tuple[str, ...],
     storage: str | None,
     previous_files: tuple[Path, ...],
     out_file: Path,
@@ -381,6 +390,11 @@ def fleet_client_config(
         "device_key": device_key,
         "fleet_id": fleet.fleet_id.hex(),
     }
+    if ota_operator_key is None and other_witnesses:
+        raise UsageError(
+            "--also-witness is for over-the-air configs (--ota): a pinned config checks no witness",
+            hint="add --ota with the deployment-signing key, or leave out --also-witness",
+        )
     if ota_operator_key is None:
         data["node_public_keys"] = [n.hpke_public_key.hex() for n in fleet.nodes]
         data["node_signing_keys"] = [n.signing_public_key.hex() for n in fleet.nodes]
@@ -405,6 +419,8 @@ def fleet_client_config(
         data["operator_public_key"] = load_operator_key(ota_operator_key, Path.cwd()).hex()
         data["witness_public_key"] = witness_key
         data["witness_url"] = witness_url
+        if other_witnesses:
+            data["witnesses"] = [_other_witness(given) for given in other_witnesses]
     if storage is not None:
         data["storage"] = storage
     text = tomli_w.dumps(data)
@@ -415,7 +431,9 @@ def fleet_client_config(
     except InvalidInput as err:
         # The field is named as the option it came from: the hint to edit the file's field
         # sent the operator to a file that was never written.
-        source = _OPTION_OF.get(err.field) if isinstance(err, MalformedField) else None
+        # A table's field is named as `witnesses[0].url`: by its table.
+        field = err.field.split("[", 1)[0] if isinstance(err, MalformedField) else None
+        source = None if field is None else _OPTION_OF.get(field)
         raise InvalidInput(
             f"nothing was written to {out_file}: "
             + err.message.removeprefix(f"config file {out_file}: "),
@@ -459,6 +477,18 @@ def _older_epoch(
     }
 
 
+def _other_witness(given: str) -> dict[str, str]:
+    """`--also-witness VKEY@URL` as a `[[witnesses]]` table (its vkey and URL are checked
+    with the rest of the config, before anything is written)."""
+    vkey, at, url = given.partition("@")
+    if not (at and vkey and url):
+        raise UsageError(
+            f"--also-witness takes VKEY@URL, not {given[:80]!r}",
+            hint="the witness's vkey (`witness keygen` printed it), @, and where it answers",
+        )
+    return {"public_key": vkey, "url": url}
+
+
 #: The `fleet client-config` option each field of the config it writes comes from.
 _OPTION_OF = {
     "relay_url": "--relay-url",
@@ -469,6 +499,7 @@ _OPTION_OF = {
     "operator_public_key": "--ota",
     "witness_public_key": "--witness-key",
     "witness_url": "--witness-url",
+    "witnesses": "--also-witness",
     "storage": "--storage",
 }
 
