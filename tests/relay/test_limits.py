@@ -13,11 +13,13 @@ import aiohttp
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from backupvault import serving
 from backupvault.protocol import SealedCopies
 from backupvault.relay import RateLimiter, create_app
+from backupvault.relay.app import client_address_key
 
 from .conftest import LiveServer, StubNode, make_config
 
@@ -86,6 +88,20 @@ def test_rate_limiter_bounds_memory_by_dropping_full_buckets() -> None:
     assert limiter.acquire("new") is None
     wait = limiter.acquire("new")
     assert wait == pytest.approx(1.0)
+
+
+def test_rate_limiter_stays_bounded_when_no_bucket_has_refilled() -> None:
+    """Keys made up faster than buckets refill (addresses, for the witness route): the
+    table grew past `max_accounts` without end, as pruning only drops full buckets."""
+    clock = FakeClock()
+    limiter = RateLimiter(1.0, 2, clock=clock, max_accounts=10)
+    for i in range(1000):
+        limiter.acquire(f"10.0.{i // 256}.{i % 256}")
+    assert len(limiter) <= 10
+    # The newest keys keep their state: a key just drained stays limited.
+    key = "10.0.3.231"
+    assert limiter.acquire(key) is None
+    assert limiter.acquire(key) is not None
 
 
 def test_too_large_is_413_declared_or_streamed(
@@ -243,3 +259,18 @@ def test_a_content_length_with_thousands_of_leading_zeros_is_read_by_its_value(
                 },
             )
             _assert_error(response, status, code)
+
+
+def _from(host: str) -> Request:
+    return Request({"type": "http", "client": (host, 4711), "headers": []})
+
+
+def test_an_ipv6_client_is_one_bucket_per_64_and_a_mapped_ipv4_is_its_ipv4() -> None:
+    """A host given a /64 would otherwise have 2^64 fresh buckets for the witness route."""
+    assert client_address_key(_from("2001:db8:1:2::1")) == client_address_key(
+        _from("2001:db8:1:2:ffff:1:2:3")
+    )
+    assert client_address_key(_from("2001:db8:1:2::1")) != client_address_key(
+        _from("2001:db8:1:3::1")
+    )
+    assert client_address_key(_from("::ffff:192.0.2.7")) == client_address_key(_from("192.0.2.7"))

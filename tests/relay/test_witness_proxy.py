@@ -1,5 +1,6 @@
 """The relay's witness proxy (`GET /v1/fleet/consistency`) answers anyone, without a token
-or a rate limit: it must not take the connections the vault's fan-outs need."""
+(a bucket per address instead): it must not take the connections the vault's fan-outs
+need, nor let one address keep the witness busy."""
 
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, make_record
 
+from backupvault.relay.app import WITNESS_BURST
 from backupvault.transparency.bundle import FleetBundle
 from backupvault.transparency.note import Signer
 from backupvault.transparency.record import raw_public_key, sign_record
@@ -92,5 +94,52 @@ def test_witness_requests_cannot_take_the_connections_the_fan_outs_need(
         assert [r.status for r in replies] == [200]
         for thread in flood:
             thread.join()
+    finally:
+        witness.stop()
+
+
+def test_one_address_gets_a_bounded_share_of_the_witness(
+    tmp_path: Path,
+    operator_key: Ed25519PrivateKey,
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+) -> None:
+    """The route is open to anyone: without a per-address bucket one address passed every
+    request on to the witness (a proof each, however fast it asked) and kept the 8 witness
+    slots full, so honest clients' log checks got `503 witness_unavailable`. Now an address
+    past its bucket is answered 429 with a reason and `Retry-After`, and never reaches the
+    witness; another address still does."""
+    asked = 0
+
+    async def consistency(request: Request) -> Response:
+        nonlocal asked
+        asked += 1
+        return JSONResponse({"old": 0, "new": 1, "proof": []})
+
+    witness = LiveServer(Starlette(routes=[Route("/v1/consistency", consistency)]))
+    frozen = 1000.0  # the limiter's clock: no refill during the test
+    try:
+        relay = start_relay(
+            [stubs[0].url],
+            clock=lambda: frozen,
+            bundle_file=_bundle(tmp_path, operator_key),
+            witness_url=witness.url,
+        )
+        url = f"{relay}/v1/fleet/consistency?old=0&new=1"
+        with httpx.Client(timeout=10) as flood:
+            statuses = [flood.get(url).status_code for _ in range(3 * WITNESS_BURST)]
+            refused = flood.get(url)
+        assert statuses[:WITNESS_BURST] == [200] * WITNESS_BURST
+        assert set(statuses[WITNESS_BURST:]) == {429}
+        assert asked == WITNESS_BURST
+        assert refused.status_code == 429
+        assert refused.json()["error"] == "rate_limited"
+        assert "this address" in refused.json()["detail"]
+        assert int(refused.headers["Retry-After"]) >= 1
+        # Another address (127.0.0.2 is loopback too) has its own bucket.
+        other = httpx.HTTPTransport(local_address="127.0.0.2")
+        with httpx.Client(transport=other, timeout=10) as honest:
+            assert honest.get(url).status_code == 200
+        assert asked == WITNESS_BURST + 1
     finally:
         witness.stop()

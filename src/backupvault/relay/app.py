@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import time
@@ -57,6 +58,13 @@ RESET_ALLOWANCE = 4
 #: the pool's 16 connections beyond the fan-outs', so a slow witness and a flood of them
 #: cannot take the connections the vault's fan-outs need.
 WITNESS_CONCURRENCY = 8
+#: Witness requests per client address: a burst, then a steady rate. An honest client or
+#: `verify-log` asks once per run (once more per older epoch it migrates from); without a
+#: bucket one address could keep the witness slots above full and the witness busy.
+WITNESS_BURST = 10
+WITNESS_RATE_PER_MINUTE = 30.0
+#: Addresses whose bucket is kept; beyond, the oldest is forgotten (memory stays bounded).
+WITNESS_ADDRESSES = 50_000
 
 
 def error_response(
@@ -64,6 +72,15 @@ def error_response(
 ) -> JSONResponse:
     """Every error the relay makes: `{"error": code, "detail": sentence}`."""
     return JSONResponse({"error": code, "detail": detail}, status_code=status, headers=headers)
+
+
+def _rate_limited(what: str, wait: float) -> JSONResponse:
+    return error_response(
+        429,
+        "rate_limited",
+        f"{what}; wait and try again",
+        {"Retry-After": retry_after_header(wait)},
+    )
 
 
 def _unauthorized(code: str, detail: str) -> JSONResponse:
@@ -79,6 +96,7 @@ class RelayState:
     verifier: TokenVerifier
     limiter: RateLimiter
     reset_limiter: RateLimiter
+    witness_limiter: RateLimiter
     connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
     witness_in_flight: int = 0
@@ -173,6 +191,21 @@ class RelayState:
         return not (isinstance(body, dict) and body.get("ready") is False)
 
 
+def client_address_key(request: Request) -> str:
+    """The bucket key of the client's address: an IPv4 address, or an IPv6 /64 (one host
+    is commonly given a whole /64, so its addresses are one client)."""
+    host = request.client.host if request.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # not an IP (a Unix socket): one bucket for all of them
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
+
+
 def _info(request: Request) -> dict[str, Any]:
     info: dict[str, Any] = request.scope.setdefault(_INFO, {})
     return info
@@ -239,12 +272,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
         # its bucket (refusing it would leave the count unreset).
         wait = (state.reset_limiter if op == "reset" else state.limiter).acquire(account)
         if wait is not None:
-            return error_response(
-                429,
-                "rate_limited",
-                "too many requests for this account; wait and try again",
-                {"Retry-After": retry_after_header(wait)},
-            )
+            return _rate_limited("too many requests for this account", wait)
         entry = request.path_params["entry"]
         if not is_valid_name(entry):
             return error_response(
@@ -317,6 +345,9 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return error_response(400, "bad_query", "'old' and 'new' are required decimal numbers")
         if config.witness_url is None:
             return error_response(404, "no_witness", "this relay names no witness")
+        wait = state.witness_limiter.acquire(client_address_key(request))
+        if wait is not None:
+            return _rate_limited("too many log consistency requests from this address", wait)
         if state.witness_in_flight >= WITNESS_CONCURRENCY:
             return error_response(
                 503,
@@ -485,6 +516,12 @@ def create_app(
         limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
         reset_limiter=RateLimiter(
             config.rate_per_second * RESET_ALLOWANCE, config.burst * RESET_ALLOWANCE, clock=clock
+        ),
+        witness_limiter=RateLimiter(
+            WITNESS_RATE_PER_MINUTE / 60,
+            WITNESS_BURST,
+            clock=clock,
+            max_accounts=WITNESS_ADDRESSES,
         ),
         connector=connector,
     )

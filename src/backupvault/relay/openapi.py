@@ -243,6 +243,10 @@ def _transparency_paths(max_body_bytes: int) -> dict[str, Any]:
                     },
                     "400": _error("Bad or out-of-range sizes."),
                     "404": _error("The relay names no witness."),
+                    "429": _error(
+                        "Too many requests from this address (IPv6: its /64).",
+                        {"Retry-After": _RETRY_AFTER},
+                    ),
                     "502": _error("The witness answered outside its contract."),
                     "503": _error(
                         "The witness does not answer, or too many requests to it are under way.",

@@ -1,4 +1,5 @@
-"""Per-account token buckets, in memory, with an injectable clock."""
+"""Token buckets per key (an account, or a client's address), in memory, with an
+injectable clock."""
 
 from __future__ import annotations
 
@@ -19,7 +20,9 @@ class RateLimiter:
 
     `acquire` answers None when the request may go ahead, or how many seconds to wait.
     Buckets that have refilled completely carry no information and are dropped when the
-    table grows beyond `max_accounts`, so memory stays bounded by the active accounts.
+    table grows beyond `max_accounts`; if none has, the oldest is dropped, so memory stays
+    bounded even when the keys are addresses anyone can make up (that gives the dropped
+    key a full bucket again: only a key among `max_accounts` busier ones loses its state).
     """
 
     def __init__(
@@ -46,6 +49,8 @@ class RateLimiter:
         if bucket is None:
             if len(self._buckets) >= self._max_accounts:
                 self._prune(now)
+            while len(self._buckets) >= self._max_accounts:
+                del self._buckets[next(iter(self._buckets))]  # the oldest made
             bucket = _Bucket(tokens=float(self.burst), updated=now)
             self._buckets[account] = bucket
         else:
