@@ -12,13 +12,14 @@ from pathlib import Path
 import httpx
 import pytest
 
+from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import FleetUnavailable
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import ThresholdVault
 from backupvault.client.trust import FleetSession
 from backupvault.protocol import EntryStatus, Op
 
-from .fake_fleet import FAST_KSF, FakeFleet
+from .fake_fleet import FAST_KSF, FLEET_ID, FakeFleet
 
 RK = bytes(range(32))
 
@@ -204,6 +205,117 @@ def test_an_old_epochs_erasure_owed_does_not_push_out_the_new_epochs_shares(
     assert old.nodes[1].share is None
 
 
+def _answer_503(fleet: FakeFleet, op: Op, detail: str) -> Callable[[], None]:
+    """A relay that drops every `op` fan-out to `fleet` (no node sees it) and answers 503,
+    as when no node answered; returns what lets them through again."""
+    handle = fleet.handle
+
+    def dropping(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{op}"):
+            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": detail})
+        return handle(request)
+
+    fleet.handle = dropping  # type: ignore[method-assign]
+
+    def restore() -> None:
+        fleet.handle = handle  # type: ignore[method-assign]
+
+    return restore
+
+
+def _drop_deletes(fleet: FakeFleet) -> Callable[[], None]:
+    return _answer_503(fleet, Op.DELETE_SHARE, "dropped")
+
+
+def _later_run(old: FakeFleet, new: FakeFleet, path: Path) -> FleetSession:
+    """A later run of the client: new sessions, only the pending file carries over."""
+    older = FleetSession(old.vault(pending=PendingStore(path), epoch=0), 0)
+    return FleetSession(new.vault(pending=PendingStore(path), epoch=1), 1, iter([(0, older)]))
+
+
+def test_a_migrations_delete_the_relay_drops_is_sent_again_at_later_runs(
+    tmp_path: Path,
+) -> None:
+    """docs/threshold.md, "Per live copy": until the old epoch's delete lands, both
+    copies count their own guesses (twice the bound). The delete was sent once, its
+    failure swallowed and nothing kept: a relay that dropped it left the old copy live
+    (with a fresh count: the migration's recovery reset it) for as long as the old
+    epoch was routed. The owner's signed delete is kept and sent again at every later
+    run (a recovery, or `vault status`) until the old nodes erase."""
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    let_through = _drop_deletes(old)
+    moved = session.recover_or_migrate("pw")
+    assert (moved.root_key, moved.migrated_from) == (RK, 0)
+    assert all(node.share is not None for node in old.nodes)  # the old copy is live
+    # Still dropped at the next run: still kept, and the old copy still live.
+    assert _later_run(old, new, path).recover_or_migrate("pw").root_key == RK
+    assert all(node.share is not None for node in old.nodes)
+    let_through()
+    assert _later_run(old, new, path).recover_or_migrate("pw").root_key == RK
+    assert all(node.share is None for node in old.nodes)  # erased at last
+    assert old.replicated == b"" and new.replicated != b""
+    assert _later_run(old, new, path).status().pending == ()
+
+
+def test_a_migrations_delete_dropped_is_sent_again_by_vault_status(tmp_path: Path) -> None:
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    let_through = _drop_deletes(old)
+    session.recover_or_migrate("pw")
+    dropped = _later_run(old, new, path).status()
+    assert dropped.status == EntryStatus.LIVE
+    assert any("epoch 0" in line for line in dropped.pending), dropped.pending
+    let_through()
+    assert _later_run(old, new, path).status().pending == ()
+    assert all(node.share is None for node in old.nodes)
+
+
+def test_a_kept_delete_is_forgotten_once_its_epoch_is_retired(tmp_path: Path) -> None:
+    """Retiring the old epoch ends its copy (its nodes are gone): the relay answers
+    `404 unknown_epoch` there, and the kept delete is dropped, not owed forever."""
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    _drop_deletes(old)
+    session.recover_or_migrate("pw")
+    assert PendingStore(path).epochs_owed(FLEET_ID, "alice", DEFAULT_ENTRY) == {0}
+
+    def retired(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            404, json={"error": "unknown_epoch", "detail": "this relay routes no fleet of epoch 0"}
+        )
+
+    old.handle = retired  # type: ignore[method-assign]
+    assert _later_run(old, new, path).status().pending == ()
+    assert PendingStore(path).epochs_owed(FLEET_ID, "alice", DEFAULT_ENTRY) == frozenset()
+    assert _holders(new) == [0, 1, 2, 3, 4]
+
+
+def test_a_kept_delete_is_never_sent_to_the_new_epoch_and_the_new_copy_stays(
+    tmp_path: Path,
+) -> None:
+    """The kept statement is about the old epoch's manifest: sent at later runs it reaches
+    only that epoch's nodes, and a relay that passes it to the new epoch's nodes gets it
+    refused there (another manifest, another pk_auth)."""
+    path = tmp_path / "client-pending.json"
+    old, new, session = _rotated(path)
+    let_through = _drop_deletes(old)
+    session.recover_or_migrate("pw")
+    let_through()
+    seen_before = [list(node.seen) for node in new.nodes]
+    _later_run(old, new, path).status()
+    assert all(
+        Op.DELETE_SHARE not in node.seen[len(before) :]
+        for node, before in zip(new.nodes, seen_before, strict=True)
+    )
+    (kept,) = PendingStore(path).owed(FLEET_ID, "alice", DEFAULT_ENTRY, 0) or (None,)
+    assert kept is None  # delivered, so forgotten
+    assert _holders(new) == [0, 1, 2, 3, 4]
+    assert (
+        FleetSession(new.vault(pending=PendingStore(path), epoch=1), 1).recover("pw").root_key == RK
+    )
+
+
 def test_a_commit_the_relay_fails_after_passing_it_on_is_told_as_it_landed(
     tmp_path: Path,
 ) -> None:
@@ -253,18 +365,11 @@ def test_a_change_whose_commit_did_not_land_is_told_as_such_until_the_next_chang
     path = tmp_path / "client-pending.json"
     vault = fleet.vault(pending=PendingStore(path))
     vault.register("old", RK, ksf=FAST_KSF)
-    handle = fleet.handle
-
-    def lost(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
-            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "timeout"})
-        return handle(request)
-
-    fleet.handle = lost  # type: ignore[method-assign]
+    let_through = _answer_503(fleet, Op.COMMIT_SHARES, "timeout")
     vault.delivery_patience = 0.05
     with pytest.raises(FleetUnavailable, match="may still take effect"):
         vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
-    fleet.handle = handle  # type: ignore[method-assign]
+    let_through()
     said = vault.status().pending
     assert said == (
         "version 2 (a registration or password change whose commit was not confirmed):"

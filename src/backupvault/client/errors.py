@@ -94,6 +94,16 @@ class RelayUnreachable(FleetUnavailable):
         )
 
 
+class EpochNotRouted(VaultError):
+    """The relay routes no fleet of the epoch asked for (`404 unknown_epoch`): retired."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(
+            f"the relay does not route that fleet epoch: {detail}",
+            hint="the operator retired it; a key still on it went with it",
+        )
+
+
 class Unauthorized(VaultError):
     exit_code = 6
 

@@ -343,6 +343,11 @@ class PendingStore:
             ]
         return tuple(sorted(found, key=lambda r: r.version))
 
+    def epochs_owed(self, fleet_id: bytes, account: str, entry: str) -> frozenset[int]:
+        """The epochs on which the entry is owed something."""
+        with self._lock:
+            return frozenset(k[3] for k in self._load() if k[:3] == (fleet_id, account, entry))
+
     def put(self, record: Pending) -> None:
         """Keep `record` in place of whatever its version was owed (the deliveries of
         another version are left: `ThresholdVault.finish` drops them once the entry moved
@@ -358,6 +363,14 @@ class PendingStore:
             records = self._load()
             if records.pop(key, None) is not None:
                 self._save(records)
+
+    def drop_epoch(self, fleet_id: bytes, account: str, entry: str, epoch: int) -> None:
+        """Forget everything the entry is owed on `epoch` (retired: its nodes are gone)."""
+        with self._changing():
+            records = self._load()
+            left = {k: r for k, r in records.items() if k[:4] != (fleet_id, account, entry, epoch)}
+            if len(left) != len(records):
+                self._save(left)
 
     def acknowledged(self, record: Pending, nodes: set[int]) -> Pending | None:
         """These nodes acknowledged `record`'s delivery: what is left of it, kept."""

@@ -321,6 +321,10 @@ class ThresholdVault:
         self.pending = pending if pending is not None else PendingStore(None)
         self.delivery_patience = delivery_patience
 
+    def notify(self, message: str) -> None:
+        """Tell the user something on the side (stderr in the CLI)."""
+        self._notify(message)
+
     @property
     def account(self) -> str:
         return self.vault.account
@@ -783,12 +787,20 @@ class ThresholdVault:
         in_reach = answered is None or bool(set(record.nodes) & set(answered))
         current = live.version if live is not None else version
         if record.op is Op.DELETE_SHARE:
-            if live is not None or status != EntryStatus.EMPTY or current != record.version:
+            # Sent while the entry is the version it deletes: committed (empty now, some
+            # nodes not yet told) or, for a delete kept before it went out, not yet.
+            not_yet = live is not None and live.to_bytes() == record.manifest
+            committed = live is None and status == EntryStatus.EMPTY
+            if not (not_yet or committed) or current != record.version:
                 self.pending.drop(record.key)  # moved on
                 return ()
             if not in_reach:
                 return self.describe_pending(record)
-            return self.describe_pending(self._finish_erasure(record))
+            try:
+                return self.describe_pending(self._finish_erasure(record))
+            except VaultError as err:  # still owed, and said so
+                self._notify(f"warning: erasure not sent again: {err.message}")
+                return self.describe_pending(record)
         if current < record.version:
             # A registration or change whose commit went out unconfirmed (`_deliver` keeps
             # its shares first), which may still land: owed to no node while it is not in
@@ -1232,14 +1244,32 @@ class ThresholdVault:
         signature = owner.sign_statement(recovery.export_key, statement)
         return self._deliver(Op.CHANGE_SHARE, made, signature, counter)
 
-    def delete(self, recovery: ThresholdRecovery) -> tuple[int, tuple[str, ...]]:
+    def delete(
+        self, recovery: ThresholdRecovery, *, resend_until_erased: bool = False
+    ) -> tuple[int, tuple[str, ...]]:
         """Erase the entry on every node: the owner's DELETE statement over M. Returns the
-        deleted version and the nodes that did not acknowledge the erasure (and why)."""
+        deleted version and the nodes that did not acknowledge the erasure (and why).
+        `resend_until_erased`: the statement is kept before it goes out, and sent again at
+        later contacts even if this delete does not commit (a migration's old copy, which
+        must go whatever the relay does to this one: docs/threshold.md, "Per live copy")."""
         manifest = recovery.manifest
         encoded = manifest.to_bytes()
         counter = self._clock_ms()
         statement = self._statement(owner.StatementKind.DELETE, manifest.version, counter, encoded)
         signature = owner.sign_statement(recovery.export_key, statement)
+        erasure = Pending(
+            self.vault.fleet_id,
+            self.account,
+            self.entry,
+            manifest.version,
+            Op.DELETE_SHARE,
+            encoded,
+            signature,
+            counter,
+            tuple(range(self.nodes)),
+        )
+        if resend_until_erased:
+            self._keep_pending(erasure)
         request = DeleteShareRequest(self.account, self.entry, manifest.version, counter, signature)
         outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
         pending: list[str] = []
@@ -1259,23 +1289,12 @@ class ThresholdVault:
             if _moved_on(codes, self.nodes, self.t):
                 # Another device changed the password since this one recovered the key:
                 # no version is left for this statement (sim seed 10241660).
+                self._keep_pending(replace(erasure, nodes=()))  # forget it, if kept
                 raise EntryChanged(manifest.version)
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
                 f"{self.t} are needed ({'; '.join(pending)})"
             )
         # The statement is public: kept, and sent again until every node confirms.
-        self._keep_pending(
-            Pending(
-                self.vault.fleet_id,
-                self.account,
-                self.entry,
-                manifest.version,
-                Op.DELETE_SHARE,
-                encoded,
-                signature,
-                counter,
-                tuple(unconfirmed),
-            )
-        )
+        self._keep_pending(replace(erasure, nodes=tuple(unconfirmed)))
         return manifest.version, tuple(pending)

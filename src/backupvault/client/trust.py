@@ -43,7 +43,8 @@ the current fleet, `FleetSession.recover_or_migrate` looks for it on older epoch
 records it accepted before, and the older epochs the relay lists at `/v1/fleet/epochs`,
 each verified the same way), reached through the relay's
 `/v1/epochs/{epoch}/vault/{entry}/{op}`; it recovers there, registers the same root key
-behind the same password on the current fleet, and then deletes the old entry.
+behind the same password on the current fleet, and then deletes the old entry (that delete
+is kept and sent again at later runs until it lands: docs/threshold.md, "Per live copy").
 """
 
 from __future__ import annotations
@@ -66,6 +67,7 @@ from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
+    EpochNotRouted,
     FleetNotTrusted,
     FleetUnavailable,
     NotRegistered,
@@ -704,9 +706,64 @@ class FleetSession:
         self.threshold = threshold
         self.epoch = epoch
         self._older = older
+        #: What `older` found so far: each older epoch is verified (and asked) once.
+        self._older_seen: list[tuple[int, FleetSession]] = []
 
     def older(self) -> Iterator[tuple[int, FleetSession]]:
-        return self._older if self._older is not None else iter(())
+        """The older epochs, newest first; each call starts again from the newest."""
+        yield from list(self._older_seen)
+        if self._older is None:
+            return
+        for found in self._older:
+            self._older_seen.append(found)
+            yield found
+
+    def _finish_older_erasures(self) -> tuple[str, ...]:
+        """Send again the erasures this device owes older epochs (a migration's delete of
+        the old copy that did not land: docs/threshold.md, "Per live copy"), and say what
+        is still owed. Nothing is asked of the relay unless one is owed; a failure is told
+        in the lines, never raised (the current epoch's operation went on)."""
+        vault = self.threshold
+        if self.epoch is None or self._older is None:
+            return ()  # pinned: no older epoch to reach (nor to call retired)
+        try:
+            owed = {
+                e
+                for e in vault.pending.epochs_owed(vault.vault.fleet_id, vault.account, vault.entry)
+                if e < self.epoch
+            }
+        except VaultError as err:
+            return (f"pending deliveries not read: {err.message}",)
+        lines: list[str] = []
+        retired: set[int] = set()
+        try:
+            for epoch, old in self.older():
+                if epoch not in owed:
+                    continue
+                owed.discard(epoch)
+                try:
+                    lines += [f"epoch {epoch}: {line}" for line in old.threshold.status().pending]
+                except EpochNotRouted:
+                    retired.add(epoch)
+                if not owed:
+                    break
+            else:
+                # Neither accepted before nor listed by the relay: retired.
+                retired |= owed
+                owed = set()
+        except VaultError as err:
+            lines.append(f"older epochs {sorted(owed)}: not reached ({err.message})")
+        # A retired epoch's copy is gone with its nodes: nothing is owed to it any more.
+        # (A relay that only says so keeps the old copy no livelier than one that drops
+        # every delete, which it could do anyway.)
+        for epoch in retired:
+            self._forget_owed(epoch)
+        return tuple(lines)
+
+    def _forget_owed(self, epoch: int) -> None:
+        vault = self.threshold
+        with contextlib.suppress(VaultError):
+            vault.pending.drop_epoch(vault.vault.fleet_id, vault.account, vault.entry, epoch)
 
     @property
     def _ksf(self) -> ksf.Argon2idParams:
@@ -721,7 +778,7 @@ class FleetSession:
             current.guesses_remaining,
             current.version,
             nodes_without=current.other,
-            pending=current.pending,
+            pending=current.pending + self._finish_older_erasures(),
         )
 
     def needs_password_to_finish(self) -> bool:
@@ -772,22 +829,26 @@ class FleetSession:
                 # Another device migrated it meanwhile: it is the same key, behind the same
                 # password, on the current fleet.
                 return replace(self.recover(password), migrated_from=epoch)
-            # The old entry is deleted so the old fleet can be retired; if that fails it
-            # goes away with that fleet.
+            # Until the old copy is deleted it counts guesses of its own: the delete is
+            # kept and sent again at later runs until its nodes erase (or the epoch is
+            # retired with it), whatever the relay does to this one.
             with contextlib.suppress(VaultError):
-                old.delete(recovered)
+                old.threshold.delete(recovered.threshold, resend_until_erased=True)
             return replace(self.recover(password), migrated_from=epoch)
         return None
 
     def recover_or_migrate(self, password: str) -> Recovery:
         """The root key behind `password`, from the current fleet, or migrated to it."""
         try:
-            return self.recover(password)
+            recovered = self.recover(password)
         except NotRegistered:
             migrated = self.migrate(password)
             if migrated is None:
                 raise
             return migrated
+        for line in self._finish_older_erasures():
+            self.threshold.notify(f"note: {line}")
+        return recovered
 
 
 def threshold_vault(

@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import (
+    EpochNotRouted,
     FleetUnavailable,
     RateLimited,
     RelayUnreachable,
@@ -323,4 +324,10 @@ class VaultClient:
             raise RateLimited(answer.headers.get("retry-after", "a few"))
         if answer.status_code == 503:
             raise FleetUnavailable(detail)
+        if (
+            answer.status_code == 404
+            and isinstance(body, dict)
+            and body.get("error") == "unknown_epoch"
+        ):
+            raise EpochNotRouted(detail)
         raise VaultError(f"the relay answered {answer.status_code}: {detail}")
