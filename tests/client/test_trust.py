@@ -1437,3 +1437,22 @@ def test_an_upgrades_earlier_epoch_on_the_same_nodes_is_not_searched(
     assert current.record.epoch == 3
     assert [r.epoch for r in trust.older(net.http(), RELAY, current.record)] == [1]
     assert saved_epoch(state_file) == 3
+
+
+def test_a_rate_limited_consistency_proof_is_an_outage_not_a_refusal(
+    net: Net, state_file: Path
+) -> None:
+    """The relay answers `/v1/fleet/consistency` with 429 past an address's bucket (many
+    devices behind one NAT): the client said FleetNotTrusted ("the relay did not serve
+    ...", exit 7, "the relay must serve the fleet bundle"), as if the fleet failed its
+    checks. It is FleetUnavailable (exit 5) with the wait, and nothing is saved."""
+    trust, _ = ask_for_everything(net, state_file)
+    net.hostile[("relay.test", "/v1/fleet/consistency")] = reply(
+        429,
+        json={"error": "rate_limited", "detail": "too many log consistency requests"},
+        headers={"Retry-After": "7"},
+    )
+    error = refused(net, trust, error=FleetUnavailable, match="asks to wait 7 s")
+    assert error.exit_code == 5
+    del net.hostile[("relay.test", "/v1/fleet/consistency")]
+    assert trust.current(net.http(), RELAY).record.epoch == 2

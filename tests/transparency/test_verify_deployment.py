@@ -22,6 +22,7 @@ from backupvault.client.trust import OtaTrust
 from backupvault.codec import MAX_EPOCH, MAX_JSON, epoch_number, untrusted_json
 from backupvault.deploy.verify import (
     DeploymentCheckFailed,
+    DeploymentUnreachable,
     FleetReport,
     LogCheckFailed,
     TrustInputs,
@@ -590,3 +591,54 @@ def test_verify_log_refuses_a_checkpoint_without_end(world: World) -> None:
     with pytest.raises(LogCheckFailed, match=r"checkpoint from https://witness\.test is larger"):
         verify_log(WITNESS, world.key, None, http=world.http())
     assert 0 < body.sent <= READ_AT_MOST
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        httpx.Response(503, json={"error": "witness_unavailable", "detail": "busy"}),
+        httpx.Response(429, json={"error": "rate_limited", "detail": "wait"}),
+        httpx.Response(504),
+    ],
+)
+def test_a_consistency_proof_the_relay_cannot_give_now_is_an_outage_not_a_fork(
+    world: World, tmp_path: Path, answer: httpx.Response
+) -> None:
+    """The relay's witness proxy answers 503 while the witness is slow or its slots are
+    full, and 429 past an address's bucket: the run said REFUSED, "no consistency proof
+    ... could be fetched" under the log-consistency check (exit 7, evidence of a fork),
+    for an outage. It is `unreachable: not verified` (INCOMPLETE, exit 5); a proof that
+    is fetched and fails is still REFUSED."""
+    world.current = world.deploy(1)
+    state = tmp_path / "state.json"
+    world.run(state_file=state)  # remembers the checkpoint: the next run needs a proof
+    world.current = world.deploy(2)
+    world.hostile["relay.test", "/v1/fleet/consistency"] = lambda request: answer
+    [report] = world.run(state_file=state)
+    check = "log consistency with the last checkpoint seen"
+    assert report.verdict == "INCOMPLETE", failed(report)
+    assert failed(report)[check].startswith("unreachable: not verified")
+    assert size_in(state, world) == 1  # nothing remembered from an unverified run
+    world.hostile["relay.test", "/v1/fleet/consistency"] = lambda request: httpx.Response(
+        200, json={"proof": [base64.b64encode(b"\x00" * 32).decode()]}
+    )
+    [report] = world.run(state_file=state)
+    assert report.verdict == "REFUSED" and check in failed(report)
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_verify_log_with_no_proof_now_is_an_outage_not_a_fork(
+    world: World, tmp_path: Path, status: int, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The witness gave its checkpoint, then (restarting, or behind a busy proxy) no
+    consistency proof: exit 7, "not consistent with what we saw before", which a monitor
+    takes for a fork. It is exit 5, the state file unchanged."""
+    world.deploy(1)
+    state = tmp_path / "log.json"
+    verify_log(WITNESS, world.key, state, http=world.http())
+    world.deploy(2)
+    world.hostile["witness.test", "/v1/consistency"] = lambda request: httpx.Response(status)
+    with pytest.raises(DeploymentUnreachable, match="no consistency proof") as caught:
+        verify_log(WITNESS, world.key, state, http=world.http())
+    assert caught.value.exit_code == 5
+    assert open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size == 1

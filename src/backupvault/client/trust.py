@@ -558,6 +558,14 @@ class OtaTrust:
             raise FleetUnavailable(
                 refusal, hint="the relay (or a proxy in front of it) is down; try again later"
             )
+        if answer.status_code == 429:  # its bucket per address (witness proofs): not now
+            wait = answer.headers.get("retry-after", "")
+            raise FleetUnavailable(
+                f"the relay refused {what} for now: it asks to wait"
+                f" {wait if wait.isdigit() and len(wait) < 7 else 'a few'} s",
+                hint="too many requests from this address (many devices behind one, or a"
+                " loop); try again then",
+            )
         if answer.status_code != 200:
             raise FleetNotTrusted(
                 refusal,

@@ -100,6 +100,15 @@ def unreachable(err: httpx.HTTPError) -> bool:
     return isinstance(err, httpx.TransportError)
 
 
+class ProofUnavailable(Exception):
+    """No consistency proof could be had now: the server did not answer, or asked to wait
+    (429: the relay's bucket per address). Not evidence of a fork."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
 def _failed_request(name: str, whom: str, err: httpx.HTTPError) -> Check:
     """The failed check of asking `whom`: unreachable (not verified), or refused."""
     if unreachable(err):
@@ -225,7 +234,19 @@ def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Se
             answer.raise_for_status()
             proof = untrusted_json(answer.content, "the consistency proof")["proof"]
             return [base64.b64decode(h, validate=True) for h in proof]
-        except (httpx.HTTPError, BackupVaultError, ValueError, KeyError, TypeError) as err:
+        except httpx.HTTPError as err:
+            if unreachable(err) or (
+                isinstance(err, httpx.HTTPStatusError) and err.response.status_code == 429
+            ):
+                raise ProofUnavailable(
+                    f"no consistency proof from {old} to {new} entries now"
+                    f" ({type(err).__name__}: {err})"
+                ) from None
+            raise LogForked(
+                f"no consistency proof from {old} to {new} entries could be fetched ({err})",
+                hint="without it the newer checkpoint cannot be shown to extend the older one",
+            ) from None
+        except (BackupVaultError, ValueError, KeyError, TypeError) as err:
             detail = err.message if isinstance(err, BackupVaultError) else err
             raise LogForked(
                 f"no consistency proof from {old} to {new} entries could be fetched ({detail})",
@@ -317,11 +338,17 @@ def check_bundle(
             allowed_measurements=trust.allowed_measurements,
             expected_fleet_id=trust.fleet_id,
         )
-    except TransparencyError as err:
-        failed = _failed_check(err)
+    except (TransparencyError, ProofUnavailable) as err:
+        # An unavailable proof leaves the log-consistency check (and those after it) not
+        # made: INCOMPLETE, as for a witness or node that does not answer.
+        failed = _failed_check(err if isinstance(err, TransparencyError) else LogForked(""))
         for name, _ in CHECKS[:failed]:
             report.checks.append(Check(name, True))
-        report.checks.append(Check(CHECKS[failed][0], False, err.message))
+        if isinstance(err, ProofUnavailable):
+            detail = f"unreachable: not verified ({err.detail})"
+            report.checks.append(Check(CHECKS[failed][0], False, detail, unreachable=True))
+        else:
+            report.checks.append(Check(CHECKS[failed][0], False, err.message))
         return report, None
     details = {
         "operator signature": f"key {trust.operator_key.hex()}",
@@ -652,6 +679,11 @@ def verify_log(
         checkpoint = open_checkpoint(answer.text, verifier)
         previous = None if note is None else open_checkpoint(note, verifier)
         check_log_growth(checkpoint, previous, consistency_fetcher(client, f"{url}/v1/consistency"))
+    except ProofUnavailable as err:
+        raise DeploymentUnreachable(
+            f"the witness at {url} gave its checkpoint but no consistency proof: {err.detail}",
+            hint="nothing was decided (the state file is unchanged); run it again later",
+        ) from None
     except (LogForked, LogRolledBack) as err:
         raise LogCheckFailed(
             f"the witness log is not consistent with what we saw before: {err.message}",
