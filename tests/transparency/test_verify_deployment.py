@@ -31,6 +31,7 @@ from backupvault.deploy.verify import (
 )
 from backupvault.errors import InvalidInput
 from backupvault.transparency import FleetBundle, Verifier, sign_record
+from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 from backupvault.transparency.errors import UnknownFleet
 from backupvault.transparency.note import Signer, open_checkpoint
 from backupvault.transparency.record import raw_public_key
@@ -642,3 +643,22 @@ def test_verify_log_with_no_proof_now_is_an_outage_not_a_fork(
         verify_log(WITNESS, world.key, state, http=world.http())
     assert caught.value.exit_code == 5
     assert open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size == 1
+
+
+def test_a_bundle_file_larger_than_any_bundle_is_refused_unread(
+    world: World, tmp_path: Path
+) -> None:
+    """`--bundle /dev/zero` (or a FIFO, or a huge file) was read whole before any check,
+    and took the machine's memory (the kernel killed the run). Now no more than the
+    largest bundle is read, and the error says what the file should be."""
+    huge = tmp_path / "huge.bin"
+    with huge.open("wb") as file:
+        file.truncate(MAX_BUNDLE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(InvalidInput, match="larger than any fleet bundle"):
+        verify_deployment(world.trust(), bundle_file=huge, http=world.http())
+    exact = tmp_path / "bundle.bin"
+    exact.write_bytes(world.deploy(1))
+    [report] = verify_deployment(
+        world.trust(), bundle_file=exact, http=world.http(), check_node_measurements=False
+    )
+    assert report.ok, failed(report)

@@ -203,6 +203,23 @@ class FleetReport:
         return "\n".join(lines)
 
 
+def read_bundle_file(path: Path) -> bytes:
+    """A bundle file's bytes, read no further than the largest bundle can be: a path such
+    as /dev/zero, a FIFO or a huge file took all the memory there was."""
+    try:
+        with path.open("rb") as file:
+            data = file.read(MAX_BUNDLE_BYTES + 1)
+    except OSError as err:
+        raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
+    if len(data) > MAX_BUNDLE_BYTES:
+        raise InvalidInput(
+            f"{path} is larger than any fleet bundle ({MAX_BUNDLE_BYTES} bytes at most);"
+            " nothing of it was checked",
+            hint="give the bundle.bin that `fleet deploy --witness` wrote",
+        )
+    return data
+
+
 def load_checkpoint_state(path: Path | None) -> tuple[dict[str, Any], str | None]:
     if path is None or not path.exists():
         return {}, None
@@ -568,10 +585,7 @@ def verify_deployment(
                 hint='GET /v1/fleet/epochs must answer {"current": E, "previous": [...]}',
             ) from None
     if bundle_file is not None:
-        try:
-            sources.append((str(bundle_file), bundle_file.read_bytes(), True))
-        except OSError as err:
-            raise InvalidInput(f"cannot read {bundle_file}: {err.strerror}") from None
+        sources.append((str(bundle_file), read_bundle_file(bundle_file), True))
         if witness_url is not None:
             fetcher = consistency_fetcher(client, f"{witness_url.rstrip('/')}/v1/consistency")
 
