@@ -89,3 +89,37 @@ def test_a_witness_url_that_serves_no_log_is_still_refused() -> None:
     http = httpx.Client(transport=httpx.MockTransport(lambda _: httpx.Response(404)))
     with pytest.raises(verify.LogCheckFailed, match="cannot fetch the checkpoint"):
         verify.verify_log("http://witness.example", verifier, None, http=http)
+
+
+def _usage_error(args: list[str], capsys: pytest.CaptureFixture[str]) -> str:
+    with pytest.raises(SystemExit) as done:
+        main(["--json", *args])
+    error = json.loads(capsys.readouterr().err)
+    assert done.value.code == 2, error
+    return str(error["error"])
+
+
+@pytest.mark.parametrize(
+    "url", ["witness.example", "ftp://witness.example", "http://", "", "http://[::1"]
+)
+def test_a_url_that_is_not_http_is_a_usage_error_not_an_outage(
+    url: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--url witness.example` (no scheme) said "the witness ... did not answer ... run it
+    again when the witness answers" with exit 5, an outage, for a typo; likewise
+    verify-deployment's --relay, --witness-url and --also-witness. Exit 2, naming the
+    option, before anything is asked."""
+    vkey = witness_vkey()
+    message = _usage_error(["witness", "verify-log", "--url", url, "--vkey", vkey], capsys)
+    assert "--url" in message and "http://" in message
+    key = "ab" * 32
+    base = ["verify-deployment", "--operator-key", key, "--witness-key", vkey, "--skip-nodes"]
+    message = _usage_error([*base, "--relay", url, "--witness-url", NOWHERE], capsys)
+    assert "--relay" in message
+    message = _usage_error([*base, "--relay", NOWHERE, "--witness-url", url], capsys)
+    assert "--witness-url" in message
+    message = _usage_error(
+        [*base, "--relay", NOWHERE, "--witness-url", NOWHERE, "--also-witness", f"{vkey}@{url}"],
+        capsys,
+    )
+    assert "--also-witness" in message

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 import click
 
@@ -387,8 +388,29 @@ def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | No
     return None if config is None or config.ota is None else config.ota.witness
 
 
+def http_url(value: str, option: str) -> str:
+    """`value` if it is an http(s) URL with a host; else a usage error naming `option` (a
+    URL without a scheme was tried, failed, and reported as a server that did not answer:
+    exit 5, "run it again", for a typo)."""
+    try:
+        parts = urlsplit(value)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # an unclosed "[" of an IPv6 host, a bad port
+        usable = False
+    if not usable:
+        raise UsageError(
+            f"{option} must be an http:// or https:// URL with a host, not {value!r}",
+            hint=f"for example {option} https://witness.example",
+        )
+    return value
+
+
+def _url_option(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    return None if value is None else http_url(value, param.opts[0])
+
+
 @witness.command("verify-log")
-@click.option("--url", required=True, help="The witness's base URL.")
+@click.option("--url", required=True, callback=_url_option, help="The witness's base URL.")
 @click.option(
     "--state",
     "state_file",
@@ -445,7 +467,12 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
 
 
 @cli.command("verify-deployment")
-@click.option("--relay", "relay_url", help="The relay's URL (default: the client config's).")
+@click.option(
+    "--relay",
+    "relay_url",
+    callback=_url_option,
+    help="The relay's URL (default: the client config's).",
+)
 @click.option(
     "--bundle",
     "bundle_file",
@@ -457,6 +484,7 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
 @click.option("--witness-name", help="The witness's name (with a 64-hex --witness-key).")
 @click.option(
     "--witness-url",
+    callback=_url_option,
     help="The witness's base URL, asked for the fleet's head (required without an OTA"
     " --config: without it a retired epoch passes); with --bundle, its consistency proofs.",
 )
@@ -538,7 +566,7 @@ def verify_deployment_command(
         vkey, at, url = other.partition("@")
         if not at or not url:
             raise UsageError("--also-witness takes VKEY@URL")
-        witnesses.append((load_witness_verifier(vkey, None), url))
+        witnesses.append((load_witness_verifier(vkey, None), http_url(url, "--also-witness")))
     if not witnesses:
         raise UsageError(
             "give --witness-url URL (or --config with an OTA client config): only a witness's"
