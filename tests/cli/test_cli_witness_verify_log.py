@@ -123,3 +123,22 @@ def test_a_url_that_is_not_http_is_a_usage_error_not_an_outage(
         capsys,
     )
     assert "--also-witness" in message
+
+
+@pytest.mark.parametrize("key", ["garbage", "ab" * 32, "w+zz+AAAA"])
+def test_a_witness_key_that_is_not_one_names_the_option(
+    key: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--vkey garbage` said "a raw witness_public_key needs witness_name" (exit 1): names
+    of the client config's fields, which the command line does not have. Exit 2, naming
+    the option, with what a witness key looks like."""
+    for option, args in [
+        ("--vkey", ["witness", "verify-log", "--url", NOWHERE, "--vkey", key]),
+        (
+            "--witness-key",
+            ["verify-deployment", "--relay", NOWHERE, "--operator-key", "ab" * 32,
+             "--witness-url", NOWHERE, "--witness-key", key],
+        ),
+    ]:  # fmt: skip
+        message = _usage_error(args, capsys)
+        assert message.startswith(f"{option}: ") and "witness_public_key" not in message

@@ -91,7 +91,6 @@ def fleet_deploy(
     """Make, measure and sign the fleet's deployment record: writes deployment.bin next to
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
-    from backupvault.client.trust import load_witness_verifier
     from backupvault.deploy.records import (
         next_epoch,
         save_bundle,
@@ -109,7 +108,7 @@ def fleet_deploy(
     if witness_keys:
         if len(witness_keys) != len(witness_urls):
             raise UsageError("give one --witness-key for each --witness, in the same order")
-        verifiers = [load_witness_verifier(k, None) for k in witness_keys]
+        verifiers = [parse_witness_key(k, None, "--witness-key") for k in witness_keys]
     elif witness_urls:
         ctx.output.warn(
             "the witness's receipt is not checked: give --witness-key VKEY for each --witness"
@@ -379,11 +378,25 @@ def _client_ota(ctx: Context) -> ClientConfig | None:
     return config if config.ota is not None else None
 
 
-def _verifier(ctx: Context, vkey: str | None, name: str | None) -> Verifier | None:
+def parse_witness_key(value: str, name: str | None, option: str) -> Verifier:
+    """The witness key given as `option`; a usage error naming the option (the loader's
+    own message names the client config's fields, witness_public_key and witness_name)."""
     from backupvault.client.trust import load_witness_verifier
 
+    try:
+        return load_witness_verifier(value, name)
+    except InvalidInput as err:
+        detail = err.message.replace("witness_public_key", option)
+        raise UsageError(
+            f"{option}: {detail.replace('witness_name', '--witness-name')}",
+            hint="a witness key is name+id+base64, as `backupvault witness keygen` and the"
+            " witness's GET /v1/witness show it",
+        ) from None
+
+
+def _verifier(ctx: Context, vkey: str | None, name: str | None, option: str) -> Verifier | None:
     if vkey is not None:
-        return load_witness_verifier(vkey, name)
+        return parse_witness_key(vkey, name, option)
     config = _client_ota(ctx)
     return None if config is None or config.ota is None else config.ota.witness
 
@@ -425,7 +438,7 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
     from backupvault.deploy.verify import load_checkpoint_state, verify_log
     from backupvault.transparency import TransparencyError, Verifier
 
-    verifier = _verifier(ctx, vkey, None)
+    verifier = _verifier(ctx, vkey, None, "--vkey")
     if verifier is None and state_file is not None:
         # Through the checked loader: a file that is not a JSON object is a clear error
         # naming it (it was an AttributeError reported as a bug).
@@ -525,7 +538,7 @@ def verify_deployment_command(
     """Check each fleet the relay serves (or one bundle) against the operator and witness
     keys and the log, and each running node's measurement against the record. Exit 7 on a
     mismatch; 5 when nothing failed but a node or witness could not be reached."""
-    from backupvault.client.trust import load_operator_key, load_witness_verifier
+    from backupvault.client.trust import load_operator_key
     from backupvault.deploy.verify import (
         DeploymentCheckFailed,
         DeploymentUnreachable,
@@ -544,7 +557,7 @@ def verify_deployment_command(
         operator = ota.operator_key
     else:
         raise UsageError("give --operator-key, or --config with an OTA client config")
-    verifier = _verifier(ctx, witness_key, witness_name)
+    verifier = _verifier(ctx, witness_key, witness_name, "--witness-key")
     if verifier is None:
         raise UsageError("give --witness-key, or --config with an OTA client config")
     if relay_url is None and bundle_file is None:
@@ -566,7 +579,8 @@ def verify_deployment_command(
         vkey, at, url = other.partition("@")
         if not at or not url:
             raise UsageError("--also-witness takes VKEY@URL")
-        witnesses.append((load_witness_verifier(vkey, None), http_url(url, "--also-witness")))
+        verifier_of = parse_witness_key(vkey, None, "--also-witness")
+        witnesses.append((verifier_of, http_url(url, "--also-witness")))
     if not witnesses:
         raise UsageError(
             "give --witness-url URL (or --config with an OTA client config): only a witness's"
