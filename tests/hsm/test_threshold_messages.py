@@ -21,6 +21,10 @@ from backupvault.protocol import (
     RESPONSE_PADDED_SIZE,
     RESPONSE_TYPES,
     AckKind,
+    AuthorizedRequest,
+    CommitSharesRequest,
+    CountReport,
+    CountReportRequest,
     DeleteShareRequest,
     DeliverShareRequest,
     EntryStatus,
@@ -33,6 +37,7 @@ from backupvault.protocol import (
     RegisterShareRequest,
     ResetRequest,
     ResetResponse,
+    SealedCopies,
     ShareAck,
     decode_response,
     pad_response,
@@ -229,3 +234,106 @@ def test_share_ack_bytes_are_exactly_as_documented(registration) -> None:  # typ
     assert erased != signed and erased[24] == 2
     with pytest.raises(InvalidInput):
         share_ack_message(AckKind.HELD, b"F", "alice", "chat", 1, IDENTITY, manifest)
+
+
+# ---- docs/protocol.md, "Encoding" and the message tables, byte by byte ------------------
+
+
+def _u64(value: int) -> bytes:
+    return struct.pack(">Q", value)
+
+
+def _blob(value: bytes) -> bytes:
+    """A byte string or text field: u32 big-endian length, then the bytes."""
+    return struct.pack(">I", len(value)) + value
+
+
+def _text(value: str) -> bytes:
+    return _blob(value.encode())
+
+
+def test_every_message_is_the_bytes_the_protocol_page_names(registration) -> None:  # type: ignore[no-untyped-def]
+    manifest = registration.manifest.to_bytes()
+    share = registration.shares[0].to_bytes()
+    blinded = oprf.hash_to_group(b"password")
+    partial = threshold.evaluate_partial(registration.shares[0], blinded)
+    acks = bytes([1, 3]) + b"a" * 64 + bytes([2, 1]) + b"b" * 64 + bytes([4, 3]) + b"c" * 64
+    sealed_share = b"s" * SEALED_SHARE_LEN[Kem.X25519]
+    names = _text("alice") + _text("chat")
+    documented: list[tuple[Message, bytes]] = [
+        (ErrorResponse("refused", "no", 3), b"\x0d" + _text("refused") + _text("no") + _u64(3)),
+        (
+            AuthorizedRequest("jwt", b"req", b"p" * 88),
+            b"\x0e" + _text("jwt") + _blob(b"req") + _blob(b"p" * 88),
+        ),
+        (
+            SealedCopies([b"one", b"two"]),
+            b"\x0f" + struct.pack(">I", 2) + _blob(b"one") + _blob(b"two"),
+        ),
+        (
+            RegisterShareRequest("alice", "chat", manifest, share, b"s" * 64, 7),
+            b"\x11" + names + _blob(manifest) + _blob(share) + _blob(b"s" * 64) + _u64(7),
+        ),
+        (
+            ShareAck(AckKind.STAGED, 5, 2, b"a" * 64),
+            b"\x12" + _u64(3) + _u64(5) + _u64(2) + _blob(b"a" * 64),
+        ),
+        (ManifestRequest("alice", "chat"), b"\x13" + names),
+        (
+            ManifestResponse(EntryStatus.LIVE, 4, manifest, 10, 9, True),
+            b"\x14" + _u64(1) + _u64(4) + _blob(manifest) + _u64(10) + _u64(9) + b"\x01",
+        ),
+        (
+            EvaluateRequest("alice", "chat", 4, blinded, 1_700_000_000_000),
+            b"\x15" + names + _u64(4) + _blob(blinded) + _u64(1_700_000_000_000),
+        ),
+        (
+            EvaluateResponse(6, partial.index, partial.evaluated, partial.proof, 8),
+            b"\x16"
+            + _u64(6)
+            + _u64(partial.index)
+            + _blob(partial.evaluated)
+            + _blob(partial.proof)
+            + _u64(8),
+        ),
+        (
+            ResetRequest("alice", "chat", 4, 6, b"r" * 64),
+            b"\x17" + names + _u64(4) + _u64(6) + _blob(b"r" * 64),
+        ),
+        (ResetResponse(4, 6, 10), b"\x18" + _u64(4) + _u64(6) + _u64(10)),
+        (
+            DeleteShareRequest("alice", "chat", 4, 2, b"d" * 64),
+            b"\x19" + names + _u64(4) + _u64(2) + _blob(b"d" * 64),
+        ),
+        (
+            CommitSharesRequest("alice", "chat", manifest, b"", 0, acks),
+            b"\x1a" + names + _blob(manifest) + _blob(b"") + _u64(0) + _blob(acks),
+        ),
+        (
+            DeliverShareRequest("alice", "chat", manifest, sealed_share),
+            b"\x1b" + names + _blob(manifest) + _blob(sealed_share),
+        ),
+        (
+            CountReportRequest("alice", "chat", 4, b"n" * 32),
+            b"\x4e" + names + _u64(4) + _blob(b"n" * 32),
+        ),
+        (
+            CountReport("alice", "chat", 4, 2, 3, 9, 7, b"n" * 32, b"g" * 64),
+            b"\x4f"
+            + names
+            + _u64(4)
+            + _u64(2)
+            + _u64(3)
+            + _u64(9)
+            + _u64(7)
+            + _blob(b"n" * 32)
+            + _blob(b"g" * 64),
+        ),
+    ]
+    for message, wire in documented:
+        assert message.to_bytes() == wire, type(message).__name__
+        assert type(message).from_bytes(wire) == message
+        with pytest.raises(InvalidInput):
+            type(message).from_bytes(wire + b"\x00")  # trailing bytes
+        with pytest.raises(InvalidInput):
+            type(message).from_bytes(wire[:-1])  # truncation
