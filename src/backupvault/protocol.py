@@ -368,6 +368,10 @@ class ManifestResponse(Message):
             raise InvalidInput(f"entry status: unknown {self.status!r}")
         for name in ("version", "guess_limit", "guesses_remaining"):
             _check_u64(name, getattr(self, name))
+        if self.manifest and self.status != EntryStatus.LIVE:
+            # "empty unless live" (docs/protocol.md): else one answer would count both
+            # towards agreeing on M and towards "destroyed" or "not registered".
+            raise InvalidInput("only a live entry's answer holds a manifest")
         if self.manifest:
             check_manifest_bytes(self.manifest)
         elif self.status == EntryStatus.LIVE:

@@ -337,3 +337,22 @@ def test_every_message_is_the_bytes_the_protocol_page_names(registration) -> Non
             type(message).from_bytes(wire + b"\x00")  # trailing bytes
         with pytest.raises(InvalidInput):
             type(message).from_bytes(wire[:-1])  # truncation
+
+
+@pytest.mark.parametrize("status", [EntryStatus.EMPTY, EntryStatus.DESTROYED])
+def test_a_manifest_on_an_answer_that_is_not_live_is_refused(registration, status: int) -> None:  # type: ignore[no-untyped-def]
+    """protocol.md: the manifest is "empty unless live". A node (or a relay replaying an
+    old answer) that says "destroyed" or "empty" and hands a manifest with it says two
+    things at once; the client counted the manifest towards agreement and the status
+    towards "destroyed"/"not registered"."""
+    wire = (
+        b"\x14"
+        + _u64(status)
+        + _u64(4)
+        + _blob(registration.manifest.to_bytes())
+        + _u64(10)
+        + _u64(10)
+        + b"\x00"
+    )
+    with pytest.raises(InvalidInput, match="only a live entry"):
+        ManifestResponse.from_bytes(wire)
