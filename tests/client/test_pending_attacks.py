@@ -62,6 +62,8 @@ MALFORMED: dict[str, Any] = {
     "a node the fleet does not have": lambda records: records[0].update(nodes=[7]),
     "not the manifest's version": lambda records: records[0].update(version=2),
     "not the manifest's entry": lambda records: records[0].update(entry="other"),
+    "an entry name the wire does not take": lambda records: records[0].update(entry="chat 01"),
+    "an account name the wire does not take": lambda records: records[0].update(account="al/ice"),
 }
 #: Shares that are whole but not where they belong.
 TAMPERED: dict[str, Any] = {

@@ -316,7 +316,9 @@ class PendingStore:
             if not isinstance(data, dict) or data.get("format") not in (FORMAT, FORMAT_V1):
                 raise ValueError(f"not a {FORMAT!r} file")
             records = [Pending.from_json(r, data["format"]) for r in data["records"]]
-        except (ValueError, KeyError, TypeError) as err:
+        except (ValueError, KeyError, TypeError, InvalidInput) as err:
+            # InvalidInput: a name the wire does not take (check_name), among others;
+            # uncaught, it stopped every recovery with a message naming no file.
             raise PendingFileDamaged(self.path, str(err) or type(err).__name__) from None
         return {r.key: r for r in records}
 
