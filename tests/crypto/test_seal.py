@@ -1,11 +1,17 @@
 import contextlib
+import struct
 
 import pytest
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hpke
+from cryptography.hazmat.primitives.asymmetric import x25519
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupvault.crypto import seal
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.protocol import Op, unpad_response
 
 FLEET = b"fleet-a"
 
@@ -185,3 +191,44 @@ def test_open_share_on_garbage_only_raises_our_errors(data: bytes) -> None:
     key = seal.NodePrivateKey.from_bytes(bytes.fromhex("0020") + b"\x07" * 32)
     with pytest.raises((AuthenticationFailed, InvalidInput)):
         seal.open_share(key, FLEET, 0, M_HASH, data)
+
+
+def _spec_context(role: bytes, fleet_id: bytes, node: int, op: bytes) -> bytes:
+    """docs/protocol.md, "Sealing": context(role)."""
+    return (
+        b"backupvault/v2 "
+        + role
+        + b"\x00"
+        + struct.pack(">H", len(fleet_id))
+        + fleet_id
+        + struct.pack(">H", node)
+        + struct.pack(">H", len(op))
+        + op
+    )
+
+
+def test_the_sealing_is_the_one_the_protocol_page_names() -> None:
+    """A request the client seals for node 2 (its place in the fleet, 0-based) opens with
+    plain RFC 9180 HPKE (X25519, HKDF-SHA256, AES-256-GCM) and the documented info, as
+    response key (32) ‖ body; an answer sealed by hand, `nonce ‖ AES-256-GCM(response_key,
+    nonce, padded, context("response"))`, opens with the client's response key."""
+    node_key = seal.NodePrivateKey.generate(seal.Kem.X25519)
+    public = node_key.public_key().to_bytes()
+    assert public[:2] == b"\x00\x20" and len(public) == 2 + 32
+    sealed, response_key = seal.seal_request(
+        seal.NodePublicKey.from_bytes(public), FLEET, 2, "evaluate", b"the request"
+    )
+    suite = hpke.Suite(hpke.KEM.X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
+    raw_key = x25519.X25519PrivateKey.from_private_bytes(node_key.to_bytes()[2:])
+    plaintext = suite.decrypt(sealed, raw_key, _spec_context(b"request", FLEET, 2, b"evaluate"))
+    assert len(sealed) == 32 + len(plaintext) + 16  # enc ‖ ciphertext
+    assert plaintext[32:] == b"the request"
+    with pytest.raises(InvalidTag):  # the share index (3) is not what the info names
+        suite.decrypt(sealed, raw_key, _spec_context(b"request", FLEET, 3, b"evaluate"))
+
+    padded = b"answer" + b"\x80" + bytes(384 - len(b"answer") - 1)
+    nonce = b"\x07" * 12
+    aad = _spec_context(b"response", FLEET, 2, b"evaluate")
+    answer = nonce + AESGCM(plaintext[:32]).encrypt(nonce, padded, aad)
+    assert response_key.open(answer) == padded
+    assert unpad_response(Op.EVALUATE, padded) == b"answer"

@@ -356,3 +356,26 @@ def test_a_manifest_on_an_answer_that_is_not_live_is_refused(registration, statu
     )
     with pytest.raises(InvalidInput, match="only a live entry"):
         ManifestResponse.from_bytes(wire)
+
+
+@pytest.mark.parametrize(
+    "name", ["", "a" * 65, "ali ce", "al/ice", "alïce", "alice\x00", "ålice", "chat:1"]
+)
+def test_a_name_outside_the_documented_alphabet_is_refused_at_decode(name: str) -> None:
+    """protocol.md, "Encoding": account and entry are 1-64 characters of `A-Z a-z 0-9 . _ -`."""
+    assert (
+        ManifestRequest.from_bytes(b"\x13" + _text("a" * 64) + _text("A.b_c-9")).entry == "A.b_c-9"
+    )
+    with pytest.raises(InvalidInput, match="1-64 characters"):
+        ManifestRequest.from_bytes(b"\x13" + _text("alice") + _text(name))
+    with pytest.raises(InvalidInput, match="1-64 characters"):
+        ManifestRequest.from_bytes(b"\x13" + _text(name) + _text("chat"))
+
+
+def test_a_client_time_past_2_63_is_refused(registration) -> None:  # type: ignore[no-untyped-def]
+    """protocol.md: client_time_ms is a u64 below 2^63."""
+    blinded = oprf.hash_to_group(b"password")
+    head = b"\x15" + _text("alice") + _text("chat") + _u64(1) + _blob(blinded)
+    assert EvaluateRequest.from_bytes(head + _u64(2**63 - 1)).client_time_ms == 2**63 - 1
+    with pytest.raises(InvalidInput, match="client time"):
+        EvaluateRequest.from_bytes(head + _u64(2**63))
