@@ -5,6 +5,7 @@ cannot tie to the device, this node and this request, once."""
 
 from __future__ import annotations
 
+import hashlib
 import struct
 
 import httpx
@@ -326,3 +327,36 @@ def test_a_clock_stepped_forward_then_back_does_not_bring_a_forgotten_proof_back
     assert len(seen) == 1
     with pytest.raises(TokenRejected, match="expired"):
         request.take(replayed, now + 1, seen)  # the clock back where it was
+
+
+def test_a_request_proof_is_the_bytes_relay_md_names() -> None:
+    """docs/relay.md, "Fleet tokens bound to the request": `jti (16) ‖ iat (u64) ‖
+    Ed25519(device key, signed)` with `signed` spelled out there. A proof built by hand from
+    the page is taken by a node; the client's own proof verifies over the page's bytes."""
+    request = _OneRequest(token_at=1000)
+
+    def signed(node_index: int, jti: bytes, iat: int) -> bytes:
+        return (
+            b"backupvault/request-proof/v2"
+            + struct.pack(">H", len(FLEET_ID))
+            + FLEET_ID
+            + struct.pack(">I", node_index)
+            + hashlib.sha256(NODE_KEY).digest()
+            + hashlib.sha256(request.token.encode()).digest()
+            + hashlib.sha256(b"r").digest()
+            + jti
+            + struct.pack(">Q", iat)
+        )
+
+    jti, iat = b"j" * 16, 1010
+    by_hand = jti + struct.pack(">Q", iat) + request.device.sign(signed(0, jti, iat))
+    assert len(by_hand) == 88
+    assert request.take(by_hand, 1010, SeenProofs()) == "alice"
+    other_node = jti + struct.pack(">Q", iat) + request.device.sign(signed(1, jti, iat))
+    with pytest.raises(TokenRejected):
+        request.take(other_node, 1010, SeenProofs())
+
+    made = request.proof(1020)
+    (made_iat,) = struct.unpack(">Q", made[16:24])
+    assert made_iat == 1020
+    request.device.public_key().verify(made[24:], signed(0, made[:16], made_iat))
