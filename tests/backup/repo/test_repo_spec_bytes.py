@@ -13,12 +13,14 @@ import struct
 from pathlib import Path
 
 import blake3
+import pytest
 import zstandard
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.repo.repository import SHARED, RepositoryLocked
 from backupvault.backup.storage import Storage
 
 ROOT_KEY = bytes(range(32))
@@ -323,3 +325,22 @@ def test_what_the_code_writes_parses_with_the_spec(tmp_path: Path) -> None:
         paths.append((kind, path))
     assert pos == len(tree)
     assert paths == [(2, b"."), (1, b"f.bin")]
+
+
+def test_a_lock_of_an_unknown_kind_counts_as_one_of_another_version(tmp_path: Path) -> None:
+    """format.md, "Locks": kind is 1 (shared) or 2 (exclusive); an object in locks/ that
+    does not open as a lock (damage, or a lock of another version) counts as exclusive. A
+    lock of kind 3, sealed under the index key (a later version's), was read as a lock
+    and named "a backup or check" to the user."""
+    root = tmp_path / "repo"
+    build_repository(root)
+    now_us = 1_999_999_999_000_000
+    plain = struct.pack(">BQQI", 3, now_us, now_us, 31337) + b"spec-host" + b"\x00" + b"\x42" * 16
+    (root / "locks").mkdir()
+    (root / "locks" / LOCK_ID.hex()).write_bytes(
+        b"\x09" * 12 + gcm(subkey("index-seal"), b"\x09" * 12, plain, b"BVLOCK02" + LOCK_ID)
+    )
+    opened = Repository.open(Storage(str(root)), ROOT_KEY)
+    with pytest.raises(RepositoryLocked, match=r"does not open as a lock: lock .* kind 3"):
+        opened.lock(SHARED).acquire()
+    assert [lock.lock_id for lock in opened.locks()] == [LOCK_ID.hex()]  # still in force

@@ -647,6 +647,10 @@ class Repository:
                 )
                 if len(plain) < _LOCK.size:
                     raise InvalidInput(f"lock {name} is truncated")
+                if plain[0] not in (SHARED, EXCLUSIVE):
+                    # A later version's kind: what it excludes is unknown, so it is held
+                    # as any lock that does not open, not named as a backup's.
+                    raise InvalidInput(f"lock {name} has an unknown kind {plain[0]}")
             except MissingObject:
                 continue
             except (AuthenticationFailed, InvalidInput) as exc:
