@@ -39,6 +39,7 @@ from backupvault.protocol import (
     ResetResponse,
     SealedCopies,
     ShareAck,
+    count_report_message,
     decode_response,
     pad_response,
     share_ack_message,
@@ -379,3 +380,19 @@ def test_a_client_time_past_2_63_is_refused(registration) -> None:  # type: igno
     assert EvaluateRequest.from_bytes(head + _u64(2**63 - 1)).client_time_ms == 2**63 - 1
     with pytest.raises(InvalidInput, match="client time"):
         EvaluateRequest.from_bytes(head + _u64(2**63))
+
+
+def test_count_report_signed_bytes_are_exactly_as_documented() -> None:
+    """protocol.md, "Count reports": what the reporting node signs."""
+    report = CountReport("alice", "chat", 4, 2, 3, 9, 7, b"n" * 32, b"g" * 64)
+    assert count_report_message(b"FFF", report) == (
+        b"backupvault/v1 count-report"
+        + b"\x00\x03FFF"
+        + b"\x02\x03"
+        + b"\x05alice"
+        + b"\x04chat"
+        + _u64(4)
+        + _u64(9)
+        + _u64(7)
+        + b"n" * 32
+    )
