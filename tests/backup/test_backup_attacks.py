@@ -3,15 +3,19 @@
 from __future__ import annotations
 
 import os
+import tarfile
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import single_blob
+import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from single_blob import create_backup
 
 from backupvault.backup import BackupNotFound, restore_backup
+from backupvault.backup.archive import ArchiveStats
 from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
 from backupvault.crypto.stream import TAG_LEN
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
@@ -238,3 +242,44 @@ def test_a_staging_folder_swapped_for_a_link_as_it_is_made_is_not_touched(
     monkeypatch.undo()
     assert not os.path.lexists(dest)
     assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
+
+
+@pytest.mark.parametrize(
+    "after",
+    [
+        b"x",
+        b"\x00" * 10,
+        zstandard.ZstdCompressor().compress(b"a second archive" * 100),
+    ],
+)
+def test_data_after_the_zstd_frame_is_refused(
+    tmp_path: Path, root_key: bytes, after: bytes
+) -> None:
+    """format.md, "Payload": nothing after the zstd frame. What a writer that holds RK
+    seals after it is refused: bytes that are no frame, and a frame of anything but zeros. (A
+    further frame of zeros, or a skippable frame, is still read past: the page says so.)"""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"hello")
+    storage = tmp_path / "store"
+
+    def write(out: single_blob.Writable) -> ArchiveStats:
+        compressor = zstandard.ZstdCompressor().stream_writer(out, closefd=False)  # type: ignore[arg-type]
+        with tarfile.open(fileobj=compressor, mode="w|", format=tarfile.PAX_FORMAT) as tar:
+            tar.add(source / "a.txt", arcname="a.txt")
+        compressor.flush(zstandard.FLUSH_FRAME)
+        out.write(after)
+        return ArchiveStats()
+
+    single_blob.seal_backup(
+        str(storage),
+        root_key,
+        write,
+        key_kind=single_blob.KEY_RECOVERY_CODE,
+        bounds=single_blob.SourceTotals(100, 1 << 20),
+    )
+    dest = tmp_path / "out" / "dest"
+    dest.parent.mkdir()
+    with pytest.raises(InvalidInput, match=r"after its end|corrupt"):
+        restore_backup(str(storage), root_key, dest)
+    assert not dest.exists()
