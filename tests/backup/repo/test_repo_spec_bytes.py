@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
 from backupvault.backup.repo.repository import SHARED, RepositoryLocked
 from backupvault.backup.storage import Storage
+from backupvault.errors import BackupVaultError, InvalidInput
 
 ROOT_KEY = bytes(range(32))
 REPO_KEY = bytes(range(100, 132))
@@ -70,11 +71,14 @@ def subkey(label: str) -> bytes:
     return hkdf(REPO_KEY, REPO_ID, f"backupvault/v2 {label}")
 
 
-def spec_blob(data: bytes, compression: int, nonce: bytes) -> tuple[bytes, bytes]:
+def spec_blob(
+    data: bytes, compression: int, nonce: bytes, after: bytes = b""
+) -> tuple[bytes, bytes]:
     """(chunk id, blob): `u8 compression ‖ nonce ‖ AES-GCM(chunk key, nonce, data,
-    chunk id ‖ u8 compression)`, the id keyed BLAKE3 of the plaintext (version 3)."""
+    chunk id ‖ u8 compression)`, the id keyed BLAKE3 of the plaintext (version 3); `after`
+    is sealed after the zstd frame (no writer does)."""
     chunk_id = blake3.blake3(data, key=subkey("chunk-id")).digest()
-    payload = zstandard.ZstdCompressor(level=1).compress(data) if compression else data
+    payload = zstandard.ZstdCompressor(level=1).compress(data) + after if compression else data
     aad = chunk_id + bytes([compression])
     return chunk_id, bytes([compression]) + nonce + gcm(subkey("chunk-seal"), nonce, payload, aad)
 
@@ -92,12 +96,19 @@ def spec_file(path: bytes, mode: int, size: int, chunk_ids: list[bytes]) -> byte
     return spec_entry(1, path, mode, rest)
 
 
-def build_repository(root: Path) -> dict[str, bytes]:
-    """A whole repository written from docs/format.md alone; the files it holds."""
+def build_repository(
+    root: Path,
+    *,
+    after_blob_frame: bytes = b"",
+    after_tree_frame: bytes = b"",
+    tree_sizes: bool = True,
+) -> dict[str, bytes]:
+    """A whole repository written from docs/format.md alone; the files it holds. The
+    `after_*` bytes are sealed after a zstd frame, where the page allows nothing."""
     text = b"a chunk stored raw\n"
     log = b"a chunk that zstd shrinks, said again and again\n" * 40
     text_id, text_blob = spec_blob(text, 0x00, b"\x02" * 12)
-    log_id, log_blob = spec_blob(log, 0x01, b"\x03" * 12)
+    log_id, log_blob = spec_blob(log, 0x01, b"\x03" * 12, after_blob_frame)
 
     # Pack: blobs, then the sealed header and its u32 length.
     entries = [
@@ -154,7 +165,10 @@ def build_repository(root: Path) -> dict[str, bytes]:
     )
     sealed_summary = b"\x07" * 12 + gcm(data_key, b"\x07" * 12, summary, snap_header + b"summary")
     sealed_tree = b"\x08" * 12 + gcm(
-        data_key, b"\x08" * 12, zstandard.ZstdCompressor().compress(tree), snap_header + b"tree"
+        data_key,
+        b"\x08" * 12,
+        zstandard.ZstdCompressor(write_content_size=tree_sizes).compress(tree) + after_tree_frame,
+        snap_header + b"tree",
     )
     snapshot = snap_header + struct.pack(">I", len(sealed_summary)) + sealed_summary + sealed_tree
 
@@ -344,3 +358,34 @@ def test_a_lock_of_an_unknown_kind_counts_as_one_of_another_version(tmp_path: Pa
     with pytest.raises(RepositoryLocked, match=r"does not open as a lock: lock .* kind 3"):
         opened.lock(SHARED).acquire()
     assert [lock.lock_id for lock in opened.locks()] == [LOCK_ID.hex()]  # still in force
+
+
+@pytest.mark.parametrize(
+    "after",
+    [b"junk", b"\x00", zstandard.ZstdCompressor().compress(b"a second frame")],
+)
+def test_bytes_after_a_zstd_frame_are_refused(tmp_path: Path, after: bytes) -> None:
+    """format.md: a compressed blob's data and a snapshot's tree are each `zstd(x)`, one
+    frame. A one-shot decompress read the first frame and dropped what followed it, so
+    sealed bytes no writer makes were taken without a word."""
+    tree_after = tmp_path / "tree"
+    build_repository(tree_after, after_tree_frame=after)
+    opened = Repository.open(Storage(str(tree_after)), ROOT_KEY)
+    with pytest.raises(InvalidInput, match="not exactly one zstd frame"):
+        opened.read_snapshot(SNAPSHOT_ID.hex())
+
+    blob_after = tmp_path / "blob"
+    build_repository(blob_after, after_blob_frame=after)
+    with pytest.raises(BackupVaultError, match=r"chat\.log"):
+        restore_snapshot(str(blob_after), ROOT_KEY, tmp_path / "out", key="recovery code")
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_zstd_frame_that_does_not_declare_its_size_is_refused(tmp_path: Path) -> None:
+    """format.md: `zstd(x)` is one frame *with its content size*; one without was
+    decompressed up to the largest tree a reader takes, whatever it held."""
+    root = tmp_path / "repo"
+    build_repository(root, tree_sizes=False)
+    opened = Repository.open(Storage(str(root)), ROOT_KEY)
+    with pytest.raises(InvalidInput, match="not a zstd frame of at most"):
+        opened.read_snapshot(SNAPSHOT_ID.hex())

@@ -40,6 +40,26 @@ _MAX_CHUNK: Final = 16 * 1024 * 1024
 _SAMPLE: Final = 32 * 1024
 
 
+def one_frame(
+    decompressor: zstandard.ZstdDecompressor, data: bytes | bytearray, most: int, what: str
+) -> bytes:
+    """The content of `data`, which must be exactly one zstd frame that declares its
+    content size, at most `most` bytes (docs/format.md: `zstd(x)`). A one-shot decompress
+    reads the first frame and ignores whatever follows it; a frame without a size would
+    be decompressed up to `most` whatever it declares."""
+    try:
+        declared = zstandard.get_frame_parameters(data).content_size
+        if declared > most:  # CONTENTSIZE_UNKNOWN is 2^64 - 1: refused here too
+            raise InvalidInput(f"{what} is corrupt: not a zstd frame of at most {most} bytes")
+        reader = decompressor.decompressobj()
+        content = reader.decompress(data)  # zstd stops at the declared size
+    except zstandard.ZstdError as exc:
+        raise InvalidInput(f"{what} is corrupt: {exc}") from None
+    if not reader.eof or reader.unused_data or len(content) != declared:
+        raise InvalidInput(f"{what} is corrupt: not exactly one zstd frame")
+    return content
+
+
 class Prepared(NamedTuple):
     """A chunk named and compressed, not yet encrypted: sealed later straight into its
     place in a pack (`Sealer.seal_into`), which saves copying every blob once."""
@@ -175,10 +195,7 @@ class Sealer:
             ) from None
         data: bytes | bytearray
         if compression == ZSTD:
-            try:
-                data = self._decompressor().decompress(payload, max_output_size=raw_length)
-            except zstandard.ZstdError as exc:
-                raise InvalidInput(f"chunk {name} is corrupt: {exc}") from None
+            data = one_frame(self._decompressor(), payload, raw_length, f"chunk {name}")
         elif compression == RAW:
             data = payload
         else:

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.repo import tree
+from backupvault.backup.repo.chunks import one_frame
 from backupvault.backup.repo.index import OBJECT_ID_LEN
 from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
 from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
@@ -273,9 +274,6 @@ def open_snapshot(
     entries = None
     if with_tree:
         packed = _open(dk, head + b"tree", data[start + summary_len :], what)
-        try:
-            plain = zstandard.ZstdDecompressor().decompress(packed, max_output_size=_MAX_TREE)
-        except zstandard.ZstdError as exc:
-            raise InvalidInput(f"{what} tree is corrupt: {exc}") from None
+        plain = one_frame(zstandard.ZstdDecompressor(), packed, _MAX_TREE, f"{what} tree")
         entries = tree.decode(plain)
     return Snapshot(header, summary, entries)
