@@ -780,29 +780,64 @@ def test_a_restore_destination_that_cannot_be_made_says_why(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probe left behind
 
 
-def test_a_restore_into_a_folder_that_is_not_empty_asks_no_vault(
-    tmp_path: Path, source: Path
-) -> None:
-    """The folder was checked only after the password had gone to the vault: a mistyped
-    one cost a guess for a restore that could never write, and a right one a recovery."""
+def _restore_past_a_vault_that_is_down(
+    tmp_path: Path, source: Path, dest: Path
+) -> subprocess.CompletedProcess[str]:
+    """A restore into `dest` of a recovery-code backup of `source`, asked with a password
+    through a config whose relay does not exist: one that reaches the vault exits 5."""
     storage = tmp_path / "storage"
     made = backupvault(
         "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
     )
     assert made.returncode == 0, made.stderr
-    dest = tmp_path / "dest"
-    dest.mkdir()
-    (dest / "mine.txt").write_text("keep me")
-    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist
-    done = backupvault(
+    config = _client_toml(tmp_path / "client.toml")
+    return backupvault(
         "--json", "--config", str(config), "backup", "restore", "--storage", str(storage),
         "--to", str(dest), "--password-stdin", stdin="a mistyped password\n",
     )  # fmt: skip
+
+
+def test_a_restore_into_a_folder_that_is_not_empty_asks_no_vault(
+    tmp_path: Path, source: Path
+) -> None:
+    """The folder was checked only after the password had gone to the vault: a mistyped
+    one cost a guess for a restore that could never write, and a right one a recovery."""
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    (dest / "mine.txt").write_text("keep me")
+    done = _restore_past_a_vault_that_is_down(tmp_path, source, dest)
     assert done.returncode == 2, done.stderr
     error = last_json(done.stderr)
     assert error["error"] == f"restore destination {dest} is not empty"
     assert error["hint"] == "restore into a new or empty folder"
     assert [p.name for p in dest.iterdir()] == ["mine.txt"]
+
+
+@pytest.mark.parametrize("target", ["empty", "full"])
+def test_a_restore_into_a_symbolic_link_asks_no_vault_and_says_what_to_give(
+    tmp_path: Path, source: Path, target: str
+) -> None:
+    """A --to that is a link (a restore never goes through one) was refused only once the
+    password had gone to the vault, a mistyped one spending a guess, and with no hint."""
+    folder = tmp_path / target
+    folder.mkdir()
+    if target == "full":
+        (folder / "mine.txt").write_text("keep me")
+    dest = tmp_path / "link"
+    dest.symlink_to(folder)
+    done = _restore_past_a_vault_that_is_down(tmp_path, source, dest)
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert error["error"] == f"restore destination {dest} is a symbolic link (to {folder})"
+    assert "relay" not in done.stderr
+    hint = str(error["hint"])
+    if target == "empty":
+        assert f"--to {folder}" in hint, hint  # the folder itself is a good --to
+    else:
+        assert "new folder" in hint and f"--to {folder}" not in hint, hint
+    assert dest.is_symlink() and sorted(p.name for p in folder.iterdir()) == (
+        [] if target == "empty" else ["mine.txt"]
+    )
 
 
 _STORAGE_COMMANDS = [

@@ -61,7 +61,7 @@ _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXE
 def check_destination(dest: Path) -> None:
     """A restore goes into a new or empty folder whose parent exists, never through a link."""
     if dest.is_symlink():
-        raise DestinationError(f"restore destination {dest} is a symbolic link")
+        raise link_destination(dest)
     if dest.exists():
         if not dest.is_dir():
             raise DestinationError(f"restore destination {dest} exists and is not a folder")
@@ -76,6 +76,27 @@ def check_destination(dest: Path) -> None:
             hint=f"create it first (mkdir -p {dest.parent}), or give --to a new folder in one"
             " that exists",
         )
+
+
+def link_destination(dest: Path) -> DestinationError:
+    """The error for a --to that is a symbolic link: a restore never goes through one (it
+    could be pointed elsewhere while the restore runs). Where it leads to an empty folder,
+    that folder itself is what to give."""
+    target = dest.resolve()
+    try:
+        with os.scandir(target) as entries:
+            empty = next(entries, None) is None
+    except OSError:  # leads nowhere, to a file, or to what this user cannot list
+        empty = False
+    return DestinationError(
+        f"restore destination {dest} is a symbolic link (to {os.readlink(dest)})",
+        hint="a restore does not go through a link: "
+        + (
+            f"give the empty folder it leads to, --to {target}"
+            if empty
+            else "give --to a new folder, or an empty one"
+        ),
+    )
 
 
 class Staging:

@@ -995,16 +995,17 @@ def _require_single_blob(url: str, backup_id: str | None) -> None:
 
 def _check_restore_to(dest: Path) -> None:
     """Before the key is asked for (a wrong password costs a guess): the --to a restore
-    would refuse anyway (a folder that is not empty included: it was checked only once the
-    vault had been asked), with what to do; and the two it named wrongly (a file in the
-    path was a folder "that does not exist"; a folder that cannot be written to, such as
-    /proc, had "no space left")."""
+    would refuse anyway (a folder that is not empty, or a symbolic link, included: they
+    were checked only once the vault had been asked), with what to do; and the two it
+    named wrongly (a file in the path was a folder "that does not exist"; a folder that
+    cannot be written to, such as /proc, had "no space left")."""
     import tempfile
 
     from backupvault.backup.errors import DestinationError
+    from backupvault.backup.safe import link_destination
 
     if dest.is_symlink():
-        return  # the restore names it
+        raise link_destination(dest)
     if dest.exists():
         if not dest.is_dir():
             raise DestinationError(
