@@ -840,6 +840,32 @@ def test_a_restore_into_a_symbolic_link_asks_no_vault_and_says_what_to_give(
     )
 
 
+@pytest.mark.parametrize("kind", ["link", "fifo"])
+def test_a_source_that_cannot_be_backed_up_is_named_before_the_vault_is_asked(
+    tmp_path: Path, source: Path, kind: str
+) -> None:
+    """SOURCE a link or a fifo was refused only once the password had gone to the vault:
+    a mistyped one spent a guess, and a first backup's right one registered a key for a
+    backup that could never start."""
+    given = tmp_path / "given"
+    if kind == "link":
+        given.symlink_to(source)
+        said = f"backup source {given} is a symbolic link (to {source})"
+    else:
+        os.mkfifo(given)
+        said = f"backup source {given} is not a file or folder"
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist
+    done = backupvault(
+        "--json", "--config", str(config), "backup", "create", str(given),
+        "--storage", str(tmp_path / "s"), "--password-stdin", stdin="a mistyped password\n",
+    )  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert str(error["error"]).startswith(said), error
+    assert error["hint"] and "relay" not in done.stderr, error
+    assert not (tmp_path / "s").exists()
+
+
 _STORAGE_COMMANDS = [
     ["restore", "--to", "{tmp}/r"],
     ["list"],

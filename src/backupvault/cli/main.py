@@ -714,6 +714,7 @@ def backup_create(
     from backupvault.backup import human_size
     from backupvault.backup.keykinds import KEY_PASSWORD, KEY_RECOVERY_CODE
     from backupvault.backup.repo import create_snapshot
+    from backupvault.backup.repo.create import source_stat
     from backupvault.backup.repo.state import default_dir
     from backupvault.cli.backup_repo import (
         code_for_existing_repository,
@@ -725,6 +726,9 @@ def backup_create(
         raise UsageError("choose one of --password-stdin and --recovery-code")
     if new_key and use_code:
         raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
+    # Before the key is asked for: a SOURCE no backup takes (a link, a fifo) was refused
+    # only once the password had gone to the vault, a mistyped one spending a guess.
+    source_stat(source)
     url = ctx.storage(storage_url)
     inside = _storage_inside(source, url)
     if inside is not None:

@@ -146,14 +146,23 @@ def source_stat(source: Path) -> os.stat_result:
     try:
         st = os.lstat(source)
     except OSError as exc:
-        raise SourceError(f"cannot read {source}: {exc.strerror}") from None
+        raise SourceError(
+            f"cannot read {source}: {exc.strerror}",
+            hint="give SOURCE as a file or folder this user can read",
+        ) from None
     if stat.S_ISLNK(st.st_mode):
         raise SourceError(
             f"backup source {source} is a symbolic link (to {os.readlink(source)}): "
-            f"give what it points to, {source.resolve()}"
+            f"give what it points to, {source.resolve()}",
+            hint="a backup never follows a link given as SOURCE (one inside SOURCE is kept"
+            " as a link)",
         )
     if not (stat.S_ISDIR(st.st_mode) or stat.S_ISREG(st.st_mode)):
-        raise SourceError(f"backup source {source} is not a file or folder")
+        raise SourceError(
+            f"backup source {source} is not a file or folder",
+            hint="give SOURCE as a regular file or a folder: a fifo, socket or device is"
+            " not backed up (inside a folder, one is named as skipped)",
+        )
     return st
 
 
