@@ -3,15 +3,18 @@ real: its messages, checked on the functions that word them."""
 
 from __future__ import annotations
 
+import io
+import json
 from pathlib import Path
 
 import pytest
 from console import backupvault  # tests/cli/console.py
 from tests.client.fake_fleet import FAST_KSF, FakeFleet
 
-from backupvault.cli.main import Context, _node_without, _warn_degraded
+from backupvault.cli.main import Context, _confirm, _node_without, _warn_degraded
 from backupvault.cli.output import Output
 from backupvault.client.errors import Destroyed, FleetUnavailable
+from backupvault.errors import UsageError
 
 RK = bytes(range(32))
 
@@ -120,6 +123,47 @@ def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str
     assert done.returncode == 2
     assert "say what to keep" in done.stderr
     assert "hint: for instance `backup forget --keep-last 7`" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "hinted"),
+    [
+        (["create", "{src}", "--password-stdin", "--recovery-code"], "leave --recovery-code out"),
+        (["create", "{src}", "--new-key", "--recovery-code"], "leave --new-key out"),
+        (["restore", "--to", "{tmp}/r", "--password-stdin", "--recovery-code", "-"], "its code"),
+        (["forget", "--keep-last", "1", "--password-stdin", "--recovery-code", "-"], "its code"),
+        (["restore", "--to", "{tmp}/r", "--include", "a.txt"], "leave --include out"),
+    ],
+)
+def test_a_usage_error_says_what_to_do(tmp_path: Path, args: list[str], hinted: str) -> None:
+    """Each said only what was wrong ("choose one of ..."): no hint line, `"hint": null`
+    under --json, where docs/cli.md promises what to do on a second line."""
+    import shutil
+
+    from tests.backup import v1_fixture
+
+    source, storage = tmp_path / "source", tmp_path / "s"
+    source.mkdir()
+    if "--include" in args:  # a single-blob backup of an earlier version
+        storage.mkdir()
+        shutil.copy(v1_fixture.OBJECT, storage / v1_fixture.OBJECT.name)
+    else:
+        made = backupvault("backup", "create", str(source), "--storage", str(storage),
+                           "--recovery-code")  # fmt: skip
+        assert made.returncode == 0, made.stderr
+    filled = [a.format(src=source, tmp=tmp_path) for a in args]
+    done = backupvault("--json", "backup", *filled, "--storage", str(storage), stdin="\n")
+    assert done.returncode == 2, done.stderr
+    error = json.loads(done.stderr)
+    assert hinted in str(error["hint"]), error
+
+
+def test_a_question_without_a_terminal_says_to_pass_yes(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a pipe: never read as the answer
+    with pytest.raises(UsageError) as raised:
+        _confirm("Delete the key from the vault?", yes=False)
+    assert "'Delete the key from the vault?'" in raised.value.message
+    assert raised.value.hint is not None and "--yes" in raised.value.hint
 
 
 @pytest.mark.parametrize("dash", ["\u2010", "\u2013", "\u00a0", "\u200b"])

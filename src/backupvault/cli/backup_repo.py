@@ -18,6 +18,7 @@ from backupvault.cli.main import (
     _recovery_code,
     _root_key_by_password,
     backup,
+    both_keys_given,
 )
 from backupvault.cli.main import pass_context as pass_ctx
 from backupvault.errors import BackupVaultError, UsageError
@@ -111,7 +112,7 @@ def repository_opens_with(url: str, root_key: bytes) -> bool:
 def existing_key(ctx: Context, password_stdin: bool, code: str | None) -> bytes:
     """RK for an existing repository: from a recovery code, or recovered from the vault."""
     if password_stdin and code is not None:
-        raise UsageError("choose one of --password-stdin and --recovery-code")
+        raise both_keys_given()
     if code is not None:
         return _recovery_code(code, ctx.output)
     return _root_key_by_password(ctx, password_stdin)

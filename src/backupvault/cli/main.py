@@ -435,10 +435,23 @@ def _confirm(question: str, yes: bool) -> None:
     if yes:
         return
     if not sys.stdin.isatty():
-        raise UsageError(f"{question} needs a yes: pass --yes (stdin is not a terminal)")
+        raise UsageError(
+            f"no terminal to ask {question!r} on: stdin is not a terminal",
+            hint="pass --yes to confirm without the question (as a script must)",
+        )
     # On stderr, as every prompt: stdout may be the --json result, redirected to a file.
     if not click.confirm(question, default=False, err=True):
         raise click.exceptions.Abort()
+
+
+def both_keys_given() -> UsageError:
+    """--password-stdin and --recovery-code given together, to open existing backups."""
+    return UsageError(
+        "choose one of --password-stdin and --recovery-code",
+        hint="backups open with the key their first backup made: --password-stdin for the"
+        " vault password, or --recovery-code with its code ('-' reads it from stdin) for"
+        " backups made with `backup create --recovery-code`",
+    )
 
 
 def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
@@ -723,9 +736,17 @@ def backup_create(
     )
 
     if password_stdin and use_code:
-        raise UsageError("choose one of --password-stdin and --recovery-code")
+        raise UsageError(
+            "choose one of --password-stdin and --recovery-code",
+            hint="--recovery-code backs up with no vault (its code opens the repository);"
+            " to use your vault password, leave --recovery-code out",
+        )
     if new_key and use_code:
-        raise UsageError("--new-key is for the vault key; --recovery-code always makes a new key")
+        raise UsageError(
+            "--new-key is for the vault key; --recovery-code always makes a new key",
+            hint="leave --new-key out: a --recovery-code backup into new storage makes a"
+            " key of its own",
+        )
     # Before the key is asked for: a SOURCE no backup takes (a link, a fifo) was refused
     # only once the password had gone to the vault, a mistyped one spending a guess.
     source_stat(source)
@@ -924,7 +945,7 @@ def backup_restore(
     from backupvault.cli.backup_repo import repository_exists, require_snapshots
 
     if password_stdin and code is not None:
-        raise UsageError("choose one of --password-stdin and --recovery-code")
+        raise both_keys_given()
     if backup_id is not None and recovery.looks_like_code(backup_id):
         # Not named in the message: "no snapshot with id <the code>" put the key on stderr.
         raise UsageError(
@@ -939,7 +960,11 @@ def backup_restore(
         single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
         use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
     if include and not use_repository:
-        raise UsageError("--include works on snapshots, not on single-blob backups")
+        raise UsageError(
+            "--include works on snapshots, not on single-blob backups",
+            hint="leave --include out to restore the whole backup (a single-blob backup of"
+            " an earlier version restores only whole), then take what you need from it",
+        )
     if not use_repository:
         _require_single_blob(url, backup_id)
     elif backup_id is not None:
