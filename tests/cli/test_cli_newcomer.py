@@ -75,6 +75,33 @@ def test_every_option_of_every_command_has_a_help_line() -> None:
     assert undocumented == []
 
 
+def test_storage_and_new_key_help_say_what_they_take_and_when() -> None:
+    """`--storage TEXT  Where the backups are.` told neither that a URL is taken nor that
+    the client config's `storage` is the default; `--new-key` named only the older
+    version's backups, not the case it is for first: a key wrong guesses destroyed, whose
+    refusal (exit 4) points to it."""
+    from backupvault.cli import backup_repo  # noqa: F401 - registers commands
+    from backupvault.cli.main import cli
+
+    storage_options = [
+        (path, param)
+        for path, command in _commands(cli, "backupvault")
+        for param in command.params
+        if isinstance(param, click.Option) and "--storage" in param.opts
+        if path.startswith(("backupvault backup", "backupvault vault"))
+    ]
+    assert len(storage_options) >= 9  # every backup command and vault delete
+    for path, option in storage_options:
+        assert option.metavar == "URL", path
+        assert "Default: the client config's storage." in (option.help or ""), path
+    backup = cli.commands["backup"]
+    assert isinstance(backup, click.Group)
+    (new_key,) = [p for p in backup.commands["create"].params if p.name == "new_key"]
+    assert "destroyed" in (new_key.help or "")
+    shown = " ".join(backupvault("backup", "create", "--help").stdout.split())
+    assert "--storage URL" in shown and "destroyed" in shown
+
+
 def test_help_shows_the_config_variable_and_the_options_after_the_command() -> None:
     top = backupvault("--help")
     assert top.returncode == 0

@@ -13,6 +13,7 @@ import click
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
 from backupvault.cli.main import (
+    STORAGE_HELP,
     Context,
     _plural,
     _recovery_code,
@@ -163,7 +164,7 @@ def key_options(function: Any) -> Any:
     function = click.option(
         "--password-stdin", is_flag=True, help="Read the vault password from stdin."
     )(function)
-    return click.option("--storage", "storage_url", help="Where the backups are.")(function)
+    return click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)(function)
 
 
 def warn_damaged(ctx: Context, damaged: dict[str, str], then: str) -> None:

@@ -104,6 +104,8 @@ class Context:
 
 pass_context = click.make_pass_decorator(Context)
 
+STORAGE_DEFAULT = "Default: the client config's storage."
+STORAGE_HELP = f"Where the backups are: a folder or a storage URL. {STORAGE_DEFAULT}"
 _JSON_HELP = "Print the result as one JSON object, for scripts (docs/cli.md)."
 _QUIET_HELP = "Only warnings, errors and answers (for cron): nothing when a backup works."
 
@@ -688,7 +690,13 @@ def backup() -> None:
 
 @backup.command("create")
 @click.argument("source", type=click.Path(exists=True, path_type=Path))
-@click.option("--storage", "storage_url", help="Where backups go: a folder or an fsspec URL.")
+@click.option(
+    "--storage",
+    "storage_url",
+    metavar="URL",
+    help="Where backups go: a folder or a storage URL (file://, webdav+https://, s3://,"
+    f" sftp://). {STORAGE_DEFAULT}",
+)
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
     "--recovery-code",
@@ -700,8 +708,9 @@ def backup() -> None:
 @click.option(
     "--new-key",
     is_flag=True,
-    help="Register a new vault key even though the storage holds password backups "
-    "(they stay unopenable by password).",
+    help="Register a new vault key in place of one wrong guesses destroyed (into new"
+    " storage: a repository opens only with its own key), or over single-blob password"
+    " backups of an earlier version (they stay unopenable by password).",
 )
 @click.option("--force-read", is_flag=True, help="Read every file, even those unchanged.")
 @click.option(
@@ -910,7 +919,7 @@ def _only(path: str) -> str:
 
 @backup.command("restore")
 @click.argument("backup_id", required=False)
-@click.option("--storage", "storage_url", help="Where the backups are.")
+@click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
 @click.option(
     "--to", "dest", required=True, type=click.Path(path_type=Path), help="A new or empty folder."
 )
@@ -1075,7 +1084,7 @@ def _check_restore_to(dest: Path) -> None:
 
 
 @backup.command("list")
-@click.option("--storage", "storage_url", help="Where the backups are.")
+@click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option("--recovery-code", "code", metavar="CODE", help="Recovery code ('-': stdin).")
 @pass_context
@@ -1307,7 +1316,9 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
 @click.option(
     "--storage",
     "storage_url",
-    help="Count the password backups there that deleting the key makes unopenable.",
+    metavar="URL",
+    help="Count the password backups there that deleting the key makes unopenable."
+    f" {STORAGE_DEFAULT}",
 )
 @pass_context
 def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str | None) -> None:
