@@ -774,6 +774,32 @@ def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: 
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
 
 
+def test_latest_names_the_latest_snapshot_as_in_restic(tmp_path: Path, source: Path) -> None:
+    """`restic restore latest` and `restic diff ID latest` are what a restic user types:
+    they were refused with "no snapshot with id latest"."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (source / "notes.txt").write_text("meet at the bridge at 8\n")
+    again = run("--json", "backup", "create", str(source), "--storage", str(storage),
+                "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    second = json.loads(again.stdout)
+    restored = run("--json", "backup", "restore", "latest", "--storage", str(storage),
+                   "--to", str(tmp_path / "r"), "--recovery-code", code)  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert json.loads(restored.stdout)["backup_id"] == second["backup_id"]
+    assert (tmp_path / "r" / "notes.txt").read_text() == "meet at the bridge at 8\n"
+    changed = run("--json", "backup", "diff", second["parent_id"], "LATEST", "--storage",
+                  str(storage), "--recovery-code", code)  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert [(c["change"], c["path"]) for c in json.loads(changed.stdout)["changes"]] == [
+        ("M", "notes.txt")
+    ]
+    same = run("--json", "backup", "diff", "latest", second["backup_id"][:8], "--storage",
+               str(storage), "--recovery-code", code)  # fmt: skip
+    assert same.returncode == 0 and json.loads(same.stdout)["changes"] == [], same.stderr
+
+
 def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_read(
     tmp_path: Path, source: Path
 ) -> None:

@@ -90,10 +90,13 @@ def require_snapshots(url: str, *ids: str) -> None:
     fails."""
     from backupvault.backup.errors import BackupNotFound
     from backupvault.backup.repo.backend import Backend
+    from backupvault.backup.repo.repository import is_latest
 
     storage = Storage(url)
     names = Backend(storage).list("snapshots")
     for wanted in ids:
+        if is_latest(wanted):
+            continue  # which one that is, only the key tells
         if not any(name.startswith(wanted.strip().lower()) for name in names):
             raise BackupNotFound(
                 f"no snapshot with id {wanted.strip().lower()} at {storage.display_url}",
@@ -203,8 +206,8 @@ def backup_diff(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """What changed from snapshot FIRST to SECOND (+ added, - removed, M modified,
-    T type changed, U metadata only)."""
+    """What changed from snapshot FIRST to SECOND (ids, prefixes or "latest"): + added,
+    - removed, M modified, T type changed, U metadata only."""
     from backupvault.backup.repo import maintenance
 
     repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids=(first, second))

@@ -946,15 +946,18 @@ def backup_restore(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Restore BACKUP_ID (a snapshot or a single-blob backup; default: the latest snapshot,
-    or the latest single-blob backup where there is no repository) into --to, a new or
-    empty folder."""
+    """Restore BACKUP_ID (a snapshot or a single-blob backup; default, or "latest": the
+    latest snapshot, or the latest single-blob backup where there is no repository) into
+    --to, a new or empty folder."""
     from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
+    from backupvault.backup.repo.repository import is_latest
     from backupvault.cli.backup_repo import repository_exists, require_snapshots
 
     if password_stdin and code is not None:
         raise both_keys_given()
+    if backup_id is not None and is_latest(backup_id):
+        backup_id = None  # restic's name for the default
     if backup_id is not None and recovery.looks_like_code(backup_id):
         # Not named in the message: "no snapshot with id <the code>" put the key on stderr.
         raise UsageError(

@@ -94,6 +94,16 @@ _UPLOAD_THREADS: Final = 4
 _UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
 
 
+#: What a snapshot id argument may be instead of an id, as in restic: the latest snapshot.
+LATEST = "latest"
+
+
+def is_latest(snapshot_id: str) -> bool:
+    """Whether a snapshot id argument names the latest snapshot ("latest", any case): ids
+    are hex, so no id is taken for it."""
+    return snapshot_id.strip().lower() == LATEST
+
+
 class RepositoryLocked(BackupVaultError):
     """Another backup or prune holds a lock that conflicts with ours."""
 
@@ -555,9 +565,10 @@ class Repository:
         self.damaged[name] = exc.message.removeprefix(f"snapshot {name} ")
 
     def find_snapshot(self, prefix: str | None) -> snapshots.Snapshot:
-        """The latest snapshot, or the one whose id starts with `prefix`, with its tree."""
+        """The latest snapshot (`prefix` None or "latest", as restic names it), or the one
+        whose id starts with `prefix`, with its tree."""
         names = sorted(self.snapshot_names())
-        if prefix is None:
+        if prefix is None or is_latest(prefix):
             listed = self.list_snapshots()
             if not listed and self.damaged:
                 name, why = next(iter(self.damaged.items()))
