@@ -800,6 +800,38 @@ def test_latest_names_the_latest_snapshot_as_in_restic(tmp_path: Path, source: P
     assert same.returncode == 0 and json.loads(same.stdout)["changes"] == [], same.stderr
 
 
+def test_ls_shows_what_a_snapshot_holds_before_a_restore(tmp_path: Path, source: Path) -> None:
+    """There was no way to see what a snapshot holds (restic's `ls`) but to restore it:
+    `--include` wanted paths the user could only guess."""
+    (source / "latest-notes").symlink_to("notes.txt")
+    (source / "photos" / "cat.jpg").chmod(0o640)
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    listed = run("backup", "ls", "latest", "--storage", str(storage), "--recovery-code", code)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert lines[0].startswith("snapshot ") and f"of {source}" in lines[0]
+    assert [line.split(maxsplit=4)[-1] for line in lines[1:]] == [
+        "latest-notes -> notes.txt", "notes.txt", "photos", "photos/cat.jpg"
+    ]  # fmt: skip
+    assert lines[2].startswith("-rw") and lines[3].startswith("d")
+    as_json = run("--json", "backup", "ls", "latest", "./photos/", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert as_json.returncode == 0, as_json.stderr
+    data = json.loads(as_json.stdout)
+    assert data["source"] == str(source) and len(data["backup_id"]) == 32
+    assert [(e["path"], e["type"], e["size"]) for e in data["entries"]] == [
+        ("photos", "dir", 0), ("photos/cat.jpg", "file", 25600)
+    ]  # fmt: skip
+    assert data["entries"][1]["mode"] == 0o640 and data["entries"][1]["mtime"].endswith("+00:00")
+    missing = run("--json", "backup", "ls", data["backup_id"][:8], "photos/dog.jpg",
+                  "--storage", str(storage), "--recovery-code", code)  # fmt: skip
+    assert missing.returncode == 1 and missing.stdout == "", missing.stderr
+    error = json.loads(missing.stderr)
+    assert error["error"] == "photos/dog.jpg is not in this snapshot"
+    assert "backup ls" in error["hint"] and "--include" not in error["hint"]
+
+
 def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_read(
     tmp_path: Path, source: Path
 ) -> None:

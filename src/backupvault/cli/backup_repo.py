@@ -1,16 +1,20 @@
-"""`backup diff`, `backup forget`, `backup prune`, `backup check`, `backup repair`, and
+"""`backup ls`, `backup diff`, `backup forget`, `backup prune`, `backup check`, `backup repair`, and
 the helpers the `backup create/restore/list` commands use for the repository format."""
 
 from __future__ import annotations
 
+import os
 import shlex
+import stat
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import click
 
 from backupvault.backup.repo.repository import Repository
+from backupvault.backup.repo.tree import DIR, FILE, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 from backupvault.cli.main import (
     STORAGE_HELP,
@@ -191,6 +195,74 @@ def _open(
     require_repository(url, click.get_current_context().info_name or "")
     require_snapshots(url, *snapshot_ids)
     return maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
+
+
+@backup.command("ls")
+@click.argument("snapshot_id", metavar="SNAPSHOT_ID")
+@click.argument("paths", nargs=-1, metavar="[PATH]...")
+@key_options
+@pass_ctx
+def backup_ls(
+    ctx: Context,
+    snapshot_id: str,
+    paths: tuple[str, ...],
+    storage_url: str | None,
+    password_stdin: bool,
+    code: str | None,
+) -> None:
+    """List the files, folders and links in snapshot SNAPSHOT_ID (an id, a prefix of one,
+    or "latest"), or only those under each PATH, as restic's `ls`: what `backup restore
+    --include` takes."""
+    from backupvault.backup.repo import maintenance
+
+    repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids=(snapshot_id,))
+    summary, entries = maintenance.ls(repo, snapshot_id, paths)
+    rows = [_entry_row(e) for e in entries]
+    lines = [
+        f"snapshot {summary.snapshot_id} of {summary.source} at"
+        f" {summary.created_at:%Y-%m-%d %H:%M:%S} UTC ({summary.host}):"
+    ]
+    for entry, row in zip(entries, rows, strict=True):
+        kind = _FILE_TYPE_BITS[entry.kind]
+        shown = row["path"] + (f" -> {row['target']}" if "target" in row else "")
+        when = _mtime(entry.mtime_ns)
+        lines.append(
+            f"{stat.filemode(kind | entry.mode)} {entry.size:>12} {when:%Y-%m-%d %H:%M:%S}  {shown}"
+        )
+    ctx.output.result(
+        {
+            "backup_id": summary.snapshot_id,
+            "created_at": summary.created_at.isoformat(),
+            "source": summary.source,
+            "host": summary.host,
+            "entries": rows,
+        },
+        "\n".join(lines),
+    )
+
+
+_FILE_TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
+_TYPE_NAMES = {FILE: "file", DIR: "dir", SYMLINK: "symlink"}
+
+
+def _mtime(mtime_ns: int) -> datetime:
+    """In UTC; by arithmetic, since a snapshot holds times back to 1677, before what
+    `fromtimestamp` takes everywhere."""
+    return datetime(1970, 1, 1, tzinfo=UTC) + timedelta(microseconds=mtime_ns // 1000)
+
+
+def _entry_row(entry: Entry) -> dict[str, Any]:
+    """An entry of `backup ls --json` (docs/cli.md)."""
+    row: dict[str, Any] = {
+        "path": os.fsdecode(entry.path),
+        "type": _TYPE_NAMES[entry.kind],
+        "size": entry.size,
+        "mode": entry.mode,
+        "mtime": _mtime(entry.mtime_ns).isoformat(),
+    }
+    if entry.kind == SYMLINK:
+        row["target"] = os.fsdecode(entry.target)
+    return row
 
 
 @backup.command("diff")

@@ -59,7 +59,8 @@ from backupvault.backup.repo.repository import (
     PackWriter,
     Repository,
 )
-from backupvault.backup.repo.tree import FILE
+from backupvault.backup.repo.restore import select, under, wanted_paths
+from backupvault.backup.repo.tree import FILE, ROOT, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
@@ -114,6 +115,28 @@ def summarize(snapshot: snapshots.Snapshot, object_size: int) -> SnapshotSummary
 def list_snapshots(repo: Repository) -> list[SnapshotSummary]:
     sizes = repo.snapshot_names()
     return [summarize(s, sizes[s.id_hex]) for s in repo.list_snapshots(sizes)]
+
+
+def ls(
+    repo: Repository, snapshot_id: str, paths: tuple[str, ...] = ()
+) -> tuple[SnapshotSummary, list[Entry]]:
+    """What snapshot `snapshot_id` (a prefix, or "latest") holds, in tree order: every
+    file, folder and link, or only those under `paths` (as `backup restore --include`
+    takes them; a path it does not hold raises BackupNotFound)."""
+    snapshot = repo.find_snapshot(snapshot_id)
+    assert snapshot.entries is not None
+    chosen = select(
+        snapshot.entries,
+        paths,
+        hint="give a path inside the snapshot as `backup ls ID` shows it (relative to the"
+        " folder that was backed up)",
+    )
+    wanted = wanted_paths(paths)
+    if not wanted.keys() - {b"", b"."}:
+        return summarize(snapshot, 0), [e for e in chosen if e.path != ROOT]
+    # Only what is under the paths given: `select` adds the folders above them for a
+    # restore, which has to make them.
+    return summarize(snapshot, 0), [e for e in chosen if under(e.path, wanted)]
 
 
 @dataclass(frozen=True)

@@ -59,38 +59,52 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
-def select(entries: list[Entry], include: tuple[str, ...]) -> list[Entry]:
+_INCLUDE_HINT = (
+    "--include takes a path relative to the folder that was backed up: for"
+    " /home/me/chats/db/a.sqlite in a backup of /home/me/chats, db/a.sqlite"
+)
+
+
+def select(
+    entries: list[Entry], include: tuple[str, ...], *, hint: str = _INCLUDE_HINT
+) -> list[Entry]:
     """The entries under any path of `include` (paths inside the snapshot), with their
-    parent folders; all of them if `include` is empty."""
+    parent folders; all of them if `include` is empty. `hint`: what to do when a path is
+    in none of them (BackupNotFound)."""
     if isinstance(include, str):  # a str is a tuple of one-letter paths to the type checker
         raise TypeError("include is a tuple of paths")
-    # "./docs", "docs//a", "docs/./a": the path a shell completes or a user types names the
-    # same entry; a ".." left over matches nothing, so it is named as not in the snapshot.
-    wanted = {os.fsencode(posixpath.normpath(path).strip("/")): path for path in include}
+    wanted = wanted_paths(include)
     if not wanted or wanted.keys() & {b"", b"."}:
         return entries
     parents: set[bytes] = set()
     for path in wanted:
         parts = path.split(b"/")
         parents.update(b"/".join(parts[:i]) for i in range(1, len(parts)))
-
-    def under(path: bytes) -> bool:
-        return any(path == w or path.startswith(w + b"/") for w in wanted)
-
     chosen = [
         e
         for e in entries
-        if e.path == ROOT or under(e.path) or (e.kind == DIR and e.path in parents)
+        if e.path == ROOT or under(e.path, wanted) or (e.kind == DIR and e.path in parents)
     ]
     found = {e.path for e in chosen}
     missing = [shown for path, shown in wanted.items() if path not in found]
     if missing:
         raise BackupNotFound(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in this snapshot",
-            hint="--include takes a path relative to the folder that was backed up: "
-            "for /home/me/chats/db/a.sqlite in a backup of /home/me/chats, db/a.sqlite",
+            hint=hint,
         )
     return chosen
+
+
+def wanted_paths(include: tuple[str, ...]) -> dict[bytes, str]:
+    """Each path of `include` as the snapshot names it, to the path as given. "./docs",
+    "docs//a", "docs/./a": the path a shell completes or a user types names the same
+    entry; a ".." left over matches nothing, so it is named as not in the snapshot."""
+    return {os.fsencode(posixpath.normpath(path).strip("/")): path for path in include}
+
+
+def under(path: bytes, wanted: Mapping[bytes, str]) -> bool:
+    """Whether `path` is one of `wanted` or inside one."""
+    return any(path == w or path.startswith(w + b"/") for w in wanted)
 
 
 def plan(snapshot: Snapshot, entries: list[Entry], index: Index) -> None:
