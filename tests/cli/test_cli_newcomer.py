@@ -1056,6 +1056,43 @@ def test_a_local_deployment_that_is_down_is_named_with_the_command_that_starts_i
     assert "check that the relay runs" in str(elsewhere["hint"])
 
 
+def test_a_relay_that_asks_to_wait_long_is_unavailable_exit_5(tmp_path: Path) -> None:
+    """A 429 whose Retry-After is longer than the client waits ended with exit 1, "any
+    other error", and "retry later": a script that retries on 5 (the relay unavailable)
+    gave up on what is a relay asking to come back later."""
+    import http.server
+    import threading
+
+    class Busy(http.server.BaseHTTPRequestHandler):
+        def answer(self) -> None:
+            self.send_response(429)
+            self.send_header("Retry-After", "3600")
+            self.send_header("Content-Type", "application/json")
+            body = b'{"error": "rate_limited"}'
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        do_GET = do_POST = answer
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Busy)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        config = _client_toml(
+            tmp_path / "client.toml", relay_url=f"http://127.0.0.1:{server.server_port}"
+        )
+        done = backupvault("--json", "--config", str(config), "vault", "status")
+    finally:
+        server.shutdown()
+    assert done.returncode == 5, done.stderr
+    error = last_json(done.stderr)
+    assert "3600 s" in str(error["error"]), error
+    assert "run the command again" in str(error["hint"]), error
+
+
 @pytest.mark.parametrize("hint", [None, EVALUATION_UNANSWERED_HINT])
 def test_local_nodes_that_are_down_are_named_with_the_command_that_starts_them(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, hint: str | None

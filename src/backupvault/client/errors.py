@@ -123,9 +123,17 @@ class Unauthorized(VaultError):
 
 
 class RateLimited(VaultError):
+    """The relay refused to pass a request on (429) for longer than the client waits: it
+    is unavailable for now, as exit 5 says, so a script that retries on 5 retries it."""
+
+    exit_code = 5
+
     def __init__(self, retry_after: str) -> None:
         super().__init__(
-            f"too many requests; the relay asks to wait {retry_after} s", hint="retry later"
+            f"too many requests; the relay asks to wait {retry_after} s",
+            hint="the relay refused the request for now: run the command again after that"
+            " wait (its limit is per account: another of your devices or scripts may be"
+            " using it up)",
         )
 
 
