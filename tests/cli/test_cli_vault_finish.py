@@ -77,3 +77,36 @@ def test_status_of_an_empty_vault_has_no_guess_count(
     session.register("correct horse battery", RK)
     code, status = _run(monkeypatch, capsys, session, "vault", "status")
     assert status["status"] == "live" and status["guesses_remaining"] == status["guess_limit"]
+
+
+def test_recovery_code_prints_the_key_that_opens_password_backups_without_the_vault(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The design's third way in (a recovery code is RK itself) had no command for a
+    password key: a user whose vault key wrong guesses destroyed (a thief's ten tries), or
+    whose vault is gone, lost every password backup, with no offline copy to keep."""
+    from backupvault.backup.keykinds import KEY_PASSWORD
+    from backupvault.backup.repo import create_snapshot
+    from backupvault.crypto import recovery
+
+    session = FleetSession(FakeFleet(5).vault(pending=PendingStore(tmp_path / "p.json")))
+    session.register("correct horse battery", RK)
+    config = ["--config", str(tmp_path / "client.toml")]  # read through the patched Context
+    wrong = _run(monkeypatch, capsys, session, *config, "vault", "recovery-code",
+                 "--password-stdin", stdin="wrong horse battery\n")  # fmt: skip
+    assert wrong[0] == 3 and "recovery_code" not in wrong[1]
+    code, shown = _run(monkeypatch, capsys, session, *config, "vault", "recovery-code",
+                       "--password-stdin", stdin="correct horse battery\n")  # fmt: skip
+    assert code == 0, shown
+    assert recovery.decode(str(shown["recovery_code"])) == RK
+    assert session.status().guesses_remaining == session.status().guess_limit  # reset
+    # A repository the password's key made opens with the code alone, no vault asked.
+    source, storage = tmp_path / "source", tmp_path / "storage"
+    source.mkdir()
+    (source / "a.txt").write_text("alpha\n")
+    create_snapshot(source, str(storage), RK, state_dir=tmp_path / "state", key_kind=KEY_PASSWORD)
+    listed = _run(monkeypatch, capsys, session, "backup", "list", "--storage", str(storage),
+                  "--recovery-code", "-", stdin=f"{shown['recovery_code']}\n")  # fmt: skip
+    assert listed[0] == 0, listed
+    snapshots = listed[1]["snapshots"]
+    assert isinstance(snapshots, list) and [s["key"] for s in snapshots] == ["password"]

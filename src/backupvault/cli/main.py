@@ -1172,7 +1172,7 @@ def backup_list(
 
 @cli.group()
 def vault() -> None:
-    """The key vault: status, password change, deletion, finishing deliveries."""
+    """The key vault: status, recovery code, password change, deletion, finishing deliveries."""
 
 
 @vault.command("status")
@@ -1273,6 +1273,23 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     ctx.output.done({"finished": True, "pending": []}, "nothing pending: every node confirmed")
 
 
+@vault.command("recovery-code")
+@click.option("--password-stdin", is_flag=True, help="Read the password from stdin.")
+@pass_context
+def vault_recovery_code(ctx: Context, password_stdin: bool) -> None:
+    """Print your key as a recovery code, once the vault has checked the password. Kept
+    offline, it opens every backup made with your password (--recovery-code), even if the
+    vault destroys the key or is gone; anyone who has it opens them too."""
+    root_key = _root_key_by_password(ctx, password_stdin)
+    code = recovery.encode(root_key)
+    ctx.output.result(
+        {"recovery_code": code},
+        "recovery code of your key: it opens every backup made with your password"
+        " (--recovery-code -), without the vault and without a guess limit, so keep it"
+        f" offline, where only you can reach it:\n  {code}",
+    )
+
+
 @vault.command("change-password")
 @click.option(
     "--password-stdin",
@@ -1371,7 +1388,9 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
             lost = f": in {redact_url(url)}, {' and '.join(lost_there)} would be lost"
     ctx.output.warn(
         "after this, backups made with your password can no longer be opened"
-        f"{lost} (backups made with --recovery-code still open with their code)"
+        f"{lost} (backups made with --recovery-code still open with their code, and the"
+        " password backups with the code `vault recovery-code` prints: print it first if"
+        " you may want them again)"
     )
     _confirm("Delete the key from the vault?", yes)
     password = _password(password_stdin)

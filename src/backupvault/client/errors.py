@@ -30,9 +30,11 @@ class Destroyed(VaultError):
     def __init__(self) -> None:
         super().__init__(
             "the vault destroyed this key after too many wrong passwords",
-            hint="backups made with the password can no longer be opened; those made with"
-            " --recovery-code still open with their code. To start over, `backupvault backup"
-            " create --new-key` registers a new key (a repository needs a new --storage)",
+            hint="backups made with the password can no longer be opened, but with the code"
+            " `backupvault vault recovery-code` printed, if you kept it (--recovery-code -);"
+            " those made with --recovery-code still open with their code. To start over,"
+            " `backupvault backup create --new-key` registers a new key (a repository needs a"
+            " new --storage)",
         )
 
 
