@@ -751,6 +751,9 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     would = run("backup", "forget", "--keep-last", "1", "--dry-run", "--storage", str(storage),
                 "--recovery-code", code)  # fmt: skip
     assert would.stdout.endswith("would forget 1 snapshot and keep 1\n"), would.stdout
+    yearly = run("--json", "backup", "forget", "--keep-yearly", "1", "--dry-run", "--storage",
+                 str(storage), "--recovery-code", code)  # fmt: skip
+    assert json.loads(yearly.stdout)["kept"] == [info["backup_id"]], yearly.stderr
     forgot = run("--json", "backup", "forget", "--keep-last", "1", "--storage", str(storage),
                  "--recovery-code", code)  # fmt: skip
     assert json.loads(forgot.stdout)["removed"] == [first["backup_id"]]

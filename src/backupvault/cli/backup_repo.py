@@ -317,6 +317,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
 @click.option(
     "--keep-monthly", default=0, type=click.IntRange(0), help="Newest of each of N months."
 )
+@click.option("--keep-yearly", default=0, type=click.IntRange(0), help="Newest of each of N years.")
 @click.option(
     "--damaged", is_flag=True, help="Also remove snapshots that cannot be read (damaged)."
 )
@@ -329,6 +330,7 @@ def backup_forget(
     keep_daily: int,
     keep_weekly: int,
     keep_monthly: int,
+    keep_yearly: int,
     damaged: bool,
     dry_run: bool,
     storage_url: str | None,
@@ -339,11 +341,11 @@ def backup_forget(
     --damaged those that cannot be read. Their data stays until `backup prune`."""
     from backupvault.backup.repo import maintenance
 
-    policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly)
+    policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     if policy.empty() and not damaged:
         raise UsageError(
-            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly "
-            "(or --damaged alone, to remove only snapshots that cannot be read)",
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly or "
+            "--keep-yearly (or --damaged alone, to remove only snapshots that cannot be read)",
             hint="for instance `backup forget --keep-last 7` keeps the 7 newest snapshots of"
             " each source and host; add --dry-run to see what it would remove first",
         )

@@ -63,6 +63,20 @@ def test_policy_keeps_exactly_what_it_says() -> None:
         apply_policy(found, Policy())
 
 
+def test_policy_keeps_the_newest_of_each_year() -> None:
+    """restic's --keep-yearly, which a restic user's policy names (`--keep-yearly 5`):
+    refused with "No such option"."""
+    found = [
+        summary(f"{year}-{month:02}", datetime(year, month, 15, tzinfo=UTC))
+        for year in (2022, 2023, 2025)  # none in 2024: a year without one is not counted
+        for month in (3, 11)
+    ]
+    assert apply_policy(found, Policy(yearly=2))[0] == ["2023-11", "2025-11"]
+    assert apply_policy(found, Policy(yearly=9))[0] == ["2022-11", "2023-11", "2025-11"]
+    assert apply_policy(found, Policy(last=1, yearly=1))[0] == ["2025-11"]
+    assert not Policy(yearly=1).empty()
+
+
 def test_policy_is_per_source_and_host() -> None:
     when = datetime(2026, 1, 1, 12, tzinfo=UTC)
     found = [

@@ -179,17 +179,20 @@ class Policy:
     daily: int = 0
     weekly: int = 0
     monthly: int = 0
+    yearly: int = 0
 
     def empty(self) -> bool:
-        return not (self.last or self.daily or self.weekly or self.monthly)
+        return not (self.last or self.daily or self.weekly or self.monthly or self.yearly)
 
 
 def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str], list[str]]:
     """(kept ids, removed ids). Per (host, source), newest first: the `last` newest, and
-    the newest of each of the `daily` latest days (weeks, months) that have a snapshot."""
+    the newest of each of the `daily` latest days (weeks, months, years) that have a
+    snapshot."""
     if policy.empty():
         raise UsageError(
-            "say what to keep: --keep-last, --keep-daily, --keep-weekly or --keep-monthly"
+            "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly or"
+            " --keep-yearly"
         )
     groups: dict[tuple[str, str], list[SnapshotSummary]] = {}
     for s in found:
@@ -199,6 +202,7 @@ def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str
         (policy.daily, lambda t: t.date()),
         (policy.weekly, lambda t: t.isocalendar()[:2]),
         (policy.monthly, lambda t: (t.year, t.month)),
+        (policy.yearly, lambda t: t.year),
     ]
     for members in groups.values():
         members.sort(key=lambda s: s.created_at, reverse=True)
