@@ -111,6 +111,31 @@ def test_help_shows_the_config_variable_and_the_options_after_the_command() -> N
     assert recovery.FORMAT in " ".join(create.stdout.split())
 
 
+@pytest.mark.parametrize(
+    ("args", "hinted"),
+    [
+        (["backup", "{tmp}"], "`backupvault backup create {tmp}` backs it up"),
+        (["restore", "--to", "{tmp}/r"], "`backupvault backup restore`"),
+        (["snapshots"], "`backupvault backup list`"),
+        (["backup", "snapshots"], "`backupvault backup list`"),
+        (["backup", "init"], "`backupvault backup create SOURCE`"),
+        (["backup", "find", "x"], "`backupvault backup ls SNAPSHOT_ID [PATH]...`"),
+        (["key", "passwd"], "`backupvault vault change-password`"),
+    ],
+)
+def test_what_a_restic_user_types_is_answered_with_its_command_here(
+    tmp_path: Path, args: list[str], hinted: str
+) -> None:
+    """`restic backup ~/Documents`, `restic snapshots`, `restic restore`: typed here they
+    got "No such command '/home/me/Documents'" and a pointer to --help."""
+    filled = [a.format(tmp=tmp_path) for a in args]
+    done = backupvault("--json", *filled)
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert hinted.format(tmp=tmp_path) in str(error["hint"]), error
+    assert done.stdout == ""
+
+
 def test_a_command_without_its_subcommand_shows_its_help() -> None:
     done = backupvault("backup")
     assert done.returncode == 2

@@ -1456,7 +1456,39 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
             f" shell history and the process list); `{err.ctx.command_path} --help` lists"
             " its options"
         )
+    unknown = re.fullmatch(r"No such command '(.*)'\.", message, re.S)
+    if unknown is not None and (here := _as_named_here(err.ctx, unknown.group(1))):
+        return here
     return f"`{err.ctx.command_path} --help` lists its commands and options"
+
+
+#: restic's commands that have another name here.
+_RESTIC_NAMES = {
+    "snapshots": "`backupvault backup list` lists the snapshots",
+    "stats": "`backupvault backup list` gives each snapshot's sizes",
+    "init": "`backupvault backup create SOURCE` makes the repository with the first backup",
+    "find": "`backupvault backup ls SNAPSHOT_ID [PATH]...` shows what a snapshot holds",
+    "key": "`backupvault vault change-password` changes the password, and `backupvault"
+    " vault recovery-code` prints the key as a code",
+}
+
+
+def _as_named_here(ctx: click.Context, name: str) -> str | None:
+    """For a command restic users type (`backup ~/Documents`, `snapshots`, `restore`
+    without `backup`): the command that does it here, or None."""
+    if name in _RESTIC_NAMES:
+        return f"as restic's `{name}`: {_RESTIC_NAMES[name]}"
+    group = ctx.command
+    if ctx.parent is None and isinstance(group, click.Group):
+        backup_group = group.get_command(ctx, "backup")
+        if isinstance(backup_group, click.Group) and backup_group.get_command(ctx, name):
+            return f"`backupvault backup {name}`: the backup commands are under `backup`"
+    if ctx.command_path.endswith(" backup") and (os.path.exists(name) or os.sep in name):
+        return (
+            f"`backupvault backup create {name}` backs it up (restic's `backup SOURCE`);"
+            " `backupvault backup --help` lists the backup commands"
+        )
+    return None
 
 
 #: Exceptions (by name, as a storage error's message gives it) of a server that did not
