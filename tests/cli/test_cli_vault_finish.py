@@ -110,3 +110,25 @@ def test_recovery_code_prints_the_key_that_opens_password_backups_without_the_va
     assert listed[0] == 0, listed
     snapshots = listed[1]["snapshots"]
     assert isinstance(snapshots, list) and [s["key"] for s in snapshots] == ["password"]
+
+
+def test_a_first_password_backup_names_the_recovery_code_to_keep(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """The key a first backup registers is lost for good once wrong guesses destroy it:
+    the note that it was registered is where to say how to keep an offline copy."""
+    session = FleetSession(FakeFleet(5).vault(pending=PendingStore(tmp_path / "p.json")))
+    monkeypatch.setattr(cli_main.Context, "config", lambda self: _Config(session))
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "state"))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_text("alpha\n")
+    with pytest.raises(SystemExit) as done:
+        cli_main.main(["--config", str(tmp_path / "client.toml"), "backup", "create",
+                       str(source), "--storage", str(tmp_path / "s"),
+                       "--password-stdin"])  # fmt: skip
+    assert done.value.code == 0
+    said = " ".join(capsys.readouterr().err.split())
+    assert "a new key was registered in the vault behind your password" in said
+    assert "`backupvault vault recovery-code`" in said

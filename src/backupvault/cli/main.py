@@ -862,7 +862,13 @@ def backup_create(
         f"{human_size(info.added)} new, {human_size(info.stored)} stored)"
     )
     if registered:
-        ctx.output.note("a new key was registered in the vault behind your password")
+        # Wrong guesses destroy it (a thief's too), and then the password backups with it:
+        # say now how to keep a copy that does not depend on the vault.
+        ctx.output.note(
+            "a new key was registered in the vault behind your password; `backupvault vault"
+            " recovery-code` prints it as a code to keep offline, which opens these backups"
+            " even if wrong guesses destroy the key"
+        )
     if code is not None:
         data["recovery_code"] = code  # for people, printed before the backup began
     _note_skipped(ctx, info.skipped)
