@@ -132,3 +132,31 @@ def test_a_first_password_backup_names_the_recovery_code_to_keep(
     said = " ".join(capsys.readouterr().err.split())
     assert "a new key was registered in the vault behind your password" in said
     assert "`backupvault vault recovery-code`" in said
+
+
+def test_status_says_what_to_do_about_a_key_that_is_destroyed_or_not_there(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """`key: destroyed` and `key: empty` said what the vault holds and nothing of what
+    then opens the backups, or what makes a key."""
+    from backupvault.client.errors import Destroyed, WrongPassword
+
+    session = FleetSession(FakeFleet(5).vault(pending=PendingStore(tmp_path / "p.json")))
+    monkeypatch.setattr(cli_main.Context, "config", lambda self: _Config(session))
+
+    def status_text() -> str:
+        with pytest.raises(SystemExit) as done:
+            cli_main.main(["vault", "status"])
+        assert done.value.code == 0
+        return " ".join(capsys.readouterr().out.split())
+
+    empty = status_text()
+    assert empty.startswith("key: empty") and "`backupvault backup create" in empty
+    session.register("correct horse battery", RK)
+    assert status_text() == "key: live, 10 of 10 guesses left"
+    for _ in range(10):
+        with pytest.raises((WrongPassword, Destroyed)):
+            session.recover("a thief's guess")
+    destroyed = status_text()
+    assert destroyed.startswith("key: destroyed")
+    assert "`backupvault vault recovery-code`" in destroyed and "--new-key" in destroyed

@@ -1208,6 +1208,17 @@ def vault_status(ctx: Context) -> None:
             + "): your next recovery (`backup create`, `backup restore`, `vault"
             " change-password`) moves it here"
         )
+    elif status.status == EntryStatus.EMPTY:
+        text += (
+            " (no key behind a password here: the first `backupvault backup create` with a"
+            " password registers one)"
+        )
+    if status.status == EntryStatus.DESTROYED:
+        text += (
+            " (wrong guesses used up the limit): backups made with the password open only"
+            " with the code `backupvault vault recovery-code` printed, if you kept it;"
+            " `backupvault backup create --new-key` registers a new key, for new storage"
+        )
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
         for node in status.nodes_without:
