@@ -136,6 +136,26 @@ def test_what_a_restic_user_types_is_answered_with_its_command_here(
     assert done.stdout == ""
 
 
+@pytest.mark.parametrize(
+    ("args", "hinted"),
+    [
+        (["backup", "restore", "--target", "x"], "`--to DEST`"),
+        (["backup", "list", "-r", "x"], "`--storage URL`"),
+        (["backup", "list", "--repo", "x"], "`--storage URL`"),
+        (["backup", "list", "--password-file", "x"], "`--password-stdin < FILE`"),
+        (["backup", "forget", "--keep-last", "1", "--prune"], "`backupvault backup prune`"),
+    ],
+)
+def test_a_restic_option_is_answered_with_its_option_here(args: list[str], hinted: str) -> None:
+    """`restore --target x` got "Did you mean '--storage'?", `--repo` "Did you mean
+    '--help'?": click's nearest spelling, not the option that does it here."""
+    done = backupvault("--json", *args)
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert hinted in str(error["hint"]), error
+    assert "Did you mean" not in str(error["error"]), error
+
+
 def test_a_command_without_its_subcommand_shows_its_help() -> None:
     done = backupvault("backup")
     assert done.returncode == 2

@@ -1490,6 +1490,18 @@ _RESTIC_NAMES = {
 }
 
 
+#: restic's options that have another name here (none of them is an option here).
+_RESTIC_OPTIONS = {
+    "--target": "`--to DEST` here, a new or empty folder",
+    "-t": "`--to DEST` here, a new or empty folder",
+    "--repo": "`--storage URL` here (or `storage` in the client config)",
+    "-r": "`--storage URL` here (or `storage` in the client config)",
+    "--password-file": "`--password-stdin < FILE` here (its first line)",
+    "-p": "`--password-stdin < FILE` here (its first line)",
+    "--prune": "run `backupvault backup prune` after `backupvault backup forget` here",
+}
+
+
 def _as_named_here(ctx: click.Context, name: str) -> str | None:
     """For a command restic users type (`backup ~/Documents`, `snapshots`, `restore`
     without `backup`): the command that does it here, or None."""
@@ -1624,6 +1636,15 @@ def _run(args: list[str], json_mode: bool) -> None:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
             err.show()
             sys.exit(err.exit_code)
+        if (
+            isinstance(err, click.NoSuchOption)
+            and err.option_name in _RESTIC_OPTIONS
+            and err.ctx is not None  # a user's command, not an operator's
+            and err.ctx.command_path.startswith(("backupvault backup", "backupvault vault"))
+        ):
+            # click's nearest spelling ("--target": "Did you mean '--storage'?") misleads.
+            hint = f"as restic's `{err.option_name}`: {_RESTIC_OPTIONS[err.option_name]}"
+            _fail(json_mode, UsageError(f"No such option: {err.option_name}", hint=hint))
         message = _without_codes(err.format_message())
         _fail(json_mode, UsageError(message, hint=_usage_hint(err, args)))
     except click.ClickException as err:
