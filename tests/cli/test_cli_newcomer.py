@@ -163,6 +163,18 @@ def test_a_command_without_its_subcommand_shows_its_help() -> None:
     assert "error:" not in done.stderr
 
 
+def test_a_command_without_its_subcommand_under_json_is_a_json_error() -> None:
+    """Under --json every error is one JSON object on stderr (docs/cli.md, "Errors"): a
+    group with no command printed its help there, which a script cannot parse."""
+    done = backupvault("--json", "backup")
+    assert done.returncode == 2 and done.stdout == ""
+    error = last_json(done.stderr)
+    assert error["exit_code"] == 2
+    assert str(error["error"]).startswith("backupvault backup needs a command: ")
+    assert "create" in str(error["error"]) and "restore" in str(error["error"])
+    assert "`backupvault backup --help`" in str(error["hint"])
+
+
 OPERATOR_MODULES = ["backupvault.cli.operator", "backupvault.cli.transparency"]
 HEAVY_MODULES = ["httpx", "backupvault.client.vault", "backupvault.deploy.local"]
 

@@ -1634,6 +1634,16 @@ def _run(args: list[str], json_mode: bool) -> None:
         )
     except click.UsageError as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # `backupvault` alone: the help
+            if json_mode and err.ctx is not None:  # a script: not help text to parse
+                group = err.ctx.command
+                names = group.list_commands(err.ctx) if isinstance(group, click.Group) else []
+                _fail(
+                    json_mode,
+                    UsageError(
+                        f"{err.ctx.command_path} needs a command: {', '.join(names)}",
+                        hint=f"`{err.ctx.command_path} --help` says what each does",
+                    ),
+                )
             err.show()
             sys.exit(err.exit_code)
         if (
