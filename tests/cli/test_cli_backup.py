@@ -16,6 +16,7 @@ import sys
 import time
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -76,6 +77,16 @@ def first_backup(source: Path, storage: Path) -> str:
     assert done.returncode == 0, done.stderr
     code: str = json.loads(done.stdout)["recovery_code"]
     return code
+
+
+def next_backup(source: Path, storage: Path, code: str) -> dict[str, Any]:
+    """Back up `source` again into the repository at `storage` (its recovery code
+    `code`); the JSON result."""
+    again = run("--json", "backup", "create", str(source), "--storage", str(storage),
+                "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    result: dict[str, Any] = json.loads(again.stdout)
+    return result
 
 
 def same_tree(a: Path, b: Path) -> bool:
@@ -783,10 +794,7 @@ def test_latest_names_the_latest_snapshot_as_in_restic(tmp_path: Path, source: P
     storage = tmp_path / "storage"
     code = first_backup(source, storage)
     (source / "notes.txt").write_text("meet at the bridge at 8\n")
-    again = run("--json", "backup", "create", str(source), "--storage", str(storage),
-                "--recovery-code", stdin=code + "\n")  # fmt: skip
-    assert again.returncode == 0, again.stderr
-    second = json.loads(again.stdout)
+    second = next_backup(source, storage, code)
     restored = run("--json", "backup", "restore", "latest", "--storage", str(storage),
                    "--to", str(tmp_path / "r"), "--recovery-code", code)  # fmt: skip
     assert restored.returncode == 0, restored.stderr
@@ -833,6 +841,25 @@ def test_ls_shows_what_a_snapshot_holds_before_a_restore(tmp_path: Path, source:
     error = json.loads(missing.stderr)
     assert error["error"] == "photos/dog.jpg is not in this snapshot"
     assert "backup ls" in error["hint"] and "--include" not in error["hint"]
+
+
+def test_a_name_with_a_line_break_is_one_line_of_ls_and_diff(tmp_path: Path, source: Path) -> None:
+    """A file name may hold a line break (and a tab): `ls` and `diff` print a line per
+    path, so such a name made lines of its own, which could pass for other entries."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (source / "a\n-rw-r--r--  0 2026-01-01 00:00:00  fake").write_text("x")
+    second = next_backup(source, storage, code)
+    listed = run("backup", "ls", "latest", "--storage", str(storage), "--recovery-code", code)
+    assert listed.returncode == 0, listed.stderr
+    assert len(listed.stdout.splitlines()) == 1 + 4  # the snapshot's line, then 4 entries
+    assert "a\\n-rw-r--r--  0 2026-01-01 00:00:00  fake" in listed.stdout
+    changed = run("backup", "diff", second["parent_id"], "latest", "--storage", str(storage),
+                  "--recovery-code", code)  # fmt: skip
+    assert changed.returncode == 0, changed.stderr
+    assert changed.stdout.splitlines()[:2] == [
+        "U  .", "+  a\\n-rw-r--r--  0 2026-01-01 00:00:00  fake"
+    ]  # fmt: skip
 
 
 def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_read(

@@ -224,7 +224,9 @@ def backup_ls(
     ]
     for entry, row in zip(entries, rows, strict=True):
         kind = _FILE_TYPE_BITS[entry.kind]
-        shown = row["path"] + (f" -> {row['target']}" if "target" in row else "")
+        shown = _one_line(row["path"]) + (
+            f" -> {_one_line(row['target'])}" if "target" in row else ""
+        )
         when = _mtime(entry.mtime_ns)
         lines.append(
             f"{stat.filemode(kind | entry.mode)} {entry.size:>12} {when:%Y-%m-%d %H:%M:%S}  {shown}"
@@ -239,6 +241,13 @@ def backup_ls(
         },
         "\n".join(lines),
     )
+
+
+def _one_line(name: str) -> str:
+    """`name` on one line: a line break or tab in a file name is shown as an escape (as
+    every other control character printed is: output.printable), so that it cannot make
+    a line that passes for another entry."""
+    return name.replace("\n", "\\n").replace("\t", "\\t")
 
 
 _FILE_TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
@@ -301,7 +310,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
     added = sum(c.size_after for c in changes if c.kind == "+")
     removed = sum(c.size_before for c in changes if c.kind == "-")
     return "\n".join(
-        [f"{c.kind}  {c.path}" for c in changes]
+        [f"{c.kind}  {_one_line(c.path)}" for c in changes]
         + [
             f"{count['+']} added ({human_size(added)}), {count['-']} removed"
             f" ({human_size(removed)}), {count['M']} modified, {count['T']} changed type,"
