@@ -262,7 +262,8 @@ def test_a_confirmation_without_a_terminal_says_pass_yes(
     done = bv("--config", config, "--json", "vault", "delete", stdin="y\n")
     assert done.returncode == 2
     error = json.loads(done.stderr.strip().splitlines()[-1])
-    assert "pass --yes (stdin is not a terminal)" in error["error"]
+    assert "stdin is not a terminal" in error["error"]
+    assert "pass --yes" in error["hint"]
     assert "aborted" not in done.stderr
     status = json.loads(bv("--config", config, "--json", "vault", "status").stdout)
     assert status["status"] == "live"  # nothing was deleted
