@@ -1,4 +1,5 @@
-"""Writing files that hold secrets (keys, tokens, PINs) or state that must not go back.
+"""Writing files that hold secrets (keys, tokens, PINs) or state that must not go back,
+and reading small files no further than they can be.
 
 Created with O_CREAT | O_EXCL | O_NOFOLLOW and mode 0600 from the first byte: never
 through a symlink someone planted at the path, and never readable by others, not even
@@ -17,6 +18,25 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from backupvault.errors import BackupVaultError, InvalidInput
+
+#: The largest trust state file (a client's or `verify-deployment --state`'s): its fleets
+#: grow by one deployment record per epoch (a few KiB), so thousands of epochs fit.
+MAX_STATE_BYTES = 16 * 1024 * 1024
+
+
+def read_at_most(path: Path, limit: int, larger_than: str, hint: str) -> bytes:
+    """A file's bytes, read no further than `limit` + 1: a path such as /dev/zero or a huge
+    file given where a small one belongs took all the memory there was. OSError
+    (FileNotFoundError included) is the caller's to name."""
+    with path.open("rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise InvalidInput(
+            f"{path} is larger than {larger_than} ({limit} bytes at most); nothing of it was used",
+            hint=hint,
+        )
+    return data
+
 
 _FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 

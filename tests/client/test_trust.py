@@ -35,7 +35,7 @@ from tests.transparency.conftest import (
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
 from backupvault.client.trust import OtaTrust, TrustState, WitnessEndpoint
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import LockTimeout, locked
+from backupvault.files import MAX_STATE_BYTES, LockTimeout, locked
 from backupvault.transparency import (
     FleetBundle,
     OperatorSignedRecord,
@@ -363,6 +363,17 @@ def test_a_damaged_or_hostile_state_file_is_a_clear_error(
     with pytest.raises(InvalidInput) as caught:
         TrustState.load(state_file)
     assert str(state_file) in caught.value.message
+
+
+def test_a_state_file_larger_than_any_is_refused_unread(state_file: Path) -> None:
+    """A state file past any a client writes (a damaged disk, a path swapped for a huge
+    file) was read whole into memory before any check; now no further than the largest."""
+    state_file.parent.mkdir()
+    with state_file.open("wb") as file:
+        file.truncate(MAX_STATE_BYTES + 1)  # sparse: no disk used
+    with pytest.raises(InvalidInput, match="larger than any trust state file") as caught:
+        TrustState.load(state_file)
+    assert caught.value.hint is not None and "state_file" in caught.value.hint
 
 
 @pytest.mark.parametrize("content", HOSTILE_STATES.values(), ids=HOSTILE_STATES.keys())

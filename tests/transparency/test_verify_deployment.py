@@ -26,10 +26,12 @@ from backupvault.deploy.verify import (
     FleetReport,
     LogCheckFailed,
     TrustInputs,
+    load_checkpoint_state,
     verify_deployment,
     verify_log,
 )
 from backupvault.errors import InvalidInput
+from backupvault.files import MAX_STATE_BYTES
 from backupvault.transparency import FleetBundle, Verifier, sign_record
 from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 from backupvault.transparency.errors import UnknownFleet
@@ -643,6 +645,15 @@ def test_verify_log_with_no_proof_now_is_an_outage_not_a_fork(
         verify_log(WITNESS, world.key, state, http=world.http())
     assert caught.value.exit_code == 5
     assert open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size == 1
+
+
+def test_a_state_file_larger_than_any_is_refused_unread(tmp_path: Path) -> None:
+    """`--state` naming a huge file (or a device) was read whole before any check."""
+    huge = tmp_path / "state.json"
+    with huge.open("wb") as file:
+        file.truncate(MAX_STATE_BYTES + 1)
+    with pytest.raises(InvalidInput, match="larger than any state file"):
+        load_checkpoint_state(huge)
 
 
 def test_a_bundle_file_larger_than_any_bundle_is_refused_unread(

@@ -80,7 +80,7 @@ from backupvault.client.vault import Recovery, VaultClient, VaultStatus
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
-from backupvault.files import locked, replace_file
+from backupvault.files import MAX_STATE_BYTES, locked, read_at_most, replace_file
 from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
@@ -171,7 +171,15 @@ class TrustState:
     @classmethod
     def load(cls, path: Path) -> TrustState:
         try:
-            data = json.loads(path.read_text())
+            data = json.loads(
+                read_at_most(
+                    path,
+                    MAX_STATE_BYTES,
+                    "any trust state file",
+                    hint="it holds the last witness checkpoint this client saw; restore it"
+                    " from a backup, or name the right file as the config's state_file",
+                )
+            )
         except FileNotFoundError:
             return cls(path)
         except (OSError, ValueError, RecursionError) as err:

@@ -37,7 +37,7 @@ import httpx
 from backupvault.client.trust import pin_conflict, pinned_fleet
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import locked, replace_file
+from backupvault.files import MAX_STATE_BYTES, locked, read_at_most, replace_file
 from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.transparency import (
     Checkpoint,
@@ -207,24 +207,24 @@ def read_bundle_file(path: Path) -> bytes:
     """A bundle file's bytes, read no further than the largest bundle can be: a path such
     as /dev/zero, a FIFO or a huge file took all the memory there was."""
     try:
-        with path.open("rb") as file:
-            data = file.read(MAX_BUNDLE_BYTES + 1)
-    except OSError as err:
-        raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
-    if len(data) > MAX_BUNDLE_BYTES:
-        raise InvalidInput(
-            f"{path} is larger than any fleet bundle ({MAX_BUNDLE_BYTES} bytes at most);"
-            " nothing of it was checked",
+        return read_at_most(
+            path,
+            MAX_BUNDLE_BYTES,
+            "any fleet bundle",
             hint="give the bundle.bin that `fleet deploy --witness` wrote",
         )
-    return data
+    except OSError as err:
+        raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
+
+
+_STATE_HINT = "give the file an earlier --state run wrote, or a new path to start one"
 
 
 def load_checkpoint_state(path: Path | None) -> tuple[dict[str, Any], str | None]:
     if path is None or not path.exists():
         return {}, None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(read_at_most(path, MAX_STATE_BYTES, "any state file", _STATE_HINT))
     except (OSError, ValueError, RecursionError) as err:
         detail = "nested too deeply" if isinstance(err, RecursionError) else err
         raise InvalidInput(f"the state file {path} is unreadable: {detail}") from None
