@@ -1205,7 +1205,7 @@ class Trickled(Endless):
     [
         ("relay.test", "/v1/fleet/bundle", FleetUnavailable, "did not arrive within 60 s"),
         ("witness-b.test", "/v1/head", FleetUnavailable, "witness-b.* cannot be reached"),
-        ("witness-a.test", "/v1/consistency", FleetNotTrusted, "no consistency proof"),
+        ("witness-a.test", "/v1/consistency", FleetUnavailable, "no consistency proof"),
     ],
 )
 def test_an_answer_trickled_past_the_deadline_is_a_timeout(
@@ -1228,6 +1228,28 @@ def test_an_answer_trickled_past_the_deadline_is_a_timeout(
     monkeypatch.setattr("backupvault.http_answers.time", body)
     refused(net, trust, error=error, match=match)
     assert body.sent == 64 * 1024
+
+
+@pytest.mark.parametrize("status", [429, 502, 503, 504])
+def test_a_witness_proof_not_to_be_had_now_is_an_outage_not_a_refusal(
+    net: Net, state_file: Path, status: int
+) -> None:
+    """The witness gave its head, then no consistency proof: busy (429), or down behind
+    its proxy (502-504). It said FleetNotTrusted (exit 7, "not trusted"), the alarm for a
+    forked log, where it is an outage (exit 5); nothing is trusted or saved either way."""
+    trust, _ = ask_for_everything(net, state_file)
+    saved = state_file.read_bytes()
+    net.hostile[("witness-a.test", "/v1/consistency")] = reply(status, json={"error": "busy"})
+    error = refused(net, trust, error=FleetUnavailable, match="no consistency proof")
+    assert error.exit_code == 5
+    assert state_file.read_bytes() == saved
+
+
+def test_a_witness_that_refuses_the_proof_is_still_not_trusted(net: Net, state_file: Path) -> None:
+    """Any other answer is no proof for a log that must have one: still refused."""
+    trust, _ = ask_for_everything(net, state_file)
+    net.hostile[("witness-a.test", "/v1/consistency")] = reply(404, json={"error": "no"})
+    refused(net, trust, error=FleetNotTrusted, match="no consistency proof")
 
 
 def test_a_bundle_with_trailing_bytes(net: Net, state_file: Path) -> None:

@@ -538,11 +538,25 @@ class OtaTrust:
                     limit=MAX_JSON,
                     what=f"the consistency proof from {source}",
                 )
-                answer.raise_for_status()
-            except httpx.HTTPError:
-                raise FleetNotTrusted(f"no consistency proof from {source}") from None
+            except httpx.HTTPError as err:
+                # No answer in time, or none at all: an outage (exit 5), as the relay's
+                # route says it; "not trusted" (exit 7) is the alarm for a forked log.
+                raise FleetUnavailable(
+                    f"no consistency proof from {source}: it did not answer ({err})",
+                    hint="try again later; nothing was trusted or saved",
+                ) from None
             except AnswerRefused as err:
                 raise FleetNotTrusted(err.message, hint=err.hint) from None
+            if answer.status_code in RELAY_DOWN or answer.status_code == 429:
+                raise FleetUnavailable(
+                    f"no consistency proof from {source} for now ({answer.status_code})",
+                    hint="the witness is busy or down; try again later; nothing was trusted",
+                )
+            if answer.status_code != 200:
+                raise FleetNotTrusted(
+                    f"no consistency proof from {source} ({answer.status_code}): a witness"
+                    " that signed both checkpoints must prove the log grew between them"
+                )
             return proof_hashes(answer, source)
 
         check_log_growth(head.checkpoint, last, fetch)
