@@ -5,15 +5,22 @@ refused, and store syncs are rate-limited per peer."""
 from __future__ import annotations
 
 import os
+import random
+import struct
+from collections.abc import Callable
 
 import pytest
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.channel import (
     WINDOW,
+    NonceSequence,
     PeerChannel,
     PeerRateLimit,
     PeerRateLimited,
@@ -39,13 +46,14 @@ def channel(
     epoch: int = 1,
     clock: Clock | None = None,
     not_before: float = 0.0,
+    rng: Callable[[int], bytes] = os.urandom,
 ) -> PeerChannel:
     return PeerChannel(
         node,
         KEYS[node].private_bytes_raw(),
         PUBLIC,
         fleet_id,
-        os.urandom,
+        rng,
         epoch=epoch,
         clock=clock or Clock(),
         not_before=not_before,
@@ -237,3 +245,92 @@ def test_a_message_sent_before_the_node_started_is_not_taken() -> None:
     with pytest.raises(InvalidInput, match="before this node started"):
         receiver.open_hello(hello)
     assert receiver.open(sender.seal(1, MESSAGE), PEER_MESSAGES) == (0, MESSAGE)
+
+
+def weak_rng(values: int) -> Callable[[int], bytes]:
+    """A poor random source that cycles through `values` outputs: random nonces drawn from
+    it repeat at once, counted ones must not."""
+    count = 0
+
+    def draw(n: int) -> bytes:
+        nonlocal count
+        count += 1
+        return (count % values).to_bytes(n, "big")
+
+    return draw
+
+
+def nonce_of(envelope: bytes) -> bytes:
+    return envelope[20:32]
+
+
+def test_nonces_never_repeat_under_one_key_even_from_a_weak_rng() -> None:
+    # Node 0 and node 1 share one key for both directions; both seal many messages from
+    # the same poor source. No nonce may come twice under the key, and each envelope opens.
+    rng = weak_rng(16)
+    zero, one = channel(0, rng=rng), channel(1, rng=rng)
+    zero_in, one_in = channel(0), channel(1)
+    nonces: set[bytes] = set()
+    for _ in range(2_000):
+        up, down = zero.seal(1, MESSAGE), one.seal(0, MESSAGE)
+        nonces.update((nonce_of(up), nonce_of(down)))
+        assert one_in.open(up, PEER_MESSAGES) == (0, MESSAGE)
+        assert zero_in.open(down, PEER_MESSAGES) == (1, MESSAGE)
+    assert len(nonces) == 4_000
+
+
+def test_the_two_ends_of_a_pair_never_share_a_nonce_even_with_the_same_rng_seed() -> None:
+    # Deterministic rngs seeded alike (a simulator's, say) at both ends of a shared key.
+    zero = channel(0, rng=random.Random(7).randbytes)
+    one = channel(1, rng=random.Random(7).randbytes)
+    up = {nonce_of(zero.seal(1, MESSAGE)) for _ in range(100)}
+    down = {nonce_of(one.seal(0, MESSAGE)) for _ in range(100)}
+    assert len(up) == len(down) == 100
+    assert not up & down
+
+
+def test_a_nonce_counter_wrap_draws_a_prefix_never_used_before() -> None:
+    # The rng offers the first prefix again at the wrap; the sequence must not take it.
+    offered = iter([b"\x11" * 8, b"\x11" * 8, b"\x22" * 8])
+    sequence = NonceSequence(lambda n: next(offered), start=NonceSequence.PER_PREFIX - 3)
+    nonces = [sequence.next(upward=True) for _ in range(6)]
+    assert len(set(nonces)) == 6
+    prefixes = [struct.unpack(">QI", n)[0] for n in nonces]
+    counters = [struct.unpack(">QI", n)[1] for n in nonces]
+    assert counters == [2**32 - 3, 2**32 - 2, 2**32 - 1, 0, 1, 2]
+    assert prefixes[:3] == [int.from_bytes(b"\x91" + b"\x11" * 7, "big")] * 3
+    assert prefixes[3:] == [int.from_bytes(b"\xa2" + b"\x22" * 7, "big")] * 3
+
+
+def test_a_source_that_only_repeats_itself_is_refused_rather_than_reused() -> None:
+    sequence = NonceSequence(lambda n: b"\x05" * n, start=NonceSequence.PER_PREFIX - 1)
+    sequence.next(upward=False)
+    with pytest.raises(RuntimeError, match="random source"):
+        sequence.next(upward=False)
+
+
+def test_an_envelope_with_a_random_nonce_from_an_older_node_still_opens_once() -> None:
+    # What the previous release sealed, byte for byte (docs/crypto.md): a random nonce.
+    clock = Clock()
+    shared = KEYS[0].exchange(KEYS[1].public_key())
+    key = HKDF(
+        hashes.SHA256(),
+        32,
+        salt=b"fleet",
+        info=b"backupvault/v2 peer " + bytes([0, 0, 0, 1]) + (1).to_bytes(8, "big"),
+    ).derive(shared)
+    header = struct.pack(">HHQQ", 0, 1, 1, int(clock.now * 1000))
+    nonce = os.urandom(12)
+    sealed = AESGCM(key).encrypt(
+        nonce, MESSAGE.to_bytes(), b"backupvault/v2 peer message" + b"fleet" + header
+    )
+    envelope = header + nonce + sealed
+    receiver = channel(1, clock=clock)
+    assert receiver.open(envelope, PEER_MESSAGES) == (0, MESSAGE)
+    with pytest.raises(AuthenticationFailed, match="replay"):
+        receiver.open(envelope, PEER_MESSAGES)
+    # And a counted-nonce message from a current node opens beside it, once.
+    current = channel(0, clock=clock).seal(1, MESSAGE)
+    assert receiver.open(current, PEER_MESSAGES) == (0, MESSAGE)
+    with pytest.raises(AuthenticationFailed, match="replay"):
+        receiver.open(current, PEER_MESSAGES)

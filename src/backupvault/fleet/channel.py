@@ -6,11 +6,25 @@ message opens only at its receiver, proves its sender, and is refused by the nod
 other epoch (a rotation makes every older message useless):
 
     envelope = sender (u16) || receiver (u16) || epoch (u64) || sent (u64, unix ms)
-               || nonce (12, random) || AES-256-GCM(k, nonce, msg, aad)
+               || nonce (12) || AES-256-GCM(k, nonce, msg, aad)
+    nonce    = prefix (8) || counter (u32)
     k        = HKDF-SHA256(ikm = X25519(mine, theirs), salt = fleet_id,
                            info = "backupvault/v2 peer " || u16(min id) || u16(max id)
                                   || u64(epoch))
     aad      = "backupvault/v2 peer message" || fleet_id || the 20 header bytes
+
+Both directions of a pair use the same key, for the whole epoch (which may last years),
+so nonces are not drawn at random per message: past about 2^32 messages under one key,
+96-bit random nonces exceed the 2^-32 collision bound of NIST SP 800-38D, section 8.3.
+A channel draws a random 64-bit prefix when it starts and counts messages in the last
+32 bits; when the counter wraps it draws a fresh prefix (never one it used before). The
+prefix's top bit is forced to 1 for messages to a higher node id, 0 to a lower one, so the
+two directions of a pair can never produce the same nonce, whatever the rng. A repeat
+needs two prefixes of the same sender to coincide (one drawn per process start and per
+2^32 messages): with P prefixes drawn in one epoch, at most P^2 / 2^64 (below 2^-32 while
+P < 2^16, that is up to 2^48 messages per node per epoch). The rng must differ between
+processes (os.urandom in a node). Receivers treat the nonce as opaque (the replay window
+keys on (sender, nonce)), so envelopes from nodes that still use random nonces open.
 
 A stream between two nodes opens with a hello: the same envelope around an empty message,
 with "backupvault/v2 peer hello" in place of "backupvault/v2 peer message" in its aad, so a
@@ -50,11 +64,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.codec import Message, decode_any
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.messages import SyncRequest
+from backupvault.invariants import require
 from backupvault.replay import ReplayWindow, Stale
 
 _HEADER = struct.Struct(">HHQQ")
 _PAIR = struct.Struct(">HH")
 _NONCE = 12
+_NONCE_PARTS = struct.Struct(">QI")
 _TAG = 16
 _MESSAGE = b"backupvault/v2 peer message"
 _HELLO = b"backupvault/v2 peer hello"
@@ -97,6 +113,48 @@ class PeerRateLimit:
         return True
 
 
+class NonceSequence:
+    """The nonces one channel seals with: prefix (8) || counter (u32), the prefix redrawn
+    (never to one this sequence used before) when the counter wraps, its top bit set to the
+    direction so the two ends of a pair, which share a key, never meet (module docstring)."""
+
+    #: Messages per prefix before it is redrawn.
+    PER_PREFIX = 1 << 32
+    #: How often a fresh prefix may come out as one already used before the rng is deemed
+    #: broken: a working 63-bit rng repeats with negligible probability.
+    REDRAWS = 8
+
+    def __init__(self, rng: Callable[[int], bytes], *, start: int = 0) -> None:
+        require(0 <= start < self.PER_PREFIX, "a nonce counter starts inside its 32 bits")
+        self._rng = rng
+        self._used: set[int] = set()
+        self._prefix = self._fresh_prefix()
+        self._counter = start
+
+    def _fresh_prefix(self) -> int:
+        for _ in range(self.REDRAWS):
+            drawn = self._rng(8)
+            require(len(drawn) == 8, "the channel's rng returns the bytes asked for")
+            # The top bit carries the direction; only the other 63 are drawn.
+            prefix = int.from_bytes(drawn, "big") & ~(1 << 63)
+            if prefix not in self._used:
+                self._used.add(prefix)
+                return prefix
+        raise RuntimeError(
+            "the peer channel's random source keeps repeating itself; refusing to seal"
+            " (check the node's entropy source)"
+        )
+
+    def next(self, upward: bool) -> bytes:
+        """The next nonce, for a message to a higher node id (`upward`) or a lower one."""
+        if self._counter == self.PER_PREFIX:
+            self._prefix = self._fresh_prefix()
+            self._counter = 0
+        nonce = _NONCE_PARTS.pack(self._prefix | (int(upward) << 63), self._counter)
+        self._counter += 1
+        return nonce
+
+
 class PeerChannel:
     def __init__(
         self,
@@ -114,7 +172,7 @@ class PeerChannel:
         self.node = node
         self.epoch = epoch
         self._fleet_id = fleet_id
-        self._rng = rng
+        self._nonces = NonceSequence(rng)
         self._clock = clock
         self._sync_limit = PeerRateLimit() if sync_limit is None else sync_limit
         self._windows: dict[int, ReplayWindow] = {}
@@ -150,7 +208,7 @@ class PeerChannel:
         return label + self._fleet_id + header
 
     def _seal(self, to: int, label: bytes, plaintext: bytes) -> bytes:
-        nonce = self._rng(_NONCE)
+        nonce = self._nonces.next(upward=to > self.node)
         sent = int(self._clock() * 1000)
         header = _HEADER.pack(self.node, to, self.epoch, sent)
         return header + nonce + self._keys[to].encrypt(nonce, plaintext, self._aad(label, header))
