@@ -675,3 +675,43 @@ def test_rows_not_yet_durable_are_never_dropped_from_memory() -> None:
         keeper.row(b"more %d" % i)
     store[b"first"] = NodeShare(1, b"", b"", [])  # now only the store answers
     assert keeper.row(b"first") == store[b"first"]
+
+
+def test_an_owner_reset_from_an_older_epoch_does_not_reset_the_new_epochs_copy() -> None:
+    """Owner statements name the fleet, entry, version and attempt, not the node-set epoch.
+    A rotation's migration registers the key again on the new epoch behind the same
+    password: same fleet, account, entry, version 1, and attempt numbers that start over.
+    A hostile old-epoch node holds a reset the owner signed there and the B it was for; it
+    has the new epoch's nodes accept that B at the same attempt number and replays the
+    reset to reset their counts. It must not verify: the new registration's pk_auth is
+    another key (a fresh OPRF key and envelope nonce give a fresh export_key)."""
+    old = threshold_world(limit=10)
+    old_client = ThresholdClient(old)
+    old_client.register(b"right", RK)
+    recovered = old_client.recover(b"right")
+    assert recovered is not None
+    _, owners_b = oprf.blind(b"right")
+    answer = old.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, owners_b, 20_000))
+    assert isinstance(answer, EvaluateResponse)
+    stolen = _reset_request(old_client, recovered[0], answer.attempt, owners_b)
+    # Genuine where it was signed: the old epoch's node takes it.
+    assert isinstance(old.request(0, Op.RESET, stolen), ResetResponse)
+
+    new = threshold_world(limit=10, seed=1)
+    new_client = ThresholdClient(new)
+    new_client.register(b"right", RK)  # the migration: same password, same root key
+    clock = 30_000
+    while True:  # the attacker's guesses, up to the stolen reset's attempt number
+        clock += 1
+        wanted = new.honest[0].rows[new_client.key].count + 1 == stolen.attempt
+        _, guess = oprf.blind(b"guess %d" % clock)
+        blinded = owners_b if wanted else guess
+        answer = new.request(0, Op.EVALUATE, EvaluateRequest("alice", "chat", 1, blinded, clock))
+        assert isinstance(answer, EvaluateResponse)
+        if wanted:
+            break
+    assert answer.attempt == stolen.attempt
+    spent = new.honest[0].rows[new_client.key].count
+    assert spent == stolen.attempt
+    assert _code(new.request(0, Op.RESET, stolen)) == ErrorCode.REFUSED
+    assert new.honest[0].rows[new_client.key].count == spent

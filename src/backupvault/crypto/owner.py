@@ -33,6 +33,11 @@ attempt), so a signature for another fleet, entry, version or B never verifies; 
 accepts a counter only above the last one it acted on for this (entry, version), which it
 persists before acting. A reset for attempt a thus works once; a change-password or delete
 moves the version, which retires every statement about the old one.
+
+The node-set epoch is not named: a rotation's migration registers the key afresh, so the
+new epoch's copy has another pk_auth and no statement signed for the old copy verifies
+there; a delete also hashes the old M, epoch included (docs/threshold.md, "Owner
+statements": whatever keeps pk_auth across epochs must add the epoch first).
 """
 
 from __future__ import annotations
