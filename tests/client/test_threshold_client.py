@@ -3,6 +3,7 @@ client checks, names and reports. The process tests run the same flows on real n
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -268,6 +269,34 @@ def test_a_weaker_stretching_than_the_client_allows_is_refused(fleet: FakeFleet)
     with pytest.raises(VaultError, match="weaker password stretching"):
         vault.recover("pw", ksf_floor=stronger)
     assert fleet.evaluations == evaluations  # refused before anything was evaluated
+
+
+@pytest.mark.parametrize(
+    ("weaker", "what"),
+    [
+        # As much memory in all, but in 32 lanes of 8 KiB: each core of a guessing rig
+        # needs 1/32 of the memory the floor asks one lane to hold.
+        ({"parallelism": 32}, "per lane"),
+        ({"output_len": 16}, "output"),
+        ({"iterations": 1, "memory_kib": FAST_KSF.memory_kib // 2}, "memory"),
+    ],
+)
+def test_stretching_weaker_in_any_field_than_the_floor_is_refused_before_a_guess(
+    fleet: FakeFleet, weaker: dict[str, int], what: str
+) -> None:
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=dataclasses.replace(FAST_KSF, **weaker))
+    evaluations = fleet.evaluations
+    with pytest.raises(VaultError, match=f"weaker password stretching.*{what}"):
+        vault.recover("pw", ksf_floor=FAST_KSF)
+    assert fleet.evaluations == evaluations
+
+
+def test_more_lanes_with_the_memory_to_match_meet_the_floor(fleet: FakeFleet) -> None:
+    vault = fleet.vault()
+    wider = dataclasses.replace(FAST_KSF, parallelism=4, memory_kib=FAST_KSF.memory_kib * 4)
+    vault.register("pw", RK, ksf=wider)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
 
 
 def test_a_node_that_missed_a_delivery_gets_it_on_the_resend(fleet: FakeFleet) -> None:

@@ -92,6 +92,9 @@ def test_every_parameter_changes_the_output() -> None:
         {"salt": bytes(65)},
         {"output_len": 15},
         {"output_len": 1025},
+        # Each bound alone allows it; together an hour of a client's CPU.
+        {"memory_kib": Argon2idParams.MAX_MEMORY_KIB, "iterations": Argon2idParams.MAX_ITERATIONS},
+        {"memory_kib": 64 * 1024 * 1024 // 1000 + 1024, "iterations": 1000},
     ],
 )
 def test_out_of_bounds_parameters_rejected(changes: dict[str, object]) -> None:
@@ -158,6 +161,7 @@ def test_from_bytes_fuzz_only_invalid_input(data: bytes) -> None:
 def test_encoding_round_trip(
     memory: int, iterations: int, parallelism: int, salt: bytes, output_len: int
 ) -> None:
+    iterations = min(iterations, Argon2idParams.MAX_WORK_KIB // memory)
     params = Argon2idParams(memory, iterations, parallelism, salt, output_len)
     assert Argon2idParams.from_bytes(params.to_bytes()) == params
     assert len(params.to_bytes()) == 15 + len(salt)

@@ -1005,11 +1005,15 @@ class ThresholdVault:
                 hint="no guess was used: nothing was sent for evaluation; try again when"
                 " the named nodes are back",
             )
-        if (
-            manifest.ksf.memory_kib < ksf_floor.memory_kib
-            or manifest.ksf.iterations < ksf_floor.iterations
-        ):
-            raise VaultError("the vault's entry asks for weaker password stretching than allowed")
+        weaker = manifest.ksf.weaker_than(ksf_floor)
+        if weaker is not None:
+            # Before a guess is spent: the stretch is what an offline guesser pays.
+            raise VaultError(
+                f"the vault's entry asks for weaker password stretching than this client"
+                f" allows ({weaker}); no guess was used",
+                hint="if this entry was registered with other stretching settings, recover it"
+                " with those; otherwise do not use it and register the key again",
+            )
         secret = password_bytes(password)
         blind, blinded = oprf.blind(secret)
         request = EvaluateRequest(

@@ -67,6 +67,10 @@ class Argon2idParams:
     # cannot make a client allocate more than 4 GiB or spin for hours.
     MAX_MEMORY_KIB: ClassVar[int] = 4 * 1024 * 1024
     MAX_ITERATIONS: ClassVar[int] = 1000
+    #: memory_kib * iterations: 64 GiB of passes, about a minute of one core (each bound
+    #: alone would let 4 GiB x 1000 passes, about an hour). RFC 9106's first recommended
+    #: option (2 GiB, t = 1) is 1/32 of it.
+    MAX_WORK_KIB: ClassVar[int] = 64 * 1024 * 1024
     MAX_PARALLELISM: ClassVar[int] = 64
     MIN_SALT_LEN: ClassVar[int] = 8  # RFC 9106 §3.1; argon2 refuses shorter salts
     MAX_SALT_LEN: ClassVar[int] = 64
@@ -89,6 +93,11 @@ class Argon2idParams:
             )
         if not 1 <= self.iterations <= self.MAX_ITERATIONS:
             raise InvalidInput(f"Argon2id iterations must be 1..{self.MAX_ITERATIONS}")
+        if self.memory_kib * self.iterations > self.MAX_WORK_KIB:
+            raise InvalidInput(
+                f"Argon2id memory x iterations must be at most {self.MAX_WORK_KIB} KiB"
+                f" (about a minute of work), got {self.memory_kib} KiB x {self.iterations}"
+            )
         if not self.MIN_SALT_LEN <= len(self.salt) <= self.MAX_SALT_LEN:
             raise InvalidInput(
                 f"Argon2id salt must be {self.MIN_SALT_LEN}..{self.MAX_SALT_LEN} bytes"
@@ -97,6 +106,26 @@ class Argon2idParams:
             raise InvalidInput(
                 f"Argon2id output length must be {self.MIN_OUTPUT_LEN}..{self.MAX_OUTPUT_LEN}"
             )
+
+    def weaker_than(self, floor: Argon2idParams) -> str | None:
+        """What makes these parameters cheaper than `floor` for someone testing passwords,
+        or None if no field is. Every cost field is held to the floor: memory and
+        iterations; memory per lane, since more lanes of less memory each let a guessing
+        rig spread one guess over more, smaller cores (total memory alone is no floor:
+        64 lanes of 1 MiB pass a 64 MiB check); and the output length. The salt costs a
+        guesser nothing either way here (the input is already unique per entry)."""
+        if self.memory_kib < floor.memory_kib:
+            return f"{self.memory_kib} KiB of memory, at least {floor.memory_kib} KiB needed"
+        if self.iterations < floor.iterations:
+            return f"{self.iterations} iterations, at least {floor.iterations} needed"
+        if self.memory_kib * floor.parallelism < floor.memory_kib * self.parallelism:
+            return (
+                f"{self.parallelism} lanes of {self.memory_kib // self.parallelism} KiB, at"
+                f" least {floor.memory_kib // floor.parallelism} KiB per lane needed"
+            )
+        if self.output_len < floor.output_len:
+            return f"{self.output_len}-byte output, at least {floor.output_len} needed"
+        return None
 
     def to_bytes(self) -> bytes:
         header = _HEADER.pack(
