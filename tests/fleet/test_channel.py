@@ -334,3 +334,11 @@ def test_an_envelope_with_a_random_nonce_from_an_older_node_still_opens_once() -
     assert receiver.open(current, PEER_MESSAGES) == (0, MESSAGE)
     with pytest.raises(AuthenticationFailed, match="replay"):
         receiver.open(current, PEER_MESSAGES)
+
+
+@pytest.mark.parametrize("bad", [bytes(32), (1).to_bytes(32, "little")])
+def test_a_small_order_peer_identity_key_is_refused_with_our_error(bad: bytes) -> None:
+    # X25519 with a small-order point gives an all-zero secret, which OpenSSL refuses with
+    # a bare ValueError: the node would stop on a traceback naming no node.
+    with pytest.raises(InvalidInput, match="node 2's identity key"):
+        PeerChannel(0, KEYS[0].private_bytes_raw(), {**PUBLIC, 2: bad}, b"fleet", os.urandom)

@@ -183,7 +183,13 @@ class PeerChannel:
                 continue
             if len(public) != 32:
                 raise InvalidInput(f"node {peer}'s identity key is not 32 bytes")
-            shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+            try:
+                shared = private.exchange(X25519PublicKey.from_public_bytes(public))
+            except ValueError:  # a small-order point: the shared secret would be zero
+                raise InvalidInput(
+                    f"node {peer}'s identity key is not a usable X25519 public key (a"
+                    " small-order point); check the fleet file's identity_public_key"
+                ) from None
             low, high = sorted((node, peer))
             key = HKDF(
                 hashes.SHA256(),
