@@ -40,6 +40,10 @@ from backupvault.errors import BackupVaultError
 #: server is.
 ANSWER_SECONDS = 60.0
 
+#: What a server answers when it, or a proxy in front of it, is down or restarting: an
+#: outage, like no answer at all, never a refusal to trust what it serves.
+SERVER_DOWN = frozenset({502, 503, 504})
+
 #: When the answer `read_answer` is reading in this thread must be complete
 #: (time.monotonic()), or None outside it. A context variable, not an argument: httpx's
 #: sync client reads the socket in the caller's thread, through layers that pass only

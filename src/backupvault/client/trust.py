@@ -81,7 +81,7 @@ from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.crypto import ksf
 from backupvault.errors import InvalidInput
 from backupvault.files import MAX_STATE_BYTES, locked, read_at_most, replace_file
-from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
+from backupvault.http_answers import SERVER_DOWN, AnswerRefused, read_answer, untrusted_client
 from backupvault.protocol import EntryStatus
 from backupvault.transparency import (
     Checkpoint,
@@ -101,8 +101,6 @@ from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
 STATE_VERSION = 1
 _Kept = TypeVar("_Kept")
-#: What a relay behind a proxy that is down (or restarting) answers: like no answer at all.
-RELAY_DOWN = frozenset({502, 503, 504})
 
 
 def load_operator_key(value: str, base: Path) -> bytes:
@@ -547,7 +545,7 @@ class OtaTrust:
                 ) from None
             except AnswerRefused as err:
                 raise FleetNotTrusted(err.message, hint=err.hint) from None
-            if answer.status_code in RELAY_DOWN or answer.status_code == 429:
+            if answer.status_code in SERVER_DOWN or answer.status_code == 429:
                 raise FleetUnavailable(
                     f"no consistency proof from {source} for now ({answer.status_code})",
                     hint="the witness is busy or down; try again later; nothing was trusted",
@@ -576,7 +574,7 @@ class OtaTrust:
                 raise FleetNotTrusted.because(Malformed(err.message, hint=err.hint)) from None
             raise FleetNotTrusted(err.message, hint=err.hint) from None
         refusal = f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})"
-        if answer.status_code in RELAY_DOWN:  # an outage (exit 5), not a refusal to trust
+        if answer.status_code in SERVER_DOWN:  # an outage (exit 5), not a refusal to trust
             raise FleetUnavailable(
                 refusal, hint="the relay (or a proxy in front of it) is down; try again later"
             )

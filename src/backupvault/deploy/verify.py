@@ -38,7 +38,7 @@ from backupvault.client.trust import pin_conflict, pinned_fleet
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import MAX_STATE_BYTES, locked, read_at_most, replace_file
-from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
+from backupvault.http_answers import SERVER_DOWN, AnswerRefused, read_answer, untrusted_client
 from backupvault.transparency import (
     Checkpoint,
     FleetBundle,
@@ -89,14 +89,10 @@ class LogCheckFailed(BackupVaultError):
     exit_code = 7
 
 
-#: What a server behind a proxy that is down answers; like no answer at all.
-_UNAVAILABLE = frozenset({502, 503, 504})
-
-
 def unreachable(err: httpx.HTTPError) -> bool:
     """The server did not answer (an outage), as opposed to answering something wrong."""
     if isinstance(err, httpx.HTTPStatusError):
-        return err.response.status_code in _UNAVAILABLE
+        return err.response.status_code in SERVER_DOWN
     return isinstance(err, httpx.TransportError)
 
 
