@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import single_blob
 import zstandard
+from backup_trees import SMALL_CHUNK, make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from single_blob import create_backup
@@ -19,7 +20,6 @@ from backupvault.backup.archive import ArchiveStats
 from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
 from backupvault.crypto.stream import TAG_LEN
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
-from conftest import SMALL_CHUNK, make_tree, snapshot
 
 CT = SMALL_CHUNK + TAG_LEN
 

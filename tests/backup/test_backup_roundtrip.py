@@ -7,6 +7,7 @@ import stat
 from pathlib import Path
 
 import pytest
+from backup_trees import SMALL_CHUNK, RecordingProgress, make_tree, snapshot
 from single_blob import create_backup
 
 from backupvault.backup import (
@@ -20,7 +21,6 @@ from backupvault.backup import (
 from backupvault.backup.errors import StorageError
 from backupvault.backup.storage import Storage, StoredBackup
 from backupvault.errors import InvalidInput, UsageError
-from conftest import SMALL_CHUNK, RecordingProgress, make_tree, snapshot
 
 
 def test_folder_round_trip_keeps_everything(tmp_path: Path, root_key: bytes) -> None:

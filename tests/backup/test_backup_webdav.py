@@ -8,6 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from backup_trees import SMALL_CHUNK, make_tree, snapshot
 from cheroot import wsgi
 from single_blob import create_backup
 from wsgidav.wsgidav_app import WsgiDAVApp
@@ -20,7 +21,6 @@ from backupvault.backup import (
     restore_backup,
 )
 from backupvault.errors import AuthenticationFailed
-from conftest import SMALL_CHUNK, make_tree, snapshot
 
 USER = "alice"
 PASSWORD = "p@ss:w/rd"  # characters that need percent-encoding in a URL

@@ -9,13 +9,13 @@ import dataclasses
 import os
 
 import pytest
+from inprocess_fleet import FAST_KSF, InProcessFleet
 
 from backupvault.client.errors import WrongPassword
 from backupvault.fleet.messages import Prepare, Promise, payload_of
 from backupvault.fleet.replica import MAX_ROUND_STEP, Committed, Persist
 from backupvault.hsm.state import SINGLE_SEED_ENTRY_TAG, EntryId, ThresholdState
 from backupvault.protocol import EntryStatus
-from conftest import FAST_KSF, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()

@@ -11,6 +11,7 @@ import struct
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
+from inprocess_fleet import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request, seal_request
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
@@ -31,7 +32,6 @@ from backupvault.tokens import (
     mint_token,
     sign_request_proof,
 )
-from conftest import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 #: A node's serialized public key, for the tests of the proof alone.

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 
+from inprocess_fleet import FAST_KSF, FLEET_ID, InProcessFleet
+
 from backupvault.client.pending import Pending, PendingStore
 from backupvault.client.threshold import ThresholdVault
 from backupvault.crypto import threshold
@@ -26,7 +28,6 @@ from backupvault.protocol import (
     Op,
     ShareAck,
 )
-from conftest import FAST_KSF, FLEET_ID, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 ENTRY = "backup-root-key"

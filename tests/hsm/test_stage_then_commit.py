@@ -5,6 +5,7 @@ nodes can leave an entry live with fewer than t holders ("Attack review", findin
 from __future__ import annotations
 
 import pytest
+from inprocess_fleet import FAST_KSF, InProcessFleet
 
 from backupvault.client.errors import FleetUnavailable, WrongPassword
 from backupvault.client.threshold import ThresholdRecovery
@@ -25,7 +26,6 @@ from backupvault.protocol import (
 )
 from backupvault.sim.clients import SIM_KSF
 from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, threshold_world
-from conftest import FAST_KSF, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()

@@ -1,16 +1,16 @@
-"""The threshold flows through the real SDK, firmware and replicas (tests/hsm/conftest.py):
+"""The threshold flows through the real SDK, firmware and replicas (tests/hsm/inprocess_fleet.py):
 crashes, a wiped node and a move to a newer fleet epoch (the flows' rules are tested in
 test_threshold_node.py, the client in tests/client)."""
 
 from __future__ import annotations
 
 import pytest
+from inprocess_fleet import FAST_KSF, InProcessFleet
 
 from backupvault.client.errors import FleetUnavailable, NotRegistered, WrongPassword
 from backupvault.client.trust import FleetSession
 from backupvault.hsm.state import EntryId
 from backupvault.protocol import EntryStatus
-from conftest import FAST_KSF, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()

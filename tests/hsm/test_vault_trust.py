@@ -10,6 +10,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from inprocess_fleet import FAST_KSF, FLEET_ID, InProcessFleet
 
 from backupvault.client.errors import FleetUnavailable, NotRegistered, Unauthorized, WrongPassword
 from backupvault.errors import AuthenticationFailed
@@ -17,7 +18,6 @@ from backupvault.fanout import FanoutAnswers, FanoutReply
 from backupvault.hsm.state import EntryId
 from backupvault.protocol import EntryStatus, Op, SealedCopies
 from backupvault.tokens import fleet_audience, mint_token
-from conftest import FAST_KSF, FLEET_ID, InProcessFleet
 
 ROOT_KEY = bytes(range(32))
 KEY = EntryId("alice", "backup-root-key").to_bytes()

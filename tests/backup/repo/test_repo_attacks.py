@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_trees import snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
@@ -34,7 +35,6 @@ from backupvault.backup.repo.repository import RepositoryLocked
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
-from conftest import snapshot
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 

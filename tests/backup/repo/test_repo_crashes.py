@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_trees import flip_chunk_byte, pack_files, snapshot
 
 from backupvault.backup.repo import (
     RepositoryLocked,
@@ -30,7 +31,6 @@ from backupvault.backup.repo.backend import Backend, Filled
 from backupvault.backup.repo.maintenance import Policy
 from backupvault.backup.repo.repository import PackWriter, Repository
 from backupvault.backup.storage import Storage
-from conftest import flip_chunk_byte, pack_files, snapshot
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_trees import snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, repository, restore_snapshot
@@ -20,7 +21,6 @@ from backupvault.backup.repo.keys import new_config
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError, WrongKey
-from conftest import snapshot
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from backup_trees import snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
@@ -28,7 +29,6 @@ from backupvault.backup.repo.maintenance import Policy
 from backupvault.backup.repo.repository import SHARED, PackWriter, Repository
 from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError
-from conftest import snapshot
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 LATER = 31 * 60  # past the lock expiry

@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from backup_trees import RecordingProgress
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
@@ -21,7 +22,6 @@ from backupvault.backup.repo import (
 from backupvault.backup.repo.maintenance import Policy, SnapshotSummary, apply_policy
 from backupvault.backup.repo.repository import EXCLUSIVE, SHARED
 from backupvault.errors import UsageError
-from conftest import RecordingProgress
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 

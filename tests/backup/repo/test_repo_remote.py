@@ -11,6 +11,7 @@ from typing import Any
 
 import boto3
 import pytest
+from backup_trees import make_tree, snapshot
 from moto.server import ThreadedMotoServer
 from test_backup_webdav import webdav, with_userinfo  # noqa: F401 - the WsgiDAV fixture
 
@@ -19,7 +20,6 @@ from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.maintenance import Policy
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
-from conftest import make_tree, snapshot
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
 BUCKET = "backups"

@@ -10,6 +10,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from backup_trees import RecordingProgress, flip_chunk_byte, pack_files, snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
@@ -17,7 +18,6 @@ from backupvault.backup.repo.index import PackEntry
 from backupvault.backup.repo.maintenance import RepairResult
 from backupvault.backup.repo.repository import Repository
 from backupvault.errors import UsageError
-from conftest import RecordingProgress, flip_chunk_byte, pack_files, snapshot
 
 
 def _open(repo: Path, root_key: bytes) -> Repository:

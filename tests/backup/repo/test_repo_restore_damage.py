@@ -9,6 +9,7 @@ import os
 from pathlib import Path
 
 import pytest
+from backup_trees import SMALL_PACKS, flip_chunk_byte, pack_files
 
 from backupvault.backup.repo import (
     Repository,
@@ -20,7 +21,6 @@ from backupvault.backup.repo import (
 from backupvault.backup.repo.damage import files_using, listed
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
-from conftest import SMALL_PACKS, flip_chunk_byte, pack_files
 
 
 def _users(repo: Path, root_key: bytes, chunk_ids: set[bytes]) -> list[str]:

@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from backup_trees import make_tree, snapshot
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -22,7 +23,6 @@ from backupvault.backup.repo import snapshots as snapshots_module
 from backupvault.backup.repo.create import _read_small, excluded
 from backupvault.backup.storage import Storage
 from backupvault.errors import InvalidInput, WrongKey
-from conftest import make_tree, snapshot
 
 # Small chunks and packs, so little data makes many of both.
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
