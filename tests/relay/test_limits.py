@@ -18,8 +18,8 @@ from starlette.testclient import TestClient
 
 from backupvault import serving
 from backupvault.protocol import SealedCopies
+from backupvault.ratelimit import client_address_key
 from backupvault.relay import RateLimiter, create_app
-from backupvault.relay.app import client_address_key
 
 from .conftest import LiveServer, StubNode, make_config
 

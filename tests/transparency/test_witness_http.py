@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
 import socket
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -24,7 +26,11 @@ from backupvault.transparency import merkle
 from backupvault.transparency.bundle import FleetBundle, WitnessReceipt, verify_bundle
 from backupvault.transparency.note import Verifier, open_checkpoint
 from backupvault.transparency.record import OperatorSignedRecord, sign_record
-from backupvault.transparency.witness_http import create_app
+from backupvault.transparency.witness_http import (
+    WITNESS_BURST,
+    WITNESS_RATE_PER_MINUTE,
+    create_app,
+)
 
 from .conftest import FLEET_ID, WITNESS_NAME, WitnessFactory, make_record
 
@@ -252,3 +258,47 @@ def test_a_body_that_never_ends_is_cut_off(
     app = create_app(make_witness())
     status, body = post_stalled_body(app, "/v1/submit", {}, b"\x52", 100)
     assert status == 408 and b"slow_body" in body
+
+
+def _from(app: Any, host: str) -> TestClient:
+    return TestClient(app, raise_server_exceptions=False, client=(host, 4711))
+
+
+def test_one_address_gets_a_bucket_then_429_with_retry_after(
+    make_witness: WitnessFactory,
+) -> None:
+    """Attack: anyone may ask the witness, and a head is signed per request: one address
+    asking without pause kept it signing and hashing without bound. Each address now has
+    a bucket; beyond it, 429 with a reason and when to come back, before any work."""
+    now = [0.0]
+    app = create_app(make_witness(), clock=lambda: now[0])
+    flooder, other = _from(app, "192.0.2.7"), _from(app, "198.51.100.1")
+    answers = [flooder.get("/v1/checkpoint") for _ in range(WITNESS_BURST)]
+    assert [a.status_code for a in answers] == [200] * WITNESS_BURST
+    refused = flooder.get("/v1/consistency", params={"old": 0, "new": 0})
+    assert refused.status_code == 429
+    assert refused.json()["error"] == "rate_limited"
+    assert "address" in refused.json()["detail"]
+    assert int(refused.headers["retry-after"]) >= 1
+    assert flooder.post("/v1/submit", content=b"\x52").status_code == 429
+    # Another address (a v6 host's other addresses are the same /64's bucket) is not held up.
+    assert other.get("/v1/checkpoint").status_code == 200
+    assert _from(app, "2001:db8::1").get("/v1/witness").status_code == 200
+    # The bucket refills at its rate.
+    now[0] += 60 / WITNESS_RATE_PER_MINUTE
+    assert flooder.get("/v1/checkpoint").status_code == 200
+    assert flooder.get("/v1/checkpoint").status_code == 429
+
+
+def test_a_relay_named_in_the_config_is_not_limited_per_address(
+    make_witness: WitnessFactory,
+) -> None:
+    """The relay passes on its clients' consistency requests (bucketed per client there):
+    limited here as one address, every client behind it would be refused together."""
+    app = create_app(make_witness(), unlimited=(ipaddress.ip_network("10.0.0.0/24"),))
+    relay, stranger = _from(app, "10.0.0.5"), _from(app, "10.0.1.5")
+    for _ in range(WITNESS_BURST * 2):
+        assert relay.get("/v1/checkpoint").status_code == 200
+    for _ in range(WITNESS_BURST):
+        assert stranger.get("/v1/checkpoint").status_code == 200
+    assert stranger.get("/v1/checkpoint").status_code == 429

@@ -308,6 +308,8 @@ class LocalDeployment:
                 "key_file": "witness.key",
                 "database": "witness.sqlite",
                 "pin_first_seen": False,
+                # The local relay passes on its clients' requests from this address.
+                "unlimited_addresses": [HOST],
                 "fleets": [{"fleet_id": fleet_id.hex(), "operator_key": "../operator.pub"}],
             },
         )

@@ -7,9 +7,9 @@ never imports the node, `hsm` or any node secret. See docs/relay.md.
 
 from __future__ import annotations
 
+from backupvault.ratelimit import RateLimiter
 from backupvault.relay.app import create_app, serve
 from backupvault.relay.config import RelayConfig, config_from_mapping, load_config
-from backupvault.relay.ratelimit import RateLimiter
 from backupvault.tokens import (
     TokenRejected,
     TokenVerifier,

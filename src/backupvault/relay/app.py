@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import json
 import logging
 import time
@@ -34,11 +33,11 @@ from backupvault.protocol import (
     SealedCopies,
     is_valid_name,
 )
+from backupvault.ratelimit import RateLimiter, client_address_key, retry_after_header
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder, node_session, read_capped
 from backupvault.relay.openapi import build_openapi
-from backupvault.relay.ratelimit import RateLimiter, retry_after_header
 from backupvault.serving import content_length_over, read_body, slow_body_response
 from backupvault.tokens import TokenRejected, TokenVerifier
 
@@ -189,21 +188,6 @@ class RelayState:
         except (ValueError, RecursionError):  # RecursionError: nested too deeply
             return True
         return not (isinstance(body, dict) and body.get("ready") is False)
-
-
-def client_address_key(request: Request) -> str:
-    """The bucket key of the client's address: an IPv4 address, or an IPv6 /64 (one host
-    is commonly given a whole /64, so its addresses are one client)."""
-    host = request.client.host if request.client is not None else ""
-    try:
-        address = ipaddress.ip_address(host)
-    except ValueError:
-        return host  # not an IP (a Unix socket): one bucket for all of them
-    if isinstance(address, ipaddress.IPv6Address):
-        if address.ipv4_mapped is not None:
-            return str(address.ipv4_mapped)
-        return str(ipaddress.IPv6Network((address, 64), strict=False))
-    return str(address)
 
 
 def _info(request: Request) -> dict[str, Any]:

@@ -22,6 +22,7 @@ Policy, in order:
 
 from __future__ import annotations
 
+import ipaddress
 import threading
 import tomllib
 from collections.abc import Mapping
@@ -245,7 +246,7 @@ def _operator_key(value: Any, base: Path) -> bytes:
 #: What witness.toml holds (`listen` is read by `witness serve`).
 _WITNESS_FIELDS: Fields = {
     **dict.fromkeys(["name", "listen", "key_file", "database", "head_file"]),
-    **dict.fromkeys(["pin_first_seen", "allowed_measurements"]),
+    **dict.fromkeys(["pin_first_seen", "allowed_measurements", "unlimited_addresses"]),
     "fleets": frozenset({"fleet_id", "operator_key"}),
 }
 _WITNESS_GUIDE = 'docs/transparency.md ("Configuration and serving") lists every field'
@@ -262,6 +263,7 @@ class WitnessConfig:
                                              # database's backups (witness_store.py)
     pin_first_seen = false
     allowed_measurements = ["<hex>", …]      # optional
+    unlimited_addresses = ["10.0.0.5", …]    # optional: relays, not limited per address
     [[fleets]]
     fleet_id = "<hex>"
     operator_key = "<64 hex chars, or a PEM public key file>"
@@ -272,6 +274,9 @@ class WitnessConfig:
     database: Path
     policy: WitnessPolicy = field(default_factory=WitnessPolicy)
     head_file: Path | None = None
+    #: Networks whose requests the HTTP face does not limit per address (the relays: they
+    #: pass on many clients' requests and limit each client themselves).
+    unlimited_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> WitnessConfig:
@@ -293,6 +298,9 @@ class WitnessConfig:
             measurements = (
                 None if allowed is None else frozenset(bytes.fromhex(str(m)) for m in allowed)
             )
+            unlimited = data.get("unlimited_addresses", [])
+            if not isinstance(unlimited, list):
+                raise InvalidInput("unlimited_addresses is a list of addresses or networks")
             pin = data.get("pin_first_seen", False)
             if not isinstance(pin, bool):
                 raise InvalidInput("pin_first_seen is true or false")
@@ -302,6 +310,9 @@ class WitnessConfig:
                 database=base / str(data.get("database", "witness.sqlite")),
                 policy=WitnessPolicy(operators, pin, measurements),
                 head_file=None if "head_file" not in data else base / str(data["head_file"]),
+                unlimited_addresses=tuple(
+                    ipaddress.ip_network(str(a), strict=False) for a in unlimited
+                ),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"witness config {path} is incomplete or invalid: {err}") from None

@@ -13,25 +13,30 @@
 
 Errors are JSON `{"error": code, "detail": message}`: 400 malformed input, 403 a record the
 policy refuses, 408 a body not sent within 10 s, 409 a stale epoch, 413 a body over 1 MiB,
-404/405 for unknown routes.
+404/405 for unknown routes, 429 `rate_limited` (with Retry-After) for an address past its
+bucket.
 """
 
 from __future__ import annotations
 
 import base64
+import ipaddress
 import logging
 import re
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Collection, Mapping
 
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from backupvault.errors import InvalidInput
+from backupvault.ratelimit import RateLimiter, client_address_key, retry_after_header
 from backupvault.serving import (
     ServerLimits,
     content_length_over,
@@ -48,6 +53,17 @@ MAX_BODY = 1 << 20
 _UINT = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
+#: Requests per client address (an IPv6 client: its /64), any route: a burst, then a
+#: steady rate. An honest client or auditor asks a few times per run (a checkpoint, a
+#: proof, a head); without a bucket one address kept the witness signing heads and
+#: hashing proofs without bound. Relays named in `unlimited_addresses` are not counted
+#: here: they pass on many clients' requests and limit each client themselves.
+WITNESS_BURST = 30
+WITNESS_RATE_PER_MINUTE = 60.0
+#: Addresses whose bucket is kept; beyond, the oldest is forgotten (memory stays bounded).
+WITNESS_ADDRESSES = 50_000
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
@@ -100,7 +116,51 @@ async def _body(request: Request) -> bytes | None:
     return await read_body(request, MAX_BODY)  # TimeoutError: the caller answers 408
 
 
-def create_app(witness: Witness) -> Starlette:
+class _PerAddressLimit:
+    """Outermost layer: an address past its bucket is answered 429 before any route runs
+    (a request to an unknown path costs the bucket too)."""
+
+    def __init__(self, app: ASGIApp, limiter: RateLimiter, unlimited: Collection[Network]) -> None:
+        self.app = app
+        self.limiter = limiter
+        self.unlimited = tuple(unlimited)
+
+    def _exempt(self, scope: Scope) -> bool:
+        client = scope.get("client")
+        try:
+            address = ipaddress.ip_address(client[0] if client else "")
+        except ValueError:
+            return False
+        if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+            address = address.ipv4_mapped
+        return any(address in network for network in self.unlimited)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and not self._exempt(scope):
+            wait = self.limiter.acquire(client_address_key(Request(scope)))
+            if wait is not None:
+                refused = JSONResponse(
+                    {
+                        "error": "rate_limited",
+                        "detail": "too many requests from this address; wait and try again",
+                    },
+                    status_code=429,
+                    headers={"Retry-After": retry_after_header(wait)},
+                )
+                await refused(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+def create_app(
+    witness: Witness,
+    *,
+    clock: Callable[[], float] = time.monotonic,
+    unlimited: Collection[Network] = (),
+) -> Starlette:
+    """The witness app. `clock` drives the per-address buckets; `unlimited`: networks
+    (the relays') whose requests are not limited per address."""
+
     async def submit(request: Request) -> Response:
         try:
             body = await _body(request)
@@ -171,6 +231,9 @@ def create_app(witness: Witness) -> Starlette:
         assert isinstance(exc, HTTPException)
         return _error(exc.status_code, "http_error", str(exc.detail))
 
+    limiter = RateLimiter(
+        WITNESS_RATE_PER_MINUTE / 60, WITNESS_BURST, clock=clock, max_accounts=WITNESS_ADDRESSES
+    )
     return Starlette(
         routes=[
             Route("/v1/submit", submit, methods=["POST"]),
@@ -181,6 +244,7 @@ def create_app(witness: Witness) -> Starlette:
             Route("/v1/head", head, methods=["GET"]),
             Route("/v1/witness", about, methods=["GET"]),
         ],
+        middleware=[Middleware(_PerAddressLimit, limiter=limiter, unlimited=unlimited)],
         exception_handlers={HTTPException: http_error},
     )
 
@@ -190,7 +254,11 @@ def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> N
     witness = config.open()
     try:
         run_until_stopped(
-            create_app(witness), ServerLimits(), host=host, port=port, log_config=None
+            create_app(witness, unlimited=config.unlimited_addresses),
+            ServerLimits(),
+            host=host,
+            port=port,
+            log_config=None,
         )
     finally:
         witness.store.close()

@@ -1,12 +1,15 @@
 """Token buckets per key (an account, or a client's address), in memory, with an
-injectable clock."""
+injectable clock: the relay's and the witness's."""
 
 from __future__ import annotations
 
+import ipaddress
 import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from starlette.requests import HTTPConnection
 
 
 @dataclass
@@ -78,3 +81,18 @@ class RateLimiter:
 def retry_after_header(seconds: float) -> str:
     """Whole seconds for a Retry-After header, rounded up, at least 1."""
     return str(max(1, math.ceil(seconds)))
+
+
+def client_address_key(connection: HTTPConnection) -> str:
+    """The bucket key of the client's address: an IPv4 address, or an IPv6 /64 (one host
+    is commonly given a whole /64, so its addresses are one client)."""
+    host = connection.client.host if connection.client is not None else ""
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host  # not an IP (a Unix socket): one bucket for all of them
+    if isinstance(address, ipaddress.IPv6Address):
+        if address.ipv4_mapped is not None:
+            return str(address.ipv4_mapped)
+        return str(ipaddress.IPv6Network((address, 64), strict=False))
+    return str(address)
