@@ -367,6 +367,35 @@ def test_a_store_is_intact_only_if_the_token_has_not_counted_more_writes(
     assert sealer.recorded == store.counter >= (recorded or 0)  # the two agree again
 
 
+@pytest.mark.parametrize(
+    ("writes", "recorded", "start"),
+    [
+        (0, None, "first_start"),  # a new node: an empty store, no counter yet
+        (3, 3, "intact"),
+        (3, 2, "intact"),  # its last write landed, the token's not
+        (3, 4, "rollback_detected"),
+        (0, 5, "rollback_detected"),  # wiped
+        (3, None, "uncounted_history"),  # a history the token never counted
+    ],
+)
+def test_the_start_says_first_start_intact_or_rollback_for_operators(
+    tmp_path: Path, writes: int, recorded: int | None, start: str
+) -> None:
+    """Metrics said `intact_start: false` on a node's very first start, as after a
+    rollback: an operator could not tell a new node from a rolled-back disk."""
+    from backupvault.node.main import store_start
+
+    store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+    for i in range(writes):
+        store.save([AcceptorRecord(b"a", i + 1, 0)])
+    assert store_start(store, FakeSealer(recorded)) == start  # type: ignore[arg-type]
+    store.close()
+    if start == "first_start":  # stopped before it caught up: that is not a first start
+        store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
+        again = store_start(store, FakeSealer(store.counter))  # type: ignore[arg-type]
+        assert again == "catch_up_unfinished"
+
+
 def test_a_node_stopped_during_its_catch_up_catches_up_again_at_its_next_start(
     tmp_path: Path,
 ) -> None:

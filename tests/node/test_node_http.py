@@ -27,7 +27,7 @@ from backupvault.hop import HopVerifier, metrics_headers, sign_headers
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
 from backupvault.node.http import MAX_BODY, create_app
-from backupvault.node.service import NodeService
+from backupvault.node.service import NodeService, StoreStart
 from backupvault.node.store import NodeStore
 from backupvault.protocol import (
     REMOVED_OPERATIONS,
@@ -57,7 +57,7 @@ def node(tmp_path: Path) -> Iterator[TestClient]:
         yield client
 
 
-def _app(tmp_path: Path, started: float = 0.0) -> Any:
+def _app(tmp_path: Path, started: float = 0.0, store_start: StoreStart | None = None) -> Any:
     """Node 0's app; `started`: when its process started (HopVerifier.not_before)."""
     identity = X25519PrivateKey.generate()
     service = NodeService(
@@ -72,6 +72,7 @@ def _app(tmp_path: Path, started: float = 0.0) -> Any:
         ),
         PeerChannel(0, identity.private_bytes_raw(), {0: b"\0" * 32}, FLEET_ID, os.urandom),
         NodeStore(tmp_path / "store.sqlite", 0, os.urandom(32)),
+        store_start=store_start,
     )
     hop = HopVerifier(0, [RELAY_KEY.public_key().public_bytes_raw()], not_before=started)
     return create_app(service, hop)
@@ -456,7 +457,27 @@ def test_metrics_answer_a_relay_key_only(node: TestClient) -> None:
     assert answer.status_code == 200
     data = answer.json()
     assert data["node"] == 0 and "evaluations" in data
-    assert set(data["health"]) == {"ready", "intact_start", "stopped"}
+    assert set(data["health"]) == {"ready", "intact_start", "store_start", "stopped"}
     assert node.get("/v1/metrics", headers=signed).status_code == 401  # a replay
     as_client = post(node, "metrics", b"", {**HEADERS, **metrics_headers(RELAY_KEY, 0)})
     assert as_client.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("start", "intact"),
+    [
+        (StoreStart.FIRST_START, True),
+        (StoreStart.INTACT, True),
+        (StoreStart.ROLLBACK_DETECTED, False),
+        (StoreStart.CATCH_UP_UNFINISHED, False),
+    ],
+)
+def test_metrics_tell_a_first_start_from_an_intact_one_and_from_a_rollback(
+    tmp_path: Path, start: StoreStart, intact: bool
+) -> None:
+    """A new node's empty store lost nothing: `intact_start` said false, as for a
+    rolled-back disk; `store_start` now says which it was."""
+    with TestClient(_app(tmp_path, store_start=start)) as node:
+        health = node.get("/v1/metrics", headers=metrics_headers(RELAY_KEY, 0)).json()["health"]
+    assert health["store_start"] == str(start)
+    assert health["intact_start"] is intact

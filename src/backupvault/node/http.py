@@ -108,7 +108,10 @@ def create_app(
             return _error(401, "relay_signature", err.message)
         health = {
             "ready": service.serving,
-            "intact_start": service.intact,
+            # Whether nothing was lost (a first start's empty store neither), and which start
+            # it was: first, intact, or a rollback (docs/operations.md).
+            "intact_start": service.store_start.lost_nothing,
+            "store_start": str(service.store_start),
             "stopped": service.stopped_because,
         }
         return JSONResponse({"node": service.node, **service.metrics, "health": health})

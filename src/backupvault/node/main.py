@@ -49,7 +49,7 @@ from backupvault.hsm.state import (
 )
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.peers import parse_address
-from backupvault.node.service import NodeService
+from backupvault.node.service import NodeService, StoreStart
 from backupvault.node.store import NodeStore, store_generation
 from backupvault.node.token import RowKeyMoved, RowKeyRing, SealedFile, TokenSealer
 from backupvault.protocol import EntryStatus
@@ -382,7 +382,7 @@ def build_service(config: NodeConfig, started: float | None = None) -> NodeServi
     # An erased share re-seals the store under a new row key, the old one destroyed.
     store.key_rotation = RowKeyRing(sealer, config.data_dir)
     store.finish_owed_rotation()  # an erasure whose rotation did not get done: before serving
-    intact = store_is_intact(store, sealer)
+    start = store_start(store, sealer)
     accounts = TokenVerifier(
         Ed25519PublicKey.from_public_bytes(fleet.account_issuer_public_key),
         issuer=fleet.account_issuer,
@@ -410,7 +410,8 @@ def build_service(config: NodeConfig, started: float | None = None) -> NodeServi
         channel,
         store,
         record_counter=sealer.advance_store_counter,
-        intact=intact,
+        intact=start is StoreStart.INTACT,
+        store_start=start,
         peer_listen=None
         if config.peer_listen is None
         else parse_address(config.peer_listen, "[node] peer_listen"),
@@ -431,8 +432,9 @@ def peer_addresses(fleet: FleetDescription) -> dict[int, tuple[str, int]]:
     return addresses
 
 
-def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
-    """Whether the store holds everything this node ever persisted, judged by the token's
+def store_start(store: NodeStore, sealer: TokenSealer) -> StoreStart:
+    """What this start finds: whether the store holds everything this node ever
+    persisted (INTACT; FIRST_START for a new node's empty store), judged by the token's
     counter, which counts every write alongside it, both done before anything depending
     on the write leaves. Equal: intact. The store one ahead (its write landed, the
     token's not): intact too, nothing depending on that write left. Behind the token
@@ -449,16 +451,19 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
             # A store with a history the token never counted (an upgrade, a new token):
             # judged as after a rollback. The store first: a crash then still catches up.
             store.raise_counter(store.counter)
+            start = StoreStart.UNCOUNTED_HISTORY
         else:
             store.mark_catching_up()  # a new node: nothing it wrote can be lost
+            start = StoreStart.FIRST_START
         sealer.advance_store_counter(store.counter)
     elif recorded <= store.counter <= recorded + 1:
         sealer.advance_store_counter(store.counter)
         if not store.catching_up:
-            return True
+            return StoreStart.INTACT
         # Its counter was raised to the token's when the catch-up began: equal, but the
         # records it had not fetched yet are still missing (sim seeds 9100627, 9100640).
         log.warning("node stopped before its last catch-up finished; catching up again")
+        start = StoreStart.CATCH_UP_UNFINISHED
     else:
         log.warning(
             "node store counter %d does not match the token's %d (rolled back or wiped); "
@@ -468,8 +473,14 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
         )
         store.raise_counter(recorded)
         sealer.advance_store_counter(store.counter)
+        start = StoreStart.ROLLBACK_DETECTED
     store.mark_catching_up()
-    return False
+    return start
+
+
+def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
+    """Whether the replica may take part at once (`store_start` found the store INTACT)."""
+    return store_start(store, sealer) is StoreStart.INTACT
 
 
 def serve(config_path: Path) -> None:

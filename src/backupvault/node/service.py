@@ -12,6 +12,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from enum import StrEnum
 from functools import partial
 from typing import Any
 
@@ -77,6 +78,29 @@ INLINE_WRITE_SECONDS = 0.002
 RECENT_WRITES = 4
 
 
+class StoreStart(StrEnum):
+    """What a start found the store to be, against the token's counter (node.main,
+    `store_start`): what operators read in the metrics. Only INTACT takes part at once;
+    the others catch up from their peers first."""
+
+    #: No counter in the token and an empty store: a new node, nothing it wrote is lost.
+    FIRST_START = "first_start"
+    INTACT = "intact"
+    #: The store is behind the token (rolled back, wiped, or a crash between the two
+    #: writes, which looks the same) or past it by more than one write.
+    ROLLBACK_DETECTED = "rollback_detected"
+    #: The last start's catch-up did not finish before the node stopped.
+    CATCH_UP_UNFINISHED = "catch_up_unfinished"
+    #: A store with writes the token never counted (a new token, an upgrade).
+    UNCOUNTED_HISTORY = "uncounted_history"
+
+    @property
+    def lost_nothing(self) -> bool:
+        """Whether the store holds everything the node ever wrote (an empty one on a
+        first start does)."""
+        return self in (StoreStart.FIRST_START, StoreStart.INTACT)
+
+
 @dataclass(frozen=True)
 class ClientAnswer:
     """What the HTTP layer sends back: a sealed body (200) or a JSON error."""
@@ -102,12 +126,14 @@ class NodeService:
         intact: bool = False,
         peer_listen: tuple[str, int] | None = None,
         inline_write_seconds: float = INLINE_WRITE_SECONDS,
+        store_start: StoreStart | None = None,
     ) -> None:
         """`peer_addresses`: every node's peer listener (this node's own included);
         `peer_listen`: where this node's listener binds (default: its own address there).
         `record_counter(n)`: record in the token that the store is making its n-th
         write, alongside the write, before anything depending on it leaves. `intact`: the
-        store matched the token's counter at start, so the replica takes part at once.
+        store matched the token's counter at start, so the replica takes part at once;
+        `store_start`: what the start found, for the metrics (default: from `intact`).
         `inline_write_seconds`: writes quicker than this run on the event loop (0: every
         write in a thread)."""
         self.node = node
@@ -120,6 +146,9 @@ class NodeService:
         self._wall_clock = wall_clock
         self._record_counter = record_counter
         self._intact = intact
+        self.store_start = store_start or (
+            StoreStart.INTACT if intact else StoreStart.ROLLBACK_DETECTED
+        )
         # Records are read from the store as needed, never all loaded (docs/fleet.md).
         self.records = StoreRecords(store)
         self.replica = Replica(
