@@ -65,6 +65,17 @@ class RateLimiter:
             return None
         return (1.0 - bucket.tokens) / self.rate
 
+    def waiting(self, account: str) -> float | None:
+        """How many seconds `account` must wait before `acquire` would let it go ahead, or
+        None; takes nothing and makes no bucket (a check before work that only refusals
+        are charged for)."""
+        bucket = self._buckets.get(account)
+        if bucket is None:
+            return None
+        elapsed = max(0.0, self._clock() - bucket.updated)
+        tokens = min(float(self.burst), bucket.tokens + elapsed * self.rate)
+        return None if tokens >= 1.0 else (1.0 - tokens) / self.rate
+
     def _prune(self, now: float) -> None:
         full = [
             account

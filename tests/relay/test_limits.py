@@ -19,9 +19,9 @@ from starlette.testclient import TestClient
 from backupvault import serving
 from backupvault.protocol import SealedCopies
 from backupvault.ratelimit import client_address_key
-from backupvault.relay import RateLimiter, create_app
+from backupvault.relay import RateLimiter, create_app, mint_token
 
-from .conftest import LiveServer, StubNode, make_config
+from .conftest import AUDIENCE, ISSUER, LiveServer, StubNode, make_config
 
 
 class FakeClock:
@@ -274,3 +274,56 @@ def test_an_ipv6_client_is_one_bucket_per_64_and_a_mapped_ipv4_is_its_ipv4() -> 
         _from("2001:db8:1:3::1")
     )
     assert client_address_key(_from("::ffff:192.0.2.7")) == client_address_key(_from("192.0.2.7"))
+
+
+def test_one_address_sending_refused_tokens_is_held_off_before_any_signature_check(
+    operator_key: Ed25519PrivateKey,
+    stubs: list[StubNode],
+    token: Callable[..., str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Attack: forged tokens cost the relay a signature check each, on its event loop,
+    and a refused token touched no bucket: one address sending them without pause kept
+    the relay's loop busy for every client. An address past its bucket of refused tokens
+    is answered 429 before its token is looked at; others go on."""
+    clock = FakeClock()
+    config = make_config(operator_key, [stubs[0].url])
+    assert (config.refused_tokens_burst, config.refused_tokens_per_minute) == (20, 20.0)
+    app = create_app(config, clock=clock)
+    forged = mint_token(
+        Ed25519PrivateKey.generate(), "alice", issuer=ISSUER, audience=AUDIENCE, ttl_seconds=300
+    )
+    checked: list[str] = []
+    verifier = app.state.relay.verifier
+    real_check = type(verifier)._check
+
+    def counting_check(self: Any, raw: str, now: float | None) -> Any:
+        checked.append(raw)
+        return real_check(self, raw, now)
+
+    monkeypatch.setattr(type(verifier), "_check", counting_check)
+    body = SealedCopies([b"sealed"]).to_bytes()
+
+    def send(client: TestClient, bearer: str) -> Any:
+        headers = {"Authorization": f"Bearer {bearer}", "Content-Type": "application/octet-stream"}
+        return client.post("/v1/vault/laptop/manifest", content=body, headers=headers)
+
+    # One client per address; the second is not entered: one event loop for the relay.
+    honest = TestClient(app, client=("198.51.100.1", 4711))
+    with TestClient(app, client=("192.0.2.7", 4711)) as flooder:
+        for _ in range(config.refused_tokens_burst):
+            _assert_error(send(flooder, forged), 401, "invalid_token")
+        assert len(checked) == config.refused_tokens_burst
+        held_off = send(flooder, forged)
+        _assert_error(held_off, 429, "rate_limited")
+        assert "refused tokens from this address" in held_off.json()["detail"]
+        assert int(held_off.headers["Retry-After"]) >= 1
+        _assert_error(send(flooder, token("alice")), 429, "rate_limited")  # not checked either
+        assert len(checked) == config.refused_tokens_burst
+        # Another address is still heard (its token checked, here refused on its merits).
+        _assert_error(send(honest, forged), 401, "invalid_token")
+        assert len(checked) == config.refused_tokens_burst + 1
+        clock.now += 60 / config.refused_tokens_per_minute
+        assert send(flooder, token("alice")).status_code == 200  # a valid one costs nothing
+        _assert_error(send(flooder, forged), 401, "invalid_token")
+        _assert_error(send(flooder, forged), 429, "rate_limited")

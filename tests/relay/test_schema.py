@@ -72,7 +72,13 @@ def _fuzz(operation: Any, mode: GenerationMode, base_url: str, token: str) -> in
 def test_relay_conforms_to_its_openapi(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
-    relay = start_relay([n.url for n in stubs], rate_per_minute=1e6, burst=100_000)
+    relay = start_relay(
+        [n.url for n in stubs],
+        rate_per_minute=1e6,
+        burst=100_000,
+        refused_tokens_per_minute=1e6,
+        refused_tokens_burst=100_000,
+    )
     schema = schemathesis.openapi.from_url(f"{relay}/openapi.json", config=CONFIG)
     operations = []
     for result in schema.get_all_operations():

@@ -96,6 +96,7 @@ class RelayState:
     limiter: RateLimiter
     reset_limiter: RateLimiter
     witness_limiter: RateLimiter
+    refused_limiter: RateLimiter
     connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
     witness_in_flight: int = 0
@@ -214,18 +215,25 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
 
     async def vault(request: Request) -> Response:
         info = _info(request)
+        address = client_address_key(request)
+        wait = state.refused_limiter.waiting(address)
+        if wait is not None:
+            return _rate_limited("too many refused tokens from this address", wait)
+
+        def refuse(code: str, detail: str) -> Response:
+            state.refused_limiter.acquire(address)
+            return _unauthorized(code, detail)
+
         authorization = request.headers.get("authorization")
         if authorization is None:
-            return _unauthorized("missing_token", "send 'Authorization: Bearer <token>'")
+            return refuse("missing_token", "send 'Authorization: Bearer <token>'")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return _unauthorized(
-                "invalid_token", "the Authorization header must be 'Bearer <token>'"
-            )
+            return refuse("invalid_token", "the Authorization header must be 'Bearer <token>'")
         try:
             account = state.verifier.verify(token.strip())
         except TokenRejected as err:
-            return _unauthorized(err.code, err.message)
+            return refuse(err.code, err.message)
         info["account"] = account
 
         epoch: int | None = None
@@ -504,6 +512,16 @@ def create_app(
         witness_limiter=RateLimiter(
             WITNESS_RATE_PER_MINUTE / 60,
             WITNESS_BURST,
+            clock=clock,
+            max_accounts=WITNESS_ADDRESSES,
+        ),
+        # Refused tokens (every 401 of the vault route) per client address. Each cost a
+        # signature check on the event loop, and before the account is known no account's
+        # bucket applies: one address sending forged tokens without pause kept the loop
+        # busy for every client. An honest client gets a 401 when its token has expired.
+        refused_limiter=RateLimiter(
+            config.refused_tokens_per_minute / 60,
+            config.refused_tokens_burst,
             clock=clock,
             max_accounts=WITNESS_ADDRESSES,
         ),

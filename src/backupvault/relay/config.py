@@ -93,6 +93,11 @@ class RelayConfig:
     #: Per-account token bucket: sustained rate and burst size.
     rate_per_minute: float = 60.0
     burst: int = 20
+    #: Per client address: refused tokens (401s) at once, and refilled per minute; past
+    #: them the address gets 429 before its token is checked. Raise both behind a proxy of
+    #: your own, whose address every client then shares.
+    refused_tokens_burst: int = 20
+    refused_tokens_per_minute: float = 20.0
     #: Sealed request bodies larger than this are refused with 413.
     max_body_bytes: int = 64 * 1024
     #: Node answers larger than this are that node's bad answer. Sealed answers are padded
@@ -140,6 +145,7 @@ class RelayConfig:
             raise InvalidInput("issuer and audience must not be empty")
         positive = {
             "rate_per_minute": self.rate_per_minute,
+            "refused_tokens_per_minute": self.refused_tokens_per_minute,
             "connect_timeout": self.connect_timeout,
             "request_timeout": self.request_timeout,
             "health_timeout": self.health_timeout,
@@ -155,6 +161,7 @@ class RelayConfig:
                 raise InvalidInput(f"{name} must be a number >= 0")
         for name, count in {
             "burst": self.burst,
+            "refused_tokens_burst": self.refused_tokens_burst,
             "max_body_bytes": self.max_body_bytes,
             "max_response_bytes": self.max_response_bytes,
             "max_concurrent_forwards": self.max_concurrent_forwards,

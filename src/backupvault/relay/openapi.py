@@ -101,7 +101,8 @@ def _vault_operation(max_body_bytes: int) -> dict[str, Any]:
             "413": _error(f"The body is larger than {max_body_bytes} bytes."),
             "415": _error("The body is not application/octet-stream."),
             "429": _error(
-                "This account is sending requests too fast.",
+                "This account is sending requests too fast, or this address sent too many"
+                " tokens that were refused.",
                 {"Retry-After": {**_RETRY_AFTER, "required": True}},
             ),
             "502": _error("The relay failed (`relay_error`)."),
