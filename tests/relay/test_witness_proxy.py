@@ -143,3 +143,43 @@ def test_one_address_gets_a_bounded_share_of_the_witness(
         assert asked == WITNESS_BURST + 1
     finally:
         witness.stop()
+
+
+def test_a_witness_asking_the_relay_to_wait_is_unavailable_not_an_odd_answer(
+    tmp_path: Path,
+    operator_key: Ed25519PrivateKey,
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+) -> None:
+    """The witness limits each address (the relay's too, unless its witness.toml lists the
+    relay in `unlimited_addresses`): its 429 came out as `502 bad_witness_answer`, "the
+    witness answered oddly", which sends an operator looking for a broken witness. It is
+    a wait: 503 witness_unavailable with the witness's Retry-After (bounded), and a
+    detail that names the setting."""
+    wait = {"value": "7"}
+
+    async def consistency(request: Request) -> Response:
+        return JSONResponse(
+            {"error": "rate_limited", "detail": "too many requests from this address"},
+            status_code=429,
+            headers={"Retry-After": wait["value"]},
+        )
+
+    witness = LiveServer(Starlette(routes=[Route("/v1/consistency", consistency)]))
+    try:
+        relay = start_relay(
+            [stubs[0].url], bundle_file=_bundle(tmp_path, operator_key), witness_url=witness.url
+        )
+        url = f"{relay}/v1/fleet/consistency?old=0&new=1"
+        answer = httpx.get(url, timeout=10)
+        assert answer.status_code == 503, answer.text
+        assert answer.json()["error"] == "witness_unavailable"
+        assert "unlimited_addresses" in answer.json()["detail"]
+        assert answer.headers["Retry-After"] == "7"
+        for hostile in ("99999999999", "soon", "-1"):  # passed on only as a small number
+            wait["value"] = hostile
+            answer = httpx.get(url, timeout=10)
+            assert answer.status_code == 503
+            assert 1 <= int(answer.headers["Retry-After"]) <= 60
+    finally:
+        witness.stop()

@@ -64,6 +64,8 @@ WITNESS_BURST = 10
 WITNESS_RATE_PER_MINUTE = 30.0
 #: Addresses whose bucket is kept; beyond, the oldest is forgotten (memory stays bounded).
 WITNESS_ADDRESSES = 50_000
+#: The longest wait a witness's 429 passes on to clients (seconds).
+WITNESS_RETRY_AFTER_MAX = 60
 
 
 def error_response(
@@ -356,6 +358,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
                 allow_redirects=False,
             ) as answer:
                 status = answer.status
+                asked_to_wait = answer.headers.get("retry-after", "")
                 content = await read_capped(answer, 64 * 1024)
         except (TimeoutError, aiohttp.ClientError):
             return error_response(
@@ -366,6 +369,17 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             )
         finally:
             state.witness_in_flight -= 1
+        if status == 429:
+            # The witness's bucket per address holds the relay's too, unless it lists the
+            # relay: a wait, not a broken witness. Its Retry-After passes as a small number.
+            wait = int(asked_to_wait) if asked_to_wait.isdigit() and len(asked_to_wait) < 3 else 2
+            return error_response(
+                503,
+                "witness_unavailable",
+                "the witness asks this relay to wait (its limit per address: the witness's"
+                " operator lists relays in unlimited_addresses); try again shortly",
+                {"Retry-After": retry_after_header(min(wait, WITNESS_RETRY_AFTER_MAX))},
+            )
         if status not in (200, 400) or content is None:
             return error_response(502, "bad_witness_answer", "the witness answered oddly")
         return Response(content, status_code=status, media_type="application/json")

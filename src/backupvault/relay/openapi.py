@@ -250,7 +250,8 @@ def _transparency_paths(max_body_bytes: int) -> dict[str, Any]:
                     ),
                     "502": _error("The witness answered outside its contract."),
                     "503": _error(
-                        "The witness does not answer, or too many requests to it are under way.",
+                        "The witness does not answer, asks the relay to wait, or too many"
+                        " requests to it are under way.",
                         {"Retry-After": _RETRY_AFTER},
                     ),
                 },
