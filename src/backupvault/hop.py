@@ -68,6 +68,11 @@ class HopRefused(AuthenticationFailed):
     """The request did not come, verifiably and freshly, from a listed relay."""
 
 
+class ReplayWindowFull(HopRefused):
+    """A fresh request from a listed relay, refused only because the replay window holds
+    as many nonces as it may: the node is busy (503), the relay's signature is fine."""
+
+
 class SignedBeforeStart(HopRefused):
     """Signed before this node started (its previous process may have taken it): the node
     answers "not ready", as while it catches up, and the relay asks again."""
@@ -231,5 +236,5 @@ class HopVerifier:
             raise HopRefused("this signed request was already used (a replay)")
         if self._window.full():
             # Forgetting a nonce still inside the window would let its request be replayed.
-            raise HopRefused("too many requests in the replay window; try again shortly")
+            raise ReplayWindowFull("too many requests in the replay window; try again shortly")
         self._window.remember(signed.nonce, signed.at, self.clock())

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 from tests.stalled_body import post_stalled_body
 
+from backupvault import hop as hop_module
 from backupvault import serving
 from backupvault.codec import Message
 from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
@@ -481,3 +482,25 @@ def test_metrics_tell_a_first_start_from_an_intact_one_and_from_a_rollback(
         health = node.get("/v1/metrics", headers=metrics_headers(RELAY_KEY, 0)).json()["health"]
     assert health["store_start"] == str(start)
     assert health["intact_start"] is intact
+
+
+def test_a_full_replay_window_is_busy_not_a_bad_signature(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the nonces its replay window may hold, a node refused a listed relay's fresh
+    request as `401 relay_signature`: its log blamed the relay's key, and the relay took
+    the 401 for a node outside its contract (`bad_node_answer`). It is a wait: 503
+    `node_busy` with Retry-After, which the relay counts as a node not reached; nothing
+    was spent, so the same signed request is taken once there is room."""
+    monkeypatch.setattr(hop_module, "MAX_REMEMBERED", 2)
+    with TestClient(_app(tmp_path)) as node:
+        for _ in range(2):
+            assert post(node, "manifest", b"x").status_code == 400  # read, nonce spent
+        body = b"x"
+        signed = {**HEADERS, **sign_headers(RELAY_KEY, 0, "manifest", "alice", "main", body)}
+        busy = node.post("/v1/client/manifest", content=body, headers=signed)
+        assert busy.status_code == 503, busy.text
+        assert busy.json()["error"] == "node_busy"
+        assert int(busy.headers["Retry-After"]) >= 1
+        metrics = node.get("/v1/metrics", headers=metrics_headers(RELAY_KEY, 0))
+        assert metrics.status_code == 503 and metrics.json()["error"] == "node_busy"

@@ -20,6 +20,7 @@ from backupvault.hop import (
     METRICS_OP,
     HopRefused,
     HopVerifier,
+    ReplayWindowFull,
     SignedBeforeStart,
 )
 from backupvault.node.service import NodeService
@@ -29,10 +30,24 @@ from backupvault.serving import content_length_over, read_body, slow_body_respon
 log = logging.getLogger("backupvault.node")
 
 MAX_BODY = 64 * 1024
+#: Seconds a relay is asked to wait when the replay window is full (its nonces age out
+#: within hop.WINDOW_SECONDS).
+BUSY_RETRY_AFTER = "2"
 
 
 def _error(status: int, code: str, detail: str) -> JSONResponse:
     return JSONResponse({"error": code, "detail": detail}, status_code=status)
+
+
+def _busy(err: ReplayWindowFull) -> JSONResponse:
+    # Not the relay's fault: 503, which the relay takes as a node not reached (nothing
+    # was spent), rather than 401, which it takes for a node outside its contract.
+    log.warning("busy: %s", err.message)
+    return JSONResponse(
+        {"error": "node_busy", "detail": err.message},
+        status_code=503,
+        headers={"Retry-After": BUSY_RETRY_AFTER},
+    )
 
 
 def create_app(
@@ -79,6 +94,8 @@ def create_app(
             return _error(413, "too_large", f"sealed requests are at most {MAX_BODY} bytes")
         try:
             hop.check_body(signed, body)
+        except ReplayWindowFull as err:
+            return _busy(err)
         except HopRefused as err:
             log.warning("client %s refused: %s", op, err.message)
             return _error(401, "relay_signature", err.message)
@@ -103,6 +120,8 @@ def create_app(
         # listed relay key's signature, fresh and for this node (hop.metrics_headers).
         try:
             hop.verify(request.headers, METRICS_OP, METRICS_NAME, METRICS_NAME, b"")
+        except ReplayWindowFull as err:
+            return _busy(err)
         except HopRefused as err:
             log.warning("metrics refused: %s", err.message)
             return _error(401, "relay_signature", err.message)
