@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -22,15 +23,15 @@ from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
 from backupvault.fleet.records import Mark
-from backupvault.fleet.replica import Effect, Persist, Send
+from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Send
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.hsm.shares import FleetShape, ShareWrite
-from backupvault.hsm.state import EntryId, Evaluation, NodeShare
+from backupvault.hsm.shares import Answer, FleetShape, ShareWrite, ThresholdUpdate
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
 from backupvault.node.store import SHARE_PREFIX, NodeStore, StoreCorrupted, share_record
-from backupvault.protocol import Op
+from backupvault.protocol import ErrorResponse, Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 FLEET_ID = b"fleet"
@@ -786,3 +787,52 @@ def test_a_new_node_distrusts_nothing_at_its_first_start(tmp_path: Path) -> None
     store.distrust_share_rows()  # what the service does for a start that is not intact
     assert store.suspect_through == 0
     store.close()
+
+
+def _expiring_service(
+    tmp_path: Path, outcome: Committed | Failed
+) -> tuple[NodeService, SlowStore, bytes, NodeShare]:
+    """A ready node whose firmware proposes one round on its own (a share left at L past
+    the grace) that erases a row; the round ends as `outcome` says."""
+    service, store, _ = _service(tmp_path)
+    store.release.set()
+    service.replica.ready = True
+    entry = EntryId("alice", "chat").to_bytes()
+    erased = NodeShare(1, b"", b"m", [])
+    keeper = service._firmware.shares
+
+    def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+        refused = ErrorResponse("refused", "nothing to answer", 0)
+        return state, lambda: Answer(refused, (keeper._write(entry, erased, trusted=False),))
+
+    async def commit(
+        key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
+    ) -> Committed | Failed:
+        assert key == entry and not joinable  # its own round, joined with no request
+        _, build = change(b"")
+        return Committed(outcome.op_id, build) if isinstance(outcome, Committed) else outcome
+
+    service._commit = commit  # type: ignore[method-assign]
+    service._firmware.tick = lambda now: [ThresholdUpdate(entry, apply)]  # type: ignore[method-assign]
+    return service, store, entry, erased
+
+
+def test_a_round_the_firmware_proposes_on_its_own_has_its_rows_persisted(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, store, entry, erased = _expiring_service(tmp_path, Committed(b"op", None))
+        service._expire_shares()
+        await _until(lambda: store.get_share(entry) == erased, "the erasure was not persisted")
+        await _until(lambda: entry not in service._firmware.shares._pending, "not durable")
+
+    asyncio.run(scenario())
+
+
+def test_a_round_of_its_own_that_fails_persists_nothing(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        service, store, entry, _ = _expiring_service(tmp_path, Failed(b"op", "no majority"))
+        service._expire_shares()
+        await _turns(20)
+        assert not service._tasks
+        assert store.get_share(entry) is None
+
+    asyncio.run(scenario())

@@ -112,6 +112,12 @@ class VaultFirmware:
         """The replica's hook: this node is durably accepting `payload` for `key`."""
         self.shares.on_accept(key, payload)
 
+    def tick(self, now: float) -> list[ThresholdUpdate]:
+        """Rounds this node proposes on its own (`now`: the shell's monotonic clock): a
+        share left at this node's own count of L past the grace is erased
+        (`ShareKeeper.tick`)."""
+        return self.shares.tick(now)
+
     # ---- the sealed channel ------------------------------------------------------------
 
     def open(

@@ -77,6 +77,12 @@ ACCEPTED_KEPT = 16
 #: reports, but cannot know (no SHA-256 output is all zeros): the attempt counts, and
 #: is never answered or used to rebuild a reset.
 UNKNOWN_B = bytes(32)
+#: How long a node keeps its share once its own count for the entry reached L with no
+#: owner reset since, before it erases it and proposes the tombstone on its own
+#: (`ShareKeeper.tick`; docs/threshold.md, "Counters and erasure"). The owner whose L-th
+#: attempt was right sends its reset within seconds (the SDK tries it three times at
+#: once); minutes leave room for a slow relay and a partition healing.
+EXHAUSTED_GRACE_SECONDS = 300.0
 
 
 @dataclass(frozen=True)
@@ -210,9 +216,12 @@ class ShareKeeper:
         *,
         peer_signing_keys: Mapping[int, Ed25519PublicKey] | None = None,
         rng: Callable[[int], bytes] = os.urandom,
+        exhausted_grace: float = EXHAUSTED_GRACE_SECONDS,
     ) -> None:
         """`peer_signing_keys`: every node's signing key by share index, from the
-        deployment record, to check their count reports (none: no report is taken)."""
+        deployment record, to check their count reports (none: no report is taken).
+        `exhausted_grace`: seconds of the shell's clock (`tick`) a share at this node's
+        own count of L is kept waiting for the owner's reset."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -253,6 +262,10 @@ class ShareKeeper:
         # Per distrusted key: (version, the highest attempt, the lowest window start) that
         # t peers reported, for a share this node takes after the rollback (`_take_share`).
         self._reported: dict[bytes, tuple[int, int, int]] = {}
+        # Keys whose row keeps its share at this node's own count of L: when a tick first
+        # saw it there (None: no tick yet). `tick` erases it one grace later.
+        self._exhausted_grace = exhausted_grace
+        self._at_limit: dict[bytes, float | None] = {}
 
     # ---- this node's own state --------------------------------------------------------
 
@@ -264,7 +277,19 @@ class ShareKeeper:
             return self._cache[key]
         row = self._load_row(key)
         self._remember(key, row)
+        self._watch_limit(key, row)
         return row
+
+    def _watch_limit(self, key: bytes, row: NodeShare | None) -> None:
+        """Keep `key` in `_at_limit` while its row keeps a share at this node's own count
+        of L (not one assumed on peers' reports, which never erases)."""
+        if row is not None and self._erasable_on_count(row):
+            self._at_limit.setdefault(key, None)
+        else:
+            self._at_limit.pop(key, None)
+
+    def _erasable_on_count(self, row: NodeShare) -> bool:
+        return bool(row.share) and row.count >= self.shape.guess_limit and not _assumed(row)
 
     def _remember(self, key: bytes, row: NodeShare | None) -> None:
         self._cache[key] = row
@@ -504,6 +529,7 @@ class ShareKeeper:
         self._cache.pop(key, None)
         if trusted:
             self._trusted.add(key)
+        self._watch_limit(key, row)
         return ShareWrite(key, row)
 
     def on_accept(self, key: bytes, payload: bytes) -> None:
@@ -585,6 +611,81 @@ class ShareKeeper:
         it reports them `durable` like an answer's. They are in effect here at once."""
         writes, self._unsaved = tuple(self._unsaved), []
         return writes
+
+    # ---- a share left at L (docs/threshold.md, "Counters and erasure") -----------------
+
+    def tick(self, now: float) -> list[ThresholdUpdate]:
+        """The rounds to propose now (`now`: the shell's monotonic clock, seconds): one per
+        entry whose row has kept its share at this node's own count of L for
+        `exhausted_grace` since a tick first saw it there, with no owner reset since. Each
+        does what the entry's next request would (`_expire`), so the key is erased even
+        if nobody asks again. A round that does not commit is proposed again one grace
+        later."""
+        due: list[ThresholdUpdate] = []
+        for key, since in list(self._at_limit.items()):
+            if since is None:
+                self._at_limit[key] = now
+                continue
+            if now - since < self._exhausted_grace:
+                continue
+            row = self.row(key)
+            if row is None or not self._erasable_on_count(row) or self._row_distrusted(key):
+                # A rolled-back count is the floor of the truth, not this node's own word:
+                # such a row waits for reports or the owner, as a request would.
+                self._at_limit.pop(key, None)
+                continue
+            self._at_limit[key] = now
+            due.append(self._expire(key))
+        return due
+
+    def _expire(self, key: bytes) -> ThresholdUpdate:
+        """The round `tick` proposes for a share left at L: what the next evaluate would
+        do to it, with no B and no attempt counted. The owner's verified reset in the
+        value is applied (the share stays); else, while the value of the row's version is
+        live with its L attempts used, the tombstone, which acceptors check, and the share
+        erased on this node's own count (`_destroyed`); over a tombstone of that version,
+        the share erased; over a later version, erased (no reset of the old one can come,
+        and it never evaluates again). Otherwise nothing, and the key is no longer
+        watched: the next request decides, as before."""
+        entry_id = EntryId.from_bytes(key)
+        limit = self.shape.guess_limit
+
+        def unwatched() -> Answer:
+            self._at_limit.pop(key, None)
+            return Answer(error(ErrorCode.REFUSED, "nothing to erase"))
+
+        def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            row = self.row(key)
+            if row is None or not self._erasable_on_count(row) or self._row_distrusted(key):
+                return state, unwatched
+            # Never an evaluation: only ever this node's own count at L ends its share.
+            require(row.count >= limit and not _assumed(row), "an expiry below L")
+            if state.version > row.version:
+                return state, lambda: Answer(
+                    _destroyed_error(), (self._write(key, row.with_(share=b""), trusted=False),)
+                )
+            if state.version != row.version:
+                return state, unwatched
+            if state.status == EntryStatus.DESTROYED:
+                return state, lambda: self._destroyed(key)
+            if state.status != EntryStatus.LIVE or state.manifest != row.manifest:
+                return state, unwatched
+            if self._replicated_reset(key, entry_id.account, entry_id.entry, row, state):
+
+                def reset() -> Answer:
+                    _, writes = self._apply_replicated_reset(
+                        key, entry_id.account, entry_id.entry, row, state
+                    )
+                    self._at_limit.pop(key, None)
+                    return Answer(error(ErrorCode.REFUSED, "the owner reset it"), writes)
+
+                return state, reset
+            if state.attempts_used < limit:
+                return state, unwatched
+            destroyed = state.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
+            return destroyed, lambda: self._destroyed(key)
+
+        return ThresholdUpdate(key, apply)
 
     def accepted_hash(self, key: bytes, version: int, attempt: int) -> bytes | None:
         accepted = self._accepted.get(key)

@@ -38,7 +38,7 @@ from backupvault.fleet.replica import (
     Timing,
 )
 from backupvault.hsm.firmware import Reply, VaultFirmware
-from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead
+from backupvault.hsm.shares import Answer, ShareWrite, ThresholdRead, ThresholdUpdate
 from backupvault.hsm.state import EntryId, is_entry_key
 from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import PeerLink, PeerListener, split_frame
@@ -300,6 +300,7 @@ class NodeService:
             await asyncio.sleep(TICK_SECONDS)
             try:
                 self._step(lambda: self.replica.tick(self._clock()))
+                self._expire_shares()
             except Exception as err:
                 # Any other error out of a tick is a bug in the core too, and it would end
                 # this task: no more timeouts, repairs, catch-up or settling, while the
@@ -310,6 +311,29 @@ class NodeService:
             if not announced and self.replica.ready:
                 announced = True  # operators (and `local up`) wait for this line
                 log.info("node %d ready: caught up with its peers, serving requests", self.node)
+
+    def _expire_shares(self) -> None:
+        """Rounds the firmware proposes on its own (a share left at this node's own count
+        of L past the grace: docs/threshold.md, "Counters and erasure"), committed in the
+        background; their rows are persisted as a request's are."""
+        if self._fatal is not None or not self.replica.ready:
+            return
+        for update in self._firmware.tick(self._clock()):
+            task = asyncio.get_running_loop().create_task(self._expire(update))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _expire(self, update: ThresholdUpdate) -> None:
+        done = await self._commit(update.key, update.change)
+        if isinstance(done, Failed):
+            return  # the firmware proposes it again one grace later
+        try:
+            answer = done.outcome()
+        except AssertionError as err:  # a broken invariant of the firmware: fail-stop
+            self._stop_serving(err)
+            return
+        if answer.writes and await self._persist_rows(answer.writes):
+            self._firmware.shares.durable(answer.writes)
 
     # ---- client requests ---------------------------------------------------------------
 

@@ -51,10 +51,13 @@ from backupvault.fleet.replica import (
     Send,
 )
 from backupvault.hsm.shares import (
+    EXHAUSTED_GRACE_SECONDS,
+    UNKNOWN_B,
     Answer,
     FleetShape,
     ShareKeeper,
     ThresholdRead,
+    ThresholdUpdate,
     check_threshold_value,
     error,
 )
@@ -107,6 +110,9 @@ class SimConfig:
     leader: bool = True  # False: every change is a leaderless CASPaxos round
     leader_faults: bool = True  # leader crashes and nodes that pass the leader over
     hostile: int = 0  # the last `hostile` slots are the attacker's (docs/simulation.md)
+    #: A share left at a node's own count of L is erased this long after (simulated
+    #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
+    exhausted_grace: float = 10.0
 
 
 DEFAULT_CONFIG = SimConfig()
@@ -427,6 +433,7 @@ class Simulation:
             "forwarded": 0,  # changes sent to a leader (Forward)
             "one_round": 0,  # Accepts a leader sent on a held promise
             "no_shares": 0,  # probes that found fewer than t nodes able to evaluate
+            "expiries": 0,  # rounds a node proposed for its share left at L (the grace)
         }
         self.credentials = Credentials()
         self.members = [self._make_node(i, i in hostile) for i in range(plan.nodes)]
@@ -471,6 +478,7 @@ class Simulation:
             signing_key(n.index),
             n.rows.get,
             peer_signing_keys=self.node_keys,
+            exhausted_grace=self.config.exhausted_grace,
         )
         original = keeper._evaluate_committed
 
@@ -580,6 +588,7 @@ class Simulation:
                 n = self.members[node]
                 if n.replica is not None and n.incarnation == incarnation:
                     self._execute(n, n.replica.tick(self.now))
+                    self._expire_shares(n)
                     self.at(self.now + TICK, "tick", data)
             case "step":
                 self._step(data)
@@ -922,12 +931,31 @@ class Simulation:
         pending.key = update.key
         n.pending[op_id] = pending
 
+        self._execute(
+            n, n.replica.propose(op_id, update.key, self._observed(update), self.now, joinable=True)
+        )
+
+    def _observed(self, update: ThresholdUpdate) -> Callable[[bytes], tuple[bytes, Any]]:
+        """`update`'s change, told to the observer as it is applied."""
+
         def change(value: bytes) -> tuple[bytes, Any]:
             child, build = update.change(value)
             self.observer.on_apply(update.key, value, child)
             return child, build
 
-        self._execute(n, n.replica.propose(op_id, update.key, change, self.now, joinable=True))
+        return change
+
+    def _expire_shares(self, n: _Node) -> None:
+        """The rounds the keeper proposes on its own (a share left at L past the grace);
+        their answers go nowhere, their rows to the disk as a request's do."""
+        if n.keeper is None or n.replica is None or not n.replica.ready:
+            return
+        for update in n.keeper.tick(self.now):
+            op_id = n.rng.randbytes(16)
+            n.pending[op_id] = _Pending(-1, 0, Op.EVALUATE, update.key)
+            self.stats["expiries"] += 1
+            self.log(f"node{n.index} proposes the end of {_short(update.key)}: its share at L")
+            self._execute(n, n.replica.propose(op_id, update.key, self._observed(update), self.now))
 
     def _answer(self, n: _Node, pending: _Pending, answer: Answer) -> None:
         """The shell: this node's share rows are durable before its answer leaves."""
@@ -1114,6 +1142,29 @@ class Simulation:
                     )
         self._check_disks_agree()
         self._probe()
+        self._check_no_share_left_at_limit()
+
+    def _check_no_share_left_at_limit(self) -> None:
+        """One grace after the probe, no honest node keeps a share at its own count of L
+        (not one assumed on peers' reports, nor a rolled-back row it does not trust):
+        it erased it, or the owner's reset brought the count down (docs/threshold.md,
+        "Counters and erasure")."""
+        self.settle(self.config.exhausted_grace + SETTLE)
+        for key in self.entry_keys:
+            for n in self.honest.values():
+                row = n.rows.get(key)
+                keeper = n.keeper
+                if row is None or keeper is None or not row.share:
+                    continue
+                if row.count < self.shape.guess_limit or keeper._row_distrusted(key):
+                    continue
+                if any(e.blinded_hash == UNKNOWN_B for e in row.evaluated):
+                    continue
+                raise InvariantViolation(
+                    "share-at-limit",
+                    f"node{n.index} still keeps its share of {_short(key)} at its own count "
+                    f"of L ({row!r}) one grace after the run",
+                )
 
     def _check_disks_agree(self) -> None:
         """After the heal every honest node holds the same value of every entry (what the
@@ -1223,10 +1274,13 @@ def threshold_world(
     keeper_class: type[ShareKeeper] = ShareKeeper,
     attacker: AttackerAnswer | None = None,
     collect: bool = False,
+    exhausted_grace: float = EXHAUSTED_GRACE_SECONDS,
 ) -> Simulation:
     """A booted world with no plan: the last `hostile` nodes are the attacker's, the
-    network is reliable, and a test drives it (`request`, `inject`, `ThresholdClient`)."""
-    config = SimConfig(nodes=nodes, leader=leader, hostile=hostile)
+    network is reliable, and a test drives it (`request`, `inject`, `ThresholdClient`).
+    `exhausted_grace`: the nodes' own (a scripted test runs well within it unless it
+    says otherwise)."""
+    config = SimConfig(nodes=nodes, leader=leader, hostile=hostile, exhausted_grace=exhausted_grace)
     plan = Plan(seed, nodes, 0, 0, limit, 0.0, 0.0, 0.0, ())
     world = Simulation(
         plan,
