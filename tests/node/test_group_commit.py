@@ -25,7 +25,13 @@ from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, 
 from backupvault.fleet.records import Mark
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Send
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.hsm.shares import Answer, FleetShape, ShareWrite, ThresholdUpdate
+from backupvault.hsm.shares import (
+    EXHAUSTED_GRACE_SECONDS,
+    Answer,
+    FleetShape,
+    ShareWrite,
+    ThresholdUpdate,
+)
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import join_frame, split_frame
@@ -834,5 +840,30 @@ def test_a_round_of_its_own_that_fails_persists_nothing(tmp_path: Path) -> None:
         await _turns(20)
         assert not service._tasks
         assert store.get_share(entry) is None
+
+    asyncio.run(scenario())
+
+
+def _at_limit(limit: int) -> NodeShare:
+    evaluated = [Evaluation(a, bytes([a]) * 32) for a in range(1, limit + 1)]
+    return NodeShare(1, b"s" * 32, b"m", evaluated)
+
+
+def test_a_share_left_at_l_before_a_restart_is_watched_once_the_store_is_checked(
+    tmp_path: Path,
+) -> None:
+    """Nobody asks for the entry after the restart: the node's scan of its store still
+    hands the row at L to the firmware, which ends it one grace on."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        at_limit = EntryId("alice", "chat").to_bytes()
+        below = EntryId("bob", "chat").to_bytes()
+        store.save([share_record(at_limit, _at_limit(10)), share_record(below, _at_limit(9))])
+        keeper = service._firmware.shares
+        await service._verify_store()
+        assert keeper.tick(0.0) == []  # first seen at L now
+        assert [u.key for u in keeper.tick(EXHAUSTED_GRACE_SECONDS)] == [at_limit]
 
     asyncio.run(scenario())

@@ -291,6 +291,17 @@ class ShareKeeper:
     def _erasable_on_count(self, row: NodeShare) -> bool:
         return bool(row.share) and row.count >= self.shape.guess_limit and not _assumed(row)
 
+    def at_limit(self, row: NodeShare) -> bool:
+        """Whether `row` keeps a share at this node's own count of L (a pure check, for
+        the shell's scan of its store after a restart: `watch`)."""
+        return self._erasable_on_count(row)
+
+    def watch(self, key: bytes) -> None:
+        """The shell found `key`'s stored row at L after a restart: `tick` ends it one grace
+        on, as for a row read or written here (the row is read again through this keeper,
+        so a copy newer than the scan's wins)."""
+        self._watch_limit(key, self.row(key))
+
     def _remember(self, key: bytes, row: NodeShare | None) -> None:
         self._cache[key] = row
         self._cache.move_to_end(key)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import sqlite3
 import time
 from collections import deque
 from collections.abc import Callable
@@ -238,6 +239,17 @@ class NodeService:
             self._stop_serving(err)
             return
         self.metrics["store_checked"] = 1
+        # Shares left at L before a restart are watched too, not only those read again.
+        shares = self._firmware.shares
+        try:
+            at_limit = await asyncio.to_thread(self._store.share_keys, shares.at_limit)
+        except sqlite3.Error:
+            return  # the store is closing; the rows' next reads watch them
+        try:
+            for key in at_limit:
+                shares.watch(key)
+        except StoreCorrupted as err:
+            self._stop_serving(err)
 
     def _step(self, step: Callable[[], list[Effect]]) -> None:
         """Run one replica step and carry out its effects. A store row that fails its

@@ -607,6 +607,32 @@ class NodeStore:
         finally:
             db.close()
 
+    def share_keys(self, wanted: Callable[[NodeShare], bool]) -> list[bytes]:
+        """The entry keys of this node's share rows that `wanted` picks, read on a
+        connection of its own (the node runs this in a thread after start, after
+        `verify_all`: a share left at L that nobody asks for again is found after a
+        restart, docs/threshold.md "Counters and erasure"). A row that does not open (a
+        rotation under way, or damage) is passed over: its entry's next read checks it."""
+        db = sqlite3.connect(self._path, isolation_level=None)
+        found: list[bytes] = []
+        try:
+            db.execute("PRAGMA query_only=ON")
+            low, high = SHARE_PREFIX, SHARE_PREFIX[:-1] + bytes([SHARE_PREFIX[-1] + 1])
+            for ver, name, sealed in db.execute("SELECT ver, name, row FROM record"):
+                if self._closing:
+                    break
+                try:
+                    record = self._decode(bytes(name), int(ver), bytes(sealed))
+                    if not low <= record.key < high:
+                        continue
+                    if wanted(NodeShare.from_bytes(record.value)):
+                        found.append(record.key[len(SHARE_PREFIX) :])
+                except (StoreCorrupted, InvalidInput):
+                    continue
+        finally:
+            db.close()
+        return found
+
     # ---- reading -------------------------------------------------------------------------
 
     def _decode(self, name: bytes, ver: int, sealed: bytes) -> AcceptorRecord:
