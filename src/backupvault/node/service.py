@@ -242,7 +242,9 @@ class NodeService:
         # Shares left at L before a restart are watched too, not only those read again.
         shares = self._firmware.shares
         try:
-            at_limit = await asyncio.to_thread(self._store.share_keys, shares.at_limit)
+            at_limit = await asyncio.to_thread(
+                self._store.share_keys, shares.at_limit, STORE_CHECK_PAUSE
+            )
         except sqlite3.Error:
             return  # the store is closing; the rows' next reads watch them
         try:

@@ -124,6 +124,8 @@ from backupvault.protocol import EntryStatus
 _MOD = 2**256
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
+#: Rows a background scan opens between two pauses (`share_keys`).
+SCAN_BATCH = 256
 CACHED_RECORDS = 20_000  # records kept decrypted in memory (about 1 KB each)
 #: Names and versions of checked buckets kept in memory (24 B each: a million entries'
 #: two rows each take 48 MB): a row read from disk is compared with its bucket's listing,
@@ -607,20 +609,25 @@ class NodeStore:
         finally:
             db.close()
 
-    def share_keys(self, wanted: Callable[[NodeShare], bool]) -> list[bytes]:
+    def share_keys(self, wanted: Callable[[NodeShare], bool], pause: float = 0.0) -> list[bytes]:
         """The entry keys of this node's share rows that `wanted` picks, read on a
         connection of its own (the node runs this in a thread after start, after
         `verify_all`: a share left at L that nobody asks for again is found after a
-        restart, docs/threshold.md "Counters and erasure"). A row that does not open (a
-        rotation under way, or damage) is passed over: its entry's next read checks it."""
+        restart, docs/threshold.md "Counters and erasure"), sleeping `pause` seconds every
+        `SCAN_BATCH` rows: every row is opened, and serving goes first. A row that does not
+        open (a rotation under way, or damage) is passed over: its entry's next read checks
+        it."""
         db = sqlite3.connect(self._path, isolation_level=None)
         found: list[bytes] = []
         try:
             db.execute("PRAGMA query_only=ON")
             low, high = SHARE_PREFIX, SHARE_PREFIX[:-1] + bytes([SHARE_PREFIX[-1] + 1])
-            for ver, name, sealed in db.execute("SELECT ver, name, row FROM record"):
+            rows = db.execute("SELECT ver, name, row FROM record")
+            for scanned, (ver, name, sealed) in enumerate(rows, 1):
                 if self._closing:
                     break
+                if scanned % SCAN_BATCH == 0:
+                    time.sleep(pause)
                 try:
                     record = self._decode(bytes(name), int(ver), bytes(sealed))
                     if not low <= record.key < high:
