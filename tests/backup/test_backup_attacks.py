@@ -15,7 +15,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from single_blob import create_backup
 
-from backupvault.backup import BackupNotFound, restore_backup
+from backupvault.backup import BackupNotFound, archive, restore_backup
 from backupvault.backup.archive import ArchiveStats
 from backupvault.backup.format import HEADER_LEN, WRAP_AAD_LEN, BackupHeader
 from backupvault.crypto.stream import TAG_LEN
@@ -244,29 +244,28 @@ def test_a_staging_folder_swapped_for_a_link_as_it_is_made_is_not_touched(
     assert list(elsewhere.iterdir()) == [] and elsewhere.stat().st_mode & 0o777 == 0o755
 
 
-@pytest.mark.parametrize(
-    "after",
-    [
-        b"x",
-        b"\x00" * 10,
-        zstandard.ZstdCompressor().compress(b"a second archive" * 100),
-    ],
-)
-def test_data_after_the_zstd_frame_is_refused(
-    tmp_path: Path, root_key: bytes, after: bytes
-) -> None:
-    """format.md, "Payload": nothing after the zstd frame. What a writer that holds RK
-    seals after it is refused: bytes that are no frame, and a frame of anything but zeros. (A
-    further frame of zeros, or a skippable frame, is still read past: the page says so.)"""
+_SKIPPABLE = (0x184D2A50).to_bytes(4, "little") + (4).to_bytes(4, "little") + b"note"
+_EMPTY_FRAME = zstandard.ZstdCompressor().compress(b"")
+
+
+def _seal_archive(
+    tmp_path: Path, root_key: bytes, before: bytes, after: bytes, padding: int = 0
+) -> Path:
+    """A single-blob backup of one small file whose sealed payload is `before`, then the
+    archive's zstd frame (its tar followed by `padding` more zero bytes), then `after`:
+    what a writer that holds RK could seal. Returns the storage folder."""
     source = tmp_path / "src"
     source.mkdir()
     (source / "a.txt").write_bytes(b"hello")
     storage = tmp_path / "store"
 
     def write(out: single_blob.Writable) -> ArchiveStats:
+        out.write(before)
         compressor = zstandard.ZstdCompressor().stream_writer(out, closefd=False)  # type: ignore[arg-type]
         with tarfile.open(fileobj=compressor, mode="w|", format=tarfile.PAX_FORMAT) as tar:
             tar.add(source / "a.txt", arcname="a.txt")
+        for _ in range(padding >> 20):
+            compressor.write(bytes(1 << 20))
         compressor.flush(zstandard.FLUSH_FRAME)
         out.write(after)
         return ArchiveStats()
@@ -278,8 +277,100 @@ def test_data_after_the_zstd_frame_is_refused(
         key_kind=single_blob.KEY_RECOVERY_CODE,
         bounds=single_blob.SourceTotals(100, 1 << 20),
     )
+    return storage
+
+
+@pytest.mark.parametrize(
+    ("before", "after"),
+    [
+        (b"", b"x"),
+        (b"", b"\x00" * 10),
+        (b"", zstandard.ZstdCompressor().compress(b"a second archive" * 100)),
+        (b"", zstandard.ZstdCompressor().compress(bytes(1000))),
+        (b"", _EMPTY_FRAME),
+        (b"", _SKIPPABLE),
+        (_SKIPPABLE, b""),
+        (_EMPTY_FRAME, b""),
+    ],
+    ids=["byte", "zeros", "frame", "zero-frame", "empty-frame", "skippable", "lead-skippable",
+         "lead-empty-frame"],
+)  # fmt: skip
+def test_data_around_the_zstd_frame_is_refused(
+    tmp_path: Path, root_key: bytes, before: bytes, after: bytes
+) -> None:
+    """format.md, "Payload": the payload is exactly one zstd frame. Whatever a writer that
+    holds RK seals before or after it is refused, a further frame of zeros, an empty
+    frame or a skippable one (RFC 8878, 3.1.2) included, and nothing reaches `dest`."""
+    storage = _seal_archive(tmp_path, root_key, before, after)
     dest = tmp_path / "out" / "dest"
     dest.parent.mkdir()
-    with pytest.raises(InvalidInput, match=r"after its end|corrupt"):
+    with pytest.raises(InvalidInput, match=r"after its end|corrupt|one zstd frame"):
         restore_backup(str(storage), root_key, dest)
     assert not dest.exists()
+
+
+def test_zeros_after_the_tar_end_are_read_only_as_far_as_a_tar_record(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The tar's end is two zero blocks, padded to a 10240-byte record; a frame that
+    goes on with zeros past that (a few bytes of zstd can hold terabytes of them) is
+    refused there, not decompressed to its end."""
+    storage = _seal_archive(tmp_path, root_key, b"", b"", padding=8 << 20)
+    decompressed = 0
+    real_init = archive.TarReader.__init__
+
+    class Counting:
+        def __init__(self, source: archive.Readable) -> None:
+            self.source = source
+
+        def read(self, size: int = -1) -> bytes:
+            nonlocal decompressed
+            data = self.source.read(size)
+            decompressed += len(data)
+            return data
+
+    def counting_init(self: archive.TarReader, source: archive.Readable) -> None:
+        real_init(self, Counting(source))
+
+    monkeypatch.setattr(archive.TarReader, "__init__", counting_init)
+    dest = tmp_path / "out" / "dest"
+    dest.parent.mkdir()
+    with pytest.raises(InvalidInput, match=r"after its end"):
+        restore_backup(str(storage), root_key, dest)
+    assert not dest.exists()
+    assert decompressed < 1 << 20
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    content=st.sampled_from([b"", b"abc" * 50_000, bytes(300_000), os.urandom(200_000)]),
+    checksum=st.booleans(),
+    sized=st.booleans(),
+    pieces=st.lists(st.integers(1, 70_000), min_size=1, max_size=8),
+)
+def test_one_frame_ends_exactly_where_the_zstd_frame_does(
+    content: bytes, checksum: bool, sized: bool, pieces: list[int]
+) -> None:
+    """The frame walker finds the end of any frame zstd writes (raw, RLE and compressed
+    blocks, with or without a checksum or a content size), however the bytes arrive; one
+    byte more is refused, one byte less is a frame cut off."""
+    import io
+
+    frame = zstandard.ZstdCompressor(write_checksum=checksum, write_content_size=sized).compress(
+        content
+    )
+    for data, whole in ((frame, True), (frame[:-1], False), (frame + b"\x00", None)):
+        walker = archive.OneFrame(io.BytesIO(data))
+        sizes = iter(pieces)
+        try:
+            while walker.read(next(sizes, 65536)):
+                pass
+        except InvalidInput:
+            assert whole is None
+            continue
+        assert whole is not None
+        if whole:
+            walker.check_ended()
+        else:
+            with pytest.raises(InvalidInput, match="cut off"):
+                walker.check_ended()

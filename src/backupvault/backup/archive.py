@@ -28,6 +28,10 @@ from backupvault.backup.safe import SafeDestination, Skipped
 from backupvault.errors import InvalidInput
 
 _COPY_SIZE = 1 << 20
+# tarfile (the writer) pads the archive to a whole record of 20 blocks: after the first
+# zero block there are at most this many bytes, all zeros.
+_RECORD = 20 * 512
+_ZSTD_MAGIC = 0xFD2FB528
 
 
 class Readable(Protocol):
@@ -149,10 +153,90 @@ class TarReader:
         self._read(padding)
 
     def _check_end(self) -> None:
-        # After the first zero block, only zeros (tar's second block and record padding).
-        while chunk := self._source.read(1 << 16):
-            if chunk.count(0) != len(chunk):
+        # After the first zero block, only zeros (tar's second block and record padding),
+        # and no more than a record of them: a few bytes of zstd can hold terabytes.
+        left = _RECORD
+        while chunk := self._source.read(left + 1):
+            if chunk.count(0) != len(chunk) or len(chunk) > left:
                 raise InvalidInput("backup archive has unexpected data after its end")
+            left -= len(chunk)
+
+
+class OneFrame:
+    """The compressed payload as the decompressor reads it, refused (`InvalidInput`) as
+    soon as it is anything but exactly one zstd frame (docs/format.md, "Payload"): a
+    skippable or empty frame before it, or any byte after it (a further frame, even one
+    of zeros or a skippable one, which a zstd reader would take in silently). The frame's
+    end is found by walking its block headers (RFC 8878, 3.1.1) as the bytes go by."""
+
+    def __init__(self, source: Readable) -> None:
+        self._source = source
+        self._header = bytearray()  # the header being gathered: the frame's, or a block's
+        self._want = 5  # its length: magic and frame header descriptor first
+        self._stage = "magic"
+        self._skip = 0  # content bytes still to pass over
+        self._checksum = 0  # bytes of checksum after the last block
+        self.ended = False
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._source.read(size)
+        with memoryview(data) as view:
+            self._walk(view)
+        return data
+
+    def check_ended(self) -> None:
+        """At the end of the payload: the frame must have ended exactly there."""
+        if not self.ended:
+            raise InvalidInput("backup archive is corrupt: its zstd frame is cut off")
+
+    def _walk(self, data: memoryview) -> None:
+        pos = 0
+        while pos < len(data):
+            if self.ended:
+                raise InvalidInput(
+                    "backup archive is corrupt: not exactly one zstd frame (data after it)"
+                )
+            if self._skip:
+                step = min(self._skip, len(data) - pos)
+                self._skip -= step
+                pos += step
+            else:
+                step = min(self._want - len(self._header), len(data) - pos)
+                self._header += data[pos : pos + step]
+                pos += step
+            if not self._skip and len(self._header) == self._want:
+                self._next()
+
+    def _next(self) -> None:
+        """A header is whole (or a block's content passed): what comes next."""
+        header = bytes(self._header)
+        self._header.clear()
+        if self._stage == "magic":
+            if int.from_bytes(header[:4], "little") != _ZSTD_MAGIC:
+                raise InvalidInput("backup archive is corrupt: not a zstd frame")
+            descriptor = header[4]
+            self._checksum = 4 if descriptor & 0x04 else 0
+            single_segment = bool(descriptor & 0x20)
+            size_flag = descriptor >> 6
+            rest = (0 if single_segment else 1) + (0, 1, 2, 4)[descriptor & 0x03]
+            rest += (1 if single_segment else 0, 2, 4, 8)[size_flag]
+            self._stage, self._want = "frame header", rest  # never 0 bytes
+        elif self._stage in ("frame header", "block content"):
+            self._stage, self._want = "block", 3
+        elif self._stage == "block":
+            value = int.from_bytes(header, "little")
+            kind, size = (value >> 1) & 3, value >> 3
+            if kind == 3:
+                raise InvalidInput("backup archive is corrupt: a reserved zstd block type")
+            self._skip = 1 if kind == 1 else size  # RLE: one byte, repeated
+            self._stage = "last block content" if value & 1 else "block content"
+            self._want = 0
+            if not self._skip:
+                self._next()
+        elif self._stage == "last block content" and self._checksum:
+            self._stage, self._want = "checksum", self._checksum
+        else:  # the last block's content, or the checksum after it, passed
+            self._stage, self.ended = "end", True
 
 
 def _padded(size: int) -> int:
@@ -220,8 +304,9 @@ def _parse_pax(data: bytes) -> dict[str, str]:
 
 def extract_archive(compressed: Readable, dest: SafeDestination) -> ArchiveStats:
     """Extract a single-blob backup's archive through `dest` (see backup/safe.py)."""
+    frame = OneFrame(compressed)
     decompressor = zstandard.ZstdDecompressor().stream_reader(
-        cast(IO[bytes], compressed), read_across_frames=False, closefd=False
+        cast(IO[bytes], frame), read_across_frames=False, closefd=False
     )
     reader = TarReader(decompressor)
     try:
@@ -234,6 +319,7 @@ def extract_archive(compressed: Readable, dest: SafeDestination) -> ArchiveStats
                 dest.symlink(member.name, member.linkname)
             else:
                 dest.hardlink(member.name, member.linkname)
+        frame.check_ended()
     except zstandard.ZstdError as exc:
         raise InvalidInput(f"backup archive is corrupt (zstd: {exc})") from None
     written = dest.finish()
