@@ -1113,6 +1113,27 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     assert run("backup", "check", "--read-data", *key).returncode == 0
 
 
+def test_repair_names_a_malformed_pack_id_before_asking_for_the_key(
+    tmp_path: Path, source: Path
+) -> None:
+    """A pack id that cannot be one (not 32 hex digits) is a usage error before the key
+    is read: a password typed, or a recovery code given, is not spent on it."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    for key in (("--recovery-code", "-"), ("--password-stdin",)):
+        refused = run("--json", "backup", "repair", "nosuchpack", "0" * 31,
+                      "--storage", str(storage), *key, stdin="")  # fmt: skip
+        assert refused.returncode == 2, refused.stderr
+        error = json.loads(refused.stderr)["error"]
+        assert "not a pack id: nosuchpack, " + "0" * 31 in error
+        assert "32 hex digits" in json.loads(refused.stderr)["hint"]
+    # A well-formed id storage does not hold may still be listed by the index (a missing
+    # pack, which repair drops): only the key tells.
+    unknown = run("backup", "repair", "0" * 32, "--storage", str(storage),
+                  "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert unknown.returncode == 2 and "no pack 000" in unknown.stderr
+
+
 def test_single_blob_backups_still_list_and_restore(tmp_path: Path, source: Path) -> None:
     """Backups made before the repository format, beside a repository in the same storage."""
     from backupvault.crypto import recovery

@@ -469,6 +469,7 @@ def backup_repair(
     delete the damaged packs. The next `backup create` stores what was dropped again."""
     from backupvault.backup.repo import maintenance
 
+    maintenance.pack_names(packs)  # a malformed id is named before the key is asked for
     repo = _open(ctx, storage_url, password_stdin, code)
     with ctx.output.progress() as bar:
         result = maintenance.repair(repo, dry_run=dry_run, packs=packs, progress=bar)

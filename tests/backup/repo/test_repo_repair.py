@@ -247,7 +247,9 @@ def test_only_the_packs_named_are_read(many_packs: tuple[Path, Path], root_key: 
     assert [d.paths for d in checked.damaged_files] == [["a/f01", "b/f18"]]
     assert sum(two.name in e for e in checked.errors) == 1
     with pytest.raises(UsageError, match="no pack 0123"):
-        _repair(repo, root_key, packs=("0123",))
+        _repair(repo, root_key, packs=("0123" * 8,))
+    with pytest.raises(UsageError, match="not a pack id: 0123, data/"):
+        _repair(repo, root_key, packs=("0123", f"data/{one.name}"))
 
 
 def test_a_pack_larger_than_any_pack_is_damage_read_no_further(

@@ -680,7 +680,7 @@ def repair(
     Progress: reading the packs, copying out of the damaged ones, reading the snapshots
     (no total) to name the files that cannot be restored."""
     reporter = progress or NoProgress()
-    named = list(dict.fromkeys(name.strip().lower() for name in packs))
+    named = pack_names(packs)
     # A dry run only reads, as check does: backups may run beside it, and on storage this
     # device cannot write to it runs without a lock.
     try:
@@ -759,6 +759,20 @@ def _repair_locked(
     reporter.start(None, "reading snapshots")
     _name_lost_files(repo, kept.chunks.keys() | salvaged, result)
     return result
+
+
+def pack_names(packs: Iterable[str]) -> list[str]:
+    """The pack ids a user named, each once, in the form storage names them; a name that
+    cannot be a pack's is a `UsageError`, found before the key is asked for."""
+    named = list(dict.fromkeys(name.strip().lower() for name in packs))
+    malformed = [name for name in named if not _is_object_id(name)]
+    if malformed:
+        raise UsageError(
+            f"not a pack id: {', '.join(malformed)}",
+            hint=f"a pack id is {2 * OBJECT_ID_LEN} hex digits, as `backup check` names it"
+            " (`pack 1f0e...: ...`)",
+        )
+    return named
 
 
 def _packs_to_read(index: Index, sizes: dict[str, int], named: list[str]) -> list[bytes]:
