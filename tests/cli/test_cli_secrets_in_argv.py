@@ -164,7 +164,7 @@ def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_fi
     )  # fmt: skip
     assert backupvault(*args, env=SECRETS).returncode == 0
     working = out.read_bytes()
-    done = backupvault(*args, env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
+    done = backupvault(*args, "--force", env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
     assert done.returncode == 1
     assert "field 'device_key' is malformed" in done.stderr
     assert out.read_bytes() == working

@@ -355,7 +355,13 @@ def fleet_keygen(ctx: Context, out_dir: Path) -> None:
     "out_file",
     required=True,
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Where to write client.toml (mode 0600: it holds the token).",
+    help="Where to write client.toml (mode 0600: it holds the token). An existing file is"
+    " refused unless --force.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace the --out file if there is one (its tokens and device key are lost).",
 )
 @pass_context
 def fleet_client_config(
@@ -373,6 +379,7 @@ def fleet_client_config(
     storage: str | None,
     previous_files: tuple[Path, ...],
     out_file: Path,
+    force: bool,
 ) -> None:
     """Write a client.toml for ACCOUNT: pinned to this fleet's keys, or with --ota trusting
     the operator's and the witness's keys (docs/operations.md §5)."""
@@ -381,6 +388,14 @@ def fleet_client_config(
     from backupvault.node.config import FleetDescription
 
     _warn_secrets_in_argv(ctx, ("token", "fleet_token", "device_key"))
+    if os.path.lexists(out_file) and not force:
+        # Another account's config there (or this one's, with the only copy of a device
+        # key a token is bound to) would be lost without a word.
+        raise UsageError(
+            f"{out_file} already exists: nothing was written",
+            hint="give another --out, or --force to replace it (the account, tokens and"
+            " device key it holds are then lost; keep a copy if a device uses it)",
+        )
     fleet = FleetDescription.load(fleet_file)
     data: dict[str, object] = {
         "relay_url": relay_url,
