@@ -1005,7 +1005,7 @@ def test_a_backup_that_could_not_read_a_file_saves_the_rest_and_exits_8(
     assert (tmp_path / "out" / "photos" / "cat.jpg").read_bytes() == bytes(range(256)) * 100
 
 
-def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
+def test_check_exits_9_on_damage(tmp_path: Path, source: Path) -> None:
     storage = tmp_path / "storage"
     code = first_backup(source, storage)
     pack = next((storage / "data").iterdir())
@@ -1013,12 +1013,12 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     data[3] ^= 1
     pack.write_bytes(bytes(data))
     done = run("backup", "check", "--read-data", "--storage", str(storage), "--recovery-code", code)
-    assert done.returncode == 1
+    assert done.returncode == 9
     assert "damaged" in done.stderr and pack.name in done.stderr
     snapshot = next((storage / "snapshots").iterdir()).name
     checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
-    assert checked.returncode == 1
+    assert checked.returncode == 9
     [named] = json.loads(checked.stdout)["damaged_files"]
     assert named["backup_id"] == snapshot and named["source"] == str(source)
     [lost] = named["paths"]  # the file whose chunk the flipped byte is in
@@ -1034,10 +1034,10 @@ def test_check_exits_1_on_damage(tmp_path: Path, source: Path) -> None:
     assert (tmp_path / "rest" / other).read_bytes() == (source / other).read_bytes()
     pack.unlink()  # without --read-data, the files of a missing pack are named
     done = run("--json", "backup", "check", "--storage", str(storage), "--recovery-code", code)
-    assert done.returncode == 1
+    assert done.returncode == 9
     [named] = json.loads(done.stdout)["damaged_files"]
     assert named["paths"] == ["notes.txt", "photos/cat.jpg"]
-    assert json.loads(done.stderr)["exit_code"] == 1
+    assert json.loads(done.stderr)["exit_code"] == 9
 
 
 def test_restore_json_names_the_damaged_files_as_check_does(tmp_path: Path, source: Path) -> None:
@@ -1053,7 +1053,7 @@ def test_restore_json_names_the_damaged_files_as_check_does(tmp_path: Path, sour
     for read_data in (("--read-data",), ()):
         checked = run("--json", "backup", "check", *read_data, *key)
         restored = run("--json", "backup", "restore", "--to", str(tmp_path / "out"), *key)
-        assert restored.returncode == 1 and not (tmp_path / "out").exists()
+        assert restored.returncode == 9 and not (tmp_path / "out").exists()
         [named] = json.loads(restored.stderr)["damaged_files"]
         assert [named] == json.loads(checked.stdout)["damaged_files"]
         assert isinstance(named["paths"], list) and named["paths"]
@@ -1072,7 +1072,7 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     data[3] ^= 1  # in the first chunk's blob
     pack.write_bytes(bytes(data))
     checked = run("backup", "check", "--read-data", *key)
-    assert checked.returncode == 1 and "run `backup repair`" in checked.stderr
+    assert checked.returncode == 9 and "run `backup repair`" in checked.stderr
     assert "move it out" not in checked.stderr
 
     dry = run("--json", "backup", "repair", "--dry-run", *key)
@@ -1098,7 +1098,7 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     # Until a new backup, check still names the lost file, and says what clears it: a
     # repair, which has nothing left to do, is not what it points to.
     left = run("--json", "backup", "check", *key)
-    assert left.returncode == 1 and json.loads(left.stdout)["repairable"] is False
+    assert left.returncode == 9 and json.loads(left.stdout)["repairable"] is False
     assert "run `backup repair`" not in left.stderr
     assert "the next `backup create` stores them again" in left.stderr
 

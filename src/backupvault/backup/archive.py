@@ -23,9 +23,8 @@ from typing import IO, Protocol, cast
 
 import zstandard
 
-from backupvault.backup.errors import UnsafeArchive
+from backupvault.backup.errors import Corrupt, UnsafeArchive
 from backupvault.backup.safe import SafeDestination, Skipped
-from backupvault.errors import InvalidInput
 
 _COPY_SIZE = 1 << 20
 # tarfile (the writer) pads the archive to a whole record of 20 blocks: after the first
@@ -87,7 +86,7 @@ class TarReader:
         while len(data) < size:
             piece = self._source.read(size - len(data))
             if not piece:
-                raise InvalidInput("backup archive is truncated")
+                raise Corrupt("backup archive is truncated")
             data += piece
         return bytes(data)
 
@@ -101,7 +100,7 @@ class TarReader:
             if block.count(0) == _BLOCK:
                 self._check_end()
                 if pax:
-                    raise InvalidInput("backup archive ends after a pax header")
+                    raise Corrupt("backup archive ends after a pax header")
                 return None
             kind = self._check_block(block)
             size = _octal(block[124:136], "size")
@@ -122,10 +121,10 @@ class TarReader:
         if block[257:265] == b"ustar  \x00":
             raise UnsafeArchive(f"{_name(block)!r} has a GNU tar header, never written here")
         if block[257:265] != _USTAR_MAGIC:
-            raise InvalidInput("backup archive is corrupt (not a POSIX tar header)")
+            raise Corrupt("backup archive is corrupt (not a POSIX tar header)")
         stored = _octal(block[148:156], "checksum")
         if sum(block[:148]) + 8 * 32 + sum(block[156:]) != stored:
-            raise InvalidInput("backup archive is corrupt (tar header checksum)")
+            raise Corrupt("backup archive is corrupt (tar header checksum)")
         return block[156:157]
 
     def _member(self, block: bytes, kind: str, size: int, pax: dict[str, str]) -> Member:
@@ -137,7 +136,7 @@ class TarReader:
         if "mtime" in pax:
             mtime_ns = _pax_time_ns(pax["mtime"])
         if mtime_ns >= 1 << 62:
-            raise InvalidInput("backup archive has an out-of-range time")
+            raise Corrupt("backup archive has an out-of-range time")
         if kind != "file" and size:
             raise UnsafeArchive(f"{name!r} is a {kind} with {size} bytes of data")
         self._unread = size
@@ -158,7 +157,7 @@ class TarReader:
         left = _RECORD
         while chunk := self._source.read(left + 1):
             if chunk.count(0) != len(chunk) or len(chunk) > left:
-                raise InvalidInput("backup archive has unexpected data after its end")
+                raise Corrupt("backup archive has unexpected data after its end")
             left -= len(chunk)
 
 
@@ -187,13 +186,13 @@ class OneFrame:
     def check_ended(self) -> None:
         """At the end of the payload: the frame must have ended exactly there."""
         if not self.ended:
-            raise InvalidInput("backup archive is corrupt: its zstd frame is cut off")
+            raise Corrupt("backup archive is corrupt: its zstd frame is cut off")
 
     def _walk(self, data: memoryview) -> None:
         pos = 0
         while pos < len(data):
             if self.ended:
-                raise InvalidInput(
+                raise Corrupt(
                     "backup archive is corrupt: not exactly one zstd frame (data after it)"
                 )
             if self._skip:
@@ -213,7 +212,7 @@ class OneFrame:
         self._header.clear()
         if self._stage == "magic":
             if int.from_bytes(header[:4], "little") != _ZSTD_MAGIC:
-                raise InvalidInput("backup archive is corrupt: not a zstd frame")
+                raise Corrupt("backup archive is corrupt: not a zstd frame")
             descriptor = header[4]
             self._checksum = 4 if descriptor & 0x04 else 0
             single_segment = bool(descriptor & 0x20)
@@ -227,7 +226,7 @@ class OneFrame:
             value = int.from_bytes(header, "little")
             kind, size = (value >> 1) & 3, value >> 3
             if kind == 3:
-                raise InvalidInput("backup archive is corrupt: a reserved zstd block type")
+                raise Corrupt("backup archive is corrupt: a reserved zstd block type")
             self._skip = 1 if kind == 1 else size  # RLE: one byte, repeated
             self._stage = "last block content" if value & 1 else "block content"
             self._want = 0
@@ -259,23 +258,23 @@ def _octal(field: bytes, what: str) -> int:
     if not digits:
         return 0
     if not re.fullmatch(rb"[0-7]{1,12}", digits):
-        raise InvalidInput(f"backup archive is corrupt (tar {what} field)")
+        raise Corrupt(f"backup archive is corrupt (tar {what} field)")
     return int(digits, 8)
 
 
 def _pax_int(value: str, what: str) -> int:
     if not re.fullmatch(r"[0-9]{1,20}", value):
-        raise InvalidInput(f"backup archive is corrupt (pax {what} {value[:30]!r})")
+        raise Corrupt(f"backup archive is corrupt (pax {what} {value[:30]!r})")
     return int(value)
 
 
 def _pax_time_ns(value: str) -> int:
     """A pax time to whole microseconds, exactly (the writer's precision), in ns."""
     if not _DECIMAL.fullmatch(value):
-        raise InvalidInput(f"backup archive is corrupt (pax mtime {value[:30]!r})")
+        raise Corrupt(f"backup archive is corrupt (pax mtime {value[:30]!r})")
     ns = round(Decimal(value) * 1_000_000) * 1000
     if abs(ns) >= 1 << 62:
-        raise InvalidInput("backup archive has an out-of-range time")
+        raise Corrupt("backup archive has an out-of-range time")
     return ns
 
 
@@ -286,15 +285,15 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     while pos < len(data):
         match = re.match(rb"([0-9]{1,7}) ", data[pos:])
         if match is None:
-            raise InvalidInput("backup archive is corrupt (pax record)")
+            raise Corrupt("backup archive is corrupt (pax record)")
         length = int(match.group(1))
         record = data[pos + match.end() : pos + length]
         if length <= match.end() or pos + length > len(data) or not record.endswith(b"\n"):
-            raise InvalidInput("backup archive is corrupt (pax record length)")
+            raise Corrupt("backup archive is corrupt (pax record length)")
         key, sep, value = record[:-1].partition(b"=")
         name = key.decode("ascii", "replace")
         if not sep or name in records:
-            raise InvalidInput("backup archive is corrupt (pax record)")
+            raise Corrupt("backup archive is corrupt (pax record)")
         if name.startswith("GNU.sparse") or name not in _PAX_KEYS:
             raise UnsafeArchive(f"an unsupported pax record {name[:40]!r}")
         records[name] = value.decode("utf-8", "surrogateescape")
@@ -321,7 +320,7 @@ def extract_archive(compressed: Readable, dest: SafeDestination) -> ArchiveStats
                 dest.hardlink(member.name, member.linkname)
         frame.check_ended()
     except zstandard.ZstdError as exc:
-        raise InvalidInput(f"backup archive is corrupt (zstd: {exc})") from None
+        raise Corrupt(f"backup archive is corrupt (zstd: {exc})") from None
     written = dest.finish()
     return ArchiveStats(
         files=written.files,

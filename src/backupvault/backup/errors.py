@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from backupvault.errors import BackupVaultError, InvalidInput, UsageError
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
 
 class StorageError(BackupVaultError):
@@ -42,3 +42,25 @@ class StorageNotFound(StorageError):
 
 class NoSpace(BackupVaultError):
     """The restore destination's disk is (or would be) full."""
+
+
+class StorageUnavailable(StorageError):
+    """The storage did not answer (refused, timed out, no such host): try again later, as
+    for a vault fleet that is unavailable (exit 5)."""
+
+    exit_code = 5
+
+
+class Damaged(BackupVaultError):
+    """What storage holds is not what backupvault wrote: altered, cut off, swapped, missing
+    or malformed. Running the command again does not help (exit 9; docs/cli.md)."""
+
+    exit_code = 9
+
+
+class Corrupt(Damaged, InvalidInput):
+    """A stored object does not parse as what its name says it is."""
+
+
+class Altered(Damaged, AuthenticationFailed):
+    """A stored object fails authentication (with the right key), or is another one's."""

@@ -24,7 +24,9 @@ from typing import Any
 
 from backupvault.backup import archive, format
 from backupvault.backup.errors import (
+    Altered,
     BackupNotFound,
+    Corrupt,
     StorageError,
 )
 from backupvault.backup.progress import NoProgress, Progress
@@ -107,6 +109,10 @@ class _DecryptingReader:
                 else:
                     self.finished = True
                     self._decryptor.finalize()
+            except AuthenticationFailed as exc:
+                # The stream's chunks fail with crypto's error: damage, as any other.
+                self.error = Altered(exc.message, hint=exc.hint)
+                raise self.error from None
             except BaseException as exc:
                 self.error = exc
                 raise
@@ -125,9 +131,9 @@ class _DecryptingReader:
         """Verify the rest of the stream, which must hold no further plaintext."""
         while not self.finished:
             if self.read(1 << 20):
-                raise InvalidInput("backup has unexpected data after its archive")
+                raise Corrupt("backup has unexpected data after its archive")
         if self._plaintext:
-            raise InvalidInput("backup has unexpected data after its archive")
+            raise Corrupt("backup has unexpected data after its archive")
 
 
 def _root_key(root_key: bytes) -> bytes:
@@ -204,7 +210,7 @@ def _choose(storage: Storage, key: bytes, backup_id: str | None) -> tuple[Stored
     if best is None and len(backups) == 1 and last_error is not None:
         raise last_error  # the one backup there is: say exactly what is wrong with it
     if best is None and damaged:
-        raise AuthenticationFailed(
+        raise Altered(
             f"no backup at {storage.display_url} opens with this key, and "
             f"{_plural(len(damaged), 'backup header')} failed to parse or authenticate "
             f"(the latest: {damaged[-1]})"
@@ -251,7 +257,7 @@ def restore_backup(
             header = format.BackupHeader.from_bytes(header_bytes)
             data_key = format.open_header(header, key)
             if header.backup_id_hex != chosen.backup_id:
-                raise AuthenticationFailed(
+                raise Altered(
                     f"backup object {chosen.name} holds backup {header.backup_id_hex}: "
                     "it was renamed or replaced"
                 )

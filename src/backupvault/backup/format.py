@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from backupvault.backup.errors import Altered, Corrupt
 from backupvault.backup.keykinds import KEY_NAMES, KEY_PASSWORD, KEY_RECOVERY_CODE, KEY_UNKNOWN
 from backupvault.crypto import stream
-from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+from backupvault.errors import InvalidInput, WrongKey
 
 MAGIC: Final = b"BVBACKUP"
 VERSION: Final = 2  # what new backups are written as
@@ -136,11 +137,11 @@ class BackupHeader:
     def from_bytes(cls, data: bytes) -> BackupHeader:
         expected = header_length(data)
         if len(data) < expected:
-            raise InvalidInput(
+            raise Corrupt(
                 f"backup is truncated: the header is {len(data)} bytes, expected {expected}"
             )
         if len(data) > expected:
-            raise InvalidInput(f"header must be exactly {expected} bytes, got {len(data)}")
+            raise Corrupt(f"header must be exactly {expected} bytes, got {len(data)}")
         if data[len(MAGIC)] == VERSION_1:
             return cls._from_v1(data)
         (
@@ -159,11 +160,11 @@ class BackupHeader:
         ) = _PREFIX.unpack_from(data)
         _check_common(payload, chunk_size, created_at_us)
         if key_kind not in KEY_KINDS:
-            raise InvalidInput(f"unknown backup key kind {key_kind}")
+            raise Corrupt(f"unknown backup key kind {key_kind}")
         if content_bytes > MAX_CONTENT_BYTES:
-            raise InvalidInput(f"backup header declares {content_bytes} bytes, over the ceiling")
+            raise Corrupt(f"backup header declares {content_bytes} bytes, over the ceiling")
         if not 1 <= entries <= MAX_ENTRIES:
-            raise InvalidInput(f"backup header declares {entries} entries, outside 1 ... 2^24")
+            raise Corrupt(f"backup header declares {entries} entries, outside 1 ... 2^24")
         return cls(
             key_kind=key_kind,
             chunk_size=chunk_size,
@@ -213,15 +214,15 @@ def header_length(start: bytes) -> int:
     """The length of the header that `start` (at least its first `VERSION_PREFIX_LEN`
     bytes) begins, by its version; refuses what is not a header this build reads."""
     if len(start) < len(MAGIC) or start[: len(MAGIC)] != MAGIC:
-        raise InvalidInput("not a backupvault backup (the file does not start with BVBACKUP)")
+        raise Corrupt("not a backupvault backup (the file does not start with BVBACKUP)")
     if len(start) < VERSION_PREFIX_LEN:
-        raise InvalidInput(f"backup is truncated: the header is {len(start)} bytes")
+        raise Corrupt(f"backup is truncated: the header is {len(start)} bytes")
     version = start[len(MAGIC)]
     if version == VERSION:
         return HEADER_LEN
     if version == VERSION_1:
         return HEADER_LEN_V1
-    raise InvalidInput(
+    raise Corrupt(
         f"backup format version {version} is not supported (this build reads "
         f"{VERSION_1} and {VERSION})",
         hint="upgrade backupvault",
@@ -230,11 +231,11 @@ def header_length(start: bytes) -> int:
 
 def _check_common(payload: int, chunk_size: int, created_at_us: int) -> None:
     if payload != PAYLOAD_TAR_ZSTD:
-        raise InvalidInput(f"unknown backup payload type {payload}")
+        raise Corrupt(f"unknown backup payload type {payload}")
     if not stream.MIN_CHUNK_SIZE <= chunk_size <= stream.MAX_CHUNK_SIZE:
-        raise InvalidInput(f"backup header has an invalid chunk size {chunk_size}")
+        raise Corrupt(f"backup header has an invalid chunk size {chunk_size}")
     if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
-        raise InvalidInput("backup header has an invalid creation time")
+        raise Corrupt("backup header has an invalid creation time")
 
 
 def _check_root_key(root_key: bytes) -> None:
@@ -266,6 +267,4 @@ def open_header(header: BackupHeader, root_key: bytes) -> bytes:
     try:
         return wrap_key.decrypt(header.wrap_nonce, header.wrapped_dk, header.wrap_aad())
     except InvalidTag:
-        raise AuthenticationFailed(
-            "the backup header failed authentication: it was altered"
-        ) from None
+        raise Altered("the backup header failed authentication: it was altered") from None

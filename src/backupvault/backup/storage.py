@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
-from backupvault.backup.errors import BackupNotFound, StorageError, StorageNotFound
+from backupvault.backup.errors import (
+    BackupNotFound,
+    StorageError,
+    StorageNotFound,
+    StorageUnavailable,
+)
 from backupvault.errors import UsageError
 
 OBJECT_SUFFIX = ".bvb"
@@ -53,6 +58,14 @@ SUPPORTED_FORMS = (
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 ENV_WEBDAV_USER = "BACKUPVAULT_WEBDAV_USER"
 ENV_WEBDAV_PASSWORD = "BACKUPVAULT_WEBDAV_PASSWORD"
+#: Exceptions (by name) of a server that did not answer: httpx's, aiohttp's (fsspec),
+#: botocore's (s3fs), paramiko's and the OS's. They are `StorageUnavailable` (exit 5, try
+#: again later); any other failure (credentials, permissions, a missing package) is not.
+UNREACHABLE = frozenset({
+    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutError", "ClientConnectorError",
+    "EndpointConnectionError", "ConnectTimeoutError", "NoValidConnectionsError",
+    "ConnectionRefusedError", "gaierror", "ServerDisconnectedError", "ConnectionResetError",
+})  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -262,7 +275,8 @@ class Storage:
                 "this storage needs an optional package: install the one named into"
                 f" backupvault's environment ({sys.executable} -m pip install NAME)"
             )
-        return StorageError(f"{what} at {self.display_url}: {detail}", hint=hint)
+        kind = StorageUnavailable if type(exc).__name__ in UNREACHABLE else StorageError
+        return kind(f"{what} at {self.display_url}: {detail}", hint=hint)
 
     def path(self, name: str) -> str:
         return f"{self.root}/{name}" if self.root != "/" else f"/{name}"

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from backupvault.backup.errors import Damaged
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.repo.tree import DIR, FILE, SYMLINK, Entry
 from backupvault.backup.storage import Storage
@@ -55,8 +56,8 @@ _LOST_HINT = (
 )
 
 
-class CheckFailed(BackupVaultError):
-    """`backup check` found damage."""
+class CheckFailed(Damaged):
+    """`backup check` found damage (exit 9, as any command that meets it)."""
 
 
 def repository_exists(url: str) -> bool:

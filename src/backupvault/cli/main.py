@@ -1,8 +1,9 @@
 """`backupvault`: the command line. Thin: parse, call the SDK, print, exit with a meaning.
 
 Exit codes: 0 done; 1 anything else; 2 usage; 3 wrong password or recovery code;
-4 key destroyed; 5 fleet (or relay) unavailable; 6 authentication; 7 the fleet is not
-trusted (its bundle failed the transparency checks) or a deployment check failed.
+4 key destroyed; 5 fleet, relay or storage unavailable (retry later); 6 authentication;
+7 the fleet is not trusted (its bundle failed the transparency checks) or a deployment
+check failed; 8 a backup saved without some files; 9 backup data damaged.
 `--json` (before or after the subcommand) prints one JSON object on stdout, or one error
 object on stderr. docs/cli.md describes every command, option and object.
 """
@@ -177,8 +178,20 @@ class Group(click.Group):
         return super().list_commands(ctx)
 
 
+#: The codes a script acts on, in short (docs/cli.md, "Exit codes", says when each comes).
+_EXIT_CODES_HELP = (
+    "Exit codes: 0 done; 1 error; 2 usage; 3 wrong password or recovery code; 4 key"
+    " destroyed; 5 unavailable (the fleet, the relay or the storage did not answer: try again"
+    " later); 6 token refused; 7 fleet not trusted; 8 backup saved without some unreadable"
+    " files; 9 backup data damaged (`backup check`); 130 interrupted."
+)
+
+
 @click.group(
-    cls=Group, plugins=TOP_PLUGINS, context_settings={"help_option_names": ["-h", "--help"]}
+    cls=Group,
+    plugins=TOP_PLUGINS,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=_EXIT_CODES_HELP,
 )
 @click.option(
     "--config",
@@ -1520,23 +1533,14 @@ def _as_named_here(ctx: click.Context, name: str) -> str | None:
     return None
 
 
-#: Exceptions (by name, as a storage error's message gives it) of a server that did not
-#: answer: httpx's, aiohttp's (fsspec), botocore's (s3fs), paramiko's and the OS's.
-_UNREACHABLE = (
-    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutError", "ClientConnectorError",
-    "EndpointConnectionError", "ConnectTimeoutError", "NoValidConnectionsError",
-    "ConnectionRefusedError", "gaierror",
-)  # fmt: skip
-
-
 def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
     """A storage error says what failed (`cannot list backups at URL: ConnectError: ...`)
     and, for most causes, nothing of what to do: add it."""
-    from backupvault.backup.errors import StorageError
+    from backupvault.backup.errors import StorageError, StorageUnavailable
 
-    if type(err) is not StorageError or err.hint is not None:
+    if type(err) not in (StorageError, StorageUnavailable) or err.hint is not None:
         return err
-    if any(f"{name}:" in err.message for name in _UNREACHABLE):
+    if isinstance(err, StorageUnavailable):
         err.hint = (
             "the storage did not answer: check the URL (host and port), that its server"
             " runs, and this device's network; then run the command again"

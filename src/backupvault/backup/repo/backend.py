@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import Corrupt, Damaged, StorageError
 from backupvault.backup.storage import Storage, entry_name, entry_size
 from backupvault.errors import InvalidInput
 
@@ -91,11 +91,11 @@ def _copier(parts: list[Buffer]) -> Callable[[memoryview], None]:
     return fill
 
 
-class MissingObject(StorageError):
+class MissingObject(Damaged, StorageError):
     """A repository object that should be there is not."""
 
 
-class TooLarge(InvalidInput):
+class TooLarge(Corrupt):
     """An object longer than any this program writes under its name (`Backend.get`)."""
 
 
@@ -379,7 +379,7 @@ class Backend:
                 with open(fd, "rb") as handle:
                     st = os.fstat(fd)
                     if not stat.S_ISREG(st.st_mode):
-                        raise InvalidInput(f"{name} at {self.display_url} is not a file")
+                        raise Corrupt(f"{name} at {self.display_url} is not a file")
                     if end is not None:  # no buffer of a range past the end is made
                         end = min(end, st.st_size)
                     if start is not None:

@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from pyfastcdc import FastCDC
 
+from backupvault.backup.errors import Altered, Corrupt
 from backupvault.backup.repo.keys import (
     HMAC_SHA256_IDS,
     NONCE_LEN,
@@ -29,7 +30,6 @@ from backupvault.backup.repo.keys import (
     RepoConfig,
     RepoKeys,
 )
-from backupvault.errors import AuthenticationFailed, InvalidInput
 
 CHUNK_ID_LEN: Final = 32
 BLOB_OVERHEAD: Final = NONCE_LEN + 1 + TAG_LEN
@@ -50,13 +50,13 @@ def one_frame(
     try:
         declared = zstandard.get_frame_parameters(data).content_size
         if declared > most:  # CONTENTSIZE_UNKNOWN is 2^64 - 1: refused here too
-            raise InvalidInput(f"{what} is corrupt: not a zstd frame of at most {most} bytes")
+            raise Corrupt(f"{what} is corrupt: not a zstd frame of at most {most} bytes")
         reader = decompressor.decompressobj()
         content = reader.decompress(data)  # zstd stops at the declared size
     except zstandard.ZstdError as exc:
-        raise InvalidInput(f"{what} is corrupt: {exc}") from None
+        raise Corrupt(f"{what} is corrupt: {exc}") from None
     if not reader.eof or reader.unused_data or len(content) != declared:
-        raise InvalidInput(f"{what} is corrupt: not exactly one zstd frame")
+        raise Corrupt(f"{what} is corrupt: not exactly one zstd frame")
     return content
 
 
@@ -178,7 +178,7 @@ class Sealer:
         """The chunk's plaintext, only if the blob authenticates as `chunk_id`."""
         name = chunk_id.hex()[:16]
         if len(blob) < BLOB_OVERHEAD or not 0 <= raw_length <= _MAX_CHUNK:
-            raise AuthenticationFailed(f"chunk {name} is damaged (bad length)")
+            raise Altered(f"chunk {name} is damaged (bad length)")
         view = memoryview(blob)
         compression = view[0]
         payload = bytearray(len(view) - BLOB_OVERHEAD)
@@ -190,7 +190,7 @@ class Sealer:
                 payload,
             )
         except InvalidTag:
-            raise AuthenticationFailed(
+            raise Altered(
                 f"chunk {name} failed authentication: it was altered or swapped"
             ) from None
         data: bytes | bytearray
@@ -199,7 +199,7 @@ class Sealer:
         elif compression == RAW:
             data = payload
         else:
-            raise InvalidInput(f"chunk {name} has unknown compression {compression}")
+            raise Corrupt(f"chunk {name} has unknown compression {compression}")
         if len(data) != raw_length or not hmac.compare_digest(self.chunk_id(data), chunk_id):
-            raise AuthenticationFailed(f"chunk {name} does not match its id")
+            raise Altered(f"chunk {name} does not match its id")
         return data

@@ -16,9 +16,9 @@ from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Final
 
+from backupvault.backup.errors import Altered
 from backupvault.backup.repo.index import Location
 from backupvault.backup.repo.repository import Repository
-from backupvault.errors import AuthenticationFailed
 
 Plain = bytes | bytearray
 #: Plaintext held for later uses (at least; 4 packs if they are larger): kept all, a
@@ -60,7 +60,7 @@ class ChunkSource:
         end = max(loc.offset + loc.length for loc in locs)
         data = self.repo.backend.get(f"data/{pack_id.hex()}", start, end)
         if len(data) != end - start:
-            raise AuthenticationFailed(f"pack {pack_id.hex()} is truncated")
+            raise Altered(f"pack {pack_id.hex()} is truncated")
         view = memoryview(data)
         opened: dict[bytes, Plain] = {}
         for chunk_id, loc in zip(chunk_ids, locs, strict=True):

@@ -14,6 +14,7 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 
+from backupvault.backup.errors import Altered
 from backupvault.backup.repo.chunksource import ChunkSource, Plain
 from backupvault.backup.repo.index import Location
 from backupvault.backup.repo.repository import Repository
@@ -79,7 +80,7 @@ class NotingChunkSource(ChunkSource):
             first = loc.offset - start
             try:
                 if first + loc.length > len(view):
-                    raise AuthenticationFailed(
+                    raise Altered(
                         f"chunk {chunk_id.hex()[:16]} is cut off: pack {pack_id.hex()} is truncated"
                     )
                 blob = view[first : first + loc.length]
@@ -112,7 +113,7 @@ def listed(paths: list[str], limit: int = SHOWN_PATHS) -> str:
 
 def damaged_files_error(
     damaged: dict[bytes, str], files: DamagedFiles, dest: str | os.PathLike[str]
-) -> AuthenticationFailed:
+) -> Altered:
     """The error of a restore that found `damaged` chunks (id -> why), used by `files`."""
     paths = files.paths
     first = next(iter(damaged.values()))
@@ -123,7 +124,7 @@ def damaged_files_error(
         if len(paths) == 1
         else f"the {len(paths)} files that use {'it' if not more else 'them'} cannot be restored"
     )
-    error = AuthenticationFailed(
+    error = Altered(
         f"{what}; {whose}: {listed(paths)}",
         hint=f"nothing was written into {os.fspath(dest)}; to restore the other files, name "
         "each file or folder to restore with --include (repeat it for more); "

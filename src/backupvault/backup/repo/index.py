@@ -14,9 +14,9 @@ from typing import Final, NamedTuple
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from backupvault.backup.errors import Altered, Corrupt
 from backupvault.backup.repo.chunks import BLOB_OVERHEAD, CHUNK_ID_LEN
 from backupvault.backup.repo.keys import NONCE_LEN, TAG_LEN, RepoConfig
-from backupvault.errors import AuthenticationFailed, InvalidInput
 
 OBJECT_ID_LEN: Final = 16
 PACK_AAD: Final = b"BVPACK02"
@@ -47,11 +47,11 @@ def seal_object(key: bytes, aad: bytes, plaintext: bytes) -> bytes:
 
 def open_object(key: bytes, aad: bytes, sealed: bytes, what: str) -> bytes:
     if len(sealed) < NONCE_LEN + TAG_LEN:
-        raise AuthenticationFailed(f"{what} is truncated")
+        raise Altered(f"{what} is truncated")
     try:
         return AESGCM(key).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
     except InvalidTag:
-        raise AuthenticationFailed(
+        raise Altered(
             f"{what} failed authentication: it was altered, truncated or swapped"
         ) from None
 
@@ -62,12 +62,12 @@ def _encode_entries(entries: list[PackEntry]) -> bytes:
 
 def _decode_entries(data: bytes, pos: int, what: str) -> tuple[list[PackEntry], int]:
     if pos + 4 > len(data):
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     (count,) = _U32.unpack_from(data, pos)
     pos += 4
     end = pos + count * _ENTRY.size
     if end > len(data):
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     entries = [PackEntry(*_ENTRY.unpack_from(data, p)) for p in range(pos, end, _ENTRY.size)]
     return entries, end
 
@@ -119,18 +119,18 @@ def open_pack_header(key: bytes, pack_id: bytes, pack: bytes, at: int = 0) -> li
     it by default), checked against its size."""
     what = f"pack {pack_id.hex()}"
     if len(pack) < PACK_TRAILER_LEN:
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     (sealed_len,) = _U32.unpack_from(pack, len(pack) - PACK_TRAILER_LEN)
     header_start = len(pack) - PACK_TRAILER_LEN - sealed_len
     if header_start < 0:
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     plain = open_object(key, PACK_AAD + pack_id, pack[header_start:-PACK_TRAILER_LEN], what)
     entries, end = _decode_entries(plain, 0, what)
     if end != len(plain):
-        raise InvalidInput(f"{what} header has trailing bytes")
+        raise Corrupt(f"{what} header has trailing bytes")
     for entry in entries:
         if entry.offset + entry.length > at + header_start:
-            raise InvalidInput(f"{what} header points past its data")
+            raise Corrupt(f"{what} header points past its data")
     return entries
 
 
@@ -158,7 +158,7 @@ class IndexFile:
             if pos + count * OBJECT_ID_LEN > len(data):
                 # Checked first: a count of 2^32 - 1 was read an id at a time, 4 billion
                 # empty ones past the end.
-                raise InvalidInput(f"{what} is truncated")
+                raise Corrupt(f"{what} is truncated")
             for _ in range(count):
                 result.supersedes.append(data[pos : pos + OBJECT_ID_LEN])
                 pos += OBJECT_ID_LEN
@@ -169,9 +169,9 @@ class IndexFile:
                 pos += OBJECT_ID_LEN
                 result.packs[pack_id], pos = _decode_entries(data, pos, what)
         except struct.error:
-            raise InvalidInput(f"{what} is truncated") from None
+            raise Corrupt(f"{what} is truncated") from None
         if pos != len(data) or any(len(i) != OBJECT_ID_LEN for i in result.supersedes):
-            raise InvalidInput(f"{what} is malformed")
+            raise Corrupt(f"{what} is malformed")
         return result
 
 

@@ -14,7 +14,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+from backupvault.backup.errors import Altered, Corrupt
+from backupvault.errors import InvalidInput, WrongKey
 
 CONFIG_MAGIC: Final = b"BVREPCFG"
 #: New repositories name chunks with keyed BLAKE3 (version 3); version 2 repositories
@@ -112,23 +113,23 @@ class RepoConfig:
     @classmethod
     def from_bytes(cls, data: bytes) -> RepoConfig:
         if data[: len(CONFIG_MAGIC)] != CONFIG_MAGIC:
-            raise InvalidInput("not a backupvault repository config (bad magic)")
+            raise Corrupt("not a backupvault repository config (bad magic)")
         if len(data) != CONFIG_LEN:
-            raise InvalidInput(f"repository config must be {CONFIG_LEN} bytes, got {len(data)}")
+            raise Corrupt(f"repository config must be {CONFIG_LEN} bytes, got {len(data)}")
         _m, version, repo_id, cmin, cavg, cmax, pack, check, nonce = _PREFIX.unpack_from(data)
         if version not in READABLE_VERSIONS:
-            raise InvalidInput(
+            raise Corrupt(
                 f"repository format version {version} is not supported "
                 f"(this build reads {' and '.join(map(str, READABLE_VERSIONS))})",
                 hint="upgrade backupvault",
             )
         # pyfastcdc's bounds
         if not (64 <= cmin <= 1 << 20 and 256 <= cavg <= 4 << 20 and 1024 <= cmax <= 16 << 20):
-            raise InvalidInput("repository config has invalid chunk sizes")
+            raise Corrupt("repository config has invalid chunk sizes")
         if not cmin <= cavg <= cmax:
-            raise InvalidInput("repository config has invalid chunk sizes")
+            raise Corrupt("repository config has invalid chunk sizes")
         if not 1024 <= pack <= 1024 * 1024 * 1024:
-            raise InvalidInput("repository config has an invalid pack size")
+            raise Corrupt("repository config has an invalid pack size")
         return cls(version, repo_id, cmin, cavg, cmax, pack, check, nonce, data[_PREFIX.size :])
 
 
@@ -184,7 +185,5 @@ def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
             config.wrap_nonce, config.wrapped_key, config.prefix()
         )
     except InvalidTag:
-        raise AuthenticationFailed(
-            "the repository config failed authentication: it was altered"
-        ) from None
+        raise Altered("the repository config failed authentication: it was altered") from None
     return RepoKeys.derive(repo_key, config.repo_id)

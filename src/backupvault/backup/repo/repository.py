@@ -27,7 +27,7 @@ from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Final, Protocol
 
-from backupvault.backup.errors import BackupNotFound, StorageError
+from backupvault.backup.errors import Altered, BackupNotFound, Corrupt, StorageError
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import Backend, Filled, MissingObject, TooLarge
 from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
@@ -503,17 +503,17 @@ class Repository:
         storage lists, which remote storage may make up."""
         pack_id = bytes.fromhex(name)
         if not PACK_TRAILER_LEN <= size <= max_pack_len(self.config):
-            raise InvalidInput(f"pack {name} is listed with a size no pack has ({size} bytes)")
+            raise Corrupt(f"pack {name} is listed with a size no pack has ({size} bytes)")
         trailer = self.backend.get(f"data/{name}", size - PACK_TRAILER_LEN, size)
         if len(trailer) != PACK_TRAILER_LEN:
-            raise InvalidInput(f"pack {name} is shorter than storage lists it")
+            raise Corrupt(f"pack {name} is shorter than storage lists it")
         (sealed_len,) = struct.unpack(">I", trailer)
         start = size - PACK_TRAILER_LEN - sealed_len
         if start < 0:
-            raise InvalidInput(f"pack {name} is truncated")
+            raise Corrupt(f"pack {name} is truncated")
         tail = self.backend.get(f"data/{name}", start, size)
         if len(tail) != size - start:
-            raise InvalidInput(f"pack {name} is shorter than storage lists it")
+            raise Corrupt(f"pack {name} is shorter than storage lists it")
         return open_pack_header(self.keys.index, pack_id, tail, start)
 
     # ---- snapshots --------------------------------------------------------------------
@@ -534,7 +534,7 @@ class Repository:
             if len(data) >= snapshots.HEADER_LEN + 4:
                 (n,) = struct.unpack_from(">I", data, snapshots.HEADER_LEN)
                 if n > snapshots.MAX_SEALED_SUMMARY:
-                    raise InvalidInput(f"snapshot {name} declares a summary of {n} bytes")
+                    raise Corrupt(f"snapshot {name} declares a summary of {n} bytes")
                 if snapshots.HEADER_LEN + 4 + n > len(data):
                     data = self.backend.get(path, 0, snapshots.HEADER_LEN + 4 + n)
         return snapshots.open_snapshot(
@@ -572,7 +572,7 @@ class Repository:
             listed = self.list_snapshots()
             if not listed and self.damaged:
                 name, why = next(iter(self.damaged.items()))
-                raise AuthenticationFailed(
+                raise Altered(
                     f"no snapshot at {self.backend.display_url} can be read: {name}: {why}",
                     hint="run `backupvault backup check` to see what is damaged",
                 )
@@ -626,7 +626,7 @@ class Repository:
         what = f"the forget record of snapshot {snapshot_id}"
         aad = FORGOTTEN_AAD + bytes.fromhex(snapshot_id)
         if len(open_object(self.keys.index, aad, sealed, what)) != _FORGOTTEN.size:
-            raise InvalidInput(f"{what} has the wrong length")
+            raise Corrupt(f"{what} has the wrong length")
         return True
 
     # ---- locks ------------------------------------------------------------------------
@@ -657,11 +657,11 @@ class Repository:
                     self.keys.index, LOCK_AAD + bytes.fromhex(name), sealed, f"lock {name}"
                 )
                 if len(plain) < _LOCK.size:
-                    raise InvalidInput(f"lock {name} is truncated")
+                    raise Corrupt(f"lock {name} is truncated")
                 if plain[0] not in (SHARED, EXCLUSIVE):
                     # A later version's kind: what it excludes is unknown, so it is held
                     # as any lock that does not open, not named as a backup's.
-                    raise InvalidInput(f"lock {name} has an unknown kind {plain[0]}")
+                    raise Corrupt(f"lock {name} has an unknown kind {plain[0]}")
             except MissingObject:
                 continue
             except (AuthenticationFailed, InvalidInput) as exc:

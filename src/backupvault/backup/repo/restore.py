@@ -27,7 +27,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from backupvault.backup.errors import BackupNotFound, DestinationError
+from backupvault.backup.errors import Altered, BackupNotFound, Corrupt, DestinationError
 from backupvault.backup.flows import RestoreInfo
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo.damage import (
@@ -54,7 +54,7 @@ from backupvault.backup.safe import (
     space,
 )
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+from backupvault.errors import BackupVaultError
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
@@ -113,7 +113,7 @@ def plan(snapshot: Snapshot, entries: list[Entry], index: Index) -> None:
     absent = {c for e in entries if e.kind == FILE for c in e.chunks if c not in index.chunks}
     if absent:
         paths = files_using(entries, absent)
-        error = AuthenticationFailed(
+        error = Altered(
             f"{len(absent)} chunk{'s' * (len(absent) > 1)} of this snapshot "
             f"{'are' if len(absent) > 1 else 'is'} in no pack the index lists (a pack or "
             "an index object is missing, or `backup repair` dropped damaged chunks); "
@@ -130,7 +130,7 @@ def plan(snapshot: Snapshot, entries: list[Entry], index: Index) -> None:
             entry.kind == FILE
             and sum(index.chunks[c].raw_length for c in entry.chunks) != entry.size
         ):
-            raise InvalidInput(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
+            raise Corrupt(f"{os.fsdecode(entry.path)}: its chunks do not add up to its size")
 
 
 _SMALL_FILE = 1 << 20

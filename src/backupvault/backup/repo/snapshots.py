@@ -15,12 +15,13 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from backupvault.backup.errors import Altered, Corrupt
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.repo import tree
 from backupvault.backup.repo.chunks import one_frame
 from backupvault.backup.repo.index import OBJECT_ID_LEN
 from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
-from backupvault.errors import AuthenticationFailed, InvalidInput, WrongKey
+from backupvault.errors import WrongKey
 
 MAGIC: Final = b"BVSNAPSH"
 VERSION: Final = 2
@@ -94,13 +95,13 @@ class Summary:
             host = data[pos + 2 : pos + 2 + n]
             pos += 2 + n
         except struct.error:
-            raise InvalidInput("snapshot summary is truncated") from None
+            raise Corrupt("snapshot summary is truncated") from None
         key_kind = KEY_UNKNOWN
         if pos < len(data):  # absent from snapshots made before it existed: unknown
             key_kind = data[pos]
             pos += 1
         if pos != len(data) or kind not in (KIND_FOLDER, KIND_FILE) or key_kind not in KEY_NAMES:
-            raise InvalidInput("snapshot summary is malformed")
+            raise Corrupt("snapshot summary is malformed")
         return cls(
             kind,
             files,
@@ -151,14 +152,14 @@ class SnapshotHeader:
     @classmethod
     def from_bytes(cls, data: bytes) -> SnapshotHeader:
         if data[: len(MAGIC)] != MAGIC:
-            raise InvalidInput("not a backupvault snapshot (bad magic)")
+            raise Corrupt("not a backupvault snapshot (bad magic)")
         if len(data) < HEADER_LEN:
-            raise InvalidInput("snapshot is truncated")
+            raise Corrupt("snapshot is truncated")
         _m, version, sid, rid, parent, created, check, nonce = _PREFIX.unpack_from(data)
         if version != VERSION:
-            raise InvalidInput(f"snapshot format version {version} is not supported")
+            raise Corrupt(f"snapshot format version {version} is not supported")
         if not _MIN_TIME_US <= created <= _MAX_TIME_US:
-            raise InvalidInput("snapshot has an invalid creation time")
+            raise Corrupt("snapshot has an invalid creation time")
         return cls(sid, rid, parent, created, check, nonce, data[_PREFIX.size : HEADER_LEN])
 
 
@@ -179,7 +180,7 @@ def check_time(created_at_us: int) -> None:
     whose clock lost its time (no battery-backed clock, no network time yet) says 1970."""
     if not _MIN_TIME_US <= created_at_us <= _MAX_TIME_US:
         shown = datetime.fromtimestamp(max(min(created_at_us, _MAX_TIME_US), 0) / 1_000_000, tz=UTC)
-        raise InvalidInput(
+        raise Corrupt(
             f"this device's clock says {shown:%Y-%m-%d %H:%M:%S} UTC: a snapshot's time must "
             "be from 2000 to 9999, so none was saved",
             hint="set the clock (or let network time set it), then run the backup again (it "
@@ -237,18 +238,18 @@ def _open_dk(header: SnapshotHeader, root_key: bytes) -> bytes:
             header.wrap_nonce, header.wrapped_dk, header.prefix()
         )
     except InvalidTag:
-        raise AuthenticationFailed(
+        raise Altered(
             f"snapshot {header.snapshot_id.hex()} header failed authentication: it was altered"
         ) from None
 
 
 def _open(dk: bytes, aad: bytes, sealed: bytes, what: str) -> bytes:
     if len(sealed) < NONCE_LEN + TAG_LEN:
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     try:
         return AESGCM(dk).decrypt(sealed[:NONCE_LEN], sealed[NONCE_LEN:], aad)
     except InvalidTag:
-        raise AuthenticationFailed(f"{what} failed authentication: it was altered") from None
+        raise Altered(f"{what} failed authentication: it was altered") from None
 
 
 def open_snapshot(
@@ -259,16 +260,16 @@ def open_snapshot(
     header = SnapshotHeader.from_bytes(data)
     what = f"snapshot {expected_id.hex()}"
     if header.snapshot_id != expected_id:
-        raise AuthenticationFailed(f"{what} holds snapshot {header.snapshot_id.hex()}: swapped")
+        raise Altered(f"{what} holds snapshot {header.snapshot_id.hex()}: swapped")
     dk = _open_dk(header, root_key)
     if header.repo_id != repo_id:
-        raise AuthenticationFailed(f"{what} belongs to another repository")
+        raise Altered(f"{what} belongs to another repository")
     if len(data) < HEADER_LEN + 4:
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     (summary_len,) = _U32.unpack_from(data, HEADER_LEN)
     start = HEADER_LEN + 4
     if start + summary_len > len(data):
-        raise InvalidInput(f"{what} is truncated")
+        raise Corrupt(f"{what} is truncated")
     head = data[:HEADER_LEN]
     summary = Summary.decode(_open(dk, head + b"summary", data[start : start + summary_len], what))
     entries = None

@@ -10,8 +10,8 @@ import struct
 from dataclasses import dataclass, field
 from typing import Final
 
+from backupvault.backup.errors import Corrupt
 from backupvault.backup.repo.chunks import CHUNK_ID_LEN
-from backupvault.errors import InvalidInput
 
 FILE: Final = 1
 DIR: Final = 2
@@ -47,10 +47,10 @@ def check_path(path: bytes) -> None:
     if path == ROOT:
         return
     if not path or len(path) > _MAX_NAME or b"\0" in path:
-        raise InvalidInput("snapshot tree holds an invalid name")
+        raise Corrupt("snapshot tree holds an invalid name")
     for part in path.split(b"/"):
         if part in (b"", b".", b".."):
-            raise InvalidInput(f"snapshot tree holds an unsafe name {path!r}")
+            raise Corrupt(f"snapshot tree holds an unsafe name {path!r}")
 
 
 def encode(entries: list[Entry]) -> bytes:
@@ -68,7 +68,7 @@ def encode(entries: list[Entry]) -> bytes:
         except struct.error:
             # struct's message names no field; a backup's entries are kept in range when
             # made (create.py), so this is a caller's bug or a file system's nonsense.
-            raise InvalidInput(
+            raise Corrupt(
                 f"cannot store {e.path!r} in a snapshot: its name, link target, size, inode "
                 'or times are out of the range the format holds (docs/format.md, "Tree")'
             ) from None
@@ -95,7 +95,7 @@ def decode(data: bytes) -> list[Entry]:
                 pos += _FILE.size
                 end = pos + n * CHUNK_ID_LEN
                 if end > len(data):
-                    raise InvalidInput("snapshot tree is truncated")
+                    raise Corrupt("snapshot tree is truncated")
                 entry.chunks = [data[p : p + CHUNK_ID_LEN] for p in range(pos, end, CHUNK_ID_LEN)]
                 pos = end
             elif kind == SYMLINK:
@@ -104,23 +104,23 @@ def decode(data: bytes) -> list[Entry]:
                 entry.target = data[pos : pos + target_len]
                 pos += target_len
                 if not entry.target or b"\0" in entry.target:
-                    raise InvalidInput("snapshot tree holds an invalid link target")
+                    raise Corrupt("snapshot tree holds an invalid link target")
             elif kind != DIR:
-                raise InvalidInput(f"snapshot tree holds an unknown entry type {kind}")
+                raise Corrupt(f"snapshot tree holds an unknown entry type {kind}")
             if pos > len(data):
-                raise InvalidInput("snapshot tree is truncated")
+                raise Corrupt("snapshot tree is truncated")
             check_path(path)
             if path == ROOT and kind != DIR:
-                raise InvalidInput("snapshot tree's root is not a folder")
+                raise Corrupt("snapshot tree's root is not a folder")
             if path in seen:
-                raise InvalidInput(f"snapshot tree names {path!r} twice")
+                raise Corrupt(f"snapshot tree names {path!r} twice")
             # Every entry inside a folder comes after that folder's own entry, as a backup
             # writes them. Otherwise a link could stand where a folder is named ("a" a link
             # to ".", then "a/x"), and restore would create "x" through it: where the link
             # leads, which may be outside the restore folder.
             parent = path.rpartition(b"/")[0]
             if parent and parent not in folders:
-                raise InvalidInput(
+                raise Corrupt(
                     f"snapshot tree names {path!r} before its folder, or inside something "
                     "that is not a folder"
                 )
@@ -129,7 +129,7 @@ def decode(data: bytes) -> list[Entry]:
                 folders.add(path)
             entries.append(entry)
     except struct.error:
-        raise InvalidInput("snapshot tree is truncated") from None
+        raise Corrupt("snapshot tree is truncated") from None
     if pos != len(data):
-        raise InvalidInput("snapshot tree has trailing bytes")
+        raise Corrupt("snapshot tree has trailing bytes")
     return entries
