@@ -1400,3 +1400,30 @@ def test_a_recovery_code_given_where_none_is_taken_is_never_echoed(
     ids = ["0123456789abcdef" * 2, "fedcba9876543210" * 2]  # snapshot ids are shown
     extra = run("backup", "diff", "a", "b", *ids, "--storage", str(storage))
     assert extra.returncode == 2 and " ".join(ids) in extra.stderr, extra.stderr
+
+
+def test_a_restore_of_latest_from_rolled_back_storage_warns(tmp_path: Path, source: Path) -> None:
+    """Storage that hides the newest snapshot (replays an older listing) makes "latest"
+    an older one. The backup after it warned; a restore, the moment it matters, restored
+    the older files without a word. The device that made the newer one says so now."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (source / "notes.txt").write_text("moved to 8\n")
+    again = run("--json", "backup", "create", str(source), "--storage", str(storage),
+                "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    newest = json.loads(again.stdout)["backup_id"]
+    (storage / "snapshots" / newest).unlink()  # the rollback
+
+    out = tmp_path / "out"
+    done = run("--json", "backup", "restore", "--to", str(out), "--storage", str(storage),
+               "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    warnings = json.loads(done.stdout)["warnings"]
+    assert any(newest in w and "a rollback" in w for w in warnings), warnings
+    assert (out / "notes.txt").read_text() == "meet at the station at 7\n"
+    # A snapshot named by its id is what was asked for: no warning then.
+    older = json.loads(done.stdout)["backup_id"]
+    named = run("--json", "backup", "restore", older, "--to", str(tmp_path / "o2"),
+                "--storage", str(storage), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert named.returncode == 0 and "warnings" not in json.loads(named.stdout)

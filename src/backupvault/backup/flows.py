@@ -72,6 +72,7 @@ class RestoreInfo:
     key: str
     skipped: list[Skipped] = field(default_factory=list)
     passed_over: list[str] = field(default_factory=list)  # backups whose header is damaged
+    warnings: list[str] = field(default_factory=list)  # a rollback storage may have made
 
 
 class _DecryptingReader:

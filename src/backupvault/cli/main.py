@@ -971,6 +971,7 @@ def backup_restore(
     from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
     from backupvault.backup.repo.repository import is_latest
+    from backupvault.backup.repo.state import default_dir
     from backupvault.cli.backup_repo import repository_exists, require_snapshots
 
     if password_stdin and code is not None:
@@ -1011,12 +1012,17 @@ def backup_restore(
     ):
         if use_repository:
             key = "password" if code is None else "recovery code"
-            info = restore_snapshot(url, root_key, dest, backup_id, bar, include=include, key=key)
+            info = restore_snapshot(
+                url, root_key, dest, backup_id, bar, include=include, key=key,
+                state_dir=default_dir(),
+            )  # fmt: skip
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
         _committed()
     for name in info.passed_over:
         ctx.output.warn(f"passed over {name}: it is damaged or altered")
+    for warning in info.warnings:
+        ctx.output.warn(warning)
     _note_skipped(ctx, info.skipped)
     data = _backup_json(
         info.backup_id,

@@ -38,8 +38,14 @@ from backupvault.backup.repo.damage import (
     listed,
 )
 from backupvault.backup.repo.index import Index
-from backupvault.backup.repo.repository import Repository, cpu_workers, cycle_collector_paused
+from backupvault.backup.repo.repository import (
+    Repository,
+    cpu_workers,
+    cycle_collector_paused,
+    is_latest,
+)
 from backupvault.backup.repo.snapshots import Snapshot
+from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
@@ -162,13 +168,27 @@ def restore_snapshot(
     storage_options: Mapping[str, Any] | None = None,
     workers: int | None = None,
     key: str = "password",
+    state_dir: Path | None = None,
 ) -> RestoreInfo:
     """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
-    the files and folders `include` names inside it, into the new or empty folder `dest`."""
+    the files and folders `include` names inside it, into the new or empty folder `dest`.
+
+    With `state_dir`, a restore of the latest warns of each last snapshot this device made
+    there that storage no longer shows (a rollback makes an older one the latest)."""
     dest_path = Path(dest).absolute()
     check_destination(dest_path)
-    repo = Repository.open(Storage(storage_url, storage_options), root_key)
+    storage = Storage(storage_url, storage_options)
+    repo = Repository.open(storage, root_key)
     snapshot = repo.find_snapshot(snapshot_id)
+    warnings: list[str] = []
+    if state_dir is not None and (snapshot_id is None or is_latest(snapshot_id)):
+        place = storage.root if storage.is_local else storage.display_url
+        made = DeviceState(state_dir, repo.keys.repo_id, place).all_made()
+        names = repo.snapshot_names()
+        for source, last in sorted(made.items()):
+            if last not in names:
+                what = f"the last snapshot this device made of {source},"
+                warnings.extend(m for m in repo.why_gone(last, what) if m)
     assert snapshot.entries is not None
     entries = select(snapshot.entries, include)
     listed_index, packs, _ = repo.load_index(adopt_unindexed=False)
@@ -233,6 +253,7 @@ def restore_snapshot(
         key=key,
         skipped=skipped,
         passed_over=sorted(repo.damaged),
+        warnings=warnings,
     )
 
 

@@ -58,6 +58,10 @@ class DeviceState:
     def last_made(self, source: str) -> str | None:
         return _load(self.path, "latest").get(source)
 
+    def all_made(self) -> dict[str, str]:
+        """Each source this device backed up here -> the last snapshot it made of it."""
+        return _load(self.path, "latest")
+
     def held_before(self) -> str | None:
         """The id of the repository this device last backed up to at this place, if it
         was another one (a snapshot made there since is in no state of this one)."""
