@@ -100,3 +100,14 @@ def test_help_names_the_exit_codes_a_script_acts_on() -> None:
     shown = " ".join(run("--help").stdout.split())  # as wrapped to any width
     assert "5 unavailable (the fleet, the relay or the storage did not answer" in shown
     assert "9 backup data damaged" in shown
+
+
+def test_the_backup_commands_help_says_what_a_script_and_a_pack_id_need() -> None:
+    """A new user reading `--help`: `backup` lists more than create, list and restore;
+    `check` says how damage ends; `repair` says what a PACK_ID looks like."""
+    group = " ".join(run("backup", "--help").stdout.split())
+    assert "check, repair, forget and prune them" in group
+    check = " ".join(run("backup", "check", "--help").stdout.split())
+    assert "Exit 9 if anything is damaged or missing" in check
+    repair = " ".join(run("backup", "repair", "--help").stdout.split())
+    assert "32 hex digits each, as `backup check` names them" in repair

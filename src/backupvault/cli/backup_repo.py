@@ -425,7 +425,8 @@ def _prune_text(r: maintenance.PruneResult) -> str:
 def backup_check(
     ctx: Context, read_data: bool, storage_url: str | None, password_stdin: bool, code: str | None
 ) -> None:
-    """Check the repository: every object authenticates and every chunk in use is there."""
+    """Check the repository: every object authenticates and every chunk in use is there.
+    Exit 9 if anything is damaged or missing (`backup repair` acts on it); 0 if not."""
     from backupvault.backup import human_size
     from backupvault.backup.repo import maintenance
 
@@ -465,9 +466,10 @@ def backup_repair(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Read every pack (or the PACK_IDs given); copy what authenticates out of damaged or
-    cut-off ones into new packs, drop the rest (and missing packs) from the index, and
-    delete the damaged packs. The next `backup create` stores what was dropped again."""
+    """Read every pack (or the PACK_IDs given: 32 hex digits each, as `backup check`
+    names them); copy what authenticates out of damaged or cut-off ones into new packs,
+    drop the rest (and missing packs) from the index, and delete the damaged packs. The
+    next `backup create` stores what was dropped again."""
     from backupvault.backup.repo import maintenance
 
     maintenance.pack_names(packs)  # a malformed id is named before the key is asked for

@@ -698,7 +698,7 @@ def _backup_json(
 
 @cli.group(plugins=BACKUP_PLUGINS)
 def backup() -> None:
-    """Create, list and restore backups."""
+    """Create, list and restore backups; check, repair, forget and prune them."""
 
 
 @backup.command("create")
