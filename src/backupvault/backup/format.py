@@ -222,7 +222,7 @@ def header_length(start: bytes) -> int:
         return HEADER_LEN
     if version == VERSION_1:
         return HEADER_LEN_V1
-    raise Corrupt(
+    raise InvalidInput(
         f"backup format version {version} is not supported (this build reads "
         f"{VERSION_1} and {VERSION})",
         hint="upgrade backupvault",

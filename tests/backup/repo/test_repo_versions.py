@@ -125,5 +125,7 @@ def test_an_unknown_repository_version_is_refused_with_a_hint(tmp_path: Path) ->
     config = bytearray((repo / "config").read_bytes())
     config[_VERSION_OFFSET] = 9
     (repo / "config").write_bytes(bytes(config))
-    with pytest.raises(BackupVaultError, match="version 9 is not supported"):
+    with pytest.raises(BackupVaultError, match="version 9 is not supported") as refused:
         Repository.open(Storage(str(repo)), V2_ROOT_KEY)
+    # A later version's repository wants a newer build, not a repair: not "damaged" (9).
+    assert refused.value.exit_code == 1

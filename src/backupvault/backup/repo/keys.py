@@ -118,7 +118,7 @@ class RepoConfig:
             raise Corrupt(f"repository config must be {CONFIG_LEN} bytes, got {len(data)}")
         _m, version, repo_id, cmin, cavg, cmax, pack, check, nonce = _PREFIX.unpack_from(data)
         if version not in READABLE_VERSIONS:
-            raise Corrupt(
+            raise InvalidInput(
                 f"repository format version {version} is not supported "
                 f"(this build reads {' and '.join(map(str, READABLE_VERSIONS))})",
                 hint="upgrade backupvault",

@@ -21,7 +21,7 @@ from backupvault.backup.repo import tree
 from backupvault.backup.repo.chunks import one_frame
 from backupvault.backup.repo.index import OBJECT_ID_LEN
 from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
-from backupvault.errors import WrongKey
+from backupvault.errors import InvalidInput, WrongKey
 
 MAGIC: Final = b"BVSNAPSH"
 VERSION: Final = 2
@@ -157,7 +157,7 @@ class SnapshotHeader:
             raise Corrupt("snapshot is truncated")
         _m, version, sid, rid, parent, created, check, nonce = _PREFIX.unpack_from(data)
         if version != VERSION:
-            raise Corrupt(f"snapshot format version {version} is not supported")
+            raise InvalidInput(f"snapshot format version {version} is not supported")
         if not _MIN_TIME_US <= created <= _MAX_TIME_US:
             raise Corrupt("snapshot has an invalid creation time")
         return cls(sid, rid, parent, created, check, nonce, data[_PREFIX.size : HEADER_LEN])
