@@ -53,6 +53,9 @@ def test_missing_entry_over_a_repository_makes_no_key(vault: Vault, tmp_path: Pa
         )  # fmt: skip
         assert refused.returncode == 1, refused.stderr
         assert "holds a repository: a new key could not open it" in refused.stderr
+        # A password repository opens with the code `vault recovery-code` printed, not only
+        # a --recovery-code one: the hint said "if the repository was made with one".
+        assert "the code `backupvault vault recovery-code` printed" in refused.stderr
         status = vault.threshold("nk-user", "nk-other-entry").status()
         assert status.status == EntryStatus.EMPTY  # no key was made
 

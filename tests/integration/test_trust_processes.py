@@ -5,6 +5,7 @@ script can, through the `backupvault` CLI."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import tomllib
@@ -275,6 +276,10 @@ def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
     made = vault.cli("backup", "create", str(source), "--storage", old, "--password-stdin",
                      config=config, stdin=PASSWORD + "\n")  # fmt: skip
     assert made.returncode == 0, made.stderr  # registers the key (default stretching)
+    kept = vault.cli("--json", "vault", "recovery-code", "--password-stdin", config=config,
+                     stdin=PASSWORD + "\n")  # fmt: skip
+    assert kept.returncode == 0, kept.stderr
+    code = json.loads(kept.stdout)["recovery_code"]
     for _ in range(10):
         with pytest.raises((WrongPassword, Destroyed)):
             client.recover("wrong", ksf_floor=FAST_KSF)
@@ -292,6 +297,13 @@ def test_vault_delete_clears_a_destroyed_key_so_a_new_one_can_be_made(
                         config=config, stdin="a new password\n")  # fmt: skip
     assert refused.returncode == 1, refused.stderr
     assert "holds a repository made with the key wrong guesses destroyed" in refused.stderr
+    # The hint named only codes of --recovery-code backups ("if it was made with one"), so
+    # whoever kept the code `vault recovery-code` printed thought this repository lost.
+    assert "the code `backupvault vault recovery-code` printed" in refused.stderr
+    opened = vault.cli("backup", "restore", "--storage", old, "--to", str(tmp_path / "code"),
+                       "--recovery-code", "-", config=config, stdin=code + "\n")  # fmt: skip
+    assert opened.returncode == 0, opened.stderr
+    assert (tmp_path / "code" / "notes.txt").read_text() == "a fresh start"
     assert client.status().status == EntryStatus.DESTROYED  # nothing was registered
     # As the hint says: a new key, through the CLI. It used to refuse with "destroyed"
     # however often `vault delete` was run, and the user could never start over.

@@ -620,19 +620,26 @@ def _refuse_to_orphan_password_backups(
     from backupvault.backup import list_backups, redact_url
     from backupvault.cli.backup_repo import repository_exists
 
+    # A password repository opens with the code `vault recovery-code` printed as well as a
+    # --recovery-code one with its own: both are the key that made it.
+    opens_with_code = (
+        "it still opens with --recovery-code -, given the code `backupvault vault "
+        "recovery-code` printed (if you kept it) or the one its first --recovery-code "
+        "backup printed"
+    )
     if repository_exists(storage_url):
         if destroyed:
             raise BackupVaultError(
                 f"{redact_url(storage_url)} holds a repository made with the key wrong "
                 "guesses destroyed: a new key could not open it, so none was made",
-                hint="back up to another --storage with --new-key (a new repository); this "
-                "one still opens with its recovery code, if it was made with one",
+                hint="back up to another --storage with --new-key (a new repository); "
+                f"{opens_with_code}",
             )
         raise BackupVaultError(
             f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
             "repository: a new key could not open it, so none was made",
-            hint="check --config (account and entry) first; use --recovery-code if the "
-            "repository was made with one; a new key needs another --storage",
+            hint=f"check --config (account and entry) first; {opens_with_code}; a new key "
+            "needs another --storage",
         )
     if new_key:
         return
