@@ -379,3 +379,36 @@ def test_a_local_up_of_another_versions_record_stops_what_it_started_and_upgrade
     epochs = {name: info.get("epoch") for name, info in status["processes"].items()}
     assert epochs["node0"] == upgraded_epoch
     assert epochs[f"e{upgraded_epoch + 1}-node0"] == upgraded_epoch + 1
+
+
+def test_a_rotated_deployment_under_another_version_is_not_sent_to_an_upgrade_that_refuses(
+    deployment: Path,
+) -> None:
+    # After a rotation, another version of backupvault cannot start the older node set
+    # (its record names the code that made it). `local up` said to run `local upgrade`,
+    # which refuses a rotated deployment and said to make a new one: a dead end, with no
+    # word that the keys stay behind. Both now say what reaches the keys and what does not.
+    from backupvault.deploy.local import LocalDeployment
+
+    assert bv("local", "up", "--dir", str(deployment)).returncode == 0
+    if len(LocalDeployment(deployment).epochs()) == 1:  # run alone: rotate here
+        assert bv("local", "rotate", "--dir", str(deployment)).returncode == 0
+    assert bv("local", "down", "--dir", str(deployment)).returncode == 0
+    fleet_file = deployment / "fleet.toml"  # the oldest node set's
+    deployed = fleet_file.read_text()
+    measurement = tomllib.loads(deployed)["measurement"]
+    fleet_file.write_text(deployed.replace(measurement, "cd" * 32))
+    failed = bv("local", "up", "--dir", str(deployment))
+    assert failed.returncode == 1
+    assert "refuses to join fleet" in failed.stderr
+    assert "local upgrade --dir" not in failed.stderr
+    assert "was rotated" in failed.stderr and "reinstall the version" in failed.stderr
+    refused = bv("local", "upgrade", "--dir", str(deployment))
+    assert refused.returncode == 1
+    assert "reinstall the version" in refused.stderr
+    assert "holds none of this one's keys" in refused.stderr
+    assert "vault recovery-code" in refused.stderr
+    assert "Traceback" not in failed.stderr + refused.stderr
+    # As the hint says: the version that made the records starts it again.
+    fleet_file.write_text(deployed)
+    assert bv("local", "up", "--dir", str(deployment)).returncode == 0

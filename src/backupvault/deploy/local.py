@@ -154,6 +154,18 @@ def free_port() -> int:
     raise DeploymentError(f"no free loopback port between {min(ports)} and {max(ports)}")
 
 
+# A rotation's older node set keeps the record of the code that made it (a new record for
+# it would have to be a newer epoch, and so the current one): no `local upgrade` moves it.
+ROTATED_UPGRADE_HINT = (
+    "an upgrade cannot give a rotation's older node sets a record for other code, so this"
+    " deployment runs only on the version that made it: reinstall the version you rotated"
+    " it with to reach the keys it holds. To move to a new version, restore your backups"
+    " with that one first (or keep the code `backupvault vault recovery-code` prints, which"
+    " opens them without a vault), then `local up --dir NEW` and back up there: a new"
+    " deployment holds none of this one's keys"
+)
+
+
 @dataclass
 class LocalDeployment:
     root: Path
@@ -565,7 +577,7 @@ class LocalDeployment:
             raise DeploymentError(
                 "this deployment still runs older epochs (a rotation's); an upgrade re-deploys"
                 " one node set",
-                hint="make a new deployment for the new version (`local up --dir NEW`)",
+                hint=ROTATED_UPGRADE_HINT,
             )
         fleet = self.fleet()
         if fleet.epoch is None:
@@ -730,6 +742,12 @@ class LocalDeployment:
             for name in set(self.running()) - before:
                 self.stop_process(name)
             if isinstance(failed, DeploymentError) and "refuses to join fleet" in failed.message:
+                if len(self.epochs()) > 1:  # `local upgrade` refuses it: not that way out
+                    raise DeploymentError(
+                        failed.message,
+                        hint="this local deployment was rotated, and its records were made"
+                        f" by another version of backupvault; {ROTATED_UPGRADE_HINT}",
+                    ) from failed
                 raise DeploymentError(
                     failed.message,
                     hint="this local deployment's record was made by another version of"
