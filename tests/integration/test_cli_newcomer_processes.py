@@ -217,6 +217,9 @@ def test_an_entry_without_a_key_does_not_send_a_restore_to_make_a_new_one(
         assert "which registers one" not in error["hint"]
         assert "check that --config is the client config of the account" in error["hint"]
         assert "would not open these" in error["hint"]
+        # Password backups open with the code `vault recovery-code` printed too: the hint
+        # named only the code of a --recovery-code backup.
+        assert "the code `backupvault vault recovery-code` printed" in error["hint"]
     assert not (tmp_path / "r").exists()
     # Nor does deleting a key that is not there send anyone to make one.
     deleted = bv("--json", "--config", other, "vault", "delete", "--yes", "--password-stdin",

@@ -257,6 +257,15 @@ def _vault_before_password(ctx: Context, without_config: str, hint: str) -> None
     ctx.config()
 
 
+# Password backups open with the code `vault recovery-code` printed (it is the key that made
+# them), as --recovery-code ones do with theirs: a hint naming only the latter sent users
+# who kept the former to think their backups lost.
+OPENS_WITH_A_CODE = (
+    "backups still open with --recovery-code -, given the code `backupvault vault"
+    " recovery-code` printed (if you kept it) or, for a --recovery-code backup, its own"
+)
+
+
 def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
     """RK of existing backups, recovered from the vault by password."""
     _vault_before_password(
@@ -278,9 +287,9 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
             f"the vault holds no key for account {config.account!r}, entry {config.entry!r},"
             " so no backup can be opened with a password through it",
             hint="check that --config is the client config of the account that made the"
-            " backups (`backupvault vault status` shows what the vault holds); backups made"
-            " with --recovery-code open with that code (--recovery-code -). A new key, made"
-            " by a backup into new storage, would not open these",
+            " backups (`backupvault vault status` shows what the vault holds);"
+            f" {OPENS_WITH_A_CODE}. A new key, made by a backup into new storage, would not"
+            " open these",
         ) from None
 
 
@@ -620,25 +629,18 @@ def _refuse_to_orphan_password_backups(
     from backupvault.backup import list_backups, redact_url
     from backupvault.cli.backup_repo import repository_exists
 
-    # A password repository opens with the code `vault recovery-code` printed as well as a
-    # --recovery-code one with its own: both are the key that made it.
-    opens_with_code = (
-        "it still opens with --recovery-code -, given the code `backupvault vault "
-        "recovery-code` printed (if you kept it) or the one its first --recovery-code "
-        "backup printed"
-    )
     if repository_exists(storage_url):
         if destroyed:
             raise BackupVaultError(
                 f"{redact_url(storage_url)} holds a repository made with the key wrong "
                 "guesses destroyed: a new key could not open it, so none was made",
                 hint="back up to another --storage with --new-key (a new repository); "
-                f"{opens_with_code}",
+                f"{OPENS_WITH_A_CODE}",
             )
         raise BackupVaultError(
             f"the vault holds no key for this account, but {redact_url(storage_url)} holds a "
             "repository: a new key could not open it, so none was made",
-            hint=f"check --config (account and entry) first; {opens_with_code}; a new key "
+            hint=f"check --config (account and entry) first; {OPENS_WITH_A_CODE}; a new key "
             "needs another --storage",
         )
     if new_key:
