@@ -415,3 +415,23 @@ def test_a_rotated_deployment_under_another_version_is_not_sent_to_an_upgrade_th
     # As the hint says: the version that made the records starts it again.
     fleet_file.write_text(deployed)
     assert bv("local", "up", "--dir", str(deployment)).returncode == 0
+
+
+@pytest.mark.parametrize("code_option", [["--recovery-code", "-"], ["--recovery-code"]])
+def test_a_recovery_code_is_asked_for_on_a_terminal(
+    code_option: list[str], source: Path, tmp_path: Path
+) -> None:
+    # README's `backup restore ... --recovery-code -`, typed in a terminal, waited on stdin
+    # without a word (it looked hung), and `--recovery-code` alone, as `backup create`
+    # takes it, was "requires an argument". Both now ask, as a password is asked.
+    storage = str(tmp_path / "offline")
+    made = bv("--json", "backup", "create", str(source), "--storage", storage,
+              "--recovery-code")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    code = json.loads(made.stdout)["recovery_code"]
+    to = tmp_path / "restored"
+    args = ["backup", "restore", "--storage", storage, "--to", str(to), *code_option]
+    status, shown = in_terminal(args, [("Recovery code", code)])
+    assert status == 0, shown
+    assert "Recovery code" in shown and code not in shown  # asked, and not echoed
+    assert (to / "chat.txt").read_text() == "see you at 7\n"

@@ -25,6 +25,7 @@ from backupvault.cli.main import (
     _root_key_by_password,
     backup,
     both_keys_given,
+    recovery_code_option,
 )
 from backupvault.cli.main import pass_context as pass_ctx
 from backupvault.errors import BackupVaultError, UsageError
@@ -163,12 +164,7 @@ def summary_row(s: maintenance.SnapshotSummary) -> dict[str, Any]:
 
 
 def key_options(function: Any) -> Any:
-    function = click.option(
-        "--recovery-code",
-        "code",
-        metavar="CODE",
-        help="The repository's recovery code ('-': stdin).",
-    )(function)
+    function = recovery_code_option("The repository's recovery code")(function)
     function = click.option(
         "--password-stdin", is_flag=True, help="Read the vault password from stdin."
     )(function)

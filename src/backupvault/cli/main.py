@@ -16,7 +16,7 @@ import os
 import re
 import signal
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -478,6 +478,20 @@ def both_keys_given() -> UsageError:
     )
 
 
+def recovery_code_option(what: str) -> Callable[[Any], Any]:
+    """`--recovery-code CODE` of a command that opens existing backups. '-', or the option
+    alone (as `backup create --recovery-code` is given), asks on a terminal and reads stdin
+    otherwise: the code stays out of shell history and the process list."""
+    return click.option(
+        "--recovery-code",
+        "code",
+        metavar="CODE",
+        is_flag=False,
+        flag_value="-",
+        help=f"{what}; '-' or none: asked on a terminal, else read from stdin.",
+    )
+
+
 def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
     """A code given as '-' is read from stdin, so it stays out of shell history and out of
     the process list; one given on the command line (`from_argv`: the output to warn on)
@@ -488,7 +502,13 @@ def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
             " it (ps) while this runs, and shell history keeps it: `--recovery-code -` reads"
             " it from stdin"
         )
-    code = sys.stdin.readline() if value == "-" else value
+    if value != "-":
+        code = value
+    elif sys.stdin.isatty():
+        # A terminal's stdin is the user: ask, as for a password, rather than wait unseen.
+        code = click.prompt("Recovery code", hide_input=True, err=True)
+    else:
+        code = sys.stdin.readline()
     if not code.strip():
         # Nothing given is a usage error (exit 2), not a mistyped code (exit 3).
         raise UsageError(
@@ -958,12 +978,7 @@ def _only(path: str) -> str:
     help="Restore only this file or folder (repeat for more).",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
-@click.option(
-    "--recovery-code",
-    "code",
-    metavar="CODE",
-    help=f"The backup's recovery code ({recovery.FORMAT}); '-' reads it from stdin.",
-)
+@recovery_code_option(f"The backup's recovery code ({recovery.FORMAT})")
 @pass_context
 def backup_restore(
     ctx: Context,
@@ -1123,7 +1138,7 @@ def _check_restore_to(dest: Path) -> None:
 @backup.command("list")
 @click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
-@click.option("--recovery-code", "code", metavar="CODE", help="Recovery code ('-': stdin).")
+@recovery_code_option("Recovery code")
 @pass_context
 def backup_list(
     ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
