@@ -21,6 +21,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 stamp=.venv/.installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    # pip is quiet (-q): say what the silent minutes are for.
+    echo "setup: installing backupvault and its Python dependencies into .venv (a few minutes the first time) …"
     .venv/bin/python -m pip install -q --upgrade pip
     .venv/bin/python -m pip install -q -e '.[dev]'
     touch "$stamp"
