@@ -676,6 +676,11 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
     )
     ctx.output.result(
         {"dir": str(root), "epoch": epoch, "previous_epochs": previous},
-        f"fleet rotated to epoch {epoch}; the relay still routes epochs"
-        f" {', '.join(map(str, previous))} for clients to migrate",
+        f"fleet rotated to epoch {epoch}; {still_routed(previous)}",
     )
+
+
+def still_routed(previous: list[int]) -> str:
+    """The older epochs a rotation leaves routed, named as a sentence."""
+    epochs = "epoch" if len(previous) == 1 else "epochs"
+    return f"the relay still routes {epochs} {', '.join(map(str, previous))} for clients to migrate"
