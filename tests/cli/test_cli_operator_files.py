@@ -158,3 +158,21 @@ def test_witness_keygen_refuses_a_bad_setting_before_it_writes(
     assert code == 1
     assert said in error["error"]
     assert not out.exists()
+
+
+def test_add_fleet_says_a_running_witness_takes_it_at_its_next_start(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # docs/operations.md runs `witness add-fleet` before the witness ever started; it said
+    # "restart the witness" as if one ran.
+    monkeypatch.chdir(tmp_path)
+    config = tmp_path / "witness.toml"
+    config.write_text('key_file = "witness.key"\n')
+    with pytest.raises(SystemExit) as done:
+        main(["witness", "add-fleet", "--fleet-id", "00ff", "--operator-key", OPERATOR_KEY,
+              "--config", str(config)])  # fmt: skip
+    assert done.value.code == 0
+    said = capsys.readouterr().out
+    assert "restart the witness" not in said
+    assert "`witness serve` reads it at start (restart a running one)" in said
+    assert 'operator_key = "' + OPERATOR_KEY in config.read_text()

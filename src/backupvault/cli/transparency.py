@@ -344,7 +344,8 @@ def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operato
     write_toml(witness_config, data)
     ctx.output.result(
         {"config": str(witness_config), "fleet_id": fleet.hex(), "operator_key": key_hex},
-        f"{witness_config}: fleet {fleet.hex()} signed by {key_hex}; restart the witness",
+        f"{witness_config}: fleet {fleet.hex()} signed by {key_hex}; `witness serve` reads it"
+        " at start (restart a running one)",
     )
 
 
