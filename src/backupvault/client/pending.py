@@ -16,6 +16,7 @@ public (the owner's signature) and is kept as it is.
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import hashlib
 import json
@@ -38,7 +39,7 @@ from backupvault.crypto import threshold
 from backupvault.crypto.seal import SEALED_SHARE_LEN, NodePublicKey, seal_share
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.files import locked, replace_file
-from backupvault.protocol import Op, check_name
+from backupvault.protocol import EntryStatus, Op, check_name
 
 FORMAT = "backupvault pending deliveries v2"
 #: Files of earlier builds: every record's shares wrapped under the export_key.
@@ -56,6 +57,14 @@ _SIGNATURE_LEN = 64  # Ed25519
 OPS = (Op.REGISTER_SHARE, Op.DELETE_SHARE)
 #: Whose deliveries a record is: fleet id, account, entry, epoch, version.
 Key = tuple[bytes, str, str, int, int]
+
+
+class Due(enum.Enum):
+    """What finishing does with a record, given what the entry is now (`Pending.due`)."""
+
+    SEND = "send"  # sent to the nodes it names, when one of them is in reach
+    HELD_BACK = "held back"  # shares of a version not in effect (yet): kept, not sent
+    DROP = "drop"  # the entry moved on: forgotten, never sent
 
 
 class PendingFileDamaged(VaultError):
@@ -131,6 +140,27 @@ class Pending:
         version: a change's shares are kept before its commit goes out, which may not
         land; they pushed out the shares the version still in effect was owed."""
         return self.fleet_id, self.account, self.entry, self.epoch, self.version
+
+    def due(self, live: manifests.Manifest | None, status: EntryStatus, version: int) -> Due:
+        """What to do with this record now. `live`: the agreed manifest (None when the
+        entry is not live: then `status` and `version` say what it is). A share delivery
+        is only ever sent for the live version's own manifest; an erasure while the entry
+        is still the version it deletes. Kept apart from the sending so the simulator's
+        clients follow the same rules (sim/clients.py)."""
+        current = live.version if live is not None else version
+        if self.op is Op.DELETE_SHARE:
+            # Sent while the entry is the version it deletes: committed (empty now, some
+            # nodes not yet told) or, for a delete kept before it went out, not yet.
+            not_yet = live is not None and live.to_bytes() == self.manifest
+            committed = live is None and status == EntryStatus.EMPTY
+            return Due.SEND if (not_yet or committed) and current == self.version else Due.DROP
+        if current < self.version:
+            # A registration or change whose commit went out unconfirmed (its shares are
+            # kept first), which may still land: owed to no node while not in effect.
+            return Due.HELD_BACK
+        if live is None or current > self.version or live.to_bytes() != self.manifest:
+            return Due.DROP  # moved on, or replaced
+        return Due.SEND
 
     def without(self, acknowledged: set[int]) -> Pending | None:
         left = tuple(n for n in self.nodes if n not in acknowledged)

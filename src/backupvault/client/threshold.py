@@ -40,7 +40,7 @@ from backupvault.client.errors import (
     VaultError,
     WrongPassword,
 )
-from backupvault.client.pending import Pending, PendingStore
+from backupvault.client.pending import Due, Pending, PendingStore
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
 from backupvault.crypto import manifest as manifests
@@ -785,39 +785,29 @@ class ThresholdVault:
     ) -> tuple[str, ...]:
         """`finish` for one version's record."""
         in_reach = answered is None or bool(set(record.nodes) & set(answered))
-        current = live.version if live is not None else version
-        if record.op is Op.DELETE_SHARE:
-            # Sent while the entry is the version it deletes: committed (empty now, some
-            # nodes not yet told) or, for a delete kept before it went out, not yet.
-            not_yet = live is not None and live.to_bytes() == record.manifest
-            committed = live is None and status == EntryStatus.EMPTY
-            if not (not_yet or committed) or current != record.version:
-                self.pending.drop(record.key)  # moved on
-                return ()
-            if not in_reach:
-                return self.describe_pending(record)
-            try:
-                return self.describe_pending(self._finish_erasure(record))
-            except VaultError as err:  # still owed, and said so
-                self._notify(f"warning: erasure not sent again: {err.message}")
-                return self.describe_pending(record)
-        if current < record.version:
-            # A registration or change whose commit went out unconfirmed (`_deliver` keeps
-            # its shares first), which may still land: owed to no node while it is not in
-            # effect, so not told node by node. Dropped when the entry was seen without
-            # it, `vault status` run at once, as its message says, lost them when it then
-            # landed.
+        due = record.due(live, status, version)
+        if due is Due.DROP:
+            self.pending.drop(record.key)  # moved on, or replaced
+            return ()
+        if due is Due.HELD_BACK:
+            # Dropped when the entry was seen without it, `vault status` run at once, as
+            # its message says, lost them when it then landed.
+            current = live.version if live is not None else version
             now = f"version {current} is in effect" if live else "no key is in effect yet"
             return (
                 f"version {record.version} (a registration or password change whose commit"
                 f" was not confirmed): its shares are kept in case it still takes effect;"
                 f" {now}, and the next registration or password change replaces them",
             )
-        if live is None or current > record.version or live.to_bytes() != record.manifest:
-            self.pending.drop(record.key)  # moved on, or replaced
-            return ()
         if not in_reach:
             return self.describe_pending(record)  # not yet
+        if record.op is Op.DELETE_SHARE:
+            try:
+                return self.describe_pending(self._finish_erasure(record))
+            except VaultError as err:  # still owed, and said so
+                self._notify(f"warning: erasure not sent again: {err.message}")
+                return self.describe_pending(record)
+        assert live is not None  # a share delivery is due only for the live manifest
         op: Op
         requests: list[Message]
         if not record.needs_export_key:

@@ -48,6 +48,21 @@ from backupvault.protocol import (
 from backupvault.tokens import SeenProofs, TokenRejected, TokenVerifier, fleet_audience
 
 
+def delivered_share(
+    hpke_key: NodePrivateKey, fleet_id: bytes, index: int, request: DeliverShareRequest
+) -> RegisterShareRequest:
+    """A late delivery to node `index`, opened: the share inside was sealed to this node
+    alone, for this manifest, when it was dealt (docs/threshold.md, "Finishing later").
+    What it carries is then taken as a register-share of that manifest, with every check
+    of one (the manifest must be the entry's committed one, the share must pass the
+    Feldman check against its commitments). The simulator's nodes open deliveries with it
+    too (sim/world.py)."""
+    share = open_share(
+        hpke_key, fleet_id, index, hashlib.sha256(request.manifest).digest(), request.sealed_share
+    )
+    return RegisterShareRequest(request.account, request.entry, request.manifest, share, b"", 0)
+
+
 @dataclass(frozen=True)
 class NodeKey:
     """This node's own slot, HPKE private key (made by the node, sealed by its token: only
@@ -194,22 +209,11 @@ class VaultFirmware:
     def handle(self, op: Op, request: Message) -> Reply | ThresholdUpdate | ThresholdRead:
         try:
             if op is Op.DELIVER_SHARE and isinstance(request, DeliverShareRequest):
-                op, request = Op.REGISTER_SHARE, self._delivered_share(request)
+                key = self._node_key
+                op, request = (
+                    Op.REGISTER_SHARE,
+                    delivered_share(key.hpke, self.fleet_id, key.index, request),
+                )
             return self.shares.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             return Reply(_error(ErrorCode.BAD_REQUEST, err.message))
-
-    def _delivered_share(self, request: DeliverShareRequest) -> RegisterShareRequest:
-        """A late delivery, opened: the share inside was sealed to this node alone, for
-        this manifest, when it was dealt (docs/threshold.md, "Finishing later"). What it
-        carries is then taken as a register-share of that manifest, with every check of
-        one (the manifest must be the entry's committed one, the share must pass the
-        Feldman check against its commitments)."""
-        share = open_share(
-            self._node_key.hpke,
-            self.fleet_id,
-            self._node_key.index,
-            hashlib.sha256(request.manifest).digest(),
-            request.sealed_share,
-        )
-        return RegisterShareRequest(request.account, request.entry, request.manifest, share, b"", 0)

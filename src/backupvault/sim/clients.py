@@ -7,26 +7,31 @@ fan-out delivers them) and receives the answers that came back, by node (a node 
 not answer in time is missing). The seeded world (`world.py`) runs flows as events; the
 same flows run synchronously for the hostile-node tests (`world.ThresholdClient`). Retries
 follow the SDK (`client/threshold.py`): a fan-out with too few answers is resent with the
-same bytes (a resent (attempt, B) is answered again without a second charge).
+same bytes (a resent (attempt, B) is answered again without a second charge). Each
+client is one device: like the SDK it keeps what it owes the fleet (`client.pending`,
+in memory) and finishes it as the SDK does (`finish`).
 """
 
 from __future__ import annotations
 
 import random
 from collections.abc import Callable, Generator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+from backupvault.client.pending import Due, Pending, PendingStore
 from backupvault.codec import Message
 from backupvault.crypto import ksf, manifest, oprf, owner, threshold
+from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.protocol import (
     AckKind,
     CommitAck,
     CommitSharesRequest,
     DeleteShareRequest,
+    DeliverShareRequest,
     EntryStatus,
     ErrorCode,
     ErrorResponse,
@@ -109,6 +114,10 @@ class FlowContext:
     now_ms: Callable[[], int]  # the client's clock (evaluate carries it)
     #: The observer's hook: the owner opened the entry (version, SHA-256(B)).
     on_success: Callable[[int, bytes], None] = lambda version, blinded: None
+    #: Each node's HPKE key, from the deployment record (owed shares are sealed to it).
+    sealing_keys: tuple[NodePublicKey, ...] = ()
+    #: What this device still owes the fleet, as the SDK's pending file (in memory).
+    pending: PendingStore = field(default_factory=lambda: PendingStore(None))
 
     def fresh_password(self) -> bytes:
         return f"pw-{self.rng.getrandbits(40):010x}".encode()
@@ -256,6 +265,19 @@ def deliver(
     chosen = [staged[slot] for slot in sorted(staged)[: ctx.threshold]]
     acks = encode_commit_acks([CommitAck(a.index, AckKind(a.kind), a.signature) for a in chosen])
     commit = CommitSharesRequest(ctx.account, ctx.entry, encoded, authorization, counter, acks)
+    # As the SDK (`_deliver`): every node's share, sealed to it, kept before the commit
+    # goes out (M may land unseen); what the nodes then acknowledge is struck off.
+    owed = Pending.of_shares(
+        fleet_id=ctx.fleet_id,
+        account=ctx.account,
+        entry=ctx.entry,
+        manifest=encoded,
+        version=made.manifest.version,
+        shares=made.shares,
+        node_keys=ctx.sealing_keys,
+        nodes=tuple(range(ctx.nodes)),
+    )
+    _keep(ctx, owed)
     acked: set[int] = set()
     for attempt in range(TRIES):
         answers = yield Call(Op.COMMIT_SHARES, (commit,) * ctx.nodes, resend=attempt > 0)
@@ -266,19 +288,80 @@ def deliver(
         }
         if all(slot in acked or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
             break
-    if acked:
+    unacked = tuple(slot for slot in range(ctx.nodes) if slot not in acked)
+    if len(acked) >= ctx.threshold:
         # Committed: t nodes staged their share, and promote it as they take M.
+        _keep(ctx, replace(owed, nodes=unacked))
         text = "registered" if len(acked) == ctx.nodes else "registered (degraded)"
         return Outcome(text, acks=len(acked), registration=made)
-    # As the SDK (`_commit_shares`): another device's M of this version in effect means
-    # this one never will be (seeds 10335034, 10335079 with a hostile node).
+    # As the SDK (`_commit_shares`): fewer than t HELD may all be hostile nodes', so the
+    # agreed manifest tells whether M is in effect; another device's M of this version in
+    # effect means this one never will be (seeds 10335034, 10335079 with a hostile node).
     _, found = yield from fetch_manifest(ctx)
     if found.agreed is not None and found.agreed.to_bytes() == encoded:
-        return Outcome("registered (degraded)", acks=0, registration=made)
+        _keep(ctx, replace(owed, nodes=unacked))
+        return Outcome("registered (degraded)", acks=len(acked), registration=made)
     if found.agreed is not None and found.agreed.version >= made.manifest.version:
         text = "entry changed" if authorization else "already registered"
         return Outcome(text, acks=0, registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
+
+
+def _keep(ctx: FlowContext, record: Pending) -> None:
+    """As the SDK's `_keep_pending`: what some nodes did not acknowledge is kept; a record
+    every node acknowledged is forgotten."""
+    if record.nodes:
+        ctx.pending.put(record)
+    else:
+        ctx.pending.drop(record.key)
+
+
+def finish(
+    ctx: FlowContext,
+    live: manifest.Manifest | None,
+    answered: set[int],
+    *,
+    status: EntryStatus = EntryStatus.LIVE,
+    version: int = 0,
+    tries: int = TRIES,
+) -> Generator[Call, Answers, None]:
+    """As the SDK's `finish`: what this device owes the entry, sent again (by rising
+    version) where `Pending.due` says so, to nodes of which one answered just now
+    (`answered`); what is acknowledged is struck off, what the entry moved past dropped.
+    The sim's records are all sealed to their nodes (none needs the export_key)."""
+    for record in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
+        due = record.due(live, status, version)
+        if due is Due.DROP:
+            ctx.pending.drop(record.key)
+            continue
+        if due is Due.HELD_BACK or not set(record.nodes) & answered:
+            continue
+        held = manifest.Manifest.from_bytes(record.manifest)
+        if record.op is Op.DELETE_SHARE:
+            # As the SDK's `_finish_erasure`: one fan-out, no resend.
+            request = DeleteShareRequest(
+                ctx.account, ctx.entry, record.version, record.counter, record.authorization
+            )
+            answers = yield Call(Op.DELETE_SHARE, (request,) * ctx.nodes)
+            kind = AckKind.ERASED
+        else:
+            requests = tuple(
+                DeliverShareRequest(ctx.account, ctx.entry, record.manifest, sealed)
+                for sealed in record.shares
+            )
+            answers = {}
+            for attempt in range(tries):
+                got = yield Call(Op.DELIVER_SHARE, requests, resend=attempt > 0)
+                answers.update(
+                    (slot, a)
+                    for slot, a in got.items()
+                    if _ack_verifies(ctx, slot, a, AckKind.HELD, held)
+                )
+                if not any(_transient(got.get(s)) for s in record.nodes if s not in answers):
+                    break
+            kind = AckKind.HELD
+        done = {s for s in record.nodes if _ack_verifies(ctx, s, answers.get(s), kind, held)}
+        ctx.pending.acknowledged(record, done)
 
 
 def register(ctx: FlowContext, password: bytes, root_key: bytes, version: int = 0) -> Flow:
@@ -292,14 +375,43 @@ def register(ctx: FlowContext, password: bytes, root_key: bytes, version: int = 
     return (yield from deliver(ctx, Op.REGISTER_SHARE, made))
 
 
+def _answered(answers: Answers) -> set[int]:
+    return {slot for slot, a in answers.items() if isinstance(a, ManifestResponse)}
+
+
+def _fetch_after_owed_deliveries(
+    ctx: FlowContext,
+) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
+    """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go first
+    (one try) when an owed node answered, and the manifests are read again if one was
+    taken, so this recovery can use it."""
+    answers, found = yield from fetch_manifest(ctx)
+    if found.agreed is None:
+        return answers, found
+    encoded = found.agreed.to_bytes()
+    answered = _answered(answers)
+    owed = [
+        r
+        for r in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch)
+        if r.op is Op.REGISTER_SHARE and r.manifest == encoded and set(r.nodes) & answered
+    ]
+    if not owed:
+        return answers, found
+    yield from finish(ctx, found.agreed, answered, tries=1)
+    if owed[0] in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
+        return answers, found  # nobody took it: no need to ask again
+    return (yield from fetch_manifest(ctx))
+
+
 def recover(ctx: FlowContext, password: bytes) -> Flow:
     """The root key behind `password`: agreed manifest, every node's partial checked
     against K_i from it, combined, opened, and a signed reset to every node."""
-    answers, found = yield from fetch_manifest(ctx)
+    answers, found = yield from _fetch_after_owed_deliveries(ctx)
     if found.agreed is None:
         return found
     agreed = found.agreed
     encoded = agreed.to_bytes()
+    answered = _answered(answers)
     holders = sum(
         1
         for a in answers.values()
@@ -391,6 +503,8 @@ def recover(ctx: FlowContext, password: bytes) -> Flow:
         done |= {slot for slot, a in answers.items() if isinstance(a, ResetResponse)}
         if all(slot in done or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
             break
+    # As the SDK: one try, and only if an owed node answered the manifest read.
+    yield from finish(ctx, agreed, answered, tries=1)
     return Outcome(
         "recovered",
         export_key=export_key,
@@ -449,17 +563,41 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
         codes = _codes(answers)
         if all(slot in erased or not _transient(answers.get(slot)) for slot in range(ctx.nodes)):
             break
+    # As the SDK: the statement is public, kept for the nodes that did not confirm.
+    erasure = Pending(
+        ctx.fleet_id,
+        ctx.account,
+        ctx.entry,
+        agreed.version,
+        Op.DELETE_SHARE,
+        agreed.to_bytes(),
+        signature,
+        counter,
+        tuple(slot for slot in range(ctx.nodes) if slot not in erased),
+    )
     if len(erased) >= ctx.threshold:
+        _keep(ctx, erasure)
         return Outcome("deleted", acks=len(erased))
     if _changed(ctx, codes):
         # As the SDK (`EntryChanged`): another device changed the key since this one
         # recovered it, so there is no version left for this statement to delete.
+        _keep(ctx, replace(erasure, nodes=()))
         return Outcome("entry changed", acks=len(erased))
     return Outcome(f"unavailable ({len(erased)} erasures)", acks=len(erased))
 
 
 def status(ctx: FlowContext) -> Flow:
-    _, found = yield from fetch_manifest(ctx)
+    """The entry's status; as the SDK's `status`, what this device owes it is finished on
+    the way (with the manifest read's answers)."""
+    answers, found = yield from fetch_manifest(ctx)
+    answered = _answered(answers)
+    if found.agreed is not None:
+        yield from finish(ctx, found.agreed, answered)
+    elif found.text in ("destroyed", "empty"):
+        kind = EntryStatus.DESTROYED if found.text == "destroyed" else EntryStatus.EMPTY
+        yield from finish(
+            ctx, None, answered, status=kind, version=_version_after(ctx, answers) - 1, tries=1
+        )
     return Outcome(f"status: {'live' if found.agreed else found.text}", agreed=found.agreed)
 
 

@@ -28,6 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from backupvault.codec import Message, decode_any
 from backupvault.crypto import manifest, oprf, threshold
+from backupvault.crypto.seal import Kem, NodePrivateKey
 from backupvault.errors import AuthenticationFailed, InvalidInput
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
@@ -50,6 +51,7 @@ from backupvault.fleet.replica import (
     Replica,
     Send,
 )
+from backupvault.hsm.firmware import delivered_share
 from backupvault.hsm.shares import (
     EXHAUSTED_GRACE_SECONDS,
     UNKNOWN_B,
@@ -68,6 +70,7 @@ from backupvault.protocol import (
     REQUEST_TYPES,
     CountReport,
     CountReportRequest,
+    DeliverShareRequest,
     EntryStatus,
     ErrorCode,
     EvaluateRequest,
@@ -248,6 +251,13 @@ def signing_key(index: int) -> Ed25519PrivateKey:
     """Node `index`'s own signing key (share acknowledgements), as in its deployment
     record. Made once per process: nothing in a run's control flow depends on its bytes."""
     return Ed25519PrivateKey.generate()
+
+
+@lru_cache(maxsize=16)
+def sealing_key(index: int) -> NodePrivateKey:
+    """Node `index`'s HPKE key: the device seals the shares it owes the node to it
+    (`client.pending`). X25519, the cheaper KEM: nothing in a run depends on which."""
+    return NodePrivateKey.generate(Kem.X25519)
 
 
 #: What the attacker answers a client in place of hostile node `slot` (None: silence).
@@ -524,6 +534,7 @@ class Simulation:
             current_password,
             lambda: CLOCK_ZERO_MS + int(self.now * 1000) * 1000 + next(self._clock),
             lambda version, blinded: self.observer.on_success(key, version, blinded),
+            tuple(sealing_key(i).public_key() for i in range(self.plan.nodes)),
         )
         return _Client(c, ctx)
 
@@ -920,6 +931,10 @@ class Simulation:
             self._answer(n, pending, Answer(unavailable))
             return
         try:
+            if op is Op.DELIVER_SHARE and isinstance(request, DeliverShareRequest):
+                # As the firmware: opened with this node's key, taken as a register-share.
+                request = delivered_share(sealing_key(node), FLEET_ID, node, request)
+                op = Op.REGISTER_SHARE
             update = n.keeper.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             self._answer(n, pending, Answer(error(ErrorCode.BAD_REQUEST, err.message)))
@@ -1362,6 +1377,10 @@ class ThresholdClient:
         if found.agreed is None:
             raise found.error or AuthenticationFailed(found.text)
         return found.agreed
+
+    def status(self) -> str:
+        """The entry's status (finishing what this device owes on the way)."""
+        return self._run(clients.status(self.ctx)).text
 
     def _run_fetch(self) -> tuple[Answers, Outcome]:
         flow = clients.fetch_manifest(self.ctx)
