@@ -140,6 +140,22 @@ def test_seeds_with_hostile_nodes_keep_every_invariant(hostile: int) -> None:
     _check(range(0, 4), SimConfig(nodes=5, hostile=hostile))
 
 
+def test_hostile_runs_exercise_the_owners_operations() -> None:
+    """With hostile nodes the observer tracks no committed value (consensus no longer
+    holds), and the ghost took the entry for empty: every "right" password was a wrong
+    guess, so no recovery, password change or delete by the owner ever ran, and the probe
+    asked no recovery. The ghost now reads what t − c honest nodes hold."""
+    missing = {"recover_right → recovered", "password changed: registered", "delete: deleted"}
+    for seed in range(20):
+        result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+        assert result.violation is None, report(result)
+        text = "\n".join(result.trace)
+        missing = {what for what in missing if what not in text}
+        if not missing:
+            break
+    assert not missing, missing
+
+
 def test_majority_down_is_unavailable_but_safe() -> None:
     """With faults allowed on a majority (no disk faults), the fleet refuses (clients see
     fleet_unavailable) and still breaks no safety invariant; it recovers after the heal."""

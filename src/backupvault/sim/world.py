@@ -513,9 +513,7 @@ class Simulation:
         key = EntryId(account, name).to_bytes()
 
         def current_password() -> bytes | None:
-            state = ThresholdState.from_bytes(
-                self.observer.latest(key) or ThresholdState().to_bytes()
-            )
+            state = self.ghost_state(key)
             if state.status != EntryStatus.LIVE:
                 return None
             found = self.credentials.by_manifest.get(state.manifest)
@@ -537,6 +535,20 @@ class Simulation:
             tuple(sealing_key(i).public_key() for i in range(self.plan.nodes)),
         )
         return _Client(c, ctx)
+
+    def ghost_state(self, key: bytes) -> ThresholdState:
+        """The entry's committed value as the ghost knows it: the observer's chosen one.
+        With hostile nodes the observer tracks no choices (consensus no longer holds), so
+        the newest value that t − c honest nodes hold: with the c hostile acceptors that
+        accept anything, a majority took it."""
+        if not self.hostile:
+            return ThresholdState.from_bytes(
+                self.observer.latest(key) or ThresholdState().to_bytes()
+            )
+        held = [self.replicated(slot, key) for slot in self.honest]
+        enough = self.shape.threshold - len(self.hostile)
+        taken = [s for s in held if held.count(s) >= enough]
+        return max(taken, key=lambda s: (s.version, s.attempt), default=ThresholdState())
 
     # ---- scheduler ----------------------------------------------------------------------
 
@@ -1142,9 +1154,7 @@ class Simulation:
                     "liveness", f"node{n.index} never caught up after the heal"
                 )
         for key in self.entry_keys:
-            latest = ThresholdState.from_bytes(
-                self.observer.latest(key) or ThresholdState().to_bytes()
-            )
+            latest = self.ghost_state(key)
             if latest.status != EntryStatus.DESTROYED:
                 continue
             for n in self.honest.values():
@@ -1206,7 +1216,7 @@ class Simulation:
         """Whether t honest nodes can still evaluate `c`'s entry (else an "unavailable"
         after the heal is the lost shares' doing, counted in `no_shares`)."""
         key = EntryId(c.ctx.account, c.ctx.entry).to_bytes()
-        state = ThresholdState.from_bytes(self.observer.latest(key) or ThresholdState().to_bytes())
+        state = self.ghost_state(key)
         if state.status != EntryStatus.LIVE:
             return True
         if self._able(key, state) >= self.shape.threshold - len(self.hostile):
@@ -1238,9 +1248,7 @@ class Simulation:
         nodes can still evaluate it."""
         self.heal_at = -SETTLE  # from here on, every operation must complete
         for e, key in enumerate(self.entry_keys):
-            state = ThresholdState.from_bytes(
-                self.observer.latest(key) or ThresholdState().to_bytes()
-            )
+            state = self.ghost_state(key)
             c = self._make_client(len(self.clients), entry=e)
             self.clients.append(c)
             c.todo.append("status")
