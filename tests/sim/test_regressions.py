@@ -14,7 +14,7 @@ import pytest
 from backupvault.crypto import owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.protocol import EntryStatus, ErrorResponse, Op, ResetRequest
-from backupvault.sim import SimConfig, run_seed
+from backupvault.sim import SimConfig, clients, run_seed
 from backupvault.sim.shrink import report
 from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
 
@@ -449,5 +449,28 @@ def test_regression_a_registration_that_lost_the_race_is_already_registered(seed
 # test_simulation.py test_a_share_owed_at_registration_is_delivered_before_the_recovery.
 @pytest.mark.parametrize("seed", [10337494])
 def test_regression_shares_owed_at_registration_are_delivered_late(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)
+
+
+def test_a_delete_another_device_committed_first_is_deleted() -> None:
+    """Two devices delete the same version at once: the nodes refuse the second statement
+    (no key stored), and the SDK, finding the entry empty, says it is deleted; the sim's
+    client said "unavailable" (seed 10610206 with one hostile node of five)."""
+    world = threshold_world(5, 10)
+    first, second = ThresholdClient(world), ThresholdClient(world)
+    first.register(b"pw", bytes(32))
+    recovered = first.recover(b"pw")
+    assert recovered is not None
+    read_before = second._recovered(recovered[0])  # the second device recovered too
+    assert first.delete(recovered[0], counter=5) == 5
+    flow = clients.delete(second.ctx, read_before, counter=6)
+    assert second._run(flow).text == "deleted"
+
+
+# Found on fresh seeds (300 from 10,610,000 with one hostile node of five), once hostile
+# runs ran the owner's deletes at all: two devices deleted the same version at once.
+@pytest.mark.parametrize("seed", [10610206])
+def test_regression_a_delete_that_lost_the_race_is_deleted(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)

@@ -578,6 +578,12 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
     if len(erased) >= ctx.threshold:
         _keep(ctx, erasure)
         return Outcome("deleted", acks=len(erased))
+    # As the SDK (`_deleted`): the entry empty now is deleted, whichever device's delete
+    # of this version committed (seed 10610206 with a hostile node).
+    now = yield from status(ctx)
+    if now.text == "status: empty":
+        _keep(ctx, erasure)
+        return Outcome("deleted", acks=len(erased))
     if _changed(ctx, codes):
         # As the SDK (`EntryChanged`): another device changed the key since this one
         # recovered it, so there is no version left for this statement to delete.
