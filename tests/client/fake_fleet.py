@@ -261,6 +261,9 @@ class FakeFleet:
             ):
                 # As the acceptors: a version takes one M; another device's came first.
                 return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
+            if request.authorization and not self.replicated:
+                # As the acceptors: the key this change was authorized on was deleted.
+                return _error(ErrorCode.STALE_MANIFEST, "the entry changed")
             self.replicated = request.manifest
             if request.manifest != node.manifest:
                 share = node.staged.pop(request.manifest, None)

@@ -7,6 +7,7 @@ import dataclasses
 import hashlib
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -210,12 +211,9 @@ def test_a_registration_another_device_committed_first_is_refused_as_already_reg
     assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == bytes(32)
 
 
-def test_a_password_change_another_device_committed_first_is_refused_as_changed(
-    fleet: FakeFleet,
-) -> None:
-    """The same race for a password change: the other device's new manifest is in
-    effect, so this change is refused as the key having changed, with its password."""
-    mine, other = fleet.vault(), fleet.vault()
+def _change_raced_at_its_commit(fleet: FakeFleet, other_device: Callable[[], object]) -> None:
+    """A password change whose commit `other_device` beats; raises what the change says."""
+    mine = fleet.vault()
     mine.register("old", RK, ksf=FAST_KSF)
     recovered = mine.recover("old", ksf_floor=FAST_KSF)
     handle = fleet.handle
@@ -224,14 +222,45 @@ def test_a_password_change_another_device_committed_first_is_refused_as_changed(
     def racing(request: httpx.Request) -> httpx.Response:
         if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
             raced.append(True)
-            theirs = other.recover("old", ksf_floor=FAST_KSF)
-            other.change_password(theirs, "theirs", ksf=FAST_KSF)
+            other_device()
         return handle(request)
 
     fleet.handle = racing  # type: ignore[method-assign]
-    with pytest.raises(EntryChanged):
+    try:
         mine.change_password(recovered, "mine", ksf=FAST_KSF)
+    finally:
+        fleet.handle = handle  # type: ignore[method-assign]
+
+
+def test_a_password_change_another_device_committed_first_is_refused_as_changed(
+    fleet: FakeFleet,
+) -> None:
+    """The same race for a password change: the other device's new manifest is in
+    effect, so this change is refused as the key having changed, with its password."""
+    other = fleet.vault()
+    with pytest.raises(EntryChanged):
+        _change_raced_at_its_commit(
+            fleet,
+            lambda: other.change_password(
+                other.recover("old", ksf_floor=FAST_KSF), "theirs", ksf=FAST_KSF
+            ),
+        )
     assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_password_change_raced_by_another_devices_delete_is_refused_as_changed(
+    fleet: FakeFleet,
+) -> None:
+    """Another device deletes the key while this change's commit is on its way: the
+    change never takes effect, and the old password opens nothing either. It said "the
+    old password still opens the key" (sim seeds 10610087, 10610234)."""
+    other = fleet.vault()
+    with pytest.raises(EntryChanged):
+        _change_raced_at_its_commit(
+            fleet, lambda: other.delete(other.recover("old", ksf_floor=FAST_KSF))
+        )
+    with pytest.raises(NotRegistered):
+        other.recover("old", ksf_floor=FAST_KSF)
 
 
 def test_change_password_then_only_the_new_one_opens(fleet: FakeFleet) -> None:

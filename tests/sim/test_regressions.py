@@ -474,3 +474,31 @@ def test_a_delete_another_device_committed_first_is_deleted() -> None:
 def test_regression_a_delete_that_lost_the_race_is_deleted(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
+
+
+def test_a_password_change_raced_by_a_delete_is_entry_changed() -> None:
+    """As the SDK: another device deleted the key while this change's commit was on its
+    way, so the change never takes effect ("entry changed", not "unavailable": seeds
+    10610087, 10610234 with one hostile node of five)."""
+    world = threshold_world(5, 10)
+    mine, other = ThresholdClient(world), ThresholdClient(world)
+    mine.register(b"pw", bytes(32))
+    recovered = mine.recover(b"pw")
+    assert recovered is not None
+    read_before = mine._recovered(recovered[0], bytes(32))
+    flow = clients.change_password(mine.ctx, read_before, b"new", counter=7)
+    call = next(flow)
+    while call.op is not Op.COMMIT_SHARES:
+        call = flow.send(world.fanout_now(call))
+    assert other.delete(recovered[0], counter=8) == 5  # lands first
+    try:
+        while True:
+            call = flow.send(world.fanout_now(call))
+    except StopIteration as stop:
+        assert stop.value.text == "entry changed"
+
+
+@pytest.mark.parametrize("seed", [10610087, 10610234])
+def test_regression_a_password_change_that_lost_to_a_delete_is_entry_changed(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)

@@ -618,6 +618,15 @@ class ThresholdVault:
                 " nothing of this registration took effect",
                 hint="recover with that device's password (or its recovery code)",
             )
+        if found.agreed is None and request.authorization:
+            # The key this change was authorized on is gone (another device deleted it, or
+            # wrong guesses destroyed it): the change never takes effect, and the old
+            # password opens nothing either (sim seeds 10610087, 10610234).
+            gone = self._no_manifest(found)
+            if isinstance(gone, Destroyed):
+                raise gone
+            if isinstance(gone, NotRegistered):
+                raise EntryChanged(manifest.version - 1)
         older = [
             a.index
             for a in found.answers

@@ -304,6 +304,11 @@ def deliver(
     if found.agreed is not None and found.agreed.version >= made.manifest.version:
         text = "entry changed" if authorization else "already registered"
         return Outcome(text, acks=0, registration=made)
+    if found.agreed is None and authorization and found.text in ("empty", "destroyed"):
+        # As the SDK: the key this change was authorized on was deleted or destroyed
+        # (seeds 10610087, 10610234 with a hostile node).
+        text = "entry changed" if found.text == "empty" else "destroyed"
+        return Outcome(text, acks=0, registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
 
 
