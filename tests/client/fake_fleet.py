@@ -341,6 +341,9 @@ class FakeFleet:
             node.count, node.resets = 0, node.resets + 1
             return ResetResponse(m.version, request.attempt, LIMIT)
         if isinstance(request, DeleteShareRequest):
+            if node.destroyed:
+                # As the acceptors: a destroyed entry holds no key to delete.
+                return _error(ErrorCode.NOT_REGISTERED, "no key is stored here")
             m = Manifest.from_bytes(node.manifest)
             statement = owner.OwnerStatement(
                 owner.StatementKind.DELETE,

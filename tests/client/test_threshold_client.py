@@ -263,6 +263,18 @@ def test_a_password_change_raced_by_another_devices_delete_is_refused_as_changed
         other.recover("old", ksf_floor=FAST_KSF)
 
 
+def test_a_delete_of_a_key_destroyed_meanwhile_says_destroyed(fleet: FakeFleet) -> None:
+    """Wrong guesses on another device destroyed the key after this one recovered it:
+    the delete says so, not that the fleet is unavailable (sim seed 10610144)."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    for node in fleet.nodes:
+        node.destroyed, node.share = True, None  # each erased its share on its count
+    with pytest.raises(Destroyed):
+        vault.delete(recovered)
+
+
 def test_change_password_then_only_the_new_one_opens(fleet: FakeFleet) -> None:
     vault = fleet.vault()
     vault.register("old", RK, ksf=FAST_KSF)

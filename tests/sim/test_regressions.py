@@ -502,3 +502,14 @@ def test_a_password_change_raced_by_a_delete_is_entry_changed() -> None:
 def test_regression_a_password_change_that_lost_to_a_delete_is_entry_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
+
+
+# Found on the same fresh seeds: wrong guesses on another device destroyed the key after
+# this one recovered it, and its delete said "unavailable (0 erasures)"; the SDK said the
+# fleet was unavailable too. Both now say destroyed; the deterministic test is
+# tests/client/test_threshold_client.py
+# test_a_delete_of_a_key_destroyed_meanwhile_says_destroyed.
+@pytest.mark.parametrize("seed", [10610144])
+def test_regression_a_delete_of_a_destroyed_key_is_destroyed(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)

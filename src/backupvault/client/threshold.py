@@ -1214,11 +1214,12 @@ class ThresholdVault:
                 break
         return tuple(missing[i] for i in sorted(missing))
 
-    def _deleted(self) -> bool:
+    def _status_now(self) -> EntryStatus | None:
+        """The entry's status as `status` reads it, or None if it cannot be read now."""
         try:
-            return self.status().status == EntryStatus.EMPTY
+            return self.status().status
         except VaultError:
-            return False
+            return None
 
     # ---- password change and delete --------------------------------------------------------
 
@@ -1287,7 +1288,14 @@ class ThresholdVault:
                 unconfirmed.append(outcome.index)
         # The delete committed when t nodes confirmed it, or when the entry is empty now
         # though fewer confirmed erasing their own share.
-        if erased < self.t and not self._deleted():
+        now = self._status_now() if erased < self.t else EntryStatus.EMPTY
+        if now == EntryStatus.DESTROYED:
+            # Wrong guesses (on another device) destroyed the key since this one recovered
+            # it: nothing is left to delete, and "unavailable" sent the user to try again
+            # (sim seed 10610144).
+            self._keep_pending(replace(erasure, nodes=()))  # forget it, if kept
+            raise Destroyed()
+        if now != EntryStatus.EMPTY:
             codes = [o.error.code for o in outcomes if o.error is not None]
             if _moved_on(codes, self.nodes, self.t):
                 # Another device changed the password since this one recovered the key:
