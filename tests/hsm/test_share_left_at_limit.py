@@ -8,8 +8,8 @@ from __future__ import annotations
 import pytest
 
 from backupvault.errors import AuthenticationFailed
-from backupvault.hsm.shares import ShareKeeper
-from backupvault.protocol import EntryStatus, Op
+from backupvault.hsm.shares import LOOK_AGAIN_SECONDS, ShareKeeper, ThresholdRead
+from backupvault.protocol import EntryStatus, ManifestRequest, Op
 from backupvault.sim import clients
 from backupvault.sim.clients import Call
 from backupvault.sim.world import (
@@ -144,3 +144,50 @@ def test_a_reset_after_the_grace_finds_the_entry_destroyed_and_no_guess_is_gaine
     with pytest.raises(AuthenticationFailed):
         client.recover(b"right")  # destroyed: no live manifest, no evaluation
     assert world.observer.partials == partials
+
+
+def test_a_node_that_missed_the_tombstone_takes_it_when_asked_for_the_manifest() -> None:
+    """Soak run BG (docs/soak.md): the tombstone was chosen while a node was down, and the
+    repair that would carry it to that node is gone (its window passed; in the soak, the
+    repairers restarted). A manifest read answers from the held value without a round,
+    so the node asked about an entry it holds live with no guess left runs a no-op round,
+    and takes the tombstone (erasing its share on its own count of L)."""
+    world, client = _registered()
+    for _ in range(LIMIT):
+        assert client.recover(b"wrong") is None
+    world.crash(0)
+    world.settle(_grace(world) + 200.0)  # nodes 1 and 2 end it; every repair window passes
+    assert {world.replicated(s, client.key).status for s in (1, 2)} == {EntryStatus.DESTROYED}
+    world.restart(0)  # its store intact: serving at once, nothing to catch up
+    world.settle(2.0)
+    assert world.replicated(0, client.key).status == EntryStatus.LIVE  # nobody told it
+    assert world.honest[0].rows[client.key].share
+    partials = world.observer.partials
+    assert client.status() == "status: destroyed"
+    world.settle(2.0)  # well within node 0's own grace, which a read starts again
+    assert world.replicated(0, client.key).status == EntryStatus.DESTROYED
+    assert not world.honest[0].rows[client.key].share
+    assert world.observer.partials == partials  # nothing evaluated, nothing counted
+
+
+def test_a_manifest_read_looks_again_at_most_once_per_interval() -> None:
+    """However often a live entry with no guess left is asked about, its node runs one
+    no-op round per LOOK_AGAIN_SECONDS; an entry with guesses left runs none."""
+    world, client = _registered()
+    keeper = ShareKeeper(
+        FLEET_ID, 0, world.shape, signing_key(0), world.honest[0].rows.get, exhausted_grace=GRACE
+    )
+    read = keeper.handle(Op.MANIFEST, ManifestRequest(client.account, client.entry))
+    assert isinstance(read, ThresholdRead)
+    live_with_guesses = world.replicated(0, client.key)
+    read.read(live_with_guesses)
+    assert keeper.tick(100.0) == []
+    spent = live_with_guesses.with_(attempt=LIMIT, attempt_client_time_ms=1)
+    assert spent.attempts_used >= LIMIT
+    for _ in range(3):
+        read.read(spent)
+    assert [u.key for u in keeper.tick(100.0)] == [client.key]
+    read.read(spent)
+    assert keeper.tick(100.0 + LOOK_AGAIN_SECONDS / 2) == []
+    assert [u.key for u in keeper.tick(100.0 + LOOK_AGAIN_SECONDS)] == [client.key]
+    assert keeper.tick(100.0 + 3 * LOOK_AGAIN_SECONDS) == []  # not asked since

@@ -84,12 +84,37 @@ def test_a_committed_tombstone_reaches_nodes_whose_repair_died_with_its_committe
     assert _destroyed(world, client) == [0, 1, 2]
     repairers = [slot for slot in range(3) if world.members[slot].replica.lagging()]  # type: ignore[union-attr]
     assert repairers
-    for slot in repairers:
-        world.restart(slot)  # its memory, and the repair in it, is gone; its disk kept
+    # The committer of the client's round (nodes 1 and 2 may hold repairs of their own
+    # no-op rounds too: the manifest read of a live entry at L makes each look again).
+    world.restart(min(repairers))  # its memory, and the repair in it, is gone; disk kept
     world.down = set()
     world.settle(30.0)
     assert _destroyed(world, client) == [0, 1, 2, 3, 4]
     assert all(world.replicated(s, client.key).attempts_used == LIMIT for s in range(5))
+
+
+def test_a_tombstone_whose_every_repair_died_reaches_the_others_when_a_client_asks() -> None:
+    """Every node that took the tombstone restarts before its repair lands (soak run BG):
+    nobody carries it on. The nodes that missed it hold the entry live with no guess
+    left, and the next manifest read makes each of them look again (a no-op round), so
+    the entry ends destroyed on every disk without another guess."""
+    world, client = _at_the_limit()
+    world.down = {3, 4}
+    with pytest.raises(AuthenticationFailed):
+        client.recover(b"wrong")
+    world.settle(8.0)
+    assert _destroyed(world, client) == [0, 1, 2]
+    for slot in range(3):
+        world.restart(slot)  # every repair and every settling duty is gone
+    world.down = set()
+    world.settle(30.0)
+    assert _destroyed(world, client) == [0, 1, 2]  # nobody asked: 3 and 4 still live
+    partials = world.observer.partials
+    assert client.status() == "status: destroyed"
+    world.settle(10.0)
+    assert _destroyed(world, client) == [0, 1, 2, 3, 4]
+    assert all(world.replicated(s, client.key).attempts_used == LIMIT for s in range(5))
+    assert world.observer.partials == partials
 
 
 def _forged_record(

@@ -83,6 +83,10 @@ UNKNOWN_B = bytes(32)
 #: attempt was right sends its reset within seconds (the SDK tries it three times at
 #: once); minutes leave room for a slow relay and a partition healing.
 EXHAUSTED_GRACE_SECONDS = 300.0
+#: How often a node runs a no-op round for an entry it holds live with no guess left when
+#: it is asked for its manifest (`ShareKeeper.tick`, `_look_again`): at most once per
+#: entry in this many seconds of the shell's clock, however often it is asked.
+LOOK_AGAIN_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -266,6 +270,11 @@ class ShareKeeper:
         # saw it there (None: no tick yet). `tick` erases it one grace later.
         self._exhausted_grace = exhausted_grace
         self._at_limit: dict[bytes, float | None] = {}
+        # Keys of values held live with no guess left that a manifest read asked about
+        # (`_look_again`), and when each last had its round (at most one per
+        # LOOK_AGAIN_SECONDS).
+        self._asked_again: set[bytes] = set()
+        self._looked_at: dict[bytes, float] = {}
 
     # ---- this node's own state --------------------------------------------------------
 
@@ -631,7 +640,8 @@ class ShareKeeper:
         `exhausted_grace` since a tick first saw it there, with no owner reset since. Each
         does what the entry's next request would (`_expire`), so the key is erased even
         if nobody asks again. A round that does not commit is proposed again one grace
-        later."""
+        later. And one no-op round per entry a manifest read found live here with no guess
+        left, at most one per LOOK_AGAIN_SECONDS (`_look_again`)."""
         due: list[ThresholdUpdate] = []
         for key, since in list(self._at_limit.items()):
             if since is None:
@@ -647,7 +657,40 @@ class ShareKeeper:
                 continue
             self._at_limit[key] = now
             due.append(self._expire(key))
+        self._looked_at = {k: t for k, t in self._looked_at.items() if now - t < LOOK_AGAIN_SECONDS}
+        for key in list(self._asked_again):
+            if key in self._looked_at:
+                continue
+            self._asked_again.discard(key)
+            self._looked_at[key] = now
+            due.append(self._look_again(key))
         return due
+
+    def _look_again(self, key: bytes) -> ThresholdUpdate:
+        """A no-op round for an entry this node holds live with no guess left, proposed
+        when it is asked for the manifest: the tombstone that ends such an entry may have
+        been chosen without this node (an expiry, `_expire`, or the next request, while it
+        was down), and the repair that brings it (`Replica._settle`) lives in the memory
+        of nodes that may have restarted since. A manifest read answers from the held
+        value without a round, and a client that finds t tombstones asks no further, so
+        this node would keep the live value until the entry's next evaluation (soak run
+        BG, docs/soak.md). The round commits the newest value a majority holds; over a
+        tombstone of the version this node's row holds, the share is erased on this
+        node's own count only (`_destroyed`), as the next request would; nothing else
+        changes, and no attempt is counted or answered."""
+
+        def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            row = self.row(key)
+            if (
+                state.status == EntryStatus.DESTROYED
+                and row is not None
+                and row.version == state.version
+                and not self._row_distrusted(key)
+            ):
+                return state, lambda: self._destroyed(key)
+            return state, lambda: Answer(error(ErrorCode.REFUSED, "looked again: no change"))
+
+        return ThresholdUpdate(key, apply)
 
     def _expire(self, key: bytes) -> ThresholdUpdate:
         """The round `tick` proposes for a share left at L: what the next evaluate would
@@ -1096,6 +1139,8 @@ class ShareKeeper:
         limit = self.shape.guess_limit
 
         def read(state: ThresholdState) -> Answer:
+            if state.status == EntryStatus.LIVE and state.attempts_used >= limit:
+                self._asked_again.add(key)  # its tombstone may be chosen elsewhere
             # A share staged for the M this node holds is its share now (a node that took
             # M as a catch-up copy, or joined the commit, has not accepted it itself).
             promoted = self._promotion(key, state)

@@ -443,7 +443,7 @@ class Simulation:
             "forwarded": 0,  # changes sent to a leader (Forward)
             "one_round": 0,  # Accepts a leader sent on a held promise
             "no_shares": 0,  # probes that found fewer than t nodes able to evaluate
-            "expiries": 0,  # rounds a node proposed for its share left at L (the grace)
+            "own_rounds": 0,  # rounds a node proposed on its own (a share at L, a look again)
         }
         self.credentials = Credentials()
         self.members = [self._make_node(i, i in hostile) for i in range(plan.nodes)]
@@ -973,15 +973,16 @@ class Simulation:
         return change
 
     def _expire_shares(self, n: _Node) -> None:
-        """The rounds the keeper proposes on its own (a share left at L past the grace);
-        their answers go nowhere, their rows to the disk as a request's do."""
+        """The rounds the keeper proposes on its own (a share left at L past the grace, a
+        no-op round for an entry asked about live with no guess left); their answers go
+        nowhere, their rows to the disk as a request's do."""
         if n.keeper is None or n.replica is None or not n.replica.ready:
             return
         for update in n.keeper.tick(self.now):
             op_id = n.rng.randbytes(16)
             n.pending[op_id] = _Pending(-1, 0, Op.EVALUATE, update.key)
-            self.stats["expiries"] += 1
-            self.log(f"node{n.index} proposes the end of {_short(update.key)}: its share at L")
+            self.stats["own_rounds"] += 1
+            self.log(f"node{n.index} proposes a round of its own for {_short(update.key)}")
             self._execute(n, n.replica.propose(op_id, update.key, self._observed(update), self.now))
 
     def _answer(self, n: _Node, pending: _Pending, answer: Answer) -> None:
