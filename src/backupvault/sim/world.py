@@ -1220,7 +1220,10 @@ class Simulation:
         state = self.ghost_state(key)
         if state.status != EntryStatus.LIVE:
             return True
-        if self._able(key, state) >= self.shape.threshold - len(self.hostile):
+        # t honest ones, not t - c: the attacker's nodes answer a client with silence, so
+        # a recovery combines t honest partials or none (seed 10347011: two honest holders
+        # left by a wipe and a rollback beside the hostile node).
+        if self._able(key, state) >= self.shape.threshold:
             return True
         self.stats["no_shares"] += 1
         return False
@@ -1254,7 +1257,7 @@ class Simulation:
             self.clients.append(c)
             c.todo.append("status")
             able = self._able(key, state) if state.status == EntryStatus.LIVE else 0
-            if able >= self.shape.threshold - len(self.hostile):
+            if able >= self.shape.threshold:  # honest partials only (`_recoverable`)
                 if state.attempts_used < self.shape.guess_limit:
                     c.todo.append("recover_right")
             elif state.status == EntryStatus.LIVE:
