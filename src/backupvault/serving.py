@@ -43,6 +43,7 @@ from types import FrameType
 from typing import Any
 
 import uvicorn
+from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -305,6 +306,29 @@ class _HeadDeadline(HttpToolsProtocol):
             b"HTTP/1.1 %s\r\ncontent-type: application/json\r\ncontent-length: %d\r\n"
             b"connection: close\r\n\r\n%s" % (status, len(body), body)
         )
+
+
+#: The error code of each status Starlette raises for a request no route takes.
+_ROUTING_CODES = {404: "not_found", 405: "method_not_allowed"}
+_ROUTING_DETAILS = {
+    404: "no such path on this service",
+    405: "this path does not take that method; see the Allow header",
+}
+
+
+async def routing_error(request: Request, exc: Exception) -> JSONResponse:
+    """The answer to a request no route takes (Starlette's HTTPException: an unknown path,
+    another method), as every other error of a service: `{"error", "detail"}` JSON rather
+    than Starlette's bare text. Register it as the app's HTTPException handler."""
+    assert isinstance(exc, HTTPException)
+    return JSONResponse(
+        {
+            "error": _ROUTING_CODES.get(exc.status_code, "bad_request"),
+            "detail": _ROUTING_DETAILS.get(exc.status_code, "the request was refused"),
+        },
+        status_code=exc.status_code,
+        headers=exc.headers,
+    )
 
 
 async def read_body(request: Request, limit: int) -> bytes | None:

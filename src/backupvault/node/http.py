@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Mapping
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -25,7 +26,12 @@ from backupvault.hop import (
 )
 from backupvault.node.service import NodeService
 from backupvault.protocol import REMOVED_OPERATION_DETAIL, REMOVED_OPERATIONS, Op, check_name
-from backupvault.serving import content_length_over, read_body, slow_body_response
+from backupvault.serving import (
+    content_length_over,
+    read_body,
+    routing_error,
+    slow_body_response,
+)
 
 log = logging.getLogger("backupvault.node")
 
@@ -151,6 +157,8 @@ def create_app(
             Route("/v1/measurement", own_measurement, methods=["GET"]),
         ],
         lifespan=lifespan,
+        # An unknown path or method: a JSON reason as every other refusal, not bare text.
+        exception_handlers={HTTPException: routing_error},
     )
     # Starlette answers a trailing slash with a redirect to the host the Host header
     # names, before the relay's signature is looked at: a 404 instead.

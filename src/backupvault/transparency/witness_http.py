@@ -41,6 +41,7 @@ from backupvault.serving import (
     ServerLimits,
     content_length_over,
     read_body,
+    routing_error,
     run_until_stopped,
     slow_body_response,
 )
@@ -227,10 +228,6 @@ def create_app(
     async def about(request: Request) -> Response:
         return JSONResponse({"name": witness.name, "vkey": witness.verifier.vkey()})
 
-    async def http_error(request: Request, exc: Exception) -> Response:
-        assert isinstance(exc, HTTPException)
-        return _error(exc.status_code, "http_error", str(exc.detail))
-
     limiter = RateLimiter(
         WITNESS_RATE_PER_MINUTE / 60, WITNESS_BURST, clock=clock, max_accounts=WITNESS_ADDRESSES
     )
@@ -245,7 +242,7 @@ def create_app(
             Route("/v1/witness", about, methods=["GET"]),
         ],
         middleware=[Middleware(_PerAddressLimit, limiter=limiter, unlimited=unlimited)],
-        exception_handlers={HTTPException: http_error},
+        exception_handlers={HTTPException: routing_error},
     )
 
 
