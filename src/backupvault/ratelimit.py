@@ -23,9 +23,11 @@ class RateLimiter:
 
     `acquire` answers None when the request may go ahead, or how many seconds to wait.
     Buckets that have refilled completely carry no information and are dropped when the
-    table grows beyond `max_accounts`; if none has, the oldest is dropped, so memory stays
-    bounded even when the keys are addresses anyone can make up (that gives the dropped
-    key a full bucket again: only a key among `max_accounts` busier ones loses its state).
+    table grows beyond `max_accounts`; if that leaves more than 7/8 of it, the oldest are
+    dropped down to 7/8, so memory stays bounded even when the keys are addresses anyone
+    can make up (that gives a dropped key a full bucket again: only a key among about
+    `max_accounts` busier ones loses its state), and the table is scanned once per
+    `max_accounts / 8` new keys at most, not once per new key.
     """
 
     def __init__(
@@ -40,10 +42,14 @@ class RateLimiter:
             raise ValueError("rate_per_second must be a positive number")
         if burst < 1:
             raise ValueError("burst must be at least 1")
+        if max_accounts < 1:
+            raise ValueError("max_accounts must be at least 1")
         self.rate = rate_per_second
         self.burst = burst
         self._clock = clock
         self._max_accounts = max_accounts
+        #: How many buckets are kept after a table found full has been pruned.
+        self._low_water = max_accounts - max(1, max_accounts // 8)
         self._buckets: dict[str, _Bucket] = {}
 
     def acquire(self, account: str) -> float | None:
@@ -52,8 +58,11 @@ class RateLimiter:
         if bucket is None:
             if len(self._buckets) >= self._max_accounts:
                 self._prune(now)
-            while len(self._buckets) >= self._max_accounts:
-                del self._buckets[next(iter(self._buckets))]  # the oldest made
+                # When the scan freed little, the oldest go too, down to `_low_water`: so
+                # the next scan comes after that many new keys at the earliest (a scan per
+                # new key was 50 000 buckets walked per request from a new address).
+                while len(self._buckets) > self._low_water:
+                    del self._buckets[next(iter(self._buckets))]  # the oldest made
             bucket = _Bucket(tokens=float(self.burst), updated=now)
             self._buckets[account] = bucket
         else:

@@ -104,6 +104,33 @@ def test_rate_limiter_stays_bounded_when_no_bucket_has_refilled() -> None:
     assert limiter.acquire(key) is not None
 
 
+def test_rate_limiter_scans_its_table_rarely_when_no_bucket_has_refilled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A full table of drained buckets (addresses each sending a few requests, faster than
+    they refill) made every new key scan the whole table for full buckets, find none and
+    drop one: 50 000 buckets walked per request of a new address, on the event loop. The
+    oldest are now dropped in a batch, so a scan comes once per many new keys."""
+    scans = 0
+    prune = RateLimiter._prune
+
+    def counted(self: RateLimiter, now: float) -> None:
+        nonlocal scans
+        scans += 1
+        prune(self, now)
+
+    monkeypatch.setattr(RateLimiter, "_prune", counted)
+    limiter = RateLimiter(1.0, 2, clock=FakeClock(), max_accounts=1000)
+    for i in range(6000):
+        assert limiter.acquire(f"2001:db8:{i:x}::/64") is None
+        assert len(limiter) <= 1000
+    assert scans <= 5000 // 100
+    # The newest keys keep their state: a key just drained stays limited.
+    key = "2001:db8:176f::/64"
+    assert limiter.acquire(key) is None
+    assert limiter.acquire(key) is not None
+
+
 def test_too_large_is_413_declared_or_streamed(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
