@@ -387,6 +387,41 @@ def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
     assert "Traceback" not in stderr, stderr  # a refusal is no error of the server's
 
 
+def test_a_request_that_is_not_http_gets_a_json_reason(tmp_path: Path) -> None:
+    """uvicorn answered what its parser refuses (a byte outside HTTP's, two lengths, a
+    chunk size that is no number, a smuggling pair of Content-Length and chunked) with
+    bare text, "Invalid HTTP request received.": every other refusal of every service is
+    `{"error", "detail"}` JSON that says what to do."""
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30)
+    host, port = url.removeprefix("http://").split(":")
+    post = b"POST /echo HTTP/1.1\r\nHost: x\r\n"
+    malformed = [
+        b"GET /re\xffady HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"GET /ready HTTP/1.1\r\nHost: x\r\nX-A\x00: b\r\n\r\n",
+        post + b"Content-Length: 1\r\nContent-Length: 5\r\n\r\nxxxxx",
+        post + b"Content-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n0\r\n\r\n",
+        post + b"Transfer-Encoding: chunked\r\n\r\nzz\r\nx\r\n0\r\n\r\n",
+        post + b"Content-Length: " + b"9" * 30 + b"\r\n\r\n",
+        b"CONNECT evil:443 HTTP/1.1\r\nHost: evil:443\r\n\r\n",
+    ]
+    try:
+        for request in malformed:
+            with socket.create_connection((host, int(port))) as connection:
+                connection.sendall(request)
+                answer = _read_all(connection, timeout=5)
+            head, _, body = answer.partition(b"\r\n\r\n")
+            assert head.startswith(b"HTTP/1.1 400 "), (request, answer)
+            assert b"content-type: application/json" in head.lower(), (request, answer)
+            reason = json.loads(body)
+            assert reason["error"] == "bad_request", (request, reason)
+            assert "HTTP/1.1" in reason["detail"], (request, reason)
+        assert httpx.get(f"{url}/ready", timeout=5).text == "ready"  # still serving
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
+
+
 def test_a_chunked_body_s_framing_and_trailers_are_bounded_as_a_head_is(tmp_path: Path) -> None:
     """Attack: a chunked request's trailer fields come after its body's last chunk, while
     the connection is still in the body, where no byte was counted; the parser joins the

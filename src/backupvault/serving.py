@@ -229,8 +229,20 @@ class _HeadDeadline(HttpToolsProtocol):
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
             self._refuse_head()
-        else:
-            super().send_400_response(msg)
+            return
+        # What the parser refused (uvicorn's own answer is bare text): the same JSON as
+        # every other refusal, unless the application's answer to this request has begun
+        # (bad chunk framing in a body) and another would garble it. The connection
+        # closes: where the next request would begin is unknown.
+        cycle = self.cycle
+        if cycle is None or cycle.response_complete or not cycle.response_started:
+            self._answer_and_close(
+                b"400 Bad Request",
+                "bad_request",
+                "the request is not valid HTTP/1.1 (its request line, a header, its length"
+                " or its chunked framing); nothing was done: send a well-formed request",
+            )
+        self.transport.close()
 
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
