@@ -185,6 +185,44 @@ def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -
         process.communicate()
 
 
+def test_one_address_cannot_hold_every_connection(tmp_path: Path) -> None:
+    """Attack: one address opened `max_connections` connections and kept them (a request
+    head every few seconds, or a new connection when one was closed): uvicorn then answered
+    every other client's requests 503. Now one address holds at most
+    `max_connections_per_address`; past it a new connection is answered 503
+    `too_many_connections` and closed, and other addresses are still served."""
+    limits = (
+        "serving.ServerLimits(max_requests=4, max_connections=8, backlog=8,"
+        " max_connections_per_address=3)"
+    )
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits)
+    host, port = url.removeprefix("http://").split(":")
+
+    def ask(source: str) -> bytes:
+        with socket.create_connection((host, int(port)), source_address=(source, 0)) as c:
+            c.sendall(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            return _read_all(c, timeout=5)
+
+    try:
+        held = [socket.create_connection((host, int(port))) for _ in range(3)]
+        time.sleep(0.3)  # accepted
+        with socket.create_connection((host, int(port))) as fourth:
+            refused = _read_all(fourth, timeout=5)  # answered and closed before a request
+        assert refused.startswith(b"HTTP/1.1 503 "), refused
+        reason = json.loads(refused.partition(b"\r\n\r\n")[2])
+        assert reason["error"] == "too_many_connections" and "3 connections" in reason["detail"]
+        assert ask("127.0.0.2").endswith(b"ready")  # another address is served
+        held.pop().close()
+        time.sleep(0.3)  # its count is given back
+        assert ask("127.0.0.1").endswith(b"ready")
+        for connection in held:
+            connection.close()
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
+
+
 @pytest.mark.parametrize(
     "limits",
     [
@@ -193,6 +231,7 @@ def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -
         {"backlog": True},
         {"max_requests": "many"},
         {"max_requests": 100, "max_connections": 100},
+        {"max_connections_per_address": 0},
     ],
 )
 def test_server_limits_refuse_what_would_not_bound(limits: dict[str, object]) -> None:

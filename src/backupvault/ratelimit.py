@@ -106,7 +106,11 @@ def retry_after_header(seconds: float) -> str:
 def client_address_key(connection: HTTPConnection) -> str:
     """The bucket key of the client's address: an IPv4 address, or an IPv6 /64 (one host
     is commonly given a whole /64, so its addresses are one client)."""
-    host = connection.client.host if connection.client is not None else ""
+    return address_key(connection.client.host if connection.client is not None else "")
+
+
+def address_key(host: str) -> str:
+    """`client_address_key` of a peer's host as the socket gives it."""
     try:
         address = ipaddress.ip_address(host)
     except ValueError:

@@ -36,11 +36,12 @@ import signal
 import socket
 import threading
 import tomllib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, ClassVar
 
 import uvicorn
 from starlette.exceptions import HTTPException
@@ -50,6 +51,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from backupvault.errors import BackupVaultError, InvalidInput
+from backupvault.ratelimit import address_key
 
 log = logging.getLogger("backupvault.serving")
 
@@ -88,9 +90,16 @@ class ServerLimits:
     max_connections: int = 1024
     #: Connections the kernel holds before they are accepted (listen(2)'s backlog).
     backlog: int = 128
+    #: Open connections from one client address (an IPv6 client: its /64); beyond it a
+    #: new one is answered `503 too_many_connections` and closed. None: no such bound
+    #: (a node, to which one relay opens a pool of connections).
+    max_connections_per_address: int | None = None
 
     def __post_init__(self) -> None:
-        for name in ("max_requests", "max_connections", "backlog"):
+        names = ["max_requests", "max_connections", "backlog"]
+        if self.max_connections_per_address is not None:
+            names.append("max_connections_per_address")
+        for name in names:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a whole number of at least 1, not {value!r}")
@@ -165,12 +174,41 @@ class _HeadDeadline(HttpToolsProtocol):
     _head_too_large = False
     _discarding = False
     _send_timer: asyncio.TimerHandle | None = None
+    #: Open connections one address may hold (None: any number), and how many each holds:
+    #: one server's, set on the subclass `server_config` makes for it.
+    max_per_address: ClassVar[int | None] = None
+    open_per_address: ClassVar[Counter[str]] = Counter()
+    #: The address this connection is counted under, once it is.
+    _address: str | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
+        if self.max_per_address is not None:
+            address = address_key(self.client[0] if self.client else "")
+            if self.open_per_address[address] >= self.max_per_address:
+                # One address holding every connection the service takes would leave
+                # none for anyone else (uvicorn answers 503 past max_connections). Closed
+                # at once, not after a linger as a refused head is: an address opening
+                # connections without pause must not hold more slots that way. A client
+                # that has already sent its request may see a reset instead of the answer.
+                self._answer_and_close(
+                    b"503 Service Unavailable",
+                    "too_many_connections",
+                    f"this address has {self.max_per_address} connections open, the most"
+                    " one address may; reuse them, or close some and try again",
+                )
+                self.transport.close()
+                return
+            self.open_per_address[address] += 1
+            self._address = address
         self._start_head_clock()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self._address is not None:
+            self.open_per_address[self._address] -= 1
+            if not self.open_per_address[self._address]:
+                del self.open_per_address[self._address]
+            self._address = None
         self._stop_head_clock()
         self._stop_send_clock()
         super().connection_lost(exc)
@@ -388,12 +426,18 @@ class _BoundedServer(uvicorn.Server):
 def server_config(app: Any, limits: ServerLimits, **config: Any) -> uvicorn.Config:
     """uvicorn's configuration for `app` within `limits` (uvicorn.Config's keyword
     arguments in `config`)."""
+    # A class per server: its count of connections per address is that server's own.
+    protocol = type(
+        "_BoundedConnection",
+        (_HeadDeadline,),
+        {"max_per_address": limits.max_connections_per_address, "open_per_address": Counter()},
+    )
     return uvicorn.Config(
         RequestLimit(app, limits.max_requests),
         timeout_graceful_shutdown=GRACEFUL_SECONDS,
         limit_concurrency=limits.max_connections,
         backlog=limits.backlog,
-        http=_HeadDeadline,
+        http=protocol,
         ws="none",  # no service speaks WebSocket: no upgrade, whatever is installed
         **config,
     )

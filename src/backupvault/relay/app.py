@@ -586,6 +586,7 @@ def serve(config: RelayConfig, host: str = "127.0.0.1", port: int = 8600) -> Non
             max_requests=max(2048, 2 * config.max_concurrent_forwards),
             max_connections=max(8192, 8 * config.max_concurrent_forwards),
             backlog=2048,
+            max_connections_per_address=config.max_connections_per_address,
         ),
         host=host,
         port=port,

@@ -112,6 +112,10 @@ class RelayConfig:
     health_cache_seconds: float = 2.0
     #: Forwards in flight at once across all accounts; beyond it, 503 relay_busy.
     max_concurrent_forwards: int = 256
+    #: Open connections from one client address (an IPv6 client: its /64); beyond it a
+    #: new one gets 503 too_many_connections. Raise it behind a proxy of your own (or a
+    #: NAT many clients share), whose address every client then has.
+    max_connections_per_address: int = 128
     #: Clock skew tolerated on token exp/nbf/iat.
     token_leeway_seconds: float = 30.0
     #: (account, Unix seconds) pairs: the account's tokens issued before that time are
@@ -165,6 +169,7 @@ class RelayConfig:
             "max_body_bytes": self.max_body_bytes,
             "max_response_bytes": self.max_response_bytes,
             "max_concurrent_forwards": self.max_concurrent_forwards,
+            "max_connections_per_address": self.max_connections_per_address,
         }.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise InvalidInput(f"{name} must be a whole number >= 1")

@@ -63,6 +63,8 @@ WITNESS_BURST = 30
 WITNESS_RATE_PER_MINUTE = 60.0
 #: Addresses whose bucket is kept; beyond, the oldest is forgotten (memory stays bounded).
 WITNESS_ADDRESSES = 50_000
+#: Open connections from one address (an IPv6 client: its /64); the witness takes 1024.
+WITNESS_CONNECTIONS_PER_ADDRESS = 64
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -252,7 +254,9 @@ def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> N
     try:
         run_until_stopped(
             create_app(witness, unlimited=config.unlimited_addresses),
-            ServerLimits(),
+            # A relay passes clients' requests on over a few connections (its witness
+            # requests in flight are bounded: relay.app.WITNESS_CONCURRENCY).
+            ServerLimits(max_connections_per_address=WITNESS_CONNECTIONS_PER_ADDRESS),
             host=host,
             port=port,
             log_config=None,
