@@ -200,6 +200,18 @@ class HopVerifier:
         signature = _hex(named.get(SIGNATURE_HEADER.lower()), 64, SIGNATURE_HEADER)
         if node != self.node:
             raise HopRefused(f"the request is signed for node {node}, not this node")
+        # The signature before the time: what the window says of a request (too old, from
+        # the future, before this node's start) tells when the node started and where its
+        # clock stands, which only a listed relay is told.
+        message = _signed(node, op, account, entry, digest, at, nonce)
+        for key in self._keys:
+            try:
+                key.verify(signature, message)
+                break
+            except InvalidSignature:
+                continue
+        else:
+            raise HopRefused("the request is not signed by a relay this fleet lists")
         now = self.clock()
         stale = self._window.staleness(at, now)
         if stale is Stale.FUTURE:
@@ -214,15 +226,6 @@ class HopVerifier:
             raise SignedBeforeStart(
                 "the request was signed before this node started; send it again"
             )
-        message = _signed(node, op, account, entry, digest, at, nonce)
-        for key in self._keys:
-            try:
-                key.verify(signature, message)
-                break
-            except InvalidSignature:
-                continue
-        else:
-            raise HopRefused("the request is not signed by a relay this fleet lists")
         if self._window.seen(nonce):
             raise HopRefused("this signed request was already used (a replay)")
         return SignedHeaders(nonce, at, digest)

@@ -56,3 +56,21 @@ def test_a_request_signed_before_the_node_started_is_refused() -> None:
         hop.verify(before, "manifest", "alice", "main", b"sealed")
     clock.now += 1
     hop.verify(_signed(clock.now), "manifest", "alice", "main", b"sealed")
+
+
+@pytest.mark.parametrize("offset", [-1.0, -(WINDOW_SECONDS + 5), WINDOW_SECONDS + 5])
+def test_a_stranger_learns_nothing_of_the_node_s_clock_or_start(offset: float) -> None:
+    """Attack: without a relay key, send requests whose time is before the node's start,
+    too old or ahead of its clock: the node's answers (503 `node_not_ready` "signed before
+    this node started", "too old", "from the future") told a stranger when the node last
+    started and where its clock stands, without any signature checked. Each is now the
+    refusal of any unsigned request."""
+    clock = Clock()
+    clock.now += 30
+    hop = _verifier(clock, not_before=clock.now - 0.5)
+    forged = _signed(clock.now + offset)
+    forged["X-Backupvault-Signature"] = "00" * 64
+    with pytest.raises(HopRefused) as refused:
+        hop.verify(forged, "manifest", "alice", "main", b"sealed")
+    assert refused.type is HopRefused
+    assert str(refused.value) == "the request is not signed by a relay this fleet lists"
