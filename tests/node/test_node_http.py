@@ -4,6 +4,7 @@ request sealed for one account cannot be replayed under another."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -266,6 +267,44 @@ def test_a_replayed_signed_request_is_refused(node: TestClient) -> None:
     again = node.post("/v1/client/manifest", content=body, headers=headers)
     assert again.status_code == 401
     assert "replay" in again.json()["detail"]
+
+
+def test_a_hostile_relay_cannot_redirect_cut_or_replay_what_it_forwards(
+    node: TestClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A relay holds a listed key, so it signs whatever it sends: the seal, not the hop,
+    must refuse a request pointed at another entry, a copy sealed for another node, a
+    truncated copy and a copy sent again (re-signed, with a fresh nonce); and neither the
+    node's log nor its answers (which the relay reads) carry the fleet token or the
+    sealed bytes."""
+    caplog.set_level(logging.DEBUG)
+    token = fleet_token()
+    answers = []
+
+    def send(body: bytes, entry: str = "main") -> Any:
+        answer = post(node, "manifest", body, {**HEADERS, "x-backupvault-entry": entry})
+        answers.append(answer.text)
+        return answer
+
+    sealed, _ = seal("manifest", ManifestRequest("alice", "main"), token)
+    other_entry = send(sealed, entry="other")
+    assert other_entry.status_code == 403 and other_entry.json()["error"] == "mismatch"
+
+    payload = AuthorizedRequest(token, ManifestRequest("alice", "main").to_bytes(), b"").to_bytes()
+    for_node_1, _ = seal_request(NODE_KEY.public_key(), FLEET_ID, 1, "manifest", payload)
+    assert send(for_node_1).status_code == 400
+
+    sealed, _ = seal("manifest", ManifestRequest("alice", "main"), token)
+    assert send(sealed[:-1]).status_code == 400
+    first = send(sealed)
+    assert first.status_code == 200
+    replayed = send(sealed)
+    assert replayed.status_code == 403 and "used before" in replayed.json()["detail"]
+
+    said = "\n".join([*answers, *(r.getMessage() for r in caplog.records)])
+    assert token not in said and token.rsplit(".", 1)[1] not in said
+    for secret in (sealed, payload):
+        assert secret.hex() not in said and repr(secret)[2:40] not in said
 
 
 def test_a_relay_without_the_fleet_token_cannot_act(node: TestClient) -> None:
