@@ -159,7 +159,8 @@ def test_a_shutdown_that_hangs_ends_the_process_with_its_stacks(tmp_path: Path) 
 def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -> None:
     """Whoever opens many requests or connections meets a bound, not an exhausted
     process: past `max_requests` under way a 503 saying why (before the application
-    runs), past `max_connections` uvicorn's own 503; room comes back as they close."""
+    runs), past `max_connections` a 503 saying so too (uvicorn's own was bare text);
+    room comes back as they close."""
     limits = "serving.ServerLimits(max_requests=2, max_connections=5, backlog=8)"
     process, url = _start(tmp_path, hang_shutdown=False, stop=30, limits=limits)
     host, port = url.removeprefix("http://").split(":")
@@ -172,7 +173,9 @@ def test_beyond_its_limits_a_service_answers_503_with_a_reason(tmp_path: Path) -
         idle = [socket.create_connection((host, int(port))) for _ in range(3)]
         time.sleep(0.3)  # accepted
         crowded = httpx.get(f"{url}/ready", timeout=5)
-        assert crowded.status_code == 503 and crowded.text == "Service Unavailable"
+        assert crowded.status_code == 503 and crowded.json()["error"] == "busy"
+        assert "connections open" in crowded.json()["detail"]
+        assert crowded.headers["connection"] == "close"
         for connection in idle:
             connection.close()
         time.sleep(0.3)

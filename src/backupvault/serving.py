@@ -11,8 +11,10 @@ accepts every connection and starts every request, so whoever opens thousands of
 exhausts the process (memory, file descriptors, the event loop) for everyone. Beyond
 `max_requests` under way a request is answered `503 busy` with a reason and Retry-After
 before the application sees it; beyond `max_connections` open (idle keep-alive ones
-count) uvicorn itself answers 503 "Service Unavailable" and closes the connection; the
-kernel queues at most `backlog` connections not yet accepted.
+count) a request is answered `503 busy` too and its connection closed; beyond
+`max_connections_per_address` from one address a new connection is answered `503
+too_many_connections` and closed; the kernel queues at most `backlog` connections not
+yet accepted.
 
 Nor may a client hold a connection or a request slot by sending slowly: a connection
 must bring a whole request head (request line and headers) within `HEAD_SECONDS` of
@@ -123,7 +125,7 @@ class RequestLimit:
             await self.app(scope, receive, send)
             return
         if self.active >= self.limit:
-            await _busy(send, self.limit)
+            await _busy(send, f"this server has {self.limit} requests under way, its limit")
             return
         self.active += 1
         try:
@@ -132,25 +134,24 @@ class RequestLimit:
             self.active -= 1
 
 
-async def _busy(send: Send, limit: int) -> None:
-    body = json.dumps(
-        {
-            "error": "busy",
-            "detail": f"this server has {limit} requests under way, its limit; try again shortly",
-        }
-    ).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": 503,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(body)).encode()),
-                (b"retry-after", b"1"),
-            ],
-        }
-    )
+async def _busy(send: Send, why: str, *, close: bool = False) -> None:
+    """`503 busy` with a reason and Retry-After; `close`: the connection closes after it."""
+    body = json.dumps({"error": "busy", "detail": f"{why}; try again shortly"}).encode()
+    headers = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+        (b"retry-after", b"1"),
+    ]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": 503, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+async def _too_many_connections(scope: Scope, receive: Receive, send: Send) -> None:
+    """The answer to a request on a connection past `max_connections` (the connection then
+    closes, as uvicorn closes it)."""
+    await _busy(send, "this server has as many connections open as it takes", close=True)
 
 
 class _HeadDeadline(HttpToolsProtocol):
@@ -287,7 +288,17 @@ class _HeadDeadline(HttpToolsProtocol):
         self._head_bytes = 0
         self._unbodied_bytes = 0
         self._in_body = True
-        super().on_headers_complete()
+        limit = self.limit_concurrency
+        if limit is None or (len(self.connections) < limit and len(self.tasks) < limit):
+            super().on_headers_complete()
+            return
+        # Past max_connections uvicorn answers bare text ("Service Unavailable"): the
+        # request goes instead to an answer with a reason, as every other refusal's.
+        app, self.app, self.limit_concurrency = self.app, _too_many_connections, None
+        try:
+            super().on_headers_complete()
+        finally:
+            self.app, self.limit_concurrency = app, limit
 
     def on_body(self, body: bytes) -> None:
         self._body_in_read = True
