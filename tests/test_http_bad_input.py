@@ -5,7 +5,7 @@ route is walked without a change here."""
 
 from __future__ import annotations
 
-import ipaddress
+import itertools
 import random
 import re
 from collections.abc import Callable, Iterator
@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 from tests.node.test_node_http import HEADERS as NODE_HEADERS
@@ -89,9 +91,17 @@ def _header_sets() -> list[list[tuple[str, str | bytes]]]:
     ]
 
 
+async def _unserved(request: Request) -> Response:
+    raise AssertionError("a path no app serves")
+
+
+#: A path no app serves, walked as a route of each.
+UNSERVED = Route("/v1/no-such-path/{entry}", _unserved, methods=["GET", "POST"])
+
+
 def _paths(app: Starlette, rng: random.Random) -> Iterator[tuple[Route, str]]:
     """Each route's path with good parameters, and with bad values in each parameter."""
-    for route in app.routes:
+    for route in [*app.routes, UNSERVED]:
         assert isinstance(route, Route), route
         names = re.findall(r"{(\w+)}", route.path)
         yield route, route.path.format(**{n: GOOD_PARAMS[n] for n in names})
@@ -104,38 +114,48 @@ def _paths(app: Starlette, rng: random.Random) -> Iterator[tuple[Route, str]]:
 Credentials = Callable[[str, bytes], list[list[tuple[str, str | bytes]]]]
 
 
-def _walk(client: TestClient, app: Starlette, credentials: Credentials, seed: int) -> list[str]:
+def _walk(
+    client: TestClient, app: Starlette, credentials: Credentials, seed: int
+) -> tuple[list[str], set[str]]:
     """Every malformed request against every route: the answers that were not a 4xx (or
-    a 2xx) with a reason. `credentials(path, body)`: header sets a caller who may use the
-    route would send (a token, a relay's signature), tried besides the bad ones."""
+    a 2xx) with a reason, and the error codes met. `credentials(path, body)`: header sets
+    a caller who may use the route would send (a token, a relay's signature), tried
+    besides the bad ones."""
     rng = random.Random(seed)
     wrong: list[str] = []
+    codes: set[str] = set()
     for route, path in _paths(app, rng):
         methods = sorted(route.methods or ()) + EXTRA_METHODS
         for method in methods:
             for what, body, extra in _bodies(rng):
-                query = rng.choice(_queries())
-                headers = rng.choice([*_header_sets(), *credentials(path, body)])
-                request: list[tuple[str, str | bytes]] = [*extra.items(), *headers]
-                answer = client.request(method, path + query, content=body, headers=request)
-                label = f"{method} {path}{query[:40]} [{what}] {headers[:1]}"
-                if answer.status_code >= 500:
-                    wrong.append(f"{label}: {answer.status_code} {answer.text[:200]}")
-                elif answer.status_code >= 400 and method != "HEAD":
-                    try:
-                        reason = answer.json()
-                    except ValueError:
-                        reason = None
-                    if not (isinstance(reason, dict) and reason.get("detail")):
-                        wrong.append(f"{label}: {answer.status_code} without a reason")
-    return wrong
+                for headers in [rng.choice(_header_sets()), *credentials(path, body)]:
+                    query = rng.choice(_queries())
+                    request: list[tuple[str, str | bytes]] = [*extra.items(), *headers]
+                    answer = client.request(method, path + query, content=body, headers=request)
+                    label = f"{method} {path}{query[:40]} [{what}] {headers[:1]}"
+                    if answer.status_code >= 500:
+                        wrong.append(f"{label}: {answer.status_code} {answer.text[:200]}")
+                    elif answer.status_code >= 400 and method != "HEAD":
+                        try:
+                            reason = answer.json()
+                        except ValueError:
+                            reason = None
+                        if not (isinstance(reason, dict) and reason.get("detail")):
+                            wrong.append(f"{label}: {answer.status_code} without a reason")
+                        else:
+                            codes.add(str(reason.get("error")))
+    return wrong, codes
 
 
-def _check(wrong: list[str]) -> None:
+def _check(walked: tuple[list[str], set[str]], reached: set[str]) -> None:
+    """No wrong answer; and the walk got as far as the checks named by their error codes
+    in `reached` (so a walk stopped early, at a rate limit say, does not pass unseen)."""
+    wrong, codes = walked
     kinds = sorted({re.sub(r"^\S+ \S+ \[[^]]*\] \[.*\]: ", "", w)[:80] for w in wrong})
     assert not wrong, (
         f"{len(wrong)} answers, of these kinds:\n" + "\n".join(kinds) + ("\nfirst: " + wrong[0])
     )
+    assert reached <= codes, f"never reached: {sorted(reached - codes)} (met {sorted(codes)})"
 
 
 @pytest.fixture
@@ -164,9 +184,12 @@ def test_relay_routes_answer_bad_input_with_a_reason(
 
     def credentials(path: str, body: bytes) -> list[list[tuple[str, str | bytes]]]:
         bearer = ("authorization", f"Bearer {token}")
-        return [[bearer], [bearer], [bearer, ("authorization", "Bearer x")]]
+        return [[bearer], [bearer, ("authorization", "Bearer x")]]
 
-    _check(_walk(client, app, credentials, SEED))
+    _check(
+        _walk(client, app, credentials, SEED),
+        {"bad_sealed_copies", "unsupported_media_type", "too_large", "bad_entry", "not_found"},
+    )
 
 
 @pytest.fixture
@@ -185,9 +208,12 @@ def test_node_routes_answer_bad_input_with_a_reason(node: tuple[TestClient, Star
         if not op.isascii() or not op.isprintable():
             return []
         signed = sign_headers(NODE_RELAY_KEY, 0, op, "alice", "main", body)
-        return [[*NODE_HEADERS.items(), *signed.items()]] * 3
+        return [[*NODE_HEADERS.items(), *signed.items()]]
 
-    _check(_walk(client, app, credentials, SEED))
+    _check(
+        _walk(client, app, credentials, SEED),
+        {"bad_sealed_request", "relay_signature", "too_large", "method_not_allowed"},
+    )
 
 
 @pytest.fixture
@@ -198,7 +224,10 @@ def witness(tmp_path: Path) -> Iterator[tuple[TestClient, Starlette]]:
     witness = Witness(Signer(WITNESS_NAME, witness_key), store, policy)
     for epoch in (1, 2):
         witness.submit(sign_record(make_record(epoch=epoch), OPERATOR_KEY).to_bytes())
-    app = witness_app(witness, unlimited=[ipaddress.ip_network("0.0.0.0/0")])
+    # A clock an hour on at each reading: every bucket is full again (the test client's
+    # address is no IP address, which `unlimited` could name).
+    hours = itertools.count(step=3600.0)
+    app = witness_app(witness, clock=lambda: next(hours))
     try:
         with TestClient(app, raise_server_exceptions=False) as client:
             yield client, app
@@ -210,4 +239,7 @@ def test_witness_routes_answer_bad_input_with_a_reason(
     witness: tuple[TestClient, Starlette],
 ) -> None:
     client, app = witness
-    _check(_walk(client, app, lambda path, body: [], SEED))
+    _check(
+        _walk(client, app, lambda path, body: [], SEED),
+        {"malformed", "bad_query", "method_not_allowed", "not_found"},
+    )
