@@ -58,10 +58,12 @@ request_timeout = 8
 health_timeout = 0.5
 health_cache_seconds = 1
 max_concurrent_forwards = 64
+max_connections_per_address = 512
 token_leeway_seconds = 10
 """,
     )
     config = load_config(path)
+    assert config.max_connections_per_address == 512
     assert config.node_urls == ("http://10.0.0.1:8700", "https://node2.example:8700")
     assert config.operator_public_key == key_dir / "operator.pub"
     assert config.signing_key == key_dir / "relay.key"
@@ -81,6 +83,7 @@ def test_accepts_an_inline_pem_and_defaults(tmp_path: Path) -> None:
     config = load_config(path)
     assert config.operator_public_key == pem.encode()
     assert (config.rate_per_minute, config.burst, config.max_body_bytes) == (60.0, 20, 65536)
+    assert config.max_connections_per_address == 128
 
 
 @pytest.mark.parametrize(
@@ -94,6 +97,11 @@ def test_accepts_an_inline_pem_and_defaults(tmp_path: Path) -> None:
         ('nodes = ["http://n:1"]\nissuer = ""\naudience = "a"\nKEY', "must not be empty"),
         ('nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\nKEY\nburst = 0', "burst"),
         ('nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\nKEY\nburst = 1.5', "burst"),
+        (
+            'nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\nKEY\n'
+            "max_connections_per_address = 0",
+            "max_connections_per_address",
+        ),
         (
             'nodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\nKEY\nrequest_timeout = -1',
             "request_timeout",
