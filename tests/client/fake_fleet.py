@@ -71,6 +71,9 @@ class FakeNode:
     #: not accepted the attempt itself yet: stalled, or catching up after a restart).
     unavailable_for: int = 0
     stale_manifest: bytes = b""
+    #: A hostile node's own figure of guesses left, in its evaluate and manifest answers
+    #: (None: the truth, LIMIT - count).
+    claims_left: int | None = None
     manifest: bytes = b""
     share: threshold.KeyShare | None = None
     version: int = 0
@@ -296,7 +299,7 @@ class FakeFleet:
                 node.version,
                 node.manifest if node.share else b"",
                 LIMIT,
-                LIMIT - node.count,
+                LIMIT - node.count if node.claims_left is None else node.claims_left,
                 status == EntryStatus.LIVE,
             )
         if isinstance(request, EvaluateRequest):
@@ -323,9 +326,8 @@ class FakeFleet:
             index = partial.index + 1 if node.mode == "wrong_index" else partial.index
             if node.mode == "wrong_attempt":
                 attempt += 1000 + node.index
-            return EvaluateResponse(
-                attempt, index, partial.evaluated, partial.proof, LIMIT - node.count
-            )
+            left = LIMIT - node.count if node.claims_left is None else node.claims_left
+            return EvaluateResponse(attempt, index, partial.evaluated, partial.proof, left)
         if isinstance(request, ResetRequest):
             m = Manifest.from_bytes(node.manifest)
             statement = owner.OwnerStatement(

@@ -14,6 +14,7 @@ from backupvault.client.errors import (
     FleetUnavailable,
     NotRegistered,
     VaultError,
+    WrongPassword,
 )
 from backupvault.client.threshold import ThresholdVault
 from backupvault.crypto.seal import open_request
@@ -280,3 +281,57 @@ def test_lying_attempt_numbers_and_a_slow_node_do_not_leave_the_right_password_c
     assert recovered.reset_confirmed and recovered.reset_missing == ()
     assert [node.count for node in fleet.nodes[2:]] == [0, 0, 0]  # honest counts reset
     assert fleet.nodes[2].resets == 1
+
+
+def _hiding(hidden: set[int], ops: set[Op]) -> Relay:
+    """The relay passes every request on (the nodes act on it, and count), then says the
+    `hidden` nodes gave no answer to `ops`."""
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        answer = forward(request)
+        if _op(request) not in ops:
+            return answer
+        replies = [
+            FanoutReply(r.index, NO_ANSWER, b'{"error":"node_slow","detail":"no answer"}')
+            if r.index in hidden
+            else r
+            for r in FanoutAnswers.from_bytes(answer.content).replies
+        ]
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    return relay
+
+
+def test_a_hostile_node_claiming_no_guesses_left_cannot_make_a_live_key_look_destroyed() -> None:
+    """The hostile node sends a partial that verifies with "0 guesses left", and the relay
+    hides two honest nodes' answers: of the t verified partials the t-th largest figure is
+    the hostile 0, and a wrong password was told as a destroyed key (backups lost, start
+    over) while every honest node had 9 guesses left. "Destroyed" needs t nodes saying so,
+    and the figure told spans what the nodes that answered report."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[HOSTILE].claims_left = 0
+    vault = _behind(fleet, fleet.vault(), _hiding({0, 1}, {Op.EVALUATE, Op.MANIFEST}))
+    with pytest.raises(WrongPassword) as wrong:
+        vault.recover("not the password", ksf_floor=FAST_KSF)
+    assert wrong.value.guesses_remaining_up_to == LIMIT - 1
+    assert f"0 to {LIMIT - 1} guesses left" in wrong.value.message
+    status = vault.status()
+    assert status.status == EntryStatus.LIVE
+    assert status.guesses_remaining_up_to == LIMIT - 1
+    # The key was alive all along: the right password opens it.
+    assert fleet.vault().recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_hostile_node_claiming_more_guesses_left_is_not_believed() -> None:
+    """The converse: the hostile node's figure above the honest ones' is never the one told
+    as what is left, even with only t nodes answering."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[HOSTILE].claims_left = LIMIT
+    vault = _behind(fleet, fleet.vault(), _hiding({0, 1}, {Op.EVALUATE, Op.MANIFEST}))
+    with pytest.raises(WrongPassword) as wrong:
+        vault.recover("not the password", ksf_floor=FAST_KSF)
+    assert wrong.value.guesses_remaining == LIMIT - 1

@@ -1264,6 +1264,11 @@ def vault_status(ctx: Context) -> None:
         )
     if status.status == EntryStatus.LIVE:
         text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
+        if status.guesses_remaining_up_to is not None:
+            text += (
+                f" (or up to {status.guesses_remaining_up_to}: the vault nodes that answered"
+                " disagree, and too few answered to tell which figure is right)"
+            )
         for node in status.nodes_without:
             text += f"\n{_node_without(node)}"
     for item in status.pending:

@@ -12,8 +12,16 @@ class VaultError(BackupVaultError):
 class WrongPassword(VaultError):
     exit_code = 3
 
-    def __init__(self, guesses_remaining: int) -> None:
-        if guesses_remaining == 1:
+    def __init__(self, guesses_remaining: int, *, up_to: int | None = None) -> None:
+        """`up_to`: the highest figure a node reported, when the nodes that answered
+        disagree and are too few to outvote a hostile one (the truth lies between)."""
+        if up_to is not None and up_to != guesses_remaining:
+            left = (
+                f"{guesses_remaining} to {up_to} guesses left before the key is destroyed (the"
+                " vault nodes that answered disagree, and too few answered to tell which"
+                " figure is right)"
+            )
+        elif guesses_remaining == 1:
             left = "1 guess left: the next wrong password destroys the key"
         else:
             left = f"{guesses_remaining} guesses left before the key is destroyed"
@@ -22,6 +30,7 @@ class WrongPassword(VaultError):
             hint="check the password before trying again: each wrong one uses up a guess",
         )
         self.guesses_remaining = guesses_remaining
+        self.guesses_remaining_up_to = up_to
 
 
 class Destroyed(VaultError):

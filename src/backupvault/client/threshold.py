@@ -157,6 +157,25 @@ def _tth_largest(values: list[int], t: int) -> int:
     return ordered[t - 1] if len(ordered) >= t else min(ordered, default=0)
 
 
+def _guesses_left(reported: Sequence[int], t: int) -> tuple[int, int | None]:
+    """What the nodes that answered say is left: (figure, up_to). `figure` is the t-th
+    largest (`_tth_largest`): fewer than t hostile nodes cannot raise it above what an
+    honest node says. With 2t − 1 reports or more it is also at least what some honest node
+    says; with fewer, hostile nodes' low figures can be all of the t lowest, so `up_to` is
+    then the highest figure reported (what is left lies between), or None when the
+    reports agree (review s34: one node's "0 left" and two honest answers hidden by the
+    relay made a wrong password read as a destroyed key)."""
+    figure = _tth_largest(list(reported), t)
+    most = max(reported, default=0)
+    return figure, (most if most != figure and len(reported) < 2 * t - 1 else None)
+
+
+def _none_left(reported: Sequence[int], t: int) -> bool:
+    """Whether t nodes say no guess is left: then at least one honest node erases its
+    share at its next request (fewer may all be hostile nodes' word)."""
+    return sum(1 for left in reported if left == 0) >= t
+
+
 def _agreed_attempt(good: dict[int, EvaluateResponse], t: int) -> int | None:
     """The attempt number at least t verified partials report, or None. The fleet commits
     one number per B, so honest nodes agree on it, and fewer than t hostile nodes cannot
@@ -274,6 +293,9 @@ class ThresholdStatus:
     other: tuple[str, ...]
     #: Deliveries this device still owes the fleet (docs/threshold.md, "Finishing later").
     pending: tuple[str, ...] = ()
+    #: With too few nodes answering to outvote a hostile figure, and figures that differ:
+    #: the highest reported (what is left lies between it and `guesses_remaining`).
+    guesses_remaining_up_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -432,9 +454,8 @@ class ThresholdVault:
             a for a in found.answers if a.response is not None and a.response.manifest == encoded
         ]
         # The client needs t nodes with guesses left: the t-th largest count is what is left.
-        remaining = sorted(
-            (a.response.guesses_remaining for a in agreeing if a.response), reverse=True
-        )
+        reported = [a.response.guesses_remaining for a in agreeing if a.response]
+        remaining, up_to = _guesses_left(reported, self.t)
         limit = _tth_largest([a.response.guess_limit for a in agreeing if a.response], self.t)
         other = tuple(
             a.describe() if a.response is None else f"node {a.index}: holds another manifest"
@@ -443,17 +464,18 @@ class ThresholdVault:
         )
         # No guess left on t nodes: no recovery can succeed again, and each node erases its
         # share at its next request; the key is as good as destroyed, so say so.
-        status = EntryStatus.LIVE if remaining[self.t - 1] else EntryStatus.DESTROYED
+        status = EntryStatus.DESTROYED if _none_left(reported, self.t) else EntryStatus.LIVE
         return ThresholdStatus(
             status,
             found.agreed.version,
             limit,
-            remaining[self.t - 1],
+            remaining,
             tuple(a.index for a in agreeing),
             other,
             self._finish_quietly(
                 found.agreed, answered={a.index for a in found.answers if a.response is not None}
             ),
+            up_to,
         )
 
     # ---- registration ----------------------------------------------------------------------
@@ -1116,19 +1138,18 @@ class ThresholdVault:
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
         combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]
-        # The t-th largest over every partial that verified, not only the t combined: fewer
-        # than t hostile nodes cannot lower it (one claiming 0 made a wrong password read
-        # as "destroyed").
-        counts = sorted((r.guesses_remaining for r in good.values()), reverse=True)
-        remaining = counts[self.t - 1]
+        # Over every partial that verified, not only the t combined (one of which may be a
+        # hostile node's 0).
+        reported = [r.guesses_remaining for r in good.values()]
+        remaining, up_to = _guesses_left(reported, self.t)
         output = oprf.finalize(secret, blind, combination.evaluated)
         try:
             export_key, root_key = manifests.open_entry(manifest, output)
         except WrongKey:
-            if remaining == 0:
+            if _none_left(reported, self.t):
                 # No node will evaluate again: each erases its share at the next request.
                 raise Destroyed() from None
-            raise WrongPassword(remaining) from None
+            raise WrongPassword(remaining, up_to=up_to) from None
         agreed = _agreed_attempt(good, self.t)
         attempt = agreed if agreed is not None else sorted(r.attempt for r in used)[len(used) // 2]
         reset_missing = self._reset(export_key, manifest, blinded, good, agreed)

@@ -807,6 +807,7 @@ class FleetSession:
             current.version,
             nodes_without=current.other,
             pending=current.pending + self._finish_older_erasures(),
+            guesses_remaining_up_to=current.guesses_remaining_up_to,
         )
 
     def needs_password_to_finish(self) -> bool:

@@ -106,6 +106,9 @@ class VaultStatus:
     nodes_without: tuple[str, ...] = ()
     #: Deliveries this device still owes the fleet (shares, erasures), by node.
     pending: tuple[str, ...] = ()
+    #: The highest figure a node reported, when the nodes that answered disagree and are
+    #: too few to outvote a hostile one (what is left lies between); None when they agree.
+    guesses_remaining_up_to: int | None = None
 
 
 def _retry_after(answer: httpx.Response) -> float:
