@@ -5,11 +5,14 @@ This checks that the two halves of the flow, built separately, agree byte for by
 
 from __future__ import annotations
 
+import time
+
 import httpx
 import pytest
 
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import (
+    EVALUATION_UNANSWERED_HINT,
     Destroyed,
     EntryChanged,
     FleetUnavailable,
@@ -343,3 +346,23 @@ def test_a_retry_after_of_zero_is_waited_out_within_the_limit(
     with pytest.raises(VaultError):
         vault.status()
     assert len(posts) <= MAX_RATE_LIMIT_WAIT_SECONDS + 1 and sum(slept) >= len(posts) - 1
+
+
+def test_a_device_whose_clock_is_ahead_is_named_as_the_likely_cause_not_an_outage(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The nodes order attempts by the client's clock: after a recovery from a device a day
+    ahead, every other device's attempt is refused as stale (at no charge) for that day.
+    The client said "fleet unavailable: too few nodes answered, which may have counted a
+    guess; try again later", naming neither the refusal nor the clock."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    ahead = bridge.vault()
+    ahead._clock_ms = lambda: time.time_ns() // 1_000_000 + 86_400_000
+    ahead.register("right", RK, ksf=SIM_KSF)
+    ahead.recover("right", ksf_floor=SIM_KSF)
+    with pytest.raises(FleetUnavailable) as refused:
+        bridge.vault().recover("right", ksf_floor=SIM_KSF)
+    assert "refused this attempt as older than the latest" in refused.value.message
+    assert refused.value.hint is not None and "clock" in refused.value.hint
+    assert refused.value.hint != EVALUATION_UNANSWERED_HINT
+    assert bridge.vault().status().guesses_remaining == LIMIT  # none of it was charged

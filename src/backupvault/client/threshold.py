@@ -84,6 +84,14 @@ RESET_TRIES = 3
 #: recovery of the same entry, from this or another device, was counted in between) is
 #: made again, with a new B and clock, up to this many times, after a random pause.
 STALE_ATTEMPT_RETRIES = 2
+#: Why attempts keep being refused as stale, and what to do.
+STALE_ATTEMPT_HINT = (
+    "the vault orders attempts by the clock of the device that makes them: another recovery"
+    " of this key ran at the same moment (another device or script), or one came from a"
+    " device whose clock is ahead of this one's, and until this device's clock passes that"
+    " time its attempts are refused. Check the clocks of your devices, then try again. A"
+    " refused attempt is not counted as a guess (one that another recovery overtook may be)"
+)
 DELIVERY_TRIES = 3
 #: With fewer than t acknowledgements and some node silent, a delivery is sent again (the
 #: same shares: nodes that hold theirs acknowledge again) for up to this long: M may have
@@ -1127,14 +1135,23 @@ class ThresholdVault:
                     " against the entry's commitments",
                     hint="report the named nodes to the operator; try again later",
                 )
-            unavailable = FleetUnavailable(
+            stale = errors.count(ErrorCode.STALE_ATTEMPT)
+            if stale > self.nodes - self.t:
+                # More than N − t refusals include an honest node's. Told as what they are:
+                # "too few answered, try again later" named neither the refusal nor its
+                # likely lasting cause, a device with its clock ahead (review s34).
+                raise _Superseded(
+                    FleetUnavailable(
+                        f"{stale} of {self.nodes} vault nodes refused this attempt as older"
+                        " than the latest one they counted",
+                        hint=STALE_ATTEMPT_HINT,
+                    )
+                )
+            raise FleetUnavailable(
                 f"need {self.t} partial evaluations, {len(good)} nodes gave one "
                 f"({'; '.join(problems[i] for i in sorted(problems))})",
                 hint=EVALUATION_UNANSWERED_HINT,
             )
-            if errors.count(ErrorCode.STALE_ATTEMPT) > self.nodes - self.t:
-                raise _Superseded(unavailable)
-            raise unavailable
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
         combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]
