@@ -75,3 +75,14 @@ def test_an_earlier_epochs_small_order_signing_key_is_refused(tmp_path: Path) ->
     with pytest.raises(MalformedField, match="prime-order subgroup") as caught:
         ClientConfig.parse(tmp_path / "client.toml", data)
     assert caught.value.field == "previous_fleets"
+
+
+@pytest.mark.parametrize(("threshold", "nodes"), [(1, 3), (2, 5), (2, 4), (1, 2)])
+def test_fleet_keys_refuse_a_threshold_that_is_no_majority(threshold: int, nodes: int) -> None:
+    """The client trusts a manifest t nodes return byte for byte and counts t verified
+    partials: with 2t ≤ N, t hostile nodes are a minority and could make a manifest of
+    their own agreed (and two manifests could both reach t). An SDK caller's FleetKeys took
+    any 1 ≤ t ≤ N; the record and the pinned config always gave a majority."""
+    with pytest.raises(InvalidInput, match="majority"):
+        FleetKeys(tuple(_real_keys(nodes)), threshold, 0)
+    assert FleetKeys(tuple(_real_keys(nodes)), nodes // 2 + 1, 0).threshold == nodes // 2 + 1

@@ -251,6 +251,14 @@ class FleetKeys:
 
     def __post_init__(self) -> None:
         threshold.check_threshold(self.threshold, len(self.signing_keys))
+        if 2 * self.threshold <= len(self.signing_keys):
+            # The t-identical manifest and the t verified partials rest on 2t > N: with less,
+            # t hostile nodes are a minority that can make their own manifest agreed.
+            raise InvalidInput(
+                f"a threshold of {self.threshold} of {len(self.signing_keys)} nodes is no majority",
+                hint="a fleet's threshold is a majority of its nodes (N//2 + 1), as its"
+                " deployment record says",
+            )
         for index, key in enumerate(self.signing_keys):
             # Each verifies a node's share acknowledgements: a small-order key would take
             # a signature anyone can forge (crypto/ed25519.py).
