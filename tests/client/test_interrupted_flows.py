@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from backupvault.client import DEFAULT_ENTRY
-from backupvault.client.errors import FleetUnavailable
+from backupvault.client.errors import FleetUnavailable, WrongPassword
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import ThresholdVault
 from backupvault.client.trust import FleetSession
@@ -95,6 +95,32 @@ def test_a_password_change_cut_off_after_its_commit_is_finished_at_the_next_cont
     assert again.recover("new", ksf_floor=FAST_KSF).root_key == RK
     assert again.status().pending == ()
     assert _holders(fleet) == [0, 1, 2, 3, 4] and fleet.nodes[4].share != old_share
+
+
+def test_the_old_password_after_a_change_cut_off_after_its_commit_is_told_what_happened(
+    tmp_path: Path,
+) -> None:
+    """The device crashed once the change's commit went out, so the user never saw
+    "password changed", and gives the old password again: that costs a guess, and the
+    error said only "wrong password". The device kept the new version's shares before the
+    commit, so it knows it set the password now in effect, and says so."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault(pending=PendingStore(path))
+    vault.register("old", RK, ksf=FAST_KSF)
+    _cut_after(fleet, Op.COMMIT_SHARES, _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    again = fleet.vault(pending=PendingStore(path))
+    with pytest.raises(WrongPassword) as wrong:
+        again.recover("old", ksf_floor=FAST_KSF)
+    assert wrong.value.hint is not None and "this device set the password" in wrong.value.hint
+    assert "version 2" in wrong.value.hint
+    assert again.recover("new", ksf_floor=FAST_KSF).root_key == RK
+    # Once finished, nothing is kept, and a wrong password is told as just that.
+    with pytest.raises(WrongPassword) as plain:
+        again.recover("old", ksf_floor=FAST_KSF)
+    assert plain.value.hint is not None and "this device set" not in plain.value.hint
 
 
 def test_a_change_cut_off_before_its_commit_leaves_the_old_password_and_no_debt_in_force(

@@ -1030,8 +1030,22 @@ class ThresholdVault:
                 time.sleep(RETRY_BACKOFF_SECONDS * (1 + secrets.randbelow(1000) / 250))
         raise AssertionError("unreachable")
 
+    def _set_here(self, manifest: manifests.Manifest) -> bool:
+        """Whether this device made `manifest` and still keeps its shares: a registration
+        or password change here whose delivery it has not seen finish (kept before the
+        commit goes out, so also one cut off by a crash before "password changed")."""
+        try:
+            records = self._owed()
+        except VaultError:
+            return False  # a damaged file: told elsewhere
+        encoded = manifest.to_bytes()
+        return any(r.op is Op.REGISTER_SHARE and r.manifest == encoded for r in records)
+
     def _recover_once(self, password: str, ksf_floor: Argon2idParams) -> ThresholdRecovery:
-        live = self._deliver_owed_first(self._live())
+        found = self._live()
+        # Asked before the owed shares go out (which may forget the record).
+        set_here = self._set_here(found.manifest)
+        live = self._deliver_owed_first(found)
         manifest, guess_limit = live.manifest, live.guess_limit
         if len(live.holders) < self.t:
             # The fleet counts an attempt before any node evaluates: with fewer than t
@@ -1174,7 +1188,15 @@ class ThresholdVault:
             if _none_left(reported, self.t):
                 # No node will evaluate again: each erases its share at the next request.
                 raise Destroyed() from None
-            raise WrongPassword(remaining, up_to=up_to) from None
+            refused = WrongPassword(remaining, up_to=up_to)
+            if set_here:
+                # The old password after a change whose end the user may not have seen.
+                refused.hint = (
+                    f"this device set the password now in effect (version {manifest.version},"
+                    " in a registration or password change that may have been cut off before"
+                    f" it said so): give that password, not an older one; {refused.hint}"
+                )
+            raise refused from None
         agreed = _agreed_attempt(good, self.t)
         attempt = agreed if agreed is not None else sorted(r.attempt for r in used)[len(used) // 2]
         reset_missing = self._reset(export_key, manifest, blinded, good, agreed)
