@@ -123,6 +123,20 @@ def test_the_old_password_after_a_change_cut_off_after_its_commit_is_told_what_h
     assert plain.value.hint is not None and "this device set" not in plain.value.hint
 
 
+def test_a_wrong_password_on_a_first_registration_kept_here_names_no_older_password(
+    tmp_path: Path,
+) -> None:
+    """A degraded registration keeps its shares too, but version 1 has no older password
+    to mix up: a wrong password is told as just that."""
+    fleet = FakeFleet(5)
+    fleet.nodes[4].mode = "down"
+    vault = fleet.vault(pending=PendingStore(tmp_path / "client-pending.json"))
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded
+    with pytest.raises(WrongPassword) as wrong:
+        vault.recover("not it", ksf_floor=FAST_KSF)
+    assert wrong.value.hint is not None and "this device set" not in wrong.value.hint
+
+
 def test_a_change_cut_off_before_its_commit_leaves_the_old_password_and_no_debt_in_force(
     tmp_path: Path,
 ) -> None:

@@ -1189,8 +1189,9 @@ class ThresholdVault:
                 # No node will evaluate again: each erases its share at the next request.
                 raise Destroyed() from None
             refused = WrongPassword(remaining, up_to=up_to)
-            if set_here:
-                # The old password after a change whose end the user may not have seen.
+            if set_here and manifest.version > 1:
+                # The old password after a change whose end the user may not have seen (a
+                # version 1 has no older password to mix up).
                 refused.hint = (
                     f"this device set the password now in effect (version {manifest.version},"
                     " in a registration or password change that may have been cut off before"
