@@ -63,7 +63,8 @@ class FakeNode:
     signing: Ed25519PrivateKey
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
     #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
-    #: "wrong_attempt" (a verifying partial with an attempt number of its own)
+    #: "wrong_attempt" (a verifying partial with an attempt number of its own),
+    #: "claims_registered" (every share delivery answered `already_registered`)
     mode: str = "ok"
     #: No answer to this many more requests (then "ok").
     down_for: int = 0
@@ -197,6 +198,8 @@ class FakeFleet:
             return _error(ErrorCode.REFUSED, err.message)
 
     def _answer_or_raise(self, node: FakeNode, op: Op, request: Message) -> Message:
+        if node.mode == "claims_registered" and isinstance(request, RegisterShareRequest):
+            return _error(ErrorCode.ALREADY_REGISTERED, "already registered")
         if isinstance(request, DeliverShareRequest):
             # As the firmware: the share opens only here, for this manifest; then it is
             # a register-share of that manifest.

@@ -11,6 +11,7 @@ import pytest
 
 from backupvault.client.errors import (
     EVALUATION_UNANSWERED_HINT,
+    AlreadyRegistered,
     FleetUnavailable,
     NotRegistered,
     VaultError,
@@ -335,3 +336,22 @@ def test_a_hostile_node_claiming_more_guesses_left_is_not_believed() -> None:
     with pytest.raises(WrongPassword) as wrong:
         vault.recover("not the password", ksf_floor=FAST_KSF)
     assert wrong.value.guesses_remaining == LIMIT - 1
+
+
+def test_one_node_saying_already_registered_does_not_make_an_empty_entry_look_registered() -> None:
+    """The hostile node answers every share delivery `already_registered` and the relay
+    hides two honest nodes' acknowledgements: fewer than t staged, and one node's word made
+    the client say the vault already holds a key (the CLI then tried to recover it, and
+    said there was none). It takes more than N − t nodes saying so, as for `stale_manifest`."""
+    fleet = FakeFleet(5)
+    fleet.nodes[HOSTILE].mode = "claims_registered"
+    hidden = _hiding({0, 1}, {Op.REGISTER_SHARE})
+    vault = _behind(fleet, fleet.vault(), hidden)
+    with pytest.raises(FleetUnavailable, match="only 2 of 5 vault nodes took their share"):
+        vault.register("pw", RK, ksf=FAST_KSF)
+    assert fleet.vault().status().status == EntryStatus.EMPTY
+    # Another device's key in effect is still told as such: every honest node says so.
+    fleet.nodes[HOSTILE].mode = "ok"
+    fleet.vault().register("theirs", RK, ksf=FAST_KSF)
+    with pytest.raises(AlreadyRegistered):
+        fleet.vault().register("mine", RK, ksf=FAST_KSF)

@@ -539,7 +539,9 @@ class ThresholdVault:
         what = "password was not changed" if authorization else "entry was not registered"
         if len(staged) < self.t:
             codes = [o.error.code for o in outcomes if o.error is not None]
-            if ErrorCode.ALREADY_REGISTERED in codes:
+            # More than N − t nodes saying so include an honest one (one hostile node's
+            # word, with honest acknowledgements hidden, made an empty entry look taken).
+            if codes.count(ErrorCode.ALREADY_REGISTERED) > self.nodes - self.t:
                 raise AlreadyRegistered("the vault already holds a key for this entry")
             if _moved_on(codes, self.nodes, self.t):  # not a fleet that is down (10196044)
                 raise EntryChanged(made.manifest.version - 1)
