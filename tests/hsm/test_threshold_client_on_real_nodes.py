@@ -34,6 +34,8 @@ from backupvault.protocol import (
     EvaluateResponse,
     Message,
     Op,
+    ResetRequest,
+    ResetResponse,
     SealedCopies,
     pad_response,
 )
@@ -366,3 +368,35 @@ def test_a_device_whose_clock_is_ahead_is_named_as_the_likely_cause_not_an_outag
     assert refused.value.hint is not None and "clock" in refused.value.hint
     assert refused.value.hint != EVALUATION_UNANSWERED_HINT
     assert bridge.vault().status().guesses_remaining == LIMIT  # none of it was charged
+
+
+def test_one_node_claiming_the_reset_does_not_make_it_confirmed(
+    bridge: Bridge, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The relay drops the reset to every honest node and the hostile node 0 answers that
+    it took it (a ResetResponse is not signed), without proposing anything: nothing was
+    committed, the right password's attempt stays counted on every honest node, and the
+    client said the count was reset, which is what `reset_confirmed` exists to catch (a
+    relay dropping resets, review s25). It takes more than N − t nodes saying so."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        op = Op(request.url.path.rsplit("/", 1)[1])
+        if op is not Op.RESET:
+            return bridge.handle(request)
+        copies = SealedCopies.for_nodes(request.read(), 5).copies
+        body, key = open_request(bridge.hpke[0], FLEET_ID, 0, str(op), copies[0])
+        reset = ResetRequest.from_bytes(AuthorizedRequest.from_bytes(body).request)
+        claimed = ResetResponse(reset.version, reset.attempt, LIMIT)
+        slow = b'{"error":"node_slow","detail":"timeout"}'
+        replies = [FanoutReply(0, 200, key.seal(pad_response(op, claimed.to_bytes())))]
+        replies += [FanoutReply(i, NO_ANSWER, slow) for i in range(1, 5)]
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    recovered = vault.recover("right", ksf_floor=SIM_KSF)
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(1, 5)] == [1] * 4
+    assert recovered.root_key == RK and not recovered.reset_confirmed
+    assert [m.split(":")[0] for m in recovered.reset_missing] == [f"node {i}" for i in range(1, 5)]

@@ -626,9 +626,9 @@ def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
         # A relay that drops resets would otherwise let correct recoveries use up the
         # guesses unseen, until the key is destroyed.
         ctx.output.warn(
-            "no vault node confirmed resetting the guess count ("
+            "too few vault nodes confirmed resetting the guess count ("
             + "; ".join(recovered.threshold.reset_missing)
-            + "): this recovery and the guesses before it still count against the limit;"
+            + "): this recovery and the guesses before it may still count against the limit;"
             " the next successful recovery resets them (`backupvault vault status` shows"
             " how many are left)"
         )

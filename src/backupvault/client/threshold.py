@@ -293,8 +293,9 @@ class ThresholdRecovery:
     reset_missing: tuple[str, ...] = ()
     #: Deliveries still owed after this recovery finished what it could (`pending`).
     pending: tuple[str, ...] = ()
-    #: Whether any node took the reset (then it is committed, and reaches the others in
-    #: the replicated value). False: the guesses counted so far still count, this one too.
+    #: Whether more than N − t nodes took the reset, so an honest one did (then it is
+    #: committed, and reaches the others in the replicated value). False: the guesses
+    #: counted so far may still count, this one too.
     reset_confirmed: bool = True
 
 
@@ -1203,7 +1204,8 @@ class ThresholdVault:
         agreed = _agreed_attempt(good, self.t)
         attempt = agreed if agreed is not None else sorted(r.attempt for r in used)[len(used) // 2]
         reset_missing = self._reset(export_key, manifest, blinded, good, agreed)
-        reset_confirmed = len(reset_missing) < self.nodes
+        # A ResetResponse is not signed: more than N − t of them include an honest node's.
+        reset_confirmed = self.nodes - len(reset_missing) > self.nodes - self.t
         # This attempt used one guess; any other counted since the last reset was wrong.
         wrong = max(0, guess_limit - remaining - 1)
         # One try, and only if an owed node answered just now: this is a side job of the
@@ -1276,12 +1278,17 @@ class ThresholdVault:
                     missing.pop(outcome.index, None)
                 else:
                     missing[outcome.index] = outcome.describe()
-            # Once a node took it, the reset is committed and travels in the replicated
-            # value: a node that missed it verifies and applies it from there, so a slow or
-            # stalled node is not waited for. Until then, a node that could not commit in
-            # time (several nodes commit resets of one entry at once) is asked again; one
-            # that refused the statement would refuse it again.
-            if done or not any(_transient(o) for o in outcomes if o.index not in done):
+            # Once an honest node took it, the reset is committed and travels in the
+            # replicated value: a node that missed it verifies and applies it from there
+            # (and answers a resend as done), so a slow or stalled node is not waited for.
+            # One node's word is not enough: its answer is not signed, and a hostile node
+            # could claim a reset the relay kept from every honest node (review s34). Until
+            # more than N − t took it, a node that could not commit in time (several nodes
+            # commit resets of one entry at once) is asked again; one that refused the
+            # statement would refuse it again.
+            if len(done) > self.nodes - self.t or not any(
+                _transient(o) for o in outcomes if o.index not in done
+            ):
                 break
         return tuple(missing[i] for i in sorted(missing))
 
