@@ -97,6 +97,14 @@ def test_a_password_change_cut_off_after_its_commit_is_finished_at_the_next_cont
     assert _holders(fleet) == [0, 1, 2, 3, 4] and fleet.nodes[4].share != old_share
 
 
+def _wrong_password_hint(vault: ThresholdVault, password: str) -> str:
+    """The hint of the WrongPassword a recovery with `password` raises."""
+    with pytest.raises(WrongPassword) as wrong:
+        vault.recover(password, ksf_floor=FAST_KSF)
+    assert wrong.value.hint is not None
+    return wrong.value.hint
+
+
 def test_the_old_password_after_a_change_cut_off_after_its_commit_is_told_what_happened(
     tmp_path: Path,
 ) -> None:
@@ -112,15 +120,11 @@ def test_the_old_password_after_a_change_cut_off_after_its_commit_is_told_what_h
     with pytest.raises(KeyboardInterrupt):
         vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
     again = fleet.vault(pending=PendingStore(path))
-    with pytest.raises(WrongPassword) as wrong:
-        again.recover("old", ksf_floor=FAST_KSF)
-    assert wrong.value.hint is not None and "this device set the password" in wrong.value.hint
-    assert "version 2" in wrong.value.hint
+    hint = _wrong_password_hint(again, "old")
+    assert "this device set the password" in hint and "version 2" in hint
     assert again.recover("new", ksf_floor=FAST_KSF).root_key == RK
     # Once finished, nothing is kept, and a wrong password is told as just that.
-    with pytest.raises(WrongPassword) as plain:
-        again.recover("old", ksf_floor=FAST_KSF)
-    assert plain.value.hint is not None and "this device set" not in plain.value.hint
+    assert "this device set" not in _wrong_password_hint(again, "old")
 
 
 def test_a_wrong_password_on_a_first_registration_kept_here_names_no_older_password(
@@ -132,9 +136,7 @@ def test_a_wrong_password_on_a_first_registration_kept_here_names_no_older_passw
     fleet.nodes[4].mode = "down"
     vault = fleet.vault(pending=PendingStore(tmp_path / "client-pending.json"))
     assert vault.register("pw", RK, ksf=FAST_KSF).degraded
-    with pytest.raises(WrongPassword) as wrong:
-        vault.recover("not it", ksf_floor=FAST_KSF)
-    assert wrong.value.hint is not None and "this device set" not in wrong.value.hint
+    assert "this device set" not in _wrong_password_hint(vault, "not it")
 
 
 def test_a_change_cut_off_before_its_commit_leaves_the_old_password_and_no_debt_in_force(

@@ -6,6 +6,7 @@ This checks that the two halves of the flow, built separately, agree byte for by
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import httpx
 import pytest
@@ -286,6 +287,24 @@ def test_one_node_claiming_no_guesses_left_does_not_make_a_key_look_destroyed(
     assert vault.recover("right", ksf_floor=SIM_KSF).wrong_guesses_before == 1
 
 
+def _node_0_alone(bridge: Bridge, op: Op, answer: Callable[[Message], Message]) -> httpx.Client:
+    """A relay that passes `op` to no node but the hostile node 0, which answers
+    `answer(its request)`; every other node is said to be slow. Other operations pass."""
+
+    def handle(request: httpx.Request) -> httpx.Response:
+        if Op(request.url.path.rsplit("/", 1)[1]) is not op:
+            return bridge.handle(request)
+        copies = SealedCopies.for_nodes(request.read(), 5).copies
+        body, key = open_request(bridge.hpke[0], FLEET_ID, 0, str(op), copies[0])
+        inner = REQUEST_TYPES[op].from_bytes(AuthorizedRequest.from_bytes(body).request)
+        slow = b'{"error":"node_slow","detail":"timeout"}'
+        replies = [FanoutReply(0, 200, key.seal(pad_response(op, answer(inner).to_bytes())))]
+        replies += [FanoutReply(i, NO_ANSWER, slow) for i in range(1, 5)]
+        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+
+    return httpx.Client(transport=httpx.MockTransport(handle))
+
+
 def test_one_node_saying_destroyed_does_not_make_a_key_look_destroyed(
     bridge: Bridge, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -295,19 +314,8 @@ def test_one_node_saying_destroyed_does_not_make_a_key_look_destroyed(
     vault = bridge.vault()
     vault.register("right", RK, ksf=SIM_KSF)
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        op = Op(request.url.path.rsplit("/", 1)[1])
-        if op is not Op.EVALUATE:
-            return bridge.handle(request)
-        copies = SealedCopies.for_nodes(request.read(), 5).copies
-        _, key = open_request(bridge.hpke[0], FLEET_ID, 0, str(op), copies[0])
-        destroyed = ErrorResponse(ErrorCode.DESTROYED, "destroyed", 0)
-        slow = b'{"error":"node_slow","detail":"timeout"}'
-        replies = [FanoutReply(0, 200, key.seal(pad_response(op, destroyed.to_bytes())))]
-        replies += [FanoutReply(i, NO_ANSWER, slow) for i in range(1, 5)]
-        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
-
-    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    destroyed = ErrorResponse(ErrorCode.DESTROYED, "destroyed", 0)
+    vault.vault._http = _node_0_alone(bridge, Op.EVALUATE, lambda _: destroyed)
     with pytest.raises(FleetUnavailable):
         vault.recover("right", ksf_floor=SIM_KSF)
 
@@ -382,20 +390,11 @@ def test_one_node_claiming_the_reset_does_not_make_it_confirmed(
     vault = bridge.vault()
     vault.register("right", RK, ksf=SIM_KSF)
 
-    def handle(request: httpx.Request) -> httpx.Response:
-        op = Op(request.url.path.rsplit("/", 1)[1])
-        if op is not Op.RESET:
-            return bridge.handle(request)
-        copies = SealedCopies.for_nodes(request.read(), 5).copies
-        body, key = open_request(bridge.hpke[0], FLEET_ID, 0, str(op), copies[0])
-        reset = ResetRequest.from_bytes(AuthorizedRequest.from_bytes(body).request)
-        claimed = ResetResponse(reset.version, reset.attempt, LIMIT)
-        slow = b'{"error":"node_slow","detail":"timeout"}'
-        replies = [FanoutReply(0, 200, key.seal(pad_response(op, claimed.to_bytes())))]
-        replies += [FanoutReply(i, NO_ANSWER, slow) for i in range(1, 5)]
-        return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+    def claimed(reset: Message) -> Message:
+        assert isinstance(reset, ResetRequest)
+        return ResetResponse(reset.version, reset.attempt, LIMIT)
 
-    vault.vault._http = httpx.Client(transport=httpx.MockTransport(handle))
+    vault.vault._http = _node_0_alone(bridge, Op.RESET, claimed)
     recovered = vault.recover("right", ksf_floor=SIM_KSF)
     assert [bridge.world.honest[s].rows[KEY].count for s in range(1, 5)] == [1] * 4
     assert recovered.root_key == RK and not recovered.reset_confirmed
