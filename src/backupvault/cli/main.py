@@ -1267,7 +1267,7 @@ def vault_status(ctx: Context) -> None:
         if status.guesses_remaining_up_to is not None:
             text += (
                 f" (or up to {status.guesses_remaining_up_to}: the vault nodes that answered"
-                " disagree, and too few answered to tell which figure is right)"
+                " count differently)"
             )
         for node in status.nodes_without:
             text += f"\n{_node_without(node)}"

@@ -16,10 +16,11 @@ class WrongPassword(VaultError):
         """`up_to`: the highest figure a node reported, when the nodes that answered
         disagree and are too few to outvote a hostile one (the truth lies between)."""
         if up_to is not None and up_to != guesses_remaining:
+            # Nodes that missed an attempt count one less, and a hostile one may report
+            # anything: too few answered to outvote it, so the span is what can be said.
             left = (
                 f"{guesses_remaining} to {up_to} guesses left before the key is destroyed (the"
-                " vault nodes that answered disagree, and too few answered to tell which"
-                " figure is right)"
+                " vault nodes that answered count differently)"
             )
         elif guesses_remaining == 1:
             left = "1 guess left: the next wrong password destroys the key"
