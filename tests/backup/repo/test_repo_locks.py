@@ -572,3 +572,36 @@ def test_an_object_that_does_not_open_as_a_lock_stops_nothing_for_good(
     assert maintenance.check(open_repo(repo, root_key), read_data=True).errors == []
     maintenance.prune(open_repo(repo, root_key), dry_run=False)
     assert not stray.exists()
+
+
+def test_a_lock_from_a_clock_years_ahead_is_stale_once_storage_says_it_expired(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A prune on a machine whose clock said 2036 crashed and left its exclusive lock:
+    by its own time it was refreshed years from now, so it never expired and every backup
+    and prune was refused for years ("refreshed -315360000 s ago"). Its time cannot tell
+    its age; storage's can: live while storage wrote it lately, stale 30 minutes after."""
+    source, repo_path = tmp_path / "src", tmp_path / "repo"
+    source.mkdir()
+    (source / "a").write_text("one")
+    create_snapshot(source, str(repo_path), root_key, repo_params=SMALL)
+    repo = open_repo(repo_path, root_key)
+    clock = Clock(monkeypatch)
+    lock = repo.lock(repository.EXCLUSIVE, "prune")
+    clock.ahead = 10 * 365 * 24 * 3600  # the holder's clock
+    with monkeypatch.context() as m:
+        m.setattr(repository, "lock_owner", lambda: b"elsewhere\0" + b"\1" * 16)
+        lock._write()
+    clock.ahead = 0
+    (source / "b").write_text("two")
+    with pytest.raises(RepositoryLocked, match="on elsewhere") as refused:
+        create_snapshot(source, str(repo_path), root_key)
+    # Said as what it is, not as a negative age.
+    assert "s ago" not in refused.value.message and "ahead" in refused.value.message
+    old = time.time() - LATER
+    os.utime(repo_path / "locks" / lock.lock_id, (old, old))
+    create_snapshot(source, str(repo_path), root_key)
+    maintenance.prune(open_repo(repo_path, root_key), dry_run=False)
+    assert repo.locks(include_expired=True) == []
+    restore_snapshot(str(repo_path), root_key, tmp_path / "out")
+    assert snapshot(tmp_path / "out") == snapshot(source)

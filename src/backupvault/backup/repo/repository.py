@@ -142,8 +142,13 @@ class LockInfo:
         and the youngest lock's, by storage's clock), by storage's too. A clock ahead of
         the holder's by more than the expiry took a live lock for stale: a backup beside
         a running prune, or a prune deleting a running backup's lock."""
-        expired = now - self.refreshed_us / 1e6 >= LOCK_EXPIRY_S
-        if expired and (stored_age is None or stored_age >= LOCK_EXPIRY_S):
+        age = now - self.refreshed_us / 1e6
+        if stored_age is None:
+            if age >= LOCK_EXPIRY_S:
+                return True
+        # A time ahead of ours says nothing of the lock's age (a holder's clock years
+        # ahead kept its lock live for years after a crash): storage's alone decides.
+        elif stored_age >= LOCK_EXPIRY_S and (age >= LOCK_EXPIRY_S or age < 0):
             return True
         if self.machine is None or self.machine != machine_id() or self.host != host_name():
             return False
@@ -205,11 +210,22 @@ class Lock:
                 what = (
                     "a prune, forget or repair" if other.kind == EXCLUSIVE else "a backup or check"
                 )
+                age = int(time.time() - other.refreshed_us / 1e6)
                 raise RepositoryLocked(
                     f"the repository is in use by {what} on {other.host} (lock {other.lock_id}, "
-                    f"refreshed {int(time.time() - other.refreshed_us / 1e6)} s ago)",
+                    + (
+                        f"refreshed {age} s ago)"
+                        if age >= 0
+                        else f"its time {-age} s ahead of this device's clock)"
+                    ),
                     hint="wait for it to finish; a lock left by a crash on this host is "
-                    f"ignored at once, from another host after {LOCK_EXPIRY_S // 60} minutes",
+                    f"ignored at once, from another host after {LOCK_EXPIRY_S // 60} minutes"
+                    + (
+                        ""
+                        if age >= 0
+                        else " by storage's time (where storage gives none, delete "
+                        f"locks/{other.lock_id} by hand once you know nothing is at work)"
+                    ),
                 )
         except BaseException as error:
             self._release_beside(error)
