@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from backup_trees import snapshot
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import Damaged, StorageError
 from backupvault.backup.repo import (
     Repository,
     create_snapshot,
@@ -34,7 +34,7 @@ from backupvault.backup.repo.index import (
 from backupvault.backup.repo.repository import RepositoryLocked
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, WrongKey
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 
@@ -292,6 +292,30 @@ def test_snapshot_renamed_or_from_another_repository(
     foreign = next((other / "snapshots").iterdir())
     (repo / "snapshots" / foreign.name).write_bytes(foreign.read_bytes())
     assert "another repository" in str(assert_restore_fails(repo, root_key))
+
+
+def test_a_snapshot_sealed_under_another_key_is_damage_not_a_wrong_password(
+    made: tuple[Path, Path], root_key: bytes, tmp_path: Path
+) -> None:
+    """Storage plants a snapshot of another key's repository (another account's, or its
+    own) under its own name. The config opened with this key, and every snapshot of a
+    repository is sealed under the key its config opens with, so this is damage (exit 9),
+    not "wrong password or recovery code" (exit 3), which sent a user to try other
+    passwords, each a guess the vault counts."""
+    source, repo = made
+    other = tmp_path / "other"
+    create_snapshot(source, str(other), os.urandom(32), repo_params=SMALL)
+    foreign = next((other / "snapshots").iterdir())
+    (repo / "snapshots" / foreign.name).write_bytes(foreign.read_bytes())
+    dest = tmp_path / "restored"
+    with pytest.raises(Damaged) as caught:
+        restore_snapshot(str(repo), root_key, dest, foreign.name)
+    assert not isinstance(caught.value, WrongKey) and caught.value.exit_code == 9
+    assert "another repository" in caught.value.message
+    assert not dest.exists()
+    # The latest passes over it, naming it.
+    info = restore_snapshot(str(repo), root_key, dest)
+    assert foreign.name in info.passed_over and snapshot(dest) == snapshot(source)
 
 
 def _plant(repo: Path, root_key: bytes, entries: list[Entry]) -> None:

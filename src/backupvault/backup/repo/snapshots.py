@@ -21,7 +21,7 @@ from backupvault.backup.repo import tree
 from backupvault.backup.repo.chunks import one_frame
 from backupvault.backup.repo.index import OBJECT_ID_LEN
 from backupvault.backup.repo.keys import KEY_CHECK_LEN, NONCE_LEN, TAG_LEN, hkdf, key_check
-from backupvault.errors import InvalidInput, WrongKey
+from backupvault.errors import InvalidInput
 
 MAGIC: Final = b"BVSNAPSH"
 VERSION: Final = 2
@@ -229,9 +229,12 @@ def seal(
 def _open_dk(header: SnapshotHeader, root_key: bytes) -> bytes:
     expected = key_check(root_key, _CHECK_INFO, MAGIC + bytes([VERSION]) + header.snapshot_id)
     if not hmac.compare_digest(expected, header.key_check):
-        raise WrongKey(
-            f"snapshot {header.snapshot_id.hex()} was not made with this key "
-            "(wrong key, or the header was altered)"
+        # Read only in a repository whose config opened with this key, under which its
+        # every snapshot is sealed: so this is not the user's wrong key (exit 3, which
+        # sends them to try other passwords) but another repository's object, or damage.
+        raise Altered(
+            f"snapshot {header.snapshot_id.hex()} was not made with this repository's key:"
+            " it belongs to another repository, or its header was altered"
         )
     try:
         return AESGCM(hkdf(root_key, None, _WRAP_INFO)).decrypt(
