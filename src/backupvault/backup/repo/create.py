@@ -79,6 +79,17 @@ _VANISHED = -1
 _GROWN = -2
 
 
+def _unreadable(exc: OSError) -> str | None:
+    """Why a file is left out (as restic does) for an error reading it, or None if the
+    error stops the backup. Permission denied, and an I/O error (a bad sector: a failing
+    disk, when a backup matters most, stopped the whole backup for one file); not an
+    error of the process or the system (too many open files, no memory), which would
+    leave out every file after it."""
+    if isinstance(exc, PermissionError) or exc.errno == errno.EIO:
+        return f"cannot read it ({exc.strerror})"
+    return None
+
+
 @dataclass(frozen=True)
 class SnapshotInfo:
     snapshot_id: str
@@ -539,12 +550,12 @@ class _Workers:
             except FileNotFoundError:
                 pieces.append((number, b"", _VANISHED, None))  # the caller drops it
                 continue
-            except PermissionError as exc:
-                self.unreadable[number] = f"cannot read it ({exc.strerror})"
+            except OSError as exc:
+                if (why := _unreadable(exc)) is None:
+                    raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+                self.unreadable[number] = why
                 pieces.append((number, b"", _VANISHED, None))
                 continue
-            except OSError as exc:
-                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
             if data is None:
                 pieces.append((number, b"", _GROWN, None))
                 continue
@@ -915,14 +926,14 @@ def _submit_large(
         if fd is None:
             fd = _open_seen(path)
     except FileNotFoundError:
-        pool.inflight.append((_done([(number, b"", -1, None)]), None))
-        return
-    except PermissionError as exc:
-        pool.unreadable[number] = f"cannot read it ({exc.strerror})"
-        pool.inflight.append((_done([(number, b"", -1, None)]), None))
+        pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
         return
     except OSError as exc:
-        raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+        if (why := _unreadable(exc)) is None:
+            raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+        pool.unreadable[number] = why
+        pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
+        return
     handle = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed below)
     with handle, _Reader(handle, pool) as reader:
         with contextlib.suppress(OSError):
@@ -934,7 +945,12 @@ def _submit_large(
             try:
                 window, filled = reader.next()
             except OSError as exc:
-                raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+                if (why := _unreadable(exc)) is None:
+                    raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+                # Its chunks handed over so far are dropped with it (after them, in order).
+                pool.unreadable[number] = why
+                pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
+                break
             buffer = memoryview(window.data)
             start = pool.headroom - len(tail)
             _copy(buffer[start : pool.headroom], tail)
