@@ -1427,3 +1427,32 @@ def test_a_restore_of_latest_from_rolled_back_storage_warns(tmp_path: Path, sour
     named = run("--json", "backup", "restore", older, "--to", str(tmp_path / "o2"),
                 "--storage", str(storage), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
     assert named.returncode == 0 and "warnings" not in json.loads(named.stdout)
+
+
+def test_forget_keeps_and_names_a_snapshot_dated_ahead(tmp_path: Path, source: Path) -> None:
+    """A snapshot dated ten years ahead (its device's clock was): `forget --keep-last 1`
+    keeps it and the newest real one, and says why it kept it."""
+    from datetime import UTC, datetime, timedelta
+
+    from backupvault.backup.repo import Repository, snapshots
+    from backupvault.backup.storage import Storage
+    from backupvault.crypto import recovery
+
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    newest = next_backup(source, storage, code)["backup_id"]
+    repo = Repository.open(Storage(str(storage)), recovery.decode(code))
+    made = repo.read_snapshot(newest)
+    assert made.entries is not None
+    future_us = int((datetime.now(UTC) + timedelta(days=3650)).timestamp() * 1e6)
+    planted, data = snapshots.seal(
+        repo.root_key, repo.keys.repo_id, None, made.summary, made.entries, future_us
+    )
+    (storage / "snapshots" / planted.hex()).write_bytes(data)
+    forgot = run("--json", "backup", "forget", "--keep-last", "1", "--storage", str(storage),
+                 "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    result = json.loads(forgot.stdout)
+    assert set(result["kept"]) == {newest, planted.hex()}
+    (warning,) = result["warnings"]
+    assert warning.startswith(f"snapshot {planted.hex()} is dated more than a day ahead")

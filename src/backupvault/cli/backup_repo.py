@@ -356,9 +356,15 @@ def backup_forget(
             " each source and host; add --dry-run to see what it would remove first",
         )
     repo = _open(ctx, storage_url, password_stdin, code)
-    kept, removed = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)
+    kept, removed, ahead = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)
     if not damaged:
         warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")
+    for snapshot_id in ahead:
+        ctx.output.warn(
+            f"snapshot {snapshot_id} is dated more than a day ahead of this device's clock "
+            "(a device whose clock was ahead made it, or this one's is behind): kept, and "
+            "not counted by the policy; `backup restore` takes it for the latest until then"
+        )
     lines = [f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed]
     removed_count = _plural(len(removed), "snapshot")
     if dry_run:

@@ -194,7 +194,7 @@ def test_an_object_that_is_no_snapshot_is_left_out_and_can_be_removed(
     with pytest.raises(BackupVaultError, match=stray.name) as refused:
         maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
     assert "forget --damaged" in str(refused.value)
-    kept, removed = maintenance.forget(
+    kept, removed, _ = maintenance.forget(
         Repository.open(Storage(str(repo)), root_key),
         maintenance.Policy(),
         dry_run=False,

@@ -196,7 +196,7 @@ def test_prune_interrupted_at_every_write(
             old.unlink()
         made = create_snapshot(source, str(base), root_key, repo_params=SMALL)
         expected[made.snapshot_id] = snapshot(source)
-    kept, _ = maintenance.forget(open_repo(base, root_key), Policy(last=2), dry_run=False)
+    kept, _, _ = maintenance.forget(open_repo(base, root_key), Policy(last=2), dry_run=False)
     crashes = 0
     for repo_path in interrupted(monkeypatch, tmp_path, base, maintenance.prune, root_key):
         crashes += 1

@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from backup_trees import RecordingProgress
+from backup_trees import RecordingProgress, snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import (
@@ -18,6 +18,7 @@ from backupvault.backup.repo import (
     create_snapshot,
     maintenance,
     restore_snapshot,
+    snapshots,
 )
 from backupvault.backup.repo.maintenance import Policy, SnapshotSummary, apply_policy
 from backupvault.backup.repo.repository import EXCLUSIVE, SHARED
@@ -57,7 +58,7 @@ def test_policy_keeps_exactly_what_it_says() -> None:
     assert monthly == ["0301", "0581", "0691"]
     union = kept(Policy(last=1, daily=2, monthly=2))
     assert union == ["0581", "0681", "0691"]
-    kept_ids, removed = apply_policy(found, Policy(last=5))
+    kept_ids, removed, _ = apply_policy(found, Policy(last=5))
     assert sorted(kept_ids + removed) == sorted(s.snapshot_id for s in found)
     with pytest.raises(UsageError):
         apply_policy(found, Policy())
@@ -85,7 +86,41 @@ def test_policy_is_per_source_and_host() -> None:
         SnapshotSummary("b1", None, when, "/b", "h", 0, 0, 0, 0, "password"),
         SnapshotSummary("c1", None, when, "/a", "other", 0, 0, 0, 0, "password"),
     ]
-    assert apply_policy(found, Policy(last=1)) == (["a2", "b1", "c1"], ["a1"])
+    assert apply_policy(found, Policy(last=1)) == (["a2", "b1", "c1"], ["a1"], [])
+
+
+def test_a_snapshot_dated_ahead_of_this_clock_is_kept_and_not_counted() -> None:
+    """A device whose clock was years ahead made one snapshot: by its date it was the
+    newest for years, so `--keep-last 1` kept it alone and forgot every real backup made
+    after it, day after day (and prune then deleted their data)."""
+    now = datetime(2026, 12, 5, tzinfo=UTC)
+    found = [summary(f"real{day}", now - timedelta(days=3 - day)) for day in range(3)]
+    found.append(summary("ahead", now + timedelta(days=3650)))
+    kept, removed, ahead = apply_policy(found, Policy(last=1), now)
+    assert (kept, removed, ahead) == (["real2", "ahead"], ["real0", "real1"], ["ahead"])
+    # A few hours ahead is clock skew (or a time zone set wrong), counted as any other.
+    found[-1] = summary("skewed", now + timedelta(hours=12))
+    assert apply_policy(found, Policy(last=1), now) == (["skewed"], ["real0", "real1", "real2"], [])
+
+
+def test_forget_keeps_the_newest_real_snapshot_beside_one_dated_ahead(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    source, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    made = repo.read_snapshot(ids[-1])
+    assert made.entries is not None
+    future_us = int((datetime.now(UTC) + timedelta(days=3650)).timestamp() * 1e6)
+    planted, data = snapshots.seal(
+        root_key, repo.keys.repo_id, None, made.summary, made.entries, future_us
+    )
+    (tmp_path / "repo" / "snapshots" / planted.hex()).write_bytes(data)
+    kept, removed, ahead = maintenance.forget(repo, Policy(last=1), dry_run=False)
+    assert ahead == [planted.hex()] and set(kept) == {ids[-1], planted.hex()}
+    assert sorted(removed) == sorted(ids[:-1])
+    maintenance.prune(repo, dry_run=False)
+    restore_snapshot(repo_url, root_key, tmp_path / "out", ids[-1])
+    assert snapshot(tmp_path / "out") == snapshot(source)
 
 
 @pytest.fixture
@@ -164,7 +199,7 @@ def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
     source, repo_url, ids = history
     repo = maintenance.open_repository(repo_url, root_key)
     packs_before = tree_size(tmp_path / "repo" / "data")
-    kept, removed = maintenance.forget(repo, Policy(last=2), dry_run=True)
+    kept, removed, _ = maintenance.forget(repo, Policy(last=2), dry_run=True)
     assert (kept, removed) == (ids[3:], ids[:3])
     assert len(os.listdir(tmp_path / "repo" / "snapshots")) == 5  # dry run
     maintenance.forget(repo, Policy(last=2), dry_run=False)
@@ -453,7 +488,7 @@ def test_a_last_snapshot_forgotten_by_another_device_is_no_warning(
     (source / "a").write_text("two")
     create_snapshot(source, repo_url, root_key, state_dir=tmp_path / "b")
     repo = maintenance.open_repository(repo_url, root_key)
-    _, removed = maintenance.forget(repo, Policy(last=1), dry_run=False)
+    _, removed, _ = maintenance.forget(repo, Policy(last=1), dry_run=False)
     assert removed == [made_by_a.snapshot_id]
     later = create_snapshot(source, repo_url, root_key, state_dir=tmp_path / "a")
     assert later.warnings == []

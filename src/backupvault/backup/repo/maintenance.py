@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from backupvault.backup.errors import StorageError
@@ -67,6 +67,9 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
 STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
 UNINDEXED_PACK_MIN_AGE_S = LOCK_EXPIRY_S  # an unindexed pack younger may be a backup's
+#: How far past this device's clock a snapshot's date is still clock skew (or a time zone
+#: set as UTC): a policy counts it as any other; one dated later is kept and not counted.
+AHEAD_SLACK = timedelta(days=1)
 
 
 def open_repository(
@@ -185,19 +188,26 @@ class Policy:
         return not (self.last or self.daily or self.weekly or self.monthly or self.yearly)
 
 
-def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str], list[str]]:
-    """(kept ids, removed ids). Per (host, source), newest first: the `last` newest, and
-    the newest of each of the `daily` latest days (weeks, months, years) that have a
-    snapshot."""
+def apply_policy(
+    found: list[SnapshotSummary], policy: Policy, now: datetime | None = None
+) -> tuple[list[str], list[str], list[str]]:
+    """(kept ids, removed ids, ids dated ahead). Per (host, source), newest first: the
+    `last` newest, and the newest of each of the `daily` latest days (weeks, months,
+    years) that have a snapshot. A snapshot dated more than AHEAD_SLACK after `now` (this
+    device's clock) is kept and not counted: made by a device whose clock was ahead, it
+    would be the newest until its date, and `last=1` forgot every real one after it."""
     if policy.empty():
         raise UsageError(
             "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly or"
             " --keep-yearly"
         )
+    limit = (now or datetime.now(UTC)) + AHEAD_SLACK
+    ahead = [s.snapshot_id for s in found if s.created_at > limit]
     groups: dict[tuple[str, str], list[SnapshotSummary]] = {}
     for s in found:
-        groups.setdefault((s.host, s.source), []).append(s)
-    kept: set[str] = set()
+        if s.created_at <= limit:
+            groups.setdefault((s.host, s.source), []).append(s)
+    kept: set[str] = set(ahead)
     buckets: list[tuple[int, Callable[[datetime], object]]] = [
         (policy.daily, lambda t: t.date()),
         (policy.weekly, lambda t: t.isocalendar()[:2]),
@@ -217,23 +227,25 @@ def apply_policy(found: list[SnapshotSummary], policy: Policy) -> tuple[list[str
                     seen.append(key)
                     kept.add(s.snapshot_id)
     ordered = [s.snapshot_id for s in found]
-    return [i for i in ordered if i in kept], [i for i in ordered if i not in kept]
+    return [i for i in ordered if i in kept], [i for i in ordered if i not in kept], ahead
 
 
 def forget(
     repo: Repository, policy: Policy, *, dry_run: bool, damaged: bool = False
-) -> tuple[list[str], list[str]]:
+) -> tuple[list[str], list[str], list[str]]:
     """Delete the snapshots `policy` does not keep (an empty policy keeps every one), and
-    with `damaged` the snapshot objects that cannot be read (`repo.damaged`). (Every
+    with `damaged` the snapshot objects that cannot be read (`repo.damaged`); (kept,
+    removed, those kept because they are dated ahead of this device's clock). (Every
     policy keeps the newest of each source, so the device state's "last made" snapshot is
     never forgotten.)"""
     with repo.lock(EXCLUSIVE):
         found = list_snapshots(repo)
         removed: list[str]
+        ahead: list[str] = []
         if policy.empty():
             kept, removed = [s.snapshot_id for s in found], []
         else:
-            kept, removed = apply_policy(found, policy)
+            kept, removed, ahead = apply_policy(found, policy)
         if damaged:
             removed += sorted(repo.damaged)
         if not dry_run:
@@ -241,7 +253,7 @@ def forget(
                 if _is_object_id(snapshot_id):
                     repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
-    return kept, removed
+    return kept, removed, ahead
 
 
 def _is_object_id(name: str) -> bool:
