@@ -1456,3 +1456,22 @@ def test_forget_keeps_and_names_a_snapshot_dated_ahead(tmp_path: Path, source: P
     assert set(result["kept"]) == {newest, planted.hex()}
     (warning,) = result["warnings"]
     assert warning.startswith(f"snapshot {planted.hex()} is dated more than a day ahead")
+
+
+def test_a_folder_whose_config_was_lost_gets_no_new_repository(
+    tmp_path: Path, source: Path
+) -> None:
+    """Its snapshots and packs are there, `config` is not: a backup with a new recovery
+    code made a new repository over them (and printed its code); `list` said no backup
+    was ever made there. Each now names the lost config (exit 9) and writes nothing."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (storage / "config").unlink()
+    made = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    assert made.returncode == 9, made.stderr
+    assert "holds a repository's snapshots and index and data but no config" in made.stderr
+    assert "recovery code" not in made.stdout and not (storage / "config").exists()
+    listed = run("backup", "list", "--storage", str(storage), "--recovery-code", stdin=code)
+    assert listed.returncode == 9 and "but no config" in listed.stderr, listed.stderr
+    pruned = run("backup", "prune", "--storage", str(storage), "--recovery-code", stdin=code)
+    assert pruned.returncode == 9 and "but no config" in pruned.stderr, pruned.stderr

@@ -62,7 +62,19 @@ class CheckFailed(Damaged):
 
 
 def repository_exists(url: str) -> bool:
-    return Repository.exists(Storage(url))
+    """Whether storage holds a repository's config; the repository's objects without one
+    raise (`lost_config`): asked before the key, so that no new repository, recovery
+    code or vault key is made for a folder whose config was lost."""
+    from backupvault.backup.repo.backend import Backend
+    from backupvault.backup.repo.repository import lost_config
+
+    storage = Storage(url)
+    if Repository.exists(storage):
+        return True
+    lost = lost_config(Backend(storage))
+    if lost is not None:
+        raise lost
+    return False
 
 
 def require_repository(url: str, command: str) -> None:
@@ -72,7 +84,7 @@ def require_repository(url: str, command: str) -> None:
     from backupvault.backup.errors import BackupNotFound
 
     storage = Storage(url)
-    if Repository.exists(storage):
+    if repository_exists(url):
         return
     older = storage.list(missing_ok=False)  # a missing folder: "storage not found", a hint
     if older:

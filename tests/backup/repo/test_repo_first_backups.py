@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from backup_trees import snapshot
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import Damaged, StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, repository, restore_snapshot
 from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.keys import new_config
@@ -242,4 +242,34 @@ def test_a_first_backup_onto_a_disk_without_hard_links_works(
     (source / "a").write_bytes(os.urandom(3000))
     made = create_snapshot(source, str(tmp_path / "repo"), root_key)
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out", made.snapshot_id)
+    assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_a_repository_whose_config_is_gone_is_not_made_anew_over_its_objects(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Storage lost `config` (deleted, or a sync tool or a rollback took it): the next
+    backup made a new repository in the same folder, its own config in the old one's
+    place, and took the old snapshots for another repository's ("left out"), which
+    `forget --damaged` and prune then delete. Without the old config (RMK is in it
+    alone) none of them opens again, and a config that storage still keeps among its
+    versions could no longer be put back. Now the backup refuses, writing nothing."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("the only copy")
+    repo = tmp_path / "repo"
+    first = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    config = (repo / "config").read_bytes()
+    (repo / "config").unlink()
+    before = objects(repo)
+    with pytest.raises(Damaged, match="no config") as refused:
+        create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert refused.value.hint is not None and "put it back" in refused.value.hint
+    assert objects(repo) == before
+    with pytest.raises(Damaged, match="no config"):
+        restore_snapshot(str(repo), root_key, tmp_path / "out")
+    # Put back, it all opens as before.
+    (repo / "config").write_bytes(config)
+    create_snapshot(source, str(repo), root_key)
+    restore_snapshot(str(repo), root_key, tmp_path / "out", first.snapshot_id)
     assert snapshot(tmp_path / "out") == snapshot(source)

@@ -325,6 +325,24 @@ class Lock:
                 error.hint = f"{error.hint}; {left}" if error.hint else left
 
 
+def lost_config(backend: Backend) -> MissingObject | None:
+    """The error for storage that holds a repository's objects but no `config`, or None.
+    RMK is in the config alone: without it none of them opens, and a new repository made
+    there (its config in the old one's place) took them for another's, to be forgotten
+    and pruned, while the old config might still be put back from storage's versions."""
+    held = [folder for folder in ("snapshots", "index", "data") if backend.list(folder)]
+    if not held:
+        return None
+    return MissingObject(
+        f"{backend.display_url} holds a repository's {' and '.join(held)} but no config: "
+        "it was deleted or lost (by storage, a sync tool or a rollback), and the key "
+        "that opens them is in it alone",
+        hint="put it back (from storage's versions of `config`, or a copy of this folder) "
+        "and run the command again; nothing was written. To start anew, give another "
+        "--storage folder (or move this one away)",
+    )
+
+
 class Repository:
     def __init__(self, backend: Backend, config: RepoConfig, keys: RepoKeys, root_key: bytes):
         self.backend = backend
@@ -356,10 +374,16 @@ class Repository:
         backend = Backend(storage)
         try:
             raw = backend.get(CONFIG_NAME, most=CONFIG_LEN)
-        except MissingObject:
-            if not create:
-                raise
-            return cls._create(backend, root_key, params)
+        except MissingObject as missing:
+            lost = lost_config(backend)
+            if lost is None and create:
+                return cls._create(backend, root_key, params)
+            if lost is None:
+                raise missing from None
+            try:  # another device's first backup may have stored it since we looked
+                raw = backend.get(CONFIG_NAME, most=CONFIG_LEN)
+            except MissingObject:
+                raise lost from None
         config = RepoConfig.from_bytes(raw)
         return cls(backend, config, keys=open_config(config, root_key), root_key=root_key)
 
