@@ -525,3 +525,29 @@ def test_prune_sweeps_day_old_temporaries_of_interrupted_uploads(
     assert not any(path.exists() for path in stale)
     assert fresh.exists() and all(path.exists() for path in foreign)
     assert maintenance.check(repo, read_data=True).errors == []
+
+
+def test_a_restore_of_the_latest_dated_ahead_says_so(
+    history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
+) -> None:
+    """The latest is the snapshot with the greatest date: one dated years ahead (its
+    device's clock was) stays the latest until then, and every backup made since is
+    passed over without a word. The restore says so, naming the newest one that is not
+    dated ahead; by id, it is what was asked for."""
+    source, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    old = repo.read_snapshot(ids[0])
+    assert old.entries is not None
+    future_us = int((datetime.now(UTC) + timedelta(days=3650)).timestamp() * 1e6)
+    planted, data = snapshots.seal(
+        root_key, repo.keys.repo_id, None, old.summary, old.entries, future_us
+    )
+    (tmp_path / "repo" / "snapshots" / planted.hex()).write_bytes(data)
+    info = restore_snapshot(repo_url, root_key, tmp_path / "latest")
+    assert info.backup_id == planted.hex()
+    (warning,) = [w for w in info.warnings if planted.hex() in w]
+    assert "ahead of this device's clock" in warning and ids[-1] in warning
+    by_id = restore_snapshot(repo_url, root_key, tmp_path / "by-id", planted.hex())
+    assert by_id.warnings == []
+    newest = restore_snapshot(repo_url, root_key, tmp_path / "newest", ids[-1])
+    assert newest.warnings == [] and snapshot(tmp_path / "newest") == snapshot(source)

@@ -34,7 +34,7 @@ import os
 from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from typing import Any
 
 from backupvault.backup.errors import StorageError
@@ -67,9 +67,6 @@ from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidIn
 REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
 STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
 UNINDEXED_PACK_MIN_AGE_S = LOCK_EXPIRY_S  # an unindexed pack younger may be a backup's
-#: How far past this device's clock a snapshot's date is still clock skew (or a time zone
-#: set as UTC): a policy counts it as any other; one dated later is kept and not counted.
-AHEAD_SLACK = timedelta(days=1)
 
 
 def open_repository(
@@ -201,7 +198,7 @@ def apply_policy(
             "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly or"
             " --keep-yearly"
         )
-    limit = (now or datetime.now(UTC)) + AHEAD_SLACK
+    limit = (now or datetime.now(UTC)) + snapshots.AHEAD_SLACK
     ahead = [s.snapshot_id for s in found if s.created_at > limit]
     groups: dict[tuple[str, str], list[SnapshotSummary]] = {}
     for s in found:

@@ -24,6 +24,7 @@ import posixpath
 from collections import deque
 from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +45,7 @@ from backupvault.backup.repo.repository import (
     cycle_collector_paused,
     is_latest,
 )
-from backupvault.backup.repo.snapshots import Snapshot
+from backupvault.backup.repo.snapshots import AHEAD_SLACK, Snapshot
 from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
@@ -189,6 +190,8 @@ def restore_snapshot(
             if last not in names:
                 what = f"the last snapshot this device made of {source},"
                 warnings.extend(m for m in repo.why_gone(last, what) if m)
+    if snapshot_id is None or is_latest(snapshot_id):
+        warnings.extend(_dated_ahead(repo, snapshot))
     assert snapshot.entries is not None
     entries = select(snapshot.entries, include)
     listed_index, packs, _ = repo.load_index(adopt_unindexed=False)
@@ -255,6 +258,23 @@ def restore_snapshot(
         passed_over=sorted(repo.damaged),
         warnings=warnings,
     )
+
+
+def _dated_ahead(repo: Repository, latest: Snapshot) -> list[str]:
+    """A warning if `latest`, the latest by its date, is dated ahead of this device's
+    clock: it stays the latest until then, and every snapshot made since is passed over."""
+    now = datetime.now(UTC)
+    if latest.header.created_at <= now + AHEAD_SLACK:
+        return []
+    before = [s for s in repo.list_snapshots() if s.header.created_at <= now + AHEAD_SLACK]
+    newest = f"; the newest dated before that is {before[-1].id_hex}" if before else ""
+    return [
+        f"snapshot {latest.id_hex}, restored as the latest, is dated "
+        f"{latest.header.created_at:%Y-%m-%d %H:%M} UTC, more than a day ahead of this "
+        "device's clock (a device whose clock was ahead made it, or this one's is behind):"
+        f" it is the latest by its date until then{newest}; `backup list` shows them all,"
+        " and a snapshot restores by its id"
+    ]
 
 
 def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:

@@ -8,7 +8,7 @@ import os
 import struct
 import time
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Final
 
 import zstandard
@@ -39,6 +39,10 @@ _CHECK_INFO: Final = b"backupvault/v2 snapshot key-check"
 _MIN_TIME_US: Final = 946_684_800 * 1_000_000
 _MAX_TIME_US: Final = 253_402_300_799 * 1_000_000
 _MAX_TREE: Final = 1 << 31
+#: How far past this device's clock a snapshot's date is still clock skew (or a time zone
+#: set as UTC); one dated later was made by a device whose clock was ahead (or this one's
+#: is behind): by its date it stays the latest of its series until then.
+AHEAD_SLACK: Final = timedelta(days=1)
 #: The largest sealed summary (a source path and a host name of 65535 bytes each) and
 #: snapshot object (a tree of _MAX_TREE bytes, which zstd may grow by 1/256) a writer
 #: makes: storage may hold anything under a snapshot's name, and it is read whole.
