@@ -1475,3 +1475,24 @@ def test_a_folder_whose_config_was_lost_gets_no_new_repository(
     assert listed.returncode == 9 and "but no config" in listed.stderr, listed.stderr
     pruned = run("backup", "prune", "--storage", str(storage), "--recovery-code", stdin=code)
     assert pruned.returncode == 9 and "but no config" in pruned.stderr, pruned.stderr
+
+
+def test_restore_to_a_mount_point_is_refused_before_the_key_is_asked_for(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As any --to a restore would refuse: checked before a password spends a guess. A
+    real mount needs root; `ismount` stands for one (the restore's own check is tested
+    in tests/backup/repo/test_repo_roundtrip.py)."""
+    from backupvault.backup.errors import DestinationError
+    from backupvault.cli.main import _check_restore_to
+
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(usb) or real_ismount(p))
+    with pytest.raises(DestinationError, match="mounted file system") as refused:
+        _check_restore_to(usb)
+    assert (
+        refused.value.hint == f"restore into a new folder on it, for instance --to {usb}/restored"
+    )
+    _check_restore_to(usb / "restored")  # a new folder on it is fine

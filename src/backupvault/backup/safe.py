@@ -70,12 +70,26 @@ def check_destination(dest: Path) -> None:
                 f"restore destination {dest} is not empty",
                 hint="restore into a new or empty folder",
             )
+        if os.path.ismount(dest):
+            raise mounted_destination(dest)
     elif not dest.parent.is_dir():
         raise DestinationError(
             f"the folder {dest.parent} to restore into does not exist",
             hint=f"create it first (mkdir -p {dest.parent}), or give --to a new folder in one"
             " that exists",
         )
+
+
+def mounted_destination(dest: Path) -> DestinationError:
+    """The error for a --to that is a mount point (an empty drive): the copy is built
+    beside `dest` and renamed onto it, which fails there (EBUSY), and failed only after
+    the whole restore was written to the parent's disk (whose free space was checked)."""
+    return DestinationError(
+        f"restore destination {dest} is the root of a mounted file system (a drive): "
+        "a restore builds its copy beside the destination and moves it into place, "
+        "which cannot be done onto a mount point",
+        hint=f"restore into a new folder on it, for instance --to {dest}/restored",
+    )
 
 
 def link_destination(dest: Path) -> DestinationError:

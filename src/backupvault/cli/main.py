@@ -1092,7 +1092,7 @@ def _check_restore_to(dest: Path) -> None:
     import tempfile
 
     from backupvault.backup.errors import DestinationError
-    from backupvault.backup.safe import link_destination
+    from backupvault.backup.safe import link_destination, mounted_destination
 
     if dest.is_symlink():
         raise link_destination(dest)
@@ -1112,6 +1112,8 @@ def _check_restore_to(dest: Path) -> None:
                 f"restore destination {dest} is not empty",
                 hint="restore into a new or empty folder",
             )
+        if os.path.ismount(dest):
+            raise mounted_destination(dest)
         return
     parent = dest.absolute().parent
     existing = parent

@@ -479,3 +479,30 @@ def test_a_clock_before_2000_saves_no_snapshot_that_every_command_then_calls_dam
     assert opened.damaged == {}
     again = create_snapshot(source, str(repo), root_key)
     assert again.parent_id == first.snapshot_id
+
+
+def test_a_restore_onto_an_empty_mounted_drive_is_refused_before_anything_is_written(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--to /media/usb`, an empty drive just mounted: the copy was built next to it, on
+    the parent's disk (whose free space was the one checked, and which it could fill),
+    then could not be moved onto the mount point ("Device or resource busy"), after the
+    whole restore. A real mount needs root; the kernel's answer is the same for any
+    mount point, so `ismount` stands for one here."""
+    source = make_tree(tmp_path)
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    usb = tmp_path / "usb"
+    usb.mkdir()
+    real_ismount = os.path.ismount
+    monkeypatch.setattr(os.path, "ismount", lambda p: os.fspath(p) == str(usb) or real_ismount(p))
+    replaced: list[object] = []
+    real_replace = os.replace
+    monkeypatch.setattr(os, "replace", lambda a, b: replaced.append(b) or real_replace(a, b))
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(DestinationError, match="mount") as refused:
+        restore_snapshot(repo, root_key, usb)
+    assert refused.value.hint is not None and f"--to {usb}/" in refused.value.hint
+    assert replaced == [] and set(os.listdir(tmp_path)) == before and os.listdir(usb) == []
+    restore_snapshot(repo, root_key, usb / "restored")
+    assert snapshot(usb / "restored") == snapshot(source)
