@@ -8,16 +8,18 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backup_trees import RecordingProgress, flip_chunk_byte, pack_files, snapshot
 
 from backupvault.backup.errors import StorageError
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.index import PackEntry
 from backupvault.backup.repo.maintenance import RepairResult
 from backupvault.backup.repo.repository import Repository
-from backupvault.errors import UsageError
+from backupvault.errors import BackupVaultError, UsageError
 
 
 def _open(repo: Path, root_key: bytes) -> Repository:
@@ -291,3 +293,36 @@ def test_a_dry_run_on_storage_it_cannot_write_runs_without_a_lock_and_says_so(
     assert any("without a lock" in w and "permission denied" in w for w in dry.warnings)
     with pytest.raises(StorageError):  # the repair itself writes: it needs the lock
         maintenance.repair(opened, dry_run=False)
+
+
+def test_a_pack_read_wrong_once_is_not_deleted_as_damaged(
+    many_packs: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage (or the way to it) hands out one pack cut short once; read again, it is
+    whole. Repair took the one read for the truth: it dropped the chunks that did not
+    authenticate from the index and deleted the pack, and with it good data that was
+    stored nowhere else. A damaged pack is now read a second time before the repair
+    acts on it; read otherwise, nothing is written or deleted."""
+    source, repo = many_packs
+    pack = pack_files(repo)[0]
+    before = _stored(repo)
+    get = Backend.get
+    served_short: list[str] = []
+
+    def short_once(self: Backend, name: str, *args: Any, **kwargs: Any) -> bytes:
+        data = get(self, name, *args, **kwargs)
+        if name == f"data/{pack.name}" and not served_short:
+            served_short.append(name)
+            return data[: len(data) // 2]
+        return data
+
+    monkeypatch.setattr(Backend, "get", short_once)
+    with pytest.raises(BackupVaultError, match="read differently") as refused:
+        _repair(repo, root_key)
+    assert served_short and refused.value.hint is not None
+    assert {k: v for k, v in _stored(repo).items() if not k.startswith("locks/")} == before
+    # Served whole, the pack is whole: nothing to repair, and everything restores.
+    monkeypatch.setattr(Backend, "get", get)
+    assert _repair(repo, root_key).packs_damaged == []
+    _restores(repo, root_key, source, _open(repo, root_key).find_snapshot(None).id_hex,
+              _files(source))  # fmt: skip

@@ -762,6 +762,7 @@ def _repair_locked(
     listed = {e.chunk_id for entries in index.packs.values() for e in entries}
     result.chunks_lost = sorted(c.hex() for c in listed - kept.chunks.keys() - salvaged)
     if to_repair and not dry_run:
+        _confirm_damage(repo, index, damaged)
         reporter.finish()
         _salvage(repo, kept, damaged, sizes, index_names, result, reporter)
     reporter.finish()
@@ -800,6 +801,29 @@ def _packs_to_read(index: Index, sizes: dict[str, int], named: list[str]) -> lis
 
 def _listed(index: Index, name: str) -> bool:
     return _is_object_id(name) and bytes.fromhex(name) in index.packs
+
+
+def _confirm_damage(repo: Repository, index: Index, damaged: dict[bytes, list[PackEntry]]) -> None:
+    """Read each damaged pack again, before anything is written or deleted, and raise
+    unless the same chunks authenticate: one read cut short or garbled on its way (once)
+    made the repair drop good chunks from the index and delete the pack that held them."""
+    for pack_id, good in damaged.items():
+        name = pack_id.hex()
+        try:
+            data = repo.backend.get(f"data/{name}", most=max_pack_len(repo.config))
+        except InvalidInput:  # larger than any pack, again
+            again: list[PackEntry] | None = []
+        else:
+            errors, entries, bad = _examine_pack(repo, pack_id, data, index.packs.get(pack_id))
+            unreadable = set(bad)
+            again = [e for e in entries if e not in unreadable] if errors or bad else None
+        if again is None or sorted(again) != sorted(good):
+            raise BackupVaultError(
+                f"pack {name} read differently the second time (storage handed out other "
+                "bytes for it): the repair wrote and deleted nothing",
+                hint="storage, or the way to it, may be failing: run `backup check "
+                "--read-data` later, and `backup repair` once it names the same damage",
+            )
 
 
 def _salvage(
