@@ -153,6 +153,31 @@ def test_a_files_read_error_leaves_that_file_out_and_saves_the_rest(
     assert (tmp_path / "out" / "good.txt").read_bytes() == b"readable"
 
 
+def test_a_folder_the_disk_fails_to_open_is_backed_up_empty_and_the_rest_saved(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """As for a file: an I/O error opening one folder stopped the whole backup (exit 2);
+    the folder is now kept empty and named as unread, as one it may not list."""
+    real_open_folder = create_module._open_folder
+
+    def failing_open_folder(name: str, dir_fd: int | None, device: int, inode: int) -> int:
+        if name == "damaged":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_open_folder(name, dir_fd, device, inode)
+
+    monkeypatch.setattr(create_module, "_open_folder", failing_open_folder)
+    source = tmp_path / "src"
+    (source / "damaged").mkdir(parents=True)
+    (source / "damaged" / "lost.txt").write_text("behind a bad sector")
+    (source / "good.txt").write_text("readable")
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    assert [(s.name, s.reason, s.unread) for s in info.skipped] == [
+        ("damaged", "cannot list this folder (Input/output error): backed up empty", True)
+    ]
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["damaged", "good.txt"]
+
+
 def test_an_error_of_the_system_while_reading_ahead_stops_the_backup_cleanly(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -80,11 +80,11 @@ _GROWN = -2
 
 
 def _unreadable(exc: OSError) -> str | None:
-    """Why a file is left out (as restic does) for an error reading it, or None if the
-    error stops the backup. Permission denied, and an I/O error (a bad sector: a failing
-    disk, when a backup matters most, stopped the whole backup for one file); not an
-    error of the process or the system (too many open files, no memory), which would
-    leave out every file after it."""
+    """Why a file (or a folder) is left out, as restic does, for an error reading it, or
+    None if the error stops the backup. Permission denied, and an I/O error (a bad
+    sector: a failing disk, when a backup matters most, stopped the whole backup for one
+    file); not an error of the process or the system (too many open files, no memory),
+    which would leave out every file after it."""
     if isinstance(exc, PermissionError) or exc.errno == errno.EIO:
         return f"cannot read it ({exc.strerror})"
     return None
@@ -302,13 +302,13 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
                 gone.add(number)
                 skipped.append(Skipped(os.fsdecode(item.entry.path), "vanished during the backup"))
                 continue
-            except PermissionError as exc:
+            except OSError as exc:
+                if _unreadable(exc) is None:
+                    raise SourceError(f"cannot read folder {item.path}: {exc.strerror}") from None
                 # as restic: the rest is backed up, and this is said (the folder stays, empty)
                 reason = f"cannot list this folder ({exc.strerror}): backed up empty"
                 skipped.append(Skipped(os.fsdecode(item.entry.path), reason, unread=True))
                 continue
-            except OSError as exc:
-                raise SourceError(f"cannot read folder {item.path}: {exc.strerror}") from None
             finally:
                 if owned:
                     os.close(parent_fd)
