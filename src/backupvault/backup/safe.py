@@ -206,6 +206,14 @@ class Staging:
         try:
             os.replace(self.path, self.dest)
         except OSError as exc:
+            if exc.errno in (errno.ENOTEMPTY, errno.EEXIST):
+                # Empty when the restore began (checked), filled since.
+                raise DestinationError(
+                    f"cannot move the restored data into {self.dest}: something was put in "
+                    "it while the restore ran",
+                    hint="nothing of the restore was written there, and what was put there "
+                    "was left alone; restore again into a new or empty folder",
+                ) from None
             raise DestinationError(
                 f"cannot move the restored data into {self.dest}: {exc.strerror}"
             ) from None

@@ -506,3 +506,33 @@ def test_a_restore_onto_an_empty_mounted_drive_is_refused_before_anything_is_wri
     assert replaced == [] and set(os.listdir(tmp_path)) == before and os.listdir(usb) == []
     restore_snapshot(repo, root_key, usb / "restored")
     assert snapshot(usb / "restored") == snapshot(source)
+
+
+def test_a_destination_filled_while_the_restore_ran_says_so_and_keeps_what_was_put(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """`--to` was empty when the restore began; something was put in it while the restore
+    ran (another program, the user). The copy cannot replace a folder that is not empty:
+    it failed with a bare "Directory not empty" and no word of what to do. Now it says
+    what happened and what to do; what was put there is left alone, and nothing else."""
+    source = make_tree(tmp_path)
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key, repo_params=SMALL)
+    dest = tmp_path / "out"
+    dest.mkdir()
+
+    class Meanwhile:
+        def start(self, total_bytes: int | None, label: str) -> None:
+            pass
+
+        def advance(self, n: int) -> None:
+            (dest / "put-meanwhile").touch()
+
+        def finish(self) -> None:
+            pass
+
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(DestinationError, match="while the restore ran") as refused:
+        restore_snapshot(repo, root_key, dest, progress=Meanwhile())
+    assert refused.value.hint is not None and "new or empty folder" in refused.value.hint
+    assert os.listdir(dest) == ["put-meanwhile"] and set(os.listdir(tmp_path)) == before
