@@ -285,8 +285,16 @@ def test_rate_limit_answers_429(vault: Vault) -> None:
     assert int(answers[-1].headers["retry-after"]) >= 1
     assert {a.status_code for a in answers[:-1]} == {400}
     assert RELAY_BURST - 2 <= len(answers) - 1 <= RELAY_BURST + 10
-    # The SDK waits out the 429 (Retry-After) by itself, and says so.
-    assert client.status().status == EntryStatus.EMPTY
+    # The SDK waits out the 429 (Retry-After) by itself, and says so. The bucket refills
+    # one request in 0.5 s, so on a loaded machine the status may come after a refill:
+    # drain it again and ask again (each try is a real 429 the SDK must wait out).
+    for _ in range(5):
+        assert client.status().status == EntryStatus.EMPTY
+        if notes:
+            break
+        with httpx.Client() as http:
+            drained = (http.post(url, content=b"", headers=headers) for _ in range(RELAY_BURST))
+            assert any(answer.status_code == 429 for answer in drained)
     assert notes and "waiting" in notes[0]
     # Other accounts are not held back.
     assert vault.threshold("calm-user", entry).status().status == EntryStatus.EMPTY
