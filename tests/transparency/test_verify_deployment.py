@@ -37,7 +37,7 @@ from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 from backupvault.transparency.errors import UnknownFleet
 from backupvault.transparency.note import Signer, open_checkpoint
 from backupvault.transparency.record import raw_public_key
-from backupvault.transparency.witness import Witness
+from backupvault.transparency.witness import Witness, WitnessPolicy
 
 from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record
 
@@ -134,11 +134,14 @@ def world(
     operator_key: Ed25519PrivateKey,
     witness_key: Ed25519PrivateKey,
 ) -> World:
-    from backupvault.transparency.witness import WitnessPolicy
-
-    operators = {FLEET_ID: raw_public_key(operator_key), OTHER_FLEET: raw_public_key(operator_key)}
-    witness = make_witness(policy=WitnessPolicy(operators=operators))
+    witness = make_witness(policy=both_fleets(operator_key))
     return World(witness, operator_key, Signer(WITNESS_NAME, witness_key).verifier)
+
+
+def both_fleets(operator_key: Ed25519PrivateKey) -> WitnessPolicy:
+    """A witness policy logging FLEET_ID's and OTHER_FLEET's records by the operator."""
+    operator = raw_public_key(operator_key)
+    return WitnessPolicy(operators={FLEET_ID: operator, OTHER_FLEET: operator})
 
 
 def failed(report: FleetReport) -> dict[str, str]:
@@ -225,10 +228,14 @@ def test_the_state_checkpoint_never_shrinks(world: World, tmp_path: Path) -> Non
     assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
     assert size_in(state, world) == 6
     assert json.loads(state.read_text())["fleets"][FLEET_ID.hex()]["epoch"] == 1
-    # and a larger one does replace it
+    # and an empty state gets the witness's tree as its head shows it (a client keeps that
+    # one too), not only the bundle's receipt's (1)
     state.write_text(json.dumps({"version": 1}))
     world.run(state_file=state, check_node_measurements=False)
-    assert size_in(state, world) == 1
+    assert size_in(state, world) == 6
+    state.write_text(json.dumps({"version": 1}))
+    world.run(state_file=state, witness=False, check_node_measurements=False)
+    assert "checkpoint" not in json.loads(state.read_text())  # no head: nothing verified
 
 
 @pytest.mark.parametrize("content", [DEEP, "[]", "{", "\x00"], ids=["deep", "list", "cut", "NUL"])
@@ -673,3 +680,80 @@ def test_a_bundle_file_larger_than_any_bundle_is_refused_unread(
         world.trust(), bundle_file=exact, http=world.http(), check_node_measurements=False
     )
     assert report.ok, failed(report)
+
+
+# ---- a witness showing another history ---------------------------------------------------------
+
+
+def _forked_witness(world: World, make_witness: WitnessFactory, *records: bytes) -> Witness:
+    """The witness's key signing a second history (its own database): what a compromised
+    or restored witness might show an auditor."""
+    fork = make_witness(policy=both_fleets(world.operator), db="fork.sqlite")
+    for signed in records:
+        fork.submit(signed)
+
+    def head(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(200, text=fork.head(FLEET_ID, int(time.time())))
+
+    def consistency(request: httpx.Request) -> httpx.Response:
+        query = request.url.params
+        proof = fork.consistency(int(query["old"]), int(query["new"]))
+        return httpx.Response(200, json={"proof": [base64.b64encode(h).decode() for h in proof]})
+
+    world.hostile[("witness.test", "/v1/head")] = head
+    world.hostile[("witness.test", "/v1/consistency")] = consistency
+    return fork
+
+
+def test_a_head_from_another_history_than_the_bundle_is_refused(
+    world: World, make_witness: WitnessFactory
+) -> None:
+    """The relay serves a bundle whose receipt is from the witness's log [X, R]; the
+    witness's head, naming the same record R at the same index, is from another history
+    [Y, R] of the same size. A client refuses that (the head must extend the bundle's
+    checkpoint); so must the audit."""
+    other = sign_record(make_record(epoch=1, fleet_id=OTHER_FLEET), world.operator).to_bytes()
+    world.witness.submit(other)
+    record = sign_record(make_record(epoch=1), world.operator)
+    world.current = FleetBundle.from_receipt(
+        record, world.witness.submit(record.to_bytes())
+    ).to_bytes()
+    assert all(r.ok for r in world.run(check_node_measurements=False))
+    forked = sign_record(make_record(epoch=7, fleet_id=OTHER_FLEET), world.operator).to_bytes()
+    _forked_witness(world, make_witness, forked, record.to_bytes())
+    [report] = world.run(check_node_measurements=False)
+    assert not report.ok and report.verdict == "REFUSED"
+    assert list(failed(report)) == [f"witness {WITNESS_NAME} head"]
+    assert "different roots" in failed(report)[f"witness {WITNESS_NAME} head"]
+
+
+def test_a_head_from_another_history_than_the_state_is_refused(
+    world: World, make_witness: WitnessFactory, tmp_path: Path
+) -> None:
+    """An audit with --state saw the witness's tree of 3; the witness then shows a head
+    of a larger tree that does not extend it (a fork after the record): refused, and the
+    state keeps the tree it saw."""
+    record = sign_record(make_record(epoch=1), world.operator)
+    world.current = FleetBundle.from_receipt(
+        record, world.witness.submit(record.to_bytes())
+    ).to_bytes()
+    others = [
+        sign_record(make_record(epoch=e, fleet_id=OTHER_FLEET), world.operator).to_bytes()
+        for e in (1, 2, 3)
+    ]
+    for signed in others[:2]:
+        world.witness.submit(signed)
+    state = tmp_path / "audit.json"
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
+    assert size_in(state, world) == 3  # the head's tree, not only the bundle's (1)
+    kept = state.read_text()
+    forked = [
+        sign_record(make_record(epoch=e, fleet_id=OTHER_FLEET), world.operator).to_bytes()
+        for e in (7, 8, 9)
+    ]
+    _forked_witness(world, make_witness, record.to_bytes(), *forked)
+    [report] = world.run(state_file=state, check_node_measurements=False)
+    assert not report.ok and report.verdict == "REFUSED"
+    assert list(failed(report)) == [f"witness {WITNESS_NAME} head"]
+    assert "does not extend the one of size 3" in failed(report)[f"witness {WITNESS_NAME} head"]
+    assert state.read_text() == kept

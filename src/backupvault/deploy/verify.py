@@ -287,10 +287,14 @@ def check_heads(
     trust: TrustInputs,
     http: httpx.Client,
     now: int,
-) -> None:
-    """One check per witness: its head for the fleet names this record, recently."""
+    seen: Checkpoint,
+) -> tuple[Checkpoint, str] | None:
+    """One check per witness: its head for the fleet names this record, recently; the
+    bundle witness's head also extends `seen` (the larger of the bundle's checkpoint and
+    the state's), as a client checks it. Returns that head (checkpoint, note) if it passed."""
     record = report.record
     assert record is not None
+    bundle_witness_head = None
     for verifier, url in trust.witnesses:
         name = f"witness {verifier.name} head"
         try:
@@ -307,8 +311,19 @@ def check_heads(
             answer.raise_for_status()
             head = open_head(answer.text, verifier)
             check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=trust.max_age)
+            if (verifier.name, verifier.key_id) == (trust.witness.name, trust.witness.key_id):
+                # The head is of the log the bundle's receipt (and the state) came from:
+                # else a record from one history passes with a head from another, both
+                # signed by this witness's key.
+                fetch = consistency_fetcher(http, f"{url.rstrip('/')}/v1/consistency")
+                check_log_growth(head.checkpoint, seen, fetch)
+                bundle_witness_head = head.checkpoint, answer.text
         except httpx.HTTPError as err:
             report.checks.append(_failed_request(name, "witness", err))
+            continue
+        except ProofUnavailable as err:
+            detail = f"unreachable: not verified ({err.detail})"
+            report.checks.append(Check(name, False, detail, unreachable=True))
             continue
         except (TransparencyError, AnswerRefused) as err:
             report.checks.append(Check(name, False, err.message))
@@ -321,6 +336,7 @@ def check_heads(
                 f" {head.checkpoint.size}, {now - head.time} s ago",
             )
         )
+    return bundle_witness_head
 
 
 def check_bundle(
@@ -595,8 +611,12 @@ def verify_deployment(
             _name_the_pin(report, state_file)
         if report.ok and report.record is not None and is_current:
             if trust.witnesses:
+                assert checkpoint is not None  # the bundle passed
                 signed = FleetBundle.from_bytes(bundle).signed_record
-                check_heads(report, signed, trust, client, int(time.time()))
+                seen = checkpoint if last is None or checkpoint.size > last.size else last
+                head = check_heads(report, signed, trust, client, int(time.time()), seen)
+                if head is not None and (newest is None or head[0].size > newest[0].size):
+                    newest = head  # the witness's tree now: what a client keeps too
             else:
                 report.checks.append(Check(*NO_HEAD))
         if report.ok and report.record is not None and check_node_measurements:
