@@ -1250,3 +1250,38 @@ def test_the_recovery_code_is_described_the_same_way_everywhere() -> None:
     assert described >= 4  # README, crypto.md, recovery.py, cli.md
     with pytest.raises(recovery.RecoveryCodeError, match=re.escape(recovery.FORMAT)):
         recovery.decode("1234")
+
+
+@pytest.mark.parametrize(
+    ("make", "fields", "why", "hint"),
+    [
+        (
+            "ota",
+            {"node_public_keys": ["0020" + "11" * 32], "node_signing_keys": [_SIGNING_KEY]},
+            "field 'node_public_keys' pins the fleet's keys, but this config has trust = \"ota\"",
+            "an ota client takes the fleet's keys from the witness-logged bundle",
+        ),
+        ("ota", {"epoch": 2}, "field 'epoch' pins the fleet's keys", "remove epoch"),
+        (
+            "pinned",
+            {"operator_public_key": "55" * 32, "witness_url": "http://127.0.0.1:9"},
+            "field 'operator_public_key' is for over-the-air fleet keys, but this config"
+            ' has trust = "pinned"',
+            'add trust = "ota"',
+        ),
+        ("pinned", {"max_bundle_age": 600}, "field 'max_bundle_age' is for over-the-air", ""),
+    ],
+    ids=["ota with node keys", "ota with an epoch", "pinned with an operator key", "pinned age"],
+)
+def test_a_config_mixing_pinned_and_ota_fields_is_refused(
+    tmp_path: Path, make: str, fields: dict[str, object], why: str, hint: str
+) -> None:
+    """A config with trust = "ota" and node keys was taken as OTA, its pinned keys
+    ignored: whoever wrote them thought the client talked only to those nodes. A pinned
+    config (no `trust`) with the operator's and witness's keys ignored those."""
+    write = _ota_toml if make == "ota" else _client_toml
+    config = write(tmp_path / "client.toml", **fields)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1, done.stderr
+    assert f"config file {config}: {why}" in done.stderr
+    assert hint in done.stderr.split("hint:")[1]

@@ -46,7 +46,8 @@ folder (in `storage` too).
 Every field has its type (a string in quotes, a whole number, a list, a table); a field
 of another type, or one the client does not know (a misspelt name, or a field after a
 `[[witnesses]]` or `[[previous_fleets]]` table, which TOML puts into that table), is
-refused with an error naming the file and the field, not ignored.
+refused with an error naming the file and the field, not ignored; so is a field of the
+other trust mode (pinned node keys in an OTA config, a witness in a pinned one).
 """
 
 from __future__ import annotations
@@ -126,6 +127,17 @@ _FIELDS = frozenset(
         "witnesses", "max_bundle_age", "state_file", "allowed_measurements",
     }
 )  # fmt: skip
+#: Fields of one trust mode only: in a config of the other, each is refused rather than
+#: ignored (node keys in an OTA config pinned nothing, yet whoever wrote them thought so).
+_PINNED_ONLY = frozenset(
+    {"node_public_keys", "node_signing_keys", "epoch", "previous_fleets", "fleet_public_key"}
+)
+_OTA_ONLY = frozenset(
+    {
+        "operator_public_key", "witness_public_key", "witness_name", "witness_url",
+        "witnesses", "max_bundle_age", "state_file", "allowed_measurements",
+    }
+)  # fmt: skip
 #: ... and in each of its tables.
 _TABLE_FIELDS = {
     "previous_fleets": frozenset({"epoch", "node_public_keys", "node_signing_keys"}),
@@ -151,6 +163,29 @@ def _check_fields(path: Path, data: dict[str, Any]) -> None:
             for name in entry:
                 if name not in known:
                     _unknown(path, name, known, f" in [[{table}]] table {number}", table)
+
+
+def _check_mode(path: Path, data: dict[str, Any], trust: str) -> None:
+    """Refuse a field of the other trust mode: it would be ignored without a word."""
+    if trust == "ota":
+        for name in sorted(_PINNED_ONLY.intersection(data)):
+            raise InvalidInput(
+                f"config file {path}: field {name!r} pins the fleet's keys, but this config"
+                ' has trust = "ota"',
+                hint="an ota client takes the fleet's keys from the witness-logged bundle and"
+                f" would ignore pinned ones: remove {name} (and the other pinned fields)"
+                f' from {path}, or write trust = "pinned" to talk only to the pinned nodes',
+            )
+        return
+    for name in sorted(_OTA_ONLY.intersection(data)):
+        default = "" if "trust" in data else " (the default)"
+        raise InvalidInput(
+            f"config file {path}: field {name!r} is for over-the-air fleet keys, but this"
+            f' config has trust = "pinned"{default}',
+            hint=f'add trust = "ota" at the top of {path} to take the fleet\'s keys from'
+            f" witness-logged bundles, or remove {name} (and the other over-the-air fields)"
+            " to use the pinned keys only",
+        )
 
 
 def _unknown(
@@ -310,6 +345,7 @@ class ClientConfig:
                 f"config file {path}: trust is 'pinned' or 'ota', not {trust!r}",
                 hint='write trust = "pinned" (the fleet\'s keys in the config) or trust = "ota"',
             )
+        _check_mode(path, data, trust)
         try:
             common: dict[str, Any] = {
                 "relay_url": _url(path, data, "relay_url", "the relay's URL"),
