@@ -1489,3 +1489,30 @@ def test_a_rate_limited_consistency_proof_is_an_outage_not_a_refusal(
     assert error.exit_code == 5
     del net.hostile[("relay.test", "/v1/fleet/consistency")]
     assert trust.current(net.http(), RELAY).record.epoch == 2
+
+
+@pytest.mark.parametrize("host", ["witness-a.test", "witness-b.test"])
+def test_a_rotation_a_witness_out_of_reach_has_not_confirmed_is_an_outage(
+    net: Net, state_file: Path, host: str
+) -> None:
+    """The fleet rotated to epoch 2 (logged by both witnesses) while one witness is out of
+    reach: its last head, kept in the state, names epoch 1. That witness has not confirmed
+    epoch 2, so the client must not use it; but nothing contradicts it either, so it is an
+    outage (exit 5, try again), not "another record ... keep both as evidence" (exit 7).
+    Once the witness answers, epoch 2 is accepted."""
+    trust = accepted(net, state_file)
+    net.now += 60
+    net.deploy(2)
+    net.hostile[(host, "/v1/head")] = reply(503)
+    error = refused(net, trust, error=FleetUnavailable, match="cannot be reached to confirm")
+    assert "epoch 2" in error.message and "names epoch 1" in error.message
+    del net.hostile[(host, "/v1/head")]
+    assert trust.current(net.http(), RELAY).record.epoch == 2
+    # Epoch 1 again, with the witness out of reach: its head kept in the state, naming
+    # epoch 2, says epoch 1 is retired (a device whose state lost the epoch, say).
+    net.current = net.previous[1]
+    net.hostile[(host, "/v1/head")] = reply(503)
+    data = saved(state_file)
+    data["fleets"][FLEET_ID.hex()]["epoch"] = 1
+    state_file.write_text(json.dumps(data))
+    refused(net, trust, EpochRetired)

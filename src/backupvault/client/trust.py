@@ -488,10 +488,21 @@ class OtaTrust:
             name = endpoint.verifier.name
             note = self._fetch_head(http, endpoint, record.fleet_id)
             if note is None:  # unreachable: its last head stands in while young enough
-                if state.last_head(endpoint.verifier) is None:
+                kept = state.last_head(endpoint.verifier)
+                if kept is None:
                     raise FleetUnavailable(
                         f"the witness {name} ({endpoint.url}) cannot be reached to confirm"
                         " that this fleet is current"
+                    )
+                if kept.fleet_id == record.fleet_id and kept.epoch < record.epoch:
+                    # A rotation since that head: this witness has not confirmed the new
+                    # epoch, yet nothing it said contradicts it. Not to be used until it
+                    # does, but an outage, not evidence of a split view.
+                    raise FleetUnavailable(
+                        f"the witness {name} ({endpoint.url}) cannot be reached to confirm"
+                        f" epoch {record.epoch} of this fleet: the last head it gave names"
+                        f" epoch {kept.epoch}",
+                        hint="try again when the witness answers; nothing was trusted or saved",
                     )
                 note = state.heads[name]
             try:
