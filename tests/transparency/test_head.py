@@ -136,3 +136,28 @@ def test_head_over_http(make_witness: WitnessFactory, operator_key: Ed25519Priva
             refused = http.get("/v1/head", params={"fleet": bad})
             assert refused.status_code == 400 and refused.json()["error"] == "bad_query"
         assert http.get("/v1/head").status_code == 400
+
+
+def test_a_head_with_a_non_canonical_leaf_hash_is_refused(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    """Base64 in a note must be canonical (docs/transparency.md), as the checkpoint's root
+    hash is: a leaf hash whose unused low bits are set decodes to the same 32 bytes, so
+    two texts (and signatures) would say the same thing."""
+    import base64
+
+    witness = make_witness()
+    signed = sign_record(make_record(epoch=1), operator_key)
+    witness.submit(signed.to_bytes())
+    head = open_head(witness.head(FLEET_ID, NOW), witness.verifier)
+    canonical = base64.b64encode(head.leaf_hash).decode()
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+    last = alphabet.index(canonical[-2])
+    assert last & 3 == 0  # 32 bytes: the last character's 2 low bits are unused
+    loose = canonical[:-2] + alphabet[last | 1] + "="
+    assert base64.b64decode(loose) == head.leaf_hash
+    lines = head.extensions()
+    extensions = (lines[0].replace(canonical, loose), lines[1])
+    note = Checkpoint(witness.name, head.checkpoint.size, head.checkpoint.root_hash, extensions)
+    with pytest.raises(MalformedNote, match="canonical"):
+        open_head(note.sign(witness.signer), witness.verifier)

@@ -26,7 +26,6 @@ and a relay cannot freeze clients on an old bundle for longer than `max_age`.
 from __future__ import annotations
 
 import base64
-import binascii
 import re
 from dataclasses import dataclass
 
@@ -37,7 +36,13 @@ from backupvault.transparency.errors import (
     MalformedNote,
     StaleHead,
 )
-from backupvault.transparency.note import Checkpoint, Signer, Verifier, open_checkpoint
+from backupvault.transparency.note import (
+    Checkpoint,
+    Signer,
+    Verifier,
+    open_checkpoint,
+    unbase64,
+)
 
 HEAD_TAG = "backupvault-fleet-head/v1"
 #: How far in the future a head's time may be (clocks differ).
@@ -95,10 +100,7 @@ def open_head(note: str | bytes, verifier: Verifier) -> FleetHead:
     if head is None or time is None:
         raise MalformedNote("not a fleet head (see docs/transparency.md, Fleet heads)")
     fleet_hex, epoch, index, leaf_b64 = head.groups()
-    try:
-        leaf_hash = base64.b64decode(leaf_b64, validate=True)
-    except binascii.Error:
-        raise MalformedNote("a fleet head's leaf hash is not base64") from None
+    leaf_hash = unbase64(leaf_b64, "a fleet head's leaf hash")  # canonical, as every note's
     if len(fleet_hex) % 2 or len(leaf_hash) != merkle.HASH_LEN:
         raise MalformedNote("a fleet head's fleet id or leaf hash has the wrong length")
     values = int(epoch), int(index), int(time.group(1))

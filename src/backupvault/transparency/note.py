@@ -56,7 +56,7 @@ def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-def _unb64(text: str, what: str) -> bytes:
+def unbase64(text: str, what: str) -> bytes:
     """Strict standard base64: valid alphabet, padding, and canonical (re-encodes the same)."""
     try:
         raw = base64.b64decode(text.encode("ascii"), validate=True)
@@ -118,7 +118,7 @@ class Verifier:
             raise MalformedNote("a verifier key has three '+'-separated parts")
         name, hex_id, b64_key = parts
         check_key_name(name)
-        material = _unb64(b64_key, "the verifier key")
+        material = unbase64(b64_key, "the verifier key")
         if len(material) != 33 or material[0] != ED25519_TYPE:
             raise MalformedNote("only Ed25519 verifier keys (type 0x01, 32 bytes) are supported")
         if not re.fullmatch(r"[0-9a-f]{8}", hex_id) or bytes.fromhex(hex_id) != key_id(
@@ -214,7 +214,7 @@ def parse_note(note: str | bytes) -> tuple[str, tuple[Signature, ...]]:
         if not sep:
             raise MalformedNote("a signature line is '— <key name> <base64 signature>'")
         check_key_name(name)
-        raw = _unb64(b64, "a signature")
+        raw = unbase64(b64, "a signature")
         if len(raw) < KEY_ID_LEN + 1:
             raise MalformedNote("a signature is too short")
         signatures.append(Signature(name, raw[:KEY_ID_LEN], raw[KEY_ID_LEN:]))
@@ -283,7 +283,7 @@ class Checkpoint:
         origin, size, root_b64, *extensions = lines
         if not _SIZE.fullmatch(size) or int(size) >= 1 << 64:
             raise MalformedNote("a checkpoint's tree size is a decimal u64 without leading zeros")
-        root_hash = _unb64(root_b64, "the checkpoint's root hash")
+        root_hash = unbase64(root_b64, "the checkpoint's root hash")
         return cls(origin, int(size), root_hash, tuple(extensions))
 
     def sign(self, signer: Signer) -> str:
