@@ -1516,3 +1516,26 @@ def test_a_rotation_a_witness_out_of_reach_has_not_confirmed_is_an_outage(
     data["fleets"][FLEET_ID.hex()]["epoch"] = 1
     state_file.write_text(json.dumps(data))
     refused(net, trust, EpochRetired)
+
+
+@pytest.mark.parametrize("change", ["not a record", "another epoch", "another fleet"])
+def test_a_kept_record_that_is_not_the_one_it_is_kept_as_is_a_clear_error(
+    net: Net, state_file: Path, change: str
+) -> None:
+    """A record in the state is what the client moves an entry from (`older`) without
+    asking the log again: a state file whose record is not a signed record, or is another
+    epoch's or fleet's than it is kept under, is the file's error, named as such, at load
+    (it was an error naming no file once an older epoch was looked for, or an epoch read
+    under the wrong number)."""
+    trust = accepted(net, state_file)
+    data = saved(state_file)
+    records = data["fleets"][FLEET_ID.hex()]["records"]
+    records["0"] = {
+        "not a record": "52" + "00" * 8,
+        "another epoch": net.sign(5).to_bytes().hex(),
+        "another fleet": net.sign(0, fleet_id=OTHER_FLEET).to_bytes().hex(),
+    }[change]
+    state_file.write_text(json.dumps(data))
+    with pytest.raises(InvalidInput, match=r"state.json is malformed: .*record of epoch 0"):
+        TrustState.load(state_file)
+    refused(net, trust, error=InvalidInput, match="state.json is malformed")

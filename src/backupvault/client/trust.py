@@ -385,9 +385,23 @@ def check_state_fleets(fleets: dict[str, Any]) -> None:
                 raise InvalidInput(f"fleet {fid} keeps a record under {epoch!r}, not an epoch")
             epoch_number(int(epoch), f"fleet {fid}'s record epoch")
             try:
-                bytes.fromhex(record)
+                raw = bytes.fromhex(record)
             except (TypeError, ValueError):
                 raise InvalidInput(f"fleet {fid}'s record of epoch {epoch} is not hex") from None
+            # `older` moves an entry from a kept record without asking the log again: it
+            # must be the one it is kept as.
+            try:
+                kept = OperatorSignedRecord.from_bytes(raw).deployment()
+            except InvalidInput as err:
+                raise InvalidInput(
+                    f"fleet {fid}'s record of epoch {epoch} is not a deployment record:"
+                    f" {err.message}"
+                ) from None
+            if kept.fleet_id != bytes.fromhex(fid) or kept.epoch != int(epoch):
+                raise InvalidInput(
+                    f"fleet {fid}'s record of epoch {epoch} is epoch {kept.epoch} of fleet"
+                    f" {kept.fleet_id.hex()}"
+                )
 
 
 def note_text(note: str) -> str:
