@@ -1539,3 +1539,50 @@ def test_a_kept_record_that_is_not_the_one_it_is_kept_as_is_a_clear_error(
     with pytest.raises(InvalidInput, match=r"state.json is malformed: .*record of epoch 0"):
         TrustState.load(state_file)
     refused(net, trust, error=InvalidInput, match="state.json is malformed")
+
+
+def _another_operator(net: Net, state_file: Path) -> OtaTrust:
+    net.deploy(1)
+    return net.trust(state_file, operator_key=raw_public_key(Ed25519PrivateKey.generate()))
+
+
+def _cosigned_by_another_witness(net: Net, state_file: Path) -> OtaTrust:
+    net.deploy(1)
+    bundle = FleetBundle.from_bytes(net.current)
+    other = cosign(Ed25519PrivateKey.generate(), WITNESS_NAME, bundle.signed_record)
+    net.current = replace(bundle, cosignature=other).to_bytes()
+    return net.trust(state_file)
+
+
+def _an_older_epoch_than_accepted(net: Net, state_file: Path) -> OtaTrust:
+    old = net.deploy(1)
+    trust = net.trust(state_file)
+    net.deploy(2)
+    trust.current(net.http(), RELAY)
+    net.current = old
+    return trust
+
+
+@pytest.mark.parametrize(
+    ("setup", "reason", "own_hint"),
+    [
+        (_another_operator, UnknownOperatorKey, "signed by "),
+        (_cosigned_by_another_witness, WitnessSignatureInvalid, "cosigned by another witness"),
+        (_an_older_epoch_than_accepted, EpochReplayed, "an old deployment record was replayed"),
+    ],
+    ids=["operator key", "witness cosignature", "older epoch"],
+)
+def test_every_refusal_says_what_to_do(
+    net: Net,
+    state_file: Path,
+    setup: Callable[[Net, Path], OtaTrust],
+    reason: type[BackupVaultError],
+    own_hint: str,
+) -> None:
+    """A refusal whose reason had a hint of its own (why it may have happened) showed only
+    that hint: "an old deployment record was replayed", and nothing on what the user is
+    to do, nor that nothing of the password went out. Both are said now, with the why."""
+    error = refused(net, setup(net, state_file), reason)
+    assert error.hint is not None and own_hint in error.hint
+    assert "nothing derived from your password was sent" in error.hint
+    assert "report this to the operator" in error.hint

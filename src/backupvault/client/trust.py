@@ -404,6 +404,22 @@ def check_state_fleets(fleets: dict[str, Any]) -> None:
                 )
 
 
+#: What the user is to do about any refusal, said after the reason's own hint (why it may
+#: have happened), which alone left them with no next step.
+_WHAT_TO_DO = (
+    "nothing derived from your password was sent; keep the state file and report this to"
+    " the operator"
+)
+
+
+def _refused(reason: TransparencyError) -> FleetNotTrusted:
+    """The refusal of the fleet for `reason`, saying why and what to do."""
+    error = FleetNotTrusted.because(reason)
+    if reason.hint is not None:
+        error.hint = f"{reason.hint}; {_WHAT_TO_DO}"
+    return error
+
+
 def note_text(note: str) -> str:
     """The text of a signed note (above the blank line before the signatures)."""
     return note[: note.rindex("\n\n") + 1] if "\n\n" in note else note
@@ -481,7 +497,7 @@ class OtaTrust:
         except httpx.HTTPError:
             return None
         except AnswerRefused as err:  # no note is that large: as one that does not parse
-            raise FleetNotTrusted.because(MalformedNote(err.message, hint=err.hint)) from None
+            raise _refused(MalformedNote(err.message, hint=err.hint)) from None
         if answer.status_code == 404:
             raise FleetNotTrusted(
                 f"the witness {name} has logged no record of fleet {fleet_id.hex()}",
@@ -524,7 +540,7 @@ class OtaTrust:
                 check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
                 self._check_growth(http, state, endpoint, head, verified.checkpoint)
             except TransparencyError as err:
-                raise FleetNotTrusted.because(err) from None
+                raise _refused(err) from None
             checked.append((name, note))
             newest = max(newest, head.time)
         return checked, newest
@@ -596,7 +612,7 @@ class OtaTrust:
             raise FleetUnavailable(f"cannot fetch {what} from the relay ({err})") from None
         except AnswerRefused as err:
             if bundle:  # no bundle is that large: refused as one that does not parse is
-                raise FleetNotTrusted.because(Malformed(err.message, hint=err.hint)) from None
+                raise _refused(Malformed(err.message, hint=err.hint)) from None
             raise FleetNotTrusted(err.message, hint=err.hint) from None
         refusal = f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})"
         if answer.status_code in SERVER_DOWN:  # an outage (exit 5), not a refusal to trust
@@ -657,7 +673,7 @@ class OtaTrust:
                 expected_fleet_id=expected,
             )
         except TransparencyError as err:
-            raise FleetNotTrusted.because(err) from None
+            raise _refused(err) from None
 
     def current(self, http: httpx.Client, relay_url: str) -> VerifiedFleet:
         """Fetch and verify the relay's current fleet bundle; remember it once accepted."""
@@ -714,7 +730,7 @@ class OtaTrust:
                 try:
                     record = known[epoch].verify(self.operator_key)
                 except TransparencyError as err:
-                    raise FleetNotTrusted.because(err) from None
+                    raise _refused(err) from None
                 if _node_keys(record) not in searched:
                     searched.add(_node_keys(record))
                     yield record
