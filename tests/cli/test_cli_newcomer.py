@@ -1285,3 +1285,16 @@ def test_a_config_mixing_pinned_and_ota_fields_is_refused(
     assert done.returncode == 1, done.stderr
     assert f"config file {config}: {why}" in done.stderr
     assert hint in done.stderr.split("hint:")[1]
+
+
+@pytest.mark.parametrize("make", ["pinned", "ota"])
+@pytest.mark.parametrize("fleet_id", ["", "ab" * 65])
+def test_a_fleet_id_no_record_can_have_is_named(tmp_path: Path, make: str, fleet_id: str) -> None:
+    """A fleet id is 1 to 64 bytes (docs/transparency.md): an empty one was taken, and an
+    OTA client then refused every bundle as "for fleet X, expected " (nothing), blaming the
+    relay; a pinned one sealed requests to a fleet no node is in."""
+    write = _ota_toml if make == "ota" else _client_toml
+    config = write(tmp_path / "client.toml", fleet_id=fleet_id)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1, done.stderr
+    assert f"config file {config}: field 'fleet_id' is malformed: 1 to 64 bytes" in done.stderr

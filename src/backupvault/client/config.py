@@ -84,6 +84,7 @@ from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.tokens import device_key_from_hex
 from backupvault.transparency.head import DEFAULT_MAX_AGE
+from backupvault.transparency.record import MAX_FLEET_ID
 
 TRUST_MODES = ("pinned", "ota")
 
@@ -287,6 +288,21 @@ def _hex_field(path: Path, data: dict[str, Any], name: str) -> bytes:
     return _field(path, name, parse)
 
 
+def _fleet_id(path: Path, data: dict[str, Any]) -> bytes:
+    """`fleet_id`: hex of 1 to 64 bytes, as a deployment record holds it."""
+    fleet_id = _hex_field(path, data, "fleet_id")
+
+    def parse() -> bytes:
+        if not 1 <= len(fleet_id) <= MAX_FLEET_ID:
+            raise InvalidInput(
+                f"1 to {MAX_FLEET_ID} bytes ({2 * MAX_FLEET_ID} hex digits at most), not"
+                f" {len(fleet_id)}"
+            )
+        return fleet_id
+
+    return _field(path, "fleet_id", parse)
+
+
 @dataclass(frozen=True)
 class PinnedFleet:
     """An epoch a pinned config was pinned to before a rotation, which the relay still
@@ -360,7 +376,7 @@ class ClientConfig:
             }
             if trust == "pinned":
                 return cls(
-                    fleet_id=_hex_field(path, data, "fleet_id"),
+                    fleet_id=_fleet_id(path, data),
                     node_public_keys=_field(
                         path, "node_public_keys", lambda: _node_keys(path, data)
                     ),
@@ -376,7 +392,7 @@ class ClientConfig:
                     **common,
                 )
             base = path.parent
-            fleet_id = _hex_field(path, data, "fleet_id") if "fleet_id" in data else None
+            fleet_id = _fleet_id(path, data) if "fleet_id" in data else None
             allowed = (
                 None
                 if "allowed_measurements" not in data
