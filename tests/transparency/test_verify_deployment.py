@@ -757,3 +757,18 @@ def test_a_head_from_another_history_than_the_state_is_refused(
     assert list(failed(report)) == [f"witness {WITNESS_NAME} head"]
     assert "does not extend the one of size 3" in failed(report)[f"witness {WITNESS_NAME} head"]
     assert state.read_text() == kept
+
+
+def test_a_head_whose_growth_the_witness_cannot_prove_now_is_an_outage(world: World) -> None:
+    """The witness's head is of a larger tree than the bundle's receipt, and its
+    /v1/consistency does not answer now (503): the head check is not made (INCOMPLETE,
+    exit 5), not failed as a fork; nothing else fails."""
+    world.current = world.deploy(1)
+    world.deploy(1, OTHER_FLEET)  # the log grows past the receipt's tree
+    world.hostile[("witness.test", "/v1/consistency")] = lambda request: httpx.Response(503)
+    [report] = world.run(check_node_measurements=False)
+    assert report.verdict == "INCOMPLETE"
+    [check] = [c for c in report.checks if not c.ok]
+    assert check.name == f"witness {WITNESS_NAME} head" and check.unreachable
+    del world.hostile[("witness.test", "/v1/consistency")]
+    assert world.run(check_node_measurements=False)[0].ok
