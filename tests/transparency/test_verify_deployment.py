@@ -772,3 +772,54 @@ def test_a_head_whose_growth_the_witness_cannot_prove_now_is_an_outage(world: Wo
     assert check.name == f"witness {WITNESS_NAME} head" and check.unreachable
     del world.hostile[("witness.test", "/v1/consistency")]
     assert world.run(check_node_measurements=False)[0].ok
+
+
+def test_another_witness_showing_a_fork_of_what_the_clients_state_kept_is_refused(
+    world: World, make_witness: WitnessFactory, tmp_path: Path
+) -> None:
+    """An audit with an OTA client's state file, which keeps the last head of each
+    witness: witness B now shows a head of another history of the same size than the
+    one the client kept from it. The client refuses that (LogForked); so must the audit,
+    and it must not take the head the client kept for B's own."""
+    from backupvault.transparency.witness_store import WitnessStore
+
+    key = Ed25519PrivateKey.generate()
+    b_name = "witness-b.test/backupvault"
+
+    def witness_b(db: str) -> Witness:
+        store = WitnessStore(tmp_path / db, b_name, raw_public_key(key))
+        return Witness(Signer(b_name, key), store, both_fleets(world.operator))
+
+    record = sign_record(make_record(epoch=1), world.operator)
+    world.current = FleetBundle.from_receipt(
+        record, world.witness.submit(record.to_bytes())
+    ).to_bytes()
+    b, fork = witness_b("b.sqlite"), witness_b("b-fork.sqlite")
+    try:
+        for log, other in ((b, 7), (fork, 8)):
+            log.submit(record.to_bytes())
+            log.submit(
+                sign_record(
+                    make_record(epoch=other, fleet_id=OTHER_FLEET), world.operator
+                ).to_bytes()
+            )
+        state = tmp_path / "client-state.json"
+        kept = {b_name: b.head(FLEET_ID, int(time.time()))}
+        state.write_text(json.dumps({"version": 1, "heads": kept}))
+        world.hostile[("witness-b.test", "/v1/head")] = lambda request: httpx.Response(
+            200, text=fork.head(FLEET_ID, int(time.time()))
+        )
+        trust = replace(
+            world.trust(), witnesses=((world.key, WITNESS), (b.verifier, "https://witness-b.test"))
+        )
+        [report] = verify_deployment(
+            trust, relay_url=RELAY, http=world.http(), state_file=state,
+            check_node_measurements=False,
+        )  # fmt: skip
+        assert report.verdict == "REFUSED"
+        assert list(failed(report)) == [f"witness {b_name} head"]
+        assert "different roots" in failed(report)[f"witness {b_name} head"]
+        assert json.loads(state.read_text())["heads"] == kept
+    finally:
+        b.store.close()
+        fork.store.close()

@@ -27,7 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -288,10 +288,13 @@ def check_heads(
     http: httpx.Client,
     now: int,
     seen: Checkpoint,
+    kept_heads: Mapping[str, object] | None = None,
 ) -> tuple[Checkpoint, str] | None:
     """One check per witness: its head for the fleet names this record, recently; the
     bundle witness's head also extends `seen` (the larger of the bundle's checkpoint and
-    the state's), as a client checks it. Returns that head (checkpoint, note) if it passed."""
+    the state's), and another witness's the head of it that a client's state file kept
+    (`kept_heads`, by witness name), as a client checks them. Returns the bundle witness's
+    head (checkpoint, note) if it passed."""
     record = report.record
     assert record is not None
     bundle_witness_head = None
@@ -318,6 +321,16 @@ def check_heads(
                 fetch = consistency_fetcher(http, f"{url.rstrip('/')}/v1/consistency")
                 check_log_growth(head.checkpoint, seen, fetch)
                 bundle_witness_head = head.checkpoint, answer.text
+            elif isinstance(kept := (kept_heads or {}).get(verifier.name), str):
+                try:
+                    last = open_head(kept, verifier).checkpoint
+                except TransparencyError as err:
+                    raise InvalidInput(
+                        f"the state file's head of {verifier.name} does not verify with its"
+                        f" key: {err.message}"
+                    ) from None
+                fetch = consistency_fetcher(http, f"{url.rstrip('/')}/v1/consistency")
+                check_log_growth(head.checkpoint, last, fetch)
         except httpx.HTTPError as err:
             report.checks.append(_failed_request(name, "witness", err))
             continue
@@ -325,7 +338,7 @@ def check_heads(
             detail = f"unreachable: not verified ({err.detail})"
             report.checks.append(Check(name, False, detail, unreachable=True))
             continue
-        except (TransparencyError, AnswerRefused) as err:
+        except (TransparencyError, AnswerRefused, InvalidInput) as err:
             report.checks.append(Check(name, False, err.message))
             continue
         report.checks.append(
@@ -614,7 +627,16 @@ def verify_deployment(
                 assert checkpoint is not None  # the bundle passed
                 signed = FleetBundle.from_bytes(bundle).signed_record
                 seen = checkpoint if last is None or checkpoint.size > last.size else last
-                head = check_heads(report, signed, trust, client, int(time.time()), seen)
+                heads = state.get("heads")
+                head = check_heads(
+                    report,
+                    signed,
+                    trust,
+                    client,
+                    int(time.time()),
+                    seen,
+                    heads if isinstance(heads, dict) else None,
+                )
                 if head is not None and (newest is None or head[0].size > newest[0].size):
                     newest = head  # the witness's tree now: what a client keeps too
             else:
