@@ -176,3 +176,35 @@ def test_add_fleet_says_a_running_witness_takes_it_at_its_next_start(
     assert "restart the witness" not in said
     assert "`witness serve` reads it at start (restart a running one)" in said
     assert 'operator_key = "' + OPERATOR_KEY in config.read_text()
+
+
+def test_add_fleet_does_not_replace_a_fleets_operator_key_without_being_told(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`witness add-fleet` for a fleet the witness already vouches for, with another key,
+    replaced the key without a word: from its next start the witness logged whatever that
+    key signs for the fleet (a mistyped or planted key, say), and a record it logs with a
+    higher epoch retires the fleet's real one for every OTA client (their heads name it).
+    Now refused, the config unchanged, unless --replace-key says it is meant."""
+    config = tmp_path / "witness.toml"
+    config.write_text('key_file = "witness.key"\n')
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    add = ["witness", "add-fleet", "--fleet-id", "00ff", "--config", str(config)]
+    with pytest.raises(SystemExit) as done:
+        main([*add, "--operator-key", OPERATOR_KEY])
+    assert done.value.code == 0
+    before = config.read_text()
+    with pytest.raises(SystemExit) as done:  # the same key again: nothing changes
+        main([*add, "--operator-key", OPERATOR_KEY])
+    assert done.value.code == 0 and config.read_text() == before
+    capsys.readouterr()
+    code, error = run([*add, "--operator-key", other], capsys)
+    assert code == 1
+    assert f"already vouches for fleet 00ff under operator key {OPERATOR_KEY}" in error["error"]
+    assert "--replace-key" in error["hint"]
+    assert config.read_text() == before
+    with pytest.raises(SystemExit) as done:
+        main([*add, "--operator-key", other, "--replace-key"])
+    assert done.value.code == 0
+    assert f'operator_key = "{other}"' in config.read_text()
+    assert OPERATOR_KEY not in config.read_text()

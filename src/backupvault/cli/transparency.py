@@ -323,8 +323,16 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
     help="The operator's deployment-signing public key: 64 hex, or a PEM file "
     "(deploy.pub from `fleet keygen`).",
 )
+@click.option(
+    "--replace-key",
+    is_flag=True,
+    help="Replace the operator key of a fleet the witness already vouches for (only when"
+    " its operator has really changed it).",
+)
 @pass_context
-def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operator_key: str) -> None:
+def witness_add_fleet(
+    ctx: Context, witness_config: Path, fleet_id: str, operator_key: str, replace_key: bool
+) -> None:
     """Let the witness log deployment records of FLEET_ID signed by OPERATOR_KEY (restart
     `witness serve` afterwards)."""
     from backupvault.client.trust import load_operator_key
@@ -338,6 +346,23 @@ def witness_add_fleet(ctx: Context, witness_config: Path, fleet_id: str, operato
     # The witness refuses a small-order key at start; say so now, not at the next restart.
     key_hex = check_public_key(load_operator_key(operator_key, Path.cwd()), "--operator-key").hex()
     data = load_toml(witness_config, "witness config")
+    for known in data.get("fleets", []):
+        if not isinstance(known, dict) or str(known.get("fleet_id")) != fleet.hex() or replace_key:
+            continue
+        # The key decides what the witness logs for the fleet: a record another key signs
+        # with a higher epoch would retire the real one for every OTA client.
+        try:
+            configured = load_operator_key(str(known.get("operator_key")), witness_config.parent)
+        except InvalidInput:
+            configured = None
+        if configured is None or configured.hex() != key_hex:
+            shown = known.get("operator_key") if configured is None else configured.hex()
+            raise InvalidInput(
+                f"{witness_config} already vouches for fleet {fleet.hex()} under operator key"
+                f" {shown}, not {key_hex}; nothing was changed",
+                hint="check the key with the fleet's operator; give --replace-key only if they"
+                " really changed it (the witness then logs what the new key signs for it)",
+            )
     fleets = [f for f in data.get("fleets", []) if str(f.get("fleet_id")) != fleet.hex()]
     fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})
     data["fleets"] = fleets
