@@ -208,3 +208,16 @@ def test_add_fleet_does_not_replace_a_fleets_operator_key_without_being_told(
     assert done.value.code == 0
     assert f'operator_key = "{other}"' in config.read_text()
     assert OPERATOR_KEY not in config.read_text()
+
+
+@pytest.mark.parametrize("fleet_id", ["", "ab" * 65, "xyz"])
+def test_add_fleet_refuses_a_fleet_id_no_record_can_have(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fleet_id: str
+) -> None:
+    config = tmp_path / "witness.toml"
+    config.write_text('key_file = "witness.key"\n')
+    code, error = run(["witness", "add-fleet", "--fleet-id", fleet_id, "--operator-key",
+                       OPERATOR_KEY, "--config", str(config)], capsys)  # fmt: skip
+    assert code == 2
+    assert "1 to 64 bytes" in error["error"]
+    assert config.read_text() == 'key_file = "witness.key"\n'

@@ -440,3 +440,33 @@ def test_a_field_witness_toml_does_not_take_is_named(
         WitnessConfig.load(tmp_path / "witness.toml")
     assert f"unknown field {named!r}" in refused.value.message
     assert refused.value.hint is not None and repr(meant) in refused.value.hint
+
+
+@pytest.mark.parametrize("second", ["00FF", "00ff"], ids=["upper case", "same spelling"])
+def test_a_fleet_listed_twice_in_the_config_is_refused(tmp_path: Path, second: str) -> None:
+    """Two [[fleets]] tables for one fleet id (by hand, or spelt in another case) with two
+    keys: the last was taken without a word, so what the witness logs for that fleet
+    depended on the order of the file. An empty fleet id (no record can have one) too."""
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "w.key").write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    first, other = (raw_public_key(Ed25519PrivateKey.generate()).hex() for _ in range(2))
+    head = f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n'
+    (tmp_path / "witness.toml").write_text(
+        head
+        + f'[[fleets]]\nfleet_id = "00ff"\noperator_key = "{first}"\n'
+        + f'[[fleets]]\nfleet_id = "{second}"\noperator_key = "{other}"\n'
+    )
+    with pytest.raises(InvalidInput, match="fleet 00ff is listed twice"):
+        WitnessConfig.load(tmp_path / "witness.toml")
+    (tmp_path / "witness.toml").write_text(
+        head + f'[[fleets]]\nfleet_id = ""\noperator_key = "{first}"\n'
+    )
+    with pytest.raises(InvalidInput, match="1 to 64 bytes"):
+        WitnessConfig.load(tmp_path / "witness.toml")

@@ -338,11 +338,17 @@ def witness_add_fleet(
     from backupvault.client.trust import load_operator_key
     from backupvault.crypto.ed25519 import check_public_key
     from backupvault.node.config import load_toml, write_toml
+    from backupvault.transparency.record import MAX_FLEET_ID
 
     try:
         fleet = bytes.fromhex(fleet_id)
+        if not 1 <= len(fleet) <= MAX_FLEET_ID:  # as in a record: `witness serve` refuses it
+            raise ValueError
     except ValueError:
-        raise UsageError("--fleet-id takes the fleet id in hex (fleet.toml's fleet_id)") from None
+        raise UsageError(
+            f"--fleet-id takes the fleet id in hex, 1 to {MAX_FLEET_ID} bytes (fleet.toml's"
+            " fleet_id)"
+        ) from None
     # The witness refuses a small-order key at start; say so now, not at the next restart.
     key_hex = check_public_key(load_operator_key(operator_key, Path.cwd()), "--operator-key").hex()
     data = load_toml(witness_config, "witness config")

@@ -46,7 +46,7 @@ from backupvault.transparency.errors import (
 )
 from backupvault.transparency.head import sign_head
 from backupvault.transparency.note import Checkpoint, Signer, Verifier, parse_note
-from backupvault.transparency.record import OperatorSignedRecord, raw_public_key
+from backupvault.transparency.record import MAX_FLEET_ID, OperatorSignedRecord, raw_public_key
 from backupvault.transparency.witness_store import WitnessStore
 
 MAX_LEAVES_PAGE = 256
@@ -293,6 +293,14 @@ class WitnessConfig:
             operators = {}
             for fleet in data.get("fleets", []):
                 fleet_id = bytes.fromhex(str(fleet["fleet_id"]))
+                if not 1 <= len(fleet_id) <= MAX_FLEET_ID:
+                    raise InvalidInput(f"a fleet id is 1 to {MAX_FLEET_ID} bytes, in hex")
+                if fleet_id in operators:
+                    # The key decides what is logged for the fleet: never by the file's order.
+                    raise InvalidInput(
+                        f"fleet {fleet_id.hex()} is listed twice in [[fleets]]: keep one table,"
+                        " with the operator key its operator uses"
+                    )
                 operators[fleet_id] = _operator_key(fleet["operator_key"], base)
             allowed = data.get("allowed_measurements")
             measurements = (
