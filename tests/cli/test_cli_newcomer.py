@@ -1298,3 +1298,16 @@ def test_a_fleet_id_no_record_can_have_is_named(tmp_path: Path, make: str, fleet
     done = backupvault("--config", str(config), "vault", "status")
     assert done.returncode == 1, done.stderr
     assert f"config file {config}: field 'fleet_id' is malformed: 1 to 64 bytes" in done.stderr
+
+
+@pytest.mark.parametrize("measurement", ["", "ab" * 31, "ab" * 33])
+def test_an_allowed_measurement_of_the_wrong_length_is_named(
+    tmp_path: Path, measurement: str
+) -> None:
+    """A measurement is 32 bytes: one digit pair short (a copy cut off) matched no fleet,
+    and every bundle was refused as "not an allowed one" (exit 7), blaming the fleet."""
+    config = _ota_toml(tmp_path / "client.toml", allowed_measurements=[measurement])
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1, done.stderr
+    assert "field 'allowed_measurements' is malformed" in done.stderr
+    assert "32 bytes (64 hex digits)" in done.stderr

@@ -823,3 +823,20 @@ def test_another_witness_showing_a_fork_of_what_the_clients_state_kept_is_refuse
     finally:
         b.store.close()
         fork.store.close()
+
+
+@pytest.mark.parametrize("measurement", ["ab" * 31, "ab" * 33, ""])
+def test_an_expected_measurement_of_the_wrong_length_is_a_usage_error(
+    world: World, capsys: pytest.CaptureFixture[str], measurement: str
+) -> None:
+    """`--expect-measurement` "takes 64 hex characters", but took any hex: one cut short
+    matched no fleet, and the verdict was REFUSED (exit 7), as for a fleet that runs
+    other firmware."""
+    world.current = world.deploy(1)
+    args = ["verify-deployment", "--relay", RELAY, "--witness-url", WITNESS, "--skip-nodes"]
+    args += ["--operator-key", raw_public_key(world.operator).hex()]
+    args += ["--witness-key", world.key.vkey(), "--expect-measurement", measurement]
+    with pytest.raises(SystemExit) as done:
+        main(args)
+    assert done.value.code == 2
+    assert "--expect-measurement takes 64 hex characters" in capsys.readouterr().err

@@ -470,3 +470,28 @@ def test_a_fleet_listed_twice_in_the_config_is_refused(tmp_path: Path, second: s
     )
     with pytest.raises(InvalidInput, match="1 to 64 bytes"):
         WitnessConfig.load(tmp_path / "witness.toml")
+
+
+def test_an_allowed_measurement_of_the_wrong_length_is_refused(tmp_path: Path) -> None:
+    """One cut short matched no record: the witness refused every submission as
+    `measurement_not_allowed`, blaming the operator's firmware."""
+    from cryptography.hazmat.primitives import serialization
+
+    (tmp_path / "w.key").write_bytes(
+        Ed25519PrivateKey.generate().private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    for measurement, refused in ((MEASUREMENT.hex(), False), (MEASUREMENT.hex()[:-2], True)):
+        (tmp_path / "witness.toml").write_text(
+            f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n'
+            f'allowed_measurements = ["{measurement}"]\n'
+        )
+        if refused:
+            with pytest.raises(InvalidInput, match="32 bytes each"):
+                WitnessConfig.load(tmp_path / "witness.toml")
+        else:
+            policy = WitnessConfig.load(tmp_path / "witness.toml").policy
+            assert policy.allowed_measurements == frozenset({MEASUREMENT})

@@ -580,6 +580,7 @@ def verify_deployment_command(
     )
     from backupvault.http_answers import untrusted_client
     from backupvault.transparency.head import DEFAULT_MAX_AGE
+    from backupvault.transparency.record import MEASUREMENT_LEN
 
     config = _client_ota(ctx)
     ota = None if config is None else config.ota
@@ -598,6 +599,8 @@ def verify_deployment_command(
         relay_url = config.relay_url
     try:
         allowed = frozenset(bytes.fromhex(m) for m in expected) if expected else None
+        if allowed is not None and any(len(m) != MEASUREMENT_LEN for m in allowed):
+            raise ValueError  # one cut short matches no fleet: REFUSED, blaming it
     except ValueError:
         raise UsageError("--expect-measurement takes 64 hex characters") from None
     witnesses: list[tuple[Verifier, str]] = []

@@ -84,7 +84,7 @@ from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.tokens import device_key_from_hex
 from backupvault.transparency.head import DEFAULT_MAX_AGE
-from backupvault.transparency.record import MAX_FLEET_ID
+from backupvault.transparency.record import MAX_FLEET_ID, MEASUREMENT_LEN
 
 TRUST_MODES = ("pinned", "ota")
 
@@ -426,7 +426,7 @@ class ClientConfig:
                     else _field(
                         path,
                         "allowed_measurements",
-                        lambda: frozenset(_hex(m) for m in allowed),
+                        lambda: frozenset(_measurement(m) for m in allowed),
                     )
                 ),
             )
@@ -586,6 +586,17 @@ def _hex(value: str) -> bytes:
         return bytes.fromhex(value)
     except ValueError:
         raise InvalidInput(f"{value!r} is not hexadecimal") from None
+
+
+def _measurement(value: str) -> bytes:
+    """A firmware measurement: 32 bytes in hex (one cut short matched no fleet)."""
+    measurement = _hex(value)
+    if len(measurement) != MEASUREMENT_LEN:
+        raise InvalidInput(
+            f"{value!r} is not a measurement: each is {MEASUREMENT_LEN} bytes"
+            f" ({2 * MEASUREMENT_LEN} hex digits), as `backupvault fleet measure` prints it"
+        )
+    return measurement
 
 
 def _witnesses(path: Path, data: dict[str, Any]) -> list[dict[str, Any]]:

@@ -46,7 +46,12 @@ from backupvault.transparency.errors import (
 )
 from backupvault.transparency.head import sign_head
 from backupvault.transparency.note import Checkpoint, Signer, Verifier, parse_note
-from backupvault.transparency.record import MAX_FLEET_ID, OperatorSignedRecord, raw_public_key
+from backupvault.transparency.record import (
+    MAX_FLEET_ID,
+    MEASUREMENT_LEN,
+    OperatorSignedRecord,
+    raw_public_key,
+)
 from backupvault.transparency.witness_store import WitnessStore
 
 MAX_LEAVES_PAGE = 256
@@ -306,6 +311,12 @@ class WitnessConfig:
             measurements = (
                 None if allowed is None else frozenset(bytes.fromhex(str(m)) for m in allowed)
             )
+            if measurements is not None and any(len(m) != MEASUREMENT_LEN for m in measurements):
+                # One cut short matches no record: every submission would be refused.
+                raise InvalidInput(
+                    f"allowed_measurements are {MEASUREMENT_LEN} bytes each, in hex (as"
+                    " `backupvault fleet measure` prints them)"
+                )
             unlimited = data.get("unlimited_addresses", [])
             if not isinstance(unlimited, list):
                 raise InvalidInput("unlimited_addresses is a list of addresses or networks")
