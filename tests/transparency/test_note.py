@@ -185,3 +185,32 @@ def test_malformed_checkpoints(text: str) -> None:
     signer = Signer("log", Ed25519PrivateKey.generate())
     with pytest.raises(MalformedNote):
         open_checkpoint(sign_note(text, [signer]) if text.endswith("\n") else text, signer.verifier)
+
+
+#: A small-order Ed25519 key (the identity point): under it the signature
+#: (R = identity, S = 0) verifies for every message.
+SMALL_ORDER_KEY = bytes([1]) + bytes(31)
+FORGED_SIGNATURE = SMALL_ORDER_KEY + bytes(32)
+
+
+def test_a_small_order_witness_key_is_refused() -> None:
+    """A vkey (or a 64-hex witness key) naming a small-order point made every note,
+    cosignature and fleet head "signed" by it for anyone: the forged signature below
+    verified for any text. Such a key is refused where it is read, as a record's keys
+    are."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
+    from backupvault.client.trust import load_witness_verifier
+    from backupvault.errors import InvalidInput
+    from backupvault.transparency.note import key_id
+
+    name = "witness.example/log"
+    Ed25519PublicKey.from_public_bytes(SMALL_ORDER_KEY).verify(FORGED_SIGNATURE, b"any text")
+    material = base64.b64encode(b"\x01" + SMALL_ORDER_KEY).decode()
+    vkey = f"{name}+{key_id(name, SMALL_ORDER_KEY).hex()}+{material}"
+    with pytest.raises(MalformedNote, match="prime-order"):
+        Verifier.from_vkey(vkey)
+    with pytest.raises(MalformedNote, match="prime-order"):
+        Verifier(name, Ed25519PublicKey.from_public_bytes(SMALL_ORDER_KEY))
+    with pytest.raises(InvalidInput, match="witness_public_key is not a witness key"):
+        load_witness_verifier(SMALL_ORDER_KEY.hex(), name)

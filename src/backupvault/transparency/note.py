@@ -33,6 +33,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from backupvault.crypto.ed25519 import check_public_key
+from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
     BadNoteSignature,
     MalformedNote,
@@ -101,6 +103,12 @@ class Verifier:
 
     def __post_init__(self) -> None:
         check_key_name(self.name)
+        # Under a small-order key a forged signature verifies for any text: every note,
+        # cosignature and fleet head would be "signed" for whoever makes one.
+        try:
+            check_public_key(_raw_public(self.public_key), f"the key of {self.name}")
+        except InvalidInput as err:
+            raise MalformedNote(err.message) from None
 
     @property
     def key_id(self) -> bytes:
