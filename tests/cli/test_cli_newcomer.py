@@ -446,7 +446,7 @@ def _ota_toml(path: Path, **fields: object) -> Path:
         "token": "t",
         "fleet_token": "t",
         "device_key": "44" * 32,
-        "operator_public_key": "55" * 32,
+        "operator_public_key": Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex(),
         "witness_public_key": vkey,
         "witness_url": "http://127.0.0.1:9",
         **fields,
@@ -1311,3 +1311,14 @@ def test_an_allowed_measurement_of_the_wrong_length_is_named(
     assert done.returncode == 1, done.stderr
     assert "field 'allowed_measurements' is malformed" in done.stderr
     assert "32 bytes (64 hex digits)" in done.stderr
+
+
+def test_a_small_order_operator_key_in_an_ota_config_is_named(tmp_path: Path) -> None:
+    """No record can carry a small-order operator key (the record parser refuses it), so a
+    config naming one refused every bundle as signed by "another operator key" (exit 7),
+    blaming the relay. It is the config's error (exit 1), naming the field."""
+    config = _ota_toml(tmp_path / "client.toml", operator_public_key="01" + "00" * 31)
+    done = backupvault("--config", str(config), "vault", "status")
+    assert done.returncode == 1, done.stderr
+    assert "field 'operator_public_key' is malformed" in done.stderr
+    assert "prime-order" in done.stderr

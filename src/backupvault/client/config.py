@@ -402,8 +402,11 @@ class ClientConfig:
                 operator_key=_field(
                     path,
                     "operator_public_key",
-                    lambda: load_operator_key(
-                        _home(_string(path, data, "operator_public_key")), base
+                    # No record carries a small-order key: say so here, not as a refusal of
+                    # every bundle the relay serves.
+                    lambda: check_public_key(
+                        load_operator_key(_home(_string(path, data, "operator_public_key")), base),
+                        "the operator key",
                     ),
                 ),
                 witness=_field(
