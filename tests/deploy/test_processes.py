@@ -111,3 +111,27 @@ def test_a_damaged_processes_file_is_one_clear_error(tmp_path: Path, text: str) 
     assert done.returncode == 1
     assert "processes.json is not a list of this deployment's processes" in done.stderr
     assert "bug" not in done.stderr
+
+
+def test_a_stop_returns_only_once_the_killed_process_is_gone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A process that outlives its shutdown time is killed, and the stop waits until it is
+    gone: a node still dying on a loaded machine answered its successor's health poll,
+    and `wait_ready` took that for the new process being ready."""
+    signals: list[int] = []
+    polls_after_kill = 3
+
+    def alive(pid: int | None) -> bool:
+        nonlocal polls_after_kill
+        if not signals:
+            return True  # ignores SIGTERM
+        polls_after_kill -= 1
+        return polls_after_kill > 0  # SIGKILL takes a few polls to land
+
+    monkeypatch.setattr(local, "_alive", alive)
+    monkeypatch.setattr(local.os, "kill", lambda pid, sig: signals.append(sig))
+    monkeypatch.setattr(local.os, "waitpid", lambda pid, flags: (0, 0))
+    local._wait_gone(4242, timeout=0.2)
+    assert signals == [local.signal.SIGKILL]
+    assert polls_after_kill == 0

@@ -923,15 +923,25 @@ def _alive(pid: int | None) -> bool:
 
 
 def _wait_gone(pid: int, timeout: float = 5.0) -> None:
-    deadline = time.monotonic() + timeout
+    """Until the process has exited: `timeout` seconds for its own shutdown, then SIGKILL
+    and as long again for that to take. Returning while it still runs let a node killed
+    on a loaded machine answer the next start's health poll for its successor."""
+    if _exited(pid, time.monotonic() + timeout):
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGKILL)
+    _exited(pid, time.monotonic() + timeout)
+
+
+def _exited(pid: int, deadline: float) -> bool:
     while time.monotonic() < deadline:
         with_child = False
         with contextlib.suppress(ChildProcessError):
             with_child = os.waitpid(pid, os.WNOHANG) != (0, 0)
         if with_child or not _alive(pid):
-            return
+            return True
         time.sleep(0.05)
-    os.kill(pid, signal.SIGKILL)
+    return False
 
 
 def _healthy(url: str, ready: bool) -> bool:
