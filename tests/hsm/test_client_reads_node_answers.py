@@ -9,6 +9,7 @@ partials agree on, and a node never counts the last reset's B as a new attempt."
 
 from __future__ import annotations
 
+import random
 import time
 from dataclasses import replace
 
@@ -28,7 +29,7 @@ from backupvault.protocol import (
     ResetRequest,
 )
 from backupvault.sim.clients import SIM_KSF
-from backupvault.sim.world import Simulation, threshold_world
+from backupvault.sim.world import Simulation, threshold_world, wrong_partial
 
 HOSTILE = 0
 
@@ -145,8 +146,23 @@ def test_two_recoveries_at_once_both_succeed(monkeypatch: pytest.MonkeyPatch) ->
     # counted while the first one's request is on its way, so the nodes refuse the first
     # as stale ("a later attempt was already made", nothing counted). It used to end in
     # exit 5 with advice to check the clock; now the attempt is made again.
-    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     bridge = Bridge(threshold_world(5, LIMIT, seed=4))
+    recovered = _overtaken_recovery(monkeypatch, bridge, 0, {})
+    assert recovered.root_key == RK  # type: ignore[attr-defined]
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(5)] == [0] * 5
+
+
+def _overtaken_recovery(
+    monkeypatch: pytest.MonkeyPatch,
+    bridge: Bridge,
+    overtake_at: int,
+    answer_instead: dict[int, Message],
+) -> object:
+    """The first device's correct recovery, overtaken by the second device's when its
+    evaluate reaches node `overtake_at`: the nodes asked after that refuse the first's
+    attempt as stale. `answer_instead` replaces those nodes' evaluate answers (a liar, a
+    node that lost its share) on every try."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     first, second = bridge.vault(), bridge.vault()
     first.register("right", RK, ksf=SIM_KSF)
     honest = Simulation.request
@@ -155,14 +171,42 @@ def test_two_recoveries_at_once_both_succeed(monkeypatch: pytest.MonkeyPatch) ->
     def racing(
         world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
     ) -> Message:
-        if isinstance(inner, EvaluateRequest) and not overtaken:
+        if isinstance(inner, EvaluateRequest) and slot == overtake_at and not overtaken:
             overtaken.append(True)
-            monkeypatch.setattr(Simulation, "request", honest)
             time.sleep(0.002)  # a later clock for the other device's attempt
             assert second.recover("right", ksf_floor=SIM_KSF).root_key == RK
-        return honest(world, slot, op, inner, seconds)
+        answer = honest(world, slot, op, inner, seconds)
+        if isinstance(inner, EvaluateRequest) and slot in answer_instead:
+            return answer_instead[slot]
+        return answer
 
     monkeypatch.setattr(Simulation, "request", racing)
     recovered = first.recover("right", ksf_floor=SIM_KSF)
-    assert overtaken and recovered.root_key == RK
-    assert [bridge.world.honest[s].rows[KEY].count for s in range(5)] == [0] * 5
+    assert overtaken
+    return recovered
+
+
+def test_a_recovery_overtaken_while_a_node_lies_is_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sim seeds 10347053, 10347251 (one hostile node of 5): the honest nodes refused the
+    # attempt as stale, and the liar's partial made the client stop with "node 0 sent a
+    # partial that does not verify" before it looked at why the honest ones gave none.
+    bridge = Bridge(threshold_world(5, LIMIT, seed=2))
+    liar = {HOSTILE: wrong_partial(random.Random(1), HOSTILE)}
+    recovered = _overtaken_recovery(monkeypatch, bridge, HOSTILE, liar)
+    assert recovered.root_key == RK  # type: ignore[attr-defined]
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(1, 5)] == [0] * 4
+
+
+def test_a_recovery_overtaken_after_some_partials_is_made_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sim seed 10347203: two nodes gave partials, two refused the attempt as stale, one
+    # had lost its share. Fewer than t were stale, so "more than N - t stale" did not
+    # fire, though the stale ones were all that kept t partials from coming.
+    bridge = Bridge(threshold_world(5, LIMIT, seed=3))
+    lost = ErrorResponse(ErrorCode.NOT_REGISTERED, "no share", 0)
+    recovered = _overtaken_recovery(monkeypatch, bridge, 2, {4: lost})
+    assert recovered.root_key == RK  # type: ignore[attr-defined]
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(4)] == [0] * 4

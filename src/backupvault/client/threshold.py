@@ -80,7 +80,7 @@ EVALUATE_PATIENCE_SECONDS = 5.0
 #: Reset and share-delivery fan-outs while some node gave no answer or could not commit in
 #: time (several nodes commit the same entry at once), RETRY_BACKOFF_SECONDS apart (doubling).
 RESET_TRIES = 3
-#: An attempt refused as stale by so many nodes that t partials cannot come (another
+#: An attempt that lacks t partials only because nodes refused it as stale (another
 #: recovery of the same entry, from this or another device, was counted in between) is
 #: made again, with a new B and clock, up to this many times, after a random pause.
 STALE_ATTEMPT_RETRIES = 2
@@ -150,7 +150,8 @@ def _may_have_counted(err: VaultError) -> VaultError:
 
 
 class _Superseded(Exception):
-    """This attempt was refused as stale by more than N − t nodes (`recover` tries again)."""
+    """This attempt was refused as stale by the nodes it lacked (`superseded`; `recover`
+    tries again)."""
 
     def __init__(self, error: FleetUnavailable) -> None:
         super().__init__(error.message)
@@ -194,6 +195,13 @@ def _agreed_attempt(good: dict[int, EvaluateResponse], t: int) -> int | None:
     node's count with the signature (review s23)."""
     votes = Counter(r.attempt for r in good.values()).most_common(1)
     return votes[0][0] if votes and votes[0][1] >= t else None
+
+
+def superseded(good: int, stale: int, t: int) -> bool:
+    """Whether an attempt that got `good` (< t) verified partials lost them to another
+    attempt counted after it: the `stale` nodes would have made t. Then the attempt is made
+    again, with a new B and clock (`STALE_ATTEMPT_RETRIES`). The sim's clients use it too."""
+    return good < t <= good + stale
 
 
 def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
@@ -1153,6 +1161,25 @@ class ThresholdVault:
                 # Not retried here: the password typed may be the one just replaced, and
                 # asking again would spend a guess of the new version on it.
                 raise EntryChanged(manifest.version)
+            stale = errors.count(ErrorCode.STALE_ATTEMPT)
+            unavailable = FleetUnavailable(
+                f"need {self.t} partial evaluations, {len(good)} nodes gave one "
+                f"({'; '.join(problems[i] for i in sorted(problems))})",
+                hint=EVALUATION_UNANSWERED_HINT,
+            )
+            if stale > self.nodes - self.t:
+                # More than N − t refusals include an honest node's. Told as what they are:
+                # "too few answered, try again later" named neither the refusal nor its
+                # likely lasting cause, a device with its clock ahead (review s34).
+                unavailable = FleetUnavailable(
+                    f"{stale} of {self.nodes} vault nodes refused this attempt as older"
+                    " than the latest one they counted",
+                    hint=STALE_ATTEMPT_HINT,
+                )
+            # Before the liars are named: a node whose partial does not verify must not
+            # keep the others' attempt, overtaken by another one, from being made again.
+            if superseded(len(good), stale, self.t):
+                raise _Superseded(unavailable)
             if rejected:
                 raise VaultError(
                     f"need {self.t} partial evaluations that verify, have {len(good)};"
@@ -1160,23 +1187,7 @@ class ThresholdVault:
                     " against the entry's commitments",
                     hint="report the named nodes to the operator; try again later",
                 )
-            stale = errors.count(ErrorCode.STALE_ATTEMPT)
-            if stale > self.nodes - self.t:
-                # More than N − t refusals include an honest node's. Told as what they are:
-                # "too few answered, try again later" named neither the refusal nor its
-                # likely lasting cause, a device with its clock ahead (review s34).
-                raise _Superseded(
-                    FleetUnavailable(
-                        f"{stale} of {self.nodes} vault nodes refused this attempt as older"
-                        " than the latest one they counted",
-                        hint=STALE_ATTEMPT_HINT,
-                    )
-                )
-            raise FleetUnavailable(
-                f"need {self.t} partial evaluations, {len(good)} nodes gave one "
-                f"({'; '.join(problems[i] for i in sorted(problems))})",
-                hint=EVALUATION_UNANSWERED_HINT,
-            )
+            raise unavailable
         partials = [threshold.Partial(index + 1, r.evaluated, r.proof) for index, r in good.items()]
         combination = threshold.combine(manifest.commitments, blinded, partials)
         used = [good[i - 1] for i in combination.used]

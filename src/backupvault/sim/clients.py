@@ -22,6 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.client.pending import Due, Pending, PendingStore
+from backupvault.client.threshold import STALE_ATTEMPT_RETRIES, superseded
 from backupvault.codec import Message
 from backupvault.crypto import ksf, manifest, oprf, owner, threshold
 from backupvault.crypto.seal import NodePublicKey
@@ -64,6 +65,8 @@ class Call:
     op: Op
     requests: tuple[Message, ...]  # request i goes to node i
     resend: bool = False  # the same call again (the world waits a little first)
+    #: A new attempt after an overtaken one (the world waits a little first, as for a resend).
+    again: bool = False
 
 
 Answers = dict[int, Message]
@@ -87,6 +90,8 @@ class Outcome:
     rejected: tuple[int, ...] = ()
     #: Why the flow could not go on (re-raised by the synchronous client).
     error: AuthenticationFailed | None = None
+    #: Another attempt was counted in between and took the partials this one lacked.
+    superseded: bool = False
 
 
 @dataclass
@@ -139,14 +144,19 @@ def _changed(ctx: FlowContext, codes: list[str]) -> bool:
     return codes.count(ErrorCode.STALE_MANIFEST) > ctx.nodes - ctx.threshold
 
 
-def fetch_manifest(ctx: FlowContext) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
+def fetch_manifest(
+    ctx: FlowContext, again: bool = False
+) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
-    the reason there is none (no entry, destroyed, or not enough agreeing nodes)."""
+    the reason there is none (no entry, destroyed, or not enough agreeing nodes). `again`:
+    the first read starts a new attempt after an overtaken one (after a pause)."""
     request = ManifestRequest(ctx.account, ctx.entry)
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
     for attempt in range(TRIES):
-        answers = yield Call(Op.MANIFEST, (request,) * ctx.nodes, resend=attempt > 0)
+        answers = yield Call(
+            Op.MANIFEST, (request,) * ctx.nodes, resend=attempt > 0, again=again and not attempt
+        )
         live = {
             slot: a.manifest
             for slot, a in answers.items()
@@ -385,12 +395,12 @@ def _answered(answers: Answers) -> set[int]:
 
 
 def _fetch_after_owed_deliveries(
-    ctx: FlowContext,
+    ctx: FlowContext, again: bool = False
 ) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
     """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go first
     (one try) when an owed node answered, and the manifests are read again if one was
     taken, so this recovery can use it."""
-    answers, found = yield from fetch_manifest(ctx)
+    answers, found = yield from fetch_manifest(ctx, again)
     if found.agreed is None:
         return answers, found
     encoded = found.agreed.to_bytes()
@@ -410,8 +420,17 @@ def _fetch_after_owed_deliveries(
 
 def recover(ctx: FlowContext, password: bytes) -> Flow:
     """The root key behind `password`: agreed manifest, every node's partial checked
-    against K_i from it, combined, opened, and a signed reset to every node."""
-    answers, found = yield from _fetch_after_owed_deliveries(ctx)
+    against K_i from it, combined, opened, and a signed reset to every node. As the SDK's
+    `recover`: an attempt overtaken by another one is made again, after a pause."""
+    for retry in range(STALE_ATTEMPT_RETRIES + 1):
+        outcome = yield from _recover_once(ctx, password, again=retry > 0)
+        if not outcome.superseded:
+            break
+    return outcome
+
+
+def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
+    answers, found = yield from _fetch_after_owed_deliveries(ctx, again)
     if found.agreed is None:
         return found
     agreed = found.agreed
@@ -467,7 +486,13 @@ def recover(ctx: FlowContext, password: bytes) -> Flow:
             # As the SDK (`EntryChanged`): the manifest read is out of date, no guess used.
             return Outcome("entry changed", agreed=agreed, rejected=failure.rejected, error=failure)
         text = "destroyed" if ErrorCode.DESTROYED in codes else "unavailable"
-        return Outcome(f"{text} ({len(good)} partials)", rejected=failure.rejected, error=failure)
+        return Outcome(
+            f"{text} ({len(good)} partials)",
+            rejected=failure.rejected,
+            error=failure,
+            # Before the liars count, as the SDK (seeds 10347053, 10347203 with a hostile node).
+            superseded=superseded(len(good), codes.count(ErrorCode.STALE_ATTEMPT), ctx.threshold),
+        )
     output = oprf.finalize(password, blind, combination.evaluated)
     registered = ctx.credentials.by_manifest.get(agreed.to_bytes())
     try:

@@ -1034,9 +1034,12 @@ class Simulation:
             return
         c.call = call
         self.captured += [(call.op, request) for request in call.requests]
-        if call.resend:
-            self.stats["unavailable"] += 1
-            self.log(f"client c{c.index} resends its {call.op}")
+        if call.resend or call.again:
+            if call.again:
+                self.log(f"client c{c.index} makes its overtaken attempt again")
+            else:
+                self.stats["unavailable"] += 1
+                self.log(f"client c{c.index} resends its {call.op}")
             self.at(self.now + self.rng.uniform(0.2, 1.0), "client_send", c.index)
         else:
             self._send_call(c)
