@@ -529,17 +529,18 @@ def test_regression_two_honest_holders_beside_a_silent_hostile_node_are_not_enou
     assert result.stats["no_shares"] > 0  # the lost shares were seen, not avoided
 
 
-# Found on fresh seeds (300 from 10,347,000 with one hostile node of five): two devices'
-# recoveries of one entry met (the hostile node's silence makes every manifest read wait
-# out the fan-out's grace, so their evaluates leave together); the nodes refused the one
-# counted first as stale. The sim's clients never made such an attempt again, and the SDK
-# did not when the liar's partial was rejected or a node without a share kept the stale
-# refusals below N - t + 1. Both now try again when the stale refusals are what kept t
-# partials from coming (`client.threshold.superseded`); the deterministic tests are
+# Found on fresh seeds with one hostile node of five (300 from 10,347,000; 10610194 and
+# 10610217 from 10,610,000, open since session 33): two devices' recoveries of one entry
+# met (the hostile node's silence makes every manifest read wait out the fan-out's
+# grace, so their evaluates leave together); the nodes refused the one counted first as
+# stale. The sim's clients never made such an attempt again, and the SDK did not when the
+# liar's partial was rejected or a node without a share kept the stale refusals below
+# N - t + 1. Both now try again when the stale refusals are what kept t partials from
+# coming (`client.threshold.superseded`); the deterministic tests are
 # tests/hsm/test_client_reads_node_answers.py
 # test_a_recovery_overtaken_while_a_node_lies_is_made_again and
 # test_a_recovery_overtaken_after_some_partials_is_made_again.
-@pytest.mark.parametrize("seed", [10347053, 10347203, 10347251, 10347256])
+@pytest.mark.parametrize("seed", [10347053, 10347203, 10347251, 10347256, 10610194, 10610217])
 def test_regression_an_overtaken_recovery_is_made_again_beside_a_hostile_node(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
