@@ -539,12 +539,12 @@ def test_regression_two_honest_holders_beside_a_silent_hostile_node_are_not_enou
 # coming (`client.threshold.superseded`); the deterministic tests are
 # tests/hsm/test_client_reads_node_answers.py
 # test_a_recovery_overtaken_while_a_node_lies_is_made_again and
-# test_a_recovery_overtaken_after_some_partials_is_made_again.
+# test_a_recovery_overtaken_after_some_partials_is_made_again (a later change to the
+# clients may move a seed's schedule off the race; those tests keep it).
 @pytest.mark.parametrize("seed", [10347053, 10347203, 10347251, 10347256, 10610194, 10610217])
 def test_regression_an_overtaken_recovery_is_made_again_beside_a_hostile_node(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
-    assert any("makes its overtaken attempt again" in line for line in result.trace)
 
 
 # Found on fresh seeds with one hostile node of five (10342295 from 10,342,000; 10347067
@@ -555,5 +555,17 @@ def test_regression_an_overtaken_recovery_is_made_again_beside_a_hostile_node(se
 # tests are tests/sim/test_quiet_period.py.
 @pytest.mark.parametrize("seed", [10342295, 10347067, 10347194])
 def test_regression_a_long_queue_beside_a_silent_hostile_node_is_not_stuck(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)
+
+
+# Found on fresh seeds (300 from 10,342,000 with one hostile node of five, after the
+# overtaken-attempt retry changed that run's schedule): a recovery read the manifests
+# while another device's registration was being committed; two nodes answered holding a
+# share (one had not yet promoted its staged share, another not yet taken M), the hostile
+# node was silent, and the sim's client gave up at once where the SDK's `_live` reads
+# again. The sim now does; the scripted tests are tests/sim/test_manifest_reread.py.
+@pytest.mark.parametrize("seed", [10342053])
+def test_regression_fewer_than_t_holders_with_a_node_silent_reads_again(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)

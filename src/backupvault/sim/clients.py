@@ -145,17 +145,21 @@ def _changed(ctx: FlowContext, codes: list[str]) -> bool:
 
 
 def fetch_manifest(
-    ctx: FlowContext, again: bool = False
+    ctx: FlowContext, again: bool = False, reread: bool = False
 ) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
     the reason there is none (no entry, destroyed, or not enough agreeing nodes). `again`:
-    the first read starts a new attempt after an overtaken one (after a pause)."""
+    the first read starts a new attempt after an overtaken one; `reread`: it asks again
+    (both after a pause)."""
     request = ManifestRequest(ctx.account, ctx.entry)
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
     for attempt in range(TRIES):
         answers = yield Call(
-            Op.MANIFEST, (request,) * ctx.nodes, resend=attempt > 0, again=again and not attempt
+            Op.MANIFEST,
+            (request,) * ctx.nodes,
+            resend=attempt > 0 or reread,
+            again=again and not attempt,
         )
         live = {
             slot: a.manifest
@@ -394,15 +398,44 @@ def _answered(answers: Answers) -> set[int]:
     return {slot for slot, a in answers.items() if isinstance(a, ManifestResponse)}
 
 
+Live = tuple[Answers, Outcome, set[int]]
+
+
+def _live(ctx: FlowContext, again: bool = False) -> Generator[Call, Answers, Live]:
+    """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
+    of it, read again while fewer than t did and some other node gave no answer (a node
+    may be about to promote its staged share or take M: seed 10342053)."""
+    holders: set[int] = set()
+    agreed_before = b""
+    answers: Answers = {}
+    found = Outcome("no manifest fetched")
+    for attempt in range(TRIES):
+        answers, found = yield from fetch_manifest(ctx, again and not attempt, attempt > 0)
+        if found.agreed is None:
+            return answers, found, set()
+        encoded = found.agreed.to_bytes()
+        if encoded != agreed_before:
+            holders, agreed_before = set(), encoded
+        holders |= {
+            slot
+            for slot, a in answers.items()
+            if isinstance(a, ManifestResponse) and a.manifest == encoded and a.holds_share
+        }
+        silent = any(_transient(answers.get(s)) for s in range(ctx.nodes) if s not in holders)
+        if len(holders) >= ctx.threshold or not silent:
+            break
+    return answers, found, holders
+
+
 def _fetch_after_owed_deliveries(
     ctx: FlowContext, again: bool = False
-) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
+) -> Generator[Call, Answers, Live]:
     """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go first
     (one try) when an owed node answered, and the manifests are read again if one was
     taken, so this recovery can use it."""
-    answers, found = yield from fetch_manifest(ctx, again)
+    answers, found, holders = yield from _live(ctx, again)
     if found.agreed is None:
-        return answers, found
+        return answers, found, holders
     encoded = found.agreed.to_bytes()
     answered = _answered(answers)
     owed = [
@@ -411,11 +444,11 @@ def _fetch_after_owed_deliveries(
         if r.op is Op.REGISTER_SHARE and r.manifest == encoded and set(r.nodes) & answered
     ]
     if not owed:
-        return answers, found
+        return answers, found, holders
     yield from finish(ctx, found.agreed, answered, tries=1)
     if owed[0] in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
-        return answers, found  # nobody took it: no need to ask again
-    return (yield from fetch_manifest(ctx))
+        return answers, found, holders  # nobody took it: no need to ask again
+    return (yield from _live(ctx))
 
 
 def recover(ctx: FlowContext, password: bytes) -> Flow:
@@ -430,17 +463,12 @@ def recover(ctx: FlowContext, password: bytes) -> Flow:
 
 
 def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
-    answers, found = yield from _fetch_after_owed_deliveries(ctx, again)
+    answers, found, holding = yield from _fetch_after_owed_deliveries(ctx, again)
     if found.agreed is None:
         return found
     agreed = found.agreed
-    encoded = agreed.to_bytes()
     answered = _answered(answers)
-    holders = sum(
-        1
-        for a in answers.values()
-        if isinstance(a, ManifestResponse) and a.manifest == encoded and a.holds_share
-    )
+    holders = len(holding)
     if holders < ctx.threshold:
         # As the SDK: an attempt that could only fail is not sent, so no guess is counted.
         failure = threshold.NotEnoughPartials(
