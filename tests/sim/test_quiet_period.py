@@ -10,7 +10,7 @@ from backupvault.protocol import ManifestRequest, Op
 from backupvault.sim import SimConfig, clients
 from backupvault.sim.clients import Call, Flow, FlowContext
 from backupvault.sim.shrink import report
-from backupvault.sim.world import OP_DEADLINE, Plan, Simulation, Step
+from backupvault.sim.world import OP_DEADLINE, Plan, Simulation, Step, _Node
 
 HOSTILE = SimConfig(nodes=5, hostile=1)
 
@@ -52,3 +52,23 @@ def test_a_client_stuck_in_one_operation_is_still_reported(
     assert result.violation is not None and result.violation.invariant == "liveness"
     assert "still busy with status" in result.violation.detail
     assert result.at < HOSTILE.chaos_seconds + OP_DEADLINE + HOSTILE.quiet_seconds
+
+
+def test_a_node_not_caught_up_when_the_quiet_period_ends_is_reported_though_clients_run_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The clients' extra time is theirs: a node that catches up only after the quiet
+    # period would have been reported without the busy client, and still is.
+    late = HOSTILE.chaos_seconds + HOSTILE.quiet_seconds + 5.0
+    world = Simulation(_plan(["change_password"] * 6, 24.0), HOSTILE)
+    ready = _Node.ready.fget
+    assert ready is not None
+
+    def slow_node_two(n: _Node) -> bool:
+        return bool(ready(n)) and (n.index != 2 or world.now < 24.0 or world.now > late)
+
+    monkeypatch.setattr(_Node, "ready", property(slow_node_two))
+    result = world.run()
+    assert result.violation is not None, report(result)
+    assert result.violation.detail == "node2 never caught up after the heal"
+    assert result.at > late  # the run went on for the clients, past node 2's catch-up
