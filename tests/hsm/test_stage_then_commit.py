@@ -16,6 +16,8 @@ from backupvault.protocol import (
     AckKind,
     CommitAck,
     CommitSharesRequest,
+    DeleteShareRequest,
+    EntryStatus,
     ErrorCode,
     ErrorResponse,
     Op,
@@ -249,3 +251,53 @@ def test_two_devices_staging_at_once_both_stage_and_the_first_commit_wins() -> N
     )
     refused = world.request(0, Op.COMMIT_SHARES, late)
     assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.ALREADY_REGISTERED
+
+
+def test_a_registration_staged_after_the_delete_was_taken_survives_the_delete_request() -> None:
+    """A node that took the owner's delete through other nodes' rounds, then staged another
+    device's registration of the next version, and only then got its own copy of the
+    delete, erased the staged share with the deleted one: the registration committed on
+    its acknowledgements with no share there (sim seed 10356181: none on any honest node)."""
+    world = threshold_world(5, 10)
+    client = ThresholdClient(world, entry="chat")
+    client.register(b"old", ROOT_KEY)
+    recovered = client.recover(b"old")
+    assert recovered is not None
+    current = client.agreed()
+    statement = owner.OwnerStatement(
+        owner.StatementKind.DELETE,
+        FLEET_ID,
+        "alice",
+        "chat",
+        current.version,
+        7,
+        owner.payload_hash(current.to_bytes()),
+    )
+    delete = DeleteShareRequest(
+        "alice", "chat", current.version, 7, owner.sign_statement(recovered[0], statement)
+    )
+    key = EntryId("alice", "chat").to_bytes()
+    for slot in (1, 2, 3, 4):
+        assert isinstance(world.request(slot, Op.DELETE_SHARE, delete), ShareAck)
+    assert world.replicated(0, key).status == EntryStatus.EMPTY  # taken as an acceptor
+    new = _dealt(current.version + 1, b"again")
+    acks = []
+    for slot in range(5):
+        stage = RegisterShareRequest(
+            "alice", "chat", new.manifest.to_bytes(), new.shares[slot].to_bytes(), b"", 0
+        )
+        answer = world.request(slot, Op.REGISTER_SHARE, stage)
+        assert isinstance(answer, ShareAck) and answer.kind == AckKind.STAGED
+        acks.append(CommitAck(answer.index, AckKind.STAGED, answer.signature))
+    erased = world.request(0, Op.DELETE_SHARE, delete)  # node 0's own copy, late
+    assert isinstance(erased, ShareAck) and erased.kind == AckKind.ERASED
+    assert not world.honest[0].rows[key].share
+    commit = CommitSharesRequest(
+        "alice", "chat", new.manifest.to_bytes(), b"", 0, encode_commit_acks(acks[:3])
+    )
+    assert isinstance(world.request(1, Op.COMMIT_SHARES, commit), ShareAck)
+    assert world.run_until(
+        lambda: all(world.honest[s].rows[key].version == new.manifest.version for s in range(5)),
+        30.0,
+    )
+    assert world.honest[0].rows[key].share == new.shares[0].to_bytes()

@@ -1521,6 +1521,15 @@ class ShareKeeper:
                     )
                 share_key = Manifest.from_bytes(held).commitments.node_public_key(self.index)
                 ack = self._sign_ack(AckKind.ERASED, account, entry, held, share_key)
+                # A later version's staged share stays: another device may have staged
+                # its registration here once this node held the delete (chosen through
+                # another node's round), before this node's own copy of the delete came;
+                # its commit then found no share on any such node (sim seed 10356181).
+                later = [
+                    s
+                    for s in (current.staged if current is not None else [])
+                    if Manifest.from_bytes(s.manifest).version > state.version
+                ]
                 erased = NodeShare(
                     state.version,
                     b"",
@@ -1528,6 +1537,7 @@ class ShareKeeper:
                     [],
                     reset_at=new.reset_attempt,
                     delete_counter=request.counter,
+                    staged=later,
                 )
                 return Answer(ack, (self._write(key, erased),))
 
