@@ -129,9 +129,19 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         vault.ensure_all_running()
 
 
-def test_a_node_that_cannot_start_is_named_at_once_with_its_error(vault: Vault) -> None:
+@pytest.fixture
+def fresh_vault(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Vault]:
+    """A deployment no other test has restarted nodes of. On the module's shared one this
+    test failed now and then in the full suite ("did not raise": node3's port answered
+    ready after its process was stopped), not alone; not yet explained (session 34)."""
+    with started_vault(tmp_path_factory.mktemp("cannot-start-deployment")) as started:
+        yield started
+
+
+def test_a_node_that_cannot_start_is_named_at_once_with_its_error(fresh_vault: Vault) -> None:
     """`wait_ready` does not wait out its timeout for a process that has exited: it says
     which one and why (the bench's fill once waited 120 s on five nodes that had failed)."""
+    vault = fresh_vault
     deployment = vault.deployment
     store = vault.root / "node3" / "store.sqlite"
     aside = store.with_name("store.sqlite.aside")
