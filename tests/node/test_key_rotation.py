@@ -17,8 +17,8 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from backupvault.errors import AuthenticationFailed, BackupVaultError
-from backupvault.fleet.messages import AcceptorRecord
-from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare
+from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
+from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare, ThresholdState
 from backupvault.node import main as node_main
 from backupvault.node.softhsm import init_softhsm_token
 from backupvault.node.store import (
@@ -41,6 +41,7 @@ from backupvault.node.token import (
     TokenError,
     TokenSealer,
 )
+from backupvault.protocol import EntryStatus
 
 STORAGE_KEY = os.urandom(32)
 ENTRY_A = EntryId("alice-account", "root-key").to_bytes()
@@ -436,14 +437,22 @@ def test_a_bucket_key_row_removed_is_refused_at_open(tmp_path: Path) -> None:
         NodeStore(path, 0, STORAGE_KEY, row_key, 1)
 
 
+@pytest.mark.parametrize("beside_its_value", [False, True])
 def test_a_share_replaced_by_another_in_one_write_is_an_erasure(
-    tmp_path: Path, sealer: TokenSealer
+    tmp_path: Path, sealer: TokenSealer, beside_its_value: bool
 ) -> None:
     """A password change's new share can take the old one's place in one group commit,
     with no empty row between: the old share is erased all the same, so the store
-    rotates. A count moving on over the same share is no erasure."""
+    rotates. A count moving on over the same share is no erasure. Also where the old row
+    names its manifest by hash (the entry's value holds it, store format 2)."""
     _, store = _node(tmp_path, sealer)
+    if beside_its_value:
+        state = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=b"manifest")
+        value = ReplicatedValue([AppliedOp(b"op", 1)], state.to_bytes()).to_bytes()
+        store.save([AcceptorRecord(ENTRY_A, 1, 1, 1, 1, value)])
     store.save([share_record(ENTRY_A, _share_row(SHARE))])
+    stored = store.get(SHARE_PREFIX + ENTRY_A)
+    assert stored is not None and (b"manifest" not in stored.value) == beside_its_value
     counted = NodeShare(
         1, SHARE, b"manifest", [Evaluation(1, b"\x01" * 32), Evaluation(2, b"\x02" * 32)]
     )

@@ -88,6 +88,18 @@ counter) exactly like a record, and a rolled-back share row is caught the same w
 never leaves the node: catching up (`changed_since`) and `load` skip it. A share row
 whose share was erased counts as not live: its save truncates the WAL.
 
+The manifest M (about 470 bytes) is kept once per entry (store format 2). A share row's
+value is either the NodeShare encoding (its first byte is the tag, 44), or, when the
+row holds a share and its M is the M of the entry's value in the same store:
+
+    0x00 || SHA-256(M) (32) || the NodeShare encoding with an empty manifest
+
+`get_share` puts M back from the entry's value, and refuses the row if that value's M
+does not hash to what the row names (`StoreCorrupted`). A save that moves an entry's
+value to another M (or to none) writes such a share row again with M in full, in the
+same transaction, so the reference never dangles. Format 1 stores (every share row
+with M in full) are read as they are and become format 2 when opened.
+
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that writes a record no longer live (destroyed or deleted)
 is followed by a checkpoint that truncates the WAL, where older page images would
@@ -97,7 +109,9 @@ what this store controls (docs/operations.md).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import hashlib
 import hmac
 import os
 import sqlite3
@@ -138,7 +152,7 @@ NAME_LEN = 16
 ROWS_PER_SAVE = 1 << 20
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
-STORE_FORMAT = 1
+STORE_FORMAT = 2
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
@@ -632,9 +646,9 @@ class NodeStore:
                     record = self._decode(bytes(name), int(ver), bytes(sealed))
                     if not low <= record.key < high:
                         continue
-                    if wanted(NodeShare.from_bytes(record.value)):
+                    if wanted(_stored_share(record.value)[0]):
                         found.append(record.key[len(SHARE_PREFIX) :])
-                except (StoreCorrupted, InvalidInput):
+                except StoreCorrupted:
                     continue
         finally:
             db.close()
@@ -684,14 +698,26 @@ class NodeStore:
         raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
 
     def get_share(self, key: bytes) -> NodeShare | None:
-        """This node's own row for entry `key` (bucket checked first, like a record)."""
-        record = self.get(SHARE_PREFIX + key)
-        if record is None:
-            return None
-        try:
-            return NodeShare.from_bytes(record.value)
-        except InvalidInput:
-            raise StoreCorrupted("node store share row is malformed", hint=_CORRUPT_HINT) from None
+        """This node's own row for entry `key` (bucket checked first, like a record), with
+        its M put back from the entry's value where the row names it by hash. Unlocked
+        first, then under the lock: a save may move the value to another M, and write the
+        share row again with M in full, between the two reads."""
+        for locked in (False, True):
+            with self._lock if locked else nullcontext():
+                record = self.get(SHARE_PREFIX + key)
+                if record is None:
+                    return None
+                row, named = _stored_share(record.value)
+                if named is None:
+                    return row
+                held = self.get(key)
+                manifest = b"" if held is None else _manifest_of(held.value)
+                if manifest and hashlib.sha256(manifest).digest() == named:
+                    return row.with_(manifest=manifest)
+        raise StoreCorrupted(
+            "node store share row names a manifest its entry's value does not hold",
+            hint=_CORRUPT_HINT,
+        )
 
     @_refuses_malformed
     def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
@@ -755,6 +781,7 @@ class NodeStore:
             raise ValueError(f"one save writes at most {ROWS_PER_SAVE} rows")
         catching_up = self.catching_up and not caught_up
         with self._lock:
+            self._keep_manifests_once(latest)
             touched = {bucket_of(name) for _, name in latest.values()}
             # Never build on a bucket not checked, nor on a row other than the checked one.
             listings = {bucket: self._listing(bucket, self._db) for bucket in sorted(touched)}
@@ -847,6 +874,34 @@ class NodeStore:
             # wrapped under a new row key, then the token destroys the old.
             self.finish_owed_rotation()
 
+    def _keep_manifests_once(self, latest: dict[bytes, tuple[AcceptorRecord, bytes]]) -> None:
+        """Put the share rows of a save in their stored form (`_share_to_store`), and add
+        the share rows on disk that name the M of a value this save moves on, with M in
+        full (module docstring). Called under the lock: what is read here is what the
+        save then builds on."""
+        for key, (record, name) in list(latest.items()):
+            if is_share_record(record):
+                entry = key[len(SHARE_PREFIX) :]
+                value = latest[entry][0] if entry in latest else self.get(entry)
+                latest[key] = (_share_to_store(record, value), name)
+                continue
+            share_key = SHARE_PREFIX + key
+            if share_key in latest:
+                continue
+            stored = self.get(share_key)
+            named = None if stored is None else _stored_share(stored.value)[1]
+            if stored is None or named is None:
+                continue
+            if hashlib.sha256(_manifest_of(record.value)).digest() == named:
+                continue
+            full = self.get_share(key)  # its M from the value this save replaces
+            if full is None:  # not reached: `get` above found the row
+                raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+            latest[share_key] = (
+                dataclasses.replace(stored, value=full.to_bytes()),
+                self.name_of(share_key),
+            )
+
     def finish_owed_rotation(self) -> None:
         """Rotate the keys an erasure owes (`rotation_owed`), if any and if this store has
         a token's key rotation: at once after the erasure, and at start for one that did
@@ -863,9 +918,9 @@ class NodeStore:
         if not is_share_record(new):
             return False
         try:
-            held = NodeShare.from_bytes(self._decode(name, ver, sealed).value).share
-            return bool(held) and held != NodeShare.from_bytes(new.value).share
-        except InvalidInput:
+            held = _stored_share(self._decode(name, ver, sealed).value)[0].share
+            return bool(held) and held != _stored_share(new.value)[0].share
+        except StoreCorrupted:
             return False
 
     def rotate(self, row_key: bytes, generation: int, buckets: Iterable[int] | None = None) -> None:
@@ -1231,8 +1286,8 @@ def _not_live(record: AcceptorRecord) -> bool:
     re-sealed the whole store at every registration."""
     if is_share_record(record):
         try:
-            row = NodeShare.from_bytes(record.value)
-        except InvalidInput:
+            row = _stored_share(record.value)[0]
+        except StoreCorrupted:
             return False
         return not row.share and row.version > 0
     try:
@@ -1244,3 +1299,47 @@ def _not_live(record: AcceptorRecord) -> bool:
     if len(payload) < 9 or payload[0] != ThresholdState.TAG:
         return False
     return int.from_bytes(payload[1:9], "big") != EntryStatus.LIVE
+
+
+#: The first byte of a share row whose M is its entry value's (a NodeShare starts with 44).
+_NAMES_MANIFEST = b"\x00"
+
+
+def _stored_share(value: bytes) -> tuple[NodeShare, bytes | None]:
+    """A share row's value as stored: the row (its manifest empty when named by hash) and
+    the SHA-256 of the M it names, or None when it holds M in full."""
+    try:
+        if value[:1] == _NAMES_MANIFEST and len(value) > 33:
+            return NodeShare.from_bytes(value[33:]), value[1:33]
+        return NodeShare.from_bytes(value), None
+    except InvalidInput:
+        raise StoreCorrupted("node store share row is malformed", hint=_CORRUPT_HINT) from None
+
+
+def _manifest_of(value: bytes) -> bytes:
+    """The M a record's value holds: b"" for none (a tombstone, an empty value, another
+    kind of payload)."""
+    try:
+        payload = payload_of(value)
+        if payload[:1] != bytes((ThresholdState.TAG,)):
+            return b""
+        return ThresholdState.from_bytes(payload).manifest
+    except InvalidInput:
+        return b""
+
+
+def _share_to_store(share: AcceptorRecord, value: AcceptorRecord | None) -> AcceptorRecord:
+    """`share` (a share row with M in full) as it is stored beside `value`, its entry's
+    value after the same save: M named by hash where the row holds a share and `value`
+    holds that same M. An erased row keeps M in full, so that a value moving on never
+    rewrites an erased row (which would count as another erasure)."""
+    try:
+        row = NodeShare.from_bytes(share.value)
+    except InvalidInput:
+        return share  # not ours to judge here: reading it refuses it
+    if not row.share or not row.manifest or value is None:
+        return share
+    if _manifest_of(value.value) != row.manifest:
+        return share
+    named = _NAMES_MANIFEST + hashlib.sha256(row.manifest).digest()
+    return dataclasses.replace(share, value=named + row.with_(manifest=b"").to_bytes())
