@@ -43,3 +43,34 @@ def test_inspect_says_whether_the_node_holds_a_share_of_the_live_version(
     assert described["holds_share"] is holds
     assert (described["node"], described["account"], described["version"]) == (3, "alice", 2)
     assert SHARE.hex() not in repr(described) and repr(SHARE) not in repr(described)
+
+
+def test_inspect_shows_the_nodes_own_count_and_whether_it_keeps_a_share_whatever_the_status() -> (
+    None
+):
+    """The chaos soak checks these against what its clients received: every partial
+    evaluation a node gave is counted in its own row, and a node at its own count of L
+    keeps no share of a destroyed entry."""
+    from backupvault.hsm.shares import UNKNOWN_B
+    from backupvault.hsm.state import Evaluation
+
+    evaluated = [Evaluation(a, bytes([a]) * 32) for a in (4, 6)]
+    described = _describe(1, _record(DESTROYED), NodeShare(2, SHARE, M, evaluated, reset_at=3))
+    assert described["own"] == {
+        "version": 2,
+        "keeps_share": True,
+        "reset_at": 3,
+        "evaluated": [4, 6],
+        "on_reports": False,
+    }
+    assumed = NodeShare(2, b"", M, [Evaluation(5, UNKNOWN_B)], reset_at=4)
+    own = _describe(1, _record(_live()), assumed)["own"]
+    assert own == {
+        "version": 2,
+        "keeps_share": False,
+        "reset_at": 4,
+        "evaluated": [5],
+        "on_reports": True,
+    }
+    assert _describe(1, _record(_live()), None)["own"] is None
+    assert SHARE.hex() not in repr(described) and bytes([4]).hex() * 32 not in repr(described)

@@ -21,6 +21,7 @@ from backupvault.chaos.soak import (
     FaultKind,
     Tally,
     _share_holders,
+    _uncounted_partials,
 )
 from backupvault.client.pending import PendingStore
 from backupvault.protocol import Op
@@ -176,3 +177,38 @@ def test_ghost_starts_the_window_at_a_success_whose_reset_failed() -> None:
     assert (ghost.base, ghost.charged) == (5, 5)  # what the client believes used: kept
     ghost.on_output(5 + GUESS_LIMIT, tally)  # L attempts after it: allowed
     assert tally.violations == []
+
+
+def _own(version: int, evaluated: list[int], reset_at: int = 0, **more: Any) -> dict[str, Any]:
+    return {
+        "version": version,
+        "keeps_share": True,
+        "reset_at": reset_at,
+        "evaluated": evaluated,
+        "on_reports": False,
+        **more,
+    }
+
+
+def test_a_partial_evaluation_the_node_did_not_count_on_its_disk_is_a_problem() -> None:
+    """A node that evaluates without counting the guess in its own row (the basis of the
+    bound with a hostile minority, invariant 11) still gives the client right outputs,
+    and the replicated count hides it: only its own row shows it."""
+    ghost = EntryGhost("a", "e", True, bytes(32), "pw")
+    ghost.partials_from = {(0, 1, 3), (1, 1, 3), (2, 1, 3), (2, 1, 1), (3, 1, 2), (4, 1, 3)}
+    dumps = {
+        0: {("a", "e"): {"own": _own(1, [1, 2, 3])}},
+        1: {("a", "e"): {"own": _own(1, [3], reset_at=2)}},
+        2: {("a", "e"): {"own": _own(2, [])}},  # a later version's row: its own count
+        3: {("a", "e"): {"own": _own(1, [3], reset_at=2)}},  # attempt 2: reset since
+        4: {("a", "e"): {"own": _own(1, [1, 2])}},  # evaluated attempt 3, never counted it
+    }
+    assert _uncounted_partials(dumps, [ghost]) == [
+        "node4 a/e: gave a partial evaluation for attempt 3 of version 1, but its own "
+        "count holds [1, 2] since the reset at 0"
+    ]
+    dumps[4][("a", "e")] = {"own": None}  # no row at all
+    assert _uncounted_partials(dumps, [ghost]) == [
+        "node4 a/e: gave a partial evaluation for attempt 3 of version 1, but holds no "
+        "row of its own for the entry"
+    ]

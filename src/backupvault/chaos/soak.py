@@ -25,7 +25,8 @@ node to be ready:
    attempt number (one output per attempt, numbers rising), at most L attempts after the
    last success; on every node's disk `attempts_used <= L`, and a destroyed entry used
    exactly L; the outputs a client got never exceed the entry's attempts; each node's
-   evaluations (summed over restarts) never exceed the attempts of all entries;
+   evaluations (summed over restarts) never exceed the attempts of all entries; every
+   partial evaluation a client got is in that node's own count on its disk;
 3. every success is real: every recovered root key equals the registered one; a wrong
    password never recovers; a right one is never refused; a destroyed entry stays
    destroyed.
@@ -78,7 +79,7 @@ from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDep
 from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
-from backupvault.protocol import EntryStatus, EvaluateResponse, Op
+from backupvault.protocol import EntryStatus, EvaluateRequest, EvaluateResponse, Op
 from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
 
 T = TypeVar("T", bound=Message)
@@ -317,6 +318,9 @@ class EntryGhost:
     #: Of those, gaps that appeared while the client had seen no error since its last output.
     hidden_without_error: int = 0
     errors_since_output: int = 0
+    #: Every partial evaluation a node gave: (node, version, attempt). Each must be counted
+    #: in that node's own row (`_uncounted_partials`).
+    partials_from: set[tuple[int, int, int]] = field(default_factory=set)
     #: The device's pending deliveries (degraded registrations, unconfirmed erasures),
     #: kept across the entry's clients as the CLI keeps them in its file.
     pending: PendingStore = field(default_factory=lambda: PendingStore(None), repr=False)
@@ -379,13 +383,16 @@ class TracingVaultClient(VaultClient):
     def __init__(self, base: VaultClient) -> None:
         vars(self).update(vars(base))
         self.current_op: Op | None = None
-        #: Node index -> attempt of its partial, since `begin_recovery`.
+        #: Node index -> attempt of its partial, and the version it named, since
+        #: `begin_recovery`.
         self.partials: dict[int, int] = {}
+        self.partial_versions: dict[int, int] = {}
         #: Seconds spent in each kind of fan-out, since the client's last operation ended.
         self.seconds: dict[str, float] = defaultdict(float)
 
     def begin_recovery(self) -> None:
         self.partials = {}
+        self.partial_versions = {}
 
     def call_each(
         self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0
@@ -395,8 +402,12 @@ class TracingVaultClient(VaultClient):
         outcomes = super().call_each(op, requests, kind, resends)
         self.seconds[str(op)] += time.monotonic() - started
         for outcome in outcomes:
-            if isinstance(outcome.response, EvaluateResponse):
+            request = requests[outcome.index]
+            if isinstance(outcome.response, EvaluateResponse) and isinstance(
+                request, EvaluateRequest
+            ):
                 self.partials.setdefault(outcome.index, outcome.response.attempt)
+                self.partial_versions.setdefault(outcome.index, request.version)
         return outcomes
 
     def output_attempt(self, threshold: int, tally: Tally, where: str) -> int | None:
@@ -791,6 +802,8 @@ def recover_traced(
         found = client.vault.recover(password, ksf_floor=FAST_KSF)
     finally:
         where = f"{ghost.account}/{ghost.entry}"
+        for node, evaluated in client.trace.partials.items():
+            ghost.partials_from.add((node, client.trace.partial_versions[node], evaluated))
         attempt = client.trace.output_attempt(client.vault.t, tally, where)
         if attempt is not None:
             ghost.on_output(attempt, tally)
@@ -1259,6 +1272,15 @@ def final_checks(
             + (f"; {unpaid[:5]}" if unpaid else ""),
         )
     )
+    uncounted = _uncounted_partials(dumps, ghosts)
+    checks.append(
+        Check(
+            "per node: every partial evaluation a client got is counted in that node's own row",
+            not uncounted,
+            f"{sum(len(g.partials_from) for g in ghosts)} partial evaluations received"
+            + (f"; {len(uncounted)} not counted: {uncounted[:5]}" if uncounted else ""),
+        )
+    )
     total_attempts = sum(attempts.values())
     by_node = {i: fleet.counters.of(i, "evaluations") for i in range(fleet.nodes)}
     checks.append(
@@ -1342,6 +1364,36 @@ def _share_holders(
         "missing_owed_by_the_device": owed,
         "missing_not_owed": not_owed,
     }
+
+
+def _uncounted_partials(
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]], ghosts: list[EntryGhost]
+) -> list[str]:
+    """Every partial evaluation a client got from node i, for an attempt after node i's
+    last owner reset in its row of that version, must be in that row's own count: a node
+    persists its count before the partial leaves (docs/threshold.md, "Counters and
+    erasure"). The replicated count cannot show a node that evaluates without counting:
+    with no hostile node it still numbers every attempt, and the node's metrics count
+    only evaluations that wrote its row. A later version's row, or a reset since, drops
+    the old attempts (nothing to check)."""
+    problems: list[str] = []
+    for ghost in ghosts:
+        for node, version, attempt in sorted(ghost.partials_from):
+            record = dumps.get(node, {}).get(ghost.key)
+            own = None if record is None else record.get("own")
+            where = f"node{node} {ghost.account}/{ghost.entry}"
+            given = f"gave a partial evaluation for attempt {attempt} of version {version}"
+            if own is None:
+                problems.append(f"{where}: {given}, but holds no row of its own for the entry")
+                continue
+            if own["version"] != version or attempt <= own["reset_at"]:
+                continue
+            if attempt not in own["evaluated"]:
+                problems.append(
+                    f"{where}: {given}, but its own count holds {own['evaluated']} since the "
+                    f"reset at {own['reset_at']}"
+                )
+    return problems
 
 
 def _majority_problems(

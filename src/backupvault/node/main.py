@@ -39,7 +39,7 @@ from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
-from backupvault.hsm.shares import FleetShape
+from backupvault.hsm.shares import UNKNOWN_B, FleetShape
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
     EntryId,
@@ -340,6 +340,7 @@ def _describe(node: int, record: AcceptorRecord, share: NodeShare | None) -> dic
                 and share.manifest == threshold_state.manifest
             ),
             "accepted_round": record.accepted_round,
+            "own": _own_row(share),
         }
     single_seed = single_seed_status(payload)
     status = EntryStatus.EMPTY if single_seed is None else single_seed
@@ -350,6 +351,22 @@ def _describe(node: int, record: AcceptorRecord, share: NodeShare | None) -> dic
         "flow": "none" if single_seed is None else "single-seed (removed)",
         "status": status.name.lower(),
         "accepted_round": record.accepted_round,
+    }
+
+
+def _own_row(share: NodeShare | None) -> dict[str, object] | None:
+    """This node's own row for the entry (never replicated): its count since the owner's
+    last reset, as attempt numbers, and whether it still keeps a share of any M, whatever
+    the replicated status says. Attempt numbers only, never a B or the share."""
+    if share is None:
+        return None
+    return {
+        "version": share.version,
+        "keeps_share": bool(share.share),
+        "reset_at": share.reset_at,
+        "evaluated": sorted(e.attempt for e in share.evaluated),
+        # Counted on its peers' reports after a rollback: such a row never erases on it.
+        "on_reports": any(e.blinded_hash == UNKNOWN_B for e in share.evaluated),
     }
 
 
