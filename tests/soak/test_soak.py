@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, cast
 
@@ -20,11 +21,16 @@ from backupvault.chaos.soak import (
     EntryGhost,
     FaultKind,
     Tally,
+    _kept_shares,
+    _probe_destroyed,
     _share_holders,
     _uncounted_partials,
 )
 from backupvault.client.pending import PendingStore
-from backupvault.protocol import Op
+from backupvault.client.vault import NodeOutcome
+from backupvault.codec import Message
+from backupvault.crypto import oprf
+from backupvault.protocol import ErrorCode, ErrorResponse, EvaluateRequest, EvaluateResponse, Op
 
 SECONDS = float(os.environ.get("BACKUPVAULT_SOAK_SECONDS", "30"))
 CLIENTS = int(os.environ.get("BACKUPVAULT_SOAK_CLIENTS", "8"))
@@ -212,3 +218,55 @@ def test_a_partial_evaluation_the_node_did_not_count_on_its_disk_is_a_problem() 
         "node4 a/e: gave a partial evaluation for attempt 3 of version 1, but holds no "
         "row of its own for the entry"
     ]
+
+
+def test_a_node_that_evaluates_a_destroyed_entry_when_asked_directly_is_a_problem() -> None:
+    """The SDK sends no evaluate once t nodes say destroyed, so the final recovery of a
+    destroyed entry never asks the nodes themselves; the probe does, as a client that
+    ignores the tombstones would, and it is what makes a node at L erase its share."""
+    sent: list[EvaluateRequest] = []
+    _, blinded = oprf.blind(b"anything")
+    rounds = iter([{1: "timeout"}, {}])  # node 1 silent once, then every node answers
+
+    def send(
+        op: Op, requests: Sequence[Message], kind: type[EvaluateResponse]
+    ) -> list[NodeOutcome[EvaluateResponse]]:
+        assert op is Op.EVALUATE and len(requests) == 5
+        request = requests[0]
+        assert isinstance(request, EvaluateRequest)
+        sent.append(request)
+        silent = next(rounds)
+        destroyed = ErrorResponse(ErrorCode.DESTROYED, "destroyed", 0)
+        partial = EvaluateResponse(11, 4, blinded, bytes(64), 0)  # node 3 evaluates
+        return [
+            NodeOutcome(i, failure=silent[i])
+            if i in silent
+            else NodeOutcome(i, response=partial)
+            if i == 3
+            else NodeOutcome(i, error=destroyed)
+            for i in range(5)
+        ]
+
+    ghost = EntryGhost("a", "e", True, bytes(32), "pw")
+    problems = _probe_destroyed(ghost, send, version=2, nodes=5, until=float("inf"))
+    assert problems == ["node3 a/e: evaluated a destroyed entry (attempt 11)"]
+    assert len(sent) == 2 and {(r.account, r.entry, r.version) for r in sent} == {("a", "e", 2)}
+    assert sent[0].blinded != sent[1].blinded  # a fresh B each time, as a new attempt
+
+
+def test_a_node_at_its_own_count_of_l_that_keeps_the_share_of_a_destroyed_entry() -> None:
+    ghost = EntryGhost("a", "e", True, bytes(32), "pw")
+    full = list(range(1, GUESS_LIMIT + 1))
+    record = {"status": "destroyed", "version": 1}
+    dumps = {
+        0: {("a", "e"): {**record, "own": _own(1, full, keeps_share=False)}},  # erased
+        1: {("a", "e"): {**record, "own": _own(1, full[:-1])}},  # missed one: may keep
+        2: {("a", "e"): {**record, "own": _own(1, full, on_reports=True)}},  # peers' word
+        3: {("a", "e"): {**record, "own": _own(1, full)}},  # at L, kept: the bug
+        4: {("a", "e"): {**record, "own": None}},
+    }
+    assert _kept_shares(dumps, [ghost]) == [
+        f"node3 a/e: destroyed, yet keeps its share at its own count of {GUESS_LIMIT}"
+    ]
+    dumps[3][("a", "e")]["status"] = "live"  # a live value at L: its share is still needed
+    assert _kept_shares(dumps, [ghost]) == []

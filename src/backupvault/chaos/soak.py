@@ -29,7 +29,8 @@ node to be ready:
    partial evaluation a client got is in that node's own count on its disk;
 3. every success is real: every recovered root key equals the registered one; a wrong
    password never recovers; a right one is never refused; a destroyed entry stays
-   destroyed.
+   destroyed, also when every node is asked to evaluate it directly, and no node at its
+   own count of L keeps its share.
 """
 
 from __future__ import annotations
@@ -74,12 +75,18 @@ from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import ThresholdRecovery, ThresholdVault
 from backupvault.client.vault import NodeOutcome, VaultClient
 from backupvault.codec import Message
-from backupvault.crypto import ksf
+from backupvault.crypto import ksf, oprf
 from backupvault.deploy.local import AUDIENCE, ISSUER, DeploymentError, LocalDeployment
 from backupvault.hop import metrics_headers
 from backupvault.node.config import FleetDescription, NodeConfig, write_toml
 from backupvault.node.softhsm import softhsm_env
-from backupvault.protocol import EntryStatus, EvaluateRequest, EvaluateResponse, Op
+from backupvault.protocol import (
+    EntryStatus,
+    ErrorCode,
+    EvaluateRequest,
+    EvaluateResponse,
+    Op,
+)
 from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
 
 T = TypeVar("T", bound=Message)
@@ -1116,6 +1123,7 @@ def final_checks(
     # destroyed (t nodes agreeing on the manifest, or on the tombstone).
     known = [g for g in ghosts if g.registered]
     lost: list[str] = []
+    versions: dict[tuple[str, str], int] = {}  # each entry's version, as the fleet says
     for ghost in known if fleet_live else []:
         client = fleet.client(ghost, http)
         try:
@@ -1124,6 +1132,7 @@ def final_checks(
         except VaultError as err:
             lost.append(f"{ghost.account}/{ghost.entry}: status failed: {err!r}")
             continue
+        versions[ghost.key] = found.version
         expected = {EntryStatus.DESTROYED} if ghost.destroyed else {EntryStatus.LIVE}
         if ghost.attacker and not ghost.destroyed:
             expected = {EntryStatus.LIVE, EntryStatus.DESTROYED}  # stopped mid-attack
@@ -1179,8 +1188,9 @@ def final_checks(
             break
     checks.append(
         Check(
-            "final recovery of every user entry returns its registered root key"
-            + ("" if fleet_live else " (not run: fleet not ready)"),
+            _needs_fleet(
+                "final recovery of every user entry returns its registered root key", fleet_live
+            ),
             not wrong_keys,
             f"{recovered} recovered" + (f"; {wrong_keys[:5]}" if wrong_keys else ""),
         )
@@ -1202,10 +1212,25 @@ def final_checks(
             reopened.append(f"{ghost.account}/{ghost.entry}: {err!r}")
         if ghost.outputs != outputs:
             reopened.append(f"{ghost.account}/{ghost.entry}: an evaluation after destruction")
+    probe_until = time.monotonic() + PROBE_SECONDS
+    for ghost in destroyed if fleet_live else []:
+        # The SDK above stopped at the tombstones; ask every node itself, as a client that
+        # ignores them would (this also makes a node at L erase its share, `_kept_shares`).
+        client = fleet.client(ghost, http)
+        reopened += _probe_destroyed(
+            ghost,
+            client.trace.call_each,
+            version=versions.get(ghost.key, 1),
+            nodes=fleet.nodes,
+            until=probe_until,
+        )
     checks.append(
         Check(
-            "a destroyed entry stays destroyed, even for the right password"
-            + ("" if fleet_live else " (not run: fleet not ready)"),
+            _needs_fleet(
+                "a destroyed entry stays destroyed, even for the right password, and no node"
+                " evaluates it when asked directly",
+                fleet_live,
+            ),
             not reopened,
             f"{len(destroyed)} tried" + (f"; {reopened[:5]}" if reopened else ""),
         )
@@ -1234,6 +1259,17 @@ def final_checks(
             not disk_problems,
             f"{len(known)} entries x {fleet.nodes} nodes"
             + (f"; {len(disk_problems)} problems: {disk_problems[:5]}" if disk_problems else ""),
+        )
+    )
+
+    kept = _kept_shares(dumps, destroyed if fleet_live else [])
+    checks.append(
+        Check(
+            _needs_fleet(
+                "no node at its own count of L keeps the share of a destroyed entry", fleet_live
+            ),
+            not kept,
+            f"{len(destroyed)} destroyed entries" + (f"; {kept[:5]}" if kept else ""),
         )
     )
 
@@ -1364,6 +1400,85 @@ def _share_holders(
         "missing_owed_by_the_device": owed,
         "missing_not_owed": not_owed,
     }
+
+
+def _needs_fleet(name: str, fleet_live: bool) -> str:
+    """A check's name, saying so when it was not run (the fleet was not ready again)."""
+    return name + ("" if fleet_live else " (not run: fleet not ready)")
+
+
+#: How long the final checks keep asking the nodes that have not answered a direct
+#: evaluate of a destroyed entry (the fleet is healed and ready by then).
+PROBE_SECONDS = 30.0
+
+
+def _probe_destroyed(
+    ghost: EntryGhost,
+    send: Callable[[Op, Sequence[Message], type[EvaluateResponse]], list[NodeOutcome[Any]]],
+    *,
+    version: int,
+    nodes: int,
+    until: float,
+) -> list[str]:
+    """Send every node an `evaluate` of the destroyed entry, with a fresh B each time, until
+    each has answered `destroyed` or `until`: a node that evaluates is a problem (a
+    destroyed entry gets no evaluation, invariant 2), and so is one that never answers.
+    A node at its own count of L erases its share on such a request (`_destroyed` in
+    hsm/shares.py), which `_kept_shares` then checks on its disk."""
+    where = f"{ghost.account}/{ghost.entry}"
+    problems: list[str] = []
+    waiting = set(range(nodes))
+    while True:
+        _, blinded = oprf.blind(os.urandom(32))
+        request = EvaluateRequest(
+            ghost.account, ghost.entry, version, blinded, int(time.time() * 1000)
+        )
+        try:
+            outcomes = send(Op.EVALUATE, [request] * nodes, EvaluateResponse)
+        except VaultError:
+            outcomes = []
+        for outcome in outcomes:
+            if outcome.index not in waiting:
+                continue
+            if isinstance(outcome.response, EvaluateResponse):
+                waiting.discard(outcome.index)
+                problems.append(
+                    f"node{outcome.index} {where}: evaluated a destroyed entry "
+                    f"(attempt {outcome.response.attempt})"
+                )
+            elif outcome.error is not None and outcome.error.code == ErrorCode.DESTROYED:
+                waiting.discard(outcome.index)
+        if not waiting:
+            return problems
+        if time.monotonic() > until:
+            return [*problems, f"{where}: nodes {sorted(waiting)} never answered destroyed"]
+        time.sleep(0.3)
+
+
+def _kept_shares(
+    dumps: dict[int, dict[tuple[str, str], dict[str, Any]]], ghosts: list[EntryGhost]
+) -> list[str]:
+    """A node whose own count of the destroyed version reached L (on its own evaluations,
+    not its peers' reports) has erased its share once it was asked about the entry (the
+    probe): the tombstone is not the only thing between that share and an evaluation."""
+    problems: list[str] = []
+    for ghost in ghosts:
+        for node, records in sorted(dumps.items()):
+            record = records.get(ghost.key)
+            own = None if record is None else record.get("own")
+            if record is None or own is None or record["status"] != "destroyed":
+                continue
+            if (
+                own["version"] == record["version"]
+                and own["keeps_share"]
+                and not own["on_reports"]
+                and len(own["evaluated"]) >= GUESS_LIMIT
+            ):
+                problems.append(
+                    f"node{node} {ghost.account}/{ghost.entry}: destroyed, yet keeps its share"
+                    f" at its own count of {GUESS_LIMIT}"
+                )
+    return problems
 
 
 def _uncounted_partials(
