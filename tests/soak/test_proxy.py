@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import socketserver
 import threading
 import time
 from collections.abc import Iterator
+from typing import cast
 
 import pytest
 
 from backupvault.chaos.proxy import HOST, LinkProxy, Mode, ProxyPool
+from backupvault.chaos.soak import ChaosDriver, FaultKind, ProxiedFleet, SoakConfig
+from backupvault.deploy.local import free_port
 
 
 class _Echo(socketserver.BaseRequestHandler):
@@ -134,3 +138,54 @@ def test_stopping_with_connections_open_logs_no_error(
         for sock in held:
             sock.close()
     assert [r.getMessage() for r in caplog.records if r.name == "asyncio"] == []
+
+
+class _Fleet:
+    """What the chaos driver uses of a ProxiedFleet to cut, slow and stall links: its
+    proxies."""
+
+    def __init__(self, pool: ProxyPool, nodes: int) -> None:
+        self.pool, self.nodes = pool, nodes
+
+
+@pytest.fixture
+def three_nodes() -> Iterator[ProxyPool]:
+    pool = ProxyPool()
+    for target in range(3):
+        pool.add("relay", f"node{target}", free_port())
+        for source in range(3):
+            if source != target:
+                pool.add(f"node{source}", f"node{target}", free_port())
+    pool.start()
+    try:
+        yield pool
+    finally:
+        pool.stop()
+
+
+def test_a_fault_on_one_node_never_weakens_or_ends_another_nodes_fault(
+    three_nodes: ProxyPool,
+) -> None:
+    """Node 1 is cut off; then node 2 is slowed, stalled, and healed. The links between
+    them belong to both faults: while node 1 is cut they must drop, whatever node 2's
+    fault does to them, or the cut node talks to a peer (a weaker fault than the schedule
+    says, and the minority the soak claims is no longer what it runs)."""
+    pool = three_nodes
+    config = SoakConfig(seconds=1, clients=1)
+    driver = ChaosDriver(cast(ProxiedFleet, _Fleet(pool, 3)), config, random.Random(0))
+    between = [pool.links[("node1", "node2")], pool.links[("node2", "node1")]]
+    driver.begin(1, FaultKind.CUT, until=10.0)
+    driver.begin(2, FaultKind.SLOW, until=10.0)
+    assert [link.mode for link in between] == [Mode.DROP, Mode.DROP]
+    assert pool.links[("node2", "node0")].mode is Mode.DELAY  # node 2's own links: slow
+    driver.heal(2)
+    assert [link.mode for link in between] == [Mode.DROP, Mode.DROP]
+    assert pool.links[("node2", "node0")].mode is Mode.PASS
+    driver.begin(2, FaultKind.STALL, until=10.0)
+    assert pool.links[("relay", "node2")].mode is Mode.STALL
+    driver.heal(1)
+    assert [link.mode for link in between] == [Mode.PASS, Mode.PASS]
+    assert pool.links[("relay", "node1")].mode is Mode.PASS
+    assert pool.links[("relay", "node2")].mode is Mode.STALL  # node 2's stall goes on
+    driver.heal(2)
+    assert {link.mode for link in pool.links.values()} == {Mode.PASS}

@@ -641,12 +641,6 @@ class ProxiedFleet:
         self.deployment.start_node(index)
         return outlived
 
-    def links_of(self, index: int) -> list[LinkProxy]:
-        return self.pool.touching(f"node{index}")
-
-    def relay_links_into(self, index: int) -> list[LinkProxy]:
-        return [self.pool.links[("relay", f"node{index}")]]
-
     def dump(self, index: int) -> list[dict[str, Any]]:
         """Every entry on node `index`'s disk, as `backupvault node inspect` reads it (its
         `inspect_store`, in a process of its own: the node's token needs its SoftHSM2
@@ -679,6 +673,7 @@ class ActiveFault:
     kind: FaultKind
     until: float
     restarted: bool = False  # KILL, TERM: the process runs again, catching up
+    delay: float = 0.0  # SLOW: what each chunk is held on the node's links
     slow: bool = False  # KILL, TERM: still not ready 30 s after the restart (reported once)
 
 
@@ -732,21 +727,53 @@ class ChaosDriver:
         node = self.rng.choice(healthy)
         kind = self._next_kind()
         low, high = self.config.fault_seconds
-        fault = ActiveFault(node, kind, now + self.rng.uniform(low, high))
-        pool = self.fleet.pool
-        match kind:
-            case FaultKind.KILL | FaultKind.TERM:
-                self.fleet.stop_node(node, _STOPS[kind])
-            case FaultKind.CUT:
-                pool.set_mode(self.fleet.links_of(node), Mode.DROP)
-            case FaultKind.SLOW:
-                delay = round(self.rng.uniform(0.05, 0.6), 3)
-                pool.set_mode(self.fleet.links_of(node), Mode.DELAY, delay)
-            case FaultKind.STALL:
-                pool.set_mode(self.fleet.relay_links_into(node), Mode.STALL)
+        until = now + self.rng.uniform(low, high)
+        self.begin(node, kind, until)
+        self._event(str(kind), node, seconds=round(until - now, 2))
+
+    def begin(self, node: int, kind: FaultKind, until: float) -> None:
+        """Start fault `kind` on `node` until `until` (monotonic seconds)."""
+        fault = ActiveFault(node, kind, until)
+        if kind in _STOPS:
+            self.fleet.stop_node(node, _STOPS[kind])
+        elif kind is FaultKind.SLOW:
+            fault.delay = round(self.rng.uniform(0.05, 0.6), 3)
         self.active[node] = fault
         self.injected[kind] += 1
-        self._event(str(kind), node, seconds=round(fault.until - now, 2))
+        self._set_links(node)
+
+    def _set_links(self, node: int) -> None:
+        """Give every link of `node` the mode its two ends' faults call for together. A
+        link between two faulty nodes belongs to both faults: setting it from one fault
+        alone would let a cut node talk to a slowed peer, or a heal end another node's
+        cut on the link they share."""
+        by_mode: dict[tuple[Mode, float], list[LinkProxy]] = defaultdict(list)
+        for (source, target), link in self.fleet.pool.links.items():
+            if f"node{node}" in (source, target):
+                wanted = self._link_mode(source, target)
+                if (link.mode, link.delay) != wanted:
+                    by_mode[wanted].append(link)
+        for (mode, delay), links in by_mode.items():
+            self.fleet.pool.set_mode(links, mode, delay)
+
+    def _link_mode(self, source: str, target: str) -> tuple[Mode, float]:
+        """The strongest of the modes the active faults of a link's ends ask for: a drop,
+        then a stall (relay links only), then the longer delay."""
+        wanted: list[tuple[int, Mode, float]] = []
+        for end in (source, target):
+            fault = self.active.get(int(end[4:])) if end.startswith("node") else None
+            if fault is None:
+                continue
+            if fault.kind is FaultKind.CUT:
+                wanted.append((3, Mode.DROP, 0.0))
+            elif fault.kind is FaultKind.STALL and source == "relay":
+                wanted.append((2, Mode.STALL, 0.0))
+            elif fault.kind is FaultKind.SLOW:
+                wanted.append((1, Mode.DELAY, fault.delay))
+        if not wanted:
+            return (Mode.PASS, 0.0)
+        _, mode, delay = max(wanted)
+        return (mode, delay)
 
     def _end_expired(self, now: float) -> None:
         for node, fault in list(self.active.items()):
@@ -765,7 +792,7 @@ class ChaosDriver:
                     del self.active[node]
                     self._event("ready", node, catch_up_seconds=round(took, 2))
             elif now >= fault.until:
-                self._heal(node)
+                self.heal(node)
 
     def _restart(self, node: int) -> None:
         """Start a stopped node again; one that outlived its SIGTERM grace is counted."""
@@ -774,9 +801,11 @@ class ChaosDriver:
             self._event("still running after its SIGTERM grace; killed", node)
         self._event("restart", node)
 
-    def _heal(self, node: int) -> None:
-        self.fleet.pool.set_mode(self.fleet.links_of(node), Mode.PASS)
+    def heal(self, node: int) -> None:
+        """End the link fault on `node`; the links it shares with another faulty node keep
+        that node's fault."""
         del self.active[node]
+        self._set_links(node)
         self._event("heal", node)
 
     def heal_all(self, timeout: float = 60.0) -> None:
