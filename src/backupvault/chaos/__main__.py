@@ -36,6 +36,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--fault-every", type=float, default=1.5, help="mean seconds between faults"
     )
+    parser.add_argument(
+        "--availability-goal",
+        type=float,
+        default=None,
+        help="fail unless this share of operations (0-1, e.g. 0.99) is answered within 10 s"
+        " (default: report the figure only)",
+    )
     parser.add_argument("--json-out", type=Path, default=None, help="write the report here")
     parser.add_argument(
         "--dir", type=Path, default=None, help="keep the deployment (logs, stores) in this folder"
@@ -44,6 +51,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.seconds <= 0 or args.clients < 1 or not 0 <= args.max_faulty <= 2:
         parser.error("--seconds > 0, --clients >= 1 and 0 <= --max-faulty <= 2 (a minority)")
+    if args.availability_goal is not None and not 0 < args.availability_goal <= 1:
+        parser.error("--availability-goal is a share of operations: above 0, at most 1")
     config = SoakConfig(
         seconds=args.seconds,
         clients=args.clients,
@@ -51,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         max_faulty=args.max_faulty,
         fault_every=args.fault_every,
+        availability_goal=args.availability_goal,
         directory=args.dir,
         log=(lambda _: None) if args.quiet else _log,
     )

@@ -136,6 +136,9 @@ class SoakConfig:
     #: Mean pause between two faults, and how long a fault lasts (uniform range).
     fault_every: float = 1.5
     fault_seconds: tuple[float, float] = (1.0, 6.0)
+    #: The share of operations that must be answered within AVAILABILITY_DEADLINE for the
+    #: run to pass (None: the figure is reported, not checked; it depends on the load).
+    availability_goal: float | None = None
     #: Keep the deployment folder (logs, stores) here instead of a temporary one.
     directory: Path | None = None
     keep: bool = False
@@ -254,6 +257,21 @@ class Tally:
         with self.lock:
             self.violations.append(text)
         self.log(f"VIOLATION: {text}")
+
+
+def availability_check(figure: dict[str, Any], goal: float | None) -> Check | None:
+    """The availability figure against `goal` (a share of all operations), or None
+    without a goal. No operation at all is a failure: there is nothing to show."""
+    if goal is None:
+        return None
+    total, in_time = figure["operations"], figure["answered_in_time"]
+    share = in_time / total if total else 0.0
+    return Check(
+        f"availability: at least {100 * goal:.1f} % of operations answered within "
+        f"{AVAILABILITY_DEADLINE:.0f} s of their start",
+        total > 0 and share >= goal,
+        f"{in_time} of {total} ({100 * share:.1f} %)",
+    )
 
 
 def error_name(err: Exception) -> str:
@@ -1743,6 +1761,9 @@ def run_soak(config: SoakConfig) -> SoakResult:
             )
             checks, figures = final_checks(fleet, ghosts, tally, log, fleet_live=not heal_error)
             figures["availability"] = tally.availability()
+            available = availability_check(figures["availability"], config.availability_goal)
+            if available is not None:
+                checks.append(available)
             if heal_error:
                 checks.insert(
                     0, Check("fleet ready again after healing every fault", False, heal_error)
@@ -1761,6 +1782,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                     "fault_seconds": list(config.fault_seconds),
                     "seed": seed,
                     "guess_limit": GUESS_LIMIT,
+                    "availability_goal": config.availability_goal,
                 },
                 seconds={k: round(v, 1) for k, v in seconds.items()},
                 operations=dict(sorted(tally.operations.items())),
