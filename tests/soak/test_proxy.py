@@ -189,3 +189,53 @@ def test_a_fault_on_one_node_never_weakens_or_ends_another_nodes_fault(
     assert pool.links[("relay", "node2")].mode is Mode.STALL  # node 2's stall goes on
     driver.heal(2)
     assert {link.mode for link in pool.links.values()} == {Mode.PASS}
+
+
+def _refused(port: int) -> bool:
+    """Whether a connection to `port` is refused outright, as by a closed port; a
+    connection that is accepted and then reset is not."""
+    try:
+        with socket.create_connection((HOST, port), timeout=2) as sock:
+            sock.sendall(b"request")
+            sock.recv(10)
+    except ConnectionRefusedError:
+        return True
+    except OSError:
+        return False
+    return False
+
+
+def test_drop_refuses_new_connections_as_an_unreachable_node(
+    link: tuple[ProxyPool, LinkProxy],
+) -> None:
+    """The relay tells "could not be reached" (the node did not act: safe to say so) from
+    "did not answer; it may have acted" by whether the connection was refused. A proxy
+    that accepted and then reset made every cut node look like one that may have acted."""
+    pool, proxy = link
+    pool.set_mode([proxy], Mode.DROP)
+    assert _refused(proxy.listen_port)
+    pool.set_mode([proxy], Mode.PASS)
+    assert _exchange(proxy.listen_port, b"back") == b"BACK"
+
+
+def test_a_target_that_is_down_is_refused_until_it_listens_again() -> None:
+    target = free_port()
+    pool = ProxyPool()
+    proxy = pool.add("relay", "node0", target)
+    pool.start()
+    try:
+        _refused(proxy.listen_port)  # the first connection finds the node down
+        assert _refused(proxy.listen_port)  # the next are refused, as the node's own port
+        server = socketserver.ThreadingTCPServer((HOST, target), _Echo)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            deadline = time.monotonic() + 5
+            while _refused(proxy.listen_port) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert _exchange(proxy.listen_port, b"up") == b"UP"
+        finally:
+            server.shutdown()
+            server.server_close()
+    finally:
+        pool.stop()

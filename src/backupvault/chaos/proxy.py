@@ -5,8 +5,9 @@ node 3", the node's peer stream: it forwards bytes, whatever the protocol) to th
 port of the destination and, on command, misbehaves:
 
     PASS    forward bytes both ways
-    DROP    refuse: abort every open connection, and abort new ones as soon as they arrive
-            (the caller sees a reset; nothing reaches the node)
+    DROP    abort every open connection, and refuse new ones (the caller's connect is
+            refused, as by an unreachable node: nothing reaches it, and the relay says it
+            "could not be reached", not that it "may have acted")
     DELAY   forward, but hold every chunk for `delay` seconds, both ways (a delay line:
             chunks behind it are not held up longer, as on a long link)
     STALL   forward requests, withhold the answers until the mode changes (the caller
@@ -17,6 +18,12 @@ All proxies of a soak run live in one asyncio loop on a background thread (`Prox
 the chaos driver, which is synchronous, changes their modes through thread-safe calls.
 Because every link has its own port, a proxy knows the source of what it carries: cutting
 a node off drops the links into it *and* the links out of it.
+
+A proxy refuses a connection by not listening: its port stays bound to a socket that does
+not listen (so no other process takes it meanwhile), and the kernel refuses connects. It
+also stops listening while its target is down (found by a connection the target refused;
+it listens again once the target accepts a test connection), so that a killed node is
+refused through the proxy as it is without it, rather than accepted and reset.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import socket
 import threading
 from collections.abc import Iterable
 from concurrent.futures import Future
@@ -36,6 +44,9 @@ HOST = "127.0.0.1"
 CHUNK = 64 * 1024
 #: Chunks a link holds in its delay line before it stops reading (back pressure).
 LINE_CHUNKS = 1024
+#: How often a proxy whose target is down tries it again (a refused connect costs the
+#: target nothing; an accepted test connection is closed at once).
+DOWN_RETRY_SECONDS = 0.1
 
 
 class Mode(enum.StrEnum):
@@ -50,6 +61,8 @@ class LinkStats:
     connections: int = 0
     refused: int = 0
     aborted: int = 0
+    #: Connections accepted while the target was down (reset: found it down).
+    target_down: int = 0
     bytes_up: int = 0
     bytes_down: int = 0
 
@@ -78,6 +91,13 @@ class LinkProxy:
     _server: asyncio.Server | None = None
     _connections: set[_Connection] = field(default_factory=set)
     _changed: asyncio.Event | None = None
+    #: Bound, never listening: keeps the port while the proxy refuses connections.
+    _reserve: socket.socket | None = None
+    #: The target refused a connection: refuse until it accepts one again.
+    _target_down: bool = False
+    _watching: asyncio.Task[None] | None = None
+    #: Held while a listener is made: one at a time, since the port allows several.
+    _opening: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def address(self) -> str:
@@ -89,31 +109,87 @@ class LinkProxy:
 
     async def start(self) -> None:
         self._changed = asyncio.Event()
-        self._server = await asyncio.start_server(self._handle, HOST, self.listen_port)
+        reserve = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        reserve.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        reserve.bind((HOST, self.listen_port))
+        self._reserve = reserve
+        await self._listen()
 
     async def stop(self) -> None:
-        if self._server is not None:
-            self._server.close()
+        if self._watching is not None:
+            self._watching.cancel()
+        await self._close_listener()
         for connection in list(self._connections):
             connection.abort()
-        if self._server is not None:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 2)
+        if self._reserve is not None:
+            self._reserve.close()
 
-    def set_mode(self, mode: Mode, delay: float = 0.0) -> None:
-        """Runs in the proxy loop."""
+    def _should_listen(self) -> bool:
+        return self.mode is not Mode.DROP and not self._target_down
+
+    async def _listen(self) -> None:
+        """Listen (again), unless the link drops or its target is down. The mode may
+        change while the listener is made: it is checked again once it is there."""
+        async with self._opening:
+            if self._server is not None or not self._should_listen():
+                return
+            server = await asyncio.start_server(
+                self._handle, HOST, self.listen_port, reuse_port=True
+            )
+            if self._should_listen() and self._server is None:
+                self._server = server
+            else:
+                server.close()
+
+    async def _close_listener(self) -> None:
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(server.wait_closed(), 2)
+
+    async def set_mode(self, mode: Mode, delay: float = 0.0) -> None:
+        """Runs in the proxy loop; returns once the link refuses or listens as `mode` says."""
         self.mode, self.delay = mode, delay
         if mode is Mode.DROP:
             for connection in list(self._connections):
                 connection.abort()
                 self.stats.aborted += 1
+            self._refuse_now()
+        else:
+            await self._listen()
         assert self._changed is not None
         self._changed.set()
         self._changed = asyncio.Event()
 
+    def _refuse_now(self) -> None:
+        """Stop accepting at once (the next connect is refused); the server's own close
+        finishes in the background."""
+        server, self._server = self._server, None
+        if server is not None:
+            server.close()
+
+    async def _watch_target(self) -> None:
+        """The target refused a connection: refuse ours until it accepts one."""
+        try:
+            while True:
+                await asyncio.sleep(DOWN_RETRY_SECONDS)
+                try:
+                    _, probe = await asyncio.open_connection(HOST, self.target_port)
+                except OSError:
+                    continue
+                probe.transport.abort()
+                break
+            self._target_down = False
+            await self._listen()
+        finally:
+            self._watching = None
+
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.stats.connections += 1
-        if self.mode is Mode.DROP:
+        if self.mode is Mode.DROP or self._target_down:
+            # Accepted in the instant before the listener closed.
             self.stats.refused += 1
             writer.transport.abort()
             return
@@ -123,10 +199,14 @@ class LinkProxy:
             try:
                 up_reader, up_writer = await asyncio.open_connection(HOST, self.target_port)
             except OSError:
-                # The node is down: the caller sees the connection reset, as it would
-                # without the proxy (connection refused).
-                self.stats.refused += 1
+                # The node is down. This connection is already accepted and can only be
+                # reset; the next ones are refused, as the node's own port refuses them.
+                self.stats.target_down += 1
                 writer.transport.abort()
+                if not self._target_down:
+                    self._target_down = True
+                    self._refuse_now()
+                    self._watching = asyncio.ensure_future(self._watch_target())
                 return
             connection.upstream = up_writer
             await asyncio.gather(
@@ -255,7 +335,7 @@ class ProxyPool:
 
         async def apply() -> None:
             for link in chosen:
-                link.set_mode(mode, delay)
+                await link.set_mode(mode, delay)
 
         self._call(apply())
 
