@@ -270,7 +270,7 @@ def availability_check(figure: dict[str, Any], goal: float | None) -> Check | No
         f"availability: at least {100 * goal:.1f} % of operations answered within "
         f"{AVAILABILITY_DEADLINE:.0f} s of their start",
         total > 0 and share >= goal,
-        f"{in_time} of {total} ({100 * share:.1f} %)",
+        f"{in_time} of {total} ({100 * figure['share']:.1f} %, as in the summary)",
     )
 
 
