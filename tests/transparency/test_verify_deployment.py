@@ -35,7 +35,7 @@ from backupvault.files import MAX_STATE_BYTES
 from backupvault.transparency import FleetBundle, Verifier, sign_record
 from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
 from backupvault.transparency.errors import UnknownFleet
-from backupvault.transparency.note import Signer, open_checkpoint
+from backupvault.transparency.note import Checkpoint, Signer, open_checkpoint
 from backupvault.transparency.record import raw_public_key
 from backupvault.transparency.witness import Witness, WitnessPolicy
 
@@ -840,3 +840,74 @@ def test_an_expected_measurement_of_the_wrong_length_is_a_usage_error(
         main(args)
     assert done.value.code == 2
     assert "--expect-measurement takes 64 hex characters" in capsys.readouterr().err
+
+
+# ---- a state file of another witness ----------------------------------------------------------
+
+
+def another_witness_state(tmp_path: Path) -> Path:
+    """The state file `witness verify-log` keeps for another witness (a production fleet
+    has two or more): its checkpoint is signed by that witness's key, not this one's."""
+    other = Signer("witness-b.test/backupvault", Ed25519PrivateKey.generate())
+    note = Checkpoint(other.name, 1, bytes(32)).sign(other)
+    state = tmp_path / "log-b.json"
+    state.write_text(json.dumps({"version": 1, "vkey": other.verifier.vkey(), "checkpoint": note}))
+    return state
+
+
+@pytest.mark.parametrize("mixed_up", ["another witness's", "damaged"])
+def test_verify_log_with_a_state_file_it_cannot_open_blames_the_file_not_the_log(
+    world: World, tmp_path: Path, mixed_up: str
+) -> None:
+    """Before: the witness's own checkpoint verified, the state file's did not, and
+    verify-log exited 7 (a fork or rollback: a monitor pages for tampering) saying "the
+    witness checkpoint does not verify ... check the witness key"."""
+    world.deploy(1)
+    state = another_witness_state(tmp_path)
+    if mixed_up == "damaged":
+        state.write_text(json.dumps({"version": 1, "checkpoint": "not a signed note"}))
+    kept = state.read_text()
+    with pytest.raises(InvalidInput) as refused:
+        verify_log(WITNESS, world.key, state, http=world.http())
+    assert not isinstance(refused.value, LogCheckFailed)
+    assert refused.value.exit_code == 1
+    assert f"the state file {state}" in refused.value.message
+    assert WITNESS_NAME in refused.value.message and "own --state" in str(refused.value.hint)
+    assert state.read_text() == kept
+
+
+def test_verify_deployment_with_another_witness_s_state_file_names_the_file(
+    world: World, tmp_path: Path
+) -> None:
+    """Before: "the note is not signed by any key we trust", with no word of the state
+    file, as if the witness or the bundle were at fault."""
+    world.current = world.deploy(1)
+    state = another_witness_state(tmp_path)
+    kept = state.read_text()
+    with pytest.raises(InvalidInput) as refused:
+        world.run(state_file=state, check_node_measurements=False)
+    assert f"the state file {state}" in refused.value.message
+    assert state.read_text() == kept
+
+
+def test_a_damaged_head_in_the_state_file_is_the_file_s_fault_not_a_mismatch(
+    world: World, tmp_path: Path
+) -> None:
+    """A head the state file kept for another witness that does not verify with that
+    witness's key: before, the witness's check failed and the run exited 7, "the
+    deployment does not match its public record: do not trust this fleet"."""
+    world.current = world.deploy(1)
+    other = Signer("witness-b.test/backupvault", Ed25519PrivateKey.generate())
+    state = tmp_path / "client-state.json"
+    state.write_text(json.dumps({"version": 1, "heads": {other.name: "junk"}}))
+    trust = replace(
+        world.trust(), witnesses=((world.key, WITNESS), (other.verifier, "https://witness-b.test"))
+    )
+    with pytest.raises(InvalidInput) as refused:
+        verify_deployment(
+            trust, relay_url=RELAY, http=world.http(), state_file=state,
+            check_node_measurements=False,
+        )  # fmt: skip
+    assert not isinstance(refused.value, DeploymentCheckFailed)
+    assert f"the state file {state}" in refused.value.message
+    assert other.name in refused.value.message

@@ -230,6 +230,48 @@ def load_checkpoint_state(path: Path | None) -> tuple[dict[str, Any], str | None
     return data, note if isinstance(note, str) else None
 
 
+def state_checkpoint(path: Path | None, note: str | None, verifier: Verifier) -> Checkpoint | None:
+    """The checkpoint a state file remembers, opened with the witness's key. One that does
+    not open is the file's fault (another witness's state file, or a damaged one), not the
+    log's: an InvalidInput naming the file, never a fork (exit 7)."""
+    if note is None:
+        return None
+    try:
+        return open_checkpoint(note, verifier)
+    except (TransparencyError, InvalidInput) as err:
+        raise InvalidInput(
+            f"the state file {path} remembers a checkpoint that does not verify with the key of"
+            f" {verifier.name}: {err.message}",
+            hint="each witness needs its own --state file: give this witness's own (another"
+            " witness's, or a damaged one, cannot be used), or a new path to start one",
+        ) from None
+
+
+def check_kept_heads(path: Path | None, state: Mapping[str, Any], trust: TrustInputs) -> None:
+    """Each head the state file kept for a witness that will be asked opens with that
+    witness's key: one that does not is the file's fault, said before anything is asked,
+    rather than a failed witness check (exit 7, "do not trust this fleet")."""
+    heads = state.get("heads")
+    if not isinstance(heads, dict):
+        return
+    for verifier, _ in trust.witnesses:
+        kept = heads.get(verifier.name)
+        if not isinstance(kept, str) or (verifier.name, verifier.key_id) == (
+            trust.witness.name,
+            trust.witness.key_id,
+        ):
+            continue  # the bundle witness's head is not read from the file
+        try:
+            open_head(kept, verifier)
+        except (TransparencyError, InvalidInput) as err:
+            raise InvalidInput(
+                f"the state file {path} keeps a head of {verifier.name} that does not verify"
+                f" with its key: {err.message}",
+                hint="give the state file that witness's heads were kept in with this key, or a"
+                " new path to start one",
+            ) from None
+
+
 def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Sequence[bytes]]:
     """`url` is the full consistency endpoint (a witness's /v1/consistency or a relay's
     /v1/fleet/consistency)."""
@@ -553,7 +595,8 @@ def verify_deployment(
     """Every fleet epoch the relay serves (or the one bundle file), checked."""
     client = http or untrusted_client(10.0, trust_env=False)
     state, note = load_checkpoint_state(state_file)
-    last = None if note is None else open_checkpoint(note, trust.witness)
+    last = state_checkpoint(state_file, note, trust.witness)
+    check_kept_heads(state_file, state, trust)
     accepted = load_accepted_epochs(state_file, state)
     # A client's state file pins its first fleet: that is the fleet expected, as the client
     # expects it, and a run for another one must not add it there (which unpins the client).
@@ -727,9 +770,9 @@ def verify_log(
     except AnswerRefused as err:
         raise LogCheckFailed(err.message, hint=err.hint) from None
     _, note = load_checkpoint_state(state_file)
+    previous = state_checkpoint(state_file, note, verifier)
     try:
         checkpoint = open_checkpoint(answer.text, verifier)
-        previous = None if note is None else open_checkpoint(note, verifier)
         check_log_growth(checkpoint, previous, consistency_fetcher(client, f"{url}/v1/consistency"))
     except ProofUnavailable as err:
         raise DeploymentUnreachable(
