@@ -583,7 +583,7 @@ def relay_metrics(ctx: Context, relay_config: Path) -> None:
     fleets += [(p.epoch, p.node_urls) for p in config.previous_fleets]
     report: list[dict[str, object]] = []
     lines: list[str] = []
-    missing = 0
+    troubled: list[str] = []  # nodes that gave no counters, or serve nothing
     for epoch, urls in fleets:
         lines.append("current fleet:" if epoch is None else f"previous fleet, epoch {epoch}:")
         nodes: list[dict[str, object]] = []
@@ -591,26 +591,58 @@ def relay_metrics(ctx: Context, relay_config: Path) -> None:
             try:
                 counters = node_metrics(key, url, index)
             except MetricsUnavailable as err:
-                missing += 1
+                troubled.append(f"node {index} {url} gave no counters")
                 nodes.append({"index": index, "url": url, "error": err.message})
                 lines.append(f"  node {index} {url}: {err.message}")
                 continue
+            if _stopped_because(counters) is not None:
+                troubled.append(f"node {index} {url} stopped serving")
             nodes.append({"index": index, "url": url, "metrics": counters})
             lines.append(f"  node {index} {url}: {_counters_line(counters)}")
         report.append({"epoch": epoch, "nodes": nodes})
     ctx.output.result({"fleets": report}, "\n".join(lines))
-    if missing:
-        raise click.exceptions.Exit(5)  # as an unavailable fleet: not every node answered
+    if troubled:
+        # As an unavailable fleet: a monitor that checks the exit code sees a node that
+        # answers its metrics but serves no client (fail-stop) as well as a silent one.
+        raise MetricsUnavailable(
+            "; ".join(troubled),
+            hint="each node's line above says why; a stopped node serves nothing until its"
+            ' operator restarts it (docs/operations.md, "Backing up node state")',
+        )
+
+
+def _stopped_because(counters: dict[str, object]) -> str | None:
+    """Why the node stopped serving (its health's `stopped`), or None if it did not."""
+    health = counters.get("health")
+    stopped = health.get("stopped") if isinstance(health, dict) else None
+    return None if stopped is None else str(stopped)
+
+
+#: What each `store_start` that lost something means, for the text (docs/operations.md).
+_STORE_STARTS = {
+    "rollback_detected": "store behind its token (restored from a copy, wiped, or a crash):"
+    " find out why if it was not a crash",
+    "catch_up_unfinished": "an earlier catch-up did not finish",
+    "uncounted_history": "store has writes its token never counted (a new token, an upgrade)",
+}
 
 
 def _counters_line(counters: dict[str, object]) -> str:
-    """A node's health, then its counters, on one line."""
+    """A node's health (serving, and what its start found the store to be if it lost
+    anything), then its counters, on one line."""
     health = counters.get("health")
     state = []
     if isinstance(health, dict):
-        state.append("ready" if health.get("ready") else "not ready (catching up)")
-        if health.get("stopped"):
-            state.append(f"stopped: {health['stopped']}")
+        stopped = _stopped_because(counters)
+        if stopped is not None:
+            state.append(f"stopped: {stopped}")
+        else:
+            state.append("ready" if health.get("ready") else "not ready (catching up)")
+        start = health.get("store_start")
+        if isinstance(start, str) and start not in ("first_start", "intact"):
+            meaning = _STORE_STARTS.get(start)
+            said = f"{start.replace('_', ' ')} at start"
+            state.append(said if meaning is None else f"{said} ({meaning})")
     numbers = [f"{k.replace('_', ' ')} {v}" for k, v in counters.items() if type(v) is int]
     return "; ".join([*state, ", ".join(n for n in numbers if not n.startswith("node "))])
 
