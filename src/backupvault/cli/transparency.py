@@ -92,6 +92,7 @@ def fleet_deploy(
     the fleet file and its epoch and measurement into it; with --witness, has the witness
     log it and writes bundle.bin (what the relay serves to clients)."""
     from backupvault.deploy.records import (
+        deployed_record,
         next_epoch,
         save_bundle,
         sign_deployment,
@@ -100,7 +101,6 @@ def fleet_deploy(
     )
     from backupvault.node.config import FleetDescription
     from backupvault.tokens import load_operator_private_key
-    from backupvault.transparency import OperatorSignedRecord
 
     # Each witness's key, to check its receipt before bundle.bin is written: without it a
     # witness (or what answers in its place) could hand back a receipt every client refuses.
@@ -117,11 +117,7 @@ def fleet_deploy(
     if resubmit:
         if not witness_urls:
             raise UsageError("--resubmit needs --witness URL")
-        record_file = fleet_file.parent / "deployment.bin"
-        try:
-            existing = OperatorSignedRecord.from_bytes(record_file.read_bytes())
-        except OSError as err:
-            raise InvalidInput(f"cannot read {record_file}: {err.strerror}") from None
+        existing = deployed_record(fleet_file)
         bundles = [
             submit(url, existing, witness=key)  # every witness logs it
             for url, key in zip(witness_urls, verifiers, strict=True)

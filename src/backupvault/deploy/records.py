@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.codec import untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import replace_file
+from backupvault.files import read_at_most, replace_file
 from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 from backupvault.node.config import FleetDescription
 from backupvault.transparency import (
@@ -148,6 +148,46 @@ def write_deployment(
     # read it, and a crash mid-write left it cut short.
     replace_file(fleet_file.parent / RECORD_FILE, signed.to_bytes(), mode=0o644)
     fleet.save(fleet_file)
+
+
+def deployed_record(fleet_file: Path) -> OperatorSignedRecord:
+    """The `deployment.bin` beside `fleet_file`, checked to be the record that fleet.toml
+    was last deployed with (its fleet id, epoch and measurement): `fleet deploy
+    --resubmit` sends it to a new witness, which logs whatever epoch it is given, and an
+    older epoch's record (a copy from another folder, or restored from a backup) ended in
+    a bundle.bin of a retired epoch, which every client refuses."""
+    path = fleet_file.parent / RECORD_FILE
+    fleet = FleetDescription.load(fleet_file)
+    redeploy = f"`backupvault fleet deploy --fleet-file {fleet_file}` writes it"
+    if fleet.epoch is None or fleet.measurement is None:
+        raise InvalidInput(
+            f"{fleet_file} was never deployed: it names no epoch, so there is no record to"
+            " resubmit",
+            hint=f"{redeploy} (with --witness for each witness)",
+        )
+    try:
+        data = read_at_most(path, MAX_BUNDLE_BYTES, "any deployment record", hint=redeploy)
+        signed = OperatorSignedRecord.from_bytes(data)
+        record = signed.deployment()
+    except OSError as err:
+        raise InvalidInput(f"cannot read {path}: {err.strerror}", hint=redeploy) from None
+    except (TransparencyError, InvalidInput) as err:
+        raise InvalidInput(
+            f"{path} is not a deployment record: {err.message}",
+            hint=f"restore the deployment.bin that `fleet deploy` wrote beside {fleet_file}",
+        ) from None
+    deployed = (fleet.fleet_id, fleet.epoch, fleet.measurement)
+    if (record.fleet_id, record.epoch, record.measurement) != deployed:
+        raise InvalidInput(
+            f"{path} is not the record {fleet_file} was deployed with: it is fleet"
+            f" {record.fleet_id.hex()} epoch {record.epoch}, measurement"
+            f" {record.measurement.hex()[:16]}…; {fleet_file} names fleet {fleet.fleet_id.hex()}"
+            f" epoch {fleet.epoch}, measurement {fleet.measurement.hex()[:16]}…; nothing was sent",
+            hint="give the fleet.toml and deployment.bin that the last `fleet deploy` wrote"
+            " together: a new witness logs an older epoch it is given, and a bundle of a"
+            " retired one is refused by every client",
+        )
+    return signed
 
 
 def submit(
