@@ -155,7 +155,12 @@ def test_fewer_than_t_reports_keep_the_node_refusing(
     world: Simulation, client: ThresholdClient
 ) -> None:
     _roll_back(world, client, (0,), wrong=1)
-    assert _code(_ask(world, client, 0)) == ErrorCode.FLEET_UNAVAILABLE
+    refused = _ask(world, client, 0)
+    assert _code(refused) == ErrorCode.FLEET_UNAVAILABLE
+    # What the user and the operator read says both ways out, not only the owner's success
+    # (which needs t other nodes to evaluate: with one of them down too, none comes).
+    assert isinstance(refused, ErrorResponse)
+    assert "peers have reported" in refused.detail and "successful recovery" in refused.detail
     assert _deliver(world, 0, reporters=(1, 2)) == 2  # taken, but only 2 of t = 3
     assert world.honest[0].rows[client.key].count == 0
     assert _code(_ask(world, client, 0)) == ErrorCode.FLEET_UNAVAILABLE

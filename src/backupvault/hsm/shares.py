@@ -1284,7 +1284,8 @@ class ShareKeeper:
                     error(
                         ErrorCode.FLEET_UNAVAILABLE,
                         "this node's store was restored from an older copy; it answers"
-                        " again after the owner's next successful recovery",
+                        " again once t of its peers have reported the entry's count, or after"
+                        " a successful recovery",
                     ),
                     writes,
                 )
