@@ -175,6 +175,9 @@ def test_a_stream_without_a_valid_hello_is_closed(tmp_path: Path, first: bytes) 
             writer.write(first)
             assert await _closed(reader)
             assert service.listener is not None and service.listener.refused == 1
+            # What the operator reads (GET /v1/metrics): before, a stream refused at its
+            # hello was logged but never counted there, though docs/operations.md says so.
+            assert service.metrics["peer_streams_refused"] == 1
             _, writer = await _hello_stream(service, peer)
             await _sync_answered(service, peer, writer)
 
@@ -192,6 +195,7 @@ def test_a_replayed_hello_is_refused(tmp_path: Path) -> None:
             replay.write(hello)
             assert await _closed(reader)
             assert service.listener is not None and service.listener.refused == 1
+            assert service.metrics["peer_streams_refused"] == 1
 
     _run(scenario)
 
@@ -266,6 +270,8 @@ def test_a_bad_frame_closes_only_its_stream_and_changes_nothing(
             answers = [m for _, m in peer.received if isinstance(m, SyncResponse)]
             assert len(answers) == (1 if attack == "replayed" else 0)
             assert service.listener is not None and service.listener.refused == 1
+            # Counted once for the operator, whatever refused it (an oversize frame was not).
+            assert service.metrics["peer_streams_refused"] == 1
             _, writer = await _hello_stream(service, peer)  # an honest stream still works
             await _sync_answered(service, peer, writer)
 

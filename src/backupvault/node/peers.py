@@ -228,7 +228,9 @@ class PeerLink:
 class PeerListener:
     """Accepts the streams peers dial to this node. `authenticate(hello)` returns the
     sender a hello proves (or raises); `deliver(sender, frame)` takes a frame and returns
-    False when the stream must be closed (something in it was refused)."""
+    False when the stream must be closed (something in it was refused). `on_refused()`
+    is called for each stream closed for something refused, whatever it was (the node's
+    `peer_streams_refused` metric)."""
 
     def __init__(
         self,
@@ -236,11 +238,13 @@ class PeerListener:
         authenticate: Callable[[bytes], int],
         deliver: Callable[[int, bytes], bool],
         hello_size: int,
+        on_refused: Callable[[], None] | None = None,
     ) -> None:
         self.address = address
         self._authenticate = authenticate
         self._deliver = deliver
         self._hello_size = hello_size
+        self._on_refused = on_refused
         self._server: asyncio.Server | None = None
         #: Streams waiting for their hello, oldest first.
         self._waiting: dict[asyncio.StreamWriter, None] = {}
@@ -271,6 +275,8 @@ class PeerListener:
 
     def _refuse(self, writer: asyncio.StreamWriter, why: str) -> None:
         self.refused += 1
+        if self._on_refused is not None:
+            self._on_refused()
         log.warning("closed a peer stream: %s", why)
         writer.transport.abort()
 

@@ -222,7 +222,11 @@ class NodeService:
         self._step(lambda: self.replica.start(self._clock(), self._intact))
         # Peers are heard only once the replica has started.
         self.listener = PeerListener(
-            self._peer_listen, self._channel.open_hello, self._peer_stream_frame, HELLO_SIZE
+            self._peer_listen,
+            self._channel.open_hello,
+            self._peer_stream_frame,
+            HELLO_SIZE,
+            on_refused=self._peer_stream_refused,
         )
         await self.listener.start()
         self._ticker = asyncio.create_task(self._tick_forever())
@@ -567,9 +571,12 @@ class NodeService:
         except InvalidInput as err:
             log.warning("refused peer frame from node %d: %s", sender, err.message)
             refused = 1
-        if refused:
-            self.metrics["peer_streams_refused"] += 1
         return not refused
+
+    def _peer_stream_refused(self) -> None:
+        # Counted where the stream is closed, so a refused hello or an oversize frame is
+        # counted as a refused message is (docs/operations.md, "Ports"), each stream once.
+        self.metrics["peer_streams_refused"] += 1
 
     def _dropped(self, count: int) -> None:
         self.metrics["peer_messages_dropped"] += count
