@@ -911,3 +911,29 @@ def test_a_damaged_head_in_the_state_file_is_the_file_s_fault_not_a_mismatch(
     assert not isinstance(refused.value, DeploymentCheckFailed)
     assert f"the state file {state}" in refused.value.message
     assert other.name in refused.value.message
+
+
+# ---- a URL of the wrong service -----------------------------------------------------------------
+
+
+def test_a_relay_url_that_is_another_service_says_so_on_one_line(world: World) -> None:
+    """`--relay` given a node's or the witness's URL (404 on /v1/fleet/epochs): the error
+    was httpx's text, "Client error '404 Not Found' for url ...", then a second line
+    "For more information check: https://developer.mozilla.org/...", and a hint about
+    relay.toml's bundle_file."""
+    world.current = world.deploy(1)
+    world.hostile["relay.test", "/v1/fleet/epochs"] = lambda request: httpx.Response(404)
+    with pytest.raises(DeploymentCheckFailed) as refused:
+        world.run(check_node_measurements=False)
+    message = refused.value.message
+    assert "\n" not in message and "mozilla" not in message
+    assert "404" in message and "/v1/fleet/epochs" in message
+    assert "--relay" in str(refused.value.hint)
+
+
+def test_a_node_answering_an_error_is_one_line_in_its_check(world: World) -> None:
+    world.current = world.deploy(1)
+    world.nodes[1] = lambda index, epoch: httpx.Response(404)
+    [report] = world.run()
+    detail = failed(report)["node 1 measurement (https://node1.vault.test:7100)"]
+    assert "\n" not in detail and "mozilla" not in detail and "404" in detail

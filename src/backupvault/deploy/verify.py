@@ -105,12 +105,21 @@ class ProofUnavailable(Exception):
         self.detail = detail
 
 
+def http_failure(err: httpx.HTTPError) -> str:
+    """What went wrong, on one line: httpx's text for an error status adds a second line
+    pointing at developer.mozilla.org."""
+    if isinstance(err, httpx.HTTPStatusError):
+        request = err.request
+        return f"HTTP {err.response.status_code} for {request.method} {request.url}"
+    return f"{type(err).__name__}: {err}"
+
+
 def _failed_request(name: str, whom: str, err: httpx.HTTPError) -> Check:
     """The failed check of asking `whom`: unreachable (not verified), or refused."""
     if unreachable(err):
-        detail = f"unreachable: not verified ({type(err).__name__}: {err})"
+        detail = f"unreachable: not verified ({http_failure(err)})"
         return Check(name, False, detail, unreachable=True)
-    return Check(name, False, f"cannot ask the {whom} ({err})")
+    return Check(name, False, f"cannot ask the {whom} ({http_failure(err)})")
 
 
 #: The client's checks in the order verify_bundle makes them, and what refuses each.
@@ -294,11 +303,11 @@ def consistency_fetcher(http: httpx.Client, url: str) -> Callable[[int, int], Se
                 isinstance(err, httpx.HTTPStatusError) and err.response.status_code == 429
             ):
                 raise ProofUnavailable(
-                    f"no consistency proof from {old} to {new} entries now"
-                    f" ({type(err).__name__}: {err})"
+                    f"no consistency proof from {old} to {new} entries now ({http_failure(err)})"
                 ) from None
             raise LogForked(
-                f"no consistency proof from {old} to {new} entries could be fetched ({err})",
+                f"no consistency proof from {old} to {new} entries could be fetched"
+                f" ({http_failure(err)})",
                 hint="without it the newer checkpoint cannot be shown to extend the older one",
             ) from None
         except (BackupVaultError, ValueError, KeyError, TypeError) as err:
@@ -639,12 +648,15 @@ def verify_deployment(
         except httpx.HTTPError as err:
             if unreachable(err):
                 raise DeploymentUnreachable(
-                    f"cannot reach the relay at {relay_url}: {err}",
+                    f"cannot reach the relay at {relay_url}: {http_failure(err)}",
                     hint="nothing was checked; try again when the relay answers",
                 ) from None
             raise DeploymentCheckFailed(
-                f"cannot fetch the fleet bundles from the relay at {relay_url}: {err}",
-                hint="the relay must serve /v1/fleet/bundle (bundle_file in relay.toml)",
+                f"cannot fetch the fleet bundles from the relay at {relay_url}:"
+                f" {http_failure(err)}",
+                hint="check that --relay is the relay's URL (a node or a witness answers 404"
+                " there); the relay must serve /v1/fleet/epochs and /v1/fleet/bundle"
+                " (bundle_file in relay.toml)",
             ) from None
         except (InvalidInput, KeyError, TypeError) as err:
             detail = err.message if isinstance(err, InvalidInput) else "no list 'previous'"
@@ -759,12 +771,12 @@ def verify_log(
         # witness, so a monitor that alerts on 7 does not cry tampering.
         if unreachable(err):
             raise DeploymentUnreachable(
-                f"the witness at {url} did not answer: {err}",
+                f"the witness at {url} did not answer: {http_failure(err)}",
                 hint="nothing was checked (the state file is unchanged); run it again when"
                 " the witness answers, and check the URL if it never does",
             ) from None
         raise LogCheckFailed(
-            f"cannot fetch the checkpoint from {url}: {err}",
+            f"cannot fetch the checkpoint from {url}: {http_failure(err)}",
             hint="check the witness URL (backupvault witness serve)",
         ) from None
     except AnswerRefused as err:
