@@ -105,6 +105,8 @@ def test_each_node_s_counters_signed_for_it_and_a_silent_node_named(tmp_path: Pa
     assert text.returncode == 5
     assert "evaluations 10" in text.stdout and "evaluations 11" in text.stdout
     assert f"node 2 {down}: did not answer" in text.stdout
+    # No node stopped: the hint does not send the operator to restart one.
+    assert "stopped" not in text.stderr and "node 2" in text.stderr
 
 
 def test_a_relay_key_the_nodes_do_not_list_is_named_as_the_reason(tmp_path: Path) -> None:

@@ -584,6 +584,7 @@ def relay_metrics(ctx: Context, relay_config: Path) -> None:
     report: list[dict[str, object]] = []
     lines: list[str] = []
     troubled: list[str] = []  # nodes that gave no counters, or serve nothing
+    any_stopped = False
     for epoch, urls in fleets:
         lines.append("current fleet:" if epoch is None else f"previous fleet, epoch {epoch}:")
         nodes: list[dict[str, object]] = []
@@ -596,6 +597,7 @@ def relay_metrics(ctx: Context, relay_config: Path) -> None:
                 lines.append(f"  node {index} {url}: {err.message}")
                 continue
             if _stopped_because(counters) is not None:
+                any_stopped = True
                 troubled.append(f"node {index} {url} stopped serving")
             nodes.append({"index": index, "url": url, "metrics": counters})
             lines.append(f"  node {index} {url}: {_counters_line(counters)}")
@@ -604,11 +606,13 @@ def relay_metrics(ctx: Context, relay_config: Path) -> None:
     if troubled:
         # As an unavailable fleet: a monitor that checks the exit code sees a node that
         # answers its metrics but serves no client (fail-stop) as well as a silent one.
-        raise MetricsUnavailable(
-            "; ".join(troubled),
-            hint="each node's line above says why; a stopped node serves nothing until its"
-            ' operator restarts it (docs/operations.md, "Backing up node state")',
-        )
+        hint = "each node's line above says why"
+        if any_stopped:
+            hint += (
+                "; a stopped node serves nothing until its operator restarts it"
+                ' (docs/operations.md, "Backing up node state")'
+            )
+        raise MetricsUnavailable("; ".join(troubled), hint=hint)
 
 
 def _stopped_because(counters: dict[str, object]) -> str | None:
