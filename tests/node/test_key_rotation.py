@@ -93,7 +93,7 @@ def test_a_copy_taken_before_the_erase_does_not_open_with_anything_the_node_has(
 
     assert sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
     # The copy's row key was sealed by a token key that no longer exists...
-    with pytest.raises(TokenError, match="holds no key"):
+    with pytest.raises(TokenError, match="copy from before the node erased a key share"):
         RowKeyRing(sealer, backup).load(1)
     # ...and the sealing key, which the node keeps, does not open it either.
     blob = (backup / ROW_KEY_FILE).read_bytes()[5:]
@@ -118,6 +118,30 @@ def test_a_copy_taken_before_the_erase_does_not_open_with_anything_the_node_has(
     kept = reopened.get(ENTRY_B)
     assert kept is not None and kept.promised_round == 4
     reopened.close()
+
+
+def test_a_data_folder_restored_from_before_an_erase_says_why_and_what_to_do(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """docs/operations.md told operators to restore a lost data folder "from any backup";
+    once the node has erased any share since (a password change, a delete), the backup's
+    row key is gone with its token key, by design. The node refused to start with "token
+    ... holds no key 'backupvault row key 1' ... what that key sealed cannot be opened
+    any more", which said neither that the folder is an older copy nor how to go on."""
+    data, store = _node(tmp_path, sealer)
+    store.save([share_record(ENTRY_A, _share_row(SHARE))])
+    backup = tmp_path / "backup"
+    shutil.copytree(data, backup)
+    store.save([share_record(ENTRY_A, _share_row(b""))])  # erased: rotates to generation 2
+    store.close()
+    with pytest.raises(TokenError) as refused:
+        _open(backup, sealer)
+    message, hint = refused.value.message, str(refused.value.hint)
+    assert "generation 1" in message and "generation 2" in message
+    assert "copy" in message and "erase" in message
+    assert "node init" in hint and "row-key.sealed" in hint and "catches up" in hint
+    # The node's own folder still opens: the refusal is the copy's alone.
+    _open(data, sealer).close()
 
 
 def test_rotation_keeps_names_versions_and_the_counter(tmp_path: Path, sealer: TokenSealer) -> None:

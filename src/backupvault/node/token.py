@@ -865,7 +865,10 @@ class RowKeyRing:
     def load(self, store_generation: int) -> bytes:
         """The row key of the generation the store was last sealed under (0: a new store:
         the current file's)."""
-        current, key = self._read(self._current)
+        try:
+            current, key = self._read(self._current)
+        except TokenError as err:
+            raise self._copied_before_an_erase() or err from None
         if self._next.is_file():
             pending, next_key = self._read(self._next)
             if store_generation == pending:  # the store was re-sealed: finish
@@ -883,6 +886,31 @@ class RowKeyRing:
                 " store so the node catches up from the fleet",
             )
         return key
+
+    def _copied_before_an_erase(self) -> TokenError | None:
+        """Why the current file's row key cannot be opened when the token holds a newer
+        row key than the one it names: the data folder is a copy (a backup, an old disk)
+        from before the node erased a share, whose row key the erase destroyed (by design,
+        docs/pkcs11.md "Erasure by key rotation"). None when that is not the case."""
+        generation = self._header(self._current, self._current.read_bytes())
+        newer = [
+            int(suffix)
+            for label in self._sealer.key_labels(ROW_KEY_PREFIX)
+            if (suffix := label.removeprefix(ROW_KEY_PREFIX)).isdigit() and int(suffix) > generation
+        ]
+        if not newer:
+            return None
+        return TokenError(
+            f"this data folder is a copy from before the node erased a key share: its"
+            f" {ROW_KEY_FILE} is generation {generation}, whose token key that erase"
+            f" destroyed (the token holds generation {max(newer)}); by design no such copy"
+            " opens again, so that the erased share stays erased",
+            hint=f"start the node on the data folder it last ran with; if that is lost,"
+            f" move store.sqlite* and {ROW_KEY_FILE} aside and run `backupvault node init`"
+            " (it keeps the node's other keys and makes a new row key): the node then"
+            " catches up from the fleet, without the key shares it held"
+            ' (docs/operations.md, "Backing up node state")',
+        )
 
     def read(self, generation: int) -> tuple[int, bytes]:
         """The row key of `generation` (0: the current one) and its generation, changing
