@@ -132,3 +132,15 @@ def test_a_receipt_that_does_not_check_out_is_refused_before_anything_is_written
     http = httpx.Client(transport=httpx.MockTransport(refusing(200, content=receipt)))
     assert submit(WITNESS, signed, http=http, witness=signer.verifier).cosignature
     witness.store.close()
+
+
+def test_a_witness_refusal_with_a_huge_detail_is_cut_short() -> None:
+    """The witness's (or a proxy's) JSON `detail` went into the error whole: a refusal
+    carrying megabytes of it filled the operator's terminal (its text was cut at 200)."""
+    huge = "x" * 1_000_000
+    http = httpx.Client(transport=httpx.MockTransport(refusing(409, json={"detail": huge})))
+    signed = sign_record(make_record(), Ed25519PrivateKey.generate())
+    with pytest.raises(WitnessRefused) as refused:
+        submit(WITNESS, signed, http=http)
+    assert "(409): xxx" in refused.value.message
+    assert len(refused.value.message) < 400

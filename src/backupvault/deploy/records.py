@@ -230,7 +230,8 @@ def submit(
         except InvalidInput:
             body = None
         said = body.get("detail") if isinstance(body, dict) else None
-        detail = answer.text[:200] if said is None else str(said)
+        # Cut short either way: whatever answers in the witness's place chooses its length.
+        detail = (answer.text if said is None else str(said))[:200]
         raise WitnessRefused(
             f"the witness refused the deployment record ({answer.status_code}): {detail}",
             hint="the witness must know this fleet id and operator key (its witness.toml), "
