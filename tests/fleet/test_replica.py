@@ -1339,3 +1339,53 @@ def test_a_wiped_node_keeps_an_acceptance_whose_round_a_hostile_node_walked_up(
     net.propose(3, b"b", b"k", add(100))
     net.settle()
     assert net.results[b"b"] == Committed(b"b", 101)  # built on the committed +1
+
+
+# ---- a hostile node's Accept under another node's ballot --------------------------------
+
+
+def _sent(effects: list, to: int, kind: type[Message]) -> list:
+    return [
+        e.message
+        for e in effects
+        if isinstance(e, Send) and e.to == to and isinstance(e.message, kind)
+    ]
+
+
+@pytest.mark.parametrize("forged_first", [False, True], ids=["forged-after", "forged-before"])
+def test_a_forged_accept_under_an_honest_ballot_never_swaps_a_value_or_counts_for_it(
+    forged_first: bool,
+) -> None:
+    """Node 0 runs a leaderless round for k with acceptor 1; node 2 (hostile) gets the
+    same Accept and sends node 1 another value under node 0's ballot and op id, with
+    node 0 as origin. An acceptor took any value at a ballot equal to its promise, so a
+    value it had already accepted at that ballot was replaced: node 0 committed +1 on
+    nodes {0, 1} while node 1 held the forged value, on which the next round from node 1
+    and others built (the commit lost, with two honest acceptors in its majority). And
+    node 0 counted every Accepted for its ballot, whatever value it named: with the
+    forged Accept first, it committed on node 1's word that it took the forged value.
+    An acceptor now keeps the one value it took at a ballot, and a proposer counts only
+    answers that name its own value (and no refusal from an acceptor that took it)."""
+    timing = replace(DEFAULT_TIMING, leader=False)
+    nodes = {i: Replica(i, range(3), random.Random(i).randbytes, timing=timing) for i in (0, 1)}
+    for replica in nodes.values():
+        replica.start(0.0, intact=True)
+    effects = nodes[0].propose(b"op", b"k", add(1), 0.0)
+    (prepare,) = _sent(effects, 1, Prepare)
+    (promise,) = _sent(nodes[1].receive(0, prepare, 0.0), 0, Promise)
+    (accept,) = _sent(nodes[0].receive(1, promise, 0.0), 1, Accept)
+    forged = replace(accept, value=ReplicatedValue([], (99).to_bytes(8, "big")).to_bytes())
+    order = [(2, forged), (0, accept)] if forged_first else [(0, accept), (2, forged)]
+    answers = []
+    for sender, message in order:
+        answers += _sent(nodes[1].receive(sender, message, 0.0), 0, Accepted)
+    results = [e for a in answers for e in nodes[0].receive(1, a, 0.0) if isinstance(e, Committed)]
+    held = nodes[1].source.get(b"k")
+    assert held is not None
+    if forged_first:
+        assert held.value == forged.value  # the first value it took at that ballot
+        assert results == []  # node 1 never took node 0's value: no majority for it
+    else:
+        assert held.value == accept.value  # kept: node 0's commit rests on it
+        assert results == [Committed(b"op", 1)]
+        assert [a.ok for a in answers] == [True, False]  # it refused the forgery

@@ -707,6 +707,11 @@ class Replica:
             # moved past it: answer as before. The record is written again as this node's
             # own acceptance (it may hold the value only as a catch-up copy so far).
             return self._took(message, record, record.promised)
+        if ballot == record.accepted and message.value != record.value:
+            # One value per ballot: its proposer sends one. Another value under the same
+            # ballot is forged (a hostile node can name any node's ballot in an Accept),
+            # and taking it would swap the value a majority may already have chosen.
+            return [], _answer(message, record.promised, False)
         if not refused and ballot >= record.promised:
             # A pipelined Accept also promises the ballot's successor, in the same write:
             # exactly a Prepare of it delivered right after, answered "accepted: this".
@@ -1076,7 +1081,13 @@ class Replica:
         if proposal is None:
             return []
         if not message.ok:
+            if sender in proposal.accepts:
+                # It took this round's value, then refused another under the same ballot
+                # (a forgery naming this node as origin): not a refusal of this value.
+                return []
             return self._refused_by(proposal, sender, message.promised_round, now)
+        if message.digest != _digest(proposal.accepted_value):
+            return []  # it took another value under this ballot: not an answer to this one
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
