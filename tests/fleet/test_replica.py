@@ -13,9 +13,11 @@ from backupvault.codec import Message, decode_any
 from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
+    RECENT_OPS,
     Accept,
     Accepted,
     AcceptorRecord,
+    AppliedOp,
     Ballot,
     Forward,
     ForwardAnswer,
@@ -1389,3 +1391,50 @@ def test_a_forged_accept_under_an_honest_ballot_never_swaps_a_value_or_counts_fo
         assert held.value == accept.value  # kept: node 0's commit rests on it
         assert results == [Committed(b"op", 1)]
         assert [a.ok for a in answers] == [True, False]  # it refused the forgery
+
+
+# ---- what one made-up value may make an honest node store --------------------------------
+
+
+def _padded_values() -> dict[str, bytes]:
+    """Values an honest proposer never makes, padded through their list of recent ops:
+    one op with a long id, and more ops than a value keeps."""
+    payload = b"\x01"
+    many = [AppliedOp(b"%016d" % i, 1) for i in range(RECENT_OPS + 1)]
+    return {
+        "long-op-id": ReplicatedValue([AppliedOp(b"x" * 200_000, 1)], payload).to_bytes(),
+        "too-many-ops": ReplicatedValue(many, payload).to_bytes(),
+    }
+
+
+@pytest.mark.parametrize("kind", ["long-op-id", "too-many-ops"])
+def test_a_value_padded_through_its_recent_ops_is_never_stored(kind: str) -> None:
+    """A value's list of recent op ids is the replica's own bookkeeping, which no
+    acceptor check (the firmware's sees the payload alone) looked at: a hostile peer's
+    Accept or catch-up copy of a made-up entry, with one op id of 200 KB (any length up to
+    `MAX_VALUE_BYTES`) or thousands of ops, was stored as it came, on every honest node,
+    so each of its messages cost every node a row of up to 256 KB of disk. An honest
+    value holds at most `RECENT_OPS` ops with 16-byte ids; any other is dropped as no
+    honest node's, as an Accept, a Promise, a Forward's answer or a catch-up copy."""
+    value = _padded_values()[kind]
+    acceptor = Replica(0, range(3), random.Random(1).randbytes)
+    acceptor.start(0.0, intact=True)
+    accept = Accept(b"op", b"made-up", 1, 2, value, 2, False)
+    assert acceptor.receive(2, accept, 0.0) == []
+    assert acceptor.source.get(b"made-up") is None
+    # Nor as a copy while catching up.
+    catching = Replica(0, range(3), random.Random(1).randbytes, MemoryRecords())
+    asks = {e.to: e.message for e in catching.start(0.0) if isinstance(e, Send)}
+    page = SyncResponse(asks[2].sync_id, True, [AcceptorRecord(b"made-up", 1, 2, 1, 2, value)])
+    assert catching.receive(2, page, 0.0) == []
+    assert catching.source.get(b"made-up") is None
+    # Nor as the newest value a Promise reports: the proposer builds on the honest one.
+    net = Net(3)
+    net.propose(0, b"a", b"k", add(1))
+    net.settle()
+    proposer = net.replicas[0]
+    effects = proposer.propose(b"b", b"k", add(1), net.now)
+    (prepare,) = [e.message for e in effects if isinstance(e, Send) and e.to == 2]
+    ballot = (prepare.round, prepare.node)
+    forged = Promise(prepare.op_id, b"k", *ballot, True, prepare.round - 1, 2, value, *ballot)
+    assert proposer.receive(2, forged, net.now) == []

@@ -251,25 +251,27 @@ def test_a_promise_of_a_value_that_does_not_decode_closes_no_honest_stream(
     """Node 1 promises every ballot of node 0's reporting, as accepted, bytes that are no
     value. Node 0 built on them while handling the Promise and the InvalidInput escaped
     the step: the frame was refused, and so was honest node 2's Promise after it (its
-    stream closed), at every round, and the change never went on. Now the lie counts as
-    lost (the leader, handed it as the newest value, goes leaderless) and the round goes
-    on with node 2's promise."""
+    stream closed), at every round, and the change never went on. Then the lie counted
+    as lost (the leader, handed it as the newest value, went leaderless); since review s35
+    a value that does not decode is dropped with the Promise that carries it, as no honest
+    node's (`Replica._admissible`), and the leader's round goes on with node 2's
+    promise."""
 
     async def scenario() -> None:
         clock = Clock()
         service, sent = node_service(tmp_path, clock)
         task = asyncio.ensure_future(service._commit(KEY, _unchanged))  # node 0 leads
         await _settle()
-        for _ in range(2):  # the leader's Prepare, then the leaderless round's
-            prepare = opened(2, sent[2], PEER_MESSAGES)[-1]
-            assert isinstance(prepare, Prepare)
-            ballot = (prepare.round, prepare.node)
-            garbage = Promise(prepare.op_id, KEY, *ballot, True, prepare.round - 1, 1,
-                              b"\xffno value", *ballot)  # fmt: skip
-            honest = Promise(prepare.op_id, KEY, *ballot, True, 0, 0, b"", *ballot)
-            assert service._peer_stream_frame(1, frame(1, [garbage]))
-            assert service._peer_stream_frame(2, frame(2, [honest]))  # its stream stays open
-            await _settle()
+        # The leader's Prepare: nothing sends it leaderless.
+        prepare = opened(2, sent[2], PEER_MESSAGES)[-1]
+        assert isinstance(prepare, Prepare)
+        ballot = (prepare.round, prepare.node)
+        garbage = Promise(prepare.op_id, KEY, *ballot, True, prepare.round - 1, 1,
+                          b"\xffno value", *ballot)  # fmt: skip
+        honest = Promise(prepare.op_id, KEY, *ballot, True, 0, 0, b"", *ballot)
+        assert service._peer_stream_frame(1, frame(1, [garbage]))
+        assert service._peer_stream_frame(2, frame(2, [honest]))  # its stream stays open
+        await _settle()
         accepts = [m for m in opened(2, sent[2], PEER_MESSAGES) if isinstance(m, Accept)]
         assert len(accepts) == 1 and accepts[0].round == prepare.round  # the round went on
         assert service._fatal is None

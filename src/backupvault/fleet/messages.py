@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 
 from backupvault.codec import Message
+from backupvault.errors import InvalidInput
 
 
 @dataclass(frozen=True, order=True)
@@ -190,6 +191,7 @@ class ReplicatedValue(Message):
 
 
 RECENT_OPS = 32  # changes remembered per entry; a retry comes within seconds
+MAX_OP_ID_BYTES = 32  # a node's op ids are 16 random bytes
 VALUES_DECODED = 256  # values whose decoding is remembered (`decode_value`)
 
 
@@ -200,6 +202,19 @@ def decode_value(value: bytes) -> ReplicatedValue:
     announce it), and decoding its list of recent ops was a tenth of a node's CPU. The
     result is shared: never change its `applied` list."""
     return ReplicatedValue.from_bytes(value)
+
+
+def well_formed(value: bytes) -> bool:
+    """Whether `value` (non-empty) is a value an honest proposer makes: it decodes, and its
+    list of recent ops is one `Replica._apply` keeps (at most `RECENT_OPS`, each id at
+    most `MAX_OP_ID_BYTES`). No acceptor check reads that list (the application's sees the
+    payload), so without this a peer could pad a made-up entry's value with it, and every
+    node would store the padding."""
+    try:
+        applied = decode_value(value).applied
+    except InvalidInput:
+        return False
+    return len(applied) <= RECENT_OPS and all(len(op.op_id) <= MAX_OP_ID_BYTES for op in applied)
 
 
 def payload_of(value: bytes) -> bytes:

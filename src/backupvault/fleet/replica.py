@@ -55,6 +55,7 @@ from backupvault.fleet.messages import (
     SyncResponse,
     decode_value,
     payload_of,
+    well_formed,
 )
 from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
 from backupvault.invariants import require
@@ -481,21 +482,22 @@ class Replica:
     def _admissible(self, message: Message) -> bool:
         """Whether a peer's message may reach the state machine at all. What no honest
         node sends is dropped here, as if lost: a key outside the application's key space,
-        a value over `MAX_VALUE_BYTES`, an Accept or Forward with no value (every proposed
-        value holds at least the op that made it; an empty one would skip the acceptor's
-        check and wipe the entry), a round far above any seen (ballot inflation, also
-        through answers), a Promise reporting an acceptance at or above the ballot it
-        promises, a catch-up page with an overlong store id or a record that claims an
-        acceptance without a value."""
+        a value over `MAX_VALUE_BYTES` or one no proposer makes (it does not decode, or it
+        is padded through its recent ops: `well_formed`), an Accept or Forward with no
+        value (every proposed value holds at least the op that made it; an empty one would
+        skip the acceptor's check and wipe the entry), a round far above any seen (ballot
+        inflation, also through answers), a Promise reporting an acceptance at or above
+        the ballot it promises, a catch-up page with an overlong store id or a record that
+        claims an acceptance without a value."""
         match message:
             case Prepare():
                 return self._key_ok(message.key)
             case Accept() | Forward():
-                return self._key_ok(message.key) and 0 < len(message.value) <= MAX_VALUE_BYTES
+                return self._key_ok(message.key) and _value_ok(message.value, empty=False)
             case Promise():
                 return (
                     self._key_ok(message.key)
-                    and len(message.value) <= MAX_VALUE_BYTES
+                    and _value_ok(message.value)
                     and not (
                         message.ok
                         and Ballot(message.accepted_round, message.accepted_node)
@@ -505,11 +507,11 @@ class Replica:
             case Accepted():
                 return self._key_ok(message.key)
             case ForwardAnswer():
-                return self._key_ok(message.key) and len(message.value) <= MAX_VALUE_BYTES
+                return self._key_ok(message.key) and _value_ok(message.value)
             case SyncResponse():
                 return len(message.store_id) <= MAX_STORE_ID_BYTES and all(
                     self._key_ok(r.key)
-                    and len(r.value) <= MAX_VALUE_BYTES
+                    and _value_ok(r.value)
                     and (r.accepted == Ballot(0, 0)) == (not r.value)
                     for r in message.records
                 )
@@ -1497,6 +1499,14 @@ class Replica:
             return True
         ready = sum(1 for _, r in self._sync_responses.values() if r.ready)
         return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
+
+
+def _value_ok(value: bytes, *, empty: bool = True) -> bool:
+    """Whether a peer's message may carry `value`: at most `MAX_VALUE_BYTES`, and (unless
+    empty, where `empty` allows it) a value an honest proposer makes (`well_formed`)."""
+    if not value:
+        return empty
+    return len(value) <= MAX_VALUE_BYTES and well_formed(value)
 
 
 def _holdable(record: AcceptorRecord) -> bool:
