@@ -114,3 +114,28 @@ def test_a_round_far_above_any_seen_is_refused(fleet: InProcessFleet) -> None:
     effects = replica.receive(0, Prepare(os.urandom(8), KEY, highest + 5, 0), fleet.now)
     assert any(isinstance(e, Persist) for e in effects)
     assert client.recover("pw", ksf_floor=FAST_KSF).root_key == ROOT_KEY
+
+
+PADDED_FIELDS = {
+    "reset hash": {"reset_hash": b"x" * 200_000},
+    "reset signature": {"reset_signature": b"x" * 200_000},
+    "change signature": {"change_signature": b"x" * 200_000},
+}
+
+
+@pytest.mark.parametrize("status", [EntryStatus.EMPTY, EntryStatus.DESTROYED])
+@pytest.mark.parametrize("padding", PADDED_FIELDS.values(), ids=PADDED_FIELDS.keys())
+def test_a_made_up_entry_s_value_padded_through_its_signature_fields_is_refused(
+    fleet: InProcessFleet, status: EntryStatus, padding: dict[str, bytes]
+) -> None:
+    """An empty or destroyed value for an entry nobody registered needs no signature
+    that verifies, and its hash and signature fields were not measured: a hostile node's
+    Accept of one with a 200 KB "signature" passed every honest acceptor's check, and
+    each such Accept wrote a row of up to 256 KiB on every honest node. A hash is 32
+    bytes and an owner's signature 64, in every state."""
+    made_up = EntryId.of("nobody", "made-up").to_bytes()
+    limit = fleet.firmware[1].shape.guess_limit
+    plain = ThresholdState(status=status, attempt=limit if status == EntryStatus.DESTROYED else 0)
+    assert fleet.firmware[1].check_value(made_up, plain.to_bytes()) is None
+    padded = dataclasses.replace(plain, **padding)  # type: ignore[arg-type]
+    assert fleet.firmware[1].check_value(made_up, padded.to_bytes()) is not None

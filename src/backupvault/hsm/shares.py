@@ -1684,6 +1684,16 @@ def check_threshold_value(
         return "a reset for an attempt never made"
     if state.attempt_hash and len(state.attempt_hash) != 32:
         return "malformed attempt hash"
+    # Measured in every state: an empty or destroyed value needs no signature that
+    # verifies, and an unmeasured field let a peer pad a made-up entry's value to the
+    # replica's 256 KiB limit, a row that size on every node per Accept.
+    if state.reset_hash and len(state.reset_hash) != 32:
+        return "malformed reset hash"
+    if any(
+        signature and len(signature) != owner.SIGNATURE_LEN
+        for signature in (state.reset_signature, state.change_signature)
+    ):
+        return "malformed owner signature"
     manifest: Manifest | None = None
     if status is EntryStatus.LIVE:
         if state.attempts_used > limit:
