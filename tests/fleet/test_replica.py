@@ -400,6 +400,25 @@ def test_a_page_that_does_not_continue_what_was_merged_is_ignored() -> None:
     assert (ask.store_id, ask.since) == (b"s1", 5)
 
 
+def test_a_catch_up_page_longer_than_any_honest_one_is_ignored(monkeypatch) -> None:
+    """An honest peer's page holds at most `SYNC_PAGE` records; a hostile peer's page for
+    made-up entries was merged whatever its length (up to the 64 MiB frame: some 10^5
+    small records, each a row to write, in one step of the node's loop). It is dropped
+    whole, as no honest node's, and the mark stays where it was."""
+    from backupvault.fleet import replica as replica_module
+
+    monkeypatch.setattr(replica_module, "SYNC_PAGE", 3)
+    replica, first = _restarting()
+    records = [AcceptorRecord(b"k%d" % i, 3, 1) for i in range(4)]
+    long_page = SyncResponse(first[1], True, records, b"s1", 0, 5, True)
+    assert replica.receive(1, long_page, 0.1) == []
+    assert replica.source.mark(1) == Mark()
+    assert all(replica.source.get(r.key) is None for r in records)
+    full_page = replace(long_page, records=records[:3])
+    effects = replica.receive(1, full_page, 0.1)
+    assert [e.kind for e in effects if isinstance(e, Persist)] == ["copy"] * 3
+
+
 def _sideways(key: bytes, payload: bytes, held: bytes) -> str | None:
     """An application check under which two values that share a first byte are siblings:
     neither may follow the other (as two registrations of one version, or one commit

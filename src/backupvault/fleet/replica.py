@@ -487,8 +487,8 @@ class Replica:
         value (every proposed value holds at least the op that made it; an empty one would
         skip the acceptor's check and wipe the entry), a round far above any seen (ballot
         inflation, also through answers), a Promise reporting an acceptance at or above
-        the ballot it promises, a catch-up page with an overlong store id or a record that
-        claims an acceptance without a value."""
+        the ballot it promises, a catch-up page with an overlong store id, more records
+        than `SYNC_PAGE` or a record that claims an acceptance without a value."""
         match message:
             case Prepare():
                 return self._key_ok(message.key)
@@ -509,11 +509,15 @@ class Replica:
             case ForwardAnswer():
                 return self._key_ok(message.key) and _value_ok(message.value)
             case SyncResponse():
-                return len(message.store_id) <= MAX_STORE_ID_BYTES and all(
-                    self._key_ok(r.key)
-                    and _value_ok(r.value)
-                    and (r.accepted == Ballot(0, 0)) == (not r.value)
-                    for r in message.records
+                return (
+                    len(message.store_id) <= MAX_STORE_ID_BYTES
+                    and len(message.records) <= SYNC_PAGE
+                    and all(
+                        self._key_ok(r.key)
+                        and _value_ok(r.value)
+                        and (r.accepted == Ballot(0, 0)) == (not r.value)
+                        for r in message.records
+                    )
                 )
         return True
 
