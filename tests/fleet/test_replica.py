@@ -24,6 +24,7 @@ from backupvault.fleet.messages import (
     Prepare,
     Promise,
     ReplicatedValue,
+    SyncRequest,
     SyncResponse,
     payload_of,
 )
@@ -417,6 +418,34 @@ def test_a_catch_up_page_longer_than_any_honest_one_is_ignored(monkeypatch) -> N
     full_page = replace(long_page, records=records[:3])
     effects = replica.receive(1, full_page, 0.1)
     assert [e.kind for e in effects if isinstance(e, Persist)] == ["copy"] * 3
+
+
+def test_a_peer_that_pages_for_ever_is_asked_one_page_at_a_time() -> None:
+    """Peer 1 (hostile) answers every catch-up ask at once with one more page (`more`),
+    from the start each time, while peers 2-4 stay silent. Each retry of the node's
+    asks (every 2 s at most) asked peer 1 again although its pages kept coming, and every
+    page answered asked for the next: one more chain of asks per retry, each driving
+    pages as fast as peer 1 answered, without end while the node could not finish
+    (after 40 s, 21 pages per round trip). The node asks again only a peer whose pages
+    stopped coming, and asks for the next page only in answer to its latest ask."""
+    replica, first = _restarting()
+    pending = [first[1]]
+    now, most = 0.0, 0
+    for step in range(400):
+        now += 0.1
+        effects = []
+        for sync_id in pending:
+            record = AcceptorRecord(b"made-up-%d" % step, 1, 1)
+            page = SyncResponse(sync_id, True, [record], b"h", 0, step + 1, True)
+            effects += replica.receive(1, page, now)
+        effects += replica.tick(now)
+        pending = [
+            e.message.sync_id
+            for e in effects
+            if isinstance(e, Send) and e.to == 1 and isinstance(e.message, SyncRequest)
+        ]
+        most = max(most, len(pending))
+    assert most == 1 and not replica.ready
 
 
 def _sideways(key: bytes, payload: bytes, held: bytes) -> str | None:

@@ -300,6 +300,11 @@ class Replica:
         self._sync_asks = 0
         self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # last page, per peer
         self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
+        # Per peer, the id of the latest ask and when a page from it was last merged: a
+        # page chain continues only from the latest ask, and a peer whose pages keep
+        # coming is not asked again (`tick`), so each peer has one chain of asks at most.
+        self._latest_ask: dict[int, bytes] = {}
+        self._paged_at: dict[int, float] = {}
         # While catching up: the value this node itself held for each entry whose value a
         # peer's copy has replaced in this catch-up (`_copy_taken` checks against it).
         # Not kept when the store was empty at the start (wiped): every own value is then
@@ -349,6 +354,8 @@ class Replica:
         self._sync_ids = {}
         self._sync_responses = {}
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
+        self._latest_ask = {}
+        self._paged_at = {}
         self._own_values = {}
         # Every record holds a promise of round 1 or more: no round, no record.
         self._started_empty = self.source.max_round() == 0
@@ -376,6 +383,7 @@ class Replica:
         effects: list[Effect] = []
         for peer in peers:
             mark = self._sync_progress.get(peer, Mark())
+            self._latest_ask[peer] = sync_id
             effects.append(Send(peer, SyncRequest(sync_id, mark.store_id, mark.upto)))
         return effects
 
@@ -569,10 +577,16 @@ class Replica:
             self._sync_retry_at = now + self._sync_interval
             # Peers that never answered, and peers that answered "not ready" (they may be
             # caught up by now): without the latter, a node can wait forever on a majority.
+            # Not a peer whose pages are still coming: asked again, it answered both asks,
+            # and a hostile peer paging for ever gained a chain of asks per retry.
             again = [
                 peer
                 for peer in self.peers
-                if peer not in self._sync_responses or not self._sync_responses[peer][1].ready
+                if (
+                    peer not in self._sync_responses
+                    and now - self._paged_at.get(peer, -1e9) >= self.timing.sync_retry
+                )
+                or (peer in self._sync_responses and not self._sync_responses[peer][1].ready)
             ]
             effects += self._ask_sync(again)
         for op_id, repair in list(self._repairs.items()):
@@ -1450,7 +1464,10 @@ class Replica:
         mark = Mark(message.store_id, message.upto)
         self._sync_progress[sender] = mark
         self.source.set_mark(sender, mark)  # durable with the copies, never ahead of them
+        self._paged_at[sender] = now
         if message.more:
+            if self._latest_ask.get(sender) != message.sync_id:
+                return effects  # a newer ask to this peer is out: its answer goes on
             return effects + self._ask_pages([sender])
         self._sync_responses[sender] = (asked, message)
         if self._sync_complete(now):
