@@ -5,15 +5,13 @@ that does not answer, or refuses the signature, is named with the reason (exit 5
 
 from __future__ import annotations
 
-import contextlib
 import json
 import socket
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 
 from console import backupvault  # tests/cli/console.py
+from tests.http_stub import serving
 
 from backupvault.hop import METRICS_NAME, METRICS_OP, HopRefused, HopVerifier
 from backupvault.relay import load_operator_private_key
@@ -50,18 +48,6 @@ def _fake_node(
             pass
 
     return Node
-
-
-@contextlib.contextmanager
-def serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _closed_port() -> int:

@@ -815,8 +815,9 @@ class LocalDeployment:
 
     def status(self) -> dict[str, dict[str, Any]]:
         """Each process of the deployment: the pid it was started with (None if never),
-        whether that process still runs, its URL and whether it answers. A process that
-        exited shows its pid, not running: `wait_ready` says so at once, with its log."""
+        whether that process still runs, its URL and whether it answers (only while it
+        runs: what holds the port after it exited is not it). A process that exited shows
+        its pid, not running: `wait_ready` says so at once, with its log."""
         recorded = self._recorded()
         ours = self._processes()
 
@@ -824,30 +825,38 @@ class LocalDeployment:
             pid = recorded.get(name, {}).get("pid")
             return {"pid": pid, "running": name in ours and _alive(pid)}
 
+        def answers(process: dict[str, Any], url: str, ready: bool) -> bool:
+            # Only the process `local up` started counts: once it has exited, whatever
+            # holds its port (another program, another deployment's node) is not it.
+            return bool(process["running"]) and _healthy(url, ready)
+
         report: dict[str, dict[str, Any]] = {}
         for epoch in self.epochs():
             fleet = self.fleet(epoch)
             for node in fleet.nodes:
                 name = self.node_name(node.index, epoch)
+                process = started(name)
                 report[name] = {
-                    **started(name),
+                    **process,
                     "url": node.url,
                     # The record's epoch (an upgrade's is past the node set's folder).
                     "epoch": fleet.epoch or epoch,
-                    "healthy": _healthy(f"{node.url}/v1/health", ready=True),
+                    "healthy": answers(process, f"{node.url}/v1/health", ready=True),
                 }
         for which in self.witnesses():
             url = self.witness_url(which)
+            process = started(which)
             report[which] = {
-                **started(which),
+                **process,
                 "url": url,
-                "healthy": _healthy(f"{url}/v1/witness", ready=False),
+                "healthy": answers(process, f"{url}/v1/witness", ready=False),
             }
         relay_url = self.relay_url()
+        process = started("relay")
         report["relay"] = {
-            **started("relay"),
+            **process,
             "url": relay_url,
-            "healthy": _healthy(f"{relay_url}/v1/health", ready=False),
+            "healthy": answers(process, f"{relay_url}/v1/health", ready=False),
         }
         return report
 
@@ -951,7 +960,13 @@ def _healthy(url: str, ready: bool) -> bool:
         return False
     if answer.status_code != 200:
         return False
-    return bool(answer.json().get("ready")) if ready else True
+    if not ready:
+        return True
+    try:
+        body = answer.json()
+    except ValueError:  # not a node: another program holds the port
+        return False
+    return isinstance(body, dict) and body.get("ready") is True
 
 
 def _own_token_expiry(token: object, account: str) -> float | None:
