@@ -47,7 +47,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     """Start (provisioning the first time) a local fleet, witness and relay; writes
     DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys), and renews
     their account tokens when they are close to expiry."""
-    from backupvault.deploy.local import TOKEN_RENEW_BEFORE, LocalDeployment
+    from backupvault.deploy.local import LOCK_FILE, TOKEN_RENEW_BEFORE, LocalDeployment
 
     deployment = LocalDeployment(root)
     renewed: list[str] = []
@@ -58,8 +58,10 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
                 hint="give --nodes an odd number, or leave it out for 5",
             )
         # `--dir ~` made the home folder 0700 and filled it with keys and PINs. A folder
-        # an interrupted provisioning left has its logs/ folder (made first).
-        if root.is_dir() and any(root.iterdir()) and not (root / "logs").is_dir():
+        # an interrupted provisioning left has its logs/ folder (made first), or only the
+        # lock file of the `local up` that was interrupted.
+        others = root.is_dir() and any(p.name != LOCK_FILE for p in root.iterdir())
+        if others and not (root / "logs").is_dir():
             raise UsageError(
                 f"{root} holds other files and no local deployment: a deployment makes its"
                 " folder private (mode 0700) and fills it with keys",

@@ -42,9 +42,9 @@ import sys
 import threading
 import time
 import tomllib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -62,7 +62,7 @@ from backupvault.deploy.records import (
     submit,
 )
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import private_folder, replace_file, write_new_file
+from backupvault.files import private_folder, replace_file, try_lock, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
 from backupvault.tokens import (
@@ -93,6 +93,8 @@ TOKEN_FIELDS = ("token", "fleet_token")
 WITNESSES = {"witness": "witness.local/backupvault", "witness2": "witness2.local/backupvault"}
 WITNESS_NAME = WITNESSES["witness"]
 RELAY_KEY = "relay-signing.key"
+#: Held by the `local` command that starts, stops or changes the deployment's processes.
+LOCK_FILE = "local.lock"
 
 
 class DeploymentError(BackupVaultError):
@@ -169,10 +171,45 @@ ROTATED_UPGRADE_HINT = (
 @dataclass
 class LocalDeployment:
     root: Path
+    # The lock `_exclusive` holds, and how deeply (`upgrade` runs `up` under its own).
+    _lock_fd: int | None = field(default=None, init=False, repr=False, compare=False)
+    _lock_depth: int = field(default=0, init=False, repr=False, compare=False)
 
     @property
     def processes_file(self) -> Path:
         return self.root / "processes.json"
+
+    @property
+    def lock_file(self) -> Path:
+        return self.root / LOCK_FILE
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """Hold the deployment's lock while the block starts or stops its processes: two
+        `local up` at once each started every node and the relay, the second copy of each
+        failed to listen, and both commands failed, leaving a process neither recorded."""
+        if self._lock_depth:
+            self._lock_depth += 1
+        else:
+            fd = try_lock(self.lock_file)
+            if fd is None:
+                holder = self.lock_file.read_text(errors="replace").strip() or "unknown"
+                raise DeploymentError(
+                    f"another `backupvault local` command (pid {holder}) is starting,"
+                    f" stopping or changing the local deployment in {self.root}",
+                    hint="wait for it to finish (or stop it: Ctrl-C in its terminal), then"
+                    " run this command again",
+                )
+            os.ftruncate(fd, 0)
+            os.write(fd, f"{os.getpid()}\n".encode())
+            self._lock_fd, self._lock_depth = fd, 1
+        try:
+            yield
+        finally:
+            self._lock_depth -= 1
+            if not self._lock_depth and self._lock_fd is not None:
+                os.close(self._lock_fd)  # releases the lock
+                self._lock_fd = None
 
     # ---- epochs: epoch 1 lives in DIR, epoch E >= 2 in DIR/epoch<E> ----------------------
 
@@ -525,6 +562,10 @@ class LocalDeployment:
         serves the new bundle and routes the new epoch by default, and keeps routing the
         older epochs at /v1/epochs/<E>/... so that OTA clients can migrate their entries.
         Returns the new epoch."""
+        with self._exclusive():
+            return self._rotate(nodes, timeout)
+
+    def _rotate(self, nodes: int | None, timeout: float) -> int:
         old = self.fleet()
         if old.epoch is None:
             raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
@@ -573,6 +614,10 @@ class LocalDeployment:
         nodes and keys, epoch + 1), logged by the witnesses; then the nodes and the relay
         restart on it, and the pinned client config names the new epoch. Entries stay
         where they are: nothing is migrated. Returns the new epoch."""
+        with self._exclusive():
+            return self._upgrade(timeout)
+
+    def _upgrade(self, timeout: float) -> int:
         if len(self.epochs()) > 1:
             raise DeploymentError(
                 "this deployment still runs older epochs (a rotation's); an upgrade re-deploys"
@@ -726,7 +771,13 @@ class LocalDeployment:
         """Start every process (provisioning the first time). If the deployment does not
         come up, what this call started is stopped again: a failed `up` leaves no witness
         or relay running that the user did not ask to keep."""
+        if not self.provisioned():
+            local_ports()  # a bad BACKUPVAULT_PORTS stops it before anything is written
         private_folder(self.root)  # before anything in it is read or started
+        with self._exclusive():
+            self._up(nodes, timeout)
+
+    def _up(self, nodes: int, timeout: float) -> None:
         before = set(self.running())
         try:
             if not self.provisioned():
@@ -769,11 +820,14 @@ class LocalDeployment:
 
     def down(self) -> list[str]:
         """Stops every process; returns the names of those that were running."""
-        stopped = self.running()
-        for name in list(self._processes()):
-            self.stop_process(name)
-        self.processes_file.unlink(missing_ok=True)
-        return stopped
+        if not (self.lock_file.exists() or self.processes_file.exists()):
+            return []  # nothing was ever started there (and no lock file is left behind)
+        with self._exclusive():
+            stopped = self.running()
+            for name in list(self._processes()):
+                self.stop_process(name)
+            self.processes_file.unlink(missing_ok=True)
+            return stopped
 
     def wait_ready(self, timeout: float = 60.0, nodes: list[int] | None = None) -> None:
         """Until the relay, the witness and the nodes (of every epoch; or `nodes` of the
