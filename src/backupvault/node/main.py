@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.crypto.seal import DEFAULT_KEM, Kem, NodePrivateKey
 from backupvault.errors import BackupVaultError, InvalidInput
-from backupvault.files import write_new_file
+from backupvault.files import try_lock, write_new_file
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hop import HopVerifier
@@ -72,10 +72,38 @@ STORAGE_KEY = "storage-key.sealed"
 SINGLE_SEED_SECRETS = ("fleet-secrets.sealed", "fleet-secrets.transfer")
 #: Left in the data folder once its store was found to hold no single-seed key.
 SINGLE_SEED_CHECKED = "single-seed-checked"
+#: Held (flock) by the node serving from the data folder, for as long as it runs.
+DATA_LOCK = "node.lock"
 
 
 class NodeNotProvisioned(BackupVaultError):
     pass
+
+
+class NodeAlreadyRunning(BackupVaultError):
+    """Another process serves from this node's data folder."""
+
+
+def hold_data_folder(config: NodeConfig) -> int | None:
+    """Lock the node's data folder for this process (the descriptor, kept open until it
+    exits; None when the folder does not exist yet: loading the keys says what to do).
+    A second process on the same folder would unseal the keys and open the store and the
+    token of the node that runs (and could undo its row key rotation, destroying the
+    token key its store is being re-sealed under) before it failed to listen."""
+    if not config.data_dir.is_dir():
+        return None
+    lock = config.data_dir / DATA_LOCK
+    fd = try_lock(lock)
+    if fd is None:
+        holder = lock.read_text(errors="replace").strip() or "unknown"
+        raise NodeAlreadyRunning(
+            f"node {config.index} already runs on {config.data_dir} (pid {holder})",
+            hint="stop it first (systemctl stop, or `local down` for a local deployment);"
+            " two processes must never serve from one data folder",
+        )
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
 
 
 class SingleSeedEntries(BackupVaultError):
@@ -508,6 +536,7 @@ def serve(config_path: Path) -> None:
     # previous process, whose nonces are gone: they are refused (hop) or dropped (peers).
     started = time.time()
     config = NodeConfig.load(config_path)
+    hold_data_folder(config)  # before anything in the folder or the token is read
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # Before any secret is unsealed: a node with other code does not join the fleet.
     check_isolated()
