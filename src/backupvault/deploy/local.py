@@ -34,7 +34,9 @@ import contextlib
 import json
 import os
 import random
+import re
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -95,6 +97,11 @@ WITNESS_NAME = WITNESSES["witness"]
 RELAY_KEY = "relay-signing.key"
 #: Held by the `local` command that starts, stops or changes the deployment's processes.
 LOCK_FILE = "local.lock"
+#: The names a provisioning makes in DIR (logs/ aside): what an unfinished one leaves.
+_PROVISIONED = re.compile(
+    r"operator\.(key|pub)|relay-signing\.key|fleet\.toml|deployment\.bin|bundle\.bin"
+    r"|relay\.toml|client(-ota)?\.toml|processes\.json|witness2?|node\d+(\.pin|\.toml)?"
+)
 
 
 class DeploymentError(BackupVaultError):
@@ -263,6 +270,8 @@ class LocalDeployment:
             raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
         local_ports()  # a bad BACKUPVAULT_PORTS stops it before anything is written
         private_folder(self.root)  # it holds keys, PINs and the client configs
+        if not self.provisioned():
+            self._clear_unfinished_provisioning()
         (self.root / "logs").mkdir(exist_ok=True)
         relay_port = free_port()
 
@@ -280,6 +289,22 @@ class LocalDeployment:
         relay_url = f"http://{HOST}:{relay_port}"
         self.write_client_config(self.fleet(1), relay_url, ACCOUNT)  # as deployed: its epoch
         self.write_ota_client_config(fleet, relay_url, ACCOUNT)
+
+    def _clear_unfinished_provisioning(self) -> None:
+        """Remove what a provisioning that did not finish (Ctrl-C, a kill) left, after
+        stopping the processes it started: nobody used those keys (clients use
+        client.toml, written last), and the next one makes them anew; before, it refused
+        with "operator.key already exists". Only the files a provisioning makes go; its
+        logs stay."""
+        for name in list(self._processes()):
+            self.stop_process(name)
+        for path in self.root.iterdir():
+            if not _PROVISIONED.fullmatch(path.name):
+                continue
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
 
     def _provision_fleet(
         self, fleet_dir: Path, epoch: int, fleet_id: bytes, nodes: int
