@@ -459,7 +459,7 @@ def run_until_stopped(app: Any, limits: ServerLimits | None = None, **config: An
     most what `limits` allows at once (default: `ServerLimits()`)."""
     server = _BoundedServer(server_config(app, limits or ServerLimits(), **config))
     host, port = config.get("host", "127.0.0.1"), config.get("port", 8000)
-    _check_can_listen(host, port)
+    check_can_listen(host, port)
     with _stop_signals_end_serving(server):
         server.run()
     if server.stopped_by is not None:
@@ -488,9 +488,10 @@ def _stop_signals_end_serving(server: _BoundedServer) -> Iterator[None]:
             signal.signal(signum, handler)
 
 
-def _check_can_listen(host: str, port: int) -> None:
+def check_can_listen(host: str, port: int, setting: str = "") -> None:
     """Bind `host:port` as uvicorn will (SO_REUSEADDR, every address it resolves to) and let
-    go: a port another process holds is named, with what to do, before anything starts."""
+    go: a port another process holds is named, with what to do, before anything starts.
+    `setting`: where the address is configured, when not `--listen` or `listen`."""
     try:
         addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
         for family, kind, proto, _, address in addresses:
@@ -511,8 +512,8 @@ def _check_can_listen(host: str, port: int) -> None:
         raise BackupVaultError(
             f"cannot listen on {host}:{port}: {err.strerror or err}",
             hint="another process may listen there (a service already running?): stop it, or"
-            " give another port (--listen HOST:PORT, or `listen` in the config); the host must"
-            f" be an address of this machine{held}",
+            f" give another port ({setting or '--listen HOST:PORT, or `listen` in the config'});"
+            f" the host must be an address of this machine{held}",
         ) from None
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import sqlite3
 import time
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -166,4 +168,28 @@ def test_a_node_that_cannot_start_is_named_at_once_with_its_error(vault: Vault) 
             if path != aside:
                 path.unlink()
         aside.rename(store)
+        vault.ensure_all_running()
+
+
+def test_a_node_whose_peer_port_another_program_holds_names_the_port(vault: Vault) -> None:
+    """The node's peer listener binds in its start-up, after its HTTP port: a program on
+    the peer port made it exit with a traceback and "Application startup failed", which
+    `local up` passed on as the reason."""
+    deployment = vault.deployment
+    peer = tomllib.loads(deployment.node_config(3).read_text())["node"]["peer_listen"]
+    host, _, port = peer.rpartition(":")
+    deployment.stop_process("node3")
+    try:
+        with socket.socket() as squatter:
+            squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            squatter.bind((host, int(port)))
+            squatter.listen()
+            deployment.start_node(3)
+            with pytest.raises(DeploymentError) as failed:
+                deployment.wait_ready(60, nodes=[3])
+        assert f"cannot listen on {peer}" in failed.value.message
+        assert "peer_listen" in failed.value.message
+        assert "Traceback" not in (vault.root / "logs" / "node3.log").read_text()
+    finally:
+        deployment.stop_process("node3")
         vault.ensure_all_running()

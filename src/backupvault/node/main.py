@@ -530,7 +530,7 @@ def store_is_intact(store: NodeStore, sealer: TokenSealer) -> bool:
 
 def serve(config_path: Path) -> None:
     from backupvault.node.http import create_app
-    from backupvault.serving import run_until_stopped
+    from backupvault.serving import check_can_listen, run_until_stopped
 
     # Requests and peer messages signed before this moment may have been taken by the
     # previous process, whose nonces are gone: they are refused (hop) or dropped (peers).
@@ -542,6 +542,17 @@ def serve(config_path: Path) -> None:
     check_isolated()
     fleet = FleetDescription.load(config.fleet_file)
     measurement = check_measurement(config, fleet)
+    # Both ports before the store or the token is opened: the peer listener binds only in
+    # the start-up, where a port another program held was a traceback ("Application
+    # startup failed") and a process that hung instead of exiting.
+    check_can_listen(config.host, config.port)
+    if config.peer_listen is not None:
+        peer_host, peer_port = parse_address(config.peer_listen, "[node] peer_listen")
+        where = "`peer_listen` in the node's config, and its `peer` in fleet.toml"
+    else:
+        peer_host, peer_port = peer_addresses(fleet)[config.index]
+        where = "this node's `peer` in fleet.toml"
+    check_can_listen(peer_host, peer_port, f"{where}, for its peer listener")
     hop = HopVerifier(config.index, fleet.relay_public_keys, not_before=started)
     app = create_app(build_service(config, started), hop, measurement=measurement)
     # The relay signs whole seconds: a request it signs in the second this process started
