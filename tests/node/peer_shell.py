@@ -46,12 +46,9 @@ def open_store(tmp_path: Path) -> NodeStore:
     return NodeStore(tmp_path / "store.sqlite", 0, STORAGE_KEY)
 
 
-def node_service(
-    tmp_path: Path, clock: Clock, store: NodeStore | None = None
-) -> tuple[NodeService, dict[int, list[bytes]]]:
-    """Node 0, started intact (ready at once), and what it sends to nodes 1 and 2."""
-    store = store or open_store(tmp_path)
-    firmware = VaultFirmware(
+def firmware(store: NodeStore) -> VaultFirmware:
+    """Node 0's firmware, on `store`."""
+    return VaultFirmware(
         FLEET_ID,
         NodeKey(0, NodePrivateKey.generate(Kem.X25519), SIGNING[0]),
         ACCOUNTS,
@@ -59,8 +56,17 @@ def node_service(
         store.get_share,
         peer_signing_keys={i + 1: k.public_key() for i, k in SIGNING.items()},
     )
+
+
+def node_service(
+    tmp_path: Path, clock: Clock, store: NodeStore | None = None
+) -> tuple[NodeService, dict[int, list[bytes]]]:
+    """Node 0, started intact (ready at once), and what it sends to nodes 1 and 2."""
+    store = store or open_store(tmp_path)
     addresses = {i: ("127.0.0.1", 1) for i in range(3)}
-    service = NodeService(0, addresses, firmware, channel(0), store, clock=clock, intact=True)
+    service = NodeService(
+        0, addresses, firmware(store), channel(0), store, clock=clock, intact=True
+    )
     sent: dict[int, list[bytes]] = {1: [], 2: []}
 
     def send_frame(to: int, envelopes: list[bytes]) -> None:

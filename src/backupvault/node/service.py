@@ -214,11 +214,9 @@ class NodeService:
 
     async def start(self) -> None:
         for peer in self.replica.peers:
-            link = PeerLink(
+            self._links[peer] = PeerLink(
                 peer, self._peer_addresses[peer], partial(self._channel.hello, peer), self._dropped
             )
-            link.start()
-            self._links[peer] = link
         self._step(lambda: self.replica.start(self._clock(), self._intact))
         # Peers are heard only once the replica has started.
         self.listener = PeerListener(
@@ -229,6 +227,12 @@ class NodeService:
             on_refused=self._peer_stream_refused,
         )
         await self.listener.start()
+        # Dialling only once the listener is bound: a start that fails there leaves no
+        # task behind, which the process would otherwise wait on at exit (a link whose
+        # dial had just connected could swallow its cancellation: it hung, not exited).
+        # What the replica's start sent meanwhile waits in each link's queue.
+        for link in self._links.values():
+            link.start()
         self._ticker = asyncio.create_task(self._tick_forever())
         verifying = asyncio.create_task(self._verify_store())
         self._tasks.add(verifying)
