@@ -177,9 +177,10 @@ class PeerLink:
         backoff = BACKOFF_FIRST
         while True:
             try:
-                reader, writer = await asyncio.wait_for(
-                    asyncio.open_connection(*self.address), CONNECT_SECONDS
-                )
+                # asyncio.timeout, not wait_for: on 3.11 wait_for returns a dial that
+                # completes as the link is cancelled, and the link then lived on.
+                async with asyncio.timeout(CONNECT_SECONDS):
+                    reader, writer = await asyncio.open_connection(*self.address)
             except (OSError, TimeoutError) as err:
                 log.debug("peer %d at %s unreachable: %r", self.peer, self.address, err)
             else:
@@ -215,7 +216,8 @@ class PeerLink:
                     self._queued -= count
                     writer.write(data)
                 if writer.transport.get_write_buffer_size() > 0:
-                    await asyncio.wait_for(writer.drain(), WRITE_SECONDS)
+                    async with asyncio.timeout(WRITE_SECONDS):
+                        await writer.drain()
                 if writer.is_closing():
                     return
                 woken = asyncio.ensure_future(self._wake.wait())
