@@ -109,3 +109,51 @@ def test_local_status_shows_an_exited_node_unhealthy(tmp_path: Path, squatter: s
     processes = json.loads(done.stdout)["processes"]
     assert processes["node0"]["healthy"] is False
     assert processes["relay"]["healthy"] is False  # never started here
+
+
+def test_a_running_node_is_not_ready_on_another_programs_answer(
+    tmp_path: Path, squatter: str, relay_process: int
+) -> None:
+    """The node `local up` started still runs (it has not failed to listen yet, say) while
+    another program answers on its port: that answer is not the node's."""
+    deployment = _deployment(tmp_path, squatter)
+    deployment._record("node0", relay_process)  # runs, and listens nowhere
+    deployment._record("relay", relay_process)
+    status = deployment.status()
+    assert status["node0"]["running"] is True
+    assert status["node0"]["healthy"] is False
+    assert status["relay"]["healthy"] is False
+
+
+READY_SERVER = """
+import http.server, sys
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.send_header("Content-Length", "15")
+        self.end_headers()
+        self.wfile.write(b'{"ready": true}')
+    def log_message(self, *args):
+        pass
+server = http.server.HTTPServer(("127.0.0.1", 0), Ready)
+print(server.server_address[1], flush=True)
+server.serve_forever()
+"""
+
+
+def test_a_node_that_answers_on_its_own_port_is_ready(tmp_path: Path) -> None:
+    with subprocess.Popen(
+        [sys.executable, "-c", READY_SERVER], stdout=subprocess.PIPE, text=True
+    ) as node:
+        try:
+            assert node.stdout is not None
+            url = f"http://127.0.0.1:{int(node.stdout.readline())}"
+            deployment = _deployment(tmp_path, url)
+            deployment._record("node0", node.pid)
+            deployment._record("relay", node.pid)
+            status = deployment.status()
+            assert status["node0"]["healthy"] is True
+            assert status["relay"]["healthy"] is True
+            deployment.wait_ready(5)
+        finally:
+            node.kill()

@@ -49,6 +49,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import jwt
@@ -899,15 +900,25 @@ class LocalDeployment:
         its pid, not running: `wait_ready` says so at once, with its log."""
         recorded = self._recorded()
         ours = self._processes()
+        listening = _listening_sockets()
 
         def started(name: str) -> dict[str, Any]:
             pid = recorded.get(name, {}).get("pid")
             return {"pid": pid, "running": name in ours and _alive(pid)}
 
         def answers(process: dict[str, Any], url: str, ready: bool) -> bool:
-            # Only the process `local up` started counts: once it has exited, whatever
-            # holds its port (another program, another deployment's node) is not it.
-            return bool(process["running"]) and _healthy(url, ready)
+            # Only the process `local up` started counts: whatever else holds its port
+            # (another program, another deployment's node) is not it, whether it has
+            # exited or has not failed to listen yet.
+            if not process["running"]:
+                return False
+            port = urlsplit(url).port
+            owned = (
+                listening is None
+                or port is None
+                or bool(listening.get(port, set()) & _socket_inodes(process["pid"]))
+            )
+            return owned and _healthy(url, ready)
 
         report: dict[str, dict[str, Any]] = {}
         for epoch in self.epochs():
@@ -993,6 +1004,39 @@ def _same_process(pid: object, started: object) -> bool:
         return _start_time(pid) == started
     command = _command_line(pid)
     return command is not None and b"\0backupvault\0" in command
+
+
+def _listening_sockets() -> dict[int, set[int]] | None:
+    """Port -> inodes of the TCP sockets listening on it (Linux: /proc/net/tcp and tcp6);
+    None where they cannot be read, and then a port's owner is not checked."""
+    found: dict[int, set[int]] = {}
+    try:
+        for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+            with open(table) as rows:
+                next(rows, None)  # the header
+                for row in rows:
+                    fields = row.split()
+                    if fields[3] == "0A":  # TCP_LISTEN
+                        port = int(fields[1].rpartition(":")[2], 16)
+                        found.setdefault(port, set()).add(int(fields[9]))
+    except (OSError, ValueError, IndexError):
+        return None
+    return found
+
+
+def _socket_inodes(pid: int) -> set[int]:
+    """The inodes of the sockets process `pid` holds open (none if it cannot be read)."""
+    inodes = set()
+    try:
+        descriptors = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return set()
+    for fd in descriptors:
+        with contextlib.suppress(OSError):
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            if target.startswith("socket:[") and target.endswith("]"):
+                inodes.add(int(target[8:-1]))
+    return inodes
 
 
 def _alive(pid: int | None) -> bool:
