@@ -60,7 +60,7 @@ def test_no_signal_to_a_pid_that_is_no_process(
     """-1 would be every process the user may signal (all of them, for root)."""
     sent: list[tuple[object, int]] = []
     monkeypatch.setattr(local.os, "kill", lambda p, sig: sent.append((p, sig)))
-    monkeypatch.setattr(local, "_wait_gone", lambda p, timeout=5.0: None)
+    monkeypatch.setattr(local, "_wait_gone", lambda p, timeout=5.0: True)
     _record(tmp_path, {"pid": pid})
     deployment = LocalDeployment(tmp_path)
     assert deployment.down() == []
@@ -135,3 +135,39 @@ def test_a_stop_returns_only_once_the_killed_process_is_gone(
     local._wait_gone(4242, timeout=0.2)
     assert signals == [local.signal.SIGKILL]
     assert polls_after_kill == 0
+
+
+def test_a_process_that_outlives_its_kill_stays_recorded_and_is_named(
+    tmp_path: Path, bystander: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A process still there after SIGKILL (stuck in the kernel, on a dead disk say) was
+    dropped from processes.json as if stopped: it kept its port, no later `local` command
+    knew it, and the next start of its name failed to listen with nothing to say why."""
+    monkeypatch.setattr(local, "_wait_gone", lambda pid, timeout=5.0: False)  # never goes
+    deployment = LocalDeployment(tmp_path)
+    deployment._record("relay", bystander.pid)
+    with pytest.raises(local.DeploymentError) as stuck:
+        deployment.stop_process("relay")
+    assert f"relay (pid {bystander.pid}) is still running after SIGKILL" in stuck.value.message
+    assert "relay" in deployment._recorded()  # still recorded
+
+
+def test_local_down_stops_the_others_and_keeps_a_stuck_one_recorded(
+    tmp_path: Path, bystander: subprocess.Popen[bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        deployment = LocalDeployment(tmp_path)
+        deployment._record("node0", bystander.pid)
+        deployment._record("relay", other.pid)
+        wait_gone = local._wait_gone
+        monkeypatch.setattr(
+            local, "_wait_gone", lambda pid, timeout=5.0: pid != bystander.pid and wait_gone(pid)
+        )
+        with pytest.raises(local.DeploymentError, match=r"node0 .* still running after SIGKILL"):
+            deployment.down()
+        assert other.wait(timeout=10) is not None  # stopped all the same
+        assert list(deployment._recorded()) == ["node0"]
+    finally:
+        other.kill()
+        other.wait()

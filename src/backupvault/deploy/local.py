@@ -788,7 +788,15 @@ class LocalDeployment:
         pid = self._running_pid(name)
         if pid is not None:
             os.kill(pid, sig)
-            _wait_gone(pid)
+            if not _wait_gone(pid):
+                # Kept in processes.json: forgotten, it would hold its port unknown to
+                # every later command, and the next start of `name` would fail to listen.
+                raise DeploymentError(
+                    f"{name} (pid {pid}) is still running after SIGKILL: it may be stuck"
+                    " in the kernel (a disk or device that does not answer)",
+                    hint=f"find out what holds it (cat /proc/{pid}/stack, as root), then run"
+                    " the command again once it has exited",
+                )
         processes = self._recorded()
         processes.pop(name, None)
         self._save_processes(processes)
@@ -817,7 +825,10 @@ class LocalDeployment:
             self.wait_ready(timeout)
         except BaseException as failed:
             for name in set(self.running()) - before:
-                self.stop_process(name)
+                # One stuck process stays recorded; the others still stop, and the
+                # failure that stopped the start is what the user sees.
+                with contextlib.suppress(DeploymentError):
+                    self.stop_process(name)
             if isinstance(failed, DeploymentError) and "refuses to join fleet" in failed.message:
                 if len(self.epochs()) > 1:  # `local upgrade` refuses it: not that way out
                     raise DeploymentError(
@@ -850,8 +861,14 @@ class LocalDeployment:
             return []  # nothing was ever started there (and no lock file is left behind)
         with self._exclusive():
             stopped = self.running()
+            stuck: list[DeploymentError] = []
             for name in list(self._processes()):
-                self.stop_process(name)
+                try:
+                    self.stop_process(name)
+                except DeploymentError as err:  # the rest still stop
+                    stuck.append(err)
+            if stuck:
+                raise stuck[0]  # processes.json keeps what still runs
             self.processes_file.unlink(missing_ok=True)
             return stopped
 
@@ -1054,15 +1071,16 @@ def _alive(pid: int | None) -> bool:
         return True
 
 
-def _wait_gone(pid: int, timeout: float = 5.0) -> None:
+def _wait_gone(pid: int, timeout: float = 5.0) -> bool:
     """Until the process has exited: `timeout` seconds for its own shutdown, then SIGKILL
-    and as long again for that to take. Returning while it still runs let a node killed
-    on a loaded machine answer the next start's health poll for its successor."""
+    and as long again for that to take; whether it is gone. Returning while it still runs
+    let a node killed on a loaded machine answer the next start's health poll for its
+    successor."""
     if _exited(pid, time.monotonic() + timeout):
-        return
+        return True
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGKILL)
-    _exited(pid, time.monotonic() + timeout)
+    return _exited(pid, time.monotonic() + timeout)
 
 
 def _exited(pid: int, deadline: float) -> bool:
