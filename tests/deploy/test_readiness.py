@@ -157,3 +157,18 @@ def test_a_node_that_answers_on_its_own_port_is_ready(tmp_path: Path) -> None:
             deployment.wait_ready(5)
         finally:
             node.kill()
+
+
+def test_a_deployment_that_does_not_become_ready_names_what_is_not(
+    tmp_path: Path, squatter: str, relay_process: int
+) -> None:
+    """Running but never answering (a node still catching up, say): the timeout names it,
+    not only "see the logs" for every process."""
+    deployment = _deployment(tmp_path, squatter)
+    deployment._record("node0", relay_process)
+    deployment._record("relay", relay_process)
+    with pytest.raises(DeploymentError) as late:
+        deployment.wait_ready(0.5)
+    assert "did not become ready in 0.5 s" in late.value.message
+    assert "not ready: node0, relay" in late.value.message
+    assert "node0.log" in (late.value.hint or "")

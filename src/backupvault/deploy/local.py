@@ -878,6 +878,7 @@ class LocalDeployment:
         deadline = time.monotonic() + timeout
         current = self.current_epoch()
         wanted = None if nodes is None else {self.node_name(i, current) for i in nodes}
+        late: list[str] = []
         while time.monotonic() < deadline:
             status = {
                 name: info
@@ -895,11 +896,15 @@ class LocalDeployment:
                     f"{', '.join(exited)} exited before becoming ready: {why}",
                     hint=f"see {self.root / 'logs' / f'{exited[0]}.log'}",
                 )
+            late = [name for name, info in status.items() if not info["healthy"]]
             time.sleep(0.2)
         logs = self.root / "logs"
         raise DeploymentError(
-            f"the local deployment did not become ready in {timeout:.0f} s",
-            hint=f"see the logs in {logs} (one per node, the witness and the relay)",
+            f"the local deployment did not become ready in {timeout:g} s"
+            + (f" (not ready: {', '.join(late)})" if late else ""),
+            hint=f"see {', '.join(str(logs / f'{name}.log') for name in late[:3])}"
+            if late
+            else f"see the logs in {logs} (one per node, the witness and the relay)",
         )
 
     def _last_words(self, name: str) -> str:
