@@ -617,3 +617,31 @@ def test_an_erasure_whose_key_rotation_failed_is_rotated_before_the_node_serves(
     store.close()
     with pytest.raises(Exception, match="row key"):  # the old row key is gone from the token
         RowKeyRing(sealer, tmp_path / "backup").load(1)
+
+
+def _value(status: int, manifest: bytes, promised: int) -> AcceptorRecord:
+    state = ThresholdState(status=status, version=1, manifest=manifest)
+    value = ReplicatedValue([AppliedOp(b"op", 1)], state.to_bytes()).to_bytes()
+    return AcceptorRecord(ENTRY_A, promised, 1, 1, 1, value)
+
+
+def test_rewriting_what_is_already_erased_rotates_nothing(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """An entry becoming destroyed, and a share being erased, each rotate once. Writing
+    the destroyed value or the erased row again (a hostile peer's Prepare raising the
+    promise on it, a catch-up copy, a later count) erases nothing more: before, each such
+    write rotated the row key again (the token made and destroyed a key, and every bucket
+    key was wrapped anew), and any peer could ask for one with every message."""
+    _, store = _node(tmp_path, sealer)
+    store.save([_value(EntryStatus.LIVE, b"manifest", 1), share_record(ENTRY_A, _share_row(SHARE))])
+    assert store.generation == 1
+    store.save([_value(EntryStatus.DESTROYED, b"", 2), share_record(ENTRY_A, _share_row(b""))])
+    assert store.generation == 2  # the erasure
+    for promised in range(3, 8):
+        store.save([_value(EntryStatus.DESTROYED, b"", promised)])
+    erased = NodeShare(1, b"", b"manifest", [Evaluation(1, b"\x01" * 32)] * 2)
+    store.save([share_record(ENTRY_A, erased)])
+    assert store.generation == 2
+    assert sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
+    store.close()

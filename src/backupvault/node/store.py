@@ -85,8 +85,8 @@ entry (its key share k_i, its count, its last reset) is a row of the same table,
 the key `SHARE_PREFIX || entry key`, with the NodeShare encoding as its value. So it is
 sealed, named and covered by the bucket digests and the counter (and the token's
 counter) exactly like a record, and a rolled-back share row is caught the same way. It
-never leaves the node: catching up (`changed_since`) and `load` skip it. A share row
-whose share was erased counts as not live: its save truncates the WAL.
+never leaves the node: catching up (`changed_since`) and `load` skip it. A save that
+takes a share row's share away (or replaces it with another) erases, as below.
 
 The manifest M (about 470 bytes) is kept once per entry (store format 2). A share row's
 value is either the NodeShare encoding (its first byte is the tag, 44), or, when the
@@ -101,10 +101,13 @@ same transaction, so the reference never dangles. Format 1 stores (every share r
 with M in full) are read as they are and become format 2 when opened.
 
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
-freed content, and a save that writes a record no longer live (destroyed or deleted)
-is followed by a checkpoint that truncates the WAL, where older page images would
-otherwise stay. What the file system or the device keeps of overwritten blocks is below
-what this store controls (docs/operations.md).
+freed content, and a save that erases (a live value written over as destroyed or
+deleted, a share row's share taken away or replaced: `_erases`) is followed by a
+checkpoint that truncates the WAL, where older page images would otherwise stay, and by
+a rotation of the bucket's key and the row key (`rotate`). Writing a destroyed value or
+an erased row again erases nothing and rotates nothing (a peer's message about the
+entry can cause such a write). What the file system or the device keeps of overwritten
+blocks is below what this store controls (docs/operations.md).
 """
 
 from __future__ import annotations
@@ -807,7 +810,7 @@ class NodeStore:
                         raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
                     if old is not None:
                         digests[bucket] -= self._term(name, int(old[0]))
-                        if self._replaces_share(name, int(old[0]), bytes(old[1]), record):
+                        if self._erases(name, int(old[0]), bytes(old[1]), record):
                             erased.add(bucket)
                     ver += 1
                     digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
@@ -815,8 +818,6 @@ class NodeStore:
                     sealed = self._seal(self._bucket_keys[bucket][0], plain, self._aad(name, ver))
                     rows.append((ver, name, sealed))
                     max_round = max(max_round, record.promised_round)
-                    if _not_live(record):
-                        erased.add(bucket)
                 # The old row of a name goes (UNIQUE name), the new one takes the next rowid.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
@@ -911,17 +912,25 @@ class NodeStore:
             self.rotate(row_key, generation, self.rotation_owed)
             self.key_rotation.finish_rotation(generation)
 
-    def _replaces_share(self, name: bytes, ver: int, sealed: bytes, new: AcceptorRecord) -> bool:
-        """Whether `new` overwrites a share row holding a share with another share: the
-        old one is erased as surely as by an empty row (a password change's new share
-        can take the old one's place in one group commit, with no empty row between)."""
-        if not is_share_record(new):
+    def _erases(self, name: bytes, ver: int, sealed: bytes, new: AcceptorRecord) -> bool:
+        """Whether writing `new` over the row (`ver`, `sealed`) erases something: a share
+        row that held a share and now holds none or another (a password change's new
+        share can take the old one's place in one group commit, with no empty row
+        between), or an entry's value that was live and is not. Writing an erased row or a
+        destroyed value again erases nothing more, and must not rotate keys: a peer can
+        cause such a write with any message about the entry. A row that does not open is
+        taken to have held what `new` no longer holds."""
+        share_row = is_share_record(new)
+        if not share_row and not _not_live(new):
             return False
         try:
-            held = _stored_share(self._decode(name, ver, sealed).value)[0].share
-            return bool(held) and held != _stored_share(new.value)[0].share
+            old = self._decode(name, ver, sealed)
+            if share_row:
+                held = _stored_share(old.value)[0].share
+                return bool(held) and held != _stored_share(new.value)[0].share
+            return not _not_live(old)
         except StoreCorrupted:
-            return False
+            return True
 
     def rotate(self, row_key: bytes, generation: int, buckets: Iterable[int] | None = None) -> None:
         """Replace the row key with `row_key` (recording `generation`) and the keys of
