@@ -53,10 +53,12 @@ def _metric(vault: Vault, index: int, name: str) -> int:
     return int(vault.deployment.metrics().get(f"node{index}", {}).get(name, 0))
 
 
-def _copy_store(source: Path, target: Path) -> None:
-    target.mkdir(exist_ok=True)
-    for path in source.glob("store.sqlite*"):
-        shutil.copy2(path, target / path.name)
+def _copy_data_folder(source: Path, target: Path) -> None:
+    """A backup of a node's whole data folder, as docs/operations.md says to take one
+    (the node stopped): the token is outside it (`local up` keeps it in DIR/node<i>-token),
+    so restoring the copy rolls the store back but not the token's counter."""
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
 
 
 def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count(
@@ -68,13 +70,13 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
     client.register(PASSWORD, root_key, ksf=FAST_KSF)
     try:
         deployment.stop_process("node4", signal.SIGKILL)
-        # Copies of node0's and node1's stores, taken while they are stopped. Only the
-        # stores: the SoftHSM2 token lives in the node's folder here, and a real HSM's
-        # counter cannot be rolled back with the disk (docs/fleet.md).
+        # Backups of node0's and node1's whole data folders, taken while they are stopped.
+        # The SoftHSM2 token is not in them (as a real HSM's counter is not on the disk,
+        # docs/fleet.md), so their restore below is a rollback the token shows.
         for index in (0, 1, 2):
             deployment.stop_process(f"node{index}")
         for index in (0, 1):
-            _copy_store(vault.root / f"node{index}", tmp_path / f"node{index}-old")
+            _copy_data_folder(vault.root / f"node{index}", tmp_path / f"node{index}-old")
         for index in (0, 1, 2):
             deployment.start_node(index)
         # Ready without waiting for node4 or the 20 s quarantine: the stores are intact.
@@ -89,9 +91,7 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         # Roll node0 and node1 back to before those guesses, node4 still down.
         for index in (0, 1):
             deployment.stop_process(f"node{index}")
-            for old in (vault.root / f"node{index}").glob("store.sqlite*"):
-                old.unlink()
-            _copy_store(tmp_path / f"node{index}-old", vault.root / f"node{index}")
+            _copy_data_folder(tmp_path / f"node{index}-old", vault.root / f"node{index}")
             assert deployment.inspect(index, "restart-user", "restart-entry")["attempts_used"] == 0
         for index in (0, 1):
             deployment.start_node(index)

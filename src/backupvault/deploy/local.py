@@ -8,7 +8,11 @@ require). `DIR` holds everything:
     DIR/deployment.bin        its deployment record, signed with operator.key
     DIR/bundle.bin            the record + the first witness's cosignature and inclusion
                               proof (the second witness logs the same record)
-    DIR/node<i>.toml, DIR/node<i>/   each node's config, token store, sealed keys, db
+    DIR/node<i>.toml, DIR/node<i>/   each node's config; its data folder (sealed keys, db)
+    DIR/node<i>-token/        each node's SoftHSM2 token, outside its data folder (a copy
+                              of the data folder restored later is then a rollback the
+                              token's counter shows; deployments made before this keep
+                              theirs at DIR/node<i>/hsm/, as their node<i>.toml says)
     DIR/node<i>.pin           each node's token PIN (mode 0600), outside its data folder
     DIR/epoch<E>/             the same for epoch E >= 2 after `local rotate`
     DIR/witness/, DIR/witness2/  each witness: witness.toml, its own key, its SQLite log
@@ -101,7 +105,7 @@ LOCK_FILE = "local.lock"
 #: The names a provisioning makes in DIR (logs/ aside): what an unfinished one leaves.
 _PROVISIONED = re.compile(
     r"operator\.(key|pub)|relay-signing\.key|fleet\.toml|deployment\.bin|bundle\.bin"
-    r"|relay\.toml|client(-ota)?\.toml|processes\.json|witness2?|node\d+(\.pin|\.toml)?"
+    r"|relay\.toml|client(-ota)?\.toml|processes\.json|witness2?|node\d+(\.pin|\.toml|-token)?"
 )
 
 
@@ -540,7 +544,11 @@ class LocalDeployment:
         label = "backupvault-node-" + (str(index) if epoch == 1 else f"e{epoch}-{index}")
         # The SO PIN is random and kept nowhere: a local token is never re-initialised
         # (a rotation makes new ones), and no PIN here can be derived from another.
-        token = init_softhsm_token(node_dir / "hsm", label, pin, secrets.token_hex(16))
+        # The token stays out of the data folder too, as docs/operations.md asks of a real
+        # node ("Backing up node state"): a data folder restored from a copy must not bring
+        # the token's counter back with it, or the node cannot see the rollback.
+        token_dir = fleet_dir / f"node{index}-token"
+        token = init_softhsm_token(token_dir, label, pin, secrets.token_hex(16))
         assert token.softhsm2_conf is not None
         config = fleet_dir / f"node{index}.toml"
         write_toml(
@@ -566,7 +574,9 @@ class LocalDeployment:
         return keys
 
     def _node_env(self, index: int, epoch: int | None = None) -> dict[str, str]:
-        return softhsm_env(self.fleet_dir(epoch) / f"node{index}" / "hsm" / "softhsm2.conf")
+        fleet_dir = self.fleet_dir(epoch)
+        config = tomllib.loads((fleet_dir / f"node{index}.toml").read_text(encoding="utf-8"))
+        return softhsm_env(fleet_dir / str(config["token"]["softhsm2_conf"]))
 
     def _backupvault(self, args: list[str], node: int, epoch: int | None = None) -> str:
         done = subprocess.run(
