@@ -118,20 +118,18 @@ def test_share_holders_count_live_entries_and_name_what_the_device_owes() -> Non
     }
 
 
-def _availability_of(monkeypatch: Any, times: list[float], outcomes: list[str]) -> Any:
+def _availability_of(times: list[float], outcomes: list[str]) -> Any:
     """The availability figure of recoveries that began and ended at `times`, in pairs."""
     clock = iter(times)
-    monkeypatch.setattr("backupvault.chaos.soak.time.monotonic", lambda: next(clock))
-    tally = Tally()
+    tally = Tally(clock=lambda: next(clock))
     for outcome in outcomes:
         tally.begin()
         tally.op("recover_right", outcome)
     return tally.availability()
 
 
-def test_availability_counts_only_answers_within_the_deadline(monkeypatch: Any) -> None:
+def test_availability_counts_only_answers_within_the_deadline() -> None:
     figure = _availability_of(
-        monkeypatch,
         [0.0, 0.5, 1.0, 1.2, 2.0, 2.0 + AVAILABILITY_DEADLINE + 0.1],
         ["ok", "FleetUnavailable@evaluate", "WrongPassword"],
     )
@@ -291,11 +289,11 @@ def test_a_node_at_its_own_count_of_l_that_keeps_the_share_of_a_destroyed_entry(
     assert _kept_shares(dumps, [ghost]) == []
 
 
-def test_an_availability_goal_fails_the_run_below_it(monkeypatch: Any) -> None:
+def test_an_availability_goal_fails_the_run_below_it() -> None:
     """A relay that silently dropped a tenth of the clients' requests (planted) cost
     1.6 points of the figure and passed every check: with a goal, the run fails."""
     figure = _availability_of(
-        monkeypatch, [0.0, 0.5, 1.0, 1.2, 2.0, 2.3], ["ok", "FleetUnavailable@evaluate", "ok"]
+        [0.0, 0.5, 1.0, 1.2, 2.0, 2.3], ["ok", "FleetUnavailable@evaluate", "ok"]
     )
     assert availability_check(figure, None) is None  # no goal: a figure only
     failed = availability_check(figure, 0.99)

@@ -188,14 +188,17 @@ class Tally:
     #: Their time, by the fan-out it was spent in (the rest: the client's pauses, crypto).
     late_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
     _began: threading.local = field(default_factory=threading.local)
+    #: Where operations' times come from (a test gives its own, never patching the
+    #: process-wide `time.monotonic` other threads use).
+    clock: Callable[[], float] = time.monotonic
 
     def begin(self) -> None:
         """This thread starts an operation now (its `op` call ends it)."""
-        self._began.at = time.monotonic()
+        self._began.at = self.clock()
 
     def op(self, kind: str, outcome: str, spent: dict[str, float] | None = None) -> None:
         """End this thread's operation; `spent`: its seconds by fan-out (then cleared)."""
-        now = time.monotonic()
+        now = self.clock()
         took = now - getattr(self._began, "at", now)
         by_fanout = dict(spent or {})
         if spent is not None:
