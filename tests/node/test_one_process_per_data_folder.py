@@ -67,3 +67,28 @@ def test_the_lock_goes_with_the_node(tmp_path: Path) -> None:
     done = _serve(config)
     assert done.returncode != 0
     assert "already runs" not in done.stderr
+
+
+def test_node_init_on_a_data_folder_in_use_is_refused_before_it_touches_the_token(
+    tmp_path: Path,
+) -> None:
+    """`node init` makes the keys a folder lacks: run beside the node serving from it (an
+    operator following "move row-key.sealed aside and run node init" without stopping
+    the node), it would make a new row key under the running node. It is refused first."""
+    config = _node_toml(tmp_path)
+    running = try_lock(tmp_path / "node0" / DATA_LOCK)
+    assert running is not None
+    os.write(running, b"4242\n")
+    try:
+        init = subprocess.run(
+            [sys.executable, "-I", "-m", "backupvault", "node", "init", "--config", str(config)],
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(running)
+    assert init.returncode == 1, init.stderr
+    assert f"node 0 already runs on {tmp_path / 'node0'} (pid 4242)" in init.stderr
+    assert "PKCS#11" not in init.stderr  # the token was not opened

@@ -177,8 +177,18 @@ class NodePublicKeys:
 def init_node(config: NodeConfig, kem: Kem = DEFAULT_KEM) -> NodePublicKeys:
     """Create the node's own keys (once), each sealed by its token: identity, HPKE,
     signing and storage. Returns their public halves; no secret ever leaves the node.
-    `kem` applies only when the HPKE key is made (every node of a fleet must use one)."""
+    `kem` applies only when the HPKE key is made (every node of a fleet must use one).
+    Refused while a node serves from the folder: it would make a new row key under it."""
     config.data_dir.mkdir(parents=True, exist_ok=True)
+    lock = hold_data_folder(config)
+    try:
+        return _init_keys(config, kem)
+    finally:
+        if lock is not None:
+            os.close(lock)
+
+
+def _init_keys(config: NodeConfig, kem: Kem) -> NodePublicKeys:
     with TokenSealer(config.token) as sealer:
         sealer.ensure_sealing_key()
         identity = _sealed(config, sealer, IDENTITY, "identity")
