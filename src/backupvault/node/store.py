@@ -1289,16 +1289,8 @@ def _unpack_record(plain: bytes) -> AcceptorRecord:
 
 
 def _not_live(record: AcceptorRecord) -> bool:
-    """Whether the record holds an entry that was destroyed or deleted, or a share row
-    whose share was erased. A share row that never held a share (version 0: a new
-    entry's share staged, not yet committed) erased nothing: taking it for an erasure
-    re-sealed the whole store at every registration."""
-    if is_share_record(record):
-        try:
-            row = _stored_share(record.value)[0]
-        except StoreCorrupted:
-            return False
-        return not row.share and row.version > 0
+    """Whether an entry's record (not a share row: `_erases` judges those by their share)
+    holds an entry that was destroyed or deleted."""
     try:
         payload = payload_of(record.value)
     except InvalidInput:
