@@ -178,6 +178,87 @@ def test_a_folder_the_disk_fails_to_open_is_backed_up_empty_and_the_rest_saved(
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["damaged", "good.txt"]
 
 
+class _FailingEntry:
+    """A listed child whose stat fails as a bad sector under its inode makes it fail."""
+
+    def __init__(self, entry: os.DirEntry[str]) -> None:
+        self.name = entry.name
+
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise OSError(errno.EIO, "Input/output error")
+
+
+def test_io_errors_listing_a_folder_or_reading_an_entry_leave_only_that_out(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that fails while a folder is listed, an entry's inode is read (stat) or a
+    link's target is read: that folder is kept empty, that entry left out, each named as
+    unread (exit 8), and the rest is saved. Each stopped the whole backup before, where a
+    file failing to read did not."""
+    real_scandir, real_readlink = os.scandir, os.readlink
+
+    def named(fd: int, name: str) -> bool:
+        return os.readlink(f"/proc/self/fd/{fd}").endswith(name)
+
+    class Listing:
+        def __init__(self, fd: int) -> None:
+            if named(fd, "/unlistable"):
+                raise OSError(errno.EIO, "Input/output error")
+            self._inner = real_scandir(fd)
+
+        def __enter__(self) -> list[object]:
+            with self._inner as entries:
+                return [_FailingEntry(e) if e.name == "bad-inode.txt" else e for e in entries]
+
+        def __exit__(self, *exc: object) -> None:
+            return None
+
+    def failing_readlink(path: str, *, dir_fd: int | None = None) -> str:
+        if path == "bad-link":
+            raise OSError(errno.EIO, "Input/output error")
+        return real_readlink(path, dir_fd=dir_fd)
+
+    monkeypatch.setattr(create_module.os, "scandir", Listing)
+    monkeypatch.setattr(create_module.os, "readlink", failing_readlink)
+    source = tmp_path / "src"
+    (source / "unlistable").mkdir(parents=True)
+    (source / "unlistable" / "lost.txt").write_text("behind a bad sector")
+    (source / "bad-inode.txt").write_text("its inode is on a bad sector")
+    (source / "bad-link").symlink_to("good.txt")
+    (source / "good.txt").write_text("readable")
+    info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    assert sorted((s.name, s.reason, s.unread) for s in info.skipped) == [
+        ("bad-inode.txt", "cannot read it (Input/output error)", True),
+        ("bad-link", "cannot read it (Input/output error)", True),
+        ("unlistable", "cannot list this folder (Input/output error): backed up empty", True),
+    ]
+    monkeypatch.undo()
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["good.txt", "unlistable"]
+
+
+def test_an_io_error_listing_the_source_itself_stops_the_backup(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The source's own listing failing leaves nothing to back up: an error, and no
+    snapshot (an empty one would become the latest)."""
+    real_scandir = os.scandir
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+
+    def failing_scandir(fd: int) -> object:
+        if os.readlink(f"/proc/self/fd/{fd}") == str(source):
+            raise OSError(errno.EIO, "Input/output error")
+        return real_scandir(fd)
+
+    monkeypatch.setattr(create_module.os, "scandir", failing_scandir)
+    with pytest.raises(SourceError, match=r"cannot read folder .*Input/output error"):
+        create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    monkeypatch.undo()
+    assert Repository.open(Storage(str(tmp_path / "repo")), root_key).list_snapshots() == []
+
+
 def test_an_error_of_the_system_while_reading_ahead_stops_the_backup_cleanly(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -346,7 +346,12 @@ def _list(
         with os.scandir(fd) as listing:
             children = sorted(listing, key=lambda e: e.name)
     except OSError as exc:
-        raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
+        if not prefix or _unreadable(exc) is None:  # the source itself: nothing to back up
+            raise SourceError(f"cannot read folder {directory}: {exc.strerror}") from None
+        # As a folder it fails to open: kept empty, named as unread.
+        reason = f"cannot list this folder ({exc.strerror}): backed up empty"
+        skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason, unread=True))
+        return []
     subfolders: list[tuple[int, int]] = []
     for child in children:
         name = prefix + os.fsencode(child.name)
@@ -361,12 +366,11 @@ def _list(
             child_stat = child.stat(follow_symlinks=False)  # fstatat(fd, name)
         except FileNotFoundError:
             continue  # deleted while we looked
-        except PermissionError as exc:
-            reason = f"cannot read it ({exc.strerror})"
-            skipped.append(Skipped(os.fsdecode(name), reason, unread=True))
-            continue
         except OSError as exc:
-            raise SourceError(f"cannot read {where}: {exc.strerror}") from None
+            if (why := _unreadable(exc)) is None:
+                raise SourceError(f"cannot read {where}: {exc.strerror}") from None
+            skipped.append(Skipped(os.fsdecode(name), why, unread=True))
+            continue
         entry = _entry(name, child_stat, notes)
         if entry is None:
             skipped.append(Skipped(os.fsdecode(name), "not a regular file, folder or link"))
@@ -379,7 +383,10 @@ def _list(
                 if exc.errno in (errno.ENOENT, errno.EINVAL):
                     skipped.append(Skipped(os.fsdecode(name), "vanished during the backup"))
                     continue
-                raise SourceError(f"cannot read link {where}: {exc.strerror}") from None
+                if (why := _unreadable(exc)) is None:
+                    raise SourceError(f"cannot read link {where}: {exc.strerror}") from None
+                skipped.append(Skipped(os.fsdecode(name), why, unread=True))
+                continue
         items.append(Item(where, entry, child_stat.st_dev))
         if entry.kind == DIR:
             subfolders.append((len(items) - 1, child_stat.st_ino))
