@@ -1429,6 +1429,53 @@ def test_a_restore_of_latest_from_rolled_back_storage_warns(tmp_path: Path, sour
     assert named.returncode == 0 and "warnings" not in json.loads(named.stdout)
 
 
+def test_forget_by_id_removes_exactly_those_snapshots(tmp_path: Path, source: Path) -> None:
+    """`backup forget ID...` (restic's `forget ID`): ids or unique prefixes, every one
+    resolved before anything is removed; not with a policy, nor `latest`. Forgetting the
+    last snapshot this device made, then pruning (which drops its forget record), gives
+    no rollback warning at the next backup: the device's state names the newest left."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (source / "notes.txt").write_text("meet at the bridge at 8\n")
+    second = next_backup(source, storage, code)["backup_id"]
+    (source / "notes.txt").write_text("meet at the tower at 9\n")
+    third = next_backup(source, storage, code)["backup_id"]
+    key = ("--storage", str(storage), "--recovery-code", "-")
+
+    def listed() -> list[str]:
+        done = run("--json", "backup", "list", *key, stdin=code + "\n")
+        assert done.returncode == 0, done.stderr
+        return [s["backup_id"] for s in json.loads(done.stdout)["snapshots"]]
+
+    first = listed()[0]
+    for args, status, said in [
+        (("--keep-last", "1", first), 2, "not both"),
+        (("latest",), 2, "not `latest`"),
+        ((second, "ffff"), 1, "no snapshot with id ffff"),
+    ]:
+        refused = run("backup", "forget", *args, *key, stdin=code + "\n")
+        assert refused.returncode == status and said in refused.stderr, refused.stderr
+    assert listed() == [first, second, third]
+    would = run("--json", "backup", "forget", first[:8], "--dry-run", *key, stdin=code + "\n")
+    assert json.loads(would.stdout) == {
+        "kept": [second, third], "removed": [first], "dry_run": True
+    }  # fmt: skip
+    assert listed() == [first, second, third]
+    forgot = run("--json", "backup", "forget", first[:8], third, *key, stdin=code + "\n")
+    assert forgot.returncode == 0, forgot.stderr
+    assert json.loads(forgot.stdout) == {
+        "kept": [second],
+        "removed": [first, third],
+        "dry_run": False,
+    }
+    assert listed() == [second]
+    pruned = run("--json", "backup", "prune", *key, stdin=code + "\n")
+    # The first's record stays (the second names it as parent); the third's is gone.
+    assert pruned.returncode == 0 and json.loads(pruned.stdout)["forget_records_removed"] == 1
+    assert sorted(p.name for p in (storage / "forgotten").iterdir()) == [first]
+    assert "warnings" not in next_backup(source, storage, code)
+
+
 def test_forget_keeps_and_names_a_snapshot_dated_ahead(tmp_path: Path, source: Path) -> None:
     """A snapshot dated ten years ahead (its device's clock was): `forget --keep-last 1`
     keeps it and the newest real one, and says why it kept it."""

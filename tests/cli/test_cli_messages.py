@@ -121,7 +121,7 @@ def test_empty_stdin_for_a_password_says_what_to_do(monkeypatch: pytest.MonkeyPa
 def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str, ...]) -> None:
     done = backupvault("backup", "forget", "--storage", str(tmp_path), *keep)
     assert done.returncode == 2
-    assert "say what to keep" in done.stderr
+    assert "say what to forget: snapshot ids, or what to keep" in done.stderr
     assert "hint: for instance `backup forget --keep-last 7`" in done.stderr
 
 

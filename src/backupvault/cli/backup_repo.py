@@ -329,6 +329,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
 
 
 @backup.command("forget")
+@click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT_ID]...")
 @click.option("--keep-last", default=0, type=click.IntRange(0), help="Keep the N newest.")
 @click.option("--keep-daily", default=0, type=click.IntRange(0), help="Newest of each of N days.")
 @click.option("--keep-weekly", default=0, type=click.IntRange(0), help="Newest of each of N weeks.")
@@ -344,6 +345,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
 @pass_ctx
 def backup_forget(
     ctx: Context,
+    snapshot_ids: tuple[str, ...],
     keep_last: int,
     keep_daily: int,
     keep_weekly: int,
@@ -355,20 +357,38 @@ def backup_forget(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Remove snapshots the policy does not keep (per source and host), and with
-    --damaged those that cannot be read. Their data stays until `backup prune`."""
+    """Remove the snapshots SNAPSHOT_ID names (ids or unique prefixes), or those the
+    policy does not keep (per source and host), and with --damaged those that cannot be
+    read. Their data stays until `backup prune`."""
     from backupvault.backup.repo import maintenance
+    from backupvault.backup.repo.repository import is_latest
+    from backupvault.backup.repo.state import DeviceState, default_dir, place_of
 
     policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
-    if policy.empty() and not damaged:
+    if snapshot_ids and not policy.empty():
         raise UsageError(
-            "say what to keep: --keep-last, --keep-daily, --keep-weekly, --keep-monthly or "
-            "--keep-yearly (or --damaged alone, to remove only snapshots that cannot be read)",
+            "give snapshot ids or a policy (--keep-...) to forget by, not both",
+            hint="`backup forget ID...` removes those snapshots; `backup forget --keep-last 7`"
+            " keeps the 7 newest of each source and host",
+        )
+    if any(is_latest(i) or not i.strip() for i in snapshot_ids):
+        raise UsageError(
+            "backup forget takes snapshot ids (or unique prefixes of them), not `latest`",
+            hint="`backupvault backup list` shows the snapshots and their ids",
+        )
+    if policy.empty() and not damaged and not snapshot_ids:
+        raise UsageError(
+            "say what to forget: snapshot ids, or what to keep: --keep-last, --keep-daily,"
+            " --keep-weekly, --keep-monthly or --keep-yearly (or --damaged alone, to"
+            " remove only snapshots that cannot be read)",
             hint="for instance `backup forget --keep-last 7` keeps the 7 newest snapshots of"
             " each source and host; add --dry-run to see what it would remove first",
         )
-    repo = _open(ctx, storage_url, password_stdin, code)
-    kept, removed, ahead = maintenance.forget(repo, policy, dry_run=dry_run, damaged=damaged)
+    repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids)
+    state = DeviceState(default_dir(), repo.keys.repo_id, place_of(repo.backend.storage))
+    kept, removed, ahead = maintenance.forget(
+        repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state
+    )
     if not damaged:
         warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")
     for snapshot_id in ahead:

@@ -47,7 +47,7 @@ from backupvault.backup.repo.repository import (
     cycle_collector_paused,
     host_name,
 )
-from backupvault.backup.repo.state import DeviceState
+from backupvault.backup.repo.state import DeviceState, place_of
 from backupvault.backup.repo.tree import (
     DIR,
     FILE,
@@ -663,8 +663,11 @@ def create_snapshot(
     repo = Repository.open(storage, root_key, create=True, **dict(repo_params or {}))
     if repo.created and on_new_repository is not None:
         on_new_repository()
-    place = storage.root if storage.is_local else storage.display_url
-    state = DeviceState(state_dir, repo.keys.repo_id, place) if state_dir is not None else None
+    state = (
+        DeviceState(state_dir, repo.keys.repo_id, place_of(storage))
+        if state_dir is not None
+        else None
+    )
     with repo.lock(SHARED) as lock:
         info = _create_locked(
             repo,

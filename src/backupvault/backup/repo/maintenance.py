@@ -58,8 +58,10 @@ from backupvault.backup.repo.repository import (
     Lock,
     PackWriter,
     Repository,
+    host_name,
 )
 from backupvault.backup.repo.restore import select, under, wanted_paths
+from backupvault.backup.repo.state import DeviceState
 from backupvault.backup.repo.tree import FILE, ROOT, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
@@ -228,28 +230,52 @@ def apply_policy(
 
 
 def forget(
-    repo: Repository, policy: Policy, *, dry_run: bool, damaged: bool = False
+    repo: Repository,
+    policy: Policy,
+    *,
+    dry_run: bool,
+    damaged: bool = False,
+    ids: Collection[str] = (),
+    state: DeviceState | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Delete the snapshots `policy` does not keep (an empty policy keeps every one), and
-    with `damaged` the snapshot objects that cannot be read (`repo.damaged`); (kept,
-    removed, those kept because they are dated ahead of this device's clock). (Every
-    policy keeps the newest of each source, so the device state's "last made" snapshot is
-    never forgotten.)"""
+    """Delete the snapshots `policy` does not keep (an empty policy keeps every one), or
+    those `ids` name (ids or unique prefixes, every one resolved before anything is
+    deleted), and with `damaged` the snapshot objects that cannot be read
+    (`repo.damaged`); (kept, removed, those kept because they are dated ahead of this
+    device's clock). Every policy keeps the newest of each source, so the device state's
+    "last made" snapshot is never forgotten by one; one forgotten by id is replaced in
+    `state` by the newest this host still has of its source."""
+    if ids and not policy.empty():
+        raise UsageError("give snapshot ids or a policy to forget by, not both")
     with repo.lock(EXCLUSIVE):
+        names = repo.snapshot_names()
+        chosen = {repo.snapshot_id(i, names) for i in ids}
         found = list_snapshots(repo)
         removed: list[str]
         ahead: list[str] = []
-        if policy.empty():
+        if ids:
+            kept = [s.snapshot_id for s in found if s.snapshot_id not in chosen]
+            removed = [s.snapshot_id for s in found if s.snapshot_id in chosen]
+            removed += sorted(chosen - set(removed))  # damaged or no snapshot at all
+        elif policy.empty():
             kept, removed = [s.snapshot_id for s in found], []
         else:
             kept, removed, ahead = apply_policy(found, policy)
         if damaged:
-            removed += sorted(repo.damaged)
+            removed += sorted(set(repo.damaged) - set(removed))
         if not dry_run:
             for snapshot_id in removed:
                 if _is_object_id(snapshot_id):
                     repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
+            if state is not None and removed:
+                here = host_name()
+                newest = {
+                    s.source: s.snapshot_id
+                    for s in sorted(found, key=lambda s: s.created_at)
+                    if s.host == here and s.snapshot_id not in removed
+                }
+                state.forgot(set(removed), newest)
     return kept, removed, ahead
 
 

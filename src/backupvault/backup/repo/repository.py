@@ -22,7 +22,7 @@ import secrets
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -619,9 +619,15 @@ class Repository:
             if not listed:
                 raise BackupNotFound(f"no snapshots at {self.backend.display_url}")
             return self.read_snapshot(listed[-1].id_hex)
+        return self.read_snapshot(self.snapshot_id(prefix, names))
+
+    def snapshot_id(self, prefix: str, names: Collection[str] | None = None) -> str:
+        """The one snapshot object whose id starts with `prefix` (among `names`, or those
+        storage lists); BackupNotFound if none does, UsageError if several do."""
         wanted = prefix.strip().lower()
-        matches = [n for n in names if n.startswith(wanted)]
-        if not matches:
+        listed = self.snapshot_names() if names is None else names
+        matches = sorted(n for n in listed if n.startswith(wanted))
+        if not wanted or not matches:
             raise BackupNotFound(
                 f"no snapshot with id {wanted} at {self.backend.display_url}",
                 hint="`backupvault backup list` shows the snapshots and their ids",
@@ -631,7 +637,7 @@ class Repository:
                 f"snapshot id prefix {wanted} matches {len(matches)} snapshots",
                 hint="give more of the id (`backupvault backup list` shows them)",
             )
-        return self.read_snapshot(matches[0])
+        return matches[0]
 
     def mark_forgotten(self, snapshot_id: str) -> None:
         """Record that `backup forget` removes this snapshot (before it does): a snapshot

@@ -46,7 +46,7 @@ from backupvault.backup.repo.repository import (
     is_latest,
 )
 from backupvault.backup.repo.snapshots import AHEAD_SLACK, Snapshot
-from backupvault.backup.repo.state import DeviceState
+from backupvault.backup.repo.state import DeviceState, place_of
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
@@ -183,8 +183,7 @@ def restore_snapshot(
     snapshot = repo.find_snapshot(snapshot_id)
     warnings: list[str] = []
     if state_dir is not None and (snapshot_id is None or is_latest(snapshot_id)):
-        place = storage.root if storage.is_local else storage.display_url
-        made = DeviceState(state_dir, repo.keys.repo_id, place).all_made()
+        made = DeviceState(state_dir, repo.keys.repo_id, place_of(storage)).all_made()
         names = repo.snapshot_names()
         for source, last in sorted(made.items()):
             if last not in names:

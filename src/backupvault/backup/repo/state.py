@@ -14,8 +14,10 @@ import contextlib
 import hashlib
 import json
 import os
+from collections.abc import Collection, Mapping
 from pathlib import Path
 
+from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import locked, replace_file
 
@@ -28,6 +30,12 @@ def default_dir() -> Path:
         return Path(configured)
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return Path(base) / "backupvault"
+
+
+def place_of(storage: Storage) -> str:
+    """Where a repository is, as `DeviceState` keeps it: a local folder's absolute path,
+    else the storage URL."""
+    return storage.root if storage.is_local else storage.display_url
 
 
 def _load(path: Path, field: str) -> dict[str, str]:
@@ -67,6 +75,23 @@ class DeviceState:
         was another one (a snapshot made there since is in no state of this one)."""
         before = _load(self._places, "places").get(self._place)
         return before if before not in (None, self._repo_id) else None
+
+    def forgot(self, removed: Collection[str], newest: Mapping[str, str]) -> None:
+        """`backup forget` removed the snapshots `removed`: a source whose last snapshot made
+        here is one of them now has the newest left of it (`newest`, by source) as its last,
+        or none. Else, once `backup prune` drops the forget record, the next backup would
+        take that snapshot's absence for storage hiding it. Best effort, as `_save`."""
+        with contextlib.suppress(BackupVaultError), locked(self.path, timeout=_LOCK_WAIT):
+            latest = _load(self.path, "latest")
+            gone = [source for source, last in latest.items() if last in removed]
+            if not gone:
+                return
+            for source in gone:
+                if source in newest:
+                    latest[source] = newest[source]
+                else:
+                    del latest[source]
+            _save(self.path, "latest", latest)
 
     def made(self, source: str, snapshot_id: str) -> None:
         # Each file is read, changed and written under its lock: two backups of this
