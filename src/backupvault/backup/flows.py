@@ -37,6 +37,7 @@ from backupvault.backup.safe import (
     Staging,
     check_destination,
     check_space,
+    remove_abandoned,
 )
 from backupvault.backup.storage import (
     PartialUpload,
@@ -267,6 +268,7 @@ def restore_backup(
                 max_bytes=header.content_bytes,
                 space_estimate=None if header.declares_totals else total,
             )
+            removed = remove_abandoned(dest_path)  # before the space they hold is checked
             check_space(dest_path.parent, limits)
             reporter.advance(len(header_bytes))
             with Staging(dest_path) as staging:
@@ -302,6 +304,7 @@ def restore_backup(
         key=header.key_name,
         skipped=stats.skipped,
         passed_over=damaged,
+        warnings=removed,
     )
 
 

@@ -32,7 +32,9 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import re
 import secrets
 import shutil
 import stat
@@ -113,10 +115,53 @@ def link_destination(dest: Path) -> DestinationError:
     )
 
 
+def _staging_name(dest: Path) -> str:
+    return f".{dest.name}.{secrets.token_hex(6)}.restoring"
+
+
+def remove_abandoned(dest: Path) -> list[str]:
+    """Remove the staging folders of restores into `dest` that were killed (SIGKILL, a
+    power cut: no `finally` ran), and say so, one line each. A staging folder is locked
+    (flock) by its restore while it runs, so one still locked is left alone, as is one
+    of another user or not a folder (a link is never followed)."""
+    pattern = re.compile(rf"\.{re.escape(dest.name)}\.[0-9a-f]{{12}}\.restoring")
+    try:
+        with os.scandir(dest.parent) as listing:
+            names = [e.name for e in listing if pattern.fullmatch(e.name)]
+    except OSError:
+        return []
+    removed = []
+    for name in sorted(names):
+        path = dest.parent / name
+        try:
+            fd = os.open(path, _DIR_FLAGS)
+        except OSError:
+            continue
+        try:
+            if os.fstat(fd).st_uid != os.geteuid():
+                continue
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            there, ours = os.lstat(path), os.fstat(fd)
+            if (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino):
+                continue
+            _remove_tree(path)
+        except OSError:  # locked: a restore still running; or it went away meanwhile
+            continue
+        finally:
+            os.close(fd)
+        removed.append(
+            f"removed {path}, the partial copy a restore into {dest} left when it was "
+            "killed before it could clean up"
+        )
+    return removed
+
+
 class Staging:
     """A new private folder next to the destination (same filesystem) that a restore
     writes into; `finish` moves it into place in one rename, so the destination gets all
-    of a restore or nothing. Made on entering, removed on leaving unless finished.
+    of a restore or nothing. Made on entering, removed on leaving unless finished; locked
+    (flock) while open, so a later restore can tell one a killed restore left behind
+    (`remove_abandoned`) from one in use.
 
     It is used only through `fd`, opened without following a link and checked to be a
     folder this user owns: someone who may write in the destination's parent could
@@ -126,7 +171,7 @@ class Staging:
 
     def __init__(self, dest: Path) -> None:
         self.dest = dest
-        self.path = dest.parent / f".{dest.name}.{secrets.token_hex(6)}.restoring"
+        self.path = dest.parent / _staging_name(dest)
         self.default_mode = 0o755
         self.fd = -1
 
@@ -138,7 +183,7 @@ class Staging:
                 self.path.mkdir(mode=0o777)  # the umask applies: that is the default mode
                 break
             except FileExistsError:
-                self.path = self.dest.parent / f".{self.dest.name}.{secrets.token_hex(6)}.restoring"
+                self.path = self.dest.parent / _staging_name(self.dest)
             except OSError as exc:
                 raise DestinationError(
                     f"cannot create a folder in {self.dest.parent}: {exc}"
@@ -149,6 +194,7 @@ class Staging:
             if made.st_uid != os.geteuid():
                 self._close()  # theirs: not removed
                 raise OSError(errno.EPERM, "it is owned by another user")
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours, new: never held
             self.default_mode = stat.S_IMODE(made.st_mode)
             os.fchmod(self.fd, 0o700)  # private while the content is unauthenticated
         except BaseException as exc:

@@ -57,6 +57,7 @@ from backupvault.backup.safe import (
     leads_out,
     no_space,
     reached,
+    remove_abandoned,
     remove_escaping_links,
     space,
 )
@@ -201,6 +202,7 @@ def restore_snapshot(
     reporter = progress or NoProgress()
     total = sum(e.size for e in entries if e.kind == FILE)
     limits = Limits(max_entries=len(entries), max_bytes=total)
+    warnings.extend(remove_abandoned(dest_path))  # before the space they hold is checked
     check_space(dest_path.parent, limits)
     skipped: list[Skipped] = []
     reporter.start(total, "restoring")
