@@ -19,6 +19,7 @@ from backupvault.backup.repo import (
     restore_snapshot,
 )
 from backupvault.backup.repo.damage import files_using, listed
+from backupvault.backup.repo.index import Index
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed
 
@@ -192,3 +193,50 @@ def test_an_interruption_just_after_the_staging_folder_is_made_leaves_nothing(
     with pytest.raises(KeyboardInterrupt):
         restore_snapshot(str(repo), root_key, repo.parent / "out")
     assert not [p for p in repo.parent.iterdir() if "out" in p.name]
+
+
+def _stored_twice(tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A repository where every chunk of `source` is in two packs: a second backup that
+    saw no index stored them all again (as two backups at once do, each unaware of the
+    other's new packs)."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_bytes(b"the only file, " * 1000)
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key)
+    real = Repository.load_index
+
+    def blind(self: Repository, *, adopt_unindexed: bool = True) -> object:
+        _, packs, adopted = real(self, adopt_unindexed=False)
+        return Index(), packs, adopted
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Repository, "load_index", blind)
+        create_snapshot(source, str(repo), root_key, force_read=True)
+    return repo
+
+
+def _flip_in(repo: Path, root_key: bytes, pack: Path) -> None:
+    opened = Repository.open(Storage(str(repo)), root_key)
+    (entry,) = opened.read_pack_header(pack.name, pack.stat().st_size)
+    data = bytearray(pack.read_bytes())
+    data[entry.offset + 20] ^= 0x01
+    pack.write_bytes(bytes(data))
+
+
+def test_a_damaged_chunk_is_read_from_another_pack_that_holds_it(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Restore fell back to no second copy (`repair` kept it, the restore failed until
+    then). Whichever copy the index names first, the other is read when it is damaged."""
+    repo = _stored_twice(tmp_path, root_key, monkeypatch)
+    first, second = pack_files(repo)
+    for damaged, dest in ((first, "one"), (second, "two")):
+        _flip_in(repo, root_key, damaged)
+        restore_snapshot(str(repo), root_key, tmp_path / dest)
+        assert (tmp_path / dest / "a.txt").read_bytes() == b"the only file, " * 1000
+        _flip_in(repo, root_key, damaged)  # mended
+    _flip_in(repo, root_key, first)
+    _flip_in(repo, root_key, second)  # both copies damaged: named, nothing written
+    error = _fails(repo, root_key)
+    assert error.message.endswith("cannot be restored: a.txt")

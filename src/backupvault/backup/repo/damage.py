@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Collection, Iterable, Mapping
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import datetime
 
-from backupvault.backup.errors import Altered
+from backupvault.backup.errors import Altered, StorageError
 from backupvault.backup.repo.chunksource import ChunkSource, Plain
-from backupvault.backup.repo.index import Location
+from backupvault.backup.repo.index import Index, Location
 from backupvault.backup.repo.repository import Repository
 from backupvault.backup.repo.snapshots import Snapshot
 from backupvault.backup.repo.tree import FILE, Entry
@@ -55,19 +55,24 @@ class DamagedFiles:
 
 class NotingChunkSource(ChunkSource):
     """A `ChunkSource` that notes a chunk that fails authentication (in `damaged`: chunk
-    id -> why) and goes on, instead of failing the read of its whole pack. The noted
-    chunk is handed out as empty: check `damaged` for every chunk id before using it."""
+    id -> why) and goes on, instead of failing the read of its whole pack. A chunk stored
+    in more than one pack (two backups stored it at once; or storage lost its pack and a
+    later backup stored it again) is read from another pack of `index` that holds it
+    before it is noted. The noted chunk is handed out as empty: check `damaged` for every
+    chunk id before using it."""
 
     def __init__(
         self,
         repo: Repository,
-        locations: Mapping[bytes, Location],
+        index: Index,
         files: list[list[bytes]],
         workers: int,
     ) -> None:
-        super().__init__(repo, locations, files, workers)
+        super().__init__(repo, index.chunks, files, workers)
+        self.index = index
         self.damaged: dict[bytes, str] = {}
         self._noting = threading.Lock()
+        self._copies: dict[bytes, list[Location]] | None = None  # made on the first damage
 
     def _read_pack(self, pack_id: bytes, chunk_ids: list[bytes]) -> dict[bytes, Plain]:
         locs = [self.locations[c] for c in chunk_ids]
@@ -77,19 +82,52 @@ class NotingChunkSource(ChunkSource):
         view = memoryview(data)
         opened: dict[bytes, Plain] = {}
         for chunk_id, loc in zip(chunk_ids, locs, strict=True):
-            first = loc.offset - start
             try:
-                if first + loc.length > len(view):
-                    raise Altered(
-                        f"chunk {chunk_id.hex()[:16]} is cut off: pack {pack_id.hex()} is truncated"
-                    )
-                blob = view[first : first + loc.length]
-                opened[chunk_id] = self.repo.sealer.open(chunk_id, blob, loc.raw_length)
+                opened[chunk_id] = self._open(chunk_id, loc, view[loc.offset - start :])
             except (AuthenticationFailed, InvalidInput) as exc:
+                other = self._other_copy(chunk_id, pack_id)
+                if other is not None:
+                    opened[chunk_id] = other
+                    continue
                 with self._noting:
                     self.damaged[chunk_id] = exc.message
                 opened[chunk_id] = b""
         return opened
+
+    def _open(self, chunk_id: bytes, loc: Location, rest: memoryview) -> Plain:
+        """The chunk at the start of `rest`, the pack's bytes from its offset on."""
+        if loc.length > len(rest):
+            raise Altered(
+                f"chunk {chunk_id.hex()[:16]} is cut off: pack {loc.pack_id.hex()} is truncated"
+            )
+        return self.repo.sealer.open(chunk_id, rest[: loc.length], loc.raw_length)
+
+    def _other_copy(self, chunk_id: bytes, damaged_pack: bytes) -> Plain | None:
+        """The chunk from another pack that holds it and where it authenticates, if any."""
+        for loc in self._copies_of(chunk_id):
+            if loc.pack_id == damaged_pack:
+                continue
+            try:
+                data = self.repo.backend.get(
+                    f"data/{loc.pack_id.hex()}", loc.offset, loc.offset + loc.length
+                )
+                return self._open(chunk_id, loc, memoryview(data))
+            except (AuthenticationFailed, InvalidInput, StorageError):
+                continue
+        return None
+
+    def _copies_of(self, chunk_id: bytes) -> list[Location]:
+        with self._noting:
+            if self._copies is None:
+                needed = set(self.uses)
+                self._copies = {}
+                for pack_id, entries in self.index.packs.items():
+                    for e in entries:
+                        if e.chunk_id in needed:
+                            self._copies.setdefault(e.chunk_id, []).append(
+                                Location(pack_id, e.offset, e.length, e.raw_length)
+                            )
+            return self._copies.get(chunk_id, [])
 
     def is_damaged(self, chunk_id: bytes) -> bool:
         with self._noting:

@@ -308,7 +308,7 @@ def _fill(
             with reached(dir_fd, entry.path) as (folder, name):
                 os.mkdir(name, 0o700, dir_fd=folder)
     files = [e for e in entries if e.kind == FILE]
-    source = NotingChunkSource(repo, index.chunks, [e.chunks for e in files], workers)
+    source = NotingChunkSource(repo, index, [e.chunks for e in files], workers)
     # Small files are written on writer threads (their syscalls overlap); large ones here,
     # streamed chunk by chunk.
     # One thread per writer, each folder's files always on the same one: threads creating
