@@ -104,6 +104,8 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         deployment.wait_ready(90, nodes=[0, 1, 4])
         assert all(_health(vault, i)["intact_start"] is False for i in (0, 1))
         assert _health(vault, 4)["intact_start"] is True
+        # Each rolled-back node took the guesses it missed from its peers' pages.
+        assert all(_metric(vault, i, "records_caught_up") >= 1 for i in (0, 1))
         # The rolled-back nodes distrust their own counts (docs/threshold.md, "Counters
         # and erasure"): status answers the most each can have used (attempts 2-4 since
         # the owner's reset at 1), not the old copy's 10 left; the read also makes them
@@ -128,6 +130,16 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
         assert all(_metric(vault, i, "evaluations") >= 6 for i in (0, 1))
         with pytest.raises(Destroyed):
             client.recover(PASSWORD, ksf_floor=FAST_KSF)
+
+        # A node erases its share at its own count of L (not on its peers' reports, nor
+        # on the value's word: docs/threshold.md, "Counters and erasure"); each that did
+        # counts it.
+        def erased() -> list[int]:
+            own = [deployment.inspect(i, "restart-user", "restart-entry")["own"] for i in range(5)]
+            return [i for i in range(5) if not own[i]["keeps_share"]]
+
+        wait_for(lambda: erased() != [], 15, "a node at its own count of L to erase its share")
+        assert all(_metric(vault, i, "shares_erased") >= 1 for i in erased())
     finally:
         vault.ensure_all_running()
 

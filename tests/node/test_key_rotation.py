@@ -644,4 +644,5 @@ def test_rewriting_what_is_already_erased_rotates_nothing(
     store.save([share_record(ENTRY_A, erased)])
     assert store.generation == 2
     assert sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
+    assert store.shares_erased == 1  # the share once; not the value, nor the rewrites
     store.close()

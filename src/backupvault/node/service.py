@@ -199,6 +199,8 @@ class NodeService:
             "records_persisted": 0,
             "peer_streams_refused": 0,
             "store_checked": 0,  # 1 once every bucket of the store passed its check
+            "records_caught_up": 0,  # records merged from peers' catch-up pages, persisted
+            "shares_erased": 0,  # this node's shares erased (limit, delete, password change)
             "count_reports_taken": 0,  # peers' signed count reports after a rollback
             "count_reports_ignored": 0,  # late, repeated or to no request: dropped unread
             "count_reports_sent": 0,  # this node's signed reports to its peers
@@ -637,6 +639,10 @@ class NodeService:
                     self.records.saved(saving)
                     self.metrics["group_commits"] += 1
                     self.metrics["records_persisted"] += len(records)
+                    self.metrics["records_caught_up"] += sum(
+                        isinstance(e, Persist) and e.kind == "copy" for e in batch
+                    )
+                    self.metrics["shares_erased"] = self._store.shares_erased
                 self._deliver([e for e in batch if not isinstance(e, Persist)])
         except Exception as err:
             # A bug as in `_step`: without this the task would end with the rest of the

@@ -362,6 +362,9 @@ class NodeStore:
         self._listed_rows = 0
         self._closing = False
         self._rotations = 0
+        #: This node's shares erased by this process's writes (the guess limit reached, the
+        #: entry deleted, or a password change's new share in the old one's place).
+        self.shares_erased = 0
         self._record_generation()
         if unbucketed:
             self._give_buckets_keys()
@@ -799,6 +802,7 @@ class NodeStore:
                 self._remember_key(bucket, key)
             rows = []
             erased: set[int] = set()  # buckets with a row that erases
+            shares_erased = 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for record, name in latest.values():
@@ -812,6 +816,7 @@ class NodeStore:
                         digests[bucket] -= self._term(name, int(old[0]))
                         if self._erases(name, int(old[0]), bytes(old[1]), record):
                             erased.add(bucket)
+                            shares_erased += is_share_record(record)
                     ver += 1
                     digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
                     plain = _pack_record(record)
@@ -853,6 +858,7 @@ class NodeStore:
                     del self._raw_bucket_keys[bucket], self._bucket_keys[bucket]
                 raise
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
+            self.shares_erased += shares_erased
             self.catching_up = catching_up
             self._marks = new_marks
             self.rotation_owed = owed
