@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -34,6 +35,7 @@ from backupvault.crypto import manifest
 from backupvault.deploy.local import LocalDeployment
 from backupvault.files import write_new_file
 from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
+from backupvault.hsm.shares import kept_at_limit
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.main import SINGLE_SEED_CHECKED, load_keys
@@ -85,6 +87,9 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
     store = NodeStore(
         config.data_dir / "store.sqlite", index, keys.storage, keys.row_key, keys.generation
     )
+    # As the node judges its rows (none of these is at L): the store stays format 3, and
+    # the node starts without scanning it (a store written without it would be scanned).
+    store.at_limit = functools.partial(kept_at_limit, guess_limit=description.guess_limit)
     for start in range(0, entries, BATCH):
         store.save(
             record

@@ -867,3 +867,35 @@ def test_a_share_left_at_l_before_a_restart_is_watched_once_the_store_is_checked
         assert [u.key for u in keeper.tick(EXHAUSTED_GRACE_SECONDS)] == [at_limit]
 
     asyncio.run(scenario())
+
+
+def test_a_started_node_reads_the_shares_left_at_l_from_the_store_and_never_scans(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On a format 3 store the rows at L come from the store's table: no row is opened by
+    a scan of the whole store (minutes of CPU at 10 M entries, after every restart). On a
+    store of an earlier format the start scans once and completes the table."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        left = EntryId("alice", "chat").to_bytes()
+        store.save([share_record(left, _at_limit(10))])
+        scans: list[int] = []
+        real_scan = NodeStore.share_keys
+
+        def counted(self: NodeStore, *args: Any, **kwargs: Any) -> list[bytes]:
+            scans.append(1)
+            return real_scan(self, *args, **kwargs)
+
+        monkeypatch.setattr(NodeStore, "share_keys", counted)
+        keeper = service._firmware.shares
+        await service._verify_store()
+        assert scans == [] and list(keeper._at_limit) == [left]
+        with sqlite3.connect(tmp_path / "store.sqlite") as db:
+            db.execute("PRAGMA user_version=2")  # as a store from before format 3
+        store.watch_complete = False
+        await service._verify_store()
+        assert scans == [1] and store.watch_complete
+
+    asyncio.run(scenario())

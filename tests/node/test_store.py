@@ -228,9 +228,15 @@ def test_a_store_made_before_the_format_was_kept_opens_and_gets_it(tmp_path: Pat
     store.close()
     with sqlite3.connect(path) as db:
         db.execute("PRAGMA user_version=0")
-    assert {r.key for r in make(path).load()} == {ENTRY_A, ENTRY_B}
+    reopened = make(path)
+    assert {r.key for r in reopened.load()} == {ENTRY_A, ENTRY_B}
+    # Format 2 until a node's first start has scanned it for shares left at L.
+    assert not reopened.watch_complete
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
+        assert db.execute("PRAGMA user_version").fetchone() == (2,)
+    reopened.complete_watch([])
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (3,)
 
 
 # ---- reading one record at a time: nothing is loaded at open ----------------------------

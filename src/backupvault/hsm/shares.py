@@ -298,7 +298,7 @@ class ShareKeeper:
             self._at_limit.pop(key, None)
 
     def _erasable_on_count(self, row: NodeShare) -> bool:
-        return bool(row.share) and row.count >= self.shape.guess_limit and not _assumed(row)
+        return kept_at_limit(row, self.shape.guess_limit)
 
     def at_limit(self, row: NodeShare) -> bool:
         """Whether `row` keeps a share at this node's own count of L (a pure check, for
@@ -1585,6 +1585,12 @@ def _window(reset_at: int, highest: int, known: set[int]) -> list[int]:
             if len(listed) > MAX_GUESS_LIMIT:
                 break
     return listed
+
+
+def kept_at_limit(row: NodeShare, guess_limit: int) -> bool:
+    """Whether `row` keeps a share at this node's own count of `guess_limit` (counts
+    assumed on peers' reports are not its own, and never erase)."""
+    return bool(row.share) and row.count >= guess_limit and not _assumed(row)
 
 
 def _assumed(row: NodeShare) -> bool:

@@ -143,6 +143,8 @@ class NodeService:
         self._firmware = firmware
         self._channel = channel
         self._store = store
+        # The store keeps the shares left at L named, by the firmware's own test.
+        store.at_limit = firmware.shares.at_limit
         self._clock = clock
         self._wall_clock = wall_clock
         self._record_counter = record_counter
@@ -249,12 +251,18 @@ class NodeService:
             self._stop_serving(err)
             return
         self.metrics["store_checked"] = 1
-        # Shares left at L before a restart are watched too, not only those read again.
+        # Shares left at L before a restart are watched too, not only those read again:
+        # the store names them (format 3); a store of an earlier format is scanned once.
         shares = self._firmware.shares
+        store = self._store
         try:
-            at_limit = await asyncio.to_thread(
-                self._store.share_keys, shares.at_limit, STORE_CHECK_PAUSE
-            )
+            if store.watch_complete:
+                at_limit = await asyncio.to_thread(store.watched_keys)
+            else:
+                at_limit = await asyncio.to_thread(
+                    store.share_keys, shares.at_limit, STORE_CHECK_PAUSE
+                )
+                await asyncio.to_thread(store.complete_watch, at_limit)
         except sqlite3.Error:
             return  # the store is closing; the rows' next reads watch them
         try:

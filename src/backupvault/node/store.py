@@ -42,6 +42,8 @@ Tables:
       aad  = "backupvault/v1 node store bucket key" || u16(node) || u16(id)
       (a store written before bucket keys has no such table: every row is sealed under
       the row key itself; opening it gives every bucket its key, once)
+    watched(name)            a share row's name, while that row keeps a share at this
+                             node's own count of L (store format 3; `at_limit`)
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -100,6 +102,18 @@ value to another M (or to none) writes such a share row again with M in full, in
 same transaction, so the reference never dangles. Format 1 stores (every share row
 with M in full) are read as they are and become format 2 when opened.
 
+Shares left at L (store format 3): a share row that keeps a share at this node's own count
+of L is erased one grace later by a round of the node's own (docs/threshold.md, "Counters
+and erasure"), which must still happen after a restart, when nobody asks for the entry.
+Every save keeps `watched` naming exactly those rows, judged by the node's `at_limit`,
+so a start reads that table, not every row. Before format 3 a start opened every row of
+the store to find them (at 10,000,000 entries some 20 million AES-GCM opens per node,
+minutes of CPU after every restart, while serving). A store of format 2 or below with
+records has no complete table: its first start under format 3 finds those rows by that
+scan once (`share_keys`), then `complete_watch` fills the table and makes the store
+format 3. A save of a share row without `at_limit` (tools) makes it format 2 again, so
+the next start scans.
+
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that erases (a live value written over as destroyed or
 deleted, a share row's share taken away or replaced: `_erases`) is followed by a
@@ -155,7 +169,9 @@ NAME_LEN = 16
 ROWS_PER_SAVE = 1 << 20
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
-STORE_FORMAT = 2
+STORE_FORMAT = 3
+#: The last format whose stores have no complete `watched` table.
+_UNWATCHED_FORMAT = 2
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
@@ -166,6 +182,7 @@ _ROLLED_BACK = "node store rows do not match its counter: a row was rolled back,
 _BUCKET_KEY_TABLE = (
     "CREATE TABLE IF NOT EXISTS bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 )
+_WATCHED_TABLE = "CREATE TABLE IF NOT EXISTS watched (name BLOB PRIMARY KEY) WITHOUT ROWID"
 
 #: Share rows are kept under this prefix; entry keys (EntryId encodings) start with
 #: their tag, never 0xff.
@@ -281,6 +298,9 @@ class NodeStore:
         self.generation = generation
         #: Set by the node: an erased share then re-seals the store under a new row key.
         self.key_rotation: KeyRotation | None = None
+        #: Set by the node (its firmware's test): whether a share row keeps a share at
+        #: this node's own count of L; every save keeps `watched` by it.
+        self.at_limit: Callable[[NodeShare], bool] | None = None
         self._digest_key = _derive(storage_key, "digest")
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         path.parent.chmod(0o700)
@@ -314,8 +334,12 @@ class NodeStore:
                 "node store was written by an older version of backupvault",
                 hint="move store.sqlite* aside and restart: the node catches up from the fleet",
             )
+        #: Whether `watched` names every share row at L (format 3), else a scan must.
+        self.watch_complete = store_format >= STORE_FORMAT or "record" not in tables
         if store_format < STORE_FORMAT:
-            self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+            written = STORE_FORMAT if self.watch_complete else _UNWATCHED_FORMAT
+            self._db.execute(f"PRAGMA user_version={written}")
+        self._db.execute(_WATCHED_TABLE)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS record "
             "(ver INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, row BLOB NOT NULL)"
@@ -827,6 +851,7 @@ class NodeStore:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
                 )
+                self._keep_watched(latest.values())
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
                     [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
@@ -917,6 +942,62 @@ class NodeStore:
             generation, row_key = self.key_rotation.begin_rotation()
             self.rotate(row_key, generation, self.rotation_owed)
             self.key_rotation.finish_rotation(generation)
+
+    def _keep_watched(self, written: Iterable[tuple[AcceptorRecord, bytes]]) -> None:
+        """In the saving transaction: `watched` names each written share row that keeps a
+        share at L, and no other. Without `at_limit` (a tool writing) nothing can be
+        judged: the store goes back to format 2, and the next start scans."""
+        shares = [(r, name) for r, name in written if is_share_record(r)]
+        if not shares:
+            return
+        at_limit = self.at_limit
+        if at_limit is None:
+            if self.watch_complete:
+                self._db.execute(f"PRAGMA user_version={_UNWATCHED_FORMAT}")
+                self.watch_complete = False  # (also if the transaction rolls back: safe)
+            return
+        judged = [(name, at_limit(_stored_share(r.value)[0])) for r, name in shares]
+        self._db.executemany(
+            "INSERT OR IGNORE INTO watched (name) VALUES (?)", [(n,) for n, at in judged if at]
+        )
+        self._db.executemany(
+            "DELETE FROM watched WHERE name = ?", [(n,) for n, at in judged if not at]
+        )
+
+    def watched_keys(self) -> list[bytes]:
+        """The entry keys of the share rows `watched` names (each row checked as any read
+        is; one gone, or that does not open, is passed over). Complete only when
+        `watch_complete`."""
+        with self._lock:
+            names = [bytes(n) for (n,) in self._reader.execute("SELECT name FROM watched")]
+        keys = []
+        for name in names:
+            try:
+                row = self._checked_row(name)
+                record = None if row is None else self._decode(name, row[0], row[1])
+            except StoreCorrupted:
+                continue  # as in `share_keys`: its entry's next read checks it
+            if record is not None and is_share_record(record):
+                keys.append(record.key[len(SHARE_PREFIX) :])
+        return keys
+
+    def complete_watch(self, keys: Iterable[bytes]) -> None:
+        """After the first start's scan (`share_keys`) of a store of format 2 or below:
+        name the rows it found at L in `watched` (rows written since are there already)
+        and make the store format 3, in one transaction."""
+        names = [(self.name_of(SHARE_PREFIX + key),) for key in keys]
+        with self._lock:
+            if self._closing:
+                return  # the scan may have stopped short: the next start scans again
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.executemany("INSERT OR IGNORE INTO watched (name) VALUES (?)", names)
+                self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self.watch_complete = True
 
     def _erases(self, name: bytes, ver: int, sealed: bytes, new: AcceptorRecord) -> bool:
         """Whether writing `new` over the row (`ver`, `sealed`) erases something: a share
