@@ -257,7 +257,8 @@ class NodeService:
         store = self._store
         try:
             if store.watch_complete:
-                at_limit = await asyncio.to_thread(store.watched_keys)
+                # On the loop: the reader connection is its own, and the table is small.
+                at_limit = store.watched_keys()
             else:
                 at_limit = await asyncio.to_thread(
                     store.share_keys, shares.at_limit, STORE_CHECK_PAUSE

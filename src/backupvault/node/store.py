@@ -967,7 +967,7 @@ class NodeStore:
     def watched_keys(self) -> list[bytes]:
         """The entry keys of the share rows `watched` names (each row checked as any read
         is; one gone, or that does not open, is passed over). Complete only when
-        `watch_complete`."""
+        `watch_complete`. On the reader's thread (the event loop's): a few rows."""
         with self._lock:
             names = [bytes(n) for (n,) in self._reader.execute("SELECT name FROM watched")]
         keys = []
