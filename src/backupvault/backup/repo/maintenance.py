@@ -269,13 +269,13 @@ def forget(
                     repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
             if state is not None and removed:
-                here = host_name()
+                here, gone = host_name(), set(removed)
                 newest = {
                     s.source: s.snapshot_id
                     for s in sorted(found, key=lambda s: s.created_at)
-                    if s.host == here and s.snapshot_id not in removed
+                    if s.host == here and s.snapshot_id not in gone
                 }
-                state.forgot(set(removed), newest)
+                state.forgot(gone, newest)
     return kept, removed, ahead
 
 
