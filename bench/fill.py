@@ -30,6 +30,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import httpx
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.crypto import manifest
 from backupvault.deploy.local import LocalDeployment
@@ -41,20 +42,28 @@ from backupvault.node.config import FleetDescription, NodeConfig
 from backupvault.node.main import SINGLE_SEED_CHECKED, load_keys
 from backupvault.node.store import NodeStore, share_record
 from backupvault.node.token import TokenSealer
-from backupvault.protocol import EntryStatus
+from backupvault.protocol import (
+    AckKind,
+    CommitAck,
+    EntryStatus,
+    encode_commit_acks,
+    share_ack_message,
+)
 from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, TimingTransport, timed_recoveries
 
 BATCH = 5_000
+THRESHOLD = NODES // 2 + 1
 
 
 def _records(
-    index: int, entry: int, registration: manifest.Registration
+    index: int, entry: int, registration: manifest.Registration, acks: bytes
 ) -> tuple[AcceptorRecord, AcceptorRecord]:
-    """A live threshold entry of realistic size, as node `index` keeps it: the replicated
-    value (state with its manifest) and the node's own share row. Every filled entry
-    carries the same dealing (names differ); only the sizes matter here."""
+    """A live threshold entry as node `index` keeps it once registered: the replicated
+    value (state with its manifest and the t acknowledgements its commit carried, as a
+    real registration leaves it) and the node's own share row. Every filled entry carries
+    the same dealing (names differ); only the sizes matter here."""
     encoded = registration.manifest.to_bytes()
-    state = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=encoded)
+    state = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=encoded, acks=acks)
     key = EntryId(f"fill{entry:08d}", "root-key").to_bytes()
     value = ReplicatedValue([AppliedOp(entry.to_bytes(16, "big"), 1)], state.to_bytes())
     row = NodeShare(1, registration.shares[index].to_bytes(), encoded, [])
@@ -71,19 +80,53 @@ def dealing(fleet_id: bytes) -> manifest.Registration:
         entry="root-key",
         epoch=0,
         nodes=NODES,
-        threshold_count=NODES // 2 + 1,
+        threshold_count=THRESHOLD,
         ksf=FAST_KSF,
         version=1,
     )
 
 
-def _fill_node(root: Path, index: int, entries: int) -> None:
+def commit_acks(
+    fleet_id: bytes, registration: manifest.Registration, signing: list[Ed25519PrivateKey]
+) -> bytes:
+    """The acknowledgements a registration's commit leaves in the value: nodes 1..t's
+    signed word that they staged their share of M (`signing`, their keys). A registered
+    entry carries t of them, 66 bytes each; without them a filled entry weighed about 200
+    bytes less than a registered one."""
+    encoded = registration.manifest.to_bytes()
+    acks = []
+    for index, key in enumerate(signing, start=1):  # share indices start at 1
+        signed = share_ack_message(
+            AckKind.STAGED,
+            fleet_id,
+            "fill",
+            "root-key",
+            1,
+            registration.manifest.commitments.node_public_key(index),
+            encoded,
+        )
+        acks.append(CommitAck(index, AckKind.STAGED, key.sign(signed)))
+    return encode_commit_acks(acks)
+
+
+def _signing_keys(root: Path) -> list[Ed25519PrivateKey]:
+    """The signing keys of the fleet's first t nodes, from their tokens."""
+    description = FleetDescription.load(root / "fleet.toml")
+    keys = []
+    for slot in range(THRESHOLD):
+        config = NodeConfig.load(LocalDeployment(root).node_config(slot))
+        keys.append(Ed25519PrivateKey.from_private_bytes(load_keys(config, description).signing))
+    return keys
+
+
+def _fill_node(
+    root: Path, index: int, entries: int, registration: manifest.Registration, acks: bytes
+) -> None:
     """Write `entries` entries into one node's store, through `NodeStore.save` as the
     node's group commit does, and record its counter in the node's token."""
     description = FleetDescription.load(root / "fleet.toml")
     config = NodeConfig.load(LocalDeployment(root).node_config(index))
     keys = load_keys(config, description)
-    registration = dealing(description.fleet_id)
     store = NodeStore(
         config.data_dir / "store.sqlite", index, keys.storage, keys.row_key, keys.generation
     )
@@ -94,7 +137,7 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
         store.save(
             record
             for i in range(start, min(entries, start + BATCH))
-            for record in _records(index, i, registration)
+            for record in _records(index, i, registration, acks)
         )
         if index == 0 and start % (20 * BATCH) == 0:
             print(f"  node0 filled {start:,} / {entries:,}", flush=True)
@@ -107,9 +150,21 @@ def _fill_node(root: Path, index: int, entries: int) -> None:
 
 
 def _fill(fleet: Fleet, entries: int) -> None:
-    """Two stores at a time (the machine has two cores)."""
+    """Two stores at a time (the machine has two cores), every node with the same values."""
+    fleet_id = FleetDescription.load(fleet.root / "fleet.toml").fleet_id
+    registration = dealing(fleet_id)
+    acks = commit_acks(fleet_id, registration, _signing_keys(fleet.root))
     with ProcessPoolExecutor(2) as pool:
-        list(pool.map(_fill_node, [fleet.root] * NODES, range(NODES), [entries] * NODES))
+        list(
+            pool.map(
+                _fill_node,
+                [fleet.root] * NODES,
+                range(NODES),
+                [entries] * NODES,
+                [registration] * NODES,
+                [acks] * NODES,
+            )
+        )
 
 
 def _rss_mb(pid: int) -> float:

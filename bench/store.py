@@ -29,9 +29,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 from backupvault.hsm.state import EntryId
 from backupvault.node.store import NodeStore, share_record
-from bench.fill import BATCH, _records, dealing, report
+from bench.fill import BATCH, THRESHOLD, _records, commit_acks, dealing, report
 
 ERASURES = 9
 READS = 1_000
@@ -70,13 +72,15 @@ def fill(folder: Path, entries: int) -> float:
     storage_key, row_key = os.urandom(32), os.urandom(32)
     (folder / _KEYS).write_bytes(storage_key + row_key)
     registration = dealing(b"bench-store")
+    signers = [Ed25519PrivateKey.generate() for _ in range(THRESHOLD)]  # no fleet here
+    acks = commit_acks(b"bench-store", registration, signers)
     store = NodeStore(folder / "store.sqlite", 0, storage_key, row_key, 1)
     started = time.perf_counter()
     for start in range(0, entries, BATCH):
         store.save(
             record
             for i in range(start, min(entries, start + BATCH))
-            for record in _records(0, i, registration)
+            for record in _records(0, i, registration, acks)
         )
         if start and start % (50 * BATCH) == 0:
             print(f"  filled {start:,} / {entries:,}", file=sys.stderr, flush=True)

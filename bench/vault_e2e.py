@@ -15,8 +15,6 @@ on loopback, brought up in a temporary folder, set against etcd (5 members, same
   brings back t partials is a committed attempt; one that does not is counted apart
   (refused). An entry near its limit is reset by one correct recovery, not counted.
 - Recoveries/s: 16 threads recovering their own entries with the right password.
-- Bytes per stored entry: the growth of node0's store (pages, WAL included) per
-  registered entry (the replicated value and the node's own share row).
 - Across sites: a second fleet whose node-to-node streams pass through the chaos proxies
   (backupvault.chaos.proxy) holding every chunk RTT/2 each way (a delay line, RTT = 40 ms),
   the relay's links undelayed. Its recovery p50 is set against the issue's target
@@ -31,8 +29,6 @@ be what is measured. The client threads share the machine's cores with the 6 ser
 from __future__ import annotations
 
 import os
-import sqlite3
-import statistics
 import tempfile
 import threading
 import time
@@ -333,47 +329,6 @@ def _guess_rate(fleet: Fleet, seconds: float) -> tuple[float, int, int, int, flo
     return sum(counts) / seconds, sum(counts), evaluations, sum(refused), cpu_per_guess
 
 
-# ---- (c) bytes per entry --------------------------------------------------------------
-
-
-def _store_bytes(root: Path) -> int:
-    """Bytes of node0's store as a reader sees it (WAL included): page count times page
-    size. File sizes would not do: the WAL file is reused."""
-    db = root / "node0" / "store.sqlite"
-    with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-        (pages,) = conn.execute("PRAGMA page_count").fetchone()
-        (page_size,) = conn.execute("PRAGMA page_size").fetchone()
-    return int(pages) * int(page_size)
-
-
-def _row_bytes(root: Path) -> float:
-    """Mean bytes of name + seq + encrypted row over every row on every node: a threshold
-    entry is two rows on each node, the replicated value and the node's own share row
-    (names are keyed HMACs, so the bench's entries cannot be picked out)."""
-    sizes: list[int] = []
-    for index in range(NODES):
-        db = root / f"node{index}" / "store.sqlite"
-        with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            sizes += [
-                int(n) for (n,) in conn.execute("SELECT length(name) + 8 + length(row) FROM record")
-            ]
-    return statistics.mean(sizes)
-
-
-def _entry_bytes(fleet: Fleet, entries: int) -> tuple[float, float]:
-    """(store growth per registered entry, mean bytes per row)."""
-    before = _store_bytes(fleet.root)
-
-    def register(index: int) -> None:
-        vault = fleet.client("bench-size", f"size-{index:04d}")
-        vault.register(PASSWORD, os.urandom(32), ksf=FAST_KSF)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(register, range(entries)))
-    time.sleep(0.5)  # the last accepts reach every node
-    return (_store_bytes(fleet.root) - before) / entries, _row_bytes(fleet.root)
-
-
 def _etcd(quick: bool, seconds: float) -> tuple[list[float], Throughput]:
     with tempfile.TemporaryDirectory(prefix="bench-etcd-") as tmp:
         etcd = EtcdCluster.start(Path(tmp))
@@ -386,7 +341,6 @@ def _etcd(quick: bool, seconds: float) -> tuple[list[float], Throughput]:
 def run(quick: bool) -> list[dict[str, object]]:
     recoveries = 50 if quick else 300
     seconds = 3.0 if quick else 15.0
-    entries = 50 if quick else 200
     etcd_latency, etcd = _etcd(quick, seconds)
     with tempfile.TemporaryDirectory(prefix="bench-vault-") as tmp:
         fleet = Fleet(Path(tmp) / "deployment")
@@ -397,7 +351,6 @@ def run(quick: bool) -> list[dict[str, object]]:
             commit = _commit_latency(fleet, recoveries)
             rate, guesses, evaluations, refused, cpu_guess = _guess_rate(fleet, seconds)
             recovery_rate, cpu_recovery = _recovery_rate(fleet, seconds)
-            entry_bytes, row_bytes = _entry_bytes(fleet, entries)
         finally:
             fleet.down()
     rtt_e2e, rtt_plain = _across_sites(recoveries)
@@ -471,14 +424,5 @@ def run(quick: bool) -> list[dict[str, object]]:
             f" client↔relay {relay_time:.1f} ms (3 manifest reads, p50) = {target:.1f} ms",
             "ratio": rtt_p50 / target,
             "goal": "ratio ≤ 1.0",
-        },
-        {
-            "name": f"bytes per stored entry (node0 store growth per entry, n={entries})",
-            "value": entry_bytes,
-            "unit": "B",
-            "reference": f"mean row (name + seq + encrypted row) {row_bytes:.0f} B; an entry"
-            " is two rows per node (replicated value, own share)",
-            "ratio": None,
-            "goal": "≤ 1 KiB: a million entries in about 1 GB per node",
         },
     ]
