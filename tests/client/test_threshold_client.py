@@ -211,6 +211,45 @@ def test_a_registration_another_device_committed_first_is_refused_as_already_reg
     assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == bytes(32)
 
 
+def _erase_during_evaluate(fleet: FakeFleet, erased: range, deleted: bool) -> None:
+    """Before the first evaluate reaches the nodes, the nodes in `erased` lose their share
+    (taken away by another device's delete as they accept it, `deleted`; or lost)."""
+    handle = fleet.handle
+    raced: list[bool] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(str(Op.EVALUATE)) and not raced:
+            raced.append(True)
+            for index in erased:
+                fleet.nodes[index].share, fleet.nodes[index].manifest = None, b""
+            if deleted:
+                fleet.replicated = b""
+        return handle(request)
+
+    fleet.handle = racing  # type: ignore[method-assign]
+
+
+def test_a_recovery_racing_another_devices_delete_says_the_key_changed(fleet: FakeFleet) -> None:
+    """Between the manifest read and the evaluation another device deletes the key: three
+    nodes have erased their share, two have not yet taken the delete and answer. Two
+    partials are too few, and the manifests, read again (no guess), show the entry empty:
+    the key changed, where it said the fleet was unavailable (sim seeds 10363041 and
+    10363059, two hostile nodes of five)."""
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    _erase_during_evaluate(fleet, range(3), deleted=True)
+    with pytest.raises(EntryChanged, match="no longer holds version 1"):
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+
+
+def test_shares_lost_under_a_live_key_stay_unavailable(fleet: FakeFleet) -> None:
+    """The control: the same three nodes answer holding no share, but the key was not
+    deleted (the manifests still agree on it): too few partials, said as such."""
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    _erase_during_evaluate(fleet, range(3), deleted=False)
+    with pytest.raises(FleetUnavailable, match="need 3 partial evaluations, 2 nodes gave one"):
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+
+
 def _change_raced_at_its_commit(fleet: FakeFleet, other_device: Callable[[], object]) -> None:
     """A password change whose commit `other_device` beats; raises what the change says."""
     mine = fleet.vault()

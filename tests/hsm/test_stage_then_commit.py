@@ -4,10 +4,11 @@ nodes can leave an entry live with fewer than t holders ("Attack review", findin
 
 from __future__ import annotations
 
+import httpx
 import pytest
 from inprocess_fleet import FAST_KSF, InProcessFleet
 
-from backupvault.client.errors import FleetUnavailable, WrongPassword
+from backupvault.client.errors import EntryChanged, FleetUnavailable, WrongPassword
 from backupvault.client.threshold import ThresholdRecovery
 from backupvault.crypto import manifest, owner
 from backupvault.hsm.shares import check_threshold_value
@@ -40,6 +41,37 @@ def _registered(fleet: InProcessFleet) -> ThresholdRecovery:
 
 
 # ---- through the real SDK, firmware and replicas ---------------------------------------------
+
+
+def test_a_registration_whose_version_another_device_registered_and_deleted_says_so(
+    fleet: InProcessFleet,
+) -> None:
+    """Two devices register the same entry; the other commits first and deletes its key
+    before this commit arrives. No manifest is agreed (the entry is empty), but every node
+    holds version 1 spent, so this registration never takes effect: it says so, and
+    registering again works. It said "could not tell whether version 1 took effect", a
+    fleet that seemed unsure (simulation seed 10363016, two hostile nodes of five)."""
+    other = fleet.client()
+    handle = fleet.handle
+    raced: list[bool] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
+            raced.append(True)
+            other.register("theirs", bytes(32), ksf=FAST_KSF)
+            other.delete(other.recover("theirs", ksf_floor=FAST_KSF))
+        return handle(request)
+
+    fleet.handle = racing  # type: ignore[method-assign]
+    mine = fleet.client()
+    with pytest.raises(EntryChanged, match="another device registered version 1") as caught:
+        mine.register("mine", ROOT_KEY, ksf=FAST_KSF)
+    assert raced
+    assert "run the registration again" in (caught.value.hint or "")
+    assert all(fleet.state(n, KEY).status == EntryStatus.EMPTY for n in fleet.replicas)
+    assert all(fleet.state(n, KEY).version == 1 for n in fleet.replicas)
+    assert mine.register("mine", ROOT_KEY, ksf=FAST_KSF, version=2).version == 2  # as the CLI asks
+    assert mine.recover("mine", ksf_floor=FAST_KSF).root_key == ROOT_KEY
 
 
 def test_a_relay_that_passes_one_nodes_change_cannot_lose_the_key(fleet: InProcessFleet) -> None:

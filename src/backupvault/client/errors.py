@@ -64,9 +64,20 @@ class AlreadyRegistered(VaultError):
 
 class EntryChanged(VaultError):
     """Most nodes moved past the manifest this recovery read, between the read and the
-    evaluation: another device changed the password, or deleted the key."""
+    evaluation: another device changed the password, or deleted the key. `registration`:
+    another device took the version this registration was made for, so it never takes
+    effect (the entry may be empty again by now)."""
 
-    def __init__(self, version: int) -> None:
+    def __init__(self, version: int, *, registration: bool = False) -> None:
+        if registration:
+            super().__init__(
+                f"another device registered version {version + 1} of this entry while this"
+                " registration was being made, and may have deleted it since: nothing of"
+                " this registration took effect",
+                hint="run the registration again (if the entry holds the other device's"
+                " key, it says so)",
+            )
+            return
         super().__init__(
             f"the key changed while it was being recovered: the vault no longer holds"
             f" version {version} (its password was changed, or the key deleted, on another"

@@ -210,6 +210,23 @@ def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
     return codes.count(ErrorCode.STALE_MANIFEST) > nodes - t
 
 
+def _version_taken(found: _Manifests, encoded: bytes, version: int, t: int) -> bool:
+    """Whether t nodes hold the entry at M's version or later with another manifest than
+    M (or none: deleted, destroyed): a version takes one manifest, so M's is spent. t
+    answers include an honest node's, so fewer than t hostile nodes cannot make a version
+    look spent on their own word (as t identical manifests, `agreed`)."""
+    spent = [
+        a.index
+        for a in found.answers
+        if a.response is not None
+        and (
+            a.response.version > version
+            or (a.response.version == version and a.response.manifest != encoded)
+        )
+    ]
+    return len(spent) >= t
+
+
 def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized | None:
     """The nodes refused the fleet token (403) so widely that fewer than t are left to take
     the request: asking again cannot help, the user needs a new token."""
@@ -395,6 +412,24 @@ class ThresholdVault:
 
     # ---- manifest and status -------------------------------------------------------------
 
+    def _moved_since(self, manifest: manifests.Manifest) -> VaultError | None:
+        """After an evaluation where a node that held a share of `manifest` when it was
+        read answered holding none: whether the key was deleted, destroyed or changed in
+        the meantime (on another device), by the manifests, which cost no guess. Said as
+        the fleet being unavailable, the user asked again for a key that was gone (sim
+        seeds 10363041 and 10363059, a recovery racing another device's delete)."""
+        found = self._manifests()
+        if found.agreed is None:
+            gone = self._no_manifest(found)
+            if isinstance(gone, Destroyed):
+                return gone
+            return EntryChanged(manifest.version) if isinstance(gone, NotRegistered) else None
+        return (
+            None
+            if found.agreed.to_bytes() == manifest.to_bytes()
+            else EntryChanged(manifest.version)
+        )
+
     def _manifests(self) -> _Manifests:
         request = ManifestRequest(self.account, self.entry)
         answers: list[NodeOutcome[ManifestResponse]] = []
@@ -553,7 +588,7 @@ class ThresholdVault:
             if codes.count(ErrorCode.ALREADY_REGISTERED) > self.nodes - self.t:
                 raise AlreadyRegistered("the vault already holds a key for this entry")
             if _moved_on(codes, self.nodes, self.t):  # not a fleet that is down (10196044)
-                raise EntryChanged(made.manifest.version - 1)
+                raise EntryChanged(made.manifest.version - 1, registration=not authorization)
             refused = _token_refused(outcomes, self.t)
             if refused is not None:
                 raise refused
@@ -676,6 +711,14 @@ class ThresholdVault:
                 raise gone
             if isinstance(gone, NotRegistered):
                 raise EntryChanged(manifest.version - 1)
+        if not request.authorization and _version_taken(
+            found, request.manifest, manifest.version, self.t
+        ):
+            # Another device's registration of this version took effect and was deleted
+            # (or destroyed) since: the version is spent, so M never takes effect. Said as
+            # the fleet being unsure, the user waited on a registration that could not
+            # land (sim seed 10363016, a register racing another's register and delete).
+            raise EntryChanged(manifest.version - 1, registration=True)
         older = [
             a.index
             for a in found.answers
@@ -1161,6 +1204,10 @@ class ThresholdVault:
                 # Not retried here: the password typed may be the one just replaced, and
                 # asking again would spend a guess of the new version on it.
                 raise EntryChanged(manifest.version)
+            if ErrorCode.NOT_REGISTERED in errors:
+                moved = self._moved_since(manifest)
+                if moved is not None:
+                    raise moved
             stale = errors.count(ErrorCode.STALE_ATTEMPT)
             unavailable = FleetUnavailable(
                 f"need {self.t} partial evaluations, {len(good)} nodes gave one "

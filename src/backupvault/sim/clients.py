@@ -311,7 +311,7 @@ def deliver(
     # As the SDK (`_commit_shares`): fewer than t HELD may all be hostile nodes', so the
     # agreed manifest tells whether M is in effect; another device's M of this version in
     # effect means this one never will be (seeds 10335034, 10335079 with a hostile node).
-    _, found = yield from fetch_manifest(ctx)
+    answers, found = yield from fetch_manifest(ctx)
     if found.agreed is not None and found.agreed.to_bytes() == encoded:
         _keep(ctx, replace(owed, nodes=unacked))
         return Outcome("registered (degraded)", acks=len(acked), registration=made)
@@ -323,7 +323,22 @@ def deliver(
         # (seeds 10610087, 10610234 with a hostile node).
         text = "entry changed" if found.text == "empty" else "destroyed"
         return Outcome(text, acks=0, registration=made)
+    if not authorization and _version_spent(ctx, answers, made.manifest):
+        # As the SDK (`_version_taken`): another device's registration of this version
+        # took effect and was deleted since (seed 10363016).
+        return Outcome("entry changed", acks=0, registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
+
+
+def _version_spent(ctx: FlowContext, answers: Answers, held: manifest.Manifest) -> bool:
+    encoded = held.to_bytes()
+    spent = [
+        slot
+        for slot, a in answers.items()
+        if isinstance(a, ManifestResponse)
+        and (a.version > held.version or (a.version == held.version and a.manifest != encoded))
+    ]
+    return len(spent) >= ctx.threshold
 
 
 def _keep(ctx: FlowContext, record: Pending) -> None:
@@ -513,6 +528,18 @@ def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
         if _changed(ctx, codes):
             # As the SDK (`EntryChanged`): the manifest read is out of date, no guess used.
             return Outcome("entry changed", agreed=agreed, rejected=failure.rejected, error=failure)
+        if ErrorCode.NOT_REGISTERED in codes:
+            # As the SDK (`_moved_since`): a node that held a share at the read holds none
+            # now; if another device deleted or changed the key meanwhile, say so (seeds
+            # 10363041, 10363059 with two hostile nodes). Reading costs no guess.
+            _, now = yield from fetch_manifest(ctx, reread=True)
+            if now.agreed is None and now.text in ("empty", "destroyed"):
+                text = "entry changed" if now.text == "empty" else "destroyed"
+                return Outcome(text, agreed=agreed, rejected=failure.rejected, error=failure)
+            if now.agreed is not None and now.agreed.to_bytes() != agreed.to_bytes():
+                return Outcome(
+                    "entry changed", agreed=agreed, rejected=failure.rejected, error=failure
+                )
         text = "destroyed" if ErrorCode.DESTROYED in codes else "unavailable"
         return Outcome(
             f"{text} ({len(good)} partials)",
