@@ -211,13 +211,18 @@ def test_a_registration_another_device_committed_first_is_refused_as_already_reg
     assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == bytes(32)
 
 
-def _erase_during_evaluate(fleet: FakeFleet, erased: range, deleted: bool) -> None:
+def _erase_during_evaluate(
+    fleet: FakeFleet, erased: range, deleted: bool, relay_gone_after: bool = False
+) -> None:
     """Before the first evaluate reaches the nodes, the nodes in `erased` lose their share
-    (taken away by another device's delete as they accept it, `deleted`; or lost)."""
+    (taken away by another device's delete as they accept it, `deleted`; or lost).
+    `relay_gone_after`: the relay answers nothing after that evaluate."""
     handle = fleet.handle
     raced: list[bool] = []
 
     def racing(request: httpx.Request) -> httpx.Response:
+        if raced and relay_gone_after:
+            raise httpx.ConnectError("connection refused", request=request)
         if request.url.path.endswith(str(Op.EVALUATE)) and not raced:
             raced.append(True)
             for index in erased:
@@ -238,6 +243,17 @@ def test_a_recovery_racing_another_devices_delete_says_the_key_changed(fleet: Fa
     fleet.vault().register("pw", RK, ksf=FAST_KSF)
     _erase_during_evaluate(fleet, range(3), deleted=True)
     with pytest.raises(EntryChanged, match="no longer holds version 1"):
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+
+
+def test_a_failed_read_after_a_recovery_short_of_partials_keeps_the_recovery_s_error(
+    fleet: FakeFleet,
+) -> None:
+    """The manifests read again cannot be had (the relay is gone): the evaluation's own
+    error stands, saying what it says of the guess, not the read's "nothing was sent"."""
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    _erase_during_evaluate(fleet, range(3), deleted=True, relay_gone_after=True)
+    with pytest.raises(FleetUnavailable, match="need 3 partial evaluations, 2 nodes gave one"):
         fleet.vault().recover("pw", ksf_floor=FAST_KSF)
 
 

@@ -417,8 +417,13 @@ class ThresholdVault:
         read answered holding none: whether the key was deleted, destroyed or changed in
         the meantime (on another device), by the manifests, which cost no guess. Said as
         the fleet being unavailable, the user asked again for a key that was gone (sim
-        seeds 10363041 and 10363059, a recovery racing another device's delete)."""
-        found = self._manifests()
+        seeds 10363041 and 10363059, a recovery racing another device's delete). None when
+        the read settles nothing, or fails: the evaluation's own error then stands, with
+        what it says of the guess it may have counted."""
+        try:
+            found = self._manifests()
+        except VaultError:
+            return None
         if found.agreed is None:
             gone = self._no_manifest(found)
             if isinstance(gone, Destroyed):
