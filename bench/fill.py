@@ -6,7 +6,7 @@ bytes per entry on disk (and what they are made of), the whole fleet's start-to-
 time, one node's restart-to-ready time, and recovery p50.
 
     .venv/bin/python -m bench.fill --entries 1000000      # the documented long run
-    .venv/bin/python -m bench.fill --entries 10000000     # 10 M (about 6 GB per node)
+    .venv/bin/python -m bench.fill --entries 10000000     # 10 M (about 12 GB per node)
     make bench                                            # 20,000 entries (quick: 2,000)
 
 Goals (issue "The fleet at etcd's pace"): RSS ≤ 300 MB per node, ≤ 600 B per entry,
