@@ -64,7 +64,8 @@ class FakeNode:
     #: "ok", "down", "down_once" (no answer to the next request), "bad_partial", "bad_ack",
     #: "wrong_index", "stale_once" (the next manifest answer is `stale_manifest`),
     #: "wrong_attempt" (a verifying partial with an attempt number of its own),
-    #: "claims_registered" (every share delivery answered `already_registered`)
+    #: "claims_registered" (every share delivery answered `already_registered`),
+    #: "deleted" (evaluations answered `stale_manifest`: it took another device's delete)
     mode: str = "ok"
     #: No answer to this many more requests (then "ok").
     down_for: int = 0
@@ -306,6 +307,8 @@ class FakeFleet:
                 status == EntryStatus.LIVE,
             )
         if isinstance(request, EvaluateRequest):
+            if node.mode == "deleted":
+                return _error(ErrorCode.STALE_MANIFEST, "the key was deleted; fetch it again")
             if node.destroyed:
                 return _error(ErrorCode.DESTROYED, "destroyed")
             if node.share is None:

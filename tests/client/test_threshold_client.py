@@ -246,6 +246,33 @@ def test_a_recovery_racing_another_devices_delete_says_the_key_changed(fleet: Fa
         fleet.vault().recover("pw", ksf_floor=FAST_KSF)
 
 
+def test_a_recovery_racing_a_delete_seen_as_stale_by_two_nodes_says_the_key_changed(
+    fleet: FakeFleet,
+) -> None:
+    """The same race where the nodes that took the delete answer `stale_manifest` (the
+    value they hold is deleted) and are too few for the majority rule, a third node's
+    partial does not verify, and the delete reaches that node before the manifests are
+    read again (sim seed 10377367, two hostile nodes of five)."""
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    handle = fleet.handle
+    raced: list[bool] = []
+
+    def racing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(str(Op.EVALUATE)) and not raced:
+            raced.append(True)
+            for index in (0, 1):
+                fleet.nodes[index].share, fleet.nodes[index].mode = None, "deleted"
+            fleet.nodes[2].mode = "bad_partial"
+            fleet.replicated = b""
+        elif request.url.path.endswith(str(Op.MANIFEST)) and raced:
+            fleet.nodes[2].share, fleet.nodes[2].manifest = None, b""
+        return handle(request)
+
+    fleet.handle = racing  # type: ignore[method-assign]
+    with pytest.raises(EntryChanged, match="no longer holds version 1"):
+        fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+
+
 def test_a_failed_read_after_a_recovery_short_of_partials_keeps_the_recovery_s_error(
     fleet: FakeFleet,
 ) -> None:

@@ -588,13 +588,14 @@ def test_regression_a_late_delete_request_keeps_a_later_staged_share(seed: int) 
 # registered one entry at once, and the other's registration committed and was deleted
 # before this one's commit was refused (no manifest agreed, every node holding version 1
 # spent); 10363041 and 10363059, a recovery (of a password change, of a recovery) racing
-# another device's delete, with the nodes that had taken the delete answering "no share".
+# another device's delete, with the nodes that had taken the delete answering "no share";
+# 10377367 (1,000 from 10,377,000), the same race answered `stale_manifest` by one node.
 # The SDK (`_version_taken`, `_moved_since`) and the sim's clients now say the entry
 # changed; the scripted tests are tests/hsm/test_stage_then_commit.py
 # test_a_registration_whose_version_another_device_registered_and_deleted_says_so and
 # tests/client/test_threshold_client.py
 # test_a_recovery_racing_another_devices_delete_says_the_key_changed.
-@pytest.mark.parametrize("seed", [10363016, 10363041, 10363059])
+@pytest.mark.parametrize("seed", [10363016, 10363041, 10363059, 10377367])
 def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=2))
     assert result.violation is None, report(result)

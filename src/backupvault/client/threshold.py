@@ -414,10 +414,11 @@ class ThresholdVault:
 
     def _moved_since(self, manifest: manifests.Manifest) -> VaultError | None:
         """After an evaluation where a node that held a share of `manifest` when it was
-        read answered holding none: whether the key was deleted, destroyed or changed in
+        read answered holding none, or holding a later value (too few of them to say the
+        key changed on their own): whether the key was deleted, destroyed or changed in
         the meantime (on another device), by the manifests, which cost no guess. Said as
         the fleet being unavailable, the user asked again for a key that was gone (sim
-        seeds 10363041 and 10363059, a recovery racing another device's delete). None when
+        seeds 10363041, 10363059 and 10377367, a recovery racing another device's delete). None when
         the read settles nothing, or fails: the evaluation's own error then stands, with
         what it says of the guess it may have counted."""
         try:
@@ -1209,7 +1210,7 @@ class ThresholdVault:
                 # Not retried here: the password typed may be the one just replaced, and
                 # asking again would spend a guess of the new version on it.
                 raise EntryChanged(manifest.version)
-            if ErrorCode.NOT_REGISTERED in errors:
+            if ErrorCode.NOT_REGISTERED in errors or ErrorCode.STALE_MANIFEST in errors:
                 moved = self._moved_since(manifest)
                 if moved is not None:
                     raise moved

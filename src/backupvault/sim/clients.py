@@ -528,10 +528,11 @@ def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
         if _changed(ctx, codes):
             # As the SDK (`EntryChanged`): the manifest read is out of date, no guess used.
             return Outcome("entry changed", agreed=agreed, rejected=failure.rejected, error=failure)
-        if ErrorCode.NOT_REGISTERED in codes:
+        if ErrorCode.NOT_REGISTERED in codes or ErrorCode.STALE_MANIFEST in codes:
             # As the SDK (`_moved_since`): a node that held a share at the read holds none
-            # now; if another device deleted or changed the key meanwhile, say so (seeds
-            # 10363041, 10363059 with two hostile nodes). Reading costs no guess.
+            # now, or a later value; if another device deleted or changed the key
+            # meanwhile, say so (seeds 10363041, 10363059, 10377367 with two hostile
+            # nodes). Reading costs no guess.
             _, now = yield from fetch_manifest(ctx, reread=True)
             if now.agreed is None and now.text in ("empty", "destroyed"):
                 text = "entry changed" if now.text == "empty" else "destroyed"
