@@ -93,25 +93,24 @@ def commit_acks(
     signed word that they staged their share of M (`signing`, their keys). A registered
     entry carries t of them, 66 bytes each; without them a filled entry weighed about 200
     bytes less than a registered one."""
-    encoded = registration.manifest.to_bytes()
+    m = registration.manifest
     acks = []
     for index, key in enumerate(signing, start=1):  # share indices start at 1
         signed = share_ack_message(
             AckKind.STAGED,
             fleet_id,
-            "fill",
-            "root-key",
-            1,
-            registration.manifest.commitments.node_public_key(index),
-            encoded,
+            m.account,
+            m.entry,
+            m.version,
+            m.commitments.node_public_key(index),
+            m.to_bytes(),
         )
         acks.append(CommitAck(index, AckKind.STAGED, key.sign(signed)))
     return encode_commit_acks(acks)
 
 
-def _signing_keys(root: Path) -> list[Ed25519PrivateKey]:
+def _signing_keys(root: Path, description: FleetDescription) -> list[Ed25519PrivateKey]:
     """The signing keys of the fleet's first t nodes, from their tokens."""
-    description = FleetDescription.load(root / "fleet.toml")
     keys = []
     for slot in range(THRESHOLD):
         config = NodeConfig.load(LocalDeployment(root).node_config(slot))
@@ -151,9 +150,9 @@ def _fill_node(
 
 def _fill(fleet: Fleet, entries: int) -> None:
     """Two stores at a time (the machine has two cores), every node with the same values."""
-    fleet_id = FleetDescription.load(fleet.root / "fleet.toml").fleet_id
-    registration = dealing(fleet_id)
-    acks = commit_acks(fleet_id, registration, _signing_keys(fleet.root))
+    description = FleetDescription.load(fleet.root / "fleet.toml")
+    registration = dealing(description.fleet_id)
+    acks = commit_acks(description.fleet_id, registration, _signing_keys(fleet.root, description))
     with ProcessPoolExecutor(2) as pool:
         list(
             pool.map(

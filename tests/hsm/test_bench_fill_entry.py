@@ -62,15 +62,15 @@ def test_the_filled_acknowledgements_are_signatures_that_verify() -> None:
     state = ThresholdState.from_bytes(filled.payload)
     acks = decode_commit_acks(state.acks)
     assert [a.index for a in acks] == list(range(1, THRESHOLD + 1))
-    commitments = Manifest.from_bytes(state.manifest).commitments
+    m = Manifest.from_bytes(state.manifest)
     for ack, signer in zip(acks, signers, strict=True):
         signed = share_ack_message(
             ack.kind,
             fleet_id,
-            "fill",
-            "root-key",
-            1,
-            commitments.node_public_key(ack.index),
+            m.account,
+            m.entry,
+            m.version,
+            m.commitments.node_public_key(ack.index),
             state.manifest,
         )
         signer.public_key().verify(ack.signature, signed)  # raises if it does not

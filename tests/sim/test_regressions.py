@@ -590,7 +590,7 @@ def test_regression_a_late_delete_request_keeps_a_later_staged_share(seed: int) 
 # spent); 10363041 and 10363059, a recovery (of a password change, of a recovery) racing
 # another device's delete, with the nodes that had taken the delete answering "no share";
 # 10377367 (1,000 from 10,377,000), the same race answered `stale_manifest` by one node.
-# The SDK (`_version_taken`, `_moved_since`) and the sim's clients now say the entry
+# The SDK (`version_spent`, `_moved_since`) and the sim's clients now say the entry
 # changed; the scripted tests are tests/hsm/test_stage_then_commit.py
 # test_a_registration_whose_version_another_device_registered_and_deleted_says_so and
 # tests/client/test_threshold_client.py

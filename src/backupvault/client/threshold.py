@@ -21,7 +21,7 @@ import secrets
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -210,21 +210,13 @@ def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
     return codes.count(ErrorCode.STALE_MANIFEST) > nodes - t
 
 
-def _version_taken(found: _Manifests, encoded: bytes, version: int, t: int) -> bool:
+def version_spent(held: Iterable[tuple[int, bytes]], encoded: bytes, version: int, t: int) -> bool:
     """Whether t nodes hold the entry at M's version or later with another manifest than
-    M (or none: deleted, destroyed): a version takes one manifest, so M's is spent. t
-    answers include an honest node's, so fewer than t hostile nodes cannot make a version
-    look spent on their own word (as t identical manifests, `agreed`)."""
-    spent = [
-        a.index
-        for a in found.answers
-        if a.response is not None
-        and (
-            a.response.version > version
-            or (a.response.version == version and a.response.manifest != encoded)
-        )
-    ]
-    return len(spent) >= t
+    M (or none: deleted, destroyed); `held` is each answering node's (version, manifest).
+    A version takes one manifest, so M's is spent. t answers include an honest node's, so
+    fewer than t hostile nodes cannot make a version look spent on their own word (as t
+    identical manifests, `agreed`). The sim's clients ask the same."""
+    return sum(1 for v, m in held if v > version or (v == version and m != encoded)) >= t
 
 
 def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized | None:
@@ -717,8 +709,9 @@ class ThresholdVault:
                 raise gone
             if isinstance(gone, NotRegistered):
                 raise EntryChanged(manifest.version - 1)
-        if not request.authorization and _version_taken(
-            found, request.manifest, manifest.version, self.t
+        versions = [(a.response.version, a.response.manifest) for a in found.answers if a.response]
+        if not request.authorization and version_spent(
+            versions, request.manifest, manifest.version, self.t
         ):
             # Another device's registration of this version took effect and was deleted
             # (or destroyed) since: the version is spent, so M never takes effect. Said as

@@ -22,7 +22,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.client.pending import Due, Pending, PendingStore
-from backupvault.client.threshold import STALE_ATTEMPT_RETRIES, superseded
+from backupvault.client.threshold import STALE_ATTEMPT_RETRIES, superseded, version_spent
 from backupvault.codec import Message
 from backupvault.crypto import ksf, manifest, oprf, owner, threshold
 from backupvault.crypto.seal import NodePublicKey
@@ -323,22 +323,12 @@ def deliver(
         # (seeds 10610087, 10610234 with a hostile node).
         text = "entry changed" if found.text == "empty" else "destroyed"
         return Outcome(text, acks=0, registration=made)
-    if not authorization and _version_spent(ctx, answers, made.manifest):
-        # As the SDK (`_version_taken`): another device's registration of this version
+    held = ((a.version, a.manifest) for a in answers.values() if isinstance(a, ManifestResponse))
+    if not authorization and version_spent(held, encoded, made.manifest.version, ctx.threshold):
+        # As the SDK: another device's registration of this version
         # took effect and was deleted since (seed 10363016).
         return Outcome("entry changed", acks=0, registration=made)
     return Outcome(f"unavailable ({len(acked)} acks)", acks=len(acked), registration=made)
-
-
-def _version_spent(ctx: FlowContext, answers: Answers, held: manifest.Manifest) -> bool:
-    encoded = held.to_bytes()
-    spent = [
-        slot
-        for slot, a in answers.items()
-        if isinstance(a, ManifestResponse)
-        and (a.version > held.version or (a.version == held.version and a.manifest != encoded))
-    ]
-    return len(spent) >= ctx.threshold
 
 
 def _keep(ctx: FlowContext, record: Pending) -> None:
