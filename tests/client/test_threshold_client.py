@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from tests.racing import before_first
 
 from backupvault.client import pending as pending_module
 from backupvault.client.errors import (
@@ -195,16 +196,10 @@ def test_a_registration_another_device_committed_first_is_refused_as_already_reg
     so the key is there and this registration never will be: "already registered", not a
     fleet that could not be told (simulation seed 10335034 with one hostile node)."""
     other = fleet.vault()
-    handle = fleet.handle
-    raced: list[bool] = []
-
-    def racing(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
-            raced.append(True)
-            other.register("theirs", bytes(32), ksf=FAST_KSF)  # lands between our two phases
-        return handle(request)
-
-    fleet.handle = racing  # type: ignore[method-assign]
+    # The other's registration lands between our two phases.
+    raced = before_first(
+        fleet, Op.COMMIT_SHARES, lambda: other.register("theirs", bytes(32), ksf=FAST_KSF)
+    )
     with pytest.raises(AlreadyRegistered, match="another device"):
         fleet.vault().register("mine", RK, ksf=FAST_KSF)
     assert raced
@@ -217,21 +212,17 @@ def _erase_during_evaluate(
     """Before the first evaluate reaches the nodes, the nodes in `erased` lose their share
     (taken away by another device's delete as they accept it, `deleted`; or lost).
     `relay_gone_after`: the relay answers nothing after that evaluate."""
-    handle = fleet.handle
-    raced: list[bool] = []
 
-    def racing(request: httpx.Request) -> httpx.Response:
-        if raced and relay_gone_after:
-            raise httpx.ConnectError("connection refused", request=request)
-        if request.url.path.endswith(str(Op.EVALUATE)) and not raced:
-            raced.append(True)
-            for index in erased:
-                fleet.nodes[index].share, fleet.nodes[index].manifest = None, b""
-            if deleted:
-                fleet.replicated = b""
-        return handle(request)
+    def erase() -> None:
+        for index in erased:
+            fleet.nodes[index].share, fleet.nodes[index].manifest = None, b""
+        if deleted:
+            fleet.replicated = b""
 
-    fleet.handle = racing  # type: ignore[method-assign]
+    def gone(request: httpx.Request) -> None:
+        raise httpx.ConnectError("connection refused", request=request)
+
+    before_first(fleet, Op.EVALUATE, erase, gone if relay_gone_after else None)
 
 
 def test_a_recovery_racing_another_devices_delete_says_the_key_changed(fleet: FakeFleet) -> None:
@@ -254,21 +245,18 @@ def test_a_recovery_racing_a_delete_seen_as_stale_by_two_nodes_says_the_key_chan
     partial does not verify, and the delete reaches that node before the manifests are
     read again (sim seed 10377367, two hostile nodes of five)."""
     fleet.vault().register("pw", RK, ksf=FAST_KSF)
-    handle = fleet.handle
-    raced: list[bool] = []
 
-    def racing(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(str(Op.EVALUATE)) and not raced:
-            raced.append(True)
-            for index in (0, 1):
-                fleet.nodes[index].share, fleet.nodes[index].mode = None, "deleted"
-            fleet.nodes[2].mode = "bad_partial"
-            fleet.replicated = b""
-        elif request.url.path.endswith(str(Op.MANIFEST)) and raced:
+    def delete_on_two() -> None:
+        for index in (0, 1):
+            fleet.nodes[index].share, fleet.nodes[index].mode = None, "deleted"
+        fleet.nodes[2].mode = "bad_partial"
+        fleet.replicated = b""
+
+    def delete_reaches_node_2(request: httpx.Request) -> None:
+        if request.url.path.endswith(str(Op.MANIFEST)):
             fleet.nodes[2].share, fleet.nodes[2].manifest = None, b""
-        return handle(request)
 
-    fleet.handle = racing  # type: ignore[method-assign]
+    before_first(fleet, Op.EVALUATE, delete_on_two, delete_reaches_node_2)
     with pytest.raises(EntryChanged, match="no longer holds version 1"):
         fleet.vault().recover("pw", ksf_floor=FAST_KSF)
 
@@ -299,15 +287,7 @@ def _change_raced_at_its_commit(fleet: FakeFleet, other_device: Callable[[], obj
     mine.register("old", RK, ksf=FAST_KSF)
     recovered = mine.recover("old", ksf_floor=FAST_KSF)
     handle = fleet.handle
-    raced: list[bool] = []
-
-    def racing(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
-            raced.append(True)
-            other_device()
-        return handle(request)
-
-    fleet.handle = racing  # type: ignore[method-assign]
+    before_first(fleet, Op.COMMIT_SHARES, other_device)
     try:
         mine.change_password(recovered, "mine", ksf=FAST_KSF)
     finally:

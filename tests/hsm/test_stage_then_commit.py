@@ -4,9 +4,9 @@ nodes can leave an entry live with fewer than t holders ("Attack review", findin
 
 from __future__ import annotations
 
-import httpx
 import pytest
 from inprocess_fleet import FAST_KSF, InProcessFleet
+from tests.racing import before_first
 
 from backupvault.client.errors import EntryChanged, FleetUnavailable, WrongPassword
 from backupvault.client.threshold import ThresholdRecovery
@@ -52,18 +52,13 @@ def test_a_registration_whose_version_another_device_registered_and_deleted_says
     registering again works. It said "could not tell whether version 1 took effect", a
     fleet that seemed unsure (simulation seed 10363016, two hostile nodes of five)."""
     other = fleet.client()
-    handle = fleet.handle
-    raced: list[bool] = []
 
-    def racing(request: httpx.Request) -> httpx.Response:
-        if request.url.path.endswith(str(Op.COMMIT_SHARES)) and not raced:
-            raced.append(True)
-            other.register("theirs", bytes(32), ksf=FAST_KSF)
-            other.delete(other.recover("theirs", ksf_floor=FAST_KSF))
-        return handle(request)
+    def register_and_delete() -> None:
+        other.register("theirs", bytes(32), ksf=FAST_KSF)
+        other.delete(other.recover("theirs", ksf_floor=FAST_KSF))
 
-    fleet.handle = racing  # type: ignore[method-assign]
-    mine = fleet.client()
+    raced = before_first(fleet, Op.COMMIT_SHARES, register_and_delete)
+    mine = fleet.client()  # its transport is made now, through the hook
     with pytest.raises(EntryChanged, match="another device registered version 1") as caught:
         mine.register("mine", ROOT_KEY, ksf=FAST_KSF)
     assert raced
