@@ -26,7 +26,7 @@ from backupvault.client.errors import (
     WrongPassword,
 )
 from backupvault.client.pending import PendingFileDamaged, PendingStore
-from backupvault.client.threshold import EVALUATE_RESENDS
+from backupvault.client.threshold import EVALUATE_RESENDS, version_spent
 from backupvault.crypto import oprf
 from backupvault.crypto.seal import open_share
 from backupvault.errors import InvalidInput
@@ -204,6 +204,18 @@ def test_a_registration_another_device_committed_first_is_refused_as_already_reg
         fleet.vault().register("mine", RK, ksf=FAST_KSF)
     assert raced
     assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == bytes(32)
+
+
+def test_fewer_than_t_liars_cannot_make_a_registrations_version_look_spent() -> None:
+    """Invariant 11: a registration is told its version was taken (and never takes
+    effect) only on t answers holding that version or a later one with another manifest,
+    so t - 1 hostile nodes saying so, beside honest nodes still at the version before or
+    holding M itself, change nothing (t = 3 of 5)."""
+    mine = b"M"
+    liars = [(1, b"another M"), (2, b"")]
+    honest = [(0, b""), (1, mine), (0, b"")]
+    assert not version_spent(liars + honest, mine, 1, 3)
+    assert version_spent([*liars, (1, b""), *honest[1:]], mine, 1, 3)  # one honest: deleted
 
 
 def _erase_during_evaluate(
