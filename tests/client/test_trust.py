@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import httpx
 import pytest
@@ -33,7 +33,8 @@ from tests.transparency.conftest import (
 )
 
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
-from backupvault.client.trust import OtaTrust, TrustState, WitnessEndpoint
+from backupvault.client.threshold import ThresholdVault
+from backupvault.client.trust import FleetSession, OtaTrust, TrustState, WitnessEndpoint
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import MAX_STATE_BYTES, LockTimeout, locked
 from backupvault.transparency import (
@@ -668,6 +669,64 @@ def test_a_rotation_is_accepted_and_the_older_epoch_listed(net: Net, state_file:
     assert [r.epoch for r in older] == [1]
     # Epoch 1 came from the state (accepted before): its bundle was not fetched again.
     assert "relay.test /v1/fleet/bundle" not in net.asked
+
+
+def test_a_retired_epoch_is_never_asked_even_when_the_relay_lists_it(
+    net: Net, state_file: Path, tmp_path: Path
+) -> None:
+    """The attack this closes (docs/transparency.md, "Retiring an epoch"): epochs 1 and 2
+    were retired, say after their nodes were sold or compromised, and the attacker holds
+    them and runs the relay, which lists them again and serves their (genuine, logged)
+    bundles. A device whose entry is empty here would recover against them with the real
+    password: an online guess the fleet never counts, and on a right one the attacker's
+    key registered here. The current record retires them, so neither a device that used
+    them (its state holds their records) nor a new one asks them, or fetches their
+    bundles."""
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    assert [
+        r.epoch for r in trust.older(net.http(), RELAY, trust.current(net.http(), RELAY).record)
+    ] == [1]
+    # The operator retires both: epoch 3 runs on epoch 2's nodes and retires those below 3.
+    net.deploy(3, nodes=rotated_nodes(2), retired_below=3)
+    assert sorted(net.previous) == [1, 2]  # the relay still lists and serves them
+    for device in (trust, net.trust(tmp_path / "new device" / "state.json")):
+        current = device.current(net.http(), RELAY).record
+        assert current.epoch == 3 and current.retired_below == 3
+        net.asked.clear()
+        assert list(device.older(net.http(), RELAY, current)) == []
+        assert net.asked == ["relay.test /v1/fleet/epochs"]  # no older bundle fetched
+    assert trust.retired_seen(current) == (1, 2)
+    assert net.trust(tmp_path / "new device" / "state.json").retired_seen(current) == ()
+
+
+def test_a_device_whose_key_may_be_on_a_retired_epoch_is_told_so() -> None:
+    """A device that used a retired epoch finds nothing to move: it is told why, and what
+    to do, rather than only that the vault holds no key. A device that never used one is
+    told nothing (a new account's first backup)."""
+    notes: list[str] = []
+
+    class Threshold:
+        def notify(self, message: str) -> None:
+            notes.append(message)
+
+    threshold = cast(ThresholdVault, Threshold())
+    assert FleetSession(threshold, 3, iter([]), (1, 2)).migrate("password") is None
+    assert len(notes) == 1
+    assert "epoch 1, 2 of this fleet, which the operator has retired" in notes[0]
+    assert "recovery code" in notes[0]
+    assert FleetSession(threshold, 3, iter([]), ()).migrate("password") is None
+    assert len(notes) == 1
+
+
+def test_retiring_the_epochs_below_2_leaves_epoch_2_asked(net: Net, state_file: Path) -> None:
+    """Retiring the epochs below 2 leaves epoch 2 (other nodes than the current ones)
+    asked as before."""
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    net.deploy(3, retired_below=2)
+    current = trust.current(net.http(), RELAY).record
+    assert [r.epoch for r in trust.older(net.http(), RELAY, current)] == [2]
 
 
 def test_a_witness_that_cannot_be_reached_is_stood_in_for_by_its_last_head(

@@ -222,3 +222,53 @@ def test_a_file_level_field_the_relay_does_not_take_is_named(
         load_config(_write(key_dir, top + relay if top.startswith("lisen") else relay + top))
     assert f"unknown field {named!r}" in refused.value.message
     assert refused.value.hint is not None and repr(meant) in refused.value.hint
+
+
+def test_a_previous_fleet_the_current_record_retires_is_refused(
+    key_dir: Path, tmp_path: Path
+) -> None:
+    """Clients never ask an epoch the current record retires (docs/transparency.md,
+    "Retiring an epoch"); a relay still routing one keeps nodes on the network that may
+    be anyone's by now, so it says which to remove instead of starting."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, make_record
+
+    from backupvault.transparency import FleetBundle
+    from backupvault.transparency.note import Signer
+    from backupvault.transparency.record import raw_public_key, sign_record
+    from backupvault.transparency.witness import Witness, WitnessPolicy
+    from backupvault.transparency.witness_store import WitnessStore
+
+    operator, witness_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    store = WitnessStore(tmp_path / "w.sqlite", WITNESS_NAME, raw_public_key(witness_key))
+    witness = Witness(
+        Signer(WITNESS_NAME, witness_key),
+        store,
+        WitnessPolicy(operators={FLEET_ID: raw_public_key(operator)}),
+    )
+    try:
+        for epoch, retired_below in ((1, 0), (2, 0), (3, 2)):
+            signed = sign_record(make_record(epoch=epoch, retired_below=retired_below), operator)
+            bundle = FleetBundle.from_receipt(signed, witness.submit(signed.to_bytes()))
+            (tmp_path / f"bundle{epoch}.bin").write_bytes(bundle.to_bytes())
+    finally:
+        store.close()
+
+    def config(*previous: int) -> Path:
+        tables = "".join(
+            f'[[relay.previous_fleets]]\nnodes = ["http://old{e}:1"]\n'
+            f'bundle_file = "bundle{e}.bin"\n'
+            for e in previous
+        )
+        return _write(
+            key_dir,
+            '[relay]\nnodes = ["http://n:1"]\nissuer = "i"\naudience = "a"\n'
+            'operator_public_key = "operator.pub"\nsigning_key = "relay.key"\n'
+            f'bundle_file = "bundle3.bin"\n{tables}',
+        )
+
+    assert [p.epoch for p in load_config(config(2)).previous_fleets] == [2]
+    with pytest.raises(
+        InvalidInput, match=r"retires epochs below 2, and previous_fleets still lists \[1\]"
+    ):
+        load_config(config(2, 1))

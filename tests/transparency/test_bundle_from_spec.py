@@ -77,7 +77,7 @@ def test_a_bundle_written_from_the_spec_alone_verifies(size: int, index: int) ->
     relay_key = raw(Ed25519PrivateKey.generate())
     issuer_key = raw(Ed25519PrivateKey.generate())
     record = (
-        b"\x57"
+        b"\x58"
         + blob(fleet_id)
         + u64(9)  # epoch
         + u64(2)  # quorum: a majority of 3
@@ -91,6 +91,7 @@ def test_a_bundle_written_from_the_spec_alone_verifies(size: int, index: int) ->
         + blob(relay_key)
         + blob(b"accounts.spec.test")
         + blob(issuer_key)
+        + u64(4)  # retired below: epochs 0 .. 3 are retired
     )
     context = b"backupvault/v1 transparency operator-signed deployment record\x00"
     leaf = b"\x52" + blob(record) + blob(raw(operator)) + blob(operator.sign(context + record))
@@ -138,6 +139,7 @@ def test_a_bundle_written_from_the_spec_alone_verifies(size: int, index: int) ->
     verified = verify_bundle(bundle, raw(operator), verifier.public_key, NAME, None)
     got = verified.record
     assert (got.fleet_id, got.epoch, got.quorum, got.threshold) == (fleet_id, 9, 2, 2)
+    assert got.retired_below == 4
     assert (got.guess_limit, got.measurement, got.time) == (10, measurement, 1_790_000_000)
     assert [n.hpke_public_key for n in got.nodes] == [hpke for _, hpke in nodes]
     assert [n.share_index for n in got.nodes] == [1, 2, 3]

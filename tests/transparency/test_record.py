@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import struct
 from typing import Any
 
@@ -44,7 +45,7 @@ def _blob(data: bytes) -> bytes:
 
 def test_layout_byte_by_byte() -> None:
     """The encoding docs/transparency.md specifies, rebuilt by hand."""
-    record = make_record(nodes=[node(0, "https://n0.test")], epoch=7)
+    record = make_record(nodes=[node(0, "https://n0.test")], epoch=7, retired_below=5)
     entry = (
         b"\x55"
         + struct.pack(">QQ", 0, 1)  # index, share index
@@ -54,7 +55,7 @@ def test_layout_byte_by_byte() -> None:
         + _blob(b"https://n0.test")
     )
     expected = (
-        b"\x57"
+        b"\x58"
         + _blob(FLEET_ID)
         + struct.pack(">QQQQ", 7, 1, 1, 10)  # epoch, quorum, threshold, guess limit
         + struct.pack(">I", 1)
@@ -65,9 +66,39 @@ def test_layout_byte_by_byte() -> None:
         + _blob(RELAY_KEY)
         + _blob(b"accounts.test")  # account issuer
         + _blob(ISSUER_KEY)  # its key
+        + struct.pack(">Q", 5)  # retired below
     )
     assert record.to_bytes() == expected
     assert DeploymentRecord.from_bytes(expected) == record
+
+
+def test_a_version_3_record_reads_as_retiring_nothing_and_keeps_its_bytes() -> None:
+    """Records logged before version 4 (tag 0x57, no `retired_below`) are the older
+    epochs clients migrate from: they still parse, retire nothing, and encode to the very
+    bytes the operator signed (the leaf the witness logged)."""
+    v3 = b"\x57" + make_record(epoch=3).to_bytes()[1:-8]
+    record = DeploymentRecord.from_bytes(v3)
+    assert record.retired_below == 0 and record.epoch == 3
+    assert record.to_bytes() == v3
+    assert record.digest() == hashlib.sha256(v3).digest()
+    with pytest.raises(Malformed):  # a version 3 tag over version 4's fields
+        DeploymentRecord.from_bytes(b"\x57" + make_record(epoch=3).to_bytes()[1:])
+    with pytest.raises(Malformed):  # and the other way round
+        DeploymentRecord.from_bytes(b"\x58" + v3[1:])
+
+
+@pytest.mark.parametrize("retired_below", [0, 1, 7])
+def test_a_record_retires_at_most_the_epochs_below_its_own(retired_below: int) -> None:
+    record = make_record(epoch=7, retired_below=retired_below)
+    assert DeploymentRecord.from_bytes(record.to_bytes()).retired_below == retired_below
+
+
+def test_a_record_that_retires_itself_is_malformed() -> None:
+    with pytest.raises(Malformed, match="retired_below"):
+        make_record(epoch=7, retired_below=8)
+    forged = make_record(epoch=7, retired_below=7).to_bytes()[:-8] + struct.pack(">Q", 8)
+    with pytest.raises(Malformed, match="retired_below"):
+        DeploymentRecord.from_bytes(forged)
 
 
 def test_roundtrip_and_quorum_default() -> None:

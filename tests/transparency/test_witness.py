@@ -16,6 +16,7 @@ from backupvault.transparency.errors import (
     Malformed,
     MeasurementNotAllowed,
     OperatorSignatureInvalid,
+    RetirementWithdrawn,
     UnknownFleet,
     UnknownOperatorKey,
     WitnessRolledBack,
@@ -23,7 +24,12 @@ from backupvault.transparency.errors import (
     WitnessStoreInUse,
 )
 from backupvault.transparency.note import open_checkpoint
-from backupvault.transparency.record import OperatorSignedRecord, raw_public_key, sign_record
+from backupvault.transparency.record import (
+    OperatorSignedRecord,
+    operator_message,
+    raw_public_key,
+    sign_record,
+)
 from backupvault.transparency.witness import WitnessConfig, WitnessPolicy
 from backupvault.transparency.witness_store import WitnessStore
 
@@ -56,6 +62,44 @@ def test_submit_returns_a_receipt_that_checks(
     reopened = make_witness()
     again = reopened.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
     assert again.to_bytes() == first.to_bytes()
+
+
+def test_a_retired_epoch_stays_retired(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    """Once a record retires the epochs below R, no later record of the fleet may retire
+    fewer: it would send clients back to nodes that may be anyone's by now. Other fleets
+    are not held to it, and a fleet whose last record is of version 3 retired nothing."""
+    witness = make_witness(
+        policy=WitnessPolicy(
+            operators={
+                FLEET_ID: raw_public_key(operator_key),
+                b"other": raw_public_key(operator_key),
+            }
+        )
+    )
+    v3 = make_record(epoch=1).to_bytes()
+    v3 = b"\x57" + v3[1:-8]
+    witness.submit(
+        OperatorSignedRecord(
+            v3, raw_public_key(operator_key), operator_key.sign(operator_message(v3))
+        ).to_bytes()
+    )
+    witness.submit(sign_record(make_record(epoch=2), operator_key).to_bytes())
+    witness.submit(sign_record(make_record(epoch=4, retired_below=3), operator_key).to_bytes())
+    size = witness.store.size
+    for retired_below in (0, 2):
+        with pytest.raises(RetirementWithdrawn, match="retired its epochs below 3"):
+            witness.submit(
+                sign_record(
+                    make_record(epoch=5, retired_below=retired_below), operator_key
+                ).to_bytes()
+            )
+    assert witness.store.size == size  # nothing logged
+    witness.submit(sign_record(make_record(epoch=5, retired_below=3), operator_key).to_bytes())
+    witness.submit(sign_record(make_record(epoch=6, retired_below=6), operator_key).to_bytes())
+    other = make_record(fleet_id=b"other", epoch=9)
+    witness.submit(sign_record(other, operator_key).to_bytes())
 
 
 def test_policy_refusals(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:

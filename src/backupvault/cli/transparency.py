@@ -51,6 +51,13 @@ _FLEET_FILE = click.option(
     "Without it: 1 for a new fleet, or fleet.toml's epoch + 1 (an upgrade).",
 )
 @click.option(
+    "--retire-below",
+    type=int,
+    help="Retire this fleet's epochs below this one: clients never ask them for an entry"
+    " again (an entry not moved by then needs its recovery code). Kept in fleet.toml for"
+    " later records; it can only grow.",
+)
+@click.option(
     "--witness",
     "witness_urls",
     multiple=True,
@@ -83,6 +90,7 @@ def fleet_deploy(
     key_path: Path,
     epoch: int | None,
     previous: Path | None,
+    retire_below: int | None,
     witness_urls: tuple[str, ...],
     witness_keys: tuple[str, ...],
     resubmit: bool,
@@ -94,6 +102,7 @@ def fleet_deploy(
     from backupvault.deploy.records import (
         deployed_record,
         next_epoch,
+        retirement,
         save_bundle,
         sign_deployment,
         submit,
@@ -117,6 +126,8 @@ def fleet_deploy(
     if resubmit:
         if not witness_urls:
             raise UsageError("--resubmit needs --witness URL")
+        if retire_below is not None:
+            raise UsageError("--resubmit makes no new record: leave out --retire-below")
         existing = deployed_record(fleet_file)
         bundles = [
             submit(url, existing, witness=key)  # every witness logs it
@@ -130,14 +141,17 @@ def fleet_deploy(
         )
         return
     description = FleetDescription.load(fleet_file)
+    replaced = None if previous is None else FleetDescription.load(previous)
     if epoch is None:
-        epoch = next_epoch(
-            description, None if previous is None else FleetDescription.load(previous)
-        )
+        epoch = next_epoch(description, replaced)
     if epoch < 0:
         raise UsageError("the epoch is a whole number >= 0")
     signed, deployed = sign_deployment(
-        fleet_file, load_operator_private_key(key_path), epoch=epoch, package_dir=package_dir
+        fleet_file,
+        load_operator_private_key(key_path),
+        epoch=epoch,
+        package_dir=package_dir,
+        retired_below=retirement(description, replaced, retire_below, epoch),
     )
     # Every witness logs the record before any file changes: if one cannot be reached or
     # refuses, fleet.toml keeps its epoch and no deployment.bin is written.
@@ -150,12 +164,15 @@ def fleet_deploy(
         "fleet_id": record.fleet_id.hex(),
         "epoch": record.epoch,
         "measurement": record.measurement.hex(),
+        "retired_below": record.retired_below,
         "record": str(fleet_file.parent / "deployment.bin"),
     }
     text = (
         f"deployment record for fleet {record.fleet_id.hex()} epoch {record.epoch},"
         f" measurement {record.measurement.hex()}: {data['record']}"
     )
+    if record.retired_below:
+        text += f"\nepochs below {record.retired_below} are retired: no client asks them again"
     if logged:
         data["bundle"] = str(save_bundle(fleet_file, logged[0]))
         data["leaf_index"] = logged[0].leaf_index

@@ -699,16 +699,27 @@ class OtaTrust:
         )
         return verified
 
+    def retired_seen(self, current: DeploymentRecord) -> tuple[int, ...]:
+        """The epochs of the current fleet this client accepted before and the current
+        record retires: a key this device left on one is not asked for (`older`)."""
+        state = TrustState.load(self.state_file)
+        seen = state.records(current.fleet_id)
+        return tuple(sorted(e for e in seen if e < current.retired_below))
+
     def older(
         self, http: httpx.Client, relay_url: str, current: DeploymentRecord
     ) -> Iterator[DeploymentRecord]:
         """Older epochs of the current fleet, newest first: those this client accepted
-        before (from its state) and those the relay lists, each verified like a bundle."""
+        before (from its state) and those the relay lists, each verified like a bundle.
+        None the current record retires (`retired_below`): a retired epoch's nodes may be
+        anyone's by now, and one that answered "live" for a manifest of theirs would get
+        an online guess at the password, and on a right one the key this device then
+        registers here (docs/transparency.md, "Retiring an epoch")."""
         state = TrustState.load(self.state_file)
         known = {
             epoch: OperatorSignedRecord.from_bytes(raw)
             for epoch, raw in state.records(current.fleet_id).items()
-            if epoch < current.epoch
+            if current.retired_below <= epoch < current.epoch
         }
         answer = self._get(
             http, f"{relay_url}/v1/fleet/epochs", "the list of fleet epochs", bundle=False
@@ -725,7 +736,8 @@ class OtaTrust:
         # keys) holds nothing apart from it: its entries are those nodes', found there. The
         # relay no longer routes it once the upgrade's bundle replaced its own.
         searched = {_node_keys(current)}
-        for epoch in sorted(set(known) | {e for e in listed if e < current.epoch}, reverse=True):
+        listed = {e for e in listed if current.retired_below <= e < current.epoch}
+        for epoch in sorted(set(known) | listed, reverse=True):
             if epoch in known:
                 try:
                     record = known[epoch].verify(self.operator_key)
@@ -771,10 +783,13 @@ class FleetSession:
         threshold: ThresholdVault,
         epoch: int | None = None,
         older: Iterator[tuple[int, FleetSession]] | None = None,
+        retired: tuple[int, ...] = (),
     ) -> None:
         self.threshold = threshold
         self.epoch = epoch
         self._older = older
+        #: Older epochs this device used that the current record retires (never asked).
+        self.retired = retired
         #: What `older` found so far: each older epoch is verified (and asked) once.
         self._older_seen: list[tuple[int, FleetSession]] = []
 
@@ -905,6 +920,13 @@ class FleetSession:
             with contextlib.suppress(VaultError):
                 old.threshold.delete(recovered.threshold, resend_until_erased=True)
             return replace(self.recover(password), migrated_from=epoch)
+        if self.retired:
+            epochs = ", ".join(map(str, self.retired))
+            self.threshold.notify(
+                f"note: this device used epoch {epochs} of this fleet, which the operator has"
+                " retired: a key left there is not asked for (its nodes may be anyone's now);"
+                " if this entry's key was there, restore with your recovery code"
+            )
         return None
 
     def recover_or_migrate(self, password: str) -> Recovery:
@@ -984,4 +1006,5 @@ def ota_session(
         threshold_vault(current, verified.record, notify, pending),
         verified.record.epoch,
         older(),
+        trust.retired_seen(verified.record),
     )

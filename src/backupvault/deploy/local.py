@@ -359,11 +359,13 @@ class LocalDeployment:
         """The local relay's signing key: also what reads the nodes' metrics."""
         return load_operator_private_key(self.root / RELAY_KEY)
 
-    def _deploy_and_log(self, fleet_file: Path, epoch: int) -> Path:
+    def _deploy_and_log(
+        self, fleet_file: Path, epoch: int, retired_below: int | None = None
+    ) -> Path:
         """`fleet deploy` for this fleet file: measure, sign (the local operator key also
         signs deployment records), have every local witness log it, save the bundle (with
         the first witness's receipt)."""
-        signed = deploy(fleet_file, self._operator_key(), epoch=epoch)
+        signed = deploy(fleet_file, self._operator_key(), epoch=epoch, retired_below=retired_below)
         bundles = []
         for which in self.witnesses():
             self._wait_witness(which)
@@ -615,7 +617,7 @@ class LocalDeployment:
         for which in self.witnesses():
             self.start_witness(which)
         fleet = self._provision_fleet(fleet_dir, epoch, old.fleet_id, nodes or len(old.nodes))
-        bundle = self._deploy_and_log(fleet_dir / "fleet.toml", epoch)
+        bundle = self._deploy_and_log(fleet_dir / "fleet.toml", epoch, old.retired_below)
         # Older bundles keep their first receipt: a client checks that their checkpoint is
         # a prefix of the newest one it saw.
         previous = [

@@ -86,7 +86,31 @@ def deployment_record(
         relay_public_keys=fleet.relay_public_keys,
         account_issuer=fleet.account_issuer,
         account_issuer_public_key=fleet.account_issuer_public_key,
+        retired_below=fleet.retired_below,
     )
+
+
+def retirement(
+    fleet: FleetDescription, previous: FleetDescription | None, retire_below: int | None, epoch: int
+) -> int:
+    """The epochs the new record retires (those below the number returned): what the fleet
+    file (and, in a rotation, the previous one) retired already, or `retire_below`, which
+    may only add to it. A retired epoch stays retired: its nodes may be anyone's by now."""
+    retired = max(fleet.retired_below, 0 if previous is None else previous.retired_below)
+    if retire_below is None:
+        return retired
+    if retire_below < retired:
+        raise InvalidInput(
+            f"this fleet's epochs below {retired} are retired already; a retired epoch stays"
+            " retired",
+            hint=f"give --retire-below {retired} or higher, or leave it out",
+        )
+    if retire_below > epoch:
+        raise InvalidInput(
+            f"--retire-below {retire_below} would retire the new record itself (epoch {epoch})",
+            hint=f"retire at most the epochs below {epoch}",
+        )
+    return retire_below
 
 
 def next_epoch(fleet: FleetDescription, previous: FleetDescription | None) -> int:
@@ -114,11 +138,17 @@ def deploy(
     epoch: int,
     package_dir: Path | None = None,
     now: int | None = None,
+    retired_below: int | None = None,
 ) -> OperatorSignedRecord:
     """Measure, make and sign the deployment record; write `deployment.bin` next to
     `fleet_file` and the epoch and measurement into it."""
     signed, fleet = sign_deployment(
-        fleet_file, operator_key, epoch=epoch, package_dir=package_dir, now=now
+        fleet_file,
+        operator_key,
+        epoch=epoch,
+        package_dir=package_dir,
+        now=now,
+        retired_below=retired_below,
     )
     write_deployment(fleet_file, signed, fleet)
     return signed
@@ -131,11 +161,15 @@ def sign_deployment(
     epoch: int,
     package_dir: Path | None = None,
     now: int | None = None,
+    retired_below: int | None = None,
 ) -> tuple[OperatorSignedRecord, FleetDescription]:
-    """The signed record and the fleet description with its epoch and measurement, both in
-    memory only (`write_deployment` saves them): a deploy whose witness submission fails
-    changes no file."""
+    """The signed record and the fleet description with its epoch, measurement and
+    retirement (`retired_below`; default: the fleet file's), both in memory only
+    (`write_deployment` saves them): a deploy whose witness submission fails changes no
+    file."""
     fleet = FleetDescription.load(fleet_file)
+    if retired_below is not None:
+        fleet = replace(fleet, retired_below=retired_below)
     measurement = fleet.measure(package_dir)
     record = deployment_record(fleet, epoch, measurement, int(time.time()) if now is None else now)
     return sign_record(record, operator_key), replace(fleet, epoch=epoch, measurement=measurement)

@@ -82,6 +82,7 @@ _NODE_FIELDS: Fields = {
 #: removed single-seed flow's, which `fleet ceremony` drops.
 _FLEET_FIELDS: Fields = {
     **dict.fromkeys(["fleet_id", "epoch", "measurement", "guess_limit", "relay_public_keys"]),
+    "retired_below": None,
     **dict.fromkeys(["account_issuer", "account_issuer_public_key"]),
     **dict.fromkeys(["hpke_public_key", "opaque_server_public_key"]),
     "nodes": frozenset(
@@ -149,6 +150,9 @@ class FleetDescription:
     #: measurement, which every node checks against its own at start.
     epoch: int | None = None
     measurement: bytes | None = None
+    #: Set by `fleet deploy --retire-below`: this fleet's epochs below it are retired (the
+    #: record says so, and clients never ask them); kept for every later deployment.
+    retired_below: int = 0
 
     @property
     def quorum(self) -> int:
@@ -206,6 +210,7 @@ class FleetDescription:
                 _key(data["account_issuer_public_key"], "account_issuer_public_key"),
                 None if "epoch" not in data else int(data["epoch"]),
                 None if "measurement" not in data else _hex(data["measurement"], "measurement"),
+                int(data.get("retired_below", 0)),
             )
         except (KeyError, TypeError, ValueError) as err:
             raise _incomplete("fleet file", path, err) from None
@@ -216,6 +221,8 @@ class FleetDescription:
             deployed["epoch"] = self.epoch
         if self.measurement is not None:
             deployed["measurement"] = self.measurement.hex()
+        if self.retired_below:
+            deployed["retired_below"] = self.retired_below
         write_toml(
             path,
             {

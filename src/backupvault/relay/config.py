@@ -201,6 +201,15 @@ class RelayConfig:
                 f"previous fleets must have distinct epochs older than the current {record.epoch}"
                 f" (their bundles say {sorted(epochs)})"
             )
+        retired = sorted(e for e in epochs if e < record.retired_below)
+        if retired:
+            # Clients would never ask them (the record retires them): routing them only
+            # keeps nodes on the network that may be anyone's by now.
+            raise InvalidInput(
+                f"the current record (epoch {record.epoch}) retires epochs below"
+                f" {record.retired_below}, and previous_fleets still lists {retired}: remove"
+                " them from [[relay.previous_fleets]] and stop their nodes"
+            )
         for previous in self.previous_fleets:
             fleet_id = FleetBundle.from_bytes(previous.bundle).operator_signed.deployment()
             if fleet_id.fleet_id != record.fleet_id:

@@ -117,6 +117,13 @@ class EpochReplayed(TransparencyError):
     code = "stale_epoch"
 
 
+class RetirementWithdrawn(TransparencyError):
+    """The record retires fewer epochs than the last one logged for its fleet: a retired
+    epoch's nodes may be anyone's by now, so once retired, an epoch stays retired."""
+
+    code = "retirement_withdrawn"
+
+
 class LogRolledBack(TransparencyError):
     """The log's checkpoint is smaller than one already seen: the log lost entries."""
 

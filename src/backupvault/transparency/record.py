@@ -4,7 +4,8 @@ Encodings use `backupvault.codec` (u64 big-endian integers, u32-length-prefixed 
 strings, nested messages as length-prefixed blobs); docs/transparency.md spells every byte
 out. Decoding is strict and validates every field, so a record that decodes is well-formed:
 
-    DeploymentRecord (tag 87; version 3: per-node keys and no fleet-wide secret at all)
+    DeploymentRecord (tag 88; version 4: per-node keys, no fleet-wide secret at all, and
+    the older epochs it retires)
       fleet_id        bytes   1-64 bytes
       epoch           u64     monotonic per fleet id (the witness enforces it)
       quorum          u64     a majority: n//2 < quorum <= n
@@ -16,6 +17,8 @@ out. Decoding is strict and validates every field, so a record that decodes is w
       relay_public_keys list  1 .. MAX_RELAYS bytes (32 each, Ed25519): relays the nodes answer
       account_issuer  str     1-256 bytes: the `iss` of account tokens
       account_issuer_public_key bytes 32 (Ed25519): checks fleet tokens inside the seal
+      retired_below   u64     0 .. epoch: this fleet's epochs below it are retired, and no
+                              client asks them for an entry (0: none)
     NodeEntry (tag 85)
       index           u64     the node's slot, 0 .. n-1
       share_index     u64     x_i = index + 1: the node's fixed Shamir share index
@@ -25,8 +28,10 @@ out. Decoding is strict and validates every field, so a record that decodes is w
       signing_public_key bytes 32 (Ed25519): the node's signatures (share acknowledgements)
       url             str
 
+Version 3 records (tag 87: the same fields without `retired_below`) are read as retiring
+nothing, byte for byte (the older epochs a client migrates from were logged as such).
 Older records are refused with a message saying so: version 1 (tags 80, 81: one fleet
-HPKE key for every node) and version 2 (tag 86: the same fields plus the removed
+HPKE key for every node) and version 2 (tag 86: version 3's fields plus the removed
 single-seed flow's `opaque_server_public_key` after `nodes`).
 
     OperatorSignedRecord (tag 82): record bytes (a DeploymentRecord encoding),
@@ -40,7 +45,7 @@ import hashlib
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import ClassVar, Self
+from typing import Any, ClassVar, Self
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
@@ -115,6 +120,7 @@ U64_MAX = (1 << 64) - 1
 #: key) and version 2 (the single-seed flow's OPAQUE server key).
 _V1_RECORD_TAGS = frozenset({80, 81})
 _V2_RECORD_TAG = 86
+_V3_RECORD_TAG = 87
 
 
 @dataclass(frozen=True)
@@ -155,7 +161,7 @@ def majority(node_count: int) -> int:
 class DeploymentRecord(StrictMessage):
     """What the operator claims a fleet is; see the module docstring for the fields."""
 
-    TAG: ClassVar[int] = 87
+    TAG: ClassVar[int] = 88
 
     fleet_id: bytes
     epoch: int
@@ -168,6 +174,10 @@ class DeploymentRecord(StrictMessage):
     relay_public_keys: list[bytes]
     account_issuer: str
     account_issuer_public_key: bytes
+    #: This fleet's epochs below this one are retired: clients never ask them for an entry
+    #: (a retired epoch's nodes may be anyone's by now; docs/transparency.md, "Retiring an
+    #: epoch"). 0 retires none.
+    retired_below: int = 0
 
     def __post_init__(self) -> None:
         _bytes(self.fleet_id, "the fleet id", 1, MAX_FLEET_ID)
@@ -184,6 +194,7 @@ class DeploymentRecord(StrictMessage):
         _ed25519(self.account_issuer_public_key, "the account issuer's public key")
         _int(self.epoch, "the epoch", 0, U64_MAX)
         _int(self.time, "the time", 0, U64_MAX)
+        _int(self.retired_below, "the first epoch not retired (retired_below)", 0, self.epoch)
         _int(self.guess_limit, "the guess limit", 1, MAX_GUESS_LIMIT)
         if not isinstance(self.nodes, list) or not 1 <= len(self.nodes) <= MAX_NODES:
             raise Malformed(f"a fleet has 1 .. {MAX_NODES} nodes")
@@ -219,6 +230,7 @@ class DeploymentRecord(StrictMessage):
         account_issuer: str,
         account_issuer_public_key: bytes,
         quorum: int | None = None,
+        retired_below: int = 0,
     ) -> DeploymentRecord:
         """A record from plain values; `nodes` are (index, identity key, HPKE key, signing
         key, url) in any order; `quorum` defaults to a majority of the nodes, the threshold
@@ -239,16 +251,19 @@ class DeploymentRecord(StrictMessage):
             relay_public_keys=list(relay_public_keys),
             account_issuer=account_issuer,
             account_issuer_public_key=account_issuer_public_key,
+            retired_below=retired_below,
         )
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
         first = data[0] if isinstance(data, bytes | bytearray | memoryview) and data else None
+        if first == _V3_RECORD_TAG and cls is DeploymentRecord:
+            return DeploymentRecordV3.from_bytes(data)  # type: ignore[return-value]
         if first == _V2_RECORD_TAG:
             raise Malformed(
                 "this deployment record is from an older fleet version (it names the removed"
                 " single-seed flow's OPAQUE server key); clients of this version need a"
-                " version-3 record: redeploy the fleet (`backupvault fleet deploy`)"
+                " newer record: redeploy the fleet (`backupvault fleet deploy`)"
             )
         if first in _V1_RECORD_TAGS:
             raise Malformed(
@@ -271,6 +286,19 @@ class DeploymentRecord(StrictMessage):
     def digest(self) -> bytes:
         """SHA-256 of the canonical encoding: a short name for this exact record."""
         return hashlib.sha256(self.to_bytes()).digest()
+
+
+@dataclass(frozen=True)
+class DeploymentRecordV3(DeploymentRecord):
+    """A version 3 record (tag 87), as logged before records could retire epochs: read as
+    retiring none, and encoded as it was signed (no `retired_below`), so its bytes and
+    digest stay those of the logged leaf. Only ever decoded: new records are version 4."""
+
+    TAG: ClassVar[int] = _V3_RECORD_TAG
+
+    @classmethod
+    def _field_types(cls) -> list[tuple[str, Any]]:
+        return [(name, kind) for name, kind in super()._field_types() if name != "retired_below"]
 
 
 def raw_public_key(key: Ed25519PublicKey | Ed25519PrivateKey | bytes) -> bytes:

@@ -17,7 +17,10 @@ Policy, in order:
    (EpochReplayed). Submitting the exact same signed record again is not an error: it
    answers with the receipt first given for that leaf, byte for byte (a resubmission
    never refreshes anything: whether a record is still a fleet's current one, and how
-   recently, is what the witness's signed fleet heads say; see `head`).
+   recently, is what the witness's signed fleet heads say; see `head`);
+6. the record retires at least the epochs the last one logged for the fleet id retired
+   (`retired_below` does not go down: RetirementWithdrawn). A retired epoch's nodes may
+   be anyone's by now; a record that listed it again would send clients back to them.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ from backupvault.transparency.errors import (
     EpochReplayed,
     Malformed,
     MeasurementNotAllowed,
+    RetirementWithdrawn,
     UnknownFleet,
 )
 from backupvault.transparency.head import sign_head
@@ -124,8 +128,26 @@ class Witness:
                     f"fleet {record.fleet_id.hex()} is at epoch {state.last_epoch}; a new record"
                     f" needs a larger epoch than that, not {record.epoch}"
                 )
+            retired = 0 if state is None else self._retired_below(state.last_index)
+            if record.retired_below < retired:
+                raise RetirementWithdrawn(
+                    f"fleet {record.fleet_id.hex()} retired its epochs below {retired} at epoch"
+                    f" {state.last_epoch if state else 0}; this record retires only those below"
+                    f" {record.retired_below}",
+                    hint=f"a retired epoch stays retired: deploy with --retire-below {retired}"
+                    " or higher",
+                )
             index = self.store.append(leaf, record.fleet_id, expected, record.epoch)
             return self._receipt(index, leaf)
+
+    def _retired_below(self, index: int) -> int:
+        """What the record logged at `index` retires; 0 for one of an older version (a
+        version 2 record, logged before records could retire epochs, no longer parses)."""
+        try:
+            leaf = self.store.leaves(index, index + 1)[0]
+            return OperatorSignedRecord.from_bytes(leaf).deployment().retired_below
+        except Malformed:
+            return 0
 
     def _receipt(self, index: int, leaf: bytes) -> WitnessReceipt:
         note, checkpoint = self._current_checkpoint()
