@@ -113,6 +113,18 @@ def test_submit_refusals(
     assert answer.json()["error"] == code and answer.json()["detail"]
 
 
+def test_a_withdrawn_retirement_is_refused_with_its_reason(
+    client: TestClient, operator_key: Ed25519PrivateKey
+) -> None:
+    retiring = sign_record(make_record(epoch=20, retired_below=10), operator_key)
+    assert client.post("/v1/submit", content=retiring.to_bytes()).status_code == 200
+    withdrawn = sign_record(make_record(epoch=21, retired_below=5), operator_key)
+    answer = client.post("/v1/submit", content=withdrawn.to_bytes())
+    assert answer.status_code == 403
+    assert answer.json()["error"] == "retirement_withdrawn"
+    assert "retired its epochs below 10" in answer.json()["detail"]
+
+
 def test_too_large(client: TestClient) -> None:
     answer = client.post("/v1/submit", content=b"\x00" * ((1 << 20) + 1))
     assert answer.status_code == 413 and answer.json()["error"] == "too_large"
