@@ -44,13 +44,18 @@ def _same_nodes_as(fleet: FleetDescription, path: Path, epoch: int) -> None:
     replace(fleet, epoch=epoch).save(path)
 
 
-@pytest.mark.parametrize("case", ["another fleet", "not older", "an upgrade", "never deployed"])
+@pytest.mark.parametrize(
+    "case", ["another fleet", "not older", "an upgrade", "never deployed", "retired"]
+)
 def test_a_previous_file_that_is_no_older_epoch_of_this_fleet_is_refused(
     tmp_path: Path, case: str
 ) -> None:
     current = write_fleet_file(tmp_path / "new" / "fleet.toml", epoch=2)
     old = tmp_path / "old" / "fleet.toml"
-    if case == "another fleet":
+    if case == "retired":  # the new fleet's record retires epoch 1: a pinned client never asks it
+        replace(current, retired_below=2).save(tmp_path / "new" / "fleet.toml")
+        write_fleet_file(old, fleet_id=current.fleet_id, epoch=1)
+    elif case == "another fleet":
         write_fleet_file(old, epoch=1)
     elif case == "not older":
         write_fleet_file(old, fleet_id=current.fleet_id, epoch=2)
@@ -63,6 +68,8 @@ def test_a_previous_file_that_is_no_older_epoch_of_this_fleet_is_refused(
     assert str(old) in error["error"]
     assert error["hint"]
     assert not (tmp_path / "client.toml").exists()
+    if case == "retired":
+        assert "which this fleet retired" in error["error"]
 
 
 def test_previous_is_for_pinned_configs_only(tmp_path: Path) -> None:

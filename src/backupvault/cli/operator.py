@@ -481,6 +481,12 @@ def _older_epoch(
             f"{path} is not an older epoch (epoch {older.epoch}; this fleet's is {current.epoch})",
             hint=hint,
         )
+    if older.epoch < current.retired_below:
+        raise UsageError(
+            f"{path} is epoch {older.epoch}, which this fleet retired (its fleet.toml retires"
+            f" the epochs below {current.retired_below}): its nodes may be anyone's by now",
+            hint="leave it out; an entry still there needs its recovery code",
+        )
     keys = [n.hpke_public_key for n in older.nodes]
     if keys == [n.hpke_public_key for n in current.nodes]:
         raise UsageError(
