@@ -19,7 +19,7 @@ import pytest
 
 from backupvault.backup import restore_backup
 from backupvault.client.config import ClientConfig
-from backupvault.client.errors import FleetNotTrusted
+from backupvault.client.errors import FleetNotTrusted, NotRegistered
 from backupvault.crypto import recovery
 from backupvault.deploy.local import LocalDeployment
 from backupvault.node.config import write_toml
@@ -220,3 +220,94 @@ def test_pinned_client_moves_its_entry_across_a_rotation(
     assert pinned().session(ksf_params=FAST_KSF).status().status == EntryStatus.LIVE
     old = dict(pinned().session(ksf_params=FAST_KSF).older())[old_epoch]
     assert old.status().status == EntryStatus.EMPTY  # deleted there once moved
+
+
+class ListsRetired(Recorder):
+    """A relay that lists the retired epochs again and serves their (logged) bundles."""
+
+    def __init__(self, retired: dict[int, bytes], current: int) -> None:
+        super().__init__()
+        self.retired = retired
+        self.current = current
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        path, query = request.url.path, request.url.params
+        if path == "/v1/fleet/epochs":
+            self.paths.append(path)
+            return httpx.Response(
+                200, json={"current": self.current, "previous": sorted(self.retired, reverse=True)}
+            )
+        if path == "/v1/fleet/bundle" and "epoch" in query:
+            self.paths.append(f"{path}?epoch={query['epoch']}")
+            return httpx.Response(200, content=self.retired[int(query["epoch"])])
+        return super().handle_request(request)
+
+
+def test_local_retire_retires_the_older_epochs_for_every_client(
+    local: LocalDeployment, tmp_path: Path
+) -> None:
+    """`local retire` after a rotation: the new record retires the older epochs, their
+    nodes stop, the relay no longer lists them. A device that used them, and finds no
+    key, is told why and asks them nothing, even through a relay that lists them again
+    with their genuine bundles (docs/transparency.md, "Retiring an epoch"); a key on the
+    current nodes is recovered as before."""
+    _rotate(local.root)
+    data = tomllib.loads((local.root / "client-ota.toml").read_text())
+    data.update(state_file="state.json", entry="kept")
+    write_toml(tmp_path / "kept.toml", data)
+    kept = ClientConfig.load(tmp_path / "kept.toml")
+    session = kept.session(ksf_params=FAST_KSF)
+    root_key = recovery.new_root_key()
+    session.register(PASSWORD, root_key)
+    old_epochs = [epoch for epoch, _ in session.older()]  # the state now holds them all
+    assert old_epochs
+    bundles = {
+        local.fleet(d).epoch or 0: (local.fleet_dir(d) / "bundle.bin").read_bytes()
+        for d in local.epochs()[:-1]
+    }
+    old_nodes = [local.node_name(i, d) for d in local.epochs()[:-1] for i in range(NODES)]
+
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "--json", "local", "retire", "--dir",
+         str(local.root)],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    answer = json.loads(done.stdout)
+    current = local.fleet()
+    assert answer["epoch"] == current.epoch and answer["retired_below"] == current.retired_below
+    assert all(e < current.retired_below for e in old_epochs)
+    assert len(local.epochs()) == 1
+    assert not set(old_nodes) & set(local.running())
+    relay = local.relay_url()
+    assert httpx.get(f"{relay}/v1/fleet/epochs").json() == {
+        "current": current.epoch,
+        "previous": [],
+    }
+
+    # The key on the current nodes: recovered as before.
+    assert kept.session(ksf_params=FAST_KSF).recover_or_migrate(PASSWORD).root_key == root_key
+    # An entry with no key anywhere, on the device that used the retired epochs, through a
+    # relay that lists them again: nothing is asked of them, and the device says why.
+    data.update(entry="nowhere")
+    write_toml(tmp_path / "nowhere.toml", data)
+    notes: list[str] = []
+    transport = ListsRetired(bundles, current.epoch or 0)
+    nowhere = ClientConfig.load(tmp_path / "nowhere.toml").session(
+        ksf_params=FAST_KSF, http=httpx.Client(transport=transport), notify=notes.append
+    )
+    with pytest.raises(NotRegistered):
+        nowhere.recover_or_migrate(PASSWORD)
+    assert "/v1/fleet/epochs" in transport.paths  # the relay was asked, and lied
+    here = f"/v1/epochs/{current.epoch}/"
+    elsewhere = [
+        p
+        for p in transport.paths
+        if "epoch=" in p or (p.startswith("/v1/epochs/") and not p.startswith(here))
+    ]
+    assert elsewhere == []
+    assert any("which the operator has retired" in note for note in notes), notes
+    # One node set again: `local upgrade`, refused while older sets ran, works, and the key
+    # stays where it is.
+    assert local.upgrade() == (current.epoch or 0) + 1
+    assert kept.session(ksf_params=FAST_KSF).recover_or_migrate(PASSWORD).root_key == root_key

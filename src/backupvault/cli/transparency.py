@@ -728,6 +728,27 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
     )
 
 
+@local.command("retire")
+@LOCAL_DIR
+@pass_context
+def local_retire(ctx: Context, root: Path) -> None:
+    """Retire the node sets older than the current one (after `local rotate`, once entries
+    have moved): a record that retires their epochs, so no client asks them again; their
+    nodes stop and the relay no longer routes them."""
+    from backupvault.deploy.local import LocalDeployment
+
+    deployment = LocalDeployment(root)
+    if not deployment.provisioned():
+        raise no_deployment(root)
+    epoch, retired_below = deployment.retire()
+    ctx.output.result(
+        {"dir": str(root), "epoch": epoch, "retired_below": retired_below},
+        f"epochs below {retired_below} retired: the record of epoch {epoch} says so, their"
+        " nodes are stopped and the relay no longer routes them; a key still there needs its"
+        " recovery code",
+    )
+
+
 def still_routed(previous: list[int]) -> str:
     """The older epochs a rotation leaves routed, named as a sentence."""
     epochs = "epoch" if len(previous) == 1 else "epochs"

@@ -170,13 +170,31 @@ def free_port() -> int:
 
 # A rotation's older node set keeps the record of the code that made it (a new record for
 # it would have to be a newer epoch, and so the current one): no `local upgrade` moves it.
+#: relay.toml's [relay] keys `_write_relay_config` writes itself; a rotation or a retirement
+#: keeps the others (limits and the like) as they were.
+_RELAY_MANAGED = frozenset(
+    {
+        "nodes",
+        "bundle_file",
+        "witness_url",
+        "previous_fleets",
+        "issuer",
+        "audience",
+        "signing_key",
+        "operator_public_key",
+    }
+)
+
 ROTATED_UPGRADE_HINT = (
     "an upgrade cannot give a rotation's older node sets a record for other code, so this"
     " deployment runs only on the version that made it: reinstall the version you rotated"
     " it with to reach the keys it holds. To move to a new version, restore your backups"
     " with that one first (or keep the code `backupvault vault recovery-code` prints, which"
     " opens them without a vault), then `local up --dir NEW` and back up there: a new"
-    " deployment holds none of this one's keys"
+    " deployment holds none of this one's keys. Or, once every key has moved to the newest"
+    " node set (a recovery moves it), `local retire` retires the older sets with a record"
+    " for the version installed now; a key still on an older set then needs its recovery"
+    " code"
 )
 
 
@@ -230,13 +248,18 @@ class LocalDeployment:
         return self.root if epoch == 1 else self.root / f"epoch{epoch}"
 
     def epochs(self) -> list[int]:
-        """Every epoch this deployment has (oldest first)."""
+        """Every node set this deployment runs (oldest first), each by the epoch it began
+        at; a set the current record retires (`local retire`) is left out: nothing starts
+        or routes it again."""
         later = [
             int(p.name.removeprefix("epoch"))
             for p in self.root.glob("epoch*")
             if p.name.removeprefix("epoch").isdigit() and (p / "fleet.toml").exists()
         ]
-        return [1, *sorted(later)]
+        sets = [1, *sorted(later)]
+        current = self.fleet_dir(sets[-1]) / "fleet.toml"
+        retired = FleetDescription.load(current).retired_below if current.exists() else 0
+        return [e for e in sets if e >= retired]
 
     def current_epoch(self) -> int:
         return self.epochs()[-1]
@@ -625,16 +648,7 @@ class LocalDeployment:
         ]
         relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
         relay = relay_toml["relay"]
-        managed = {
-            "nodes",
-            "bundle_file",
-            "witness_url",
-            "previous_fleets",
-            "issuer",
-            "audience",
-            "signing_key",
-        }
-        kept = {k: v for k, v in relay.items() if k not in managed | {"operator_public_key"}}
+        kept = {k: v for k, v in relay.items() if k not in _RELAY_MANAGED}
         port = int(str(relay_toml["listen"]).rpartition(":")[2])
         self._write_relay_config(port, fleet, bundle, previous, kept)
         # Pinned clients need new keys (that is what pinning means), and the old ones to
@@ -678,6 +692,41 @@ class LocalDeployment:
         self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
         self.up(len(fleet.nodes), timeout)
         return epoch
+
+    def retire(self, timeout: float = 60.0) -> tuple[int, int]:
+        """Retire every node set older than the current one (a rotation's, once entries
+        have moved): a new record for the current nodes (epoch + 1) that retires the
+        epochs below the current set's first, logged by the witnesses; the older nodes
+        stopped, the relay no longer routing them, the pinned client config without
+        them. Returns the new epoch and the first epoch not retired."""
+        with self._exclusive():
+            return self._retire(timeout)
+
+    def _retire(self, timeout: float) -> tuple[int, int]:
+        sets = self.epochs()
+        if len(sets) < 2:
+            raise DeploymentError(
+                "nothing to retire: this deployment runs one node set",
+                hint="`local rotate` makes a new one; retire the old one once entries moved",
+            )
+        first, fleet = sets[-1], self.fleet()
+        if fleet.epoch is None:
+            raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
+        for epoch in sets:
+            for index in range(self.node_count(epoch)):
+                self.stop_process(self.node_name(index, epoch))
+        self.stop_process("relay")
+        for which in self.witnesses():
+            self.start_witness(which)
+        epoch = fleet.epoch + 1
+        bundle = self._deploy_and_log(self.fleet_dir() / "fleet.toml", epoch, first)
+        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
+        kept = {k: v for k, v in relay_toml["relay"].items() if k not in _RELAY_MANAGED}
+        port = int(str(relay_toml["listen"]).rpartition(":")[2])
+        self._write_relay_config(port, self.fleet(), bundle, [], kept)
+        self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
+        self._up(len(fleet.nodes), timeout)
+        return epoch, first
 
     # ---- processes ---------------------------------------------------------------------
 
