@@ -498,6 +498,46 @@ def test_after_a_rollback_a_copy_is_checked_against_the_node_s_own_older_value()
     assert replica.held_payload(b"k") == b"A-chosen"
 
 
+def test_a_wiped_node_stopped_during_its_catch_up_checks_copies_as_a_wiped_node() -> None:
+    """The still-open case of the test above (docs/simulation.md): a wiped node merged a
+    sibling of the chosen value, was stopped before it caught up, and started again with
+    that copy on its disk. Its store remembers that the catch-up began empty, so the
+    chosen value is checked as a wiped node's copies are, not against the sibling (which
+    refused it, and the node forgot an acceptance it gave before its disk was lost)."""
+    source = MemoryRecords()
+    source.begin_catch_up()  # as the node's store does at the first start: empty
+    replica = Replica(0, range(3), random.Random(7).randbytes, source, check_copy=_sideways)
+    asks = _asks(replica.start(0.0))
+    sibling = AcceptorRecord(b"k", 6, 0, 3, 0, _value(b"A-sibling"))
+    chosen = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-chosen"))
+    replica.receive(1, SyncResponse(asks[1], True, [sibling]), 0.1)
+    assert not replica.ready and replica.held_payload(b"k") == b"A-sibling"
+    # Stopped here, and started again on the same disk: the catch-up goes on.
+    source.begin_catch_up()
+    assert source.catch_up_began_empty()
+    again = Replica(0, range(3), random.Random(8).randbytes, source, check_copy=_sideways)
+    asks = _asks(again.start(1.0))
+    again.receive(1, SyncResponse(asks[1], True, []), 1.1)
+    again.receive(2, SyncResponse(asks[2], True, [chosen]), 1.2)
+    assert again.ready
+    assert again.held_payload(b"k") == b"A-chosen"
+
+
+def test_a_store_with_values_of_its_own_never_says_its_catch_up_began_empty() -> None:
+    source = MemoryRecords.of([AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-own"))])
+    source.begin_catch_up()
+    assert source.catching_up and not source.catch_up_began_empty()
+    empty = MemoryRecords()
+    empty.begin_catch_up()
+    empty.put(AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-copy")))
+    empty.begin_catch_up()  # started again before it caught up
+    assert empty.catch_up_began_empty()
+    empty.end_catch_up()
+    assert not empty.catching_up and not empty.catch_up_began_empty()
+    empty.begin_catch_up()  # a later catch-up (a rollback): values of its own now
+    assert not empty.catch_up_began_empty()
+
+
 def test_a_copy_that_this_node_s_own_value_refuses_is_still_not_taken() -> None:
     """The check still stands against what the node itself held (a peer may be hostile):
     only the peer's promise is merged."""

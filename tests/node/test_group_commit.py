@@ -36,7 +36,13 @@ from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.invariants import BrokenInvariant
 from backupvault.node.peers import join_frame, split_frame
 from backupvault.node.service import NodeService
-from backupvault.node.store import SHARE_PREFIX, NodeStore, StoreCorrupted, share_record
+from backupvault.node.store import (
+    SHARE_PREFIX,
+    NodeStore,
+    StoreCorrupted,
+    StoreRecords,
+    share_record,
+)
 from backupvault.protocol import ErrorResponse, Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
@@ -432,6 +438,43 @@ def test_a_node_stopped_during_its_catch_up_catches_up_again_at_its_next_start(
     assert not store.catching_up
     assert store_is_intact(store, sealer) is True
     assert {r.key for r in store.load()} == {b"a", b"b", b"c"}
+
+
+def test_a_wiped_store_stopped_during_its_catch_up_still_knows_it_began_empty(
+    tmp_path: Path,
+) -> None:
+    """A wiped (or new) node that copied records and was stopped before it caught up comes
+    back with records, every one a peer's copy: the store remembers that its catch-up
+    began empty, whatever happens to it meanwhile (found behind the token again, started
+    twice), until a write made once it caught up (docs/fleet.md, the counter row's
+    catch-up byte). A store with records of its own never says so."""
+    from backupvault.node.main import store_start
+
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, b"k" * 32)
+    sealer = FakeSealer(7)  # the token counted writes this (wiped) store does not hold
+    store_start(store, sealer)  # type: ignore[arg-type]
+    assert store.catching_up and store.began_empty
+    store.save([AcceptorRecord(b"a", 1, 0)])  # a copy taken while catching up
+    store.close()
+    for _ in range(2):
+        store = NodeStore(path, 0, b"k" * 32)
+        assert store.began_empty and StoreRecords(store).catch_up_began_empty()
+        assert store_start(store, sealer) == "catch_up_unfinished"  # type: ignore[arg-type]
+        assert store.began_empty
+        store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    store.raise_counter(store.counter + 5)  # and found behind the token in between
+    assert store.began_empty
+    store.save([AcceptorRecord(b"b", 1, 0)], caught_up=True)
+    assert not store.began_empty and not StoreRecords(store).catch_up_began_empty()
+    store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    assert not store.catching_up and not store.began_empty
+    store.raise_counter(store.counter + 5)  # rolled back: it holds values of its own
+    assert store.catching_up and not store.began_empty
+    store.close()
+    assert not NodeStore(path, 0, b"k" * 32).began_empty
 
 
 def test_a_write_made_before_the_node_caught_up_keeps_the_catch_up_open(tmp_path: Path) -> None:

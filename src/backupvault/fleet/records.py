@@ -67,6 +67,11 @@ class RecordSource(Protocol):
         `limit`. If `store_id` is not this store's (or `since` is ahead of it), from the
         start: the asker's mark belongs to a sequence this store no longer continues."""
 
+    def catch_up_began_empty(self) -> bool:
+        """Whether the store is in a catch-up that began when it held no record (wiped, or
+        new), and has not finished: every value it holds is a peer's copy, none this
+        node's own, even after the node was stopped and started again in between."""
+
 
 @dataclass
 class MemoryRecords:
@@ -80,6 +85,8 @@ class MemoryRecords:
     _max_round: int = 0
     #: A catch-up began on this disk and has not finished (as `NodeStore.catching_up`).
     catching_up: bool = False
+    #: ... on an empty disk (as `NodeStore.began_empty`).
+    began_empty: bool = False
 
     @classmethod
     def of(cls, records: list[AcceptorRecord], store_id: bytes = b"memory") -> MemoryRecords:
@@ -115,6 +122,18 @@ class MemoryRecords:
         upto = page[-1][1] if more else self._last_ver
         return Changes(self.store_id, since, upto, [r for r, _ in page], more)
 
+    def catch_up_began_empty(self) -> bool:
+        return self.catching_up and self.began_empty
+
+    def begin_catch_up(self) -> None:
+        """What a node's store records when a catch-up begins (`NodeStore.mark_catching_up`):
+        empty now, or still in a catch-up that began empty, it holds no value of its own."""
+        self.began_empty = self._max_round == 0 or self.catch_up_began_empty()
+        self.catching_up = True
+
+    def end_catch_up(self) -> None:
+        self.catching_up = self.began_empty = False
+
     # ---- what the simulation does to a disk ------------------------------------------
 
     def __len__(self) -> int:
@@ -142,4 +161,5 @@ class MemoryRecords:
             self._last_ver,
             self._max_round,
             self.catching_up,
+            self.began_empty,
         )

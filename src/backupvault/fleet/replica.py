@@ -357,8 +357,10 @@ class Replica:
         self._latest_ask = {}
         self._paged_at = {}
         self._own_values = {}
-        # Every record holds a promise of round 1 or more: no round, no record.
-        self._started_empty = self.source.max_round() == 0
+        # Every record holds a promise of round 1 or more: no round, no record. A store
+        # still in a catch-up that began empty holds only peers' copies: checked against
+        # them, the chosen value was refused against a sibling copied before a restart.
+        self._started_empty = self.source.max_round() == 0 or self.source.catch_up_began_empty()
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now

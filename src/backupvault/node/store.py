@@ -167,6 +167,9 @@ NAME_LEN = 16
 #: Rows one `save` may write. It bounds the versions a history can use per count of the
 #: counter, so `raise_counter` can start this history's versions above all of them.
 ROWS_PER_SAVE = 1 << 20
+#: The counter row's catch-up byte: 0 none, 1 catching up, this one catching up since the
+#: store had no record (`NodeStore.began_empty`).
+_CATCHING_UP_FROM_EMPTY = 2
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
 STORE_FORMAT = 3
@@ -373,6 +376,9 @@ class NodeStore:
         self.suspect_through = 0
         #: A catch-up began and has not finished (`mark_catching_up`).
         self.catching_up = False
+        #: That catch-up began on a store with no record (wiped, or new): every value it
+        #: holds is a peer's copy, none the node's own, also after a restart in between.
+        self.began_empty = False
         #: Buckets holding an erased row whose key rotation has not been done yet: owed
         #: in the erasing transaction itself, done by `finish_owed_rotation`.
         self.rotation_owed: set[int] = set()
@@ -492,7 +498,8 @@ class NodeStore:
             if len(plain) >= at + 8:
                 (self.suspect_through,) = struct.unpack(">Q", plain[at : at + 8])
             if len(plain) >= at + 9:
-                self.catching_up = bool(plain[at + 8])
+                self.catching_up = plain[at + 8] != 0
+                self.began_empty = plain[at + 8] == _CATCHING_UP_FROM_EMPTY
             if len(plain) >= at + 11:
                 (owed,) = struct.unpack(">H", plain[at + 9 : at + 11])
                 self.rotation_owed = set(struct.unpack(f">{owed}H", plain[at + 11 :]))
@@ -885,6 +892,7 @@ class NodeStore:
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
             self.shares_erased += shares_erased
             self.catching_up = catching_up
+            self.began_empty = self.began_empty and catching_up
             self._marks = new_marks
             self.rotation_owed = owed
             for bucket, digest in digests.items():
@@ -1098,17 +1106,20 @@ class NodeStore:
         *,
         suspect_through: int | None = None,
         owed: set[int] | None = None,
+        began_empty: bool | None = None,
     ) -> None:
-        """The counter row; `suspect_through` and `owed` (rotations owed) as they stand
-        unless given."""
+        """The counter row; `suspect_through`, `owed` (rotations owed) and `began_empty`
+        as they stand unless given."""
         suspect = self.suspect_through if suspect_through is None else suspect_through
         owed = self.rotation_owed if owed is None else owed
+        empty = self.began_empty if began_empty is None else began_empty
         plain = bytearray(struct.pack(">QQQ", counter, last_ver, max_round))
         plain += top.to_bytes(32, "big") + store_id + struct.pack(">H", len(marks))
         for peer, mark in sorted(marks.items()):
             plain += struct.pack(">HB", peer, len(mark.store_id)) + mark.store_id
             plain += _u64(mark.upto)
-        plain += _u64(suspect) + bytes([catching_up])
+        plain += _u64(suspect)
+        plain.append(_CATCHING_UP_FROM_EMPTY if catching_up and empty else int(catching_up))
         plain += struct.pack(f">H{len(owed)}H", len(owed), *sorted(owed))
         sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
@@ -1156,6 +1167,7 @@ class NodeStore:
             store_id = os.urandom(16)
             last_ver = max(self._last_ver, counter * ROWS_PER_SAVE)
             suspect = max(self.suspect_through, self._last_ver)
+            began_empty = self._catch_up_begins_empty()
             self._write_meta(
                 counter,
                 last_ver,
@@ -1165,17 +1177,37 @@ class NodeStore:
                 self._marks,
                 True,
                 suspect_through=suspect,
+                began_empty=began_empty,
             )
             self.counter, self.store_id, self._last_ver = counter, store_id, last_ver
             self.suspect_through, self.catching_up = suspect, True
+            self.began_empty = began_empty
 
     def mark_catching_up(self) -> None:
         """The node starts catching up: recorded before it serves, so a node stopped
         before it finishes catches up again at its next start, although its counter then
         matches the token's (`save(caught_up=True)` clears it)."""
         with self._lock:
-            self._write_current_meta(catching_up=True)
-            self.catching_up = True
+            began_empty = self._catch_up_begins_empty()
+            self._write_meta(
+                self.counter,
+                self._last_ver,
+                self._max_round,
+                self._top,
+                self.store_id,
+                self._marks,
+                True,
+                began_empty=began_empty,
+            )
+            self.catching_up, self.began_empty = True, began_empty
+
+    def _catch_up_begins_empty(self) -> bool:
+        """Whether a catch-up beginning now holds no value of the node's own: the store has
+        no record, or every record in it is a copy of the catch-up it is still in, which
+        began empty (a node stopped during a wiped store's catch-up: what it copied before
+        is no value of its own, and checking the next copies against it refused the chosen
+        value against a sibling; docs/threshold.md, "Catching up")."""
+        return self._max_round == 0 or (self.catching_up and self.began_empty)
 
     def distrust_share_rows(self) -> None:
         """Every share row now in the store may hold a rolled-back count (the store was
@@ -1315,6 +1347,9 @@ class StoreRecords:
 
     def changed_since(self, store_id: bytes, since: int, limit: int) -> Changes:
         return self._store.changed_since(store_id, since, limit)
+
+    def catch_up_began_empty(self) -> bool:
+        return self._store.catching_up and self._store.began_empty
 
 
 def _not_a_share_row(key: bytes) -> None:

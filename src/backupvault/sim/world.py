@@ -743,7 +743,7 @@ class Simulation:
         # token's counter (raised when the catch-up began), but not the fleet.
         intact = intact and not n.disk.catching_up
         if not intact:
-            n.disk.catching_up = True
+            n.disk.begin_catch_up()
             # As the node's store does when it finds itself behind the token's counter:
             # versions it hands out from here may repeat older ones, so a new store id.
             n.disk.renew(f"node{n.index}/{n.incarnation}".encode())
@@ -883,7 +883,7 @@ class Simulation:
         if n.disk.catching_up and n.ready:
             # Every copy it caught up with is on its disk (writes are durable at once
             # here), as the node's next group commit after it is ready records.
-            n.disk.catching_up = False
+            n.disk.end_catch_up()
         if n.keeper is not None:
             # Erasures the keeper made while its acceptor took a value (on a verified
             # owner statement): durable at once here, like the replica's own writes.
