@@ -1124,8 +1124,11 @@ class NodeStore:
         sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
-    def _write_current_meta(self, catching_up: bool, owed: set[int] | None = None) -> None:
-        """The counter row as it stands, with `catching_up` (and `owed`, if given)."""
+    def _write_current_meta(
+        self, catching_up: bool, owed: set[int] | None = None, began_empty: bool | None = None
+    ) -> None:
+        """The counter row as it stands, with `catching_up` (and `owed` and `began_empty`,
+        if given)."""
         self._write_meta(
             self.counter,
             self._last_ver,
@@ -1135,6 +1138,7 @@ class NodeStore:
             self._marks,
             catching_up,
             owed=owed,
+            began_empty=began_empty,
         )
 
     def raise_counter(self, floor: int) -> None:
@@ -1189,16 +1193,7 @@ class NodeStore:
         matches the token's (`save(caught_up=True)` clears it)."""
         with self._lock:
             began_empty = self._catch_up_begins_empty()
-            self._write_meta(
-                self.counter,
-                self._last_ver,
-                self._max_round,
-                self._top,
-                self.store_id,
-                self._marks,
-                True,
-                began_empty=began_empty,
-            )
+            self._write_current_meta(catching_up=True, began_empty=began_empty)
             self.catching_up, self.began_empty = True, began_empty
 
     def _catch_up_begins_empty(self) -> bool:
