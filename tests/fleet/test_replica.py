@@ -523,6 +523,36 @@ def test_a_wiped_node_stopped_during_its_catch_up_checks_copies_as_a_wiped_node(
     assert again.held_payload(b"k") == b"A-chosen"
 
 
+def test_a_rolled_back_node_stopped_during_its_catch_up_does_not_take_a_copy_for_its_own() -> None:
+    """The rolled-back case: the node held an older value of its own (B-own), merged a
+    sibling of the chosen value, and was stopped before it caught up; its own value is
+    lost with the map. The row the stopped catch-up wrote is checked as a wiped node's
+    (against nothing), not against the sibling, which refused the chosen value. A row that
+    catch-up did not write is still checked against the node's own value."""
+    source = MemoryRecords.of(
+        [
+            AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-own")),
+            AcceptorRecord(b"j", 2, 0, 2, 0, _value(b"C-own")),
+        ]
+    )
+    source.begin_catch_up()  # found rolled back
+    replica = Replica(0, range(3), random.Random(7).randbytes, source, check_copy=_sideways)
+    asks = _asks(replica.start(0.0))
+    sibling = AcceptorRecord(b"k", 6, 0, 3, 0, _value(b"A-sibling"))
+    replica.receive(1, SyncResponse(asks[1], True, [sibling]), 0.1)
+    assert not replica.ready and replica.held_payload(b"k") == b"A-sibling"
+    source.begin_catch_up()  # stopped, and started again on the same disk
+    again = Replica(0, range(3), random.Random(8).randbytes, source, check_copy=_sideways)
+    asks = _asks(again.start(1.0))
+    chosen = AcceptorRecord(b"k", 6, 1, 5, 1, _value(b"A-chosen"))
+    hostile = AcceptorRecord(b"j", 6, 1, 5, 1, _value(b"C-other"))  # its own value refuses it
+    again.receive(1, SyncResponse(asks[1], True, []), 1.1)
+    again.receive(2, SyncResponse(asks[2], True, [chosen, hostile]), 1.2)
+    assert again.ready
+    assert again.held_payload(b"k") == b"A-chosen"
+    assert again.held_payload(b"j") == b"C-own"
+
+
 def test_a_store_with_values_of_its_own_never_says_its_catch_up_began_empty() -> None:
     source = MemoryRecords.of([AcceptorRecord(b"k", 2, 0, 2, 0, _value(b"B-own"))])
     source.begin_catch_up()

@@ -477,6 +477,45 @@ def test_a_wiped_store_stopped_during_its_catch_up_still_knows_it_began_empty(
     assert not NodeStore(path, 0, b"k" * 32).began_empty
 
 
+def test_the_rows_of_a_catch_up_stopped_before_it_finished_are_known_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """A rolled-back node's catch-up replaces its own values with peers' copies; stopped
+    before it finished, the node restarts with those copies on disk and its own values
+    lost. The store says which rows that catch-up wrote (above the version it began at,
+    up to the one at this start), so the replica does not take them for its own; rows
+    written before it, or in this run, are not among them; none once it caught up."""
+    from backupvault.node.main import store_start
+
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, b"k" * 32)
+    store.save([AcceptorRecord(b"own", 1, 0)], caught_up=True)
+    sealer = FakeSealer(store.counter + 4)  # the token counted more: rolled back
+    assert store_start(store, sealer) == "rollback_detected"  # type: ignore[arg-type]
+    assert not store.began_empty
+    store.save([AcceptorRecord(b"copy", 1, 0)])  # a copy taken while catching up
+    assert not store.copied_before_start(b"copy")  # this run's own catch-up: the map knows
+    store.close()
+    for _ in range(2):  # stopped before it caught up, once and again
+        store = NodeStore(path, 0, b"k" * 32)
+        assert store_start(store, sealer) == "catch_up_unfinished"  # type: ignore[arg-type]
+        records = StoreRecords(store)
+        assert records.copied_before_start(b"copy")
+        assert not records.copied_before_start(b"own")
+        assert not records.copied_before_start(b"never")
+        store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    store_start(store, sealer)  # type: ignore[arg-type]
+    store.save([AcceptorRecord(b"late", 1, 0)])  # written in this run
+    assert store.copied_before_start(b"copy") and not store.copied_before_start(b"late")
+    store.save([AcceptorRecord(b"done", 1, 0)], caught_up=True)
+    assert not store.copied_before_start(b"copy")
+    store.close()
+    store = NodeStore(path, 0, b"k" * 32)
+    assert not store.catching_up and not store.copied_before_start(b"copy")
+    store.close()
+
+
 def test_a_write_made_before_the_node_caught_up_keeps_the_catch_up_open(tmp_path: Path) -> None:
     store = NodeStore(tmp_path / "store.sqlite", 0, b"k" * 32)
     store.mark_catching_up()

@@ -72,6 +72,12 @@ class RecordSource(Protocol):
         new), and has not finished: every value it holds is a peer's copy, none this
         node's own, even after the node was stopped and started again in between."""
 
+    def copied_before_start(self, key: bytes) -> bool:
+        """Whether `key`'s record was last written by a catch-up that began before this
+        start and has not finished (the node was stopped during it): the value it holds
+        may be a peer's copy, and the node's own value before it is lost. Asked before
+        this run writes the record."""
+
 
 @dataclass
 class MemoryRecords:
@@ -87,6 +93,10 @@ class MemoryRecords:
     catching_up: bool = False
     #: ... on an empty disk (as `NodeStore.began_empty`).
     began_empty: bool = False
+    #: The last version before that catch-up began, and the last at this start (as
+    #: `NodeStore.catch_up_from` and `opened_ver`).
+    catch_up_from: int = 0
+    opened_ver: int = 0
 
     @classmethod
     def of(cls, records: list[AcceptorRecord], store_id: bytes = b"memory") -> MemoryRecords:
@@ -125,14 +135,27 @@ class MemoryRecords:
     def catch_up_began_empty(self) -> bool:
         return self.catching_up and self.began_empty
 
+    def copied_before_start(self, key: bytes) -> bool:
+        found = self._records.get(key)
+        return (
+            self.catching_up
+            and found is not None
+            and self.catch_up_from < found[1] <= self.opened_ver
+        )
+
     def begin_catch_up(self) -> None:
-        """What a node's store records when a catch-up begins (`NodeStore.mark_catching_up`):
-        empty now, or still in a catch-up that began empty, it holds no value of its own."""
+        """What a node's store records when it starts catching up (`NodeStore.open` and
+        `mark_catching_up`): empty now, or still in a catch-up that began empty, it holds
+        no value of its own; a catch-up still going on keeps where it began."""
         self.began_empty = self._max_round == 0 or self.catch_up_began_empty()
+        if not self.catching_up:
+            self.catch_up_from = self._last_ver
+        self.opened_ver = self._last_ver
         self.catching_up = True
 
     def end_catch_up(self) -> None:
         self.catching_up = self.began_empty = False
+        self.catch_up_from = 0
 
     # ---- what the simulation does to a disk ------------------------------------------
 
@@ -162,4 +185,6 @@ class MemoryRecords:
             self._max_round,
             self.catching_up,
             self.began_empty,
+            self.catch_up_from,
+            self.opened_ver,
         )

@@ -1458,6 +1458,15 @@ class Replica:
             mine = self._record(theirs.key)
             if not _holdable(theirs):
                 continue  # no acceptor takes such a round: not an honest node's record
+            if (
+                not self._started_empty
+                and theirs.key not in self._own_values
+                and self.source.copied_before_start(theirs.key)
+            ):
+                # Copied by a catch-up the node was stopped during: what it held before
+                # is lost with the map, and the copy (perhaps a sibling of the chosen
+                # value) is no value of its own. Checked as a wiped node's copies are.
+                self._own_values[theirs.key] = b""
             merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
             if merged.value != mine.value and not self._started_empty:
                 self._own_values.setdefault(theirs.key, mine.value)

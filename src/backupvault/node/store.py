@@ -379,11 +379,17 @@ class NodeStore:
         #: That catch-up began on a store with no record (wiped, or new): every value it
         #: holds is a peer's copy, none the node's own, also after a restart in between.
         self.began_empty = False
+        #: The last version written before that catch-up began (kept across restarts
+        #: until it finishes): a row above it was written by the catch-up, a copy.
+        self.catch_up_from = 0
         #: Buckets holding an erased row whose key rotation has not been done yet: owed
         #: in the erasing transaction itself, done by `finish_owed_rotation`.
         self.rotation_owed: set[int] = set()
         self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
+        #: The last version written when the store was opened: rows of a catch-up not
+        #: finished before it are those above `catch_up_from` and up to this.
+        self.opened_ver = self._last_ver
         self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
         self._verified: set[int] = set()
         #: Checked listings (name -> version) of recently used buckets, oldest first;
@@ -502,7 +508,10 @@ class NodeStore:
                 self.began_empty = plain[at + 8] == _CATCHING_UP_FROM_EMPTY
             if len(plain) >= at + 11:
                 (owed,) = struct.unpack(">H", plain[at + 9 : at + 11])
-                self.rotation_owed = set(struct.unpack(f">{owed}H", plain[at + 11 :]))
+                end = at + 11 + 2 * owed
+                self.rotation_owed = set(struct.unpack(f">{owed}H", plain[at + 11 : end]))
+                if len(plain) >= end + 8:
+                    (self.catch_up_from,) = struct.unpack(">Q", plain[end : end + 8])
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
@@ -718,6 +727,15 @@ class NodeStore:
                 if rotations == self._rotations:
                     raise  # else: read before a rotation, opened after it: read again
 
+    def copied_before_start(self, key: bytes) -> bool:
+        """Whether `key`'s row was written by a catch-up that began before the store was
+        opened and has not finished: above `catch_up_from`, up to `opened_ver` (a row
+        written since is this run's; read before it is written, as the replica does)."""
+        if not self.catching_up or self.catch_up_from >= self.opened_ver:
+            return False
+        found = self._checked_row(self.name_of(key))
+        return found is not None and self.catch_up_from < found[0] <= self.opened_ver
+
     def _checked_row(self, name: bytes) -> tuple[int, bytes] | None:
         """(version, sealed row) of `name`, or None: the version (or its absence) must be
         what the bucket's checked listing says, else the row was changed under the node.
@@ -893,6 +911,7 @@ class NodeStore:
             self.shares_erased += shares_erased
             self.catching_up = catching_up
             self.began_empty = self.began_empty and catching_up
+            self.catch_up_from = self.catch_up_from if catching_up else 0
             self._marks = new_marks
             self.rotation_owed = owed
             for bucket, digest in digests.items():
@@ -1107,12 +1126,14 @@ class NodeStore:
         suspect_through: int | None = None,
         owed: set[int] | None = None,
         began_empty: bool | None = None,
+        catch_up_from: int | None = None,
     ) -> None:
-        """The counter row; `suspect_through`, `owed` (rotations owed) and `began_empty`
-        as they stand unless given."""
+        """The counter row; `suspect_through`, `owed` (rotations owed), `began_empty` and
+        `catch_up_from` as they stand unless given."""
         suspect = self.suspect_through if suspect_through is None else suspect_through
         owed = self.rotation_owed if owed is None else owed
         empty = self.began_empty if began_empty is None else began_empty
+        since = self.catch_up_from if catch_up_from is None else catch_up_from
         plain = bytearray(struct.pack(">QQQ", counter, last_ver, max_round))
         plain += top.to_bytes(32, "big") + store_id + struct.pack(">H", len(marks))
         for peer, mark in sorted(marks.items()):
@@ -1121,14 +1142,19 @@ class NodeStore:
         plain += _u64(suspect)
         plain.append(_CATCHING_UP_FROM_EMPTY if catching_up and empty else int(catching_up))
         plain += struct.pack(f">H{len(owed)}H", len(owed), *sorted(owed))
+        plain += _u64(since if catching_up else 0)
         sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
     def _write_current_meta(
-        self, catching_up: bool, owed: set[int] | None = None, began_empty: bool | None = None
+        self,
+        catching_up: bool,
+        owed: set[int] | None = None,
+        began_empty: bool | None = None,
+        catch_up_from: int | None = None,
     ) -> None:
-        """The counter row as it stands, with `catching_up` (and `owed` and `began_empty`,
-        if given)."""
+        """The counter row as it stands, with `catching_up` (and `owed`, `began_empty` and
+        `catch_up_from`, if given)."""
         self._write_meta(
             self.counter,
             self._last_ver,
@@ -1139,6 +1165,7 @@ class NodeStore:
             catching_up,
             owed=owed,
             began_empty=began_empty,
+            catch_up_from=catch_up_from,
         )
 
     def raise_counter(self, floor: int) -> None:
@@ -1172,6 +1199,7 @@ class NodeStore:
             last_ver = max(self._last_ver, counter * ROWS_PER_SAVE)
             suspect = max(self.suspect_through, self._last_ver)
             began_empty = self._catch_up_begins_empty()
+            since = self.catch_up_from if self.catching_up else last_ver
             self._write_meta(
                 counter,
                 last_ver,
@@ -1182,10 +1210,11 @@ class NodeStore:
                 True,
                 suspect_through=suspect,
                 began_empty=began_empty,
+                catch_up_from=since,
             )
             self.counter, self.store_id, self._last_ver = counter, store_id, last_ver
             self.suspect_through, self.catching_up = suspect, True
-            self.began_empty = began_empty
+            self.began_empty, self.catch_up_from = began_empty, since
 
     def mark_catching_up(self) -> None:
         """The node starts catching up: recorded before it serves, so a node stopped
@@ -1193,8 +1222,9 @@ class NodeStore:
         matches the token's (`save(caught_up=True)` clears it)."""
         with self._lock:
             began_empty = self._catch_up_begins_empty()
-            self._write_current_meta(catching_up=True, began_empty=began_empty)
-            self.catching_up, self.began_empty = True, began_empty
+            since = self.catch_up_from if self.catching_up else self._last_ver
+            self._write_current_meta(catching_up=True, began_empty=began_empty, catch_up_from=since)
+            self.catching_up, self.began_empty, self.catch_up_from = True, began_empty, since
 
     def _catch_up_begins_empty(self) -> bool:
         """Whether a catch-up beginning now holds no value of the node's own: the store has
@@ -1345,6 +1375,9 @@ class StoreRecords:
 
     def catch_up_began_empty(self) -> bool:
         return self._store.catching_up and self._store.began_empty
+
+    def copied_before_start(self, key: bytes) -> bool:
+        return self._store.copied_before_start(key)
 
 
 def _not_a_share_row(key: bytes) -> None:
