@@ -71,8 +71,9 @@ class World:
         #: A hostile answer in place of the honest one for one (host, path).
         self.hostile: dict[tuple[str, str], Callable[[httpx.Request], httpx.Response]] = {}
 
-    def deploy(self, epoch: int, fleet_id: bytes = FLEET_ID) -> bytes:
-        signed = sign_record(make_record(epoch=epoch, fleet_id=fleet_id), self.operator)
+    def deploy(self, epoch: int, fleet_id: bytes = FLEET_ID, retired_below: int = 0) -> bytes:
+        record = make_record(epoch=epoch, fleet_id=fleet_id, retired_below=retired_below)
+        signed = sign_record(record, self.operator)
         return FleetBundle.from_receipt(signed, self.witness.submit(signed.to_bytes())).to_bytes()
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -215,6 +216,28 @@ def test_the_state_remembers_the_epoch_and_refuses_going_back(world: World, tmp_
         assert not back.ok
         assert list(failed(back)) == ["epoch not older than the last accepted"]
     assert state.read_text() == kept  # not updated on a failure
+
+
+def test_a_relay_listing_an_epoch_the_current_record_retires_fails_it(
+    world: World, tmp_path: Path
+) -> None:
+    """Clients ask a retired epoch nothing; an auditor is told that the relay still lists
+    one (an honest relay refuses to), and the state is not updated."""
+    first, second, third = world.deploy(1), world.deploy(2), world.deploy(3, retired_below=2)
+    world.current, world.previous = third, {1: first, 2: second}
+    state = tmp_path / "audit.json"
+    reports = {r.epoch: r for r in world.run(state_file=state, check_node_measurements=False)}
+    assert reports[3].ok and reports[2].ok
+    assert reports[3].as_dict()["retired_below"] == 2
+    assert "retires the epochs below 2" in reports[3].text()
+    assert failed(reports[1]) == {
+        "not retired": "the current record (epoch 3) retires the epochs below 2, yet the relay"
+        " lists this one"
+    }
+    assert reports[1].verdict == "REFUSED"
+    assert not state.exists()
+    world.previous = {2: second}  # as an honest relay lists them
+    assert all(r.ok for r in world.run(state_file=state, check_node_measurements=False))
 
 
 def test_the_state_checkpoint_never_shrinks(world: World, tmp_path: Path) -> None:

@@ -188,6 +188,7 @@ class FleetReport:
             "epoch": self.epoch,
             "fleet_id": None if record is None else record.fleet_id.hex(),
             "measurement": None if record is None else record.measurement.hex(),
+            "retired_below": None if record is None else record.retired_below,
             "ok": self.ok,
             "verdict": self.verdict.lower(),
             "checks": [c.as_dict() for c in self.checks],
@@ -197,6 +198,8 @@ class FleetReport:
         head = f"fleet epoch {self.epoch if self.epoch is not None else '?'} ({self.source})"
         if self.record is not None:
             head += f": fleet {self.record.fleet_id.hex()}, {len(self.record.nodes)} nodes"
+            if self.record.retired_below:
+                head += f", retires the epochs below {self.record.retired_below}"
         lines = [head]
         for check in self.checks:
             mark = {"ok": "ok  ", "failed": "FAIL", "unreachable": "??  "}[check.status]
@@ -701,6 +704,7 @@ def verify_deployment(
         if checkpoint is not None and (newest is None or checkpoint.size > newest[0].size):
             newest = checkpoint, FleetBundle.from_bytes(bundle).checkpoint
         reports.append(report)
+    _check_retired(reports, [is_current for _, _, is_current in sources])
     if state_file is not None and newest is not None and all(r.ok for r in reports):
         shown = [r for r, (_, _, is_current) in zip(reports, sources, strict=True) if is_current]
         witness = trust.witness
@@ -715,6 +719,27 @@ def verify_deployment(
             ),
         )
     return reports
+
+
+def _check_retired(reports: list[FleetReport], current: list[bool]) -> None:
+    """An older epoch the relay lists that the current record retires fails: clients ask
+    it nothing, and an honest relay refuses to route one (docs/transparency.md, "Retiring
+    an epoch"); one that does is misconfigured, or sends clients to nodes that may be
+    anyone's by now."""
+    retiring = [r.record for r, now in zip(reports, current, strict=True) if now and r.record]
+    if not retiring:
+        return
+    record = retiring[0]
+    for report, now in zip(reports, current, strict=True):
+        if not now and report.record is not None and report.record.epoch < record.retired_below:
+            report.checks.append(
+                Check(
+                    "not retired",
+                    False,
+                    f"the current record (epoch {record.epoch}) retires the epochs below"
+                    f" {record.retired_below}, yet the relay lists this one",
+                )
+            )
 
 
 def _name_the_pin(report: FleetReport, state_file: Path | None) -> None:
