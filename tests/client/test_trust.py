@@ -711,11 +711,11 @@ def test_a_device_whose_key_may_be_on_a_retired_epoch_is_told_so() -> None:
             notes.append(message)
 
     threshold = cast(ThresholdVault, Threshold())
-    assert FleetSession(threshold, 3, iter([]), (1, 2)).migrate("password") is None
+    assert FleetSession(threshold, 3, iter([]), lambda: (1, 2)).migrate("password") is None
     assert len(notes) == 1
     assert "epoch 1, 2 of this fleet, which the operator has retired" in notes[0]
     assert "recovery code" in notes[0]
-    assert FleetSession(threshold, 3, iter([]), ()).migrate("password") is None
+    assert FleetSession(threshold, 3, iter([]), lambda: ()).migrate("password") is None
     assert len(notes) == 1
 
 

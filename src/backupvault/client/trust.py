@@ -783,13 +783,14 @@ class FleetSession:
         threshold: ThresholdVault,
         epoch: int | None = None,
         older: Iterator[tuple[int, FleetSession]] | None = None,
-        retired: tuple[int, ...] = (),
+        retired: Callable[[], tuple[int, ...]] | None = None,
     ) -> None:
         self.threshold = threshold
         self.epoch = epoch
         self._older = older
-        #: Older epochs this device used that the current record retires (never asked).
-        self.retired = retired
+        #: The older epochs this device used that the current record retires (never
+        #: asked), read only when a migration finds nothing.
+        self._retired = retired
         #: What `older` found so far: each older epoch is verified (and asked) once.
         self._older_seen: list[tuple[int, FleetSession]] = []
 
@@ -920,8 +921,9 @@ class FleetSession:
             with contextlib.suppress(VaultError):
                 old.threshold.delete(recovered.threshold, resend_until_erased=True)
             return replace(self.recover(password), migrated_from=epoch)
-        if self.retired:
-            epochs = ", ".join(map(str, self.retired))
+        retired = () if self._retired is None else self._retired()
+        if retired:
+            epochs = ", ".join(map(str, retired))
             self.threshold.notify(
                 f"note: this device used epoch {epochs} of this fleet, which the operator has"
                 " retired: a key left there is not asked for (its nodes may be anyone's now);"
@@ -1006,5 +1008,5 @@ def ota_session(
         threshold_vault(current, verified.record, notify, pending),
         verified.record.epoch,
         older(),
-        trust.retired_seen(verified.record),
+        lambda: trust.retired_seen(verified.record),
     )

@@ -168,8 +168,6 @@ def free_port() -> int:
     raise DeploymentError(f"no free loopback port between {min(ports)} and {max(ports)}")
 
 
-# A rotation's older node set keeps the record of the code that made it (a new record for
-# it would have to be a newer epoch, and so the current one): no `local upgrade` moves it.
 #: relay.toml's [relay] keys `_write_relay_config` writes itself; a rotation or a retirement
 #: keeps the others (limits and the like) as they were.
 _RELAY_MANAGED = frozenset(
@@ -185,6 +183,8 @@ _RELAY_MANAGED = frozenset(
     }
 )
 
+# A rotation's older node set keeps the record of the code that made it (a new record for
+# it would have to be a newer epoch, and so the current one): no `local upgrade` moves it.
 ROTATED_UPGRADE_HINT = (
     "an upgrade cannot give a rotation's older node sets a record for other code, so this"
     " deployment runs only on the version that made it: reinstall the version you rotated"
@@ -450,6 +450,19 @@ class LocalDeployment:
             ]
         write_toml(self.root / "relay.toml", {"listen": f"{HOST}:{port}", "relay": relay})
 
+    def _rewrite_relay_config(
+        self,
+        fleet: FleetDescription,
+        bundle_file: Path,
+        previous: list[tuple[FleetDescription, Path]],
+    ) -> None:
+        """relay.toml for another node set or bundle (a rotation, a retirement), on the
+        same port and with the settings the operator added kept as they were."""
+        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
+        kept = {k: v for k, v in relay_toml["relay"].items() if k not in _RELAY_MANAGED}
+        port = int(str(relay_toml["listen"]).rpartition(":")[2])
+        self._write_relay_config(port, fleet, bundle_file, previous, kept)
+
     def write_client_config(self, fleet: FleetDescription, relay_url: str, account: str) -> None:
         """The pinned client: `fleet`'s keys, and those of the older epochs the relay still
         routes (a rotation's), from which a recovery moves the entry to `fleet`. Without
@@ -646,11 +659,7 @@ class LocalDeployment:
         previous = [
             (self.fleet(e), self.fleet_dir(e) / BUNDLE_FILE) for e in reversed(self.epochs()[:-1])
         ]
-        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
-        relay = relay_toml["relay"]
-        kept = {k: v for k, v in relay.items() if k not in _RELAY_MANAGED}
-        port = int(str(relay_toml["listen"]).rpartition(":")[2])
-        self._write_relay_config(port, fleet, bundle, previous, kept)
+        self._rewrite_relay_config(fleet, bundle, previous)
         # Pinned clients need new keys (that is what pinning means), and the old ones to
         # move their entry from; OTA ones need neither.
         self.write_client_config(self.fleet(epoch), self.relay_url(), ACCOUNT)
@@ -720,10 +729,7 @@ class LocalDeployment:
             self.start_witness(which)
         epoch = fleet.epoch + 1
         bundle = self._deploy_and_log(self.fleet_dir() / "fleet.toml", epoch, first)
-        relay_toml = tomllib.loads((self.root / "relay.toml").read_text())
-        kept = {k: v for k, v in relay_toml["relay"].items() if k not in _RELAY_MANAGED}
-        port = int(str(relay_toml["listen"]).rpartition(":")[2])
-        self._write_relay_config(port, self.fleet(), bundle, [], kept)
+        self._rewrite_relay_config(self.fleet(), bundle, [])
         self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
         self._up(len(fleet.nodes), timeout)
         return epoch, first

@@ -1198,8 +1198,7 @@ class NodeStore:
             store_id = os.urandom(16)
             last_ver = max(self._last_ver, counter * ROWS_PER_SAVE)
             suspect = max(self.suspect_through, self._last_ver)
-            began_empty = self._catch_up_begins_empty()
-            since = self.catch_up_from if self.catching_up else last_ver
+            began_empty, since = self._catch_up_start(last_ver)
             self._write_meta(
                 counter,
                 last_ver,
@@ -1221,18 +1220,20 @@ class NodeStore:
         before it finishes catches up again at its next start, although its counter then
         matches the token's (`save(caught_up=True)` clears it)."""
         with self._lock:
-            began_empty = self._catch_up_begins_empty()
-            since = self.catch_up_from if self.catching_up else self._last_ver
+            began_empty, since = self._catch_up_start(self._last_ver)
             self._write_current_meta(catching_up=True, began_empty=began_empty, catch_up_from=since)
             self.catching_up, self.began_empty, self.catch_up_from = True, began_empty, since
 
-    def _catch_up_begins_empty(self) -> bool:
-        """Whether a catch-up beginning now holds no value of the node's own: the store has
-        no record, or every record in it is a copy of the catch-up it is still in, which
-        began empty (a node stopped during a wiped store's catch-up: what it copied before
-        is no value of its own, and checking the next copies against it refused the chosen
-        value against a sibling; docs/threshold.md, "Catching up")."""
-        return self._max_round == 0 or (self.catching_up and self.began_empty)
+    def _catch_up_start(self, last_ver: int) -> tuple[bool, int]:
+        """(`began_empty`, `catch_up_from`) for a catch-up beginning now, its versions
+        going on after `last_ver`; a catch-up still under way keeps where it began. It
+        began empty if the store has no record, or if every record in it is a copy of
+        the catch-up still under way, which began empty (a node stopped during a wiped
+        store's catch-up: what it copied before is no value of its own, and checking the
+        next copies against it refused the chosen value against a sibling)."""
+        if self.catching_up:
+            return self._max_round == 0 or self.began_empty, self.catch_up_from
+        return self._max_round == 0, last_ver
 
     def distrust_share_rows(self) -> None:
         """Every share row now in the store may hold a rolled-back count (the store was
