@@ -266,6 +266,10 @@ def test_local_retire_retires_the_older_epochs_for_every_client(
         for d in local.epochs()[:-1]
     }
     old_nodes = [local.node_name(i, d) for d in local.epochs()[:-1] for i in range(NODES)]
+    old_dirs = [local.fleet_dir(d) for d in local.epochs()[:-1]]
+    current_dir = local.fleet_dir()
+    made = [f"node{i}{part}" for i in range(NODES) for part in ("-token", "", ".pin", ".toml")]
+    assert all((d / name).exists() for d in [*old_dirs, current_dir] for name in made)
 
     done = subprocess.run(
         [sys.executable, "-m", "backupvault", "--json", "local", "retire", "--dir",
@@ -279,6 +283,10 @@ def test_local_retire_retires_the_older_epochs_for_every_client(
     assert all(e < current.retired_below for e in old_epochs)
     assert len(local.epochs()) == 1
     assert not set(old_nodes) & set(local.running())
+    # The retired nodes' tokens, PINs, stores and configs are gone (operations.md, step 3):
+    # their shares would still evaluate for an entry left there. The current set's stay.
+    assert not [d / name for d in old_dirs for name in made if (d / name).exists()]
+    assert all((current_dir / name).exists() for name in made)
     relay = local.relay_url()
     assert httpx.get(f"{relay}/v1/fleet/epochs").json() == {
         "current": current.epoch,

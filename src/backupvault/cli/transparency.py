@@ -734,7 +734,7 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
 def local_retire(ctx: Context, root: Path) -> None:
     """Retire the node sets older than the current one (after `local rotate`, once entries
     have moved): a record that retires their epochs, so no client asks them again; their
-    nodes stop and the relay no longer routes them."""
+    nodes stop, their tokens and stores are deleted, and the relay no longer routes them."""
     from backupvault.deploy.local import LocalDeployment
 
     deployment = LocalDeployment(root)
@@ -744,8 +744,8 @@ def local_retire(ctx: Context, root: Path) -> None:
     ctx.output.result(
         {"dir": str(root), "epoch": epoch, "retired_below": retired_below},
         f"epochs below {retired_below} retired: the record of epoch {epoch} says so, their"
-        " nodes are stopped and the relay no longer routes them; a key still there needs its"
-        " recovery code",
+        " nodes are stopped and wiped (tokens, PINs, stores) and the relay no longer routes"
+        " them; a key still there needs its recovery code",
     )
 
 

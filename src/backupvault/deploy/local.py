@@ -251,6 +251,12 @@ class LocalDeployment:
         """Every node set this deployment runs (oldest first), each by the epoch it began
         at; a set the current record retires (`local retire`) is left out: nothing starts
         or routes it again."""
+        sets, retired = self._sets()
+        return [e for e in sets if e >= retired]
+
+    def _sets(self) -> tuple[list[int], int]:
+        """Every node set ever made here, retired or not (oldest first), and the first
+        epoch the current record does not retire."""
         later = [
             int(p.name.removeprefix("epoch"))
             for p in self.root.glob("epoch*")
@@ -259,7 +265,7 @@ class LocalDeployment:
         sets = [1, *sorted(later)]
         current = self.fleet_dir(sets[-1]) / "fleet.toml"
         retired = FleetDescription.load(current).retired_below if current.exists() else 0
-        return [e for e in sets if e >= retired]
+        return sets, retired
 
     def current_epoch(self) -> int:
         return self.epochs()[-1]
@@ -731,8 +737,26 @@ class LocalDeployment:
         bundle = self._deploy_and_log(self.fleet_dir() / "fleet.toml", epoch, first)
         self._rewrite_relay_config(self.fleet(), bundle, [])
         self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
+        self._wipe_retired()
         self._up(len(fleet.nodes), timeout)
         return epoch, first
+
+    def _wipe_retired(self) -> None:
+        """Delete what made each retired set's nodes: tokens (their sealing keys), PINs,
+        stores and configs (docs/operations.md, "Retiring an older epoch", step 3). Their
+        shares still evaluate the OPRF for the entries that never moved, so t of them
+        with a copy of such an entry's manifest would give offline guesses at its
+        password; no client asks them again, so they serve no one. Done only after the
+        record that retires them is logged: a retirement cut short keeps them."""
+        sets, retired = self._sets()
+        for epoch in (e for e in sets if e < retired):
+            fleet_dir = self.fleet_dir(epoch)
+            for index in range(len(self.fleet(epoch).nodes)):
+                # The token first: without its sealing key the store's rows cannot be opened.
+                for folder in (f"node{index}-token", f"node{index}"):
+                    shutil.rmtree(fleet_dir / folder, ignore_errors=True)
+                for name in (f"node{index}.pin", f"node{index}.toml"):
+                    (fleet_dir / name).unlink(missing_ok=True)
 
     # ---- processes ---------------------------------------------------------------------
 
