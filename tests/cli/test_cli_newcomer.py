@@ -17,14 +17,15 @@ from pathlib import Path
 import click
 import pytest
 import tomli_w
-from console import backupvault  # tests/cli/console.py
+from console import CONSOLE_SCRIPT, backupvault  # tests/cli/console.py
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from backupvault.cli import main as cli_main
 from backupvault.cli.passwords import MIN_LENGTH, check_password, weakness
 from backupvault.client.errors import EVALUATION_UNANSWERED_HINT, FleetUnavailable
+from backupvault.client.threshold import password_bytes
 from backupvault.crypto import oprf, recovery
-from backupvault.errors import UsageError
+from backupvault.errors import InvalidInput, UsageError
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -1031,6 +1032,45 @@ def test_a_whitespace_password_is_refused_before_anything_is_sent(
     assert done.returncode == 2
     assert "only whitespace" in done.stderr
     assert "relay" not in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("json_errors", "stdin_errors"),
+    [(False, "surrogateescape"), (True, "surrogateescape"), (False, "strict"), (True, "strict")],
+)
+def test_a_password_that_is_no_utf8_is_refused_without_a_trace_of_it(
+    tmp_path: Path, source: Path, json_errors: bool, stdin_errors: str
+) -> None:
+    """A Latin-1 "huntér2" piped in: the codec's own message named the byte (e9) and its
+    place in the password, on stderr and in --json, with a hint to report it as a bug.
+    Read with surrogateescape (a C or UTF-8 locale) it failed at encoding; read strictly,
+    at decoding."""
+    config = _client_toml(tmp_path / "client.toml")  # its relay does not exist: never reached
+    args = ["--config", str(config), "backup", "create", str(source), "--storage"]
+    args += [str(tmp_path / "s"), "--password-stdin"]
+    done = subprocess.run(
+        [str(CONSOLE_SCRIPT), *(["--json"] if json_errors else []), *args],
+        input=b"hunt\xe9r2\n",
+        env={**os.environ, "PYTHONIOENCODING": f"utf-8:{stdin_errors}"},
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 2, done.stderr
+    said = (done.stdout + done.stderr).decode(errors="replace").lower()
+    assert "password" in said and "is not utf-8 text" in said, said
+    for trace in ("e9", "\\udce9", "position", "hunt", "bug"):
+        assert trace not in said, (trace, said)
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_lone_surrogate_is_no_password_and_is_not_shown() -> None:
+    with pytest.raises(UsageError, match="not UTF-8 text") as raised:
+        check_password("s3cr\udce9t\n")
+    assert "udce9" not in raised.value.message and "4" not in raised.value.message
+    with pytest.raises(InvalidInput) as refused:  # what an SDK caller gets
+        password_bytes("s3cr\udce9t")
+    assert "udce9" not in str(refused.value) and refused.value.__suppress_context__
 
 
 def test_check_password_strips_only_the_line_ending() -> None:

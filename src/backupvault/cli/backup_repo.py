@@ -28,6 +28,7 @@ from backupvault.cli.main import (
     recovery_code_option,
 )
 from backupvault.cli.main import pass_context as pass_ctx
+from backupvault.cli.passwords import read_secret_line
 from backupvault.errors import BackupVaultError, UsageError
 
 if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not maintenance
@@ -147,7 +148,7 @@ def code_for_existing_repository(url: str, source: Path) -> bytes:
     if sys.stdin.isatty():
         code = click.prompt("Recovery code of this repository", hide_input=True, err=True)
         return _recovery_code(code)
-    code = sys.stdin.readline()
+    code = read_secret_line("the recovery code")
     if not code.strip():
         raise UsageError(
             f"{url} already holds a repository: a backup into it with --recovery-code needs"

@@ -26,7 +26,7 @@ import click
 
 from backupvault import __version__
 from backupvault.cli.output import Output
-from backupvault.cli.passwords import check_password, weakness
+from backupvault.cli.passwords import check_password, read_secret_line, weakness
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
 
@@ -230,7 +230,7 @@ _run_config: Path | None = None
 
 def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password") -> str:
     if from_stdin:
-        line = sys.stdin.readline()
+        line = read_secret_line("the password")
         if not line:
             raise UsageError(
                 "--password-stdin: stdin ended before a password line",
@@ -508,7 +508,7 @@ def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
         # A terminal's stdin is the user: ask, as for a password, rather than wait unseen.
         code = click.prompt("Recovery code", hide_input=True, err=True)
     else:
-        code = sys.stdin.readline()
+        code = read_secret_line("the recovery code")
     if not code.strip():
         # Nothing given is a usage error (exit 2), not a mistyped code (exit 3).
         raise UsageError(
@@ -1370,7 +1370,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     The current password is checked first; only then is the new one asked for (twice)."""
     session = ctx.session()  # no password asked without it
     if password_stdin:
-        lines = [sys.stdin.readline(), sys.stdin.readline()]
+        lines = [read_secret_line("the password"), read_secret_line("the new password")]
         if not lines[1]:
             raise UsageError(
                 "--password-stdin expects two lines: the current password, then the new one",

@@ -12,16 +12,40 @@ guess limit is what protects a password, and the user may know better.
 
 from __future__ import annotations
 
+import sys
 from functools import cache
 
 from backupvault.errors import UsageError
 
 MIN_LENGTH = 10
+NOT_SHOWN = "nothing of it is shown and nothing was sent to the vault"
+
+
+def read_secret_line(what: str) -> str:
+    """One line of stdin that holds a secret (`what`: "the password", ...). A line that is
+    not UTF-8 is refused without a word of the decoder's message, which names the byte
+    and where it sits in the secret."""
+    try:
+        return sys.stdin.readline()
+    except UnicodeDecodeError:
+        raise UsageError(
+            f"{what} on stdin is not UTF-8 text", hint=f"give it as UTF-8; {NOT_SHOWN}"
+        ) from None
 
 
 def check_password(raw: str) -> str:
-    """`raw` without its line ending; refuses an empty or whitespace-only password."""
+    """`raw` without its line ending; refuses an empty or whitespace-only password, and
+    one that is not text (a byte that is no UTF-8, read as a lone surrogate)."""
     password = raw.removesuffix("\n").removesuffix("\r")
+    if not password.isascii():
+        try:
+            password.encode()
+        except UnicodeEncodeError:
+            # Without naming the character or its place: this message may end up in a log.
+            raise UsageError(
+                "the password is not UTF-8 text (a password file saved as Latin-1?)",
+                hint=f"convert it, e.g. `iconv -f latin1 -t utf-8`; {NOT_SHOWN}",
+            ) from None
     if not password:
         raise UsageError(
             "the password is empty",

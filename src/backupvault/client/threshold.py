@@ -116,8 +116,13 @@ def password_bytes(password: str) -> bytes:
     """The password as the OPRF takes it: the UTF-8 of its NFC form (the normalization of
     RFC 8265's OpaqueString profile). Without it "é" as one code point (most keyboards)
     and as e + U+0301 (a paste from a PDF, some input methods) were two passwords, and
-    the right one typed on another device counted as a wrong guess."""
-    return unicodedata.normalize("NFC", password).encode()
+    the right one typed on another device counted as a wrong guess. Refused, without
+    naming it, if it is no text (a lone surrogate: a byte that was no UTF-8)."""
+    try:
+        return unicodedata.normalize("NFC", password).encode()
+    except UnicodeEncodeError:
+        # The codec's message names the character and where it sits in the password.
+        raise InvalidInput("the password is not valid Unicode text (a lone surrogate)") from None
 
 
 def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
