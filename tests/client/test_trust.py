@@ -153,9 +153,8 @@ class Net:
         witness = {"witness-a.test": self.a, "witness-b.test": self.b}.get(host)
         if witness is not None and path == "/v1/head":
             try:
-                return httpx.Response(
-                    200, text=witness.head(bytes.fromhex(query["fleet"]), self.now)
-                )
+                fleet, nonce = bytes.fromhex(query["fleet"]), bytes.fromhex(query.get("nonce", ""))
+                return httpx.Response(200, text=witness.head(fleet, self.now, nonce))
             except UnknownFleet:
                 return httpx.Response(404)
         if witness is not None and path == "/v1/consistency":
@@ -695,7 +694,8 @@ def test_a_retired_epoch_is_never_asked_even_when_the_relay_lists_it(
         assert current.epoch == 3 and current.retired_below == 3
         net.asked.clear()
         assert list(device.older(net.http(), RELAY, current)) == []
-        assert net.asked == ["relay.test /v1/fleet/epochs"]  # no older bundle fetched
+        live = ["witness-a.test /v1/head", "witness-b.test /v1/head"]  # confirmed first
+        assert net.asked == [*live, "relay.test /v1/fleet/epochs"]  # no older bundle
     assert trust.retired_seen(current) == (1, 2)
     assert net.trust(tmp_path / "new device" / "state.json").retired_seen(current) == ()
 
@@ -717,6 +717,45 @@ def test_a_device_whose_key_may_be_on_a_retired_epoch_is_told_so() -> None:
     assert "recovery code" in notes[0]
     assert FleetSession(threshold, 3, iter([]), lambda: ()).migrate("password") is None
     assert len(notes) == 1
+
+
+def test_heads_recorded_before_a_retirement_cannot_send_a_device_to_the_retired_epoch(
+    net: Net, state_file: Path, tmp_path: Path
+) -> None:
+    """Review s39-B. Heads are public and good for max_age (a day): recorded just before
+    the operator logged a record retiring a compromised epoch, and replayed with the record
+    they named (which retired nothing), they made every device that had not yet seen the
+    retirement ask the retired nodes, the attack retirement is there to stop. Before an
+    older epoch is asked, each witness must answer a nonce drawn just then."""
+    net.deploy(1)
+    before = net.deploy(2)  # a rotation; epoch 1 still routed for migrations
+    device = net.trust(state_file)
+    assert device.current(net.http(), RELAY).record.epoch == 2
+    heads = honest_heads(net)
+    net.now += 3600
+    net.deploy(3, nodes=rotated_nodes(2), retired_below=3)  # epoch 1's nodes compromised
+    net.current = before  # the relay serves the record from before, the network the heads
+    for host, head in heads.items():
+        net.hostile[(host, "/v1/head")] = reply(200, text=head)
+    net.now += DEFAULT_MAX_AGE - 3600 - 60
+    for who in (device, net.trust(tmp_path / "new device" / "state.json")):
+        current = who.current(net.http(), RELAY).record  # fooled: good for a day
+        assert current.epoch == 2 and current.retired_below == 0
+        net.asked.clear()
+        with pytest.raises(FleetNotTrusted, match="challenge"):
+            list(who.older(net.http(), RELAY, current))
+        assert net.asked == ["witness-a.test /v1/head"]  # nothing of epoch 1
+    # Witnesses blocked instead: no kept head stands in for a live answer.
+    for host in ("witness-a.test", "witness-b.test"):
+        net.hostile[(host, "/v1/head")] = reply(503)
+    net.asked.clear()
+    with pytest.raises(FleetUnavailable, match="cannot be reached to confirm that epoch 2"):
+        list(device.older(net.http(), RELAY, current))
+    assert net.asked == ["witness-a.test /v1/head"]
+    # The witnesses answering live: the record from before is refused as retired.
+    net.hostile.clear()
+    with pytest.raises(FleetNotTrusted, match=r"epoch 2 of fleet .* is retired"):
+        list(device.older(net.http(), RELAY, current))
 
 
 def test_retiring_the_epochs_below_2_leaves_epoch_2_asked(net: Net, state_file: Path) -> None:

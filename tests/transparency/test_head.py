@@ -22,6 +22,7 @@ from backupvault.transparency.errors import (
 from backupvault.transparency.head import (
     DEFAULT_MAX_AGE,
     MAX_CLOCK_SKEW,
+    NONCE_LEN,
     check_head,
     open_head,
     sign_head,
@@ -123,6 +124,39 @@ def test_altered_or_malformed_heads_are_refused(
         open_head(bad_index, witness.verifier)
 
 
+def test_a_head_signs_back_the_clients_nonce(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey
+) -> None:
+    """A client that must know the record is current now sends a nonce (client/trust.py,
+    `_confirm_live`): the head carries it as a third line, under the signature, so a head
+    signed earlier cannot answer a later challenge."""
+    witness = make_witness()
+    signed = sign_record(make_record(epoch=1), operator_key)
+    witness.submit(signed.to_bytes())
+    nonce = bytes(range(NONCE_LEN))
+    note = witness.head(FLEET_ID, NOW, nonce)
+    assert f"\nnonce {nonce.hex()}\n" in note
+    head = open_head(note, witness.verifier)
+    assert head.nonce == nonce and head.epoch == 1
+    _check(note, witness.signer, signed, NOW)  # otherwise a head like any other
+    assert open_head(witness.head(FLEET_ID, NOW), witness.verifier).nonce == b""
+    swapped = note.replace(nonce.hex(), bytes(NONCE_LEN).hex())
+    with pytest.raises(BadNoteSignature):
+        open_head(swapped, witness.verifier)
+    with pytest.raises(MalformedNote):
+        witness.head(FLEET_ID, NOW, b"short")
+    lines = head.extensions()
+    for third in ("nonce " + "AB" * NONCE_LEN, "nonce " + "ab" * (NONCE_LEN + 1), "time 5"):
+        odd = Checkpoint(
+            witness.name, head.checkpoint.size, head.checkpoint.root_hash, (*lines[:2], third)
+        )
+        with pytest.raises(MalformedNote, match="not a fleet head"):
+            open_head(odd.sign(witness.signer), witness.verifier)
+    four = Checkpoint(witness.name, head.checkpoint.size, head.checkpoint.root_hash, (*lines, "x"))
+    with pytest.raises(MalformedNote, match="two extension lines"):
+        open_head(four.sign(witness.signer), witness.verifier)
+
+
 def test_head_over_http(make_witness: WitnessFactory, operator_key: Ed25519PrivateKey) -> None:
     witness = make_witness()
     signed = sign_record(make_record(epoch=1), operator_key)
@@ -136,6 +170,13 @@ def test_head_over_http(make_witness: WitnessFactory, operator_key: Ed25519Priva
             refused = http.get("/v1/head", params={"fleet": bad})
             assert refused.status_code == 400 and refused.json()["error"] == "bad_query"
         assert http.get("/v1/head").status_code == 400
+        nonce = bytes(range(NONCE_LEN)).hex()
+        answer = http.get("/v1/head", params={"fleet": FLEET_ID.hex(), "nonce": nonce})
+        assert answer.status_code == 200
+        assert open_head(answer.text, witness.verifier).nonce.hex() == nonce
+        for bad in ("XYZ", "ab", nonce.upper(), nonce + "00", "g" * 32):
+            refused = http.get("/v1/head", params={"fleet": FLEET_ID.hex(), "nonce": bad})
+            assert refused.status_code == 400 and refused.json()["error"] == "bad_query"
 
 
 def test_a_head_with_a_non_canonical_leaf_hash_is_refused(

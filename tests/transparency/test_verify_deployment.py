@@ -85,7 +85,12 @@ class World:
         if host == "witness.test" and path == "/v1/head":
             try:
                 return httpx.Response(
-                    200, text=self.witness.head(bytes.fromhex(query["fleet"]), int(time.time()))
+                    200,
+                    text=self.witness.head(
+                        bytes.fromhex(query["fleet"]),
+                        int(time.time()),
+                        bytes.fromhex(query.get("nonce", "")),
+                    ),
                 )
             except UnknownFleet:
                 return httpx.Response(404)

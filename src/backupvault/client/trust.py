@@ -52,6 +52,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
+import os
 import re
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -94,8 +95,14 @@ from backupvault.transparency import (
     verify_bundle,
 )
 from backupvault.transparency.bundle import MAX_BUNDLE_BYTES, check_log_growth
-from backupvault.transparency.errors import Malformed, MalformedNote
-from backupvault.transparency.head import DEFAULT_MAX_AGE, FleetHead, check_head, open_head
+from backupvault.transparency.errors import Malformed, MalformedNote, StaleHead
+from backupvault.transparency.head import (
+    DEFAULT_MAX_AGE,
+    NONCE_LEN,
+    FleetHead,
+    check_head,
+    open_head,
+)
 from backupvault.transparency.note import MAX_NOTE_BYTES
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
@@ -482,15 +489,16 @@ class OtaTrust:
         return tuple(replace(e, url=e.url.rstrip("/")) for e in endpoints)
 
     def _fetch_head(
-        self, http: httpx.Client, endpoint: WitnessEndpoint, fleet_id: bytes
+        self, http: httpx.Client, endpoint: WitnessEndpoint, fleet_id: bytes, nonce: bytes = b""
     ) -> str | None:
         name = endpoint.verifier.name
+        params = {"fleet": fleet_id.hex(), **({"nonce": nonce.hex()} if nonce else {})}
         try:
             answer = read_answer(
                 http,
                 "GET",
                 f"{endpoint.url}/v1/head",
-                params={"fleet": fleet_id.hex()},
+                params=params,
                 limit=MAX_NOTE_BYTES,
                 what=f"the fleet head from the witness {name}",
             )
@@ -551,7 +559,7 @@ class OtaTrust:
         state: TrustState,
         endpoint: WitnessEndpoint,
         head: FleetHead,
-        bundle_checkpoint: Checkpoint,
+        bundle_checkpoint: Checkpoint | None,
     ) -> None:
         """The head's tree must extend the newest one seen from that witness."""
         if endpoint.verifier.name == self.witness.name:
@@ -560,7 +568,9 @@ class OtaTrust:
             # it consistent with `last`: the head must extend the larger of the two. Else a
             # device with no (or an older) checkpoint takes a record from one history and
             # the head from another, both signed by this witness's key, without a word.
-            if last is None or bundle_checkpoint.size > last.size:
+            if bundle_checkpoint is not None and (
+                last is None or bundle_checkpoint.size > last.size
+            ):
                 last = bundle_checkpoint
         else:
             seen = state.last_head(endpoint.verifier)
@@ -706,6 +716,50 @@ class OtaTrust:
         seen = state.records(current.fleet_id)
         return tuple(sorted(e for e in seen if e < current.retired_below))
 
+    def _confirm_live(
+        self, http: httpx.Client, state: TrustState, current: DeploymentRecord
+    ) -> None:
+        """Every witness confirms, now, that `current` is still the fleet's latest record:
+        a head that signs back a nonce drawn here, never a kept head standing in. Asked
+        before any older epoch, since the latest record's `retired_below` says which are
+        retired: heads are public and good for `max_age`, so heads recorded just before a
+        retirement was logged, replayed with the record they named (which retired
+        nothing), sent a device that had not seen the retirement to the retired nodes for
+        a day (review s39-B)."""
+        leaf = state.records(current.fleet_id).get(current.epoch)
+        if leaf is None:
+            raise FleetNotTrusted(
+                f"epoch {current.epoch} of fleet {current.fleet_id.hex()} was never accepted"
+                " here as current"
+            )
+        now = max(int(self.clock()), state.trusted_time)
+        for endpoint in self.witnesses:
+            name = endpoint.verifier.name
+            nonce = os.urandom(NONCE_LEN)
+            note = self._fetch_head(http, endpoint, current.fleet_id, nonce)
+            if note is None:
+                raise FleetUnavailable(
+                    f"the witness {name} ({endpoint.url}) cannot be reached to confirm that"
+                    f" epoch {current.epoch} is still this fleet's latest record, which an"
+                    " older epoch is asked only after",
+                    hint="try again when the witness answers; nothing was asked of an older epoch",
+                )
+            try:
+                head = open_head(note, endpoint.verifier)
+                if head.nonce != nonce:
+                    raise StaleHead(
+                        f"the witness {name}'s head does not answer this client's challenge:"
+                        " an older answer, replayed",
+                        hint="something between you and the witness replays old answers; try"
+                        " again later",
+                    )
+                check_head(
+                    head, leaf, current.fleet_id, current.epoch, now=now, max_age=self.max_age
+                )
+                self._check_growth(http, state, endpoint, head, None)
+            except TransparencyError as err:
+                raise _refused(err) from None
+
     def older(
         self, http: httpx.Client, relay_url: str, current: DeploymentRecord
     ) -> Iterator[DeploymentRecord]:
@@ -714,8 +768,10 @@ class OtaTrust:
         None the current record retires (`retired_below`): a retired epoch's nodes may be
         anyone's by now, and one that answered "live" for a manifest of theirs would get
         an online guess at the password, and on a right one the key this device then
-        registers here (docs/transparency.md, "Retiring an epoch")."""
+        registers here (docs/transparency.md, "Retiring an epoch"). So every witness first
+        confirms, live, that `current` is still the latest record (`_confirm_live`)."""
         state = TrustState.load(self.state_file)
+        self._confirm_live(http, state, current)
         known = {
             epoch: OperatorSignedRecord.from_bytes(raw)
             for epoch, raw in state.records(current.fleet_id).items()

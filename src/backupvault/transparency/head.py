@@ -9,6 +9,7 @@ whole log with two extension lines:
     "backupvault-fleet-head/v1 " hex(fleet id) " " <epoch> " " <leaf index> " "
         base64(leaf hash) "\\n"
     "time " <unix seconds, decimal> "\\n"
+    [ "nonce " hex(16 bytes) "\\n" ]    only when the client sent one
 
 signed as a note by the witness key. It says: at `time`, in my log of `size` leaves with
 this root, the last record for this fleet id is leaf `leaf index`, of `epoch`, whose leaf
@@ -20,7 +21,10 @@ from that witness (`LogRolledBack`, `LogForked`).
 
 Anyone may ask for a head: it reveals nothing the log does not, and it can only say what
 the log holds now. A stateless client (a new device) is thereby refused a retired epoch,
-and a relay cannot freeze clients on an old bundle for longer than `max_age`.
+and a relay cannot freeze clients on an old bundle for longer than `max_age`. A client
+that must know the record is current *now* (before it asks an older epoch, which a newer
+record may have retired) sends a random nonce, and takes only a head that signs it back:
+a head recorded earlier and replayed cannot answer it.
 """
 
 from __future__ import annotations
@@ -54,6 +58,9 @@ _HEAD_LINE = re.compile(
     HEAD_TAG + r" ([0-9a-f]{2,128}) (0|[1-9][0-9]{0,19}) (0|[1-9][0-9]{0,19}) ([A-Za-z0-9+/=]{44})"
 )
 _TIME_LINE = re.compile(r"time (0|[1-9][0-9]{0,19})")
+#: A client's challenge: 16 random bytes, in lowercase hex on the wire and in the head.
+NONCE_LEN = 16
+_NONCE_LINE = re.compile(r"nonce ([0-9a-f]{32})")
 
 
 @dataclass(frozen=True)
@@ -64,13 +71,16 @@ class FleetHead:
     leaf_index: int
     leaf_hash: bytes
     time: int
+    #: The client's challenge this head answers (b"": asked without one).
+    nonce: bytes = b""
 
     def extensions(self) -> tuple[str, ...]:
         leaf = base64.b64encode(self.leaf_hash).decode()
-        return (
+        lines = (
             f"{HEAD_TAG} {self.fleet_id.hex()} {self.epoch} {self.leaf_index} {leaf}",
             f"time {self.time}",
         )
+        return (*lines, f"nonce {self.nonce.hex()}") if self.nonce else lines
 
 
 def sign_head(
@@ -82,10 +92,20 @@ def sign_head(
     leaf_index: int,
     leaf_hash: bytes,
     time: int,
+    nonce: bytes = b"",
 ) -> str:
-    """The signed note of a fleet head (what `GET /v1/head` serves)."""
+    """The signed note of a fleet head (what `GET /v1/head` serves), answering `nonce`
+    if the client sent one."""
+    if nonce and len(nonce) != NONCE_LEN:
+        raise MalformedNote(f"a head's nonce is {NONCE_LEN} bytes")
     head = FleetHead(
-        Checkpoint(signer.name, size, root_hash), fleet_id, epoch, leaf_index, leaf_hash, time
+        Checkpoint(signer.name, size, root_hash),
+        fleet_id,
+        epoch,
+        leaf_index,
+        leaf_hash,
+        time,
+        nonce,
     )
     return Checkpoint(signer.name, size, root_hash, head.extensions()).sign(signer)
 
@@ -93,11 +113,12 @@ def sign_head(
 def open_head(note: str | bytes, verifier: Verifier) -> FleetHead:
     """A fleet head signed by `verifier` for its own log (nothing about freshness yet)."""
     checkpoint = open_checkpoint(note, verifier)
-    if len(checkpoint.extensions) != 2:
-        raise MalformedNote("a fleet head has exactly two extension lines")
+    if len(checkpoint.extensions) not in (2, 3):
+        raise MalformedNote("a fleet head has two extension lines, and a nonce line if asked")
     head = _HEAD_LINE.fullmatch(checkpoint.extensions[0])
     time = _TIME_LINE.fullmatch(checkpoint.extensions[1])
-    if head is None or time is None:
+    nonce = _NONCE_LINE.fullmatch(checkpoint.extensions[2]) if checkpoint.extensions[2:] else None
+    if head is None or time is None or (checkpoint.extensions[2:] and nonce is None):
         raise MalformedNote("not a fleet head (see docs/transparency.md, Fleet heads)")
     fleet_hex, epoch, index, leaf_b64 = head.groups()
     leaf_hash = unbase64(leaf_b64, "a fleet head's leaf hash")  # canonical, as every note's
@@ -107,7 +128,10 @@ def open_head(note: str | bytes, verifier: Verifier) -> FleetHead:
     if any(v >= 1 << 64 for v in values) or values[1] >= checkpoint.size:
         raise MalformedNote("a fleet head's numbers are out of range")
     plain = Checkpoint(checkpoint.origin, checkpoint.size, checkpoint.root_hash)
-    return FleetHead(plain, bytes.fromhex(fleet_hex), values[0], values[1], leaf_hash, values[2])
+    challenge = b"" if nonce is None else bytes.fromhex(nonce.group(1))
+    return FleetHead(
+        plain, bytes.fromhex(fleet_hex), values[0], values[1], leaf_hash, values[2], challenge
+    )
 
 
 def check_head(

@@ -182,9 +182,10 @@ class Witness:
         with self._lock:
             return self._current_checkpoint()[0]
 
-    def head(self, fleet_id: bytes, now: int) -> str:
+    def head(self, fleet_id: bytes, now: int, nonce: bytes = b"") -> str:
         """The fleet's head (transparency/head.py), signed now: its latest record in the
-        current tree. UnknownFleet when the log holds no record of the fleet."""
+        current tree, answering the client's `nonce` if it sent one. UnknownFleet when the
+        log holds no record of the fleet."""
         with self._lock:
             state = self.store.fleet(fleet_id)
             if state is None:
@@ -200,6 +201,7 @@ class Witness:
                 state.last_index,
                 leaf_hash,
                 now,
+                nonce,
             )
 
     def _check_size(self, size: int) -> None:

@@ -7,8 +7,10 @@
     GET  /v1/inclusion?index=I&size=N 200: {"index", "size", "leaf_hash", "proof": [base64]}
     GET  /v1/leaves?start=S&end=E   200: {"start", "end", "leaves": [base64 leaf, …]}
                                     (end exclusive, clamped to the log and 256 leaves)
-    GET  /v1/head?fleet=HEX         200: the fleet's head, signed now (text/plain, a signed
-                                    note; transparency/head.py); 404 for a fleet never logged
+    GET  /v1/head?fleet=HEX[&nonce=HEX]
+                                    200: the fleet's head, signed now (text/plain, a signed
+                                    note; transparency/head.py), answering the client's
+                                    16-byte nonce if given; 404 for a fleet never logged
     GET  /v1/witness                200: {"name", "vkey"}
 
 Errors are JSON `{"error": code, "detail": message}`: 400 malformed input, 403 a record the
@@ -54,6 +56,7 @@ MAX_BODY = 1 << 20
 _UINT = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
+_NONCE_HEX = re.compile(r"[0-9a-f]{32}")  # transparency/head.py, NONCE_LEN
 #: Requests per client address (an IPv6 client: its /64), any route: a burst, then a
 #: steady rate. An honest client or auditor asks a few times per run (a checkpoint, a
 #: proof, a head); without a bucket one address kept the witness signing heads and
@@ -219,10 +222,16 @@ def create_app(
 
     async def head(request: Request) -> Response:
         fleet = request.query_params.get("fleet", "")
+        nonce = request.query_params.get("nonce", "")
         if not _FLEET_HEX.fullmatch(fleet):
             return _error(400, "bad_query", "'fleet' is the fleet id in lowercase hex")
+        if nonce and not _NONCE_HEX.fullmatch(nonce):
+            return _error(400, "bad_query", "'nonce' is 16 bytes in lowercase hex")
+        now = int(time.time())
         try:
-            note = await run_in_threadpool(witness.head, bytes.fromhex(fleet), int(time.time()))
+            note = await run_in_threadpool(
+                witness.head, bytes.fromhex(fleet), now, bytes.fromhex(nonce)
+            )
         except UnknownFleet as err:
             return _error(404, err.code, err.message)
         return PlainTextResponse(note)
