@@ -990,6 +990,7 @@ def test_a_backup_that_could_not_read_a_file_saves_the_rest_and_exits_8(
         {"path": "notes.txt", "reason": "cannot read it (Permission denied)", "unread": True}
     ]
     assert result["files"] == 1 and result["backup_id"]
+    assert result["files_read"] == 1  # notes.txt was tried, not read
     assert any("1 file or folder could not be read" in w for w in result["warnings"])
     quiet = outputs[1].err
     assert "warning: skipped notes.txt: cannot read it (Permission denied)" in quiet

@@ -907,7 +907,8 @@ def _create_locked(
         folders=summary.folders,
         links=summary.links,
         size=summary.size,
-        files_read=files_read,
+        # Files it could not read (or that vanished) were tried, not read.
+        files_read=files_read - len(vanished),
         added=added,
         stored=stored,
         url=repo.backend.display_url,
