@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,10 +21,19 @@ from backupvault.cli.output import Output
 from backupvault.client.errors import WrongPassword
 
 
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    """SIGINT as a terminal's command gets it (a pytest-xdist worker ignores it, and an
+    ignored SIGINT stays ignored: test_an_ignored_sigint_stays_ignored_during_the_check)."""
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
 def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(
     capfd: pytest.CaptureFixture[str],
 ) -> None:
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
+    before = signal.getsignal(signal.SIGINT)
     for signum in (signal.SIGINT, signal.SIGTERM):
         finished = []
         with pytest.raises(Interrupted) as stopped, _password_check(Output()):
@@ -37,6 +47,23 @@ def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(
         assert "finishing the password check with the vault" in err
         assert "press Ctrl-C again to stop now" in err
     assert signal.getsignal(signal.SIGINT) is before  # put back
+
+
+def test_an_ignored_sigint_stays_ignored_during_the_check() -> None:
+    """A job a script starts with `&` inherits SIGINT ignored: the data phase of a backup
+    ignored it, the password check stopped the command on it (review s39-C). SIGTERM is
+    still deferred."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    finished = []
+    with pytest.raises(Interrupted) as stopped, _password_check(Output()):
+        os.kill(os.getpid(), signal.SIGINT)
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+        os.kill(os.getpid(), signal.SIGTERM)  # the first signal it takes: deferred
+        finished.append(True)
+    assert finished == [True] and stopped.value.exit_code == 130
+    with _password_check(Output()):
+        os.kill(os.getpid(), signal.SIGINT)  # alone: nothing at all
+    assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
 
 
 def test_a_second_signal_during_the_password_check_stops_at_once() -> None:
@@ -104,7 +131,7 @@ def test_a_signal_after_the_snapshot_is_saved_leaves_the_backup_a_success(
         os.kill(os.getpid(), signal.SIGINT)
         os.kill(os.getpid(), signal.SIGTERM)
 
-    before = signal.getsignal(signal.SIGINT)  # SIG_IGN in a pytest-xdist worker
+    before = signal.getsignal(signal.SIGINT)
     monkeypatch.setattr(cli_main, "_committed", then_signalled)
     source = tmp_path / "source"
     source.mkdir()

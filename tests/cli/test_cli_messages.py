@@ -158,6 +158,35 @@ def test_a_usage_error_says_what_to_do(tmp_path: Path, args: list[str], hinted: 
     assert hinted in str(error["hint"]), error
 
 
+def test_a_usage_hint_names_commands_only_where_there_are_some(tmp_path: Path) -> None:
+    """`backup ls` with its argument missing pointed at "its commands and options": it
+    has none of the first (review s39-C)."""
+    leaf = backupvault("--json", "backup", "ls", "--storage", str(tmp_path))
+    assert leaf.returncode == 2
+    assert json.loads(leaf.stderr)["hint"] == "`backupvault backup ls --help` lists its options"
+    group = backupvault("--json", "backup", "--bogus")
+    assert group.returncode == 2
+    assert "lists its commands and options" in json.loads(group.stderr)["hint"]
+
+
+def test_operator_commands_missing_their_inputs_say_what_to_give(tmp_path: Path) -> None:
+    """Review s39-C: `verify-deployment` with the pinned client.toml `local up` writes, and
+    `fleet measure` with no option, said what was missing but not where it is."""
+    from tests.cli.test_cli_newcomer import _client_toml
+
+    pinned = _client_toml(tmp_path / "client.toml")
+    pinned.chmod(0o600)
+    cases = [
+        (["--config", str(pinned), "verify-deployment"], "client-ota.toml beside client.toml"),
+        (["verify-deployment"], "--operator-key deploy.pub --witness-key"),
+        (["fleet", "measure"], "--record deployment.bin"),
+    ]
+    for args, hinted in cases:
+        done = backupvault("--json", *args)
+        assert done.returncode == 2, done.stderr
+        assert hinted in str(json.loads(done.stderr)["hint"]), (args, done.stderr)
+
+
 def test_a_question_without_a_terminal_says_to_pass_yes(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", io.StringIO("y\n"))  # a pipe: never read as the answer
     with pytest.raises(UsageError) as raised:

@@ -230,6 +230,7 @@ def test_a_bad_port_range_stops_local_up_before_it_provisions(tmp_path: Path) ->
     assert up.returncode == 1
     assert "BACKUPVAULT_PORTS='80-90'" in up.stderr and "FIRST-LAST" in up.stderr
     assert "Traceback" not in up.stderr
+    assert "provisioning" not in up.stderr  # it was said first, then refused (review s39-C)
     assert not deployment.exists() or list(deployment.iterdir()) == []
 
 

@@ -394,7 +394,10 @@ def _deferring(output: Output, deferral: _Deferral) -> Iterator[None]:
     previous: dict[signal.Signals, Any] = {}
     with contextlib.suppress(ValueError):  # not the main thread (an embedding): no signals
         for signum in (signal.SIGINT, signal.SIGTERM):
-            previous[signum] = signal.signal(signum, deferred)
+            # An ignored signal stays ignored, as it is for the rest of the command (a job
+            # a script starts with `&` inherits SIGINT ignored): it stopped only this step.
+            if signal.getsignal(signum) is not signal.SIG_IGN:
+                previous[signum] = signal.signal(signum, deferred)
     try:
         yield
     except _Cut:
@@ -1526,7 +1529,8 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     unknown = re.fullmatch(r"No such command '(.*)'\.", message, re.S)
     if unknown is not None and (here := _as_named_here(err.ctx, unknown.group(1))):
         return here
-    return f"`{err.ctx.command_path} --help` lists its commands and options"
+    what = "commands and options" if isinstance(err.ctx.command, click.Group) else "options"
+    return f"`{err.ctx.command_path} --help` lists its {what}"
 
 
 #: restic's commands that have another name here.

@@ -47,7 +47,12 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     """Start (provisioning the first time) a local fleet, witness and relay; writes
     DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys), and renews
     their account tokens when they are close to expiry."""
-    from backupvault.deploy.local import LOCK_FILE, TOKEN_RENEW_BEFORE, LocalDeployment
+    from backupvault.deploy.local import (
+        LOCK_FILE,
+        TOKEN_RENEW_BEFORE,
+        LocalDeployment,
+        local_ports,
+    )
 
     deployment = LocalDeployment(root)
     renewed: list[str] = []
@@ -67,6 +72,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
                 " folder private (mode 0700) and fills it with keys",
                 hint=f"give --dir a new folder, such as {root / 'bv'}",
             )
+        local_ports()  # a bad BACKUPVAULT_PORTS is refused before "provisioning" is said
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
     else:
         renewed = deployment.renew_client_tokens()

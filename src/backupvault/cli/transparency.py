@@ -213,7 +213,11 @@ def fleet_measure(
     )
 
     if (fleet_file is None) == (record_file is None):
-        raise UsageError("give --fleet-file or --record (one of them)")
+        raise UsageError(
+            "give --fleet-file or --record (one of them)",
+            hint="--fleet-file fleet.toml measures the code installed here for that fleet;"
+            " --record deployment.bin reads the measurement a deployment record names",
+        )
     if fleet_file is not None:
         config = FleetDescription.load(fleet_file).firmware_config()
     else:
@@ -416,6 +420,18 @@ def witness_serve(witness_config: Path, listen: str | None) -> None:
     serve(WitnessConfig.load(witness_config), host, port)
 
 
+#: verify-deployment without the keys it checks with.
+_TRUST_HINT = (
+    "an OTA client config (`local up` writes DIR/client-ota.toml) holds the operator and"
+    " witness keys; without one give --operator-key deploy.pub --witness-key witness.vkey"
+)
+_OTA_HINT = (
+    "this config pins the fleet's keys and holds no operator or witness key: give the OTA"
+    " one (`local up` writes DIR/client-ota.toml beside client.toml), or --operator-key"
+    " and --witness-key"
+)
+
+
 def _client_ota(ctx: Context) -> ClientConfig | None:
     if ctx.config_path is None:
         return None
@@ -602,10 +618,16 @@ def verify_deployment_command(
     elif ota is not None:
         operator = ota.operator_key
     else:
-        raise UsageError("give --operator-key, or --config with an OTA client config")
+        raise UsageError(
+            "give --operator-key, or --config with an OTA client config",
+            hint=_OTA_HINT if ctx.config_path is not None else _TRUST_HINT,
+        )
     verifier = _verifier(ctx, witness_key, witness_name, "--witness-key")
     if verifier is None:
-        raise UsageError("give --witness-key, or --config with an OTA client config")
+        raise UsageError(
+            "give --witness-key, or --config with an OTA client config",
+            hint=_OTA_HINT if ctx.config_path is not None else _TRUST_HINT,
+        )
     if relay_url is None and bundle_file is None:
         if config is None:
             raise UsageError("give --relay URL or --bundle FILE")

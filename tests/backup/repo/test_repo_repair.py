@@ -104,7 +104,7 @@ def test_a_flipped_byte_loses_that_chunk_alone_and_the_next_backup_stores_it_aga
     # The older snapshot restores every other file; check names only the one lost.
     _restores(repo, root_key, source, first, [f for f in _files(source) if f != "a/f03"])
     checked = maintenance.check(_open(repo, root_key), read_data=True)
-    assert checked.errors == [f"snapshot {first} uses 1 chunks in no index"]
+    assert checked.errors == [f"snapshot {first} uses 1 chunk in no index"]
     assert [d.paths for d in checked.damaged_files] == [["a/f03"]]
 
     _next_backup_restores_whole(repo, root_key, source)

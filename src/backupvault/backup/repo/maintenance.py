@@ -609,7 +609,8 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
         used = {c for e in snap.entries or [] if e.kind == FILE for c in e.chunks}
         missing = used - index.chunks.keys()
         if missing:
-            result.errors.append(f"snapshot {name} uses {len(missing)} chunks in no index")
+            chunks = "chunk" if len(missing) == 1 else "chunks"
+            result.errors.append(f"snapshot {name} uses {len(missing)} {chunks} in no index")
         files = _files_lost(snap, restorable)
         if files is not None:
             result.damaged_files.append(files)
