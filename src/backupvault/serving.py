@@ -172,6 +172,10 @@ class _HeadDeadline(HttpToolsProtocol):
     #: pieces of a trailer field as a head's, so they are bounded as a head is.
     _unbodied_bytes = 0
     _body_in_read = False
+    #: The request line's target and header fields of the head being parsed, in bytes:
+    #: a head and its body in one read are parsed before `_head_bytes` is checked, and
+    #: the head's completion resets that count, so a head up to a read's size passed.
+    _field_bytes = 0
     _head_too_large = False
     _discarding = False
     _send_timer: asyncio.TimerHandle | None = None
@@ -257,13 +261,25 @@ class _HeadDeadline(HttpToolsProtocol):
         ):
             self._refuse_head()
 
+    def on_url(self, url: bytes) -> None:
+        self._count_field(len(url))
+        super().on_url(url)
+
     def on_header(self, name: bytes, value: bytes) -> None:
         # Within one read (up to 256 KiB) the parser makes every field before the byte
-        # count above is checked: the number of fields is bounded as they come.
+        # count above is checked: the number of fields, and their bytes, are bounded as
+        # they come.
         if len(self.headers) >= MAX_HEADERS:
             self._head_too_large = True
             raise ValueError("too many header fields")  # the parser stops: a 400 below
+        self._count_field(len(name) + len(value))
         super().on_header(name, value)
+
+    def _count_field(self, size: int) -> None:
+        self._field_bytes += size
+        if self._field_bytes > MAX_HEAD_BYTES:
+            self._head_too_large = True
+            raise ValueError("request head too large")  # the parser stops: a 431 below
 
     def send_400_response(self, msg: str) -> None:
         if self._head_too_large:
@@ -286,6 +302,7 @@ class _HeadDeadline(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self._stop_head_clock()
         self._head_bytes = 0
+        self._field_bytes = 0
         self._unbodied_bytes = 0
         self._in_body = True
         limit = self.limit_concurrency
