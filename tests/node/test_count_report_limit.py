@@ -90,12 +90,12 @@ def test_an_open_request_is_sent_once_per_interval_and_stray_reports_go_unread(
         assert service.peer_frame(1, frame(1, [stray] * 50)) == 0
         assert reads == [] and service.metrics["count_reports_ignored"] == 50
         # Misdirected ones (another reporter's index, or for another node) are refused,
-        # unread too.
+        # unread too; the first refused one ends the frame (the rest are not opened).
         misdirected = [
             dataclasses.replace(stray, entry="chat", reporter=3),
             dataclasses.replace(stray, entry="chat", requester=2),
         ]
-        assert service.peer_frame(1, frame(1, misdirected * 25)) == 50
+        assert service.peer_frame(1, frame(1, misdirected * 25)) == 1
         assert reads == []
         await service.stop()
 

@@ -7,11 +7,15 @@ are dropped before they reach the state machine or the disk."""
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 from pathlib import Path
+from types import SimpleNamespace
 
-from peer_shell import Clock, frame, node_service, open_store, opened
+import pytest
+from peer_shell import Clock, channel, frame, node_service, open_store, opened
 
+from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
@@ -25,6 +29,7 @@ from backupvault.fleet.messages import (
 )
 from backupvault.fleet.replica import MAX_ROUND_STEP
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
+from backupvault.node.peers import MAX_FRAME_MESSAGES, join_frame
 from backupvault.node.service import NodeService
 from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
 from backupvault.protocol import EntryStatus
@@ -276,6 +281,46 @@ def test_a_promise_of_a_value_that_does_not_decode_closes_no_honest_stream(
         assert len(accepts) == 1 and accepts[0].round == prepare.round  # the round went on
         assert service._fatal is None
         task.cancel()
+        await service.stop()
+
+    asyncio.run(scenario())
+
+
+def test_a_refused_message_ends_its_frame_and_a_frame_has_a_bounded_number_of_messages(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Review s39-A: node 1 (its identity key stolen) sent one frame of 1.27 million forged
+    messages; node 0 opened and logged each (20 s without serving, 130 MiB of log). A
+    refused message now ends its frame (one log line; what follows is not opened, the
+    stream closes), and a frame of more than MAX_FRAME_MESSAGES is refused whole. An
+    honest node's batches are split to fit."""
+
+    async def scenario() -> None:
+        clock = Clock()
+        service, _ = node_service(tmp_path, clock)
+        forged = channel(2).seal(0, Prepare(os.urandom(16), KEY, 1, 2))  # node 2's, on 1's
+        honest = join_frame([channel(1).seal(0, Prepare(os.urandom(16), KEY, 1, 1))])
+        many = join_frame([forged] * MAX_FRAME_MESSAGES)
+        stepped: list[object] = []
+        receive = service.replica.receive
+        service.replica.receive = lambda *a: stepped.append(a) or receive(*a)  # type: ignore[method-assign]
+        with caplog.at_level(logging.WARNING, logger="backupvault.node"):
+            assert service.peer_frame(1, many) == 1
+            assert service.peer_frame(1, join_frame([forged]) + honest) == 1
+        assert stepped == []  # the honest message after the refused one was not opened
+        assert len([r for r in caplog.records if "refused peer message" in r.message]) == 2
+        too_many = frame(1, [Prepare(os.urandom(16), KEY, 1, 1)] * (MAX_FRAME_MESSAGES + 1))
+        with pytest.raises(InvalidInput, match=f"more than {MAX_FRAME_MESSAGES} messages"):
+            service.peer_frame(1, too_many)
+        assert stepped == []
+        assert service.peer_frame(1, frame(1, [Prepare(os.urandom(16), KEY, 1, 1)])) == 0
+        assert len(stepped) == 1
+        # An honest batch larger than a frame holds leaves as several frames.
+        frames: list[list[bytes]] = []
+        links, service._links = service._links, {1: SimpleNamespace(send=frames.append)}  # type: ignore[dict-item]
+        NodeService._send_frame(service, 1, [forged] * (2 * MAX_FRAME_MESSAGES + 1))
+        assert [len(f) for f in frames] == [MAX_FRAME_MESSAGES, MAX_FRAME_MESSAGES, 1]
+        service._links = links
         await service.stop()
 
     asyncio.run(scenario())

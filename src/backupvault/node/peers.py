@@ -42,6 +42,10 @@ MAX_UNAUTHENTICATED = 32
 HELLO_SECONDS = 5.0
 #: Messages waiting for a stream to a peer; beyond this the oldest are dropped (lost).
 MAX_QUEUED_MESSAGES = 4096
+#: Messages in one frame: a sender splits a longer batch, and a receiver refuses a frame
+#: holding more (it opens a frame's messages in one turn of its event loop: a hostile
+#: peer's 64 MiB frame of a million messages stalled a node for 20 s, review s39).
+MAX_FRAME_MESSAGES = 1024
 #: A message not handed to the socket within this time after it was queued is dropped:
 #: the quarantine of a restarted node (docs/fleet.md) counts on peer messages being
 #: given up after 2 s, as the HTTP posts before streams did.
@@ -72,9 +76,11 @@ def join_frame(envelopes: list[bytes]) -> bytes:
 
 
 def split_frame(frame: bytes) -> list[bytes]:
-    envelopes = []
+    envelopes: list[bytes] = []
     at = 0
     while at < len(frame):
+        if len(envelopes) == MAX_FRAME_MESSAGES:
+            raise InvalidInput(f"peer frame holds more than {MAX_FRAME_MESSAGES} messages")
         if at + 4 > len(frame):
             raise InvalidInput("peer frame ends inside a length")
         (length,) = _LENGTH.unpack_from(frame, at)
