@@ -105,6 +105,10 @@ SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
 SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
+#: A follower's copy of a joinable change waits this many times the usual time to join
+#: before it is forwarded (`_begin`), and at most `JOIN_WAIT_CAP` of a round's timeout.
+JOIN_WAIT_FACTOR = 2.0
+JOIN_WAIT_CAP = 0.5
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
@@ -232,6 +236,9 @@ class _Proposal:
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
     forwards: int = 0
+    # Set once a joinable change waited to join before its first Forward (`_begin`).
+    waited: bool = False
+    created: float = 0.0
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
@@ -318,6 +325,9 @@ class Replica:
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
+        # Moving average of how long a follower's joinable change took to join the value
+        # chosen from the leader's own copy (None: none joined yet; `_begin`).
+        self._join_seconds: float | None = None
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
@@ -402,7 +412,7 @@ class Replica:
         # Checked always: a record under another key could overwrite this node's own rows.
         require(self._key_ok(key), "a proposal for a key the application does not replicate")
         proposal = _Proposal(
-            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
+            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable, created=now
         )
         return self._submit(proposal, now)
 
@@ -824,6 +834,23 @@ class Replica:
         """Start (or restart) a proposal: through the leader unless it went leaderless."""
         if not self.ready or proposal.leaderless or not self.timing.leader:
             return self._start_round(proposal, now)
+        if (
+            proposal.joinable
+            and not proposal.waited
+            and self._join_seconds is not None
+            and self.leader(now) != self.node
+        ):
+            # Every node got its own copy of this change (the threshold flow's fan-out),
+            # the leader too, and its round usually reaches this node first: this copy
+            # then joins the chosen value (`_count_chosen`), and a Forward sent now would
+            # only reach the leader after its Accept, and its "retry" answer come back
+            # after the join. So it waits twice as long as joins take here, then goes as
+            # before: only a leader that missed its copy costs that wait.
+            proposal.waited = True
+            proposal.phase = "backoff"
+            wait = JOIN_WAIT_FACTOR * self._join_seconds
+            proposal.retry_at = now + min(wait, JOIN_WAIT_CAP * self.timing.round_timeout)
+            return []
         record = self._record(proposal.key)
         return self._forward(proposal, record.accepted, record.value, now)
 
@@ -1004,6 +1031,9 @@ class Replica:
             joined = self._joined(proposal, now)
             if joined is None:
                 continue
+            took = now - proposal.created
+            last = self._join_seconds
+            self._join_seconds = took if last is None else 0.8 * last + 0.2 * took
             if proposal is queue[0]:
                 effects += self._finish(proposal, joined, now)
             else:
