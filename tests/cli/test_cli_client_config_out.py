@@ -38,3 +38,15 @@ def test_an_existing_out_file_is_refused_without_force_and_replaced_with_it(
     assert not out.is_symlink() and target.read_text() == "kept\n"
     assert ClientConfig.load(out).account == "alice"
     assert os.stat(out).st_mode & 0o777 == 0o600
+
+
+def test_a_malformed_option_value_is_a_usage_error_and_writes_nothing(tmp_path: Path) -> None:
+    """A mistyped --device-key was exit 1; every other wrong option value is 2 (review
+    s39-C: docs/cli.md, exit codes)."""
+    fleet = tmp_path / "fleet.toml"
+    write_fleet_file(fleet)
+    code, error = client_config(tmp_path, fleet, "--device-key", "zz")
+    assert code == 2, error
+    assert "field 'device_key' is malformed" in error["error"]
+    assert "--device-key" in str(error["hint"])
+    assert not (tmp_path / "client.toml").exists()

@@ -46,7 +46,7 @@ def test_a_malformed_or_misplaced_other_witness_is_refused_and_nothing_written(
     ota = ["--ota", OPERATOR, "--witness-key", vkey("w1.test/log"), "--witness-url", "http://w1"]
     for extra, exit_code, says in [
         ([*ota, "--also-witness", vkey("w2.test/log")], 2, "VKEY@URL"),
-        ([*ota, "--also-witness", "not-a-vkey@http://w2.test"], 1, "it comes from --also-witness"),
+        ([*ota, "--also-witness", "not-a-vkey@http://w2.test"], 2, "it comes from --also-witness"),
         (["--also-witness", f"{vkey('w2.test/log')}@http://w2.test"], 2, "--ota"),
     ]:
         code, error = ota_config(tmp_path, *extra)

@@ -165,14 +165,14 @@ def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_fi
     assert backupvault(*args, env=SECRETS).returncode == 0
     working = out.read_bytes()
     done = backupvault(*args, "--force", env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
-    assert done.returncode == 1
+    assert done.returncode == 2  # a bad option value: usage
     assert "field 'device_key' is malformed" in done.stderr
     assert out.read_bytes() == working
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
     fresh = tmp_path / "new" / "client.toml"
     done = backupvault(*args[:-1], str(fresh), env={**SECRETS, "BACKUPVAULT_DEVICE_KEY": "zz"})
-    assert done.returncode == 1 and not fresh.exists()
+    assert done.returncode == 2 and not fresh.exists()
 
 
 @pytest.mark.parametrize(
@@ -193,7 +193,7 @@ def test_a_bad_option_of_client_config_is_named_as_the_option(
     given = [x for pair in args.items() for x in pair]
     done = backupvault("--json", "fleet", "client-config", "--fleet-file", str(fleet_file),
                        "--out", str(out), *given, env=env)  # fmt: skip
-    assert done.returncode == 1, done.stderr
+    assert done.returncode == 2, done.stderr
     error = json.loads(done.stderr.strip().splitlines()[-1])
     assert f"nothing was written to {out}" in error["error"]
     assert f"it comes from {source}" in error["hint"]

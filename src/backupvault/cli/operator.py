@@ -457,7 +457,9 @@ def fleet_client_config(
         # A table's field is named as `witnesses[0].url`: by its table.
         field = err.field.split("[", 1)[0] if isinstance(err, MalformedField) else None
         source = None if field is None else _OPTION_OF.get(field)
-        raise InvalidInput(
+        # A value an option gave is a usage error (exit 2), as any other bad option is.
+        refusal = InvalidInput if source is None else UsageError
+        raise refusal(
             f"nothing was written to {out_file}: "
             + err.message.removeprefix(f"config file {out_file}: "),
             hint=err.hint if source is None else f"it comes from {source}: give it again, fixed",
