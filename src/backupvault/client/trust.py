@@ -771,7 +771,6 @@ class OtaTrust:
         registers here (docs/transparency.md, "Retiring an epoch"). So every witness first
         confirms, live, that `current` is still the latest record (`_confirm_live`)."""
         state = TrustState.load(self.state_file)
-        self._confirm_live(http, state, current)
         known = {
             epoch: OperatorSignedRecord.from_bytes(raw)
             for epoch, raw in state.records(current.fleet_id).items()
@@ -793,6 +792,8 @@ class OtaTrust:
         # relay no longer routes it once the upgrade's bundle replaced its own.
         searched = {_node_keys(current)}
         listed = {e for e in listed if current.retired_below <= e < current.epoch}
+        if known or listed:  # with no older epoch to ask, no retirement to be sure of
+            self._confirm_live(http, state, current)
         for epoch in sorted(set(known) | listed, reverse=True):
             if epoch in known:
                 try:
