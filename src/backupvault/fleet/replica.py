@@ -236,9 +236,10 @@ class _Proposal:
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
     forwards: int = 0
-    # Set once a joinable change waited to join before its first Forward (`_begin`).
+    # Set once a joinable change waited to join before its first Forward (`_begin`), and
+    # when it first began (reached the head of its entry's queue).
     waited: bool = False
-    created: float = 0.0
+    began: float | None = None
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
@@ -412,7 +413,7 @@ class Replica:
         # Checked always: a record under another key could overwrite this node's own rows.
         require(self._key_ok(key), "a proposal for a key the application does not replicate")
         proposal = _Proposal(
-            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable, created=now
+            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
         )
         return self._submit(proposal, now)
 
@@ -832,6 +833,8 @@ class Replica:
 
     def _begin(self, proposal: _Proposal, now: float) -> list[Effect]:
         """Start (or restart) a proposal: through the leader unless it went leaderless."""
+        if proposal.began is None:
+            proposal.began = now
         if not self.ready or proposal.leaderless or not self.timing.leader:
             return self._start_round(proposal, now)
         if (
@@ -1031,9 +1034,17 @@ class Replica:
             joined = self._joined(proposal, now)
             if joined is None:
                 continue
-            took = now - proposal.created
-            last = self._join_seconds
-            self._join_seconds = took if last is None else 0.8 * last + 0.2 * took
+            if proposal.began is not None and (
+                proposal.forwards == 0 or self._join_seconds is None
+            ):
+                # What a join takes, from the copy's start: only copies that joined
+                # without a Forward (after the first), so neither time queued behind
+                # another change nor a wait that ran out (the leader missed its copy) is
+                # learnt as the time to wait next (review s39: one leader outage held
+                # every later wait at its cap).
+                took = now - proposal.began
+                last = self._join_seconds
+                self._join_seconds = took if last is None else 0.8 * last + 0.2 * took
             if proposal is queue[0]:
                 effects += self._finish(proposal, joined, now)
             else:
