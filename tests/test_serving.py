@@ -432,6 +432,18 @@ def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
             answer = send(whole)
             assert answer.startswith(b"HTTP/1.1 431 "), answer[:200]
             assert b'"error": "head_too_large"' in answer
+        # A request's trailer fields are counted as its own, not against the next head
+        # on the same connection (review s39-E: refused with 431).
+        with socket.create_connection((host, int(port))) as connection:
+            chunked = b"POST /echo HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            connection.sendall(chunked + b"3\r\nabc\r\n0\r\nX-Sig: " + b"s" * 28_000 + b"\r\n\r\n")
+            time.sleep(0.3)
+            connection.sendall(
+                b"GET /ready HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer " + b"t" * 8000
+                + b"\r\nConnection: close\r\n\r\n"
+            )  # fmt: skip
+            both = _read_all(connection, timeout=5)
+        assert both.count(b"HTTP/1.1 200 ") == 2 and b"431" not in both, both[-300:]
     finally:
         process.kill()
         _, stderr = process.communicate()

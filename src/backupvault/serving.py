@@ -323,6 +323,8 @@ class _HeadDeadline(HttpToolsProtocol):
 
     def on_message_complete(self) -> None:
         self._in_body = False
+        # A chunked body's trailer fields were counted as a head's: not the next one's.
+        self._field_bytes = 0
         super().on_message_complete()
 
     def _refuse_head(self) -> None:
