@@ -1065,6 +1065,31 @@ def test_a_password_that_is_no_utf8_is_refused_without_a_trace_of_it(
     assert not (tmp_path / "s").exists()
 
 
+@pytest.mark.parametrize("stdin_errors", ["surrogateescape", "strict"])
+def test_a_recovery_code_that_is_no_utf8_is_refused_without_a_trace_of_it(
+    tmp_path: Path, source: Path, stdin_errors: str
+) -> None:
+    """Review s39-E: read with surrogateescape (this machine's C.UTF-8 locale), the byte
+    reached the code's parser, whose message quoted it: "'\\udce9' in group 17"."""
+    storage = tmp_path / "s"
+    made = backupvault("backup", "create", str(source), "--storage", str(storage),
+                       "--recovery-code")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    done = subprocess.run(
+        [str(CONSOLE_SCRIPT), "backup", "restore", "--storage", str(storage), "--to",
+         str(tmp_path / "out"), "--recovery-code", "-"],
+        input=b"9ef1-92\xe9\n",
+        env={**os.environ, "PYTHONIOENCODING": f"utf-8:{stdin_errors}"},
+        capture_output=True, timeout=120, check=False,
+    )  # fmt: skip
+    said = (done.stdout + done.stderr).decode(errors="replace").lower()
+    assert done.returncode == 2, said
+    assert "the recovery code on stdin is not utf-8 text" in said
+    for trace in ("e9", "udce9", "group", "9ef1"):
+        assert trace not in said, (trace, said)
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_lone_surrogate_is_no_password_and_is_not_shown() -> None:
     with pytest.raises(UsageError, match="not UTF-8 text") as raised:
         check_password("s3cr\udce9t\n")

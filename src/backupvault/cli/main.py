@@ -1373,7 +1373,9 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     The current password is checked first; only then is the new one asked for (twice)."""
     session = ctx.session()  # no password asked without it
     if password_stdin:
-        lines = [read_secret_line("the password"), read_secret_line("the new password")]
+        # Named together: a strict decoder reads ahead, so a byte of the second line
+        # can fail the first read.
+        lines = [read_secret_line("the current or new password") for _ in range(2)]
         if not lines[1]:
             raise UsageError(
                 "--password-stdin expects two lines: the current password, then the new one",

@@ -18,19 +18,24 @@ from functools import cache
 from backupvault.errors import UsageError
 
 MIN_LENGTH = 10
-NOT_SHOWN = "nothing of it is shown and nothing was sent to the vault"
+NOT_SHOWN = "nothing of it is shown, and nothing was tried with it"
 
 
 def read_secret_line(what: str) -> str:
     """One line of stdin that holds a secret (`what`: "the password", ...). A line that is
-    not UTF-8 is refused without a word of the decoder's message, which names the byte
-    and where it sits in the secret."""
+    not UTF-8 is refused without a word of the codec's message, which names the byte and
+    where it sits in the secret: whether stdin decodes strictly (the error is raised
+    here) or, as in a C or UTF-8 locale, with surrogateescape (the byte becomes a lone
+    surrogate, which a later message would quote: "'\\udce9' in group 17")."""
+    refused = UsageError(
+        f"{what} on stdin is not UTF-8 text", hint=f"give it as UTF-8; {NOT_SHOWN}"
+    )
     try:
-        return sys.stdin.readline()
-    except UnicodeDecodeError:
-        raise UsageError(
-            f"{what} on stdin is not UTF-8 text", hint=f"give it as UTF-8; {NOT_SHOWN}"
-        ) from None
+        line = sys.stdin.readline()
+        line.encode()
+    except (UnicodeDecodeError, UnicodeEncodeError):
+        raise refused from None
+    return line
 
 
 def check_password(raw: str) -> str:
