@@ -9,7 +9,6 @@ import os
 from dataclasses import replace
 from pathlib import Path
 
-from console import backupvault  # tests/cli/console.py
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
@@ -59,6 +58,9 @@ def write_fleet_file(
 def client_config(tmp_path: Path, fleet: Path, *extra: str) -> tuple[int, dict[str, str]]:
     """`fleet client-config --json` for alice from `fleet`, writing tmp_path/client.toml:
     its exit code, and its result (or error) object."""
+    from console import backupvault  # tests/cli/console.py: only here, so tests elsewhere
+    # (tests/deploy) can import write_fleet_file
+
     done = backupvault(
         "--json", "fleet", "client-config", "--fleet-file", str(fleet),
         "--relay-url", "http://127.0.0.1:7100", "--account", "alice",

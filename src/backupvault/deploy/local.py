@@ -64,9 +64,10 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from backupvault.deploy.metrics import MetricsUnavailable, node_metrics
 from backupvault.deploy.records import (
     BUNDLE_FILE,
-    deploy,
     save_bundle,
+    sign_deployment,
     submit,
+    write_deployment,
 )
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import private_folder, replace_file, try_lock, write_new_file
@@ -392,15 +393,20 @@ class LocalDeployment:
         self, fleet_file: Path, epoch: int, retired_below: int | None = None
     ) -> Path:
         """`fleet deploy` for this fleet file: measure, sign (the local operator key also
-        signs deployment records), have every local witness log it, save the bundle (with
-        the first witness's receipt)."""
-        signed = deploy(fleet_file, self._operator_key(), epoch=epoch, retired_below=retired_below)
+        signs deployment records), have every local witness log it, then write the record
+        and fleet.toml and save the bundle (with the first witness's receipt). Nothing is
+        written before the witnesses logged it: fleet.toml's `retired_below`, written
+        first, had the older sets taken for retired by a retirement no witness logged."""
+        signed, fleet = sign_deployment(
+            fleet_file, self._operator_key(), epoch=epoch, retired_below=retired_below
+        )
         bundles = []
         for which in self.witnesses():
             self._wait_witness(which)
             # Checked with the witness's own key, as `fleet deploy --witness-key` does.
             witness = Verifier.from_vkey(self.witness_vkey(which))
             bundles.append(submit(self.witness_url(which), signed, witness=witness))
+        write_deployment(fleet_file, signed, fleet)
         return save_bundle(fleet_file, bundles[0])
 
     def _provision_witness(self, which: str, port: int, fleet_id: bytes) -> None:
@@ -719,6 +725,10 @@ class LocalDeployment:
 
     def _retire(self, timeout: float) -> tuple[int, int]:
         sets = self.epochs()
+        if len(sets) < 2 and self._wipe_retired():
+            # A retirement cut short after its record was logged: finished now.
+            fleet = self.fleet()
+            return fleet.epoch or 0, fleet.retired_below
         if len(sets) < 2:
             raise DeploymentError(
                 "nothing to retire: this deployment runs one node set",
@@ -741,22 +751,37 @@ class LocalDeployment:
         self._up(len(fleet.nodes), timeout)
         return epoch, first
 
-    def _wipe_retired(self) -> None:
+    def _wipe_retired(self) -> bool:
         """Delete what made each retired set's nodes: tokens (their sealing keys), PINs,
         stores and configs (docs/operations.md, "Retiring an older epoch", step 3). Their
         shares still evaluate the OPRF for the entries that never moved, so t of them
         with a copy of such an entry's manifest would give offline guesses at its
-        password; no client asks them again, so they serve no one. Done only after the
-        record that retires them is logged: a retirement cut short keeps them."""
+        password; no client asks them again, so they serve no one. Only once the record
+        that retires them is logged (fleet.toml says so only then); whether anything was
+        left to delete (a retirement cut short, which `local retire` finishes)."""
         sets, retired = self._sets()
+        found = False
         for epoch in (e for e in sets if e < retired):
             fleet_dir = self.fleet_dir(epoch)
             for index in range(len(self.fleet(epoch).nodes)):
                 # The token first: without its sealing key the store's rows cannot be opened.
-                for folder in (f"node{index}-token", f"node{index}"):
-                    shutil.rmtree(fleet_dir / folder, ignore_errors=True)
-                for name in (f"node{index}.pin", f"node{index}.toml"):
-                    (fleet_dir / name).unlink(missing_ok=True)
+                made = [f"node{index}-token", f"node{index}", f"node{index}.pin"]
+                for path in (fleet_dir / name for name in [*made, f"node{index}.toml"]):
+                    if not path.exists() and not path.is_symlink():
+                        continue
+                    found = True
+                    try:
+                        if path.is_dir() and not path.is_symlink():
+                            shutil.rmtree(path)
+                        else:
+                            path.unlink()
+                    except OSError as err:
+                        raise DeploymentError(
+                            f"could not delete {path} of retired epoch {epoch}: {err.strerror}",
+                            hint="delete it by hand (it holds a retired node's keys or"
+                            " store), then run `local retire` again",
+                        ) from None
+        return found
 
     # ---- processes ---------------------------------------------------------------------
 
