@@ -35,6 +35,7 @@ from backupvault.protocol import EntryStatus, Op
 from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
 
 RK = bytes(range(32))
+RK2 = bytes(range(32, 64))
 
 
 @pytest.fixture
@@ -347,6 +348,26 @@ def test_a_delete_of_a_key_destroyed_meanwhile_says_destroyed(fleet: FakeFleet) 
         node.destroyed, node.share = True, None  # each erased its share on its count
     with pytest.raises(Destroyed):
         vault.delete(recovered)
+
+
+def test_a_delete_of_a_key_destroyed_and_registered_again_says_the_key_changed(
+    fleet: FakeFleet,
+) -> None:
+    """Wrong guesses on another device destroyed the key after this one recovered it, and
+    that device registered a new one: the nodes answer "not registered" for this delete's
+    version and the entry is live again. It said the fleet was unavailable (sim seed
+    10408977, one hostile node of five); the manifests now show another key."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    for node in fleet.nodes:  # destroyed, then a new key registered: none of this one's
+        node.share, node.manifest = None, b""
+    fleet.replicated = b""
+    other = fleet.vault()
+    other.register("theirs", RK2, ksf=FAST_KSF)
+    with pytest.raises(EntryChanged, match="no longer holds version 1"):
+        vault.delete(recovered)
+    assert other.recover("theirs", ksf_floor=FAST_KSF).root_key == RK2  # nothing erased
 
 
 def test_change_password_then_only_the_new_one_opens(fleet: FakeFleet) -> None:

@@ -599,3 +599,16 @@ def test_regression_a_late_delete_request_keeps_a_later_staged_share(seed: int) 
 def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=2))
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds (1,000 from 10,408,000, one hostile node of five, session 39): a
+# delete whose key another device's wrong guesses destroyed and whose owner then
+# registered a new one; the nodes answered "not registered" for its version, and the
+# delete ended "unavailable". The SDK (`ThresholdVault.delete`, through `_moved_since`)
+# and the sim's clients now say the entry changed; the scripted test is
+# tests/client/test_threshold_client.py
+# test_a_delete_of_a_key_destroyed_and_registered_again_says_the_key_changed.
+@pytest.mark.parametrize("seed", [10408977])
+def test_regression_a_delete_of_a_key_replaced_meanwhile_is_told_as_changed(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)

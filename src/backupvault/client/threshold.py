@@ -1437,11 +1437,18 @@ class ThresholdVault:
             raise Destroyed()
         if now != EntryStatus.EMPTY:
             codes = [o.error.code for o in outcomes if o.error is not None]
-            if _moved_on(codes, self.nodes, self.t):
-                # Another device changed the password since this one recovered the key:
-                # no version is left for this statement (sim seed 10241660).
+            moved: VaultError | None = (
+                EntryChanged(manifest.version)
+                if _moved_on(codes, self.nodes, self.t)
+                else self._moved_since(manifest)
+            )
+            if moved is not None:
+                # Another device changed the password since this one recovered the key
+                # (sim seed 10241660), or its wrong guesses destroyed the key and a new
+                # one was registered, the nodes answering "not registered" for this
+                # version (sim seed 10408977): no version is left for this statement.
                 self._keep_pending(replace(erasure, nodes=()))  # forget it, if kept
-                raise EntryChanged(manifest.version)
+                raise moved
             raise FleetUnavailable(
                 f"only {erased} of {self.nodes} vault nodes confirmed the erasure; "
                 f"{self.t} are needed ({'; '.join(pending)})"

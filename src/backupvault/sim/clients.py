@@ -665,9 +665,13 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
         # (seed 10610144 with a hostile node).
         _keep(ctx, replace(erasure, nodes=()))
         return Outcome("destroyed", acks=len(erased))
-    if _changed(ctx, codes):
+    if _changed(ctx, codes) or (
+        now.agreed is not None and now.agreed.to_bytes() != agreed.to_bytes()
+    ):
         # As the SDK (`EntryChanged`): another device changed the key since this one
-        # recovered it, so there is no version left for this statement to delete.
+        # recovered it (a password change; or wrong guesses destroyed it and a new key
+        # was registered, the nodes answering "not registered" for this version: seed
+        # 10408977 with a hostile node), so there is no version left for this statement.
         _keep(ctx, replace(erasure, nodes=()))
         return Outcome("entry changed", acks=len(erased))
     return Outcome(f"unavailable ({len(erased)} erasures)", acks=len(erased))
