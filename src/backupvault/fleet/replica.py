@@ -105,10 +105,6 @@ SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
 SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
-#: A follower's copy of a joinable change waits this many times the usual time to join
-#: before it is forwarded (`_begin`), and at most `JOIN_WAIT_CAP` of a round's timeout.
-JOIN_WAIT_FACTOR = 2.0
-JOIN_WAIT_CAP = 0.5
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
@@ -236,10 +232,6 @@ class _Proposal:
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
     forwards: int = 0
-    # Set once a joinable change waited to join before its first Forward (`_begin`), and
-    # when it first began (reached the head of its entry's queue).
-    waited: bool = False
-    began: float | None = None
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
@@ -326,9 +318,6 @@ class Replica:
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
-        # Moving average of how long a follower's joinable change took to join the value
-        # chosen from the leader's own copy (None: none joined yet; `_begin`).
-        self._join_seconds: float | None = None
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
@@ -833,27 +822,8 @@ class Replica:
 
     def _begin(self, proposal: _Proposal, now: float) -> list[Effect]:
         """Start (or restart) a proposal: through the leader unless it went leaderless."""
-        if proposal.began is None:
-            proposal.began = now
         if not self.ready or proposal.leaderless or not self.timing.leader:
             return self._start_round(proposal, now)
-        if (
-            proposal.joinable
-            and not proposal.waited
-            and self._join_seconds is not None
-            and self.leader(now) != self.node
-        ):
-            # Every node got its own copy of this change (the threshold flow's fan-out),
-            # the leader too, and its round usually reaches this node first: this copy
-            # then joins the chosen value (`_count_chosen`), and a Forward sent now would
-            # only reach the leader after its Accept, and its "retry" answer come back
-            # after the join. So it waits twice as long as joins take here, then goes as
-            # before: only a leader that missed its copy costs that wait.
-            proposal.waited = True
-            proposal.phase = "backoff"
-            wait = JOIN_WAIT_FACTOR * self._join_seconds
-            proposal.retry_at = now + min(wait, JOIN_WAIT_CAP * self.timing.round_timeout)
-            return []
         record = self._record(proposal.key)
         return self._forward(proposal, record.accepted, record.value, now)
 
@@ -1034,17 +1004,6 @@ class Replica:
             joined = self._joined(proposal, now)
             if joined is None:
                 continue
-            if proposal.began is not None and (
-                proposal.forwards == 0 or self._join_seconds is None
-            ):
-                # What a join takes, from the copy's start: only copies that joined
-                # without a Forward (after the first), so neither time queued behind
-                # another change nor a wait that ran out (the leader missed its copy) is
-                # learnt as the time to wait next (review s39: one leader outage held
-                # every later wait at its cap).
-                took = now - proposal.began
-                last = self._join_seconds
-                self._join_seconds = took if last is None else 0.8 * last + 0.2 * took
             if proposal is queue[0]:
                 effects += self._finish(proposal, joined, now)
             else:
