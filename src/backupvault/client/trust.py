@@ -543,15 +543,42 @@ class OtaTrust:
                         hint="try again when the witness answers; nothing was trusted or saved",
                     )
                 note = state.heads[name]
-            try:
-                head = open_head(note, endpoint.verifier)
-                check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
-                self._check_growth(http, state, endpoint, head, verified.checkpoint)
-            except TransparencyError as err:
-                raise _refused(err) from None
+            head = self._checked_head(
+                http, state, endpoint, note, leaf, record, now, verified.checkpoint
+            )
             checked.append((name, note))
             newest = max(newest, head.time)
         return checked, newest
+
+    def _checked_head(
+        self,
+        http: httpx.Client,
+        state: TrustState,
+        endpoint: WitnessEndpoint,
+        note: str,
+        leaf: bytes,
+        record: DeploymentRecord,
+        now: int,
+        bundle_checkpoint: Checkpoint | None,
+        nonce: bytes = b"",
+    ) -> FleetHead:
+        """`note`, a head from `endpoint`'s witness, opened and checked: it names `record`
+        (signed `leaf`) as the fleet's latest, is fresh at `now`, answers `nonce` if one was
+        sent, and its tree extends the last one seen from that witness."""
+        try:
+            head = open_head(note, endpoint.verifier)
+            if nonce and head.nonce != nonce:
+                raise StaleHead(
+                    f"the witness {endpoint.verifier.name}'s head does not answer this"
+                    " client's challenge: an older answer, replayed",
+                    hint="something between you and the witness replays old answers; try"
+                    " again later",
+                )
+            check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
+            self._check_growth(http, state, endpoint, head, bundle_checkpoint)
+        except TransparencyError as err:
+            raise _refused(err) from None
+        return head
 
     def _check_growth(
         self,
@@ -744,21 +771,7 @@ class OtaTrust:
                     " older epoch is asked only after",
                     hint="try again when the witness answers; nothing was asked of an older epoch",
                 )
-            try:
-                head = open_head(note, endpoint.verifier)
-                if head.nonce != nonce:
-                    raise StaleHead(
-                        f"the witness {name}'s head does not answer this client's challenge:"
-                        " an older answer, replayed",
-                        hint="something between you and the witness replays old answers; try"
-                        " again later",
-                    )
-                check_head(
-                    head, leaf, current.fleet_id, current.epoch, now=now, max_age=self.max_age
-                )
-                self._check_growth(http, state, endpoint, head, None)
-            except TransparencyError as err:
-                raise _refused(err) from None
+            self._checked_head(http, state, endpoint, note, leaf, current, now, None, nonce)
 
     def older(
         self, http: httpx.Client, relay_url: str, current: DeploymentRecord
