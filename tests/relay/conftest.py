@@ -93,6 +93,8 @@ class StubNode:
     mode: str = "echo"
     seen: list[Seen] = field(default_factory=list)
     url: str = ""
+    #: How long a "slow" answer takes.
+    slow_seconds: float = 0.5
 
     def app(self) -> Starlette:
         async def client(request: Request) -> Response:
@@ -115,7 +117,7 @@ class StubNode:
                     {"error": "entry_destroyed", "detail": "too many guesses"}, status_code=410
                 )
             if self.mode == "slow":
-                await asyncio.sleep(0.5)
+                await asyncio.sleep(self.slow_seconds)
                 return Response(
                     self.name.encode() + b"|" + body, media_type="application/octet-stream"
                 )

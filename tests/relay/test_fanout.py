@@ -149,10 +149,18 @@ def test_as_many_fan_outs_as_the_relay_takes_at_once_each_reach_every_node(
     """Each fan-out holds a connection to every node: the relay's pool had room for
     `max_concurrent_forwards` + 16 connections, so with 3 nodes, 10 fan-outs at once left
     4 copies waiting for a connection until `connect_timeout`, then reported their nodes
-    unreachable (with 5 nodes, 55 fan-outs at once of the default 256)."""
+    unreachable (with 5 nodes, 55 fan-outs at once of the default 256). A copy left
+    waiting fails at `connect_timeout`, before any connection frees; that timeout is long
+    enough for a busy machine to open 30 connections (0.3 s was not, under load)."""
     for stub in stubs:
-        stub.mode = "slow"  # 0.5 s an answer: every fan-out holds its 3 connections
-    relay = start_relay([s.url for s in stubs], max_concurrent_forwards=10, connect_timeout=0.3)
+        stub.mode = "slow"  # every fan-out holds its 3 connections while they answer
+        stub.slow_seconds = 2.5
+    relay = start_relay(
+        [s.url for s in stubs],
+        max_concurrent_forwards=10,
+        connect_timeout=1.2,
+        request_timeout=6.0,
+    )
     with ThreadPoolExecutor(10) as pool:
         responses = list(
             pool.map(lambda i: post_each(relay, token(f"user{i}"), [b"a", b"b", b"c"]), range(10))
