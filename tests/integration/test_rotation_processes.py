@@ -250,9 +250,14 @@ def test_local_retire_retires_the_older_epochs_for_every_client(
     nodes stop, the relay no longer lists them. A device that used them, and finds no
     key, is told why and asks them nothing, even through a relay that lists them again
     with their genuine bundles (docs/transparency.md, "Retiring an epoch"); a key on the
-    current nodes is recovered as before."""
-    _rotate(local.root)
+    current nodes is recovered as before. A key left on an older set makes `local retire`
+    refuse, changing nothing, until `--force` (review s40-R2: it deleted such a key)."""
     data = tomllib.loads((local.root / "client-ota.toml").read_text())
+    data.update(state_file="left-state.json", entry="left")
+    write_toml(tmp_path / "left.toml", data)
+    left = ClientConfig.load(tmp_path / "left.toml").session(ksf_params=FAST_KSF)
+    left.register(PASSWORD, recovery.new_root_key())
+    _rotate(local.root)
     data.update(state_file="state.json", entry="kept")
     write_toml(tmp_path / "kept.toml", data)
     kept = ClientConfig.load(tmp_path / "kept.toml")
@@ -271,11 +276,23 @@ def test_local_retire_retires_the_older_epochs_for_every_client(
     made = [f"node{i}{part}" for i in range(NODES) for part in ("-token", "", ".pin", ".toml")]
     assert all((d / name).exists() for d in [*old_dirs, current_dir] for name in made)
 
-    done = subprocess.run(
-        [sys.executable, "-m", "backupvault", "--json", "local", "retire", "--dir",
-         str(local.root)],
-        capture_output=True, text=True, timeout=180, check=False,
-    )  # fmt: skip
+    def retire(*extra: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "backupvault", "--json", "local", "retire", "--dir",
+             str(local.root), *extra],
+            capture_output=True, text=True, timeout=180, check=False,
+        )  # fmt: skip
+
+    account = data["account"]
+    assert f"{account}/left" in local.keys_held(local.epochs()[:-1])
+    running = set(local.running())
+    refused = retire()
+    assert refused.returncode == 1, refused.stderr
+    assert "not retired" in refused.stderr and f"{account}/left" in refused.stderr
+    assert "--force" in refused.stderr
+    assert set(local.running()) == running and len(local.epochs()) > 1
+    assert all((d / name).exists() for d in old_dirs for name in made)
+    done = retire("--force")
     assert done.returncode == 0, done.stderr
     answer = json.loads(done.stdout)
     current = local.fleet()

@@ -752,17 +752,24 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
 
 @local.command("retire")
 @LOCAL_DIR
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Retire even while an older node set holds live keys (they then open only with"
+    " their recovery codes).",
+)
 @pass_context
-def local_retire(ctx: Context, root: Path) -> None:
+def local_retire(ctx: Context, root: Path, force: bool) -> None:
     """Retire the node sets older than the current one (after `local rotate`, once entries
     have moved): a record that retires their epochs, so no client asks them again; their
-    nodes stop, their tokens and stores are deleted, and the relay no longer routes them."""
+    nodes stop, their tokens and stores are deleted, and the relay no longer routes them.
+    Refused while one of their nodes still holds a live key, unless --force."""
     from backupvault.deploy.local import LocalDeployment
 
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         raise no_deployment(root)
-    epoch, retired_below = deployment.retire()
+    epoch, retired_below = deployment.retire(force=force)
     ctx.output.result(
         {"dir": str(root), "epoch": epoch, "retired_below": retired_below},
         f"epochs below {retired_below} retired: the record of epoch {epoch} says so, their"

@@ -714,16 +714,17 @@ class LocalDeployment:
         self.up(len(fleet.nodes), timeout)
         return epoch
 
-    def retire(self, timeout: float = 60.0) -> tuple[int, int]:
+    def retire(self, timeout: float = 60.0, force: bool = False) -> tuple[int, int]:
         """Retire every node set older than the current one (a rotation's, once entries
         have moved): a new record for the current nodes (epoch + 1) that retires the
         epochs below the current set's first, logged by the witnesses; the older nodes
         stopped, the relay no longer routing them, the pinned client config without
-        them. Returns the new epoch and the first epoch not retired."""
+        them. Refused, with nothing changed, while a node of an older set still holds a
+        live key, unless `force`. Returns the new epoch and the first epoch not retired."""
         with self._exclusive():
-            return self._retire(timeout)
+            return self._retire(timeout, force)
 
-    def _retire(self, timeout: float) -> tuple[int, int]:
+    def _retire(self, timeout: float, force: bool) -> tuple[int, int]:
         sets = self.epochs()
         if len(sets) < 2 and self._wipe_retired():
             # A retirement cut short after its record was logged: finished now.
@@ -737,6 +738,20 @@ class LocalDeployment:
         first, fleet = sets[-1], self.fleet()
         if fleet.epoch is None:
             raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
+        # The retired nodes' tokens and stores are deleted below: a key still there would
+        # then open only with its recovery code (review s40-R2, a key lost that way).
+        held = [] if force else self.keys_held(sets[:-1])
+        if held:
+            named = ", ".join(held[:5]) + (f" and {len(held) - 5} more" if len(held) > 5 else "")
+            raise DeploymentError(
+                f"not retired: the older node sets still hold {len(held)} live"
+                f" key{'s' if len(held) != 1 else ''} ({named}); retiring deletes them, and"
+                " each would then open only with its recovery code; nothing was changed",
+                hint="a recovery with the password moves a key to the current fleet: run"
+                " `backupvault vault status` and `backupvault backup list` on each device"
+                " that uses one, then `local retire` again (or `local retire --force` to"
+                " retire anyway)",
+            )
         for epoch in sets:
             for index in range(self.node_count(epoch)):
                 self.stop_process(self.node_name(index, epoch))
@@ -750,6 +765,19 @@ class LocalDeployment:
         self._wipe_retired()
         self._up(len(fleet.nodes), timeout)
         return epoch, first
+
+    def keys_held(self, sets: list[int]) -> list[str]:
+        """The entries ("account/entry") a node of these node sets holds live with a share
+        of, by `node inspect` on each node's store (running or not)."""
+        held: set[str] = set()
+        for first in sets:
+            for index in range(self.node_count(first)):
+                config = str(self.node_config(index, first))
+                out = self._backupvault(["node", "inspect", "--config", config], index, first)
+                for entry in json.loads(out)["entries"]:
+                    if entry.get("status") == "live" and entry.get("holds_share"):
+                        held.add(f"{entry['account']}/{entry['entry']}")
+        return sorted(held)
 
     def _wipe_retired(self) -> bool:
         """Delete what made each retired set's nodes: tokens (their sealing keys), PINs,
