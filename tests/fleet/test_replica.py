@@ -484,6 +484,46 @@ def test_a_copy_is_checked_against_what_this_node_held_not_a_peer_s_earlier_copy
     assert replica.held_payload(b"k") == b"A-chosen"
 
 
+def _counted(key: bytes, payload: bytes, held: bytes) -> str | None:
+    """An application check of counters, as the entries' own (attempts only go up): a
+    value "n=<count>" may follow a held one only with a count at least as high."""
+    if held and int(payload[2:]) < int(held[2:]):
+        return "the counter went down"
+    return None
+
+
+@pytest.mark.parametrize("stale_first", [True, False])
+@pytest.mark.parametrize("rolled_back", [False, True])
+def test_a_catching_up_node_keeps_the_newer_of_two_values_whatever_ballot_the_older_claims(
+    stale_first: bool, rolled_back: bool
+) -> None:
+    """Review s40-R3: a hostile peer handed a wiped node an entry's first value claimed
+    one round above the chosen one (or a rolled-back node its own old value). Taken by
+    its ballot, the stale value stayed for good: repairs below its claim were refused,
+    and a proposer that counted this node built on it. The node keeps the value that
+    follows the other by its check (the chosen one), at the higher ballot, whichever
+    copy comes first."""
+    source = MemoryRecords()
+    if rolled_back:
+        source.put(AcceptorRecord(b"k", 1, 0, 1, 0, _value(b"n=0")))
+    replica = Replica(0, range(3), random.Random(7).randbytes, source, check_copy=_counted)
+    asks = _asks(replica.start(0.0))
+    chosen = AcceptorRecord(b"k", 6, 1, 6, 1, _value(b"n=12"))
+    stale = AcceptorRecord(b"k", 7, 2, 7, 2, _value(b"n=0"))  # the hostile claim
+    first, second = (stale, chosen) if stale_first else (chosen, stale)
+    replica.receive(
+        first.accepted_node, SyncResponse(asks[first.accepted_node], True, [first]), 0.1
+    )
+    replica.receive(
+        second.accepted_node, SyncResponse(asks[second.accepted_node], True, [second]), 0.2
+    )
+    assert replica.ready
+    assert replica.held_payload(b"k") == b"n=12"
+    record = source.get(b"k")
+    assert record is not None
+    assert record.accepted == Ballot(7, 2) and record.promised >= Ballot(7, 2)
+
+
 def test_after_a_rollback_a_copy_is_checked_against_the_node_s_own_older_value() -> None:
     """The same with a rolled-back store that still holds an older value of its own: the
     chosen copy is checked against that value, not against the sibling merged first."""

@@ -24,6 +24,11 @@ from backupvault.cli.main import cli
 )
 @click.option("--leaderless", is_flag=True, help="No leader path: every change is CASPaxos.")
 @click.option("--hostile", type=int, default=0, help="The last N nodes are the attacker's.")
+@click.option(
+    "--stale-catch-up",
+    is_flag=True,
+    help="Hostile nodes hand a node catching up stale values at high ballots.",
+)
 def sim(
     seeds: int,
     start: int,
@@ -34,6 +39,7 @@ def sim(
     max_faulty: int,
     leaderless: bool,
     hostile: int,
+    stale_catch_up: bool,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -48,4 +54,6 @@ def sim(
         argv.append("--leaderless")
     if hostile:
         argv += ["--hostile", str(hostile)]
+    if stale_catch_up:
+        argv.append("--stale-catch-up")
     sys.exit(main(argv))

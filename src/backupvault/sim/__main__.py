@@ -43,6 +43,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--hostile", type=int, default=0, help="the last HOSTILE nodes are the attacker's"
     )
+    parser.add_argument(
+        "--stale-catch-up",
+        action="store_true",
+        help="hostile nodes hand a node catching up stale values at high ballots",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.hostile < (args.nodes or 3) // 2 + 1:
         parser.error("--hostile: fewer than a majority of --nodes (give --nodes 5 for 2)")
@@ -51,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
         max_faulty=args.max_faulty,
         leader=not args.leaderless,
         hostile=args.hostile,
+        stale_catch_up=args.stale_catch_up,
     )
     if args.seed is not None:
         result = run_seed(args.seed, config)

@@ -34,6 +34,7 @@ from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
     Accepted,
+    AcceptorRecord,
     Forward,
     Prepare,
     Promise,
@@ -116,6 +117,8 @@ class SimConfig:
     leader: bool = True  # False: every change is a leaderless CASPaxos round
     leader_faults: bool = True  # leader crashes and nodes that pass the leader over
     hostile: int = 0  # the last `hostile` slots are the attacker's (docs/simulation.md)
+    #: Hostile nodes hand a node catching up stale values at high ballots (else silence).
+    stale_catch_up: bool = False
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
     exhausted_grace: float = 10.0
@@ -267,11 +270,17 @@ def sealing_key(index: int) -> NodePrivateKey:
 AttackerAnswer = Callable[[int, Op, Message], Message | None]
 
 
+#: Whether an acceptor's check lets one replicated value follow another: (key, newer,
+#: older) -> bool.
+Follows = Callable[[bytes, bytes, bytes], bool]
+
+
 class HostileAcceptor:
     """An acceptor the attacker runs. `report(key, round)` is the (round, node, value) it
-    claims to have accepted when asked to promise; it accepts every Accept."""
+    claims to have accepted when asked to promise; it accepts every Accept, and hands a
+    node catching up stale copies (`stale_copies`) when given `follows`, else nothing."""
 
-    def __init__(self, slot: int) -> None:
+    def __init__(self, slot: int, follows: Follows | None = None) -> None:
         self.slot = slot
         self.report: Callable[[bytes, int], tuple[int, int, bytes]] = lambda key, rnd: (
             0,
@@ -279,9 +288,37 @@ class HostileAcceptor:
             b"",
         )
         #: What it answers a node catching up (None: silence).
-        self.sync: Callable[[SyncRequest], SyncResponse | None] = lambda request: None
+        self.sync: Callable[[SyncRequest], SyncResponse | None] = self.stale_copies
+        self._follows = follows
+        #: Per entry, the values it accepted (oldest first) and the highest round it saw.
+        self._accepted: dict[bytes, list[bytes]] = {}
+        self._top: dict[bytes, int] = {}
+
+    def stale_copies(self, request: SyncRequest) -> SyncResponse | None:
+        """Per entry, the oldest value it accepted that its latest follows (an ancestor
+        on the line the fleet chose, which passes every check of its own), claimed as
+        accepted one round above the highest it saw: a wiped node that took copies by
+        their ballot kept that stale value for good (review s40-R3). A sibling of the
+        chosen value so claimed still wins a catch-up (ballots are all a node has to
+        order siblings by): docs/simulation.md, "Known limits"."""
+        if self._follows is None:
+            return None
+        records = []
+        for key, values in self._accepted.items():
+            latest = values[-1]
+            stale = next((v for v in values if v != latest and self._follows(key, latest, v)), None)
+            if stale is not None:
+                top = self._top[key] + 1
+                records.append(AcceptorRecord(key, top, self.slot, top, self.slot, stale))
+        return SyncResponse(request.sync_id, True, records, b"hostile%d" % self.slot, 0, 1)
 
     def answer(self, message: Message) -> Message | None:
+        if isinstance(message, (Prepare, Accept)):
+            self._top[message.key] = max(self._top.get(message.key, 0), message.round)
+            if isinstance(message, Accept) and message.value:
+                values = self._accepted.setdefault(message.key, [])
+                if message.value not in values:
+                    values.append(message.value)
         match message:
             case Prepare():
                 accepted_round, accepted_node, value = self.report(message.key, message.round)
@@ -481,9 +518,20 @@ class Simulation:
     def _make_node(self, i: int, hostile: bool) -> _Node:
         node = _Node(i, random.Random(self.rng.getrandbits(64)))
         if hostile:
-            node.hostile = HostileAcceptor(i)
+            follows = self._follows if self.config.stale_catch_up else None
+            node.hostile = HostileAcceptor(i, follows)
         node.backups.append(node.snapshot())
         return node
+
+    def _follows(self, key: bytes, newer: bytes, older: bytes) -> bool:
+        """Whether an honest acceptor holding the replicated value `older` takes `newer`."""
+        try:
+            state = ThresholdState.from_bytes(payload_of(newer))
+            held = payload_of(older)
+        except InvalidInput:
+            return False
+        keys = self.node_keys
+        return check_threshold_value(FLEET_ID, key, self.shape, state, held, node_keys=keys) is None
 
     def _make_keeper(self, n: _Node) -> ShareKeeper:
         keeper = self.keeper_class(
