@@ -29,7 +29,7 @@ from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
-from backupvault.hsm.shares import Answer, FleetShape, ThresholdRead
+from backupvault.hsm.shares import Answer, FleetShape, ThresholdRead, ThresholdUpdate
 from backupvault.hsm.state import NodeShare, ThresholdState
 from backupvault.protocol import ErrorResponse, Op, SealedCopies, pad_response
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
@@ -103,6 +103,12 @@ class InProcessFleet:
                     self.disk[node][record.key] = record
                 case Committed() | Failed():
                     self.results[effect.op_id] = effect
+        # Rows the firmware changed while accepting a value (a promoted or erased share),
+        # persisted as the node's shell does: a restart from disk must find them.
+        written = self.firmware[node].shares.take_writes()
+        for write in written:
+            self.shares[node][write.key] = write.row
+        self.firmware[node].shares.durable(written)
 
     def _settle(self, until: bytes | None = None) -> None:
         deadline = self.now + 10
@@ -125,8 +131,11 @@ class InProcessFleet:
     def crash(self, node: int) -> None:
         self.down.add(node)
 
-    def restart(self, node: int, wipe: bool = False) -> None:
-        """Bring `node` back from its disk (`wipe`: an empty one, its share rows too)."""
+    def restart(self, node: int, wipe: bool = False, *, intact: bool = False) -> None:
+        """Bring `node` back from its disk (`wipe`: an empty one, its share rows too), with
+        nothing in memory. `intact`: its store matched its token's counter, so it takes
+        part at once and asks nobody (docs/fleet.md, "Intact restarts"); otherwise it
+        catches up first."""
         self.down.discard(node)
         if wipe:
             self.disk[node] = {}
@@ -134,7 +143,7 @@ class InProcessFleet:
         self.firmware[node] = self._firmware(node)
         records = MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode())
         self.replicas[node] = self._replica(node, records)
-        self._run(node, self.replicas[node].start(self.now))
+        self._run(node, self.replicas[node].start(self.now, intact=intact and not wipe))
         self._settle()
 
     def state(self, node: int, key: bytes) -> ThresholdState:
@@ -152,15 +161,20 @@ class InProcessFleet:
             return FanoutReply(node, 403, _error(opened.code, opened.detail))
         message, response_key = opened
         action = self.firmware[node].handle(op, message)
+        read: Answer | None = None
+        if isinstance(action, ThresholdRead):
+            read = action.answer(self.replicas[node].held_payload(action.key))
+            if read.repair is not None:  # held too old: a round first, as the node's shell
+                action, read = read.repair, None
         if isinstance(action, Reply):
             response = action.response
-        elif isinstance(action, ThresholdRead):
-            read = action.answer(self.replicas[node].held_payload(action.key))
+        elif read is not None:
             for write in read.writes:  # a staged share, durable before the answer leaves
                 self.shares[node][write.key] = write.row
             self.firmware[node].shares.durable(read.writes)
             response = read.response
         else:
+            assert isinstance(action, ThresholdUpdate)
             op_id = os.urandom(8)
             effects = self.replicas[node].propose(
                 op_id, action.key, action.change, self.now, joinable=True

@@ -150,3 +150,37 @@ def test_a_copied_pending_file_and_c_hostile_nodes_yield_only_their_own_shares(
         assert key_share.index == node + 1  # the share that node was dealt
         threshold.verify_share(key_share, commitments)
     assert len(opened) < fleet.shape.threshold
+
+
+def test_a_password_change_a_node_missed_is_finished_after_the_whole_fleet_restarted(
+    fleet: InProcessFleet,
+) -> None:
+    """Review s40 (M1): a password change with node 4 down, then the whole fleet restarted
+    intact (`local down` and `local up`, a reboot). What would have brought node 4 the new
+    version (the committing node's repair, settling) lived in the other nodes' memory, and
+    an intact restart asks nobody, so node 4 came back holding version 1, refused the late
+    share as `already_registered`, and `vault finish` failed (exit 5) until the next
+    recovery. The late delivery now brings the node up to date (a round that commits the
+    entry's newest value) before it takes the share."""
+    vault = fleet.client()
+    vault.pending = PendingStore(None)
+    vault.register("pw", ROOT_KEY, ksf=FAST_KSF)
+    fleet.crash(4)
+    recovered = vault.recover("pw", ksf_floor=FAST_KSF)
+    changed = vault.change_password(recovered, "new", ksf=FAST_KSF)
+    assert changed.version == 2 and changed.acknowledged == (0, 1, 2, 3)
+    for node in range(5):
+        fleet.crash(node)
+    for node in range(5):
+        fleet.restart(node, intact=True)
+    assert fleet.state(4, KEY).version == 1  # behind, and nobody will tell it otherwise
+    assert fleet.shares[4][KEY].version == 1
+
+    assert vault.status().pending == ()  # as `vault finish` does
+    assert fleet.state(4, KEY).version == 2
+    row = fleet.shares[4][KEY]
+    assert row.version == 2 and row.share and row.manifest == vault.live_manifest()[0].to_bytes()
+    # Node 4 holds its share of version 2: the key opens with two other nodes down.
+    fleet.crash(0)
+    fleet.crash(1)
+    assert vault.recover("new", ksf_floor=FAST_KSF).root_key == ROOT_KEY

@@ -86,3 +86,32 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
     )
     assert isinstance(world.request(4, Op.REGISTER_SHARE, forged), ErrorResponse)
     assert world.honest[4].rows[client.key].share == v2.shares[4].to_bytes()
+
+
+def test_a_node_cut_off_past_the_repair_window_catches_up_on_the_late_delivery() -> None:
+    """Review s40 (M1), on the seeded world: node 4 is off the network through a
+    registration and for longer than the repair and settling windows, so no node will
+    bring it M again; back, it holds the entry empty. The device's late delivery makes it
+    run a round first (one that changes nothing), which brings it M, and then it takes
+    its share and acknowledges it as held. Before, it staged the share and answered
+    STAGED at every delivery, never HELD: it would promote the share only once it took M,
+    which nothing brought it until the entry's next recovery."""
+    world = threshold_world(limit=4)
+    client = ThresholdClient(world)
+    world.down = {4}
+    _loot, acks = client.register(b"right", RK)
+    assert acks == 4
+    owed = client.ctx.pending.owed(client.ctx.fleet_id, "alice", "chat", client.ctx.epoch)
+    assert [record.nodes for record in owed] == [(4,)]
+    world.settle(300.0)  # the repair gives up after two minutes, settling sooner
+    world.down = set()
+    world.settle(10.0)
+    assert world.replicated(4, client.key).version == 0  # nothing comes to it by itself
+
+    assert client.status() == "status: live"  # delivers what this device owes, on the way
+    assert not client.ctx.pending.owed(client.ctx.fleet_id, "alice", "chat", client.ctx.epoch)
+    assert world.replicated(4, client.key).version == 1
+    assert _holds(world, 4) and world.honest[4].rows[client.key].share
+    # The key opens with two of the first holders down.
+    world.down = {0, 1}
+    assert client.recover(b"right") is not None

@@ -114,6 +114,32 @@ def test_a_share_owed_to_a_node_that_was_down_is_delivered_at_the_next_contact(
     assert tv.recover(PASSWORD, ksf_floor=FAST_KSF).root_key == root_key
 
 
+def test_a_password_change_a_node_missed_is_finished_after_the_whole_fleet_restarted(
+    vault: Vault,
+) -> None:
+    """Review s40 (M1): node 4 is down through a password change, then every node
+    restarts (`local down` and `local up`, a reboot). Each restart is intact, so node 4
+    asks nobody and still holds version 1, and the other nodes' repairs were lost with
+    their memory. The device's next contact delivers node 4's share at once: the node
+    brings the entry up to date (a round that changes nothing) before it takes it. Before,
+    it answered `already_registered` at every delivery until the next recovery."""
+    tv = vault.threshold("th-restarted", "th-entry")
+    root_key = os.urandom(32)
+    tv.register(PASSWORD, root_key, ksf=FAST_KSF)
+    vault.deployment.stop_process("node4", signal.SIGKILL)
+    recovered = tv.recover(PASSWORD, ksf_floor=FAST_KSF)
+    changed = tv.change_password(recovered, "another horse battery staple", ksf=FAST_KSF)
+    assert changed.version == 2 and changed.acknowledged == (0, 1, 2, 3)
+    for index in range(NODES):
+        vault.deployment.stop_process(f"node{index}")
+    vault.ensure_all_running()
+    assert tv.status().pending == ()
+    vault.deployment.stop_process("node0", signal.SIGKILL)
+    vault.deployment.stop_process("node1", signal.SIGKILL)
+    again = tv.recover("another horse battery staple", ksf_floor=FAST_KSF)
+    assert again.root_key == root_key
+
+
 class _LyingNodeClient(VaultClient):
     """The real client, except that the first node to answer an evaluation (then always
     that node) has its partial replaced by one under another key, as a compromised node

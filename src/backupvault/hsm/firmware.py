@@ -209,11 +209,10 @@ class VaultFirmware:
     def handle(self, op: Op, request: Message) -> Reply | ThresholdUpdate | ThresholdRead:
         try:
             if op is Op.DELIVER_SHARE and isinstance(request, DeliverShareRequest):
+                # Opened here, then taken as a register-share of the committed M (the
+                # keeper's `late` path: a node behind on the entry catches up on it first).
                 key = self._node_key
-                op, request = (
-                    Op.REGISTER_SHARE,
-                    delivered_share(key.hpke, self.fleet_id, key.index, request),
-                )
+                request = delivered_share(key.hpke, self.fleet_id, key.index, request)
             return self.shares.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             return Reply(_error(ErrorCode.BAD_REQUEST, err.message))

@@ -115,10 +115,17 @@ class ShareWrite:
 
 @dataclass(frozen=True)
 class Answer:
-    """A reply and the rows the shell must persist before the reply leaves the node."""
+    """A reply and the rows the shell must persist before the reply leaves the node.
+
+    `repair` (only from a `ThresholdRead`): the read found this node's value of the entry
+    too old to answer from; the shell commits `repair` (a round that leaves the value as
+    it is, so this node takes the entry's newest value) and answers with that round's
+    outcome instead, or `fleet_unavailable` if it does not commit. `response` is then what
+    a shell that cannot run the round answers: a transient refusal, asked again later."""
 
     response: Message
     writes: tuple[ShareWrite, ...] = ()
+    repair: ThresholdUpdate | None = None
 
 
 @dataclass(frozen=True)
@@ -774,6 +781,10 @@ class ShareKeeper:
         match op, request:
             case ((Op.REGISTER_SHARE | Op.CHANGE_SHARE), RegisterShareRequest()):
                 return self._stage(op, request)
+            case Op.DELIVER_SHARE, RegisterShareRequest():
+                # A late delivery, its seal opened by the firmware (`delivered_share`):
+                # a register-share of the committed M that may find this node behind.
+                return self._stage(Op.REGISTER_SHARE, request, late=True)
             case Op.COMMIT_SHARES, CommitSharesRequest():
                 return self._commit(request)
             case Op.MANIFEST, ManifestRequest():
@@ -895,12 +906,22 @@ class ShareKeeper:
         share_key = Manifest.from_bytes(manifest).commitments.node_public_key(self.index)
         return self._sign_ack(AckKind.HELD, account, entry, manifest, share_key)
 
-    def _stage(self, op: Op, request: RegisterShareRequest) -> ThresholdRead:
+    def _stage(self, op: Op, request: RegisterShareRequest, *, late: bool = False) -> ThresholdRead:
         """docs/threshold.md "Stage, then commit", step 1: every check on this node's own,
         then the share kept aside in this node's row and a signed STAGED acknowledgement.
         No round: nothing changes for the entry until a commit carries t such
         acknowledgements. A share of the entry's committed M (a late delivery) is taken as
-        this node's share at once, and acknowledged as held."""
+        this node's share at once, and acknowledged as held.
+
+        `late`: a device's delivery of a share it owes (`deliver-share`), sent only for
+        the M that t nodes agree on. A node that holds an older value of the entry (it
+        missed the commit, and the repair and settling that would have brought it M lived
+        in the memory of nodes that restarted since, or gave up after two minutes; an
+        intact restart asks nobody) first runs a round that leaves the value as it is,
+        which makes it take the entry's newest value, and then answers from that value
+        (docs/threshold.md, "Finishing later"): the share is still taken only for the
+        committed M. Until review s40 it answered from its old value, `already_registered`,
+        at every delivery until the entry's next recovery."""
         key = EntryId.of(request.account, request.entry).to_bytes()
         manifest = Manifest.from_bytes(request.manifest)
         share = threshold.KeyShare.from_bytes(request.share)
@@ -915,7 +936,10 @@ class ShareKeeper:
         def change_refused(replicated_old: bytes) -> ErrorResponse | None:
             return self._change_refused(changing, key, request, replicated_old)
 
-        def read(state: ThresholdState) -> Answer:
+        def repair(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            return state, partial(read, state, repaired=True)
+
+        def read(state: ThresholdState, *, repaired: bool = False) -> Answer:
             if state.status == EntryStatus.LIVE and state.manifest == request.manifest:
                 refused = change_refused(b"")
                 if refused is not None:
@@ -925,10 +949,28 @@ class ShareKeeper:
                     return Answer(taken)
                 ack = self._held_ack(account, entry, request.manifest)
                 return Answer(ack, () if taken is None else (taken,))
+            if late and not repaired and _may_be_behind(state, manifest):
+                behind = error(
+                    ErrorCode.FLEET_UNAVAILABLE,
+                    f"this node holds version {state.version} of this entry, not the share's"
+                    f" manifest (version {manifest.version}): it is bringing the entry up to"
+                    " date from its peers; send the share again",
+                )
+                return Answer(behind, repair=ThresholdUpdate(key, repair))
             refused = self._new_version_refused(changing, state, manifest) or change_refused(
                 state.manifest
             )
             if refused is not None:
+                if late:
+                    again = " (after a round with its peers)" if repaired else ""
+                    return Answer(
+                        error(
+                            ErrorCode(refused.code),
+                            f"this node holds version {state.version} of this entry{again},"
+                            f" not the share's manifest (version {manifest.version}):"
+                            f" {refused.detail}",
+                        )
+                    )
                 return Answer(refused)
             row = self.row(key)
             if (
@@ -1925,6 +1967,16 @@ def _outlived_tombstone(held: ThresholdState, state: ThresholdState) -> bool:
         and bool(state.reset_signature)
         and state.reset_attempt > held.reset_attempt
     )
+
+
+def _may_be_behind(held: ThresholdState, manifest: Manifest) -> bool:
+    """Whether a node holding `held` may have missed the commit of `manifest`, delivered
+    late (so it is not the held value): the held value is of an earlier version, or of
+    the same version and live with another M (a sibling commit whose round was lost). A
+    value of a later version, or one that ended this version, is never left again."""
+    if held.version < manifest.version:
+        return True
+    return held.version == manifest.version and held.status == EntryStatus.LIVE
 
 
 def _orphaned(row: NodeShare, held: ThresholdState) -> bool:

@@ -404,7 +404,12 @@ class NodeService:
             except StoreCorrupted as err:
                 self._stop_serving(err)
                 return ClientAnswer(503, error="node_not_ready", detail="node store failed")
-        else:
+            if answer.repair is not None:
+                # The value held is too old to answer from (a late share's delivery to a
+                # node that missed its commit): a round that leaves the value as it is
+                # brings this node the newest, and its outcome is the answer.
+                action = answer.repair
+        if isinstance(action, ThresholdUpdate):
             # Joinable: the N copies of one request, one per node, make one round.
             done = await self._commit(action.key, action.change, joinable=True)
             if isinstance(done, Failed):

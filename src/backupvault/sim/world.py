@@ -1004,14 +1004,18 @@ class Simulation:
             if op is Op.DELIVER_SHARE and isinstance(request, DeliverShareRequest):
                 # As the firmware: opened with this node's key, taken as a register-share.
                 request = delivered_share(sealing_key(node), FLEET_ID, node, request)
-                op = Op.REGISTER_SHARE
             update = n.keeper.handle(op, request)
         except (InvalidInput, AuthenticationFailed) as err:
             self._answer(n, pending, Answer(error(ErrorCode.BAD_REQUEST, err.message)))
             return
         if isinstance(update, ThresholdRead):
-            self._answer(n, pending, update.answer(n.replica.held_payload(update.key)))
-            return
+            read = update.answer(n.replica.held_payload(update.key))
+            if read.repair is None:
+                self._answer(n, pending, read)
+                return
+            # As the node's service: the value held is too old to answer from; a round
+            # that leaves it as it is brings this node the newest, and its outcome answers.
+            update = read.repair
         op_id = n.rng.randbytes(16)
         pending.key = update.key
         n.pending[op_id] = pending
