@@ -1338,7 +1338,11 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     if left:
         raise FleetUnavailable(
             "still pending: " + "; ".join(left),
-            hint="the named nodes did not confirm; run `backupvault vault finish` again later",
+            hint=(
+                "the named nodes did not confirm (in brackets: what the node answered, when"
+                " it was asked); one that could not be reached gets its share once it is"
+                " back: run `backupvault vault finish` again then"
+            ),
         )
     ctx.output.done({"finished": True, "pending": []}, "nothing pending: every node confirmed")
 

@@ -21,7 +21,7 @@ import secrets
 import time
 import unicodedata
 from collections import Counter
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -839,11 +839,20 @@ class ThresholdVault:
         return any(record.needs_export_key for record in self._owed())
 
     @staticmethod
-    def describe_pending(record: Pending | None) -> tuple[str, ...]:
+    def describe_pending(
+        record: Pending | None, why: Mapping[int, str] | None = None
+    ) -> tuple[str, ...]:
+        """One line per node still owed `record`; `why`: what each node answered to the
+        delivery just sent (as `_send_shares` names it), said after its line."""
         if record is None:
             return ()
         what = "erasure of version" if record.op is Op.DELETE_SHARE else "share of version"
-        return tuple(f"node {n}: {what} {record.version} not yet confirmed" for n in record.nodes)
+        lines = []
+        for n in record.nodes:
+            line = f"node {n}: {what} {record.version} not yet confirmed"
+            reason = (why or {}).get(n, "").removeprefix(f"node {n}: ")
+            lines.append(f"{line} ({reason})" if reason else line)
+        return tuple(lines)
 
     def finish(
         self,
@@ -908,7 +917,7 @@ class ThresholdVault:
             return self.describe_pending(record)  # not yet
         if record.op is Op.DELETE_SHARE:
             try:
-                return self.describe_pending(self._finish_erasure(record))
+                return self.describe_pending(*self._finish_erasure(record))
             except VaultError as err:  # still owed, and said so
                 self._notify(f"warning: erasure not sent again: {err.message}")
                 return self.describe_pending(record)
@@ -926,23 +935,30 @@ class ThresholdVault:
         else:
             op = Op.REGISTER_SHARE
             requests = self._share_requests(record.manifest, record.unwrap(export_key), b"", 0)
-        acked, _, _ = self._send_shares(
+        acked, problems, _ = self._send_shares(
             op, live, requests, set(range(self.nodes)) - set(record.nodes), tries
         )
-        return self.describe_pending(self.pending.acknowledged(record, set(acked)))
+        # Each node's own answer is said (until review s40 it was dropped, and a node
+        # that answered with a refusal read like one that was down).
+        return self.describe_pending(self.pending.acknowledged(record, set(acked)), problems)
 
-    def _finish_erasure(self, record: Pending) -> Pending | None:
+    def _finish_erasure(self, record: Pending) -> tuple[Pending | None, dict[int, str]]:
+        """The erasure sent again: what is still owed, and what each node that did not
+        confirm answered."""
         manifest = manifests.Manifest.from_bytes(record.manifest)
         request = DeleteShareRequest(
             self.account, self.entry, record.version, record.counter, record.authorization
         )
         outcomes = self.vault.call_each(Op.DELETE_SHARE, [request] * self.nodes, ShareAck)
-        erased = {
-            o.index
-            for o in outcomes
-            if self._check_ack(o, (AckKind.ERASED,), manifest, record.manifest) is None
-        }
-        return self.pending.acknowledged(record, erased)
+        erased: set[int] = set()
+        why: dict[int, str] = {}
+        for outcome in outcomes:
+            problem = self._check_ack(outcome, (AckKind.ERASED,), manifest, record.manifest)
+            if problem is None:
+                erased.add(outcome.index)
+            else:
+                why[outcome.index] = problem
+        return self.pending.acknowledged(record, erased), why
 
     def _finish_quietly(
         self, live: manifests.Manifest | None, export_key: bytes | None = None, **kw: Any
