@@ -241,9 +241,25 @@ def test_a_config_that_is_a_folder_names_where_it_came_from(tmp_path: Path) -> N
     assert f"config file {tmp_path} (from --config) is a folder, not a file" in flag.stderr
     assert f"config file {tmp_path} (from $BACKUPVAULT_CONFIG) is a folder" in env.stderr
     assert "env var" not in flag.stderr  # click's message named the variable for --config
-    assert f"hint: give --config the client.toml file itself, such as {tmp_path}/client.toml" in (
-        flag.stderr
+    # No client.toml inside: none is suggested (review s40-R2 was sent to a missing one).
+    assert "hint: give --config the client.toml file itself (`backupvault local up" in (flag.stderr)
+    assert "such as" not in flag.stderr
+    (tmp_path / "client.toml").write_text("")
+    inside = backupvault("--config", str(tmp_path), "vault", "status")
+    assert f"the client.toml file itself, such as {tmp_path}/client.toml" in inside.stderr
+
+
+def test_a_port_range_too_narrow_for_the_deployment_stops_local_up_before_it_provisions(
+    tmp_path: Path,
+) -> None:
+    deployment = tmp_path / "bv"
+    up = backupvault(
+        "local", "up", "--dir", str(deployment), env={"BACKUPVAULT_PORTS": "27000-27001"}
     )
+    assert up.returncode == 2
+    assert "gives 2 ports; a deployment of 5 nodes needs 13" in up.stderr
+    assert "provisioning" not in up.stderr
+    assert not deployment.exists() or list(deployment.iterdir()) == []
 
 
 @pytest.mark.parametrize(

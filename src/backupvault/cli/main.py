@@ -68,11 +68,13 @@ class Context:
             )
         source = f"${CONFIG_ENV}" if self.config_from_env else "--config"
         if self.config_path.is_dir():
+            inside = self.config_path / "client.toml"
             raise UsageError(
                 f"config file {self.config_path} (from {source}) is a folder, not a file",
                 hint=f"{'set' if self.config_from_env else 'give'} {source}"
-                f" {'to ' if self.config_from_env else ''}the client.toml file itself,"
-                f" such as {self.config_path / 'client.toml'}",
+                f" {'to ' if self.config_from_env else ''}the client.toml file itself"
+                + (f", such as {inside}" if inside.is_file() else "")
+                + " (`backupvault local up --dir DIR` writes DIR/client.toml)",
             )
         if not self.config_path.exists():
             raise UsageError(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import tomllib
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -39,6 +40,10 @@ LOCAL_DIR = click.option(
 )
 
 
+#: A node's process name in a local deployment: node<i>, or e<E>-node<i> after a rotation.
+NODE_NAME = re.compile(r"(e\d+-)?node\d+")
+
+
 @local.command("up")
 @LOCAL_DIR
 @click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
@@ -46,7 +51,9 @@ LOCAL_DIR = click.option(
 def local_up(ctx: Context, root: Path, nodes: int) -> None:
     """Start (provisioning the first time) a local fleet, witness and relay; writes
     DIR/client.toml (pinned keys) and DIR/client-ota.toml (over-the-air keys), and renews
-    their account tokens when they are close to expiry."""
+    their account tokens when they are close to expiry. The services listen on loopback
+    ports from 20000-32767, or from $BACKUPVAULT_PORTS (FIRST-LAST; two per node and
+    three more)."""
     from backupvault.deploy.local import (
         LOCK_FILE,
         TOKEN_RENEW_BEFORE,
@@ -72,7 +79,14 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
                 " folder private (mode 0700) and fills it with keys",
                 hint=f"give --dir a new folder, such as {root / 'bv'}",
             )
-        local_ports()  # a bad BACKUPVAULT_PORTS is refused before "provisioning" is said
+        # A bad BACKUPVAULT_PORTS is refused before "provisioning" is said.
+        needed = 2 * nodes + 3  # each node's client and peer ports, the relay, 2 witnesses
+        if len(local_ports()) < needed:
+            raise UsageError(
+                f"BACKUPVAULT_PORTS gives {len(local_ports())} ports; a deployment of"
+                f" {nodes} nodes needs {needed} (two per node, the relay and two witnesses)",
+                hint="give a wider range, such as BACKUPVAULT_PORTS=20000-32767",
+            )
         ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
     else:
         renewed = deployment.renew_client_tokens()
@@ -94,7 +108,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,
         },
-        f"local deployment {state}: {sum(name.startswith('node') for name in status)} nodes, "
+        f"local deployment {state}: {sum(bool(NODE_NAME.fullmatch(n)) for n in status)} nodes, "
         f"{sum(name.startswith('witness') for name in status)} witnesses and the relay at "
         f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
         f" {root / 'client-ota.toml'} (fleet keys over the air)",
@@ -164,6 +178,14 @@ def local_status(ctx: Context, root: Path) -> None:
         for name, info in status.items()
     ]
     ctx.output.result({"processes": status}, "\n".join(lines))
+    from backupvault.client.errors import FleetUnavailable
+
+    down = [name for name, info in status.items() if not info["healthy"]]
+    if down:  # for scripts and cron checks: exit 5, as `relay metrics` with a node down
+        raise FleetUnavailable(
+            f"not healthy: {', '.join(down)}",
+            hint=f"`backupvault local up --dir {root}` starts what is stopped",
+        )
 
 
 # ---- node -------------------------------------------------------------------------------

@@ -1274,9 +1274,10 @@ class ThresholdVault:
                 # The old password after a change whose end the user may not have seen (a
                 # version 1 has no older password to mix up).
                 refused.hint = (
-                    f"this device set the password now in effect (version {manifest.version},"
-                    " in a registration or password change that may have been cut off before"
-                    f" it said so): give that password, not an older one; {refused.hint}"
+                    f"this device set the password now in effect (version {manifest.version}:"
+                    " the last registration or password change made here, even one that was"
+                    f" cut off before it said so): give that password, not an older one;"
+                    f" {refused.hint}"
                 )
             raise refused from None
         agreed = _agreed_attempt(good, self.t)
