@@ -73,6 +73,15 @@ ROWS_CACHED = 4096
 #: latest one within seconds, older ones only matter to a reset that already travels in
 #: the replicated value.
 ACCEPTED_KEPT = 16
+#: Entries whose accepted attempts a node remembers (`ShareKeeper._accepted`; the least
+#: recently accepted go first). An attempt is looked up within seconds of its acceptance
+#: (the evaluation it answers, the owner's reset after it), so only entries with an
+#: attempt in the last moments matter; forgetting one costs what a restart costs: the node
+#: answers "resend" until a round makes it accept the attempt again. Without a bound it
+#: kept one entry for every key ever attempted, deleted ones too (review r1, finding 3):
+#: some 0.5 to 1 KB each, for good. 20,000 at most: about 10 to 20 MB, and more entries
+#: than one node sees attempted within a request's 6 s deadline below 3,000 recoveries/s.
+ACCEPTED_KEYS = 20_000
 #: The B hash of an evaluation a rolled-back node assumes it made, on its peers' count
 #: reports, but cannot know (no SHA-256 output is all zeros): the attempt counts, and
 #: is never answered or used to rebuild a reset.
@@ -228,11 +237,13 @@ class ShareKeeper:
         peer_signing_keys: Mapping[int, Ed25519PublicKey] | None = None,
         rng: Callable[[int], bytes] = os.urandom,
         exhausted_grace: float = EXHAUSTED_GRACE_SECONDS,
+        accepted_keys: int = ACCEPTED_KEYS,
     ) -> None:
         """`peer_signing_keys`: every node's signing key by share index, from the
         deployment record, to check their count reports (none: no report is taken).
         `exhausted_grace`: seconds of the shell's clock (`tick`) a share at this node's
-        own count of L is kept waiting for the owner's reset."""
+        own count of L is kept waiting for the owner's reset. `accepted_keys`: entries
+        whose accepted attempts are remembered (`ACCEPTED_KEYS`)."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -257,8 +268,10 @@ class ShareKeeper:
         # and nothing after it), and the same old reset, replayed from it, then made a
         # rolled-back count whole in the window it had spent.
         self._floors: dict[bytes, int] = {}
-        # key -> attempt -> (version, H(B)) of the value this node durably accepted.
-        self._accepted: dict[bytes, OrderedDict[int, tuple[int, bytes]]] = {}
+        # key -> attempt -> (version, H(B)) of the value this node durably accepted, for
+        # the ACCEPTED_KEYS entries most recently attempted (least recent first).
+        self._accepted: OrderedDict[bytes, OrderedDict[int, tuple[int, bytes]]] = OrderedDict()
+        self._accepted_keys = accepted_keys
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
         self._peer_keys = dict(peer_signing_keys or {})
@@ -575,13 +588,20 @@ class ShareKeeper:
             erased = self._retired_share(key, state) or self._exhausted_share(key, state)
             if erased is not None:
                 self._unsaved.append(erased)
+        # Not forgotten when the value stops being live: a node that took the next
+        # attempt's tombstone before it built its answer to the L-th attempt still answers
+        # it (test_a_node_that_took_the_tombstone_before_its_lth_answer_erases_on_the_next_
+        # request). Only the bound below forgets (review r1, finding 3).
         if state.status != EntryStatus.LIVE or not state.attempt_hash:
             return
         accepted = self._accepted.setdefault(key, OrderedDict())
+        self._accepted.move_to_end(key)
         accepted[state.attempt] = (state.version, state.attempt_hash)
         accepted.move_to_end(state.attempt)
         while len(accepted) > ACCEPTED_KEPT:
             accepted.popitem(last=False)
+        while len(self._accepted) > self._accepted_keys:
+            self._accepted.popitem(last=False)  # as after a restart: "resend" (docstring)
 
     def _retired_share(self, key: bytes, state: ThresholdState) -> ShareWrite | None:
         """This node's share, erased, if `state` carries the owner's statement retiring
