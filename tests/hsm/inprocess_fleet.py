@@ -173,6 +173,8 @@ class InProcessFleet:
                 self.shares[node][write.key] = write.row
             self.firmware[node].shares.durable(read.writes)
             response = read.response
+        elif unheld := action.without_round(self.replicas[node].held_payload(action.key)):
+            response = unheld.response  # an entry this node holds nothing of: no round
         else:
             assert isinstance(action, ThresholdUpdate)
             op_id = os.urandom(8)

@@ -139,10 +139,25 @@ class Answer:
 
 @dataclass(frozen=True)
 class ThresholdUpdate:
-    """Commit `apply(current)`'s new value by majority, then build the answer."""
+    """Commit `apply(current)`'s new value by majority, then build the answer.
+
+    `unheld`, if set: the answer, with no round, when this node holds nothing of the entry
+    (`without_round`); it returns None when the node does hold a row of its own for it."""
 
     key: bytes
     apply: Callable[[ThresholdState], tuple[ThresholdState, Callable[[], Answer]]]
+    unheld: Callable[[], Answer | None] | None = None
+
+    def without_round(self, held_payload: bytes) -> Answer | None:
+        """The answer at once, with no consensus round and nothing written, when this node
+        holds no value of the entry but the empty one (`held_payload`, the value it holds)
+        and no row of its own for it; None: propose the change (docs/threshold.md,
+        "Entries this node holds nothing of"). Before, every evaluate, reset or delete of a
+        made-up entry name ran a round on every node and left a record row on each, for
+        good (review r1, finding 2)."""
+        if self.unheld is None or not holds_nothing(held_payload):
+            return None
+        return self.unheld()
 
     def change(self, payload: bytes) -> tuple[bytes, Callable[[], Answer]]:
         """The replica's change function on a record's payload. A single-seed value (see
@@ -205,6 +220,18 @@ def decode_threshold(payload: bytes) -> ThresholdState | None:
     if single_seed is not None:
         return None if single_seed == EntryStatus.LIVE else ThresholdState()
     return ThresholdState.from_bytes(payload)
+
+
+def holds_nothing(payload: bytes) -> bool:
+    """Whether a held value says nothing of its entry: none at all, or the empty value of
+    version 0 that no attempt, registration or delete ever touched (a round on a made-up
+    name, before review r1, wrote that one)."""
+    if not payload:
+        return True
+    try:
+        return decode_threshold(payload) == ThresholdState()
+    except InvalidInput:
+        return False
 
 
 SINGLE_SEED_DETAIL = (
@@ -1295,7 +1322,9 @@ class ShareKeeper:
             )
             return counted, lambda: self._evaluate_committed(key, request, counted)
 
-        return ThresholdUpdate(key, apply)
+        # With no row this node evaluates nothing, whatever a round would bring: the nodes
+        # that hold the entry number the attempt with their own copies of the request.
+        return ThresholdUpdate(key, apply, partial(self._unheld, key))
 
     def _evaluate_committed(
         self, key: bytes, request: EvaluateRequest, state: ThresholdState
@@ -1521,7 +1550,8 @@ class ShareKeeper:
 
             return new, build
 
-        return ThresholdUpdate(key, apply)
+        # With no row this node verifies no reset (no pk_auth): `apply` refuses it anyway.
+        return ThresholdUpdate(key, apply, partial(self._unheld, key))
 
     def _delete(self, request: DeleteShareRequest) -> ThresholdUpdate:
         key = EntryId.of(request.account, request.entry).to_bytes()
@@ -1606,7 +1636,16 @@ class ShareKeeper:
 
             return new, build
 
-        return ThresholdUpdate(key, apply)
+        # With no row this node erases nothing: the nodes that hold the entry commit the
+        # delete with their own copies of the request.
+        return ThresholdUpdate(key, apply, partial(self._unheld, key))
+
+    def _unheld(self, key: bytes) -> Answer | None:
+        """`ThresholdUpdate.unheld`: not registered, if this node keeps no row of the entry
+        (nor one not yet durable); None if it does."""
+        if self.row(key) is not None:
+            return None
+        return Answer(error(ErrorCode.NOT_REGISTERED, "no key is stored here"))
 
     def _destroyed(self, key: bytes) -> Answer:
         """The entry is destroyed by consensus; this node erases its share only on its own

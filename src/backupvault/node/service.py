@@ -398,24 +398,31 @@ class NodeService:
             sealed = response_key.seal(pad_response(op, action.response.to_bytes()))
             return ClientAnswer(200, sealed)
         answer: Answer
-        if isinstance(action, ThresholdRead):
-            try:
+        unheld: Answer | None = None
+        try:
+            if isinstance(action, ThresholdRead):
                 answer = action.answer(self.replica.held_payload(action.key))
-            except StoreCorrupted as err:
-                self._stop_serving(err)
-                return ClientAnswer(503, error="node_not_ready", detail="node store failed")
-            if answer.repair is not None:
-                # The value held is too old to answer from (a late share's delivery to a
-                # node that missed its commit): a round that leaves the value as it is
-                # brings this node the newest, and its outcome is the answer.
-                action = answer.repair
+                if answer.repair is not None:
+                    # The value held is too old to answer from (a late share's delivery to
+                    # a node that missed its commit): a round that leaves the value as it
+                    # is brings this node the newest, and its outcome is the answer.
+                    action = answer.repair
+            else:
+                # An entry this node holds nothing of: answered with no round (review r1).
+                unheld = action.without_round(self.replica.held_payload(action.key))
+        except StoreCorrupted as err:
+            self._stop_serving(err)
+            return ClientAnswer(503, error="node_not_ready", detail="node store failed")
         if isinstance(action, ThresholdUpdate):
-            # Joinable: the N copies of one request, one per node, make one round.
-            done = await self._commit(action.key, action.change, joinable=True)
-            if isinstance(done, Failed):
-                return self._unavailable()
-            self.metrics["committed"] += 1
-            answer = done.outcome()
+            if unheld is not None:
+                answer = unheld
+            else:
+                # Joinable: the N copies of one request, one per node, make one round.
+                done = await self._commit(action.key, action.change, joinable=True)
+                if isinstance(done, Failed):
+                    return self._unavailable()
+                self.metrics["committed"] += 1
+                answer = done.outcome()
         # This node's own rows (its count above all) are durable before the answer
         # that depends on them leaves.
         if answer.writes:

@@ -1016,6 +1016,11 @@ class Simulation:
             # As the node's service: the value held is too old to answer from; a round
             # that leaves it as it is brings this node the newest, and its outcome answers.
             update = read.repair
+        else:
+            unheld = update.without_round(n.replica.held_payload(update.key))
+            if unheld is not None:  # an entry this node holds nothing of: no round (review r1)
+                self._answer(n, pending, unheld)
+                return
         op_id = n.rng.randbytes(16)
         pending.key = update.key
         n.pending[op_id] = pending
