@@ -90,6 +90,9 @@ class ErrorCode(enum.StrEnum):
     FLEET_UNAVAILABLE = "fleet_unavailable"
     STALE_MANIFEST = "stale_manifest"  # the request names another version than this node holds
     REFUSED = "refused"  # an owner signature or a share did not verify against this node's state
+    #: The account has as many registrations staged and never committed on this node as it
+    #: may keep (`STAGED_ENTRIES_PER_ACCOUNT`, hsm/shares.py): no new one is staged.
+    TOO_MANY_PENDING = "too_many_pending"
 
 
 # Tags 1-12 were the single-seed flow's messages (register-start/finish, recover-start/

@@ -29,7 +29,13 @@ from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import Committed, Effect, Failed, Persist, Replica, Send
 from backupvault.hsm.firmware import NodeKey, Reply, VaultFirmware
-from backupvault.hsm.shares import Answer, FleetShape, ThresholdRead, ThresholdUpdate
+from backupvault.hsm.shares import (
+    Answer,
+    FleetShape,
+    ThresholdRead,
+    ThresholdUpdate,
+    count_staged_in,
+)
 from backupvault.hsm.state import NodeShare, ThresholdState
 from backupvault.protocol import ErrorResponse, Op, SealedCopies, pad_response
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token
@@ -79,7 +85,11 @@ class InProcessFleet:
     def _firmware(self, i: int) -> VaultFirmware:
         key = NodeKey(i, self.node_keys[i], self.signing[i])
         peers = {j + 1: signing.public_key() for j, signing in enumerate(self.signing)}
-        return VaultFirmware(FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers)
+        firmware = VaultFirmware(
+            FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers
+        )
+        firmware.shares.count_staged = count_staged_in(self.shares[i])  # as the node's store
+        return firmware
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:
         firmware = self.firmware[i]

@@ -1,6 +1,12 @@
 """What one ordinary account can make a node store (review r1): sealed requests to one
 node's service over its real store, as a device with a fleet token sends them.
 
+Finding 1: every register-share for a new entry name, never committed, left a share row
+holding only the staged share, for good (60 a minute per account on every node). Now a
+node keeps at most STAGED_ENTRIES_PER_ACCOUNT such entries per account, counted from the
+store's `staged` table (also after a restart), and refuses one more with
+`too_many_pending`; what it acknowledged before stays promised.
+
 Finding 2: evaluate, reset and delete-share for entry names nobody registered each ran a
 consensus round and left a record row on the node for good; now they are answered
 `not_registered` with no round and no row."""
@@ -17,23 +23,32 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
 from backupvault.codec import Message
-from backupvault.crypto import oprf
+from backupvault.crypto import manifest, oprf
 from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
+from backupvault.hsm import shares
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
+from backupvault.hsm.state import EntryId, NodeShare, StagedShare
 from backupvault.node.service import NodeService
-from backupvault.node.store import NodeStore
+from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
 from backupvault.protocol import (
+    AckKind,
     AuthorizedRequest,
+    CommitAck,
+    CommitSharesRequest,
     DeleteShareRequest,
     ErrorCode,
     ErrorResponse,
     EvaluateRequest,
     Op,
+    RegisterShareRequest,
     ResetRequest,
+    ShareAck,
     decode_response,
+    encode_commit_acks,
 )
+from backupvault.sim.clients import SIM_KSF
 from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
 FLEET_ID = b"fleet"
@@ -44,14 +59,20 @@ STORAGE_KEY = os.urandom(32)
 ISSUER = Ed25519PrivateKey.generate()
 DEVICE = Ed25519PrivateKey.generate()
 ACCOUNTS = TokenVerifier(ISSUER.public_key(), "issuer", fleet_audience(FLEET_ID))
-TOKEN = mint_token(
-    ISSUER,
-    "mallory",
-    issuer="issuer",
-    audience=fleet_audience(FLEET_ID),
-    ttl_seconds=3600,
-    device_key=DEVICE.public_key(),
-)
+
+
+def _token(account: str) -> str:
+    return mint_token(
+        ISSUER,
+        account,
+        issuer="issuer",
+        audience=fleet_audience(FLEET_ID),
+        ttl_seconds=3600,
+        device_key=DEVICE.public_key(),
+    )
+
+
+TOKENS = {"mallory": _token("mallory"), "alice": _token("alice")}
 
 
 def _service(path: Path) -> NodeService:
@@ -70,14 +91,14 @@ def _service(path: Path) -> NodeService:
     return NodeService(0, {0: ("127.0.0.1", 0)}, firmware, channel, store, intact=True)
 
 
-def _sealed(op: Op, request: Message) -> tuple[bytes, ResponseKey]:
+def _sealed(op: Op, request: Message, token: str) -> tuple[bytes, ResponseKey]:
     body = request.to_bytes()
     proof = sign_request_proof(
         DEVICE,
         fleet_id=FLEET_ID,
         node_index=0,
         node_key=NODE_KEY.public_key().to_bytes(),
-        token=TOKEN,
+        token=token,
         request=body,
     )
     return seal_request(
@@ -85,15 +106,113 @@ def _sealed(op: Op, request: Message) -> tuple[bytes, ResponseKey]:
         FLEET_ID,
         0,
         str(op),
-        AuthorizedRequest(TOKEN, body, proof).to_bytes(),
+        AuthorizedRequest(token, body, proof).to_bytes(),
     )
 
 
-async def _send(service: NodeService, op: Op, entry: str, request: Message) -> Message:
-    sealed, key = _sealed(op, request)
-    answer = await service.client_request(op, "mallory", entry, sealed)
+async def _send(
+    service: NodeService, op: Op, entry: str, request: Message, account: str = "mallory"
+) -> Message:
+    sealed, key = _sealed(op, request, TOKENS[account])
+    answer = await service.client_request(op, account, entry, sealed)
     assert answer.status == 200, answer
     return decode_response(op, key.open(answer.body))
+
+
+def _dealt(entry: str, account: str = "mallory") -> manifest.Registration:
+    return manifest.register(
+        b"pw",
+        bytes(32),
+        fleet_id=FLEET_ID,
+        account=account,
+        entry=entry,
+        epoch=EPOCH,
+        nodes=1,
+        threshold_count=1,
+        ksf=SIM_KSF,
+    )
+
+
+async def _stage(
+    service: NodeService, made: manifest.Registration, account: str = "mallory"
+) -> Message:
+    m = made.manifest
+    request = RegisterShareRequest(
+        account, m.entry, m.to_bytes(), made.shares[0].to_bytes(), b"", 0
+    )
+    return await _send(service, Op.REGISTER_SHARE, m.entry, request, account)
+
+
+def _staged_names(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM staged").fetchone()
+    return int(count)
+
+
+def test_an_account_stages_at_most_its_cap_of_uncommitted_entries_also_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """The attack of the review: a register-share for a new entry name each time, never
+    a commit. The cap's refusal leaves the first stagings as they were: the first one
+    still commits on the acknowledgement the node gave for it, and then makes room."""
+    cap = 32  # the node's STAGED_ENTRIES_PER_ACCOUNT, checked at the end
+    path = tmp_path / "store.sqlite"
+    made = [_dealt(f"junk-{n}") for n in range(cap + 3)]
+
+    async def first_run() -> ShareAck:
+        service = _service(path)
+        await service.start()
+        try:
+            acks = [await _stage(service, m) for m in made[:cap]]
+            assert all(isinstance(a, ShareAck) and a.kind == AckKind.STAGED for a in acks)
+            for extra in made[cap:]:
+                refused = await _stage(service, extra)
+                assert isinstance(refused, ErrorResponse), refused
+                assert refused.code == ErrorCode.TOO_MANY_PENDING
+                assert "never committed" in refused.detail
+            # Staging again an entry already staged takes no new place.
+            again = await _stage(service, _dealt("junk-1"))
+            assert isinstance(again, ShareAck) and again.kind == AckKind.STAGED
+            # Another account is not held back by this one's.
+            other = await _stage(service, _dealt("root-key", "alice"), "alice")
+            assert isinstance(other, ShareAck) and other.kind == AckKind.STAGED
+            assert isinstance(acks[0], ShareAck)
+            return acks[0]
+        finally:
+            await service.stop()
+
+    first_ack = asyncio.run(first_run())
+    assert _rows(path) == cap + 1  # before: a row per request, cap + 5 and growing
+    assert _staged_names(path) == cap + 1
+
+    async def after_restart() -> None:
+        service = _service(path)  # a new process: the count is read from the store
+        await service.start()
+        try:
+            refused = await _stage(service, made[cap])
+            assert isinstance(refused, ErrorResponse)
+            assert refused.code == ErrorCode.TOO_MANY_PENDING
+            # The acknowledgement given before the cap was met is still good: M commits
+            # with it, and this node holds its share (promoted from the staged one).
+            m = made[0].manifest
+            acks = encode_commit_acks(
+                [CommitAck(first_ack.index, AckKind(first_ack.kind), first_ack.signature)]
+            )
+            commit = CommitSharesRequest("mallory", m.entry, m.to_bytes(), b"", 0, acks)
+            held = await _send(service, Op.COMMIT_SHARES, m.entry, commit)
+            assert isinstance(held, ShareAck) and held.kind == AckKind.HELD, held
+            # That entry is no longer staged only: one more staging fits.
+            taken = await _stage(service, made[cap])
+            assert isinstance(taken, ShareAck) and taken.kind == AckKind.STAGED
+            refused = await _stage(service, made[cap + 1])
+            assert isinstance(refused, ErrorResponse)
+            assert refused.code == ErrorCode.TOO_MANY_PENDING
+        finally:
+            await service.stop()
+
+    asyncio.run(after_restart())
+    assert _staged_names(path) == cap + 1
+    assert cap == shares.STAGED_ENTRIES_PER_ACCOUNT
 
 
 def _rows(path: Path) -> int:
@@ -128,3 +247,35 @@ def test_requests_for_made_up_entries_leave_no_row_and_run_no_round(tmp_path: Pa
         assert _rows(path) == 0  # before: 20, one per request, for good
 
     asyncio.run(scenario())
+
+
+def test_the_staged_table_follows_every_save_and_a_stale_name_never_counts(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, STORAGE_KEY)
+    staged_only = NodeShare(0, b"", b"", [], staged=[StagedShare(b"\x01" + b"s" * 32, b"M")])
+    held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
+    keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(3)]
+    store.save([share_record(key, staged_only) for key in keys])
+    store.save([share_record(EntryId.of("alice", "entry-0").to_bytes(), held)])
+    assert store.count_staged("mallory", {}, 10) == 3
+    assert store.count_staged("alice", {}, 10) == 0
+    # Rows handed out and not yet durable stand in for the stored ones.
+    other = EntryId.of("mallory", "entry-9").to_bytes()
+    assert store.count_staged("mallory", {keys[0]: False}, 10) == 2
+    assert store.count_staged("mallory", {other: True}, 10) == 4
+    store.save([share_record(keys[0], held)])  # committed here: its share now
+    assert store.count_staged("mallory", {}, 10) == 2
+    # A name an earlier version's write left behind (it kept no table): counted below the
+    # cap, but never once the cap is met, where each listed row is opened and checked.
+    with sqlite3.connect(path) as db:
+        (tag,) = db.execute("SELECT account FROM staged LIMIT 1").fetchone()
+        name = store.name_of(SHARE_PREFIX + keys[0])
+        db.execute("INSERT INTO staged (name, account) VALUES (?, ?)", (name, tag))
+    assert store.count_staged("mallory", {}, 10) == 3
+    assert store.count_staged("mallory", {}, 3) == 2
+    store.close()
+    reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
+    assert reopened.count_staged("mallory", {}, 3) == 2
+    reopened.close()

@@ -590,6 +590,15 @@ class ThresholdVault:
             # word, with honest acknowledgements hidden, made an empty entry look taken).
             if codes.count(ErrorCode.ALREADY_REGISTERED) > self.nodes - self.t:
                 raise AlreadyRegistered("the vault already holds a key for this entry")
+            if codes.count(ErrorCode.TOO_MANY_PENDING) > self.nodes - self.t:
+                # More than N − t: an honest node's word (review r1, finding 1).
+                raise VaultError(
+                    f"the {what}: the vault nodes already keep as many registrations of this"
+                    " account as they allow that were started and never finished (staged,"
+                    " never committed), and take no new one",
+                    hint="register again an entry whose registration was cut off (that"
+                    " finishes it and takes no new place), or ask the vault's operator",
+                )
             if _moved_on(codes, self.nodes, self.t):  # not a fleet that is down (10196044)
                 raise EntryChanged(made.manifest.version - 1, registration=not authorization)
             refused = _token_refused(outcomes, self.t)

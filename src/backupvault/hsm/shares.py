@@ -92,6 +92,29 @@ UNKNOWN_B = bytes(32)
 #: attempt was right sends its reset within seconds (the SDK tries it three times at
 #: once); minutes leave room for a slow relay and a partition healing.
 EXHAUSTED_GRACE_SECONDS = 300.0
+#: Entries of one account whose row on this node keeps staged shares and no share
+#: (`NodeShare.staged_only`: staged, never committed here) past which the node stages no
+#: new one for that account: it answers `too_many_pending` (review r1, finding 1; before,
+#: one account could add a row to every node per request, 60 a minute, for good). A user
+#: registers one entry at a time, and a registration's commit makes its staged share the
+#: node's share within seconds; one cut off before its commit stays staged until that
+#: entry is registered again, which stages on the same row. Reaching 32 takes 32 distinct
+#: entry names cut off between stage and commit and never registered again, or 32
+#: registrations committed while this node was cut off and not yet caught up (its
+#: catch-up or the next manifest read promotes them). Every node's store then holds at
+#: most 32 such rows per account, some 2.6 KB each at most (STAGED_KEPT shares and M).
+#:
+#: Refused rather than making room by dropping the account's oldest staged share: that
+#: share's STAGED acknowledgement may already be in a client's hands, and a commit that
+#: counts it would then land with fewer than t nodes keeping their share (the key loss
+#: of review finding 6, docs/threshold.md "Why stage first"). A refusal changes nothing
+#: already promised, and the client says why (docs/threshold.md, "Registration").
+STAGED_ENTRIES_PER_ACCOUNT = 32
+#: How many of an account's entries the shell's rows keep staged-only (`count_staged`,
+#: node/store.py `NodeStore.count_staged`): (account, overlay: entry key -> whether the
+#: row handed out and not yet durable is staged-only, standing in for the stored row,
+#: the cap) -> count (the stored rows are checked one by one only once the cap is met).
+StagedCount = Callable[[str, Mapping[bytes, bool], int], int]
 #: How often a node runs a no-op round for an entry it holds live with no guess left when
 #: it is asked for its manifest (`ShareKeeper.tick`, `_look_again`): at most once per
 #: entry in this many seconds of the shell's clock, however often it is asked.
@@ -265,12 +288,16 @@ class ShareKeeper:
         rng: Callable[[int], bytes] = os.urandom,
         exhausted_grace: float = EXHAUSTED_GRACE_SECONDS,
         accepted_keys: int = ACCEPTED_KEYS,
+        staged_entries_per_account: int = STAGED_ENTRIES_PER_ACCOUNT,
     ) -> None:
         """`peer_signing_keys`: every node's signing key by share index, from the
         deployment record, to check their count reports (none: no report is taken).
         `exhausted_grace`: seconds of the shell's clock (`tick`) a share at this node's
         own count of L is kept waiting for the owner's reset. `accepted_keys`: entries
-        whose accepted attempts are remembered (`ACCEPTED_KEYS`)."""
+        whose accepted attempts are remembered (`ACCEPTED_KEYS`);
+        `staged_entries_per_account`: the cap on an account's staged-only entries
+        (`STAGED_ENTRIES_PER_ACCOUNT`), counted by `count_staged` once the shell sets it
+        (the node's store; none set, nothing is counted: tools and tests)."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -299,6 +326,9 @@ class ShareKeeper:
         # the ACCEPTED_KEYS entries most recently attempted (least recent first).
         self._accepted: OrderedDict[bytes, OrderedDict[int, tuple[int, bytes]]] = OrderedDict()
         self._accepted_keys = accepted_keys
+        self._staged_cap = staged_entries_per_account
+        #: Set by the shell: how many of an account's entries its rows keep staged-only.
+        self.count_staged: StagedCount | None = None
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
         self._peer_keys = dict(peer_signing_keys or {})
@@ -1048,12 +1078,35 @@ class ShareKeeper:
             kept = [s for s in base.staged if s.manifest != request.manifest]
             kept.append(StagedShare(request.share, request.manifest))
             staged = base.with_(staged=kept[-STAGED_KEPT:])
+            if staged.staged_only and not (row is not None and row.staged_only):
+                refused = self._staging_refused(account)  # one more staged-only entry
+                if refused is not None:
+                    return Answer(refused)
             ack = self._sign_ack(
                 AckKind.STAGED, account, entry, request.manifest, share.public_key()
             )
             return Answer(ack, (self._write(key, staged, trusted=False),))
 
         return ThresholdRead(key, read)
+
+    def _staging_refused(self, account: str) -> ErrorResponse | None:
+        """`too_many_pending` if `account` has `STAGED_ENTRIES_PER_ACCOUNT` entries whose
+        rows here keep staged shares and no share (rows not yet durable included)."""
+        if self.count_staged is None:
+            return None
+        overlay = {
+            key: row.staged_only
+            for key, row in self._pending.items()
+            if EntryId.from_bytes(key).account == account
+        }
+        cap = self._staged_cap
+        if self.count_staged(account, overlay, cap) < cap:
+            return None
+        return error(
+            ErrorCode.TOO_MANY_PENDING,
+            f"this node keeps {cap} registrations of this account that were staged and never"
+            " committed, the most it keeps; finish one (register that entry again) first",
+        )
 
     def _commit(self, request: CommitSharesRequest) -> ThresholdUpdate:
         """docs/threshold.md "Stage, then commit", step 2: M becomes the entry's version by
@@ -1686,6 +1739,24 @@ def _window(reset_at: int, highest: int, known: set[int]) -> list[int]:
             if len(listed) > MAX_GUESS_LIMIT:
                 break
     return listed
+
+
+def count_staged_in(rows: Mapping[bytes, NodeShare]) -> StagedCount:
+    """`ShareKeeper.count_staged` over a shell's rows held in memory (`rows`: entry key ->
+    its durable row; the simulation and the in-process test fleet): a scan, which the
+    node's store replaces with its `staged` table."""
+
+    def count(account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
+        counted = {
+            key
+            for key, row in rows.items()
+            if row.staged_only and EntryId.from_bytes(key).account == account
+        }
+        counted -= {key for key, only in overlay.items() if not only}
+        counted |= {key for key, only in overlay.items() if only}
+        return len(counted)
+
+    return count
 
 
 def kept_at_limit(row: NodeShare, guess_limit: int) -> bool:

@@ -148,6 +148,13 @@ class NodeShare(Message):
     def count(self) -> int:
         return len(self.evaluated)
 
+    @property
+    def staged_only(self) -> bool:
+        """Whether this row keeps staged shares and no share of its own: a registration
+        (or a change) this node took part in that has not committed here, what the cap
+        per account counts (`STAGED_ENTRIES_PER_ACCOUNT`, hsm/shares.py)."""
+        return not self.share and bool(self.staged)
+
     def evaluated_hash(self, attempt: int) -> bytes | None:
         return next((e.blinded_hash for e in self.evaluated if e.attempt == attempt), None)
 

@@ -145,6 +145,9 @@ class NodeService:
         self._store = store
         # The store keeps the shares left at L named, by the firmware's own test.
         store.at_limit = firmware.shares.at_limit
+        # And it counts an account's registrations staged and never committed (the cap
+        # per account the firmware keeps: review r1, finding 1).
+        firmware.shares.count_staged = store.count_staged
         self._clock = clock
         self._wall_clock = wall_clock
         self._record_counter = record_counter

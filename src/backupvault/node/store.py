@@ -44,6 +44,10 @@ Tables:
       the row key itself; opening it gives every bucket its key, once)
     watched(name)            a share row's name, while that row keeps a share at this
                              node's own count of L (store format 3; `at_limit`)
+    staged(name, account)    a share row's name, while that row keeps staged shares and
+                             no share (`NodeShare.staged_only`), with its account's tag
+      account = HMAC-SHA256(name_key, "\xffaccount/" || account name)[:16]
+                             (indexed: `count_staged` reads one account's names)
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -114,6 +118,17 @@ scan once (`share_keys`), then `complete_watch` fills the table and makes the st
 format 3. A save of a share row without `at_limit` (tools) makes it format 2 again, so
 the next start scans.
 
+Registrations staged and never committed (review r1, finding 1): every save keeps
+`staged` naming exactly the written share rows that hold staged shares and no share,
+each with its account's tag, so the node counts an account's such rows with one indexed
+read of a few names (`count_staged`) and refuses a new one past its cap
+(`hsm/shares.py`, `STAGED_ENTRIES_PER_ACCOUNT`). The store judges the row itself, so a
+tool's save keeps the table too. Rows written before the table existed (by an earlier
+version) are not named until written again: the count errs toward taking a staging,
+never toward refusing one. A name whose row an earlier version rewrote since is still
+listed; when an account's count reaches the cap, each listed row is opened and checked,
+so such a name never counts.
+
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that erases (a live value written over as destroyed or
 deleted, a share row's share taken away or replaced: `_erases`) is followed by a
@@ -136,7 +151,7 @@ import struct
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
@@ -149,7 +164,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.fleet.records import Changes, Mark
-from backupvault.hsm.state import NodeShare, ThresholdState
+from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus
 
 _MOD = 2**256
@@ -186,6 +201,10 @@ _BUCKET_KEY_TABLE = (
     "CREATE TABLE IF NOT EXISTS bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 )
 _WATCHED_TABLE = "CREATE TABLE IF NOT EXISTS watched (name BLOB PRIMARY KEY) WITHOUT ROWID"
+_STAGED_TABLE = (
+    "CREATE TABLE IF NOT EXISTS staged (name BLOB PRIMARY KEY, account BLOB NOT NULL) WITHOUT ROWID"
+)
+_STAGED_INDEX = "CREATE INDEX IF NOT EXISTS staged_account ON staged (account)"
 
 #: Share rows are kept under this prefix; entry keys (EntryId encodings) start with
 #: their tag, never 0xff.
@@ -343,6 +362,8 @@ class NodeStore:
             written = STORE_FORMAT if self.watch_complete else _UNWATCHED_FORMAT
             self._db.execute(f"PRAGMA user_version={written}")
         self._db.execute(_WATCHED_TABLE)
+        self._db.execute(_STAGED_TABLE)
+        self._db.execute(_STAGED_INDEX)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS record "
             "(ver INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, row BLOB NOT NULL)"
@@ -717,7 +738,10 @@ class NodeStore:
     def get(self, key: bytes) -> AcceptorRecord | None:
         """The entry's record, after its bucket is checked (a missing row may have been
         removed: the check says whether it ever was there)."""
-        name = self.name_of(key)
+        return self._named(self.name_of(key))
+
+    def _named(self, name: bytes) -> AcceptorRecord | None:
+        """`get` by the row's name."""
         while True:
             rotations = self._rotations
             row = self._checked_row(name)
@@ -877,6 +901,7 @@ class NodeStore:
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
                 )
                 self._keep_watched(latest.values())
+                self._keep_staged(latest.values())
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
                     [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
@@ -989,6 +1014,56 @@ class NodeStore:
         )
         self._db.executemany(
             "DELETE FROM watched WHERE name = ?", [(n,) for n, at in judged if not at]
+        )
+
+    def _account_tag(self, account: str) -> bytes:
+        return hmac.digest(self._name_key, b"\xffaccount/" + account.encode(), "sha256")[:16]
+
+    def _keep_staged(self, written: Iterable[tuple[AcceptorRecord, bytes]]) -> None:
+        """In the saving transaction: `staged` names each written share row that keeps
+        staged shares and no share (`NodeShare.staged_only`), with its account's tag, and
+        no other."""
+        named: list[tuple[bytes, bytes]] = []
+        others: list[tuple[bytes]] = []
+        for record, name in written:
+            if not is_share_record(record):
+                continue
+            try:
+                entry = EntryId.from_bytes(record.key[len(SHARE_PREFIX) :])
+            except (InvalidInput, ValueError):
+                entry = None  # not the node's (a tool's): counts for no account
+            if entry is not None and _stored_share(record.value)[0].staged_only:
+                named.append((name, self._account_tag(entry.account)))
+            else:
+                others.append((name,))
+        self._db.executemany("INSERT OR REPLACE INTO staged (name, account) VALUES (?, ?)", named)
+        self._db.executemany("DELETE FROM staged WHERE name = ?", others)
+
+    def count_staged(self, account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
+        """How many of `account`'s entries this store keeps staged shares and no share of
+        (`staged`), with `overlay` (entry key -> whether its row is staged-only) in place
+        of the stored rows of those entries (rows handed out and not yet durable). One
+        indexed read of the account's names; only when the count reaches `limit` is each
+        stored row opened and checked (a name an earlier version's write left behind does
+        not count). On the reader's thread (the event loop's), as `watched_keys`."""
+        tag = self._account_tag(account)
+        with self._lock:
+            found = self._reader.execute("SELECT name FROM staged WHERE account = ?", (tag,))
+            stored = {bytes(n) for (n,) in found}
+        over = {self.name_of(SHARE_PREFIX + key): only for key, only in overlay.items()}
+        names = (stored - set(over)) | {name for name, only in over.items() if only}
+        if len(names) < limit:
+            return len(names)
+        return sum(1 for name in names if over.get(name) or self._staged_only(name))
+
+    def _staged_only(self, name: bytes) -> bool:
+        """Whether the row `name` (checked as any read) is a share row that keeps staged
+        shares and no share."""
+        record = self._named(name)
+        return (
+            record is not None
+            and is_share_record(record)
+            and _stored_share(record.value)[0].staged_only
         )
 
     def watched_keys(self) -> list[bytes]:

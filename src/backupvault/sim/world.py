@@ -18,7 +18,7 @@ import heapq
 import itertools
 import random
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
@@ -62,6 +62,7 @@ from backupvault.hsm.shares import (
     ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
+    count_staged_in,
     error,
 )
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
@@ -556,6 +557,11 @@ class Simulation:
             return answer
 
         keeper._evaluate_committed = evaluate_committed  # type: ignore[method-assign]
+
+        def count_staged(account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
+            return count_staged_in(n.rows)(account, overlay, limit)  # n.rows as it is now
+
+        keeper.count_staged = count_staged
         return keeper
 
     def _make_client(
