@@ -484,46 +484,6 @@ def test_a_copy_is_checked_against_what_this_node_held_not_a_peer_s_earlier_copy
     assert replica.held_payload(b"k") == b"A-chosen"
 
 
-def _counted(key: bytes, payload: bytes, held: bytes) -> str | None:
-    """An application check of counters, as the entries' own (attempts only go up): a
-    value "n=<count>" may follow a held one only with a count at least as high."""
-    if held and int(payload[2:]) < int(held[2:]):
-        return "the counter went down"
-    return None
-
-
-@pytest.mark.parametrize("stale_first", [True, False])
-@pytest.mark.parametrize("rolled_back", [False, True])
-def test_a_catching_up_node_keeps_the_newer_of_two_values_whatever_ballot_the_older_claims(
-    stale_first: bool, rolled_back: bool
-) -> None:
-    """Review s40-R3: a hostile peer handed a wiped node an entry's first value claimed
-    one round above the chosen one (or a rolled-back node its own old value). Taken by
-    its ballot, the stale value stayed for good: repairs below its claim were refused,
-    and a proposer that counted this node built on it. The node keeps the value that
-    follows the other by its check (the chosen one), at the higher ballot, whichever
-    copy comes first."""
-    source = MemoryRecords()
-    if rolled_back:
-        source.put(AcceptorRecord(b"k", 1, 0, 1, 0, _value(b"n=0")))
-    replica = Replica(0, range(3), random.Random(7).randbytes, source, check_copy=_counted)
-    asks = _asks(replica.start(0.0))
-    chosen = AcceptorRecord(b"k", 6, 1, 6, 1, _value(b"n=12"))
-    stale = AcceptorRecord(b"k", 7, 2, 7, 2, _value(b"n=0"))  # the hostile claim
-    first, second = (stale, chosen) if stale_first else (chosen, stale)
-    replica.receive(
-        first.accepted_node, SyncResponse(asks[first.accepted_node], True, [first]), 0.1
-    )
-    replica.receive(
-        second.accepted_node, SyncResponse(asks[second.accepted_node], True, [second]), 0.2
-    )
-    assert replica.ready
-    assert replica.held_payload(b"k") == b"n=12"
-    record = source.get(b"k")
-    assert record is not None
-    assert record.accepted == Ballot(7, 2) and record.promised >= Ballot(7, 2)
-
-
 def test_after_a_rollback_a_copy_is_checked_against_the_node_s_own_older_value() -> None:
     """The same with a rolled-back store that still holds an older value of its own: the
     chosen copy is checked against that value, not against the sibling merged first."""
@@ -1596,3 +1556,58 @@ def test_a_value_padded_through_its_recent_ops_is_never_stored(kind: str) -> Non
     ballot = (prepare.round, prepare.node)
     forged = Promise(prepare.op_id, b"k", *ballot, True, prepare.round - 1, 2, value, *ballot)
     assert proposer.receive(2, forged, net.now) == []
+
+
+def _attempts(key: bytes, payload: bytes, held: bytes) -> str | None:
+    """The firmware's rule for two live values of one version and M, in small: neither
+    the attempt counter nor the client's clock goes down; which B it is, is not compared."""
+    if not held:
+        return None
+    new, old = (dict(kv.split("=") for kv in p.decode().split(";")) for p in (payload, held))
+    if int(new["a"]) < int(old["a"]) or int(new["c"]) < int(old["c"]):
+        return "went down"
+    return None
+
+
+def test_a_catching_up_node_keeps_the_chosen_value_not_a_sibling_the_check_lets_follow() -> None:
+    """Review s40-D: preferring, of two copies, the value the acceptor's check lets follow
+    the other (tried in session 40 against a hostile peer's stale copies) let a rolled-back
+    node hold an unchosen sibling at the chosen value's ballot. Attempt X (a later client
+    clock) reached node 3 alone; attempt Y was chosen by nodes 0-2 at a higher ballot; the
+    check lets X follow Y, and once nodes 1 and 2 were cut off, nodes 0, 3 and 4 committed
+    the next attempt on X: the chosen Y was lost. Copies are merged by ballot."""
+    net = Net(5, seed=3)
+    for i in range(5):
+        net.replicas[i] = Replica(
+            i, range(5), net.rand.randbytes, MemoryRecords(), check_value=_attempts
+        )
+        net.run(i, net.replicas[i].start(net.now))
+    net.settle()
+    net.propose(0, b"op-c", b"k", lambda value: (b"a=1;c=100;h=C", None))
+    net.settle()
+    rolled_back = net.replicas[0].source.get(b"k")
+    assert rolled_back is not None
+    top = max(r.source.get(b"k").promised.round for r in net.replicas.values())  # type: ignore[union-attr]
+    x, y = _value(b"a=2;c=300;h=X"), _value(b"a=2;c=200;h=Y")
+    net.replicas[3].receive(4, Prepare(b"op-x", b"k", top + 1, 4), net.now)
+    net.replicas[3].receive(4, Accept(b"op-x", b"k", top + 1, 4, x, 4, False), net.now)
+    for acceptor in (0, 1, 2):  # Y chosen at a higher ballot
+        net.replicas[acceptor].receive(1, Prepare(b"op-y", b"k", top + 2, 1), net.now)
+        net.replicas[acceptor].receive(1, Accept(b"op-y", b"k", top + 2, 1, y, 1, False), net.now)
+    net.queue.clear()
+    net.replicas[0] = Replica(
+        0, range(5), net.rand.randbytes, MemoryRecords.of([rolled_back]), check_value=_attempts
+    )
+    net.run(0, net.replicas[0].start(net.now))  # rolled back to before Y: catches up
+    net.settle()
+    assert net.replicas[0].ready and net.replicas[0].held_payload(b"k") == b"a=2;c=200;h=Y"
+    net.down = {1, 2}
+
+    def next_attempt(value: bytes) -> tuple[bytes, None]:
+        old = dict(kv.split("=") for kv in value.decode().split(";"))
+        return f"a={int(old['a']) + 1};c={int(old['c']) + 1};h=Z".encode(), None
+
+    net.propose(4, b"op-z", b"k", next_attempt)
+    net.settle(30.0)
+    assert net.replicas[4].held_payload(b"k") == b"a=3;c=201;h=Z"  # built on Y
+    assert net.replicas[0].held_payload(b"k") == b"a=3;c=201;h=Z"

@@ -4,8 +4,14 @@ a version the entry has moved past; `manifest` says whether this node holds a sh
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import replace
+
+from backupvault.crypto.seal import seal_share
+from backupvault.hsm.state import EntryId
 from backupvault.protocol import (
     AckKind,
+    DeliverShareRequest,
     ErrorCode,
     ErrorResponse,
     ManifestRequest,
@@ -15,7 +21,7 @@ from backupvault.protocol import (
     ShareAck,
 )
 from backupvault.sim import clients
-from backupvault.sim.world import ThresholdClient, threshold_world
+from backupvault.sim.world import FLEET_ID, ThresholdClient, sealing_key, threshold_world
 
 RK = bytes(range(32))
 
@@ -89,29 +95,60 @@ def test_a_late_share_is_taken_for_the_live_version_and_refused_for_an_old_one()
 
 
 def test_a_node_cut_off_past_the_repair_window_catches_up_on_the_late_delivery() -> None:
-    """Review s40 (M1), on the seeded world: node 4 is off the network through a
-    registration and for longer than the repair and settling windows, so no node will
-    bring it M again; back, it holds the entry empty. The device's late delivery makes it
-    run a round first (one that changes nothing), which brings it M, and then it takes
-    its share and acknowledges it as held. Before, it staged the share and answered
-    STAGED at every delivery, never HELD: it would promote the share only once it took M,
-    which nothing brought it until the entry's next recovery."""
+    """Review s40 (M1), on the seeded world: node 4 is off the network through a password
+    change and for longer than the repair and settling windows, so no node will bring it
+    the new M; back, it holds version 1. The device's late delivery makes it run a round
+    first (one that changes nothing), which brings it M, and then it takes its share and
+    acknowledges it as held. Before, it answered `already_registered` at every delivery
+    until the entry's next recovery. (A node that holds nothing of the entry runs no such
+    round: review s40-D, made-up entry names then left a record on every node.)"""
     world = threshold_world(limit=4)
     client = ThresholdClient(world)
-    world.down = {4}
     _loot, acks = client.register(b"right", RK)
-    assert acks == 4
+    assert acks == 5
+    recovered = client.recover(b"right")
+    assert recovered is not None
+    world.down = {4}
+    changed = client._run(
+        clients.change_password(client.ctx, client._recovered(recovered[0], RK), b"new pw")
+    )
+    assert changed.acks == 4 and changed.registration is not None
     owed = client.ctx.pending.owed(client.ctx.fleet_id, "alice", "chat", client.ctx.epoch)
     assert [record.nodes for record in owed] == [(4,)]
     world.settle(300.0)  # the repair gives up after two minutes, settling sooner
     world.down = set()
     world.settle(10.0)
-    assert world.replicated(4, client.key).version == 0  # nothing comes to it by itself
+    assert world.replicated(4, client.key).version == 1  # nothing comes to it by itself
 
     assert client.status() == "status: live"  # delivers what this device owes, on the way
     assert not client.ctx.pending.owed(client.ctx.fleet_id, "alice", "chat", client.ctx.epoch)
-    assert world.replicated(4, client.key).version == 1
+    assert world.replicated(4, client.key).version == 2
     assert _holds(world, 4) and world.honest[4].rows[client.key].share
-    # The key opens with two of the first holders down.
+    # The key opens with two of the other holders down.
     world.down = {0, 1}
-    assert client.recover(b"right") is not None
+    assert client.recover(b"new pw") is not None
+
+
+def test_late_deliveries_for_made_up_entries_run_no_round_and_leave_no_record() -> None:
+    """Review s40-D: a late delivery to a node that holds nothing of the entry ran the
+    round that brings a node behind up to date, so an account holder delivering shares it
+    dealt itself for made-up entry names left an acceptor record on every node per name
+    (what review s40-R1 stopped for evaluate, reset and delete). Such a node stages the
+    share with no round; the staged entries are capped per account."""
+    world = threshold_world(limit=4)
+    client = ThresholdClient(world)
+    names = [f"made-up-{i}" for i in range(6)]
+    for name in names:
+        made = clients.deal(replace(client.ctx, entry=name), b"pw", bytes(32), 1)
+        manifest = made.manifest.to_bytes()
+        digest = hashlib.sha256(manifest).digest()
+        for slot in range(5):
+            sealed = seal_share(
+                sealing_key(slot).public_key(), FLEET_ID, slot, digest,
+                made.shares[slot].to_bytes(),
+            )  # fmt: skip
+            request = DeliverShareRequest("alice", name, manifest, sealed)
+            world.request(slot, Op.DELIVER_SHARE, request)
+    keys = [EntryId.of("alice", name).to_bytes() for name in names]
+    records = [k for slot in range(5) for k in keys if world.honest[slot].disk.get(k) is not None]
+    assert records == []

@@ -612,16 +612,3 @@ def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) 
 def test_regression_a_delete_of_a_key_replaced_meanwhile_is_told_as_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
-
-
-# Found by review s40-R3 (a stronger hostile node of its own; here `stale_catch_up`, the
-# simulator's hostile nodes hand a node catching up each entry's older value claimed one
-# round above the highest they saw): the wiped or rolled-back node kept that stale value
-# by its ballot for good, an entry destroyed everywhere else stayed live there, and the
-# disks never agreed. It now keeps the newer of two values by the acceptor's check
-# (`Replica._merged_copy`; the unit test is tests/fleet/test_replica.py
-# test_a_catching_up_node_keeps_the_newer_of_two_values_whatever_ballot_the_older_claims).
-@pytest.mark.parametrize("seed", [5560001, 5560006, 5560027, 5560071, 5560093])
-def test_regression_a_stale_copy_at_a_high_ballot_does_not_stick(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, stale_catch_up=True))
-    assert result.violation is None, report(result)

@@ -767,16 +767,22 @@ class LocalDeployment:
         return epoch, first
 
     def keys_held(self, sets: list[int]) -> list[str]:
-        """The entries ("account/entry") a node of these node sets holds live with a share
-        of, by `node inspect` on each node's store (running or not)."""
+        """The entries ("account/entry") one of these node sets can still open: held live
+        with a share by at least a threshold of its nodes (a majority), by `node inspect`
+        on each node's store (running or not). Fewer holders open nothing (a node behind
+        on a delete, say), so they do not hold a retirement back."""
         held: set[str] = set()
         for first in sets:
-            for index in range(self.node_count(first)):
+            nodes = self.node_count(first)
+            holders: dict[str, int] = {}
+            for index in range(nodes):
                 config = str(self.node_config(index, first))
                 out = self._backupvault(["node", "inspect", "--config", config], index, first)
                 for entry in json.loads(out)["entries"]:
                     if entry.get("status") == "live" and entry.get("holds_share"):
-                        held.add(f"{entry['account']}/{entry['entry']}")
+                        name = f"{entry['account']}/{entry['entry']}"
+                        holders[name] = holders.get(name, 0) + 1
+            held |= {name for name, count in holders.items() if count >= nodes // 2 + 1}
         return sorted(held)
 
     def _wipe_retired(self) -> bool:

@@ -1467,7 +1467,7 @@ class Replica:
                 # is lost with the map, and the copy (perhaps a sibling of the chosen
                 # value) is no value of its own. Checked as a wiped node's copies are.
                 self._own_values[theirs.key] = b""
-            merged = self._merged_copy(mine, theirs)
+            merged = _merge(mine, theirs, take_value=self._copy_taken(mine, theirs))
             if merged.value != mine.value and not self._started_empty:
                 self._own_values.setdefault(theirs.key, mine.value)
             if merged != self.source.get(theirs.key):
@@ -1485,51 +1485,10 @@ class Replica:
             effects += self._finish_sync()
         return effects
 
-    def _merged_copy(self, mine: AcceptorRecord, theirs: AcceptorRecord) -> AcceptorRecord:
-        """`mine` with a peer's copy of the record merged in: the highest promise, and the
-        newest accepted value that passes this node's check for a copy.
-
-        The ballot alone let one hostile peer decide: it handed a wiped node an entry's
-        first value claimed one round above the chosen one (or a rolled-back node its own
-        old value so claimed), and the node kept that stale value for good, refused every
-        repair below its claim and made proposers that counted it build on the stale
-        value, which the other acceptors refuse (review s40-R3, 21 of 200 seeds with such
-        a peer). Among honest copies, a value at a higher ballot never holds less than
-        one chosen below it (a proposer builds on the highest acceptance its quorum
-        reports, and an acceptor takes only what its check lets follow what it holds).
-        So when one value is strictly older than the other by that check (the newer
-        passes it against the older, not the other way round), the newer is kept,
-        whichever peer answered first, and with the higher of the two ballots: the node
-        still refuses every round below one it may have taken before it lost its disk.
-        Values neither of which follows the other (siblings, one perhaps never chosen)
-        keep the ballot order."""
-        newer = theirs.accepted > mine.accepted
-        if not mine.value:
-            return _merge(mine, theirs, take_value=newer and self._copy_taken(mine, theirs))
-        if not self._copy_taken(mine, theirs):
-            return _merge(mine, theirs, take_value=False)
-        if newer:
-            take = not self._strictly_older(theirs, mine)
-        else:
-            take = self._strictly_older(mine, theirs)
-        return _merge(mine, theirs, take_value=take, highest_ballot=True)
-
-    def _strictly_older(self, older: AcceptorRecord, newer: AcceptorRecord) -> bool:
-        """Whether this node's check lets `newer`'s value follow `older`'s, and not the
-        other way round."""
-        if self._check_copy is None:
-            return False
-        try:
-            old, new = payload_of(older.value), payload_of(newer.value)
-        except InvalidInput:
-            return False
-        forward = self._check_copy(older.key, new, old) is None
-        return forward and self._check_copy(older.key, old, new) is not None
-
     def _copy_taken(self, mine: AcceptorRecord, theirs: AcceptorRecord) -> bool:
-        """Whether a peer's accepted value passes this node's check for a copy: a peer may
-        be hostile, and a value a copy puts here is what this acceptor checks every later
-        proposal against (docs/threshold.md, "Catching up").
+        """Whether a peer's newer accepted value passes this node's check for a copy: a
+        peer may be hostile, and a value a copy puts here is what this acceptor checks
+        every later proposal against (docs/threshold.md, "Catching up").
 
         Checked against what this node itself held before this catch-up, never against
         another peer's copy merged earlier in it: that copy may be a sibling of the chosen
@@ -1538,8 +1497,8 @@ class Replica:
         rolled back or wiped, so a majority could then commit a value that does not build
         on the chosen one (sim seeds 9300379, 9101607). Which peer answers first must not
         decide what the node holds."""
-        if self._check_copy is None:
-            return True
+        if theirs.accepted <= mine.accepted or self._check_copy is None:
+            return True  # not newer (only the promise is merged), or nothing to check
         try:
             payload = payload_of(theirs.value)
             own = b"" if self._started_empty else self._own_values.get(theirs.key, mine.value)
@@ -1624,19 +1583,17 @@ def _digest(value: bytes) -> bytes:
     return hashlib.sha256(value).digest()
 
 
-def _merge(
-    mine: AcceptorRecord,
-    theirs: AcceptorRecord,
-    take_value: bool,
-    highest_ballot: bool = False,
-) -> AcceptorRecord:
-    """Two copies of a record as one: `theirs`'s accepted value if `take_value`, else
-    `mine`'s, at its own ballot or (`highest_ballot`) at the higher of the two; and the
-    highest promise (a promise is only ever stricter: it refuses lower ballots, and
-    carries no value)."""
-    accepted = theirs if take_value else mine
-    ballot = max(mine.accepted, theirs.accepted) if highest_ballot else accepted.accepted
-    promised = max(mine.promised, theirs.promised, ballot)
+def _merge(mine: AcceptorRecord, theirs: AcceptorRecord, take_value: bool = True) -> AcceptorRecord:
+    """The newest accepted value and the highest promise of two copies of a record; with
+    `take_value` False, this node's own value whatever the ballots (a promise is only ever
+    stricter: it refuses lower ballots, and carries no value)."""
+    accepted = theirs if take_value and theirs.accepted > mine.accepted else mine
+    promised = max(mine.promised, theirs.promised, accepted.accepted)
     return AcceptorRecord(
-        mine.key, promised.round, promised.node, ballot.round, ballot.node, accepted.value
+        mine.key,
+        promised.round,
+        promised.node,
+        accepted.accepted_round,
+        accepted.accepted_node,
+        accepted.value,
     )

@@ -1026,7 +1026,11 @@ class ShareKeeper:
                     return Answer(taken)
                 ack = self._held_ack(account, entry, request.manifest)
                 return Answer(ack, () if taken is None else (taken,))
-            if late and not repaired and _may_be_behind(state, manifest):
+            # Not for an entry this node holds nothing of (no value, no row): a made-up
+            # name then left a record on every node per delivery (review s40-D); such a
+            # node stages the share, and the entry's next round brings it M.
+            holds_something = state != ThresholdState() or self.row(key) is not None
+            if late and not repaired and holds_something and _may_be_behind(state, manifest):
                 behind = error(
                     ErrorCode.FLEET_UNAVAILABLE,
                     f"this node holds version {state.version} of this entry, not the share's"
