@@ -1404,3 +1404,12 @@ def test_a_small_order_operator_key_in_an_ota_config_is_named(tmp_path: Path) ->
     assert done.returncode == 1, done.stderr
     assert "field 'operator_public_key' is malformed" in done.stderr
     assert "prime-order" in done.stderr
+
+
+def test_a_source_that_does_not_exist_is_told_to_check_the_path(tmp_path: Path) -> None:
+    """Review s40-R2: a mistyped source got click's message and a hint to read the
+    options, which do not help."""
+    made = backupvault("backup", "create", str(tmp_path / "nonexist"), "--storage", str(tmp_path))
+    assert made.returncode == 2
+    assert "does not exist" in made.stderr
+    assert "hint: check the path" in made.stderr and "--help" not in made.stderr

@@ -1537,6 +1537,9 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     unknown = re.fullmatch(r"No such command '(.*)'\.", message, re.S)
     if unknown is not None and (here := _as_named_here(err.ctx, unknown.group(1))):
         return here
+    if "does not exist" in message and isinstance(err, click.BadParameter):
+        # A path typed wrong: the options are not what would help (review s40-R2).
+        return "check the path (a relative one is taken from the folder you run this in)"
     what = "commands and options" if isinstance(err.ctx.command, click.Group) else "options"
     return f"`{err.ctx.command_path} --help` lists its {what}"
 
