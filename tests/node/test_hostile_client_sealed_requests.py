@@ -19,10 +19,11 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from sealed_client import ACCOUNTS, EPOCH, FLEET_ID, NODE_KEY, seal, token
 
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf, owner
-from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request, seal_share
+from backupvault.crypto.seal import ResponseKey, seal_share
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
@@ -31,7 +32,6 @@ from backupvault.node.store import NodeStore
 from backupvault.protocol import (
     REQUEST_TYPES,
     AckKind,
-    AuthorizedRequest,
     CommitAck,
     CommitSharesRequest,
     ErrorResponse,
@@ -45,61 +45,19 @@ from backupvault.protocol import (
     encode_commit_acks,
 )
 from backupvault.sim.clients import SIM_KSF
-from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
-FLEET_ID = b"fleet"
-EPOCH = 0
-NODE_KEY = NodePrivateKey.generate(Kem.X25519)
-ISSUER = Ed25519PrivateKey.generate()
-DEVICE = Ed25519PrivateKey.generate()
-ACCOUNTS = TokenVerifier(ISSUER.public_key(), "issuer", fleet_audience(FLEET_ID))
 U64_MAX = 2**64 - 1
 #: What a node may answer a client request with (503 only if it stopped, or catches up).
 CLIENT_STATUSES = {200, 400, 403}
 
 
-def _token(account: str) -> str:
-    return mint_token(
-        ISSUER,
-        account,
-        issuer="issuer",
-        audience=fleet_audience(FLEET_ID),
-        ttl_seconds=3600,
-        device_key=DEVICE.public_key(),
-    )
-
-
-TOKENS = {"alice": _token("alice"), "bob": _token("bob")}
+TOKENS = {"alice": token("alice"), "bob": token("bob")}
 
 
 def _unchecked(cls: type[Message], *fields: Any) -> Message:
     """`cls(*fields)` without its own checks: what a hostile client can encode and seal."""
     loose = type(cls.__name__, (cls,), {"__post_init__": lambda self: None})
     return loose(*fields)  # type: ignore[no-any-return]
-
-
-def _seal(
-    op: Op, body: bytes, token: str, *, proof: bytes | None = None
-) -> tuple[bytes, ResponseKey, bytes]:
-    """A sealed copy for node 0 as the device makes it, with `body` as the request; the
-    sealed bytes, the response key and the proof (to replay it)."""
-    if proof is None:
-        proof = sign_request_proof(
-            DEVICE,
-            fleet_id=FLEET_ID,
-            node_index=0,
-            node_key=NODE_KEY.public_key().to_bytes(),
-            token=token,
-            request=body,
-        )
-    sealed, key = seal_request(
-        NODE_KEY.public_key(),
-        FLEET_ID,
-        0,
-        str(op),
-        AuthorizedRequest(token, body, proof).to_bytes(),
-    )
-    return sealed, key, proof
 
 
 class Owner:
@@ -136,7 +94,7 @@ class Owner:
         token: str = TOKENS["alice"],
         names: tuple[str, str] = ("alice", "main"),
     ) -> tuple[ClientAnswer, Message | None]:
-        sealed, key, proof = _seal(op, body, token)
+        sealed, key, proof = seal(op, body, token)
         self.proofs.append((op, body, proof))
         answer = await self.service.client_request(op, *names, sealed)
         return answer, _opened(op, key, answer)
@@ -324,7 +282,7 @@ def test_no_sealed_request_makes_the_node_fail_or_stop(
                     answer = await service.client_request(op, "alice", "main", raw)
                 elif how == "replay" and alice.proofs:
                     sent_op, body, proof = alice.proofs[-1]
-                    sealed, _, _ = _seal(sent_op, body, TOKENS["alice"], proof=proof)
+                    sealed, _, _ = seal(sent_op, body, TOKENS["alice"], proof=proof)
                     answer = await service.client_request(sent_op, "alice", "main", sealed)
                     assert answer.status == 403, answer  # a proof is good once
                 else:

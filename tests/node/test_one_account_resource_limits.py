@@ -21,10 +21,10 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from sealed_client import ACCOUNTS, EPOCH, FLEET_ID, NODE_KEY, seal, token
 
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf
-from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey, seal_request
 from backupvault.fleet.channel import PeerChannel
 from backupvault.hsm import shares
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
@@ -34,7 +34,6 @@ from backupvault.node.service import NodeService
 from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
 from backupvault.protocol import (
     AckKind,
-    AuthorizedRequest,
     CommitAck,
     CommitSharesRequest,
     DeleteShareRequest,
@@ -49,30 +48,12 @@ from backupvault.protocol import (
     encode_commit_acks,
 )
 from backupvault.sim.clients import SIM_KSF
-from backupvault.tokens import TokenVerifier, fleet_audience, mint_token, sign_request_proof
 
-FLEET_ID = b"fleet"
-EPOCH = 0
-NODE_KEY = NodePrivateKey.generate(Kem.X25519)
 SIGNING = Ed25519PrivateKey.generate()
 STORAGE_KEY = os.urandom(32)
-ISSUER = Ed25519PrivateKey.generate()
-DEVICE = Ed25519PrivateKey.generate()
-ACCOUNTS = TokenVerifier(ISSUER.public_key(), "issuer", fleet_audience(FLEET_ID))
 
 
-def _token(account: str) -> str:
-    return mint_token(
-        ISSUER,
-        account,
-        issuer="issuer",
-        audience=fleet_audience(FLEET_ID),
-        ttl_seconds=3600,
-        device_key=DEVICE.public_key(),
-    )
-
-
-TOKENS = {"mallory": _token("mallory"), "alice": _token("alice")}
+TOKENS = {"mallory": token("mallory"), "alice": token("alice")}
 
 
 def _service(path: Path) -> NodeService:
@@ -91,29 +72,10 @@ def _service(path: Path) -> NodeService:
     return NodeService(0, {0: ("127.0.0.1", 0)}, firmware, channel, store, intact=True)
 
 
-def _sealed(op: Op, request: Message, token: str) -> tuple[bytes, ResponseKey]:
-    body = request.to_bytes()
-    proof = sign_request_proof(
-        DEVICE,
-        fleet_id=FLEET_ID,
-        node_index=0,
-        node_key=NODE_KEY.public_key().to_bytes(),
-        token=token,
-        request=body,
-    )
-    return seal_request(
-        NODE_KEY.public_key(),
-        FLEET_ID,
-        0,
-        str(op),
-        AuthorizedRequest(token, body, proof).to_bytes(),
-    )
-
-
 async def _send(
     service: NodeService, op: Op, entry: str, request: Message, account: str = "mallory"
 ) -> Message:
-    sealed, key = _sealed(op, request, TOKENS[account])
+    sealed, key, _ = seal(op, request.to_bytes(), TOKENS[account])
     answer = await service.client_request(op, account, entry, sealed)
     assert answer.status == 200, answer
     return decode_response(op, key.open(answer.body))
