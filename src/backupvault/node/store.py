@@ -900,8 +900,14 @@ class NodeStore:
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
                 )
-                self._keep_watched(latest.values())
-                self._keep_staged(latest.values())
+                # Each written share row, opened once for both tables.
+                shares = [
+                    (record, name, _stored_share(record.value)[0])
+                    for record, name in latest.values()
+                    if is_share_record(record)
+                ]
+                self._keep_watched(shares)
+                self._keep_staged(shares)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
                     [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
@@ -995,11 +1001,11 @@ class NodeStore:
             self.rotate(row_key, generation, self.rotation_owed)
             self.key_rotation.finish_rotation(generation)
 
-    def _keep_watched(self, written: Iterable[tuple[AcceptorRecord, bytes]]) -> None:
-        """In the saving transaction: `watched` names each written share row that keeps a
-        share at L, and no other. Without `at_limit` (a tool writing) nothing can be
-        judged: the store goes back to format 2, and the next start scans."""
-        shares = [(r, name) for r, name in written if is_share_record(r)]
+    def _keep_watched(self, shares: list[tuple[AcceptorRecord, bytes, NodeShare]]) -> None:
+        """In the saving transaction: `watched` names each written share row (`shares`:
+        record, name, the row opened) that keeps a share at L, and no other. Without
+        `at_limit` (a tool writing) nothing can be judged: the store goes back to format
+        2, and the next start scans."""
         if not shares:
             return
         at_limit = self.at_limit
@@ -1008,7 +1014,7 @@ class NodeStore:
                 self._db.execute(f"PRAGMA user_version={_UNWATCHED_FORMAT}")
                 self.watch_complete = False  # (also if the transaction rolls back: safe)
             return
-        judged = [(name, at_limit(_stored_share(r.value)[0])) for r, name in shares]
+        judged = [(name, at_limit(row)) for _, name, row in shares]
         self._db.executemany(
             "INSERT OR IGNORE INTO watched (name) VALUES (?)", [(n,) for n, at in judged if at]
         )
@@ -1019,20 +1025,18 @@ class NodeStore:
     def _account_tag(self, account: str) -> bytes:
         return hmac.digest(self._name_key, b"\xffaccount/" + account.encode(), "sha256")[:16]
 
-    def _keep_staged(self, written: Iterable[tuple[AcceptorRecord, bytes]]) -> None:
-        """In the saving transaction: `staged` names each written share row that keeps
-        staged shares and no share (`NodeShare.staged_only`), with its account's tag, and
-        no other."""
+    def _keep_staged(self, shares: list[tuple[AcceptorRecord, bytes, NodeShare]]) -> None:
+        """In the saving transaction: `staged` names each written share row (`shares`, as
+        `_keep_watched`) that keeps staged shares and no share (`NodeShare.staged_only`),
+        with its account's tag, and no other."""
         named: list[tuple[bytes, bytes]] = []
         others: list[tuple[bytes]] = []
-        for record, name in written:
-            if not is_share_record(record):
-                continue
+        for record, name, row in shares:
             try:
                 entry = EntryId.from_bytes(record.key[len(SHARE_PREFIX) :])
             except (InvalidInput, ValueError):
                 entry = None  # not the node's (a tool's): counts for no account
-            if entry is not None and _stored_share(record.value)[0].staged_only:
+            if entry is not None and row.staged_only:
                 named.append((name, self._account_tag(entry.account)))
             else:
                 others.append((name,))
