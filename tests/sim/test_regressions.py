@@ -326,6 +326,18 @@ def test_regression_a_result_waits_for_the_next_change_s_own_write() -> None:
     assert result.violation is None, report(result)
 
 
+# Seed 10440080 (1,000 from 10,440,000, session 40): node2 crashed before an attempt
+# committed and restarted intact; node0, the committer repairing it, crashed a moment
+# before node2 came back, node1 (its stand-in) had crashed too, and the two other
+# acceptors, third and fourth in line, left the repair to them: node2 kept the attempt
+# before ("disks-agree"). Every acceptor now stands in, one after the other;
+# tests/sim/test_settling.py
+# test_a_value_whose_two_lowest_acceptors_crashed_reaches_a_node_back_intact.
+def test_regression_every_acceptor_stands_in_for_a_crashed_repairer() -> None:
+    result = run_seed(10440080)
+    assert result.violation is None, report(result)
+
+
 @pytest.mark.parametrize("seed", [10051237, 10196044, 10241660, 10289583])
 def test_regression_a_password_changed_on_another_device_is_an_answer(seed: int) -> None:
     result = run_seed(seed)

@@ -97,7 +97,9 @@ def test_a_tombstone_whose_every_repair_died_reaches_the_others_when_a_client_as
     """Every node that took the tombstone restarts before its repair lands (soak run BG):
     nobody carries it on. The nodes that missed it hold the entry live with no guess
     left, and the next manifest read makes each of them look again (a no-op round), so
-    the entry ends destroyed on every disk without another guess."""
+    the entry ends destroyed on every disk without another guess. (Left alone, 3 and 4
+    get there later too: each stands in for the repair of the guess before, which the
+    nodes holding the tombstone refuse, and that refusal sets off the same no-op round.)"""
     world, client = _at_the_limit()
     world.down = {3, 4}
     with pytest.raises(AuthenticationFailed):
@@ -107,14 +109,36 @@ def test_a_tombstone_whose_every_repair_died_reaches_the_others_when_a_client_as
     for slot in range(3):
         world.restart(slot)  # every repair and every settling duty is gone
     world.down = set()
-    world.settle(30.0)
+    world.settle(3.0)
     assert _destroyed(world, client) == [0, 1, 2]  # nobody asked: 3 and 4 still live
     partials = world.observer.partials
     assert client.status() == "status: destroyed"
-    world.settle(10.0)
+    assert world.run_until(lambda: len(_destroyed(world, client)) == 5, 5.0)
     assert _destroyed(world, client) == [0, 1, 2, 3, 4]
     assert all(world.replicated(s, client.key).attempts_used == LIMIT for s in range(5))
     assert world.observer.partials == partials
+
+
+def test_a_value_whose_two_lowest_acceptors_crashed_reaches_a_node_back_intact() -> None:
+    """Sim seed 10440080: a node misses a committed guess while down; the committer and
+    the next acceptor in line, who would repair it, crash (their repairs and settling
+    duties live in memory); the node comes back intact, so it asks nobody. Every other
+    acceptor stands in, one after the other, so it still gets the value."""
+    world = threshold_world(5, 3, seed=11)
+    client = ThresholdClient(world)
+    client.register(b"right", bytes(32))
+    world.crash(4)
+    assert client.recover(b"wrong") is None
+    taken = world.replicated(0, client.key)
+    assert taken.attempts_used == 1
+    assert world.replicated(4, client.key).attempts_used == 0
+    world.settle(5.0)  # settled as far as it goes without node 4: node 0 repairs it
+    for slot in (0, 1):
+        world.restart(slot)  # the repair and the next stand-in's duty are gone
+    world.restart(4)  # intact: it asks nobody
+    world.settle(60.0)
+    assert [world.replicated(s, client.key) for s in range(5)] == [taken] * 5
+    assert not any(world.members[s].replica.unsettled() for s in range(5))  # type: ignore[union-attr]
 
 
 def _forged_record(

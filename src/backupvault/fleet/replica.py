@@ -1194,9 +1194,9 @@ class Replica:
         asks about the entry again: a destroyed entry live on some disks (docs/soak.md,
         runs J, L, M). So every acceptor of an announced entry's value looks again after
         `settle_after`: taken by every node (each acceptor announces its answer), nothing
-        to do; chosen but not taken by some, the two lowest-numbered acceptors that took
-        it (one after the other, so a crashed repairer is stood in for) resend it to those
-        as a repair; not seen chosen, this node runs a no-op round, which commits the
+        to do; chosen but not taken by some, the acceptors that took it, lowest-numbered
+        first and each next one later (so a crashed repairer is stood in for), resend it
+        to those as a repair; not seen chosen, this node runs a no-op round, which commits the
         newest value a majority holds (this node's own, unless a newer one exists) and
         repairs whoever lags in turn. Each acceptor still checks every value it is sent."""
         effects: list[Effect] = []
@@ -1227,10 +1227,13 @@ class Replica:
         self, key: bytes, record: AcceptorRecord, votes: _Votes, unsettled: _Unsettled, now: float
     ) -> list[Effect]:
         """A chosen value some nodes have not taken: the lowest-numbered acceptor that took
-        it repairs them, the next one a while later if they still lag (the first may have
-        crashed); the others leave it to them."""
-        rank = sorted(votes.acceptors).index(self.node) if self.node in votes.acceptors else 2
-        if rank >= 2 or any(r.accept.key == key for r in self._repairs.values()):
+        it repairs them, and each next one stands in after it, later each time, while they
+        still lag (those before it may have crashed, and a repair lives in memory: sim seed
+        10440080, where the two lowest crashed and a node that had missed the value came
+        back intact with nobody left to repair it)."""
+        acceptors = sorted(votes.acceptors)
+        rank = acceptors.index(self.node) if self.node in acceptors else len(acceptors)
+        if any(r.accept.key == key for r in self._repairs.values()):
             return []
         if rank > unsettled.tries:
             self._again(key, unsettled, now)
