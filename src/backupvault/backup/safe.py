@@ -1,4 +1,4 @@
-"""Writing a restored tree strictly inside one folder, whatever the archive asks for.
+"""Writing a restored single-blob archive strictly inside one folder, whatever it asks for.
 
 `SafeDestination` is the only way a restore touches the disk. It trusts nothing about the
 names, links and sizes it is given (they come from an archive that may have been written by
@@ -18,8 +18,8 @@ are not needed for safety. Rules:
 - A hard link may only name a regular file created earlier by the same restore.
 - Symbolic links are created last, and only if their target, resolved through the links of
   the same archive, stays inside the tree (others are skipped and reported). Once made,
-  each is resolved again as the file system resolves it (`remove_escaping_links`, shared
-  with the repository restore): one that leads out after all, where the file system takes
+  each is resolved again as the file system resolves it (`remove_escaping_links`): one
+  that leads out after all, where the file system takes
   names differing in case or Unicode form for one, is removed and reported. So after the
   restore no link in the tree leads out of it.
 - Totals are capped: at most `Limits.max_entries` members and `Limits.max_bytes` bytes of

@@ -1,8 +1,7 @@
-"""Symbolic links a restore makes are checked again once made, as the file system resolves
-them: on a file system that takes names differing in case or Unicode form for one (APFS,
-NTFS, ext4 casefold), a tree whose links the byte-level check follows correctly can still
-lead out ("l" -> "." and "x" -> "L/L/../../etc": "L" is the link "l" there). Such a link is
-removed, with a warning, before anything is moved into --to."""
+"""Symbolic links in a repository restore: each is made as it was stored, after every file,
+and never followed. `safe.resolves_outside`, which the single-blob extractor uses to remove
+a link that leads out once made (on a file system that takes names differing in case or
+Unicode form for one, "L" is the link "l"), looks names up in the folder itself."""
 
 from __future__ import annotations
 
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from backupvault.backup import safe
-from backupvault.backup.repo import Repository, create_snapshot, restore, restore_snapshot
+from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
 from backupvault.backup.repo import snapshots as snaps
 from backupvault.backup.repo.tree import DIR, ROOT, SYMLINK, Entry
 from backupvault.backup.storage import Storage
@@ -51,66 +50,32 @@ def _links(folder: Path) -> dict[str, str]:
     }
 
 
-def test_links_the_tree_check_misses_are_removed_once_made(
-    repo: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+def test_every_link_comes_back_as_it_was_stored_wherever_it_leads(
+    repo: Path, root_key: bytes
 ) -> None:
-    """With the tree check fooled (as case folding fools it), every link that leads out
-    is still removed and reported; those that stay inside are kept."""
-    monkeypatch.setattr(restore, "_link_escapes", lambda *_: False)
-    (repo.parent / "outside").mkdir()
+    """Absolute links and links out of the folder are restored too (restic and tar do): a
+    home folder's dotfile links were lost on every restore with exit 0 (review s40-R2).
+    Each is only made, never followed: nothing appears where any of them leads."""
+    outside = repo.parent / "outside"
+    outside.mkdir()
     links = [
         (b"l", b"."),
         (b"x", b"l/l/../../outside"),
-        (b"abs", os.fsencode(repo.parent / "outside")),
+        (b"abs", os.fsencode(outside)),
         (b"d/up", b"../.."),
         (b"d/deep", b"../l/d/../l/../.."),
         (b"ok", b"d"),
         (b"d/back", b"../l/d/../a"),
         (b"d/loose", b"missing/../../a"),
+        (b"x2", FOLDED),
     ]
     _plant(repo, root_key, links)
     dest = repo.parent / "restored"
     info = restore_snapshot(str(repo), root_key, dest)
-    assert _links(dest) == {
-        "l": ".",
-        "ok": "d",
-        "d/back": "../l/d/../a",
-        "d/loose": "missing/../../a",
-    }
-    removed = {item.name: item.reason for item in info.skipped}
-    assert sorted(removed) == ["abs", "d/deep", "d/up", "x"]
-    for path, target in links:
-        if path.decode() in removed:
-            assert removed[path.decode()] == (
-                f"symbolic link to {target.decode()} leads outside the restored folder on "
-                "this file system (it may take names that differ in case or Unicode form "
-                "for one): removed"
-            )
-    assert info.links == 4
-    assert os.listdir(repo.parent / "outside") == []
-
-
-def test_a_link_out_through_a_case_folded_name_is_removed(
-    repo: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The reviewer's tree, on a stand-in for a case-insensitive file system: making "l"
-    also makes "L" (what such a file system shows under that name)."""
-    made = os.symlink
-
-    def folding(target: bytes, path: bytes, *, dir_fd: int | None = None) -> None:
-        made(target, path, dir_fd=dir_fd)
-        if path == b"l":
-            made(target, b"L", dir_fd=dir_fd)
-
-    monkeypatch.setattr(os, "symlink", folding)
-    links = [(b"l", b"."), (b"x", FOLDED)]
-    assert not restore._link_escapes(b"x", FOLDED, dict(links))  # the tree check is fooled
-    _plant(repo, root_key, links)
-    dest = repo.parent / "restored"
-    info = restore_snapshot(str(repo), root_key, dest)
-    assert [item.name for item in info.skipped] == ["x"]
-    assert "x" not in _links(dest)
-    assert _links(dest)["l"] == "."
+    assert _links(dest) == {path.decode(): os.fsdecode(target) for path, target in links}
+    assert info.skipped == [] and info.links == len(links)
+    assert os.listdir(outside) == []
+    assert sorted(os.listdir(repo.parent)) == ["outside", "repo", "restored", "src"]
 
 
 def test_resolves_outside_looks_names_up_in_the_folder(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ is built in a private hidden folder next to `dest` (as for single-blob backups) 
 renamed onto `dest` at the end. Every name comes from an authenticated tree whose names
 were validated (relative, no "..", no empty parts); files are created with O_EXCL and
 O_NOFOLLOW relative to the staging folder's descriptor (or, for a path longer than the
-kernel takes in one call, a folder's on its way: `safe.reached`); symbolic links are created last
-(those leaving the tree are skipped and reported), so no write ever goes through one.
-Once made, each link is resolved again as the file system resolves it, and one that
-leads out after all (names that differ in case or Unicode form are one on APFS, NTFS or
-ext4 casefold) is removed and reported, before anything is moved into `dest`.
+kernel takes in one call, a folder's on its way: `safe.reached`); symbolic links are created
+last, after every file, and a tree names nothing inside what is not an earlier folder, so no
+write ever goes through one. A link is restored as it was stored, wherever it leads (as
+restic and tar do): it is only a name, and a home folder's absolute links (dotfiles,
+`~/.local/bin`) were lost on every restore while they were skipped (review s40-R2).
 
 A chunk that fails authentication does not stop the reading: nothing more is written, but
 every other chunk is still read and authenticated, and the restore then fails naming every
@@ -50,15 +50,12 @@ from backupvault.backup.repo.state import DeviceState, place_of
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
-    Skipped,
     Staging,
     check_destination,
     check_space,
-    leads_out,
     no_space,
     reached,
     remove_abandoned,
-    remove_escaping_links,
     space,
 )
 from backupvault.backup.storage import Storage
@@ -152,12 +149,6 @@ class RestoreFailed(BackupVaultError):
     """The file system refused the restore's writes (not the user's command, nor damage)."""
 
 
-def _link_escapes(path: bytes, target: bytes, links: Mapping[bytes, bytes]) -> bool:
-    """Whether the link `path` -> `target` leads out of the tree, following the other
-    links of the same tree (`links`: path -> target), names compared by bytes."""
-    return leads_out(path, target, links.get)
-
-
 @cycle_collector_paused()
 def restore_snapshot(
     storage_url: str,
@@ -204,7 +195,6 @@ def restore_snapshot(
     limits = Limits(max_entries=len(entries), max_bytes=total)
     warnings.extend(remove_abandoned(dest_path))  # before the space they hold is checked
     check_space(dest_path.parent, limits)
-    skipped: list[Skipped] = []
     reporter.start(total, "restoring")
     try:
         with Staging(dest_path) as staging:
@@ -218,7 +208,6 @@ def restore_snapshot(
                     reporter,
                     index,
                     workers or cpu_workers(),
-                    skipped,
                     dest,
                 )
             except OSError as exc:
@@ -252,10 +241,9 @@ def restore_snapshot(
         dest=dest_path,
         files=len(files),
         folders=sum(e.kind == DIR and e.path != ROOT for e in entries),
-        links=sum(e.kind == SYMLINK for e in entries) - len(skipped),
+        links=sum(e.kind == SYMLINK for e in entries),
         bytes=sum(e.size for e in files),
         key=key,
-        skipped=skipped,
         passed_over=sorted(repo.damaged),
         warnings=warnings,
     )
@@ -300,7 +288,6 @@ def _fill(
     reporter: Progress,
     index: Index,
     workers: int,
-    skipped: list[Skipped],
     dest: str | os.PathLike[str],
 ) -> None:
     for entry in entries:
@@ -346,25 +333,12 @@ def _fill(
     if source.damaged:
         paths = files_using(files, source.damaged)
         raise damaged_files_error(source.damaged, DamagedFiles.of(snapshot, paths), dest)
-    links = {e.path: e.target for e in entries if e.kind == SYMLINK}
-    made: list[Entry] = []
     for entry in entries:
         if entry.kind == SYMLINK:
-            if _link_escapes(entry.path, entry.target, links):
-                target = os.fsdecode(entry.target)
-                skipped.append(
-                    Skipped(
-                        os.fsdecode(entry.path),
-                        f"symbolic link to {target} is outside the restored folder",
-                    )
-                )
-                continue
             ns = (entry.mtime_ns, entry.mtime_ns)
             with reached(dir_fd, entry.path) as (folder, name):
                 os.symlink(entry.target, name, dir_fd=folder)
                 os.utime(name, ns=ns, dir_fd=folder, follow_symlinks=False)
-            made.append(entry)
-    skipped.extend(remove_escaping_links(dir_fd, [(e.path, e.target) for e in made]))
     folders = [e for e in entries if e.kind == DIR and e.path != ROOT]
     for entry in sorted(folders, key=lambda e: e.path.count(b"/"), reverse=True):
         with reached(dir_fd, entry.path) as (folder, name):
