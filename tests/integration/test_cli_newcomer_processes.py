@@ -354,6 +354,11 @@ def test_a_local_up_of_another_versions_record_stops_what_it_started_and_upgrade
     upgraded = bv("local", "upgrade", "--dir", str(deployment), "--json")
     assert upgraded.returncode == 0, upgraded.stderr
     assert json.loads(upgraded.stdout)["epoch"] == deployed["epoch"] + 1
+    assert json.loads(upgraded.stdout)["upgraded"] is True
+    again = bv("local", "upgrade", "--dir", str(deployment))
+    assert again.returncode == 0, again.stderr
+    assert "nothing to do: epoch" in again.stdout
+    assert tomllib.loads(fleet_file.read_text())["epoch"] == deployed["epoch"] + 1
     now = tomllib.loads(fleet_file.read_text())
     assert (now["epoch"], now["measurement"]) == (deployed["epoch"] + 1, deployed["measurement"])
     after = entry_config("after.toml")

@@ -333,6 +333,12 @@ def test_local_retire_retires_the_older_epochs_for_every_client(
     assert elsewhere == []
     assert any("which the operator has retired" in note for note in notes), notes
     # One node set again: `local upgrade`, refused while older sets ran, works, and the key
-    # stays where it is.
-    assert local.upgrade() == (current.epoch or 0) + 1
+    # stays where it is. With nothing new installed it does nothing; with the record
+    # naming other code (as after installing a new version) it makes the next epoch.
+    assert local.upgrade() == (current.epoch or 0, False)
+    fleet_file = current_dir / "fleet.toml"
+    deployed = fleet_file.read_text()
+    measurement = tomllib.loads(deployed)["measurement"]
+    fleet_file.write_text(deployed.replace(measurement, "ab" * 32))
+    assert local.upgrade() == ((current.epoch or 0) + 1, True)
     assert kept.session(ksf_params=FAST_KSF).recover_or_migrate(PASSWORD).root_key == root_key

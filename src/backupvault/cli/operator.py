@@ -126,11 +126,14 @@ def local_upgrade(ctx: Context, root: Path) -> None:
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         raise UsageError(f"{root} holds no local deployment; run `local up --dir {root}` first")
-    epoch = deployment.upgrade()
+    epoch, upgraded = deployment.upgrade()
     ctx.output.result(
-        {"dir": str(root), "epoch": epoch, "processes": deployment.status()},
+        {"dir": str(root), "epoch": epoch, "upgraded": upgraded, "processes": deployment.status()},
         f"local deployment upgraded: epoch {epoch}, a record for the code installed now;"
-        " your keys and backups are unchanged",
+        " your keys and backups are unchanged"
+        if upgraded
+        else f"nothing to do: epoch {epoch}'s record already names the code installed now"
+        " (`local up` starts what is stopped)",
     )
 
 

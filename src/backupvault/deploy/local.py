@@ -682,15 +682,17 @@ class LocalDeployment:
         self.wait_ready(timeout)
         return epoch
 
-    def upgrade(self, timeout: float = 60.0) -> int:
+    def upgrade(self, timeout: float = 60.0) -> tuple[int, bool]:
         """A new deployment record for the code installed now (an upgrade: new code, same
         nodes and keys, epoch + 1), logged by the witnesses; then the nodes and the relay
         restart on it, and the pinned client config names the new epoch. Entries stay
-        where they are: nothing is migrated. Returns the new epoch."""
+        where they are: nothing is migrated. Returns the epoch and whether it is new:
+        when the current record already names this code, nothing is done (a new epoch
+        would change nothing but make every client take a new record; review s40-R2)."""
         with self._exclusive():
             return self._upgrade(timeout)
 
-    def _upgrade(self, timeout: float) -> int:
+    def _upgrade(self, timeout: float) -> tuple[int, bool]:
         if len(self.epochs()) > 1:
             raise DeploymentError(
                 "this deployment still runs older epochs (a rotation's); an upgrade re-deploys"
@@ -700,6 +702,8 @@ class LocalDeployment:
         fleet = self.fleet()
         if fleet.epoch is None:
             raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
+        if fleet.measurement == fleet.measure():
+            return fleet.epoch, False
         for index in range(len(fleet.nodes)):
             self.stop_process(self.node_name(index, 1))
         self.stop_process("relay")
@@ -712,7 +716,7 @@ class LocalDeployment:
         assert relay["bundle_file"] == str(bundle.relative_to(self.root)), relay["bundle_file"]
         self.write_client_config(self.fleet(), self.relay_url(), ACCOUNT)
         self.up(len(fleet.nodes), timeout)
-        return epoch
+        return epoch, True
 
     def retire(self, timeout: float = 60.0, force: bool = False) -> tuple[int, int]:
         """Retire every node set older than the current one (a rotation's, once entries
