@@ -461,6 +461,18 @@ def test_verify_deployment_passes_on_the_real_fleet(deployment: Deployment, tmp_
     assert report["ok"] and report["fleets"][0]["epoch"] == 1
     consistency = [c for c in report["fleets"][0]["checks"] if c["check"].startswith("log")]
     assert "extends the one of size 1" in consistency[0]["detail"]
+    # Without --state, the OTA client's own state file (the config's state_file): a run
+    # goes on from what that client saw, and keeps what passed there (review s40-R2).
+    client_state = tmp_path / "state.json"
+    assert not client_state.exists()
+    details = []
+    for _ in range(2):
+        own = deployment.cli("--json", "--config", str(config), "verify-deployment")
+        assert own.returncode == 0, own.stdout + own.stderr
+        checks = json.loads(own.stdout)["fleets"][0]["checks"]
+        details += [c["detail"] for c in checks if c["check"].startswith("log")]
+    assert "first use" in details[0] and "extends the one of size 1" in details[1]
+    assert json.loads(client_state.read_text())["checkpoint"]
     operator_pub = deployment.operator.public_key().public_bytes_raw().hex()
     flags = [
         "verify-deployment",

@@ -573,7 +573,8 @@ def witness_verify_log(ctx: Context, url: str, state_file: Path | None, vkey: st
     "state_file",
     type=click.Path(dir_okay=False, path_type=Path),
     help="The last checkpoint and fleet epochs seen (JSON, as `witness verify-log` or an OTA"
-    " client keeps it); a smaller log or an older epoch is refused.",
+    " client keeps it); a smaller log or an older epoch is refused. Default with an OTA"
+    " --config (and no --witness-key): that client's own state file.",
 )
 @click.option(
     "--expect-measurement",
@@ -657,6 +658,11 @@ def verify_deployment_command(
             " head for the fleet shows that the record the relay serves is still its latest, so"
             " without one a retired epoch would pass for the current one"
         )
+    if state_file is None and ota is not None and witness_key is None:
+        # The client's own state: the check goes on from what that client has seen, and
+        # what passes is kept there as the client keeps it (under its lock). Without it
+        # every run was a "first use", with the client's checkpoint beside it (s40-R2).
+        state_file = ota.state_file
     trust = TrustInputs(
         operator,
         verifier,
