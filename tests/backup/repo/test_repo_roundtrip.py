@@ -137,6 +137,14 @@ def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) ->
     with pytest.raises(BackupNotFound, match=r"^nope, docs/no are not in this snapshot\n"):
         restore_snapshot(repo, root_key, tmp_path / "n", include=("nope", "private", "docs/no"))
     assert not (tmp_path / "n").exists()
+    # A file's absolute path in the folder backed up: the hint names the path to give.
+    absolute = str(source.resolve() / "docs" / "notes.txt")
+    with pytest.raises(BackupNotFound) as caught:
+        restore_snapshot(repo, root_key, tmp_path / "abs", include=(absolute, "nope"))
+    assert caught.value.hint == (
+        f"--include takes a path relative to the folder that was backed up: docs/notes.txt"
+        f" for {absolute}"
+    )
     with pytest.raises(TypeError):  # a str would be one path per letter
         restore_snapshot(repo, root_key, tmp_path / "s", include="private")  # type: ignore[arg-type]
     # as a shell completes or a user types a relative path: "is not in this snapshot" before

@@ -132,6 +132,7 @@ def ls(
         paths,
         hint="give a path inside the snapshot as `backup ls ID` shows it (relative to the"
         " folder that was backed up)",
+        source=snapshot.summary.source,
     )
     wanted = wanted_paths(paths)
     if not wanted.keys() - {b"", b"."}:

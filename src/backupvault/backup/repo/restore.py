@@ -71,11 +71,16 @@ _INCLUDE_HINT = (
 
 
 def select(
-    entries: list[Entry], include: tuple[str, ...], *, hint: str = _INCLUDE_HINT
+    entries: list[Entry],
+    include: tuple[str, ...],
+    *,
+    hint: str = _INCLUDE_HINT,
+    source: str | None = None,
 ) -> list[Entry]:
     """The entries under any path of `include` (paths inside the snapshot), with their
     parent folders; all of them if `include` is empty. `hint`: what to do when a path is
-    in none of them (BackupNotFound)."""
+    in none of them (BackupNotFound); an absolute one inside `source`, the folder that
+    was backed up, is told the path to give instead (review s40-R2)."""
     if isinstance(include, str):  # a str is a tuple of one-letter paths to the type checker
         raise TypeError("include is a tuple of paths")
     wanted = wanted_paths(include)
@@ -93,11 +98,26 @@ def select(
     found = {e.path for e in chosen}
     missing = [shown for path, shown in wanted.items() if path not in found]
     if missing:
+        inside = [(m, _inside(m, source)) for m in missing]
+        relative = [(m, r) for m, r in inside if r is not None]
+        if relative:
+            hint = "--include takes a path relative to the folder that was backed up: " + (
+                ", ".join(f"{r} for {m}" for m, r in relative)
+            )
         raise BackupNotFound(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in this snapshot",
             hint=hint,
         )
     return chosen
+
+
+def _inside(path: str, source: str | None) -> str | None:
+    """`path`, an absolute path inside `source` (the snapshot's folder), relative to it."""
+    if source is None or not path.startswith("/") or not source.startswith("/"):
+        return None
+    relative = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(source))
+    outside = relative in (".", "..") or relative.startswith("../")
+    return None if outside else relative
 
 
 def wanted_paths(include: tuple[str, ...]) -> dict[bytes, str]:
@@ -184,7 +204,7 @@ def restore_snapshot(
     if snapshot_id is None or is_latest(snapshot_id):
         warnings.extend(_dated_ahead(repo, snapshot))
     assert snapshot.entries is not None
-    entries = select(snapshot.entries, include)
+    entries = select(snapshot.entries, include, source=snapshot.summary.source)
     listed_index, packs, _ = repo.load_index(adopt_unindexed=False)
     # Chunks are read only from packs storage still holds: where a chunk was stored
     # again after its pack was lost, the copy that exists is the one used.
