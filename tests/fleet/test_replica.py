@@ -834,6 +834,23 @@ def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_bal
     assert [e.message.ok for e in effects if isinstance(e, Send)] == [False]
 
 
+def _beside_a_refuser(net: Net, leader: bool, seconds: int) -> Net:
+    """One change committed with node 4 refusing every ballot, then `seconds` of ticks."""
+    for node in net.replicas.values():
+        node.timing = replace(node.timing, leader=leader)
+    _refusing_everything(net, 4)
+    net.propose(1, b"a", b"k", add(1))
+    net.settle()
+    assert net.results[b"a"] == Committed(b"a", 1)
+    for _ in range(seconds):
+        net.now += 1.0
+        for i, replica in net.replicas.items():
+            if i != 4:
+                net.run(i, replica.tick(net.now))
+        net.settle()
+    return net
+
+
 @pytest.mark.parametrize("leader", [True, False])
 def test_a_laggard_that_refuses_every_repair_is_lifted_once_not_for_ever(leader: bool) -> None:
     """A committed value's repair refused by a laggard's promise sets off one no-op round
@@ -841,21 +858,24 @@ def test_a_laggard_that_refuses_every_repair_is_lifted_once_not_for_ever(leader:
     left it lagging again, and its refusal set off the next, a round every two seconds
     for ever, for each entry it lagged on. The repair made by that no-op round now gives
     the node up when it refuses too."""
-    net = Net()
-    for node in net.replicas.values():
-        node.timing = replace(node.timing, leader=leader)
-    _refusing_everything(net, 4)
-    net.propose(1, b"a", b"k", add(1))
-    net.settle()
-    assert net.results[b"a"] == Committed(b"a", 1)
-    for _ in range(300):  # five minutes, past the repair window
-        net.now += 1.0
-        for i, replica in net.replicas.items():
-            if i != 4:
-                net.run(i, replica.tick(net.now))
-        net.settle()
+    net = _beside_a_refuser(Net(), leader, seconds=300)  # past the repair window
     assert len(net.results) <= 2  # the change and one no-op round
     assert not any(replica.lagging() for replica in net.replicas.values())
+    values = {payload_of(net.disk[i][b"k"].value) for i in range(4)}
+    assert values == {(1).to_bytes(8, "big")}
+
+
+@pytest.mark.parametrize("leader", [True, False])
+def test_a_node_that_refuses_every_accept_has_a_settled_entry_lifted_a_few_times_not_for_ever(
+    leader: bool,
+) -> None:
+    """The same with settling (an announced entry): each no-op round makes a new value,
+    which every node settles afresh, and the refused settling repair set off the next
+    lift, a round every five seconds for ever (review s41-A, 121 rounds in ten minutes).
+    A node now lifts a key at most once per repair window."""
+    net = _beside_a_refuser(Net(announce=True), leader, seconds=600)  # five repair windows
+    assert len(net.results) <= 5  # the change and at most one lift by each honest node
+    assert not any(net.replicas[i].lagging() or net.replicas[i].unsettled() for i in range(4))
     values = {payload_of(net.disk[i][b"k"].value) for i in range(4)}
     assert values == {(1).to_bytes(8, "big")}
 

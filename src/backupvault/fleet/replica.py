@@ -31,6 +31,7 @@ last merged from it, a page at a time.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections import OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
@@ -109,6 +110,7 @@ LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently 
 CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
 LEARNED_ENTRIES = 4096  # entries whose refusals' promises are kept for the next ballot
+LIFTS_KEPT = 4096  # lifted entries remembered before those past the repair window go
 
 
 @dataclass(frozen=True)
@@ -317,6 +319,11 @@ class Replica:
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
         self._repairs: dict[bytes, _Repair] = {}
+        # When this node last lifted each key (a no-op round over a repair's refusal): a
+        # settling repair of it within the repair window is not lifted again. Each lift
+        # makes a new value that every node settles afresh, so a node that refuses every
+        # Accept had each announced entry lifted every few seconds for ever (review s41-A).
+        self._lifted_at: dict[bytes, float] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
@@ -609,6 +616,7 @@ class Replica:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
+                    self._note_lift(repair.accept.key, now)
                     deadline = now + self.timing.deadline
                     lift = _Proposal(
                         self._rng(16), repair.accept.key, _unchanged, deadline, lifts=True
@@ -1244,8 +1252,17 @@ class Replica:
         ballot = record.accepted
         pipelined = record.promised == Ballot(ballot.round + 1, ballot.node)
         accept = Accept(self._rng(16), key, *_ballot(ballot), record.value, self.node, pipelined)
-        self._repairs[accept.op_id] = _Repair(accept, missing, now + self.timing.repair_window, now)
+        lifted = now < self._lifted_at.get(key, -math.inf) + self.timing.repair_window
+        self._repairs[accept.op_id] = _Repair(
+            accept, missing, now + self.timing.repair_window, now, lifted=lifted
+        )
         return []
+
+    def _note_lift(self, key: bytes, now: float) -> None:
+        if len(self._lifted_at) >= LIFTS_KEPT:  # only those within the window matter
+            window = self.timing.repair_window
+            self._lifted_at = {k: t for k, t in self._lifted_at.items() if now < t + window}
+        self._lifted_at[key] = now
 
     def _again(self, key: bytes, unsettled: _Unsettled, now: float) -> None:
         unsettled.tries += 1
