@@ -4,18 +4,20 @@ the tar reader with it turns any mangled archive into a clean error."""
 
 from __future__ import annotations
 
+import errno
 import io
 import os
 import tarfile
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import zstandard
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from backupvault.backup import Limits, SafeDestination, UnsafeArchive
+from backupvault.backup import Limits, SafeDestination, UnsafeArchive, safe
 from backupvault.backup.archive import extract_archive
 from backupvault.errors import BackupVaultError
 
@@ -152,3 +154,27 @@ def test_a_link_that_leads_out_through_a_case_folded_name_is_removed(
     (removed,) = written.skipped
     assert removed.name == "d/x"
     assert "leads outside the restored folder on this file system" in removed.reason
+
+
+def test_a_folder_the_cleanup_cannot_open_is_still_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stored folder mode of 0o000 makes the staging folder's removal fail to open it
+    (root, as the tests run, is never refused: the refusal is made here). The retry
+    called `os.open` without flags, and its TypeError replaced the restore's own error
+    and left the folder behind, where the next restore met it again (review s41-A)."""
+    root = tmp_path / "staging"
+    (root / "locked" / "inner").mkdir(parents=True)
+    (root / "locked" / "inner" / "f").write_bytes(b"x")
+    opened = os.open
+    refused: list[str] = []
+
+    def refusing(path: Any, flags: int, mode: int = 0o777, *, dir_fd: int | None = None) -> int:
+        if os.fsdecode(path).endswith("locked") and not refused:
+            refused.append(os.fsdecode(path))
+            raise PermissionError(errno.EACCES, "Permission denied", path)
+        return opened(path, flags, mode, dir_fd=dir_fd)
+
+    monkeypatch.setattr(os, "open", refusing)
+    safe._remove_tree(root)
+    assert refused and not root.exists()
