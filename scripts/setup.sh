@@ -8,6 +8,7 @@ need=()
 dpkg -s libsodium23 >/dev/null 2>&1 || need+=(libsodium23)
 dpkg -s softhsm2 >/dev/null 2>&1 || need+=(softhsm2)
 dpkg -s spin >/dev/null 2>&1 || need+=(spin)  # model check of the fleet protocol (spec/)
+command -v redis-server >/dev/null || need+=(redis-server)  # relays' shared rate limits (tests)
 if [ ${#need[@]} -gt 0 ]; then
     echo "setup: installing system packages: ${need[*]}"
     SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"

@@ -37,6 +37,7 @@ from backupvault.ratelimit import RateLimiter, client_address_key, retry_after_h
 from backupvault.relay.config import RelayConfig
 from backupvault.relay.fanout import fan_out
 from backupvault.relay.forward import Forwarder, node_session, read_capped
+from backupvault.relay.limits import Limiter, ProcessLimiter, SharedLimits
 from backupvault.relay.openapi import build_openapi
 from backupvault.serving import content_length_over, read_body, slow_body_response
 from backupvault.tokens import TokenRejected, TokenVerifier
@@ -95,10 +96,11 @@ class RelayState:
 
     config: RelayConfig
     verifier: TokenVerifier
-    limiter: RateLimiter
-    reset_limiter: RateLimiter
-    witness_limiter: RateLimiter
-    refused_limiter: RateLimiter
+    limiter: Limiter
+    reset_limiter: Limiter
+    witness_limiter: Limiter
+    refused_limiter: Limiter
+    shared_limits: SharedLimits | None = None
     connector: Callable[[], aiohttp.BaseConnector] | None = None
     in_flight: int = 0
     witness_in_flight: int = 0
@@ -156,6 +158,8 @@ class RelayState:
             self._client = None
             self._forwarder = None
             self._previous.clear()
+        if self.shared_limits is not None:
+            await self.shared_limits.close()
 
     async def node_health(self) -> list[dict[str, Any]]:
         """Probe every node's /v1/health at once; reuse a fresh result so that a flood of
@@ -218,24 +222,26 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
     async def vault(request: Request) -> Response:
         info = _info(request)
         address = client_address_key(request)
-        wait = state.refused_limiter.waiting(address)
+        wait = await state.refused_limiter.waiting(address)
         if wait is not None:
             return _rate_limited("too many refused tokens from this address", wait)
 
-        def refuse(code: str, detail: str) -> Response:
-            state.refused_limiter.acquire(address)
+        async def refuse(code: str, detail: str) -> Response:
+            await state.refused_limiter.acquire(address)
             return _unauthorized(code, detail)
 
         authorization = request.headers.get("authorization")
         if authorization is None:
-            return refuse("missing_token", "send 'Authorization: Bearer <token>'")
+            return await refuse("missing_token", "send 'Authorization: Bearer <token>'")
         scheme, _, token = authorization.strip().partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
-            return refuse("invalid_token", "the Authorization header must be 'Bearer <token>'")
+            return await refuse(
+                "invalid_token", "the Authorization header must be 'Bearer <token>'"
+            )
         try:
             account = state.verifier.verify(token.strip())
         except TokenRejected as err:
-            return refuse(err.code, err.message)
+            return await refuse(err.code, err.message)
         info["account"] = account
 
         epoch: int | None = None
@@ -264,7 +270,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
         info["op"] = op
         # A reset follows a guess already charged: the evaluates before it must not use up
         # its bucket (refusing it would leave the count unreset).
-        wait = (state.reset_limiter if op == "reset" else state.limiter).acquire(account)
+        wait = await (state.reset_limiter if op == "reset" else state.limiter).acquire(account)
         if wait is not None:
             return _rate_limited("too many requests for this account", wait)
         entry = request.path_params["entry"]
@@ -339,7 +345,7 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
             return error_response(400, "bad_query", "'old' and 'new' are required decimal numbers")
         if config.witness_url is None:
             return error_response(404, "no_witness", "this relay names no witness")
-        wait = state.witness_limiter.acquire(client_address_key(request))
+        wait = await state.witness_limiter.acquire(client_address_key(request))
         if wait is not None:
             return _rate_limited("too many log consistency requests from this address", wait)
         if state.witness_in_flight >= WITNESS_CONCURRENCY:
@@ -509,6 +515,11 @@ def create_app(
     """The relay app. `clock` drives the rate limiter, `token_clock` the token expiry
     checks; `connector` makes what replaces the network to the nodes (tests). `extra_routes`
     and `extra_openapi_paths` add routes and describe them."""
+    shared = None if config.shared_limits_url is None else SharedLimits(config.shared_limits_url)
+
+    def limit(name: str, buckets: RateLimiter) -> Limiter:
+        return ProcessLimiter(buckets) if shared is None else shared.limiter(name, buckets)
+
     state = RelayState(
         config=config,
         verifier=TokenVerifier(
@@ -519,26 +530,38 @@ def create_app(
             clock=token_clock,
             revoked_before=dict(config.revoked_before),
         ),
-        limiter=RateLimiter(config.rate_per_second, config.burst, clock=clock),
-        reset_limiter=RateLimiter(
-            config.rate_per_second * RESET_ALLOWANCE, config.burst * RESET_ALLOWANCE, clock=clock
+        limiter=limit("account", RateLimiter(config.rate_per_second, config.burst, clock=clock)),
+        reset_limiter=limit(
+            "reset",
+            RateLimiter(
+                config.rate_per_second * RESET_ALLOWANCE,
+                config.burst * RESET_ALLOWANCE,
+                clock=clock,
+            ),
         ),
-        witness_limiter=RateLimiter(
-            WITNESS_RATE_PER_MINUTE / 60,
-            WITNESS_BURST,
-            clock=clock,
-            max_accounts=WITNESS_ADDRESSES,
+        witness_limiter=limit(
+            "witness",
+            RateLimiter(
+                WITNESS_RATE_PER_MINUTE / 60,
+                WITNESS_BURST,
+                clock=clock,
+                max_accounts=WITNESS_ADDRESSES,
+            ),
         ),
         # Refused tokens (every 401 of the vault route) per client address. Each cost a
         # signature check on the event loop, and before the account is known no account's
         # bucket applies: one address sending forged tokens without pause kept the loop
         # busy for every client. An honest client gets a 401 when its token has expired.
-        refused_limiter=RateLimiter(
-            config.refused_tokens_per_minute / 60,
-            config.refused_tokens_burst,
-            clock=clock,
-            max_accounts=WITNESS_ADDRESSES,
+        refused_limiter=limit(
+            "refused",
+            RateLimiter(
+                config.refused_tokens_per_minute / 60,
+                config.refused_tokens_burst,
+                clock=clock,
+                max_accounts=WITNESS_ADDRESSES,
+            ),
         ),
+        shared_limits=shared,
         connector=connector,
     )
     openapi = build_openapi(

@@ -131,6 +131,9 @@ class RelayConfig:
     bundle_file: Path | None = None
     witness_url: str | None = None
     previous_fleets: tuple[PreviousFleet, ...] = ()
+    #: Redis holding the rate limits' buckets for every relay in front of the fleet
+    #: (redis://, rediss:// or unix://); none: each relay process keeps its own.
+    shared_limits_url: str | None = None
     _bundle: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _epoch: int | None = field(default=None, init=False, repr=False, compare=False)
     _public_key: Ed25519PublicKey | None = field(
@@ -173,6 +176,13 @@ class RelayConfig:
         }.items():
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise InvalidInput(f"{name} must be a whole number >= 1")
+        if self.shared_limits_url is not None:
+            scheme = urlsplit(self.shared_limits_url).scheme
+            if scheme not in ("redis", "rediss", "unix"):
+                raise InvalidInput(
+                    f"shared_limits_url {self.shared_limits_url!r} must be a redis://,"
+                    " rediss:// or unix:// URL (of the Redis every relay shares)"
+                )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("tls_cert and tls_key go together: give both or neither")
         object.__setattr__(self, "_public_key", load_operator_public_key(self.operator_public_key))
@@ -325,8 +335,9 @@ def config_from_mapping(table: dict[str, Any], *, base_dir: Path | None = None) 
     for key in ("issuer", "audience"):
         if not isinstance(values[key], str):
             raise InvalidInput(f"{key} must be a string")
-    if "witness_url" in values and not isinstance(values["witness_url"], str):
-        raise InvalidInput("witness_url must be a string")
+    for key in ("witness_url", "shared_limits_url"):
+        if key in values and not isinstance(values[key], str):
+            raise InvalidInput(f"{key} must be a string")
     if "previous_fleets" in values:
         values["previous_fleets"] = _previous_fleets(values["previous_fleets"], base_dir)
     if "revoked_before" in values:
