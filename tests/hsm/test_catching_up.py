@@ -9,14 +9,13 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from test_tombstone_and_copies import _stored
 
 from backupvault.codec import Message
 from backupvault.crypto import oprf, owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import UNKNOWN_B, _orphaned, check_threshold_value
-from backupvault.hsm.state import Evaluation, NodeShare, StagedShare, ThresholdState
+from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
 from backupvault.protocol import (
     EntryStatus,
     ErrorCode,
@@ -694,38 +693,6 @@ def test_a_node_holding_the_lost_registrations_share_takes_the_chosen_ones_when_
     )
     assert isinstance(world.request(0, Op.REGISTER_SHARE, again), ErrorResponse)
     assert world.honest[0].rows[client.key].share == rival_row.share
-
-
-def test_a_node_that_took_the_lost_registrations_commit_keeps_the_rival_staged_share() -> None:
-    """Sim seed 10451914: two devices registered version 1 at once and node 0 staged both
-    shares; it took the commit of the one that then lost its round, which erased the other
-    staged share, so when the chosen value reached it, it held no share of it, and with a
-    node wiped and one hostile the key had t - 1 holders until a delivery its device never
-    made. The other M's staged share now stays beside the share taken, and the chosen
-    value's arrival makes it the node's share."""
-    world, client, lost, other = _racing_registrations(hostile=1)
-    chosen = world.replicated(0, client.key)
-    mine = world.honest[0].rows[client.key]
-    rival = other.honest[0].rows[client.key]
-    assert (mine.manifest, rival.manifest) == (chosen.manifest, lost.manifest)
-    # Before either commit reached node 0: both devices' shares staged there.
-    both = [StagedShare(mine.share, mine.manifest), StagedShare(rival.share, rival.manifest)]
-    _stored(world, client.key, NodeShare(0, b"", b"", [], staged=both))
-    assert _forge(world, 0, client.key, lost)  # the commit that lost, taken first
-    taken = world.honest[0].rows[client.key]
-    assert (taken.manifest, taken.share) == (lost.manifest, rival.share)
-    assert taken.staged == [StagedShare(mine.share, mine.manifest)]
-    assert _forge(world, 0, client.key, chosen)  # then the chosen value
-    held = world.honest[0].rows[client.key]
-    assert (held.version, held.manifest, held.share, held.count) == (
-        1,
-        chosen.manifest,
-        mine.share,
-        0,
-    )
-    assert held.staged == []
-    evaluated = _evaluate_at_node0(world, client, 1, b"old")
-    assert isinstance(evaluated, EvaluateResponse), evaluated
 
 
 def _deleted_after(world: Simulation, client: ThresholdClient, history: str) -> None:

@@ -624,15 +624,3 @@ def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) 
 def test_regression_a_delete_of_a_key_replaced_meanwhile_is_told_as_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
-
-
-# Seed 10451914 (1,000 from 10,451,000 with one hostile node of five, session 41): two
-# devices registered acct0 at once and node 1 staged both shares; it took the commit of
-# the one that lost its round, which erased the other staged share, so it held no share
-# of the chosen M. With node 0 wiped and node 4 hostile the key had two honest holders
-# ("unavailable (2 share holders)") until a delivery neither device made. The other M's
-# staged share now stays beside the share taken; tests/hsm/test_catching_up.py
-# test_a_node_that_took_the_lost_registrations_commit_keeps_the_rival_staged_share.
-def test_regression_a_rival_registrations_staged_share_outlives_the_lost_commit() -> None:
-    result = run_seed(10451914, SimConfig(nodes=5, hostile=1))
-    assert result.violation is None, report(result)

@@ -1267,16 +1267,7 @@ class ShareKeeper:
             if len(window) > self.shape.guess_limit:
                 return _exhausted_on_reports()
             evaluated = [Evaluation(a, UNKNOWN_B) for a in window]
-        # The old version's share is overwritten here: erased. Another M's staged share of
-        # this version or a later one stays: two devices registering at once both staged
-        # here, this node can take one's commit in a round the other's then wins, and only
-        # the other's staged share lets it hold a share of the M that stays live, with no
-        # delivery its device may never make (sim seed 10451914: the key had t - 1 holders).
-        siblings = [
-            s
-            for s in (row.staged if row is not None else [])
-            if s.manifest != state.manifest and Manifest.from_bytes(s.manifest).version >= version
-        ]
+        # The old version's share and anything staged, if any, are overwritten here: erased.
         new_row = NodeShare(
             version,
             share,
@@ -1284,7 +1275,6 @@ class ShareKeeper:
             evaluated,
             reset_at=reset_at,
             change_counter=counter,
-            staged=siblings,
         )
         return self._write(key, new_row)
 
