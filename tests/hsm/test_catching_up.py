@@ -9,13 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from test_tombstone_and_copies import _stored
 
 from backupvault.codec import Message
 from backupvault.crypto import oprf, owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import Accept, Accepted, ReplicatedValue
 from backupvault.hsm.shares import UNKNOWN_B, _orphaned, check_threshold_value
-from backupvault.hsm.state import Evaluation, NodeShare, ThresholdState
+from backupvault.hsm.state import Evaluation, NodeShare, StagedShare, ThresholdState
 from backupvault.protocol import (
     EntryStatus,
     ErrorCode,
@@ -655,6 +656,30 @@ def test_a_hostile_proposer_swapping_the_registration_gets_no_evaluation_of_the_
         assert not _forge(world, slot, client.key, lost.with_(attempt=5))
     assert _rows(world, client.key) == rows
     assert client.recover(b"old") is not None
+
+
+def test_a_node_that_staged_both_registrations_keeps_the_chosen_share_when_swapped() -> None:
+    """The same attack on a node that staged both devices' shares before the chosen
+    commit reached it. Taking the chosen M drops the other staged share, so the swapped
+    value finds nothing to promote and the node keeps the chosen share. Keeping the other
+    staged share for a node that took the losing commit first (sim seeds 10371036,
+    10451914, which then wait for the owner's delivery) was tried twice and reverted: the
+    node cannot tell that case from this one, and here every honest node would swap its
+    share for the loser's, erasing the key the owner's devices use."""
+    world, client, lost, other = _racing_registrations(hostile=1)
+    chosen = world.replicated(0, client.key)
+    mine = world.honest[0].rows[client.key]
+    rival = other.honest[0].rows[client.key]
+    assert (mine.manifest, rival.manifest) == (chosen.manifest, lost.manifest)
+    both = [StagedShare(mine.share, mine.manifest), StagedShare(rival.share, rival.manifest)]
+    _stored(world, client.key, NodeShare(0, b"", b"", [], staged=both))
+    assert _forge(world, 0, client.key, chosen)  # the chosen commit reaches node 0
+    assert world.honest[0].rows[client.key].share == mine.share
+    assert _forge(world, 0, client.key, lost)  # the attacker's swap, over a bare commit
+    held = world.honest[0].rows[client.key]
+    assert (held.manifest, held.share, held.staged) == (chosen.manifest, mine.share, [])
+    evaluated = _evaluate_at_node0(world, client, 1, b"rival")
+    assert isinstance(evaluated, ErrorResponse), evaluated
 
 
 def test_a_node_holding_the_lost_registrations_share_takes_the_chosen_ones_when_delivered() -> None:
