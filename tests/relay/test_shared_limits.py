@@ -4,18 +4,22 @@ Redis is gone keeps limiting with its own buckets, never a 500."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
 import redis
 
 from backupvault.errors import InvalidInput
+from backupvault.protocol import SealedCopies
+from backupvault.relay import limits
 
 from .conftest import StubNode, make_config
 from .test_limits import _assert_error, _post
@@ -30,10 +34,15 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server of its own on loopback (Debian's redis-server; `make setup`)."""
+    process, url = _start_redis(_free_port(), tmp_path_factory.mktemp("redis"))
+    yield url
+    process.terminate()
+    process.wait(10)
+
+
+def _start_redis(port: int, folder: Path) -> tuple[subprocess.Popen[bytes], str]:
     server = shutil.which("redis-server")
     assert server is not None, "redis-server is missing: run `make setup`"
-    port = _free_port()
-    folder = tmp_path_factory.mktemp("redis")
     process = subprocess.Popen(
         [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
          "--appendonly", "no", "--dir", str(folder)],
@@ -41,19 +50,15 @@ def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
     url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            client.ping()
-            break
-        except redis.exceptions.ConnectionError:
-            assert time.monotonic() < deadline, "redis-server did not start"
-            time.sleep(0.05)
-    yield url
-    client.close()
-    process.terminate()
-    process.wait(10)
+    with redis.Redis.from_url(url) as client:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                return process, url
+            except redis.exceptions.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
 
 
 @pytest.fixture
@@ -131,3 +136,95 @@ def test_a_shared_limits_url_that_is_not_redis_is_refused(stubs: list[StubNode],
 
     with pytest.raises(InvalidInput, match="shared_limits_url"):
         make_config(Ed25519PrivateKey.generate(), [stubs[0].url], shared_limits_url=url)
+
+
+def test_a_burst_of_concurrent_requests_keeps_the_shared_limit(
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+    redis_url: str,
+    shared: redis.Redis,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Review s41-B: 250 requests at once emptied redis-py's pool of 100 connections, its
+    error was taken for Redis being down, and for 5 s each relay used its own buckets: 9
+    of a shared burst of 3 went through. A request now waits for a connection."""
+    relays = [
+        start_relay([stubs[0].url], rate_per_minute=6, burst=3, shared_limits_url=redis_url)
+        for _ in range(2)
+    ]
+    alice = token("alice")
+    body = SealedCopies([b"sealed"]).to_bytes()
+    headers = {"Content-Type": "application/octet-stream", "Authorization": f"Bearer {alice}"}
+
+    async def burst() -> list[int]:
+        pool = httpx.Limits(max_connections=400, max_keepalive_connections=0)
+        async with httpx.AsyncClient(limits=pool, timeout=30) as client:
+            answers = await asyncio.gather(
+                *(
+                    client.post(
+                        f"{relays[i % 2]}/v1/vault/laptop/manifest", content=body, headers=headers
+                    )
+                    for i in range(250)
+                )
+            )
+        return [a.status_code for a in answers]
+
+    with caplog.at_level(logging.WARNING, logger="backupvault.relay"):
+        codes = asyncio.run(burst())
+    assert sorted(set(codes)) == [200, 429]
+    assert codes.count(200) == 3
+    assert not [r for r in caplog.records if "shared rate limits" in r.getMessage()]
+
+
+def test_the_shared_limits_come_back_when_redis_does(
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(limits, "REDIS_RETRY_AFTER", 0.5)
+    port = _free_port()
+    url = f"redis://127.0.0.1:{port}/0"
+    first, second = (
+        start_relay([stubs[0].url], rate_per_minute=6, burst=2, shared_limits_url=url)
+        for _ in range(2)
+    )
+    alice, bob = token("alice"), token("bob")
+    # Down: each relay's own bucket of 2.
+    assert [_post(r, alice).status_code for r in (first, first, second, second)] == [200] * 4
+    process, _ = _start_redis(port, tmp_path)
+    try:
+        time.sleep(0.6)  # past the time a relay leaves Redis alone after a failure
+        assert [_post(r, bob).status_code for r in (first, second)] == [200, 200]
+        _assert_error(_post(first, bob), 429, "rate_limited")  # one bucket again
+        with redis.Redis.from_url(url) as client:
+            assert client.exists("backupvault:relay:account:bob")
+    finally:
+        process.terminate()
+        process.wait(10)
+
+
+def test_a_password_in_the_redis_url_is_never_shown(
+    stubs: list[StubNode],
+    start_relay: Callable[..., str],
+    token: Callable[..., str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    secret = "s3cret-pw"
+    nowhere = f"redis://user:{secret}@127.0.0.1:{_free_port()}/0"
+    config = make_config(Ed25519PrivateKey.generate(), [stubs[0].url], shared_limits_url=nowhere)
+    assert secret not in repr(config)
+    with pytest.raises(InvalidInput) as refused:
+        make_config(
+            Ed25519PrivateKey.generate(), [stubs[0].url], shared_limits_url=f"http://:{secret}@h"
+        )
+    assert secret not in str(refused.value) and "***@h" in str(refused.value)
+    relay = start_relay([stubs[0].url], shared_limits_url=nowhere)
+    with caplog.at_level(logging.WARNING, logger="backupvault.relay"):
+        assert _post(relay, token("alice")).status_code == 200
+    shown = [r.getMessage() for r in caplog.records if "shared rate limits" in r.getMessage()]
+    assert shown and all(secret not in m and "***@127.0.0.1" in m for m in shown)

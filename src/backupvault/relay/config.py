@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from backupvault.config_fields import Fields, check_fields
 from backupvault.errors import InvalidInput
 from backupvault.protocol import is_valid_name
+from backupvault.relay.limits import shown_url
 from backupvault.tokens import load_operator_private_key, load_operator_public_key
 from backupvault.transparency.bundle import FleetBundle
 from backupvault.transparency.errors import TransparencyError
@@ -133,7 +134,7 @@ class RelayConfig:
     previous_fleets: tuple[PreviousFleet, ...] = ()
     #: Redis holding the rate limits' buckets for every relay in front of the fleet
     #: (redis://, rediss:// or unix://); none: each relay process keeps its own.
-    shared_limits_url: str | None = None
+    shared_limits_url: str | None = field(default=None, repr=False)  # may hold a password
     _bundle: bytes | None = field(default=None, init=False, repr=False, compare=False)
     _epoch: int | None = field(default=None, init=False, repr=False, compare=False)
     _public_key: Ed25519PublicKey | None = field(
@@ -180,8 +181,8 @@ class RelayConfig:
             scheme = urlsplit(self.shared_limits_url).scheme
             if scheme not in ("redis", "rediss", "unix"):
                 raise InvalidInput(
-                    f"shared_limits_url {self.shared_limits_url!r} must be a redis://,"
-                    " rediss:// or unix:// URL (of the Redis every relay shares)"
+                    f"shared_limits_url {shown_url(self.shared_limits_url)!r} must be a"
+                    " redis://, rediss:// or unix:// URL (of the Redis every relay shares)"
                 )
         if (self.tls_cert is None) != (self.tls_key is None):
             raise InvalidInput("tls_cert and tls_key go together: give both or neither")

@@ -13,10 +13,12 @@ stop the service. A relay with no Redis URL uses only its own buckets.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 import time
 from typing import TYPE_CHECKING, Protocol
+from urllib.parse import urlsplit, urlunsplit
 
 from backupvault.ratelimit import RateLimiter
 
@@ -33,10 +35,17 @@ KEY_PREFIX = "backupvault:relay:"
 REDIS_TIMEOUT = 0.25
 REDIS_RETRY_AFTER = 5.0
 WARN_EVERY = 60.0
+#: Redis connections a relay opens at most; a request waits this long for one to be free
+#: (a burst of requests queues here rather than running out of connections, which redis-py
+#: raises as an error that was taken for Redis being down: review s41-B), then uses this
+#: relay's own bucket, for that request only.
+REDIS_CONNECTIONS = 64
+REDIS_QUEUE_WAIT = 1.0
 
 # KEYS[1]: the bucket. ARGV: rate (tokens a second), burst, 1 to take a token or 0 to
 # only look. Answers -1 when a request may go ahead, or the seconds to wait as a string.
 _TOKEN_BUCKET = """
+redis.replicate_commands()  -- writes after TIME (Redis 5 and 6 ask for it; 7 always does)
 local now = redis.call('TIME')
 now = tonumber(now[1]) + tonumber(now[2]) / 1000000
 local rate, burst, take = tonumber(ARGV[1]), tonumber(ARGV[2]), ARGV[3] == '1'
@@ -90,9 +99,13 @@ class SharedLimits:
 
         self.url = url
         self.client: redis.asyncio.Redis = redis.asyncio.Redis.from_url(
-            url, socket_timeout=REDIS_TIMEOUT, socket_connect_timeout=REDIS_TIMEOUT
+            url,
+            socket_timeout=REDIS_TIMEOUT,
+            socket_connect_timeout=REDIS_TIMEOUT,
+            max_connections=REDIS_CONNECTIONS,
         )
         self.script = self.client.register_script(_TOKEN_BUCKET)
+        self.slots = asyncio.Semaphore(REDIS_CONNECTIONS)
         self.down_until = -math.inf
         self.warned_at = -math.inf
 
@@ -107,7 +120,7 @@ class SharedLimits:
             log.warning(
                 "shared rate limits unavailable (Redis at %s: %s): this relay applies its own"
                 " buckets until it answers again",
-                self.url,
+                shown_url(self.url),
                 type(error).__name__,
             )
 
@@ -133,18 +146,27 @@ class SharedLimiter:
 
     async def _ask(self, key: str, *, take: bool) -> float | bool | None:
         """Redis's answer, or False when it cannot give one."""
-        if time.monotonic() < self.limits.down_until:
+        limits = self.limits
+        if time.monotonic() < limits.down_until:
             return False
+        try:
+            await asyncio.wait_for(limits.slots.acquire(), REDIS_QUEUE_WAIT)
+        except TimeoutError:
+            return False  # every connection busy for a second: not Redis's failure
         rate, burst = self.buckets.rate, self.buckets.burst
         try:
-            answer = await self.limits.script(
+            if time.monotonic() < limits.down_until:  # found down while this one waited
+                return False
+            answer = await limits.script(
                 keys=[self.prefix + key], args=[repr(rate), burst, 1 if take else 0]
             )
         except Exception as error:
             # Whatever Redis or its client raises (refused, timed out, a reply not this
             # script's), this relay's own buckets answer: a limit never makes a 500.
-            self.limits.unavailable(error)
+            limits.unavailable(error)
             return False
+        finally:
+            limits.slots.release()
         if answer == -1:
             return None
         try:
@@ -152,3 +174,13 @@ class SharedLimiter:
         except (TypeError, ValueError):
             return False  # not this script's answer (another program's key?): our own
         return wait if math.isfinite(wait) and wait >= 0 else False
+
+
+def shown_url(url: str) -> str:
+    """`url` with any user name and password masked, for logs and errors."""
+    parts = urlsplit(url)
+    if parts.username is None and parts.password is None:
+        return url
+    host = parts.hostname or ""
+    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+    return urlunsplit(parts._replace(netloc=netloc))
