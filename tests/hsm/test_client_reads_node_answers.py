@@ -157,11 +157,14 @@ def _overtaken_recovery(
     bridge: Bridge,
     overtake_at: int,
     answer_instead: dict[int, Message],
+    first_try_instead: dict[int, Message] | None = None,
 ) -> object:
     """The first device's correct recovery, overtaken by the second device's when its
     evaluate reaches node `overtake_at`: the nodes asked after that refuse the first's
     attempt as stale. `answer_instead` replaces those nodes' evaluate answers (a liar, a
-    node that lost its share) on every try."""
+    node that lost its share) on every try; `first_try_instead` on the first evaluate
+    each of them is sent (a node that has not answered yet)."""
+    first_tries = dict(first_try_instead or {})
     monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     first, second = bridge.vault(), bridge.vault()
     first.register("right", RK, ksf=SIM_KSF)
@@ -175,7 +178,11 @@ def _overtaken_recovery(
             overtaken.append(True)
             time.sleep(0.002)  # a later clock for the other device's attempt
             assert second.recover("right", ksf_floor=SIM_KSF).root_key == RK
+            overtaken.append(False)  # the second device's recovery is over
         answer = honest(world, slot, op, inner, seconds)
+        first_device = not overtaken or len(overtaken) == 2
+        if isinstance(inner, EvaluateRequest) and slot in first_tries and first_device:
+            return first_tries.pop(slot)
         if isinstance(inner, EvaluateRequest) and slot in answer_instead:
             return answer_instead[slot]
         return answer
@@ -210,3 +217,18 @@ def test_a_recovery_overtaken_after_some_partials_is_made_again(
     recovered = _overtaken_recovery(monkeypatch, bridge, 2, {4: lost})
     assert recovered.root_key == RK  # type: ignore[attr-defined]
     assert [bridge.world.honest[s].rows[KEY].count for s in range(4)] == [0] * 4
+
+
+def test_a_recovery_overtaken_is_made_again_once_a_slow_node_says_so_too(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Sim seed 10432010 (two hostile nodes of 5): one partial, two that do not verify, one
+    # node refusing the attempt as stale and one not answering yet. The partials could no
+    # longer reach t, so the client stopped asking and failed ("unavailable (1 partials)"),
+    # though the silent node, asked again, says stale too: the attempt was overtaken, and
+    # made again it opens the key.
+    bridge = Bridge(threshold_world(5, LIMIT, seed=4))
+    liars = {s: wrong_partial(random.Random(s), s) for s in (3, 4)}
+    silent = {2: ErrorResponse(ErrorCode.FLEET_UNAVAILABLE, "no answer yet", 0)}
+    recovered = _overtaken_recovery(monkeypatch, bridge, 1, liars, silent)
+    assert recovered.root_key == RK  # type: ignore[attr-defined]

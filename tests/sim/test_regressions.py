@@ -624,3 +624,17 @@ def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) 
 def test_regression_a_delete_of_a_key_replaced_meanwhile_is_told_as_changed(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
+
+
+# Seed 10432010 (1,000 from 10,432,000 with two hostile nodes of five, session 40): an
+# evaluation got one partial, two that did not verify (the hostile nodes), one node's
+# `stale_attempt` and no answer yet from the fifth; the partials could no longer reach t,
+# so the client stopped asking and said "unavailable (1 partials)", though the fifth,
+# asked again, refused the attempt as stale too: it had been overtaken by another
+# device's, and made again it opens the key. The client now asks the silent nodes again
+# while their answers could make the attempt overtaken (`undecided`, client/threshold.py);
+# tests/hsm/test_client_reads_node_answers.py
+# test_a_recovery_overtaken_is_made_again_once_a_slow_node_says_so_too.
+def test_regression_an_attempt_is_given_up_only_once_it_cannot_have_been_overtaken() -> None:
+    result = run_seed(10432010, SimConfig(nodes=5, hostile=2))
+    assert result.violation is None, report(result)

@@ -209,6 +209,15 @@ def superseded(good: int, stale: int, t: int) -> bool:
     return good < t <= good + stale
 
 
+def undecided(good: int, stale: int, waiting: int, t: int) -> bool:
+    """Whether the `waiting` nodes (no answer yet) could still make an attempt with too
+    few partials `superseded`: they are asked again rather than the attempt given up as
+    unavailable (sim seed 10432010: two hostile nodes' bad partials, one node's
+    `stale_attempt` and one node not yet answering; it would have said `stale_attempt`
+    too, and the attempt, made again, would have opened the key)."""
+    return not superseded(good, stale, t) and superseded(good, stale + waiting, t)
+
+
 def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
     """Fewer than t nodes are left at the version this device read, because the others
     answered `stale_manifest`: another device changed the password or deleted the key."""
@@ -1211,9 +1220,13 @@ class ThresholdVault:
             # t partials that verify but do not agree on the attempt's number (hostile
             # nodes reporting their own) get no reset signed, and the right password's
             # attempt stays counted; nodes still silent may make t agree.
+            stale = errors.count(ErrorCode.STALE_ATTEMPT)
             if (
                 (len(good) >= self.t and (_agreed_attempt(good, self.t) is not None or not waiting))
-                or len(good) + waiting < self.t
+                or (
+                    len(good) + waiting < self.t
+                    and not undecided(len(good), stale, waiting, self.t)
+                )
                 or (round_number >= EVALUATE_RESENDS and time.monotonic() + pause > give_up)
             ):
                 break

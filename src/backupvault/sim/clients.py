@@ -22,7 +22,12 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.client.pending import Due, Pending, PendingStore
-from backupvault.client.threshold import STALE_ATTEMPT_RETRIES, superseded, version_spent
+from backupvault.client.threshold import (
+    STALE_ATTEMPT_RETRIES,
+    superseded,
+    undecided,
+    version_spent,
+)
 from backupvault.codec import Message
 from backupvault.crypto import ksf, manifest, oprf, owner, threshold
 from backupvault.crypto.seal import NodePublicKey
@@ -507,7 +512,11 @@ def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
             for slot in range(ctx.nodes)
             if slot not in good and slot + 1 not in rejected and _transient(answers.get(slot))
         )
-        if len(good) >= ctx.threshold or len(good) + waiting < ctx.threshold:
+        stale = codes.count(ErrorCode.STALE_ATTEMPT)
+        if len(good) >= ctx.threshold or (
+            len(good) + waiting < ctx.threshold
+            and not undecided(len(good), stale, waiting, ctx.threshold)
+        ):
             break
     try:
         combination = threshold.combine(
