@@ -35,12 +35,12 @@ KEY_PREFIX = "backupvault:relay:"
 REDIS_TIMEOUT = 0.25
 REDIS_RETRY_AFTER = 5.0
 WARN_EVERY = 60.0
-#: Redis connections a relay opens at most; a request waits this long for one to be free
-#: (a burst of requests queues here rather than running out of connections, which redis-py
-#: raises as an error that was taken for Redis being down: review s41-B), then uses this
-#: relay's own bucket, for that request only.
+#: Redis connections a relay opens at most; a request waits for one to be free (a burst of
+#: requests queues here rather than running out of connections, which redis-py raises as
+#: an error that was taken for Redis being down: review s41-B). The queue is bounded by
+#: the relay's own caps on requests in flight; a Redis that stops answering is found by
+#: the timeout above, and the requests queued behind it then use their own buckets.
 REDIS_CONNECTIONS = 64
-REDIS_QUEUE_WAIT = 1.0
 
 # KEYS[1]: the bucket. ARGV: rate (tokens a second), burst, 1 to take a token or 0 to
 # only look. Answers -1 when a request may go ahead, or the seconds to wait as a string.
@@ -149,24 +149,19 @@ class SharedLimiter:
         limits = self.limits
         if time.monotonic() < limits.down_until:
             return False
-        try:
-            await asyncio.wait_for(limits.slots.acquire(), REDIS_QUEUE_WAIT)
-        except TimeoutError:
-            return False  # every connection busy for a second: not Redis's failure
         rate, burst = self.buckets.rate, self.buckets.burst
-        try:
+        async with limits.slots:
             if time.monotonic() < limits.down_until:  # found down while this one waited
                 return False
-            answer = await limits.script(
-                keys=[self.prefix + key], args=[repr(rate), burst, 1 if take else 0]
-            )
-        except Exception as error:
-            # Whatever Redis or its client raises (refused, timed out, a reply not this
-            # script's), this relay's own buckets answer: a limit never makes a 500.
-            limits.unavailable(error)
-            return False
-        finally:
-            limits.slots.release()
+            try:
+                answer = await limits.script(
+                    keys=[self.prefix + key], args=[repr(rate), burst, 1 if take else 0]
+                )
+            except Exception as error:
+                # Whatever Redis or its client raises (refused, timed out, a reply not this
+                # script's), this relay's own buckets answer: a limit never makes a 500.
+                limits.unavailable(error)
+                return False
         if answer == -1:
             return None
         try:
