@@ -17,7 +17,7 @@ import pytest
 from tests.hsm.test_threshold_client_on_real_nodes import KEY, LIMIT, RK, Bridge
 
 from backupvault.client import DEFAULT_ENTRY
-from backupvault.client.errors import Destroyed, WrongPassword
+from backupvault.client.errors import Destroyed, VaultError, WrongPassword
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
@@ -232,3 +232,36 @@ def test_a_recovery_overtaken_is_made_again_once_a_slow_node_says_so_too(
     silent = {2: ErrorResponse(ErrorCode.FLEET_UNAVAILABLE, "no answer yet", 0)}
     recovered = _overtaken_recovery(monkeypatch, bridge, 1, liars, silent)
     assert recovered.root_key == RK  # type: ignore[attr-defined]
+
+
+def test_a_retry_that_fails_after_a_counted_attempt_says_it_may_have_counted(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review s41-C: an attempt made again after it was overtaken failed at its manifest
+    # read (the relay now dropping the honest nodes), and the user read "try again later"
+    # with no word that the first try's evaluation, already counted by nodes 0 and 1, may
+    # have used a guess.
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    bridge = Bridge(threshold_world(5, LIMIT, seed=4))
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    honest = Simulation.request
+
+    def hostile(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        if isinstance(inner, EvaluateRequest):
+            if slot == 4:
+                world.down = {0, 1, 2}  # from here the relay drops the honest nodes
+            if slot in (3, 4):
+                return ErrorResponse(ErrorCode.STALE_ATTEMPT, "older than the latest", 0)
+            if slot == 2:
+                return ErrorResponse(ErrorCode.FLEET_UNAVAILABLE, "no answer yet", 0)
+        return honest(world, slot, op, inner, seconds)
+
+    monkeypatch.setattr(Simulation, "request", hostile)
+    with pytest.raises(VaultError) as caught:
+        vault.recover("wrong", ksf_floor=SIM_KSF)
+    assert [bridge.world.honest[s].rows[KEY].count for s in range(2)] == [1, 1]
+    assert caught.value.hint is not None
+    assert "which they may have counted as a guess" in caught.value.hint

@@ -1109,10 +1109,14 @@ class ThresholdVault:
         for retry in itertools.count():
             try:
                 return self._recover_once(password, ksf_floor)
-            except RelayUnreachable as err:
+            except (WrongPassword, Destroyed, EntryChanged):
+                raise  # each says what became of the guesses
+            except VaultError as err:
                 if not retry:
                     raise
-                # An earlier try's evaluation went out: "no guess was used" is not true.
+                # An earlier try's evaluation went out and may have been counted, whatever
+                # stopped this one: a manifest read that failed on the retry said nothing
+                # of it (review s41-C), nor "no guess was used" of the relay's silence.
                 raise _may_have_counted(err) from None
             except _Superseded as superseded:
                 if retry >= STALE_ATTEMPT_RETRIES:

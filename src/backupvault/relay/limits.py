@@ -37,9 +37,13 @@ REDIS_RETRY_AFTER = 5.0
 WARN_EVERY = 60.0
 #: Redis connections a relay opens at most; a request waits for one to be free (a burst of
 #: requests queues here rather than running out of connections, which redis-py raises as
-#: an error that was taken for Redis being down: review s41-B). The queue is bounded by
-#: the relay's own caps on requests in flight; a Redis that stops answering is found by
-#: the timeout above, and the requests queued behind it then use their own buckets.
+#: an error that was taken for Redis being down: review s41-B). Not for a limited time: a
+#: wait that gave up used the relay's own bucket, and a loaded machine let a shared burst
+#: through k times. The queue is bounded by the requests a relay takes at once (2,048 or
+#: twice `max_concurrent_forwards`, relay/app.py, `serving.RequestLimit`), which a Redis
+#: answering just under the timeout keeps waiting seconds (review s41-C: 8 s at most with
+#: 2,048 at once and answers of 0.24 s); one that stops answering is found by the timeout
+#: above, and the requests queued behind it then use their own buckets at once.
 REDIS_CONNECTIONS = 64
 
 # KEYS[1]: the bucket. ARGV: rate (tokens a second), burst, 1 to take a token or 0 to
