@@ -18,6 +18,7 @@ from tests.hsm.test_threshold_client_on_real_nodes import KEY, LIMIT, RK, Bridge
 
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.client.errors import Destroyed, VaultError, WrongPassword
+from backupvault.client.threshold import ThresholdVault
 from backupvault.protocol import (
     ErrorCode,
     ErrorResponse,
@@ -32,6 +33,14 @@ from backupvault.sim.clients import SIM_KSF
 from backupvault.sim.world import Simulation, threshold_world, wrong_partial
 
 HOSTILE = 0
+
+
+def _registered(seed: int) -> tuple[Bridge, ThresholdVault]:
+    """Five real nodes, and a device that registered the owner's key on them."""
+    bridge = Bridge(threshold_world(5, LIMIT, seed=seed))
+    vault = bridge.vault()
+    vault.register("right", RK, ksf=SIM_KSF)
+    return bridge, vault
 
 
 def _recover_with_lying_nodes(
@@ -123,9 +132,7 @@ def test_one_node_cannot_set_the_guess_limit_the_client_reports(
 ) -> None:
     # The limit was the largest any agreeing node reported: one node's 10^9 made a clean
     # recovery warn of about 10^9 wrong guesses, and `vault status` show that limit.
-    bridge = Bridge(threshold_world(5, LIMIT, seed=3))
-    vault = bridge.vault()
-    vault.register("right", RK, ksf=SIM_KSF)
+    _, vault = _registered(seed=3)
     honest = Simulation.request
 
     def lying(
@@ -242,9 +249,7 @@ def test_a_retry_that_fails_after_a_counted_attempt_says_it_may_have_counted(
     # with no word that the first try's evaluation, already counted by nodes 0 and 1, may
     # have used a guess.
     monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
-    bridge = Bridge(threshold_world(5, LIMIT, seed=4))
-    vault = bridge.vault()
-    vault.register("right", RK, ksf=SIM_KSF)
+    bridge, vault = _registered(seed=4)
     honest = Simulation.request
 
     def hostile(
