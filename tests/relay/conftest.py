@@ -147,12 +147,16 @@ class StubNode:
         )
 
 
-def unused_url() -> str:
-    """A loopback URL where nothing listens (connections are refused)."""
+def unused_port() -> int:
+    """A loopback port where nothing listens (connections are refused)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    return f"http://127.0.0.1:{port}"
+        return int(s.getsockname()[1])
+
+
+def unused_url() -> str:
+    """A loopback URL where nothing listens (connections are refused)."""
+    return f"http://127.0.0.1:{unused_port()}"
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
@@ -21,20 +20,14 @@ from backupvault.errors import InvalidInput
 from backupvault.protocol import SealedCopies
 from backupvault.relay import limits
 
-from .conftest import StubNode, make_config
+from .conftest import StubNode, make_config, unused_port
 from .test_limits import _assert_error, _post
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture(scope="module")
 def redis_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A Redis server of its own on loopback (Debian's redis-server; `make setup`)."""
-    process, url = _start_redis(_free_port(), tmp_path_factory.mktemp("redis"))
+    process, url = _start_redis(unused_port(), tmp_path_factory.mktemp("redis"))
     yield url
     process.terminate()
     process.wait(10)
@@ -125,7 +118,7 @@ def test_a_relay_whose_redis_is_gone_limits_with_its_own_buckets(
     token: Callable[..., str],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    nowhere = f"redis://127.0.0.1:{_free_port()}/0"  # nothing listens there
+    nowhere = f"redis://127.0.0.1:{unused_port()}/0"  # nothing listens there
     relay = start_relay([stubs[0].url], rate_per_minute=6, burst=2, shared_limits_url=nowhere)
     alice = token("alice")
     with caplog.at_level(logging.WARNING, logger="backupvault.relay"):
@@ -193,7 +186,7 @@ def test_the_shared_limits_come_back_when_redis_does(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setattr(limits, "REDIS_RETRY_AFTER", 0.5)
-    port = _free_port()
+    port = unused_port()
     url = f"redis://127.0.0.1:{port}/0"
     first, second = (
         start_relay([stubs[0].url], rate_per_minute=6, burst=2, shared_limits_url=url)
@@ -223,7 +216,7 @@ def test_a_password_in_the_redis_url_is_never_shown(
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     secret = "s3cret-pw"
-    nowhere = f"redis://user:{secret}@127.0.0.1:{_free_port()}/0"
+    nowhere = f"redis://user:{secret}@127.0.0.1:{unused_port()}/0"
     config = make_config(Ed25519PrivateKey.generate(), [stubs[0].url], shared_limits_url=nowhere)
     assert secret not in repr(config)
     with pytest.raises(InvalidInput) as refused:
