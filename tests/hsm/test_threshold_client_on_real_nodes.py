@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from typing import Any
 
 import httpx
 import pytest
@@ -156,8 +157,8 @@ def test_a_password_changed_on_another_device_mid_recovery_is_named_and_costs_no
     device_a.register("old", RK, ksf=SIM_KSF)
     read = device_a._live
 
-    def read_then_changed_elsewhere() -> object:
-        live = read()
+    def read_then_changed_elsewhere(*args: Any) -> object:
+        live = read(*args)
         device_b.change_password(device_b.recover("old", ksf_floor=SIM_KSF), "new", ksf=SIM_KSF)
         return live
 
@@ -182,8 +183,8 @@ def test_a_key_deleted_on_another_device_mid_recovery_is_named(
     device_a.register("old", RK, ksf=SIM_KSF)
     read = device_a._live
 
-    def read_then_deleted_elsewhere() -> object:
-        live = read()
+    def read_then_deleted_elsewhere(*args: Any) -> object:
+        live = read(*args)
         device_b.delete(device_b.recover("old", ksf_floor=SIM_KSF))
         return live
 

@@ -28,6 +28,19 @@ def _holds_share(world: Simulation, slot: int, client: ThresholdClient) -> bool:
     return row is not None and bool(row.share) and row.manifest == held.manifest
 
 
+def _recorded_ops(world: Simulation) -> list[Op]:
+    """The op of every fan-out the world's clients make from now on."""
+    ops: list[Op] = []
+    fanout = world.fanout_now
+
+    def recording(call: Call) -> Answers:
+        ops.append(call.op)
+        return fanout(call)
+
+    world.fanout_now = recording  # type: ignore[method-assign]
+    return ops
+
+
 def _registered_without(world: Simulation, missing: int) -> ThresholdClient:
     """A registration while node `missing` is off the network, which then comes back and
     catches up on M (without its share)."""
@@ -78,14 +91,7 @@ def test_a_share_of_a_version_the_entry_moved_past_is_dropped_unsent() -> None:
     assert recovered is not None
     _, acks = other.change_password(recovered[0], b"pw2", ROOT_KEY)
     assert acks == N
-    ops: list[Op] = []
-    fanout = world.fanout_now
-
-    def recording(call: Call) -> Answers:
-        ops.append(call.op)
-        return fanout(call)
-
-    world.fanout_now = recording  # type: ignore[method-assign]
+    ops = _recorded_ops(world)
     client.status()
     assert Op.DELIVER_SHARE not in ops
     assert _owed_nodes(client) == []  # version 2 is in effect: version 1's shares dropped
@@ -103,3 +109,18 @@ def test_a_node_still_down_keeps_its_share_owed() -> None:
     assert client.recover(b"pw") is not None
     assert _holds_share(world, 4, client)
     assert _owed_nodes(client) == []
+
+
+def test_a_share_owed_goes_out_after_the_first_read_not_after_the_reads_that_wait() -> None:
+    """Fewer than t holders answer the first read and two nodes are silent: the share owed
+    to a node that answered goes out at once, before the reads that wait for the silent
+    ones (as the SDK). Another device's recovery may be waiting on that share too: seed
+    10451914, where it went out after those reads and the other device's recovery, made
+    meanwhile, ended "2 share holders"."""
+    world = threshold_world(N, L)
+    client = _registered_without(world, 4)
+    world.down = {2, 3}
+    ops = _recorded_ops(world)
+    assert client.recover(b"pw") is not None  # nodes 0, 1 and 4, once 4 holds its share
+    assert ops[:3] == [Op.MANIFEST, Op.DELIVER_SHARE, Op.MANIFEST], ops
+    assert _holds_share(world, 4, client)

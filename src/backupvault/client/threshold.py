@@ -356,6 +356,8 @@ class _Live:
     without: tuple[str, ...]
     #: Nodes that answered the manifest request at all.
     answered: frozenset[int]
+    #: Fewer than t holders, and some other node gave no answer: worth reading again.
+    waiting: bool
 
 
 @dataclass
@@ -1028,14 +1030,14 @@ class ThresholdVault:
         live = self._live()
         return live.manifest, live.guess_limit
 
-    def _live(self) -> _Live:
+    def _live(self, reads: range = range(FETCH_TRIES), before: _Live | None = None) -> _Live:
         """The agreed manifest and which nodes hold a share of it. Asked again (as
         `_manifests` does) while fewer than t holders answered and some node gave no
         answer: a manifest read is cheap, and the relay stops waiting for the slowest
-        nodes once a majority answered."""
-        holders: set[int] = set()
-        agreed_before = b""
-        for attempt in range(FETCH_TRIES):
+        nodes once a majority answered. `reads`, `before`: the reads left after `before`."""
+        holders = set(before.holders) if before is not None else set()
+        agreed_before = before.manifest.to_bytes() if before is not None else b""
+        for attempt in reads:
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
             found = self._manifests()
@@ -1052,9 +1054,10 @@ class ThresholdVault:
                 and a.response.manifest == encoded
                 and a.response.holds_share
             }
-            if len(holders) >= self.t or not any(
+            waiting = len(holders) < self.t and any(
                 _transient(a) for a in found.answers if a.index not in holders
-            ):
+            )
+            if not waiting:
                 break
         agreeing = [
             a.response
@@ -1076,6 +1079,7 @@ class ThresholdVault:
             tuple(sorted(holders)),
             without,
             answered,
+            waiting,
         )
 
     def _deliver_owed_first(self, live: _Live) -> _Live:
@@ -1083,11 +1087,13 @@ class ThresholdVault:
         evaluation when an owed node is in reach (they need no password): a node that
         missed its share at registration then holds it, and this recovery, like every
         later one, can use it (docs/threshold.md, "Finishing later"). One try: a
-        recovery must not wait for nodes that are down."""
+        recovery must not wait for nodes that are down. `live` is one read: the shares
+        go out before the reads that wait for silent nodes, since another device's
+        recovery may be waiting on them too (sim seed 10451914); then the reads go on."""
         try:
             records = self._owed()
         except VaultError:
-            return live  # a damaged file: told after the recovery, which goes on
+            records = ()  # a damaged file: told after the recovery, which goes on
         owed = [
             r
             for r in records
@@ -1096,12 +1102,11 @@ class ThresholdVault:
             and r.manifest == live.manifest.to_bytes()
             and set(r.nodes) & live.answered
         ]
-        if not owed:
-            return live
-        self._finish_quietly(live.manifest, answered=live.answered, tries=1)
-        if owed[0] in self._owed():
-            return live  # nobody took it: no need to ask again
-        return self._live()
+        if owed:
+            self._finish_quietly(live.manifest, answered=live.answered, tries=1)
+            if owed[0] not in self._owed():
+                return self._live()  # taken: read again, so this recovery can use it
+        return self._live(range(1, FETCH_TRIES), live) if live.waiting else live
 
     def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
@@ -1138,7 +1143,7 @@ class ThresholdVault:
         return any(r.op is Op.REGISTER_SHARE and r.manifest == encoded for r in records)
 
     def _recover_once(self, password: str, ksf_floor: Argon2idParams) -> ThresholdRecovery:
-        found = self._live()
+        found = self._live(range(1))
         # Asked before the owed shares go out (which may forget the record).
         set_here = self._set_here(found.manifest)
         live = self._deliver_owed_first(found)

@@ -411,15 +411,17 @@ def _answered(answers: Answers) -> set[int]:
 Live = tuple[Answers, Outcome, set[int]]
 
 
-def _live(ctx: FlowContext, again: bool = False) -> Generator[Call, Answers, Live]:
+def _live(
+    ctx: FlowContext, again: bool = False, reads: range = range(TRIES), before: Live | None = None
+) -> Generator[Call, Answers, Live]:
     """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
     of it, read again while fewer than t did and some other node gave no answer (a node
-    may be about to promote its staged share or take M: seed 10342053)."""
-    holders: set[int] = set()
-    agreed_before = b""
-    answers: Answers = {}
-    found = Outcome("no manifest fetched")
-    for attempt in range(TRIES):
+    may be about to promote its staged share or take M: seed 10342053). `reads`,
+    `before`: the reads left after `before`."""
+    answers, found, holders = before or ({}, Outcome("no manifest fetched"), set())
+    holders = set(holders)
+    agreed_before = found.agreed.to_bytes() if found.agreed is not None else b""
+    for attempt in reads:
         answers, found = yield from fetch_manifest(ctx, again and not attempt, attempt > 0)
         if found.agreed is None:
             return answers, found, set()
@@ -431,21 +433,29 @@ def _live(ctx: FlowContext, again: bool = False) -> Generator[Call, Answers, Liv
             for slot, a in answers.items()
             if isinstance(a, ManifestResponse) and a.manifest == encoded and a.holds_share
         }
-        silent = any(_transient(answers.get(s)) for s in range(ctx.nodes) if s not in holders)
-        if len(holders) >= ctx.threshold or not silent:
+        if not _waiting(ctx, answers, holders):
             break
     return answers, found, holders
+
+
+def _waiting(ctx: FlowContext, answers: Answers, holders: set[int]) -> bool:
+    """Fewer than t holders, and some other node gave no answer: worth reading again."""
+    return len(holders) < ctx.threshold and any(
+        _transient(answers.get(s)) for s in range(ctx.nodes) if s not in holders
+    )
 
 
 def _fetch_after_owed_deliveries(
     ctx: FlowContext, again: bool = False
 ) -> Generator[Call, Answers, Live]:
-    """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go first
-    (one try) when an owed node answered, and the manifests are read again if one was
-    taken, so this recovery can use it."""
-    answers, found, holders = yield from _live(ctx, again)
+    """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go out
+    (one try) after the first read when an owed node answered, before the reads that wait
+    for silent nodes (another device's recovery may wait on them too: seed 10451914), and
+    the manifests are read again if one was taken, so this recovery can use it."""
+    first = yield from _live(ctx, again, range(1))
+    answers, found, holders = first
     if found.agreed is None:
-        return answers, found, holders
+        return first
     encoded = found.agreed.to_bytes()
     answered = _answered(answers)
     owed = [
@@ -453,12 +463,13 @@ def _fetch_after_owed_deliveries(
         for r in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch)
         if r.op is Op.REGISTER_SHARE and r.manifest == encoded and set(r.nodes) & answered
     ]
-    if not owed:
-        return answers, found, holders
-    yield from finish(ctx, found.agreed, answered, tries=1)
-    if owed[0] in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
-        return answers, found, holders  # nobody took it: no need to ask again
-    return (yield from _live(ctx))
+    if owed:
+        yield from finish(ctx, found.agreed, answered, tries=1)
+        if owed[0] not in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
+            return (yield from _live(ctx))  # taken: read again, so this recovery can use it
+    if _waiting(ctx, answers, holders):
+        return (yield from _live(ctx, reads=range(1, TRIES), before=first))
+    return first
 
 
 def recover(ctx: FlowContext, password: bytes) -> Flow:
