@@ -13,7 +13,7 @@ from tests.client.fake_fleet import FAST_KSF, FakeFleet
 
 from backupvault.cli.main import Context, _confirm, _node_without, _warn_degraded
 from backupvault.cli.output import Output
-from backupvault.client.errors import Destroyed, FleetUnavailable
+from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
 from backupvault.errors import UsageError
 
 RK = bytes(range(32))
@@ -213,3 +213,20 @@ def test_a_recovery_code_pasted_with_unicode_dashes_is_not_echoed(
     shown = "".join(ch for ch in done.stdout + done.stderr if ch in "0123456789abcdef")
     assert bytes(range(32)).hex()[:16] not in shown, done.stderr
     assert "recovery code" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("error", "fields"),
+    [
+        (WrongPassword(9), {"guesses_remaining": 9}),
+        (WrongPassword(1, up_to=3), {"guesses_remaining": 1, "guesses_remaining_up_to": 3}),
+    ],
+)
+def test_a_wrong_password_under_json_gives_the_count_as_a_number(
+    capfd: pytest.CaptureFixture[str], error: WrongPassword, fields: dict[str, int]
+) -> None:
+    """A script reads the guesses left from the error object, not from the sentence."""
+    Output(json_mode=True).error(error)
+    printed = json.loads(capfd.readouterr().err)
+    assert {k: printed[k] for k in fields} == fields and printed["exit_code"] == 3
+    assert ("guesses_remaining_up_to" in printed) == ("guesses_remaining_up_to" in fields)

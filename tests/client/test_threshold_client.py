@@ -97,6 +97,49 @@ def test_the_last_wrong_guess_destroys_the_entry(fleet: FakeFleet) -> None:
     assert vault.status().status == EntryStatus.DESTROYED
 
 
+class _Declined(Exception):
+    pass
+
+
+def _decline() -> None:
+    raise _Declined
+
+
+def test_the_last_guess_is_sent_only_once_the_caller_lets_it_go(fleet: FakeFleet) -> None:
+    """One guess left: `before_last_guess` is asked before anything is sent for
+    evaluation, and when it refuses no node evaluates and no guess is used (the CLI asks
+    the user there). With more left, it is not asked."""
+    vault = fleet.vault()
+    vault.register("right", RK, ksf=FAST_KSF)
+    asked: list[int] = []
+    for _ in range(LIMIT - 1):
+        with pytest.raises(WrongPassword):
+            vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=lambda: asked.append(1))
+    assert asked == []
+    evaluations = fleet.evaluations
+    with pytest.raises(_Declined):
+        vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_decline)
+    assert fleet.evaluations == evaluations
+    assert [n.count for n in fleet.nodes] == [LIMIT - 1] * 5
+    assert vault.status().guesses_remaining == 1
+    recovered = vault.recover(
+        "right", ksf_floor=FAST_KSF, before_last_guess=lambda: asked.append(1)
+    )
+    assert recovered.root_key == RK and asked == [1]
+
+
+def test_one_low_count_among_too_few_answers_does_not_ask_for_the_last_guess(
+    fleet: FakeFleet,
+) -> None:
+    """With fewer than 2t - 1 answers a hostile node's "1 left" can be the t-th largest;
+    the question is asked only when every reading of the counts says one is left."""
+    vault = fleet.vault()
+    vault.register("right", RK, ksf=FAST_KSF)
+    fleet.nodes[0].claims_left = 1
+    fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
+    assert vault.recover("right", ksf_floor=FAST_KSF, before_last_guess=_decline).root_key == RK
+
+
 def test_one_node_down_registration_is_degraded_and_names_it_recovery_works(
     fleet: FakeFleet,
 ) -> None:

@@ -91,7 +91,9 @@ class Context:
     def session(self) -> FleetSession:
         """The vault client for this command; its messages reach the user through the
         output (warnings also under -q and in --json)."""
-        return self.config().session(notify=self.output.client_notice)
+        session = self.config().session(notify=self.output.client_notice)
+        session.before_last_guess = _confirm_last_guess
+        return session
 
     def storage(self, url: str | None) -> str:
         if url:
@@ -470,6 +472,37 @@ def _confirm(question: str, yes: bool) -> None:
         )
     # On stderr, as every prompt: stdout may be the --json result, redirected to a file.
     if not click.confirm(question, default=False, err=True):
+        raise click.exceptions.Abort()
+
+
+def _confirm_last_guess() -> None:
+    """Before a recovery sends the password the key's last guess rests on: a person says
+    yes on the terminal; a script (no terminal) is refused, so a wrong password kept in a
+    script or a pipe never destroys the key on its own."""
+    if not sys.stdin.isatty():
+        raise UsageError(
+            "the vault has one guess left for this key: a wrong password would destroy it,"
+            " so the password was not sent (no guess was used)",
+            hint="check the password, then run the command in a terminal, which asks you"
+            " to confirm; or open the backups with the recovery code (--recovery-code -)",
+        )
+    # The command defers Ctrl-C around its password check; while asking, it stops at once.
+    handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
+    with contextlib.suppress(ValueError):  # not the main thread (an embedding)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        sure = click.confirm(
+            "The vault has one guess left for this key: a wrong password now destroys it"
+            " for good. Send this password?",
+            default=False,
+            err=True,
+        )
+    finally:
+        with contextlib.suppress(ValueError):
+            for signum, handler in handlers.items():
+                signal.signal(signum, handler)
+    if not sure:
         raise click.exceptions.Abort()
 
 

@@ -32,6 +32,10 @@ class WrongPassword(VaultError):
         )
         self.guesses_remaining = guesses_remaining
         self.guesses_remaining_up_to = up_to
+        # For --json: a script reads the count, not the sentence.
+        self.details = {"guesses_remaining": guesses_remaining}
+        if up_to is not None and up_to != guesses_remaining:
+            self.details["guesses_remaining_up_to"] = up_to
 
 
 class Destroyed(VaultError):

@@ -358,6 +358,15 @@ class _Live:
     answered: frozenset[int]
     #: Fewer than t holders, and some other node gave no answer: worth reading again.
     waiting: bool
+    #: Guesses left, as `_guesses_left` reads the agreeing nodes' counts.
+    guesses_left: tuple[int, int | None] = (0, None)
+
+    @property
+    def last_guess(self) -> bool:
+        """Whether the next wrong password destroys the key, by every reading of the
+        counts: fewer than t hostile nodes reporting a low count do not make it so."""
+        figure, up_to = self.guesses_left
+        return (figure if up_to is None else up_to) == 1
 
 
 @dataclass
@@ -1080,6 +1089,7 @@ class ThresholdVault:
             without,
             answered,
             waiting,
+            _guesses_left([r.guesses_remaining for r in agreeing], self.t),
         )
 
     def _deliver_owed_first(self, live: _Live) -> _Live:
@@ -1108,12 +1118,22 @@ class ThresholdVault:
                 return self._live()  # taken: read again, so this recovery can use it
         return self._live(range(1, FETCH_TRIES), live) if live.waiting else live
 
-    def recover(self, password: str, *, ksf_floor: Argon2idParams) -> ThresholdRecovery:
+    def recover(
+        self,
+        password: str,
+        *,
+        ksf_floor: Argon2idParams,
+        before_last_guess: Callable[[], None] | None = None,
+    ) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
-        FleetUnavailable naming the nodes that did not answer)."""
+        FleetUnavailable naming the nodes that did not answer). `before_last_guess` is
+        called, before anything is sent for evaluation, when the nodes say one guess is
+        left (a wrong password then destroys the key): it raises to send nothing."""
         for retry in itertools.count():
             try:
-                return self._recover_once(password, ksf_floor)
+                # Asked on the first try only: a try made again after it was overtaken
+                # sends the password the user already let go.
+                return self._recover_once(password, ksf_floor, None if retry else before_last_guess)
             except (WrongPassword, Destroyed, EntryChanged):
                 raise  # each says what became of the guesses
             except VaultError as err:
@@ -1142,7 +1162,12 @@ class ThresholdVault:
         encoded = manifest.to_bytes()
         return any(r.op is Op.REGISTER_SHARE and r.manifest == encoded for r in records)
 
-    def _recover_once(self, password: str, ksf_floor: Argon2idParams) -> ThresholdRecovery:
+    def _recover_once(
+        self,
+        password: str,
+        ksf_floor: Argon2idParams,
+        before_last_guess: Callable[[], None] | None,
+    ) -> ThresholdRecovery:
         found = self._live(range(1))
         # Asked before the owed shares go out (which may forget the record).
         set_here = self._set_here(found.manifest)
@@ -1166,6 +1191,8 @@ class ThresholdVault:
                 hint="if this entry was registered with other stretching settings, recover it"
                 " with those; otherwise do not use it and register the key again",
             )
+        if before_last_guess is not None and live.last_guess:
+            before_last_guess()
         secret = password_bytes(password)
         blind, blinded = oprf.blind(secret)
         request = EvaluateRequest(

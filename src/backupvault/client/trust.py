@@ -863,6 +863,9 @@ class FleetSession:
         self._retired = retired
         #: What `older` found so far: each older epoch is verified (and asked) once.
         self._older_seen: list[tuple[int, FleetSession]] = []
+        #: Called before a recovery sends the password when one guess is left (a wrong
+        #: one destroys the key); it raises to send nothing (the CLI asks the user).
+        self.before_last_guess: Callable[[], None] | None = None
 
     def older(self) -> Iterator[tuple[int, FleetSession]]:
         """The older epochs, newest first; each call starts again from the newest."""
@@ -953,7 +956,9 @@ class FleetSession:
 
     def recover(self, password: str) -> Recovery:
         """The root key behind `password`."""
-        found = self.threshold.recover(password, ksf_floor=self._ksf)
+        found = self.threshold.recover(
+            password, ksf_floor=self._ksf, before_last_guess=self.before_last_guess
+        )
         return Recovery(found.root_key, found.wrong_guesses_before, found)
 
     def change_password(self, recovered: Recovery, new_password: str) -> Registered:
@@ -978,6 +983,7 @@ class FleetSession:
                 raise Destroyed()
             if status.status != EntryStatus.LIVE:
                 continue
+            old.before_last_guess = self.before_last_guess
             recovered = old.recover(password)
             try:
                 self.register(password, recovered.root_key)

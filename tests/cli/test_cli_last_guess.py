@@ -1,0 +1,72 @@
+"""The last guess: before a recovery sends the password a wrong one would destroy the key
+with, the command asks on the terminal, and without one (a script, a pipe) it refuses and
+sends nothing (`_confirm_last_guess`, the SDK's `before_last_guess`)."""
+
+from __future__ import annotations
+
+import io
+import os
+import signal
+from collections.abc import Iterator
+
+import click
+import pytest
+
+from backupvault.cli.main import UsageError, _confirm_last_guess, _password_check
+from backupvault.cli.output import Output
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal() -> Iterator[None]:
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
+    signal.signal(signal.SIGINT, before)
+
+
+def test_without_a_terminal_the_last_guess_is_refused_and_nothing_sent(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("sys.stdin", io.StringIO("right password\n"))
+    with pytest.raises(UsageError) as refused:
+        _confirm_last_guess()
+    assert refused.value.exit_code == 2
+    assert "one guess left" in refused.value.message
+    assert "no guess was used" in refused.value.message
+    assert "terminal" in (refused.value.hint or "")
+
+
+@pytest.mark.parametrize(("answer", "sent"), [("y\n", True), ("n\n", False), ("\n", False)])
+def test_on_a_terminal_the_user_says_whether_to_send_it(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], answer: str, sent: bool
+) -> None:
+    monkeypatch.setattr("sys.stdin", _Terminal(answer))
+    if sent:
+        _confirm_last_guess()
+    else:
+        with pytest.raises(click.exceptions.Abort):
+            _confirm_last_guess()
+    assert "a wrong password now destroys it for good" in capfd.readouterr().err
+
+
+def test_ctrl_c_at_the_question_stops_at_once_inside_the_password_check(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The password check defers Ctrl-C (the nodes may be counting); while the question
+    waits for the user nothing is sent yet, so Ctrl-C stops the command there."""
+    monkeypatch.setattr("sys.stdin", _Terminal())
+
+    def interrupted(*args: object, **kwargs: object) -> bool:
+        os.kill(os.getpid(), signal.SIGINT)
+        raise AssertionError("Ctrl-C was deferred")
+
+    monkeypatch.setattr(click, "confirm", interrupted)
+    with _password_check(Output()):
+        deferring = signal.getsignal(signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            _confirm_last_guess()
+        assert signal.getsignal(signal.SIGINT) is deferring  # put back for the check
