@@ -36,6 +36,7 @@ import fcntl
 import os
 import re
 import secrets
+import shlex
 import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
@@ -75,11 +76,17 @@ def check_destination(dest: Path) -> None:
         if os.path.ismount(dest):
             raise mounted_destination(dest)
     elif not dest.parent.is_dir():
-        raise DestinationError(
-            f"the folder {dest.parent} to restore into does not exist",
-            hint=f"create it first (mkdir -p {dest.parent}), or give --to a new folder in one"
-            " that exists",
-        )
+        raise missing_parent(dest)
+
+
+def missing_parent(dest: Path) -> DestinationError:
+    """The error for a --to whose parent folder does not exist (a restore makes only the
+    last folder: one that fails leaves nothing behind, folders above it included)."""
+    return DestinationError(
+        f"the folder {dest.parent} to restore into does not exist",
+        hint=f"create it first (mkdir -p {shlex.quote(str(dest.parent))}), or give --to a new"
+        " folder in one that exists",
+    )
 
 
 def mounted_destination(dest: Path) -> DestinationError:

@@ -1047,6 +1047,7 @@ def backup_restore(
             hint="give the code with --recovery-code - (read from stdin); BACKUP_ID is a"
             " snapshot id from `backupvault backup list`, or left out for the latest",
         )
+    dest = dest.expanduser()  # `--to=~/x` reaches us unexpanded, as --storage's `~` does
     _check_restore_to(dest)
     url = ctx.storage(storage_url)
     use_repository = repository_exists(url)
@@ -1130,7 +1131,7 @@ def _check_restore_to(dest: Path) -> None:
     import tempfile
 
     from backupvault.backup.errors import DestinationError
-    from backupvault.backup.safe import link_destination, mounted_destination
+    from backupvault.backup.safe import link_destination, missing_parent, mounted_destination
 
     if dest.is_symlink():
         raise link_destination(dest)
@@ -1163,7 +1164,7 @@ def _check_restore_to(dest: Path) -> None:
             hint="give --to a new folder whose path goes through folders, not a file",
         )
     if existing != parent:
-        return  # the restore says to make the missing folders first
+        raise missing_parent(dest)  # before the password: a typo costs no guess
     try:
         probe = tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".probe", dir=parent)
     except OSError as exc:
