@@ -117,6 +117,33 @@ def test_empty_stdin_for_a_password_says_what_to_do(monkeypatch: pytest.MonkeyPa
     assert err.value.hint is not None and "first line of stdin" in err.value.hint
 
 
+def test_password_stdin_on_a_terminal_asks_without_showing_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`--password-stdin` typed on a terminal (no pipe) read a bare line: no prompt, and
+    the password echoed on screen (user review s42). It is now asked as a prompt is."""
+    import click
+
+    from backupvault.cli.main import _password
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    asked: list[dict[str, object]] = []
+
+    def prompt(text: str, **kwargs: object) -> str:
+        asked.append({"text": text, **kwargs})
+        return "a long enough passphrase"
+
+    monkeypatch.setattr("sys.stdin", Terminal("typed but never read\n"))
+    monkeypatch.setattr(click, "prompt", prompt)
+    assert _password(from_stdin=True) == "a long enough passphrase"
+    assert asked == [
+        {"text": "Password", "hide_input": True, "confirmation_prompt": False, "err": True}
+    ]
+
+
 @pytest.mark.parametrize("keep", [(), ("--keep-last", "0")])
 def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str, ...]) -> None:
     done = backupvault("backup", "forget", "--storage", str(tmp_path), *keep)

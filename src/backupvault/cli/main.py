@@ -233,7 +233,9 @@ _run_config: Path | None = None
 
 
 def _password(from_stdin: bool, confirm: bool = False, prompt: str = "Password") -> str:
-    if from_stdin:
+    # --password-stdin on a terminal (no pipe given) is asked as a prompt: read as a line,
+    # it showed no prompt and echoed the password (user review s42).
+    if from_stdin and not sys.stdin.isatty():
         line = read_secret_line("the password")
         if not line:
             raise UsageError(
@@ -1412,7 +1414,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
 
     The current password is checked first; only then is the new one asked for (twice)."""
     session = ctx.session()  # no password asked without it
-    if password_stdin:
+    if password_stdin and not sys.stdin.isatty():  # on a terminal: asked, as without it
         # Named together: a strict decoder reads ahead, so a byte of the second line
         # can fail the first read.
         lines = [read_secret_line("the current or new password") for _ in range(2)]
