@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import re
 import shlex
+import subprocess
 from pathlib import Path
 
 import click
 import pytest
+from console import CONSOLE_SCRIPT  # tests/cli/console.py
 
-from backupvault.cli.main import cli, load_plugins
+from backupvault.cli.main import Group, cli, load_plugins
 
 load_plugins()  # every command, the lazily loaded ones too
 
@@ -111,3 +113,35 @@ def test_documented_command_lines_are_real_commands(doc: str) -> None:
     assert lines, doc
     for tokens in lines:
         resolve(tokens)
+
+
+def test_every_command_list_gives_each_summary_whole_and_operators_apart() -> None:
+    """click cut each command's first sentence off at the terminal's width ("List
+    snapshots (with sizes added and stored: this needs the..."); user review s42."""
+
+    def groups(group: Group, path: tuple[str, ...]) -> list[tuple[str, ...]]:
+        found = [path]
+        for name in group.list_commands(click.Context(group)):
+            command = group.get_command(click.Context(group), name)
+            if isinstance(command, Group):
+                found += groups(command, (*path, name))
+        return found
+
+    for path in groups(cli, ()):
+        done = subprocess.run(
+            [str(CONSOLE_SCRIPT), *path, "--help"], capture_output=True, text=True, check=True
+        )
+        listing = done.stdout.split("Commands:", 1)[1]
+        assert "..." not in listing, (path, listing)
+    top = subprocess.run([str(CONSOLE_SCRIPT), "--help"], capture_output=True, text=True).stdout
+    users, operators = top.split("Commands:", 1)[1].split("Operator commands:")
+
+    def names(section: str) -> set[str]:
+        return {
+            line.split()[0]
+            for line in section.splitlines()
+            if line.startswith("  ") and line[2] != " "
+        }
+
+    assert {"backup", "vault"} <= names(users) and not names(users) & {"fleet", "node", "relay"}
+    assert {"fleet", "node", "relay", "witness"} <= names(operators)

@@ -488,7 +488,9 @@ def backup_check(
     )
 
 
-@backup.command("repair")
+@backup.command(
+    "repair", short_help="Save what authenticates of damaged packs; drop the rest from the index"
+)
 @click.argument("packs", nargs=-1, metavar="[PACK_ID]...")
 @click.option("--dry-run", is_flag=True, help="Only say what would be salvaged, lost and deleted.")
 @key_options

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import hmac
+import inspect
 import os
 import re
 import signal
@@ -112,7 +113,7 @@ pass_context = click.make_pass_decorator(Context)
 STORAGE_DEFAULT = "Default: the client config's storage."
 STORAGE_HELP = f"Where the backups are: a folder or a storage URL. {STORAGE_DEFAULT}"
 _JSON_HELP = "Print the result as one JSON object, for scripts (docs/cli.md)."
-_QUIET_HELP = "Only warnings, errors and answers (for cron): nothing when a backup works."
+_QUIET_HELP = "Only warnings, errors and the answer asked for (for cron): no progress or notes."
 
 
 def _take_output_options(command: click.Command) -> None:
@@ -180,6 +181,40 @@ class Group(click.Group):
     def list_commands(self, ctx: click.Context) -> list[str]:
         load_plugins(self.plugins)
         return super().list_commands(ctx)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        """Each command with its summary, whole (click cut the first sentence off
+        mid-phrase at the terminal's width: user review s42); the operator's commands in
+        a section of their own."""
+        listed = [
+            (name, command)
+            for name in self.list_commands(ctx)
+            if (command := self.get_command(ctx, name)) is not None and not command.hidden
+        ]
+        for title, operator in (("Commands", False), ("Operator commands", True)):
+            rows = [
+                (name, summary(command))
+                for name, command in listed
+                if (name in OPERATOR_COMMANDS and ctx.parent is None) == operator
+            ]
+            if rows:
+                with formatter.section(title):
+                    formatter.write_dl(rows)
+
+
+#: Top-level commands for whoever runs the fleet, not for a user backing up.
+OPERATOR_COMMANDS = frozenset({"fleet", "node", "relay", "sim", "witness"})
+
+
+def summary(command: click.Command) -> str:
+    """A command's line in its group's list: its `short_help`, else the first sentence of
+    its help up to its first parenthesis, semicolon or colon."""
+    if command.short_help:
+        return command.short_help
+    text = " ".join(inspect.cleandoc(command.help or "").split("\n\n")[0].split())
+    first = re.split(r"(?<=\.) ", text, maxsplit=1)[0].rstrip(".")
+    cut = re.search(r" \(|; |: ", first)
+    return first[: cut.start()] if cut else first
 
 
 #: The codes a script acts on, in short (docs/cli.md, "Exit codes", says when each comes).
@@ -1005,7 +1040,9 @@ def _only(path: str) -> str:
     return head + escaped(path[1:])
 
 
-@backup.command("restore")
+@backup.command(
+    "restore", short_help="Restore a snapshot (the latest by default) into a new folder"
+)
 @click.argument("backup_id", required=False)
 @click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
 @click.option(
@@ -1262,7 +1299,7 @@ def backup_list(
 # ---- vault ------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(short_help="Your key in the vault: status, recovery code, password")
 def vault() -> None:
     """The key vault: status, recovery code, password change, deletion, finishing deliveries."""
 

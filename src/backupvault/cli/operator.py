@@ -44,7 +44,7 @@ LOCAL_DIR = click.option(
 NODE_NAME = re.compile(r"(e\d+-)?node\d+")
 
 
-@local.command("up")
+@local.command("up", short_help="Start a local fleet, witness and relay (made the first time)")
 @LOCAL_DIR
 @click.option("--nodes", default=5, show_default=True, help="Vault nodes (odd).")
 @pass_context
@@ -115,7 +115,9 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     )
 
 
-@local.command("upgrade")
+@local.command(
+    "upgrade", short_help="Deploy and restart on the version of backupvault installed now"
+)
 @LOCAL_DIR
 @pass_context
 def local_upgrade(ctx: Context, root: Path) -> None:
@@ -270,7 +272,7 @@ def fleet() -> None:
     """Fleet-wide operations."""
 
 
-@fleet.command("ceremony")
+@fleet.command("ceremony", short_help="Give the fleet its id and check every node's public keys")
 @click.option(
     "--fleet-file",
     required=True,

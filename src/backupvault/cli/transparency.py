@@ -262,7 +262,7 @@ def fleet_measure(
 # ---- witness --------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(short_help="The witness: logs and co-signs deployment records")
 def witness() -> None:
     """The witness: logs and co-signs deployment records (run by an independent party)."""
 
