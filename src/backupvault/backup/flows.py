@@ -72,7 +72,8 @@ class RestoreInfo:
     bytes: int
     key: str
     skipped: list[Skipped] = field(default_factory=list)
-    passed_over: list[str] = field(default_factory=list)  # backups whose header is damaged
+    #: Backups passed over as damaged (name -> why), the latest that opens restored.
+    passed_over: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # a rollback storage may have made
 
 
@@ -303,7 +304,7 @@ def restore_backup(
         bytes=stats.bytes,
         key=header.key_name,
         skipped=stats.skipped,
-        passed_over=damaged,
+        passed_over=dict.fromkeys(damaged, "its header does not parse or authenticate"),
         warnings=removed,
     )
 

@@ -1121,8 +1121,8 @@ def backup_restore(
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
         _committed()
-    for name in info.passed_over:
-        ctx.output.warn(f"passed over {name}: it is damaged or altered")
+    for name, why in info.passed_over.items():
+        ctx.output.warn(f"passed over {name}: it cannot be read ({why})")
     for warning in info.warnings:
         ctx.output.warn(warning)
     _note_skipped(ctx, info.skipped)
@@ -1270,6 +1270,8 @@ def backup_list(
         repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
         found = maintenance.list_snapshots(repo)
         warn_damaged(ctx, repo.damaged, "not listed; `backup check` shows the damage")
+        for warning in repo.leftover_warnings():
+            ctx.output.warn(warning)
         snapshot_rows = [summary_row(s) for s in found]
         lines.append(
             f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "

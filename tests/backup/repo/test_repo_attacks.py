@@ -190,7 +190,7 @@ def test_an_object_that_is_no_snapshot_is_left_out_and_can_be_removed(
     assert [s.snapshot_id for s in maintenance.list_snapshots(opened)] == [good.name]
     assert list(opened.damaged) == [stray.name]
     restored = restore_snapshot(str(repo), root_key, repo.parent / "r")
-    assert (restored.backup_id, restored.passed_over) == (good.name, [stray.name])
+    assert (restored.backup_id, list(restored.passed_over)) == (good.name, [stray.name])
     with pytest.raises(BackupVaultError, match=stray.name) as refused:
         maintenance.prune(Repository.open(Storage(str(repo)), root_key), dry_run=False)
     assert "forget --damaged" in str(refused.value)

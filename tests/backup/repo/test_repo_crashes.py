@@ -327,7 +327,7 @@ def test_backup_waits_for_no_prune(
     paused, resume = threading.Event(), threading.Event()
     used = maintenance.snapshot_references
 
-    def slow_used(repo: Repository) -> tuple[set[bytes], set[str]]:
+    def slow_used(repo: Repository) -> set[bytes]:
         paused.set()
         resume.wait(30)
         return used(repo)

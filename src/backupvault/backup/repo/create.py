@@ -47,7 +47,7 @@ from backupvault.backup.repo.repository import (
     cycle_collector_paused,
     host_name,
 )
-from backupvault.backup.repo.state import DeviceState, place_of
+from backupvault.backup.repo.state import DeviceState, another_repository, place_of
 from backupvault.backup.repo.tree import (
     DIR,
     FILE,
@@ -728,14 +728,9 @@ def _create_locked(
     if before is not None:
         # Its snapshots are in that repository's state, not this one's: a rollback of this
         # place (another repository of the same key served in its stead) goes unseen else.
-        warnings.append(
-            f"{repo.backend.display_url} holds another repository than when this device "
-            f"last backed up there (repository {before}, now {repo.keys.repo_id.hex()}): "
-            "storage may be serving another repository made with this key in its place, "
-            "or that one was deleted and this one made anew"
-        )
+        warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
     last = state.last_made(str(source)) if state is not None else None
-    if last is not None and last not in repo.snapshot_names():
+    if last is not None and last not in repo.opened_ids():
         what = f"the last snapshot this device made of {source},"
         warnings.extend(m for m in repo.why_gone(last, what) if m)
     host = host_name()

@@ -59,6 +59,7 @@ from backupvault.backup.repo.repository import (
     PackWriter,
     Repository,
     host_name,
+    leftover_warning,
 )
 from backupvault.backup.repo.restore import select, under, wanted_paths
 from backupvault.backup.repo.state import DeviceState
@@ -264,11 +265,14 @@ def forget(
             kept, removed, ahead = apply_policy(found, policy)
         if damaged:
             removed += sorted(set(repo.damaged) - set(removed))
+        # Forgotten before, still in storage (`Repository.leftovers`): deleted again.
+        removed += sorted(repo.leftovers - set(removed))
         if not dry_run:
             for snapshot_id in removed:
                 if _is_object_id(snapshot_id):
                     repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
+            repo.leftovers -= set(removed)
             if state is not None and removed:
                 here, gone = host_name(), set(removed)
                 newest = {
@@ -301,12 +305,11 @@ class PruneResult:
     bytes_written: int = 0
     unused_chunks: int = 0
     temporaries_removed: int = 0  # left by interrupted uploads (would be, with dry_run)
-    forget_records_removed: int = 0  # of snapshots no snapshot names as parent
     dry_run: bool = False
 
 
-def snapshot_references(repo: Repository) -> tuple[set[bytes], set[str]]:
-    """The chunks the snapshots use, and the parents they name."""
+def snapshot_references(repo: Repository) -> set[bytes]:
+    """The chunks the snapshots use."""
     names = list(repo.snapshot_names())
 
     def read(name: str) -> snapshots.Snapshot:
@@ -322,14 +325,11 @@ def snapshot_references(repo: Repository) -> tuple[set[bytes], set[str]]:
     with ThreadPoolExecutor(8) as pool:
         trees = list(pool.map(read, names))
     used: set[bytes] = set()
-    parents: set[str] = set()
     for snap in trees:
-        if snap.header.parent is not None:
-            parents.add(snap.header.parent.hex())
         for entry in snap.entries or []:
             if entry.kind == FILE:
                 used.update(entry.chunks)
-    return used, parents
+    return used
 
 
 def prune(
@@ -357,11 +357,11 @@ def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progres
         remove_stale_locks(repo)
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
-    used, parents = snapshot_references(repo)
-    # forget records no snapshot names as parent any more tell check nothing
-    unneeded_records = [n for n in repo.backend.list("forgotten") if n not in parents]
+    used = snapshot_references(repo)
+    # Forget records are kept for good (a few dozen bytes each): storage that kept a copy
+    # of a forgotten snapshot could bring it back unseen once its record was gone (review
+    # s42, F3).
     result = PruneResult(packs=len(sizes), dry_run=dry_run)
-    result.forget_records_removed = len(unneeded_records)
     result.bytes_before = sum(sizes.values())
     unindexed = [name for name in sizes if bytes.fromhex(name) not in index.packs]
     lost = sum(1 for chunk_id in used if chunk_id not in index.chunks)
@@ -434,8 +434,6 @@ def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progres
     remove_stale_locks(repo)
     for name in stale:
         repo.backend.delete(name)
-    for name in unneeded_records:
-        repo.backend.delete(f"forgotten/{name}")
     return result
 
 
@@ -595,8 +593,13 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
         location = restored_from.chunks.get(chunk_id)
         return location is not None and (chunk_id, location.pack_id) not in unreadable
 
-    result.snapshots = len(names)
+    recorded = set(repo.backend.list("forgotten")) & set(names)
+    leftovers = {name for name in recorded if repo.is_forgotten(name)}
+    result.warnings.extend(leftover_warning(name) for name in sorted(leftovers))
+    result.snapshots = len(names) - len(leftovers)
     for name in names:
+        if name in leftovers:
+            continue
         try:
             snap = repo.read_snapshot(name)
         except BackupVaultError as exc:

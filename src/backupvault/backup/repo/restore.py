@@ -46,7 +46,7 @@ from backupvault.backup.repo.repository import (
     is_latest,
 )
 from backupvault.backup.repo.snapshots import AHEAD_SLACK, Snapshot
-from backupvault.backup.repo.state import DeviceState, place_of
+from backupvault.backup.repo.state import DeviceState, another_repository, place_of
 from backupvault.backup.repo.tree import DIR, FILE, ROOT, SYMLINK, Entry
 from backupvault.backup.safe import (
     Limits,
@@ -195,12 +195,16 @@ def restore_snapshot(
     snapshot = repo.find_snapshot(snapshot_id)
     warnings: list[str] = []
     if state_dir is not None and (snapshot_id is None or is_latest(snapshot_id)):
-        made = DeviceState(state_dir, repo.keys.repo_id, place_of(storage)).all_made()
-        names = repo.snapshot_names()
-        for source, last in sorted(made.items()):
-            if last not in names:
+        state = DeviceState(state_dir, repo.keys.repo_id, place_of(storage))
+        before = state.held_before()
+        if before is not None:  # as `backup create` warns (review s42, F5)
+            warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
+        opened = repo.opened_ids()
+        for source, last in sorted(state.all_made().items()):
+            if last not in opened:
                 what = f"the last snapshot this device made of {source},"
                 warnings.extend(m for m in repo.why_gone(last, what) if m)
+    warnings.extend(repo.leftover_warnings())
     if snapshot_id is None or is_latest(snapshot_id):
         warnings.extend(_dated_ahead(repo, snapshot))
     assert snapshot.entries is not None
@@ -264,7 +268,7 @@ def restore_snapshot(
         links=sum(e.kind == SYMLINK for e in entries),
         bytes=sum(e.size for e in files),
         key=key,
-        passed_over=sorted(repo.damaged),
+        passed_over=dict(sorted(repo.damaged.items())),
         warnings=warnings,
     )
 

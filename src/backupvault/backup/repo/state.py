@@ -106,3 +106,13 @@ class DeviceState:
             if places.get(self._place) != self._repo_id:
                 places[self._place] = self._repo_id
                 _save(self._places, "places", places)
+
+
+def another_repository(place: str, before: str, now: bytes) -> str:
+    """The warning for a place that holds another repository than when this device last
+    backed up there (`DeviceState.held_before`)."""
+    return (
+        f"{place} holds another repository than when this device last backed up there"
+        f" (repository {before}, now {now.hex()}): storage may be serving another repository"
+        " made with this key in its place, or that one was deleted and this one made anew"
+    )
