@@ -9,6 +9,7 @@ import json
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -26,7 +27,7 @@ from backupvault.client.errors import (
     WrongPassword,
 )
 from backupvault.client.pending import PendingFileDamaged, PendingStore
-from backupvault.client.threshold import EVALUATE_RESENDS, version_spent
+from backupvault.client.threshold import EVALUATE_RESENDS, ThresholdVault, version_spent
 from backupvault.crypto import oprf
 from backupvault.crypto.seal import open_share
 from backupvault.errors import InvalidInput
@@ -645,6 +646,98 @@ def test_an_owed_share_is_delivered_before_the_recovery_needs_it(fleet: FakeFlee
     assert seen.index("deliver-share") < seen.index("evaluate")
     assert fleet.nodes[3].manifest == fleet.replicated
     assert all("evaluate" in fleet.nodes[i].seen for i in (2, 3, 4))
+
+
+def _silent_on_reads(
+    vault: ThresholdVault,
+    fleet: FakeFleet,
+    silent: dict[int, set[int]],
+    then: Callable[[], None] = lambda: None,
+) -> None:
+    """The nodes `silent[k]` give no answer to the recovery's k-th manifest read (from 1);
+    `then` runs right after the first."""
+    read = vault._manifests
+    reads: list[int] = []
+
+    def manifests() -> Any:
+        reads.append(1)
+        modes = {i: fleet.nodes[i].mode for i in silent.get(len(reads), set())}
+        for i in modes:
+            fleet.nodes[i].mode = "down"
+        try:
+            return read()
+        finally:
+            for i, mode in modes.items():
+                fleet.nodes[i].mode = mode
+            if len(reads) == 1:
+                then()
+
+    vault._manifests = manifests  # type: ignore[method-assign]
+
+
+def _without_its_share(fleet: FakeFleet, slot: int) -> None:
+    """Node `slot` lost its share: it answers with no manifest and holds nothing."""
+    fleet.nodes[slot].share, fleet.nodes[slot].manifest = None, b""
+
+
+def test_a_node_owed_its_share_that_answers_only_a_later_read_gets_it_then(
+    fleet: FakeFleet,
+) -> None:
+    """The owed node is silent on the first manifest read and answers the next: its share
+    goes out after that read, before the evaluation (review s42-A: it was tried only
+    after the first, and the recovery ended with two holders)."""
+    fleet.nodes[3].mode = "down"
+    vault = fleet.vault()
+    assert vault.register("pw", RK, ksf=FAST_KSF).degraded  # node 3's share owed
+    fleet.nodes[3].mode = "ok"
+    _without_its_share(fleet, 1)
+    fleet.nodes[0].mode = "down"
+    _silent_on_reads(vault, fleet, {1: {3}})
+    del fleet.nodes[3].seen[:]
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    seen = fleet.nodes[3].seen
+    assert "deliver-share" in seen and seen.index("deliver-share") < seen.index("evaluate")
+
+
+def test_holders_seen_in_any_read_count_while_silent_nodes_are_asked_again(
+    fleet: FakeFleet,
+) -> None:
+    """Fewer than t holders answer and some node is silent: the manifests are read again
+    (a manifest read costs no guess), and a holder seen in an earlier read still counts
+    when it is silent in a later one. Here no single read shows t holders."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    _without_its_share(fleet, 1)
+    fleet.nodes[0].mode = "down"
+    _silent_on_reads(vault, fleet, {1: {3}, 2: {2}, 3: {2}})  # holders {2, 4}, {3, 4}, {3, 4}
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_password_changed_elsewhere_between_the_reads_is_not_said_to_be_set_here(
+    fleet: FakeFleet,
+) -> None:
+    """This device registered version 1 (a share still owed); another device changes the
+    password between this recovery's first read and the next. Given version 1's
+    password, this device must not be told it set the password now in effect: that was
+    asked of the first read's manifest, not of the one evaluated (review s42-A)."""
+    fleet.nodes[0].mode = "down"
+    here = fleet.vault()
+    assert here.register("pw1", RK, ksf=FAST_KSF).degraded  # node 0's share owed
+    elsewhere = fleet.vault()
+
+    def changed_elsewhere() -> None:
+        modes = [n.mode for n in fleet.nodes]
+        for n in fleet.nodes:
+            n.mode = "ok"
+        elsewhere.change_password(elsewhere.recover("pw1", ksf_floor=FAST_KSF), "pw2", ksf=FAST_KSF)
+        for n, mode in zip(fleet.nodes, modes, strict=True):
+            n.mode = mode
+
+    _without_its_share(fleet, 1)
+    _silent_on_reads(here, fleet, {1: {3}}, then=changed_elsewhere)
+    with pytest.raises(WrongPassword) as raised:
+        here.recover("pw1", ksf_floor=FAST_KSF)
+    assert "this device set the password now in effect" not in (raised.value.hint or "")
 
 
 def test_an_owed_share_is_delivered_by_status_without_the_password(fleet: FakeFleet) -> None:

@@ -124,3 +124,26 @@ def test_a_share_owed_goes_out_after_the_first_read_not_after_the_reads_that_wai
     assert client.recover(b"pw") is not None  # nodes 0, 1 and 4, once 4 holds its share
     assert ops[:3] == [Op.MANIFEST, Op.DELIVER_SHARE, Op.MANIFEST], ops
     assert _holds_share(world, 4, client)
+
+
+def test_a_node_owed_its_share_that_answers_only_a_later_read_gets_it_then() -> None:
+    """The owed node is silent on the first read and answers the next: its share goes out
+    after that read, before the evaluation (review s42-A: it was tried only after the
+    first, and the recovery ended with two holders)."""
+    world = threshold_world(N, L)
+    client = _registered_without(world, 3)  # node 3's share owed
+    world.restart(1, {})  # node 1 loses its rows: it catches up on M, without a share
+    world.settle(10.0)
+    assert not _holds_share(world, 1, client)
+    world.down = {0}
+    ops = _recorded_ops(world)
+    fanout = world.fanout_now
+
+    def node_3_silent_on_the_first_read(call: Call) -> Answers:
+        world.down = {0, 3} if not ops else {0}  # (ops gets this call next)
+        return fanout(call)
+
+    world.fanout_now = node_3_silent_on_the_first_read  # type: ignore[method-assign]
+    assert client.recover(b"pw") is not None  # nodes 2, 3 and 4
+    assert ops[:3] == [Op.MANIFEST, Op.MANIFEST, Op.DELIVER_SHARE], ops
+    assert _holds_share(world, 3, client)

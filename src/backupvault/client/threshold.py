@@ -1094,29 +1094,42 @@ class ThresholdVault:
 
     def _deliver_owed_first(self, live: _Live) -> _Live:
         """Shares this device still owes for the live manifest, delivered before the
-        evaluation when an owed node is in reach (they need no password): a node that
-        missed its share at registration then holds it, and this recovery, like every
-        later one, can use it (docs/threshold.md, "Finishing later"). One try: a
-        recovery must not wait for nodes that are down. `live` is one read: the shares
-        go out before the reads that wait for silent nodes, since another device's
-        recovery may be waiting on them too (sim seed 10451914); then the reads go on."""
+        evaluation to owed nodes in reach (they need no password): a node that missed its
+        share at registration then holds it, and this recovery, like every later one, can
+        use it (docs/threshold.md, "Finishing later"). `live` is one read; after it and
+        after each read that follows while `waiting`, the shares go out to owed nodes that
+        answered it and were not sent theirs yet (one try each: a recovery must not wait
+        for nodes that are down), so they go out at once, not after the reads that wait
+        for silent nodes: another device's recovery may be waiting on them too (sim seed
+        10451914). Once a node took its share, the manifests are read again."""
+        sent: set[tuple[bytes, int]] = set()  # (M, node) sent its share in this recovery
+        for attempt in range(1, FETCH_TRIES + 1):
+            encoded = live.manifest.to_bytes()
+            owed = self._owed_register_shares(encoded)
+            due = {n for r in owed for n in r.nodes if n in live.answered} - {
+                n for m, n in sent if m == encoded
+            }
+            if due:
+                sent |= {(encoded, n) for n in due}
+                self._finish_quietly(live.manifest, answered=frozenset(due), tries=1)
+                if self._owed_register_shares(encoded) != owed:
+                    return self._live()  # taken: read again, so this recovery can use it
+            if not live.waiting or attempt == FETCH_TRIES:
+                return live
+            live = self._live(range(attempt, attempt + 1), live)
+        raise AssertionError("unreachable")
+
+    def _owed_register_shares(self, manifest: bytes) -> list[Pending]:
+        """The share deliveries this device owes for `manifest` that need no password."""
         try:
             records = self._owed()
         except VaultError:
-            records = ()  # a damaged file: told after the recovery, which goes on
-        owed = [
+            return []  # a damaged file: told after the recovery, which goes on
+        return [
             r
             for r in records
-            if r.op is Op.REGISTER_SHARE
-            and not r.needs_export_key
-            and r.manifest == live.manifest.to_bytes()
-            and set(r.nodes) & live.answered
+            if r.op is Op.REGISTER_SHARE and not r.needs_export_key and r.manifest == manifest
         ]
-        if owed:
-            self._finish_quietly(live.manifest, answered=live.answered, tries=1)
-            if owed[0] not in self._owed():
-                return self._live()  # taken: read again, so this recovery can use it
-        return self._live(range(1, FETCH_TRIES), live) if live.waiting else live
 
     def recover(
         self,
@@ -1151,16 +1164,15 @@ class ThresholdVault:
                 time.sleep(RETRY_BACKOFF_SECONDS * (1 + secrets.randbelow(1000) / 250))
         raise AssertionError("unreachable")
 
-    def _set_here(self, manifest: manifests.Manifest) -> bool:
-        """Whether this device made `manifest` and still keeps its shares: a registration
-        or password change here whose delivery it has not seen finish (kept before the
-        commit goes out, so also one cut off by a crash before "password changed")."""
+    def _made_here(self) -> set[bytes]:
+        """The manifests this device made and still keeps shares of: a registration or
+        password change here whose delivery it has not seen finish (kept before the commit
+        goes out, so also one cut off by a crash before "password changed")."""
         try:
             records = self._owed()
         except VaultError:
-            return False  # a damaged file: told elsewhere
-        encoded = manifest.to_bytes()
-        return any(r.op is Op.REGISTER_SHARE and r.manifest == encoded for r in records)
+            return set()  # a damaged file: told elsewhere
+        return {r.manifest for r in records if r.op is Op.REGISTER_SHARE}
 
     def _recover_once(
         self,
@@ -1168,10 +1180,11 @@ class ThresholdVault:
         ksf_floor: Argon2idParams,
         before_last_guess: Callable[[], None] | None,
     ) -> ThresholdRecovery:
-        found = self._live(range(1))
-        # Asked before the owed shares go out (which may forget the record).
-        set_here = self._set_here(found.manifest)
-        live = self._deliver_owed_first(found)
+        # Read before the owed shares go out (which may forget a record), and asked of the
+        # manifest finally evaluated, which a read after them may change (review s42-A).
+        made_here = self._made_here()
+        live = self._deliver_owed_first(self._live(range(1)))
+        set_here = live.manifest.to_bytes() in made_here
         manifest, guess_limit = live.manifest, live.guess_limit
         if len(live.holders) < self.t:
             # The fleet counts an attempt before any node evaluates: with fewer than t

@@ -448,28 +448,41 @@ def _waiting(ctx: FlowContext, answers: Answers, holders: set[int]) -> bool:
 def _fetch_after_owed_deliveries(
     ctx: FlowContext, again: bool = False
 ) -> Generator[Call, Answers, Live]:
-    """As the SDK's `_deliver_owed_first`: shares owed for the agreed manifest go out
-    (one try) after the first read when an owed node answered, before the reads that wait
-    for silent nodes (another device's recovery may wait on them too: seed 10451914), and
-    the manifests are read again if one was taken, so this recovery can use it."""
-    first = yield from _live(ctx, again, range(1))
-    answers, found, holders = first
-    if found.agreed is None:
-        return first
-    encoded = found.agreed.to_bytes()
-    answered = _answered(answers)
-    owed = [
+    """As the SDK's `_deliver_owed_first`: after the first read and after each read that
+    follows while fewer than t holders answered and a node was silent, shares owed for
+    the agreed manifest go out (one try each) to owed nodes that answered it and were not
+    sent theirs yet, not after the reads that wait (another device's recovery may wait
+    on them too: seed 10451914); once a node took its share, the manifests are read
+    again, so this recovery can use it."""
+    live = yield from _live(ctx, again, range(1))
+    sent: set[tuple[bytes, int]] = set()  # (M, node) sent its share in this recovery
+    for attempt in range(1, TRIES + 1):
+        answers, found, holders = live
+        if found.agreed is None:
+            return live
+        encoded = found.agreed.to_bytes()
+        owed = _owed_register_shares(ctx, encoded)
+        answered = _answered(answers)
+        due = {n for r in owed for n in r.nodes if n in answered} - {
+            n for m, n in sent if m == encoded
+        }
+        if due:
+            sent |= {(encoded, n) for n in due}
+            yield from finish(ctx, found.agreed, due, tries=1)
+            if _owed_register_shares(ctx, encoded) != owed:
+                return (yield from _live(ctx))  # taken: read again
+        if not _waiting(ctx, answers, holders) or attempt == TRIES:
+            return live
+        live = yield from _live(ctx, reads=range(attempt, attempt + 1), before=live)
+    raise AssertionError("unreachable")
+
+
+def _owed_register_shares(ctx: FlowContext, manifest: bytes) -> list[Pending]:
+    return [
         r
         for r in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch)
-        if r.op is Op.REGISTER_SHARE and r.manifest == encoded and set(r.nodes) & answered
+        if r.op is Op.REGISTER_SHARE and r.manifest == manifest
     ]
-    if owed:
-        yield from finish(ctx, found.agreed, answered, tries=1)
-        if owed[0] not in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
-            return (yield from _live(ctx))  # taken: read again, so this recovery can use it
-    if _waiting(ctx, answers, holders):
-        return (yield from _live(ctx, reads=range(1, TRIES), before=first))
-    return first
 
 
 def recover(ctx: FlowContext, password: bytes) -> Flow:
