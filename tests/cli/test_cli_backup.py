@@ -1542,3 +1542,34 @@ def test_restore_to_a_mount_point_is_refused_before_the_key_is_asked_for(
         refused.value.hint == f"restore into a new folder on it, for instance --to {usb}/restored"
     )
     _check_restore_to(usb / "restored")  # a new folder on it is fine
+
+
+def test_a_backup_says_when_it_makes_a_new_repository(tmp_path: Path, source: Path) -> None:
+    """A typo in --storage starts a new repository: the first backup there says so (and
+    `new_repository` under --json), so it is not taken for yesterday's (user review s42)."""
+    storage = tmp_path / "storage"
+    made = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    assert made.returncode == 0, made.stderr
+    assert f"no repository was at {storage}: a new one is made there" in made.stderr
+    code = made.stdout.split("recovery code of the new repository")[1].splitlines()[1].strip()
+    again = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+                stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0 and "new one is made" not in again.stderr, again.stderr
+    assert next_backup(source, storage, code)["new_repository"] is False
+    other = run("--json", "backup", "create", str(source), "--storage", str(tmp_path / "typo"),
+                "--recovery-code")  # fmt: skip
+    assert json.loads(other.stdout)["new_repository"] is True
+
+
+def test_a_restore_names_the_folder_the_snapshot_is_of(tmp_path: Path, source: Path) -> None:
+    """With several folders backed up to one storage, the latest is of whichever was
+    backed up last: the restore says which (user review s42)."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    done = run("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+               "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "restored backup " in done.stdout and f" of {source} made " in done.stdout
+    as_json = run("--json", "backup", "restore", "--storage", str(storage), "--to",
+                  str(tmp_path / "out2"), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert json.loads(as_json.stdout)["source"] == str(source)

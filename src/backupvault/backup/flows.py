@@ -72,6 +72,8 @@ class RestoreInfo:
     bytes: int
     key: str
     skipped: list[Skipped] = field(default_factory=list)
+    #: The folder or file backed up, as the snapshot names it ("" if it names none).
+    source: str = ""
     #: Backups passed over as damaged (name -> why), the latest that opens restored.
     passed_over: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # a rollback storage may have made

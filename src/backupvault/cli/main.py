@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from backupvault import __version__
-from backupvault.cli.output import Output
+from backupvault.cli.output import Output, printable
 from backupvault.cli.passwords import check_password, read_secret_line, weakness
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
@@ -913,6 +913,9 @@ def backup_create(
         # fails or is interrupted later would otherwise leave a repository whose code
         # nobody ever saw.
         made.append(True)
+        # A typo in --storage starts a new repository: said, so it is not taken for the
+        # one of yesterday's backups (user review s42).
+        ctx.output.note(f"no repository was at {url}: a new one is made there")
         if code is not None and not ctx.output.json_mode:
             ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):")
             ctx.output.out.print(f"  {code}")
@@ -968,6 +971,7 @@ def backup_create(
         source=str(source),
         registered=registered,
         parent_id=info.parent_id,
+        new_repository=bool(made),
         files_read=info.files_read,
         added_bytes=info.added,
     )
@@ -1137,10 +1141,15 @@ def backup_restore(
         info.skipped,
     )
     data["dest"] = str(info.dest)
+    # The source said: with several folders in one storage, the latest is of whichever
+    # was backed up last (user review s42).
+    of = f" of {printable(info.source)}" if info.source else ""
+    if info.source:
+        data["source"] = info.source
     ctx.output.done(
         data,
-        f"restored backup {info.backup_id} of {info.created_at:%Y-%m-%d %H:%M:%S} UTC into "
-        f"{info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
+        f"restored backup {info.backup_id}{of} made {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
+        f" into {info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
     )
 
 

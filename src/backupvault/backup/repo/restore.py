@@ -268,6 +268,7 @@ def restore_snapshot(
         links=sum(e.kind == SYMLINK for e in entries),
         bytes=sum(e.size for e in files),
         key=key,
+        source=snapshot.summary.source,
         passed_over=dict(sorted(repo.damaged.items())),
         warnings=warnings,
     )
