@@ -64,3 +64,8 @@ class Corrupt(Damaged, InvalidInput):
 
 class Altered(Damaged, AuthenticationFailed):
     """A stored object fails authentication (with the right key), or is another one's."""
+
+
+class RollbackSuspected(BackupVaultError):
+    """A snapshot this device made is gone from storage with no forget record: a command
+    that would act on what storage shows (prune deleting its data) does nothing."""

@@ -34,6 +34,7 @@ from backupvault.errors import BackupVaultError, UsageError
 if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not maintenance
     from backupvault.backup.repo import maintenance
     from backupvault.backup.repo.damage import DamagedFiles
+    from backupvault.backup.repo.state import DeviceState
 
 
 _RESTORE_OTHERS = (
@@ -188,6 +189,13 @@ def warn_damaged(ctx: Context, damaged: dict[str, str], then: str) -> None:
     """A warning for each snapshot object that cannot be read, and what became of it."""
     for name, why in sorted(damaged.items()):
         ctx.output.warn(f"snapshot {name} cannot be read ({why}): {then}")
+
+
+def _device_state(repo: Repository) -> DeviceState:
+    """What this device remembers of the repository: its last snapshot of each source."""
+    from backupvault.backup.repo.state import DeviceState, default_dir, place_of
+
+    return DeviceState(default_dir(), repo.keys.repo_id, place_of(repo.backend.storage))
 
 
 def _open(
@@ -363,7 +371,6 @@ def backup_forget(
     read. Their data stays until `backup prune`."""
     from backupvault.backup.repo import maintenance
     from backupvault.backup.repo.repository import is_latest
-    from backupvault.backup.repo.state import DeviceState, default_dir, place_of
 
     policy = maintenance.Policy(keep_last, keep_daily, keep_weekly, keep_monthly, keep_yearly)
     if snapshot_ids and not policy.empty():
@@ -386,7 +393,7 @@ def backup_forget(
             " each source and host; add --dry-run to see what it would remove first",
         )
     repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids)
-    state = DeviceState(default_dir(), repo.keys.repo_id, place_of(repo.backend.storage))
+    state = _device_state(repo)
     kept, removed, ahead = maintenance.forget(
         repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state
     )
@@ -420,8 +427,9 @@ def backup_prune(
     from backupvault.backup.repo import maintenance
 
     repo = _open(ctx, storage_url, password_stdin, code)
+    state = _device_state(repo)
     with ctx.output.progress() as bar:
-        result = maintenance.prune(repo, dry_run=dry_run, progress=bar)
+        result = maintenance.prune(repo, dry_run=dry_run, progress=bar, state=state)
     report = ctx.output.result if dry_run else ctx.output.done
     report(
         dict(result.__dict__),

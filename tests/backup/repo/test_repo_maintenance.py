@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from backup_trees import RecordingProgress, snapshot
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import RollbackSuspected, StorageError
 from backupvault.backup.repo import (
     RepositoryLocked,
     create_snapshot,
@@ -23,6 +23,7 @@ from backupvault.backup.repo import (
 from backupvault.backup.repo.backend import Backend, MissingObject
 from backupvault.backup.repo.maintenance import Policy, SnapshotSummary, apply_policy
 from backupvault.backup.repo.repository import EXCLUSIVE, SHARED
+from backupvault.backup.repo.state import DeviceState, place_of
 from backupvault.errors import UsageError
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
@@ -613,3 +614,31 @@ def test_a_forgotten_snapshot_storage_brings_back_stays_forgotten(
     _, removed, _ = maintenance.forget(repo, Policy(last=5), dry_run=False)
     assert removed == [second] and not stored.exists()
     assert maintenance.check(repo, read_data=False).warnings == []
+
+
+def test_prune_deletes_nothing_while_storage_hides_a_snapshot_this_device_made(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Storage hiding the newest snapshot during a prune had this device delete that
+    snapshot's own data, exit 0 (review s42, F4). With the device's state, prune now
+    refuses and deletes nothing; a backup made since (which records its new last
+    snapshot) lets it go on, as after a snapshot removed by hand."""
+    source, repo_url, state_dir, (_, second) = _two_snapshots(tmp_path, root_key)
+    hidden = tmp_path / "repo" / "snapshots" / second
+    aside = tmp_path / "aside"
+    hidden.rename(aside)
+    repo = maintenance.open_repository(repo_url, root_key)
+    state = DeviceState(state_dir, repo.keys.repo_id, place_of(repo.backend.storage))
+    data = sorted(os.listdir(tmp_path / "repo" / "data"))
+    with pytest.raises(RollbackSuspected, match=second) as refused:
+        maintenance.prune(repo, dry_run=False, state=state)
+    assert "storage may be hiding it" in refused.value.message
+    assert sorted(os.listdir(tmp_path / "repo" / "data")) == data
+    aside.rename(hidden)  # storage shows it again: the prune goes on
+    maintenance.prune(repo, dry_run=False, state=state)
+    restore_snapshot(repo_url, root_key, tmp_path / "out", second)
+    hidden.unlink()  # removed by hand, on purpose
+    with pytest.raises(RollbackSuspected):
+        maintenance.prune(repo, dry_run=True, state=state)
+    create_snapshot(source, repo_url, root_key, state_dir=state_dir)
+    maintenance.prune(repo, dry_run=False, state=state)

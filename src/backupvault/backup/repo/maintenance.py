@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backupvault.backup.errors import StorageError
+from backupvault.backup.errors import RollbackSuspected, StorageError
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS
@@ -337,15 +337,37 @@ def prune(
     *,
     dry_run: bool,
     progress: Progress | None = None,
+    state: DeviceState | None = None,
 ) -> PruneResult:
     """Delete what no snapshot uses; progress: reading the snapshots (no total), then
-    the bytes of the packs to repack."""
+    the bytes of the packs to repack. With `state`, nothing is deleted while a last
+    snapshot this device made is gone with no forget record: storage hiding it for the
+    prune would have this device delete its data (review s42, F4)."""
     reporter = progress or NoProgress()
     with repo.lock(EXCLUSIVE, "prune") as lock:
+        if state is not None:
+            _refuse_over_hidden_snapshots(repo, state)
         try:
             return _prune_locked(repo, lock, dry_run, reporter)
         finally:
             reporter.finish()
+
+
+def _refuse_over_hidden_snapshots(repo: Repository, state: DeviceState) -> None:
+    opened = repo.opened_ids()
+    gone = []
+    for source, last in sorted(state.all_made().items()):
+        if last not in opened:
+            what = f"the last snapshot this device made of {source},"
+            bad_record, warning = repo.why_gone(last, what)
+            gone += [m for m in (bad_record, warning) if m]
+    if gone:
+        raise RollbackSuspected(
+            "prune deletes nothing: " + "; ".join(gone),
+            hint="if that snapshot was removed on purpose (by hand), run `backup create` of"
+            " that folder once, which records the new last one, then prune; otherwise"
+            " storage may be rolled back or hiding it: check the storage first",
+        )
 
 
 def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progress) -> PruneResult:
