@@ -257,3 +257,23 @@ def test_a_wrong_password_under_json_gives_the_count_as_a_number(
     printed = json.loads(capfd.readouterr().err)
     assert {k: printed[k] for k in fields} == fields and printed["exit_code"] == 3
     assert ("guesses_remaining_up_to" in printed) == ("guesses_remaining_up_to" in fields)
+
+
+def test_running_out_of_memory_is_said_as_such_not_as_a_bug(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Storage can grow an object to the largest the format allows; the machine running out
+    of memory on it was told "unexpected MemoryError ... this is a bug" (storage review
+    s42, F2)."""
+    from backupvault.cli import main as cli_main
+
+    def exhausted(dest: Path) -> None:
+        raise MemoryError
+
+    monkeypatch.setattr(cli_main, "_check_restore_to", exhausted)
+    with pytest.raises(SystemExit) as done:
+        cli_main.main(["backup", "restore", "--to", str(tmp_path / "out"), "--storage",
+                       str(tmp_path), "--recovery-code", "-"])  # fmt: skip
+    assert done.value.code == 1
+    err = capfd.readouterr().err
+    assert "ran out of memory" in err and "bug" not in err

@@ -1803,6 +1803,18 @@ def _run(args: list[str], json_mode: bool) -> None:
         _fail(json_mode, _with_local_hint(_with_storage_hint(err)))
     except KeyboardInterrupt:
         _fail(json_mode, Interrupted("interrupted", hint=_INTERRUPTED_HINT))
+    except MemoryError:
+        # Not a bug: storage can make an object as large as the format allows (a snapshot
+        # grown by gigabytes: storage review s42, F2), or the machine is short of memory.
+        _fail(
+            json_mode,
+            BackupVaultError(
+                "ran out of memory",
+                hint="storage may hold an object far larger than backupvault writes (`backup"
+                " check` names what is damaged), or this machine has too little memory free"
+                " for this repository; nothing was changed by the step that ran out",
+            ),
+        )
     except Exception as err:  # a bug: say so plainly, without a wall of traceback
         if os.environ.get("BACKUPVAULT_DEBUG"):
             raise

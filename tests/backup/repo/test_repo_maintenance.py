@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 import random
 import shutil
+import threading
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -14,6 +16,7 @@ from backup_trees import RecordingProgress, snapshot
 
 from backupvault.backup.errors import RollbackSuspected, StorageError
 from backupvault.backup.repo import (
+    Repository,
     RepositoryLocked,
     create_snapshot,
     maintenance,
@@ -642,3 +645,40 @@ def test_prune_deletes_nothing_while_storage_hides_a_snapshot_this_device_made(
         maintenance.prune(repo, dry_run=True, state=state)
     create_snapshot(source, repo_url, root_key, state_dir=state_dir)
     maintenance.prune(repo, dry_run=False, state=state)
+
+
+def test_prune_reads_grown_snapshots_one_at_a_time(
+    history: tuple[Path, str, list[str]], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Storage can grow an authentic snapshot by gigabytes (its header and summary still
+    open, so the whole object is read); prune read 8 at once whatever their size (storage
+    review s42, F2). As many are read at once as fit in a budget, by their listed sizes."""
+    _, repo_url, _ = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    reading: dict[int, int] = {}  # thread -> reads under way on it (one nests another)
+    most = [0]
+    lock = threading.Lock()
+    read = Repository.read_snapshot
+
+    def counted(self: Repository, name: str, **kwargs: bool) -> object:
+        me = threading.get_ident()
+        with lock:
+            reading[me] = reading.get(me, 0) + 1
+            most[0] = max(most[0], len(reading))
+        try:
+            time.sleep(0.05)
+            return read(self, name, **kwargs)
+        finally:
+            with lock:
+                reading[me] -= 1
+                if not reading[me]:
+                    del reading[me]
+
+    monkeypatch.setattr(Repository, "read_snapshot", counted)
+    maintenance.snapshot_references(repo)
+    assert most[0] > 1  # small snapshots: several at once
+    largest = max(repo.snapshot_names().values())
+    monkeypatch.setattr(maintenance, "_SNAPSHOT_READ_BUDGET", 2 * largest - 1)
+    most[0] = 0
+    maintenance.snapshot_references(repo)
+    assert most[0] == 1

@@ -250,7 +250,7 @@ def _open_dk(header: SnapshotHeader, root_key: bytes) -> bytes:
         ) from None
 
 
-def _open(dk: bytes, aad: bytes, sealed: bytes, what: str) -> bytes:
+def _open(dk: bytes, aad: bytes, sealed: bytes | memoryview, what: str) -> bytes:
     if len(sealed) < NONCE_LEN + TAG_LEN:
         raise Corrupt(f"{what} is truncated")
     try:
@@ -281,7 +281,9 @@ def open_snapshot(
     summary = Summary.decode(_open(dk, head + b"summary", data[start : start + summary_len], what))
     entries = None
     if with_tree:
-        packed = _open(dk, head + b"tree", data[start + summary_len :], what)
+        # A view, not a copy: a tree may be up to MAX_LEN (2 GiB), and storage can grow an
+        # authentic snapshot to that (storage review s42, F2).
+        packed = _open(dk, head + b"tree", memoryview(data)[start + summary_len :], what)
         plain = one_frame(zstandard.ZstdDecompressor(), packed, _MAX_TREE, f"{what} tree")
         entries = tree.decode(plain)
     return Snapshot(header, summary, entries)
