@@ -27,7 +27,7 @@ from backupvault.backup.repo.backend import Backend, MissingObject
 from backupvault.backup.repo.maintenance import Policy, SnapshotSummary, apply_policy
 from backupvault.backup.repo.repository import EXCLUSIVE, SHARED
 from backupvault.backup.repo.state import DeviceState, place_of
-from backupvault.errors import UsageError
+from backupvault.errors import BackupVaultError, UsageError
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
 
@@ -682,3 +682,23 @@ def test_prune_reads_grown_snapshots_one_at_a_time(
     most[0] = 0
     maintenance.snapshot_references(repo)
     assert most[0] == 1
+
+
+def test_a_newest_snapshot_whose_tree_is_damaged_is_passed_over_and_forget_damaged_removes_it(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """One byte appended to the newest snapshot (its header and summary still open) stopped
+    every restore of the latest, and prune's hint, `forget --damaged`, removed nothing
+    (storage review s42, F7). The latest that opens is restored, saying what it passed
+    over, and `forget --damaged` removes it."""
+    _, repo_url, _, (first, second) = _two_snapshots(tmp_path, root_key)
+    with open(tmp_path / "repo" / "snapshots" / second, "ab") as grown:
+        grown.write(b"\0")
+    restored = restore_snapshot(repo_url, root_key, tmp_path / "out")
+    assert restored.backup_id == first and second in restored.passed_over
+    repo = maintenance.open_repository(repo_url, root_key)
+    with pytest.raises(BackupVaultError, match=second):
+        maintenance.prune(repo, dry_run=True)
+    kept, removed, _ = maintenance.forget(repo, Policy(), dry_run=False, damaged=True)
+    assert (kept, removed) == ([first], [second])
+    maintenance.prune(repo, dry_run=False)

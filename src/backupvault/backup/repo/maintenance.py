@@ -264,7 +264,16 @@ def forget(
         else:
             kept, removed, ahead = apply_policy(found, policy)
         if damaged:
+            # Trees too (read whole, as check does): a snapshot whose tree does not open is
+            # passed over by restore, and stops prune, whose hint sends the user here.
+            for summary in found:
+                if summary.snapshot_id not in removed:
+                    try:
+                        repo.read_snapshot(summary.snapshot_id)
+                    except (AuthenticationFailed, InvalidInput) as exc:
+                        repo.found_damaged(summary.snapshot_id, exc)
             removed += sorted(set(repo.damaged) - set(removed))
+            kept = [k for k in kept if k not in repo.damaged]
         # Forgotten before, still in storage (`Repository.leftovers`): deleted again.
         removed += sorted(repo.leftovers - set(removed))
         if not dry_run:

@@ -645,15 +645,25 @@ class Repository:
         names = sorted(self.snapshot_names())
         if prefix is None or is_latest(prefix):
             listed = self.list_snapshots()
-            if not listed and self.damaged:
-                name, why = next(iter(self.damaged.items()))
-                raise Altered(
-                    f"no snapshot at {self.backend.display_url} can be read: {name}: {why}",
-                    hint="run `backupvault backup check` to see what is damaged",
-                )
-            if not listed:
+            if not listed and not self.damaged:
                 raise BackupNotFound(f"no snapshots at {self.backend.display_url}")
-            return self.read_snapshot(listed[-1].id_hex)
+            # The newest whose tree opens too: a tree damaged (or an object grown by a byte)
+            # is passed over as a damaged header is, not a restore of the latest stopped
+            # (storage review s42, F7).
+            newest_failure: BackupVaultError | None = None
+            for candidate in reversed(listed):
+                try:
+                    return self.read_snapshot(candidate.id_hex)
+                except (AuthenticationFailed, InvalidInput) as exc:
+                    self.found_damaged(candidate.id_hex, exc)
+                    newest_failure = newest_failure or exc
+            if newest_failure is not None:
+                raise newest_failure  # none opens: what stops the newest
+            name, why = next(iter(self.damaged.items()))
+            raise Altered(
+                f"no snapshot at {self.backend.display_url} can be read: {name}: {why}",
+                hint="run `backupvault backup check` to see what is damaged",
+            )
         return self.read_snapshot(self.snapshot_id(prefix, names))
 
     def snapshot_id(self, prefix: str, names: Collection[str] | None = None) -> str:
