@@ -146,16 +146,23 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
     assert code == 3, shown
     assert "wrong password" in shown and "New password" not in shown
 
+    # A weak new password is said so before it is confirmed, and another can be given
+    # instead (said after the change, it left no choice: user review s42).
     code, shown = in_terminal(
         ["--config", config, "vault", "change-password"],
         [
             ("Current password", "hunter2"),
+            ("New password", "abc"),
+            ("Use it anyway?", "n"),
             ("New password", "password123"),
-            ("Repeat for confirmation", "password123"),
+            ("Use it anyway?", "y"),
+            ("Repeat the new password", "password123"),
         ],
     )
     assert code == 0, shown
+    assert "shorter than 10 characters" in shown
     assert "one of the most common passwords" in shown and "password changed" in shown
+    assert shown.index("one of the most common passwords") < shown.index("password changed")
 
     changed = bv(
         "--config", config, "vault", "change-password", "--password-stdin",
@@ -251,6 +258,12 @@ def test_the_password_is_asked_twice_only_for_a_new_key(
         mistyped, [("Password", phrase), ("Repeat the password", phrase + "x")]
     )
     assert code == 2 and "the two passwords differ: nothing was registered" in shown, shown
+    status = json.loads(bv("--config", mistyped_config, "--json", "vault", "status").stdout)
+    assert status["status"] == "empty"
+    # A weak one is said so before it is registered, and can be given up (user review s42).
+    code, shown = in_terminal(mistyped, [("Password", "hunter2"), ("Use it anyway?", "n")])
+    assert code == 2 and "nothing was registered: the password was weak" in shown, shown
+    assert "Repeat" not in shown
     status = json.loads(bv("--config", mistyped_config, "--json", "vault", "status").stdout)
     assert status["status"] == "empty"
 

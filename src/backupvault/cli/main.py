@@ -487,15 +487,30 @@ def _password_check(output: Output) -> contextlib.AbstractContextManager[None]:
     return _deferring(output, _CHECK)
 
 
+def _weak_warning(reason: str) -> str:
+    return (
+        f"this password is weak ({reason}): someone who gets into your account may guess"
+        " it within the vault's tries. Prefer a long passphrase."
+    )
+
+
 def _warn_if_weak(ctx: Context, password: str) -> None:
     """At registration only: a weak password is the vault's one way in for a thief who
     takes the storage, limited only by the guess count."""
     reason = weakness(password)
     if reason is not None:
-        ctx.output.warn(
-            f"this password is weak ({reason}); anyone holding your account's "
-            "token gets the vault's guesses at it. Prefer a long passphrase."
-        )
+        ctx.output.warn(_weak_warning(reason))
+
+
+def _weak_password_kept(password: str) -> bool:
+    """On a terminal, before a new password is confirmed and registered: whether the user
+    keeps it, told why it is weak (said after it took effect, the warning left no choice
+    but another change: user review s42). True for a password that is not weak."""
+    reason = weakness(password)
+    if reason is None:
+        return True
+    click.echo(f"warning: {_weak_warning(reason)}", err=True)
+    return click.confirm("Use it anyway?", default=False, err=True)
 
 
 def _confirm(question: str, yes: bool) -> None:
@@ -641,7 +656,13 @@ def _root_key_from_vault(
         _warn_wrong_guesses(ctx, recovered)
         _note_pending(ctx, recovered.threshold.pending)
         return recovered.root_key, False
-    _warn_if_weak(ctx, password)
+    if not confirm:
+        _warn_if_weak(ctx, password)
+    elif not _weak_password_kept(password):
+        raise UsageError(
+            "nothing was registered: the password was weak",
+            hint="run it again with a longer passphrase (a few words)",
+        )
     if confirm:
         again = click.prompt(
             "Repeat the password (a new key is registered behind it)", hide_input=True, err=True
@@ -1480,9 +1501,15 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
     with _password_check(ctx.output):
         recovered = session.recover_or_migrate(old)
     _warn_wrong_guesses(ctx, recovered)
-    if not password_stdin:
-        new = _password(False, confirm=True, prompt="New password")
-    _warn_if_weak(ctx, new)
+    if password_stdin:
+        _warn_if_weak(ctx, new)
+    else:
+        new = _password(False, prompt="New password")
+        while not _weak_password_kept(new):
+            new = _password(False, prompt="New password")
+        again = click.prompt("Repeat the new password", hide_input=True, err=True)
+        if not hmac.compare_digest(again.encode(), new.encode()):
+            raise UsageError("the two new passwords differ: the password was not changed")
     with _deferring(ctx.output, _PASSWORD_CHANGE):
         changed = session.change_password(recovered, new)
     _warn_degraded(ctx, changed.missing)
