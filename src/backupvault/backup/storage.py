@@ -259,7 +259,13 @@ class Storage:
         return WebdavFileSystem(base_url, **options), root
 
     def _error(self, what: str, exc: BaseException) -> StorageError:
-        detail = f"{type(exc).__name__}: {exc}"
+        # The system's own words for a local file's error ("Not a directory"), not
+        # Python's class name (user and storage reviews s42); a remote library's error
+        # keeps its name, which says which layer failed.
+        if isinstance(exc, OSError) and exc.strerror and type(exc).__module__ == "builtins":
+            detail = exc.strerror
+        else:
+            detail = f"{type(exc).__name__}: {exc}"
         if self._secret:
             for secret in {self._secret, quote(self._secret, safe="")}:
                 detail = detail.replace(secret, "***")

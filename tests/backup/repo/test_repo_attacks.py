@@ -5,6 +5,7 @@ index object is left out and reported by check: restore reads the packs' own hea
 from __future__ import annotations
 
 import os
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -1137,3 +1138,15 @@ def test_index_objects_are_read_a_few_at_a_time_when_each_may_be_large(
     monkeypatch.setattr(Repository, "_read_index", counted)
     _opened(repo, root_key).index_files()
     assert most == 1
+
+
+def test_a_folder_of_the_repository_made_a_file_is_said_in_the_systems_words(
+    made: tuple[Path, Path], root_key: bytes
+) -> None:
+    """`data` replaced by a file: the error named Python's NotADirectoryError (storage
+    review s42, F7); it now gives the system's words, and restore writes nothing."""
+    _, repo = made
+    shutil.rmtree(repo / "data")
+    (repo / "data").write_text("not a folder")
+    error = assert_restore_fails(repo, root_key, StorageError, check_finds_it=False)
+    assert "Not a directory" in str(error) and "NotADirectoryError" not in str(error)
