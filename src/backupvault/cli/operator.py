@@ -13,7 +13,7 @@ import tomli_w
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
-from backupvault.errors import InvalidInput, UsageError
+from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 from backupvault.files import private_folder, replace_file, write_new_file
 
 if TYPE_CHECKING:
@@ -183,14 +183,23 @@ def local_status(ctx: Context, root: Path) -> None:
         for name, info in status.items()
     ]
     ctx.output.result({"processes": status}, "\n".join(lines))
-    from backupvault.client.errors import FleetUnavailable
-
     down = [name for name, info in status.items() if not info["healthy"]]
     if down:  # for scripts and cron checks: exit 5, as `relay metrics` with a node down
-        raise FleetUnavailable(
-            f"not healthy: {', '.join(down)}",
-            hint=f"`backupvault local up --dir {root}` starts what is stopped",
+        stopped = not any(info["running"] for info in status.values())
+        raise NotRunning(
+            "the local deployment is stopped"
+            if stopped
+            else f"the local deployment is not healthy: {', '.join(down)}",
+            hint=f"`backupvault local up --dir {root}` starts "
+            + ("it again, keys and all" if stopped else "what is stopped"),
         )
+
+
+class NotRunning(BackupVaultError):
+    """Some process of a local deployment is stopped or not healthy: exit 5 (unavailable),
+    for scripts and cron checks, as `relay metrics` with a node down."""
+
+    exit_code = 5
 
 
 # ---- node -------------------------------------------------------------------------------
