@@ -28,6 +28,7 @@ from backupvault.cli.main import (
     recovery_code_option,
 )
 from backupvault.cli.main import pass_context as pass_ctx
+from backupvault.cli.output import printable
 from backupvault.cli.passwords import read_secret_line
 from backupvault.errors import BackupVaultError, UsageError
 
@@ -405,7 +406,19 @@ def backup_forget(
             "(a device whose clock was ahead made it, or this one's is behind): kept, and "
             "not counted by the policy; `backup restore` takes it for the latest until then"
         )
-    lines = [f"keep    {i}" for i in kept] + [f"forget  {i}" for i in removed]
+
+    def line(what: str, snapshot_id: str) -> str:
+        # With its date and source, so the policy's choice can be checked (user review
+        # s42); a damaged or leftover snapshot has neither.
+        found = repo.listed.get(snapshot_id)
+        about = (
+            f"  {found.header.created_at:%Y-%m-%d %H:%M}  {printable(found.summary.source)}"
+            if found is not None
+            else ""
+        )
+        return f"{what:8}{snapshot_id}{about}"
+
+    lines = [line("keep", i) for i in kept] + [line("forget", i) for i in removed]
     removed_count = _plural(len(removed), "snapshot")
     if dry_run:
         lines.append(f"would forget {removed_count} and keep {len(kept)}")

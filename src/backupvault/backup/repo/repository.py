@@ -361,6 +361,9 @@ class Repository:
         #: storage bringing a forgotten snapshot back (review s42, F3). Left out of every
         #: listing as forgotten; the next `backup forget` deletes them.
         self.leftovers: set[str] = set()
+        #: The snapshots (summaries) the last `list_snapshots` found, by id: what a
+        #: command reports of those it acted on (forget's dates and sources).
+        self.listed: dict[str, snapshots.Snapshot] = {}
         #: Whether `open(create=True)` made this repository (its config is ours).
         self.created = False
 
@@ -616,6 +619,7 @@ class Repository:
         with ThreadPoolExecutor(8) as pool:
             found = [s for s in pool.map(summary, names) if s is not None]
         found.sort(key=lambda s: (s.header.created_at_us, s.id_hex))
+        self.listed = {s.id_hex: s for s in found}
         return found
 
     def is_forgotten(self, name: str) -> bool:
