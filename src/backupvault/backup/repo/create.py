@@ -730,12 +730,13 @@ def _create_locked(
         # place (another repository of the same key served in its stead) goes unseen else.
         warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
     last = state.last_made(str(source)) if state is not None else None
-    if last is not None and last not in repo.opened_ids():
+    listed = repo.list_snapshots()  # once: the rollback check's and the parent's
+    if last is not None and last not in {s.id_hex for s in listed}:
         what = f"the last snapshot this device made of {source},"
         warnings.extend(m for m in repo.why_gone(last, what) if m)
     host = host_name()
     parent: snapshots.Snapshot | None = None
-    for candidate in reversed(repo.list_snapshots()):
+    for candidate in reversed(listed):
         if candidate.summary.source == str(source) and candidate.summary.host == host:
             try:
                 parent = repo.read_snapshot(candidate.id_hex)

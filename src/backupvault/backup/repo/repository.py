@@ -636,7 +636,8 @@ class Repository:
 
     def opened_ids(self) -> set[str]:
         """The ids of the snapshots that open (a snapshot listed but missing, damaged or
-        forgotten is none): what the rollback checks compare the device's record with."""
+        forgotten is none), listed now: what the rollback checks compare the device's
+        record with."""
         return {s.id_hex for s in self.list_snapshots()}
 
     def found_damaged(self, name: str, exc: BackupVaultError) -> None:

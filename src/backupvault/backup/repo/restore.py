@@ -199,7 +199,7 @@ def restore_snapshot(
         before = state.held_before()
         if before is not None:  # as `backup create` warns (review s42, F5)
             warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
-        opened = repo.opened_ids()
+        opened = set(repo.listed)  # what `find_snapshot` just listed for the latest
         for source, last in sorted(state.all_made().items()):
             if last not in opened:
                 what = f"the last snapshot this device made of {source},"
