@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from tests.racing import before_first
 
 from backupvault.client import pending as pending_module
+from backupvault.client import threshold as threshold_module
 from backupvault.client.errors import (
     AlreadyRegistered,
     Destroyed,
@@ -31,9 +32,9 @@ from backupvault.client.threshold import EVALUATE_RESENDS, ThresholdVault, versi
 from backupvault.crypto import oprf
 from backupvault.crypto.seal import open_share
 from backupvault.errors import InvalidInput
-from backupvault.protocol import EntryStatus, Op
+from backupvault.protocol import EntryStatus, ErrorCode, EvaluateRequest, Op
 
-from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet
+from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet, _error
 
 RK = bytes(range(32))
 RK2 = bytes(range(32, 64))
@@ -102,8 +103,8 @@ class _Declined(Exception):
     pass
 
 
-def _decline() -> None:
-    raise _Declined
+def _decline(after_a_try: bool) -> None:
+    raise _Declined(after_a_try)
 
 
 def test_the_last_guess_is_sent_only_once_the_caller_lets_it_go(fleet: FakeFleet) -> None:
@@ -115,7 +116,7 @@ def test_the_last_guess_is_sent_only_once_the_caller_lets_it_go(fleet: FakeFleet
     asked: list[int] = []
     for _ in range(LIMIT - 1):
         with pytest.raises(WrongPassword):
-            vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=lambda: asked.append(1))
+            vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=lambda _: asked.append(1))
     assert asked == []
     evaluations = fleet.evaluations
     with pytest.raises(_Declined):
@@ -124,9 +125,39 @@ def test_the_last_guess_is_sent_only_once_the_caller_lets_it_go(fleet: FakeFleet
     assert [n.count for n in fleet.nodes] == [LIMIT - 1] * 5
     assert vault.status().guesses_remaining == 1
     recovered = vault.recover(
-        "right", ksf_floor=FAST_KSF, before_last_guess=lambda: asked.append(1)
+        "right", ksf_floor=FAST_KSF, before_last_guess=lambda _: asked.append(1)
     )
     assert recovered.root_key == RK and asked == [1]
+
+
+def test_a_try_made_again_that_finds_one_guess_left_asks_before_sending(
+    fleet: FakeFleet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two guesses left: the first try asks nothing; another device's wrong password is
+    counted meanwhile and overtakes it, so the try made again finds one left. It asked
+    nothing and sent it, destroying the key (review s42-B, B1). It now asks, saying an
+    earlier try was sent."""
+    monkeypatch.setattr(threshold_module, "RETRY_BACKOFF_SECONDS", 0.001)
+    vault = fleet.vault()
+    vault.register("right", RK, ksf=FAST_KSF)
+    for node in fleet.nodes:
+        node.count = LIMIT - 2
+    answer = fleet._answer
+    overtaken: list[int] = []
+
+    def another_device_first(node: Any, op: Any, request: Any) -> Any:
+        if isinstance(request, EvaluateRequest) and len(overtaken) < 5:
+            overtaken.append(node.index)
+            node.count += 1  # another device's attempt, counted first here
+            if node.index >= 2:
+                return _error(ErrorCode.STALE_ATTEMPT, "older than the latest attempt")
+        return answer(node, op, request)
+
+    monkeypatch.setattr(fleet, "_answer", another_device_first)
+    with pytest.raises(_Declined) as declined:
+        vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_decline)
+    assert declined.value.args == (True,)  # an earlier try was sent
+    assert vault.status().status == EntryStatus.LIVE
 
 
 def test_one_low_count_among_too_few_answers_does_not_ask_for_the_last_guess(

@@ -527,22 +527,34 @@ def _confirm(question: str, yes: bool) -> None:
         raise click.exceptions.Abort()
 
 
-def _confirm_last_guess() -> None:
+def _confirm_last_guess(after_a_try: bool) -> None:
     """Before a recovery sends the password the key's last guess rests on: a person says
     yes on the terminal; a script (no terminal) is refused, so a wrong password kept in a
-    script or a pipe never destroys the key on its own."""
+    script or a pipe never destroys the key on its own. `after_a_try`: an earlier try of
+    this recovery, overtaken by another, was sent and may have counted."""
     if not sys.stdin.isatty():
+        used = (
+            "not sent again (its earlier try, overtaken by another device's, may have"
+            " counted as a guess)"
+            if after_a_try
+            else "not sent (no guess was used)"
+        )
         raise UsageError(
             "the vault has one guess left for this key: a wrong password would destroy it,"
-            " so the password was not sent (no guess was used)",
+            f" so the password was {used}",
             hint="check the password, then run the command in a terminal, which asks you"
             " to confirm; or open the backups with the recovery code (--recovery-code -)",
         )
-    # The command defers Ctrl-C around its password check; while asking, it stops at once.
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # click's question turns it into "Aborted" (exit 130)
+
+    # The command defers Ctrl-C and SIGTERM around its password check; while asking (no
+    # password sent yet) either stops at once.
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     with contextlib.suppress(ValueError):  # not the main thread (an embedding)
-        signal.signal(signal.SIGINT, signal.default_int_handler)
-        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, stop)
+        signal.signal(signal.SIGTERM, stop)
     try:
         sure = click.confirm(
             "The vault has one guess left for this key: a wrong password now destroys it"

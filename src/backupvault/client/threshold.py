@@ -16,6 +16,7 @@ each node's answer is sealed to the client with its own copy's response key.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import secrets
 import time
@@ -1136,17 +1137,27 @@ class ThresholdVault:
         password: str,
         *,
         ksf_floor: Argon2idParams,
-        before_last_guess: Callable[[], None] | None = None,
+        before_last_guess: Callable[[bool], None] | None = None,
     ) -> ThresholdRecovery:
         """The root key behind `password` (WrongPassword with the guesses left, Destroyed,
         FleetUnavailable naming the nodes that did not answer). `before_last_guess` is
         called, before anything is sent for evaluation, when the nodes say one guess is
-        left (a wrong password then destroys the key): it raises to send nothing."""
+        left (a wrong password then destroys the key): it raises to send nothing. Its
+        argument says whether an earlier try of this recovery was sent (overtaken, it may
+        have counted). Asked at most once: a try made again after one the user let go
+        sends the same password, but a try that finds one left only after an earlier one
+        asks then (two cron jobs: review s42-B, B1)."""
+        asked: list[bool] = []
+
+        def ask_once(after_a_try: bool) -> None:
+            if before_last_guess is not None and not asked:
+                asked.append(True)
+                before_last_guess(after_a_try)
+
         for retry in itertools.count():
             try:
-                # Asked on the first try only: a try made again after it was overtaken
-                # sends the password the user already let go.
-                return self._recover_once(password, ksf_floor, None if retry else before_last_guess)
+                ask = functools.partial(ask_once, retry > 0)
+                return self._recover_once(password, ksf_floor, ask)
             except (WrongPassword, Destroyed, EntryChanged):
                 raise  # each says what became of the guesses
             except VaultError as err:
@@ -1178,7 +1189,7 @@ class ThresholdVault:
         self,
         password: str,
         ksf_floor: Argon2idParams,
-        before_last_guess: Callable[[], None] | None,
+        before_last_guess: Callable[[], None],
     ) -> ThresholdRecovery:
         # Read before the owed shares go out (which may forget a record), and asked of the
         # manifest finally evaluated, which a read after them may change (review s42-A).
@@ -1204,7 +1215,7 @@ class ThresholdVault:
                 hint="if this entry was registered with other stretching settings, recover it"
                 " with those; otherwise do not use it and register the key again",
             )
-        if before_last_guess is not None and live.last_guess:
+        if live.last_guess:
             before_last_guess()
         secret = password_bytes(password)
         blind, blinded = oprf.blind(secret)

@@ -865,7 +865,7 @@ class FleetSession:
         self._older_seen: list[tuple[int, FleetSession]] = []
         #: Called before a recovery sends the password when one guess is left (a wrong
         #: one destroys the key); it raises to send nothing (the CLI asks the user).
-        self.before_last_guess: Callable[[], None] | None = None
+        self.before_last_guess: Callable[[bool], None] | None = None
 
     def older(self) -> Iterator[tuple[int, FleetSession]]:
         """The older epochs, newest first; each call starts again from the newest."""
