@@ -140,3 +140,25 @@ def test_unreachable_server_is_a_storage_error(tmp_path: Path, root_key: bytes) 
         StorageError, match=r"cannot list backups at webdav\+http://127.0.0.1:9/backups: "
     ):
         list_backups("webdav+http://127.0.0.1:9/backups")
+
+
+def test_a_first_backup_s_new_repository_note_hides_the_password(
+    webdav: tuple[str, Path], tmp_path: Path
+) -> None:
+    """The note a first backup gives of the repository it made named the storage URL as
+    given, password and all (review s42-B, B3)."""
+    import subprocess
+    import sys
+    from urllib.parse import quote
+
+    source = make_tree(tmp_path)
+    url = with_userinfo(webdav[0]) + "/first-note"
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "backup", "create", str(source), "--storage",
+         url, "--recovery-code"],
+        capture_output=True, text=True, check=False, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "a new one is made there" in done.stderr and "***" in done.stderr
+    assert PASSWORD not in done.stderr + done.stdout
+    assert quote(PASSWORD, safe="") not in done.stderr + done.stdout

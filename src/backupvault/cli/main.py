@@ -948,7 +948,9 @@ def backup_create(
         made.append(True)
         # A typo in --storage starts a new repository: said, so it is not taken for the
         # one of yesterday's backups (user review s42).
-        ctx.output.note(f"no repository was at {url}: a new one is made there")
+        from backupvault.backup.storage import redact_url
+
+        ctx.output.note(f"no repository was at {redact_url(url)}: a new one is made there")
         if code is not None and not ctx.output.json_mode:
             ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):")
             ctx.output.out.print(f"  {code}")
