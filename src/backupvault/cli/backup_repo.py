@@ -338,7 +338,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
     )
 
 
-@backup.command("forget")
+@backup.command("forget", short_help="Remove snapshots by id, or those a keep policy does not keep")
 @click.argument("snapshot_ids", nargs=-1, metavar="[SNAPSHOT_ID]...")
 @click.option("--keep-last", default=0, type=click.IntRange(0), help="Keep the N newest.")
 @click.option("--keep-daily", default=0, type=click.IntRange(0), help="Newest of each of N days.")

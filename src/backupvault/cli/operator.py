@@ -589,7 +589,7 @@ def _warn_secrets_in_argv(ctx: Context, names: tuple[str, ...]) -> None:
 # ---- relay ------------------------------------------------------------------------------
 
 
-@cli.group()
+@cli.group(short_help="Run the relay; mint account tokens")
 def relay() -> None:
     """Run the relay; mint account tokens."""
 

@@ -582,7 +582,7 @@ def test_storage_listing_the_newest_snapshot_but_not_serving_it_is_noticed(
     monkeypatch.setattr(Backend, "get", hiding)
     restored = restore_snapshot(repo_url, root_key, tmp_path / "out", state_dir=state)
     assert restored.backup_id == first and (tmp_path / "out" / "ver.txt").read_text() == "v1"
-    assert "storage may be hiding it" in restored.passed_over[second]
+    assert second not in restored.passed_over  # not damaged: `forget --damaged` leaves it
     assert [w for w in restored.warnings if second in w and "storage may be hiding it" in w]
     made = create_snapshot(source, repo_url, root_key, state_dir=state)
     assert [w for w in made.warnings if second in w and "storage may be hiding it" in w]
@@ -641,8 +641,13 @@ def test_prune_deletes_nothing_while_storage_hides_a_snapshot_this_device_made(
     maintenance.prune(repo, dry_run=False, state=state)
     restore_snapshot(repo_url, root_key, tmp_path / "out", second)
     hidden.unlink()  # removed by hand, on purpose
-    with pytest.raises(RollbackSuspected):
+    with pytest.raises(RollbackSuspected) as refused:
         maintenance.prune(repo, dry_run=True, state=state)
+    assert "`backup forget ID`" in str(refused.value.hint)
+    # Said so by its id (it is in no listing), the prune goes on (review s42-B, B4).
+    _, removed, _ = maintenance.forget(repo, Policy(), dry_run=False, ids=[second], state=state)
+    assert removed == [second] and repo.was_forgotten(second)
+    maintenance.prune(repo, dry_run=False, state=state)
     create_snapshot(source, repo_url, root_key, state_dir=state_dir)
     maintenance.prune(repo, dry_run=False, state=state)
 
@@ -702,3 +707,32 @@ def test_a_newest_snapshot_whose_tree_is_damaged_is_passed_over_and_forget_damag
     kept, removed, _ = maintenance.forget(repo, Policy(), dry_run=False, damaged=True)
     assert (kept, removed) == ([first], [second])
     maintenance.prune(repo, dry_run=False)
+
+
+def test_prune_reads_no_more_of_a_snapshot_than_storage_lists(
+    history: tuple[Path, str, list[str]], root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The read budget goes by listed sizes; storage listing a small size and serving a
+    grown object got 8 large reads at once (review s42-B, B5). A snapshot served longer
+    than listed is now refused as unreadable, and prune deletes nothing."""
+    _, repo_url, ids = history
+    repo = maintenance.open_repository(repo_url, root_key)
+    listed = repo.snapshot_names()
+    monkeypatch.setattr(repo, "snapshot_names", lambda: {**listed, ids[-1]: 100})
+    with pytest.raises(BackupVaultError, match=ids[-1]):
+        maintenance.prune(repo, dry_run=False)
+
+
+def test_a_last_snapshot_there_but_damaged_is_passed_over_not_called_gone(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """The device's last snapshot, there but damaged, was also reported "gone ... storage
+    may be hiding it" (review s42-B, B6): it is only passed over, as damaged."""
+    _, repo_url, state, (first, second) = _two_snapshots(tmp_path, root_key)
+    stored = tmp_path / "repo" / "snapshots" / second
+    data = bytearray(stored.read_bytes())
+    data[snapshots.HEADER_LEN + 10] ^= 1  # in its sealed summary
+    stored.write_bytes(bytes(data))
+    restored = restore_snapshot(repo_url, root_key, tmp_path / "out", state_dir=state)
+    assert restored.backup_id == first and second in restored.passed_over
+    assert not [w for w in restored.warnings if "is gone" in w], restored.warnings

@@ -731,7 +731,8 @@ def _create_locked(
         warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
     last = state.last_made(str(source)) if state is not None else None
     listed = repo.list_snapshots()  # once: the rollback check's and the parent's
-    if last is not None and last not in {s.id_hex for s in listed}:
+    # One there but damaged is no rollback (review s42-B, B6); one listed but not served is.
+    if last is not None and last not in {s.id_hex for s in listed} | set(repo.damaged):
         what = f"the last snapshot this device made of {source},"
         warnings.extend(m for m in repo.why_gone(last, what) if m)
     host = host_name()

@@ -40,7 +40,7 @@ from typing import Any
 from backupvault.backup.errors import RollbackSuspected, StorageError
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
-from backupvault.backup.repo.backend import FOLDERS
+from backupvault.backup.repo.backend import FOLDERS, MissingObject
 from backupvault.backup.repo.damage import DamagedFiles, files_using
 from backupvault.backup.repo.index import (
     OBJECT_ID_LEN,
@@ -251,7 +251,16 @@ def forget(
         raise UsageError("give snapshot ids or a policy to forget by, not both")
     with repo.lock(EXCLUSIVE):
         names = repo.snapshot_names()
-        chosen = {repo.snapshot_id(i, names) for i in ids}
+        # This device's last snapshot of a source, gone from the listing, may be named by
+        # its whole id: the user says it was removed on purpose (a forget record is
+        # written), which lets prune go on (review s42-B, B4).
+        lasts = set(state.all_made().values()) if state is not None else set()
+        chosen = {
+            wanted
+            if (wanted := i.strip().lower()) in lasts and wanted not in names
+            else repo.snapshot_id(i, names)
+            for i in ids
+        }
         found = list_snapshots(repo)
         removed: list[str]
         ahead: list[str] = []
@@ -328,7 +337,7 @@ def snapshot_references(repo: Repository) -> set[bytes]:
 
     def read(name: str) -> snapshots.Snapshot:
         try:
-            return repo.read_snapshot(name)
+            return repo.read_snapshot(name, most=listed[name])
         except (AuthenticationFailed, InvalidInput) as exc:
             raise type(exc)(
                 f"snapshot {name} cannot be read: {exc.message}",
@@ -372,19 +381,29 @@ def prune(
 
 
 def _refuse_over_hidden_snapshots(repo: Repository, state: DeviceState) -> None:
-    opened = repo.opened_ids()
+    """Only the device's last snapshots are read (one summary each): not every one, which
+    prune reads whole anyway (review s42-B, B2)."""
+    names = repo.snapshot_names()
     gone = []
     for source, last in sorted(state.all_made().items()):
-        if last not in opened:
-            what = f"the last snapshot this device made of {source},"
-            bad_record, warning = repo.why_gone(last, what)
-            gone += [m for m in (bad_record, warning) if m]
+        if last in names:
+            try:
+                repo.read_snapshot(last, with_tree=False)
+                continue
+            except MissingObject:
+                pass  # listed, but not served: as gone, unless forgotten
+            except (AuthenticationFailed, InvalidInput):
+                continue  # there, damaged: prune stops on it anyway, naming it
+        what = f"the last snapshot this device made of {source},"
+        bad_record, warning = repo.why_gone(last, what)
+        gone += [m for m in (bad_record, warning) if m]
     if gone:
         raise RollbackSuspected(
             "prune deletes nothing: " + "; ".join(gone),
-            hint="if that snapshot was removed on purpose (by hand), run `backup create` of"
-            " that folder once, which records the new last one, then prune; otherwise"
-            " storage may be rolled back or hiding it: check the storage first",
+            hint="if that snapshot was removed on purpose (by hand), `backup forget ID` with"
+            " its id records that (or a `backup create` of that folder records a new last"
+            " one), then prune; otherwise storage may be rolled back or hiding it: check"
+            " the storage first",
         )
 
 

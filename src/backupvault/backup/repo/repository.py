@@ -361,6 +361,12 @@ class Repository:
         #: storage bringing a forgotten snapshot back (review s42, F3). Left out of every
         #: listing as forgotten; the next `backup forget` deletes them.
         self.leftovers: set[str] = set()
+        #: Snapshots storage lists but answers "not there" for, with no forget record:
+        #: storage that lists and serves apart (S3, WebDAV) hid the newest so, unseen by
+        #: the rollback checks, which compared the device's record with the listing (review
+        #: s42, F1). Not damaged (`forget --damaged` would make the trick stick: review
+        #: s42-B, B7): warned of, and the device's record of it stays.
+        self.unserved: set[str] = set()
         #: The snapshots (summaries) the last `list_snapshots` found, by id: what a
         #: command reports of those it acted on (forget's dates and sources).
         self.listed: dict[str, snapshots.Snapshot] = {}
@@ -569,14 +575,18 @@ class Repository:
     def snapshot_names(self) -> dict[str, int]:
         return self.backend.list("snapshots")
 
-    def read_snapshot(self, name: str, *, with_tree: bool = True) -> snapshots.Snapshot:
+    def read_snapshot(
+        self, name: str, *, with_tree: bool = True, most: int = snapshots.MAX_LEN
+    ) -> snapshots.Snapshot:
+        """`most`: read no more than this (the size storage listed: one that serves more
+        than it lists is refused, review s42-B, B5)."""
         path = f"snapshots/{name}"
         if with_tree:
             # Its header and summary authenticated first (a small read): an object planted
             # under a snapshot's name is then never read whole (up to MAX_LEN, 2 GiB, by
             # check and repair, and by prune on 8 threads at once).
             self.read_snapshot(name, with_tree=False)
-            data = self.backend.get(path, most=snapshots.MAX_LEN)
+            data = self.backend.get(path, most=min(most, snapshots.MAX_LEN))
         else:
             data = self.backend.get(path, 0, _SUMMARY_READ)
             if len(data) >= snapshots.HEADER_LEN + 4:
@@ -608,9 +618,7 @@ class Repository:
                 # Listed, but not there when read: storage that lists and serves apart
                 # (S3, WebDAV) can hide the newest so; the rollback checks must see it
                 # (review s42, F1).
-                self.damaged[name] = (
-                    "is listed, but storage answers that it is not there (storage may be hiding it)"
-                )
+                self.unserved.add(name)
                 return None
             except (AuthenticationFailed, InvalidInput) as exc:
                 self.found_damaged(name, exc)
@@ -631,14 +639,11 @@ class Repository:
             return False
 
     def leftover_warnings(self) -> list[str]:
-        """One warning per snapshot `leftovers` holds (found by `list_snapshots`)."""
-        return [leftover_warning(name) for name in sorted(self.leftovers)]
-
-    def opened_ids(self) -> set[str]:
-        """The ids of the snapshots that open (a snapshot listed but missing, damaged or
-        forgotten is none), listed now: what the rollback checks compare the device's
-        record with."""
-        return {s.id_hex for s in self.list_snapshots()}
+        """One warning per snapshot `leftovers` or `unserved` holds (found by
+        `list_snapshots`)."""
+        return [leftover_warning(name) for name in sorted(self.leftovers)] + [
+            unserved_warning(name) for name in sorted(self.unserved)
+        ]
 
     def found_damaged(self, name: str, exc: BackupVaultError) -> None:
         """Note snapshot object `name` as damaged, `exc` saying why."""
@@ -1028,4 +1033,12 @@ def leftover_warning(name: str) -> str:
         f"snapshot {name} was removed by `backup forget`, yet storage still holds it (a forget"
         " cut short, or storage bringing it back): it is left out as forgotten, and the next"
         " `backup forget` deletes it"
+    )
+
+
+def unserved_warning(name: str) -> str:
+    """The warning for a snapshot storage lists but answers "not there" for."""
+    return (
+        f"snapshot {name} is listed, but storage answers that it is not there, and no"
+        " `backup forget` removed it: storage may be hiding it (a rollback)"
     )

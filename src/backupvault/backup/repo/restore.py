@@ -199,9 +199,11 @@ def restore_snapshot(
         before = state.held_before()
         if before is not None:  # as `backup create` warns (review s42, F5)
             warnings.append(another_repository(repo.backend.display_url, before, repo.keys.repo_id))
-        opened = set(repo.listed)  # what `find_snapshot` just listed for the latest
+        # What `find_snapshot` just listed for the latest; one there but damaged is passed
+        # over and said so, one unserved is warned of below (review s42-B, B6).
+        known = set(repo.listed) | set(repo.damaged) | repo.unserved
         for source, last in sorted(state.all_made().items()):
-            if last not in opened:
+            if last not in known:
                 what = f"the last snapshot this device made of {source},"
                 warnings.extend(m for m in repo.why_gone(last, what) if m)
     warnings.extend(repo.leftover_warnings())
