@@ -249,6 +249,18 @@ def test_truncated_pack(made: tuple[Path, Path], root_key: bytes) -> None:
     assert_restore_fails(repo, root_key, AuthenticationFailed)
 
 
+def test_an_extended_pack_is_not_called_truncated(made: tuple[Path, Path], root_key: bytes) -> None:
+    """Bytes appended to a pack: `check --read-data` said it was truncated (storage review
+    s42, F7)."""
+    _, repo = made
+    pack = max(packs(repo), key=lambda p: p.stat().st_size)
+    with open(pack, "ab") as grown:
+        grown.write(os.urandom(96) + b"\xff" * 4)  # no trailer fits
+    opened = Repository.open(Storage(str(repo)), root_key)
+    errors = maintenance.check(opened, read_data=True).errors
+    assert [e for e in errors if pack.name in e and "bytes added" in e], errors
+
+
 def test_missing_index(made: tuple[Path, Path], root_key: bytes) -> None:
     _, repo = made
     for index in (repo / "index").iterdir():

@@ -123,7 +123,8 @@ def open_pack_header(key: bytes, pack_id: bytes, pack: bytes, at: int = 0) -> li
     (sealed_len,) = _U32.unpack_from(pack, len(pack) - PACK_TRAILER_LEN)
     header_start = len(pack) - PACK_TRAILER_LEN - sealed_len
     if header_start < 0:
-        raise Corrupt(f"{what} is truncated")
+        # Its last 4 bytes are no trailer: cut off, or bytes added (storage review s42, F7)
+        raise Corrupt(f"{what} is cut off, or has bytes added after its end")
     plain = open_object(key, PACK_AAD + pack_id, pack[header_start:-PACK_TRAILER_LEN], what)
     entries, end = _decode_entries(plain, 0, what)
     if end != len(plain):

@@ -564,7 +564,7 @@ class Repository:
         (sealed_len,) = struct.unpack(">I", trailer)
         start = size - PACK_TRAILER_LEN - sealed_len
         if start < 0:
-            raise Corrupt(f"pack {name} is truncated")
+            raise Corrupt(f"pack {name} is cut off, or has bytes added after its end")
         tail = self.backend.get(f"data/{name}", start, size)
         if len(tail) != size - start:
             raise Corrupt(f"pack {name} is shorter than storage lists it")
