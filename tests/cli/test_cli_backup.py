@@ -1567,6 +1567,18 @@ def test_a_backup_says_when_it_makes_a_new_repository(tmp_path: Path, source: Pa
     assert json.loads(other.stdout)["new_repository"] is True
 
 
+def test_a_restore_of_only_a_link_counts_it(tmp_path: Path, source: Path) -> None:
+    """`restore --include` of a link said "(0 files, 0 B)" (user review s42)."""
+    (source / "to-notes").symlink_to("notes.txt")
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    done = run("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "out"),
+               "--include", "to-notes", "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "(0 files, 1 link, 0 B)" in done.stdout, done.stdout
+    assert (tmp_path / "out" / "to-notes").is_symlink()
+
+
 def test_a_restore_names_the_folder_the_snapshot_is_of(tmp_path: Path, source: Path) -> None:
     """With several folders backed up to one storage, the latest is of whichever was
     backed up last: the restore says which (user review s42)."""

@@ -1184,7 +1184,10 @@ def backup_restore(
     ctx.output.done(
         data,
         f"restored backup {info.backup_id}{of} made {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
-        f" into {info.dest} ({_plural(info.files, 'file')}, {human_size(info.bytes)})",
+        f" into {info.dest} ({_plural(info.files, 'file')}"
+        # Links counted too: a restore of only a link said "0 files" (user review s42).
+        + (f", {_plural(info.links, 'link')}" if info.links else "")
+        + f", {human_size(info.bytes)})",
     )
 
 
