@@ -61,6 +61,14 @@ _PATH_MAX = 4096
 _FILE_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
+#: What to do when --to is a folder with files in it (user review s42: the way to bring a
+#: few lost files back into their folder was not said).
+NOT_EMPTY_HINT = (
+    "restore into a new or empty folder; to bring a few files back into a folder that has"
+    " others, restore them (--include) into a new one and copy them over"
+)
+
+
 def check_destination(dest: Path) -> None:
     """A restore goes into a new or empty folder whose parent exists, never through a link."""
     if dest.is_symlink():
@@ -71,7 +79,7 @@ def check_destination(dest: Path) -> None:
         if any(dest.iterdir()):
             raise DestinationError(
                 f"restore destination {dest} is not empty",
-                hint="restore into a new or empty folder",
+                hint=NOT_EMPTY_HINT,
             )
         if os.path.ismount(dest):
             raise mounted_destination(dest)

@@ -1217,7 +1217,12 @@ def _check_restore_to(dest: Path) -> None:
     import tempfile
 
     from backupvault.backup.errors import DestinationError
-    from backupvault.backup.safe import link_destination, missing_parent, mounted_destination
+    from backupvault.backup.safe import (
+        NOT_EMPTY_HINT,
+        link_destination,
+        missing_parent,
+        mounted_destination,
+    )
 
     if dest.is_symlink():
         raise link_destination(dest)
@@ -1235,7 +1240,7 @@ def _check_restore_to(dest: Path) -> None:
         if not empty:
             raise DestinationError(
                 f"restore destination {dest} is not empty",
-                hint="restore into a new or empty folder",
+                hint=NOT_EMPTY_HINT,
             )
         if os.path.ismount(dest):
             raise mounted_destination(dest)
