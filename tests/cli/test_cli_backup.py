@@ -1221,6 +1221,7 @@ def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> N
     """Text and JSON say which kind of key made each snapshot; one made before snapshots
     recorded it (its summary ends after the host name) lists as "unknown"."""
     from backupvault.backup.repo import create_snapshot, snapshots
+    from backupvault.backup.repo.repository import host_name
     from backupvault.crypto import recovery
 
     storage = tmp_path / "storage"
@@ -1241,8 +1242,11 @@ def test_list_shows_the_key_kind_of_snapshots(tmp_path: Path, source: Path) -> N
     lines = text.stdout.splitlines()
     assert not any(line.startswith("no backups") for line in lines)  # a repository is here
     header, first, second = lines[:3]
-    assert header.split()[-2:] == ["KEY", "SOURCE"]
-    assert f"  recovery code  {source}" in first and f"  unknown        {source}" in second
+    assert header.split()[-3:] == ["KEY", "HOST", "SOURCE"]
+    assert (
+        f"  recovery code  {host_name()}" in first and f"  unknown        {host_name()}" in second
+    )
+    assert first.endswith(f"  {source}") and second.endswith(f"  {source}")
 
 
 def test_prune_says_what_a_dry_run_would_do_in_its_own_words(tmp_path: Path, source: Path) -> None:

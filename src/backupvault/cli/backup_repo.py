@@ -26,6 +26,8 @@ from backupvault.cli.main import (
     backup,
     both_keys_given,
     recovery_code_option,
+    snapshot_filter,
+    snapshot_filter_options,
 )
 from backupvault.cli.main import pass_context as pass_ctx
 from backupvault.cli.output import printable
@@ -219,23 +221,27 @@ def _open(
 @backup.command("ls")
 @click.argument("snapshot_id", metavar="SNAPSHOT_ID")
 @click.argument("paths", nargs=-1, metavar="[PATH]...")
+@snapshot_filter_options
 @key_options
 @pass_ctx
 def backup_ls(
     ctx: Context,
     snapshot_id: str,
     paths: tuple[str, ...],
+    hosts: tuple[str, ...],
+    source_paths: tuple[str, ...],
     storage_url: str | None,
     password_stdin: bool,
     code: str | None,
 ) -> None:
     """List the files, folders and links in snapshot SNAPSHOT_ID (an id, a prefix of one,
-    or "latest"), or only those under each PATH, as restic's `ls`: what `backup restore
-    --include` takes."""
+    or "latest", of --path and --host if given), or only those under each PATH, as
+    restic's `ls`: what `backup restore --include` takes."""
     from backupvault.backup.repo import maintenance
 
+    only = snapshot_filter(hosts, source_paths, snapshot_id)
     repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids=(snapshot_id,))
-    summary, entries = maintenance.ls(repo, snapshot_id, paths)
+    summary, entries = maintenance.ls(repo, snapshot_id, paths, only)
     rows = [_entry_row(e) for e in entries]
     lines = [
         f"snapshot {summary.snapshot_id} of {summary.source} at"

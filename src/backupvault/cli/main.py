@@ -33,6 +33,7 @@ from backupvault.errors import BackupVaultError, UsageError
 
 if TYPE_CHECKING:
     from backupvault.backup import Skipped
+    from backupvault.backup.repo.repository import SnapshotFilter
     from backupvault.client.config import ClientConfig
     from backupvault.client.trust import FleetSession
     from backupvault.client.vault import Recovery, VaultStatus
@@ -594,6 +595,44 @@ def recovery_code_option(what: str) -> Callable[[Any], Any]:
     )
 
 
+def snapshot_filter_options(function: Any) -> Any:
+    """`--host NAME` and `--path PATH`, as restic's: which snapshots "latest" (and a
+    listing) are taken from, when several folders or hosts back up into one repository."""
+    function = click.option(
+        "--path",
+        "source_paths",
+        metavar="PATH",
+        multiple=True,
+        help="Only snapshots of this backed-up folder or file (SOURCE in `backup list`);"
+        " repeat for more.",
+    )(function)
+    return click.option(
+        "--host",
+        "hosts",
+        metavar="NAME",
+        multiple=True,
+        help="Only snapshots made on this host (HOST in `backup list`); repeat for more.",
+    )(function)
+
+
+def snapshot_filter(
+    hosts: tuple[str, ...], paths: tuple[str, ...], snapshot_id: str | None = None
+) -> SnapshotFilter:
+    """The filter --host and --path give; refused beside a snapshot id (checked before
+    the password), which names one snapshot already."""
+    from backupvault.backup.repo.repository import SnapshotFilter, is_latest
+
+    only = SnapshotFilter(hosts, paths)
+    if only and snapshot_id is not None and not is_latest(snapshot_id):
+        raise UsageError(
+            "--host and --path choose which snapshot is the latest; they do not go with a"
+            " snapshot id",
+            hint=f"leave them out to use snapshot {snapshot_id}, or give `latest` (or no id)"
+            " instead of it",
+        )
+    return only
+
+
 def _recovery_code(value: str, from_argv: Output | None = None) -> bytes:
     """A code given as '-' is read from stdin, so it stays out of shell history and out of
     the process list; one given on the command line (`from_argv`: the output to warn on)
@@ -1093,6 +1132,7 @@ def _only(path: str) -> str:
     multiple=True,
     help="Restore only this file or folder (repeat for more).",
 )
+@snapshot_filter_options
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @recovery_code_option(f"The backup's recovery code ({recovery.FORMAT})")
 @pass_context
@@ -1102,12 +1142,14 @@ def backup_restore(
     storage_url: str | None,
     dest: Path,
     include: tuple[str, ...],
+    hosts: tuple[str, ...],
+    source_paths: tuple[str, ...],
     password_stdin: bool,
     code: str | None,
 ) -> None:
     """Restore BACKUP_ID (a snapshot or a single-blob backup; default, or "latest": the
-    latest snapshot, or the latest single-blob backup where there is no repository) into
-    --to, a new or empty folder."""
+    latest snapshot, of --path and --host if given, or the latest single-blob backup
+    where there is no repository) into --to, a new or empty folder."""
     from backupvault.backup import human_size, list_backups, restore_backup
     from backupvault.backup.repo import restore_snapshot
     from backupvault.backup.repo.repository import is_latest
@@ -1125,6 +1167,7 @@ def backup_restore(
             hint="give the code with --recovery-code - (read from stdin); BACKUP_ID is a"
             " snapshot id from `backupvault backup list`, or left out for the latest",
         )
+    only = snapshot_filter(hosts, source_paths, backup_id)
     dest = dest.expanduser()  # `--to=~/x` reaches us unexpanded, as --storage's `~` does
     _check_restore_to(dest)
     url = ctx.storage(storage_url)
@@ -1137,6 +1180,13 @@ def backup_restore(
             "--include works on snapshots, not on single-blob backups",
             hint="leave --include out to restore the whole backup (a single-blob backup of"
             " an earlier version restores only whole), then take what you need from it",
+        )
+    if only and not use_repository:
+        raise UsageError(
+            "--host and --path choose among snapshots, and there are none here, only"
+            " single-blob backups",
+            hint="leave them out to restore the latest single-blob backup, or give its id"
+            " (`backup list` shows them)",
         )
     if not use_repository:
         _require_single_blob(url, backup_id)
@@ -1155,7 +1205,7 @@ def backup_restore(
             key = "password" if code is None else "recovery code"
             info = restore_snapshot(
                 url, root_key, dest, backup_id, bar, include=include, key=key,
-                state_dir=default_dir(),
+                state_dir=default_dir(), only=only,
             )  # fmt: skip
         else:
             info = restore_backup(url, root_key, dest, backup_id, bar)
@@ -1181,6 +1231,12 @@ def backup_restore(
     of = f" of {printable(info.source)}" if info.source else ""
     if info.source:
         data["source"] = info.source
+    if info.other_sources:
+        ctx.output.note(
+            f"the repository also holds snapshots of {_plural(info.other_sources, 'other folder')}"
+            " or hosts: this restored the latest of them all; --path and --host choose"
+            " (`backup list` shows each snapshot's HOST and SOURCE)"
+        )
     ctx.output.done(
         data,
         f"restored backup {info.backup_id}{of} made {info.created_at:%Y-%m-%d %H:%M:%S} UTC"
@@ -1269,14 +1325,21 @@ def _check_restore_to(dest: Path) -> None:
 
 @backup.command("list")
 @click.option("--storage", "storage_url", metavar="URL", help=STORAGE_HELP)
+@snapshot_filter_options
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @recovery_code_option("Recovery code")
 @pass_context
 def backup_list(
-    ctx: Context, storage_url: str | None, password_stdin: bool, code: str | None
+    ctx: Context,
+    storage_url: str | None,
+    hosts: tuple[str, ...],
+    source_paths: tuple[str, ...],
+    password_stdin: bool,
+    code: str | None,
 ) -> None:
-    """List snapshots (with sizes added and stored: this needs the key) and single-blob
-    backups (with the kind of key that opens each), oldest first."""
+    """List snapshots (with sizes added and stored, the host that made each and the folder
+    it is of: this needs the key; --host and --path list only some) and single-blob backups
+    (with the kind of key that opens each), oldest first."""
     from backupvault.backup import human_size, list_backups, list_partials, redact_url
     from backupvault.backup.repo import maintenance
     from backupvault.cli.backup_repo import (
@@ -1286,6 +1349,7 @@ def backup_list(
         warn_damaged,
     )
 
+    only = snapshot_filter(hosts, source_paths)
     url = ctx.storage(storage_url)
     backups = list_backups(url)
     partials = list_partials(url)
@@ -1320,21 +1384,27 @@ def backup_list(
     snapshot_rows: list[dict[str, Any]] = []
     if has_repository:
         repo = maintenance.open_repository(url, existing_key(ctx, password_stdin, code))
-        found = maintenance.list_snapshots(repo)
+        found = maintenance.list_snapshots(repo, only)
         warn_damaged(ctx, repo.damaged, "not listed; `backup check` shows the damage")
         for warning in repo.leftover_warnings():
             ctx.output.warn(warning)
         snapshot_rows = [summary_row(s) for s in found]
+        host_width = max([len("HOST"), *(len(s.host) for s in found)])
         lines.append(
             f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "
-            f"{'STORED':>10}  {'KEY':<13}  SOURCE"
+            f"{'STORED':>10}  {'KEY':<13}  {'HOST':<{host_width}}  SOURCE"
         )
         lines += [
             f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {human_size(s.size):>10}  "
-            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.key:<13}  {s.source}"
+            f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.key:<13}  "
+            f"{s.host:<{host_width}}  {s.source}"
             for s in found
         ]
-        lines.append(f"{_plural(len(found), 'snapshot')} in the repository at {redact_url(url)}")
+        of_all = f" of {len(repo.listed)}" if only else ""
+        lines.append(
+            f"{len(found)}{of_all} snapshot{'' if len(found) == 1 and not only else 's'}"
+            f"{only.described()} in the repository at {redact_url(url)}"
+        )
     data = {
         "backups": rows,
         "snapshots": snapshot_rows,

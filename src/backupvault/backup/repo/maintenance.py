@@ -52,12 +52,14 @@ from backupvault.backup.repo.index import (
     open_pack_header,
 )
 from backupvault.backup.repo.repository import (
+    ANY_SNAPSHOT,
     EXCLUSIVE,
     LOCK_EXPIRY_S,
     SHARED,
     Lock,
     PackWriter,
     Repository,
+    SnapshotFilter,
     host_name,
     leftover_warning,
 )
@@ -115,18 +117,24 @@ def summarize(snapshot: snapshots.Snapshot, object_size: int) -> SnapshotSummary
     )
 
 
-def list_snapshots(repo: Repository) -> list[SnapshotSummary]:
+def list_snapshots(repo: Repository, only: SnapshotFilter = ANY_SNAPSHOT) -> list[SnapshotSummary]:
     sizes = repo.snapshot_names()
-    return [summarize(s, sizes[s.id_hex]) for s in repo.list_snapshots(sizes)]
+    return [
+        summarize(s, sizes[s.id_hex]) for s in repo.list_snapshots(sizes) if only.matches(s.summary)
+    ]
 
 
 def ls(
-    repo: Repository, snapshot_id: str, paths: tuple[str, ...] = ()
+    repo: Repository,
+    snapshot_id: str,
+    paths: tuple[str, ...] = (),
+    only: SnapshotFilter = ANY_SNAPSHOT,
 ) -> tuple[SnapshotSummary, list[Entry]]:
-    """What snapshot `snapshot_id` (a prefix, or "latest") holds, in tree order: every
-    file, folder and link, or only those under `paths` (as `backup restore --include`
-    takes them; a path it does not hold raises BackupNotFound)."""
-    snapshot = repo.find_snapshot(snapshot_id)
+    """What snapshot `snapshot_id` (a prefix, or "latest" of those `only` lets through)
+    holds, in tree order: every file, folder and link, or only those under `paths` (as
+    `backup restore --include` takes them; a path it does not hold raises
+    BackupNotFound)."""
+    snapshot = repo.find_snapshot(snapshot_id, only)
     assert snapshot.entries is not None
     chosen = select(
         snapshot.entries,

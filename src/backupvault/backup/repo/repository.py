@@ -13,6 +13,7 @@ Objects (docs/format.md, "Repository layout"):
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import hmac
 import logging
@@ -25,6 +26,7 @@ import time
 from collections.abc import Collection, Iterable, Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Final, Protocol
 
 from backupvault.backup.errors import Altered, BackupNotFound, Corrupt, StorageError
@@ -102,6 +104,40 @@ def is_latest(snapshot_id: str) -> bool:
     """Whether a snapshot id argument names the latest snapshot ("latest", any case): ids
     are hex, so no id is taken for it."""
     return snapshot_id.strip().lower() == LATEST
+
+
+@dataclass(frozen=True)
+class SnapshotFilter:
+    """Which snapshots "latest" and a listing are taken from, as restic's --host and
+    --path: those made on one of `hosts` of one of `paths` (either empty: any). A path
+    may be relative, or start with `~`."""
+
+    hosts: tuple[str, ...] = ()
+    paths: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.hosts or self.paths)
+
+    def matches(self, summary: snapshots.Summary) -> bool:
+        if self.hosts and summary.host not in self.hosts:
+            return False
+        return not self.paths or os.path.normpath(summary.source) in self._sources
+
+    @functools.cached_property
+    def _sources(self) -> frozenset[str]:
+        # `backup create` records its source as Path.absolute() makes it ("x/../y" kept):
+        # both sides normalized, a path matches however it is written.
+        return frozenset(os.path.normpath(Path(p).expanduser().absolute()) for p in self.paths)
+
+    def described(self) -> str:
+        """What the filter lets through, for messages: " of PATH from host HOST" ("" for
+        none)."""
+        of = f" of {' or '.join(self.paths)}" if self.paths else ""
+        return of + (f" from host {' or '.join(self.hosts)}" if self.hosts else "")
+
+
+#: No filter: every snapshot.
+ANY_SNAPSHOT: Final = SnapshotFilter()
 
 
 class RepositoryLocked(BackupVaultError):
@@ -649,14 +685,22 @@ class Repository:
         """Note snapshot object `name` as damaged, `exc` saying why."""
         self.damaged[name] = exc.message.removeprefix(f"snapshot {name} ")
 
-    def find_snapshot(self, prefix: str | None) -> snapshots.Snapshot:
-        """The latest snapshot (`prefix` None or "latest", as restic names it), or the one
-        whose id starts with `prefix`, with its tree."""
+    def find_snapshot(
+        self, prefix: str | None, only: SnapshotFilter = ANY_SNAPSHOT
+    ) -> snapshots.Snapshot:
+        """The latest snapshot (`prefix` None or "latest", as restic names it) of those
+        `only` lets through, or the one whose id starts with `prefix`, with its tree."""
         names = sorted(self.snapshot_names())
         if prefix is None or is_latest(prefix):
-            listed = self.list_snapshots()
-            if not listed and not self.damaged:
-                raise BackupNotFound(f"no snapshots at {self.backend.display_url}")
+            listed = [s for s in self.list_snapshots() if only.matches(s.summary)]
+            if not listed and (only or not self.damaged):
+                raise BackupNotFound(
+                    f"no snapshots{only.described()} at {self.backend.display_url}",
+                    hint="`backupvault backup list` shows each snapshot's host and source"
+                    + (" (and `backup check` what could not be read)" if self.damaged else "")
+                    if only
+                    else None,
+                )
             # The newest whose tree opens too: a tree damaged (or an object grown by a byte)
             # is passed over as a damaged header is, not a restore of the latest stopped
             # (storage review s42, F7).

@@ -40,7 +40,9 @@ from backupvault.backup.repo.damage import (
 )
 from backupvault.backup.repo.index import Index
 from backupvault.backup.repo.repository import (
+    ANY_SNAPSHOT,
     Repository,
+    SnapshotFilter,
     cpu_workers,
     cycle_collector_paused,
     is_latest,
@@ -182,9 +184,11 @@ def restore_snapshot(
     workers: int | None = None,
     key: str = "password",
     state_dir: Path | None = None,
+    only: SnapshotFilter = ANY_SNAPSHOT,
 ) -> RestoreInfo:
-    """Restore a snapshot (the latest if `snapshot_id` is None; a prefix is enough), or only
-    the files and folders `include` names inside it, into the new or empty folder `dest`.
+    """Restore a snapshot (the latest if `snapshot_id` is None, of those `only` lets
+    through; a prefix is enough), or only the files and folders `include` names inside it,
+    into the new or empty folder `dest`.
 
     With `state_dir`, a restore of the latest warns of each last snapshot this device made
     there that storage no longer shows (a rollback makes an older one the latest)."""
@@ -192,9 +196,10 @@ def restore_snapshot(
     check_destination(dest_path)
     storage = Storage(storage_url, storage_options)
     repo = Repository.open(storage, root_key)
-    snapshot = repo.find_snapshot(snapshot_id)
+    snapshot = repo.find_snapshot(snapshot_id, only)
+    latest = snapshot_id is None or is_latest(snapshot_id)
     warnings: list[str] = []
-    if state_dir is not None and (snapshot_id is None or is_latest(snapshot_id)):
+    if state_dir is not None and latest:
         state = DeviceState(state_dir, repo.keys.repo_id, place_of(storage))
         before = state.held_before()
         if before is not None:  # as `backup create` warns (review s42, F5)
@@ -207,8 +212,8 @@ def restore_snapshot(
                 what = f"the last snapshot this device made of {source},"
                 warnings.extend(m for m in repo.why_gone(last, what) if m)
     warnings.extend(repo.leftover_warnings())
-    if snapshot_id is None or is_latest(snapshot_id):
-        warnings.extend(_dated_ahead(repo, snapshot))
+    if latest:
+        warnings.extend(_dated_ahead(repo, snapshot, only))
     assert snapshot.entries is not None
     entries = select(snapshot.entries, include, source=snapshot.summary.source)
     listed_index, packs, _ = repo.load_index(adopt_unindexed=False)
@@ -271,18 +276,32 @@ def restore_snapshot(
         bytes=sum(e.size for e in files),
         key=key,
         source=snapshot.summary.source,
+        other_sources=len(_sources(repo) - {_source_of(snapshot)}) if latest and not only else 0,
         passed_over=dict(sorted(repo.damaged.items())),
         warnings=warnings,
     )
 
 
-def _dated_ahead(repo: Repository, latest: Snapshot) -> list[str]:
+def _source_of(snapshot: Snapshot) -> tuple[str, str]:
+    return snapshot.summary.host, snapshot.summary.source
+
+
+def _sources(repo: Repository) -> set[tuple[str, str]]:
+    """The (host, folder) pairs of the snapshots the latest was chosen among."""
+    return {_source_of(s) for s in repo.listed.values()}
+
+
+def _dated_ahead(repo: Repository, latest: Snapshot, only: SnapshotFilter) -> list[str]:
     """A warning if `latest`, the latest by its date, is dated ahead of this device's
     clock: it stays the latest until then, and every snapshot made since is passed over."""
     now = datetime.now(UTC)
     if latest.header.created_at <= now + AHEAD_SLACK:
         return []
-    before = [s for s in repo.list_snapshots() if s.header.created_at <= now + AHEAD_SLACK]
+    before = [
+        s
+        for s in repo.listed.values()  # what choosing the latest listed, oldest first
+        if only.matches(s.summary) and s.header.created_at <= now + AHEAD_SLACK
+    ]
     newest = f"; the newest dated before that is {before[-1].id_hex}" if before else ""
     return [
         f"snapshot {latest.id_hex}, restored as the latest, is dated "

@@ -1,0 +1,112 @@
+"""Which snapshot "latest" is when several folders or hosts back up into one repository:
+--host and --path (restic's), as the library takes them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from backupvault.backup import BackupNotFound
+from backupvault.backup.repo import create as create_module
+from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo.repository import Repository, SnapshotFilter
+from backupvault.backup.storage import Storage
+
+
+def _folder(tmp_path: Path, name: str, text: str) -> Path:
+    folder = tmp_path / name
+    folder.mkdir()
+    (folder / "note.txt").write_text(text)
+    return folder
+
+
+@pytest.fixture
+def three_sources(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, Path, Path]:
+    """A repository with, oldest first: `docs` from laptop, `photos` from laptop, `docs`
+    from desk (another machine's folder of the same name)."""
+    repo = str(tmp_path / "repo")
+    docs, photos = _folder(tmp_path, "docs", "laptop docs"), _folder(tmp_path, "photos", "cats")
+    monkeypatch.setattr(create_module, "host_name", lambda: "laptop")
+    create_snapshot(docs, repo, root_key)
+    create_snapshot(photos, repo, root_key)
+    monkeypatch.setattr(create_module, "host_name", lambda: "desk")
+    (docs / "note.txt").write_text("desk docs")
+    create_snapshot(docs, repo, root_key)
+    return repo, docs, photos
+
+
+def _restored(repo: str, root_key: bytes, out: Path, only: SnapshotFilter) -> str:
+    restore_snapshot(repo, root_key, out, only=only)
+    return (out / "note.txt").read_text()
+
+
+def test_latest_is_the_newest_of_what_the_filter_lets_through(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    repo, docs, photos = three_sources
+    assert _restored(repo, root_key, tmp_path / "a", SnapshotFilter()) == "desk docs"
+    assert _restored(repo, root_key, tmp_path / "b", SnapshotFilter(paths=(str(photos),))) == "cats"
+    laptop = SnapshotFilter(hosts=("laptop",), paths=(str(docs),))
+    assert _restored(repo, root_key, tmp_path / "c", laptop) == "laptop docs"
+    # A host alone: the newest from that machine, whichever folder.
+    assert _restored(repo, root_key, tmp_path / "d", SnapshotFilter(hosts=("laptop",))) == "cats"
+    either = SnapshotFilter(hosts=("nowhere", "laptop"), paths=(str(docs), str(tmp_path / "x")))
+    assert _restored(repo, root_key, tmp_path / "e", either) == "laptop docs"
+
+
+def test_a_path_matches_as_written_relative_or_with_a_trailing_slash(
+    tmp_path: Path,
+    root_key: bytes,
+    three_sources: tuple[str, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    repo, _docs, photos = three_sources
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "sub").mkdir()
+    for written in ("photos", "photos/", f"{photos}/", "./photos", "sub/../photos"):
+        out = tmp_path / f"out-{written.replace('/', '_')}"
+        assert _restored(repo, root_key, out, SnapshotFilter(paths=(written,))) == "cats", written
+
+
+def test_a_filter_that_matches_nothing_restores_nothing(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    repo, _docs, _photos = three_sources
+    only = SnapshotFilter(hosts=("desk",), paths=(str(tmp_path / "photos"),))
+    with pytest.raises(BackupNotFound) as raised:
+        restore_snapshot(repo, root_key, tmp_path / "out", only=only)
+    assert f"no snapshots of {tmp_path / 'photos'} from host desk" in raised.value.message
+    assert raised.value.hint is not None and "backup list" in raised.value.hint
+    assert not (tmp_path / "out").exists()
+    # A folder of the same name under another path is another folder.
+    with pytest.raises(BackupNotFound):
+        restore_snapshot(repo, root_key, tmp_path / "out", only=SnapshotFilter(paths=("/docs",)))
+
+
+def test_a_restore_of_the_latest_of_them_all_counts_the_other_sources(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    repo, docs, _photos = three_sources
+    everything = restore_snapshot(repo, root_key, tmp_path / "a")
+    assert everything.other_sources == 2  # laptop's docs, laptop's photos
+    chosen = restore_snapshot(
+        repo, root_key, tmp_path / "b", only=SnapshotFilter(paths=(str(docs),))
+    )
+    assert chosen.other_sources == 0  # chosen, not the latest of them all
+    by_id = restore_snapshot(repo, root_key, tmp_path / "c", everything.backup_id[:12])
+    assert by_id.other_sources == 0
+
+
+def test_a_listing_and_ls_take_the_filter(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    repo_url, docs, _photos = three_sources
+    repo = Repository.open(Storage(repo_url), root_key)
+    listed = maintenance.list_snapshots(repo, SnapshotFilter(paths=(str(docs),)))
+    assert [(s.host, s.source) for s in listed] == [("laptop", str(docs)), ("desk", str(docs))]
+    assert len(maintenance.list_snapshots(repo)) == 3
+    summary, entries = maintenance.ls(repo, "latest", (), SnapshotFilter(hosts=("laptop",)))
+    assert summary.source == str(tmp_path / "photos") and [e.path for e in entries] == [b"note.txt"]
