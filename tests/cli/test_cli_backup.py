@@ -1276,6 +1276,37 @@ def test_prune_says_what_a_dry_run_would_do_in_its_own_words(tmp_path: Path, sou
     assert "repacked into 0; would" not in dry.stdout + done.stdout
 
 
+def test_prune_says_what_unused_data_it_leaves_and_max_unused_0_removes_it(
+    tmp_path: Path, source: Path
+) -> None:
+    """A file forgotten to be rid of it stays while its pack is mostly in use: prune said
+    only "0 deleted" (user review s43)."""
+    storage = tmp_path / "storage"
+    (source / "photos" / "cat.jpg").write_bytes(os.urandom(100_000))  # incompressible
+    code = first_backup(source, storage) + "\n"
+    (source / "notes.txt").unlink()  # 25 bytes beside the photo's 100,000: one pack
+    key = ("--storage", str(storage), "--recovery-code", "-")
+    again = run("backup", "create", str(source), *key[:2], "--recovery-code", stdin=code)
+    assert again.returncode == 0, again.stderr
+    assert run("backup", "forget", "--keep-last", "1", *key, stdin=code).returncode == 0
+    kept = run("backup", "prune", *key, stdin=code)
+    assert kept.returncode == 0, kept.stderr
+    assert re.search(
+        r"; freed 0 B; 1 unused chunk \(\d+ B\) stay in packs mostly in use \(--max-unused 0"
+        r" removes them too\)\n$",
+        kept.stdout,
+    ), kept.stdout
+    dry = run("--json", "backup", "prune", "--dry-run", "--max-unused", "0", *key, stdin=code)
+    assert dry.returncode == 0, dry.stderr
+    planned = json.loads(dry.stdout)
+    assert planned["packs_repacked"] == 1 and planned["unused_kept_chunks"] == 0
+    done = run("backup", "prune", "--max-unused", "0", *key, stdin=code)
+    assert done.returncode == 0, done.stderr
+    assert "1 repacked into 1" in done.stdout and "unused chunk" not in done.stdout
+    wrong = run("backup", "prune", "--max-unused", "101", *key, stdin=code)
+    assert wrong.returncode == 2 and "0<=x<=100" in wrong.stderr
+
+
 def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     tmp_path: Path, source: Path
 ) -> None:

@@ -239,6 +239,40 @@ def test_forget_then_prune_keeps_what_is_used_and_frees_the_rest(
     assert again.packs_deleted == 0 and again.packs_repacked == 0
 
 
+def test_max_unused_0_removes_what_a_mostly_used_pack_keeps(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A file forgotten to be rid of it stayed in its pack while the pack was mostly in use
+    (under 10 % unused), and prune said "0 deleted" without a word of it (user review
+    s43): the unused part is counted, and `max_unused=0` rewrites such a pack."""
+    source, repo_url = tmp_path / "src", str(tmp_path / "repo")
+    source.mkdir()
+    (source / "album.bin").write_bytes(os.urandom(40_000))
+    (source / "secret.txt").write_bytes(os.urandom(1_000))
+    one_pack = {**SMALL, "pack_size": 1 << 20}
+    first = create_snapshot(source, repo_url, root_key, repo_params=one_pack).snapshot_id
+    (source / "secret.txt").unlink()
+    second = create_snapshot(source, repo_url, root_key).snapshot_id
+    repo = maintenance.open_repository(repo_url, root_key)
+    maintenance.forget(repo, Policy(), ids=[first], dry_run=False)
+    (pack,) = os.listdir(tmp_path / "repo" / "data")
+    kept = maintenance.prune(repo, dry_run=False)
+    assert (kept.packs_deleted, kept.packs_repacked) == (0, 0)
+    assert kept.unused_kept_chunks == kept.unused_chunks > 0
+    assert 1_000 <= kept.unused_kept_bytes < 0.1 * 41_000  # sealed: a little over 1,000
+    assert os.listdir(tmp_path / "repo" / "data") == [pack]
+    dry = maintenance.prune(repo, dry_run=True, max_unused=0.0)
+    assert dry.packs_repacked == 1 and dry.unused_kept_chunks == 0
+    done = maintenance.prune(repo, dry_run=False, max_unused=0.0)
+    assert done.packs_repacked == 1 and done.bytes_freed >= kept.unused_kept_bytes
+    assert pack not in os.listdir(tmp_path / "repo" / "data")
+    again = maintenance.prune(repo, dry_run=False, max_unused=0.0)
+    assert again.unused_chunks == 0 and again.packs_repacked == 0
+    restore_snapshot(repo_url, root_key, tmp_path / "out", second)
+    assert (tmp_path / "out" / "album.bin").read_bytes() == (source / "album.bin").read_bytes()
+    assert not (tmp_path / "out" / "secret.txt").exists()
+
+
 def test_check_reports_its_reading_against_the_packs_total(
     history: tuple[Path, str, list[str]], root_key: bytes, tmp_path: Path
 ) -> None:

@@ -55,6 +55,7 @@ from backupvault.backup.repo.repository import (
     ANY_SNAPSHOT,
     EXCLUSIVE,
     LOCK_EXPIRY_S,
+    REPACK_UNUSED_PERCENT,
     SHARED,
     Lock,
     PackWriter,
@@ -69,7 +70,9 @@ from backupvault.backup.repo.tree import FILE, ROOT, Entry
 from backupvault.backup.storage import Storage
 from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput, UsageError
 
-REPACK_UNUSED_FRACTION = 0.1  # repack a pack once more than this share of it is unused
+#: By default a pack is repacked once more than this share of it is unused (`backup prune
+#: --max-unused`): repacking reads and writes the whole pack to drop a little of it.
+REPACK_UNUSED_FRACTION = REPACK_UNUSED_PERCENT / 100
 STALE_TEMPORARY_S = 24 * 3600  # a temporary object not written to for this long is garbage
 UNINDEXED_PACK_MIN_AGE_S = LOCK_EXPIRY_S  # an unindexed pack younger may be a backup's
 
@@ -330,6 +333,9 @@ class PruneResult:
     bytes_freed: int = 0
     bytes_written: int = 0
     unused_chunks: int = 0
+    #: Unused chunks left where they are, in packs unused by no more than `max_unused`.
+    unused_kept_chunks: int = 0
+    unused_kept_bytes: int = 0
     temporaries_removed: int = 0  # left by interrupted uploads (would be, with dry_run)
     dry_run: bool = False
 
@@ -373,8 +379,10 @@ def prune(
     dry_run: bool,
     progress: Progress | None = None,
     state: DeviceState | None = None,
+    max_unused: float = REPACK_UNUSED_FRACTION,
 ) -> PruneResult:
-    """Delete what no snapshot uses; progress: reading the snapshots (no total), then
+    """Delete what no snapshot uses, repacking each pack more than `max_unused` (a share,
+    0 to 1) of which is unused; progress: reading the snapshots (no total), then
     the bytes of the packs to repack. With `state`, nothing is deleted while a last
     snapshot this device made is gone with no forget record: storage hiding it for the
     prune would have this device delete its data (review s42, F4)."""
@@ -383,7 +391,7 @@ def prune(
         if state is not None:
             _refuse_over_hidden_snapshots(repo, state)
         try:
-            return _prune_locked(repo, lock, dry_run, reporter)
+            return _prune_locked(repo, lock, dry_run, reporter, max_unused)
         finally:
             reporter.finish()
 
@@ -415,7 +423,9 @@ def _refuse_over_hidden_snapshots(repo: Repository, state: DeviceState) -> None:
         )
 
 
-def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progress) -> PruneResult:
+def _prune_locked(
+    repo: Repository, lock: Lock, dry_run: bool, reporter: Progress, max_unused: float
+) -> PruneResult:
     reporter.start(None, "reading snapshots")
     if not dry_run:
         # Stale locks go first, before anything is read or deleted: a backup that still
@@ -459,11 +469,13 @@ def _prune_locked(repo: Repository, lock: Lock, dry_run: bool, reporter: Progres
         total = sum(e.length for e in entries) or 1
         if len(unused) == len(entries):
             delete.append(pack_id.hex())
-        elif unused_bytes / total > REPACK_UNUSED_FRACTION:
+        elif unused_bytes / total > max_unused:
             repack.append(pack_id)
             delete.append(pack_id.hex())
         else:
             keep[pack_id] = entries
+            result.unused_kept_chunks += len(unused)
+            result.unused_kept_bytes += unused_bytes
     result.packs_deleted = len(delete) - len(repack)
     result.packs_repacked = len(repack)
     result.bytes_freed = sum(sizes[name] for name in delete)

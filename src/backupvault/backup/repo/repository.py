@@ -96,6 +96,10 @@ _UPLOAD_THREADS: Final = 4
 _UPLOADS_AHEAD: Final = 5  # packs handed to the upload threads and not yet written
 
 
+#: `backup prune --max-unused`'s default (maintenance.REPACK_UNUSED_FRACTION): here, as
+#: the CLI reads it without loading maintenance.
+REPACK_UNUSED_PERCENT: Final = 10
+
 #: What a snapshot id argument may be instead of an id, as in restic: the latest snapshot.
 LATEST = "latest"
 
