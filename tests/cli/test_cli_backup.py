@@ -1355,6 +1355,20 @@ def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     assert "warning: skipped pipe: not a regular file" in warned.stderr
 
 
+def test_one_file_system_backs_up_a_tree_on_one_disk_whole(tmp_path: Path, source: Path) -> None:
+    """-x leaves out only what is on another file system: a tree on one disk is all
+    there (tests/backup/repo/test_repo_create.py walks one with a mount point)."""
+    storage = tmp_path / "storage"
+    made = run("--json", "backup", "create", str(source), "-x", "--storage", str(storage),
+               "--recovery-code")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    code = json.loads(made.stdout)["recovery_code"]
+    restored = run("backup", "restore", "--storage", str(storage), "--to", str(tmp_path / "r"),
+                   "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert same_tree(source, tmp_path / "r")
+
+
 def test_exclude_is_repeatable_on_the_command_line(tmp_path: Path, source: Path) -> None:
     (source / "photos" / "thumbs").mkdir()
     (source / "photos" / "thumbs" / "t.jpg").write_bytes(b"small")

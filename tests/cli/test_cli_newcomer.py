@@ -145,6 +145,11 @@ def test_what_a_restic_user_types_is_answered_with_its_command_here(
         (["backup", "list", "--repo", "x"], "`--storage URL`"),
         (["backup", "list", "--password-file", "x"], "`--password-stdin < FILE`"),
         (["backup", "forget", "--keep-last", "1", "--prune"], "`backupvault backup prune`"),
+        (["backup", "create", ".", "--tag", "x"], "`--path`, `--host`"),
+        (["backup", "create", ".", "--exclude-file", "x"], "one `--exclude PATTERN` for each"),
+        (["backup", "create", ".", "--iexclude", "x"], "case-sensitive"),
+        (["backup", "create", "--files-from", "x"], "one SOURCE a backup"),
+        (["backup", "create", ".", "-v"], "`--json` gives the details"),
     ],
 )
 def test_a_restic_option_is_answered_with_its_option_here(args: list[str], hinted: str) -> None:

@@ -909,6 +909,12 @@ def backup() -> None:
     help="Leave out paths matching PATTERN (shell wildcards; with a / against the path"
     " inside SOURCE, without against the name); repeat for more.",
 )
+@click.option(
+    "--one-file-system",
+    "-x",
+    is_flag=True,
+    help="Do not go into folders on another file system (mount points are backed up empty).",
+)
 @pass_context
 def backup_create(
     ctx: Context,
@@ -919,6 +925,7 @@ def backup_create(
     new_key: bool,
     force_read: bool,
     exclude: tuple[str, ...],
+    one_file_system: bool,
 ) -> None:
     """Back up SOURCE (a file or folder), encrypted on this device; only what changed since
     the last backup of SOURCE is read and stored."""
@@ -1012,6 +1019,7 @@ def backup_create(
                 key_kind=KEY_RECOVERY_CODE if use_code else KEY_PASSWORD,
                 exclude=exclude,
                 on_new_repository=show_code,
+                one_file_system=one_file_system,
             )
             _committed()
     except BackupVaultError as err:
@@ -1758,8 +1766,16 @@ _RESTIC_NAMES = {
 }
 
 
-#: restic's options that have another name here (none of them is an option here).
+#: restic's options that have another name here, or none (none of them is an option here).
 _RESTIC_OPTIONS = {
+    "--tag": "no tags here: a snapshot is known by its folder and host (`--path`, `--host`"
+    " on `backup list` and `backup restore`)",
+    "--exclude-file": "one `--exclude PATTERN` for each pattern here, on the command line",
+    "--iexclude": "patterns are case-sensitive here: one `--exclude` for each spelling",
+    "--files-from": "one SOURCE a backup here: `backup create` each folder (each has its"
+    " own snapshots; `--path` chooses among them)",
+    "--verbose": "progress shows on a terminal here, and `--json` gives the details",
+    "-v": "progress shows on a terminal here, and `--json` gives the details",
     "--target": "`--to DEST` here, a new or empty folder",
     "-t": "`--to DEST` here, a new or empty folder",
     "--repo": "`--storage URL` here (or `storage` in the client config)",

@@ -31,8 +31,10 @@ def _after_walk(monkeypatch: pytest.MonkeyPatch, change: Callable[[], None]) -> 
     may do to the source while a backup runs, placed in that window every time."""
     real = create_module.walk
 
-    def walk(source: Path, exclude: tuple[str, ...] = ()) -> create_module.Walked:
-        walked = real(source, exclude)
+    def walk(
+        source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
+    ) -> create_module.Walked:
+        walked = real(source, exclude, stay_on)
         change()
         return walked
 
@@ -544,3 +546,24 @@ def test_a_folder_replaced_past_the_folders_kept_open_leaves_its_sub_folders_out
         "a/b/c/y: vanished during the backup",
     ]
     assert set(_entries(repo, root_key)) == {b".", b"a", b"a/b", b"a/b/c"}
+
+
+def test_one_file_system_backs_up_a_folder_on_another_device_empty(tmp_path: Path) -> None:
+    """restic's -x: `backup create / -x` must not go into /proc, network shares or other
+    mounts. A mount cannot be made here, so the walk is told to stay on a device the
+    source is not on: every sub-folder then counts as a mount point."""
+    source = tmp_path / "src"
+    (source / "docs" / "old").mkdir(parents=True)
+    (source / "docs" / "old" / "a.txt").write_text("a")
+    (source / "top.txt").write_text("t")
+    (source / "empty").mkdir()
+    device = os.stat(source).st_dev
+    everything = create_module.walk(source, (), device)
+    assert [i.entry.path for i in everything.items] == [
+        b".", b"docs", b"empty", b"top.txt", b"docs/old", b"docs/old/a.txt"
+    ]  # fmt: skip
+    elsewhere = create_module.walk(source, (), device + 1)
+    # The folders stay (restored as empty folders, as restic keeps a mount point), and
+    # files beside them are backed up; nothing inside them is listed or said.
+    assert [i.entry.path for i in elsewhere.items] == [b".", b"docs", b"empty", b"top.txt"]
+    assert elsewhere.skipped == [] and elsewhere.notes == []

@@ -253,12 +253,13 @@ def _folder_fd(path: list[_Folder]) -> tuple[int, bool]:
     return fd, owned
 
 
-def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
+def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None) -> Walked:
     """What to back up of `source`, leaving out what `exclude` matches (a folder with
-    everything in it). Each folder is opened (O_NOFOLLOW) relative to its parent's
-    descriptor and listed through its own: a folder swapped for a link while the walk
-    runs is not walked into, and paths longer than PATH_MAX are walked too. At most the
-    current path's folders are open at once."""
+    everything in it), and with `stay_on` (a device number) what is inside a folder on
+    another device: the folder stays, empty. Each folder is opened (O_NOFOLLOW) relative
+    to its parent's descriptor and listed through its own: a folder swapped for a link
+    while the walk runs is not walked into, and paths longer than PATH_MAX are walked
+    too. At most the current path's folders are open at once."""
     skipped: list[Skipped] = []
     notes: list[str] = []
     st = source_stat(source)
@@ -281,7 +282,9 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
         raise SourceError(f"cannot read folder {source}: {exc.strerror}") from None
     path = [_Folder(str(source), st.st_dev, st.st_ino, root_fd, iter(()))]
     try:
-        path[0].pending = iter(_list(root_fd, str(source), b"", exclude, items, skipped, notes))
+        path[0].pending = iter(
+            _list(root_fd, str(source), b"", exclude, items, skipped, notes, stay_on)
+        )
         while path:
             nxt = next(path[-1].pending, None)
             if nxt is None:
@@ -314,7 +317,7 @@ def walk(source: Path, exclude: tuple[str, ...] = ()) -> Walked:
                     os.close(parent_fd)
             try:
                 prefix = item.entry.path + b"/"
-                subfolders = _list(fd, item.path, prefix, exclude, items, skipped, notes)
+                subfolders = _list(fd, item.path, prefix, exclude, items, skipped, notes, stay_on)
             except BaseException:
                 os.close(fd)
                 raise
@@ -339,9 +342,10 @@ def _list(
     items: list[Item],
     skipped: list[Skipped],
     notes: list[str],
+    stay_on: int | None = None,
 ) -> list[tuple[int, int]]:
     """Add the folder `fd`'s children (sorted by name) to `items`; its sub-folders'
-    item numbers and inodes, to walk next."""
+    item numbers and inodes, to walk next (those on device `stay_on`, if given)."""
     try:
         with os.scandir(fd) as listing:
             children = sorted(listing, key=lambda e: e.name)
@@ -388,8 +392,11 @@ def _list(
                 skipped.append(Skipped(os.fsdecode(name), why, unread=True))
                 continue
         items.append(Item(where, entry, child_stat.st_dev))
-        if entry.kind == DIR:
-            subfolders.append((len(items) - 1, child_stat.st_ino))
+        if entry.kind != DIR:
+            continue
+        if stay_on is not None and child_stat.st_dev != stay_on:
+            continue  # asked for, as restic's -x: not warned of at every backup
+        subfolders.append((len(items) - 1, child_stat.st_ino))
     return subfolders
 
 
@@ -640,11 +647,14 @@ def create_snapshot(
     key_kind: int = KEY_UNKNOWN,
     exclude: tuple[str, ...] = (),
     on_new_repository: Callable[[], None] | None = None,
+    one_file_system: bool = False,
 ) -> SnapshotInfo:
     """Back up `source` into the repository at `storage_url` (created on first use; then
     `on_new_repository` is called as soon as it exists, before anything else is written).
     `key_kind` (backup/keykinds.py) records how RK is kept: the vault, or a recovery code.
     `exclude`: patterns of paths inside `source` to leave out (`excluded`).
+    `one_file_system`: a folder on another file system than `source` (a mount point) is
+    backed up empty, as restic's `--one-file-system`.
 
     With `state_dir`, the device remembers the snapshot it made, and the next backup warns
     if storage no longer shows it (deleted, or hidden: a rollback)."""
@@ -655,7 +665,7 @@ def create_snapshot(
     source_path = Path(source).absolute()
     if not source_path.exists():
         raise SourceError(f"backup source {source_path} does not exist")
-    source_stat(source_path)
+    stay_on = source_stat(source_path).st_dev if one_file_system else None
     snapshots.check_time(time.time_ns() // 1000)  # before anything is read or written
     reporter = progress or NoProgress()
     _keep_freed_memory()
@@ -679,6 +689,7 @@ def create_snapshot(
             state,
             key_kind,
             exclude,
+            stay_on,
         )
     if state is not None:
         state.made(info.source, info.snapshot_id)
@@ -713,6 +724,7 @@ def _create_locked(
     state: DeviceState | None,
     key_kind: int,
     exclude: tuple[str, ...],
+    stay_on: int | None,
 ) -> SnapshotInfo:
     listed_index, packs, adopted = repo.load_index()
     index, lost = listed_index.present(packs)
@@ -759,7 +771,7 @@ def _create_locked(
     if parent is not None and parent.entries is not None and not force_read:
         previous = {e.path: e for e in parent.entries if e.kind == FILE}
 
-    kind, items, skipped, notes = walk(source, exclude)
+    kind, items, skipped, notes = walk(source, exclude, stay_on)
     warnings.extend(notes)
     entries = [item.entry for item in items]
     total = sum(e.size for e in entries if e.kind == FILE)
