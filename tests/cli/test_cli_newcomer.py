@@ -122,6 +122,7 @@ def test_help_shows_the_config_variable_and_the_options_after_the_command() -> N
         (["backup", "init"], "`backupvault backup create SOURCE`"),
         (["backup", "find", "x"], "`backupvault backup ls SNAPSHOT_ID [PATH]...`"),
         (["key", "passwd"], "`backupvault vault change-password`"),
+        (["backup", "create", "{tmp}", "{tmp}"], "one SOURCE a backup here"),
     ],
 )
 def test_what_a_restic_user_types_is_answered_with_its_command_here(
@@ -786,10 +787,10 @@ def test_create_recovery_code_dash_says_the_flag_takes_no_value(
     assert "unexpected extra argument (-)" in str(error["error"])
     assert "takes no value" in str(error["hint"]) and "stdin" in str(error["hint"])
     assert not storage.exists()
-    # an extra argument elsewhere keeps the general hint
+    # an extra argument elsewhere: a second source, which has a hint of its own
     other = backupvault("--json", "backup", "create", str(source), "extra", "--storage", "s")
     assert other.returncode == 2
-    assert "--help" in str(last_json(other.stderr)["hint"])
+    assert "one SOURCE a backup" in str(last_json(other.stderr)["hint"])
 
 
 def test_a_recovery_code_backup_into_an_existing_repository_asks_for_its_code(

@@ -1745,6 +1745,14 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
             f" shell history and the process list); `{err.ctx.command_path} --help` lists"
             " its options"
         )
+    if err.ctx.command_path.endswith("backup create") and message.startswith(
+        "Got unexpected extra argument"
+    ):
+        # restic backs up several paths into one snapshot (user review s43).
+        return (
+            "one SOURCE a backup here: run `backup create` for each folder (each has its own"
+            " snapshots; `--path` chooses among them in `backup list` and `backup restore`)"
+        )
     unknown = re.fullmatch(r"No such command '(.*)'\.", message, re.S)
     if unknown is not None and (here := _as_named_here(err.ctx, unknown.group(1))):
         return here

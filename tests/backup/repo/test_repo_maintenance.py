@@ -770,3 +770,20 @@ def test_a_last_snapshot_there_but_damaged_is_passed_over_not_called_gone(
     restored = restore_snapshot(repo_url, root_key, tmp_path / "out", state_dir=state)
     assert restored.backup_id == first and second in restored.passed_over
     assert not [w for w in restored.warnings if "is gone" in w], restored.warnings
+
+
+def test_ls_lists_each_folder_followed_by_what_is_in_it(tmp_path: Path, root_key: bytes) -> None:
+    """As restic's `ls` and `find`: the snapshot stores a folder's children before its
+    sub-folders' contents, and `ls` listed them so, `b` between `a` and `a/x` (user
+    review s43)."""
+    source = tmp_path / "src"
+    (source / "a" / "in").mkdir(parents=True)
+    for name in ("a/x", "a/in/deep", "a-b", "b"):
+        (source / name).write_text(name)
+    repo_url = str(tmp_path / "repo")
+    create_snapshot(source, repo_url, root_key)
+    repo = maintenance.open_repository(repo_url, root_key)
+    _, entries = maintenance.ls(repo, "latest")
+    assert [e.path for e in entries] == [b"a", b"a/in", b"a/in/deep", b"a/x", b"a-b", b"b"]
+    _, under_a = maintenance.ls(repo, "latest", ("a",))
+    assert [e.path for e in under_a] == [b"a", b"a/in", b"a/in/deep", b"a/x"]

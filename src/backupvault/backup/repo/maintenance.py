@@ -134,9 +134,10 @@ def ls(
     only: SnapshotFilter = ANY_SNAPSHOT,
 ) -> tuple[SnapshotSummary, list[Entry]]:
     """What snapshot `snapshot_id` (a prefix, or "latest" of those `only` lets through)
-    holds, in tree order: every file, folder and link, or only those under `paths` (as
-    `backup restore --include` takes them; a path it does not hold raises
-    BackupNotFound)."""
+    holds, each folder followed by what is in it, by name (as restic's `ls` and `find`
+    list; the snapshot stores a folder's children before its sub-folders' contents):
+    every file, folder and link, or only those under `paths` (as `backup restore
+    --include` takes them; a path it does not hold raises BackupNotFound)."""
     snapshot = repo.find_snapshot(snapshot_id, only)
     assert snapshot.entries is not None
     chosen = select(
@@ -148,10 +149,12 @@ def ls(
     )
     wanted = wanted_paths(paths)
     if not wanted.keys() - {b"", b"."}:
-        return summarize(snapshot, 0), [e for e in chosen if e.path != ROOT]
-    # Only what is under the paths given: `select` adds the folders above them for a
-    # restore, which has to make them.
-    return summarize(snapshot, 0), [e for e in chosen if under(e.path, wanted)]
+        shown = [e for e in chosen if e.path != ROOT]
+    else:
+        # Only what is under the paths given: `select` adds the folders above them for a
+        # restore, which has to make them.
+        shown = [e for e in chosen if under(e.path, wanted)]
+    return summarize(snapshot, 0), sorted(shown, key=lambda e: e.path.split(b"/"))
 
 
 @dataclass(frozen=True)
