@@ -8,7 +8,7 @@ import json
 import platform
 from pathlib import Path
 
-from test_cli_backup import first_backup, next_backup, run
+from test_cli_backup import first_backup, next_backup, run, single_blob_backup
 
 
 def _two_folders(tmp_path: Path) -> tuple[Path, Path, Path, str]:
@@ -32,12 +32,14 @@ def test_restore_takes_the_latest_of_the_folder_path_names(tmp_path: Path) -> No
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["cat.jpg"]
     assert f"of {photos}" in plain.stdout
     # Said, since the latest of them all may not be the folder meant.
-    assert "also holds snapshots of 1 other folder or hosts" in plain.stderr
+    assert "also holds snapshots of 1 other folder: this restored the latest" in plain.stderr
     assert "--path" in plain.stderr
     chosen = run("--json", "backup", "restore", "--path", str(docs), "--storage", str(storage),
                  "--to", str(tmp_path / "b"), "--recovery-code", stdin=code + "\n")  # fmt: skip
     assert chosen.returncode == 0, chosen.stderr
-    assert json.loads(chosen.stdout)["source"] == str(docs)
+    result = json.loads(chosen.stdout)
+    assert result["source"] == str(docs)
+    assert (result["other_folders"], result["other_hosts"]) == (0, 0)  # chosen
     assert (tmp_path / "b" / "letter.txt").read_text() == "dear bank\n"
     # Relative to the folder the command runs in, as `backup create` took it.
     relative = run("backup", "restore", "latest", "--path", "docs", "--host", platform.node(),
@@ -91,3 +93,46 @@ def test_list_shows_each_snapshots_host_and_lists_only_what_is_asked(tmp_path: P
              "--recovery-code", stdin=code + "\n")  # fmt: skip
     assert ls.returncode == 0, ls.stderr
     assert [e["path"] for e in json.loads(ls.stdout)["entries"]] == ["letter.txt"]
+
+
+def test_a_filter_on_storage_without_snapshots_says_what_is_there(tmp_path: Path) -> None:
+    """No storage, or nothing in it, was answered "there are none here, only single-blob
+    backups" (review s43); storage with only single-blob backups is."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for storage, said, code in (
+        (empty, f"no backups at {empty}", 1),
+        (tmp_path / "nowhere", "storage not found", 2),
+    ):
+        refused = run("backup", "restore", "--host", "vm", "--storage", str(storage), "--to",
+                      str(tmp_path / "out"), "--recovery-code", "-", stdin="x\n")  # fmt: skip
+        assert refused.returncode == code and said in refused.stderr, refused.stderr
+        assert "single-blob" not in refused.stderr
+    old = tmp_path / "old"
+    source = tmp_path / "docs"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    single_blob_backup(source, old)
+    refused = run("backup", "restore", "--path", str(source), "--storage", str(old),
+                  "--to", str(tmp_path / "out"), "--recovery-code", "-", stdin="x\n")  # fmt: skip
+    assert refused.returncode == 2 and "only single-blob backups" in refused.stderr
+    empty_path = run("backup", "list", "--path", "", "--storage", str(old))
+    assert empty_path.returncode == 2 and "--path is empty" in empty_path.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_diff_warns_when_its_two_snapshots_are_of_different_folders(tmp_path: Path) -> None:
+    """`diff ID latest`: the latest may be another folder's, and the diff was all + and -
+    without a word (review s43)."""
+    docs, photos, storage, code = _two_folders(tmp_path)
+    listed = run("--json", "backup", "list", "--storage", str(storage), "--recovery-code",
+                 stdin=code + "\n")  # fmt: skip
+    docs_id = json.loads(listed.stdout)["snapshots"][0]["backup_id"]
+    diffed = run("backup", "diff", docs_id, "latest", "--storage", str(storage),
+                 "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert diffed.returncode == 0, diffed.stderr
+    assert "not of one folder on one host" in diffed.stderr
+    assert str(docs) in diffed.stderr and str(photos) in diffed.stderr
+    same = run("backup", "diff", docs_id, docs_id, "--storage", str(storage),
+               "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert same.returncode == 0 and "warning" not in same.stderr

@@ -74,10 +74,11 @@ class RestoreInfo:
     skipped: list[Skipped] = field(default_factory=list)
     #: The folder or file backed up, as the snapshot names it ("" if it names none).
     source: str = ""
-    #: How many other (host, folder) pairs the repository holds snapshots of, when the
-    #: latest of them all was restored (no --host or --path): a restore of the latest is
-    #: of whichever was backed up last.
-    other_sources: int = 0
+    #: When the latest of them all was restored (no --host or --path): how many other
+    #: folders (as each was recorded) and other hosts the repository holds snapshots of;
+    #: a restore of the latest is of whichever was backed up last.
+    other_folders: int = 0
+    other_hosts: int = 0
     #: Backups passed over as damaged (name -> why), the latest that opens restored.
     passed_over: dict[str, str] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # a rollback storage may have made

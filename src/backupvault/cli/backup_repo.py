@@ -245,7 +245,7 @@ def backup_ls(
     rows = [_entry_row(e) for e in entries]
     lines = [
         f"snapshot {summary.snapshot_id} of {summary.source} at"
-        f" {summary.created_at:%Y-%m-%d %H:%M:%S} UTC ({summary.host}):"
+        f" {summary.created_at:%Y-%m-%d %H:%M:%S} UTC ({summary.host or 'no host name'}):"
     ]
     for entry, row in zip(entries, rows, strict=True):
         kind = _FILE_TYPE_BITS[entry.kind]
@@ -317,7 +317,10 @@ def backup_diff(
     from backupvault.backup.repo import maintenance
 
     repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids=(first, second))
-    changes = maintenance.diff(repo, first, second)
+    warnings: list[str] = []
+    changes = maintenance.diff(repo, first, second, warnings)
+    for warning in warnings:
+        ctx.output.warn(warning)
     rows = [
         {"change": c.kind, "path": c.path, "size_before": c.size_before, "size_after": c.size_after}
         for c in changes

@@ -622,6 +622,8 @@ def snapshot_filter(
     the password), which names one snapshot already."""
     from backupvault.backup.repo.repository import SnapshotFilter, is_latest
 
+    if "" in paths:
+        raise UsageError("--path is empty", hint="give the folder (or file) that was backed up")
     only = SnapshotFilter(hosts, paths)
     if only and snapshot_id is not None and not is_latest(snapshot_id):
         raise UsageError(
@@ -1183,6 +1185,9 @@ def backup_restore(
     if use_repository and backup_id is not None:
         single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
         use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
+    if not use_repository:
+        # First: no storage, or nothing in it, is said as such, not as an option refused.
+        _require_single_blob(url, backup_id)
     if include and not use_repository:
         raise UsageError(
             "--include works on snapshots, not on single-blob backups",
@@ -1196,9 +1201,7 @@ def backup_restore(
             hint="leave them out to restore the latest single-blob backup, or give its id"
             " (`backup list` shows them)",
         )
-    if not use_repository:
-        _require_single_blob(url, backup_id)
-    elif backup_id is not None:
+    if use_repository and backup_id is not None:
         require_snapshots(url, backup_id)
     root_key = (
         _recovery_code(code, ctx.output)
@@ -1239,11 +1242,17 @@ def backup_restore(
     of = f" of {printable(info.source)}" if info.source else ""
     if info.source:
         data["source"] = info.source
-    if info.other_sources:
+    if use_repository:
+        data["other_folders"], data["other_hosts"] = info.other_folders, info.other_hosts
+    others = [
+        f"of {_plural(info.other_folders, 'other folder')}" if info.other_folders else "",
+        f"from {_plural(info.other_hosts, 'other host')}" if info.other_hosts else "",
+    ]
+    if any(others):
         ctx.output.note(
-            f"the repository also holds snapshots of {_plural(info.other_sources, 'other folder')}"
-            " or hosts: this restored the latest of them all; --path and --host choose"
-            " (`backup list` shows each snapshot's HOST and SOURCE)"
+            f"the repository also holds snapshots {' and '.join(o for o in others if o)}:"
+            " this restored the latest of them all; --path and --host choose (`backup list`"
+            " shows each snapshot's HOST and SOURCE)"
         )
     ctx.output.done(
         data,
@@ -1398,6 +1407,7 @@ def backup_list(
             ctx.output.warn(warning)
         snapshot_rows = [summary_row(s) for s in found]
         host_width = max([len("HOST"), *(len(s.host) for s in found)])
+        # A machine with no name records "": shown as "-", so the columns stay columns.
         lines.append(
             f"{'SNAPSHOT':<32}  {'CREATED (UTC)':<19}  {'SIZE':>10}  {'ADDED':>10}  "
             f"{'STORED':>10}  {'KEY':<13}  {'HOST':<{host_width}}  SOURCE"
@@ -1405,7 +1415,7 @@ def backup_list(
         lines += [
             f"{s.snapshot_id}  {s.created_at:%Y-%m-%d %H:%M:%S}  {human_size(s.size):>10}  "
             f"{human_size(s.added):>10}  {human_size(s.stored):>10}  {s.key:<13}  "
-            f"{s.host:<{host_width}}  {s.source}"
+            f"{s.host or '-':<{host_width}}  {s.source}"
             for s in found
         ]
         of_all = f" of {len(repo.listed)}" if only else ""

@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from backupvault.backup import BackupNotFound
+from backupvault.backup.errors import Altered
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo.repository import Repository, SnapshotFilter
@@ -91,13 +92,12 @@ def test_a_restore_of_the_latest_of_them_all_counts_the_other_sources(
 ) -> None:
     repo, docs, _photos = three_sources
     everything = restore_snapshot(repo, root_key, tmp_path / "a")
-    assert everything.other_sources == 2  # laptop's docs, laptop's photos
+    # Of desk's docs: laptop's photos is another folder, laptop another host.
+    assert (everything.other_folders, everything.other_hosts) == (1, 1)
     chosen = restore_snapshot(
         repo, root_key, tmp_path / "b", only=SnapshotFilter(paths=(str(docs),))
     )
-    assert chosen.other_sources == 0  # chosen, not the latest of them all
-    by_id = restore_snapshot(repo, root_key, tmp_path / "c", everything.backup_id[:12])
-    assert by_id.other_sources == 0
+    assert (chosen.other_folders, chosen.other_hosts) == (0, 0)  # chosen, not the latest of all
 
 
 def test_a_listing_and_ls_take_the_filter(
@@ -110,3 +110,46 @@ def test_a_listing_and_ls_take_the_filter(
     assert len(maintenance.list_snapshots(repo)) == 3
     summary, entries = maintenance.ls(repo, "latest", (), SnapshotFilter(hosts=("laptop",)))
     assert summary.source == str(tmp_path / "photos") and [e.path for e in entries] == [b"note.txt"]
+
+
+def test_a_path_is_matched_as_backup_create_records_it(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`~` is the home folder; a source recorded with `..` in it (`backup create
+    sub/../photos` records it so, and `backup forget` keeps its own series for it) is
+    matched by that path, not by the folder it names."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    repo = str(tmp_path / "repo")
+    photos = _folder(tmp_path, "photos", "cats")
+    (tmp_path / "sub").mkdir()
+    create_snapshot(photos, repo, root_key)
+    create_snapshot(Path("sub/../photos"), repo, root_key)
+    plain = SnapshotFilter(paths=("~/photos",))
+    assert restore_snapshot(repo, root_key, tmp_path / "a", only=plain).source == str(photos)
+    dotted = restore_snapshot(
+        repo, root_key, tmp_path / "b", only=SnapshotFilter(paths=("sub/../photos",))
+    )
+    assert dotted.source == str(tmp_path / "sub" / ".." / "photos")
+    assert dotted.other_folders == 0
+
+
+def test_a_filter_beside_unreadable_snapshots_says_they_may_be_it(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    """A snapshot whose header does not open hides its folder: "no snapshots of photos"
+    would be a claim storage could make false by damaging one (review s43)."""
+    repo, _docs, photos = three_sources
+    opened = Repository.open(Storage(repo), root_key)
+    photos_id = next(s.id_hex for s in opened.list_snapshots() if s.summary.source == str(photos))
+    damaged = Path(repo) / "snapshots" / photos_id
+    data = bytearray(damaged.read_bytes())
+    data[40] ^= 1
+    damaged.write_bytes(bytes(data))
+    with pytest.raises(Altered) as raised:
+        restore_snapshot(
+            repo, root_key, tmp_path / "out", only=SnapshotFilter(paths=(str(photos),))
+        )
+    assert raised.value.exit_code == 9 and photos_id in raised.value.message
+    assert raised.value.message.startswith(f"no readable snapshot of {photos} at ")
+    assert not (tmp_path / "out").exists()

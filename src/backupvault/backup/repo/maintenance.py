@@ -165,9 +165,25 @@ class Change:
     size_after: int
 
 
-def diff(repo: Repository, first: str, second: str) -> list[Change]:
-    old = repo.find_snapshot(first).entries or []
-    new = repo.find_snapshot(second).entries or []
+def diff(
+    repo: Repository, first: str, second: str, warnings: list[str] | None = None
+) -> list[Change]:
+    """What changed from snapshot `first` to `second`; in `warnings`, that the two are of
+    different folders or hosts (`latest` is of whichever was backed up last: user review
+    s43, where a diff against it compared two folders without a word)."""
+    older, newer = repo.find_snapshot(first), repo.find_snapshot(second)
+    a_of, b_of = (
+        (older.summary.host, older.summary.source),
+        (newer.summary.host, newer.summary.source),
+    )
+    if a_of != b_of and warnings is not None:
+        warnings.append(
+            f"the two snapshots are not of one folder on one host: {older.id_hex[:8]} of {a_of[1]}"
+            f" ({a_of[0] or 'no host name'}), {newer.id_hex[:8]} of {b_of[1]}"
+            f" ({b_of[0] or 'no host name'}); `backup list` shows each one's HOST and SOURCE"
+        )
+    old = older.entries or []
+    new = newer.entries or []
     before = {e.path: e for e in old}
     after = {e.path: e for e in new}
     changes: list[Change] = []

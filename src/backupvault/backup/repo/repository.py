@@ -125,19 +125,22 @@ class SnapshotFilter:
     def matches(self, summary: snapshots.Summary) -> bool:
         if self.hosts and summary.host not in self.hosts:
             return False
-        return not self.paths or os.path.normpath(summary.source) in self._sources
+        return not self.paths or summary.source in self._sources
 
     @functools.cached_property
     def _sources(self) -> frozenset[str]:
-        # `backup create` records its source as Path.absolute() makes it ("x/../y" kept):
-        # both sides normalized, a path matches however it is written.
-        return frozenset(os.path.normpath(Path(p).expanduser().absolute()) for p in self.paths)
+        # A source as `backup create` records the path typed (Path.absolute(): "x/../y"
+        # kept, as `backup forget` groups it), and the folder it names ("y/").
+        recorded = {str(Path(p).expanduser().absolute()) for p in self.paths}
+        return frozenset(recorded | {os.path.normpath(p) for p in recorded})
 
     def described(self) -> str:
         """What the filter lets through, for messages: " of PATH from host HOST" ("" for
-        none)."""
-        of = f" of {' or '.join(self.paths)}" if self.paths else ""
-        return of + (f" from host {' or '.join(self.hosts)}" if self.hosts else "")
+        none), each path as the absolute one it names."""
+        paths = sorted({os.path.normpath(Path(p).expanduser().absolute()) for p in self.paths})
+        of = f" of {' or '.join(paths)}" if paths else ""
+        hosts = [h or '""' for h in self.hosts]  # a machine with no name records ""
+        return of + (f" from host {' or '.join(hosts)}" if hosts else "")
 
 
 #: No filter: every snapshot.
@@ -697,11 +700,20 @@ class Repository:
         names = sorted(self.snapshot_names())
         if prefix is None or is_latest(prefix):
             listed = [s for s in self.list_snapshots() if only.matches(s.summary)]
+            if not listed and only and self.damaged:
+                # A snapshot whose header does not open hides its host and folder: it may
+                # be the one asked for, so its absence is not said (review s43).
+                raise Altered(
+                    f"no readable snapshot{only.described()} at {self.backend.display_url}:"
+                    f" {len(self.damaged)} snapshot(s) cannot be read"
+                    f" ({', '.join(sorted(self.damaged))})",
+                    hint="run `backupvault backup check` to see what is damaged; a snapshot"
+                    " id restores one of the others",
+                )
             if not listed and (only or not self.damaged):
                 raise BackupNotFound(
                     f"no snapshots{only.described()} at {self.backend.display_url}",
                     hint="`backupvault backup list` shows each snapshot's host and source"
-                    + (" (and `backup check` what could not be read)" if self.damaged else "")
                     if only
                     else None,
                 )

@@ -266,6 +266,9 @@ def restore_snapshot(
     finally:
         reporter.finish()
     files = [e for e in entries if e.kind == FILE]
+    chosen_among = list(repo.listed.values()) if latest and not only else []
+    others = {s.summary.source for s in chosen_among}
+    other_hosts = {s.summary.host for s in chosen_among}
     return RestoreInfo(
         backup_id=snapshot.id_hex,
         created_at=snapshot.header.created_at,
@@ -276,19 +279,11 @@ def restore_snapshot(
         bytes=sum(e.size for e in files),
         key=key,
         source=snapshot.summary.source,
-        other_sources=len(_sources(repo) - {_source_of(snapshot)}) if latest and not only else 0,
+        other_folders=len(others - {snapshot.summary.source}),
+        other_hosts=len(other_hosts - {snapshot.summary.host}),
         passed_over=dict(sorted(repo.damaged.items())),
         warnings=warnings,
     )
-
-
-def _source_of(snapshot: Snapshot) -> tuple[str, str]:
-    return snapshot.summary.host, snapshot.summary.source
-
-
-def _sources(repo: Repository) -> set[tuple[str, str]]:
-    """The (host, folder) pairs of the snapshots the latest was chosen among."""
-    return {_source_of(s) for s in repo.listed.values()}
 
 
 def _dated_ahead(repo: Repository, latest: Snapshot, only: SnapshotFilter) -> list[str]:
