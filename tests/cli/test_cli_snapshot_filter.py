@@ -136,3 +136,22 @@ def test_diff_warns_when_its_two_snapshots_are_of_different_folders(tmp_path: Pa
     same = run("backup", "diff", docs_id, docs_id, "--storage", str(storage),
                "--recovery-code", stdin=code + "\n")  # fmt: skip
     assert same.returncode == 0 and "warning" not in same.stderr
+
+
+def test_forget_with_a_filter_keeps_by_policy_only_among_those(tmp_path: Path) -> None:
+    docs, photos, storage, code = _two_folders(tmp_path)
+    (docs / "letter.txt").write_text("dear bank, again\n")
+    next_backup(docs, storage, code)
+    next_backup(photos, storage, code)
+    forgot = run("--json", "backup", "forget", "--keep-last", "1", "--path", str(photos),
+                 "--storage", str(storage), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert forgot.returncode == 0, forgot.stderr
+    result = json.loads(forgot.stdout)
+    assert len(result["removed"]) == 1 and len(result["kept"]) == 3  # both of docs kept
+    listed = run("--json", "backup", "list", "--storage", str(storage), "--recovery-code",
+                 stdin=code + "\n")  # fmt: skip
+    assert sorted(s["source"] for s in json.loads(listed.stdout)["snapshots"]) == sorted(
+        [str(docs), str(docs), str(photos)]
+    )
+    no_policy = run("backup", "forget", "--path", str(photos), "--storage", str(storage))
+    assert no_policy.returncode == 2 and "keep policy" in no_policy.stderr

@@ -360,6 +360,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
     "--damaged", is_flag=True, help="Also remove snapshots that cannot be read (damaged)."
 )
 @click.option("--dry-run", is_flag=True, help="Only say what would be forgotten.")
+@snapshot_filter_options
 @key_options
 @pass_ctx
 def backup_forget(
@@ -372,13 +373,16 @@ def backup_forget(
     keep_yearly: int,
     damaged: bool,
     dry_run: bool,
+    hosts: tuple[str, ...],
+    source_paths: tuple[str, ...],
     storage_url: str | None,
     password_stdin: bool,
     code: str | None,
 ) -> None:
     """Remove the snapshots SNAPSHOT_ID names (ids or unique prefixes), or those the
-    policy does not keep (per source and host), and with --damaged those that cannot be
-    read. Their data stays until `backup prune`."""
+    policy does not keep (per source and host; with --host or --path, only among those,
+    keeping the others), and with --damaged those that cannot be read. Their data stays
+    until `backup prune`."""
     from backupvault.backup.repo import maintenance
     from backupvault.backup.repo.repository import is_latest
 
@@ -394,6 +398,14 @@ def backup_forget(
             "backup forget takes snapshot ids (or unique prefixes of them), not `latest`",
             hint="`backupvault backup list` shows the snapshots and their ids",
         )
+    only = snapshot_filter(hosts, source_paths)
+    if only and policy.empty():
+        raise UsageError(
+            "--host and --path choose which snapshots a keep policy applies to: give one"
+            " (--keep-last, --keep-daily, ...)",
+            hint="`backup forget --keep-last 3 --path ~/Videos` keeps the 3 newest of that"
+            " folder and leaves every other snapshot alone",
+        )
     if policy.empty() and not damaged and not snapshot_ids:
         raise UsageError(
             "say what to forget: snapshot ids, or what to keep: --keep-last, --keep-daily,"
@@ -405,7 +417,7 @@ def backup_forget(
     repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids)
     state = _device_state(repo)
     kept, removed, ahead = maintenance.forget(
-        repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state
+        repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state, only=only
     )
     if not damaged:
         warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")

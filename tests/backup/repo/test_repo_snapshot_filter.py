@@ -153,3 +153,35 @@ def test_a_filter_beside_unreadable_snapshots_says_they_may_be_it(
     assert raised.value.exit_code == 9 and photos_id in raised.value.message
     assert raised.value.message.startswith(f"no readable snapshot of {photos} at ")
     assert not (tmp_path / "out").exists()
+
+
+def test_a_keep_policy_with_a_filter_leaves_every_other_snapshot_alone(
+    tmp_path: Path,
+    root_key: bytes,
+    three_sources: tuple[str, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """restic's `forget --path`: a policy per folder (`--keep-last 1 --path ~/docs`, and
+    another for ~/photos) without one run forgetting what the other keeps."""
+    repo_url, docs, photos = three_sources
+    monkeypatch.setattr(create_module, "host_name", lambda: "laptop")
+    for text in ("dogs", "birds"):
+        (photos / "note.txt").write_text(text)
+        create_snapshot(photos, repo_url, root_key)
+    repo = Repository.open(Storage(repo_url), root_key)
+    newest_photos = maintenance.list_snapshots(repo, SnapshotFilter(paths=(str(photos),)))[-1]
+    everything = [s.snapshot_id for s in maintenance.list_snapshots(repo)]
+    policy = maintenance.Policy(last=1)
+    kept, removed, _ = maintenance.forget(
+        repo, policy, dry_run=True, only=SnapshotFilter(paths=(str(docs),))
+    )
+    assert removed == [] and kept == everything  # one of docs per host: the photos untouched
+    kept, removed, _ = maintenance.forget(
+        repo, policy, dry_run=False, only=SnapshotFilter(paths=(str(photos),))
+    )
+    assert len(removed) == 2 and newest_photos.snapshot_id in kept
+    assert kept == [i for i in everything if i not in removed]
+    left = maintenance.list_snapshots(Repository.open(Storage(repo_url), root_key))
+    assert sorted((s.host, s.source) for s in left) == [
+        ("desk", str(docs)), ("laptop", str(docs)), ("laptop", str(photos))
+    ]  # fmt: skip

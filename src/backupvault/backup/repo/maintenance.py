@@ -269,8 +269,10 @@ def forget(
     damaged: bool = False,
     ids: Collection[str] = (),
     state: DeviceState | None = None,
+    only: SnapshotFilter = ANY_SNAPSHOT,
 ) -> tuple[list[str], list[str], list[str]]:
-    """Delete the snapshots `policy` does not keep (an empty policy keeps every one), or
+    """Delete the snapshots `policy` does not keep (an empty policy keeps every one; it
+    applies only to those `only` lets through, and keeps the others), or
     those `ids` name (ids or unique prefixes, every one resolved before anything is
     deleted), and with `damaged` the snapshot objects that cannot be read
     (`repo.damaged`); (kept, removed, those kept because they are dated ahead of this
@@ -301,7 +303,10 @@ def forget(
         elif policy.empty():
             kept, removed = [s.snapshot_id for s in found], []
         else:
-            kept, removed, ahead = apply_policy(found, policy)
+            kept, removed, ahead = apply_policy([s for s in found if only.matches(s)], policy)
+            if only:
+                gone = set(removed)
+                kept = [s.snapshot_id for s in found if s.snapshot_id not in gone]
         if damaged:
             # Trees too (read whole, as check does): a snapshot whose tree does not open is
             # passed over by restore, and stops prune, whose hint sends the user here.

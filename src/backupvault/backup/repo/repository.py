@@ -110,6 +110,16 @@ def is_latest(snapshot_id: str) -> bool:
     return snapshot_id.strip().lower() == LATEST
 
 
+class MadeWhere(Protocol):
+    """A snapshot's summary, as far as a filter reads it."""
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def source(self) -> str: ...
+
+
 @dataclass(frozen=True)
 class SnapshotFilter:
     """Which snapshots "latest" and a listing are taken from, as restic's --host and
@@ -122,7 +132,7 @@ class SnapshotFilter:
     def __bool__(self) -> bool:
         return bool(self.hosts or self.paths)
 
-    def matches(self, summary: snapshots.Summary) -> bool:
+    def matches(self, summary: MadeWhere) -> bool:
         if self.hosts and summary.host not in self.hosts:
             return False
         return not self.paths or summary.source in self._sources
