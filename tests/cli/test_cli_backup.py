@@ -1105,7 +1105,8 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     left = run("--json", "backup", "check", *key)
     assert left.returncode == 9 and json.loads(left.stdout)["repairable"] is False
     assert "run `backup repair`" not in left.stderr
-    assert "the next `backup create` stores them again" in left.stderr
+    assert "run `backup create` of each folder named" in left.stderr
+    assert "stores them again" in left.stderr
 
     created = run("--json", "backup", "create", str(source), "--storage", str(storage),
                   "--recovery-code", stdin=code + "\n")  # fmt: skip
@@ -1292,11 +1293,11 @@ def test_prune_says_what_unused_data_it_leaves_and_max_unused_0_removes_it(
     kept = run("backup", "prune", *key, stdin=code)
     assert kept.returncode == 0, kept.stderr
     assert re.search(
-        r"; freed 0 B; 1 unused chunk \(\d+ B\) stay in packs mostly in use \(--max-unused 0"
-        r" removes them too\)\n$",
+        r"; freed 0 B; 1 unused chunk \(\d+ B\) stays in packs not rewritten \(--max-unused 0"
+        r" removes it too\)\n$",
         kept.stdout,
     ), kept.stdout
-    dry = run("--json", "backup", "prune", "--dry-run", "--max-unused", "0", *key, stdin=code)
+    dry = run("--json", "backup", "prune", "--dry-run", "--max-unused", "0%", *key, stdin=code)
     assert dry.returncode == 0, dry.stderr
     planned = json.loads(dry.stdout)
     assert planned["packs_repacked"] == 1 and planned["unused_kept_chunks"] == 0
@@ -1304,7 +1305,7 @@ def test_prune_says_what_unused_data_it_leaves_and_max_unused_0_removes_it(
     assert done.returncode == 0, done.stderr
     assert "1 repacked into 1" in done.stdout and "unused chunk" not in done.stdout
     wrong = run("backup", "prune", "--max-unused", "101", *key, stdin=code)
-    assert wrong.returncode == 2 and "0<=x<=100" in wrong.stderr
+    assert wrong.returncode == 2 and "not a per cent from 0 to 100" in wrong.stderr
 
 
 def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(

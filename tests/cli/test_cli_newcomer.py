@@ -1452,3 +1452,11 @@ def test_a_source_that_does_not_exist_is_told_to_check_the_path(tmp_path: Path) 
     assert made.returncode == 2
     assert "does not exist" in made.stderr
     assert "hint: check the path" in made.stderr and "--help" not in made.stderr
+
+
+def test_an_unquoted_exclude_pattern_is_said_to_want_quotes(tmp_path: Path) -> None:
+    """`--exclude *.tmp` unquoted: the shell gives the second match as an extra argument,
+    which "one SOURCE a backup" alone would misread (review s43)."""
+    done = backupvault("--json", "backup", "create", str(tmp_path), "--exclude", "a.tmp", "b.tmp")
+    assert done.returncode == 2
+    assert "quote an --exclude pattern" in str(last_json(done.stderr)["hint"])

@@ -40,25 +40,27 @@ if TYPE_CHECKING:  # imported where used: `backup create` loads this module, not
     from backupvault.backup.repo.state import DeviceState
 
 
+# Short sentences, what to do first (user review s43: one sentence of 600 characters hid
+# the action).
 _RESTORE_OTHERS = (
-    "Of a snapshot with files named, the others restore: name them, or their folders, with "
-    "`backup restore --include`"
+    "Meanwhile the other files of a snapshot named restore: give them, or their folders, to"
+    " `backup restore --include`."
 )
 _REPAIR_HINT = (
-    "run `backup repair`: it keeps what still authenticates in a pack named damaged or "
-    "shorter (copied into new packs), drops the rest from the index (and the chunks of a "
-    "pack named missing), and deletes the damaged packs; the next `backup create` then "
-    "stores those chunks again for every file still in its source, and the snapshots named "
-    "restore again the files that have not changed. Until the repair, a new backup reuses a "
-    "damaged chunk. " + _RESTORE_OTHERS
+    "run `backup repair`, then `backup create` of each folder named. The repair keeps what"
+    " still authenticates in the damaged packs (copied into new packs), deletes them, and"
+    " drops a missing pack's chunks from the index;"
+    " the backup then stores the lost chunks again for every file still in its source, and"
+    " the snapshots named restore again the files that have not changed. Until the repair,"
+    " a new backup reuses a damaged chunk. " + _RESTORE_OTHERS
 )
 # What is left after a repair: `backup repair` has nothing to do then.
 _LOST_HINT = (
-    "the chunks named are in no pack (lost, or dropped by `backup repair`): the next "
-    "`backup create` stores them again for every file still in its source, and the "
-    "snapshots named then restore again the files that have not changed; `backup forget` "
-    "the snapshots you no longer need (and one named unreadable: nothing can read it). "
-    + _RESTORE_OTHERS
+    "run `backup create` of each folder named: the chunks named are in no pack (lost, or"
+    " dropped by `backup repair`), and the backup stores them again for every file still in"
+    " its source; the snapshots named then restore again the files that have not changed."
+    " `backup forget` the snapshots you no longer need (and one named unreadable: nothing"
+    " can read it). " + _RESTORE_OTHERS
 )
 
 
@@ -455,11 +457,11 @@ def backup_forget(
 @click.option(
     "--max-unused",
     metavar="PERCENT",
-    type=click.IntRange(0, 100),
-    default=REPACK_UNUSED_PERCENT,
+    callback=lambda _ctx, _param, value: _percent(value),
+    default=str(REPACK_UNUSED_PERCENT),
     show_default=True,
-    help="Leave unused data in a pack only while it is at most this share of the pack;"
-    " 0 removes all of it (every pack holding some is rewritten).",
+    help="Leave unused data in a pack only while it is at most this share of the pack"
+    " (`10` or `10%`); 0 removes all of it (every pack holding some is rewritten).",
 )
 @key_options
 @pass_ctx
@@ -471,8 +473,8 @@ def backup_prune(
     password_stdin: bool,
     code: str | None,
 ) -> None:
-    """Delete the data no snapshot uses any more (rewriting packs more than --max-unused
-    of which is unused, and removing packs wholly unused)."""
+    """Delete the data no snapshot uses any more: remove the packs wholly unused, and
+    rewrite those more than PERCENT of which is unused."""
     from backupvault.backup.repo import maintenance
 
     repo = _open(ctx, storage_url, password_stdin, code)
@@ -494,6 +496,18 @@ def backup_prune(
     )
 
 
+def _percent(value: str) -> int:
+    """`--max-unused`: a whole per cent, 0 to 100, with or without `%` (as restic writes
+    it; restic's byte sizes and `unlimited` are not taken: `100` keeps every part-used
+    pack)."""
+    number = value.strip().removesuffix("%").strip()
+    if not number.isdigit() or int(number) > 100:
+        raise click.BadParameter(
+            f"{value!r} is not a per cent from 0 to 100 (`10` or `10%`)", param_hint="--max-unused"
+        )
+    return int(number)
+
+
 def _prune_text(r: maintenance.PruneResult) -> str:
     """What prune did, or would do. A dry run writes nothing, so it has no packs it
     repacked into ("1 repacked into 0"), and what it would free is the packs it would
@@ -503,10 +517,11 @@ def _prune_text(r: maintenance.PruneResult) -> str:
     packs = _plural(r.packs, "pack")
     # Said, not only counted in --json: a user who forgot a snapshot to be rid of a file
     # took "0 deleted" for all of it gone (user review s43).
+    one = r.unused_kept_chunks == 1
     kept = (
         f"; {_plural(r.unused_kept_chunks, 'unused chunk')} ({human_size(r.unused_kept_bytes)})"
-        f" {'would stay' if r.dry_run else 'stay'} in packs mostly in use (--max-unused 0"
-        " removes them too)"
+        f" {'would stay' if r.dry_run else 'stays' if one else 'stay'} in packs not rewritten"
+        f" (--max-unused 0 removes {'it' if one else 'them'} too)"
         if r.unused_kept_chunks
         else ""
     )

@@ -1758,6 +1758,11 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     if err.ctx.command_path.endswith("backup create") and message.startswith(
         "Got unexpected extra argument"
     ):
+        if "--exclude" in args:  # `--exclude *.tmp` unquoted: the shell gave several names
+            return (
+                "quote an --exclude pattern (`--exclude '*.tmp'`), or the shell turns it into"
+                " file names; and one SOURCE a backup here: `backup create` each folder"
+            )
         # restic backs up several paths into one snapshot (user review s43).
         return (
             "one SOURCE a backup here: run `backup create` for each folder (each has its own"
@@ -1786,8 +1791,8 @@ _RESTIC_NAMES = {
 
 #: restic's options that have another name here, or none (none of them is an option here).
 _RESTIC_OPTIONS = {
-    "--tag": "no tags here: a snapshot is known by its folder and host (`--path`, `--host`"
-    " on `backup list` and `backup restore`)",
+    "--tag": "no tags here: a snapshot is known by its folder and host (`--path` and"
+    " `--host` on `backup list`, `ls`, `restore` and `forget`)",
     "--exclude-file": "one `--exclude PATTERN` for each pattern here, on the command line",
     "--iexclude": "patterns are case-sensitive here: one `--exclude` for each spelling",
     "--files-from": "one SOURCE a backup here: `backup create` each folder (each has its"

@@ -567,3 +567,24 @@ def test_one_file_system_backs_up_a_folder_on_another_device_empty(tmp_path: Pat
     # files beside them are backed up; nothing inside them is listed or said.
     assert [i.entry.path for i in elsewhere.items] == [b".", b"docs", b"empty", b"top.txt"]
     assert elsewhere.skipped == [] and elsewhere.notes == []
+
+
+def test_a_backup_with_one_file_system_stays_on_the_sources_device(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The option reaches the walk (the test above walks with a device of its own)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "a.txt").write_text("a")
+    real, asked = create_module.walk, []
+
+    def walk(
+        source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
+    ) -> create_module.Walked:
+        asked.append(stay_on)
+        return real(source, exclude, stay_on)
+
+    monkeypatch.setattr(create_module, "walk", walk)
+    create_snapshot(source, str(tmp_path / "repo"), root_key, one_file_system=True)
+    create_snapshot(source, str(tmp_path / "repo"), root_key)
+    assert asked == [os.stat(source).st_dev, None]

@@ -11,6 +11,7 @@ from backupvault.backup import BackupNotFound
 from backupvault.backup.errors import Altered
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo import create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo.backend import MissingObject
 from backupvault.backup.repo.repository import Repository, SnapshotFilter
 from backupvault.backup.storage import Storage
 
@@ -185,3 +186,50 @@ def test_a_keep_policy_with_a_filter_leaves_every_other_snapshot_alone(
     assert sorted((s.host, s.source) for s in left) == [
         ("desk", str(docs)), ("laptop", str(docs)), ("laptop", str(photos))
     ]  # fmt: skip
+
+
+def test_a_filter_beside_a_snapshot_storage_does_not_serve_says_it_may_be_it(
+    tmp_path: Path,
+    root_key: bytes,
+    three_sources: tuple[str, Path, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Listed, then "not there" when read: as a damaged header, it hides its folder
+    (review s43)."""
+    repo, _docs, photos = three_sources
+    opened = Repository.open(Storage(repo), root_key)
+    photos_id = next(s.id_hex for s in opened.list_snapshots() if s.summary.source == str(photos))
+    real = Repository.read_snapshot
+
+    def hiding(self: Repository, name: str, *args: object, **kwargs: object) -> object:
+        if name == photos_id:
+            raise MissingObject(f"snapshots/{name}")
+        return real(self, name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(Repository, "read_snapshot", hiding)
+    with pytest.raises(Altered) as raised:
+        restore_snapshot(
+            repo, root_key, tmp_path / "out", only=SnapshotFilter(paths=(str(photos),))
+        )
+    assert photos_id in raised.value.message and not (tmp_path / "out").exists()
+
+
+def test_forget_damaged_with_a_filter_reads_only_those_folders(
+    tmp_path: Path, root_key: bytes, three_sources: tuple[str, Path, Path]
+) -> None:
+    """--damaged with --path docs removed a photos snapshot whose tree does not open
+    (its header does: its folder is known), where every other snapshot is to be kept."""
+    repo_url, docs, photos = three_sources
+    repo = Repository.open(Storage(repo_url), root_key)
+    photos_id = next(s.id_hex for s in repo.list_snapshots() if s.summary.source == str(photos))
+    damaged = Path(repo_url) / "snapshots" / photos_id
+    data = bytearray(damaged.read_bytes())
+    data[-5] ^= 1  # in the tree, after the header and summary
+    damaged.write_bytes(bytes(data))
+    policy = maintenance.Policy(last=5)
+    _, removed, _ = maintenance.forget(
+        repo, policy, dry_run=True, damaged=True, only=SnapshotFilter(paths=(str(docs),))
+    )
+    assert removed == []
+    _, removed, _ = maintenance.forget(repo, policy, dry_run=True, damaged=True)
+    assert removed == [photos_id]

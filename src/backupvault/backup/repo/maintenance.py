@@ -311,7 +311,7 @@ def forget(
             # Trees too (read whole, as check does): a snapshot whose tree does not open is
             # passed over by restore, and stops prune, whose hint sends the user here.
             for summary in found:
-                if summary.snapshot_id not in removed:
+                if summary.snapshot_id not in removed and only.matches(summary):
                     try:
                         repo.read_snapshot(summary.snapshot_id)
                     except (AuthenticationFailed, InvalidInput) as exc:

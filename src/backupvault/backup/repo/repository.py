@@ -710,15 +710,16 @@ class Repository:
         names = sorted(self.snapshot_names())
         if prefix is None or is_latest(prefix):
             listed = [s for s in self.list_snapshots() if only.matches(s.summary)]
-            if not listed and only and self.damaged:
-                # A snapshot whose header does not open hides its host and folder: it may
-                # be the one asked for, so its absence is not said (review s43).
+            hidden = sorted(self.damaged.keys() | self.unserved)
+            if not listed and only and hidden:
+                # A snapshot whose header does not open, or that storage lists and does not
+                # serve, hides its host and folder: it may be the one asked for, so its
+                # absence is not said (reviews s43).
                 raise Altered(
                     f"no readable snapshot{only.described()} at {self.backend.display_url}:"
-                    f" {len(self.damaged)} snapshot(s) cannot be read"
-                    f" ({', '.join(sorted(self.damaged))})",
-                    hint="run `backupvault backup check` to see what is damaged; a snapshot"
-                    " id restores one of the others",
+                    f" {len(hidden)} snapshot(s) cannot be read ({', '.join(hidden)})",
+                    hint="run `backupvault backup check` to see what is damaged or missing; a"
+                    " snapshot id restores one of the others",
                 )
             if not listed and (only or not self.damaged):
                 raise BackupNotFound(
