@@ -146,7 +146,7 @@ def test_what_a_restic_user_types_is_answered_with_its_command_here(
         (["backup", "list", "--repo", "x"], "`--storage URL`"),
         (["backup", "list", "--password-file", "x"], "`--password-stdin < FILE`"),
         (["backup", "forget", "--keep-last", "1", "--prune"], "`backupvault backup prune`"),
-        (["backup", "create", ".", "--tag", "x"], "`--path`, `--host`"),
+        (["backup", "create", ".", "--tag", "x"], "`--path` and `--host`"),
         (["backup", "create", ".", "--exclude-file", "x"], "one `--exclude PATTERN` for each"),
         (["backup", "create", ".", "--iexclude", "x"], "case-sensitive"),
         (["backup", "create", "--files-from", "x"], "one SOURCE a backup"),
