@@ -303,10 +303,9 @@ def forget(
         elif policy.empty():
             kept, removed = [s.snapshot_id for s in found], []
         else:
-            kept, removed, ahead = apply_policy([s for s in found if only.matches(s)], policy)
-            if only:
-                gone = set(removed)
-                kept = [s.snapshot_id for s in found if s.snapshot_id not in gone]
+            _, removed, ahead = apply_policy([s for s in found if only.matches(s)], policy)
+            gone = set(removed)  # what the policy keeps, and every snapshot `only` leaves out
+            kept = [s.snapshot_id for s in found if s.snapshot_id not in gone]
         if damaged:
             # Trees too (read whole, as check does): a snapshot whose tree does not open is
             # passed over by restore, and stops prune, whose hint sends the user here.

@@ -138,17 +138,24 @@ class SnapshotFilter:
         return not self.paths or summary.source in self._sources
 
     @functools.cached_property
+    def _recorded(self) -> frozenset[str]:
+        """Each path as `backup create` records the path typed (Path.absolute(): "x/../y"
+        kept, as `backup forget` groups it)."""
+        return frozenset(str(Path(p).expanduser().absolute()) for p in self.paths)
+
+    @functools.cached_property
+    def _named(self) -> frozenset[str]:
+        """The folder each path names ("x/../y" is "y")."""
+        return frozenset(os.path.normpath(p) for p in self._recorded)
+
+    @functools.cached_property
     def _sources(self) -> frozenset[str]:
-        # A source as `backup create` records the path typed (Path.absolute(): "x/../y"
-        # kept, as `backup forget` groups it), and the folder it names ("y/").
-        recorded = {str(Path(p).expanduser().absolute()) for p in self.paths}
-        return frozenset(recorded | {os.path.normpath(p) for p in recorded})
+        return self._recorded | self._named
 
     def described(self) -> str:
         """What the filter lets through, for messages: " of PATH from host HOST" ("" for
         none), each path as the absolute one it names."""
-        paths = sorted({os.path.normpath(Path(p).expanduser().absolute()) for p in self.paths})
-        of = f" of {' or '.join(paths)}" if paths else ""
+        of = f" of {' or '.join(sorted(self._named))}" if self.paths else ""
         hosts = [h or '""' for h in self.hosts]  # a machine with no name records ""
         return of + (f" from host {' or '.join(hosts)}" if hosts else "")
 
