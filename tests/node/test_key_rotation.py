@@ -22,10 +22,13 @@ from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare, T
 from backupvault.node import main as node_main
 from backupvault.node.softhsm import init_softhsm_token
 from backupvault.node.store import (
+    LEAVES,
     SHARE_PREFIX,
+    STORE_FORMAT,
     NodeStore,
     StoreCorrupted,
     bucket_of,
+    leaf_of,
     share_record,
     store_generation,
 )
@@ -314,42 +317,91 @@ def _opens(key: bytes, sealed: bytes, aad: bytes) -> bool:
     return True
 
 
+def _share_after_restart(data: Path, sealer: TokenSealer, entry: bytes) -> bytes:
+    """The entry's share as a node started on the folder reads it, every bucket checked."""
+    store = _open(data, sealer)
+    store.verify_all()
+    row = store.get_share(entry)
+    store.close()
+    assert row is not None
+    return row.share
+
+
+def _every_key(store: NodeStore) -> list[bytes]:
+    """Every bucket key and leaf key the store holds."""
+    keys = store._bucket_keys.values()
+    return [*(k.key for k in keys), *(k.leaf_key(leaf) for k in keys for leaf in range(LEAVES))]
+
+
 def _others(count: int) -> list[AcceptorRecord]:
     return [AcceptorRecord(EntryId(f"user{i}", "root-key").to_bytes(), 4, 1) for i in range(count)]
 
 
-def test_an_erasure_re_seals_its_bucket_only_and_wraps_every_bucket_key_anew(
+def _share_rows_placed(store: NodeStore) -> tuple[bytes, bytes, bytes]:
+    """Three entries whose share rows lie in one bucket: the first two in one leaf, the
+    third in another (found among a few thousand names: two of 2^20 leaves meet by the
+    birthday bound, two of 4,096 buckets far sooner)."""
+    by_leaf: dict[tuple[int, int], bytes] = {}
+    for number in range(20_000):
+        entry = EntryId(f"placed{number}", "root-key").to_bytes()
+        name = store.name_of(SHARE_PREFIX + entry)
+        place = (bucket_of(name), leaf_of(name))
+        if place in by_leaf:
+            for (bucket, leaf), third in by_leaf.items():
+                if bucket == place[0] and leaf != place[1]:
+                    return by_leaf[place], entry, third
+        by_leaf.setdefault(place, entry)
+    raise AssertionError("no two names met in a leaf")
+
+
+def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
     tmp_path: Path, sealer: TokenSealer
 ) -> None:
-    """The cost of an erasure no longer grows with the store (it held every row in
-    memory and re-sealed all of them: 2.4 s and 430 MB more at 100,000 entries)."""
+    """The cost of an erasure does not grow with the store: it held every row in memory
+    and re-sealed all of them (2.4 s and 430 MB more at 100,000 entries), then every row
+    of the erased row's bucket (606 ms at 10,000,000 entries), now the rows of its leaf
+    (about N / 2^20 entries) and the keys above them."""
     data, store = _node(tmp_path, sealer)
     path = data / "store.sqlite"
-    store.save([share_record(ENTRY_A, _share_row(SHARE)), *_others(40)])
-    erased_name = store.name_of(SHARE_PREFIX + ENTRY_A)
+    erased, same_leaf, same_bucket = _share_rows_placed(store)
+    placed = [share_record(e, _share_row(SHARE)) for e in (erased, same_leaf, same_bucket)]
+    store.save([*placed, *_others(40)])
+    erased_name = store.name_of(SHARE_PREFIX + erased)
+    same_leaf_name = store.name_of(SHARE_PREFIX + same_leaf)
     erased_bucket = bucket_of(erased_name)
     rows_before, keys_before = _raw(path, "record"), _raw(path, "bucket_key")
     assert len({bucket_of(n) for n in rows_before}) > 30  # spread over many buckets
+    assert _raw(path, "leaf_key") == {}  # a bucket's leaf keys are derived until an erasure
 
-    store.save([share_record(ENTRY_A, _share_row(b""))])  # erased: rotates
+    store.save([share_record(erased, _share_row(b""))])  # erased: rotates
 
     rows_after, keys_after = _raw(path, "record"), _raw(path, "bucket_key")
     for name, row in rows_after.items():
         assert isinstance(name, bytes)
-        if bucket_of(name) == erased_bucket:
+        if name in (erased_name, same_leaf_name):
             assert row != rows_before[name]  # re-sealed (the erased row itself: rewritten)
         else:
-            assert row == rows_before[name]  # not touched
+            assert row == rows_before[name]  # not touched: its bucket's other leaf too
     assert keys_after.keys() == keys_before.keys()
     assert all(keys_after[b] != keys_before[b] for b in keys_before)  # wrapped anew
+    assert _raw(path, "leaf_key").keys() == {erased_bucket}  # the bucket's leaf keys listed
     assert store.generation == 2
     store.close()
     reopened = _open(data, sealer)
     reopened.verify_all()
-    assert [r.key for r in reopened.load()] == [r.key for r in _others(40)]
-    erased = reopened.get_share(ENTRY_A)
-    assert erased is not None and erased.share == b""
+    assert {r.key for r in reopened.load()} == {r.key for r in _others(40)}
+    gone = reopened.get_share(erased)
+    assert gone is not None and gone.share == b""
+    for kept in (same_leaf, same_bucket):
+        row = reopened.get_share(kept)
+        assert row is not None and row.share == SHARE
+
+    # A second erasure in the same bucket, another leaf: the listed keys change again.
+    listed_before = _raw(path, "leaf_key")[erased_bucket]
+    reopened.save([share_record(same_bucket, _share_row(b""))])
+    assert _raw(path, "leaf_key")[erased_bucket] != listed_before
     reopened.close()
+    assert _share_after_restart(data, sealer, same_leaf) == SHARE
 
 
 def test_the_erased_row_in_an_older_copy_opens_with_no_key_the_node_has(
@@ -374,7 +426,7 @@ def test_the_erased_row_in_an_older_copy_opens_with_no_key_the_node_has(
     store.save([share_record(ENTRY_A, _share_row(b""))])
 
     row_key = RowKeyRing(sealer, data).load(store.generation)
-    node_keys = [row_key, *store._raw_bucket_keys.values()]
+    node_keys = [row_key, *_every_key(store)]
     old_row = _raw(copy, "record")[erased_name]
     aad = store._aad(erased_name, erased_ver)
     assert not any(_opens(key, old_row, aad) for key in node_keys)
@@ -390,7 +442,7 @@ def test_the_erased_row_in_an_older_copy_opens_with_no_key_the_node_has(
         .execute("SELECT ver FROM record WHERE name = ?", (other_name,))
         .fetchone()
     )
-    other_key = store._raw_bucket_keys[bucket_of(other_name)]
+    other_key = store._leaf_key(other_name)
     assert _opens(other_key, _raw(copy, "record")[other_name], store._aad(other_name, other_ver))
     store.close()
 
@@ -411,7 +463,7 @@ def test_a_store_sealed_before_bucket_keys_is_given_them_at_open(
         for ver, name, row in db.execute("SELECT ver, name, row FROM record").fetchall():
             name = bytes(name)
             aad = aads[name] = store._aad(name, ver)
-            key = store._raw_bucket_keys[bucket_of(name)]
+            key = store._leaf_key(name)
             plain = AESGCM(key).decrypt(row[:12], row[12:], aad)
             nonce = os.urandom(12)
             db.execute(
@@ -423,7 +475,7 @@ def test_a_store_sealed_before_bucket_keys_is_given_them_at_open(
 
     # Stopped in the middle (here: an error on the second bucket): the store is left as
     # it was, and the next open migrates it.
-    real = NodeStore._reseal_bucket
+    real = NodeStore._reseal
     calls = 0
 
     def failing(self: NodeStore, *args: Any) -> None:
@@ -433,10 +485,10 @@ def test_a_store_sealed_before_bucket_keys_is_given_them_at_open(
             raise OSError("disk went away")
         real(self, *args)
 
-    monkeypatch.setattr(NodeStore, "_reseal_bucket", failing)
+    monkeypatch.setattr(NodeStore, "_reseal", failing)
     with pytest.raises(OSError, match="went away"):
         NodeStore(path, 0, STORAGE_KEY, row_key, 1)
-    monkeypatch.setattr(NodeStore, "_reseal_bucket", real)
+    monkeypatch.setattr(NodeStore, "_reseal", real)
 
     migrated = NodeStore(path, 0, STORAGE_KEY, row_key, 1)
     found = migrated.get_share(ENTRY_A)
@@ -445,8 +497,123 @@ def test_a_store_sealed_before_bucket_keys_is_given_them_at_open(
     for name, row in _raw(path, "record").items():
         assert isinstance(name, bytes)
         assert not _opens(row_key, row, aads[name])
-        assert _opens(migrated._raw_bucket_keys[bucket_of(name)], row, aads[name])
+        assert _opens(migrated._leaf_key(name), row, aads[name])
     migrated.close()
+
+
+def test_a_second_erasure_in_a_bucket_with_listed_leaf_keys_leaves_an_older_copy_shut(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """The attack on the listed form: a copy taken after a first erasure in a bucket (its
+    leaf keys listed under the bucket key), then a second erasure in another leaf of it.
+    Nothing the node holds afterwards opens the copy's leaf keys or the row erased second;
+    the leaf kept from before (the other entry in the first erased leaf) still opens, as
+    rows of untouched leaves do."""
+    data, store = _node(tmp_path, sealer)
+    first, same_leaf, second = _share_rows_placed(store)
+    store.save([share_record(e, _share_row(SHARE)) for e in (first, same_leaf, second)])
+    store.save([share_record(first, _share_row(b""))])  # lists the bucket's leaf keys
+    bucket = bucket_of(store.name_of(SHARE_PREFIX + second))
+    shutil.copytree(data, tmp_path / "backup")
+    copy = tmp_path / "backup" / "store.sqlite"
+    second_name = store.name_of(SHARE_PREFIX + second)
+    (second_ver,) = (
+        sqlite3.connect(copy)
+        .execute("SELECT ver FROM record WHERE name = ?", (second_name,))
+        .fetchone()
+    )
+    copied_leaf_keys = _raw(copy, "leaf_key")[bucket]
+
+    store.save([share_record(second, _share_row(b""))])
+
+    row_key = RowKeyRing(sealer, data).load(store.generation)
+    node_keys = [row_key, *_every_key(store)]
+    old_row = _raw(copy, "record")[second_name]
+    assert not any(_opens(k, old_row, store._aad(second_name, second_ver)) for k in node_keys)
+    aad = store._leaf_keys_aad(bucket)
+    assert not any(_opens(k, copied_leaf_keys, aad) for k in node_keys)
+    kept = store.get_share(same_leaf)
+    assert kept is not None and kept.share == SHARE
+    store.close()
+
+
+def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
+    """Rewrite a closed store as format 3 wrote it: each bucket's rows sealed under one
+    bucket key, wrapped as 32 bytes, no leaf keys."""
+    bucket_keys = {bucket: os.urandom(32) for bucket in store._bucket_keys}
+    with sqlite3.connect(path) as db:
+        for ver, name, row in db.execute("SELECT ver, name, row FROM record").fetchall():
+            name = bytes(name)
+            aad = store._aad(name, ver)
+            plain = AESGCM(store._leaf_key(name)).decrypt(row[:12], row[12:], aad)
+            nonce = os.urandom(12)
+            sealed = AESGCM(bucket_keys[bucket_of(name)]).encrypt(nonce, plain, aad)
+            db.execute("UPDATE record SET row = ? WHERE ver = ?", (nonce + sealed, ver))
+        for bucket, key in bucket_keys.items():
+            nonce = os.urandom(12)
+            wrapped = AESGCM(row_key).encrypt(nonce, key, store._bucket_key_aad(bucket))
+            db.execute("UPDATE bucket_key SET row = ? WHERE id = ?", (nonce + wrapped, bucket))
+        db.execute("DELETE FROM leaf_key")
+        db.execute("PRAGMA user_version=3")
+
+
+def test_a_store_of_format_3_is_read_and_its_bucket_re_sealed_whole_at_its_first_erasure(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """Stores of format 3 (one key per bucket) open as they are; a bucket's first erasure
+    re-seals all of its rows, as format 3 did, and divides it into leaves, so the next
+    erasure there re-seals one leaf."""
+    data, store = _node(tmp_path, sealer)
+    path = data / "store.sqlite"
+    erased, same_leaf, same_bucket = _share_rows_placed(store)
+    store.save([share_record(e, _share_row(SHARE)) for e in (erased, same_leaf, same_bucket)])
+    store.save(_others(40))
+    row_key = RowKeyRing(sealer, data).load(store.generation)
+    store.close()
+    _as_format_3(path, store, row_key)
+
+    old = _open(data, sealer)
+    old.verify_all()
+    assert {r.key for r in old.load()} == {r.key for r in _others(40)}
+    bucket = bucket_of(old.name_of(SHARE_PREFIX + erased))
+    before = _raw(path, "record")
+    old.save([share_record(erased, _share_row(b""))])
+    after = _raw(path, "record")
+    same_bucket_name = old.name_of(SHARE_PREFIX + same_bucket)
+    assert after[same_bucket_name] != before[same_bucket_name]  # the whole bucket
+    assert _raw(path, "leaf_key") == {}  # divided by a new seed: nothing to list yet
+    old.save([share_record(same_leaf, _share_row(b""))])
+    assert _raw(path, "record")[same_bucket_name] == after[same_bucket_name]  # one leaf now
+    assert _raw(path, "leaf_key").keys() == {bucket}
+    old.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
+    assert _share_after_restart(data, sealer, same_bucket) == SHARE
+
+
+def test_listed_leaf_keys_removed_or_from_another_bucket_are_refused_at_open(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    data, store = _node(tmp_path, sealer)
+    path = data / "store.sqlite"
+    erased, _, _ = _share_rows_placed(store)
+    store.save([share_record(erased, _share_row(SHARE)), *_others(40)])
+    store.save([share_record(erased, _share_row(b""))])
+    (bucket,) = _raw(path, "leaf_key")
+    store.close()
+    other = next(b for b in range(4096) if b != bucket)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE leaf_key SET id = ?", (other,))  # moved to another bucket's id
+    with pytest.raises(StoreCorrupted, match="leaf keys are missing"):
+        _open(data, sealer)
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE leaf_key SET id = ?", (bucket,))
+    _open(data, sealer).close()  # put back: it opens
+    with sqlite3.connect(path) as db:
+        (row,) = db.execute("SELECT row FROM leaf_key").fetchone()
+        db.execute("UPDATE leaf_key SET row = ?", (bytes(row[:-1]) + bytes([row[-1] ^ 1]),))
+    with pytest.raises(StoreCorrupted, match="leaf keys failed authentication"):
+        _open(data, sealer)
 
 
 def test_a_bucket_key_row_removed_is_refused_at_open(tmp_path: Path) -> None:

@@ -6,14 +6,18 @@ from the node's storage key (HKDF-SHA256, no salt, info as named):
     name_key   = HKDF(storage_key, "backupvault/v1 node store names")
     digest_key = HKDF(storage_key, "backupvault/v1 node store digest")
 
-and two more levels of keys for sealing: the row key (32 bytes, from the node's token,
-`node.token.RowKeyRing`; HKDF(storage_key, "backupvault/v1 node store rows") where there
-is no token: tests and tools), and one random bucket key (32 bytes) per bucket that holds
-a record, wrapped under the row key. An erasure replaces the keys of the buckets it
-touched and the row key (`rotate`).
+and three more levels of keys for sealing, a tree: the row key (32 bytes, from the
+node's token, `node.token.RowKeyRing`; HKDF(storage_key, "backupvault/v1 node store rows")
+where there is no token: tests and tools); one random bucket key (32 bytes) per bucket
+that holds a record, wrapped under the row key; and one leaf key per leaf of a bucket
+(the next 8 bits of a name: 256 leaves a bucket, 2^20 in all), which seals the leaf's
+rows. An erasure replaces the keys on the way from the row key to the erased row: its
+leaf's key, its bucket's key and the row key (`rotate`), and re-seals only that leaf's
+rows (about N / 2^20 entries), so its cost does not grow with the store.
 
 The file's format number is SQLite's `user_version` (`STORE_FORMAT`; 0 in stores made
-before it was kept, which are of format 1). It is not authenticated, and needs not be: it
+before it was kept, which are of format 1; 4 since leaf keys, whose stores of format 3
+are read as they are and made format 4 when opened). It is not authenticated, and needs not be: it
 only picks the message a node refuses a store with (a disk that lies about it only makes
 its node refuse to start, as any damage does).
 
@@ -25,7 +29,7 @@ Tables:
              refused, not served: every row is checked to hold the entry it is named for)
       ver  = the store's version when the row was last written: every written row takes
              the next one, so "what changed since version v" is a range of rowids
-      row  = nonce (12) || AES-256-GCM(bucket key of the name's bucket, nonce, plain, aad)
+      row  = nonce (12) || AES-256-GCM(leaf key of the name's leaf, nonce, plain, aad)
       plain = uvarint(promised round) || uvarint(promised node) || uvarint(accepted round)
               || uvarint(accepted node) || uvarint(len(key)) || key || value (the rest)
               (uvarint: LEB128, 7 bits a byte, low first: the ballots are small numbers)
@@ -38,12 +42,29 @@ Tables:
       digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
     bucket_key(id, row)      one per bucket that holds a record
       id   = the bucket (as in `bucket`)
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, bucket key (32), aad)
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, keys, aad)
       aad  = "backupvault/v1 node store bucket key" || u16(node) || u16(id)
+      keys = one of three forms (`BucketKeys`):
+        bucket key (32)            undivided: every row of the bucket is sealed under the
+                                   bucket key itself (stores of format 3 and earlier;
+                                   the bucket's first erasure re-seals it whole, divided)
+        0x01 || seed (32)          derived: leaf l's key is
+                                   HMAC-SHA256(seed, "backupvault/v1 node store leaf" || u8(l))
+                                   (a new bucket; a bucket after a rotation of all of it)
+        0x02 || bucket key (32)    listed: the leaf keys are the bucket's `leaf_key` row,
+                                   sealed under this key (a bucket after an erasure in it)
       (a store written before bucket keys has no such table: every row is sealed under
       the row key itself; opening it gives every bucket its key, once)
+    leaf_key(id, row)        one per bucket whose keys are listed
+      id   = the bucket
+      row  = nonce (12) || AES-256-GCM(bucket key, nonce, 256 × leaf key (32), aad)
+      aad  = "backupvault/v1 node store leaf keys" || u16(node) || u16(id)
+      (an erasure in leaf l of a bucket lists its leaf keys: a new random key for l, the
+      others as they were, under a new bucket key, and the old seed or list is gone; the
+      leaf keys of a derived bucket never need a row of their own: 8 KiB a bucket)
     watched(name)            a share row's name, while that row keeps a share at this
                              node's own count of L (store format 3; `at_limit`)
+    unwatched(id)            no rows: present while `watched` may miss rows (below)
     staged(name, account)    a share row's name, while that row keeps staged shares and
                              no share (`NodeShare.staged_only`), with its account's tag
       account = HMAC-SHA256(name_key, "\xffaccount/" || account name)[:16]
@@ -114,9 +135,11 @@ so a start reads that table, not every row. Before format 3 a start opened every
 the store to find them (at 10,000,000 entries some 20 million AES-GCM opens per node,
 minutes of CPU after every restart, while serving). A store of format 2 or below with
 records has no complete table: its first start under format 3 finds those rows by that
-scan once (`share_keys`), then `complete_watch` fills the table and makes the store
-format 3. A save of a share row without `at_limit` (tools) makes it format 2 again, so
-the next start scans.
+scan once (`share_keys`), then `complete_watch` fills the table and drops the
+`unwatched` table, which says the scan is owed. A save of a share row without
+`at_limit` (tools) creates `unwatched` again, so the next start scans. (Until format 4
+the number itself said so, 2 for owed; a store of format 4 is never numbered below, so
+a version of format 3 refuses it as newer rather than misreading its keys.)
 
 Registrations staged and never committed (review r1, finding 1): every save keeps
 `staged` naming exactly the written share rows that hold staged shares and no share,
@@ -154,7 +177,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any, Protocol, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -170,6 +193,13 @@ from backupvault.protocol import EntryStatus
 _MOD = 2**256
 BUCKET_BITS = 12
 BUCKETS = 1 << BUCKET_BITS
+#: Each bucket's names split by their next 8 bits into leaves, each sealed under a key of
+#: its own, so an erasure re-seals one leaf (about N / 2^20 entries), not its bucket.
+LEAF_BITS = 8
+LEAVES = 1 << LEAF_BITS
+_LEAF_INFO = b"backupvault/v1 node store leaf"
+#: Leaf keys kept ready as AES-GCM objects (by the key's bytes: a rotation needs no purge).
+_CACHED_AEADS = 8_192
 #: Rows a background scan opens between two pauses (`share_keys`).
 SCAN_BATCH = 256
 CACHED_RECORDS = 20_000  # records kept decrypted in memory (about 1 KB each)
@@ -187,9 +217,12 @@ ROWS_PER_SAVE = 1 << 20
 _CATCHING_UP_FROM_EMPTY = 2
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
-STORE_FORMAT = 3
-#: The last format whose stores have no complete `watched` table.
+STORE_FORMAT = 4
+#: The last format whose stores have no complete `watched` table; in later ones, this
+#: table says so (a tool wrote share rows it could not judge: `_keep_watched`).
 _UNWATCHED_FORMAT = 2
+_UNWATCHED = "unwatched"
+_UNWATCHED_TABLE = f"CREATE TABLE IF NOT EXISTS {_UNWATCHED} (id INTEGER PRIMARY KEY)"
 _CORRUPT_HINT = (
     "the database was altered or partly restored; restore all of it from one backup, or "
     "wipe it so the node catches up from the fleet"
@@ -200,6 +233,7 @@ _ROLLED_BACK = "node store rows do not match its counter: a row was rolled back,
 _BUCKET_KEY_TABLE = (
     "CREATE TABLE IF NOT EXISTS bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 )
+_LEAF_KEY_TABLE = "CREATE TABLE IF NOT EXISTS leaf_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 _WATCHED_TABLE = "CREATE TABLE IF NOT EXISTS watched (name BLOB PRIMARY KEY) WITHOUT ROWID"
 _STAGED_TABLE = (
     "CREATE TABLE IF NOT EXISTS staged (name BLOB PRIMARY KEY, account BLOB NOT NULL) WITHOUT ROWID"
@@ -241,6 +275,29 @@ def _bucket_range(bucket: int) -> tuple[bytes, bytes]:
     return low, high
 
 
+def leaf_of(name: bytes) -> int:
+    """The name's leaf within its bucket: the `LEAF_BITS` bits after the bucket's."""
+    prefix = int.from_bytes(name[:3], "big")
+    return (prefix >> (24 - BUCKET_BITS - LEAF_BITS)) & (LEAVES - 1)
+
+
+def _leaf_range(bucket: int, leaf: int) -> tuple[bytes, bytes]:
+    """Names in the leaf are >= low and < high (high empty: no upper bound)."""
+    index = bucket << LEAF_BITS | leaf
+    shift = 24 - BUCKET_BITS - LEAF_BITS
+    low = (index << shift).to_bytes(3, "big")
+    high = ((index + 1) << shift).to_bytes(3, "big") if index + 1 < BUCKETS * LEAVES else b""
+    return low, high
+
+
+def _in_range(db: sqlite3.Connection, columns: str, low: bytes, high: bytes) -> sqlite3.Cursor:
+    """`columns` of every record whose name is >= low and < high (empty: no bound)."""
+    if high:
+        sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
+        return db.execute(sql, (low, high))
+    return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,))
+
+
 def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> sqlite3.Cursor:
     """`columns` of every record whose name falls in the bucket (an index range)."""
     low, high = _bucket_range(bucket)
@@ -248,6 +305,58 @@ def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> sqlite3.Cur
         sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
         return db.execute(sql, (low, high))
     return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,))
+
+
+@dataclasses.dataclass(frozen=True)
+class BucketKeys:
+    """What seals a bucket's rows, in one of three forms (the module's docstring): the
+    bucket key itself (`UNDIVIDED`, stores of format 3 and earlier), a leaf key per leaf
+    derived from a seed (`DERIVED`), or 256 leaf keys listed in a `leaf_key` row sealed
+    under the bucket key (`LISTED`, after an erasure in the bucket)."""
+
+    form: int
+    key: bytes
+    leaves: bytes = b""  # LISTED: LEAVES × 32 bytes
+
+    UNDIVIDED: ClassVar[int] = 0
+    DERIVED: ClassVar[int] = 1
+    LISTED: ClassVar[int] = 2
+
+    @classmethod
+    def new(cls) -> BucketKeys:
+        return cls(cls.DERIVED, os.urandom(32))
+
+    @classmethod
+    def unwrapped(cls, plain: bytes) -> BucketKeys:
+        """From a `bucket_key` row's plaintext (a LISTED one's leaves still to be read)."""
+        if len(plain) == 32:
+            return cls(cls.UNDIVIDED, plain)
+        if len(plain) == 33 and plain[0] in (cls.DERIVED, cls.LISTED):
+            return cls(plain[0], plain[1:])
+        raise StoreCorrupted("node store bucket key is malformed", hint=_CORRUPT_HINT)
+
+    def wrapped(self) -> bytes:
+        """The `bucket_key` row's plaintext."""
+        return self.key if self.form == self.UNDIVIDED else bytes([self.form]) + self.key
+
+    def leaf_key(self, leaf: int) -> bytes:
+        if self.form == self.UNDIVIDED:
+            return self.key
+        if self.form == self.DERIVED:
+            return hmac.digest(self.key, _LEAF_INFO + bytes([leaf]), "sha256")
+        return self.leaves[32 * leaf : 32 * leaf + 32]
+
+    def rotated(self, leaves: set[int] | None) -> BucketKeys:
+        """New keys for the bucket that share no key with these on the way to `leaves`
+        (None: every leaf): the bucket key is always new, and so is each of those leaves'
+        key; the other leaves keep theirs (listed, so the old seed can go). An undivided
+        bucket, or every leaf, gets a new seed: all its rows are then re-sealed."""
+        if leaves is None or self.form == self.UNDIVIDED:
+            return BucketKeys.new()
+        kept = b"".join(
+            os.urandom(32) if leaf in leaves else self.leaf_key(leaf) for leaf in range(LEAVES)
+        )
+        return BucketKeys(self.LISTED, os.urandom(32), kept)
 
 
 class KeyRotation(Protocol):
@@ -315,8 +424,10 @@ class NodeStore:
         # The row key (the token's), and each bucket's key: the first seals; two only
         # while a rotation commits (a read may see either side of it).
         self._master = [AESGCM(row_key or _derive(storage_key, "rows"))]
-        self._bucket_keys: dict[int, list[AESGCM]] = {}
-        self._raw_bucket_keys: dict[int, bytes] = {}  # wrapped again at every rotation
+        self._bucket_keys: dict[int, BucketKeys] = {}  # wrapped again at every rotation
+        #: A rotation's buckets' keys before it, tried too until it commits.
+        self._keys_before: dict[int, BucketKeys] = {}
+        self._aeads: dict[bytes, AESGCM] = {}
         self.generation = generation
         #: Set by the node: an erased share then re-seals the store under a new row key.
         self.key_rotation: KeyRotation | None = None
@@ -357,10 +468,13 @@ class NodeStore:
                 hint="move store.sqlite* aside and restart: the node catches up from the fleet",
             )
         #: Whether `watched` names every share row at L (format 3), else a scan must.
-        self.watch_complete = store_format >= STORE_FORMAT or "record" not in tables
+        self.watch_complete = "record" not in tables or (
+            store_format > _UNWATCHED_FORMAT and _UNWATCHED not in tables
+        )
         if store_format < STORE_FORMAT:
-            written = STORE_FORMAT if self.watch_complete else _UNWATCHED_FORMAT
-            self._db.execute(f"PRAGMA user_version={written}")
+            if not self.watch_complete:
+                self._db.execute(_UNWATCHED_TABLE)  # first: a crash between stays unwatched
+            self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
         self._db.execute(_WATCHED_TABLE)
         self._db.execute(_STAGED_TABLE)
         self._db.execute(_STAGED_INDEX)
@@ -381,6 +495,7 @@ class NodeStore:
         )
         if not unbucketed:  # else made with the keys, in one transaction
             self._db.execute(_BUCKET_KEY_TABLE)
+        self._db.execute(_LEAF_KEY_TABLE)
         # Reads on the caller's thread see committed state only, while a write is under
         # way on the writer connection in another thread.
         self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
@@ -406,6 +521,9 @@ class NodeStore:
         #: Buckets holding an erased row whose key rotation has not been done yet: owed
         #: in the erasing transaction itself, done by `finish_owed_rotation`.
         self.rotation_owed: set[int] = set()
+        #: The leaves of owed buckets that hold the erased rows, where this process knows
+        #: them (a bucket owed and not here, as after a restart, is rotated whole).
+        self._owed_leaves: dict[int, set[int]] = {}
         self._check_generation()  # before anything is opened: a clearer refusal
         self._read_meta()
         #: The last version written when the store was opened: rows of a catch-up not
@@ -492,14 +610,48 @@ class NodeStore:
         nonce = os.urandom(12)
         return nonce + aead.encrypt(nonce, plain, aad)
 
-    def _row_keys(self, bucket: int) -> list[AESGCM]:
+    def _leaf_keys_aad(self, bucket: int) -> bytes:
+        return b"backupvault/v1 node store leaf keys" + struct.pack(">HH", self._node, bucket)
+
+    def _aead(self, key: bytes) -> AESGCM:
+        aead = self._aeads.get(key)
+        if aead is None:
+            if len(self._aeads) >= _CACHED_AEADS:
+                self._aeads.clear()
+            aead = self._aeads[key] = AESGCM(key)
+        return aead
+
+    def _row_keys(self, name: bytes) -> list[AESGCM]:
+        """What may seal the row named `name`: its leaf's key, and while a rotation of
+        its bucket commits, the leaf's key before it."""
+        bucket, leaf = bucket_of(name), leaf_of(name)
         keys = self._bucket_keys.get(bucket)
+        before = self._keys_before.get(bucket)
         if keys is None:
             raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
-        return keys
+        found = [self._aead(keys.leaf_key(leaf))]
+        if before is not None:
+            found.append(self._aead(before.leaf_key(leaf)))
+        return found
 
-    def _wrap(self, aead: AESGCM, bucket: int, key: bytes) -> tuple[int, bytes]:
-        return bucket, self._seal(aead, key, self._bucket_key_aad(bucket))
+    def _leaf_key(self, name: bytes) -> bytes:
+        """The key that seals the row named `name` now (tests and tools)."""
+        return self._bucket_keys[bucket_of(name)].leaf_key(leaf_of(name))
+
+    def _wrap(self, aead: AESGCM, bucket: int, keys: BucketKeys) -> tuple[int, bytes]:
+        return bucket, self._seal(aead, keys.wrapped(), self._bucket_key_aad(bucket))
+
+    def _write_leaf_keys(self, changed: Mapping[int, BucketKeys]) -> None:
+        """Each changed bucket's `leaf_key` row: written if listed, else gone (in the
+        caller's transaction)."""
+        listed = [
+            (b, self._seal(AESGCM(k.key), k.leaves, self._leaf_keys_aad(b)))
+            for b, k in changed.items()
+            if k.form == BucketKeys.LISTED
+        ]
+        self._db.executemany("INSERT OR REPLACE INTO leaf_key (id, row) VALUES (?, ?)", listed)
+        gone = [(b,) for b, k in changed.items() if k.form != BucketKeys.LISTED]
+        self._db.executemany("DELETE FROM leaf_key WHERE id = ?", gone)
 
     # ---- opening --------------------------------------------------------------------------
 
@@ -555,31 +707,53 @@ class NodeStore:
         for bucket, row in self._db.execute("SELECT id, row FROM bucket_key"):
             if not 0 <= bucket < BUCKETS:
                 raise StoreCorrupted("node store bucket key is out of range", hint=_CORRUPT_HINT)
-            key = self._open(self._master, bytes(row), self._bucket_key_aad(bucket), "bucket key")
-            self._remember_key(bucket, key)
-        if not set(self._buckets) <= set(self._raw_bucket_keys):
+            plain = self._open(self._master, bytes(row), self._bucket_key_aad(bucket), "bucket key")
+            keys = BucketKeys.unwrapped(plain)
+            if keys.form == BucketKeys.LISTED:
+                found = self._db.execute("SELECT row FROM leaf_key WHERE id = ?", (bucket,))
+                sealed = found.fetchone()
+                if sealed is None:
+                    raise StoreCorrupted("node store leaf keys are missing", hint=_CORRUPT_HINT)
+                aead = [AESGCM(keys.key)]
+                leaves = self._open(
+                    aead, bytes(sealed[0]), self._leaf_keys_aad(bucket), "leaf keys"
+                )
+                if len(leaves) != 32 * LEAVES:
+                    raise StoreCorrupted("node store leaf keys are malformed", hint=_CORRUPT_HINT)
+                keys = dataclasses.replace(keys, leaves=leaves)
+            self._bucket_keys[bucket] = keys
+        if not set(self._buckets) <= set(self._bucket_keys):
             raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
 
-    def _remember_key(self, bucket: int, key: bytes) -> None:
-        self._raw_bucket_keys[bucket] = key
-        self._bucket_keys[bucket] = [AESGCM(key)]
-
-    def _bucket_rows(self, bucket: int) -> list[tuple[int, bytes, bytes]]:
-        """(ver, name, sealed row) of every record in the bucket (about N / 4,096)."""
-        found = _in_bucket(self._db, "ver, name, row", bucket)
-        return [(ver, bytes(name), bytes(row)) for ver, name, row in found]
-
-    def _reseal_bucket(self, bucket: int, old: list[AESGCM], new: AESGCM) -> None:
-        """Re-seal the bucket's rows from `old` to `new` (inside the caller's transaction,
-        under the lock). The rows re-sealed are the rows checked against the digest, read
-        once: a row the disk put back after an earlier check is refused, never sealed anew
-        under the keys that replace the ones its erasure destroys."""
-        found = self._bucket_rows(bucket)
-        self._check_listing(bucket, [(name, ver) for ver, name, _ in found])
+    def _reseal(
+        self, bucket: int, leaves: set[int] | None, old: BucketKeys | None, new: BucketKeys
+    ) -> None:
+        """Re-seal the rows of `leaves` of the bucket (None: all of them) from the leaf
+        keys of `old` (None: the row key, as stores before bucket keys sealed them) to
+        those of `new`, inside the caller's transaction, under the lock. The rows
+        re-sealed are those of the checked listing, read once: a row the disk put back
+        after an earlier check is refused, never sealed anew under the keys that replace
+        the ones its erasure destroys."""
+        listing = self._listing(bucket, self._db)
+        ranges = (
+            [_bucket_range(bucket)]
+            if leaves is None
+            else [_leaf_range(bucket, leaf) for leaf in sorted(leaves)]
+        )
         rows = []
-        for ver, name, sealed in found:
-            aad = self._aad(name, ver)
-            rows.append((self._seal(new, self._open(old, sealed, aad, "row"), aad), ver))
+        for low, high in ranges:
+            found = [
+                (int(ver), bytes(name), bytes(row))
+                for ver, name, row in _in_range(self._db, "ver, name, row", low, high)
+            ]
+            if sorted((name, ver) for ver, name, _ in found) != listing.between(low, high):
+                raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+            for ver, name, sealed in found:
+                aad = self._aad(name, ver)
+                leaf = leaf_of(name)
+                opening = self._master if old is None else [self._aead(old.leaf_key(leaf))]
+                plain = self._open(opening, sealed, aad, "row")
+                rows.append((self._seal(self._aead(new.leaf_key(leaf)), plain, aad), ver))
         self._db.executemany("UPDATE record SET row = ? WHERE ver = ?", rows)
 
     def _give_buckets_keys(self) -> None:
@@ -589,23 +763,22 @@ class NodeStore:
         with self._lock:
             for bucket in sorted(self._buckets):
                 self._verify(bucket, self._db)
-            fresh = {bucket: os.urandom(32) for bucket in self._buckets}
+            fresh = {bucket: BucketKeys.new() for bucket in self._buckets}
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 # With the keys: a crash before the commit leaves the store as it was.
                 self._db.execute(_BUCKET_KEY_TABLE)
-                for bucket, key in sorted(fresh.items()):
-                    self._reseal_bucket(bucket, self._master, AESGCM(key))
+                for bucket, keys in sorted(fresh.items(), key=lambda item: item[0]):
+                    self._reseal(bucket, None, None, keys)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
+                    [self._wrap(self._master[0], b, keys) for b, keys in fresh.items()],
                 )
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
-            for bucket, key in fresh.items():
-                self._remember_key(bucket, key)
+            self._bucket_keys.update(fresh)
 
     # ---- checking buckets ---------------------------------------------------------------
 
@@ -724,7 +897,7 @@ class NodeStore:
     # ---- reading -------------------------------------------------------------------------
 
     def _decode(self, name: bytes, ver: int, sealed: bytes) -> AcceptorRecord:
-        keys = self._row_keys(bucket_of(name))
+        keys = self._row_keys(name)
         plain = self._open(keys, sealed, self._aad(name, ver), f"row {name.hex()[:16]}…")
         try:
             record = _unpack_record(plain)
@@ -870,11 +1043,10 @@ class NodeStore:
             digests = {b: self._buckets.get(b, (0, 0))[1] for b in touched}
             # A bucket's first record gives it a key, kept (in memory too) before the
             # commit: a read that sees the row must find its key.
-            fresh = {b: os.urandom(32) for b in touched if b not in self._raw_bucket_keys}
-            for bucket, key in fresh.items():
-                self._remember_key(bucket, key)
+            fresh = {b: BucketKeys.new() for b in touched if b not in self._bucket_keys}
+            self._bucket_keys.update(fresh)
             rows = []
-            erased: set[int] = set()  # buckets with a row that erases
+            erased: dict[int, set[int]] = {}  # bucket -> its leaves with a row that erases
             shares_erased = 0
             self._db.execute("BEGIN IMMEDIATE")
             try:
@@ -888,12 +1060,12 @@ class NodeStore:
                     if old is not None:
                         digests[bucket] -= self._term(name, int(old[0]))
                         if self._erases(name, int(old[0]), bytes(old[1]), record):
-                            erased.add(bucket)
+                            erased.setdefault(bucket, set()).add(leaf_of(name))
                             shares_erased += is_share_record(record)
                     ver += 1
                     digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
                     plain = _pack_record(record)
-                    sealed = self._seal(self._bucket_keys[bucket][0], plain, self._aad(name, ver))
+                    sealed = self._seal(self._row_keys(name)[0], plain, self._aad(name, ver))
                     rows.append((ver, name, sealed))
                     max_round = max(max_round, record.promised_round)
                 # The old row of a name goes (UNIQUE name), the new one takes the next rowid.
@@ -910,7 +1082,7 @@ class NodeStore:
                 self._keep_staged(shares)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(self._master[0], b, key) for b, key in fresh.items()],
+                    [self._wrap(self._master[0], b, keys) for b, keys in fresh.items()],
                 )
                 top = self._top
                 buckets = []
@@ -928,7 +1100,9 @@ class NodeStore:
                 # The rotation an erasure owes is recorded with the erasure: if it then
                 # fails (a crash, a full disk, a squatted key file), the node does it
                 # before it serves again rather than never.
-                owed = self.rotation_owed | (erased if self.key_rotation is not None else set())
+                owed = self.rotation_owed | (
+                    set(erased) if self.key_rotation is not None else set()
+                )
                 self._write_meta(
                     seq, ver, max_round, top, self.store_id, new_marks, catching_up, owed=owed
                 )
@@ -936,7 +1110,7 @@ class NodeStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 for bucket in fresh:
-                    del self._raw_bucket_keys[bucket], self._bucket_keys[bucket]
+                    del self._bucket_keys[bucket]
                 raise
             self.counter, self._last_ver, self._max_round, self._top = seq, ver, max_round, top
             self.shares_erased += shares_erased
@@ -944,6 +1118,11 @@ class NodeStore:
             self.began_empty = self.began_empty and catching_up
             self.catch_up_from = self.catch_up_from if catching_up else 0
             self._marks = new_marks
+            if self.key_rotation is not None:
+                for bucket, leaves in erased.items():
+                    # Owed before and not known here (a restart since): stays whole.
+                    if bucket not in self.rotation_owed or bucket in self._owed_leaves:
+                        self._owed_leaves.setdefault(bucket, set()).update(leaves)
             self.rotation_owed = owed
             for bucket, digest in digests.items():
                 self._buckets[bucket] = (seq, digest)
@@ -1011,7 +1190,7 @@ class NodeStore:
         at_limit = self.at_limit
         if at_limit is None:
             if self.watch_complete:
-                self._db.execute(f"PRAGMA user_version={_UNWATCHED_FORMAT}")
+                self._db.execute(_UNWATCHED_TABLE)
                 self.watch_complete = False  # (also if the transaction rolls back: safe)
             return
         judged = [(name, at_limit(row)) for _, name, row in shares]
@@ -1088,9 +1267,9 @@ class NodeStore:
         return keys
 
     def complete_watch(self, keys: Iterable[bytes]) -> None:
-        """After the first start's scan (`share_keys`) of a store of format 2 or below:
-        name the rows it found at L in `watched` (rows written since are there already)
-        and make the store format 3, in one transaction."""
+        """After the first start's scan (`share_keys`) of a store whose `watched` table may
+        miss rows: name the rows it found at L in `watched` (rows written since are there
+        already) and drop the `unwatched` table, in one transaction."""
         names = [(self.name_of(SHARE_PREFIX + key),) for key in keys]
         with self._lock:
             if self._closing:
@@ -1098,7 +1277,7 @@ class NodeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 self._db.executemany("INSERT OR IGNORE INTO watched (name) VALUES (?)", names)
-                self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+                self._db.execute(f"DROP TABLE IF EXISTS {_UNWATCHED}")
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -1127,19 +1306,22 @@ class NodeStore:
 
     def rotate(self, row_key: bytes, generation: int, buckets: Iterable[int] | None = None) -> None:
         """Replace the row key with `row_key` (recording `generation`) and the keys of
-        `buckets` (None: every bucket) with new ones, in one transaction: those buckets'
-        rows are re-sealed under their new keys (they are checked first, so a rolled-back
-        row is refused rather than sealed anew), every bucket key is wrapped under the new
-        row key, and so are the bucket digests and the counter. Then the WAL is truncated
-        (secure_delete zeroes the freed pages). Names, versions, digests and the counter
-        are unchanged: only what the old keys open is gone from the file. An erasure
-        re-seals one bucket, about N / 4,096 rows, and the 4,096 bucket keys: its cost
-        no longer grows with the store (docs/pkcs11.md, "Erasure by key rotation")."""
+        `buckets` (None: every bucket) with new ones, in one transaction. Of a bucket
+        whose erased rows' leaves this process knows (`_owed_leaves`), those leaves get new
+        keys and their rows are re-sealed; of any other, every leaf (`BucketKeys.rotated`).
+        The rows are checked first, so a rolled-back row is refused rather than sealed
+        anew; every bucket key is wrapped under the new row key, and so are the bucket
+        digests and the counter. Then the WAL is truncated (secure_delete zeroes the freed
+        pages). Names, versions, digests and the counter are unchanged: only what the old
+        keys open is gone from the file. An erasure re-seals one leaf, about N / 2^20
+        entries' rows, its bucket's leaf keys and the 4,096 bucket keys: its cost does not
+        grow with the store (docs/pkcs11.md, "Erasure by key rotation")."""
         if len(row_key) != 32:
             raise InvalidInput("row key must be 32 bytes")
         new = AESGCM(row_key)
         with self._lock:
-            rekey = sorted(self._raw_bucket_keys if buckets is None else set(buckets))
+            rekey = sorted(self._bucket_keys if buckets is None else set(buckets))
+            leaves = {b: None if buckets is None else self._owed_leaves.get(b) for b in rekey}
             for bucket in rekey:
                 self._verify(bucket, self._db)
             digests = [
@@ -1150,21 +1332,23 @@ class NodeStore:
                 )
                 for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket")
             ]
-            fresh = {bucket: os.urandom(32) for bucket in rekey}
             before = {bucket: self._bucket_keys[bucket] for bucket in rekey}
+            fresh = {bucket: before[bucket].rotated(leaves[bucket]) for bucket in rekey}
             before_master = self._master
             # Seal under the new keys from here on; open under either until the commit.
             self._master = [new, *before_master]
-            for bucket, key in fresh.items():
-                self._bucket_keys[bucket] = [AESGCM(key), *before[bucket]]
-            keys = {**self._raw_bucket_keys, **fresh}
+            self._keys_before.update(before)
+            self._bucket_keys.update(fresh)
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for bucket in rekey:
-                    self._reseal_bucket(bucket, before[bucket], self._bucket_keys[bucket][0])
+                    keys = fresh[bucket]
+                    whole = keys.form == BucketKeys.DERIVED  # a new seed: every leaf is new
+                    self._reseal(bucket, None if whole else leaves[bucket], before[bucket], keys)
+                self._write_leaf_keys(fresh)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(new, bucket, key) for bucket, key in keys.items()],
+                    [self._wrap(new, bucket, keys) for bucket, keys in self._bucket_keys.items()],
                 )
                 self._db.executemany(
                     "UPDATE bucket SET row = ? WHERE id = ?",
@@ -1183,12 +1367,16 @@ class NodeStore:
                 self._db.execute("ROLLBACK")
                 self._master = before_master
                 self._bucket_keys.update(before)
+                for bucket in rekey:
+                    del self._keys_before[bucket]
                 raise
-            self._master = [new]
-            for bucket, key in fresh.items():
-                self._remember_key(bucket, key)
-            self.rotation_owed = owed_after
+            # Counted before the old keys go: a read that opened nothing then reads again.
             self._rotations += 1
+            self._master = [new]
+            for bucket in rekey:
+                del self._keys_before[bucket]
+                self._owed_leaves.pop(bucket, None)
+            self.rotation_owed = owed_after
             self.generation = generation
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
 
@@ -1381,6 +1569,16 @@ class BucketListing:
         blob, size = self._blob, self._SIZE
         for at in range(0, len(blob), size):
             yield blob[at : at + NAME_LEN], int.from_bytes(blob[at + NAME_LEN : at + size], "big")
+
+    def between(self, low: bytes, high: bytes) -> list[tuple[bytes, int]]:
+        """The (name, version) pairs whose name is >= low and < high (empty: no bound)."""
+        start = self._position(low)[0]
+        end = self._position(high)[0] if high else len(self)
+        blob, size = self._blob, self._SIZE
+        return [
+            (blob[at : at + NAME_LEN], int.from_bytes(blob[at + NAME_LEN : at + size], "big"))
+            for at in range(start * size, end * size, size)
+        ]
 
     def updated(self, changes: dict[bytes, int]) -> BucketListing:
         """A new listing: this one with `changes` (name -> new version) applied."""
