@@ -8,7 +8,8 @@ from __future__ import annotations
 import os
 import shutil
 import sqlite3
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -614,6 +615,85 @@ def test_listed_leaf_keys_removed_or_from_another_bucket_are_refused_at_open(
         db.execute("UPDATE leaf_key SET row = ?", (bytes(row[:-1]) + bytes([row[-1] ^ 1]),))
     with pytest.raises(StoreCorrupted, match="leaf keys failed authentication"):
         _open(data, sealer)
+
+
+def test_no_key_of_the_erased_leaf_stays_ready_in_memory_after_the_rotation(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """Review s44: AES-GCM objects are kept ready by their key's bytes; the erased leaf's
+    old key stayed among them until the cache filled (8,192 keys), so a memory image
+    taken after the erasure, with an older copy of the folder, opened the erased row."""
+    _, store = _node(tmp_path, sealer)
+    store.save([share_record(ENTRY_A, _share_row(SHARE)), *_others(40)])
+    name = store.name_of(SHARE_PREFIX + ENTRY_A)
+    old_leaf_key = store._leaf_key(name)
+    assert store.get_share(ENTRY_A) is not None and old_leaf_key in store._aeads
+
+    store.save([share_record(ENTRY_A, _share_row(b""))])
+
+    assert store.generation == 2 and store._leaf_key(name) != old_leaf_key
+    assert old_leaf_key not in store._aeads
+    store.close()
+
+
+class _KeysBeforeGoneAtRead(dict[int, Any]):
+    """`_keys_before` that, on the reader's thread, lets the rotation roll back between
+    the reader's two looks at the keys (`_row_keys`): the reader has taken the new keys,
+    and then the old ones go."""
+
+    def __init__(self, reader: threading.Thread, roll_back: Callable[[], None]) -> None:
+        super().__init__()
+        self._reader, self._roll_back = reader, roll_back
+
+    def get(self, key: int, default: Any = None) -> Any:
+        if threading.current_thread() is self._reader:
+            self._roll_back()
+        return super().get(key, default)
+
+
+def test_a_reader_during_a_rotation_that_rolls_back_reads_the_row(tmp_path: Path) -> None:
+    """Review s44: a rotation that failed at its commit (a full disk) put the old keys
+    back without counting itself, so a reader that had taken the new keys, and found the
+    old gone, took the row for a damaged one (`StoreCorrupted`) instead of reading again."""
+    store = NodeStore(tmp_path / "store.sqlite", 0, STORAGE_KEY, os.urandom(32), 1)
+    store.save([AcceptorRecord(ENTRY_A, 4, 1)])
+    assert store.get(ENTRY_A) is not None  # the bucket's listing is kept
+    bucket = bucket_of(store.name_of(ENTRY_A))
+    in_rotation, may_fail = threading.Event(), threading.Event()
+    failed: list[BaseException] = []
+
+    def disk_full(changed: object) -> None:
+        in_rotation.set()
+        may_fail.wait(10)
+        raise OSError("disk full")
+
+    def rotate() -> None:
+        try:
+            store.rotate(os.urandom(32), 2, [bucket])
+        except OSError as error:
+            failed.append(error)
+
+    rotation = threading.Thread(target=rotate)
+    rolled_back = False
+
+    def roll_back() -> None:
+        nonlocal rolled_back
+        if not rolled_back:
+            rolled_back = True
+            may_fail.set()
+            rotation.join(10)
+
+    store._write_leaf_keys = disk_full  # type: ignore[method-assign]
+    store._keys_before = _KeysBeforeGoneAtRead(threading.current_thread(), roll_back)
+    rotation.start()
+    assert in_rotation.wait(10)
+    try:
+        record = store.get(ENTRY_A)
+    finally:
+        may_fail.set()
+        rotation.join(10)
+    assert failed and rolled_back and record is not None
+    store.close()
 
 
 def test_a_bucket_key_row_removed_is_refused_at_open(tmp_path: Path) -> None:

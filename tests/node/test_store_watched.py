@@ -8,6 +8,9 @@ from __future__ import annotations
 import os
 import sqlite3
 from pathlib import Path
+from typing import Any
+
+import pytest
 
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare
 from backupvault.node.store import STORE_FORMAT, NodeStore, share_record
@@ -93,3 +96,30 @@ def test_a_scan_stopped_by_closing_leaves_the_store_to_be_scanned_again(tmp_path
     node.complete_watch([])
     assert scan_owed(path)
     assert not store_at(path).watch_complete
+
+
+def test_a_tool_save_after_one_that_rolled_back_still_marks_the_scan_owed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review s44: the first tool save's transaction rolled back (a full disk), taking its
+    `unwatched` mark with it while the flag in memory stayed down; the next tool save then
+    wrote a row at L with no mark, and the next start trusted `watched` without it."""
+    path = tmp_path / "store.sqlite"
+    tool = NodeStore(path, 0, KEY)  # no `at_limit`: a tool, cannot judge
+    real = tool._write_meta
+    calls: list[int] = []
+
+    def full_once(*args: Any, **kwargs: Any) -> None:
+        calls.append(1)
+        if len(calls) == 1:
+            raise sqlite3.OperationalError("database or disk is full")
+        real(*args, **kwargs)
+
+    monkeypatch.setattr(tool, "_write_meta", full_once)
+    with pytest.raises(sqlite3.OperationalError):
+        tool.save([share_record(entry(1), row(3))])
+    tool.save([share_record(entry(2), row(LIMIT))])  # at L, not named in `watched`
+    tool.close()
+    node = store_at(path)
+    assert not node.watch_complete and node.share_keys(at_limit) == [entry(2)]
+    node.close()

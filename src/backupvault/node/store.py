@@ -156,7 +156,8 @@ A destroyed entry must not be readable from the disk afterwards: secure_delete z
 freed content, and a save that erases (a live value written over as destroyed or
 deleted, a share row's share taken away or replaced: `_erases`) is followed by a
 checkpoint that truncates the WAL, where older page images would otherwise stay, and by
-a rotation of the bucket's key and the row key (`rotate`). Writing a destroyed value or
+a rotation of the keys above the erased row: its leaf's, its bucket's and the row key
+(`rotate`). Writing a destroyed value or
 an erased row again erases nothing and rotates nothing (a peer's message about the
 entry can cause such a write). What the file system or the device keeps of overwritten
 blocks is below what this store controls (docs/operations.md).
@@ -467,7 +468,7 @@ class NodeStore:
                 "node store was written by an older version of backupvault",
                 hint="move store.sqlite* aside and restart: the node catches up from the fleet",
             )
-        #: Whether `watched` names every share row at L (format 3), else a scan must.
+        #: Whether `watched` names every share row at L, else a scan must (`unwatched`).
         self.watch_complete = "record" not in tables or (
             store_format > _UNWATCHED_FORMAT and _UNWATCHED not in tables
         )
@@ -1139,8 +1140,8 @@ class NodeStore:
             # secure_delete zeroes what the checkpoint frees in the database file.
             self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             # Copies of the data folder (backups, older disk images) still hold the erased
-            # row under its bucket's key: a new key for that bucket, every bucket key
-            # wrapped under a new row key, then the token destroys the old.
+            # row under its leaf's key: a new key for that leaf and its bucket, every
+            # bucket key wrapped under a new row key, then the token destroys the old.
             self.finish_owed_rotation()
 
     def _keep_manifests_once(self, latest: dict[bytes, tuple[AcceptorRecord, bytes]]) -> None:
@@ -1183,15 +1184,16 @@ class NodeStore:
     def _keep_watched(self, shares: list[tuple[AcceptorRecord, bytes, NodeShare]]) -> None:
         """In the saving transaction: `watched` names each written share row (`shares`:
         record, name, the row opened) that keeps a share at L, and no other. Without
-        `at_limit` (a tool writing) nothing can be judged: the store goes back to format
-        2, and the next start scans."""
+        `at_limit` (a tool writing) nothing can be judged: the store marks a scan owed
+        (the `unwatched` table), and the next start scans."""
         if not shares:
             return
         at_limit = self.at_limit
         if at_limit is None:
-            if self.watch_complete:
-                self._db.execute(_UNWATCHED_TABLE)
-                self.watch_complete = False  # (also if the transaction rolls back: safe)
+            # Every time, not only when the flag says complete: a save that rolled back
+            # took its mark away, and left the flag down.
+            self._db.execute(_UNWATCHED_TABLE)
+            self.watch_complete = False
             return
         judged = [(name, at_limit(row)) for _, name, row in shares]
         self._db.executemany(
@@ -1365,6 +1367,9 @@ class NodeStore:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
+                # Counted before the new keys go: a read that took them, and opened
+                # nothing with them, then reads again (as after a commit, below).
+                self._rotations += 1
                 self._master = before_master
                 self._bucket_keys.update(before)
                 for bucket in rekey:
@@ -1376,6 +1381,11 @@ class NodeStore:
             for bucket in rekey:
                 del self._keys_before[bucket]
                 self._owed_leaves.pop(bucket, None)
+                # Nor kept ready in the cache: the node holds no key it replaced.
+                for leaf in range(LEAVES):
+                    old = before[bucket].leaf_key(leaf)
+                    if old != fresh[bucket].leaf_key(leaf):
+                        self._aeads.pop(old, None)
             self.rotation_owed = owed_after
             self.generation = generation
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
