@@ -371,6 +371,7 @@ def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
     same_leaf_name = store.name_of(SHARE_PREFIX + same_leaf)
     erased_bucket = bucket_of(erased_name)
     rows_before, keys_before = _raw(path, "record"), _raw(path, "bucket_key")
+    digests_before = _raw(path, "bucket")
     assert len({bucket_of(n) for n in rows_before}) > 30  # spread over many buckets
     assert _raw(path, "leaf_key") == {}  # a bucket's leaf keys are derived until an erasure
 
@@ -386,6 +387,9 @@ def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
     assert keys_after.keys() == keys_before.keys()
     assert all(keys_after[b] != keys_before[b] for b in keys_before)  # wrapped anew
     assert _raw(path, "leaf_key").keys() == {erased_bucket}  # the bucket's leaf keys listed
+    # The bucket digests, under a key no erasure changes: only the written bucket's moved.
+    changed = {b for b, row in _raw(path, "bucket").items() if digests_before[b] != row}
+    assert changed == {erased_bucket}
     assert store.generation == 2
     store.close()
     reopened = _open(data, sealer)
@@ -538,9 +542,15 @@ def test_a_second_erasure_in_a_bucket_with_listed_leaf_keys_leaves_an_older_copy
     store.close()
 
 
+def _bucket_ver(path: Path, bucket: int) -> int:
+    with sqlite3.connect(path) as db:
+        (ver,) = db.execute("SELECT ver FROM bucket WHERE id = ?", (bucket,)).fetchone()
+    return int(ver)
+
+
 def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
     """Rewrite a closed store as format 3 wrote it: each bucket's rows sealed under one
-    bucket key, wrapped as 32 bytes, no leaf keys."""
+    bucket key, wrapped as 32 bytes, no leaf keys, the bucket rows under the row key."""
     bucket_keys = {bucket: os.urandom(32) for bucket in store._bucket_keys}
     with sqlite3.connect(path) as db:
         for ver, name, row in db.execute("SELECT ver, name, row FROM record").fetchall():
@@ -554,6 +564,12 @@ def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
             nonce = os.urandom(12)
             wrapped = AESGCM(row_key).encrypt(nonce, key, store._bucket_key_aad(bucket))
             db.execute("UPDATE bucket_key SET row = ? WHERE id = ?", (nonce + wrapped, bucket))
+        for bucket, ver, row in db.execute("SELECT id, ver, row FROM bucket").fetchall():
+            aad = store._bucket_aad(bucket, ver)
+            digest = store._bucket_rows_key[0].decrypt(row[:12], row[12:], aad)
+            nonce = os.urandom(12)
+            sealed = AESGCM(row_key).encrypt(nonce, digest, aad)  # under the row key
+            db.execute("UPDATE bucket SET row = ? WHERE id = ?", (nonce + sealed, bucket))
         db.execute("DELETE FROM leaf_key")
         db.execute("PRAGMA user_version=3")
 
@@ -574,6 +590,9 @@ def test_a_store_of_format_3_is_read_and_its_bucket_re_sealed_whole_at_its_first
     _as_format_3(path, store, row_key)
 
     old = _open(data, sealer)
+    for bucket, row in _raw(path, "bucket").items():  # re-sealed apart from the row key
+        assert isinstance(bucket, int)
+        assert not _opens(row_key, row, old._bucket_aad(bucket, _bucket_ver(path, bucket)))
     old.verify_all()
     assert {r.key for r in old.load()} == {r.key for r in _others(40)}
     bucket = bucket_of(old.name_of(SHARE_PREFIX + erased))

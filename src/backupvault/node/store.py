@@ -37,7 +37,10 @@ Tables:
     bucket(id, ver, row)     one per bucket of names that holds a record
       id   = the first 12 bits of the names it holds (4,096 buckets)
       ver  = the store counter of the transaction that last wrote it
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, digest (32), aad)
+      row  = nonce (12) || AES-256-GCM(bucket_rows_key, nonce, digest (32), aad)
+             (bucket_rows_key = HKDF(storage_key, "backupvault/v1 node store buckets"),
+             never rotated: a digest holds nothing an erasure must take from a copy; in
+             stores before format 4 the row key, and opening one re-seals them)
       aad  = "backupvault/v1 node store bucket" || u16(node) || u16(id) || u64(ver)
       digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
     bucket_key(id, row)      one per bucket that holds a record
@@ -219,6 +222,8 @@ _CATCHING_UP_FROM_EMPTY = 2
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
 STORE_FORMAT = 4
+#: The first format whose bucket rows are sealed under a key of their own, not the row key.
+_BUCKET_ROWS_APART_FORMAT = 4
 #: The last format whose stores have no complete `watched` table; in later ones, this
 #: table says so (a tool wrote share rows it could not judge: `_keep_watched`).
 _UNWATCHED_FORMAT = 2
@@ -425,6 +430,9 @@ class NodeStore:
         # The row key (the token's), and each bucket's key: the first seals; two only
         # while a rotation commits (a read may see either side of it).
         self._master = [AESGCM(row_key or _derive(storage_key, "rows"))]
+        # The bucket rows' key: they hold digests, nothing an erasure must take from a
+        # copy, so a rotation leaves them be (it re-sealed all 4,096 before format 4).
+        self._bucket_rows_key = [AESGCM(_derive(storage_key, "buckets"))]
         self._bucket_keys: dict[int, BucketKeys] = {}  # wrapped again at every rotation
         #: A rotation's buckets' keys before it, tried too until it commits.
         self._keys_before: dict[int, BucketKeys] = {}
@@ -472,10 +480,8 @@ class NodeStore:
         self.watch_complete = "record" not in tables or (
             store_format > _UNWATCHED_FORMAT and _UNWATCHED not in tables
         )
-        if store_format < STORE_FORMAT:
-            if not self.watch_complete:
-                self._db.execute(_UNWATCHED_TABLE)  # first: a crash between stays unwatched
-            self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+        if store_format < STORE_FORMAT and not self.watch_complete:
+            self._db.execute(_UNWATCHED_TABLE)  # before the new number: a crash stays unwatched
         self._db.execute(_WATCHED_TABLE)
         self._db.execute(_STAGED_TABLE)
         self._db.execute(_STAGED_INDEX)
@@ -530,7 +536,10 @@ class NodeStore:
         #: The last version written when the store was opened: rows of a catch-up not
         #: finished before it are those above `catch_up_from` and up to this.
         self.opened_ver = self._last_ver
-        self._buckets = self._read_buckets()  # id -> (ver, digest), checked against top
+        # id -> (ver, digest), checked against top
+        self._buckets = self._read_buckets(store_format >= _BUCKET_ROWS_APART_FORMAT)
+        if store_format < STORE_FORMAT:
+            self._make_current_format()
         self._verified: set[int] = set()
         #: Checked listings (name -> version) of recently used buckets, oldest first;
         #: kept current by `save` under the lock.
@@ -639,8 +648,16 @@ class NodeStore:
         """The key that seals the row named `name` now (tests and tools)."""
         return self._bucket_keys[bucket_of(name)].leaf_key(leaf_of(name))
 
-    def _wrap(self, aead: AESGCM, bucket: int, keys: BucketKeys) -> tuple[int, bytes]:
-        return bucket, self._seal(aead, keys.wrapped(), self._bucket_key_aad(bucket))
+    def _wrapped(self, aead: AESGCM, keys: Mapping[int, BucketKeys]) -> list[tuple[int, bytes]]:
+        """(bucket, row) of each bucket's keys wrapped under `aead`: a rotation wraps all
+        4,096, so the nonces are drawn at once."""
+        nonces = os.urandom(12 * len(keys))
+        rows = []
+        for at, (bucket, bucket_keys) in enumerate(keys.items()):
+            nonce = nonces[12 * at : 12 * at + 12]
+            sealed = aead.encrypt(nonce, bucket_keys.wrapped(), self._bucket_key_aad(bucket))
+            rows.append((bucket, nonce + sealed))
+        return rows
 
     def _write_leaf_keys(self, changed: Mapping[int, BucketKeys]) -> None:
         """Each changed bucket's `leaf_key` row: written if listed, else gone (in the
@@ -689,18 +706,40 @@ class NodeStore:
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
-    def _read_buckets(self) -> dict[int, tuple[int, int]]:
+    def _read_buckets(self, apart: bool) -> dict[int, tuple[int, int]]:
+        """The bucket rows, checked against `top`; sealed under their own key (`apart`),
+        or in stores before format 4 under the row key (or their own: the number is not
+        authenticated, and either key only opens what this node sealed)."""
         buckets: dict[int, tuple[int, int]] = {}
         top = 0
+        keys = self._bucket_rows_key if apart else [*self._master, *self._bucket_rows_key]
         for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket"):
             if not 0 <= bucket < BUCKETS or ver > self.counter:
                 raise StoreCorrupted("node store bucket is newer than its counter")
-            plain = self._open(self._master, bytes(row), self._bucket_aad(bucket, ver), "bucket")
+            plain = self._open(keys, bytes(row), self._bucket_aad(bucket, ver), "bucket")
             buckets[bucket] = (ver, int.from_bytes(plain, "big"))
             top = (top + self._bucket_term(bucket, ver)) % _MOD
         if top != self._top:
             raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
         return buckets
+
+    def _make_current_format(self) -> None:
+        """A store of an earlier format: its bucket rows re-sealed under their own key
+        and its number made `STORE_FORMAT`, in one transaction (a crash leaves it as it
+        was, to be made so at the next open)."""
+        rows = [
+            (self._seal(self._bucket_rows_key[0], digest.to_bytes(32, "big"), aad), bucket)
+            for bucket, (ver, digest) in self._buckets.items()
+            for aad in [self._bucket_aad(bucket, ver)]
+        ]
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            self._db.executemany("UPDATE bucket SET row = ? WHERE id = ?", rows)
+            self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
 
     def _read_bucket_keys(self) -> None:
         """Every bucket key, unwrapped with the row key; each bucket that holds a record
@@ -773,7 +812,7 @@ class NodeStore:
                     self._reseal(bucket, None, None, keys)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(self._master[0], b, keys) for b, keys in fresh.items()],
+                    self._wrapped(self._master[0], fresh),
                 )
                 self._db.execute("COMMIT")
             except BaseException:
@@ -1083,7 +1122,7 @@ class NodeStore:
                 self._keep_staged(shares)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(self._master[0], b, keys) for b, keys in fresh.items()],
+                    self._wrapped(self._master[0], fresh),
                 )
                 top = self._top
                 buckets = []
@@ -1092,7 +1131,8 @@ class NodeStore:
                         top -= self._bucket_term(bucket, self._buckets[bucket][0])
                     top = (top + self._bucket_term(bucket, seq)) % _MOD
                     plain = digest.to_bytes(32, "big")
-                    sealed = self._seal(self._master[0], plain, self._bucket_aad(bucket, seq))
+                    aad = self._bucket_aad(bucket, seq)
+                    sealed = self._seal(self._bucket_rows_key[0], plain, aad)
                     buckets.append((bucket, seq, sealed))
                 self._db.executemany(
                     "INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", buckets
@@ -1312,12 +1352,13 @@ class NodeStore:
         whose erased rows' leaves this process knows (`_owed_leaves`), those leaves get new
         keys and their rows are re-sealed; of any other, every leaf (`BucketKeys.rotated`).
         The rows are checked first, so a rolled-back row is refused rather than sealed
-        anew; every bucket key is wrapped under the new row key, and so are the bucket
-        digests and the counter. Then the WAL is truncated (secure_delete zeroes the freed
-        pages). Names, versions, digests and the counter are unchanged: only what the old
-        keys open is gone from the file. An erasure re-seals one leaf, about N / 2^20
-        entries' rows, its bucket's leaf keys and the 4,096 bucket keys: its cost does not
-        grow with the store (docs/pkcs11.md, "Erasure by key rotation")."""
+        anew; every bucket key is wrapped under the new row key, and so is the counter
+        row (the bucket digests are under a key of their own). Then the WAL is truncated
+        (secure_delete zeroes the freed pages). Names, versions, digests and the counter
+        are unchanged: only what the old keys open is gone from the file. An erasure
+        re-seals one leaf, about N / 2^20 entries' rows, its bucket's leaf keys and the
+        4,096 bucket keys: its cost does not grow with the store (docs/pkcs11.md,
+        "Erasure by key rotation")."""
         if len(row_key) != 32:
             raise InvalidInput("row key must be 32 bytes")
         new = AESGCM(row_key)
@@ -1326,14 +1367,6 @@ class NodeStore:
             leaves = {b: None if buckets is None else self._owed_leaves.get(b) for b in rekey}
             for bucket in rekey:
                 self._verify(bucket, self._db)
-            digests = [
-                (
-                    bucket,
-                    ver,
-                    self._open(self._master, bytes(row), self._bucket_aad(bucket, ver), "bucket"),
-                )
-                for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket")
-            ]
             before = {bucket: self._bucket_keys[bucket] for bucket in rekey}
             fresh = {bucket: before[bucket].rotated(leaves[bucket]) for bucket in rekey}
             before_master = self._master
@@ -1350,14 +1383,7 @@ class NodeStore:
                 self._write_leaf_keys(fresh)
                 self._db.executemany(
                     "INSERT OR REPLACE INTO bucket_key (id, row) VALUES (?, ?)",
-                    [self._wrap(new, bucket, keys) for bucket, keys in self._bucket_keys.items()],
-                )
-                self._db.executemany(
-                    "UPDATE bucket SET row = ? WHERE id = ?",
-                    [
-                        (self._seal(new, plain, self._bucket_aad(bucket, ver)), bucket)
-                        for bucket, ver, plain in digests
-                    ],
+                    self._wrapped(new, self._bucket_keys),
                 )
                 owed_after = self.rotation_owed - set(rekey)
                 self._write_current_meta(self.catching_up, owed=owed_after)
