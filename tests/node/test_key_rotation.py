@@ -548,6 +548,21 @@ def _bucket_ver(path: Path, bucket: int) -> int:
     return int(ver)
 
 
+def _meta_top_before_5(db: sqlite3.Connection, store: NodeStore, row_key: bytes) -> None:
+    """The counter row's `top` summed as stores before format 5 summed it: (id, version)
+    of each bucket row, without its digest."""
+    top = 0
+    for bucket, ver in db.execute("SELECT id, ver FROM bucket").fetchall():
+        top = (top + store._bucket_term_before_5(bucket, ver)) % 2**256
+    (row,) = db.execute("SELECT row FROM meta").fetchone()
+    plain = AESGCM(row_key).decrypt(row[:12], row[12:], store._meta_aad())
+    assert plain[-1] == 1  # the mark that `top` sums digests: absent before format 5
+    plain = plain[:24] + top.to_bytes(32, "big") + plain[56:-1]
+    nonce = os.urandom(12)
+    sealed = AESGCM(row_key).encrypt(nonce, plain, store._meta_aad())
+    db.execute("UPDATE meta SET row = ?", (nonce + sealed,))
+
+
 def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
     """Rewrite a closed store as format 3 wrote it: each bucket's rows sealed under one
     bucket key, wrapped as 32 bytes, no leaf keys, the bucket rows under the row key."""
@@ -564,14 +579,47 @@ def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
             nonce = os.urandom(12)
             wrapped = AESGCM(row_key).encrypt(nonce, key, store._bucket_key_aad(bucket))
             db.execute("UPDATE bucket_key SET row = ? WHERE id = ?", (nonce + wrapped, bucket))
-        for bucket, ver, row in db.execute("SELECT id, ver, row FROM bucket").fetchall():
-            aad = store._bucket_aad(bucket, ver)
-            digest = store._bucket_rows_key[0].decrypt(row[:12], row[12:], aad)
-            nonce = os.urandom(12)
-            sealed = AESGCM(row_key).encrypt(nonce, digest, aad)  # under the row key
-            db.execute("UPDATE bucket SET row = ? WHERE id = ?", (nonce + sealed, bucket))
         db.execute("DELETE FROM leaf_key")
+        _bucket_rows_before_5(db, store, row_key)
         db.execute("PRAGMA user_version=3")
+
+
+def _bucket_rows_before_5(db: sqlite3.Connection, store: NodeStore, row_key: bytes) -> None:
+    """The bucket rows under the row key, and `top` without their digests, as in stores
+    before format 5."""
+    for bucket, ver, row in db.execute("SELECT id, ver, row FROM bucket").fetchall():
+        aad = store._bucket_aad(bucket, ver)
+        digest = store._bucket_rows_key[0].decrypt(row[:12], row[12:], aad)
+        nonce = os.urandom(12)
+        sealed = AESGCM(row_key).encrypt(nonce, digest, aad)
+        db.execute("UPDATE bucket SET row = ? WHERE id = ?", (nonce + sealed, bucket))
+    _meta_top_before_5(db, store, row_key)
+
+
+def test_a_store_of_format_4_opens_and_becomes_format_5(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """Format 4 (leaf keys; its bucket rows under the row key, `top` without their
+    digests) is read as it is, and made format 5 in one transaction when opened."""
+    data, store = _node(tmp_path, sealer)
+    path = data / "store.sqlite"
+    store.save([share_record(ENTRY_A, _share_row(SHARE)), *_others(40)])
+    store.save([share_record(ENTRY_A, _share_row(b""))])  # a bucket's leaf keys listed
+    row_key = RowKeyRing(sealer, data).load(store.generation)
+    store.close()
+    with sqlite3.connect(path) as db:
+        _bucket_rows_before_5(db, store, row_key)
+        db.execute("PRAGMA user_version=4")
+
+    opened = _open(data, sealer)
+    assert {r.key for r in opened.load()} == {r.key for r in _others(40)}
+    opened.close()
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (5,)
+    for bucket, row in _raw(path, "bucket").items():
+        assert isinstance(bucket, int)
+        assert not _opens(row_key, row, store._bucket_aad(bucket, _bucket_ver(path, bucket)))
+    assert _share_after_restart(data, sealer, ENTRY_A) == b""
 
 
 def test_a_store_of_format_3_is_read_and_its_bucket_re_sealed_whole_at_its_first_erasure(

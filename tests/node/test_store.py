@@ -233,7 +233,7 @@ def test_a_store_made_before_the_format_was_kept_opens_and_gets_it(tmp_path: Pat
     # Its `watched` table is owed a scan until a node's first start has made it.
     assert not reopened.watch_complete
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (4,)
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (5,)
     assert not make(path).watch_complete  # said in the file: a restart still scans
     reopened.complete_watch([])
     assert make(path).watch_complete
@@ -298,6 +298,70 @@ def test_a_bucket_rolled_back_with_its_rows_is_refused_at_open(tmp_path: Path) -
     put(path, a, *old_row)
     with sqlite3.connect(path) as db:
         db.execute("INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", old_bucket)
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        make(path)
+
+
+def _in_one_bucket(store: NodeStore) -> tuple[bytes, bytes]:
+    """Two entry keys whose names share a bucket."""
+    seen: dict[int, bytes] = {}
+    for number in range(10_000):
+        key = EntryId(f"user{number}", "root-key").to_bytes()
+        bucket = bucket_of(store.name_of(key))
+        if bucket in seen:
+            return seen[bucket], key
+        seen[bucket] = key
+    raise AssertionError("no two names met in a bucket")
+
+
+def _copy_store(source: Path, target: Path) -> None:
+    target.mkdir(exist_ok=True)
+    for found in target.glob("store.sqlite*"):
+        found.unlink()
+    for found in source.glob("store.sqlite*"):
+        (target / found.name).write_bytes(found.read_bytes())
+
+
+@pytest.mark.parametrize("relabelled", [None, 3])
+def test_a_bucket_row_of_a_forked_history_is_refused(
+    tmp_path: Path, relabelled: int | None
+) -> None:
+    """Review s44b. A write the store committed and the token never counted (a crash
+    between the two), lost when the disk owner restores the copy from before it: the
+    store matches the token, so the node goes on and writes another history with the
+    same counter and versions. A bucket row of the lost write has the (id, version) of
+    the new one's; `top` summed (id, version) only, so that row, with the records it
+    vouches for, put an older promise back unnoticed (after a rotation too, since the
+    bucket rows stopped changing key). `top` now sums each row's digest as well. Also
+    when the disk numbers the file as an older format: the counter row, sealed, says
+    how `top` is summed."""
+    data = tmp_path / "data"
+    path = data / "store.sqlite"
+    data.mkdir()
+    store = make(path)
+    x, z = _in_one_bucket(store)
+    store.save([AcceptorRecord(x, 1, 1)])
+    store.close()
+    _copy_store(data, tmp_path / "before")
+    store = make(path)
+    store.save([AcceptorRecord(z, 1, 1)])  # committed; the token never counts it
+    store.close()
+    _copy_store(data, tmp_path / "lost")
+    _copy_store(tmp_path / "before", data)  # the disk restored: matches the token
+    store = make(path)
+    store.save([AcceptorRecord(x, 2, 1)])  # the history that goes on: X promised 2
+    name_x, name_z = store.name_of(x), store.name_of(z)
+    bucket = bucket_of(name_x)
+    store.close()
+
+    put(path, name_x, *rows(tmp_path / "before" / "store.sqlite")[name_x])
+    put(path, name_z, *rows(tmp_path / "lost" / "store.sqlite")[name_z])
+    with sqlite3.connect(tmp_path / "lost" / "store.sqlite") as db:
+        lost = db.execute("SELECT id, ver, row FROM bucket WHERE id = ?", (bucket,)).fetchone()
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT OR REPLACE INTO bucket (id, ver, row) VALUES (?, ?, ?)", lost)
+        if relabelled is not None:
+            db.execute(f"PRAGMA user_version={relabelled}")
     with pytest.raises(StoreCorrupted, match="rolled back"):
         make(path)
 

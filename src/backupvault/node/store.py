@@ -16,10 +16,13 @@ leaf's key, its bucket's key and the row key (`rotate`), and re-seals only that 
 rows (about N / 2^20 entries), so its cost does not grow with the store.
 
 The file's format number is SQLite's `user_version` (`STORE_FORMAT`; 0 in stores made
-before it was kept, which are of format 1; 4 since leaf keys, whose stores of format 3
-are read as they are and made format 4 when opened). It is not authenticated, and needs not be: it
-only picks the message a node refuses a store with (a disk that lies about it only makes
-its node refuse to start, as any damage does).
+before it was kept, which are of format 1; 4 with leaf keys; 5 with the bucket rows under
+a key of their own and summed with their digests; stores of formats 2 to 4 are read as
+they are and made format 5 when opened, in one transaction). It is not authenticated,
+and needs not be: it picks the message a node refuses a store with, and whether an open
+converts (what the rows are read as comes from the sealed counter row), so a disk that
+lies about it only makes its node refuse to start, as any damage does, or convert again
+what is already current.
 
 Tables:
 
@@ -81,7 +84,13 @@ Tables:
               || u8(catching up)            (absent: 0)
               || u16(k) || k × u16(bucket)  (rotations owed: buckets with an erased row
                                              whose key is not yet replaced; absent: none)
-      top  = Σ HMAC-SHA256(digest_key, "bucket" || u16(id) || u64(ver)) over every bucket, mod 2^256
+              || u64(catch-up from)         (`catch_up_from`; absent: 0)
+              || u8(1)                      (top sums digests, below; absent: it does not)
+      top  = Σ HMAC-SHA256(digest_key, "bucket" || u16(id) || u64(ver) || digest (32))
+             over every bucket, mod 2^256 (stores before format 5, without the u8(1): the
+             same without the digest, so a bucket row of a forked history, one write the
+             token never counted then lost to a restored disk, matched; they are summed
+             again when opened)
 
 `counter` counts transactions and is what the token's monotonic counter follows
 (docs/fleet.md). The marks (peer, store id, upto) say how far this node merged each peer's
@@ -221,9 +230,7 @@ ROWS_PER_SAVE = 1 << 20
 _CATCHING_UP_FROM_EMPTY = 2
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
-STORE_FORMAT = 4
-#: The first format whose bucket rows are sealed under a key of their own, not the row key.
-_BUCKET_ROWS_APART_FORMAT = 4
+STORE_FORMAT = 5
 #: The last format whose stores have no complete `watched` table; in later ones, this
 #: table says so (a tool wrote share rows it could not judge: `_keep_watched`).
 _UNWATCHED_FORMAT = 2
@@ -514,6 +521,9 @@ class NodeStore:
         self._last_ver = 0
         self._max_round = 0
         self._top = 0
+        #: Whether the counter row's `top` sums the bucket rows with their digests (it
+        #: says so itself, authenticated: the format number is not); a new store does.
+        self._top_with_digests = True
         self.store_id = os.urandom(16)
         self._marks: dict[int, Mark] = {}
         self.suspect_through = 0
@@ -537,9 +547,7 @@ class NodeStore:
         #: finished before it are those above `catch_up_from` and up to this.
         self.opened_ver = self._last_ver
         # id -> (ver, digest), checked against top
-        self._buckets = self._read_buckets(store_format >= _BUCKET_ROWS_APART_FORMAT)
-        if store_format < STORE_FORMAT:
-            self._make_current_format()
+        self._buckets = self._read_buckets(self._top_with_digests)
         self._verified: set[int] = set()
         #: Checked listings (name -> version) of recently used buckets, oldest first;
         #: kept current by `save` under the lock.
@@ -555,6 +563,8 @@ class NodeStore:
             self._give_buckets_keys()
         else:
             self._read_bucket_keys()
+        if store_format < STORE_FORMAT or not self._top_with_digests:
+            self._make_current_format()  # last: a store refused above is left as it was
 
     def _check_generation(self) -> None:
         """An existing store must have been sealed under the generation it is opened with."""
@@ -602,7 +612,15 @@ class NodeStore:
     def _term(self, name: bytes, ver: int) -> int:
         return int.from_bytes(hmac.digest(self._digest_key, name + _u64(ver), "sha256"), "big")
 
-    def _bucket_term(self, bucket: int, ver: int) -> int:
+    def _bucket_term(self, bucket: int, ver: int, digest: int) -> int:
+        """A bucket row's term in `top`: its digest included, so a bucket row of another
+        history with the same (id, version) (a write the token never counted, then lost
+        to a restored disk) does not match."""
+        message = b"bucket" + struct.pack(">H", bucket) + _u64(ver) + digest.to_bytes(32, "big")
+        return int.from_bytes(hmac.digest(self._digest_key, message, "sha256"), "big")
+
+    def _bucket_term_before_5(self, bucket: int, ver: int) -> int:
+        """The term stores before format 5 summed in `top`: (id, version) only."""
         message = b"bucket" + struct.pack(">H", bucket) + _u64(ver)
         return int.from_bytes(hmac.digest(self._digest_key, message, "sha256"), "big")
 
@@ -703,43 +721,67 @@ class NodeStore:
                 self.rotation_owed = set(struct.unpack(f">{owed}H", plain[at + 11 : end]))
                 if len(plain) >= end + 8:
                     (self.catch_up_from,) = struct.unpack(">Q", plain[end : end + 8])
+                self._top_with_digests = len(plain) > end + 8 and plain[end + 8] == 1
+            else:
+                self._top_with_digests = False
         except struct.error:
             raise StoreCorrupted("node store counter is malformed", hint=_CORRUPT_HINT) from None
 
-    def _read_buckets(self, apart: bool) -> dict[int, tuple[int, int]]:
-        """The bucket rows, checked against `top`; sealed under their own key (`apart`),
-        or in stores before format 4 under the row key (or their own: the number is not
-        authenticated, and either key only opens what this node sealed)."""
+    def _read_buckets(self, current: bool) -> dict[int, tuple[int, int]]:
+        """The bucket rows, checked against `top`: sealed under their own key and summed
+        with their digests (`current`, as the counter row says: format 5), or as stores
+        before format 5 kept them, under the row key (or their own: format 4 at one
+        commit) and summed without. The counter row says which, not the format number,
+        which a disk can change: a store made current reads the current way only."""
         buckets: dict[int, tuple[int, int]] = {}
         top = 0
-        keys = self._bucket_rows_key if apart else [*self._master, *self._bucket_rows_key]
+        keys = self._bucket_rows_key if current else [*self._master, *self._bucket_rows_key]
         for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket"):
             if not 0 <= bucket < BUCKETS or ver > self.counter:
                 raise StoreCorrupted("node store bucket is newer than its counter")
             plain = self._open(keys, bytes(row), self._bucket_aad(bucket, ver), "bucket")
-            buckets[bucket] = (ver, int.from_bytes(plain, "big"))
-            top = (top + self._bucket_term(bucket, ver)) % _MOD
+            digest = int.from_bytes(plain, "big")
+            buckets[bucket] = (ver, digest)
+            if current:
+                top = (top + self._bucket_term(bucket, ver, digest)) % _MOD
+            else:
+                top = (top + self._bucket_term_before_5(bucket, ver)) % _MOD
         if top != self._top:
             raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
         return buckets
 
     def _make_current_format(self) -> None:
-        """A store of an earlier format: its bucket rows re-sealed under their own key
-        and its number made `STORE_FORMAT`, in one transaction (a crash leaves it as it
-        was, to be made so at the next open)."""
-        rows = [
-            (self._seal(self._bucket_rows_key[0], digest.to_bytes(32, "big"), aad), bucket)
-            for bucket, (ver, digest) in self._buckets.items()
-            for aad in [self._bucket_aad(bucket, ver)]
-        ]
+        """A store of an earlier format, checked the old way: its bucket rows re-sealed
+        under their own key, `top` summed again with their digests, and its number made
+        `STORE_FORMAT`, in one transaction (a crash leaves it as it was, to be made so
+        at the next open)."""
+        rows = []
+        top = 0
+        for bucket, (ver, digest) in self._buckets.items():
+            aad = self._bucket_aad(bucket, ver)
+            rows.append(
+                (self._seal(self._bucket_rows_key[0], digest.to_bytes(32, "big"), aad), bucket)
+            )
+            top = (top + self._bucket_term(bucket, ver, digest)) % _MOD
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany("UPDATE bucket SET row = ? WHERE id = ?", rows)
+            if self._db.execute("SELECT 1 FROM meta").fetchone() is not None:
+                self._write_meta(
+                    self.counter,
+                    self._last_ver,
+                    self._max_round,
+                    top,
+                    self.store_id,
+                    self._marks,
+                    self.catching_up,
+                )
             self._db.execute(f"PRAGMA user_version={STORE_FORMAT}")
             self._db.execute("COMMIT")
         except BaseException:
             self._db.execute("ROLLBACK")
             raise
+        self._top, self._top_with_digests = top, True
 
     def _read_bucket_keys(self) -> None:
         """Every bucket key, unwrapped with the row key; each bucket that holds a record
@@ -1128,8 +1170,8 @@ class NodeStore:
                 buckets = []
                 for bucket, digest in digests.items():
                     if bucket in self._buckets:
-                        top -= self._bucket_term(bucket, self._buckets[bucket][0])
-                    top = (top + self._bucket_term(bucket, seq)) % _MOD
+                        top -= self._bucket_term(bucket, *self._buckets[bucket])
+                    top = (top + self._bucket_term(bucket, seq, digest)) % _MOD
                     plain = digest.to_bytes(32, "big")
                     aad = self._bucket_aad(bucket, seq)
                     sealed = self._seal(self._bucket_rows_key[0], plain, aad)
@@ -1446,6 +1488,7 @@ class NodeStore:
         plain.append(_CATCHING_UP_FROM_EMPTY if catching_up and empty else int(catching_up))
         plain += struct.pack(f">H{len(owed)}H", len(owed), *sorted(owed))
         plain += _u64(since if catching_up else 0)
+        plain.append(1)  # `top` sums the bucket rows with their digests (format 5)
         sealed = self._seal(self._master[0], bytes(plain), self._meta_aad())
         self._db.execute("INSERT OR REPLACE INTO meta (id, row) VALUES (0, ?)", (sealed,))
 
