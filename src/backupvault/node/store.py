@@ -3,8 +3,9 @@ mode 0600 in a 0700 folder. Nothing is loaded at start: records are read one at 
 when the replica needs them (`StoreRecords` puts a bounded cache in front). Keys derived
 from the node's storage key (HKDF-SHA256, no salt, info as named):
 
-    name_key   = HKDF(storage_key, "backupvault/v1 node store names")
-    digest_key = HKDF(storage_key, "backupvault/v1 node store digest")
+    name_key        = HKDF(storage_key, "backupvault/v1 node store names")
+    digest_key      = HKDF(storage_key, "backupvault/v1 node store digest")
+    bucket_rows_key = HKDF(storage_key, "backupvault/v1 node store buckets")
 
 and three more levels of keys for sealing, a tree: the row key (32 bytes, from the
 node's token, `node.token.RowKeyRing`; HKDF(storage_key, "backupvault/v1 node store rows")
@@ -43,7 +44,7 @@ Tables:
       row  = nonce (12) || AES-256-GCM(bucket_rows_key, nonce, digest (32), aad)
              (bucket_rows_key = HKDF(storage_key, "backupvault/v1 node store buckets"),
              never rotated: a digest holds nothing an erasure must take from a copy; in
-             stores before format 4 the row key, and opening one re-seals them)
+             stores before format 5 the row key, and opening one re-seals them)
       aad  = "backupvault/v1 node store bucket" || u16(node) || u16(id) || u64(ver)
       digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
     bucket_key(id, row)      one per bucket that holds a record
