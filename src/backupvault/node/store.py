@@ -212,7 +212,8 @@ BUCKETS = 1 << BUCKET_BITS
 LEAF_BITS = 8
 LEAVES = 1 << LEAF_BITS
 _LEAF_INFO = b"backupvault/v1 node store leaf"
-#: Leaf keys kept ready as AES-GCM objects (by the key's bytes: a rotation needs no purge).
+#: Leaf keys kept ready as AES-GCM objects, by the key's bytes (a rotation drops the ones
+#: it replaced).
 _CACHED_AEADS = 8_192
 #: Rows a background scan opens between two pauses (`share_keys`).
 SCAN_BATCH = 256
@@ -439,7 +440,7 @@ class NodeStore:
         # while a rotation commits (a read may see either side of it).
         self._master = [AESGCM(row_key or _derive(storage_key, "rows"))]
         # The bucket rows' key: they hold digests, nothing an erasure must take from a
-        # copy, so a rotation leaves them be (it re-sealed all 4,096 before format 4).
+        # copy, so a rotation leaves them be (it re-sealed all 4,096 before format 5).
         self._bucket_rows_key = [AESGCM(_derive(storage_key, "buckets"))]
         self._bucket_keys: dict[int, BucketKeys] = {}  # wrapped again at every rotation
         #: A rotation's buckets' keys before it, tried too until it commits.
