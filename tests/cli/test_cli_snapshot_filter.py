@@ -155,3 +155,12 @@ def test_forget_with_a_filter_keeps_by_policy_only_among_those(tmp_path: Path) -
     )
     no_policy = run("backup", "forget", "--path", str(photos), "--storage", str(storage))
     assert no_policy.returncode == 2 and "keep policy" in no_policy.stderr
+
+
+def test_host_dash_is_the_machine_with_no_name_as_list_shows_it() -> None:
+    """Review s43: `backup list` shows an empty host as `-`, and `--host -` found nothing."""
+    from backupvault.backup.repo.repository import SnapshotFilter
+    from backupvault.cli.main import snapshot_filter
+
+    assert snapshot_filter(("-", "desk"), ()) == SnapshotFilter(("", "desk"), ())
+    assert snapshot_filter(("",), ()) == SnapshotFilter(("",), ())

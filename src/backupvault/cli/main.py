@@ -611,7 +611,8 @@ def snapshot_filter_options(function: Any) -> Any:
         "hosts",
         metavar="NAME",
         multiple=True,
-        help="Only snapshots made on this host (HOST in `backup list`); repeat for more.",
+        help="Only snapshots made on this host (HOST in `backup list`, `-` for a machine with"
+        " no name); repeat for more.",
     )(function)
 
 
@@ -624,7 +625,8 @@ def snapshot_filter(
 
     if "" in paths:
         raise UsageError("--path is empty", hint="give the folder (or file) that was backed up")
-    only = SnapshotFilter(hosts, paths)
+    # `-` is how `backup list` shows a machine with no name (no host name starts with "-").
+    only = SnapshotFilter(tuple("" if host == "-" else host for host in hosts), paths)
     if only and snapshot_id is not None and not is_latest(snapshot_id):
         raise UsageError(
             "--host and --path choose which snapshot is the latest; they do not go with a"

@@ -233,3 +233,17 @@ def test_forget_damaged_with_a_filter_reads_only_those_folders(
     assert removed == []
     _, removed, _ = maintenance.forget(repo, policy, dry_run=True, damaged=True)
     assert removed == [photos_id]
+
+
+def test_a_snapshot_of_a_machine_with_no_name_is_found_by_the_empty_host(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    repo = str(tmp_path / "repo")
+    docs = _folder(tmp_path, "docs", "nameless")
+    monkeypatch.setattr(create_module, "host_name", lambda: "")
+    create_snapshot(docs, repo, root_key)
+    monkeypatch.setattr(create_module, "host_name", lambda: "laptop")
+    (docs / "note.txt").write_text("named")
+    create_snapshot(docs, repo, root_key)
+    assert _restored(repo, root_key, tmp_path / "a", SnapshotFilter(hosts=("",))) == "nameless"
+    assert _restored(repo, root_key, tmp_path / "b", SnapshotFilter(hosts=("laptop",))) == "named"
