@@ -585,6 +585,29 @@ def test_a_restore_ended_by_sigterm_leaves_nothing_behind(tmp_path: Path) -> Non
     assert not target.exists() and not [p for p in tmp_path.iterdir() if "restor" in p.name]
 
 
+def test_an_interrupt_that_broke_a_lock_on_its_way_out_is_still_an_interruption() -> None:
+    """The test above failed once in a fresh clone (session 44): the SIGTERM landed while
+    the restore awaited a thread pool's result, broke the lock's re-acquire inside
+    `Future.result`, and the lock's release on the way out raised RuntimeError ("cannot
+    release un-acquired lock"), which the command reported as a bug (exit 1) instead of
+    an interruption (130). Here the same chain of exceptions, made on purpose."""
+    import threading
+
+    from backupvault.cli.main import Interrupted, _on_interrupt
+
+    lock = threading.RLock()  # as a Future's Condition holds
+    interrupted = _on_interrupt("restore interrupted", hint="run it again")
+    with pytest.raises(Interrupted, match="restore interrupted") as caught, interrupted:
+        try:
+            raise KeyboardInterrupt  # the signal, during the lock's re-acquire
+        finally:
+            lock.release()  # the `with` on its way out: the lock is not held
+    assert caught.value.exit_code == 130
+    bug = _on_interrupt("restore interrupted", hint="run it again")
+    with pytest.raises(RuntimeError, match="un-acquired"), bug:  # a bug stays a bug
+        lock.release()
+
+
 def test_a_restore_the_system_refuses_to_write_is_exit_1_with_a_hint(
     tmp_path: Path, source: Path
 ) -> None:

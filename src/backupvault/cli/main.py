@@ -345,13 +345,28 @@ def _terminated(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _interrupted(error: BaseException) -> bool:
+    """Whether `error` is an interrupt, or what one turned into: a signal that lands while
+    a thread pool's result is awaited can break a lock's re-acquire, and the lock's
+    release on the way out then raises RuntimeError ("cannot release un-acquired lock"),
+    with the KeyboardInterrupt as its context."""
+    seen: BaseException | None = error
+    while seen is not None:
+        if isinstance(seen, KeyboardInterrupt):
+            return True
+        seen = seen.__context__
+    return False
+
+
 @contextlib.contextmanager
 def _on_interrupt(what: str, hint: str) -> Iterator[None]:
     """Ctrl-C, or SIGTERM, during a backup or a restore: clean up as for Ctrl-C and say
     what it left, not only "aborted" (a restore's hidden staging folder is removed)."""
     try:
         yield
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, RuntimeError) as error:
+        if not _interrupted(error):
+            raise
         raise Interrupted(what, hint=hint) from None
 
 
@@ -1976,6 +1991,8 @@ def _run(args: list[str], json_mode: bool) -> None:
             ),
         )
     except Exception as err:  # a bug: say so plainly, without a wall of traceback
+        if _interrupted(err):  # a signal that broke a lock on its way (`_interrupted`)
+            _fail(json_mode, Interrupted("interrupted", hint=_INTERRUPTED_HINT))
         if os.environ.get("BACKUPVAULT_DEBUG"):
             raise
         _fail(
