@@ -315,11 +315,7 @@ def _in_range(db: sqlite3.Connection, columns: str, low: bytes, high: bytes) -> 
 
 def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> sqlite3.Cursor:
     """`columns` of every record whose name falls in the bucket (an index range)."""
-    low, high = _bucket_range(bucket)
-    if high:
-        sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
-        return db.execute(sql, (low, high))
-    return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,))
+    return _in_range(db, columns, *_bucket_range(bucket))
 
 
 @dataclasses.dataclass(frozen=True)
