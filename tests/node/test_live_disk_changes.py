@@ -7,11 +7,13 @@ of the caches the node served the rolled-back row."""
 
 from __future__ import annotations
 
+import itertools
 import os
 import sqlite3
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -23,6 +25,8 @@ from backupvault.node.store import (
     NodeStore,
     StoreCorrupted,
     StoreRecords,
+    bucket_of,
+    leaf_of,
     share_record,
 )
 
@@ -32,12 +36,27 @@ OTHER = EntryId("bob", "root-key").to_bytes()
 SHARE = b"\x01" + b"k" * 32
 
 
+class _Forgetful(dict[int, store_module.LeafSums]):
+    """Kept sums per leaf that a read never finds: each read checks its bucket whole."""
+
+    def get(self, key: int, default: Any = None) -> Any:
+        return default
+
+
 @pytest.fixture(autouse=True, params=["kept", "read again"])
-def listings(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Each test twice: with checked bucket listings kept in memory (rows compared with
-    them), and with none kept but the last (each read checks the bucket on disk)."""
+def leaf_sums(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test twice: with each checked bucket's sums per leaf kept in memory (a row is
+    compared with its leaf's rows, checked against the leaf's sum), and with none found
+    (each read checks the row's whole bucket on disk against its digest, as a bucket's
+    first read after start does)."""
     if request.param == "read again":
-        monkeypatch.setattr(store_module, "LISTED_ROWS", 0)
+        opened = NodeStore.__init__
+
+        def forgetful(store: NodeStore, *args: Any, **kwargs: Any) -> None:
+            opened(store, *args, **kwargs)
+            store._sums = _Forgetful()
+
+        monkeypatch.setattr(NodeStore, "__init__", forgetful)
 
 
 def _counted(count: int) -> NodeShare:
@@ -182,12 +201,39 @@ def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) 
     assert failures == [] and reads > 100
 
 
-def test_a_bucket_listing_finds_each_name_and_no_other() -> None:
-    names = sorted(os.urandom(16) for _ in range(300))
-    listing = store_module.BucketListing((name, i + 1) for i, name in enumerate(names))
-    assert len(listing) == 300
-    assert all(listing.get(name) == i + 1 for i, name in enumerate(names))
-    assert listing.get(os.urandom(16)) is None and listing.get(b"\x00" * 16) is None
-    changed = listing.updated({names[0]: 999, b"\xff" * 16: 1000})
-    assert changed.get(names[0]) == 999 and changed.get(b"\xff" * 16) == 1000
-    assert len(changed) == 301 and listing.get(names[0]) == 1  # the old one unchanged
+def test_leaf_sums_find_each_leaf_and_add_changes() -> None:
+    sums = {leaf: int.from_bytes(os.urandom(32), "big") for leaf in range(0, 256, 3)}
+    kept = store_module.LeafSums(sums)
+    assert len(kept) == len(sums) and kept.sums() == sums
+    assert all(kept.get(leaf) == sums.get(leaf, 0) for leaf in range(256))
+    changed = kept.updated({0: 5, 1: 7, 3: -sums[3]})
+    assert changed.get(0) == (sums[0] + 5) % 2**256 and changed.get(1) == 7
+    assert changed.get(3) == 0 and len(changed) == len(sums)  # a leaf emptied goes
+    assert kept.get(1) == 0 and kept.get(0) == sums[0]  # the old one unchanged
+    assert len(store_module.LeafSums({})) == 0 and store_module.LeafSums({}).get(9) == 0
+
+
+def test_a_row_rolled_back_in_a_leaf_of_many_rows_is_refused(tmp_path: Path) -> None:
+    # Two rows in one leaf: a read checks its leaf's rows against the leaf's sum, so an
+    # older copy of either is found, whichever of them is read.
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, KEY)
+    leaves: dict[tuple[int, int], list[bytes]] = {}
+    in_leaf: list[bytes] = []
+    for i in itertools.count():  # names are keyed: find two that share a leaf
+        if len(in_leaf) == 2:
+            break
+        key = EntryId(f"user{i}", "root-key").to_bytes()
+        name = store.name_of(key)
+        in_leaf = leaves.setdefault((bucket_of(name), leaf_of(name)), [])
+        in_leaf.append(key)
+    store.save([AcceptorRecord(k, 1, 1, 1, 1, b"v0") for keys in leaves.values() for k in keys])
+    victim, neighbour = in_leaf[0], in_leaf[1]
+    name = store.name_of(victim)
+    copy = _raw(path, name)
+    store.save([AcceptorRecord(victim, 9, 1, 9, 1, b"attempt 10")])
+    assert store.get(neighbour) is not None
+    _put_back(path, name, *copy)
+    for key in (victim, neighbour):
+        with pytest.raises(StoreCorrupted, match="rolled back"):
+            store.get(key)

@@ -107,17 +107,20 @@ count, on every later start too, until it is written again (docs/threshold.md,
 
 Rollback protection without reading every row: at open, the bucket rows (a few thousand)
 are checked against `top`, so a rolled-back, removed or added bucket row is refused at
-once. Every read or write of a record compares the row's version with its bucket's
-listing (names and versions, about N / 4,096 rows) as checked against the bucket's digest
-held in memory: the listings of recently used buckets are kept (`LISTED_ROWS`, kept
-current by every save), the others are read and checked again; `verify_all`, which the
-node runs in the background after start, checks every bucket once, so damage is found
-even where nobody asks. So a single row replaced by an older copy of itself, or removed or added, is
-refused (`StoreCorrupted`) before the node acts on it, also while the node runs: a check
-made once per bucket would let a disk that changes a row after it was checked serve the
-old row (a rolled-back count) when the entry next falls out of the caches. A flipped
-bit, a row moved to another entry or a row from another node's store fails
-authentication when it is read. A whole database restored
+once. A bucket's digest is the sum of its leaves' sums (the same terms, grouped by the
+leaf of each name). The first time a bucket is used, or when `verify_all` (which the node
+runs in the background after start) reaches it, its (name, version) pairs, about
+N / 4,096 rows, are read whole and checked against its digest, and its sums per leaf are
+kept in memory (`LeafSums`: at most 256 × 33 bytes a bucket, 34 MB for a whole store of
+any size; kept current by every save). From then on every read or write of a record
+compares the row's version with its leaf's (name, version) pairs, about N / 2^20 rows,
+read and checked against the leaf's sum: a few rows at 10,000,000 entries, where a
+bucket holds about 4,900. So a single row replaced by an older copy of itself, or
+removed or added, is refused (`StoreCorrupted`) before the node acts on it, also while
+the node runs: a check made once per bucket would let a disk that changes a row after it
+was checked serve the old row (a rolled-back count) when the entry next falls out of the
+caches. A flipped bit, a row moved to another entry or a row from another node's store
+fails authentication when it is read. A whole database restored
 from an older copy is consistent in itself: the token's counter catches it.
 
 Share rows (the threshold flow, docs/threshold.md): this node's own `NodeShare` for an
@@ -218,11 +221,6 @@ _CACHED_AEADS = 8_192
 #: Rows a background scan opens between two pauses (`share_keys`).
 SCAN_BATCH = 256
 CACHED_RECORDS = 20_000  # records kept decrypted in memory (about 1 KB each)
-#: Names and versions of checked buckets kept in memory (24 B each: a million entries'
-#: two rows each take 48 MB): a row read from disk is compared with its bucket's listing,
-#: which is read and checked against the digest only when not kept (about N / 4,096
-#: rows: 3 ms at a million entries).
-LISTED_ROWS = 2_000_000
 NAME_LEN = 16
 #: Rows one `save` may write. It bounds the versions a history can use per count of the
 #: counter, so `raise_counter` can start this history's versions above all of them.
@@ -546,11 +544,8 @@ class NodeStore:
         self.opened_ver = self._last_ver
         # id -> (ver, digest), checked against top
         self._buckets = self._read_buckets(self._top_with_digests)
-        self._verified: set[int] = set()
-        #: Checked listings (name -> version) of recently used buckets, oldest first;
-        #: kept current by `save` under the lock.
-        self._listings: OrderedDict[int, BucketListing] = OrderedDict()
-        self._listed_rows = 0
+        #: Each checked bucket's sums per leaf, kept current by `save` under the lock.
+        self._sums: dict[int, LeafSums] = {}
         self._closing = False
         self._rotations = 0
         #: This node's shares erased by this process's writes (the guess limit reached, the
@@ -811,23 +806,22 @@ class NodeStore:
         """Re-seal the rows of `leaves` of the bucket (None: all of them) from the leaf
         keys of `old` (None: the row key, as stores before bucket keys sealed them) to
         those of `new`, inside the caller's transaction, under the lock. The rows
-        re-sealed are those of the checked listing, read once: a row the disk put back
-        after an earlier check is refused, never sealed anew under the keys that replace
-        the ones its erasure destroys."""
-        listing = self._listing(bucket, self._db)
+        re-sealed are read once and checked against their leaf's sum (or the bucket's
+        digest): a row the disk put back after an earlier check is refused, never sealed
+        anew under the keys that replace the ones its erasure destroys."""
+        sums = self._leaf_sums(bucket, self._db)
         ranges = (
-            [_bucket_range(bucket)]
+            [(_bucket_range(bucket), self._buckets.get(bucket, (0, 0))[1])]
             if leaves is None
-            else [_leaf_range(bucket, leaf) for leaf in sorted(leaves)]
+            else [(_leaf_range(bucket, leaf), sums.get(leaf)) for leaf in sorted(leaves)]
         )
         rows = []
-        for low, high in ranges:
+        for (low, high), expected in ranges:
             found = [
                 (int(ver), bytes(name), bytes(row))
                 for ver, name, row in _in_range(self._db, "ver, name, row", low, high)
             ]
-            if sorted((name, ver) for ver, name, _ in found) != listing.between(low, high):
-                raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
+            self._checked(((name, ver) for ver, name, _ in found), expected)
             for ver, name, sealed in found:
                 aad = self._aad(name, ver)
                 leaf = leaf_of(name)
@@ -862,69 +856,80 @@ class NodeStore:
 
     # ---- checking buckets ---------------------------------------------------------------
 
-    def _check_listing(self, bucket: int, found: Iterable[tuple[bytes, int]]) -> BucketListing:
-        """The bucket's (name, version) pairs as read, if they add up to its digest (call
-        it under the lock, or be ready for a commit under way to make it fail)."""
-        expected = self._buckets.get(bucket, (0, 0))
-        digest = 0
-        pairs: list[tuple[bytes, int]] = []
+    def _checked(
+        self,
+        found: Iterable[tuple[bytes, int]],
+        expected: int,
+        by_leaf: dict[int, int] | None = None,
+    ) -> dict[bytes, int]:
+        """The (name -> version) pairs as read, if their terms add up to `expected` (a
+        bucket's digest or a leaf's sum), with each leaf's sum added to `by_leaf`. Call it
+        under the lock, or be ready for a commit under way to make it fail: its rows are
+        in, its sums not yet in memory."""
+        total = 0
+        pairs: dict[bytes, int] = {}
         for name, ver in found:
             if ver > self._last_ver:
                 raise StoreCorrupted("node store row is newer than its counter")
             if len(name) != NAME_LEN:
                 raise StoreCorrupted("node store row name is malformed", hint=_CORRUPT_HINT)
-            pairs.append((bytes(name), int(ver)))
-            digest = (digest + self._term(bytes(name), int(ver))) % _MOD
-        if digest != expected[1]:
+            pairs[bytes(name)] = int(ver)
+            term = self._term(bytes(name), int(ver))
+            total = (total + term) % _MOD
+            if by_leaf is not None:
+                leaf = leaf_of(name)
+                by_leaf[leaf] = (by_leaf.get(leaf, 0) + term) % _MOD
+        if total != expected:
             raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
-        return BucketListing(pairs)
+        return pairs
 
     @_refuses_malformed
-    def _listing(
-        self, bucket: int, db: sqlite3.Connection, *, remember: bool = True
-    ) -> BucketListing:
-        """The bucket's names and versions as its digest vouches for them: the listing kept
-        in memory, or read and checked (see the module's docstring). First without the
+    def _leaf_sums(self, bucket: int, db: sqlite3.Connection) -> LeafSums:
+        """The bucket's sums per leaf, kept in memory once the bucket was read whole and
+        checked against its digest (and kept current by every save). First without the
         lock, so that a commit under way does not stall a read; a mismatch then may be
-        that commit (its rows are in, its digest not yet in memory), so it is read again
-        under the lock, where a mismatch is the disk's."""
-        kept = self._listings.get(bucket)
+        that commit, so it is read again under the lock, where a mismatch is the disk's."""
+        kept = self._sums.get(bucket)
         if kept is not None:
             return kept
         for locked in (False, True):
             with self._lock if locked else nullcontext():
-                state = self._buckets.get(bucket)
+                state = self._buckets.get(bucket, (0, 0))
+                sums: dict[int, int] = {}
                 try:
-                    listing = self._check_listing(bucket, _in_bucket(db, "name, ver", bucket))
+                    self._checked(_in_bucket(db, "name, ver", bucket), state[1], sums)
                 except StoreCorrupted:
                     if locked:
                         raise
                     continue
-                if remember:
-                    self._remember_listing(bucket, listing, state)
-                return listing
+                checked = LeafSums(sums)
+                with self._lock:
+                    # Unless a save changed the bucket since it was read: the sums would
+                    # be behind the disk, and a good row would look rolled back.
+                    if self._buckets.get(bucket, (0, 0)) == state:
+                        checked = self._sums.setdefault(bucket, checked)
+                return checked
         raise AssertionError("unreachable")
 
-    def _remember_listing(
-        self, bucket: int, listing: BucketListing, state: tuple[int, int] | None
-    ) -> None:
-        """Keep a checked listing, unless a save changed the bucket since it was checked
-        (it would then be behind the disk, and a good row would look rolled back)."""
-        with self._lock:
-            if self._buckets.get(bucket) != state or bucket in self._listings:
-                return
-            self._listings[bucket] = listing
-            self._listed_rows += len(listing)
-            while self._listed_rows > LISTED_ROWS and len(self._listings) > 1:
-                _, dropped = self._listings.popitem(last=False)
-                self._listed_rows -= len(dropped)
+    @_refuses_malformed
+    def _leaf_versions(self, bucket: int, leaf: int, db: sqlite3.Connection) -> dict[bytes, int]:
+        """The names and versions of the leaf's rows (about N / 2^20 of them) as its
+        bucket's sums vouch for them: what every read or write of a row is compared with.
+        Unlocked first, then under the lock, as `_leaf_sums`."""
+        low, high = _leaf_range(bucket, leaf)
+        for locked in (False, True):
+            with self._lock if locked else nullcontext():
+                expected = self._leaf_sums(bucket, db).get(leaf)
+                try:
+                    return self._checked(_in_range(db, "name, ver", low, high), expected)
+                except StoreCorrupted:
+                    if locked:
+                        raise
+        raise AssertionError("unreachable")
 
     def _verify(self, bucket: int, db: sqlite3.Connection) -> None:
-        """Check the bucket once (`verify_all`: damage found where nobody reads); its
-        listing is kept while there is room (never pushing out one a read kept)."""
-        if bucket not in self._verified:
-            self._listing(bucket, db, remember=self._listed_rows < LISTED_ROWS)
-            self._verified.add(bucket)
+        """Check the bucket whole, once (`verify_all`: damage found where nobody reads)."""
+        self._leaf_sums(bucket, db)
 
     def verify_all(self, pause: float = 0.0) -> None:
         """Check every bucket not checked yet (the node runs this in a thread after start,
@@ -937,7 +942,7 @@ class NodeStore:
             for bucket in range(BUCKETS):
                 if self._closing:
                     return
-                if bucket not in self._verified:
+                if bucket not in self._sums:
                     self._verify(bucket, db)
                     time.sleep(pause)
         finally:
@@ -1015,12 +1020,12 @@ class NodeStore:
 
     def _checked_row(self, name: bytes) -> tuple[int, bytes] | None:
         """(version, sealed row) of `name`, or None: the version (or its absence) must be
-        what the bucket's checked listing says, else the row was changed under the node.
+        what its leaf's checked rows say, else the row was changed under the node.
         Unlocked first, then under the lock (a commit may fall between the two reads)."""
-        bucket = bucket_of(name)
+        bucket, leaf = bucket_of(name), leaf_of(name)
         for locked in (False, True):
             with self._lock if locked else nullcontext():
-                listed = self._listing(bucket, self._reader).get(name)
+                listed = self._leaf_versions(bucket, leaf, self._reader).get(name)
                 found = self._reader.execute(
                     "SELECT ver, row FROM record WHERE name = ?", (name,)
                 ).fetchone()
@@ -1062,12 +1067,12 @@ class NodeStore:
             last = self._last_ver
             more = len(rows) > limit
             records = []
-            listings: dict[int, BucketListing] = {}
+            leaves: dict[tuple[int, int], dict[bytes, int]] = {}
             for ver, name, row in rows[:limit]:
-                bucket = bucket_of(bytes(name))
-                if bucket not in listings:
-                    listings[bucket] = self._listing(bucket, self._reader)
-                if listings[bucket].get(bytes(name)) != ver:
+                at = bucket_of(bytes(name)), leaf_of(bytes(name))
+                if at not in leaves:
+                    leaves[at] = self._leaf_versions(*at, self._reader)
+                if leaves[at].get(bytes(name)) != ver:
                     raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
                 record = self._decode(bytes(name), ver, bytes(row))
                 if not is_share_record(record):  # a share row never leaves the node
@@ -1116,7 +1121,9 @@ class NodeStore:
             self._keep_manifests_once(latest)
             touched = {bucket_of(name) for _, name in latest.values()}
             # Never build on a bucket not checked, nor on a row other than the checked one.
-            listings = {bucket: self._listing(bucket, self._db) for bucket in sorted(touched)}
+            read = sorted({(bucket_of(name), leaf_of(name)) for _, name in latest.values()})
+            listed = {at: self._leaf_versions(*at, self._db) for at in read}
+            deltas: dict[int, dict[int, int]] = {}  # bucket -> leaf -> change of its sum
             seq = self.counter + 1
             ver = self._last_ver
             max_round = self._max_round
@@ -1131,19 +1138,22 @@ class NodeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 for record, name in latest.values():
-                    bucket = bucket_of(name)
+                    bucket, leaf = bucket_of(name), leaf_of(name)
                     old = self._db.execute(
                         "SELECT ver, row FROM record WHERE name = ?", (name,)
                     ).fetchone()
-                    if (None if old is None else int(old[0])) != listings[bucket].get(name):
+                    if (None if old is None else int(old[0])) != listed[bucket, leaf].get(name):
                         raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
-                    if old is not None:
-                        digests[bucket] -= self._term(name, int(old[0]))
-                        if self._erases(name, int(old[0]), bytes(old[1]), record):
-                            erased.setdefault(bucket, set()).add(leaf_of(name))
-                            shares_erased += is_share_record(record)
                     ver += 1
-                    digests[bucket] = (digests[bucket] + self._term(name, ver)) % _MOD
+                    change = self._term(name, ver)
+                    if old is not None:
+                        change -= self._term(name, int(old[0]))
+                        if self._erases(name, int(old[0]), bytes(old[1]), record):
+                            erased.setdefault(bucket, set()).add(leaf)
+                            shares_erased += is_share_record(record)
+                    digests[bucket] = (digests[bucket] + change) % _MOD
+                    in_bucket = deltas.setdefault(bucket, {})
+                    in_bucket[leaf] = in_bucket.get(leaf, 0) + change
                     plain = _pack_record(record)
                     sealed = self._seal(self._row_keys(name)[0], plain, self._aad(name, ver))
                     rows.append((ver, name, sealed))
@@ -1207,14 +1217,11 @@ class NodeStore:
             self.rotation_owed = owed
             for bucket, digest in digests.items():
                 self._buckets[bucket] = (seq, digest)
-            written: dict[int, dict[bytes, int]] = {}
-            for ver_written, name, _ in rows:
-                written.setdefault(bucket_of(name), {})[name] = ver_written
-            for bucket, changes in written.items():
-                kept = self._listings.get(bucket)
-                if kept is not None:  # replaced, not changed: a reader holds a whole one
-                    self._listings[bucket] = kept.updated(changes)
-                    self._listed_rows += len(self._listings[bucket]) - len(kept)
+            for bucket, changes in deltas.items():
+                # Replaced, not changed: a reader holds a whole one.
+                self._sums[bucket] = self._sums[bucket].updated(changes)
+                # The leaves' sums still add up to the bucket's digest.
+                assert sum(self._sums[bucket].sums().values()) % _MOD == digests[bucket]
         if erased:
             # Older page images of the entry stay in the WAL until it is checkpointed;
             # secure_delete zeroes what the checkpoint frees in the database file.
@@ -1601,73 +1608,50 @@ class NodeStore:
         self._db.close()
 
 
-class BucketListing:
-    """A checked bucket's (name, version) pairs as 24-byte records (name 16 || u64
-    version), sorted by name, looked up by bisection: a tenth of a dict's memory."""
+class LeafSums:
+    """A checked bucket's sum per leaf (Σ HMAC(digest key, name || u64(ver)) over the
+    leaf's rows, mod 2^256), for the leaves that hold rows: 33-byte records (u8 leaf ||
+    sum), sorted by leaf, looked up by bisection. At most 256 records a bucket (8.4 KB),
+    so at most 34 MB for every bucket of a store, whatever its number of entries."""
 
     __slots__ = ("_blob",)
-    _SIZE = NAME_LEN + 8
+    _SIZE = 1 + 32
 
-    def __init__(self, pairs: Iterable[tuple[bytes, int]]) -> None:
-        self._blob = b"".join(name + _u64(ver) for name, ver in sorted(pairs))
+    def __init__(self, sums: Mapping[int, int]) -> None:
+        records = sorted((leaf, total) for leaf, total in sums.items() if total)
+        self._blob = b"".join(bytes([leaf]) + total.to_bytes(32, "big") for leaf, total in records)
 
     def __len__(self) -> int:
         return len(self._blob) // self._SIZE
 
-    @classmethod
-    def _from_blob(cls, blob: bytes) -> BucketListing:
-        listing = cls(())
-        listing._blob = blob
-        return listing
-
-    def _position(self, name: bytes) -> tuple[int, bool]:
-        """Where `name`'s record is (True) or would go (False), in records."""
+    def get(self, leaf: int) -> int:
+        """The leaf's sum (0: the leaf holds no row)."""
         blob, size = self._blob, self._SIZE
         low, high = 0, len(self)
         while low < high:
             middle = (low + high) // 2
-            found = blob[middle * size : middle * size + NAME_LEN]
-            if found < name:
+            found = blob[middle * size]
+            if found < leaf:
                 low = middle + 1
-            elif found > name:
+            elif found > leaf:
                 high = middle
             else:
-                return middle, True
-        return low, False
+                return int.from_bytes(blob[middle * size + 1 : (middle + 1) * size], "big")
+        return 0
 
-    def get(self, name: bytes) -> int | None:
-        at, found = self._position(name)
-        if not found:
-            return None
-        start = at * self._SIZE + NAME_LEN
-        return int.from_bytes(self._blob[start : start + 8], "big")
-
-    def pairs(self) -> Iterator[tuple[bytes, int]]:
+    def sums(self) -> dict[int, int]:
         blob, size = self._blob, self._SIZE
-        for at in range(0, len(blob), size):
-            yield blob[at : at + NAME_LEN], int.from_bytes(blob[at + NAME_LEN : at + size], "big")
+        return {
+            blob[at]: int.from_bytes(blob[at + 1 : at + size], "big")
+            for at in range(0, len(blob), size)
+        }
 
-    def between(self, low: bytes, high: bytes) -> list[tuple[bytes, int]]:
-        """The (name, version) pairs whose name is >= low and < high (empty: no bound)."""
-        start = self._position(low)[0]
-        end = self._position(high)[0] if high else len(self)
-        blob, size = self._blob, self._SIZE
-        return [
-            (blob[at : at + NAME_LEN], int.from_bytes(blob[at + NAME_LEN : at + size], "big"))
-            for at in range(start * size, end * size, size)
-        ]
-
-    def updated(self, changes: dict[bytes, int]) -> BucketListing:
-        """A new listing: this one with `changes` (name -> new version) applied."""
-        changed = BucketListing._from_blob(self._blob)
-        blob = bytearray(self._blob)
-        for name, ver in changes.items():
-            at, found = changed._position(name)
-            start = at * self._SIZE
-            record = name + _u64(ver)
-            blob[start : start + (self._SIZE if found else 0)] = record
-            changed._blob = bytes(blob)
-        return changed
+    def updated(self, deltas: Mapping[int, int]) -> LeafSums:
+        """A new one: these sums with `deltas` (leaf -> amount, mod 2^256) added."""
+        sums = self.sums()
+        for leaf, delta in deltas.items():
+            sums[leaf] = (sums.get(leaf, 0) + delta) % _MOD
+        return LeafSums(sums)
 
 
 class StoreRecords:
