@@ -173,11 +173,15 @@ def test_a_share_put_back_during_its_erasures_rotation_is_not_sealed_anew(
 
 
 def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) -> None:
-    # Reads do not wait for the lock; one that falls between a commit and the digests
-    # and listings in memory must read again, not refuse the store.
+    # Reads do not wait for the lock; one that falls between a commit and the sums in
+    # memory must read again, not refuse the store. The writer saves share rows, then
+    # their entries' records: a save reads the share rows back (`_keep_manifests_once`)
+    # while the other thread reads (review s45: on one shared connection, that read
+    # took the other thread's older snapshot and refused the store as rolled back).
     store = NodeStore(tmp_path / "store.sqlite", 0, KEY)
     keys = [EntryId(f"user{i}", "root-key").to_bytes() for i in range(8)]
     store.save([AcceptorRecord(k, 1, 1, 1, 1, b"v0") for k in keys])
+    store.save([share_record(k, _counted(0)) for k in keys])
     failures: list[BaseException] = []
     stop = time.monotonic() + 1.0
 
@@ -185,6 +189,7 @@ def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) 
         try:
             round_ = 2
             while time.monotonic() < stop:
+                store.save([share_record(k, _counted(round_ % 5)) for k in keys[:4]])
                 store.save([AcceptorRecord(k, round_, 1, round_, 1, b"v") for k in keys[:4]])
                 round_ += 1
         except BaseException as failed:  # pragma: no cover - reported below
@@ -195,10 +200,60 @@ def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) 
     reads = 0
     while writer.is_alive():
         for key in keys:
-            assert store.get(key) is not None
+            assert store.get(key) is not None and store.get_share(key) is not None
             reads += 1
     writer.join()
     assert failures == [] and reads > 100
+
+
+def test_a_read_under_way_in_another_thread_never_pins_what_a_save_checks(
+    tmp_path: Path,
+) -> None:
+    # The event loop's thread in the middle of a read (a statement under way) while a
+    # save in the writer thread checks the rows it builds on: each thread reads on its
+    # own connection, so the save sees the last commit, not the reader's snapshot.
+    store = NodeStore(tmp_path / "store.sqlite", 0, KEY)
+    store.save([AcceptorRecord(ENTRY, 1, 1, 1, 1, b"v0"), share_record(ENTRY, _counted(0))])
+    reading, finish = threading.Event(), threading.Event()
+
+    def read_slowly() -> None:
+        rows = store._reader.execute("SELECT name, ver FROM record")
+        rows.fetchone()
+        reading.set()
+        finish.wait(10)
+        rows.fetchall()
+
+    reader = threading.Thread(target=read_slowly)
+    reader.start()
+    try:
+        assert reading.wait(10)
+        store.save([share_record(ENTRY, _counted(1))])
+        store.save([AcceptorRecord(ENTRY, 2, 1, 2, 1, b"v1")])  # reads the share row back
+        share = store.get_share(ENTRY)
+        assert share is not None and share.count == 1
+    finally:
+        finish.set()
+        reader.join()
+
+
+def test_a_row_with_a_version_no_save_writes_is_refused_not_a_crash(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, KEY)
+    store.save([AcceptorRecord(ENTRY, 1, 1, 1, 1, b"v0")])
+    name = store.name_of(ENTRY)
+    neighbour = name[:3] + bytes(13)  # in the same leaf
+    with sqlite3.connect(path) as db:
+        db.execute("INSERT INTO record (ver, name, row) VALUES (?, ?, ?)", (-5, neighbour, b"x"))
+    with pytest.raises(StoreCorrupted, match="malformed"):
+        store.get(ENTRY)
+    with pytest.raises(StoreCorrupted, match="malformed"):
+        store.save([AcceptorRecord(ENTRY, 2, 1, 2, 1, b"v1")])
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM record WHERE ver < 0")
+        db.execute("UPDATE bucket SET ver = -1")
+    store.close()
+    with pytest.raises(StoreCorrupted, match="malformed"):
+        NodeStore(path, 0, KEY)
 
 
 def test_leaf_sums_find_each_leaf_and_add_changes() -> None:

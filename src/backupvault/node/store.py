@@ -303,15 +303,17 @@ def _leaf_range(bucket: int, leaf: int) -> tuple[bytes, bytes]:
     return low, high
 
 
-def _in_range(db: sqlite3.Connection, columns: str, low: bytes, high: bytes) -> sqlite3.Cursor:
-    """`columns` of every record whose name is >= low and < high (empty: no bound)."""
+def _in_range(db: sqlite3.Connection, columns: str, low: bytes, high: bytes) -> list[Any]:
+    """`columns` of every record whose name is >= low and < high (empty: no bound), read
+    to the end at once: a statement left under way would hold its connection's snapshot
+    for the next one (`NodeStore._reader`)."""
     if high:
         sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
-        return db.execute(sql, (low, high))
-    return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,))
+        return db.execute(sql, (low, high)).fetchall()
+    return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,)).fetchall()
 
 
-def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> sqlite3.Cursor:
+def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> list[Any]:
     """`columns` of every record whose name falls in the bucket (an index range)."""
     return _in_range(db, columns, *_bucket_range(bucket))
 
@@ -389,7 +391,7 @@ def _refuses_malformed(method: _F) -> _F:
     def checked(*args: Any, **kwargs: Any) -> Any:
         try:
             return method(*args, **kwargs)
-        except (sqlite3.DatabaseError, ValueError, TypeError, struct.error) as exc:
+        except (sqlite3.DatabaseError, ValueError, TypeError, OverflowError, struct.error) as exc:
             raise StoreCorrupted(f"node store is malformed ({exc})", hint=_CORRUPT_HINT) from None
 
     return checked  # type: ignore[return-value]
@@ -506,10 +508,11 @@ class NodeStore:
         if not unbucketed:  # else made with the keys, in one transaction
             self._db.execute(_BUCKET_KEY_TABLE)
         self._db.execute(_LEAF_KEY_TABLE)
-        # Reads on the caller's thread see committed state only, while a write is under
-        # way on the writer connection in another thread.
-        self._reader = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        self._reader.execute("PRAGMA query_only=ON")
+        # Reads see committed state only, while a write is under way on the writer
+        # connection in another thread: each thread reads on a connection of its own
+        # (`_reader`).
+        self._readers = threading.local()
+        self._reader_connections: list[sqlite3.Connection] = []
         # Held while a transaction is written and the in-memory digests follow it, and
         # while a bucket is checked, so a check never sees one without the other.
         self._lock = threading.RLock()
@@ -563,7 +566,6 @@ class NodeStore:
         """An existing store must have been sealed under the generation it is opened with."""
         found = self._db.execute("SELECT generation FROM row_key WHERE id = 0").fetchone()
         if found is not None and int(found[0]) != self.generation:
-            self._reader.close()
             self._db.close()
             raise StoreCorrupted(
                 f"node store is sealed under row key generation {found[0]}, not {self.generation}",
@@ -585,6 +587,21 @@ class NodeStore:
                 )
 
     # ---- names, rows, digests -----------------------------------------------------------
+
+    @property
+    def _reader(self) -> sqlite3.Connection:
+        """This thread's connection for reads. Never one for two threads: while any
+        statement of a connection is under way, every other statement on it reads the
+        same snapshot, so a save in the writer thread, checking its rows beside a read
+        on the event loop's thread, saw rows from before the last commit against the
+        sums after it, and refused the store as rolled back (review s45)."""
+        reader: sqlite3.Connection | None = getattr(self._readers, "connection", None)
+        if reader is None:
+            reader = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
+            reader.execute("PRAGMA query_only=ON")
+            self._readers.connection = reader
+            self._reader_connections.append(reader)
+        return reader
 
     def name_of(self, key: bytes) -> bytes:
         return hmac.digest(self._name_key, key, "sha256")[:16]
@@ -730,8 +747,10 @@ class NodeStore:
         top = 0
         keys = self._bucket_rows_key if current else [*self._master, *self._bucket_rows_key]
         for bucket, ver, row in self._db.execute("SELECT id, ver, row FROM bucket"):
-            if not 0 <= bucket < BUCKETS or ver > self.counter:
+            if ver > self.counter:
                 raise StoreCorrupted("node store bucket is newer than its counter")
+            if not 0 <= bucket < BUCKETS or ver < 0:
+                raise StoreCorrupted("node store bucket row is malformed", hint=_CORRUPT_HINT)
             plain = self._open(keys, bytes(row), self._bucket_aad(bucket, ver), "bucket")
             digest = int.from_bytes(plain, "big")
             buckets[bucket] = (ver, digest)
@@ -871,8 +890,8 @@ class NodeStore:
         for name, ver in found:
             if ver > self._last_ver:
                 raise StoreCorrupted("node store row is newer than its counter")
-            if len(name) != NAME_LEN:
-                raise StoreCorrupted("node store row name is malformed", hint=_CORRUPT_HINT)
+            if ver < 1 or len(name) != NAME_LEN:
+                raise StoreCorrupted("node store row is malformed", hint=_CORRUPT_HINT)
             pairs[bytes(name)] = int(ver)
             term = self._term(bytes(name), int(ver))
             total = (total + term) % _MOD
@@ -1197,6 +1216,9 @@ class NodeStore:
                 self._write_meta(
                     seq, ver, max_round, top, self.store_id, new_marks, catching_up, owed=owed
                 )
+                sums = {b: self._sums[b].updated(changes) for b, changes in deltas.items()}
+                for bucket, kept in sums.items():  # the leaves still add up to the bucket
+                    assert sum(kept.sums().values()) % _MOD == digests[bucket]
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -1217,11 +1239,8 @@ class NodeStore:
             self.rotation_owed = owed
             for bucket, digest in digests.items():
                 self._buckets[bucket] = (seq, digest)
-            for bucket, changes in deltas.items():
-                # Replaced, not changed: a reader holds a whole one.
-                self._sums[bucket] = self._sums[bucket].updated(changes)
-                # The leaves' sums still add up to the bucket's digest.
-                assert sum(self._sums[bucket].sums().values()) % _MOD == digests[bucket]
+            # Replaced, not changed: a reader holds a whole one.
+            self._sums.update(sums)
         if erased:
             # Older page images of the entry stay in the WAL until it is checkpointed;
             # secure_delete zeroes what the checkpoint frees in the database file.
@@ -1604,7 +1623,8 @@ class NodeStore:
 
     def close(self) -> None:
         self._closing = True  # a background verify_all stops at its next bucket
-        self._reader.close()
+        for reader in self._reader_connections:
+            reader.close()
         self._db.close()
 
 
