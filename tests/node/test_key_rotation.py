@@ -933,6 +933,34 @@ def test_an_erasure_whose_key_rotation_failed_is_rotated_before_the_node_serves(
         RowKeyRing(sealer, tmp_path / "backup").load(1)
 
 
+def test_a_row_put_back_before_an_owed_rotation_is_refused_not_sealed_anew(
+    tmp_path: Path, sealer: TokenSealer
+) -> None:
+    """A rotation owed across a restart re-seals its bucket whole (the erased row's leaf
+    is not known any more). The erased share put back on the disk in between must be
+    found by the whole bucket's check, never sealed under the keys that replace those its
+    erasure destroys."""
+    data, store = _node(tmp_path, sealer)
+    node_main.store_is_intact(store, sealer)
+    _write(store, sealer, [share_record(ENTRY_A, _counted(1))])
+    name = store.name_of(SHARE_PREFIX + ENTRY_A)
+    path = data / "store.sqlite"
+    with sqlite3.connect(path) as db:
+        ver, live = db.execute("SELECT ver, row FROM record WHERE name = ?", (name,)).fetchone()
+    (data / ROW_KEY_NEXT).mkdir()  # the rotation fails: owed
+    with pytest.raises(OSError):
+        store.save([share_record(ENTRY_A, _counted(1, share=b""))], caught_up=True)
+    store.close()
+    (data / ROW_KEY_NEXT).rmdir()
+    with sqlite3.connect(path) as db:  # the attacker puts the live share back
+        db.execute("DELETE FROM record WHERE name = ?", (name,))
+        db.execute("INSERT INTO record (ver, name, row) VALUES (?, ?, ?)", (ver, name, live))
+    with pytest.raises(StoreCorrupted, match="rolled back"):
+        _open(data, sealer)
+    assert _raw(path, "record")[name] == bytes(live)  # as put back, under the old keys
+    assert store_generation(path) == 1
+
+
 def _value(status: int, manifest: bytes, promised: int) -> AcceptorRecord:
     state = ThresholdState(status=status, version=1, manifest=manifest)
     value = ReplicatedValue([AppliedOp(b"op", 1)], state.to_bytes()).to_bytes()
