@@ -206,6 +206,66 @@ def test_reads_beside_writes_never_take_a_commit_for_a_rollback(tmp_path: Path) 
     assert failures == [] and reads > 100
 
 
+def _check_all(store: NodeStore, failures: list[BaseException]) -> None:
+    try:
+        store.verify_all()
+    except BaseException as failed:  # pragma: no cover - reported by the caller
+        failures.append(failed)
+
+
+def test_the_background_check_beside_writes_keeps_sums_that_match_the_disk(
+    tmp_path: Path,
+) -> None:
+    # The node's check of every bucket runs in a thread of its own after start, while
+    # the node writes: a bucket it sums while a save changes it must not be kept behind
+    # the disk (a good row would then look rolled back) nor refused.
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, KEY)
+    keys = [EntryId(f"user{i}", "root-key").to_bytes() for i in range(3000)]
+    store.save([AcceptorRecord(k, 1, 1, 1, 1, b"v0") for k in keys])
+    store.close()
+    for attempt in range(2):
+        store = NodeStore(path, 0, KEY)  # no bucket checked yet
+        failures: list[BaseException] = []
+        checker = threading.Thread(target=_check_all, args=(store, failures))
+        checker.start()
+        round_ = 2 + attempt * 100
+        while checker.is_alive():
+            batch = keys[round_ % 3000 :][:50]
+            store.save([AcceptorRecord(k, round_, 1, round_, 1, b"v") for k in batch])
+            round_ += 1
+        checker.join()
+        assert failures == []
+        assert all(store.get(k) is not None for k in keys)  # against the kept sums
+        store.close()
+
+
+def test_a_bucket_summed_while_a_save_changes_it_is_not_kept_behind_the_disk(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The background check sums a bucket without the lock; a save that lands between
+    # its read of the rows and its keeping of the sums makes them stale: kept, they
+    # would make the saved row look rolled back on its next read.
+    path = tmp_path / "store.sqlite"
+    NodeStore(path, 0, KEY).save([AcceptorRecord(ENTRY, 1, 1, 1, 1, b"v0")])
+    store = NodeStore(path, 0, KEY)  # no bucket checked yet
+    summed = store._checked
+    saved: list[bool] = []
+
+    def checked_then_saved(*args: Any) -> dict[bytes, int]:
+        pairs = summed(*args)  # the rows as read before the save
+        if store.name_of(ENTRY) in pairs and not saved:
+            saved.append(True)
+            store.save([AcceptorRecord(ENTRY, 2, 1, 2, 1, b"v1")])
+        return pairs
+
+    monkeypatch.setattr(store, "_checked", checked_then_saved)
+    store.verify_all()
+    monkeypatch.undo()
+    found = store.get(ENTRY)
+    assert saved and found is not None and found.accepted_round == 2
+
+
 def test_a_read_under_way_in_another_thread_never_pins_what_a_save_checks(
     tmp_path: Path,
 ) -> None:
