@@ -768,8 +768,8 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     diff = run("backup", "diff", first["backup_id"], info["backup_id"], "--storage",
                str(storage), "--recovery-code", code)  # fmt: skip
     assert diff.stdout == (
-        "M  notes.txt\n0 added (0 B), 0 removed (0 B), 1 modified, 0 changed type,"
-        " 0 changed metadata only\n"
+        "M  notes.txt\n0 added (0 B), 0 removed (0 B), 1 modified (25 B to 25 B), 0 changed"
+        " type, 0 changed metadata only\n"
     ), diff.stdout
     checked = run("--json", "backup", "check", "--read-data", "--storage", str(storage),
                   "--recovery-code", code)  # fmt: skip
@@ -1664,3 +1664,22 @@ def test_a_restore_names_the_folder_the_snapshot_is_of(tmp_path: Path, source: P
     as_json = run("--json", "backup", "restore", "--storage", str(storage), "--to",
                   str(tmp_path / "out2"), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
     assert json.loads(as_json.stdout)["source"] == str(source)
+
+
+def test_diff_sums_the_sizes_of_each_kind_of_change() -> None:
+    from backupvault.backup.repo.maintenance import Change
+    from backupvault.cli.backup_repo import _diff_text
+
+    text = _diff_text(
+        [
+            Change("+", "new.txt", 0, 2048),
+            Change("-", "old.txt", 100, 0),
+            Change("M", "a.txt", 10, 4096),
+            Change("M", "b.txt", 20, 30),
+            Change("U", "c.txt", 5, 5),
+        ]
+    )
+    assert text.splitlines()[-1] == (
+        "1 added (2.0 KiB), 1 removed (100 B), 2 modified (30 B to 4.0 KiB), 0 changed type,"
+        " 1 changed metadata only"
+    )

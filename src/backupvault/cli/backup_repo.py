@@ -339,12 +339,15 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
     count = {kind: sum(c.kind == kind for c in changes) for kind in "+-MTU"}
     added = sum(c.size_after for c in changes if c.kind == "+")
     removed = sum(c.size_before for c in changes if c.kind == "-")
+    before = sum(c.size_before for c in changes if c.kind == "M")
+    after = sum(c.size_after for c in changes if c.kind == "M")
     return "\n".join(
         [f"{c.kind}  {_one_line(c.path)}" for c in changes]
         + [
             f"{count['+']} added ({human_size(added)}), {count['-']} removed"
-            f" ({human_size(removed)}), {count['M']} modified, {count['T']} changed type,"
-            f" {count['U']} changed metadata only"
+            f" ({human_size(removed)}), {count['M']} modified ({human_size(before)} to"
+            f" {human_size(after)}), {count['T']} changed type, {count['U']} changed"
+            " metadata only"
         ]
     )
 
