@@ -114,8 +114,8 @@ N / 4,096 rows, are read whole and checked against its digest, and its sums per 
 kept in memory (`LeafSums`: at most 256 × 33 bytes a bucket, 34 MB for a whole store of
 any size; kept current by every save). From then on every read or write of a record
 compares the row's version with its leaf's (name, version) pairs, about N / 2^20 rows,
-read and checked against the leaf's sum: a few rows at 10,000,000 entries, where a
-bucket holds about 4,900. So a single row replaced by an older copy of itself, or
+read and checked against the leaf's sum: about 19 rows at 10,000,000 entries (two an
+entry), where a bucket holds about 4,900. So a single row replaced by an older copy of itself, or
 removed or added, is refused (`StoreCorrupted`) before the node acts on it, also while
 the node runs: a check made once per bucket would let a disk that changes a row after it
 was checked serve the old row (a rolled-back count) when the entry next falls out of the
