@@ -10,6 +10,8 @@ it and prints what it measured:
 - reads 1,000 random entries, each in a bucket not checked yet (a node's first reads);
 - checks every bucket (`verify_all`: the node's background check after start);
 - reads 1,000 random entries again, buckets checked;
+- serves 3 catch-up pages of `PAGE` records from different places of the store (what
+  a peer answers a node that catches up: `changed_since`, which checks every record);
 - erases 9 shares, one at a time, each through `save` and its key rotation (docs/pkcs11.md,
   "Erasure by key rotation"), against the same on a store of 20,000 entries.
 
@@ -37,6 +39,7 @@ from bench.fill import BATCH, THRESHOLD, _records, commit_acks, dealing, report
 
 ERASURES = 9
 READS = 1_000
+PAGE = 2_000  # records per catch-up page, as nodes ask for them
 REFERENCE_ENTRIES = 20_000  # every bucket holds entries (a smaller store has fewer keys to wrap)
 _KEYS = "keys.bin"  # the bench's storage and row keys, beside its store
 
@@ -114,6 +117,12 @@ def probe(folder: Path, entries: int) -> dict[str, float]:
     store.verify_all()
     figures["check_all_s"] = time.perf_counter() - started
     figures["read_checked_p50_ms"] = _reads_p50_ms(store, entries, rng)
+    pages = []
+    for since in (1, entries // 2, entries):  # versions: two rows an entry
+        started = time.perf_counter()
+        assert store.changed_since(store.store_id, since, PAGE).records
+        pages.append(time.perf_counter() - started)
+    figures["page_p50_ms"] = statistics.median(pages) * 1000
     store.key_rotation = _Ring()
     times = []
     for number in range(ERASURES):
@@ -198,6 +207,14 @@ def rows(entries: int) -> list[dict[str, object]]:
             "unit": "ms",
             "reference": f"checked {large['read_checked_p50_ms']:.3f} ms; "
             f"check of every bucket {large['check_all_s']:.1f} s",
+            "ratio": None,
+            "goal": "printed",
+        },
+        {
+            "name": f"catch-up page of {PAGE:,} records, median of 3, {n}",
+            "value": large["page_p50_ms"],
+            "unit": "ms",
+            "reference": f"{REFERENCE_ENTRIES:,} entries {small['page_p50_ms']:.0f} ms",
             "ratio": None,
             "goal": "printed",
         },
