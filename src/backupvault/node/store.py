@@ -1087,13 +1087,14 @@ class NodeStore:
             more = len(rows) > limit
             records = []
             leaves: dict[tuple[int, int], dict[bytes, int]] = {}
-            for ver, name, row in rows[:limit]:
-                at = bucket_of(bytes(name)), leaf_of(bytes(name))
+            for ver, found, row in rows[:limit]:
+                name = bytes(found)
+                at = bucket_of(name), leaf_of(name)
                 if at not in leaves:
                     leaves[at] = self._leaf_versions(*at, self._reader)
-                if leaves[at].get(bytes(name)) != ver:
+                if leaves[at].get(name) != ver:
                     raise StoreCorrupted(_ROLLED_BACK, hint=_CORRUPT_HINT)
-                record = self._decode(bytes(name), ver, bytes(row))
+                record = self._decode(name, ver, bytes(row))
                 if not is_share_record(record):  # a share row never leaves the node
                     records.append(record)
         upto = int(rows[limit - 1][0]) if more else last
