@@ -58,6 +58,10 @@ async def echo(request):
         return serving.slow_body_response()
     return PlainTextResponse("too large" if body is None else f"{{len(body)}} bytes")
 
+async def count(request):  # reads a body far past a head's limit, all of it
+    body = await serving.read_body(request, 200_000)
+    return PlainTextResponse("too large" if body is None else f"{{len(body)}} bytes")
+
 @contextlib.asynccontextmanager
 async def lifespan(app):
     yield
@@ -71,6 +75,7 @@ routes = [
     Route("/slow", slow),
     Route("/big", big),
     Route("/echo", echo, methods=["POST"]),
+    Route("/count", count, methods=["POST"]),
 ]
 app = Starlette(routes=routes, lifespan=lifespan)
 serving.run_until_stopped(app, {limits}, host="127.0.0.1", port={port}, log_config=None)
@@ -421,10 +426,13 @@ def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
         post = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         post += b"Content-Length: %d\r\n\r\n%s" % (len(body), body)
         assert send(post).endswith(b"900 bytes")
-        big_body = b"POST /echo HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
+        # A body beyond the head's limit is not the head's. Read whole by the service: one
+        # that answers and closes with the body unread resets the connection, and the
+        # reset can reach the client before the answer does (a flake seen once).
+        big_body = b"POST /count HTTP/1.1\r\nHost: x\r\nConnection: close\r\n"
         big_body += b"Content-Length: 100000\r\n\r\n" + b"b" * 100_000
-        answer = send(big_body)  # a body beyond the head's limit is not the head's
-        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"too large")
+        answer = send(big_body)
+        assert answer.startswith(b"HTTP/1.1 200 ") and answer.endswith(b"100000 bytes")
         # A whole oversized head in one read, its end and body with it (review s39-A: it
         # was parsed before the count, and its end reset the count, so 128 KB passed).
         for big in (b"X-Long: " + b"a" * 100_000 + b"\r\n", b""):
