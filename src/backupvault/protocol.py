@@ -93,6 +93,9 @@ class ErrorCode(enum.StrEnum):
     #: The account has as many registrations staged and never committed on this node as it
     #: may keep (`STAGED_ENTRIES_PER_ACCOUNT`, hsm/shares.py): no new one is staged.
     TOO_MANY_PENDING = "too_many_pending"
+    #: The account keeps as many entries on this node as it may (`ENTRIES_PER_ACCOUNT`,
+    #: hsm/shares.py): no share of a new entry is staged.
+    TOO_MANY_ENTRIES = "too_many_entries"
 
 
 # Tags 1-12 were the single-seed flow's messages (register-start/finish, recover-start/

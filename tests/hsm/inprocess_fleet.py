@@ -34,6 +34,7 @@ from backupvault.hsm.shares import (
     FleetShape,
     ThresholdRead,
     ThresholdUpdate,
+    count_in_use_in,
     count_staged_in,
 )
 from backupvault.hsm.state import NodeShare, ThresholdState
@@ -89,6 +90,7 @@ class InProcessFleet:
             FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers
         )
         firmware.shares.count_staged = count_staged_in(self.shares[i])  # as the node's store
+        firmware.shares.count_in_use = count_in_use_in(self.shares[i])
         return firmware
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:

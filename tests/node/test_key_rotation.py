@@ -600,7 +600,7 @@ def test_a_store_of_format_4_opens_and_becomes_format_5(
     tmp_path: Path, sealer: TokenSealer
 ) -> None:
     """Format 4 (leaf keys; its bucket rows under the row key, `top` without their
-    digests) is read as it is, and made format 5 in one transaction when opened."""
+    digests) is read as it is, and made the current format in one transaction when opened."""
     data, store = _node(tmp_path, sealer)
     path = data / "store.sqlite"
     store.save([share_record(ENTRY_A, _share_row(SHARE)), *_others(40)])
@@ -615,7 +615,7 @@ def test_a_store_of_format_4_opens_and_becomes_format_5(
     assert {r.key for r in opened.load()} == {r.key for r in _others(40)}
     opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (6,)
     for bucket, row in _raw(path, "bucket").items():
         assert isinstance(bucket, int)
         assert not _opens(row_key, row, store._bucket_aad(bucket, _bucket_ver(path, bucket)))

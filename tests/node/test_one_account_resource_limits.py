@@ -241,3 +241,147 @@ def test_the_staged_table_follows_every_save_and_a_stale_name_never_counts(
     reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
     assert reopened.count_staged("mallory", {}, 3) == 2
     reopened.close()
+
+
+def _in_use_names(path: Path) -> int:
+    with sqlite3.connect(path) as db:
+        (count,) = db.execute("SELECT COUNT(*) FROM in_use").fetchone()
+    return int(count)
+
+
+def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_restart(
+    tmp_path: Path,
+) -> None:
+    """Finding 4: a new entry name per request, each committed, grew every node by a row
+    per request for good. Now a node stages no share of a new entry once the account's
+    entries in use here reach the cap, counted from the store's `in_use` table (also
+    after a restart); an entry it keeps takes its stagings, and another account is not
+    held back."""
+    cap = 3  # small, to reach it; a node's is ENTRIES_PER_ACCOUNT
+    path = tmp_path / "store.sqlite"
+    made = [_dealt(f"entry-{n}") for n in range(cap + 2)]
+
+    def capped(path: Path) -> NodeService:
+        service = _service(path)
+        service._firmware.shares._entries_cap = cap
+        return service
+
+    async def first_run() -> None:
+        service = capped(path)
+        await service.start()
+        try:
+            for m in made[:cap]:  # committed: each the node's share
+                ack = await _stage(service, m)
+                assert isinstance(ack, ShareAck) and ack.kind == AckKind.STAGED, ack
+                acks = encode_commit_acks([CommitAck(ack.index, AckKind(ack.kind), ack.signature)])
+                entry = m.manifest.entry
+                commit = CommitSharesRequest("mallory", entry, m.manifest.to_bytes(), b"", 0, acks)
+                held = await _send(service, Op.COMMIT_SHARES, entry, commit)
+                assert isinstance(held, ShareAck) and held.kind == AckKind.HELD, held
+            refused = await _stage(service, made[cap])
+            assert isinstance(refused, ErrorResponse), refused
+            assert refused.code == ErrorCode.TOO_MANY_ENTRIES
+            assert f"keeps {cap} entries of this account" in refused.detail
+            other = await _stage(service, _dealt("root-key", "alice"), "alice")
+            assert isinstance(other, ShareAck) and other.kind == AckKind.STAGED
+        finally:
+            await service.stop()
+
+    asyncio.run(first_run())
+    assert _rows(path) == 2 * cap + 1  # each entry's value and share row, alice's share row
+    assert _in_use_names(path) == cap + 1
+
+    async def after_restart() -> None:
+        service = capped(path)  # a new process: the count is read from the store
+        await service.start()
+        try:
+            refused = await _stage(service, made[cap + 1])
+            assert isinstance(refused, ErrorResponse)
+            assert refused.code == ErrorCode.TOO_MANY_ENTRIES
+        finally:
+            await service.stop()
+
+    asyncio.run(after_restart())
+    assert _rows(path) == 2 * cap + 1
+    assert shares.ENTRIES_PER_ACCOUNT == 256
+
+
+def test_two_new_entries_at_once_never_pass_the_cap_together(tmp_path: Path) -> None:
+    """One place left, two stagings of new entries in the same moment: the second counts
+    the first's row, handed out and not yet durable, and is refused."""
+    cap = 2
+    path = tmp_path / "store.sqlite"
+
+    async def scenario() -> list[Message]:
+        service = _service(path)
+        service._firmware.shares._entries_cap = cap
+        await service.start()
+        try:
+            first = await _stage(service, _dealt("entry-0"))
+            assert isinstance(first, ShareAck)
+            return list(
+                await asyncio.gather(
+                    _stage(service, _dealt("entry-1")), _stage(service, _dealt("entry-2"))
+                )
+            )
+        finally:
+            await service.stop()
+
+    answers = asyncio.run(scenario())
+    assert sorted(type(a).__name__ for a in answers) == ["ErrorResponse", "ShareAck"]
+    refused = next(a for a in answers if isinstance(a, ErrorResponse))
+    assert refused.code == ErrorCode.TOO_MANY_ENTRIES
+    assert _in_use_names(path) == cap
+
+
+def test_the_in_use_table_follows_every_save(tmp_path: Path) -> None:
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, STORAGE_KEY)
+    staged_only = NodeShare(0, b"", b"", [], staged=[StagedShare(b"\x01" + b"s" * 32, b"M")])
+    held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
+    erased = NodeShare(1, b"", b"M", [])
+    keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(3)]
+    store.save([share_record(keys[0], staged_only), share_record(keys[1], held)])
+    store.save([share_record(EntryId.of("alice", "entry-0").to_bytes(), held)])
+    store.save([share_record(b"not an entry key", held)])  # a tool's: no account's
+    assert store.count_in_use("mallory", {}) == 2
+    assert store.count_in_use("alice", {}) == 1
+    # Rows handed out and not yet durable stand in for the stored ones.
+    assert store.count_in_use("mallory", {keys[0]: False}) == 1
+    assert store.count_in_use("mallory", {keys[2]: True}) == 3
+    assert store.count_in_use("mallory", {keys[1]: True}) == 2  # counted once
+    store.save([share_record(keys[0], held)])  # committed here: still one entry
+    assert store.count_in_use("mallory", {}) == 2
+    store.save([share_record(keys[1], erased)])  # its share erased: room again
+    assert store.count_in_use("mallory", {}) == 1
+    store.close()
+    reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
+    assert reopened.count_in_use("mallory", {}) == 1
+    assert reopened.count_in_use("alice", {}) == 1
+    reopened.close()
+    assert _in_use_names(path) == 2
+
+
+def test_a_store_of_format_5_is_made_format_6_and_its_rows_named_when_written_again(
+    tmp_path: Path,
+) -> None:
+    """Format 5 kept no `in_use` table: opened, the store is numbered 6 (so a version
+    that would not keep the table refuses it), and its rows, not named yet, count from
+    their next write on: toward taking a new entry, never toward refusing one."""
+    path = tmp_path / "store.sqlite"
+    store = NodeStore(path, 0, STORAGE_KEY)
+    held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
+    keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(2)]
+    store.save([share_record(key, held) for key in keys])
+    store.close()
+    with sqlite3.connect(path) as db:
+        db.execute("DROP TABLE in_use")
+        db.execute("PRAGMA user_version=5")
+    opened = NodeStore(path, 0, STORAGE_KEY)
+    with sqlite3.connect(path) as db:
+        assert db.execute("PRAGMA user_version").fetchone() == (6,)
+    assert opened.count_in_use("mallory", {}) == 0
+    assert {r.key for r in opened.records()} == set()  # share rows never listed as records
+    opened.save([share_record(keys[0], held.with_(reset_at=1))])  # written again
+    assert opened.count_in_use("mallory", {}) == 1
+    opened.close()

@@ -233,7 +233,7 @@ def test_a_store_made_before_the_format_was_kept_opens_and_gets_it(tmp_path: Pat
     # Its `watched` table is owed a scan until a node's first start has made it.
     assert not reopened.watch_complete
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (5,)
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (6,)
     assert not make(path).watch_complete  # said in the file: a restart still scans
     reopened.complete_watch([])
     assert make(path).watch_complete

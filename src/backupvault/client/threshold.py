@@ -620,6 +620,15 @@ class ThresholdVault:
                     hint="register again an entry whose registration was cut off (that"
                     " finishes it and takes no new place), or ask the vault's operator",
                 )
+            if codes.count(ErrorCode.TOO_MANY_ENTRIES) > self.nodes - self.t:
+                # More than N − t: an honest node's word (review r1, finding 4).
+                raise VaultError(
+                    f"the {what}: the vault nodes already keep as many entries of this account"
+                    " as they allow one account, and take no new one",
+                    hint="delete an entry this account no longer uses (`backupvault vault"
+                    " delete`, with a --config naming that entry), or ask the vault's"
+                    " operator",
+                )
             if _moved_on(codes, self.nodes, self.t):  # not a fleet that is down (10196044)
                 raise EntryChanged(made.manifest.version - 1, registration=not authorization)
             refused = _token_refused(outcomes, self.t)

@@ -62,6 +62,7 @@ from backupvault.hsm.shares import (
     ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
+    count_in_use_in,
     count_staged_in,
     error,
 )
@@ -562,6 +563,11 @@ class Simulation:
             return count_staged_in(n.rows)(account, overlay, limit)  # n.rows as it is now
 
         keeper.count_staged = count_staged
+
+        def count_in_use(account: str, overlay: Mapping[bytes, bool]) -> int:
+            return count_in_use_in(n.rows)(account, overlay)  # n.rows as it is now
+
+        keeper.count_in_use = count_in_use
         return keeper
 
     def _make_client(
