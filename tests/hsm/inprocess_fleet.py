@@ -34,7 +34,7 @@ from backupvault.hsm.shares import (
     FleetShape,
     ThresholdRead,
     ThresholdUpdate,
-    count_in_use_in,
+    count_entries_in,
     count_staged_in,
 )
 from backupvault.hsm.state import NodeShare, ThresholdState
@@ -90,7 +90,7 @@ class InProcessFleet:
             FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers
         )
         firmware.shares.count_staged = count_staged_in(self.shares[i])  # as the node's store
-        firmware.shares.count_in_use = count_in_use_in(self.shares[i])
+        firmware.shares.count_entries = count_entries_in(lambda: self.disk[i].keys())
         return firmware
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:

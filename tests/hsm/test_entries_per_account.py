@@ -1,19 +1,32 @@
 """The cap on an account's entries (review r1, finding 4), through the real SDK,
 firmware and replicas: the user is told what went wrong and what to do, nothing is kept
-of the refused entry, an entry the account has goes on working at the cap, and a deleted
-entry makes room. The cap is made small here to be reached; a node's is
-ENTRIES_PER_ACCOUNT (256)."""
+of the refused entry, an entry the account has goes on working at the cap, and neither
+deleting entries nor staging each on only t nodes passes it (review s46). The cap is
+made small here to be reached; a node's is ENTRIES_PER_ACCOUNT (256)."""
 
 from __future__ import annotations
 
 import os
 
 import pytest
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from inprocess_fleet import FAST_KSF, InProcessFleet
 
-from backupvault.client.errors import FleetUnavailable, VaultError
-from backupvault.hsm.state import EntryId
-from backupvault.protocol import Op
+from backupvault.client.errors import VaultError
+from backupvault.codec import Message
+from backupvault.crypto import manifest
+from backupvault.hsm.shares import FleetShape, ShareKeeper, ThresholdRead
+from backupvault.hsm.state import EntryId, ThresholdState
+from backupvault.protocol import (
+    AckKind,
+    EntryStatus,
+    ErrorCode,
+    ErrorResponse,
+    Op,
+    RegisterShareRequest,
+    ShareAck,
+)
+from backupvault.sim.clients import SIM_KSF
 
 CAP = 3
 
@@ -23,9 +36,12 @@ def _capped(fleet: InProcessFleet) -> None:
         fleet.firmware[n].shares._entries_cap = CAP
 
 
-def _rows_of(fleet: InProcessFleet, entry: str) -> list[bool]:
-    key = EntryId.of("alice", entry).to_bytes()
-    return [key in fleet.shares[n] for n in fleet.replicas]
+def _values_of_alice(fleet: InProcessFleet, n: int) -> int:
+    return sum(1 for key in fleet.disk[n] if EntryId.from_bytes(key).account == "alice")
+
+
+def _rows_of_alice(fleet: InProcessFleet, n: int) -> int:
+    return sum(1 for key in fleet.shares[n] if EntryId.from_bytes(key).account == "alice")
 
 
 def test_an_account_at_its_cap_is_told_and_nothing_is_kept_of_the_new_entry(
@@ -34,17 +50,22 @@ def test_an_account_at_its_cap_is_told_and_nothing_is_kept_of_the_new_entry(
     _capped(fleet)
     for n in range(CAP):
         fleet.client(entry=f"entry-{n}").register("pw", os.urandom(32), ksf=FAST_KSF)
-    with pytest.raises(VaultError, match="as many entries of this account") as refused:
+    with pytest.raises(VaultError, match="as many entry names of this account") as refused:
         fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
     assert "entry was not registered" in str(refused.value)
-    assert "vault delete" in (refused.value.hint or "")
-    assert _rows_of(fleet, "one-more") == [False] * len(fleet.replicas)
-    assert all(len(fleet.shares[n]) == CAP for n in fleet.replicas)
+    assert "entry name this account had before" in (refused.value.hint or "")
+    key = EntryId.of("alice", "one-more").to_bytes()
+    for n in fleet.replicas:
+        assert key not in fleet.shares[n] and key not in fleet.disk[n]
+        assert _values_of_alice(fleet, n) == _rows_of_alice(fleet, n) == CAP
 
 
-def test_at_the_cap_an_entry_changes_its_password_and_a_deleted_one_makes_room(
+def test_at_the_cap_an_entry_changes_its_password_and_a_deleted_name_registers_again(
     fleet: InProcessFleet,
 ) -> None:
+    """A delete frees no name (its tombstone stays on every node, so the store cannot
+    grow by delete and register again: review s46), and the name it leaves registers
+    again."""
     _capped(fleet)
     root_keys = {f"entry-{n}": os.urandom(32) for n in range(CAP)}
     for entry, root_key in root_keys.items():
@@ -52,32 +73,120 @@ def test_at_the_cap_an_entry_changes_its_password_and_a_deleted_one_makes_room(
     first = fleet.client(entry="entry-0")
     first.change_password(first.recover("pw", ksf_floor=FAST_KSF), "new pw", ksf=FAST_KSF)
     assert first.recover("new pw", ksf_floor=FAST_KSF).root_key == root_keys["entry-0"]
-    with pytest.raises(VaultError, match="as many entries"):
-        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
     second = fleet.client(entry="entry-1")
     second.delete(second.recover("pw", ksf_floor=FAST_KSF))
-    root_key = os.urandom(32)
-    fleet.client(entry="one-more").register("pw", root_key, ksf=FAST_KSF)
-    assert fleet.client(entry="one-more").recover("pw", ksf_floor=FAST_KSF).root_key == root_key
+    with pytest.raises(VaultError, match="as many entry names"):
+        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
+    root_key = os.urandom(32)  # at the version after the deleted one's
+    fleet.client(entry="entry-1").register("pw", root_key, ksf=FAST_KSF, version=2)
+    assert fleet.client(entry="entry-1").recover("pw", ksf_floor=FAST_KSF).root_key == root_key
+    assert all(_values_of_alice(fleet, n) == CAP for n in fleet.replicas)
 
 
-def test_a_registration_cut_off_before_its_commit_holds_its_place_until_registered_again(
+def test_registering_and_deleting_fresh_names_never_grows_a_node_past_the_cap(
     fleet: InProcessFleet,
 ) -> None:
-    """A staged share is the account's entry at that node too (else stagings for new
-    names, committed later, would pass the cap), and registering that entry again takes
-    no new place."""
+    """Review s46's first attack on the cap as first built (it counted rows that keep a
+    share, so a delete made room): register fresh names, delete them, again. Each round
+    left every node a tombstone and an erased row with its M, for good."""
     _capped(fleet)
-    for n in range(CAP - 1):
-        fleet.client(entry=f"entry-{n}").register("pw", os.urandom(32), ksf=FAST_KSF)
+    refused = 0
+    for round in range(3):
+        for n in range(CAP):
+            client = fleet.client(entry=f"round-{round}-{n}")
+            try:
+                client.register("pw", os.urandom(32), ksf=FAST_KSF)
+            except VaultError as err:
+                assert "as many entry names" in err.message
+                refused += 1
+                continue
+            client.delete(client.recover("pw", ksf_floor=FAST_KSF))
+    assert refused == 2 * CAP
+    for n in fleet.replicas:
+        assert _values_of_alice(fleet, n) == _rows_of_alice(fleet, n) == CAP
+
+
+def test_staging_each_entry_on_t_nodes_only_never_passes_the_cap(fleet: InProcessFleet) -> None:
+    """Review s46's second attack: stage each new entry on a different t nodes, so no
+    node's count of shares reaches the cap, commit, then let the owed shares come late.
+    Every node holds every committed value, and values are what is counted."""
+    _capped(fleet)
+    nodes, t = len(fleet.replicas), fleet.shape.threshold
+    registered = []
+    for j in range(nodes):
+        stagers = {(j + k) % nodes for k in range(t)}
+        fleet.relay_drops = lambda op, node, s=stagers: op is Op.REGISTER_SHARE and node not in s
+        client = fleet.client(entry=f"x-{j}")
+        try:
+            client.register("pw", os.urandom(32), ksf=FAST_KSF)
+        except VaultError as err:
+            assert "as many entry names" in err.message
+            continue
+        registered.append(client)
+    fleet.relay_drops = lambda op, node: False
+    assert len(registered) == CAP
+    for client in registered:  # the owed shares delivered
+        client.recover("pw", ksf_floor=FAST_KSF)
+    for n in fleet.replicas:
+        assert _values_of_alice(fleet, n) == _rows_of_alice(fleet, n) == CAP
+
+
+def test_a_registration_cut_off_before_its_commit_registers_again_at_the_cap(
+    fleet: InProcessFleet,
+) -> None:
+    """A staging counts only once it commits, and registering a cut-off entry again
+    stages on its own row: at the cap too, so an account can pass it by the
+    registrations it has staged and not committed (at most
+    STAGED_ENTRIES_PER_ACCOUNT), and by no more."""
+    _capped(fleet)
     fleet.relay_drops = lambda op, node: op is Op.COMMIT_SHARES
     cut_off = fleet.client(entry="cut-off")
     cut_off.delivery_patience = 0.5
-    with pytest.raises(FleetUnavailable):
+    with pytest.raises(VaultError):
         cut_off.register("pw", os.urandom(32), ksf=FAST_KSF)
     fleet.relay_drops = lambda op, node: False
-    with pytest.raises(VaultError, match="as many entries"):
-        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
+    for n in range(CAP):
+        fleet.client(entry=f"entry-{n}").register("pw", os.urandom(32), ksf=FAST_KSF)
     root_key = os.urandom(32)
     fleet.client(entry="cut-off").register("pw", root_key, ksf=FAST_KSF)
     assert fleet.client(entry="cut-off").recover("pw", ksf_floor=FAST_KSF).root_key == root_key
+    with pytest.raises(VaultError, match="as many entry names"):
+        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
+    assert all(_values_of_alice(fleet, n) == CAP + 1 for n in fleet.replicas)
+
+
+def test_only_a_name_the_node_holds_nothing_of_meets_the_cap() -> None:
+    """At the cap, a staging for an entry this node holds no value and no row of is
+    refused; one for an entry whose tombstone it holds (a deleted or destroyed name,
+    registered again) is not: that name is counted already."""
+    fleet_id = b"f" * 16
+    keeper = ShareKeeper(fleet_id, 0, FleetShape(1, 1, 1), Ed25519PrivateKey.generate(), {}.get)
+    keeper.count_entries = lambda account: CAP
+    keeper._entries_cap = CAP
+
+    def staging(version: int, state: ThresholdState) -> Message:
+        made = manifest.register(
+            b"pw",
+            bytes(32),
+            fleet_id=fleet_id,
+            account="alice",
+            entry="root-key",
+            epoch=1,
+            nodes=1,
+            threshold_count=1,
+            ksf=SIM_KSF,
+            version=version,
+        )
+        m = made.manifest
+        request = RegisterShareRequest(
+            "alice", "root-key", m.to_bytes(), made.shares[0].to_bytes(), b"", 0
+        )
+        read = keeper.handle(Op.REGISTER_SHARE, request)
+        assert isinstance(read, ThresholdRead)
+        return read.read(state).response
+
+    refused = staging(1, ThresholdState())
+    assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.TOO_MANY_ENTRIES
+    tombstone = ThresholdState(status=EntryStatus.DESTROYED, version=1)
+    taken = staging(2, tombstone)
+    assert isinstance(taken, ShareAck) and taken.kind == AckKind.STAGED

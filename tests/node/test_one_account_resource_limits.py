@@ -26,17 +26,19 @@ from sealed_client import ACCOUNTS, EPOCH, FLEET_ID, NODE_KEY, seal, token
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf
 from backupvault.fleet.channel import PeerChannel
+from backupvault.fleet.messages import AcceptorRecord, AppliedOp, ReplicatedValue
 from backupvault.hsm import shares
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
-from backupvault.hsm.state import EntryId, NodeShare, StagedShare
+from backupvault.hsm.state import EntryId, NodeShare, StagedShare, ThresholdState
 from backupvault.node.service import NodeService
-from backupvault.node.store import SHARE_PREFIX, NodeStore, share_record
+from backupvault.node.store import SHARE_PREFIX, STORE_FORMAT, NodeStore, share_record
 from backupvault.protocol import (
     AckKind,
     CommitAck,
     CommitSharesRequest,
     DeleteShareRequest,
+    EntryStatus,
     ErrorCode,
     ErrorResponse,
     EvaluateRequest,
@@ -243,20 +245,20 @@ def test_the_staged_table_follows_every_save_and_a_stale_name_never_counts(
     reopened.close()
 
 
-def _in_use_names(path: Path) -> int:
+def _entry_names(path: Path) -> int:
     with sqlite3.connect(path) as db:
-        (count,) = db.execute("SELECT COUNT(*) FROM in_use").fetchone()
+        (count,) = db.execute("SELECT COUNT(*) FROM account_entries").fetchone()
     return int(count)
 
 
-def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_restart(
+def test_an_account_has_at_most_its_cap_of_entries_on_a_node_also_after_a_restart(
     tmp_path: Path,
 ) -> None:
-    """Finding 4: a new entry name per request, each committed, grew every node by a row
-    per request for good. Now a node stages no share of a new entry once the account's
-    entries in use here reach the cap, counted from the store's `in_use` table (also
-    after a restart); an entry it keeps takes its stagings, and another account is not
-    held back."""
+    """Finding 4: a new entry name per request, each committed, grew every node by a
+    value and a share row per request for good. Now a node stages no share of an entry
+    it holds nothing of once it holds the values of the cap's number of the account's
+    entries, counted from the store's `account_entries` table (also after a restart);
+    another account is not held back."""
     cap = 3  # small, to reach it; a node's is ENTRIES_PER_ACCOUNT
     path = tmp_path / "store.sqlite"
     made = [_dealt(f"entry-{n}") for n in range(cap + 2)]
@@ -270,7 +272,7 @@ def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_rest
         service = capped(path)
         await service.start()
         try:
-            for m in made[:cap]:  # committed: each the node's share
+            for m in made[:cap]:  # committed: a value each
                 ack = await _stage(service, m)
                 assert isinstance(ack, ShareAck) and ack.kind == AckKind.STAGED, ack
                 acks = encode_commit_acks([CommitAck(ack.index, AckKind(ack.kind), ack.signature)])
@@ -281,7 +283,7 @@ def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_rest
             refused = await _stage(service, made[cap])
             assert isinstance(refused, ErrorResponse), refused
             assert refused.code == ErrorCode.TOO_MANY_ENTRIES
-            assert f"keeps {cap} entries of this account" in refused.detail
+            assert f"holds {cap} entry names of this account" in refused.detail
             other = await _stage(service, _dealt("root-key", "alice"), "alice")
             assert isinstance(other, ShareAck) and other.kind == AckKind.STAGED
         finally:
@@ -289,7 +291,7 @@ def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_rest
 
     asyncio.run(first_run())
     assert _rows(path) == 2 * cap + 1  # each entry's value and share row, alice's share row
-    assert _in_use_names(path) == cap + 1
+    assert _entry_names(path) == cap  # values only: alice's staging made none
 
     async def after_restart() -> None:
         service = capped(path)  # a new process: the count is read from the store
@@ -306,82 +308,58 @@ def test_an_account_keeps_at_most_its_cap_of_entries_on_a_node_also_after_a_rest
     assert shares.ENTRIES_PER_ACCOUNT == 256
 
 
-def test_two_new_entries_at_once_never_pass_the_cap_together(tmp_path: Path) -> None:
-    """One place left, two stagings of new entries in the same moment: the second counts
-    the first's row, handed out and not yet durable, and is refused."""
-    cap = 2
-    path = tmp_path / "store.sqlite"
-
-    async def scenario() -> list[Message]:
-        service = _service(path)
-        service._firmware.shares._entries_cap = cap
-        await service.start()
-        try:
-            first = await _stage(service, _dealt("entry-0"))
-            assert isinstance(first, ShareAck)
-            return list(
-                await asyncio.gather(
-                    _stage(service, _dealt("entry-1")), _stage(service, _dealt("entry-2"))
-                )
-            )
-        finally:
-            await service.stop()
-
-    answers = asyncio.run(scenario())
-    assert sorted(type(a).__name__ for a in answers) == ["ErrorResponse", "ShareAck"]
-    refused = next(a for a in answers if isinstance(a, ErrorResponse))
-    assert refused.code == ErrorCode.TOO_MANY_ENTRIES
-    assert _in_use_names(path) == cap
-
-
-def test_the_in_use_table_follows_every_save(tmp_path: Path) -> None:
+def test_the_entries_table_names_every_value_saved_and_keeps_the_names(tmp_path: Path) -> None:
     path = tmp_path / "store.sqlite"
     store = NodeStore(path, 0, STORAGE_KEY)
-    staged_only = NodeShare(0, b"", b"", [], staged=[StagedShare(b"\x01" + b"s" * 32, b"M")])
     held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
-    erased = NodeShare(1, b"", b"M", [])
     keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(3)]
-    store.save([share_record(keys[0], staged_only), share_record(keys[1], held)])
-    store.save([share_record(EntryId.of("alice", "entry-0").to_bytes(), held)])
-    store.save([share_record(b"not an entry key", held)])  # a tool's: no account's
-    assert store.count_in_use("mallory", {}) == 2
-    assert store.count_in_use("alice", {}) == 1
-    # Rows handed out and not yet durable stand in for the stored ones.
-    assert store.count_in_use("mallory", {keys[0]: False}) == 1
-    assert store.count_in_use("mallory", {keys[2]: True}) == 3
-    assert store.count_in_use("mallory", {keys[1]: True}) == 2  # counted once
-    store.save([share_record(keys[0], held)])  # committed here: still one entry
-    assert store.count_in_use("mallory", {}) == 2
-    store.save([share_record(keys[1], erased)])  # its share erased: room again
-    assert store.count_in_use("mallory", {}) == 1
+    live = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=b"M")
+    gone = ThresholdState(status=EntryStatus.DESTROYED, version=1)
+
+    def value(key: bytes, state: ThresholdState) -> AcceptorRecord:
+        payload = ReplicatedValue([AppliedOp(os.urandom(16), 1)], state.to_bytes())
+        return AcceptorRecord(key, 1, 0, 1, 0, payload.to_bytes())
+
+    store.save([value(keys[0], live), value(keys[1], live)])
+    store.save([value(EntryId.of("alice", "entry-0").to_bytes(), live)])
+    store.save([share_record(keys[2], held)])  # a share row alone: no value, no name
+    store.save([AcceptorRecord(b"not an entry key", 1, 0, 1, 0, b"x")])  # a tool's
+    assert store.count_entries("mallory") == 2
+    assert store.count_entries("alice") == 1
+    store.save([value(keys[0], live)])  # written again: still one name
+    store.save([value(keys[1], gone)])  # destroyed: its tombstone keeps the name
+    assert store.count_entries("mallory") == 2
     store.close()
     reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
-    assert reopened.count_in_use("mallory", {}) == 1
-    assert reopened.count_in_use("alice", {}) == 1
+    assert reopened.count_entries("mallory") == 2
+    assert reopened.count_entries("alice") == 1
+    assert reopened.count_entries("nobody") == 0
     reopened.close()
-    assert _in_use_names(path) == 2
+    assert _entry_names(path) == 3
 
 
-def test_a_store_of_format_5_is_made_format_6_and_its_rows_named_when_written_again(
+def test_a_store_of_format_5_is_made_format_6_and_its_values_named_when_written_again(
     tmp_path: Path,
 ) -> None:
-    """Format 5 kept no `in_use` table: opened, the store is numbered 6 (so a version
-    that would not keep the table refuses it), and its rows, not named yet, count from
-    their next write on: toward taking a new entry, never toward refusing one."""
+    """Format 5 kept no `account_entries` table: opened, the store is numbered 6 (so a
+    version that would not keep the table refuses it), and its values, not named yet,
+    count from their next write on: toward taking a new entry, never toward refusing
+    one."""
     path = tmp_path / "store.sqlite"
     store = NodeStore(path, 0, STORAGE_KEY)
-    held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
+    state = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=b"M").to_bytes()
     keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(2)]
-    store.save([share_record(key, held) for key in keys])
+    payload = ReplicatedValue([AppliedOp(b"op", 1)], state).to_bytes()
+    store.save([AcceptorRecord(key, 1, 0, 1, 0, payload) for key in keys])
     store.close()
     with sqlite3.connect(path) as db:
-        db.execute("DROP TABLE in_use")
+        db.execute("DROP TABLE account_entries")
         db.execute("PRAGMA user_version=5")
     opened = NodeStore(path, 0, STORAGE_KEY)
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (6,)
-    assert opened.count_in_use("mallory", {}) == 0
-    assert {r.key for r in opened.records()} == set()  # share rows never listed as records
-    opened.save([share_record(keys[0], held.with_(reset_at=1))])  # written again
-    assert opened.count_in_use("mallory", {}) == 1
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
+    assert opened.count_entries("mallory") == 0
+    assert {r.key for r in opened.records()} == set(keys)
+    opened.save([AcceptorRecord(keys[0], 2, 0, 2, 0, payload)])  # written again
+    assert opened.count_entries("mallory") == 1
     opened.close()

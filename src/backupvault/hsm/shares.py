@@ -17,7 +17,7 @@ import hmac
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import partial
 
@@ -115,21 +115,24 @@ STAGED_ENTRIES_PER_ACCOUNT = 32
 #: row handed out and not yet durable is staged-only, standing in for the stored row,
 #: the cap) -> count (the stored rows are checked one by one only once the cap is met).
 StagedCount = Callable[[str, Mapping[bytes, bool], int], int]
-#: Entries of one account whose row on this node keeps a share or staged shares
-#: (`NodeShare.in_use`) past which the node stages no share of a new entry for that
-#: account: it answers `too_many_entries` (review r1, finding 4; before, one account
-#: could commit a new entry per request, 60 a minute through its relay bucket, each some
-#: 1.3 KB on every node, for good). An account holds one entry per way into its key (the
-#: password, each passkey) and one per other small secret (docs/threshold.md): 256 is far
-#: above that, and bounds what one account keeps on a node to some 330 KB. A share of an
-#: entry already counted here (a password change, a staging again, a late delivery of the
-#: M this node holds) is never refused for it; a deleted or destroyed entry's row keeps
-#: nothing and makes room.
+#: Entries of one account this node holds a value of (live, deleted or destroyed: a
+#: value, once written, stays as the entry's tombstone) past which the node stages no
+#: share of an entry it holds nothing of: it answers `too_many_entries` (review r1,
+#: finding 4; before, one account could commit a new entry name per request, 60 a minute
+#: through its relay bucket, some 1.3 KB on every node each, for good). Values, not share
+#: rows, are counted: every node holds the value of every entry the fleet committed, so
+#: once the account has this many, every node that has caught up refuses, and no commit
+#: of one more finds t honest acknowledgements, whichever nodes staged earlier ones.
+#: Registrations staged at once, each counted only when it commits, can pass it by at
+#: most STAGED_ENTRIES_PER_ACCOUNT. A name the account had (deleted or destroyed
+#: included) registers again without a new place: a delete frees no name, as its
+#: tombstone stays. An account holds one entry per way into its key (the password, each
+#: passkey) and one per other small secret (docs/threshold.md): 256 is far above that,
+#: and bounds one account on a node to some (256 + 32) × 1.3 KB, about 380 KB.
 ENTRIES_PER_ACCOUNT = 256
-#: How many of an account's entries the shell's rows keep in use (`count_in_use`,
-#: node/store.py `NodeStore.count_in_use`): (account, overlay: entry key -> whether the
-#: row handed out and not yet durable is in use, standing in for the stored row) -> count.
-InUseCount = Callable[[str, Mapping[bytes, bool]], int]
+#: How many entries of an account the shell holds a value of (`count_entries`,
+#: node/store.py `NodeStore.count_entries`).
+EntryCount = Callable[[str], int]
 #: How often a node runs a no-op round for an entry it holds live with no guess left when
 #: it is asked for its manifest (`ShareKeeper.tick`, `_look_again`): at most once per
 #: entry in this many seconds of the shell's clock, however often it is asked.
@@ -314,8 +317,9 @@ class ShareKeeper:
         `staged_entries_per_account`: the cap on an account's staged-only entries
         (`STAGED_ENTRIES_PER_ACCOUNT`), counted by `count_staged` once the shell sets it
         (the node's store; none set, nothing is counted: tools and tests);
-        `entries_per_account`: the cap on an account's entries in use here
-        (`ENTRIES_PER_ACCOUNT`), counted by `count_in_use` once the shell sets it."""
+        `entries_per_account`: the cap on the entries of an account this node holds a
+        value of (`ENTRIES_PER_ACCOUNT`), counted by `count_entries` once the shell sets
+        it."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -348,8 +352,8 @@ class ShareKeeper:
         #: Set by the shell: how many of an account's entries its rows keep staged-only.
         self.count_staged: StagedCount | None = None
         self._entries_cap = entries_per_account
-        #: Set by the shell: how many of an account's entries its rows keep in use.
-        self.count_in_use: InUseCount | None = None
+        #: Set by the shell: how many entries of an account it holds a value of.
+        self.count_entries: EntryCount | None = None
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
         self._peer_keys = dict(peer_signing_keys or {})
@@ -1103,8 +1107,8 @@ class ShareKeeper:
             kept = [s for s in base.staged if s.manifest != request.manifest]
             kept.append(StagedShare(request.share, request.manifest))
             staged = base.with_(staged=kept[-STAGED_KEPT:])
-            if not (row is not None and row.in_use):
-                refused = self._new_entry_refused(account)  # one more entry in use here
+            if row is None and state == ThresholdState():
+                refused = self._new_entry_refused(account)  # a name this node never held
                 if refused is not None:
                     return Answer(refused)
             if staged.staged_only and not (row is not None and row.staged_only):
@@ -1119,17 +1123,15 @@ class ShareKeeper:
         return ThresholdRead(key, read)
 
     def _new_entry_refused(self, account: str) -> ErrorResponse | None:
-        """`too_many_entries` if `account` has `ENTRIES_PER_ACCOUNT` entries whose rows
-        here keep a share or staged shares (rows not yet durable included)."""
-        if self.count_in_use is None:
-            return None
+        """`too_many_entries` if this node holds a value of `ENTRIES_PER_ACCOUNT` entries
+        of `account`."""
         cap = self._entries_cap
-        if self.count_in_use(account, self._pending_of(account, lambda row: row.in_use)) < cap:
+        if self.count_entries is None or self.count_entries(account) < cap:
             return None
         return error(
             ErrorCode.TOO_MANY_ENTRIES,
-            f"this node keeps {cap} entries of this account, the most it keeps for one"
-            " account; delete one the account no longer uses first",
+            f"this node holds {cap} entry names of this account, the most it keeps for one"
+            " account; use a name the account had before",
         )
 
     def _staging_refused(self, account: str) -> ErrorResponse | None:
@@ -1137,7 +1139,11 @@ class ShareKeeper:
         rows here keep staged shares and no share (rows not yet durable included)."""
         if self.count_staged is None:
             return None
-        overlay = self._pending_of(account, lambda row: row.staged_only)
+        overlay = {
+            key: row.staged_only
+            for key, row in self._pending.items()
+            if EntryId.from_bytes(key).account == account
+        }
         cap = self._staged_cap
         if self.count_staged(account, overlay, cap) < cap:
             return None
@@ -1146,15 +1152,6 @@ class ShareKeeper:
             f"this node keeps {cap} registrations of this account that were staged and never"
             " committed, the most it keeps; finish one (register that entry again) first",
         )
-
-    def _pending_of(self, account: str, counts: Callable[[NodeShare], bool]) -> dict[bytes, bool]:
-        """An overlay for a count of `account`'s rows: each of its rows handed out and not
-        yet durable, and whether `counts` counts it."""
-        return {
-            key: counts(row)
-            for key, row in self._pending.items()
-            if EntryId.from_bytes(key).account == account
-        }
 
     def _commit(self, request: CommitSharesRequest) -> ThresholdUpdate:
         """docs/threshold.md "Stage, then commit", step 2: M becomes the entry's version by
@@ -1795,37 +1792,35 @@ def count_staged_in(rows: Mapping[bytes, NodeShare]) -> StagedCount:
     node's store replaces with its `staged` table."""
 
     def count(account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
-        return _count_in(rows, account, overlay, lambda row: row.staged_only)
+        counted = {
+            key
+            for key, row in rows.items()
+            if row.staged_only and EntryId.from_bytes(key).account == account
+        }
+        counted -= {key for key, only in overlay.items() if not only}
+        counted |= {key for key, only in overlay.items() if only}
+        return len(counted)
 
     return count
 
 
-def count_in_use_in(rows: Mapping[bytes, NodeShare]) -> InUseCount:
-    """`ShareKeeper.count_in_use` over a shell's rows held in memory (as
-    `count_staged_in`), which the node's store replaces with its `in_use` table."""
+def count_entries_in(keys: Callable[[], Iterable[bytes]]) -> EntryCount:
+    """`ShareKeeper.count_entries` over the keys of a shell's values held in memory (the
+    simulation and the in-process test fleet): a scan, which the node's store replaces
+    with its `account_entries` table."""
 
-    def count(account: str, overlay: Mapping[bytes, bool]) -> int:
-        return _count_in(rows, account, overlay, lambda row: row.in_use)
+    def count(account: str) -> int:
+        return sum(1 for key in keys() if _account_of(key) == account)
 
     return count
 
 
-def _count_in(
-    rows: Mapping[bytes, NodeShare],
-    account: str,
-    overlay: Mapping[bytes, bool],
-    counts: Callable[[NodeShare], bool],
-) -> int:
-    """`account`'s rows that `counts` counts, with `overlay` (entry key -> counted) in
-    place of the rows of those entries."""
-    counted = {
-        key
-        for key, row in rows.items()
-        if counts(row) and EntryId.from_bytes(key).account == account
-    }
-    counted -= {key for key, used in overlay.items() if not used}
-    counted |= {key for key, used in overlay.items() if used}
-    return len(counted)
+def _account_of(key: bytes) -> str | None:
+    """The account of an entry's key; None for a key that names no entry."""
+    try:
+        return EntryId.from_bytes(key).account
+    except (InvalidInput, ValueError):
+        return None
 
 
 def kept_at_limit(row: NodeShare, guess_limit: int) -> bool:

@@ -155,13 +155,6 @@ class NodeShare(Message):
         per account counts (`STAGED_ENTRIES_PER_ACCOUNT`, hsm/shares.py)."""
         return not self.share and bool(self.staged)
 
-    @property
-    def in_use(self) -> bool:
-        """Whether this row keeps a share or staged shares: one of its account's entries
-        at this node, what the cap on entries per account counts (`ENTRIES_PER_ACCOUNT`,
-        hsm/shares.py). An erased row (the entry destroyed or deleted) keeps neither."""
-        return bool(self.share) or bool(self.staged)
-
     def evaluated_hash(self, attempt: int) -> bytes | None:
         return next((e.blinded_hash for e in self.evaluated if e.attempt == attempt), None)
 

@@ -148,8 +148,8 @@ class NodeService:
         # And it counts an account's registrations staged and never committed (the cap
         # per account the firmware keeps: review r1, finding 1).
         firmware.shares.count_staged = store.count_staged
-        # And its entries in use (the cap on entries per account: review r1, finding 4).
-        firmware.shares.count_in_use = store.count_in_use
+        # And the entries of an account it holds (the cap per account: review r1, finding 4).
+        firmware.shares.count_entries = store.count_entries
         self._clock = clock
         self._wall_clock = wall_clock
         self._record_counter = record_counter

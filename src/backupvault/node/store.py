@@ -18,8 +18,8 @@ rows (about N / 2^20 entries), so its cost does not grow with the store.
 
 The file's format number is SQLite's `user_version` (`STORE_FORMAT`; 0 in stores made
 before it was kept, which are of format 1; 4 with leaf keys; 5 with the bucket rows under
-a key of their own and summed with their digests; 6 with the `in_use` table, which every
-write of this version keeps and an earlier one would not; stores of formats 2 to 5 are
+a key of their own and summed with their digests; 6 with the `account_entries` table,
+which every write of this version keeps and an earlier one would not; stores of formats 2 to 5 are
 read as they are and made format 6 when opened, in one transaction). It is not authenticated,
 and needs not be: it picks the message a node refuses a store with, and whether an open
 converts (what the rows are read as comes from the sealed counter row), so a disk that
@@ -77,12 +77,13 @@ Tables:
                              no share (`NodeShare.staged_only`), with its account's tag
       account = HMAC-SHA256(name_key, "\xffaccount/" || account name)[:16]
                              (indexed: `count_staged` reads one account's names)
-    in_use(account, name)    a share row's name, while that row keeps a share or staged
-                             shares (`NodeShare.in_use`: one of its account's entries at
-                             this node), with its account's tag as in `staged`; keyed by
-                             (account, name), so `count_in_use` reads one account's names
+    account_entries(account, name)
+                             the name of each entry's value row (not share rows), with
+                             its account's tag as in `staged`; keyed by (account, name),
+                             so `count_entries` counts one account's names in one read
                              (store format 6; rows last written before it are not named
-                             until written again)
+                             until written again). A value row is never removed, so
+                             neither is its name.
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -175,17 +176,18 @@ never toward refusing one. A name whose row an earlier version rewrote since is 
 listed; when an account's count reaches the cap, each listed row is opened and checked,
 so such a name never counts.
 
-Entries per account (review r1, finding 4; store format 6): every save keeps `in_use`
-naming exactly the written share rows that keep a share or staged shares, each under its
-account's tag, so the node counts an account's entries with one indexed read
-(`count_in_use`) and stages no share of a new entry past its cap (`hsm/shares.py`,
+Entries per account (review r1, finding 4; store format 6): every save names each
+written value row in `account_entries` under its account's tag, so the node counts the
+entries of an account it holds a value of with one indexed read (`count_entries`) and
+stages no share of an entry it holds nothing of past its cap (`hsm/shares.py`,
 `ENTRIES_PER_ACCOUNT`). The count is taken as the table says, with no row opened: an
 earlier version, which would write rows without keeping the table, refuses a store of
 format 6 as newer. Rows last written before format 6 are not named until written again
-(any save of the row: a recovery, a reset, a change): the count errs toward taking a new
-entry, by at most what the account held before, never toward refusing one. The table is
-not authenticated: a disk that lies in it changes only what its own node refuses, which
-a disk's owner can always do (a hostile node), and the other nodes count for themselves.
+(any change to the entry: a recovery, a reset, a delete): the count errs toward taking a
+new entry, by at most what the account held before, never toward refusing one. The
+table is not authenticated: a disk that lies in it changes only what its own node
+refuses, which a disk's owner can always do (a hostile node), and the other nodes count
+for themselves.
 
 A destroyed entry must not be readable from the disk afterwards: secure_delete zeroes
 freed content, and a save that erases (a live value written over as destroyed or
@@ -271,8 +273,8 @@ _STAGED_TABLE = (
     "CREATE TABLE IF NOT EXISTS staged (name BLOB PRIMARY KEY, account BLOB NOT NULL) WITHOUT ROWID"
 )
 _STAGED_INDEX = "CREATE INDEX IF NOT EXISTS staged_account ON staged (account)"
-_IN_USE_TABLE = (
-    "CREATE TABLE IF NOT EXISTS in_use (account BLOB NOT NULL, name BLOB NOT NULL,"
+_ACCOUNT_ENTRIES_TABLE = (
+    "CREATE TABLE IF NOT EXISTS account_entries (account BLOB NOT NULL, name BLOB NOT NULL,"
     " PRIMARY KEY (account, name)) WITHOUT ROWID"
 )
 
@@ -513,7 +515,7 @@ class NodeStore:
         self._db.execute(_WATCHED_TABLE)
         self._db.execute(_STAGED_TABLE)
         self._db.execute(_STAGED_INDEX)
-        self._db.execute(_IN_USE_TABLE)
+        self._db.execute(_ACCOUNT_ENTRIES_TABLE)
         self._db.execute(
             "CREATE TABLE IF NOT EXISTS record "
             "(ver INTEGER PRIMARY KEY, name BLOB NOT NULL UNIQUE, row BLOB NOT NULL)"
@@ -1214,7 +1216,7 @@ class NodeStore:
                 ]
                 self._keep_watched(shares)
                 self._keep_staged(shares)
-                self._keep_in_use(shares)
+                self._keep_account_entries(latest)
                 self._db.executemany(
                     "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
                     self._wrapped(self._master[0], fresh),
@@ -1356,35 +1358,32 @@ class NodeStore:
         self._db.executemany("INSERT OR REPLACE INTO staged (name, account) VALUES (?, ?)", named)
         self._db.executemany("DELETE FROM staged WHERE name = ?", others)
 
-    def _keep_in_use(self, shares: list[tuple[AcceptorRecord, bytes, NodeShare]]) -> None:
-        """In the saving transaction: `in_use` names each written share row (`shares`, as
-        `_keep_watched`) that keeps a share or staged shares (`NodeShare.in_use`), under
-        its account's tag, and no other. A row whose key names no entry (a tool's) counts
-        for no account."""
-        kept: list[tuple[bytes, bytes]] = []
-        freed: list[tuple[bytes, bytes]] = []
-        for record, name, row in shares:
+    def _keep_account_entries(self, latest: Mapping[bytes, tuple[AcceptorRecord, bytes]]) -> None:
+        """In the saving transaction: `account_entries` names each written value row under
+        its account's tag. A key that names no entry counts for no account: a share row's
+        (`SHARE_PREFIX`, which no entry key starts with) or a tool's."""
+        named = []
+        for key, (_, name) in latest.items():
             try:
-                entry = EntryId.from_bytes(record.key[len(SHARE_PREFIX) :])
+                entry = EntryId.from_bytes(key)
             except (InvalidInput, ValueError):
                 continue
-            (kept if row.in_use else freed).append((self._account_tag(entry.account), name))
-        self._db.executemany("INSERT OR IGNORE INTO in_use (account, name) VALUES (?, ?)", kept)
-        self._db.executemany("DELETE FROM in_use WHERE account = ? AND name = ?", freed)
+            named.append((self._account_tag(entry.account), name))
+        self._db.executemany(
+            "INSERT OR IGNORE INTO account_entries (account, name) VALUES (?, ?)", named
+        )
 
-    def count_in_use(self, account: str, overlay: Mapping[bytes, bool]) -> int:
-        """How many of `account`'s entries this store keeps a share or staged shares of
-        (`in_use`), with `overlay` (entry key -> whether its row is in use) in place of
-        the stored rows of those entries (rows handed out and not yet durable). One
-        indexed read of the account's names, on the reader's thread (the event loop's).
-        Rows last written before store format 6 are not named until written again: the
-        count errs toward taking a new entry, never toward refusing one."""
+    def count_entries(self, account: str) -> int:
+        """How many entries of `account` this store holds a value of (`account_entries`):
+        one indexed read, on the reader's thread (the event loop's), which needs no lock
+        (no sum or key of the store is read). Rows last written before store format 6 are
+        not named until written again: the count errs toward taking a new entry, never
+        toward refusing one."""
         tag = self._account_tag(account)
-        with self._lock:
-            found = self._reader.execute("SELECT name FROM in_use WHERE account = ?", (tag,))
-            stored = {bytes(n) for (n,) in found}
-        over = {self.name_of(SHARE_PREFIX + key): used for key, used in overlay.items()}
-        return len((stored - set(over)) | {name for name, used in over.items() if used})
+        found = self._reader.execute(
+            "SELECT COUNT(*) FROM account_entries WHERE account = ?", (tag,)
+        ).fetchone()
+        return int(found[0])
 
     def count_staged(self, account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
         """How many of `account`'s entries this store keeps staged shares and no share of

@@ -62,7 +62,7 @@ from backupvault.hsm.shares import (
     ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
-    count_in_use_in,
+    count_entries_in,
     count_staged_in,
     error,
 )
@@ -564,10 +564,7 @@ class Simulation:
 
         keeper.count_staged = count_staged
 
-        def count_in_use(account: str, overlay: Mapping[bytes, bool]) -> int:
-            return count_in_use_in(n.rows)(account, overlay)  # n.rows as it is now
-
-        keeper.count_in_use = count_in_use
+        keeper.count_entries = count_entries_in(lambda: n.disk.keys())  # n.disk as it is now
         return keeper
 
     def _make_client(
