@@ -23,6 +23,8 @@ from backupvault.hsm.state import EntryId, Evaluation, NodeShare, StagedShare, T
 from backupvault.node import main as node_main
 from backupvault.node.softhsm import init_softhsm_token
 from backupvault.node.store import (
+    KEY_GROUP_BITS,
+    KEY_GROUPS,
     LEAVES,
     SHARE_PREFIX,
     STORE_FORMAT,
@@ -355,13 +357,14 @@ def _share_rows_placed(store: NodeStore) -> tuple[bytes, bytes, bytes]:
     raise AssertionError("no two names met in a leaf")
 
 
-def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
+def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew_in_64_rows(
     tmp_path: Path, sealer: TokenSealer
 ) -> None:
     """The cost of an erasure does not grow with the store: it held every row in memory
     and re-sealed all of them (2.4 s and 430 MB more at 100,000 entries), then every row
     of the erased row's bucket (606 ms at 10,000,000 entries), now the rows of its leaf
-    (about N / 2^20 entries) and the keys above them."""
+    (about N / 2^20 entries) and the keys above them: the bucket keys in 64 rows of a
+    group each (store format 7), where they took a row each (4,096)."""
     data, store = _node(tmp_path, sealer)
     path = data / "store.sqlite"
     erased, same_leaf, same_bucket = _share_rows_placed(store)
@@ -370,14 +373,14 @@ def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
     erased_name = store.name_of(SHARE_PREFIX + erased)
     same_leaf_name = store.name_of(SHARE_PREFIX + same_leaf)
     erased_bucket = bucket_of(erased_name)
-    rows_before, keys_before = _raw(path, "record"), _raw(path, "bucket_key")
+    rows_before, keys_before = _raw(path, "record"), _raw(path, "key_group")
     digests_before = _raw(path, "bucket")
     assert len({bucket_of(n) for n in rows_before}) > 30  # spread over many buckets
     assert _raw(path, "leaf_key") == {}  # a bucket's leaf keys are derived until an erasure
 
     store.save([share_record(erased, _share_row(b""))])  # erased: rotates
 
-    rows_after, keys_after = _raw(path, "record"), _raw(path, "bucket_key")
+    rows_after, keys_after = _raw(path, "record"), _raw(path, "key_group")
     for name, row in rows_after.items():
         assert isinstance(name, bytes)
         if name in (erased_name, same_leaf_name):
@@ -385,7 +388,9 @@ def test_an_erasure_re_seals_its_leaf_only_and_wraps_every_bucket_key_anew(
         else:
             assert row == rows_before[name]  # not touched: its bucket's other leaf too
     assert keys_after.keys() == keys_before.keys()
-    assert all(keys_after[b] != keys_before[b] for b in keys_before)  # wrapped anew
+    assert len(keys_after) <= KEY_GROUPS == 64
+    assert keys_after.keys() == {bucket_of(n) >> KEY_GROUP_BITS for n in rows_before}
+    assert all(keys_after[g] != keys_before[g] for g in keys_before)  # wrapped anew
     assert _raw(path, "leaf_key").keys() == {erased_bucket}  # the bucket's leaf keys listed
     # The bucket digests, under a key no erasure changes: only the written bucket's moved.
     changed = {b for b, row in _raw(path, "bucket").items() if digests_before[b] != row}
@@ -435,9 +440,9 @@ def test_the_erased_row_in_an_older_copy_opens_with_no_key_the_node_has(
     old_row = _raw(copy, "record")[erased_name]
     aad = store._aad(erased_name, erased_ver)
     assert not any(_opens(key, old_row, aad) for key in node_keys)
-    for bucket, wrapped in _raw(copy, "bucket_key").items():
-        assert isinstance(bucket, int)
-        assert not _opens(row_key, wrapped, store._bucket_key_aad(bucket))
+    for group, wrapped in _raw(copy, "key_group").items():
+        assert isinstance(group, int)
+        assert not _opens(row_key, wrapped, store._key_group_aad(group))
     other = next(
         r for r in _others(40) if bucket_of(store.name_of(r.key)) != bucket_of(erased_name)
     )
@@ -475,7 +480,7 @@ def test_a_store_sealed_before_bucket_keys_is_given_them_at_open(
                 "UPDATE record SET row = ? WHERE ver = ?",
                 (nonce + AESGCM(row_key).encrypt(nonce, plain, aad), ver),
             )
-        db.execute("DROP TABLE bucket_key")
+        db.execute("DROP TABLE key_group")
     store.close()
 
     # Stopped in the middle (here: an error on the second bucket): the store is left as
@@ -575,13 +580,23 @@ def _as_format_3(path: Path, store: NodeStore, row_key: bytes) -> None:
             nonce = os.urandom(12)
             sealed = AESGCM(bucket_keys[bucket_of(name)]).encrypt(nonce, plain, aad)
             db.execute("UPDATE record SET row = ? WHERE ver = ?", (nonce + sealed, ver))
-        for bucket, key in bucket_keys.items():
-            nonce = os.urandom(12)
-            wrapped = AESGCM(row_key).encrypt(nonce, key, store._bucket_key_aad(bucket))
-            db.execute("UPDATE bucket_key SET row = ? WHERE id = ?", (nonce + wrapped, bucket))
+        _bucket_keys_before_7(db, store, row_key, bucket_keys)
         db.execute("DELETE FROM leaf_key")
         _bucket_rows_before_5(db, store, row_key)
         db.execute("PRAGMA user_version=3")
+
+
+def _bucket_keys_before_7(
+    db: sqlite3.Connection, store: NodeStore, row_key: bytes, wrapped: dict[int, bytes]
+) -> None:
+    """The bucket keys as stores before format 7 kept them: a `bucket_key` row per bucket
+    (`wrapped`: bucket -> the row's plaintext), each under the row key."""
+    db.execute("CREATE TABLE bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)")
+    for bucket, plain in wrapped.items():
+        nonce = os.urandom(12)
+        sealed = AESGCM(row_key).encrypt(nonce, plain, store._bucket_key_aad(bucket))
+        db.execute("INSERT INTO bucket_key (id, row) VALUES (?, ?)", (bucket, nonce + sealed))
+    db.execute("DROP TABLE key_group")
 
 
 def _bucket_rows_before_5(db: sqlite3.Connection, store: NodeStore, row_key: bytes) -> None:
@@ -596,11 +611,12 @@ def _bucket_rows_before_5(db: sqlite3.Connection, store: NodeStore, row_key: byt
     _meta_top_before_5(db, store, row_key)
 
 
-def test_a_store_of_format_4_opens_and_becomes_format_5(
+def test_a_store_of_format_4_opens_and_becomes_the_current_format(
     tmp_path: Path, sealer: TokenSealer
 ) -> None:
     """Format 4 (leaf keys; its bucket rows under the row key, `top` without their
-    digests) is read as it is, and made the current format in one transaction when opened."""
+    digests; a `bucket_key` row per bucket) is read as it is, and made the current format
+    in one transaction when opened."""
     data, store = _node(tmp_path, sealer)
     path = data / "store.sqlite"
     store.save([share_record(ENTRY_A, _share_row(SHARE)), *_others(40)])
@@ -609,13 +625,18 @@ def test_a_store_of_format_4_opens_and_becomes_format_5(
     store.close()
     with sqlite3.connect(path) as db:
         _bucket_rows_before_5(db, store, row_key)
+        wrapped = {bucket: keys.wrapped() for bucket, keys in store._bucket_keys.items()}
+        _bucket_keys_before_7(db, store, row_key, wrapped)
         db.execute("PRAGMA user_version=4")
 
     opened = _open(data, sealer)
     assert {r.key for r in opened.load()} == {r.key for r in _others(40)}
     opened.close()
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (7,)
+        tables = {name for (name,) in db.execute("SELECT name FROM sqlite_master")}
+    assert "bucket_key" not in tables  # grouped, in the same transaction
+    assert _raw(path, "key_group").keys() == {b >> KEY_GROUP_BITS for b in store._bucket_keys}
     for bucket, row in _raw(path, "bucket").items():
         assert isinstance(bucket, int)
         assert not _opens(row_key, row, store._bucket_aad(bucket, _bucket_ver(path, bucket)))
@@ -763,14 +784,33 @@ def test_a_reader_during_a_rotation_that_rolls_back_reads_the_row(tmp_path: Path
     store.close()
 
 
-def test_a_bucket_key_row_removed_is_refused_at_open(tmp_path: Path) -> None:
+def test_a_key_group_row_removed_or_put_back_is_refused_at_open(tmp_path: Path) -> None:
+    """A group row holds the keys of up to 64 buckets. Removed, or put back from before
+    one of its buckets had a key (it opens: same row key), that bucket's rows would read
+    as an empty bucket's; refused."""
     path = tmp_path / "store.sqlite"
     row_key = os.urandom(32)
     store = NodeStore(path, 0, STORAGE_KEY, row_key, 1)
     store.save(_others(5))
+    groups = _raw(path, "key_group")
+    taken = {bucket_of(store.name_of(r.key)) for r in _others(5)}
+    group = next(iter(groups))
+    assert isinstance(group, int)
+    newcomer = next(
+        r
+        for r in _others(5000)
+        if bucket_of(store.name_of(r.key)) >> KEY_GROUP_BITS == group
+        and bucket_of(store.name_of(r.key)) not in taken
+    )
+    store.save([newcomer])  # a new bucket of that group: its row written again
+    assert _raw(path, "key_group")[group] != groups[group]
     store.close()
     with sqlite3.connect(path) as db:
-        db.execute("DELETE FROM bucket_key WHERE id = (SELECT MIN(id) FROM bucket_key)")
+        db.execute("UPDATE key_group SET row = ? WHERE id = ?", (groups[group], group))
+    with pytest.raises(StoreCorrupted, match="no key"):
+        NodeStore(path, 0, STORAGE_KEY, row_key, 1)
+    with sqlite3.connect(path) as db:
+        db.execute("DELETE FROM key_group WHERE id = ?", (group,))
     with pytest.raises(StoreCorrupted, match="no key"):
         NodeStore(path, 0, STORAGE_KEY, row_key, 1)
 
@@ -988,3 +1028,38 @@ def test_rewriting_what_is_already_erased_rotates_nothing(
     assert sealer.key_labels(ROW_KEY_PREFIX) == [ROW_KEY_PREFIX + "2"]
     assert store.shares_erased == 1  # the share once; not the value, nor the rewrites
     store.close()
+
+
+_KEYS = b"\x01" + b"k" * 32  # keys of the derived form, well made
+
+
+@pytest.mark.parametrize(
+    "plain",
+    [
+        bytes([1, 33]) + _KEYS + bytes([1, 33]) + _KEYS,  # a slot twice
+        bytes([2, 33]) + _KEYS + bytes([1, 33]) + _KEYS,  # slots falling
+        bytes([64, 33]) + _KEYS,  # past the group's 64 buckets
+        bytes([1, 31]) + _KEYS[:31],  # no form of keys is 31 bytes
+        bytes([1, 33]) + _KEYS[:32],  # cut short
+        bytes([1]),  # a lone byte
+    ],
+)
+def test_a_key_group_row_that_opens_but_is_malformed_is_refused(
+    tmp_path: Path, plain: bytes
+) -> None:
+    """Sealed under the right key (a bug, or a disk with the node's key), a group row
+    whose entries are not one rising slot and length after another is refused at open,
+    not read past its end or into another bucket."""
+    path = tmp_path / "store.sqlite"
+    row_key = os.urandom(32)
+    store = NodeStore(path, 0, STORAGE_KEY, row_key, 1)
+    store.save(_others(5))
+    group = next(iter(_raw(path, "key_group")))
+    assert isinstance(group, int)
+    store.close()
+    nonce = os.urandom(12)
+    sealed = AESGCM(row_key).encrypt(nonce, plain, store._key_group_aad(group))
+    with sqlite3.connect(path) as db:
+        db.execute("UPDATE key_group SET row = ? WHERE id = ?", (nonce + sealed, group))
+    with pytest.raises(StoreCorrupted, match="bucket keys are malformed"):
+        NodeStore(path, 0, STORAGE_KEY, row_key, 1)

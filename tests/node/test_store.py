@@ -233,7 +233,7 @@ def test_a_store_made_before_the_format_was_kept_opens_and_gets_it(tmp_path: Pat
     # Its `watched` table is owed a scan until a node's first start has made it.
     assert not reopened.watch_complete
     with sqlite3.connect(path) as db:
-        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (6,)
+        assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,) == (7,)
     assert not make(path).watch_complete  # said in the file: a restart still scans
     reopened.complete_watch([])
     assert make(path).watch_complete
@@ -519,7 +519,7 @@ def test_share_rows_found_behind_a_rollback_stay_suspect_across_restarts(
         "UPDATE row_key SET generation = 'abc'",
         "UPDATE bucket SET ver = 'x'",
         "UPDATE meta SET row = NULL",
-        "UPDATE bucket_key SET row = 5",
+        "UPDATE key_group SET row = 5",
     ],
 )
 def test_a_malformed_store_is_refused_as_damaged_not_with_a_traceback(

@@ -54,7 +54,7 @@ def test_every_save_keeps_the_rows_at_l_named_and_only_those(tmp_path: Path) -> 
     path = tmp_path / "store.sqlite"
     store = store_at(path)
     assert store.watch_complete and not scan_owed(path)  # a new store
-    assert user_version(path) == STORE_FORMAT == 6
+    assert user_version(path) == STORE_FORMAT == 7
     store.save([share_record(entry(n), row(n)) for n in (8, 9, 10, 11)])
     assert sorted(store.watched_keys()) == sorted([entry(10), entry(11)])
     store.save([share_record(entry(9), row(10))])  # reaches L

@@ -10,17 +10,21 @@ from the node's storage key (HKDF-SHA256, no salt, info as named):
 and three more levels of keys for sealing, a tree: the row key (32 bytes, from the
 node's token, `node.token.RowKeyRing`; HKDF(storage_key, "backupvault/v1 node store rows")
 where there is no token: tests and tools); one random bucket key (32 bytes) per bucket
-that holds a record, wrapped under the row key; and one leaf key per leaf of a bucket
+that holds a record, wrapped under the row key with the keys of its group of 64
+buckets; and one leaf key per leaf of a bucket
 (the next 8 bits of a name: 256 leaves a bucket, 2^20 in all), which seals the leaf's
 rows. An erasure replaces the keys on the way from the row key to the erased row: its
 leaf's key, its bucket's key and the row key (`rotate`), and re-seals only that leaf's
-rows (about N / 2^20 entries), so its cost does not grow with the store.
+rows (about N / 2^20 entries) and the 64 group rows of bucket keys, so its cost does not
+grow with the store.
 
 The file's format number is SQLite's `user_version` (`STORE_FORMAT`; 0 in stores made
 before it was kept, which are of format 1; 4 with leaf keys; 5 with the bucket rows under
 a key of their own and summed with their digests; 6 with the `account_entries` table,
-which every write of this version keeps and an earlier one would not; stores of formats 2 to 5 are
-read as they are and made format 6 when opened, in one transaction). It is not authenticated,
+which every write of this version keeps and an earlier one would not; 7 with the bucket
+keys in 64 group rows (`key_group`) where earlier formats kept a `bucket_key` row per
+bucket; stores of formats 2 to 6 are read as they are and made format 7 when opened, in
+one transaction). It is not authenticated,
 and needs not be: it picks the message a node refuses a store with, and whether an open
 converts (what the rows are read as comes from the sealed counter row), so a disk that
 lies about it only makes its node refuse to start, as any damage does, or convert again
@@ -48,10 +52,17 @@ Tables:
              stores before format 5 the row key, and opening one re-seals them)
       aad  = "backupvault/v1 node store bucket" || u16(node) || u16(id) || u64(ver)
       digest = Σ HMAC-SHA256(digest_key, name || u64(ver)) over the bucket's records, mod 2^256
-    bucket_key(id, row)      one per bucket that holds a record
-      id   = the bucket (as in `bucket`)
-      row  = nonce (12) || AES-256-GCM(row_key, nonce, keys, aad)
-      aad  = "backupvault/v1 node store bucket key" || u16(node) || u16(id)
+    key_group(id, row)       one per group of 64 buckets of which one holds a record
+      id   = the group: a bucket's id >> 6 (64 groups)
+      row  = nonce (12) || AES-256-GCM(row_key, nonce, entries, aad)
+      aad  = "backupvault/v1 node store key group" || u16(node) || u16(id)
+      entries = for each bucket of the group that has keys, in rising order:
+             u8(bucket id & 63) || u8(len(keys)) || keys
+             (a group row is written again whole when one of its buckets gets its first
+             keys; a rotation writes every group row under the new row key)
+      (stores before format 7 kept one row per bucket instead, `bucket_key(id, row)`,
+      row = nonce || AES-256-GCM(row_key, nonce, keys, "backupvault/v1 node store bucket
+      key" || u16(node) || u16(bucket)); opening one groups them and drops the table)
       keys = one of three forms (`BucketKeys`):
         bucket key (32)            undivided: every row of the bucket is sealed under the
                                    bucket key itself (stores of format 3 and earlier;
@@ -61,7 +72,7 @@ Tables:
                                    (a new bucket; a bucket after a rotation of all of it)
         0x02 || bucket key (32)    listed: the leaf keys are the bucket's `leaf_key` row,
                                    sealed under this key (a bucket after an erasure in it)
-      (a store written before bucket keys has no such table: every row is sealed under
+      (a store written before bucket keys has neither table: every row is sealed under
       the row key itself; opening it gives every bucket its key, once)
     leaf_key(id, row)        one per bucket whose keys are listed
       id   = the bucket
@@ -235,6 +246,10 @@ BUCKETS = 1 << BUCKET_BITS
 #: its own, so an erasure re-seals one leaf (about N / 2^20 entries), not its bucket.
 LEAF_BITS = 8
 LEAVES = 1 << LEAF_BITS
+#: Bucket keys are wrapped under the row key in groups of 64 buckets, one row a group, so
+#: a rotation re-seals 64 rows where it re-sealed 4,096 (store format 7).
+KEY_GROUP_BITS = 6
+KEY_GROUPS = BUCKETS >> KEY_GROUP_BITS
 _LEAF_INFO = b"backupvault/v1 node store leaf"
 #: Leaf keys kept ready as AES-GCM objects, by the key's bytes (a rotation drops the ones
 #: it replaced).
@@ -251,7 +266,7 @@ ROWS_PER_SAVE = 1 << 20
 _CATCHING_UP_FROM_EMPTY = 2
 #: The layout above; a later version that changes it raises this (and refuses older
 #: stores it cannot read, or converts them).
-STORE_FORMAT = 6
+STORE_FORMAT = 7
 #: The last format whose stores have no complete `watched` table; in later ones, this
 #: table says so (a tool wrote share rows it could not judge: `_keep_watched`).
 _UNWATCHED_FORMAT = 2
@@ -264,8 +279,8 @@ _CORRUPT_HINT = (
 _ROLLED_BACK = "node store rows do not match its counter: a row was rolled back, removed or added"
 
 
-_BUCKET_KEY_TABLE = (
-    "CREATE TABLE IF NOT EXISTS bucket_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
+_KEY_GROUP_TABLE = (
+    "CREATE TABLE IF NOT EXISTS key_group (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 )
 _LEAF_KEY_TABLE = "CREATE TABLE IF NOT EXISTS leaf_key (id INTEGER PRIMARY KEY, row BLOB NOT NULL)"
 _WATCHED_TABLE = "CREATE TABLE IF NOT EXISTS watched (name BLOB PRIMARY KEY) WITHOUT ROWID"
@@ -336,6 +351,22 @@ def _in_range(db: sqlite3.Connection, columns: str, low: bytes, high: bytes) -> 
         sql = f"SELECT {columns} FROM record WHERE name >= ? AND name < ?"
         return db.execute(sql, (low, high)).fetchall()
     return db.execute(f"SELECT {columns} FROM record WHERE name >= ?", (low,)).fetchall()
+
+
+def _group_entries(plain: bytes) -> Iterator[tuple[int, bytes]]:
+    """(slot, wrapped keys) of each bucket in a key group row's plaintext: u8(slot) ||
+    u8(length) || keys, slots rising, each keys 32 or 33 bytes (`BucketKeys.wrapped`)."""
+    at, last = 0, -1
+    while at < len(plain):
+        if at + 2 > len(plain):
+            raise StoreCorrupted("node store bucket keys are malformed", hint=_CORRUPT_HINT)
+        slot, length = plain[at], plain[at + 1]
+        if not last < slot < 1 << KEY_GROUP_BITS or length not in (32, 33):
+            raise StoreCorrupted("node store bucket keys are malformed", hint=_CORRUPT_HINT)
+        if at + 2 + length > len(plain):
+            raise StoreCorrupted("node store bucket keys are malformed", hint=_CORRUPT_HINT)
+        yield slot, plain[at + 2 : at + 2 + length]
+        at, last = at + 2 + length, slot
 
 
 def _in_bucket(db: sqlite3.Connection, columns: str, bucket: int) -> list[Any]:
@@ -489,7 +520,9 @@ class NodeStore:
         self._db.execute("PRAGMA secure_delete=ON")
         tables = {t for (t,) in self._db.execute("SELECT name FROM sqlite_master")}
         # Written before bucket keys: every row sealed under the row key itself.
-        unbucketed = "meta" in tables and "bucket_key" not in tables
+        unbucketed = "meta" in tables and not {"bucket_key", "key_group"} & tables
+        #: A store before format 7: a `bucket_key` row per bucket, grouped when opened.
+        self._keys_ungrouped = "bucket_key" in tables
         (store_format,) = self._db.execute("PRAGMA user_version").fetchone()
         if store_format > STORE_FORMAT:
             self._db.close()
@@ -532,7 +565,7 @@ class NodeStore:
             "(id INTEGER PRIMARY KEY CHECK (id = 0), generation INTEGER NOT NULL)"
         )
         if not unbucketed:  # else made with the keys, in one transaction
-            self._db.execute(_BUCKET_KEY_TABLE)
+            self._db.execute(_KEY_GROUP_TABLE)
         self._db.execute(_LEAF_KEY_TABLE)
         # Reads see committed state only, while a write is under way on the writer
         # connection in another thread: each thread reads on a connection of its own
@@ -583,9 +616,11 @@ class NodeStore:
         self._record_generation()
         if unbucketed:
             self._give_buckets_keys()
+        elif self._keys_ungrouped:
+            self._read_bucket_keys_before_7()
         else:
             self._read_bucket_keys()
-        if store_format < STORE_FORMAT or not self._top_with_digests:
+        if store_format < STORE_FORMAT or not self._top_with_digests or self._keys_ungrouped:
             self._make_current_format()  # last: a store refused above is left as it was
 
     def _check_generation(self) -> None:
@@ -643,7 +678,11 @@ class NodeStore:
         return b"backupvault/v1 node store meta" + struct.pack(">H", self._node)
 
     def _bucket_key_aad(self, bucket: int) -> bytes:
+        """A `bucket_key` row's, in stores before format 7."""
         return b"backupvault/v1 node store bucket key" + struct.pack(">HH", self._node, bucket)
+
+    def _key_group_aad(self, group: int) -> bytes:
+        return b"backupvault/v1 node store key group" + struct.pack(">HH", self._node, group)
 
     def _term(self, name: bytes, ver: int) -> int:
         return int.from_bytes(hmac.digest(self._digest_key, name + _u64(ver), "sha256"), "big")
@@ -702,16 +741,33 @@ class NodeStore:
         """The key that seals the row named `name` now (tests and tools)."""
         return self._bucket_keys[bucket_of(name)].leaf_key(leaf_of(name))
 
-    def _wrapped(self, aead: AESGCM, keys: Mapping[int, BucketKeys]) -> list[tuple[int, bytes]]:
-        """(bucket, row) of each bucket's keys wrapped under `aead`: a rotation wraps all
-        4,096, so the nonces are drawn at once."""
-        nonces = os.urandom(12 * len(keys))
+    def _key_groups(
+        self, aead: AESGCM, keys: Mapping[int, BucketKeys], groups: Iterable[int]
+    ) -> list[tuple[int, bytes]]:
+        """(group, row) of each of `groups`: the keys of its buckets that have some in
+        `keys`, wrapped under `aead` (the module docstring's `key_group`)."""
         rows = []
-        for at, (bucket, bucket_keys) in enumerate(keys.items()):
-            nonce = nonces[12 * at : 12 * at + 12]
-            sealed = aead.encrypt(nonce, bucket_keys.wrapped(), self._bucket_key_aad(bucket))
-            rows.append((bucket, nonce + sealed))
+        for group in sorted(set(groups)):
+            first = group << KEY_GROUP_BITS
+            parts = []
+            for slot in range(1 << KEY_GROUP_BITS):
+                bucket_keys = keys.get(first + slot)
+                if bucket_keys is not None:
+                    wrapped = bucket_keys.wrapped()
+                    parts.append(bytes([slot, len(wrapped)]) + wrapped)
+            rows.append((group, self._seal(aead, b"".join(parts), self._key_group_aad(group))))
         return rows
+
+    def _write_key_groups(
+        self, aead: AESGCM, keys: Mapping[int, BucketKeys], buckets: Iterable[int]
+    ) -> None:
+        """The key group rows of `buckets`, wrapped under `aead` (in the caller's
+        transaction)."""
+        groups = {bucket >> KEY_GROUP_BITS for bucket in buckets}
+        self._db.executemany(
+            "INSERT OR REPLACE INTO key_group (id, row) VALUES (?, ?)",
+            self._key_groups(aead, keys, groups),
+        )
 
     def _write_leaf_keys(self, changed: Mapping[int, BucketKeys]) -> None:
         """Each changed bucket's `leaf_key` row: written if listed, else gone (in the
@@ -804,6 +860,9 @@ class NodeStore:
         self._db.execute("BEGIN IMMEDIATE")
         try:
             self._db.executemany("UPDATE bucket SET row = ? WHERE id = ?", rows)
+            if self._keys_ungrouped:
+                self._write_key_groups(self._master[0], self._bucket_keys, self._bucket_keys)
+                self._db.execute("DROP TABLE bucket_key")
             if self._db.execute("SELECT 1 FROM meta").fetchone() is not None:
                 self._write_meta(
                     self.counter,
@@ -820,30 +879,46 @@ class NodeStore:
             self._db.execute("ROLLBACK")
             raise
         self._top, self._top_with_digests = top, True
+        self._keys_ungrouped = False
 
     def _read_bucket_keys(self) -> None:
-        """Every bucket key, unwrapped with the row key; each bucket that holds a record
-        must have one (a removed key row would otherwise read as an empty bucket)."""
+        """Every bucket key, unwrapped with the row key from its group's row; each bucket
+        that holds a record must have one (a removed group row, or one put back from
+        before a bucket had its key, would otherwise read as an empty bucket)."""
+        for group, row in self._db.execute("SELECT id, row FROM key_group"):
+            if not 0 <= group < KEY_GROUPS:
+                raise StoreCorrupted("node store key group is out of range", hint=_CORRUPT_HINT)
+            aad = self._key_group_aad(group)
+            plain = self._open(self._master, bytes(row), aad, "bucket keys")
+            for slot, wrapped in _group_entries(plain):
+                bucket = (group << KEY_GROUP_BITS) + slot
+                self._bucket_keys[bucket] = self._with_leaves(bucket, BucketKeys.unwrapped(wrapped))
+        if not set(self._buckets) <= set(self._bucket_keys):
+            raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
+
+    def _read_bucket_keys_before_7(self) -> None:
+        """As `_read_bucket_keys`, from a store of an earlier format: a `bucket_key` row
+        per bucket (grouped when the store is made current)."""
         for bucket, row in self._db.execute("SELECT id, row FROM bucket_key"):
             if not 0 <= bucket < BUCKETS:
                 raise StoreCorrupted("node store bucket key is out of range", hint=_CORRUPT_HINT)
             plain = self._open(self._master, bytes(row), self._bucket_key_aad(bucket), "bucket key")
-            keys = BucketKeys.unwrapped(plain)
-            if keys.form == BucketKeys.LISTED:
-                found = self._db.execute("SELECT row FROM leaf_key WHERE id = ?", (bucket,))
-                sealed = found.fetchone()
-                if sealed is None:
-                    raise StoreCorrupted("node store leaf keys are missing", hint=_CORRUPT_HINT)
-                aead = [AESGCM(keys.key)]
-                leaves = self._open(
-                    aead, bytes(sealed[0]), self._leaf_keys_aad(bucket), "leaf keys"
-                )
-                if len(leaves) != 32 * LEAVES:
-                    raise StoreCorrupted("node store leaf keys are malformed", hint=_CORRUPT_HINT)
-                keys = dataclasses.replace(keys, leaves=leaves)
-            self._bucket_keys[bucket] = keys
+            self._bucket_keys[bucket] = self._with_leaves(bucket, BucketKeys.unwrapped(plain))
         if not set(self._buckets) <= set(self._bucket_keys):
             raise StoreCorrupted("node store bucket has rows but no key", hint=_CORRUPT_HINT)
+
+    def _with_leaves(self, bucket: int, keys: BucketKeys) -> BucketKeys:
+        """A LISTED bucket's keys with its leaf keys, read from its `leaf_key` row."""
+        if keys.form != BucketKeys.LISTED:
+            return keys
+        sealed = self._db.execute("SELECT row FROM leaf_key WHERE id = ?", (bucket,)).fetchone()
+        if sealed is None:
+            raise StoreCorrupted("node store leaf keys are missing", hint=_CORRUPT_HINT)
+        aead = [AESGCM(keys.key)]
+        leaves = self._open(aead, bytes(sealed[0]), self._leaf_keys_aad(bucket), "leaf keys")
+        if len(leaves) != 32 * LEAVES:
+            raise StoreCorrupted("node store leaf keys are malformed", hint=_CORRUPT_HINT)
+        return dataclasses.replace(keys, leaves=leaves)
 
     def _reseal(
         self, bucket: int, leaves: set[int] | None, old: BucketKeys | None, new: BucketKeys
@@ -886,13 +961,10 @@ class NodeStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 # With the keys: a crash before the commit leaves the store as it was.
-                self._db.execute(_BUCKET_KEY_TABLE)
+                self._db.execute(_KEY_GROUP_TABLE)
                 for bucket, keys in sorted(fresh.items(), key=lambda item: item[0]):
                     self._reseal(bucket, None, None, keys)
-                self._db.executemany(
-                    "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    self._wrapped(self._master[0], fresh),
-                )
+                self._write_key_groups(self._master[0], fresh, fresh)
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
@@ -1217,10 +1289,7 @@ class NodeStore:
                 self._keep_watched(shares)
                 self._keep_staged(shares)
                 self._keep_account_entries(latest)
-                self._db.executemany(
-                    "INSERT INTO bucket_key (id, row) VALUES (?, ?)",
-                    self._wrapped(self._master[0], fresh),
-                )
+                self._write_key_groups(self._master[0], self._bucket_keys, fresh)
                 top = self._top
                 buckets = []
                 for bucket, digest in digests.items():
@@ -1478,7 +1547,7 @@ class NodeStore:
         (secure_delete zeroes the freed pages). Names, versions, digests and the counter
         are unchanged: only what the old keys open is gone from the file. An erasure
         re-seals one leaf, about N / 2^20 entries' rows, its bucket's leaf keys and the
-        4,096 bucket keys: its cost does not grow with the store (docs/pkcs11.md,
+        64 group rows of bucket keys: its cost does not grow with the store (docs/pkcs11.md,
         "Erasure by key rotation")."""
         if len(row_key) != 32:
             raise InvalidInput("row key must be 32 bytes")
@@ -1502,10 +1571,7 @@ class NodeStore:
                     whole = keys.form == BucketKeys.DERIVED  # a new seed: every leaf is new
                     self._reseal(bucket, None if whole else leaves[bucket], before[bucket], keys)
                 self._write_leaf_keys(fresh)
-                self._db.executemany(
-                    "INSERT OR REPLACE INTO bucket_key (id, row) VALUES (?, ?)",
-                    self._wrapped(new, self._bucket_keys),
-                )
+                self._write_key_groups(new, self._bucket_keys, self._bucket_keys)
                 owed_after = self.rotation_owed - set(rekey)
                 self._write_current_meta(self.catching_up, owed=owed_after)
                 self._db.execute(
