@@ -90,7 +90,9 @@ class InProcessFleet:
             FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers
         )
         firmware.shares.count_staged = count_staged_in(self.shares[i])  # as the node's store
-        firmware.shares.count_entries = count_entries_in(lambda: self.disk[i].keys())
+        firmware.shares.count_entries = count_entries_in(
+            lambda: self.disk[i].values(), self.shares[i]
+        )
         return firmware
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:

@@ -15,6 +15,7 @@ from inprocess_fleet import FAST_KSF, InProcessFleet
 from backupvault.client.errors import VaultError
 from backupvault.codec import Message
 from backupvault.crypto import manifest
+from backupvault.fleet.messages import Prepare
 from backupvault.hsm.shares import FleetShape, ShareKeeper, ThresholdRead
 from backupvault.hsm.state import EntryId, ThresholdState
 from backupvault.protocol import (
@@ -134,10 +135,8 @@ def test_staging_each_entry_on_t_nodes_only_never_passes_the_cap(fleet: InProces
 def test_a_registration_cut_off_before_its_commit_registers_again_at_the_cap(
     fleet: InProcessFleet,
 ) -> None:
-    """A staging counts only once it commits, and registering a cut-off entry again
-    stages on its own row: at the cap too, so an account can pass it by the
-    registrations it has staged and not committed (at most
-    STAGED_ENTRIES_PER_ACCOUNT), and by no more."""
+    """A staged share is counted by its row, committed or not, and registering a cut-off
+    entry again stages on that row: at the cap too."""
     _capped(fleet)
     fleet.relay_drops = lambda op, node: op is Op.COMMIT_SHARES
     cut_off = fleet.client(entry="cut-off")
@@ -145,32 +144,34 @@ def test_a_registration_cut_off_before_its_commit_registers_again_at_the_cap(
     with pytest.raises(VaultError):
         cut_off.register("pw", os.urandom(32), ksf=FAST_KSF)
     fleet.relay_drops = lambda op, node: False
-    for n in range(CAP):
+    for n in range(CAP - 1):
         fleet.client(entry=f"entry-{n}").register("pw", os.urandom(32), ksf=FAST_KSF)
+    with pytest.raises(VaultError, match="as many entry names"):
+        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
     root_key = os.urandom(32)
     fleet.client(entry="cut-off").register("pw", root_key, ksf=FAST_KSF)
     assert fleet.client(entry="cut-off").recover("pw", ksf_floor=FAST_KSF).root_key == root_key
-    with pytest.raises(VaultError, match="as many entry names"):
-        fleet.client(entry="one-more").register("pw", os.urandom(32), ksf=FAST_KSF)
-    assert all(_values_of_alice(fleet, n) == CAP + 1 for n in fleet.replicas)
+    assert all(_values_of_alice(fleet, n) == CAP for n in fleet.replicas)
 
 
-def test_only_a_name_the_node_holds_nothing_of_meets_the_cap() -> None:
-    """At the cap, a staging for an entry this node holds no value and no row of is
-    refused; one for an entry whose tombstone it holds (a deleted or destroyed name,
-    registered again) is not: that name is counted already."""
+def test_only_a_name_the_node_does_not_count_meets_the_cap() -> None:
+    """At the cap, a staging for an entry this node counts (a share row or a live value
+    here: a deleted name registered again) is taken; one for an entry it does not count
+    is refused, a tombstone alone there included (one hostile node can leave those)."""
     fleet_id = b"f" * 16
     keeper = ShareKeeper(fleet_id, 0, FleetShape(1, 1, 1), Ed25519PrivateKey.generate(), {}.get)
-    keeper.count_entries = lambda account: CAP
+    counted = {EntryId.of("alice", "deleted").to_bytes()}
+    keeper.count_entries = lambda key: (CAP, key in counted)
     keeper._entries_cap = CAP
+    tombstone = ThresholdState(status=EntryStatus.DESTROYED, version=1)
 
-    def staging(version: int, state: ThresholdState) -> Message:
+    def staging(entry: str, state: ThresholdState, version: int) -> Message:
         made = manifest.register(
             b"pw",
             bytes(32),
             fleet_id=fleet_id,
             account="alice",
-            entry="root-key",
+            entry=entry,
             epoch=1,
             nodes=1,
             threshold_count=1,
@@ -179,14 +180,47 @@ def test_only_a_name_the_node_holds_nothing_of_meets_the_cap() -> None:
         )
         m = made.manifest
         request = RegisterShareRequest(
-            "alice", "root-key", m.to_bytes(), made.shares[0].to_bytes(), b"", 0
+            "alice", entry, m.to_bytes(), made.shares[0].to_bytes(), b"", 0
         )
         read = keeper.handle(Op.REGISTER_SHARE, request)
         assert isinstance(read, ThresholdRead)
         return read.read(state).response
 
-    refused = staging(1, ThresholdState())
-    assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.TOO_MANY_ENTRIES
-    tombstone = ThresholdState(status=EntryStatus.DESTROYED, version=1)
-    taken = staging(2, tombstone)
+    for refused in (staging("new", ThresholdState(), 1), staging("made-up", tombstone, 2)):
+        assert isinstance(refused, ErrorResponse) and refused.code == ErrorCode.TOO_MANY_ENTRIES
+    taken = staging("deleted", tombstone, 2)
     assert isinstance(taken, ShareAck) and taken.kind == AckKind.STAGED
+
+
+def test_a_hostile_node_cannot_fill_an_honest_accounts_count(fleet: InProcessFleet) -> None:
+    """Review s46: with every record of an entry key counted, one hostile node (c = 1)
+    filled alice's count on every honest node, before she registered anything, with
+    Prepares for made-up names (each acceptor keeps the promise) or with tombstones of
+    made-up names (they need no owner's signature). Neither is counted now."""
+    _capped(fleet)
+    hostile = 4
+    tombstone = ThresholdState(
+        status=EntryStatus.DESTROYED, version=1, attempt=fleet.shape.guess_limit
+    ).to_bytes()
+    for i in range(CAP):
+        promised = EntryId.of("alice", f"promised-{i}").to_bytes()
+        for node in fleet.replicas:
+            if node != hostile:
+                prepare = Prepare(os.urandom(16), promised, 1, hostile)
+                fleet._run(node, fleet.replicas[node].receive(hostile, prepare, fleet.now))
+        tombstoned = EntryId.of("alice", f"tombstoned-{i}").to_bytes()
+        op = os.urandom(8)
+        proposal = fleet.replicas[hostile].propose(
+            op, tombstoned, lambda held: (tombstone, None), fleet.now
+        )
+        fleet._run(hostile, proposal)
+        fleet._settle(until=op)
+    for node in set(fleet.replicas) - {hostile}:  # both kept by the honest, none counted
+        assert EntryId.of("alice", "promised-0").to_bytes() in fleet.disk[node]
+        assert _values_of_alice(fleet, node) == 2 * CAP
+        assert fleet.firmware[node].shares.count_entries(
+            EntryId.of("alice", "backup-root-key").to_bytes()
+        ) == (0, False)
+    root_key = os.urandom(32)
+    fleet.client(entry="backup-root-key").register("pw", root_key, ksf=FAST_KSF)
+    assert fleet.client().recover("pw", ksf_floor=FAST_KSF).root_key == root_key

@@ -283,7 +283,7 @@ def test_an_account_has_at_most_its_cap_of_entries_on_a_node_also_after_a_restar
             refused = await _stage(service, made[cap])
             assert isinstance(refused, ErrorResponse), refused
             assert refused.code == ErrorCode.TOO_MANY_ENTRIES
-            assert f"holds {cap} entry names of this account" in refused.detail
+            assert f"counts {cap} entries of this account" in refused.detail
             other = await _stage(service, _dealt("root-key", "alice"), "alice")
             assert isinstance(other, ShareAck) and other.kind == AckKind.STAGED
         finally:
@@ -291,7 +291,7 @@ def test_an_account_has_at_most_its_cap_of_entries_on_a_node_also_after_a_restar
 
     asyncio.run(first_run())
     assert _rows(path) == 2 * cap + 1  # each entry's value and share row, alice's share row
-    assert _entry_names(path) == cap  # values only: alice's staging made none
+    assert _entry_names(path) == cap + 1  # mallory's entries, and alice's by its share row
 
     async def after_restart() -> None:
         service = capped(path)  # a new process: the count is read from the store
@@ -308,11 +308,17 @@ def test_an_account_has_at_most_its_cap_of_entries_on_a_node_also_after_a_restar
     assert shares.ENTRIES_PER_ACCOUNT == 256
 
 
-def test_the_entries_table_names_every_value_saved_and_keeps_the_names(tmp_path: Path) -> None:
+def test_the_entries_table_names_live_values_and_share_rows_and_nothing_else(
+    tmp_path: Path,
+) -> None:
+    """Counted: an entry with a live value or a share row here. Not counted: a promise
+    alone, or a tombstone alone, which one hostile node can make an honest node keep for
+    any made-up name (review s46: 256 of them filled an account that had registered
+    nothing)."""
     path = tmp_path / "store.sqlite"
     store = NodeStore(path, 0, STORAGE_KEY)
     held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
-    keys = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(3)]
+    key = [EntryId.of("mallory", f"entry-{n}").to_bytes() for n in range(6)]
     live = ThresholdState(status=EntryStatus.LIVE, version=1, manifest=b"M")
     gone = ThresholdState(status=EntryStatus.DESTROYED, version=1)
 
@@ -320,20 +326,28 @@ def test_the_entries_table_names_every_value_saved_and_keeps_the_names(tmp_path:
         payload = ReplicatedValue([AppliedOp(os.urandom(16), 1)], state.to_bytes())
         return AcceptorRecord(key, 1, 0, 1, 0, payload.to_bytes())
 
-    store.save([value(keys[0], live), value(keys[1], live)])
+    def mallory() -> tuple[int, bool]:
+        return store.count_entries(key[0])
+
+    store.save([value(key[0], live), value(key[1], live)])
     store.save([value(EntryId.of("alice", "entry-0").to_bytes(), live)])
-    store.save([share_record(keys[2], held)])  # a share row alone: no value, no name
+    store.save([share_record(key[2], held)])  # a share row alone (staged, or owed a value)
+    store.save([AcceptorRecord(key[3], 7, 4)])  # a promise alone
+    store.save([value(key[4], gone)])  # a tombstone alone
     store.save([AcceptorRecord(b"not an entry key", 1, 0, 1, 0, b"x")])  # a tool's
-    assert store.count_entries("mallory") == 2
-    assert store.count_entries("alice") == 1
-    store.save([value(keys[0], live)])  # written again: still one name
-    store.save([value(keys[1], gone)])  # destroyed: its tombstone keeps the name
-    assert store.count_entries("mallory") == 2
+    assert mallory() == (3, True)
+    assert [store.count_entries(k)[1] for k in key] == [True, True, True, False, False, False]
+    assert store.count_entries(EntryId.of("alice", "x").to_bytes()) == (1, False)
+    store.save([value(key[0], live)])  # written again: still one name
+    store.save([value(key[1], gone)])  # destroyed, no share row here: not counted now
+    assert mallory() == (2, True)
+    store.save([share_record(key[0], held), value(key[0], gone)])  # a share row: kept
+    store.save([value(key[2], gone)])  # a share row stored before: kept
+    assert mallory() == (2, True)
     store.close()
     reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
-    assert reopened.count_entries("mallory") == 2
-    assert reopened.count_entries("alice") == 1
-    assert reopened.count_entries("nobody") == 0
+    assert reopened.count_entries(key[5]) == (2, False)
+    assert reopened.count_entries(EntryId.of("nobody", "x").to_bytes()) == (0, False)
     reopened.close()
     assert _entry_names(path) == 3
 
@@ -358,8 +372,8 @@ def test_a_store_of_format_5_is_made_format_6_and_its_values_named_when_written_
     opened = NodeStore(path, 0, STORAGE_KEY)
     with sqlite3.connect(path) as db:
         assert db.execute("PRAGMA user_version").fetchone() == (STORE_FORMAT,)
-    assert opened.count_entries("mallory") == 0
+    assert opened.count_entries(keys[0]) == (0, False)
     assert {r.key for r in opened.records()} == set(keys)
     opened.save([AcceptorRecord(keys[0], 2, 0, 2, 0, payload)])  # written again
-    assert opened.count_entries("mallory") == 1
+    assert opened.count_entries(keys[1]) == (1, False)
     opened.close()

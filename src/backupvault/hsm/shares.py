@@ -28,6 +28,7 @@ from backupvault.codec import Message
 from backupvault.crypto import owner, threshold
 from backupvault.crypto.manifest import Manifest
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.hsm.state import (
     DEFAULT_GUESS_LIMIT,
     MAX_GUESS_LIMIT,
@@ -115,24 +116,25 @@ STAGED_ENTRIES_PER_ACCOUNT = 32
 #: row handed out and not yet durable is staged-only, standing in for the stored row,
 #: the cap) -> count (the stored rows are checked one by one only once the cap is met).
 StagedCount = Callable[[str, Mapping[bytes, bool], int], int]
-#: Entries of one account this node holds a value of (live, deleted or destroyed: a
-#: value, once written, stays as the entry's tombstone) past which the node stages no
-#: share of an entry it holds nothing of: it answers `too_many_entries` (review r1,
-#: finding 4; before, one account could commit a new entry name per request, 60 a minute
-#: through its relay bucket, some 1.3 KB on every node each, for good). Values, not share
-#: rows, are counted: every node holds the value of every entry the fleet committed, so
-#: once the account has this many, every node that has caught up refuses, and no commit
-#: of one more finds t honest acknowledgements, whichever nodes staged earlier ones.
-#: Registrations staged at once, each counted only when it commits, can pass it by at
-#: most STAGED_ENTRIES_PER_ACCOUNT. A name the account had (deleted or destroyed
-#: included) registers again without a new place: a delete frees no name, as its
-#: tombstone stays. An account holds one entry per way into its key (the password, each
-#: passkey) and one per other small secret (docs/threshold.md): 256 is far above that,
-#: and bounds one account on a node to some (256 + 32) × 1.3 KB, about 380 KB.
+#: Entries of one account this node counts past which it stages no share of an entry it
+#: does not count: it answers `too_many_entries` (review r1, finding 4; before, one
+#: account could commit a new entry name per request, 60 a minute through its relay
+#: bucket, some 1.3 KB on every node each, for good). Counted: each entry the node holds
+#: a live value of (every node holds the value of every entry the fleet committed, so
+#: staging each entry on other nodes does not escape the count), or a share row of (kept
+#: for good, a deleted or destroyed entry's too: so a delete frees no name, and deleting
+#: and registering fresh names does not escape it either). Not counted: a promise or a
+#: tombstone alone, which one hostile node can make any honest node keep for a made-up
+#: name (review s46), so it cannot fill an honest account's count. A name counted here
+#: (a password change, a staging again, a deleted name registered again) is never
+#: refused. An account holds one entry per way into its key (the password, each passkey)
+#: and one per other small secret (docs/threshold.md): 256 is far above that. What it
+#: bounds, and what a hostile node with the network can still do: docs/threshold.md,
+#: "Registration" step 3.
 ENTRIES_PER_ACCOUNT = 256
-#: How many entries of an account the shell holds a value of (`count_entries`,
-#: node/store.py `NodeStore.count_entries`).
-EntryCount = Callable[[str], int]
+#: For an entry's key: how many entries of its account the shell counts, and whether
+#: this one is among them (`count_entries`, node/store.py `NodeStore.count_entries`).
+EntryCount = Callable[[bytes], tuple[int, bool]]
 #: How often a node runs a no-op round for an entry it holds live with no guess left when
 #: it is asked for its manifest (`ShareKeeper.tick`, `_look_again`): at most once per
 #: entry in this many seconds of the shell's clock, however often it is asked.
@@ -317,9 +319,8 @@ class ShareKeeper:
         `staged_entries_per_account`: the cap on an account's staged-only entries
         (`STAGED_ENTRIES_PER_ACCOUNT`), counted by `count_staged` once the shell sets it
         (the node's store; none set, nothing is counted: tools and tests);
-        `entries_per_account`: the cap on the entries of an account this node holds a
-        value of (`ENTRIES_PER_ACCOUNT`), counted by `count_entries` once the shell sets
-        it."""
+        `entries_per_account`: the cap on the entries of an account this node counts
+        (`ENTRIES_PER_ACCOUNT`), counted by `count_entries` once the shell sets it."""
         if not 0 <= slot < shape.nodes:
             raise InvalidInput(f"slot {slot} is not in a fleet of {shape.nodes}")
         self.fleet_id = fleet_id
@@ -352,7 +353,7 @@ class ShareKeeper:
         #: Set by the shell: how many of an account's entries its rows keep staged-only.
         self.count_staged: StagedCount | None = None
         self._entries_cap = entries_per_account
-        #: Set by the shell: how many entries of an account it holds a value of.
+        #: Set by the shell: how many entries of an account it counts (`EntryCount`).
         self.count_entries: EntryCount | None = None
         # Erasures made while accepting a value, not yet handed to the shell (`take_writes`).
         self._unsaved: list[ShareWrite] = []
@@ -1107,8 +1108,8 @@ class ShareKeeper:
             kept = [s for s in base.staged if s.manifest != request.manifest]
             kept.append(StagedShare(request.share, request.manifest))
             staged = base.with_(staged=kept[-STAGED_KEPT:])
-            if row is None and state == ThresholdState():
-                refused = self._new_entry_refused(account)  # a name this node never held
+            if row is None:
+                refused = self._new_entry_refused(key)  # no share row: maybe a new name
                 if refused is not None:
                     return Answer(refused)
             if staged.staged_only and not (row is not None and row.staged_only):
@@ -1122,16 +1123,19 @@ class ShareKeeper:
 
         return ThresholdRead(key, read)
 
-    def _new_entry_refused(self, account: str) -> ErrorResponse | None:
-        """`too_many_entries` if this node holds a value of `ENTRIES_PER_ACCOUNT` entries
-        of `account`."""
+    def _new_entry_refused(self, key: bytes) -> ErrorResponse | None:
+        """`too_many_entries` if this node does not count the entry `key` and counts
+        `ENTRIES_PER_ACCOUNT` entries of its account."""
+        if self.count_entries is None:
+            return None
         cap = self._entries_cap
-        if self.count_entries is None or self.count_entries(account) < cap:
+        counted, this_one = self.count_entries(key)
+        if this_one or counted < cap:
             return None
         return error(
             ErrorCode.TOO_MANY_ENTRIES,
-            f"this node holds {cap} entry names of this account, the most it keeps for one"
-            " account; use a name the account had before",
+            f"this node counts {cap} entries of this account, the most it keeps for one"
+            " account; use an entry name the account had before",
         )
 
     def _staging_refused(self, account: str) -> ErrorResponse | None:
@@ -1804,13 +1808,34 @@ def count_staged_in(rows: Mapping[bytes, NodeShare]) -> StagedCount:
     return count
 
 
-def count_entries_in(keys: Callable[[], Iterable[bytes]]) -> EntryCount:
-    """`ShareKeeper.count_entries` over the keys of a shell's values held in memory (the
-    simulation and the in-process test fleet): a scan, which the node's store replaces
-    with its `account_entries` table."""
+def holds_live_value(record: AcceptorRecord) -> bool:
+    """Whether an entry's record holds a live threshold entry, read from its payload's
+    tag and status alone (a full decode costs more than the rest of a save); a value that
+    does not decode holds none."""
+    try:
+        payload = payload_of(record.value)
+    except InvalidInput:
+        return False
+    return (
+        len(payload) >= 9
+        and payload[0] == ThresholdState.TAG
+        and int.from_bytes(payload[1:9], "big") == EntryStatus.LIVE
+    )
 
-    def count(account: str) -> int:
-        return sum(1 for key in keys() if _account_of(key) == account)
+
+def count_entries_in(
+    values: Callable[[], Iterable[AcceptorRecord]], rows: Mapping[bytes, NodeShare]
+) -> EntryCount:
+    """`ShareKeeper.count_entries` over a shell's values and share rows held in memory
+    (`values`: its records now; `rows`: entry key -> share row; the simulation and the
+    in-process test fleet): a scan, which the node's store replaces with its
+    `account_entries` table."""
+
+    def count(key: bytes) -> tuple[int, bool]:
+        account = _account_of(key)
+        counted = {r.key for r in values() if holds_live_value(r)} | set(rows)
+        mine = {k for k in counted if _account_of(k) == account}
+        return len(mine), key in mine
 
     return count
 

@@ -89,12 +89,13 @@ Tables:
       account = HMAC-SHA256(name_key, "\xffaccount/" || account name)[:16]
                              (indexed: `count_staged` reads one account's names)
     account_entries(account, name)
-                             the name of each entry's value row (not share rows), with
-                             its account's tag as in `staged`; keyed by (account, name),
-                             so `count_entries` counts one account's names in one read
-                             (store format 6; rows last written before it are not named
-                             until written again). A value row is never removed, so
-                             neither is its name.
+                             the value row's name of each entry this store holds a live
+                             value or a share row of, with its account's tag as in
+                             `staged`; keyed by (account, name), so `count_entries`
+                             counts one account's names in one read (store format 6;
+                             entries last written before it are not named until written
+                             again). A share row is never removed, so neither is the
+                             name of an entry that has one.
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -187,11 +188,12 @@ never toward refusing one. A name whose row an earlier version rewrote since is 
 listed; when an account's count reaches the cap, each listed row is opened and checked,
 so such a name never counts.
 
-Entries per account (review r1, finding 4; store format 6): every save names each
-written value row in `account_entries` under its account's tag, so the node counts the
-entries of an account it holds a value of with one indexed read (`count_entries`) and
-stages no share of an entry it holds nothing of past its cap (`hsm/shares.py`,
-`ENTRIES_PER_ACCOUNT`). The count is taken as the table says, with no row opened: an
+Entries per account (review r1, finding 4; store format 6): every save keeps
+`account_entries` naming exactly the entries that hold a live value or a share row here,
+under their account's tag, so the node counts an account's entries with one indexed
+read (`count_entries`) and stages no share of an entry it does not count past its cap
+(`hsm/shares.py`, `ENTRIES_PER_ACCOUNT`, which says why these are counted and not a
+promise or a tombstone alone). The count is taken as the table says, with no row opened: an
 earlier version, which would write rows without keeping the table, refuses a store of
 format 6 as newer. Rows last written before format 6 are not named until written again
 (any change to the entry: a recovery, a reset, a delete): the count errs toward taking a
@@ -236,6 +238,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
 from backupvault.fleet.records import Changes, Mark
+from backupvault.hsm.shares import holds_live_value
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus
 
@@ -1428,31 +1431,54 @@ class NodeStore:
         self._db.executemany("DELETE FROM staged WHERE name = ?", others)
 
     def _keep_account_entries(self, latest: Mapping[bytes, tuple[AcceptorRecord, bytes]]) -> None:
-        """In the saving transaction: `account_entries` names each written value row under
-        its account's tag. A key that names no entry counts for no account: a share row's
-        (`SHARE_PREFIX`, which no entry key starts with) or a tool's."""
-        named = []
-        for key, (_, name) in latest.items():
+        """In the saving transaction: `account_entries` names, under its account's tag,
+        each entry this save leaves holding a live value or a share row (by its value
+        row's name), and no entry that holds neither: an entry's value written not live
+        is named no more unless a share row of it is stored or written here. A key that
+        names no entry (a tool's) counts for no account."""
+        named: list[tuple[bytes, bytes]] = []
+        unnamed: list[tuple[bytes, bytes]] = []
+        for key, (record, name) in latest.items():
+            share_row = is_share_record(record)
+            entry_key = key[len(SHARE_PREFIX) :] if share_row else key
             try:
-                entry = EntryId.from_bytes(key)
+                entry = EntryId.from_bytes(entry_key)
             except (InvalidInput, ValueError):
                 continue
-            named.append((self._account_tag(entry.account), name))
+            tag = self._account_tag(entry.account)
+            if share_row:
+                named.append((tag, self.name_of(entry_key)))
+            elif holds_live_value(record):
+                named.append((tag, name))
+            elif SHARE_PREFIX + key not in latest and not self._stored(SHARE_PREFIX + key):
+                unnamed.append((tag, name))
         self._db.executemany(
             "INSERT OR IGNORE INTO account_entries (account, name) VALUES (?, ?)", named
         )
+        self._db.executemany("DELETE FROM account_entries WHERE account = ? AND name = ?", unnamed)
 
-    def count_entries(self, account: str) -> int:
-        """How many entries of `account` this store holds a value of (`account_entries`):
-        one indexed read, on the reader's thread (the event loop's), which needs no lock
-        (no sum or key of the store is read). Rows last written before store format 6 are
+    def _stored(self, key: bytes) -> bool:
+        """Whether a row of `key` is in the store (in the saving transaction)."""
+        found = self._db.execute("SELECT 1 FROM record WHERE name = ?", (self.name_of(key),))
+        return found.fetchone() is not None
+
+    def count_entries(self, key: bytes) -> tuple[int, bool]:
+        """How many entries of `key`'s account this store counts (`account_entries`: a
+        live value or a share row held), and whether `key`'s entry is one of them: two
+        indexed reads on the reader's thread (the event loop's), which need no lock (no
+        sum or key of the store is read). Entries last written before store format 6 are
         not named until written again: the count errs toward taking a new entry, never
         toward refusing one."""
-        tag = self._account_tag(account)
-        found = self._reader.execute(
+        tag = self._account_tag(EntryId.from_bytes(key).account)
+        reader = self._reader
+        (count,) = reader.execute(
             "SELECT COUNT(*) FROM account_entries WHERE account = ?", (tag,)
         ).fetchone()
-        return int(found[0])
+        this_one = reader.execute(
+            "SELECT 1 FROM account_entries WHERE account = ? AND name = ?",
+            (tag, self.name_of(key)),
+        ).fetchone()
+        return int(count), this_one is not None
 
     def count_staged(self, account: str, overlay: Mapping[bytes, bool], limit: int) -> int:
         """How many of `account`'s entries this store keeps staged shares and no share of

@@ -564,7 +564,8 @@ class Simulation:
 
         keeper.count_staged = count_staged
 
-        keeper.count_entries = count_entries_in(lambda: n.disk.keys())  # n.disk as it is now
+        # n.disk and n.rows as they are now (a wipe or a rollback replaces them).
+        keeper.count_entries = lambda key: count_entries_in(n.disk.records, n.rows)(key)
         return keeper
 
     def _make_client(
