@@ -36,6 +36,7 @@ from backupvault.hsm.shares import (
     ThresholdUpdate,
     count_entries_in,
     count_staged_in,
+    holds_live_value,
 )
 from backupvault.hsm.state import NodeShare, ThresholdState
 from backupvault.protocol import ErrorResponse, Op, SealedCopies, pad_response
@@ -69,6 +70,8 @@ class InProcessFleet:
         self.accounts = TokenVerifier(self.issuer.public_key(), ISSUER, fleet_audience(FLEET_ID))
         #: Each node's own share rows, as its store keeps them.
         self.shares: dict[int, dict[bytes, NodeShare]] = {i: {} for i in range(n)}
+        #: Keys of the entries each node wrote a live value of (its store's account_entries).
+        self.live: dict[int, set[bytes]] = {i: set() for i in range(n)}
         self.firmware = {i: self._firmware(i) for i in range(n)}
         self.disk: dict[int, dict[bytes, AcceptorRecord]] = {i: {} for i in range(n)}
         self.replicas = {i: self._replica(i, None) for i in range(n)}
@@ -90,9 +93,7 @@ class InProcessFleet:
             FLEET_ID, key, self.accounts, self.shape, self.shares[i].get, peers
         )
         firmware.shares.count_staged = count_staged_in(self.shares[i])  # as the node's store
-        firmware.shares.count_entries = count_entries_in(
-            lambda: self.disk[i].values(), self.shares[i]
-        )
+        firmware.shares.count_entries = count_entries_in(self.live[i], self.shares[i])
         return firmware
 
     def _replica(self, i: int, records: MemoryRecords | None) -> Replica:
@@ -115,6 +116,8 @@ class InProcessFleet:
                     self.queue.append((node, to, message.to_bytes()))
                 case Persist(record):
                     self.disk[node][record.key] = record
+                    if holds_live_value(record):  # counted for good (as the node's store)
+                        self.live[node].add(record.key)
                 case Committed() | Failed():
                     self.results[effect.op_id] = effect
         # Rows the firmware changed while accepting a value (a promoted or erased share),
@@ -154,6 +157,7 @@ class InProcessFleet:
         if wipe:
             self.disk[node] = {}
             self.shares[node].clear()
+            self.live[node].clear()
         self.firmware[node] = self._firmware(node)
         records = MemoryRecords.of(list(self.disk[node].values()), f"node{node}".encode())
         self.replicas[node] = self._replica(node, records)

@@ -308,13 +308,41 @@ def test_an_account_has_at_most_its_cap_of_entries_on_a_node_also_after_a_restar
     assert shares.ENTRIES_PER_ACCOUNT == 256
 
 
+def test_two_new_entries_at_once_never_pass_the_cap_together(tmp_path: Path) -> None:
+    """One place left, two stagings of new names in the same moment: the second counts
+    the first's row, handed out and not yet durable, and is refused (review s46)."""
+    cap = 2
+    path = tmp_path / "store.sqlite"
+
+    async def scenario() -> list[Message]:
+        service = _service(path)
+        service._firmware.shares._entries_cap = cap
+        await service.start()
+        try:
+            first = await _stage(service, _dealt("entry-0"))
+            assert isinstance(first, ShareAck)
+            return list(
+                await asyncio.gather(
+                    _stage(service, _dealt("entry-1")), _stage(service, _dealt("entry-2"))
+                )
+            )
+        finally:
+            await service.stop()
+
+    answers = asyncio.run(scenario())
+    assert sorted(type(a).__name__ for a in answers) == ["ErrorResponse", "ShareAck"]
+    refused = next(a for a in answers if isinstance(a, ErrorResponse))
+    assert refused.code == ErrorCode.TOO_MANY_ENTRIES
+    assert _entry_names(path) == cap
+
+
 def test_the_entries_table_names_live_values_and_share_rows_and_nothing_else(
     tmp_path: Path,
 ) -> None:
-    """Counted: an entry with a live value or a share row here. Not counted: a promise
-    alone, or a tombstone alone, which one hostile node can make an honest node keep for
-    any made-up name (review s46: 256 of them filled an account that had registered
-    nothing)."""
+    """Counted, for good: an entry this store wrote a live value or a share row of. Not
+    counted: a promise alone, or a tombstone alone, which one hostile node can make an
+    honest node keep for any made-up name (review s46: 256 of them filled an account
+    that had registered nothing)."""
     path = tmp_path / "store.sqlite"
     store = NodeStore(path, 0, STORAGE_KEY)
     held = NodeShare(1, b"\x01" + b"k" * 32, b"M", [])
@@ -339,17 +367,15 @@ def test_the_entries_table_names_live_values_and_share_rows_and_nothing_else(
     assert [store.count_entries(k)[1] for k in key] == [True, True, True, False, False, False]
     assert store.count_entries(EntryId.of("alice", "x").to_bytes()) == (1, False)
     store.save([value(key[0], live)])  # written again: still one name
-    store.save([value(key[1], gone)])  # destroyed, no share row here: not counted now
-    assert mallory() == (2, True)
-    store.save([share_record(key[0], held), value(key[0], gone)])  # a share row: kept
-    store.save([value(key[2], gone)])  # a share row stored before: kept
-    assert mallory() == (2, True)
+    store.save([value(key[1], gone)])  # destroyed: counted for good (a delete frees none)
+    store.save([share_record(key[0], held), value(key[0], gone)])
+    assert mallory() == (3, True)
     store.close()
     reopened = NodeStore(path, 0, STORAGE_KEY)  # a restart reads the table as it was
-    assert reopened.count_entries(key[5]) == (2, False)
+    assert reopened.count_entries(key[5]) == (3, False)
     assert reopened.count_entries(EntryId.of("nobody", "x").to_bytes()) == (0, False)
     reopened.close()
-    assert _entry_names(path) == 3
+    assert _entry_names(path) == 4
 
 
 def test_a_store_of_format_5_is_made_format_6_and_its_values_named_when_written_again(

@@ -119,13 +119,13 @@ StagedCount = Callable[[str, Mapping[bytes, bool], int], int]
 #: Entries of one account this node counts past which it stages no share of an entry it
 #: does not count: it answers `too_many_entries` (review r1, finding 4; before, one
 #: account could commit a new entry name per request, 60 a minute through its relay
-#: bucket, some 1.3 KB on every node each, for good). Counted: each entry the node holds
-#: a live value of (every node holds the value of every entry the fleet committed, so
-#: staging each entry on other nodes does not escape the count), or a share row of (kept
-#: for good, a deleted or destroyed entry's too: so a delete frees no name, and deleting
-#: and registering fresh names does not escape it either). Not counted: a promise or a
-#: tombstone alone, which one hostile node can make any honest node keep for a made-up
-#: name (review s46), so it cannot fill an honest account's count. A name counted here
+#: bucket, some 1.3 KB on every node each, for good). Counted, for good: each entry the
+#: node has held a live value of (every node holds the value of every entry the fleet
+#: committed, so staging each entry on other nodes does not escape the count) or a share
+#: row of. A delete frees no name (deleting and registering fresh names does not escape
+#: it either). Not counted: a promise or a tombstone alone, which one hostile node can
+#: make any honest node keep for a made-up name (review s46), so it cannot fill an
+#: honest account's count; a live value needs t nodes' acknowledgements. A name counted here
 #: (a password change, a staging again, a deleted name registered again) is never
 #: refused. An account holds one entry per way into its key (the password, each passkey)
 #: and one per other small secret (docs/threshold.md): 256 is far above that. What it
@@ -1125,12 +1125,23 @@ class ShareKeeper:
 
     def _new_entry_refused(self, key: bytes) -> ErrorResponse | None:
         """`too_many_entries` if this node does not count the entry `key` and counts
-        `ENTRIES_PER_ACCOUNT` entries of its account."""
-        if self.count_entries is None:
+        `ENTRIES_PER_ACCOUNT` entries of its account, rows handed out and not yet durable
+        included (each is counted once stored: stagings of new names in one group commit
+        would otherwise all pass)."""
+        count = self.count_entries
+        if count is None:
             return None
+        counted, this_one = count(key)
+        if this_one:
+            return None
+        account = EntryId.from_bytes(key).account
+        pending = [
+            k
+            for k in self._pending
+            if k != key and EntryId.from_bytes(k).account == account and not count(k)[1]
+        ]
         cap = self._entries_cap
-        counted, this_one = self.count_entries(key)
-        if this_one or counted < cap:
+        if counted + len(pending) < cap:
             return None
         return error(
             ErrorCode.TOO_MANY_ENTRIES,
@@ -1823,18 +1834,15 @@ def holds_live_value(record: AcceptorRecord) -> bool:
     )
 
 
-def count_entries_in(
-    values: Callable[[], Iterable[AcceptorRecord]], rows: Mapping[bytes, NodeShare]
-) -> EntryCount:
-    """`ShareKeeper.count_entries` over a shell's values and share rows held in memory
-    (`values`: its records now; `rows`: entry key -> share row; the simulation and the
-    in-process test fleet): a scan, which the node's store replaces with its
-    `account_entries` table."""
+def count_entries_in(live: Iterable[bytes], rows: Mapping[bytes, NodeShare]) -> EntryCount:
+    """`ShareKeeper.count_entries` over what a shell held in memory has written (`live`:
+    the keys of the entries it wrote a live value of, `holds_live_value`; `rows`: entry
+    key -> share row; the simulation and the in-process test fleet): a scan, which the
+    node's store replaces with its `account_entries` table."""
 
     def count(key: bytes) -> tuple[int, bool]:
         account = _account_of(key)
-        counted = {r.key for r in values() if holds_live_value(r)} | set(rows)
-        mine = {k for k in counted if _account_of(k) == account}
+        mine = {k for k in (*live, *rows) if _account_of(k) == account}
         return len(mine), key in mine
 
     return count

@@ -89,13 +89,12 @@ Tables:
       account = HMAC-SHA256(name_key, "\xffaccount/" || account name)[:16]
                              (indexed: `count_staged` reads one account's names)
     account_entries(account, name)
-                             the value row's name of each entry this store holds a live
+                             the value row's name of each entry this store wrote a live
                              value or a share row of, with its account's tag as in
                              `staged`; keyed by (account, name), so `count_entries`
                              counts one account's names in one read (store format 6;
                              entries last written before it are not named until written
-                             again). A share row is never removed, so neither is the
-                             name of an entry that has one.
+                             again). A name is never removed.
     meta(id = 0, row)        one row
       row  = nonce (12) || AES-256-GCM(row_key, nonce, plain, aad)
       aad  = "backupvault/v1 node store meta" || u16(node)
@@ -188,9 +187,9 @@ never toward refusing one. A name whose row an earlier version rewrote since is 
 listed; when an account's count reaches the cap, each listed row is opened and checked,
 so such a name never counts.
 
-Entries per account (review r1, finding 4; store format 6): every save keeps
-`account_entries` naming exactly the entries that hold a live value or a share row here,
-under their account's tag, so the node counts an account's entries with one indexed
+Entries per account (review r1, finding 4; store format 6): every save names in
+`account_entries` each entry it writes a live value or a share row of, under its
+account's tag, for good, so the node counts an account's entries with one indexed
 read (`count_entries`) and stages no share of an entry it does not count past its cap
 (`hsm/shares.py`, `ENTRIES_PER_ACCOUNT`, which says why these are counted and not a
 promise or a tombstone alone). The count is taken as the table says, with no row opened: an
@@ -1432,39 +1431,27 @@ class NodeStore:
 
     def _keep_account_entries(self, latest: Mapping[bytes, tuple[AcceptorRecord, bytes]]) -> None:
         """In the saving transaction: `account_entries` names, under its account's tag,
-        each entry this save leaves holding a live value or a share row (by its value
-        row's name), and no entry that holds neither: an entry's value written not live
-        is named no more unless a share row of it is stored or written here. A key that
-        names no entry (a tool's) counts for no account."""
+        each entry this save writes a live value or a share row of (by its value row's
+        name). A name is never taken away: a delete frees none. A key that names no entry
+        (a tool's) counts for no account."""
         named: list[tuple[bytes, bytes]] = []
-        unnamed: list[tuple[bytes, bytes]] = []
-        for key, (record, name) in latest.items():
+        for key, (record, _) in latest.items():
             share_row = is_share_record(record)
+            if not share_row and not holds_live_value(record):
+                continue
             entry_key = key[len(SHARE_PREFIX) :] if share_row else key
             try:
                 entry = EntryId.from_bytes(entry_key)
             except (InvalidInput, ValueError):
                 continue
-            tag = self._account_tag(entry.account)
-            if share_row:
-                named.append((tag, self.name_of(entry_key)))
-            elif holds_live_value(record):
-                named.append((tag, name))
-            elif SHARE_PREFIX + key not in latest and not self._stored(SHARE_PREFIX + key):
-                unnamed.append((tag, name))
+            named.append((self._account_tag(entry.account), self.name_of(entry_key)))
         self._db.executemany(
             "INSERT OR IGNORE INTO account_entries (account, name) VALUES (?, ?)", named
         )
-        self._db.executemany("DELETE FROM account_entries WHERE account = ? AND name = ?", unnamed)
-
-    def _stored(self, key: bytes) -> bool:
-        """Whether a row of `key` is in the store (in the saving transaction)."""
-        found = self._db.execute("SELECT 1 FROM record WHERE name = ?", (self.name_of(key),))
-        return found.fetchone() is not None
 
     def count_entries(self, key: bytes) -> tuple[int, bool]:
         """How many entries of `key`'s account this store counts (`account_entries`: a
-        live value or a share row held), and whether `key`'s entry is one of them: two
+        live value or a share row written), and whether `key`'s entry is one of them: two
         indexed reads on the reader's thread (the event loop's), which need no lock (no
         sum or key of the store is read). Entries last written before store format 6 are
         not named until written again: the count errs toward taking a new entry, never

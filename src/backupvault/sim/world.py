@@ -65,6 +65,7 @@ from backupvault.hsm.shares import (
     count_entries_in,
     count_staged_in,
     error,
+    holds_live_value,
 )
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
 from backupvault.invariants import require
@@ -380,6 +381,10 @@ class _Node:
     disk: MemoryRecords = field(default_factory=MemoryRecords)
     rows: dict[bytes, NodeShare] = field(default_factory=dict)
     backups: list[tuple[MemoryRecords, dict[bytes, NodeShare]]] = field(default_factory=list)
+    #: Keys of the entries this node wrote a live value of: counted against their account
+    #: for good (the store's `account_entries`); a wipe clears it, a rollback keeps it (a
+    #: node's store takes the table back with its rows: here the count errs high).
+    live: set[bytes] = field(default_factory=set)
     replica: Replica | None = None
     refusing: bool = False  # bit-flipped store: refuses to start until the operator acts
     pending: dict[bytes, _Pending] = field(default_factory=dict)
@@ -564,8 +569,8 @@ class Simulation:
 
         keeper.count_staged = count_staged
 
-        # n.disk and n.rows as they are now (a wipe or a rollback replaces them).
-        keeper.count_entries = lambda key: count_entries_in(n.disk.records, n.rows)(key)
+        # n.live and n.rows as they are now (a wipe or a rollback replaces them).
+        keeper.count_entries = lambda key: count_entries_in(n.live, n.rows)(key)
         return keeper
 
     def _make_client(
@@ -771,6 +776,7 @@ class Simulation:
         if mode == "wipe":
             n.disk = MemoryRecords()
             n.rows = {}
+            n.live = set()
             self.log(f"node{n.index} disk wiped")
         elif mode == "rollback":
             old, rows = n.backups[max(0, len(n.backups) - 1 - which)]
@@ -787,6 +793,7 @@ class Simulation:
         claiming it holds what it lost, and no catch-up would bring the row back."""
         n.disk = MemoryRecords()
         n.rows = {}
+        n.live = set()
         n.refusing = False
 
     def _start(self, n: _Node, intact: bool = False) -> None:
@@ -954,6 +961,8 @@ class Simulation:
                 case Persist(record, kind):
                     # Already in n.disk: the replica wrote it there (durable at once).
                     self.observer.on_persist(n.index, record, kind)
+                    if holds_live_value(record):
+                        n.live.add(record.key)
                 case Send(to, message):
                     # A node has no channel to itself (a real node's shell raises): what it
                     # says to itself the replica delivers in the same step.
