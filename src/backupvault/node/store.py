@@ -1435,7 +1435,7 @@ class NodeStore:
         name). A name is never taken away: a delete frees none. A key that names no entry
         (a tool's) counts for no account."""
         named: list[tuple[bytes, bytes]] = []
-        for key, (record, _) in latest.items():
+        for key, (record, name) in latest.items():
             share_row = is_share_record(record)
             if not share_row and not holds_live_value(record):
                 continue
@@ -1444,7 +1444,9 @@ class NodeStore:
                 entry = EntryId.from_bytes(entry_key)
             except (InvalidInput, ValueError):
                 continue
-            named.append((self._account_tag(entry.account), self.name_of(entry_key)))
+            # A value row's own name is the entry's; a share row's is computed once more.
+            entry_name = self.name_of(entry_key) if share_row else name
+            named.append((self._account_tag(entry.account), entry_name))
         self._db.executemany(
             "INSERT OR IGNORE INTO account_entries (account, name) VALUES (?, ?)", named
         )
