@@ -202,3 +202,32 @@ def test_a_mixed_order_owner_key_is_refused() -> None:
     with pytest.raises(InvalidInput, match="prime-order subgroup"):
         check_public_key(mixed, "key")
     assert check_public_key(real, "key") == real
+
+
+def test_a_remembered_check_answers_only_for_the_same_key_statement_and_signature() -> None:
+    # Nodes remember the checks they made (`owner._signed_by`, `owner._real_key`): one
+    # that passed must not let a forgery, another statement, another key or a replay pass.
+    statement = _reset(counter=11)
+    genuine = sign_statement(EXPORT_KEY, statement)
+    for _ in range(2):  # the second time from memory
+        _verify(statement, genuine)
+    assert owner._signed_by.cache_info().hits >= 1
+    flipped = bytes([genuine[0] ^ 1]) + genuine[1:]
+    with pytest.raises(AuthenticationFailed, match="does not verify"):
+        _verify(statement, flipped)
+    for changes in ({"counter": 12}, {"entry": "other-entry"}, {"version": 4}):
+        with pytest.raises(AuthenticationFailed, match="does not verify"):
+            _verify(_reset(**changes), genuine)
+    with pytest.raises(AuthenticationFailed, match="does not verify"):
+        owner.verify_statement(
+            owner.owner_public_key(os.urandom(64)), statement, genuine, last_counter=None
+        )
+    with pytest.raises(AuthenticationFailed, match="already used"):
+        _verify(statement, genuine, last=11)
+    with pytest.raises(InvalidInput, match="prime-order subgroup"):
+        owner.verify_statement(_SMALL_ORDER_KEYS[0], statement, genuine, last_counter=None)
+    with pytest.raises(InvalidInput, match="expected 32 bytes"):
+        owner.verify_statement(bytearray(32), statement, genuine, last_counter=None)  # type: ignore[arg-type]
+    with pytest.raises(AuthenticationFailed, match="64 bytes"):
+        _verify(statement, bytearray(genuine))  # type: ignore[arg-type]
+    _verify(statement, genuine)  # and the genuine one still passes

@@ -43,6 +43,7 @@ statements": whatever keeps pk_auth across epochs must add the epoch first).
 from __future__ import annotations
 
 import enum
+import functools
 import hashlib
 import struct
 from dataclasses import dataclass
@@ -190,7 +191,8 @@ def verify_statement(
     (entry, version) and statement kind, or None if none: a counter at or below it is a
     replay. Raises AuthenticationFailed if the signature is not pk_auth's over exactly
     these fields, or on a replay."""
-    check_public_key(public_key, "owner public key")
+    if not (isinstance(public_key, bytes) and _real_key(public_key)):
+        check_public_key(public_key, "owner public key")  # raises, saying why
     if not isinstance(signature, bytes) or len(signature) != SIGNATURE_LEN:
         raise AuthenticationFailed(f"owner signature: expected {SIGNATURE_LEN} bytes")
     if last_counter is not None and statement.counter <= last_counter:
@@ -198,10 +200,35 @@ def verify_statement(
             f"owner statement {statement.kind.name.lower()} #{statement.counter} was already "
             f"used (this node has acted on #{last_counter})"
         )
-    try:
-        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, statement.to_bytes())
-    except (InvalidSignature, ValueError):
+    if not _signed_by(public_key, statement.to_bytes(), signature):
         raise AuthenticationFailed(
             f"the owner's {statement.kind.name.lower()} signature does not verify for "
             f"{statement.account}/{statement.entry} version {statement.version}"
-        ) from None
+        )
+
+
+#: Owner keys and signatures checked lately, remembered with their outcome: every acceptor
+#: checks the reset statement a value carries on each Accept of the entry, the same
+#: statement with the same signature each time, and a check took about 165 µs (the key's
+#: point check 50 µs of it; docs/performance.md, "What was changed"). Each answer is a
+#: function of the exact bytes it was asked about, so remembering it changes no outcome.
+CHECKS_REMEMBERED = 1024
+
+
+@functools.lru_cache(maxsize=CHECKS_REMEMBERED)
+def _real_key(public_key: bytes) -> bool:
+    try:
+        check_public_key(public_key, "owner public key")
+    except InvalidInput:
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=CHECKS_REMEMBERED)
+def _signed_by(public_key: bytes, message: bytes, signature: bytes) -> bool:
+    """Whether `signature` is `public_key`'s over `message` (a key `_real_key` took)."""
+    try:
+        Ed25519PublicKey.from_public_bytes(public_key).verify(signature, message)
+    except (InvalidSignature, ValueError):
+        return False
+    return True
