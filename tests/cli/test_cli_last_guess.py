@@ -50,7 +50,7 @@ def test_on_a_terminal_the_user_says_whether_to_send_it(
     else:
         with pytest.raises(click.exceptions.Abort):
             _confirm_last_guess(False)
-    assert "a wrong password now destroys it for good" in capfd.readouterr().err
+    assert "a wrong password now could destroy it for good" in capfd.readouterr().err
 
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])

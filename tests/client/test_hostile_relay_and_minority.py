@@ -355,3 +355,54 @@ def test_one_node_saying_already_registered_does_not_make_an_empty_entry_look_re
     fleet.vault().register("theirs", RK, ksf=FAST_KSF)
     with pytest.raises(AlreadyRegistered):
         fleet.vault().register("mine", RK, ksf=FAST_KSF)
+
+
+class _Asked(Exception):
+    pass
+
+
+def _refuse_last_guess(_after_a_try: bool) -> None:
+    raise _Asked
+
+
+def test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking() -> None:
+    """Review s47, finding 1 (every node honest; only the relay attacks, by dropping). While
+    a script tries a wrong password, the relay drops each evaluate copy for nodes 3 and 4,
+    so only nodes 0-2 count the guesses: at L - 1 they have one left, nodes 3-4 have L.
+    It then hides nodes 1 and 2's manifest answers: the client reads (1, L, L). The L-th
+    wrong guess would make nodes 0-2 erase their shares (the key gone), so the client
+    must ask first, though the highest count it read says L."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("right", RK, ksf=FAST_KSF)
+    dropped: set[int] = set()
+    hidden: set[int] = set()
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        op = _op(request)
+        if op is Op.EVALUATE:
+            for index in dropped:  # these nodes never get their copy
+                fleet.nodes[index].down_for = 1
+        answer = forward(request)
+        if op is Op.MANIFEST and hidden:
+            replies = [
+                FanoutReply(r.index, NO_ANSWER, b'{"error":"node_slow","detail":"lost"}')
+                if r.index in hidden
+                else r
+                for r in FanoutAnswers.from_bytes(answer.content).replies
+            ]
+            return httpx.Response(200, content=FanoutAnswers(replies).to_bytes())
+        return answer
+
+    vault = _behind(fleet, fleet.vault(), relay)
+    dropped |= {3, 4}
+    for _ in range(LIMIT - 1):
+        with pytest.raises(WrongPassword):
+            vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
+    assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]
+    dropped.clear()
+    hidden |= {1, 2}
+    with pytest.raises(_Asked):
+        vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
+    assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]  # nothing sent

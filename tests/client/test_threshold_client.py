@@ -160,16 +160,19 @@ def test_a_try_made_again_that_finds_one_guess_left_asks_before_sending(
     assert vault.status().status == EntryStatus.LIVE
 
 
-def test_one_low_count_among_too_few_answers_does_not_ask_for_the_last_guess(
-    fleet: FakeFleet,
-) -> None:
-    """With fewer than 2t - 1 answers a hostile node's "1 left" can be the t-th largest;
-    the question is asked only when every reading of the counts says one is left."""
+def test_one_low_count_among_too_few_answers_asks_before_the_guess(fleet: FakeFleet) -> None:
+    """With fewer than 2t - 1 answers one node's "1 left" is the t-th largest: it may be
+    a hostile node's word, or an honest node's whose higher-counting peers the relay hid
+    (`test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking`). The safer
+    reading asks: a needless question costs a confirmation, a missing one the key. With
+    every node answering, one node's "1 left" is outvoted and nothing is asked."""
     vault = fleet.vault()
     vault.register("right", RK, ksf=FAST_KSF)
     fleet.nodes[0].claims_left = 1
-    fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
     assert vault.recover("right", ksf_floor=FAST_KSF, before_last_guess=_decline).root_key == RK
+    fleet.nodes[3].mode = fleet.nodes[4].mode = "down"
+    with pytest.raises(_Declined):
+        vault.recover("right", ksf_floor=FAST_KSF, before_last_guess=_decline)
 
 
 def test_one_node_down_registration_is_degraded_and_names_it_recovery_works(

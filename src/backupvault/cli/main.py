@@ -556,8 +556,8 @@ def _confirm_last_guess(after_a_try: bool) -> None:
             else "not sent (no guess was used)"
         )
         raise UsageError(
-            "the vault has one guess left for this key: a wrong password would destroy it,"
-            f" so the password was {used}",
+            "the vault may have one guess left for this key: a wrong password could destroy"
+            f" it, so the password was {used}",
             hint="check the password, then run the command in a terminal, which asks you"
             " to confirm; or open the backups with the recovery code (--recovery-code -)",
         )
@@ -573,8 +573,8 @@ def _confirm_last_guess(after_a_try: bool) -> None:
         signal.signal(signal.SIGTERM, stop)
     try:
         sure = click.confirm(
-            "The vault has one guess left for this key: a wrong password now destroys it"
-            " for good. Send this password?",
+            "The vault may have one guess left for this key: a wrong password now could"
+            " destroy it for good. Send this password?",
             default=False,
             err=True,
         )

@@ -364,10 +364,15 @@ class _Live:
 
     @property
     def last_guess(self) -> bool:
-        """Whether the next wrong password destroys the key, by every reading of the
-        counts: fewer than t hostile nodes reporting a low count do not make it so."""
-        figure, up_to = self.guesses_left
-        return (figure if up_to is None else up_to) == 1
+        """Whether the next wrong password may destroy the key: the t-th largest count
+        reported says one is left. Asked also when the highest count reported says more
+        (too few answers to outvote fewer than t hostile nodes): a relay alone, with every
+        node honest, can make honest counts differ (it drops some nodes' copies of each
+        wrong guess) and then hide the higher answers of the nodes about to erase their
+        shares (review s47, finding 1). A question asked needlessly costs a confirmation;
+        one not asked cost the key."""
+        figure, _up_to = self.guesses_left
+        return figure == 1
 
 
 @dataclass
