@@ -4,6 +4,7 @@ client before its fix (docs/threshold.md, "Attack review of the client")."""
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator
 
 import httpx
@@ -397,3 +398,58 @@ def test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking() -> None:
     with pytest.raises(_Asked):
         vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
     assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]  # nothing sent
+
+
+def _passes_first_then_refuses(op: Op, first: httpx.Response) -> Relay:
+    """The relay passes the first `op` fan-out on (the nodes act on it), answers it with
+    `first`, and refuses the connection of every later `op` post."""
+    seen = [0]
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        if _op(request) is not op:
+            return forward(request)
+        seen[0] += 1
+        if seen[0] > 1:
+            raise httpx.ConnectError("connection refused")
+        forward(request)
+        return first
+
+    return relay
+
+
+def test_a_connection_refused_after_the_relay_took_the_evaluation_says_it_may_count(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s47, finding 2 (invariant 10). The relay passes the first evaluate fan-out on
+    (every node counts the attempt), answers 429, and refuses the connection of the post
+    made after the wait: the user must not hear "no guess was used"."""
+    monkeypatch.setattr("backupvault.client.vault.time.sleep", lambda _seconds: None)
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    too_many = httpx.Response(429, headers={"retry-after": "1"})
+    vault = _behind(fleet, fleet.vault(), _passes_first_then_refuses(Op.EVALUATE, too_many))
+    with pytest.raises(FleetUnavailable) as caught:
+        vault.recover("pw", ksf_floor=FAST_KSF)
+    assert fleet.vault().status().guesses_remaining == LIMIT - 1  # it was counted
+    told = f"{caught.value} {caught.value.hint}"
+    assert re.search("may have (been )?counted", told) and "no guess was used" not in told
+
+
+def test_a_commit_passed_on_then_the_connection_refused_is_not_told_as_a_failure(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review s47, finding 3. The relay passes the first commit-shares fan-out on (the
+    password change lands on every node), answers 503, and refuses the resend's
+    connection: the change must be read from the manifests, not told as "cannot reach
+    the relay" (the user would then type the old password: a wrong guess)."""
+    monkeypatch.setattr("backupvault.client.vault.time.sleep", lambda _seconds: None)
+    fleet = FakeFleet(5)
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovery = vault.recover("old", ksf_floor=FAST_KSF)
+    slow = httpx.Response(503, json={"error": "fleet_unavailable", "detail": "slow"})
+    relay = _passes_first_then_refuses(Op.COMMIT_SHARES, slow)
+    _behind(fleet, fleet.vault(), relay).change_password(recovery, "new", ksf=FAST_KSF)
+    assert fleet.vault().recover("new", ksf_floor=FAST_KSF).root_key == RK

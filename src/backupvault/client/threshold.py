@@ -219,6 +219,13 @@ def undecided(good: int, stale: int, waiting: int, t: int) -> bool:
     return not superseded(good, stale, t) and superseded(good, stale + waiting, t)
 
 
+def _unanswered(problems: dict[int, str], held: set[int], nodes: int, err: VaultError) -> None:
+    """Every node not yet holding its share named as not answering, with why."""
+    for index in range(nodes):
+        if index not in held:
+            problems[index] = f"node {index}: no answer ({err.message})"
+
+
 def _moved_on(codes: Sequence[str], nodes: int, t: int) -> bool:
     """Fewer than t nodes are left at the version this device read, because the others
     answered `stale_manifest`: another device changed the password or deleted the key."""
@@ -680,8 +687,13 @@ class ThresholdVault:
                 outcomes = self.vault.call_each(
                     Op.COMMIT_SHARES, [request] * self.nodes, ShareAck, resends=1
                 )
-            except RelayUnreachable:
-                raise
+            except RelayUnreachable as err:
+                if attempt == 1:
+                    raise  # no try reached the relay: nothing of it reached a node
+                # An earlier try reached the relay, which may have passed it on (review
+                # s47, finding 3): the manifests below tell what is in effect.
+                _unanswered(problems, held, self.nodes, err)
+                break
             except FleetUnavailable:
                 if time.monotonic() < deadline and len(held) < self.t:
                     continue
@@ -691,9 +703,7 @@ class ThresholdVault:
                 # have passed the commit on all the same, so the manifests below tell what
                 # is in effect. Raised as it was, it said the change failed when it had
                 # landed, and the user retried with the old password: a wrong guess.
-                for index in range(self.nodes):
-                    if index not in held:
-                        problems[index] = f"node {index}: no answer ({err.message})"
+                _unanswered(problems, held, self.nodes, err)
                 break
             for outcome in outcomes:
                 if outcome.index in held:

@@ -179,13 +179,24 @@ class VaultClient:
         where that cannot cost anything twice."""
         waited = 0.0
         backoff = RESEND_BACKOFF_SECONDS
+        # Whether a try before this one reached the relay: it may have passed the request
+        # on (the relay is not trusted to say it did not), so a connection refused after
+        # it does not mean nothing reached the vault (review s47, findings 2 and 3).
+        reached = False
         while True:
             sealed, response_keys = seal()
             try:
                 answer = self._post_once(op, sealed)
             except httpx.ConnectError as err:
+                if reached:
+                    raise FleetUnavailable(
+                        f"the relay at {self.relay_url} stopped taking connections ({err})"
+                        " after it had taken an earlier try of this request, which it may"
+                        " have passed on: the request may have been counted"
+                    ) from None
                 raise RelayUnreachable(self.relay_url, str(err)) from None
             except httpx.HTTPError as err:
+                reached = True
                 if resends > 0:
                     resends -= 1
                     time.sleep(backoff)
@@ -195,6 +206,7 @@ class VaultClient:
                     f"the relay at {self.relay_url} did not answer ({type(err).__name__});"
                     " the request may have been counted"
                 ) from None
+            reached = True
             if answer.status_code == 429:
                 wait = _retry_after(answer)
                 if waited + wait <= MAX_RATE_LIMIT_WAIT_SECONDS:
