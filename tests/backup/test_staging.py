@@ -10,8 +10,12 @@ import sys
 import textwrap
 from pathlib import Path
 
+import pytest
+from backup_trees import SMALL_PACKS
+
 from backupvault.backup.repo import create_snapshot, restore_snapshot
 from backupvault.backup.safe import Staging, remove_abandoned
+from backupvault.errors import AuthenticationFailed
 
 
 def _killed_restore(dest: Path) -> Path:
@@ -90,3 +94,70 @@ def test_an_abandoned_folder_is_removed_even_when_it_holds_read_only_folders(
     (message,) = remove_abandoned(dest)
     assert str(left) in message
     assert not left.exists()
+
+
+def _deep_folder(top: Path, depth: int) -> None:
+    """`depth` nested folders `d` under `top`, each with a file, through descriptors (the
+    whole path is longer than the system takes at this depth)."""
+    top.mkdir()
+    fd = os.open(top, os.O_RDONLY | os.O_DIRECTORY)
+    for _ in range(depth):
+        file = os.open("f", os.O_WRONLY | os.O_CREAT, 0o600, dir_fd=fd)
+        os.write(file, b"x")
+        os.close(file)
+        os.mkdir("d", dir_fd=fd)
+        child = os.open("d", os.O_RDONLY | os.O_DIRECTORY, dir_fd=fd)
+        os.close(fd)
+        fd = child
+    os.close(fd)
+
+
+def test_a_failed_restore_of_a_tree_deeper_than_the_recursion_limit_leaves_nothing(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Review s47, F1: removing the staging folder of a failed restore recursed once per
+    level, and at about 1,000 levels raised RecursionError over the restore's own error
+    ("a bug"), left the staging folder, and every later restore into the same folder
+    tripped over it in `remove_abandoned`."""
+    source = tmp_path / "source"
+    _deep_folder(source, sys.getrecursionlimit() + 100)
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL_PACKS)
+    packs = sorted((repo / "data").rglob("*"))
+    originals = {p: p.read_bytes() for p in packs if p.is_file()}
+    for pack, data in originals.items():  # every chunk damaged: the restore fails late
+        pack.write_bytes(data[:20] + bytes([data[20] ^ 1]) + data[21:])
+    before = set(os.listdir(tmp_path))
+    with pytest.raises(AuthenticationFailed):
+        restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert set(os.listdir(tmp_path)) == before  # no staging folder left
+    for pack, data in originals.items():
+        pack.write_bytes(data)
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "f").read_bytes() == b"x"
+
+
+def test_removing_a_staging_folder_follows_no_link_and_opens_locked_folders(
+    tmp_path: Path,
+) -> None:
+    """What a restore left in its staging folder is removed whole, however deep, with
+    folders whose restored mode kept their owner out, and links (to a folder outside,
+    and dangling) removed, not followed: what they lead to is left as it was."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "keep.txt").write_text("not the restore's")
+    staging = tmp_path / ".out.0123456789ab.restoring"
+    _deep_folder(staging, 1500)
+    deep = staging / "d" / "d" / "d"
+    (deep / "to-outside").symlink_to(outside)
+    (deep / "dangling").symlink_to(tmp_path / "nowhere")
+    locked = deep / "locked"
+    locked.mkdir()
+    (locked / "inner").mkdir()
+    (locked / "inner" / "g").write_text("y")
+    os.chmod(locked / "inner", 0o000)
+    os.chmod(locked, 0o000)
+    remove_abandoned(tmp_path / "out")
+    assert not staging.exists()
+    assert sorted(os.listdir(tmp_path)) == ["outside"]
+    assert (outside / "keep.txt").read_text() == "not the restore's"

@@ -37,13 +37,12 @@ import os
 import re
 import secrets
 import shlex
-import shutil
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TypeVar
 
 from backupvault.backup.errors import DestinationError, NoSpace, UnsafeArchive
 
@@ -281,26 +280,89 @@ class Staging:
 
 
 def _remove_tree(path: Path) -> None:
-    retried: set[str] = set()
+    """Remove the folder at `path` with everything in it, as far as it can (what is left
+    is left: this runs while another error is on its way to the user). Depth first
+    without recursion, from one open folder to the next (a restored tree may be deeper
+    than Python's recursion limit, and its paths longer than the system's: review s47,
+    F1, where `shutil.rmtree` raised RecursionError over the restore's own error and
+    left the staging folder for every later restore to trip over). A link is never
+    followed; a folder whose restored mode keeps its owner out is made 0o700 first; a
+    folder moved while it is emptied stops the removal there."""
+    try:
+        if not stat.S_ISDIR(os.lstat(path).st_mode):
+            os.unlink(path)  # a link or a file where the folder was: removed, not followed
+            return
+    except OSError:
+        return
+    opened = _open_folder_at(None, str(path))
+    if opened is None:
+        return
+    fd = opened
+    # The folders entered below `path`: each one's name and its parent's identity.
+    entered: list[tuple[str, tuple[int, int]]] = []
+    try:
+        while True:
+            with contextlib.suppress(OSError):
+                os.fchmod(fd, 0o700)  # its entries can be listed and removed
+            folders = _remove_all_but_folders(fd)
+            if folders:
+                child = _open_folder_at(fd, folders[0])
+                if child is None:
+                    return  # it cannot be entered: left, with what is above it
+                parent = os.fstat(fd)
+                entered.append((folders[0], (parent.st_dev, parent.st_ino)))
+                os.close(fd)
+                fd = child
+                continue
+            if not entered:
+                break
+            name, identity = entered.pop()
+            parent_fd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            os.close(fd)
+            fd = parent_fd
+            there = os.fstat(fd)
+            if (there.st_dev, there.st_ino) != identity:
+                return  # moved while it was emptied: not followed elsewhere
+            os.rmdir(name, dir_fd=fd)
+    except OSError:
+        return
+    finally:
+        os.close(fd)
+    with contextlib.suppress(OSError):
+        os.rmdir(path)
 
-    def make_writable_and_retry(func: Callable[..., Any], failed: str, _exc: Any) -> None:
-        with contextlib.suppress(OSError):
-            os.chmod(os.path.dirname(failed), 0o700)
-            if not os.path.islink(failed) and os.path.isdir(failed):
-                os.chmod(failed, 0o700)
-        with contextlib.suppress(OSError):
-            if os.path.islink(failed) or not os.path.isdir(failed):
-                func(failed)
-            elif failed not in retried:
-                # A folder that could not be opened (a stored mode of 0o000): `func` is
-                # then `os.open`, which takes flags, and calling it alone raised TypeError
-                # over the restore's own error (review s41-A). Removed whole, once.
-                retried.add(failed)
-                shutil.rmtree(failed, onerror=make_writable_and_retry)
 
-    if path.exists() or path.is_symlink():
-        os.chmod(path, 0o700)
-        shutil.rmtree(path, onerror=make_writable_and_retry)
+def _remove_all_but_folders(fd: int) -> list[str]:
+    """Remove every entry of the open folder `fd` that is not a folder (links included,
+    not followed), and return the names of its folders."""
+    folders = []
+    with os.scandir(fd) as listing:
+        entries = list(listing)
+    for entry in entries:
+        if entry.is_dir(follow_symlinks=False):
+            folders.append(entry.name)
+        else:
+            os.unlink(entry.name, dir_fd=fd)
+    return folders
+
+
+def _open_folder_at(fd: int | None, name: str) -> int | None:
+    """The folder `name` in `fd` (None: `name` is a path), opened without following a
+    link; made 0o700 first if its mode keeps its owner out. None if it still cannot be
+    opened."""
+    for attempt in range(2):
+        try:
+            return os.open(name, _DIR_FLAGS, dir_fd=fd)
+        except PermissionError:
+            if attempt:
+                return None
+            # The entry was listed as a folder, not a link; a link put in its place since
+            # is refused by O_NOFOLLOW at the next open.
+            with contextlib.suppress(OSError):
+                os.chmod(name, 0o700, dir_fd=fd)
+        except OSError:
+            return None
+    return None
 
 
 class Kind(Enum):
