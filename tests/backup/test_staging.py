@@ -14,7 +14,7 @@ import pytest
 from backup_trees import SMALL_PACKS
 
 from backupvault.backup.repo import create_snapshot, restore_snapshot
-from backupvault.backup.safe import Staging, remove_abandoned
+from backupvault.backup.safe import Staging, _remove_tree, remove_abandoned
 from backupvault.errors import AuthenticationFailed
 
 
@@ -113,7 +113,7 @@ def _deep_folder(top: Path, depth: int) -> None:
 
 
 def test_a_failed_restore_of_a_tree_deeper_than_the_recursion_limit_leaves_nothing(
-    tmp_path: Path, root_key: bytes
+    tmp_path: Path, root_key: bytes, request: pytest.FixtureRequest
 ) -> None:
     """Review s47, F1: removing the staging folder of a failed restore recursed once per
     level, and at about 1,000 levels raised RecursionError over the restore's own error
@@ -121,6 +121,9 @@ def test_a_failed_restore_of_a_tree_deeper_than_the_recursion_limit_leaves_nothi
     tripped over it in `remove_abandoned`."""
     source = tmp_path / "source"
     _deep_folder(source, sys.getrecursionlimit() + 100)
+    # pytest's own removal of old temporary folders recurses too: these go at the end.
+    request.addfinalizer(lambda: _remove_tree(source))
+    request.addfinalizer(lambda: _remove_tree(tmp_path / "out"))
     repo = tmp_path / "repo"
     create_snapshot(source, str(repo), root_key, repo_params=SMALL_PACKS)
     packs = sorted((repo / "data").rglob("*"))

@@ -40,7 +40,6 @@ from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
 from backupvault.backup.repo.repository import (
     SHARED,
     Lock,
-    LockLost,
     PackWriter,
     Repository,
     cpu_workers,
@@ -60,7 +59,7 @@ from backupvault.backup.repo.tree import (
 )
 from backupvault.backup.safe import Skipped
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.errors import AuthenticationFailed, BackupVaultError, InvalidInput
 
 _TASK_BYTES = 8 << 20  # plaintext per worker task
 _WINDOW_BYTES = 16 << 20  # a large file is read this much at a time
@@ -895,9 +894,10 @@ def _create_locked(
         # so if ours is still there, every prune that ignores it will see this snapshot;
         # if not, one may have listed them before it landed, and deleted its chunks.
         lock.verify()
-    except (LockLost, StorageError) as lost:
-        # Not confirmed (the lock is gone, or could not be read back): the snapshot is
-        # taken back, so that the failure reported is the state left.
+    except BackupVaultError as lost:
+        # Not confirmed (the lock is gone, could not be read back, or read back as other
+        # bytes: review s47, F2): the snapshot is taken back, so that the failure
+        # reported is the state left.
         try:
             repo.backend.delete(f"snapshots/{snapshot_id.hex()}")
         except StorageError:
