@@ -915,7 +915,11 @@ def test_a_single_blob_listing_naming_a_backup_twice_finds_it_once(
     assert [p.size for p in storage.partials()] == [None]
 
 
-@pytest.mark.parametrize("mtime", [float("nan"), float("inf"), 10**400], ids=["nan", "inf", "huge"])
+@pytest.mark.parametrize(
+    "mtime",
+    [float("nan"), float("inf"), 10**400, -1e308, 1e300],
+    ids=["nan", "inf", "huge", "huge-finite-past", "huge-finite-future"],
+)
 def test_a_listing_time_that_is_no_time_never_crashes_the_lock_check(
     made: tuple[Path, Path], root_key: bytes, monkeypatch: pytest.MonkeyPatch, mtime: object
 ) -> None:

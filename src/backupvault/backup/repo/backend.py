@@ -593,10 +593,16 @@ def _write_all(fd: int, parts: list[Buffer]) -> None:
                 written = 0
 
 
+#: The largest listing time taken, either side of 1970 (about the year 5138): beyond it a
+#: lock's age in microseconds overflowed (review s47, F3: -1e308 s).
+LISTED_TIME_LIMIT_S = 1e11
+
+
 def _modified(entry: dict[str, Any]) -> float | None:
     """An fsspec listing entry's modification time (POSIX seconds), if it has one that is
-    a finite number (a server lists what it likes: NaN made a damaged lock's time raise
-    ValueError in int(), a huge integer OverflowError in float())."""
+    a finite number within `LISTED_TIME_LIMIT_S` (a server lists what it likes: NaN made a
+    damaged lock's time raise ValueError in int(), a huge integer OverflowError in
+    float())."""
     for key in ("mtime", "modified", "LastModified", "last_modified", "created"):
         value = entry.get(key)
         try:
@@ -609,7 +615,7 @@ def _modified(entry: dict[str, Any]) -> float | None:
                 continue
         except (OverflowError, ValueError, OSError):
             return None
-        return when if math.isfinite(when) else None
+        return when if math.isfinite(when) and abs(when) <= LISTED_TIME_LIMIT_S else None
     return None
 
 
