@@ -905,7 +905,7 @@ def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_
     ):
         done = run(*args, "--storage", str(storage), stdin="a password\n")
         assert done.returncode == 2, (args, done.stderr)
-        assert "give --recovery-code CODE" in done.stderr
+        assert "--recovery-code - to type the recovery code" in done.stderr
         assert "$BACKUPVAULT_CONFIG" in done.stderr
         assert "no password" not in done.stderr
     assert not to.exists()

@@ -157,8 +157,14 @@ def test_forget_without_a_policy_says_what_to_do(tmp_path: Path, keep: tuple[str
     [
         (["create", "{src}", "--password-stdin", "--recovery-code"], "leave --recovery-code out"),
         (["create", "{src}", "--new-key", "--recovery-code"], "leave --new-key out"),
-        (["restore", "--to", "{tmp}/r", "--password-stdin", "--recovery-code", "-"], "its code"),
-        (["forget", "--keep-last", "1", "--password-stdin", "--recovery-code", "-"], "its code"),
+        (
+            ["restore", "--to", "{tmp}/r", "--password-stdin", "--recovery-code", "-"],
+            "vault recovery-code",
+        ),
+        (
+            ["forget", "--keep-last", "1", "--password-stdin", "--recovery-code", "-"],
+            "vault recovery-code",
+        ),
         (["restore", "--to", "{tmp}/r", "--include", "a.txt"], "leave --include out"),
     ],
 )

@@ -20,6 +20,9 @@ RK = bytes(range(32))
 class _Config:
     """What the vault commands take from a config: a session (here on the fake fleet)."""
 
+    account = "alice"
+    entry = "backup-root-key"
+
     def __init__(self, session: FleetSession) -> None:
         self._session = session
 
@@ -90,8 +93,14 @@ def test_recovery_code_prints_the_key_that_opens_password_backups_without_the_va
     from backupvault.crypto import recovery
 
     session = FleetSession(FakeFleet(5).vault(pending=PendingStore(tmp_path / "p.json")))
-    session.register("correct horse battery", RK)
     config = ["--config", str(tmp_path / "client.toml")]  # read through the patched Context
+    # No key yet: said so, and that the first password backup makes one (it spoke of
+    # opening backups, and sent the user to this very command: new-user walkthrough s47).
+    empty = _run(monkeypatch, capsys, session, *config, "vault", "recovery-code",
+                 "--password-stdin", stdin="correct horse battery\n")  # fmt: skip
+    assert empty[0] == 1 and "no recovery code to show" in str(empty[1]["error"])
+    assert "the first backup with a password registers the key" in str(empty[1]["hint"])
+    session.register("correct horse battery", RK)
     wrong = _run(monkeypatch, capsys, session, *config, "vault", "recovery-code",
                  "--password-stdin", stdin="wrong horse battery\n")  # fmt: skip
     assert wrong[0] == 3 and "recovery_code" not in wrong[1]

@@ -7,6 +7,7 @@ import json
 import os
 import pty
 import select
+import signal
 import socket
 import subprocess
 import sys
@@ -105,12 +106,29 @@ def source(tmp_path: Path) -> Path:
     return folder
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def test_a_second_local_up_says_already_running(deployment: Path) -> None:
     again = bv("local", "up", "--dir", str(deployment), "--nodes", "1")
     assert again.returncode == 0
     assert "local deployment already running" in again.stdout
     as_json = json.loads(bv("local", "up", "--dir", str(deployment), "--json").stdout)
-    assert as_json["already_running"] is True
+    assert as_json["already_running"] is True and as_json["started_again"] == []
+    # One process gone: `up` starts it again and names it (it said only "up").
+    relay = as_json["processes"]["relay"]["pid"]
+    os.kill(relay, signal.SIGTERM)
+    deadline = time.monotonic() + 30
+    while _alive(relay) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    again = bv("local", "up", "--dir", str(deployment))
+    assert again.returncode == 0, again.stderr
+    assert "local deployment up (started again: relay)" in again.stdout
 
 
 def test_node_serve_logs_when_it_is_ready(deployment: Path) -> None:
@@ -156,10 +174,16 @@ def test_a_weak_password_is_warned_about_and_a_trailing_cr_is_not_part_of_it(
             ("Use it anyway?", "n"),
             ("New password", "password123"),
             ("Use it anyway?", "y"),
+            # A slip in the repetition asks for both again (it threw the whole command
+            # away, the current password typed again: new-user walkthrough s47).
+            ("Repeat the new password", "password124"),
+            ("New password", "password123"),
+            ("Use it anyway?", "y"),
             ("Repeat the new password", "password123"),
         ],
     )
     assert code == 0, shown
+    assert "the two passwords differ: type the new password again" in shown
     assert "shorter than 10 characters" in shown
     assert "one of the most common passwords" in shown and "password changed" in shown
     assert shown.index("one of the most common passwords") < shown.index("password changed")
@@ -254,10 +278,11 @@ def test_the_password_is_asked_twice_only_for_a_new_key(
     mistyped_config = _config_for(deployment, tmp_path, "mistyped")
     mistyped = ["--config", mistyped_config, "backup", "create", str(source),
                 "--storage", str(tmp_path / "m")]  # fmt: skip
+    slips = [("Repeat the password", phrase + "x"), ("Password", phrase)] * 2
     code, shown = in_terminal(
-        mistyped, [("Password", phrase), ("Repeat the password", phrase + "x")]
+        mistyped, [("Password", phrase), *slips, ("Repeat the password", phrase + "x")]
     )
-    assert code == 2 and "the two passwords differ: nothing was registered" in shown, shown
+    assert code == 2 and "differed 3 times: nothing was sent with the new password" in shown
     status = json.loads(bv("--config", mistyped_config, "--json", "vault", "status").stdout)
     assert status["status"] == "empty"
     # A weak one is said so before it is registered, and can be given up (user review s42).
@@ -266,6 +291,17 @@ def test_the_password_is_asked_twice_only_for_a_new_key(
     assert "Repeat" not in shown
     status = json.loads(bv("--config", mistyped_config, "--json", "vault", "status").stdout)
     assert status["status"] == "empty"
+    # One slip, then the same twice: the key is registered behind the password typed last.
+    other = "another long pass phrase"
+    code, shown = in_terminal(
+        mistyped,
+        [("Password", phrase), ("Repeat the password", phrase + "x"), ("Password", other),
+         ("Repeat the password", other)],
+    )  # fmt: skip
+    assert code == 0 and "a new key was registered" in shown, shown
+    listed = bv("--config", mistyped_config, "backup", "list", "--storage", str(tmp_path / "m"),
+                "--password-stdin", stdin=other + "\n")  # fmt: skip
+    assert listed.returncode == 0, listed.stderr
 
 
 def test_a_confirmation_without_a_terminal_says_pass_yes(

@@ -308,14 +308,17 @@ OPENS_WITH_A_CODE = (
 )
 
 
-def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
-    """RK of existing backups, recovered from the vault by password."""
+def _root_key_by_password(ctx: Context, password_stdin: bool, *, for_code: bool = False) -> bytes:
+    """RK of existing backups, recovered from the vault by password (`for_code`: to show
+    its recovery code, which a vault without a key has none of)."""
     _vault_before_password(
         ctx,
-        "this needs the backups' key: give --recovery-code CODE ('-' reads it from stdin),"
-        f" or the vault's client config (--config FILE or ${CONFIG_ENV}) to use your password",
-        hint="a backup made with `backup create --recovery-code` opens with that code;"
-        " one made with a password, through the vault",
+        "this needs the backups' key: give the vault's client config (--config FILE or"
+        f" ${CONFIG_ENV}) to use your password, or --recovery-code - to type the recovery"
+        " code",
+        hint="backups made with a password open with it through the vault, or with the code"
+        " `backupvault vault recovery-code` printed; a backup made with `backup create"
+        " --recovery-code` opens with that code",
     )
     from backupvault.client.errors import NotRegistered
 
@@ -325,6 +328,14 @@ def _root_key_by_password(ctx: Context, password_stdin: bool) -> bytes:
         # Its own hint ("make a backup, which registers one") is for a first backup: a new
         # key never opens backups that exist (a repository even refuses to take one).
         config = ctx.config()
+        if for_code:
+            raise NotRegistered(
+                f"the vault holds no key for account {config.account!r} yet, so it has no"
+                " recovery code to show",
+                hint="the first backup with a password registers the key; run this command"
+                " after it (check that --config is the client config of your account:"
+                " `backupvault vault status` shows what the vault holds)",
+            ) from None
         raise NotRegistered(
             f"the vault holds no key for account {config.account!r}, entry {config.entry!r},"
             " so no backup can be opened with a password through it",
@@ -529,6 +540,31 @@ def _weak_password_kept(password: str) -> bool:
     return click.confirm("Use it anyway?", default=False, err=True)
 
 
+#: How many times a new password and its repetition may differ before the command stops.
+TYPED_TWICE_TRIES = 3
+
+
+def _typed_twice(ctx: Context, password: str, prompt: str, repeat: str) -> str:
+    """A new password once it is typed again the same (`repeat`); while the two differ,
+    both are asked again, up to TYPED_TWICE_TRIES times: a slip of the finger no longer
+    threw the command away, the current password already checked by the vault with it
+    (new-user walkthrough s47). Nothing has been sent with the new password yet."""
+    for tries in range(TYPED_TWICE_TRIES):
+        if tries:
+            ctx.output.warn("the two passwords differ: type the new password again")
+            password = _password(False, prompt=prompt)
+            while not _weak_password_kept(password):
+                password = _password(False, prompt=prompt)
+        again = click.prompt(repeat, hide_input=True, err=True)
+        if hmac.compare_digest(again.encode(), password.encode()):
+            return password
+    raise UsageError(
+        f"the two passwords differed {TYPED_TWICE_TRIES} times: nothing was sent with the"
+        " new password",
+        hint="run the command again, and type the new password the same both times",
+    )
+
+
 def _confirm(question: str, yes: bool) -> None:
     """Ask a person; without a terminal, refuse instead of reading an answer from a pipe."""
     if yes:
@@ -591,8 +627,8 @@ def both_keys_given() -> UsageError:
     return UsageError(
         "choose one of --password-stdin and --recovery-code",
         hint="backups open with the key their first backup made: --password-stdin for the"
-        " vault password, or --recovery-code with its code ('-' reads it from stdin) for"
-        " backups made with `backup create --recovery-code`",
+        " vault password, or --recovery-code - for its recovery code (the one `backupvault"
+        " vault recovery-code` printed, or a `backup create --recovery-code` backup's own)",
     )
 
 
@@ -734,11 +770,9 @@ def _root_key_from_vault(
             hint="run it again with a longer passphrase (a few words)",
         )
     if confirm:
-        again = click.prompt(
-            "Repeat the password (a new key is registered behind it)", hide_input=True, err=True
+        password = _typed_twice(
+            ctx, password, "Password", "Repeat the password (a new key is registered behind it)"
         )
-        if not hmac.compare_digest(again.encode(), password.encode()):
-            raise UsageError("the two passwords differ: nothing was registered; run it again")
     root_key = recovery.new_root_key()
     try:
         with _deferring(ctx.output, _REGISTRATION):
@@ -1570,12 +1604,12 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
         _warn_wrong_guesses(ctx, recovered)
         left = recovered.threshold.pending
     if left:
+        answered = " (in brackets: what a node answered)" if any("(" in p for p in left) else ""
         raise FleetUnavailable(
             "still pending: " + "; ".join(left),
             hint=(
-                "the named nodes did not confirm (in brackets: what the node answered, when"
-                " it was asked); one that could not be reached gets its share once it is"
-                " back: run `backupvault vault finish` again then"
+                f"the named nodes did not confirm{answered}; one that could not be reached"
+                " gets its share once it is back: run `backupvault vault finish` again then"
             ),
         )
     ctx.output.done({"finished": True, "pending": []}, "nothing pending: every node confirmed")
@@ -1588,7 +1622,7 @@ def vault_recovery_code(ctx: Context, password_stdin: bool) -> None:
     """Print your key as a recovery code, once the vault has checked the password. Kept
     offline, it opens every backup made with your password (--recovery-code), even if the
     vault destroys the key or is gone; anyone who has it opens them too."""
-    root_key = _root_key_by_password(ctx, password_stdin)
+    root_key = _root_key_by_password(ctx, password_stdin, for_code=True)
     code = recovery.encode(root_key)
     ctx.output.result(
         {"recovery_code": code},
@@ -1634,9 +1668,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
         new = _password(False, prompt="New password")
         while not _weak_password_kept(new):
             new = _password(False, prompt="New password")
-        again = click.prompt("Repeat the new password", hide_input=True, err=True)
-        if not hmac.compare_digest(again.encode(), new.encode()):
-            raise UsageError("the two new passwords differ: the password was not changed")
+        new = _typed_twice(ctx, new, "New password", "Repeat the new password")
     with _deferring(ctx.output, _PASSWORD_CHANGE):
         changed = session.change_password(recovered, new)
     _warn_degraded(ctx, changed.missing)

@@ -95,14 +95,25 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
             f"renewed the account tokens in {root / name}"
             f" (they had run out or had under {TOKEN_RENEW_BEFORE // 86400} days left)"
         )
+    was_running = set(deployment.running()) if deployment.provisioned() else set()
     already = deployment.provisioned() and deployment.all_running()
     deployment.up(nodes)
     status = deployment.status()
-    state = "already running" if already else "up"
+    # Those started again next to ones still running (new-user walkthrough s47: "up" said
+    # nothing of the two nodes it had restarted).
+    started = sorted(set(deployment.running()) - was_running) if was_running else []
+    state = (
+        "already running"
+        if already
+        else f"up (started again: {', '.join(started)})"
+        if started
+        else "up"
+    )
     ctx.output.result(
         {
             "dir": str(root),
             "already_running": already,
+            "started_again": started,
             "renewed_tokens": renewed,
             "client_config": str(root / "client.toml"),
             "ota_client_config": str(root / "client-ota.toml"),

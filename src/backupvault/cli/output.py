@@ -90,7 +90,9 @@ class Output:
         if self.json_mode:
             self.warnings.append(text)
         else:
-            self.err.print(f"warning: {printable(text)}")
+            from rich.text import Text
+
+            self.err.print(Text.assemble(("warning:", "bold yellow"), " ", printable(text)))
 
     def error(self, err: BackupVaultError) -> None:
         """The error a command ended with; under --json, one object on stderr that also

@@ -134,8 +134,13 @@ def test_include_restores_one_file_or_folder(tmp_path: Path, root_key: bytes) ->
     assert sorted(snapshot(tmp_path / "two")) == [".", "docs", "docs/deep", "docs/deep/deeper",
                                                    "private"]  # fmt: skip
     assert (tmp_path / "two" / "private").read_text() == "secret-ish"
-    with pytest.raises(BackupNotFound, match=r"^nope, docs/no are not in this snapshot\n"):
+    with pytest.raises(
+        BackupNotFound, match=r"^nope, docs/no are not in this snapshot\n"
+    ) as not_in:
         restore_snapshot(repo, root_key, tmp_path / "n", include=("nope", "private", "docs/no"))
+    # Relative already: pointed at the snapshot's own list, not at an example of a path
+    # made relative (new-user walkthrough s47).
+    assert not_in.value.hint is not None and "backup ls latest" in not_in.value.hint
     assert not (tmp_path / "n").exists()
     # A file's absolute path in the folder backed up: the hint names the path to give.
     absolute = str(source.resolve() / "docs" / "notes.txt")

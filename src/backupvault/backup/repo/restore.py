@@ -106,6 +106,13 @@ def select(
             hint = "--include takes a path relative to the folder that was backed up: " + (
                 ", ".join(f"{r} for {m}" for m, r in relative)
             )
+        elif hint is _INCLUDE_HINT and not any(m.startswith("/") for m in missing):
+            # Already relative: the example does not help, the snapshot's own list does
+            # (new-user walkthrough s47).
+            hint = (
+                "`backupvault backup ls latest` (or the snapshot's id) lists the paths it"
+                " holds, as --include takes them"
+            )
         raise BackupNotFound(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in this snapshot",
             hint=hint,
