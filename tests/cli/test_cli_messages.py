@@ -283,3 +283,27 @@ def test_running_out_of_memory_is_said_as_such_not_as_a_bug(
     assert done.value.code == 1
     err = capfd.readouterr().err
     assert "ran out of memory" in err and "bug" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "said"),
+    [
+        (["backup", "lst"], "no such command 'lst'; did you mean one of: 'list', 'ls'?"),
+        (["bakup", "list"], "no such command 'bakup'; did you mean 'backup'?"),
+        (["backup", "restore", "--storage", "/tmp", "--password-stdin"], "missing option '--to'"),
+        (["backup", "list", "--storage"], "option '--storage' requires an argument"),
+        (
+            ["backup", "create", "/nonexistent-source", "--storage", "/tmp/x"],
+            "invalid value for 'SOURCE': path '/nonexistent-source' does not exist",
+        ),
+    ],
+)
+def test_click_s_own_errors_read_as_this_program_s(args: list[str], said: str) -> None:
+    """click's messages came capitalised, with a full stop, and "Did you mean" in brackets
+    for one command and not another, beside this program's "error: the two passwords
+    differ" (new-user walkthrough s47); under --json too."""
+    done = backupvault(*args)
+    assert done.returncode == 2
+    assert done.stderr.splitlines()[0] == f"error: {said}", done.stderr
+    as_json = backupvault("--json", *args)
+    assert json.loads(as_json.stderr.strip().splitlines()[-1])["error"] == said

@@ -1768,6 +1768,21 @@ _CODE_HIDDEN = "<a recovery code, not shown>"
 _ID_LENGTH = 32  # of a snapshot or backup id, in hex
 
 
+def _our_style(message: str) -> str:
+    """click's message as this program's own are written (lower case, no full stop at the
+    end, "; did you mean" inside the sentence): "Missing option '--to'." read as another
+    program's beside "error: the two passwords differ" (new-user walkthrough s47). A
+    first word in capitals (SOURCE) keeps them."""
+    message = message.strip()
+    message = re.sub(r"\.\s*\(?(Did you mean|Possible options)", r"; \1", message)
+    message = re.sub(r"(; (Did you mean|Possible options)[^)]*)\)", r"\1", message)
+    message = re.sub(r"; (Did you mean|Possible options)", lambda m: m.group().lower(), message)
+    # Each sentence's first word: the message's, and one after ": " (click's "Invalid value
+    # for 'SOURCE': Path '...' does not exist").
+    message = re.sub(r"(^|: )([A-Z])(?=[a-z])", lambda m: m.group(1) + m.group(2).lower(), message)
+    return message[:-1] if message.endswith(".") and not message.endswith("..") else message
+
+
 def _without_codes(message: str) -> str:
     """A usage error's `message` with anything that may be a recovery code left out.
     click names an argument it did not expect (`backup create`'s --recovery-code is a
@@ -2001,11 +2016,11 @@ def _run(args: list[str], json_mode: bool) -> None:
         ):
             # click's nearest spelling ("--target": "Did you mean '--storage'?") misleads.
             hint = f"as restic's `{err.option_name}`: {_RESTIC_OPTIONS[err.option_name]}"
-            _fail(json_mode, UsageError(f"No such option: {err.option_name}", hint=hint))
-        message = _without_codes(err.format_message())
+            _fail(json_mode, UsageError(f"no such option: {err.option_name}", hint=hint))
+        message = _our_style(_without_codes(err.format_message()))
         _fail(json_mode, UsageError(message, hint=_usage_hint(err, args)))
     except click.ClickException as err:
-        _fail(json_mode, BackupVaultError(err.format_message()))
+        _fail(json_mode, BackupVaultError(_our_style(err.format_message())))
     except BackupVaultError as err:
         _fail(json_mode, _with_local_hint(_with_storage_hint(err)))
     except KeyboardInterrupt:

@@ -111,7 +111,8 @@ def select(
             # (new-user walkthrough s47).
             hint = (
                 "`backupvault backup ls latest` (or the snapshot's id) lists the paths it"
-                " holds, as --include takes them"
+                " holds, as --include takes them: relative to the folder that was backed up,"
+                " without that folder's own name"
             )
         raise BackupNotFound(
             f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} not in this snapshot",
