@@ -302,8 +302,9 @@ def _remove_tree(path: Path) -> None:
     entered: list[tuple[str, tuple[int, int]]] = []
     try:
         while True:
-            with contextlib.suppress(OSError):
-                os.fchmod(fd, 0o700)  # its entries can be listed and removed
+            if os.fstat(fd).st_mode & 0o700 != 0o700:
+                with contextlib.suppress(OSError):
+                    os.fchmod(fd, 0o700)  # its entries can be listed and removed
             folders = _remove_all_but_folders(fd)
             if folders:
                 child = _open_folder_at(fd, folders[0])

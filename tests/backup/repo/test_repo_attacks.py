@@ -1174,3 +1174,29 @@ def test_a_folder_of_the_repository_made_a_file_is_said_in_the_systems_words(
     (repo / "data").write_text("not a folder")
     error = assert_restore_fails(repo, root_key, StorageError, check_finds_it=False)
     assert "Not a directory" in str(error) and "NotADirectoryError" not in str(error)
+
+
+@pytest.mark.parametrize("folder", ["data", "locks"])
+def test_a_repository_folder_swapped_for_a_link_after_the_first_write_is_not_written_through(
+    tmp_path: Path, folder: str
+) -> None:
+    """Review s47, F4: the check that a repository folder is no link ran once per run, at
+    its first write; a link put in its place afterwards (on a shared folder, by whoever
+    else writes there) had every later object of the run written through it, into the
+    folder it led to. Each write now goes through a descriptor of the folder opened
+    without following a link."""
+    backend = Backend(Storage(str(tmp_path / "repo")))
+    backend.put(f"{folder}/{'01' * 16}", b"first")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    moved = tmp_path / "moved"
+    (tmp_path / "repo" / folder).rename(moved)
+    (tmp_path / "repo" / folder).symlink_to(victim)
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        backend.put(f"{folder}/{'02' * 16}", b"second")
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        backend.put_new(f"{folder}/{'03' * 16}", b"third")
+    with pytest.raises(InvalidInput, match="symbolic link"):
+        backend.sync_folder(folder)
+    assert os.listdir(victim) == []
+    assert os.listdir(moved) == ["01" * 16]

@@ -227,7 +227,7 @@ def test_a_first_backup_onto_a_disk_without_hard_links_works(
 ) -> None:
     # FAT and many SMB mounts refuse link(2): the config is created by look-then-rename
     # there (it was a "cannot store config: Operation not permitted" failure).
-    def no_links(source: str, target: str) -> None:
+    def no_links(source: str, target: str, **_dir_fds: object) -> None:
         raise PermissionError(errno.EPERM, "Operation not permitted")
 
     monkeypatch.setattr(os, "link", no_links)

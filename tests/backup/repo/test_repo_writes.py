@@ -56,7 +56,9 @@ class Recorder:
                 if refuse_direct:
                     raise OSError(errno.EINVAL, "Invalid argument")
             fd = real_open(path, flags, *args, **kw)
-            self._fds[fd] = os.fsdecode(path)
+            at = kw.get("dir_fd")  # objects are written relative to their folder's descriptor
+            shown = os.fsdecode(path)
+            self._fds[fd] = shown if at is None else os.path.join(self._fds.get(at, "?"), shown)
             return fd
 
         def spy_fsync(fd: int) -> None:
@@ -276,11 +278,11 @@ def test_a_pending_blob_lets_go_of_its_window_once_sealed_not_once_written(
     finish_write = threading.Event()
     real_fill_temp = Backend._fill_temp
 
-    def slow_write(temp: str, write: Any, flags: int = 0) -> None:
-        if "/data/" in temp:
+    def slow_write(at: int, temp: str, write: Any, flags: int = 0) -> None:
+        if os.readlink(f"/proc/self/fd/{at}").endswith("/data"):  # a pack
             sealed.set()
             assert finish_write.wait(10)
-        real_fill_temp(temp, write, flags)
+        real_fill_temp(at, temp, write, flags)
 
     monkeypatch.setattr(Backend, "_fill_temp", staticmethod(slow_write))
     repo = Repository.open(Storage(str(tmp_path / "repo")), root_key, create=True, **SMALL)

@@ -184,7 +184,8 @@ class Backend:
         try:
             self._makedirs(folder)
             if self.is_local:
-                self._put_local(final, data, sync_folder)
+                with self._written_in(folder) as at:
+                    self._put_local(at, name.rsplit("/", 1)[-1], data, sync_folder)
                 return
             parts = [data.to_bytes()] if isinstance(data, Filled) else _parts(data)
             if self._is_webdav:
@@ -212,29 +213,8 @@ class Backend:
         try:
             self._makedirs(folder)
             if self.is_local:
-                temp = _temp_name(final)
-                self._fill_temp(temp, lambda fd: _write_all(fd, [data]))
-                try:
-                    os.link(temp, final)
-                except FileExistsError:
-                    os.unlink(temp)
-                    return False
-                except OSError as exc:
-                    if exc.errno not in _NO_HARD_LINKS:
-                        os.unlink(temp)
-                        raise
-                    # FAT, exFAT, many SMB mounts: no hard links. Look, then rename (the
-                    # object is whole either way; a writer racing with this one may
-                    # replace it, so the caller reads it back).
-                    if os.path.lexists(final):
-                        os.unlink(temp)
-                        return False
-                    os.replace(temp, final)
-                    _fsync_folder(os.path.dirname(final))
-                    return None
-                os.unlink(temp)
-                _fsync_folder(os.path.dirname(final))
-                return True
+                with self._written_in(folder) as at:
+                    return self._put_new_local(at, name.rsplit("/", 1)[-1], data)
             if self._is_webdav:
                 from webdav4.client import ResourceAlreadyExists
 
@@ -256,6 +236,8 @@ class Backend:
                 return False
             self.fs.pipe_file(final, data)
             return None
+        except (StorageError, InvalidInput):
+            raise
         except Exception as exc:
             raise self._error(f"cannot store {name}", exc) from None
 
@@ -264,9 +246,25 @@ class Backend:
         the objects in `folder`."""
         return self._ages(folder, folder, _is_id)
 
+    @contextlib.contextmanager
+    def _written_in(self, folder: str) -> Iterator[int]:
+        """A descriptor of the local folder an object is written into ("" the root, which
+        the user chose, links and all): a repository folder through `_open_folder`, so a
+        link put in its place after the first check is refused at every write, not
+        written through (review s47, F4), as listing and deleting refuse it."""
+        if folder:
+            at = self._open_folder(folder)
+        else:
+            at = os.open(self.storage.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            yield at
+        finally:
+            os.close(at)
+
     def _put_local(
-        self, final: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
+        self, at: int, base: str, data: Buffer | list[Buffer] | Filled, sync_folder: bool
     ) -> None:
+        """Write the object `base` into the folder `at` (`_written_in`)."""
         parts: list[Buffer] = []
         if isinstance(data, Filled):
             filled = data
@@ -274,39 +272,69 @@ class Backend:
             parts = _parts(data)
             filled = Filled(sum(memoryview(part).nbytes for part in parts), _copier(parts))
         if self._direct and filled.size >= _DIRECT_MIN:
-            self._put_direct(final, filled)
+            self._put_direct(at, base, filled)
         else:
-            temp = _temp_name(final)
+            temp = _temp_name(base)
             buffered: list[Buffer] = [filled.to_bytes()] if isinstance(data, Filled) else parts
-            self._fill_temp(temp, lambda fd: _write_all(fd, buffered))
-            os.replace(temp, final)
+            self._fill_temp(at, temp, lambda fd: _write_all(fd, buffered))
+            os.replace(temp, base, src_dir_fd=at, dst_dir_fd=at)
         if sync_folder:
-            _fsync_folder(os.path.dirname(final))
+            os.fsync(at)
+
+    def _put_new_local(self, at: int, base: str, data: bytes) -> bool | None:
+        """`put_new` in the local folder `at`: a complete temporary linked to the name."""
+        temp = _temp_name(base)
+        self._fill_temp(at, temp, lambda fd: _write_all(fd, [data]))
+        try:
+            os.link(temp, base, src_dir_fd=at, dst_dir_fd=at)
+        except FileExistsError:
+            os.unlink(temp, dir_fd=at)
+            return False
+        except OSError as exc:
+            if exc.errno not in _NO_HARD_LINKS:
+                os.unlink(temp, dir_fd=at)
+                raise
+            # FAT, exFAT, many SMB mounts: no hard links. Look, then rename (the object is
+            # whole either way; a writer racing with this one may replace it, so the
+            # caller reads it back).
+            try:
+                os.lstat(base, dir_fd=at)
+            except FileNotFoundError:
+                os.replace(temp, base, src_dir_fd=at, dst_dir_fd=at)
+                os.fsync(at)
+                return None
+            os.unlink(temp, dir_fd=at)
+            return False
+        os.unlink(temp, dir_fd=at)
+        os.fsync(at)
+        return True
 
     def sync_folder(self, folder: str) -> None:
         """Make the names of objects put into `folder` without `sync_folder` durable."""
         if not self.is_local:
             return
         try:
-            _fsync_folder(self.path(folder))
+            with self._written_in(folder) as at:
+                os.fsync(at)
         except OSError as exc:
             raise self._error(f"cannot store {folder}", exc) from None
 
     @staticmethod
-    def _fill_temp(temp: str, write: Callable[[int], None], flags: int = 0) -> None:
-        """Create `temp`, write it with `write(fd)` and fsync it; removed on failure."""
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600)
+    def _fill_temp(at: int, temp: str, write: Callable[[int], None], flags: int = 0) -> None:
+        """Create `temp` in the folder `at`, write it with `write(fd)` and fsync it;
+        removed on failure."""
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o600, dir_fd=at)
         try:
             write(fd)
             os.fsync(fd)
         except BaseException:
             os.close(fd)
             with contextlib.suppress(OSError):
-                os.unlink(temp)
+                os.unlink(temp, dir_fd=at)
             raise
         os.close(fd)
 
-    def _put_direct(self, final: str, filled: Filled) -> None:
+    def _put_direct(self, at: int, base: str, filled: Filled) -> None:
         """Write the object with O_DIRECT from an aligned buffer (filled in place), padded
         to the alignment and truncated back. If the file system refuses O_DIRECT or its
         alignment, the filled buffer is written buffered instead, and every later object
@@ -327,17 +355,17 @@ class Backend:
                             written += os.write(fd, out[written:])
                     os.ftruncate(fd, size)
 
-                temp = _temp_name(final)
+                temp = _temp_name(base)
                 try:
-                    self._fill_temp(temp, write, os.O_DIRECT)
+                    self._fill_temp(at, temp, write, os.O_DIRECT)
                 except OSError as exc:
                     if exc.errno != errno.EINVAL:
                         raise
                     self._direct = False
-                    temp = _temp_name(final)
+                    temp = _temp_name(base)
                     with whole[:size] as content:
-                        self._fill_temp(temp, lambda fd: _write_all(fd, [content]))
-            os.replace(temp, final)
+                        self._fill_temp(at, temp, lambda fd: _write_all(fd, [content]))
+            os.replace(temp, base, src_dir_fd=at, dst_dir_fd=at)
         finally:
             self._return_buffer(buffer)
 
@@ -556,17 +584,8 @@ def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
 
 
-def _fsync_folder(path: str) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def _temp_name(final: str) -> str:
-    directory, base = os.path.split(final)
-    return os.path.join(directory, f".{base}.{secrets.token_hex(8)}.partial")
+def _temp_name(base: str) -> str:
+    return f".{base}.{secrets.token_hex(8)}.partial"
 
 
 def _write_all(fd: int, parts: list[Buffer]) -> None:
