@@ -366,16 +366,13 @@ def _refuse_last_guess(_after_a_try: bool) -> None:
     raise _Asked
 
 
-def test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking() -> None:
-    """Review s47, finding 1 (every node honest; only the relay attacks, by dropping). While
-    a script tries a wrong password, the relay drops each evaluate copy for nodes 3 and 4,
-    so only nodes 0-2 count the guesses: at L - 1 they have one left, nodes 3-4 have L.
-    It then hides nodes 1 and 2's manifest answers: the client reads (1, L, L). The L-th
-    wrong guess would make nodes 0-2 erase their shares (the key gone), so the client
-    must ask first, though the highest count it read says L."""
-    fleet = FakeFleet(5)
+def _only_three_counting(fleet: FakeFleet) -> tuple[ThresholdVault, set[int]]:
+    """A script's L - 1 wrong passwords with the relay dropping every evaluate copy for
+    nodes 3 and 4, so only nodes 0-2 counted them (each has one guess left, nodes 3-4 all
+    L): the vault behind that relay, and the nodes whose manifest answers it hides from
+    now on (empty: the caller fills it)."""
     fleet.vault().register("right", RK, ksf=FAST_KSF)
-    dropped: set[int] = set()
+    dropped = {3, 4}
     hidden: set[int] = set()
     hide_manifests = _hiding(hidden, {Op.MANIFEST})
 
@@ -388,12 +385,22 @@ def test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking() -> None:
         return hide_manifests(request, forward)
 
     vault = _behind(fleet, fleet.vault(), relay)
-    dropped |= {3, 4}
     for _ in range(LIMIT - 1):
         with pytest.raises(WrongPassword):
             vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
     assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]
     dropped.clear()
+    return vault, hidden
+
+
+def test_a_relay_alone_cannot_have_the_last_guess_sent_without_asking() -> None:
+    """Review s47, finding 1 (every node honest; only the relay attacks, by dropping). Once
+    only nodes 0-2 counted a script's wrong guesses, the relay hides nodes 1 and 2's
+    manifest answers: the client reads (1, L, L). The L-th wrong guess would make nodes
+    0-2 erase their shares (the key gone), so the client must ask first, though the
+    highest count it read says L."""
+    fleet = FakeFleet(5)
+    vault, hidden = _only_three_counting(fleet)
     hidden |= {1, 2}
     with pytest.raises(_Asked):
         vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
@@ -453,3 +460,17 @@ def test_a_commit_passed_on_then_the_connection_refused_is_not_told_as_a_failure
     relay = _passes_first_then_refuses(Op.COMMIT_SHARES, slow)
     _behind(fleet, fleet.vault(), relay).change_password(recovery, "new", ksf=FAST_KSF)
     assert fleet.vault().recover("new", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_hostile_zero_cannot_keep_the_last_guess_question_from_being_asked() -> None:
+    """Review of session 47's own change: with the question asked only when the t-th
+    largest count read was exactly 1, the relay hid two of the three counting nodes'
+    answers and the hostile node 4 reported "0 left": the client read (1, 1, 0), the t-th
+    largest 0, and the key's last guess went out unasked."""
+    fleet = FakeFleet(5)
+    vault, hidden = _only_three_counting(fleet)
+    hidden |= {2, 3}
+    fleet.nodes[HOSTILE].claims_left = 0
+    with pytest.raises(_Asked):
+        vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
+    assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]  # nothing sent

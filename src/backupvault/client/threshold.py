@@ -379,7 +379,10 @@ class _Live:
         shares (review s47, finding 1). A question asked needlessly costs a confirmation;
         one not asked cost the key."""
         figure, _up_to = self.guesses_left
-        return figure == 1
+        # At most one: a hostile node's "0 left" among too few answers made the t-th
+        # largest 0 where honest ones said 1, and nothing was asked (review s47, the
+        # session's own diff); t nodes saying 0 is a destroyed key, said before this.
+        return figure <= 1
 
 
 @dataclass
