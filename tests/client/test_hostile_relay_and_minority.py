@@ -474,3 +474,35 @@ def test_a_hostile_zero_cannot_keep_the_last_guess_question_from_being_asked() -
     with pytest.raises(_Asked):
         vault.recover("wrong", ksf_floor=FAST_KSF, before_last_guess=_refuse_last_guess)
     assert [node.count for node in fleet.nodes] == [LIMIT - 1] * 3 + [0, 0]  # nothing sent
+
+
+def test_a_commit_passed_on_then_the_relay_gone_says_the_change_may_have_taken_effect(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Review of session 47's change: the relay passes a password change's commit on (it
+    lands on every node), answers 503, then refuses every connection, the manifest read
+    after the commit too: the user heard "cannot reach the relay ... no guess was used",
+    and then typed the old password (a wrong guess)."""
+    monkeypatch.setattr("backupvault.client.vault.time.sleep", lambda _seconds: None)
+    fleet = FakeFleet(5)
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovery = vault.recover("old", ksf_floor=FAST_KSF)
+    gone = [False]
+
+    def relay(
+        request: httpx.Request, forward: Callable[[httpx.Request], httpx.Response]
+    ) -> httpx.Response:
+        if gone[0]:
+            raise httpx.ConnectError("connection refused")
+        if _op(request) is Op.COMMIT_SHARES:
+            forward(request)
+            gone[0] = True
+            return httpx.Response(503, json={"error": "fleet_unavailable", "detail": "slow"})
+        return forward(request)
+
+    with pytest.raises(FleetUnavailable) as caught:
+        _behind(fleet, fleet.vault(), relay).change_password(recovery, "new", ksf=FAST_KSF)
+    assert fleet.vault().recover("new", ksf_floor=FAST_KSF).root_key == RK  # it landed
+    told = f"{caught.value} {caught.value.hint}"
+    assert "may have taken effect" in told and "no guess was used" not in told

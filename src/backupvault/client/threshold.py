@@ -733,7 +733,20 @@ class ThresholdVault:
         # Fewer than t nodes said they hold their share of M: whether M is in effect, t
         # identical manifests tell (any t nodes include one that accepted M, had a
         # majority committed it, and c < t hostile nodes cannot make up t).
-        found = self._manifests()
+        try:
+            found = self._manifests()
+        except RelayUnreachable as err:
+            # The commit reached the relay (a first refused connection raised above), which
+            # may have passed it on before it went away: "no guess was used" of a change
+            # in effect sent the user to the old password, a wrong guess (review of this
+            # session's change).
+            change = "password change" if request.authorization else "registration"
+            raise FleetUnavailable(
+                f"the relay went away after it took this {change}, which may have taken"
+                f" effect: {err.message}",
+                hint="once the relay is back, `backupvault vault status` shows whether it"
+                " did (asking uses no guess): check before you type either password",
+            ) from None
         if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
             return held, problems
         if found.agreed is not None and found.agreed.version >= manifest.version:
