@@ -164,3 +164,56 @@ def test_removing_a_staging_folder_follows_no_link_and_opens_locked_folders(
     assert not staging.exists()
     assert sorted(os.listdir(tmp_path)) == ["outside"]
     assert (outside / "keep.txt").read_text() == "not the restore's"
+
+
+def test_a_failed_restore_removes_its_own_staging_folder_not_what_a_rename_put_there(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of session 47's change: the removal checked the staging folder's identity,
+    then opened it again by name; someone who can rename entries in the parent (a shared
+    folder without the sticky bit) swapped another of the user's folders in between, and
+    the user's own process emptied and removed it. The removal now goes through the
+    descriptor that was checked."""
+    from backupvault.backup import safe
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    docs = shared / "docs"
+    (docs / "sub").mkdir(parents=True)
+    (docs / "sub" / "thesis.tex").write_text("the user's own")
+    removal = safe._remove_tree
+
+    def swapped_first(path: Path, checked: int | None = None) -> None:
+        os.rename(path, shared / "moved-away")
+        os.rename(docs, path)
+        removal(path, checked)
+
+    monkeypatch.setattr(safe, "_remove_tree", swapped_first)
+    with pytest.raises(RuntimeError), Staging(shared / "out") as staging:
+        os.mkdir("restored", dir_fd=staging.fd)
+        raise RuntimeError("the restore failed")
+    (left,) = [p for p in shared.iterdir() if p.name.endswith(".restoring")]
+    assert (left / "sub" / "thesis.tex").read_text() == "the user's own"
+    assert os.listdir(shared / "moved-away") == []  # the restore's own, emptied
+
+
+def test_a_staging_folder_s_removal_lists_each_folder_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Review of session 47's change: each folder was listed again after every subfolder
+    removed from it, so a folder of 50,000 folders took about 20 minutes to remove."""
+    from backupvault.backup import safe
+
+    staging = tmp_path / ".out.0123456789ab.restoring"
+    staging.mkdir()
+    for number in range(300):
+        (staging / f"f{number}").mkdir()
+        (staging / f"f{number}" / "file").write_text("x")
+    listings = []
+    listing = safe._remove_all_but_folders
+    monkeypatch.setattr(
+        safe, "_remove_all_but_folders", lambda fd: listings.append(fd) or listing(fd)
+    )
+    remove_abandoned(tmp_path / "out")
+    assert not staging.exists()
+    assert len(listings) == 301  # the staging folder and each of its 300 folders, once

@@ -158,11 +158,17 @@ def remove_abandoned(dest: Path) -> list[str]:
             there, ours = os.lstat(path), os.fstat(fd)
             if (there.st_dev, there.st_ino) != (ours.st_dev, ours.st_ino):
                 continue
-            _remove_tree(path)
+            _remove_tree(path, fd)
         except OSError:  # locked: a restore still running; or it went away meanwhile
             continue
         finally:
             os.close(fd)
+        if os.path.lexists(path):
+            removed.append(
+                f"could not remove {path}, the partial copy a restore into {dest} left when"
+                " it was killed: remove it yourself"
+            )
+            continue
         removed.append(
             f"removed {path}, the partial copy a restore into {dest} left when it was "
             "killed before it could clean up"
@@ -214,7 +220,7 @@ class Staging:
         except BaseException as exc:
             # Interrupted (Ctrl-C, SIGTERM) or replaced: ours is removed, nothing else.
             if self.fd >= 0 and self._in_place():
-                _remove_tree(self.path)
+                _remove_tree(self.path, self.fd)
             elif self.fd < 0 and not isinstance(exc, OSError):
                 with contextlib.suppress(OSError):
                     os.rmdir(self.path)  # only an empty folder: not a link, nor one in use
@@ -232,7 +238,7 @@ class Staging:
     def __exit__(self, *exc: object) -> None:
         try:
             if self.fd >= 0 and self._in_place():
-                _remove_tree(self.path)
+                _remove_tree(self.path, self.fd)
         finally:
             self._close()
 
@@ -279,48 +285,54 @@ class Staging:
             ) from None
 
 
-def _remove_tree(path: Path) -> None:
+def _remove_tree(path: Path, checked: int | None = None) -> None:
     """Remove the folder at `path` with everything in it, as far as it can (what is left
-    is left: this runs while another error is on its way to the user). Depth first
-    without recursion, from one open folder to the next (a restored tree may be deeper
-    than Python's recursion limit, and its paths longer than the system's: review s47,
-    F1, where `shutil.rmtree` raised RecursionError over the restore's own error and
-    left the staging folder for every later restore to trip over). A link is never
-    followed; a folder whose restored mode keeps its owner out is made 0o700 first; a
-    folder moved while it is emptied stops the removal there."""
-    try:
-        if not stat.S_ISDIR(os.lstat(path).st_mode):
-            os.unlink(path)  # a link or a file where the folder was: removed, not followed
+    is left: this runs while another error is on its way to the user). `checked`: a
+    descriptor of that folder the caller opened and checked; its contents are removed
+    through it, not through `path`, which someone who can rename entries in the parent
+    may point at another of the user's folders in between (review s47, of the session's
+    own change). Depth first without recursion, from one open folder to the next (a
+    restored tree may be deeper than Python's recursion limit, and its paths longer than
+    the system's: review s47, F1), each folder listed once. A link is never followed; a
+    folder whose restored mode keeps its owner out is made 0o700 first; a folder moved
+    while it is emptied stops the removal there."""
+    if checked is None:
+        try:
+            if not stat.S_ISDIR(os.lstat(path).st_mode):
+                os.unlink(path)  # a link or a file where the folder was: not followed
+                return
+        except OSError:
             return
-    except OSError:
-        return
-    opened = _open_folder_at(None, str(path))
+        opened = _open_folder_at(None, str(path))
+    else:
+        opened = os.dup(checked)
     if opened is None:
         return
     fd = opened
-    # The folders entered below `path`: each one's name and its parent's identity.
-    entered: list[tuple[str, tuple[int, int]]] = []
+    top = os.fstat(fd)
+    # Each folder entered: its parent's identity, the parent's folders still to remove,
+    # and its own name in the parent.
+    above: list[tuple[tuple[int, int], list[str], str]] = []
     try:
+        pending = _emptied_but_folders(fd)
         while True:
-            if os.fstat(fd).st_mode & 0o700 != 0o700:
-                with contextlib.suppress(OSError):
-                    os.fchmod(fd, 0o700)  # its entries can be listed and removed
-            folders = _remove_all_but_folders(fd)
-            if folders:
-                child = _open_folder_at(fd, folders[0])
+            if pending:
+                name = pending.pop()
+                child = _open_folder_at(fd, name)
                 if child is None:
                     return  # it cannot be entered: left, with what is above it
-                parent = os.fstat(fd)
-                entered.append((folders[0], (parent.st_dev, parent.st_ino)))
+                here = os.fstat(fd)
+                above.append(((here.st_dev, here.st_ino), pending, name))
                 os.close(fd)
                 fd = child
+                pending = _emptied_but_folders(fd)
                 continue
-            if not entered:
+            if not above:
                 break
-            name, identity = entered.pop()
-            parent_fd = os.open("..", _DIR_FLAGS, dir_fd=fd)
+            identity, pending, name = above.pop()
+            parent = os.open("..", _DIR_FLAGS, dir_fd=fd)
             os.close(fd)
-            fd = parent_fd
+            fd = parent
             there = os.fstat(fd)
             if (there.st_dev, there.st_ino) != identity:
                 return  # moved while it was emptied: not followed elsewhere
@@ -330,7 +342,18 @@ def _remove_tree(path: Path) -> None:
     finally:
         os.close(fd)
     with contextlib.suppress(OSError):
-        os.rmdir(path)
+        there = os.lstat(path)
+        if (there.st_dev, there.st_ino) == (top.st_dev, top.st_ino):
+            os.rmdir(path)  # the folder emptied, still at its name (an empty one only)
+
+
+def _emptied_but_folders(fd: int) -> list[str]:
+    """Make the open folder `fd` writable by its owner if its mode kept them out, remove
+    every entry of it that is not a folder, and return the names of its folders."""
+    if os.fstat(fd).st_mode & 0o700 != 0o700:
+        with contextlib.suppress(OSError):
+            os.fchmod(fd, 0o700)
+    return _remove_all_but_folders(fd)
 
 
 def _remove_all_but_folders(fd: int) -> list[str]:
