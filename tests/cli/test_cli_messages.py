@@ -296,6 +296,10 @@ def test_running_out_of_memory_is_said_as_such_not_as_a_bug(
             ["backup", "create", "/nonexistent-source", "--storage", "/tmp/x"],
             "invalid value for 'SOURCE': path '/nonexistent-source' does not exist",
         ),
+        (  # the user's own text, in quotes, as it was typed
+            ["backup", "create", "/x/Notes: Work", "--storage", "/tmp/x"],
+            "invalid value for 'SOURCE': path '/x/Notes: Work' does not exist",
+        ),
     ],
 )
 def test_click_s_own_errors_read_as_this_program_s(args: list[str], said: str) -> None:

@@ -544,14 +544,15 @@ def _weak_password_kept(password: str) -> bool:
 TYPED_TWICE_TRIES = 3
 
 
-def _typed_twice(ctx: Context, password: str, prompt: str, repeat: str) -> str:
+def _typed_twice(password: str, prompt: str, repeat: str) -> str:
     """A new password once it is typed again the same (`repeat`); while the two differ,
     both are asked again, up to TYPED_TWICE_TRIES times: a slip of the finger no longer
     threw the command away, the current password already checked by the vault with it
     (new-user walkthrough s47). Nothing has been sent with the new password yet."""
     for tries in range(TYPED_TWICE_TRIES):
         if tries:
-            ctx.output.warn("the two passwords differ: type the new password again")
+            # On the terminal the prompts are on, --json or not.
+            click.echo("the two passwords differ: type the new password again", err=True)
             password = _password(False, prompt=prompt)
             while not _weak_password_kept(password):
                 password = _password(False, prompt=prompt)
@@ -771,7 +772,7 @@ def _root_key_from_vault(
         )
     if confirm:
         password = _typed_twice(
-            ctx, password, "Password", "Repeat the password (a new key is registered behind it)"
+            password, "Password", "Repeat the password (a new key is registered behind it)"
         )
     root_key = recovery.new_root_key()
     try:
@@ -1668,7 +1669,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
         new = _password(False, prompt="New password")
         while not _weak_password_kept(new):
             new = _password(False, prompt="New password")
-        new = _typed_twice(ctx, new, "New password", "Repeat the new password")
+        new = _typed_twice(new, "New password", "Repeat the new password")
     with _deferring(ctx.output, _PASSWORD_CHANGE):
         changed = session.change_password(recovered, new)
     _warn_degraded(ctx, changed.missing)
@@ -1777,10 +1778,18 @@ def _our_style(message: str) -> str:
     message = re.sub(r"\.\s*\(?(Did you mean|Possible options)", r"; \1", message)
     message = re.sub(r"(; (Did you mean|Possible options)[^)]*)\)", r"\1", message)
     message = re.sub(r"; (Did you mean|Possible options)", lambda m: m.group().lower(), message)
+    if message.endswith(".") and not message.endswith(".."):
+        message = message[:-1]
+
     # Each sentence's first word: the message's, and one after ": " (click's "Invalid value
-    # for 'SOURCE': Path '...' does not exist").
-    message = re.sub(r"(^|: )([A-Z])(?=[a-z])", lambda m: m.group(1) + m.group(2).lower(), message)
-    return message[:-1] if message.endswith(".") and not message.endswith("..") else message
+    # for 'SOURCE': Path '...' does not exist"); not inside quotes, which hold the user's
+    # own text (a path "Notes: Work").
+    def lowered(match: re.Match[str]) -> str:
+        if message[: match.start()].count("'") % 2:
+            return match.group()
+        return match.group(1) + match.group(2).lower()
+
+    return re.sub(r"(^|: )([A-Z])(?=[a-z])", lowered, message)
 
 
 def _without_codes(message: str) -> str:

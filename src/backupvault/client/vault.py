@@ -189,10 +189,15 @@ class VaultClient:
                 answer = self._post_once(op, sealed)
             except httpx.ConnectError as err:
                 if reached:
+                    effect = (
+                        "the password's evaluation may have been counted as a guess"
+                        if op is Op.EVALUATE
+                        else "the request may have taken effect"
+                    )
                     raise FleetUnavailable(
                         f"the relay at {self.relay_url} stopped taking connections ({err})"
-                        " after it had taken an earlier try of this request, which it may"
-                        " have passed on: the request may have been counted"
+                        f" after it had taken an earlier try of this request, which it may"
+                        f" have passed on: {effect}"
                     ) from None
                 raise RelayUnreachable(self.relay_url, str(err)) from None
             except httpx.HTTPError as err:
