@@ -970,3 +970,15 @@ def test_a_password_typed_in_another_unicode_form_is_the_same_password(
     recovered = vault.recover(decomposed, ksf_floor=FAST_KSF)
     vault.change_password(recovered, composed, ksf=FAST_KSF)
     assert vault.recover(decomposed, ksf_floor=FAST_KSF).wrong_guesses_before == 0
+
+
+def test_no_question_when_t_nodes_say_no_guess_is_left(fleet: FakeFleet) -> None:
+    """t nodes saying 0 left is a key no password opens any more (each erases its share
+    at the next request): the recovery goes on and says it is destroyed, not "may have
+    one guess left" (which a script was refused with, exit 2, instead of exit 4)."""
+    vault = fleet.vault()
+    vault.register("right", RK, ksf=FAST_KSF)
+    for node in fleet.nodes:
+        node.count = LIMIT
+    with pytest.raises(Destroyed):
+        vault.recover("right", ksf_floor=FAST_KSF, before_last_guess=_decline)

@@ -368,6 +368,8 @@ class _Live:
     waiting: bool
     #: Guesses left, as `_guesses_left` reads the agreeing nodes' counts.
     guesses_left: tuple[int, int | None] = (0, None)
+    #: t of them say no guess is left (`_none_left`): the key is as good as destroyed.
+    none_left: bool = False
 
     @property
     def last_guess(self) -> bool:
@@ -381,8 +383,9 @@ class _Live:
         figure, _up_to = self.guesses_left
         # At most one: a hostile node's "0 left" among too few answers made the t-th
         # largest 0 where honest ones said 1, and nothing was asked (review s47, the
-        # session's own diff); t nodes saying 0 is a destroyed key, said before this.
-        return figure <= 1
+        # session's own diff). t nodes saying 0 is a key no password opens any more: the
+        # evaluation says it is destroyed, and costs nothing.
+        return figure <= 1 and not self.none_left
 
 
 @dataclass
@@ -1152,6 +1155,7 @@ class ThresholdVault:
             answered,
             waiting,
             _guesses_left([r.guesses_remaining for r in agreeing], self.t),
+            _none_left([r.guesses_remaining for r in agreeing], self.t),
         )
 
     def _deliver_owed_first(self, live: _Live) -> _Live:
