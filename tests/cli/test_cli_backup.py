@@ -785,7 +785,8 @@ def test_second_backup_asks_for_the_code_and_stores_only_changes(
     assert would.stdout.endswith("would forget 1 snapshot and keep 1\n"), would.stdout
     # Each with its date and source, so the policy's choice can be checked (user review s42).
     assert re.search(
-        rf"^forget  {first['backup_id']}  \d{{4}}-\d\d-\d\d \d\d:\d\d  {re.escape(str(source))}$",
+        rf"^forget  {first['backup_id']}  \d{{4}}-\d\d-\d\d \d\d:\d\d UTC"
+        rf"  {re.escape(str(source))}$",
         would.stdout,
         re.MULTILINE,
     ), would.stdout

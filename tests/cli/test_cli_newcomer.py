@@ -1181,6 +1181,10 @@ def test_weak_passwords_are_named() -> None:
     assert weakness("a" * (MIN_LENGTH - 1)) == f"shorter than {MIN_LENGTH} characters"
     assert weakness("Password123") == "one of the most common passwords"
     assert weakness("1234567890") == "one of the most common passwords"
+    # Every reason: "password" was only "shorter than 10 characters" (walkthrough s47).
+    assert weakness("password") == (
+        f"shorter than {MIN_LENGTH} characters and one of the most common passwords"
+    )
     assert weakness("violet kettle marching uphill") is None
 
 

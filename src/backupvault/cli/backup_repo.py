@@ -438,7 +438,7 @@ def backup_forget(
         # s42); a damaged or leftover snapshot has neither.
         found = repo.listed.get(snapshot_id)
         about = (
-            f"  {found.header.created_at:%Y-%m-%d %H:%M}  {printable(found.summary.source)}"
+            f"  {found.header.created_at:%Y-%m-%d %H:%M} UTC  {printable(found.summary.source)}"
             if found is not None
             else ""
         )

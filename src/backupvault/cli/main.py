@@ -517,7 +517,7 @@ def _password_check(output: Output) -> contextlib.AbstractContextManager[None]:
 def _weak_warning(reason: str) -> str:
     return (
         f"this password is weak ({reason}): someone who gets into your account may guess"
-        " it within the vault's tries. Prefer a long passphrase."
+        " it within the vault's tries; prefer a long passphrase"
     )
 
 

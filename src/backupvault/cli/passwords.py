@@ -88,9 +88,10 @@ def common_passwords() -> frozenset[str]:
 
 
 def weakness(password: str) -> str | None:
-    """Why `password` is weak, or None."""
+    """Why `password` is weak (every reason: "password" is short and common), or None."""
+    reasons = []
     if len(password) < MIN_LENGTH:
-        return f"shorter than {MIN_LENGTH} characters"
+        reasons.append(f"shorter than {MIN_LENGTH} characters")
     if password.lower() in common_passwords():
-        return "one of the most common passwords"
-    return None
+        reasons.append("one of the most common passwords")
+    return " and ".join(reasons) or None
