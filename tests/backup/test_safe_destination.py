@@ -175,6 +175,10 @@ def test_a_folder_the_cleanup_cannot_open_is_still_removed(
             raise PermissionError(errno.EACCES, "Permission denied", path)
         return opened(path, flags, mode, dir_fd=dir_fd)
 
+    checked = os.open(root, os.O_RDONLY | os.O_DIRECTORY)
     monkeypatch.setattr(os, "open", refusing)
-    safe._remove_tree(root)
+    try:
+        safe._remove_tree(root, checked)
+    finally:
+        os.close(checked)
     assert refused and not root.exists()

@@ -112,6 +112,17 @@ def _deep_folder(top: Path, depth: int) -> None:
     os.close(fd)
 
 
+def _removed(folder: Path) -> None:
+    """`folder` and all in it removed, if it is there (without recursion, as a staging
+    folder is)."""
+    if folder.exists():
+        checked = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            _remove_tree(folder, checked)
+        finally:
+            os.close(checked)
+
+
 def test_a_failed_restore_of_a_tree_deeper_than_the_recursion_limit_leaves_nothing(
     tmp_path: Path, root_key: bytes, request: pytest.FixtureRequest
 ) -> None:
@@ -122,8 +133,8 @@ def test_a_failed_restore_of_a_tree_deeper_than_the_recursion_limit_leaves_nothi
     source = tmp_path / "source"
     _deep_folder(source, sys.getrecursionlimit() + 100)
     # pytest's own removal of old temporary folders recurses too: these go at the end.
-    request.addfinalizer(lambda: _remove_tree(source))
-    request.addfinalizer(lambda: _remove_tree(tmp_path / "out"))
+    request.addfinalizer(lambda: _removed(source))
+    request.addfinalizer(lambda: _removed(tmp_path / "out"))
     repo = tmp_path / "repo"
     create_snapshot(source, str(repo), root_key, repo_params=SMALL_PACKS)
     packs = sorted((repo / "data").rglob("*"))
@@ -183,7 +194,7 @@ def test_a_failed_restore_removes_its_own_staging_folder_not_what_a_rename_put_t
     (docs / "sub" / "thesis.tex").write_text("the user's own")
     removal = safe._remove_tree
 
-    def swapped_first(path: Path, checked: int | None = None) -> None:
+    def swapped_first(path: Path, checked: int) -> None:
         os.rename(path, shared / "moved-away")
         os.rename(docs, path)
         removal(path, checked)
@@ -209,11 +220,14 @@ def test_a_staging_folder_s_removal_lists_each_folder_once(
     for number in range(300):
         (staging / f"f{number}").mkdir()
         (staging / f"f{number}" / "file").write_text("x")
-    listings = []
-    listing = safe._remove_all_but_folders
-    monkeypatch.setattr(
-        safe, "_remove_all_but_folders", lambda fd: listings.append(fd) or listing(fd)
-    )
+    listings: list[int] = []
+    listing = safe._emptied_but_folders
+
+    def counted(fd: int) -> list[str]:
+        listings.append(fd)
+        return listing(fd)
+
+    monkeypatch.setattr(safe, "_emptied_but_folders", counted)
     remove_abandoned(tmp_path / "out")
     assert not staging.exists()
     assert len(listings) == 301  # the staging folder and each of its 300 folders, once

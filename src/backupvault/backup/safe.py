@@ -285,7 +285,7 @@ class Staging:
             ) from None
 
 
-def _remove_tree(path: Path, checked: int | None = None) -> None:
+def _remove_tree(path: Path, checked: int) -> None:
     """Remove the folder at `path` with everything in it, as far as it can (what is left
     is left: this runs while another error is on its way to the user). `checked`: a
     descriptor of that folder the caller opened and checked; its contents are removed
@@ -296,19 +296,7 @@ def _remove_tree(path: Path, checked: int | None = None) -> None:
     the system's: review s47, F1), each folder listed once. A link is never followed; a
     folder whose restored mode keeps its owner out is made 0o700 first; a folder moved
     while it is emptied stops the removal there."""
-    if checked is None:
-        try:
-            if not stat.S_ISDIR(os.lstat(path).st_mode):
-                os.unlink(path)  # a link or a file where the folder was: not followed
-                return
-        except OSError:
-            return
-        opened = _open_folder_at(None, str(path))
-    else:
-        opened = os.dup(checked)
-    if opened is None:
-        return
-    fd = opened
+    fd = os.dup(checked)
     top = os.fstat(fd)
     # Each folder entered: its parent's identity, the parent's folders still to remove,
     # and its own name in the parent.
@@ -349,19 +337,14 @@ def _remove_tree(path: Path, checked: int | None = None) -> None:
 
 def _emptied_but_folders(fd: int) -> list[str]:
     """Make the open folder `fd` writable by its owner if its mode kept them out, remove
-    every entry of it that is not a folder, and return the names of its folders."""
+    every entry of it that is not a folder (links included, not followed), and return the
+    names of its folders."""
     if os.fstat(fd).st_mode & 0o700 != 0o700:
         with contextlib.suppress(OSError):
             os.fchmod(fd, 0o700)
-    return _remove_all_but_folders(fd)
-
-
-def _remove_all_but_folders(fd: int) -> list[str]:
-    """Remove every entry of the open folder `fd` that is not a folder (links included,
-    not followed), and return the names of its folders."""
-    folders = []
     with os.scandir(fd) as listing:
         entries = list(listing)
+    folders = []
     for entry in entries:
         if entry.is_dir(follow_symlinks=False):
             folders.append(entry.name)
@@ -370,10 +353,9 @@ def _remove_all_but_folders(fd: int) -> list[str]:
     return folders
 
 
-def _open_folder_at(fd: int | None, name: str) -> int | None:
-    """The folder `name` in `fd` (None: `name` is a path), opened without following a
-    link; made 0o700 first if its mode keeps its owner out. None if it still cannot be
-    opened."""
+def _open_folder_at(fd: int, name: str) -> int | None:
+    """The folder `name` in `fd`, opened without following a link; made 0o700 first if
+    its mode keeps its owner out. None if it still cannot be opened."""
     for attempt in range(2):
         try:
             return os.open(name, _DIR_FLAGS, dir_fd=fd)

@@ -1775,9 +1775,11 @@ def _our_style(message: str) -> str:
     program's beside "error: the two passwords differ" (new-user walkthrough s47). A
     first word in capitals (SOURCE) keeps them."""
     message = message.strip()
-    message = re.sub(r"\.\s*\(?(Did you mean|Possible options)", r"; \1", message)
-    message = re.sub(r"(; (Did you mean|Possible options)[^)]*)\)", r"\1", message)
-    message = re.sub(r"; (Did you mean|Possible options)", lambda m: m.group().lower(), message)
+    message = re.sub(
+        r"\.\s*\(?(Did you mean|Possible options)([^)]*)\)?",
+        lambda m: f"; {m.group(1).lower()}{m.group(2)}",
+        message,
+    )
     if message.endswith(".") and not message.endswith(".."):
         message = message[:-1]
 

@@ -191,6 +191,18 @@ def _none_left(reported: Sequence[int], t: int) -> bool:
     return sum(1 for left in reported if left == 0) >= t
 
 
+def _may_be_last(reported: Sequence[int], t: int) -> bool:
+    """Whether the next wrong password may destroy the key: the t-th largest count reported
+    is at most one, whatever higher counts were reported beside it (too few answers to
+    outvote fewer than t hostile nodes). The relay alone, with every node honest, can make
+    honest counts differ (it drops some nodes' copies of each wrong guess) and then hide
+    the higher answers (review s47, finding 1); a hostile node's "0 left" among too few
+    answers makes it 0 where honest ones said 1 (the review of that fix). A question asked
+    needlessly costs a confirmation; one not asked cost the key. Not when t nodes say none
+    is left: no password opens that key any more, and the evaluation says it is destroyed."""
+    return _tth_largest(list(reported), t) <= 1 and not _none_left(reported, t)
+
+
 def _agreed_attempt(good: dict[int, EvaluateResponse], t: int) -> int | None:
     """The attempt number at least t verified partials report, or None. The fleet commits
     one number per B, so honest nodes agree on it, and fewer than t hostile nodes cannot
@@ -366,26 +378,9 @@ class _Live:
     answered: frozenset[int]
     #: Fewer than t holders, and some other node gave no answer: worth reading again.
     waiting: bool
-    #: Guesses left, as `_guesses_left` reads the agreeing nodes' counts.
-    guesses_left: tuple[int, int | None] = (0, None)
-    #: t of them say no guess is left (`_none_left`): the key is as good as destroyed.
-    none_left: bool = False
-
-    @property
-    def last_guess(self) -> bool:
-        """Whether the next wrong password may destroy the key: the t-th largest count
-        reported says one is left. Asked also when the highest count reported says more
-        (too few answers to outvote fewer than t hostile nodes): a relay alone, with every
-        node honest, can make honest counts differ (it drops some nodes' copies of each
-        wrong guess) and then hide the higher answers of the nodes about to erase their
-        shares (review s47, finding 1). A question asked needlessly costs a confirmation;
-        one not asked cost the key."""
-        figure, _up_to = self.guesses_left
-        # At most one: a hostile node's "0 left" among too few answers made the t-th
-        # largest 0 where honest ones said 1, and nothing was asked (review s47, the
-        # session's own diff). t nodes saying 0 is a key no password opens any more: the
-        # evaluation says it is destroyed, and costs nothing.
-        return figure <= 1 and not self.none_left
+    #: The next wrong password may destroy the key (`_may_be_last`, from the agreeing
+    #: nodes' counts): the CLI asks before it is sent.
+    last_guess: bool = False
 
 
 @dataclass
@@ -1154,8 +1149,7 @@ class ThresholdVault:
             without,
             answered,
             waiting,
-            _guesses_left([r.guesses_remaining for r in agreeing], self.t),
-            _none_left([r.guesses_remaining for r in agreeing], self.t),
+            _may_be_last([r.guesses_remaining for r in agreeing], self.t),
         )
 
     def _deliver_owed_first(self, live: _Live) -> _Live:
