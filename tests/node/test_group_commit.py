@@ -18,7 +18,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 
-from backupvault.crypto.seal import Kem, NodePrivateKey
+from backupvault.crypto.seal import Kem, NodePrivateKey, ResponseKey
 from backupvault.errors import InvalidInput
 from backupvault.fleet.channel import PeerChannel
 from backupvault.fleet.messages import PEER_MESSAGES, AcceptorRecord, NotReady, Prepare
@@ -30,7 +30,9 @@ from backupvault.hsm.shares import (
     Answer,
     FleetShape,
     ShareWrite,
+    ThresholdRead,
     ThresholdUpdate,
+    error,
 )
 from backupvault.hsm.state import EntryId, Evaluation, NodeShare, ThresholdState
 from backupvault.invariants import BrokenInvariant
@@ -43,7 +45,7 @@ from backupvault.node.store import (
     StoreRecords,
     share_record,
 )
-from backupvault.protocol import ErrorResponse, Op
+from backupvault.protocol import ErrorCode, ErrorResponse, Op
 from backupvault.tokens import TokenVerifier, fleet_audience
 
 FLEET_ID = b"fleet"
@@ -979,5 +981,41 @@ def test_a_started_node_reads_the_shares_left_at_l_from_the_store_and_never_scan
         store.watch_complete = False
         await service._verify_store()
         assert scans == [1] and store.watch_complete
+
+    asyncio.run(scenario())
+
+
+def test_an_answer_waits_for_a_row_of_its_entry_an_earlier_request_is_still_writing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An answer built on this node's row of the entry that an earlier request handed to
+    the store (a resend finding the count its first copy is writing) leaves only once
+    that write is durable, though it writes nothing itself (review s48: it left at once)."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        service._step(lambda: service.replica.start(0.0, intact=True))
+        await _until(lambda: not service._committing, "the start's write")
+        store.release.clear()
+        entry = EntryId("alice", "chat").to_bytes()
+        keeper = service._firmware.shares
+        row = NodeShare(1, b"\x01" + b"k" * 32, b"m", [Evaluation(1, bytes(32))])
+        first = asyncio.create_task(service._persist_rows((keeper._write(entry, row),)))
+        await _turns()
+        response_key = ResponseKey(os.urandom(32), FLEET_ID, 0, str(Op.MANIFEST))
+        read = ThresholdRead(entry, lambda state: Answer(error(ErrorCode.REFUSED, "from the row")))
+        monkeypatch.setattr(service._firmware, "open", lambda *a: (object(), response_key))
+        monkeypatch.setattr(service._firmware, "handle", lambda *a: read)
+        answering = asyncio.create_task(service.client_request(Op.MANIFEST, "alice", "chat", b""))
+        await _turns(20)
+        assert not first.done() and store.get_share(entry) is None
+        assert not answering.done()  # held back with the write it rests on
+        store.release.set()
+        answer = await asyncio.wait_for(answering, 5)
+        assert answer.status == 200
+        assert await first
+        assert store.get_share(entry) == row
+        assert entry not in keeper._pending
 
     asyncio.run(scenario())

@@ -427,6 +427,18 @@ class ShareKeeper:
                 del self._pending[write.key]
             self._remember(write.key, write.row)
 
+    def held_until_durable(self, key: bytes, answer: Answer) -> Answer:
+        """`answer`, carrying this node's row for `key` among its writes while that row is
+        handed out but not durable yet, so that the shell holds the answer until the row
+        is on disk. An answer built on such a row wrote nothing of its own: a resend of an
+        attempt finding the count an earlier copy is still writing, a share held by a
+        delivery still being written. It left at once, and a crash before that write
+        landed let out a partial whose count the store never held (review s48)."""
+        row = self._pending.get(key)
+        if row is None or any(write.key == key for write in answer.writes):
+            return answer
+        return dataclasses.replace(answer, writes=(*answer.writes, ShareWrite(key, row)))
+
     def distrust_stored_counts(self, suspect: Callable[[bytes], bool] | None = None) -> None:
         """The store may have been rolled back (it did not match the token's counter): a
         row read from it may hold an old, lower count. Such a row is not evaluated until

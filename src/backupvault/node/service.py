@@ -428,13 +428,15 @@ class NodeService:
                     return self._unavailable()
                 self.metrics["committed"] += 1
                 answer = done.outcome()
+        newly_counted = bool(answer.writes) and isinstance(answer.response, EvaluateResponse)
         # This node's own rows (its count above all) are durable before the answer
-        # that depends on them leaves.
+        # that depends on them leaves, also those an earlier request is still writing.
+        answer = self._firmware.shares.held_until_durable(action.key, answer)
         if answer.writes:
             if not await self._persist_rows(answer.writes):
                 return ClientAnswer(503, error="node_not_ready", detail="node store failed")
             self._firmware.shares.durable(answer.writes)
-        if answer.writes and isinstance(answer.response, EvaluateResponse):
+        if newly_counted:
             self.metrics["evaluations"] += 1  # a newly counted partial evaluation
         return ClientAnswer(200, response_key.seal(pad_response(op, answer.response.to_bytes())))
 
