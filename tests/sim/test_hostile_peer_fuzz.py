@@ -22,10 +22,12 @@ from collections.abc import Callable
 from dataclasses import fields, replace
 from typing import Any
 
+import pysodium
 import pytest
 
 from backupvault.codec import Message, decode_any
-from backupvault.crypto import threshold
+from backupvault.crypto import oprf, threshold
+from backupvault.crypto.manifest import Manifest
 from backupvault.errors import AuthenticationFailed
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
@@ -44,7 +46,13 @@ from backupvault.fleet.messages import (
     decode_value,
 )
 from backupvault.hsm.state import EntryId, ThresholdState
-from backupvault.protocol import COUNT_MESSAGES, EntryStatus
+from backupvault.protocol import (
+    COUNT_MESSAGES,
+    AckKind,
+    CommitAck,
+    EntryStatus,
+    encode_commit_acks,
+)
 from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
 
 HOSTILE = (3, 4)
@@ -88,7 +96,7 @@ class Hostile:
 
     def value(self) -> bytes:
         rand = self.rand
-        kind = rand.randrange(8)
+        kind = rand.randrange(9)
         if kind == 0:
             return b""
         if kind == 1:
@@ -116,10 +124,33 @@ class Hostile:
                 reset_attempt=rand.choice([0, last - 10, last]),
                 version=min(state.version + rand.choice([0, 1, 2]), U64_MAX),
             )
+        elif kind == 8 and state.manifest:  # an M that gives a node no key (review s48)
+            state = self.unkeyed(state)
         else:  # one field of a held value changed
             name = rand.choice(["attempt", "reset_attempt", "version", "status", "change_counter"])
             state = replace(state, **{name: rand.choice([*ROUNDS, 3])})
         return ReplicatedValue(held.applied, state.to_bytes()).to_bytes()
+
+    def unkeyed(self, state: ThresholdState) -> ThresholdState:
+        """The held M, one version on, with commitments whose polynomial is 0 at some node
+        j (every point canonical, K_j the identity) and an acknowledgement naming node j:
+        no honest node stages a share of it, and the acceptors' check raised on it."""
+        held = Manifest.from_bytes(state.manifest)
+        j = self.rand.randrange(1, held.nodes + 1)
+        higher = [oprf.random_scalar() for _ in held.commitments.elements[1:]]
+        at_j = bytes(32)
+        for power, coefficient in enumerate(higher, start=1):
+            term = pysodium.crypto_core_ristretto255_scalar_mul(
+                coefficient, threshold._scalar_bytes(j**power)
+            )
+            at_j = bytes(pysodium.crypto_core_ristretto255_scalar_add(at_j, bytes(term)))
+        constant = bytes(pysodium.crypto_core_ristretto255_scalar_negate(at_j))
+        elements = tuple(oprf.scalar_mult_base(a) for a in (constant, *higher))
+        unkeyed = replace(
+            held, version=held.version + 1, commitments=threshold.Commitments(elements)
+        )
+        acks = encode_commit_acks([CommitAck(j, AckKind.STAGED, self.rand.randbytes(64))])
+        return state.with_(version=unkeyed.version, manifest=unkeyed.to_bytes(), acks=acks)
 
     def records(self) -> list[AcceptorRecord]:
         made = []

@@ -195,14 +195,19 @@ class VaultFirmware:
             proposed = ThresholdState.from_bytes(payload)
         except (InvalidInput, ValueError):
             return "not an entry state"
-        return check_threshold_value(
-            self.fleet_id,
-            key,
-            self.shape,
-            proposed,
-            held,
-            node_keys=self.shares.node_keys,
-        )
+        try:
+            return check_threshold_value(
+                self.fleet_id,
+                key,
+                self.shape,
+                proposed,
+                held,
+                node_keys=self.shares.node_keys,
+            )
+        except InvalidInput as err:
+            # A peer's value is input: the replica asks for a reason, and an exception in
+            # its step stopped the node, or answered a client 500 (review s48).
+            return f"a value this node cannot check: {err.message}"
 
     # ---- operations ------------------------------------------------------------------
 

@@ -1926,13 +1926,17 @@ def count_commit_acks(
         public = node_keys.get(ack.index)
         if public is None or ack.index > parsed.nodes:
             continue
+        try:
+            share_key = parsed.commitments.node_public_key(ack.index)
+        except InvalidInput:
+            continue  # commitments that give this node no key: nothing it could have signed
         signed = share_ack_message(
             ack.kind,
             fleet_id,
             entry_id.account,
             entry_id.entry,
             parsed.version,
-            parsed.commitments.node_public_key(ack.index),
+            share_key,
             manifest,
         )
         try:
@@ -2021,19 +2025,33 @@ def check_threshold_value(
     elif status is EntryStatus.DESTROYED and state.attempts_used < limit:
         return "a tombstone with guesses left"
     previous = _held_threshold(held)
-    if (
-        status is EntryStatus.LIVE
-        and (
-            previous is None
-            or (previous.version, previous.manifest) != (state.version, state.manifest)
-        )
-        and count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
-        < shape.threshold
+    if status is EntryStatus.LIVE and (
+        previous is None or (previous.version, previous.manifest) != (state.version, state.manifest)
     ):
-        return "a new version without t nodes' acknowledgement that they keep their share"
+        assert manifest is not None
+        # As at staging (`ShareKeeper._check_dealt`): no honest node ever staged a share of
+        # such an M, and a hostile peer's copy of one raised in this check (review s48).
+        if _gives_a_node_no_key(manifest):
+            return "a manifest whose commitments give a node no key"
+        if (
+            count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
+            < shape.threshold
+        ):
+            return "a new version without t nodes' acknowledgement that they keep their share"
     if previous is None:
         return None  # nothing held: only the value's own checks
     return _check_transition(fleet_id, entry_id, previous, state, manifest, limit)
+
+
+def _gives_a_node_no_key(manifest: Manifest) -> bool:
+    """Whether M's commitments make some node's K_i the identity (each K_i is remembered:
+    the acknowledgements and the clients' proof checks ask for it again)."""
+    for index in range(1, manifest.nodes + 1):
+        try:
+            manifest.commitments.node_public_key(index)
+        except InvalidInput:
+            return True
+    return False
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:
