@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -21,7 +22,7 @@ import pytest
 
 from backupvault.deploy.local import free_port
 from backupvault.errors import InvalidInput
-from backupvault.serving import ServerLimits, listen_address
+from backupvault.serving import MAX_PIPELINED, ServerLimits, listen_address
 
 SERVICE = """
 import asyncio, contextlib, sys, threading
@@ -458,6 +459,74 @@ def test_a_request_head_is_bounded_in_bytes_and_fields(tmp_path: Path) -> None:
         process.kill()
         _, stderr = process.communicate()
     assert "Traceback" not in stderr, stderr  # a refusal is no error of the server's
+
+
+def _rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmRSS")
+
+
+def test_pipelined_requests_are_bounded(tmp_path: Path) -> None:
+    """Attack (review s48): uvicorn queued every pipelined request head and read on after
+    each answer though some still waited; two connections sending `GET` heads without
+    pause, and reading the answers, grew a service from 31 to 565 MB in 8 s, with no
+    token. Now a connection may have MAX_PIPELINED requests waiting (answered, in
+    order, the rest dropped unread and the connection closed after them)."""
+    process, url = _start(tmp_path, hang_shutdown=False, stop=30)
+    host, port = url.removeprefix("http://").split(":")
+    slow = b"GET /slow HTTP/1.1\r\nHost: x\r\n\r\n"
+    ready = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n"
+    last = b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    try:
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(slow + ready * (MAX_PIPELINED - 1) + last)  # all in one read
+            answers = _read_all(connection, timeout=10)
+        assert answers.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1  # within the bound
+        with socket.create_connection((host, int(port))) as connection:
+            connection.sendall(slow + ready * 4000)
+            answers = _read_all(connection, timeout=10)
+        # The waiting ones answered, the rest dropped, then the connection closed.
+        assert answers.count(b"HTTP/1.1 200 ") == MAX_PIPELINED + 1
+        assert answers.rstrip().endswith(b"ready") and b"connection: close" in answers
+        before = _rss_mb(process.pid)
+        stop = threading.Event()
+
+        def read(connection: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set() and connection.recv(1 << 20):
+                    pass
+
+        def write(connection: socket.socket) -> None:
+            with contextlib.suppress(OSError):
+                while not stop.is_set():
+                    connection.sendall(ready * 4000)
+
+        connections = [socket.create_connection((host, int(port))) for _ in range(2)]
+        workers = [
+            threading.Thread(target=work, args=(c,), daemon=True)
+            for c in connections
+            for work in (read, write)
+        ]
+        peak = before
+        try:
+            for worker in workers:
+                worker.start()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                peak = max(peak, _rss_mb(process.pid))
+                time.sleep(0.1)
+        finally:
+            stop.set()
+            for connection in connections:
+                connection.close()
+        assert peak - before < 60, f"the service grew from {before:.0f} to {peak:.0f} MB"
+        assert httpx.get(f"{url}/ready", timeout=5).text == "ready"
+    finally:
+        process.kill()
+        _, stderr = process.communicate()
+    assert "Traceback" not in stderr, stderr
 
 
 def test_a_request_that_is_not_http_gets_a_json_reason(tmp_path: Path) -> None:

@@ -77,6 +77,15 @@ SEND_SECONDS = 10.0
 #: The largest honest head is the relay's: a token of at most 4096 characters.
 MAX_HEAD_BYTES = 32 * 1024
 MAX_HEADERS = 100
+#: Requests one connection may have waiting (HTTP/1.1 pipelining) behind the one being
+#: served. uvicorn queues every head it parses, and reads on after each answer though
+#: some still wait: one read (up to 256 KiB) queued some 14,000 heads, and a client that
+#: read its answers made a service grow by gigabytes, before any token check (review
+#: s48). Past it the rest is dropped unread and the connection closes once the waiting
+#: ones are answered, so a connection holds at most this many heads waiting, and of
+#: their bodies what the reads between answers bring (256 KiB a read). No honest client
+#: pipelines (httpx, the SDK and the relay send a request once the last is done).
+MAX_PIPELINED = 16
 #: How long a connection refused for its head is read (and the bytes dropped) before it
 #: closes, so that the refusal reaches a client still sending.
 REFUSED_LINGER_SECONDS = 1.0
@@ -177,6 +186,7 @@ class _HeadDeadline(HttpToolsProtocol):
     #: the head's completion resets that count, so a head up to a read's size passed.
     _field_bytes = 0
     _head_too_large = False
+    _too_many_waiting = False
     _discarding = False
     _send_timer: asyncio.TimerHandle | None = None
     #: Open connections one address may hold (None: any number), and how many each holds:
@@ -282,6 +292,13 @@ class _HeadDeadline(HttpToolsProtocol):
             raise ValueError("request head too large")  # the parser stops: a 431 below
 
     def send_400_response(self, msg: str) -> None:
+        if self._too_many_waiting and self.cycle is not None:
+            # The waiting requests are answered, in order (no refusal can go out ahead of
+            # them), and the connection closes after the last one ("connection: close");
+            # whatever comes meanwhile is read and dropped.
+            self._discarding = True
+            self.cycle.keep_alive = False
+            return
         if self._head_too_large:
             self._refuse_head()
             return
@@ -300,6 +317,9 @@ class _HeadDeadline(HttpToolsProtocol):
         self.transport.close()
 
     def on_headers_complete(self) -> None:
+        if len(self.pipeline) >= MAX_PIPELINED:
+            self._too_many_waiting = True
+            raise ValueError("too many pipelined requests")  # the parser stops: dropped below
         self._stop_head_clock()
         self._head_bytes = 0
         self._field_bytes = 0
