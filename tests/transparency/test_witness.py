@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
+from backupvault.crypto.seal import Kem
 from backupvault.errors import InvalidInput
 from backupvault.transparency import merkle
 from backupvault.transparency.bundle import FleetBundle, split_hashes
@@ -30,10 +31,23 @@ from backupvault.transparency.record import (
     raw_public_key,
     sign_record,
 )
-from backupvault.transparency.witness import WitnessConfig, WitnessPolicy
+from backupvault.transparency.witness import (
+    MAX_LEAVES_PAGE,
+    MAX_LEAVES_PAGE_BYTES,
+    WitnessConfig,
+    WitnessPolicy,
+)
 from backupvault.transparency.witness_store import WitnessStore
 
-from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record
+from .conftest import (
+    FLEET_ID,
+    MEASUREMENT,
+    WITNESS_NAME,
+    WitnessFactory,
+    hpke_key,
+    make_record,
+    node,
+)
 
 
 def test_submit_returns_a_receipt_that_checks(
@@ -248,6 +262,37 @@ def test_proof_queries(make_witness: WitnessFactory, operator_key: Ed25519Privat
             witness.inclusion(*bad)
     with pytest.raises(Malformed):
         witness.leaves(9, 10)
+
+
+def test_a_page_of_leaves_is_bounded_in_bytes(make_witness: WitnessFactory) -> None:
+    """Attack (review s48): a `pin_first_seen` witness logs anyone's record for a fleet id
+    not seen before, and a record may be some 850 KB (255 nodes, ML-KEM keys, 2000-character
+    URLs): one free `GET /v1/leaves` of 256 of them built an answer of hundreds of MB. A
+    page now stops at MAX_LEAVES_PAGE_BYTES (its first leaf always), and paging on from
+    its `end` gives every leaf, in order."""
+    witness = make_witness(policy=WitnessPolicy(pin_first_seen=True))
+    stranger = Ed25519PrivateKey.generate()
+    mlkem = [hpke_key(i, Kem.MLKEM768_X25519) for i in range(255)]
+    signing = [Ed25519PrivateKey.generate().public_key().public_bytes_raw() for _ in range(255)]
+    submitted = []
+    for n in range(3):
+        long = "a" * 2000
+        nodes = [
+            node(i, url=f"https://{n}-{i}-{long}.test:7100", hpke=mlkem[i], signing=signing[i])
+            for i in range(255)
+        ]
+        record = sign_record(make_record(fleet_id=bytes([n]) * 16, nodes=nodes), stranger)
+        witness.submit(record.to_bytes())  # logged: a stranger's record
+        submitted.append(record.to_bytes())
+    assert all(MAX_LEAVES_PAGE_BYTES // 2 < len(leaf) < MAX_LEAVES_PAGE_BYTES for leaf in submitted)
+    end, page = witness.leaves(0, MAX_LEAVES_PAGE)
+    assert (end, page) == (1, submitted[:1])  # two would pass the bound
+    paged, start = [], 0
+    while start < 3:
+        start, page = witness.leaves(start, MAX_LEAVES_PAGE)
+        assert sum(map(len, page)) <= MAX_LEAVES_PAGE_BYTES
+        paged += page
+    assert paged == submitted
 
 
 def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:

@@ -59,6 +59,10 @@ from backupvault.transparency.record import (
 from backupvault.transparency.witness_store import WitnessStore
 
 MAX_LEAVES_PAGE = 256
+#: The most leaf bytes one page carries (at least one leaf, whatever its size). A
+#: `pin_first_seen` witness logs anyone's records, up to about 850 KB each: 256 of them
+#: made one free request build an answer of hundreds of MB (review s48).
+MAX_LEAVES_PAGE_BYTES = 1 << 20
 
 
 @dataclass(frozen=True)
@@ -222,13 +226,15 @@ class Witness:
         return self.store.leaf_hash(index), self.store.inclusion_proof(index, size)
 
     def leaves(self, start: int, end: int) -> tuple[int, list[bytes]]:
-        """(end, leaves[start:end]); `end` is clamped to the log and to MAX_LEAVES_PAGE."""
+        """(end, leaves[start:end]); `end` is clamped to the log, to MAX_LEAVES_PAGE leaves
+        and to MAX_LEAVES_PAGE_BYTES of them."""
         if not 0 <= start <= end:
             raise Malformed("leaves need 0 <= start <= end")
         end = min(end, self.store.size, start + MAX_LEAVES_PAGE)
         if start > end:
             raise Malformed(f"the log has {self.store.size} entries")
-        return end, self.store.leaves(start, end)
+        found = self.store.leaves(start, end, MAX_LEAVES_PAGE_BYTES)
+        return start + len(found), found
 
 
 # --- configuration ---------------------------------------------------------------------------

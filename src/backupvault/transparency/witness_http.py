@@ -6,7 +6,8 @@
     GET  /v1/consistency?old=M&new=N  200: {"old", "new", "proof": [base64, …]}
     GET  /v1/inclusion?index=I&size=N 200: {"index", "size", "leaf_hash", "proof": [base64]}
     GET  /v1/leaves?start=S&end=E   200: {"start", "end", "leaves": [base64 leaf, …]}
-                                    (end exclusive, clamped to the log and 256 leaves)
+                                    (end exclusive, clamped to the log, 256 leaves and
+                                    1 MiB of them: page on from `end`)
     GET  /v1/head?fleet=HEX[&nonce=HEX]
                                     200: the fleet's head, signed now (text/plain, a signed
                                     note; transparency/head.py), answering the client's

@@ -279,12 +279,21 @@ class WitnessStore:
         with self._lock:
             return self._tree.consistency_proof(old, new)
 
-    def leaves(self, start: int, end: int) -> list[bytes]:
+    def leaves(self, start: int, end: int, max_bytes: int | None = None) -> list[bytes]:
+        """leaves[start:end] in order; with `max_bytes`, only the first ones that fit in it
+        together (the first always), read no further."""
+        found: list[bytes] = []
+        size = 0
         with self._lock:
             rows = self._db.execute(
                 "SELECT data FROM leaves WHERE idx >= ? AND idx < ? ORDER BY idx", (start, end)
-            ).fetchall()
-        return [bytes(row[0]) for row in rows]
+            )
+            for (data,) in rows:
+                if found and max_bytes is not None and size + len(data) > max_bytes:
+                    break
+                found.append(bytes(data))
+                size += len(data)
+        return found
 
     def index_of(self, leaf_hash: bytes) -> int | None:
         with self._lock:
