@@ -61,6 +61,21 @@ def test_storage_that_does_not_answer_is_exit_5(tmp_path: Path, source: Path) ->
     assert not (tmp_path / "out").exists()
 
 
+def test_sftp_storage_that_does_not_answer_is_one_json_error_on_stderr() -> None:
+    """Review s48: the sftp backend's own dependency (asyncssh) warned of DSA's deprecation
+    in `cryptography` as it was imported: ten lines on stderr before the JSON error, under
+    `--json` and `-q` too."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    url = f"sftp://127.0.0.1:{port}/backups"
+    done = run("--json", "backup", "list", "--storage", url, "--recovery-code", "-", stdin="")
+    assert done.returncode == UNAVAILABLE, done.stderr
+    assert json.loads(done.stderr)["exit_code"] == UNAVAILABLE  # the whole of stderr
+    quiet = run("-q", "backup", "list", "--storage", url, "--recovery-code", "-", stdin="")
+    assert quiet.returncode == UNAVAILABLE and "Warning" not in quiet.stderr, quiet.stderr
+
+
 def test_a_damaged_repository_is_exit_9_and_a_wrong_code_still_3(
     tmp_path: Path, source: Path
 ) -> None:

@@ -30,12 +30,15 @@ import contextlib
 import os
 import re
 import sys
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, cast
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
+
+from cryptography.utils import CryptographyDeprecationWarning
 
 from backupvault.backup.errors import (
     BackupNotFound,
@@ -235,7 +238,13 @@ class Storage:
             )
         import fsspec
 
-        fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
+        with warnings.catch_warnings():
+            # A backend's own dependencies warn of their deprecations as they are imported
+            # (asyncssh, for sftp://, of DSA in `cryptography`): on a user's stderr, under
+            # `--json` and `-q` too, they told nothing the user can act on.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+            fs, root = fsspec.core.url_to_fs(scheme + ":" + rest, **options)
         return fs, cast(str, root)
 
     def _connect_webdav(self, url: str, scheme: str, options: dict[str, Any]) -> tuple[Any, str]:
