@@ -61,8 +61,11 @@ def test_status_shows_pending_shares_and_finish_delivers_them(
     assert code == 5 and "node 3" in str(error["error"])
     fleet.nodes[3].mode = "ok"
     code, done = _run(monkeypatch, capsys, session, "vault", "finish")
-    assert (code, done) == (0, {"finished": True, "pending": []})
+    delivered = ["node 3: share of version 1"]  # said, not only done (new-user review s48)
+    assert (code, done) == (0, {"finished": True, "pending": [], "delivered": delivered})
     assert fleet.nodes[3].share is not None
+    code, done = _run(monkeypatch, capsys, session, "vault", "finish")
+    assert (code, done) == (0, {"finished": True, "pending": [], "delivered": []})
     assert not any("evaluate" in node.seen for node in fleet.nodes)  # no recovery
     code, status = _run(monkeypatch, capsys, session, "vault", "status")
     assert code == 0 and status["pending"] == []

@@ -1597,6 +1597,7 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     from backupvault.client.errors import FleetUnavailable
 
     session = ctx.session()
+    owed = session.owed()
     left = session.status().pending  # sent again on the way
     if session.needs_password_to_finish():
         password = _password(password_stdin)
@@ -1613,7 +1614,11 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
                 " gets its share once it is back: run `backupvault vault finish` again then"
             ),
         )
-    ctx.output.done({"finished": True, "pending": []}, "nothing pending: every node confirmed")
+    if owed:
+        text = "delivered and confirmed: " + "; ".join(owed) + "; nothing pending"
+    else:
+        text = "nothing pending: every node confirmed"
+    ctx.output.done({"finished": True, "pending": [], "delivered": list(owed)}, text)
 
 
 @vault.command("recovery-code")

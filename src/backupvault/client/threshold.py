@@ -126,6 +126,12 @@ def password_bytes(password: str) -> bytes:
         raise InvalidInput("the password is not valid Unicode text (a lone surrogate)") from None
 
 
+def _owed_lines(record: Pending) -> list[str]:
+    """A line per node `record` is still owed to: "node 4: share of version 2"."""
+    what = "erasure of version" if record.op is Op.DELETE_SHARE else "share of version"
+    return [f"node {n}: {what} {record.version}" for n in record.nodes]
+
+
 def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
     """Before fan-out `attempt` (counted from 0): nothing first, then a pause that doubles
     from RETRY_BACKOFF_SECONDS up to `cap`."""
@@ -935,13 +941,17 @@ class ThresholdVault:
         delivery just sent (as `_send_shares` names it), said after its line."""
         if record is None:
             return ()
-        what = "erasure of version" if record.op is Op.DELETE_SHARE else "share of version"
         lines = []
-        for n in record.nodes:
-            line = f"node {n}: {what} {record.version} not yet confirmed"
+        for n, owed in zip(record.nodes, _owed_lines(record), strict=True):
+            line = f"{owed} not yet confirmed"
             reason = (why or {}).get(n, "").removeprefix(f"node {n}: ")
             lines.append(f"{line} ({reason})" if reason else line)
         return tuple(lines)
+
+    def owed(self) -> tuple[str, ...]:
+        """What this device owes the entry's nodes on this epoch, a line per node ("node 4:
+        share of version 2"), read from its own record: nothing is sent."""
+        return tuple(line for record in self._owed() for line in _owed_lines(record))
 
     def finish(
         self,
