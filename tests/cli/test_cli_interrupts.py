@@ -95,6 +95,9 @@ def test_vault_finish_interrupted_during_its_password_check_finishes_the_check(
     recovered = []
 
     class Session:
+        def owed(self) -> tuple[str, ...]:
+            return ()
+
         def status(self) -> SimpleNamespace:
             return SimpleNamespace(pending=())
 
@@ -275,3 +278,34 @@ def test_a_signal_during_a_first_backups_registration_lets_it_finish(
     assert len(registered) == 1
     assert "the registration of a new key with the vault" in stopped.value.message
     assert "run the command again to use it" in (stopped.value.hint or "")
+
+
+@pytest.mark.parametrize(
+    ("pressed", "told"),
+    [(KeyboardInterrupt, "interrupted"), (EOFError, "a question was declined or got no answer")],
+)
+def test_ctrl_c_at_a_question_is_an_interrupt_and_ctrl_d_is_end_of_input(
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    pressed: type[BaseException],
+    told: str,
+) -> None:
+    """click turns both into an Abort raised `from None` at a question: Ctrl-C at the
+    password prompt was told "aborted: ... (end of input)" (new-user review s48)."""
+    import click
+
+    from backupvault.cli import main as cli_main
+
+    @click.command()
+    def asks() -> None:
+        click.prompt("Password", hide_input=True, err=True)
+
+    def press(prompt: str) -> str:
+        raise pressed
+
+    monkeypatch.setattr(cli_main, "cli", asks)
+    monkeypatch.setattr(click.termui, "hidden_prompt_func", press)
+    with pytest.raises(SystemExit) as stopped:
+        cli_main._run([], json_mode=False)
+    assert stopped.value.code == 130
+    assert told in capsys.readouterr().err

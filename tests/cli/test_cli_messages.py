@@ -27,7 +27,7 @@ def test_a_degraded_registration_says_each_share_is_sealed_to_its_node() -> None
     ctx = _context()
     _warn_degraded(ctx, ("node 4: vault node 4 could not be reached",))
     (warning,) = ctx.output.warnings
-    assert "1 vault node(s) did not take their share (node 4: vault node 4 could not" in warning
+    assert "1 vault node did not take its share (node 4: vault node 4 could not" in warning
     assert "sealed to its own node" in warning
     assert "next contact with the fleet, no password asked" in warning
     assert "`backupvault vault finish` does it now" in warning

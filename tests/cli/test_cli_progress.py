@@ -55,13 +55,13 @@ def test_quiet_drops_notes_and_reports_but_not_warnings(capsys: pytest.CaptureFi
     quiet.note("a new key was registered")
     quiet.done({"ok": True}, "snapshot saved")
     quiet.client_notice("the relay asks to slow down: waiting 1 s")
-    quiet.client_notice("warning: vault node(s) 2 sent a partial evaluation that does not verify")
+    quiet.client_notice("warning: vault node 2 sent a partial evaluation that does not verify")
     quiet.warn("2 wrong passwords were tried since your last successful recovery")
     quiet.result({"ok": True}, "the answer")
     out, err = capsys.readouterr()
     assert out == "the answer\n"
     assert err.splitlines() == [
-        "warning: vault node(s) 2 sent a partial evaluation that does not verify",
+        "warning: vault node 2 sent a partial evaluation that does not verify",
         "warning: 2 wrong passwords were tried since your last successful recovery",
     ]
     scripted = Output(json_mode=True, quiet=True)

@@ -194,7 +194,7 @@ def test_a_node_with_a_wrong_partial_is_named_and_recovery_succeeds(vault: Vault
     assert recovered.root_key == root_key
     liar = lying.liar
     assert liar is not None and recovered.rejected == (liar,)
-    assert any(f"node(s) {liar} sent a partial evaluation that does not verify" in n for n in notes)
+    assert any(f"node {liar} sent a partial evaluation that does not verify" in n for n in notes)
 
 
 def test_the_cli_backs_up_restores_changes_and_deletes_on_the_threshold_flow(

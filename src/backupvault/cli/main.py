@@ -792,7 +792,8 @@ def _warn_degraded(ctx: Context, missing: tuple[str, ...]) -> None:
     but fewer node failures are tolerated: say which nodes lack their share."""
     if missing:
         ctx.output.warn(
-            f"{len(missing)} vault node(s) did not take their share ("
+            f"{_plural(len(missing), 'vault node')} did not take"
+            f" {'its' if len(missing) == 1 else 'their'} share ("
             + "; ".join(missing)
             + "); the key works, but fewer nodes may fail before it cannot be recovered."
             " This device keeps each missing share sealed to its own node and delivers it"
@@ -2001,7 +2002,9 @@ def _run(args: list[str], json_mode: bool) -> None:
         if isinstance(code, int) and code:
             sys.exit(code)
     except click.exceptions.Abort as abort:
-        if isinstance(abort.__cause__, KeyboardInterrupt):  # click's for Ctrl-C, SIGTERM
+        # Ctrl-C or SIGTERM: click's own (its cause), or one at a question (raised `from
+        # None`, the interrupt kept as its context): told "end of input" until review s48.
+        if isinstance(abort.__cause__ or abort.__context__, KeyboardInterrupt):
             _fail(json_mode, Interrupted("interrupted", hint=_INTERRUPTED_HINT))
         _fail(
             json_mode,

@@ -292,10 +292,6 @@ def _sealed_to_other_keys(
     )
 
 
-def _nodes(indices: Sequence[int]) -> str:
-    return ", ".join(str(i) for i in indices) or "none"
-
-
 @dataclass(frozen=True)
 class FleetKeys:
     """What the client trusts about the fleet, from the pinned config or the verified
@@ -1363,8 +1359,8 @@ class ThresholdVault:
             time.sleep(pause)
         if rejected:
             self._notify(
-                f"warning: vault node(s) {_nodes(sorted(rejected))} sent a partial evaluation"
-                " that does not verify; it was ignored (report this to the operator)"
+                f"warning: vault {threshold.named_nodes(sorted(rejected))} sent a partial"
+                " evaluation that does not verify; it was ignored (report this to the operator)"
             )
         if len(good) < self.t:
             # t nodes saying so: at least one honest node erased its share on its own count
@@ -1401,8 +1397,8 @@ class ThresholdVault:
             if rejected:
                 raise VaultError(
                     f"need {self.t} partial evaluations that verify, have {len(good)};"
-                    f" node(s) {_nodes(sorted(rejected))} sent a partial that does not verify"
-                    " against the entry's commitments",
+                    f" {threshold.named_nodes(sorted(rejected))} sent a partial that does not"
+                    " verify against the entry's commitments",
                     hint="report the named nodes to the operator; try again later",
                 )
             raise unavailable

@@ -218,6 +218,11 @@ def _node_public_key(elements: tuple[bytes, ...], index: int) -> bytes:
     return key
 
 
+def named_nodes(indices: Sequence[int]) -> str:
+    """ "node 2" or "nodes 1, 4", as the numbers go."""
+    return ("node " if len(indices) == 1 else "nodes ") + ", ".join(map(str, indices))
+
+
 def _evaluate_polynomial(coefficients: Sequence[bytes], x: int) -> bytes:
     """f(x) by Horner's rule, in libsodium's scalar arithmetic (the coefficients are secret)."""
     x_scalar = _scalar_bytes(x)
@@ -483,9 +488,7 @@ def combine(commitments: Commitments, blinded: bytes, partials: Sequence[Partial
     indices = [p.index for p in partials]
     duplicates = sorted({i for i in indices if indices.count(i) > 1})
     if duplicates:
-        raise InvalidInput(
-            f"more than one partial evaluation from node(s) {', '.join(map(str, duplicates))}"
-        )
+        raise InvalidInput(f"more than one partial evaluation from {named_nodes(duplicates)}")
     good: list[Partial] = []
     rejected: list[int] = []
     for partial in sorted(partials, key=lambda p: p.index):
@@ -495,11 +498,7 @@ def combine(commitments: Commitments, blinded: bytes, partials: Sequence[Partial
             rejected.append(partial.index)
     t = commitments.threshold
     if len(good) < t:
-        named = (
-            f"; node(s) {', '.join(map(str, rejected))} sent a partial that does not verify"
-            if rejected
-            else ""
-        )
+        named = f"; {named_nodes(rejected)} sent a partial that does not verify" if rejected else ""
         raise NotEnoughPartials(
             f"need {t} valid partial evaluations, have {len(good)}{named}",
             rejected=tuple(rejected),
