@@ -813,7 +813,12 @@ def test_an_unknown_snapshot_or_path_says_where_to_look(tmp_path: Path, source: 
     assert outside.returncode == 1
     assert "is not in this snapshot" in outside.stderr
     assert "relative to the folder that was backed up" in outside.stderr
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    # `--include "$DIR"` with DIR unset: refused, as an empty --path is (new-user review
+    # s48: it restored the whole snapshot, exit 0).
+    empty = run("backup", "restore", "--include", "", "--storage", str(storage), "--to",
+                str(tmp_path / "c"), "--recovery-code", code)  # fmt: skip
+    assert empty.returncode == 2 and "--include is empty" in empty.stderr
+    assert not any((tmp_path / d).exists() for d in "abc")
 
 
 def test_latest_names_the_latest_snapshot_as_in_restic(tmp_path: Path, source: Path) -> None:

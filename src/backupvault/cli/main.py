@@ -939,7 +939,7 @@ def backup() -> None:
     "storage_url",
     metavar="URL",
     help="Where backups go: a folder or a storage URL (file://, webdav+https://, s3://,"
-    f" sftp://). {STORAGE_DEFAULT}",
+    f" sftp://, gs://, az://). {STORAGE_DEFAULT}",
 )
 @click.option("--password-stdin", is_flag=True, help="Read the vault password from stdin.")
 @click.option(
@@ -1221,6 +1221,12 @@ def backup_restore(
 
     if password_stdin and code is not None:
         raise both_keys_given()
+    if "" in include:  # `--include "$DIR"` with DIR unset restored everything, silently
+        raise UsageError(
+            "--include is empty",
+            hint="give a file or folder as `backupvault backup ls latest` shows it; leave"
+            " --include out to restore everything",
+        )
     if backup_id is not None and is_latest(backup_id):
         backup_id = None  # restic's name for the default
     if backup_id is not None and recovery.looks_like_code(backup_id):
