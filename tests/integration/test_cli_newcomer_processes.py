@@ -118,6 +118,12 @@ def test_a_second_local_up_says_already_running(deployment: Path) -> None:
     again = bv("local", "up", "--dir", str(deployment), "--nodes", "1")
     assert again.returncode == 0
     assert "local deployment already running" in again.stdout
+    assert "--nodes" not in again.stderr  # the size it has
+    # Another size is said to be for a new deployment, not passed over (review s48).
+    other = bv("local", "up", "--dir", str(deployment), "--nodes", "3")
+    assert other.returncode == 0 and "local deployment already running: 1 node," in other.stdout
+    assert "--nodes 3 is for a new deployment" in other.stderr
+    assert "has 1 node (" in other.stderr
     as_json = json.loads(bv("local", "up", "--dir", str(deployment), "--json").stdout)
     assert as_json["already_running"] is True and as_json["started_again"] == []
     # One process gone: `up` starts it again and names it (it said only "up").

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING
 
 import click
 import tomli_w
+from click.core import ParameterSource
 
 from backupvault.cli.main import Context, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
@@ -63,7 +64,8 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
 
     deployment = LocalDeployment(root)
     renewed: list[str] = []
-    if not deployment.provisioned():
+    was_provisioned = deployment.provisioned()
+    if not was_provisioned:
         if nodes < 1 or nodes % 2 == 0:  # before anything is said or made, as `local rotate`
             raise UsageError(
                 "a fleet has an odd number of nodes (1, 3, 5, ...)",
@@ -102,6 +104,15 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     # Those started again next to ones still running (new-user walkthrough s47: "up" said
     # nothing of the two nodes it had restarted).
     started = sorted(set(deployment.running()) - was_running) if was_running else []
+    running_nodes = sum(bool(NODE_NAME.fullmatch(n)) for n in status)
+    asked = click.get_current_context().get_parameter_source("nodes")
+    if was_provisioned and asked is ParameterSource.COMMANDLINE and nodes != running_nodes:
+        # Said, not passed over (new-user review s48): the size is the made fleet's.
+        ctx.output.warn(
+            f"--nodes {nodes} is for a new deployment; the one in {root} has"
+            f" {running_nodes} node{'s' * (running_nodes != 1)} (`backupvault local rotate"
+            " --nodes N` changes that)"
+        )
     state = (
         "already running"
         if already
@@ -119,7 +130,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,
         },
-        f"local deployment {state}: {sum(bool(NODE_NAME.fullmatch(n)) for n in status)} nodes, "
+        f"local deployment {state}: {running_nodes} node{'s' * (running_nodes != 1)}, "
         f"{sum(name.startswith('witness') for name in status)} witnesses and the relay at "
         f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
         f" {root / 'client-ota.toml'} (fleet keys over the air)",
