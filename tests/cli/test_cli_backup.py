@@ -1337,6 +1337,29 @@ def test_prune_says_what_unused_data_it_leaves_and_max_unused_0_removes_it(
     assert wrong.returncode == 2 and "not a per cent from 0 to 100" in wrong.stderr
 
 
+def test_prune_says_it_keeps_packs_a_backup_left_unindexed_until_they_are_old(
+    tmp_path: Path, source: Path
+) -> None:
+    """After a backup failed (a full disk), prune freed nothing and said nothing of the
+    packs it left, which it keeps for 30 minutes (new-user review s48)."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage) + "\n"
+    pack = next(p for p in (storage / "data").rglob("*") if p.is_file())
+    left = pack.with_name("ab" * 16)  # a pack no index names, as a failed backup leaves
+    left.write_bytes(pack.read_bytes())
+    key = ("--storage", str(storage), "--recovery-code", "-")
+    done = run("backup", "prune", *key, stdin=code)
+    assert done.returncode == 0, done.stderr
+    size = left.stat().st_size
+    assert (
+        f"; 1 pack ({size} B) that no index names yet is kept: under 30 minutes old, a running"
+        " backup's or one that failed" in done.stdout
+    ), done.stdout
+    assert left.exists()
+    as_json = json.loads(run("--json", "backup", "prune", *key, stdin=code).stdout)
+    assert (as_json["young_unindexed_packs"], as_json["young_unindexed_bytes"]) == (1, size)
+
+
 def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(
     tmp_path: Path, source: Path
 ) -> None:

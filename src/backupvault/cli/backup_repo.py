@@ -516,6 +516,7 @@ def _prune_text(r: maintenance.PruneResult) -> str:
     repacked into ("1 repacked into 0"), and what it would free is the packs it would
     delete or repack, less what the repacked chunks then take: at most that."""
     from backupvault.backup import human_size
+    from backupvault.backup.repo import maintenance
 
     packs = _plural(r.packs, "pack")
     # Said, not only counted in --json: a user who forgot a snapshot to be rid of a file
@@ -528,14 +529,25 @@ def _prune_text(r: maintenance.PruneResult) -> str:
         if r.unused_kept_chunks
         else ""
     )
+    # Said too (new-user review s48): after a backup failed on a full disk, prune freed
+    # nothing and said nothing of the packs that backup left.
+    minutes = maintenance.UNINDEXED_PACK_MIN_AGE_S // 60
+    young = (
+        f"; {_plural(r.young_unindexed_packs, 'pack')} ({human_size(r.young_unindexed_bytes)})"
+        f" that no index names yet {'is' if r.young_unindexed_packs == 1 else 'are'} kept:"
+        f" under {minutes} minutes old, a running backup's or one that failed (a prune"
+        " after that deletes them if no backup took them)"
+        if r.young_unindexed_packs
+        else ""
+    )
     if r.dry_run:
         return (
             f"{packs}: {r.packs_deleted} to delete, {r.packs_repacked} to repack; would free"
-            f" up to {human_size(r.bytes_freed)}{kept}"
+            f" up to {human_size(r.bytes_freed)}{kept}{young}"
         )
     return (
         f"{packs}: {r.packs_deleted} deleted, {r.packs_repacked} repacked into"
-        f" {r.packs_written}; freed {human_size(r.bytes_freed)}{kept}"
+        f" {r.packs_written}; freed {human_size(r.bytes_freed)}{kept}{young}"
     )
 
 

@@ -360,6 +360,10 @@ class PruneResult:
     unused_kept_chunks: int = 0
     unused_kept_bytes: int = 0
     temporaries_removed: int = 0  # left by interrupted uploads (would be, with dry_run)
+    #: Packs no index names, kept for being younger than UNINDEXED_PACK_MIN_AGE_S (a
+    #: running backup's, or one that failed: a full disk's).
+    young_unindexed_packs: int = 0
+    young_unindexed_bytes: int = 0
     dry_run: bool = False
 
 
@@ -481,6 +485,9 @@ def _prune_locked(
     delete: list[str] = [
         name for name in unindexed if (ages.get(name) or 0) >= UNINDEXED_PACK_MIN_AGE_S
     ]
+    young = [name for name in unindexed if name not in delete]
+    result.young_unindexed_packs = len(young)
+    result.young_unindexed_bytes = sum(sizes[name] for name in young)
     repack: list[bytes] = []
     keep: dict[bytes, list[PackEntry]] = {}
     for pack_id, entries in index.packs.items():
