@@ -1358,6 +1358,37 @@ def test_prune_says_it_keeps_packs_a_backup_left_unindexed_until_they_are_old(
     assert left.exists()
     as_json = json.loads(run("--json", "backup", "prune", *key, stdin=code).stdout)
     assert (as_json["young_unindexed_packs"], as_json["young_unindexed_bytes"]) == (1, size)
+    assert as_json["undated_unindexed_packs"] == 0
+
+
+def test_prune_does_not_call_a_pack_of_no_known_age_young(
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Storage that gives no time for a pack: prune keeps it whatever its age, and said it
+    was "under 30 minutes old" and would go later (review of session 48's diff)."""
+    import io
+
+    from backupvault.backup.repo import backend
+    from backupvault.cli import main as cli_main
+
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage) + "\n"
+    pack = next(p for p in (storage / "data").rglob("*") if p.is_file())
+    pack.with_name("ab" * 16).write_bytes(pack.read_bytes())  # a pack no index names
+    real = backend.Backend.ages
+    monkeypatch.setattr(
+        backend.Backend, "ages", lambda self, folder: dict.fromkeys(real(self, folder))
+    )
+    monkeypatch.setattr("sys.stdin", io.StringIO(code))
+    with pytest.raises(SystemExit) as done:
+        cli_main.main(["backup", "prune", "--storage", str(storage), "--recovery-code", "-"])
+    assert not done.value.code
+    out = capsys.readouterr().out
+    assert "under 30 minutes old" not in out
+    assert "1 pack (" in out and "the storage gives no time for them" in out, out
 
 
 def test_quiet_is_silent_on_success_but_keeps_the_code_and_warnings(

@@ -95,8 +95,7 @@ def test_vault_finish_interrupted_during_its_password_check_finishes_the_check(
     recovered = []
 
     class Session:
-        def owed(self) -> tuple[str, ...]:
-            return ()
+        threshold = SimpleNamespace(confirmed=[])
 
         def status(self) -> SimpleNamespace:
             return SimpleNamespace(pending=())

@@ -1464,3 +1464,53 @@ def test_an_unquoted_exclude_pattern_is_said_to_want_quotes(tmp_path: Path) -> N
     done = backupvault("--json", "backup", "create", str(tmp_path), "--exclude", "a.tmp", "b.tmp")
     assert done.returncode == 2
     assert "quote an --exclude pattern" in str(last_json(done.stderr)["hint"])
+
+
+def test_local_up_weighs_nodes_against_the_current_fleet_not_every_epoch(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A deployment rotated from 3 nodes to 5 runs both sets until `local retire`: `local
+    up --nodes 5` was told the deployment "has 8 nodes" (review of session 48's diff)."""
+    import backupvault.deploy.local as local
+    from backupvault.cli import main as cli_main
+
+    names = [f"node{i}" for i in range(3)] + [f"e2-node{i}" for i in range(5)]
+    names += ["witness", "witness2", "relay"]
+    status = {n: {"pid": 1, "running": True, "url": "http://x", "healthy": True} for n in names}
+
+    class Rotated:
+        def __init__(self, root: Path) -> None:
+            self.root = root
+
+        def provisioned(self) -> bool:
+            return True
+
+        def renew_client_tokens(self) -> list[str]:
+            return []
+
+        def running(self) -> list[str]:
+            return list(status)
+
+        def all_running(self) -> bool:
+            return True
+
+        def up(self, nodes: int) -> None:
+            pass
+
+        def status(self) -> dict[str, dict[str, object]]:
+            return status
+
+        def current_epoch(self) -> int:
+            return 2
+
+        def node_count(self, epoch: int | None = None) -> int:
+            return 3 if epoch == 1 else 5
+
+    monkeypatch.setattr(local, "LocalDeployment", Rotated)
+    for nodes, warned in (("5", False), ("3", True)):
+        with pytest.raises(SystemExit) as done:
+            cli_main.main(["local", "up", "--dir", str(tmp_path), "--nodes", nodes])
+        assert not done.value.code
+        err = capsys.readouterr().err
+        assert ("is for a new deployment" in err) is warned, err
+        assert "has 8 nodes" not in err

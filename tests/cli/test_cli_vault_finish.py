@@ -173,3 +173,22 @@ def test_status_says_what_to_do_about_a_key_that_is_destroyed_or_not_there(
     destroyed = status_text()
     assert destroyed.startswith("key: destroyed")
     assert "`backupvault vault recovery-code`" in destroyed and "--new-key" in destroyed
+
+
+def test_finish_does_not_call_a_share_delivered_that_it_dropped(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A share owed for a version the entry moved past (a password change made on another
+    device) is dropped, never sent: `vault finish` said it was delivered and confirmed
+    (review of session 48's diff)."""
+    fleet = FakeFleet(5)
+    fleet.nodes[3].mode = "down"
+    here = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "here-pending.json")))
+    here.register("correct horse battery", RK)
+    fleet.nodes[3].mode = "ok"
+    other = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "other-pending.json")))
+    other.change_password(other.recover("correct horse battery"), "another password")
+    seen_before = len(fleet.nodes[3].seen)
+    code, done = _run(monkeypatch, capsys, here, "vault", "finish")
+    assert (code, done) == (0, {"finished": True, "pending": [], "delivered": []})
+    assert not any("share" in op for op in fleet.nodes[3].seen[seen_before:])  # none sent

@@ -539,6 +539,14 @@ def _prune_text(r: maintenance.PruneResult) -> str:
         " after that deletes them if no backup took them)"
         if r.young_unindexed_packs
         else ""
+    ) + (
+        f"; {_plural(r.undated_unindexed_packs, 'pack')}"
+        f" ({human_size(r.undated_unindexed_bytes)}) that no index names"
+        f" {'is' if r.undated_unindexed_packs == 1 else 'are'} kept: the storage gives no"
+        " time for them, so they may be a running backup's (the next `backup create`"
+        " takes in what they hold)"
+        if r.undated_unindexed_packs
+        else ""
     )
     if r.dry_run:
         return (

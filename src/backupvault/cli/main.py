@@ -1604,7 +1604,7 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
     from backupvault.client.errors import FleetUnavailable
 
     session = ctx.session()
-    owed = session.owed()
+    confirmed_before = len(session.threshold.confirmed)
     left = session.status().pending  # sent again on the way
     if session.needs_password_to_finish():
         password = _password(password_stdin)
@@ -1621,11 +1621,13 @@ def vault_finish(ctx: Context, password_stdin: bool) -> None:
                 " gets its share once it is back: run `backupvault vault finish` again then"
             ),
         )
-    if owed:
-        text = "delivered and confirmed: " + "; ".join(owed) + "; nothing pending"
+    # What the nodes confirmed now: a record the entry moved past is dropped, not sent.
+    delivered = session.threshold.confirmed[confirmed_before:]
+    if delivered:
+        text = "delivered and confirmed: " + "; ".join(delivered) + "; nothing pending"
     else:
         text = "nothing pending: every node confirmed"
-    ctx.output.done({"finished": True, "pending": [], "delivered": list(owed)}, text)
+    ctx.output.done({"finished": True, "pending": [], "delivered": delivered}, text)
 
 
 @vault.command("recovery-code")

@@ -106,12 +106,15 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     started = sorted(set(deployment.running()) - was_running) if was_running else []
     running_nodes = sum(bool(NODE_NAME.fullmatch(n)) for n in status)
     asked = click.get_current_context().get_parameter_source("nodes")
-    if was_provisioned and asked is ParameterSource.COMMANDLINE and nodes != running_nodes:
+    # The current epoch's: a rotated deployment runs the older epochs' nodes too until
+    # `local retire`.
+    size = deployment.node_count(deployment.current_epoch()) if was_provisioned else nodes
+    if asked is ParameterSource.COMMANDLINE and nodes != size:
         # Said, not passed over (new-user review s48): the size is the made fleet's.
         ctx.output.warn(
             f"--nodes {nodes} is for a new deployment; the one in {root} has"
-            f" {running_nodes} node{'s' * (running_nodes != 1)} (`backupvault local rotate"
-            " --nodes N` changes that)"
+            f" {size} node{'s' * (size != 1)} (`backupvault local rotate --nodes N` changes"
+            " that)"
         )
     state = (
         "already running"

@@ -416,6 +416,9 @@ class ThresholdVault:
         self._notify = notify or (lambda _message: None)
         self._clock_ms = clock_ms
         self.pending = pending if pending is not None else PendingStore(None)
+        #: Owed deliveries a node confirmed through this object, a line each ("node 4:
+        #: share of version 2"): what `vault finish` says it delivered.
+        self.confirmed: list[str] = []
         self.delivery_patience = delivery_patience
 
     def notify(self, message: str) -> None:
@@ -944,10 +947,9 @@ class ThresholdVault:
             lines.append(f"{line} ({reason})" if reason else line)
         return tuple(lines)
 
-    def owed(self) -> tuple[str, ...]:
-        """What this device owes the entry's nodes on this epoch, a line per node ("node 4:
-        share of version 2"), read from its own record: nothing is sent."""
-        return tuple(line for record in self._owed() for line in _owed_lines(record))
+    def _note_confirmed(self, record: Pending, nodes: Collection[int]) -> None:
+        owed = dict(zip(record.nodes, _owed_lines(record), strict=True))
+        self.confirmed += [owed[n] for n in sorted(owed.keys() & set(nodes))]
 
     def finish(
         self,
@@ -1033,6 +1035,7 @@ class ThresholdVault:
         acked, problems, _ = self._send_shares(
             op, live, requests, set(range(self.nodes)) - set(record.nodes), tries
         )
+        self._note_confirmed(record, acked)
         # Each node's own answer is said (until review s40 it was dropped, and a node
         # that answered with a refusal read like one that was down).
         return self.describe_pending(self.pending.acknowledged(record, set(acked)), problems)
@@ -1053,6 +1056,7 @@ class ThresholdVault:
                 erased.add(outcome.index)
             else:
                 why[outcome.index] = problem
+        self._note_confirmed(record, erased)
         return self.pending.acknowledged(record, erased), why
 
     def _finish_quietly(

@@ -940,10 +940,6 @@ class FleetSession:
             guesses_remaining_up_to=current.guesses_remaining_up_to,
         )
 
-    def owed(self) -> tuple[str, ...]:
-        """What this device owes the current epoch's nodes (`ThresholdVault.owed`)."""
-        return self.threshold.owed()
-
     def needs_password_to_finish(self) -> bool:
         """Whether finishing this device's deliveries needs the password (a recovery)."""
         return self.threshold.needs_password_to_finish()

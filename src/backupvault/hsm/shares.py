@@ -933,14 +933,12 @@ class ShareKeeper:
         # and its ERASED acknowledgement of the entry's delete could not be signed (its
         # delete answer raised after the delete committed). Each K_i is remembered for the
         # commit's acknowledgements and the client's proof checks.
-        for index in range(1, self.shape.nodes + 1):
-            try:
-                manifest.commitments.node_public_key(index)
-            except InvalidInput:
-                raise InvalidInput(
-                    f"the manifest's commitments give node {index} no key (K_{index} is the"
-                    " identity): not a dealing of this fleet's shape"
-                ) from None
+        index = _node_without_a_key(manifest)
+        if index is not None:
+            raise InvalidInput(
+                f"the manifest's commitments give node {index} no key (K_{index} is the"
+                " identity): not a dealing of this fleet's shape"
+            )
 
     @staticmethod
     def _check_kind(changing: bool, manifest: Manifest, authorization: bytes, counter: int) -> None:
@@ -2031,7 +2029,7 @@ def check_threshold_value(
         assert manifest is not None
         # As at staging (`ShareKeeper._check_dealt`): no honest node ever staged a share of
         # such an M, and a hostile peer's copy of one raised in this check (review s48).
-        if _gives_a_node_no_key(manifest):
+        if _node_without_a_key(manifest) is not None:
             return "a manifest whose commitments give a node no key"
         if (
             count_commit_acks(fleet_id, key, state.manifest, state.acks, node_keys)
@@ -2043,15 +2041,15 @@ def check_threshold_value(
     return _check_transition(fleet_id, entry_id, previous, state, manifest, limit)
 
 
-def _gives_a_node_no_key(manifest: Manifest) -> bool:
-    """Whether M's commitments make some node's K_i the identity (each K_i is remembered:
-    the acknowledgements and the clients' proof checks ask for it again)."""
+def _node_without_a_key(manifest: Manifest) -> int | None:
+    """The first node i whose K_i M's commitments make the identity, or None (each K_i is
+    remembered: the acknowledgements and the clients' proof checks ask for it again)."""
     for index in range(1, manifest.nodes + 1):
         try:
             manifest.commitments.node_public_key(index)
         except InvalidInput:
-            return True
-    return False
+            return index
+    return None
 
 
 def _held_threshold(held: bytes) -> ThresholdState | None:

@@ -364,6 +364,9 @@ class PruneResult:
     #: running backup's, or one that failed: a full disk's).
     young_unindexed_packs: int = 0
     young_unindexed_bytes: int = 0
+    #: Packs no index names whose age the storage does not give: kept, whatever it is.
+    undated_unindexed_packs: int = 0
+    undated_unindexed_bytes: int = 0
     dry_run: bool = False
 
 
@@ -474,20 +477,26 @@ def _prune_locked(
         # whose header could not be read, an index that did not open): deleting them
         # could delete it.
         raise BackupVaultError(
-            f"{lost} chunk(s) the snapshots use are in no index, and {len(unindexed)} pack(s)"
-            " no index names may hold them: prune deletes nothing",
+            f"{lost} chunk{'s' * (lost != 1)} the snapshots use {'are' if lost != 1 else 'is'}"
+            f" in no index, and {len(unindexed)} pack{'s' * (len(unindexed) != 1)} no index"
+            " names may hold them: prune deletes nothing",
             hint="run `backup check`; run prune again once every pack's header can be read"
             " (a storage error on the way) or the next `backup create` has indexed them",
         )
     # Only those written at least a lock expiry ago: a fresh one may be a running
     # backup's, not indexed yet (with no time from storage, kept).
     ages = repo.backend.ages("data") if unindexed else {}
-    delete: list[str] = [
-        name for name in unindexed if (ages.get(name) or 0) >= UNINDEXED_PACK_MIN_AGE_S
-    ]
-    young = [name for name in unindexed if name not in delete]
-    result.young_unindexed_packs = len(young)
-    result.young_unindexed_bytes = sum(sizes[name] for name in young)
+    delete: list[str] = []
+    for name in unindexed:
+        age = ages.get(name)
+        if age is not None and age >= UNINDEXED_PACK_MIN_AGE_S:
+            delete.append(name)
+        elif age is not None:
+            result.young_unindexed_packs += 1
+            result.young_unindexed_bytes += sizes[name]
+        else:
+            result.undated_unindexed_packs += 1
+            result.undated_unindexed_bytes += sizes[name]
     repack: list[bytes] = []
     keep: dict[bytes, list[PackEntry]] = {}
     for pack_id, entries in index.packs.items():

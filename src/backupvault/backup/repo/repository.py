@@ -724,7 +724,8 @@ class Repository:
                 # absence is not said (reviews s43).
                 raise Altered(
                     f"no readable snapshot{only.described()} at {self.backend.display_url}:"
-                    f" {len(hidden)} snapshot(s) cannot be read ({', '.join(hidden)})",
+                    f" {len(hidden)} snapshot{'s' * (len(hidden) != 1)} cannot be read"
+                    f" ({', '.join(hidden)})",
                     hint="run `backupvault backup check` to see what is damaged or missing; a"
                     " snapshot id restores one of the others",
                 )
