@@ -529,24 +529,28 @@ def _prune_text(r: maintenance.PruneResult) -> str:
         if r.unused_kept_chunks
         else ""
     )
+
     # Said too (new-user review s48): after a backup failed on a full disk, prune freed
     # nothing and said nothing of the packs that backup left.
+    def unindexed(count: int, size: int, names: str, why: str) -> str:
+        if not count:
+            return ""
+        are = "is" if count == 1 else "are"
+        return f"; {_plural(count, 'pack')} ({human_size(size)}) {names} {are} kept: {why}"
+
     minutes = maintenance.UNINDEXED_PACK_MIN_AGE_S // 60
-    young = (
-        f"; {_plural(r.young_unindexed_packs, 'pack')} ({human_size(r.young_unindexed_bytes)})"
-        f" that no index names yet {'is' if r.young_unindexed_packs == 1 else 'are'} kept:"
-        f" under {minutes} minutes old, a running backup's or one that failed (a prune"
-        " after that deletes them if no backup took them)"
-        if r.young_unindexed_packs
-        else ""
-    ) + (
-        f"; {_plural(r.undated_unindexed_packs, 'pack')}"
-        f" ({human_size(r.undated_unindexed_bytes)}) that no index names"
-        f" {'is' if r.undated_unindexed_packs == 1 else 'are'} kept: the storage gives no"
-        " time for them, so they may be a running backup's (the next `backup create`"
-        " takes in what they hold)"
-        if r.undated_unindexed_packs
-        else ""
+    young = unindexed(
+        r.young_unindexed_packs,
+        r.young_unindexed_bytes,
+        "that no index names yet",
+        f"under {minutes} minutes old, a running backup's or one that failed (a prune after"
+        " that deletes them if no backup took them)",
+    ) + unindexed(
+        r.undated_unindexed_packs,
+        r.undated_unindexed_bytes,
+        "that no index names",
+        "the storage gives no time for them, so they may be a running backup's (the next"
+        " `backup create` takes in what they hold)",
     )
     if r.dry_run:
         return (

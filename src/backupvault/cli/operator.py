@@ -12,7 +12,7 @@ import click
 import tomli_w
 from click.core import ParameterSource
 
-from backupvault.cli.main import Context, cli, pass_context
+from backupvault.cli.main import Context, _plural, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 from backupvault.files import private_folder, replace_file, write_new_file
@@ -113,8 +113,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
         # Said, not passed over (new-user review s48): the size is the made fleet's.
         ctx.output.warn(
             f"--nodes {nodes} is for a new deployment; the one in {root} has"
-            f" {size} node{'s' * (size != 1)} (`backupvault local rotate --nodes N` changes"
-            " that)"
+            f" {_plural(size, 'node')} (`backupvault local rotate --nodes N` changes that)"
         )
     state = (
         "already running"
@@ -133,7 +132,7 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
             "ota_client_config": str(root / "client-ota.toml"),
             "processes": status,
         },
-        f"local deployment {state}: {running_nodes} node{'s' * (running_nodes != 1)}, "
+        f"local deployment {state}: {_plural(running_nodes, 'node')}, "
         f"{sum(name.startswith('witness') for name in status)} witnesses and the relay at "
         f"{status['relay']['url']}\nclient config: {root / 'client.toml'} (pinned fleet keys),"
         f" {root / 'client-ota.toml'} (fleet keys over the air)",

@@ -1218,9 +1218,10 @@ class Replica:
         newest value a majority holds (this node's own, unless a newer one exists) and
         repairs whoever lags in turn. Each acceptor still checks every value it is sent."""
         effects: list[Effect] = []
-        # Once per tick: asked per key, the scan of every repair made settling N keys
+        # The keys under repair, listed at most once a tick and only when a chosen value
+        # needs one: asked per key, the scan of every repair made settling N keys
         # quadratic in N (a tick settling 4,000 made-up names took 1.6 s: review s48).
-        repairing = {repair.accept.key for repair in self._repairs.values()}
+        repairing: set[bytes] | None = None
         for key, unsettled in list(self._unsettled.items()):
             if unsettled.due > now:
                 continue
@@ -1237,6 +1238,8 @@ class Replica:
             if votes is not None and len(votes.acceptors) == len(self.nodes):
                 continue
             if votes is not None and votes.chosen_at is not None:
+                if repairing is None:
+                    repairing = {repair.accept.key for repair in self._repairs.values()}
                 if key not in repairing:
                     self._repair_missing(key, record, votes, unsettled, now)
                     repairing.add(key)
