@@ -78,3 +78,28 @@ def test_quiet_drops_notes_and_reports_but_not_warnings(capsys: pytest.CaptureFi
         "snapshot X is gone",
         "1 wrong password was tried since your last recovery",
     ]
+
+
+@pytest.mark.parametrize("width", [20, 30, 40, 49, 50, 60, 81, 82, 100, 160])
+@pytest.mark.parametrize("label", ["restoring", "reading snapshots"])
+def test_the_bar_is_one_line_at_any_width(width: int, label: str) -> None:
+    """A line wider than the terminal wraps, and a wrapped bar is redrawn as a new line at
+    every refresh (COLUMNS=40 filled the screen): columns that do not fit are dropped."""
+    screen = io.StringIO()
+    console = Console(file=screen, force_terminal=True, width=width, color_system=None)
+    with ProgressBar(console) as bar:
+        progress = bar._progress
+        assert progress is not None
+        bar.start(1023 << 30, label)
+        for _ in range(3):
+            bar.advance((1000 << 30) // 3)
+            time.sleep(0.02)
+        lines = console.render_lines(progress.get_renderable(), console.options)
+        bar.finish()
+    texts = ["".join(segment.text for segment in line).rstrip() for line in lines]
+    assert len(texts) == 1, texts
+    assert len(texts[0]) <= width
+    if width >= 40:
+        assert re.search(r"[\d,]+\.\d/1,023\.0 GiB", texts[0]), texts
+    if width >= 82:
+        assert re.search(r"(KiB|MiB|GiB|TiB)/s", texts[0]), texts

@@ -120,6 +120,13 @@ class Output:
         return ProgressBar(self.err)
 
 
+#: Terminal widths from which the bar, and then the speed and time left, are drawn: the
+#: longest label and amount ("reading snapshots", "1023.9/1023.9 GiB") take 40 columns,
+#: the speed and time left 22 more; a bar narrower than 10 says nothing.
+WIDTH_FOR_BAR = 50
+WIDTH_FOR_SPEED = 82
+
+
 class ProgressBar:
     """Adapts the backup package's progress callbacks to a rich bar on stderr. Disabled, it
     does nothing (and rich.progress is not even imported: it costs start-up time)."""
@@ -138,6 +145,7 @@ class ProgressBar:
                 TextColumn,
                 TimeRemainingColumn,
             )
+            from rich.table import Column
             from rich.text import Text
 
             from backupvault.backup.safe import human_size
@@ -157,15 +165,20 @@ class ProgressBar:
                 def render(self, task: Task) -> Text:
                     return Text("") if task.total is None else super().render(task)
 
-            self._progress = Progress(
-                TextColumn("{task.description}"),
-                BarColumn(),
-                AmountColumn(binary_units=True),
-                SpeedColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-            )
+            # One line at any width: a column that does not fit is dropped, not wrapped
+            # (a wrapped bar redraws as a new line on every refresh).
+            width = console.width
+            one_line = Column(no_wrap=True)
+            columns: list[ProgressColumn] = [
+                TextColumn("{task.description}", table_column=one_line)
+            ]
+            if width >= WIDTH_FOR_BAR:
+                beside = 62 if width >= WIDTH_FOR_SPEED else 40
+                columns.append(BarColumn(bar_width=min(40, width - beside)))
+            columns.append(AmountColumn(binary_units=True, table_column=one_line))
+            if width >= WIDTH_FOR_SPEED:
+                columns += [SpeedColumn(table_column=one_line), TimeRemainingColumn()]
+            self._progress = Progress(*columns, console=console, transient=True)
 
     def __enter__(self) -> ProgressBar:
         if self._progress is not None:
