@@ -22,6 +22,24 @@ from typing import Protocol
 
 from backupvault.fleet.messages import AcceptorRecord
 
+#: How far above the highest round it has promised (for any entry, or for this one) an
+#: acceptor takes a ballot (`Replica._refused`). Honest rounds grow by one per proposal; a
+#: hostile proposer sending rounds near 2^64 would otherwise leave no higher round for
+#: anyone (ballot inflation stalls every honest proposer). 2^32 until review s49: a
+#: hostile node walked an honest acceptor to the ceiling in 2^30 Prepares, about nine
+#: hours of what the channel admits from one peer, and could then take any entry out of
+#: reach with one more.
+MAX_ROUND_STEP = 1 << 20
+
+
+def raised_floor(floor: int, promised_round: int) -> int:
+    """The highest round a node counts as promised (its floor for ballot inflation) once it
+    stores a record promising `promised_round`: a step above the floor at most. A record
+    the acceptor promised itself is never further above (it refuses such ballots); a copy
+    a peer handed over during catch-up can be anywhere, and one copy at the ceiling from a
+    hostile peer switched the check off at that node for good, on disk (review s49)."""
+    return max(floor, min(promised_round, floor + MAX_ROUND_STEP))
+
 
 @dataclass(frozen=True)
 class Mark:
@@ -112,7 +130,7 @@ class MemoryRecords:
     def put(self, record: AcceptorRecord) -> None:
         self._last_ver += 1
         self._records[record.key] = (record, self._last_ver)
-        self._max_round = max(self._max_round, record.promised_round)
+        self._max_round = raised_floor(self._max_round, record.promised_round)
 
     def max_round(self) -> int:
         return self._max_round

@@ -58,7 +58,13 @@ from backupvault.fleet.messages import (
     payload_of,
     well_formed,
 )
-from backupvault.fleet.records import Mark, MemoryRecords, RecordSource
+from backupvault.fleet.records import (
+    MAX_ROUND_STEP,
+    Mark,
+    MemoryRecords,
+    RecordSource,
+    raised_floor,
+)
 from backupvault.invariants import require
 
 ChangeFn = Callable[[bytes], tuple[bytes, Any]]
@@ -93,14 +99,17 @@ MAX_VALUE_BYTES = 1 << 18
 #: A store id is 16 random bytes (node/store.py); a catch-up page naming a longer one is
 #: not an honest node's, and the mark it would leave could not be written.
 MAX_STORE_ID_BYTES = 64
-#: How far above the highest round it has seen an acceptor takes a ballot. Honest rounds
-#: grow by one per proposal; a hostile proposer sending rounds near 2^64 would otherwise
-#: leave no higher round for anyone (ballot inflation stalls every honest proposer).
-MAX_ROUND_STEP = 1 << 32
 #: No ballot at or above this round is taken or learned, so rounds (and the next round
 #: after them) always fit the store's u64 fields. Inflating an honest node this far takes
-#: 2^30 Accepts each `MAX_ROUND_STEP` higher; it then stalls (liveness, not safety).
+#: 2^42 messages each `MAX_ROUND_STEP` higher (about 4,000 years of what the channel
+#: admits from one peer); it then stalls (liveness, not safety).
 ROUND_CEILING = 1 << 62
+#: Prepares a proposer sends a step apart below its ballot when some acceptor stands more
+#: than a step below it (`Replica._rungs`), so that acceptor can take the ballot. Without
+#: them a hostile node that walked two honest acceptors' rounds up 50 steps (100 Prepares)
+#: left the other honest ones a step per refused round behind: every change to the entry
+#: failed for minutes (review s49). Rungs cost messages only when rounds were walked.
+MAX_RUNGS = 256
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
@@ -239,6 +248,10 @@ class _Proposal:
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
+    # Acceptors that refused this ballot although their promise is below it (a step too
+    # far above their rounds), with the lowest promise each reported: the next ballot's
+    # rungs to each start there (`Replica._rungs`).
+    left_behind: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -269,6 +282,7 @@ class _Lead:
     accepts: set[int] = field(default_factory=set)
     refusals: set[int] = field(default_factory=set)  # acceptors that refused `held`
     queue: deque[tuple[int, Forward]] = field(default_factory=deque)
+    left_behind: dict[int, int] = field(default_factory=dict)  # as `_Proposal.left_behind`
 
 
 class Replica:
@@ -546,7 +560,8 @@ class Replica:
     def _learn_round(self, key: bytes, promised_round: int, refused: Ballot) -> None:
         """Note for `key`'s next ballot the promise an acceptor reported when it refused
         `refused`, a ballot this node sent (its own, or one it resends as a repair): never
-        more than `MAX_ROUND_STEP` - 1 above that ballot, and never to `ROUND_CEILING`.
+        more than `MAX_RUNGS` + 1 steps above that ballot (the next ballot's rungs lead
+        there, `_rungs`), and never to `ROUND_CEILING`.
 
         A peer's answer is its word. Learned from any answer, and a step above this node's
         highest round each time, two answers made up by a hostile peer (unsolicited ones
@@ -554,9 +569,10 @@ class Replica:
         acceptor's rounds: they all refused it as inflated, for good (until a restart),
         and this node's own rounds never committed again. Every acceptor that answered
         the refused ballot (or whose promise is higher) has seen its round, so a ballot
-        at most a step above it is never refused as inflated; an honest promise far
-        above is still reached, a step per refused round."""
-        learned = min(promised_round, refused.round + MAX_ROUND_STEP - 1, ROUND_CEILING - 1)
+        at most a step above it is never refused as inflated, nor one its rungs lead
+        to; an honest promise far above is still reached, `MAX_RUNGS` steps per round."""
+        climb = (MAX_RUNGS + 1) * MAX_ROUND_STEP
+        learned = min(promised_round, refused.round + climb - 1, ROUND_CEILING - 1)
         self._learned[key] = max(self._learned.pop(key, 0), learned)
         if len(self._learned) > LEARNED_ENTRIES:
             self._learned.popitem(last=False)  # forgetting costs a refused round, no more
@@ -577,6 +593,35 @@ class Replica:
         held = lead.held.round + 1 if lead is not None else 0
         promised = self._record(key).promised.round
         return max(promised, held, after.round, self._learned.get(key, 0)) + 1
+
+    def _rungs(
+        self, prepare: Prepare, after: Ballot, left_behind: dict[int, int], now: float
+    ) -> list[Effect]:
+        """Prepares a step apart, sent before `prepare`, to each acceptor that may stand
+        more than a step below its round: this node's own (from its promise for the
+        entry, which covers every ballot this node used for it), a peer that refused the
+        last ballot `after` below it (from the promise it reported, `left_behind`), and
+        any other peer (from the higher of `after` and that promise). An acceptor refuses a
+        round more than a step above any it has promised and takes each rung in turn:
+        `MAX_RUNGS` at most a round, the rest the next. None in every round the fleet
+        makes without a hostile node walking rounds up or claiming promises (a ballot
+        rises a step at most above the last, `_learn_round`); and a peer that lies
+        about its promise gets the rungs itself.
+
+        Only promises: no value is ever sent at a rung's ballot, so taking one is as safe
+        as any Prepare, and its Promise answers no round of this node's."""
+        effects: list[Effect] = []
+        own = self._record(prepare.key).promised.round
+        level = max(after.round, own)
+        starts = [(peer, left_behind.get(peer, level)) for peer in self.peers]
+        for peer, low in [(self.node, own), *starts]:
+            for round_ in range(low + MAX_ROUND_STEP, prepare.round, MAX_ROUND_STEP)[:MAX_RUNGS]:
+                rung = replace(prepare, round=round_)
+                if peer == self.node:
+                    effects += self._deliver_locally(rung, now)
+                else:
+                    effects.append(Send(peer, rung))
+        return effects
 
     def tick(self, now: float) -> list[Effect]:
         self._now = now
@@ -665,7 +710,7 @@ class Replica:
         require(record.accepted >= before.accepted, "accepted ballot went backwards")
         require(record.promised >= record.accepted, "accepted above the promise")
         self.source.put(record)
-        self._max_round = max(self._max_round, record.promised.round)
+        self._max_round = raised_floor(self._max_round, record.promised.round)
         if kind == "accept" and record.value:
             payload = payload_of(record.value)
             if self._on_accept is not None:
@@ -688,16 +733,19 @@ class Replica:
                 self._unsettled[record.key] = settling
         return Persist(record, kind)
 
-    def _refused(self, message: Prepare | Accept) -> bool:
-        """Whether this acceptor refuses the message whatever its ballot: a round far above
-        any it has seen, or a value the application's check refuses."""
-        if message.round > self._max_round + MAX_ROUND_STEP or message.round >= ROUND_CEILING:
+    def _refused(self, message: Prepare | Accept, record: AcceptorRecord) -> bool:
+        """Whether this acceptor refuses the message whatever its ballot: a round more than
+        a step above any it has promised (for any entry, or for this one: a copy's rounds
+        stand wherever its peer's stood, and do not move the node's floor), or a value the
+        application's check refuses."""
+        floor = max(self._max_round, record.promised.round)
+        if message.round > floor + MAX_ROUND_STEP or message.round >= ROUND_CEILING:
             return True
         if not isinstance(message, Accept) or self._check_value is None:
             return False
         try:
             payload = payload_of(message.value)
-            held = payload_of(self._record(message.key).value)
+            held = payload_of(record.value)
         except InvalidInput:
             return True
         return self._check_value(message.key, payload, held) is not None
@@ -705,7 +753,7 @@ class Replica:
     def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)
         ballot = Ballot(message.round, message.node)
-        refused = self._refused(message)
+        refused = self._refused(message, record)
         if isinstance(message, Prepare):
             ok = not refused and ballot >= record.promised
             effects: list[Effect] = []
@@ -896,15 +944,17 @@ class Replica:
             return []
         ballot = Ballot(self._next_round(proposal.key, proposal.ballot), self.node)
         require(ballot > proposal.ballot, "a proposal's ballots only grow")
-        proposal.ballot = ballot
+        after, proposal.ballot = proposal.ballot, ballot
         proposal.phase = "prepare"
         proposal.round_started = now
         proposal.promises = {}
         proposal.accepts = set()
         proposal.refusals = set()
         prepare = Prepare(proposal.op_id, proposal.key, *_ballot(proposal.ballot))
-        effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
-        return self._deliver_locally(prepare, now) + effects
+        effects = self._rungs(prepare, after, proposal.left_behind, now)
+        proposal.left_behind = {}
+        effects += self._deliver_locally(prepare, now)
+        return effects + [Send(peer, prepare) for peer in self.peers]
 
     def _current(self, op_id: bytes, round_: int, node: int, phase: str) -> _Proposal | None:
         proposal = self._by_op.get(op_id)
@@ -1167,6 +1217,7 @@ class Replica:
         ballot at once: backing off on the first refusal made one such node fail every
         round (and every leader hold, `_lead_refused`) while all the others promised."""
         self._learn_round(proposal.key, promised_round, proposal.ballot)
+        _note_left_behind(proposal.left_behind, sender, promised_round, proposal.ballot)
         proposal.refusals.add(sender)
         if len(proposal.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1378,6 +1429,7 @@ class Replica:
 
     def _lead_prepare(self, lead: _Lead, now: float) -> list[Effect]:
         """Phase 1 for one entry: a fresh ballot, promised by a majority before use."""
+        after = lead.held
         lead.held = Ballot(self._next_round(lead.key, lead.held), self.node)
         lead.phase = "prepare"
         self._leading[lead.key] = None
@@ -1387,8 +1439,10 @@ class Replica:
         lead.refusals = set()
         lead.started = now
         prepare = Prepare(lead.prepare_id, lead.key, *_ballot(lead.held))
-        effects: list[Effect] = [Send(peer, prepare) for peer in self.peers]
-        return self._deliver_locally(prepare, now) + effects
+        effects = self._rungs(prepare, after, lead.left_behind, now)
+        lead.left_behind = {}
+        effects += self._deliver_locally(prepare, now)
+        return effects + [Send(peer, prepare) for peer in self.peers]
 
     def _lead_on_promise(
         self, lead: _Lead, sender: int, message: Promise, now: float
@@ -1447,6 +1501,7 @@ class Replica:
         """As `_refused_by` for a proposal: the hold is given up only once no majority is
         left to answer yes, not on one (possibly hostile) refusal."""
         self._learn_round(lead.key, promised_round, lead.held)
+        _note_left_behind(lead.left_behind, sender, promised_round, lead.held)
         lead.refusals.add(sender)
         if len(lead.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1604,6 +1659,16 @@ def _refused_by_check(message: Accepted) -> bool:
     naming a promise at or below the Accept's ballot came from the check."""
     promised = Ballot(message.promised_round, message.promised_node)
     return not message.ok and promised <= Ballot(message.round, message.node)
+
+
+def _note_left_behind(
+    left_behind: dict[int, int], sender: int, promised_round: int, refused: Ballot
+) -> None:
+    """Note an acceptor that refused `refused` with a promise below it: it refused the
+    round itself (too far above its own, or a value its check refuses), not for a higher
+    promise, and the next ballot's rungs to it start at that promise."""
+    if promised_round < refused.round:
+        left_behind[sender] = min(left_behind.get(sender, promised_round), promised_round)
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:

@@ -236,7 +236,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.fleet.messages import AcceptorRecord, payload_of
-from backupvault.fleet.records import Changes, Mark
+from backupvault.fleet.records import Changes, Mark, raised_floor
 from backupvault.hsm.shares import holds_live_value
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState
 from backupvault.protocol import EntryStatus
@@ -1277,7 +1277,7 @@ class NodeStore:
                     plain = _pack_record(record)
                     sealed = self._seal(self._row_keys(name)[0], plain, self._aad(name, ver))
                     rows.append((ver, name, sealed))
-                    max_round = max(max_round, record.promised_round)
+                    max_round = raised_floor(max_round, record.promised_round)
                 # The old row of a name goes (UNIQUE name), the new one takes the next rowid.
                 self._db.executemany(
                     "INSERT OR REPLACE INTO record (ver, name, row) VALUES (?, ?, ?)", rows
