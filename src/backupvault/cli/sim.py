@@ -29,6 +29,11 @@ from backupvault.cli.main import cli
     is_flag=True,
     help="Hostile nodes hand a node catching up stale values at high ballots.",
 )
+@click.option(
+    "--no-walks",
+    is_flag=True,
+    help="Hostile nodes walk no rounds up (hostile seeds' plans before session 49).",
+)
 def sim(
     seeds: int,
     start: int,
@@ -40,6 +45,7 @@ def sim(
     leaderless: bool,
     hostile: int,
     stale_catch_up: bool,
+    no_walks: bool,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -56,4 +62,6 @@ def sim(
         argv += ["--hostile", str(hostile)]
     if stale_catch_up:
         argv.append("--stale-catch-up")
+    if no_walks:
+        argv.append("--no-walks")
     sys.exit(main(argv))

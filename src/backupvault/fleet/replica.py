@@ -202,6 +202,13 @@ class _Repair:
     # one too is given up on, not lifted again (its restart or the entry's next change
     # brings it the value).
     lifted: bool = False
+    # Pending nodes that refused the ballot as more than a step above their rounds (a
+    # hostile node walked the others up), by the promise each last reported: the next
+    # resend is preceded by rungs to each (`Replica._repair_rungs`) while that promise
+    # rises; one that did not take the last rungs is given up on (a hostile node's
+    # refusals would have had rungs sent to it every second of the repair window).
+    left_behind: dict[int, int] = field(default_factory=dict)
+    climbing: set[int] = field(default_factory=set)  # owed rungs with the next resend
 
 
 @dataclass
@@ -623,6 +630,19 @@ class Replica:
                     effects.append(Send(peer, rung))
         return effects
 
+    def _repair_rungs(self, repair: _Repair, peer: int, now: float) -> list[Effect]:
+        """Rungs to a pending node that refused the repair's ballot as too far above its
+        rounds, from the promise it reported (as before a proposal's Prepare): this node's
+        ballots below the repair's round, which it has promised past (it holds the chosen
+        value) and never uses again; the Accept that follows is the chosen one."""
+        if peer not in repair.climbing:
+            return []
+        repair.climbing.discard(peer)
+        accept = repair.accept
+        low = repair.left_behind[peer]
+        rounds = range(low + MAX_ROUND_STEP, accept.round, MAX_ROUND_STEP)[:MAX_RUNGS]
+        return [Send(peer, Prepare(accept.op_id, accept.key, r, self.node)) for r in rounds]
+
     def tick(self, now: float) -> list[Effect]:
         self._now = now
         effects: list[Effect] = []
@@ -658,6 +678,7 @@ class Replica:
                             # in the node's shell and ended its ticks.
                             effects += self._deliver_locally(repair.accept, now)
                         else:
+                            effects += self._repair_rungs(repair, peer, now)
                             effects.append(Send(peer, repair.accept))
                 elif repair.accept.key not in self._queues:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
@@ -1158,7 +1179,14 @@ class Replica:
             # Refused again after a no-op round lifted the value above its promise: given
             # up. A hostile node refuses every ballot; lifted for each refusal, it had the
             # fleet run a round every two seconds for ever, for every entry it lagged on.
-            if message.ok or _refused_by_check(message) or repair.lifted:
+            if _left_a_step_below(message) and message.promised_round > repair.left_behind.get(
+                sender, -1
+            ):
+                # Too far above its rounds to take (a walk left it behind): it may take the
+                # value once rungs have climbed it, so it stays pending.
+                repair.left_behind[sender] = message.promised_round
+                repair.climbing.add(sender)
+            elif message.ok or _refused_by_check(message) or repair.lifted:
                 repair.pending.discard(sender)
             else:
                 repair.refused = True
@@ -1651,6 +1679,13 @@ def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
     return Accepted(
         message.op_id, message.key, message.round, message.node, ok, *_ballot(promised), digest
     )
+
+
+def _left_a_step_below(message: Accepted) -> bool:
+    """A refusal whose acceptor's promise stands more than a step below the Accept's round:
+    no check refuses a value for that, so its acceptor refused the round as too far above
+    its own (docs/fleet.md, "Rounds walked up by a hostile node")."""
+    return not message.ok and message.promised_round + MAX_ROUND_STEP < message.round
 
 
 def _refused_by_check(message: Accepted) -> bool:

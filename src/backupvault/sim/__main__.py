@@ -48,6 +48,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="hostile nodes hand a node catching up stale values at high ballots",
     )
+    parser.add_argument(
+        "--no-walks",
+        action="store_true",
+        help="hostile nodes walk no rounds up (the plans of hostile seeds before session 49)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.hostile < (args.nodes or 3) // 2 + 1:
         parser.error("--hostile: fewer than a majority of --nodes (give --nodes 5 for 2)")
@@ -57,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
         leader=not args.leaderless,
         hostile=args.hostile,
         stale_catch_up=args.stale_catch_up,
+        walks=not args.no_walks,
     )
     if args.seed is not None:
         result = run_seed(args.seed, config)

@@ -42,9 +42,10 @@ from backupvault.fleet.messages import (
     SyncResponse,
     payload_of,
 )
-from backupvault.fleet.records import MemoryRecords
+from backupvault.fleet.records import MAX_ROUND_STEP, MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
+    ROUND_CEILING,
     Committed,
     Effect,
     Failed,
@@ -122,6 +123,9 @@ class SimConfig:
     hostile: int = 0  # the last `hostile` slots are the attacker's (docs/simulation.md)
     #: Hostile nodes hand a node catching up stale values at high ballots (else silence).
     stale_catch_up: bool = False
+    #: Hostile nodes walk entries' rounds up at honest nodes (`walk` steps; off: the plans
+    #: hostile seeds had before session 49).
+    walks: bool = True
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
     exhausted_grace: float = 10.0
@@ -133,7 +137,7 @@ DEFAULT_CONFIG = SimConfig()
 @dataclass(frozen=True)
 class Step:
     t: float
-    kind: str  # crash | restart | backup | partition | heal | op | replay | suspect
+    kind: str  # crash | restart | backup | partition | heal | op | replay | suspect | walk
     node: int = -1
     client: int = -1
     arg: str = ""
@@ -154,6 +158,9 @@ class Step:
                 return f"node{self.node} passes over node{self.n} as leader (a false timeout)"
             case "op":
                 return f"client c{self.client} starts {self.arg}"
+            case "walk":
+                at = ",".join(f"node{n}" for n in self.nodes)
+                return f"node{self.node} walks an entry's rounds {self.arg} steps up at {at}"
             case _:
                 return f"relay replays captured request #{self.n} ({self.arg}) to node{self.node}"
 
@@ -221,6 +228,8 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
             )
     if config.leader and config.leader_faults:
         steps += _leader_faults(seed, n, config)
+    if config.hostile and config.walks:
+        steps += _walks(seed, n, config)
     net = config.network_faults
     steps.sort(key=lambda s: s.t)
     return Plan(
@@ -252,6 +261,29 @@ def _leader_faults(seed: int, n: int, config: SimConfig) -> list[Step]:
     for _ in range(rng.randint(0, 4)):
         t = rng.uniform(0.5, config.chaos_seconds)
         steps.append(Step(t, "suspect", node=rng.randrange(1, n), n=rng.randrange(2)))
+    return steps
+
+
+def _walks(seed: int, n: int, config: SimConfig) -> list[Step]:
+    """A hostile node walks one entry's rounds up at some honest nodes, a Prepare a step
+    above each one's floor at a time (review s49: the others are left more than a step
+    below and must be climbed by rungs). Drawn from their own generator, as the leader's
+    faults are, so that plans without hostile nodes stay as they were."""
+    rng = random.Random(seed * 7919 + 5)
+    honest = range(n - config.hostile)
+    steps: list[Step] = []
+    for _ in range(rng.randint(0, 3)):
+        targets = tuple(sorted(rng.sample(honest, rng.randint(1, len(honest)))))
+        steps.append(
+            Step(
+                rng.uniform(1.0, config.chaos_seconds),
+                "walk",
+                node=n - 1 - rng.randrange(config.hostile),
+                nodes=targets,
+                n=rng.randrange(1000),
+                arg=str(rng.choice((3, 30, 300))),
+            )
+        )
     return steps
 
 
@@ -718,7 +750,7 @@ class Simulation:
 
     def _step(self, step: Step) -> None:
         n = self.members[step.node] if step.node >= 0 else None
-        if n is not None and n.hostile is not None and step.kind != "replay":
+        if n is not None and n.hostile is not None and step.kind not in ("replay", "walk"):
             return  # the attacker's node: no faults of ours
         match step.kind:
             case "op":
@@ -763,6 +795,31 @@ class Simulation:
                     n.replica.suspect(step.n, self.now)
             case "replay":
                 self._replay(step)
+            case "walk":
+                self._walk(step)
+
+    def _walk(self, step: Step) -> None:
+        """Hostile node `step.node` sends each honest target it can reach `step.arg`
+        Prepares for one entry, each a step above that node's floor."""
+        keys = sorted(
+            {
+                r.key
+                for i in self.honest
+                for r in self.members[i].disk.records()
+                if is_entry_key(r.key)
+            }
+        )
+        if not keys:
+            return
+        key = keys[step.n % len(keys)]
+        self.log(step.describe())
+        for target in step.nodes:
+            replica = self.members[target].replica
+            if replica is None or not replica.ready or target in self.isolated:
+                continue
+            for i in range(int(step.arg)):
+                round_ = min(replica._max_round + MAX_ROUND_STEP, ROUND_CEILING - 1)
+                self.inject(step.node, target, Prepare(b"walk%d" % i, key, round_, step.node))
 
     def crash(self, slot: int) -> None:
         """Node `slot` loses its memory (replica, keeper, requests in progress)."""
