@@ -1148,6 +1148,33 @@ def test_repair_drops_a_damaged_chunk_and_the_next_backup_stores_it_again(
     assert run("backup", "check", "--read-data", *key).returncode == 0
 
 
+def test_prune_refuses_over_a_pack_storage_leaves_out_and_repair_indexes_it_when_back(
+    tmp_path: Path, source: Path
+) -> None:
+    """A pack missing from storage's listing: prune stops with exit 9 and points to
+    repair; a repair drops it; listed again, intact, the next repair indexes it again and
+    says so (it said "no damage ... nothing to repair"), and the snapshot restores."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    key = ("--storage", str(storage), "--recovery-code", code)
+    pack = next((storage / "data").iterdir())
+    aside = tmp_path / "aside"
+    pack.rename(aside)
+    pruned = run("backup", "prune", *key)
+    assert pruned.returncode == 9, pruned.stderr
+    assert pack.name in pruned.stderr and "`backup repair`" in pruned.stderr
+    dropped = run("backup", "repair", *key)
+    assert dropped.returncode == 0 and "1 missing pack dropped from the index" in dropped.stdout
+    aside.rename(pack)  # listed again, every byte intact
+    repaired = run("backup", "repair", *key)
+    assert repaired.returncode == 0, repaired.stderr
+    assert "1 unindexed pack indexed" in repaired.stdout, repaired.stdout
+    assert "nothing to repair" in run("backup", "repair", *key).stdout
+    restored = run("backup", "restore", "--to", str(tmp_path / "out"), *key)
+    assert restored.returncode == 0, restored.stderr
+    assert same_tree(source, tmp_path / "out")
+
+
 def test_repair_names_a_malformed_pack_id_before_asking_for_the_key(
     tmp_path: Path, source: Path
 ) -> None:

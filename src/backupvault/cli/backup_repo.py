@@ -641,7 +641,7 @@ def _repair_text(r: maintenance.RepairResult) -> str:
     from backupvault.backup import human_size
 
     read = f"{_plural(r.packs, 'pack')} read ({human_size(r.read_bytes)})"
-    if not (r.damage or r.packs_missing):
+    if not (r.damage or r.packs_missing or r.packs_indexed):
         return f"no damage: {read}, nothing to repair"
     would = "would be " if r.dry_run else ""
     into = "" if r.dry_run else f" into {_plural(r.packs_written, 'new pack')}"

@@ -465,6 +465,7 @@ def _prune_locked(
     index_names = list(repo.backend.list("index"))
     index, sizes, _adopted = repo.load_index(adopt_unindexed=False)
     used = snapshot_references(repo)
+    _refuse_over_missing_packs(index, sizes, used)
     # Forget records are kept for good (a few dozen bytes each): storage that kept a copy
     # of a forgotten snapshot could bring it back unseen once its record was gone (review
     # s42, F3).
@@ -501,7 +502,7 @@ def _prune_locked(
     keep: dict[bytes, list[PackEntry]] = {}
     for pack_id, entries in index.packs.items():
         if pack_id.hex() not in sizes:
-            continue  # listed but missing: check reports it; nothing to keep or free
+            continue  # missing, holding no chunk in use that only it has: nothing to keep
         unused = [e for e in entries if e.chunk_id not in used]
         result.unused_chunks += len(unused)
         unused_bytes = sum(e.length for e in unused)
@@ -553,6 +554,31 @@ def _prune_locked(
     for name in stale:
         repo.backend.delete(name)
     return result
+
+
+def _refuse_over_missing_packs(index: Index, sizes: Mapping[str, int], used: set[bytes]) -> None:
+    """Raise while a pack the index names is missing from storage's listing and holds a
+    chunk the snapshots use that no listed pack holds. The new index would leave it out
+    for good: once storage listed it again (a listing that lags, as on WebDAV, sftp or a
+    sync tool; or storage hiding it for one run), its intact chunks were in no index, and
+    restore, check and repair called them lost (storage review s49, F2). restic's prune
+    refuses too."""
+    listed, missing = index.present(sizes)
+    needed = [
+        p.hex()
+        for p in missing
+        if any(e.chunk_id in used and e.chunk_id not in listed for e in index.packs[p])
+    ]
+    if needed:
+        more = f" (and {len(needed) - 1} more)" if len(needed) > 1 else ""
+        raise MissingObject(
+            f"pack {needed[0]}{more}, which the index names and snapshots use, is missing"
+            " from storage's listing: prune deleted and rewrote nothing",
+            hint="storage that lists objects late (WebDAV, sftp, a sync tool) may list it"
+            " again: run prune again later; `backup check` names the files that use it. If"
+            " it is really gone, `backup repair` drops it from the index, then prune goes on"
+            " (the next `backup create` stores those files again)",
+        )
 
 
 def _copy_chunks(
@@ -901,7 +927,12 @@ def _repair_locked(
     for pack_id, entries in index.packs.items():
         if pack_id.hex() in sizes and pack_id not in damaged:
             kept.add_pack(pack_id, entries)
-    to_repair = bool(damaged or missing or repo.damaged_indexes)
+    # An intact pack holding chunks no index names is indexed with no other damage too: a
+    # pack left out of the index while storage did not list it (by a repair, or an older
+    # prune) holds chunks snapshots use (storage review s49, F2).
+    to_repair = bool(damaged or missing or repo.damaged_indexes) or any(
+        e.chunk_id not in index.chunks for entries in adopted.values() for e in entries
+    )
     if to_repair:
         for pack_id, entries in adopted.items():
             kept.add_pack(pack_id, entries)

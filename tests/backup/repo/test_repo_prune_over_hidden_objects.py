@@ -1,0 +1,137 @@
+"""What a prune does on storage that hides objects while it runs (storage review s49).
+
+Storage (or a listing that lags: WebDAV, sftp, a sync tool) that leaves an object out of
+one listing could have a prune act on that listing for good."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+
+from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
+from backupvault.backup.repo.backend import MissingObject
+from backupvault.backup.repo.state import DeviceState
+from backupvault.backup.storage import Storage
+from backupvault.errors import BackupVaultError
+
+SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 4096}
+
+
+def _age(repo: Path) -> None:
+    """Every object written two hours ago (so prune may delete unindexed packs)."""
+    old = time.time() - 7200
+    for p in repo.rglob("*"):
+        os.utime(p, (old, old), follow_symlinks=False)
+
+
+def _two_snapshots(tmp_path: Path, root_key: bytes, state: Path) -> tuple[Path, Path, str, str]:
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "keep").write_bytes(os.urandom(3000))
+    (source / "only-in-first").write_bytes(os.urandom(3000))
+    repo = tmp_path / "repo"
+    first = create_snapshot(source, str(repo), root_key, repo_params=SMALL, state_dir=state)
+    (source / "only-in-first").unlink()
+    second = create_snapshot(source, str(repo), root_key, state_dir=state)
+    assert second.parent_id == first.snapshot_id
+    _age(repo)
+    return source, repo, first.snapshot_id, second.snapshot_id
+
+
+def _a_pack_the_snapshot_uses(repo: Path, root_key: bytes, snapshot_id: str) -> str:
+    opened = Repository.open(Storage(str(repo)), root_key)
+    index, _, _ = opened.load_index()
+    snap = opened.read_snapshot(snapshot_id)
+    used = {c for e in snap.entries or [] for c in e.chunks}
+    pack = next(p for p, entries in index.packs.items() if used & {e.chunk_id for e in entries})
+    return pack.hex()
+
+
+def test_a_pack_left_out_of_one_listing_is_not_dropped_from_the_index_for_good(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A pack the index lists, which snapshots use, is missing from the listing prune
+    reads. Prune wrote an index without it and superseded the old one: when storage
+    listed the pack again, its data was all there and authentic, but every restore that
+    needed it failed ("in no pack the index lists"). restic's prune refuses on missing
+    packs."""
+    state = tmp_path / "state"
+    _source, repo, _first, second = _two_snapshots(tmp_path, root_key, state)
+    victim = _a_pack_the_snapshot_uses(repo, root_key, second)
+    away = tmp_path / "pack-away"
+    shutil.move(repo / "data" / victim, away)
+
+    opened = Repository.open(Storage(str(repo)), root_key)
+    device = DeviceState(state, opened.keys.repo_id, str(repo))
+    with contextlib.suppress(BackupVaultError):  # refusing is fine
+        maintenance.prune(opened, dry_run=False, state=device)
+    shutil.move(away, repo / "data" / victim)  # listed again, every byte intact
+
+    repaired = maintenance.repair(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    try:
+        restore_snapshot(str(repo), root_key, tmp_path / "restored", second)
+    except BackupVaultError as exc:
+        pytest.fail(
+            f"pack {victim} is back and intact, yet after prune and `backup repair`"
+            f" (packs_indexed={repaired.packs_indexed}, files named lost:"
+            f" {[d.paths for d in repaired.damaged_files]}) the restore fails: {exc.message}"
+        )
+
+
+def test_prune_refuses_while_a_pack_in_use_is_missing_and_deletes_nothing(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """The refusal is a damaged repository's (exit 9), names the pack, says what to do,
+    and leaves every object as it was, also in a dry run."""
+    state = tmp_path / "state"
+    _source, repo, _first, second = _two_snapshots(tmp_path, root_key, state)
+    victim = _a_pack_the_snapshot_uses(repo, root_key, second)
+    (repo / "data" / victim).unlink()
+    before = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if "locks" not in p.parts)
+    opened = Repository.open(Storage(str(repo)), root_key)
+    for dry_run in (True, False):
+        with pytest.raises(MissingObject, match=victim) as refused:
+            maintenance.prune(opened, dry_run=dry_run, max_unused=0.0)
+        assert refused.value.exit_code == 9
+        assert "prune deleted and rewrote nothing" in refused.value.message
+        assert "`backup repair`" in str(refused.value.hint)
+        after = sorted(str(p.relative_to(repo)) for p in repo.rglob("*") if "locks" not in p.parts)
+        assert after == before
+    # Really gone: the repair drops it from the index, and prune goes on.
+    maintenance.repair(opened, dry_run=False)
+    maintenance.prune(opened, dry_run=False)
+
+
+def test_repair_indexes_an_intact_pack_no_index_names_with_no_other_damage(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A repair run while storage did not list a pack drops it from the index (as it
+    should: it is missing). Listed again, whole, the next repair found no damage and left
+    it out of the index, naming its files lost; now it indexes it."""
+    state = tmp_path / "state"
+    _source, repo, _first, second = _two_snapshots(tmp_path, root_key, state)
+    victim = _a_pack_the_snapshot_uses(repo, root_key, second)
+    away = tmp_path / "pack-away"
+    shutil.move(repo / "data" / victim, away)
+    dropped = maintenance.repair(Repository.open(Storage(str(repo)), root_key), dry_run=False)
+    assert dropped.packs_missing == [victim]
+    shutil.move(away, repo / "data" / victim)  # listed again, every byte intact
+
+    opened = Repository.open(Storage(str(repo)), root_key)
+    checked = maintenance.check(opened, read_data=False)
+    assert checked.errors and checked.damaged_files  # its chunks are in no index
+    repaired = maintenance.repair(opened, dry_run=False)
+    assert (repaired.packs_indexed, repaired.damaged_files) == (1, [])
+    assert (repaired.chunks_lost, repaired.packs_damaged) == ([], [])
+    checked = maintenance.check(opened, read_data=True)
+    assert (checked.errors, checked.damaged_files) == ([], [])
+    restore_snapshot(str(repo), root_key, tmp_path / "restored", second)
+    # Nothing left to do: the next repair writes nothing.
+    index_objects = sorted(os.listdir(repo / "index"))
+    assert maintenance.repair(opened, dry_run=False).packs_indexed == 0
+    assert sorted(os.listdir(repo / "index")) == index_objects
