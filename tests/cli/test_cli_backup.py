@@ -1594,6 +1594,32 @@ def test_a_restore_of_latest_from_rolled_back_storage_warns(tmp_path: Path, sour
     assert named.returncode == 0 and "warnings" not in json.loads(named.stdout)
 
 
+def test_a_snapshot_removed_by_hand_is_forgotten_by_its_whole_id_and_prune_goes_on(
+    tmp_path: Path, source: Path
+) -> None:
+    """Prune refuses while a snapshot's parent, or this device's last snapshot, is gone
+    with no forget record, and its hint says `backup forget ID` with the whole id records
+    it: the CLI refused that id before asking for the key, as no listing shows it."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    (source / "notes.txt").write_text("meet at the bridge at 8\n")
+    second = next_backup(source, storage, code)["backup_id"]
+    key = ("--storage", str(storage), "--recovery-code", "-")
+    [first] = [p.name for p in (storage / "snapshots").iterdir() if p.name != second]
+    for gone in (first, second):  # a parent, then the device's last snapshot
+        (storage / "snapshots" / gone).unlink()  # by hand
+        refused = run("backup", "prune", *key, stdin=code + "\n")
+        assert refused.returncode == 1 and gone in refused.stderr, refused.stderr
+        assert "`backup forget ID` with its whole id" in refused.stderr
+        forgot = run("--json", "backup", "forget", gone, *key, stdin=code + "\n")
+        assert forgot.returncode == 0, forgot.stderr
+        assert json.loads(forgot.stdout)["removed"] == [gone]
+        pruned = run("backup", "prune", *key, stdin=code + "\n")
+        assert pruned.returncode == 0, pruned.stderr
+    unknown = run("backup", "forget", "0" * 32, *key, stdin=code + "\n")
+    assert unknown.returncode == 1 and "no snapshot with id 000" in unknown.stderr
+
+
 def test_forget_by_id_removes_exactly_those_snapshots(tmp_path: Path, source: Path) -> None:
     """`backup forget ID...` (restic's `forget ID`): ids or unique prefixes, every one
     resolved before anything is removed; not with a policy, nor `latest`. Forgetting the

@@ -419,7 +419,11 @@ def backup_forget(
             hint="for instance `backup forget --keep-last 7` keeps the 7 newest snapshots of"
             " each source and host; add --dry-run to see what it would remove first",
         )
-    repo = _open(ctx, storage_url, password_stdin, code, snapshot_ids)
+    # A whole id may name a snapshot gone from the listing that prune refuses over (one
+    # removed by hand, which forget then records): looked up once the key opens the
+    # repository, not refused before.
+    listed_ids = tuple(i for i in snapshot_ids if not maintenance.is_object_id(i.strip().lower()))
+    repo = _open(ctx, storage_url, password_stdin, code, listed_ids)
     state = _device_state(repo)
     kept, removed, ahead = maintenance.forget(
         repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state, only=only

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from backupvault.backup.errors import RollbackSuspected
 from backupvault.backup.repo import Repository, create_snapshot, maintenance, restore_snapshot
 from backupvault.backup.repo.backend import MissingObject
 from backupvault.backup.repo.state import DeviceState
@@ -41,6 +42,62 @@ def _two_snapshots(tmp_path: Path, root_key: bytes, state: Path) -> tuple[Path, 
     assert second.parent_id == first.snapshot_id
     _age(repo)
     return source, repo, first.snapshot_id, second.snapshot_id
+
+
+def test_prune_does_not_delete_the_data_of_a_hidden_parent_snapshot(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Snapshot 2 names snapshot 1 as its parent, and no forget record says 1 was
+    forgotten: prune reads snapshot 2's header (it reads every tree), so it holds the very
+    evidence `backup check` warns of ("storage may be hiding it"), yet it deleted every
+    chunk only snapshot 1 used. Storage that hid snapshot 1 for the prune's run and put it
+    back had destroyed it. The device-state guard (review s42, F4) covers only the
+    device's LAST snapshot of each source, not older ones in its own chain."""
+    state = tmp_path / "state"
+    _source, repo, first, _second = _two_snapshots(tmp_path, root_key, state)
+    hidden = tmp_path / "hidden-snapshot"
+    shutil.move(repo / "snapshots" / first, hidden)  # storage leaves it out of listings
+
+    opened = Repository.open(Storage(str(repo)), root_key)
+    device = DeviceState(state, opened.keys.repo_id, str(repo))
+    pruned_anyway = True
+    try:
+        maintenance.prune(opened, dry_run=False, state=device, max_unused=0.0)
+    except (RollbackSuspected, BackupVaultError):
+        pruned_anyway = False
+    shutil.move(hidden, repo / "snapshots" / first)  # and shows it again
+
+    try:
+        restore_snapshot(str(repo), root_key, tmp_path / "restored", first)
+    except BackupVaultError as exc:
+        pytest.fail(
+            f"prune (refused: {not pruned_anyway}) deleted the data of snapshot {first}, which"
+            f" storage hid while it ran although its child names it as parent: {exc}"
+        )
+
+
+def test_prune_over_a_hidden_parent_says_why_and_goes_on_once_it_is_forgotten_by_id(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Without device state too (another device's prune). A parent removed on purpose (by
+    hand, or by a version that wrote no forget records) is recorded by `backup forget`
+    with its whole id, although no listing shows it; then prune goes on."""
+    state = tmp_path / "state"
+    _source, repo, first, second = _two_snapshots(tmp_path, root_key, state)
+    (repo / "snapshots" / first).unlink()
+    data = sorted(os.listdir(repo / "data"))
+    opened = Repository.open(Storage(str(repo)), root_key)
+    for dry_run in (True, False):
+        with pytest.raises(RollbackSuspected, match=f"snapshot {second}'s parent {first}") as no:
+            maintenance.prune(opened, dry_run=dry_run, max_unused=0.0)
+        assert "storage may be hiding it" in no.value.message
+        assert "`backup forget ID` with its whole id" in str(no.value.hint)
+        assert sorted(os.listdir(repo / "data")) == data
+    _, removed, _ = maintenance.forget(opened, maintenance.Policy(), dry_run=False, ids=[first])
+    assert removed == [first] and opened.was_forgotten(first)
+    maintenance.prune(opened, dry_run=False, max_unused=0.0)
+    assert sorted(os.listdir(repo / "data")) != data  # the first snapshot's data is freed
+    restore_snapshot(str(repo), root_key, tmp_path / "restored", second)
 
 
 def _a_pack_the_snapshot_uses(repo: Path, root_key: bytes, snapshot_id: str) -> str:

@@ -278,22 +278,23 @@ def forget(
     (`repo.damaged`); (kept, removed, those kept because they are dated ahead of this
     device's clock). Every policy keeps the newest of each source, so the device state's
     "last made" snapshot is never forgotten by one; one forgotten by id is replaced in
-    `state` by the newest this host still has of its source."""
+    `state` by the newest this host still has of its source. A whole id may name one
+    gone from the listing that prune refuses over: its forget record is written."""
     if ids and not policy.empty():
         raise UsageError("give snapshot ids or a policy to forget by, not both")
     with repo.lock(EXCLUSIVE):
         names = repo.snapshot_names()
-        # This device's last snapshot of a source, gone from the listing, may be named by
-        # its whole id: the user says it was removed on purpose (a forget record is
-        # written), which lets prune go on (review s42-B, B4).
+        found = list_snapshots(repo)
+        # A snapshot gone from the listing that prune refuses over may be named by its
+        # whole id: the user says it was removed on purpose (a forget record is written),
+        # which lets prune go on. This device's last snapshot of a source (review s42-B,
+        # B4), or a parent a listed snapshot names (storage review s49, F3).
         lasts = set(state.all_made().values()) if state is not None else set()
+        recordable = (lasts | {s.parent_id for s in found if s.parent_id}) - names.keys()
         chosen = {
-            wanted
-            if (wanted := i.strip().lower()) in lasts and wanted not in names
-            else repo.snapshot_id(i, names)
+            wanted if (wanted := i.strip().lower()) in recordable else repo.snapshot_id(i, names)
             for i in ids
         }
-        found = list_snapshots(repo)
         removed: list[str]
         ahead: list[str] = []
         if ids:
@@ -321,7 +322,7 @@ def forget(
         removed += sorted(repo.leftovers - set(removed))
         if not dry_run:
             for snapshot_id in removed:
-                if _is_object_id(snapshot_id):
+                if is_object_id(snapshot_id):
                     repo.mark_forgotten(snapshot_id)  # first: a crash between keeps both
                 repo.backend.delete(f"snapshots/{snapshot_id}")
             repo.leftovers -= set(removed)
@@ -336,7 +337,7 @@ def forget(
     return kept, removed, ahead
 
 
-def _is_object_id(name: str) -> bool:
+def is_object_id(name: str) -> bool:
     try:
         return len(bytes.fromhex(name)) == OBJECT_ID_LEN and name == name.lower()
     except ValueError:
@@ -375,7 +376,10 @@ _SNAPSHOT_READ_BUDGET = 512 << 20
 
 
 def snapshot_references(repo: Repository) -> set[bytes]:
-    """The chunks the snapshots use."""
+    """The chunks the snapshots use. Raises RollbackSuspected while a snapshot's parent
+    is gone with no forget record: storage hiding it for the prune had this device delete
+    its data (storage review s49, F3; `_refuse_over_hidden_snapshots` covers only the
+    device's last snapshots, which no snapshot names as parent)."""
     listed = repo.snapshot_names()
     names = list(listed)
 
@@ -395,6 +399,15 @@ def snapshot_references(repo: Repository) -> set[bytes]:
     workers = max(1, min(8, _SNAPSHOT_READ_BUDGET // max(1, max(listed.values(), default=1))))
     with ThreadPoolExecutor(workers) as pool:
         trees = list(pool.map(read, names))
+        gone = {
+            parent.hex(): f"snapshot {snap.id_hex}'s parent"
+            for snap in trees
+            if (parent := snap.header.parent) is not None and parent.hex() not in listed
+        }
+        why = list(pool.map(repo.why_gone, gone, gone.values()))  # a record read each
+    suspected = [m for pair in why for m in pair if m]
+    if suspected:
+        raise _rollback_suspected(suspected)
     used: set[bytes] = set()
     for snap in trees:
         for entry in snap.entries or []:
@@ -415,7 +428,9 @@ def prune(
     0 to 1) of which is unused; progress: reading the snapshots (no total), then
     the bytes of the packs to repack. With `state`, nothing is deleted while a last
     snapshot this device made is gone with no forget record: storage hiding it for the
-    prune would have this device delete its data (review s42, F4)."""
+    prune would have this device delete its data (review s42, F4); nor, with or without
+    it, while a snapshot's parent is (`snapshot_references`), or while a pack in use is
+    missing from storage's listing (`_refuse_over_missing_packs`)."""
     reporter = progress or NoProgress()
     with repo.lock(EXCLUSIVE, "prune") as lock:
         if state is not None:
@@ -444,13 +459,21 @@ def _refuse_over_hidden_snapshots(repo: Repository, state: DeviceState) -> None:
         bad_record, warning = repo.why_gone(last, what)
         gone += [m for m in (bad_record, warning) if m]
     if gone:
-        raise RollbackSuspected(
-            "prune deletes nothing: " + "; ".join(gone),
-            hint="if that snapshot was removed on purpose (by hand), `backup forget ID` with"
-            " its id records that (or a `backup create` of that folder records a new last"
-            " one), then prune; otherwise storage may be rolled back or hiding it: check"
-            " the storage first",
+        raise _rollback_suspected(
+            gone, " (or a `backup create` of that folder records a new last one)"
         )
+
+
+def _rollback_suspected(gone: list[str], or_else: str = "") -> RollbackSuspected:
+    """Prune's refusal over snapshots that are `gone` (what is wrong, each) with no forget
+    record; `or_else`: another way to record that one was removed on purpose."""
+    return RollbackSuspected(
+        "prune deletes nothing: " + "; ".join(gone),
+        hint="if that snapshot was removed on purpose (by hand, or by a backupvault older"
+        f" than forget records), `backup forget ID` with its whole id records that{or_else},"
+        " then prune; otherwise storage may be rolled back or hiding it: check the storage"
+        " first",
+    )
 
 
 def _prune_locked(
@@ -955,7 +978,7 @@ def pack_names(packs: Iterable[str]) -> list[str]:
     """The pack ids a user named, each once, in the form storage names them; a name that
     cannot be a pack's is a `UsageError`, found before the key is asked for."""
     named = list(dict.fromkeys(name.strip().lower() for name in packs))
-    malformed = [name for name in named if not _is_object_id(name)]
+    malformed = [name for name in named if not is_object_id(name)]
     if malformed:
         raise UsageError(
             f"not a pack id: {', '.join(malformed)}",
@@ -980,7 +1003,7 @@ def _packs_to_read(index: Index, sizes: dict[str, int], named: list[str]) -> lis
 
 
 def _listed(index: Index, name: str) -> bool:
-    return _is_object_id(name) and bytes.fromhex(name) in index.packs
+    return is_object_id(name) and bytes.fromhex(name) in index.packs
 
 
 def _confirm_damage(repo: Repository, index: Index, damaged: dict[bytes, list[PackEntry]]) -> None:
