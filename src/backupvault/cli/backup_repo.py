@@ -425,9 +425,19 @@ def backup_forget(
     listed_ids = tuple(i for i in snapshot_ids if not maintenance.is_object_id(i.strip().lower()))
     repo = _open(ctx, storage_url, password_stdin, code, listed_ids)
     state = _device_state(repo)
+    warnings: list[str] = []
     kept, removed, ahead = maintenance.forget(
-        repo, policy, dry_run=dry_run, damaged=damaged, ids=snapshot_ids, state=state, only=only
+        repo,
+        policy,
+        dry_run=dry_run,
+        damaged=damaged,
+        ids=snapshot_ids,
+        state=state,
+        only=only,
+        warnings=warnings,
     )
+    for warning in warnings:
+        ctx.output.warn(warning)
     if not damaged:
         warn_damaged(ctx, repo.damaged, "kept; `backup forget --damaged` removes it")
     for snapshot_id in ahead:

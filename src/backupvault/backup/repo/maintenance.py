@@ -270,13 +270,15 @@ def forget(
     ids: Collection[str] = (),
     state: DeviceState | None = None,
     only: SnapshotFilter = ANY_SNAPSHOT,
+    warnings: list[str] | None = None,
 ) -> tuple[list[str], list[str], list[str]]:
     """Delete the snapshots `policy` does not keep (an empty policy keeps every one; it
     applies only to those `only` lets through, and keeps the others), or
     those `ids` name (ids or unique prefixes, every one resolved before anything is
     deleted), and with `damaged` the snapshot objects that cannot be read
-    (`repo.damaged`); (kept, removed, those kept because they are dated ahead of this
-    device's clock). Every policy keeps the newest of each source, so the device state's
+    (`repo.damaged`, each read a second time first: one that opens then is kept, and
+    said so in `warnings`); (kept, removed, those kept because they are dated ahead of
+    this device's clock). Every policy keeps the newest of each source, so the device state's
     "last made" snapshot is never forgotten by one; one forgotten by id is replaced in
     `state` by the newest this host still has of its source. A whole id may name one
     gone from the listing that prune refuses over: its forget record is written."""
@@ -316,6 +318,8 @@ def forget(
                         repo.read_snapshot(summary.snapshot_id)
                     except (AuthenticationFailed, InvalidInput) as exc:
                         repo.found_damaged(summary.snapshot_id, exc)
+            opened = _read_again(repo, set(repo.damaged) - set(removed), warnings)
+            kept += [name for name in opened if name not in kept]
             removed += sorted(set(repo.damaged) - set(removed))
             kept = [k for k in kept if k not in repo.damaged]
         # Forgotten before, still in storage (`Repository.leftovers`): deleted again.
@@ -335,6 +339,29 @@ def forget(
                 }
                 state.forgot(gone, newest)
     return kept, removed, ahead
+
+
+def _read_again(repo: Repository, names: Collection[str], warnings: list[str] | None) -> list[str]:
+    """Read each snapshot of `names` (found damaged) a second time, whole, before forget
+    deletes anything; those that open now (taken off `repo.damaged`, to keep). One read
+    garbled on its way (once) had `forget --damaged` delete an authentic snapshot and
+    record it forgotten for good (storage review s49, F5), as one had repair drop good
+    chunks before `_confirm_damage` read a damaged pack twice."""
+    opened = []
+    for name in sorted(names):
+        try:
+            repo.read_snapshot(name)
+        except (AuthenticationFailed, InvalidInput):
+            continue  # damaged twice: removed
+        why = repo.damaged.pop(name)
+        opened.append(name)
+        if warnings is not None:
+            warnings.append(
+                f"snapshot {name} could not be read once ({why}), and read whole the second"
+                " time: kept; storage, or the way to it, may be failing: run `backup check`"
+                " later"
+            )
+    return opened
 
 
 def is_object_id(name: str) -> bool:
