@@ -52,7 +52,7 @@ _deadline: ContextVar[float | None] = ContextVar("answer_deadline", default=None
 
 #: Headers that describe the body as it came over the wire: the rebuilt response holds the
 #: body as read, so they would make httpx decode or measure it again.
-_WIRE_HEADERS = frozenset({"content-encoding", "content-length", "transfer-encoding"})
+_WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
 
 
 class AnswerRefused(BackupVaultError):
@@ -101,7 +101,9 @@ def read_answer(
                 raise httpx.ReadTimeout(
                     f"{what} did not arrive within {seconds:g} s", request=answer.request
                 )
-        kept = [(k, v) for k, v in answer.headers.multi_items() if k.lower() not in _WIRE_HEADERS]
+        # As the bytes came: decoded values are re-encoded as ASCII, so one byte >= 0x80
+        # (obs-text, legal in HTTP/1.1) raised UnicodeEncodeError past every caller.
+        kept = [(k, v) for k, v in answer.headers.raw if k.lower() not in _WIRE_HEADERS]
         return httpx.Response(
             answer.status_code, headers=kept, content=bytes(body), request=answer.request
         )
