@@ -210,12 +210,18 @@ def _refused() -> httpx.Response:
     raise httpx.ConnectError("connection refused")
 
 
+def _unreadable() -> httpx.Response:
+    """What httpx raised, before review s49, for an answer with a header byte >= 0x80."""
+    raise UnicodeEncodeError("ascii", "\xff", 0, 1, "ordinal not in range(128)")
+
+
 RESET_FAILURES: dict[str, Callable[[], httpx.Response]] = {
     "503": lambda: httpx.Response(503, json={"error": "fleet_unavailable", "detail": "busy"}),
     "429": lambda: httpx.Response(429, headers={"retry-after": "3600"}),
     "403": lambda: httpx.Response(403, json={"error": "forbidden", "detail": "no"}),
     "connection refused": _refused,
     "garbage": lambda: httpx.Response(200, content=b"not a fan-out answer"),
+    "not an httpx error": _unreadable,
 }
 
 
@@ -224,8 +230,9 @@ def test_a_relay_failing_every_reset_cannot_make_the_right_password_burn_guesses
     how: str,
 ) -> None:
     """Before: the relay answering the reset fan-out itself (503, 429, 403, a refused
-    connection, garbage) made a recovery with the right password fail with 'unavailable'
-    or 'retry later' ('no guess was used', even), though its attempt was counted; each
+    connection, garbage; review s49: anything httpx raises that is no httpx error) made a
+    recovery with the right password fail with 'unavailable' or 'retry later' ('no guess
+    was used', even), or crash, though its attempt was counted; each
     retry counted another, and the L-th destroyed the key of a user who typed the right
     password every time. Now the recovery returns the key and says the reset is not
     confirmed (as when every node's answer to it is lost)."""

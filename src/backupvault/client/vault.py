@@ -55,6 +55,11 @@ RESEND_BACKOFF_SECONDS = 0.5
 #: A relay's answer is read up to this many bytes per node: a node's padded, sealed answer
 #: is at most ~1.1 KB and the relay's JSON error for it far less; this leaves room.
 MAX_ANSWER_BYTES_PER_NODE = 16 * 1024
+#: The hint of a relay answer that was not read: it may have been sent on to the nodes.
+_UNREAD_ANSWER_HINT = (
+    "report this to the operator; the vault may have counted a password evaluation sent in"
+    " it as a guess"
+)
 
 
 @dataclass(frozen=True)
@@ -245,11 +250,17 @@ class VaultClient:
                 },
             )
         except AnswerRefused as err:
+            raise VaultError(err.message, hint=_UNREAD_ANSWER_HINT) from None
+        except httpx.HTTPError:
+            raise  # a timeout or a lost answer: `_post` decides whether to send again
+        except Exception as err:
+            # Anything else the transport raises on what the relay sent is a VaultError
+            # too: past the flows' `except VaultError`, one made a right password's reset
+            # fail after its attempt was counted, and each retry burn a guess (review s49).
             raise VaultError(
-                err.message,
-                hint="report this to the operator; the vault may have counted a password"
-                " evaluation sent in it as a guess",
-            ) from None
+                f"the relay's answer cannot be read ({type(err).__name__})",
+                hint=_UNREAD_ANSWER_HINT,
+            ) from err
 
     def call_each(
         self, op: Op, requests: Sequence[Message], kind: type[T], resends: int = 0
