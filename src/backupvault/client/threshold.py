@@ -738,17 +738,17 @@ class ThresholdVault:
         # majority committed it, and c < t hostile nodes cannot make up t).
         try:
             found = self._manifests()
-        except RelayUnreachable as err:
+        except VaultError as err:
             # The commit reached the relay (a first refused connection raised above), which
-            # may have passed it on before it went away: "no guess was used" of a change
-            # in effect sent the user to the old password, a wrong guess (review of this
-            # session's change).
+            # may have passed it on before it went away or failed the read (503, garbage):
+            # the read's own error ("try again later", "no guess was used") of a change in
+            # effect sent the user to the old password, a wrong guess (reviews s47, s49).
             change = "password change" if request.authorization else "registration"
             raise FleetUnavailable(
-                f"the relay went away after it took this {change}, which may have taken"
-                f" effect: {err.message}",
-                hint="once the relay is back, `backupvault vault status` shows whether it"
-                " did (asking uses no guess): check before you type either password",
+                f"the relay took this {change}, which may have taken effect, then could not"
+                f" show whether it did: {err.message}",
+                hint="once the relay answers again, `backupvault vault status` shows whether"
+                " it did (asking uses no guess): check before you type either password",
             ) from None
         if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
             return held, problems
