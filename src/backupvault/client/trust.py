@@ -74,6 +74,7 @@ from backupvault.client.errors import (
     NotRegistered,
     RelayUnreachable,
     VaultError,
+    relay_says,
 )
 from backupvault.client.pending import PendingStore
 from backupvault.client.threshold import FleetKeys, Registered, ThresholdVault
@@ -651,7 +652,9 @@ class OtaTrust:
             if bundle:  # no bundle is that large: refused as one that does not parse is
                 raise _refused(Malformed(err.message, hint=err.hint)) from None
             raise FleetNotTrusted(err.message, hint=err.hint) from None
-        refusal = f"the relay did not serve {what} ({answer.status_code} {answer.text[:200]})"
+        refusal = (
+            f"the relay did not serve {what} ({answer.status_code}; {relay_says(answer.text)})"
+        )
         if answer.status_code in SERVER_DOWN:  # an outage (exit 5), not a refusal to trust
             raise FleetUnavailable(
                 refusal, hint="the relay (or a proxy in front of it) is down; try again later"

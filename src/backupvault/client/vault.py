@@ -25,6 +25,7 @@ from backupvault.client.errors import (
     RelayUnreachable,
     Unauthorized,
     VaultError,
+    relay_says,
 )
 from backupvault.codec import Message
 from backupvault.crypto import ksf
@@ -290,14 +291,15 @@ class VaultClient:
         """One node's reply, opened with its own copy's response key."""
         index = reply.index
         if reply.status != 200:
-            code, detail = reply.error()
+            code, detail = reply.error()  # not sealed: the relay's words, whoever wrote them
             if not reply.answered:
                 return NodeOutcome(
-                    index, failure=detail or "no answer", unreachable=code == "node_unreachable"
+                    index,
+                    failure=relay_says(detail) if detail else "no answer",
+                    unreachable=code == "node_unreachable",
                 )
-            return NodeOutcome(
-                index, failure=f"HTTP {reply.status} {code}: {detail}".strip(), status=reply.status
-            )
+            said = f", {relay_says(f'{code}: {detail}')}" if code or detail else ""
+            return NodeOutcome(index, failure=f"HTTP {reply.status}{said}", status=reply.status)
         try:
             response = decode_response(op, response_key.open(reply.body))
         except (InvalidInput, AuthenticationFailed) as err:
@@ -344,7 +346,7 @@ class VaultClient:
         except (ValueError, RecursionError):  # not JSON, or nested past the parser's depth
             body = None
         if isinstance(body, dict):
-            detail = str(body.get("detail") or body.get("error"))
+            detail = relay_says(str(body.get("detail") or body.get("error")))
         else:
             detail = answer.reason_phrase
         if answer.status_code == 401:
