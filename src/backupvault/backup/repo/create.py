@@ -179,7 +179,9 @@ def source_stat(source: Path) -> os.stat_result:
 class Item(NamedTuple):
     path: str  # on disk
     entry: Entry
-    device: int  # st_dev: with entry.inode, which file the walk saw there
+    device: int  # st_dev and st_ino: which file or folder the walk saw there
+    inode: int
+    parent: Item | None  # the folder it was listed in; None for the source itself
 
 
 class Walked(NamedTuple):
@@ -221,13 +223,13 @@ def _open_folder(name: str, dir_fd: int | None, device: int, inode: int) -> int:
 @dataclass
 class _Folder:
     """A folder on the walk's current path: its descriptor (None if not kept open, past
-    `_KEEP_OPEN`), and its sub-folders still to walk (item numbers and inodes)."""
+    `_KEEP_OPEN`), and its sub-folders still to walk (item numbers)."""
 
     name: str
     device: int
     inode: int
     fd: int | None
-    pending: Iterator[tuple[int, int]]
+    pending: Iterator[int] = field(default_factory=lambda: iter(()))
 
 
 def _folder_fd(path: list[_Folder]) -> tuple[int, bool]:
@@ -265,10 +267,11 @@ def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
     if not stat.S_ISDIR(st.st_mode):
         entry = _entry(os.fsencode(source.name), st, notes)
         assert entry is not None
-        return Walked(snapshots.KIND_FILE, [Item(str(source), entry, st.st_dev)], skipped, notes)
+        only = Item(str(source), entry, st.st_dev, st.st_ino, None)
+        return Walked(snapshots.KIND_FILE, [only], skipped, notes)
     root = _entry(ROOT, st, notes)
     assert root is not None
-    items: list[Item] = [Item(str(source), root, st.st_dev)]
+    items: list[Item] = [Item(str(source), root, st.st_dev, st.st_ino, None)]
     gone: set[int] = set()  # item numbers of folders gone or replaced since listed
     try:
         root_fd = _open_folder(str(source), None, st.st_dev, st.st_ino)
@@ -279,19 +282,16 @@ def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
         ) from None
     except OSError as exc:
         raise SourceError(f"cannot read folder {source}: {exc.strerror}") from None
-    path = [_Folder(str(source), st.st_dev, st.st_ino, root_fd, iter(()))]
+    path = [_Folder(str(source), st.st_dev, st.st_ino, root_fd)]
     try:
-        path[0].pending = iter(
-            _list(root_fd, str(source), b"", exclude, items, skipped, notes, stay_on)
-        )
+        path[0].pending = iter(_list(root_fd, items[0], exclude, items, skipped, notes, stay_on))
         while path:
-            nxt = next(path[-1].pending, None)
-            if nxt is None:
+            number = next(path[-1].pending, None)
+            if number is None:
                 done = path.pop()
                 if done.fd is not None:
                     os.close(done.fd)
                 continue
-            number, inode = nxt
             item = items[number]
             name = os.path.basename(item.path)
             owned = False
@@ -299,7 +299,7 @@ def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
                 # (past _KEEP_OPEN, opened again: a parent replaced since its listing
                 # leaves its sub-folders out as vanished too)
                 parent_fd, owned = _folder_fd(path)
-                fd = _open_folder(name, parent_fd, item.device, inode)
+                fd = _open_folder(name, parent_fd, item.device, item.inode)
             except FileNotFoundError:
                 gone.add(number)
                 skipped.append(Skipped(os.fsdecode(item.entry.path), "vanished during the backup"))
@@ -315,15 +315,16 @@ def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
                 if owned:
                     os.close(parent_fd)
             try:
-                prefix = item.entry.path + b"/"
-                subfolders = _list(fd, item.path, prefix, exclude, items, skipped, notes, stay_on)
+                subfolders = _list(fd, item, exclude, items, skipped, notes, stay_on)
             except BaseException:
                 os.close(fd)
                 raise
             keep = len(path) < _KEEP_OPEN
             if not keep:
                 os.close(fd)
-            path.append(_Folder(name, item.device, inode, fd if keep else None, iter(subfolders)))
+            path.append(
+                _Folder(name, item.device, item.inode, fd if keep else None, iter(subfolders))
+            )
     finally:
         for folder in path:
             if folder.fd is not None:
@@ -335,16 +336,17 @@ def walk(source: Path, exclude: tuple[str, ...] = (), stay_on: int | None = None
 
 def _list(
     fd: int,
-    directory: str,
-    prefix: bytes,
+    folder: Item,
     exclude: tuple[str, ...],
     items: list[Item],
     skipped: list[Skipped],
     notes: list[str],
     stay_on: int | None = None,
-) -> list[tuple[int, int]]:
-    """Add the folder `fd`'s children (sorted by name) to `items`; its sub-folders'
-    item numbers and inodes, to walk next (those on device `stay_on`, if given)."""
+) -> list[int]:
+    """Add the folder `fd`'s (`folder`'s) children (sorted by name) to `items`; its
+    sub-folders' item numbers, to walk next (those on device `stay_on`, if given)."""
+    directory = folder.path
+    prefix = b"" if folder.parent is None else folder.entry.path + b"/"
     try:
         with os.scandir(fd) as listing:
             children = sorted(listing, key=lambda e: e.name)
@@ -355,7 +357,7 @@ def _list(
         reason = f"cannot list this folder ({exc.strerror}): backed up empty"
         skipped.append(Skipped(os.fsdecode(prefix[:-1]), reason, unread=True))
         return []
-    subfolders: list[tuple[int, int]] = []
+    subfolders: list[int] = []
     for child in children:
         name = prefix + os.fsencode(child.name)
         if exclude and excluded(name, exclude):
@@ -390,12 +392,12 @@ def _list(
                     raise SourceError(f"cannot read link {where}: {exc.strerror}") from None
                 skipped.append(Skipped(os.fsdecode(name), why, unread=True))
                 continue
-        items.append(Item(where, entry, child_stat.st_dev))
+        items.append(Item(where, entry, child_stat.st_dev, child_stat.st_ino, folder))
         if entry.kind != DIR:
             continue
         if stay_on is not None and child_stat.st_dev != stay_on:
             continue  # asked for, as restic's -x: not warned of at every backup
-        subfolders.append((len(items) - 1, child_stat.st_ino))
+        subfolders.append(len(items) - 1)
     return subfolders
 
 
@@ -424,35 +426,87 @@ class _Window:
                 self._free.append(self)
 
 
+class _Folders:
+    """Descriptors of the folders on the path to the last file opened (one reader's: a
+    batch of small files, or a large file), each reached from the source as the walk
+    reached it (`_open_folder`: O_NOFOLLOW, and the device and inode the walk saw). Files
+    are opened relative to them, never by a path the kernel resolves: a folder swapped for
+    a link (or for another folder) after the walk is not read through. Files of one folder
+    come one after another in the walk's order, so each folder is opened about once."""
+
+    def __init__(self) -> None:
+        self._items: list[Item] = []  # the folders on `_path`, from the source's
+        self._path: list[_Folder] = []
+
+    def fd(self, folder: Item) -> tuple[int, bool]:
+        """(descriptor of `folder`, whether the caller must close it), as `_folder_fd`."""
+        if self._items and self._items[-1] is folder and self._path[-1].fd is not None:
+            return self._path[-1].fd, False  # the last file's folder: most often
+        chain = [folder]
+        while (up := chain[-1].parent) is not None:
+            chain.append(up)
+        chain.reverse()
+        same = 0
+        while same < min(len(chain), len(self._items)) and chain[same] is self._items[same]:
+            same += 1
+        self._close(same)
+        for item in chain[same:]:
+            name = item.path if item.parent is None else os.path.basename(item.path)
+            fd = None  # past _KEEP_OPEN: opened again by _folder_fd at each use
+            if len(self._path) < _KEEP_OPEN:
+                parent_fd = self._path[-1].fd if self._path else None
+                fd = _open_folder(name, parent_fd, item.device, item.inode)
+            self._path.append(_Folder(name, item.device, item.inode, fd))
+            self._items.append(item)
+        return _folder_fd(self._path)
+
+    def _close(self, keep: int) -> None:
+        while len(self._path) > keep:
+            self._items.pop()
+            if (fd := self._path.pop().fd) is not None:
+                os.close(fd)
+
+    def __enter__(self) -> _Folders:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._close(0)
+
+
 #: O_NOFOLLOW: a link put in the file's place since the walk is not followed (ELOOP);
 #: O_NONBLOCK: nor does a fifo put there make the open wait for a writer; O_NOCTTY: nor
 #: does a terminal become ours.
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _open_seen(path: str) -> int:
-    """A descriptor of the regular file at `path`. Anything else there now (a link, a
-    fifo, a device: another process may swap it in between the walk and the read) raises
+def _open_seen(item: Item, folders: _Folders) -> int:
+    """A descriptor of the regular file the walk saw as `item`, opened relative to its
+    folder's descriptor from `folders` (a path longer than PATH_MAX is opened so too).
+    Anything else there now (a link, a fifo, a device: another process may swap it in
+    between the walk and the read), or a folder on its way replaced since, raises
     FileNotFoundError, as a file deleted since does: it is left out, not read through (a
     link to a file outside the source, or to /dev/zero, which would be read without end).
     Another regular file moved in (an editor saving by rename) is read: it is what the
-    path holds, and the walk would have taken it just the same a moment later (its
+    folder holds, and the walk would have taken it just the same a moment later (its
     entry keeps the walk's inode, so the next backup reads it again)."""
     try:
-        try:
-            fd = os.open(path, _READ_FLAGS)
-        except OSError as exc:
-            if exc.errno != errno.ENAMETOOLONG:
-                raise
-            fd = _open_long(path)
+        if item.parent is None:  # the source itself, a file: the path given
+            fd = os.open(item.path, _READ_FLAGS)
+        else:
+            dir_fd, owned = folders.fd(item.parent)
+            try:
+                fd = os.open(os.path.basename(item.path), _READ_FLAGS, dir_fd=dir_fd)
+            finally:
+                if owned:
+                    os.close(dir_fd)
     except OSError as exc:
         if exc.errno in (errno.ELOOP, errno.ENXIO):  # a link; a socket
-            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path) from None
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", item.path) from None
         raise
     try:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
-            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path)
+            raise FileNotFoundError(errno.ENOENT, "replaced since the walk", item.path)
         # Blocking reads again; F_SETFL 0 clears O_NONBLOCK in one call (set_blocking makes
         # two), and no other status flag was set.
         fcntl.fcntl(fd, fcntl.F_SETFL, 0)
@@ -460,33 +514,6 @@ def _open_seen(path: str) -> int:
         os.close(fd)
         raise
     return fd
-
-
-#: The longest path the kernel resolves (Linux's PATH_MAX, with its NUL).
-_PATH_MAX = 4096
-
-
-def _open_long(path: str) -> int:
-    """`os.open(path, _READ_FLAGS)` for a path the kernel will not take whole (ENAMETOOLONG):
-    its longest leading part that it takes (the source's own path is in it), then one
-    folder at a time (folders inside the source: O_NOFOLLOW, a link there is not one the
-    walk went through), then the file. The caller checks that it is the file the walk saw."""
-    parts = os.fsencode(path).split(b"/")
-    taken = 1
-    while taken < len(parts) - 1 and len(b"/".join(parts[: taken + 1])) < _PATH_MAX - 1:
-        taken += 1
-    fd = os.open(b"/".join(parts[:taken]) or b"/", _DIR_FLAGS & ~os.O_NOFOLLOW)
-    try:
-        for part in parts[taken:-1]:
-            try:
-                step = os.open(part, _DIR_FLAGS, dir_fd=fd)
-            except NotADirectoryError:  # a link or a file in a folder's place
-                raise FileNotFoundError(errno.ENOENT, "replaced since the walk", path) from None
-            os.close(fd)
-            fd = step
-        return os.open(parts[-1], _READ_FLAGS, dir_fd=fd)
-    finally:
-        os.close(fd)
 
 
 def _read_small(fd: int, size: int) -> bytes | None:
@@ -546,10 +573,14 @@ class _Workers:
         return [self._piece(number, view) for view in views]
 
     def read_small(self, batch: list[tuple[int, Item, int]]) -> list[Piece]:
+        with _Folders() as folders:
+            return self._read_batch(batch, folders)
+
+    def _read_batch(self, batch: list[tuple[int, Item, int]], folders: _Folders) -> list[Piece]:
         pieces: list[Piece] = []
-        for number, (path, _, _), size in batch:
+        for number, item, size in batch:
             try:
-                fd = _open_seen(path)
+                fd = _open_seen(item, folders)
                 try:
                     data = _read_small(fd, size)
                     if data is None:
@@ -565,7 +596,7 @@ class _Workers:
                 continue
             except OSError as exc:
                 if (why := _unreadable(exc)) is None:
-                    raise SourceError(f"cannot read {path}: {exc.strerror}") from None
+                    raise SourceError(f"cannot read {item.path}: {exc.strerror}") from None
                 self.unreadable[number] = why
                 pieces.append((number, b"", _VANISHED, None))
                 continue
@@ -944,7 +975,8 @@ def _submit_large(
     path = item.path
     try:
         if fd is None:
-            fd = _open_seen(path)
+            with _Folders() as folders:
+                fd = _open_seen(item, folders)
     except FileNotFoundError:
         pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
         return
