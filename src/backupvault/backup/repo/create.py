@@ -553,9 +553,13 @@ class _Workers:
         self._free_lock = threading.Lock()  # the reader thread takes, this one returns
         #: files this process may not open, by number, and why: left out, as restic does
         self.unreadable: dict[int, str] = {}
-        #: small files that grew past what the walk saw, by number: open, at their start
-        self.grown: dict[int, int] = {}
+        #: small files that grew past what the walk saw, by number: open, at their start,
+        #: and the size the walk saw
+        self.grown: dict[int, tuple[int, int]] = {}
         self._grown_lock = threading.Lock()
+        #: files that grew past `_read_limit` while read, by number: the size the walk
+        #: saw, and the bytes stored
+        self.cut_short: dict[int, tuple[int, int]] = {}
 
     def _chunker(self) -> Chunker:
         chunker: Chunker | None = getattr(self._local, "chunker", None)
@@ -586,7 +590,7 @@ class _Workers:
                     if data is None:
                         os.lseek(fd, 0, os.SEEK_SET)
                         with self._grown_lock:
-                            self.grown[number] = fd
+                            self.grown[number] = fd, size
                         fd = -1  # the main thread reads it (`take_grown`)
                 finally:
                     if fd >= 0:
@@ -607,7 +611,7 @@ class _Workers:
                 pieces.append(self._piece(number, view))
         return pieces
 
-    def take_grown(self, number: int) -> int:
+    def take_grown(self, number: int) -> tuple[int, int]:
         with self._grown_lock:
             return self.grown.pop(number)
 
@@ -655,7 +659,7 @@ class _Workers:
         for future, _window in self.inflight:
             future.cancel()
         self.pool.shutdown(wait=True, cancel_futures=True)
-        for fd in self.grown.values():  # left by a backup that failed
+        for fd, _ in self.grown.values():  # left by a backup that failed
             os.close(fd)
         self.grown.clear()
         with self._free_lock:
@@ -816,7 +820,8 @@ def _create_locked(
     def read_grown() -> None:
         while grown:
             number = grown.pop()
-            _submit_large(pool, chunker, number, items[number], consume, pool.take_grown(number))
+            fd, size = pool.take_grown(number)
+            _submit_large(pool, chunker, number, items[number], size, consume, fd)
 
     def consume(result: tuple[list[Piece], _Window | None]) -> None:
         """Record a task's chunks; blobs for the packer hold the window their bytes are
@@ -865,7 +870,7 @@ def _create_locked(
                     pool.submit(pool.read_small, small)
                     small = []
             else:
-                _submit_large(pool, chunker, number, item, consume)
+                _submit_large(pool, chunker, number, item, listed_size, consume)
             for result in pool.ready(block=True):
                 consume(result)
             read_grown()
@@ -884,6 +889,12 @@ def _create_locked(
         reporter.finish()
     pool.shutdown()
 
+    warnings.extend(
+        f"{os.fsdecode(entries[number].path)}: changed during the backup: it grew past "
+        f"{limit:,} bytes while it was read ({size:,} when the walk saw it); its first "
+        f"{limit:,} bytes are stored (run the backup again once it stops growing)"
+        for number, (size, limit) in sorted(pool.cut_short.items())
+    )
     for number in sorted(vanished):
         # A file deleted since the walk is not missing from the snapshot; one that could
         # not be read is.
@@ -957,11 +968,20 @@ def _create_locked(
     )
 
 
+def _read_limit(size: int) -> int:
+    """The most read of a file that held `size` bytes before its read began: the headroom
+    the single-blob format gave a source growing while read (1/64, and 1 MiB). A file
+    growing faster than it is read (a log, or a writer keeping ahead on purpose) would be
+    read without end."""
+    return size + size // 64 + (1 << 20)
+
+
 def _submit_large(
     pool: _Workers,
     chunker: Chunker,
     number: int,
     item: Item,
+    size: int,
     consume: Callable[[tuple[list[Piece], _Window | None]], None],
     fd: int | None = None,
 ) -> None:
@@ -970,8 +990,9 @@ def _submit_large(
     the copy runs beside the cutting), cut each on this thread (pyfastcdc releases the GIL
     too), and hand its chunks to the workers in batches of about 8 MiB. The tail of a
     window that is not surely cut yet goes before the next window's bytes (in its
-    headroom), so the chunks are the same as a cut of the whole file. `fd`: the file,
-    already open (checked) at its start; else it is opened here."""
+    headroom), so the chunks are the same as a cut of the whole file. `size`: what the walk
+    saw (at most `_Reader.limit` bytes are read, and cut as the file's end). `fd`: the
+    file, already open (checked) at its start; else it is opened here."""
     path = item.path
     try:
         if fd is None:
@@ -987,7 +1008,7 @@ def _submit_large(
         pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
         return
     handle = open(fd, "rb", buffering=0)  # noqa: SIM115 (closed below)
-    with handle, _Reader(handle, pool) as reader:
+    with handle, _Reader(handle, pool, size) as reader:
         with contextlib.suppress(OSError):
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)
         previous: _Window | None = None
@@ -995,7 +1016,7 @@ def _submit_large(
         final = False
         while not final:
             try:
-                window, filled = reader.next()
+                window, filled, final = reader.next()
             except OSError as exc:
                 if (why := _unreadable(exc)) is None:
                     raise SourceError(f"cannot read {path}: {exc.strerror}") from None
@@ -1008,7 +1029,6 @@ def _submit_large(
             _copy(buffer[start : pool.headroom], tail)
             tail.release()
             pool.done_with(previous)
-            final = filled < pool.read_size
             views, cut = chunker.cut_window(buffer[start : pool.headroom + filled], final)
             tail = buffer[start + cut : pool.headroom + filled]
             batch: list[memoryview] = []
@@ -1027,31 +1047,51 @@ def _submit_large(
             for result in pool.ready(block=True):
                 consume(result)
         pool.done_with(previous)
+    if reader.cut_short:
+        pool.cut_short[number] = size, reader.limit
 
 
 class _Reader:
-    """A file's windows, read into the space after their headroom: ahead on a thread of
-    its own if the file is larger than one window (at most `_READ_AHEAD` windows), else
-    on the caller's thread."""
+    """A file's windows, read into the space after their headroom, up to `limit` bytes
+    in all: ahead on a thread of its own if the file is larger than one window (at most
+    `_READ_AHEAD` windows), else on the caller's thread. Each comes with whether it is the
+    last: the file's end, or `limit` reached (then `cut_short` says if the file holds more).
 
-    def __init__(self, handle: io.FileIO, pool: _Workers) -> None:
+    `limit` is `_read_limit` of the larger of `walked` (its size at the walk) and its size
+    now: fixed before the first read, so a file is read to an end whatever writes to it;
+    one that grew between the walk and its read (a download) is read whole, as it was
+    when its read began."""
+
+    def __init__(self, handle: io.FileIO, pool: _Workers, walked: int) -> None:
         self._handle = handle
         self._pool = pool
+        size = os.fstat(handle.fileno()).st_size
+        self.limit = self._left = _read_limit(max(walked, size))
+        self.cut_short = False
         self._stop = threading.Event()
-        self._ready: queue.Queue[tuple[_Window, int] | BaseException] = queue.Queue(_READ_AHEAD)
+        self._ready: queue.Queue[tuple[_Window, int, bool] | BaseException] = queue.Queue(
+            _READ_AHEAD
+        )
         self._thread: threading.Thread | None = None
-        if os.fstat(handle.fileno()).st_size > pool.read_size:
+        if size > pool.read_size:
             self._thread = threading.Thread(target=self._run, name="backup-read", daemon=True)
             self._thread.start()
 
-    def _read(self) -> tuple[_Window, int]:
+    def _read(self) -> tuple[_Window, int, bool]:
         window = self._pool.window()
+        want = min(self._pool.read_size, self._left)
+        start = self._pool.headroom
         with memoryview(window.data) as buffer:
             try:
-                return window, _read_into(self._handle, buffer[self._pool.headroom :])
+                filled = _read_into(self._handle, buffer[start : start + want])
+                self._left -= filled
+                if filled == want and not self._left:
+                    # Stopped at the limit, not at the end: one byte more says if it grew.
+                    self.cut_short = bool(self._handle.read(1))
             except OSError:
                 self._pool.done_with(window)
                 raise
+        return window, filled, filled < want or not self._left
 
     def _run(self) -> None:
         while not self._stop.is_set():
@@ -1061,16 +1101,16 @@ class _Reader:
                 self._put(exc)
                 return
             self._put(item)
-            if item[1] < self._pool.read_size:
+            if item[2]:
                 return
 
-    def _put(self, item: tuple[_Window, int] | BaseException) -> None:
+    def _put(self, item: tuple[_Window, int, bool] | BaseException) -> None:
         while not self._stop.is_set():
             with contextlib.suppress(queue.Full):
                 self._ready.put(item, timeout=0.05)
                 return
 
-    def next(self) -> tuple[_Window, int]:
+    def next(self) -> tuple[_Window, int, bool]:
         if self._thread is None:
             return self._read()
         item = self._ready.get()
