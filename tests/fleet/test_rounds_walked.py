@@ -4,11 +4,15 @@ cannot lift (the step and the store: tests/node/test_rounds_walked_by_a_hostile_
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from test_replica import Net, add
 
-from backupvault.fleet.messages import Accept, AcceptorRecord, Prepare, SyncResponse
+from backupvault.fleet.messages import Accept, AcceptorRecord, Ballot, Prepare, SyncResponse
 from backupvault.fleet.replica import (
+    CLIMB_BURST_STEPS,
     MAX_ROUND_STEP,
+    MAX_RUNGS,
     ROUND_CEILING,
     Committed,
     Failed,
@@ -136,3 +140,54 @@ def test_a_wiped_node_takes_part_in_an_entry_whose_rounds_it_copied_high() -> No
     assert net.replicas[1]._max_round <= 2 * MAX_ROUND_STEP
     net.down = {0, 2}
     assert _proposing(net, 3, b"b", b"k") == Committed(b"b", 2)
+
+
+def test_a_node_sends_no_prepare_its_own_acceptor_has_not_promised() -> None:
+    """A node's next ballot for an entry goes above its own acceptor's promise, which so
+    reserves every ballot it used. Rounds learned far above that promise (a refused
+    repair's ballot is often the leader's, and rungs climb only `MAX_RUNGS` steps a round)
+    had its own acceptor refuse its Prepare, which left anyway, unreserved: its own leader
+    hold then took the same ballot for another value (review s49r: a committed change was
+    lost). Such a Prepare now waits while rungs climb its own acceptor."""
+    net = Net()
+    for replica in net.replicas.values():
+        replica.timing = replace(replica.timing, leader=False)
+    assert _proposing(net, 0, b"a", b"k") == Committed(b"a", 1)
+    node = net.replicas[1]
+    own = node._record(b"k").promised.round
+    node._learned[b"k"] = own + 600 * MAX_ROUND_STEP  # as refusals of others' ballots teach
+    unreserved: list[Prepare] = []
+    run = net.run
+
+    def watching(sender: int, effects: list) -> None:
+        for effect in effects:
+            message = getattr(effect, "message", None)
+            ours = sender == 1 and isinstance(message, Prepare) and message.node == 1
+            if ours and node._record(b"k").promised < Ballot(message.round, 1):
+                unreserved.append(message)
+        run(sender, effects)
+
+    net.run = watching  # type: ignore[method-assign]
+    assert _proposing(net, 1, b"b", b"k") == Committed(b"b", 2)
+    assert unreserved == []
+    assert node._record(b"k").promised.round > own + 600 * MAX_ROUND_STEP
+
+
+def test_refusals_claiming_far_promises_climb_within_the_budget() -> None:
+    """One refusal's word lifts the next ballot a step; beyond that, up to `MAX_RUNGS` + 1
+    steps, only within `CLIMB_STEPS_PER_SECOND` (a burst of `CLIMB_BURST_STEPS`): two
+    hostile messages each time (a forwarded change and its refusal) had rungs walk every
+    honest floor 257 steps (review s49r), so the ceiling was days away."""
+    replica = Net().replicas[0]
+    start = replica._now
+    far = ROUND_CEILING - 2
+    climbed = 0
+    for i in range(40):  # 40 lies at once, each refusing a ballot a step above the last
+        refused = Ballot(i * MAX_ROUND_STEP + 1, 0)
+        replica._learn_round(b"k%d" % i, far, refused)
+        climbed += (replica._learned[b"k%d" % i] - refused.round) // MAX_ROUND_STEP - 1
+    assert climbed <= CLIMB_BURST_STEPS
+    replica._now = start + 1.0
+    replica._learn_round(b"later", far, Ballot(1, 0))
+    assert replica._learned[b"later"] - 1 <= (MAX_RUNGS + 1) * MAX_ROUND_STEP
+    assert replica._learned[b"later"] - 1 > MAX_RUNGS * MAX_ROUND_STEP  # refilled

@@ -28,8 +28,8 @@ from backupvault.fleet.messages import AcceptorRecord
 #: anyone (ballot inflation stalls every honest proposer). 2^32 until review s49: a
 #: hostile node walked an honest acceptor to the ceiling in 2^30 Prepares, about nine
 #: hours of what the channel admits from one peer, and could then take any entry out of
-#: reach with one more.
-MAX_ROUND_STEP = 1 << 20
+#: reach with one more. 2^16: the ceiling is 2^46 steps away, about 67 years of it.
+MAX_ROUND_STEP = 1 << 16
 
 
 def raised_floor(floor: int, promised_round: int) -> int:

@@ -101,8 +101,8 @@ MAX_VALUE_BYTES = 1 << 18
 MAX_STORE_ID_BYTES = 64
 #: No ballot at or above this round is taken or learned, so rounds (and the next round
 #: after them) always fit the store's u64 fields. Inflating an honest node this far takes
-#: 2^42 messages each `MAX_ROUND_STEP` higher (about 4,000 years of what the channel
-#: admits from one peer); it then stalls (liveness, not safety).
+#: 2^46 messages each `MAX_ROUND_STEP` higher (about 67 years of what the channel admits
+#: from one peer); it then stalls (liveness, not safety).
 ROUND_CEILING = 1 << 62
 #: Prepares a proposer sends a step apart below its ballot when some acceptor stands more
 #: than a step below it (`Replica._rungs`), so that acceptor can take the ballot. Without
@@ -110,6 +110,16 @@ ROUND_CEILING = 1 << 62
 #: left the other honest ones a step per refused round behind: every change to the entry
 #: failed for minutes (review s49). Rungs cost messages only when rounds were walked.
 MAX_RUNGS = 256
+#: Steps a second, and at once, a node learns above the ballot a refusal answered beyond
+#: the first (`Replica._learn_round`): rungs climb honest acceptors on a refusal's word,
+#: and one lying refusal per forwarded change had every honest floor walk 257 steps for two
+#: hostile messages (review s49r), which would reach the ceiling in days. At this rate the
+#: fleet's five nodes walk it there in centuries; an honest climb after a walk goes at it.
+CLIMB_STEPS_PER_SECOND = 1024
+CLIMB_BURST_STEPS = MAX_RUNGS
+#: Resends of one repair preceded by rungs to one node: 2,048 steps climbed at most; a node
+#: left further behind takes the value from the entry's next change or its next catch-up.
+REPAIR_CLIMBS = 8
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
@@ -205,9 +215,10 @@ class _Repair:
     # Pending nodes that refused the ballot as more than a step above their rounds (a
     # hostile node walked the others up), by the promise each last reported: the next
     # resend is preceded by rungs to each (`Replica._repair_rungs`) while that promise
-    # rises; one that did not take the last rungs is given up on (a hostile node's
-    # refusals would have had rungs sent to it every second of the repair window).
+    # rises, `REPAIR_CLIMBS` times at most (a hostile node's refusals, each a round
+    # higher, had rungs sent to it every second of the repair window: review s49r).
     left_behind: dict[int, int] = field(default_factory=dict)
+    climbs: dict[int, int] = field(default_factory=dict)  # rungs sent to each, times
     climbing: set[int] = field(default_factory=set)  # owed rungs with the next resend
 
 
@@ -352,6 +363,10 @@ class Replica:
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
         self._max_round = self.source.max_round()
+        # Rounds it may still learn beyond a step above a refused ballot, and when that was
+        # last topped up (`_learn_round`).
+        self._climb_budget = CLIMB_BURST_STEPS * MAX_ROUND_STEP
+        self._climb_at = 0.0
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
@@ -566,9 +581,10 @@ class Replica:
 
     def _learn_round(self, key: bytes, promised_round: int, refused: Ballot) -> None:
         """Note for `key`'s next ballot the promise an acceptor reported when it refused
-        `refused`, a ballot this node sent (its own, or one it resends as a repair): never
-        more than `MAX_RUNGS` + 1 steps above that ballot (the next ballot's rungs lead
-        there, `_rungs`), and never to `ROUND_CEILING`.
+        `refused`, a ballot this node sent (its own, or one it resends as a repair): a step
+        above that ballot, and beyond it (up to `MAX_RUNGS` + 1 steps: the next ballot's
+        rungs lead there, `_rungs`) only as far as this node's climbing budget allows
+        (`CLIMB_STEPS_PER_SECOND`); never to `ROUND_CEILING`.
 
         A peer's answer is its word. Learned from any answer, and a step above this node's
         highest round each time, two answers made up by a hostile peer (unsolicited ones
@@ -577,9 +593,22 @@ class Replica:
         and this node's own rounds never committed again. Every acceptor that answered
         the refused ballot (or whose promise is higher) has seen its round, so a ballot
         at most a step above it is never refused as inflated, nor one its rungs lead
-        to; an honest promise far above is still reached, `MAX_RUNGS` steps per round."""
-        climb = (MAX_RUNGS + 1) * MAX_ROUND_STEP
-        learned = min(promised_round, refused.round + climb - 1, ROUND_CEILING - 1)
+        to. Without the budget, refusals claiming promises far above (two hostile
+        messages: a forwarded change, and its refusal) had rungs walk every honest floor
+        257 steps up each time (review s49r): the ceiling in days."""
+        step = refused.round + MAX_ROUND_STEP - 1
+        learned = min(promised_round, step)
+        climb = min(promised_round, refused.round + (MAX_RUNGS + 1) * MAX_ROUND_STEP - 1)
+        known = max(step, self._learned.get(key, 0))
+        if climb > known:
+            rate = CLIMB_STEPS_PER_SECOND * MAX_ROUND_STEP
+            topped = self._climb_budget + int((self._now - self._climb_at) * rate)
+            self._climb_budget = min(topped, CLIMB_BURST_STEPS * MAX_ROUND_STEP)
+            self._climb_at = self._now
+            beyond = min(climb - known, self._climb_budget)
+            self._climb_budget -= beyond
+            learned = max(learned, known + beyond)
+        learned = min(learned, ROUND_CEILING - 1)
         self._learned[key] = max(self._learned.pop(key, 0), learned)
         if len(self._learned) > LEARNED_ENTRIES:
             self._learned.popitem(last=False)  # forgetting costs a refused round, no more
@@ -600,6 +629,16 @@ class Replica:
         held = lead.held.round + 1 if lead is not None else 0
         promised = self._record(key).promised.round
         return max(promised, held, after.round, self._learned.get(key, 0)) + 1
+
+    def _reserved(self, prepare: Prepare) -> bool:
+        """Whether this node's own acceptor promised `prepare`'s ballot, which reserves it:
+        `_next_round` goes above that promise, so the ballot is never used for another
+        value. Refused there (more than a step above its rounds, past the rungs), it must
+        not leave: a Prepare sent unreserved had a leaderless round and the node's own
+        leader hold take one ballot for two values, and a committed change was lost
+        (review s49r, with a hostile node walking rounds and lying in refusals). The rungs
+        have gone; the next round climbs on from them."""
+        return self._record(prepare.key).promised == Ballot(prepare.round, prepare.node)
 
     def _rungs(
         self, prepare: Prepare, after: Ballot, left_behind: dict[int, int], now: float
@@ -638,6 +677,7 @@ class Replica:
         if peer not in repair.climbing:
             return []
         repair.climbing.discard(peer)
+        repair.climbs[peer] = repair.climbs.get(peer, 0) + 1
         accept = repair.accept
         low = repair.left_behind[peer]
         rounds = range(low + MAX_ROUND_STEP, accept.round, MAX_ROUND_STEP)[:MAX_RUNGS]
@@ -975,6 +1015,8 @@ class Replica:
         effects = self._rungs(prepare, after, proposal.left_behind, now)
         proposal.left_behind = {}
         effects += self._deliver_locally(prepare, now)
+        if not self._reserved(prepare):
+            return effects + self._back_off(proposal, now)
         return effects + [Send(peer, prepare) for peer in self.peers]
 
     def _current(self, op_id: bytes, round_: int, node: int, phase: str) -> _Proposal | None:
@@ -1179,8 +1221,10 @@ class Replica:
             # Refused again after a no-op round lifted the value above its promise: given
             # up. A hostile node refuses every ballot; lifted for each refusal, it had the
             # fleet run a round every two seconds for ever, for every entry it lagged on.
-            if _left_a_step_below(message) and message.promised_round > repair.left_behind.get(
-                sender, -1
+            if (
+                _left_a_step_below(message)
+                and message.promised_round > repair.left_behind.get(sender, -1)
+                and repair.climbs.get(sender, 0) < REPAIR_CLIMBS
             ):
                 # Too far above its rounds to take (a walk left it behind): it may take the
                 # value once rungs have climbed it, so it stays pending.
@@ -1470,6 +1514,8 @@ class Replica:
         effects = self._rungs(prepare, after, lead.left_behind, now)
         lead.left_behind = {}
         effects += self._deliver_locally(prepare, now)
+        if not self._reserved(prepare):
+            return effects + self._drop_lead(lead, now)
         return effects + [Send(peer, prepare) for peer in self.peers]
 
     def _lead_on_promise(
