@@ -663,8 +663,9 @@ def test_regression_a_share_owed_after_a_registration_race_goes_out_at_once(seed
 # rounds up 300 steps at two honest nodes: the one of them whose floor stood lowest
 # refused the chosen value's repair as too far above its rounds, which the repair took for
 # its check's final word, and it held an old version for good (`disks-agree`). A repair
-# now climbs such a node with rungs while it takes them (`Replica._repair_rungs`).
-@pytest.mark.parametrize("seed", [10574059, 10574076])
+# now climbs such a node with rungs while it takes them (`Replica._repair_rungs`); seeds
+# 10580211 and 10580296 failed the same way with those climbs capped at 8 (`REPAIR_CLIMBS`).
+@pytest.mark.parametrize("seed", [10574059, 10574076, 10580211, 10580296])
 def test_regression_a_node_left_behind_by_a_walk_is_repaired(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)

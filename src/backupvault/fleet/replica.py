@@ -117,9 +117,11 @@ MAX_RUNGS = 256
 #: fleet's five nodes walk it there in centuries; an honest climb after a walk goes at it.
 CLIMB_STEPS_PER_SECOND = 1024
 CLIMB_BURST_STEPS = MAX_RUNGS
-#: Resends of one repair preceded by rungs to one node: 2,048 steps climbed at most; a node
-#: left further behind takes the value from the entry's next change or its next catch-up.
-REPAIR_CLIMBS = 8
+#: Resends of one repair preceded by rungs to one node, each after a refusal reporting a
+#: higher promise than the last: 16,384 rungs at most (a hostile node's refusals, each a
+#: round higher, had them sent every second of the 2-minute window). 8 were too few for an
+#: honest node in sim seeds 10580211 and 10580296 (it held a stale value for good).
+REPAIR_CLIMBS = 64
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
