@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import json
 import socket
+import struct
 import subprocess
+import threading
 from pathlib import Path
 
 import pytest
@@ -59,6 +61,39 @@ def test_storage_that_does_not_answer_is_exit_5(tmp_path: Path, source: Path) ->
         plain = run(*args, stdin="")
         assert plain.returncode == UNAVAILABLE and "storage did not answer" in plain.stderr
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("reset", "error_name"), [(False, "RemoteProtocolError"), (True, "ReadError")]
+)
+def test_storage_that_drops_the_connection_is_exit_5(reset: bool, error_name: str) -> None:
+    """Review s49: a WebDAV server killed mid-run gave exit 1 and the "credentials,
+    permissions, free space" hint. A server that takes the connection and closes it
+    unanswered (httpx's RemoteProtocolError) or resets it (ReadError) did not answer."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def drop() -> None:
+            while True:
+                try:
+                    conn, _ = server.accept()
+                except OSError:
+                    return  # closed at the end of the test
+                conn.recv(65536)  # the request, left unanswered
+                if reset:  # an RST rather than a FIN
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+
+        threading.Thread(target=drop, daemon=True).start()
+        url = f"webdav+http://127.0.0.1:{port}/backups"
+        done = run("--json", "backup", "list", "--storage", url, "--recovery-code", "-", stdin="")
+        server.shutdown(socket.SHUT_RDWR)
+    assert done.returncode == UNAVAILABLE, done.stderr
+    error = error_of(done)
+    assert f": {error_name}" in str(error["error"])
+    assert "the storage did not answer" in str(error["hint"])
 
 
 def test_sftp_storage_that_does_not_answer_is_one_json_error_on_stderr() -> None:

@@ -61,13 +61,17 @@ SUPPORTED_FORMS = (
 _SCHEME_RE = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*):(.*)$", re.DOTALL)
 ENV_WEBDAV_USER = "BACKUPVAULT_WEBDAV_USER"
 ENV_WEBDAV_PASSWORD = "BACKUPVAULT_WEBDAV_PASSWORD"
-#: Exceptions (by name) of a server that did not answer: httpx's, aiohttp's (fsspec),
-#: botocore's (s3fs), paramiko's and the OS's. They are `StorageUnavailable` (exit 5, try
-#: again later); any other failure (credentials, permissions, a missing package) is not.
+#: Exceptions (by the name of the class or of a base class) of a server that did not answer
+#: or dropped the connection: httpx's (NetworkError: connect, read, write; TimeoutException:
+#: connect, read, write, pool; RemoteProtocolError: disconnected unanswered), aiohttp's
+#: (fsspec), botocore's (s3fs), paramiko's and the OS's. They are `StorageUnavailable` (exit
+#: 5, try again later); any other failure (credentials, permissions, a missing package) is
+#: not.
 UNREACHABLE = frozenset({
-    "ConnectError", "ConnectTimeout", "ReadTimeout", "TimeoutError", "ClientConnectorError",
-    "EndpointConnectionError", "ConnectTimeoutError", "NoValidConnectionsError",
-    "ConnectionRefusedError", "gaierror", "ServerDisconnectedError", "ConnectionResetError",
+    "NetworkError", "TimeoutException", "RemoteProtocolError", "TimeoutError",
+    "ClientConnectorError", "EndpointConnectionError", "ConnectTimeoutError",
+    "NoValidConnectionsError", "ConnectionRefusedError", "gaierror", "ServerDisconnectedError",
+    "ConnectionResetError",
 })  # fmt: skip
 
 
@@ -290,7 +294,8 @@ class Storage:
                 "this storage needs an optional package: install the one named into"
                 f" backupvault's environment ({sys.executable} -m pip install NAME)"
             )
-        kind = StorageUnavailable if type(exc).__name__ in UNREACHABLE else StorageError
+        unreachable = any(cls.__name__ in UNREACHABLE for cls in type(exc).__mro__)
+        kind = StorageUnavailable if unreachable else StorageError
         return kind(f"{what} at {self.display_url}: {detail}", hint=hint)
 
     def path(self, name: str) -> str:
