@@ -182,3 +182,14 @@ def test_a_folder_the_cleanup_cannot_open_is_still_removed(
     finally:
         os.close(checked)
     assert refused and not root.exists()
+
+
+def test_a_full_disk_with_bytes_and_inodes_to_spare_gives_no_figures_that_say_there_is_room(
+    tmp_path: Path,
+) -> None:
+    """Review s49: ENOSPC or EDQUOT with room on the disk (a quota) said "needs 1 B, has
+    9 GiB". It says the disk refused, and a quota may be why."""
+    refused = OSError(errno.EDQUOT, os.strerror(errno.EDQUOT))
+    error = safe.full_disk(tmp_path, Limits(1, 1), refused)
+    assert "needs" not in error.message and "quota" in error.message
+    assert os.strerror(errno.EDQUOT) in error.message

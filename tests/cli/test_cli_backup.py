@@ -719,6 +719,43 @@ def test_a_disk_that_fills_during_the_restore_is_a_clear_error(tmp_path: Path) -
     )
 
 
+def _many_files_backup(tmp_path: Path, source: Path) -> tuple[Path, str]:
+    for i in range(60):
+        (source / f"small{i}.txt").write_text(f"file {i}\n")
+    storage = tmp_path / "storage"
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    return storage, json.loads(created.stdout)["recovery_code"]
+
+
+@pytest.mark.parametrize("checked", [True, False])
+def test_restore_onto_a_disk_without_free_inodes_says_so(
+    tmp_path: Path, source: Path, checked: bool
+) -> None:
+    """Review s49: a disk with bytes to spare but too few inodes gave "no space left (needs
+    131.4 MiB, has 184.4 MiB)". The check before the restore counts inodes too; and when
+    they run out during it (another program took them after the check: here, no check),
+    the error names inodes, not bytes."""
+    storage, code = _many_files_backup(tmp_path, source)
+    check = "" if checked else "r.check_space = lambda *args: None; "
+    program = (
+        f"import backupvault.backup.repo.restore as r; {check}"
+        "from backupvault.cli.main import main; main()"
+    )
+    result = _on_small_disk(
+        tmp_path, "8m,nr_inodes=40",
+        [sys.executable, "-c", program, "backup", "restore", "--storage", str(storage),
+         "--to", str(tmp_path / "disk" / "dest"), "--recovery-code", "-"],
+        stdin=code + "\n",
+    )  # fmt: skip
+    assert result.startswith("exit 1\n"), result
+    assert "no free inodes left on the destination's disk" in result
+    assert "free bytes are not the problem" in result and "needs" not in result
+    assert ("has room for 0 more" in result) is not checked  # refused before writing
+    assert "disk holds: []" in result and "bug" not in result
+
+
 def test_second_backup_asks_for_the_code_and_stores_only_changes(
     tmp_path: Path, source: Path
 ) -> None:

@@ -556,11 +556,43 @@ def space(folder: str | os.PathLike[str] | int, limits: Limits) -> tuple[int, in
     return needs, st.f_bavail * st.f_frsize
 
 
+def no_inodes(entries: int, free_inodes: int, has: int) -> NoSpace:
+    return NoSpace(
+        f"no free inodes left on the destination's disk: this restore makes up to {entries}"
+        f" files, folders and links, and the disk has room for {free_inodes} more (its"
+        f" {human_size(has)} of free bytes are not the problem)",
+        hint="delete files on that disk, restore fewer with --include, or restore onto"
+        " another disk",
+    )
+
+
 def check_space(folder: str | os.PathLike[str], limits: Limits) -> None:
-    """Refuse before anything is written if a restore within `limits` may not fit."""
+    """Refuse before anything is written if a restore within `limits` may not fit: too few
+    free bytes, or too few free inodes where the file system counts them (f_files 0: it
+    does not) and `limits` counts entries rather than caps them (no `space_estimate`)."""
     needs, has = space(folder, limits)
     if needs > has:
         raise no_space(needs, has)
+    st = os.statvfs(folder)
+    if limits.space_estimate is None and st.f_files and limits.max_entries > st.f_favail:
+        raise no_inodes(limits.max_entries, st.f_favail, has)
+
+
+def full_disk(folder: str | os.PathLike[str], limits: Limits, exc: OSError) -> NoSpace:
+    """What a write's ENOSPC or EDQUOT (`exc`) during a restore within `limits` means on
+    `folder`'s disk: no inodes left, too few bytes left, or, with both to spare, a quota
+    (the figures would say there is room, so none are given)."""
+    needs, has = space(folder, limits)
+    st = os.statvfs(folder)
+    if st.f_files and st.f_favail == 0:
+        return no_inodes(limits.max_entries, 0, has)
+    if needs > has:
+        return no_space(needs, has)
+    return NoSpace(
+        f"the destination's disk refused more data ({exc.strerror}) although it reports"
+        f" {human_size(has)} and {st.f_favail} inodes free: a quota may limit this user",
+        hint="free some space (within the quota), or restore onto another disk",
+    )
 
 
 def split_name(name: str) -> tuple[str, ...]:

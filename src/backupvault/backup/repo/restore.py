@@ -55,10 +55,9 @@ from backupvault.backup.safe import (
     Staging,
     check_destination,
     check_space,
-    no_space,
+    full_disk,
     reached,
     remove_abandoned,
-    space,
 )
 from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError
@@ -251,7 +250,7 @@ def restore_snapshot(
                 )
             except OSError as exc:
                 if exc.errno in (errno.ENOSPC, errno.EDQUOT):
-                    raise no_space(*space(dest_path.parent, limits)) from None
+                    raise full_disk(dest_path.parent, limits, exc) from None
                 name = os.fsdecode(exc.filename) if exc.filename else None
                 if exc.errno in _TREE_CONTRADICTIONS:
                     # A tree whose entries contradict each other (a file under a name that
