@@ -1517,6 +1517,31 @@ def test_one_file_system_backs_up_a_tree_on_one_disk_whole(tmp_path: Path, sourc
     assert same_tree(source, tmp_path / "r")
 
 
+@pytest.mark.parametrize("given", ["./photos", "./photos/", "{source}/photos"])
+def test_exclude_takes_a_path_as_include_does(tmp_path: Path, source: Path, given: str) -> None:
+    """Review s49: `--exclude ./docs` and `--exclude /abs/SOURCE/docs` left out nothing,
+    silently. Both name that one folder inside SOURCE (not every "photos" below it)."""
+    (source / "notes" / "photos").mkdir(parents=True)
+    (source / "notes" / "photos" / "kept.jpg").write_bytes(b"kept")
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(tmp_path / "storage"),
+        "--recovery-code", "--exclude", given.format(source=source),
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["files"] == 2  # notes.txt, notes/photos/kept.jpg
+
+
+def test_an_absolute_exclude_outside_the_source_is_refused(tmp_path: Path, source: Path) -> None:
+    done = run(
+        "--json", "backup", "create", str(source), "--storage", str(tmp_path / "storage"),
+        "--recovery-code", "--exclude", "/photos",
+    )  # fmt: skip
+    assert done.returncode == 2 and not (tmp_path / "storage").exists()
+    error = json.loads(done.stderr.splitlines()[-1])
+    assert str(error["error"]).startswith(f"--exclude /photos is not inside {source}")
+    assert "./photos" in str(error["hint"])
+
+
 def test_exclude_is_repeatable_on_the_command_line(tmp_path: Path, source: Path) -> None:
     (source / "photos" / "thumbs").mkdir()
     (source / "photos" / "thumbs" / "t.jpg").write_bytes(b"small")

@@ -1010,6 +1010,7 @@ def backup_create(
     # Before the key is asked for: a SOURCE no backup takes (a link, a fifo) was refused
     # only once the password had gone to the vault, a mistyped one spending a guess.
     source_stat(source)
+    exclude = tuple(_exclude_pattern(pattern, source) for pattern in exclude)
     url = ctx.storage(storage_url)
     inside = _storage_inside(source, url)
     if inside is not None:
@@ -1168,17 +1169,28 @@ def _storage_inside(source: Path, url: str) -> str | None:
 
 def _only(path: str) -> str:
     """An --exclude pattern that matches `path` inside SOURCE and nothing else: wildcards
-    in it are escaped ("[*]"), and a path of one name gets a "/" in a character class
-    (no path inside SOURCE starts with one), so that it is matched against the whole path
-    and not against every name at any depth (backup/repo/create.py, `excluded`)."""
+    in it are escaped ("[*]"), and "./" makes it a path inside SOURCE, not a name at any
+    depth (backup/repo/create.py, `excluded`)."""
+    return "./" + "".join(f"[{c}]" if c in "*?[" else c for c in path)
 
-    def escaped(text: str) -> str:
-        return "".join(f"[{c}]" if c in "*?[" else c for c in text)
 
-    if "/" in path:
-        return escaped(path)
-    head = "[]/]" if path[0] == "]" else f"[/{path[0]}]"  # "]" is literal only first
-    return head + escaped(path[1:])
+def _exclude_pattern(pattern: str, source: Path) -> str:
+    """An --exclude pattern as `excluded` takes it: an absolute path inside SOURCE as the
+    path inside it ("./docs"), as --include takes one (review s49: it matched nothing);
+    one outside SOURCE is refused."""
+    from backupvault.backup.repo.restore import inside_source
+
+    if not pattern.startswith("/"):
+        return pattern
+    relative = inside_source(pattern, os.path.abspath(source))
+    if relative is None:
+        raise UsageError(
+            f"--exclude {pattern} is not inside {source}: a pattern starting with / is an"
+            " absolute path, and nothing outside SOURCE is backed up",
+            hint=f"for {pattern.strip('/')} inside SOURCE give --exclude ./{pattern.lstrip('/')}"
+            " (a path inside SOURCE), or a name without a / to leave out at any depth",
+        )
+    return "./" + relative
 
 
 @backup.command(

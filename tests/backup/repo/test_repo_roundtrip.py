@@ -258,6 +258,10 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
         (b"docs/a/b.txt", "docs/*.txt", True),  # fnmatch: * also matches /
         (b"Notes.TXT", "*.txt", False),  # case matters
         ("日本/ß.db".encode(), "*.db", True),
+        (b"cache", "./cache", True),  # ./: a path inside the source, as --include's
+        (b"a/cache", "./cache", False),
+        (b"docs/deep", "./docs//deep/", True),
+        (b"docs/a.txt", "./*.txt", True),  # * still matches /
     ],
 )
 def test_exclude_patterns(path: bytes, pattern: str, matches: bool) -> None:

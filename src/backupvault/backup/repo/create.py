@@ -19,6 +19,7 @@ import fnmatch
 import io
 import mmap
 import os
+import posixpath
 import queue
 import stat
 import threading
@@ -140,12 +141,15 @@ def _entry(path: bytes, st: os.stat_result, notes: list[str]) -> Entry | None:
 def excluded(path: bytes, patterns: tuple[str, ...]) -> bool:
     """Whether `path` (inside the source) matches a pattern: one with a `/` against the
     whole path, one without against the last name, with shell wildcards (fnmatch's: `*`
-    also matches `/`). Leading and trailing slashes of a pattern are ignored."""
+    also matches `/`). Leading and trailing slashes of a pattern are ignored. One starting
+    with `./` is a path inside the source (normalised as `--include` is: `./docs/` is
+    `docs`), always matched against the whole path."""
     text = os.fsdecode(path)
     name = text.rsplit("/", 1)[-1]
     for pattern in patterns:
-        bare = pattern.strip("/")
-        if fnmatch.fnmatchcase(text if "/" in bare else name, bare):
+        anchored = pattern.startswith("./")
+        bare = (posixpath.normpath(pattern) if anchored else pattern).strip("/")
+        if fnmatch.fnmatchcase(text if anchored or "/" in bare else name, bare):
             return True
     return False
 

@@ -99,7 +99,7 @@ def select(
     found = {e.path for e in chosen}
     missing = [shown for path, shown in wanted.items() if path not in found]
     if missing:
-        inside = [(m, _inside(m, source)) for m in missing]
+        inside = [(m, inside_source(m, source)) for m in missing]
         relative = [(m, r) for m, r in inside if r is not None]
         if relative:
             hint = "--include takes a path relative to the folder that was backed up: " + (
@@ -120,8 +120,9 @@ def select(
     return chosen
 
 
-def _inside(path: str, source: str | None) -> str | None:
-    """`path`, an absolute path inside `source` (the snapshot's folder), relative to it."""
+def inside_source(path: str, source: str | None) -> str | None:
+    """`path`, an absolute path inside `source` (the folder backed up), relative to it; None
+    for any other path. What `--include` and `--exclude` say or do with an absolute path."""
     if source is None or not path.startswith("/") or not source.startswith("/"):
         return None
     relative = posixpath.relpath(posixpath.normpath(path), posixpath.normpath(source))
