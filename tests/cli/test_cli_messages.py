@@ -11,7 +11,14 @@ import pytest
 from console import backupvault  # tests/cli/console.py
 from tests.client.fake_fleet import FAST_KSF, FakeFleet
 
-from backupvault.cli.main import Context, _confirm, _node_without, _warn_degraded
+from backupvault.backup.errors import StorageUnavailable
+from backupvault.cli.main import (
+    Context,
+    _confirm,
+    _node_without,
+    _warn_degraded,
+    _with_storage_hint,
+)
 from backupvault.cli.output import Output
 from backupvault.client.errors import Destroyed, FleetUnavailable, WrongPassword
 from backupvault.errors import UsageError
@@ -311,3 +318,13 @@ def test_click_s_own_errors_read_as_this_program_s(args: list[str], said: str) -
     assert done.stderr.splitlines()[0] == f"error: {said}", done.stderr
     as_json = backupvault("--json", *args)
     assert json.loads(as_json.stderr.strip().splitlines()[-1])["error"] == said
+
+
+def test_a_storage_error_with_a_lock_left_behind_still_says_what_to_do() -> None:
+    """Review s49: the note of the lock left behind took the hint's place, and nothing said
+    to run the command again once storage answers."""
+    err = StorageUnavailable("cannot store data/ab: ReadError: reset", hint="its lock L ...")
+    err.details["lock_left"] = "L"
+    hint = _with_storage_hint(err).hint
+    assert hint is not None and hint.startswith("the storage did not answer")
+    assert hint.endswith("run the command again; its lock L ...")

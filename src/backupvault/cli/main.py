@@ -1933,18 +1933,26 @@ def _with_storage_hint(err: BackupVaultError) -> BackupVaultError:
     and, for most causes, nothing of what to do: add it."""
     from backupvault.backup.errors import StorageError, StorageUnavailable
 
-    if type(err) not in (StorageError, StorageUnavailable) or err.hint is not None:
+    if type(err) not in (StorageError, StorageUnavailable):
+        return err
+    # A hint that is only the note of the lock the command left behind (repository.py,
+    # `_release_beside`) still needs what to do first (review s49).
+    lock_only = err.hint is not None and err.hint.startswith(
+        f"its lock {err.details.get('lock_left')} "
+    )
+    if err.hint is not None and not lock_only:
         return err
     if isinstance(err, StorageUnavailable):
-        err.hint = (
+        hint = (
             "the storage did not answer: check the URL (host and port), that its server"
             " runs, and this device's network; then run the command again"
         )
     else:
-        err.hint = (
+        hint = (
             "check the storage URL and this device's access to it (credentials,"
             " permissions, free space); then run the command again"
         )
+    err.hint = f"{hint}; {err.hint}" if lock_only else hint
     return err
 
 

@@ -471,8 +471,13 @@ def test_the_machine_id_is_kept_where_there_is_no_etc_machine_id(
 
 
 def test_an_outage_is_reported_as_itself_not_as_the_lock_left_behind(
-    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path,
+    root_key: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
+    """The lock left behind is said once, in the hint (review s49: also as a warning, word
+    for word), and truly: a prune on this machine removes it at once."""
     source, repo_path = tmp_path / "src", tmp_path / "repo"
     source.mkdir()
     (source / "f").write_bytes(os.urandom(3000))
@@ -497,7 +502,13 @@ def test_an_outage_is_reported_as_itself_not_as_the_lock_left_behind(
     with pytest.raises(StorageError) as caught:
         create_snapshot(source, str(repo_path), root_key)
     assert caught.value.message.startswith("cannot store data/")
-    assert caught.value.hint is not None and "could not be removed" in caught.value.hint
+    hint = caught.value.hint
+    assert (
+        hint is not None and hint.startswith("its lock locks/") and "could not be removed" in hint
+    )
+    assert "does not keep prune or forget on this machine out" in hint
+    assert caught.value.details["lock_left"] == hint.split()[2]
+    assert "could not be removed" not in caplog.text  # not said twice
 
 
 def test_a_lock_removal_that_fails_once_is_tried_again(

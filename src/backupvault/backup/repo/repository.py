@@ -371,18 +371,22 @@ class Lock:
 
     def _release_beside(self, error: BaseException) -> None:
         """Release while `error` is on its way out (often storage going away, which also
-        fails the delete): it is what the user must see. A lock left behind is only said."""
+        fails the delete): it is what the user must see. A lock left behind is only said,
+        once: in the error's hint (its name in `details["lock_left"]`), else as a warning."""
         try:
             self.release()
         except StorageError as exc:
             left = (
-                f"its lock {self.name} could not be removed ({exc.message}): it keeps "
-                "prune and forget out until it expires, "
+                f"its lock {self.name} could not be removed ({exc.message}): it does not "
+                "keep prune or forget on this machine out (its process no longer runs; "
+                "prune removes it), on another machine only until it expires, "
                 f"{LOCK_EXPIRY_S // 60} minutes after it was last refreshed"
             )
-            log.warning("%s", left)
             if isinstance(error, BackupVaultError):
                 error.hint = f"{error.hint}; {left}" if error.hint else left
+                error.details["lock_left"] = self.name
+            else:
+                log.warning("%s", left)
 
 
 def lost_config(backend: Backend) -> MissingObject | None:
