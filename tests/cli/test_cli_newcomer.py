@@ -266,6 +266,11 @@ def test_a_port_range_too_narrow_for_the_deployment_stops_local_up_before_it_pro
     assert "gives 2 ports; a deployment of 5 nodes needs 13" in up.stderr
     assert "provisioning" not in up.stderr
     assert not deployment.exists() or list(deployment.iterdir()) == []
+    one = backupvault(
+        "local", "up", "--dir", str(deployment), "--nodes", "1",
+        env={"BACKUPVAULT_PORTS": "27000-27001"},
+    )  # fmt: skip
+    assert "a deployment of 1 node needs 5" in one.stderr  # review s49: not "1 nodes"
 
 
 @pytest.mark.parametrize(

@@ -86,10 +86,11 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
         if len(local_ports()) < needed:
             raise UsageError(
                 f"BACKUPVAULT_PORTS gives {len(local_ports())} ports; a deployment of"
-                f" {nodes} nodes needs {needed} (two per node, the relay and two witnesses)",
+                f" {_plural(nodes, 'node')} needs {needed} (two per node, the relay and two"
+                " witnesses)",
                 hint="give a wider range, such as BACKUPVAULT_PORTS=20000-32767",
             )
-        ctx.output.note(f"provisioning {nodes} nodes: tokens and each node's own keys …")
+        ctx.output.note(f"provisioning {_plural(nodes, 'node')}: tokens and each node's own keys …")
     else:
         renewed = deployment.renew_client_tokens()
     for name in renewed:
