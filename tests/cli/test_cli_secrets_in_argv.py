@@ -118,8 +118,10 @@ def test_a_client_config_others_can_read_is_warned_of(tmp_path: Path, mode: int)
         # fleet.toml drew "unknown field 'measurement'; did you mean 'allowed_measurements'?
         # rename it", and the chmod advice for a public file.
         (b'guess_limit = 10\nfleet_id = "00ff"\nepoch = 1\nmeasurement = "00"\n'
-         b'[[nodes]]\nindex = 0\n', "is not a client config"),
-        (b'[node]\nindex = 0\n[token]\nlabel = "backupvault-node-0"\n', "is not a client config"),
+         b'[[nodes]]\nindex = 0\n', "it looks like the operator's fleet.toml"),
+        # Review s49: "it holds node, token but none of ... (relay_url, account, token, ...)"
+        (b'[node]\nindex = 0\n[token]\nlabel = "backupvault-node-0"\n',
+         "is not a client config: it looks like a node's node.toml ([node], and [token] as"),
     ],
     ids=["binary", "script", "pyproject", "fleet.toml", "node.toml"],
 )  # fmt: skip

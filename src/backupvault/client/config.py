@@ -540,10 +540,15 @@ def read_client_toml(path: Path) -> dict[str, Any]:
     the fleet.toml beside client.toml, which was told to rename its `measurement`."""
     data = _read_toml(path)
     if data and not any(_a_client_field(name, value) for name, value in data.items()):
+        if "node" in data or isinstance(data.get("token"), dict):
+            what = "it looks like a node's node.toml ([node], and [token] as a table)"
+        elif "fleet_id" in data and "nodes" in data:
+            what = "it looks like the operator's fleet.toml (fleet_id and [[nodes]])"
+        else:
+            what = f"it holds {', '.join(sorted(data)[:3])}{', ...' if len(data) > 3 else ''}"
         raise UsageError(
-            f"config file {path} is not a client config: it holds"
-            f" {', '.join(sorted(data)[:3])}{', ...' if len(data) > 3 else ''} but none of a"
-            " client config's own fields (relay_url, account, token, ...)",
+            f"config file {path} is not a client config: {what}, and none of a client"
+            " config's own fields (relay_url, account, a token string, ...)",
             hint=f"check the path; {_WRITES_ONE}",
         )
     return data
