@@ -279,6 +279,8 @@ def test_wrong_key_and_bad_destination(tmp_path: Path, root_key: bytes) -> None:
     assert "--new-key" in str(refused.value.hint) and "vault recovery-code" in str(
         refused.value.hint
     )
+    # ...and one registered after `vault delete` (review s49)
+    assert "`vault delete`" in str(refused.value.hint)
     with pytest.raises(WrongKey):
         create_snapshot(source, repo, os.urandom(32))
     (tmp_path / "full").mkdir()

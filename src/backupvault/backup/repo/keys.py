@@ -178,9 +178,10 @@ def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
             hint="a repository opens only with the key its first backup made: the vault "
             "key behind your password (on this account and entry), or a recovery code; "
             "if it was made with --recovery-code, give that (--recovery-code -), and if "
-            "with a password, leave --recovery-code out. A key registered since (`--new-key`,"
-            " after wrong guesses destroyed the old one) opens none of the old key's"
-            " backups: those open with the code `vault recovery-code` printed for the old key",
+            "with a password, leave --recovery-code out. A key registered since (`--new-key`"
+            " after wrong guesses destroyed the old one, or a registration after `vault"
+            " delete`) opens none of the old key's backups: those open only with a code"
+            " `vault recovery-code` printed for the old key",
         )
     try:
         repo_key = AESGCM(hkdf(rk, None, _WRAP_INFO)).decrypt(
