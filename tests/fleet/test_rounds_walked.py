@@ -184,10 +184,10 @@ def test_refusals_claiming_far_promises_climb_within_the_budget() -> None:
     climbed = 0
     for i in range(40):  # 40 lies at once, each refusing a ballot a step above the last
         refused = Ballot(i * MAX_ROUND_STEP + 1, 0)
-        replica._learn_round(b"k%d" % i, far, refused)
+        replica._learn_round(b"k%d" % i, 4, far, refused)
         climbed += (replica._learned[b"k%d" % i] - refused.round) // MAX_ROUND_STEP - 1
     assert climbed <= CLIMB_BURST_STEPS
     replica._now = start + 1.0
-    replica._learn_round(b"later", far, Ballot(1, 0))
+    replica._learn_round(b"later", 4, far, Ballot(1, 0))
     assert replica._learned[b"later"] - 1 <= (MAX_RUNGS + 1) * MAX_ROUND_STEP
     assert replica._learned[b"later"] - 1 > MAX_RUNGS * MAX_ROUND_STEP  # refilled

@@ -303,6 +303,11 @@ class _Lead:
     refusals: set[int] = field(default_factory=set)  # acceptors that refused `held`
     queue: deque[tuple[int, Forward]] = field(default_factory=deque)
     left_behind: dict[int, int] = field(default_factory=dict)  # as `_Proposal.left_behind`
+    # The highest round this node reserved for the entry outside the hold (a leaderless
+    # round): `held` moves up one per chosen value, and reaching that ballot it sent a
+    # second value under it (review s49rr: a committed change was lost). The hold is
+    # prepared anew above it instead (`_holds`).
+    floor: int = -1
 
 
 class Replica:
@@ -367,8 +372,7 @@ class Replica:
         self._max_round = self.source.max_round()
         # Rounds it may still learn beyond a step above a refused ballot, and when that was
         # last topped up (`_learn_round`).
-        self._climb_budget = CLIMB_BURST_STEPS * MAX_ROUND_STEP
-        self._climb_at = 0.0
+        self._climb_budgets: dict[int, tuple[int, float]] = {}
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
@@ -581,12 +585,13 @@ class Replica:
     def _key_ok(self, key: bytes) -> bool:
         return self._check_key is None or self._check_key(key)
 
-    def _learn_round(self, key: bytes, promised_round: int, refused: Ballot) -> None:
+    def _learn_round(self, key: bytes, sender: int, promised_round: int, refused: Ballot) -> None:
         """Note for `key`'s next ballot the promise an acceptor reported when it refused
         `refused`, a ballot this node sent (its own, or one it resends as a repair): a step
         above that ballot, and beyond it (up to `MAX_RUNGS` + 1 steps: the next ballot's
-        rungs lead there, `_rungs`) only as far as this node's climbing budget allows
-        (`CLIMB_STEPS_PER_SECOND`); never to `ROUND_CEILING`.
+        rungs lead there, `_rungs`) only as far as the climbing budget this node keeps for
+        `sender` allows (`CLIMB_STEPS_PER_SECOND`; one pool for every peer let a hostile
+        one spend it before each honest refusal: review s49rr); never to `ROUND_CEILING`.
 
         A peer's answer is its word. Learned from any answer, and a step above this node's
         highest round each time, two answers made up by a hostile peer (unsolicited ones
@@ -603,12 +608,12 @@ class Replica:
         climb = min(promised_round, refused.round + (MAX_RUNGS + 1) * MAX_ROUND_STEP - 1)
         known = max(step, self._learned.get(key, 0))
         if climb > known:
+            burst = CLIMB_BURST_STEPS * MAX_ROUND_STEP
+            budget, at = self._climb_budgets.get(sender, (burst, self._now))
             rate = CLIMB_STEPS_PER_SECOND * MAX_ROUND_STEP
-            topped = self._climb_budget + int((self._now - self._climb_at) * rate)
-            self._climb_budget = min(topped, CLIMB_BURST_STEPS * MAX_ROUND_STEP)
-            self._climb_at = self._now
-            beyond = min(climb - known, self._climb_budget)
-            self._climb_budget -= beyond
+            budget = min(budget + int((self._now - at) * rate), burst)
+            beyond = min(climb - known, budget)
+            self._climb_budgets[sender] = (budget - beyond, self._now)
             learned = max(learned, known + beyond)
         learned = min(learned, ROUND_CEILING - 1)
         self._learned[key] = max(self._learned.pop(key, 0), learned)
@@ -1019,6 +1024,9 @@ class Replica:
         effects += self._deliver_locally(prepare, now)
         if not self._reserved(prepare):
             return effects + self._back_off(proposal, now)
+        lead = self._leads.get(proposal.key)
+        if lead is not None:
+            lead.floor = max(lead.floor, ballot.round)
         return effects + [Send(peer, prepare) for peer in self.peers]
 
     def _current(self, op_id: bytes, round_: int, node: int, phase: str) -> _Proposal | None:
@@ -1237,7 +1245,7 @@ class Replica:
             else:
                 repair.refused = True
                 ballot = Ballot(message.round, message.node)
-                self._learn_round(repair.accept.key, message.promised_round, ballot)
+                self._learn_round(repair.accept.key, sender, message.promised_round, ballot)
             if not repair.pending:
                 del self._repairs[message.op_id]
             return []
@@ -1290,7 +1298,7 @@ class Replica:
         to answer yes. A refusal is a peer's word, and a hostile node refuses every
         ballot at once: backing off on the first refusal made one such node fail every
         round (and every leader hold, `_lead_refused`) while all the others promised."""
-        self._learn_round(proposal.key, promised_round, proposal.ballot)
+        self._learn_round(proposal.key, sender, promised_round, proposal.ballot)
         _note_left_behind(proposal.left_behind, sender, promised_round, proposal.ballot)
         proposal.refusals.add(sender)
         if len(proposal.refusals) <= len(self.nodes) - self.quorum:
@@ -1467,6 +1475,7 @@ class Replica:
         )
         return (
             lead.phase == "ready"
+            and lead.held.round > lead.floor
             and len(lead.promised) >= self.quorum
             and now < lead.since + self.timing.deadline
             and fresh + 1 >= self.quorum
@@ -1576,7 +1585,7 @@ class Replica:
     ) -> list[Effect]:
         """As `_refused_by` for a proposal: the hold is given up only once no majority is
         left to answer yes, not on one (possibly hostile) refusal."""
-        self._learn_round(lead.key, promised_round, lead.held)
+        self._learn_round(lead.key, sender, promised_round, lead.held)
         _note_left_behind(lead.left_behind, sender, promised_round, lead.held)
         lead.refusals.add(sender)
         if len(lead.refusals) <= len(self.nodes) - self.quorum:
