@@ -668,7 +668,7 @@ class Replica:
         level = max(after.round, own)
         starts = [(peer, left_behind.get(peer, level)) for peer in self.peers]
         for peer, low in [(self.node, own), *starts]:
-            for round_ in range(low + MAX_ROUND_STEP, prepare.round, MAX_ROUND_STEP)[:MAX_RUNGS]:
+            for round_ in _rung_rounds(low, prepare.round):
                 rung = replace(prepare, round=round_)
                 if peer == self.node:
                     effects += self._deliver_locally(rung, now)
@@ -687,7 +687,7 @@ class Replica:
         repair.climbs[peer] = repair.climbs.get(peer, 0) + 1
         accept = repair.accept
         low = repair.left_behind[peer]
-        rounds = range(low + MAX_ROUND_STEP, accept.round, MAX_ROUND_STEP)[:MAX_RUNGS]
+        rounds = _rung_rounds(low, accept.round)
         return [Send(peer, Prepare(accept.op_id, accept.key, r, self.node)) for r in rounds]
 
     def tick(self, now: float) -> list[Effect]:
@@ -1751,6 +1751,12 @@ def _refused_by_check(message: Accepted) -> bool:
     naming a promise at or below the Accept's ballot came from the check."""
     promised = Ballot(message.promised_round, message.promised_node)
     return not message.ok and promised <= Ballot(message.round, message.node)
+
+
+def _rung_rounds(low: int, top: int) -> range:
+    """The rounds of the rungs from an acceptor at `low` towards a ballot at `top`: a step
+    apart, each within a step of the one before, `MAX_RUNGS` at most."""
+    return range(low + MAX_ROUND_STEP, top, MAX_ROUND_STEP)[:MAX_RUNGS]
 
 
 def _note_left_behind(
