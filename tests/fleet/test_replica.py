@@ -30,10 +30,10 @@ from backupvault.fleet.messages import (
 )
 from backupvault.fleet.records import Mark, MemoryRecords
 from backupvault.fleet.replica import (
+    CLIMB_BURST_STEPS,
     DEFAULT_TIMING,
     LEADER_ENTRIES,
     MAX_ROUND_STEP,
-    MAX_RUNGS,
     ROUND_CEILING,
     Committed,
     Failed,
@@ -803,9 +803,9 @@ def test_a_promise_far_above_is_reached_in_steps_and_the_change_commits() -> Non
 
 def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_ballot() -> None:
     """Answers to ballots node 0 never sent lift nothing; a refusal of one it sent lifts
-    its rounds to less than MAX_RUNGS + 1 steps above that ballot (its rungs lead there),
-    and never to the ceiling (its next ballot must fit the store's u64, and no acceptor
-    takes a round at or above it)."""
+    its rounds to less than CLIMB_BURST_STEPS + 1 steps above that ballot (as far as an
+    acceptor climbs at once), and never to the ceiling (its next ballot must fit the
+    store's u64, and no acceptor takes a round at or above it)."""
     net = Net()
     net.propose(0, b"a", b"k", add(1))
     net.settle()
@@ -824,7 +824,7 @@ def test_answers_claiming_a_round_near_2_64_lift_rounds_only_above_a_refused_bal
     (prepare,) = {e.message for e in effects if isinstance(e, Send)}
     refusal = Promise(prepare.op_id, b"k", prepare.round, 0, False, 0, 0, b"", top, 1)
     replica.receive(1, refusal, net.now)
-    climb = (MAX_RUNGS + 1) * MAX_ROUND_STEP
+    climb = (CLIMB_BURST_STEPS + 1) * MAX_ROUND_STEP
     assert replica._learned[b"k"] == prepare.round + climb - 1
     assert replica._max_round < MAX_ROUND_STEP  # its acceptor's rounds: only what it promised
     replica.receive(1, replace(refusal, round=ROUND_CEILING - 5), net.now)

@@ -13,7 +13,7 @@ from inprocess_fleet import FAST_KSF, InProcessFleet
 
 from backupvault.client.errors import WrongPassword
 from backupvault.fleet.messages import Prepare, Promise, payload_of
-from backupvault.fleet.replica import MAX_ROUND_STEP, Committed, Persist
+from backupvault.fleet.replica import CLIMB_BURST_STEPS, MAX_ROUND_STEP, Committed, Persist
 from backupvault.hsm.state import SINGLE_SEED_ENTRY_TAG, EntryId, ThresholdState
 from backupvault.protocol import EntryStatus
 
@@ -100,18 +100,26 @@ def test_a_hostile_proposer_cannot_reset_the_count(fleet: InProcessFleet) -> Non
 
 def test_a_round_far_above_any_seen_is_refused(fleet: InProcessFleet) -> None:
     """Ballot inflation: a round near 2^64 would leave no higher round for honest
-    proposers. An acceptor promises nothing for it and writes nothing; the fleet goes on."""
+    proposers. An acceptor promises nothing for it and writes nothing; a round further
+    above its rounds than the sender's climbing budget reaches is refused too, the entry
+    climbing only as far as the budget goes (docs/fleet.md, "Rounds walked up by a
+    hostile node"); the fleet goes on."""
     client = fleet.client()
     client.register("pw", ROOT_KEY, ksf=FAST_KSF)
     replica = fleet.replicas[1]
     highest = max(r.promised_round for r in fleet.disk[1].values())
-    for round_ in (highest + MAX_ROUND_STEP + 1, (1 << 64) - 1):
-        effects = replica.receive(0, Prepare(os.urandom(8), KEY, round_, 0), fleet.now)
-        assert not any(isinstance(e, Persist) for e in effects)
-        [answer] = [e.message for e in effects if isinstance(getattr(e, "message", None), Promise)]
-        assert isinstance(answer, Promise) and not answer.ok
+    effects = replica.receive(0, Prepare(os.urandom(8), KEY, (1 << 64) - 1, 0), fleet.now)
+    assert not any(isinstance(e, Persist) for e in effects)
+    [answer] = [e.message for e in effects if isinstance(getattr(e, "message", None), Promise)]
+    assert isinstance(answer, Promise) and not answer.ok
+    far = highest + (CLIMB_BURST_STEPS + 2) * MAX_ROUND_STEP
+    effects = replica.receive(0, Prepare(os.urandom(8), KEY, far, 0), fleet.now)
+    [answer] = [e.message for e in effects if isinstance(getattr(e, "message", None), Promise)]
+    assert isinstance(answer, Promise) and not answer.ok
+    assert highest < answer.promised_round < far
     # A round within the step is an ordinary higher ballot and is promised.
-    effects = replica.receive(0, Prepare(os.urandom(8), KEY, highest + 5, 0), fleet.now)
+    top = answer.promised_round
+    effects = replica.receive(0, Prepare(os.urandom(8), KEY, top + 5, 0), fleet.now)
     assert any(isinstance(e, Persist) for e in effects)
     assert client.recover("pw", ksf_floor=FAST_KSF).root_key == ROOT_KEY
 

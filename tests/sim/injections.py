@@ -63,9 +63,9 @@ def accept_lower_ballot(monkeypatch: pytest.MonkeyPatch) -> None:
     """(d) The acceptor takes an Accept below its promise."""
     original = Replica._acceptor
 
-    def acceptor(self: Replica, message: Prepare | Accept) -> tuple[list[Effect], Any]:
+    def acceptor(self: Replica, sender: int, message: Prepare | Accept) -> tuple[list[Effect], Any]:
         if not isinstance(message, Accept):
-            return original(self, message)
+            return original(self, sender, message)
         record = self._record(message.key)
         ballot = Ballot(message.round, message.node)
         promised = max(record.promised, ballot)

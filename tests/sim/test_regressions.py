@@ -663,9 +663,22 @@ def test_regression_a_share_owed_after_a_registration_race_goes_out_at_once(seed
 # rounds up 300 steps at two honest nodes: the one of them whose floor stood lowest
 # refused the chosen value's repair as too far above its rounds, which the repair took for
 # its check's final word, and it held an old version for good (`disks-agree`). A repair
-# now climbs such a node with rungs while it takes them (`Replica._repair_rungs`); seeds
-# 10580211 and 10580296 failed the same way with those climbs capped at 8 (`REPAIR_CLIMBS`).
+# now keeps such a node pending while the promise it reports rises (`_Repair.below`): the
+# Accept's each resend climbs it (`Replica._reach`); seeds 10580211 and 10580296 failed
+# the same way when the climb (then rungs sent by the repair) was capped at 8 resends.
 @pytest.mark.parametrize("seed", [10574059, 10574076, 10580211, 10580296])
 def test_regression_a_node_left_behind_by_a_walk_is_repaired(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)
+
+
+# Seeds 10580507, 10586150, 10586427 and 10586532 (session 49, open until session 50),
+# one hostile node of five walking rounds: the nodes it left behind were climbed by rungs,
+# Prepares a step apart that each had to arrive after the one below; the simulator gives
+# each message its own delay, a few of 256 were taken a round, and an entry stayed out of
+# reach (`liveness`) or a node kept a destroyed key live (`tombstone-everywhere`). A climb
+# is now one message's effect at the acceptor, whatever the order (`Replica._reach`).
+@pytest.mark.parametrize("seed", [10580507, 10586150, 10586427, 10586532])
+def test_regression_a_climb_does_not_depend_on_the_order_messages_arrive_in(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)

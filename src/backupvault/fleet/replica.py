@@ -104,24 +104,23 @@ MAX_STORE_ID_BYTES = 64
 #: 2^46 messages each `MAX_ROUND_STEP` higher (about 67 years of what the channel admits
 #: from one peer); it then stalls (liveness, not safety).
 ROUND_CEILING = 1 << 62
-#: Prepares a proposer sends a step apart below its ballot when some acceptor stands more
-#: than a step below it (`Replica._rungs`), so that acceptor can take the ballot. Without
-#: them a hostile node that walked two honest acceptors' rounds up 50 steps (100 Prepares)
-#: left the other honest ones a step per refused round behind: every change to the entry
-#: failed for minutes (review s49). Rungs cost messages only when rounds were walked.
-MAX_RUNGS = 256
-#: Steps a second, and at once, a node learns above the ballot a refusal answered beyond
-#: the first (`Replica._learn_round`): rungs climb honest acceptors on a refusal's word,
-#: and one lying refusal per forwarded change had every honest floor walk 257 steps for two
-#: hostile messages (review s49r), which would reach the ceiling in days. At this rate the
-#: fleet's five nodes walk it there in centuries; an honest climb after a walk goes at it.
+#: Steps a second, and at once, a peer may lift an acceptor's rounds for an entry beyond
+#: the one step every message may (`Replica._reach`). A ballot further above than that is
+#: refused, and the acceptor climbs toward it as far as the budget allows (a promise of
+#: that lower round of the same node's, which its proposer never uses: the ballot itself
+#: is reserved above it, `Replica._reserved`), so each round, resend or repair climbs on
+#: from where the last left it, in whatever order messages arrive. Without a climb, a
+#: hostile node that walked two honest acceptors' rounds up 50 steps (100 Prepares) left
+#: the other honest ones a step per refused round behind: every change to the entry failed
+#: for minutes (review s49). Until session 50 proposers climbed them with rungs, Prepares
+#: a step apart sent in order; links that reorder (the simulator's) delivered a few of 256
+#: a round, and an entry stayed out of reach (sim seeds 10580507, 10586150, 10586427).
+#: The same rate bounds how far above a refused ballot a proposer learns (`_learn_round`):
+#: one lying refusal per forwarded change had every honest floor walk 257 steps for two
+#: hostile messages (review s49r). At this rate the fleet's five nodes walk the ceiling in
+#: centuries; the one step a message is what sets that (`ROUND_CEILING`).
 CLIMB_STEPS_PER_SECOND = 1024
-CLIMB_BURST_STEPS = MAX_RUNGS
-#: Resends of one repair preceded by rungs to one node, each after a refusal reporting a
-#: higher promise than the last: 16,384 rungs at most (a hostile node's refusals, each a
-#: round higher, had them sent every second of the 2-minute window). 8 were too few for an
-#: honest node in sim seeds 10580211 and 10580296 (it held a stale value for good).
-REPAIR_CLIMBS = 64
+CLIMB_BURST_STEPS = 256
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
@@ -214,14 +213,10 @@ class _Repair:
     # one too is given up on, not lifted again (its restart or the entry's next change
     # brings it the value).
     lifted: bool = False
-    # Pending nodes that refused the ballot as more than a step above their rounds (a
-    # hostile node walked the others up), by the promise each last reported: the next
-    # resend is preceded by rungs to each (`Replica._repair_rungs`) while that promise
-    # rises, `REPAIR_CLIMBS` times at most (a hostile node's refusals, each a round
-    # higher, had rungs sent to it every second of the repair window: review s49r).
-    left_behind: dict[int, int] = field(default_factory=dict)
-    climbs: dict[int, int] = field(default_factory=dict)  # rungs sent to each, times
-    climbing: set[int] = field(default_factory=set)  # owed rungs with the next resend
+    # Pending nodes that refused the ballot with a promise below it, by the promise each
+    # last reported: one climbing toward a ballot too far above its rounds (`_reach`)
+    # reports a higher promise each resend, and stays pending while it does.
+    below: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -268,10 +263,6 @@ class _Proposal:
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
-    # Acceptors that refused this ballot although their promise is below it (a step too
-    # far above their rounds), with the lowest promise each reported: the next ballot's
-    # rungs to each start there (`Replica._rungs`).
-    left_behind: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -302,7 +293,6 @@ class _Lead:
     accepts: set[int] = field(default_factory=set)
     refusals: set[int] = field(default_factory=set)  # acceptors that refused `held`
     queue: deque[tuple[int, Forward]] = field(default_factory=deque)
-    left_behind: dict[int, int] = field(default_factory=dict)  # as `_Proposal.left_behind`
     # The highest round this node reserved for the entry outside the hold (a leaderless
     # round): `held` moves up one per chosen value, and reaching that ballot it sent a
     # second value under it (review s49rr: a committed change was lost). The hold is
@@ -370,9 +360,11 @@ class Replica:
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
         self._max_round = self.source.max_round()
-        # Rounds it may still learn beyond a step above a refused ballot, and when that was
-        # last topped up (`_learn_round`).
+        # Per peer, rounds this node may still learn beyond a step above a ballot the peer
+        # refused (`_learn_round`), and rounds the peer may still lift this node's acceptor
+        # beyond a step above its floor (`_reach`); each with when it was last topped up.
         self._climb_budgets: dict[int, tuple[int, float]] = {}
+        self._reach_budgets: dict[int, tuple[int, float]] = {}
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
@@ -511,7 +503,7 @@ class Replica:
                     return [Send(sender, NotReady(message.op_id))]
                 if isinstance(message, Forward):
                     return self._lead(sender, message, now)
-                effects, reply = self._acceptor(message)
+                effects, reply = self._acceptor(sender, message)
                 return effects + self._reply(sender, message, reply, now)
             case Promise():
                 self._heard[sender] = now  # only a caught-up acceptor answers these
@@ -588,10 +580,11 @@ class Replica:
     def _learn_round(self, key: bytes, sender: int, promised_round: int, refused: Ballot) -> None:
         """Note for `key`'s next ballot the promise an acceptor reported when it refused
         `refused`, a ballot this node sent (its own, or one it resends as a repair): a step
-        above that ballot, and beyond it (up to `MAX_RUNGS` + 1 steps: the next ballot's
-        rungs lead there, `_rungs`) only as far as the climbing budget this node keeps for
-        `sender` allows (`CLIMB_STEPS_PER_SECOND`; one pool for every peer let a hostile
-        one spend it before each honest refusal: review s49rr); never to `ROUND_CEILING`.
+        above that ballot, and beyond it (up to `CLIMB_BURST_STEPS` + 1 steps, as far as an
+        acceptor lets a ballot climb at once, `_reach`) only as far as the climbing budget
+        this node keeps for `sender` allows (`CLIMB_STEPS_PER_SECOND`; one pool for every
+        peer let a hostile one spend it before each honest refusal: review s49rr); never
+        to `ROUND_CEILING`.
 
         A peer's answer is its word. Learned from any answer, and a step above this node's
         highest round each time, two answers made up by a hostile peer (unsolicited ones
@@ -599,21 +592,16 @@ class Replica:
         acceptor's rounds: they all refused it as inflated, for good (until a restart),
         and this node's own rounds never committed again. Every acceptor that answered
         the refused ballot (or whose promise is higher) has seen its round, so a ballot
-        at most a step above it is never refused as inflated, nor one its rungs lead
-        to. Without the budget, refusals claiming promises far above (two hostile
-        messages: a forwarded change, and its refusal) had rungs walk every honest floor
-        257 steps up each time (review s49r): the ceiling in days."""
+        at most a step above it is never refused as inflated. Without the budget,
+        refusals claiming promises far above (two hostile messages: a forwarded change,
+        and its refusal) had honest ballots walk every honest floor 257 steps up each
+        time (review s49r): the ceiling in days."""
         step = refused.round + MAX_ROUND_STEP - 1
         learned = min(promised_round, step)
-        climb = min(promised_round, refused.round + (MAX_RUNGS + 1) * MAX_ROUND_STEP - 1)
+        climb = min(promised_round, refused.round + (CLIMB_BURST_STEPS + 1) * MAX_ROUND_STEP - 1)
         known = max(step, self._learned.get(key, 0))
         if climb > known:
-            burst = CLIMB_BURST_STEPS * MAX_ROUND_STEP
-            budget, at = self._climb_budgets.get(sender, (burst, self._now))
-            rate = CLIMB_STEPS_PER_SECOND * MAX_ROUND_STEP
-            budget = min(budget + int((self._now - at) * rate), burst)
-            beyond = min(climb - known, budget)
-            self._climb_budgets[sender] = (budget - beyond, self._now)
+            beyond = _spend(self._climb_budgets, sender, climb - known, self._now)
             learned = max(learned, known + beyond)
         learned = min(learned, ROUND_CEILING - 1)
         self._learned[key] = max(self._learned.pop(key, 0), learned)
@@ -640,55 +628,12 @@ class Replica:
     def _reserved(self, prepare: Prepare) -> bool:
         """Whether this node's own acceptor promised `prepare`'s ballot, which reserves it:
         `_next_round` goes above that promise, so the ballot is never used for another
-        value. Refused there (more than a step above its rounds, past the rungs), it must
-        not leave: a Prepare sent unreserved had a leaderless round and the node's own
-        leader hold take one ballot for two values, and a committed change was lost
-        (review s49r, with a hostile node walking rounds and lying in refusals). The rungs
-        have gone; the next round climbs on from them."""
+        value. Refused there (too far above its rounds for its climbing budget, `_reach`),
+        it must not leave: a Prepare sent unreserved had a leaderless round and the node's
+        own leader hold take one ballot for two values, and a committed change was lost
+        (review s49r, with a hostile node walking rounds and lying in refusals). Its
+        acceptor has climbed toward the ballot; the next round climbs on from there."""
         return self._record(prepare.key).promised == Ballot(prepare.round, prepare.node)
-
-    def _rungs(
-        self, prepare: Prepare, after: Ballot, left_behind: dict[int, int], now: float
-    ) -> list[Effect]:
-        """Prepares a step apart, sent before `prepare`, to each acceptor that may stand
-        more than a step below its round: this node's own (from its promise for the
-        entry, which covers every ballot this node used for it), a peer that refused the
-        last ballot `after` below it (from the promise it reported, `left_behind`), and
-        any other peer (from the higher of `after` and that promise). An acceptor refuses a
-        round more than a step above any it has promised and takes each rung in turn:
-        `MAX_RUNGS` at most a round, the rest the next. None in every round the fleet
-        makes without a hostile node walking rounds up or claiming promises (a ballot
-        rises a step at most above the last, `_learn_round`); and a peer that lies
-        about its promise gets the rungs itself.
-
-        Only promises: no value is ever sent at a rung's ballot, so taking one is as safe
-        as any Prepare, and its Promise answers no round of this node's."""
-        effects: list[Effect] = []
-        own = self._record(prepare.key).promised.round
-        level = max(after.round, own)
-        starts = [(peer, left_behind.get(peer, level)) for peer in self.peers]
-        for peer, low in [(self.node, own), *starts]:
-            for round_ in _rung_rounds(low, prepare.round):
-                rung = replace(prepare, round=round_)
-                if peer == self.node:
-                    effects += self._deliver_locally(rung, now)
-                else:
-                    effects.append(Send(peer, rung))
-        return effects
-
-    def _repair_rungs(self, repair: _Repair, peer: int, now: float) -> list[Effect]:
-        """Rungs to a pending node that refused the repair's ballot as too far above its
-        rounds, from the promise it reported (as before a proposal's Prepare): this node's
-        ballots below the repair's round, which it has promised past (it holds the chosen
-        value) and never uses again; the Accept that follows is the chosen one."""
-        if peer not in repair.climbing:
-            return []
-        repair.climbing.discard(peer)
-        repair.climbs[peer] = repair.climbs.get(peer, 0) + 1
-        accept = repair.accept
-        low = repair.left_behind[peer]
-        rounds = _rung_rounds(low, accept.round)
-        return [Send(peer, Prepare(accept.op_id, accept.key, r, self.node)) for r in rounds]
 
     def tick(self, now: float) -> list[Effect]:
         self._now = now
@@ -725,7 +670,6 @@ class Replica:
                             # in the node's shell and ended its ticks.
                             effects += self._deliver_locally(repair.accept, now)
                         else:
-                            effects += self._repair_rungs(repair, peer, now)
                             effects.append(Send(peer, repair.accept))
                 elif repair.accept.key not in self._queues:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
@@ -801,15 +745,25 @@ class Replica:
                 self._unsettled[record.key] = settling
         return Persist(record, kind)
 
-    def _refused(self, message: Prepare | Accept, record: AcceptorRecord) -> bool:
-        """Whether this acceptor refuses the message whatever its ballot: a round more than
-        a step above any it has promised (for any entry, or for this one: a copy's rounds
-        stand wherever its peer's stood, and do not move the node's floor), or a value the
-        application's check refuses."""
-        floor = max(self._max_round, record.promised.round)
-        if message.round > floor + MAX_ROUND_STEP or message.round >= ROUND_CEILING:
-            return True
-        if not isinstance(message, Accept) or self._check_value is None:
+    def _reach(self, sender: int, round_: int, record: AcceptorRecord) -> int:
+        """How far this acceptor lets `sender` lift `record`'s entry toward a ballot of
+        `round_`: `round_` itself if it stands at most a step above any round the acceptor
+        has promised (for any entry, or for this one: a copy's rounds stand wherever its
+        peer's stood, and do not move the node's floor), or beyond that as far as the
+        climbing budget the acceptor keeps for `sender` allows (`CLIMB_STEPS_PER_SECOND`);
+        short of it, the highest round the budget reaches, where the entry climbs while the
+        ballot is refused; -1 at or above `ROUND_CEILING`. The sender is the peer the
+        channel vouches for, whatever node the ballot names: the budget is its own."""
+        if round_ >= ROUND_CEILING:
+            return -1
+        free = max(self._max_round, record.promised.round) + MAX_ROUND_STEP
+        if round_ <= free:
+            return round_
+        return free + _spend(self._reach_budgets, sender, round_ - free, self._now)
+
+    def _check_refuses(self, message: Accept, record: AcceptorRecord) -> bool:
+        """Whether the application's check refuses the Accept's value over `record`'s."""
+        if self._check_value is None:
             return False
         try:
             payload = payload_of(message.value)
@@ -818,12 +772,31 @@ class Replica:
             return True
         return self._check_value(message.key, payload, held) is not None
 
-    def _acceptor(self, message: Prepare | Accept) -> tuple[list[Effect], Message]:
+    def _climb(
+        self, message: Prepare | Accept, record: AcceptorRecord, reach: int
+    ) -> tuple[list[Effect], Message]:
+        """Refuse a ballot out of reach (`_reach`), having promised the highest round of
+        its node's that is within reach: the next ballot, resend or repair climbs on from
+        there. A promise only refuses lower ballots, and its node never sends a value under
+        it (its ballot, above, is reserved: `_reserved`), so it is as safe as any Prepare;
+        it is what rungs a step apart, sent in order, did until session 50."""
+        effects: list[Effect] = []
+        climbed = Ballot(reach, message.node)
+        if climbed > record.promised:
+            record = replace(record, promised_round=climbed.round, promised_node=climbed.node)
+            effects.append(self._store(record))
+        if isinstance(message, Accept):
+            return effects, _answer(message, record.promised, False)
+        return effects, _promise(message, record, False)
+
+    def _acceptor(self, sender: int, message: Prepare | Accept) -> tuple[list[Effect], Message]:
         record = self._record(message.key)
         ballot = Ballot(message.round, message.node)
-        refused = self._refused(message, record)
+        reach = self._reach(sender, message.round, record)
+        if reach < message.round:
+            return self._climb(message, record, reach)
         if isinstance(message, Prepare):
-            ok = not refused and ballot >= record.promised
+            ok = ballot >= record.promised
             effects: list[Effect] = []
             if ok and ballot != record.promised:
                 record = AcceptorRecord(
@@ -840,18 +813,8 @@ class Replica:
                 not ok or self._record(message.key).promised == ballot,
                 "a Promise before its promise is persisted",
             )
-            return effects, Promise(
-                message.op_id,
-                message.key,
-                message.round,
-                message.node,
-                ok,
-                record.accepted_round,
-                record.accepted_node,
-                record.value if ok else b"",
-                record.promised_round,
-                record.promised_node,
-            )
+            return effects, _promise(message, record, ok)
+        refused = self._check_refuses(message, record)
         if (
             not refused
             and message.pipeline
@@ -923,7 +886,7 @@ class Replica:
         """The proposer's own acceptor answers without the network, persisting first."""
         if not self.ready:
             return []
-        effects, reply = self._acceptor(message)
+        effects, reply = self._acceptor(self.node, message)
         return effects + self._reply(self.node, message, reply, now)
 
     def _send_accept(self, accept: Accept, now: float) -> list[Effect]:
@@ -1012,16 +975,14 @@ class Replica:
             return []
         ballot = Ballot(self._next_round(proposal.key, proposal.ballot), self.node)
         require(ballot > proposal.ballot, "a proposal's ballots only grow")
-        after, proposal.ballot = proposal.ballot, ballot
+        proposal.ballot = ballot
         proposal.phase = "prepare"
         proposal.round_started = now
         proposal.promises = {}
         proposal.accepts = set()
         proposal.refusals = set()
         prepare = Prepare(proposal.op_id, proposal.key, *_ballot(proposal.ballot))
-        effects = self._rungs(prepare, after, proposal.left_behind, now)
-        proposal.left_behind = {}
-        effects += self._deliver_locally(prepare, now)
+        effects = self._deliver_locally(prepare, now)
         if not self._reserved(prepare):
             return effects + self._back_off(proposal, now)
         lead = self._leads.get(proposal.key)
@@ -1231,15 +1192,13 @@ class Replica:
             # Refused again after a no-op round lifted the value above its promise: given
             # up. A hostile node refuses every ballot; lifted for each refusal, it had the
             # fleet run a round every two seconds for ever, for every entry it lagged on.
-            if (
-                _left_a_step_below(message)
-                and message.promised_round > repair.left_behind.get(sender, -1)
-                and repair.climbs.get(sender, 0) < REPAIR_CLIMBS
-            ):
-                # Too far above its rounds to take (a walk left it behind): it may take the
-                # value once rungs have climbed it, so it stays pending.
-                repair.left_behind[sender] = message.promised_round
-                repair.climbing.add(sender)
+            # Refused with a promise below the ballot, higher than the last it reported:
+            # it may be climbing toward a ballot too far above its rounds (a walk left it
+            # behind, `_reach`), so it stays pending. Its check's refusal leaves the
+            # promise where it was, and is final at the next resend.
+            climbing = not message.ok and message.promised_round < message.round
+            if climbing and message.promised_round > repair.below.get(sender, -1):
+                repair.below[sender] = message.promised_round
             elif message.ok or _refused_by_check(message) or repair.lifted:
                 repair.pending.discard(sender)
             else:
@@ -1299,7 +1258,6 @@ class Replica:
         ballot at once: backing off on the first refusal made one such node fail every
         round (and every leader hold, `_lead_refused`) while all the others promised."""
         self._learn_round(proposal.key, sender, promised_round, proposal.ballot)
-        _note_left_behind(proposal.left_behind, sender, promised_round, proposal.ballot)
         proposal.refusals.add(sender)
         if len(proposal.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1512,7 +1470,6 @@ class Replica:
 
     def _lead_prepare(self, lead: _Lead, now: float) -> list[Effect]:
         """Phase 1 for one entry: a fresh ballot, promised by a majority before use."""
-        after = lead.held
         lead.held = Ballot(self._next_round(lead.key, lead.held), self.node)
         lead.phase = "prepare"
         self._leading[lead.key] = None
@@ -1522,9 +1479,7 @@ class Replica:
         lead.refusals = set()
         lead.started = now
         prepare = Prepare(lead.prepare_id, lead.key, *_ballot(lead.held))
-        effects = self._rungs(prepare, after, lead.left_behind, now)
-        lead.left_behind = {}
-        effects += self._deliver_locally(prepare, now)
+        effects = self._deliver_locally(prepare, now)
         if not self._reserved(prepare):
             return effects + self._drop_lead(lead, now)
         return effects + [Send(peer, prepare) for peer in self.peers]
@@ -1586,7 +1541,6 @@ class Replica:
         """As `_refused_by` for a proposal: the hold is given up only once no majority is
         left to answer yes, not on one (possibly hostile) refusal."""
         self._learn_round(lead.key, sender, promised_round, lead.held)
-        _note_left_behind(lead.left_behind, sender, promised_round, lead.held)
         lead.refusals.add(sender)
         if len(lead.refusals) <= len(self.nodes) - self.quorum:
             return []
@@ -1729,6 +1683,35 @@ def _holdable(record: AcceptorRecord) -> bool:
     return record.accepted.round < ROUND_CEILING and record.promised.round <= ROUND_CEILING
 
 
+def _promise(message: Prepare, record: AcceptorRecord, ok: bool) -> Promise:
+    """An acceptor's answer to `message` from `record`: its promise, and if it promised the
+    ballot, its newest acceptance."""
+    return Promise(
+        message.op_id,
+        message.key,
+        message.round,
+        message.node,
+        ok,
+        record.accepted_round,
+        record.accepted_node,
+        record.value if ok else b"",
+        record.promised_round,
+        record.promised_node,
+    )
+
+
+def _spend(budgets: dict[int, tuple[int, float]], peer: int, want: int, now: float) -> int:
+    """The rounds of `want` that `peer`'s climbing budget in `budgets` grants, spent: it
+    holds `CLIMB_BURST_STEPS` at most and fills at `CLIMB_STEPS_PER_SECOND`."""
+    burst = CLIMB_BURST_STEPS * MAX_ROUND_STEP
+    budget, at = budgets.get(peer, (burst, now))
+    refill = int(max(0.0, now - at) * CLIMB_STEPS_PER_SECOND * MAX_ROUND_STEP)
+    budget = min(budget + refill, burst)
+    granted = min(want, budget)
+    budgets[peer] = (budget - granted, now)
+    return granted
+
+
 def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
     """An acceptor's answer to `message`, naming its promise and, if taken, the value's
     digest (the asking node counts only answers for its own value)."""
@@ -1738,35 +1721,12 @@ def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
     )
 
 
-def _left_a_step_below(message: Accepted) -> bool:
-    """A refusal whose acceptor's promise stands more than a step below the Accept's round:
-    no check refuses a value for that, so its acceptor refused the round as too far above
-    its own (docs/fleet.md, "Rounds walked up by a hostile node")."""
-    return not message.ok and message.promised_round + MAX_ROUND_STEP < message.round
-
-
 def _refused_by_check(message: Accepted) -> bool:
-    """A refusal by the acceptor's own check of the value (`Replica._refused`), not by its
+    """A refusal by the acceptor's own check of the value (`Replica._check_refuses`), not by its
     promise: an acceptor refuses on its promise only for a ballot below it, so a refusal
     naming a promise at or below the Accept's ballot came from the check."""
     promised = Ballot(message.promised_round, message.promised_node)
     return not message.ok and promised <= Ballot(message.round, message.node)
-
-
-def _rung_rounds(low: int, top: int) -> range:
-    """The rounds of the rungs from an acceptor at `low` towards a ballot at `top`: a step
-    apart, each within a step of the one before, `MAX_RUNGS` at most."""
-    return range(low + MAX_ROUND_STEP, top, MAX_ROUND_STEP)[:MAX_RUNGS]
-
-
-def _note_left_behind(
-    left_behind: dict[int, int], sender: int, promised_round: int, refused: Ballot
-) -> None:
-    """Note an acceptor that refused `refused` with a promise below it: it refused the
-    round itself (too far above its own, or a value its check refuses), not for a higher
-    promise, and the next ballot's rungs to it start at that promise."""
-    if promised_round < refused.round:
-        left_behind[sender] = min(left_behind.get(sender, promised_round), promised_round)
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:
