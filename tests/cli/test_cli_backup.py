@@ -1212,6 +1212,38 @@ def test_prune_refuses_over_a_pack_storage_leaves_out_and_repair_indexes_it_when
     assert same_tree(source, tmp_path / "out")
 
 
+def test_check_points_to_repair_for_an_intact_pack_no_index_names_holding_chunks_in_use(
+    tmp_path: Path, source: Path
+) -> None:
+    """A pack a repair dropped while storage did not list it, listed again intact: its
+    chunks are not lost, and check says `backup repair` indexes it (it said they were in
+    no pack, and pointed to `backup create` only, though repair indexes such a pack)."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    key = ("--storage", str(storage), "--recovery-code", code)
+    pack = next((storage / "data").iterdir())
+    aside = tmp_path / "aside"
+    pack.rename(aside)
+    assert run("backup", "repair", *key).returncode == 0
+    aside.rename(pack)  # listed again, every byte intact
+
+    checked = run("--json", "backup", "check", *key)
+    assert checked.returncode == 9, checked.stderr
+    found = json.loads(checked.stdout)
+    assert found["repairable"] is True
+    assert not any(pack.name in w for w in found["warnings"])  # an error now, said once
+    assert f"pack {pack.name} is in no index and holds " in "\n".join(found["errors"])
+    hint = json.loads(checked.stderr)["hint"]
+    assert hint.startswith("run `backup repair`") and "in no pack" not in hint
+    assert "indexes an intact pack no index names" in hint
+    said = run("backup", "check", *key)
+    assert said.returncode == 9 and "`backup repair` indexes it" in said.stderr
+    # What check promised is what repair does: the files restore again.
+    repaired = run("backup", "repair", *key)
+    assert "1 unindexed pack indexed" in repaired.stdout and "nothing lost" in repaired.stdout
+    assert run("backup", "check", "--read-data", *key).returncode == 0
+
+
 def test_repair_names_a_malformed_pack_id_before_asking_for_the_key(
     tmp_path: Path, source: Path
 ) -> None:

@@ -48,8 +48,8 @@ _RESTORE_OTHERS = (
 )
 _REPAIR_HINT = (
     "run `backup repair`, then `backup create` of each folder named. The repair keeps what"
-    " still authenticates in the damaged packs (copied into new packs), deletes them, and"
-    " drops a missing pack's chunks from the index;"
+    " still authenticates in the damaged packs (copied into new packs), deletes them,"
+    " drops a missing pack's chunks from the index, and indexes an intact pack no index names;"
     " the backup then stores the lost chunks again for every file still in its source, and"
     " the snapshots named restore again the files that have not changed. Until the repair,"
     " a new backup reuses a damaged chunk. " + _RESTORE_OTHERS

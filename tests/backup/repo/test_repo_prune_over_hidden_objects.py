@@ -192,3 +192,36 @@ def test_repair_indexes_an_intact_pack_no_index_names_with_no_other_damage(
     index_objects = sorted(os.listdir(repo / "index"))
     assert maintenance.repair(opened, dry_run=False).packs_indexed == 0
     assert sorted(os.listdir(repo / "index")) == index_objects
+
+
+def test_check_calls_lost_chunks_not_repairable_beside_a_pack_no_index_names_holding_others(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """Check calls chunks in no index repairable when a pack no index names holds them
+    (repair indexes it); one that holds other chunks does not make them so, and keeps
+    its warning."""
+    state = tmp_path / "state"
+    _source, repo, _first, second = _two_snapshots(tmp_path, root_key, state)
+    victim = _a_pack_the_snapshot_uses(repo, root_key, second)
+    (repo / "data" / victim).unlink()
+    opened = Repository.open(Storage(str(repo)), root_key)
+    assert maintenance.repair(opened, dry_run=False).packs_missing == [victim]
+    # A backup of other data that left its packs and nothing else (its index and
+    # snapshot gone): packs no index names, holding none of the chunks lost.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "new").write_bytes(os.urandom(3000))
+    packs, indexes = set(os.listdir(repo / "data")), set(os.listdir(repo / "index"))
+    made = create_snapshot(other, str(repo), root_key)
+    for name in set(os.listdir(repo / "index")) - indexes:
+        (repo / "index" / name).unlink()
+    (repo / "snapshots" / made.snapshot_id).unlink()
+    left = sorted(set(os.listdir(repo / "data")) - packs)
+    assert left
+
+    checked = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=True)
+    assert checked.errors and all(
+        e.startswith("snapshot ") and e.endswith(" in no index") for e in checked.errors
+    )
+    assert checked.damaged_files and checked.repairable is False
+    assert sorted(w.split()[1] for w in checked.warnings) == left

@@ -694,8 +694,9 @@ class CheckResult:
     warnings: list[str] = field(default_factory=list)
     damaged_files: list[DamagedFiles] = field(default_factory=list)  # oldest snapshot first
     # Damage `repair` acts on: a pack damaged, cut off or missing, an index object that does
-    # not open. Without it, what is left (chunks in no index: lost before, or dropped by a
-    # repair) only a new backup or a forget clears.
+    # not open, a pack no index names that holds chunks in use no index names (repair
+    # indexes it). Without it, what is left (chunks in no index: lost before, or dropped by
+    # a repair) only a new backup or a forget clears.
     repairable: bool = False
 
 
@@ -760,11 +761,8 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
     restored_from = index if all_there else index.present(sizes)[0]
     # (chunk id, pack id) of each chunk that cannot be read from that pack
     unreadable: set[tuple[bytes, bytes]] = set()
-    for name in sizes:
-        if bytes.fromhex(name) not in index.packs:
-            result.warnings.append(
-                f"pack {name} is in no index (left by an interrupted backup, or one running now)"
-            )
+    unindexed = [name for name in sizes if bytes.fromhex(name) not in index.packs]
+    result.warnings.extend(_unindexed_warning(name) for name in unindexed)
     for pack_id, entries in index.packs.items():
         name = pack_id.hex()
         if name not in sizes:
@@ -788,6 +786,7 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
         return location is not None and (chunk_id, location.pack_id) not in unreadable
 
     recorded = set(repo.backend.list("forgotten")) & set(names)
+    in_no_index: set[bytes] = set()  # chunks snapshots use that no index names
     leftovers = {name for name in recorded if repo.is_forgotten(name)}
     result.warnings.extend(leftover_warning(name) for name in sorted(leftovers))
     result.snapshots = len(names) - len(leftovers)
@@ -809,11 +808,44 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
         if missing:
             chunks = "chunk" if len(missing) == 1 else "chunks"
             result.errors.append(f"snapshot {name} uses {len(missing)} {chunks} in no index")
+            in_no_index |= missing
         files = _files_lost(snap, restorable)
         if files is not None:
             result.damaged_files.append(files)
     result.damaged_files.sort(key=lambda d: (d.created_at, d.snapshot_id))
+    # Such chunks in a pack no index names are not lost: `repair` indexes that pack (or,
+    # if it is damaged, copies out what authenticates): damage repair acts on.
+    for name, held in _holding(repo, unindexed, sizes, in_no_index).items():
+        result.warnings.remove(_unindexed_warning(name))
+        chunks = "chunk" if held == 1 else "chunks"
+        result.errors.append(
+            f"pack {name} is in no index and holds {held} {chunks} in use that no index"
+            " names: `backup repair` indexes it"
+        )
+        result.repairable = True
     return result
+
+
+def _unindexed_warning(name: str) -> str:
+    return f"pack {name} is in no index (left by an interrupted backup, or one running now)"
+
+
+def _holding(
+    repo: Repository, names: list[str], sizes: Mapping[str, int], chunks: Collection[bytes]
+) -> dict[str, int]:
+    """{pack name: how many of `chunks` its header names} of the packs `names` whose
+    header names any (two ranged reads each); one whose header cannot be read is left out.
+    Only read when some `chunks` there are."""
+    held: dict[str, int] = {}
+    for name in names if chunks else []:
+        try:
+            entries = repo.read_pack_header(name, sizes[name])
+        except BackupVaultError:
+            continue  # not taken for repairable: nothing says the chunks are there
+        count = len({e.chunk_id for e in entries if e.chunk_id in chunks})
+        if count:
+            held[name] = count
+    return held
 
 
 def _files_lost(
