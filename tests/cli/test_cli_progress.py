@@ -5,7 +5,6 @@ from __future__ import annotations
 import io
 import json
 import re
-import time
 
 import pytest
 from rich.console import Console
@@ -13,20 +12,60 @@ from rich.console import Console
 from backupvault.cli.output import Output, ProgressBar
 
 
+class Clock:
+    """A console's clock, which the bar times its samples by, moved by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
 def test_the_bar_counts_in_mib_and_mib_per_second() -> None:
     screen = io.StringIO()
-    console = Console(file=screen, force_terminal=True, width=120, color_system=None)
+    clock = Clock()
+    console = Console(
+        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
+    )
     with ProgressBar(console) as bar:
         bar.start(512 << 20, "backing up")
         for _ in range(4):
             bar.advance(64 << 20)
-            time.sleep(0.05)
+            clock.now += 0.5
         bar._progress.refresh()  # type: ignore[union-attr]  # draw now, not at the next tick
         drawn = screen.getvalue()
         bar.finish()
     assert "256.0/512.0 MiB" in drawn
     assert re.search(r"[\d.]+ (MiB|GiB)/s", drawn), drawn
     assert " MB" not in drawn and "GB/s" not in drawn
+
+
+def test_no_speed_nor_time_left_until_a_second_of_work_is_measured() -> None:
+    """The first frames drew a burst (an unchanged file counted whole) over the
+    millisecond since the first sample: "62.5 GiB/s", and a time left of 0:00:01. Both
+    wait for samples a second apart, then show what was measured."""
+    screen = io.StringIO()
+    clock = Clock()
+    console = Console(
+        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
+    )
+    with ProgressBar(console) as bar:
+        bar.start(768 << 20, "backing up")
+        bar.advance(64 << 20)  # at 1000.0
+        clock.now = 1000.001
+        bar.advance(64 << 20)  # rich's figure: 64 MiB over 1 ms
+        clock.now = 1000.9
+        bar._progress.refresh()  # type: ignore[union-attr]
+        early = screen.getvalue()
+        clock.now = 1001.25
+        bar.advance(176 << 20)  # 240 MiB over the 1.25 s since the first sample
+        bar._progress.refresh()  # type: ignore[union-attr]
+        later = screen.getvalue()[len(early) :]
+        bar.finish()
+    assert "128.0/768.0 MiB" in early and "/s" not in early, early
+    assert "-:--:--" in early and "0:00:00" not in early, early
+    assert "192.0 MiB/s" in later and "0:00:03" in later, later  # 464 MiB left
 
 
 def test_a_step_with_no_total_shows_no_amount() -> None:
@@ -86,14 +125,17 @@ def test_the_bar_is_one_line_at_any_width(width: int, label: str) -> None:
     """A line wider than the terminal wraps, and a wrapped bar is redrawn as a new line at
     every refresh (COLUMNS=40 filled the screen): columns that do not fit are dropped."""
     screen = io.StringIO()
-    console = Console(file=screen, force_terminal=True, width=width, color_system=None)
+    clock = Clock()
+    console = Console(
+        file=screen, force_terminal=True, width=width, color_system=None, get_time=clock
+    )
     with ProgressBar(console) as bar:
         progress = bar._progress
         assert progress is not None
         bar.start(1023 << 30, label)
         for _ in range(3):
             bar.advance((1000 << 30) // 3)
-            time.sleep(0.02)
+            clock.now += 0.6  # the speed is drawn once measured over a second
         lines = console.render_lines(progress.get_renderable(), console.options)
         bar.finish()
     texts = ["".join(segment.text for segment in line).rstrip() for line in lines]

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from rich.console import Console
-    from rich.progress import Progress, TaskID
+    from rich.progress import Progress, Task, TaskID
 
 from backupvault.errors import BackupVaultError
 
@@ -126,6 +126,24 @@ class Output:
 WIDTH_FOR_BAR = 50
 WIDTH_FOR_SPEED = 82
 
+#: The speed, and the time left worked out from it, are drawn only once the samples they
+#: come from span this long. rich divides the bytes counted after its first sample by the
+#: time since it: on the first frames, one burst (an unchanged file counted whole, a
+#: pack's chunks written out) over a few milliseconds, shown as TiB/s. A second smooths
+#: such bursts and still shows a speed early in any work long enough to watch.
+MIN_SPEED_SPAN_S = 1.0
+
+
+def measured_speed(task: Task) -> float | None:
+    """Bytes a second of `task`, as rich estimates it over its recent samples; None until
+    those samples span MIN_SPEED_SPAN_S (rich's own lock and sample deque: advances come
+    from the worker's thread while the bar is drawn)."""
+    with task._lock:
+        samples = task._progress
+        if not samples or samples[-1].timestamp - samples[0].timestamp < MIN_SPEED_SPAN_S:
+            return None
+        return task.finished_speed or task.speed
+
 
 class ProgressBar:
     """Adapts the backup package's progress callbacks to a rich bar on stderr. Disabled, it
@@ -141,7 +159,6 @@ class ProgressBar:
                 DownloadColumn,
                 Progress,
                 ProgressColumn,
-                Task,
                 TextColumn,
                 TimeRemainingColumn,
             )
@@ -155,8 +172,16 @@ class ProgressBar:
                 speed column has only decimal ones."""
 
                 def render(self, task: Task) -> Text:
-                    speed = task.finished_speed or task.speed
+                    speed = measured_speed(task)
                     return Text("" if speed is None else f"{human_size(int(speed))}/s")
+
+            class TimeLeftColumn(TimeRemainingColumn):
+                """Unknown ("-:--:--") until the speed it comes from is measured."""
+
+                def render(self, task: Task) -> Text:
+                    if task.total is not None and not task.finished and not measured_speed(task):
+                        return Text("-:--:--", style="progress.remaining")
+                    return super().render(task)
 
             class AmountColumn(DownloadColumn):
                 """Bytes done of the total; nothing for a step with no total (reading
@@ -177,7 +202,7 @@ class ProgressBar:
                 columns.append(BarColumn(bar_width=min(40, width - beside)))
             columns.append(AmountColumn(binary_units=True, table_column=one_line))
             if width >= WIDTH_FOR_SPEED:
-                columns += [SpeedColumn(table_column=one_line), TimeRemainingColumn()]
+                columns += [SpeedColumn(table_column=one_line), TimeLeftColumn()]
             self._progress = Progress(*columns, console=console, transient=True)
 
     def __enter__(self) -> ProgressBar:
