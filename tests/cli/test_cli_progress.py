@@ -68,6 +68,26 @@ def test_no_speed_nor_time_left_until_a_second_of_work_is_measured() -> None:
     assert "192.0 MiB/s" in later and "0:00:03" in later, later  # 464 MiB left
 
 
+def test_no_speed_when_work_starts_long_after_the_bar() -> None:
+    """A restore's bar is made before its first write, which may come seconds later as a
+    burst: the second counts from the first advance, not from the bar."""
+    screen = io.StringIO()
+    clock = Clock()
+    console = Console(
+        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
+    )
+    with ProgressBar(console) as bar:
+        bar.start(768 << 20, "restoring")
+        clock.now = 1005.0
+        bar.advance(64 << 20)
+        clock.now = 1005.001
+        bar.advance(64 << 20)
+        bar._progress.refresh()  # type: ignore[union-attr]
+        drawn = screen.getvalue()
+        bar.finish()
+    assert "128.0/768.0 MiB" in drawn and "/s" not in drawn, drawn
+
+
 def test_a_step_with_no_total_shows_no_amount() -> None:
     """Prune's first step (reading the snapshots) has no total: its line says what it does
     and pulses, with no "0/? bytes" beside it."""

@@ -126,23 +126,23 @@ class Output:
 WIDTH_FOR_BAR = 50
 WIDTH_FOR_SPEED = 82
 
-#: The speed, and the time left worked out from it, are drawn only once the samples they
-#: come from span this long. rich divides the bytes counted after its first sample by the
-#: time since it: on the first frames, one burst (an unchanged file counted whole, a
-#: pack's chunks written out) over a few milliseconds, shown as TiB/s. A second smooths
-#: such bursts and still shows a speed early in any work long enough to watch.
+#: The speed, and the time left worked out from it, are drawn only this long after the
+#: first advance (kept in the task's public fields, not read from rich's private samples).
+#: rich divides the bytes counted after its first sample by the time since it: on the
+#: first frames, one burst (an unchanged file counted whole, a pack's chunks written out)
+#: over a few milliseconds, shown as TiB/s. A second smooths such bursts and still shows a
+#: speed early in any work long enough to watch.
 MIN_SPEED_SPAN_S = 1.0
 
 
 def measured_speed(task: Task) -> float | None:
     """Bytes a second of `task`, as rich estimates it over its recent samples; None until
-    those samples span MIN_SPEED_SPAN_S (rich's own lock and sample deque: advances come
-    from the worker's thread while the bar is drawn)."""
-    with task._lock:
-        samples = task._progress
-        if not samples or samples[-1].timestamp - samples[0].timestamp < MIN_SPEED_SPAN_S:
-            return None
-        return task.finished_speed or task.speed
+    MIN_SPEED_SPAN_S after its first advance (`first_at`, a field `ProgressBar.advance`
+    sets: the task may be made well before work starts, as a restore's is)."""
+    first = task.fields.get("first_at")
+    if first is None or task.get_time() - first < MIN_SPEED_SPAN_S:
+        return None
+    return task.finished_speed or task.speed
 
 
 class ProgressBar:
@@ -153,6 +153,7 @@ class ProgressBar:
         """A bar on `console`, or nothing at all if it is None."""
         self._progress: Progress | None = None
         self._task: TaskID | None = None
+        self._advanced = False  # the task has its `first_at` (`measured_speed`)
         if console is not None:
             from rich.progress import (
                 BarColumn,
@@ -217,10 +218,15 @@ class ProgressBar:
     def start(self, total_bytes: int | None, label: str) -> None:
         if self._progress is not None:
             self._task = self._progress.add_task(label, total=total_bytes)
+            self._advanced = False
 
     def advance(self, n: int) -> None:
         if self._progress is not None and self._task is not None:
-            self._progress.advance(self._task, n)
+            if self._advanced:
+                self._progress.advance(self._task, n)
+            else:
+                self._advanced = True
+                self._progress.update(self._task, advance=n, first_at=self._progress.get_time())
 
     def finish(self) -> None:
         if self._progress is not None and self._task is not None:
