@@ -43,6 +43,9 @@
  *   BUG_LEADER_NO_PROMISE   mutant (with LEADER): a leader sends its one-round Accept at
  *                           a fresh ballot on its own acceptor's value, without holding a
  *                           majority's promise (the promise check skipped).
+ *   BUG_CLIMB_ANSWERS       mutant: an acceptor that climbs toward a ballot out of its
+ *                           reach (promising a lower round of that ballot's node) answers
+ *                           as if it had promised the ballot asked for.
  *   L, MAXR, OPS            the bound: guess limit (1..3), rounds, client requests.
  */
 
@@ -142,6 +145,9 @@ short tv_;
 inline durable(n) {
 	wip[n] = false; pre_prom[n] = 0; pre_accb[n] = 0; pre_val[n] = 0
 }
+
+byte lb_;
+short lv_;
 
 /* ---- ghosts ---- */
 short learned;  /* ballots whose proposer saw a majority accept them: committed values */
@@ -386,6 +392,29 @@ inline on_commit(p, b) {
 #define DELIVER(b) PROMISE(0, b) PROMISE(1, b) PROMISE(2, b) \
 	ACCEPTED(0, b) ACCEPTED(1, b) ACCEPTED(2, b)
 
+/* An acceptor climbs toward a ballot out of its reach (Replica._reach, _climb): it
+ * promises a lower round b of the same node, any time a Prepare or Accept of that node at
+ * a higher round is on the wire (the one it climbs toward), and refuses that one. A
+ * refusal changes nothing but the proposer's backoff, so no reply is modelled. */
+#define SAME_NODE_ABOVE(b) ((BNODE(b) == 0 -> 21845 : 43690) & ~(BIT((b) + 1) - 1))
+#ifdef BUG_CLIMB_ANSWERS
+/* The mutant: the climb's answer counts as a Promise of the ballot the proposer asked for. */
+#define CLIMB_ANSWER(a, b) \
+	:: d_step { ready[a] && (b) > prom[a] && a != BNODE(b) && ph[BNODE(b)] == PREPARE \
+	            && (SAME_NODE_ABOVE(b) & BIT(pb[BNODE(b)])) && (prep_sent & BIT(pb[BNODE(b)])) -> \
+		printf("node %d climbs to (%d,%d), answers a promise\n", a, BROUND(b), BNODE(b)); \
+		durable(a); prom[a] = b; lb_ = pb[BNODE(b)]; on_promise_majority(BNODE(b), a, lb_); \
+		lb_ = 0 }
+#else
+#define CLIMB_ANSWER(a, b)
+#endif
+#define CLIMB(a, b) \
+	:: d_step { ready[a] && (b) > prom[a] && ((prep_sent | acc_sent) & SAME_NODE_ABOVE(b)) -> \
+		printf("node %d climbs to (%d,%d)\n", a, BROUND(b), BNODE(b)); \
+		durable(a); prom[a] = b } \
+	CLIMB_ANSWER(a, b)
+#define CLIMBS(b) CLIMB(0, b) CLIMB(1, b) CLIMB(2, b)
+
 /* Proposer p starts a round r (after queueing, a refusal or a timeout): a round above
  * every one it has used and its own acceptor's promise; its own acceptor promises. */
 #define ROUND(p, r) \
@@ -395,8 +424,6 @@ inline on_commit(p, b) {
 		pb[p] = 2 * r + p; prep_sent = prep_sent | BIT(2 * r + p); \
 		prom[p] = 2 * r + p; bestb[p] = accb[p]; bestv[p] = val[p]; ph[p] = PREPARE }
 
-byte lb_;
-short lv_;
 
 /* LEADER: proposer p holds a majority's promise of ballot held[p] (from its last commit)
  * and sends its waiting change as an Accept at once, built on heldv[p]: one round trip.
@@ -550,11 +577,14 @@ end:
 	LEAD_BAD(0, 1) LEAD_BAD(1, 1) LEAD_BAD(0, 2) LEAD_BAD(1, 2)
 	ROUND(0, 1) ROUND(1, 1) DELIVER(2) DELIVER(3)
 	ROUND(0, 2) ROUND(1, 2) DELIVER(4) DELIVER(5)
+	CLIMBS(2) CLIMBS(3)
 #if MAXR >= 3
 	ROUND(0, 3) ROUND(1, 3) DELIVER(6) DELIVER(7)
+	CLIMBS(4) CLIMBS(5)
 #endif
 #if MAXR >= 4
 	ROUND(0, 4) ROUND(1, 4) DELIVER(8) DELIVER(9)
+	CLIMBS(6) CLIMBS(7)
 #endif
 #if MAXR >= 5
 #error "MAXR is at most 4"

@@ -56,6 +56,9 @@ def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
         ("BUG_FREE_EVALUATE", "NO_DUP_CHECK"),  # ... then more than L evaluations
         # a reset for an earlier attempt also forgets the attempts made after it
         ("BUG_RESET_FORGETS_LATER", "NO_USED_CHECK"),
+        # an acceptor that climbed toward a ballot answers as if it had promised it
+        ("BUG_CLIMB_ANSWERS",),
+        ("LEADER", "BUG_CLIMB_ANSWERS"),
     ],
     ids=[
         "leader-without-promise",
@@ -67,6 +70,8 @@ def test_leader_model_verifies_exhaustively(tmp_path: Path) -> None:
         "free-evaluate",
         "free-evaluate-counter",
         "reset-forgets-later",
+        "climb-answers",
+        "leader-climb-answers",
     ],
 )
 def test_mutant_has_a_counterexample(tmp_path: Path, defines: tuple[str, ...]) -> None:
