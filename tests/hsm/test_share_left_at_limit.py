@@ -8,7 +8,12 @@ from __future__ import annotations
 import pytest
 
 from backupvault.errors import AuthenticationFailed
-from backupvault.hsm.shares import LOOK_AGAIN_SECONDS, ShareKeeper, ThresholdRead
+from backupvault.hsm.shares import (
+    LOOK_AGAIN_SECONDS,
+    ShareKeeper,
+    ThresholdRead,
+    check_threshold_value,
+)
 from backupvault.protocol import EntryStatus, ManifestRequest, Op
 from backupvault.sim import clients
 from backupvault.sim.clients import Call
@@ -70,6 +75,51 @@ def test_a_share_left_at_l_is_erased_one_grace_later_with_the_tombstone() -> Non
         held = world.replicated(slot, client.key)
         # The tombstone of the L attempts made: none counted, none evaluated, by the expiry.
         assert (held.status, held.attempt) == (EntryStatus.DESTROYED, attempt)
+
+
+def test_an_expiry_whose_own_tombstone_lost_its_round_proposes_the_tombstone_again() -> None:
+    """Sim seed 10588257: node 1's expiry round built the tombstone over the live value
+    with its L attempts used, node 1's own acceptor took it (erasing the share on its own
+    count), and its messages were lost while another node's round took the live value
+    again, higher. The retry is built on that live value: it read the erased row, changed
+    nothing and proposed the live value, which node 1 refused for good ("brought back to
+    life") while the others took it. The retry proposes the tombstone again."""
+    world, client = _registered()
+    for _ in range(LIMIT):
+        assert client.recover(b"wrong") is None
+    live = world.replicated(1, client.key)
+    assert live.status == EntryStatus.LIVE and live.attempts_used == LIMIT
+    rows = dict(world.honest[1].rows)  # node 1's disk, under a core of its own
+    keeper = ShareKeeper(FLEET_ID, 1, world.shape, signing_key(1), rows.get, exhausted_grace=GRACE)
+    assert keeper.row(client.key) is not None  # read at L: watched
+    assert keeper.tick(0.0) == []
+    (expiry,) = keeper.tick(GRACE)
+    tombstone, _ = expiry.apply(live)
+    assert tombstone.status == EntryStatus.DESTROYED and tombstone.attempt == live.attempt
+    # The first try's value, taken by node 1's own acceptor: its share erased at L.
+    keeper.on_accept(client.key, tombstone.to_bytes())
+    erased = keeper.take_writes()
+    assert [w.row.share for w in erased] == [b""]
+    rows.update((w.key, w.row) for w in erased)
+    keeper.durable(erased)
+
+    def refusal(value: bytes, held: bytes) -> str | None:
+        return check_threshold_value(
+            FLEET_ID, client.key, world.shape, value, held, node_keys=world.node_keys
+        )
+
+    # Why the live value cannot be the retry's: node 1 holds the tombstone.
+    assert refusal(live, tombstone.to_bytes()) == (
+        "an entry brought back to life without a new version"
+    )
+    again, answer = expiry.apply(live)  # the retry, over the live value chosen again
+    assert again == tombstone  # the live value before the fix
+    assert refusal(again, tombstone.to_bytes()) is None
+    assert refusal(again, live.to_bytes()) is None  # and the others take it
+    assert answer().writes == ()  # nothing left to erase, nothing evaluated
+    # Over a value with guesses left (a window the owner's reset opened), no tombstone.
+    reopened = live.with_(reset_attempt=live.attempt - 1)
+    assert expiry.apply(reopened)[0] == reopened
 
 
 def test_the_grace_runs_on_the_cores_tick_input() -> None:

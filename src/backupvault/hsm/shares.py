@@ -832,7 +832,23 @@ class ShareKeeper:
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
             row = self.row(key)
-            if row is None or not self._erasable_on_count(row) or self._row_distrusted(key):
+            if row is None or self._row_distrusted(key):
+                return state, unwatched
+            if not self._erasable_on_count(row):
+                if (
+                    _erased_on_count(row, limit)
+                    and state.version == row.version
+                    and state.status == EntryStatus.LIVE
+                    and state.manifest == row.manifest
+                    and state.attempts_used >= limit
+                ):
+                    # This round's own tombstone, taken by this node's acceptor at an
+                    # earlier try, erased the share (`_exhausted_share`); that try lost its
+                    # round, and the live value it was built on was chosen again. Proposed
+                    # as it is, this node refused it for good ("brought back to life")
+                    # while the others took it (sim seed 10588257): the retry proposes the
+                    # tombstone again, as the next request would over that value.
+                    return _tombstone_of(state), lambda: self._destroyed(key)
                 return state, unwatched
             # Never an evaluation: only ever this node's own count at L ends its share.
             require(row.count >= limit and not _assumed(row), "an expiry below L")
@@ -858,8 +874,7 @@ class ShareKeeper:
                 return state, reset
             if state.attempts_used < limit:
                 return state, unwatched
-            destroyed = state.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
-            return destroyed, lambda: self._destroyed(key)
+            return _tombstone_of(state), lambda: self._destroyed(key)
 
         return ThresholdUpdate(key, apply)
 
@@ -1870,6 +1885,17 @@ def kept_at_limit(row: NodeShare, guess_limit: int) -> bool:
     """Whether `row` keeps a share at this node's own count of `guess_limit` (counts
     assumed on peers' reports are not its own, and never erase)."""
     return bool(row.share) and row.count >= guess_limit and not _assumed(row)
+
+
+def _erased_on_count(row: NodeShare, guess_limit: int) -> bool:
+    """Whether `row` held a share of its version that this node erased at its own count of
+    `guess_limit` (not one assumed on peers' reports): its manifest kept, its share gone."""
+    return bool(row.manifest) and not row.share and row.count >= guess_limit and not _assumed(row)
+
+
+def _tombstone_of(state: ThresholdState) -> ThresholdState:
+    """The tombstone of a live value with no guess left (what the next request proposes)."""
+    return state.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
 
 
 def _assumed(row: NodeShare) -> bool:
