@@ -682,3 +682,21 @@ def test_regression_a_node_left_behind_by_a_walk_is_repaired(seed: int) -> None:
 def test_regression_a_climb_does_not_depend_on_the_order_messages_arrive_in(seed: int) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1))
     assert result.violation is None, report(result)
+
+
+# Seed 10588257 (session 49's fresh seeds, open until session 50; default options):
+# node 1's own expiry round (a share left at L one grace) built the tombstone over the
+# live value with its L attempts used, and node 1's own acceptor took it at 43.1, erasing
+# the share; its messages were lost, and node 2's no-op round took the live value again at
+# 43.2. The expiry's retry, built on that value (node 2's promise), read the erased row,
+# changed nothing, and committed the live value at 45.1 without node 1, whose check refused
+# it ("brought back to life") and every repair and round after it: node 1 held the
+# tombstone, nodes 0 and 2 the live value (`disks-agree`). The retry now proposes the
+# tombstone again (`ShareKeeper._expire`); tests/hsm/test_share_left_at_limit.py
+# test_an_expiry_whose_own_tombstone_lost_its_round_proposes_the_tombstone_again.
+@pytest.mark.parametrize("seed", [10588257])
+def test_regression_an_expiry_s_own_tombstone_is_proposed_again_after_its_round_lost(
+    seed: int,
+) -> None:
+    result = run_seed(seed)
+    assert result.violation is None, report(result)
