@@ -1,5 +1,6 @@
 """The climbing budget (`CLIMB_STEPS_PER_SECOND`) is kept per refusing peer (review
-s49rr: it was one pool per node that any peer's refusal spent). A hostile node that
+s49rr: it was one pool per node that any peer's refusal spent; per entry too since review
+s50, tests/fleet/test_climb_budget_per_entry.py). A hostile node that
 forwards the victim a change for a made-up entry and refuses the Prepare it sets off,
 claiming a far promise, spent the whole pool (256 steps) with two messages; ordered just
 before each honest refusal (the network is the attacker's), it left every honest climb a

@@ -107,13 +107,10 @@ def test_nodes_left_behind_climb_whatever_order_messages_arrive_in() -> None:
     assert _proposing(net, 3, b"again", b"k") == Committed(b"again", 3)
 
 
-def test_a_repair_climbs_a_node_left_far_behind_over_its_resends() -> None:
-    """Node 4 walks entry k up 600 steps at nodes 0 and 1; node 0 commits a change (node 3
-    climbs to take it) while node 2 is cut off. Node 2 then stands 600 steps below the
-    chosen ballot: each resend of the repair climbs it `CLIMB_BURST_STEPS` at most, and
-    it stays pending while the promise it reports rises, so it takes the value with no
-    further change (given up at its first refusal, it held the old value)."""
-    net = Net()
+def left_far_behind(net: Net) -> AcceptorRecord:
+    """Node 4 walks entry k up 600 steps at nodes 0 and 1 (then is silent); node 0 commits
+    a change (node 3 climbs to take it) while node 2 is cut off, and node 2 is back. Node
+    2 then stands 600 steps below the chosen ballot: what node 0 holds, returned."""
     assert _proposing(net, 0, b"a", b"k") == Committed(b"a", 1)
     net.down.add(4)
     for walked in (0, 1):
@@ -124,6 +121,17 @@ def test_a_repair_climbs_a_node_left_far_behind_over_its_resends() -> None:
     chosen = net.disk[0][b"k"]
     assert net.disk[2][b"k"].promised_round + 300 * MAX_ROUND_STEP < chosen.accepted_round
     net.down.discard(2)
+    return chosen
+
+
+def test_a_repair_climbs_a_node_left_far_behind_over_its_resends() -> None:
+    """Node 4 walks entry k up 600 steps at nodes 0 and 1; node 0 commits a change (node 3
+    climbs to take it) while node 2 is cut off. Node 2 then stands 600 steps below the
+    chosen ballot: each resend of the repair climbs it `CLIMB_BURST_STEPS` at most, and
+    it stays pending while the promise it reports rises, so it takes the value with no
+    further change (given up at its first refusal, it held the old value)."""
+    net = Net()
+    chosen = left_far_behind(net)
     deadline = net.now + 30.0
     while net.now < deadline and net.disk[2][b"k"].value != chosen.value:
         net.now += 0.1
@@ -160,6 +168,10 @@ def test_an_acceptor_climbs_toward_a_far_ballot_within_the_senders_budget() -> N
     answer = acceptor.receive(0, Prepare(b"p4", b"k", far + 101 * MAX_ROUND_STEP, 0), later)
     (promise,) = [e.message for e in answer if isinstance(e, Send)]
     assert promise.ok
+    # Another entry's budget is its own (review s50).
+    reach = acceptor._max_round + (CLIMB_BURST_STEPS + 1) * MAX_ROUND_STEP
+    acceptor.receive(0, Prepare(b"p6", b"k2", far, 0), later)
+    assert acceptor._record(b"k2").promised == Ballot(reach, 0)
     # At the ceiling nothing is promised, climbed or not.
     before = acceptor._record(b"k").promised
     acceptor.receive(3, Prepare(b"p5", b"k", ROUND_CEILING, 3), later + 60)
@@ -288,19 +300,31 @@ def test_a_node_sends_no_prepare_its_own_acceptor_has_not_promised() -> None:
 def test_refusals_claiming_far_promises_climb_within_the_budget() -> None:
     """One refusal's word lifts the next ballot a step; beyond that, up to
     `CLIMB_BURST_STEPS` + 1 steps, only within `CLIMB_STEPS_PER_SECOND` (a burst of
-    `CLIMB_BURST_STEPS`): two hostile messages each time (a forwarded change and its
-    refusal) had honest ballots walk every honest floor 257 steps (review s49r), so the
-    ceiling was days away."""
+    `CLIMB_BURST_STEPS`) for each refusing peer and entry: two hostile messages each time
+    (a forwarded change and its refusal) had honest ballots walk every honest floor 257
+    steps (review s49r), so the ceiling was days away. Another entry's budget, or another
+    peer's, is its own (review s50: one pool per peer was spent on a made-up entry)."""
     replica = Net().replicas[0]
     start = replica._now
     far = ROUND_CEILING - 2
     climbed = 0
     for i in range(40):  # 40 lies at once, each refusing a ballot a step above the last
         refused = Ballot(i * MAX_ROUND_STEP + 1, 0)
-        replica._learn_round(b"k%d" % i, 4, far, refused)
-        climbed += (replica._learned[b"k%d" % i] - refused.round) // MAX_ROUND_STEP - 1
+        before = max(replica._learned.get(b"k", 0), refused.round + MAX_ROUND_STEP - 1)
+        replica._learn_round(b"k", 4, far, refused)
+        climbed += (replica._learned[b"k"] - before) // MAX_ROUND_STEP
     assert climbed <= CLIMB_BURST_STEPS
+    for other, peer in ((b"other", 4), (b"k", 3)):
+        at = replica._learned.get(other, 0)
+        refused = Ballot(max(at, 1), 0)
+        replica._learn_round(other, peer, far, refused)
+        beyond = replica._learned[other] - (refused.round + MAX_ROUND_STEP - 1)
+        assert beyond == CLIMB_BURST_STEPS * MAX_ROUND_STEP, (other, peer)
+    at = replica._learned[b"k"]
+    replica._learn_round(b"k", 4, far, Ballot(at, 0))
+    assert replica._learned[b"k"] == at + MAX_ROUND_STEP - 1  # spent: a step, no more
     replica._now = start + 1.0
-    replica._learn_round(b"later", 4, far, Ballot(1, 0))
-    assert replica._learned[b"later"] - 1 <= (CLIMB_BURST_STEPS + 1) * MAX_ROUND_STEP
-    assert replica._learned[b"later"] - 1 > CLIMB_BURST_STEPS * MAX_ROUND_STEP  # refilled
+    at = replica._learned[b"k"]
+    replica._learn_round(b"k", 4, far, Ballot(at, 0))
+    climbed = replica._learned[b"k"] - (at + MAX_ROUND_STEP - 1)
+    assert climbed == CLIMB_BURST_STEPS * MAX_ROUND_STEP  # refilled

@@ -105,11 +105,11 @@ MAX_STORE_ID_BYTES = 64
 #: from one peer); it then stalls (liveness, not safety).
 ROUND_CEILING = 1 << 62
 #: Steps a second, and at once, a peer may lift an acceptor's rounds for an entry beyond
-#: the one step every message may (`Replica._reach`). A ballot further above than that is
-#: refused, and the acceptor climbs toward it as far as the budget allows (a promise of
-#: that lower round of the same node's, which its proposer never uses: the ballot itself
-#: is reserved above it, `Replica._reserved`), so each round, resend or repair climbs on
-#: from where the last left it, in whatever order messages arrive. Without a climb, a
+#: the one step every message may (`Replica._reach`; per peer and entry, review s50). A
+#: ballot further above than that is refused, and the acceptor climbs toward it as far as
+#: the budget allows (a promise of that lower round of the same node's: only stricter, as
+#: any Prepare's), so each round, resend or repair climbs on from where the last left it,
+#: in whatever order messages arrive. Without a climb, a
 #: hostile node that walked two honest acceptors' rounds up 50 steps (100 Prepares) left
 #: the other honest ones a step per refused round behind: every change to the entry failed
 #: for minutes (review s49). Until session 50 proposers climbed them with rungs, Prepares
@@ -213,10 +213,6 @@ class _Repair:
     # one too is given up on, not lifted again (its restart or the entry's next change
     # brings it the value).
     lifted: bool = False
-    # Pending nodes that refused the ballot with a promise below it, by the promise each
-    # last reported: one climbing toward a ballot too far above its rounds (`_reach`)
-    # reports a higher promise each resend, and stays pending while it does.
-    below: dict[int, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -360,11 +356,14 @@ class Replica:
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
         self._max_round = self.source.max_round()
-        # Per peer, rounds this node may still learn beyond a step above a ballot the peer
-        # refused (`_learn_round`), and rounds the peer may still lift this node's acceptor
-        # beyond a step above its floor (`_reach`); each with when it was last topped up.
-        self._climb_budgets: dict[int, tuple[int, float]] = {}
-        self._reach_budgets: dict[int, tuple[int, float]] = {}
+        # Per peer and entry, rounds this node may still learn beyond a step above a ballot
+        # the peer refused (`_learn_round`), and rounds the peer may still lift this node's
+        # acceptor beyond a step above its floor (`_reach`); each with when it was last
+        # topped up. Per entry: one pool per peer for every entry let a hostile node have
+        # an honest peer spend it on a made-up entry (a forwarded change) just before each
+        # round or resend that needed it (review s50).
+        self._climb_budgets: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
+        self._reach_budgets: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
@@ -601,7 +600,7 @@ class Replica:
         climb = min(promised_round, refused.round + (CLIMB_BURST_STEPS + 1) * MAX_ROUND_STEP - 1)
         known = max(step, self._learned.get(key, 0))
         if climb > known:
-            beyond = _spend(self._climb_budgets, sender, climb - known, self._now)
+            beyond = _spend(self._climb_budgets, (sender, key), climb - known, self._now)
             learned = max(learned, known + beyond)
         learned = min(learned, ROUND_CEILING - 1)
         self._learned[key] = max(self._learned.pop(key, 0), learned)
@@ -759,7 +758,7 @@ class Replica:
         free = max(self._max_round, record.promised.round) + MAX_ROUND_STEP
         if round_ <= free:
             return round_
-        return free + _spend(self._reach_budgets, sender, round_ - free, self._now)
+        return free + _spend(self._reach_budgets, (sender, record.key), round_ - free, self._now)
 
     def _check_refuses(self, message: Accept, record: AcceptorRecord) -> bool:
         """Whether the application's check refuses the Accept's value over `record`'s."""
@@ -777,9 +776,10 @@ class Replica:
     ) -> tuple[list[Effect], Message]:
         """Refuse a ballot out of reach (`_reach`), having promised the highest round of
         its node's that is within reach: the next ballot, resend or repair climbs on from
-        there. A promise only refuses lower ballots, and its node never sends a value under
-        it (its ballot, above, is reserved: `_reserved`), so it is as safe as any Prepare;
-        it is what rungs a step apart, sent in order, did until session 50."""
+        there. A promise only refuses lower ballots and answers no round (the refusal names
+        it, below the ballot asked), so it is as safe as any Prepare of that ballot, which
+        its node may still use later (its leader hold may pipeline onto it); it is what
+        rungs a step apart, sent in order, did until session 50."""
         effects: list[Effect] = []
         climbed = Ballot(reach, message.node)
         if climbed > record.promised:
@@ -839,6 +839,12 @@ class Replica:
                 record.key, *_ballot(promised), ballot.round, ballot.node, message.value
             )
             return self._took(message, record, promised)
+        if refused and ballot > record.promised:
+            # Refused by the check at a ballot it could take: promised, and named in the
+            # answer, which so tells the check's refusal (final for this value) from the
+            # promise's (higher) and a climb's (lower): a repair stays on a node climbing.
+            record = replace(record, promised_round=ballot.round, promised_node=ballot.node)
+            return [self._store(record)], _answer(message, ballot, False)
         return [], _answer(message, record.promised, False)
 
     def _took(
@@ -1192,13 +1198,14 @@ class Replica:
             # Refused again after a no-op round lifted the value above its promise: given
             # up. A hostile node refuses every ballot; lifted for each refusal, it had the
             # fleet run a round every two seconds for ever, for every entry it lagged on.
-            # Refused with a promise below the ballot, higher than the last it reported:
-            # it may be climbing toward a ballot too far above its rounds (a walk left it
-            # behind, `_reach`), so it stays pending. Its check's refusal leaves the
-            # promise where it was, and is final at the next resend.
-            climbing = not message.ok and message.promised_round < message.round
-            if climbing and message.promised_round > repair.below.get(sender, -1):
-                repair.below[sender] = message.promised_round
+            # Refused with a promise below the ballot: it is climbing toward a ballot too far
+            # above its rounds (a walk left it behind, `_reach`), and each resend climbs it
+            # on, so it stays pending (a check's refusal names the ballot itself). Until
+            # review s50 one whose promise did not rise was dropped as refused by its
+            # check, and a refusal that came twice or late dropped a node still climbing.
+            promised = Ballot(message.promised_round, message.promised_node)
+            if not message.ok and promised < Ballot(message.round, message.node):
+                pass
             elif message.ok or _refused_by_check(message) or repair.lifted:
                 repair.pending.discard(sender)
             else:
@@ -1700,15 +1707,24 @@ def _promise(message: Prepare, record: AcceptorRecord, ok: bool) -> Promise:
     )
 
 
-def _spend(budgets: dict[int, tuple[int, float]], peer: int, want: int, now: float) -> int:
-    """The rounds of `want` that `peer`'s climbing budget in `budgets` grants, spent: it
-    holds `CLIMB_BURST_STEPS` at most and fills at `CLIMB_STEPS_PER_SECOND`."""
+def _spend(
+    budgets: OrderedDict[tuple[int, bytes], tuple[int, float]],
+    peer_entry: tuple[int, bytes],
+    want: int,
+    now: float,
+) -> int:
+    """The rounds of `want` that a peer's climbing budget for an entry in `budgets` grants,
+    spent: it holds `CLIMB_BURST_STEPS` at most and fills at `CLIMB_STEPS_PER_SECOND`. The
+    `LEARNED_ENTRIES` last used are kept; one forgotten is full again, which a peer buys
+    with that many messages for other entries (a free step each walks more)."""
     burst = CLIMB_BURST_STEPS * MAX_ROUND_STEP
-    budget, at = budgets.get(peer, (burst, now))
+    budget, at = budgets.pop(peer_entry, (burst, now))
     refill = int(max(0.0, now - at) * CLIMB_STEPS_PER_SECOND * MAX_ROUND_STEP)
     budget = min(budget + refill, burst)
     granted = min(want, budget)
-    budgets[peer] = (budget - granted, now)
+    budgets[peer_entry] = (budget - granted, now)
+    if len(budgets) > LEARNED_ENTRIES:
+        budgets.popitem(last=False)
     return granted
 
 
@@ -1722,11 +1738,11 @@ def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
 
 
 def _refused_by_check(message: Accepted) -> bool:
-    """A refusal by the acceptor's own check of the value (`Replica._check_refuses`), not by its
-    promise: an acceptor refuses on its promise only for a ballot below it, so a refusal
-    naming a promise at or below the Accept's ballot came from the check."""
+    """A refusal by the acceptor's own check of the value (`Replica._check_refuses`): it
+    promises the Accept's ballot and names it (`Replica._acceptor`). A refusal on its
+    promise names a higher one; one out of its reach, a lower one (`Replica._climb`)."""
     promised = Ballot(message.promised_round, message.promised_node)
-    return not message.ok and promised <= Ballot(message.round, message.node)
+    return not message.ok and promised == Ballot(message.round, message.node)
 
 
 def _unchanged(value: bytes) -> tuple[bytes, Any]:
