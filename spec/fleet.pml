@@ -394,8 +394,9 @@ inline on_commit(p, b) {
 
 /* An acceptor climbs toward a ballot out of its reach (Replica._reach, _climb): it
  * promises a lower round b of the same node, any time a Prepare or Accept of that node at
- * a higher round is on the wire (the one it climbs toward), and refuses that one. A
- * refusal changes nothing but the proposer's backoff, so no reply is modelled. */
+ * a higher round is on the wire (the one it climbs toward), and refuses that one. Or its
+ * check refuses the value of an Accept of b: it promises b (Replica._acceptor). A refusal
+ * changes nothing but the proposer's backoff, so no reply is modelled. */
 #define SAME_NODE_ABOVE(b) ((BNODE(b) == 0 -> 21845 : 43690) & ~(BIT((b) + 1) - 1))
 #ifdef BUG_CLIMB_ANSWERS
 /* The mutant: the climb's answer counts as a Promise of the ballot the proposer asked for. */
@@ -409,8 +410,9 @@ inline on_commit(p, b) {
 #define CLIMB_ANSWER(a, b)
 #endif
 #define CLIMB(a, b) \
-	:: d_step { ready[a] && (b) > prom[a] && ((prep_sent | acc_sent) & SAME_NODE_ABOVE(b)) -> \
-		printf("node %d climbs to (%d,%d)\n", a, BROUND(b), BNODE(b)); \
+	:: d_step { ready[a] && (b) > prom[a] \
+	            && (((prep_sent | acc_sent) & SAME_NODE_ABOVE(b)) || (acc_sent & BIT(b))) -> \
+		printf("node %d promises (%d,%d), refusing\n", a, BROUND(b), BNODE(b)); \
 		durable(a); prom[a] = b } \
 	CLIMB_ANSWER(a, b)
 #define CLIMBS(b) CLIMB(0, b) CLIMB(1, b) CLIMB(2, b)
@@ -577,14 +579,14 @@ end:
 	LEAD_BAD(0, 1) LEAD_BAD(1, 1) LEAD_BAD(0, 2) LEAD_BAD(1, 2)
 	ROUND(0, 1) ROUND(1, 1) DELIVER(2) DELIVER(3)
 	ROUND(0, 2) ROUND(1, 2) DELIVER(4) DELIVER(5)
-	CLIMBS(2) CLIMBS(3)
+	CLIMBS(2) CLIMBS(3) CLIMBS(4) CLIMBS(5)
 #if MAXR >= 3
 	ROUND(0, 3) ROUND(1, 3) DELIVER(6) DELIVER(7)
-	CLIMBS(4) CLIMBS(5)
+	CLIMBS(6) CLIMBS(7)
 #endif
 #if MAXR >= 4
 	ROUND(0, 4) ROUND(1, 4) DELIVER(8) DELIVER(9)
-	CLIMBS(6) CLIMBS(7)
+	CLIMBS(8) CLIMBS(9)
 #endif
 #if MAXR >= 5
 #error "MAXR is at most 4"
