@@ -102,7 +102,7 @@ class Accepted(Message):
     ok: bool
     promised_round: int
     promised_node: int
-    digest: bytes  # SHA-256 of the value accepted (empty on a refusal)
+    digest: bytes  # SHA-256 of the value taken or refused (empty on an older node's refusal)
 
 
 @dataclass(frozen=True)

@@ -357,11 +357,16 @@ class Replica:
         # entry's own rounds (`_next_round`).
         self._max_round = self.source.max_round()
         # Per peer and entry, rounds this node may still learn beyond a step above a ballot
-        # the peer refused (`_learn_round`), and rounds the peer may still lift this node's
-        # acceptor beyond a step above its floor (`_reach`); each with when it was last
-        # topped up. Per entry: one pool per peer for every entry let a hostile node have
-        # an honest peer spend it on a made-up entry (a forwarded change) just before each
-        # round or resend that needed it (review s50).
+        # the peer refused (`_learn_round`; per entry since review s50: one pool per peer
+        # let a hostile node have an honest peer's refusals of a made-up entry spend it),
+        # and per peer, rounds the peer may still lift this node's acceptor beyond a step
+        # above its floor (`_reach`; kept under the key b""); each with when it was last
+        # topped up. The latter is one pool for every entry: per entry (review s50) a
+        # hostile peer walked every entry it poked 257 steps a Prepare, and two messages a
+        # second per entry stalled as many entries as it liked (review s50b). One pool
+        # lets a hostile node have an honest peer spend it on a made-up entry (a forwarded
+        # change) just before a round that needed it: that change, not every entry, stalls
+        # (docs/fleet.md, "Rounds walked up by a hostile node").
         self._climb_budgets: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
         self._reach_budgets: OrderedDict[tuple[int, bytes], tuple[int, float]] = OrderedDict()
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
@@ -758,7 +763,7 @@ class Replica:
         free = max(self._max_round, record.promised.round) + MAX_ROUND_STEP
         if round_ <= free:
             return round_
-        return free + _spend(self._reach_budgets, (sender, record.key), round_ - free, self._now)
+        return free + _spend(self._reach_budgets, (sender, b""), round_ - free, self._now)
 
     def _check_refuses(self, message: Accept, record: AcceptorRecord) -> bool:
         """Whether the application's check refuses the Accept's value over `record`'s."""
@@ -1189,6 +1194,8 @@ class Replica:
             repair.accept.round,
             repair.accept.node,
         ):
+            if message.digest and message.digest != _digest(repair.accept.value):
+                return []  # an answer to another value under the ballot: a forgery's
             # Acknowledged: that node no longer lags. Refused by its own check of the value
             # (not its promise): final for this value, since neither a resend nor a rewrite
             # above its promise changes what it checks (docs/threshold.md, "Catching up").
@@ -1218,6 +1225,8 @@ class Replica:
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
             return []
+        if message.digest and message.digest != _digest(proposal.accepted_value):
+            return []  # an answer to another value under the ballot: a forgery's
         if not message.ok:
             if sender in proposal.accepts:
                 # It took this round's value, then refused another under the same ballot
@@ -1523,10 +1532,12 @@ class Replica:
             or Ballot(message.round, message.node) != lead.held
         ):
             return []
+        if message.digest and message.digest != _digest(lead.accept.value):
+            return []  # not an answer to what this node sent
         if not message.ok:
             return self._lead_refused(lead, sender, message.promised_round, now)
-        if message.digest != _digest(lead.accept.value):
-            return []  # not an answer to what this node sent
+        if not message.digest:
+            return []  # a refusal's digest may be empty (an older node's); a take's not
         lead.accepts.add(sender)
         if len(lead.accepts) < self.quorum:
             return []
@@ -1729,9 +1740,11 @@ def _spend(
 
 
 def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
-    """An acceptor's answer to `message`, naming its promise and, if taken, the value's
-    digest (the asking node counts only answers for its own value)."""
-    digest = _digest(message.value) if ok else b""
+    """An acceptor's answer to `message`, naming its promise and the value's digest, taken
+    or refused (the asking node counts only answers for its own value: a hostile node's
+    Accept of another value under the ballot had its refusal, sent to the ballot's origin
+    too, end a repair of an honest node, review s50b)."""
+    digest = _digest(message.value)
     return Accepted(
         message.op_id, message.key, message.round, message.node, ok, *_ballot(promised), digest
     )
