@@ -1210,14 +1210,13 @@ class Replica:
             # on, so it stays pending (a check's refusal names the ballot itself). Until
             # review s50 one whose promise did not rise was dropped as refused by its
             # check, and a refusal that came twice or late dropped a node still climbing.
+            ballot = Ballot(message.round, message.node)
             promised = Ballot(message.promised_round, message.promised_node)
-            if not message.ok and promised < Ballot(message.round, message.node):
-                pass
-            elif message.ok or _refused_by_check(message) or repair.lifted:
+            climbing = not message.ok and promised < ballot
+            if message.ok or _refused_by_check(message) or (repair.lifted and not climbing):
                 repair.pending.discard(sender)
-            else:
+            elif not climbing:
                 repair.refused = True
-                ballot = Ballot(message.round, message.node)
                 self._learn_round(repair.accept.key, sender, message.promised_round, ballot)
             if not repair.pending:
                 del self._repairs[message.op_id]
