@@ -22,12 +22,18 @@ class Clock:
         return self.now
 
 
-def test_the_bar_counts_in_mib_and_mib_per_second() -> None:
+def _terminal(width: int = 120) -> tuple[io.StringIO, Clock, Console]:
+    """A terminal `width` columns wide drawn into a string, on a clock moved by hand."""
     screen = io.StringIO()
     clock = Clock()
     console = Console(
-        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
+        file=screen, force_terminal=True, width=width, color_system=None, get_time=clock
     )
+    return screen, clock, console
+
+
+def test_the_bar_counts_in_mib_and_mib_per_second() -> None:
+    screen, clock, console = _terminal()
     with ProgressBar(console) as bar:
         bar.start(512 << 20, "backing up")
         for _ in range(4):
@@ -45,11 +51,7 @@ def test_no_speed_nor_time_left_until_a_second_of_work_is_measured() -> None:
     """The first frames drew a burst (an unchanged file counted whole) over the
     millisecond since the first sample: "62.5 GiB/s", and a time left of 0:00:01. Both
     wait for samples a second apart, then show what was measured."""
-    screen = io.StringIO()
-    clock = Clock()
-    console = Console(
-        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
-    )
+    screen, clock, console = _terminal()
     with ProgressBar(console) as bar:
         bar.start(768 << 20, "backing up")
         bar.advance(64 << 20)  # at 1000.0
@@ -71,11 +73,7 @@ def test_no_speed_nor_time_left_until_a_second_of_work_is_measured() -> None:
 def test_no_speed_when_work_starts_long_after_the_bar() -> None:
     """A restore's bar is made before its first write, which may come seconds later as a
     burst: the second counts from the first advance, not from the bar."""
-    screen = io.StringIO()
-    clock = Clock()
-    console = Console(
-        file=screen, force_terminal=True, width=120, color_system=None, get_time=clock
-    )
+    screen, clock, console = _terminal()
     with ProgressBar(console) as bar:
         bar.start(768 << 20, "restoring")
         clock.now = 1005.0
@@ -144,11 +142,7 @@ def test_quiet_drops_notes_and_reports_but_not_warnings(capsys: pytest.CaptureFi
 def test_the_bar_is_one_line_at_any_width(width: int, label: str) -> None:
     """A line wider than the terminal wraps, and a wrapped bar is redrawn as a new line at
     every refresh (COLUMNS=40 filled the screen): columns that do not fit are dropped."""
-    screen = io.StringIO()
-    clock = Clock()
-    console = Console(
-        file=screen, force_terminal=True, width=width, color_system=None, get_time=clock
-    )
+    _screen, clock, console = _terminal(width)
     with ProgressBar(console) as bar:
         progress = bar._progress
         assert progress is not None

@@ -74,7 +74,7 @@ class Net:
         deadline = self.now + max_time
         while self.now < deadline:
             while self.queue:
-                sender, to, raw = self.queue.popleft()
+                sender, to, raw = self.next_on_the_wire()
                 if to in self.down or sender in self.down:
                     continue
                 message: Message = decode_any(raw, PEER_MESSAGES)
@@ -85,6 +85,10 @@ class Net:
             for i, replica in self.replicas.items():
                 if i not in self.down:
                     self.run(i, replica.tick(self.now))
+
+    def next_on_the_wire(self) -> tuple[int, int, bytes]:
+        """The next message delivered: the oldest (links that keep order)."""
+        return self.queue.popleft()
 
     def propose(self, node: int, op: bytes, key: bytes, change) -> None:
         self.run(node, self.replicas[node].propose(op, key, change, self.now))

@@ -10,9 +10,7 @@ from dataclasses import replace
 
 from test_replica import Net, add
 
-from backupvault.codec import Message, decode_any
 from backupvault.fleet.messages import (
-    PEER_MESSAGES,
     AcceptorRecord,
     Ballot,
     Prepare,
@@ -41,23 +39,13 @@ class ReorderingNet(Net):
     """`Net`, delivering whatever is on the wire in a random order (as the simulator's
     links do: each message has its own delay)."""
 
-    def settle(self, max_time: float = 10.0) -> None:
-        shuffle = random.Random(7)
-        deadline = self.now + max_time
-        while self.now < deadline:
-            while self.queue:
-                self.queue.rotate(-shuffle.randrange(len(self.queue)))
-                sender, to, raw = self.queue.popleft()
-                if to in self.down or sender in self.down:
-                    continue
-                message: Message = decode_any(raw, PEER_MESSAGES)
-                self.run(to, self.replicas[to].receive(sender, message, self.now))
-            if not any(r.pending() for i, r in self.replicas.items() if i not in self.down):
-                return
-            self.now += 0.01
-            for i, replica in self.replicas.items():
-                if i not in self.down:
-                    self.run(i, replica.tick(self.now))
+    def __init__(self) -> None:
+        self.shuffle = random.Random(7)
+        super().__init__()
+
+    def next_on_the_wire(self) -> tuple[int, int, bytes]:
+        self.queue.rotate(-self.shuffle.randrange(len(self.queue)))
+        return self.queue.popleft()
 
 
 def _walk(net: Net, walked: int, steps: int) -> None:

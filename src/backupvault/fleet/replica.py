@@ -1224,7 +1224,7 @@ class Replica:
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
             return []
-        if message.digest and message.digest != _digest(proposal.accepted_value):
+        if _about_another_value(message, proposal.accepted_value):
             return []  # an answer to another value under the ballot: a forgery's
         if not message.ok:
             if sender in proposal.accepts:
@@ -1232,8 +1232,6 @@ class Replica:
                 # (a forgery naming this node as origin): not a refusal of this value.
                 return []
             return self._refused_by(proposal, sender, message.promised_round, now)
-        if message.digest != _digest(proposal.accepted_value):
-            return []  # it took another value under this ballot: not an answer to this one
         proposal.accepts.add(sender)
         if len(proposal.accepts) < self.quorum:
             return []
@@ -1531,12 +1529,10 @@ class Replica:
             or Ballot(message.round, message.node) != lead.held
         ):
             return []
-        if message.digest and message.digest != _digest(lead.accept.value):
+        if _about_another_value(message, lead.accept.value):
             return []  # not an answer to what this node sent
         if not message.ok:
             return self._lead_refused(lead, sender, message.promised_round, now)
-        if not message.digest:
-            return []  # a refusal's digest may be empty (an older node's); a take's not
         lead.accepts.add(sender)
         if len(lead.accepts) < self.quorum:
             return []
@@ -1747,6 +1743,13 @@ def _answer(message: Accept, promised: Ballot, ok: bool) -> Accepted:
     return Accepted(
         message.op_id, message.key, message.round, message.node, ok, *_ballot(promised), digest
     )
+
+
+def _about_another_value(message: Accepted, value: bytes) -> bool:
+    """Whether `message` answers for another value than `value` under its ballot (a
+    forgery's): its digest names another, or it took a value it does not name. A refusal
+    may name none (an older node's: refusals named no value before session 50)."""
+    return message.digest != _digest(value) and (bool(message.digest) or message.ok)
 
 
 def _refused_by_check(message: Accepted) -> bool:
