@@ -105,6 +105,7 @@ byte prom[3];
 byte accb[3];
 short val[3];
 bool ready[3];
+bool own[3]; /* its accepted value is one it took itself since its last start (Replica._taken) */
 
 /* ---- network: sent Prepares and Accepts, by ballot ---- */
 short prep_sent;
@@ -288,7 +289,8 @@ inline accept_at(a, b) {
 	prom[a] = b;
 #endif
 	accb[a] = b;
-	val[a] = accval[b]
+	val[a] = accval[b];
+	own[a] = true
 }
 
 short nv_;
@@ -389,8 +391,17 @@ inline on_commit(p, b) {
 	            && accb[a] != b -> \
 		accept_at(a, b) }
 
+/* Accept(b) again (a duplicate, a resend) at acceptor a whose promise moved past b: it
+ * answers "accepted" again, writing its record again, only if it took b itself since its
+ * last start (Replica._acceptor, `_taken`); refused otherwise, which changes nothing. */
+#define REPEAT(a, b) \
+	:: d_step { (acc_sent & BIT(b)) && a != BNODE(b) && ready[a] && b < prom[a] \
+	            && accb[a] == b && own[a] && ph[BNODE(b)] == ACCEPT && pb[BNODE(b)] == b -> \
+		printf("node %d answers Accept (%d,%d) again\n", a, BROUND(b), BNODE(b)); \
+		durable(a); on_commit(BNODE(b), b) }
+
 #define DELIVER(b) PROMISE(0, b) PROMISE(1, b) PROMISE(2, b) \
-	ACCEPTED(0, b) ACCEPTED(1, b) ACCEPTED(2, b)
+	ACCEPTED(0, b) ACCEPTED(1, b) ACCEPTED(2, b) REPEAT(0, b) REPEAT(1, b) REPEAT(2, b)
 
 /* An acceptor climbs toward a ballot out of its reach (Replica._reach, _climb): it
  * promises a lower round b of the same node, any time a Prepare or Accept of that node at
@@ -494,7 +505,7 @@ inline lead_accept(p, b, base) {
 inline restart() {
 	printf("node %d crashes, restarts from a copy: promised (%d,%d) accepted (%d,%d)\n",
 		cn, BROUND(snap_prom), BNODE(snap_prom), BROUND(snap_accb), BNODE(snap_accb));
-	prom[cn] = snap_prom; accb[cn] = snap_accb; val[cn] = snap_val;
+	prom[cn] = snap_prom; accb[cn] = snap_accb; val[cn] = snap_val; own[cn] = false;
 	snap_prom = 0; snap_accb = 0; snap_val = 0;
 	if
 	:: cn < 2 -> ph[cn] = IDLE; op[cn] = 0; tk[cn] = 0; outc[cn] = 0;
@@ -537,7 +548,7 @@ inline restart() {
 #define LOSE_OWN_WRITE(p) \
 	:: d_step { wip[p] && cp == 0 -> \
 		printf("node %d crashes before its own acceptance is written, back intact\n", p); \
-		prom[p] = pre_prom[p]; accb[p] = pre_accb[p]; val[p] = pre_val[p]; \
+		prom[p] = pre_prom[p]; accb[p] = pre_accb[p]; val[p] = pre_val[p]; own[p] = false; \
 		LOST_RESERVATION(p) \
 		ph[p] = IDLE; op[p] = 0; tk[p] = 0; outc[p] = 0; bestb[p] = 0; bestv[p] = 0; \
 		pb[p] = 0; held[p] = 0; heldv[p] = 0; durable(p); cp = 3 }
@@ -550,7 +561,7 @@ inline restart() {
 		printf("node %d catches up from node %d\n", cn, j); \
 		synced = synced | BIT(j); \
 		if \
-		:: accb[j] > accb[cn] -> accb[cn] = accb[j]; val[cn] = val[j] \
+		:: accb[j] > accb[cn] -> accb[cn] = accb[j]; val[cn] = val[j]; own[cn] = false \
 		:: else -> skip \
 		fi; \
 		if \

@@ -131,6 +131,7 @@ CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joinin
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
 LEARNED_ENTRIES = 4096  # entries whose refusals' promises are kept for the next ballot
 LIFTS_KEPT = 4096  # lifted entries remembered before those past the repair window go
+TAKEN_ENTRIES = 4096  # entries whose last Accept this process took, for answering it again
 
 
 @dataclass(frozen=True)
@@ -372,6 +373,11 @@ class Replica:
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
+        # Per entry, the ballot and value of the last Accept this process itself took
+        # (`_took`): an Accept arriving again after the promise moved past it is answered
+        # again only for these. Not kept on disk: after a restart a repeat is refused, which
+        # costs a resend, never safety (`_acceptor`).
+        self._taken: OrderedDict[bytes, tuple[Ballot, bytes]] = OrderedDict()
         # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
         self._leading: dict[bytes, None] = {}
         self._heard: dict[int, float] = {}  # when each peer last answered as an acceptor
@@ -822,14 +828,18 @@ class Replica:
         refused = self._check_refuses(message, record)
         if (
             not refused
-            and message.pipeline
             and ballot == record.accepted
             and ballot < record.promised
+            and self._taken.get(message.key) == (ballot, message.value)
             and message.value == record.value
         ):
-            # The same Accept again (a duplicate or a repair), after its pipelined promise
-            # moved past it: answer as before. The record is written again as this node's
-            # own acceptance (it may hold the value only as a catch-up copy so far).
+            # The same Accept again (a duplicate, a repair, a replay with the pipeline flag
+            # changed), after the promise moved past it: answer as before, only if this
+            # process took it itself. A value held as a catch-up copy was never this node's
+            # acceptance, and answering for it below a promise that reported an older value
+            # could make it chosen behind that promise's proposer (review s51). Answered
+            # for a pipelined Accept only, a replay with the flag cleared was refused, and
+            # the refusals of three acceptors dropped the leader's hold (review s50r3).
             return self._took(message, record, record.promised)
         if ballot == record.accepted and message.value != record.value:
             # One value per ballot: its proposer sends one. Another value under the same
@@ -857,6 +867,10 @@ class Replica:
     ) -> tuple[list[Effect], Message]:
         """Accept `message`: write `record` (its acceptance) and answer Accepted."""
         persist = self._store(record, "accept")
+        self._taken[message.key] = (Ballot(message.round, message.node), message.value)
+        self._taken.move_to_end(message.key)
+        if len(self._taken) > TAKEN_ENTRIES:
+            self._taken.popitem(last=False)
         # An Accepted leaves only behind the write of the acceptance it reports.
         require(
             self._record(message.key).accepted == Ballot(message.round, message.node),
