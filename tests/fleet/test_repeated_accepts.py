@@ -6,9 +6,18 @@ from __future__ import annotations
 
 from test_replica import Net, _value
 
-from backupvault.fleet.messages import Accept, Accepted, Ballot, Prepare
+from backupvault.codec import Message, decode_any
+from backupvault.fleet.messages import (
+    PEER_MESSAGES,
+    Accept,
+    Accepted,
+    AcceptorRecord,
+    Ballot,
+    Prepare,
+    payload_of,
+)
 from backupvault.fleet.records import MemoryRecords
-from backupvault.fleet.replica import Replica, Send
+from backupvault.fleet.replica import Committed, Replica, Send
 
 KEY = b"k"
 
@@ -106,3 +115,118 @@ def test_a_replay_with_another_value_or_a_lower_ballot_is_still_refused() -> Non
         assert answer and not answer[0].ok
     record = acceptor.source.get(KEY)
     assert record is not None and record.value == v and record.accepted == Ballot(top + 1, 1)
+
+
+def _append(tag: bytes):
+    def change(payload: bytes) -> tuple[bytes, None]:
+        return payload + b"+" + tag, None
+
+    return change
+
+
+def _pop(net: Net, want) -> list[tuple[int, int, Message]]:
+    """Take the queued messages that `want(sender, to, message)`, leave the others."""
+    taken, kept = [], []
+    for sender, to, raw in net.queue:
+        message = decode_any(raw, PEER_MESSAGES)
+        (taken if want(sender, to, message) else kept).append((sender, to, message))
+    net.queue.clear()
+    net.queue.extend((sender, to, message.to_bytes()) for sender, to, message in kept)
+    return taken
+
+
+def _deliver(net: Net, messages: list[tuple[int, int, Message]]) -> None:
+    for sender, to, message in messages:
+        net.run(to, net.replicas[to].receive(sender, message, net.now))
+
+
+def _leader_and_a_node_a_round_behind(*, announce: bool) -> tuple[Net, Accept]:
+    """Node 0 leads the entry, holding (3, 0); node 4 holds the hold's Prepare of (2, 0)
+    but not its Accept, so its next ballot is (3, 4), between (3, 0) and (4, 0). Node 0's
+    change v is on the wire at (3, 0), pipelined; it is returned, the wire emptied."""
+    net = Net(5, seed=5, announce=announce)
+    net.propose(0, b"op-first", KEY, lambda value: (b"first", None))
+    net.settle()
+    assert net.replicas[0]._leads[KEY].held == Ballot(3, 0)
+    told = (lambda key, payload: True) if announce else None
+    behind = MemoryRecords.of([AcceptorRecord(KEY, 2, 0)])
+    net.replicas[4] = Replica(4, range(5), net.rand.randbytes, behind, announce=told)
+    net.run(4, net.replicas[4].start(net.now, intact=True))
+    net.propose(0, b"op-v", KEY, _append(b"v"))
+    real = _pop(net, lambda sender, to, m: isinstance(m, Accept) and sender == 0)[0][2]
+    assert isinstance(real, Accept) and (real.round, real.node, real.pipeline) == (3, 0, True)
+    net.queue.clear()
+    return net, real
+
+
+def _node_4_prepares(net: Net) -> list[tuple[int, int, Message]]:
+    """Node 4's change w: its Forward to the leader is lost, it goes leaderless at (3, 4);
+    its Prepares to nodes 2 and 3 are returned."""
+    net.propose(4, b"op-w", KEY, _append(b"w"))
+    net.queue.clear()
+    for _ in range(200):
+        net.now += 0.01
+        net.run(4, net.replicas[4].tick(net.now))
+        if net.queue:
+            break
+    prepares = _pop(net, lambda sender, to, m: sender == 4 and to in (2, 3))
+    net.queue.clear()
+    assert prepares and all(
+        isinstance(m, Prepare) and (m.round, m.node) == (3, 4) for _, _, m in prepares
+    )
+    return prepares
+
+
+def _every_committed_change_is_in_the_end(net: Net) -> None:
+    net.propose(0, b"op-x", KEY, _append(b"x"))
+    net.settle(30.0)
+    final = {payload_of(r.source.get(KEY).value) for r in net.replicas.values()}  # type: ignore[union-attr]
+    assert len(final) == 1
+    (value,) = final
+    for op, tag in ((b"op-v", b"+v"), (b"op-w", b"+w"), (b"op-x", b"+x")):
+        if isinstance(net.results.get(op), Committed):
+            assert tag in value, (op, value)
+
+
+def test_a_take_without_the_pipelined_promise_is_no_phase_1_of_the_next_ballot() -> None:
+    """Review s51 (of the repeat rule): a hostile node's replay of the leader's Accept
+    with the pipeline flag cleared reached nodes 2 and 3 first, so they promised only
+    (3, 0); node 4 then prepared (3, 4) there; the leader's real Accept, a repeat of what
+    they took, was answered ok, the leader counted it as their promise of (4, 0) and sent
+    its next change there with no Prepare, built on v, while w was chosen at (3, 4) on
+    v: w was lost. The repeat now promises (4, 0) as the real Accept asks, so w is not
+    taken at (3, 4) there, and every change that committed is in the end."""
+    net, real = _leader_and_a_node_a_round_behind(announce=False)
+    replay = Accept(real.op_id, KEY, real.round, real.node, real.value, real.origin, False)
+    _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
+    assert net.replicas[2].source.get(KEY).promised == Ballot(3, 0)  # type: ignore[union-attr]
+    net.queue.clear()
+    prepares = _node_4_prepares(net)
+    _deliver(net, prepares)
+    promises = _pop(net, lambda sender, to, m: True)
+    _deliver(net, [(0, acceptor, real) for acceptor in (2, 3)])  # the real one, repeated
+    answers = _pop(net, lambda sender, to, m: to == 0)
+    assert all(isinstance(m, Accepted) and m.ok for _, _, m in answers)
+    assert all((m.promised_round, m.promised_node) == (4, 0) for _, _, m in answers)  # type: ignore[union-attr]
+    _deliver(net, answers)
+    _deliver(net, promises)
+    _every_committed_change_is_in_the_end(net)
+
+
+def test_an_answer_that_promised_only_the_held_ballot_does_not_count_for_the_hold() -> None:
+    """The same without a repeat: for an announced entry the answer to the flag-cleared
+    replay goes to every node, the leader too, which counted it as a promise of (4, 0)."""
+    net, real = _leader_and_a_node_a_round_behind(announce=True)
+    replay = Accept(real.op_id, KEY, real.round, real.node, real.value, real.origin, False)
+    _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
+    _deliver(net, _pop(net, lambda sender, to, m: to == 0))
+    net.queue.clear()
+    assert net.replicas[0]._leads[KEY].held == Ballot(3, 0)  # not (4, 0): no phase 1 of it
+    prepares = _node_4_prepares(net)
+    _deliver(net, prepares)
+    _deliver(net, _pop(net, lambda sender, to, m: to == 4))
+    _deliver(net, _pop(net, lambda sender, to, m: isinstance(m, Accept) and to in (2, 3)))
+    _deliver(net, _pop(net, lambda sender, to, m: to == 4))
+    assert isinstance(net.results[b"op-w"], Committed)  # w (on v) chosen at (3, 4)
+    net.queue.clear()
+    _every_committed_change_is_in_the_end(net)

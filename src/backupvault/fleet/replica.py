@@ -373,10 +373,10 @@ class Replica:
         # Per entry, the promise refusals of this node's ballots reported (`_learn_round`).
         self._learned: OrderedDict[bytes, int] = OrderedDict()
         self._leads: OrderedDict[bytes, _Lead] = OrderedDict()
-        # Per entry, the ballot and value of the last Accept this process itself took
-        # (`_took`): an Accept arriving again after the promise moved past it is answered
-        # again only for these. Not kept on disk: after a restart a repeat is refused, which
-        # costs a resend, never safety (`_acceptor`).
+        # Per entry, the ballot and value digest of the last Accept this process itself
+        # took (`_took`): an Accept arriving again after the promise moved past it is
+        # answered again only for these (`_repeated`). Not kept on disk: after a restart a
+        # repeat is refused, which may cost a no-op round, never safety.
         self._taken: OrderedDict[bytes, tuple[Ballot, bytes]] = OrderedDict()
         # Entries with a Prepare or Accept in flight (a dict: ordered, so runs reproduce).
         self._leading: dict[bytes, None] = {}
@@ -830,17 +830,9 @@ class Replica:
             not refused
             and ballot == record.accepted
             and ballot < record.promised
-            and self._taken.get(message.key) == (ballot, message.value)
-            and message.value == record.value
+            and self._taken.get(message.key) == (ballot, _digest(message.value))
         ):
-            # The same Accept again (a duplicate, a repair, a replay with the pipeline flag
-            # changed), after the promise moved past it: answer as before, only if this
-            # process took it itself. A value held as a catch-up copy was never this node's
-            # acceptance, and answering for it below a promise that reported an older value
-            # could make it chosen behind that promise's proposer (review s51). Answered
-            # for a pipelined Accept only, a replay with the flag cleared was refused, and
-            # the refusals of three acceptors dropped the leader's hold (review s50r3).
-            return self._took(message, record, record.promised)
+            return self._repeated(message, record)
         if ballot == record.accepted and message.value != record.value:
             # One value per ballot: its proposer sends one. Another value under the same
             # ballot is forged (a hostile node can name any node's ballot in an Accept),
@@ -862,12 +854,31 @@ class Replica:
             return [self._store(record)], _answer(message, ballot, False)
         return [], _answer(message, record.promised, False)
 
+    def _repeated(self, message: Accept, record: AcceptorRecord) -> tuple[list[Effect], Message]:
+        """The same Accept again (a duplicate, a repair, a replay with the pipeline flag
+        changed) after the promise moved past its ballot, which this process took itself:
+        answered as taken, with no write (the acceptance is on disk, and nothing this node
+        sends overtakes a write made before it). A value held as a catch-up copy was never
+        this node's acceptance: answered for below a promise that reported an older value,
+        it could be chosen behind that promise's proposer (review s51). A pipelined one
+        also promises the successor of its ballot if the promise is below it, as a Prepare
+        of it would: the leader counts an answer towards its next ballot only if it
+        promises that (`_lead_on_accepted`). Answered for pipelined Accepts only, a replay
+        with the flag cleared was refused, and three refusals dropped the hold (s50r3)."""
+        ballot = Ballot(message.round, message.node)
+        successor = Ballot(ballot.round + 1, ballot.node)
+        if message.pipeline and successor > record.promised:
+            record = replace(record, promised_round=successor.round, promised_node=successor.node)
+            return [self._store(record)], _answer(message, successor, True)
+        return [], _answer(message, record.promised, True)
+
     def _took(
         self, message: Accept, record: AcceptorRecord, promised: Ballot
     ) -> tuple[list[Effect], Message]:
         """Accept `message`: write `record` (its acceptance) and answer Accepted."""
         persist = self._store(record, "accept")
-        self._taken[message.key] = (Ballot(message.round, message.node), message.value)
+        reply = _answer(message, promised, True)
+        self._taken[message.key] = (Ballot(message.round, message.node), reply.digest)
         self._taken.move_to_end(message.key)
         if len(self._taken) > TAKEN_ENTRIES:
             self._taken.popitem(last=False)
@@ -876,7 +887,7 @@ class Replica:
             self._record(message.key).accepted == Ballot(message.round, message.node),
             "an Accepted before its acceptance is persisted",
         )
-        return [persist], _answer(message, promised, True)
+        return [persist], reply
 
     def _reply(
         self, sender: int, message: Prepare | Accept, reply: Message, now: float
@@ -1382,7 +1393,7 @@ class Replica:
             return
         missing = set(self.nodes) - votes.acceptors
         # Sent as it was sent to this node: a leader's Accept (pipelined) also promised the
-        # ballot's successor, and a node that copied that promise takes it again only so.
+        # ballot's successor, and a laggard that takes it promises what the others did.
         ballot = record.accepted
         pipelined = record.promised == Ballot(ballot.round + 1, ballot.node)
         accept = Accept(self._rng(16), key, *_ballot(ballot), record.value, self.node, pipelined)
@@ -1547,6 +1558,14 @@ class Replica:
             return []  # not an answer to what this node sent
         if not message.ok:
             return self._lead_refused(lead, sender, message.promised_round, now)
+        if Ballot(message.promised_round, message.promised_node) < Ballot(
+            lead.held.round + 1, lead.held.node
+        ):
+            # Taken without the pipelined promise (a hostile node's replay with the flag
+            # cleared, delivered first): it promised only `held`, so it is no phase 1 of
+            # `held` + 1, which the next change skips (review s51). The real Accept, or its
+            # repeat, is answered with that promise.
+            return []
         lead.accepts.add(sender)
         if len(lead.accepts) < self.quorum:
             return []
