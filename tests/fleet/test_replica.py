@@ -237,7 +237,13 @@ def test_a_late_not_ready_answer_never_replaces_a_newer_ready_one() -> None:
     assert 3 in second and second[3] != first[3]
     replica.receive(3, SyncResponse(second[3], True, []), 0.6)
     replica.receive(3, SyncResponse(first[3], False, []), 0.7)  # the late, older answer
-    replica.tick(replica.timing.quarantine + 0.1)
+    assert 3 not in _asks(replica.tick(replica.timing.sync_retry * 3))  # held as ready
+    fresh = _asks(replica.tick(replica.timing.quarantine + 0.1))  # everyone asked again
+    later = replica.timing.quarantine + 0.2
+    replica.receive(3, SyncResponse(fresh[3], True, []), later)
+    replica.receive(3, SyncResponse(second[3], False, []), later)  # older again: ignored
+    for peer in (1, 2):
+        replica.receive(peer, SyncResponse(fresh[peer], True, []), later)
     assert replica.ready
 
 
@@ -253,7 +259,12 @@ def test_peers_that_said_not_ready_are_asked_again() -> None:
     replica.receive(3, SyncResponse(second[3], True, []), 0.6)
     replica.tick(replica.timing.quarantine - 1.0)
     assert not replica.ready  # a majority alone is trusted only after the quarantine
-    replica.tick(replica.timing.quarantine + 0.1)
+    fresh = _asks(replica.tick(replica.timing.quarantine + 0.1))
+    assert set(fresh) == {1, 2, 3, 4} and not replica.ready  # and asked again then
+    for peer in (1, 2):
+        replica.receive(peer, SyncResponse(fresh[peer], True, []), replica.timing.quarantine + 0.2)
+    assert not replica.ready  # two fresh answers and an older one are not a majority's
+    replica.receive(3, SyncResponse(fresh[3], True, []), replica.timing.quarantine + 0.2)
     assert replica.ready
 
 

@@ -328,6 +328,9 @@ class Replica:
         self.ready = False
         self._sync_ids: dict[bytes, int] = {}  # id of each recent ask -> its number
         self._sync_asks = 0
+        # The number of the ask sent to every peer once the quarantine had passed: on the
+        # quarantine path only answers to it or later asks count (`_sync_complete`).
+        self._fresh_ask: int | None = None
         self._sync_responses: dict[int, tuple[int, SyncResponse]] = {}  # last page, per peer
         self._sync_progress: dict[int, Mark] = {}  # how far each peer's store is merged
         # Per peer, the id of the latest ask and when a page from it was last merged: a
@@ -405,6 +408,7 @@ class Replica:
             return []
         self.ready = False
         self._sync_ids = {}
+        self._fresh_ask = None
         self._sync_responses = {}
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
         self._latest_ask = {}
@@ -650,21 +654,32 @@ class Replica:
         effects: list[Effect] = []
         if not self.ready and self._sync_responses and self._sync_complete(now):
             effects += self._finish_sync()
+        if (
+            not self.ready
+            and self._fresh_ask is None
+            and now >= self._started_at + self.timing.quarantine
+        ):
+            # Every peer asked again for what changed since its last page (one whose
+            # pages are coming goes on: its next pages are asked from now on): answers
+            # given before a round that used a vote this node forgot had ended do not
+            # show what that round chose (`_sync_complete`).
+            effects += self._ask_sync(p for p in self.peers if not self._paging(p, now))
+            self._fresh_ask = self._sync_asks
+            self._sync_interval = self.timing.sync_retry
+            self._sync_retry_at = now + self._sync_interval
         if not self.ready and now >= self._sync_retry_at:
             self._sync_interval = min(self._sync_interval * 2, self.timing.sync_retry_max)
             self._sync_retry_at = now + self._sync_interval
-            # Peers that never answered, and peers that answered "not ready" (they may be
-            # caught up by now): without the latter, a node can wait forever on a majority.
-            # Not a peer whose pages are still coming: asked again, it answered both asks,
-            # and a hostile peer paging for ever gained a chain of asks per retry.
+            # Peers that never answered, peers that answered "not ready" (they may be
+            # caught up by now: without them, a node can wait forever on a majority), and
+            # once the quarantine has passed, peers whose answer to the ask sent then was
+            # lost. Not a peer whose pages are still coming: asked again, it answered both
+            # asks, and a hostile peer paging for ever gained a chain of asks per retry.
             again = [
                 peer
                 for peer in self.peers
-                if (
-                    peer not in self._sync_responses
-                    and now - self._paged_at.get(peer, -1e9) >= self.timing.sync_retry
-                )
-                or (peer in self._sync_responses and not self._sync_responses[peer][1].ready)
+                if not self._paging(peer, now)
+                and (peer not in self._sync_responses or self._stale(*self._sync_responses[peer]))
             ]
             effects += self._ask_sync(again)
         for op_id, repair in list(self._repairs.items()):
@@ -1698,14 +1713,33 @@ class Replica:
         it. No timing assumption.
 
         Otherwise, a majority of caught-up peers covers every value a majority *accepted*,
-        but not a promise this node gave to a proposer that is not among them, which that
-        proposer could still combine with new promises into a majority. So this path also
-        waits out the quarantine: longer than a proposer's deadline plus message transit,
-        after which no round that used such a promise can still act."""
+        but not a promise or acceptance this node gave to a proposer that is not among
+        them, which that proposer could still combine with new votes into a majority. So
+        this path waits out the quarantine (longer than a proposer's deadline plus message
+        transit, after which no round that used such a vote can still act) and counts only
+        answers to asks sent after it: an answer given while such a round went on may
+        miss the value it chose with this node's forgotten vote, and the node would then
+        help choose another (docs/fleet.md, "Catching up")."""
         if len(self._sync_responses) == len(self.peers):
             return True
-        ready = sum(1 for _, r in self._sync_responses.values() if r.ready)
+        ready = sum(1 for asked, r in self._sync_responses.values() if self._fresh(asked, r))
         return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
+
+    def _fresh(self, asked: int, answer: SyncResponse) -> bool:
+        """A ready peer's answer to an ask sent once the quarantine had passed."""
+        return answer.ready and self._fresh_ask is not None and asked >= self._fresh_ask
+
+    def _paging(self, peer: int, now: float) -> bool:
+        """Whether `peer`'s pages are still coming (its answer is not complete)."""
+        return (
+            peer not in self._sync_responses
+            and now - self._paged_at.get(peer, -1e9) < self.timing.sync_retry
+        )
+
+    def _stale(self, asked: int, answer: SyncResponse) -> bool:
+        """An answer to ask again: "not ready" (the peer may be caught up by now), or
+        older than the ask sent once the quarantine had passed (its answer was lost)."""
+        return not answer.ready or (self._fresh_ask is not None and asked < self._fresh_ask)
 
 
 def _value_ok(value: bytes, *, empty: bool = True) -> bool:

@@ -1,0 +1,67 @@
+"""A rolled-back node that a majority of ready peers, not every peer, lets finish its
+catch-up (docs/fleet.md, "Catching up"): it trusts only answers to asks sent once the
+quarantine has passed, so a value chosen with a vote it forgot, by a round that was still
+going when its peers first answered, reaches it before it votes again."""
+
+from __future__ import annotations
+
+from test_replica import Net, _value
+
+from backupvault.codec import Message, decode_any
+from backupvault.fleet.messages import PEER_MESSAGES, Accept, payload_of
+from backupvault.fleet.records import MemoryRecords
+from backupvault.fleet.replica import DEFAULT_TIMING, Committed, Replica
+
+KEY = b"k"
+
+
+def _run_for(net: Net, seconds: float) -> None:
+    """Deliver and tick for `seconds`, whether or not a proposal is pending."""
+    until = net.now + seconds
+    while net.now < until:
+        while net.queue:
+            sender, to, raw = net.next_on_the_wire()
+            if to in net.down or sender in net.down:
+                continue
+            message: Message = decode_any(raw, PEER_MESSAGES)
+            net.run(to, net.replicas[to].receive(sender, message, net.now))
+        net.now += 0.01
+        for i, replica in net.replicas.items():
+            if i not in net.down:
+                net.run(i, replica.tick(net.now))
+
+
+def test_a_value_chosen_with_a_forgotten_vote_after_the_first_answers_reaches_the_node() -> None:
+    """docs/fleet.md's worked case (its "Known limits" until session 51): node 1 took node
+    0's ballot b and was rolled back before node 2 took b; nodes 2, 3 and 4 answered its
+    catch-up (none had b yet) and node 0 was cut off; node 2 then took b, so b was chosen
+    by {0, 1, 2} with node 1's forgotten vote. Once the quarantine had passed, node 1 went
+    ready on those old answers and, with nodes 3 and 4, chose a change built on the value
+    before b: b was lost."""
+    net = Net(5, seed=7)
+    net.propose(0, b"op-first", KEY, lambda value: (b"first", None))
+    net.settle()
+    top = max(r.source.get(KEY).promised.round for r in net.replicas.values())  # type: ignore[union-attr]
+    rolled_back = net.replicas[1].source.get(KEY)
+    assert rolled_back is not None
+    b = Accept(b"op-b", KEY, top + 1, 0, _value(b"b"), 0, False)
+    for acceptor in (0, 1):
+        net.replicas[acceptor].receive(0, b, net.now)
+    net.queue.clear()
+    net.down = {0}  # node 0 is cut off from here on
+    net.replicas[1] = Replica(1, range(5), net.rand.randbytes, MemoryRecords.of([rolled_back]))
+    net.run(1, net.replicas[1].start(net.now))
+    _run_for(net, 1.0)  # nodes 2, 3 and 4 answer: none has b
+    assert not net.replicas[1].ready
+    net.replicas[2].receive(0, b, net.now)  # b is chosen: nodes 0, 1 (forgotten) and 2
+    net.queue.clear()
+    _run_for(net, DEFAULT_TIMING.quarantine + 1.0)
+    assert net.replicas[1].ready
+    held = net.replicas[1].source.get(KEY)
+    assert held is not None and payload_of(held.value) == b"b"
+
+    net.down = {0, 2}  # the change below needs node 1's vote
+    net.propose(4, b"op-w", KEY, lambda value: (value + b"+w", None))
+    net.settle(10.0)
+    assert isinstance(net.results[b"op-w"], Committed)
+    assert net.replicas[4].held_payload(KEY) == b"b+w"  # built on the chosen b
