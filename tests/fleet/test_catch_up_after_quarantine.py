@@ -8,6 +8,7 @@ from __future__ import annotations
 from test_replica import Net, _value
 
 from backupvault.codec import Message, decode_any
+from backupvault.fleet.channel import WINDOW
 from backupvault.fleet.messages import PEER_MESSAGES, Accept, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import DEFAULT_TIMING, Committed, Replica
@@ -65,3 +66,42 @@ def test_a_value_chosen_with_a_forgotten_vote_after_the_first_answers_reaches_th
     net.settle(10.0)
     assert isinstance(net.results[b"op-w"], Committed)
     assert net.replicas[4].held_payload(KEY) == b"b+w"  # built on the chosen b
+
+
+def test_the_quarantine_outlasts_a_round_and_its_messages_on_the_wire() -> None:
+    """A round lives `deadline`; a peer's message opens up to the channel's window after it
+    was sent; clocks may differ by a few seconds. With 20 s, an Accept of the forgotten
+    round held on the wire 21 s was taken after the node's fresh answers (review s51b)."""
+    assert DEFAULT_TIMING.quarantine >= DEFAULT_TIMING.deadline + WINDOW + 4.0
+
+
+def test_an_accept_of_the_forgotten_round_taken_late_on_the_wire_reaches_the_node() -> None:
+    """The worked case above, with node 2's take of b after node 1's first answers by
+    almost the channel's window (node 0's Accept held on the wire): the fresh asks go out
+    only after it, and bring b."""
+    net = Net(5, seed=7)
+    net.propose(0, b"op-first", KEY, lambda value: (b"first", None))
+    net.settle()
+    top = max(r.source.get(KEY).promised.round for r in net.replicas.values())  # type: ignore[union-attr]
+    rolled_back = net.replicas[1].source.get(KEY)
+    assert rolled_back is not None
+    b = Accept(b"op-b", KEY, top + 1, 0, _value(b"b"), 0, False)
+    sent_at = net.now
+    for acceptor in (0, 1):
+        net.replicas[acceptor].receive(0, b, net.now)
+    net.queue.clear()
+    net.down = {0}
+    net.replicas[1] = Replica(1, range(5), net.rand.randbytes, MemoryRecords.of([rolled_back]))
+    net.run(1, net.replicas[1].start(net.now))
+    _run_for(net, WINDOW - 1.0)
+    assert not net.replicas[1].ready
+    net.replicas[2].receive(0, b, net.now)  # still inside the window: b chosen with 0, 1, 2
+    assert net.now - sent_at < WINDOW
+    net.queue.clear()
+    _run_for(net, DEFAULT_TIMING.quarantine - WINDOW + 2.0)
+    assert net.replicas[1].ready
+    net.down = {0, 2}
+    net.propose(4, b"op-w", KEY, lambda value: (value + b"+w", None))
+    net.settle(10.0)
+    assert isinstance(net.results[b"op-w"], Committed)
+    assert net.replicas[4].held_payload(KEY) == b"b+w"

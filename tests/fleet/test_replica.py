@@ -203,7 +203,7 @@ def test_restart_with_a_peer_unreachable_waits_out_the_quarantine() -> None:
     net.settle()
     assert not net.replicas[1].ready
     started = net.now
-    while not net.replicas[1].ready and net.now < started + 30:
+    while not net.replicas[1].ready and net.now < started + net.replicas[1].timing.quarantine + 10:
         net.now += 0.5
         for i, replica in net.replicas.items():
             if i not in net.down:

@@ -23,14 +23,14 @@ def _plan(ops: list[str], at: float) -> Plan:
 
 def test_a_long_queue_beside_a_silent_hostile_node_drains_after_the_quiet_period() -> None:
     # Seeds 10347067, 10347194, 10342295: beside the silent hostile node every phase of a
-    # password change waits out the SDK's resends (about 10 s a change), so six changes
-    # queued at the heal outlast the 40 s of quiet. Each completes: the fleet is live.
-    changes = ["change_password"] * 6
+    # password change waits out the SDK's resends (about 10 s a change), so nine changes
+    # queued at the heal outlast the 60 s of quiet. Each completes: the fleet is live.
+    changes = ["change_password"] * 9
     world = Simulation(_plan(changes, 24.0), HOSTILE)
     result = world.run()
     assert result.violation is None, report(result)
     done = world.clients[0].done
-    assert len(done) == 7 and all(d.endswith("registered (degraded)") for d in done[1:]), done
+    assert len(done) == 10 and all(d.endswith("registered (degraded)") for d in done[1:]), done
     assert result.at > HOSTILE.chaos_seconds + HOSTILE.quiet_seconds  # it needed the time
 
 
@@ -60,7 +60,7 @@ def test_a_node_not_caught_up_when_the_quiet_period_ends_is_reported_though_clie
     # The clients' extra time is theirs: a node that catches up only after the quiet
     # period would have been reported without the busy client, and still is.
     late = HOSTILE.chaos_seconds + HOSTILE.quiet_seconds + 5.0
-    world = Simulation(_plan(["change_password"] * 6, 24.0), HOSTILE)
+    world = Simulation(_plan(["change_password"] * 9, 24.0), HOSTILE)
     ready = _Node.ready.fget
     assert ready is not None
 

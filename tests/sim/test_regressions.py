@@ -535,16 +535,22 @@ def test_regression_a_delete_of_a_destroyed_key_is_destroyed(seed: int) -> None:
 # rollback left two honest share holders beside the hostile node, and the liveness rule
 # expected recoveries with t - c honest holders. The attacker's nodes answer a client with
 # silence, so a recovery combines t honest partials or none: the sim now expects one only
-# when t honest nodes can evaluate, and counts the rest in `no_shares`. 10347164's
-# schedule no longer loses shares since the catch-up asks every peer again after the
-# quarantine (session 51); 10347180, of the same 300, does.
-@pytest.mark.parametrize("seed", [10347011, 10347048, 10347180])
+# when t honest nodes can evaluate, and counts the rest in `no_shares`. Since session 51
+# (the catch-up asks every peer again after a quarantine of 40 s) only 10347180 of those
+# 300 still loses shares; the three found first run on as they now go.
+@pytest.mark.parametrize("seed", [10347180])
 def test_regression_two_honest_holders_beside_a_silent_hostile_node_are_not_enough(
     seed: int,
 ) -> None:
     result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
     assert result.violation is None, report(result)
     assert result.stats["no_shares"] > 0  # the lost shares were seen, not avoided
+
+
+@pytest.mark.parametrize("seed", [10347011, 10347048, 10347164])
+def test_regression_the_first_seeds_of_two_honest_holders_run_clean(seed: int) -> None:
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    assert result.violation is None, report(result)
 
 
 # Found on fresh seeds with one hostile node of five (300 from 10,347,000; 10610194 and

@@ -180,9 +180,13 @@ class Timing:
     sync_retry: float = 0.5  # ask silent or not-ready peers again after this long, doubling …
     sync_retry_max: float = 2.0  # … up to this: well inside the time a healed fleet gets
     # A node that restarts while a peer is unreachable waits this long before it trusts
-    # a majority of caught-up peers alone: longer than any round that could still hold a
-    # promise it gave before the restart (see _sync_complete).
-    quarantine: float = 20.0
+    # a majority of caught-up peers alone: longer than any round that could still use a
+    # vote it gave before the restart, messages included (see _sync_complete). A round
+    # lives `deadline`, and a peer's message opens up to the channel's window (30 s,
+    # `channel.WINDOW`) after it was sent, plus a clock difference of a few seconds: 20 s
+    # let an Accept held on the wire for 21 s make a value chosen after the node's fresh
+    # answers (review s51b).
+    quarantine: float = 40.0
     repair_interval: float = 1.0  # resend a committed value to nodes that missed it …
     repair_window: float = 120.0  # … for this long (restarts catch up by themselves)
     leader: bool = True  # False: every change is a leaderless CASPaxos round

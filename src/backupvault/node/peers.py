@@ -46,9 +46,10 @@ MAX_QUEUED_MESSAGES = 4096
 #: holding more (it opens a frame's messages in one turn of its event loop: a hostile
 #: peer's 64 MiB frame of a million messages stalled a node for 20 s, review s39).
 MAX_FRAME_MESSAGES = 1024
-#: A message not handed to the socket within this time after it was queued is dropped:
-#: the quarantine of a restarted node (docs/fleet.md) counts on peer messages being
-#: given up after 2 s, as the HTTP posts before streams did.
+#: A message not handed to the socket within this time after it was queued is dropped,
+#: as the HTTP posts before streams were. (The quarantine of a restarted node counts on
+#: the receiver's window instead, `channel.WINDOW`: a message in the network can arrive
+#: later than this; docs/fleet.md, "Catching up".)
 MESSAGE_SECONDS = 2.0
 CONNECT_SECONDS = 0.5
 #: A stream whose socket takes longer than this to take what was written is closed.

@@ -113,7 +113,7 @@ OP_DEADLINE = 30.0
 class SimConfig:
     nodes: int = 0  # 0: 3 or 5, from the seed
     chaos_seconds: float = 25.0
-    quiet_seconds: float = 40.0
+    quiet_seconds: float = 60.0  # past a restarted node's quarantine (40 s) beside a silent node
     max_faulty: int = -1  # -1: a minority (the fault model); more shows unavailability
     disk_faults: bool = True
     network_faults: bool = True
