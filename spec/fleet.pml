@@ -392,7 +392,7 @@ inline on_commit(p, b) {
 		accept_at(a, b) }
 
 /* Accept(b) again (a duplicate, a resend) at acceptor a whose promise moved past b: it
- * answers "accepted" again, writing its record again, only if it took b itself since its
+ * answers "accepted" again, with no write, only if it took b itself since its
  * last start (Replica._acceptor, `_taken`); refused otherwise, which changes nothing. */
 #define REPEAT(a, b) \
 	:: d_step { (acc_sent & BIT(b)) && a != BNODE(b) && ready[a] && b < prom[a] \

@@ -8,29 +8,12 @@ from __future__ import annotations
 import pytest
 from test_replica import Net, _value
 
-from backupvault.codec import Message, decode_any
 from backupvault.fleet.channel import WINDOW
-from backupvault.fleet.messages import PEER_MESSAGES, Accept, payload_of
+from backupvault.fleet.messages import Accept, payload_of
 from backupvault.fleet.records import MemoryRecords
 from backupvault.fleet.replica import DEFAULT_TIMING, Committed, Replica
 
 KEY = b"k"
-
-
-def _run_for(net: Net, seconds: float) -> None:
-    """Deliver and tick for `seconds`, whether or not a proposal is pending."""
-    until = net.now + seconds
-    while net.now < until:
-        while net.queue:
-            sender, to, raw = net.next_on_the_wire()
-            if to in net.down or sender in net.down:
-                continue
-            message: Message = decode_any(raw, PEER_MESSAGES)
-            net.run(to, net.replicas[to].receive(sender, message, net.now))
-        net.now += 0.01
-        for i, replica in net.replicas.items():
-            if i not in net.down:
-                net.run(i, replica.tick(net.now))
 
 
 @pytest.mark.parametrize("taken_after", [1.0, WINDOW - 1.0], ids=["at-once", "late-on-the-wire"])
@@ -59,12 +42,12 @@ def test_a_value_chosen_with_a_forgotten_vote_after_the_first_answers_reaches_th
     net.down = {0}  # node 0 is cut off from here on
     net.replicas[1] = Replica(1, range(5), net.rand.randbytes, MemoryRecords.of([rolled_back]))
     net.run(1, net.replicas[1].start(net.now))
-    _run_for(net, taken_after)  # nodes 2, 3 and 4 answer: none has b
+    net.run_for(taken_after)  # nodes 2, 3 and 4 answer: none has b
     assert not net.replicas[1].ready
     net.replicas[2].receive(0, b, net.now)  # b is chosen: nodes 0, 1 (forgotten) and 2
     assert net.now - sent_at < WINDOW  # the channel still opens node 0's message
     net.queue.clear()
-    _run_for(net, DEFAULT_TIMING.quarantine - taken_after + 2.0)
+    net.run_for(DEFAULT_TIMING.quarantine - taken_after + 2.0)
     assert net.replicas[1].ready
     held = net.replicas[1].source.get(KEY)
     assert held is not None and payload_of(held.value) == b"b"

@@ -1,8 +1,10 @@
 """An Accept that arrives again after the acceptor's promise moved past it (a duplicate on
 the wire, a repair's resend, a hostile node's replay): answered as taken only when this
-node itself took it (docs/fleet.md, "Pipelined promise")."""
+node itself took it (docs/fleet.md, "An Accept that arrives again")."""
 
 from __future__ import annotations
+
+from dataclasses import replace
 
 from test_replica import Net, _value
 
@@ -72,13 +74,6 @@ def test_a_value_held_only_as_a_catch_up_copy_is_not_answered_below_the_promise(
 
     answer = _answers(net.replicas[0].receive(1, accept_v, net.now), 1)
     assert answer and not answer[0].ok  # it never took v itself, and promised above it
-
-    w = _value(b"w, node 4's, on the first value")
-    for acceptor in (0, 1, 4):  # node 4's own acceptor answers it without the network
-        net.replicas[acceptor].receive(4, Accept(b"op-w", KEY, top + 3, 4, w, 4, False), net.now)
-        record = net.replicas[acceptor].source.get(KEY)
-        assert record is not None and record.accepted == Ballot(top + 3, 4) and record.value == w
-    # w is chosen (0, 1, 4); v, at a lower ballot, was taken by 2 and 3 only.
 
 
 def test_a_replay_of_an_accept_this_node_took_is_answered_as_taken_pipelined_or_not() -> None:
@@ -197,7 +192,7 @@ def test_a_take_without_the_pipelined_promise_is_no_phase_1_of_the_next_ballot()
     v: w was lost. The repeat now promises (4, 0) as the real Accept asks, so w is not
     taken at (3, 4) there, and every change that committed is in the end."""
     net, real = _leader_and_a_node_a_round_behind(announce=False)
-    replay = Accept(real.op_id, KEY, real.round, real.node, real.value, real.origin, False)
+    replay = replace(real, pipeline=False)
     _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
     assert net.replicas[2].source.get(KEY).promised == Ballot(3, 0)  # type: ignore[union-attr]
     net.queue.clear()
@@ -217,7 +212,7 @@ def test_an_answer_that_promised_only_the_held_ballot_does_not_count_for_the_hol
     """The same without a repeat: for an announced entry the answer to the flag-cleared
     replay goes to every node, the leader too, which counted it as a promise of (4, 0)."""
     net, real = _leader_and_a_node_a_round_behind(announce=True)
-    replay = Accept(real.op_id, KEY, real.round, real.node, real.value, real.origin, False)
+    replay = replace(real, pipeline=False)
     _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
     _deliver(net, _pop(net, lambda sender, to, m: to == 0))
     net.queue.clear()

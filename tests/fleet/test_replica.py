@@ -73,18 +73,31 @@ class Net:
     def settle(self, max_time: float = 10.0) -> None:
         deadline = self.now + max_time
         while self.now < deadline:
-            while self.queue:
-                sender, to, raw = self.next_on_the_wire()
-                if to in self.down or sender in self.down:
-                    continue
-                message: Message = decode_any(raw, PEER_MESSAGES)
-                self.run(to, self.replicas[to].receive(sender, message, self.now))
+            self._deliver_queued()
             if not any(r.pending() for i, r in self.replicas.items() if i not in self.down):
                 return
-            self.now += 0.01
-            for i, replica in self.replicas.items():
-                if i not in self.down:
-                    self.run(i, replica.tick(self.now))
+            self._tick()
+
+    def run_for(self, seconds: float) -> None:
+        """Deliver and tick for `seconds`, whether or not a proposal is pending."""
+        until = self.now + seconds
+        while self.now < until:
+            self._deliver_queued()
+            self._tick()
+
+    def _deliver_queued(self) -> None:
+        while self.queue:
+            sender, to, raw = self.next_on_the_wire()
+            if to in self.down or sender in self.down:
+                continue
+            message: Message = decode_any(raw, PEER_MESSAGES)
+            self.run(to, self.replicas[to].receive(sender, message, self.now))
+
+    def _tick(self) -> None:
+        self.now += 0.01
+        for i, replica in self.replicas.items():
+            if i not in self.down:
+                self.run(i, replica.tick(self.now))
 
     def next_on_the_wire(self) -> tuple[int, int, bytes]:
         """The next message delivered: the oldest (links that keep order)."""
@@ -265,6 +278,23 @@ def test_peers_that_said_not_ready_are_asked_again() -> None:
         replica.receive(peer, SyncResponse(fresh[peer], True, []), replica.timing.quarantine + 0.2)
     assert not replica.ready  # two fresh answers and an older one are not a majority's
     replica.receive(3, SyncResponse(fresh[3], True, []), replica.timing.quarantine + 0.2)
+    assert replica.ready
+
+
+def test_a_peer_whose_answer_to_the_ask_after_the_quarantine_is_lost_is_asked_again() -> None:
+    """Once the quarantine has passed only answers to asks sent then count: a ready peer
+    whose answer to that ask was lost is asked again at the next retry, as a silent one."""
+    replica, first = _restarting()
+    for peer in (1, 2, 3):
+        replica.receive(peer, SyncResponse(first[peer], True, []), 0.1)
+    fresh = _asks(replica.tick(replica.timing.quarantine + 0.1))
+    assert set(fresh) == {1, 2, 3, 4}
+    for peer in (1, 2):
+        replica.receive(peer, SyncResponse(fresh[peer], True, []), replica.timing.quarantine + 0.2)
+    assert not replica.ready  # peer 3's answer to it was lost
+    again = _asks(replica.tick(replica.timing.quarantine + 0.1 + replica.timing.sync_retry))
+    assert set(again) == {3, 4}
+    replica.receive(3, SyncResponse(again[3], True, []), replica.timing.quarantine + 0.7)
     assert replica.ready
 
 

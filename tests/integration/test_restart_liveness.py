@@ -79,7 +79,7 @@ def test_restarted_majority_serves_with_a_node_down_and_rollback_keeps_the_count
             _copy_data_folder(vault.root / f"node{index}", tmp_path / f"node{index}-old")
         for index in (0, 1, 2):
             deployment.start_node(index)
-        # Ready without waiting for node4 or the 20 s quarantine: the stores are intact.
+        # Ready without waiting for node4 or the 40 s quarantine: the stores are intact.
         deployment.wait_ready(15, nodes=[0, 1, 2])
         assert all(_health(vault, i)["intact_start"] is True for i in (0, 1, 2))
         assert client.recover(PASSWORD, ksf_floor=FAST_KSF).root_key == root_key

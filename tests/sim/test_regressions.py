@@ -537,7 +537,7 @@ def test_regression_a_delete_of_a_destroyed_key_is_destroyed(seed: int) -> None:
 # silence, so a recovery combines t honest partials or none: the sim now expects one only
 # when t honest nodes can evaluate, and counts the rest in `no_shares`. Since session 51
 # (the catch-up asks every peer again after a quarantine of 40 s) only 10347180 of those
-# 300 still loses shares; the three found first run on as they now go.
+# 300 still loses shares; the three found first now run clean (below).
 @pytest.mark.parametrize("seed", [10347180])
 def test_regression_two_honest_holders_beside_a_silent_hostile_node_are_not_enough(
     seed: int,

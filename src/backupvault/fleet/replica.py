@@ -425,7 +425,7 @@ class Replica:
         self._sync_interval = self.timing.sync_retry
         self._sync_retry_at = now + self._sync_interval
         self._started_at = now
-        if self._sync_complete(now):  # a fleet of one has nobody to ask
+        if self._sync_complete():  # a fleet of one has nobody to ask
             self.ready = True
             return []
         return self._ask_sync(self.peers)
@@ -656,7 +656,7 @@ class Replica:
     def tick(self, now: float) -> list[Effect]:
         self._now = now
         effects: list[Effect] = []
-        if not self.ready and self._sync_responses and self._sync_complete(now):
+        if not self.ready and self._sync_responses and self._sync_complete():
             effects += self._finish_sync()
         if (
             not self.ready
@@ -882,10 +882,11 @@ class Replica:
         it could be chosen behind that promise's proposer (review s51). A pipelined one
         also promises the successor of its ballot if the promise is below it, as a Prepare
         of it would: the leader counts an answer towards its next ballot only if it
-        promises that (`_lead_on_accepted`). Answered for pipelined Accepts only, a replay
-        with the flag cleared was refused, and three refusals dropped the hold (s50r3)."""
+        promises that (`_lead_on_accepted`). Until session 51 only pipelined repeats were
+        answered so: a replay with the flag cleared was refused, and three refusals dropped
+        the hold (s50r3)."""
         ballot = Ballot(message.round, message.node)
-        successor = Ballot(ballot.round + 1, ballot.node)
+        successor = ballot.next_above(ballot.node)
         if message.pipeline and successor > record.promised:
             record = replace(record, promised_round=successor.round, promised_node=successor.node)
             return [self._store(record)], _answer(message, successor, True)
@@ -1577,8 +1578,8 @@ class Replica:
             return []  # not an answer to what this node sent
         if not message.ok:
             return self._lead_refused(lead, sender, message.promised_round, now)
-        if Ballot(message.promised_round, message.promised_node) < Ballot(
-            lead.held.round + 1, lead.held.node
+        if Ballot(message.promised_round, message.promised_node) < lead.held.next_above(
+            lead.held.node
         ):
             # Taken without the pipelined promise (a hostile node's replay with the flag
             # cleared, delivered first): it promised only `held`, so it is no phase 1 of
@@ -1675,7 +1676,7 @@ class Replica:
                 return effects  # a newer ask to this peer is out: its answer goes on
             return effects + self._ask_pages([sender])
         self._sync_responses[sender] = (asked, message)
-        if self._sync_complete(now):
+        if self._sync_complete():
             effects += self._finish_sync()
         return effects
 
@@ -1708,7 +1709,7 @@ class Replica:
         self._started_empty = False
         return []
 
-    def _sync_complete(self, now: float) -> bool:
+    def _sync_complete(self) -> bool:
         """Whether this node may trust what it merged from the answers so far.
 
         Every peer answered: then every promise or acceptance this node gave before the
@@ -1727,14 +1728,15 @@ class Replica:
         if len(self._sync_responses) == len(self.peers):
             return True
         ready = sum(1 for asked, r in self._sync_responses.values() if self._fresh(asked, r))
-        return ready >= self.quorum and now >= self._started_at + self.timing.quarantine
+        return ready >= self.quorum  # fresh answers come only once the quarantine has passed
 
     def _fresh(self, asked: int, answer: SyncResponse) -> bool:
         """A ready peer's answer to an ask sent once the quarantine had passed."""
         return answer.ready and self._fresh_ask is not None and asked >= self._fresh_ask
 
     def _paging(self, peer: int, now: float) -> bool:
-        """Whether `peer`'s pages are still coming (its answer is not complete)."""
+        """Whether `peer` has no complete answer yet and sent a page within `sync_retry`
+        (its pages are still coming: asked again, it would start a second chain)."""
         return (
             peer not in self._sync_responses
             and now - self._paged_at.get(peer, -1e9) < self.timing.sync_retry

@@ -47,7 +47,7 @@ MAX_QUEUED_MESSAGES = 4096
 #: peer's 64 MiB frame of a million messages stalled a node for 20 s, review s39).
 MAX_FRAME_MESSAGES = 1024
 #: A message not handed to the socket within this time after it was queued is dropped,
-#: as the HTTP posts before streams were. (The quarantine of a restarted node counts on
+#: as HTTP posts were before streams. (The quarantine of a restarted node counts on
 #: the receiver's window instead, `channel.WINDOW`: a message in the network can arrive
 #: later than this; docs/fleet.md, "Catching up".)
 MESSAGE_SECONDS = 2.0
