@@ -15,6 +15,7 @@ from backupvault.fleet.messages import (
     SyncRequest,
     SyncResponse,
 )
+from backupvault.fleet.replica import DEFAULT_TIMING
 from backupvault.hsm.shares import ThresholdUpdate
 from backupvault.hsm.state import ThresholdState
 from backupvault.protocol import (
@@ -77,7 +78,7 @@ def success_then_spent_window_then_rollback(
     world.restart_rolled_back(0, old_rows)  # not intact: distrusts, catches up
     replica = world.members[0].replica
     assert replica is not None
-    assert world.run_until(lambda: replica.ready, 30.0)
+    assert world.run_until(lambda: replica.ready, DEFAULT_TIMING.quarantine + 10.0)
     assert world.replicated(0, client.key) == success  # the hostile copy won the catch-up
     assert world.honest[0].rows[client.key].count == 0  # the rolled-back row
     # The client's (or the relay's) status read: node 0 sees the entry for the first time.

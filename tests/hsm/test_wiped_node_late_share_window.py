@@ -16,6 +16,7 @@ from rollback_attack import L, forge, hostile_catch_up_copy
 
 from backupvault.crypto import oprf
 from backupvault.fleet.records import MemoryRecords
+from backupvault.fleet.replica import DEFAULT_TIMING
 from backupvault.hsm.state import ThresholdState
 from backupvault.protocol import (
     EntryStatus,
@@ -45,7 +46,7 @@ def _spend_window_then_wipe(world: Simulation, client: ThresholdClient) -> Thres
     world.restart(0, {})  # not intact: distrusts, catches up
     replica = world.members[0].replica
     assert replica is not None
-    assert world.run_until(lambda: replica.ready, 30.0)
+    assert world.run_until(lambda: replica.ready, DEFAULT_TIMING.quarantine + 10.0)
     return bare
 
 

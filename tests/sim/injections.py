@@ -56,7 +56,7 @@ def replayed_evaluate_charged(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def skip_catch_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """(c) A restarted (maybe rolled-back) node votes at once, without catching up."""
-    monkeypatch.setattr(Replica, "_sync_complete", lambda self, now: True)
+    monkeypatch.setattr(Replica, "_sync_complete", lambda self: True)
 
 
 def accept_lower_ballot(monkeypatch: pytest.MonkeyPatch) -> None:
