@@ -107,3 +107,65 @@ def test_random_bytes_only_raise_invalid_input(data: bytes) -> None:
 def test_tagged_random_bodies_only_raise_invalid_input(cls: type[Message], body: bytes) -> None:
     with contextlib.suppress(InvalidInput):
         decode_any(bytes([cls.TAG]) + body, ALL_MESSAGES)
+
+
+@dataclass(frozen=True)
+class Outer(Message):
+    TAG = 201
+    items: list[Sample]
+    inner: Sample
+    flags: list[bool]
+
+
+def _outer(sample: Sample) -> bytes:
+    return Outer([sample, sample], sample, [True, False]).to_bytes()
+
+
+@given(
+    st.integers(min_value=0, max_value=(1 << 64) - 1),
+    st.booleans(),
+    st.binary(max_size=40),
+    st.text(max_size=20),
+)
+def test_nested_round_trips(number: int, flag: bool, blob: bytes, text: str) -> None:
+    sample = Sample(number, flag, blob, text)
+    outer = Outer([sample] * (number % 4), sample, [flag, not flag])
+    assert Outer.from_bytes(outer.to_bytes()) == outer
+
+
+def test_a_nested_message_must_fill_its_length_exactly() -> None:
+    """A nested message is read in place, within its length: one shorter than its length
+    says leaves bytes inside that length, which is refused, not skipped."""
+    sample = Sample(1, True, b"ab", "c")
+    wire = bytearray(_outer(sample))
+    inner = sample.to_bytes()
+    at = wire.index(inner)  # the first item of `items`, after its u32 length
+    padded = wire[: at - 4] + (len(inner) + 1).to_bytes(4, "big") + inner + b"\x00"
+    padded += wire[at + len(inner) :]
+    with pytest.raises(InvalidInput, match="1 unexpected trailing bytes after Sample"):
+        Outer.from_bytes(bytes(padded))
+    # A length that runs past the end of the outer message is truncation.
+    with pytest.raises(InvalidInput, match="truncated"):
+        Outer.from_bytes(bytes(wire[: at - 4] + (1 << 20).to_bytes(4, "big") + inner))
+    # A field of the nested message that runs past its own length, even with the outer
+    # message's bytes after it, is truncation too (no read across the boundary).
+    short = wire[: at - 4] + (len(inner) - 1).to_bytes(4, "big") + wire[at:]
+    with pytest.raises(InvalidInput):
+        Outer.from_bytes(bytes(short))
+
+
+def test_a_list_count_beyond_the_bytes_is_invalid_input() -> None:
+    sample = Sample(1, False, b"", "")
+    wire = _outer(sample)
+    count_at = 1  # `items` is the first field: its u32 count right after the tag
+    bigger = wire[:count_at] + (3).to_bytes(4, "big") + wire[count_at + 4 :]
+    with pytest.raises(InvalidInput):
+        Outer.from_bytes(bigger)
+    with pytest.raises(InvalidInput, match="list too long"):
+        Outer.from_bytes(wire[:count_at] + ((1 << 20) + 1).to_bytes(4, "big") + wire[5:])
+
+
+def test_a_bytearray_or_memoryview_decodes_as_bytes() -> None:
+    wire = _outer(Sample(7, True, b"xy", "z"))
+    assert Outer.from_bytes(bytearray(wire)) == Outer.from_bytes(wire)
+    assert Outer.from_bytes(memoryview(wire)) == Outer.from_bytes(wire)  # type: ignore[arg-type]

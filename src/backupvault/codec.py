@@ -39,7 +39,7 @@ _U64 = struct.Struct(">Q")
 
 
 _Encoder = Callable[[bytearray, Any], None]
-_Decoder = Callable[["_Reader"], Any]
+_Decode = Callable[[bytes, int, int], tuple[Any, int]]
 
 
 class Message:
@@ -47,11 +47,11 @@ class Message:
 
     TAG: ClassVar[int]
     # Built once per class, at first use (the type hints resolve only once every class
-    # they name exists): each field's name with its encoder, and the fields' decoders.
+    # they name exists): each field's name with its encoder, and the class's decoder.
     # Testing each field's type at every value made decoding a large part of a node's
     # CPU (docs/performance-history.md, run 8).
     _encoders_cache: ClassVar[list[tuple[str, _Encoder]] | None] = None
-    _decoders_cache: ClassVar[list[_Decoder] | None] = None
+    _decode_cache: ClassVar[_Decode | None] = None
 
     @classmethod
     def _field_types(cls) -> list[tuple[str, Any]]:
@@ -67,11 +67,11 @@ class Message:
         return cached
 
     @classmethod
-    def _decoders(cls) -> list[_Decoder]:
-        cached = cls.__dict__.get("_decoders_cache")
+    def _decode(cls) -> _Decode:
+        cached = cls.__dict__.get("_decode_cache")
         if cached is None:
-            cached = [_decoder(kind) for _, kind in cls._field_types()]
-            cls._decoders_cache = cached
+            cached = _compile_decoder(cls)
+            cls._decode_cache = cached
         return cached
 
     def to_bytes(self) -> bytes:
@@ -82,24 +82,12 @@ class Message:
 
     @classmethod
     def from_bytes(cls, data: bytes) -> Self:
-        reader = _Reader(data)
-        tag = reader.u8()
-        if tag != cls.TAG:
-            raise InvalidInput(f"expected a {cls.__name__} message (tag {cls.TAG}), got tag {tag}")
-        value = cls._decode_fields(reader)
-        if reader.remaining():
-            raise InvalidInput(
-                f"{reader.remaining()} unexpected trailing bytes after {cls.__name__}"
-            )
-        return value
-
-    @classmethod
-    def _decode_fields(cls, reader: _Reader) -> Self:
-        values = [decode(reader) for decode in cls._decoders()]
-        try:
-            return cls(*values)
-        except (TypeError, ValueError) as err:
-            raise InvalidInput(f"malformed {cls.__name__}: {err}") from None
+        # Slices of bytes are bytes; a bytearray or memoryview is copied once here.
+        data = data if type(data) is bytes else bytes(data)
+        value, end = cls._decode()(data, 0, len(data))
+        if end != len(data):
+            raise InvalidInput(f"{len(data) - end} unexpected trailing bytes after {cls.__name__}")
+        return value  # type: ignore[no-any-return]
 
 
 M = TypeVar("M", bound=Message)
@@ -165,82 +153,136 @@ def _encoder(kind: Any) -> _Encoder:
     raise TypeError(f"codec cannot encode {kind!r}")
 
 
-def _decode_bool(reader: _Reader) -> bool:
-    flag = reader.u8()
-    if flag > 1:
-        raise InvalidInput("boolean must be 0 or 1")
-    return flag == 1
+# ---- decoding: one generated function per message class ---------------------------------
+#
+# A class's decoder is Python source made from its field types and compiled once, as
+# dataclasses makes `__init__`: `decode(data, pos, end) -> (message, pos after it)`, reading
+# the message that starts at `pos` and must end by `end`, every field inline. Nested
+# messages are read in place (no copy of their bytes, no reader object); a nested message
+# must fill its length exactly. It is two to three times as fast as a decoder per field
+# (a node decodes some 200 nested messages a fan-out, most of them a value's recent ops:
+# docs/performance.md, "What was changed"). The checks and their messages are those of
+# the encoding above, in the same order.
 
 
-def _decode_str(reader: _Reader) -> str:
-    try:
-        return reader.blob().decode()
-    except UnicodeDecodeError:
-        raise InvalidInput("text field is not UTF-8") from None
+def _truncated() -> InvalidInput:
+    return InvalidInput("message is truncated")
 
 
-def _decoder(kind: Any) -> _Decoder:
-    if kind is bool:
-        return _decode_bool
+def _wrong_tag(cls: type[Message], tag: int) -> InvalidInput:
+    return InvalidInput(f"expected a {cls.__name__} message (tag {cls.TAG}), got tag {tag}")
+
+
+def _trailing(cls: type[Message], count: int) -> InvalidInput:
+    return InvalidInput(f"{count} unexpected trailing bytes after {cls.__name__}")
+
+
+def _malformed(cls: type[Message], err: Exception) -> InvalidInput:
+    return InvalidInput(f"malformed {cls.__name__}: {err}")
+
+
+def _not_utf8() -> InvalidInput:
+    return InvalidInput("text field is not UTF-8")
+
+
+class _Source:
+    """Lines of a generated decoder, with fresh local names and the objects they use."""
+
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+        self.names: dict[str, Any] = {}
+        self._count = 0
+
+    def local(self) -> str:
+        self._count += 1
+        return f"v{self._count}"
+
+    def use(self, value: Any) -> str:
+        name = f"g{len(self.names)}"
+        self.names[name] = value
+        return name
+
+    def add(self, indent: int, *lines: str) -> None:
+        self.lines += ["    " * indent + line for line in lines]
+
+
+def _emit_blob(src: _Source, indent: int) -> tuple[str, str]:
+    """Read a u32 length and check it; returns (start, stop) names of the blob's bytes,
+    which the caller consumes by setting `pos = stop`."""
+    length, stop = src.local(), src.local()
+    src.add(
+        indent,
+        "if pos + 4 > end: raise truncated()",
+        f"{length} = u32(data, pos)[0]",
+        "pos += 4",
+        f"if {length} > {MAX_FIELD}: raise InvalidInput('field too large')",
+        f"{stop} = pos + {length}",
+        f"if {stop} > end: raise truncated()",
+    )
+    return "pos", stop
+
+
+def _emit_field(src: _Source, kind: Any, indent: int, owner: type[Message]) -> str:
+    """Emit the reading of one value of `kind` at `pos`; returns the local holding it."""
+    out = src.local()
     if kind is int:
-        return _Reader.u64
-    if kind is bytes:
-        return _Reader.blob
-    if kind is str:
-        return _decode_str
-    if isinstance(kind, type) and issubclass(kind, Message):
-        message = kind
-        return lambda reader: message.from_bytes(reader.blob())
-    if get_origin(kind) is list:
+        src.add(indent, "if pos + 8 > end: raise truncated()", f"{out} = u64(data, pos)[0]")
+        src.add(indent, "pos += 8")
+    elif kind is bool:
+        src.add(indent, "if pos >= end: raise truncated()", f"{out} = data[pos]")
+        src.add(indent, f"if {out} > 1: raise InvalidInput('boolean must be 0 or 1')")
+        src.add(indent, f"{out} = {out} == 1", "pos += 1")
+    elif kind is bytes or kind is str:
+        start, stop = _emit_blob(src, indent)
+        src.add(indent, f"{out} = data[{start}:{stop}]", f"pos = {stop}")
+        if kind is str:
+            src.add(indent, "try:", f"    {out} = {out}.decode()")
+            src.add(indent, "except UnicodeDecodeError: raise not_utf8() from None")
+    elif isinstance(kind, type) and issubclass(kind, Message):
+        start, stop = _emit_blob(src, indent)
+        nested, after = src.use(kind._decode()), src.local()
+        src.add(indent, f"{out}, {after} = {nested}(data, {start}, {stop})")
+        src.add(indent, f"if {after} != {stop}: raise trailing({src.use(kind)}, {stop} - {after})")
+        src.add(indent, f"pos = {stop}")
+    elif get_origin(kind) is list:
         (item_kind,) = get_args(kind)
-        decode_item = _decoder(item_kind)
-
-        def decode_list(reader: _Reader) -> list[Any]:
-            count = reader.u32()
-            if count > MAX_ITEMS:
-                raise InvalidInput("list too long")
-            return [decode_item(reader) for _ in range(count)]
-
-        return decode_list
-    if isinstance(kind, types.UnionType):
+        count = src.local()
+        src.add(indent, "if pos + 4 > end: raise truncated()", f"{count} = u32(data, pos)[0]")
+        src.add(indent, "pos += 4")
+        src.add(indent, f"if {count} > {MAX_ITEMS}: raise InvalidInput('list too long')")
+        src.add(indent, f"{out} = []", f"for _ in range({count}):")
+        item = _emit_field(src, item_kind, indent + 1, owner)
+        src.add(indent + 1, f"{out}.append({item})")
+    elif isinstance(kind, types.UnionType):
         raise TypeError("unions are not encodable; use a flag field")
-    raise TypeError(f"codec cannot decode {kind!r}")
+    else:
+        raise TypeError(f"codec cannot decode {kind!r} in {owner.__name__}")
+    return out
 
 
-class _Reader:
-    __slots__ = ("_data", "_pos")
-
-    def __init__(self, data: bytes) -> None:
-        # Slices of bytes are bytes; a bytearray or memoryview is copied once here.
-        self._data = data if type(data) is bytes else bytes(data)
-        self._pos = 0
-
-    def remaining(self) -> int:
-        return len(self._data) - self._pos
-
-    def _advance(self, n: int) -> int:
-        """The position of the next n bytes, which are then consumed."""
-        pos = self._pos
-        if pos + n > len(self._data):
-            raise InvalidInput("message is truncated")
-        self._pos = pos + n
-        return pos
-
-    def u8(self) -> int:
-        return self._data[self._advance(1)]
-
-    def u32(self) -> int:
-        return int(_U32.unpack_from(self._data, self._advance(4))[0])
-
-    def u64(self) -> int:
-        return int(_U64.unpack_from(self._data, self._advance(8))[0])
-
-    def blob(self) -> bytes:
-        length = self.u32()
-        if length > MAX_FIELD:
-            raise InvalidInput("field too large")
-        pos = self._advance(length)
-        return self._data[pos : pos + length]
+def _compile_decoder(cls: type[Message]) -> _Decode:
+    src = _Source()
+    src.add(1, "if pos >= end: raise truncated()", f"if data[pos] != {cls.TAG}:")
+    src.add(2, "raise wrong_tag(cls, data[pos])")
+    src.add(1, "pos += 1")
+    fields = [_emit_field(src, kind, 1, cls) for _, kind in cls._field_types()]
+    src.add(1, "try:", f"    return cls({', '.join(fields)}), pos")
+    src.add(1, "except (TypeError, ValueError) as err: raise malformed(cls, err) from None")
+    code = "\n".join([f"def decode_{cls.__name__}(data, pos, end):", *src.lines])
+    scope: dict[str, Any] = {
+        **src.names,
+        "cls": cls,
+        "u32": _U32.unpack_from,
+        "u64": _U64.unpack_from,
+        "InvalidInput": InvalidInput,
+        "truncated": _truncated,
+        "wrong_tag": _wrong_tag,
+        "trailing": _trailing,
+        "malformed": _malformed,
+        "not_utf8": _not_utf8,
+    }
+    exec(compile(code, f"<decoder of {cls.__qualname__}>", "exec"), scope)
+    return typing.cast(_Decode, scope[f"decode_{cls.__name__}"])
 
 
 # ---- JSON from a peer that is not trusted ---------------------------------------------------
