@@ -126,6 +126,16 @@ SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
 # short pause of the answering node's event loop (decrypting ~2,000 rows).
 SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
+#: A follower's copy of a joinable change waits for the leader's own round before it
+#: forwards (`_begin`, `_JoinWait`): `JOIN_WAIT_FACTOR` times the 90th percentile of the
+#: last `JOIN_WAIT_SAMPLES` delays from a copy's start here to the arrival of the leader's
+#: Accept of the value it then joined, plus `JOIN_WAIT_MARGIN`, at most `JOIN_WAIT_CAP`
+#: (which also bounds a copy's whole wait); no wait before `JOIN_WAIT_MIN_SAMPLES` delays.
+JOIN_WAIT_FACTOR = 1.5
+JOIN_WAIT_MARGIN = 0.002
+JOIN_WAIT_CAP = 0.1
+JOIN_WAIT_SAMPLES = 64
+JOIN_WAIT_MIN_SAMPLES = 8
 LEADER_ENTRIES = 4096  # entries the leader keeps a promise for (least recently used out)
 CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joining
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
@@ -241,7 +251,7 @@ class _Proposal:
     change: ChangeFn
     deadline: float
     ballot: Ballot = field(default_factory=lambda: Ballot(0, 0))
-    phase: str = "queued"  # queued | prepare | accept | backoff
+    phase: str = "queued"  # queued | wait | forward | prepare | accept | backoff
     round_started: float = 0.0
     retry_at: float = 0.0
     conflicts: int = 0
@@ -261,9 +271,30 @@ class _Proposal:
     # acceptors that answered each (ballot, digest), and where it was forwarded.
     leaderless: bool = False
     forwards: int = 0
+    # When it first went to the leader, or began to wait for its round (None: not yet).
+    began: float | None = None
     leader: int = -1
     forwarded: dict[bytes, tuple[bytes, Any]] = field(default_factory=dict)
     votes: dict[tuple[Ballot, bytes], set[int]] = field(default_factory=dict)
+
+
+class _JoinWait:
+    """How long a follower's copy of a joinable change waits for the leader's round for
+    the leader's own copy before forwarding (docs/fleet.md, "Copies that wait for the
+    leader"), from the delays seen so far."""
+
+    def __init__(self) -> None:
+        self.delays: deque[float] = deque(maxlen=JOIN_WAIT_SAMPLES)
+        self.seconds = 0.0
+
+    def learn(self, delay: float) -> None:
+        """One copy's delay: from its start to the leader's Accept of what it joined (0 if
+        that Accept came first)."""
+        self.delays.append(max(0.0, delay))
+        if len(self.delays) >= JOIN_WAIT_MIN_SAMPLES:
+            ordered = sorted(self.delays)
+            p90 = ordered[(len(ordered) * 9) // 10]
+            self.seconds = min(JOIN_WAIT_CAP, JOIN_WAIT_FACTOR * p90 + JOIN_WAIT_MARGIN)
 
 
 @dataclass
@@ -360,6 +391,10 @@ class Replica:
         # Accept had each announced entry lifted every few seconds for ever (review s41-A).
         self._lifted_at: dict[bytes, float] = {}
         self._round_seconds = 0.0  # moving average of a committed round's duration
+        # How long a follower's copy waits for the leader's own round, and per entry the
+        # latest such round's (ballot, value digest, arrival) (`_note_leader_round`).
+        self._join_wait = _JoinWait()
+        self._leader_rounds: OrderedDict[bytes, tuple[Ballot, bytes, float]] = OrderedDict()
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
         # entry's own rounds (`_next_round`).
@@ -521,6 +556,8 @@ class Replica:
                     return [Send(sender, NotReady(message.op_id))]
                 if isinstance(message, Forward):
                     return self._lead(sender, message, now)
+                if isinstance(message, Accept):
+                    self._note_leader_round(sender, message, now)
                 effects, reply = self._acceptor(sender, message)
                 return effects + self._reply(sender, message, reply, now)
             case Promise():
@@ -723,6 +760,8 @@ class Replica:
                 effects += self._finish(proposal, Failed(proposal.op_id, "no majority"), now)
             elif proposal.phase == "backoff" and now >= proposal.retry_at:
                 effects += self._begin(proposal, now)
+            elif proposal.phase == "wait" and now >= proposal.retry_at:
+                effects += self._begin(proposal, now)  # it began already: it forwards now
             elif proposal.phase in ("prepare", "accept", "forward") and (
                 now
                 >= proposal.round_started
@@ -977,8 +1016,64 @@ class Replica:
         """Start (or restart) a proposal: through the leader unless it went leaderless."""
         if not self.ready or proposal.leaderless or not self.timing.leader:
             return self._start_round(proposal, now)
+        first = proposal.began is None
+        if first:
+            proposal.began = now
+        wait = self._join_wait.seconds
+        if first and wait > 0 and proposal.joinable and self.leader(now) != self.node:
+            # Every node got its own copy of this change (the threshold flow's fan-out),
+            # the leader too, and the leader's round for its copy usually reaches this
+            # node first: this copy then joins the chosen value (`_count_chosen`). A
+            # Forward sent now would reach the leader after its Accept, and its "retry"
+            # answer come back after the join (8 of about 32 messages a fan-out). So it
+            # waits about as long as the leader's round takes to come, then goes as
+            # before: only a leader that missed its copy costs the wait.
+            proposal.phase = "wait"
+            proposal.retry_at = now + wait
+            return []
         record = self._record(proposal.key)
         return self._forward(proposal, record.accepted, record.value, now)
+
+    def _note_leader_round(self, sender: int, accept: Accept, now: float) -> None:
+        """Note when the leader's round for a change it took itself reached this node: a
+        pipelined Accept at the sender's own ballot, for its own change (`origin`), from
+        the node this one takes as leader, above what this node took for the entry (not a
+        resend of an older round). A copy that then joins that very value is timed
+        against it (`_time_join`). A copy waiting meanwhile waits on for the join, as long
+        again, but never past `JOIN_WAIT_CAP` from its start."""
+        if not (accept.pipeline and accept.origin == sender == accept.node == self.leader(now)):
+            return
+        ballot = Ballot(accept.round, accept.node)
+        if ballot <= self._record(accept.key).accepted:
+            return
+        self._leader_rounds[accept.key] = (ballot, _digest(accept.value), now)
+        self._leader_rounds.move_to_end(accept.key)
+        if len(self._leader_rounds) > CHOSEN_ENTRIES:
+            self._leader_rounds.popitem(last=False)
+        queue = self._queues.get(accept.key)
+        head = queue[0] if queue else None
+        if head is not None and head.phase == "wait" and head.began is not None:
+            longer = max(head.retry_at, now + self._join_wait.seconds)
+            head.retry_at = min(longer, head.began + JOIN_WAIT_CAP)
+
+    def _time_join(self, proposal: _Proposal) -> None:
+        """Time a copy that joins the value of the leader's own round (`_note_leader_round`)
+        from its start. Only such joins teach the wait: the leader's copy comes to it from
+        the relay, not from any follower, so how long followers wait does not move these
+        delays (session 39 timed every join and the wait learnt its own length; nor does a
+        leaderless round after a failover, a resend, or the leader's round for another
+        request teach it), nor a copy whose Forward timed out: after a failover the new
+        leader's round comes a wait and a round timeout after the copy started, and eight
+        such copies held the wait at its cap (review s52b)."""
+        if proposal.began is None or proposal.leaderless or proposal.timeouts:
+            return  # not started, or its Forward timed out (a failover: review s52b)
+        noted = self._leader_rounds.get(proposal.key)
+        record = self.source.get(proposal.key)
+        if noted is None or record is None:
+            return
+        ballot, digest, arrived = noted
+        if (ballot, digest) == (record.accepted, _digest(record.value)):
+            self._join_wait.learn(arrived - proposal.began)
 
     def _forward(self, proposal: _Proposal, base: Ballot, value: bytes, now: float) -> list[Effect]:
         """Apply the change to `value` (the newest this node knows, accepted at `base`) and
@@ -1009,6 +1104,7 @@ class Replica:
         if message.retry:
             joined = self._joined(proposal, now)  # the value it missed may be chosen by now
             if joined is not None:
+                self._time_join(proposal)
                 return self._finish(proposal, joined, now)
             base = Ballot(message.round, message.node)
             return self._forward(proposal, base, message.value, now)
@@ -1162,6 +1258,7 @@ class Replica:
             joined = self._joined(proposal, now)
             if joined is None:
                 continue
+            self._time_join(proposal)
             if proposal is queue[0]:
                 effects += self._finish(proposal, joined, now)
             else:
