@@ -206,9 +206,9 @@ class _Source:
         self.lines += ["    " * indent + line for line in lines]
 
 
-def _emit_blob(src: _Source, indent: int) -> tuple[str, str]:
-    """Read a u32 length and check it; returns (start, stop) names of the blob's bytes,
-    which the caller consumes by setting `pos = stop`."""
+def _emit_blob(src: _Source, indent: int) -> str:
+    """Read a u32 length and check it; returns the name of the blob's end (it starts at
+    `pos`), which the caller consumes by setting `pos` to it."""
     length, stop = src.local(), src.local()
     src.add(
         indent,
@@ -219,7 +219,7 @@ def _emit_blob(src: _Source, indent: int) -> tuple[str, str]:
         f"{stop} = pos + {length}",
         f"if {stop} > end: raise truncated()",
     )
-    return "pos", stop
+    return stop
 
 
 def _emit_field(src: _Source, kind: Any, indent: int, owner: type[Message]) -> str:
@@ -233,15 +233,15 @@ def _emit_field(src: _Source, kind: Any, indent: int, owner: type[Message]) -> s
         src.add(indent, f"if {out} > 1: raise InvalidInput('boolean must be 0 or 1')")
         src.add(indent, f"{out} = {out} == 1", "pos += 1")
     elif kind is bytes or kind is str:
-        start, stop = _emit_blob(src, indent)
-        src.add(indent, f"{out} = data[{start}:{stop}]", f"pos = {stop}")
+        stop = _emit_blob(src, indent)
+        src.add(indent, f"{out} = data[pos:{stop}]", f"pos = {stop}")
         if kind is str:
             src.add(indent, "try:", f"    {out} = {out}.decode()")
             src.add(indent, "except UnicodeDecodeError: raise not_utf8() from None")
     elif isinstance(kind, type) and issubclass(kind, Message):
-        start, stop = _emit_blob(src, indent)
+        stop = _emit_blob(src, indent)
         nested, after = src.use(kind._decode()), src.local()
-        src.add(indent, f"{out}, {after} = {nested}(data, {start}, {stop})")
+        src.add(indent, f"{out}, {after} = {nested}(data, pos, {stop})")
         src.add(indent, f"if {after} != {stop}: raise trailing({src.use(kind)}, {stop} - {after})")
         src.add(indent, f"pos = {stop}")
     elif get_origin(kind) is list:

@@ -54,15 +54,6 @@ def _first_forward(follower: Replica, now: float, until: float) -> float | None:
     return None
 
 
-def _copies(net: Net, op: bytes, nodes: list[int] | range, key: bytes = b"k") -> None:
-    """One request's copies, at `nodes` only (the relay reached only those)."""
-    for node in nodes:
-        effects = net.replicas[node].propose(
-            op + bytes([node]), key, put(op), net.now, joinable=True
-        )
-        net.run(node, effects)
-
-
 def _learnt(net: Net) -> None:
     """Enough fan-outs (the leader's copy first) for every follower to learn a wait."""
     for i in range(JOIN_WAIT_MIN_SAMPLES + 2):
@@ -102,7 +93,9 @@ def test_a_leader_that_missed_its_copy_costs_one_wait_then_the_copies_forward() 
     _learnt(net)
     wait = max(_waits(net).values())
     started = net.now
-    sent = _kinds_sent(net, lambda: _copies(net, b"m", [1, 2, 3, 4]))
+    sent = _kinds_sent(
+        net, lambda: _propose_everywhere(net, b"m", put(b"m"), joinable=True, nodes=[1, 2, 3, 4])
+    )
     assert "Forward" in sent
     assert all(isinstance(net.results[b"m" + bytes([n])], Committed) for n in range(1, 5))
     # Committed at the first tick after the wait, or the one after.
@@ -205,7 +198,9 @@ def test_the_wait_learns_nothing_from_the_accepts_of_forwards() -> None:
     _learnt(net)
     learnt = _waits(net)
     for i in range(3 * JOIN_WAIT_MIN_SAMPLES):
-        _copies(net, b"miss%d" % i, [1, 2, 3, 4])
+        _propose_everywhere(
+            net, b"miss%d" % i, put(b"miss%d" % i), joinable=True, nodes=[1, 2, 3, 4]
+        )
         net.settle()
     assert _waits(net) == learnt
 
@@ -218,17 +213,18 @@ def test_a_failover_s_leaderless_rounds_teach_the_wait_nothing() -> None:
     a wait plus a round timeout each, and the wait went to its cap."""
     net = Net(announce=True)
     for i in range(JOIN_WAIT_MIN_SAMPLES + 2):  # a short wait under leader 0
-        _copies(net, b"L%d" % i, range(5), key=b"w%d" % i)
+        _propose_everywhere(net, b"L%d" % i, put(b"L%d" % i), joinable=True, key=b"w%d" % i)
         net.settle()
     learnt = _waits(net)
     assert all(0 < w < JOIN_WAIT_CAP for w in learnt.values())
     net.down = {0}
-    _copies(net, b"g", range(1, 5), key=b"g")  # its timeout has nodes 2-4 pass 0 over
+    # Its timeout has nodes 2-4 pass 0 over.
+    _propose_everywhere(net, b"g", put(b"g"), joinable=True, nodes=range(1, 5), key=b"g")
     for i in range(JOIN_WAIT_MIN_SAMPLES):
-        _copies(net, b"f", range(1, 2), key=b"f%d" % i)
+        _propose_everywhere(net, b"f", put(b"f"), joinable=True, nodes=range(1, 2), key=b"f%d" % i)
     net.run_for(0.05)
     for i in range(JOIN_WAIT_MIN_SAMPLES):
-        _copies(net, b"f", range(2, 5), key=b"f%d" % i)
+        _propose_everywhere(net, b"f", put(b"f"), joinable=True, nodes=range(2, 5), key=b"f%d" % i)
     net.settle()
     assert all(isinstance(r, Committed) for r in net.results.values())
     assert _waits(net) == learnt
@@ -243,9 +239,9 @@ def test_the_leader_s_round_for_another_request_teaches_the_wait_nothing() -> No
     _learnt(net)
     learnt = _waits(net)
     for i in range(2 * JOIN_WAIT_MIN_SAMPLES):
-        _copies(net, b"A%d" % i, [1, 2, 3, 4])
+        _propose_everywhere(net, b"A%d" % i, put(b"A%d" % i), joinable=True, nodes=[1, 2, 3, 4])
         net.run_for(max(learnt.values()) + 2 * TICK)  # A's copies have forwarded
-        _copies(net, b"B%d" % i, range(5))
+        _propose_everywhere(net, b"B%d" % i, put(b"B%d" % i), joinable=True)
         net.settle()
     assert all(isinstance(r, Committed) for r in net.results.values())
     assert all(_waits(net)[n] <= learnt[n] for n in learnt)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import random
 from collections import deque
+from collections.abc import Iterable
 from dataclasses import replace
 
 import pytest
@@ -1100,10 +1101,21 @@ def put(value: bytes):
     return change
 
 
-def _propose_everywhere(net: Net, op: bytes, change, *, joinable: bool) -> None:
-    """The same change proposed at every node at once (one client request's N copies)."""
-    for node, replica in net.replicas.items():
-        effects = replica.propose(op + bytes([node]), b"k", change, net.now, joinable=joinable)
+def _propose_everywhere(
+    net: Net,
+    op: bytes,
+    change,
+    *,
+    joinable: bool,
+    nodes: Iterable[int] | None = None,
+    key: bytes = b"k",
+) -> None:
+    """The same change proposed at every node at once (one client request's N copies), or
+    at `nodes` only (the relay reached only those)."""
+    for node in net.replicas if nodes is None else nodes:
+        effects = net.replicas[node].propose(
+            op + bytes([node]), key, change, net.now, joinable=joinable
+        )
         net.run(node, effects)
 
 
