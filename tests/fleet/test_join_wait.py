@@ -5,11 +5,12 @@ the leader's round usually reaches the followers first, and a Forward sent at on
 came back as a "retry" after the join. The wait learns only from copies that join the
 value of the leader's round for its own copy, so it never learns from itself (review s52:
 nor from a failover's leaderless rounds, a resend, or the leader's round for another
-request), and no copy waits past `JOIN_WAIT_CAP`."""
+request), and no copy waits past the cap (`JOIN_WAIT_CAP` unless `Timing` says)."""
 
 from __future__ import annotations
 
 import hashlib
+from dataclasses import replace
 
 import pytest
 from tests.fleet.test_replica import Net, _kinds_sent, _propose_everywhere, add, put
@@ -26,6 +27,7 @@ from backupvault.fleet.messages import (
 )
 from backupvault.fleet.replica import (
     CHOSEN_ENTRIES,
+    DEFAULT_TIMING,
     JOIN_WAIT_CAP,
     JOIN_WAIT_FACTOR,
     JOIN_WAIT_MARGIN,
@@ -159,6 +161,29 @@ def test_a_hostile_leader_holds_a_copy_at_most_the_cap() -> None:
     assert sent is not None and sent - started <= JOIN_WAIT_CAP + TICK
 
 
+def test_the_timing_s_cap_and_margin_are_the_ones_kept() -> None:
+    """The cap and margin are `Timing`'s (the simulator makes copies wait up to a second,
+    `--eager-wait`): the estimate stops at that cap, and a copy the leader's rounds keep
+    waiting leaves within it of its start, not within the default's."""
+    cap = 5 * JOIN_WAIT_CAP
+    timing = replace(DEFAULT_TIMING, join_wait_cap=cap, join_wait_margin=0.05)
+    follower = Net(timing=timing).replicas[3]
+    _learn(follower, 0.02, JOIN_WAIT_MIN_SAMPLES)
+    assert abs(follower._join_wait.seconds - (JOIN_WAIT_FACTOR * 0.02 + 0.05)) < 1e-9
+    _learn(follower, 10.0, 64)
+    assert follower._join_wait.seconds == cap
+    started = 5.0
+    assert not _forwards(follower.propose(b"z", b"kz", put(b"w"), started, joinable=True))
+    now = started
+    for step in range(200):  # a leader's round every 20 ms, none ever chosen
+        now += TICK
+        if step % 2 == 0:
+            follower.receive(0, _leader_round(b"kz", 10 + step), now)
+        if _forwards(follower.tick(now)):
+            break
+    assert cap - TICK <= now - started <= cap + TICK
+
+
 def test_only_the_leader_s_own_pipelined_rounds_above_what_this_node_took_are_noted() -> None:
     follower = Net().replicas[3]
     follower.receive(2, Accept(b"o", b"k1", 9, 2, VALUE, 2, True), 1.0)  # not the leader
@@ -175,7 +200,7 @@ def test_only_the_leader_s_own_pipelined_rounds_above_what_this_node_took_are_no
 
 
 def test_the_estimate_is_the_formula_the_doc_gives() -> None:
-    wait = _JoinWait()
+    wait = _JoinWait(DEFAULT_TIMING)
     for _ in range(JOIN_WAIT_MIN_SAMPLES - 1):
         wait.learn(0.01)
     assert wait.seconds == 0.0  # too few delays seen: no wait

@@ -41,16 +41,20 @@ from backupvault.fleet.replica import (
     Persist,
     Replica,
     Send,
+    Timing,
 )
 
 
 class Net:
-    def __init__(self, n: int = 5, seed: int = 1, *, announce: bool = False) -> None:
+    def __init__(
+        self, n: int = 5, seed: int = 1, *, announce: bool = False, timing: Timing = DEFAULT_TIMING
+    ) -> None:
         self.rand = random.Random(seed)
         self.now = 0.0
         told = (lambda key, payload: True) if announce else None
         self.replicas = {
-            i: Replica(i, range(n), self.rand.randbytes, announce=told) for i in range(n)
+            i: Replica(i, range(n), self.rand.randbytes, timing=timing, announce=told)
+            for i in range(n)
         }
         self.down: set[int] = set()
         self.queue: deque[tuple[int, int, bytes]] = deque()

@@ -10,12 +10,14 @@ import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from backupvault.fleet.replica import Replica
 from backupvault.sim import SimConfig, run_seed
 from backupvault.sim.shrink import report, shrink
-from backupvault.sim.world import DEFAULT_CONFIG, RunResult
+from backupvault.sim.world import DEFAULT_CONFIG, RunResult, make_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS
@@ -138,6 +140,41 @@ def test_seeds_with_hostile_nodes_keep_every_invariant(hostile: int) -> None:
     only what they accepted themselves, clients recover past the liars, and the bound
     holds; only N - t - c crashes are allowed."""
     _check(range(0, 4), SimConfig(nodes=5, hostile=hostile))
+
+
+@pytest.mark.parametrize("hostile", [0, 2])
+def test_seeds_whose_copies_wait_early_and_long_keep_every_invariant(hostile: int) -> None:
+    """Followers' copies wait for the leader's round from the first join they timed on,
+    up to a second (`--eager-wait`), with leader crashes and passed-over leaders, and
+    with a hostile leader among 5."""
+    _check(range(0, 4), SimConfig(nodes=5, hostile=hostile, eager_wait=True))
+
+
+def test_eager_waits_are_exercised_on_the_same_plans(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--eager-wait` changes the nodes' timing only: the same plan, and copies wait
+    many times as often as with the nodes' own settings (under which most runs wait
+    little: a node learns 8 joins first)."""
+    waits = 0
+    begin = Replica._begin
+
+    def counting(self: Replica, proposal: Any, now: float) -> list[Any]:
+        nonlocal waits
+        first = proposal.began is None
+        effects = begin(self, proposal, now)
+        waits += first and proposal.phase == "wait"
+        return effects
+
+    monkeypatch.setattr(Replica, "_begin", counting)
+    counts = {}
+    for eager in (False, True):
+        waits = 0
+        config = SimConfig(eager_wait=eager)
+        for seed in range(5):
+            assert make_plan(seed, config) == make_plan(seed, DEFAULT_CONFIG)
+            result = run_seed(seed, config, keep_trace=False)
+            assert result.violation is None, report(result)
+        counts[eager] = waits
+    assert counts[True] > 3 * counts[False] and counts[True] > 50, counts
 
 
 def test_hostile_runs_exercise_the_owners_operations() -> None:

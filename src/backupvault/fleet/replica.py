@@ -129,8 +129,9 @@ FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going lea
 #: A follower's copy of a joinable change waits for the leader's own round before it
 #: forwards (`_begin`, `_JoinWait`): `JOIN_WAIT_FACTOR` times the 90th percentile of the
 #: last `JOIN_WAIT_SAMPLES` delays from a copy's start here to the arrival of the leader's
-#: Accept of the value it then joined, plus `JOIN_WAIT_MARGIN`, at most `JOIN_WAIT_CAP`
-#: (which also bounds a copy's whole wait); no wait before `JOIN_WAIT_MIN_SAMPLES` delays.
+#: Accept of the value it then joined, plus a margin, at most a cap (which also bounds a
+#: copy's whole wait); no wait before a number of delays. The last three are `Timing`'s
+#: (these defaults), so the simulator can make copies wait early and long.
 JOIN_WAIT_FACTOR = 1.5
 JOIN_WAIT_MARGIN = 0.002
 JOIN_WAIT_CAP = 0.1
@@ -209,6 +210,12 @@ class Timing:
     # no majority took it, a repair of the nodes that did not if one did (`_settle`).
     settle_after: float = 3.0
     settle_max: float = 24.0  # … asking again after twice as long each time, up to this
+    # A follower's copy of a joinable change waits for the leader's round (`_JoinWait`):
+    # the margin added to the learnt delay, the cap on a copy's whole wait, and how many
+    # delays are learnt before any copy waits.
+    join_wait_margin: float = JOIN_WAIT_MARGIN
+    join_wait_cap: float = JOIN_WAIT_CAP
+    join_wait_min_samples: int = JOIN_WAIT_MIN_SAMPLES
 
 
 DEFAULT_TIMING = Timing()
@@ -283,18 +290,21 @@ class _JoinWait:
     the leader's own copy before forwarding (docs/fleet.md, "Copies that wait for the
     leader"), from the delays seen so far."""
 
-    def __init__(self) -> None:
+    def __init__(self, timing: Timing) -> None:
         self.delays: deque[float] = deque(maxlen=JOIN_WAIT_SAMPLES)
         self.seconds = 0.0
+        self._margin = timing.join_wait_margin
+        self._cap = timing.join_wait_cap
+        self._min_samples = timing.join_wait_min_samples
 
     def learn(self, delay: float) -> None:
         """One copy's delay: from its start to the leader's Accept of what it joined (0 if
         that Accept came first)."""
         self.delays.append(max(0.0, delay))
-        if len(self.delays) >= JOIN_WAIT_MIN_SAMPLES:
+        if len(self.delays) >= self._min_samples:
             ordered = sorted(self.delays)
             p90 = ordered[(len(ordered) * 9) // 10]
-            self.seconds = min(JOIN_WAIT_CAP, JOIN_WAIT_FACTOR * p90 + JOIN_WAIT_MARGIN)
+            self.seconds = min(self._cap, JOIN_WAIT_FACTOR * p90 + self._margin)
 
 
 @dataclass
@@ -393,7 +403,7 @@ class Replica:
         self._round_seconds = 0.0  # moving average of a committed round's duration
         # How long a follower's copy waits for the leader's own round, and per entry the
         # latest such round's (ballot, value digest, arrival) (`_note_leader_round`).
-        self._join_wait = _JoinWait()
+        self._join_wait = _JoinWait(timing)
         self._leader_rounds: OrderedDict[bytes, tuple[Ballot, bytes, float]] = OrderedDict()
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
@@ -1040,7 +1050,7 @@ class Replica:
         the node this one takes as leader, above what this node took for the entry (not a
         resend of an older round). A copy that then joins that very value is timed
         against it (`_time_join`). A copy waiting meanwhile waits on for the join, as long
-        again, but never past `JOIN_WAIT_CAP` from its start."""
+        again, but never past the cap (`Timing.join_wait_cap`) from its start."""
         if not (accept.pipeline and accept.origin == sender == accept.node == self.leader(now)):
             return
         ballot = Ballot(accept.round, accept.node)
@@ -1054,7 +1064,7 @@ class Replica:
         head = queue[0] if queue else None
         if head is not None and head.phase == "wait" and head.began is not None:
             longer = max(head.retry_at, now + self._join_wait.seconds)
-            head.retry_at = min(longer, head.began + JOIN_WAIT_CAP)
+            head.retry_at = min(longer, head.began + self.timing.join_wait_cap)
 
     def _time_join(self, proposal: _Proposal) -> None:
         """Time a copy that joins the value of the leader's own round (`_note_leader_round`)

@@ -53,6 +53,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="hostile nodes walk no rounds up (the plans of hostile seeds before session 49)",
     )
+    parser.add_argument(
+        "--eager-wait",
+        action="store_true",
+        help="followers' copies wait for the leader's round early and long (up to 1 s)",
+    )
     args = parser.parse_args(argv)
     if not 0 <= args.hostile < (args.nodes or 3) // 2 + 1:
         parser.error("--hostile: fewer than a majority of --nodes (give --nodes 5 for 2)")
@@ -63,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
         hostile=args.hostile,
         stale_catch_up=args.stale_catch_up,
         walks=not args.no_walks,
+        eager_wait=args.eager_wait,
     )
     if args.seed is not None:
         result = run_seed(args.seed, config)

@@ -45,6 +45,8 @@ from backupvault.fleet.messages import (
 from backupvault.fleet.records import MAX_ROUND_STEP, MemoryRecords
 from backupvault.fleet.replica import (
     DEFAULT_TIMING,
+    JOIN_WAIT_CAP,
+    JOIN_WAIT_MARGIN,
     ROUND_CEILING,
     Committed,
     Effect,
@@ -52,6 +54,7 @@ from backupvault.fleet.replica import (
     Persist,
     Replica,
     Send,
+    Timing,
 )
 from backupvault.hsm.firmware import delivered_share
 from backupvault.hsm.shares import (
@@ -129,6 +132,9 @@ class SimConfig:
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
     exhausted_grace: float = 10.0
+    #: Followers' copies wait for the leader's round from the first timed join on, and
+    #: long (`eager_join_wait`): with the nodes' own settings most runs never wait.
+    eager_wait: bool = False
 
 
 DEFAULT_CONFIG = SimConfig()
@@ -885,6 +891,8 @@ class Simulation:
 
         rng = random.Random(n.rng.getrandbits(64))
         timing = replace(DEFAULT_TIMING, leader=self.config.leader)
+        if self.config.eager_wait:
+            timing = eager_join_wait(timing, f"{self.plan.seed}/{n.index}/{n.incarnation}")
         n.keeper = keeper
         n.replica = Replica(
             n.index,
@@ -1442,6 +1450,20 @@ class Simulation:
 def _short(key: bytes) -> str:
     entry = EntryId.from_bytes(key)
     return f"{entry.account}/{entry.entry}"
+
+
+def eager_join_wait(timing: Timing, name: str) -> Timing:
+    """`timing` with a follower's copy waiting for the leader's round from the first join
+    it timed on, and for up to a second (`SimConfig.eager_wait`). Drawn from a generator
+    of its own, named for the seed, node and start, so the plan and the rest of the run
+    draw what they would draw without it."""
+    rng = random.Random(f"join-wait/{name}")
+    return replace(
+        timing,
+        join_wait_margin=rng.uniform(JOIN_WAIT_MARGIN, 0.3),
+        join_wait_cap=rng.choice((0.05, JOIN_WAIT_CAP, 0.5, 1.0)),
+        join_wait_min_samples=1,
+    )
 
 
 def run_seed(seed: int, config: SimConfig = DEFAULT_CONFIG, keep_trace: bool = True) -> RunResult:
