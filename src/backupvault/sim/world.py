@@ -1268,6 +1268,21 @@ class Simulation:
         """Send `request` to node `slot` alone, without waiting for its answer."""
         self._client_request(slot, -2, next(self._call_ids), op, request.to_bytes())
 
+    def fanout_together(self, call: Call, seconds: float = 10.0) -> Answers:
+        """Each node's answer to its copy, the copies sent at once as the relay sends them
+        (so followers' copies can wait for the leader's round, docs/fleet.md "Copies that
+        wait for the leader"), running the world until every node that is up answered or
+        `seconds` passed. Crashed nodes give none; hostile nodes answer what the attacker
+        says."""
+        calls: dict[int, int] = {}
+        for slot, request in enumerate(call.requests):
+            n = self.members[slot]
+            if n.hostile is not None or (n.up and slot not in self.down):
+                calls[slot] = next(self._call_ids)
+                self._client_request(slot, -2, calls[slot], call.op, request.to_bytes())
+        self.run_until(lambda: all(c in self._sync for c in calls.values()), seconds)
+        return {slot: self._sync.pop(c) for slot, c in calls.items() if c in self._sync}
+
     def fanout_now(self, call: Call) -> Answers:
         """Each node's answer to its copy, one node after the other (crashed nodes give
         none; hostile nodes answer what the attacker says)."""
@@ -1524,8 +1539,13 @@ class ThresholdClient:
         account: str = "alice",
         entry: str = "chat",
         hostile_answer: AttackerAnswer | None = None,
+        *,
+        together: bool = False,
     ) -> None:
         self.world = world
+        #: Each fan-out's copies sent at once (`Simulation.fanout_together`), else to one
+        #: node after the other (`fanout_now`).
+        self.together = together
         if hostile_answer is not None:
             world.attacker = hostile_answer
         self.ctx = world._make_client(-1, entry=0, account=account, name=entry).ctx
@@ -1546,11 +1566,15 @@ class ThresholdClient:
     def entry(self) -> str:
         return self.ctx.entry
 
+    def _fanout(self, call: Call) -> Answers:
+        # Looked up at each call: a test may replace the world's fan-out meanwhile.
+        return self.world.fanout_together(call) if self.together else self.world.fanout_now(call)
+
     def _run(self, flow: Flow) -> Outcome:
         try:
             call = next(flow)
             while True:
-                call = flow.send(self.world.fanout_now(call))
+                call = flow.send(self._fanout(call))
         except StopIteration as stop:
             outcome: Outcome = stop.value
             return outcome
@@ -1581,7 +1605,7 @@ class ThresholdClient:
         try:
             call = next(flow)
             while True:
-                call = flow.send(self.world.fanout_now(call))
+                call = flow.send(self._fanout(call))
         except StopIteration as stop:
             found: tuple[Answers, Outcome] = stop.value
             return found
