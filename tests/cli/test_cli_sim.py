@@ -1,5 +1,5 @@
-"""`backupvault sim` passes the simulation's options on, `--leaderless` and `--hostile`
-included."""
+"""`backupvault sim` passes the simulation's options on, `--leaderless`, `--hostile` and
+`--eager-wait` included."""
 
 from __future__ import annotations
 
@@ -53,3 +53,12 @@ def test_hostile_nodes_run_in_the_same_world() -> None:
     refused = sim("--seed", "2", "--hostile", "2")  # 2 of a 3-node fleet is a majority
     assert refused.returncode == 2
     assert "fewer than a majority" in refused.stderr
+
+
+def test_eager_waits_run_on_the_leader_path_only() -> None:
+    done = sim("--seed", "2", "--eager-wait")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert stats(done.stdout)["one_round"] > 0
+    refused = sim("--seed", "2", "--eager-wait", "--leaderless")
+    assert refused.returncode == 2
+    assert "--leaderless has none" in refused.stderr

@@ -184,6 +184,15 @@ def test_the_timing_s_cap_and_margin_are_the_ones_kept() -> None:
     assert cap - TICK <= now - started <= cap + TICK
 
 
+def test_the_timing_s_sample_count_is_the_one_kept() -> None:
+    eager = _JoinWait(replace(DEFAULT_TIMING, join_wait_min_samples=1))
+    eager.learn(0.01)
+    assert eager.seconds > 0
+    default = _JoinWait(DEFAULT_TIMING)
+    default.learn(0.01)
+    assert default.seconds == 0.0
+
+
 def test_only_the_leader_s_own_pipelined_rounds_above_what_this_node_took_are_noted() -> None:
     follower = Net().replicas[3]
     follower.receive(2, Accept(b"o", b"k1", 9, 2, VALUE, 2, True), 1.0)  # not the leader

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 
 from backupvault.fleet.replica import Replica
-from backupvault.sim import SimConfig, run_seed
+from backupvault.sim import SimConfig, run_seed, world
 from backupvault.sim.shrink import report, shrink
 from backupvault.sim.world import DEFAULT_CONFIG, RunResult, make_plan
 
@@ -150,6 +150,10 @@ def test_seeds_whose_copies_wait_early_and_long_keep_every_invariant(hostile: in
     _check(range(0, 4), SimConfig(nodes=5, hostile=hostile, eager_wait=True))
 
 
+def _never(*args: object) -> None:
+    raise AssertionError("a default run drew the eager wait's settings")
+
+
 def test_eager_waits_are_exercised_on_the_same_plans(monkeypatch: pytest.MonkeyPatch) -> None:
     """`--eager-wait` changes the nodes' timing only: the same plan, and copies wait
     many times as often as with the nodes' own settings (under which most runs wait
@@ -165,6 +169,10 @@ def test_eager_waits_are_exercised_on_the_same_plans(monkeypatch: pytest.MonkeyP
         return effects
 
     monkeypatch.setattr(Replica, "_begin", counting)
+    # A default run never draws the eager settings: its seeds replay as they always did.
+    with monkeypatch.context() as patched:
+        patched.setattr(world, "eager_join_wait", _never)
+        assert run_seed(0, keep_trace=False).violation is None
     counts = {}
     for eager in (False, True):
         waits = 0

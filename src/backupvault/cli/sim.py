@@ -34,6 +34,11 @@ from backupvault.cli.main import cli
     is_flag=True,
     help="Hostile nodes walk no rounds up (hostile seeds' plans before session 49).",
 )
+@click.option(
+    "--eager-wait",
+    is_flag=True,
+    help="Followers' copies wait for the leader's round early and long (up to 1 s).",
+)
 def sim(
     seeds: int,
     start: int,
@@ -46,6 +51,7 @@ def sim(
     hostile: int,
     stale_catch_up: bool,
     no_walks: bool,
+    eager_wait: bool,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -64,4 +70,6 @@ def sim(
         argv.append("--stale-catch-up")
     if no_walks:
         argv.append("--no-walks")
+    if eager_wait:
+        argv.append("--eager-wait")
     sys.exit(main(argv))

@@ -294,7 +294,8 @@ class _JoinWait:
         self.delays: deque[float] = deque(maxlen=JOIN_WAIT_SAMPLES)
         self.seconds = 0.0
         self._margin = timing.join_wait_margin
-        self._cap = timing.join_wait_cap
+        #: No copy waits longer than this from its start (`_note_leader_round` too).
+        self.cap = timing.join_wait_cap
         self._min_samples = timing.join_wait_min_samples
 
     def learn(self, delay: float) -> None:
@@ -304,7 +305,7 @@ class _JoinWait:
         if len(self.delays) >= self._min_samples:
             ordered = sorted(self.delays)
             p90 = ordered[(len(ordered) * 9) // 10]
-            self.seconds = min(self._cap, JOIN_WAIT_FACTOR * p90 + self._margin)
+            self.seconds = min(self.cap, JOIN_WAIT_FACTOR * p90 + self._margin)
 
 
 @dataclass
@@ -1050,7 +1051,8 @@ class Replica:
         the node this one takes as leader, above what this node took for the entry (not a
         resend of an older round). A copy that then joins that very value is timed
         against it (`_time_join`). A copy waiting meanwhile waits on for the join, as long
-        again, but never past the cap (`Timing.join_wait_cap`) from its start."""
+        again, but never past the cap (`Timing.join_wait_cap`, `_JoinWait.cap`) from its
+        start."""
         if not (accept.pipeline and accept.origin == sender == accept.node == self.leader(now)):
             return
         ballot = Ballot(accept.round, accept.node)
@@ -1064,7 +1066,7 @@ class Replica:
         head = queue[0] if queue else None
         if head is not None and head.phase == "wait" and head.began is not None:
             longer = max(head.retry_at, now + self._join_wait.seconds)
-            head.retry_at = min(longer, head.began + self.timing.join_wait_cap)
+            head.retry_at = min(longer, head.began + self._join_wait.cap)
 
     def _time_join(self, proposal: _Proposal) -> None:
         """Time a copy that joins the value of the leader's own round (`_note_leader_round`)

@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
         help="followers' copies wait for the leader's round early and long (up to 1 s)",
     )
     args = parser.parse_args(argv)
+    if args.eager_wait and args.leaderless:
+        parser.error("--eager-wait: copies wait for a leader, and --leaderless has none")
     if not 0 <= args.hostile < (args.nodes or 3) // 2 + 1:
         parser.error("--hostile: fewer than a majority of --nodes (give --nodes 5 for 2)")
     config = SimConfig(

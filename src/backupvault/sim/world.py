@@ -519,6 +519,8 @@ class Simulation:
         self.late_nodes: set[int] | None = None
         self.captured: list[tuple[Op, Message]] = []
         self._sync: dict[int, Message] = {}
+        #: Scripted calls given up on (`request`, `fanout_together`): late answers dropped.
+        self._abandoned: set[int] = set()
         #: Nodes a scripted test has taken off the network (no messages, no answers).
         self.down: set[int] = set()
         self.stats = {
@@ -1147,7 +1149,10 @@ class Simulation:
 
     def _reply(self, n: _Node, pending: _Pending, response: Message) -> None:
         if pending.client == -2:
-            self._sync[pending.call_id] = response
+            if pending.call_id in self._abandoned:
+                self._abandoned.discard(pending.call_id)
+            else:
+                self._sync[pending.call_id] = response
         elif pending.client >= 0:
             padded = pad_response(pending.op, response.to_bytes())
             self._transmit("client_answer", (pending.client, pending.call_id, n.index, padded))
@@ -1245,6 +1250,7 @@ class Simulation:
             self._dispatch(kind, data)
         answer = self._sync.pop(call_id, None)
         if answer is None:
+            self._abandoned.add(call_id)
             return error(ErrorCode.FLEET_UNAVAILABLE, "no answer")
         return answer
 
@@ -1268,20 +1274,30 @@ class Simulation:
         """Send `request` to node `slot` alone, without waiting for its answer."""
         self._client_request(slot, -2, next(self._call_ids), op, request.to_bytes())
 
-    def fanout_together(self, call: Call, seconds: float = 10.0) -> Answers:
+    def fanout_together(self, call: Call, seconds: float = FANOUT_DEADLINE) -> Answers:
         """Each node's answer to its copy, the copies sent at once as the relay sends them
         (so followers' copies can wait for the leader's round, docs/fleet.md "Copies that
-        wait for the leader"), running the world until every node that is up answered or
-        `seconds` passed. Crashed nodes give none; hostile nodes answer what the attacker
-        says."""
+        wait for the leader"), running the world until every honest node that is up
+        answered or `seconds` (the relay's deadline) passed. Crashed nodes give none;
+        hostile nodes answer what the attacker says, at once (or nothing)."""
+        answers: Answers = {}
         calls: dict[int, int] = {}
         for slot, request in enumerate(call.requests):
             n = self.members[slot]
-            if n.hostile is not None or (n.up and slot not in self.down):
+            if n.hostile is not None:
+                forged = self.attacker(slot, call.op, request)
+                if forged is not None:
+                    answers[slot] = forged
+            elif n.up and slot not in self.down:
                 calls[slot] = next(self._call_ids)
                 self._client_request(slot, -2, calls[slot], call.op, request.to_bytes())
         self.run_until(lambda: all(c in self._sync for c in calls.values()), seconds)
-        return {slot: self._sync.pop(c) for slot, c in calls.items() if c in self._sync}
+        for slot, c in calls.items():
+            if c in self._sync:
+                answers[slot] = self._sync.pop(c)
+            else:
+                self._abandoned.add(c)  # its answer, if it comes, is nobody's
+        return dict(sorted(answers.items()))
 
     def fanout_now(self, call: Call) -> Answers:
         """Each node's answer to its copy, one node after the other (crashed nodes give
@@ -1530,8 +1546,9 @@ class Loot:
 
 class ThresholdClient:
     """An honest user's device on a scripted world: the flows of `clients.py`, each fan-out
-    answered at once (`Simulation.fanout_now`). `hostile_answer`: what the attacker
-    answers for hostile nodes (the world's `attacker`)."""
+    answered at once, node after node (`Simulation.fanout_now`), or with every copy sent
+    at once (`together`: `Simulation.fanout_together`). `hostile_answer`: what the
+    attacker answers for hostile nodes (the world's `attacker`)."""
 
     def __init__(
         self,
