@@ -1274,23 +1274,37 @@ class Simulation:
         """Send `request` to node `slot` alone, without waiting for its answer."""
         self._client_request(slot, -2, next(self._call_ids), op, request.to_bytes())
 
+    def _honest_copies(self, call: Call) -> dict[int, Message]:
+        """The copies for the honest nodes that are up and on the network, by slot."""
+        return {
+            slot: request
+            for slot, request in enumerate(call.requests)
+            if self.members[slot].hostile is None
+            and self.members[slot].up
+            and slot not in self.down
+        }
+
+    def _forged_answers(self, call: Call) -> Answers:
+        """What the attacker answers for its nodes, at once (none where it says nothing)."""
+        answers: Answers = {}
+        for slot, request in enumerate(call.requests):
+            if self.members[slot].hostile is not None:
+                forged = self.attacker(slot, call.op, request)
+                if forged is not None:
+                    answers[slot] = forged
+        return answers
+
     def fanout_together(self, call: Call, seconds: float = FANOUT_DEADLINE) -> Answers:
         """Each node's answer to its copy, the copies sent at once as the relay sends them
         (so followers' copies can wait for the leader's round, docs/fleet.md "Copies that
         wait for the leader"), running the world until every honest node that is up
         answered or `seconds` (the relay's deadline) passed. Crashed nodes give none;
         hostile nodes answer what the attacker says, at once (or nothing)."""
-        answers: Answers = {}
         calls: dict[int, int] = {}
-        for slot, request in enumerate(call.requests):
-            n = self.members[slot]
-            if n.hostile is not None:
-                forged = self.attacker(slot, call.op, request)
-                if forged is not None:
-                    answers[slot] = forged
-            elif n.up and slot not in self.down:
-                calls[slot] = next(self._call_ids)
-                self._client_request(slot, -2, calls[slot], call.op, request.to_bytes())
+        for slot, request in self._honest_copies(call).items():
+            calls[slot] = next(self._call_ids)
+            self._client_request(slot, -2, calls[slot], call.op, request.to_bytes())
+        answers = self._forged_answers(call)
         self.run_until(lambda: all(c in self._sync for c in calls.values()), seconds)
         for slot, c in calls.items():
             if c in self._sync:
@@ -1301,17 +1315,12 @@ class Simulation:
 
     def fanout_now(self, call: Call) -> Answers:
         """Each node's answer to its copy, one node after the other (crashed nodes give
-        none; hostile nodes answer what the attacker says)."""
-        answers: Answers = {}
-        for slot, request in enumerate(call.requests):
-            n = self.members[slot]
-            if n.hostile is not None:
-                forged = self.attacker(slot, call.op, request)
-                if forged is not None:
-                    answers[slot] = forged
-            elif n.up and slot not in self.down:
-                answers[slot] = self.request(slot, call.op, request)
-        return answers
+        none; hostile nodes, the last slots, answer what the attacker says)."""
+        answers = {
+            slot: self.request(slot, call.op, request)
+            for slot, request in self._honest_copies(call).items()
+        }
+        return answers | self._forged_answers(call)
 
     # ---- the end of a run ---------------------------------------------------------------
 
