@@ -51,13 +51,14 @@ def _checking_net(*, leader: bool = False) -> Net:
     return net
 
 
-def _lagging_node_2(net: Net) -> Accept:
-    """Node 0 commits put(2) while node 2 is cut off; node 2 is back. The repair's Accept
-    (its op id and ballot are those of the round's Accept, which H received)."""
+def _lagging_node_2(net: Net, proposer: int = 0) -> Accept:
+    """`proposer` commits put(2) while node 2 is cut off; node 2 is back. Node 0's repair's
+    Accept (its op id and ballot are those of the round's Accept, which H received; node 0
+    repairs as the ballot's node: the proposer's own round, or node 0 leads)."""
     net.propose(0, b"one", K, put(b"\x01"))
     net.settle()
     net.down.add(2)
-    net.propose(0, b"two", K, put(b"\x02"))
+    net.propose(proposer, b"two", K, put(b"\x02"))
     net.settle()
     assert isinstance(net.results[b"two"], Committed)
     net.down.discard(2)

@@ -76,26 +76,29 @@ def test_a_value_held_only_as_a_catch_up_copy_is_not_answered_below_the_promise(
     assert answer and not answer[0].ok  # it never took v itself, and promised above it
 
 
-def test_a_replay_of_an_accept_this_node_took_is_answered_as_taken_pipelined_or_not() -> None:
+def test_a_repeat_of_an_accept_this_node_took_is_answered_as_taken_pipelined_or_not() -> None:
     """Review s50r3: a hostile node replayed the leader's Accept with the pipeline flag
     cleared to the acceptors that took it; they refused it (their promise had moved one
     round up), naming the leader's own digest, and the leader dropped its hold. The
-    acceptor took that Accept itself, so it answers again as before, flag or not."""
+    acceptor took that Accept itself, so it answers its node's repeat (a duplicate, or a
+    settling resend once the node's own promise has moved on, which clears the flag) as
+    taken, flag or not; a copy from any other node is not taken nor answered (S1)."""
     net = _registered()
     top = _top(net)
     v = _value(b"v, the leader's")
     pipelined = Accept(b"op-v", KEY, top + 1, 1, v, 1, True)
-    replay = Accept(b"op-v", KEY, top + 1, 1, v, 1, False)
+    repeat = Accept(b"op-v", KEY, top + 1, 1, v, 1, False)
     acceptor = net.replicas[2]
     assert _answers(acceptor.receive(1, pipelined, net.now), 1)[0].ok
     assert acceptor.source.get(KEY).promised == Ballot(top + 2, 1)  # type: ignore[union-attr]
-    for message in (replay, pipelined):
-        answer = _answers(acceptor.receive(3, message, net.now), 1)  # to the origin, node 1
+    for message in (repeat, pipelined):
+        assert acceptor.receive(3, message, net.now) == []  # a copy from node 3
+        answer = _answers(acceptor.receive(1, message, net.now), 1)
         assert answer and answer[0].ok and answer[0].promised_round == top + 2
     assert acceptor.source.get(KEY).promised == Ballot(top + 2, 1)  # type: ignore[union-attr]
 
 
-def test_a_replay_with_another_value_or_a_lower_ballot_is_still_refused() -> None:
+def test_another_value_or_a_lower_ballot_is_still_refused() -> None:
     net = _registered()
     top = _top(net)
     v = _value(b"v, the leader's")
@@ -106,7 +109,8 @@ def test_a_replay_with_another_value_or_a_lower_ballot_is_still_refused() -> Non
     forged = Accept(b"op-v", KEY, top + 1, 1, _value(b"another"), 1, False)
     below = Accept(b"op-u", KEY, top, 1, v, 1, True)
     for message in (forged, below):
-        answer = _answers(acceptor.receive(3, message, net.now), 1)
+        assert acceptor.receive(3, message, net.now) == []
+        answer = _answers(acceptor.receive(1, message, net.now), 1)
         assert answer and not answer[0].ok
     record = acceptor.source.get(KEY)
     assert record is not None and record.value == v and record.accepted == Ballot(top + 1, 1)
@@ -190,10 +194,12 @@ def test_a_take_without_the_pipelined_promise_is_no_phase_1_of_the_next_ballot()
     they took, was answered ok, the leader counted it as their promise of (4, 0) and sent
     its next change there with no Prepare, built on v, while w was chosen at (3, 4) on
     v: w was lost. The repeat now promises (4, 0) as the real Accept asks, so w is not
-    taken at (3, 4) there, and every change that committed is in the end."""
+    taken at (3, 4) there, and every change that committed is in the end. (A hostile
+    node's copy is no longer taken at all, S1; the flag-cleared copy here is the leader's
+    own, the shape of a settling resend once its promise has moved on.)"""
     net, real = _leader_and_a_node_a_round_behind(announce=False)
     replay = replace(real, pipeline=False)
-    _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
+    _deliver(net, [(0, acceptor, replay) for acceptor in (2, 3)])
     assert net.replicas[2].source.get(KEY).promised == Ballot(3, 0)  # type: ignore[union-attr]
     net.queue.clear()
     prepares = _node_4_prepares(net)
@@ -210,10 +216,10 @@ def test_a_take_without_the_pipelined_promise_is_no_phase_1_of_the_next_ballot()
 
 def test_an_answer_that_promised_only_the_held_ballot_does_not_count_for_the_hold() -> None:
     """The same without a repeat: for an announced entry the answer to the flag-cleared
-    replay goes to every node, the leader too, which counted it as a promise of (4, 0)."""
+    copy goes to every node, the leader too, which counted it as a promise of (4, 0)."""
     net, real = _leader_and_a_node_a_round_behind(announce=True)
     replay = replace(real, pipeline=False)
-    _deliver(net, [(1, acceptor, replay) for acceptor in (2, 3)])
+    _deliver(net, [(0, acceptor, replay) for acceptor in (2, 3)])
     _deliver(net, _pop(net, lambda sender, to, m: to == 0))
     net.queue.clear()
     assert net.replicas[0]._leads[KEY].held == Ballot(3, 0)  # not (4, 0): no phase 1 of it

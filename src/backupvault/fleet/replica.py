@@ -401,6 +401,9 @@ class Replica:
         # makes a new value that every node settles afresh, so a node that refuses every
         # Accept had each announced entry lifted every few seconds for ever (review s41-A).
         self._lifted_at: dict[bytes, float] = {}
+        # Stand-ins' word that a value this node lacks was chosen (`_relayed`): per key the
+        # ballot named and when to look again; the oldest go first beyond CHOSEN_ENTRIES.
+        self._hints: OrderedDict[bytes, tuple[Ballot, float]] = OrderedDict()
         self._round_seconds = 0.0  # moving average of a committed round's duration
         # How long a follower's copy waits for the leader's own round, and per entry the
         # latest such round's (ballot, value digest, arrival) (`_note_leader_round`).
@@ -559,7 +562,7 @@ class Replica:
 
     def receive(self, sender: int, message: Message, now: float) -> list[Effect]:
         self._now = now
-        if sender not in self.nodes or not self._admissible(message):
+        if sender not in self.nodes or not self._admissible(sender, message):
             return []
         match message:
             case Prepare() | Accept() | Forward():
@@ -568,6 +571,8 @@ class Replica:
                 if isinstance(message, Forward):
                     return self._lead(sender, message, now)
                 if isinstance(message, Accept):
+                    if message.node != sender:
+                        return self._relayed(message, now)
                     self._note_leader_round(sender, message, now)
                 effects, reply = self._acceptor(sender, message)
                 return effects + self._reply(sender, message, reply, now)
@@ -598,19 +603,21 @@ class Replica:
             case _:
                 return []  # anything unknown: treated as no answer
 
-    def _admissible(self, message: Message) -> bool:
+    def _admissible(self, sender: int, message: Message) -> bool:
         """Whether a peer's message may reach the state machine at all. What no honest
-        node sends is dropped here, as if lost: a key outside the application's key space,
-        a value over `MAX_VALUE_BYTES` or one no proposer makes (it does not decode, or it
-        is padded through its recent ops: `well_formed`), an Accept or Forward with no
-        value (every proposed value holds at least the op that made it; an empty one would
-        skip the acceptor's check and wipe the entry), a round far above any seen (ballot
-        inflation, also through answers), a Promise reporting an acceptance at or above
-        the ballot it promises, a catch-up page with an overlong store id, more records
-        than `SYNC_PAGE` or a record that claims an acceptance without a value."""
+        node sends is dropped here, as if lost: a Prepare under another node's ballot (an
+        Accept under one is a stand-in's word, never taken: `_relayed`), a key outside the
+        application's key space, a value over `MAX_VALUE_BYTES` or one no proposer makes
+        (it does not decode, or it is padded through its recent ops: `well_formed`), an
+        Accept or Forward with no value (every proposed value holds at least the op that
+        made it; an empty one would skip the acceptor's check and wipe the entry), a round
+        far above any seen (ballot inflation, also through answers), a Promise reporting
+        an acceptance at or above the ballot it promises, a catch-up page with an overlong
+        store id, more records than `SYNC_PAGE` or a record that claims an acceptance
+        without a value."""
         match message:
             case Prepare():
-                return self._key_ok(message.key)
+                return message.node == sender and self._key_ok(message.key)
             case Accept() | Forward():
                 return self._key_ok(message.key) and _value_ok(message.value, empty=False)
             case Promise():
@@ -752,14 +759,10 @@ class Replica:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
                     # value above its promise and repairs whoever still lags in turn.
                     del self._repairs[op_id]
-                    self._note_lift(repair.accept.key, now)
-                    deadline = now + self.timing.deadline
-                    lift = _Proposal(
-                        self._rng(16), repair.accept.key, _unchanged, deadline, lifts=True
-                    )
-                    effects += self._submit(lift, now)
+                    effects += self._lift(repair.accept.key, now)
         if self.ready:
             effects += self._settle(now)
+            effects += self._act_on_hints(now)
         for key in list(self._leading):
             lead = self._leads[key]
             if now >= lead.started + self.timing.round_timeout:
@@ -1328,10 +1331,14 @@ class Replica:
         took = now - proposal.round_started
         self._round_seconds = 0.8 * self._round_seconds + 0.2 * took
         # Every node that did not vote, this one included: its own acceptor may have refused
-        # (its abandoned leaderless round raised its promise), and nothing else repairs it.
+        # (its abandoned leaderless round raised its promise). The leader repairs them
+        # (`_lead_on_accepted`): an acceptor takes a ballot only from its own node. If
+        # this node is that leader, its hold may have been dropped before the value was
+        # chosen, and so made no repair: it makes it here. Another node's dropped hold
+        # repairs nobody; that node settles the value it took, as the ballot's own node
+        # (`_settle`: every entry the fleet holds is announced).
         laggards = set(self.nodes) - voters
-        if laggards:
-            # Resent as the leader sent it, so a laggard's write is the same as theirs.
+        if laggards and ballot.node == self.node and proposal.op_id not in self._repairs:
             accept = Accept(proposal.op_id, proposal.key, *_ballot(ballot), value, self.node, True)
             self._repairs[proposal.op_id] = _Repair(
                 accept,
@@ -1499,8 +1506,11 @@ class Replica:
                 if repairing is None:
                     repairing = {repair.accept.key for repair in self._repairs.values()}
                 if key not in repairing:
-                    self._repair_missing(key, record, votes, unsettled, now)
+                    effects += self._repair_missing(key, record, votes, unsettled, now)
                     repairing.add(key)
+                # Looked at again until its window ends, so a no-op round's value (the
+                # same entry state) goes on settling where this one was (`_store`).
+                self._again(key, unsettled, now)
                 continue
             if key not in self._queues:
                 effects += self.propose(self._rng(16), key, _unchanged, now)
@@ -1509,33 +1519,96 @@ class Replica:
 
     def _repair_missing(
         self, key: bytes, record: AcceptorRecord, votes: _Votes, unsettled: _Unsettled, now: float
-    ) -> None:
-        """A chosen value some nodes have not taken: the lowest-numbered acceptor that took
-        it repairs them, and each next one stands in after it, later each time, while they
-        still lag (those before it may have crashed, and a repair lives in memory: sim seed
-        10440080, where the two lowest crashed and a node that had missed the value came
-        back intact with nobody left to repair it)."""
-        acceptors = sorted(votes.acceptors)
+    ) -> list[Effect]:
+        """A chosen value some nodes have not taken: the node whose ballot chose it resends
+        its Accept to them, and the other acceptors that took it stand in after it, one by
+        one and later each time, while they still lag (the ballot's node may have crashed,
+        and a repair lives in memory: sim seed 10440080, where the repairers crashed and a
+        node that had missed the value came back intact with nobody left to repair it).
+
+        A stand-in's copy of that Accept is not taken (an acceptor takes a ballot only
+        from its own node, or a hostile node could send any value under an honest ballot
+        and honest disks would hold two values under one: review s50b, S1): it tells each
+        node that missed the value that it was chosen, and one that holds an older value
+        brings itself the chosen one with a no-op round of its own (`_relayed`)."""
+        ballot = record.accepted
+        # The ballot's own node first, then the others that took it by number.
+        acceptors = sorted(votes.acceptors, key=lambda node: (node != ballot.node, node))
         rank = acceptors.index(self.node) if self.node in acceptors else len(acceptors)
         if rank > unsettled.tries:
-            self._again(key, unsettled, now)
-            return
-        missing = set(self.nodes) - votes.acceptors
+            return []
+        missing = set(self.nodes) - votes.acceptors - {self.node}
         # Sent as it was sent to this node: a leader's Accept (pipelined) also promised the
         # ballot's successor, and a laggard that takes it promises what the others did.
-        ballot = record.accepted
         pipelined = record.promised == Ballot(ballot.round + 1, ballot.node)
         accept = Accept(self._rng(16), key, *_ballot(ballot), record.value, self.node, pipelined)
+        if self.node != ballot.node:
+            return [Send(peer, accept) for peer in sorted(missing)]
         lifted = now < self._lifted_at.get(key, -math.inf) + self.timing.repair_window
         self._repairs[accept.op_id] = _Repair(
             accept, missing, now + self.timing.repair_window, now, lifted=lifted
         )
+        return []
 
-    def _note_lift(self, key: bytes, now: float) -> None:
+    def _relayed(self, accept: Accept, now: float) -> list[Effect]:
+        """An Accept under another node's ballot: a stand-in's word that its value was
+        chosen (`_repair_missing`), or a hostile node's forgery. Never taken, and not
+        answered. A node that holds an older value for the entry, and whose check would
+        take this one, looks again one round's timeout later (`_act_on_hints`): a real
+        Accept on its way (a hostile node's copy of a fresh one can overtake it) then makes
+        the word moot. A node holding nothing for the entry does nothing (a made-up name's
+        Accept would have it write promises for names nobody registered); it gets the
+        entry from its next round, or from a device's late delivery of its share."""
+        record = self.source.get(accept.key)
+        ballot = Ballot(accept.round, accept.node)
+        if (
+            record is None
+            or not record.value
+            or record.accepted >= ballot
+            or self._check_refuses(accept, record)
+        ):
+            return []
+        held = self._hints.get(accept.key)
+        if held is None or held[0] < ballot:
+            self._hints[accept.key] = (ballot, now + self.timing.round_timeout)
+            self._hints.move_to_end(accept.key)
+            if len(self._hints) > CHOSEN_ENTRIES:
+                self._hints.popitem(last=False)
+        return []
+
+    def _act_on_hints(self, now: float) -> list[Effect]:
+        """A node still behind a value a stand-in said was chosen runs a no-op round of its
+        own (`_lift`), at most once a `repair_interval` per entry (as often as a repair
+        resends): a majority holds whatever was chosen, so the round brings it here under
+        this node's own ballot, checked as any value is. One whose check refuses the value
+        would refuse its own round's too (a node holding a tombstone the others never
+        chose): it waits for the entry's next change. A hostile node's Accepts so cost at
+        most a round an entry a second, as its Forwards to an honest leader do."""
+        effects: list[Effect] = []
+        for key, (ballot, due) in list(self._hints.items()):
+            if due > now:
+                break  # kept in the order they come due: each waits the same time
+            del self._hints[key]
+            record = self.source.get(key)
+            if (
+                record is None
+                or record.accepted >= ballot
+                or key in self._queues
+                or now < self._lifted_at.get(key, -math.inf) + self.timing.repair_interval
+            ):
+                continue
+            effects += self._lift(key, now)
+        return effects
+
+    def _lift(self, key: bytes, now: float) -> list[Effect]:
+        """A no-op round (value unchanged) that writes the chosen value above whoever lags
+        and repairs them in turn; its repair gives up on a node that refuses it too."""
         if len(self._lifted_at) >= LIFTS_KEPT:  # only those within the window matter
             window = self.timing.repair_window
             self._lifted_at = {k: t for k, t in self._lifted_at.items() if now < t + window}
         self._lifted_at[key] = now
+        lift = _Proposal(self._rng(16), key, _unchanged, now + self.timing.deadline, lifts=True)
+        return self._submit(lift, now)
 
     def _again(self, key: bytes, unsettled: _Unsettled, now: float) -> None:
         unsettled.tries += 1
@@ -1700,6 +1773,19 @@ class Replica:
             return []
         # Chosen; and each of these acceptors promised held + 1 in the same write, with
         # this value as its newest: phase 1 of the next ballot is already done.
+        laggards = set(self.nodes) - lead.accepts
+        if laggards:
+            # Resent as sent, after a round's timeout (late answers take nodes off the list)
+            # and by this node alone: an acceptor takes a ballot only from its own node. A
+            # node that refuses it is lifted at most once a repair window (`_lift`).
+            lifted = now < self._lifted_at.get(lead.key, -math.inf) + self.timing.repair_window
+            self._repairs[lead.accept.op_id] = _Repair(
+                lead.accept,
+                laggards,
+                now + self.timing.repair_window,
+                now + self.timing.round_timeout,
+                lifted=lifted,
+            )
         lead.base = lead.held
         lead.value = lead.accept.value
         lead.held = Ballot(lead.held.round + 1, self.node)

@@ -1,0 +1,179 @@
+"""An acceptor takes a ballot only from its own node (review s50b, S1; docs/fleet.md,
+"A ballot is taken only from its own node").
+
+Nodes 0-3 honest, 4 = H hostile; every node runs the application check of
+test_forged_accepts_and_pokes (a payload of b"\\xff" is refused). Before session 54 any node
+could send an Accept under any ballot: a stand-in's repair resent the Accept of the node
+whose ballot chose a value, and so could H, with another value. A laggard that never took
+that ballot took whatever came first, so honest disks held two values under one ballot.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from test_forged_accepts_and_pokes import REFUSED, _checking_net, _lagging_node_2, _ticks
+from test_replica import Net, put
+
+from backupvault.codec import Message, decode_any
+from backupvault.fleet.messages import (
+    PEER_MESSAGES,
+    Accept,
+    AppliedOp,
+    Forward,
+    Prepare,
+    ReplicatedValue,
+    payload_of,
+)
+from backupvault.fleet.replica import Send
+
+H, K = 4, b"k"
+
+
+def _value(payload: bytes) -> bytes:
+    return ReplicatedValue([AppliedOp(b"h" * 16, 1)], payload).to_bytes()
+
+
+def _rounds_started(effects: list, node: int) -> set[bytes]:
+    """Op ids of the rounds a node's effects start for K (its Prepares and Forwards)."""
+    return {
+        e.message.op_id
+        for e in effects
+        if isinstance(e, Send)
+        and isinstance(e.message, (Prepare, Forward))
+        and e.message.key == K
+        and (not isinstance(e.message, Prepare) or e.message.node == node)
+    }
+
+
+def test_a_hostile_accept_under_the_chosen_ballot_is_not_taken_by_a_laggard() -> None:
+    """S1: node 0 chose put(2) at its ballot while node 2 was cut off; H sends node 2 the
+    same ballot with put(3), which node 2's check would take. It is not taken (node 2
+    holds what it held), and node 2 ends with the chosen value, as every node does."""
+    net = _checking_net()
+    accept = _lagging_node_2(net)
+    before = net.disk[2][K]
+    forged = replace(accept, value=_value(b"\x03"), origin=0)
+    assert net.replicas[2].receive(H, forged, net.now) == []  # not taken, not answered
+    assert net.replicas[2].source.get(K) == before
+    _ticks(net, 5.0)
+    assert {payload_of(net.disk[i][K].value) for i in range(4)} == {b"\x02"}
+
+
+def test_a_prepare_under_another_node_s_ballot_is_dropped() -> None:
+    net = Net()
+    net.propose(0, b"one", K, put(b"\x01"))
+    net.settle()
+    before = net.replicas[1].source.get(K)
+    assert before is not None
+    far = Prepare(b"p", K, before.promised.round + 5, 0)  # node 0's ballot, sent by H
+    assert net.replicas[1].receive(H, far, net.now) == []
+    assert net.replicas[1].source.get(K) == before
+
+
+def test_a_hostile_copy_of_a_fresh_accept_sets_off_no_round() -> None:
+    """H copies the leader's Accept to node 2 before the real one lands: node 2 waits a
+    round's timeout before it acts on that word, the real Accept comes meanwhile, and
+    node 2 starts no round of its own (which would have broken the leader's hold)."""
+    net = _checking_net(leader=True)
+    net.propose(0, b"one", K, put(b"\x01"))
+    net.settle()
+    net.propose(0, b"two", K, put(b"\x02"))
+    wire = _wire(net)
+    real = [(s, t, m) for s, t, m in wire if t == 2 and isinstance(m, Accept)]
+    assert len(real) == 1, "the leader's Accept to node 2"
+    _, _, accept = real[0]
+    net.queue.extend((s, t, m.to_bytes()) for s, t, m in wire if (s, t, m) not in real)
+    assert net.replicas[2].receive(H, accept, net.now) == []
+    started: set[bytes] = set()
+    for _ in range(10):  # the copy is 0.1 s ahead of the real one
+        net.now += 0.01
+        effects = net.replicas[2].tick(net.now)
+        started |= _rounds_started(effects, 2)
+        net.run(2, effects)
+    for sender, to, message in real + _wire(net):  # the real one lands, then the rest
+        effects = net.replicas[to].receive(sender, message, net.now)
+        started |= _rounds_started(effects, 2) if to == 2 else set()
+        net.run(to, effects)
+    net.settle()
+    for _ in range(30):  # three round timeouts
+        net.now += 0.05
+        effects = net.replicas[2].tick(net.now)
+        started |= _rounds_started(effects, 2)
+        net.run(2, effects)
+        net.settle(0.05)
+    assert not started
+    assert payload_of(net.disk[2][K].value) == b"\x02"
+
+
+def test_word_of_a_refused_value_or_of_a_name_never_held_sets_off_nothing() -> None:
+    net = _checking_net()
+    accept = _lagging_node_2(net)
+    high = accept.round + 10
+    refused = replace(accept, round=high, node=1, value=REFUSED)
+    made_up = replace(accept, key=b"made-up", round=high, node=1)
+    for word in (refused, made_up):
+        assert net.replicas[2].receive(H, word, net.now) == []
+    assert net.replicas[2]._hints == {}
+    assert net.replicas[2].source.get(b"made-up") is None
+
+
+def test_a_hostile_node_s_words_cost_at_most_a_round_an_entry_a_second() -> None:
+    """H tells node 2 ten times a second, for 5 s, that a value above what it holds was
+    chosen: node 2 runs at most one round of its own a second (`repair_interval`)."""
+    net = _checking_net()
+    net.propose(0, b"one", K, put(b"\x01"))
+    net.settle()
+    started: set[bytes] = set()
+    end = net.now + 5.0
+    while net.now < end:
+        held = net.replicas[2].source.get(K)
+        assert held is not None
+        word = Accept(b"w" * 16, K, held.accepted.round + 10, 1, _value(b"\x05"), 1, False)
+        net.run(2, net.replicas[2].receive(H, word, net.now))
+        for _ in range(10):
+            net.now += 0.01
+            for i in range(4):
+                effects = net.replicas[i].tick(net.now)
+                started |= _rounds_started(effects, 2) if i == 2 else set()
+                net.run(i, effects)
+            while net.queue:
+                sender, to, raw = net.queue.popleft()
+                if H in (sender, to):
+                    continue
+                effects = net.replicas[to].receive(sender, _decode(raw), net.now)
+                started |= _rounds_started(effects, 2) if to == 2 else set()
+                net.run(to, effects)
+    assert 3 <= len(started) <= 6
+    assert {payload_of(net.disk[i][K].value) for i in range(4)} == {b"\x01"}
+
+
+def _wire(net: Net) -> list[tuple[int, int, Message]]:
+    """Everything queued, decoded, the queue emptied."""
+    out = [(s, t, _decode(raw)) for s, t, raw in net.queue]
+    net.queue.clear()
+    return out
+
+
+def _decode(raw: bytes) -> Message:
+    return decode_any(raw, PEER_MESSAGES)
+
+
+def test_the_leader_repairs_a_node_that_missed_a_forwarded_change() -> None:
+    """Node 1's change goes through the leader (node 0) while node 2 is cut off. Node 1
+    used to repair node 2 by resending the leader's Accept; only the leader may send it
+    now, so the leader repairs (entries not announced here: no settling stands in)."""
+    net = Net()
+    assert _lagging_node_2(net, proposer=1).node == 0  # the leader's ballot, its repair
+    senders: set[int] = set()
+    end = net.now + 3.0
+    while net.now < end and payload_of(net.disk[2][K].value) != b"\x02":
+        for sender, to, message in _wire(net):
+            if to == 2 and isinstance(message, Accept):
+                senders.add(sender)
+            net.run(to, net.replicas[to].receive(sender, message, net.now))
+        net.now += 0.01
+        for i in range(5):
+            net.run(i, net.replicas[i].tick(net.now))
+    assert payload_of(net.disk[2][K].value) == b"\x02"
+    assert senders == {0}
