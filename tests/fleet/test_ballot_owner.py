@@ -74,7 +74,7 @@ def test_a_prepare_under_another_node_s_ballot_is_dropped() -> None:
 def test_a_hostile_copy_of_a_fresh_accept_sets_off_no_round() -> None:
     """H copies the leader's Accept to node 2 before the real one lands: node 2 waits a
     round's timeout before it acts on that word, the real Accept comes meanwhile, and
-    node 2 starts no round of its own (which would have broken the leader's hold)."""
+    node 2 starts no round of its own (acted on at once, the copy cost a round)."""
     net = _checking_net(leader=True)
     net.propose(0, b"one", K, put(b"\x01"))
     net.settle()
@@ -177,3 +177,48 @@ def test_the_leader_repairs_a_node_that_missed_a_forwarded_change() -> None:
             net.run(i, net.replicas[i].tick(net.now))
     assert payload_of(net.disk[2][K].value) == b"\x02"
     assert senders == {0}
+
+
+def _step_without_h(net: Net) -> None:
+    """Tick nodes 0-3 by 10 ms and deliver everything not to or from H."""
+    net.now += 0.01
+    for i in range(4):
+        net.run(i, net.replicas[i].tick(net.now))
+    while net.queue:
+        sender, to, raw = net.queue.popleft()
+        if H not in (sender, to):
+            net.run(to, net.replicas[to].receive(sender, _decode(raw), net.now))
+
+
+def test_words_a_round_apart_do_not_put_a_laggard_s_round_off() -> None:
+    """Node 0, whose ballot chose put(2), lost its repair of node 2 (a restart); node 1's
+    word comes, then H's words, each a round higher, every 0.4 s. Each word used to move
+    the laggard's look a round's timeout back, so it never ran its round while H kept on
+    (review s54). A higher ballot now keeps the first word's time."""
+    net = _checking_net()
+    accept = _lagging_node_2(net)
+    net.replicas[0]._repairs.clear()
+    net.run(2, net.replicas[2].receive(1, replace(accept, origin=1), net.now))
+    for i in range(1, 6):  # 2 s of H's words
+        word = replace(accept, round=accept.round + i)
+        net.run(2, net.replicas[2].receive(H, word, net.now))
+        for _ in range(40):
+            _step_without_h(net)
+    assert payload_of(net.disk[2][K].value) == b"\x02"
+
+
+def test_a_forward_naming_an_honest_change_s_op_id_leaves_its_repair_in_place() -> None:
+    """The leader's repair of a forwarded change is keyed by the op id the forwarding
+    node chose, which H sees in the leader's Accept: H's Forward of a change to another
+    entry under that op id replaced the repair, and node 2 never got node 1's change
+    (review s54). A repair under that op id is now kept."""
+    net = Net()
+    accept = _lagging_node_2(net, proposer=1)
+    net.down.add(2)
+    forward = Forward(accept.op_id, b"other", 0, 0, _value(b"\x07"))
+    net.run(0, net.replicas[0].receive(H, forward, net.now))
+    net.run_for(1.0)
+    assert net.replicas[0]._repairs[accept.op_id].accept.key == K
+    net.down.discard(2)
+    net.run_for(3.0)
+    assert payload_of(net.disk[2][K].value) == b"\x02"

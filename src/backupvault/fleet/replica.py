@@ -1569,11 +1569,14 @@ class Replica:
         ):
             return []
         held = self._hints.get(accept.key)
-        if held is None or held[0] < ballot:
+        if held is None:
             self._hints[accept.key] = (ballot, now + self.timing.round_timeout)
-            self._hints.move_to_end(accept.key)
             if len(self._hints) > CHOSEN_ENTRIES:
                 self._hints.popitem(last=False)
+        elif held[0] < ballot:
+            # A higher ballot keeps the time and place of the first word: moved back each
+            # time, a hostile node's words a round apart put the round off for good.
+            self._hints[accept.key] = (ballot, held[1])
         return []
 
     def _act_on_hints(self, now: float) -> list[Effect]:
@@ -1774,10 +1777,13 @@ class Replica:
         # Chosen; and each of these acceptors promised held + 1 in the same write, with
         # this value as its newest: phase 1 of the next ballot is already done.
         laggards = set(self.nodes) - lead.accepts
-        if laggards:
-            # Resent as sent, after a round's timeout (late answers take nodes off the list)
-            # and by this node alone: an acceptor takes a ballot only from its own node. A
-            # node that refuses it is lifted at most once a repair window (`_lift`).
+        # Keyed by the Accept's op id, which late answers name (they take nodes off the list
+        # before the first resend); the forwarding node chose it, so a repair under it
+        # already (a hostile node's Forward naming an honest change's op id) is not replaced.
+        if laggards and lead.accept.op_id not in self._repairs:
+            # Resent as sent, after a round's timeout, by this node alone: an acceptor takes
+            # a ballot only from its own node. A node that refuses it is lifted at most once
+            # a repair window (`_lift`).
             lifted = now < self._lifted_at.get(lead.key, -math.inf) + self.timing.repair_window
             self._repairs[lead.accept.op_id] = _Repair(
                 lead.accept,
