@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from test_forged_accepts_and_pokes import REFUSED, _checking_net, _lagging_node_2, _ticks
+from test_forged_accepts_and_pokes import REFUSED, _check, _checking_net, _lagging_node_2, _ticks
 from test_replica import Net, put
 
 from backupvault.codec import Message, decode_any
@@ -25,7 +25,7 @@ from backupvault.fleet.messages import (
     ReplicatedValue,
     payload_of,
 )
-from backupvault.fleet.replica import Send
+from backupvault.fleet.replica import Replica, Send, _ballot
 
 H, K = 4, b"k"
 
@@ -222,3 +222,38 @@ def test_a_forward_naming_an_honest_change_s_op_id_leaves_its_repair_in_place() 
     net.down.discard(2)
     net.run_for(3.0)
     assert payload_of(net.disk[2][K].value) == b"\x02"
+
+
+def test_word_brings_a_node_that_holds_nothing_only_a_value_worth_fetching() -> None:
+    """Node 2 was down when node 0's round made the entry, and node 0's repair is lost (a
+    restart). Word of the value from a stand-in has node 2, which holds nothing for it,
+    run a round of its own, as the application's `worth_fetching` says (the firmware: a
+    live entry's value); word of a value it does not want (a made-up name's) does not."""
+    net = _checking_net()
+    net.down.add(2)
+    net.propose(0, b"one", K, put(b"\x02"))
+    net.settle()
+    net.down.discard(2)
+    net.replicas[0]._repairs.clear()
+    old = net.replicas[2]
+    net.replicas[2] = Replica(
+        2,
+        old.nodes,
+        net.rand.randbytes,
+        old.source,
+        old.timing,
+        check_value=_check,
+        worth_fetching=lambda key, payload: payload == b"\x02",
+    )
+    net.run(2, net.replicas[2].start(net.now, intact=True))
+    assert net.replicas[2].source.get(K) is None
+    chosen = net.disk[0][K]
+    word = Accept(b"w" * 16, K, *_ballot(chosen.accepted), chosen.value, 1, False)
+    unwanted = replace(word, key=b"made-up", value=_value(b"\x03"))
+    assert net.replicas[2].receive(H, unwanted, net.now) == []
+    assert not net.replicas[2]._hints
+    net.run(2, net.replicas[2].receive(1, word, net.now))
+    for _ in range(100):
+        _step_without_h(net)
+    assert payload_of(net.disk[2][K].value) == b"\x02"
+    assert net.replicas[2].source.get(b"made-up") is None

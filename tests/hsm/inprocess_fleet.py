@@ -106,6 +106,7 @@ class InProcessFleet:
             check_value=firmware.check_value,
             on_accept=firmware.on_accept,
             announce=firmware.announce,
+            worth_fetching=firmware.worth_fetching,
         )
 
     # -- network ---------------------------------------------------------------------------

@@ -147,3 +147,18 @@ def test_a_made_up_entry_s_value_padded_through_its_signature_fields_is_refused(
     assert fleet.firmware[1].check_value(made_up, plain.to_bytes()) is None
     padded = dataclasses.replace(plain, **padding)  # type: ignore[arg-type]
     assert fleet.firmware[1].check_value(made_up, padded.to_bytes()) is not None
+
+
+def test_word_of_a_live_entry_is_worth_fetching_and_of_any_other_value_is_not(
+    fleet: InProcessFleet,
+) -> None:
+    """A node that holds nothing for an entry runs a round of its own on a stand-in's word
+    only for a live entry's value, which it takes only on t nodes' acknowledgements: an
+    empty value or a tombstone needs none, and a hostile node can name any name with one
+    (docs/fleet.md, "A ballot is taken only from its own node")."""
+    live = _live(fleet)
+    firmware = fleet.firmware[0]
+    assert firmware.worth_fetching(KEY, live.to_bytes())
+    destroyed = live.with_(status=EntryStatus.DESTROYED, manifest=b"", acks=b"")
+    for value in (ThresholdState().to_bytes(), destroyed.to_bytes(), b"", b"\x2a"):
+        assert not firmware.worth_fetching(KEY, value)

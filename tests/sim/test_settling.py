@@ -199,3 +199,25 @@ def test_a_copied_tombstone_erases_nothing() -> None:
     # held; but a copy is not this node's acceptance, and its count is 0: the share stays.
     assert world.replicated(0, client.key).status == EntryStatus.DESTROYED
     assert world.honest[0].rows[client.key].share
+
+
+def test_a_node_down_through_a_registration_gets_it_once_its_repairers_restarted() -> None:
+    """Node 4 is down while an entry is registered, so it holds nothing for it; the nodes
+    whose repairs would bring it the entry restart (repairs live in memory), and node 4
+    comes back intact (it asks nobody). A stand-in's word of the live value has node 4 run
+    a round of its own, which brings it the entry: word of a name a node never held sets
+    off a round only for a live entry's value, which t nodes' acknowledgements vouch for
+    (a made-up name's value has none; review s54)."""
+    world = threshold_world(5, 3, seed=11)
+    client = ThresholdClient(world)
+    world.crash(4)
+    client.register(b"right", bytes(32))
+    taken = world.replicated(0, client.key)
+    assert taken.status == EntryStatus.LIVE
+    assert world.replicated(4, client.key).status != EntryStatus.LIVE
+    world.settle(5.0)
+    for slot in (0, 1):
+        world.restart(slot)
+    world.restart(4)  # intact: it asks nobody
+    world.settle(60.0)
+    assert [world.replicated(s, client.key) for s in range(5)] == [taken] * 5

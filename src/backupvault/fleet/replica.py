@@ -87,6 +87,11 @@ AcceptHook = Callable[[bytes, bytes], None]
 #: the proposer and the origin: for entries whose changes arrive as N copies at once (the
 #: threshold flow), so the other copies can join the chosen value (`Replica._joined`).
 AnnounceHook = Callable[[bytes, bytes], bool]
+#: (key, payload) -> whether a node that holds nothing for `key` fetches a value like this
+#: one, with a no-op round of its own, when a stand-in says it was chosen (`_relayed`): the
+#: firmware says so for a live entry's value, which t nodes' acknowledgements vouch for,
+#: never for a value a hostile node can make up for any name. None: never (tests).
+FetchHook = Callable[[bytes, bytes], bool]
 #: (key) -> whether it names an entry the application replicates. Every key a peer's
 #: message or catch-up page names is checked before the replica reads or writes anything
 #: under it: the node's store keeps other rows in the same key space (its own share rows,
@@ -356,9 +361,11 @@ class Replica:
         announce: AnnounceHook | None = None,
         check_copy: CopyCheck | None = None,
         check_key: KeyCheck | None = None,
+        worth_fetching: FetchHook | None = None,
     ) -> None:
         self.node = node
         self._check_key = check_key
+        self._worth_fetching = worth_fetching
         self._announce = announce
         self._check_value = check_value
         self._check_copy = check_copy if check_copy is not None else check_value
@@ -1556,16 +1563,17 @@ class Replica:
         answered. A node that holds an older value for the entry, and whose check would
         take this one, looks again one round's timeout later (`_act_on_hints`): a real
         Accept on its way (a hostile node's copy of a fresh one can overtake it) then makes
-        the word moot. A node holding nothing for the entry does nothing (a made-up name's
-        Accept would have it write promises for names nobody registered); it gets the
-        entry from its next round, or from a device's late delivery of its share."""
-        record = self.source.get(accept.key)
+        the word moot. A node holding nothing for the entry does so only for a value the
+        application says is worth fetching (`FetchHook`: a live entry's, which t nodes'
+        acknowledgements vouch for): word of a made-up name's value would have it run a
+        round, and every node write a promise, for names nobody registered."""
+        record = self._record(accept.key)
         ballot = Ballot(accept.round, accept.node)
-        if (
-            record is None
-            or not record.value
-            or record.accepted >= ballot
-            or self._check_refuses(accept, record)
+        if record.accepted >= ballot or self._check_refuses(accept, record):
+            return []
+        if not record.value and not (
+            self._worth_fetching is not None
+            and self._worth_fetching(accept.key, payload_of(accept.value))
         ):
             return []
         held = self._hints.get(accept.key)
@@ -1592,10 +1600,8 @@ class Replica:
             if due > now:
                 break  # kept in the order they come due: each waits the same time
             del self._hints[key]
-            record = self.source.get(key)
             if (
-                record is None
-                or record.accepted >= ballot
+                self._record(key).accepted >= ballot
                 or key in self._queues
                 or now < self._lifted_at.get(key, -math.inf) + self.timing.repair_interval
             ):

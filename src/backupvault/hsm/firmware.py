@@ -27,6 +27,7 @@ from backupvault.hsm.shares import (
     ThresholdRead,
     ThresholdUpdate,
     check_threshold_value,
+    is_live_payload,
 )
 from backupvault.hsm.state import (
     SINGLE_SEED_ENTRY_TAG,
@@ -122,6 +123,13 @@ class VaultFirmware:
         """The replica's hook: an entry's value is told to every node as it is taken, since
         the N copies of one request join it (docs/fleet.md, "Joining")."""
         return payload[:1] == bytes([ThresholdState.TAG])
+
+    def worth_fetching(self, key: bytes, payload: bytes) -> bool:
+        """The replica's hook: word that a live entry's value was chosen has a node that
+        holds nothing for the entry fetch it (a live value of a version this node does not
+        hold is taken only on t nodes' acknowledgements, `check_value`, which no hostile
+        minority can make up; an empty value or a tombstone anyone can)."""
+        return is_live_payload(payload)
 
     def on_accept(self, key: bytes, payload: bytes) -> None:
         """The replica's hook: this node is durably accepting `payload` for `key`."""

@@ -1852,6 +1852,11 @@ def holds_live_value(record: AcceptorRecord) -> bool:
         payload = payload_of(record.value)
     except InvalidInput:
         return False
+    return is_live_payload(payload)
+
+
+def is_live_payload(payload: bytes) -> bool:
+    """Whether an entry value's payload is a live threshold entry, by its tag and status."""
     return (
         len(payload) >= 9
         and payload[0] == ThresholdState.TAG

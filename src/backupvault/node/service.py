@@ -169,6 +169,7 @@ class NodeService:
             on_accept=firmware.on_accept,
             announce=firmware.announce,
             check_key=is_entry_key,
+            worth_fetching=firmware.worth_fetching,
         )
         if not intact:
             # The store may have been rolled back: its counts are not trusted until t

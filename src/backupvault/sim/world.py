@@ -70,6 +70,7 @@ from backupvault.hsm.shares import (
     count_staged_in,
     error,
     holds_live_value,
+    is_live_payload,
 )
 from backupvault.hsm.state import EntryId, NodeShare, ThresholdState, is_entry_key
 from backupvault.invariants import require
@@ -906,6 +907,7 @@ class Simulation:
             on_accept=keeper.on_accept,
             announce=lambda key, payload: True,  # every entry is a threshold entry
             check_key=is_entry_key,
+            worth_fetching=lambda key, payload: is_live_payload(payload),
         )
         self._execute(n, n.replica.start(self.now, intact))
         self.at(self.now + TICK * (1 + n.index / self.plan.nodes), "tick", (n.index, n.incarnation))
