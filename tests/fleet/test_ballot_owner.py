@@ -19,13 +19,14 @@ from backupvault.codec import Message, decode_any
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
+    AcceptorRecord,
     AppliedOp,
     Forward,
     Prepare,
     ReplicatedValue,
     payload_of,
 )
-from backupvault.fleet.replica import Replica, Send, _ballot
+from backupvault.fleet.replica import HINTS_PER_PEER, Replica, Send, _ballot
 
 H, K = 4, b"k"
 
@@ -257,3 +258,75 @@ def test_word_brings_a_node_that_holds_nothing_only_a_value_worth_fetching() -> 
         _step_without_h(net)
     assert payload_of(net.disk[2][K].value) == b"\x02"
     assert net.replicas[2].source.get(b"made-up") is None
+
+
+def test_one_peer_s_words_cannot_crowd_out_another_s() -> None:
+    """H floods node 2 with words for entries node 2 holds, right after node 1's honest
+    word for K (a hostile node can make as many entries as it likes): one peer's words
+    hold at most HINTS_PER_PEER places, so the honest word stays and comes due (review
+    s54b: 4,096 words pushed it out, the oldest first)."""
+    net = _checking_net()
+    accept = _lagging_node_2(net)
+    net.replicas[0]._repairs.clear()
+    held = _value(b"\x05")
+    keys = [b"e%05d" % i for i in range(HINTS_PER_PEER + 100)]
+    for key in keys:
+        net.replicas[2].source.put(AcceptorRecord(key, 1, 1, 1, 1, held))
+    net.run(2, net.replicas[2].receive(1, replace(accept, origin=1), net.now))
+    for key in keys:
+        word = Accept(b"w" * 16, key, accept.round + 10, 0, held, H, False)
+        assert net.replicas[2].receive(H, word, net.now) == []
+    assert K in net.replicas[2]._hints
+    assert len(net.replicas[2]._hints) == HINTS_PER_PEER + 1
+    for _ in range(100):
+        _step_without_h(net)
+    assert payload_of(net.disk[2][K].value) == b"\x02"
+
+
+def _pump(net: Net, withheld: list[tuple[int, int, bytes]] | None, seconds: float) -> None:
+    """Deliver and tick for `seconds`; H's messages about K go to `withheld` instead."""
+    end = net.now + seconds
+    while net.now < end:
+        while net.queue:
+            sender, to, raw = net.queue.popleft()
+            if sender in net.down or to in net.down:
+                continue
+            message = _decode(raw)
+            if withheld is not None and sender == H and getattr(message, "key", b"") == K:
+                withheld.append((sender, to, raw))
+                continue
+            net.run(to, net.replicas[to].receive(sender, message, net.now))
+        net.now += 0.01
+        for i, replica in net.replicas.items():
+            if i not in net.down:
+                net.run(i, replica.tick(net.now))
+
+
+def test_a_forward_under_an_honest_op_id_for_another_entry_leaves_its_repair() -> None:
+    """Nodes 2 and 3 are cut off, so node 1's change to K through the leader needs H's
+    answer, which H holds back while it forwards a change to another entry under the
+    same op id (seen in the leader's Accept) and lets that one be chosen first. The
+    leader's repairs are keyed by op id: the honest change got none (review s54b; kept
+    from being replaced since 6d75a7a, it was left out instead). It now takes an id of
+    its own, and the laggards get it (not announced here: no settling stands in)."""
+    net = Net()
+    net.propose(0, b"one", K, put(b"\x01"))
+    net.settle()
+    net.down |= {2, 3}
+    withheld: list[tuple[int, int, bytes]] = []
+    net.propose(1, b"two", K, put(b"\x02"))
+    for _ in range(20):
+        _pump(net, withheld, 0.01)
+        lead = net.replicas[0]._leads.get(K)
+        if lead is not None and lead.phase == "accept":
+            break
+    net.queue.append((H, 0, Forward(b"two", b"other", 0, 0, _value(b"\x07")).to_bytes()))
+    _pump(net, withheld, 0.05)
+    assert net.replicas[0]._repairs[b"two"].accept.key == b"other"
+    net.queue.extend(withheld)
+    _pump(net, None, 0.1)
+    assert payload_of(net.disk[0][K].value) == b"\x02"
+    assert any(r.accept.key == K for r in net.replicas[0]._repairs.values())
+    net.down -= {2, 3}
+    net.run_for(2.0)
+    assert payload_of(net.disk[2][K].value) == b"\x02"

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from collections import OrderedDict, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -147,6 +147,9 @@ CHOSEN_ENTRIES = 4096  # entries whose acceptors' answers are counted for joinin
 CHOSEN_BALLOTS = 4  # ballots counted per entry (the newest rounds; older ones go first)
 LEARNED_ENTRIES = 4096  # entries whose refusals' promises are kept for the next ballot
 LIFTS_KEPT = 4096  # lifted entries remembered before those past the repair window go
+#: Words of chosen values a node keeps from one peer before it drops that peer's next
+#: (`Replica._relayed`): a peer can crowd out only its own, never an honest stand-in's.
+HINTS_PER_PEER = 1024
 TAKEN_ENTRIES = 4096  # entries whose last Accept this process took, for answering it again
 
 
@@ -409,8 +412,10 @@ class Replica:
         # Accept had each announced entry lifted every few seconds for ever (review s41-A).
         self._lifted_at: dict[bytes, float] = {}
         # Stand-ins' word that a value this node lacks was chosen (`_relayed`): per key the
-        # ballot named and when to look again; the oldest go first beyond CHOSEN_ENTRIES.
-        self._hints: OrderedDict[bytes, tuple[Ballot, float]] = OrderedDict()
+        # ballot named, when to look again and the peer that said it first; and how many
+        # of them each peer's words hold (at most HINTS_PER_PEER).
+        self._hints: OrderedDict[bytes, tuple[Ballot, float, int]] = OrderedDict()
+        self._hints_from: Counter[int] = Counter()
         self._round_seconds = 0.0  # moving average of a committed round's duration
         # How long a follower's copy waits for the leader's own round, and per entry the
         # latest such round's (ballot, value digest, arrival) (`_note_leader_round`).
@@ -579,7 +584,7 @@ class Replica:
                     return self._lead(sender, message, now)
                 if isinstance(message, Accept):
                     if message.node != sender:
-                        return self._relayed(message, now)
+                        return self._relayed(sender, message, now)
                     self._note_leader_round(sender, message, now)
                 effects, reply = self._acceptor(sender, message)
                 return effects + self._reply(sender, message, reply, now)
@@ -1053,6 +1058,12 @@ class Replica:
             proposal.retry_at = now + wait
             return []
         record = self._record(proposal.key)
+        if proposal.lifts and not record.value:
+            # A node holding nothing fetches a value with a round of its own (`_relayed`):
+            # through the leader, a name nobody holds cost the leader a round its acceptors
+            # refuse, and then this node's own anyway.
+            proposal.leaderless = True
+            return self._start_round(proposal, now)
         return self._forward(proposal, record.accepted, record.value, now)
 
     def _note_leader_round(self, sender: int, accept: Accept, now: float) -> None:
@@ -1187,6 +1198,12 @@ class Replica:
         newest = max(
             proposal.promises.values(), key=lambda p: Ballot(p.accepted_round, p.accepted_node)
         )
+        if proposal.lifts and not newest.value:
+            # A lift writes again what a majority holds, and it holds nothing: word of a
+            # value never chosen (a registration staged on t nodes and never committed, or
+            # a hostile node's word of one). Retried to its deadline, one such word cost
+            # every node about 115 rounds (review s54b).
+            return self._finish(proposal, Failed(proposal.op_id, "nothing to write"), now)
         new_value = self._apply(proposal, newest.value)
         if new_value is None:
             # Not a value to build on: a hostile peer's (no acceptor of the fleet took it,
@@ -1345,15 +1362,9 @@ class Replica:
         # repairs nobody; that node settles the value it took, as the ballot's own node
         # (`_settle`: every entry the fleet holds is announced).
         laggards = set(self.nodes) - voters
-        if laggards and ballot.node == self.node and proposal.op_id not in self._repairs:
+        if laggards and ballot.node == self.node:
             accept = Accept(proposal.op_id, proposal.key, *_ballot(ballot), value, self.node, True)
-            self._repairs[proposal.op_id] = _Repair(
-                accept,
-                laggards,
-                now + self.timing.repair_window,
-                now + self.timing.round_timeout,
-                lifted=proposal.lifts,
-            )
+            self._add_repair(accept, laggards, now, lifted=proposal.lifts)
         return self._finish(proposal, Committed(proposal.op_id, outcome), now)
 
     def _accepted_leaderless(self, sender: int, message: Accepted, now: float) -> list[Effect]:
@@ -1421,14 +1432,30 @@ class Replica:
                 self.node,
                 False,
             )
-            self._repairs[proposal.op_id] = _Repair(
-                accept,
-                laggards,
-                now + self.timing.repair_window,
-                now + self.timing.round_timeout,
-                lifted=proposal.lifts,
-            )
+            self._add_repair(accept, laggards, now, lifted=proposal.lifts)
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
+
+    def _add_repair(self, accept: Accept, laggards: set[int], now: float, lifted: bool) -> None:
+        """Resend this node's own `accept` to `laggards` from a round's timeout on (late
+        answers name its op id and take nodes off the list first), for the repair window.
+        An op id of a forwarded change is the forwarding node's choice: a repair of another
+        entry under it already (a hostile node's Forward naming an honest change's id)
+        keeps its place, and this one takes an id of its own (until review s54b the later
+        replaced the earlier, or, kept, was itself left out); one of the same entry and
+        ballot is this very repair, made on the other path that counted the commit."""
+        existing = self._repairs.get(accept.op_id)
+        if existing is not None and existing.accept.key == accept.key:
+            if (existing.accept.round, existing.accept.node) == (accept.round, accept.node):
+                return
+        elif existing is not None:
+            accept = replace(accept, op_id=self._rng(16))
+        self._repairs[accept.op_id] = _Repair(
+            accept,
+            laggards,
+            now + self.timing.repair_window,
+            now + self.timing.round_timeout,
+            lifted=lifted,
+        )
 
     def _refused_by(
         self, proposal: _Proposal, sender: int, promised_round: int, now: float
@@ -1557,7 +1584,7 @@ class Replica:
         )
         return []
 
-    def _relayed(self, accept: Accept, now: float) -> list[Effect]:
+    def _relayed(self, sender: int, accept: Accept, now: float) -> list[Effect]:
         """An Accept under another node's ballot: a stand-in's word that its value was
         chosen (`_repair_missing`), or a hostile node's forgery. Never taken, and not
         answered. A node that holds an older value for the entry, and whose check would
@@ -1566,7 +1593,10 @@ class Replica:
         the word moot. A node holding nothing for the entry does so only for a value the
         application says is worth fetching (`FetchHook`: a live entry's, which t nodes'
         acknowledgements vouch for): word of a made-up name's value would have it run a
-        round, and every node write a promise, for names nobody registered."""
+        round, and every node write a promise, for names nobody registered. Each peer's
+        words hold at most `HINTS_PER_PEER` places: a flood of one peer's (a hostile
+        node's, for entries it made) pushed an honest stand-in's out before it came due
+        (review s54b)."""
         record = self._record(accept.key)
         ballot = Ballot(accept.round, accept.node)
         if record.accepted >= ballot or self._check_refuses(accept, record):
@@ -1577,14 +1607,13 @@ class Replica:
         ):
             return []
         held = self._hints.get(accept.key)
-        if held is None:
-            self._hints[accept.key] = (ballot, now + self.timing.round_timeout)
-            if len(self._hints) > CHOSEN_ENTRIES:
-                self._hints.popitem(last=False)
-        elif held[0] < ballot:
+        if held is None and self._hints_from[sender] < HINTS_PER_PEER:
+            self._hints[accept.key] = (ballot, now + self.timing.round_timeout, sender)
+            self._hints_from[sender] += 1
+        elif held is not None and held[0] < ballot:
             # A higher ballot keeps the time and place of the first word: moved back each
             # time, a hostile node's words a round apart put the round off for good.
-            self._hints[accept.key] = (ballot, held[1])
+            self._hints[accept.key] = (ballot, held[1], held[2])
         return []
 
     def _act_on_hints(self, now: float) -> list[Effect]:
@@ -1596,10 +1625,11 @@ class Replica:
         chose): it waits for the entry's next change. A hostile node's Accepts so cost at
         most a round an entry a second, as its Forwards to an honest leader do."""
         effects: list[Effect] = []
-        for key, (ballot, due) in list(self._hints.items()):
+        for key, (ballot, due, sender) in list(self._hints.items()):
             if due > now:
                 break  # kept in the order they come due: each waits the same time
             del self._hints[key]
+            self._hints_from[sender] -= 1
             if (
                 self._record(key).accepted >= ballot
                 or key in self._queues
@@ -1783,21 +1813,11 @@ class Replica:
         # Chosen; and each of these acceptors promised held + 1 in the same write, with
         # this value as its newest: phase 1 of the next ballot is already done.
         laggards = set(self.nodes) - lead.accepts
-        # Keyed by the Accept's op id, which late answers name (they take nodes off the list
-        # before the first resend); the forwarding node chose it, so a repair under it
-        # already (a hostile node's Forward naming an honest change's op id) is not replaced.
-        if laggards and lead.accept.op_id not in self._repairs:
-            # Resent as sent, after a round's timeout, by this node alone: an acceptor takes
-            # a ballot only from its own node. A node that refuses it is lifted at most once
-            # a repair window (`_lift`).
+        if laggards:
+            # Resent as sent, by this node alone: an acceptor takes a ballot only from its
+            # own node. A node that refuses it is lifted at most once a repair window.
             lifted = now < self._lifted_at.get(lead.key, -math.inf) + self.timing.repair_window
-            self._repairs[lead.accept.op_id] = _Repair(
-                lead.accept,
-                laggards,
-                now + self.timing.repair_window,
-                now + self.timing.round_timeout,
-                lifted=lifted,
-            )
+            self._add_repair(lead.accept, laggards, now, lifted=lifted)
         lead.base = lead.held
         lead.value = lead.accept.value
         lead.held = Ballot(lead.held.round + 1, self.node)
