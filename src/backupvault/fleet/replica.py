@@ -89,8 +89,8 @@ AcceptHook = Callable[[bytes, bytes], None]
 AnnounceHook = Callable[[bytes, bytes], bool]
 #: (key, payload) -> whether a node that holds nothing for `key` fetches a value like this
 #: one, with a no-op round of its own, when a stand-in says it was chosen (`_relayed`): the
-#: firmware says so for a live entry's value, which t nodes' acknowledgements vouch for,
-#: never for a value a hostile node can make up for any name. None: never (tests).
+#: firmware says so for a live entry's value, which needs t nodes' acknowledgements, never
+#: for an empty value or a tombstone, which anyone can name. None: never (tests).
 FetchHook = Callable[[bytes, bytes], bool]
 #: (key) -> whether it names an entry the application replicates. Every key a peer's
 #: message or catch-up page names is checked before the replica reads or writes anything
@@ -1591,9 +1591,10 @@ class Replica:
         take this one, looks again one round's timeout later (`_act_on_hints`): a real
         Accept on its way (a hostile node's copy of a fresh one can overtake it) then makes
         the word moot. A node holding nothing for the entry does so only for a value the
-        application says is worth fetching (`FetchHook`: a live entry's, which t nodes'
-        acknowledgements vouch for): word of a made-up name's value would have it run a
-        round, and every node write a promise, for names nobody registered. Each peer's
+        application says is worth fetching (`FetchHook`: a live entry's, which needs t
+        nodes' acknowledgements, where an empty value or a tombstone, which anyone can name,
+        needs none; a staged name never committed passes too, and its round ends on finding
+        nothing to write: `_on_promise`). Each peer's
         words hold at most `HINTS_PER_PEER` places: a flood of one peer's (a hostile
         node's, for entries it made) pushed an honest stand-in's out before it came due
         (review s54b)."""
@@ -1622,8 +1623,8 @@ class Replica:
         resends): a majority holds whatever was chosen, so the round brings it here under
         this node's own ballot, checked as any value is. One whose check refuses the value
         would refuse its own round's too (a node holding a tombstone the others never
-        chose): it waits for the entry's next change. A hostile node's Accepts so cost at
-        most a round an entry a second, as its Forwards to an honest leader do."""
+        chose): it waits for the entry's next change. A hostile node's Accepts so cost each
+        node at most a round an entry a second, as its Forwards to an honest leader do."""
         effects: list[Effect] = []
         for key, (ballot, due, sender) in list(self._hints.items()):
             if due > now:

@@ -127,8 +127,9 @@ class VaultFirmware:
     def worth_fetching(self, key: bytes, payload: bytes) -> bool:
         """The replica's hook: word that a live entry's value was chosen has a node that
         holds nothing for the entry fetch it (a live value of a version this node does not
-        hold is taken only on t nodes' acknowledgements, `check_value`, which no hostile
-        minority can make up; an empty value or a tombstone anyone can)."""
+        hold is taken only on t nodes' acknowledgements, `check_value`; an empty value or a
+        tombstone, which anyone can name, never). Those acknowledgements show the entry was
+        staged, not committed: a staged name's round finds nothing to write and ends."""
         return is_live_payload(payload)
 
     def on_accept(self, key: bytes, payload: bytes) -> None:
