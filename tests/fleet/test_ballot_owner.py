@@ -26,7 +26,7 @@ from backupvault.fleet.messages import (
     ReplicatedValue,
     payload_of,
 )
-from backupvault.fleet.replica import HINTS_PER_PEER, Replica, Send, _ballot
+from backupvault.fleet.replica import HINTS_PER_PEER, Committed, Replica, Send, _ballot
 
 H, K = 4, b"k"
 
@@ -330,3 +330,23 @@ def test_a_forward_under_an_honest_op_id_for_another_entry_leaves_its_repair() -
     net.down -= {2, 3}
     net.run_for(2.0)
     assert payload_of(net.disk[2][K].value) == b"\x02"
+
+
+def test_a_node_that_promised_higher_is_lifted_once_after_a_leader_s_change() -> None:
+    """Node 2 promised node 3's higher ballot (a round of node 3's that came to nothing);
+    node 1's change then goes through the leader (node 0), which had lifted the entry a
+    moment before. Node 2 refuses the leader's Accept and its repair for the promise: the
+    leader lifts it once, a no-op round of its own above that promise (sim seed 10756088:
+    the leader took its earlier lift for a reason to give node 2 up, and node 2 kept the
+    old value; not announced here, so no settling stands in)."""
+    net = Net()
+    net.propose(0, b"one", K, put(b"\x01"))
+    net.settle()
+    net.replicas[0]._lifted_at[K] = net.now  # a lift of the entry, a moment before
+    top = net.replicas[2]._record(K).promised.round
+    net.run(2, net.replicas[2].receive(3, Prepare(b"p", K, top + 5, 3), net.now))
+    net.queue.clear()  # node 3's round comes to nothing
+    net.propose(1, b"two", K, put(b"\x02"))
+    net.run_for(3.0)
+    assert isinstance(net.results.get(b"two"), Committed)
+    assert {payload_of(net.disk[i][K].value) for i in range(5)} == {b"\x02"}

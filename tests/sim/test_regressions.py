@@ -708,3 +708,16 @@ def test_regression_an_expiry_s_own_tombstone_is_proposed_again_after_its_round_
 ) -> None:
     result = run_seed(seed)
     assert result.violation is None, report(result)
+
+
+# Seed 10756088 (10,000 from 10,750,000, session 54): the delete was chosen through the
+# leader (node1) while node2 held a higher promise of node0's; node0 crashed. Since the
+# leader repairs what its Accepts missed (session 54), it took its own lift of the entry
+# 8 s before for a reason to give node2 up at its first refusal, where the forwarding
+# node's repair had lifted it once: node2 kept the entry live ("disks-agree"). A lift is
+# now a round of the lifting node's own, and the leader lifts a refusing node once;
+# tests/fleet/test_ballot_owner.py
+# test_a_node_that_promised_higher_is_lifted_once_after_a_leader_s_change.
+def test_regression_a_leader_s_repair_lifts_a_node_that_promised_higher() -> None:
+    result = run_seed(10756088)
+    assert result.violation is None, report(result)

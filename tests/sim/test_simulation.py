@@ -237,7 +237,7 @@ def test_majority_rolled_back_is_caught() -> None:
         ("replayed-evaluate-charged", 20, 3),
         ("skip-catch-up", 200, 17),
         ("accept-lower-ballot", 20, 0),
-        ("leader-skips-base-check", 40, 22),
+        ("leader-skips-base-check", 40, 3),
     ],
 )
 def test_planted_bug_is_caught(

@@ -1039,7 +1039,14 @@ class Replica:
     # ---- proposer ---------------------------------------------------------------------
 
     def _begin(self, proposal: _Proposal, now: float) -> list[Effect]:
-        """Start (or restart) a proposal: through the leader unless it went leaderless."""
+        """Start (or restart) a proposal: through the leader unless it went leaderless.
+        A lift (`_lift`) is a round of this node's own: its repair gives up on a node that
+        refuses it too, which only the proposer knows (a leader's repair of a forwarded
+        change lifts a refusing node once: review s54b, sim seed 10756088); and one from
+        an empty record, for a name nobody holds, cost the leader a round its acceptors
+        refused before this node's own."""
+        if proposal.lifts:
+            proposal.leaderless = True
         if not self.ready or proposal.leaderless or not self.timing.leader:
             return self._start_round(proposal, now)
         first = proposal.began is None
@@ -1058,12 +1065,6 @@ class Replica:
             proposal.retry_at = now + wait
             return []
         record = self._record(proposal.key)
-        if proposal.lifts and not record.value:
-            # A node holding nothing fetches a value with a round of its own (`_relayed`):
-            # through the leader, a name nobody holds cost the leader a round its acceptors
-            # refuse, and then this node's own anyway.
-            proposal.leaderless = True
-            return self._start_round(proposal, now)
         return self._forward(proposal, record.accepted, record.value, now)
 
     def _note_leader_round(self, sender: int, accept: Accept, now: float) -> None:
@@ -1816,9 +1817,9 @@ class Replica:
         laggards = set(self.nodes) - lead.accepts
         if laggards:
             # Resent as sent, by this node alone: an acceptor takes a ballot only from its
-            # own node. A node that refuses it is lifted at most once a repair window.
-            lifted = now < self._lifted_at.get(lead.key, -math.inf) + self.timing.repair_window
-            self._add_repair(lead.accept, laggards, now, lifted=lifted)
+            # own node. A node that refuses it for a higher promise is lifted once (a lift
+            # never comes through here: `_begin`); a lift's own repair gives up on it.
+            self._add_repair(lead.accept, laggards, now, lifted=False)
         lead.base = lead.held
         lead.value = lead.accept.value
         lead.held = Ballot(lead.held.round + 1, self.node)
