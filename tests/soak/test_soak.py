@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -18,14 +19,18 @@ from typing import Any, cast
 from backupvault.chaos.soak import (
     AVAILABILITY_DEADLINE,
     GUESS_LIMIT,
+    ActiveFault,
+    ChaosDriver,
     EntryGhost,
     FaultKind,
+    SoakConfig,
     Tally,
     _kept_shares,
     _probe_destroyed,
     _share_holders,
     _uncounted_partials,
     availability_check,
+    restarts_check,
 )
 from backupvault.client.pending import PendingStore
 from backupvault.client.vault import NodeOutcome
@@ -303,3 +308,40 @@ def test_an_availability_goal_fails_the_run_below_it() -> None:
     assert passed is not None and passed.passed
     empty = availability_check(Tally().availability(), 0.5)  # no operation: nothing shown
     assert empty is not None and not empty.passed
+
+
+class _FleetWhoseNode0DiesOnRestart:
+    """Node 0's process exits at once after its restart (as a node refusing to join with
+    code other than the deployed release's did, session 55); every other node comes back."""
+
+    def __init__(self) -> None:
+        self.restarted: list[int] = []
+
+    def restart(self, index: int) -> bool:
+        self.restarted.append(index)
+        return False
+
+    def node_exited(self, index: int) -> str | None:
+        return "error: node 0 refuses to join fleet" if index == 0 else None
+
+    def node_ready(self, index: int) -> bool:
+        return index != 0
+
+
+def test_a_node_that_exits_after_its_restart_is_reported_at_once_and_fails_the_run() -> None:
+    """It used to look like a slow catch-up ("still catching up 30 s after restart")
+    until the heal, 420 s into a soak."""
+    lines: list[str] = []
+    fleet = _FleetWhoseNode0DiesOnRestart()
+    driver = ChaosDriver(cast(Any, fleet), SoakConfig(log=lines.append), random.Random(1))
+    driver.active = {n: ActiveFault(n, FaultKind.KILL, until=1.0) for n in (0, 1)}
+    driver._end_expired(1.0)  # both restarted
+    assert fleet.restarted == [0, 1]
+    for now in (1.2, 1.4, 1.6):
+        driver._end_expired(now)
+    assert driver.exited == [(0, "error: node 0 refuses to join fleet")]
+    assert [e["event"] for e in driver.events].count("exited after its restart") == 1
+    assert 1 not in driver.active and driver.restart_seconds  # node 1 came back
+    check = restarts_check(driver.exited, len(driver.restart_seconds))
+    assert not check.passed and "node0 exited: error: node 0 refuses" in check.detail
+    assert restarts_check([], 3).passed

@@ -262,6 +262,17 @@ class Tally:
         self.log(f"VIOLATION: {text}")
 
 
+def restarts_check(exited: list[tuple[int, str]], came_back: int) -> Check:
+    """Every node a fault stopped ran again after its restart: one whose process exited
+    (its code refused, its store or token unreadable) fails the run, with its last words."""
+    return Check(
+        "every node restarted after a fault kept running",
+        not exited,
+        f"{came_back} restarts ready"
+        + "".join(f"; node{node} exited: {why}" for node, why in exited[:3]),
+    )
+
+
 def availability_check(figure: dict[str, Any], goal: float | None) -> Check | None:
     """The availability figure against `goal` (a share of all operations), or None
     without a goal. No operation at all is a failure: there is nothing to show."""
@@ -634,6 +645,14 @@ class ProxiedFleet:
         vault.vault = trace
         return GhostClient(vault, trace)
 
+    def node_exited(self, index: int) -> str | None:
+        """Why node `index`'s process has exited (its log's last lines), or None while it
+        runs."""
+        name = f"node{index}"
+        if name in self.deployment.running():
+            return None
+        return self.deployment.last_words(name)
+
     def node_ready(self, index: int) -> bool:
         try:
             answer = httpx.get(f"{self.node_urls[index]}/v1/health", timeout=1.0)
@@ -696,6 +715,7 @@ class ActiveFault:
     restarted: bool = False  # KILL, TERM: the process runs again, catching up
     delay: float = 0.0  # SLOW: what each chunk is held on the node's links
     slow: bool = False  # KILL, TERM: still not ready 30 s after the restart (reported once)
+    exited: bool = False  # KILL, TERM: the restarted process exited (reported once)
 
 
 class ChaosDriver:
@@ -711,6 +731,8 @@ class ChaosDriver:
         self.max_concurrent = 0
         self.restart_seconds: list[float] = []
         self.slow_catch_up = 0
+        #: Restarted nodes whose process exited before it was ready: (node, its last words).
+        self.exited: list[tuple[int, str]] = []
         #: Terminated nodes still running at the end of their grace (SIGKILLed then).
         self.outlived_term = 0
         self._kinds: list[FaultKind] = []
@@ -803,6 +825,12 @@ class ChaosDriver:
                     self._restart(node)
                     fault.restarted = True
                     self._restarted_at[node] = now
+                elif fault.restarted and not fault.exited and (why := self.fleet.node_exited(node)):
+                    # It will not become ready: said now, where it used to look like a slow
+                    # catch-up until the heal (a node refusing its own code, session 55).
+                    fault.exited = True
+                    self.exited.append((node, why))
+                    self._event("exited after its restart", node, why=why)
                 elif fault.restarted and now - self._restarted_at[node] > 30 and not fault.slow:
                     fault.slow = True
                     self.slow_catch_up += 1
@@ -1771,6 +1799,7 @@ def run_soak(config: SoakConfig) -> SoakResult:
                 checks.insert(
                     0, Check("fleet ready again after healing every fault", False, heal_error)
                 )
+            checks.insert(0, restarts_check(driver.exited, len(driver.restart_seconds)))
             checks.insert(0, liveness)
             seconds["checks"] = time.monotonic() - started
             restart = driver.restart_seconds

@@ -1045,7 +1045,7 @@ class LocalDeployment:
             # deadline (its log's last lines hold its error).
             exited = [name for name, info in status.items() if info["pid"] and not info["running"]]
             if exited:
-                why = self._last_words(exited[0])
+                why = self.last_words(exited[0])
                 raise DeploymentError(
                     f"{', '.join(exited)} exited before becoming ready: {why}",
                     hint=f"see {self.root / 'logs' / f'{exited[0]}.log'}",
@@ -1061,7 +1061,7 @@ class LocalDeployment:
             else f"see the logs in {logs} (one per node, the witness and the relay)",
         )
 
-    def _last_words(self, name: str) -> str:
+    def last_words(self, name: str) -> str:
         """The last lines a process logged (its error and hint), in one line."""
         try:
             lines = (self.root / "logs" / f"{name}.log").read_text(errors="replace").splitlines()
