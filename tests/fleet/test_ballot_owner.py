@@ -209,17 +209,17 @@ def test_words_a_round_apart_do_not_put_a_laggard_s_round_off() -> None:
 
 
 def test_a_forward_naming_an_honest_change_s_op_id_leaves_its_repair_in_place() -> None:
-    """The leader's repair of a forwarded change was keyed by the op id the forwarding
+    """The leader's repair of a forwarded change is keyed by the op id the forwarding
     node chose, which H sees in the leader's Accept: H's Forward of a change to another
     entry under that op id replaced the repair, and node 2 never got node 1's change
-    (review s54). Repairs are kept per entry now."""
+    (review s54). A repair under that op id is now kept."""
     net = Net()
     accept = _lagging_node_2(net, proposer=1)
     net.down.add(2)
     forward = Forward(accept.op_id, b"other", 0, 0, _value(b"\x07"))
     net.run(0, net.replicas[0].receive(H, forward, net.now))
     net.run_for(1.0)
-    assert net.replicas[0]._repairs[K].accept.op_id == accept.op_id
+    assert net.replicas[0]._repairs[accept.op_id].accept.key == K
     net.down.discard(2)
     net.run_for(3.0)
     assert payload_of(net.disk[2][K].value) == b"\x02"
@@ -306,9 +306,9 @@ def test_a_forward_under_an_honest_op_id_for_another_entry_leaves_its_repair() -
     """Nodes 2 and 3 are cut off, so node 1's change to K through the leader needs H's
     answer, which H holds back while it forwards a change to another entry under the
     same op id (seen in the leader's Accept) and lets that one be chosen first. The
-    leader's repairs were keyed by op id: the honest change got none (review s54b; kept
-    from being replaced since 6d75a7a, it was left out instead). They are kept per entry
-    now, and the laggards get it (not announced here: no settling stands in)."""
+    leader's repairs are keyed by op id: the honest change got none (review s54b; kept
+    from being replaced since 6d75a7a, it was left out instead). It now takes an id of
+    its own, and the laggards get it (not announced here: no settling stands in)."""
     net = Net()
     net.propose(0, b"one", K, put(b"\x01"))
     net.settle()
@@ -322,11 +322,11 @@ def test_a_forward_under_an_honest_op_id_for_another_entry_leaves_its_repair() -
             break
     net.queue.append((H, 0, Forward(b"two", b"other", 0, 0, _value(b"\x07")).to_bytes()))
     _pump(net, withheld, 0.05)
-    assert net.replicas[0]._repairs[b"other"].accept.op_id == b"two"
+    assert net.replicas[0]._repairs[b"two"].accept.key == b"other"
     net.queue.extend(withheld)
     _pump(net, None, 0.1)
     assert payload_of(net.disk[0][K].value) == b"\x02"
-    assert net.replicas[0]._repairs[K].accept.op_id == b"two"
+    assert any(r.accept.key == K for r in net.replicas[0]._repairs.values())
     net.down -= {2, 3}
     net.run_for(2.0)
     assert payload_of(net.disk[2][K].value) == b"\x02"

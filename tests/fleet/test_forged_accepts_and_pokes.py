@@ -67,28 +67,22 @@ def _lagging_node_2(net: Net, proposer: int = 0) -> Accept:
     return repair.accept
 
 
-def sent_by_ticks(net: Net, seconds: float) -> list[tuple[int, Send]]:
-    """Tick every node every 0.1 s for `seconds`, delivering everything; what each tick
-    sent, with its sender."""
-    sent: list[tuple[int, Send]] = []
+def _ticks(net: Net, seconds: float) -> list[Accept]:
+    """Tick every node for `seconds`, delivering everything; the Accepts sent to node 2."""
+    sent: list[Accept] = []
     end = net.now + seconds
     while net.now < end:
         net.now += 0.1
         for i, replica in net.replicas.items():
             effects = replica.tick(net.now)
-            sent += [(i, e) for e in effects if isinstance(e, Send)]
+            sent += [
+                e.message
+                for e in effects
+                if isinstance(e, Send) and e.to == 2 and isinstance(e.message, Accept)
+            ]
             net.run(i, effects)
         net.settle(0.05)
     return sent
-
-
-def _ticks(net: Net, seconds: float) -> list[Accept]:
-    """As `sent_by_ticks`: the Accepts sent to node 2."""
-    return [
-        e.message
-        for _, e in sent_by_ticks(net, seconds)
-        if e.to == 2 and isinstance(e.message, Accept)
-    ]
 
 
 def _forge(net: Net, accept: Accept, value: bytes) -> None:

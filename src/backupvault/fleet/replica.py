@@ -405,7 +405,7 @@ class Replica:
         self._started_at = 0.0
         self._queues: dict[bytes, deque[_Proposal]] = {}
         self._by_op: dict[bytes, _Proposal] = {}
-        self._repairs: dict[bytes, _Repair] = {}  # by entry: one an entry (`_add_repair`)
+        self._repairs: dict[bytes, _Repair] = {}
         # When this node last lifted each key (a no-op round over a repair's refusal): a
         # settling repair of it within the repair window is not lifted again. Each lift
         # makes a new value that every node settles afresh, so a node that refuses every
@@ -753,9 +753,9 @@ class Replica:
                 and (peer not in self._sync_responses or self._stale(*self._sync_responses[peer]))
             ]
             effects += self._ask_sync(again)
-        for key, repair in list(self._repairs.items()):
+        for op_id, repair in list(self._repairs.items()):
             if now >= repair.until:
-                del self._repairs[key]
+                del self._repairs[op_id]
             elif now >= repair.next_at:
                 repair.next_at = now + self.timing.repair_interval
                 if not repair.refused:
@@ -767,11 +767,11 @@ class Replica:
                             effects += self._deliver_locally(repair.accept, now)
                         else:
                             effects.append(Send(peer, repair.accept))
-                elif key not in self._queues:
+                elif repair.accept.key not in self._queues:
                     # A laggard promised higher: one no-op round (value unchanged) writes the
                     # value above its promise and repairs whoever still lags in turn.
-                    del self._repairs[key]
-                    effects += self._lift(key, now)
+                    del self._repairs[op_id]
+                    effects += self._lift(repair.accept.key, now)
         if self.ready:
             effects += self._settle(now)
             effects += self._act_on_hints(now)
@@ -1369,11 +1369,10 @@ class Replica:
         return self._finish(proposal, Committed(proposal.op_id, outcome), now)
 
     def _accepted_leaderless(self, sender: int, message: Accepted, now: float) -> list[Effect]:
-        repair = self._repairs.get(message.key)
-        if (
-            repair is not None
-            and repair.accept.op_id == message.op_id
-            and (message.round, message.node) == (repair.accept.round, repair.accept.node)
+        repair = self._repairs.get(message.op_id)
+        if repair is not None and (message.round, message.node) == (
+            repair.accept.round,
+            repair.accept.node,
         ):
             if message.digest and message.digest != _digest(repair.accept.value):
                 return []  # an answer to another value under the ballot: a forgery's
@@ -1400,7 +1399,7 @@ class Replica:
                 repair.refused = True
                 self._learn_round(repair.accept.key, sender, message.promised_round, ballot)
             if not repair.pending:
-                del self._repairs[message.key]
+                del self._repairs[message.op_id]
             return []
         proposal = self._current(message.op_id, message.round, message.node, "accept")
         if proposal is None:
@@ -1437,36 +1436,25 @@ class Replica:
             self._add_repair(accept, laggards, now, lifted=proposal.lifts)
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
 
-    def _add_repair(
-        self,
-        accept: Accept,
-        laggards: set[int],
-        now: float,
-        lifted: bool,
-        resend_at: float | None = None,
-    ) -> None:
-        """Resend this node's own chosen `accept` to `laggards` from `resend_at` on (a
-        round's timeout by default: late answers take nodes off the list first), for the
-        repair window.
-
-        One repair an entry: a value chosen under a higher ballot was built on every lower
-        one chosen, and whoever took it lags no more, so it takes the place of an older
-        one, and an older one (counted late, or on the other path that counted the
-        commit) is left out. Kept per op id, a node that missed a burst of changes had a
-        repair of each resent to it every second, and each refused for its promise set
-        off a no-op round of its own: 18 in 2 s at one node (sim seed 10756088). Kept per
-        entry, a hostile Forward naming an honest change's op id cannot take its place
-        either (review s54b)."""
-        ballot = Ballot(accept.round, accept.node)
-        require(ballot.node == self.node, "a repair resends only this node's own ballot")
-        existing = self._repairs.get(accept.key)
-        if existing is not None and Ballot(existing.accept.round, existing.accept.node) >= ballot:
-            return
-        self._repairs[accept.key] = _Repair(
+    def _add_repair(self, accept: Accept, laggards: set[int], now: float, lifted: bool) -> None:
+        """Resend this node's own `accept` to `laggards` from a round's timeout on (late
+        answers name its op id and take nodes off the list first), for the repair window.
+        An op id of a forwarded change is the forwarding node's choice: a repair of another
+        entry under it already (a hostile node's Forward naming an honest change's id)
+        keeps its place, and this one takes an id of its own (until review s54b the later
+        replaced the earlier, or, kept, was itself left out); one of the same entry and
+        ballot is this very repair, made on the other path that counted the commit."""
+        existing = self._repairs.get(accept.op_id)
+        if existing is not None and existing.accept.key == accept.key:
+            if (existing.accept.round, existing.accept.node) == (accept.round, accept.node):
+                return
+        elif existing is not None:
+            accept = replace(accept, op_id=self._rng(16))
+        self._repairs[accept.op_id] = _Repair(
             accept,
             laggards,
             now + self.timing.repair_window,
-            now + self.timing.round_timeout if resend_at is None else resend_at,
+            now + self.timing.round_timeout,
             lifted=lifted,
         )
 
@@ -1530,6 +1518,10 @@ class Replica:
         newest value a majority holds (this node's own, unless a newer one exists) and
         repairs whoever lags in turn. Each acceptor still checks every value it is sent."""
         effects: list[Effect] = []
+        # The keys under repair, listed at most once a tick and only when a chosen value
+        # needs one: asked per key, the scan of every repair made settling N keys
+        # quadratic in N (a tick settling 4,000 made-up names took 1.6 s: review s48).
+        repairing: set[bytes] | None = None
         for key, unsettled in list(self._unsettled.items()):
             if unsettled.due > now:
                 continue
@@ -1546,8 +1538,11 @@ class Replica:
             if votes is not None and len(votes.acceptors) == len(self.nodes):
                 continue
             if votes is not None and votes.chosen_at is not None:
-                if key not in self._repairs:
+                if repairing is None:
+                    repairing = {repair.accept.key for repair in self._repairs.values()}
+                if key not in repairing:
                     effects += self._repair_missing(key, record, votes, unsettled, now)
+                    repairing.add(key)
                 # Looked at again until its window ends, so a no-op round's value (the
                 # same entry state) goes on settling where this one was (`_store`).
                 self._again(key, unsettled, now)
@@ -1585,7 +1580,9 @@ class Replica:
         if self.node != ballot.node:
             return [Send(peer, accept) for peer in sorted(missing)]
         lifted = now < self._lifted_at.get(key, -math.inf) + self.timing.repair_window
-        self._add_repair(accept, missing, now, lifted, resend_at=now)
+        self._repairs[accept.op_id] = _Repair(
+            accept, missing, now + self.timing.repair_window, now, lifted=lifted
+        )
         return []
 
     def _relayed(self, sender: int, accept: Accept, now: float) -> list[Effect]:
