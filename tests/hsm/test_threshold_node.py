@@ -393,7 +393,8 @@ def test_a_second_b_for_an_answered_attempt_is_refused(
     keeper.on_accept(client.key, other.to_bytes())
     request = EvaluateRequest("alice", "chat", 1, second, 6_000)
     refused = keeper._evaluate_committed(client.key, request, other)
-    assert _code(refused.response) == ErrorCode.REFUSED and refused.writes == ()
+    # Refused as overtaken: the device makes its attempt again under a new number.
+    assert _code(refused.response) == ErrorCode.STALE_ATTEMPT and refused.writes == ()
     assert world.honest[0].rows[client.key].count == 1
 
 

@@ -721,3 +721,16 @@ def test_regression_an_expiry_s_own_tombstone_is_proposed_again_after_its_round_
 def test_regression_a_leader_s_repair_lifts_a_node_that_promised_higher() -> None:
     result = run_seed(10756088)
     assert result.violation is None, report(result)
+
+
+# Seed 10821178 (300 from 10,821,000 with two hostile nodes of five, session 55): two
+# devices of one entry recovered at once after the faults; with the hostile nodes' votes
+# node 0 counted attempt 6 for one device's B and nodes 1 and 2 for the other's (each
+# node counts its own). Node 0 refused the second as "answered for another B", which the
+# client took as final: t - 1 good partials, "unavailable". That answer is now
+# `stale_attempt` (the attempt was overtaken at that node), and the attempt is made again
+# under a new number; tests/hsm/test_threshold_node.py
+# test_a_second_b_for_an_answered_attempt_is_refused.
+def test_regression_an_attempt_another_b_took_at_one_node_is_made_again() -> None:
+    result = run_seed(10821178, SimConfig(nodes=5, hostile=2))
+    assert result.violation is None, report(result)

@@ -1506,7 +1506,16 @@ class ShareKeeper:
                 writes,
             )
         if earlier is not None and not hmac.compare_digest(earlier, blinded_hash):
-            return Answer(error(ErrorCode.REFUSED, "this attempt was answered for another B"))
+            # Another B took this number here first: another device's attempt, or one the
+            # fleet numbered twice beside hostile nodes (each node counts its own). The
+            # device's attempt is overtaken, as by a later one, and is made again under a
+            # new number (sim seed 10821178: refused, two devices' recoveries with two
+            # hostile nodes of five left the owner's with t - 1 partials after the faults).
+            return Answer(
+                error(
+                    ErrorCode.STALE_ATTEMPT, "this attempt was answered for another B; start again"
+                )
+            )
         if earlier is None:
             if not self._count_trusted(key, state.version, state.attempt):
                 return Answer(
