@@ -270,3 +270,35 @@ def test_a_retry_that_fails_after_a_counted_attempt_says_it_may_have_counted(
     assert [bridge.world.honest[s].rows[KEY].count for s in range(2)] == [1, 1]
     assert caught.value.hint is not None
     assert "which they may have counted as a guess" in caught.value.hint
+
+
+def test_attempts_answered_for_another_b_are_made_again_then_told_with_the_nodes_words(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Review s55b: a node that answered the attempt's number for another B (the fleet
+    # numbered it twice beside hostile nodes) answers `stale_attempt` since session 55; the
+    # client makes the attempt again, and once its tries are spent it said only "refused as
+    # older" with advice about clocks. Here nodes 0-2 answer so on every try.
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    _, vault = _registered(seed=4)
+    honest = Simulation.request
+    tries: list[int] = []
+    another_b = ErrorResponse(
+        ErrorCode.STALE_ATTEMPT, "this attempt was answered for another B; start again", 0
+    )
+
+    def numbered_apart(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        answer = honest(world, slot, op, inner, seconds)
+        if isinstance(inner, EvaluateRequest) and slot in (0, 1, 2):
+            tries.append(inner.client_time_ms)
+            return another_b
+        return answer
+
+    monkeypatch.setattr(Simulation, "request", numbered_apart)
+    with pytest.raises(VaultError) as refused:
+        vault.recover("right", ksf_floor=SIM_KSF)
+    assert len(set(tries)) == 3  # the first try and its two retries, each a new attempt
+    assert "answered for another B" in refused.value.message
+    assert refused.value.hint is not None and "report it to the operator" in refused.value.hint

@@ -374,6 +374,7 @@ def test_a_device_whose_clock_is_ahead_is_named_as_the_likely_cause_not_an_outag
     with pytest.raises(FleetUnavailable) as refused:
         bridge.vault().recover("right", ksf_floor=SIM_KSF)
     assert "refused this attempt as older than the latest" in refused.value.message
+    assert "a later attempt was already made" in refused.value.message  # each node's words
     assert refused.value.hint is not None and "clock" in refused.value.hint
     assert refused.value.hint != EVALUATION_UNANSWERED_HINT
     assert bridge.vault().status().guesses_remaining == LIMIT  # none of it was charged

@@ -91,7 +91,10 @@ STALE_ATTEMPT_HINT = (
     " of this key ran at the same moment (another device or script), or one came from a"
     " device whose clock is ahead of this one's, and until this device's clock passes that"
     " time its attempts are refused. Check the clocks of your devices, then try again. A"
-    " refused attempt is not counted as a guess (one that another recovery overtook may be)"
+    " node that says it answered this attempt for another request, while no other recovery"
+    " ran, numbered it apart from the others, which a hostile vault node can cause: report"
+    " it to the operator. A refused attempt is not counted as a guess by the node that"
+    " refused it (one that another recovery overtook, or that other nodes answered, may be)"
 )
 DELIVERY_TRIES = 3
 #: With fewer than t acknowledgements and some node silent, a delivery is sent again (the
@@ -1389,9 +1392,12 @@ class ThresholdVault:
                 # More than N − t refusals include an honest node's. Told as what they are:
                 # "too few answered, try again later" named neither the refusal nor its
                 # likely lasting cause, a device with its clock ahead (review s34).
+                # With each node's own words: "older" and "answered for another B" call
+                # for different steps (review s55b: the second was told as a clock).
                 unavailable = FleetUnavailable(
                     f"{stale} of {self.nodes} vault nodes refused this attempt as older"
-                    " than the latest one they counted",
+                    " than the latest one they counted"
+                    f" ({'; '.join(problems[i] for i in sorted(problems))})",
                     hint=STALE_ATTEMPT_HINT,
                 )
             # Before the liars are named: a node whose partial does not verify must not
