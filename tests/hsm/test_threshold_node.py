@@ -395,6 +395,7 @@ def test_a_second_b_for_an_answered_attempt_is_refused(
     refused = keeper._evaluate_committed(client.key, request, other)
     # Refused as overtaken: the device makes its attempt again under a new number.
     assert _code(refused.response) == ErrorCode.STALE_ATTEMPT and refused.writes == ()
+    assert keeper.answered_for_another_b == 1  # the node's metric: a likely sign of attack
     assert world.honest[0].rows[client.key].count == 1
 
 

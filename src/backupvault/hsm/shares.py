@@ -333,6 +333,10 @@ class ShareKeeper:
         # bounded cache of rows read or made durable.
         self._pending: dict[bytes, NodeShare] = {}
         self._cache: OrderedDict[bytes, NodeShare | None] = OrderedDict()
+        #: Requests refused because this node answered their attempt for another B: the
+        #: fleet numbered one attempt apart, a likely sign of hostile nodes (review s55b;
+        #: the node's metric `attempts_answered_for_another_b`).
+        self.answered_for_another_b = 0
         # After a detected rollback of this node's store, rows read from it are not
         # trusted to hold the latest count: keys in `_trusted` were written since.
         self._distrusted = False
@@ -1506,6 +1510,7 @@ class ShareKeeper:
                 writes,
             )
         if earlier is not None and not hmac.compare_digest(earlier, blinded_hash):
+            self.answered_for_another_b += 1
             # Another B took this number here first: another device's attempt, or one the
             # fleet numbered twice beside hostile nodes (each node counts its own). The
             # device's attempt is overtaken, as by a later one, and is made again under a

@@ -213,6 +213,8 @@ class NodeService:
             "count_reports_ignored": 0,  # late, repeated or to no request: dropped unread
             "count_reports_sent": 0,  # this node's signed reports to its peers
             "count_requests_dropped": 0,  # over a peer's COUNT_REQUESTS_PER_SECOND
+            # Evaluations refused as answered here for another B (`ShareKeeper`).
+            "attempts_answered_for_another_b": 0,
         }
 
     @property
@@ -430,6 +432,9 @@ class NodeService:
                 self.metrics["committed"] += 1
                 answer = done.outcome()
         newly_counted = bool(answer.writes) and isinstance(answer.response, EvaluateResponse)
+        self.metrics["attempts_answered_for_another_b"] = (
+            self._firmware.shares.answered_for_another_b
+        )
         # This node's own rows (its count above all) are durable before the answer
         # that depends on them leaves, also those an earlier request is still writing.
         answer = self._firmware.shares.held_until_durable(action.key, answer)
