@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import pytest
@@ -241,6 +242,27 @@ def test_a_recovery_overtaken_is_made_again_once_a_slow_node_says_so_too(
     assert recovered.root_key == RK  # type: ignore[attr-defined]
 
 
+def _evaluates_answered(
+    monkeypatch: pytest.MonkeyPatch,
+    instead: Callable[[Simulation, int, EvaluateRequest], Message | None],
+) -> None:
+    """Each node's answer to an evaluate is `instead`'s where it gives one (None: the
+    node's own); the client's retries pause 1 ms."""
+    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
+    honest = Simulation.request
+
+    def answering(
+        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
+    ) -> Message:
+        if isinstance(inner, EvaluateRequest):
+            answer = instead(world, slot, inner)
+            if answer is not None:
+                return answer
+        return honest(world, slot, op, inner, seconds)
+
+    monkeypatch.setattr(Simulation, "request", answering)
+
+
 def test_a_retry_that_fails_after_a_counted_attempt_says_it_may_have_counted(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -248,23 +270,18 @@ def test_a_retry_that_fails_after_a_counted_attempt_says_it_may_have_counted(
     # read (the relay now dropping the honest nodes), and the user read "try again later"
     # with no word that the first try's evaluation, already counted by nodes 0 and 1, may
     # have used a guess.
-    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     bridge, vault = _registered(seed=4)
-    honest = Simulation.request
 
-    def hostile(
-        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
-    ) -> Message:
-        if isinstance(inner, EvaluateRequest):
-            if slot == 4:
-                world.down = {0, 1, 2}  # from here the relay drops the honest nodes
-            if slot in (3, 4):
-                return ErrorResponse(ErrorCode.STALE_ATTEMPT, "older than the latest", 0)
-            if slot == 2:
-                return ErrorResponse(ErrorCode.FLEET_UNAVAILABLE, "no answer yet", 0)
-        return honest(world, slot, op, inner, seconds)
+    def hostile(world: Simulation, slot: int, inner: EvaluateRequest) -> Message | None:
+        if slot == 4:
+            world.down = {0, 1, 2}  # from here the relay drops the honest nodes
+        if slot in (3, 4):
+            return ErrorResponse(ErrorCode.STALE_ATTEMPT, "older than the latest", 0)
+        if slot == 2:
+            return ErrorResponse(ErrorCode.FLEET_UNAVAILABLE, "no answer yet", 0)
+        return None
 
-    monkeypatch.setattr(Simulation, "request", hostile)
+    _evaluates_answered(monkeypatch, hostile)
     with pytest.raises(VaultError) as caught:
         vault.recover("wrong", ksf_floor=SIM_KSF)
     assert [bridge.world.honest[s].rows[KEY].count for s in range(2)] == [1, 1]
@@ -279,24 +296,19 @@ def test_attempts_answered_for_another_b_are_made_again_then_told_with_the_nodes
     # numbered it twice beside hostile nodes) answers `stale_attempt` since session 55; the
     # client makes the attempt again, and once its tries are spent it said only "refused as
     # older" with advice about clocks. Here nodes 0-2 answer so on every try.
-    monkeypatch.setattr("backupvault.client.threshold.RETRY_BACKOFF_SECONDS", 0.001)
     _, vault = _registered(seed=4)
-    honest = Simulation.request
     tries: list[int] = []
     another_b = ErrorResponse(
         ErrorCode.STALE_ATTEMPT, "this attempt was answered for another B; start again", 0
     )
 
-    def numbered_apart(
-        world: Simulation, slot: int, op: Op, inner: Message, seconds: float = 10.0
-    ) -> Message:
-        answer = honest(world, slot, op, inner, seconds)
-        if isinstance(inner, EvaluateRequest) and slot in (0, 1, 2):
+    def numbered_apart(world: Simulation, slot: int, inner: EvaluateRequest) -> Message | None:
+        if slot in (0, 1, 2):
             tries.append(inner.client_time_ms)
             return another_b
-        return answer
+        return None
 
-    monkeypatch.setattr(Simulation, "request", numbered_apart)
+    _evaluates_answered(monkeypatch, numbered_apart)
     with pytest.raises(VaultError) as refused:
         vault.recover("right", ksf_floor=SIM_KSF)
     assert len(set(tries)) == 3  # the first try and its two retries, each a new attempt
