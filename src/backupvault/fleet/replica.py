@@ -1436,9 +1436,17 @@ class Replica:
             self._add_repair(accept, laggards, now, lifted=proposal.lifts)
         return self._finish(proposal, Committed(proposal.op_id, proposal.outcome), now)
 
-    def _add_repair(self, accept: Accept, laggards: set[int], now: float, lifted: bool) -> None:
-        """Resend this node's own `accept` to `laggards` from a round's timeout on (late
-        answers name its op id and take nodes off the list first), for the repair window.
+    def _add_repair(
+        self,
+        accept: Accept,
+        laggards: set[int],
+        now: float,
+        lifted: bool,
+        resend_at: float | None = None,
+    ) -> None:
+        """Resend this node's own `accept` to `laggards` from `resend_at` on (by default a
+        round's timeout on: late answers name its op id and take nodes off the list first),
+        for the repair window.
         An op id of a forwarded change is the forwarding node's choice: a repair of another
         entry under it already (a hostile node's Forward naming an honest change's id)
         keeps its place, and this one takes an id of its own (until review s54b the later
@@ -1454,7 +1462,7 @@ class Replica:
             accept,
             laggards,
             now + self.timing.repair_window,
-            now + self.timing.round_timeout,
+            now + self.timing.round_timeout if resend_at is None else resend_at,
             lifted=lifted,
         )
 
@@ -1580,9 +1588,7 @@ class Replica:
         if self.node != ballot.node:
             return [Send(peer, accept) for peer in sorted(missing)]
         lifted = now < self._lifted_at.get(key, -math.inf) + self.timing.repair_window
-        self._repairs[accept.op_id] = _Repair(
-            accept, missing, now + self.timing.repair_window, now, lifted=lifted
-        )
+        self._add_repair(accept, missing, now, lifted, resend_at=now)  # settling is late already
         return []
 
     def _relayed(self, sender: int, accept: Accept, now: float) -> list[Effect]:
