@@ -31,7 +31,8 @@ def _promised_higher(net: Net, node: int) -> None:
 
 def _path_dependent(key: bytes, payload: bytes, held: bytes) -> str | None:
     """Takes V1 over V0 and V2 over V1, refuses V2 over V0, as the firmware's check does a
-    value built on the owner's signed reset with the signature cleared."""
+    value built on the owner's password change with the change's signature cleared
+    (docs/threshold.md, "Known limit: an owner's change cleared by a later value")."""
     return "a reset without the owner's signature" if (payload, held) == (V2, V0) else None
 
 

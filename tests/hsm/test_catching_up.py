@@ -1153,3 +1153,48 @@ def test_a_hostile_proposer_replaying_the_owners_reset_over_a_tombstone_gains_no
     for slot in range(4):
         assert not _forge(world, slot, client.key, reset)
     assert all(not row.share for row in _rows(world, client.key))
+
+
+def test_a_value_that_drops_the_owners_reset_is_refused_so_no_laggard_is_cut_off() -> None:
+    """Review s55 (F1): a hostile proposer (node 4 of 5) clears the owner's signed reset
+    from a value built on it. Taken by the nodes that hold the reset, it cut a node that
+    missed the reset out of the entry's rounds until the owner's next reset (the laggard
+    refuses it as a reset without the owner's signature). Every node holding the reset now
+    refuses it, and the laggard takes the reset itself once back."""
+    world = threshold_world(5, 4, 1, seed=11, leader=False, attacker=lambda *_: None)
+    client = ThresholdClient(world)
+    client.register(b"right", OLD_RK)
+    assert client.recover(b"wrong") is None
+    world.reachable = {0, 1, 2, 4}  # node 3 misses the owner's success
+    assert client.recover(b"right") is not None
+    reset = world.replicated(0, client.key)
+    laggard = world.replicated(3, client.key)
+    assert reset.reset_signature and laggard.reset_attempt < reset.reset_attempt
+    dropped = reset.with_(reset_hash=b"", reset_signature=b"")
+    built_on = dropped.with_(
+        attempt=reset.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=reset.attempt_client_time_ms + 1,
+    )
+    check = _checker(world, client.key)
+    for value in (dropped, built_on):
+        assert check(value, reset) == "the owner's reset was dropped"
+        assert check(value, laggard) == "a reset without the owner's signature"
+        for slot in (0, 1, 2):
+            assert not _forge(world, slot, client.key, value)
+    # Another value built on the reset, keeping it, is still taken (the control).
+    kept = reset.with_(
+        attempt=reset.attempt + 1,
+        attempt_hash=bytes(32),
+        attempt_client_time_ms=reset.attempt_client_time_ms + 1,
+    )
+    assert check(kept, reset) is None and check(kept, laggard) is None
+    world.reachable = None
+    world.settle(5.0)
+    assert world.replicated(3, client.key) == world.replicated(0, client.key) == reset
+    assert client.recover(b"wrong") is None  # answered by every honest node, node 3 too
+    world.settle(5.0)
+    for slot in range(4):
+        row = world.honest[slot].rows[client.key]
+        assert row.evaluated_hash(reset.attempt + 1) is not None
+        assert (row.reset_at, row.count) == (reset.reset_attempt, 1)

@@ -285,6 +285,7 @@ def test_honest_acceptors_refuse_forged_values() -> None:
     assert recovered is not None
     assert client.recover(b"wrong") is None
     held = world.replicated(0, client.key)
+    assert held.reset_signature and held.attempt == held.reset_attempt + 1
     other = ThresholdClient(world, account="other")
     other_loot, _ = other.register(b"x", RK)
     forged = {
@@ -297,6 +298,7 @@ def test_honest_acceptors_refuse_forged_values() -> None:
             reset_hash=held.attempt_hash,
             reset_signature=world.replicated(0, other.key).reset_signature or bytes(64),
         ),
+        "the owner's reset dropped": held.with_(reset_hash=b"", reset_signature=b""),
         "tombstone with guesses left": held.with_(
             status=EntryStatus.DESTROYED, manifest=b"", acks=b""
         ),

@@ -2197,6 +2197,21 @@ def _check_transition(
                 and not over_bare
             ):
                 return "a reset without the owner's signature"
+            if (
+                state.status == EntryStatus.LIVE
+                and state.reset_attempt == held.reset_attempt
+                and held.reset_signature
+                and not state.reset_signature
+            ):
+                # The owner's reset held here, dropped from a value built on it (review
+                # s55): no honest step clears it within a version (a new attempt keeps it,
+                # the next reset replaces it with the owner's next one, a commit starts a
+                # new version), and a node that missed the reset refuses such a value as
+                # "a reset without the owner's signature", so taken here it cut that node
+                # out of the entry's rounds until the owner's next reset. A held bare
+                # commit carries no reset, so the siblings `_over_a_bare_commit` takes are
+                # never refused here; another signed reset at the same attempt is taken.
+                return "the owner's reset was dropped"
         elif state.status == EntryStatus.LIVE:
             return "an entry brought back to life without a new version"
         return None
