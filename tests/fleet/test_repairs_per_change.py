@@ -33,7 +33,8 @@ def _path_dependent(key: bytes, payload: bytes, held: bytes) -> str | None:
     """Takes V1 over V0 and V2 over V1, refuses V2 over V0, as the firmware's check does a
     value built on the owner's password change with the change's signature cleared
     (docs/threshold.md, "Known limit: an owner's change cleared by a later value")."""
-    return "a reset without the owner's signature" if (payload, held) == (V2, V0) else None
+    refused = "a new version without the owner's signed change or delete of the held one"
+    return refused if (payload, held) == (V2, V0) else None
 
 
 def test_a_laggard_gets_the_intermediate_value_its_check_needs() -> None:

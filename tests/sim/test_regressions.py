@@ -439,7 +439,9 @@ def test_regression_a_laggard_at_its_limit_takes_the_delete_of_the_registration_
 
 
 # The hostile seeds below, up to session 48's, run with `walks=False`: the plans they had
-# before hostile nodes walked rounds up (session 49), which move every later event.
+# before hostile nodes walked rounds up (session 49), which move every later event. Every
+# hostile seed here runs with `strips=False`, the plans before hostile nodes cleared the
+# owner's reset (session 56).
 
 
 # Found on fresh seeds (300 from 10,335,000 with one hostile node of five): two clients
@@ -452,7 +454,7 @@ def test_regression_a_laggard_at_its_limit_takes_the_delete_of_the_registration_
 # test_a_password_change_another_device_committed_first_is_refused_as_changed.
 @pytest.mark.parametrize("seed", [10335034, 10335079])
 def test_regression_a_registration_that_lost_the_race_is_already_registered(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -465,7 +467,7 @@ def test_regression_a_registration_that_lost_the_race_is_already_registered(seed
 # test_simulation.py test_a_share_owed_at_registration_is_delivered_before_the_recovery.
 @pytest.mark.parametrize("seed", [10337494])
 def test_regression_shares_owed_at_registration_are_delivered_late(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -488,7 +490,7 @@ def test_a_delete_another_device_committed_first_is_deleted() -> None:
 # runs ran the owner's deletes at all: two devices deleted the same version at once.
 @pytest.mark.parametrize("seed", [10610206])
 def test_regression_a_delete_that_lost_the_race_is_deleted(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -516,7 +518,7 @@ def test_a_password_change_raced_by_a_delete_is_entry_changed() -> None:
 
 @pytest.mark.parametrize("seed", [10610087, 10610234])
 def test_regression_a_password_change_that_lost_to_a_delete_is_entry_changed(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -527,7 +529,7 @@ def test_regression_a_password_change_that_lost_to_a_delete_is_entry_changed(see
 # test_a_delete_of_a_key_destroyed_meanwhile_says_destroyed.
 @pytest.mark.parametrize("seed", [10610144])
 def test_regression_a_delete_of_a_destroyed_key_is_destroyed(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -542,14 +544,14 @@ def test_regression_a_delete_of_a_destroyed_key_is_destroyed(seed: int) -> None:
 def test_regression_two_honest_holders_beside_a_silent_hostile_node_are_not_enough(
     seed: int,
 ) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
     assert result.stats["no_shares"] > 0  # the lost shares were seen, not avoided
 
 
 @pytest.mark.parametrize("seed", [10347011, 10347048, 10347164])
 def test_regression_the_first_seeds_of_two_honest_holders_run_clean(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -567,7 +569,7 @@ def test_regression_the_first_seeds_of_two_honest_holders_run_clean(seed: int) -
 # clients may move a seed's schedule off the race; those tests keep it).
 @pytest.mark.parametrize("seed", [10347053, 10347203, 10347251, 10347256, 10610194, 10610217])
 def test_regression_an_overtaken_recovery_is_made_again_beside_a_hostile_node(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -579,7 +581,7 @@ def test_regression_an_overtaken_recovery_is_made_again_beside_a_hostile_node(se
 # tests are tests/sim/test_quiet_period.py.
 @pytest.mark.parametrize("seed", [10342295, 10347067, 10347194])
 def test_regression_a_long_queue_beside_a_silent_hostile_node_is_not_stuck(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -591,7 +593,7 @@ def test_regression_a_long_queue_beside_a_silent_hostile_node_is_not_stuck(seed:
 # again. The sim now does; the scripted tests are tests/sim/test_manifest_reread.py.
 @pytest.mark.parametrize("seed", [10342053])
 def test_regression_fewer_than_t_holders_with_a_node_silent_reads_again(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -603,7 +605,7 @@ def test_regression_fewer_than_t_holders_with_a_node_silent_reads_again(seed: in
 # test_a_registration_staged_after_the_delete_was_taken_survives_the_delete_request.
 @pytest.mark.parametrize("seed", [10356181])
 def test_regression_a_late_delete_request_keeps_a_later_staged_share(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -634,7 +636,7 @@ def test_regression_an_entry_changed_under_a_flow_is_told_as_changed(seed: int) 
 # test_a_delete_of_a_key_destroyed_and_registered_again_says_the_key_changed.
 @pytest.mark.parametrize("seed", [10408977])
 def test_regression_a_delete_of_a_key_replaced_meanwhile_is_told_as_changed(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -663,7 +665,7 @@ def test_regression_an_attempt_is_given_up_only_once_it_cannot_have_been_overtak
 # test_a_share_owed_goes_out_after_the_first_read_not_after_the_reads_that_wait.
 @pytest.mark.parametrize("seed", [10371036, 10451914])
 def test_regression_a_share_owed_after_a_registration_race_goes_out_at_once(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, walks=False, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -676,7 +678,7 @@ def test_regression_a_share_owed_after_a_registration_race_goes_out_at_once(seed
 # the same way when the climb (then rungs sent by the repair) was capped at 8 resends.
 @pytest.mark.parametrize("seed", [10574059, 10574076, 10580211, 10580296])
 def test_regression_a_node_left_behind_by_a_walk_is_repaired(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -688,7 +690,7 @@ def test_regression_a_node_left_behind_by_a_walk_is_repaired(seed: int) -> None:
 # is now one message's effect at the acceptor, whatever the order (`Replica._reach`).
 @pytest.mark.parametrize("seed", [10580507, 10586150, 10586427, 10586532])
 def test_regression_a_climb_does_not_depend_on_the_order_messages_arrive_in(seed: int) -> None:
-    result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+    result = run_seed(seed, SimConfig(nodes=5, hostile=1, strips=False))
     assert result.violation is None, report(result)
 
 
@@ -732,5 +734,5 @@ def test_regression_a_leader_s_repair_lifts_a_node_that_promised_higher() -> Non
 # under a new number; tests/hsm/test_threshold_node.py
 # test_a_second_b_for_an_answered_attempt_is_refused.
 def test_regression_an_attempt_another_b_took_at_one_node_is_made_again() -> None:
-    result = run_seed(10821178, SimConfig(nodes=5, hostile=2))
+    result = run_seed(10821178, SimConfig(nodes=5, hostile=2, strips=False))
     assert result.violation is None, report(result)

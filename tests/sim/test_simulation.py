@@ -201,6 +201,22 @@ def test_hostile_runs_exercise_the_owners_operations() -> None:
     assert not missing, missing
 
 
+def test_hostile_runs_clear_the_owners_reset_and_honest_holders_refuse_it() -> None:
+    """The `strip` steps (session 56, review s55) reach honest nodes that hold the owner's
+    reset, which refuse the value with it cleared; the run stays clean. With the acceptor
+    rule removed they take it and this fails (the simulator's repairs then resend the reset
+    before the stripped value, so the run itself stays clean: the rule's attack test is
+    tests/hsm/test_catching_up.py)."""
+    refused = 0
+    for seed in range(12):
+        result = run_seed(seed, SimConfig(nodes=5, hostile=1))
+        assert result.violation is None, report(result)
+        refused += "\n".join(result.trace).count("refuses it: the owner's reset was dropped")
+        if refused >= 3:
+            break
+    assert refused >= 3, refused
+
+
 def test_majority_down_is_unavailable_but_safe() -> None:
     """With faults allowed on a majority (no disk faults), the fleet refuses (clients see
     fleet_unavailable) and still breaks no safety invariant; it recovers after the heal."""

@@ -2206,7 +2206,9 @@ def _check_transition(
                 # The owner's reset held here, dropped from a value built on it (review
                 # s55): no honest step clears it within a version (a new attempt keeps it,
                 # the next reset replaces it with the owner's next one, a commit starts a
-                # new version), and a node that missed the reset refuses such a value as
+                # new version), a line of the version without it stays below the reset's
+                # chosen attempt in ballot order (docs/threshold.md, "A value that drops
+                # the owner's reset"), and a node that missed the reset refuses such a value as
                 # "a reset without the owner's signature", so taken here it cut that node
                 # out of the entry's rounds until the owner's next reset. A held bare
                 # commit carries no reset, so the siblings `_over_a_bare_commit` takes are

@@ -54,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hostile nodes walk no rounds up (the plans of hostile seeds before session 49)",
     )
     parser.add_argument(
+        "--no-strips",
+        action="store_true",
+        help="hostile nodes clear no owner's reset (the plans of hostile seeds before session 56)",
+    )
+    parser.add_argument(
         "--eager-wait",
         action="store_true",
         help="followers' copies wait for the leader's round early and long (up to 1 s)",
@@ -70,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         hostile=args.hostile,
         stale_catch_up=args.stale_catch_up,
         walks=not args.no_walks,
+        strips=not args.no_strips,
         eager_wait=args.eager_wait,
     )
     if args.seed is not None:

@@ -38,6 +38,7 @@ from backupvault.fleet.messages import (
     Forward,
     Prepare,
     Promise,
+    ReplicatedValue,
     SyncRequest,
     SyncResponse,
     payload_of,
@@ -130,6 +131,9 @@ class SimConfig:
     #: Hostile nodes walk entries' rounds up at honest nodes (`walk` steps; off: the plans
     #: hostile seeds had before session 49).
     walks: bool = True
+    #: Hostile nodes send honest ones an entry's newest value with the owner's reset
+    #: cleared (`strip` steps; off: the plans hostile seeds had before session 56).
+    strips: bool = True
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
     exhausted_grace: float = 10.0
@@ -144,7 +148,7 @@ DEFAULT_CONFIG = SimConfig()
 @dataclass(frozen=True)
 class Step:
     t: float
-    kind: str  # crash | restart | backup | partition | heal | op | replay | suspect | walk
+    kind: str  # crash | restart | backup | partition | heal | op | replay | suspect | walk | strip
     node: int = -1
     client: int = -1
     arg: str = ""
@@ -168,6 +172,9 @@ class Step:
             case "walk":
                 at = ",".join(f"node{n}" for n in self.nodes)
                 return f"node{self.node} walks an entry's rounds {self.arg} steps up at {at}"
+            case "strip":
+                at = ",".join(f"node{n}" for n in self.nodes)
+                return f"node{self.node} sends {at} an entry's value with the owner's reset cleared"
             case _:
                 return f"relay replays captured request #{self.n} ({self.arg}) to node{self.node}"
 
@@ -237,6 +244,8 @@ def make_plan(seed: int, config: SimConfig = DEFAULT_CONFIG) -> Plan:
         steps += _leader_faults(seed, n, config)
     if config.hostile and config.walks:
         steps += _walks(seed, n, config)
+    if config.hostile and config.strips:
+        steps += _strips(seed, n, config)
     net = config.network_faults
     steps.sort(key=lambda s: s.t)
     return Plan(
@@ -276,7 +285,22 @@ def _walks(seed: int, n: int, config: SimConfig) -> list[Step]:
     above each one's floor at a time (review s49: the others are left more than a step
     below and must be climbed by rungs). Drawn from their own generator, as the leader's
     faults are, so that plans without hostile nodes stay as they were."""
-    rng = random.Random(seed * 7919 + 5)
+    return _hostile_steps(random.Random(seed * 7919 + 5), "walk", n, config, ("3", "30", "300"))
+
+
+def _strips(seed: int, n: int, config: SimConfig) -> list[Step]:
+    """A hostile node sends some honest nodes the newest value of one entry with the
+    owner's reset cleared, at a ballot above each one's promise (review s55: taken by the
+    nodes that held the reset, it cut a node that had missed the reset out of the entry's
+    rounds). From their own generator, as the walks are."""
+    return _hostile_steps(random.Random(seed * 7933 + 9), "strip", n, config, ("",))
+
+
+def _hostile_steps(
+    rng: random.Random, kind: str, n: int, config: SimConfig, args: tuple[str, ...]
+) -> list[Step]:
+    """Up to three `kind` steps in the chaos, each by one hostile node at some honest
+    targets, on entry number `n` (modulo the entries held), with one of `args`."""
     honest = range(n - config.hostile)
     steps: list[Step] = []
     for _ in range(rng.randint(0, 3)):
@@ -284,11 +308,11 @@ def _walks(seed: int, n: int, config: SimConfig) -> list[Step]:
         steps.append(
             Step(
                 rng.uniform(1.0, config.chaos_seconds),
-                "walk",
+                kind,
                 node=n - 1 - rng.randrange(config.hostile),
                 nodes=targets,
                 n=rng.randrange(1000),
-                arg=str(rng.choice((3, 30, 300))),
+                arg=rng.choice(args),
             )
         )
     return steps
@@ -759,7 +783,7 @@ class Simulation:
 
     def _step(self, step: Step) -> None:
         n = self.members[step.node] if step.node >= 0 else None
-        if n is not None and n.hostile is not None and step.kind not in ("replay", "walk"):
+        if n is not None and n.hostile is not None and step.kind not in ("replay", "walk", "strip"):
             return  # the attacker's node: no faults of ours
         match step.kind:
             case "op":
@@ -806,11 +830,12 @@ class Simulation:
                 self._replay(step)
             case "walk":
                 self._walk(step)
+            case "strip":
+                self._strip(step)
 
-    def _walk(self, step: Step) -> None:
-        """Hostile node `step.node` sends each honest target it can reach `step.arg`
-        Prepares for one entry, each a step above that node's floor."""
-        keys = sorted(
+    def _entry_keys(self) -> list[bytes]:
+        """The entries the honest nodes hold records of, in order."""
+        return sorted(
             {
                 r.key
                 for i in self.honest
@@ -818,17 +843,64 @@ class Simulation:
                 if is_entry_key(r.key)
             }
         )
+
+    def _reachable(self, targets: tuple[int, ...]) -> list[int]:
+        """The honest targets a hostile node's messages reach now."""
+        return [
+            t
+            for t in targets
+            if (replica := self.members[t].replica) is not None
+            and replica.ready
+            and t not in self.isolated
+        ]
+
+    def _walk(self, step: Step) -> None:
+        """Hostile node `step.node` sends each honest target it can reach `step.arg`
+        Prepares for one entry, each a step above that node's floor."""
+        keys = self._entry_keys()
         if not keys:
             return
         key = keys[step.n % len(keys)]
         self.log(step.describe())
-        for target in step.nodes:
+        for target in self._reachable(step.nodes):
             replica = self.members[target].replica
-            if replica is None or not replica.ready or target in self.isolated:
-                continue
+            assert replica is not None
             for i in range(int(step.arg)):
                 round_ = min(replica._max_round + MAX_ROUND_STEP, ROUND_CEILING - 1)
                 self.inject(step.node, target, Prepare(b"walk%d" % i, key, round_, step.node))
+
+    def _strip(self, step: Step) -> None:
+        """Hostile node `step.node` sends each honest target it can reach, one round above
+        its promise, the newest value an honest node holds of one entry (by accepted
+        ballot) with the owner's reset cleared; nothing when that value holds no reset."""
+        keys = self._entry_keys()
+        if not keys:
+            return
+        key = keys[step.n % len(keys)]
+        records = [r for i in self.honest if (r := self.members[i].disk.get(key)) is not None]
+        newest = max(records, key=lambda r: (r.accepted_round, r.accepted_node))
+        if not newest.value:
+            return
+        value = ReplicatedValue.from_bytes(newest.value)
+        state = ThresholdState.from_bytes(value.payload) if value.payload else None
+        if state is None or state.status != EntryStatus.LIVE or not state.reset_signature:
+            return
+        cleared = state.with_(reset_hash=b"", reset_signature=b"")
+        forged = replace(value, payload=cleared.to_bytes()).to_bytes()
+        self.log(step.describe())
+        for target in self._reachable(step.nodes):
+            record = self.members[target].disk.get(key)
+            round_ = (record.promised_round if record is not None else 0) + 1
+            held = payload_of(record.value) if record is not None and record.value else b""
+            why = check_threshold_value(
+                FLEET_ID, key, self.shape, cleared, held, node_keys=self.node_keys
+            )
+            accept = Accept(b"strip", key, round_, step.node, forged, step.node, False)
+            answer = self.inject(step.node, target, accept)
+            taken = isinstance(answer, Accepted) and answer.ok
+            self.log(
+                f"node{target} {'takes' if taken else 'refuses'} it" + (f": {why}" if why else "")
+            )
 
     def crash(self, slot: int) -> None:
         """Node `slot` loses its memory (replica, keeper, requests in progress)."""
