@@ -59,6 +59,11 @@ def main(argv: list[str] | None = None) -> int:
         help="hostile nodes clear no owner's reset (the plans of hostile seeds before session 56)",
     )
     parser.add_argument(
+        "--strip-changes",
+        action="store_true",
+        help="hostile nodes also clear the owner's password change (a known limit)",
+    )
+    parser.add_argument(
         "--eager-wait",
         action="store_true",
         help="followers' copies wait for the leader's round early and long (up to 1 s)",
@@ -76,6 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         stale_catch_up=args.stale_catch_up,
         walks=not args.no_walks,
         strips=not args.no_strips,
+        strip_changes=args.strip_changes,
         eager_wait=args.eager_wait,
     )
     if args.seed is not None:

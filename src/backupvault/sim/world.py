@@ -134,6 +134,9 @@ class SimConfig:
     #: Hostile nodes send honest ones an entry's newest value with the owner's reset
     #: cleared (`strip` steps; off: the plans hostile seeds had before session 56).
     strips: bool = True
+    #: Strip steps also clear the owner's password change (`change_*`), a known limit
+    #: (docs/threshold.md, "Known limit: an owner's change cleared by a later value").
+    strip_changes: bool = False
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
     exhausted_grace: float = 10.0
@@ -174,7 +177,8 @@ class Step:
                 return f"node{self.node} walks an entry's rounds {self.arg} steps up at {at}"
             case "strip":
                 at = ",".join(f"node{n}" for n in self.nodes)
-                return f"node{self.node} sends {at} an entry's value with the owner's reset cleared"
+                cleared = f"the owner's {self.arg} cleared"
+                return f"node{self.node} sends {at} an entry's value with {cleared}"
             case _:
                 return f"relay replays captured request #{self.n} ({self.arg}) to node{self.node}"
 
@@ -292,8 +296,10 @@ def _strips(seed: int, n: int, config: SimConfig) -> list[Step]:
     """A hostile node sends some honest nodes the newest value of one entry with the
     owner's reset cleared, at a ballot above each one's promise (review s55: taken by the
     nodes that held the reset, it cut a node that had missed the reset out of the entry's
-    rounds). From their own generator, as the walks are."""
-    return _hostile_steps(random.Random(seed * 7933 + 9), "strip", n, config, ("",))
+    rounds); with `strip_changes`, or the owner's password change. From their own
+    generator, as the walks are."""
+    fields = ("reset", "change") if config.strip_changes else ("reset",)
+    return _hostile_steps(random.Random(seed * 7933 + 9), "strip", n, config, fields)
 
 
 def _hostile_steps(
@@ -872,21 +878,12 @@ class Simulation:
     def _strip(self, step: Step) -> None:
         """Hostile node `step.node` sends each honest target it can reach, one round above
         its promise, the newest value an honest node holds of one entry (by accepted
-        ballot) with the owner's reset cleared; nothing when that value holds no reset."""
-        keys = self._entry_keys()
-        if not keys:
+        ballot) with the owner's reset (or, `step.arg` "change", password change) cleared;
+        the entry is one of those whose newest value holds it, nothing when none does."""
+        candidates = [c for key in self._entry_keys() if (c := self._cleared(key, step.arg))]
+        if not candidates:
             return
-        key = keys[step.n % len(keys)]
-        records = [r for i in self.honest if (r := self.members[i].disk.get(key)) is not None]
-        newest = max(records, key=lambda r: (r.accepted_round, r.accepted_node))
-        if not newest.value:
-            return
-        value = ReplicatedValue.from_bytes(newest.value)
-        state = ThresholdState.from_bytes(value.payload) if value.payload else None
-        if state is None or state.status != EntryStatus.LIVE or not state.reset_signature:
-            return
-        cleared = state.with_(reset_hash=b"", reset_signature=b"")
-        forged = replace(value, payload=cleared.to_bytes()).to_bytes()
+        key, cleared, forged = candidates[step.n % len(candidates)]
         self.log(step.describe())
         for target in self._reachable(step.nodes):
             record = self.members[target].disk.get(key)
@@ -901,6 +898,28 @@ class Simulation:
             self.log(
                 f"node{target} {'takes' if taken else 'refuses'} it" + (f": {why}" if why else "")
             )
+
+    def _cleared(self, key: bytes, field: str) -> tuple[bytes, ThresholdState, bytes] | None:
+        """(key, the state, the replicated value) of `key`'s newest value at an honest node
+        with the owner's `field` ("reset" or "change") cleared, or None when that value is
+        not live or holds none."""
+        records = [r for i in self.honest if (r := self.members[i].disk.get(key)) is not None]
+        newest = max(records, key=lambda r: (r.accepted_round, r.accepted_node))
+        if not newest.value:
+            return None
+        value = ReplicatedValue.from_bytes(newest.value)
+        state = ThresholdState.from_bytes(value.payload) if value.payload else None
+        if state is None or state.status != EntryStatus.LIVE:
+            return None
+        if field == "change":
+            if not state.change_signature:
+                return None
+            cleared = state.with_(change_counter=0, change_signature=b"")
+        else:
+            if not state.reset_signature:
+                return None
+            cleared = state.with_(reset_hash=b"", reset_signature=b"")
+        return key, cleared, replace(value, payload=cleared.to_bytes()).to_bytes()
 
     def crash(self, slot: int) -> None:
         """Node `slot` loses its memory (replica, keeper, requests in progress)."""
