@@ -305,8 +305,9 @@ def _strips(seed: int, n: int, config: SimConfig) -> list[Step]:
 def _hostile_steps(
     rng: random.Random, kind: str, n: int, config: SimConfig, args: tuple[str, ...]
 ) -> list[Step]:
-    """Up to three `kind` steps in the chaos, each by one hostile node at some honest
-    targets, on entry number `n` (modulo the entries held), with one of `args`."""
+    """Up to three `kind` steps in the chaos of a fleet of `n` nodes, each by one hostile
+    node at some honest targets, with one of `args` and a number that picks the entry
+    (`Step.n`, modulo the entries the step can act on)."""
     honest = range(n - config.hostile)
     steps: list[Step] = []
     for _ in range(rng.randint(0, 3)):
