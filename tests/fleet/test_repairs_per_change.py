@@ -30,9 +30,11 @@ def _promised_higher(net: Net, node: int) -> None:
 
 
 def _path_dependent(key: bytes, payload: bytes, held: bytes) -> str | None:
-    """Takes V1 over V0 and V2 over V1, refuses V2 over V0, as the firmware's check does a
-    value built on the owner's password change with the change's signature cleared
-    (docs/threshold.md, "Known limit: an owner's change cleared by a later value")."""
+    """Takes V1 over V0 and V2 over V1, refuses V2 over V0, as the firmware's check did a
+    value built on the owner's signed reset, or password change, with the signature
+    cleared (until session 56: docs/threshold.md, "A value that drops the owner's reset is
+    refused", "The next version is taken on its acknowledgements"): the replica must not
+    count on a check being free of such paths."""
     refused = "a new version without the owner's signed change or delete of the held one"
     return refused if (payload, held) == (V2, V0) else None
 

@@ -2083,7 +2083,7 @@ def check_threshold_value(
             return "a new version without t nodes' acknowledgement that they keep their share"
     if previous is None:
         return None  # nothing held: only the value's own checks
-    return _check_transition(fleet_id, entry_id, previous, state, manifest, limit)
+    return _check_transition(fleet_id, entry_id, previous, state, manifest)
 
 
 def _node_without_a_key(manifest: Manifest) -> int | None:
@@ -2111,11 +2111,10 @@ def _check_transition(
     held: ThresholdState,
     state: ThresholdState,
     manifest: Manifest | None,
-    limit: int,
 ) -> str | None:
-    """Why `state` may not follow `held`, or None. A live version further on is taken on
-    its t acknowledgements (checked by the caller); a later value holding no key, on its
-    own checks. `limit`: the guess limit L."""
+    """Why `state` may not follow `held`, or None. A live later version is taken on its t
+    acknowledgements (checked by the caller); a later value holding no key, on its own
+    checks."""
     if state.version < held.version:
         if state.version == held.version - 1 and manifest is None and _bare_commit(held):
             # The commit of the held version with nothing since, and a value of the version
@@ -2217,8 +2216,10 @@ def _check_transition(
         elif state.status == EntryStatus.LIVE:
             return "an entry brought back to life without a new version"
         return None
-    # A new version over a live one: only on the owner's statement retiring the held
-    # version, checked with the held pk_auth (docs/threshold.md, "Catching up").
+    # A later version over a live one. The node acts on nothing in it but its own checks:
+    # its old share is erased only on the owner's statement retiring it, verified with the
+    # held pk_auth (`_retiring_statement`, at acceptance), or by a late delivery
+    # (docs/threshold.md, "Catching up").
     if held.status != EntryStatus.LIVE:
         return None
     if manifest is None:
@@ -2235,26 +2236,20 @@ def _check_transition(
         # delete stayed live at the old version for good (sim seed 9709511: the tombstone
         # of version 1, the registration over it, the owner's delete of version 2).
         return None
-    if state.version != held.version + 1:
-        # A live version further on carries t nodes' acknowledgements that they keep their
-        # share of its M, checked above (`count_commit_acks`): at least one honest node
-        # checked the step into it against its own state. The laggard takes it to number
-        # attempts again, and acts on nothing in it: it holds no share of that version, so
-        # it evaluates nothing, and its old share is erased only by the owner's word or a
-        # late delivery (docs/threshold.md, "Catching up"). Before the acknowledgements, a
-        # node that missed two changes in a row was stuck for good (docs/soak.md, run T).
-        return None
-    if _retiring_statement(fleet_id, entry_id, held, state) is not None:
-        return None
-    if state.reset_attempt - held.reset_attempt >= limit:
-        # A registration over the held version's tombstone (its window used up, by the
-        # new value's own count: a registration starts its window where the tombstone's
-        # count ended), which carries no owner statement. The node takes it, as it would
-        # in two steps (that tombstone, then the registration over it), and acts on
-        # nothing in it. Refused, a node that missed the tombstone stayed at the old
-        # version for good (sim seed 9101198).
-        return None
-    return "a new version without the owner's signed change or delete of the held one"
+    # A live later version carries t nodes' acknowledgements that they keep their share of
+    # its M, checked above (`count_commit_acks`): at least one honest node checked the step
+    # into it against its own state. The laggard takes it to number attempts again, and
+    # acts on nothing in it: it holds no share of that version (unless it staged one, which
+    # it then promotes), so it evaluates nothing. Before the acknowledgements, a node that
+    # missed two changes in a row was stuck for good (docs/soak.md, run T). The next
+    # version is taken the same way, with or without the owner's statement (session 56):
+    # the statement guarded nothing, since any proposer could bring the node to such a
+    # value in two steps that need none (the value with its window moved L attempts on,
+    # taken as a registration over the held version's tombstone, sim seed 9101198; then
+    # the value itself over that bare commit, `_over_a_bare_commit`), and asked for, a node
+    # that missed a password change refused every value of the entry whose statement a
+    # hostile node had cleared, until the owner's next version (review s55).
+    return None
 
 
 def _outlived_tombstone(held: ThresholdState, state: ThresholdState) -> bool:

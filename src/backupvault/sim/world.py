@@ -134,8 +134,8 @@ class SimConfig:
     #: Hostile nodes send honest ones an entry's newest value with the owner's reset
     #: cleared (`strip` steps; off: the plans hostile seeds had before session 56).
     strips: bool = True
-    #: Strip steps also clear the owner's password change (`change_*`), a known limit
-    #: (docs/threshold.md, "Known limit: an owner's change cleared by a later value").
+    #: Strip steps also clear the owner's password change (`change_*`), which every node
+    #: takes (docs/threshold.md, "The next version is taken on its acknowledgements").
     strip_changes: bool = False
     #: A share left at a node's own count of L is erased this long after (simulated
     #: seconds; the nodes' EXHAUSTED_GRACE_SECONDS scaled to a run's length).
