@@ -2216,9 +2216,10 @@ def _check_transition(
         elif state.status == EntryStatus.LIVE:
             return "an entry brought back to life without a new version"
         return None
-    # A later version over a live one. The node acts on nothing in it but its own checks:
-    # its old share is erased only on the owner's statement retiring it, verified with the
-    # held pk_auth (`_retiring_statement`, at acceptance), or by a late delivery
+    # A later version over a live one. What the node does on it (`ShareKeeper.on_accept`):
+    # it erases its old share on the owner's statement retiring it, verified with the held
+    # pk_auth (`_retiring_statement`), and promotes a share of the new M it staged itself,
+    # which replaces the old one (`_promotion`); a late delivery does the same
     # (docs/threshold.md, "Catching up").
     if held.status != EntryStatus.LIVE:
         return None
