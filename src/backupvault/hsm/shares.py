@@ -2240,8 +2240,8 @@ def _check_transition(
     # A live later version carries t nodes' acknowledgements that they keep their share of
     # its M, checked above (`count_commit_acks`): at least one honest node checked the step
     # into it against its own state. The laggard takes it to number attempts again, and
-    # acts on nothing in it: it holds no share of that version (unless it staged one, which
-    # it then promotes), so it evaluates nothing. Before the acknowledgements, a node that
+    # acts on nothing else in it: it holds no share of that version (unless it staged one,
+    # promoted as above), so it evaluates nothing. Before the acknowledgements, a node that
     # missed two changes in a row was stuck for good (docs/soak.md, run T). The next
     # version is taken the same way, with or without the owner's statement (session 56):
     # the statement guarded nothing, since any proposer could bring the node to such a
