@@ -2216,40 +2216,39 @@ def _check_transition(
         elif state.status == EntryStatus.LIVE:
             return "an entry brought back to life without a new version"
         return None
-    # A later version over a live one. What the node does on it (`ShareKeeper.on_accept`):
-    # it erases its old share on the owner's statement retiring it, verified with the held
-    # pk_auth (`_retiring_statement`), and promotes a share of the new M it staged itself,
-    # which replaces the old one (`_promotion`); a late delivery does the same
-    # (docs/threshold.md, "Catching up").
-    if held.status != EntryStatus.LIVE:
-        return None
-    if manifest is None:
-        # A later value that holds no key: a tombstone, or the owner's delete of a version
-        # this node never held (signed with that version's pk_auth, which it never saw).
-        # Taken without a statement: any proposer can already bring this node there in two
-        # steps that need none (a tombstone of that version, its attempt count pushed to
-        # L; then, at that version, the empty value over the tombstone, which holds no key
-        # to check a delete with), and the node acts on nothing in it: no live value, so
-        # no evaluation; no share erased or promoted (`_retiring_statement` takes no empty
-        # value as retiring the held version, `_promotion` needs a live M); the held
-        # version never comes back (the version never goes down), and a live version
-        # after it needs its own evidence. Refused, a node that missed a version and its
-        # delete stayed live at the old version for good (sim seed 9709511: the tombstone
-        # of version 1, the registration over it, the owner's delete of version 2).
-        return None
+    # A later version, or a value that ends the held version, is taken on its own checks
+    # and, when live, its t acknowledgements (checked by the caller). What the node does on
+    # it (`ShareKeeper.on_accept`): it erases its old share on the owner's statement
+    # retiring it, verified with the held pk_auth (`_retiring_statement`), and promotes a
+    # share of the new M it staged itself, which replaces the old one (`_promotion`); a
+    # late delivery does the same (docs/threshold.md, "Catching up").
+    #
+    # A later value that holds no key (a tombstone, or the owner's delete of a version this
+    # node never held, signed with that version's pk_auth, which it never saw) needs no
+    # statement: any proposer can already bring this node there in two steps that need
+    # none (a tombstone of that version, its attempt count pushed to L; then, at that
+    # version, the empty value over the tombstone, which holds no key to check a delete
+    # with), and the node acts on nothing in it: no live value, so no evaluation; no share
+    # erased or promoted (`_retiring_statement` takes no empty value as retiring the held
+    # version, `_promotion` needs a live M); the held version never comes back (the version
+    # never goes down), and a live version after it needs its own evidence. Refused, a node
+    # that missed a version and its delete stayed live at the old version for good (sim
+    # seed 9709511: the tombstone of version 1, the registration over it, the owner's
+    # delete of version 2).
+    #
     # A live later version carries t nodes' acknowledgements that they keep their share of
-    # its M, checked above (`count_commit_acks`): at least one honest node checked the step
-    # into it against its own state. The laggard takes it to number attempts again, and
-    # acts on nothing else in it: it holds no share of that version (unless it staged one,
-    # promoted as above), so it evaluates nothing. Before the acknowledgements, a node that
-    # missed two changes in a row was stuck for good (docs/soak.md, run T). The next
-    # version is taken the same way, with or without the owner's statement (session 56):
-    # the statement guarded nothing, since any proposer could bring the node to such a
-    # value in two steps that need none (the value with its window moved L attempts on,
-    # taken as a registration over the held version's tombstone, sim seed 9101198; then
-    # the value itself over that bare commit, `_over_a_bare_commit`), and asked for, a node
-    # that missed a password change refused every value of the entry whose statement a
-    # hostile node had cleared, until the owner's next version (review s55).
+    # its M (`count_commit_acks`): at least one honest node checked the step into it
+    # against its own state. The laggard takes it to number attempts again, and acts on
+    # nothing else in it: it holds no share of that version (unless it staged one, promoted
+    # as above), so it evaluates nothing. Before the acknowledgements, a node that missed
+    # two changes in a row was stuck for good (docs/soak.md, run T). The next version is
+    # taken the same way, with or without the owner's statement (session 56): the statement
+    # guarded nothing, since any proposer could bring the node to such a value in two steps
+    # that need none (the value with its window moved L attempts on, taken as a
+    # registration over the held version's tombstone, sim seed 9101198; then the value
+    # itself over that bare commit, `_over_a_bare_commit`), and asked for, a node that
+    # missed a password change refused every value of the entry whose statement a hostile
+    # node had cleared, until the owner's next version (review s55).
     return None
 
 
