@@ -323,10 +323,6 @@ class ProxyPool:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join(5)
 
-    def touching(self, node: str) -> list[LinkProxy]:
-        """Every link into or out of `node`."""
-        return [link for (s, t), link in self.links.items() if node in (s, t)]
-
     def into(self, node: str) -> list[LinkProxy]:
         return [link for (_, t), link in self.links.items() if t == node]
 

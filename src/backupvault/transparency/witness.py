@@ -240,10 +240,6 @@ class Witness:
 # --- configuration ---------------------------------------------------------------------------
 
 
-def generate_witness_key() -> Ed25519PrivateKey:
-    return Ed25519PrivateKey.generate()
-
-
 def _load_private(path: Path) -> Ed25519PrivateKey:
     try:
         key = serialization.load_pem_private_key(path.read_bytes(), password=None)
