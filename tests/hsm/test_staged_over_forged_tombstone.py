@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import pytest
 from test_catching_up import NEW_RK, OLD_RK, _checker, _forge
+from test_stage_then_commit import _ack  # the hostile node signs whatever it likes
 
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf, threshold
@@ -30,7 +31,6 @@ from backupvault.protocol import (
     ShareAck,
     decode_commit_acks,
     encode_commit_acks,
-    share_ack_message,
 )
 from backupvault.sim.clients import SIM_KSF
 from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, threshold_world
@@ -96,21 +96,6 @@ def _staged_ack(world: Simulation, slot: int, made: manifest.Registration) -> Co
     assert isinstance(answer, ShareAck), answer
     assert (answer.kind, answer.index) == (AckKind.STAGED, slot + 1)
     return CommitAck(answer.index, AckKind.STAGED, answer.signature)
-
-
-def _hostile_ack(world: Simulation, made: manifest.Registration) -> CommitAck:
-    """The hostile node's STAGED acknowledgement: it signs whatever it likes."""
-    m = made.manifest
-    signed = share_ack_message(
-        AckKind.STAGED,
-        FLEET_ID,
-        "alice",
-        "chat",
-        m.version,
-        m.commitments.node_public_key(HOSTILE + 1),
-        m.to_bytes(),
-    )
-    return CommitAck(HOSTILE + 1, AckKind.STAGED, world.signing[HOSTILE].sign(signed))
 
 
 def _registered_over(
@@ -180,7 +165,7 @@ def test_a_share_staged_over_a_forged_tombstone_replaces_the_one_the_reset_reviv
     for slot in TRICKED:
         assert _forge(world, slot, key, tombstone)  # step 1
     acks = [_staged_ack(world, slot, made) for slot in TRICKED]  # step 2
-    acks.append(_hostile_ack(world, made))
+    acks.append(_ack(world, HOSTILE, made.manifest))
     for slot in TRICKED:
         row = world.honest[slot].rows[key]
         assert (row.share, row.count) == (owners[slot].share, 0)
@@ -320,7 +305,7 @@ def _staged_at_the_tricked_nodes(
     for slot in TRICKED:
         assert _forge(world, slot, key, _tombstone(world, commit))
     acks = [_staged_ack(world, slot, made) for slot in TRICKED]
-    return made, [*acks, _hostile_ack(world, made)]
+    return made, [*acks, _ack(world, HOSTILE, made.manifest)]
 
 
 def _promoted_over(
