@@ -130,10 +130,12 @@ def test_a_staged_share_opens_nothing_until_its_commit(fleet: InProcessFleet) ->
 # ---- what a node and an acceptor check -------------------------------------------------------
 
 
-def _dealt(version: int, password: bytes = b"new") -> manifest.Registration:
+def _dealt(
+    version: int, password: bytes = b"new", root_key: bytes = ROOT_KEY
+) -> manifest.Registration:
     return manifest.register(
         password,
-        ROOT_KEY,
+        root_key,
         fleet_id=FLEET_ID,
         account="alice",
         entry="chat",

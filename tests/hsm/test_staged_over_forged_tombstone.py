@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import pytest
 from test_catching_up import NEW_RK, OLD_RK, _checker, _forge
-from test_stage_then_commit import _ack  # the hostile node signs whatever it likes
+from test_stage_then_commit import _ack, _dealt  # _ack: the hostile node signs what it likes
 
 from backupvault.codec import Message
 from backupvault.crypto import manifest, oprf, threshold
@@ -32,8 +32,7 @@ from backupvault.protocol import (
     decode_commit_acks,
     encode_commit_acks,
 )
-from backupvault.sim.clients import SIM_KSF
-from backupvault.sim.world import EPOCH, FLEET_ID, Simulation, ThresholdClient, threshold_world
+from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
 
 ATTACKER_PASSWORD = b"the attacker's password"
 ATTACKER_RK = bytes([9]) * 32
@@ -63,22 +62,6 @@ def _tombstone(world: Simulation, parent: ThresholdState) -> ThresholdState:
         manifest=b"",
         acks=b"",
         attempt=parent.reset_attempt + world.shape.guess_limit,
-    )
-
-
-def _dealt(password: bytes, root_key: bytes, version: int = 2) -> manifest.Registration:
-    """A registration of the owner's entry dealt by whoever holds the account's token."""
-    return manifest.register(
-        password,
-        root_key,
-        fleet_id=FLEET_ID,
-        account="alice",
-        entry="chat",
-        epoch=EPOCH,
-        nodes=5,
-        threshold_count=3,
-        ksf=SIM_KSF,
-        version=version,
     )
 
 
@@ -154,7 +137,7 @@ def test_a_share_staged_over_a_forged_tombstone_replaces_the_one_the_reset_reviv
     key = client.key
     owners = _rows(world, key)
     assert all(row.version == 1 and row.share and row.count == 0 for row in owners.values())
-    made = _dealt(ATTACKER_PASSWORD, ATTACKER_RK)
+    made = _dealt(2, ATTACKER_PASSWORD, ATTACKER_RK)
     m2 = made.manifest.to_bytes()
 
     refused = _stage(world, 0, made)  # the entry is live here: no staging
@@ -301,7 +284,7 @@ def _staged_at_the_tricked_nodes(
 ) -> tuple[manifest.Registration, list[CommitAck]]:
     """Steps 1 and 2 of the lead: the forged tombstone at nodes 0 and 1, the attacker's
     registration staged there; its dealing and t acknowledgements (the hostile node's)."""
-    made = _dealt(ATTACKER_PASSWORD, ATTACKER_RK)
+    made = _dealt(2, ATTACKER_PASSWORD, ATTACKER_RK)
     for slot in TRICKED:
         assert _forge(world, slot, key, _tombstone(world, commit))
     acks = [_staged_ack(world, slot, made) for slot in TRICKED]
@@ -371,7 +354,7 @@ def test_an_honest_registration_staged_over_an_outlived_tombstone_is_promoted() 
     world, client, commit, reset = _owner_with_a_success()
     key = client.key
     stagers = (0, 1, 2)
-    second = _dealt(b"second device", SECOND_DEVICE_RK)
+    second = _dealt(2, b"second device", SECOND_DEVICE_RK)
     for slot in stagers:
         assert _forge(world, slot, key, _tombstone(world, commit))
     acks = [_staged_ack(world, slot, second) for slot in stagers]
