@@ -30,9 +30,10 @@ from backupvault.client.errors import (
 from backupvault.client.pending import PendingFileDamaged, PendingStore
 from backupvault.client.threshold import EVALUATE_RESENDS, ThresholdVault, version_spent
 from backupvault.crypto import oprf
+from backupvault.crypto.manifest import Manifest
 from backupvault.crypto.seal import open_share
 from backupvault.errors import InvalidInput
-from backupvault.protocol import EntryStatus, ErrorCode, EvaluateRequest, Op
+from backupvault.protocol import EntryStatus, ErrorCode, EvaluateRequest, ManifestResponse, Op
 
 from .fake_fleet import FAST_KSF, FLEET_ID, LIMIT, FakeFleet, _error
 
@@ -693,13 +694,13 @@ def _silent_on_reads(
     read = vault._manifests
     reads: list[int] = []
 
-    def manifests() -> Any:
+    def manifests(confirm: bool = False) -> Any:
         reads.append(1)
         modes = {i: fleet.nodes[i].mode for i in silent.get(len(reads), set())}
         for i in modes:
             fleet.nodes[i].mode = "down"
         try:
-            return read()
+            return read(confirm)
         finally:
             for i, mode in modes.items():
                 fleet.nodes[i].mode = mode
@@ -745,6 +746,65 @@ def test_holders_seen_in_any_read_count_while_silent_nodes_are_asked_again(
     fleet.nodes[0].mode = "down"
     _silent_on_reads(vault, fleet, {1: {3}, 2: {2}, 3: {2}})  # holders {2, 4}, {3, 4}, {3, 4}
     assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_node_still_answering_the_old_manifest_is_asked_again(fleet: FakeFleet) -> None:
+    """Every node answers, t agree on the new M, but fewer than t hold a share of it: a
+    node still answering the old M may be about to take the new one and promote its
+    staged share (a commit still on its way to it), so the manifests are read again, each
+    node asked to confirm with a round. Before (sim seed 11100072, a recovery racing
+    another device's password change), the client read once and said "unavailable"."""
+    vault = fleet.vault()
+    vault.register("old", RK, ksf=FAST_KSF)
+    old = fleet.nodes[0].manifest
+    vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    _without_its_share(fleet, 0)
+    _without_its_share(fleet, 1)
+    fleet.nodes[2].mode, fleet.nodes[2].stale_manifest = "stale_once", old
+    confirms = _confirms_asked(vault)
+    assert vault.recover("new", ksf_floor=FAST_KSF).root_key == RK
+    assert confirms[:2] == [False, True]
+
+
+def _confirms_asked(
+    vault: ThresholdVault, first: Callable[[Any], None] = lambda found: None
+) -> list[bool]:
+    """Records whether each of `vault`'s manifest reads asked for `confirm`; `first` may
+    change what the first read found."""
+    read = vault._manifests
+    confirms: list[bool] = []
+
+    def manifests(confirm: bool = False) -> Any:
+        confirms.append(confirm)
+        found = read(confirm)
+        if len(confirms) == 1:
+            first(found)
+        return found
+
+    vault._manifests = manifests  # type: ignore[method-assign]
+    return confirms
+
+
+def test_a_node_that_already_took_the_end_of_the_version_is_asked_again(
+    fleet: FakeFleet,
+) -> None:
+    """Every node answers, t agree on M, fewer than t hold a share of it, and one answered
+    that the version ended (another device's delete committing: the others will take it
+    too): the manifests are read again, and what they say then stands. Before (sim seed
+    11100324), the client read once and said "unavailable" for a key being deleted."""
+    vault = fleet.vault()
+    vault.register("pw", RK, ksf=FAST_KSF)
+    _without_its_share(fleet, 1)
+    _without_its_share(fleet, 2)
+
+    def took_the_delete(found: Any) -> None:  # node 0 has taken the delete of this version
+        version = Manifest.from_bytes(fleet.nodes[0].manifest).version
+        ended = ManifestResponse(EntryStatus.EMPTY, version, b"", LIMIT, LIMIT, False)
+        found.answers[0] = dataclasses.replace(found.answers[0], response=ended)
+
+    confirms = _confirms_asked(vault, took_the_delete)
+    assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
+    assert confirms[:2] == [False, True]
 
 
 def test_a_password_changed_elsewhere_between_the_reads_is_not_said_to_be_set_here(

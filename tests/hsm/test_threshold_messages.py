@@ -79,6 +79,7 @@ def _examples(registration) -> list[Message]:  # type: ignore[no-untyped-def]
         ShareAck(AckKind.HELD, 1, 1, b"a" * 64),
         ShareAck(AckKind.ERASED, 2, 5, b"a" * 64),
         ManifestRequest("alice", "chat"),
+        ManifestRequest("alice", "chat", confirm=True),
         ManifestResponse(EntryStatus.LIVE, 1, manifest, 10, 9, True),
         ManifestResponse(EntryStatus.EMPTY, 3, b"", 10, 10, False),
         EvaluateRequest("alice", "chat", 1, blinded, 1_700_000_000_000),
@@ -279,7 +280,8 @@ def test_every_message_is_the_bytes_the_protocol_page_names(registration) -> Non
             ShareAck(AckKind.STAGED, 5, 2, b"a" * 64),
             b"\x12" + _u64(3) + _u64(5) + _u64(2) + _blob(b"a" * 64),
         ),
-        (ManifestRequest("alice", "chat"), b"\x13" + names),
+        (ManifestRequest("alice", "chat"), b"\x13" + names + b"\x00"),
+        (ManifestRequest("alice", "chat", confirm=True), b"\x13" + names + b"\x01"),
         (
             ManifestResponse(EntryStatus.LIVE, 4, manifest, 10, 9, True),
             b"\x14" + _u64(1) + _u64(4) + _blob(manifest) + _u64(10) + _u64(9) + b"\x01",
@@ -365,12 +367,13 @@ def test_a_manifest_on_an_answer_that_is_not_live_is_refused(registration, statu
 def test_a_name_outside_the_documented_alphabet_is_refused_at_decode(name: str) -> None:
     """protocol.md, "Encoding": account and entry are 1-64 characters of `A-Z a-z 0-9 . _ -`."""
     assert (
-        ManifestRequest.from_bytes(b"\x13" + _text("a" * 64) + _text("A.b_c-9")).entry == "A.b_c-9"
+        ManifestRequest.from_bytes(b"\x13" + _text("a" * 64) + _text("A.b_c-9") + b"\x00").entry
+        == "A.b_c-9"
     )
     with pytest.raises(InvalidInput, match="1-64 characters"):
-        ManifestRequest.from_bytes(b"\x13" + _text("alice") + _text(name))
+        ManifestRequest.from_bytes(b"\x13" + _text("alice") + _text(name) + b"\x00")
     with pytest.raises(InvalidInput, match="1-64 characters"):
-        ManifestRequest.from_bytes(b"\x13" + _text(name) + _text("chat"))
+        ManifestRequest.from_bytes(b"\x13" + _text(name) + _text("chat") + b"\x00")
 
 
 def test_a_client_time_past_2_63_is_refused(registration) -> None:  # type: ignore[no-untyped-def]

@@ -142,6 +142,17 @@ def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
         time.sleep(min(cap, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)))
 
 
+def _elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
+    """A node whose answer may soon join the others: a live manifest other than the
+    agreed one (a commit of the agreed M still on its way to it: it will take M and
+    promote the share it staged), or the end of the agreed version or a later one (a
+    delete or tombstone committing, which the others will take). A node that lost its
+    share, or missed the registration, answers neither."""
+    if answer.manifest:
+        return answer.manifest != agreed.to_bytes()
+    return answer.version >= agreed.version
+
+
 def _transient(outcome: NodeOutcome[Any]) -> bool:
     """No answer, or the node could not reach a majority in time: worth asking again."""
     if outcome.refused:
@@ -475,12 +486,18 @@ class ThresholdVault:
             else EntryChanged(manifest.version)
         )
 
-    def _manifests(self) -> _Manifests:
-        request = ManifestRequest(self.account, self.entry)
+    def _manifests(self, confirm: bool = False) -> _Manifests:
+        """The nodes' manifest answers and the manifest t of them agree on, if any, read
+        again while they settle nothing. `confirm`: the first read asks each node to
+        confirm its value with a round too."""
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
         for attempt in range(MANIFEST_TRIES):
             _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
+            # Asked again: the answers did not agree (or too few came), so each node that
+            # holds the entry first confirms its value with a round (a node back from a
+            # restart may hold one it missed a change to).
+            request = ManifestRequest(self.account, self.entry, confirm=confirm or attempt > 0)
             answers = self.vault.call_each(
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
@@ -1114,15 +1131,19 @@ class ThresholdVault:
 
     def _live(self, reads: range = range(FETCH_TRIES), before: _Live | None = None) -> _Live:
         """The agreed manifest and which nodes hold a share of it. Asked again (as
-        `_manifests` does) while fewer than t holders answered and some node gave no
-        answer: a manifest read is cheap, and the relay stops waiting for the slowest
-        nodes once a majority answered. `reads`, `before`: the reads left after `before`."""
+        `_manifests` does), each node confirming its value with a round, while fewer than
+        t holders answered and some other node gave no answer or one that may soon join
+        the others (`_elsewhere`): a manifest read is cheap, the relay stops waiting for
+        the slowest nodes once a majority answered, a node behind may be about to take M
+        and promote its staged share (sim seed 11100072, a recovery racing another
+        device's password change), and the others may be about to take a delete one node
+        holds already (11100324). `reads`, `before`: the reads left after `before`."""
         holders = set(before.holders) if before is not None else set()
         agreed_before = before.manifest.to_bytes() if before is not None else b""
         for attempt in reads:
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            found = self._manifests()
+            found = self._manifests(confirm=attempt > 0)
             if found.agreed is None:
                 raise self._no_manifest(found)
             agreed = found.agreed
@@ -1137,7 +1158,9 @@ class ThresholdVault:
                 and a.response.holds_share
             }
             waiting = len(holders) < self.t and any(
-                _transient(a) for a in found.answers if a.index not in holders
+                _transient(a) or (a.response is not None and _elsewhere(a.response, agreed))
+                for a in found.answers
+                if a.index not in holders
             )
             if not waiting:
                 break

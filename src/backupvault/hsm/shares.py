@@ -1365,11 +1365,29 @@ class ShareKeeper:
 
     def _manifest(self, request: ManifestRequest) -> ThresholdRead:
         """A read: answered from the value this node holds, with no write round (the
-        client uses a manifest only when t > N/2 nodes return it byte for byte)."""
+        client uses a manifest only when t > N/2 nodes return it byte for byte). With
+        `confirm`, asked when earlier answers did not agree, a node that holds something
+        of the entry first runs a round that leaves the value as it is, and answers from
+        the value that round commits: a node back from an intact restart answers from
+        the values it holds, and one it missed while down (a delete, say) reaches it only
+        when settling does, up to `Timing.settle_max` later or never if the nodes that
+        would settle it restarted too; meanwhile, with another node down, its old answer
+        kept t from agreeing (sim seed 7200073). A node that holds nothing of the entry
+        answers at once, as for every request on a name it holds nothing of (review r1)."""
         key = EntryId.of(request.account, request.entry).to_bytes()
         limit = self.shape.guess_limit
 
-        def read(state: ThresholdState) -> Answer:
+        def confirmed(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            return state, partial(read, state, after_round=True)
+
+        def read(state: ThresholdState, *, after_round: bool = False) -> Answer:
+            holds_something = state != ThresholdState() or self.row(key) is not None
+            if request.confirm and not after_round and holds_something:
+                asking = error(
+                    ErrorCode.FLEET_UNAVAILABLE,
+                    "this node is bringing the entry up to date from its peers; ask again",
+                )
+                return Answer(asking, repair=ThresholdUpdate(key, confirmed))
             if state.status == EntryStatus.LIVE and state.attempts_used >= limit:
                 self._asked_again.add(key)  # its tombstone may be chosen elsewhere
             # A share staged for the M this node holds is its share now (a node that took

@@ -150,16 +150,17 @@ def _changed(ctx: FlowContext, codes: list[str]) -> bool:
 
 
 def fetch_manifest(
-    ctx: FlowContext, again: bool = False, reread: bool = False
+    ctx: FlowContext, again: bool = False, reread: bool = False, confirm: bool = False
 ) -> Generator[Call, Answers, tuple[Answers, Outcome]]:
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
     the reason there is none (no entry, destroyed, or not enough agreeing nodes). `again`:
     the first read starts a new attempt after an overtaken one; `reread`: it asks again
-    (both after a pause)."""
-    request = ManifestRequest(ctx.account, ctx.entry)
+    (both after a pause); `confirm`: the first read asks each node for a round too."""
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
     for attempt in range(TRIES):
+        # Asked again: the answers did not agree, so each node confirms with a round.
+        request = ManifestRequest(ctx.account, ctx.entry, confirm=confirm or attempt > 0)
         answers = yield Call(
             Op.MANIFEST,
             (request,) * ctx.nodes,
@@ -415,14 +416,17 @@ def _live(
     ctx: FlowContext, again: bool = False, reads: range = range(TRIES), before: Live | None = None
 ) -> Generator[Call, Answers, Live]:
     """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
-    of it, read again while fewer than t did and some other node gave no answer (a node
-    may be about to promote its staged share or take M: seed 10342053). `reads`,
-    `before`: the reads left after `before`."""
+    of it, read again, each node confirming with a round, while fewer than t did and some
+    other node gave no answer or another manifest (a node may be about to promote its
+    staged share or take M: seeds 10342053, 11100072). `reads`, `before`: the reads left
+    after `before`."""
     answers, found, holders = before or ({}, Outcome("no manifest fetched"), set())
     holders = set(holders)
     agreed_before = found.agreed.to_bytes() if found.agreed is not None else b""
     for attempt in reads:
-        answers, found = yield from fetch_manifest(ctx, again and not attempt, attempt > 0)
+        answers, found = yield from fetch_manifest(
+            ctx, again and not attempt, attempt > 0, confirm=attempt > 0
+        )
         if found.agreed is None:
             return answers, found, set()
         encoded = found.agreed.to_bytes()
@@ -433,16 +437,31 @@ def _live(
             for slot, a in answers.items()
             if isinstance(a, ManifestResponse) and a.manifest == encoded and a.holds_share
         }
-        if not _waiting(ctx, answers, holders):
+        if not _waiting(ctx, answers, holders, found.agreed):
             break
     return answers, found, holders
 
 
-def _waiting(ctx: FlowContext, answers: Answers, holders: set[int]) -> bool:
-    """Fewer than t holders, and some other node gave no answer: worth reading again."""
+def _waiting(
+    ctx: FlowContext, answers: Answers, holders: set[int], agreed: manifest.Manifest
+) -> bool:
+    """Fewer than t holders, and some other node gave no answer or one that may soon join
+    the others (as the SDK's `_elsewhere`): worth reading again."""
     return len(holders) < ctx.threshold and any(
-        _transient(answers.get(s)) for s in range(ctx.nodes) if s not in holders
+        _transient(answers.get(s)) or _elsewhere(answers.get(s), agreed)
+        for s in range(ctx.nodes)
+        if s not in holders
     )
+
+
+def _elsewhere(answer: Message | None, agreed: manifest.Manifest) -> bool:
+    """As the SDK's: a live manifest other than the agreed one, or the end of the agreed
+    version or a later one."""
+    if not isinstance(answer, ManifestResponse):
+        return False
+    if answer.manifest:
+        return answer.manifest != agreed.to_bytes()
+    return answer.version >= agreed.version
 
 
 def _fetch_after_owed_deliveries(
@@ -471,7 +490,7 @@ def _fetch_after_owed_deliveries(
             yield from finish(ctx, found.agreed, due, tries=1)
             if _owed_register_shares(ctx, encoded) != owed:
                 return (yield from _live(ctx))  # taken: read again
-        if not _waiting(ctx, answers, holders) or attempt == TRIES:
+        if not _waiting(ctx, answers, holders, found.agreed) or attempt == TRIES:
             return live
         live = yield from _live(ctx, reads=range(attempt, attempt + 1), before=live)
     raise AssertionError("unreachable")
