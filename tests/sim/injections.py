@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import math
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -102,10 +103,33 @@ def leader_skips_base_check(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(Replica, "_lead_next", lead_next)
 
 
+def wait_outlasts_the_leader(monkeypatch: pytest.MonkeyPatch) -> None:
+    """(f) A follower's copy that waits for the leader's round never goes on by itself:
+    only the leader's round or the copy's deadline ends the wait (session 53's planted
+    wait). With the leader down, a recovery's attempt then fails at the copy's deadline
+    where it should have been forwarded, and the client's resends carry it past the
+    deadline of an operation the fleet could serve."""
+    original = Replica.tick
+
+    def tick(self: Replica, now: float) -> list[Effect]:
+        waiting = {op_id: p.retry_at for op_id, p in self._by_op.items() if p.phase == "wait"}
+        for op_id in waiting:
+            self._by_op[op_id].retry_at = math.inf
+        effects = original(self, now)
+        for op_id, retry_at in waiting.items():
+            proposal = self._by_op.get(op_id)
+            if proposal is not None and proposal.phase == "wait":
+                proposal.retry_at = retry_at
+        return effects
+
+    monkeypatch.setattr(Replica, "tick", tick)
+
+
 BUGS = {
     "evaluate-before-commit": evaluate_before_commit,
     "replayed-evaluate-charged": replayed_evaluate_charged,
     "skip-catch-up": skip_catch_up,
     "accept-lower-ballot": accept_lower_ballot,
     "leader-skips-base-check": leader_skips_base_check,
+    "wait-outlasts-the-leader": wait_outlasts_the_leader,
 }

@@ -17,7 +17,7 @@ import pytest
 from backupvault.fleet.replica import Replica
 from backupvault.sim import SimConfig, run_seed, world
 from backupvault.sim.shrink import report, shrink
-from backupvault.sim.world import DEFAULT_CONFIG, RunResult, make_plan
+from backupvault.sim.world import DEFAULT_CONFIG, Plan, RunResult, Simulation, Step, make_plan
 
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS
@@ -217,6 +217,20 @@ def test_hostile_runs_clear_the_owners_reset_and_honest_holders_refuse_it() -> N
     assert refused >= 3, refused
 
 
+def test_operations_during_the_faults_are_held_to_completing() -> None:
+    """On a calm network every operation that t honest nodes could serve throughout,
+    crashes, partitions, rollbacks and wipes around it, is held to completing within its
+    deadline (`available-during-faults`), not only those after the heal: here many were
+    begun before the heal with a node down, behind or cut off, and all completed."""
+    checked = through_faults = 0
+    for seed in range(8):
+        result = run_seed(seed, SimConfig(network_faults=False), keep_trace=False)
+        assert result.violation is None, report(run_seed(seed, SimConfig(network_faults=False)))
+        checked += result.stats["served_checked"]
+        through_faults += result.stats["served_through_faults"]
+    assert checked > 80 and through_faults > 10, (checked, through_faults)
+
+
 def test_majority_down_is_unavailable_but_safe() -> None:
     """With faults allowed on a majority (no disk faults), the fleet refuses (clients see
     fleet_unavailable) and still breaks no safety invariant; it recovers after the heal."""
@@ -227,6 +241,42 @@ def test_majority_down_is_unavailable_but_safe() -> None:
         assert result.violation is None, report(run_seed(seed, config))
         unavailable += result.stats["unavailable"]
     assert unavailable > 0
+
+
+def _recovery_beside_crashes(down: tuple[int, ...]) -> Plan:
+    """Three nodes, calm: a registration, then `down` crash for 19 s, and a recovery
+    begun a second into it."""
+    steps = [Step(0.1, "op", client=0, arg="register")]
+    steps += [Step(3.0, "crash", node=n) for n in down]
+    steps.append(Step(4.0, "op", client=0, arg="recover_right"))
+    steps += [Step(22.0, "restart", node=n, arg="keep") for n in down]
+    return Plan(1, 3, 1, 1, 3, drop=0.0, dup=0.0, long_delay=0.0, steps=tuple(steps))
+
+
+CALM_MAJORITY_DOWN = SimConfig(nodes=3, max_faulty=3, disk_faults=False, network_faults=False)
+
+
+def test_a_recovery_beside_a_crashed_minority_is_held_to_completing() -> None:
+    result = Simulation(_recovery_beside_crashes((1,)), CALM_MAJORITY_DOWN).run()
+    assert result.violation is None, report(result)
+    assert "client c0 recover_right → recovered" in "\n".join(result.trace)
+    assert result.stats["served_through_faults"] == 1
+
+
+def test_a_recovery_fewer_than_t_nodes_could_serve_may_fail(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`available-during-faults` asks the fleet to serve only while t honest nodes can:
+    with two of three down the recovery gives up and the run passes; the same run, had
+    the check counted those nodes as serving, fails it."""
+    plan = _recovery_beside_crashes((1, 2))
+    result = Simulation(plan, CALM_MAJORITY_DOWN).run()
+    assert result.violation is None, report(result)
+    assert "client c0 recover_right → unavailable" in "\n".join(result.trace)
+    monkeypatch.setattr(Simulation, "_serving", lambda self, c: self.plan.nodes)
+    result = Simulation(plan, CALM_MAJORITY_DOWN).run()
+    assert result.violation is not None
+    assert result.violation.invariant == "available-during-faults"
 
 
 def test_majority_rolled_back_is_caught() -> None:
@@ -246,29 +296,36 @@ def test_majority_rolled_back_is_caught() -> None:
     _warn_if_moved("majority rolled back", 123, caught)
 
 
+#: Copies that wait early and long, on a calm network: the world in which a wait that
+#: outlasts a crashed leader shows (`available-during-faults`).
+WAITS_CALM = SimConfig(eager_wait=True, network_faults=False)
+
+
 @pytest.mark.parametrize(
-    ("bug", "within", "caught_by"),
+    ("bug", "within", "caught_by", "config"),
     [
-        ("evaluate-before-commit", 20, 0),
-        ("replayed-evaluate-charged", 20, 3),
-        ("skip-catch-up", 200, 17),
-        ("accept-lower-ballot", 20, 0),
-        ("leader-skips-base-check", 40, 3),
+        ("evaluate-before-commit", 20, 0, DEFAULT_CONFIG),
+        ("replayed-evaluate-charged", 20, 9, DEFAULT_CONFIG),
+        ("skip-catch-up", 200, 17, DEFAULT_CONFIG),
+        ("accept-lower-ballot", 20, 0, DEFAULT_CONFIG),
+        ("leader-skips-base-check", 40, 1, DEFAULT_CONFIG),
+        ("wait-outlasts-the-leader", 40, 9, WAITS_CALM),
     ],
 )
 def test_planted_bug_is_caught(
     bug: str,
     within: int,
     caught_by: int,
+    config: SimConfig,
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     plant: Callable[[pytest.MonkeyPatch], None] = BUGS[bug]
     plant(monkeypatch)
     for seed in _caught_first(caught_by, within):
-        result = run_seed(seed, keep_trace=False)
+        result = run_seed(seed, config, keep_trace=False)
         if result.violation is not None:
-            shrunk = shrink(run_seed(seed), max_seconds=20)
+            shrunk = shrink(run_seed(seed, config), config, max_seconds=20)
             text = report(shrunk, f"planted bug {bug}: seed {seed} → {result.violation}")
             with capsys.disabled():
                 print("\n" + text)

@@ -68,6 +68,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="followers' copies wait for the leader's round early and long (up to 1 s)",
     )
+    parser.add_argument(
+        "--calm-network",
+        action="store_true",
+        help="no drops, duplicates or long delays: every operation is held to completing"
+        " while t honest nodes can serve it (crashes, partitions and disk faults go on)",
+    )
     args = parser.parse_args(argv)
     if args.eager_wait and args.leaderless:
         parser.error("--eager-wait: copies wait for a leader, and --leaderless has none")
@@ -83,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         strips=not args.no_strips,
         strip_changes=args.strip_changes,
         eager_wait=args.eager_wait,
+        network_faults=not args.calm_network,
     )
     if args.seed is not None:
         result = run_seed(args.seed, config)
