@@ -785,24 +785,30 @@ def _confirms_asked(
     return confirms
 
 
-def test_a_node_that_already_took_the_end_of_the_version_is_asked_again(
-    fleet: FakeFleet,
+@pytest.mark.parametrize("before", [0, 1], ids=["ended-this-version", "ended-the-one-before"])
+def test_a_node_answering_the_end_of_a_version_is_asked_again(
+    fleet: FakeFleet, before: int
 ) -> None:
-    """Every node answers, t agree on M, fewer than t hold a share of it, and one answered
-    that the version ended (another device's delete committing: the others will take it
-    too): the manifests are read again, and what they say then stands. Before (sim seed
-    11100324), the client read once and said "unavailable" for a key being deleted."""
+    """Every node answers, t agree on M (version 2), fewer than t hold a share of it, and
+    one answered that a version ended: this one (another device's delete committing, which
+    the others will take too; sim seed 11100324), or the one before (the node has not
+    taken the registration of this one yet: 11300256). The manifests are read again, with
+    `confirm`, and what they say then stands; before, the client read once and said
+    "unavailable". A node answering "empty" at version 0 holds nothing of the entry, and
+    no round changes that: it is not waited for (`test_shares_lost_under_a_live_key_...`)."""
     vault = fleet.vault()
-    vault.register("pw", RK, ksf=FAST_KSF)
+    vault.register("old", RK, ksf=FAST_KSF)
+    vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "pw", ksf=FAST_KSF)
+    version = Manifest.from_bytes(fleet.nodes[0].manifest).version
+    assert version == 2
     _without_its_share(fleet, 1)
     _without_its_share(fleet, 2)
 
-    def took_the_delete(found: Any) -> None:  # node 0 has taken the delete of this version
-        version = Manifest.from_bytes(fleet.nodes[0].manifest).version
-        ended = ManifestResponse(EntryStatus.EMPTY, version, b"", LIMIT, LIMIT, False)
-        found.answers[0] = dataclasses.replace(found.answers[0], response=ended)
+    def ended(found: Any) -> None:  # node 0's first answer: a version ended
+        answer = ManifestResponse(EntryStatus.EMPTY, version - before, b"", LIMIT, LIMIT, False)
+        found.answers[0] = dataclasses.replace(found.answers[0], response=answer)
 
-    confirms = _confirms_asked(vault, took_the_delete)
+    confirms = _confirms_asked(vault, ended)
     assert vault.recover("pw", ksf_floor=FAST_KSF).root_key == RK
     assert confirms[:2] == [False, True]
 

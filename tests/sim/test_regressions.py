@@ -751,16 +751,19 @@ def test_regression_a_node_back_from_a_restart_confirms_what_it_missed() -> None
     assert result.violation is None, report(result)
 
 
-# Found on fresh seeds (500 from 11,100,000, calm network) by `available-during-faults`:
-# a recovery read while another device's password change (11100072) or delete (11100324,
-# three nodes) was committing; every node answered, t agreed on M, fewer than t held a
-# share of it, and the client read no more and said "unavailable". Fixed in
-# client/threshold.py and sim/clients.py (read again while a node answers another live
-# manifest, or the end of the agreed version); the deterministic tests are
-# tests/client/test_threshold_client.py test_a_node_still_answering_the_old_manifest_is_
-# asked_again and test_a_node_that_already_took_the_end_of_the_version_is_asked_again.
+# Found on fresh seeds (500 from 11,100,000 and from 11,300,000, calm network) by
+# `available-during-faults`: a recovery read while another device's password change
+# (11100072), delete (11100324, three nodes) or registration (11300256, three nodes) was
+# committing; every node answered, t agreed on M, fewer than t held a share of it, and
+# the client read no more and said "unavailable". Fixed in client/threshold.py and
+# sim/clients.py (read again while a node answers another live manifest, or the end of a
+# version but 0); the deterministic tests are tests/client/test_threshold_client.py
+# test_a_node_still_answering_the_old_manifest_is_asked_again and
+# test_a_node_answering_the_end_of_a_version_is_asked_again.
 @pytest.mark.parametrize(
-    ("seed", "nodes"), [(11100072, 0), (11100324, 3)], ids=["password-change", "delete"]
+    ("seed", "nodes"),
+    [(11100072, 0), (11100324, 3), (11300256, 3)],
+    ids=["password-change", "delete", "registration"],
 )
 def test_regression_a_read_during_another_devices_commit_is_made_again(
     seed: int, nodes: int

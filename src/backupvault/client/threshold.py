@@ -143,14 +143,17 @@ def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
 
 
 def _elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
-    """A node whose answer may soon join the others: a live manifest other than the
+    """A node whose answer may soon join the others': a live manifest other than the
     agreed one (a commit of the agreed M still on its way to it: it will take M and
-    promote the share it staged), or the end of the agreed version or a later one (a
-    delete or tombstone committing, which the others will take). A node that lost its
-    share, or missed the registration, answers neither."""
+    promote the share it staged), or the end of a version (a delete or tombstone of the
+    agreed version committing, which the others will take; or an earlier version's end,
+    with a registration of the agreed one on its way). Asked to confirm, such a node
+    commits and answers the newest value. A node that holds nothing of the entry
+    (version 0: wiped, or it missed every registration) answers neither: no round
+    changes its answer."""
     if answer.manifest:
         return answer.manifest != agreed.to_bytes()
-    return answer.version >= agreed.version
+    return answer.version > 0
 
 
 def _transient(outcome: NodeOutcome[Any]) -> bool:
@@ -1135,9 +1138,10 @@ class ThresholdVault:
         t holders answered and some other node gave no answer or one that may soon join
         the others (`_elsewhere`): a manifest read is cheap, the relay stops waiting for
         the slowest nodes once a majority answered, a node behind may be about to take M
-        and promote its staged share (sim seed 11100072, a recovery racing another
-        device's password change), and the others may be about to take a delete one node
-        holds already (11100324). `reads`, `before`: the reads left after `before`."""
+        and promote its staged share (sim seeds 11100072 and 11300256, recoveries racing
+        another device's password change or registration), and the others may be about
+        to take a delete one node holds already (11100324). `reads`, `before`: the reads
+        left after `before`."""
         holders = set(before.holders) if before is not None else set()
         agreed_before = before.manifest.to_bytes() if before is not None else b""
         for attempt in reads:

@@ -455,13 +455,13 @@ def _waiting(
 
 
 def _elsewhere(answer: Message | None, agreed: manifest.Manifest) -> bool:
-    """As the SDK's: a live manifest other than the agreed one, or the end of the agreed
-    version or a later one."""
+    """As the SDK's: a live manifest other than the agreed one, or the end of a version
+    (not version 0: a node that holds nothing of the entry)."""
     if not isinstance(answer, ManifestResponse):
         return False
     if answer.manifest:
         return answer.manifest != agreed.to_bytes()
-    return answer.version >= agreed.version
+    return answer.version > 0
 
 
 def _fetch_after_owed_deliveries(
