@@ -491,16 +491,18 @@ class ThresholdVault:
 
     def _manifests(self, confirm: bool = False) -> _Manifests:
         """The nodes' manifest answers and the manifest t of them agree on, if any, read
-        again while they settle nothing. `confirm`: the first read asks each node to
-        confirm its value with a round too."""
+        again while they settle nothing. One of the reads asks each node that holds the
+        entry to confirm its value with a round first: the first resend (the answers did
+        not agree, or too few came: a node back from a restart may hold a value it missed
+        a change to), or with `confirm` the first read. One, not every resend: with no
+        majority in reach each round waits out its deadline (6 s), where a plain read is
+        answered at once."""
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
+        confirming = 0 if confirm else 1
         for attempt in range(MANIFEST_TRIES):
             _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
-            # Asked again: the answers did not agree (or too few came), so each node that
-            # holds the entry first confirms its value with a round (a node back from a
-            # restart may hold one it missed a change to).
-            request = ManifestRequest(self.account, self.entry, confirm=confirm or attempt > 0)
+            request = ManifestRequest(self.account, self.entry, confirm=attempt == confirming)
             answers = self.vault.call_each(
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
@@ -1134,7 +1136,8 @@ class ThresholdVault:
 
     def _live(self, reads: range = range(FETCH_TRIES), before: _Live | None = None) -> _Live:
         """The agreed manifest and which nodes hold a share of it. Asked again (as
-        `_manifests` does), each node confirming its value with a round, while fewer than
+        `_manifests` does), each read's first fan-out asking the nodes to confirm their
+        values with a round, while fewer than
         t holders answered and some other node gave no answer or one that may soon join
         the others (`_elsewhere`): a manifest read is cheap, the relay stops waiting for
         the slowest nodes once a majority answered, a node behind may be about to take M

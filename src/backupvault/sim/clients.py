@@ -155,12 +155,13 @@ def fetch_manifest(
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
     the reason there is none (no entry, destroyed, or not enough agreeing nodes). `again`:
     the first read starts a new attempt after an overtaken one; `reread`: it asks again
-    (both after a pause); `confirm`: the first read asks each node for a round too."""
+    (both after a pause). As the SDK's `_manifests`, one read asks each node for a round
+    first: the first resend, or with `confirm` the first read."""
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
+    confirming = 0 if confirm else 1
     for attempt in range(TRIES):
-        # Asked again: the answers did not agree, so each node confirms with a round.
-        request = ManifestRequest(ctx.account, ctx.entry, confirm=confirm or attempt > 0)
+        request = ManifestRequest(ctx.account, ctx.entry, confirm=attempt == confirming)
         answers = yield Call(
             Op.MANIFEST,
             (request,) * ctx.nodes,
@@ -416,7 +417,7 @@ def _live(
     ctx: FlowContext, again: bool = False, reads: range = range(TRIES), before: Live | None = None
 ) -> Generator[Call, Answers, Live]:
     """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
-    of it, read again, each node confirming with a round, while fewer than t did and some
+    of it, read again, the nodes asked to confirm with a round, while fewer than t did and some
     other node gave no answer or another manifest (a node may be about to promote its
     staged share or take M: seeds 10342053, 11100072). `reads`, `before`: the reads left
     after `before`."""

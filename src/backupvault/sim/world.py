@@ -1590,12 +1590,17 @@ class Simulation:
         newest value; one that holds nothing, wiped or rolled back past the entry,
         answers "empty") and no share of another M of its version or a later one (a node
         answers the M it checked its share against: a sibling registration's that lost,
-        say); a deleted or never registered entry, any. A hostile node never counts: it
-        answers a client with silence or lies."""
+        say); a deleted or never registered entry, any, but to register it again, those
+        that hold its newest version. A hostile node never counts: it answers a client
+        with silence or lies."""
         faulty = self.faulty()
         key = EntryId(c.ctx.account, c.ctx.entry).to_bytes()
         state = self.ghost_state(key)
         up = {i: n for i, n in self.honest.items() if i not in faulty}
+        if c.op_name == "register" and state.status != EntryStatus.LIVE:
+            # Staging version v + 1 takes a node that holds the end of version v: one that
+            # missed it (or the entry) stages another version (review s58).
+            return sum(self.replicated(i, key).version == state.version for i in up)
         if state.status == EntryStatus.EMPTY:
             return len(up)
         if state.status == EntryStatus.LIVE and c.op_name not in ("register", "status"):
