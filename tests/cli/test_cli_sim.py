@@ -1,5 +1,5 @@
-"""`backupvault sim` passes the simulation's options on, `--leaderless`, `--hostile` and
-`--eager-wait` included."""
+"""`backupvault sim` passes the simulation's options on, `--leaderless`, `--hostile`,
+`--eager-wait` and `--calm-network` included."""
 
 from __future__ import annotations
 
@@ -62,3 +62,26 @@ def test_eager_waits_run_on_the_leader_path_only() -> None:
     refused = sim("--seed", "2", "--eager-wait", "--leaderless")
     assert refused.returncode == 2
     assert "--leaderless has none" in refused.stderr
+
+
+def test_a_calm_network_drops_nothing_and_holds_every_operation_to_completing() -> None:
+    done = sim("--seed", "2", "--calm-network")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "network drop=0.0 dup=0.0 long-delay=0.0" in done.stdout
+    assert stats(done.stdout)["dropped"] == 0
+    assert stats(done.stdout)["served_checked"] > 0
+
+
+def test_every_option_of_the_module_is_offered_by_the_command() -> None:
+    """One way to run the simulation: the command takes every option of
+    `python -m backupvault.sim` (the strip options were missing until session 58)."""
+    module = subprocess.run(
+        [sys.executable, "-m", "backupvault.sim", "--help"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    options = {word.strip("[],") for word in module.split() if word.startswith(("--", "[--"))}
+    command = sim("--help").stdout
+    assert options - {"--help"} <= {word.strip(",") for word in command.split()}

@@ -39,6 +39,22 @@ from backupvault.cli.main import cli
     is_flag=True,
     help="Followers' copies wait for the leader's round early and long (up to 1 s).",
 )
+@click.option(
+    "--no-strips",
+    is_flag=True,
+    help="Hostile nodes clear no owner's reset (hostile seeds' plans before session 56).",
+)
+@click.option(
+    "--strip-changes",
+    is_flag=True,
+    help="Hostile nodes also clear the owner's password change (a known limit).",
+)
+@click.option(
+    "--calm-network",
+    is_flag=True,
+    help="No drops, duplicates or long delays: every operation t honest nodes can serve"
+    " is held to completing, during the faults too.",
+)
 def sim(
     seeds: int,
     start: int,
@@ -52,6 +68,9 @@ def sim(
     stale_catch_up: bool,
     no_walks: bool,
     eager_wait: bool,
+    no_strips: bool,
+    strip_changes: bool,
+    calm_network: bool,
 ) -> None:
     """Run the real node code under a seeded scheduler with faults; check the invariants."""
     from backupvault.sim.__main__ import main
@@ -70,6 +89,11 @@ def sim(
         argv.append("--stale-catch-up")
     if no_walks:
         argv.append("--no-walks")
-    if eager_wait:
-        argv.append("--eager-wait")
+    flags = {
+        "--eager-wait": eager_wait,
+        "--no-strips": no_strips,
+        "--strip-changes": strip_changes,
+        "--calm-network": calm_network,
+    }
+    argv += [flag for flag, given in flags.items() if given]
     sys.exit(main(argv))
