@@ -1137,14 +1137,13 @@ class ThresholdVault:
     def _live(self, reads: range = range(FETCH_TRIES), before: _Live | None = None) -> _Live:
         """The agreed manifest and which nodes hold a share of it. Asked again (as
         `_manifests` does), each read's first fan-out asking the nodes to confirm their
-        values with a round, while fewer than
-        t holders answered and some other node gave no answer or one that may soon join
-        the others (`_elsewhere`): a manifest read is cheap, the relay stops waiting for
-        the slowest nodes once a majority answered, a node behind may be about to take M
-        and promote its staged share (sim seeds 11100072 and 11300256, recoveries racing
-        another device's password change or registration), and the others may be about
-        to take a delete one node holds already (11100324). `reads`, `before`: the reads
-        left after `before`."""
+        values with a round, while fewer than t holders answered and some other node
+        gave no answer or one that may soon join the others (`_elsewhere`): a manifest
+        read is cheap, the relay stops waiting for the slowest nodes once a majority
+        answered, a node behind may be about to take M and promote its staged share (sim
+        seeds 11100072 and 11300256, recoveries racing another device's password change
+        or registration), and the others may be about to take a delete one node holds
+        already (11100324). `reads`, `before`: the reads left after `before`."""
         holders = set(before.holders) if before is not None else set()
         agreed_before = before.manifest.to_bytes() if before is not None else b""
         for attempt in reads:

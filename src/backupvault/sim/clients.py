@@ -417,10 +417,11 @@ def _live(
     ctx: FlowContext, again: bool = False, reads: range = range(TRIES), before: Live | None = None
 ) -> Generator[Call, Answers, Live]:
     """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
-    of it, read again, the nodes asked to confirm with a round, while fewer than t did and some
-    other node gave no answer or another manifest (a node may be about to promote its
-    staged share or take M: seeds 10342053, 11100072). `reads`, `before`: the reads left
-    after `before`."""
+    of it, read again (the first fan-out of each read asking the nodes to confirm with a
+    round) while fewer than t did and some other node gave no answer or one that may
+    soon join the others (`_elsewhere`: a node about to take M and promote its staged
+    share, or a delete one node holds already; seeds 10342053, 11100072, 11100324,
+    11300256). `reads`, `before`: the reads left after `before`."""
     answers, found, holders = before or ({}, Outcome("no manifest fetched"), set())
     holders = set(holders)
     agreed_before = found.agreed.to_bytes() if found.agreed is not None else b""
