@@ -348,8 +348,8 @@ class ManifestRequest(Message):
     entry: str
     #: Answer only after a round that leaves the entry as it is, so that a node that
     #: missed a change (back from a restart before settling reached it) answers the
-    #: newest value a majority holds. Clients set it on the first resend after answers
-    #: that did not agree (docs/threshold.md, "A read that asks for a round").
+    #: newest value a majority holds. Clients set it on the first resend after t or more
+    #: answers that did not agree (docs/threshold.md, "A read that asks for a round").
     confirm: bool = False
 
     def __post_init__(self) -> None:

@@ -308,7 +308,7 @@ WAITS_CALM = SimConfig(eager_wait=True, network_faults=False)
         ("replayed-evaluate-charged", 20, 9, DEFAULT_CONFIG),
         ("skip-catch-up", 200, 17, DEFAULT_CONFIG),
         ("accept-lower-ballot", 20, 0, DEFAULT_CONFIG),
-        ("leader-skips-base-check", 40, 1, DEFAULT_CONFIG),
+        ("leader-skips-base-check", 40, 3, DEFAULT_CONFIG),
         ("wait-outlasts-the-leader", 40, 9, WAITS_CALM),
     ],
 )

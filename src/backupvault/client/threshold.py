@@ -491,22 +491,25 @@ class ThresholdVault:
 
     def _manifests(self, confirm: bool = False) -> _Manifests:
         """The nodes' manifest answers and the manifest t of them agree on, if any, read
-        again while they settle nothing. One of the reads asks each node that holds the
-        entry to confirm its value with a round first: the first resend (the answers did
-        not agree, or too few came: a node back from a restart may hold a value it missed
-        a change to), or with `confirm` the first read. One, not every resend: with no
-        majority in reach each round waits out its deadline (6 s), where a plain read is
-        answered at once."""
+        again while they settle nothing. One of the reads may ask each node that holds
+        the entry to confirm its value with a round first: with `confirm` the first, else
+        the first resend after t or more nodes answered without agreeing (a node back from
+        a restart may hold a value it missed a change to). One, not every resend, and not
+        after fewer than t answers: with no majority in reach a round waits out its
+        deadline (6 s), where a plain read is answered at once, and the promises it leaves
+        make the nodes that ran it refuse the next change's Accept (a restarted node then
+        missed an attempt: tests/integration/test_restart_liveness.py)."""
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
-        confirming = 0 if confirm else 1
+        ask = confirm
         for attempt in range(MANIFEST_TRIES):
             _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
-            request = ManifestRequest(self.account, self.entry, confirm=attempt == confirming)
+            request = ManifestRequest(self.account, self.entry, confirm=ask)
             answers = self.vault.call_each(
                 Op.MANIFEST, [request] * self.nodes, ManifestResponse, resends=1
             )
             answered = sum(1 for a in answers if not _transient(a))
+            ask = attempt == 0 and not confirm and answered >= self.t  # once, the first resend
             live = {
                 a.index: a.response.manifest
                 for a in answers
@@ -1146,10 +1149,13 @@ class ThresholdVault:
         already (11100324). `reads`, `before`: the reads left after `before`."""
         holders = set(before.holders) if before is not None else set()
         agreed_before = before.manifest.to_bytes() if before is not None else b""
+        # Confirmed only after t or more answers (as in `_manifests`).
+        answering = len(before.answered) if before is not None else 0
         for attempt in reads:
             if attempt:
                 time.sleep(RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1))
-            found = self._manifests(confirm=attempt > 0)
+            found = self._manifests(confirm=attempt > 0 and answering >= self.t)
+            answering = sum(1 for a in found.answers if not _transient(a))
             if found.agreed is None:
                 raise self._no_manifest(found)
             agreed = found.agreed

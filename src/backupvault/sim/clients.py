@@ -155,19 +155,21 @@ def fetch_manifest(
     """The manifest answers, and an Outcome holding the agreed manifest (t identical), or
     the reason there is none (no entry, destroyed, or not enough agreeing nodes). `again`:
     the first read starts a new attempt after an overtaken one; `reread`: it asks again
-    (both after a pause). As the SDK's `_manifests`, one read asks each node for a round
-    first: the first resend, or with `confirm` the first read."""
+    (both after a pause). As the SDK's `_manifests`, one read may ask each node for a
+    round first: with `confirm` the first, else the first resend after t or more answers."""
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
-    confirming = 0 if confirm else 1
+    ask = confirm
     for attempt in range(TRIES):
-        request = ManifestRequest(ctx.account, ctx.entry, confirm=attempt == confirming)
+        request = ManifestRequest(ctx.account, ctx.entry, confirm=ask)
         answers = yield Call(
             Op.MANIFEST,
             (request,) * ctx.nodes,
             resend=attempt > 0 or reread,
             again=again and not attempt,
         )
+        answered = sum(not _transient(a) for a in answers.values())
+        ask = attempt == 0 and not confirm and answered >= ctx.threshold  # once, the first resend
         live = {
             slot: a.manifest
             for slot, a in answers.items()
@@ -426,9 +428,8 @@ def _live(
     holders = set(holders)
     agreed_before = found.agreed.to_bytes() if found.agreed is not None else b""
     for attempt in reads:
-        answers, found = yield from fetch_manifest(
-            ctx, again and not attempt, attempt > 0, confirm=attempt > 0
-        )
+        confirm = attempt > 0 and sum(not _transient(a) for a in answers.values()) >= ctx.threshold
+        answers, found = yield from fetch_manifest(ctx, again and not attempt, attempt > 0, confirm)
         if found.agreed is None:
             return answers, found, set()
         encoded = found.agreed.to_bytes()
