@@ -770,3 +770,16 @@ def test_regression_a_read_during_another_devices_commit_is_made_again(
 ) -> None:
     result = run_seed(seed, SimConfig(nodes=nodes, network_faults=False))
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds (500 from 11,610,000, default plans) by `available-during-faults`:
+# a recovery racing another device's password change. Node 1 had taken version 3's share
+# and answered its M, but its own value was still version 2 (it had not accepted the
+# commit), and its evaluate joined that older chosen value (`Replica._joined`): "the
+# entry is at version 2", taken as a refusal; the client said "unavailable" with one
+# partial while two nodes could serve. Fixed in hsm/shares.py (`_behind_own_share`: such
+# a node says "send again"); the deterministic tests are
+# tests/hsm/test_value_behind_own_share.py.
+def test_regression_a_node_behind_its_own_share_is_asked_again() -> None:
+    result = run_seed(11610198)
+    assert result.violation is None, report(result)

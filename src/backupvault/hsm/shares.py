@@ -1437,6 +1437,9 @@ class ShareKeeper:
         limit = self.shape.guess_limit
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            behind = self._behind_own_share(key, state, request.version)
+            if behind is not None:
+                return state, behind
             if state.status == EntryStatus.EMPTY:
                 if 0 < request.version <= state.version:
                     # Deleted (on another device) since the client read the version it
@@ -1656,6 +1659,9 @@ class ShareKeeper:
         account, entry, attempt = request.account, request.entry, request.attempt
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            behind = self._behind_own_share(key, state, request.version)
+            if behind is not None:
+                return state, behind
             if state.status != EntryStatus.LIVE:
                 return state, _answer(ErrorCode.NOT_REGISTERED, "no key is stored here")
             if request.version != state.version:
@@ -1728,6 +1734,9 @@ class ShareKeeper:
         account, entry = request.account, request.entry
 
         def apply(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            behind = self._behind_own_share(key, state, request.version)
+            if behind is not None:
+                return state, behind
             if request.version != state.version:
                 return state, _answer(ErrorCode.STALE_MANIFEST, "the entry changed; recover again")
             # Another node's copy of this same delete committed first: one delete, and
@@ -1809,6 +1818,28 @@ class ShareKeeper:
         # With no row this node erases nothing: the nodes that hold the entry commit the
         # delete with their own copies of the request.
         return ThresholdUpdate(key, apply, partial(self._unheld, key))
+
+    def _behind_own_share(
+        self, key: bytes, state: ThresholdState, version: int
+    ) -> Callable[[], Answer] | None:
+        """A transient refusal if the value a change was applied to is older than the share
+        this node holds for the version the client names: the node took that version's
+        share (and answered its M to the client's read) but has not accepted its commit
+        itself, and the answer joins an older chosen value (`Replica._joined`) or a round
+        that has not yet brought the newest. "The entry changed" would send the client
+        away though t nodes could serve it (sim seed 11610198); sent again, the request
+        meets a round that brings this node the newest value. Not for a destroyed value:
+        that is said as it is."""
+        if version <= state.version or state.status == EntryStatus.DESTROYED:
+            return None
+        row = self.row(key)
+        if row is None or not row.share or row.version != version:
+            return None
+        return _answer(
+            ErrorCode.FLEET_UNAVAILABLE,
+            f"this node holds a share of version {version} but has not caught up with its"
+            f" commit (it holds version {state.version}); send again",
+        )
 
     def _unheld(self, key: bytes) -> Answer | None:
         """`ThresholdUpdate.unheld`: not registered, if this node keeps no row of the entry
