@@ -231,3 +231,43 @@ def test_a_staging_folder_s_removal_lists_each_folder_once(
     remove_abandoned(tmp_path / "out")
     assert not staging.exists()
     assert len(listings) == 301  # the staging folder and each of its 300 folders, once
+
+
+class _Stopped(Exception):
+    """What the test's SIGTERM handler raises (the CLI's raises KeyboardInterrupt)."""
+
+
+@pytest.mark.parametrize("after", ["mkdir", "os.open"])
+def test_a_stop_signal_as_the_folder_is_made_leaves_nothing_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: str
+) -> None:
+    """SIGTERM landing right after `mkdir`, before the cleanup's `try`, left the folder
+    behind (`test_a_restore_ended_by_sigterm_leaves_nothing_behind` failed so once under
+    load). The signal is held while the folder is made and locked, and handled after,
+    where it is cleaned up."""
+    dest = tmp_path / "restored"
+    real_mkdir, real_open = Path.mkdir, os.open
+
+    def mkdir_then_signal(path: Path, *args: object, **kwargs: object) -> None:
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+        if after == "mkdir":
+            signal.raise_signal(signal.SIGTERM)
+
+    def open_then_signal(path: object, *args: object, **kwargs: object) -> int:
+        fd = real_open(path, *args, **kwargs)  # type: ignore[arg-type]
+        if after == "os.open":
+            signal.raise_signal(signal.SIGTERM)
+        return fd
+
+    def stop(signum: int, frame: object) -> None:
+        raise _Stopped
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
+    monkeypatch.setattr("backupvault.backup.safe.os.open", open_then_signal)
+    try:
+        with pytest.raises(_Stopped), Staging(dest):
+            raise AssertionError("the with block is never entered")
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert list(tmp_path.iterdir()) == []

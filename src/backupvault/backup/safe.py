@@ -37,7 +37,9 @@ import os
 import re
 import secrets
 import shlex
+import signal
 import stat
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
@@ -176,6 +178,24 @@ def remove_abandoned(dest: Path) -> list[str]:
     return removed
 
 
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+
+
+def _hold_stop_signals() -> set[int | signal.Signals] | None:
+    """Block SIGINT and SIGTERM in this thread; the mask to restore (None off the main
+    thread, where Python runs no signal handler: nothing to hold)."""
+    if threading.current_thread() is not threading.main_thread():
+        return None
+    return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+
+
+def _let_through(held: set[int | signal.Signals] | None) -> None:
+    """Restore the mask `_hold_stop_signals` saved: a signal that came meanwhile has its
+    handler run now (`pthread_sigmask` checks for them as it returns)."""
+    if held is not None:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+
+
 class Staging:
     """A new private folder next to the destination (same filesystem) that a restore
     writes into; `finish` moves it into place in one rename, so the destination gets all
@@ -197,7 +217,22 @@ class Staging:
 
     def __enter__(self) -> Staging:
         # Made here, not in __init__: an interruption (Ctrl-C, SIGTERM) between the folder
-        # made and the `with` entered left it behind for good.
+        # made and the `with` entered left it behind for good. The stop signals are held
+        # while it is made and locked: one landing between `mkdir` and the cleanup's
+        # `try` below left it behind too (seen once, `make test` under load). A held
+        # signal's handler runs as they are let through again, where it is cleaned up.
+        held = _hold_stop_signals()
+        try:
+            self._make()
+        finally:
+            try:
+                _let_through(held)
+            except BaseException:
+                self.__exit__()
+                raise
+        return self
+
+    def _make(self) -> None:
         while True:
             try:
                 self.path.mkdir(mode=0o777)  # the umask applies: that is the default mode
@@ -218,7 +253,8 @@ class Staging:
             self.default_mode = stat.S_IMODE(made.st_mode)
             os.fchmod(self.fd, 0o700)  # private while the content is unauthenticated
         except BaseException as exc:
-            # Interrupted (Ctrl-C, SIGTERM) or replaced: ours is removed, nothing else.
+            # Replaced, or interrupted off the main thread (no signal held there): ours is
+            # removed, nothing else.
             if self.fd >= 0 and self._in_place():
                 _remove_tree(self.path, self.fd)
             elif self.fd < 0 and not isinstance(exc, OSError):
@@ -233,7 +269,6 @@ class Staging:
                 hint="restore into a folder only you can write to; nothing was written, "
                 f"and what stands at {self.path} was left alone",
             ) from None
-        return self
 
     def __exit__(self, *exc: object) -> None:
         try:
