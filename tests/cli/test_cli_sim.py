@@ -74,7 +74,8 @@ def test_a_calm_network_drops_nothing_and_holds_every_operation_to_completing() 
 
 def test_every_option_of_the_module_is_offered_by_the_command() -> None:
     """One way to run the simulation: the command takes every option of
-    `python -m backupvault.sim` (the strip options were missing until session 58)."""
+    `python -m backupvault.sim` (the strip options were missing until session 58; both
+    are made from `backupvault.sim.options` now)."""
     module = subprocess.run(
         [sys.executable, "-m", "backupvault.sim", "--help"],
         capture_output=True,
@@ -85,3 +86,18 @@ def test_every_option_of_the_module_is_offered_by_the_command() -> None:
     options = {word.strip("[],") for word in module.split() if word.startswith(("--", "[--"))}
     command = sim("--help").stdout
     assert options - {"--help"} <= {word.strip(",") for word in command.split()}
+
+
+def test_the_command_loads_the_simulator_only_when_it_runs() -> None:
+    """The CLI registers `sim` as it starts: its options come from a light module, and
+    the simulator (the whole fleet stack) is not imported for every other command."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, backupvault.cli.sim; print(sorted(sys.modules))"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    )
+    loaded = ast.literal_eval(done.stdout)
+    assert "backupvault.sim.options" in loaded
+    assert "backupvault.sim.world" not in loaded

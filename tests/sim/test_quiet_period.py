@@ -7,10 +7,10 @@ from __future__ import annotations
 import pytest
 
 from backupvault.protocol import ManifestRequest, Op
-from backupvault.sim import SimConfig, clients
+from backupvault.sim import clients
 from backupvault.sim.clients import Call, Flow, FlowContext
 from backupvault.sim.shrink import report
-from backupvault.sim.world import OP_DEADLINE, Plan, Simulation, Step, _Node
+from backupvault.sim.world import OP_DEADLINE, Plan, SimConfig, Simulation, Step, _Node
 
 HOSTILE = SimConfig(nodes=5, hostile=1)
 

@@ -14,9 +14,16 @@ import pytest
 from backupvault.crypto import owner
 from backupvault.errors import AuthenticationFailed
 from backupvault.protocol import EntryStatus, ErrorResponse, Op, ResetRequest
-from backupvault.sim import SimConfig, clients, run_seed
+from backupvault.sim import clients
 from backupvault.sim.shrink import report
-from backupvault.sim.world import FLEET_ID, Simulation, ThresholdClient, threshold_world
+from backupvault.sim.world import (
+    FLEET_ID,
+    SimConfig,
+    Simulation,
+    ThresholdClient,
+    run_seed,
+    threshold_world,
+)
 
 CONFIGS = pytest.mark.parametrize(
     "config", [SimConfig(leader=False), SimConfig()], ids=["leaderless", "leader"]

@@ -15,9 +15,18 @@ from typing import Any
 import pytest
 
 from backupvault.fleet.replica import Replica
-from backupvault.sim import SimConfig, run_seed, world
+from backupvault.sim import world
 from backupvault.sim.shrink import report, shrink
-from backupvault.sim.world import DEFAULT_CONFIG, Plan, RunResult, Simulation, Step, make_plan
+from backupvault.sim.world import (
+    DEFAULT_CONFIG,
+    Plan,
+    RunResult,
+    SimConfig,
+    Simulation,
+    Step,
+    make_plan,
+    run_seed,
+)
 
 sys.path.insert(0, str(Path(__file__).parent))
 from injections import BUGS

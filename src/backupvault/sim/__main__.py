@@ -7,11 +7,11 @@ python -m backupvault.sim --seed 1481 --shrink   # and shrink it to a short trac
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
 
+from backupvault.sim import options
 from backupvault.sim.shrink import report, shrink
 from backupvault.sim.world import SimConfig, run_seed
 
@@ -27,53 +27,7 @@ def _run_range(args: tuple[int, int, SimConfig]) -> list[tuple[int, str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m backupvault.sim", description=__doc__)
-    parser.add_argument("--seeds", type=int, default=1000, help="how many seeds to run")
-    parser.add_argument("--start", type=int, default=0, help="first seed")
-    parser.add_argument("--seed", type=int, help="run this one seed and print its trace")
-    parser.add_argument("--shrink", action="store_true", help="shrink a failing seed")
-    parser.add_argument("--workers", type=int, default=1, help="processes to run seeds in")
-    parser.add_argument("--nodes", type=int, default=0, help="fleet size (default: 3 or 5)")
-    parser.add_argument(
-        "--max-faulty", type=int, default=-1, help="nodes faulty at once (default: a minority)"
-    )
-    parser.add_argument(
-        "--leaderless", action="store_true", help="no leader path: every change is CASPaxos"
-    )
-    parser.add_argument(
-        "--hostile", type=int, default=0, help="the last HOSTILE nodes are the attacker's"
-    )
-    parser.add_argument(
-        "--stale-catch-up",
-        action="store_true",
-        help="hostile nodes hand a node catching up stale values at high ballots",
-    )
-    parser.add_argument(
-        "--no-walks",
-        action="store_true",
-        help="hostile nodes walk no rounds up (the plans of hostile seeds before session 49)",
-    )
-    parser.add_argument(
-        "--no-strips",
-        action="store_true",
-        help="hostile nodes clear no owner's reset (the plans of hostile seeds before session 56)",
-    )
-    parser.add_argument(
-        "--strip-changes",
-        action="store_true",
-        help="hostile nodes also clear the owner's password change (a known limit)",
-    )
-    parser.add_argument(
-        "--eager-wait",
-        action="store_true",
-        help="followers' copies wait for the leader's round early and long (up to 1 s)",
-    )
-    parser.add_argument(
-        "--calm-network",
-        action="store_true",
-        help="no drops, duplicates or long delays: every operation is held to completing"
-        " while t honest nodes can serve it (crashes, partitions and disk faults go on)",
-    )
+    parser = options.parser("python -m backupvault.sim", __doc__)
     args = parser.parse_args(argv)
     if args.eager_wait and args.leaderless:
         parser.error("--eager-wait: copies wait for a leader, and --leaderless has none")
