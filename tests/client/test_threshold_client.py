@@ -530,7 +530,11 @@ def test_a_lying_node_cannot_push_the_next_version_out_of_reach(fleet: FakeFleet
     vault.register("pw", RK, ksf=FAST_KSF)
     vault.delete(vault.recover("pw", ksf_floor=FAST_KSF))
     fleet.nodes[0].version = 999
+    before = fleet.nodes[1].seen.count("manifest")
     assert vault.status().version == 1
+    # "Empty" of two versions is read twice more (a node that missed the delete may be
+    # brought it, docs/threshold.md), never more: the lie costs two fan-outs.
+    assert fleet.nodes[1].seen.count("manifest") == before + 1 + threshold_module.EMPTY_REREADS
 
 
 def test_manifests_that_do_not_reach_t_are_fetched_again(fleet: FakeFleet) -> None:

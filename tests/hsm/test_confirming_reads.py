@@ -14,7 +14,7 @@ from inprocess_fleet import FAST_KSF, InProcessFleet
 
 from backupvault.client import threshold as sdk
 from backupvault.client.errors import FleetUnavailable
-from backupvault.hsm.state import EntryId
+from backupvault.hsm.state import EntryId, ThresholdState
 from backupvault.protocol import EntryStatus, ManifestRequest, ManifestResponse, Op
 from backupvault.sim import clients
 from backupvault.sim.clients import Answers, Call, Flow, Outcome
@@ -187,3 +187,83 @@ def test_a_node_that_missed_a_registration_after_a_delete_is_read_again() -> Non
     device = ThresholdClient(world)  # a new device: it owes no delivery
     assert device.recover(b"pw2") is not None
     assert world.replicated(2, key).version == 2
+
+
+def _delete_one_node_never_saw() -> InProcessFleet:
+    """Three nodes; node 2 is down through the registration and the delete (it never saw
+    the entry), comes back, and node 0 goes down: node 1 says "empty, version 1" and node
+    2 "empty, version 0". A registration over the t-th highest version (0) took version 1,
+    which node 1 refuses ("a new registration here takes version 2"): one share staged of
+    the t = 2 needed, and the same at every try while node 0 was down (review s58)."""
+    fleet = InProcessFleet(3)
+    device = fleet.client()
+    fleet.crash(2)
+    device.register("pw", ROOT_KEY, ksf=FAST_KSF)
+    device.delete(device.recover("pw", ksf_floor=FAST_KSF))
+    fleet.restart(2, intact=True)
+    fleet.crash(0)
+    fleet.now += 5  # the delete is not news: node 1 runs a round, not a join
+    assert (fleet.state(1, KEY).status, fleet.state(1, KEY).version) == (EntryStatus.EMPTY, 1)
+    assert fleet.state(2, KEY) == ThresholdState()
+    return fleet
+
+
+def _register_again(fleet: InProcessFleet) -> int:
+    """As `VaultSession.register`: the version after the one the status read found."""
+    device = fleet.client()
+    found = device.status()
+    assert found.status == EntryStatus.EMPTY
+    return device.register("pw2", ROOT_KEY, ksf=FAST_KSF, version=found.version + 1).version
+
+
+def test_a_registration_over_a_delete_one_node_never_saw_is_served(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = _delete_one_node_never_saw()
+    sent = _recording(monkeypatch)
+    assert _register_again(fleet) == 2
+    assert sent == [False, True]  # empty of two versions: read again, asking for a round
+    assert fleet.state(2, KEY).version == 2
+
+
+def test_without_the_reread_the_registration_stages_too_few(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    fleet = _delete_one_node_never_saw()
+    monkeypatch.setattr(sdk, "EMPTY_REREADS", 0)
+    monkeypatch.setattr(sdk, "MANIFEST_BACKOFF_CAP_SECONDS", 0.0)
+    with pytest.raises(FleetUnavailable, match="takes version 2"):
+        _register_again(fleet)
+
+
+def test_empty_answers_of_one_version_are_read_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A name nobody registered: every node says "empty, version 0", and one read does."""
+    fleet = InProcessFleet(3)
+    sent = _recording(monkeypatch)
+    assert fleet.client().status().status == EntryStatus.EMPTY
+    assert sent == [False]
+
+
+@pytest.mark.parametrize("rereads", [clients.EMPTY_REREADS, 0], ids=["reread", "without"])
+def test_the_simulators_clients_register_over_a_delete_one_node_never_saw(
+    monkeypatch: pytest.MonkeyPatch, rereads: int
+) -> None:
+    """The same in the simulator, before settling brings node 2 the delete (3 s) and after
+    a join would answer node 1's round from the value it holds (0.5 s)."""
+    monkeypatch.setattr(clients, "EMPTY_REREADS", rereads)
+    world = threshold_world(3, 5, seed=3)
+    client = ThresholdClient(world)
+    world.crash(2)
+    client.register(b"pw", bytes(32))
+    recovered = client.recover(b"pw")
+    assert recovered is not None and client.delete(recovered[0]) == 2
+    world.restart(2)
+    world.crash(0)
+    world.settle(1.0)
+    assert world.replicated(2, client.key) == ThresholdState()
+    outcome = client._run(clients.register(client.ctx, b"pw2", bytes(32)))
+    if rereads:
+        assert outcome.text == "registered (degraded)" and outcome.acks == 2
+        assert world.replicated(2, client.key).version == 2
+    else:
+        assert outcome.text == "unavailable (1 staged)"

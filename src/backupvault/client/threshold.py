@@ -113,6 +113,9 @@ FETCH_TRIES = 3
 #: commit, docs/fleet.md), so the reads are spread over ~3.4 s (backoff capped at 1 s).
 MANIFEST_TRIES = 6
 MANIFEST_BACKOFF_CAP_SECONDS = 1.0
+#: Reads after t "empty" answers of different versions (`_manifests`): one that asks for a
+#: round, one that sees what it wrote.
+EMPTY_REREADS = 2
 RETRY_BACKOFF_SECONDS = 0.2
 
 
@@ -154,6 +157,16 @@ def _elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
     if answer.manifest:
         return answer.manifest != agreed.to_bytes()
     return answer.version > 0
+
+
+def _empty_at_other_versions(answers: Sequence[NodeOutcome[ManifestResponse]]) -> bool:
+    """Whether nodes answered "empty" for different versions of the entry."""
+    versions = {
+        a.response.version
+        for a in answers
+        if a.response is not None and a.response.status == EntryStatus.EMPTY
+    }
+    return len(versions) > 1
 
 
 def _transient(outcome: NodeOutcome[Any]) -> bool:
@@ -502,6 +515,7 @@ class ThresholdVault:
         answers: list[NodeOutcome[ManifestResponse]] = []
         agreed: manifests.Manifest | None = None
         ask = confirm
+        empty_rereads = 0
         for attempt in range(MANIFEST_TRIES):
             _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
             request = ManifestRequest(self.account, self.entry, confirm=ask)
@@ -523,10 +537,25 @@ class ThresholdVault:
             # settle nothing are caught mid-change: t that hold a manifest but disagree, or
             # a node that has not yet taken a tombstone or a registration the others hold
             # (a laggard catching up). Ask again until t agree on something.
-            if answered >= self.t and (
+            settled = answered >= self.t and (
                 agreed is not None
                 or not isinstance(self._no_manifest(_Manifests(answers, None)), FleetUnavailable)
+            )
+            if (
+                settled
+                and agreed is None
+                and empty_rereads < EMPTY_REREADS
+                and _empty_at_other_versions(answers)
             ):
+                # t nodes say "empty" but not of one version: one of them never saw the
+                # entry, or missed its delete, and a registration over the t-th highest
+                # version would stage at too few nodes for good (review s58). A round on
+                # a node that holds the delete writes it to a majority: read again, the
+                # first time asking for one, then once more plainly.
+                ask = empty_rereads == 0 and not request.confirm
+                empty_rereads += 1
+                continue
+            if settled:
                 break
         if agreed is not None and (
             agreed.fleet_id != self.vault.fleet_id

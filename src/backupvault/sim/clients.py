@@ -23,6 +23,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from backupvault.client.pending import Due, Pending, PendingStore
 from backupvault.client.threshold import (
+    EMPTY_REREADS,
     STALE_ATTEMPT_RETRIES,
     superseded,
     undecided,
@@ -160,6 +161,7 @@ def fetch_manifest(
     answers: Answers = {}
     failure = AuthenticationFailed("no manifest fetched")
     ask = confirm
+    empty_rereads = 0
     for attempt in range(TRIES):
         request = ManifestRequest(ctx.account, ctx.entry, confirm=ask)
         answers = yield Call(
@@ -179,11 +181,28 @@ def fetch_manifest(
             agreed = manifest.agreed_manifest(live, ctx.threshold)
         except AuthenticationFailed as err:
             failure = err
-            if _status_of(ctx, answers) != "unavailable":
+            status = _status_of(ctx, answers)
+            if status == "empty" and empty_rereads < EMPTY_REREADS and _empty_versions(answers):
+                # As the SDK: t say "empty" but not of one version; read again, the first
+                # time asking for a round (review s58).
+                ask = empty_rereads == 0 and not request.confirm
+                empty_rereads += 1
+                continue
+            if status != "unavailable":
                 break  # enough nodes say there is no live entry
             continue
         return answers, Outcome("manifest", agreed=agreed)
     return answers, Outcome(_status_of(ctx, answers), error=failure)
+
+
+def _empty_versions(answers: Answers) -> bool:
+    """As the SDK's `_empty_at_other_versions`."""
+    versions = {
+        a.version
+        for a in answers.values()
+        if isinstance(a, ManifestResponse) and a.status == EntryStatus.EMPTY
+    }
+    return len(versions) > 1
 
 
 def _status_of(ctx: FlowContext, answers: Answers) -> str:

@@ -1599,8 +1599,11 @@ class Simulation:
         up = {i: n for i, n in self.honest.items() if i not in faulty}
         if c.op_name == "register" and state.status != EntryStatus.LIVE:
             # Staging version v + 1 takes a node that holds the end of version v: one that
-            # missed it (or the entry) stages another version (review s58).
-            return sum(self.replicated(i, key).version == state.version for i in up)
+            # missed it (or the entry) stages another version (review s58), until a read
+            # that saw "empty" of two versions has a node that holds the end confirm it,
+            # which writes it to a majority.
+            at_end = sum(self.replicated(i, key).version == state.version for i in up)
+            return len(up) if at_end else 0
         if state.status == EntryStatus.EMPTY:
             return len(up)
         if state.status == EntryStatus.LIVE and c.op_name not in ("register", "status"):
