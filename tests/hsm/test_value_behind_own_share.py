@@ -6,12 +6,16 @@ entry changed": the second sent the client away while t nodes could serve it (si
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from backupvault.crypto import oprf
+from backupvault.errors import AuthenticationFailed
 from backupvault.hsm.state import EntryId, ThresholdState
 from backupvault.protocol import (
     DeleteShareRequest,
+    EntryStatus,
     ErrorCode,
     ErrorResponse,
     EvaluateRequest,
@@ -88,3 +92,21 @@ def test_a_node_without_the_versions_share_still_says_the_entry_changed() -> Non
     keeper._cache[key] = row.with_(share=b"")  # as a node whose share of version 2 never came
     answer = _answer(world, Op.EVALUATE, _requests(key, 2)[Op.EVALUATE], before)
     assert isinstance(answer, ErrorResponse) and answer.code == ErrorCode.STALE_MANIFEST
+
+
+def test_a_tombstone_older_than_the_share_asks_for_the_request_again() -> None:
+    """A node whose value is version 1's tombstone (every guess used) but which took the
+    share of a registration over it (version 2) said "destroyed", as final (review s59)."""
+    world = threshold_world(3, 2, seed=7)
+    client = ThresholdClient(world)
+    client.register(b"old", RK)
+    while world.replicated(0, client.key).status != EntryStatus.DESTROYED:
+        with contextlib.suppress(AuthenticationFailed):
+            assert client.recover(b"wrong") is None
+    tomb = world.replicated(0, client.key)
+    client.register(b"new", RK, version=tomb.version + 1)
+    keeper = world.honest[0].keeper
+    assert keeper is not None and keeper.row(client.key).version == tomb.version + 1  # type: ignore[union-attr]
+    answer = _answer(world, Op.EVALUATE, _requests(client.key, tomb.version + 1)[Op.EVALUATE], tomb)
+    assert isinstance(answer, ErrorResponse)
+    assert answer.code == ErrorCode.FLEET_UNAVAILABLE, answer.detail

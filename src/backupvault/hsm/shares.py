@@ -1828,9 +1828,10 @@ class ShareKeeper:
         itself, and the answer joins an older chosen value (`Replica._joined`) or a round
         that has not yet brought the newest. "The entry changed" would send the client
         away though t nodes could serve it (sim seed 11610198); sent again, the request
-        meets a round that brings this node the newest value. Not for a destroyed value:
-        that is said as it is."""
-        if version <= state.version or state.status == EntryStatus.DESTROYED:
+        meets a round that brings this node the newest value. A tombstone too: a node
+        whose value is an older version's tombstone and holds a share of a registration
+        over it said "destroyed", as final (review s59)."""
+        if version <= state.version:
             return None
         row = self.row(key)
         if row is None or not row.share or row.version != version:
