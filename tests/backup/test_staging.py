@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -237,37 +239,65 @@ class _Stopped(Exception):
     """What the test's SIGTERM handler raises (the CLI's raises KeyboardInterrupt)."""
 
 
-@pytest.mark.parametrize("after", ["mkdir", "os.open"])
+@pytest.mark.parametrize(
+    ("after", "other_thread", "signals"),
+    [
+        ("mkdir", False, (signal.SIGTERM,)),
+        ("mkdir", True, (signal.SIGTERM,)),
+        ("mkdir", True, (signal.SIGTERM, signal.SIGINT)),
+        ("os.open", True, (signal.SIGTERM,)),
+    ],
+    ids=["mkdir", "mkdir-beside-a-thread", "two-signals", "os.open-beside-a-thread"],
+)
 def test_a_stop_signal_as_the_folder_is_made_leaves_nothing_behind(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, after: str
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    after: str,
+    other_thread: bool,
+    signals: tuple[signal.Signals, ...],
 ) -> None:
     """SIGTERM landing right after `mkdir`, before the cleanup's `try`, left the folder
     behind (`test_a_restore_ended_by_sigterm_leaves_nothing_behind` failed so once under
-    load). The signal is held while the folder is made and locked, and handled after,
-    where it is cleaned up."""
+    load). It waits while the folder is made and locked, and is handled after, where the
+    folder is cleaned up: sent to the process (as `kill` and a terminal's Ctrl-C do) with
+    another thread running too (s3fs and paramiko keep one), where blocking it in one
+    thread let it through (review s59), and with a second signal beside it."""
     dest = tmp_path / "restored"
     real_mkdir, real_open = Path.mkdir, os.open
+    stop_thread = threading.Event()
+    if other_thread:
+        threading.Thread(target=stop_thread.wait, daemon=True).start()
+
+    def send() -> None:
+        for signum in signals:
+            os.kill(os.getpid(), signum)
+        time.sleep(0.05)  # the window, widened: a handler would run in it
 
     def mkdir_then_signal(path: Path, *args: object, **kwargs: object) -> None:
         real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
         if after == "mkdir":
-            signal.raise_signal(signal.SIGTERM)
+            send()
 
     def open_then_signal(path: object, *args: object, **kwargs: object) -> int:
         fd = real_open(path, *args, **kwargs)  # type: ignore[arg-type]
         if after == "os.open":
-            signal.raise_signal(signal.SIGTERM)
+            send()
         return fd
 
     def stop(signum: int, frame: object) -> None:
         raise _Stopped
 
-    previous = signal.signal(signal.SIGTERM, stop)
+    previous = {signum: signal.signal(signum, stop) for signum in signals}
     monkeypatch.setattr(Path, "mkdir", mkdir_then_signal)
     monkeypatch.setattr("backupvault.backup.safe.os.open", open_then_signal)
     try:
         with pytest.raises(_Stopped), Staging(dest):
             raise AssertionError("the with block is never entered")
+        assert {signum: signal.getsignal(signum) for signum in signals} == dict.fromkeys(
+            signals, stop
+        )  # the handlers are put back
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+        stop_thread.set()
     assert list(tmp_path.iterdir()) == []

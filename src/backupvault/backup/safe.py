@@ -44,6 +44,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
+from types import FrameType
 from typing import TypeVar
 
 from backupvault.backup.errors import DestinationError, NoSpace, UnsafeArchive
@@ -178,22 +179,40 @@ def remove_abandoned(dest: Path) -> list[str]:
     return removed
 
 
-_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
+_STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+_SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handlers
 
 
-def _hold_stop_signals() -> set[int | signal.Signals] | None:
-    """Block SIGINT and SIGTERM in this thread; the mask to restore (None off the main
-    thread, where Python runs no signal handler: nothing to hold)."""
+@contextlib.contextmanager
+def _stop_signals_deferred() -> Iterator[list[int]]:
+    """SIGINT and SIGTERM only noted while inside (the list of those that came), their
+    handlers put back on leaving. Python runs signal handlers in the main thread whatever
+    thread the signal reached, so this holds them for the whole process (blocking them in
+    one thread with `pthread_sigmask` did not, once s3fs or paramiko had a thread of
+    their own: review s59). Off the main thread no handler runs there: nothing to do."""
+    came: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        return None
-    return signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        yield came
+        return
+    previous: dict[signal.Signals, _SignalHandler] = {}
+    try:
+        for signum in _STOP_SIGNALS:
+            handler = signal.getsignal(signum)
+            if handler is None:
+                continue  # installed outside Python: it cannot be put back, so left as is
+            previous[signum] = handler
+            signal.signal(signum, lambda number, frame: came.append(number))
+        yield came
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
-def _let_through(held: set[int | signal.Signals] | None) -> None:
-    """Restore the mask `_hold_stop_signals` saved: a signal that came meanwhile has its
-    handler run now (`pthread_sigmask` checks for them as it returns)."""
-    if held is not None:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+def _deliver(came: list[int]) -> None:
+    """The first stop signal that came while deferred, sent again now that its own
+    handler is back: it runs as `raise_signal` returns (KeyboardInterrupt, say)."""
+    if came:
+        signal.raise_signal(came[0])
 
 
 class Staging:
@@ -217,19 +236,17 @@ class Staging:
 
     def __enter__(self) -> Staging:
         # Made here, not in __init__: an interruption (Ctrl-C, SIGTERM) between the folder
-        # made and the `with` entered left it behind for good. The stop signals are held
+        # made and the `with` entered left it behind for good. The stop signals wait
         # while it is made and locked: one landing between `mkdir` and the cleanup's
-        # `try` below left it behind too (seen once, `make test` under load). A held
-        # signal's handler runs as they are let through again, where it is cleaned up.
-        held = _hold_stop_signals()
-        try:
+        # `try` in `_make` left it behind too (seen once, `make test` under load). One
+        # that came is handled after, where the folder is cleaned up.
+        with _stop_signals_deferred() as came:
             self._make()
-        finally:
-            try:
-                _let_through(held)
-            except BaseException:
-                self.__exit__()
-                raise
+        try:
+            _deliver(came)
+        except BaseException:
+            self.__exit__()
+            raise
         return self
 
     def _make(self) -> None:
