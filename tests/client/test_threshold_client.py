@@ -537,6 +537,19 @@ def test_a_lying_node_cannot_push_the_next_version_out_of_reach(fleet: FakeFleet
     assert fleet.nodes[1].seen.count("manifest") == before + 1 + threshold_module.EMPTY_REREADS
 
 
+def test_t_destroyed_answers_beside_empty_ones_of_two_versions_are_read_once(
+    fleet: FakeFleet,
+) -> None:
+    """Only "empty" of two versions is read again (a registration would take its version
+    from it); t "destroyed" settle the read whatever the other nodes say (review s59)."""
+    for node in fleet.nodes[:3]:
+        node.destroyed = True
+    fleet.nodes[3].version, fleet.nodes[4].version = 1, 2
+    before = fleet.nodes[0].seen.count("manifest")
+    assert fleet.vault().status().status == EntryStatus.DESTROYED
+    assert fleet.nodes[0].seen.count("manifest") == before + 1
+
+
 def test_manifests_that_do_not_reach_t_are_fetched_again(fleet: FakeFleet) -> None:
     """Nodes answer `manifest` from the value they hold, so during a change some may still
     hold the old one: two stale answers, two current ones and a silent node reach no t,

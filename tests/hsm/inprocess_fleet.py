@@ -181,10 +181,11 @@ class InProcessFleet:
         message, response_key = opened
         action = self.firmware[node].handle(op, message)
         read: Answer | None = None
+        joinable = True
         if isinstance(action, ThresholdRead):
             read = action.answer(self.replicas[node].held_payload(action.key))
             if read.repair is not None:  # held too old: a round first, as the node's shell
-                action, read = read.repair, None
+                action, read, joinable = read.repair, None, False
         if isinstance(action, Reply):
             response = action.response
         elif read is not None:
@@ -198,7 +199,7 @@ class InProcessFleet:
             assert isinstance(action, ThresholdUpdate)
             op_id = os.urandom(8)
             effects = self.replicas[node].propose(
-                op_id, action.key, action.change, self.now, joinable=True
+                op_id, action.key, action.change, self.now, joinable=joinable
             )
             self._run(node, effects)
             self._settle(until=op_id)

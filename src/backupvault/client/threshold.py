@@ -516,7 +516,9 @@ class ThresholdVault:
         agreed: manifests.Manifest | None = None
         ask = confirm
         empty_rereads = 0
-        for attempt in range(MANIFEST_TRIES):
+        for attempt in itertools.count():
+            if attempt == MANIFEST_TRIES + empty_rereads:  # the rereads come on top
+                break
             _back_off(attempt, MANIFEST_BACKOFF_CAP_SECONDS)
             request = ManifestRequest(self.account, self.entry, confirm=ask)
             answers = self.vault.call_each(
@@ -537,13 +539,11 @@ class ThresholdVault:
             # settle nothing are caught mid-change: t that hold a manifest but disagree, or
             # a node that has not yet taken a tombstone or a registration the others hold
             # (a laggard catching up). Ask again until t agree on something.
-            settled = answered >= self.t and (
-                agreed is not None
-                or not isinstance(self._no_manifest(_Manifests(answers, None)), FleetUnavailable)
-            )
+            found = None if agreed is not None else self._no_manifest(_Manifests(answers, None))
+            settled = answered >= self.t and not isinstance(found, FleetUnavailable)
             if (
                 settled
-                and agreed is None
+                and isinstance(found, NotRegistered)
                 and empty_rereads < EMPTY_REREADS
                 and _empty_at_other_versions(answers)
             ):

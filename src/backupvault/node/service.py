@@ -407,14 +407,17 @@ class NodeService:
             return ClientAnswer(200, sealed)
         answer: Answer
         unheld: Answer | None = None
+        joinable = True
         try:
             if isinstance(action, ThresholdRead):
                 answer = action.answer(self.replica.held_payload(action.key))
                 if answer.repair is not None:
                     # The value held is too old to answer from (a late share's delivery to
-                    # a node that missed its commit): a round that leaves the value as it
-                    # is brings this node the newest, and its outcome is the answer.
-                    action = answer.repair
+                    # a node that missed its commit, a read asking to confirm): a round that
+                    # leaves the value as it is brings this node the newest, and its outcome
+                    # is the answer. A real round, never a join: a join answers from the
+                    # value held, and writes nothing to the nodes that lack it (review s59).
+                    action, joinable = answer.repair, False
             else:
                 # An entry this node holds nothing of: answered with no round (review r1).
                 unheld = action.without_round(self.replica.held_payload(action.key))
@@ -426,7 +429,7 @@ class NodeService:
                 answer = unheld
             else:
                 # Joinable: the N copies of one request, one per node, make one round.
-                done = await self._commit(action.key, action.change, joinable=True)
+                done = await self._commit(action.key, action.change, joinable=joinable)
                 if isinstance(done, Failed):
                     return self._unavailable()
                 self.metrics["committed"] += 1

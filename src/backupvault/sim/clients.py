@@ -14,6 +14,7 @@ in memory) and finishes it as the SDK does (`finish`).
 
 from __future__ import annotations
 
+import itertools
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -162,7 +163,9 @@ def fetch_manifest(
     failure = AuthenticationFailed("no manifest fetched")
     ask = confirm
     empty_rereads = 0
-    for attempt in range(TRIES):
+    for attempt in itertools.count():
+        if attempt == TRIES + empty_rereads:  # as the SDK: the rereads come on top
+            break
         request = ManifestRequest(ctx.account, ctx.entry, confirm=ask)
         answers = yield Call(
             Op.MANIFEST,
