@@ -1019,3 +1019,44 @@ def test_an_answer_waits_for_a_row_of_its_entry_an_earlier_request_is_still_writ
         assert entry not in keeper._pending
 
     asyncio.run(scenario())
+
+
+@pytest.mark.parametrize("repair", [True, False], ids=["repair", "change"])
+def test_a_repair_round_is_a_real_round_never_a_join(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repair: bool
+) -> None:
+    """A read whose value is too old to answer from (a confirm, a late share) runs a round
+    that brings the node the newest value: a join answered from the value it holds and
+    wrote nothing to the nodes that lack it (review s59). A client's change is joinable:
+    the N copies of one request make one round."""
+
+    async def scenario() -> None:
+        service, store, _ = _service(tmp_path)
+        store.release.set()
+        service.replica.ready = True
+        entry = EntryId("alice", "chat").to_bytes()
+        proposed: list[bool] = []
+
+        def unchanged(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
+            return state, lambda: Answer(error(ErrorCode.REFUSED, "after the round"))
+
+        async def commit(
+            key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
+        ) -> Committed | Failed:
+            proposed.append(joinable)
+            _, build = change(b"")
+            return Committed(b"op", build)
+
+        update = ThresholdUpdate(entry, unchanged)
+        read = ThresholdRead(
+            entry, lambda state: Answer(error(ErrorCode.FLEET_UNAVAILABLE, "old"), repair=update)
+        )
+        response_key = ResponseKey(os.urandom(32), FLEET_ID, 0, str(Op.MANIFEST))
+        monkeypatch.setattr(service, "_commit", commit)
+        monkeypatch.setattr(service._firmware, "open", lambda *a: (object(), response_key))
+        monkeypatch.setattr(service._firmware, "handle", lambda *a: read if repair else update)
+        answer = await service.client_request(Op.MANIFEST, "alice", "chat", b"")
+        assert answer.status == 200
+        assert proposed == [not repair]
+
+    asyncio.run(scenario())
