@@ -1111,6 +1111,7 @@ def _propose_everywhere(
     change,
     *,
     joinable: bool,
+    fresh: bool = False,
     nodes: Iterable[int] | None = None,
     key: bytes = b"k",
 ) -> None:
@@ -1118,7 +1119,7 @@ def _propose_everywhere(
     at `nodes` only (the relay reached only those)."""
     for node in net.replicas if nodes is None else nodes:
         effects = net.replicas[node].propose(
-            op + bytes([node]), key, change, net.now, joinable=joinable
+            op + bytes([node]), key, change, net.now, joinable=joinable, fresh=fresh
         )
         net.run(node, effects)
 
@@ -1140,6 +1141,39 @@ def test_copies_of_one_change_at_every_node_are_one_round() -> None:
     net.settle()
     sent = _kinds_sent(net, lambda: _propose_everywhere(net, b"y", put(b"Y"), joinable=False))
     assert sent.count("Accept") >= 4 * 5
+
+
+def test_fresh_copies_join_only_a_value_chosen_after_them() -> None:
+    """A repair (a read asking to confirm) must bring its node the newest value and write
+    it to a majority: right after a round, a plain copy joins the chosen value with no
+    message, a fresh one goes to the leader. Fresh copies at every node at once are still
+    one round, not five that duel (review s59: made not joinable at all, a confirm at
+    five nodes cost 170-310 messages and leaderless rounds)."""
+    net = Net(announce=True)
+    net.propose(0, b"a", b"k", put(b"X"))
+    net.settle()
+    assert (
+        _kinds_sent(
+            net,
+            lambda: net.run(
+                2, net.replicas[2].propose(b"b", b"k", put(b"X"), net.now, joinable=True)
+            ),
+        )
+        == []
+    )
+    fresh = _kinds_sent(
+        net,
+        lambda: net.run(
+            2, net.replicas[2].propose(b"c", b"k", put(b"X"), net.now, joinable=True, fresh=True)
+        ),
+    )
+    assert "Accept" in fresh and net.results[b"c"].outcome == b"X"
+    net.now += 2 * DEFAULT_TIMING.round_timeout
+    sent = _kinds_sent(
+        net, lambda: _propose_everywhere(net, b"x", put(b"X"), joinable=True, fresh=True)
+    )
+    assert sent.count("Accept") == 4 and "Prepare" not in sent
+    assert all(isinstance(net.results[b"x" + bytes([n])], Committed) for n in range(5))
 
 
 def test_values_not_announced_are_told_only_to_the_asker_and_never_joined() -> None:

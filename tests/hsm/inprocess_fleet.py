@@ -181,11 +181,11 @@ class InProcessFleet:
         message, response_key = opened
         action = self.firmware[node].handle(op, message)
         read: Answer | None = None
-        joinable = True
+        fresh = False
         if isinstance(action, ThresholdRead):
             read = action.answer(self.replicas[node].held_payload(action.key))
             if read.repair is not None:  # held too old: a round first, as the node's shell
-                action, read, joinable = read.repair, None, False
+                action, read, fresh = read.repair, None, True
         if isinstance(action, Reply):
             response = action.response
         elif read is not None:
@@ -199,7 +199,7 @@ class InProcessFleet:
             assert isinstance(action, ThresholdUpdate)
             op_id = os.urandom(8)
             effects = self.replicas[node].propose(
-                op_id, action.key, action.change, self.now, joinable=joinable
+                op_id, action.key, action.change, self.now, joinable=True, fresh=fresh
             )
             self._run(node, effects)
             self._settle(until=op_id)

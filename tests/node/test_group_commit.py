@@ -1022,28 +1022,32 @@ def test_an_answer_waits_for_a_row_of_its_entry_an_earlier_request_is_still_writ
 
 
 @pytest.mark.parametrize("repair", [True, False], ids=["repair", "change"])
-def test_a_repair_round_is_a_real_round_never_a_join(
+def test_a_repair_round_joins_only_a_value_chosen_after_it_came(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, repair: bool
 ) -> None:
     """A read whose value is too old to answer from (a confirm, a late share) runs a round
-    that brings the node the newest value: a join answered from the value it holds and
-    wrote nothing to the nodes that lack it (review s59). A client's change is joinable:
-    the N copies of one request make one round."""
+    that brings the node the newest value, joined only to a value chosen after it came: a
+    join to the value it held wrote nothing to the nodes that lack it (review s59). Both
+    are joinable: the N copies of one request make one round."""
 
     async def scenario() -> None:
         service, store, _ = _service(tmp_path)
         store.release.set()
         service.replica.ready = True
         entry = EntryId("alice", "chat").to_bytes()
-        proposed: list[bool] = []
+        proposed: list[tuple[bool, bool]] = []
 
         def unchanged(state: ThresholdState) -> tuple[ThresholdState, Callable[[], Answer]]:
             return state, lambda: Answer(error(ErrorCode.REFUSED, "after the round"))
 
         async def commit(
-            key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
+            key: bytes,
+            change: Callable[[bytes], tuple[bytes, Any]],
+            *,
+            joinable: bool = False,
+            fresh: bool = False,
         ) -> Committed | Failed:
-            proposed.append(joinable)
+            proposed.append((joinable, fresh))
             _, build = change(b"")
             return Committed(b"op", build)
 
@@ -1057,6 +1061,6 @@ def test_a_repair_round_is_a_real_round_never_a_join(
         monkeypatch.setattr(service._firmware, "handle", lambda *a: read if repair else update)
         answer = await service.client_request(Op.MANIFEST, "alice", "chat", b"")
         assert answer.status == 200
-        assert proposed == [not repair]
+        assert proposed == [(True, repair)]
 
     asyncio.run(scenario())

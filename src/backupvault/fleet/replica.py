@@ -278,8 +278,11 @@ class _Proposal:
     outcome: Any = None
     outcomes: dict[int, Any] = field(default_factory=dict)  # by the computation that made it
     computations: int = 0
-    # A change that may be answered from a chosen value it leaves unchanged (`_joined`).
+    # A change that may be answered from a chosen value it leaves unchanged (`_joined`),
+    # with `fresh_after`: only from one this node saw chosen after it was proposed (the
+    # count of chosen values then: `Replica._chosen_seq`).
     joinable: bool = False
+    fresh_after: int | None = None
     # A no-op round that writes a committed value above a laggard's promise (`tick`).
     lifts: bool = False
     # The leader path: values forwarded (by digest: the value and its outcome), the
@@ -322,6 +325,7 @@ class _Votes:
 
     acceptors: set[int] = field(default_factory=set)
     chosen_at: float | None = None
+    chosen_seq: int = 0  # this node's count of values it saw chosen, when this one was
 
 
 @dataclass
@@ -420,6 +424,7 @@ class Replica:
         # How long a follower's copy waits for the leader's own round, and per entry the
         # latest such round's (ballot, value digest, arrival) (`_note_leader_round`).
         self._join_wait = _JoinWait(timing)
+        self._chosen_seq = 0  # values this node saw chosen so far (`_Votes.chosen_seq`)
         self._leader_rounds: OrderedDict[bytes, tuple[Ballot, bytes, float]] = OrderedDict()
         # The highest round this node's acceptor has promised: how far above it a ballot
         # is taken (`_refused`). Not where this node's own ballots start: those follow the
@@ -514,17 +519,33 @@ class Replica:
     # ---- client side: proposing ----------------------------------------------------
 
     def propose(
-        self, op_id: bytes, key: bytes, change: ChangeFn, now: float, *, joinable: bool = False
+        self,
+        op_id: bytes,
+        key: bytes,
+        change: ChangeFn,
+        now: float,
+        *,
+        joinable: bool = False,
+        fresh: bool = False,
     ) -> list[Effect]:
         """Commit `change` to `key`. A `joinable` change (one the application is content to
         see linearized right after any chosen value, as the threshold flow's N copies of
         one request are) that leaves the chosen value this node accepted unchanged is
-        answered from that value with no round: the N copies make one round, not N."""
+        answered from that value with no round: the N copies make one round, not N. A
+        `fresh` one joins only a value chosen after it was proposed, which is at least as
+        new as every value chosen before: a repair that must bring this node the newest
+        value (and write it to a majority) cannot be answered from the one it holds, but
+        N copies of it still make one round, not N that duel (review s59)."""
         self._now = now
         # Checked always: a record under another key could overwrite this node's own rows.
         require(self._key_ok(key), "a proposal for a key the application does not replicate")
         proposal = _Proposal(
-            op_id, key, change, deadline=now + self.timing.deadline, joinable=joinable
+            op_id,
+            key,
+            change,
+            deadline=now + self.timing.deadline,
+            joinable=joinable or fresh,
+            fresh_after=self._chosen_seq if fresh else None,
         )
         return self._submit(proposal, now)
 
@@ -1280,6 +1301,8 @@ class Replica:
         value.acceptors.add(sender)
         if value.chosen_at is None and len(value.acceptors) >= self.quorum:
             value.chosen_at = now
+            self._chosen_seq += 1
+            value.chosen_seq = self._chosen_seq
         unsettled = self._unsettled.get(message.key)
         if (
             unsettled is not None
@@ -1325,6 +1348,8 @@ class Replica:
             return None
         if now > votes.chosen_at + self.timing.round_timeout:
             return None
+        if proposal.fresh_after is not None and votes.chosen_seq <= proposal.fresh_after:
+            return None  # chosen before this change was asked for: not news enough
         try:
             current = decode_value(record.value)
             if any(applied.op_id == proposal.op_id for applied in current.applied):

@@ -407,7 +407,7 @@ class NodeService:
             return ClientAnswer(200, sealed)
         answer: Answer
         unheld: Answer | None = None
-        joinable = True
+        fresh = False
         try:
             if isinstance(action, ThresholdRead):
                 answer = action.answer(self.replica.held_payload(action.key))
@@ -415,9 +415,9 @@ class NodeService:
                     # The value held is too old to answer from (a late share's delivery to
                     # a node that missed its commit, a read asking to confirm): a round that
                     # leaves the value as it is brings this node the newest, and its outcome
-                    # is the answer. A real round, never a join: a join answers from the
-                    # value held, and writes nothing to the nodes that lack it (review s59).
-                    action, joinable = answer.repair, False
+                    # is the answer. Joined only to a value chosen after it came: a join to
+                    # the value held wrote nothing to the nodes that lack it (review s59).
+                    action, fresh = answer.repair, True
             else:
                 # An entry this node holds nothing of: answered with no round (review r1).
                 unheld = action.without_round(self.replica.held_payload(action.key))
@@ -429,7 +429,7 @@ class NodeService:
                 answer = unheld
             else:
                 # Joinable: the N copies of one request, one per node, make one round.
-                done = await self._commit(action.key, action.change, joinable=joinable)
+                done = await self._commit(action.key, action.change, joinable=True, fresh=fresh)
                 if isinstance(done, Failed):
                     return self._unavailable()
                 self.metrics["committed"] += 1
@@ -484,13 +484,20 @@ class NodeService:
         )
 
     async def _commit(
-        self, key: bytes, change: Callable[[bytes], tuple[bytes, Any]], *, joinable: bool = False
+        self,
+        key: bytes,
+        change: Callable[[bytes], tuple[bytes, Any]],
+        *,
+        joinable: bool = False,
+        fresh: bool = False,
     ) -> Committed | Failed:
         op_id = os.urandom(16)
         future: asyncio.Future[Committed | Failed] = asyncio.get_running_loop().create_future()
         self._waiting[op_id] = future
         self._step(
-            lambda: self.replica.propose(op_id, key, change, self._clock(), joinable=joinable)
+            lambda: self.replica.propose(
+                op_id, key, change, self._clock(), joinable=joinable, fresh=fresh
+            )
         )
         try:
             return await future

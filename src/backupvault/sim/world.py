@@ -1214,16 +1214,16 @@ class Simulation:
         except (InvalidInput, AuthenticationFailed) as err:
             self._answer(n, pending, Answer(error(ErrorCode.BAD_REQUEST, err.message)))
             return
-        joinable = True
+        fresh = False
         if isinstance(update, ThresholdRead):
             read = update.answer(n.replica.held_payload(update.key))
             if read.repair is None:
                 self._answer(n, pending, read)
                 return
             # As the node's service: the value held is too old to answer from; a round
-            # (never a join) that leaves it as it is brings this node the newest, and its
-            # outcome answers.
-            update, joinable = read.repair, False
+            # (joined only to a value chosen after it came) that leaves it as it is brings
+            # this node the newest, and its outcome answers.
+            update, fresh = read.repair, True
         else:
             unheld = update.without_round(n.replica.held_payload(update.key))
             if unheld is not None:  # an entry this node holds nothing of: no round (review r1)
@@ -1236,7 +1236,7 @@ class Simulation:
         self._execute(
             n,
             n.replica.propose(
-                op_id, update.key, self._observed(update), self.now, joinable=joinable
+                op_id, update.key, self._observed(update), self.now, joinable=True, fresh=fresh
             ),
         )
 
