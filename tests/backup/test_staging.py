@@ -11,6 +11,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 from backup_trees import SMALL_PACKS
@@ -300,4 +301,85 @@ def test_a_stop_signal_as_the_folder_is_made_leaves_nothing_behind(
         for signum, handler in previous.items():
             signal.signal(signum, handler)
         stop_thread.set()
+    assert list(tmp_path.iterdir()) == []
+
+
+def _with_handlers(handlers: dict[signal.Signals, Any]) -> dict[signal.Signals, Any]:
+    return {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise _Stopped
+
+
+def test_a_signal_while_the_handlers_are_put_back_is_handled_and_every_one_is_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Ctrl-C landing as SIGINT's handler is put back, before SIGTERM's: its handler ran
+    inside `signal.signal`, which then left SIGTERM's noting handler in place for good
+    and the folder behind (review s59)."""
+    previous = _with_handlers({signal.SIGINT: _stop, signal.SIGTERM: _stop})
+    real_signal = signal.signal
+    sent: list[bool] = []
+
+    def putting_back(signum: int, handler: Any) -> Any:
+        old = real_signal(signum, handler)
+        if signum == signal.SIGINT and handler is _stop and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGINT)
+        return old
+
+    monkeypatch.setattr(signal, "signal", putting_back)
+    try:
+        with pytest.raises(_Stopped), Staging(tmp_path / "restored"):
+            raise AssertionError("the with block is never entered")
+        assert sent
+        assert signal.getsignal(signal.SIGTERM) is _stop
+        assert signal.getsignal(signal.SIGINT) is _stop
+    finally:
+        monkeypatch.undo()
+        _with_handlers(previous)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_ignored_sigint_stays_ignored_and_hides_no_sigterm(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A background job (SIGINT ignored): SIGINT then SIGTERM as the folder is made. Only
+    the first noted signal was sent again, the ignored SIGINT, and SIGTERM was lost."""
+    previous = _with_handlers({signal.SIGINT: signal.SIG_IGN, signal.SIGTERM: _stop})
+    real_mkdir = Path.mkdir
+
+    def mkdir_then_signals(path: Path, *args: object, **kwargs: object) -> None:
+        real_mkdir(path, *args, **kwargs)  # type: ignore[arg-type]
+        os.kill(os.getpid(), signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir_then_signals)
+    try:
+        with pytest.raises(_Stopped), Staging(tmp_path / "restored"):
+            raise AssertionError("the with block is never entered")
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        _with_handlers(previous)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_signal_during_a_failed_make_still_interrupts(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM, then the folder cannot be made: the interruption is what the user asked
+    for (exit 130, not the folder's error), and it is not lost."""
+    previous = _with_handlers({signal.SIGTERM: _stop})
+
+    def signal_then_fail(path: Path, *args: object, **kwargs: object) -> None:
+        os.kill(os.getpid(), signal.SIGTERM)
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(Path, "mkdir", signal_then_fail)
+    try:
+        with pytest.raises(_Stopped), Staging(tmp_path / "restored"):
+            raise AssertionError("the with block is never entered")
+    finally:
+        _with_handlers(previous)
     assert list(tmp_path.iterdir()) == []

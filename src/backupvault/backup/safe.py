@@ -184,35 +184,54 @@ _SignalHandler = Callable[[int, FrameType | None], object] | int | signal.Handle
 
 
 @contextlib.contextmanager
-def _stop_signals_deferred() -> Iterator[list[int]]:
-    """SIGINT and SIGTERM only noted while inside (the list of those that came), their
-    handlers put back on leaving. Python runs signal handlers in the main thread whatever
-    thread the signal reached, so this holds them for the whole process (blocking them in
-    one thread with `pthread_sigmask` did not, once s3fs or paramiko had a thread of
-    their own: review s59). Off the main thread no handler runs there: nothing to do."""
-    came: list[int] = []
+def _stop_signals_deferred(came: list[int]) -> Iterator[None]:
+    """SIGINT and SIGTERM only noted in `came` while inside, their handlers put back on
+    leaving. Python runs signal handlers in the main thread whatever thread the signal
+    reached, so this holds them for the whole process (blocking them in one thread with
+    `pthread_sigmask` did not, once s3fs or paramiko had a thread of their own: review
+    s59). Off the main thread no handler runs there: nothing to do. An ignored signal
+    stays ignored, and one installed outside Python is left as it is (it cannot be put
+    back)."""
     if threading.current_thread() is not threading.main_thread():
-        yield came
+        yield
         return
     previous: dict[signal.Signals, _SignalHandler] = {}
     try:
         for signum in _STOP_SIGNALS:
             handler = signal.getsignal(signum)
-            if handler is None:
-                continue  # installed outside Python: it cannot be put back, so left as is
+            if handler is None or handler is signal.SIG_IGN:
+                continue
             previous[signum] = handler
             signal.signal(signum, lambda number, frame: came.append(number))
-        yield came
+        yield
     finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
+        _put_back(previous)
+
+
+def _put_back(handlers: dict[signal.Signals, _SignalHandler]) -> None:
+    """Every handler back in place, even if a signal lands meanwhile: `signal.signal` runs
+    the handlers of signals pending before it installs, and one that raised there left
+    the noting handler in place for good (review s59). The first such exception is raised
+    once all are back."""
+    raised: BaseException | None = None
+    for signum, handler in handlers.items():
+        while signal.getsignal(signum) is not handler:
+            try:
+                signal.signal(signum, handler)
+            except BaseException as exc:
+                raised = raised or exc
+    if raised is not None:
+        raise raised
 
 
 def _deliver(came: list[int]) -> None:
-    """The first stop signal that came while deferred, sent again now that its own
-    handler is back: it runs as `raise_signal` returns (KeyboardInterrupt, say)."""
-    if came:
-        signal.raise_signal(came[0])
+    """Each stop signal that came while deferred, sent again now that its own handler is
+    back: it runs as `raise_signal` returns (KeyboardInterrupt, say), and the rest are
+    dropped with it."""
+    pending = list(dict.fromkeys(came))
+    came.clear()
+    for signum in pending:
+        signal.raise_signal(signum)
 
 
 class Staging:
@@ -239,13 +258,18 @@ class Staging:
         # made and the `with` entered left it behind for good. The stop signals wait
         # while it is made and locked: one landing between `mkdir` and the cleanup's
         # `try` in `_make` left it behind too (seen once, `make test` under load). One
-        # that came is handled after, where the folder is cleaned up.
-        with _stop_signals_deferred() as came:
-            self._make()
+        # that came is handled after, where the folder is cleaned up, also when making
+        # it failed (the interruption is what the user asked for).
+        came: list[int] = []
         try:
+            with _stop_signals_deferred(came):
+                self._make()
             _deliver(came)
         except BaseException:
-            self.__exit__()
+            try:
+                self.__exit__()
+            finally:
+                _deliver(came)
             raise
         return self
 
