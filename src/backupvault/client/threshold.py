@@ -145,7 +145,7 @@ def _back_off(attempt: int, cap: float = RETRY_BACKOFF_CAP_SECONDS) -> None:
         time.sleep(min(cap, RETRY_BACKOFF_SECONDS * 2 ** (attempt - 1)))
 
 
-def _elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
+def elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
     """A node whose answer may soon join the others': a live manifest other than the
     agreed one (a commit of the agreed M still on its way to it: it will take M and
     promote the share it staged), or the end of a version (a delete or tombstone of the
@@ -159,14 +159,9 @@ def _elsewhere(answer: ManifestResponse, agreed: manifests.Manifest) -> bool:
     return answer.version > 0
 
 
-def _empty_at_other_versions(answers: Sequence[NodeOutcome[ManifestResponse]]) -> bool:
+def empty_at_other_versions(responses: Iterable[ManifestResponse]) -> bool:
     """Whether nodes answered "empty" for different versions of the entry."""
-    versions = {
-        a.response.version
-        for a in answers
-        if a.response is not None and a.response.status == EntryStatus.EMPTY
-    }
-    return len(versions) > 1
+    return len({r.version for r in responses if r.status == EntryStatus.EMPTY}) > 1
 
 
 def _transient(outcome: NodeOutcome[Any]) -> bool:
@@ -545,7 +540,7 @@ class ThresholdVault:
                 settled
                 and isinstance(found, NotRegistered)
                 and empty_rereads < EMPTY_REREADS
-                and _empty_at_other_versions(answers)
+                and empty_at_other_versions(a.response for a in answers if a.response)
             ):
                 # t nodes say "empty" but not of one version: one of them never saw the
                 # entry, or missed its delete, and a registration over the t-th highest
@@ -1170,7 +1165,7 @@ class ThresholdVault:
         """The agreed manifest and which nodes hold a share of it. Asked again (as
         `_manifests` does), each read's first fan-out asking the nodes to confirm their
         values with a round, while fewer than t holders answered and some other node
-        gave no answer or one that may soon join the others (`_elsewhere`): a manifest
+        gave no answer or one that may soon join the others (`elsewhere`): a manifest
         read is cheap, the relay stops waiting for the slowest nodes once a majority
         answered, a node behind may be about to take M and promote its staged share (sim
         seeds 11100072 and 11300256, recoveries racing another device's password change
@@ -1199,7 +1194,7 @@ class ThresholdVault:
                 and a.response.holds_share
             }
             waiting = len(holders) < self.t and any(
-                _transient(a) or (a.response is not None and _elsewhere(a.response, agreed))
+                _transient(a) or (a.response is not None and elsewhere(a.response, agreed))
                 for a in found.answers
                 if a.index not in holders
             )

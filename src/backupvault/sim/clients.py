@@ -26,6 +26,8 @@ from backupvault.client.pending import Due, Pending, PendingStore
 from backupvault.client.threshold import (
     EMPTY_REREADS,
     STALE_ATTEMPT_RETRIES,
+    elsewhere,
+    empty_at_other_versions,
     superseded,
     undecided,
     version_spent,
@@ -185,7 +187,12 @@ def fetch_manifest(
         except AuthenticationFailed as err:
             failure = err
             status = _status_of(ctx, answers)
-            if status == "empty" and empty_rereads < EMPTY_REREADS and _empty_versions(answers):
+            responses = (a for a in answers.values() if isinstance(a, ManifestResponse))
+            if (
+                status == "empty"
+                and empty_rereads < EMPTY_REREADS
+                and empty_at_other_versions(responses)
+            ):
                 # As the SDK: t say "empty" but not of one version; read again, the first
                 # time asking for a round (review s58).
                 ask = empty_rereads == 0 and not request.confirm
@@ -196,16 +203,6 @@ def fetch_manifest(
             continue
         return answers, Outcome("manifest", agreed=agreed)
     return answers, Outcome(_status_of(ctx, answers), error=failure)
-
-
-def _empty_versions(answers: Answers) -> bool:
-    """As the SDK's `_empty_at_other_versions`."""
-    versions = {
-        a.version
-        for a in answers.values()
-        if isinstance(a, ManifestResponse) and a.status == EntryStatus.EMPTY
-    }
-    return len(versions) > 1
 
 
 def _status_of(ctx: FlowContext, answers: Answers) -> str:
@@ -443,7 +440,7 @@ def _live(
     """As the SDK's `_live`: the agreed manifest and the nodes that answered holding a share
     of it, read again (the first fan-out of each read asking the nodes to confirm with a
     round) while fewer than t did and some other node gave no answer or one that may
-    soon join the others (`_elsewhere`: a node about to take M and promote its staged
+    soon join the others (`elsewhere`: a node about to take M and promote its staged
     share, or a delete one node holds already; seeds 10342053, 11100072, 11100324,
     11300256). `reads`, `before`: the reads left after `before`."""
     answers, found, holders = before or ({}, Outcome("no manifest fetched"), set())
@@ -471,22 +468,13 @@ def _waiting(
     ctx: FlowContext, answers: Answers, holders: set[int], agreed: manifest.Manifest
 ) -> bool:
     """Fewer than t holders, and some other node gave no answer or one that may soon join
-    the others (as the SDK's `_elsewhere`): worth reading again."""
+    the others (the SDK's `elsewhere`): worth reading again."""
     return len(holders) < ctx.threshold and any(
-        _transient(answers.get(s)) or _elsewhere(answers.get(s), agreed)
+        _transient(answer := answers.get(s))
+        or (isinstance(answer, ManifestResponse) and elsewhere(answer, agreed))
         for s in range(ctx.nodes)
         if s not in holders
     )
-
-
-def _elsewhere(answer: Message | None, agreed: manifest.Manifest) -> bool:
-    """As the SDK's: a live manifest other than the agreed one, or the end of a version
-    (not version 0: a node that holds nothing of the entry)."""
-    if not isinstance(answer, ManifestResponse):
-        return False
-    if answer.manifest:
-        return answer.manifest != agreed.to_bytes()
-    return answer.version > 0
 
 
 def _fetch_after_owed_deliveries(
