@@ -1595,9 +1595,10 @@ class Simulation:
         newest value; one that holds nothing, wiped or rolled back past the entry,
         answers "empty") and no share of another M of its version or a later one (a node
         answers the M it checked its share against: a sibling registration's that lost,
-        say); a deleted or never registered entry, any, but to register it again, those
-        that hold its newest version. A hostile node never counts: it answers a client
-        with silence or lies."""
+        say); a deleted or never registered entry, any, and to register it again, any once
+        one of them holds its newest version's end (a read that sees "empty" of two
+        versions has that node confirm it, which writes it to a majority), else none. A
+        hostile node never counts: it answers a client with silence or lies."""
         faulty = self.faulty()
         key = EntryId(c.ctx.account, c.ctx.entry).to_bytes()
         state = self.ghost_state(key)
