@@ -207,6 +207,25 @@ def test_the_shared_limits_come_back_when_redis_does(
         process.wait(10)
 
 
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://h:6379/0?password=s3cret-pw", "redis://h:6379/0?password=***"),
+        (
+            "unix:///run/redis.sock?db=0&password=s3cret-pw",
+            "unix:///run/redis.sock?db=0&password=***",
+        ),
+        ("redis://h/0?Username=u&PASSWORD=s3cret-pw", "redis://h/0?Username=***&PASSWORD=***"),
+        ("redis://u:s3cret-pw@h:1/0?password=s3cret-pw", "redis://***@h:1/0?password=***"),
+        ("redis://h:6379/0?db=2", "redis://h:6379/0?db=2"),
+    ],
+)
+def test_a_password_in_the_redis_url_s_query_is_masked_too(url: str, shown: str) -> None:
+    """redis-py takes a password from the query as well as from the userinfo; the query's
+    was written in the clear to the relay's log (review s60)."""
+    assert limits.shown_url(url) == shown
+
+
 def test_a_password_in_the_redis_url_is_never_shown(
     stubs: list[StubNode],
     start_relay: Callable[..., str],

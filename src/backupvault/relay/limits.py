@@ -18,7 +18,7 @@ import logging
 import math
 import time
 from typing import TYPE_CHECKING, Protocol
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from backupvault.ratelimit import RateLimiter
 
@@ -176,10 +176,21 @@ class SharedLimiter:
 
 
 def shown_url(url: str) -> str:
-    """`url` with any user name and password masked, for logs and errors."""
+    """`url` with any user name and password masked, for logs and errors: the userinfo's,
+    and the query's `password` and `username`, which redis-py reads too
+    (`unix:///path.sock?db=0&password=…` is its docs' form for a socket)."""
     parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    shown = url
+    if parts.username is not None or parts.password is not None:
+        host = parts.hostname or ""
+        netloc = f"***@{host}" + (f":{parts.port}" if parts.port is not None else "")
+        shown = urlunsplit(parts._replace(netloc=netloc))
+    if parts.query:
+        query = parse_qsl(parts.query, keep_blank_values=True)
+        masked = [(k, "***" if k.lower() in _URL_SECRETS else v) for k, v in query]
+        # Replaced in the text: urlunsplit would drop the empty netloc of `unix:///…`.
+        shown = shown.replace(f"?{parts.query}", f"?{urlencode(masked, safe='*')}", 1)
+    return shown
+
+
+_URL_SECRETS = frozenset({"password", "username"})
