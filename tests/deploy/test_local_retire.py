@@ -44,3 +44,14 @@ def test_a_retirement_cut_short_is_finished_by_the_next_local_retire(tmp_path: P
     assert (root / "fleet.toml").exists()  # the record of what was retired stays
     with pytest.raises(DeploymentError, match="nothing to retire"):
         deployment.retire()
+
+
+def test_a_folder_epoch_with_a_non_ascii_digit_is_no_node_set(
+    tmp_path: Path,
+) -> None:
+    """'²' is a digit to str.isdigit but not to int(): a folder `epoch²` holding a
+    fleet.toml made every `local` command raise ValueError (review s60)."""
+    root = tmp_path / "bv"
+    write_fleet_file(root / "fleet.toml", epoch=1, nodes=NODES)
+    write_fleet_file(root / "epoch²" / "fleet.toml", epoch=2, nodes=NODES)
+    assert LocalDeployment(root).epochs() == [1]

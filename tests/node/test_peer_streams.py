@@ -350,7 +350,7 @@ def test_messages_for_an_absent_peer_are_bounded_and_given_up_in_time(
 def test_addresses_are_checked() -> None:
     assert parse_address("127.0.0.1:7201", "x") == ("127.0.0.1", 7201)
     assert parse_address("[::1]:7201", "x") == ("::1", 7201)
-    for bad in ("7201", "host:", "host:0", "host:70000", ":7201", "host:x"):
+    for bad in ("7201", "host:", "host:0", "host:70000", ":7201", "host:x", "host:7²"):
         with pytest.raises(InvalidInput):
             parse_address(bad, "x")
 

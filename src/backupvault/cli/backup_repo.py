@@ -518,7 +518,7 @@ def _percent(value: str) -> int:
     it; restic's byte sizes and `unlimited` are not taken: `100` keeps every part-used
     pack)."""
     number = value.strip().removesuffix("%").strip()
-    if not number.isdigit() or int(number) > 100:
+    if not (number.isascii() and number.isdigit()) or int(number) > 100:
         raise click.BadParameter(
             f"{value!r} is not a per cent from 0 to 100 (`10` or `10%`)", param_hint="--max-unused"
         )

@@ -261,7 +261,9 @@ class LocalDeployment:
         later = [
             int(p.name.removeprefix("epoch"))
             for p in self.root.glob("epoch*")
-            if p.name.removeprefix("epoch").isdigit() and (p / "fleet.toml").exists()
+            if p.name.removeprefix("epoch").isascii()
+            and p.name.removeprefix("epoch").isdigit()
+            and (p / "fleet.toml").exists()
         ]
         sets = [1, *sorted(later)]
         current = self.fleet_dir(sets[-1]) / "fleet.toml"

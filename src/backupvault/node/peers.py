@@ -66,7 +66,7 @@ def parse_address(text: str, what: str) -> tuple[str, int]:
     """`host:port` (IPv6 hosts in brackets) as (host, port)."""
     host, sep, port = text.rpartition(":")
     host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidInput(f"{what} must be host:port, not {text!r}")
     return host, int(port)
 

@@ -896,7 +896,9 @@ class RowKeyRing:
         newer = [
             int(suffix)
             for label in self._sealer.key_labels(ROW_KEY_PREFIX)
-            if (suffix := label.removeprefix(ROW_KEY_PREFIX)).isdigit() and int(suffix) > generation
+            if (suffix := label.removeprefix(ROW_KEY_PREFIX)).isascii()
+            and suffix.isdigit()
+            and int(suffix) > generation
         ]
         if not newer:
             return None

@@ -378,7 +378,8 @@ def _routes(state: RelayState, openapi: dict[str, Any]) -> list[BaseRoute]:
         if status == 429:
             # The witness's bucket per address holds the relay's too, unless it lists the
             # relay: a wait, not a broken witness. Its Retry-After passes as a small number.
-            wait = int(asked_to_wait) if asked_to_wait.isdigit() and len(asked_to_wait) < 3 else 2
+            small = asked_to_wait.isascii() and asked_to_wait.isdigit() and len(asked_to_wait) < 3
+            wait = int(asked_to_wait) if small else 2  # ascii: '²'.isdigit(), int('²') raises
             return error_response(
                 503,
                 "witness_unavailable",
