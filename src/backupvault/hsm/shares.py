@@ -1516,10 +1516,20 @@ class ShareKeeper:
             # Its share is of another commit of this version, one that lost its round.
             return Answer(error(ErrorCode.NOT_REGISTERED, "this node holds no share of this M"))
         row, writes = self._apply_replicated_reset(key, request.account, request.entry, row, state)
-        if attempt <= row.reset_at:
+        if attempt <= row.reset_at or (
+            state.reset_signature and hmac.compare_digest(state.reset_hash, blinded_hash)
+        ):
+            # Also the B the owner's reset answered, under any number: its guess is over.
             return Answer(
                 error(ErrorCode.STALE_ATTEMPT, "this attempt was already answered; start again")
             )
+        # A B this node counted in this window is answered again under the number it was
+        # counted as, never charged again (review s60: a hostile proposer renumbered the
+        # latest attempt, same H(B), between the client's resends, and each resend cost
+        # every honest node a guess: the owner's right password ended the entry).
+        attempt = next(
+            (e.attempt for e in row.evaluated if e.blinded_hash == blinded_hash), attempt
+        )
         earlier = row.evaluated_hash(attempt)
         if earlier == UNKNOWN_B:
             return Answer(
@@ -1602,7 +1612,7 @@ class ShareKeeper:
             account, entry, row, state.reset_attempt, blinded_hash, state.reset_signature
         ):
             return None
-        return _after_reset(row, state.reset_attempt)
+        return _after_reset(row, state.reset_attempt, blinded_hash)
 
     def _verified_reset(
         self, key: bytes, request: ManifestRequest, row: NodeShare, state: ThresholdState
@@ -1715,7 +1725,7 @@ class ShareKeeper:
                     return Answer(
                         ResetResponse(current.version, current.reset_at, limit - current.count)
                     )
-                reset = _after_reset(current, attempt)
+                reset = _after_reset(current, attempt, blinded_hash)
                 trusted = self._reset_restores_trust(key, attempt, new.attempt)
                 response = ResetResponse(reset.version, reset.reset_at, limit - reset.count)
                 if not trusted and self._row_distrusted(key):
@@ -1980,10 +1990,12 @@ def _exhausted_on_reports() -> ErrorResponse:
     )
 
 
-def _after_reset(row: NodeShare, attempt: int) -> NodeShare:
-    """Forget this node's evaluations for attempts up to `attempt`."""
+def _after_reset(row: NodeShare, attempt: int, blinded_hash: bytes) -> NodeShare:
+    """Forget this node's evaluations for attempts up to `attempt`, and of the owner's B
+    (`blinded_hash`, whose attempt the owner signed) under any later number: a hostile
+    proposer's renumbering of it had this node count it there instead (review s60)."""
     require(attempt > row.reset_at, "a reset never goes back")
-    kept = [e for e in row.evaluated if e.attempt > attempt]
+    kept = [e for e in row.evaluated if e.attempt > attempt and e.blinded_hash != blinded_hash]
     return row.with_(reset_at=attempt, evaluated=kept)
 
 
