@@ -319,7 +319,10 @@ class Observer:
         blinded_hash = hashlib.sha256(blinded).digest()
         what = f"node{node}'s partial for attempt {attempt} of [{describe(state.to_bytes())}]"
         self.partials += 1
-        if state.status != EntryStatus.LIVE or attempt != state.attempt:
+        # A B the node counted is answered again under that number, also once a hostile
+        # proposer renumbered it (the value one number on, the same B): no new count.
+        again = version.node_b.get((node, attempt)) == blinded_hash
+        if state.status != EntryStatus.LIVE or (attempt != state.attempt and not again):
             self.violate("at-most-L-evaluations", f"{what}: not a live, counted attempt")
         if state.attempt_hash != blinded_hash:
             self.violate("at-most-L-evaluations", f"{what}: a B other than the one paid for")
