@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import ClassVar
 
 import pytest
 from hypothesis import given
@@ -163,6 +164,27 @@ def test_a_list_count_beyond_the_bytes_is_invalid_input() -> None:
         Outer.from_bytes(bigger)
     with pytest.raises(InvalidInput, match="list too long"):
         Outer.from_bytes(wire[:count_at] + ((1 << 20) + 1).to_bytes(4, "big") + wire[5:])
+
+
+@dataclass(frozen=True)
+class Limited(Message):
+    TAG = 202
+    LIST_LIMITS: ClassVar[dict[str, int]] = {"items": 2}
+    items: list[Sample]
+    flags: list[bool]
+
+
+def test_a_list_past_its_field_s_limit_is_refused_at_its_count() -> None:
+    """A field's `LIST_LIMITS` entry bounds that list alone, and a longer one is refused
+    at its count, before any item is read (review s60: a peer's page of a million records
+    was decoded whole, then dropped)."""
+    sample = Sample(1, False, b"", "")
+    fits = Limited([sample] * 2, [True] * 3)  # `flags` is not limited
+    assert Limited.from_bytes(fits.to_bytes()) == fits
+    with pytest.raises(InvalidInput, match="list too long"):
+        Limited.from_bytes(Limited([sample] * 3, []).to_bytes())
+    with pytest.raises(InvalidInput, match="list too long"):  # not "truncated": no item read
+        Limited.from_bytes(bytes([Limited.TAG]) + (3).to_bytes(4, "big"))
 
 
 def test_a_bytearray_or_memoryview_decodes_as_bytes() -> None:

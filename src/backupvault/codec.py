@@ -46,6 +46,10 @@ class Message:
     """Base for wire messages; subclasses are frozen dataclasses with a class-level TAG."""
 
     TAG: ClassVar[int]
+    # The most items a list field may hold when decoded, by field name (`MAX_ITEMS` if not
+    # named): a list longer than any honest sender makes is refused at its count, before
+    # its items are read (review s60: a peer's million-record page held a node's loop 3 s).
+    LIST_LIMITS: ClassVar[dict[str, int]] = {}
     # Built once per class, at first use (the type hints resolve only once every class
     # they name exists): each field's name with its encoder, and the class's decoder.
     # Testing each field's type at every value made decoding a large part of a node's
@@ -222,8 +226,11 @@ def _emit_blob(src: _Source, indent: int) -> str:
     return stop
 
 
-def _emit_field(src: _Source, kind: Any, indent: int, owner: type[Message]) -> str:
-    """Emit the reading of one value of `kind` at `pos`; returns the local holding it."""
+def _emit_field(
+    src: _Source, kind: Any, indent: int, owner: type[Message], most: int = MAX_ITEMS
+) -> str:
+    """Emit the reading of one value of `kind` at `pos` (a list of at most `most` items);
+    returns the local holding it."""
     out = src.local()
     if kind is int:
         src.add(indent, "if pos + 8 > end: raise truncated()", f"{out} = u64(data, pos)[0]")
@@ -249,7 +256,7 @@ def _emit_field(src: _Source, kind: Any, indent: int, owner: type[Message]) -> s
         count = src.local()
         src.add(indent, "if pos + 4 > end: raise truncated()", f"{count} = u32(data, pos)[0]")
         src.add(indent, "pos += 4")
-        src.add(indent, f"if {count} > {MAX_ITEMS}: raise InvalidInput('list too long')")
+        src.add(indent, f"if {count} > {most}: raise InvalidInput('list too long')")
         src.add(indent, f"{out} = []", f"for _ in range({count}):")
         item = _emit_field(src, item_kind, indent + 1, owner)
         src.add(indent + 1, f"{out}.append({item})")
@@ -265,7 +272,10 @@ def _compile_decoder(cls: type[Message]) -> _Decode:
     src.add(1, "if pos >= end: raise truncated()", f"if data[pos] != {cls.TAG}:")
     src.add(2, "raise wrong_tag(cls, data[pos])")
     src.add(1, "pos += 1")
-    fields = [_emit_field(src, kind, 1, cls) for _, kind in cls._field_types()]
+    fields = [
+        _emit_field(src, kind, 1, cls, cls.LIST_LIMITS.get(name, MAX_ITEMS))
+        for name, kind in cls._field_types()
+    ]
     src.add(1, "try:", f"    return cls({', '.join(fields)}), pos")
     src.add(1, "except (TypeError, ValueError) as err: raise malformed(cls, err) from None")
     code = "\n".join([f"def decode_{cls.__name__}(data, pos, end):", *src.lines])

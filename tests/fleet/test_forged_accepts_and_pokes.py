@@ -7,15 +7,19 @@ counter going down or a field changed unsigned); H can always make one up.
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import replace
 
 from test_replica import Net, put
 
-from backupvault.codec import decode_any
+from backupvault.codec import Message, decode_any
 from backupvault.fleet.messages import (
     PEER_MESSAGES,
     Accept,
+    Accepted,
     AppliedOp,
+    Forward,
     Prepare,
     ReplicatedValue,
     payload_of,
@@ -31,6 +35,7 @@ from backupvault.fleet.replica import (
     Replica,
     Send,
 )
+from backupvault.hsm.state import EntryId
 
 H, K = 4, b"k"
 REFUSED = ReplicatedValue([AppliedOp(b"h" * 16, 1)], b"\xff").to_bytes()
@@ -182,3 +187,34 @@ def test_a_full_table_of_learning_budgets_stays_bounded_and_spent() -> None:
     replica._learn_round(K, H, far, Ballot(first, 0))
     assert replica._learned[K] == first + MAX_ROUND_STEP - 1
     assert len(replica._climb_budgets) <= LEARNED_ENTRIES
+
+
+def test_answers_about_another_entry_do_not_commit_a_forwarded_change() -> None:
+    """Review s60: a value names no entry (a tombstone, an empty value, an owner's delete
+    are the same bytes for every entry), and the origin counted acceptors' answers by op
+    id, ballot and digest alone. A hostile leader sent node 1's forwarded value for another
+    entry under node 1's op id; honest acceptors took it there and answered node 1, which
+    reported its change committed though no acceptor held it for its entry."""
+    entry = EntryId.of("alice", "chat").to_bytes()
+    other = EntryId.of("mallory", "x").to_bytes()
+    now = 1000.0
+    honest = {n: Replica(n, range(5), os.urandom) for n in (1, 2, 3)}
+    for replica in honest.values():
+        replica.start(now, intact=True)
+    origin = honest[1]
+    effects = origin.propose(b"X" * 16, entry, lambda _: (b"deleted", "acted on"), now)
+    (forward,) = [e.message for e in effects if isinstance(e, Send)]
+    assert isinstance(forward, Forward) and forward.key == entry  # to the leader, node 0
+    forged = Accept(forward.op_id, other, 1, 0, forward.value, 1, True)
+    answers: list[tuple[int, Message]] = []
+    for n in (2, 3):
+        out = honest[n].receive(0, forged, now)
+        answers += [(n, e.message) for e in out if isinstance(e, Send) and e.to == 1]
+    digest = hashlib.sha256(forward.value).digest()
+    answers.append((0, Accepted(forward.op_id, other, 1, 0, True, 2, 0, digest)))
+    results = []
+    for sender, answer in answers:
+        assert isinstance(answer, Accepted) and answer.key == other
+        results += origin.receive(sender, answer, now)
+    assert all(r.source.get(entry) is None for r in honest.values())
+    assert not [r for r in results if isinstance(r, Committed)]

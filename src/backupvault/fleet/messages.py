@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from typing import ClassVar
 
 from backupvault.codec import Message
 from backupvault.errors import InvalidInput
@@ -117,6 +118,11 @@ class SyncRequest(Message):
     since: int = 0
 
 
+# Records per catch-up answer, at most: one page is about 1 MB on the wire, and reading it
+# is a short pause of the answering node's event loop (decrypting ~2,000 rows).
+SYNC_PAGE = 2000
+
+
 @dataclass(frozen=True)
 class SyncResponse(Message):
     """A page of the sender's records written after version `since` (0: from the start,
@@ -124,6 +130,7 @@ class SyncResponse(Message):
     `more`: the page is full, ask again from `upto`."""
 
     TAG = 66
+    LIST_LIMITS: ClassVar[dict[str, int]] = {"records": SYNC_PAGE}
     sync_id: bytes
     ready: bool  # False if the sender is itself still catching up
     records: list[AcceptorRecord]
@@ -179,6 +186,9 @@ class AppliedOp(Message):
     round: int
 
 
+RECENT_OPS = 32  # changes remembered per entry; a retry comes within seconds
+
+
 @dataclass(frozen=True)
 class ReplicatedValue(Message):
     """What acceptors store as a record's value: the application's bytes plus the ids of
@@ -186,11 +196,11 @@ class ReplicatedValue(Message):
     lost track of never applies the same change twice."""
 
     TAG = 69
+    LIST_LIMITS: ClassVar[dict[str, int]] = {"applied": RECENT_OPS}
     applied: list[AppliedOp]
     payload: bytes
 
 
-RECENT_OPS = 32  # changes remembered per entry; a retry comes within seconds
 MAX_OP_ID_BYTES = 32  # a node's op ids are 16 random bytes
 VALUES_DECODED = 256  # values whose decoding is remembered (`decode_value`)
 

@@ -41,6 +41,7 @@ from backupvault.codec import Message
 from backupvault.errors import InvalidInput
 from backupvault.fleet.messages import (
     RECENT_OPS,
+    SYNC_PAGE,
     Accept,
     Accepted,
     AcceptorRecord,
@@ -127,9 +128,6 @@ ROUND_CEILING = 1 << 62
 CLIMB_STEPS_PER_SECOND = 1024
 CLIMB_BURST_STEPS = 256
 SYNC_ASKS_KEPT = 8  # answers to older asks than this are ignored
-# Records per catch-up answer: one page is about 1 MB on the wire, and reading it is a
-# short pause of the answering node's event loop (decrypting ~2,000 rows).
-SYNC_PAGE = 2000
 FORWARDS_PER_PROPOSAL = 3  # stale-base answers from the leader before going leaderless
 #: A follower's copy of a joinable change waits for the leader's own round before it
 #: forwards (`_begin`, `_JoinWait`): `JOIN_WAIT_FACTOR` times the 90th percentile of the
@@ -398,6 +396,11 @@ class Replica:
         # coming is not asked again (`tick`), so each peer has one chain of asks at most.
         self._latest_ask: dict[int, bytes] = {}
         self._paged_at: dict[int, float] = {}
+        # Each ask sent and not yet answered, by peer: an ask is answered by one page, so a
+        # second copy of its answer (a hostile peer's, under the ask's id) merges nothing
+        # (review s60: copies of a page "from the start" were each merged, a million
+        # records from one ask in one frame).
+        self._unanswered: set[tuple[int, bytes]] = set()
         # While catching up: the value this node itself held for each entry whose value a
         # peer's copy has replaced in this catch-up (`_copy_taken` checks against it).
         # Not kept when the store was empty at the start (wiped): every own value is then
@@ -483,6 +486,7 @@ class Replica:
         self._sync_progress = {peer: self.source.mark(peer) for peer in self.peers}
         self._latest_ask = {}
         self._paged_at = {}
+        self._unanswered = set()
         self._own_values = {}
         # Every record holds a promise of round 1 or more: no round, no record. A store
         # still in a catch-up that began empty holds only peers' copies: checked against
@@ -503,6 +507,7 @@ class Replica:
         self._sync_asks += 1
         for old in [i for i, n in self._sync_ids.items() if n <= self._sync_asks - SYNC_ASKS_KEPT]:
             del self._sync_ids[old]
+        self._unanswered = {(p, i) for p, i in self._unanswered if i in self._sync_ids}
         return self._ask_pages(peers)
 
     def _ask_pages(self, peers: Iterable[int]) -> list[Effect]:
@@ -513,6 +518,7 @@ class Replica:
         for peer in peers:
             mark = self._sync_progress.get(peer, Mark())
             self._latest_ask[peer] = sync_id
+            self._unanswered.add((peer, sync_id))
             effects.append(Send(peer, SyncRequest(sync_id, mark.store_id, mark.upto)))
         return effects
 
@@ -1210,8 +1216,8 @@ class Replica:
         if lead is not None and lead.phase == "prepare" and lead.prepare_id == message.op_id:
             return self._lead_on_promise(lead, sender, message, now)
         proposal = self._current(message.op_id, message.round, message.node, "prepare")
-        if proposal is None:
-            return []
+        if proposal is None or message.key != proposal.key:
+            return []  # also an answer about another entry under this op id (review s60)
         if not message.ok:
             return self._refused_by(proposal, sender, message.promised_round, now)
         proposal.promises[sender] = message
@@ -1277,7 +1283,12 @@ class Replica:
     def _on_accepted(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         effects = self._lead_on_accepted(sender, message, now)
         proposal = self._by_op.get(message.op_id)
-        if proposal is not None and message.ok and message.digest in proposal.forwarded:
+        if (
+            proposal is not None
+            and message.ok
+            and message.key == proposal.key  # a vote for another entry is none for this one
+            and message.digest in proposal.forwarded
+        ):
             effects += self._forward_on_accepted(proposal, sender, message, now)
         effects += self._accepted_leaderless(sender, message, now)
         if message.ok:
@@ -1395,7 +1406,8 @@ class Replica:
 
     def _accepted_leaderless(self, sender: int, message: Accepted, now: float) -> list[Effect]:
         repair = self._repairs.get(message.op_id)
-        if repair is not None and (message.round, message.node) == (
+        if repair is not None and (message.key, message.round, message.node) == (
+            repair.accept.key,
             repair.accept.round,
             repair.accept.node,
         ):
@@ -1427,7 +1439,7 @@ class Replica:
                 del self._repairs[message.op_id]
             return []
         proposal = self._current(message.op_id, message.round, message.node, "accept")
-        if proposal is None:
+        if proposal is None or message.key != proposal.key:
             return []
         if _about_another_value(message, proposal.accepted_value):
             return []  # an answer to another value under the ballot: a forgery's
@@ -1895,7 +1907,7 @@ class Replica:
 
     def _on_sync_response(self, sender: int, message: SyncResponse, now: float) -> list[Effect]:
         asked = self._sync_ids.get(message.sync_id)
-        if self.ready or asked is None:
+        if self.ready or asked is None or (sender, message.sync_id) not in self._unanswered:
             return []
         held = self._sync_responses.get(sender)
         if held is not None and held[0] > asked:
@@ -1906,6 +1918,7 @@ class Replica:
             progress.upto,
         ):
             return []  # a page that does not continue what was merged (a duplicate)
+        self._unanswered.discard((sender, message.sync_id))  # one page merged per ask
         # Merged as pages arrive: a merge only raises promises and takes newer accepted
         # values, and this node answers no Prepare or Accept before it is ready.
         effects: list[Effect] = []
