@@ -6,12 +6,17 @@ from backupvault.errors import BackupVaultError
 from backupvault.protocol import MAX_ERROR_DETAIL
 
 
+def one_line(text: str) -> str:
+    """Words another party chose, as one line cut to the length of an honest node's own
+    detail: whole, they wrote lines of their own under `error:` (a fake "key destroyed"
+    with a hint to make a new one) or buried the real message under kilobytes."""
+    return " ".join(text.split())[:MAX_ERROR_DETAIL]
+
+
 def relay_says(text: str) -> str:
-    """Words the relay chose (an error's detail or code, a body it served), as one line cut
-    to the length of a node's own sealed detail, and marked as the relay's: whole, they
-    wrote lines of their own under `error:` (a fake "key destroyed" with a hint to make a
-    new one) or buried the real message under kilobytes (review s49)."""
-    return "the relay says: " + " ".join(text.split())[:MAX_ERROR_DETAIL]
+    """Words the relay chose (an error's detail or code, a body it served), on one line
+    and marked as the relay's (review s49)."""
+    return "the relay says: " + one_line(text)
 
 
 class VaultError(BackupVaultError):

@@ -25,6 +25,7 @@ from backupvault.client.errors import (
     RelayUnreachable,
     Unauthorized,
     VaultError,
+    one_line,
     relay_says,
 )
 from backupvault.codec import Message
@@ -98,7 +99,8 @@ class NodeOutcome(Generic[T]):
 
     def describe(self) -> str:
         if self.error is not None:
-            return f"node {self.index}: {self.error.detail or self.error.code}"
+            # A hostile node's detail is bound by no firmware of ours (review s60).
+            return f"node {self.index}: {one_line(self.error.detail or self.error.code)}"
         return f"node {self.index}: {self.failure or 'answered'}"
 
 
