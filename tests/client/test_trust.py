@@ -57,6 +57,7 @@ from backupvault.transparency.errors import (
     Malformed,
     MalformedNote,
     MeasurementNotAllowed,
+    NotLogged,
     OperatorSignatureInvalid,
     StaleHead,
     TransparencyError,
@@ -159,6 +160,15 @@ class Net:
                 return httpx.Response(404)
         if witness is not None and path == "/v1/consistency":
             return proof_answer(witness, int(query["old"]), int(query["new"]))
+        if witness is not None and path == "/v1/inclusion":
+            try:
+                index, proof = witness.inclusion_of(
+                    bytes.fromhex(query["leaf_hash"]), int(query["size"])
+                )
+            except NotLogged:
+                return httpx.Response(404)
+            hashes = [base64.b64encode(h).decode() for h in proof]
+            return httpx.Response(200, json={"index": index, "proof": hashes})
         if host != "relay.test":
             return httpx.Response(404)
         if path == "/v1/fleet/consistency":  # the relay passes on witness A's proof
@@ -1017,6 +1027,61 @@ def test_an_older_epoch_that_was_never_logged(net: Net, state_file: Path) -> Non
         list(trust.older(net.http(), RELAY, current.record))
     assert isinstance(caught.value.reason, WitnessSignatureMissing)
     assert snapshot(state_file) == before
+
+
+def test_an_older_epoch_only_the_bundles_witness_logged_is_refused(
+    net: Net, tmp_path: Path
+) -> None:
+    """Review s60: an older epoch was vouched for by the bundle's witness alone, so the
+    operator with that witness showed a client an older record that witness B never
+    logged (nodes of their choosing), and a device whose entry was not on the current
+    fleet asked those nodes for it with the real password. Every witness now proves its
+    log holds the record, in the tree of the head it just signed for this client."""
+    net.deploy(1)
+    evil_nodes = rotated_nodes(9)
+    evil = net.log(net.sign(2, nodes=evil_nodes))  # logged at A only
+    net.previous[1] = net.current
+    net.previous[2] = evil
+    net.current = net.log(net.sign(3, nodes=rotated_nodes(3)), net.b)
+    device = net.trust(tmp_path / "device" / "state.json")
+    current = device.current(net.http(), RELAY).record
+    assert current.epoch == 3
+    before = snapshot(device.state_file)
+    with pytest.raises(FleetNotTrusted, match=r"witness-b\.test/backupvault has not logged"):
+        list(device.older(net.http(), RELAY, current))
+    assert snapshot(device.state_file) == before  # epoch 2's record is not kept
+    # A record already kept (before this check existed) is asked about the same way.
+    state = TrustState.load(device.state_file)
+    verified = verify_bundle(
+        evil, raw_public_key(net.operator), net.a_signer.verifier.public_key, WITNESS_NAME, None
+    )
+    state.accept(verified, (FleetBundle.from_bytes(evil).checkpoint,), current=False)
+    del net.previous[2]
+    with pytest.raises(FleetNotTrusted, match="has not logged the record of epoch 2"):
+        list(device.older(net.http(), RELAY, current))
+
+
+def test_a_witness_proof_of_an_older_record_that_does_not_verify_is_refused(
+    net: Net, state_file: Path
+) -> None:
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    current = trust.current(net.http(), RELAY).record
+
+    def wrong_index(request: httpx.Request) -> httpx.Response:
+        answer = net.honest(request)
+        body = json.loads(answer.content)
+        return httpx.Response(200, json={**body, "index": body["index"] + 1})
+
+    net.hostile[("witness-b.test", "/v1/inclusion")] = wrong_index
+    with pytest.raises(FleetNotTrusted) as caught:
+        list(trust.older(net.http(), RELAY, current))
+    assert isinstance(caught.value.reason, InclusionProofInvalid)
+    net.hostile[("witness-b.test", "/v1/inclusion")] = reply(503)
+    with pytest.raises(FleetUnavailable, match="no proof that the witness"):
+        list(trust.older(net.http(), RELAY, current))
+    net.hostile.clear()
+    assert [r.epoch for r in trust.older(net.http(), RELAY, current)] == [1]
 
 
 def test_a_head_rolled_back_to_a_smaller_tree(net: Net, state_file: Path) -> None:

@@ -81,6 +81,14 @@ def test_submit_and_audit(client: TestClient, operator_key: Ed25519PrivateKey) -
     merkle.verify_inclusion(
         base64.b64decode(incl["leaf_hash"]), 2, 4, _b64(incl["proof"]), after.root_hash
     )
+    # by the leaf's hash, as a client asks every witness about an older epoch's record
+    wanted = merkle.leaf_hash(leaves[1])
+    found = client.get("/v1/inclusion", params={"leaf_hash": wanted.hex(), "size": 4}).json()
+    assert found["index"] == 1 and base64.b64decode(found["leaf_hash"]) == wanted
+    merkle.verify_inclusion(wanted, 1, 4, _b64(found["proof"]), after.root_hash)
+    for unknown, size in ((bytes(32), 4), (merkle.leaf_hash(leaves[3]), 3)):  # none; later
+        answer = client.get("/v1/inclusion", params={"leaf_hash": unknown.hex(), "size": size})
+        assert answer.status_code == 404 and answer.json()["error"] == "not_logged"
 
 
 REFUSALS = [
@@ -143,6 +151,10 @@ BAD_QUERIES = [
     "/v1/inclusion?index=0&size=0",
     "/v1/inclusion?index=0&size=4",
     "/v1/inclusion?index=x&size=1",
+    "/v1/inclusion?leaf_hash=00&size=1",
+    "/v1/inclusion?leaf_hash=" + "A" * 64 + "&size=1",
+    "/v1/inclusion?leaf_hash=" + "0" * 64 + "&size=9",
+    "/v1/inclusion?leaf_hash=" + "0" * 64,
     "/v1/leaves?start=5&end=9",
     "/v1/leaves?start=2&end=1",
     "/v1/leaves?start=&end=",

@@ -104,6 +104,7 @@ from backupvault.transparency.head import (
     check_head,
     open_head,
 )
+from backupvault.transparency.merkle import leaf_hash, verify_inclusion
 from backupvault.transparency.note import MAX_NOTE_BYTES
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 
@@ -607,28 +608,12 @@ class OtaTrust:
         source = f"the witness {endpoint.verifier.name}"
 
         def fetch(old: int, new: int) -> Sequence[bytes]:
-            try:
-                answer = read_answer(
-                    http,
-                    "GET",
-                    f"{endpoint.url}/v1/consistency?old={old}&new={new}",
-                    limit=MAX_JSON,
-                    what=f"the consistency proof from {source}",
-                )
-            except httpx.HTTPError as err:
-                # No answer in time, or none at all: an outage (exit 5), as the relay's
-                # route says it; "not trusted" (exit 7) is the alarm for a forked log.
-                raise FleetUnavailable(
-                    f"no consistency proof from {source}: it did not answer ({err})",
-                    hint="try again later; nothing was trusted or saved",
-                ) from None
-            except AnswerRefused as err:
-                raise FleetNotTrusted(err.message, hint=err.hint) from None
-            if answer.status_code in SERVER_DOWN or answer.status_code == 429:
-                raise FleetUnavailable(
-                    f"no consistency proof from {source} for now ({answer.status_code})",
-                    hint="the witness is busy or down; try again later; nothing was trusted",
-                )
+            answer = _ask_witness(
+                http,
+                f"{endpoint.url}/v1/consistency",
+                {"old": str(old), "new": str(new)},
+                f"consistency proof from {source}",
+            )
             if answer.status_code != 200:
                 raise FleetNotTrusted(
                     f"no consistency proof from {source} ({answer.status_code}): a witness"
@@ -748,7 +733,7 @@ class OtaTrust:
 
     def _confirm_live(
         self, http: httpx.Client, state: TrustState, current: DeploymentRecord
-    ) -> None:
+    ) -> dict[str, FleetHead]:
         """Every witness confirms, now, that `current` is still the fleet's latest record:
         a head that signs back a nonce drawn here, never a kept head standing in. Asked
         before any older epoch, since the latest record's `retired_below` says which are
@@ -763,6 +748,7 @@ class OtaTrust:
                 " here as current"
             )
         now = max(int(self.clock()), state.trusted_time)
+        heads = {}
         for endpoint in self.witnesses:
             name = endpoint.verifier.name
             nonce = os.urandom(NONCE_LEN)
@@ -774,7 +760,48 @@ class OtaTrust:
                     " older epoch is asked only after",
                     hint="try again when the witness answers; nothing was asked of an older epoch",
                 )
-            self._checked_head(http, state, endpoint, note, leaf, current, now, None, nonce)
+            heads[name] = self._checked_head(
+                http, state, endpoint, note, leaf, current, now, None, nonce
+            )
+        return heads
+
+    def _logged_everywhere(
+        self, http: httpx.Client, heads: dict[str, FleetHead], record: bytes, epoch: int
+    ) -> None:
+        """Every witness proves that its log, in the tree of the head it just signed for
+        this client (`_confirm_live`), holds `record`, an older epoch's signed record: the
+        operator and one witness cannot show a client an older record the other witnesses
+        did not log. Until review s60 only the bundle's witness vouched for one, so an
+        operator could log nodes of its own as an epoch at that witness alone, and a device
+        whose entry was not on the current fleet asked those nodes for its password."""
+        wanted = leaf_hash(record)
+        for endpoint in self.witnesses:
+            source = f"the witness {endpoint.verifier.name}"
+            tree = heads[endpoint.verifier.name].checkpoint
+            what = f"proof that {source} logged epoch {epoch}'s record"
+            params = {"leaf_hash": wanted.hex(), "size": str(tree.size)}
+            answer = _ask_witness(http, f"{endpoint.url}/v1/inclusion", params, what)
+            if answer.status_code != 200:
+                raise FleetNotTrusted(
+                    f"{source} has not logged the record of epoch {epoch} that the relay"
+                    f" offers ({answer.status_code}): the operator showed this client an"
+                    " epoch that not every witness logged",
+                    hint="nothing was asked of that epoch's nodes; report it to the fleet's"
+                    " operator and the witness's",
+                )
+            try:
+                proof = untrusted_json(answer.content, f"the {what}")
+                index = proof["index"]
+                if not isinstance(index, int) or isinstance(index, bool):
+                    raise TypeError
+                hashes = [base64.b64decode(h, validate=True) for h in proof["proof"]]
+                verify_inclusion(wanted, index, tree.size, hashes, tree.root_hash)
+            except InvalidInput as err:
+                raise FleetNotTrusted(err.message) from None
+            except TransparencyError as err:
+                raise _refused(err) from None
+            except (ValueError, KeyError, TypeError):
+                raise FleetNotTrusted(f"the {what} is malformed") from None
 
     def older(
         self, http: httpx.Client, relay_url: str, current: DeploymentRecord
@@ -808,8 +835,9 @@ class OtaTrust:
         # relay no longer routes it once the upgrade's bundle replaced its own.
         searched = {_node_keys(current)}
         listed = {e for e in listed if current.retired_below <= e < current.epoch}
+        heads = {}
         if known or listed:  # with no older epoch to ask, no retirement to be sure of
-            self._confirm_live(http, state, current)
+            heads = self._confirm_live(http, state, current)
         for epoch in sorted(set(known) | listed, reverse=True):
             if epoch in known:
                 try:
@@ -817,6 +845,7 @@ class OtaTrust:
                 except TransparencyError as err:
                     raise _refused(err) from None
                 if _node_keys(record) not in searched:
+                    self._logged_everywhere(http, heads, known[epoch].to_bytes(), epoch)
                     searched.add(_node_keys(record))
                     yield record
                 continue
@@ -832,10 +861,32 @@ class OtaTrust:
                     f"the relay's bundle for epoch {epoch} is for epoch"
                     f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
                 )
+            self._logged_everywhere(http, heads, verified.signed_record.to_bytes(), epoch)
             state.accept(verified, (FleetBundle.from_bytes(bundle).checkpoint,), current=False)
             if _node_keys(verified.record) not in searched:
                 searched.add(_node_keys(verified.record))
                 yield verified.record
+
+
+def _ask_witness(http: httpx.Client, url: str, params: dict[str, str], what: str) -> httpx.Response:
+    """A witness's answer with `what` (a proof): no answer in time, a 5xx or a 429 is an
+    outage (`FleetUnavailable`, exit 5); "not trusted" (exit 7) is kept for what the
+    answer says, and for an answer larger than any honest one."""
+    try:
+        answer = read_answer(http, "GET", url, params=params, limit=MAX_JSON, what=f"the {what}")
+    except httpx.HTTPError as err:
+        raise FleetUnavailable(
+            f"no {what}: it did not answer ({err})",
+            hint="try again later; nothing was trusted or saved",
+        ) from None
+    except AnswerRefused as err:
+        raise FleetNotTrusted(err.message, hint=err.hint) from None
+    if answer.status_code in SERVER_DOWN or answer.status_code == 429:
+        raise FleetUnavailable(
+            f"no {what} for now ({answer.status_code})",
+            hint="the witness is busy or down; try again later; nothing was trusted",
+        )
+    return answer
 
 
 def _node_keys(record: DeploymentRecord) -> tuple[tuple[bytes, bytes], ...]:

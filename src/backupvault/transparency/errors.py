@@ -75,6 +75,12 @@ class UnknownFleet(TransparencyError):
     code = "unknown_fleet"
 
 
+class NotLogged(TransparencyError):
+    """The witness's log holds no such leaf (in the tree of the size asked about)."""
+
+    code = "not_logged"
+
+
 class UnknownOperatorKey(TransparencyError):
     """The record names an operator key other than the one accepted for this fleet."""
 

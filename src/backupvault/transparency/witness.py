@@ -45,6 +45,7 @@ from backupvault.transparency.errors import (
     EpochReplayed,
     Malformed,
     MeasurementNotAllowed,
+    NotLogged,
     RetirementWithdrawn,
     UnknownFleet,
 )
@@ -224,6 +225,16 @@ class Witness:
         if not 0 <= index < size:
             raise Malformed(f"no leaf {index} in a tree of {size}")
         return self.store.leaf_hash(index), self.store.inclusion_proof(index, size)
+
+    def inclusion_of(self, leaf_hash: bytes, size: int) -> tuple[int, list[bytes]]:
+        """(index, proof) of the leaf whose hash is `leaf_hash` in the tree of `size`
+        leaves: how a client asks every witness whether it logged an older epoch's record
+        (its index differs from log to log)."""
+        self._check_size(size)
+        index = self.store.index_of(leaf_hash)
+        if index is None or index >= size:
+            raise NotLogged(f"no leaf with that hash in the tree of {size}")
+        return index, self.store.inclusion_proof(index, size)
 
     def leaves(self, start: int, end: int) -> tuple[int, list[bytes]]:
         """(end, leaves[start:end]); `end` is clamped to the log, to MAX_LEAVES_PAGE leaves

@@ -5,6 +5,8 @@
     GET  /v1/checkpoint             200: the signed checkpoint (text/plain, a C2SP note)
     GET  /v1/consistency?old=M&new=N  200: {"old", "new", "proof": [base64, …]}
     GET  /v1/inclusion?index=I&size=N 200: {"index", "size", "leaf_hash", "proof": [base64]}
+    GET  /v1/inclusion?leaf_hash=HEX&size=N  the same for the leaf of that hash; 404
+                                    `not_logged` if the tree of size N holds none
     GET  /v1/leaves?start=S&end=E   200: {"start", "end", "leaves": [base64 leaf, …]}
                                     (end exclusive, clamped to the log, 256 leaves and
                                     1 MiB of them: page on from `end`)
@@ -48,7 +50,12 @@ from backupvault.serving import (
     run_until_stopped,
     slow_body_response,
 )
-from backupvault.transparency.errors import EpochReplayed, TransparencyError, UnknownFleet
+from backupvault.transparency.errors import (
+    EpochReplayed,
+    NotLogged,
+    TransparencyError,
+    UnknownFleet,
+)
 from backupvault.transparency.witness import Witness, WitnessConfig
 
 log = logging.getLogger("backupvault.witness")
@@ -58,6 +65,7 @@ _UINT = re.compile(r"[0-9]{1,19}")
 _DIGITS = re.compile(r"[0-9]+")
 _FLEET_HEX = re.compile(r"(?:[0-9a-f]{2}){1,64}")
 _NONCE_HEX = re.compile(r"[0-9a-f]{32}")  # transparency/head.py, NONCE_LEN
+_LEAF_HEX = re.compile(r"[0-9a-f]{64}")
 #: Requests per client address (an IPv6 client: its /64), any route: a burst, then a
 #: steady rate. An honest client or auditor asks a few times per run (a checkpoint, a
 #: proof, a head); without a bucket one address kept the witness signing heads and
@@ -201,10 +209,20 @@ def create_app(
 
     async def inclusion(request: Request) -> Response:
         try:
-            index, size = _uint(request.query_params, "index"), _uint(request.query_params, "size")
-            leaf, proof = await run_in_threadpool(witness.inclusion, index, size)
+            size = _uint(request.query_params, "size")
+            wanted = request.query_params.get("leaf_hash")
+            if wanted is None:
+                index = _uint(request.query_params, "index")
+                leaf, proof = await run_in_threadpool(witness.inclusion, index, size)
+            elif not _LEAF_HEX.fullmatch(wanted):
+                raise _BadQuery("'leaf_hash' is a 32-byte leaf hash in lowercase hex")
+            else:
+                leaf = bytes.fromhex(wanted)
+                index, proof = await run_in_threadpool(witness.inclusion_of, leaf, size)
         except _BadQuery as err:
             return _error(400, "bad_query", err.detail)
+        except NotLogged as err:
+            return _error(404, err.code, err.message)
         except (InvalidInput, TransparencyError) as err:
             return _error(400, "bad_range", err.message)
         return JSONResponse(
