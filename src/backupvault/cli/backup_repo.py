@@ -108,17 +108,23 @@ def require_repository(url: str, command: str) -> None:
     )
 
 
+def snapshot_names(url: str) -> list[str]:
+    """The snapshot ids storage lists (its names: what they hold is checked once opened)."""
+    from backupvault.backup.repo.backend import Backend
+
+    return list(Backend(Storage(url)).list("snapshots"))
+
+
 def require_snapshots(url: str, *ids: str) -> None:
     """Before the key is asked for: each snapshot id (or prefix) names a snapshot object
     in storage. Storage's names are not trusted for anything here (the one opened is
     authenticated after); a mistyped id only no longer spends a password on a lookup that
     fails."""
     from backupvault.backup.errors import BackupNotFound
-    from backupvault.backup.repo.backend import Backend
     from backupvault.backup.repo.repository import is_latest
 
     storage = Storage(url)
-    names = Backend(storage).list("snapshots")
+    names = snapshot_names(url)
     for wanted in ids:
         if is_latest(wanted):
             continue  # which one that is, only the key tells

@@ -1229,7 +1229,7 @@ def backup_restore(
     from backupvault.backup.repo import restore_snapshot
     from backupvault.backup.repo.repository import is_latest
     from backupvault.backup.repo.state import default_dir
-    from backupvault.cli.backup_repo import repository_exists, require_snapshots
+    from backupvault.cli.backup_repo import repository_exists, require_snapshots, snapshot_names
 
     if password_stdin and code is not None:
         raise both_keys_given()
@@ -1254,8 +1254,16 @@ def backup_restore(
     url = ctx.storage(storage_url)
     use_repository = repository_exists(url)
     if use_repository and backup_id is not None:
-        single_blob = [b.backup_id for b in list_backups(url, missing_ok=True)]
-        use_repository = not any(i.startswith(backup_id.lower()) for i in single_blob)
+        wanted = backup_id.strip().lower()
+        if any(b.backup_id.startswith(wanted) for b in list_backups(url, missing_ok=True)):
+            if any(name.startswith(wanted) for name in snapshot_names(url)):
+                # Storage chooses which of the two a short id names (review s60): an old
+                # single-blob backup put beside the repository was restored in its place.
+                raise UsageError(
+                    f"{wanted} matches both a snapshot's id and a single-blob backup's",
+                    hint="give more of the id: `backupvault backup list` shows both",
+                )
+            use_repository = False
     if not use_repository:
         # First: no storage, or nothing in it, is said as such, not as an option refused.
         _require_single_blob(url, backup_id)
