@@ -178,6 +178,24 @@ def test_add_fleet_says_a_running_witness_takes_it_at_its_next_start(
     assert 'operator_key = "' + OPERATOR_KEY in config.read_text()
 
 
+@pytest.mark.parametrize("fleets", ["[1]", '"00ff"', '[{fleet_id = "00ff"}, "x"]'])
+def test_add_fleet_names_a_config_whose_fleets_are_not_tables(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fleets: str
+) -> None:
+    """`fleets = [1]` stopped as "unexpected AttributeError ... a bug" (review s60); it is
+    the file's fault, said as `witness serve` says it, and nothing is written."""
+    config = tmp_path / "witness.toml"
+    config.write_text(f'key_file = "witness.key"\nfleets = {fleets}\n')
+    before = config.read_text()
+    with pytest.raises(SystemExit) as done:
+        main(["witness", "add-fleet", "--fleet-id", "00ff", "--operator-key", OPERATOR_KEY,
+              "--config", str(config)])  # fmt: skip
+    err = capsys.readouterr().err
+    assert done.value.code == 1 and "bug" not in err, err
+    assert "`fleets` must be a list of [[fleets]] tables" in err
+    assert config.read_text() == before
+
+
 def test_add_fleet_does_not_replace_a_fleets_operator_key_without_being_told(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -369,8 +369,15 @@ def witness_add_fleet(
     # The witness refuses a small-order key at start; say so now, not at the next restart.
     key_hex = check_public_key(load_operator_key(operator_key, Path.cwd()), "--operator-key").hex()
     data = load_toml(witness_config, "witness config")
-    for known in data.get("fleets", []):
-        if not isinstance(known, dict) or str(known.get("fleet_id")) != fleet.hex() or replace_key:
+    listed = data.get("fleets", [])
+    if not isinstance(listed, list) or not all(isinstance(f, dict) for f in listed):
+        # As `witness serve` refuses it; `fleets = [1]` stopped here as a bug (review s60).
+        raise InvalidInput(
+            f"{witness_config}: `fleets` must be a list of [[fleets]] tables; nothing was changed",
+            hint="fix the file (docs/transparency.md shows one), then run this again",
+        )
+    for known in listed:
+        if str(known.get("fleet_id")) != fleet.hex() or replace_key:
             continue
         # The key decides what the witness logs for the fleet: a record another key signs
         # with a higher epoch would retire the real one for every OTA client.
@@ -386,7 +393,7 @@ def witness_add_fleet(
                 hint="check the key with the fleet's operator; give --replace-key only if they"
                 " really changed it (the witness then logs what the new key signs for it)",
             )
-    fleets = [f for f in data.get("fleets", []) if str(f.get("fleet_id")) != fleet.hex()]
+    fleets = [f for f in listed if str(f.get("fleet_id")) != fleet.hex()]
     fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})
     data["fleets"] = fleets
     write_toml(witness_config, data)
