@@ -1267,6 +1267,8 @@ def backup_restore(
     if not use_repository:
         # First: no storage, or nothing in it, is said as such, not as an option refused.
         _require_single_blob(url, backup_id)
+        if backup_id is None:
+            _require_no_repository_hidden(url)
     if include and not use_repository:
         raise UsageError(
             "--include works on snapshots, not on single-blob backups",
@@ -1357,6 +1359,27 @@ def _require_single_blob(url: str, backup_id: str | None) -> None:
         raise BackupNotFound(
             f"no backups at {storage.display_url}",
             hint="check the --storage URL (`backup list --storage URL` shows what is there)",
+        )
+
+
+def _require_no_repository_hidden(url: str) -> None:
+    """The latest single-blob backup is not restored as the latest where this device
+    backed up to a repository that storage no longer shows (review s60: storage hid the
+    repository, and a years-old single-blob backup came back with exit 0 and no word)."""
+    from backupvault.backup.errors import RollbackSuspected
+    from backupvault.backup.repo.state import default_dir, place_of, repository_held
+    from backupvault.backup.storage import Storage
+
+    storage = Storage(url)
+    held = repository_held(default_dir(), place_of(storage))
+    if held is not None:
+        raise RollbackSuspected(
+            f"this device backed up to a repository at {storage.display_url} (id"
+            f" {held[:8]}), and storage no longer shows it: its latest single-blob backup is"
+            " not your latest backup",
+            hint="if you removed that repository yourself, give the single-blob backup's id"
+            " (`backupvault backup list` shows them); otherwise storage hid or lost it:"
+            " restore from another copy",
         )
 
 

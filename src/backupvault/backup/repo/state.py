@@ -60,7 +60,7 @@ class DeviceState:
         path), kept hashed."""
         self.path = folder / f"repo-{repo_id.hex()}.json"
         self._places = folder / _PLACES
-        self._place = hashlib.sha256(place.encode(errors="surrogateescape")).hexdigest()
+        self._place = _hashed(place)
         self._repo_id = repo_id.hex()
 
     def last_made(self, source: str) -> str | None:
@@ -106,6 +106,15 @@ class DeviceState:
             if places.get(self._place) != self._repo_id:
                 places[self._place] = self._repo_id
                 _save(self._places, "places", places)
+
+
+def repository_held(folder: Path, place: str) -> str | None:
+    """The id of the repository this device last backed up to at `place`, if any."""
+    return _load(folder / _PLACES, "places").get(_hashed(place))
+
+
+def _hashed(place: str) -> str:
+    return hashlib.sha256(place.encode(errors="surrogateescape")).hexdigest()
 
 
 def another_repository(place: str, before: str, now: bytes) -> str:
