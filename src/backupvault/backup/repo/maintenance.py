@@ -29,15 +29,14 @@ read whole (a pack is complete once storage shows it).
 
 from __future__ import annotations
 
-import contextlib
 import os
-from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from backupvault.backup.errors import RollbackSuspected, StorageError
+from backupvault.backup.errors import RollbackSuspected
 from backupvault.backup.progress import NoProgress, Progress
 from backupvault.backup.repo import snapshots
 from backupvault.backup.repo.backend import FOLDERS, MissingObject
@@ -56,7 +55,6 @@ from backupvault.backup.repo.repository import (
     EXCLUSIVE,
     LOCK_EXPIRY_S,
     REPACK_UNUSED_PERCENT,
-    SHARED,
     Lock,
     PackWriter,
     Repository,
@@ -707,7 +705,7 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
     For each snapshot, the files that use a chunk found missing or damaged are named."""
     reporter = progress or NoProgress()
     try:
-        with _reading_lock(repo) as unlocked:
+        with repo.reading_lock() as unlocked:
             result = _check(repo, read_data, reporter)
             if unlocked:
                 result.warnings.append(
@@ -717,23 +715,6 @@ def check(repo: Repository, *, read_data: bool, progress: Progress | None = None
             return result
     finally:
         reporter.finish()
-
-
-@contextlib.contextmanager
-def _reading_lock(repo: Repository) -> Iterator[str]:
-    """A shared lock for work that only reads: no prune, forget or repair deletes what is
-    being read (backups may run beside it). On storage this device cannot write to, none:
-    then it yields why (else "")."""
-    try:
-        lock = repo.lock(SHARED)
-        lock.acquire()
-    except StorageError as exc:
-        yield exc.message
-        return
-    try:
-        yield ""
-    finally:
-        lock.release()
 
 
 def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult:
@@ -953,7 +934,7 @@ def repair(
         if not dry_run:
             with repo.lock(EXCLUSIVE):
                 return _repair_locked(repo, dry_run, named, reporter)
-        with _reading_lock(repo) as unlocked:
+        with repo.reading_lock() as unlocked:
             result = _repair_locked(repo, dry_run, named, reporter)
             if unlocked:
                 result.warnings.append(

@@ -818,6 +818,22 @@ class Repository:
     def lock(self, kind: int, purpose: str = "backup") -> Lock:
         return Lock(self, kind, purpose)
 
+    @contextlib.contextmanager
+    def reading_lock(self) -> Iterator[str]:
+        """A shared lock for work that only reads (check, restore): no prune, forget or
+        repair deletes what is being read (backups may run beside it). On storage this
+        device cannot write to, none: then it yields why (else "")."""
+        try:
+            lock = self.lock(SHARED)
+            lock.acquire()
+        except StorageError as exc:
+            yield exc.message
+            return
+        try:
+            yield ""
+        finally:
+            lock.release()
+
     def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
         """Live locks (and stale ones too with `include_expired`).
 
