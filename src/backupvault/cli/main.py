@@ -370,15 +370,18 @@ def _interrupted(error: BaseException) -> bool:
 
 
 @contextlib.contextmanager
-def _on_interrupt(what: str, hint: str) -> Iterator[None]:
+def _on_interrupt(
+    what: str, hint: str, finished: Callable[[], Interrupted | None] = lambda: None
+) -> Iterator[None]:
     """Ctrl-C, or SIGTERM, during a backup or a restore: clean up as for Ctrl-C and say
-    what it left, not only "aborted" (a restore's hidden staging folder is removed)."""
+    what it left, not only "aborted" (a restore's hidden staging folder is removed), or
+    what `finished` says when the work was done before the signal came."""
     try:
         yield
     except (KeyboardInterrupt, RuntimeError) as error:
         if not _interrupted(error):
             raise
-        raise Interrupted(what, hint=hint) from None
+        raise (finished() or Interrupted(what, hint=hint)) from None
 
 
 def _committed() -> None:
@@ -1290,7 +1293,11 @@ def backup_restore(
         else _root_key_by_password(ctx, password_stdin)
     )
     with (
-        _on_interrupt(f"restore interrupted: nothing was written into {dest}", hint="run it again"),
+        _on_interrupt(
+            f"restore interrupted: nothing was written into {dest}",
+            hint="run it again",
+            finished=lambda: _restored_before_the_signal(dest),
+        ),
         ctx.output.progress() as bar,
     ):
         if use_repository:
@@ -1360,6 +1367,17 @@ def _require_single_blob(url: str, backup_id: str | None) -> None:
             f"no backups at {storage.display_url}",
             hint="check the --storage URL (`backup list --storage URL` shows what is there)",
         )
+
+
+def _restored_before_the_signal(dest: Path) -> Interrupted | None:
+    """A stop signal after the restore moved its copy onto `dest` (new or empty before):
+    the restore is whole there, and is said so (review s60: "nothing was written")."""
+    if not (dest.is_dir() and any(dest.iterdir())):
+        return None
+    return Interrupted(
+        f"restore interrupted after it had finished: {dest} holds the whole restore",
+        hint="nothing more to do",
+    )
 
 
 def _require_no_repository_hidden(url: str) -> None:

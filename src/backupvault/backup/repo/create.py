@@ -940,17 +940,18 @@ def _create_locked(
         # so if ours is still there, every prune that ignores it will see this snapshot;
         # if not, one may have listed them before it landed, and deleted its chunks.
         lock.verify()
-    except BackupVaultError as lost:
+    except (BackupVaultError, KeyboardInterrupt) as lost:
         # Not confirmed (the lock is gone, could not be read back, or read back as other
-        # bytes: review s47, F2): the snapshot is taken back, so that the failure
-        # reported is the state left.
+        # bytes: review s47, F2; or a stop signal came meanwhile: review s60): the
+        # snapshot is taken back, so that the failure reported is the state left.
         try:
             repo.backend.delete(f"snapshots/{snapshot_id.hex()}")
         except StorageError:
-            lost.hint = (
-                f"snapshot {snapshot_id.hex()[:16]} may be stored but its data is not"
-                " confirmed: run `backup check`, then the backup again"
-            )
+            if isinstance(lost, BackupVaultError):
+                lost.hint = (
+                    f"snapshot {snapshot_id.hex()[:16]} may be stored but its data is not"
+                    " confirmed: run `backup check`, then the backup again"
+                )
         raise
     stored += len(data)
     return SnapshotInfo(
