@@ -35,6 +35,7 @@ from tests.transparency.conftest import (
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
 from backupvault.client.threshold import ThresholdVault
 from backupvault.client.trust import FleetSession, OtaTrust, TrustState, WitnessEndpoint
+from backupvault.deploy.verify import verify_log
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import MAX_STATE_BYTES, LockTimeout, locked
 from backupvault.transparency import (
@@ -788,6 +789,29 @@ def test_a_witness_that_cannot_be_reached_is_stood_in_for_by_its_last_head(
     assert saved(state_file)["heads"][B_NAME] == heads[B_NAME]
     net.now += 20  # B's last word is now too old
     refused(net, trust, StaleHead)
+
+
+def test_a_kept_head_stands_in_after_an_audit_of_this_state_saw_a_larger_tree(
+    net: Net, state_file: Path
+) -> None:
+    """Review s60: `witness verify-log --state` on the client's own state file (which
+    docs/transparency.md offers) moved its checkpoint past the bundle witness's kept head;
+    that witness then out of reach, its kept head was checked against the larger tree and
+    the outage reported as a log that shrank (exit 7). A kept head's growth was checked
+    when it was kept, and every checkpoint since extends it."""
+    trust = accepted(net, state_file)  # A's head of a tree of 1 kept
+    grow_log(net, 2)
+    net.hostile[("witness-a.test", "/v1/checkpoint")] = lambda r: httpx.Response(
+        200, text=net.a.checkpoint()
+    )
+    verify_log(WITNESS_A, net.a_signer.verifier, state_file, http=net.http())  # a tree of 3
+    net.hostile[("witness-a.test", "/v1/head")] = reply(503)  # A out of reach
+    net.now += 60
+    assert trust.current(net.http(), RELAY).record.epoch == 1  # A's kept head stands in
+    # A head answered live must still extend what this device saw.
+    old_head = saved(state_file)["heads"][WITNESS_NAME]
+    net.hostile[("witness-a.test", "/v1/head")] = reply(200, text=old_head)
+    refused(net, trust, LogRolledBack)
 
 
 def test_a_witness_url_with_a_trailing_slash(net: Net, state_file: Path) -> None:

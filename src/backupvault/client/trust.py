@@ -527,6 +527,7 @@ class OtaTrust:
         for endpoint in self.witnesses:
             name = endpoint.verifier.name
             note = self._fetch_head(http, endpoint, record.fleet_id)
+            standing_in = note is None
             if note is None:  # unreachable: its last head stands in while young enough
                 kept = state.last_head(endpoint.verifier)
                 if kept is None:
@@ -546,8 +547,9 @@ class OtaTrust:
                     )
                 note = state.heads[name]
             head = self._checked_head(
-                http, state, endpoint, note, leaf, record, now, verified.checkpoint
-            )
+                http, state, endpoint, note, leaf, record, now, verified.checkpoint,
+                kept=standing_in,
+            )  # fmt: skip
             checked.append((name, note))
             newest = max(newest, head.time)
         return checked, newest
@@ -563,10 +565,16 @@ class OtaTrust:
         now: int,
         bundle_checkpoint: Checkpoint | None,
         nonce: bytes = b"",
+        *,
+        kept: bool = False,
     ) -> FleetHead:
         """`note`, a head from `endpoint`'s witness, opened and checked: it names `record`
         (signed `leaf`) as the fleet's latest, is fresh at `now`, answers `nonce` if one was
-        sent, and its tree extends the last one seen from that witness."""
+        sent, and its tree extends the last one seen from that witness, unless it is the
+        head this device `kept` from it: its growth was checked when it was kept, and a
+        checkpoint seen since (a newer bundle's, or one `witness verify-log --state` saved)
+        extends it. Checked again, it made an outage of that witness look like a log that
+        shrank (exit 7; review s60)."""
         try:
             head = open_head(note, endpoint.verifier)
             if nonce and head.nonce != nonce:
@@ -577,7 +585,8 @@ class OtaTrust:
                     " again later",
                 )
             check_head(head, leaf, record.fleet_id, record.epoch, now=now, max_age=self.max_age)
-            self._check_growth(http, state, endpoint, head, bundle_checkpoint)
+            if not kept:
+                self._check_growth(http, state, endpoint, head, bundle_checkpoint)
         except TransparencyError as err:
             raise _refused(err) from None
         return head
