@@ -39,7 +39,7 @@ from backupvault.transparency.note import Checkpoint, Signer, open_checkpoint
 from backupvault.transparency.record import raw_public_key
 from backupvault.transparency.witness import Witness, WitnessPolicy
 
-from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record
+from .conftest import FLEET_ID, MEASUREMENT, WITNESS_NAME, WitnessFactory, make_record, node
 
 RELAY = "https://relay.test"
 WITNESS = "https://witness.test"
@@ -965,3 +965,57 @@ def test_a_node_answering_an_error_is_one_line_in_its_check(world: World) -> Non
     [report] = world.run()
     detail = failed(report)["node 1 measurement (https://node1.vault.test:7100)"]
     assert "\n" not in detail and "mozilla" not in detail and "404" in detail
+
+
+# Review s60: verify-deployment checked each older epoch's bundle against the state file's
+# checkpoint only, never against the witness head it verified for the current epoch in the
+# same run, and judged "not retired" by the epoch inside the bundle served.
+
+
+def test_an_older_epoch_from_another_history_is_not_trusted(
+    world: World,
+    make_witness: WitnessFactory,
+    operator_key: Ed25519PrivateKey,
+    tmp_path: Path,
+) -> None:
+    world.deploy(1)
+    world.current = world.deploy(2)  # the public log: [epoch 1, epoch 2]
+    # The same witness key signs a second history, shown only here: leaves of its own,
+    # then another epoch 1 (other nodes) in a tree of 5.
+    fork = make_witness(policy=both_fleets(operator_key), db="fork.sqlite")
+    evil = sign_record(
+        make_record(epoch=1, nodes=[node(i, url=f"https://evil{i}.test") for i in range(5)]),
+        operator_key,
+    )
+    for epoch in range(1, 5):
+        other = sign_record(make_record(epoch=epoch, fleet_id=OTHER_FLEET), operator_key)
+        fork.submit(other.to_bytes())
+    world.previous = {1: FleetBundle.from_receipt(evil, fork.submit(evil.to_bytes())).to_bytes()}
+
+    state = tmp_path / "audit.json"
+    reports = world.run(check_node_measurements=False, state_file=state)
+    verdicts = {r.epoch: r.verdict for r in reports}
+    saved = (
+        open_checkpoint(json.loads(state.read_text())["checkpoint"], world.key).size
+        if state.exists()
+        else None
+    )
+    # The older bundle's tree of 5 is no extension of the head of 2 seen in this run.
+    assert verdicts[1] != "TRUSTED", f"verdicts {verdicts}"
+    assert saved in (None, 2), f"the other history's checkpoint (size {saved}) was saved"
+
+
+def test_a_retired_epoch_listed_by_the_relay_cannot_hide_behind_another_bundle(
+    world: World,
+) -> None:
+    """The relay lists (and routes) epoch 1, which the current record retires, and answers
+    `?epoch=1` with the current bundle: the `not retired` check reads the epoch from the
+    bundle served, not from the epoch listed, and passes. A client refuses such a bundle
+    ("the relay's bundle for epoch 1 is for epoch 3")."""
+    world.deploy(1)
+    world.deploy(2)
+    world.current = world.deploy(3, retired_below=3)
+    world.previous = {1: world.current}  # listed as epoch 1, served: epoch 3's bundle
+    reports = world.run(check_node_measurements=False)
+    failed = [c for r in reports for c in r.checks if not c.ok]
+    assert [c.name for c in failed] == ["the epoch listed", "not retired"], failed

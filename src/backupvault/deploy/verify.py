@@ -619,7 +619,8 @@ def verify_deployment(
             raise pin_conflict(state_file, pinned, trust.fleet_id)
         trust = replace(trust, fleet_id=pinned)
 
-    sources: list[tuple[str, bytes, bool]] = []  # (where, bundle, is current)
+    # (where, bundle, is current, the epoch the relay listed it as: None for the current)
+    sources: list[tuple[str, bytes, bool, int | None]] = []
     fetcher = None
     if relay_url is not None:
         relay_url = relay_url.rstrip("/")
@@ -635,15 +636,17 @@ def verify_deployment(
             epochs.raise_for_status()
             listed = untrusted_json(epochs.content, "the relay's list of fleet epochs")
             previous = [epoch_number(e, "an epoch the relay lists") for e in listed["previous"]]
-            bundles = [(f"{relay_url}/v1/fleet/bundle", "the fleet bundle", True)]
+            bundles: list[tuple[str, str, int | None]] = [
+                (f"{relay_url}/v1/fleet/bundle", "the fleet bundle", None)
+            ]
             bundles += [
-                (f"{relay_url}/v1/fleet/bundle?epoch={e}", f"the bundle of epoch {e}", False)
+                (f"{relay_url}/v1/fleet/bundle?epoch={e}", f"the bundle of epoch {e}", e)
                 for e in previous
             ]
-            for url, what, is_current in bundles:
+            for url, what, listed_as in bundles:
                 answer = read_answer(client, "GET", url, limit=MAX_BUNDLE_BYTES, what=what)
                 answer.raise_for_status()
-                sources.append((url, answer.content, is_current))
+                sources.append((url, answer.content, listed_as is None, listed_as))
         except AnswerRefused as err:
             raise DeploymentCheckFailed(
                 f"the relay at {relay_url} answered too much: {err.message}", hint=err.hint
@@ -668,16 +671,22 @@ def verify_deployment(
                 hint='GET /v1/fleet/epochs must answer {"current": E, "previous": [...]}',
             ) from None
     if bundle_file is not None:
-        sources.append((str(bundle_file), read_bundle_file(bundle_file), True))
+        sources.append((str(bundle_file), read_bundle_file(bundle_file), True, None))
         if witness_url is not None:
             fetcher = consistency_fetcher(client, f"{witness_url.rstrip('/')}/v1/consistency")
 
-    reports = []
+    reports: list[FleetReport] = []
     newest: tuple[Checkpoint, str] | None = None
-    for source, bundle, is_current in sources:
+    for source, bundle, is_current, listed_as in sources:
+        # An older epoch's bundle is checked against the largest tree seen, this run's
+        # head included, as a client checks it against the head it just accepted: a
+        # witness's other history was reported TRUSTED, and its checkpoint kept (review s60).
+        seen = last if is_current or newest is None else _larger(last, newest[0])
         report, checkpoint = check_bundle(
-            bundle, source, trust, last, fetcher, accepted if is_current else None
+            bundle, source, trust, seen, fetcher, accepted if is_current else None
         )
+        if listed_as is not None and report.record is not None:
+            _check_listed_epoch(report, listed_as, reports[0].record if reports else None)
         if pinned is not None:
             _name_the_pin(report, state_file)
         if report.ok and report.record is not None and is_current:
@@ -704,9 +713,9 @@ def verify_deployment(
         if checkpoint is not None and (newest is None or checkpoint.size > newest[0].size):
             newest = checkpoint, FleetBundle.from_bytes(bundle).checkpoint
         reports.append(report)
-    _check_retired(reports, [is_current for _, _, is_current in sources])
+    _check_retired(reports, [listed_as for _, _, _, listed_as in sources])
     if state_file is not None and newest is not None and all(r.ok for r in reports):
-        shown = [r for r, (_, _, is_current) in zip(reports, sources, strict=True) if is_current]
+        shown = [r for r, (_, _, now, _) in zip(reports, sources, strict=True) if now]
         witness = trust.witness
         save_state(
             state_file,
@@ -721,17 +730,42 @@ def verify_deployment(
     return reports
 
 
-def _check_retired(reports: list[FleetReport], current: list[bool]) -> None:
-    """An older epoch the relay lists that the current record retires fails: clients ask
-    it nothing, and an honest relay refuses to route one (docs/transparency.md, "Retiring
-    an epoch"); one that does is misconfigured, or sends clients to nodes that may be
-    anyone's by now."""
-    retiring = [r.record for r, now in zip(reports, current, strict=True) if now and r.record]
+def _larger(one: Checkpoint | None, other: Checkpoint) -> Checkpoint:
+    return other if one is None or other.size > one.size else one
+
+
+def _check_listed_epoch(
+    report: FleetReport, listed_as: int, current: DeploymentRecord | None
+) -> None:
+    """The bundle the relay serves for an epoch it lists is that epoch's, of the current
+    fleet: the current bundle served for a retired epoch passed the "not retired" check on
+    the epoch inside it (review s60); a client refuses such a bundle."""
+    record = report.record
+    assert record is not None
+    fleet_ok = current is None or record.fleet_id == current.fleet_id
+    if record.epoch != listed_as or not fleet_ok:
+        report.checks.append(
+            Check(
+                "the epoch listed",
+                False,
+                f"the relay lists epoch {listed_as} and serves a bundle of epoch"
+                f" {record.epoch} of fleet {record.fleet_id.hex()} for it",
+            )
+        )
+
+
+def _check_retired(reports: list[FleetReport], listed: list[int | None]) -> None:
+    """An older epoch the relay lists (`listed`: the epoch each report's bundle was listed
+    as, None for the current) that the current record retires fails: clients ask it
+    nothing, and an honest relay refuses to route one (docs/transparency.md, "Retiring an
+    epoch"); one that does is misconfigured, or sends clients to nodes that may be
+    anyone's by now. The epoch listed is checked, not the one inside the bundle served."""
+    retiring = [r.record for r, e in zip(reports, listed, strict=True) if e is None and r.record]
     if not retiring:
         return
     record = retiring[0]
-    for report, now in zip(reports, current, strict=True):
-        if not now and report.record is not None and report.record.epoch < record.retired_below:
+    for report, epoch in zip(reports, listed, strict=True):
+        if epoch is not None and epoch < record.retired_below:
             report.checks.append(
                 Check(
                     "not retired",
