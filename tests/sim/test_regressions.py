@@ -790,3 +790,13 @@ def test_regression_a_read_during_another_devices_commit_is_made_again(
 def test_regression_a_node_behind_its_own_share_is_asked_again() -> None:
     result = run_seed(11610198)
     assert result.violation is None, report(result)
+
+
+# Found on fresh seeds (1,000 from 11,821,000, `--hostile 1 --nodes 5`) in session 60,
+# failing on session 59's code too: a delete after the heal resent its evaluation three
+# times (the simulator's TRIES) and gave up with two partials while the third was on its
+# way, where the SDK resends while its patience lasts (EVALUATE_PATIENCE_SECONDS). The
+# simulator's clients now resend as the SDK does.
+def test_regression_an_evaluation_is_resent_while_its_patience_lasts() -> None:
+    result = run_seed(11821457, SimConfig(nodes=5, hostile=1))
+    assert result.violation is None, report(result)

@@ -15,6 +15,7 @@ in memory) and finishes it as the SDK does (`finish`).
 from __future__ import annotations
 
 import itertools
+import math
 import random
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field, replace
@@ -25,6 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from backupvault.client.pending import Due, Pending, PendingStore
 from backupvault.client.threshold import (
     EMPTY_REREADS,
+    EVALUATE_PATIENCE_SECONDS,
+    EVALUATE_RESENDS,
     STALE_ATTEMPT_RETRIES,
     elsewhere,
     empty_at_other_versions,
@@ -132,6 +135,9 @@ class FlowContext:
     sealing_keys: tuple[NodePublicKey, ...] = ()
     #: What this device still owes the fleet, as the SDK's pending file (in memory).
     pending: PendingStore = field(default_factory=lambda: PendingStore(None))
+    #: The simulated time, in seconds: how long an evaluation has been resent (without
+    #: one, its patience is spent at once: the EVALUATE_RESENDS resends only).
+    now: Callable[[], float] = lambda: math.inf
 
     def fresh_password(self) -> bytes:
         return f"pw-{self.rng.getrandbits(40):010x}".encode()
@@ -546,7 +552,12 @@ def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
     good: dict[int, EvaluateResponse] = {}
     rejected: set[int] = set()
     codes: list[str] = []
-    for attempt in range(TRIES):
+    # Resent as the SDK resends it: at least EVALUATE_RESENDS times, and while its patience
+    # lasts (the attempt is counted: giving up on a slow node spends the guess for nothing).
+    # With three tries only, a delete after the heal gave up with two partials while the
+    # third was on its way (seed 11821457, session 60).
+    give_up = ctx.now() + EVALUATE_PATIENCE_SECONDS
+    for attempt in itertools.count():
         answers = yield Call(Op.EVALUATE, (request,) * ctx.nodes, resend=attempt > 0)
         codes = _codes(answers)
         for slot, answer in answers.items():
@@ -569,9 +580,13 @@ def _recover_once(ctx: FlowContext, password: bytes, again: bool) -> Flow:
             if slot not in good and slot + 1 not in rejected and _transient(answers.get(slot))
         )
         stale = codes.count(ErrorCode.STALE_ATTEMPT)
-        if len(good) >= ctx.threshold or (
-            len(good) + waiting < ctx.threshold
-            and not undecided(len(good), stale, waiting, ctx.threshold)
+        if (
+            len(good) >= ctx.threshold
+            or (
+                len(good) + waiting < ctx.threshold
+                and not undecided(len(good), stale, waiting, ctx.threshold)
+            )
+            or (attempt >= EVALUATE_RESENDS and ctx.now() >= give_up)
         ):
             break
     try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import itertools
+import math
 import random
 import traceback
 from collections.abc import Callable, Mapping, Set
@@ -696,6 +697,7 @@ class Simulation:
             lambda: CLOCK_ZERO_MS + int(self.now * 1000) * 1000 + next(self._clock),
             lambda version, blinded: self.observer.on_success(key, version, blinded),
             tuple(sealing_key(i).public_key() for i in range(self.plan.nodes)),
+            now=lambda: self.now,
         )
         return _Client(c, ctx)
 
@@ -1773,6 +1775,9 @@ class ThresholdClient:
             world.attacker = hostile_answer
         self.ctx = world._make_client(-1, entry=0, account=account, name=entry).ctx
         self.ctx.now_ms = self._tick
+        # A scripted fan-out answers at once, with no wait between resends: an evaluation
+        # resends its EVALUATE_RESENDS times, not for its patience (which would never pass).
+        self.ctx.now = lambda: math.inf
         self.key = EntryId(account, entry).to_bytes()
         self.clock_ms = 1_000
         self.last_rejected: tuple[int, ...] = ()
