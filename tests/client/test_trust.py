@@ -1104,6 +1104,11 @@ def test_a_witness_proof_of_an_older_record_that_does_not_verify_is_refused(
     net.hostile[("witness-b.test", "/v1/inclusion")] = reply(503)
     with pytest.raises(FleetUnavailable, match="no proof that the witness"):
         list(trust.older(net.http(), RELAY, current))
+    # A witness of an earlier version answers no inclusion by leaf hash: no proof, no use.
+    bad_query = {"error": "bad_query", "detail": "the query parameter 'index' is required"}
+    net.hostile[("witness-b.test", "/v1/inclusion")] = reply(400, json=bad_query)
+    with pytest.raises(FleetNotTrusted, match=r"gave no proof .* \(400: .*'index' is required"):
+        list(trust.older(net.http(), RELAY, current))
     net.hostile.clear()
     assert [r.epoch for r in trust.older(net.http(), RELAY, current)] == [1]
 

@@ -74,6 +74,7 @@ from backupvault.client.errors import (
     NotRegistered,
     RelayUnreachable,
     VaultError,
+    one_line,
     relay_says,
 )
 from backupvault.client.pending import PendingStore
@@ -790,13 +791,21 @@ class OtaTrust:
             what = f"proof that {source} logged epoch {epoch}'s record"
             params = {"leaf_hash": wanted.hex(), "size": str(tree.size)}
             answer = _ask_witness(http, f"{endpoint.url}/v1/inclusion", params, what)
-            if answer.status_code != 200:
+            if answer.status_code == 404:
                 raise FleetNotTrusted(
                     f"{source} has not logged the record of epoch {epoch} that the relay"
-                    f" offers ({answer.status_code}): the operator showed this client an"
-                    " epoch that not every witness logged",
+                    " offers: the operator showed this client an epoch that not every"
+                    " witness logged",
                     hint="nothing was asked of that epoch's nodes; report it to the fleet's"
                     " operator and the witness's",
+                )
+            if answer.status_code != 200:
+                raise FleetNotTrusted(
+                    f"{source} gave no proof that it logged the record of epoch {epoch}"
+                    f" ({answer.status_code}: {one_line(answer.text)})",
+                    hint="nothing was asked of that epoch's nodes; a witness of a version"
+                    " before 2026-12-07 answers no inclusion by leaf hash: its operator"
+                    " upgrades it",
                 )
             try:
                 proof = untrusted_json(answer.content, f"the {what}")
