@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -20,14 +19,7 @@ from backupvault.cli.main import Interrupted, _password_check, main
 from backupvault.cli.output import Output
 from backupvault.client.errors import WrongPassword
 
-
-@pytest.fixture(autouse=True)
-def ctrl_c_as_in_a_terminal() -> Iterator[None]:
-    """SIGINT as a terminal's command gets it (a pytest-xdist worker ignores it, and an
-    ignored SIGINT stays ignored: test_an_ignored_sigint_stays_ignored_during_the_check)."""
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
+pytestmark = pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 
 
 def test_one_signal_during_the_password_check_waits_for_it_then_interrupts(

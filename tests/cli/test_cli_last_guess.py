@@ -7,7 +7,6 @@ from __future__ import annotations
 import io
 import os
 import signal
-from collections.abc import Iterator
 
 import click
 import pytest
@@ -21,11 +20,7 @@ class _Terminal(io.StringIO):
         return True
 
 
-@pytest.fixture(autouse=True)
-def ctrl_c_as_in_a_terminal() -> Iterator[None]:
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
+pytestmark = pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 
 
 def test_without_a_terminal_the_last_guess_is_refused_and_nothing_sent(

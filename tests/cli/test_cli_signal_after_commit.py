@@ -10,7 +10,6 @@ import io
 import os
 import signal
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,12 +20,7 @@ from backupvault.backup.repo import repository as repository_module
 from backupvault.cli.main import main
 from backupvault.crypto import recovery
 
-
-@pytest.fixture(autouse=True)
-def ctrl_c_as_in_a_terminal() -> Iterator[None]:
-    before = signal.signal(signal.SIGINT, signal.default_int_handler)
-    yield
-    signal.signal(signal.SIGINT, before)
+pytestmark = pytest.mark.usefixtures("ctrl_c_as_in_a_terminal")
 
 
 def test_a_signal_just_after_the_restore_renamed_its_copy_into_place(
