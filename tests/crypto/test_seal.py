@@ -126,6 +126,33 @@ def test_public_key_parser_only_raises_invalid_input(data: bytes) -> None:
         seal.NodePublicKey.from_bytes(data)
 
 
+#: X25519 u-coordinates of small order (on the curve or its twist), and non-canonical
+#: encodings of some (u + p): the list libsodium refuses.
+SMALL_ORDER_X25519 = [
+    bytes(32),
+    bytes([1]) + bytes(31),
+    bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800"),
+    bytes.fromhex("5f9c95bca3508c24b1d0b1559c83ef5b04445cc4581c8e86d8224eddd09f1157"),
+    bytes.fromhex("ecffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("edffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+    bytes.fromhex("eeffffffffffffffffffffffffffffffffffffffffffffffffffffffffffff7f"),
+]
+
+
+@pytest.mark.parametrize("point", SMALL_ORDER_X25519, ids=lambda p: p.hex()[:8])
+@pytest.mark.parametrize("kem", list(seal.Kem), ids=lambda k: k.name)
+def test_a_small_order_x25519_node_key_is_refused_when_read(kem: seal.Kem, point: bytes) -> None:
+    """A node listing a small-order X25519 key (alone, or as the hybrid key's second half)
+    is refused when its key is read: sealing to it raised OpenSSL's ValueError ("Error
+    computing shared key") at every request of every client, an internal error instead of
+    a message, and one hostile node stopped every operation of the fleet."""
+    honest = seal.NodePrivateKey.generate(kem).public_key().to_bytes()
+    hostile = honest[: -len(point)] + point
+    with pytest.raises(InvalidInput, match="small-order"):
+        seal.NodePublicKey.from_bytes(hostile)
+    seal.NodePublicKey.from_bytes(honest)  # an honest key still reads
+
+
 @given(st.binary(max_size=200))
 def test_private_key_parser_only_raises_invalid_input(data: bytes) -> None:
     with contextlib.suppress(InvalidInput):

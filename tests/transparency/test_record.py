@@ -152,6 +152,13 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("hpke unknown kem", {"nodes": [node(0, hpke=b"\x00\x99" + hpke_key(0)[2:])]}),
     ("hpke short key", {"nodes": [node(0, hpke=hpke_key(0)[:-1])]}),
     ("hpke empty", {"nodes": [node(0, hpke=b"")]}),
+    # Sealing to a small-order X25519 key raised OpenSSL's bare ValueError at every
+    # client request: one node listing one stopped the whole fleet's clients.
+    ("hpke X25519 key of small order", {"nodes": [node(0, hpke=b"\x00\x20" + bytes(32))]}),
+    (
+        "hpke hybrid key's X25519 half of small order",
+        {"nodes": [node(0, hpke=hpke_key(0, Kem.MLKEM768_X25519)[:-32] + bytes(32))]},
+    ),
     (
         "mixed KEMs",
         {"nodes": [node(0), node(1, hpke=hpke_key(1, Kem.MLKEM768_X25519)), node(2)]},

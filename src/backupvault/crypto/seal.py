@@ -40,6 +40,7 @@ from cryptography.hazmat.primitives import hpke
 from cryptography.hazmat.primitives.asymmetric import mlkem, x25519
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from backupvault.crypto.x25519 import check_public_key as x25519_key
 from backupvault.errors import AuthenticationFailed, InvalidInput
 
 RESPONSE_KEY_LEN = 32
@@ -112,12 +113,12 @@ class NodePublicKey:
             if self.kem is Kem.X25519:
                 if len(self.key_bytes) != _X25519_LEN:
                     raise InvalidInput("an X25519 node key is 32 bytes")
-                return x25519.X25519PublicKey.from_public_bytes(self.key_bytes)
+                return x25519_key(self.key_bytes, "the node's X25519 key")
             if len(self.key_bytes) != _MLKEM768_PUBLIC_LEN + _X25519_LEN:
                 raise InvalidInput("an ML-KEM-768+X25519 node key is 1216 bytes")
             return hpke.MLKEM768X25519PublicKey(
                 mlkem.MLKEM768PublicKey.from_public_bytes(self.key_bytes[:_MLKEM768_PUBLIC_LEN]),
-                x25519.X25519PublicKey.from_public_bytes(self.key_bytes[_MLKEM768_PUBLIC_LEN:]),
+                x25519_key(self.key_bytes[_MLKEM768_PUBLIC_LEN:], "the node key's X25519 half"),
             )
         except ValueError as err:
             raise InvalidInput(f"malformed node public key: {err}") from None
