@@ -1662,6 +1662,25 @@ def test_a_recovery_code_given_where_none_is_taken_is_never_echoed(
     assert extra.returncode == 2 and " ".join(ids) in extra.stderr, extra.stderr
 
 
+def test_a_mistyped_recovery_code_given_as_backup_id_is_never_echoed(
+    tmp_path: Path, source: Path
+) -> None:
+    """A code with a typo (an o for a 0) given as BACKUP_ID was no code to the check
+    before the lookup, and "no snapshot with id <the code>" put 63 of the key's 64
+    digits on stderr."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    mistyped = code.replace("0", "o", 1) if "0" in code else code[:5] + "o" + code[6:]
+    digits = _digits_of(mistyped)
+    done = run("backup", "restore", mistyped, "--storage", str(storage),
+               "--to", str(tmp_path / "r"), "--recovery-code", "-", stdin=code + "\n")  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    said = re.sub(r"[^0-9a-fo]", "", (done.stdout + done.stderr).lower())
+    assert digits[:16] not in said and digits[-16:] not in said, done.stderr
+    assert "recovery code" in done.stderr, done.stderr
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_restore_of_latest_from_rolled_back_storage_warns(tmp_path: Path, source: Path) -> None:
     """Storage that hides the newest snapshot (replays an older listing) makes "latest"
     an older one. The backup after it warned; a restore, the moment it matters, restored

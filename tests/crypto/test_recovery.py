@@ -47,6 +47,26 @@ def test_what_may_be_a_code_is_told_from_ids_and_paths() -> None:
     assert not recovery.looks_like_code("/home/me/" + code)
 
 
+@pytest.mark.parametrize(
+    "typo", ["o", "l", "g", "\u0430"], ids=["o for 0", "l for 1", "g", "Cyrillic a"]
+)
+def test_a_mistyped_code_is_kept_out_of_messages_as_a_code_is(typo: str) -> None:
+    """`decode` takes a code's 68 characters with one or two that are no hex digit for a
+    code mistyped, and names the typo; `looks_like_code` said no to it, so a message that
+    leaves codes out printed it: `backup restore <the code with an o for a 0>` (the code
+    given as BACKUP_ID) said "no snapshot with id <63 of the key's 64 digits>"."""
+    code = recovery.encode(KEY)
+    mistyped = code[:20] + typo + code[21:]
+    with pytest.raises(RecoveryCodeError, match="not a hexadecimal digit"):
+        recovery.decode(mistyped)
+    assert recovery.looks_like_code(mistyped)
+    assert recovery.looks_like_code(mistyped[:30] + typo + mistyped[31:])  # two typos
+    three = mistyped[:30] + typo + mistyped[31:40] + typo + mistyped[41:]
+    with pytest.raises(RecoveryCodeError, match="not a recovery code"):
+        recovery.decode(three)
+    assert not recovery.looks_like_code(three)  # no code: nothing of it is said either way
+
+
 def _digits(code: str) -> str:
     return code.replace("-", "")
 

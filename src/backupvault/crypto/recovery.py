@@ -91,11 +91,21 @@ def _digits(code: str) -> str:
     return "".join(digits)
 
 
+def _code_like(digits: str, bad: int) -> bool:
+    """Whether `digits` (`bad` of them no hex digit) may be a code: at least 48 digits, all
+    hex, or a code's 68 with at most two typos. What `decode` names the typo in, and what
+    `looks_like_code` keeps out of messages: the same, so that a code with a typo in it is
+    never printed by a message that leaves the code out."""
+    if len(digits) == _KEY_DIGITS + _CHECK_DIGITS:
+        return bad <= _TYPOS_NAMED
+    return not bad and len(digits) >= _CODE_LIKE_DIGITS
+
+
 def looks_like_code(text: str) -> bool:
     """Whether `text` may be a recovery code (or one mistyped): messages leave such an
     argument out, as the code is the key itself."""
     digits = _digits(text)
-    return len(digits) >= _CODE_LIKE_DIGITS and all(ch in _HEX for ch in digits)
+    return _code_like(digits, sum(ch not in _HEX for ch in digits))
 
 
 def decode(code: str) -> bytes:
@@ -110,9 +120,7 @@ def decode(code: str) -> bytes:
     bad = [(i, ch) for i, ch in enumerate(digits) if ch not in _HEX]
     # Digits are counted aloud only when what was given may be a code: a short all-hex
     # password ("deadbeef-2024", a PIN) is as much a secret as any other.
-    if (len(digits) != wanted and (bad or len(digits) < _CODE_LIKE_DIGITS)) or len(
-        bad
-    ) > _TYPOS_NAMED:
+    if not _code_like(digits, len(bad)):
         raise RecoveryCodeError(
             f"this is not a recovery code: a recovery code is {FORMAT} ({wanted} in all), "
             "0-9 and a-f in groups of 4",
