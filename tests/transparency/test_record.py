@@ -132,6 +132,9 @@ def test_a_share_index_other_than_slot_plus_one_is_refused() -> None:
         DeploymentRecord.from_bytes(bad)
 
 
+#: An X25519 point of order 8 (libsodium's list of small-order points).
+ORDER_8 = bytes.fromhex("e0eb7a7c3b41b8ae1656e3faf19fc46ada098deb9c32b1fd866205165f49b800")
+
 BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("empty fleet id", {"fleet_id": b""}),
     ("long fleet id", {"fleet_id": b"x" * 65}),
@@ -141,6 +144,10 @@ BAD_FIELDS: list[tuple[str, dict[str, Any]]] = [
     ("quorum above n", {"quorum": 6}),
     ("no nodes", {"nodes": []}),
     ("short identity key", {"nodes": [node(0, identity=b"\x01" * 31)]}),
+    # Every other node's peer channel refused to start on a small-order identity key: one
+    # node could keep the whole fleet from starting.
+    ("identity key of small order", {"nodes": [node(0, identity=bytes(32))]}),
+    ("identity key of order 8", {"nodes": [node(0), node(1, identity=ORDER_8)]}),
     ("gap in indices", {"nodes": [node(0), node(2)]}),
     ("duplicate index", {"nodes": [node(0), node(0, "https://b.test", identity=b"\x09" * 32)]}),
     ("shared identity key", {"nodes": [node(0), node(1, identity=b"\x01" * 32)]}),

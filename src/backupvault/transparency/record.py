@@ -54,6 +54,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 from backupvault.codec import Message
 from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.seal import Kem, NodePublicKey
+from backupvault.crypto.x25519 import check_public_key as check_x25519_key
 from backupvault.errors import InvalidInput
 from backupvault.transparency.errors import (
     Malformed,
@@ -138,8 +139,13 @@ class NodeEntry(StrictMessage):
         _int(self.index, "a node index", 0, MAX_NODES - 1)
         if self.share_index != self.index + 1:
             raise Malformed(f"node {self.index}'s share index must be {self.index + 1}")
-        # X25519 accepts any 32 bytes as a public key.
         _bytes(self.identity_public_key, "a node identity public key (X25519)", KEY_LEN, KEY_LEN)
+        try:
+            # X25519 takes any 32 bytes as a key; a small-order point gives the all-zero
+            # secret, and every other node's peer channel refused to start on it.
+            check_x25519_key(self.identity_public_key, f"node {self.index}'s identity key")
+        except InvalidInput as err:
+            raise Malformed(err.message) from None
         _bytes(self.hpke_public_key, "a node HPKE public key", 2, 1 << 16)
         try:
             NodePublicKey.from_bytes(self.hpke_public_key)
