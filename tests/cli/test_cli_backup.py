@@ -1662,6 +1662,28 @@ def test_a_recovery_code_given_where_none_is_taken_is_never_echoed(
     assert extra.returncode == 2 and " ".join(ids) in extra.stderr, extra.stderr
 
 
+def test_a_mistyped_recovery_code_given_where_none_is_taken_is_never_echoed(
+    tmp_path: Path, source: Path
+) -> None:
+    """click's "unexpected extra argument (<the code>)" for a code with a typo (an o for a
+    0): the typo splits its digits into two runs, each too short to look like a code to
+    the message's filter, and 63 of the key's 64 digits went to stderr. The arguments
+    show the code whole, typed as one or as its seventeen groups."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    at = len(code) // 2 + (code[len(code) // 2] == "-")  # each side too short to hide
+    mistyped = code[:at] + "o" + code[at + 1 :]
+    digits = _digits_of(mistyped)
+    create = ("backup", "create", str(source), "--storage", str(storage), "--recovery-code")
+    for args in [(*create, mistyped), ("--json", *create, *mistyped.split("-"))]:
+        done = run(*args, stdin=code + "\n")
+        assert done.returncode == 2, done.stderr
+        said = re.sub(r"[^0-9a-fo]", "", (done.stdout + done.stderr).lower())
+        assert digits[:12] not in said and digits[-12:] not in said, done.stderr
+        assert "recovery code" in done.stderr, done.stderr
+    assert len(list((storage / "snapshots").iterdir())) == 1
+
+
 def test_a_mistyped_recovery_code_given_as_backup_id_is_never_echoed(
     tmp_path: Path, source: Path
 ) -> None:

@@ -1842,6 +1842,7 @@ def _json_requested(args: list[str]) -> bool:
 
 _CODE_HIDDEN = "<a recovery code, not shown>"
 _ID_LENGTH = 32  # of a snapshot or backup id, in hex
+_CODE_GROUPS = 17  # a code typed as its groups of four, each one argument
 
 
 def _our_style(message: str) -> str:
@@ -1869,17 +1870,37 @@ def _our_style(message: str) -> str:
     return re.sub(r"(^|: )([A-Z])(?=[a-z])", lowered, message)
 
 
-def _without_codes(message: str) -> str:
+def _may_be_code(text: str) -> bool:
+    # Extra snapshot ids (16 bytes each, as `backup diff` takes) are shown as they are.
+    ids = all(len(part) == _ID_LENGTH for part in text.split())
+    return recovery.looks_like_code(text) and not ids
+
+
+def _codes_given(args: list[str]) -> list[str]:
+    """The arguments, alone or several in a row joined by spaces as click joins extra
+    arguments, that may be a recovery code, a mistyped one included; longest first. A
+    typo (an o for a 0) ends a run of hex digits, so a message's mistyped code is two
+    runs each too short to look like one; the arguments show it whole."""
+    found = set()
+    for start in range(len(args)):
+        for end in range(start + 1, min(len(args), start + _CODE_GROUPS) + 1):
+            joined = " ".join(args[start:end])
+            if _may_be_code(joined):
+                found.add(joined)
+    return sorted(found, key=len, reverse=True)
+
+
+def _without_codes(message: str, args: list[str]) -> str:
     """A usage error's `message` with anything that may be a recovery code left out.
     click names an argument it did not expect (`backup create`'s --recovery-code is a
     flag, so a code after it is an extra argument): the code, which is the key itself,
     went to stderr, and from there into cron mail, CI and journal logs."""
+    for code in _codes_given(args):
+        message = message.replace(code, _CODE_HIDDEN)
 
     def hidden(run: re.Match[str]) -> str:
         text = run.group()
-        # Extra snapshot ids (16 bytes each, as `backup diff` takes) are shown as they are.
-        ids = all(len(part) == _ID_LENGTH for part in text.split())
-        return _CODE_HIDDEN if recovery.looks_like_code(text) and not ids else text
+        return _CODE_HIDDEN if _may_be_code(text) else text
 
     # Digits, possibly in groups: a code as typed, dashes or spaces between its groups
     # (click joins several extra arguments with spaces).
@@ -1890,7 +1911,7 @@ def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     if err.ctx is None:
         return None
     message = err.format_message()
-    code_given = _without_codes(message) != message
+    code_given = _without_codes(message, args) != message
     extra_dash = "--recovery-code" in args and ("(-)" in message or code_given)
     if err.ctx.command_path.endswith("backup create") and extra_dash:
         # `restore --recovery-code -` takes a value; create's --recovery-code is a flag.
@@ -2113,7 +2134,7 @@ def _run(args: list[str], json_mode: bool) -> None:
             # click's nearest spelling ("--target": "Did you mean '--storage'?") misleads.
             hint = f"as restic's `{err.option_name}`: {_RESTIC_OPTIONS[err.option_name]}"
             _fail(json_mode, UsageError(f"no such option: {err.option_name}", hint=hint))
-        message = _our_style(_without_codes(err.format_message()))
+        message = _our_style(_without_codes(err.format_message(), args))
         _fail(json_mode, UsageError(message, hint=_usage_hint(err, args)))
     except click.ClickException as err:
         _fail(json_mode, BackupVaultError(_our_style(err.format_message())))
