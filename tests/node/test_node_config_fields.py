@@ -119,3 +119,25 @@ identity_public_key = "{"33" * 32}"
 hpke_public_key = "0020{"44" * 32}"
 signing_public_key = "{"55" * 32}"
 """
+
+
+@pytest.mark.parametrize("listen", ["127.0.0.1:70000", "127.0.0.1:0", "127.0.0.1:-1"])
+def test_a_listen_port_outside_1_to_65535_is_refused_when_the_config_loads(
+    tmp_path: Path, listen: str
+) -> None:
+    """`int()` took any number: with 70000 (a digit too many) the node served on port 4464,
+    where the resolver wraps it, while its log said "listening on 127.0.0.1:70000"; with
+    0 on a port the kernel chose, which neither the relay nor the log could tell; -1
+    failed only at the start's port check ("Servname not supported")."""
+    config = _node_toml(tmp_path, {"listen": listen}, MODULE)
+    with pytest.raises(InvalidInput) as refused:
+        NodeConfig.load(config)
+    assert f"listen {listen!r} is not host:port with a port from 1 to 65535" in (
+        refused.value.message
+    )
+    assert str(config) in refused.value.message
+
+
+def test_a_listen_address_without_a_host_is_loopback(tmp_path: Path) -> None:
+    loaded = NodeConfig.load(_node_toml(tmp_path, {"listen": ":7101"}, MODULE))
+    assert (loaded.host, loaded.port) == ("127.0.0.1", 7101)

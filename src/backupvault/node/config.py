@@ -269,7 +269,7 @@ class NodeConfig:
         base = path.parent.resolve()
         try:
             node, token = data["node"], data["token"]
-            host, _, port = str(node["listen"]).rpartition(":")
+            host, port = _listen(node["listen"], path)
             data_dir = base / node["data_dir"]
             if "pin_file" in token:
                 pin = read_pin_file(base / token["pin_file"], data_dir)
@@ -281,8 +281,8 @@ class NodeConfig:
             conf = token.get("softhsm2_conf")
             return cls(
                 int(node["index"]),
-                host or "127.0.0.1",
-                int(port),
+                host,
+                port,
                 data_dir,
                 base / node.get("fleet_file", "fleet.toml"),
                 TokenConfig(
@@ -296,6 +296,22 @@ class NodeConfig:
             )
         except (KeyError, TypeError, ValueError) as err:
             raise _incomplete("node config", path, err) from None
+
+
+def _listen(value: Any, path: Path) -> tuple[str, int]:
+    """[node] listen as (host, port): a port from 1 to 65535. `int()` alone took any
+    number, and the resolver wraps a port past 65535: `127.0.0.1:70000` (a digit too
+    many) had the node serve on port 4464 while its log said "listening on
+    127.0.0.1:70000"; port 0 had it serve on a port the kernel chose, which nothing told
+    the relay or the operator (the log named port 0)."""
+    host, _, port = str(value).rpartition(":")
+    if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
+        raise InvalidInput(
+            f"node config {path}: listen {str(value)[:80]!r} is not host:port with a port"
+            " from 1 to 65535",
+            hint='give the address the relay reaches this node at, such as "127.0.0.1:7101"',
+        )
+    return host or "127.0.0.1", int(port)
 
 
 def _limits(node: dict[str, Any], path: Path) -> ServerLimits:
