@@ -201,6 +201,7 @@ class FleetDescription:
                 )
                 for n in data["nodes"]
             )
+            nodes = _by_index(nodes, path)
             return cls(
                 _hex(data["fleet_id"], "fleet_id"),
                 int(data.get("guess_limit", 10)),
@@ -245,6 +246,23 @@ class FleetDescription:
                 ],
             },
         )
+
+
+def _by_index(nodes: tuple[FleetNode, ...], path: Path) -> tuple[FleetNode, ...]:
+    """The fleet file's [[nodes]] in index order, as the deployment record lists them: a
+    pinned client config (`fleet client-config`) takes node i's keys from place i. Written
+    in another order (node 1's table first), the record was right and every pinned client
+    sealed node 0's requests to node 1's key. Indexes other than 0 .. N-1, each once, are
+    refused here, as the record refuses them."""
+    ordered = tuple(sorted(nodes, key=lambda n: n.index))
+    if [n.index for n in ordered] != list(range(len(ordered))):
+        raise InvalidInput(
+            f"fleet file {path}: its [[nodes]] have the indexes"
+            f" {', '.join(str(n.index) for n in nodes)}; a fleet of {len(nodes)} nodes has"
+            f" each of 0 .. {len(nodes) - 1} once",
+            hint="give each node's [[nodes]] table the `index` of its node.toml",
+        )
+    return ordered
 
 
 @dataclass(frozen=True)
