@@ -11,12 +11,22 @@ from typing import Any
 import httpx
 import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.cli.fleet_files import write_fleet_file
 from tests.transparency.conftest import FLEET_ID, WITNESS_NAME, make_record
 
-from backupvault.deploy.records import ReceiptInvalid, WitnessRefused, submit
+from backupvault.deploy.records import (
+    PENDING_FILE,
+    RECORD_FILE,
+    ReceiptInvalid,
+    WitnessRefused,
+    sign_deployment,
+    submit,
+    write_deployment,
+)
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.transparency import Signer, Witness, WitnessReceipt, sign_record
 from backupvault.transparency.bundle import MAX_BUNDLE_BYTES, cosign
+from backupvault.transparency.errors import EpochReplayed
 from backupvault.transparency.note import open_checkpoint
 from backupvault.transparency.record import raw_public_key
 from backupvault.transparency.witness import WitnessPolicy
@@ -144,3 +154,47 @@ def test_a_witness_refusal_with_a_huge_detail_is_cut_short() -> None:
         submit(WITNESS, signed, http=http)
     assert "(409): xxx" in refused.value.message
     assert len(refused.value.message) < 400
+
+
+def test_a_deploy_that_one_witness_failed_can_be_run_again(tmp_path: Path) -> None:
+    """`fleet deploy --witness W1 --witness W2` with W2 down: W1 logged the record, W2
+    could not, nothing was written. Run again once W2 is up, the deploy signed a new
+    record of the same epoch (another time, so other bytes), which W1 refused as a
+    replayed epoch ("a new record needs a larger epoch"): the operator had to burn an
+    epoch with --epoch, and `local upgrade` (no --epoch) could not finish at all, its
+    nodes stopped and refusing the new code. The signed record is kept beside fleet.toml
+    until the deploy finishes, and sent again: W1 answers with the receipt it gave."""
+    operator = Ed25519PrivateKey.generate()
+    fleet_file = tmp_path / "fleet.toml"
+    write_fleet_file(fleet_file, fleet_id=FLEET_ID)
+    witnesses = []
+    for name in ("w1", "w2"):
+        (tmp_path / name).mkdir()
+        witnesses.append(logging_witness(tmp_path / name, operator)[0])
+    first, second = witnesses
+
+    signed, _ = sign_deployment(fleet_file, operator, epoch=1, now=1_000)
+    receipt = first.submit(signed.to_bytes())  # W1 logged it; W2 did not answer
+    assert not (tmp_path / RECORD_FILE).exists()
+
+    again, deployed = sign_deployment(fleet_file, operator, epoch=1, now=2_000)
+    assert first.submit(again.to_bytes()) == receipt  # the receipt it first gave
+    assert again == signed
+    second.submit(again.to_bytes())
+    write_deployment(fleet_file, again, deployed)
+    assert not (tmp_path / PENDING_FILE).exists()
+
+    # What is deployed is not sent again: the next deploy is a new record.
+    upgrade, _ = sign_deployment(fleet_file, operator, epoch=2, now=3_000)
+    assert upgrade.deployment().epoch == 2
+    # Nor is a pending record of another key, or of a fleet.toml changed since.
+    other, _ = sign_deployment(fleet_file, Ed25519PrivateKey.generate(), epoch=2, now=3_000)
+    assert other != upgrade
+    write_fleet_file(fleet_file, fleet_id=FLEET_ID)  # other node keys
+    changed, _ = sign_deployment(fleet_file, operator, epoch=2, now=4_000)
+    assert changed.deployment().time == 4_000
+    first.submit(upgrade.to_bytes())
+    with pytest.raises(EpochReplayed):  # why a record is sent again rather than made anew
+        first.submit(changed.to_bytes())
+    for witness in witnesses:
+        witness.store.close()

@@ -105,7 +105,7 @@ RELAY_KEY = "relay-signing.key"
 LOCK_FILE = "local.lock"
 #: The names a provisioning makes in DIR (logs/ aside): what an unfinished one leaves.
 _PROVISIONED = re.compile(
-    r"operator\.(key|pub)|relay-signing\.key|fleet\.toml|deployment\.bin|bundle\.bin"
+    r"operator\.(key|pub)|relay-signing\.key|fleet\.toml|deployment(\.pending)?\.bin|bundle\.bin"
     r"|relay\.toml|client(-ota)?\.toml|processes\.json|witness2?|node\d+(\.pin|\.toml|-token)?"
 )
 

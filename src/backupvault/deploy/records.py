@@ -6,6 +6,10 @@ Files next to `fleet.toml`:
     deployment.bin   the OperatorSignedRecord (docs/transparency.md, tag 0x52)
     bundle.bin       the FleetBundle (record + operator signature + witness cosignature +
                      inclusion proof + checkpoint), which the relay serves to clients
+    deployment.pending.bin
+                     the record signed by a deploy that has not finished (a witness
+                     could not be reached or refused): the next deploy of the same
+                     fleet.toml sends it again rather than a new one (`sign_deployment`)
 
 `fleet.toml` gets the record's `epoch` and `measurement` (hex), which each node checks
 against its own measurement when it starts.
@@ -36,9 +40,11 @@ from backupvault.transparency import (
     verify_bundle,
 )
 from backupvault.transparency.bundle import MAX_BUNDLE_BYTES
+from backupvault.transparency.record import raw_public_key
 
 RECORD_FILE = "deployment.bin"
 BUNDLE_FILE = "bundle.bin"
+PENDING_FILE = "deployment.pending.bin"
 
 
 class WitnessRefused(BackupVaultError):
@@ -166,13 +172,38 @@ def sign_deployment(
     """The signed record and the fleet description with its epoch, measurement and
     retirement (`retired_below`; default: the fleet file's), both in memory only
     (`write_deployment` saves them): a deploy whose witness submission fails changes no
-    file."""
+    file the nodes, the relay or clients read.
+
+    The signed record is kept in `PENDING_FILE` until then, and a later deploy whose record
+    is the same but for its time sends that one again: a witness that logged it answers
+    with the receipt it gave. A new record of the epoch (another time, so other bytes) was
+    refused by every witness that had logged the first (`EpochReplayed`), so a deploy
+    that one of several witnesses failed could not be run again: only with --epoch one
+    higher (an epoch burnt), and `local upgrade`, which takes none, never."""
     fleet = FleetDescription.load(fleet_file)
     if retired_below is not None:
         fleet = replace(fleet, retired_below=retired_below)
     measurement = fleet.measure(package_dir)
     record = deployment_record(fleet, epoch, measurement, int(time.time()) if now is None else now)
-    return sign_record(record, operator_key), replace(fleet, epoch=epoch, measurement=measurement)
+    signed = _pending(fleet_file, record, operator_key) or sign_record(record, operator_key)
+    replace_file(fleet_file.parent / PENDING_FILE, signed.to_bytes(), mode=0o644)  # public
+    return signed, replace(fleet, epoch=epoch, measurement=measurement)
+
+
+def _pending(
+    fleet_file: Path, record: DeploymentRecord, operator_key: Ed25519PrivateKey
+) -> OperatorSignedRecord | None:
+    """The record an unfinished deploy signed (`PENDING_FILE`), if `operator_key` signed
+    it and it is `record` but for its time; None otherwise (none, damaged, another)."""
+    try:
+        data = read_at_most(
+            fleet_file.parent / PENDING_FILE, MAX_BUNDLE_BYTES, "any deployment record", hint=""
+        )
+        signed = OperatorSignedRecord.from_bytes(data)
+        earlier = signed.verify(raw_public_key(operator_key))
+    except (OSError, BackupVaultError):
+        return None
+    return signed if replace(earlier, time=record.time) == record else None
 
 
 def write_deployment(
@@ -182,6 +213,7 @@ def write_deployment(
     # read it, and a crash mid-write left it cut short.
     replace_file(fleet_file.parent / RECORD_FILE, signed.to_bytes(), mode=0o644)
     fleet.save(fleet_file)
+    (fleet_file.parent / PENDING_FILE).unlink(missing_ok=True)  # deployed: nothing pending
 
 
 def deployed_record(fleet_file: Path) -> OperatorSignedRecord:
