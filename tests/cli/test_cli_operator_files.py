@@ -82,6 +82,23 @@ def test_a_fleet_file_without_nodes_says_what_it_lacks(
     assert "docs/operations.md" in error["hint"]
 
 
+@pytest.mark.parametrize("fleet_id", ['"not hex"', '"0ff"', "12345"])
+def test_ceremony_names_a_fleet_id_that_is_not_hex(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], fleet_id: str
+) -> None:
+    """A fleet id that is not hex (hand-edited, or pasted with a typo) drew "unexpected
+    ValueError: non-hexadecimal number found in fromhex() arg ...; this is a bug in
+    backupvault" (a number instead of a string: TypeError, the same)."""
+    fleet = tmp_path / "fleet.toml"
+    content = f"fleet_id = {fleet_id}\nguess_limit = 10\n"
+    fleet.write_text(content)
+    code, error = run(["fleet", "ceremony", "--fleet-file", str(fleet)], capsys)
+    assert code == 1, error
+    assert f"fleet file {fleet}: fleet_id" in error["error"]
+    assert "is not hexadecimal" in error["error"] and "bug" not in json.dumps(error)
+    assert fleet.read_text() == content
+
+
 def test_a_public_key_given_for_the_private_one_is_named(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -321,7 +321,16 @@ def fleet_ceremony(ctx: Context, fleet_file: Path) -> None:
     from backupvault.node.config import FleetDescription, load_toml, write_toml
 
     data = load_toml(fleet_file, "fleet file")
-    fleet_id = bytes.fromhex(data.get("fleet_id") or os.urandom(16).hex())
+    given = data.get("fleet_id")
+    try:
+        fleet_id = bytes.fromhex(given) if given else os.urandom(16)
+    except (TypeError, ValueError):  # was "unexpected ValueError ... a bug in backupvault"
+        raise InvalidInput(
+            f"fleet file {fleet_file}: fleet_id {str(given)[:80]!r} is not hexadecimal;"
+            " nothing was written",
+            hint="give the fleet id `fleet ceremony` made (as in the fleet.toml of its other"
+            " epochs), or remove the line for a new fleet: it then makes one",
+        ) from None
     data.pop("opaque_server_public_key", None)  # the removed single-seed flow's key
     data["fleet_id"] = fleet_id.hex()
     write_toml(fleet_file, data)
