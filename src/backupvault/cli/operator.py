@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import tomllib
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -289,13 +291,29 @@ def node_inspect(ctx: Context, node_config: Path, account: str | None, entry: st
     ctx.output.result({"entries": entries}, text or "no entries")
 
 
+@contextlib.contextmanager
+def stopped_while_starting(service: str) -> Iterator[None]:
+    """SIGTERM or Ctrl-C while `service` still starts (a node imports, measures its code,
+    unseals its keys and opens its store: a second or more, minutes for a large store's
+    first start on a new format) is a stop, as it is once the service serves
+    (`serving.run_until_stopped` takes those signals and returns): status 0. It was the
+    command line's Ctrl-C, "interrupted" with a client's hint about password checks and
+    status 130, so a `systemctl stop` or `restart` of a node still starting left a failed
+    unit. The start is left as by any failure: nothing it opened is used."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        click.echo(f"{service} stopped while starting (SIGTERM or Ctrl-C)", err=True)
+
+
 @node.command("serve", cls=click.Command)
 @_NODE_CONFIG
 def node_serve(node_config: Path) -> None:
     """Serve the node until stopped."""
-    from backupvault.node.main import serve
+    with stopped_while_starting("the node"):
+        from backupvault.node.main import serve
 
-    serve(node_config)
+        serve(node_config)
 
 
 # ---- fleet ------------------------------------------------------------------------------
@@ -639,12 +657,13 @@ def relay() -> None:
 @click.option("--listen", help="host:port (default: the config's `listen`, else 127.0.0.1:8600)")
 def relay_serve(relay_config: Path, listen: str | None) -> None:
     """Serve the relay until stopped."""
-    from backupvault.relay.app import serve
-    from backupvault.relay.config import load_config
-    from backupvault.serving import listen_address
+    with stopped_while_starting("the relay"):
+        from backupvault.relay.app import serve
+        from backupvault.relay.config import load_config
+        from backupvault.serving import listen_address
 
-    host, port = listen_address(relay_config, listen, "127.0.0.1:8600")
-    serve(load_config(relay_config), host, port)
+        host, port = listen_address(relay_config, listen, "127.0.0.1:8600")
+        serve(load_config(relay_config), host, port)
 
 
 @relay.command("metrics")

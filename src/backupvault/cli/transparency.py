@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 import click
 
 from backupvault.cli.main import Context, cli, pass_context
-from backupvault.cli.operator import LOCAL_DIR, fleet, local, no_deployment
+from backupvault.cli.operator import (
+    LOCAL_DIR,
+    fleet,
+    local,
+    no_deployment,
+    stopped_while_starting,
+)
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import private_folder, write_new_file
 
@@ -415,16 +421,17 @@ def witness_add_fleet(
 @click.option("--listen", help="host:port (default: the config's `listen`, else 127.0.0.1:8700)")
 def witness_serve(witness_config: Path, listen: str | None) -> None:
     """Serve the witness until stopped."""
-    import logging
+    with stopped_while_starting("the witness"):
+        import logging
 
-    from backupvault.transparency.witness import WitnessConfig
-    from backupvault.transparency.witness_http import serve
+        from backupvault.transparency.witness import WitnessConfig
+        from backupvault.transparency.witness_http import serve
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    from backupvault.serving import listen_address
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+        from backupvault.serving import listen_address
 
-    host, port = listen_address(witness_config, listen, "127.0.0.1:8700")
-    serve(WitnessConfig.load(witness_config), host, port)
+        host, port = listen_address(witness_config, listen, "127.0.0.1:8700")
+        serve(WitnessConfig.load(witness_config), host, port)
 
 
 #: verify-deployment without the keys it checks with.
