@@ -93,7 +93,10 @@ def hold_data_folder(config: NodeConfig) -> int | None:
     if not config.data_dir.is_dir():
         return None
     lock = config.data_dir / DATA_LOCK
-    fd = try_lock(lock)
+    try:
+        fd = try_lock(lock)
+    except OSError as err:
+        raise _data_folder_refused(config, f"cannot open its lock {lock}", err) from None
     if fd is None:
         holder = lock.read_text(errors="replace").strip() or "unknown"
         raise NodeAlreadyRunning(
@@ -104,6 +107,18 @@ def hold_data_folder(config: NodeConfig) -> int | None:
     os.ftruncate(fd, 0)
     os.write(fd, f"{os.getpid()}\n".encode())
     return fd
+
+
+def _data_folder_refused(config: NodeConfig, what: str, err: OSError) -> InvalidInput:
+    """The node cannot use its data folder (as another user's: `node init` run as root, the
+    service as its own user). It was "unexpected PermissionError ...; this is a bug in
+    backupvault"."""
+    return InvalidInput(
+        f"node {config.index} {what}: {err.strerror}",
+        hint=f"the data folder {config.data_dir} must be the node's own, writable by the user"
+        f" it runs as (uid {os.getuid()}): run `node init` and `node serve` as that user, or"
+        " give it the folder (chown -R)",
+    )
 
 
 class SingleSeedEntries(BackupVaultError):
@@ -179,7 +194,11 @@ def init_node(config: NodeConfig, kem: Kem = DEFAULT_KEM) -> NodePublicKeys:
     signing and storage. Returns their public halves; no secret ever leaves the node.
     `kem` applies only when the HPKE key is made (every node of a fleet must use one).
     Refused while a node serves from the folder: it would make a new row key under it."""
-    config.data_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        config.data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        what = f"cannot make its data folder {config.data_dir}"
+        raise _data_folder_refused(config, what, err) from None
     lock = hold_data_folder(config)
     try:
         return _init_keys(config, kem)
