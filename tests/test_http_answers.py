@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime
 import gzip
+import importlib.util
 import ipaddress
 import socket
 import ssl
@@ -21,6 +22,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
+from backupvault.errors import InvalidInput
 from backupvault.http_answers import AnswerRefused, read_answer, untrusted_client
 
 CHUNK = 64 * 1024
@@ -269,3 +271,32 @@ def test_an_untrusted_client_speaks_tls_and_keeps_the_deadline_there(
     finally:
         thread.join(10)
         listener.close()
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "said"),
+    [
+        ("ALL_PROXY", "socks5h://user:secret@127.0.0.1:9050", "needs the socksio package"),
+        ("https_proxy", "socks4://user:secret@127.0.0.1:1080", "its scheme is none of"),
+        ("SSL_CERT_FILE", "/nonexistent/secret/ca.pem", "cannot be read"),
+    ],
+)
+def test_what_the_environment_sets_that_httpx_cannot_use_is_named_not_a_bug(
+    monkeypatch: pytest.MonkeyPatch, variable: str, value: str, said: str
+) -> None:
+    """Every vault command run with ALL_PROXY=socks5h://… (Tor, an SSH tunnel: socksio is
+    not installed), a socks4:// proxy or an SSL_CERT_FILE that is not there ended in
+    "unexpected ImportError (ValueError, FileNotFoundError) … this is a bug in
+    backupvault". It is the environment's setting, named by its variable (its value may
+    hold a password), and nothing is sent without it."""
+    if "socks5" in value and importlib.util.find_spec("socksio") is not None:
+        pytest.skip("socksio is installed: httpx takes a SOCKS proxy")
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "SSL_CERT_FILE", "SSL_CERT_DIR"):
+        monkeypatch.delenv(name, raising=False)
+        monkeypatch.delenv(name.lower(), raising=False)
+    monkeypatch.setenv(variable, value)
+    with pytest.raises(InvalidInput) as refused:
+        untrusted_client(5.0)
+    assert f"({variable})" in refused.value.message and said in refused.value.message
+    assert "secret" not in str(refused.value)
+    untrusted_client(5.0, trust_env=False).close()  # a client that ignores it is unaffected

@@ -21,6 +21,7 @@ any limit counted after decoding.
 
 from __future__ import annotations
 
+import os
 import ssl
 import time
 from collections.abc import Iterable, Iterator
@@ -31,7 +32,7 @@ from typing import Any
 import httpcore
 import httpx
 
-from backupvault.errors import BackupVaultError
+from backupvault.errors import BackupVaultError, InvalidInput
 
 #: How long one whole answer may take from its request, headers and body included. Far
 #: more than any honest answer needs (the largest, a fleet bundle, is about 1 MiB; the
@@ -53,6 +54,10 @@ _deadline: ContextVar[float | None] = ContextVar("answer_deadline", default=None
 #: Headers that describe the body as it came over the wire: the rebuilt response holds the
 #: body as read, so they would make httpx decode or measure it again.
 _WIRE_HEADERS = frozenset({b"content-encoding", b"content-length", b"transfer-encoding"})
+
+#: The environment variables httpx takes a proxy (either case), and CA certificates, from.
+_PROXY_VARIABLES = ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY")
+_CA_VARIABLES = ("SSL_CERT_FILE", "SSL_CERT_DIR")
 
 
 class AnswerRefused(BackupVaultError):
@@ -111,8 +116,18 @@ def read_answer(
 
 def untrusted_client(timeout: httpx.Timeout | float, *, trust_env: bool = True) -> httpx.Client:
     """An httpx client for `read_answer` whose connecting, sending and reading all stop at
-    the deadline of the answer being read (outside `read_answer` it is a plain client)."""
-    http = httpx.Client(timeout=timeout, trust_env=trust_env)
+    the deadline of the answer being read (outside `read_answer` it is a plain client).
+    With `trust_env`, what the environment sets that httpx cannot use (a SOCKS proxy
+    without the socksio package, a socks4:// one, an SSL_CERT_FILE that is not a file of
+    certificates) is InvalidInput naming its variable, not the ImportError, ValueError or
+    OSError httpx raised (each said "this is a bug in backupvault")."""
+    try:
+        http = httpx.Client(timeout=timeout, trust_env=trust_env)
+    except (ImportError, ValueError, OSError) as err:
+        refused = _environment_refused(err) if trust_env else None
+        if refused is None:
+            raise
+        raise refused from None
     # httpx takes no network backend: each of its transports (the direct one, and one per
     # proxy from the environment) keeps the one its pool connects with. Checked by
     # tests/test_http_answers.py, which fails if that ever moves.
@@ -204,6 +219,36 @@ class _DeadlineBackend(httpcore.NetworkBackend):
 
     def sleep(self, seconds: float) -> None:
         self._backend.sleep(seconds)
+
+
+def _environment_refused(err: ImportError | ValueError | OSError) -> InvalidInput | None:
+    """Why the settings of the environment that `err` came from cannot be used, naming
+    their variables, never their values (a proxy's may hold a password); None if no such
+    variable is set. Nothing is sent without the proxy or certificates the user set."""
+    variables: tuple[str, ...]
+    if isinstance(err, OSError):
+        variables, what = _CA_VARIABLES, "CA certificates"
+        why = f"they cannot be read ({err.strerror or err})"
+        hint = "point it at a readable PEM file (or folder) of certificates, or unset it"
+    else:
+        variables, what = _PROXY_VARIABLES, "proxy"
+        why = (
+            "it is a SOCKS proxy, which needs the socksio package (not installed)"
+            if isinstance(err, ImportError)
+            else "its scheme is none of http, https, socks5 and socks5h"
+        )
+        hint = (
+            "install socksio (pip install 'httpx[socks]') for a socks5:// proxy, give an"
+            " http:// one, or unset the variable"
+        )
+    names = sorted(k for k, v in os.environ.items() if k.upper() in variables and v)
+    if not names:
+        return None
+    return InvalidInput(
+        f"the {what} this environment sets ({', '.join(names)}) cannot be used: {why};"
+        " nothing was sent",
+        hint=hint,
+    )
 
 
 def _too_large(what: str, limit: int) -> AnswerRefused:
