@@ -316,11 +316,13 @@ def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
         f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\ndatabase = "w.sqlite"\n'
         f'allowed_measurements = ["{MEASUREMENT.hex()}"]\n'
         'unlimited_addresses = ["10.0.0.5", "2001:db8::/48"]\n'
+        'trusted_proxies = ["127.0.0.1"]\n'
         f'[[fleets]]\nfleet_id = "{FLEET_ID.hex()}"\noperator_key = "op.pub"\n'
         f'[[fleets]]\nfleet_id = "00"\noperator_key = "{other.hex()}"\n'
     )
     config = WitnessConfig.load(tmp_path / "witness.toml")
     assert [str(n) for n in config.unlimited_addresses] == ["10.0.0.5/32", "2001:db8::/48"]
+    assert [str(n) for n in config.trusted_proxies] == ["127.0.0.1/32"]
     assert config.policy.operators == {
         FLEET_ID: raw_public_key(operator_key),
         b"\x00": other,
@@ -340,6 +342,9 @@ def test_config_file(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
         (tmp_path / "bad.toml").write_text(text.replace('["10.0.0.5", "2001:db8::/48"]', bad))
         with pytest.raises(InvalidInput, match=r"unlimited_addresses|invalid"):
             WitnessConfig.load(tmp_path / "bad.toml")
+    (tmp_path / "bad.toml").write_text(text.replace('["127.0.0.1"]', '"127.0.0.1"'))
+    with pytest.raises(InvalidInput, match="trusted_proxies is a list"):
+        WitnessConfig.load(tmp_path / "bad.toml")
 
 
 def _copy_database(source: Path, target: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import contextlib
 import ipaddress
 import socket
 import subprocess
@@ -209,10 +210,14 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
-    key = Ed25519PrivateKey.generate()
+@contextlib.contextmanager
+def _real_witness(
+    tmp_path: Path, operator_key: Ed25519PrivateKey, witness_key: Ed25519PrivateKey, extra: str = ""
+) -> Iterator[str]:
+    """A witness served by `serve` in a process of its own (as `witness serve` runs it),
+    with `extra` lines in its witness.toml; yields its URL once it answers."""
     (tmp_path / "w.key").write_bytes(
-        key.private_bytes(
+        witness_key.private_bytes(
             serialization.Encoding.PEM,
             serialization.PrivateFormat.PKCS8,
             serialization.NoEncryption(),
@@ -220,7 +225,7 @@ def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateK
     )
     public_hex = operator_key.public_key().public_bytes_raw().hex()
     (tmp_path / "witness.toml").write_text(
-        f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n'
+        f'name = "{WITNESS_NAME}"\nkey_file = "w.key"\n{extra}'
         f'[[fleets]]\nfleet_id = "{FLEET_ID.hex()}"\noperator_key = "{public_hex}"\n'
     )
     port = _free_port()
@@ -235,12 +240,22 @@ def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateK
         deadline = time.monotonic() + 20
         while True:
             try:
-                about = httpx.get(f"{url}/v1/witness", timeout=1).json()
+                httpx.get(f"{url}/v1/witness", timeout=1)
                 break
             except httpx.TransportError:
                 assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
                 assert time.monotonic() < deadline, "the witness did not start"
                 time.sleep(0.05)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+
+
+def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateKey) -> None:
+    key = Ed25519PrivateKey.generate()
+    with _real_witness(tmp_path, operator_key, key) as url:
+        about = httpx.get(f"{url}/v1/witness", timeout=1).json()
         verifier = Verifier.from_vkey(about["vkey"])
         signed = sign_record(make_record(), operator_key)
         answer = httpx.post(f"{url}/v1/submit", content=signed.to_bytes(), timeout=5)
@@ -248,10 +263,44 @@ def test_serve_runs_a_real_witness(tmp_path: Path, operator_key: Ed25519PrivateK
         bundle = FleetBundle.from_receipt(signed, WitnessReceipt.from_bytes(answer.content))
         verify_bundle(bundle, operator_key.public_key(), key.public_key(), WITNESS_NAME, None)
         assert open_checkpoint(httpx.get(f"{url}/v1/checkpoint").text, verifier).size == 1
-    finally:
-        proc.terminate()
-        proc.wait(timeout=10)
     assert (tmp_path / "witness.sqlite").exists()
+
+
+def _statuses(url: str, forwarded_for: list[str]) -> list[int]:
+    with httpx.Client(timeout=5) as http:
+        return [
+            http.get(f"{url}/v1/witness", headers={"X-Forwarded-For": name}).status_code
+            for name in forwarded_for
+        ]
+
+
+def test_a_real_witness_buckets_the_connection_s_address_not_x_forwarded_for(
+    tmp_path: Path, operator_key: Ed25519PrivateKey
+) -> None:
+    """Attack: uvicorn believes X-Forwarded-For from 127.0.0.1 unless told not to, and the
+    witness, which has no TLS of its own, is meant to sit behind a TLS proxy on its host.
+    Through a proxy that passed the client's header on, each request named a bucket of its
+    own (no limit at all), or a relay's address in `unlimited_addresses` (exempt). Unless
+    witness.toml names its proxy in `trusted_proxies`, the connection's address counts."""
+    relay = 'unlimited_addresses = ["10.0.0.5"]\n'
+    with _real_witness(tmp_path, operator_key, Ed25519PrivateKey.generate(), relay) as url:
+        made_up = _statuses(url, [f"192.0.2.{i}" for i in range(WITNESS_BURST)])
+        as_the_relay = _statuses(url, ["10.0.0.5"] * WITNESS_BURST)
+    assert set(made_up + as_the_relay) <= {200, 429}
+    # One bucket, 127.0.0.1's: its burst goes, then 429, also for the relay's address.
+    assert 429 in as_the_relay, made_up + as_the_relay
+
+
+def test_a_proxy_in_trusted_proxies_names_each_client_s_bucket(
+    tmp_path: Path, operator_key: Ed25519PrivateKey
+) -> None:
+    """A TLS proxy that says who its clients are (X-Forwarded-For) gives each its bucket."""
+    proxy = 'trusted_proxies = ["127.0.0.0/8"]\n'
+    with _real_witness(tmp_path, operator_key, Ed25519PrivateKey.generate(), proxy) as url:
+        each_their_own = _statuses(url, [f"192.0.2.{i}" for i in range(WITNESS_BURST * 2)])
+        one_client = _statuses(url, ["198.51.100.7"] * WITNESS_BURST * 2)
+    assert each_their_own == [200] * WITNESS_BURST * 2
+    assert 429 in one_client
 
 
 @pytest.mark.parametrize(

@@ -289,6 +289,7 @@ def _operator_key(value: Any, base: Path) -> bytes:
 _WITNESS_FIELDS: Fields = {
     **dict.fromkeys(["name", "listen", "key_file", "database", "head_file"]),
     **dict.fromkeys(["pin_first_seen", "allowed_measurements", "unlimited_addresses"]),
+    "trusted_proxies": None,
     "fleets": frozenset({"fleet_id", "operator_key"}),
 }
 _WITNESS_GUIDE = 'docs/transparency.md ("Configuration and serving") lists every field'
@@ -306,6 +307,7 @@ class WitnessConfig:
     pin_first_seen = false
     allowed_measurements = ["<hex>", …]      # optional
     unlimited_addresses = ["10.0.0.5", …]    # optional: relays, not limited per address
+    trusted_proxies = ["127.0.0.1"]          # optional: proxies whose X-Forwarded-For counts
     [[fleets]]
     fleet_id = "<hex>"
     operator_key = "<64 hex chars, or a PEM public key file>"
@@ -319,6 +321,10 @@ class WitnessConfig:
     #: Networks whose requests the HTTP face does not limit per address (the relays: they
     #: pass on many clients' requests and limit each client themselves).
     unlimited_addresses: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
+    #: Networks of the proxies in front of the witness (a TLS proxy) whose X-Forwarded-For
+    #: names the client; from any other address (none by default) the header is ignored,
+    #: else a client could name its own address per request, or a relay's.
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] = ()
 
     @classmethod
     def load(cls, path: str | Path) -> WitnessConfig:
@@ -354,9 +360,14 @@ class WitnessConfig:
                     f"allowed_measurements are {MEASUREMENT_LEN} bytes each, in hex (as"
                     " `backupvault fleet measure` prints them)"
                 )
-            unlimited = data.get("unlimited_addresses", [])
-            if not isinstance(unlimited, list):
-                raise InvalidInput("unlimited_addresses is a list of addresses or networks")
+            networks = {}
+            for setting in ("unlimited_addresses", "trusted_proxies"):
+                listed = data.get(setting, [])
+                if not isinstance(listed, list):
+                    raise InvalidInput(f"{setting} is a list of addresses or networks")
+                networks[setting] = tuple(
+                    ipaddress.ip_network(str(a), strict=False) for a in listed
+                )
             pin = data.get("pin_first_seen", False)
             if not isinstance(pin, bool):
                 raise InvalidInput("pin_first_seen is true or false")
@@ -366,9 +377,8 @@ class WitnessConfig:
                 database=base / str(data.get("database", "witness.sqlite")),
                 policy=WitnessPolicy(operators, pin, measurements),
                 head_file=None if "head_file" not in data else base / str(data["head_file"]),
-                unlimited_addresses=tuple(
-                    ipaddress.ip_network(str(a), strict=False) for a in unlimited
-                ),
+                unlimited_addresses=networks["unlimited_addresses"],
+                trusted_proxies=networks["trusted_proxies"],
             )
         except (KeyError, TypeError, ValueError) as err:
             raise InvalidInput(f"witness config {path} is incomplete or invalid: {err}") from None

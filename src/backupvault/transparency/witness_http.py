@@ -288,6 +288,12 @@ def serve(config: WitnessConfig, host: str = "127.0.0.1", port: int = 8700) -> N
             host=host,
             port=port,
             log_config=None,
+            # The bucket per address is the connection's, or the one X-Forwarded-For names
+            # when a proxy listed in trusted_proxies sent it. uvicorn alone believes the
+            # header from 127.0.0.1: through a TLS proxy that passed a client's header on,
+            # each request named a bucket of its own, or a relay's exempt address.
+            proxy_headers=bool(config.trusted_proxies),
+            forwarded_allow_ips=[str(n) for n in config.trusted_proxies],
         )
     finally:
         witness.store.close()
