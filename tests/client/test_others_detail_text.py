@@ -98,3 +98,21 @@ def test_a_nodes_detail_cannot_write_lines_into_a_registrations_warning_or_the_s
     assert status.other
     for line in (*done.missing, *status.other):
         assert "\n" not in line and len(line) < 200 and line.startswith("node 4: busy"), line
+
+
+def test_the_relays_retry_after_cannot_write_words_of_its_own_into_the_error() -> None:
+    """The Retry-After of a relay's 429 went whole into the error once the client's
+    patience was spent ("the relay asks to wait <header> s"): one line, but any text of
+    the relay's (up to the head's 16 KiB), unmarked as the JSON detail is. Only a number
+    of seconds is shown."""
+    spoof = " ".join(SPOOF.split())  # a header holds no line breaks
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    vault = fleet.vault()
+    refusal = httpx.Response(429, headers={"Retry-After": spoof}, json={"error": "x"})
+    vault.vault._http = httpx.Client(transport=httpx.MockTransport(lambda _r: refusal))
+    with pytest.raises(VaultError) as caught:
+        vault.status()
+    message = str(caught.value)
+    assert "destroyed" not in message and "--new-key" not in message, message[:300]
+    assert len(message) < 1000, len(message)

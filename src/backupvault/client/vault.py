@@ -356,7 +356,10 @@ class VaultClient:
         if answer.status_code == 403:
             raise Unauthorized(detail, by_vault=True)
         if answer.status_code == 429:
-            raise RateLimited(answer.headers.get("retry-after", "a few"))
+            # Shown only as a number of seconds: the header is the relay's text, unmarked.
+            wait = answer.headers.get("retry-after", "")
+            shown = wait if wait.isascii() and wait.isdigit() and len(wait) < 7 else "a few"
+            raise RateLimited(shown)
         if answer.status_code == 503:
             raise FleetUnavailable(detail)
         if (
