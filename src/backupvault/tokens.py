@@ -272,11 +272,22 @@ class TokenVerifier:
         # Expiry is judged against the highest clock reading the seen-set has had, as the
         # set forgets by it: a clock stepped forward, then back, must not let a proof
         # whose `jti` was forgotten in between count as fresh again.
+        # A device makes its proof just before it sends it: one out of these bounds was
+        # dated by a clock far from this node's, most likely the device's, which a new
+        # token would not change (the message must say so: the client shows it).
         newest = seen.newest(now)
         if not newest - PROOF_LIFETIME_SECONDS - self.leeway_seconds <= issued:
-            raise TokenRejected("invalid_proof", "the request proof has expired; send again")
+            raise TokenRejected(
+                "invalid_proof",
+                f"the request proof has expired (dated {newest - issued:.0f} s before this"
+                " node's clock): is the device's clock behind?",
+            )
         if issued > now + self.leeway_seconds:
-            raise TokenRejected("invalid_proof", "the request proof was made in the future")
+            raise TokenRejected(
+                "invalid_proof",
+                f"the request proof was made in the future (dated {issued - now:.0f} s after"
+                " this node's clock): is the device's clock ahead?",
+            )
         seen.add(jti, issued + PROOF_LIFETIME_SECONDS + self.leeway_seconds, newest)
         return account
 

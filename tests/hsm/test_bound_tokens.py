@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 from inprocess_fleet import FAST_KSF, FLEET_ID, ISSUER, LIMIT, InProcessFleet
 
+from backupvault.client.errors import Unauthorized
 from backupvault.crypto.seal import Kem, NodePrivateKey, open_request, seal_request
 from backupvault.hsm.firmware import NodeKey, VaultFirmware
 from backupvault.hsm.shares import FleetShape
@@ -360,3 +361,22 @@ def test_a_request_proof_is_the_bytes_relay_md_names() -> None:
     (made_iat,) = struct.unpack(">Q", made[16:24])
     assert made_iat == 1020
     request.device.public_key().verify(made[24:], signed(0, made[:16], made_iat))
+
+
+@pytest.mark.parametrize(("skew", "said"), [(-600, "behind"), (600, "ahead")])
+def test_a_device_clock_far_off_is_named_not_the_token(
+    fleet: InProcessFleet, skew: float, said: str
+) -> None:
+    """A device whose clock is 10 minutes off (a laptop after a dual boot's time zone, a
+    resumed VM) dates every proof outside the nodes' bounds. It was told "the request
+    proof has expired; send again" and to ask the operator for a new token, which every
+    node would refuse alike: the error now names the device's clock."""
+    client = fleet.client()
+    client.vault._clock = lambda: fleet.now + skew
+    with pytest.raises(Unauthorized) as refused:
+        client.register("pw", ROOT_KEY, ksf=FAST_KSF)
+    assert f"is the device's clock {said}?" in refused.value.message
+    assert refused.value.hint is not None and "clock" in refused.value.hint
+    assert "new one" not in refused.value.hint
+    client.vault._clock = lambda: fleet.now  # set right, the same token is taken
+    client.register("pw", ROOT_KEY, ksf=FAST_KSF)

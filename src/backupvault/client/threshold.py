@@ -289,7 +289,15 @@ def _token_refused(outcomes: Sequence[NodeOutcome[Any]], t: int) -> Unauthorized
     the request: asking again cannot help, the user needs a new token."""
     refused = [o for o in outcomes if o.status == 403]
     if refused and len(outcomes) - len(refused) < t:
-        return Unauthorized(refused[0].failure or "refused", by_vault=True)
+        error = Unauthorized(refused[0].failure or "refused", by_vault=True)
+        if "the device's clock" in (refused[0].failure or ""):
+            # The request proofs were dated too far from the nodes' clocks (tokens.py): a
+            # new token, as the hint says otherwise, would be refused alike.
+            error.hint = (
+                "set this device's clock right (its time and time zone; NTP): nodes take a"
+                " request proof only when it is dated within about a minute of their clock"
+            )
+        return error
     return None
 
 
