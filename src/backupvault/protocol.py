@@ -154,6 +154,30 @@ class SealedCopies(Message):
 #: The largest manifest a node stores: it must fit, sealed and padded, in a `manifest`
 #: answer (RESPONSE_PADDED_SIZE).
 MAX_MANIFEST_LEN = 896
+#: The most nodes a fleet has: a manifest holds t − 1 commitments (t = N // 2 + 1) and
+#: must fit MAX_MANIFEST_LEN with the longest account and entry names; at 24 nodes it no
+#: longer does, and no registration could be made (`tests/relay/test_body_budget.py`).
+MAX_FLEET_NODES = 23
+#: What one node's sealed copy of a client's request takes at most, with room to spare: a
+#: 4,096-character fleet token and its proof, the largest manifest, every node's
+#: acknowledgement, the hybrid KEM's ciphertext (7,259 bytes at 23 nodes, a password
+#: change's commit, the largest: `tests/relay/test_body_budget.py`). The relay takes a
+#: body of at least this much per node.
+COPY_BUDGET = 8 * 1024
+
+
+def fleet_size_refused(nodes: int) -> str | None:
+    """Why a fleet cannot have `nodes` nodes, or None when it can."""
+    if nodes < 1 or nodes % 2 == 0:
+        return "a fleet has an odd number of nodes (1, 3, 5, ...)"
+    if nodes > MAX_FLEET_NODES:
+        return (
+            f"a fleet has at most {MAX_FLEET_NODES} nodes (an entry's manifest names a"
+            " commitment for each share a recovery needs, and must fit a node's answer)"
+        )
+    return None
+
+
 SIGNATURE_LEN = 64  # Ed25519: owner statements and node acknowledgements
 
 

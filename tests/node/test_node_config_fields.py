@@ -16,6 +16,7 @@ import tomli_w
 
 from backupvault.errors import InvalidInput
 from backupvault.node.config import FleetDescription, NodeConfig
+from backupvault.protocol import MAX_FLEET_NODES
 
 
 def _node_toml(root: Path, node: dict[str, Any], token: dict[str, Any], **tables: Any) -> Path:
@@ -141,3 +142,17 @@ def test_a_listen_port_outside_1_to_65535_is_refused_when_the_config_loads(
 def test_a_listen_address_without_a_host_is_loopback(tmp_path: Path) -> None:
     loaded = NodeConfig.load(_node_toml(tmp_path, {"listen": ":7101"}, MODULE))
     assert (loaded.host, loaded.port) == ("127.0.0.1", 7101)
+
+
+def test_a_fleet_file_of_more_nodes_than_a_manifest_can_name_is_refused(tmp_path: Path) -> None:
+    """From 24 nodes up an entry's manifest no longer fits a node's answer: no entry could
+    ever be registered, which nothing said before a client tried (review s61)."""
+    head, node = FLEET_TOML.split("[[nodes]]")
+    many = MAX_FLEET_NODES + 2
+    fleet = tmp_path / "fleet.toml"
+    fleet.write_text(
+        head + "".join(f"[[nodes]]{node}".replace("index = 0", f"index = {i}") for i in range(many))
+    )
+    with pytest.raises(InvalidInput) as refused:
+        FleetDescription.load(fleet)
+    assert f"{many} [[nodes]]; a fleet has at most {MAX_FLEET_NODES}" in refused.value.message

@@ -17,7 +17,7 @@ from starlette.requests import Request
 from starlette.testclient import TestClient
 
 from backupvault import serving
-from backupvault.protocol import SealedCopies
+from backupvault.protocol import COPY_BUDGET, SealedCopies
 from backupvault.ratelimit import client_address_key
 from backupvault.relay import RateLimiter, create_app, mint_token
 
@@ -134,14 +134,14 @@ def test_rate_limiter_scans_its_table_rarely_when_no_bucket_has_refilled(
 def test_too_large_is_413_declared_or_streamed(
     stubs: list[StubNode], start_relay: Callable[..., str], token: Callable[..., str]
 ) -> None:
-    relay = start_relay([stubs[0].url], max_body_bytes=1024)
+    relay = start_relay([stubs[0].url], max_body_bytes=COPY_BUDGET)  # the least it takes
     overhead = len(SealedCopies([b""]).to_bytes())  # the client's copies list, one node
-    assert _post(relay, token(), b"x" * (1024 - overhead)).status_code == 200
-    _assert_error(_post(relay, token(), b"x" * (1025 - overhead)), 413, "too_large")
+    assert _post(relay, token(), b"x" * (COPY_BUDGET - overhead)).status_code == 200
+    _assert_error(_post(relay, token(), b"x" * (COPY_BUDGET + 1 - overhead)), 413, "too_large")
 
     def chunks() -> Iterator[bytes]:
         for _ in range(4):
-            yield b"y" * 400
+            yield b"y" * (COPY_BUDGET // 3)
 
     # No Content-Length: chunked transfer, cut off while streaming.
     response = httpx.post(

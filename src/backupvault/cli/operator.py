@@ -18,6 +18,7 @@ from backupvault.cli.main import Context, _plural, cli, pass_context
 from backupvault.client import DEFAULT_ENTRY
 from backupvault.errors import BackupVaultError, InvalidInput, UsageError
 from backupvault.files import private_folder, replace_file, write_new_file
+from backupvault.protocol import fleet_size_refused
 
 if TYPE_CHECKING:
     from backupvault.node.config import FleetDescription
@@ -68,11 +69,9 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
     renewed: list[str] = []
     was_provisioned = deployment.provisioned()
     if not was_provisioned:
-        if nodes < 1 or nodes % 2 == 0:  # before anything is said or made, as `local rotate`
-            raise UsageError(
-                "a fleet has an odd number of nodes (1, 3, 5, ...)",
-                hint="give --nodes an odd number, or leave it out for 5",
-            )
+        # Before anything is said or made, as `local rotate`.
+        if refused := fleet_size_refused(nodes):
+            raise UsageError(refused, hint="give --nodes an odd number, or leave it out for 5")
         # `--dir ~` made the home folder 0700 and filled it with keys and PINs. A folder
         # an interrupted provisioning left has its logs/ folder (made first), or only the
         # lock file of the `local up` that was interrupted.

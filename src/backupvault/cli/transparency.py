@@ -20,6 +20,7 @@ from backupvault.cli.operator import (
 )
 from backupvault.errors import InvalidInput, UsageError
 from backupvault.files import private_folder, write_new_file
+from backupvault.protocol import fleet_size_refused
 
 if TYPE_CHECKING:
     from backupvault.client.config import ClientConfig
@@ -753,8 +754,8 @@ def local_rotate(ctx: Context, root: Path, nodes: int | None) -> None:
     deployment = LocalDeployment(root)
     if not deployment.provisioned():
         raise no_deployment(root)
-    if nodes is not None and (nodes < 1 or nodes % 2 == 0):
-        raise UsageError("a fleet has an odd number of nodes (1, 3, 5, ...)")
+    if nodes is not None and (refused := fleet_size_refused(nodes)):
+        raise UsageError(refused)
     ctx.output.note("provisioning the new epoch: tokens and each node's own keys …")
     deployment.up(deployment.node_count())
     epoch = deployment.rotate(nodes)

@@ -73,6 +73,7 @@ from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import private_folder, replace_file, try_lock, write_new_file
 from backupvault.node.config import FleetDescription, FleetNode, write_toml
 from backupvault.node.softhsm import init_softhsm_token, softhsm_env
+from backupvault.protocol import fleet_size_refused
 from backupvault.tokens import (
     device_key_from_hex,
     device_key_hex,
@@ -303,8 +304,8 @@ class LocalDeployment:
         return (self.root / "client.toml").exists()
 
     def provision(self, nodes: int) -> None:
-        if nodes < 1 or nodes % 2 == 0:
-            raise DeploymentError("a fleet has an odd number of nodes (1, 3, 5, ...)")
+        if refused := fleet_size_refused(nodes):
+            raise DeploymentError(refused)
         local_ports()  # a bad BACKUPVAULT_PORTS stops it before anything is written
         private_folder(self.root)  # it holds keys, PINs and the client configs
         if not self.provisioned():

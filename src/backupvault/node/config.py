@@ -40,6 +40,7 @@ from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput
 from backupvault.files import replace_file
 from backupvault.node.token import TokenConfig
+from backupvault.protocol import MAX_FLEET_NODES
 from backupvault.serving import ServerLimits
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 
@@ -254,6 +255,13 @@ def _by_index(nodes: tuple[FleetNode, ...], path: Path) -> tuple[FleetNode, ...]
     in another order (node 1's table first), the record was right and every pinned client
     sealed node 0's requests to node 1's key. Indexes other than 0 .. N-1, each once, are
     refused here, as the record refuses them."""
+    if len(nodes) > MAX_FLEET_NODES:
+        raise InvalidInput(
+            f"fleet file {path}: {len(nodes)} [[nodes]]; a fleet has at most"
+            f" {MAX_FLEET_NODES} (an entry's manifest names a commitment for each share a"
+            " recovery needs, and must fit a node's answer)",
+            hint="make the fleet of fewer nodes (an odd number: 5, 7, 9, ...)",
+        )
     ordered = tuple(sorted(nodes, key=lambda n: n.index))
     if [n.index for n in ordered] != list(range(len(ordered))):
         raise InvalidInput(

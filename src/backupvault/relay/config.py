@@ -15,7 +15,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey,
 
 from backupvault.config_fields import Fields, check_fields
 from backupvault.errors import InvalidInput
-from backupvault.protocol import is_valid_name
+from backupvault.protocol import COPY_BUDGET, is_valid_name
 from backupvault.relay.limits import shown_url
 from backupvault.tokens import load_operator_private_key, load_operator_public_key
 from backupvault.transparency.bundle import FleetBundle
@@ -59,6 +59,9 @@ def _load_bundle(path: Path) -> tuple[bytes, FleetBundle]:
         raise InvalidInput(f"{path} is not a fleet bundle: {err.message}") from None
 
 
+_DEFAULT_MAX_BODY = 64 * 1024
+
+
 @dataclass(frozen=True)
 class PreviousFleet:
     """An older epoch of the fleet, still routed so that clients can migrate their entries
@@ -99,8 +102,10 @@ class RelayConfig:
     #: your own, whose address every client then shares.
     refused_tokens_burst: int = 20
     refused_tokens_per_minute: float = 20.0
-    #: Sealed request bodies larger than this are refused with 413.
-    max_body_bytes: int = 64 * 1024
+    #: Sealed request bodies larger than this are refused with 413. 0, the default: 64 KiB,
+    #: or 8 KiB a node (protocol.COPY_BUDGET) for a fleet of more than 8. Less than that is
+    #: refused: with long fleet tokens, registrations would never fit.
+    max_body_bytes: int = 0
     #: Node answers larger than this are that node's bad answer. Sealed answers are padded
     #: to at most 1 KiB (protocol.RESPONSE_PADDED_SIZE): a larger cap only lets a hostile
     #: node make the relay hold and pass on more per request.
@@ -167,6 +172,7 @@ class RelayConfig:
         }.items():
             if not _is_number(value) or value < 0 or not math.isfinite(value):
                 raise InvalidInput(f"{name} must be a number >= 0")
+        self._set_body_limit()
         for name, count in {
             "burst": self.burst,
             "refused_tokens_burst": self.refused_tokens_burst,
@@ -188,6 +194,25 @@ class RelayConfig:
             raise InvalidInput("tls_cert and tls_key go together: give both or neither")
         object.__setattr__(self, "_public_key", load_operator_public_key(self.operator_public_key))
         object.__setattr__(self, "_signing_key", load_relay_signing_key(self.signing_key))
+
+    def _set_body_limit(self) -> None:
+        """max_body_bytes as given, or its default; a limit some honest request of the
+        largest fleet routed could exceed is refused (review s61: a fleet of 9 nodes whose
+        tokens were 4 KiB could never register through the 64 KiB a body was at most)."""
+        nodes = max(len(urls) for urls in self._fleets_routed())
+        least = nodes * COPY_BUDGET
+        if self.max_body_bytes == 0:
+            object.__setattr__(self, "max_body_bytes", max(_DEFAULT_MAX_BODY, least))
+        elif _is_number(self.max_body_bytes) and self.max_body_bytes < least:
+            raise InvalidInput(
+                f"max_body_bytes {self.max_body_bytes} is less than a fleet of {nodes} nodes"
+                f" may send in one request ({nodes} × {COPY_BUDGET} = {least}): registrations"
+                " and password changes would be refused",
+                hint=f"give at least {least}, or leave max_body_bytes out for the default",
+            )
+
+    def _fleets_routed(self) -> list[tuple[str, ...]]:
+        return [self.node_urls, *(fleet.node_urls for fleet in self.previous_fleets)]
 
     def _check_transparency(self) -> None:
         if self.witness_url is not None:
