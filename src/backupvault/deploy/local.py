@@ -655,20 +655,40 @@ class LocalDeployment:
             return self._rotate(nodes, timeout)
 
     def _rotate(self, nodes: int | None, timeout: float) -> int:
-        old = self.fleet()
-        if old.epoch is None:
-            raise DeploymentError("the current fleet was never deployed (no epoch in fleet.toml)")
-        epoch = old.epoch + 1
-        fleet_dir = self.root / f"epoch{epoch}"
-        if fleet_dir.exists():
-            raise DeploymentError(
-                f"{fleet_dir} exists: a rotation to epoch {epoch} was started before",
-                hint=f"remove {fleet_dir} and run `local rotate` again",
-            )
-        for which in self.witnesses():
-            self.start_witness(which)
-        fleet = self._provision_fleet(fleet_dir, epoch, old.fleet_id, nodes or len(old.nodes))
-        bundle = self._deploy_and_log(fleet_dir / "fleet.toml", epoch, old.retired_below)
+        sets = self.epochs()
+        if len(sets) > 1 and self.fleet(sets[-1]).epoch is None:
+            # A rotation whose deploy failed (a witness down or refusing): some witness may
+            # have logged its record already, and would refuse another of the epoch (new
+            # node keys), so the nodes it made are deployed again, not made anew (review s61).
+            epoch, old = sets[-1], self.fleet(sets[-2])
+            fleet = self.fleet(epoch)
+            if nodes not in (None, len(fleet.nodes)):
+                raise DeploymentError(
+                    f"a rotation to epoch {epoch} with {len(fleet.nodes)} nodes was started"
+                    " and not finished",
+                    hint="run `local rotate` without --nodes to finish it first",
+                )
+            for which in self.witnesses():
+                self.start_witness(which)
+        else:
+            old = self.fleet()
+            if old.epoch is None:
+                raise DeploymentError(
+                    "the current fleet was never deployed (no epoch in fleet.toml)"
+                )
+            epoch = old.epoch + 1
+            fleet_dir = self.root / f"epoch{epoch}"
+            if fleet_dir.exists():  # its provisioning stopped before fleet.toml: none logged it
+                raise DeploymentError(
+                    f"{fleet_dir} exists: a rotation to epoch {epoch} was started before",
+                    hint=f"remove {fleet_dir} and run `local rotate` again",
+                )
+            for which in self.witnesses():
+                self.start_witness(which)
+            fleet = self._provision_fleet(fleet_dir, epoch, old.fleet_id, nodes or len(old.nodes))
+        bundle = self._deploy_and_log(
+            self.fleet_dir(epoch) / "fleet.toml", epoch, old.retired_below
+        )
         # Older bundles keep their first receipt: a client checks that their checkpoint is
         # a prefix of the newest one it saw.
         previous = [
