@@ -932,6 +932,34 @@ def test_a_name_with_a_line_break_is_one_line_of_ls_and_diff(tmp_path: Path, sou
     ]  # fmt: skip
 
 
+def test_a_name_that_is_not_utf8_is_shown_escaped_on_a_utf8_terminal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file or folder name that is not UTF-8 (b"caf\\xe9", from a Latin-1 disk) is
+    printed as an escape: on a UTF-8 locale, whose stdout refuses a lone surrogate (as
+    PYTHONIOENCODING=utf-8 makes it here), `backup list` and `backup ls` ended in
+    "unexpected UnicodeEncodeError", and a restore that had written every file exit 1."""
+    monkeypatch.setenv("PYTHONIOENCODING", "utf-8")
+    source = Path(os.fsdecode(bytes(tmp_path) + b"/docs-\xe9t\xe9"))
+    source.mkdir()
+    (source / os.fsdecode(b"caf\xe9.txt")).write_text("hello\n")
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    listed = run("backup", "list", "--storage", str(storage), "--recovery-code", "-", stdin=code)
+    assert listed.returncode == 0, listed.stderr
+    assert "docs-\\xe9t\\xe9" in listed.stdout
+    shown = run("backup", "ls", "latest", "--storage", str(storage), "--recovery-code", "-",
+                stdin=code)  # fmt: skip
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.splitlines()[-1].endswith("  caf\\xe9.txt")
+    to = tmp_path / "restored"
+    restored = run("backup", "restore", "--storage", str(storage), "--to", str(to),
+                   "--recovery-code", "-", stdin=code)  # fmt: skip
+    assert restored.returncode == 0, restored.stderr
+    assert "of " + str(tmp_path) + "/docs-\\xe9t\\xe9 made" in restored.stdout
+    assert (to / os.fsdecode(b"caf\xe9.txt")).read_text() == "hello\n"
+
+
 def test_without_a_vault_config_the_recovery_code_is_named_before_a_password_is_read(
     tmp_path: Path, source: Path
 ) -> None:

@@ -29,13 +29,25 @@ def _console(stderr: bool) -> Console:
 # Control characters but newline and tab (C0, DEL, C1): a message may hold what storage
 # said (an error from an SFTP or S3 server) or a name from a snapshot, and the terminal
 # would obey an escape sequence in it (erase the warning above, set the title, write
-# the clipboard). rich leaves ESC through.
-_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
+# the clipboard). rich leaves ESC through. And lone surrogates: a file name that is not
+# UTF-8 (b"caf\xe9", from a Latin-1 disk or archive) is decoded with surrogateescape,
+# and a UTF-8 locale's stdout (errors "strict") refused to write it: `backup list` and
+# `backup ls` of such a snapshot, and a restore that had written every file, ended in
+# "unexpected UnicodeEncodeError" (exit 1).
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
+
+
+def _escaped(char: str) -> str:
+    code = ord(char)
+    if 0xDC80 <= code <= 0xDCFF:  # the byte surrogateescape stood for
+        return f"\\x{code - 0xDC00:02x}"
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
 
 
 def printable(text: str) -> str:
-    """`text` with its control characters shown as escapes (\\x1b), not sent as such."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """`text` with its control characters shown as escapes (\\x1b), not sent as such, and
+    a byte of a name that is not UTF-8 shown as one too (\\xe9)."""
+    return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
 @dataclass
