@@ -928,6 +928,39 @@ def test_a_restore_into_a_folder_that_is_not_empty_asks_no_vault(
     assert [p.name for p in dest.iterdir()] == ["mine.txt"]
 
 
+def test_a_restore_into_the_folder_it_runs_in_is_refused_before_the_key(
+    tmp_path: Path, source: Path
+) -> None:
+    """`cd restored && backupvault backup restore --to .`: the copy was built beside the
+    folder and moved onto it, so the shell stayed in the old, empty folder, and `ls`
+    showed nothing of a restore that said it had worked (new-user review s61)."""
+    storage = tmp_path / "storage"
+    made = backupvault(
+        "--json", "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    code = json.loads(made.stdout)["recovery_code"]
+    here = tmp_path / "restored"
+    here.mkdir()
+    kept = os.stat(here)
+    for to in (".", str(here)):
+        done = backupvault(
+            "--json", "backup", "restore", "--storage", str(storage), "--to", to,
+            "--recovery-code", "-", stdin="", cwd=here,
+        )  # fmt: skip
+        assert done.returncode == 2, done.stderr
+        error = last_json(done.stderr)
+        assert "is the folder this command runs in" in str(error["error"])  # no code read
+        assert "(cd ..) with --to restored" in str(error["hint"])
+    assert list(here.iterdir()) == [] and os.stat(here).st_ino == kept.st_ino
+    done = backupvault(
+        "backup", "restore", "--storage", str(storage), "--to", "restored",
+        "--recovery-code", "-", stdin=code + "\n", cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert (here / "a.txt").read_text() == "alpha\n"
+
+
 def test_a_restore_whose_parent_folder_is_missing_asks_no_vault(
     tmp_path: Path, source: Path
 ) -> None:

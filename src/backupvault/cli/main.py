@@ -1407,6 +1407,7 @@ def _check_restore_to(dest: Path) -> None:
     were checked only once the vault had been asked), with what to do; and the two it
     named wrongly (a file in the path was a folder "that does not exist"; a folder that
     cannot be written to, such as /proc, had "no space left")."""
+    import shlex
     import tempfile
 
     from backupvault.backup.errors import DestinationError
@@ -1437,6 +1438,18 @@ def _check_restore_to(dest: Path) -> None:
             )
         if os.path.ismount(dest):
             raise mounted_destination(dest)
+        if _is_current_folder(dest):
+            # `cd restored && backupvault backup restore --to .`: the copy built beside it
+            # was moved onto it, and the shell went on in the old folder, which `ls` showed
+            # empty after a restore that said it had worked (new-user review s61).
+            name = dest.absolute().name
+            raise DestinationError(
+                f"restore destination {dest} is the folder this command runs in: a restore"
+                " builds its copy beside it and moves that into its place, so your shell"
+                " would stay in the old, empty folder and show nothing of the restore",
+                hint=f"run it from the folder above (cd ..) with --to {shlex.quote(name)},"
+                " or give --to a new folder",
+            )
         return
     parent = dest.absolute().parent
     existing = parent
@@ -1458,6 +1471,14 @@ def _check_restore_to(dest: Path) -> None:
             hint="give --to a new folder on a disk this user can write to",
         ) from None
     os.rmdir(probe)
+
+
+def _is_current_folder(dest: Path) -> bool:
+    """Whether `dest` is the folder this command runs in (the shell's, which keeps it)."""
+    try:
+        return os.path.samefile(dest, os.curdir)
+    except OSError:
+        return False
 
 
 @backup.command("list")
