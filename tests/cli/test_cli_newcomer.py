@@ -895,6 +895,55 @@ def test_a_restore_destination_that_cannot_be_made_says_why(tmp_path: Path) -> N
     assert sorted(p.name for p in tmp_path.iterdir()) == ["afile"]  # no probe left behind
 
 
+def test_an_empty_destination_in_a_folder_that_takes_no_new_one_is_refused_before_the_key(
+    tmp_path: Path,
+    source: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An empty --to is replaced by the copy built beside it, so its parent must take a
+    new folder, as a new --to's must: one in a folder this user cannot write to (an
+    admin's /srv holding the user's own empty folder) passed the checks, the key was
+    asked for, and the restore then failed with Python's "[Errno 13] Permission denied:
+    '.../.empty.<random>.restoring'" (review s61). Faked under root, whom modes do not
+    stop; for real otherwise."""
+    import tempfile
+
+    storage = tmp_path / "storage"
+    made = backupvault(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    locked = tmp_path / "admins"
+    dest = locked / "empty"
+    dest.mkdir(parents=True)
+    real_mkdtemp = tempfile.mkdtemp
+
+    def mkdtemp(*args: object, **kwargs: object) -> str:
+        if kwargs.get("dir") == locked:
+            raise PermissionError(13, "Permission denied")
+        return real_mkdtemp(*args, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+    if os.geteuid() == 0:
+        monkeypatch.setattr(tempfile, "mkdtemp", mkdtemp)
+    locked.chmod(0o555)
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # a code read would be "empty"
+    try:
+        with pytest.raises(SystemExit) as exited:
+            cli_main.main(["--json", "backup", "restore", "--storage", str(storage),
+                           "--to", str(dest), "--recovery-code", "-"])  # fmt: skip
+    finally:
+        locked.chmod(0o755)
+    assert exited.value.code == 2
+    error = last_json(capsys.readouterr().err)
+    assert error["error"] == (
+        f"the restore destination {dest} cannot be written: making a folder in {locked} (a"
+        " restore builds its copy there, beside --to) failed (Permission denied)"
+    )
+    assert error["hint"] == "give --to a new folder on a disk this user can write to"
+    assert [p.name for p in locked.iterdir()] == ["empty"]
+
+
 def _restore_past_a_vault_that_is_down(
     tmp_path: Path, source: Path, dest: Path
 ) -> subprocess.CompletedProcess[str]:

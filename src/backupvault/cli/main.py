@@ -1420,7 +1420,9 @@ def _check_restore_to(dest: Path) -> None:
 
     if dest.is_symlink():
         raise link_destination(dest)
-    if dest.exists():
+    parent = dest.absolute().parent
+    exists = dest.exists()
+    if exists:
         if not dest.is_dir():
             raise DestinationError(
                 f"restore destination {dest} exists and is not a folder",
@@ -1450,24 +1452,28 @@ def _check_restore_to(dest: Path) -> None:
                 hint=f"run it from the folder above (cd ..) with --to {shlex.quote(name)},"
                 " or give --to a new folder",
             )
-        return
-    parent = dest.absolute().parent
-    existing = parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise DestinationError(
-            f"{existing} is not a folder, so the restore destination {dest} cannot be made in it",
-            hint="give --to a new folder whose path goes through folders, not a file",
-        )
-    if existing != parent:
-        raise missing_parent(dest)  # before the password: a typo costs no guess
+        # Its parent takes the copy built beside it, as a new --to's does: an empty
+        # folder in one this user cannot write to passed here, and the restore failed
+        # only once the key had been asked for, with Python's errno (review s61).
+    else:
+        existing = parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise DestinationError(
+                f"{existing} is not a folder, so the restore destination {dest} cannot be made"
+                " in it",
+                hint="give --to a new folder whose path goes through folders, not a file",
+            )
+        if existing != parent:
+            raise missing_parent(dest)  # before the password: a typo costs no guess
     try:
         probe = tempfile.mkdtemp(prefix=f".{dest.name}.", suffix=".probe", dir=parent)
     except OSError as exc:
+        beside = " (a restore builds its copy there, beside --to)" if exists else ""
         raise DestinationError(
             f"the restore destination {dest} cannot be written: making a folder in {parent}"
-            f" failed ({exc.strerror})",
+            f"{beside} failed ({exc.strerror})",
             hint="give --to a new folder on a disk this user can write to",
         ) from None
     os.rmdir(probe)
