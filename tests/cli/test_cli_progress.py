@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from rich.console import Console
@@ -159,3 +163,22 @@ def test_the_bar_is_one_line_at_any_width(width: int, label: str) -> None:
         assert re.search(r"[\d,]+\.\d/1,023\.0 GiB", texts[0]), texts
     if width >= 82:
         assert re.search(r"(KiB|MiB|GiB|TiB)/s", texts[0]), texts
+
+
+@pytest.mark.parametrize("forced", [{"FORCE_COLOR": "1"}, {"TTY_COMPATIBLE": "1"}])
+def test_no_bar_into_a_stderr_that_is_no_terminal_whatever_the_environment_says(
+    tmp_path: Path, forced: dict[str, str]
+) -> None:
+    """rich takes FORCE_COLOR (or TTY_COMPATIBLE=1), which CI jobs and containers set for
+    colours, for a terminal: a backup drew its bar, frame after frame, into the log its
+    stderr went to (review s61). Errors may keep their colours; the bar is for a person."""
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_text("alpha\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "backupvault", "backup", "create", str(source),
+         "--storage", str(tmp_path / "storage"), "--recovery-code"],
+        capture_output=True, text=True, timeout=120, check=False, env={**os.environ, **forced},
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "backing up" not in done.stderr and "\x1b[?25l" not in done.stderr, done.stderr

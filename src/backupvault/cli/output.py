@@ -127,9 +127,19 @@ class Output:
                 self.err.print(Text.assemble("  ", ("hint:", "dim"), " ", printable(err.hint)))
 
     def progress(self) -> ProgressBar:
-        if self.quiet or self.json_mode or not self.err.is_terminal:
+        # stderr itself, not only rich's word for it: rich takes FORCE_COLOR or
+        # TTY_COMPATIBLE=1 (set in CI jobs and containers for colours) for a terminal, and
+        # the bar was drawn, frame after frame, into the log stderr went to.
+        if self.quiet or self.json_mode or not self.err.is_terminal or not _stderr_is_a_tty():
             return ProgressBar(None)
         return ProgressBar(self.err)
+
+
+def _stderr_is_a_tty() -> bool:
+    try:
+        return sys.stderr is not None and sys.stderr.isatty()
+    except (OSError, ValueError):  # closed
+        return False
 
 
 #: Terminal widths from which the bar, and then the speed and time left, are drawn: the
