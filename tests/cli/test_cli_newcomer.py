@@ -163,6 +163,26 @@ def test_a_restic_option_is_answered_with_its_option_here(args: list[str], hinte
     assert "Did you mean" not in str(error["error"]), error
 
 
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["vault", "status", "--config", "client.toml"],
+        ["backup", "list", "--storage", "x", "--config=client.toml"],
+    ],
+)
+def test_config_after_the_command_is_told_to_go_before_it(args: list[str]) -> None:
+    """`--json` and `-q` work after the command, so `vault status --config FILE` is what a
+    newcomer types: its hint sent them to `vault status --help`, which has no --config."""
+    done = backupvault("--json", *args)
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    command = " ".join(args[:2])
+    assert f"give it before the command (`backupvault --config FILE {command} ...`)" in str(
+        error["hint"]
+    ), error
+    assert "$BACKUPVAULT_CONFIG" in str(error["hint"])
+
+
 def test_a_command_without_its_subcommand_shows_its_help() -> None:
     done = backupvault("backup")
     assert done.returncode == 2

@@ -1937,6 +1937,14 @@ def _without_codes(message: str, args: list[str]) -> str:
 def _usage_hint(err: click.UsageError, args: list[str]) -> str | None:
     if err.ctx is None:
         return None
+    if isinstance(err, click.NoSuchOption) and err.option_name == "--config":
+        # `--json` and `-q` work after the command, so `vault status --config FILE` was
+        # tried, and sent to `vault status --help`, which has no --config (review s61).
+        command = err.ctx.command_path.removeprefix("backupvault").strip()
+        return (
+            f"--config is an option of backupvault itself: give it before the command"
+            f" (`backupvault --config FILE {command} ...`), or set ${CONFIG_ENV}"
+        )
     message = err.format_message()
     code_given = _without_codes(message, args) != message
     extra_dash = "--recovery-code" in args and ("(-)" in message or code_given)
