@@ -1325,6 +1325,21 @@ def test_local_up_with_an_even_node_count_is_a_usage_error_that_makes_nothing(
     assert not root.exists()
 
 
+def test_local_up_in_a_folder_whose_path_has_a_hash_is_a_usage_error_that_makes_nothing(
+    tmp_path: Path,
+) -> None:
+    """SoftHSM2 reads a '#' in softhsm2.conf as the start of a comment, so the token
+    folder of `--dir "backups #1"` was cut short: provisioning stopped half-way (exit 1)
+    with "Failed to enumerate object store in .../backups", the keys made so far left."""
+    root = tmp_path / "backups #1"
+    done = backupvault("--json", "local", "up", "--dir", str(root), "--nodes", "1")
+    assert done.returncode == 2, done.stderr
+    error = last_json(done.stderr)
+    assert str(error["error"]).startswith(f"{root} cannot hold a local deployment: SoftHSM2")
+    assert "a folder whose path has no '#'" in str(error["hint"])
+    assert not root.exists()
+
+
 def test_a_local_deployment_that_is_down_is_named_with_the_command_that_starts_it(
     tmp_path: Path,
 ) -> None:

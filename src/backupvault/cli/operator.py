@@ -72,6 +72,15 @@ def local_up(ctx: Context, root: Path, nodes: int) -> None:
         # Before anything is said or made, as `local rotate`.
         if refused := fleet_size_refused(nodes):
             raise UsageError(refused, hint="give --nodes an odd number, or leave it out for 5")
+        if "#" in str(root) or "\n" in str(root):
+            # softhsm2.conf names each token's folder, and SoftHSM2 reads a '#' as the start
+            # of a comment (with no way to quote it): provisioning failed half-way with
+            # "Failed to enumerate object store in <the path up to the #>" (review s61).
+            raise UsageError(
+                f"{root} cannot hold a local deployment: SoftHSM2, which keeps the nodes'"
+                " tokens there, reads a '#' in a path as the start of a comment",
+                hint="give --dir a folder whose path has no '#' (nor a line break)",
+            )
         # `--dir ~` made the home folder 0700 and filled it with keys and PINs. A folder
         # an interrupted provisioning left has its logs/ folder (made first), or only the
         # lock file of the `local up` that was interrupted.
