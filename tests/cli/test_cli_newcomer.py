@@ -873,6 +873,43 @@ def test_no_storage_says_where_a_default_can_be_set(tmp_path: Path) -> None:
     assert 'storage = "URL"' in str(error["hint"]) and "client config" in str(error["hint"])
 
 
+def test_an_empty_storage_is_refused_not_taken_for_the_configs(
+    tmp_path: Path, source: Path
+) -> None:
+    """`--storage "$OLD"` with OLD unset fell back to the config's `storage`: a `backup
+    forget --keep-last 1` meant for another repository removed snapshots of the default
+    one (review s61), as `--include ""` once restored everything."""
+    default = tmp_path / "default"
+    made = backupvault(
+        "--json", "backup", "create", str(source), "--storage", str(default), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    code = json.loads(made.stdout)["recovery_code"]
+    again = backupvault("backup", "create", str(source), "--storage", str(default),
+                        "--recovery-code", stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr
+    config = _client_toml(tmp_path / "client.toml", storage=str(default))
+    config.chmod(0o600)
+    env = {"BACKUPVAULT_CONFIG": str(config)}
+    for args in (
+        ["backup", "forget", "--keep-last", "1", "--recovery-code", "-"],
+        ["backup", "list", "--recovery-code", "-"],
+        ["backup", "restore", "--to", str(tmp_path / "r"), "--recovery-code", "-"],
+        ["backup", "create", str(source), "--recovery-code"],
+    ):
+        for empty in ("", " "):
+            done = backupvault("--json", *args, "--storage", empty, stdin=code + "\n", env=env)
+            assert done.returncode == 2, (args, done.stderr)
+            error = last_json(done.stderr)
+            assert error["error"] == "--storage is empty", error
+            assert "leave --storage out to use the client config's `storage`" in str(error["hint"])
+    listed = backupvault(
+        "--json", "backup", "list", "--recovery-code", "-", stdin=code + "\n", env=env
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert len(json.loads(listed.stdout)["snapshots"]) == 2  # none forgotten
+
+
 def test_unreachable_storage_says_what_to_check() -> None:
     with socket.socket() as sock:  # a port nothing listens on once closed
         sock.bind(("127.0.0.1", 0))

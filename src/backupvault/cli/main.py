@@ -98,6 +98,15 @@ class Context:
         return session
 
     def storage(self, url: str | None) -> str:
+        if url is not None and not url.strip():
+            # `--storage "$OLD"` with OLD unset: it fell back to the config's storage, so a
+            # `backup forget --keep-last 1` meant for another repository thinned the
+            # default one (review s61), as `--include ""` once restored everything.
+            raise UsageError(
+                "--storage is empty",
+                hint="give the storage URL (a folder, file://, s3://...); leave --storage out"
+                " to use the client config's `storage`",
+            )
         if url:
             return url
         if self.config_path is not None and (configured := self.config().storage):
