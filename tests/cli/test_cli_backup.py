@@ -651,6 +651,37 @@ def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source:
     assert f"is a symbolic link (to {source}): give what it points to, {source}" in made.stderr
 
 
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
+@pytest.mark.parametrize("json_flag", [[], ["--json"]])
+def test_a_new_recovery_code_stdout_cannot_take_is_given_on_stderr(
+    tmp_path: Path, source: Path, json_flag: list[str]
+) -> None:
+    """`backup create --recovery-code > code.json` onto a full disk: the code could not be
+    written, and the error was "unexpected OSError ... a bug in backupvault", without it:
+    a repository (and, under --json, a snapshot) whose code nobody ever saw (review s61)."""
+    storage = tmp_path / "storage"
+    with open("/dev/full", "w") as full:
+        done = subprocess.run(
+            [sys.executable, "-m", "backupvault", *json_flag, "backup", "create", str(source),
+             "--storage", str(storage), "--recovery-code"],
+            stdout=full, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    assert done.returncode == 1, done.stderr
+    assert "the result could not be written to stdout (No space left on device)" in done.stderr
+    assert "a bug" not in done.stderr
+    if json_flag:
+        error = json.loads(done.stderr)
+        code = error["recovery_code"]
+        assert error["backup_id"] and error["new_repository"] is True  # the result's fields
+    else:
+        found = re.search(r"with the recovery code ([0-9a-f-]{84}) \(here", done.stderr)
+        assert found is not None, done.stderr
+        code = found.group(1)
+    again = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+                stdin=code + "\n")  # fmt: skip
+    assert again.returncode == 0, again.stderr  # the code opens the repository made
+
+
 def test_a_new_recovery_code_is_printed_before_the_backup_begins(
     tmp_path: Path, source: Path
 ) -> None:

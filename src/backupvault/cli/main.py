@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from backupvault import __version__
-from backupvault.cli.output import Output, printable
+from backupvault.cli.output import Output, ResultNotWritten, printable
 from backupvault.cli.passwords import check_password, read_secret_line, weakness
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
@@ -1066,8 +1066,9 @@ def backup_create(
 
         ctx.output.note(f"no repository was at {redact_url(url)}: a new one is made there")
         if code is not None and not ctx.output.json_mode:
-            ctx.output.out.print(f"recovery code of the new repository ({_WRITE_IT_DOWN}):")
-            ctx.output.out.print(f"  {code}")
+            ctx.output.say_code(
+                f"recovery code of the new repository ({_WRITE_IT_DOWN}):\n  {code}"
+            )
 
     try:
         with (
@@ -1099,6 +1100,8 @@ def backup_create(
             (made and repository_exists(url)) or repository_opens_with(url, root_key)
         ):
             where = "in `recovery_code`" if ctx.output.json_mode else "printed above"
+            if isinstance(err, ResultNotWritten) and not ctx.output.json_mode:
+                where = f"{code} (here: stdout took nothing)"
             err.hint = (
                 f"the new repository was made, with the recovery code {where}: run the "
                 "backup again with --recovery-code and give that code when asked "

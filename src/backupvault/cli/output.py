@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import re
@@ -73,9 +74,25 @@ class Output:
             if self.warnings:
                 own = list(data.get("warnings", []))
                 data = {**data, "warnings": own + [w for w in self.warnings if w not in own]}
-            sys.stdout.write(json.dumps(data, sort_keys=True) + "\n")
+            try:
+                _stdout().write(json.dumps(data, sort_keys=True) + "\n")
+                sys.stdout.flush()  # a full disk says so here, not at exit
+            except OSError as exc:
+                raise _not_written(exc, data) from None
         else:
+            try:
+                self.out.print(printable(text))
+            except OSError as exc:  # rich's own exit on a broken pipe is kept
+                raise _not_written(exc, data) from None
+
+    def say_code(self, text: str) -> None:
+        """A new recovery code on stdout, for people; ResultNotWritten if stdout takes
+        nothing of it (closed too: rich then writes nothing, without a word)."""
+        try:
+            _stdout()
             self.out.print(printable(text))
+        except OSError as exc:
+            raise _not_written(exc, {}) from None
 
     def done(self, data: dict[str, Any], text: str) -> None:
         """The report of a command that acts (backs up, restores, forgets, prunes,
@@ -133,6 +150,31 @@ class Output:
         if self.quiet or self.json_mode or not self.err.is_terminal or not _stderr_is_a_tty():
             return ProgressBar(None)
         return ProgressBar(self.err)
+
+
+class ResultNotWritten(BackupVaultError):
+    """stdout took nothing of the command's answer (a full disk, a closed stream): what the
+    command did stands, and under --json the error object carries the answer's fields (a
+    first backup's `recovery_code` among them: it said "unexpected OSError ... a bug",
+    and the code of the repository just made was seen nowhere)."""
+
+
+def _not_written(exc: OSError, data: dict[str, Any]) -> ResultNotWritten:
+    error = ResultNotWritten(
+        f"the result could not be written to stdout ({exc.strerror or exc})",
+        hint="what the command did stands; give stdout a file on a disk with free space"
+        " (or a terminal) to see its result",
+    )
+    error.details.update(data)
+    return error
+
+
+def _stdout() -> Any:
+    """sys.stdout, or OSError if the command was started without one (`>&-`): rich
+    writes nothing then, without a word, a new recovery code too."""
+    if sys.stdout is None:
+        raise OSError(errno.EBADF, "stdout is closed")
+    return sys.stdout
 
 
 def _stderr_is_a_tty() -> bool:
