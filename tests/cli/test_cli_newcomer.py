@@ -865,6 +865,35 @@ def test_a_password_prompt_without_a_terminal_says_what_to_pass(tmp_path: Path) 
     assert "nothing was sent to the vault" in str(error["hint"])
 
 
+def test_a_closed_stdin_is_read_as_an_empty_one_not_called_a_bug(
+    tmp_path: Path, source: Path
+) -> None:
+    """Started with stdin closed (`<&-`, a daemon), every command that asks for a password
+    or a code said "unexpected AttributeError: 'NoneType' object has no attribute
+    'isatty'" and "this is a bug" (exit 1), not what docs/cli.md says (exit 2)."""
+    storage = tmp_path / "storage"
+    made = backupvault(
+        "backup", "create", str(source), "--storage", str(storage), "--recovery-code"
+    )
+    assert made.returncode == 0, made.stderr
+    config = _client_toml(tmp_path / "client.toml")
+    for args, said in (
+        (["backup", "list", "--recovery-code", "-"], "no recovery code: stdin was empty"),
+        (["--config", str(config), "backup", "list", "--password-stdin"],
+         "--password-stdin: stdin ended before a password line"),
+        (["--config", str(config), "backup", "list"],
+         "no password: use --password-stdin, or run in a terminal to be asked"),
+    ):  # fmt: skip
+        done = subprocess.run(
+            [str(CONSOLE_SCRIPT), "--json", *args, "--storage", str(storage)],
+            capture_output=True, text=True, timeout=120, check=False,
+            env={k: v for k, v in os.environ.items() if k != "BACKUPVAULT_CONFIG"},
+            preexec_fn=lambda: os.close(0),
+        )  # fmt: skip
+        assert done.returncode == 2, (args, done.stderr)
+        assert last_json(done.stderr)["error"] == said
+
+
 def test_no_storage_says_where_a_default_can_be_set(tmp_path: Path) -> None:
     done = backupvault("--json", "backup", "list")
     assert done.returncode == 2

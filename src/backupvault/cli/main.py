@@ -2124,6 +2124,11 @@ def main(argv: list[str] | None = None) -> None:
     _run_config = None
     args = sys.argv[1:] if argv is None else argv
     json_mode = _json_requested(args)
+    if sys.stdin is None:
+        # Started with stdin closed (`<&-`, a daemon): read as an empty one, so a password
+        # or code asked for is "no terminal" or "stdin empty" (exit 2), as docs/cli.md
+        # says; it was "unexpected AttributeError ... a bug" (review s61).
+        sys.stdin = open(os.devnull, encoding="utf-8")  # noqa: SIM115 (kept for the run)
     handlers = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGTERM)}
     try:
         with contextlib.suppress(ValueError):  # not the main thread: no signals
