@@ -353,7 +353,8 @@ def test_fleet_deploy_with_the_witness_unreachable_changes_nothing(
     done = bv(*args, "--witness", f"http://127.0.0.1:{closed_port()}")
     assert done.returncode == 1
     assert "cannot reach the witness" in done.stderr
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["fleet.toml"]  # no deployment.bin
+    # No deployment.bin; the signed record waits to be sent again by the next deploy.
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["deployment.pending.bin", "fleet.toml"]
     assert fleet_file.read_bytes() == before  # the epoch was not bumped
     assert tomllib.loads(before.decode())["epoch"] == 1
 
