@@ -395,6 +395,40 @@ def test_missing_head_file_refuses_a_log_with_leaves(
         make_witness()
 
 
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "a folder"])
+def test_a_damaged_database_is_refused_with_a_reason_not_a_crash(
+    make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path, damage: str
+) -> None:
+    # A torn or truncated file after a crash, or a disk that lost pages: sqlite3's own
+    # DatabaseError reached `witness serve`, which called it a bug in backupvault.
+    witness = make_witness()
+    for epoch in range(1, 40):
+        witness.submit(sign_record(make_record(epoch=epoch), operator_key).to_bytes())
+    witness.store.close()
+    database = tmp_path / "witness.sqlite"
+    data = database.read_bytes()
+    for suffix in ("-wal", "-shm"):
+        (tmp_path / f"witness.sqlite{suffix}").unlink(missing_ok=True)
+    if damage == "truncated":
+        database.write_bytes(data[: len(data) // 2])
+    elif damage == "garbage":
+        database.write_bytes(b"\xa5" * len(data))
+    else:
+        database.unlink()
+        database.mkdir()
+    head_before = (tmp_path / "witness.sqlite.head").read_bytes()
+    with pytest.raises(WitnessStoreCorrupt) as refused:
+        make_witness()
+    assert "cannot be read" in refused.value.message
+    assert "restore it from a copy" in (refused.value.hint or "")
+    assert (tmp_path / "witness.sqlite.head").read_bytes() == head_before
+    # The lock was released: once the database is put right, the witness starts.
+    if database.is_dir():
+        database.rmdir()
+    database.write_bytes(data)
+    assert make_witness().store.size == 39
+
+
 def test_the_head_is_never_written_through_a_planted_link(
     make_witness: WitnessFactory, operator_key: Ed25519PrivateKey, tmp_path: Path
 ) -> None:

@@ -136,8 +136,10 @@ class WitnessStore:
         self._lock_fd: int | None = _lock_exclusively(self.path)
         try:
             self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except BaseException:
+        except BaseException as err:
             self._unlock()
+            if isinstance(err, sqlite3.DatabaseError):
+                raise self._unreadable(err) from None
             raise
         try:
             self._db.execute("PRAGMA journal_mode=WAL")
@@ -146,10 +148,21 @@ class WitnessStore:
             self._bind(origin, public_key)
             self._tree = self._load()
             self._head = self._check_head()
-        except BaseException:
+        except BaseException as err:
             self._db.close()
             self._unlock()
+            if isinstance(err, sqlite3.DatabaseError):
+                raise self._unreadable(err) from None
             raise
+
+    def _unreadable(self, err: sqlite3.DatabaseError) -> WitnessStoreCorrupt:
+        """A database SQLite cannot open or read (a torn or truncated file, another file
+        at the path): the witness signs nothing, and says so rather than crashing."""
+        return WitnessStoreCorrupt(
+            f"the witness database {self.path} cannot be read: {err}",
+            hint="it is damaged or is not a witness database; restore it from a copy at least"
+            f" as new as the head file {self.head_file} (the witness signs nothing until then)",
+        )
 
     def _unlock(self) -> None:
         if self._lock_fd is not None:
