@@ -14,6 +14,7 @@ import base64
 import json
 import multiprocessing
 import os
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
@@ -1083,6 +1084,39 @@ def test_an_older_epoch_only_the_bundles_witness_logged_is_refused(
     del net.previous[2]
     with pytest.raises(FleetNotTrusted, match="has not logged the record of epoch 2"):
         list(device.older(net.http(), RELAY, current))
+
+
+def test_a_witness_added_after_a_rotation_must_be_given_the_older_epochs_first(
+    net: Net, tmp_path: Path
+) -> None:
+    """Review s61: a witness added to a running fleet and given only the current record
+    (as operations.md said) can never log an older epoch (epochs only grow), so every
+    device whose entry is still on one is refused its migration, as if the operator had
+    shown it an epoch that witness never logged. Given the older records first, oldest
+    first, as operations.md now says, it vouches for them."""
+    first, second = net.sign(1), net.sign(2, nodes=rotated_nodes(2))
+    net.current = net.log(first)  # witness B does not exist yet
+    device = net.trust(tmp_path / "device" / "state.json", others=())
+    device.current(net.http(), RELAY)  # the device used epoch 1
+    net.previous[1], net.current = net.current, net.log(second)
+    net.b.submit(second.to_bytes())  # B added: the current record only
+    with pytest.raises(EpochReplayed):
+        net.b.submit(first.to_bytes())
+    device = net.trust(device.state_file)  # its config now lists B
+    current = device.current(net.http(), RELAY).record
+    with pytest.raises(FleetNotTrusted, match="has not logged the record of epoch 1"):
+        list(device.older(net.http(), RELAY, current))
+    # The same with a witness C given epoch 1, then epoch 2.
+    c_signer = Signer("witness-c.test/backupvault", Ed25519PrivateKey.generate())
+    net.b = net.witness(c_signer, "c.sqlite")  # answers at witness B's address
+    net.b.submit(first.to_bytes())
+    net.b.submit(second.to_bytes())
+    c_endpoint = WitnessEndpoint(c_signer.verifier, WITNESS_B)
+    device = net.trust(tmp_path / "other" / "state.json", others=(c_endpoint,))
+    device.state_file.parent.mkdir()
+    shutil.copy(tmp_path / "device" / "state.json", device.state_file)
+    current = device.current(net.http(), RELAY).record
+    assert [r.epoch for r in device.older(net.http(), RELAY, current)] == [1]
 
 
 def test_a_witness_proof_of_an_older_record_that_does_not_verify_is_refused(
