@@ -5,6 +5,7 @@ bug in backupvault" (which a malformed fleet.toml or witness.toml drew)."""
 from __future__ import annotations
 
 import json
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -243,6 +244,36 @@ def test_add_fleet_does_not_replace_a_fleets_operator_key_without_being_told(
     assert done.value.code == 0
     assert f'operator_key = "{other}"' in config.read_text()
     assert OPERATOR_KEY not in config.read_text()
+
+
+def test_add_fleet_reads_a_fleet_id_in_capitals_as_the_witness_does(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A witness.toml written by hand with the fleet id in capitals ("00FF"): `witness
+    serve` reads it as fleet 00ff, but add-fleet compared the text, so another key for the
+    fleet went in without --replace-key, and the same key again added a second table, a
+    fleet listed twice with which the witness refused to start."""
+    config = tmp_path / "witness.toml"
+    config.write_text(
+        'key_file = "witness.key"\n'
+        f'[[fleets]]\nfleet_id = "00FF"\noperator_key = "{OPERATOR_KEY}"\n'
+    )
+    before = config.read_text()
+    other = Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()
+    add = ["witness", "add-fleet", "--fleet-id", "00ff", "--config", str(config)]
+    code, error = run([*add, "--operator-key", other], capsys)
+    assert code == 1 and "already vouches for fleet 00ff" in error["error"]
+    assert config.read_text() == before
+    with pytest.raises(SystemExit) as done:  # the same key again: still one table
+        main([*add, "--operator-key", OPERATOR_KEY])
+    assert done.value.code == 0
+    assert len(tomllib.loads(config.read_text())["fleets"]) == 1
+    with pytest.raises(SystemExit) as done:
+        main([*add, "--operator-key", other, "--replace-key"])
+    assert done.value.code == 0
+    assert tomllib.loads(config.read_text())["fleets"] == [
+        {"fleet_id": "00ff", "operator_key": other}
+    ]
 
 
 @pytest.mark.parametrize("fleet_id", ["", "ab" * 65, "xyz"])

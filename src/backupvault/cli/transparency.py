@@ -5,7 +5,7 @@ local fleet rotation (`local rotate`)."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import click
@@ -383,8 +383,17 @@ def witness_add_fleet(
             f"{witness_config}: `fleets` must be a list of [[fleets]] tables; nothing was changed",
             hint="fix the file (docs/transparency.md shows one), then run this again",
         )
+
+    def this_fleet(table: dict[str, Any]) -> bool:
+        # As `witness serve` reads it: hex in any case ("00FF" is fleet 00ff, and a table
+        # of each was one fleet listed twice, which the witness refuses to start with).
+        try:
+            return bytes.fromhex(str(table.get("fleet_id"))) == fleet
+        except ValueError:
+            return False
+
     for known in listed:
-        if str(known.get("fleet_id")) != fleet.hex() or replace_key:
+        if not this_fleet(known) or replace_key:
             continue
         # The key decides what the witness logs for the fleet: a record another key signs
         # with a higher epoch would retire the real one for every OTA client.
@@ -400,7 +409,7 @@ def witness_add_fleet(
                 hint="check the key with the fleet's operator; give --replace-key only if they"
                 " really changed it (the witness then logs what the new key signs for it)",
             )
-    fleets = [f for f in listed if str(f.get("fleet_id")) != fleet.hex()]
+    fleets = [f for f in listed if not this_fleet(f)]
     fleets.append({"fleet_id": fleet.hex(), "operator_key": key_hex})
     data["fleets"] = fleets
     write_toml(witness_config, data)
