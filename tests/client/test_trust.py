@@ -70,7 +70,7 @@ from backupvault.transparency.errors import (
     WitnessSignatureMissing,
 )
 from backupvault.transparency.head import DEFAULT_MAX_AGE, MAX_CLOCK_SKEW
-from backupvault.transparency.note import Signer, open_checkpoint
+from backupvault.transparency.note import Checkpoint, Signer, open_checkpoint
 from backupvault.transparency.record import DeploymentRecord, raw_public_key
 from backupvault.transparency.witness import WitnessPolicy
 from backupvault.transparency.witness_store import WitnessStore
@@ -350,6 +350,9 @@ HOSTILE_STATES: dict[str, str | bytes] = {
         '{"version": 1, "fleets": {"0123": {"epoch": 1, "records": {"1": 5}}}}'
     ),
     "a trusted time that is a string": '{"version": 1, "time": "1800000000"}',
+    "prefixes as a list": '{"version": 1, "prefixes": []}',
+    "a prefix size that is not a number": '{"version": 1, "prefixes": {"x": "AA=="}}',
+    "a prefix root that is a number": '{"version": 1, "prefixes": {"1": 5}}',
     "a negative trusted time": '{"version": 1, "time": -1}',
 }
 
@@ -813,6 +816,47 @@ def test_a_kept_head_stands_in_after_an_audit_of_this_state_saw_a_larger_tree(
     old_head = saved(state_file)["heads"][WITNESS_NAME]
     net.hostile[("witness-a.test", "/v1/head")] = reply(200, text=old_head)
     refused(net, trust, LogRolledBack)
+
+
+def test_the_bundle_witness_out_of_reach_once_the_log_grew_is_stood_in_for(
+    net: Net, state_file: Path
+) -> None:
+    """Review s61: a bundle keeps the checkpoint of when its record was logged, and once
+    the witness logged anything else (another fleet's record) the device's kept tree was
+    larger, so every run asked that witness, through the relay, for a consistency proof
+    between the two. With the bundle's witness out of reach, its head and the proofs the
+    relay passes on from it, the client stopped at once (exit 5), its kept head standing
+    in for nothing. A bundle checkpoint the client proved a prefix of its tree before
+    needs no proof again; any other still does."""
+    trust = accepted(net, state_file)
+    grow_log(net, 2)  # other fleets' records, at both witnesses
+    net.now += 60
+    trust.current(net.http(), RELAY)  # the device's tree: 3
+    assert saved_size(net, state_file) == 3
+    net.hostile[("witness-a.test", "/v1/head")] = reply(503)
+    net.hostile[("relay.test", "/v1/fleet/consistency")] = reply(
+        503, json={"error": "witness_unavailable", "detail": "the witness does not answer"}
+    )
+    net.now += 60
+    net.asked.clear()
+    assert trust.current(net.http(), RELAY).record.epoch == 1  # A's kept head stands in
+    assert "relay.test /v1/fleet/consistency" not in net.asked
+    # A bundle with another checkpoint of A's (of 2 leaves), never proven a prefix here,
+    # still needs the proof, which A out of reach cannot give.
+    signed = OperatorSignedRecord.from_bytes(FleetBundle.from_bytes(net.current).signed_record)
+    tree = Checkpoint(WITNESS_NAME, 2, net.a.store.root(2))
+    net.current = FleetBundle(
+        signed_record=signed.to_bytes(),
+        cosignature=FleetBundle.from_bytes(net.current).cosignature,
+        leaf_index=0,
+        tree_size=2,
+        proof=b"".join(net.a.store.inclusion_proof(0, 2)),
+        checkpoint=tree.sign(net.a_signer),
+    ).to_bytes()
+    with pytest.raises(FleetUnavailable, match="consistency proof between log sizes 2 and 3"):
+        trust.current(net.http(), RELAY)
+    del net.hostile[("relay.test", "/v1/fleet/consistency")]
+    assert trust.current(net.http(), RELAY).record.epoch == 1
 
 
 def test_a_witness_url_with_a_trailing_slash(net: Net, state_file: Path) -> None:

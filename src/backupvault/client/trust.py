@@ -31,7 +31,14 @@ have accepted more meanwhile):
      "heads": {"<witness name>": "<the last fleet head from that witness>"},
      "fleets": {"<fleet id hex>": {"epoch": 2,
                                    "records": {"1": "<OperatorSignedRecord hex>", "2": ...}}},
-     "time": <the trusted time, unix seconds>}
+     "time": <the trusted time, unix seconds>,
+     "prefixes": {"<tree size>": "<base64 root>"}}
+
+"prefixes" names the checkpoints of the bundles this client accepted: each was proven a
+prefix of "checkpoint" then, and so of every later one (each extends the one before), so a
+bundle carrying one needs no consistency proof again. Without it every run asked the bundle
+witness for one (through the relay), and that witness out of reach stopped the client at
+once, its kept head standing in for nothing (review s61).
 
 A state file keeps one fleet: the first one accepted with it is pinned ("fleet_id"), is the
 fleet expected when the config names none, and no other fleet is ever added to the file,
@@ -173,6 +180,9 @@ class TrustState:
     trusted_time: int = 0
     #: The fleet this file pins (`pinned_fleet`): the first one accepted with it.
     fleet_id: bytes | None = None
+    #: Tree size (decimal) -> base64 root of the bundle checkpoints accepted, each proven
+    #: a prefix of `checkpoint` (see the module docstring).
+    prefixes: dict[str, str] = field(default_factory=dict)
     #: How long `accept` waits for another process of this device to finish with the file.
     LOCK_TIMEOUT: ClassVar[float] = 30.0
 
@@ -202,12 +212,17 @@ class TrustState:
         checkpoint = data.get("checkpoint")
         fleets = data.get("fleets", {})
         heads = data.get("heads", {})
+        prefixes = data.get("prefixes", {})  # absent in files of older versions
         trusted_time = data.get("time", 0)  # absent in files of older versions
         if (
             not (checkpoint is None or isinstance(checkpoint, str))
             or not isinstance(fleets, dict)
             or not isinstance(heads, dict)
             or not all(isinstance(v, str) for v in heads.values())
+            or not isinstance(prefixes, dict)
+            or not all(
+                _RECORD_EPOCH.fullmatch(k) and isinstance(v, str) for k, v in prefixes.items()
+            )
         ):
             raise InvalidInput(f"the trust state file {path} is malformed")
         try:
@@ -216,7 +231,7 @@ class TrustState:
             pinned = pinned_fleet(data)  # derived in a file of an older version: saved next
         except InvalidInput as err:
             raise InvalidInput(f"the trust state file {path} is malformed: {err.message}") from None
-        return cls(path, checkpoint, fleets, heads, trusted_time, pinned)
+        return cls(path, checkpoint, fleets, heads, trusted_time, pinned, prefixes)
 
     def save(self) -> None:
         data: dict[str, Any] = {
@@ -226,6 +241,8 @@ class TrustState:
             "heads": self.heads,
             "time": self.trusted_time,
         }
+        if self.prefixes:
+            data["prefixes"] = self.prefixes
         if self.fleet_id is not None:
             data["fleet_id"] = self.fleet_id.hex()
         try:
@@ -273,6 +290,22 @@ class TrustState:
         if last is None or size >= Checkpoint.from_text(note_text(last)).size:
             self.checkpoint = note
 
+    def proven_prefix(self, bundle: bytes, last: Checkpoint) -> bool:
+        """Whether the checkpoint of `bundle` (not yet verified: verify_bundle does) is one
+        this client already proved a prefix of `last`, its kept checkpoint: that of a bundle
+        it accepted before. False for one that does not parse (verify_bundle says why)."""
+        try:
+            note = FleetBundle.from_bytes(bundle).checkpoint
+            checkpoint = Checkpoint.from_text(note_text(note))
+        except TransparencyError:
+            return False
+        root = base64.b64encode(checkpoint.root_hash).decode()
+        return (
+            checkpoint.origin == last.origin
+            and checkpoint.size < last.size
+            and self.prefixes.get(str(checkpoint.size)) == root
+        )
+
     def remember_head(self, name: str, note: str) -> None:
         """Keep `note` as the last head of witness `name` unless the one kept is newer (a
         larger tree, or as large and later): another process may have kept a newer one
@@ -290,10 +323,12 @@ class TrustState:
         current: bool,
         heads: Sequence[tuple[str, str]] = (),
         seen_time: int = 0,
+        proven: Sequence[str] = (),
     ) -> None:
         """Remember a verified fleet (after acceptance only): the largest of the checkpoints
         `notes` when newer, its record, (for the current fleet) its epoch, the heads that
-        vouched for it, and `seen_time` if later than the trusted time kept."""
+        vouched for it, `seen_time` if later than the trusted time kept, and the checkpoints
+        `proven` a prefix of the checkpoint kept (the bundle's)."""
         # Read, applied and saved under the file's lock, to the file as it is now rather
         # than as it was when this state was loaded: another process of this client (or
         # `older()` between two epochs) may have accepted more since, and a staler copy
@@ -302,6 +337,7 @@ class TrustState:
             on_disk = TrustState.load(self.path)
             self.checkpoint, self.fleets = on_disk.checkpoint, on_disk.fleets
             self.heads, self.trusted_time = on_disk.heads, on_disk.trusted_time
+            self.prefixes = on_disk.prefixes
             # The file keeps one fleet: the first accepted with it, pinned from then on
             # (checked again here: another process may have pinned one since the load).
             record = verified.record
@@ -310,6 +346,11 @@ class TrustState:
                 raise pin_conflict(self.path, self.fleet_id, record.fleet_id)
             for note in notes:
                 self.remember_checkpoint(note)
+            for note in proven:
+                checkpoint = Checkpoint.from_text(note_text(note))
+                self.prefixes[str(checkpoint.size)] = base64.b64encode(
+                    checkpoint.root_hash
+                ).decode()
             for name, head in heads:
                 self.remember_head(name, head)
             self.trusted_time = max(self.trusted_time, seen_time)
@@ -695,13 +736,19 @@ class OtaTrust:
         if self.fleet_id is not None and state.fleet_id not in (None, self.fleet_id):
             raise pin_conflict(state.path, state.fleet_id, self.fleet_id)
         expected = self.fleet_id or state.fleet_id
+        last = state.last_checkpoint(self.witness)
         try:
+            # A bundle checkpoint this client already proved a prefix of the kept one needs
+            # no proof again (and the bundle witness's outage then stops nothing while its
+            # kept head stands in).
+            if last is not None and state.proven_prefix(bundle, last):
+                last = None
             return verify_bundle(
                 bundle,
                 self.operator_key,
                 self.witness.public_key,
                 self.witness.name,
-                state.last_checkpoint(self.witness),
+                last,
                 self._consistency(http, relay_url),
                 accepted_epochs=state.accepted_epochs() if current else None,
                 allowed_measurements=self.allowed_measurements,
@@ -730,7 +777,12 @@ class OtaTrust:
         # most max_bundle_age past a witness's signed time, and a clock set forward cannot
         # push the trusted time further than that.
         state.accept(
-            verified, checkpoints, current=True, heads=heads, seen_time=max(reading, newest)
+            verified,
+            checkpoints,
+            current=True,
+            heads=heads,
+            seen_time=max(reading, newest),
+            proven=checkpoints[1:],
         )
         return verified
 
@@ -880,7 +932,8 @@ class OtaTrust:
                     f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
                 )
             self._logged_everywhere(http, heads, verified.signed_record.to_bytes(), epoch)
-            state.accept(verified, (FleetBundle.from_bytes(bundle).checkpoint,), current=False)
+            checkpoint = FleetBundle.from_bytes(bundle).checkpoint
+            state.accept(verified, (checkpoint,), current=False, proven=(checkpoint,))
             if _node_keys(verified.record) not in searched:
                 searched.add(_node_keys(verified.record))
                 yield verified.record
