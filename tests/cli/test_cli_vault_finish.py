@@ -165,7 +165,11 @@ def test_status_says_what_to_do_about_a_key_that_is_destroyed_or_not_there(
     empty = status_text()
     assert empty.startswith("key: empty") and "`backupvault backup create" in empty
     session.register("correct horse battery", RK)
-    assert status_text() == "key: live, 10 of 10 guesses left"
+    assert status_text() == "key: live (version 1), 10 of 10 guesses left"
+    # The version in effect is said: after a password change cut off before it said
+    # whether it landed, it is what tells which password opens the key (review s61).
+    session.change_password(session.recover("correct horse battery"), "another password")
+    assert status_text() == "key: live (version 2), 10 of 10 guesses left"
     session.before_last_guess = None  # the CLI set its question on this shared session
     for _ in range(10):
         with pytest.raises((WrongPassword, Destroyed)):

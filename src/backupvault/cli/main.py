@@ -502,13 +502,22 @@ _REGISTRATION = _change(
     "none is",
     "the new key is registered behind your password; run the command again to use it",
 )
-_PASSWORD_CHANGE = _change(
-    "the password change",
-    "the new password opens your key",
-    "the old one still does",
-    "the new password opens your key; `backupvault vault status` shows whether every"
-    " node confirmed it",
-)
+
+
+def _password_change(version: int) -> _Deferral:
+    """For a password change of the key at `version`: the two outcomes named by the
+    version `vault status` then shows. Without them a change cut off by a second signal
+    sent the user to `vault status`, which said "key: live" for either, and a retry with
+    the old password after the change had landed cost a guess (review s61)."""
+    return _change(
+        "the password change",
+        f"the new password opens your key (`vault status` shows version {version + 1})",
+        f"the old one still does (version {version})",
+        "the new password opens your key; `backupvault vault status` shows whether every"
+        " node confirmed it",
+    )
+
+
 _DELETE = _change(
     "the deletion of your key",
     "the key is deleted",
@@ -1644,7 +1653,12 @@ def vault_status(ctx: Context) -> None:
             " `backupvault backup create --new-key` registers a new key, for new storage"
         )
     if status.status == EntryStatus.LIVE:
-        text += f", {status.guesses_remaining} of {status.guess_limit} guesses left"
+        # The version tells which password opens the key after a change that was cut off
+        # (its message names the version of each).
+        text += (
+            f" (version {status.version}), {status.guesses_remaining} of"
+            f" {status.guess_limit} guesses left"
+        )
         if status.guesses_remaining_up_to is not None:
             text += (
                 f" (or up to {status.guesses_remaining_up_to}: the vault nodes that answered"
@@ -1784,7 +1798,7 @@ def vault_change_password(ctx: Context, password_stdin: bool) -> None:
         while not _weak_password_kept(new):
             new = _password(False, prompt="New password")
         new = _typed_twice(new, "New password", "Repeat the new password")
-    with _deferring(ctx.output, _PASSWORD_CHANGE):
+    with _deferring(ctx.output, _password_change(recovered.threshold.manifest.version)):
         changed = session.change_password(recovered, new)
     _warn_degraded(ctx, changed.missing)
     ctx.output.result(
