@@ -196,3 +196,33 @@ def test_finish_does_not_call_a_share_delivered_that_it_dropped(
     code, done = _run(monkeypatch, capsys, here, "vault", "finish")
     assert (code, done) == (0, {"finished": True, "pending": [], "delivered": []})
     assert not any("share" in op for op in fleet.nodes[3].seen[seen_before:])  # none sent
+
+
+def test_delete_after_a_rotation_deletes_the_key_on_the_older_epoch(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """After a rotation the key stays on the older epoch (opening with the password there,
+    and counting guesses) until a recovery moves it: `vault status` said so, and `vault
+    delete` said "there is nothing to delete" and left it there (review s61)."""
+    from backupvault.client.errors import NotRegistered
+
+    pending = PendingStore(tmp_path / "p.json")
+    old_fleet, new_fleet = FakeFleet(5), FakeFleet(5)
+    old = FleetSession(old_fleet.vault(pending=pending, epoch=1), 1)
+    old.register("correct horse battery", RK)
+    session = FleetSession(new_fleet.vault(pending=pending, epoch=2), 2, iter([(1, old)]))
+
+    class Config(_Config):
+        storage = None
+
+    monkeypatch.setattr(cli_main.Context, "config", lambda self: Config(session))
+    monkeypatch.setattr("sys.stdin", io.StringIO("correct horse battery\n"))
+    with pytest.raises(SystemExit) as done:
+        cli_main.main(["vault", "delete", "--yes", "--password-stdin"])
+    said = capsys.readouterr()
+    assert done.value.code == 0, said.err
+    assert "key deleted from the vault (on fleet epoch 1" in said.out
+    old.before_last_guess = None
+    with pytest.raises(NotRegistered):
+        old.recover("correct horse battery")  # gone from the older epoch too
+    assert not any("register" in op for node in new_fleet.nodes for op in node.seen)

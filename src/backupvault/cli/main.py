@@ -1627,7 +1627,7 @@ def vault_status(ctx: Context) -> None:
         data["guesses_remaining"] = None  # no key, so no guesses: not "none left"
     text = f"key: {status.status.name.lower()}"
     if status.status == EntryStatus.EMPTY and (older := _key_on_older_epoch(session)):
-        epoch, old = older
+        epoch, _, old = older
         data["older_epoch"] = {
             "epoch": epoch,
             "status": old.status.name.lower(),
@@ -1673,10 +1673,13 @@ def vault_status(ctx: Context) -> None:
     ctx.output.result(data, text)
 
 
-def _key_on_older_epoch(session: FleetSession) -> tuple[int, VaultStatus] | None:
+def _key_on_older_epoch(
+    session: FleetSession,
+) -> tuple[int, FleetSession, VaultStatus] | None:
     """After a rotation the entry stays on the older epoch until a recovery moves it: the
-    newest older epoch where it is not empty, so that `vault status` does not call a key
-    that is there "empty". An older epoch that cannot be asked is passed over, and one
+    newest older epoch where it is not empty (its session and status), so that `vault
+    status` does not call a key that is there "empty", nor `vault delete` say there is
+    nothing to delete. An older epoch that cannot be asked is passed over, and one
     whose bundle does not verify ends the search: the status of the current epoch stands
     (a recovery, which would use it, stops on it)."""
     from backupvault.client.errors import VaultError
@@ -1693,7 +1696,7 @@ def _key_on_older_epoch(session: FleetSession) -> tuple[int, VaultStatus] | None
         except VaultError:
             continue
         if status.status != EntryStatus.EMPTY:
-            return epoch, status
+            return epoch, old, status
 
 
 def _node_without(node: str) -> str:
@@ -1829,6 +1832,13 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
 
     session = ctx.session()
     status = session.status()
+    older = _key_on_older_epoch(session) if status.status == EntryStatus.EMPTY else None
+    if older is not None:
+        # A rotation left the key on an older epoch, where it still opens with the password
+        # and counts guesses until a recovery moves it: it is deleted there. Said to be
+        # "nothing to delete", the key stayed, when the user meant to remove it (review s61).
+        _, session, status = older
+        session.before_last_guess = _confirm_last_guess
     if status.status == EntryStatus.EMPTY:
         config = ctx.config()
         raise NotRegistered(
@@ -1876,6 +1886,8 @@ def vault_delete(ctx: Context, yes: bool, password_stdin: bool, storage_url: str
     with _deferring(ctx.output, _DELETE):
         version, pending = session.delete(recovered)
     text = "key deleted from the vault"
+    if older is not None:
+        text += f" (on fleet epoch {older[0]}, where a rotation had left it)"
     if pending:
         text += (
             "; not yet confirmed erased by: "
