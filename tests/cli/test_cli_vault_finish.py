@@ -226,3 +226,32 @@ def test_delete_after_a_rotation_deletes_the_key_on_the_older_epoch(
     with pytest.raises(NotRegistered):
         old.recover("correct horse battery")  # gone from the older epoch too
     assert not any("register" in op for node in new_fleet.nodes for op in node.seen)
+
+
+def test_status_on_another_device_names_a_node_without_its_share(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """A node that missed its share (down at the registration or password change) holds
+    the key's manifest and no share: the key survives one node failure fewer. Only the
+    device that owes the share said so (a pending line); `vault status` on any other
+    device said all was well, though docs/cli.md has it name "the nodes that do not hold
+    its share" (review s61, on a local deployment: a node killed during a change)."""
+    fleet = FakeFleet(5)
+    fleet.nodes[3].mode = "down"
+    here = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "here-pending.json")))
+    here.register("correct horse battery", RK)
+    fleet.nodes[3].mode = "ok"  # back, with the committed manifest and no share
+    other = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "other-pending.json")))
+    code, status = _run(monkeypatch, capsys, other, "vault", "status")
+    assert code == 0 and status["status"] == "live" and status["pending"] == []
+    assert status["nodes_without"] == ["node 3: holds the key's manifest but no share of it"]
+    monkeypatch.setattr(cli_main.Context, "config", lambda self: _Config(other))
+    with pytest.raises(SystemExit):
+        cli_main.main(["vault", "status"])
+    said = capsys.readouterr().out
+    assert "not holding this key's share: node 3: holds the key's manifest but no share" in said
+    # The device that owed it delivers it on the way, and does not name the node then.
+    code, status = _run(monkeypatch, capsys, here, "vault", "status")
+    assert code == 0 and status["nodes_without"] == [] and status["pending"] == []
+    code, status = _run(monkeypatch, capsys, other, "vault", "status")
+    assert code == 0 and status["nodes_without"] == []

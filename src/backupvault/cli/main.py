@@ -1700,10 +1700,11 @@ def _key_on_older_epoch(
 
 
 def _node_without(node: str) -> str:
-    """A status line for a node that did not answer with the key's manifest: one that
-    holds another does not hold this key's share; one that could not be asked (down,
+    """A status line for a node that did not answer with the key's manifest and a share
+    of it: one that holds another manifest, or the key's without a share (a delivery
+    missed), does not hold this key's share; one that could not be asked (down,
     unreachable, an error) may well hold it, and is not said to hold none."""
-    if node.endswith(": holds another manifest"):
+    if node.endswith((": holds another manifest", ": holds the key's manifest but no share of it")):
         return f"not holding this key's share: {node}"
     return f"could not get this key's status from {node}"
 

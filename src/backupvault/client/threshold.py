@@ -619,14 +619,28 @@ class ThresholdVault:
         reported = [a.response.guesses_remaining for a in agreeing if a.response]
         remaining, up_to = _guesses_left(reported, self.t)
         limit = _tth_largest([a.response.guess_limit for a in agreeing if a.response], self.t)
-        other = tuple(
-            a.describe() if a.response is None else f"node {a.index}: holds another manifest"
-            for a in found.answers
-            if a not in agreeing
-        )
         # No guess left on t nodes: no recovery can succeed again, and each node erases its
         # share at its next request; the key is as good as destroyed, so say so.
         status = EntryStatus.DESTROYED if _none_left(reported, self.t) else EntryStatus.LIVE
+        owed_before = self._nodes_owed_shares(encoded)
+        pending = self._finish_quietly(
+            found.agreed, answered={a.index for a in found.answers if a.response is not None}
+        )
+        delivered = owed_before - self._nodes_owed_shares(encoded)  # just now, by this device
+        # A node that holds the manifest and no share of it (it missed its delivery, which
+        # another device may still owe it) is named too: the key then survives fewer node
+        # failures, which the user of any device should hear (review s61: only the device
+        # owing the share said so, in its pending lines).
+        other = tuple(
+            a.describe()
+            if a.response is None
+            else f"node {a.index}: holds another manifest"
+            if a not in agreeing
+            else f"node {a.index}: holds the key's manifest but no share of it"
+            for a in found.answers
+            if a not in agreeing
+            or (a.response is not None and not a.response.holds_share and a.index not in delivered)
+        )
         return ThresholdStatus(
             status,
             found.agreed.version,
@@ -634,9 +648,7 @@ class ThresholdVault:
             remaining,
             tuple(a.index for a in agreeing),
             other,
-            self._finish_quietly(
-                found.agreed, answered={a.index for a in found.answers if a.response is not None}
-            ),
+            pending,
             up_to,
         )
 
@@ -1258,6 +1270,10 @@ class ThresholdVault:
                 return live
             live = self._live(range(attempt, attempt + 1), live)
         raise AssertionError("unreachable")
+
+    def _nodes_owed_shares(self, manifest: bytes) -> set[int]:
+        """The nodes this device owes a share of `manifest` (none if the file is damaged)."""
+        return {n for r in self._owed_register_shares(manifest) for n in r.nodes}
 
     def _owed_register_shares(self, manifest: bytes) -> list[Pending]:
         """The share deliveries this device owes for `manifest` that need no password."""
