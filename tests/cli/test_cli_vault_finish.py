@@ -255,3 +255,35 @@ def test_status_on_another_device_names_a_node_without_its_share(
     assert code == 0 and status["nodes_without"] == [] and status["pending"] == []
     code, status = _run(monkeypatch, capsys, other, "vault", "status")
     assert code == 0 and status["nodes_without"] == []
+
+
+def test_a_first_backup_that_loses_the_registration_race_says_whose_key_it_hit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    """Two devices' first backups at once, with different passwords: the one that finds
+    the other's key registered tries its password on it (its own lost answer would be
+    the same key), which costs a guess and fails. It said only "wrong password: check
+    the password before trying again", and every retry of the same password used
+    another guess of the other device's key (review s61)."""
+    fleet = FakeFleet(5)
+    session = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "p.json")))
+    other = FleetSession(fleet.vault(pending=PendingStore(tmp_path / "other.json")))
+    register = session.register
+
+    def other_device_first(password: str, root_key: bytes) -> object:
+        other.register("the other device's passphrase", bytes(32))
+        return register(password, root_key)
+
+    monkeypatch.setattr(session, "register", other_device_first)
+    monkeypatch.setenv("BACKUPVAULT_STATE_DIR", str(tmp_path / "state"))
+    source = tmp_path / "source"
+    source.mkdir()
+    (source / "a.txt").write_text("alpha\n")
+    code, error = _run(monkeypatch, capsys, session, "--config", str(tmp_path / "client.toml"),
+                       "backup", "create", str(source), "--storage", str(tmp_path / "s"),
+                       "--password-stdin", stdin="correct horse battery\n")  # fmt: skip
+    assert code == 3 and "wrong password" in str(error["error"])
+    hint = " ".join(str(error["hint"]).split())
+    assert "another device (or another run of this one) registered a key" in hint
+    assert "with that device's password, and do not try this one again" in hint
+    assert other.recover("the other device's passphrase").root_key == bytes(32)

@@ -750,7 +750,12 @@ def _root_key_from_vault(
     key is registered, the password is asked again on the terminal (only then: a key
     that exists already checks the password itself). Returns (root key, whether it was
     just registered)."""
-    from backupvault.client.errors import AlreadyRegistered, Destroyed, NotRegistered
+    from backupvault.client.errors import (
+        AlreadyRegistered,
+        Destroyed,
+        NotRegistered,
+        WrongPassword,
+    )
 
     session = ctx.session()
     try:
@@ -802,8 +807,20 @@ def _root_key_from_vault(
     except AlreadyRegistered:
         # Our own earlier attempt committed but its answer was lost, or another device
         # registered first: either way the key to use is the one the vault now holds.
-        with _password_check(ctx.output):
-            return session.recover(password).root_key, False
+        try:
+            with _password_check(ctx.output):
+                return session.recover(password).root_key, False
+        except WrongPassword as wrong:
+            # Another device's key, behind another password: told only "wrong password,
+            # check it", the user typed this one again, and each try used a guess of the
+            # other device's key (review s61).
+            wrong.hint = (
+                "another device (or another run of this one) registered a key for this entry"
+                " a moment before this one could, behind another password: this password was"
+                " tried against it, which used a guess, and nothing was registered: back up"
+                " with that device's password, and do not try this one again"
+            )
+            raise
     _warn_degraded(ctx, registered.missing)
     return root_key, True
 
