@@ -451,3 +451,35 @@ def test_an_unconfirmed_change_does_not_push_out_what_the_version_in_effect_is_o
     said = fleet.vault(pending=PendingStore(path)).status().pending
     assert len(said) == 1 and said[0].startswith("version 2 (a registration or password")
     assert _holders(fleet) == [0, 1, 2, 3, 4]  # node 4 got its share of version 1
+
+
+def test_a_change_cut_off_before_its_commit_is_forgotten_when_the_key_is_deleted(
+    tmp_path: Path,
+) -> None:
+    """The cut-off change's shares (version 2) are kept in case its commit lands; once
+    version 1 is deleted it never can (its statement is of version 1). They were kept
+    all the same: every `vault status` said they might still take effect, and `vault
+    finish` failed with exit 5 until the next registration (review s61)."""
+    fleet = FakeFleet(5)
+    path = tmp_path / "client-pending.json"
+    vault = fleet.vault(pending=PendingStore(path))
+    vault.register("old", RK, ksf=FAST_KSF)
+    handle = fleet.handle
+
+    def cut_before_the_commit(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
+            fleet.handle = handle  # type: ignore[method-assign]
+            raise KeyboardInterrupt  # staged everywhere, the commit never sent
+        return handle(request)
+
+    fleet.handle = cut_before_the_commit  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        vault.change_password(vault.recover("old", ksf_floor=FAST_KSF), "new", ksf=FAST_KSF)
+    assert vault.status().pending != ()  # kept: it may still land
+    vault.delete(vault.recover("old", ksf_floor=FAST_KSF))
+    status = vault.status()
+    assert status.status == EntryStatus.EMPTY and status.pending == ()
+    assert not path.exists()
+    # A new key registers at the version after the deleted one's, and works.
+    assert vault.register("newest", RK, ksf=FAST_KSF, version=2).missing == ()
+    assert vault.recover("newest", ksf_floor=FAST_KSF).root_key == RK

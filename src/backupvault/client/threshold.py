@@ -1712,4 +1712,18 @@ class ThresholdVault:
             )
         # The statement is public: kept, and sent again until every node confirms.
         self._keep_pending(replace(erasure, nodes=tuple(unconfirmed)))
+        self._forget_changes_of(manifest.version)
         return manifest.version, tuple(pending)
+
+    def _forget_changes_of(self, version: int) -> None:
+        """`version` is deleted: the shares kept for a later version (a password change of
+        it whose commit was not confirmed) can never take effect, the change's statement
+        being of a version that is gone. Kept, they were "kept in case it still takes
+        effect" at every `vault status`, and `vault finish` failed (exit 5, "the fleet is
+        unavailable") until the next registration (review s61)."""
+        try:
+            for record in self._owed():
+                if record.op is Op.REGISTER_SHARE and record.version > version:
+                    self.pending.drop(record.key)
+        except VaultError as err:
+            self._notify(f"warning: could not forget the deleted key's shares: {err.message}")
