@@ -483,3 +483,34 @@ def test_a_change_cut_off_before_its_commit_is_forgotten_when_the_key_is_deleted
     # A new key registers at the version after the deleted one's, and works.
     assert vault.register("newest", RK, ksf=FAST_KSF, version=2).missing == ()
     assert vault.recover("newest", ksf_floor=FAST_KSF).root_key == RK
+
+
+def test_a_change_the_relay_took_then_could_not_show_names_each_passwords_version(
+    tmp_path: Path,
+) -> None:
+    """The relay passed the commit on, then failed it and the manifest read after it: the
+    hint sent the user to `vault status` to learn whether the change took effect, and
+    the status says "live" either way; the versions tell which password opens the key
+    (review s61)."""
+    fleet = FakeFleet(5)
+    vault = fleet.vault(pending=PendingStore(tmp_path / "client-pending.json"))
+    vault.register("old", RK, ksf=FAST_KSF)
+    recovered = vault.recover("old", ksf_floor=FAST_KSF)
+    handle = fleet.handle
+    committed: list[bool] = []
+
+    def failing(request: httpx.Request) -> httpx.Response:
+        if request.url.path.endswith(f"/{Op.COMMIT_SHARES}"):
+            handle(request)  # the nodes take it
+            committed.append(True)
+            return _relay_error()
+        if committed and request.url.path.endswith(f"/{Op.MANIFEST}"):
+            return _relay_error()
+        return handle(request)
+
+    fleet.handle = failing  # type: ignore[method-assign]
+    with pytest.raises(FleetUnavailable) as told:
+        vault.change_password(recovered, "new", ksf=FAST_KSF)
+    hint = told.value.hint or ""
+    assert "version 2 if it did (the new password opens the key)" in hint
+    assert "version 1 if not (the old one still does)" in hint

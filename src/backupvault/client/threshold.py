@@ -816,11 +816,19 @@ class ThresholdVault:
             # the read's own error ("try again later", "no guess was used") of a change in
             # effect sent the user to the old password, a wrong guess (reviews s47, s49).
             change = "password change" if request.authorization else "registration"
+            # Named by version: `vault status` says "live" for either (review s61).
+            shows = (
+                f"version {manifest.version} if it did (the new password opens the key),"
+                f" version {manifest.version - 1} if not (the old one still does)"
+                if request.authorization
+                else f"a live key at version {manifest.version} if it did"
+            )
             raise FleetUnavailable(
                 f"the relay took this {change}, which may have taken effect, then could not"
                 f" show whether it did: {err.message}",
                 hint="once the relay answers again, `backupvault vault status` shows whether"
-                " it did (asking uses no guess): check before you type either password",
+                f" it did (asking uses no guess): {shows}; check before you type either"
+                " password",
             ) from None
         if found.agreed is not None and found.agreed.to_bytes() == request.manifest:
             return held, problems
