@@ -374,6 +374,14 @@ def _keep(ctx: FlowContext, record: Pending) -> None:
         ctx.pending.drop(record.key)
 
 
+def _forget_changes_of(ctx: FlowContext, version: int) -> None:
+    """As the SDK's: `version` is deleted, so the shares kept for a later version (a
+    password change of it that never committed) can never take effect."""
+    for record in ctx.pending.owed(ctx.fleet_id, ctx.account, ctx.entry, ctx.epoch):
+        if record.op is Op.REGISTER_SHARE and record.version > version:
+            ctx.pending.drop(record.key)
+
+
 def finish(
     ctx: FlowContext,
     live: manifest.Manifest | None,
@@ -733,12 +741,14 @@ def delete(ctx: FlowContext, recovered: Outcome, counter: int = 0) -> Flow:
     )
     if len(erased) >= ctx.threshold:
         _keep(ctx, erasure)
+        _forget_changes_of(ctx, agreed.version)
         return Outcome("deleted", acks=len(erased))
     # As the SDK (`_deleted`): the entry empty now is deleted, whichever device's delete
     # of this version committed (seed 10610206 with a hostile node).
     now = yield from status(ctx)
     if now.text == "status: empty":
         _keep(ctx, erasure)
+        _forget_changes_of(ctx, agreed.version)
         return Outcome("deleted", acks=len(erased))
     if now.text == "status: destroyed":
         # As the SDK: wrong guesses destroyed the key since this device recovered it
