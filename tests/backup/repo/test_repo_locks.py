@@ -6,9 +6,10 @@ failed removal of the lock. Time is moved by patching `time.time`, never slept."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -622,3 +623,45 @@ def test_a_lock_from_a_clock_years_ahead_is_stale_once_storage_says_it_expired(
     assert repo.locks(include_expired=True) == []
     restore_snapshot(str(repo_path), root_key, tmp_path / "out")
     assert snapshot(tmp_path / "out") == snapshot(source)
+
+
+def test_a_lock_released_while_the_locks_are_listed_leaves_the_others_their_times(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A running prune on another machine, its clock 31 minutes behind this one's, and a
+    check there that ends (its lock deleted) just as this backup lists the locks: the
+    prune's lock still has storage's time, so the backup waits for the prune. The scan of
+    storage's times stopped at the lock gone since the listing, and the prune's lock,
+    judged by its holder's time alone, was taken for stale: the backup went on beside the
+    prune."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"x" * 5000)
+    repo_path = tmp_path / "repo"
+    create_snapshot(source, str(repo_path), root_key)
+    repo = open_repo(repo_path, root_key)
+    clock = Clock(monkeypatch)
+    elsewhere = b"elsewhere\0" + b"\1" * 16
+    prune_lock = repo.lock(repository.EXCLUSIVE, "prune")
+    check_lock = repo.lock(SHARED)
+    clock.ahead = -LATER  # the other machine's clock
+    with monkeypatch.context() as m:
+        m.setattr(repository, "lock_owner", lambda: elsewhere)
+        prune_lock._write()
+        check_lock._write()
+    clock.ahead = 0
+    gone = check_lock.lock_id
+    scan = Backend._scan_local
+
+    @contextlib.contextmanager
+    def released_meanwhile(self: Backend, folder: str) -> Iterator[Iterator[Any]]:
+        with scan(self, folder) as entries:
+            listed = sorted(entries, key=lambda entry: entry.name != gone)
+            if folder == "locks" and (repo_path / "locks" / gone).exists():
+                (repo_path / "locks" / gone).unlink()  # the check ends, after the listing
+            yield iter(listed)
+
+    monkeypatch.setattr(Backend, "_scan_local", released_meanwhile)
+    with pytest.raises(RepositoryLocked, match="in use by a prune, forget or repair"):
+        create_snapshot(source, str(repo_path), root_key)
+    assert set(open_repo(repo_path, root_key).snapshot_names()) == set(repo.snapshot_names())

@@ -526,8 +526,17 @@ class Backend:
             if self.is_local:
                 with self._scan_local(folder) as entries:
                     for entry in entries:
-                        if wanted(entry.name) and entry.is_file(follow_symlinks=False):
-                            found[entry.name] = now - entry.stat(follow_symlinks=False).st_mtime
+                        if not (wanted(entry.name) and entry.is_file(follow_symlinks=False)):
+                            continue
+                        try:
+                            stat_result = entry.stat(follow_symlinks=False)
+                        except FileNotFoundError:
+                            # Deleted since it was listed (a lock released, an object
+                            # pruned): the others still have their times. Ending the scan
+                            # here left every later lock without storage's time, so one
+                            # from a clock behind ours was taken for stale (review s61).
+                            continue
+                        found[entry.name] = now - stat_result.st_mtime
                 return found
             self.fs.invalidate_cache(path)
             listed = self.fs.ls(path, detail=True)
