@@ -665,3 +665,35 @@ def test_a_lock_released_while_the_locks_are_listed_leaves_the_others_their_time
     with pytest.raises(RepositoryLocked, match="in use by a prune, forget or repair"):
         create_snapshot(source, str(repo_path), root_key)
     assert set(open_repo(repo_path, root_key).snapshot_names()) == set(repo.snapshot_names())
+
+
+def test_a_running_prune_outside_this_pid_namespace_is_not_taken_for_a_crash(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backup in a PID namespace of its own (a container with the host's name and
+    machine-id, a flatpak sandbox) cannot see the process of a prune running outside it:
+    by the "its process no longer runs" rule it took the prune's lock for a crash's, and
+    backed up beside it. Process ids say nothing across namespaces: the lock is another
+    machine's to it, live until it expires."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"x" * 5000)
+    repo_path = tmp_path / "repo"
+    create_snapshot(source, str(repo_path), root_key)
+    repo = open_repo(repo_path, root_key)
+
+    def in_namespace(inode: int) -> None:
+        monkeypatch.setattr(repository, "_pid_namespace", lambda: inode, raising=False)
+        monkeypatch.setattr(repository, "_machine_id", None)
+
+    in_namespace(4026531836)  # the host's (initial) namespace
+    prune_lock = repo.lock(repository.EXCLUSIVE, "prune")
+    with monkeypatch.context() as m:
+        m.setattr(os, "getpid", unused_pid)  # a pid no process here has: not in view
+        prune_lock._write()
+    in_namespace(4026532176)  # a container's
+    with pytest.raises(RepositoryLocked, match="in use by a prune, forget or repair"):
+        create_snapshot(source, str(repo_path), root_key)
+    in_namespace(4026531836)  # back outside, where its process is known to be gone
+    maintenance.prune(repo, dry_run=False)
+    assert repo.locks(include_expired=True) == []

@@ -1038,6 +1038,9 @@ def host_name() -> str:
 
 _machine_id: bytes | None = None
 _MACHINE_ID_FILE = "machine-id"
+#: The inode of Linux's initial PID namespace (PROC_PID_INIT_INO): a process in no
+#: container or sandbox.
+_INIT_PID_NAMESPACE: Final = 0xEFFFFFFC
 
 
 def machine_id() -> bytes:
@@ -1045,11 +1048,29 @@ def machine_id() -> bytes:
     process no longer runs is stale" never applies to another machine that has the same
     host name. Derived from /etc/machine-id (keyed, as systemd asks: the raw id is not
     shown to anyone else); else a random id kept in the state folder; else one for this
-    process alone (its locks are then only ever stale once expired)."""
+    process alone (its locks are then only ever stale once expired).
+
+    In a PID namespace of its own (a container sharing the host's name and machine-id,
+    with --uts=host or --network=host; a flatpak sandbox), the namespace is part of the
+    id: its process ids are not this machine's, and a running prune outside it, whose
+    process a backup inside could not see, was taken for a crash (review s61)."""
     global _machine_id
     if _machine_id is None:
-        _machine_id = _read_machine_id()
+        found = _read_machine_id()
+        namespace = _pid_namespace()
+        if namespace is not None and namespace != _INIT_PID_NAMESPACE:
+            label = b"backupvault lock pid namespace %d" % namespace
+            found = hmac.digest(found, label, "sha256")[:MACHINE_ID_LEN]
+        _machine_id = found
     return _machine_id
+
+
+def _pid_namespace() -> int | None:
+    """The inode of this process's PID namespace, where there is one to read (Linux)."""
+    try:
+        return os.stat("/proc/self/ns/pid").st_ino
+    except OSError:
+        return None
 
 
 def _read_machine_id() -> bytes:
