@@ -19,7 +19,7 @@ from backupvault.backup.repo import create_snapshot, maintenance, restore_snapsh
 from backupvault.backup.repo.backend import Backend
 from backupvault.backup.repo.maintenance import Policy
 from backupvault.backup.storage import Storage
-from backupvault.errors import AuthenticationFailed
+from backupvault.errors import AuthenticationFailed, BackupVaultError
 
 SMALL = {"chunk_min": 64, "chunk_avg": 256, "chunk_max": 1024, "pack_size": 8192}
 BUCKET = "backups"
@@ -147,3 +147,85 @@ def test_webdav_config_is_created_only_if_absent(webdav: tuple[str, Path]) -> No
     assert backend.put_new("config", b"second") is False
     assert os.listdir(served / name) == ["config"]
     assert (served / name / "config").read_bytes() == b"first"
+
+
+@pytest.fixture(scope="module")
+def sftp_server() -> Iterator[int]:
+    """An SFTP server (asyncssh, on a thread of its own) that asks for no password and
+    serves this machine's files; its port."""
+    import asyncio
+    import threading
+
+    import asyncssh
+
+    class NoAuth(asyncssh.SSHServer):
+        def begin_auth(self, username: str) -> bool:
+            return False
+
+    loop = asyncio.new_event_loop()
+    started: dict[str, Any] = {}
+    ready = threading.Event()
+
+    async def listen() -> None:
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        server = await asyncssh.listen(
+            "127.0.0.1", 0, server_host_keys=[key], server_factory=NoAuth, sftp_factory=True
+        )
+        started["server"], started["port"] = server, server.sockets[0].getsockname()[1]
+        ready.set()
+
+    thread = threading.Thread(
+        target=lambda: (loop.run_until_complete(listen()), loop.run_forever()), daemon=True
+    )
+    thread.start()
+    assert ready.wait(30)
+    try:
+        yield started["port"]
+    finally:
+        loop.call_soon_threadsafe(started["server"].close)
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join(10)
+
+
+def test_sftp_snapshot_cut_off_on_its_way_leaves_no_damaged_snapshot(
+    sftp_server: int, tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sftp writes an object in place: a backup whose connection is lost (or that is
+    killed) while its snapshot is on its way left that snapshot torn under its name, a
+    damaged snapshot that `check` reported and that stopped every prune until `forget
+    --damaged`. Written as a temporary and renamed, it leaves nothing under the name."""
+    import asyncssh
+
+    url = f"sftp://tester@127.0.0.1:{sftp_server}{tmp_path / 'repo'}"
+    options = {"known_hosts": None}
+    source = tmp_path / "src"
+    make_tree(source)
+    first = create_snapshot(source, url, root_key, repo_params=SMALL, storage_options=options)
+    (source / "new.txt").write_text("added later")
+    cutting = [False]
+    write, put = asyncssh.SFTPClientFile.write, Backend.put
+
+    async def cut_off(self: Any, data: bytes, *args: Any, **kwargs: Any) -> Any:
+        if not cutting[0]:
+            return await write(self, data, *args, **kwargs)
+        await write(self, data[: len(data) // 2], *args, **kwargs)
+        raise ConnectionResetError("connection lost")
+
+    def put_snapshot_cut_off(self: Backend, name: str, data: Any, **kw: Any) -> None:
+        cutting[0] = name.startswith("snapshots/")
+        try:
+            put(self, name, data, **kw)
+        finally:
+            cutting[0] = False
+
+    monkeypatch.setattr(asyncssh.SFTPClientFile, "write", cut_off)
+    monkeypatch.setattr(Backend, "put", put_snapshot_cut_off)
+    with pytest.raises(BackupVaultError):
+        create_snapshot(source, url, root_key, storage_options=options)
+    monkeypatch.undo()
+    assert [p.name for p in (tmp_path / "repo" / "snapshots").iterdir() if p.name[0] != "."] == [
+        first.snapshot_id
+    ]
+    repo = maintenance.open_repository(url, root_key, options)
+    assert maintenance.check(repo, read_data=True).errors == []
+    maintenance.prune(repo, dry_run=False)

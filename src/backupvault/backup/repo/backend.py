@@ -104,6 +104,9 @@ class Backend:
         self.storage = storage
         self.is_local = storage.is_local
         self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
+        # sftp (sshfs, or fsspec's paramiko one) writes an object in place: one cut off
+        # (a backup killed, a connection lost) was left under its name, torn.
+        self._is_sftp = not self.is_local and type(storage.fs).__name__ in _SFTP
         self._made: set[str] = set()
         self._warned: set[str] = set()  # folders whose stray names were warned of
         self._direct = self.is_local and hasattr(os, "O_DIRECT")
@@ -192,6 +195,20 @@ class Backend:
                 temp = f"{final}.{secrets.token_hex(8)}.partial"
                 self.fs.pipe_file(temp, b"".join(parts))
                 self.fs.client.move(temp, final, overwrite=True)
+            elif self._is_sftp:
+                # A hidden temporary renamed (SFTP's posix-rename: atomic, and it replaces
+                # a lock refreshed), as on a local folder: a snapshot cut off on its way
+                # was a damaged one, which stopped every prune until `forget --damaged`
+                # (review s61).
+                parent, base = final.rsplit("/", 1)
+                temp = f"{parent}/{_temp_name(base)}"
+                try:
+                    self.fs.pipe_file(temp, b"".join(parts))
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        self.fs.rm_file(temp)
+                    raise
+                self.fs.mv(temp, final)
             else:
                 self.fs.pipe_file(final, b"".join(parts))
         except (StorageError, InvalidInput):
@@ -588,6 +605,10 @@ def _can_create_only(fs: Any) -> bool:
 def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:
     return data if isinstance(data, list) else [data]
 
+
+#: fsspec's sftp file systems (sshfs; fsspec's own, on paramiko): they write an object in
+#: place, so `Backend.put` renames a temporary.
+_SFTP: Final = frozenset({"SSHFileSystem", "SFTPFileSystem"})
 
 #: What `link` fails with on file systems without hard links.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
