@@ -25,7 +25,13 @@ from datetime import UTC, datetime
 from typing import Any, Final, NamedTuple
 
 from backupvault.backup.errors import Corrupt, Damaged, StorageError
-from backupvault.backup.storage import Storage, entry_name, entry_size
+from backupvault.backup.storage import (
+    SFTP_FILE_SYSTEMS,
+    Storage,
+    entry_name,
+    entry_size,
+    read_range,
+)
 from backupvault.errors import InvalidInput
 
 FOLDERS: Final = ("data", "index", "snapshots", "locks", "forgotten")
@@ -106,7 +112,7 @@ class Backend:
         self._is_webdav = not self.is_local and type(storage.fs).__name__ == "WebdavFileSystem"
         # sftp (sshfs, or fsspec's paramiko one) writes an object in place: one cut off
         # (a backup killed, a connection lost) was left under its name, torn.
-        self._is_sftp = not self.is_local and type(storage.fs).__name__ in _SFTP
+        self._is_sftp = not self.is_local and type(storage.fs).__name__ in SFTP_FILE_SYSTEMS
         self._made: set[str] = set()
         self._warned: set[str] = set()  # folders whose stray names were warned of
         self._direct = self.is_local and hasattr(os, "O_DIRECT")
@@ -432,6 +438,8 @@ class Backend:
                     data = handle.read(-1 if end is None else max(0, end - (start or 0)))
             elif start is None and end is None:
                 data = bytes(self.fs.cat_file(path))
+            elif self._is_sftp:
+                data = read_range(self.fs, path, start or 0, end)
             else:
                 data = bytes(self.fs.cat_file(path, start=start, end=end))
         except FileNotFoundError:
@@ -605,10 +613,6 @@ def _can_create_only(fs: Any) -> bool:
 def _parts(data: Buffer | list[Buffer]) -> list[Buffer]:
     return data if isinstance(data, list) else [data]
 
-
-#: fsspec's sftp file systems (sshfs; fsspec's own, on paramiko): they write an object in
-#: place, so `Backend.put` renames a temporary.
-_SFTP: Final = frozenset({"SSHFileSystem", "SFTPFileSystem"})
 
 #: What `link` fails with on file systems without hard links.
 _NO_HARD_LINKS = frozenset({errno.EPERM, errno.ENOTSUP, errno.EOPNOTSUPP, errno.ENOSYS})
