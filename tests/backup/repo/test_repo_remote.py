@@ -155,8 +155,13 @@ def sftp_server() -> Iterator[int]:
     serves this machine's files; its port."""
     import asyncio
     import threading
+    import warnings
 
-    import asyncssh
+    from cryptography.utils import CryptographyDeprecationWarning
+
+    with warnings.catch_warnings():  # asyncssh names DSA at import, as storage.py's note says
+        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
+        import asyncssh
 
     class NoAuth(asyncssh.SSHServer):
         def begin_auth(self, username: str) -> bool:
@@ -186,6 +191,11 @@ def sftp_server() -> Iterator[int]:
         async def close() -> None:
             started["server"].close()
             await started["server"].wait_closed()
+            # The sessions' handlers too, or the loop's end reports them still pending.
+            others = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+            for task in others:
+                task.cancel()
+            await asyncio.gather(*others, return_exceptions=True)
 
         asyncio.run_coroutine_threadsafe(close(), loop).result(30)
         loop.call_soon_threadsafe(loop.stop)
