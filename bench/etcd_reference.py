@@ -143,16 +143,36 @@ def _put(http: httpx.Client, url: str, key: bytes, value: bytes) -> None:
     answer.raise_for_status()
 
 
+class TimingTransport(httpx.BaseTransport):
+    """Times each request from the first byte sent to the last byte received."""
+
+    def __init__(self, inner: httpx.BaseTransport) -> None:
+        self.inner = inner
+        self.seconds: list[tuple[str, float]] = []
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        request.read()
+        started = time.perf_counter()
+        response = self.inner.handle_request(request)
+        response.read()
+        self.seconds.append((request.url.path.rsplit("/", 1)[1], time.perf_counter() - started))
+        return response
+
+    def close(self) -> None:
+        self.inner.close()
+
+
 def put_latencies(etcd: EtcdCluster, puts: int) -> list[float]:
-    """One client, one key, sequential puts: seconds per put."""
-    times = []
-    with httpx.Client(timeout=10.0) as http:
+    """One client, one key, sequential puts: seconds per put, timed in the client's
+    transport as the fleet's fan-outs are (bench/vault_e2e.py), so the client's own work
+    before a request (here JSON and base64, there sealing and proofs) counts on neither side."""
+    transport = TimingTransport(httpx.HTTPTransport())
+    with httpx.Client(transport=transport, timeout=10.0) as http:
         for i in range(10 + puts):
-            started = time.perf_counter()
+            if i == 10:  # after warming up the connection
+                transport.seconds.clear()
             _put(http, etcd.urls[0], b"bench-latency", i.to_bytes(8, "big"))
-            if i >= 10:  # after warming up the connection
-                times.append(time.perf_counter() - started)
-    return times
+    return [seconds for _, seconds in transport.seconds]
 
 
 @dataclass(frozen=True)

@@ -49,7 +49,8 @@ from backupvault.protocol import (
     encode_commit_acks,
     share_ack_message,
 )
-from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, TimingTransport, timed_recoveries
+from bench.etcd_reference import TimingTransport
+from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, timed_recoveries
 
 BATCH = 5_000
 THRESHOLD = NODES // 2 + 1

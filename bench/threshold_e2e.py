@@ -29,9 +29,9 @@ from pathlib import Path
 import httpx
 
 from backupvault.protocol import ManifestRequest, ManifestResponse, Op
-from bench.etcd_reference import cpu_seconds
+from bench.etcd_reference import TimingTransport, cpu_seconds
 from bench.opaque_server import opaque_ke_login_us
-from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, TimingTransport, fleet_pids
+from bench.vault_e2e import FAST_KSF, NODES, PASSWORD, Fleet, fleet_pids
 
 
 def run(quick: bool) -> list[dict[str, object]]:

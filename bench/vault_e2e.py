@@ -59,6 +59,7 @@ from backupvault.tokens import fleet_audience, load_operator_private_key, mint_t
 from bench.etcd_reference import (
     EtcdCluster,
     Throughput,
+    TimingTransport,
     cpu_seconds,
     median_ms,
     put_latencies,
@@ -76,25 +77,6 @@ GUESS_LIMIT = 10
 #: The round trip between nodes in the cross-site mode, and the per-commit allowance.
 RTT = 0.040
 COMMIT_ALLOWANCE = 0.010
-
-
-class TimingTransport(httpx.BaseTransport):
-    """Times each request from the first byte sent to the last byte received."""
-
-    def __init__(self, inner: httpx.BaseTransport) -> None:
-        self.inner = inner
-        self.seconds: list[tuple[str, float]] = []
-
-    def handle_request(self, request: httpx.Request) -> httpx.Response:
-        request.read()
-        started = time.perf_counter()
-        response = self.inner.handle_request(request)
-        response.read()
-        self.seconds.append((request.url.path.rsplit("/", 1)[1], time.perf_counter() - started))
-        return response
-
-    def close(self) -> None:
-        self.inner.close()
 
 
 def timed_recoveries(
