@@ -24,6 +24,8 @@ class _Answer(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
         body = b"{}"
+        if self.path == "/v3/maintenance/status":  # one member, the leader
+            body = b'{"header": {"member_id": "1"}, "leader": "1"}'
         self.send_response(200)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
