@@ -327,21 +327,22 @@ def settle() -> None:
 def _time_row(
     name: str, ours: float, theirs: float, restic_key: float, goal: str = "≤ 1.0×"
 ) -> dict[str, Any]:
-    """A row of one command's time, ours against restic's. restic's includes its per-command
-    key derivation (`Restic.key_seconds`, `restic_key`), which ours, given a recovery code,
-    has no counterpart of: the reference says so, and gives the ratio without it."""
-    without = ours / max(theirs - restic_key, 1e-9)
+    """A row of one command's time, ours against restic's without its per-command key
+    derivation (`Restic.key_seconds`, `restic_key`): ours, given a recovery code, stretches
+    nothing, so restic's scrypt is left out of the ratio held to the goal (review s61: it
+    decided the short rows, a 1.2× read as 0.98×). The ratio with it is kept beside."""
+    ratio = ours / max(theirs - restic_key, 1e-9)
     return {
         "name": name,
         "value": ours,
         "unit": "s",
-        "reference": f"restic {theirs:.2f} s, {restic_key:.2f} s of it opening its key "
-        f"(scrypt; ours: a recovery code, no stretching); without it {without:.2f}×",
-        "ratio": ours / theirs,
+        "reference": f"restic {theirs:.2f} s, {restic_key:.2f} s of it opening its key (scrypt)"
+        f" left out: ours reads a recovery code; with it {ours / theirs:.2f}×",
+        "ratio": ratio,
         "goal": goal,
-        "met": ours / theirs <= float(goal.split()[1].rstrip("×")),
+        "met": ratio <= float(goal.split()[1].rstrip("×")),
         "restic_key_seconds": restic_key,
-        "ratio_without_restic_key": without,
+        "ratio_with_restic_key": ours / theirs,
     }
 
 
