@@ -182,6 +182,8 @@ def test_a_config_the_client_cannot_read_is_not_written(tmp_path: Path, fleet_fi
     [
         ("--relay-url", "127.0.0.1:7100", "--relay-url"),
         ("--device-key", "zz", "--device-key or $BACKUPVAULT_DEVICE_KEY"),
+        # no name the vault takes: the config was written, and every vault command failed
+        ("--account", "alice@example.com", "--account"),
     ],
 )
 def test_a_bad_option_of_client_config_is_named_as_the_option(

@@ -82,6 +82,7 @@ from backupvault.crypto import ksf
 from backupvault.crypto.ed25519 import check_public_key
 from backupvault.crypto.seal import NodePublicKey
 from backupvault.errors import InvalidInput, UsageError
+from backupvault.protocol import is_valid_name
 from backupvault.tokens import device_key_from_hex
 from backupvault.transparency.head import DEFAULT_MAX_AGE
 from backupvault.transparency.record import MAX_FLEET_ID, MEASUREMENT_LEN
@@ -244,6 +245,24 @@ def _string(
     )
 
 
+def _name(path: Path, data: dict[str, Any], name: str, default: str | None = None) -> str:
+    """`account` or `entry`: a name the vault takes (docs/protocol.md, "Encoding"). Every
+    vault command refused another with "account must be ...", naming neither the file
+    nor the field, and `fleet client-config --account alice@example.com` wrote one."""
+    value = _string(path, data, name, default)
+    if not is_valid_name(value):
+        raise MalformedField(
+            path,
+            name,
+            f"1 to 64 characters of letters, digits, '.', '_' or '-', not {value[:80]!r}",
+            f"write the {name} name the vault knows you by (the operator's account system"
+            " gives it, as the account of your tokens)"
+            if name == "account"
+            else f'write {name} = "{DEFAULT_ENTRY}" (the default), or another such name',
+        )
+    return value
+
+
 def _url(
     path: Path, data: dict[str, Any], name: str, what: str, *, label: str | None = None
 ) -> str:
@@ -365,11 +384,11 @@ class ClientConfig:
         try:
             common: dict[str, Any] = {
                 "relay_url": _url(path, data, "relay_url", "the relay's URL"),
-                "account": _string(path, data, "account"),
+                "account": _name(path, data, "account"),
                 "token": _string(path, data, "token"),
                 "fleet_token": _string(path, data, "fleet_token"),
                 "device_key": _device_key(path, data),
-                "entry": _string(path, data, "entry", DEFAULT_ENTRY),
+                "entry": _name(path, data, "entry", DEFAULT_ENTRY),
                 "storage": None if "storage" not in data else _home(_string(path, data, "storage")),
                 "trust": trust,
                 "pending_file": path.parent / f"{path.stem}-pending.json",
