@@ -71,3 +71,27 @@ def test_a_malformed_device_key_names_the_field(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "field 'device_key' is malformed" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_mint_token_refuses_a_token_no_relay_or_node_would_take(tmp_path: Path) -> None:
+    """An account no vault name can be (exit 1, no hint), an empty or too long fleet id,
+    or a small-order device key (which every node refuses as the token's `cnf` key) were
+    minted all the same, or refused as no usage error: the operator learned of it only
+    when the user's vault commands failed."""
+    assert backupvault("relay", "keygen", "--out", str(tmp_path)).returncode == 0
+    device = json.loads(backupvault("--json", "relay", "device-key").stdout)["device_public_key"]
+    mint = ["relay", "mint-token", "--key", str(tmp_path / "operator.key"), "--issuer", "iss"]
+    fleet = ["--account", "alice", "--fleet-id", FLEET_ID.hex(), "--device-key"]
+    identity = (bytes([1]) + bytes(31)).hex()
+    for bad in [
+        ["--account", "alice@example.com", "--audience", "aud"],
+        ["--account", "a" * 65, "--audience", "aud"],
+        ["--account", "alice", "--fleet-id", "", "--device-key", device],
+        ["--account", "alice", "--fleet-id", "ab" * 65, "--device-key", device],
+        [*fleet, identity],
+    ]:
+        done = backupvault(*mint, *bad)
+        assert done.returncode == 2, (bad, done.stderr)
+        assert done.stdout == "" and "Traceback" not in done.stderr
+    for good in [["--account", "a" * 64, "--audience", "aud"], [*fleet, device]]:
+        assert backupvault(*mint, *good).returncode == 0

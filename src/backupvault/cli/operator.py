@@ -863,23 +863,43 @@ def relay_mint_token(
     or a fleet token (--fleet-id)."""
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
+    from backupvault.crypto.ed25519 import check_public_key
+    from backupvault.protocol import is_valid_name
     from backupvault.tokens import fleet_audience, load_operator_private_key, mint_token
+    from backupvault.transparency.record import MAX_FLEET_ID
 
+    # Each is refused here, not by the relay or the nodes once a user has the token.
+    if not is_valid_name(account):
+        raise UsageError(
+            f"--account {account[:80]!r} is no name the vault takes: 1 to 64 characters of"
+            " letters, digits, '.', '_' or '-'"
+        )
     if (audience is None) == (fleet_id is None):
         raise UsageError("give --audience (a relay token) or --fleet-id (a fleet token)")
     if fleet_id is not None:
         try:
-            audience = fleet_audience(bytes.fromhex(fleet_id))
+            fleet_id_bytes = bytes.fromhex(fleet_id)
         except ValueError:
-            raise UsageError("--fleet-id is the fleet id in hex (fleet_id in fleet.toml)") from None
+            fleet_id_bytes = b""
+        if not 1 <= len(fleet_id_bytes) <= MAX_FLEET_ID:
+            raise UsageError(
+                f"--fleet-id is the fleet id in hex (fleet_id in fleet.toml): 1 to {MAX_FLEET_ID}"
+                " bytes"
+            )
+        audience = fleet_audience(fleet_id_bytes)
     device = None
     if fleet_id is not None:
         if device_public_key is None:
             raise UsageError("a fleet token is bound to a device: give --device-key")
         try:
-            device = Ed25519PublicKey.from_public_bytes(bytes.fromhex(device_public_key))
-        except ValueError:
-            raise UsageError("--device-key is 64 hex digits (`relay device-key`)") from None
+            device = Ed25519PublicKey.from_public_bytes(
+                check_public_key(bytes.fromhex(device_public_key), "--device-key")
+            )
+        except (ValueError, InvalidInput):
+            # Nodes refuse a token bound to a small-order key ("the token's 'cnf' key").
+            raise UsageError(
+                "--device-key is the device's public key, 64 hex digits (`relay device-key`)"
+            ) from None
     elif device_public_key is not None:
         raise UsageError("--device-key goes with --fleet-id (relay tokens are not bound)")
     assert audience is not None
