@@ -53,3 +53,31 @@ def test_a_malformed_or_misplaced_other_witness_is_refused_and_nothing_written(
         assert code == exit_code, error
         assert says in error["error"] + error.get("hint", "")
         assert not (tmp_path / "client.toml").exists()
+
+
+def test_a_witness_whose_name_holds_an_at_sign_can_be_another_witness(tmp_path: Path) -> None:
+    """`witness keygen --name ops@example.org/witness` makes a vkey that starts with that
+    name. Split at its first `@`, `--also-witness VKEY@URL` took `ops` for the vkey and the
+    rest for a URL, and refused the witness it takes as the first one (exit 2)."""
+    first, second = vkey("w1.test/log"), vkey("ops@example.org/witness")
+    code, answer = ota_config(
+        tmp_path, "--ota", OPERATOR, "--witness-key", first, "--witness-url", "http://w1.test",
+        "--also-witness", f"{second}@https://backup:pass@w2.test",
+    )  # fmt: skip
+    assert code == 0, answer
+    config = ClientConfig.load(tmp_path / "client.toml")
+    assert config.ota is not None
+    others = [(w.verifier.vkey(), w.url) for w in config.ota.others]
+    assert others == [(second, "https://backup:pass@w2.test")]
+
+
+def test_verify_deployment_splits_another_witness_the_same_way() -> None:
+    from backupvault.client.trust import split_vkey_at_url
+
+    named = vkey("ops@example.org/witness")
+    assert split_vkey_at_url(f"{named}@http://w2.test") == (named, "http://w2.test")
+    assert split_vkey_at_url(f"{named}@HTTPS://u@w2.test") == (named, "HTTPS://u@w2.test")
+    plain = vkey("w2.test/log")
+    assert split_vkey_at_url(f"{plain}@ftp://w2.test") == (plain, "ftp://w2.test")
+    assert split_vkey_at_url(plain) is None
+    assert split_vkey_at_url("@http://w2.test") is None

@@ -607,13 +607,15 @@ def _older_epoch(
 def _other_witness(given: str) -> dict[str, str]:
     """`--also-witness VKEY@URL` as a `[[witnesses]]` table (its vkey and URL are checked
     with the rest of the config, before anything is written)."""
-    vkey, at, url = given.partition("@")
-    if not (at and vkey and url):
+    from backupvault.client.trust import split_vkey_at_url
+
+    split = split_vkey_at_url(given)
+    if split is None:
         raise UsageError(
             f"--also-witness takes VKEY@URL, not {given[:80]!r}",
             hint="the witness's vkey (`witness keygen` printed it), @, and where it answers",
         )
-    return {"public_key": vkey, "url": url}
+    return {"public_key": split[0], "url": split[1]}
 
 
 #: The `fleet client-config` option each field of the config it writes comes from.

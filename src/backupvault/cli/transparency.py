@@ -624,7 +624,7 @@ def verify_deployment_command(
     """Check each fleet the relay serves (or one bundle) against the operator and witness
     keys and the log, and each running node's measurement against the record. Exit 7 on a
     mismatch; 5 when nothing failed but a node or witness could not be reached."""
-    from backupvault.client.trust import load_operator_key
+    from backupvault.client.trust import load_operator_key, split_vkey_at_url
     from backupvault.deploy.verify import (
         DeploymentCheckFailed,
         DeploymentUnreachable,
@@ -671,9 +671,10 @@ def verify_deployment_command(
     if ota is not None and not others:
         witnesses.extend((w.verifier, w.url) for w in ota.others)
     for other in others:
-        vkey, at, url = other.partition("@")
-        if not at or not url:
+        split = split_vkey_at_url(other)
+        if split is None:
             raise UsageError("--also-witness takes VKEY@URL")
+        vkey, url = split
         verifier_of = parse_witness_key(vkey, None, "--also-witness")
         witnesses.append((verifier_of, http_url(url, "--also-witness")))
     if not witnesses:

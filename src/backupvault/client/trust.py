@@ -163,6 +163,22 @@ def load_witness_verifier(value: str, name: str | None) -> Verifier:
     return verifier
 
 
+#: `VKEY@URL`: the URL starts at the last `@` an `http://` or `https://` follows.
+_VKEY_AT_URL = re.compile(r"(.+)@(https?://.*)", re.S | re.I)
+
+
+def split_vkey_at_url(given: str) -> tuple[str, str] | None:
+    """`--also-witness VKEY@URL` as (vkey, URL), or None if it is not of that form. A
+    witness's name may hold an `@` (`ops@example.org/witness`, which `witness keygen`
+    takes) and its vkey starts with it: split at the first `@`, such a vkey never
+    parsed, and the witness could be given as the first witness only."""
+    match = _VKEY_AT_URL.fullmatch(given)
+    if match is not None:
+        return match.group(1), match.group(2)
+    vkey, at, url = given.partition("@")  # a URL of another scheme is refused by name
+    return (vkey, url) if at and vkey and url else None
+
+
 # ---- the state file -----------------------------------------------------------------------
 
 
