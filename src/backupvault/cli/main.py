@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import hmac
 import inspect
+import logging
 import os
 import re
 import signal
@@ -265,6 +266,29 @@ def cli(ctx: click.Context, config_path: Path | None, json_mode: bool, quiet: bo
     _run_output = Output(json_mode=json_mode, quiet=quiet)
     _run_config = config_path
     ctx.obj = Context(_run_output, config_path, from_env)
+    library = logging.getLogger("backupvault.backup")
+    for handler in [h for h in library.handlers if isinstance(h, _LibraryWarnings)]:
+        library.removeHandler(handler)  # an earlier command's, in this process
+    library.addHandler(_LibraryWarnings(_run_output))
+
+
+class _LibraryWarnings(logging.Handler):
+    """What the backup library logs as a warning (names in a repository folder that are no
+    object of it, a lock left behind) as the command's own warning: `warning: ...` on
+    stderr, or under --json in the result's `warnings`; each once. With no handler they
+    reached stderr through logging's last resort: bare, also under --json, and once per
+    storage handle the command made (twice in most commands)."""
+
+    def __init__(self, output: Output) -> None:
+        super().__init__(logging.WARNING)
+        self.output = output
+        self.seen: set[str] = set()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        text = record.getMessage()
+        if text not in self.seen:
+            self.seen.add(text)
+            self.output.warn(text)
 
 
 #: The output of the command running in this process: a failure reports the warnings it
