@@ -142,3 +142,22 @@ def test_a_witness_key_that_is_not_one_names_the_option(
     ]:  # fmt: skip
         message = _usage_error(args, capsys)
         assert message.startswith(f"{option}: ") and "witness_public_key" not in message
+
+
+@pytest.mark.parametrize("content", ["[]", "{", '{"checkpoint": "not a checkpoint"}'])
+def test_a_state_file_it_cannot_use_is_said_before_the_witness_is_asked_with_vkey_too(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str
+) -> None:
+    """With --vkey given, the state file was read only after the witness answered: with
+    the witness down, a state file that can never be used was exit 5 ("run it again when
+    the witness answers"), and named only once it answered."""
+    state = tmp_path / "log.json"
+    state.write_text(content)
+    vkey = Signer("w.test/log", Ed25519PrivateKey.generate()).verifier.vkey()
+    args = ["--json", "witness", "verify-log", "--url", NOWHERE, "--state", str(state)]
+    with pytest.raises(SystemExit) as done:
+        main([*args, "--vkey", vkey])
+    error = json.loads(capsys.readouterr().err)
+    assert done.value.code == 1, error
+    assert f"the state file {state}" in error["error"]
+    assert state.read_text() == content

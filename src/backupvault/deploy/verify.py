@@ -814,6 +814,10 @@ def verify_log(
 ) -> LogCheck:
     """Fetch the witness's checkpoint, verify it, and check that it extends the last one
     remembered in `state_file` (then remember it)."""
+    # The state file first: one that cannot be used is said before the witness is asked
+    # (docs/cli.md), not hidden behind an outage's "run it again" (exit 5) until it answers.
+    _, note = load_checkpoint_state(state_file)
+    previous = state_checkpoint(state_file, note, verifier)
     client = http or untrusted_client(10.0, trust_env=False)
     url = url.rstrip("/")
     try:
@@ -840,8 +844,6 @@ def verify_log(
         ) from None
     except AnswerRefused as err:
         raise LogCheckFailed(err.message, hint=err.hint) from None
-    _, note = load_checkpoint_state(state_file)
-    previous = state_checkpoint(state_file, note, verifier)
     try:
         checkpoint = open_checkpoint(answer.text, verifier)
         check_log_growth(checkpoint, previous, consistency_fetcher(client, f"{url}/v1/consistency"))
