@@ -2,7 +2,7 @@
 
 A body holds one sealed copy per node. The relay took at most 64 KiB whatever the fleet,
 so with long fleet tokens (an external issuer's, up to 4,096 characters) a registration's
-commit never fit from 9 nodes up: every try ended "fleet unavailable … may still take
+commit never fit from 11 nodes up: every try ended "fleet unavailable … may still take
 effect". And from 24 nodes up a manifest no longer fits a node's answer, so no entry
 could be registered at all, which nothing said before a client tried."""
 
@@ -66,6 +66,13 @@ def test_the_largest_fleet_s_every_request_fits_the_relay_s_budget_per_node() ->
     largest = _largest_copies(MAX_FLEET_NODES)
     assert set(largest) >= {"register-share", "commit-shares", "change-share", "evaluate"}
     assert max(largest.values()) <= COPY_BUDGET, largest
+
+
+def test_eleven_nodes_with_long_tokens_need_more_than_the_old_64_kib_a_body() -> None:
+    nodes = 11
+    largest = max(_largest_copies(nodes).values())
+    assert largest * nodes > 64 * 1024  # what the relay took before, whatever the fleet
+    assert largest * nodes <= _relay(nodes).max_body_bytes
 
 
 def test_one_node_more_cannot_hold_an_entry_and_is_refused_before_anything_is_made() -> None:

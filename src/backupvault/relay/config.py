@@ -197,7 +197,7 @@ class RelayConfig:
 
     def _set_body_limit(self) -> None:
         """max_body_bytes as given, or its default; a limit some honest request of the
-        largest fleet routed could exceed is refused (review s61: a fleet of 9 nodes whose
+        largest fleet routed could exceed is refused (review s61: a fleet of 11 nodes whose
         tokens were 4 KiB could never register through the 64 KiB a body was at most)."""
         nodes = max(len(urls) for urls in self._fleets_routed())
         least = nodes * COPY_BUDGET
