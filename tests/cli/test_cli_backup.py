@@ -651,7 +651,6 @@ def test_a_source_that_is_a_link_names_what_it_points_to(tmp_path: Path, source:
     assert f"is a symbolic link (to {source}): give what it points to, {source}" in made.stderr
 
 
-@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full (Linux)")
 @pytest.mark.parametrize("json_flag", [[], ["--json"]])
 def test_a_new_recovery_code_stdout_cannot_take_is_given_on_stderr(
     tmp_path: Path, source: Path, json_flag: list[str]
