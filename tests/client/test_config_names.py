@@ -10,26 +10,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from tests.client.test_pinned_signing_keys import _pinned_config as pinned_config
+from tests.client.test_pinned_signing_keys import _real_keys as real_keys
 
 from backupvault.client.config import ClientConfig, MalformedField
-from backupvault.crypto.seal import NodePrivateKey
-from backupvault.tokens import device_key_hex
 
 
 def _pinned_config(**fields: str) -> dict[str, Any]:
-    return {
-        "relay_url": "http://127.0.0.1:7100",
-        "account": "alice",
-        "token": "relay-token",
-        "fleet_token": "fleet-token",
-        "device_key": device_key_hex(Ed25519PrivateKey.generate()),
-        "fleet_id": "f1ee70",
-        "node_public_keys": [NodePrivateKey.generate().public_key().to_bytes().hex()],
-        "node_signing_keys": [Ed25519PrivateKey.generate().public_key().public_bytes_raw().hex()],
-        "epoch": 0,
-        **fields,
-    }
+    return {**pinned_config(real_keys(1)), **fields}
 
 
 def test_the_names_the_vault_takes_are_taken(tmp_path: Path) -> None:
