@@ -304,16 +304,15 @@ def witness_keygen(ctx: Context, out_dir: Path, name: str, listen: str) -> None:
     # Both checked before anything is written: `witness serve` refused a bad `listen` only
     # once the key existed, which a keygen does not overwrite. A bad one is the option's
     # slip (exit 2, as every other command's), not a failure (review s61).
+    try:
+        listen_address(out_dir / "witness.toml", listen, "127.0.0.1:8700")
+    except InvalidInput as err:
+        raise UsageError(f"--listen: {err.message}", hint=err.hint) from None
     key = Ed25519PrivateKey.generate()
-    for option, check in (
-        ("--listen", lambda: listen_address(out_dir / "witness.toml", listen, "127.0.0.1:8700")),
-        ("--name", lambda: Signer(name, key)),
-    ):
-        try:
-            check()
-        except InvalidInput as err:
-            raise UsageError(f"{option}: {err.message}", hint=err.hint) from None
-    vkey = Signer(name, key).verifier.vkey()
+    try:
+        vkey = Signer(name, key).verifier.vkey()
+    except InvalidInput as err:
+        raise UsageError(f"--name: {err.message}", hint=err.hint) from None
     private_folder(out_dir)  # it holds a private key
     path = out_dir / "witness.key"
     config = out_dir / "witness.toml"
