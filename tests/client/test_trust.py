@@ -35,7 +35,13 @@ from tests.transparency.conftest import (
 
 from backupvault.client.errors import FleetNotTrusted, FleetUnavailable, RelayUnreachable
 from backupvault.client.threshold import ThresholdVault
-from backupvault.client.trust import FleetSession, OtaTrust, TrustState, WitnessEndpoint
+from backupvault.client.trust import (
+    FleetSession,
+    OtaTrust,
+    StateMoved,
+    TrustState,
+    WitnessEndpoint,
+)
 from backupvault.deploy.verify import verify_log
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import MAX_STATE_BYTES, LockTimeout, locked
@@ -555,9 +561,10 @@ def _accept_slowly(
         save(state)
 
     TrustState.save = slow_save  # type: ignore[method-assign]
+    state = TrustState.load(Path(state_file))
     go.wait()
     checkpoint = FleetBundle.from_bytes(bundle).checkpoint
-    TrustState(Path(state_file)).accept(verified, (checkpoint,), current=True)
+    state.accept(verified, (checkpoint,), current=True)
 
 
 def test_processes_accepting_at_once_lose_no_epoch(net: Net, state_file: Path) -> None:
@@ -566,6 +573,9 @@ def test_processes_accepting_at_once_lose_no_epoch(net: Net, state_file: Path) -
     with epoch 2 and both records; without the lock the last save wins and takes the
     epoch (or a record) back."""
     bundles = [net.deploy(epoch) for epoch in (1, 2)]
+    # Each bundle's checkpoint is a prefix of the tree of 2 both processes loaded (else
+    # the one saving second verifies again: test_a_fork_shown_to_one_command_...).
+    TrustState(state_file, checkpoint=net.a.checkpoint()).save()
     context = multiprocessing.get_context("spawn")
     go = context.Event()
     operator, witness = raw_public_key(net.operator), raw_public_key(net.a_signer.private_key)
@@ -1249,6 +1259,96 @@ def test_a_witness_showing_a_larger_fork(net: Net, state_file: Path) -> None:
         fork.log.submit(net.sign(epoch, fleet_id=OTHER_FLEET).to_bytes())
     fork.serve(net)
     refused(net, trust, LogForked, match="does not extend the one of size 2")
+
+
+def test_a_fork_shown_to_one_command_while_another_saves_the_log_is_seen(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two commands of one device verify at once from the same kept tree of 1. Witness A's
+    key shows one the log grown to 2, the other a fork grown to 3: each extends the tree
+    of 1, neither the other. The first saves. The second must not keep its fork over that
+    on size alone (neither tree proven to hold the other, the fork unseen from then on):
+    it verifies again from the tree saved, and the fork shows (review s61, split view)."""
+    first = net.sign(1)
+    trust = accepted(net, state_file)
+    grow_log(net)
+    fork = ForkedWitness(net, first, *(net.sign(e, fleet_id=OTHER_FLEET) for e in (7, 8)))
+    fork.serve(net)
+    honest = httpx.Client(transport=httpx.MockTransport(net.honest))
+    accept, others = TrustState.accept, list[TrustState]()
+
+    def another_command_first(state: TrustState, *args: Any, **kw: Any) -> None:
+        if not others:  # the other command saves while this one was verifying
+            others.append(state)
+            net.trust(state_file).current(honest, RELAY)
+        accept(state, *args, **kw)
+
+    monkeypatch.setattr(TrustState, "accept", another_command_first)
+    with pytest.raises(FleetNotTrusted) as caught:
+        trust.current(net.http(), RELAY)
+    assert isinstance(caught.value.reason, LogForked), caught.value.reason
+    kept = open_checkpoint(saved(state_file)["checkpoint"], net.a_signer.verifier)
+    honest_tree = open_checkpoint(net.a.checkpoint(), net.a_signer.verifier)
+    assert (kept.size, kept.root_hash) == (2, honest_tree.root_hash)
+
+
+def test_a_head_from_another_history_saved_meanwhile_sends_the_command_back(
+    net: Net, state_file: Path
+) -> None:
+    """The same for witness B's head: this command checked a head of B's forked tree of 2
+    against the tree of 1 it loaded; another command saved B's own tree of 2 meanwhile.
+    The save refuses (StateMoved: verify again) and the file keeps B's own head."""
+    first = net.sign(1)
+    accepted(net, state_file)
+    early, also_early = TrustState.load(state_file), TrustState.load(state_file)
+    verified = verify_bundle(
+        net.current, raw_public_key(net.operator), net.a_signer.verifier.public_key,
+        WITNESS_NAME, None,
+    )  # fmt: skip
+    fork = net.witness(net.b_signer, "b-fork.sqlite")
+    for signed in (first, net.sign(7, fleet_id=OTHER_FLEET)):
+        fork.submit(signed.to_bytes())
+    grow_log(net)
+    net.trust(state_file).current(net.http(), RELAY)
+    kept = saved(state_file)
+    with pytest.raises(StateMoved):
+        early.accept(verified, (), current=True, heads=[(B_NAME, fork.head(FLEET_ID, net.now))])
+    assert saved(state_file) == kept
+    # A head of B's own tree of 2, checked against the tree of 1, is no conflict.
+    also_early.accept(verified, (), current=True, heads=[(B_NAME, net.b.head(FLEET_ID, net.now))])
+
+
+def test_a_state_file_that_keeps_moving_is_said_and_an_older_epoch_verified_again(
+    net: Net, state_file: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each save finding the file moved sends the command back to verify; one that never
+    settles ends as an outage (exit 5) that says so, having sent nothing. An older epoch
+    whose save found the file moved once is verified again, and kept."""
+    trust = accepted(net, state_file)
+    net.deploy(2)
+    accept, moved = TrustState.accept, list[bool]()
+
+    def moving(state: TrustState, *args: Any, **kw: Any) -> None:
+        if len(moved) < limit:
+            moved.append(kw["current"])
+            raise StateMoved
+        accept(state, *args, **kw)
+
+    limit = 10
+    monkeypatch.setattr(TrustState, "accept", moving)
+    with pytest.raises(FleetUnavailable, match="kept changing") as caught:
+        trust.current(net.http(), RELAY)
+    assert caught.value.hint and "nothing was sent" in caught.value.hint
+    assert moved == [True] * 3 and saved_epoch(state_file) == 1
+    limit = 0
+    current = trust.current(net.http(), RELAY)
+    data = saved(state_file)
+    del data["fleets"][FLEET_ID.hex()]["records"]["1"]  # a device that never saw epoch 1
+    state_file.write_text(json.dumps(data))
+    moved.clear()
+    limit = 1
+    assert [r.epoch for r in trust.older(net.http(), RELAY, current.record)] == [1]
+    assert moved == [False] and "1" in saved(state_file)["fleets"][FLEET_ID.hex()]["records"]
 
 
 @pytest.mark.parametrize(

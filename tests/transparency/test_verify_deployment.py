@@ -787,6 +787,49 @@ def test_a_head_from_another_history_than_the_state_is_refused(
     assert state.read_text() == kept
 
 
+def test_a_fork_shown_to_one_run_while_another_saves_the_log_is_seen(
+    world: World, make_witness: WitnessFactory, tmp_path: Path
+) -> None:
+    """`witness verify-log` and `verify-deployment` each verify a fork of 3 against the
+    kept tree of 1, while another process of the device saves the witness's own tree of 2
+    (both extend 1, neither the other). Their save must not keep the fork over that on
+    size alone: they verify again from the tree saved, and the fork shows (review s61)."""
+    record = sign_record(make_record(epoch=1), world.operator)
+    world.current = FleetBundle.from_receipt(
+        record, world.witness.submit(record.to_bytes())
+    ).to_bytes()
+    state = tmp_path / "audit.json"
+    verify_log(WITNESS, world.key, state, http=world.http())
+    kept = json.loads(state.read_text())
+    world.deploy(2, OTHER_FLEET)  # the witness's own tree of 2
+    forked = [
+        sign_record(make_record(epoch=e, fleet_id=OTHER_FLEET), world.operator).to_bytes()
+        for e in (7, 8)
+    ]
+    fork = _forked_witness(world, make_witness, record.to_bytes(), *forked)
+    world.hostile[("witness.test", "/v1/checkpoint")] = lambda request: httpx.Response(
+        200, text=fork.checkpoint()
+    )
+    fork_consistency = world.hostile[("witness.test", "/v1/consistency")]
+
+    def another_process_saves(request: httpx.Request) -> httpx.Response:
+        if size_in(state, world) == 1:
+            state.write_text(json.dumps({**kept, "checkpoint": world.witness.checkpoint()}))
+        return fork_consistency(request)
+
+    world.hostile[("witness.test", "/v1/consistency")] = another_process_saves
+    with pytest.raises(LogCheckFailed, match="not consistent with what we saw before"):
+        verify_log(WITNESS, world.key, state, http=world.http())
+    assert size_in(state, world) == 2
+    assert json.loads(state.read_text())["checkpoint"] == world.witness.checkpoint()
+
+    state.write_text(json.dumps(kept))
+    [report] = world.run(state_file=state, check_node_measurements=False)
+    assert report.verdict == "REFUSED"
+    assert "does not extend the one of size 2" in failed(report)[f"witness {WITNESS_NAME} head"]
+    assert json.loads(state.read_text())["checkpoint"] == world.witness.checkpoint()
+
+
 def test_a_head_whose_growth_the_witness_cannot_prove_now_is_an_outage(world: World) -> None:
     """The witness's head is of a larger tree than the bundle's receipt, and its
     /v1/consistency does not answer now (503): the head check is not made (INCOMPLETE,

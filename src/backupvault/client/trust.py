@@ -23,7 +23,8 @@ Only then does it build the VaultClient, so no password-derived message ever goe
 fleet it has not accepted. What it accepted is kept in a state file (JSON, written
 atomically and fsync'ed) only after acceptance, each acceptance read, applied and saved
 under the file's lock (`files.locked`), to the file as it is then (another process may
-have accepted more meanwhile):
+have accepted more meanwhile), and only if what it proved extends the checkpoint and heads
+in the file then (else it verifies again: `StateMoved`):
 
     {"version": 1,
      "fleet_id": "<the fleet this file pins, hex: the first one accepted with it>",
@@ -351,6 +352,16 @@ class TrustState:
         # saved over it would take the epoch, the checkpoint and the heads back.
         with locked(self.path, timeout=self.LOCK_TIMEOUT):
             on_disk = TrustState.load(self.path)
+            # What this process verified extends the checkpoint and heads it loaded: if
+            # another process saved a different growth of them since, neither tree was
+            # proven to hold the other. Keeping the larger by size alone would let a
+            # witness showing two commands of this device two histories go unseen.
+            for note in notes:
+                if grew_apart(self.checkpoint, on_disk.checkpoint, note):
+                    raise StateMoved
+            for name, head in heads:
+                if grew_apart(self.heads.get(name), on_disk.heads.get(name), head):
+                    raise StateMoved
             self.checkpoint, self.fleets = on_disk.checkpoint, on_disk.fleets
             self.heads, self.trusted_time = on_disk.heads, on_disk.trusted_time
             self.prefixes = on_disk.prefixes
@@ -376,6 +387,39 @@ class TrustState:
             records = fleet.setdefault("records", {})
             records[str(record.epoch)] = verified.signed_record.to_bytes().hex()
             self.save()
+
+
+class StateMoved(Exception):
+    """The state file took, since this process loaded it, a checkpoint or a witness's head
+    that differs from what this process verified: verify again from the file as it is now
+    (`TrustState.accept`, `deploy.verify.save_state`)."""
+
+
+#: How many times a verification starts again when another process moved the state file.
+STATE_ATTEMPTS = 3
+
+
+def grew_apart(basis: str | None, on_disk: str | None, new: str) -> bool:
+    """Whether `new`, a note verified against `basis` (a prefix of it, or a tree extending
+    it), and `on_disk`, a note another process saved meanwhile in place of `basis` (after
+    proving it extends `basis`), are two trees neither of which was proven to hold the
+    other: `new` grew past `basis`, and the file moved elsewhere."""
+    start, moved, grown = _tree(basis), _tree(on_disk), _tree(new)
+    if moved == start or grown == moved:
+        return False
+    return start is None or (grown is not None and grown[0] > start[0])
+
+
+def _tree(note: str | None) -> tuple[int, bytes] | None:
+    """(size, root hash) of a note's checkpoint: which tree it names, whoever signed it and
+    whenever. One that does not parse names a tree of its own (equal only to itself)."""
+    if note is None:
+        return None
+    try:
+        checkpoint = Checkpoint.from_text(note_text(note))
+    except TransparencyError:
+        return (-1, note.encode())
+    return (checkpoint.size, checkpoint.root_hash)
 
 
 def _head_order(note: str) -> tuple[int, int]:
@@ -774,7 +818,17 @@ class OtaTrust:
             raise _refused(err) from None
 
     def current(self, http: httpx.Client, relay_url: str) -> VerifiedFleet:
-        """Fetch and verify the relay's current fleet bundle; remember it once accepted."""
+        """Fetch and verify the relay's current fleet bundle; remember it once accepted.
+        Verified again, from the state file as it is then, when another process of this
+        device saved a different checkpoint or head meanwhile (`StateMoved`)."""
+        for _ in range(STATE_ATTEMPTS):
+            try:
+                return self._current(http, relay_url)
+            except StateMoved:
+                continue
+        raise _kept_moving(self.state_file)
+
+    def _current(self, http: httpx.Client, relay_url: str) -> VerifiedFleet:
         state = TrustState.load(self.state_file)
         bundle = self._get(
             http, f"{relay_url}/v1/fleet/bundle", "the fleet bundle", bundle=True
@@ -941,18 +995,33 @@ class OtaTrust:
                 f"the bundle of epoch {epoch}",
                 bundle=True,
             ).content
-            verified = self._verify(http, relay_url, state, bundle, current=False)
-            if verified.record.fleet_id != current.fleet_id or verified.record.epoch != epoch:
-                raise FleetNotTrusted(
-                    f"the relay's bundle for epoch {epoch} is for epoch"
-                    f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
-                )
-            self._logged_everywhere(http, heads, verified.signed_record.to_bytes(), epoch)
-            checkpoint = FleetBundle.from_bytes(bundle).checkpoint
-            state.accept(verified, (checkpoint,), current=False, proven=(checkpoint,))
+            for _ in range(STATE_ATTEMPTS):
+                verified = self._verify(http, relay_url, state, bundle, current=False)
+                if verified.record.fleet_id != current.fleet_id or verified.record.epoch != epoch:
+                    raise FleetNotTrusted(
+                        f"the relay's bundle for epoch {epoch} is for epoch"
+                        f" {verified.record.epoch} of fleet {verified.record.fleet_id.hex()}"
+                    )
+                self._logged_everywhere(http, heads, verified.signed_record.to_bytes(), epoch)
+                checkpoint = FleetBundle.from_bytes(bundle).checkpoint
+                try:
+                    state.accept(verified, (checkpoint,), current=False, proven=(checkpoint,))
+                    break
+                except StateMoved:  # verified again against what another process saved
+                    state = TrustState.load(self.state_file)
+            else:
+                raise _kept_moving(self.state_file)
             if _node_keys(verified.record) not in searched:
                 searched.add(_node_keys(verified.record))
                 yield verified.record
+
+
+def _kept_moving(path: Path) -> FleetUnavailable:
+    return FleetUnavailable(
+        f"the trust state file {path} kept changing while this command verified the fleet"
+        " (other commands of this device accepting fleet bundles at the same time)",
+        hint="nothing was sent to the fleet; run the command again",
+    )
 
 
 def _ask_witness(http: httpx.Client, url: str, params: dict[str, str], what: str) -> httpx.Response:

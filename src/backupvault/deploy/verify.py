@@ -30,11 +30,17 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 
-from backupvault.client.trust import pin_conflict, pinned_fleet
+from backupvault.client.trust import (
+    STATE_ATTEMPTS,
+    StateMoved,
+    grew_apart,
+    pin_conflict,
+    pinned_fleet,
+)
 from backupvault.codec import MAX_JSON, epoch_number, untrusted_json
 from backupvault.errors import BackupVaultError, InvalidInput
 from backupvault.files import MAX_STATE_BYTES, locked, read_at_most, replace_file
@@ -224,6 +230,8 @@ def read_bundle_file(path: Path) -> bytes:
     except OSError as err:
         raise InvalidInput(f"cannot read {path}: {err.strerror}") from None
 
+
+_Result = TypeVar("_Result")
 
 _STATE_HINT = "give the file an earlier --state run wrote, or a new path to start one"
 
@@ -582,16 +590,40 @@ def remember(
 STATE_LOCK_SECONDS = 30.0
 
 
-def save_state(path: Path, update: Callable[[dict[str, Any], str | None], dict[str, Any]]) -> None:
+def save_state(
+    path: Path,
+    basis: str | None,
+    new: str,
+    update: Callable[[dict[str, Any], str | None], dict[str, Any]],
+) -> None:
     """Save `update(state, its checkpoint note)` of the state file as it is now, under the
     file's lock (`files.locked`, as OTA clients take it): a client of this device may have
     saved a newer epoch, head or trusted time since this run loaded the file, and a copy
     loaded earlier saved over it would take them back. Durably: the checkpoint kept here
-    must never go back after a crash either."""
+    must never go back after a crash either. StateMoved when `new`, the checkpoint this
+    run verified against `basis` (the one it loaded), and the one saved meanwhile are two
+    trees neither proven to hold the other (`grew_apart`): the run verifies again."""
     with locked(path, timeout=STATE_LOCK_SECONDS):
         state, note = load_checkpoint_state(path)
+        if grew_apart(basis, note, new):
+            raise StateMoved
         data = update(state, note)
         replace_file(path, (json.dumps(data, indent=2, sort_keys=True) + "\n").encode())
+
+
+def again_while_moved(run: Callable[[], _Result], state_file: Path | None) -> _Result:
+    """`run()`, run again (at most STATE_ATTEMPTS times in all) while its save finds that
+    another process moved the state file (StateMoved)."""
+    for _ in range(STATE_ATTEMPTS):
+        try:
+            return run()
+        except StateMoved:
+            continue
+    raise DeploymentUnreachable(
+        f"the state file {state_file} kept changing while this ran (other processes of this"
+        " device saving checkpoints at the same time)",
+        hint="nothing was saved; run it again",
+    )
 
 
 def verify_deployment(
@@ -605,6 +637,30 @@ def verify_deployment(
     http: httpx.Client | None = None,
 ) -> list[FleetReport]:
     """Every fleet epoch the relay serves (or the one bundle file), checked."""
+    return again_while_moved(
+        lambda: _verify_deployment(
+            trust,
+            relay_url=relay_url,
+            bundle_file=bundle_file,
+            state_file=state_file,
+            witness_url=witness_url,
+            check_node_measurements=check_node_measurements,
+            http=http,
+        ),
+        state_file,
+    )
+
+
+def _verify_deployment(
+    trust: TrustInputs,
+    *,
+    relay_url: str | None,
+    bundle_file: Path | None,
+    state_file: Path | None,
+    witness_url: str | None,
+    check_node_measurements: bool,
+    http: httpx.Client | None,
+) -> list[FleetReport]:
     client = http or untrusted_client(10.0, trust_env=False)
     state, note = load_checkpoint_state(state_file)
     last = state_checkpoint(state_file, note, trust.witness)
@@ -719,6 +775,8 @@ def verify_deployment(
         witness = trust.witness
         save_state(
             state_file,
+            note,
+            newest[1],
             lambda now, kept: remember(
                 now,
                 None if kept is None else open_checkpoint(kept, witness),
@@ -814,6 +872,12 @@ def verify_log(
 ) -> LogCheck:
     """Fetch the witness's checkpoint, verify it, and check that it extends the last one
     remembered in `state_file` (then remember it)."""
+    return again_while_moved(lambda: _verify_log(url, verifier, state_file, http), state_file)
+
+
+def _verify_log(
+    url: str, verifier: Verifier, state_file: Path | None, http: httpx.Client | None
+) -> LogCheck:
     # The state file first: one that cannot be used is said before the witness is asked
     # (docs/cli.md), not hidden behind an outage's "run it again" (exit 5) until it answers.
     _, note = load_checkpoint_state(state_file)
@@ -871,5 +935,5 @@ def verify_log(
             note = kept if larger else answer.text
             return {"version": 1, **now, "vkey": verifier.vkey(), "checkpoint": note}
 
-        save_state(state_file, update)
+        save_state(state_file, note, answer.text, update)
     return LogCheck(checkpoint, previous, verifier.vkey())
