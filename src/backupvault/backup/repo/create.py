@@ -46,6 +46,7 @@ from backupvault.backup.repo.repository import (
     cpu_workers,
     cycle_collector_paused,
     host_name,
+    short_gil_turns,
 )
 from backupvault.backup.repo.state import DeviceState, another_repository, place_of
 from backupvault.backup.repo.tree import (
@@ -671,6 +672,7 @@ class _Workers:
 
 
 @cycle_collector_paused()
+@short_gil_turns()
 def create_snapshot(
     source: str | os.PathLike[str],
     storage_url: str,
