@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import errno
+import fcntl
+import io
 import os
 import shutil
 import signal
@@ -305,6 +307,49 @@ def test_a_small_file_that_grows_before_it_is_read_is_read_in_windows(
     assert made.skipped == [] and made.size == size
     restore_snapshot(str(repo), root_key, tmp_path / "out")
     assert (tmp_path / "out" / "download.iso").read_bytes() == block * (size >> 20)
+
+
+def test_a_file_system_that_makes_a_nonblocking_read_wait_is_read_blocking(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small files are read with O_NONBLOCK still set (Linux's file systems ignore it for a
+    regular file; clearing it cost a system call a file). One that does not ignore it
+    answers EAGAIN: such a file is made blocking and read again, whole, also when it grew
+    since the walk (then read in windows, from the same descriptor)."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for number in range(20):
+        (source / f"f{number}").write_bytes(os.urandom(number * 3))
+    grown = source / "grown"
+    grown.write_bytes(b"")
+    real_read, real_read_into = os.read, create_module._read_into
+    waited: list[int] = []
+
+    def nonblocking(fd: int) -> bool:
+        return bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)
+
+    def read(fd: int, count: int) -> bytes:
+        # The grown file's first read does not wait: its windows must not either (a
+        # nonblocking readinto's EAGAIN reads as the file's end, cutting it short).
+        if nonblocking(fd) and not os.readlink(f"/proc/self/fd/{fd}").endswith("grown"):
+            waited.append(fd)
+            raise BlockingIOError(errno.EAGAIN, "no data yet")
+        return real_read(fd, count)
+
+    def read_into(handle: io.FileIO, buffer: memoryview) -> int:
+        assert not nonblocking(handle.fileno())
+        return real_read_into(handle, buffer)
+
+    monkeypatch.setattr(os, "read", read)
+    monkeypatch.setattr(create_module, "_read_into", read_into)
+    _after_walk(monkeypatch, lambda: grown.write_bytes(b"g" * 5000))
+    repo = tmp_path / "repo"
+    made = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert made.skipped == [] and made.files == 21 and len(waited) == 20
+    monkeypatch.undo()
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    for path in source.iterdir():
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
 
 
 @pytest.mark.parametrize("replacement", ["none", "file"])

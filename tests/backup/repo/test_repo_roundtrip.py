@@ -212,13 +212,13 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
             raise denied
         return real_open_folder(name, dir_fd, device, inode)
 
-    def open_seen(item: create.Item, folders: create._Folders) -> int:
+    def open_seen(item: create.Item, folders: create._Folders, *, blocking: bool = True) -> int:
         # Small and large files alike are opened here (secret.txt is small, big-* large).
         if item.path.endswith("secret.txt") or item.path.endswith("big-secret.bin"):
             raise denied
         if item.path.endswith("gone.txt"):
             raise FileNotFoundError(2, "No such file or directory")
-        return real_open_seen(item, folders)
+        return real_open_seen(item, folders, blocking=blocking)
 
     monkeypatch.setattr(create, "_open_folder", open_folder)
     monkeypatch.setattr(create, "_open_seen", open_seen)

@@ -487,7 +487,7 @@ class _Folders:
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _open_seen(item: Item, folders: _Folders) -> int:
+def _open_seen(item: Item, folders: _Folders, *, blocking: bool = True) -> int:
     """A descriptor of the regular file the walk saw as `item`, opened relative to its
     folder's descriptor from `folders` (a path longer than PATH_MAX is opened so too).
     Anything else there now (a link, a fifo, a device: another process may swap it in
@@ -496,7 +496,8 @@ def _open_seen(item: Item, folders: _Folders) -> int:
     link to a file outside the source, or to /dev/zero, which would be read without end).
     Another regular file moved in (an editor saving by rename) is read: it is what the
     folder holds, and the walk would have taken it just the same a moment later (its
-    entry keeps the walk's inode, so the next backup reads it again)."""
+    entry keeps the walk's inode, so the next backup reads it again). Not `blocking`: left
+    with O_NONBLOCK, for `_read_small` (which makes it blocking if a read ever says so)."""
     try:
         if item.parent is None:  # the source itself, a file: the path given
             fd = os.open(item.path, _READ_FLAGS)
@@ -515,13 +516,18 @@ def _open_seen(item: Item, folders: _Folders) -> int:
         st = os.fstat(fd)
         if not stat.S_ISREG(st.st_mode):
             raise FileNotFoundError(errno.ENOENT, "replaced since the walk", item.path)
-        # Blocking reads again; F_SETFL 0 clears O_NONBLOCK in one call (set_blocking makes
-        # two), and no other status flag was set.
-        fcntl.fcntl(fd, fcntl.F_SETFL, 0)
+        if blocking:
+            _make_blocking(fd)
     except BaseException:
         os.close(fd)
         raise
     return fd
+
+
+def _make_blocking(fd: int) -> None:
+    # F_SETFL 0 clears O_NONBLOCK in one call (set_blocking makes two); no other status
+    # flag was set.
+    fcntl.fcntl(fd, fcntl.F_SETFL, 0)
 
 
 def _read_small(fd: int, size: int) -> bytes | None:
@@ -529,14 +535,29 @@ def _read_small(fd: int, size: int) -> bytes | None:
     where `open(path, "rb").read()` makes more: about 10 % of a backup of 50,000 small
     files (docs/performance.md, "Fourth pass"). `size` is what the walk saw; None if the
     file holds more now (it grew since: the caller reads it in windows, as a large file,
-    rather than whole into memory, however large it has grown)."""
-    data = os.read(fd, size + 1)
+    rather than whole into memory, however large it has grown), `fd` then blocking.
+
+    `fd` may still be O_NONBLOCK (`_open_seen`): Linux's file systems ignore it for a
+    regular file, and clearing it first cost a system call a file, each one letting go of
+    the GIL and waiting for it again (5 % of that backup's time: docs/performance.md,
+    "Eighth pass"). A file system that does not ignore it, and says EAGAIN, has the file
+    made blocking and read again."""
+    data = _read_some(fd, size + 1)
     while len(data) <= size:
-        more = os.read(fd, size + 1 - len(data))
+        more = _read_some(fd, size + 1 - len(data))
         if not more:
             return data
         data += more
+    _make_blocking(fd)
     return None
+
+
+def _read_some(fd: int, count: int) -> bytes:
+    try:
+        return os.read(fd, count)
+    except BlockingIOError:
+        _make_blocking(fd)
+        return os.read(fd, count)
 
 
 class _Workers:
@@ -592,7 +613,7 @@ class _Workers:
         pieces: list[Piece] = []
         for number, item, size in batch:
             try:
-                fd = _open_seen(item, folders)
+                fd = _open_seen(item, folders, blocking=False)
                 try:
                     data = _read_small(fd, size)
                     if data is None:
