@@ -1100,7 +1100,9 @@ def test_a_backup_that_could_not_read_a_file_saves_the_rest_and_exits_8(
 
     real_open_seen = create._open_seen
 
-    def open_seen(item: create.Item, folders: create._Folders, *, blocking: bool = True) -> int:
+    def open_seen(
+        item: create.Item, folders: create._Folders, *, blocking: bool = True
+    ) -> tuple[int, int]:
         if item.path.endswith("notes.txt"):
             raise PermissionError(13, "Permission denied")
         return real_open_seen(item, folders, blocking=blocking)

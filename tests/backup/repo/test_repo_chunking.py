@@ -130,10 +130,10 @@ def test_a_files_read_error_leaves_that_file_out_and_saves_the_rest(
                 raise OSError(errno.EIO, "Input/output error")
         return real_read_into(handle, buffer)
 
-    def failing_read_small(fd: int, size: int) -> bytes | None:
+    def failing_read_small(fd: int, size: int, opened_size: int) -> bytes | None:
         if named(fd, "bad.txt"):
             raise OSError(errno.EIO, "Input/output error")
-        return real_read_small(fd, size)
+        return real_read_small(fd, size, opened_size)
 
     monkeypatch.setattr(create_module, "_read_into", failing_read_into)
     monkeypatch.setattr(create_module, "_read_small", failing_read_small)

@@ -352,6 +352,40 @@ def test_a_file_system_that_makes_a_nonblocking_read_wait_is_read_blocking(
         assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
 
 
+def test_a_small_file_is_read_in_one_read_unless_the_file_system_returns_less(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A small file whose first read holds all it held when opened takes that one read (no
+    second read to confirm its end). A file system that returns fewer bytes mid-file (a
+    network one may) has the file read on to its end: nothing is cut short."""
+    source = tmp_path / "src"
+    source.mkdir()
+    for number in range(30):
+        (source / f"f{number}").write_bytes(os.urandom(number * 2))
+    real_read = os.read
+    reads: list[int] = []
+
+    def read(fd: int, count: int) -> bytes:
+        reads.append(fd)
+        return real_read(fd, count)
+
+    monkeypatch.setattr(os, "read", read)
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key, repo_params=SMALL, force_read=True)
+    assert len(reads) == 30
+
+    def read_little(fd: int, count: int) -> bytes:
+        return real_read(fd, min(count, 7))
+
+    monkeypatch.setattr(os, "read", read_little)
+    made = create_snapshot(source, str(repo), root_key, repo_params=SMALL, force_read=True)
+    assert made.skipped == [] and made.size == sum(n * 2 for n in range(30))
+    monkeypatch.undo()
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    for path in source.iterdir():
+        assert (tmp_path / "out" / path.name).read_bytes() == path.read_bytes()
+
+
 @pytest.mark.parametrize("replacement", ["none", "file"])
 def test_a_link_removed_or_replaced_before_it_is_read_is_left_out_not_fatal(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch, replacement: str

@@ -212,7 +212,9 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
             raise denied
         return real_open_folder(name, dir_fd, device, inode)
 
-    def open_seen(item: create.Item, folders: create._Folders, *, blocking: bool = True) -> int:
+    def open_seen(
+        item: create.Item, folders: create._Folders, *, blocking: bool = True
+    ) -> tuple[int, int]:
         # Small and large files alike are opened here (secret.txt is small, big-* large).
         if item.path.endswith("secret.txt") or item.path.endswith("big-secret.bin"):
             raise denied
@@ -420,10 +422,10 @@ def test_a_small_file_is_read_to_its_end_whatever_size_the_walk_saw(
     data = os.urandom(100)
     path.write_bytes(data)
     with open(path, "rb") as grows:
-        assert _read_small(grows.fileno(), listed) == (data if listed >= 100 else None)
+        assert _read_small(grows.fileno(), listed, 100) == (data if listed >= 100 else None)
     (tmp_path / "empty").write_bytes(b"")
     with open(tmp_path / "empty", "rb") as empty:
-        assert _read_small(empty.fileno(), listed) == b""
+        assert _read_small(empty.fileno(), listed, 0) == b""
     # And a backup of it, as the walk saw `listed` bytes (chunk_min is 64: each size but
     # 10,000 takes the small read).
     source = tmp_path / "src"

@@ -487,9 +487,10 @@ class _Folders:
 _READ_FLAGS = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_NOCTTY | os.O_CLOEXEC
 
 
-def _open_seen(item: Item, folders: _Folders, *, blocking: bool = True) -> int:
-    """A descriptor of the regular file the walk saw as `item`, opened relative to its
-    folder's descriptor from `folders` (a path longer than PATH_MAX is opened so too).
+def _open_seen(item: Item, folders: _Folders, *, blocking: bool = True) -> tuple[int, int]:
+    """A descriptor of the regular file the walk saw as `item`, and its size now (fstat),
+    opened relative to its folder's descriptor from `folders` (a path longer than PATH_MAX
+    is opened so too).
     Anything else there now (a link, a fifo, a device: another process may swap it in
     between the walk and the read), or a folder on its way replaced since, raises
     FileNotFoundError, as a file deleted since does: it is left out, not read through (a
@@ -521,7 +522,7 @@ def _open_seen(item: Item, folders: _Folders, *, blocking: bool = True) -> int:
     except BaseException:
         os.close(fd)
         raise
-    return fd
+    return fd, st.st_size
 
 
 def _make_blocking(fd: int) -> None:
@@ -530,12 +531,15 @@ def _make_blocking(fd: int) -> None:
     fcntl.fcntl(fd, fcntl.F_SETFL, 0)
 
 
-def _read_small(fd: int, size: int) -> bytes | None:
-    """A small file's bytes with few system calls (a read, and one to confirm the end)
-    where `open(path, "rb").read()` makes more: about 10 % of a backup of 50,000 small
-    files (docs/performance.md, "Fourth pass"). `size` is what the walk saw; None if the
-    file holds more now (it grew since: the caller reads it in windows, as a large file,
-    rather than whole into memory, however large it has grown), `fd` then blocking.
+def _read_small(fd: int, size: int, opened_size: int) -> bytes | None:
+    """A small file's bytes with few system calls (one read, where `open(path,
+    "rb").read()` makes more: about 10 % of a backup of 50,000 small files,
+    docs/performance.md, "Fourth pass"). `size` is what the walk saw; None if the file
+    holds more now (it grew since: the caller reads it in windows, as a large file, rather
+    than whole into memory, however large it has grown), `fd` then blocking. A read of
+    fewer bytes than asked that holds all `opened_size` (fstat's, once open) is the file's
+    end then, not confirmed by another read (3 % of that backup's time: "Eighth pass"); a
+    file system returning less mid-file is read on.
 
     `fd` may still be O_NONBLOCK (`_open_seen`): Linux's file systems ignore it for a
     regular file, and clearing it first cost a system call a file, each one letting go of
@@ -544,6 +548,8 @@ def _read_small(fd: int, size: int) -> bytes | None:
     made blocking and read again."""
     data = _read_some(fd, size + 1)
     while len(data) <= size:
+        if len(data) == opened_size:
+            return data
         more = _read_some(fd, size + 1 - len(data))
         if not more:
             return data
@@ -613,9 +619,9 @@ class _Workers:
         pieces: list[Piece] = []
         for number, item, size in batch:
             try:
-                fd = _open_seen(item, folders, blocking=False)
+                fd, opened_size = _open_seen(item, folders, blocking=False)
                 try:
-                    data = _read_small(fd, size)
+                    data = _read_small(fd, size, opened_size)
                     if data is None:
                         os.lseek(fd, 0, os.SEEK_SET)
                         with self._grown_lock:
@@ -1028,7 +1034,7 @@ def _submit_large(
     try:
         if fd is None:
             with _Folders() as folders:
-                fd = _open_seen(item, folders)
+                fd = _open_seen(item, folders)[0]
     except FileNotFoundError:
         pool.inflight.append((_done([(number, b"", _VANISHED, None)]), None))
         return
