@@ -308,3 +308,35 @@ def test_a_chunk_is_sealed_into_exactly_its_room_and_opens_as_itself(
         other = sealer.chunk_id(b"another chunk")
         with pytest.raises(AuthenticationFailed):
             sealer.open(other, blob, len(data))
+
+
+def test_chunks_prepared_together_are_prepared_as_one_by_one(
+    tmp_path: Path, root_key: bytes
+) -> None:
+    """A batch of small files is compressed in one call (`prepare_all`): each chunk comes
+    out as `prepare` makes it alone (compressed only where that helps, the same zstd
+    frame, in its place in the batch), and each seals and opens as itself."""
+    repo = Repository.open(Storage(str(tmp_path / "repo")), root_key, create=True)
+    sealer = repo.sealer
+    rng = random.Random(5)
+    chunks = [
+        b"x",
+        os.urandom(4000),
+        b"compressible " * 300,
+        bytes(rng.randrange(4) for _ in range(5000)),
+        os.urandom(200_000),  # past what zstd is always tried on: sampled first
+        b"more text " * 20_000,
+        b"ab",
+    ]
+    together = sealer.prepare_all([memoryview(c) for c in chunks])
+    alone = [sealer.prepare(c) for c in chunks]
+    assert [(p.compression, bytes(p.payload)) for p in together] == [
+        (p.compression, bytes(p.payload)) for p in alone
+    ]
+    assert [p.compression for p in together] == [RAW, RAW, ZSTD, ZSTD, RAW, ZSTD, RAW]
+    for data, prepared in zip(chunks, together, strict=True):
+        chunk_id = sealer.chunk_id(data)
+        blob = bytearray(prepared.size)
+        sealer.seal_into(chunk_id, prepared, memoryview(blob))
+        assert sealer.open(chunk_id, blob, len(data)) == data
+    assert sealer.prepare_all([]) == []

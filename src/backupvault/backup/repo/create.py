@@ -617,6 +617,7 @@ class _Workers:
 
     def _read_batch(self, batch: list[tuple[int, Item, int]], folders: _Folders) -> list[Piece]:
         pieces: list[Piece] = []
+        waiting: list[tuple[int, memoryview]] = []  # (where in `pieces`, chunk): to compress
         for number, item, size in batch:
             try:
                 fd, opened_size = _open_seen(item, folders, blocking=False)
@@ -643,7 +644,14 @@ class _Workers:
                 pieces.append((number, b"", _GROWN, None))
                 continue
             for view in self._chunker().cut(data):  # none for an empty file
-                pieces.append(self._piece(number, view))
+                chunk_id = self._sealer.chunk_id(view)
+                if chunk_id not in self._known:
+                    waiting.append((len(pieces), view))
+                pieces.append((number, chunk_id, len(view), None))
+        prepared = self._sealer.prepare_all([view for _, view in waiting])
+        for (at, _), blob in zip(waiting, prepared, strict=True):
+            number, chunk_id, length, _ = pieces[at]
+            pieces[at] = (number, chunk_id, length, blob)
         return pieces
 
     def take_grown(self, number: int) -> tuple[int, int]:
