@@ -4,11 +4,13 @@ would no longer deduplicate against new snapshots."""
 
 from __future__ import annotations
 
+import ctypes
 import errno
 import io
 import os
 import random
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -235,6 +237,82 @@ def test_io_errors_listing_a_folder_or_reading_an_entry_leave_only_that_out(
     monkeypatch.undo()
     restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["good.txt", "unlistable"]
+
+
+def _dead_mount(where: Path) -> Callable[[], object] | None:
+    """Mount at `where` a FUSE file system whose program is gone (its /dev/fuse closed
+    before it answered anything), as a crashed sshfs or rclone leaves one: every call on
+    it says "Transport endpoint is not connected". The function that unmounts it, or
+    None where this process may not mount one (not root, no /dev/fuse)."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    try:
+        fd = os.open("/dev/fuse", os.O_RDWR)
+    except OSError:
+        return None
+    try:
+        options = f"fd={fd},rootmode=40000,user_id={os.getuid()},group_id={os.getgid()}"
+        if libc.mount(b"dead", os.fsencode(where), b"fuse.dead", 0, options.encode()):
+            return None
+    finally:
+        os.close(fd)
+    return lambda: libc.umount2(os.fsencode(where), 2)  # MNT_DETACH
+
+
+def test_a_dead_network_mount_or_a_stale_file_is_left_out_not_fatal(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A FUSE or network mount inside SOURCE whose program or server has gone (a crashed
+    sshfs at ~/mnt/nas: ENOTCONN on its very stat), and a file an NFS server lost while
+    it was read (ESTALE): each is left out and named as unread (exit 8), the rest saved.
+    Both stopped the whole backup (exit 2, as a usage error), every night while the
+    mount stayed dead (review s62). A real dead mount where this test may make one (as
+    root), else its stat failing as one does."""
+    source = tmp_path / "src"
+    (source / "nas").mkdir(parents=True)
+    (source / "good.txt").write_text("readable")
+    (source / "stale.txt").write_text("deleted on the server while read")
+    unmount = _dead_mount(source / "nas")
+    if unmount is None:
+        real_scandir = os.scandir
+
+        class Listing:
+            def __init__(self, fd: int) -> None:
+                self._inner = real_scandir(fd)
+
+            def __enter__(self) -> list[object]:
+                with self._inner as entries:
+                    return [_DeadMountEntry(e) if e.name == "nas" else e for e in entries]
+
+            def __exit__(self, *exc: object) -> None:
+                return None
+
+        monkeypatch.setattr(create_module.os, "scandir", Listing)
+    real_open_seen = create_module._open_seen
+
+    def open_seen(item: create_module.Item, folders: create_module._Folders) -> int:
+        if item.path.endswith("stale.txt"):
+            raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
+        return real_open_seen(item, folders)
+
+    monkeypatch.setattr(create_module, "_open_seen", open_seen)
+    try:
+        info = create_snapshot(source, str(tmp_path / "repo"), root_key, repo_params=SMALL)
+    finally:
+        if unmount is not None:
+            unmount()
+    gone = "a network or FUSE mount whose server or program has gone (unmount it, or --exclude it)"
+    assert sorted((s.name, s.reason, s.unread) for s in info.skipped) == [
+        ("nas", f"cannot read it (Transport endpoint is not connected): {gone}", True),
+        ("stale.txt", f"cannot read it (Stale file handle): {gone}", True),
+    ]
+    monkeypatch.undo()
+    restore_snapshot(str(tmp_path / "repo"), root_key, tmp_path / "out")
+    assert sorted(p.name for p in (tmp_path / "out").rglob("*")) == ["good.txt"]
+
+
+class _DeadMountEntry(_FailingEntry):
+    def stat(self, *, follow_symlinks: bool = True) -> os.stat_result:
+        raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN))
 
 
 def test_an_io_error_listing_the_source_itself_stops_the_backup(

@@ -80,14 +80,27 @@ _VANISHED = -1
 _GROWN = -2
 
 
+#: Errors of one mount under SOURCE, not of this process: a FUSE or network file system
+#: whose program or server has gone (sshfs, rclone, gvfs: "Transport endpoint is not
+#: connected"), a file deleted on an NFS server while it was read ("Stale file handle").
+#: A dead `~/mnt/nas` stopped every backup of the home folder around it, night after
+#: night, with exit 2 (review s62).
+_GONE_MOUNT = frozenset({errno.ENOTCONN, errno.ESTALE})
+
+
 def _unreadable(exc: OSError) -> str | None:
     """Why a file (or a folder) is left out, as restic does, for an error reading it, or
-    None if the error stops the backup. Permission denied, and an I/O error (a bad
-    sector: a failing disk, when a backup matters most, stopped the whole backup for one
-    file); not an error of the process or the system (too many open files, no memory),
-    which would leave out every file after it."""
+    None if the error stops the backup. Permission denied, an I/O error (a bad sector: a
+    failing disk, when a backup matters most, stopped the whole backup for one file), and
+    a mount that no longer answers (`_GONE_MOUNT`); not an error of the process or the
+    system (too many open files, no memory), which would leave out every file after it."""
     if isinstance(exc, PermissionError) or exc.errno == errno.EIO:
         return f"cannot read it ({exc.strerror})"
+    if exc.errno in _GONE_MOUNT:
+        return (
+            f"cannot read it ({exc.strerror}): a network or FUSE mount whose server or"
+            " program has gone (unmount it, or --exclude it)"
+        )
     return None
 
 
