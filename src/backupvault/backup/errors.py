@@ -66,6 +66,11 @@ class Altered(Damaged, AuthenticationFailed):
     """A stored object fails authentication (with the right key), or is another one's."""
 
 
+class SnapshotTooLarge(BackupVaultError):
+    """A backup's tree would be larger than any reader opens (docs/format.md, "Tree"):
+    no snapshot is saved (exit 1)."""
+
+
 class RollbackSuspected(BackupVaultError):
     """A snapshot this device made is gone from storage with no forget record: a command
     that would act on what storage shows (prune deleting its data) does nothing."""

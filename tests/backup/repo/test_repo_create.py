@@ -15,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from backupvault.backup.errors import DestinationError
+from backupvault.backup.errors import DestinationError, SnapshotTooLarge
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot, tree
 from backupvault.backup.repo import create as create_module
 from backupvault.backup.repo import restore as restore_module
+from backupvault.backup.repo import snapshots as snapshots_module
 from backupvault.backup.repo.maintenance import check
 from backupvault.backup.repo.tree import FILE, TIME_MAX_NS, Entry
 from backupvault.backup.storage import Storage
@@ -90,6 +91,49 @@ def test_a_time_after_2262_is_stored_clamped_and_said(tmp_path: Path, root_key: 
 def test_a_tree_field_out_of_range_is_a_clear_error(entry: Entry) -> None:
     with pytest.raises(InvalidInput, match="out of the range the format holds"):
         tree.encode([entry])
+
+
+def test_a_tree_larger_than_a_reader_opens_saves_no_snapshot(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader refuses a tree over 2 GiB (some 16 million files) as damaged; a backup
+    wrote one all the same and said it had worked, and every restore, list and later
+    backup then passed over that snapshot as damaged (review s62). Shown with a smaller
+    limit: the backup stops, before it reads a file when the walk alone shows the tree too
+    large, else once the chunks it read make it so; no snapshot is saved, and the last
+    one stays the latest, restorable."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "first.txt").write_bytes(b"first")
+    repo = tmp_path / "repo"
+    first = create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    # The walk's least: 4 + 14 (".") + 50 + 32 (first.txt: 1 chunk) + 48 + 98 x 32
+    # (big.bin: 100,000 bytes, chunk_max 1 KiB) = 3,284 bytes; its real chunks (about 320
+    # bytes each, some 300) take the tree past 6,000.
+    (source / "big.bin").write_bytes(os.urandom(100_000))
+    monkeypatch.setattr(snapshots_module, "_MAX_TREE", 6000)
+    with pytest.raises(SnapshotTooLarge, match="too large for one snapshot") as late:
+        create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert "sub-folders one by one" in str(late.value.hint)
+    for n in range(200):
+        (source / f"many-{n:03}.txt").write_bytes(b"x")
+    read: list[str] = []
+    real_open_seen = create_module._open_seen
+
+    def open_seen(item: create_module.Item, folders: create_module._Folders) -> int:
+        read.append(item.path)
+        return real_open_seen(item, folders)
+
+    monkeypatch.setattr(create_module, "_open_seen", open_seen)
+    with pytest.raises(SnapshotTooLarge, match=r"the list of its 203 files, folders and links"):
+        create_snapshot(source, str(repo), root_key, repo_params=SMALL)
+    assert read == []  # said before a file was read
+    monkeypatch.undo()
+    assert set(_entries(repo, root_key)) == {b".", b"first.txt"}
+    latest = Repository.open(Storage(str(repo)), root_key).find_snapshot(None)
+    assert latest.id_hex == first.snapshot_id
+    restore_snapshot(str(repo), root_key, tmp_path / "out")
+    assert (tmp_path / "out" / "first.txt").read_bytes() == b"first"
 
 
 @pytest.mark.parametrize("size", [5, 5000], ids=["small", "large"])

@@ -35,9 +35,9 @@ from typing import Any, NamedTuple
 from backupvault.backup.errors import SourceError, StorageError
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.progress import NoProgress, Progress
-from backupvault.backup.repo import snapshots
+from backupvault.backup.repo import snapshots, tree
 from backupvault.backup.repo.backend import PRIVATE_MEMORY
-from backupvault.backup.repo.chunks import Chunker, Prepared, Sealer
+from backupvault.backup.repo.chunks import CHUNK_ID_LEN, Chunker, Prepared, Sealer
 from backupvault.backup.repo.repository import (
     SHARED,
     Lock,
@@ -865,6 +865,12 @@ def _create_locked(
     kind, items, skipped, notes = walk(source, exclude, stay_on)
     warnings.extend(notes)
     entries = [item.entry for item in items]
+    # A tree no reader would open, by the walk alone (each file's fewest chunks), stops
+    # the backup before a file is read; `snapshots.seal` checks the tree it makes.
+    fewest = sum(-(-e.size // repo.config.chunk_max) for e in entries if e.kind == FILE)
+    snapshots.check_tree_size(
+        tree.encoded_size(entries) + CHUNK_ID_LEN * fewest, len(entries), str(source)
+    )
     total = sum(e.size for e in entries if e.kind == FILE)
     packer = PackWriter(repo, index)
     pool = _Workers(repo, packer, workers)

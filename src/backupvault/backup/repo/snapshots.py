@@ -15,7 +15,7 @@ import zstandard
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from backupvault.backup.errors import Altered, Corrupt
+from backupvault.backup.errors import Altered, Corrupt, SnapshotTooLarge
 from backupvault.backup.keykinds import KEY_NAMES, KEY_UNKNOWN
 from backupvault.backup.repo import tree
 from backupvault.backup.repo.chunks import one_frame
@@ -192,6 +192,22 @@ def check_time(created_at_us: int) -> None:
         )
 
 
+def check_tree_size(size: int, entries: int, source: str) -> None:
+    """Refuse a tree of `size` bytes (`entries` files, folders and links of `source`) that
+    no reader would open: one larger than `_MAX_TREE` (2 GiB, some 16 million files with
+    short names). Until review s62 a backup saved it and said it had worked, and every
+    restore, list and backup after it took that snapshot for damaged."""
+    if size <= _MAX_TREE:
+        return
+    raise SnapshotTooLarge(
+        f"{source} is too large for one snapshot: the list of its {entries:,} files, folders"
+        f" and links takes {size / (1 << 30):.2f} GiB, more than the"
+        f" {_MAX_TREE / (1 << 30):.2f} GiB a snapshot holds; no snapshot was saved",
+        hint="back up its sub-folders one by one (a `backup create` for each), or --exclude"
+        " what need not be kept (caches); data this backup already stored is reused",
+    )
+
+
 def _seal(dk: bytes, aad: bytes, plaintext: bytes) -> bytes:
     nonce = os.urandom(NONCE_LEN)
     return nonce + AESGCM(dk).encrypt(nonce, plaintext, aad)
@@ -208,6 +224,8 @@ def seal(
     """(snapshot id, object bytes) for a new snapshot under a fresh random DK."""
     created = time.time_ns() // 1000 if created_at_us is None else created_at_us
     check_time(created)
+    plain_tree = tree.encode(entries)
+    check_tree_size(len(plain_tree), len(entries), summary.source)
     snapshot_id = os.urandom(OBJECT_ID_LEN)
     dk = os.urandom(DATA_KEY_LEN)
     unsealed = SnapshotHeader(
@@ -224,9 +242,7 @@ def seal(
     )
     header = SnapshotHeader(**{**unsealed.__dict__, "wrapped_dk": wrapped}).to_bytes()
     summary_ct = _seal(dk, header + b"summary", summary.encode())
-    tree_ct = _seal(
-        dk, header + b"tree", zstandard.ZstdCompressor(level=3).compress(tree.encode(entries))
-    )
+    tree_ct = _seal(dk, header + b"tree", zstandard.ZstdCompressor(level=3).compress(plain_tree))
     return snapshot_id, header + _U32.pack(len(summary_ct)) + summary_ct + tree_ct
 
 

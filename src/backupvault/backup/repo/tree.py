@@ -75,6 +75,18 @@ def encode(entries: list[Entry]) -> bytes:
     return b"".join(parts)
 
 
+def encoded_size(entries: list[Entry]) -> int:
+    """The length of `encode(entries)`, without making it."""
+    size = _U32.size
+    for e in entries:
+        size += _HEAD.size + len(e.path) + _META.size
+        if e.kind == FILE:
+            size += _FILE.size + CHUNK_ID_LEN * len(e.chunks)
+        elif e.kind == SYMLINK:
+            size += _U16.size + len(e.target)
+    return size
+
+
 def decode(data: bytes) -> list[Entry]:
     try:
         (count,) = _U32.unpack_from(data, 0)
