@@ -1624,6 +1624,30 @@ def test_exclude_takes_a_path_as_include_does(tmp_path: Path, source: Path, give
     assert json.loads(created.stdout)["files"] == 2  # notes.txt, notes/photos/kept.jpg
 
 
+@pytest.mark.parametrize("given", ["--exclude=~/source/photos", "~/source/photos/"])
+def test_exclude_takes_a_path_from_the_home_folder_the_shell_did_not_expand(
+    tmp_path: Path, source: Path, monkeypatch: pytest.MonkeyPatch, given: str
+) -> None:
+    """`--exclude=~/x` reaches the command with its `~` (a shell expands one only at the
+    start of a word), as does one quoted in a cron line or a systemd unit: it matched no
+    path and left out nothing, without a word (review s62), where `--to=~/x` and
+    `--storage` take `~` as the home folder. A name starting with `~` that is no home
+    folder's path (Word's `~$report.docx` lock files) stays a name pattern."""
+    from backupvault.cli.main import _exclude_pattern
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (source / "~$report.docx").write_text("lock")
+    option = [given] if given.startswith("--") else ["--exclude", given]
+    created = run(
+        "--json", "backup", "create", str(source), "--storage", str(tmp_path / "storage"),
+        "--recovery-code", *option, "--exclude", "~$*",
+    )  # fmt: skip
+    assert created.returncode == 0, created.stderr
+    assert json.loads(created.stdout)["files"] == 1  # notes.txt
+    assert _exclude_pattern("~$*", source) == "~$*"
+    assert _exclude_pattern("~", source) == "~"  # a folder named "~", as scripts make
+
+
 def test_an_absolute_exclude_outside_the_source_is_refused(tmp_path: Path, source: Path) -> None:
     done = run(
         "--json", "backup", "create", str(source), "--storage", str(tmp_path / "storage"),

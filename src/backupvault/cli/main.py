@@ -1245,6 +1245,11 @@ def _exclude_pattern(pattern: str, source: Path) -> str:
     one outside SOURCE is refused."""
     from backupvault.backup.repo.restore import inside_source
 
+    if pattern.startswith("~") and "/" in pattern:
+        # `--exclude=~/.cache` (or one quoted in a cron line) reaches us unexpanded, as
+        # `--to=~/x` does: it matched no path, and left out nothing (review s62). A `~`
+        # that names no home folder (`~$*`, Word's lock files) stays as it is.
+        pattern = os.path.expanduser(pattern)
     if not pattern.startswith("/"):
         return pattern
     relative = inside_source(pattern, os.path.abspath(source))
