@@ -256,6 +256,8 @@ def test_what_cannot_be_read_is_left_out_and_named_as_restic_does(
         (b"a/cache2", "cache", False),
         (b"docs/deep", "docs/deep", True),
         (b"docs/deep", "/docs/deep/", True),  # leading and trailing / ignored
+        (b"cache", "cache/", True),  # a trailing /: still a path, as docs/cli.md says
+        (b"a/cache", "cache/", False),  # (review s62: it was every "cache" at any depth)
         (b"more/docs/deep", "docs/deep", False),  # a /: the whole path inside the source
         (b"docs/a/b.txt", "docs/*.txt", True),  # fnmatch: * also matches /
         (b"Notes.TXT", "*.txt", False),  # case matters

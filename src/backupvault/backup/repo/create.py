@@ -155,15 +155,17 @@ def _entry(path: bytes, st: os.stat_result, notes: list[str]) -> Entry | None:
 def excluded(path: bytes, patterns: tuple[str, ...]) -> bool:
     """Whether `path` (inside the source) matches a pattern: one with a `/` against the
     whole path, one without against the last name, with shell wildcards (fnmatch's: `*`
-    also matches `/`). Leading and trailing slashes of a pattern are ignored. One starting
-    with `./` is a path inside the source (normalised as `--include` is: `./docs/` is
-    `docs`), always matched against the whole path."""
+    also matches `/`). Leading and trailing slashes of a pattern are then left out: a
+    trailing one still makes it a path (`cache/` is the folder `cache` of the source, as
+    docs/cli.md says; until review s62 it was every `cache` at any depth, `build/` every
+    `build` folder of every project). One starting with `./` is a path inside the source
+    (normalised as `--include` is: `./docs/` is `docs`), matched against the whole path."""
     text = os.fsdecode(path)
     name = text.rsplit("/", 1)[-1]
     for pattern in patterns:
         anchored = pattern.startswith("./")
         bare = (posixpath.normpath(pattern) if anchored else pattern).strip("/")
-        if fnmatch.fnmatchcase(text if anchored or "/" in bare else name, bare):
+        if fnmatch.fnmatchcase(text if anchored or "/" in pattern else name, bare):
             return True
     return False
 
