@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import errno
 import filecmp
 import importlib.util
 import json
@@ -1954,6 +1955,38 @@ def test_restore_to_a_mount_point_is_refused_before_the_key_is_asked_for(
         refused.value.hint == f"restore into a new folder on it, for instance --to {usb}/restored"
     )
     _check_restore_to(usb / "restored")  # a new folder on it is fine
+
+
+def test_a_restore_to_a_mount_that_no_longer_answers_says_so_not_a_bug(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--to on a dead sshfs or NFS mount (every call there: "Transport endpoint is not
+    connected") was "unexpected OSError ... this is a bug in backupvault" (review s62).
+    It is named as a destination this restore cannot use, before the key is asked for
+    (its lookups fail as a dead mount's do: a real one needs root)."""
+    from backupvault.cli.main import main
+
+    dead = tmp_path / "nas"
+    dead.mkdir()
+    for name in ("stat", "lstat"):
+        real = getattr(os, name)
+
+        def dead_there(path: Any, *args: Any, real: Any = real, **kwargs: Any) -> os.stat_result:
+            if isinstance(path, (str, os.PathLike)) and os.fspath(path).startswith(str(dead)):
+                raise OSError(errno.ENOTCONN, os.strerror(errno.ENOTCONN), os.fspath(path))
+            result: os.stat_result = real(path, *args, **kwargs)
+            return result
+
+        monkeypatch.setattr(os, name, dead_there)
+    with pytest.raises(SystemExit) as exited:
+        main(["--json", "backup", "restore", "--storage", str(tmp_path / "storage"),
+              "--to", str(dead / "out"), "--recovery-code", "-"])  # fmt: skip
+    assert exited.value.code == 2
+    error = json.loads(capsys.readouterr().err.splitlines()[-1])
+    assert error["error"] == (
+        f"cannot use the restore destination {dead / 'out'}: Transport endpoint is not connected"
+    )
+    assert "mount it again" in error["hint"]
 
 
 def test_a_backup_says_when_it_makes_a_new_repository(tmp_path: Path, source: Path) -> None:

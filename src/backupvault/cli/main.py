@@ -1320,7 +1320,19 @@ def backup_restore(
         )
     only = snapshot_filter(hosts, source_paths, backup_id)
     dest = dest.expanduser()  # `--to=~/x` reaches us unexpanded, as --storage's `~` does
-    _check_restore_to(dest)
+    try:
+        _check_restore_to(dest)
+    except OSError as exc:
+        # Not one of the answers it gives: the disk under --to does not answer (a dead
+        # sshfs or NFS mount), which was "unexpected OSError ... a bug" (review s62).
+        from backupvault.backup.errors import DestinationError
+
+        raise DestinationError(
+            f"cannot use the restore destination {dest}: {exc.strerror}",
+            hint="nothing was asked for or written; a network or FUSE mount whose server or"
+            " program has gone says so (Transport endpoint is not connected): mount it"
+            " again, or give --to a folder on another disk",
+        ) from None
     url = ctx.storage(storage_url)
     use_repository = repository_exists(url)
     if use_repository and backup_id is not None:
