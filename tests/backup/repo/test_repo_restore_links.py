@@ -6,6 +6,7 @@ Unicode form for one, "L" is the link "l"), looks names up in the folder itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -107,3 +108,48 @@ def test_resolves_outside_looks_names_up_in_the_folder(tmp_path: Path) -> None:
         os.close(fd)
     # a loop leads nowhere (more than 40 links: counted as leading out)
     assert outside == {"x", "missing-out", "through-file", "abs", "d/up", "loop"}
+
+
+def test_a_disk_that_holds_no_links_is_said_before_any_file_is_written(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAT and exFAT (a USB drive as it comes) hold no symbolic links: symlink(2) says
+    EPERM there (the file system has no symlink operation; faked here, as a test cannot
+    mount one). Links are made last, so a restore of a home folder onto such a drive
+    wrote every file, failed at the first link, removed it all and blamed "a file size
+    limit, a quota, a failing disk" (review s62). Now it stops before writing a file, and
+    says why; a restore with no link in it is not asked to make one."""
+    from backupvault.backup.repo import restore as restore_module
+    from backupvault.backup.repo.restore import RestoreFailed
+
+    source = tmp_path / "src"
+    (source / "docs").mkdir(parents=True)
+    (source / "docs" / "big.bin").write_bytes(os.urandom(3 << 20))
+    (source / "notes.txt").write_text("notes")
+    (source / "latest").symlink_to("docs/big.bin")
+    repo = tmp_path / "repo"
+    create_snapshot(source, str(repo), root_key)
+    written: list[bytes] = []
+    real_write_file = restore_module._write_file
+
+    def write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:
+        written.append(entry.path)
+        real_write_file(dir_fd, entry, data)
+
+    def no_links(*args: object, **kwargs: object) -> None:
+        raise OSError(1, os.strerror(1))
+
+    monkeypatch.setattr(restore_module, "_write_file", write_file)
+    monkeypatch.setattr(restore_module.os, "symlink", no_links)
+    with pytest.raises(RestoreFailed, match="cannot hold symbolic links") as refused:
+        restore_snapshot(str(repo), root_key, tmp_path / "usb")
+    assert "and this restore has 1" in str(refused.value)
+    assert "--include" in str(refused.value.hint)
+    assert written == []
+    assert sorted(os.listdir(tmp_path)) == ["repo", "src"]  # nothing left beside --to
+    # What holds no link restores there as before.
+    restore_snapshot(str(repo), root_key, tmp_path / "usb", include=("docs", "notes.txt"))
+    assert sorted(written) == [b"docs/big.bin", b"notes.txt"]
+    assert (tmp_path / "usb" / "docs" / "big.bin").read_bytes() == (
+        source / "docs" / "big.bin"
+    ).read_bytes()

@@ -267,6 +267,9 @@ def _restore_locked(
     try:
         with Staging(dest_path) as staging:
             dir_fd = staging.fd
+            links = sum(e.kind == SYMLINK for e in entries)
+            if links:
+                _check_links_possible(dir_fd, links, dest)
             try:
                 _fill(
                     repo,
@@ -342,6 +345,32 @@ def _dated_ahead(repo: Repository, latest: Snapshot, only: SnapshotFilter) -> li
         f" it is the latest by its date until then{newest}; `backup list` shows them all,"
         " and a snapshot restores by its id"
     ]
+
+
+#: What symlink(2) says on a file system that holds no symbolic links (FAT, exFAT: a USB
+#: drive as it comes), or one that refuses them (some FUSE and network file systems).
+_NO_LINKS = frozenset({errno.EPERM, errno.EOPNOTSUPP, errno.ENOSYS})
+_LINK_PROBE = b".backupvault-link-probe"
+
+
+def _check_links_possible(dir_fd: int, links: int, dest: str | os.PathLike[str]) -> None:
+    """Refuse, before any file is written, a restore of `links` symbolic links into the
+    empty staging folder `dir_fd` where its file system holds none: links are made last,
+    so a restore onto a FAT or exFAT drive wrote every file (hours of them), then failed
+    at the first link, removed it all, and blamed "a file size limit, a quota, a failing
+    disk" (review s62)."""
+    try:
+        os.symlink(".", _LINK_PROBE, dir_fd=dir_fd)
+    except OSError as exc:
+        if exc.errno not in _NO_LINKS:
+            raise
+        raise RestoreFailed(
+            f"the disk of {dest} cannot hold symbolic links ({exc.strerror}; FAT and exFAT,"
+            f" as USB drives come, hold none), and this restore has {links:,}",
+            hint="nothing was written; restore onto a disk formatted for Linux (ext4, btrfs,"
+            " xfs), or only what holds no link: `backup ls` shows them, `--include` chooses",
+        ) from None
+    os.unlink(_LINK_PROBE, dir_fd=dir_fd)
 
 
 def _write_file(dir_fd: int, entry: Entry, data: Iterator[bytes | bytearray]) -> None:
