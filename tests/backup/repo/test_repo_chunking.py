@@ -289,10 +289,12 @@ def test_a_dead_network_mount_or_a_stale_file_is_left_out_not_fatal(
         monkeypatch.setattr(create_module.os, "scandir", Listing)
     real_open_seen = create_module._open_seen
 
-    def open_seen(item: create_module.Item, folders: create_module._Folders) -> int:
+    def open_seen(
+        item: create_module.Item, folders: create_module._Folders, *, blocking: bool = True
+    ) -> tuple[int, int]:
         if item.path.endswith("stale.txt"):
             raise OSError(errno.ESTALE, os.strerror(errno.ESTALE))
-        return real_open_seen(item, folders)
+        return real_open_seen(item, folders, blocking=blocking)
 
     monkeypatch.setattr(create_module, "_open_seen", open_seen)
     try:
