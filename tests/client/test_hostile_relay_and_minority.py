@@ -6,10 +6,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
+from typing import Any, cast
 
 import httpx
 import pytest
 
+from backupvault.cli.main import _warn_wrong_guesses
 from backupvault.client.errors import (
     EVALUATION_UNANSWERED_HINT,
     AlreadyRegistered,
@@ -19,6 +22,7 @@ from backupvault.client.errors import (
     WrongPassword,
 )
 from backupvault.client.threshold import ThresholdVault
+from backupvault.client.vault import Recovery
 from backupvault.crypto.seal import open_request
 from backupvault.fanout import NO_ANSWER, FanoutAnswers, FanoutReply
 from backupvault.protocol import (
@@ -344,6 +348,31 @@ def test_a_hostile_node_claiming_more_guesses_left_is_not_believed() -> None:
     with pytest.raises(WrongPassword) as wrong:
         vault.recover("not the password", ksf_floor=FAST_KSF)
     assert wrong.value.guesses_remaining == LIMIT - 1
+
+
+def test_a_hostile_node_claiming_no_guesses_left_cannot_make_a_success_warn_of_guessing() -> None:
+    """Review s62: the success path's sibling of the test above. With two honest nodes down
+    (no relay needed), the hostile node's verifying partial says "0 left": the t-th largest
+    of the three figures was its 0, and the right password's recovery told the user that
+    L − 1 other attempts were counted since the last success and someone may be guessing,
+    when nobody had tried a password. Too few answered to outvote it, so what is told spans
+    what the nodes report, as a wrong password's guesses left do."""
+    fleet = FakeFleet(5)
+    fleet.vault().register("pw", RK, ksf=FAST_KSF)
+    fleet.nodes[HOSTILE].claims_left = 0
+    fleet.nodes[0].mode = fleet.nodes[1].mode = "down"
+    recovered = fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+    assert recovered.root_key == RK
+    assert (recovered.wrong_guesses_at_least, recovered.wrong_guesses_before) == (0, LIMIT - 1)
+    warnings: list[str] = []
+    ctx = cast(Any, SimpleNamespace(output=SimpleNamespace(warn=warnings.append)))
+    _warn_wrong_guesses(ctx, Recovery(RK, recovered.wrong_guesses_before, recovered))
+    assert warnings[0].startswith(f"0 to {LIMIT - 1} other attempts were (the vault nodes")
+    # Every node up: the hostile figure is outvoted, and nothing is said as a range.
+    for node in fleet.nodes[:2]:
+        node.mode = "ok"
+    again = fleet.vault().recover("pw", ksf_floor=FAST_KSF)
+    assert (again.wrong_guesses_at_least, again.wrong_guesses_before) == (None, 0)
 
 
 def test_one_node_saying_already_registered_does_not_make_an_empty_entry_look_registered() -> None:

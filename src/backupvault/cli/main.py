@@ -881,6 +881,13 @@ def _warn_wrong_guesses(ctx: Context, recovered: Recovery) -> None:
         # The count cannot tell a wrong password from another device's recovery that has
         # not reset it yet: name both, rather than call a user's own device a guesser.
         attempts = "1 other attempt was" if wrong == 1 else f"{wrong} other attempts were"
+        at_least = recovered.threshold.wrong_guesses_at_least
+        if at_least is not None:
+            # Too few nodes answered to outvote a hostile one's figure (review s62).
+            attempts = (
+                f"{at_least} to {wrong} other attempts were (the vault nodes that answered"
+                " count differently)"
+            )
         ctx.output.warn(
             f"{attempts} counted since your last successful recovery (wrong passwords, or"
             " another of your devices recovering at the same moment); if that was not you,"

@@ -383,6 +383,10 @@ class ThresholdRecovery:
     #: committed, and reaches the others in the replicated value). False: the guesses
     #: counted so far may still count, this one too.
     reset_confirmed: bool = True
+    #: With too few partials to outvote a hostile figure, and figures that differ: the
+    #: fewest wrong guesses the reports allow (the count lies between it and
+    #: `wrong_guesses_before`); None when they agree.
+    wrong_guesses_at_least: int | None = None
 
 
 @dataclass(frozen=True)
@@ -1534,7 +1538,12 @@ class ThresholdVault:
         # A ResetResponse is not signed: more than N − t of them include an honest node's.
         reset_confirmed = self.nodes - len(reset_missing) > self.nodes - self.t
         # This attempt used one guess; any other counted since the last reset was wrong.
+        # With too few figures to outvote a hostile one, what is left lies between them, and
+        # so does what was counted (review s62: a hostile "0 left" among t partials made a
+        # first recovery warn of L − 1 wrong guesses, as it made a wrong password read as a
+        # destroyed key before review s34).
         wrong = max(0, guess_limit - remaining - 1)
+        at_least = None if up_to is None else max(0, guess_limit - up_to - 1)
         # One try, and only if an owed node answered just now: this is a side job of the
         # recovery, which must not wait for nodes that are down.
         pending = self._finish_quietly(manifest, export_key, answered=live.answered, tries=1)
@@ -1548,6 +1557,7 @@ class ThresholdVault:
             reset_missing,
             pending,
             reset_confirmed,
+            None if at_least == wrong else at_least,
         )
 
     @staticmethod
