@@ -10,12 +10,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
-from inprocess_fleet import FAST_KSF, InProcessFleet
+from inprocess_fleet import FAST_KSF, LIMIT, InProcessFleet
 
 from backupvault.client import threshold as sdk
 from backupvault.client.errors import FleetUnavailable
+from backupvault.fanout import FanoutReply
 from backupvault.hsm.state import EntryId, ThresholdState
-from backupvault.protocol import EntryStatus, ManifestRequest, ManifestResponse, Op
+from backupvault.protocol import (
+    EntryStatus,
+    ErrorResponse,
+    ManifestRequest,
+    ManifestResponse,
+    Op,
+    pad_response,
+)
 from backupvault.sim import clients
 from backupvault.sim.clients import Answers, Call, Flow, Outcome
 from backupvault.sim.world import Simulation, ThresholdClient, threshold_world
@@ -275,3 +283,51 @@ def test_the_simulators_clients_register_over_a_delete_one_node_never_saw(
         assert world.replicated(2, client.key).version == 2
     else:
         assert outcome.text == "unavailable (1 staged)"
+
+
+def _missed_registration_beside_two_liars(monkeypatch: pytest.MonkeyPatch) -> InProcessFleet:
+    """Five nodes; node 2 is down through the registration and comes back intact: it holds
+    nothing of the entry, runs no round of its own for it, and says "empty, version 0".
+    Nodes 3 and 4 are hostile (c = 2 < t = 3): they answer every manifest read the same,
+    though they hold the entry and their shares like the others."""
+    fleet = InProcessFleet(5)
+    fleet.crash(2)
+    fleet.client().register("pw", ROOT_KEY, ksf=FAST_KSF)
+    fleet.restart(2, intact=True)
+    assert fleet.state(2, KEY) == ThresholdState()
+    assert fleet.state(3, KEY).status == EntryStatus.LIVE
+    honest = fleet._answer
+
+    def answer(node: int, op: Op, copy: bytes) -> FanoutReply:
+        if node not in (3, 4) or op is not Op.MANIFEST:
+            return honest(node, op, copy)
+        opened = fleet.firmware[node].open(op, "alice", fleet._entry, copy, fleet.now)
+        assert not isinstance(opened, ErrorResponse)
+        lie = ManifestResponse(EntryStatus.EMPTY, 0, b"", LIMIT, LIMIT, False)
+        return FanoutReply(node, 200, opened[1].seal(pad_response(op, lie.to_bytes())))
+
+    monkeypatch.setattr(fleet, "_answer", answer)
+    monkeypatch.setattr(sdk, "MANIFEST_BACKOFF_CAP_SECONDS", 0.0)
+    return fleet
+
+
+def test_t_empty_answers_beside_live_ones_are_read_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Review s62: the laggard's "empty" and the two hostile ones made t, beside nodes 0
+    and 1's live manifest, and the client said the entry was empty (`vault status`; a
+    recovery said no key was registered, and `backup create` then tries to register one)
+    while the key was live on a majority. Read again, the first time asking for a round:
+    node 0's round reaches node 2 as an acceptor, which then answers the live manifest."""
+    fleet = _missed_registration_beside_two_liars(monkeypatch)
+    status = fleet.client().status()
+    assert (status.status, status.version, status.agreeing) == (EntryStatus.LIVE, 1, (0, 1, 2))
+    assert fleet.state(2, KEY).status == EntryStatus.LIVE
+
+
+def test_a_recovery_beside_the_liars_is_told_unavailable_not_unregistered(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The same read in a recovery: with the hostile nodes saying they hold no share, two
+    holders answer, and the user hears that, with no guess used (not "no key")."""
+    fleet = _missed_registration_beside_two_liars(monkeypatch)
+    with pytest.raises(FleetUnavailable, match="need 3 vault nodes that hold a share"):
+        fleet.client().recover("pw", ksf_floor=FAST_KSF)

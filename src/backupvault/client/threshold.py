@@ -164,6 +164,19 @@ def empty_at_other_versions(responses: Iterable[ManifestResponse]) -> bool:
     return len({r.version for r in responses if r.status == EntryStatus.EMPTY}) > 1
 
 
+def empty_to_read_again(responses: Iterable[ManifestResponse]) -> bool:
+    """Whether t "empty" answers settle nothing yet (`_manifests` reads again, the first
+    time asking for a round): nodes answered "empty" of different versions (one never saw
+    the entry, or missed its delete: review s58), or beside a live manifest. A node down
+    through a registration and past its repair answers "empty" of version 0 for good (it
+    holds nothing, so runs no round of its own), and c hostile nodes saying the same made
+    up t: the client said no key was registered, though a majority's values hold it
+    (review s62). A round run by a node that holds the entry reaches it as an acceptor,
+    and the read after it sees the entry."""
+    answers = list(responses)
+    return empty_at_other_versions(answers) or any(r.status == EntryStatus.LIVE for r in answers)
+
+
 def _transient(outcome: NodeOutcome[Any]) -> bool:
     """No answer, or the node could not reach a majority in time: worth asking again."""
     if outcome.refused:
@@ -552,13 +565,15 @@ class ThresholdVault:
                 settled
                 and isinstance(found, NotRegistered)
                 and empty_rereads < EMPTY_REREADS
-                and empty_at_other_versions(a.response for a in answers if a.response)
+                and empty_to_read_again(a.response for a in answers if a.response)
             ):
                 # t nodes say "empty" but not of one version: one of them never saw the
                 # entry, or missed its delete, and a registration over the t-th highest
-                # version would stage at too few nodes for good (review s58). A round on
-                # a node that holds the delete writes it to a majority: read again, the
-                # first time asking for one, then once more plainly.
+                # version would stage at too few nodes for good (review s58). Or beside a
+                # live manifest: one that missed the registration, with hostile nodes
+                # (review s62). A round on a node that holds the delete (or the entry)
+                # writes it to a majority: read again, the first time asking for one, then
+                # once more plainly.
                 ask = empty_rereads == 0 and not request.confirm
                 empty_rereads += 1
                 continue

@@ -30,7 +30,7 @@ from backupvault.client.threshold import (
     EVALUATE_RESENDS,
     STALE_ATTEMPT_RETRIES,
     elsewhere,
-    empty_at_other_versions,
+    empty_to_read_again,
     superseded,
     undecided,
     version_spent,
@@ -197,10 +197,10 @@ def fetch_manifest(
             if (
                 status == "empty"
                 and empty_rereads < EMPTY_REREADS
-                and empty_at_other_versions(responses)
+                and empty_to_read_again(responses)
             ):
-                # As the SDK: t say "empty" but not of one version; read again, the first
-                # time asking for a round (review s58).
+                # As the SDK: t say "empty" but not of one version, or beside a live
+                # manifest; read again, the first time asking for a round (reviews s58, s62).
                 ask = empty_rereads == 0 and not request.confirm
                 empty_rereads += 1
                 continue
