@@ -272,6 +272,19 @@ def test_the_listen_address_comes_from_the_option_the_config_or_the_default(
         listen_address(config, None, "127.0.0.1:8700")
 
 
+def test_an_ipv6_listen_address_may_be_written_in_brackets(tmp_path: Path) -> None:
+    """`[::1]:8600`, as URLs and a node's `peer_listen` write it, was taken with its
+    brackets: `relay serve --listen [::1]:8600` failed with "cannot listen on
+    [::1]:8600: Name or service not known" and a hint that another process held the
+    port. Without brackets it is read as before."""
+    config = tmp_path / "relay.toml"
+    config.write_text('listen = "[::]:9100"\n')
+    assert listen_address(config, "[::1]:8000", "127.0.0.1:8600") == ("::1", 8000)
+    assert listen_address(config, None, "127.0.0.1:8600") == ("::", 9100)
+    assert listen_address(config, "::1:8000", "127.0.0.1:8600") == ("::1", 8000)
+    assert listen_address(config, "[]:8000", "127.0.0.1:8600") == ("127.0.0.1", 8000)
+
+
 def _read_all(connection: socket.socket, timeout: float) -> bytes:
     """Everything the service sends until it closes the connection (or `timeout`)."""
     connection.settimeout(timeout)

@@ -575,13 +575,23 @@ def listen_address(config: Path, given: str | None, default: str) -> tuple[str, 
             address = tomllib.loads(config.read_text()).get("listen", default)
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
             raise InvalidInput(f"cannot read {config}: {err}") from None
-    host, _, port = str(address).rpartition(":")
+    host, port = split_host_port(str(address))
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise InvalidInput(
             f"the listen address {str(address)!r} is not host:port with a port from 1 to"
             f" 65535 (for example {default})"
         )
     return host or "127.0.0.1", int(port)
+
+
+def split_host_port(address: str) -> tuple[str, str]:
+    """`host:port` as (host, port), an IPv6 host's brackets taken off (`[::1]:8600`, as
+    URLs and peer addresses write it): the socket wants the bare address, and a host left
+    in brackets was "Name or service not known", with a hint that the port was taken."""
+    host, _, port = address.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    return host, port
 
 
 def content_length_over(declared: str, limit: int) -> bool:

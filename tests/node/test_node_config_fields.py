@@ -139,6 +139,12 @@ def test_a_listen_port_outside_1_to_65535_is_refused_when_the_config_loads(
     assert str(config) in refused.value.message
 
 
+def test_an_ipv6_listen_address_may_be_written_in_brackets(tmp_path: Path) -> None:
+    """As `peer_listen` takes it: the brackets were kept, and the node could not bind."""
+    loaded = NodeConfig.load(_node_toml(tmp_path, {"listen": "[::1]:7101"}, MODULE))
+    assert (loaded.host, loaded.port) == ("::1", 7101)
+
+
 def test_a_listen_address_without_a_host_is_loopback(tmp_path: Path) -> None:
     loaded = NodeConfig.load(_node_toml(tmp_path, {"listen": ":7101"}, MODULE))
     assert (loaded.host, loaded.port) == ("127.0.0.1", 7101)

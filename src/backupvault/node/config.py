@@ -41,7 +41,7 @@ from backupvault.errors import InvalidInput
 from backupvault.files import replace_file
 from backupvault.node.token import TokenConfig
 from backupvault.protocol import MAX_FLEET_NODES
-from backupvault.serving import ServerLimits
+from backupvault.serving import ServerLimits, split_host_port
 from backupvault.transparency.measure import FirmwareConfig, combine, measure_package
 
 #: Where an operator finds what each of its files holds.
@@ -330,7 +330,7 @@ def _listen(value: Any, path: Path) -> tuple[str, int]:
     many) had the node serve on port 4464 while its log said "listening on
     127.0.0.1:70000"; port 0 had it serve on a port the kernel chose, which nothing told
     the relay or the operator (the log named port 0)."""
-    host, _, port = str(value).rpartition(":")
+    host, port = split_host_port(str(value))
     if not (port.isascii() and port.isdigit() and 1 <= int(port) <= 65535):
         raise InvalidInput(
             f"node config {path}: listen {str(value)[:80]!r} is not host:port with a port"
