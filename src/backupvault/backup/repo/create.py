@@ -553,7 +553,7 @@ def _read_small(fd: int, size: int, opened_size: int) -> bytes | None:
     holds more now (it grew since: the caller reads it in windows, as a large file, rather
     than whole into memory, however large it has grown), `fd` then blocking. A read of
     fewer bytes than asked that holds all `opened_size` (fstat's, once open) is the file's
-    end then, not confirmed by another read (3 % of that backup's time: "Eighth pass"); a
+    end then, not confirmed by another read (1-2 % of that backup's time: "Eighth pass"); a
     file system returning less mid-file is read on.
 
     `fd` may still be O_NONBLOCK (`_open_seen`): Linux's file systems ignore it for a
