@@ -76,7 +76,7 @@ def test_pauses_nest_and_overlap_and_give_back_the_state_they_found() -> None:
     assert not gc.isenabled()
 
     # The switch interval alike: overlapping runs (threads of one process) give back the
-    # interval from before the first only when the last ends; one set meanwhile is kept.
+    # interval from before the first only when the last ends, whatever it was.
     first, second = short_gil_turns(), short_gil_turns()
     first.__enter__()
     second.__enter__()
