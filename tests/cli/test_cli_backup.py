@@ -963,6 +963,21 @@ def test_a_name_with_a_line_break_is_one_line_of_ls_and_diff(tmp_path: Path, sou
     ]  # fmt: skip
 
 
+def test_a_skipped_name_with_a_line_break_is_one_line_of_its_warning(
+    tmp_path: Path, source: Path
+) -> None:
+    """A skipped file's name is printed in its warning: a line break in it made a line of
+    its own, which could pass for a message of ours (review s62)."""
+    storage = tmp_path / "storage"
+    code = first_backup(source, storage)
+    os.mkfifo(source / "p\nerror: your backup is damaged")
+    made = run("backup", "create", str(source), "--storage", str(storage), "--recovery-code",
+               stdin=code)  # fmt: skip
+    assert made.returncode == 0, made.stderr  # a fifo is left out, not unread: exit 0
+    assert "skipped p\\nerror: your backup is damaged: not a regular file" in made.stderr
+    assert not [line for line in made.stderr.splitlines() if line.startswith("error:")]
+
+
 def test_a_name_that_is_not_utf8_is_shown_escaped_on_a_utf8_terminal(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

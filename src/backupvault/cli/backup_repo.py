@@ -30,7 +30,7 @@ from backupvault.cli.main import (
     snapshot_filter_options,
 )
 from backupvault.cli.main import pass_context as pass_ctx
-from backupvault.cli.output import printable
+from backupvault.cli.output import one_line_name, printable
 from backupvault.cli.passwords import read_secret_line
 from backupvault.errors import BackupVaultError, UsageError
 
@@ -257,8 +257,8 @@ def backup_ls(
     ]
     for entry, row in zip(entries, rows, strict=True):
         kind = _FILE_TYPE_BITS[entry.kind]
-        shown = _one_line(row["path"]) + (
-            f" -> {_one_line(row['target'])}" if "target" in row else ""
+        shown = one_line_name(row["path"]) + (
+            f" -> {one_line_name(row['target'])}" if "target" in row else ""
         )
         when = _mtime(entry.mtime_ns)
         lines.append(
@@ -274,13 +274,6 @@ def backup_ls(
         },
         "\n".join(lines),
     )
-
-
-def _one_line(name: str) -> str:
-    """`name` on one line: a line break or tab in a file name is shown as an escape (as
-    every other control character printed is: output.printable), so that it cannot make
-    a line that passes for another entry."""
-    return name.replace("\n", "\\n").replace("\t", "\\t")
 
 
 _FILE_TYPE_BITS = {FILE: stat.S_IFREG, DIR: stat.S_IFDIR, SYMLINK: stat.S_IFLNK}
@@ -348,7 +341,7 @@ def _diff_text(changes: list[maintenance.Change]) -> str:
     before = sum(c.size_before for c in changes if c.kind == "M")
     after = sum(c.size_after for c in changes if c.kind == "M")
     return "\n".join(
-        [f"{c.kind}  {_one_line(c.path)}" for c in changes]
+        [f"{c.kind}  {one_line_name(c.path)}" for c in changes]
         + [
             f"{count['+']} added ({human_size(added)}), {count['-']} removed"
             f" ({human_size(removed)}), {count['M']} modified ({human_size(before)} to"

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import click
 
 from backupvault import __version__
-from backupvault.cli.output import Output, ResultNotWritten, printable
+from backupvault.cli.output import Output, ResultNotWritten, one_line_name, printable
 from backupvault.cli.passwords import check_password, read_secret_line, weakness
 from backupvault.crypto import recovery
 from backupvault.errors import BackupVaultError, UsageError
@@ -958,7 +958,7 @@ def _note_skipped(ctx: Context, skipped: list[Skipped]) -> None:
     if ctx.output.json_mode:
         return  # the object's `skipped` lists them
     for item in skipped:
-        ctx.output.warn(f"skipped {item.name}: {item.reason}")
+        ctx.output.warn(f"skipped {one_line_name(item.name)}: {item.reason}")
 
 
 # ---- backup -----------------------------------------------------------------------------

@@ -51,6 +51,13 @@ def printable(text: str) -> str:
     return _CONTROL.sub(lambda m: _escaped(m.group()), text)
 
 
+def one_line_name(name: str) -> str:
+    """A file name on one line: a line break or tab in it is shown as an escape (as every
+    other control character printed is: `printable`), so that it cannot make a line that
+    passes for another entry, or for a message of ours."""
+    return name.replace("\n", "\\n").replace("\t", "\\t")
+
+
 @dataclass
 class Output:
     """One per command run: `--json` switches every result to one JSON object on stdout."""
