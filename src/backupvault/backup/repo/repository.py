@@ -365,15 +365,15 @@ class Lock:
         return self
 
     def __exit__(self, kind: object, error: BaseException | None, _tb: object) -> None:
-        if error is None:
-            self.release()
-        else:
-            self._release_beside(error)
+        self._release_beside(error)
 
-    def _release_beside(self, error: BaseException) -> None:
+    def _release_beside(self, error: BaseException | None) -> None:
         """Release while `error` is on its way out (often storage going away, which also
         fails the delete): it is what the user must see. A lock left behind is only said,
-        once: in the error's hint (its name in `details["lock_left"]`), else as a warning."""
+        once: in the error's hint (its name in `details["lock_left"]`), else as a warning.
+        With no error (None) the work is done: a lock storage would not delete (storage
+        that refuses deletes, or fails then) is a warning, not the command's failure (a
+        backup's snapshot was stored, a restore's copy moved into place)."""
         try:
             self.release()
         except StorageError as exc:
@@ -386,6 +386,8 @@ class Lock:
             if isinstance(error, BackupVaultError):
                 error.hint = f"{error.hint}; {left}" if error.hint else left
                 error.details["lock_left"] = self.name
+            elif error is None:
+                log.warning("the command finished, but %s", left)
             else:
                 log.warning("%s", left)
 
@@ -830,10 +832,14 @@ class Repository:
         except StorageError as exc:
             yield exc.message
             return
+        # As a lock's `with` ends: a failed removal neither hides the error on its way out
+        # (damage was reported as the delete refused) nor fails work that is done.
         try:
             yield ""
-        finally:
-            lock.release()
+        except BaseException as error:
+            lock._release_beside(error)
+            raise
+        lock._release_beside(None)
 
     def locks(self, *, include_expired: bool = False) -> list[LockInfo]:
         """Live locks (and stale ones too with `include_expired`).
