@@ -240,3 +240,24 @@ def test_a_damaged_chunk_is_read_from_another_pack_that_holds_it(
     _flip_in(repo, root_key, second)  # both copies damaged: named, nothing written
     error = _fails(repo, root_key)
     assert error.message.endswith("cannot be restored: a.txt")
+
+
+def test_check_names_no_file_whose_damaged_chunk_has_a_good_copy(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """check named a.txt as one "which cannot be restored" when the copy the index names
+    first was damaged, though a restore reads the other copy (as above) and restores it;
+    the damaged pack is still an error, for `backup repair`."""
+    repo = _stored_twice(tmp_path, root_key, monkeypatch)
+    for damaged in pack_files(repo):
+        _flip_in(repo, root_key, damaged)
+        opened = Repository.open(Storage(str(repo)), root_key)
+        result = maintenance.check(opened, read_data=True)
+        assert result.errors and result.repairable
+        assert result.damaged_files == []
+        restore_snapshot(str(repo), root_key, tmp_path / f"out-{damaged.name}")
+        _flip_in(repo, root_key, damaged)  # mended
+    for damaged in pack_files(repo):
+        _flip_in(repo, root_key, damaged)  # both copies: named
+    result = maintenance.check(Repository.open(Storage(str(repo)), root_key), read_data=True)
+    assert [d.paths for d in result.damaged_files] == [["a.txt"], ["a.txt"]]

@@ -762,9 +762,22 @@ def _check(repo: Repository, read_data: bool, reporter: Progress) -> CheckResult
 
     result.repairable = bool(result.errors)  # so far: the index's and the packs' alone
 
+    # Where a chunk read wrong has another copy: a restore reads that one (`damage.py`),
+    # so only a chunk with no readable copy makes a file one that cannot be restored.
+    damaged_ids = {chunk_id for chunk_id, _ in unreadable}
+    copies: dict[bytes, list[bytes]] = {}  # damaged chunk -> every pack that holds it
+    if damaged_ids:
+        for pack_id, entries in restored_from.packs.items():
+            for entry in entries:
+                if entry.chunk_id in damaged_ids:
+                    copies.setdefault(entry.chunk_id, []).append(pack_id)
+
     def restorable(chunk_id: bytes) -> bool:
-        location = restored_from.chunks.get(chunk_id)
-        return location is not None and (chunk_id, location.pack_id) not in unreadable
+        if chunk_id not in restored_from.chunks:
+            return False
+        if chunk_id not in damaged_ids:
+            return True
+        return any((chunk_id, p) not in unreadable for p in copies.get(chunk_id, ()))
 
     recorded = set(repo.backend.list("forgotten")) & set(names)
     in_no_index: set[bytes] = set()  # chunks snapshots use that no index names
