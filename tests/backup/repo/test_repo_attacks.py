@@ -1200,3 +1200,21 @@ def test_a_repository_folder_swapped_for_a_link_after_the_first_write_is_not_wri
         backend.sync_folder(folder)
     assert os.listdir(victim) == []
     assert os.listdir(moved) == ["01" * 16]
+
+
+@pytest.mark.parametrize("offset", [41, 56])  # the first and last byte of its key check
+def test_a_config_whose_key_check_was_altered_is_damage_not_another_key(
+    made: tuple[Path, Path], root_key: bytes, offset: int
+) -> None:
+    """The key check is in the wrapped RMK's associated data: with it put back, RMK opens
+    under this key, so the config is this key's, altered (exit 9). It was "made with
+    another one" (WrongKey, exit 3): a user was sent after other passwords and codes."""
+    _, repo = made
+    config = repo / "config"
+    data = bytearray(config.read_bytes())
+    data[offset] ^= 0x01
+    config.write_bytes(bytes(data))
+    with pytest.raises(Damaged, match="key check was altered"):
+        Repository.open(Storage(str(repo)), root_key)
+    with pytest.raises(WrongKey):  # another key is still told as such
+        Repository.open(Storage(str(repo)), os.urandom(32))

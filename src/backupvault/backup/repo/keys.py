@@ -3,6 +3,8 @@ subkeys derived from RMK. Byte layout: docs/format.md, "Repository format (versi
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hmac
 import os
 import struct
@@ -173,6 +175,17 @@ def open_config(config: RepoConfig, root_key: bytes) -> RepoKeys:
     rk = _check_root_key(root_key)
     expected = key_check(rk, _CHECK_INFO, CONFIG_MAGIC + bytes([config.version]) + config.repo_id)
     if not hmac.compare_digest(expected, config.key_check):
+        # The key check is in the wrap's associated data: if RMK opens with the check this
+        # key makes put back, the config was sealed under this key and only its check
+        # bytes were changed: damage (exit 9), not another key (exit 3, "made with
+        # another one", which sent the user after other passwords and codes).
+        with contextlib.suppress(InvalidTag):
+            AESGCM(hkdf(rk, None, _WRAP_INFO)).decrypt(
+                config.wrap_nonce,
+                config.wrapped_key,
+                dataclasses.replace(config, key_check=expected).prefix(),
+            )
+            raise Altered("the repository config failed authentication: its key check was altered")
         raise WrongKey(
             "this repository does not open with this key: it was made with another one",
             hint="a repository opens only with the key its first backup made: the vault "
