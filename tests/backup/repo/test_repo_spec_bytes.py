@@ -10,6 +10,7 @@ import hmac
 import os
 import stat
 import struct
+from collections.abc import Callable
 from pathlib import Path
 
 import blake3
@@ -19,7 +20,9 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from backupvault.backup.errors import Corrupt
 from backupvault.backup.repo import Repository, create_snapshot, restore_snapshot
+from backupvault.backup.repo.chunks import one_frame
 from backupvault.backup.repo.repository import SHARED, RepositoryLocked
 from backupvault.backup.storage import Storage
 from backupvault.errors import BackupVaultError, InvalidInput
@@ -379,6 +382,28 @@ def test_bytes_after_a_zstd_frame_are_refused(tmp_path: Path, after: bytes) -> N
     with pytest.raises(BackupVaultError, match=r"chat\.log"):
         restore_snapshot(str(blob_after), ROOT_KEY, tmp_path / "out", key="recovery code")
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("change", "why"),
+    [
+        (lambda f: f[:-3], "cut short"),
+        (lambda f: f[:5] + bytes([11]) + f[6:], "declares more than it holds"),
+        (lambda f: f[:5] + bytes([9]) + f[6:], "declares less than it holds"),
+        (lambda f: f + b"x", "a byte after it"),
+    ],
+    ids=lambda v: v if isinstance(v, str) else "",
+)
+def test_a_zstd_frame_not_exactly_its_declared_content_is_refused(
+    change: Callable[[bytes], bytes], why: str
+) -> None:
+    """`zstd(x)` is exactly one frame whose content is its declared size (format.md): a
+    frame cut short, one whose header declares another size than it holds, or bytes after
+    it are damage, never content of another length."""
+    frame = zstandard.ZstdCompressor().compress(b"a" * 10)  # its header: 1 byte of size
+    assert frame[5] == 10 and one_frame(zstandard.ZstdDecompressor(), frame, 100, "x") == b"a" * 10
+    with pytest.raises(Corrupt, match="x is corrupt"):
+        one_frame(zstandard.ZstdDecompressor(), change(frame), 100, "x")
 
 
 def test_a_zstd_frame_that_does_not_declare_its_size_is_refused(tmp_path: Path) -> None:
