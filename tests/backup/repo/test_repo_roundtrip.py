@@ -571,3 +571,34 @@ def test_a_destination_filled_while_the_restore_ran_says_so_and_keeps_what_was_p
         restore_snapshot(repo, root_key, dest, progress=Meanwhile())
     assert refused.value.hint is not None and "new or empty folder" in refused.value.hint
     assert os.listdir(dest) == ["put-meanwhile"] and set(os.listdir(tmp_path)) == before
+
+
+def test_small_files_handed_to_writers_in_batches_all_come_back(
+    tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A restore hands each writer thread its small files in batches (by count and by
+    bytes): every file comes back with its bytes, mode and time, also the last of each
+    writer's batches, which only the end of the restore hands over."""
+    from backupvault.backup.repo import restore as restore_module
+
+    monkeypatch.setattr(restore_module, "_BATCH_FILES", 3)
+    monkeypatch.setattr(restore_module, "_BATCH_BYTES", 1000)
+    rng = random.Random(7)
+    source = tmp_path / "src"
+    for number in range(40):
+        folder = source / f"d{number % 5}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"f{number}"
+        path.write_bytes(rng.randbytes(rng.randrange(0, 900)))
+        path.chmod(0o600 + number % 8)
+        os.utime(path, ns=(number * 10**9, number * 10**9))
+    repo = str(tmp_path / "repo")
+    create_snapshot(source, repo, root_key)
+    restore_snapshot(repo, root_key, tmp_path / "out")
+    for path in source.rglob("f*"):
+        back = tmp_path / "out" / path.relative_to(source)
+        assert back.read_bytes() == path.read_bytes()
+        assert (back.stat().st_mode, back.stat().st_mtime_ns) == (
+            path.stat().st_mode,
+            path.stat().st_mtime_ns,
+        )
