@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Callable
 
 from backupvault.errors import AuthenticationFailed, InvalidInput
+from backupvault.serving import split_host_port
 
 log = logging.getLogger("backupvault.node")
 
@@ -64,9 +65,8 @@ STABLE_SECONDS = 1.0
 
 def parse_address(text: str, what: str) -> tuple[str, int]:
     """`host:port` (IPv6 hosts in brackets) as (host, port)."""
-    host, sep, port = text.rpartition(":")
-    host = host.removeprefix("[").removesuffix("]")
-    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
+    host, port = split_host_port(text)
+    if not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise InvalidInput(f"{what} must be host:port, not {text!r}")
     return host, int(port)
 
