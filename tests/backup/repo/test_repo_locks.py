@@ -625,6 +625,16 @@ def test_a_lock_from_a_clock_years_ahead_is_stale_once_storage_says_it_expired(
     assert snapshot(tmp_path / "out") == snapshot(source)
 
 
+def _backed_up_once(tmp_path: Path, root_key: bytes) -> tuple[Path, Path, Repository]:
+    """A folder of one file, its repository after one backup, and that repository open."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "f").write_bytes(b"x" * 5000)
+    repo_path = tmp_path / "repo"
+    create_snapshot(source, str(repo_path), root_key)
+    return source, repo_path, open_repo(repo_path, root_key)
+
+
 def test_a_lock_released_while_the_locks_are_listed_leaves_the_others_their_times(
     tmp_path: Path, root_key: bytes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -634,12 +644,7 @@ def test_a_lock_released_while_the_locks_are_listed_leaves_the_others_their_time
     storage's times stopped at the lock gone since the listing, and the prune's lock,
     judged by its holder's time alone, was taken for stale: the backup went on beside the
     prune."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_bytes(b"x" * 5000)
-    repo_path = tmp_path / "repo"
-    create_snapshot(source, str(repo_path), root_key)
-    repo = open_repo(repo_path, root_key)
+    source, repo_path, repo = _backed_up_once(tmp_path, root_key)
     clock = Clock(monkeypatch)
     elsewhere = b"elsewhere\0" + b"\1" * 16
     prune_lock = repo.lock(repository.EXCLUSIVE, "prune")
@@ -675,12 +680,7 @@ def test_a_running_prune_outside_this_pid_namespace_is_not_taken_for_a_crash(
     by the "its process no longer runs" rule it took the prune's lock for a crash's, and
     backed up beside it. Process ids say nothing across namespaces: the lock is another
     machine's to it, live until it expires."""
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "f").write_bytes(b"x" * 5000)
-    repo_path = tmp_path / "repo"
-    create_snapshot(source, str(repo_path), root_key)
-    repo = open_repo(repo_path, root_key)
+    source, repo_path, repo = _backed_up_once(tmp_path, root_key)
 
     def in_namespace(inode: int) -> None:
         monkeypatch.setattr(repository, "_pid_namespace", lambda: inode, raising=False)
